@@ -1,0 +1,26 @@
+//! Core types every other Tessera crate speaks: named `f32` tensors grouped in a
+//! [`ParameterSet`], the [`Update`] a participant returns after local training,
+//! participant ids, seeded randomness ([`SeededRng`], [`derive_seed`]) and time
+//! ([`Timestamp`]).
+//!
+//! Key design decision: parameters are plain named tensors with a fixed layout
+//! (ordered names and shapes). Every algorithm (learners, strategies, privacy,
+//! compression) works on this one representation, and two parameter sets can be
+//! combined only when their layouts are equal, which is checked, not assumed.
+//!
+//! This crate does no I/O, spawns no threads and knows nothing about networks.
+#![deny(missing_docs)]
+
+mod error;
+mod id;
+mod params;
+mod rng;
+mod time;
+mod update;
+
+pub use error::CoreError;
+pub use id::ParticipantId;
+pub use params::{ParameterSet, Tensor};
+pub use rng::{SeededRng, derive_seed, tag};
+pub use time::Timestamp;
+pub use update::{FitStats, Update};

@@ -1,0 +1,32 @@
+use serde::{Deserialize, Serialize};
+
+use crate::ParameterSet;
+
+/// What a participant returns after local training in one round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Update {
+    /// New local parameters minus the global parameters the round started from.
+    pub delta: ParameterSet,
+    /// Number of training examples behind the update (the FedAvg weight).
+    pub n_examples: u64,
+    /// SCAFFOLD: the change of this participant's control variate.
+    pub control_delta: Option<ParameterSet>,
+    /// What local training observed.
+    pub stats: FitStats,
+}
+
+/// Local training statistics that travel with an update.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct FitStats {
+    /// Optimiser steps taken.
+    pub n_steps: u64,
+    /// Mean training loss over the steps taken.
+    pub mean_train_loss: f64,
+}
+
+impl Update {
+    /// Bytes the update takes on the wire: its tensors plus a fixed 32-byte envelope.
+    pub fn wire_len(&self) -> usize {
+        32 + self.delta.wire_len() + self.control_delta.as_ref().map_or(0, ParameterSet::wire_len)
+    }
+}

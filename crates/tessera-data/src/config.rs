@@ -1,0 +1,289 @@
+//! The data section of a plan: where each site's rows are, what the columns
+//! mean, how rows are split and scaled. Pure configuration, deserialised from
+//! TOML; `load` turns it into per-site datasets.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::DataError;
+
+/// Where the data is and how to read it.
+///
+/// Either `path` + `site_column` (one file, a column names each row's site) or
+/// `sites` (one file per site).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// One file holding every site's rows.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// With `path`: the column naming each row's site.
+    #[serde(default)]
+    pub site_column: Option<String>,
+    /// One file per site.
+    #[serde(default)]
+    pub sites: Vec<SiteFile>,
+    /// Columns, target, missing values.
+    pub schema: SchemaConfig,
+    /// Train/test split.
+    #[serde(default)]
+    pub split: SplitConfig,
+    /// Per-site standardisation.
+    #[serde(default)]
+    pub standardize: StandardizeConfig,
+}
+
+/// One site's file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteFile {
+    /// The site's name.
+    pub name: String,
+    /// Its CSV file (relative paths are relative to the plan file).
+    pub path: PathBuf,
+}
+
+/// What the columns of the CSV files are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaConfig {
+    /// Whether the first line of each file names the columns.
+    #[serde(default = "default_true")]
+    pub header: bool,
+    /// Field separator.
+    #[serde(default = "default_delimiter")]
+    pub delimiter: char,
+    /// Column descriptions. Without a header: every column, in file order.
+    /// With a header: overrides by name; unlisted columns are features whose
+    /// type is inferred (numeric unless a non-missing value fails to parse).
+    #[serde(default)]
+    pub columns: Vec<ColumnSpec>,
+    /// Tokens that mark a missing value (compared after trimming spaces).
+    #[serde(default = "default_missing")]
+    pub missing: Vec<String>,
+    /// The column to predict.
+    pub target: String,
+    /// Target values counted as the positive class (binary tasks).
+    #[serde(default)]
+    pub positive: Vec<String>,
+    /// Target values counted as the negative class; every other value is positive.
+    #[serde(default)]
+    pub negative: Vec<String>,
+    /// What to do with a row whose feature is missing.
+    #[serde(default)]
+    pub missing_policy: MissingPolicy,
+}
+
+/// One column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnSpec {
+    /// Column name.
+    pub name: String,
+    /// Numeric, categorical or ignored.
+    #[serde(rename = "type")]
+    pub kind: ColumnKind,
+    /// Categorical: the levels, fixing the one-hot layout. Without it the
+    /// levels are the union of the sites' levels, sorted.
+    #[serde(default)]
+    pub levels: Option<Vec<String>>,
+    /// Categorical: leave out the first level's indicator (as pandas `drop_first`).
+    #[serde(default)]
+    pub drop_first: bool,
+}
+
+/// The type of a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnKind {
+    /// Parsed as a number; one feature.
+    Numeric,
+    /// Any text; one-hot encoded with a vocabulary shared by all sites.
+    Categorical,
+    /// Not used.
+    Ignore,
+}
+
+/// Handling of missing feature values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingPolicy {
+    /// Numeric: the site's training mean; categorical: no level set.
+    #[default]
+    ImputeMean,
+    /// Drop the row.
+    Drop,
+}
+
+/// How each site's rows are split into train and test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Share of each site's rows held out for testing.
+    #[serde(default = "default_test_fraction")]
+    pub test_fraction: f64,
+    /// Split each class separately so train and test keep the site's class balance.
+    #[serde(default = "default_true")]
+    pub stratify: bool,
+    /// Seed of the split; independent of the run seed so that runs with
+    /// different seeds see the same rows.
+    #[serde(default)]
+    pub seed: u64,
+    /// Explicit row membership, overriding the random split.
+    #[serde(default)]
+    pub membership: Option<MembershipFile>,
+}
+
+/// A CSV (with header) that says for each row of each site whether it is in
+/// the training or test split, or dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipFile {
+    /// The file.
+    pub path: PathBuf,
+    /// Column holding the site name.
+    pub site_column: String,
+    /// Column holding the 0-based index of the data row in its file (header excluded).
+    pub row_column: String,
+    /// Column holding `train`, `test` or `dropped`.
+    pub split_column: String,
+}
+
+/// Per-site standardisation: `(x - mean) / (std + epsilon)` with the site's
+/// training statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StandardizeConfig {
+    /// Whether to standardise at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Delta degrees of freedom of the standard deviation (1: unbiased).
+    #[serde(default = "default_ddof")]
+    pub ddof: u32,
+    /// Added to the standard deviation.
+    #[serde(default = "default_epsilon")]
+    pub epsilon: f64,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        Self {
+            test_fraction: default_test_fraction(),
+            stratify: true,
+            seed: 0,
+            membership: None,
+        }
+    }
+}
+
+impl Default for StandardizeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ddof: default_ddof(),
+            epsilon: default_epsilon(),
+        }
+    }
+}
+
+impl SchemaConfig {
+    /// A schema for a headed CSV with every column inferred.
+    pub fn inferred(target: impl Into<String>) -> Self {
+        Self {
+            header: true,
+            delimiter: default_delimiter(),
+            columns: Vec::new(),
+            missing: default_missing(),
+            target: target.into(),
+            positive: Vec::new(),
+            negative: Vec::new(),
+            missing_policy: MissingPolicy::default(),
+        }
+    }
+}
+
+impl DataConfig {
+    /// Checks what can be checked without reading any file.
+    pub fn validate(&self) -> Result<(), DataError> {
+        let bad = |msg: &str| Err(DataError::Config(msg.to_string()));
+        match (&self.path, self.sites.is_empty()) {
+            (Some(_), false) => return bad("give either `path` with `site_column` or `sites`, not both"),
+            (None, true) => return bad("no data: give `path` with `site_column`, or `sites`"),
+            (Some(_), true) if self.site_column.is_none() => {
+                return bad("`path` needs `site_column` naming the column that holds each row's site");
+            }
+            (None, false) if self.site_column.is_some() => {
+                return bad("`site_column` is only for a single `path`; with `sites` each file is one site");
+            }
+            _ => {}
+        }
+        let mut names: Vec<&str> = self.sites.iter().map(|s| s.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(DataError::Config(format!("site '{}' is listed twice", w[0])));
+        }
+        let split = &self.split;
+        if !(split.test_fraction > 0.0 && split.test_fraction < 1.0) {
+            return Err(DataError::Config(format!(
+                "split.test_fraction must be between 0 and 1, got {}",
+                split.test_fraction
+            )));
+        }
+        if !(self.standardize.epsilon >= 0.0 && self.standardize.epsilon.is_finite()) {
+            return bad("standardize.epsilon must be a finite number >= 0");
+        }
+        let schema = &self.schema;
+        if !schema.positive.is_empty() && !schema.negative.is_empty() {
+            return bad("give the target's `positive` values or its `negative` values, not both");
+        }
+        if !schema.header && schema.columns.is_empty() {
+            return bad("files without a header need `columns` listing every column in order");
+        }
+        if !schema.delimiter.is_ascii() {
+            return bad("the delimiter must be one ASCII character");
+        }
+        let mut seen: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+        seen.sort_unstable();
+        if let Some(w) = seen.windows(2).find(|w| w[0] == w[1]) {
+            return Err(DataError::Config(format!("column '{}' is described twice", w[0])));
+        }
+        for column in &schema.columns {
+            if column.kind != ColumnKind::Categorical && (column.levels.is_some() || column.drop_first) {
+                return Err(DataError::Config(format!(
+                    "column '{}': `levels` and `drop_first` apply to categorical columns only",
+                    column.name
+                )));
+            }
+        }
+        if !schema.header && !schema.columns.iter().any(|c| c.name == schema.target) {
+            return Err(DataError::Config(format!(
+                "target '{}' is not among the listed columns",
+                schema.target
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_delimiter() -> char {
+    ','
+}
+fn default_missing() -> Vec<String> {
+    ["", "?", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
+        .into_iter()
+        .map(String::from)
+        .collect()
+}
+fn default_test_fraction() -> f64 {
+    0.2
+}
+fn default_ddof() -> u32 {
+    1
+}
+fn default_epsilon() -> f64 {
+    1e-9
+}

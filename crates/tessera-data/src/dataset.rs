@@ -1,0 +1,241 @@
+//! Prepared data: feature matrices with labels, per site, ready for a learner.
+
+use ndarray::{Array2, Axis};
+use serde::Serialize;
+
+use crate::config::StandardizeConfig;
+
+/// The prediction task shared by all sites.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Task {
+    /// Class names; a label `y` is an index into this list. Two classes make a
+    /// binary task whose positive class is `classes[1]`.
+    pub classes: Vec<String>,
+}
+
+impl Task {
+    /// Number of classes.
+    pub fn n_classes(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// Whether the task is binary.
+    pub fn is_binary(&self) -> bool {
+        self.classes.len() == 2
+    }
+}
+
+/// Rows of features with their class labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// One row per example.
+    pub x: Array2<f32>,
+    /// Class index of each row.
+    pub y: Vec<u32>,
+}
+
+impl Dataset {
+    /// An empty dataset with `n_features` columns.
+    pub fn empty(n_features: usize) -> Self {
+        Self {
+            x: Array2::zeros((0, n_features)),
+            y: Vec::new(),
+        }
+    }
+
+    /// Number of rows.
+    pub fn n_rows(&self) -> usize {
+        self.y.len()
+    }
+
+    /// Number of features.
+    pub fn n_features(&self) -> usize {
+        self.x.ncols()
+    }
+
+    /// The rows at `indices`, in that order.
+    pub fn select(&self, indices: &[usize]) -> Dataset {
+        Dataset {
+            x: self.x.select(Axis(0), indices),
+            y: indices.iter().map(|&i| self.y[i]).collect(),
+        }
+    }
+
+    /// Rows of several datasets stacked, in order.
+    pub fn concat(parts: &[&Dataset]) -> Dataset {
+        let n_features = parts.first().map_or(0, |d| d.n_features());
+        let views: Vec<_> = parts.iter().map(|d| d.x.view()).collect();
+        let x = if views.is_empty() {
+            Array2::zeros((0, n_features))
+        } else {
+            ndarray::concatenate(Axis(0), &views).unwrap_or_else(|_| Array2::zeros((0, n_features)))
+        };
+        Dataset {
+            x,
+            y: parts.iter().flat_map(|d| d.y.iter().copied()).collect(),
+        }
+    }
+}
+
+/// Per-feature standardisation statistics, `(x - mean) / scale`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scaler {
+    /// Mean of each feature over the training rows.
+    pub mean: Vec<f64>,
+    /// Standard deviation plus epsilon; 1 where the feature is constant or
+    /// standardisation is off.
+    pub scale: Vec<f64>,
+}
+
+impl Scaler {
+    /// Statistics of `rows` (accumulated in `f64`).
+    pub fn fit(rows: &Array2<f32>, config: &StandardizeConfig) -> Scaler {
+        let n_features = rows.ncols();
+        if !config.enabled {
+            return Scaler {
+                mean: vec![0.0; n_features],
+                scale: vec![1.0; n_features],
+            };
+        }
+        let n = rows.nrows() as f64;
+        let mut mean = vec![0.0f64; n_features];
+        for row in rows.rows() {
+            for (m, &v) in mean.iter_mut().zip(row) {
+                *m += f64::from(v);
+            }
+        }
+        for m in &mut mean {
+            *m = if n > 0.0 { *m / n } else { 0.0 };
+        }
+        let mut sum_sq = vec![0.0f64; n_features];
+        for row in rows.rows() {
+            for ((s, &v), m) in sum_sq.iter_mut().zip(row).zip(&mean) {
+                let d = f64::from(v) - m;
+                *s += d * d;
+            }
+        }
+        let dof = n - f64::from(config.ddof);
+        let scale = sum_sq
+            .iter()
+            .map(|&s| {
+                let std = if dof > 0.0 { (s / dof).sqrt() } else { 0.0 };
+                if std > 0.0 { std + config.epsilon } else { 1.0 }
+            })
+            .collect();
+        Scaler { mean, scale }
+    }
+
+    /// `rows` standardised.
+    pub fn apply(&self, rows: &Array2<f32>) -> Array2<f32> {
+        let mut out = rows.clone();
+        for mut row in out.rows_mut() {
+            for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.scale) {
+                *v = ((f64::from(*v) - m) / s) as f32;
+            }
+        }
+        out
+    }
+}
+
+/// One site's prepared data.
+#[derive(Debug, Clone)]
+pub struct SiteData {
+    /// The site's name.
+    pub name: String,
+    /// Training rows, standardised with the site's training statistics.
+    pub train: Dataset,
+    /// Test rows, standardised with the site's training statistics.
+    pub test: Dataset,
+    /// Training rows encoded and imputed but not standardised.
+    pub raw_train: Array2<f32>,
+    /// Test rows encoded and imputed but not standardised.
+    pub raw_test: Array2<f32>,
+    /// The site's standardisation statistics.
+    pub scaler: Scaler,
+}
+
+/// What loading found, per site.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SiteSummary {
+    /// The site.
+    pub site: String,
+    /// Data rows read.
+    pub rows_read: usize,
+    /// Rows without a target value, dropped.
+    pub dropped_missing_target: usize,
+    /// Rows dropped for a missing feature (missing policy `drop`).
+    pub dropped_missing_feature: usize,
+    /// Rows the membership file marks as dropped.
+    pub dropped_by_membership: usize,
+    /// Training rows.
+    pub n_train: usize,
+    /// Test rows.
+    pub n_test: usize,
+    /// Missing feature values filled with the training mean.
+    pub imputed_values: usize,
+}
+
+/// Every site's prepared data and the shared layout.
+#[derive(Debug, Clone)]
+pub struct FederatedData {
+    /// Names of the encoded features (`column` or `column=level`).
+    pub feature_names: Vec<String>,
+    /// The shared task.
+    pub task: Task,
+    /// Sites, sorted by name.
+    pub sites: Vec<SiteData>,
+    /// Per-site counts.
+    pub summary: Vec<SiteSummary>,
+}
+
+impl FederatedData {
+    /// Number of encoded features.
+    pub fn n_features(&self) -> usize {
+        self.feature_names.len()
+    }
+
+    /// All sites' rows pooled (the centralised baseline): train and test
+    /// standardised with the statistics of all training rows together.
+    pub fn pooled(&self, config: &StandardizeConfig) -> (Dataset, Dataset) {
+        let d = self.n_features();
+        let stack = |parts: Vec<ndarray::ArrayView2<'_, f32>>| {
+            ndarray::concatenate(Axis(0), &parts).unwrap_or_else(|_| Array2::zeros((0, d)))
+        };
+        let raw_train = stack(self.sites.iter().map(|s| s.raw_train.view()).collect());
+        let raw_test = stack(self.sites.iter().map(|s| s.raw_test.view()).collect());
+        let scaler = Scaler::fit(&raw_train, config);
+        let labels = |f: fn(&SiteData) -> &Dataset| self.sites.iter().flat_map(|s| f(s).y.iter().copied()).collect();
+        (
+            Dataset {
+                x: scaler.apply(&raw_train),
+                y: labels(|s| &s.train),
+            },
+            Dataset {
+                x: scaler.apply(&raw_test),
+                y: labels(|s| &s.test),
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn scaler_matches_hand_computation() {
+        let rows = array![[1.0f32, 5.0], [2.0, 5.0], [3.0, 5.0], [6.0, 5.0]];
+        let cfg = StandardizeConfig::default();
+        let s = Scaler::fit(&rows, &cfg);
+        assert_eq!(s.mean, vec![3.0, 5.0]);
+        // unbiased: sum of squares 4+1+0+9 = 14 over 3
+        assert!((s.scale[0] - ((14.0f64 / 3.0).sqrt() + 1e-9)).abs() < 1e-12);
+        assert_eq!(s.scale[1], 1.0, "a constant feature is centred, not scaled");
+        let z = s.apply(&rows);
+        assert!((z[[3, 0]] as f64 - 3.0 / (14.0f64 / 3.0).sqrt()).abs() < 1e-6);
+        assert_eq!(z[[0, 1]], 0.0);
+        let pop = Scaler::fit(&rows, &StandardizeConfig { ddof: 0, epsilon: 0.0, enabled: true });
+        assert!((pop.scale[0] - (14.0f64 / 4.0).sqrt()).abs() < 1e-12);
+    }
+}

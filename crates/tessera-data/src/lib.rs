@@ -1,0 +1,31 @@
+//! Site data for Tessera: reads CSV files (one per site, or one with a site
+//! column) as a schema describes them, agrees a shared one-hot vocabulary from
+//! each site's set of levels, splits each site's rows into train and test
+//! (seeded and stratified, or from a membership file), imputes and
+//! standardises with each site's own training statistics.
+//!
+//! The primary entry point is [`load`], which turns a [`DataConfig`] into a
+//! [`FederatedData`]: per-site [`Dataset`]s ready for a learner.
+//!
+//! Key design decision: everything a site computes from its rows stays with
+//! the site's [`SiteData`]; what crosses sites is only what a federation would
+//! exchange (column types, sets of categorical levels, sets of target values).
+//!
+//! Bad input is an error naming file, line and column ([`DataError`]), never a
+//! panic. This crate knows nothing about federation rounds or models.
+#![deny(missing_docs)]
+
+pub mod config;
+mod dataset;
+mod error;
+mod levels;
+mod prepare;
+mod read;
+pub mod synth;
+
+pub use config::{ColumnKind, ColumnSpec, DataConfig, MembershipFile, MissingPolicy, SchemaConfig, SiteFile, SplitConfig, StandardizeConfig};
+pub use dataset::{Dataset, FederatedData, Scaler, SiteData, SiteSummary, Task};
+pub use error::{DataError, Location};
+pub use levels::{agree_levels, canonical_level, level_order};
+pub use prepare::load;
+pub use read::{FileSource, Filesystem};

@@ -1,0 +1,470 @@
+//! Reading CSV files into typed per-site columns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use crate::config::{ColumnKind, DataConfig};
+use crate::levels::canonical_level;
+use crate::DataError;
+
+/// Reads files for the loader. The filesystem in production; tests and the
+/// bundled demo plug in other sources.
+pub trait FileSource: Sync {
+    /// The bytes of the file at `path`.
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>>;
+}
+
+/// Reads from the local filesystem.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Filesystem;
+
+impl FileSource for Filesystem {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+}
+
+/// Marker for a missing categorical value.
+pub(crate) const MISSING_CODE: u32 = u32::MAX;
+
+/// The values of one column at one site.
+#[derive(Debug, Clone)]
+pub(crate) enum Values {
+    /// Numbers; `NaN` marks a missing value.
+    Numeric(Vec<f64>),
+    /// Codes into `levels`; [`MISSING_CODE`] marks a missing value.
+    Categorical { codes: Vec<u32>, levels: Vec<String> },
+}
+
+impl Values {
+    pub(crate) fn is_missing(&self, row: usize) -> bool {
+        match self {
+            Values::Numeric(v) => v[row].is_nan(),
+            Values::Categorical { codes, .. } => codes[row] == MISSING_CODE,
+        }
+    }
+
+    /// Turns a numeric column into a categorical one (numbers become their canonical text).
+    pub(crate) fn into_categorical(self) -> Values {
+        match self {
+            Values::Numeric(values) => {
+                let mut builder = CategoricalBuilder::default();
+                for v in values {
+                    if v.is_nan() {
+                        builder.codes.push(MISSING_CODE);
+                    } else {
+                        builder.push_level(&canonical_level(&format!("{v}")));
+                    }
+                }
+                builder.finish()
+            }
+            categorical => categorical,
+        }
+    }
+}
+
+#[derive(Default)]
+struct CategoricalBuilder {
+    codes: Vec<u32>,
+    levels: Vec<String>,
+    index: HashMap<String, u32>,
+}
+
+impl CategoricalBuilder {
+    fn push_level(&mut self, level: &str) {
+        let code = match self.index.get(level) {
+            Some(&code) => code,
+            None => {
+                let code = self.levels.len() as u32;
+                self.levels.push(level.to_string());
+                self.index.insert(level.to_string(), code);
+                code
+            }
+        };
+        self.codes.push(code);
+    }
+
+    fn finish(self) -> Values {
+        Values::Categorical {
+            codes: self.codes,
+            levels: self.levels,
+        }
+    }
+}
+
+/// A column as it is being read: numeric until proven otherwise when inferred.
+enum Builder {
+    Numeric { values: Vec<f64>, declared: bool },
+    Categorical(CategoricalBuilder),
+}
+
+impl Builder {
+    fn new(kind: FeatureKind) -> Self {
+        match kind {
+            FeatureKind::Categorical => Builder::Categorical(CategoricalBuilder::default()),
+            FeatureKind::Numeric => Builder::Numeric {
+                values: Vec::new(),
+                declared: true,
+            },
+            FeatureKind::Infer => Builder::Numeric {
+                values: Vec::new(),
+                declared: false,
+            },
+        }
+    }
+
+    /// Adds one token; `Err` carries the message for a declared-numeric column that got text.
+    fn push(&mut self, token: Option<&str>) -> Result<(), String> {
+        match self {
+            Builder::Numeric { values, declared } => match token {
+                None => values.push(f64::NAN),
+                Some(text) => match text.parse::<f64>() {
+                    Ok(v) if v.is_finite() => values.push(v),
+                    Ok(_) => return Err(format!("'{text}' is not a finite number")),
+                    Err(_) if *declared => {
+                        return Err(format!("'{text}' is not a number, and the schema declares this column numeric"));
+                    }
+                    Err(_) => {
+                        let taken = std::mem::take(values);
+                        let Values::Categorical { codes, levels } = Values::Numeric(taken).into_categorical() else {
+                            unreachable!("into_categorical always returns a categorical column")
+                        };
+                        let index = levels.iter().enumerate().map(|(i, l)| (l.clone(), i as u32)).collect();
+                        let mut builder = CategoricalBuilder { codes, levels, index };
+                        builder.push_level(&canonical_level(text));
+                        *self = Builder::Categorical(builder);
+                    }
+                },
+            },
+            Builder::Categorical(builder) => match token {
+                None => builder.codes.push(MISSING_CODE),
+                Some(text) => builder.push_level(&canonical_level(text)),
+            },
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Values {
+        match self {
+            Builder::Numeric { values, .. } => Values::Numeric(values),
+            Builder::Categorical(builder) => builder.finish(),
+        }
+    }
+}
+
+/// How a feature column's type is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FeatureKind {
+    Numeric,
+    Categorical,
+    Infer,
+}
+
+/// A feature column of the federation's layout.
+#[derive(Debug, Clone)]
+pub(crate) struct FeatureColumn {
+    pub name: String,
+    pub kind: FeatureKind,
+}
+
+/// One site's rows as read.
+pub(crate) struct RawSite {
+    pub name: String,
+    pub file: PathBuf,
+    /// 1-based line of each row.
+    pub lines: Vec<u64>,
+    /// 0-based index of each row among the file's data rows.
+    pub row_in_file: Vec<u64>,
+    /// One entry per feature column of the layout.
+    pub features: Vec<Values>,
+    /// Target codes into `target_levels`; [`MISSING_CODE`] where missing.
+    pub target: Vec<u32>,
+    pub target_levels: Vec<String>,
+}
+
+/// What a file's fields are, resolved against its header.
+struct FieldMap {
+    n_fields: usize,
+    feature_fields: Vec<usize>,
+    target_field: usize,
+    site_field: Option<usize>,
+}
+
+/// Per-site builders while a file is read.
+struct SiteBuilder {
+    lines: Vec<u64>,
+    row_in_file: Vec<u64>,
+    features: Vec<Builder>,
+    target: Builder,
+}
+
+impl SiteBuilder {
+    fn new(layout: &[FeatureColumn]) -> Self {
+        Self {
+            lines: Vec::new(),
+            row_in_file: Vec::new(),
+            features: layout.iter().map(|c| Builder::new(c.kind)).collect(),
+            target: Builder::new(FeatureKind::Categorical),
+        }
+    }
+
+    fn finish(self, name: String, file: PathBuf) -> RawSite {
+        let Values::Categorical { codes, levels } = self.target.finish() else {
+            unreachable!("the target builder is categorical")
+        };
+        RawSite {
+            name,
+            file,
+            lines: self.lines,
+            row_in_file: self.row_in_file,
+            features: self.features.into_iter().map(Builder::finish).collect(),
+            target: codes,
+            target_levels: levels,
+        }
+    }
+}
+
+/// Reads every site's rows. Sites come back sorted by name, features in the
+/// layout's order (the schema's order, else the first file's header order).
+pub(crate) fn read_sites(
+    config: &DataConfig,
+    base_dir: &Path,
+    source: &dyn FileSource,
+) -> Result<(Vec<FeatureColumn>, Vec<RawSite>), DataError> {
+    let mut layout: Option<Vec<FeatureColumn>> = None;
+    let mut sites = Vec::new();
+    if let Some(path) = &config.path {
+        let site_column = config.site_column.as_deref();
+        let mut per_site: BTreeMap<String, SiteBuilder> = BTreeMap::new();
+        read_file(config, source, &base_dir.join(path), path, site_column, None, &mut layout, &mut per_site)?;
+        for (name, builder) in per_site {
+            sites.push(builder.finish(name, path.clone()));
+        }
+    } else {
+        for site in &config.sites {
+            let mut per_site: BTreeMap<String, SiteBuilder> = BTreeMap::new();
+            read_file(
+                config,
+                source,
+                &base_dir.join(&site.path),
+                &site.path,
+                None,
+                Some(&site.name),
+                &mut layout,
+                &mut per_site,
+            )?;
+            let builder = per_site
+                .remove(&site.name)
+                .unwrap_or_else(|| SiteBuilder::new(layout.as_deref().unwrap_or_default()));
+            sites.push(builder.finish(site.name.clone(), site.path.clone()));
+        }
+        sites.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    let layout = layout.unwrap_or_default();
+    Ok((layout, sites))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn read_file(
+    config: &DataConfig,
+    source: &dyn FileSource,
+    full_path: &Path,
+    shown_path: &Path,
+    site_column: Option<&str>,
+    fixed_site: Option<&str>,
+    layout: &mut Option<Vec<FeatureColumn>>,
+    per_site: &mut BTreeMap<String, SiteBuilder>,
+) -> Result<(), DataError> {
+    let schema = &config.schema;
+    let bytes = source_read(source, full_path, shown_path)?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(DataError::at(shown_path, None, None, "file is empty"));
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .delimiter(schema.delimiter as u8)
+        .from_reader(bytes.as_slice());
+    let mut records = reader.byte_records();
+    let mut fields = FieldMap {
+        n_fields: 0,
+        feature_fields: Vec::new(),
+        target_field: 0,
+        site_field: None,
+    };
+    let header_names: Vec<String> = if schema.header {
+        let Some(first) = records.next() else {
+            return Err(DataError::at(shown_path, None, None, "file is empty"));
+        };
+        let first = first.map_err(|e| csv_error(shown_path, &e))?;
+        let line = first.position().map(|p| p.line());
+        first
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                std::str::from_utf8(f)
+                    .map(str::to_string)
+                    .map_err(|_| DataError::at(shown_path, line, Some(i + 1), "header is not valid UTF-8"))
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        schema.columns.iter().map(|c| c.name.clone()).collect()
+    };
+    resolve_fields(config, shown_path, &header_names, site_column, layout, &mut fields)?;
+    let layout = layout.as_deref().unwrap_or_default();
+    let missing: Vec<&[u8]> = schema.missing.iter().map(|m| m.as_bytes()).collect();
+    let mut row_index: u64 = 0;
+    let mut saw_row = false;
+    for record in records {
+        let record = record.map_err(|e| csv_error(shown_path, &e))?;
+        let line = record.position().map_or(0, |p| p.line());
+        if record.len() == 1 && record.get(0).is_some_and(<[u8]>::is_empty) {
+            continue; // a blank line
+        }
+        saw_row = true;
+        if record.len() != fields.n_fields {
+            return Err(DataError::at(
+                shown_path,
+                Some(line),
+                None,
+                format!("row has {} fields, expected {}", record.len(), fields.n_fields),
+            ));
+        }
+        let text = |i: usize| -> Result<Option<&str>, DataError> {
+            let raw = record.get(i).unwrap_or_default();
+            if missing.contains(&raw) {
+                return Ok(None);
+            }
+            std::str::from_utf8(raw)
+                .map(Some)
+                .map_err(|_| DataError::at(shown_path, Some(line), Some(i + 1), "value is not valid UTF-8"))
+        };
+        let site_name = match (fields.site_field, fixed_site) {
+            (Some(i), _) => text(i)?
+                .ok_or_else(|| DataError::at(shown_path, Some(line), Some(i + 1), "the site column is empty"))?,
+            (None, Some(name)) => name,
+            (None, None) => unreachable!("a file is either one site's or has a site column"),
+        };
+        let builder = match per_site.get_mut(site_name) {
+            Some(builder) => builder,
+            None => per_site
+                .entry(site_name.to_string())
+                .or_insert_with(|| SiteBuilder::new(layout)),
+        };
+        for (slot, &field) in fields.feature_fields.iter().enumerate() {
+            builder.features[slot].push(text(field)?).map_err(|message| {
+                DataError::at(
+                    shown_path,
+                    Some(line),
+                    Some(field + 1),
+                    format!("column '{}': {message}", layout[slot].name),
+                )
+            })?;
+        }
+        builder
+            .target
+            .push(text(fields.target_field)?)
+            .map_err(|message| DataError::at(shown_path, Some(line), Some(fields.target_field + 1), message))?;
+        builder.lines.push(line);
+        builder.row_in_file.push(row_index);
+        row_index += 1;
+    }
+    if !saw_row {
+        return Err(DataError::at(shown_path, None, None, "no data rows"));
+    }
+    Ok(())
+}
+
+fn source_read(source: &dyn FileSource, full_path: &Path, shown_path: &Path) -> Result<Vec<u8>, DataError> {
+    source.read(full_path).map_err(|e| DataError::Io {
+        path: shown_path.to_path_buf(),
+        source: e,
+    })
+}
+
+fn csv_error(path: &Path, error: &csv::Error) -> DataError {
+    let line = error.position().map(|p| p.line());
+    DataError::at(path, line, None, format!("malformed CSV: {error}"))
+}
+
+/// Maps a file's fields to the layout; creates the layout from the first file.
+fn resolve_fields(
+    config: &DataConfig,
+    path: &Path,
+    names: &[String],
+    site_column: Option<&str>,
+    layout: &mut Option<Vec<FeatureColumn>>,
+    fields: &mut FieldMap,
+) -> Result<(), DataError> {
+    let schema = &config.schema;
+    let header_line = if schema.header { Some(1) } else { None };
+    let position = |name: &str| names.iter().position(|n| n == name);
+    let missing_column = |name: &str, what: &str| {
+        DataError::at(
+            path,
+            header_line,
+            None,
+            format!("no {what} column named '{name}' (columns: {})", names.join(", ")),
+        )
+    };
+    for spec in &schema.columns {
+        if position(&spec.name).is_none() {
+            return Err(missing_column(&spec.name, "described"));
+        }
+    }
+    let target_field = position(&schema.target).ok_or_else(|| missing_column(&schema.target, "target"))?;
+    let site_field = match site_column {
+        Some(column) => Some(position(column).ok_or_else(|| missing_column(column, "site"))?),
+        None => None,
+    };
+    if let Some(dup) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)) {
+        return Err(DataError::at(path, header_line, Some(dup.0 + 1), format!("column '{}' appears twice", dup.1)));
+    }
+    let kind_of = |name: &str| -> Option<FeatureKind> {
+        match schema.columns.iter().find(|c| c.name == name).map(|c| c.kind) {
+            Some(ColumnKind::Ignore) => None,
+            Some(ColumnKind::Numeric) => Some(FeatureKind::Numeric),
+            Some(ColumnKind::Categorical) => Some(FeatureKind::Categorical),
+            None => Some(FeatureKind::Infer),
+        }
+    };
+    let is_feature = |i: usize, name: &str| i != target_field && Some(i) != site_field && kind_of(name).is_some();
+    let layout = layout.get_or_insert_with(|| {
+        names
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| is_feature(*i, n))
+            .filter_map(|(_, n)| {
+                kind_of(n).map(|kind| FeatureColumn {
+                    name: n.clone(),
+                    kind,
+                })
+            })
+            .collect()
+    });
+    let mut feature_fields = Vec::with_capacity(layout.len());
+    for column in layout.iter() {
+        feature_fields.push(position(&column.name).ok_or_else(|| missing_column(&column.name, "feature"))?);
+    }
+    if let Some((i, extra)) = names
+        .iter()
+        .enumerate()
+        .find(|(i, n)| is_feature(*i, n) && !layout.iter().any(|c| &c.name == *n))
+    {
+        return Err(DataError::at(
+            path,
+            header_line,
+            Some(i + 1),
+            format!("column '{extra}' is not in the first site's file; every site must have the same columns"),
+        ));
+    }
+    *fields = FieldMap {
+        n_fields: names.len(),
+        feature_fields,
+        target_field,
+        site_field,
+    };
+    Ok(())
+}
+

@@ -1,0 +1,193 @@
+//! Bad input is an error naming file, line and column; never a panic.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use tessera_data::{DataConfig, DataError, FileSource, SchemaConfig, load};
+
+/// Files held in memory.
+struct Files(HashMap<PathBuf, Vec<u8>>);
+
+impl Files {
+    fn new(files: &[(&str, &str)]) -> Self {
+        Files(files.iter().map(|(p, c)| (PathBuf::from(p), c.as_bytes().to_vec())).collect())
+    }
+}
+
+impl FileSource for Files {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        self.0
+            .get(path)
+            .cloned()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
+    }
+}
+
+fn one_file(target: &str) -> DataConfig {
+    DataConfig {
+        path: Some("d.csv".into()),
+        site_column: Some("site".into()),
+        sites: Vec::new(),
+        schema: SchemaConfig::inferred(target),
+        split: Default::default(),
+        standardize: Default::default(),
+    }
+}
+
+fn error(config: &DataConfig, files: &[(&str, &str)]) -> String {
+    match load(config, Path::new(""), &Files::new(files)) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => {
+            let text = e.to_string();
+            assert!(!text.contains('\n'), "one line: {text}");
+            text
+        }
+    }
+}
+
+#[test]
+fn ragged_row_names_file_and_line() {
+    let csv = "site,a,b,y\ns1,1,2,0\ns1,1,0\ns1,3,4,1\n";
+    assert_eq!(error(&one_file("y"), &[("d.csv", csv)]), "d.csv:3: row has 3 fields, expected 4");
+}
+
+#[test]
+fn empty_file() {
+    assert_eq!(error(&one_file("y"), &[("d.csv", "")]), "d.csv: file is empty");
+    assert_eq!(error(&one_file("y"), &[("d.csv", "site,a,y\n")]), "d.csv: no data rows");
+}
+
+#[test]
+fn missing_target_column() {
+    let csv = "site,a,b,y\ns1,1,2,0\n";
+    assert_eq!(
+        error(&one_file("outcome"), &[("d.csv", csv)]),
+        "d.csv:1: no target column named 'outcome' (columns: site, a, b, y)"
+    );
+}
+
+#[test]
+fn missing_file() {
+    let e = error(&one_file("y"), &[]);
+    assert!(e.starts_with("d.csv: cannot read:"), "{e}");
+}
+
+#[test]
+fn text_in_declared_numeric_column() {
+    let mut config = one_file("y");
+    config.schema.columns.push(tessera_data::ColumnSpec {
+        name: "b".into(),
+        kind: tessera_data::ColumnKind::Numeric,
+        levels: None,
+        drop_first: false,
+    });
+    let csv = "site,a,b,y\ns1,1,2,0\ns1,1,x7,1\n";
+    assert_eq!(
+        error(&config, &[("d.csv", csv)]),
+        "d.csv:3:3: column 'b': 'x7' is not a number, and the schema declares this column numeric"
+    );
+}
+
+#[test]
+fn config_contradictions_are_reported() {
+    let mut config = one_file("y");
+    config.split.test_fraction = 1.5;
+    assert_eq!(
+        error(&config, &[]),
+        "data config: split.test_fraction must be between 0 and 1, got 1.5"
+    );
+    let mut config = one_file("y");
+    config.site_column = None;
+    assert!(error(&config, &[]).contains("`path` needs `site_column`"));
+}
+
+#[test]
+fn single_class_target_is_unusable() {
+    let csv = "site,a,y\ns1,1,0\ns1,2,0\ns2,3,0\n";
+    assert!(error(&one_file("y"), &[("d.csv", csv)]).contains("single value"));
+}
+
+#[test]
+fn site_column_and_inferred_types() {
+    // Column c is text at s2 only: it becomes categorical everywhere, with the
+    // union vocabulary. Column a has a missing value, imputed with s1's mean.
+    let csv = "\
+site,a,c,y
+s2,5,red,1
+s1,1,1.0,0
+s1,,1,1
+s1,3,2,0
+s1,5,2,1
+s2,6,blue,0
+s2,7,red,1
+s2,8,1,0
+";
+    let mut config = one_file("y");
+    config.split.test_fraction = 0.25;
+    config.standardize.enabled = false;
+    let data = load(&config, Path::new(""), &Files::new(&[("d.csv", csv)])).unwrap();
+    assert_eq!(data.feature_names, ["a", "c=1", "c=2", "c=blue", "c=red"]);
+    assert_eq!(data.task.classes, ["0", "1"]);
+    let names: Vec<&str> = data.sites.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["s1", "s2"]);
+    assert_eq!(data.summary[0].imputed_values, 1);
+    let s1 = &data.sites[0];
+    assert_eq!(s1.train.n_rows() + s1.test.n_rows(), 4);
+    // Every row one-hot encodes exactly one level of c.
+    for site in &data.sites {
+        for ds in [&site.train, &site.test] {
+            for row in ds.x.rows() {
+                assert_eq!(row.iter().skip(1).sum::<f32>(), 1.0);
+            }
+        }
+    }
+    // The imputed value is the mean of s1's other training values of a.
+    let train_a: Vec<f32> = s1.raw_train.column(0).to_vec();
+    let observed: Vec<f32> = [1.0f32, 3.0, 5.0].into_iter().filter(|v| train_a.contains(v)).collect();
+    let mean = observed.iter().sum::<f32>() / observed.len() as f32;
+    assert!(train_a.contains(&mean) || s1.raw_test.column(0).to_vec().contains(&mean));
+}
+
+#[test]
+fn split_is_seeded_and_stratified() {
+    let mut csv = String::from("site,a,y\n");
+    for i in 0..100 {
+        csv.push_str(&format!("s1,{i},{}\n", u8::from(i % 4 == 0)));
+    }
+    let files = [("d.csv", csv.as_str())];
+    let config = one_file("y");
+    let a = load(&config, Path::new(""), &Files::new(&files)).unwrap();
+    let b = load(&config, Path::new(""), &Files::new(&files)).unwrap();
+    assert_eq!(a.sites[0].test.x, b.sites[0].test.x);
+    let test = &a.sites[0].test;
+    assert_eq!(test.n_rows(), 20);
+    assert_eq!(test.y.iter().filter(|&&y| y == 1).count(), 5, "25% positives kept in test");
+    let mut other = config.clone();
+    other.split.seed = 1;
+    let c = load(&other, Path::new(""), &Files::new(&files)).unwrap();
+    assert_ne!(a.sites[0].test.x, c.sites[0].test.x);
+}
+
+#[test]
+fn membership_file_must_cover_rows() {
+    let mut config = one_file("y");
+    config.split.membership = Some(tessera_data::MembershipFile {
+        path: "m.csv".into(),
+        site_column: "site".into(),
+        row_column: "row".into(),
+        split_column: "split".into(),
+    });
+    let csv = "site,a,y\ns1,1,0\ns1,2,1\n";
+    let m = "site,row,split\ns1,0,train\n";
+    let e = error(&config, &[("d.csv", csv), ("m.csv", m)]);
+    assert_eq!(e, "m.csv: row 1 of site 's1' (d.csv:3) has no entry");
+    let m = "site,row,split\ns1,0,train\ns1,1,validation\n";
+    let e = error(&config, &[("d.csv", csv), ("m.csv", m)]);
+    assert_eq!(e, "m.csv:3:3: split 'validation' is not train, test or dropped");
+}
+
+#[test]
+fn data_error_is_std_error() {
+    fn takes(_: &dyn std::error::Error) {}
+    takes(&DataError::Config("x".into()));
+}

@@ -1,0 +1,94 @@
+//! The bundled Fed-Heart-Disease plan reproduces FLamby's rows and features.
+
+use std::path::{Path, PathBuf};
+
+use tessera_data::{DataConfig, Filesystem, load};
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+fn heart_config() -> DataConfig {
+    let text = std::fs::read_to_string(examples_dir().join("fed-heart-disease.toml")).unwrap();
+    let plan: toml::Table = toml::from_str(&text).unwrap();
+    plan["data"].clone().try_into().unwrap()
+}
+
+#[test]
+fn flamby_rows_features_and_scaling() {
+    let data = load(&heart_config(), &examples_dir(), &Filesystem).unwrap();
+    assert_eq!(
+        data.feature_names,
+        [
+            "age", "sex", "cp=2", "cp=3", "cp=4", "trestbps", "chol", "fbs", "restecg=1", "restecg=2", "thalach",
+            "exang", "oldpeak"
+        ]
+    );
+    let names: Vec<&str> = data.sites.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["cleveland", "hungarian", "switzerland", "va"]);
+    let counts: Vec<(usize, usize)> = data.summary.iter().map(|s| (s.n_train, s.n_test)).collect();
+    assert_eq!(counts, [(199, 104), (172, 89), (30, 16), (85, 45)], "FLamby's README counts");
+    let rows_read: Vec<usize> = data.summary.iter().map(|s| s.rows_read).collect();
+    assert_eq!(rows_read, [303, 294, 123, 200]);
+    // Every row FLamby drops has a missing value: the membership file and the
+    // drop policy agree, nothing is dropped by the file alone.
+    assert!(data.summary.iter().all(|s| s.dropped_by_membership == 0), "{:?}", data.summary);
+    assert_eq!(data.summary.iter().map(|s| s.n_train + s.n_test).sum::<usize>(), 740);
+    // Switzerland's test split: 16 rows, 15 positive (BENCHMARKS.md).
+    let swiss = &data.sites[2];
+    assert_eq!(swiss.test.y.iter().filter(|&&y| y == 1).count(), 15);
+    // Positives over all 740 kept rows, recomputed from the raw files below.
+    let positives: usize = data
+        .sites
+        .iter()
+        .map(|s| s.train.y.iter().chain(&s.test.y).filter(|&&y| y == 1).count())
+        .sum();
+    assert_eq!(positives, count_kept_positives());
+    // Standardised training columns: mean 0, unbiased std 1, except chol in
+    // Switzerland which is 0 throughout (centred, left unscaled).
+    for site in &data.sites {
+        let x = &site.train.x;
+        let n = x.nrows() as f64;
+        for j in 0..x.ncols() {
+            let col: Vec<f64> = x.column(j).iter().map(|&v| f64::from(v)).collect();
+            let mean = col.iter().sum::<f64>() / n;
+            let var = col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+            assert!(mean.abs() < 1e-5, "{} {j} mean {mean}", site.name);
+            if site.name == "switzerland" && data.feature_names[j] == "chol" {
+                assert_eq!(var, 0.0);
+            } else {
+                assert!((var - 1.0).abs() < 1e-4, "{} {} var {var}", site.name, data.feature_names[j]);
+            }
+        }
+    }
+}
+
+/// Positives among rows without `?` in the kept columns, straight from the files.
+fn count_kept_positives() -> usize {
+    let dir = examples_dir().join("../data/uci-heart-disease");
+    let mut positives = 0;
+    for site in ["cleveland", "hungarian", "switzerland", "va"] {
+        let text = std::fs::read_to_string(dir.join(format!("processed.{site}.data"))).unwrap();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let fields: Vec<&str> = line.split(',').collect();
+            let kept = fields[..10].iter().chain(&fields[13..]).all(|f| *f != "?");
+            if kept && fields[13].trim().parse::<f64>().unwrap() > 0.0 {
+                positives += 1;
+            }
+        }
+    }
+    positives
+}
+
+#[test]
+fn pooled_baseline_uses_pooled_statistics() {
+    let config = heart_config();
+    let data = load(&config, &examples_dir(), &Filesystem).unwrap();
+    let (train, test) = data.pooled(&config.standardize);
+    assert_eq!((train.n_rows(), test.n_rows()), (486, 254));
+    let n = train.n_rows() as f64;
+    let age: Vec<f64> = train.x.column(0).iter().map(|&v| f64::from(v)).collect();
+    let mean = age.iter().sum::<f64>() / n;
+    let var = age.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4);
+}
