@@ -103,9 +103,19 @@ impl ParameterSet {
         self.names.iter().map(String::as_str).zip(&self.tensors)
     }
 
-    /// Tensors in layout order, mutable.
-    pub fn tensors_mut(&mut self) -> impl Iterator<Item = &mut Tensor> {
-        self.tensors.iter_mut()
+    /// Tensors in layout order.
+    pub fn tensors(&self) -> &[Tensor] {
+        &self.tensors
+    }
+
+    /// Tensors in layout order, mutable (values only: shapes cannot change).
+    pub fn tensors_mut(&mut self) -> &mut [Tensor] {
+        &mut self.tensors
+    }
+
+    /// Tensor names in layout order.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// Number of tensors.

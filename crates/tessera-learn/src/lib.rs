@@ -1,14 +1,49 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Local learning: the [`Learner`] trait every model implements (read and
+//! write parameters as named `f32` tensors, fit with a local plan, evaluate),
+//! the built-in models (logistic regression, softmax regression, MLP with ReLU)
+//! as one [`Network`] with hand-written backpropagation on ndarray, the SGD and
+//! Adam optimisers, and the evaluation metrics (accuracy, AUC, log loss).
+//!
+//! Key design decision: models own their parameters as a
+//! [`tessera_core::ParameterSet`], so reading and writing them is free and
+//! optimisers, proximal terms and control variates all work on the same flat
+//! values. Gradients are exact and available per example (their norms in
+//! closed form, `||a||² ||δ||²` per dense layer), which differentially private
+//! training needs.
+//!
+//! This crate knows nothing about rounds, strategies or networks.
+#![deny(missing_docs)]
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod config;
+mod error;
+mod fit;
+mod metrics;
+mod network;
+mod optim;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
+pub use config::{Init, ModelConfig, ModelKind, OptimizerConfig, OptimizerKind, Schedule, TrainingConfig};
+pub use error::LearnError;
+pub use fit::LocalPlan;
+pub use metrics::{Evaluation, ScoreHistogram, accuracy, auc, log_loss_binary};
+pub use network::Network;
+pub use optim::Optimizer;
+
+use tessera_core::{FitStats, ParameterSet, SeededRng};
+use tessera_data::Dataset;
+
+/// A model that can take part in federated training: its parameters are named
+/// `f32` tensors that can be read and replaced, it trains on local rows with a
+/// [`LocalPlan`], and it evaluates itself on rows.
+pub trait Learner: Send {
+    /// The current parameters.
+    fn parameters(&self) -> &ParameterSet;
+
+    /// Replaces the parameters; the layout must match.
+    fn set_parameters(&mut self, parameters: &ParameterSet) -> Result<(), LearnError>;
+
+    /// Trains on `data` as `plan` says, drawing batches from `rng`.
+    fn fit(&mut self, data: &Dataset, plan: &LocalPlan<'_>, rng: &mut SeededRng) -> Result<FitStats, LearnError>;
+
+    /// Loss, accuracy and ranking quality on `data`.
+    fn evaluate(&self, data: &Dataset) -> Result<Evaluation, LearnError>;
 }
