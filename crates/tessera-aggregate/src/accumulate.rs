@@ -1,0 +1,195 @@
+//! The streaming accumulator of a round's updates.
+
+use tessera_core::{ParameterSet, Update};
+
+use crate::{AggregateError, ExactSum};
+
+/// Sums a round's updates as they arrive: memory is one exact sum the size of
+/// the model (two with control variates), whatever the number of updates.
+/// Each update is validated (layout, finiteness, range) before it counts; a
+/// rejected update leaves the accumulator as it was.
+#[derive(Debug, Clone)]
+pub struct UpdateAccumulator {
+    layout: ParameterSet,
+    delta: ExactSum,
+    control: Option<ExactSum>,
+    /// [weight sum, weighted train-loss sum]
+    totals: ExactSum,
+    n_updates: u64,
+    n_examples: u64,
+}
+
+/// A round's aggregate, what a strategy turns into new global parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundAggregate {
+    /// `Σ w_k Δ_k / Σ w_k`.
+    pub mean_delta: ParameterSet,
+    /// SCAFFOLD: `Σ Δc_k / N`, N the number of participants in the federation.
+    pub control_step: Option<ParameterSet>,
+    /// Updates summed.
+    pub n_updates: u64,
+    /// Examples behind them.
+    pub n_examples: u64,
+    /// `Σ w_k`.
+    pub weight_sum: f64,
+    /// Weighted mean of the participants' mean training losses.
+    pub mean_train_loss: f64,
+}
+
+impl UpdateAccumulator {
+    /// An empty accumulator for updates shaped like `global`; `with_control`
+    /// when updates carry control-variate changes (SCAFFOLD).
+    pub fn new(global: &ParameterSet, with_control: bool) -> Self {
+        let n = global.n_values();
+        Self {
+            layout: global.zeros_like(),
+            delta: ExactSum::new(n),
+            control: with_control.then(|| ExactSum::new(n)),
+            totals: ExactSum::new(2),
+            n_updates: 0,
+            n_examples: 0,
+        }
+    }
+
+    /// Number of updates summed so far.
+    pub fn n_updates(&self) -> u64 {
+        self.n_updates
+    }
+
+    /// Adds `update` with `weight`; on error nothing changes.
+    pub fn add(&mut self, update: &Update, weight: f64) -> Result<(), AggregateError> {
+        if !(weight.is_finite() && weight >= 0.0) {
+            return Err(AggregateError::BadWeight(weight));
+        }
+        self.layout.check_same_layout(&update.delta)?;
+        update.delta.check_finite()?;
+        match (&self.control, &update.control_delta) {
+            (Some(_), None) => return Err(AggregateError::Control("SCAFFOLD needs the control-variate change".into())),
+            (None, Some(_)) => return Err(AggregateError::Control("unexpected control-variate change".into())),
+            (Some(_), Some(control)) => {
+                self.layout.check_same_layout(control)?;
+                control.check_finite()?;
+            }
+            (None, None) => {}
+        }
+        let loss = update.stats.mean_train_loss;
+        if !loss.is_finite() {
+            return Err(AggregateError::Control(format!("training loss {loss} is not finite")));
+        }
+        let mut totals = self.totals.clone();
+        totals.add_one(0, weight)?;
+        totals.add_one(1, weight * loss)?;
+        self.delta.add(&update.delta, weight)?;
+        if let (Some(sum), Some(control)) = (self.control.as_mut(), &update.control_delta)
+            && let Err(e) = sum.add(control, 1.0)
+        {
+            // Undo the delta: the negated terms round to the negated fixed-point values.
+            let _ = self.delta.add(&update.delta, -weight);
+            return Err(e);
+        }
+        self.totals = totals;
+        self.n_updates += 1;
+        self.n_examples += update.n_examples;
+        Ok(())
+    }
+
+    /// Adds a partial accumulator (from another thread) of the same round.
+    pub fn merge(&mut self, other: &UpdateAccumulator) -> Result<(), AggregateError> {
+        self.layout.check_same_layout(&other.layout)?;
+        let mut merged = self.clone();
+        merged.delta.merge(&other.delta)?;
+        match (merged.control.as_mut(), &other.control) {
+            (Some(a), Some(b)) => a.merge(b)?,
+            (None, None) => {}
+            _ => return Err(AggregateError::Control("merging accumulators with and without control variates".into())),
+        }
+        merged.totals.merge(&other.totals)?;
+        merged.n_updates += other.n_updates;
+        merged.n_examples += other.n_examples;
+        *self = merged;
+        Ok(())
+    }
+
+    /// The round's aggregate; `n_participants` is the federation's size (SCAFFOLD's N).
+    pub fn finish(&self, n_participants: usize) -> Result<RoundAggregate, AggregateError> {
+        let weight_sum = self.totals.value(0);
+        if self.n_updates == 0 || weight_sum <= 0.0 {
+            return Err(AggregateError::Empty);
+        }
+        let mean_delta = self.layout.with_values(&self.delta.quotient(weight_sum))?;
+        let control_step = match &self.control {
+            Some(sum) => Some(self.layout.with_values(&sum.quotient(n_participants.max(1) as f64))?),
+            None => None,
+        };
+        Ok(RoundAggregate {
+            mean_delta,
+            control_step,
+            n_updates: self.n_updates,
+            n_examples: self.n_examples,
+            weight_sum,
+            mean_train_loss: self.totals.value(1) / weight_sum,
+        })
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::{FitStats, Tensor};
+
+    fn update(values: &[f32], n: u64) -> Update {
+        let mut delta = ParameterSet::new();
+        delta.push("w", Tensor::new(vec![values.len()], values.to_vec()).unwrap()).unwrap();
+        Update {
+            delta,
+            n_examples: n,
+            control_delta: None,
+            stats: FitStats {
+                n_steps: 1,
+                mean_train_loss: 0.5,
+            },
+        }
+    }
+
+    #[test]
+    fn weighted_mean_and_rejections() {
+        let global = update(&[0.0, 0.0], 0).delta;
+        let mut acc = UpdateAccumulator::new(&global, false);
+        acc.add(&update(&[1.0, 2.0], 10), 10.0).unwrap();
+        acc.add(&update(&[4.0, -1.0], 30), 30.0).unwrap();
+        let before = acc.clone();
+        // Wrong shape, non-finite, bad weight, unexpected control: all refused, nothing changes.
+        assert!(acc.add(&update(&[1.0], 5), 5.0).is_err());
+        assert!(acc.add(&update(&[f32::NAN, 0.0], 5), 5.0).is_err());
+        assert!(acc.add(&update(&[1.0, 1.0], 5), -1.0).is_err());
+        let mut with_control = update(&[1.0, 1.0], 5);
+        with_control.control_delta = Some(global.clone());
+        assert!(acc.add(&with_control, 5.0).is_err());
+        assert_eq!(acc.n_updates(), before.n_updates());
+        let round = acc.finish(2).unwrap();
+        assert_eq!(round.mean_delta.values().collect::<Vec<_>>(), [3.25, -0.25]);
+        assert_eq!(round.n_examples, 40);
+        assert_eq!(round.mean_train_loss, 0.5);
+        assert!(matches!(UpdateAccumulator::new(&global, false).finish(1), Err(AggregateError::Empty)));
+    }
+
+    #[test]
+    fn control_deltas_sum_over_the_federation() {
+        let global = update(&[0.0], 0).delta;
+        let mut acc = UpdateAccumulator::new(&global, true);
+        let mut a = update(&[1.0], 1);
+        a.control_delta = Some(update(&[2.0], 0).delta);
+        let mut b = update(&[3.0], 3);
+        b.control_delta = Some(update(&[4.0], 0).delta);
+        acc.add(&a, 1.0).unwrap();
+        // Partial sums from two threads merge to the same result.
+        let mut other = UpdateAccumulator::new(&global, true);
+        other.add(&b, 3.0).unwrap();
+        acc.merge(&other).unwrap();
+        assert!(acc.add(&update(&[1.0], 1), 1.0).is_err(), "SCAFFOLD needs control deltas");
+        let round = acc.finish(4).unwrap();
+        assert_eq!(round.mean_delta.values().collect::<Vec<_>>(), [2.5]);
+        assert_eq!(round.control_step.unwrap().values().collect::<Vec<_>>(), [1.5]);
+    }
+}

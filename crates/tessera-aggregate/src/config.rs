@@ -1,0 +1,181 @@
+//! Choosing and configuring a strategy.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AggregateError, FedAvg, FedAvgM, FedOpt, FedOptVariant, FedProx, Scaffold, Strategy};
+
+/// The built-in strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StrategyKind {
+    /// FedAvg.
+    FedAvg,
+    /// FedAvg with server momentum.
+    FedAvgM,
+    /// FedProx.
+    FedProx,
+    /// SCAFFOLD.
+    Scaffold,
+    /// FedAdam.
+    FedAdam,
+    /// FedYogi.
+    FedYogi,
+    /// FedAdagrad.
+    FedAdagrad,
+}
+
+impl StrategyKind {
+    /// Every strategy, in a fixed order.
+    pub const ALL: [StrategyKind; 7] = [
+        StrategyKind::FedAvg,
+        StrategyKind::FedAvgM,
+        StrategyKind::FedProx,
+        StrategyKind::Scaffold,
+        StrategyKind::FedAdam,
+        StrategyKind::FedYogi,
+        StrategyKind::FedAdagrad,
+    ];
+
+    /// The name used in plans and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StrategyKind::FedAvg => "fedavg",
+            StrategyKind::FedAvgM => "fedavgm",
+            StrategyKind::FedProx => "fedprox",
+            StrategyKind::Scaffold => "scaffold",
+            StrategyKind::FedAdam => "fedadam",
+            StrategyKind::FedYogi => "fedyogi",
+            StrategyKind::FedAdagrad => "fedadagrad",
+        }
+    }
+}
+
+impl fmt::Display for StrategyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for StrategyKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        StrategyKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = StrategyKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!("unknown strategy '{s}' (expected one of {})", names.join(", "))
+            })
+    }
+}
+
+/// Settings of a strategy; every field is optional and has a default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StrategyConfig {
+    /// Participants' learning rate under this strategy (overrides `training.lr`).
+    #[serde(default)]
+    pub client_lr: Option<f32>,
+    /// Server learning rate (FedAvg, FedAvgM, FedProx, SCAFFOLD: 1; FedAdam, FedYogi: 0.01; FedAdagrad: 0.1).
+    #[serde(default)]
+    pub server_lr: Option<f32>,
+    /// FedAvgM: server momentum (0.9).
+    #[serde(default)]
+    pub momentum: Option<f32>,
+    /// FedProx: proximal weight (0.01).
+    #[serde(default)]
+    pub mu: Option<f32>,
+    /// FedAdam, FedYogi, FedAdagrad: first-moment decay (0.9).
+    #[serde(default)]
+    pub beta1: Option<f32>,
+    /// FedAdam, FedYogi: second-moment decay (0.99).
+    #[serde(default)]
+    pub beta2: Option<f32>,
+    /// FedAdam, FedYogi, FedAdagrad: adaptivity (1e-3).
+    #[serde(default)]
+    pub tau: Option<f32>,
+}
+
+impl StrategyConfig {
+    /// The strategy `kind` with these settings, checked.
+    pub fn build(&self, kind: StrategyKind) -> Result<Box<dyn Strategy>, AggregateError> {
+        let positive = |name: &str, v: f32| {
+            if v.is_finite() && v > 0.0 {
+                Ok(v)
+            } else {
+                Err(AggregateError::Config(format!("{kind}: `{name}` must be a positive number, got {v}")))
+            }
+        };
+        let unit = |name: &str, v: f32| {
+            if (0.0..1.0).contains(&v) {
+                Ok(v)
+            } else {
+                Err(AggregateError::Config(format!("{kind}: `{name}` must be in [0, 1), got {v}")))
+            }
+        };
+        if let Some(lr) = self.client_lr {
+            positive("client_lr", lr)?;
+        }
+        let server_lr = |default: f32| positive("server_lr", self.server_lr.unwrap_or(default));
+        let fedopt = |variant, default_lr| -> Result<Box<dyn Strategy>, AggregateError> {
+            Ok(Box::new(FedOpt::new(
+                variant,
+                server_lr(default_lr)?,
+                unit("beta1", self.beta1.unwrap_or(0.9))?,
+                unit("beta2", self.beta2.unwrap_or(0.99))?,
+                positive("tau", self.tau.unwrap_or(1e-3))?,
+            )))
+        };
+        Ok(match kind {
+            StrategyKind::FedAvg => Box::new(FedAvg { server_lr: server_lr(1.0)? }),
+            StrategyKind::FedAvgM => Box::new(FedAvgM::new(server_lr(1.0)?, unit("momentum", self.momentum.unwrap_or(0.9))?)),
+            StrategyKind::FedProx => {
+                let mu = self.mu.unwrap_or(0.01);
+                if !(mu.is_finite() && mu >= 0.0) {
+                    return Err(AggregateError::Config(format!("fedprox: `mu` must be >= 0, got {mu}")));
+                }
+                Box::new(FedProx { mu, server_lr: server_lr(1.0)? })
+            }
+            StrategyKind::Scaffold => Box::new(Scaffold::new(server_lr(1.0)?)),
+            StrategyKind::FedAdam => fedopt(FedOptVariant::Adam, 0.01)?,
+            StrategyKind::FedYogi => fedopt(FedOptVariant::Yogi, 0.01)?,
+            StrategyKind::FedAdagrad => fedopt(FedOptVariant::Adagrad, 0.1)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_listed() {
+        for kind in StrategyKind::ALL {
+            assert_eq!(kind.as_str().parse::<StrategyKind>().unwrap(), kind);
+            let strategy = StrategyConfig::default().build(kind).unwrap();
+            assert_eq!(strategy.name(), kind.as_str());
+        }
+        let err = "fedsgd".parse::<StrategyKind>().unwrap_err();
+        assert_eq!(
+            err,
+            "unknown strategy 'fedsgd' (expected one of fedavg, fedavgm, fedprox, scaffold, fedadam, fedyogi, fedadagrad)"
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let bad = StrategyConfig {
+            server_lr: Some(-1.0),
+            ..Default::default()
+        };
+        let err = bad.build(StrategyKind::FedAvg).err().unwrap();
+        assert_eq!(err.to_string(), "strategy config: fedavg: `server_lr` must be a positive number, got -1");
+        let bad = StrategyConfig {
+            beta2: Some(1.0),
+            ..Default::default()
+        };
+        assert!(bad.build(StrategyKind::FedYogi).is_err());
+    }
+}

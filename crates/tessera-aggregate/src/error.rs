@@ -1,0 +1,30 @@
+use thiserror::Error;
+
+/// Why an update or a round could not be aggregated.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum AggregateError {
+    /// The update does not fit the model.
+    #[error("update rejected: {0}")]
+    Layout(#[from] tessera_core::CoreError),
+    /// A value is too large for the exact accumulator.
+    #[error("update rejected: weighted value {value:e} is beyond the aggregation range (|x| < 2^48)")]
+    OutOfRange {
+        /// The offending weighted value.
+        value: f64,
+    },
+    /// The accumulated sum left the 128-bit range.
+    #[error("aggregate overflow: too many large updates for the exact accumulator")]
+    Overflow,
+    /// A weight is negative or not finite.
+    #[error("update rejected: weight {0} is not a finite non-negative number")]
+    BadWeight(f64),
+    /// SCAFFOLD needs control deltas that the update lacks, or vice versa.
+    #[error("update rejected: {0}")]
+    Control(String),
+    /// The round has nothing to aggregate.
+    #[error("no updates to aggregate")]
+    Empty,
+    /// A strategy setting is out of range.
+    #[error("strategy config: {0}")]
+    Config(String),
+}

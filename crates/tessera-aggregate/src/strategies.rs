@@ -1,0 +1,335 @@
+//! FedAvg and its family.
+
+use std::sync::Arc;
+
+use tessera_core::ParameterSet;
+
+use crate::{AggregateError, FitInstructions, RoundAggregate, Strategy};
+
+/// `global + server_lr * step`, layout checked.
+fn moved(global: &ParameterSet, step: &ParameterSet, server_lr: f32) -> Result<ParameterSet, AggregateError> {
+    let mut next = global.clone();
+    next.add_scaled(step, server_lr)?;
+    Ok(next)
+}
+
+/// Federated averaging (McMahan et al. 2017): the example-weighted mean of the
+/// participants' changes, scaled by a server learning rate (1 is plain FedAvg).
+#[derive(Debug, Clone)]
+pub struct FedAvg {
+    /// Server learning rate.
+    pub server_lr: f32,
+}
+
+impl Strategy for FedAvg {
+    fn name(&self) -> &'static str {
+        "fedavg"
+    }
+
+    fn configure_fit(&self, _global: &ParameterSet) -> FitInstructions {
+        FitInstructions::default()
+    }
+
+    fn aggregate_fit(&mut self, global: &ParameterSet, round: &RoundAggregate) -> Result<ParameterSet, AggregateError> {
+        moved(global, &round.mean_delta, self.server_lr)
+    }
+}
+
+/// FedAvg with server momentum (Hsu et al. 2019): `v = βv + Δ`, `x += η v`.
+#[derive(Debug, Clone)]
+pub struct FedAvgM {
+    /// Server learning rate η.
+    pub server_lr: f32,
+    /// Momentum β.
+    pub momentum: f32,
+    velocity: Option<ParameterSet>,
+}
+
+impl FedAvgM {
+    /// FedAvgM with fresh momentum.
+    pub fn new(server_lr: f32, momentum: f32) -> Self {
+        Self {
+            server_lr,
+            momentum,
+            velocity: None,
+        }
+    }
+}
+
+impl Strategy for FedAvgM {
+    fn name(&self) -> &'static str {
+        "fedavgm"
+    }
+
+    fn configure_fit(&self, _global: &ParameterSet) -> FitInstructions {
+        FitInstructions::default()
+    }
+
+    fn aggregate_fit(&mut self, global: &ParameterSet, round: &RoundAggregate) -> Result<ParameterSet, AggregateError> {
+        global.check_same_layout(&round.mean_delta)?;
+        let velocity = match self.velocity.take() {
+            Some(mut v) => {
+                for (v, d) in v.values_mut().zip(round.mean_delta.values()) {
+                    *v = self.momentum * *v + d;
+                }
+                v
+            }
+            None => round.mean_delta.clone(),
+        };
+        let next = moved(global, &velocity, self.server_lr)?;
+        self.velocity = Some(velocity);
+        Ok(next)
+    }
+}
+
+/// FedProx (Li et al. 2020): FedAvg whose participants add a proximal term
+/// `mu/2 ||w - w_global||²` to their local loss.
+#[derive(Debug, Clone)]
+pub struct FedProx {
+    /// Proximal weight mu.
+    pub mu: f32,
+    /// Server learning rate.
+    pub server_lr: f32,
+}
+
+impl Strategy for FedProx {
+    fn name(&self) -> &'static str {
+        "fedprox"
+    }
+
+    fn configure_fit(&self, _global: &ParameterSet) -> FitInstructions {
+        FitInstructions {
+            proximal_mu: Some(self.mu),
+            server_control: None,
+        }
+    }
+
+    fn aggregate_fit(&mut self, global: &ParameterSet, round: &RoundAggregate) -> Result<ParameterSet, AggregateError> {
+        moved(global, &round.mean_delta, self.server_lr)
+    }
+}
+
+/// SCAFFOLD (Karimireddy et al. 2020): participants correct every local
+/// gradient by `c - c_i`, and return the change of their control variate
+/// (option II); the server moves `x += η Δ̄` and `c += Σ Δc_i / N`.
+#[derive(Debug, Clone)]
+pub struct Scaffold {
+    /// Server learning rate η.
+    pub server_lr: f32,
+    control: Option<Arc<ParameterSet>>,
+}
+
+impl Scaffold {
+    /// SCAFFOLD with a zero server control variate.
+    pub fn new(server_lr: f32) -> Self {
+        Self {
+            server_lr,
+            control: None,
+        }
+    }
+}
+
+impl Strategy for Scaffold {
+    fn name(&self) -> &'static str {
+        "scaffold"
+    }
+
+    fn configure_fit(&self, global: &ParameterSet) -> FitInstructions {
+        FitInstructions {
+            proximal_mu: None,
+            server_control: Some(self.control.clone().unwrap_or_else(|| Arc::new(global.zeros_like()))),
+        }
+    }
+
+    fn needs_control_deltas(&self) -> bool {
+        true
+    }
+
+    fn aggregate_fit(&mut self, global: &ParameterSet, round: &RoundAggregate) -> Result<ParameterSet, AggregateError> {
+        let step = round
+            .control_step
+            .as_ref()
+            .ok_or_else(|| AggregateError::Control("SCAFFOLD round without control-variate changes".into()))?;
+        let next = moved(global, &round.mean_delta, self.server_lr)?;
+        let mut control = self
+            .control
+            .as_deref()
+            .cloned()
+            .unwrap_or_else(|| global.zeros_like());
+        control.add_scaled(step, 1.0)?;
+        self.control = Some(Arc::new(control));
+        Ok(next)
+    }
+}
+
+/// Which adaptive server optimiser (Reddi et al. 2021).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FedOptVariant {
+    /// `v = β2 v + (1 - β2) Δ²`
+    Adam,
+    /// `v = v - (1 - β2) Δ² sign(v - Δ²)`
+    Yogi,
+    /// `v = v + Δ²`
+    Adagrad,
+}
+
+/// Adaptive federated optimisation (Reddi et al., ICLR 2021): the mean change
+/// Δ is a pseudo-gradient for a server optimiser, `m = β1 m + (1 - β1) Δ`,
+/// `v` per the variant, `x += η m / (sqrt(v) + τ)`; `m` and `v` start at zero
+/// and there is no bias correction, as in the paper's Algorithm 2 and FLamby.
+#[derive(Debug, Clone)]
+pub struct FedOpt {
+    /// Adam, Yogi or Adagrad.
+    pub variant: FedOptVariant,
+    /// Server learning rate η.
+    pub server_lr: f32,
+    /// First-moment decay β1.
+    pub beta1: f32,
+    /// Second-moment decay β2 (unused by Adagrad).
+    pub beta2: f32,
+    /// Adaptivity τ.
+    pub tau: f32,
+    moments: Option<(ParameterSet, ParameterSet)>,
+}
+
+impl FedOpt {
+    /// A server optimiser with zero moments.
+    pub fn new(variant: FedOptVariant, server_lr: f32, beta1: f32, beta2: f32, tau: f32) -> Self {
+        Self {
+            variant,
+            server_lr,
+            beta1,
+            beta2,
+            tau,
+            moments: None,
+        }
+    }
+}
+
+impl Strategy for FedOpt {
+    fn name(&self) -> &'static str {
+        match self.variant {
+            FedOptVariant::Adam => "fedadam",
+            FedOptVariant::Yogi => "fedyogi",
+            FedOptVariant::Adagrad => "fedadagrad",
+        }
+    }
+
+    fn configure_fit(&self, _global: &ParameterSet) -> FitInstructions {
+        FitInstructions::default()
+    }
+
+    fn aggregate_fit(&mut self, global: &ParameterSet, round: &RoundAggregate) -> Result<ParameterSet, AggregateError> {
+        global.check_same_layout(&round.mean_delta)?;
+        let (mut m, mut v) = self
+            .moments
+            .take()
+            .unwrap_or_else(|| (global.zeros_like(), global.zeros_like()));
+        let mut next = global.clone();
+        let (b1, b2) = (self.beta1, self.beta2);
+        for (((x, d), m), v) in next
+            .values_mut()
+            .zip(round.mean_delta.values())
+            .zip(m.values_mut())
+            .zip(v.values_mut())
+        {
+            *m = b1 * *m + (1.0 - b1) * d;
+            let d2 = d * d;
+            *v = match self.variant {
+                FedOptVariant::Adam => b2 * *v + (1.0 - b2) * d2,
+                FedOptVariant::Yogi => *v - (1.0 - b2) * d2 * sign(*v - d2),
+                FedOptVariant::Adagrad => *v + d2,
+            };
+            *x += self.server_lr * *m / (v.sqrt() + self.tau);
+        }
+        self.moments = Some((m, v));
+        Ok(next)
+    }
+}
+
+/// numpy's sign: -1, 0 or 1.
+fn sign(x: f32) -> f32 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::Tensor;
+
+    fn set(values: &[f32]) -> ParameterSet {
+        let mut p = ParameterSet::new();
+        p.push("w", Tensor::new(vec![values.len()], values.to_vec()).unwrap())
+            .unwrap();
+        p
+    }
+
+    fn round(delta: &[f32]) -> RoundAggregate {
+        RoundAggregate {
+            mean_delta: set(delta),
+            control_step: None,
+            n_updates: 1,
+            n_examples: 1,
+            weight_sum: 1.0,
+            mean_train_loss: 0.0,
+        }
+    }
+
+    fn values(p: &ParameterSet) -> Vec<f32> {
+        p.values().collect()
+    }
+
+    #[test]
+    fn fedavgm_accumulates_velocity() {
+        let mut s = FedAvgM::new(1.0, 0.5);
+        let x1 = s.aggregate_fit(&set(&[0.0]), &round(&[1.0])).unwrap();
+        assert_eq!(values(&x1), [1.0]);
+        let x2 = s.aggregate_fit(&x1, &round(&[1.0])).unwrap();
+        assert_eq!(values(&x2), [2.5]); // v = 0.5 * 1 + 1
+    }
+
+    #[test]
+    fn fedopt_variants_match_hand_computation() {
+        // Two rounds with Δ = 0.1 then -0.2, η = 0.01, β1 = 0.9, β2 = 0.999, τ = 1e-8.
+        let (eta, b1, b2, tau) = (0.01f64, 0.9f64, 0.999f64, 1e-8f64);
+        for variant in [FedOptVariant::Adam, FedOptVariant::Yogi, FedOptVariant::Adagrad] {
+            let mut s = FedOpt::new(variant, eta as f32, b1 as f32, b2 as f32, tau as f32);
+            let (mut x, mut m, mut v) = (0.0f64, 0.0f64, 0.0f64);
+            let mut current = set(&[0.0]);
+            for d in [0.1f64, -0.2] {
+                m = b1 * m + (1.0 - b1) * d;
+                v = match variant {
+                    FedOptVariant::Adam => b2 * v + (1.0 - b2) * d * d,
+                    FedOptVariant::Yogi => v - (1.0 - b2) * d * d * (v - d * d).signum(),
+                    FedOptVariant::Adagrad => v + d * d,
+                };
+                x += eta * m / (v.sqrt() + tau);
+                current = s.aggregate_fit(&current, &round(&[d as f32])).unwrap();
+                let got = f64::from(values(&current)[0]);
+                assert!((got - x).abs() < 1e-4 * x.abs().max(1e-3), "{variant:?}: {got} vs {x}");
+            }
+        }
+    }
+
+    #[test]
+    fn scaffold_moves_its_control_variate() {
+        let mut s = Scaffold::new(1.0);
+        let global = set(&[1.0, 2.0]);
+        let c0 = s.configure_fit(&global).server_control.unwrap();
+        assert_eq!(values(&c0), [0.0, 0.0]);
+        let mut r = round(&[0.5, -0.5]);
+        r.mean_delta = set(&[0.5, -0.5]);
+        r.control_step = Some(set(&[0.25, 0.125]));
+        let next = s.aggregate_fit(&global, &r).unwrap();
+        assert_eq!(values(&next), [1.5, 1.5]);
+        assert_eq!(values(&s.configure_fit(&next).server_control.unwrap()), [0.25, 0.125]);
+        r.control_step = None;
+        assert!(s.aggregate_fit(&next, &r).is_err());
+    }
+}
