@@ -1,14 +1,42 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The round engine: who trains, what they receive, which updates count and
+//! how they combine, as a deterministic state machine ([`RoundEngine`]) that
+//! knows nothing of sockets, threads or clocks. Time is an input
+//! ([`tessera_core::Timestamp`]); randomness comes from the plan's seed.
+//!
+//! Drivers feed it events and carry out what it asks: the simulator with
+//! in-memory participants on a virtual clock, deployment over gRPC with wall
+//! time. Same plan and seed, same models, bit for bit.
+//!
+//! Also here: the [`Plan`] (the TOML file that describes a federation: data,
+//! model, local training, strategy, rounds) and [`Site`], the participant's
+//! side of a round (local training turned into an [`tessera_core::Update`]),
+//! which simulation and deployment share.
+//!
+//! This crate never blocks, sleeps, reads the clock or opens a socket.
+#![deny(missing_docs)]
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod engine;
+mod error;
+mod plan;
+mod site;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
+pub use engine::{EngineConfig, FitTask, Rejection, RoundEngine, RoundOutcome, RoundStart, RoundStatus};
+pub use error::EngineError;
+pub use plan::{FederationConfig, Plan, PlanError, Range, SimulationConfig};
+pub use site::Site;
+
+/// Tags of the seed streams derived from a run seed.
+pub mod streams {
+    /// The initial model.
+    pub const INIT: u64 = 1;
+    /// Cohort sampling, per round.
+    pub const COHORT: u64 = 2;
+    /// Local training, per round and site.
+    pub const FIT: u64 = 3;
+    /// Simulated participant profiles, per site.
+    pub const PROFILE: u64 = 4;
+    /// Simulated dropouts, per round and site.
+    pub const DROPOUT: u64 = 5;
+    /// Baseline training.
+    pub const BASELINE: u64 = 6;
 }

@@ -1,0 +1,289 @@
+//! The plan: one TOML file that describes a federation.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tessera_aggregate::{Strategy, StrategyConfig, StrategyKind};
+use tessera_data::DataConfig;
+use tessera_learn::{ModelConfig, TrainingConfig};
+use thiserror::Error;
+
+/// A plan that cannot be used, with the reason.
+#[derive(Debug, Error)]
+pub enum PlanError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        /// The plan file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown or mistyped keys.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The plan file.
+        path: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A setting is out of range or settings contradict each other.
+    #[error("plan: {0}")]
+    Invalid(String),
+}
+
+/// Everything about a federation: data, model, local training, how rounds
+/// run, and the settings of each strategy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// A short name, used in reports.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Run seed: initial model, cohorts, local batches, simulated profiles.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Where each site's data is and what it means.
+    pub data: DataConfig,
+    /// The model.
+    pub model: ModelConfig,
+    /// Local training in each round.
+    #[serde(default)]
+    pub training: TrainingConfig,
+    /// How rounds run.
+    #[serde(default)]
+    pub federation: FederationConfig,
+    /// Settings per strategy, by name (`[strategies.fedadam]`).
+    #[serde(default)]
+    pub strategies: BTreeMap<String, StrategyConfig>,
+    /// Centralised and local-only baselines' training (default: the local
+    /// training settings, as many epochs as there are rounds).
+    #[serde(default)]
+    pub baselines: Option<TrainingConfig>,
+    /// Simulated participants: speeds, latencies, dropouts.
+    #[serde(default)]
+    pub simulation: SimulationConfig,
+}
+
+/// How rounds run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    /// Number of rounds.
+    #[serde(default = "default_rounds")]
+    pub rounds: u32,
+    /// The strategy (`fedavg`, `fedavgm`, `fedprox`, `scaffold`, `fedadam`, `fedyogi`, `fedadagrad`).
+    #[serde(default = "default_strategy")]
+    pub strategy: StrategyKind,
+    /// Share of the available participants sampled into each round's cohort.
+    #[serde(default = "default_fraction")]
+    pub fraction: f64,
+    /// Smallest cohort; a round does not start with fewer participants available.
+    #[serde(default = "default_one")]
+    pub min_participants: usize,
+    /// Fewest accepted updates for a round to count; with fewer by the
+    /// deadline the round fails and the model stays as it was.
+    #[serde(default = "default_one")]
+    pub quorum: usize,
+    /// Seconds a round waits for updates; without it a round waits for every
+    /// member of its cohort (or its dropout).
+    #[serde(default)]
+    pub deadline_seconds: Option<f64>,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            rounds: default_rounds(),
+            strategy: default_strategy(),
+            fraction: default_fraction(),
+            min_participants: 1,
+            quorum: 1,
+            deadline_seconds: None,
+        }
+    }
+}
+
+/// An interval, for simulated profiles; draws are log-uniform when both ends
+/// are positive.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Range {
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+}
+
+/// Simulated participants. Each gets a seeded profile: a compute speed and a
+/// network latency drawn from these ranges, and a chance to drop out of each
+/// round after receiving its task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulationConfig {
+    /// Training examples processed per virtual second.
+    #[serde(default = "default_speed")]
+    pub examples_per_second: Range,
+    /// One-way message latency in virtual seconds.
+    #[serde(default = "default_latency")]
+    pub latency_seconds: Range,
+    /// Probability that a participant drops out of a round.
+    #[serde(default)]
+    pub dropout: f64,
+}
+
+impl Default for SimulationConfig {
+    fn default() -> Self {
+        Self {
+            examples_per_second: default_speed(),
+            latency_seconds: default_latency(),
+            dropout: 0.0,
+        }
+    }
+}
+
+impl Plan {
+    /// Reads and checks a plan file.
+    pub fn from_file(path: &Path) -> Result<Plan, PlanError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PlanError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Plan::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks a plan; `origin` names it in messages.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Plan, PlanError> {
+        let plan: Plan = toml::from_str(text).map_err(|e| PlanError::Parse {
+            path: origin.to_string(),
+            message: one_line(&e, text),
+        })?;
+        plan.validate()?;
+        Ok(plan)
+    }
+
+    /// Checks every section and their agreement.
+    pub fn validate(&self) -> Result<(), PlanError> {
+        let invalid = |m: String| Err(PlanError::Invalid(m));
+        self.data.validate().map_err(|e| PlanError::Invalid(e.to_string()))?;
+        self.training
+            .validate()
+            .map_err(|e| PlanError::Invalid(format!("training: {e}")))?;
+        if let Some(baselines) = &self.baselines {
+            baselines
+                .validate()
+                .map_err(|e| PlanError::Invalid(format!("baselines: {e}")))?;
+        }
+        for name in self.strategies.keys() {
+            name.parse::<StrategyKind>()
+                .map_err(|e| PlanError::Invalid(format!("strategies.{name}: {e}")))?;
+        }
+        self.strategy()?;
+        let f = &self.federation;
+        if f.rounds == 0 {
+            return invalid("federation.rounds must be at least 1".into());
+        }
+        if !(f.fraction > 0.0 && f.fraction <= 1.0) {
+            return invalid(format!("federation.fraction must be in (0, 1], got {}", f.fraction));
+        }
+        if f.min_participants == 0 || f.quorum == 0 {
+            return invalid("federation.min_participants and federation.quorum must be at least 1".into());
+        }
+        if let Some(d) = f.deadline_seconds
+            && !(d.is_finite() && d > 0.0)
+        {
+            return invalid(format!("federation.deadline_seconds must be a positive number, got {d}"));
+        }
+        let s = &self.simulation;
+        for (name, r) in [("examples_per_second", s.examples_per_second), ("latency_seconds", s.latency_seconds)] {
+            if !(r.min.is_finite() && r.max.is_finite() && r.min >= 0.0 && r.min <= r.max) {
+                return invalid(format!("simulation.{name}: need 0 <= min <= max, got {} and {}", r.min, r.max));
+            }
+        }
+        if s.examples_per_second.min <= 0.0 {
+            return invalid("simulation.examples_per_second must be positive".into());
+        }
+        if !(0.0..1.0).contains(&s.dropout) {
+            return invalid(format!("simulation.dropout must be in [0, 1), got {}", s.dropout));
+        }
+        Ok(())
+    }
+
+    /// The settings of the chosen strategy (defaults where the plan has none).
+    pub fn strategy_config(&self) -> StrategyConfig {
+        self.strategies
+            .get(self.federation.strategy.as_str())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The chosen strategy, built.
+    pub fn strategy(&self) -> Result<Box<dyn Strategy>, PlanError> {
+        self.strategy_config()
+            .build(self.federation.strategy)
+            .map_err(|e| PlanError::Invalid(e.to_string()))
+    }
+
+    /// Local training with the strategy's client learning rate applied.
+    pub fn local_training(&self) -> TrainingConfig {
+        let mut training = self.training.clone();
+        if let Some(lr) = self.strategy_config().client_lr {
+            training.optimizer.lr = lr;
+        }
+        training
+    }
+
+    /// Training of the baselines.
+    pub fn baseline_training(&self) -> TrainingConfig {
+        self.baselines.clone().unwrap_or_else(|| {
+            let mut training = self.training.clone();
+            let per_round = training.epochs.unwrap_or(1);
+            training.steps = None;
+            training.epochs = Some(per_round * u64::from(self.federation.rounds));
+            training
+        })
+    }
+}
+
+/// A parser message on one line, with the line and column it points at.
+fn one_line(error: &toml::de::Error, text: &str) -> String {
+    let message = error.message().trim().replace('\n', " ");
+    match error.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+fn default_name() -> String {
+    "tessera".into()
+}
+fn default_seed() -> u64 {
+    42
+}
+fn default_rounds() -> u32 {
+    10
+}
+fn default_strategy() -> StrategyKind {
+    StrategyKind::FedAvg
+}
+fn default_fraction() -> f64 {
+    1.0
+}
+fn default_one() -> usize {
+    1
+}
+fn default_speed() -> Range {
+    Range {
+        min: 10_000.0,
+        max: 10_000.0,
+    }
+}
+fn default_latency() -> Range {
+    Range { min: 0.05, max: 0.05 }
+}

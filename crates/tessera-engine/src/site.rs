@@ -1,0 +1,91 @@
+//! The participant's side of a round.
+
+use tessera_core::{ParameterSet, ParticipantId, SeededRng, Update, tag};
+use tessera_data::Dataset;
+use tessera_learn::{Evaluation, Learner, LocalPlan, TrainingConfig};
+
+use crate::{EngineError, FitTask, streams};
+
+/// One participant: its model, its training rows, and what it keeps between
+/// rounds (SCAFFOLD's control variate). Turns a [`FitTask`] into an
+/// [`Update`] the same way in simulation and deployment.
+pub struct Site {
+    id: ParticipantId,
+    learner: Box<dyn Learner>,
+    training: TrainingConfig,
+    seed: u64,
+    control: Option<ParameterSet>,
+}
+
+impl Site {
+    /// A participant training `learner` with `training` settings; `seed` is the run seed.
+    pub fn new(id: ParticipantId, learner: Box<dyn Learner>, training: TrainingConfig, seed: u64) -> Self {
+        Self {
+            id,
+            learner,
+            training,
+            seed,
+            control: None,
+        }
+    }
+
+    /// The participant's id.
+    pub fn id(&self) -> &ParticipantId {
+        &self.id
+    }
+
+    /// Local training steps a round takes on `n_rows` rows.
+    pub fn n_steps(&self, n_rows: usize) -> Result<u64, EngineError> {
+        Ok(LocalPlan::plain(&self.training).n_steps(n_rows)?)
+    }
+
+    /// Runs the task on `train`: start from the global parameters, train
+    /// locally with the strategy's additions, return the change.
+    pub fn fit(&mut self, task: &FitTask, train: &Dataset) -> Result<Update, EngineError> {
+        let global = task.global.as_ref();
+        self.learner.set_parameters(global)?;
+        let correction = match &task.instructions.server_control {
+            Some(server) => {
+                let own = self.control.get_or_insert_with(|| global.zeros_like());
+                Some(server.sub(own)?)
+            }
+            None => None,
+        };
+        let plan = LocalPlan {
+            training: &self.training,
+            proximal: task.instructions.proximal_mu.map(|mu| (mu, global)),
+            correction: correction.as_ref(),
+        };
+        let mut rng = SeededRng::derived(self.seed, &[streams::FIT, u64::from(task.round), tag(self.id.as_str())]);
+        let stats = self.learner.fit(train, &plan, &mut rng)?;
+        let delta = self.learner.parameters().sub(global)?;
+        let control_delta = match &task.instructions.server_control {
+            Some(server) => {
+                // SCAFFOLD option II: c_i+ = c_i - c + (x - y_i) / (K lr), so
+                // Δc_i = c_i+ - c_i = -c - Δy / (K lr).
+                let scale = 1.0 / (stats.n_steps.max(1) as f32 * self.training.optimizer.lr);
+                let mut change = server.as_ref().clone();
+                for (c, d) in change.values_mut().zip(delta.values()) {
+                    *c = -*c - d * scale;
+                }
+                if let Some(own) = self.control.as_mut() {
+                    own.add_scaled(&change, 1.0)?;
+                }
+                Some(change)
+            }
+            None => None,
+        };
+        Ok(Update {
+            delta,
+            n_examples: train.n_rows() as u64,
+            control_delta,
+            stats,
+        })
+    }
+
+    /// Evaluates `parameters` on `rows`.
+    pub fn evaluate(&mut self, parameters: &ParameterSet, rows: &Dataset) -> Result<Evaluation, EngineError> {
+        self.learner.set_parameters(parameters)?;
+        Ok(self.learner.evaluate(rows)?)
+    }
+}

@@ -1,0 +1,161 @@
+//! The round engine as a state machine: cohorts, acceptance, deadlines,
+//! quorum, and order-independent aggregation.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use tessera_aggregate::{StrategyConfig, StrategyKind};
+use tessera_core::{FitStats, ParameterSet, ParticipantId, SeededRng, Tensor, Timestamp, Update};
+use tessera_engine::{EngineConfig, Rejection, RoundEngine, RoundStatus};
+
+fn params(values: &[f32]) -> ParameterSet {
+    let mut p = ParameterSet::new();
+    p.push("w", Tensor::new(vec![values.len()], values.to_vec()).unwrap()).unwrap();
+    p
+}
+
+fn update(values: &[f32], n: u64) -> Update {
+    Update {
+        delta: params(values),
+        n_examples: n,
+        control_delta: None,
+        stats: FitStats::default(),
+    }
+}
+
+fn config(n_rounds: u32) -> EngineConfig {
+    EngineConfig {
+        rounds: n_rounds,
+        fraction: 1.0,
+        min_participants: 1,
+        quorum: 1,
+        deadline: None,
+        seed: 7,
+    }
+}
+
+fn engine(config: EngineConfig, n_sites: usize) -> RoundEngine {
+    let strategy = StrategyConfig::default().build(StrategyKind::FedAvg).unwrap();
+    let mut e = RoundEngine::new(config, strategy, params(&[0.0, 0.0]));
+    for i in 0..n_sites {
+        e.register(ParticipantId::new(format!("s{i:02}")));
+    }
+    e
+}
+
+fn id(i: usize) -> ParticipantId {
+    ParticipantId::new(format!("s{i:02}"))
+}
+
+#[test]
+fn a_round_waits_for_its_cohort_then_averages() {
+    let mut e = engine(config(2), 3);
+    let t0 = Timestamp::ZERO;
+    let start = e.begin_round(t0).unwrap();
+    assert_eq!(start.cohort, [id(0), id(1), id(2)]);
+    assert!(e.begin_round(t0).is_err(), "one round at a time");
+    e.submit(t0, &id(0), 1, &update(&[1.0, 1.0], 1)).unwrap();
+    e.submit(t0, &id(2), 1, &update(&[4.0, -2.0], 2)).unwrap();
+    assert!(e.poll(Timestamp(10)).is_none(), "s01 has not answered");
+    e.report_dropout(&id(1));
+    let outcome = e.poll(Timestamp(20)).unwrap();
+    assert_eq!(outcome.status, RoundStatus::Completed);
+    assert_eq!(outcome.accepted, [id(0), id(2)]);
+    assert_eq!(outcome.dropped, [id(1)]);
+    assert_eq!(e.global().values().collect::<Vec<_>>(), [3.0, -1.0]);
+}
+
+#[test]
+fn rejections_name_their_reason_and_the_round_goes_on() {
+    let mut e = engine(config(1), 2);
+    let t = Timestamp::ZERO;
+    assert_eq!(
+        e.submit(t, &id(0), 1, &update(&[1.0, 1.0], 1)),
+        Err(Rejection::WrongRound { got: 1, open: None })
+    );
+    e.begin_round(t).unwrap();
+    assert_eq!(
+        e.submit(t, &ParticipantId::new("mallory"), 1, &update(&[1.0, 1.0], 1)),
+        Err(Rejection::NotInCohort)
+    );
+    let bad = e.submit(t, &id(0), 1, &update(&[1.0], 1)).unwrap_err();
+    assert!(matches!(&bad, Rejection::Invalid(r) if r.contains("expected 1 tensors") || r.contains("shape")), "{bad}");
+    assert_eq!(e.submit(t, &id(0), 1, &update(&[1.0, 1.0], 1)), Err(Rejection::NotPending));
+    let nan = e.submit(t, &id(1), 1, &update(&[f32::NAN, 1.0], 1)).unwrap_err();
+    assert!(nan.to_string().contains("non-finite"), "{nan}");
+    let outcome = e.poll(t).unwrap();
+    assert_eq!(outcome.rejected.len(), 2);
+    assert_eq!(outcome.status, RoundStatus::QuorumNotMet { accepted: 0, needed: 1 });
+    assert_eq!(e.global().values().collect::<Vec<_>>(), [0.0, 0.0], "a failed round leaves the model");
+    assert!(e.is_finished());
+}
+
+#[test]
+fn the_deadline_cuts_off_stragglers() {
+    let mut c = config(1);
+    c.deadline = Some(Duration::from_secs(5));
+    let mut e = engine(c, 3);
+    let start = e.begin_round(Timestamp::from_secs_f64(1.0)).unwrap();
+    assert_eq!(start.task.deadline, Some(Timestamp::from_secs_f64(6.0)));
+    e.submit(Timestamp::from_secs_f64(2.0), &id(0), 1, &update(&[1.0, 0.0], 1)).unwrap();
+    assert_eq!(
+        e.submit(Timestamp::from_secs_f64(6.5), &id(1), 1, &update(&[1.0, 0.0], 1)),
+        Err(Rejection::Late)
+    );
+    assert!(e.poll(Timestamp::from_secs_f64(5.9)).is_none());
+    let outcome = e.poll(Timestamp::from_secs_f64(6.0)).unwrap();
+    assert_eq!(outcome.stragglers, [id(1), id(2)]);
+    assert_eq!(outcome.status, RoundStatus::Completed);
+}
+
+#[test]
+fn cohorts_are_seeded_samples() {
+    let mut c = config(3);
+    c.fraction = 0.3;
+    c.min_participants = 2;
+    let mut a = engine(c.clone(), 10);
+    let mut b = engine(c, 10);
+    let mut seen = Vec::new();
+    for round in 1..=3 {
+        let ca = a.begin_round(Timestamp::ZERO).unwrap().cohort;
+        let cb = b.begin_round(Timestamp::ZERO).unwrap().cohort;
+        assert_eq!(ca, cb);
+        assert_eq!(ca.len(), 3, "ceil(0.3 * 10)");
+        assert!(ca.windows(2).all(|w| w[0] < w[1]));
+        for who in &ca {
+            a.report_dropout(who);
+            b.report_dropout(who);
+        }
+        a.poll(Timestamp::ZERO).unwrap();
+        b.poll(Timestamp::ZERO).unwrap();
+        seen.push(ca);
+        assert_eq!(a.rounds_closed(), round);
+    }
+    assert!(seen[0] != seen[1] || seen[1] != seen[2], "cohorts vary across rounds");
+    let mut small = engine(config(1), 0);
+    assert!(small.begin_round(Timestamp::ZERO).unwrap_err().to_string().contains("needs at least 1 participants"));
+}
+
+proptest! {
+    /// The same updates in any arrival order give the same global parameters, bit for bit.
+    #[test]
+    fn arrival_order_does_not_change_the_model(
+        updates in proptest::collection::vec((proptest::collection::vec(-10f32..10.0, 2), 1u64..1000), 2..12),
+        seed in any::<u64>(),
+    ) {
+        let n = updates.len();
+        let run = |order: &[usize]| {
+            let mut e = engine(config(1), n);
+            e.begin_round(Timestamp::ZERO).unwrap();
+            for &i in order {
+                e.submit(Timestamp::ZERO, &id(i), 1, &update(&updates[i].0, updates[i].1)).unwrap();
+            }
+            e.poll(Timestamp::ZERO).unwrap();
+            e.global().values().map(f32::to_bits).collect::<Vec<_>>()
+        };
+        let forward: Vec<usize> = (0..n).collect();
+        let mut shuffled = forward.clone();
+        SeededRng::new(seed).shuffle(&mut shuffled);
+        prop_assert_eq!(run(&forward), run(&shuffled));
+    }
+}

@@ -1,0 +1,74 @@
+//! Plans parse, and bad plans are refused with a message that says why.
+
+use std::path::Path;
+
+use tessera_aggregate::StrategyKind;
+use tessera_engine::Plan;
+
+fn heart_plan() -> Plan {
+    Plan::from_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fed-heart-disease.toml")).unwrap()
+}
+
+#[test]
+fn bundled_plan_parses_with_flamby_settings() {
+    let plan = heart_plan();
+    assert_eq!(plan.federation.rounds, 15);
+    assert_eq!(plan.training.steps, Some(100));
+    assert_eq!(plan.training.batch_size, 4);
+    let lr = |kind: StrategyKind| {
+        let mut p = plan.clone();
+        p.federation.strategy = kind;
+        (p.local_training().optimizer.lr, p.strategy_config().server_lr)
+    };
+    assert_eq!(lr(StrategyKind::FedAvg), (0.001, Some(1.0)));
+    assert_eq!(lr(StrategyKind::FedAdam), (0.01, Some(0.01)));
+    assert_eq!(lr(StrategyKind::FedYogi), (0.003162, Some(0.01)));
+    assert_eq!(lr(StrategyKind::FedAdagrad), (0.003162, Some(0.316228)));
+    let baselines = plan.baseline_training();
+    assert_eq!((baselines.epochs, baselines.batch_size, baselines.optimizer.lr), (Some(50), 4, 0.001));
+}
+
+fn error(text: &str) -> String {
+    let e = Plan::from_toml(text, "p.toml").unwrap_err().to_string();
+    assert!(!e.contains('\n'), "{e}");
+    e
+}
+
+const MINIMAL: &str = r#"
+[data]
+path = "d.csv"
+site_column = "site"
+[data.schema]
+target = "y"
+[model]
+kind = "logistic"
+"#;
+
+#[test]
+fn minimal_plan_gets_defaults() {
+    let plan = Plan::from_toml(MINIMAL, "p.toml").unwrap();
+    assert_eq!(plan.federation.strategy, StrategyKind::FedAvg);
+    assert_eq!(plan.baseline_training().epochs, Some(10));
+}
+
+#[test]
+fn bad_plans_are_refused() {
+    assert_eq!(
+        error(&format!("{MINIMAL}\n[federation]\nstrategy = \"fedsgd\"\n")),
+        "p.toml: line 11, column 12: unknown variant `fedsgd`, expected one of `fedavg`, `fedavgm`, `fedprox`, `scaffold`, `fedadam`, `fedyogi`, `fedadagrad`"
+    );
+    assert!(error(&format!("{MINIMAL}\n[federation]\nroundz = 3\n")).contains("unknown field `roundz`"));
+    assert_eq!(
+        error(&format!("{MINIMAL}\n[strategies.fedsgd]\nserver_lr = 1.0\n")),
+        "plan: strategies.fedsgd: unknown strategy 'fedsgd' (expected one of fedavg, fedavgm, fedprox, scaffold, fedadam, fedyogi, fedadagrad)"
+    );
+    assert_eq!(
+        error(&format!("{MINIMAL}\n[federation]\nfraction = 0\n")),
+        "plan: federation.fraction must be in (0, 1], got 0"
+    );
+    assert_eq!(
+        error(&format!("{MINIMAL}\n[training]\nsteps = 3\nepochs = 1\n")),
+        "plan: training: model config: give `steps` or `epochs`, not both"
+    );
+    assert!(error("[model\n").starts_with("p.toml: line 1"));
+}
