@@ -20,7 +20,7 @@ mod update;
 
 pub use error::CoreError;
 pub use id::ParticipantId;
-pub use params::{ParameterSet, Tensor};
+pub use params::{ParameterSet, Tensor, varint_len};
 pub use rng::{SeededRng, derive_seed, tag};
 pub use time::Timestamp;
 pub use update::{FitStats, Update};

@@ -258,8 +258,8 @@ fn field_len(payload: usize) -> usize {
     1 + varint_len(payload as u64) + payload
 }
 
-/// Bytes of a protobuf varint.
-pub(crate) fn varint_len(value: u64) -> usize {
+/// Bytes of a protobuf varint holding `value`.
+pub fn varint_len(value: u64) -> usize {
     let bits = 64 - value.leading_zeros() as usize;
     bits.max(1).div_ceil(7)
 }

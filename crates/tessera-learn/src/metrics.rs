@@ -46,6 +46,23 @@ impl ScoreHistogram {
         }
     }
 
+    /// Bytes the histogram takes on the wire, sparse: for each class, the
+    /// non-empty bins as packed varint pairs (gap from the previous bin, count).
+    pub fn wire_len(&self) -> usize {
+        [&self.positives, &self.negatives]
+            .iter()
+            .map(|counts| {
+                let mut previous = 0;
+                let mut payload = 0;
+                for (bin, &count) in counts.iter().enumerate().filter(|(_, c)| **c > 0) {
+                    payload += tessera_core::varint_len((bin - previous) as u64) + tessera_core::varint_len(count);
+                    previous = bin;
+                }
+                1 + tessera_core::varint_len(payload as u64) + payload
+            })
+            .sum()
+    }
+
     /// AUC with examples in the same bin counted as ties; within `1/(P N)` of
     /// the exact AUC times the number of positive-negative pairs that share a bin.
     pub fn auc(&self) -> Option<f64> {
@@ -117,6 +134,11 @@ impl Evaluation {
             auc,
             histogram,
         }
+    }
+
+    /// Bytes this evaluation takes on the wire: counts, loss, AUC and the histogram.
+    pub fn wire_len(&self) -> usize {
+        32 + self.histogram.as_ref().map_or(0, ScoreHistogram::wire_len)
     }
 
     /// Share of rows predicted right (0 for no rows).

@@ -1,14 +1,26 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The simulator: N in-process participants drive the same [`RoundEngine`]
+//! that deployment uses. Each participant has a seeded profile (compute
+//! speed, latency, chance of dropping out) on a virtual clock, so straggler
+//! and dropout experiments are faithful and reproducible; local training runs
+//! in parallel across cores with rayon. Baselines (local-only and pooled)
+//! train on the same splits.
+//!
+//! Key design decision: the virtual clock decides *which* updates count (by
+//! their arrival times, known before training), threads only decide *when*
+//! they are computed. Updates are trained in windows of arrival order and fed
+//! to the engine in that order, so memory stays bounded by the window, and
+//! because the engine's sums are exact, the result does not depend on the
+//! number of threads.
+//!
+//! [`RoundEngine`]: tessera_engine::RoundEngine
+#![deny(missing_docs)]
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod baselines;
+mod profile;
+mod report;
+mod run;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use baselines::run_baselines;
+pub use profile::Profile;
+pub use report::{Baselines, Communication, FinalMetrics, LocalBaseline, PooledBaseline, RoundRecord, SimReport, SiteMetrics, Timing};
+pub use run::{SimError, SimOptions, initial_model, simulate};

@@ -1,0 +1,56 @@
+//! `tessera`: the command line of the Tessera federated learning system.
+//!
+//! This crate only parses arguments and wires the library crates together;
+//! every decision lives in the libraries.
+
+mod bundled;
+mod plot;
+mod simulate;
+mod synth;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Federated learning that brings the model to the data.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Simulate a federation in this process: by default the bundled Fed-Heart-Disease plan.
+    Simulate(simulate::SimulateArgs),
+    /// Write FedProx's Synthetic(alpha, beta) data as CSV.
+    Synth(synth::SynthArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // One line: what was wrong with the arguments.
+            let text = e.render().to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    let result = match cli.command {
+        Command::Simulate(args) => simulate::run(args),
+        Command::Synth(args) => synth::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! `tessera simulate`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use tessera_aggregate::StrategyKind;
+use tessera_data::{DataConfig, FileSource, Filesystem, SchemaConfig};
+use tessera_engine::{FederationConfig, Plan};
+use tessera_learn::{Init, ModelConfig, ModelKind, TrainingConfig};
+use tessera_sim::{RoundRecord, SimOptions, SimReport, simulate};
+
+use crate::bundled::{self, Bundled};
+use crate::plot::write_plot;
+
+/// Arguments of `tessera simulate`.
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// Plan file (TOML). Without it and without --data: the bundled Fed-Heart-Disease plan.
+    #[arg(long, conflicts_with = "data")]
+    plan: Option<PathBuf>,
+    /// Ad-hoc: one CSV with a header and a site column; every other column is a feature.
+    #[arg(long, requires_all = ["site_column", "target"])]
+    data: Option<PathBuf>,
+    /// Ad-hoc: the column naming each row's site.
+    #[arg(long, requires = "data")]
+    site_column: Option<String>,
+    /// Ad-hoc: the column to predict.
+    #[arg(long, requires = "data")]
+    target: Option<String>,
+    /// Ad-hoc: the target value that is the positive class (binary tasks).
+    #[arg(long, requires = "data")]
+    positive: Option<String>,
+    /// Ad-hoc: logistic, softmax or mlp.
+    #[arg(long, requires = "data")]
+    model: Option<String>,
+    /// Ad-hoc: hidden layer widths of the mlp, e.g. 64,32.
+    #[arg(long, requires = "data", value_delimiter = ',')]
+    hidden: Vec<usize>,
+    /// Initial parameters: uniform (PyTorch's default) or zeros.
+    #[arg(long)]
+    init: Option<String>,
+    /// fedavg, fedavgm, fedprox, scaffold, fedadam, fedyogi or fedadagrad.
+    #[arg(long)]
+    strategy: Option<String>,
+    /// Run seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Number of rounds.
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Local epochs per round (replaces the plan's steps).
+    #[arg(long)]
+    local_epochs: Option<u64>,
+    /// Local batch size.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Local learning rate (replaces the strategy's client rate).
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Also train local-only and pooled baselines on the same splits.
+    #[arg(long)]
+    baselines: bool,
+    /// Report file (JSON). Default: tessera-out/<plan>-<strategy>-seed<seed>.json
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Plot file (SVG). Default: beside the report.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// No progress bar or round table.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (mut plan, base_dir, source): (Plan, PathBuf, Box<dyn FileSource>) = match (&args.plan, &args.data) {
+        (Some(path), _) => {
+            let plan = Plan::from_file(path)?;
+            let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            (plan, dir, Box::new(Filesystem))
+        }
+        (None, Some(data)) => (ad_hoc_plan(&args, data)?, PathBuf::new(), Box::new(Filesystem)),
+        (None, None) => {
+            let plan = Plan::from_toml(bundled::PLAN, bundled::PLAN_PATH)?;
+            (plan, PathBuf::from("examples"), Box::new(Bundled))
+        }
+    };
+    apply_overrides(&mut plan, &args)?;
+    plan.validate()?;
+
+    let data_started = Instant::now();
+    let data = tessera_data::load(&plan.data, &base_dir, source.as_ref())?;
+    let data_seconds = data_started.elapsed().as_secs_f64();
+    let n_train: usize = data.summary.iter().map(|s| s.n_train).sum();
+    let n_test: usize = data.summary.iter().map(|s| s.n_test).sum();
+    let strategy = plan.federation.strategy;
+    if !args.quiet {
+        eprintln!(
+            "{}: {} sites, {} training and {} test rows, {} features, {} classes; {} {} rounds, seed {}",
+            plan.name,
+            data.sites.len(),
+            n_train,
+            n_test,
+            data.n_features(),
+            data.task.n_classes(),
+            strategy,
+            plan.federation.rounds,
+            plan.seed,
+        );
+    }
+
+    let progress = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new(u64::from(plan.federation.rounds));
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} round {pos}/{len} [{bar:30}] {elapsed} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar
+    };
+    let quiet = args.quiet;
+    let mut header_printed = false;
+    let mut observer = |r: &RoundRecord| {
+        if !quiet {
+            progress.suspend(|| {
+                let mut out = std::io::stdout().lock();
+                if !header_printed {
+                    let _ = writeln!(
+                        out,
+                        "{:>5}  {:>8}  {:>9}  {:>7}  {:>6}  {:>8}  {:>8}  {:>9}  status",
+                        "round", "accuracy", "mean-site", "loss", "auc", "accepted", "seconds", "virtual-s"
+                    );
+                    header_printed = true;
+                }
+                let _ = writeln!(
+                    out,
+                    "{:>5}  {:>8.4}  {:>9.4}  {:>7.4}  {:>6}  {:>8}  {:>8.3}  {:>9.2}  {}",
+                    r.round,
+                    r.accuracy,
+                    r.mean_site_accuracy,
+                    r.loss,
+                    r.auc.map_or("-".to_string(), |a| format!("{a:.4}")),
+                    r.accepted,
+                    r.seconds,
+                    r.virtual_seconds,
+                    r.status
+                );
+            });
+        }
+        progress.set_message(format!("accuracy {:.4}", r.accuracy));
+        progress.inc(1);
+    };
+    let options = SimOptions {
+        baselines: args.baselines,
+    };
+    if args.baselines && !quiet {
+        progress.println("baselines (local-only and pooled) train after the rounds");
+    }
+    let mut report = simulate(&plan, &data, &options, &mut observer)?;
+    progress.finish_and_clear();
+    report.timing.data_seconds = data_seconds;
+    report.timing.total_seconds = started.elapsed().as_secs_f64();
+    report.timing.peak_rss_bytes = peak_rss_bytes();
+
+    let report_path = args
+        .report
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("tessera-out").join(format!("{}-{}-seed{}.json", plan.name, strategy, plan.seed)));
+    let plot_path = args.plot.clone().unwrap_or_else(|| report_path.with_extension("svg"));
+    write_report(&report, &report_path)?;
+    write_plot(&report, &plot_path)?;
+    if !quiet {
+        print_summary(&report);
+        eprintln!("report: {}  plot: {}", report_path.display(), plot_path.display());
+    }
+    Ok(())
+}
+
+fn print_summary(report: &SimReport) {
+    let f = &report.final_metrics;
+    println!(
+        "final: accuracy {:.4} (all test rows), mean of sites {:.4}, auc {}",
+        f.accuracy,
+        f.mean_site_accuracy,
+        f.auc.map_or("-".to_string(), |a| format!("{a:.4}"))
+    );
+    let sites: Vec<String> = f.per_site.iter().map(|(s, m)| format!("{s} {:.4}", m.accuracy)).collect();
+    println!("per site: {}", sites.join(", "));
+    if let Some(b) = &report.baselines {
+        println!(
+            "baselines: pooled {:.4} (all test rows), {:.4} (mean of sites); local only {:.4} (mean of sites)",
+            b.pooled.accuracy, b.pooled.mean_site_accuracy, b.local.mean_site_accuracy
+        );
+    }
+    let t = &report.timing;
+    println!(
+        "time: {:.3} s total, {:.4} s per round ({} threads); virtual {:.2} s; traffic {} bytes up, {} bytes down",
+        t.total_seconds,
+        t.seconds_per_round,
+        t.threads,
+        t.virtual_seconds,
+        report.communication.bytes_up,
+        report.communication.bytes_down
+    );
+}
+
+fn write_report(report: &SimReport, path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the folder", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(report).context("cannot encode the report")?;
+    std::fs::write(path, text + "\n").with_context(|| format!("{}: cannot write the report", path.display()))
+}
+
+/// A plan for one CSV file with a site column, every other column a feature.
+fn ad_hoc_plan(args: &SimulateArgs, data: &Path) -> anyhow::Result<Plan> {
+    let (Some(site_column), Some(target)) = (&args.site_column, &args.target) else {
+        bail!("--data needs --site-column and --target");
+    };
+    let kind: ModelKind = match &args.model {
+        Some(m) => m.parse().map_err(anyhow::Error::msg)?,
+        None => ModelKind::Logistic,
+    };
+    let mut model = ModelConfig::of_kind(kind);
+    if !args.hidden.is_empty() {
+        model.hidden = args.hidden.clone();
+    }
+    let mut schema = SchemaConfig::inferred(target.clone());
+    schema.positive = args.positive.iter().cloned().collect();
+    let name = data
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("data")
+        .to_string();
+    Ok(Plan {
+        name,
+        seed: 42,
+        data: DataConfig {
+            path: Some(data.to_path_buf()),
+            site_column: Some(site_column.clone()),
+            sites: Vec::new(),
+            schema,
+            split: Default::default(),
+            standardize: Default::default(),
+        },
+        model,
+        training: TrainingConfig::default(),
+        federation: FederationConfig::default(),
+        strategies: Default::default(),
+        baselines: None,
+        simulation: Default::default(),
+    })
+}
+
+fn apply_overrides(plan: &mut Plan, args: &SimulateArgs) -> anyhow::Result<()> {
+    if let Some(name) = &args.strategy {
+        plan.federation.strategy = name.parse::<StrategyKind>().map_err(anyhow::Error::msg)?;
+    }
+    if let Some(seed) = args.seed {
+        plan.seed = seed;
+    }
+    if let Some(rounds) = args.rounds {
+        plan.federation.rounds = rounds;
+    }
+    if let Some(epochs) = args.local_epochs {
+        plan.training.epochs = Some(epochs);
+        plan.training.steps = None;
+    }
+    if let Some(batch_size) = args.batch_size {
+        plan.training.batch_size = batch_size;
+    }
+    if let Some(lr) = args.lr {
+        plan.training.optimizer.lr = lr;
+        let key = plan.federation.strategy.as_str().to_string();
+        if let Some(settings) = plan.strategies.get_mut(&key) {
+            settings.client_lr = None;
+        }
+    }
+    if let Some(init) = &args.init {
+        plan.model.init = match init.as_str() {
+            "uniform" => Init::Uniform,
+            "zeros" => Init::Zeros,
+            other => bail!("unknown init '{other}' (expected uniform or zeros)"),
+        };
+    }
+    if args.data.is_none() && (args.model.is_some() || !args.hidden.is_empty()) {
+        bail!("--model and --hidden describe ad-hoc data; a plan sets them in [model]");
+    }
+    Ok(())
+}
+
+/// Peak resident set size of this process, where the system tells it.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

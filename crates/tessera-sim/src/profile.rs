@@ -1,0 +1,60 @@
+//! Seeded participant profiles on the virtual clock.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tessera_core::{SeededRng, tag};
+use tessera_engine::{Range, SimulationConfig, streams};
+
+/// How a simulated participant behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Profile {
+    /// Training examples processed per virtual second.
+    pub examples_per_second: f64,
+    /// One-way message latency, seconds.
+    pub latency_seconds: f64,
+    /// Chance of dropping out of a round.
+    pub dropout: f64,
+}
+
+fn draw(rng: &mut SeededRng, range: Range) -> f64 {
+    if range.min == range.max {
+        return range.min;
+    }
+    if range.min > 0.0 {
+        (range.min.ln() + rng.next_f64() * (range.max.ln() - range.min.ln())).exp()
+    } else {
+        rng.uniform(range.min, range.max)
+    }
+}
+
+impl Profile {
+    /// The profile of `site` under `config`, drawn from the run seed.
+    pub fn draw(config: &SimulationConfig, seed: u64, site: &str) -> Profile {
+        let mut rng = SeededRng::derived(seed, &[streams::PROFILE, tag(site)]);
+        Profile {
+            examples_per_second: draw(&mut rng, config.examples_per_second),
+            latency_seconds: draw(&mut rng, config.latency_seconds),
+            dropout: config.dropout,
+        }
+    }
+
+    /// Virtual time to process `examples` training examples.
+    pub fn compute_time(&self, examples: u64) -> Duration {
+        Duration::from_secs_f64(examples as f64 / self.examples_per_second)
+    }
+
+    /// One-way latency.
+    pub fn latency(&self) -> Duration {
+        Duration::from_secs_f64(self.latency_seconds)
+    }
+
+    /// Whether this participant drops out of `round`, and when (as a share of its work).
+    pub fn drops_out(&self, seed: u64, round: u32, site: &str) -> Option<f64> {
+        if self.dropout <= 0.0 {
+            return None;
+        }
+        let mut rng = SeededRng::derived(seed, &[streams::DROPOUT, u64::from(round), tag(site)]);
+        rng.bernoulli(self.dropout).then(|| rng.next_f64())
+    }
+}

@@ -1,0 +1,166 @@
+//! The report of a simulated run, as written to JSON.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use tessera_data::SiteSummary;
+
+/// One round, as the table and the JSON show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RoundRecord {
+    /// Round number, from 1.
+    pub round: u32,
+    /// `completed`, `quorum not met (a/b)` or `failed: ...`.
+    pub status: String,
+    /// Accuracy of the global model over all sites' test rows (example-weighted).
+    pub accuracy: f64,
+    /// Mean log loss over all test rows.
+    pub loss: f64,
+    /// Unweighted mean over sites of each site's test accuracy.
+    pub mean_site_accuracy: f64,
+    /// Pooled AUC (binary tasks).
+    pub auc: Option<f64>,
+    /// Weighted mean of the participants' training losses.
+    pub train_loss: f64,
+    /// Updates accepted.
+    pub accepted: usize,
+    /// Cohort members cut off by the deadline.
+    pub stragglers: usize,
+    /// Cohort members that dropped out.
+    pub dropped: usize,
+    /// Updates rejected as invalid.
+    pub rejected: usize,
+    /// Wall-clock seconds of the round (training, aggregation, evaluation).
+    pub seconds: f64,
+    /// Virtual seconds from the round's start to its close.
+    pub virtual_seconds: f64,
+    /// Bytes sent by participants this round.
+    pub bytes_up: u64,
+    /// Bytes sent to participants this round.
+    pub bytes_down: u64,
+}
+
+/// How one site's test rows were predicted.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SiteMetrics {
+    /// Accuracy.
+    pub accuracy: f64,
+    /// Mean log loss.
+    pub loss: f64,
+    /// AUC (binary tasks with both classes among the site's test rows).
+    pub auc: Option<f64>,
+    /// Test rows.
+    pub n_test: u64,
+}
+
+/// The final global model's metrics.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FinalMetrics {
+    /// Over all test rows (example-weighted).
+    pub accuracy: f64,
+    /// Unweighted mean over sites.
+    pub mean_site_accuracy: f64,
+    /// Pooled AUC from the sites' score histograms (binary tasks).
+    pub auc: Option<f64>,
+    /// Mean log loss over all test rows.
+    pub loss: f64,
+    /// Per site.
+    pub per_site: BTreeMap<String, SiteMetrics>,
+}
+
+/// Each site trained alone.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LocalBaseline {
+    /// Mean over sites of each site's model on its own test rows.
+    pub mean_site_accuracy: f64,
+    /// Each site's model on its own test rows.
+    pub per_site: BTreeMap<String, SiteMetrics>,
+    /// Each site's model on every site's test rows: the unweighted mean of
+    /// its accuracies (FLamby's "Local i" rows).
+    pub cross_site_mean_accuracy: BTreeMap<String, f64>,
+}
+
+/// One model trained on all training rows pooled.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PooledBaseline {
+    /// On all test rows pooled, scaled with the pooled training statistics.
+    pub accuracy: f64,
+    /// Mean over sites, each site's test rows scaled with its own statistics.
+    pub mean_site_accuracy: f64,
+    /// AUC on the pooled test rows.
+    pub auc: Option<f64>,
+    /// Per site (own statistics).
+    pub per_site: BTreeMap<String, SiteMetrics>,
+}
+
+/// Baselines on the same splits.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Baselines {
+    /// Local-only training.
+    pub local: LocalBaseline,
+    /// Centralised training.
+    pub pooled: PooledBaseline,
+}
+
+/// Wall-clock and virtual timings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Timing {
+    /// Seconds of the whole command (set by the caller).
+    pub total_seconds: f64,
+    /// Seconds reading and preparing data (set by the caller).
+    pub data_seconds: f64,
+    /// Seconds of all rounds.
+    pub rounds_seconds: f64,
+    /// `rounds_seconds` over the number of rounds.
+    pub seconds_per_round: f64,
+    /// Seconds of the baselines.
+    pub baselines_seconds: f64,
+    /// Virtual seconds of the whole federated run.
+    pub virtual_seconds: f64,
+    /// Worker threads.
+    pub threads: usize,
+    /// Peak resident memory of the process, bytes (set by the caller where known).
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Bytes the messages of the run would take on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Communication {
+    /// Sent by participants (updates, evaluation results).
+    pub bytes_up: u64,
+    /// Sent to participants (tasks with the global model, evaluation requests).
+    pub bytes_down: u64,
+    /// Sent by each participant.
+    pub bytes_up_per_site: BTreeMap<String, u64>,
+}
+
+/// Everything a simulated run produced.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SimReport {
+    /// The plan's name.
+    pub plan: String,
+    /// Strategy used.
+    pub strategy: String,
+    /// Run seed.
+    pub seed: u64,
+    /// Model kind.
+    pub model: String,
+    /// Encoded features.
+    pub features: Vec<String>,
+    /// Class names.
+    pub classes: Vec<String>,
+    /// Rows per site.
+    pub data: Vec<SiteSummary>,
+    /// Every round.
+    pub rounds: Vec<RoundRecord>,
+    /// The final model.
+    #[serde(rename = "final")]
+    pub final_metrics: FinalMetrics,
+    /// Baselines, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baselines: Option<Baselines>,
+    /// Timings.
+    pub timing: Timing,
+    /// Traffic.
+    pub communication: Communication,
+}

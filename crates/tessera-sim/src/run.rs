@@ -1,0 +1,294 @@
+//! Driving the round engine with in-process participants on a virtual clock.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use tessera_core::{ParticipantId, Timestamp, derive_seed};
+use tessera_data::FederatedData;
+use tessera_engine::{EngineConfig, EngineError, Plan, PlanError, RoundEngine, RoundOutcome, RoundStatus, Site, streams};
+use tessera_learn::{Evaluation, LearnError, Learner, Network, Schedule};
+use thiserror::Error;
+
+use crate::baselines::run_baselines;
+use crate::profile::Profile;
+use crate::report::{Communication, FinalMetrics, RoundRecord, SimReport, SiteMetrics, Timing};
+
+/// Why a simulation could not run.
+#[derive(Debug, Error)]
+pub enum SimError {
+    /// The plan is unusable.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The engine refused.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A model could not be built or evaluated.
+    #[error(transparent)]
+    Learn(#[from] LearnError),
+}
+
+/// What to run besides the federation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SimOptions {
+    /// Also train the local-only and pooled baselines.
+    pub baselines: bool,
+}
+
+/// The initial global model: built once from the run seed, then broadcast.
+pub fn initial_model(plan: &Plan, data: &FederatedData) -> Result<Network, LearnError> {
+    Network::new(
+        &plan.model,
+        data.n_features(),
+        data.task.n_classes(),
+        derive_seed(plan.seed, &[streams::INIT]),
+    )
+}
+
+/// What happens to a cohort member on the virtual clock.
+#[derive(Debug, Clone, Copy)]
+struct Event {
+    at: Timestamp,
+    site: usize,
+    dropout: bool,
+}
+
+fn lock(site: &Mutex<Site>) -> MutexGuard<'_, Site> {
+    site.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs the plan's federation on `data`, calling `observer` after each round.
+pub fn simulate(
+    plan: &Plan,
+    data: &FederatedData,
+    options: &SimOptions,
+    observer: &mut dyn FnMut(&RoundRecord),
+) -> Result<SimReport, SimError> {
+    plan.validate()?;
+    let initial = initial_model(plan, data)?;
+    let training = plan.local_training();
+    let mut engine = RoundEngine::new(EngineConfig::from_plan(plan), plan.strategy()?, initial.parameters().clone());
+    let ids: Vec<ParticipantId> = data.sites.iter().map(|s| ParticipantId::new(&s.name)).collect();
+    let index: BTreeMap<&ParticipantId, usize> = ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
+    let sites: Vec<Mutex<Site>> = ids
+        .iter()
+        .map(|id| Mutex::new(Site::new(id.clone(), Box::new(initial.clone()), training.clone(), plan.seed)))
+        .collect();
+    let profiles: Vec<Profile> = ids
+        .iter()
+        .map(|id| Profile::draw(&plan.simulation, plan.seed, id.as_str()))
+        .collect();
+    for id in &ids {
+        engine.register(id.clone());
+    }
+    let schedule = training.schedule()?;
+    let window = 8 * rayon::current_num_threads();
+    let mut now = Timestamp::ZERO;
+    let mut records = Vec::new();
+    let mut bytes_up_per_site = vec![0u64; ids.len()];
+    let mut last_evaluations = Vec::new();
+    let rounds_started = Instant::now();
+    while !engine.is_finished() {
+        let wall = Instant::now();
+        let start = engine.begin_round(now)?;
+        let task = &start.task;
+        let round = task.round;
+        let task_bytes = 32
+            + task.global.wire_len() as u64
+            + task.instructions.server_control.as_ref().map_or(0, |c| c.wire_len() as u64);
+        let mut bytes_down = task_bytes * start.cohort.len() as u64;
+        let mut bytes_up = 0u64;
+
+        // Arrival (or dropout) times are known before any training.
+        let mut events = Vec::with_capacity(start.cohort.len());
+        for id in &start.cohort {
+            let site = index[id];
+            let profile = &profiles[site];
+            let n_rows = data.sites[site].train.n_rows();
+            let examples = match schedule {
+                Schedule::Steps(steps) => steps * training.batch_size.min(n_rows.max(1)) as u64,
+                Schedule::Epochs(epochs) => epochs * n_rows as u64,
+            };
+            let compute = profile.compute_time(examples);
+            let received = now.plus(profile.latency());
+            let event = match profile.drops_out(plan.seed, round, id.as_str()) {
+                Some(share) => Event {
+                    at: received.plus(compute.mul_f64(share)).plus(profile.latency()),
+                    site,
+                    dropout: true,
+                },
+                None => Event {
+                    at: received.plus(compute).plus(profile.latency()),
+                    site,
+                    dropout: false,
+                },
+            };
+            events.push(event);
+        }
+        events.sort_by_key(|e| (e.at, e.site));
+
+        // Train in windows of arrival order; feed the engine in that order.
+        let mut last_event = now;
+        for chunk in events.chunks(window) {
+            let wanted: Vec<bool> = chunk
+                .iter()
+                .map(|e| !e.dropout && engine.would_accept_at(&ids[e.site], e.at))
+                .collect();
+            let updates: Vec<_> = chunk
+                .par_iter()
+                .zip(&wanted)
+                .map(|(event, &wanted)| {
+                    wanted.then(|| lock(&sites[event.site]).fit(task, &data.sites[event.site].train))
+                })
+                .collect();
+            for (event, update) in chunk.iter().zip(updates) {
+                let id = &ids[event.site];
+                last_event = last_event.max(event.at);
+                match update {
+                    _ if event.dropout => engine.report_dropout(id),
+                    Some(Ok(update)) => {
+                        let size = update.wire_len() as u64;
+                        bytes_up += size;
+                        bytes_up_per_site[event.site] += size;
+                        // A rejection is recorded by the engine and reported in the outcome.
+                        let _ = engine.submit(event.at, id, round, &update);
+                    }
+                    // Local training failed (diverged): the site leaves the round.
+                    Some(Err(_)) => engine.report_dropout(id),
+                    // Past the deadline: cut off before it sends anything.
+                    None => {}
+                }
+            }
+        }
+        let outcome = match engine.poll(last_event) {
+            Some(outcome) => outcome,
+            None => {
+                let deadline = engine
+                    .deadline()
+                    .ok_or_else(|| EngineError::State(format!("round {round} cannot close")))?;
+                engine
+                    .poll(deadline)
+                    .ok_or_else(|| EngineError::State(format!("round {round} did not close at its deadline")))?
+            }
+        };
+        now = outcome.closed_at;
+
+        // Federated evaluation of the new global model at every site.
+        let global = engine.global().clone();
+        let evaluations: Vec<Evaluation> = sites
+            .par_iter()
+            .zip(&data.sites)
+            .map(|(site, rows)| lock(site).evaluate(&global, &rows.test))
+            .collect::<Result<_, _>>()?;
+        bytes_down += (32 + global.wire_len() as u64) * sites.len() as u64;
+        for (site, e) in evaluations.iter().enumerate() {
+            let size = e.wire_len() as u64;
+            bytes_up += size;
+            bytes_up_per_site[site] += size;
+        }
+        let record = round_record(&outcome, &evaluations, wall.elapsed().as_secs_f64(), bytes_up, bytes_down);
+        observer(&record);
+        records.push(record);
+        last_evaluations = evaluations;
+    }
+    let rounds_seconds = rounds_started.elapsed().as_secs_f64();
+
+    let baselines_started = Instant::now();
+    let baselines = if options.baselines {
+        Some(run_baselines(plan, data)?)
+    } else {
+        None
+    };
+    let baselines_seconds = baselines_started.elapsed().as_secs_f64();
+
+    let names: Vec<&str> = data.sites.iter().map(|s| s.name.as_str()).collect();
+    let final_metrics = final_metrics(&names, &last_evaluations);
+    let communication = Communication {
+        bytes_up: records.iter().map(|r| r.bytes_up).sum(),
+        bytes_down: records.iter().map(|r| r.bytes_down).sum(),
+        bytes_up_per_site: names.iter().map(|n| n.to_string()).zip(bytes_up_per_site).collect(),
+    };
+    Ok(SimReport {
+        plan: plan.name.clone(),
+        strategy: engine.strategy_name().to_string(),
+        seed: plan.seed,
+        model: format!("{:?}", plan.model.kind).to_lowercase(),
+        features: data.feature_names.clone(),
+        classes: data.task.classes.clone(),
+        data: data.summary.clone(),
+        timing: Timing {
+            total_seconds: 0.0,
+            data_seconds: 0.0,
+            rounds_seconds,
+            seconds_per_round: rounds_seconds / records.len().max(1) as f64,
+            baselines_seconds,
+            virtual_seconds: now.as_secs_f64(),
+            threads: rayon::current_num_threads(),
+            peak_rss_bytes: None,
+        },
+        rounds: records,
+        final_metrics,
+        baselines,
+        communication,
+    })
+}
+
+/// Per-site metrics of an evaluation.
+pub(crate) fn site_metrics(e: &Evaluation) -> SiteMetrics {
+    SiteMetrics {
+        accuracy: e.accuracy(),
+        loss: e.mean_loss(),
+        auc: e.auc,
+        n_test: e.n_examples,
+    }
+}
+
+/// Unweighted mean accuracy over the sites that have test rows.
+pub(crate) fn mean_site_accuracy<'a>(evaluations: impl IntoIterator<Item = &'a Evaluation>) -> f64 {
+    let (sum, count) = evaluations
+        .into_iter()
+        .filter(|e| e.n_examples > 0)
+        .fold((0.0, 0usize), |(s, c), e| (s + e.accuracy(), c + 1));
+    if count == 0 { 0.0 } else { sum / count as f64 }
+}
+
+fn final_metrics(names: &[&str], evaluations: &[Evaluation]) -> FinalMetrics {
+    let pooled = Evaluation::pool(evaluations);
+    FinalMetrics {
+        accuracy: pooled.accuracy(),
+        mean_site_accuracy: mean_site_accuracy(evaluations),
+        auc: pooled.auc,
+        loss: pooled.mean_loss(),
+        per_site: names
+            .iter()
+            .zip(evaluations)
+            .map(|(n, e)| (n.to_string(), site_metrics(e)))
+            .collect(),
+    }
+}
+
+fn round_record(outcome: &RoundOutcome, evaluations: &[Evaluation], seconds: f64, bytes_up: u64, bytes_down: u64) -> RoundRecord {
+    let pooled = Evaluation::pool(evaluations);
+    RoundRecord {
+        round: outcome.round,
+        status: match &outcome.status {
+            RoundStatus::Completed => "completed".to_string(),
+            RoundStatus::QuorumNotMet { accepted, needed } => format!("quorum not met ({accepted}/{needed})"),
+            RoundStatus::Failed(reason) => format!("failed: {reason}"),
+        },
+        accuracy: pooled.accuracy(),
+        loss: pooled.mean_loss(),
+        mean_site_accuracy: mean_site_accuracy(evaluations),
+        auc: pooled.auc,
+        train_loss: outcome.mean_train_loss,
+        accepted: outcome.accepted.len(),
+        stragglers: outcome.stragglers.len(),
+        dropped: outcome.dropped.len(),
+        rejected: outcome.rejected.len(),
+        seconds,
+        virtual_seconds: outcome.closed_at.since(outcome.opened_at).as_secs_f64(),
+        bytes_up,
+        bytes_down,
+    }
+}
