@@ -22,12 +22,12 @@ const FILES: &[(&str, &[u8])] = &[
 pub struct Bundled;
 
 impl FileSource for Bundled {
-    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn std::io::Read + '_>> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         FILES
             .iter()
             .find(|(file, _)| *file == name)
-            .map(|(_, bytes)| bytes.to_vec())
+            .map(|(_, bytes)| Box::new(*bytes) as Box<dyn std::io::Read>)
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "not among the bundled files"))
     }
 }

@@ -34,7 +34,13 @@ fn main() -> ExitCode {
         Err(e) if e.use_stderr() => {
             // One line: what was wrong with the arguments.
             let text = e.render().to_string();
-            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
+            let parts: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("{}", parts.join(" "));
             return ExitCode::from(2);
         }
         Err(e) => {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use tessera_aggregate::StrategyKind;
-use tessera_data::{DataConfig, FileSource, Filesystem, SchemaConfig};
+use tessera_data::{DataConfig, FileSource, Filesystem, ScaleScope, SchemaConfig};
 use tessera_engine::{FederationConfig, Plan};
 use tessera_learn::{Init, ModelConfig, ModelKind, TrainingConfig};
 use tessera_sim::{RoundRecord, SimOptions, SimReport, simulate};
@@ -39,6 +39,10 @@ pub struct SimulateArgs {
     /// Ad-hoc: hidden layer widths of the mlp, e.g. 64,32.
     #[arg(long, requires = "data", value_delimiter = ',')]
     hidden: Vec<usize>,
+    /// Standardise with each site's statistics (site), the federation's
+    /// combined statistics (federation), or not at all (none).
+    #[arg(long)]
+    standardize: Option<String>,
     /// Initial parameters: uniform (PyTorch's default) or zeros.
     #[arg(long)]
     init: Option<String>,
@@ -97,6 +101,8 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let n_train: usize = data.summary.iter().map(|s| s.n_train).sum();
     let n_test: usize = data.summary.iter().map(|s| s.n_test).sum();
     let strategy = plan.federation.strategy;
+    // The model must fit the data before anything runs.
+    tessera_sim::initial_model(&plan, &data)?;
     if !args.quiet {
         eprintln!(
             "{}: {} sites, {} training and {} test rows, {} features, {} classes; {} {} rounds, seed {}",
@@ -189,8 +195,12 @@ fn print_summary(report: &SimReport) {
         f.mean_site_accuracy,
         f.auc.map_or("-".to_string(), |a| format!("{a:.4}"))
     );
-    let sites: Vec<String> = f.per_site.iter().map(|(s, m)| format!("{s} {:.4}", m.accuracy)).collect();
-    println!("per site: {}", sites.join(", "));
+    if f.per_site.len() <= 12 {
+        let sites: Vec<String> = f.per_site.iter().map(|(s, m)| format!("{s} {:.4}", m.accuracy)).collect();
+        println!("per site: {}", sites.join(", "));
+    } else {
+        println!("per site: {} sites, in the report", f.per_site.len());
+    }
     if let Some(b) = &report.baselines {
         println!(
             "baselines: pooled {:.4} (all test rows), {:.4} (mean of sites); local only {:.4} (mean of sites)",
@@ -279,6 +289,15 @@ fn apply_overrides(plan: &mut Plan, args: &SimulateArgs) -> anyhow::Result<()> {
         let key = plan.federation.strategy.as_str().to_string();
         if let Some(settings) = plan.strategies.get_mut(&key) {
             settings.client_lr = None;
+        }
+    }
+    if let Some(scope) = &args.standardize {
+        let standardize = &mut plan.data.standardize;
+        match scope.as_str() {
+            "site" => (standardize.enabled, standardize.scope) = (true, ScaleScope::Site),
+            "federation" => (standardize.enabled, standardize.scope) = (true, ScaleScope::Federation),
+            "none" => standardize.enabled = false,
+            other => bail!("unknown standardisation '{other}' (expected site, federation or none)"),
         }
     }
     if let Some(init) = &args.init {

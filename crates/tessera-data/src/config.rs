@@ -150,14 +150,17 @@ pub struct MembershipFile {
     pub split_column: String,
 }
 
-/// Per-site standardisation: `(x - mean) / (std + epsilon)` with the site's
-/// training statistics.
+/// Standardisation: `(x - mean) / (std + epsilon)` with training statistics,
+/// each site's own (`scope = "site"`) or the federation's (`"federation"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StandardizeConfig {
     /// Whether to standardise at all.
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Whose statistics.
+    #[serde(default)]
+    pub scope: ScaleScope,
     /// Delta degrees of freedom of the standard deviation (1: unbiased).
     #[serde(default = "default_ddof")]
     pub ddof: u32,
@@ -177,10 +180,23 @@ impl Default for SplitConfig {
     }
 }
 
+/// Whose training statistics standardise a site's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleScope {
+    /// The site's own: removes differences of scale and offset between sites.
+    #[default]
+    Site,
+    /// The federation's, combined from each site's count, mean and sum of
+    /// squared deviations (never rows): keeps differences between sites.
+    Federation,
+}
+
 impl Default for StandardizeConfig {
     fn default() -> Self {
         Self {
             enabled: true,
+            scope: ScaleScope::default(),
             ddof: default_ddof(),
             epsilon: default_epsilon(),
         }

@@ -87,17 +87,23 @@ pub struct Scaler {
     pub scale: Vec<f64>,
 }
 
-impl Scaler {
-    /// Statistics of `rows` (accumulated in `f64`).
-    pub fn fit(rows: &Array2<f32>, config: &StandardizeConfig) -> Scaler {
+/// Per-feature count, mean and sum of squared deviations of some rows: what
+/// a site shares so that statistics can be combined without moving rows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeatureStatistics {
+    /// Rows.
+    pub n: u64,
+    /// Mean of each feature.
+    pub mean: Vec<f64>,
+    /// Sum of squared deviations from the mean, per feature.
+    pub m2: Vec<f64>,
+}
+
+impl FeatureStatistics {
+    /// Statistics of `rows` (two passes, in `f64`).
+    pub fn of(rows: &Array2<f32>) -> Self {
         let n_features = rows.ncols();
-        if !config.enabled {
-            return Scaler {
-                mean: vec![0.0; n_features],
-                scale: vec![1.0; n_features],
-            };
-        }
-        let n = rows.nrows() as f64;
+        let n = rows.nrows();
         let mut mean = vec![0.0f64; n_features];
         for row in rows.rows() {
             for (m, &v) in mean.iter_mut().zip(row) {
@@ -105,24 +111,69 @@ impl Scaler {
             }
         }
         for m in &mut mean {
-            *m = if n > 0.0 { *m / n } else { 0.0 };
+            *m = if n > 0 { *m / n as f64 } else { 0.0 };
         }
-        let mut sum_sq = vec![0.0f64; n_features];
+        let mut m2 = vec![0.0f64; n_features];
         for row in rows.rows() {
-            for ((s, &v), m) in sum_sq.iter_mut().zip(row).zip(&mean) {
+            for ((s, &v), m) in m2.iter_mut().zip(row).zip(&mean) {
                 let d = f64::from(v) - m;
                 *s += d * d;
             }
         }
-        let dof = n - f64::from(config.ddof);
-        let scale = sum_sq
+        Self { n: n as u64, mean, m2 }
+    }
+
+    /// Combines two sets of statistics (Chan, Golub and LeVeque's pairwise update).
+    pub fn merge(&self, other: &FeatureStatistics) -> FeatureStatistics {
+        let (na, nb) = (self.n as f64, other.n as f64);
+        let n = na + nb;
+        if n == 0.0 {
+            return self.clone();
+        }
+        let mut mean = Vec::with_capacity(self.mean.len());
+        let mut m2 = Vec::with_capacity(self.mean.len());
+        for j in 0..self.mean.len() {
+            let delta = other.mean[j] - self.mean[j];
+            mean.push(self.mean[j] + delta * nb / n);
+            m2.push(self.m2[j] + other.m2[j] + delta * delta * na * nb / n);
+        }
+        FeatureStatistics {
+            n: self.n + other.n,
+            mean,
+            m2,
+        }
+    }
+}
+
+impl Scaler {
+    /// The standardisation of `rows` by their own statistics.
+    pub fn fit(rows: &Array2<f32>, config: &StandardizeConfig) -> Scaler {
+        Scaler::from_statistics(&FeatureStatistics::of(rows), config)
+    }
+
+    /// The standardisation these statistics imply: `scale = std + epsilon`
+    /// with `ddof` degrees of freedom removed, 1 for a constant feature.
+    pub fn from_statistics(stats: &FeatureStatistics, config: &StandardizeConfig) -> Scaler {
+        let n_features = stats.mean.len();
+        if !config.enabled {
+            return Scaler {
+                mean: vec![0.0; n_features],
+                scale: vec![1.0; n_features],
+            };
+        }
+        let dof = stats.n as f64 - f64::from(config.ddof);
+        let scale = stats
+            .m2
             .iter()
             .map(|&s| {
-                let std = if dof > 0.0 { (s / dof).sqrt() } else { 0.0 };
+                let std = if dof > 0.0 { (s.max(0.0) / dof).sqrt() } else { 0.0 };
                 if std > 0.0 { std + config.epsilon } else { 1.0 }
             })
             .collect();
-        Scaler { mean, scale }
+        Scaler {
+            mean: stats.mean.clone(),
+            scale,
+        }
     }
 
     /// `rows` standardised.
@@ -194,6 +245,18 @@ impl FederatedData {
         self.feature_names.len()
     }
 
+    /// The federation's training statistics, combined from each site's.
+    pub fn federation_statistics(&self) -> FeatureStatistics {
+        let empty = FeatureStatistics {
+            n: 0,
+            mean: vec![0.0; self.n_features()],
+            m2: vec![0.0; self.n_features()],
+        };
+        self.sites
+            .iter()
+            .fold(empty, |acc, s| acc.merge(&FeatureStatistics::of(&s.raw_train)))
+    }
+
     /// All sites' rows pooled (the centralised baseline): train and test
     /// standardised with the statistics of all training rows together.
     pub fn pooled(&self, config: &StandardizeConfig) -> (Dataset, Dataset) {
@@ -203,7 +266,7 @@ impl FederatedData {
         };
         let raw_train = stack(self.sites.iter().map(|s| s.raw_train.view()).collect());
         let raw_test = stack(self.sites.iter().map(|s| s.raw_test.view()).collect());
-        let scaler = Scaler::fit(&raw_train, config);
+        let scaler = Scaler::from_statistics(&self.federation_statistics(), config);
         let labels = |f: fn(&SiteData) -> &Dataset| self.sites.iter().flat_map(|s| f(s).y.iter().copied()).collect();
         (
             Dataset {
@@ -235,7 +298,30 @@ mod tests {
         let z = s.apply(&rows);
         assert!((z[[3, 0]] as f64 - 3.0 / (14.0f64 / 3.0).sqrt()).abs() < 1e-6);
         assert_eq!(z[[0, 1]], 0.0);
-        let pop = Scaler::fit(&rows, &StandardizeConfig { ddof: 0, epsilon: 0.0, enabled: true });
+        let pop = Scaler::fit(
+            &rows,
+            &StandardizeConfig {
+                ddof: 0,
+                epsilon: 0.0,
+                ..StandardizeConfig::default()
+            },
+        );
         assert!((pop.scale[0] - (14.0f64 / 4.0).sqrt()).abs() < 1e-12);
+    }
+
+    proptest::proptest! {
+        /// Statistics merged from any split of the rows equal those of all rows.
+        #[test]
+        fn merged_statistics_equal_pooled(values in proptest::collection::vec(-1e3f32..1e3, 2..60), cut in 0usize..60) {
+            let rows = Array2::from_shape_vec((values.len(), 1), values.clone()).unwrap();
+            let cut = cut.min(values.len());
+            let a = FeatureStatistics::of(&rows.slice(ndarray::s![..cut, ..]).to_owned());
+            let b = FeatureStatistics::of(&rows.slice(ndarray::s![cut.., ..]).to_owned());
+            let merged = a.merge(&b);
+            let all = FeatureStatistics::of(&rows);
+            proptest::prop_assert_eq!(merged.n, all.n);
+            proptest::prop_assert!((merged.mean[0] - all.mean[0]).abs() < 1e-9 * all.mean[0].abs().max(1.0));
+            proptest::prop_assert!((merged.m2[0] - all.m2[0]).abs() < 1e-9 * all.m2[0].abs().max(1.0));
+        }
     }
 }

@@ -23,8 +23,10 @@ mod prepare;
 mod read;
 pub mod synth;
 
-pub use config::{ColumnKind, ColumnSpec, DataConfig, MembershipFile, MissingPolicy, SchemaConfig, SiteFile, SplitConfig, StandardizeConfig};
-pub use dataset::{Dataset, FederatedData, Scaler, SiteData, SiteSummary, Task};
+pub use config::{
+    ColumnKind, ColumnSpec, DataConfig, MembershipFile, MissingPolicy, ScaleScope, SchemaConfig, SiteFile, SplitConfig, StandardizeConfig,
+};
+pub use dataset::{Dataset, FederatedData, FeatureStatistics, Scaler, SiteData, SiteSummary, Task};
 pub use error::{DataError, Location};
 pub use levels::{agree_levels, canonical_level, level_order};
 pub use prepare::load;

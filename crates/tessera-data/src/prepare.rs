@@ -6,7 +6,7 @@ use std::path::Path;
 use ndarray::Array2;
 use tessera_core::{SeededRng, tag};
 
-use crate::config::{DataConfig, MembershipFile, MissingPolicy};
+use crate::config::{DataConfig, MembershipFile, MissingPolicy, ScaleScope};
 use crate::dataset::{Dataset, FederatedData, Scaler, SiteData, SiteSummary, Task};
 use crate::levels::{agree_levels, canonical_level};
 use crate::read::{FeatureKind, FileSource, MISSING_CODE, RawSite, Values, read_sites};
@@ -122,16 +122,26 @@ pub fn load(config: &DataConfig, base_dir: &Path, source: &dyn FileSource) -> Re
     }
     let feature_names = feature_names(&layout.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), &encoders);
 
+    // Each site's raw columns are freed as soon as it is encoded.
     let mut prepared = Vec::with_capacity(sites.len());
-    for (((site, labels), membership), counts) in sites.iter().zip(&labels).zip(&memberships).zip(&mut summary) {
-        prepared.push(encode_site(config, site, labels, membership, &encoders, feature_names.len(), counts));
+    for (((site, labels), membership), counts) in sites.into_iter().zip(&labels).zip(&memberships).zip(&mut summary) {
+        prepared.push(encode_site(config, &site, labels, membership, &encoders, feature_names.len(), counts));
     }
-    Ok(FederatedData {
+    let mut data = FederatedData {
         feature_names,
         task,
         sites: prepared,
         summary,
-    })
+    };
+    if config.standardize.scope == ScaleScope::Federation {
+        let scaler = Scaler::from_statistics(&data.federation_statistics(), &config.standardize);
+        for site in &mut data.sites {
+            site.train.x = scaler.apply(&site.raw_train);
+            site.test.x = scaler.apply(&site.raw_test);
+            site.scaler = scaler.clone();
+        }
+    }
+    Ok(data)
 }
 
 /// How one source column becomes features.
@@ -253,13 +263,11 @@ type MembershipTable = HashMap<(String, u64), (Membership, u64)>;
 
 fn read_membership(file: &MembershipFile, base_dir: &Path, source: &dyn FileSource) -> Result<MembershipTable, DataError> {
     let path = &file.path;
-    let bytes = source.read(&base_dir.join(path)).map_err(|e| DataError::Io {
+    let stream = source.open(&base_dir.join(path)).map_err(|e| DataError::Io {
         path: path.clone(),
         source: e,
     })?;
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_reader(bytes.as_slice());
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(stream);
     let headers = reader
         .headers()
         .map_err(|e| DataError::at(path, Some(1), None, format!("malformed CSV: {e}")))?

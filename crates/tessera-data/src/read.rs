@@ -1,17 +1,19 @@
 //! Reading CSV files into typed per-site columns.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::config::{ColumnKind, DataConfig};
 use crate::levels::canonical_level;
 use crate::DataError;
 
-/// Reads files for the loader. The filesystem in production; tests and the
-/// bundled demo plug in other sources.
+/// Opens files for the loader. The filesystem in production; tests and the
+/// bundled demo plug in other sources. Files are read as streams, never held
+/// whole in memory.
 pub trait FileSource: Sync {
-    /// The bytes of the file at `path`.
-    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>>;
+    /// A reader over the file at `path`.
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn Read + '_>>;
 }
 
 /// Reads from the local filesystem.
@@ -19,8 +21,8 @@ pub trait FileSource: Sync {
 pub struct Filesystem;
 
 impl FileSource for Filesystem {
-    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
-        std::fs::read(path)
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn Read + '_>> {
+        Ok(Box::new(std::fs::File::open(path)?))
     }
 }
 
@@ -276,28 +278,27 @@ fn read_file(
     per_site: &mut BTreeMap<String, SiteBuilder>,
 ) -> Result<(), DataError> {
     let schema = &config.schema;
-    let bytes = source_read(source, full_path, shown_path)?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(DataError::at(shown_path, None, None, "file is empty"));
-    }
+    let file = source_open(source, full_path, shown_path)?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .trim(csv::Trim::All)
         .delimiter(schema.delimiter as u8)
-        .from_reader(bytes.as_slice());
-    let mut records = reader.byte_records();
+        .from_reader(file);
+    let is_blank = |r: &csv::ByteRecord| r.len() == 1 && r.get(0).is_some_and(<[u8]>::is_empty);
+    let mut records = reader.byte_records().filter(|r| !r.as_ref().is_ok_and(is_blank));
+    let mut first_record = None;
     let mut fields = FieldMap {
         n_fields: 0,
         feature_fields: Vec::new(),
         target_field: 0,
         site_field: None,
     };
+    let Some(first) = records.next() else {
+        return Err(DataError::at(shown_path, None, None, "file is empty"));
+    };
+    let first = first.map_err(|e| csv_error(shown_path, &e))?;
     let header_names: Vec<String> = if schema.header {
-        let Some(first) = records.next() else {
-            return Err(DataError::at(shown_path, None, None, "file is empty"));
-        };
-        let first = first.map_err(|e| csv_error(shown_path, &e))?;
         let line = first.position().map(|p| p.line());
         first
             .iter()
@@ -309,6 +310,7 @@ fn read_file(
             })
             .collect::<Result<_, _>>()?
     } else {
+        first_record = Some(first);
         schema.columns.iter().map(|c| c.name.clone()).collect()
     };
     resolve_fields(config, shown_path, &header_names, site_column, layout, &mut fields)?;
@@ -316,12 +318,9 @@ fn read_file(
     let missing: Vec<&[u8]> = schema.missing.iter().map(|m| m.as_bytes()).collect();
     let mut row_index: u64 = 0;
     let mut saw_row = false;
-    for record in records {
+    for record in first_record.map(Ok).into_iter().chain(records) {
         let record = record.map_err(|e| csv_error(shown_path, &e))?;
         let line = record.position().map_or(0, |p| p.line());
-        if record.len() == 1 && record.get(0).is_some_and(<[u8]>::is_empty) {
-            continue; // a blank line
-        }
         saw_row = true;
         if record.len() != fields.n_fields {
             return Err(DataError::at(
@@ -376,8 +375,8 @@ fn read_file(
     Ok(())
 }
 
-fn source_read(source: &dyn FileSource, full_path: &Path, shown_path: &Path) -> Result<Vec<u8>, DataError> {
-    source.read(full_path).map_err(|e| DataError::Io {
+fn source_open<'a>(source: &'a dyn FileSource, full_path: &Path, shown_path: &Path) -> Result<Box<dyn Read + 'a>, DataError> {
+    source.open(full_path).map_err(|e| DataError::Io {
         path: shown_path.to_path_buf(),
         source: e,
     })

@@ -15,10 +15,10 @@ impl Files {
 }
 
 impl FileSource for Files {
-    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn std::io::Read + '_>> {
         self.0
             .get(path)
-            .cloned()
+            .map(|bytes| Box::new(bytes.as_slice()) as Box<dyn std::io::Read>)
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
     }
 }
@@ -54,6 +54,7 @@ fn ragged_row_names_file_and_line() {
 #[test]
 fn empty_file() {
     assert_eq!(error(&one_file("y"), &[("d.csv", "")]), "d.csv: file is empty");
+    assert_eq!(error(&one_file("y"), &[("d.csv", "\n  \n\n")]), "d.csv: file is empty");
     assert_eq!(error(&one_file("y"), &[("d.csv", "site,a,y\n")]), "d.csv: no data rows");
 }
 

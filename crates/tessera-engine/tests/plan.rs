@@ -68,7 +68,7 @@ fn bad_plans_are_refused() {
     );
     assert_eq!(
         error(&format!("{MINIMAL}\n[training]\nsteps = 3\nepochs = 1\n")),
-        "plan: training: model config: give `steps` or `epochs`, not both"
+        "plan: training: give `steps` or `epochs`, not both"
     );
     assert!(error("[model\n").starts_with("p.toml: line 1"));
 }

@@ -4,7 +4,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum LearnError {
     /// The model description cannot work with this data.
-    #[error("model config: {0}")]
+    #[error("{0}")]
     Config(String),
     /// Parameters given to a model do not fit its layout.
     #[error("parameters do not fit the model: {0}")]

@@ -10,70 +10,86 @@ const EPS: f64 = 1e-12;
 pub const HISTOGRAM_BINS: usize = 1024;
 
 /// Counts of positive and negative examples by predicted probability, in
-/// [`HISTOGRAM_BINS`] equal bins over `[0, 1]`. Sites can add theirs up to give
-/// the pooled AUC without sending any score.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// [`HISTOGRAM_BINS`] equal bins over `[0, 1]`, kept sparse (only non-empty
+/// bins). Sites add theirs up to give the pooled AUC without sending any score.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct ScoreHistogram {
-    /// Positives per bin.
-    pub positives: Vec<u64>,
-    /// Negatives per bin.
-    pub negatives: Vec<u64>,
+    /// `(bin, positives, negatives)` for each non-empty bin, by bin.
+    pub bins: Vec<(u32, u64, u64)>,
+}
+
+fn bin_of(score: f64) -> u32 {
+    ((score * HISTOGRAM_BINS as f64) as usize).min(HISTOGRAM_BINS - 1) as u32
 }
 
 impl ScoreHistogram {
-    fn new() -> Self {
-        Self {
-            positives: vec![0; HISTOGRAM_BINS],
-            negatives: vec![0; HISTOGRAM_BINS],
-        }
-    }
-
-    fn add(&mut self, score: f64, positive: bool) {
-        let bin = ((score * HISTOGRAM_BINS as f64) as usize).min(HISTOGRAM_BINS - 1);
-        if positive {
-            self.positives[bin] += 1;
-        } else {
-            self.negatives[bin] += 1;
-        }
-    }
-
-    fn merge(&mut self, other: &ScoreHistogram) {
-        for (a, b) in self.positives.iter_mut().zip(&other.positives) {
-            *a += b;
-        }
-        for (a, b) in self.negatives.iter_mut().zip(&other.negatives) {
-            *a += b;
-        }
-    }
-
-    /// Bytes the histogram takes on the wire, sparse: for each class, the
-    /// non-empty bins as packed varint pairs (gap from the previous bin, count).
-    pub fn wire_len(&self) -> usize {
-        [&self.positives, &self.negatives]
-            .iter()
-            .map(|counts| {
-                let mut previous = 0;
-                let mut payload = 0;
-                for (bin, &count) in counts.iter().enumerate().filter(|(_, c)| **c > 0) {
-                    payload += tessera_core::varint_len((bin - previous) as u64) + tessera_core::varint_len(count);
-                    previous = bin;
+    /// The histogram of `(score, is_positive)` pairs.
+    fn from_scores(scores: impl Iterator<Item = (f64, bool)>) -> Self {
+        let mut pairs: Vec<(u32, bool)> = scores.map(|(s, p)| (bin_of(s), p)).collect();
+        pairs.sort_unstable();
+        let mut bins: Vec<(u32, u64, u64)> = Vec::new();
+        for (bin, positive) in pairs {
+            if bins.last().is_none_or(|b| b.0 != bin) {
+                bins.push((bin, 0, 0));
+            }
+            if let Some(last) = bins.last_mut() {
+                if positive {
+                    last.1 += 1;
+                } else {
+                    last.2 += 1;
                 }
-                1 + tessera_core::varint_len(payload as u64) + payload
-            })
-            .sum()
+            }
+        }
+        Self { bins }
+    }
+
+    /// Several histograms added up.
+    fn sum<'a>(parts: impl IntoIterator<Item = &'a ScoreHistogram>) -> Self {
+        let mut dense = vec![(0u64, 0u64); HISTOGRAM_BINS];
+        for part in parts {
+            for &(bin, p, n) in &part.bins {
+                if let Some(slot) = dense.get_mut(bin as usize) {
+                    slot.0 += p;
+                    slot.1 += n;
+                }
+            }
+        }
+        Self {
+            bins: dense
+                .into_iter()
+                .enumerate()
+                .filter(|(_, (p, n))| p + n > 0)
+                .map(|(bin, (p, n))| (bin as u32, p, n))
+                .collect(),
+        }
+    }
+
+    /// Bytes the histogram takes on the wire: packed varint triples
+    /// (gap from the previous non-empty bin, positives, negatives).
+    pub fn wire_len(&self) -> usize {
+        let mut previous = 0;
+        let mut payload = 0;
+        for &(bin, p, n) in &self.bins {
+            payload += tessera_core::varint_len(u64::from(bin - previous))
+                + tessera_core::varint_len(p)
+                + tessera_core::varint_len(n);
+            previous = bin;
+        }
+        1 + tessera_core::varint_len(payload as u64) + payload
     }
 
     /// AUC with examples in the same bin counted as ties; within `1/(P N)` of
     /// the exact AUC times the number of positive-negative pairs that share a bin.
     pub fn auc(&self) -> Option<f64> {
-        let (n_pos, n_neg) = (self.positives.iter().sum::<u64>(), self.negatives.iter().sum::<u64>());
+        let n_pos: u64 = self.bins.iter().map(|b| b.1).sum();
+        let n_neg: u64 = self.bins.iter().map(|b| b.2).sum();
         if n_pos == 0 || n_neg == 0 {
             return None;
         }
         let mut negatives_below = 0u64;
         let mut wins = 0.0f64;
-        for (p, n) in self.positives.iter().zip(&self.negatives) {
-            wins += *p as f64 * (negatives_below as f64 + 0.5 * *n as f64);
+        for &(_, p, n) in &self.bins {
+            wins += p as f64 * (negatives_below as f64 + 0.5 * n as f64);
             negatives_below += n;
         }
         Some(wins / (n_pos as f64 * n_neg as f64))
@@ -102,7 +118,6 @@ impl Evaluation {
         let binary = proba.ncols() == 2;
         let mut loss_sum = 0.0;
         let mut n_correct = 0;
-        let mut histogram = binary.then(ScoreHistogram::new);
         let mut scores = Vec::with_capacity(if binary { y.len() } else { 0 });
         for (row, &label) in proba.rows().into_iter().zip(y) {
             let p_true = f64::from(row[label as usize]).clamp(EPS, 1.0 - EPS);
@@ -116,17 +131,15 @@ impl Evaluation {
                     .0 as u32
             };
             n_correct += u64::from(predicted == label);
-            if let Some(h) = histogram.as_mut() {
-                h.add(f64::from(row[1]), label == 1);
+            if binary {
                 scores.push(row[1]);
             }
         }
-        let auc = if binary {
-            let labels: Vec<bool> = y.iter().map(|&l| l == 1).collect();
-            auc(&scores, &labels)
-        } else {
-            None
-        };
+        let labels: Vec<bool> = y.iter().map(|&l| l == 1).collect();
+        let auc = if binary { auc(&scores, &labels) } else { None };
+        let histogram = binary.then(|| {
+            ScoreHistogram::from_scores(scores.iter().zip(&labels).map(|(&s, &p)| (f64::from(s), p)))
+        });
         Self {
             n_examples: y.len() as u64,
             loss_sum,
@@ -160,15 +173,18 @@ impl Evaluation {
             auc: None,
             histogram: None,
         };
+        let mut histograms = Vec::new();
         for part in parts {
             out.n_examples += part.n_examples;
             out.loss_sum += part.loss_sum;
             out.n_correct += part.n_correct;
-            if let Some(h) = &part.histogram {
-                out.histogram.get_or_insert_with(ScoreHistogram::new).merge(h);
-            }
+            histograms.extend(part.histogram.as_ref());
         }
-        out.auc = out.histogram.as_ref().and_then(ScoreHistogram::auc);
+        if !histograms.is_empty() {
+            let pooled = ScoreHistogram::sum(histograms);
+            out.auc = pooled.auc();
+            out.histogram = Some(pooled);
+        }
         out
     }
 }
