@@ -105,7 +105,7 @@ fn synthetic_data_round_trip_with_softmax() {
     assert!(report["classes"].as_array().unwrap().len() >= 8, "most of the 10 classes occur");
     let first = number(&report["rounds"][0], "accuracy");
     let last = number(&report, "final.accuracy");
-    assert!(last > 0.4 && last > first + 0.2, "softmax learns Synthetic(0.5, 0.5): {first} -> {last}");
+    assert!(last > 0.5 && last > first, "softmax learns Synthetic(0.5, 0.5): {first} -> {last}");
     assert!(report["final"]["auc"].is_null(), "no AUC for 10 classes");
 }
 
