@@ -163,4 +163,7 @@ pub struct SimReport {
     pub timing: Timing,
     /// Traffic.
     pub communication: Communication,
+    /// The final global parameters.
+    #[serde(skip)]
+    pub final_parameters: tessera_core::ParameterSet,
 }

@@ -127,6 +127,10 @@ pub fn simulate(
             events.push(event);
         }
         events.sort_by_key(|e| (e.at, e.site));
+        // Whatever happens after the deadline is not seen by this round.
+        if let Some(deadline) = engine.deadline() {
+            events.retain(|e| e.at <= deadline);
+        }
 
         // Train in windows of arrival order; feed the engine in that order.
         let mut last_event = now;
@@ -231,6 +235,7 @@ pub fn simulate(
         final_metrics,
         baselines,
         communication,
+        final_parameters: engine.global().as_ref().clone(),
     })
 }
 
