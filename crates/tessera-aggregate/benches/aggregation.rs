@@ -18,9 +18,13 @@ const SIZES: &[(usize, usize)] = &[(10, 100_000), (100, 100_000), (10, 1_000_000
 fn updates(k: usize, d: usize) -> Vec<Update> {
     (0..k)
         .map(|i| {
-            let values: Vec<f32> = (0..d).map(|j| ((i * 31 + j * 17) % 1000) as f32 * 1e-3 - 0.5).collect();
+            let values: Vec<f32> = (0..d)
+                .map(|j| ((i * 31 + j * 17) % 1000) as f32 * 1e-3 - 0.5)
+                .collect();
             let mut delta = ParameterSet::new();
-            delta.push("w", Tensor::new(vec![d], values).expect("shape")).expect("name");
+            delta
+                .push("w", Tensor::new(vec![d], values).expect("shape"))
+                .expect("name");
             Update {
                 delta,
                 n_examples: 100 + i as u64,

@@ -64,8 +64,16 @@ impl UpdateAccumulator {
         self.layout.check_same_layout(&update.delta)?;
         update.delta.check_finite()?;
         match (&self.control, &update.control_delta) {
-            (Some(_), None) => return Err(AggregateError::Control("SCAFFOLD needs the control-variate change".into())),
-            (None, Some(_)) => return Err(AggregateError::Control("unexpected control-variate change".into())),
+            (Some(_), None) => {
+                return Err(AggregateError::Control(
+                    "SCAFFOLD needs the control-variate change".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(AggregateError::Control(
+                    "unexpected control-variate change".into(),
+                ));
+            }
             (Some(_), Some(control)) => {
                 self.layout.check_same_layout(control)?;
                 control.check_finite()?;
@@ -74,7 +82,9 @@ impl UpdateAccumulator {
         }
         let loss = update.stats.mean_train_loss;
         if !loss.is_finite() {
-            return Err(AggregateError::Control(format!("training loss {loss} is not finite")));
+            return Err(AggregateError::Control(format!(
+                "training loss {loss} is not finite"
+            )));
         }
         let mut totals = self.totals.clone();
         totals.add_one(0, weight)?;
@@ -101,7 +111,11 @@ impl UpdateAccumulator {
         match (merged.control.as_mut(), &other.control) {
             (Some(a), Some(b)) => a.merge(b)?,
             (None, None) => {}
-            _ => return Err(AggregateError::Control("merging accumulators with and without control variates".into())),
+            _ => {
+                return Err(AggregateError::Control(
+                    "merging accumulators with and without control variates".into(),
+                ));
+            }
         }
         merged.totals.merge(&other.totals)?;
         merged.n_updates += other.n_updates;
@@ -118,7 +132,10 @@ impl UpdateAccumulator {
         }
         let mean_delta = self.layout.with_values(&self.delta.quotient(weight_sum))?;
         let control_step = match &self.control {
-            Some(sum) => Some(self.layout.with_values(&sum.quotient(n_participants.max(1) as f64))?),
+            Some(sum) => Some(
+                self.layout
+                    .with_values(&sum.quotient(n_participants.max(1) as f64))?,
+            ),
             None => None,
         };
         Ok(RoundAggregate {
@@ -132,7 +149,6 @@ impl UpdateAccumulator {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,7 +156,12 @@ mod tests {
 
     fn update(values: &[f32], n: u64) -> Update {
         let mut delta = ParameterSet::new();
-        delta.push("w", Tensor::new(vec![values.len()], values.to_vec()).unwrap()).unwrap();
+        delta
+            .push(
+                "w",
+                Tensor::new(vec![values.len()], values.to_vec()).unwrap(),
+            )
+            .unwrap();
         Update {
             delta,
             n_examples: n,
@@ -171,7 +192,10 @@ mod tests {
         assert_eq!(round.mean_delta.values().collect::<Vec<_>>(), [3.25, -0.25]);
         assert_eq!(round.n_examples, 40);
         assert_eq!(round.mean_train_loss, 0.5);
-        assert!(matches!(UpdateAccumulator::new(&global, false).finish(1), Err(AggregateError::Empty)));
+        assert!(matches!(
+            UpdateAccumulator::new(&global, false).finish(1),
+            Err(AggregateError::Empty)
+        ));
     }
 
     #[test]
@@ -187,9 +211,15 @@ mod tests {
         let mut other = UpdateAccumulator::new(&global, true);
         other.add(&b, 3.0).unwrap();
         acc.merge(&other).unwrap();
-        assert!(acc.add(&update(&[1.0], 1), 1.0).is_err(), "SCAFFOLD needs control deltas");
+        assert!(
+            acc.add(&update(&[1.0], 1), 1.0).is_err(),
+            "SCAFFOLD needs control deltas"
+        );
         let round = acc.finish(4).unwrap();
         assert_eq!(round.mean_delta.values().collect::<Vec<_>>(), [2.5]);
-        assert_eq!(round.control_step.unwrap().values().collect::<Vec<_>>(), [1.5]);
+        assert_eq!(
+            round.control_step.unwrap().values().collect::<Vec<_>>(),
+            [1.5]
+        );
     }
 }

@@ -66,7 +66,10 @@ impl std::str::FromStr for StrategyKind {
             .find(|k| k.as_str() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = StrategyKind::ALL.iter().map(|k| k.as_str()).collect();
-                format!("unknown strategy '{s}' (expected one of {})", names.join(", "))
+                format!(
+                    "unknown strategy '{s}' (expected one of {})",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -105,14 +108,18 @@ impl StrategyConfig {
             if v.is_finite() && v > 0.0 {
                 Ok(v)
             } else {
-                Err(AggregateError::Config(format!("{kind}: `{name}` must be a positive number, got {v}")))
+                Err(AggregateError::Config(format!(
+                    "{kind}: `{name}` must be a positive number, got {v}"
+                )))
             }
         };
         let unit = |name: &str, v: f32| {
             if (0.0..1.0).contains(&v) {
                 Ok(v)
             } else {
-                Err(AggregateError::Config(format!("{kind}: `{name}` must be in [0, 1), got {v}")))
+                Err(AggregateError::Config(format!(
+                    "{kind}: `{name}` must be in [0, 1), got {v}"
+                )))
             }
         };
         if let Some(lr) = self.client_lr {
@@ -129,14 +136,24 @@ impl StrategyConfig {
             )))
         };
         Ok(match kind {
-            StrategyKind::FedAvg => Box::new(FedAvg { server_lr: server_lr(1.0)? }),
-            StrategyKind::FedAvgM => Box::new(FedAvgM::new(server_lr(1.0)?, unit("momentum", self.momentum.unwrap_or(0.9))?)),
+            StrategyKind::FedAvg => Box::new(FedAvg {
+                server_lr: server_lr(1.0)?,
+            }),
+            StrategyKind::FedAvgM => Box::new(FedAvgM::new(
+                server_lr(1.0)?,
+                unit("momentum", self.momentum.unwrap_or(0.9))?,
+            )),
             StrategyKind::FedProx => {
                 let mu = self.mu.unwrap_or(0.01);
                 if !(mu.is_finite() && mu >= 0.0) {
-                    return Err(AggregateError::Config(format!("fedprox: `mu` must be >= 0, got {mu}")));
+                    return Err(AggregateError::Config(format!(
+                        "fedprox: `mu` must be >= 0, got {mu}"
+                    )));
                 }
-                Box::new(FedProx { mu, server_lr: server_lr(1.0)? })
+                Box::new(FedProx {
+                    mu,
+                    server_lr: server_lr(1.0)?,
+                })
             }
             StrategyKind::Scaffold => Box::new(Scaffold::new(server_lr(1.0)?)),
             StrategyKind::FedAdam => fedopt(FedOptVariant::Adam, 0.01)?,
@@ -171,7 +188,10 @@ mod tests {
             ..Default::default()
         };
         let err = bad.build(StrategyKind::FedAvg).err().unwrap();
-        assert_eq!(err.to_string(), "strategy config: fedavg: `server_lr` must be a positive number, got -1");
+        assert_eq!(
+            err.to_string(),
+            "strategy config: fedavg: `server_lr` must be a positive number, got -1"
+        );
         let bad = StrategyConfig {
             beta2: Some(1.0),
             ..Default::default()

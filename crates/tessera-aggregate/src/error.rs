@@ -7,7 +7,9 @@ pub enum AggregateError {
     #[error("update rejected: {0}")]
     Layout(#[from] tessera_core::CoreError),
     /// A value is too large for the exact accumulator.
-    #[error("update rejected: weighted value {value:e} is beyond the aggregation range (|x| < 2^48)")]
+    #[error(
+        "update rejected: weighted value {value:e} is beyond the aggregation range (|x| < 2^48)"
+    )]
     OutOfRange {
         /// The offending weighted value.
         value: f64,

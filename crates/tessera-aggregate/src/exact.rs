@@ -6,26 +6,56 @@ use crate::AggregateError;
 
 /// Fractional bits of the fixed-point representation.
 const FRAC_BITS: i32 = 56;
-/// Weighted values must stay below this magnitude (2^48), so that at least
-/// 2^23 terms of the largest size fit in 128 bits.
+/// Weighted values must stay below this magnitude (2^48): a term is then
+/// below 2^104 in fixed point.
 const LIMIT: f64 = 281_474_976_710_656.0;
+/// Terms per sum that can never overflow 128 bits: 2^(127 - 104).
+const MAX_TERMS: u64 = 1 << 23;
+
+/// Whether a weighted value fits the accumulator (false for NaN and infinities).
+fn in_range(term: f64) -> bool {
+    term.abs() < LIMIT
+}
+
+/// The fixed-point value of an in-range term: `term * 2^56`, truncated.
+///
+/// Split in two exact halves so that only fast `f64 -> i64` conversions are
+/// needed: `hi = trunc(s / 2^52)`, `lo = s - hi * 2^52` (exact), and the value
+/// is `hi * 2^52 + trunc(lo)`. Any fixed function of the term keeps the sum
+/// order-independent; this one is within 2^-56 of the term and odd
+/// (`fixed(-t) = -fixed(t)`), so an addition can be undone by adding the
+/// negated term.
+#[inline]
+fn fixed(term: f64) -> i128 {
+    const SCALE: f64 = (1u64 << FRAC_BITS) as f64;
+    const SPLIT: f64 = (1u64 << 52) as f64;
+    let scaled = term * SCALE;
+    let hi = (scaled / SPLIT) as i64;
+    let lo = scaled - hi as f64 * SPLIT;
+    (i128::from(hi) << 52) + i128::from(lo as i64)
+}
 
 /// A vector of sums in 128-bit fixed point with 56 fractional bits.
 ///
 /// Each term `value * weight` is computed in `f64` (exact when the weight is
-/// an integer below 2^29, as example counts are) and rounded once to a
+/// an integer below 2^29, as example counts are) and turned once into a
 /// multiple of 2^-56; the sums are then exact integer additions, which are
 /// associative. So the result is the same bits whatever the order of the
-/// terms, the number of threads, or how partial sums were merged.
+/// terms, the number of threads, or how partial sums were merged. Up to 2^23
+/// terms per sum fit; more are refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExactSum {
     sums: Vec<i128>,
+    n_terms: u64,
 }
 
 impl ExactSum {
     /// `n` zero sums.
     pub fn new(n: usize) -> Self {
-        Self { sums: vec![0; n] }
+        Self {
+            sums: vec![0; n],
+            n_terms: 0,
+        }
     }
 
     /// Number of sums.
@@ -38,11 +68,13 @@ impl ExactSum {
         self.sums.is_empty()
     }
 
-    fn fixed(term: f64) -> Result<i128, AggregateError> {
-        if !(term.abs() < LIMIT) {
-            return Err(AggregateError::OutOfRange { value: term });
+    fn reserve_term(&mut self, count: u64) -> Result<(), AggregateError> {
+        let total = self.n_terms.saturating_add(count);
+        if total > MAX_TERMS {
+            return Err(AggregateError::Overflow);
         }
-        Ok((term * 2f64.powi(FRAC_BITS)).round() as i128)
+        self.n_terms = total;
+        Ok(())
     }
 
     /// Adds `weight * values[i]` to sum `i`, the values taken from a
@@ -64,51 +96,57 @@ impl ExactSum {
                 self.sums.len()
             ))));
         }
-        let scale = 2f64.powi(FRAC_BITS);
-        let mut done = 0;
-        let mut failure = None;
-        'outer: for chunk in chunks.clone() {
-            let sums = &mut self.sums[done..done + chunk.len()];
-            for (sum, &v) in sums.iter_mut().zip(chunk) {
-                let term = f64::from(v) * weight;
-                if !(term.abs() < LIMIT) {
-                    failure = Some(AggregateError::OutOfRange { value: term });
-                    break 'outer;
-                }
-                match sum.checked_add((term * scale).round() as i128) {
-                    Some(total) => *sum = total,
-                    None => {
-                        failure = Some(AggregateError::Overflow);
-                        break 'outer;
-                    }
-                }
-                done += 1;
+        // Range-check first (cheap, vectorises), then add: nothing to undo.
+        for chunk in chunks.clone() {
+            if let Some(&v) = chunk.iter().find(|&&v| !in_range(f64::from(v) * weight)) {
+                return Err(AggregateError::OutOfRange {
+                    value: f64::from(v) * weight,
+                });
             }
         }
-        let Some(error) = failure else {
-            return Ok(());
-        };
-        // Undo the terms already added.
-        for (sum, v) in self.sums[..done].iter_mut().zip(chunks.flat_map(|c| c.iter())) {
-            *sum -= (f64::from(*v) * weight * scale).round() as i128;
+        self.reserve_term(1)?;
+        let mut offset = 0;
+        for chunk in chunks {
+            for (sum, &v) in self.sums[offset..offset + chunk.len()].iter_mut().zip(chunk) {
+                *sum += fixed(f64::from(v) * weight);
+            }
+            offset += chunk.len();
         }
-        Err(error)
+        Ok(())
     }
 
-    /// Adds a single term to sum `index`.
+    /// Adds a single term to sum `index` (each call counts towards the 2^23 bound).
     pub fn add_one(&mut self, index: usize, term: f64) -> Result<(), AggregateError> {
-        let fixed = Self::fixed(term)?;
+        if !in_range(term) {
+            return Err(AggregateError::OutOfRange { value: term });
+        }
+        if index >= self.sums.len() {
+            return Err(AggregateError::Layout(CoreError::LayoutMismatch(format!(
+                "no sum {index} among {}",
+                self.sums.len()
+            ))));
+        }
+        let term = fixed(term);
+        self.reserve_term(1)?;
         if let Some(sum) = self.sums.get_mut(index) {
-            *sum = sum.checked_add(fixed).ok_or(AggregateError::Overflow)?;
+            *sum += term;
         }
         Ok(())
     }
 
     /// Adds another set of sums (a partial sum from another thread or shard).
-    /// On overflow nothing is added.
     pub fn merge(&mut self, other: &ExactSum) -> Result<(), AggregateError> {
-        let merged: Option<Vec<i128>> = self.sums.iter().zip(&other.sums).map(|(a, b)| a.checked_add(*b)).collect();
-        self.sums = merged.ok_or(AggregateError::Overflow)?;
+        if other.sums.len() != self.sums.len() {
+            return Err(AggregateError::Layout(CoreError::LayoutMismatch(format!(
+                "merging {} sums into {}",
+                other.sums.len(),
+                self.sums.len()
+            ))));
+        }
+        self.reserve_term(other.n_terms)?;
+        for (a, b) in self.sums.iter_mut().zip(&other.sums) {
+            *a += *b;
+        }
         Ok(())
     }
 
@@ -129,6 +167,17 @@ impl ExactSum {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn fixed_point_conversion_is_odd_and_exact_on_representable_values() {
+        for t in [0.0, 1.0, -1.0, 0.5, 3.25e-10, -7.75e13, 1.0 / 3.0, 2.0f64.powi(-60)] {
+            assert_eq!(fixed(-t), -fixed(t), "{t}");
+            let back = fixed(t) as f64 * 2f64.powi(-FRAC_BITS);
+            assert!((back - t).abs() <= 2f64.powi(-FRAC_BITS), "{t} -> {back}");
+        }
+        assert_eq!(fixed(1.5), 3i128 << 55);
+        assert_eq!(fixed(-(2f64.powi(47) + 0.75)), -((1i128 << 103) + (3i128 << 54)));
+    }
 
     #[test]
     fn out_of_range_terms_change_nothing() {

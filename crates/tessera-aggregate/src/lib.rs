@@ -59,5 +59,9 @@ pub trait Strategy: Send {
     }
 
     /// New global parameters from the current ones and the round's aggregate.
-    fn aggregate_fit(&mut self, global: &ParameterSet, round: &RoundAggregate) -> Result<ParameterSet, AggregateError>;
+    fn aggregate_fit(
+        &mut self,
+        global: &ParameterSet,
+        round: &RoundAggregate,
+    ) -> Result<ParameterSet, AggregateError>;
 }

@@ -7,7 +7,11 @@ use tessera_core::ParameterSet;
 use crate::{AggregateError, FitInstructions, RoundAggregate, Strategy};
 
 /// `global + server_lr * step`, layout checked.
-fn moved(global: &ParameterSet, step: &ParameterSet, server_lr: f32) -> Result<ParameterSet, AggregateError> {
+fn moved(
+    global: &ParameterSet,
+    step: &ParameterSet,
+    server_lr: f32,
+) -> Result<ParameterSet, AggregateError> {
     let mut next = global.clone();
     next.add_scaled(step, server_lr)?;
     Ok(next)
@@ -30,7 +34,11 @@ impl Strategy for FedAvg {
         FitInstructions::default()
     }
 
-    fn aggregate_fit(&mut self, global: &ParameterSet, round: &RoundAggregate) -> Result<ParameterSet, AggregateError> {
+    fn aggregate_fit(
+        &mut self,
+        global: &ParameterSet,
+        round: &RoundAggregate,
+    ) -> Result<ParameterSet, AggregateError> {
         moved(global, &round.mean_delta, self.server_lr)
     }
 }
@@ -65,7 +73,11 @@ impl Strategy for FedAvgM {
         FitInstructions::default()
     }
 
-    fn aggregate_fit(&mut self, global: &ParameterSet, round: &RoundAggregate) -> Result<ParameterSet, AggregateError> {
+    fn aggregate_fit(
+        &mut self,
+        global: &ParameterSet,
+        round: &RoundAggregate,
+    ) -> Result<ParameterSet, AggregateError> {
         global.check_same_layout(&round.mean_delta)?;
         let velocity = match self.velocity.take() {
             Some(mut v) => {
@@ -104,7 +116,11 @@ impl Strategy for FedProx {
         }
     }
 
-    fn aggregate_fit(&mut self, global: &ParameterSet, round: &RoundAggregate) -> Result<ParameterSet, AggregateError> {
+    fn aggregate_fit(
+        &mut self,
+        global: &ParameterSet,
+        round: &RoundAggregate,
+    ) -> Result<ParameterSet, AggregateError> {
         moved(global, &round.mean_delta, self.server_lr)
     }
 }
@@ -137,7 +153,11 @@ impl Strategy for Scaffold {
     fn configure_fit(&self, global: &ParameterSet) -> FitInstructions {
         FitInstructions {
             proximal_mu: None,
-            server_control: Some(self.control.clone().unwrap_or_else(|| Arc::new(global.zeros_like()))),
+            server_control: Some(
+                self.control
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(global.zeros_like())),
+            ),
         }
     }
 
@@ -145,11 +165,14 @@ impl Strategy for Scaffold {
         true
     }
 
-    fn aggregate_fit(&mut self, global: &ParameterSet, round: &RoundAggregate) -> Result<ParameterSet, AggregateError> {
-        let step = round
-            .control_step
-            .as_ref()
-            .ok_or_else(|| AggregateError::Control("SCAFFOLD round without control-variate changes".into()))?;
+    fn aggregate_fit(
+        &mut self,
+        global: &ParameterSet,
+        round: &RoundAggregate,
+    ) -> Result<ParameterSet, AggregateError> {
+        let step = round.control_step.as_ref().ok_or_else(|| {
+            AggregateError::Control("SCAFFOLD round without control-variate changes".into())
+        })?;
         let next = moved(global, &round.mean_delta, self.server_lr)?;
         let mut control = self
             .control
@@ -219,7 +242,11 @@ impl Strategy for FedOpt {
         FitInstructions::default()
     }
 
-    fn aggregate_fit(&mut self, global: &ParameterSet, round: &RoundAggregate) -> Result<ParameterSet, AggregateError> {
+    fn aggregate_fit(
+        &mut self,
+        global: &ParameterSet,
+        round: &RoundAggregate,
+    ) -> Result<ParameterSet, AggregateError> {
         global.check_same_layout(&round.mean_delta)?;
         let (mut m, mut v) = self
             .moments
@@ -265,8 +292,11 @@ mod tests {
 
     fn set(values: &[f32]) -> ParameterSet {
         let mut p = ParameterSet::new();
-        p.push("w", Tensor::new(vec![values.len()], values.to_vec()).unwrap())
-            .unwrap();
+        p.push(
+            "w",
+            Tensor::new(vec![values.len()], values.to_vec()).unwrap(),
+        )
+        .unwrap();
         p
     }
 
@@ -298,7 +328,11 @@ mod tests {
     fn fedopt_variants_match_hand_computation() {
         // Two rounds with Δ = 0.1 then -0.2, η = 0.01, β1 = 0.9, β2 = 0.999, τ = 1e-8.
         let (eta, b1, b2, tau) = (0.01f64, 0.9f64, 0.999f64, 1e-8f64);
-        for variant in [FedOptVariant::Adam, FedOptVariant::Yogi, FedOptVariant::Adagrad] {
+        for variant in [
+            FedOptVariant::Adam,
+            FedOptVariant::Yogi,
+            FedOptVariant::Adagrad,
+        ] {
             let mut s = FedOpt::new(variant, eta as f32, b1 as f32, b2 as f32, tau as f32);
             let (mut x, mut m, mut v) = (0.0f64, 0.0f64, 0.0f64);
             let mut current = set(&[0.0]);
@@ -312,7 +346,10 @@ mod tests {
                 x += eta * m / (v.sqrt() + tau);
                 current = s.aggregate_fit(&current, &round(&[d as f32])).unwrap();
                 let got = f64::from(values(&current)[0]);
-                assert!((got - x).abs() < 1e-4 * x.abs().max(1e-3), "{variant:?}: {got} vs {x}");
+                assert!(
+                    (got - x).abs() < 1e-4 * x.abs().max(1e-3),
+                    "{variant:?}: {got} vs {x}"
+                );
             }
         }
     }
@@ -328,7 +365,10 @@ mod tests {
         r.control_step = Some(set(&[0.25, 0.125]));
         let next = s.aggregate_fit(&global, &r).unwrap();
         assert_eq!(values(&next), [1.5, 1.5]);
-        assert_eq!(values(&s.configure_fit(&next).server_control.unwrap()), [0.25, 0.125]);
+        assert_eq!(
+            values(&s.configure_fit(&next).server_control.unwrap()),
+            [0.25, 0.125]
+        );
         r.control_step = None;
         assert!(s.aggregate_fit(&next, &r).is_err());
     }

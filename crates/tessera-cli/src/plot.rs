@@ -20,18 +20,32 @@ pub fn write_plot(report: &SimReport, path: &Path) -> anyhow::Result<()> {
     let mut lines: Vec<(String, Vec<(u32, f64)>)> = vec![
         (
             "federated: all test rows".into(),
-            report.rounds.iter().map(|r| (r.round, r.accuracy)).collect(),
+            report
+                .rounds
+                .iter()
+                .map(|r| (r.round, r.accuracy))
+                .collect(),
         ),
         (
             "federated: mean of sites".into(),
-            report.rounds.iter().map(|r| (r.round, r.mean_site_accuracy)).collect(),
+            report
+                .rounds
+                .iter()
+                .map(|r| (r.round, r.mean_site_accuracy))
+                .collect(),
         ),
     ];
     if let Some(b) = &report.baselines {
         let flat = |v: f64| vec![(1, v), (rounds, v)];
         lines.push(("pooled: all test rows".into(), flat(b.pooled.accuracy)));
-        lines.push(("pooled: mean of sites".into(), flat(b.pooled.mean_site_accuracy)));
-        lines.push(("local only: mean of sites".into(), flat(b.local.mean_site_accuracy)));
+        lines.push((
+            "pooled: mean of sites".into(),
+            flat(b.pooled.mean_site_accuracy),
+        ));
+        lines.push((
+            "local only: mean of sites".into(),
+            flat(b.local.mean_site_accuracy),
+        ));
     }
     let values = lines.iter().flat_map(|(_, l)| l.iter().map(|p| p.1));
     let (low, high) = values.fold((1.0f64, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
@@ -40,7 +54,10 @@ pub fn write_plot(report: &SimReport, path: &Path) -> anyhow::Result<()> {
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
         let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
         root.fill(&WHITE)?;
-        let caption = format!("{} · {} · seed {}", report.plan, report.strategy, report.seed);
+        let caption = format!(
+            "{} · {} · seed {}",
+            report.plan, report.strategy, report.seed
+        );
         let mut chart = ChartBuilder::on(&root)
             .caption(caption, ("sans-serif", 20))
             .margin(12)

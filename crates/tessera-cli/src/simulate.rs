@@ -80,18 +80,23 @@ pub struct SimulateArgs {
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let (mut plan, base_dir, source): (Plan, PathBuf, Box<dyn FileSource>) = match (&args.plan, &args.data) {
-        (Some(path), _) => {
-            let plan = Plan::from_file(path)?;
-            let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-            (plan, dir, Box::new(Filesystem))
-        }
-        (None, Some(data)) => (ad_hoc_plan(&args, data)?, PathBuf::new(), Box::new(Filesystem)),
-        (None, None) => {
-            let plan = Plan::from_toml(bundled::PLAN, bundled::PLAN_PATH)?;
-            (plan, PathBuf::from("examples"), Box::new(Bundled))
-        }
-    };
+    let (mut plan, base_dir, source): (Plan, PathBuf, Box<dyn FileSource>) =
+        match (&args.plan, &args.data) {
+            (Some(path), _) => {
+                let plan = Plan::from_file(path)?;
+                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                (plan, dir, Box::new(Filesystem))
+            }
+            (None, Some(data)) => (
+                ad_hoc_plan(&args, data)?,
+                PathBuf::new(),
+                Box::new(Filesystem),
+            ),
+            (None, None) => {
+                let plan = Plan::from_toml(bundled::PLAN, bundled::PLAN_PATH)?;
+                (plan, PathBuf::from("examples"), Box::new(Bundled))
+            }
+        };
     apply_overrides(&mut plan, &args)?;
     plan.validate()?;
 
@@ -139,7 +144,14 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
                     let _ = writeln!(
                         out,
                         "{:>5}  {:>8}  {:>9}  {:>7}  {:>6}  {:>8}  {:>8}  {:>9}  status",
-                        "round", "accuracy", "mean-site", "loss", "auc", "accepted", "seconds", "virtual-s"
+                        "round",
+                        "accuracy",
+                        "mean-site",
+                        "loss",
+                        "auc",
+                        "accepted",
+                        "seconds",
+                        "virtual-s"
                     );
                     header_printed = true;
                 }
@@ -173,16 +185,23 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     report.timing.total_seconds = started.elapsed().as_secs_f64();
     report.timing.peak_rss_bytes = peak_rss_bytes();
 
-    let report_path = args
-        .report
+    let report_path = args.report.clone().unwrap_or_else(|| {
+        PathBuf::from("tessera-out")
+            .join(format!("{}-{}-seed{}.json", plan.name, strategy, plan.seed))
+    });
+    let plot_path = args
+        .plot
         .clone()
-        .unwrap_or_else(|| PathBuf::from("tessera-out").join(format!("{}-{}-seed{}.json", plan.name, strategy, plan.seed)));
-    let plot_path = args.plot.clone().unwrap_or_else(|| report_path.with_extension("svg"));
+        .unwrap_or_else(|| report_path.with_extension("svg"));
     write_report(&report, &report_path)?;
     write_plot(&report, &plot_path)?;
     if !quiet {
         print_summary(&report);
-        eprintln!("report: {}  plot: {}", report_path.display(), plot_path.display());
+        eprintln!(
+            "report: {}  plot: {}",
+            report_path.display(),
+            plot_path.display()
+        );
     }
     Ok(())
 }
@@ -196,7 +215,11 @@ fn print_summary(report: &SimReport) {
         f.auc.map_or("-".to_string(), |a| format!("{a:.4}"))
     );
     if f.per_site.len() <= 12 {
-        let sites: Vec<String> = f.per_site.iter().map(|(s, m)| format!("{s} {:.4}", m.accuracy)).collect();
+        let sites: Vec<String> = f
+            .per_site
+            .iter()
+            .map(|(s, m)| format!("{s} {:.4}", m.accuracy))
+            .collect();
         println!("per site: {}", sites.join(", "));
     } else {
         println!("per site: {} sites, in the report", f.per_site.len());
@@ -221,10 +244,12 @@ fn print_summary(report: &SimReport) {
 
 fn write_report(report: &SimReport, path: &Path) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the folder", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create the folder", dir.display()))?;
     }
     let text = serde_json::to_string_pretty(report).context("cannot encode the report")?;
-    std::fs::write(path, text + "\n").with_context(|| format!("{}: cannot write the report", path.display()))
+    std::fs::write(path, text + "\n")
+        .with_context(|| format!("{}: cannot write the report", path.display()))
 }
 
 /// A plan for one CSV file with a site column, every other column a feature.
@@ -295,7 +320,9 @@ fn apply_overrides(plan: &mut Plan, args: &SimulateArgs) -> anyhow::Result<()> {
         let standardize = &mut plan.data.standardize;
         match scope.as_str() {
             "site" => (standardize.enabled, standardize.scope) = (true, ScaleScope::Site),
-            "federation" => (standardize.enabled, standardize.scope) = (true, ScaleScope::Federation),
+            "federation" => {
+                (standardize.enabled, standardize.scope) = (true, ScaleScope::Federation)
+            }
             "none" => standardize.enabled = false,
             other => bail!("unknown standardisation '{other}' (expected site, federation or none)"),
         }

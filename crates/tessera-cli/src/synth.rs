@@ -56,7 +56,8 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
         beta: args.beta,
         seed: args.seed,
     };
-    let file = std::fs::File::create(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
+    let file = std::fs::File::create(&args.out)
+        .with_context(|| format!("{}: cannot create", args.out.display()))?;
     let mut out = BufWriter::new(file);
     write_synthetic(&config, &mut out)
         .and_then(|()| out.flush())

@@ -1,5 +1,7 @@
 //! Bad input exits non-zero with one line naming the problem; never a panic.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod util;
 
 use util::{Scratch, root};
@@ -10,7 +12,17 @@ const HEADER: &str = "site,a,b,y\n";
 fn ragged_rows() {
     let s = Scratch::new("ragged");
     s.write("d.csv", &format!("{HEADER}s1,1,2,0\ns1,3,1\n"));
-    let line = s.run(&["simulate", "--data", "d.csv", "--site-column", "site", "--target", "y"]).fails();
+    let line = s
+        .run(&[
+            "simulate",
+            "--data",
+            "d.csv",
+            "--site-column",
+            "site",
+            "--target",
+            "y",
+        ])
+        .fails();
     assert_eq!(line, "error: d.csv:3: row has 3 fields, expected 4");
 }
 
@@ -18,7 +30,17 @@ fn ragged_rows() {
 fn empty_file() {
     let s = Scratch::new("empty");
     s.write("d.csv", "");
-    let line = s.run(&["simulate", "--data", "d.csv", "--site-column", "site", "--target", "y"]).fails();
+    let line = s
+        .run(&[
+            "simulate",
+            "--data",
+            "d.csv",
+            "--site-column",
+            "site",
+            "--target",
+            "y",
+        ])
+        .fails();
     assert_eq!(line, "error: d.csv: file is empty");
 }
 
@@ -26,8 +48,21 @@ fn empty_file() {
 fn missing_target_column() {
     let s = Scratch::new("target");
     s.write("d.csv", &format!("{HEADER}s1,1,2,0\n"));
-    let line = s.run(&["simulate", "--data", "d.csv", "--site-column", "site", "--target", "outcome"]).fails();
-    assert_eq!(line, "error: d.csv:1: no target column named 'outcome' (columns: site, a, b, y)");
+    let line = s
+        .run(&[
+            "simulate",
+            "--data",
+            "d.csv",
+            "--site-column",
+            "site",
+            "--target",
+            "outcome",
+        ])
+        .fails();
+    assert_eq!(
+        line,
+        "error: d.csv:1: no target column named 'outcome' (columns: site, a, b, y)"
+    );
 }
 
 #[test]
@@ -43,7 +78,10 @@ fn unknown_strategy() {
 #[test]
 fn text_in_a_column_declared_numeric() {
     let s = Scratch::new("numeric");
-    s.write("d.csv", &format!("{HEADER}s1,1,2,0\ns1,1,2,1\ns2,4,abc,0\ns2,1,2,1\n"));
+    s.write(
+        "d.csv",
+        &format!("{HEADER}s1,1,2,0\ns1,1,2,1\ns2,4,abc,0\ns2,1,2,1\n"),
+    );
     s.write(
         "plan.toml",
         r#"
@@ -68,7 +106,10 @@ kind = "logistic"
 fn bad_plans_and_arguments() {
     let s = Scratch::new("plans");
     let line = s.run(&["simulate", "--plan", "missing.toml"]).fails();
-    assert!(line.starts_with("error: missing.toml: cannot read:"), "{line}");
+    assert!(
+        line.starts_with("error: missing.toml: cannot read:"),
+        "{line}"
+    );
     s.write("p.toml", "[model]\nkind = \"logistic\"\n");
     let line = s.run(&["simulate", "--plan", "p.toml"]).fails();
     assert!(line.contains("missing field `data`"), "{line}");
@@ -77,9 +118,15 @@ fn bad_plans_and_arguments() {
     let line = s.run(&["simulate", "--data", "x.csv"]).fails();
     assert!(line.contains("--site-column"), "{line}");
     let line = s.run(&["synth", "--sites", "0", "--out", "x.csv"]).fails();
-    assert_eq!(line, "error: --sites, --rows and --features must be at least 1");
+    assert_eq!(
+        line,
+        "error: --sites, --rows and --features must be at least 1"
+    );
     let line = s.run(&["simulate", "--init", "gaussian"]).fails();
-    assert_eq!(line, "error: unknown init 'gaussian' (expected uniform or zeros)");
+    assert_eq!(
+        line,
+        "error: unknown init 'gaussian' (expected uniform or zeros)"
+    );
     let line = s.run(&["simulate", "--lr=-1"]).fails();
     assert!(line.contains("lr"), "{line}");
 }
@@ -87,15 +134,51 @@ fn bad_plans_and_arguments() {
 #[test]
 fn logistic_on_ten_classes_says_what_to_do() {
     let s = Scratch::new("classes");
-    s.run(&["synth", "--sites", "2", "--rows", "50", "--features", "4", "--classes", "10", "--out", "d.csv"]).ok();
-    let line = s.run(&["simulate", "--data", "d.csv", "--site-column", "site", "--target", "y"]).fails();
-    assert!(line.contains("needs a binary target") && line.contains("softmax"), "{line}");
+    s.run(&[
+        "synth",
+        "--sites",
+        "2",
+        "--rows",
+        "50",
+        "--features",
+        "4",
+        "--classes",
+        "10",
+        "--out",
+        "d.csv",
+    ])
+    .ok();
+    let line = s
+        .run(&[
+            "simulate",
+            "--data",
+            "d.csv",
+            "--site-column",
+            "site",
+            "--target",
+            "y",
+        ])
+        .fails();
+    assert!(
+        line.contains("needs a binary target") && line.contains("softmax"),
+        "{line}"
+    );
 }
 
 #[test]
 fn a_plan_path_outside_the_working_folder_resolves_data_beside_it() {
     let s = Scratch::new("plan-path");
     let plan = root().join("examples/fed-heart-disease.toml");
-    s.run(&["simulate", "-q", "--plan", plan.to_str().unwrap(), "--rounds", "1", "--report", "r.json"]).ok();
+    s.run(&[
+        "simulate",
+        "-q",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--rounds",
+        "1",
+        "--report",
+        "r.json",
+    ])
+    .ok();
     assert_eq!(s.json("r.json")["rounds"].as_array().unwrap().len(), 1);
 }

@@ -1,6 +1,8 @@
 //! `tessera simulate` end to end: the bundled plan, report keys, determinism,
 //! baselines, ad-hoc data and synthetic data.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod util;
 
 use serde_json::Value;
@@ -11,7 +13,8 @@ fn number(v: &Value, path: &str) -> f64 {
     for key in path.split('.') {
         cur = &cur[key];
     }
-    cur.as_f64().unwrap_or_else(|| panic!("{path} is not a number: {cur}"))
+    cur.as_f64()
+        .unwrap_or_else(|| panic!("{path} is not a number: {cur}"))
 }
 
 #[test]
@@ -21,7 +24,8 @@ fn default_run_is_the_bundled_heart_plan_with_report_and_plot() {
     assert!(out.contains("round  accuracy"), "round table: {out}");
     assert!(out.contains("final: accuracy"), "{out}");
     let report = s.json("tessera-out/fed-heart-disease-fedavg-seed42.json");
-    let svg = std::fs::read_to_string(s.path("tessera-out/fed-heart-disease-fedavg-seed42.svg")).unwrap();
+    let svg =
+        std::fs::read_to_string(s.path("tessera-out/fed-heart-disease-fedavg-seed42.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("federated"), "plot");
     let rounds = report["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 15);
@@ -58,21 +62,50 @@ fn the_same_command_twice_gives_the_same_numbers() {
         let mut reports = Vec::new();
         for run in 0..2 {
             let name = format!("{strategy}-{run}.json");
-            s.run(&["simulate", "-q", "--strategy", strategy, "--seed", "7", "--report", &name]).ok();
+            s.run(&[
+                "simulate",
+                "-q",
+                "--strategy",
+                strategy,
+                "--seed",
+                "7",
+                "--report",
+                &name,
+            ])
+            .ok();
             reports.push(s.json(&name));
         }
         let strip = |r: &Value| -> Vec<(Value, Value)> {
-            r["rounds"].as_array().unwrap().iter().map(|x| (x["accuracy"].clone(), x["loss"].clone())).collect()
+            r["rounds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| (x["accuracy"].clone(), x["loss"].clone()))
+                .collect()
         };
         assert_eq!(strip(&reports[0]), strip(&reports[1]), "{strategy}: rounds");
-        assert_eq!(reports[0]["final"], reports[1]["final"], "{strategy}: final");
+        assert_eq!(
+            reports[0]["final"], reports[1]["final"],
+            "{strategy}: final"
+        );
     }
 }
 
 #[test]
 fn baselines_are_reported() {
     let s = Scratch::new("baselines");
-    let out = s.run(&["simulate", "--baselines", "--rounds", "3", "--report", "r.json", "--plot", "p.svg"]).ok();
+    let out = s
+        .run(&[
+            "simulate",
+            "--baselines",
+            "--rounds",
+            "3",
+            "--report",
+            "r.json",
+            "--plot",
+            "p.svg",
+        ])
+        .ok();
     assert!(out.contains("baselines: pooled"), "{out}");
     let report = s.json("r.json");
     for key in [
@@ -83,39 +116,114 @@ fn baselines_are_reported() {
         let v = number(&report, key);
         assert!((0.0..=1.0).contains(&v), "{key} = {v}");
     }
-    assert!(std::fs::read_to_string(s.path("p.svg")).unwrap().contains("pooled"));
+    assert!(
+        std::fs::read_to_string(s.path("p.svg"))
+            .unwrap()
+            .contains("pooled")
+    );
 }
 
 #[test]
 fn synthetic_data_round_trip_with_softmax() {
     let s = Scratch::new("synth");
     s.run(&[
-        "synth", "--sites", "6", "--rows", "200", "--features", "60", "--classes", "10", "--alpha", "0.5", "--beta", "0.5",
-        "--seed", "3", "--out", "synth.csv",
+        "synth",
+        "--sites",
+        "6",
+        "--rows",
+        "200",
+        "--features",
+        "60",
+        "--classes",
+        "10",
+        "--alpha",
+        "0.5",
+        "--beta",
+        "0.5",
+        "--seed",
+        "3",
+        "--out",
+        "synth.csv",
     ])
     .ok();
     let text = std::fs::read_to_string(s.path("synth.csv")).unwrap();
     assert_eq!(text.lines().count(), 1 + 6 * 200);
     s.run(&[
-        "simulate", "-q", "--data", "synth.csv", "--site-column", "site", "--target", "y", "--model", "softmax", "--rounds",
-        "20", "--lr", "0.2", "--standardize", "federation", "--report", "r.json",
+        "simulate",
+        "-q",
+        "--data",
+        "synth.csv",
+        "--site-column",
+        "site",
+        "--target",
+        "y",
+        "--model",
+        "softmax",
+        "--rounds",
+        "20",
+        "--lr",
+        "0.2",
+        "--standardize",
+        "federation",
+        "--report",
+        "r.json",
     ])
     .ok();
     let report = s.json("r.json");
-    assert!(report["classes"].as_array().unwrap().len() >= 8, "most of the 10 classes occur");
+    assert!(
+        report["classes"].as_array().unwrap().len() >= 8,
+        "most of the 10 classes occur"
+    );
     let first = number(&report["rounds"][0], "accuracy");
     let last = number(&report, "final.accuracy");
-    assert!(last > 0.5 && last > first, "softmax learns Synthetic(0.5, 0.5): {first} -> {last}");
+    assert!(
+        last > 0.5 && last > first,
+        "softmax learns Synthetic(0.5, 0.5): {first} -> {last}"
+    );
     assert!(report["final"]["auc"].is_null(), "no AUC for 10 classes");
 }
 
 #[test]
 fn ad_hoc_mlp_on_a_plan_dataset_and_overrides() {
     let s = Scratch::new("adhoc");
-    s.run(&["synth", "--sites", "3", "--rows", "100", "--features", "5", "--seed", "1", "--out", "d.csv"]).ok();
     s.run(&[
-        "simulate", "-q", "--data", "d.csv", "--site-column", "site", "--target", "y", "--positive", "1", "--model", "mlp",
-        "--hidden", "8,4", "--strategy", "fedavgm", "--rounds", "2", "--local-epochs", "2", "--batch-size", "16", "--report",
+        "synth",
+        "--sites",
+        "3",
+        "--rows",
+        "100",
+        "--features",
+        "5",
+        "--seed",
+        "1",
+        "--out",
+        "d.csv",
+    ])
+    .ok();
+    s.run(&[
+        "simulate",
+        "-q",
+        "--data",
+        "d.csv",
+        "--site-column",
+        "site",
+        "--target",
+        "y",
+        "--positive",
+        "1",
+        "--model",
+        "mlp",
+        "--hidden",
+        "8,4",
+        "--strategy",
+        "fedavgm",
+        "--rounds",
+        "2",
+        "--local-epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--report",
         "r.json",
     ])
     .ok();

@@ -270,8 +270,11 @@ mod tests {
 
     fn two_tensors() -> ParameterSet {
         let mut p = ParameterSet::new();
-        p.push("w", Tensor::new(vec![2, 3], vec![1., 2., 3., 4., 5., 6.]).unwrap())
-            .unwrap();
+        p.push(
+            "w",
+            Tensor::new(vec![2, 3], vec![1., 2., 3., 4., 5., 6.]).unwrap(),
+        )
+        .unwrap();
         p.push("b", Tensor::new(vec![2], vec![-1., 1.]).unwrap())
             .unwrap();
         p
@@ -312,7 +315,10 @@ mod tests {
         assert_eq!(d, p);
         let mut q = p.zeros_like();
         q.add_scaled(&p, 2.0).unwrap();
-        assert_eq!(q.values().collect::<Vec<_>>(), vec![2., 4., 6., 8., 10., 12., -2., 2.]);
+        assert_eq!(
+            q.values().collect::<Vec<_>>(),
+            vec![2., 4., 6., 8., 10., 12., -2., 2.]
+        );
         let expected = (1f64 + 4. + 9. + 16. + 25. + 36. + 1. + 1.).sqrt();
         assert!((p.l2_norm() - expected).abs() < 1e-12);
     }

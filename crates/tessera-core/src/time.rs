@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 ///
 /// The round engine never reads a clock: its drivers pass `Timestamp`s in. The
 /// simulator passes virtual time, deployment passes wall time since start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Timestamp(pub u64);
 
 impl Timestamp {

@@ -27,6 +27,10 @@ pub struct FitStats {
 impl Update {
     /// Bytes the update takes on the wire: its tensors plus a fixed 32-byte envelope.
     pub fn wire_len(&self) -> usize {
-        32 + self.delta.wire_len() + self.control_delta.as_ref().map_or(0, ParameterSet::wire_len)
+        32 + self.delta.wire_len()
+            + self
+                .control_delta
+                .as_ref()
+                .map_or(0, ParameterSet::wire_len)
     }
 }

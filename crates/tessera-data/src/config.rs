@@ -224,20 +224,29 @@ impl DataConfig {
     pub fn validate(&self) -> Result<(), DataError> {
         let bad = |msg: &str| Err(DataError::Config(msg.to_string()));
         match (&self.path, self.sites.is_empty()) {
-            (Some(_), false) => return bad("give either `path` with `site_column` or `sites`, not both"),
+            (Some(_), false) => {
+                return bad("give either `path` with `site_column` or `sites`, not both");
+            }
             (None, true) => return bad("no data: give `path` with `site_column`, or `sites`"),
             (Some(_), true) if self.site_column.is_none() => {
-                return bad("`path` needs `site_column` naming the column that holds each row's site");
+                return bad(
+                    "`path` needs `site_column` naming the column that holds each row's site",
+                );
             }
             (None, false) if self.site_column.is_some() => {
-                return bad("`site_column` is only for a single `path`; with `sites` each file is one site");
+                return bad(
+                    "`site_column` is only for a single `path`; with `sites` each file is one site",
+                );
             }
             _ => {}
         }
         let mut names: Vec<&str> = self.sites.iter().map(|s| s.name.as_str()).collect();
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(DataError::Config(format!("site '{}' is listed twice", w[0])));
+            return Err(DataError::Config(format!(
+                "site '{}' is listed twice",
+                w[0]
+            )));
         }
         let split = &self.split;
         if !(split.test_fraction > 0.0 && split.test_fraction < 1.0) {
@@ -262,10 +271,15 @@ impl DataConfig {
         let mut seen: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
         seen.sort_unstable();
         if let Some(w) = seen.windows(2).find(|w| w[0] == w[1]) {
-            return Err(DataError::Config(format!("column '{}' is described twice", w[0])));
+            return Err(DataError::Config(format!(
+                "column '{}' is described twice",
+                w[0]
+            )));
         }
         for column in &schema.columns {
-            if column.kind != ColumnKind::Categorical && (column.levels.is_some() || column.drop_first) {
+            if column.kind != ColumnKind::Categorical
+                && (column.levels.is_some() || column.drop_first)
+            {
                 return Err(DataError::Config(format!(
                     "column '{}': `levels` and `drop_first` apply to categorical columns only",
                     column.name

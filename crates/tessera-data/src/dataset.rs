@@ -120,7 +120,11 @@ impl FeatureStatistics {
                 *s += d * d;
             }
         }
-        Self { n: n as u64, mean, m2 }
+        Self {
+            n: n as u64,
+            mean,
+            m2,
+        }
     }
 
     /// Combines two sets of statistics (Chan, Golub and LeVeque's pairwise update).
@@ -166,7 +170,11 @@ impl Scaler {
             .m2
             .iter()
             .map(|&s| {
-                let std = if dof > 0.0 { (s.max(0.0) / dof).sqrt() } else { 0.0 };
+                let std = if dof > 0.0 {
+                    (s.max(0.0) / dof).sqrt()
+                } else {
+                    0.0
+                };
                 if std > 0.0 { std + config.epsilon } else { 1.0 }
             })
             .collect();
@@ -252,9 +260,9 @@ impl FederatedData {
             mean: vec![0.0; self.n_features()],
             m2: vec![0.0; self.n_features()],
         };
-        self.sites
-            .iter()
-            .fold(empty, |acc, s| acc.merge(&FeatureStatistics::of(&s.raw_train)))
+        self.sites.iter().fold(empty, |acc, s| {
+            acc.merge(&FeatureStatistics::of(&s.raw_train))
+        })
     }
 
     /// All sites' rows pooled (the centralised baseline): train and test
@@ -267,7 +275,12 @@ impl FederatedData {
         let raw_train = stack(self.sites.iter().map(|s| s.raw_train.view()).collect());
         let raw_test = stack(self.sites.iter().map(|s| s.raw_test.view()).collect());
         let scaler = Scaler::from_statistics(&self.federation_statistics(), config);
-        let labels = |f: fn(&SiteData) -> &Dataset| self.sites.iter().flat_map(|s| f(s).y.iter().copied()).collect();
+        let labels = |f: fn(&SiteData) -> &Dataset| {
+            self.sites
+                .iter()
+                .flat_map(|s| f(s).y.iter().copied())
+                .collect()
+        };
         (
             Dataset {
                 x: scaler.apply(&raw_train),

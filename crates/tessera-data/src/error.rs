@@ -55,7 +55,12 @@ pub enum DataError {
 }
 
 impl DataError {
-    pub(crate) fn at(file: &std::path::Path, line: Option<u64>, column: Option<usize>, message: impl Into<String>) -> Self {
+    pub(crate) fn at(
+        file: &std::path::Path,
+        line: Option<u64>,
+        column: Option<usize>,
+        message: impl Into<String>,
+    ) -> Self {
         DataError::At {
             at: Location {
                 file: file.to_path_buf(),

@@ -51,7 +51,15 @@ mod tests {
     #[test]
     fn union_is_sorted_numbers_first() {
         let a = vec!["10".to_string(), "2".to_string()];
-        let b = vec!["b".to_string(), "2".to_string(), "a".to_string(), "1".to_string()];
-        assert_eq!(agree_levels([a.as_slice(), b.as_slice()]), vec!["1", "2", "10", "a", "b"]);
+        let b = vec![
+            "b".to_string(),
+            "2".to_string(),
+            "a".to_string(),
+            "1".to_string(),
+        ];
+        assert_eq!(
+            agree_levels([a.as_slice(), b.as_slice()]),
+            vec!["1", "2", "10", "a", "b"]
+        );
     }
 }

@@ -24,9 +24,10 @@ mod read;
 pub mod synth;
 
 pub use config::{
-    ColumnKind, ColumnSpec, DataConfig, MembershipFile, MissingPolicy, ScaleScope, SchemaConfig, SiteFile, SplitConfig, StandardizeConfig,
+    ColumnKind, ColumnSpec, DataConfig, MembershipFile, MissingPolicy, ScaleScope, SchemaConfig,
+    SiteFile, SplitConfig, StandardizeConfig,
 };
-pub use dataset::{Dataset, FederatedData, FeatureStatistics, Scaler, SiteData, SiteSummary, Task};
+pub use dataset::{Dataset, FeatureStatistics, FederatedData, Scaler, SiteData, SiteSummary, Task};
 pub use error::{DataError, Location};
 pub use levels::{agree_levels, canonical_level, level_order};
 pub use prepare::load;

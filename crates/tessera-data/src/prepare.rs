@@ -6,11 +6,11 @@ use std::path::Path;
 use ndarray::Array2;
 use tessera_core::{SeededRng, tag};
 
+use crate::DataError;
 use crate::config::{DataConfig, MembershipFile, MissingPolicy, ScaleScope};
 use crate::dataset::{Dataset, FederatedData, Scaler, SiteData, SiteSummary, Task};
 use crate::levels::{agree_levels, canonical_level};
 use crate::read::{FeatureKind, FileSource, MISSING_CODE, RawSite, Values, read_sites};
-use crate::DataError;
 
 /// Where a row goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +22,11 @@ enum Membership {
 
 /// Reads and prepares every site's data as `config` describes. Relative paths
 /// are resolved against `base_dir` (the plan file's folder).
-pub fn load(config: &DataConfig, base_dir: &Path, source: &dyn FileSource) -> Result<FederatedData, DataError> {
+pub fn load(
+    config: &DataConfig,
+    base_dir: &Path,
+    source: &dyn FileSource,
+) -> Result<FederatedData, DataError> {
     config.validate()?;
     let (layout, mut sites) = read_sites(config, base_dir, source)?;
     if sites.is_empty() {
@@ -36,14 +40,18 @@ pub fn load(config: &DataConfig, base_dir: &Path, source: &dyn FileSource) -> Re
             .any(|s| matches!(s.features[slot], Values::Categorical { .. }));
         if column.kind == FeatureKind::Infer && any_text {
             for site in &mut sites {
-                let values = std::mem::replace(&mut site.features[slot], Values::Numeric(Vec::new()));
+                let values =
+                    std::mem::replace(&mut site.features[slot], Values::Numeric(Vec::new()));
                 site.features[slot] = values.into_categorical();
             }
         }
     }
 
     let task = agree_task(config, &sites)?;
-    let labels: Vec<Vec<Option<u32>>> = sites.iter().map(|s| site_labels(config, &task, s)).collect();
+    let labels: Vec<Vec<Option<u32>>> = sites
+        .iter()
+        .map(|s| site_labels(config, &task, s))
+        .collect();
 
     let mut summary: Vec<SiteSummary> = Vec::with_capacity(sites.len());
     let mut memberships = Vec::with_capacity(sites.len());
@@ -74,13 +82,23 @@ pub fn load(config: &DataConfig, base_dir: &Path, source: &dyn FileSource) -> Re
         }
         let membership = match &membership_table {
             Some(table) => {
-                let file = config.split.membership.as_ref().map_or(Path::new(""), |m| m.path.as_path());
+                let file = config
+                    .split
+                    .membership
+                    .as_ref()
+                    .map_or(Path::new(""), |m| m.path.as_path());
                 membership_from_table(table, file, site, &kept, &mut counts)?
             }
             None => random_split(config, site, labels, &kept),
         };
-        counts.n_train = membership.iter().filter(|&&m| m == Membership::Train).count();
-        counts.n_test = membership.iter().filter(|&&m| m == Membership::Test).count();
+        counts.n_train = membership
+            .iter()
+            .filter(|&&m| m == Membership::Train)
+            .count();
+        counts.n_test = membership
+            .iter()
+            .filter(|&&m| m == Membership::Test)
+            .count();
         if counts.n_train == 0 {
             return Err(DataError::Unusable(format!(
                 "site '{}' ({}) has no training rows left ({} read)",
@@ -120,12 +138,28 @@ pub fn load(config: &DataConfig, base_dir: &Path, source: &dyn FileSource) -> Re
         let drop_first = spec.is_some_and(|s| s.drop_first);
         encoders.push(Encoder::OneHot { levels, drop_first });
     }
-    let feature_names = feature_names(&layout.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), &encoders);
+    let feature_names = feature_names(
+        &layout.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        &encoders,
+    );
 
     // Each site's raw columns are freed as soon as it is encoded.
     let mut prepared = Vec::with_capacity(sites.len());
-    for (((site, labels), membership), counts) in sites.into_iter().zip(&labels).zip(&memberships).zip(&mut summary) {
-        prepared.push(encode_site(config, &site, labels, membership, &encoders, feature_names.len(), counts));
+    for (((site, labels), membership), counts) in sites
+        .into_iter()
+        .zip(&labels)
+        .zip(&memberships)
+        .zip(&mut summary)
+    {
+        prepared.push(encode_site(
+            config,
+            &site,
+            labels,
+            membership,
+            &encoders,
+            feature_names.len(),
+            counts,
+        ));
     }
     let mut data = FederatedData {
         feature_names,
@@ -147,14 +181,19 @@ pub fn load(config: &DataConfig, base_dir: &Path, source: &dyn FileSource) -> Re
 /// How one source column becomes features.
 enum Encoder {
     Numeric,
-    OneHot { levels: Vec<String>, drop_first: bool },
+    OneHot {
+        levels: Vec<String>,
+        drop_first: bool,
+    },
 }
 
 impl Encoder {
     fn width(&self) -> usize {
         match self {
             Encoder::Numeric => 1,
-            Encoder::OneHot { levels, drop_first } => levels.len() - usize::from(*drop_first && !levels.is_empty()),
+            Encoder::OneHot { levels, drop_first } => {
+                levels.len() - usize::from(*drop_first && !levels.is_empty())
+            }
         }
     }
 }
@@ -233,7 +272,12 @@ fn site_labels(config: &DataConfig, task: &Task, site: &RawSite) -> Vec<Option<u
 }
 
 /// Seeded split of the kept rows, per class when stratified.
-fn random_split(config: &DataConfig, site: &RawSite, labels: &[Option<u32>], kept: &[bool]) -> Vec<Membership> {
+fn random_split(
+    config: &DataConfig,
+    site: &RawSite,
+    labels: &[Option<u32>],
+    kept: &[bool],
+) -> Vec<Membership> {
     let split = &config.split;
     let mut membership = vec![Membership::Excluded; labels.len()];
     let mut groups: HashMap<u32, Vec<usize>> = HashMap::new();
@@ -252,7 +296,11 @@ fn random_split(config: &DataConfig, site: &RawSite, labels: &[Option<u32>], kep
         let n_test = ((rows.len() as f64) * split.test_fraction).round() as usize;
         let n_test = n_test.min(rows.len().saturating_sub(1));
         for (rank, &i) in order.iter().enumerate() {
-            membership[rows[i]] = if rank < n_test { Membership::Test } else { Membership::Train };
+            membership[rows[i]] = if rank < n_test {
+                Membership::Test
+            } else {
+                Membership::Train
+            };
         }
     }
     membership
@@ -261,13 +309,21 @@ fn random_split(config: &DataConfig, site: &RawSite, labels: &[Option<u32>], kep
 /// (site, row_in_file) -> membership, with the line of each entry.
 type MembershipTable = HashMap<(String, u64), (Membership, u64)>;
 
-fn read_membership(file: &MembershipFile, base_dir: &Path, source: &dyn FileSource) -> Result<MembershipTable, DataError> {
+fn read_membership(
+    file: &MembershipFile,
+    base_dir: &Path,
+    source: &dyn FileSource,
+) -> Result<MembershipTable, DataError> {
     let path = &file.path;
-    let stream = source.open(&base_dir.join(path)).map_err(|e| DataError::Io {
-        path: path.clone(),
-        source: e,
-    })?;
-    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(stream);
+    let stream = source
+        .open(&base_dir.join(path))
+        .map_err(|e| DataError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(stream);
     let headers = reader
         .headers()
         .map_err(|e| DataError::at(path, Some(1), None, format!("malformed CSV: {e}")))?
@@ -278,18 +334,37 @@ fn read_membership(file: &MembershipFile, base_dir: &Path, source: &dyn FileSour
                 path,
                 Some(1),
                 None,
-                format!("no column named '{name}' (columns: {})", headers.iter().collect::<Vec<_>>().join(", ")),
+                format!(
+                    "no column named '{name}' (columns: {})",
+                    headers.iter().collect::<Vec<_>>().join(", ")
+                ),
             )
         })
     };
-    let (site_i, row_i, split_i) = (find(&file.site_column)?, find(&file.row_column)?, find(&file.split_column)?);
+    let (site_i, row_i, split_i) = (
+        find(&file.site_column)?,
+        find(&file.row_column)?,
+        find(&file.split_column)?,
+    );
     let mut table = MembershipTable::new();
     for record in reader.records() {
-        let record = record.map_err(|e| DataError::at(path, e.position().map(|p| p.line()), None, format!("malformed CSV: {e}")))?;
+        let record = record.map_err(|e| {
+            DataError::at(
+                path,
+                e.position().map(|p| p.line()),
+                None,
+                format!("malformed CSV: {e}"),
+            )
+        })?;
         let line = record.position().map_or(0, |p| p.line());
         let field = |i: usize| record.get(i).unwrap_or_default();
         let row: u64 = field(row_i).parse().map_err(|_| {
-            DataError::at(path, Some(line), Some(row_i + 1), format!("row index '{}' is not a non-negative integer", field(row_i)))
+            DataError::at(
+                path,
+                Some(line),
+                Some(row_i + 1),
+                format!("row index '{}' is not a non-negative integer", field(row_i)),
+            )
         })?;
         let membership = match field(split_i) {
             "train" => Membership::Train,
@@ -304,8 +379,16 @@ fn read_membership(file: &MembershipFile, base_dir: &Path, source: &dyn FileSour
                 ));
             }
         };
-        if table.insert((field(site_i).to_string(), row), (membership, line)).is_some() {
-            return Err(DataError::at(path, Some(line), None, format!("row {row} of site '{}' is listed twice", field(site_i))));
+        if table
+            .insert((field(site_i).to_string(), row), (membership, line))
+            .is_some()
+        {
+            return Err(DataError::at(
+                path,
+                Some(line),
+                None,
+                format!("row {row} of site '{}' is listed twice", field(site_i)),
+            ));
         }
     }
     Ok(table)
@@ -354,7 +437,11 @@ fn present_levels(values: &Values, membership: &[Membership]) -> Vec<String> {
         .filter(|&(&code, &m)| code != MISSING_CODE && m != Membership::Excluded)
         .map(|(&code, _)| code)
         .collect();
-    agree_levels([used.iter().map(|&c| levels[c as usize].clone()).collect::<Vec<_>>().as_slice()])
+    agree_levels([used
+        .iter()
+        .map(|&c| levels[c as usize].clone())
+        .collect::<Vec<_>>()
+        .as_slice()])
 }
 
 fn check_declared_levels(
@@ -368,7 +455,10 @@ fn check_declared_levels(
         return Ok(());
     };
     for (row, &code) in codes.iter().enumerate() {
-        if code != MISSING_CODE && membership[row] != Membership::Excluded && !declared.contains(&levels[code as usize]) {
+        if code != MISSING_CODE
+            && membership[row] != Membership::Excluded
+            && !declared.contains(&levels[code as usize])
+        {
             return Err(DataError::at(
                 &site.file,
                 Some(site.lines[row]),
@@ -394,7 +484,11 @@ fn encode_site(
     n_features: usize,
     counts: &mut SiteSummary,
 ) -> SiteData {
-    let rows_of = |which: Membership| -> Vec<usize> { (0..labels.len()).filter(|&r| membership[r] == which).collect() };
+    let rows_of = |which: Membership| -> Vec<usize> {
+        (0..labels.len())
+            .filter(|&r| membership[r] == which)
+            .collect()
+    };
     let (train_rows, test_rows) = (rows_of(Membership::Train), rows_of(Membership::Test));
     let matrix = |rows: &[usize]| -> Array2<f32> {
         let mut x = Array2::<f32>::zeros((rows.len(), n_features));
@@ -406,11 +500,22 @@ fn encode_site(
                         x[[i, offset]] = v[r] as f32;
                     }
                 }
-                (Values::Categorical { codes, levels: local }, Encoder::OneHot { levels, drop_first }) => {
+                (
+                    Values::Categorical {
+                        codes,
+                        levels: local,
+                    },
+                    Encoder::OneHot { levels, drop_first },
+                ) => {
                     let skip = usize::from(*drop_first);
                     let column_of: Vec<Option<usize>> = local
                         .iter()
-                        .map(|l| levels.iter().position(|g| g == l).and_then(|p| p.checked_sub(skip)))
+                        .map(|l| {
+                            levels
+                                .iter()
+                                .position(|g| g == l)
+                                .and_then(|p| p.checked_sub(skip))
+                        })
                         .collect();
                     for (i, &r) in rows.iter().enumerate() {
                         if codes[r] != MISSING_CODE
@@ -431,11 +536,19 @@ fn encode_site(
     // Impute missing numbers with the site's training mean of the column.
     for j in 0..n_features {
         let column = raw_train.column(j);
-        let present: Vec<f64> = column.iter().filter(|v| !v.is_nan()).map(|&v| f64::from(v)).collect();
+        let present: Vec<f64> = column
+            .iter()
+            .filter(|v| !v.is_nan())
+            .map(|&v| f64::from(v))
+            .collect();
         if present.len() == column.len() && !raw_test.column(j).iter().any(|v| v.is_nan()) {
             continue;
         }
-        let mean = if present.is_empty() { 0.0 } else { present.iter().sum::<f64>() / present.len() as f64 };
+        let mean = if present.is_empty() {
+            0.0
+        } else {
+            present.iter().sum::<f64>() / present.len() as f64
+        };
         for m in [&mut raw_train, &mut raw_test] {
             for v in m.column_mut(j) {
                 if v.is_nan() {
@@ -446,7 +559,11 @@ fn encode_site(
         }
     }
     let scaler = Scaler::fit(&raw_train, &config.standardize);
-    let labels_of = |rows: &[usize]| rows.iter().map(|&r| labels[r].unwrap_or(0)).collect::<Vec<u32>>();
+    let labels_of = |rows: &[usize]| {
+        rows.iter()
+            .map(|&r| labels[r].unwrap_or(0))
+            .collect::<Vec<u32>>()
+    };
     SiteData {
         name: site.name.clone(),
         train: Dataset {
@@ -462,4 +579,3 @@ fn encode_site(
         scaler,
     }
 }
-

@@ -4,9 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use crate::DataError;
 use crate::config::{ColumnKind, DataConfig};
 use crate::levels::canonical_level;
-use crate::DataError;
 
 /// Opens files for the loader. The filesystem in production; tests and the
 /// bundled demo plug in other sources. Files are read as streams, never held
@@ -35,7 +35,10 @@ pub(crate) enum Values {
     /// Numbers; `NaN` marks a missing value.
     Numeric(Vec<f64>),
     /// Codes into `levels`; [`MISSING_CODE`] marks a missing value.
-    Categorical { codes: Vec<u32>, levels: Vec<String> },
+    Categorical {
+        codes: Vec<u32>,
+        levels: Vec<String>,
+    },
 }
 
 impl Values {
@@ -124,15 +127,27 @@ impl Builder {
                     Ok(v) if v.is_finite() => values.push(v),
                     Ok(_) => return Err(format!("'{text}' is not a finite number")),
                     Err(_) if *declared => {
-                        return Err(format!("'{text}' is not a number, and the schema declares this column numeric"));
+                        return Err(format!(
+                            "'{text}' is not a number, and the schema declares this column numeric"
+                        ));
                     }
                     Err(_) => {
                         let taken = std::mem::take(values);
-                        let Values::Categorical { codes, levels } = Values::Numeric(taken).into_categorical() else {
+                        let Values::Categorical { codes, levels } =
+                            Values::Numeric(taken).into_categorical()
+                        else {
                             unreachable!("into_categorical always returns a categorical column")
                         };
-                        let index = levels.iter().enumerate().map(|(i, l)| (l.clone(), i as u32)).collect();
-                        let mut builder = CategoricalBuilder { codes, levels, index };
+                        let index = levels
+                            .iter()
+                            .enumerate()
+                            .map(|(i, l)| (l.clone(), i as u32))
+                            .collect();
+                        let mut builder = CategoricalBuilder {
+                            codes,
+                            levels,
+                            index,
+                        };
                         builder.push_level(&canonical_level(text));
                         *self = Builder::Categorical(builder);
                     }
@@ -238,7 +253,16 @@ pub(crate) fn read_sites(
     if let Some(path) = &config.path {
         let site_column = config.site_column.as_deref();
         let mut per_site: BTreeMap<String, SiteBuilder> = BTreeMap::new();
-        read_file(config, source, &base_dir.join(path), path, site_column, None, &mut layout, &mut per_site)?;
+        read_file(
+            config,
+            source,
+            &base_dir.join(path),
+            path,
+            site_column,
+            None,
+            &mut layout,
+            &mut per_site,
+        )?;
         for (name, builder) in per_site {
             sites.push(builder.finish(name, path.clone()));
         }
@@ -286,7 +310,9 @@ fn read_file(
         .delimiter(schema.delimiter as u8)
         .from_reader(file);
     let is_blank = |r: &csv::ByteRecord| r.len() == 1 && r.get(0).is_some_and(<[u8]>::is_empty);
-    let mut records = reader.byte_records().filter(|r| !r.as_ref().is_ok_and(is_blank));
+    let mut records = reader
+        .byte_records()
+        .filter(|r| !r.as_ref().is_ok_and(is_blank));
     let mut first_record = None;
     let mut fields = FieldMap {
         n_fields: 0,
@@ -304,21 +330,27 @@ fn read_file(
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                std::str::from_utf8(f)
-                    .map(str::to_string)
-                    .map_err(|_| DataError::at(shown_path, line, Some(i + 1), "header is not valid UTF-8"))
+                std::str::from_utf8(f).map(str::to_string).map_err(|_| {
+                    DataError::at(shown_path, line, Some(i + 1), "header is not valid UTF-8")
+                })
             })
             .collect::<Result<_, _>>()?
     } else {
         first_record = Some(first);
         schema.columns.iter().map(|c| c.name.clone()).collect()
     };
-    resolve_fields(config, shown_path, &header_names, site_column, layout, &mut fields)?;
+    resolve_fields(
+        config,
+        shown_path,
+        &header_names,
+        site_column,
+        layout,
+        &mut fields,
+    )?;
     let layout = layout.as_deref().unwrap_or_default();
     let missing: Vec<&[u8]> = schema.missing.iter().map(|m| m.as_bytes()).collect();
-    let mut row_index: u64 = 0;
     let mut saw_row = false;
-    for record in first_record.map(Ok).into_iter().chain(records) {
+    for (row_index, record) in (0u64..).zip(first_record.map(Ok).into_iter().chain(records)) {
         let record = record.map_err(|e| csv_error(shown_path, &e))?;
         let line = record.position().map_or(0, |p| p.line());
         saw_row = true;
@@ -327,7 +359,11 @@ fn read_file(
                 shown_path,
                 Some(line),
                 None,
-                format!("row has {} fields, expected {}", record.len(), fields.n_fields),
+                format!(
+                    "row has {} fields, expected {}",
+                    record.len(),
+                    fields.n_fields
+                ),
             ));
         }
         let text = |i: usize| -> Result<Option<&str>, DataError> {
@@ -335,13 +371,24 @@ fn read_file(
             if missing.contains(&raw) {
                 return Ok(None);
             }
-            std::str::from_utf8(raw)
-                .map(Some)
-                .map_err(|_| DataError::at(shown_path, Some(line), Some(i + 1), "value is not valid UTF-8"))
+            std::str::from_utf8(raw).map(Some).map_err(|_| {
+                DataError::at(
+                    shown_path,
+                    Some(line),
+                    Some(i + 1),
+                    "value is not valid UTF-8",
+                )
+            })
         };
         let site_name = match (fields.site_field, fixed_site) {
-            (Some(i), _) => text(i)?
-                .ok_or_else(|| DataError::at(shown_path, Some(line), Some(i + 1), "the site column is empty"))?,
+            (Some(i), _) => text(i)?.ok_or_else(|| {
+                DataError::at(
+                    shown_path,
+                    Some(line),
+                    Some(i + 1),
+                    "the site column is empty",
+                )
+            })?,
             (None, Some(name)) => name,
             (None, None) => unreachable!("a file is either one site's or has a site column"),
         };
@@ -352,22 +399,30 @@ fn read_file(
                 .or_insert_with(|| SiteBuilder::new(layout)),
         };
         for (slot, &field) in fields.feature_fields.iter().enumerate() {
-            builder.features[slot].push(text(field)?).map_err(|message| {
-                DataError::at(
-                    shown_path,
-                    Some(line),
-                    Some(field + 1),
-                    format!("column '{}': {message}", layout[slot].name),
-                )
-            })?;
+            builder.features[slot]
+                .push(text(field)?)
+                .map_err(|message| {
+                    DataError::at(
+                        shown_path,
+                        Some(line),
+                        Some(field + 1),
+                        format!("column '{}': {message}", layout[slot].name),
+                    )
+                })?;
         }
         builder
             .target
             .push(text(fields.target_field)?)
-            .map_err(|message| DataError::at(shown_path, Some(line), Some(fields.target_field + 1), message))?;
+            .map_err(|message| {
+                DataError::at(
+                    shown_path,
+                    Some(line),
+                    Some(fields.target_field + 1),
+                    message,
+                )
+            })?;
         builder.lines.push(line);
         builder.row_in_file.push(row_index);
-        row_index += 1;
     }
     if !saw_row {
         return Err(DataError::at(shown_path, None, None, "no data rows"));
@@ -375,7 +430,11 @@ fn read_file(
     Ok(())
 }
 
-fn source_open<'a>(source: &'a dyn FileSource, full_path: &Path, shown_path: &Path) -> Result<Box<dyn Read + 'a>, DataError> {
+fn source_open<'a>(
+    source: &'a dyn FileSource,
+    full_path: &Path,
+    shown_path: &Path,
+) -> Result<Box<dyn Read + 'a>, DataError> {
     source.open(full_path).map_err(|e| DataError::Io {
         path: shown_path.to_path_buf(),
         source: e,
@@ -404,7 +463,10 @@ fn resolve_fields(
             path,
             header_line,
             None,
-            format!("no {what} column named '{name}' (columns: {})", names.join(", ")),
+            format!(
+                "no {what} column named '{name}' (columns: {})",
+                names.join(", ")
+            ),
         )
     };
     for spec in &schema.columns {
@@ -412,23 +474,40 @@ fn resolve_fields(
             return Err(missing_column(&spec.name, "described"));
         }
     }
-    let target_field = position(&schema.target).ok_or_else(|| missing_column(&schema.target, "target"))?;
+    let target_field =
+        position(&schema.target).ok_or_else(|| missing_column(&schema.target, "target"))?;
     let site_field = match site_column {
         Some(column) => Some(position(column).ok_or_else(|| missing_column(column, "site"))?),
         None => None,
     };
-    if let Some(dup) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)) {
-        return Err(DataError::at(path, header_line, Some(dup.0 + 1), format!("column '{}' appears twice", dup.1)));
+    if let Some(dup) = names
+        .iter()
+        .enumerate()
+        .find(|(i, n)| names[..*i].contains(n))
+    {
+        return Err(DataError::at(
+            path,
+            header_line,
+            Some(dup.0 + 1),
+            format!("column '{}' appears twice", dup.1),
+        ));
     }
     let kind_of = |name: &str| -> Option<FeatureKind> {
-        match schema.columns.iter().find(|c| c.name == name).map(|c| c.kind) {
+        match schema
+            .columns
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.kind)
+        {
             Some(ColumnKind::Ignore) => None,
             Some(ColumnKind::Numeric) => Some(FeatureKind::Numeric),
             Some(ColumnKind::Categorical) => Some(FeatureKind::Categorical),
             None => Some(FeatureKind::Infer),
         }
     };
-    let is_feature = |i: usize, name: &str| i != target_field && Some(i) != site_field && kind_of(name).is_some();
+    let is_feature = |i: usize, name: &str| {
+        i != target_field && Some(i) != site_field && kind_of(name).is_some()
+    };
     let layout = layout.get_or_insert_with(|| {
         names
             .iter()
@@ -444,7 +523,8 @@ fn resolve_fields(
     });
     let mut feature_fields = Vec::with_capacity(layout.len());
     for column in layout.iter() {
-        feature_fields.push(position(&column.name).ok_or_else(|| missing_column(&column.name, "feature"))?);
+        feature_fields
+            .push(position(&column.name).ok_or_else(|| missing_column(&column.name, "feature"))?);
     }
     if let Some((i, extra)) = names
         .iter()
@@ -455,7 +535,9 @@ fn resolve_fields(
             path,
             header_line,
             Some(i + 1),
-            format!("column '{extra}' is not in the first site's file; every site must have the same columns"),
+            format!(
+                "column '{extra}' is not in the first site's file; every site must have the same columns"
+            ),
         ));
     }
     *fields = FieldMap {
@@ -466,4 +548,3 @@ fn resolve_fields(
     };
     Ok(())
 }
-

@@ -53,7 +53,9 @@ pub fn write_synthetic(config: &SynthConfig, out: &mut dyn Write) -> std::io::Re
             let label = (0..c)
                 .map(|class| b[class] + (0..d).map(|j| w[class * d + j] * x[j]).sum::<f64>())
                 .enumerate()
-                .fold((0, f64::NEG_INFINITY), |best, (i, score)| if score > best.1 { (i, score) } else { best })
+                .fold((0, f64::NEG_INFINITY), |best, (i, score)| {
+                    if score > best.1 { (i, score) } else { best }
+                })
                 .0;
             line.clear();
             use std::fmt::Write as _;
@@ -95,7 +97,10 @@ mod tests {
         assert_eq!(lines[0], "site,x0,x1,x2,x3,x4,y");
         assert_eq!(lines.len(), 1 + 150);
         assert!(lines[1..].iter().all(|l| l.split(',').count() == 7));
-        let labels: Vec<usize> = lines[1..].iter().map(|l| l.rsplit(',').next().unwrap().parse().unwrap()).collect();
+        let labels: Vec<usize> = lines[1..]
+            .iter()
+            .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
+            .collect();
         assert!(labels.iter().all(|&y| y < 10));
     }
 
@@ -113,14 +118,20 @@ mod tests {
         };
         let text = generate(&config);
         let column = |j: usize| -> Vec<f64> {
-            text.lines().skip(1).map(|l| l.split(',').nth(1 + j).unwrap().parse().unwrap()).collect()
+            text.lines()
+                .skip(1)
+                .map(|l| l.split(',').nth(1 + j).unwrap().parse().unwrap())
+                .collect()
         };
         for j in [0usize, 9] {
             let v = column(j);
             let mean = v.iter().sum::<f64>() / v.len() as f64;
             let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
             let expected = ((j + 1) as f64).powf(-1.2);
-            assert!((var / expected - 1.0).abs() < 0.05, "feature {j}: variance {var}, expected {expected}");
+            assert!(
+                (var / expected - 1.0).abs() < 0.05,
+                "feature {j}: variance {var}, expected {expected}"
+            );
         }
     }
 }

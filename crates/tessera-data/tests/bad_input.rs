@@ -1,5 +1,7 @@
 //! Bad input is an error naming file, line and column; never a panic.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -10,7 +12,12 @@ struct Files(HashMap<PathBuf, Vec<u8>>);
 
 impl Files {
     fn new(files: &[(&str, &str)]) -> Self {
-        Files(files.iter().map(|(p, c)| (PathBuf::from(p), c.as_bytes().to_vec())).collect())
+        Files(
+            files
+                .iter()
+                .map(|(p, c)| (PathBuf::from(p), c.as_bytes().to_vec()))
+                .collect(),
+        )
     }
 }
 
@@ -48,14 +55,26 @@ fn error(config: &DataConfig, files: &[(&str, &str)]) -> String {
 #[test]
 fn ragged_row_names_file_and_line() {
     let csv = "site,a,b,y\ns1,1,2,0\ns1,1,0\ns1,3,4,1\n";
-    assert_eq!(error(&one_file("y"), &[("d.csv", csv)]), "d.csv:3: row has 3 fields, expected 4");
+    assert_eq!(
+        error(&one_file("y"), &[("d.csv", csv)]),
+        "d.csv:3: row has 3 fields, expected 4"
+    );
 }
 
 #[test]
 fn empty_file() {
-    assert_eq!(error(&one_file("y"), &[("d.csv", "")]), "d.csv: file is empty");
-    assert_eq!(error(&one_file("y"), &[("d.csv", "\n  \n\n")]), "d.csv: file is empty");
-    assert_eq!(error(&one_file("y"), &[("d.csv", "site,a,y\n")]), "d.csv: no data rows");
+    assert_eq!(
+        error(&one_file("y"), &[("d.csv", "")]),
+        "d.csv: file is empty"
+    );
+    assert_eq!(
+        error(&one_file("y"), &[("d.csv", "\n  \n\n")]),
+        "d.csv: file is empty"
+    );
+    assert_eq!(
+        error(&one_file("y"), &[("d.csv", "site,a,y\n")]),
+        "d.csv: no data rows"
+    );
 }
 
 #[test]
@@ -144,7 +163,10 @@ s2,8,1,0
     }
     // The imputed value is the mean of s1's other training values of a.
     let train_a: Vec<f32> = s1.raw_train.column(0).to_vec();
-    let observed: Vec<f32> = [1.0f32, 3.0, 5.0].into_iter().filter(|v| train_a.contains(v)).collect();
+    let observed: Vec<f32> = [1.0f32, 3.0, 5.0]
+        .into_iter()
+        .filter(|v| train_a.contains(v))
+        .collect();
     let mean = observed.iter().sum::<f32>() / observed.len() as f32;
     assert!(train_a.contains(&mean) || s1.raw_test.column(0).to_vec().contains(&mean));
 }
@@ -162,7 +184,11 @@ fn split_is_seeded_and_stratified() {
     assert_eq!(a.sites[0].test.x, b.sites[0].test.x);
     let test = &a.sites[0].test;
     assert_eq!(test.n_rows(), 20);
-    assert_eq!(test.y.iter().filter(|&&y| y == 1).count(), 5, "25% positives kept in test");
+    assert_eq!(
+        test.y.iter().filter(|&&y| y == 1).count(),
+        5,
+        "25% positives kept in test"
+    );
     let mut other = config.clone();
     other.split.seed = 1;
     let c = load(&other, Path::new(""), &Files::new(&files)).unwrap();
@@ -184,7 +210,10 @@ fn membership_file_must_cover_rows() {
     assert_eq!(e, "m.csv: row 1 of site 's1' (d.csv:3) has no entry");
     let m = "site,row,split\ns1,0,train\ns1,1,validation\n";
     let e = error(&config, &[("d.csv", csv), ("m.csv", m)]);
-    assert_eq!(e, "m.csv:3:3: split 'validation' is not train, test or dropped");
+    assert_eq!(
+        e,
+        "m.csv:3:3: split 'validation' is not train, test or dropped"
+    );
 }
 
 #[test]

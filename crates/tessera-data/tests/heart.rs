@@ -1,5 +1,7 @@
 //! The bundled Fed-Heart-Disease plan reproduces FLamby's rows and features.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use tessera_data::{DataConfig, Filesystem, load};
@@ -20,20 +22,45 @@ fn flamby_rows_features_and_scaling() {
     assert_eq!(
         data.feature_names,
         [
-            "age", "sex", "cp=2", "cp=3", "cp=4", "trestbps", "chol", "fbs", "restecg=1", "restecg=2", "thalach",
-            "exang", "oldpeak"
+            "age",
+            "sex",
+            "cp=2",
+            "cp=3",
+            "cp=4",
+            "trestbps",
+            "chol",
+            "fbs",
+            "restecg=1",
+            "restecg=2",
+            "thalach",
+            "exang",
+            "oldpeak"
         ]
     );
     let names: Vec<&str> = data.sites.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["cleveland", "hungarian", "switzerland", "va"]);
     let counts: Vec<(usize, usize)> = data.summary.iter().map(|s| (s.n_train, s.n_test)).collect();
-    assert_eq!(counts, [(199, 104), (172, 89), (30, 16), (85, 45)], "FLamby's README counts");
+    assert_eq!(
+        counts,
+        [(199, 104), (172, 89), (30, 16), (85, 45)],
+        "FLamby's README counts"
+    );
     let rows_read: Vec<usize> = data.summary.iter().map(|s| s.rows_read).collect();
     assert_eq!(rows_read, [303, 294, 123, 200]);
     // Every row FLamby drops has a missing value: the membership file and the
     // drop policy agree, nothing is dropped by the file alone.
-    assert!(data.summary.iter().all(|s| s.dropped_by_membership == 0), "{:?}", data.summary);
-    assert_eq!(data.summary.iter().map(|s| s.n_train + s.n_test).sum::<usize>(), 740);
+    assert!(
+        data.summary.iter().all(|s| s.dropped_by_membership == 0),
+        "{:?}",
+        data.summary
+    );
+    assert_eq!(
+        data.summary
+            .iter()
+            .map(|s| s.n_train + s.n_test)
+            .sum::<usize>(),
+        740
+    );
     // Switzerland's test split: 16 rows, 15 positive (BENCHMARKS.md).
     let swiss = &data.sites[2];
     assert_eq!(swiss.test.y.iter().filter(|&&y| y == 1).count(), 15);
@@ -41,7 +68,14 @@ fn flamby_rows_features_and_scaling() {
     let positives: usize = data
         .sites
         .iter()
-        .map(|s| s.train.y.iter().chain(&s.test.y).filter(|&&y| y == 1).count())
+        .map(|s| {
+            s.train
+                .y
+                .iter()
+                .chain(&s.test.y)
+                .filter(|&&y| y == 1)
+                .count()
+        })
         .sum();
     assert_eq!(positives, count_kept_positives());
     // Standardised training columns: mean 0, unbiased std 1, except chol in
@@ -57,7 +91,12 @@ fn flamby_rows_features_and_scaling() {
             if site.name == "switzerland" && data.feature_names[j] == "chol" {
                 assert_eq!(var, 0.0);
             } else {
-                assert!((var - 1.0).abs() < 1e-4, "{} {} var {var}", site.name, data.feature_names[j]);
+                assert!(
+                    (var - 1.0).abs() < 1e-4,
+                    "{} {} var {var}",
+                    site.name,
+                    data.feature_names[j]
+                );
             }
         }
     }

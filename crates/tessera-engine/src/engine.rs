@@ -86,8 +86,13 @@ pub enum Rejection {
 impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Rejection::WrongRound { got, open: Some(open) } => write!(f, "update for round {got}, round {open} is open"),
-            Rejection::WrongRound { got, open: None } => write!(f, "update for round {got}, no round is open"),
+            Rejection::WrongRound {
+                got,
+                open: Some(open),
+            } => write!(f, "update for round {got}, round {open} is open"),
+            Rejection::WrongRound { got, open: None } => {
+                write!(f, "update for round {got}, no round is open")
+            }
             Rejection::NotInCohort => f.write_str("sender is not in this round's cohort"),
             Rejection::NotPending => f.write_str("sender already submitted or left this round"),
             Rejection::Late => f.write_str("update arrived after the round's deadline"),
@@ -226,10 +231,16 @@ impl RoundEngine {
     /// Opens the next round: samples the cohort and returns the task.
     pub fn begin_round(&mut self, now: Timestamp) -> Result<RoundStart, EngineError> {
         if let Some(open) = &self.open {
-            return Err(EngineError::State(format!("round {} is still open", open.number)));
+            return Err(EngineError::State(format!(
+                "round {} is still open",
+                open.number
+            )));
         }
         if self.is_finished() {
-            return Err(EngineError::State(format!("all {} rounds are done", self.config.rounds)));
+            return Err(EngineError::State(format!(
+                "all {} rounds are done",
+                self.config.rounds
+            )));
         }
         let number = self.rounds_closed + 1;
         let available = self.participants.len();
@@ -244,7 +255,8 @@ impl RoundEngine {
         let size = wanted.max(self.config.min_participants).min(available);
         let mut everyone: Vec<ParticipantId> = self.participants.iter().cloned().collect();
         if size < available {
-            SeededRng::derived(self.config.seed, &[streams::COHORT, u64::from(number)]).shuffle(&mut everyone);
+            SeededRng::derived(self.config.seed, &[streams::COHORT, u64::from(number)])
+                .shuffle(&mut everyone);
             everyone.truncate(size);
             everyone.sort();
         }
@@ -274,10 +286,19 @@ impl RoundEngine {
 
     /// Delivers `from`'s update for `round`, received at `now`. An accepted
     /// update is in the round's aggregate when this returns.
-    pub fn submit(&mut self, now: Timestamp, from: &ParticipantId, round: u32, update: &Update) -> Result<(), Rejection> {
+    pub fn submit(
+        &mut self,
+        now: Timestamp,
+        from: &ParticipantId,
+        round: u32,
+        update: &Update,
+    ) -> Result<(), Rejection> {
         let open_number = self.open.as_ref().map(|r| r.number);
         let Some(open) = self.open.as_mut().filter(|r| r.number == round) else {
-            return Err(Rejection::WrongRound { got: round, open: open_number });
+            return Err(Rejection::WrongRound {
+                got: round,
+                open: open_number,
+            });
         };
         if !open.cohort.contains(from) {
             return Err(Rejection::NotInCohort);

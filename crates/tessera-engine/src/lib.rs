@@ -20,7 +20,9 @@ mod error;
 mod plan;
 mod site;
 
-pub use engine::{EngineConfig, FitTask, Rejection, RoundEngine, RoundOutcome, RoundStart, RoundStatus};
+pub use engine::{
+    EngineConfig, FitTask, Rejection, RoundEngine, RoundOutcome, RoundStart, RoundStatus,
+};
 pub use error::EngineError;
 pub use plan::{FederationConfig, Plan, PlanError, Range, SimulationConfig};
 pub use site::Site;

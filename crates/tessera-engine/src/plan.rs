@@ -166,7 +166,9 @@ impl Plan {
     /// Checks every section and their agreement.
     pub fn validate(&self) -> Result<(), PlanError> {
         let invalid = |m: String| Err(PlanError::Invalid(m));
-        self.data.validate().map_err(|e| PlanError::Invalid(e.to_string()))?;
+        self.data
+            .validate()
+            .map_err(|e| PlanError::Invalid(e.to_string()))?;
         self.training
             .validate()
             .map_err(|e| PlanError::Invalid(format!("training: {e}")))?;
@@ -185,27 +187,43 @@ impl Plan {
             return invalid("federation.rounds must be at least 1".into());
         }
         if !(f.fraction > 0.0 && f.fraction <= 1.0) {
-            return invalid(format!("federation.fraction must be in (0, 1], got {}", f.fraction));
+            return invalid(format!(
+                "federation.fraction must be in (0, 1], got {}",
+                f.fraction
+            ));
         }
         if f.min_participants == 0 || f.quorum == 0 {
-            return invalid("federation.min_participants and federation.quorum must be at least 1".into());
+            return invalid(
+                "federation.min_participants and federation.quorum must be at least 1".into(),
+            );
         }
         if let Some(d) = f.deadline_seconds
             && !(d.is_finite() && d > 0.0)
         {
-            return invalid(format!("federation.deadline_seconds must be a positive number, got {d}"));
+            return invalid(format!(
+                "federation.deadline_seconds must be a positive number, got {d}"
+            ));
         }
         let s = &self.simulation;
-        for (name, r) in [("examples_per_second", s.examples_per_second), ("latency_seconds", s.latency_seconds)] {
+        for (name, r) in [
+            ("examples_per_second", s.examples_per_second),
+            ("latency_seconds", s.latency_seconds),
+        ] {
             if !(r.min.is_finite() && r.max.is_finite() && r.min >= 0.0 && r.min <= r.max) {
-                return invalid(format!("simulation.{name}: need 0 <= min <= max, got {} and {}", r.min, r.max));
+                return invalid(format!(
+                    "simulation.{name}: need 0 <= min <= max, got {} and {}",
+                    r.min, r.max
+                ));
             }
         }
         if s.examples_per_second.min <= 0.0 {
             return invalid("simulation.examples_per_second must be positive".into());
         }
         if !(0.0..1.0).contains(&s.dropout) {
-            return invalid(format!("simulation.dropout must be in [0, 1), got {}", s.dropout));
+            return invalid(format!(
+                "simulation.dropout must be in [0, 1), got {}",
+                s.dropout
+            ));
         }
         Ok(())
     }
@@ -285,5 +303,8 @@ fn default_speed() -> Range {
     }
 }
 fn default_latency() -> Range {
-    Range { min: 0.05, max: 0.05 }
+    Range {
+        min: 0.05,
+        max: 0.05,
+    }
 }

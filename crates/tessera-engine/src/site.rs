@@ -19,7 +19,12 @@ pub struct Site {
 
 impl Site {
     /// A participant training `learner` with `training` settings; `seed` is the run seed.
-    pub fn new(id: ParticipantId, learner: Box<dyn Learner>, training: TrainingConfig, seed: u64) -> Self {
+    pub fn new(
+        id: ParticipantId,
+        learner: Box<dyn Learner>,
+        training: TrainingConfig,
+        seed: u64,
+    ) -> Self {
         Self {
             id,
             learner,
@@ -56,7 +61,10 @@ impl Site {
             proximal: task.instructions.proximal_mu.map(|mu| (mu, global)),
             correction: correction.as_ref(),
         };
-        let mut rng = SeededRng::derived(self.seed, &[streams::FIT, u64::from(task.round), tag(self.id.as_str())]);
+        let mut rng = SeededRng::derived(
+            self.seed,
+            &[streams::FIT, u64::from(task.round), tag(self.id.as_str())],
+        );
         let stats = self.learner.fit(train, &plan, &mut rng)?;
         let delta = self.learner.parameters().sub(global)?;
         let control_delta = match &task.instructions.server_control {
@@ -84,7 +92,11 @@ impl Site {
     }
 
     /// Evaluates `parameters` on `rows`.
-    pub fn evaluate(&mut self, parameters: &ParameterSet, rows: &Dataset) -> Result<Evaluation, EngineError> {
+    pub fn evaluate(
+        &mut self,
+        parameters: &ParameterSet,
+        rows: &Dataset,
+    ) -> Result<Evaluation, EngineError> {
         self.learner.set_parameters(parameters)?;
         Ok(self.learner.evaluate(rows)?)
     }

@@ -1,6 +1,8 @@
 //! The round engine as a state machine: cohorts, acceptance, deadlines,
 //! quorum, and order-independent aggregation.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -10,7 +12,11 @@ use tessera_engine::{EngineConfig, Rejection, RoundEngine, RoundStatus};
 
 fn params(values: &[f32]) -> ParameterSet {
     let mut p = ParameterSet::new();
-    p.push("w", Tensor::new(vec![values.len()], values.to_vec()).unwrap()).unwrap();
+    p.push(
+        "w",
+        Tensor::new(vec![values.len()], values.to_vec()).unwrap(),
+    )
+    .unwrap();
     p
 }
 
@@ -35,7 +41,9 @@ fn config(n_rounds: u32) -> EngineConfig {
 }
 
 fn engine(config: EngineConfig, n_sites: usize) -> RoundEngine {
-    let strategy = StrategyConfig::default().build(StrategyKind::FedAvg).unwrap();
+    let strategy = StrategyConfig::default()
+        .build(StrategyKind::FedAvg)
+        .unwrap();
     let mut e = RoundEngine::new(config, strategy, params(&[0.0, 0.0]));
     for i in 0..n_sites {
         e.register(ParticipantId::new(format!("s{i:02}")));
@@ -75,18 +83,41 @@ fn rejections_name_their_reason_and_the_round_goes_on() {
     );
     e.begin_round(t).unwrap();
     assert_eq!(
-        e.submit(t, &ParticipantId::new("mallory"), 1, &update(&[1.0, 1.0], 1)),
+        e.submit(
+            t,
+            &ParticipantId::new("mallory"),
+            1,
+            &update(&[1.0, 1.0], 1)
+        ),
         Err(Rejection::NotInCohort)
     );
     let bad = e.submit(t, &id(0), 1, &update(&[1.0], 1)).unwrap_err();
-    assert!(matches!(&bad, Rejection::Invalid(r) if r.contains("expected 1 tensors") || r.contains("shape")), "{bad}");
-    assert_eq!(e.submit(t, &id(0), 1, &update(&[1.0, 1.0], 1)), Err(Rejection::NotPending));
-    let nan = e.submit(t, &id(1), 1, &update(&[f32::NAN, 1.0], 1)).unwrap_err();
+    assert!(
+        matches!(&bad, Rejection::Invalid(r) if r.contains("expected 1 tensors") || r.contains("shape")),
+        "{bad}"
+    );
+    assert_eq!(
+        e.submit(t, &id(0), 1, &update(&[1.0, 1.0], 1)),
+        Err(Rejection::NotPending)
+    );
+    let nan = e
+        .submit(t, &id(1), 1, &update(&[f32::NAN, 1.0], 1))
+        .unwrap_err();
     assert!(nan.to_string().contains("non-finite"), "{nan}");
     let outcome = e.poll(t).unwrap();
     assert_eq!(outcome.rejected.len(), 2);
-    assert_eq!(outcome.status, RoundStatus::QuorumNotMet { accepted: 0, needed: 1 });
-    assert_eq!(e.global().values().collect::<Vec<_>>(), [0.0, 0.0], "a failed round leaves the model");
+    assert_eq!(
+        outcome.status,
+        RoundStatus::QuorumNotMet {
+            accepted: 0,
+            needed: 1
+        }
+    );
+    assert_eq!(
+        e.global().values().collect::<Vec<_>>(),
+        [0.0, 0.0],
+        "a failed round leaves the model"
+    );
     assert!(e.is_finished());
 }
 
@@ -97,9 +128,20 @@ fn the_deadline_cuts_off_stragglers() {
     let mut e = engine(c, 3);
     let start = e.begin_round(Timestamp::from_secs_f64(1.0)).unwrap();
     assert_eq!(start.task.deadline, Some(Timestamp::from_secs_f64(6.0)));
-    e.submit(Timestamp::from_secs_f64(2.0), &id(0), 1, &update(&[1.0, 0.0], 1)).unwrap();
+    e.submit(
+        Timestamp::from_secs_f64(2.0),
+        &id(0),
+        1,
+        &update(&[1.0, 0.0], 1),
+    )
+    .unwrap();
     assert_eq!(
-        e.submit(Timestamp::from_secs_f64(6.5), &id(1), 1, &update(&[1.0, 0.0], 1)),
+        e.submit(
+            Timestamp::from_secs_f64(6.5),
+            &id(1),
+            1,
+            &update(&[1.0, 0.0], 1)
+        ),
         Err(Rejection::Late)
     );
     assert!(e.poll(Timestamp::from_secs_f64(5.9)).is_none());
@@ -131,9 +173,18 @@ fn cohorts_are_seeded_samples() {
         seen.push(ca);
         assert_eq!(a.rounds_closed(), round);
     }
-    assert!(seen[0] != seen[1] || seen[1] != seen[2], "cohorts vary across rounds");
+    assert!(
+        seen[0] != seen[1] || seen[1] != seen[2],
+        "cohorts vary across rounds"
+    );
     let mut small = engine(config(1), 0);
-    assert!(small.begin_round(Timestamp::ZERO).unwrap_err().to_string().contains("needs at least 1 participants"));
+    assert!(
+        small
+            .begin_round(Timestamp::ZERO)
+            .unwrap_err()
+            .to_string()
+            .contains("needs at least 1 participants")
+    );
 }
 
 proptest! {

@@ -1,12 +1,17 @@
 //! Plans parse, and bad plans are refused with a message that says why.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 use tessera_aggregate::StrategyKind;
 use tessera_engine::Plan;
 
 fn heart_plan() -> Plan {
-    Plan::from_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fed-heart-disease.toml")).unwrap()
+    Plan::from_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fed-heart-disease.toml"),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -18,14 +23,24 @@ fn bundled_plan_parses_with_flamby_settings() {
     let lr = |kind: StrategyKind| {
         let mut p = plan.clone();
         p.federation.strategy = kind;
-        (p.local_training().optimizer.lr, p.strategy_config().server_lr)
+        (
+            p.local_training().optimizer.lr,
+            p.strategy_config().server_lr,
+        )
     };
     assert_eq!(lr(StrategyKind::FedAvg), (0.001, Some(1.0)));
     assert_eq!(lr(StrategyKind::FedAdam), (0.01, Some(0.01)));
     assert_eq!(lr(StrategyKind::FedYogi), (0.003162, Some(0.01)));
     assert_eq!(lr(StrategyKind::FedAdagrad), (0.003162, Some(0.316228)));
     let baselines = plan.baseline_training();
-    assert_eq!((baselines.epochs, baselines.batch_size, baselines.optimizer.lr), (Some(50), 4, 0.001));
+    assert_eq!(
+        (
+            baselines.epochs,
+            baselines.batch_size,
+            baselines.optimizer.lr
+        ),
+        (Some(50), 4, 0.001)
+    );
 }
 
 fn error(text: &str) -> String {
@@ -57,9 +72,13 @@ fn bad_plans_are_refused() {
         error(&format!("{MINIMAL}\n[federation]\nstrategy = \"fedsgd\"\n")),
         "p.toml: line 11, column 12: unknown variant `fedsgd`, expected one of `fedavg`, `fedavgm`, `fedprox`, `scaffold`, `fedadam`, `fedyogi`, `fedadagrad`"
     );
-    assert!(error(&format!("{MINIMAL}\n[federation]\nroundz = 3\n")).contains("unknown field `roundz`"));
+    assert!(
+        error(&format!("{MINIMAL}\n[federation]\nroundz = 3\n")).contains("unknown field `roundz`")
+    );
     assert_eq!(
-        error(&format!("{MINIMAL}\n[strategies.fedsgd]\nserver_lr = 1.0\n")),
+        error(&format!(
+            "{MINIMAL}\n[strategies.fedsgd]\nserver_lr = 1.0\n"
+        )),
         "plan: strategies.fedsgd: unknown strategy 'fedsgd' (expected one of fedavg, fedavgm, fedprox, scaffold, fedadam, fedyogi, fedadagrad)"
     );
     assert_eq!(

@@ -21,7 +21,11 @@ impl ModelConfig {
     pub fn of_kind(kind: ModelKind) -> Self {
         Self {
             kind,
-            hidden: if kind == ModelKind::Mlp { vec![32] } else { Vec::new() },
+            hidden: if kind == ModelKind::Mlp {
+                vec![32]
+            } else {
+                Vec::new()
+            },
             init: Init::default(),
         }
     }
@@ -46,7 +50,9 @@ impl std::str::FromStr for ModelKind {
             "logistic" => Ok(ModelKind::Logistic),
             "softmax" => Ok(ModelKind::Softmax),
             "mlp" => Ok(ModelKind::Mlp),
-            other => Err(format!("unknown model '{other}' (expected logistic, softmax or mlp)")),
+            other => Err(format!(
+                "unknown model '{other}' (expected logistic, softmax or mlp)"
+            )),
         }
     }
 }
@@ -104,8 +110,12 @@ impl TrainingConfig {
     /// Steps or epochs, checked.
     pub fn schedule(&self) -> Result<Schedule, LearnError> {
         match (self.steps, self.epochs) {
-            (Some(_), Some(_)) => Err(LearnError::Config("give `steps` or `epochs`, not both".into())),
-            (Some(0), _) | (_, Some(0)) => Err(LearnError::Config("`steps` and `epochs` must be at least 1".into())),
+            (Some(_), Some(_)) => Err(LearnError::Config(
+                "give `steps` or `epochs`, not both".into(),
+            )),
+            (Some(0), _) | (_, Some(0)) => Err(LearnError::Config(
+                "`steps` and `epochs` must be at least 1".into(),
+            )),
             (Some(steps), None) => Ok(Schedule::Steps(steps)),
             (None, Some(epochs)) => Ok(Schedule::Epochs(epochs)),
             (None, None) => Ok(Schedule::Epochs(1)),
@@ -171,7 +181,9 @@ impl OptimizerConfig {
             if v.is_finite() && v > 0.0 {
                 Ok(())
             } else {
-                Err(LearnError::Config(format!("`{name}` must be a positive number, got {v}")))
+                Err(LearnError::Config(format!(
+                    "`{name}` must be a positive number, got {v}"
+                )))
             }
         };
         positive("lr", self.lr)?;
@@ -180,14 +192,19 @@ impl OptimizerConfig {
             if (0.0..1.0).contains(&v) {
                 Ok(())
             } else {
-                Err(LearnError::Config(format!("`{name}` must be in [0, 1), got {v}")))
+                Err(LearnError::Config(format!(
+                    "`{name}` must be in [0, 1), got {v}"
+                )))
             }
         };
         unit("momentum", self.momentum)?;
         unit("beta1", self.beta1)?;
         unit("beta2", self.beta2)?;
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(LearnError::Config(format!("`weight_decay` must be >= 0, got {}", self.weight_decay)));
+            return Err(LearnError::Config(format!(
+                "`weight_decay` must be >= 0, got {}",
+                self.weight_decay
+            )));
         }
         Ok(())
     }

@@ -10,7 +10,9 @@ pub enum LearnError {
     #[error("parameters do not fit the model: {0}")]
     Parameters(#[from] tessera_core::CoreError),
     /// Training diverged.
-    #[error("training diverged at step {step}: the loss is not finite (try a smaller learning rate)")]
+    #[error(
+        "training diverged at step {step}: the loss is not finite (try a smaller learning rate)"
+    )]
     Diverged {
         /// The step at which a non-finite loss appeared.
         step: u64,

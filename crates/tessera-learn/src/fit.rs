@@ -36,7 +36,9 @@ impl<'a> LocalPlan<'a> {
     pub fn n_steps(&self, n_rows: usize) -> Result<u64, LearnError> {
         Ok(match self.training.schedule()? {
             Schedule::Steps(steps) => steps,
-            Schedule::Epochs(epochs) => epochs * (n_rows.div_ceil(self.training.batch_size.max(1)) as u64),
+            Schedule::Epochs(epochs) => {
+                epochs * (n_rows.div_ceil(self.training.batch_size.max(1)) as u64)
+            }
         })
     }
 }
@@ -57,7 +59,9 @@ pub(crate) fn train(
     if let Some((mu, anchor)) = plan.proximal {
         net.parameters().check_same_layout(anchor)?;
         if !(mu.is_finite() && mu >= 0.0) {
-            return Err(LearnError::Config(format!("proximal mu must be >= 0, got {mu}")));
+            return Err(LearnError::Config(format!(
+                "proximal mu must be >= 0, got {mu}"
+            )));
         }
     }
     if let Some(correction) = plan.correction {
@@ -87,7 +91,11 @@ pub(crate) fn train(
         }
         loss_sum += loss;
         if let Some((mu, anchor)) = plan.proximal {
-            for ((g, w), a) in grad.values_mut().zip(net.parameters().values()).zip(anchor.values()) {
+            for ((g, w), a) in grad
+                .values_mut()
+                .zip(net.parameters().values())
+                .zip(anchor.values())
+            {
                 *g += mu * (w - a);
             }
         }
@@ -103,6 +111,10 @@ pub(crate) fn train(
     }
     Ok(FitStats {
         n_steps,
-        mean_train_loss: if n_steps > 0 { loss_sum / n_steps as f64 } else { 0.0 },
+        mean_train_loss: if n_steps > 0 {
+            loss_sum / n_steps as f64
+        } else {
+            0.0
+        },
     })
 }

@@ -21,7 +21,9 @@ mod metrics;
 mod network;
 mod optim;
 
-pub use config::{Init, ModelConfig, ModelKind, OptimizerConfig, OptimizerKind, Schedule, TrainingConfig};
+pub use config::{
+    Init, ModelConfig, ModelKind, OptimizerConfig, OptimizerKind, Schedule, TrainingConfig,
+};
 pub use error::LearnError;
 pub use fit::LocalPlan;
 pub use metrics::{Evaluation, ScoreHistogram, accuracy, auc, log_loss_binary};
@@ -42,7 +44,12 @@ pub trait Learner: Send {
     fn set_parameters(&mut self, parameters: &ParameterSet) -> Result<(), LearnError>;
 
     /// Trains on `data` as `plan` says, drawing batches from `rng`.
-    fn fit(&mut self, data: &Dataset, plan: &LocalPlan<'_>, rng: &mut SeededRng) -> Result<FitStats, LearnError>;
+    fn fit(
+        &mut self,
+        data: &Dataset,
+        plan: &LocalPlan<'_>,
+        rng: &mut SeededRng,
+    ) -> Result<FitStats, LearnError>;
 
     /// Loss, accuracy and ranking quality on `data`.
     fn evaluate(&self, data: &Dataset) -> Result<Evaluation, LearnError>;

@@ -127,7 +127,9 @@ impl Evaluation {
             } else {
                 row.iter()
                     .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |best, (c, &p)| if p > best.1 { (c, p) } else { best })
+                    .fold((0, f32::NEG_INFINITY), |best, (c, &p)| {
+                        if p > best.1 { (c, p) } else { best }
+                    })
                     .0 as u32
             };
             n_correct += u64::from(predicted == label);
@@ -138,7 +140,9 @@ impl Evaluation {
         let labels: Vec<bool> = y.iter().map(|&l| l == 1).collect();
         let auc = if binary { auc(&scores, &labels) } else { None };
         let histogram = binary.then(|| {
-            ScoreHistogram::from_scores(scores.iter().zip(&labels).map(|(&s, &p)| (f64::from(s), p)))
+            ScoreHistogram::from_scores(
+                scores.iter().zip(&labels).map(|(&s, &p)| (f64::from(s), p)),
+            )
         });
         Self {
             n_examples: y.len() as u64,
@@ -156,12 +160,20 @@ impl Evaluation {
 
     /// Share of rows predicted right (0 for no rows).
     pub fn accuracy(&self) -> f64 {
-        if self.n_examples == 0 { 0.0 } else { self.n_correct as f64 / self.n_examples as f64 }
+        if self.n_examples == 0 {
+            0.0
+        } else {
+            self.n_correct as f64 / self.n_examples as f64
+        }
     }
 
     /// Mean log loss (0 for no rows).
     pub fn mean_loss(&self) -> f64 {
-        if self.n_examples == 0 { 0.0 } else { self.loss_sum / self.n_examples as f64 }
+        if self.n_examples == 0 {
+            0.0
+        } else {
+            self.loss_sum / self.n_examples as f64
+        }
     }
 
     /// Several evaluations pooled: counts add up, AUC from the summed histograms.
@@ -245,7 +257,10 @@ mod tests {
     #[test]
     fn auc_known_values() {
         // sklearn.metrics.roc_auc_score([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
-        assert_eq!(auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]), Some(0.75));
+        assert_eq!(
+            auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]),
+            Some(0.75)
+        );
         // All tied: 0.5.
         assert_eq!(auc(&[0.5; 4], &[false, true, false, true]), Some(0.5));
         assert_eq!(auc(&[0.2, 0.3], &[true, true]), None);

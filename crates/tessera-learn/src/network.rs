@@ -35,12 +35,19 @@ pub struct Network {
 impl Network {
     /// Builds the model `config` describes for `n_features` inputs and
     /// `n_classes` classes, initialised from `seed`.
-    pub fn new(config: &ModelConfig, n_features: usize, n_classes: usize, seed: u64) -> Result<Self, LearnError> {
+    pub fn new(
+        config: &ModelConfig,
+        n_features: usize,
+        n_classes: usize,
+        seed: u64,
+    ) -> Result<Self, LearnError> {
         if n_features == 0 {
             return Err(LearnError::Config("the data has no features".into()));
         }
         if n_classes < 2 {
-            return Err(LearnError::Config(format!("need at least 2 classes, got {n_classes}")));
+            return Err(LearnError::Config(format!(
+                "need at least 2 classes, got {n_classes}"
+            )));
         }
         let (hidden, head, outputs) = match config.kind {
             ModelKind::Logistic => {
@@ -55,11 +62,14 @@ impl Network {
             ModelKind::Softmax => (Vec::new(), Head::Softmax, n_classes),
             ModelKind::Mlp => {
                 if config.hidden.is_empty() || config.hidden.contains(&0) {
-                    return Err(LearnError::Config("an MLP needs hidden layers of width >= 1".into()));
+                    return Err(LearnError::Config(
+                        "an MLP needs hidden layers of width >= 1".into(),
+                    ));
                 }
                 if config.init == Init::Zeros {
                     return Err(LearnError::Config(
-                        "zero initialisation leaves an MLP's hidden units identical; use `uniform`".into(),
+                        "zero initialisation leaves an MLP's hidden units identical; use `uniform`"
+                            .into(),
                     ));
                 }
                 if n_classes == 2 {
@@ -70,7 +80,9 @@ impl Network {
             }
         };
         if config.kind != ModelKind::Mlp && !config.hidden.is_empty() {
-            return Err(LearnError::Config("`hidden` layers apply to the mlp model only".into()));
+            return Err(LearnError::Config(
+                "`hidden` layers apply to the mlp model only".into(),
+            ));
         }
         let mut dims = vec![n_features];
         dims.extend(hidden);
@@ -184,12 +196,19 @@ impl Network {
         for (i, mut row) in delta.rows_mut().into_iter().enumerate() {
             row *= weight(i);
         }
-        let loss = losses.iter().enumerate().map(|(i, l)| f64::from(weight(i)) * l).sum();
+        let loss = losses
+            .iter()
+            .enumerate()
+            .map(|(i, l)| f64::from(weight(i)) * l)
+            .sum();
         let tensors = grad.tensors_mut();
         for l in (0..self.n_layers()).rev() {
             let a_prev = &acts[l];
-            let mut gw = ArrayViewMut2::from_shape((self.dims[l], self.dims[l + 1]), tensors[2 * l].data_mut())
-                .expect("gradient layout equals parameter layout");
+            let mut gw = ArrayViewMut2::from_shape(
+                (self.dims[l], self.dims[l + 1]),
+                tensors[2 * l].data_mut(),
+            )
+            .expect("gradient layout equals parameter layout");
             general_mat_mul(1.0, &a_prev.t(), &delta, 0.0, &mut gw);
             let mut gb = ArrayViewMut1::from(tensors[2 * l + 1].data_mut());
             gb.assign(&delta.sum_axis(Axis(0)));
@@ -217,8 +236,16 @@ impl Network {
         for l in (0..self.n_layers()).rev() {
             let a_prev = &acts[l];
             for (i, s) in sq.iter_mut().enumerate() {
-                let a2: f64 = a_prev.row(i).iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-                let d2: f64 = delta.row(i).iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+                let a2: f64 = a_prev
+                    .row(i)
+                    .iter()
+                    .map(|&v| f64::from(v) * f64::from(v))
+                    .sum();
+                let d2: f64 = delta
+                    .row(i)
+                    .iter()
+                    .map(|&v| f64::from(v) * f64::from(v))
+                    .sum();
                 *s += d2 * (a2 + 1.0);
             }
             if l > 0 {
@@ -296,7 +323,12 @@ impl Learner for Network {
         Ok(())
     }
 
-    fn fit(&mut self, data: &Dataset, plan: &LocalPlan<'_>, rng: &mut SeededRng) -> Result<FitStats, LearnError> {
+    fn fit(
+        &mut self,
+        data: &Dataset,
+        plan: &LocalPlan<'_>,
+        rng: &mut SeededRng,
+    ) -> Result<FitStats, LearnError> {
         self.check_features(data)?;
         train(self, data, plan, rng)
     }
@@ -307,4 +339,3 @@ impl Learner for Network {
         Ok(Evaluation::from_probabilities(&proba, &data.y))
     }
 }
-

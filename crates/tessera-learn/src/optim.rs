@@ -21,8 +21,16 @@ impl Optimizer {
         let needs_first = config.optimizer == OptimizerKind::Adam || config.momentum > 0.0;
         Self {
             config: config.clone(),
-            first: if needs_first { vec![0.0; n_values] } else { Vec::new() },
-            second: if config.optimizer == OptimizerKind::Adam { vec![0.0; n_values] } else { Vec::new() },
+            first: if needs_first {
+                vec![0.0; n_values]
+            } else {
+                Vec::new()
+            },
+            second: if config.optimizer == OptimizerKind::Adam {
+                vec![0.0; n_values]
+            } else {
+                Vec::new()
+            },
             steps: 0,
         }
     }
@@ -37,7 +45,11 @@ impl Optimizer {
             OptimizerKind::Sgd if c.momentum > 0.0 => {
                 for ((w, g), v) in values.zip(self.first.iter_mut()) {
                     let g = g + wd * *w;
-                    *v = if self.steps == 1 { g } else { c.momentum * *v + g };
+                    *v = if self.steps == 1 {
+                        g
+                    } else {
+                        c.momentum * *v + g
+                    };
                     *w -= c.lr * *v;
                 }
             }
@@ -50,7 +62,10 @@ impl Optimizer {
                 let bias1 = 1.0 - c.beta1.powi(self.steps);
                 let bias2_sqrt = (1.0 - c.beta2.powi(self.steps)).sqrt();
                 let step_size = c.lr / bias1;
-                for (((w, g), m), v) in values.zip(self.first.iter_mut()).zip(self.second.iter_mut()) {
+                for (((w, g), m), v) in values
+                    .zip(self.first.iter_mut())
+                    .zip(self.second.iter_mut())
+                {
                     let g = g + wd * *w;
                     *m = c.beta1 * *m + (1.0 - c.beta1) * g;
                     *v = c.beta2 * *v + (1.0 - c.beta2) * g * g;

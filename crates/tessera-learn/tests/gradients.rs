@@ -2,6 +2,8 @@
 //! `f64` forward pass written here, and per-example gradient norms checked
 //! against gradients of one example at a time.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use ndarray::Array2;
 use tessera_core::{ParameterSet, SeededRng};
 use tessera_learn::{Learner, ModelConfig, ModelKind, Network};
@@ -54,10 +56,26 @@ fn cases() -> Vec<Case> {
         ..ModelConfig::of_kind(ModelKind::Mlp)
     };
     vec![
-        Case { config: ModelConfig::of_kind(ModelKind::Logistic), n_features: 5, n_classes: 2 },
-        Case { config: ModelConfig::of_kind(ModelKind::Softmax), n_features: 4, n_classes: 3 },
-        Case { config: mlp(vec![6, 5]), n_features: 4, n_classes: 3 },
-        Case { config: mlp(vec![4]), n_features: 3, n_classes: 2 },
+        Case {
+            config: ModelConfig::of_kind(ModelKind::Logistic),
+            n_features: 5,
+            n_classes: 2,
+        },
+        Case {
+            config: ModelConfig::of_kind(ModelKind::Softmax),
+            n_features: 4,
+            n_classes: 3,
+        },
+        Case {
+            config: mlp(vec![6, 5]),
+            n_features: 4,
+            n_classes: 3,
+        },
+        Case {
+            config: mlp(vec![4]),
+            n_features: 3,
+            n_classes: 2,
+        },
     ]
 }
 
@@ -65,12 +83,16 @@ fn random_problem(case: &Case, seed: u64) -> (Network, Array2<f32>, Vec<u32>, Ve
     let mut rng = SeededRng::new(seed);
     let mut net = Network::new(&case.config, case.n_features, case.n_classes, seed).unwrap();
     // Larger random parameters than the initialisation, so every term matters.
-    let values: Vec<f32> = (0..net.parameters().n_values()).map(|_| rng.gaussian(0.0, 0.8) as f32).collect();
+    let values: Vec<f32> = (0..net.parameters().n_values())
+        .map(|_| rng.gaussian(0.0, 0.8) as f32)
+        .collect();
     let params = net.parameters().with_values(&values).unwrap();
     net.set_parameters(&params).unwrap();
     let n = 7;
     let x = Array2::from_shape_fn((n, case.n_features), |_| rng.gaussian(0.0, 1.0) as f32);
-    let y: Vec<u32> = (0..n).map(|_| rng.below(case.n_classes as u64) as u32).collect();
+    let y: Vec<u32> = (0..n)
+        .map(|_| rng.below(case.n_classes as u64) as u32)
+        .collect();
     let w: Vec<f32> = (0..n).map(|_| rng.uniform(0.1, 1.0) as f32).collect();
     (net, x, y, w)
 }
@@ -78,7 +100,11 @@ fn random_problem(case: &Case, seed: u64) -> (Network, Array2<f32>, Vec<u32>, Ve
 fn dims(case: &Case) -> Vec<usize> {
     let mut d = vec![case.n_features];
     d.extend(&case.config.hidden);
-    d.push(if case.n_classes == 2 { 1 } else { case.n_classes });
+    d.push(if case.n_classes == 2 {
+        1
+    } else {
+        case.n_classes
+    });
     d
 }
 
@@ -91,14 +117,19 @@ fn gradients_match_finite_differences() {
         let theta: Vec<f64> = net.parameters().values().map(f64::from).collect();
         let dims = dims(case);
         let reference = reference_loss(&dims, &theta, &x, &y, &w);
-        assert!((loss - reference).abs() < 1e-5 * reference.abs().max(1.0), "case {k}: loss {loss} vs {reference}");
+        assert!(
+            (loss - reference).abs() < 1e-5 * reference.abs().max(1.0),
+            "case {k}: loss {loss} vs {reference}"
+        );
         let h = 1e-6;
         for (i, analytic) in grad.values().enumerate() {
             let mut plus = theta.clone();
             plus[i] += h;
             let mut minus = theta.clone();
             minus[i] -= h;
-            let numeric = (reference_loss(&dims, &plus, &x, &y, &w) - reference_loss(&dims, &minus, &x, &y, &w)) / (2.0 * h);
+            let numeric = (reference_loss(&dims, &plus, &x, &y, &w)
+                - reference_loss(&dims, &minus, &x, &y, &w))
+                / (2.0 * h);
             let error = (f64::from(analytic) - numeric).abs();
             assert!(
                 error < 1e-4 + 1e-3 * numeric.abs(),

@@ -1,10 +1,15 @@
 //! Local training behaves: it learns, it is reproducible, FedProx holds
 //! parameters near the anchor, bad settings are refused.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use ndarray::Array2;
 use tessera_core::SeededRng;
 use tessera_data::Dataset;
-use tessera_learn::{Init, LearnError, Learner, LocalPlan, ModelConfig, ModelKind, Network, OptimizerKind, TrainingConfig};
+use tessera_learn::{
+    Init, LearnError, Learner, LocalPlan, ModelConfig, ModelKind, Network, OptimizerKind,
+    TrainingConfig,
+};
 
 /// Two Gaussian blobs, separable along the first feature.
 fn blobs(n: usize, seed: u64) -> Dataset {
@@ -37,11 +42,21 @@ fn every_model_learns_separable_data() {
             ..TrainingConfig::default()
         };
         training.optimizer.optimizer = optimizer;
-        training.optimizer.lr = if optimizer == OptimizerKind::Adam { 0.01 } else { 0.1 };
-        let stats = net.fit(&data, &LocalPlan::plain(&training), &mut SeededRng::new(3)).unwrap();
+        training.optimizer.lr = if optimizer == OptimizerKind::Adam {
+            0.01
+        } else {
+            0.1
+        };
+        let stats = net
+            .fit(&data, &LocalPlan::plain(&training), &mut SeededRng::new(3))
+            .unwrap();
         assert_eq!(stats.n_steps, 5 * 13);
         let after = net.evaluate(&data).unwrap();
-        assert!(after.accuracy() > 0.95, "{kind:?}: accuracy {}", after.accuracy());
+        assert!(
+            after.accuracy() > 0.95,
+            "{kind:?}: accuracy {}",
+            after.accuracy()
+        );
         assert!(after.mean_loss() < before.mean_loss(), "{kind:?}");
         assert!(after.auc.unwrap() > 0.98);
     }
@@ -57,7 +72,8 @@ fn training_is_reproducible() {
     };
     let run = || {
         let mut net = Network::new(&ModelConfig::of_kind(ModelKind::Logistic), 3, 2, 11).unwrap();
-        net.fit(&data, &LocalPlan::plain(&training), &mut SeededRng::new(5)).unwrap();
+        net.fit(&data, &LocalPlan::plain(&training), &mut SeededRng::new(5))
+            .unwrap();
         net.parameters().clone()
     };
     assert_eq!(run(), run());
@@ -98,7 +114,10 @@ fn bad_settings_are_refused() {
         init: Init::Zeros,
         ..ModelConfig::of_kind(ModelKind::Mlp)
     };
-    assert!(matches!(Network::new(&zeros_mlp, 3, 2, 0), Err(LearnError::Config(_))));
+    assert!(matches!(
+        Network::new(&zeros_mlp, 3, 2, 0),
+        Err(LearnError::Config(_))
+    ));
     let both = TrainingConfig {
         steps: Some(1),
         epochs: Some(1),
@@ -119,7 +138,11 @@ fn bad_settings_are_refused() {
     };
     let mut net = Network::new(&ModelConfig::of_kind(ModelKind::Logistic), 3, 2, 0).unwrap();
     assert!(matches!(
-        net.fit(&blobs(16, 0), &LocalPlan::plain(&huge), &mut SeededRng::new(0)),
+        net.fit(
+            &blobs(16, 0),
+            &LocalPlan::plain(&huge),
+            &mut SeededRng::new(0)
+        ),
         Err(LearnError::Diverged { .. })
     ));
 }

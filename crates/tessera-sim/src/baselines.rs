@@ -25,7 +25,11 @@ pub fn run_baselines(plan: &Plan, data: &FederatedData) -> Result<Baselines, Sim
             let mut model = initial.clone();
             model.fit(&site.train, &local_plan, &mut rng(&site.name))?;
             let own = model.evaluate(&site.test)?;
-            let everywhere: Vec<Evaluation> = data.sites.iter().map(|s| model.evaluate(&s.test)).collect::<Result<_, _>>()?;
+            let everywhere: Vec<Evaluation> = data
+                .sites
+                .iter()
+                .map(|s| model.evaluate(&s.test))
+                .collect::<Result<_, _>>()?;
             Ok((own, mean_site_accuracy(&everywhere)))
         })
         .collect::<Result<_, _>>()?;
@@ -49,7 +53,11 @@ pub fn run_baselines(plan: &Plan, data: &FederatedData) -> Result<Baselines, Sim
     let mut model = initial.clone();
     model.fit(&pooled_train, &local_plan, &mut rng("pooled"))?;
     let on_pooled_test = model.evaluate(&pooled_test)?;
-    let per_site: Vec<Evaluation> = data.sites.iter().map(|s| model.evaluate(&s.test)).collect::<Result<_, _>>()?;
+    let per_site: Vec<Evaluation> = data
+        .sites
+        .iter()
+        .map(|s| model.evaluate(&s.test))
+        .collect::<Result<_, _>>()?;
     let pooled = PooledBaseline {
         accuracy: on_pooled_test.accuracy(),
         mean_site_accuracy: mean_site_accuracy(&per_site),

@@ -22,5 +22,8 @@ mod run;
 
 pub use baselines::run_baselines;
 pub use profile::Profile;
-pub use report::{Baselines, Communication, FinalMetrics, LocalBaseline, PooledBaseline, RoundRecord, SimReport, SiteMetrics, Timing};
+pub use report::{
+    Baselines, Communication, FinalMetrics, LocalBaseline, PooledBaseline, RoundRecord, SimReport,
+    SiteMetrics, Timing,
+};
 pub use run::{SimError, SimOptions, initial_model, simulate};

@@ -7,7 +7,10 @@ use std::time::Instant;
 use rayon::prelude::*;
 use tessera_core::{ParticipantId, Timestamp, derive_seed};
 use tessera_data::FederatedData;
-use tessera_engine::{EngineConfig, EngineError, Plan, PlanError, RoundEngine, RoundOutcome, RoundStatus, Site, streams};
+use tessera_engine::{
+    EngineConfig, EngineError, Plan, PlanError, RoundEngine, RoundOutcome, RoundStatus, Site,
+    streams,
+};
 use tessera_learn::{Evaluation, LearnError, Learner, Network, Schedule};
 use thiserror::Error;
 
@@ -55,7 +58,8 @@ struct Event {
 }
 
 fn lock(site: &Mutex<Site>) -> MutexGuard<'_, Site> {
-    site.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    site.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs the plan's federation on `data`, calling `observer` after each round.
@@ -68,12 +72,28 @@ pub fn simulate(
     plan.validate()?;
     let initial = initial_model(plan, data)?;
     let training = plan.local_training();
-    let mut engine = RoundEngine::new(EngineConfig::from_plan(plan), plan.strategy()?, initial.parameters().clone());
-    let ids: Vec<ParticipantId> = data.sites.iter().map(|s| ParticipantId::new(&s.name)).collect();
-    let index: BTreeMap<&ParticipantId, usize> = ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
+    let mut engine = RoundEngine::new(
+        EngineConfig::from_plan(plan),
+        plan.strategy()?,
+        initial.parameters().clone(),
+    );
+    let ids: Vec<ParticipantId> = data
+        .sites
+        .iter()
+        .map(|s| ParticipantId::new(&s.name))
+        .collect();
+    let index: BTreeMap<&ParticipantId, usize> =
+        ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
     let sites: Vec<Mutex<Site>> = ids
         .iter()
-        .map(|id| Mutex::new(Site::new(id.clone(), Box::new(initial.clone()), training.clone(), plan.seed)))
+        .map(|id| {
+            Mutex::new(Site::new(
+                id.clone(),
+                Box::new(initial.clone()),
+                training.clone(),
+                plan.seed,
+            ))
+        })
         .collect();
     let profiles: Vec<Profile> = ids
         .iter()
@@ -96,7 +116,11 @@ pub fn simulate(
         let round = task.round;
         let task_bytes = 32
             + task.global.wire_len() as u64
-            + task.instructions.server_control.as_ref().map_or(0, |c| c.wire_len() as u64);
+            + task
+                .instructions
+                .server_control
+                .as_ref()
+                .map_or(0, |c| c.wire_len() as u64);
         let mut bytes_down = task_bytes * start.cohort.len() as u64;
         let mut bytes_up = 0u64;
 
@@ -114,7 +138,9 @@ pub fn simulate(
             let received = now.plus(profile.latency());
             let event = match profile.drops_out(plan.seed, round, id.as_str()) {
                 Some(share) => Event {
-                    at: received.plus(compute.mul_f64(share)).plus(profile.latency()),
+                    at: received
+                        .plus(compute.mul_f64(share))
+                        .plus(profile.latency()),
                     site,
                     dropout: true,
                 },
@@ -143,7 +169,8 @@ pub fn simulate(
                 .par_iter()
                 .zip(&wanted)
                 .map(|(event, &wanted)| {
-                    wanted.then(|| lock(&sites[event.site]).fit(task, &data.sites[event.site].train))
+                    wanted
+                        .then(|| lock(&sites[event.site]).fit(task, &data.sites[event.site].train))
                 })
                 .collect();
             for (event, update) in chunk.iter().zip(updates) {
@@ -171,9 +198,9 @@ pub fn simulate(
                 let deadline = engine
                     .deadline()
                     .ok_or_else(|| EngineError::State(format!("round {round} cannot close")))?;
-                engine
-                    .poll(deadline)
-                    .ok_or_else(|| EngineError::State(format!("round {round} did not close at its deadline")))?
+                engine.poll(deadline).ok_or_else(|| {
+                    EngineError::State(format!("round {round} did not close at its deadline"))
+                })?
             }
         };
         now = outcome.closed_at;
@@ -191,7 +218,13 @@ pub fn simulate(
             bytes_up += size;
             bytes_up_per_site[site] += size;
         }
-        let record = round_record(&outcome, &evaluations, wall.elapsed().as_secs_f64(), bytes_up, bytes_down);
+        let record = round_record(
+            &outcome,
+            &evaluations,
+            wall.elapsed().as_secs_f64(),
+            bytes_up,
+            bytes_down,
+        );
         observer(&record);
         records.push(record);
         last_evaluations = evaluations;
@@ -211,7 +244,11 @@ pub fn simulate(
     let communication = Communication {
         bytes_up: records.iter().map(|r| r.bytes_up).sum(),
         bytes_down: records.iter().map(|r| r.bytes_down).sum(),
-        bytes_up_per_site: names.iter().map(|n| n.to_string()).zip(bytes_up_per_site).collect(),
+        bytes_up_per_site: names
+            .iter()
+            .map(|n| n.to_string())
+            .zip(bytes_up_per_site)
+            .collect(),
     };
     Ok(SimReport {
         plan: plan.name.clone(),
@@ -273,13 +310,21 @@ fn final_metrics(names: &[&str], evaluations: &[Evaluation]) -> FinalMetrics {
     }
 }
 
-fn round_record(outcome: &RoundOutcome, evaluations: &[Evaluation], seconds: f64, bytes_up: u64, bytes_down: u64) -> RoundRecord {
+fn round_record(
+    outcome: &RoundOutcome,
+    evaluations: &[Evaluation],
+    seconds: f64,
+    bytes_up: u64,
+    bytes_down: u64,
+) -> RoundRecord {
     let pooled = Evaluation::pool(evaluations);
     RoundRecord {
         round: outcome.round,
         status: match &outcome.status {
             RoundStatus::Completed => "completed".to_string(),
-            RoundStatus::QuorumNotMet { accepted, needed } => format!("quorum not met ({accepted}/{needed})"),
+            RoundStatus::QuorumNotMet { accepted, needed } => {
+                format!("quorum not met ({accepted}/{needed})")
+            }
             RoundStatus::Failed(reason) => format!("failed: {reason}"),
         },
         accuracy: pooled.accuracy(),

@@ -5,6 +5,8 @@
 //! accuracy must reach FLamby's published figure minus 0.02; the pooled
 //! baseline must reach 0.715 (mean of 4).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -21,7 +23,9 @@ fn root() -> PathBuf {
 fn flamby_published() -> BTreeMap<String, f64> {
     let mut per_method: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for seed in 42..=46 {
-        let path = root().join(format!("data/uci-heart-disease/baselines/heart_seed{seed}.csv"));
+        let path = root().join(format!(
+            "data/uci-heart-disease/baselines/heart_seed{seed}.csv"
+        ));
         let text = std::fs::read_to_string(path).unwrap();
         // The column order differs between FLamby's files: go by the header.
         let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
@@ -31,7 +35,10 @@ fn flamby_published() -> BTreeMap<String, f64> {
             let fields: Vec<&str> = line.split(',').collect();
             let (metric, method, test) = (fields[metric_i], fields[method_i], fields[test_i]);
             if test.starts_with("client_test_") {
-                per_method.entry(method.to_string()).or_default().push(metric.parse().unwrap());
+                per_method
+                    .entry(method.to_string())
+                    .or_default()
+                    .push(metric.parse().unwrap());
             }
         }
     }
@@ -45,9 +52,18 @@ fn flamby_published() -> BTreeMap<String, f64> {
 fn bundled_plan_meets_flamby_for_every_strategy() {
     let published = flamby_published();
     // The figures BENCHMARKS.md quotes, recomputed from FLamby's files.
-    assert!((published["FedAvg100"] - 0.685).abs() < 0.0015, "{published:?}");
-    assert!((published["FedAdam100"] - 0.726).abs() < 0.0015, "{published:?}");
-    assert!((published["Pooled Training"] - 0.735).abs() < 0.0015, "{published:?}");
+    assert!(
+        (published["FedAvg100"] - 0.685).abs() < 0.0015,
+        "{published:?}"
+    );
+    assert!(
+        (published["FedAdam100"] - 0.726).abs() < 0.0015,
+        "{published:?}"
+    );
+    assert!(
+        (published["Pooled Training"] - 0.735).abs() < 0.0015,
+        "{published:?}"
+    );
 
     let examples = root().join("examples");
     let base = Plan::from_file(&examples.join("fed-heart-disease.toml")).unwrap();
@@ -78,10 +94,22 @@ fn bundled_plan_meets_flamby_for_every_strategy() {
         }
         let mean = accuracies.iter().sum::<f64>() / accuracies.len() as f64;
         let target = published[method] - 0.02;
-        eprintln!("{kind}: {mean:.4} (FLamby {:.4}, seeds {accuracies:.3?})", published[method]);
-        assert!(mean >= target, "{kind}: mean of seeds 42..46 is {mean:.4}, below {target:.4}");
+        eprintln!(
+            "{kind}: {mean:.4} (FLamby {:.4}, seeds {accuracies:.3?})",
+            published[method]
+        );
+        assert!(
+            mean >= target,
+            "{kind}: mean of seeds 42..46 is {mean:.4}, below {target:.4}"
+        );
     }
     let pooled_mean = pooled.iter().sum::<f64>() / pooled.len() as f64;
-    eprintln!("pooled: {pooled_mean:.4} (FLamby {:.4})", published["Pooled Training"]);
-    assert!(pooled_mean >= 0.715, "pooled baseline {pooled_mean:.4} < 0.715");
+    eprintln!(
+        "pooled: {pooled_mean:.4} (FLamby {:.4})",
+        published["Pooled Training"]
+    );
+    assert!(
+        pooled_mean >= 0.715,
+        "pooled baseline {pooled_mean:.4} < 0.715"
+    );
 }

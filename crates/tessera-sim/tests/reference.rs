@@ -2,6 +2,8 @@
 //! loops, and its behaviour on the virtual clock: stragglers, dropouts,
 //! quorum, and the same bits whatever the number of threads.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Read;
 use std::path::Path;
 
@@ -72,7 +74,10 @@ fn reference_fedavg(plan: &Plan, data: &FederatedData) -> Vec<f64> {
             let y = &site.train.y;
             let n = y.len();
             let mut w = global.clone();
-            let mut rng = SeededRng::derived(plan.seed, &[streams::FIT, u64::from(round), tag(&site.name)]);
+            let mut rng = SeededRng::derived(
+                plan.seed,
+                &[streams::FIT, u64::from(round), tag(&site.name)],
+            );
             let order = rng.permutation(n);
             for chunk in order.chunks(batch) {
                 let mut grad = vec![0.0f64; d + 1];
@@ -119,14 +124,25 @@ fn results_do_not_depend_on_the_number_of_threads() {
     let plan = plan("strategy = \"scaffold\"\nfraction = 0.5\nmin_participants = 2\n");
     let data = data(&plan, 9);
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         pool.install(|| simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap())
     };
     let (one, three) = (run(1), run(3));
-    let bits = |r: &tessera_sim::SimReport| r.final_parameters.values().map(f32::to_bits).collect::<Vec<_>>();
+    let bits = |r: &tessera_sim::SimReport| {
+        r.final_parameters
+            .values()
+            .map(f32::to_bits)
+            .collect::<Vec<_>>()
+    };
     assert_eq!(bits(&one), bits(&three));
     assert_eq!(one.final_metrics, three.final_metrics);
-    assert!(one.rounds.iter().all(|r| r.accepted == 5), "ceil(0.5 * 9) sites per round");
+    assert!(
+        one.rounds.iter().all(|r| r.accepted == 5),
+        "ceil(0.5 * 9) sites per round"
+    );
 }
 
 #[test]
@@ -134,7 +150,10 @@ fn stragglers_and_dropouts_on_the_virtual_clock() {
     let mut plan = plan("deadline_seconds = 0.5\nquorum = 2\n");
     plan.federation.rounds = 6;
     // 48 training rows per site take 0.048 s at the fastest speed and 4.8 s at the slowest.
-    plan.simulation.examples_per_second = Range { min: 10.0, max: 1000.0 };
+    plan.simulation.examples_per_second = Range {
+        min: 10.0,
+        max: 1000.0,
+    };
     plan.simulation.dropout = 0.2;
     let data = data(&plan, 12);
     let report = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
@@ -143,13 +162,33 @@ fn stragglers_and_dropouts_on_the_virtual_clock() {
     assert!(stragglers > 0, "slow sites miss the deadline");
     assert!(dropped > 0, "some sites drop out");
     for r in &report.rounds {
-        assert_eq!(r.accepted + r.stragglers + r.dropped + r.rejected, 12, "{r:?}");
-        assert!(r.virtual_seconds <= 0.5 + 1e-9, "a round closes by its deadline: {r:?}");
-        assert!(r.status == "completed" || r.status.starts_with("quorum not met"), "{r:?}");
+        assert_eq!(
+            r.accepted + r.stragglers + r.dropped + r.rejected,
+            12,
+            "{r:?}"
+        );
+        assert!(
+            r.virtual_seconds <= 0.5 + 1e-9,
+            "a round closes by its deadline: {r:?}"
+        );
+        assert!(
+            r.status == "completed" || r.status.starts_with("quorum not met"),
+            "{r:?}"
+        );
     }
     let again = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
-    assert_eq!(report.rounds.iter().map(|r| (r.accepted, r.stragglers, r.dropped)).collect::<Vec<_>>(),
-        again.rounds.iter().map(|r| (r.accepted, r.stragglers, r.dropped)).collect::<Vec<_>>());
+    assert_eq!(
+        report
+            .rounds
+            .iter()
+            .map(|r| (r.accepted, r.stragglers, r.dropped))
+            .collect::<Vec<_>>(),
+        again
+            .rounds
+            .iter()
+            .map(|r| (r.accepted, r.stragglers, r.dropped))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(report.final_metrics, again.final_metrics);
 }
 
@@ -160,6 +199,16 @@ fn a_round_without_quorum_leaves_the_model() {
     plan.simulation.latency_seconds = Range { min: 1.0, max: 1.0 };
     let data = data(&plan, 4);
     let report = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
-    assert!(report.rounds.iter().all(|r| r.status == "quorum not met (0/3)"), "{:?}", report.rounds);
-    assert!(report.final_parameters.values().all(|v| v == 0.0), "zeros stay zeros");
+    assert!(
+        report
+            .rounds
+            .iter()
+            .all(|r| r.status == "quorum not met (0/3)"),
+        "{:?}",
+        report.rounds
+    );
+    assert!(
+        report.final_parameters.values().all(|v| v == 0.0),
+        "zeros stay zeros"
+    );
 }

@@ -16,7 +16,8 @@ pub struct Scratch {
 impl Scratch {
     pub fn new(name: &str) -> Self {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("tessera-test-{}-{name}-{n}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tessera-test-{}-{name}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch folder");
         Self { dir }
@@ -69,13 +70,21 @@ impl Run {
 
     /// Asserts success and returns stdout.
     pub fn ok(&self) -> String {
-        assert!(self.output.status.success(), "tessera failed: {}", self.stderr());
+        assert!(
+            self.output.status.success(),
+            "tessera failed: {}",
+            self.stderr()
+        );
         self.stdout()
     }
 
     /// Asserts failure with a one-line error and no panic; returns that line.
     pub fn fails(&self) -> String {
-        assert!(!self.output.status.success(), "expected failure, got: {}", self.stdout());
+        assert!(
+            !self.output.status.success(),
+            "expected failure, got: {}",
+            self.stdout()
+        );
         let stderr = self.stderr();
         assert!(!stderr.contains("panicked"), "panic: {stderr}");
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
