@@ -300,7 +300,7 @@ impl RoundEngine {
                 open: open_number,
             });
         };
-        if !open.cohort.contains(from) {
+        if open.cohort.binary_search(from).is_err() {
             return Err(Rejection::NotInCohort);
         }
         if !open.pending.contains(from) {

@@ -1,6 +1,5 @@
 //! The local training loop shared by the built-in models.
 
-use ndarray::Axis;
 use tessera_core::{FitStats, ParameterSet, SeededRng};
 use tessera_data::Dataset;
 
@@ -75,6 +74,7 @@ pub(crate) fn train(
     let mut position = 0;
     let mut loss_sum = 0.0;
     let mut batch_y = Vec::with_capacity(batch_size);
+    let mut batch_x = ndarray::Array2::<f32>::zeros((batch_size.min(n), data.n_features()));
     for step in 0..n_steps {
         if position >= n {
             order = rng.permutation(n);
@@ -82,10 +82,13 @@ pub(crate) fn train(
         }
         let batch = &order[position..(position + batch_size).min(n)];
         position += batch_size;
-        let batch_x = data.x.select(Axis(0), batch);
         batch_y.clear();
-        batch_y.extend(batch.iter().map(|&i| data.y[i]));
-        let loss = net.loss_and_gradient(batch_x.view(), &batch_y, None, &mut grad);
+        for (k, &i) in batch.iter().enumerate() {
+            batch_x.row_mut(k).assign(&data.x.row(i));
+            batch_y.push(data.y[i]);
+        }
+        let rows = batch_x.slice(ndarray::s![..batch.len(), ..]);
+        let loss = net.loss_and_gradient(rows, &batch_y, None, &mut grad);
         if !loss.is_finite() {
             return Err(LearnError::Diverged { step });
         }

@@ -123,23 +123,28 @@ impl Network {
         (w, b)
     }
 
-    /// Activations of every layer's input: `acts[0] = x`, then the hidden ReLU outputs;
-    /// returns them with the output logits.
+    /// The hidden layers' ReLU outputs and the output logits.
     fn forward(&self, x: ArrayView2<'_, f32>) -> (Vec<Array2<f32>>, Array2<f32>) {
-        let mut hidden = Vec::with_capacity(self.n_layers());
-        let mut input = x.to_owned();
+        let mut hidden: Vec<Array2<f32>> = Vec::with_capacity(self.n_layers() - 1);
         for l in 0..self.n_layers() {
             let (w, b) = self.layer(l);
-            let mut z = input.dot(&w);
+            let mut z = match hidden.last() {
+                Some(input) => input.dot(&w),
+                None => x.dot(&w),
+            };
             z += &b;
             if l + 1 == self.n_layers() {
-                hidden.push(input);
                 return (hidden, z);
             }
             z.mapv_inplace(|v| v.max(0.0));
-            hidden.push(std::mem::replace(&mut input, z));
+            hidden.push(z);
         }
         unreachable!("a network has at least one layer")
+    }
+
+    /// The input of layer `l`: the rows for the first layer, else a hidden output.
+    fn layer_input<'a>(x: ArrayView2<'a, f32>, hidden: &'a [Array2<f32>], l: usize) -> ArrayView2<'a, f32> {
+        if l == 0 { x } else { hidden[l - 1].view() }
     }
 
     /// Output logits for each row.
@@ -189,7 +194,7 @@ impl Network {
         grad: &mut ParameterSet,
     ) -> f64 {
         let n = y.len();
-        let (acts, logits) = self.forward(x);
+        let (hidden, logits) = self.forward(x);
         let (losses, mut delta) = self.output_delta(&logits, y);
         let uniform = 1.0 / n.max(1) as f32;
         let weight = |i: usize| weights.map_or(uniform, |w| w[i]);
@@ -203,7 +208,7 @@ impl Network {
             .sum();
         let tensors = grad.tensors_mut();
         for l in (0..self.n_layers()).rev() {
-            let a_prev = &acts[l];
+            let a_prev = Self::layer_input(x, &hidden, l);
             let mut gw = ArrayViewMut2::from_shape(
                 (self.dims[l], self.dims[l + 1]),
                 tensors[2 * l].data_mut(),
@@ -215,7 +220,7 @@ impl Network {
             if l > 0 {
                 let (w, _) = self.layer(l);
                 let mut d_prev = delta.dot(&w.t());
-                d_prev.zip_mut_with(a_prev, |d, &a| {
+                d_prev.zip_mut_with(&a_prev, |d, &a| {
                     if a <= 0.0 {
                         *d = 0.0;
                     }
@@ -230,11 +235,11 @@ impl Network {
     /// per dense layer the example's weight gradient is the outer product
     /// `a ⊗ δ`, whose squared norm is `||a||² ||δ||²`, plus `||δ||²` for the bias.
     pub fn per_example_gradient_norms(&self, x: ArrayView2<'_, f32>, y: &[u32]) -> Vec<f32> {
-        let (acts, logits) = self.forward(x);
+        let (hidden, logits) = self.forward(x);
         let (_, mut delta) = self.output_delta(&logits, y);
         let mut sq = vec![0.0f64; y.len()];
         for l in (0..self.n_layers()).rev() {
-            let a_prev = &acts[l];
+            let a_prev = Self::layer_input(x, &hidden, l);
             for (i, s) in sq.iter_mut().enumerate() {
                 let a2: f64 = a_prev
                     .row(i)
@@ -251,7 +256,7 @@ impl Network {
             if l > 0 {
                 let (w, _) = self.layer(l);
                 let mut d_prev = delta.dot(&w.t());
-                d_prev.zip_mut_with(a_prev, |d, &a| {
+                d_prev.zip_mut_with(&a_prev, |d, &a| {
                     if a <= 0.0 {
                         *d = 0.0;
                     }
