@@ -88,7 +88,11 @@ impl ExactSum {
         self.add_chunks(std::iter::once(values), weight)
     }
 
-    fn add_chunks<'a>(&mut self, chunks: impl Iterator<Item = &'a [f32]> + Clone, weight: f64) -> Result<(), AggregateError> {
+    fn add_chunks<'a>(
+        &mut self,
+        chunks: impl Iterator<Item = &'a [f32]> + Clone,
+        weight: f64,
+    ) -> Result<(), AggregateError> {
         let n: usize = chunks.clone().map(<[f32]>::len).sum();
         if n != self.sums.len() {
             return Err(AggregateError::Layout(CoreError::LayoutMismatch(format!(
@@ -107,7 +111,10 @@ impl ExactSum {
         self.reserve_term(1)?;
         let mut offset = 0;
         for chunk in chunks {
-            for (sum, &v) in self.sums[offset..offset + chunk.len()].iter_mut().zip(chunk) {
+            for (sum, &v) in self.sums[offset..offset + chunk.len()]
+                .iter_mut()
+                .zip(chunk)
+            {
                 *sum += fixed(f64::from(v) * weight);
             }
             offset += chunk.len();
@@ -152,14 +159,19 @@ impl ExactSum {
 
     /// Sum `index` as `f64`.
     pub fn value(&self, index: usize) -> f64 {
-        self.sums.get(index).map_or(0.0, |&s| s as f64 * 2f64.powi(-FRAC_BITS))
+        self.sums
+            .get(index)
+            .map_or(0.0, |&s| s as f64 * 2f64.powi(-FRAC_BITS))
     }
 
     /// Every sum divided by `divisor`, as `f32` (one rounding from the exact sum
     /// to `f64`, one division, one rounding to `f32`).
     pub fn quotient(&self, divisor: f64) -> Vec<f32> {
         let scale = 2f64.powi(-FRAC_BITS);
-        self.sums.iter().map(|&s| (s as f64 * scale / divisor) as f32).collect()
+        self.sums
+            .iter()
+            .map(|&s| (s as f64 * scale / divisor) as f32)
+            .collect()
     }
 }
 
@@ -170,13 +182,25 @@ mod tests {
 
     #[test]
     fn fixed_point_conversion_is_odd_and_exact_on_representable_values() {
-        for t in [0.0, 1.0, -1.0, 0.5, 3.25e-10, -7.75e13, 1.0 / 3.0, 2.0f64.powi(-60)] {
+        for t in [
+            0.0,
+            1.0,
+            -1.0,
+            0.5,
+            3.25e-10,
+            -7.75e13,
+            1.0 / 3.0,
+            2.0f64.powi(-60),
+        ] {
             assert_eq!(fixed(-t), -fixed(t), "{t}");
             let back = fixed(t) as f64 * 2f64.powi(-FRAC_BITS);
             assert!((back - t).abs() <= 2f64.powi(-FRAC_BITS), "{t} -> {back}");
         }
         assert_eq!(fixed(1.5), 3i128 << 55);
-        assert_eq!(fixed(-(2f64.powi(47) + 0.75)), -((1i128 << 103) + (3i128 << 54)));
+        assert_eq!(
+            fixed(-(2f64.powi(47) + 0.75)),
+            -((1i128 << 103) + (3i128 << 54))
+        );
     }
 
     #[test]

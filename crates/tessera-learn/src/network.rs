@@ -143,7 +143,11 @@ impl Network {
     }
 
     /// The input of layer `l`: the rows for the first layer, else a hidden output.
-    fn layer_input<'a>(x: ArrayView2<'a, f32>, hidden: &'a [Array2<f32>], l: usize) -> ArrayView2<'a, f32> {
+    fn layer_input<'a>(
+        x: ArrayView2<'a, f32>,
+        hidden: &'a [Array2<f32>],
+        l: usize,
+    ) -> ArrayView2<'a, f32> {
         if l == 0 { x } else { hidden[l - 1].view() }
     }
 
