@@ -62,7 +62,6 @@ impl UpdateAccumulator {
             return Err(AggregateError::BadWeight(weight));
         }
         self.layout.check_same_layout(&update.delta)?;
-        update.delta.check_finite()?;
         match (&self.control, &update.control_delta) {
             (Some(_), None) => {
                 return Err(AggregateError::Control(
@@ -74,10 +73,7 @@ impl UpdateAccumulator {
                     "unexpected control-variate change".into(),
                 ));
             }
-            (Some(_), Some(control)) => {
-                self.layout.check_same_layout(control)?;
-                control.check_finite()?;
-            }
+            (Some(_), Some(control)) => self.layout.check_same_layout(control)?,
             (None, None) => {}
         }
         let loss = update.stats.mean_train_loss;
@@ -89,13 +85,20 @@ impl UpdateAccumulator {
         let mut totals = self.totals.clone();
         totals.add_one(0, weight)?;
         totals.add_one(1, weight * loss)?;
-        self.delta.add(&update.delta, weight)?;
+        // The sums refuse NaN and infinities (as out of range); name them properly.
+        let named = |e: AggregateError, values: &ParameterSet| match values.check_finite() {
+            Err(non_finite) => AggregateError::Layout(non_finite),
+            Ok(()) => e,
+        };
+        self.delta
+            .add(&update.delta, weight)
+            .map_err(|e| named(e, &update.delta))?;
         if let (Some(sum), Some(control)) = (self.control.as_mut(), &update.control_delta)
             && let Err(e) = sum.add(control, 1.0)
         {
-            // Undo the delta: the negated terms round to the negated fixed-point values.
+            // Undo the delta: the fixed-point conversion is odd, so negated terms cancel exactly.
             let _ = self.delta.add(&update.delta, -weight);
-            return Err(e);
+            return Err(named(e, control));
         }
         self.totals = totals;
         self.n_updates += 1;
