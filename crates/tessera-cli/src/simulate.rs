@@ -168,6 +168,9 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
                     r.virtual_seconds,
                     r.status
                 );
+                for error in &r.site_errors {
+                    let _ = writeln!(out, "       warning: {error}");
+                }
             });
         }
         progress.set_message(format!("accuracy {:.4}", r.accuracy));

@@ -38,6 +38,9 @@ pub struct RoundRecord {
     pub bytes_up: u64,
     /// Bytes sent to participants this round.
     pub bytes_down: u64,
+    /// Sites whose local training failed this round (they left the round), with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub site_errors: Vec<String>,
 }
 
 /// How one site's test rows were predicted.

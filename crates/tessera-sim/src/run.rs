@@ -123,6 +123,7 @@ pub fn simulate(
                 .map_or(0, |c| c.wire_len() as u64);
         let mut bytes_down = task_bytes * start.cohort.len() as u64;
         let mut bytes_up = 0u64;
+        let mut site_errors = Vec::new();
 
         // Arrival (or dropout) times are known before any training.
         let mut events = Vec::with_capacity(start.cohort.len());
@@ -186,7 +187,10 @@ pub fn simulate(
                         let _ = engine.submit(event.at, id, round, &update);
                     }
                     // Local training failed (diverged): the site leaves the round.
-                    Some(Err(_)) => engine.report_dropout(id),
+                    Some(Err(e)) => {
+                        site_errors.push(format!("site '{id}': {e}"));
+                        engine.report_dropout(id);
+                    }
                     // Past the deadline: cut off before it sends anything.
                     None => {}
                 }
@@ -218,13 +222,14 @@ pub fn simulate(
             bytes_up += size;
             bytes_up_per_site[site] += size;
         }
-        let record = round_record(
+        let mut record = round_record(
             &outcome,
             &evaluations,
             wall.elapsed().as_secs_f64(),
             bytes_up,
             bytes_down,
         );
+        record.site_errors = site_errors;
         observer(&record);
         records.push(record);
         last_evaluations = evaluations;
@@ -340,5 +345,6 @@ fn round_record(
         virtual_seconds: outcome.closed_at.since(outcome.opened_at).as_secs_f64(),
         bytes_up,
         bytes_down,
+        site_errors: Vec::new(),
     }
 }

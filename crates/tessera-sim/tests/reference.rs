@@ -212,3 +212,21 @@ fn a_round_without_quorum_leaves_the_model() {
         "zeros stay zeros"
     );
 }
+
+#[test]
+fn a_site_whose_training_fails_leaves_the_round_with_the_reason() {
+    let mut plan = plan("");
+    plan.training.optimizer.lr = 3e38;
+    plan.federation.rounds = 1;
+    let data = data(&plan, 3);
+    let report = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
+    let round = &report.rounds[0];
+    assert_eq!(round.dropped, 3);
+    assert_eq!(round.site_errors.len(), 3, "{round:?}");
+    assert!(
+        round.site_errors[0].contains("diverged"),
+        "{:?}",
+        round.site_errors
+    );
+    assert_eq!(round.status, "quorum not met (0/1)");
+}
