@@ -222,17 +222,28 @@ impl Network {
             let mut gb = ArrayViewMut1::from(tensors[2 * l + 1].data_mut());
             gb.assign(&delta.sum_axis(Axis(0)));
             if l > 0 {
-                let (w, _) = self.layer(l);
-                let mut d_prev = delta.dot(&w.t());
-                d_prev.zip_mut_with(&a_prev, |d, &a| {
-                    if a <= 0.0 {
-                        *d = 0.0;
-                    }
-                });
-                delta = d_prev;
+                delta = self.delta_below(l, &delta, a_prev);
             }
         }
         loss
+    }
+
+    /// Backpropagates `delta` (the loss gradient at layer `l`'s output)
+    /// through layer `l` and the ReLU that produced its input `a_prev`.
+    fn delta_below(
+        &self,
+        l: usize,
+        delta: &Array2<f32>,
+        a_prev: ArrayView2<'_, f32>,
+    ) -> Array2<f32> {
+        let (w, _) = self.layer(l);
+        let mut below = delta.dot(&w.t());
+        below.zip_mut_with(&a_prev, |d, &a| {
+            if a <= 0.0 {
+                *d = 0.0;
+            }
+        });
+        below
     }
 
     /// The Euclidean norm of each example's own loss gradient, exactly:
@@ -258,14 +269,7 @@ impl Network {
                 *s += d2 * (a2 + 1.0);
             }
             if l > 0 {
-                let (w, _) = self.layer(l);
-                let mut d_prev = delta.dot(&w.t());
-                d_prev.zip_mut_with(&a_prev, |d, &a| {
-                    if a <= 0.0 {
-                        *d = 0.0;
-                    }
-                });
-                delta = d_prev;
+                delta = self.delta_below(l, &delta, a_prev);
             }
         }
         sq.into_iter().map(|s| s.sqrt() as f32).collect()
