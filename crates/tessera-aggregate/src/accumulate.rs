@@ -82,27 +82,37 @@ impl UpdateAccumulator {
                 "training loss {loss} is not finite"
             )));
         }
+        if update.n_examples == 0 {
+            return Err(AggregateError::Control(
+                "the update reports no training examples".into(),
+            ));
+        }
+        let n_examples = self
+            .n_examples
+            .checked_add(update.n_examples)
+            .ok_or(AggregateError::Overflow)?;
         let mut totals = self.totals.clone();
         totals.add_one(0, weight)?;
         totals.add_one(1, weight * loss)?;
+        // Check everything before adding anything, so that nothing needs undoing.
         // The sums refuse NaN and infinities (as out of range); name them properly.
         let named = |e: AggregateError, values: &ParameterSet| match values.check_finite() {
             Err(non_finite) => AggregateError::Layout(non_finite),
             Ok(()) => e,
         };
         self.delta
-            .add(&update.delta, weight)
+            .check(&update.delta, weight)
             .map_err(|e| named(e, &update.delta))?;
-        if let (Some(sum), Some(control)) = (self.control.as_mut(), &update.control_delta)
-            && let Err(e) = sum.add(control, 1.0)
-        {
-            // Undo the delta: the fixed-point conversion is odd, so negated terms cancel exactly.
-            let _ = self.delta.add(&update.delta, -weight);
-            return Err(named(e, control));
+        if let (Some(sum), Some(control)) = (&self.control, &update.control_delta) {
+            sum.check(control, 1.0).map_err(|e| named(e, control))?;
+        }
+        self.delta.add(&update.delta, weight)?;
+        if let (Some(sum), Some(control)) = (self.control.as_mut(), &update.control_delta) {
+            sum.add(control, 1.0)?;
         }
         self.totals = totals;
         self.n_updates += 1;
-        self.n_examples += update.n_examples;
+        self.n_examples = n_examples;
         Ok(())
     }
 
@@ -190,6 +200,23 @@ mod tests {
         let mut with_control = update(&[1.0, 1.0], 5);
         with_control.control_delta = Some(global.clone());
         assert!(acc.add(&with_control, 5.0).is_err());
+        assert!(
+            acc.add(&update(&[1.0, 1.0], 0), 0.0).is_err(),
+            "no examples"
+        );
+        let mut bad_control = UpdateAccumulator::new(&global, true);
+        let mut u = update(&[1.0, 1.0], 5);
+        u.control_delta = Some(update(&[f32::INFINITY, 0.0], 0).delta);
+        let clean = bad_control.clone();
+        assert!(
+            bad_control
+                .add(&u, 5.0)
+                .unwrap_err()
+                .to_string()
+                .contains("non-finite")
+        );
+        assert_eq!(bad_control.n_updates(), clean.n_updates());
+        assert!(matches!(bad_control.finish(1), Err(AggregateError::Empty)));
         assert_eq!(acc.n_updates(), before.n_updates());
         let round = acc.finish(2).unwrap();
         assert_eq!(round.mean_delta.values().collect::<Vec<_>>(), [3.25, -0.25]);

@@ -35,6 +35,21 @@ fn fixed(term: f64) -> i128 {
     (i128::from(hi) << 52) + i128::from(lo as i64)
 }
 
+/// Checks that every weighted value is in range.
+fn check_chunks<'a>(
+    chunks: impl Iterator<Item = &'a [f32]>,
+    weight: f64,
+) -> Result<(), AggregateError> {
+    for chunk in chunks {
+        if let Some(&v) = chunk.iter().find(|&&v| !in_range(f64::from(v) * weight)) {
+            return Err(AggregateError::OutOfRange {
+                value: f64::from(v) * weight,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A vector of sums in 128-bit fixed point with 56 fractional bits.
 ///
 /// Each term `value * weight` is computed in `f64` (exact when the weight is
@@ -77,6 +92,15 @@ impl ExactSum {
         Ok(())
     }
 
+    /// Checks, without adding, that `weight * values[i]` fits for every value
+    /// and that one more term fits.
+    pub fn check(&self, values: &ParameterSet, weight: f64) -> Result<(), AggregateError> {
+        if self.n_terms >= MAX_TERMS {
+            return Err(AggregateError::Overflow);
+        }
+        check_chunks(values.tensors().iter().map(|t| t.data()), weight)
+    }
+
     /// Adds `weight * values[i]` to sum `i`, the values taken from a
     /// parameter set in layout order. On error nothing is added.
     pub fn add(&mut self, values: &ParameterSet, weight: f64) -> Result<(), AggregateError> {
@@ -101,13 +125,7 @@ impl ExactSum {
             ))));
         }
         // Range-check first (cheap, vectorises), then add: nothing to undo.
-        for chunk in chunks.clone() {
-            if let Some(&v) = chunk.iter().find(|&&v| !in_range(f64::from(v) * weight)) {
-                return Err(AggregateError::OutOfRange {
-                    value: f64::from(v) * weight,
-                });
-            }
-        }
+        check_chunks(chunks.clone(), weight)?;
         self.reserve_term(1)?;
         let mut offset = 0;
         for chunk in chunks {

@@ -59,6 +59,8 @@ pub trait Strategy: Send {
     }
 
     /// New global parameters from the current ones and the round's aggregate.
+    /// On error (including non-finite results) the strategy's own state
+    /// (momentum, moments, control variates) must be left as it was.
     fn aggregate_fit(
         &mut self,
         global: &ParameterSet,

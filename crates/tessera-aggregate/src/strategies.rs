@@ -79,7 +79,7 @@ impl Strategy for FedAvgM {
         round: &RoundAggregate,
     ) -> Result<ParameterSet, AggregateError> {
         global.check_same_layout(&round.mean_delta)?;
-        let velocity = match self.velocity.take() {
+        let velocity = match self.velocity.clone() {
             Some(mut v) => {
                 for (v, d) in v.values_mut().zip(round.mean_delta.values()) {
                     *v = self.momentum * *v + d;
@@ -89,6 +89,7 @@ impl Strategy for FedAvgM {
             None => round.mean_delta.clone(),
         };
         let next = moved(global, &velocity, self.server_lr)?;
+        next.check_finite()?;
         self.velocity = Some(velocity);
         Ok(next)
     }
@@ -180,6 +181,8 @@ impl Strategy for Scaffold {
             .cloned()
             .unwrap_or_else(|| global.zeros_like());
         control.add_scaled(step, 1.0)?;
+        next.check_finite()?;
+        control.check_finite()?;
         self.control = Some(Arc::new(control));
         Ok(next)
     }
@@ -198,8 +201,9 @@ pub enum FedOptVariant {
 
 /// Adaptive federated optimisation (Reddi et al., ICLR 2021): the mean change
 /// Δ is a pseudo-gradient for a server optimiser, `m = β1 m + (1 - β1) Δ`,
-/// `v` per the variant, `x += η m / (sqrt(v) + τ)`; `m` and `v` start at zero
-/// and there is no bias correction, as in the paper's Algorithm 2 and FLamby.
+/// `v` per the variant, `x += η m / (sqrt(v) + τ)`, without bias correction
+/// as in the paper's Algorithm 2. `m` and `v` start at zero as in FLamby (the
+/// paper allows any `v ≥ τ²`; τ in the denominator keeps the first step finite).
 #[derive(Debug, Clone)]
 pub struct FedOpt {
     /// Adam, Yogi or Adagrad.
@@ -250,7 +254,7 @@ impl Strategy for FedOpt {
         global.check_same_layout(&round.mean_delta)?;
         let (mut m, mut v) = self
             .moments
-            .take()
+            .clone()
             .unwrap_or_else(|| (global.zeros_like(), global.zeros_like()));
         let mut next = global.clone();
         let (b1, b2) = (self.beta1, self.beta2);
@@ -269,6 +273,7 @@ impl Strategy for FedOpt {
             };
             *x += self.server_lr * *m / (v.sqrt() + self.tau);
         }
+        next.check_finite()?;
         self.moments = Some((m, v));
         Ok(next)
     }
@@ -351,6 +356,26 @@ mod tests {
                     "{variant:?}: {got} vs {x}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_non_finite_result_leaves_the_strategy_state_unchanged() {
+        // A huge server rate overflows f32: the round fails, and the next round
+        // behaves as if the failed one never happened.
+        for make in [
+            || Box::new(FedAvgM::new(3e38, 0.9)) as Box<dyn Strategy>,
+            || {
+                Box::new(FedOpt::new(FedOptVariant::Adam, 3e38, 0.9, 0.99, 1e-3))
+                    as Box<dyn Strategy>
+            },
+        ] {
+            let mut failing = make();
+            let mut fresh = make();
+            assert!(failing.aggregate_fit(&set(&[0.0]), &round(&[1e3])).is_err());
+            let a = failing.aggregate_fit(&set(&[0.0]), &round(&[1e-40]));
+            let b = fresh.aggregate_fit(&set(&[0.0]), &round(&[1e-40]));
+            assert_eq!(a.map(|p| values(&p)), b.map(|p| values(&p)));
         }
     }
 

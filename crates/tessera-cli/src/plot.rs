@@ -37,11 +37,13 @@ pub fn write_plot(report: &SimReport, path: &Path) -> anyhow::Result<()> {
     ];
     if let Some(b) = &report.baselines {
         let flat = |v: f64| vec![(1, v), (rounds, v)];
-        lines.push(("pooled: all test rows".into(), flat(b.pooled.accuracy)));
-        lines.push((
-            "pooled: mean of sites".into(),
-            flat(b.pooled.mean_site_accuracy),
-        ));
+        if let Some(pooled) = &b.pooled {
+            lines.push(("pooled: all test rows".into(), flat(pooled.accuracy)));
+            lines.push((
+                "pooled: mean of sites".into(),
+                flat(pooled.mean_site_accuracy),
+            ));
+        }
         lines.push((
             "local only: mean of sites".into(),
             flat(b.local.mean_site_accuracy),

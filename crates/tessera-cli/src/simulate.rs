@@ -7,7 +7,9 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use tessera_aggregate::StrategyKind;
-use tessera_data::{DataConfig, FileSource, Filesystem, ScaleScope, SchemaConfig};
+use tessera_data::{
+    ColumnKind, ColumnSpec, DataConfig, FileSource, Filesystem, ScaleScope, SchemaConfig,
+};
 use tessera_engine::{FederationConfig, Plan};
 use tessera_learn::{Init, ModelConfig, ModelKind, TrainingConfig};
 use tessera_sim::{RoundRecord, SimOptions, SimReport, simulate};
@@ -43,6 +45,9 @@ pub struct SimulateArgs {
     /// combined statistics (federation), or not at all (none).
     #[arg(long)]
     standardize: Option<String>,
+    /// Ad-hoc: columns to leave out (identifiers, free text), e.g. id,name.
+    #[arg(long, requires = "data", value_delimiter = ',')]
+    ignore: Vec<String>,
     /// Initial parameters: uniform (PyTorch's default) or zeros.
     #[arg(long)]
     init: Option<String>,
@@ -189,8 +194,20 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     report.timing.peak_rss_bytes = peak_rss_bytes();
 
     let report_path = args.report.clone().unwrap_or_else(|| {
-        PathBuf::from("tessera-out")
-            .join(format!("{}-{}-seed{}.json", plan.name, strategy, plan.seed))
+        // The plan's name may hold anything: keep letters, digits, '-', '_' and '.'.
+        let name: String = plan
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let name = name.trim_start_matches('.');
+        PathBuf::from("tessera-out").join(format!("{name}-{strategy}-seed{}.json", plan.seed))
     });
     let plot_path = args
         .plot
@@ -221,17 +238,32 @@ fn print_summary(report: &SimReport) {
         let sites: Vec<String> = f
             .per_site
             .iter()
-            .map(|(s, m)| format!("{s} {:.4}", m.accuracy))
+            .map(|(s, m)| {
+                format!(
+                    "{s} {}",
+                    m.accuracy.map_or("-".to_string(), |a| format!("{a:.4}"))
+                )
+            })
             .collect();
         println!("per site: {}", sites.join(", "));
     } else {
         println!("per site: {} sites, in the report", f.per_site.len());
     }
     if let Some(b) = &report.baselines {
-        println!(
-            "baselines: pooled {:.4} (all test rows), {:.4} (mean of sites); local only {:.4} (mean of sites)",
-            b.pooled.accuracy, b.pooled.mean_site_accuracy, b.local.mean_site_accuracy
-        );
+        if let Some(pooled) = &b.pooled {
+            println!(
+                "baselines: pooled {:.4} (all test rows), {:.4} (mean of sites); local only {:.4} (mean of sites)",
+                pooled.accuracy, pooled.mean_site_accuracy, b.local.mean_site_accuracy
+            );
+        } else {
+            println!(
+                "baselines: local only {:.4} (mean of sites)",
+                b.local.mean_site_accuracy
+            );
+        }
+        for error in &b.errors {
+            println!("warning: {error}");
+        }
     }
     let t = &report.timing;
     println!(
@@ -270,6 +302,16 @@ fn ad_hoc_plan(args: &SimulateArgs, data: &Path) -> anyhow::Result<Plan> {
     }
     let mut schema = SchemaConfig::inferred(target.clone());
     schema.positive = args.positive.iter().cloned().collect();
+    schema.columns = args
+        .ignore
+        .iter()
+        .map(|name| ColumnSpec {
+            name: name.clone(),
+            kind: ColumnKind::Ignore,
+            levels: None,
+            drop_first: false,
+        })
+        .collect();
     let name = data
         .file_stem()
         .and_then(|s| s.to_str())

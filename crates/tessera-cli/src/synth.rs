@@ -42,6 +42,9 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
     if args.classes < 2 {
         bail!("--classes must be at least 2");
     }
+    if args.classes > 1000 || args.features > 100_000 {
+        bail!("--classes must be at most 1000 and --features at most 100000");
+    }
     for (name, v) in [("--alpha", args.alpha), ("--beta", args.beta)] {
         if !(v.is_finite() && v >= 0.0) {
             bail!("{name} must be a variance >= 0, got {v}");

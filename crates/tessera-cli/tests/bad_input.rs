@@ -182,3 +182,47 @@ fn a_plan_path_outside_the_working_folder_resolves_data_beside_it() {
     .ok();
     assert_eq!(s.json("r.json")["rounds"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn an_identifier_column_is_named_and_can_be_ignored() {
+    let s = Scratch::new("ignore");
+    let mut csv = String::from("site,patient,a,y\n");
+    for i in 0..1200 {
+        csv.push_str(&format!("s{},p{i},{},{}\n", i % 3, i % 7, i % 2));
+    }
+    s.write("d.csv", &csv);
+    let line = s
+        .run(&[
+            "simulate",
+            "--data",
+            "d.csv",
+            "--site-column",
+            "site",
+            "--target",
+            "y",
+        ])
+        .fails();
+    assert!(
+        line.contains("column 'patient' has 1200 distinct values")
+            && line.contains("--ignore patient"),
+        "{line}"
+    );
+    s.run(&[
+        "simulate",
+        "-q",
+        "--data",
+        "d.csv",
+        "--site-column",
+        "site",
+        "--target",
+        "y",
+        "--ignore",
+        "patient",
+        "--rounds",
+        "1",
+        "--report",
+        "r.json",
+    ])
+    .ok();
+    assert_eq!(s.json("r.json")["features"], serde_json::json!(["a"]));
+}

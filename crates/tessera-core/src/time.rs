@@ -42,6 +42,16 @@ impl Timestamp {
     }
 }
 
+/// `seconds` as a duration, saturating: negative and NaN give zero, values
+/// beyond what a `Duration` holds give `Duration::MAX`. Never panics.
+pub fn duration_from_secs(seconds: f64) -> Duration {
+    if seconds.is_nan() || seconds <= 0.0 {
+        Duration::ZERO
+    } else {
+        Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:.3}s", self.as_secs_f64())
@@ -60,5 +70,11 @@ mod tests {
         let t = Timestamp::from_secs_f64(2.0).plus(Duration::from_millis(250));
         assert_eq!(t.as_secs_f64(), 2.25);
         assert_eq!(t.since(Timestamp::from_secs_f64(3.0)), Duration::ZERO);
+        assert_eq!(duration_from_secs(1e300), Duration::MAX);
+        assert_eq!(duration_from_secs(f64::NAN), Duration::ZERO);
+        assert_eq!(
+            Timestamp(u64::MAX - 1).plus(Duration::MAX),
+            Timestamp(u64::MAX)
+        );
     }
 }

@@ -17,11 +17,12 @@ pub fn canonical_level(text: &str) -> String {
 
 /// Order of levels: numbers by value first, then text in byte order.
 pub fn level_order(a: &str, b: &str) -> Ordering {
-    match (a.parse::<f64>(), b.parse::<f64>()) {
-        (Ok(x), Ok(y)) => x.total_cmp(&y),
-        (Ok(_), Err(_)) => Ordering::Less,
-        (Err(_), Ok(_)) => Ordering::Greater,
-        (Err(_), Err(_)) => a.cmp(b),
+    let number = |s: &str| s.parse::<f64>().ok().filter(|v| v.is_finite());
+    match (number(a), number(b)) {
+        (Some(x), Some(y)) => x.total_cmp(&y).then_with(|| a.cmp(b)),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => a.cmp(b),
     }
 }
 
@@ -61,5 +62,8 @@ mod tests {
             agree_levels([a.as_slice(), b.as_slice()]),
             vec!["1", "2", "10", "a", "b"]
         );
+        // Text that parses as an infinite number is text: no duplicates survive.
+        let c = vec!["inf".to_string(), "Infinity".to_string(), "inf".to_string()];
+        assert_eq!(agree_levels([c.as_slice()]), vec!["Infinity", "inf"]);
     }
 }

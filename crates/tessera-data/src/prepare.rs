@@ -12,6 +12,9 @@ use crate::dataset::{Dataset, FederatedData, Scaler, SiteData, SiteSummary, Task
 use crate::levels::{agree_levels, canonical_level};
 use crate::read::{FeatureKind, FileSource, MISSING_CODE, RawSite, Values, read_sites};
 
+/// Most levels a categorical column (or a target) may have.
+const MAX_LEVELS: usize = 1000;
+
 /// Where a row goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Membership {
@@ -111,6 +114,25 @@ pub fn load(
         summary.push(counts);
     }
 
+    // The training rows of the federation must hold at least two classes.
+    let mut present_classes = BTreeSet::new();
+    for (labels, membership) in labels.iter().zip(&memberships) {
+        for (label, m) in labels.iter().zip(membership) {
+            if let (Some(label), Membership::Train) = (label, m) {
+                present_classes.insert(*label);
+            }
+        }
+    }
+    if present_classes.len() < 2 {
+        let only = present_classes
+            .iter()
+            .next()
+            .map_or("none", |&c| task.classes[c as usize].as_str());
+        return Err(DataError::Unusable(format!(
+            "every training row has the same target class ({only}): nothing to learn"
+        )));
+    }
+
     // Shared vocabularies: each site offers the levels present in its kept rows.
     let mut encoders = Vec::with_capacity(layout.len());
     for (slot, column) in layout.iter().enumerate() {
@@ -135,6 +157,15 @@ pub fn load(
             }
             None => agree_levels(site_levels.iter().map(Vec::as_slice)),
         };
+        if levels.len() > MAX_LEVELS {
+            return Err(DataError::Unusable(format!(
+                "column '{}' has {} distinct values, more than {MAX_LEVELS}: one-hot encoding it would \
+                 make that many features; mark it `type = \"ignore\"` in the schema (or --ignore {})",
+                column.name,
+                levels.len(),
+                column.name
+            )));
+        }
         let drop_first = spec.is_some_and(|s| s.drop_first);
         encoders.push(Encoder::OneHot { levels, drop_first });
     }
@@ -242,6 +273,13 @@ fn agree_task(config: &DataConfig, sites: &[RawSite]) -> Result<Task, DataError>
             "target '{}' has a single value ({}) at every site: nothing to learn",
             schema.target,
             classes.join(", ")
+        )));
+    }
+    if classes.len() > MAX_LEVELS {
+        return Err(DataError::Unusable(format!(
+            "target '{}' has {} distinct values, more than {MAX_LEVELS} classes: is it the right column?",
+            schema.target,
+            classes.len()
         )));
     }
     Ok(Task { classes })
@@ -544,14 +582,17 @@ fn encode_site(
         if present.len() == column.len() && !raw_test.column(j).iter().any(|v| v.is_nan()) {
             continue;
         }
-        let mean = if present.is_empty() {
+        // Without any training value the column is absent at this site: every
+        // value becomes 0, test rows included, so none reaches the model unscaled.
+        let absent = present.is_empty();
+        let mean = if absent {
             0.0
         } else {
             present.iter().sum::<f64>() / present.len() as f64
         };
         for m in [&mut raw_train, &mut raw_test] {
             for v in m.column_mut(j) {
-                if v.is_nan() {
+                if v.is_nan() || absent {
                     *v = mean as f32;
                     counts.imputed_values += 1;
                 }

@@ -124,8 +124,12 @@ impl Builder {
             Builder::Numeric { values, declared } => match token {
                 None => values.push(f64::NAN),
                 Some(text) => match text.parse::<f64>() {
-                    Ok(v) if v.is_finite() => values.push(v),
-                    Ok(_) => return Err(format!("'{text}' is not a finite number")),
+                    Ok(v) if v.is_finite() && (v as f32).is_finite() => values.push(v),
+                    Ok(_) => {
+                        return Err(format!(
+                            "'{text}' is not a finite number within the 32-bit range (|x| < 3.4e38)"
+                        ));
+                    }
                     Err(_) if *declared => {
                         return Err(format!(
                             "'{text}' is not a number, and the schema declares this column numeric"
@@ -324,14 +328,27 @@ fn read_file(
         return Err(DataError::at(shown_path, None, None, "file is empty"));
     };
     let first = first.map_err(|e| csv_error(shown_path, &e))?;
+    let header_line = schema
+        .header
+        .then(|| first.position().map_or(1, |p| p.line()));
     let header_names: Vec<String> = if schema.header {
-        let line = first.position().map(|p| p.line());
         first
             .iter()
             .enumerate()
             .map(|(i, f)| {
+                // A UTF-8 byte-order mark (as spreadsheet programs write) is not part of the name.
+                let f = if i == 0 {
+                    f.strip_prefix(b"\xef\xbb\xbf").unwrap_or(f)
+                } else {
+                    f
+                };
                 std::str::from_utf8(f).map(str::to_string).map_err(|_| {
-                    DataError::at(shown_path, line, Some(i + 1), "header is not valid UTF-8")
+                    DataError::at(
+                        shown_path,
+                        header_line,
+                        Some(i + 1),
+                        "header is not valid UTF-8",
+                    )
                 })
             })
             .collect::<Result<_, _>>()?
@@ -342,6 +359,7 @@ fn read_file(
     resolve_fields(
         config,
         shown_path,
+        header_line,
         &header_names,
         site_column,
         layout,
@@ -450,13 +468,13 @@ fn csv_error(path: &Path, error: &csv::Error) -> DataError {
 fn resolve_fields(
     config: &DataConfig,
     path: &Path,
+    header_line: Option<u64>,
     names: &[String],
     site_column: Option<&str>,
     layout: &mut Option<Vec<FeatureColumn>>,
     fields: &mut FieldMap,
 ) -> Result<(), DataError> {
     let schema = &config.schema;
-    let header_line = if schema.header { Some(1) } else { None };
     let position = |name: &str| names.iter().position(|n| n == name);
     let missing_column = |name: &str, what: &str| {
         DataError::at(

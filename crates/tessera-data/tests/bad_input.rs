@@ -221,3 +221,80 @@ fn data_error_is_std_error() {
     fn takes(_: &dyn std::error::Error) {}
     takes(&DataError::Config("x".into()));
 }
+
+#[test]
+fn numbers_beyond_f32_are_refused() {
+    let csv = "site,a,y\ns1,1,0\ns1,1e39,1\n";
+    assert_eq!(
+        error(&one_file("y"), &[("d.csv", csv)]),
+        "d.csv:3:2: column 'a': '1e39' is not a finite number within the 32-bit range (|x| < 3.4e38)"
+    );
+}
+
+#[test]
+fn byte_order_mark_is_not_part_of_the_first_name() {
+    let csv = "\u{feff}site,a,y\ns1,1,0\ns1,2,1\ns1,3,0\ns1,4,1\ns1,5,0\n";
+    let data = load(
+        &one_file("y"),
+        Path::new(""),
+        &Files::new(&[("d.csv", csv)]),
+    )
+    .unwrap();
+    assert_eq!(data.sites[0].name, "s1");
+}
+
+#[test]
+fn an_identifier_column_is_not_one_hot_encoded_silently() {
+    let mut csv = String::from("site,id,a,y\n");
+    for i in 0..1500 {
+        csv.push_str(&format!("s1,row{i},{i},{}\n", i % 2));
+    }
+    let e = error(&one_file("y"), &[("d.csv", &csv)]);
+    assert!(
+        e.starts_with("column 'id' has 1500 distinct values, more than 1000"),
+        "{e}"
+    );
+    let mut config = one_file("y");
+    config.schema.columns.push(tessera_data::ColumnSpec {
+        name: "id".into(),
+        kind: tessera_data::ColumnKind::Ignore,
+        levels: None,
+        drop_first: false,
+    });
+    let data = load(&config, Path::new(""), &Files::new(&[("d.csv", &csv)])).unwrap();
+    assert_eq!(data.feature_names, ["a"]);
+}
+
+#[test]
+fn one_class_among_the_training_rows_is_unusable() {
+    let mut config = one_file("y");
+    config.schema.positive = vec!["yes".into()];
+    let csv = "site,a,y\ns1,1,yes\ns1,2,yes\ns2,3,yes\n";
+    assert_eq!(
+        error(&config, &[("d.csv", csv)]),
+        "every training row has the same target class (yes): nothing to learn"
+    );
+}
+
+#[test]
+fn a_column_without_training_values_is_absent_at_that_site() {
+    // Site s2 has no value of `a` in its training rows; its test row's 250 must not
+    // reach the model unscaled.
+    let csv = "site,a,y\ns1,1,0\ns1,2,1\ns1,3,0\ns1,4,1\ns2,,0\ns2,,1\ns2,,0\ns2,,1\ns2,250,0\n";
+    let mut config = one_file("y");
+    config.split.membership = Some(tessera_data::MembershipFile {
+        path: "m.csv".into(),
+        site_column: "site".into(),
+        row_column: "row".into(),
+        split_column: "split".into(),
+    });
+    let m = "site,row,split\ns1,0,train\ns1,1,train\ns1,2,test\ns1,3,test\ns2,4,train\ns2,5,train\ns2,6,train\ns2,7,train\ns2,8,test\n";
+    let data = load(
+        &config,
+        Path::new(""),
+        &Files::new(&[("d.csv", csv), ("m.csv", m)]),
+    )
+    .unwrap();
+    let s2 = &data.sites[1];
+    assert!(s2.test.x.iter().all(|v| *v == 0.0), "{:?}", s2.test.x);
+}

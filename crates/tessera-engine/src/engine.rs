@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_aggregate::{FitInstructions, RoundAggregate, Strategy, UpdateAccumulator};
-use tessera_core::{ParameterSet, ParticipantId, SeededRng, Timestamp, Update};
+use tessera_core::{ParameterSet, ParticipantId, SeededRng, Timestamp, Update, duration_from_secs};
 
 use crate::{EngineError, Plan, streams};
 
@@ -35,7 +35,7 @@ impl EngineConfig {
             fraction: f.fraction,
             min_participants: f.min_participants,
             quorum: f.quorum,
-            deadline: f.deadline_seconds.map(Duration::from_secs_f64),
+            deadline: f.deadline_seconds.map(duration_from_secs),
             seed: plan.seed,
         }
     }
@@ -253,6 +253,12 @@ impl RoundEngine {
         }
         let wanted = ((available as f64) * self.config.fraction).ceil() as usize;
         let size = wanted.max(self.config.min_participants).min(available);
+        if self.config.quorum > size {
+            return Err(EngineError::State(format!(
+                "round {number}: the quorum of {} updates can never be met by a cohort of {size}",
+                self.config.quorum
+            )));
+        }
         let mut everyone: Vec<ParticipantId> = self.participants.iter().cloned().collect();
         if size < available {
             SeededRng::derived(self.config.seed, &[streams::COHORT, u64::from(number)])
@@ -379,7 +385,11 @@ impl RoundEngine {
             accepted,
             stragglers: open.pending.into_iter().collect(),
             dropped,
-            rejected: open.rejected,
+            rejected: {
+                let mut rejected = open.rejected;
+                rejected.sort();
+                rejected
+            },
             n_examples,
             mean_train_loss,
             opened_at: open.opened_at,

@@ -3,9 +3,10 @@
 //! knows nothing of sockets, threads or clocks. Time is an input
 //! ([`tessera_core::Timestamp`]); randomness comes from the plan's seed.
 //!
-//! Drivers feed it events and carry out what it asks: the simulator with
-//! in-memory participants on a virtual clock, deployment over gRPC with wall
-//! time. Same plan and seed, same models, bit for bit.
+//! Drivers feed it events and carry out what it asks. Today the simulator
+//! drives it with in-memory participants on a virtual clock; the deployment
+//! runtimes (gRPC coordinator and participants) are to drive the same engine
+//! with wall time, so that a plan and seed give the same model in both.
 //!
 //! Also here: the [`Plan`] (the TOML file that describes a federation: data,
 //! model, local training, strategy, rounds) and [`Site`], the participant's

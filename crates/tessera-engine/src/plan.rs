@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tessera_aggregate::{Strategy, StrategyConfig, StrategyKind};
 use tessera_data::DataConfig;
-use tessera_learn::{ModelConfig, TrainingConfig};
+use tessera_learn::{ModelConfig, OptimizerKind, TrainingConfig};
 use thiserror::Error;
 
 /// A plan that cannot be used, with the reason.
@@ -198,10 +198,10 @@ impl Plan {
             );
         }
         if let Some(d) = f.deadline_seconds
-            && !(d.is_finite() && d > 0.0)
+            && !(d > 0.0 && d <= MAX_SECONDS)
         {
             return invalid(format!(
-                "federation.deadline_seconds must be a positive number, got {d}"
+                "federation.deadline_seconds must be in (0, {MAX_SECONDS:e}], got {d}"
             ));
         }
         let s = &self.simulation;
@@ -216,8 +216,27 @@ impl Plan {
                 ));
             }
         }
-        if s.examples_per_second.min <= 0.0 {
-            return invalid("simulation.examples_per_second must be positive".into());
+        if s.examples_per_second.min < 1e-3 {
+            return invalid(format!(
+                "simulation.examples_per_second must be at least 0.001, got {}",
+                s.examples_per_second.min
+            ));
+        }
+        if s.latency_seconds.max > MAX_SECONDS {
+            return invalid(format!(
+                "simulation.latency_seconds must be at most {MAX_SECONDS:e}, got {}",
+                s.latency_seconds.max
+            ));
+        }
+        if self.federation.strategy == StrategyKind::Scaffold
+            && (self.training.optimizer.optimizer != OptimizerKind::Sgd
+                || self.training.optimizer.momentum != 0.0)
+        {
+            return invalid(
+                "scaffold needs plain SGD in [training] (no momentum, no Adam): \
+                 its control variates assume it"
+                    .into(),
+            );
         }
         if !(0.0..1.0).contains(&s.dropout) {
             return invalid(format!(
@@ -258,7 +277,7 @@ impl Plan {
             let mut training = self.training.clone();
             let per_round = training.epochs.unwrap_or(1);
             training.steps = None;
-            training.epochs = Some(per_round * u64::from(self.federation.rounds));
+            training.epochs = Some(per_round.saturating_mul(u64::from(self.federation.rounds)));
             training
         })
     }
@@ -277,6 +296,9 @@ fn one_line(error: &toml::de::Error, text: &str) -> String {
         None => message,
     }
 }
+
+/// Longest time a plan may name (about 31 years).
+const MAX_SECONDS: f64 = 1e9;
 
 fn default_name() -> String {
     "tessera".into()

@@ -15,6 +15,9 @@ pub struct Site {
     training: TrainingConfig,
     seed: u64,
     control: Option<ParameterSet>,
+    /// The control variate this round's update would move to, kept until the
+    /// round's outcome says whether the update counted.
+    pending_control: Option<ParameterSet>,
 }
 
 impl Site {
@@ -31,6 +34,7 @@ impl Site {
             training,
             seed,
             control: None,
+            pending_control: None,
         }
     }
 
@@ -76,9 +80,9 @@ impl Site {
                 for (c, d) in change.values_mut().zip(delta.values()) {
                     *c = -*c - d * scale;
                 }
-                if let Some(own) = self.control.as_mut() {
-                    own.add_scaled(&change, 1.0)?;
-                }
+                let mut next = self.control.clone().unwrap_or_else(|| global.zeros_like());
+                next.add_scaled(&change, 1.0)?;
+                self.pending_control = Some(next);
                 Some(change)
             }
             None => None,
@@ -89,6 +93,16 @@ impl Site {
             control_delta,
             stats,
         })
+    }
+
+    /// Tells the site how its last update fared: only an update that counted
+    /// in a completed round moves its control variate (SCAFFOLD keeps the
+    /// server's `c` equal to the mean of the sites' `c_i`).
+    pub fn round_closed(&mut self, update_counted: bool) {
+        let pending = self.pending_control.take();
+        if update_counted {
+            self.control = pending.or(self.control.take());
+        }
     }
 
     /// Evaluates `parameters` on `rows`.

@@ -124,9 +124,24 @@ impl TrainingConfig {
 
     /// Checks every setting.
     pub fn validate(&self) -> Result<(), LearnError> {
-        self.schedule()?;
-        if self.batch_size == 0 {
-            return Err(LearnError::Config("`batch_size` must be at least 1".into()));
+        match self.schedule()? {
+            Schedule::Steps(steps) if steps > MAX_STEPS => {
+                return Err(LearnError::Config(format!(
+                    "`steps` must be at most {MAX_STEPS}, got {steps}"
+                )));
+            }
+            Schedule::Epochs(epochs) if epochs > MAX_EPOCHS => {
+                return Err(LearnError::Config(format!(
+                    "`epochs` must be at most {MAX_EPOCHS}, got {epochs}"
+                )));
+            }
+            _ => {}
+        }
+        if self.batch_size == 0 || self.batch_size > MAX_BATCH {
+            return Err(LearnError::Config(format!(
+                "`batch_size` must be between 1 and {MAX_BATCH}, got {}",
+                self.batch_size
+            )));
         }
         self.optimizer.validate()
     }
@@ -220,6 +235,15 @@ pub enum OptimizerKind {
     /// Adam.
     Adam,
 }
+
+/// Most local steps a round may take.
+const MAX_STEPS: u64 = 1_000_000_000;
+/// Most local epochs a round may take.
+const MAX_EPOCHS: u64 = 1_000_000;
+/// Largest batch.
+const MAX_BATCH: usize = 1 << 24;
+/// Most parameters a built-in model may have (4 GiB of `f32`).
+pub(crate) const MAX_PARAMETERS: usize = 1 << 30;
 
 fn default_batch_size() -> usize {
     32

@@ -36,7 +36,7 @@ impl<'a> LocalPlan<'a> {
         Ok(match self.training.schedule()? {
             Schedule::Steps(steps) => steps,
             Schedule::Epochs(epochs) => {
-                epochs * (n_rows.div_ceil(self.training.batch_size.max(1)) as u64)
+                epochs.saturating_mul(n_rows.div_ceil(self.training.batch_size.max(1)) as u64)
             }
         })
     }
@@ -73,7 +73,7 @@ pub(crate) fn train(
     let mut order = rng.permutation(n);
     let mut position = 0;
     let mut loss_sum = 0.0;
-    let mut batch_y = Vec::with_capacity(batch_size);
+    let mut batch_y = Vec::with_capacity(batch_size.min(n));
     let mut batch_x = ndarray::Array2::<f32>::zeros((batch_size.min(n), data.n_features()));
     for step in 0..n_steps {
         if position >= n {

@@ -5,7 +5,7 @@ use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis
 use tessera_core::{FitStats, ParameterSet, SeededRng, Tensor};
 use tessera_data::Dataset;
 
-use crate::config::{Init, ModelConfig, ModelKind};
+use crate::config::{Init, MAX_PARAMETERS, ModelConfig, ModelKind};
 use crate::fit::{LocalPlan, train};
 use crate::metrics::Evaluation;
 use crate::{LearnError, Learner};
@@ -87,6 +87,17 @@ impl Network {
         let mut dims = vec![n_features];
         dims.extend(hidden);
         dims.push(outputs);
+        let n_parameters = dims.windows(2).try_fold(0usize, |total, pair| {
+            pair[0]
+                .checked_mul(pair[1])
+                .and_then(|w| w.checked_add(pair[1]))
+                .and_then(|layer| total.checked_add(layer))
+        });
+        if n_parameters.is_none_or(|n| n > MAX_PARAMETERS) {
+            return Err(LearnError::Config(format!(
+                "the model would have more than {MAX_PARAMETERS} parameters (layers {dims:?})"
+            )));
+        }
         let mut rng = SeededRng::new(seed);
         let mut params = ParameterSet::new();
         for l in 0..dims.len() - 1 {

@@ -2,72 +2,88 @@
 
 use rayon::prelude::*;
 use tessera_core::{SeededRng, tag};
-use tessera_data::FederatedData;
+use tessera_data::{Dataset, FederatedData};
 use tessera_engine::{Plan, streams};
-use tessera_learn::{Evaluation, Learner, LocalPlan};
+use tessera_learn::{Evaluation, LearnError, Learner, LocalPlan, Network};
 
 use crate::SimError;
 use crate::report::{Baselines, LocalBaseline, PooledBaseline};
 use crate::run::{initial_model, mean_site_accuracy, site_metrics};
 
 /// Trains each site alone, and one model on all training rows pooled, from
-/// the federation's initial model with the plan's baseline training.
+/// the federation's initial model with the plan's baseline training. A model
+/// that fails to train is left out and its failure named in `errors`; the
+/// others are still reported.
 pub fn run_baselines(plan: &Plan, data: &FederatedData) -> Result<Baselines, SimError> {
     let initial = initial_model(plan, data)?;
     let training = plan.baseline_training();
     let local_plan = LocalPlan::plain(&training);
-    let rng = |who: &str| SeededRng::derived(plan.seed, &[streams::BASELINE, tag(who)]);
+    let train = |who: &str, rows: &Dataset| -> Result<Network, LearnError> {
+        let mut model = initial.clone();
+        let mut rng = SeededRng::derived(plan.seed, &[streams::BASELINE, tag(who)]);
+        model.fit(rows, &local_plan, &mut rng)?;
+        Ok(model)
+    };
+    let evaluate_everywhere = |model: &Network| -> Result<Vec<Evaluation>, LearnError> {
+        data.sites.iter().map(|s| model.evaluate(&s.test)).collect()
+    };
+    let mut errors = Vec::new();
 
-    let local: Vec<(Evaluation, f64)> = data
+    // Collected in site order, so which failures are reported never depends on threads.
+    let local: Vec<Result<(Evaluation, f64), LearnError>> = data
         .sites
         .par_iter()
-        .map(|site| -> Result<(Evaluation, f64), SimError> {
-            let mut model = initial.clone();
-            model.fit(&site.train, &local_plan, &mut rng(&site.name))?;
+        .map(|site| {
+            let model = train(&site.name, &site.train)?;
             let own = model.evaluate(&site.test)?;
-            let everywhere: Vec<Evaluation> = data
-                .sites
-                .iter()
-                .map(|s| model.evaluate(&s.test))
-                .collect::<Result<_, _>>()?;
-            Ok((own, mean_site_accuracy(&everywhere)))
+            Ok((own, mean_site_accuracy(&evaluate_everywhere(&model)?)))
         })
-        .collect::<Result<_, _>>()?;
+        .collect();
+    let mut per_site = std::collections::BTreeMap::new();
+    let mut cross_site_mean_accuracy = std::collections::BTreeMap::new();
+    let mut own_evaluations = Vec::new();
+    for (site, result) in data.sites.iter().zip(local) {
+        match result {
+            Ok((own, cross)) => {
+                per_site.insert(site.name.clone(), site_metrics(&own));
+                cross_site_mean_accuracy.insert(site.name.clone(), cross);
+                own_evaluations.push(own);
+            }
+            Err(e) => errors.push(format!("local baseline of site '{}': {e}", site.name)),
+        }
+    }
     let local = LocalBaseline {
-        mean_site_accuracy: mean_site_accuracy(local.iter().map(|(e, _)| e)),
-        per_site: data
-            .sites
-            .iter()
-            .zip(&local)
-            .map(|(s, (e, _))| (s.name.clone(), site_metrics(e)))
-            .collect(),
-        cross_site_mean_accuracy: data
-            .sites
-            .iter()
-            .zip(&local)
-            .map(|(s, (_, cross))| (s.name.clone(), *cross))
-            .collect(),
+        mean_site_accuracy: mean_site_accuracy(&own_evaluations),
+        per_site,
+        cross_site_mean_accuracy,
     };
 
     let (pooled_train, pooled_test) = data.pooled(&plan.data.standardize);
-    let mut model = initial.clone();
-    model.fit(&pooled_train, &local_plan, &mut rng("pooled"))?;
-    let on_pooled_test = model.evaluate(&pooled_test)?;
-    let per_site: Vec<Evaluation> = data
-        .sites
-        .iter()
-        .map(|s| model.evaluate(&s.test))
-        .collect::<Result<_, _>>()?;
-    let pooled = PooledBaseline {
-        accuracy: on_pooled_test.accuracy(),
-        mean_site_accuracy: mean_site_accuracy(&per_site),
-        auc: on_pooled_test.auc,
-        per_site: data
-            .sites
-            .iter()
-            .zip(&per_site)
-            .map(|(s, e)| (s.name.clone(), site_metrics(e)))
-            .collect(),
+    let pooled = train("pooled", &pooled_train).and_then(|model| {
+        let on_pooled_test = model.evaluate(&pooled_test)?;
+        let per_site = evaluate_everywhere(&model)?;
+        Ok(PooledBaseline {
+            accuracy: on_pooled_test.accuracy(),
+            mean_site_accuracy: mean_site_accuracy(&per_site),
+            auc: on_pooled_test.auc,
+            per_site: data
+                .sites
+                .iter()
+                .zip(&per_site)
+                .map(|(s, e)| (s.name.clone(), site_metrics(e)))
+                .collect(),
+        })
+    });
+    let pooled = match pooled {
+        Ok(pooled) => Some(pooled),
+        Err(e) => {
+            errors.push(format!("pooled baseline: {e}"));
+            None
+        }
     };
-    Ok(Baselines { local, pooled })
+    Ok(Baselines {
+        local,
+        pooled,
+        errors,
+    })
 }

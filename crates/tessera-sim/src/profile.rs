@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use tessera_core::{SeededRng, tag};
+use tessera_core::{SeededRng, duration_from_secs, tag};
 use tessera_engine::{Range, SimulationConfig, streams};
 
 /// How a simulated participant behaves.
@@ -41,12 +41,12 @@ impl Profile {
 
     /// Virtual time to process `examples` training examples.
     pub fn compute_time(&self, examples: u64) -> Duration {
-        Duration::from_secs_f64(examples as f64 / self.examples_per_second)
+        duration_from_secs(examples as f64 / self.examples_per_second)
     }
 
     /// One-way latency.
     pub fn latency(&self) -> Duration {
-        Duration::from_secs_f64(self.latency_seconds)
+        duration_from_secs(self.latency_seconds)
     }
 
     /// Whether this participant drops out of `round`, and when (as a share of its work).

@@ -46,10 +46,10 @@ pub struct RoundRecord {
 /// How one site's test rows were predicted.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SiteMetrics {
-    /// Accuracy.
-    pub accuracy: f64,
-    /// Mean log loss.
-    pub loss: f64,
+    /// Accuracy (`null` for a site without test rows).
+    pub accuracy: Option<f64>,
+    /// Mean log loss (`null` for a site without test rows).
+    pub loss: Option<f64>,
     /// AUC (binary tasks with both classes among the site's test rows).
     pub auc: Option<f64>,
     /// Test rows.
@@ -101,8 +101,11 @@ pub struct PooledBaseline {
 pub struct Baselines {
     /// Local-only training.
     pub local: LocalBaseline,
-    /// Centralised training.
-    pub pooled: PooledBaseline,
+    /// Centralised training (absent if it failed; see `errors`).
+    pub pooled: Option<PooledBaseline>,
+    /// Baselines that could not be trained, with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 /// Wall-clock and virtual timings.

@@ -132,8 +132,10 @@ pub fn simulate(
             let profile = &profiles[site];
             let n_rows = data.sites[site].train.n_rows();
             let examples = match schedule {
-                Schedule::Steps(steps) => steps * training.batch_size.min(n_rows.max(1)) as u64,
-                Schedule::Epochs(epochs) => epochs * n_rows as u64,
+                Schedule::Steps(steps) => {
+                    steps.saturating_mul(training.batch_size.min(n_rows.max(1)) as u64)
+                }
+                Schedule::Epochs(epochs) => epochs.saturating_mul(n_rows as u64),
             };
             let compute = profile.compute_time(examples);
             let received = now.plus(profile.latency());
@@ -208,6 +210,11 @@ pub fn simulate(
             }
         };
         now = outcome.closed_at;
+        let completed = outcome.status == RoundStatus::Completed;
+        for id in &outcome.cohort {
+            let counted = completed && outcome.accepted.binary_search(id).is_ok();
+            lock(&sites[index[id]]).round_closed(counted);
+        }
 
         // Federated evaluation of the new global model at every site.
         let global = engine.global().clone();
@@ -215,6 +222,8 @@ pub fn simulate(
             .par_iter()
             .zip(&data.sites)
             .map(|(site, rows)| lock(site).evaluate(&global, &rows.test))
+            .collect::<Vec<_>>()
+            .into_iter() // the first failure in site order, whatever the threads
             .collect::<Result<_, _>>()?;
         bytes_down += (32 + global.wire_len() as u64) * sites.len() as u64;
         for (site, e) in evaluations.iter().enumerate() {
@@ -229,6 +238,7 @@ pub fn simulate(
             bytes_up,
             bytes_down,
         );
+        site_errors.sort();
         record.site_errors = site_errors;
         observer(&record);
         records.push(record);
@@ -284,8 +294,8 @@ pub fn simulate(
 /// Per-site metrics of an evaluation.
 pub(crate) fn site_metrics(e: &Evaluation) -> SiteMetrics {
     SiteMetrics {
-        accuracy: e.accuracy(),
-        loss: e.mean_loss(),
+        accuracy: (e.n_examples > 0).then(|| e.accuracy()),
+        loss: (e.n_examples > 0).then(|| e.mean_loss()),
         auc: e.auc,
         n_test: e.n_examples,
     }

@@ -89,7 +89,11 @@ fn bundled_plan_meets_flamby_for_every_strategy() {
             let report = simulate(&plan, &data, &options, &mut |_| {}).unwrap();
             accuracies.push(report.final_metrics.mean_site_accuracy);
             if let Some(b) = report.baselines {
-                pooled.push(b.pooled.mean_site_accuracy);
+                pooled.push(
+                    b.pooled
+                        .expect("the pooled baseline trains")
+                        .mean_site_accuracy,
+                );
             }
         }
         let mean = accuracies.iter().sum::<f64>() / accuracies.len() as f64;
