@@ -213,8 +213,17 @@ pub struct SiteData {
     pub scaler: Scaler,
 }
 
+impl SiteData {
+    /// Standardises the site's rows with `scaler` instead (federation scope).
+    pub fn rescale(&mut self, scaler: Scaler) {
+        self.train.x = scaler.apply(&self.raw_train);
+        self.test.x = scaler.apply(&self.raw_test);
+        self.scaler = scaler;
+    }
+}
+
 /// What loading found, per site.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SiteSummary {
     /// The site.
     pub site: String,

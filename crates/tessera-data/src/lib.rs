@@ -30,5 +30,8 @@ pub use config::{
 pub use dataset::{Dataset, FeatureStatistics, FederatedData, Scaler, SiteData, SiteSummary, Task};
 pub use error::{DataError, Location};
 pub use levels::{agree_levels, canonical_level, level_order};
-pub use prepare::load;
+pub use prepare::{
+    Agreement, ColumnKinds, Encoding, KindsOffer, LevelsOffer, LocalSite, agree_kinds,
+    agree_vocabulary, load, read_local_site, read_local_sites,
+};
 pub use read::{FileSource, Filesystem};

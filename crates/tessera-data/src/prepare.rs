@@ -1,16 +1,30 @@
-//! From raw site columns to standardised per-site datasets.
+//! From raw site columns to standardised per-site datasets, in the steps a
+//! federation takes, so that simulation and deployment share them:
+//!
+//! 1. each site reads its rows and decides locally which rows it keeps and
+//!    how they split ([`LocalSite`]);
+//! 2. sites offer their column types ([`KindsOffer`]); a column that is text
+//!    at any site is categorical everywhere ([`agree_kinds`]);
+//! 3. sites offer the *sets* of categorical levels and target classes in
+//!    their kept rows ([`LevelsOffer`]); the union is the shared vocabulary
+//!    ([`agree_vocabulary`] gives the [`Agreement`]);
+//! 4. each site encodes, imputes and standardises its own rows
+//!    ([`LocalSite::prepare`]).
+//!
+//! No row crosses sites in any step.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use ndarray::Array2;
+use serde::{Deserialize, Serialize};
 use tessera_core::{SeededRng, tag};
 
 use crate::DataError;
 use crate::config::{DataConfig, MembershipFile, MissingPolicy, ScaleScope};
 use crate::dataset::{Dataset, FederatedData, Scaler, SiteData, SiteSummary, Task};
 use crate::levels::{agree_levels, canonical_level};
-use crate::read::{FeatureKind, FileSource, MISSING_CODE, RawSite, Values, read_sites};
+use crate::read::{FileSource, MISSING_CODE, RawSite, Values, read_site, read_sites};
 
 /// Most levels a categorical column (or a target) may have.
 const MAX_LEVELS: usize = 1000;
@@ -23,250 +37,522 @@ enum Membership {
     Excluded,
 }
 
-/// Reads and prepares every site's data as `config` describes. Relative paths
-/// are resolved against `base_dir` (the plan file's folder).
-pub fn load(
-    config: &DataConfig,
-    base_dir: &Path,
-    source: &dyn FileSource,
-) -> Result<FederatedData, DataError> {
-    config.validate()?;
-    let (layout, mut sites) = read_sites(config, base_dir, source)?;
-    if sites.is_empty() {
-        return Err(DataError::Unusable("no site has any rows".into()));
-    }
-    // A column inferred as text at any site is categorical everywhere (sites
-    // share only the fact, not their rows).
-    for (slot, column) in layout.iter().enumerate() {
-        let any_text = sites
-            .iter()
-            .any(|s| matches!(s.features[slot], Values::Categorical { .. }));
-        if column.kind == FeatureKind::Infer && any_text {
-            for site in &mut sites {
-                let values =
-                    std::mem::replace(&mut site.features[slot], Values::Numeric(Vec::new()));
-                site.features[slot] = values.into_categorical();
-            }
-        }
-    }
-
-    let task = agree_task(config, &sites)?;
-    let labels: Vec<Vec<Option<u32>>> = sites
-        .iter()
-        .map(|s| site_labels(config, &task, s))
-        .collect();
-
-    let mut summary: Vec<SiteSummary> = Vec::with_capacity(sites.len());
-    let mut memberships = Vec::with_capacity(sites.len());
-    let membership_table = match &config.split.membership {
-        Some(file) => Some(read_membership(file, base_dir, source)?),
-        None => None,
-    };
-    for (site, labels) in sites.iter().zip(&labels) {
-        let mut counts = SiteSummary {
-            site: site.name.clone(),
-            rows_read: site.lines.len(),
-            ..SiteSummary::default()
-        };
-        let mut kept: Vec<bool> = Vec::with_capacity(site.lines.len());
-        for (row, label) in labels.iter().enumerate() {
-            let keep = if label.is_none() {
-                counts.dropped_missing_target += 1;
-                false
-            } else if config.schema.missing_policy == MissingPolicy::Drop
-                && site.features.iter().any(|v| v.is_missing(row))
-            {
-                counts.dropped_missing_feature += 1;
-                false
-            } else {
-                true
-            };
-            kept.push(keep);
-        }
-        let membership = match &membership_table {
-            Some(table) => {
-                let file = config
-                    .split
-                    .membership
-                    .as_ref()
-                    .map_or(Path::new(""), |m| m.path.as_path());
-                membership_from_table(table, file, site, &kept, &mut counts)?
-            }
-            None => random_split(config, site, labels, &kept),
-        };
-        counts.n_train = membership
-            .iter()
-            .filter(|&&m| m == Membership::Train)
-            .count();
-        counts.n_test = membership
-            .iter()
-            .filter(|&&m| m == Membership::Test)
-            .count();
-        if counts.n_train == 0 {
-            return Err(DataError::Unusable(format!(
-                "site '{}' ({}) has no training rows left ({} read)",
-                site.name,
-                site.file.display(),
-                counts.rows_read
-            )));
-        }
-        memberships.push(membership);
-        summary.push(counts);
-    }
-
-    // The training rows of the federation must hold at least two classes.
-    let mut present_classes = BTreeSet::new();
-    for (labels, membership) in labels.iter().zip(&memberships) {
-        for (label, m) in labels.iter().zip(membership) {
-            if let (Some(label), Membership::Train) = (label, m) {
-                present_classes.insert(*label);
-            }
-        }
-    }
-    if present_classes.len() < 2 {
-        let only = present_classes
-            .iter()
-            .next()
-            .map_or("none", |&c| task.classes[c as usize].as_str());
-        return Err(DataError::Unusable(format!(
-            "every training row has the same target class ({only}): nothing to learn"
-        )));
-    }
-
-    // Shared vocabularies: each site offers the levels present in its kept rows.
-    let mut encoders = Vec::with_capacity(layout.len());
-    for (slot, column) in layout.iter().enumerate() {
-        let spec = config.schema.columns.iter().find(|c| c.name == column.name);
-        let is_categorical = matches!(sites[0].features[slot], Values::Categorical { .. });
-        if !is_categorical {
-            encoders.push(Encoder::Numeric);
-            continue;
-        }
-        let site_levels: Vec<Vec<String>> = sites
-            .iter()
-            .zip(&memberships)
-            .map(|(site, membership)| present_levels(&site.features[slot], membership))
-            .collect();
-        let levels = match spec.and_then(|s| s.levels.as_ref()) {
-            Some(declared) => {
-                let declared: Vec<String> = declared.iter().map(|l| canonical_level(l)).collect();
-                for (site, membership) in sites.iter().zip(&memberships) {
-                    check_declared_levels(site, slot, &column.name, &declared, membership)?;
-                }
-                declared
-            }
-            None => agree_levels(site_levels.iter().map(Vec::as_slice)),
-        };
-        if levels.len() > MAX_LEVELS {
-            return Err(DataError::Unusable(format!(
-                "column '{}' has {} distinct values, more than {MAX_LEVELS}: one-hot encoding it would \
-                 make that many features; mark it `type = \"ignore\"` in the schema (or --ignore {})",
-                column.name,
-                levels.len(),
-                column.name
-            )));
-        }
-        let drop_first = spec.is_some_and(|s| s.drop_first);
-        encoders.push(Encoder::OneHot { levels, drop_first });
-    }
-    let feature_names = feature_names(
-        &layout.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
-        &encoders,
-    );
-
-    // Each site's raw columns are freed as soon as it is encoded.
-    let mut prepared = Vec::with_capacity(sites.len());
-    for (((site, labels), membership), counts) in sites
-        .into_iter()
-        .zip(&labels)
-        .zip(&memberships)
-        .zip(&mut summary)
-    {
-        prepared.push(encode_site(
-            config,
-            &site,
-            labels,
-            membership,
-            &encoders,
-            feature_names.len(),
-            counts,
-        ));
-    }
-    let mut data = FederatedData {
-        feature_names,
-        task,
-        sites: prepared,
-        summary,
-    };
-    if config.standardize.scope == ScaleScope::Federation {
-        let scaler = Scaler::from_statistics(&data.federation_statistics(), &config.standardize);
-        for site in &mut data.sites {
-            site.train.x = scaler.apply(&site.raw_train);
-            site.test.x = scaler.apply(&site.raw_test);
-            site.scaler = scaler.clone();
-        }
-    }
-    Ok(data)
+/// A site's column names and, for each, whether the site found text in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindsOffer {
+    /// The site.
+    pub site: String,
+    /// Feature columns, in the site's file order.
+    pub columns: Vec<String>,
+    /// Whether each column is categorical at this site (declared, or text found).
+    pub text: Vec<bool>,
 }
 
-/// How one source column becomes features.
-enum Encoder {
+/// The agreed feature columns and their types.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnKinds {
+    /// Feature columns, in the agreed order.
+    pub columns: Vec<String>,
+    /// Whether each column is categorical.
+    pub categorical: Vec<bool>,
+}
+
+/// The sets of values a site's kept rows hold: categorical levels per column
+/// and target classes. Sets only, never rows or counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LevelsOffer {
+    /// The site.
+    pub site: String,
+    /// Per agreed column: the levels present (empty for numeric columns).
+    pub levels: Vec<Vec<String>>,
+    /// Target classes present in the kept rows.
+    pub classes: Vec<String>,
+    /// Target classes present in the training rows.
+    pub train_classes: Vec<String>,
+}
+
+/// How an agreed column becomes features.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encoding {
+    /// One feature.
     Numeric,
+    /// One indicator per level (the first left out with `drop_first`).
     OneHot {
+        /// The shared vocabulary.
         levels: Vec<String>,
+        /// Whether the first level has no indicator.
         drop_first: bool,
     },
 }
 
-impl Encoder {
+impl Encoding {
     fn width(&self) -> usize {
         match self {
-            Encoder::Numeric => 1,
-            Encoder::OneHot { levels, drop_first } => {
+            Encoding::Numeric => 1,
+            Encoding::OneHot { levels, drop_first } => {
                 levels.len() - usize::from(*drop_first && !levels.is_empty())
             }
         }
     }
 }
 
-fn feature_names(columns: &[&str], encoders: &[Encoder]) -> Vec<String> {
-    let mut names = Vec::new();
-    for (name, encoder) in columns.iter().zip(encoders) {
-        match encoder {
-            Encoder::Numeric => names.push(name.to_string()),
-            Encoder::OneHot { levels, drop_first } => {
-                let skip = usize::from(*drop_first);
-                names.extend(levels.iter().skip(skip).map(|l| format!("{name}={l}")));
+/// What every site encodes with: the columns, their encodings and the classes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agreement {
+    /// Feature columns, in order.
+    pub columns: Vec<String>,
+    /// How each becomes features.
+    pub encodings: Vec<Encoding>,
+    /// Class names; a label is an index into this list.
+    pub classes: Vec<String>,
+}
+
+impl Agreement {
+    /// The shared task.
+    pub fn task(&self) -> Task {
+        Task {
+            classes: self.classes.clone(),
+        }
+    }
+
+    /// Names of the encoded features (`column` or `column=level`).
+    pub fn feature_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for (name, encoding) in self.columns.iter().zip(&self.encodings) {
+            match encoding {
+                Encoding::Numeric => names.push(name.clone()),
+                Encoding::OneHot { levels, drop_first } => {
+                    let skip = usize::from(*drop_first);
+                    names.extend(levels.iter().skip(skip).map(|l| format!("{name}={l}")));
+                }
+            }
+        }
+        names
+    }
+
+    fn n_features(&self) -> usize {
+        self.encodings.iter().map(Encoding::width).sum()
+    }
+}
+
+/// One site's rows after the local decisions: which rows are kept and how
+/// they split. Everything here stays at the site.
+pub struct LocalSite {
+    raw: RawSite,
+    /// Each row's class name, `None` where the target is missing.
+    classes: Vec<Option<String>>,
+    membership: Vec<Membership>,
+    summary: SiteSummary,
+}
+
+/// Reads every site's rows as `config` describes (simulation).
+pub fn read_local_sites(
+    config: &DataConfig,
+    base_dir: &Path,
+    source: &dyn FileSource,
+) -> Result<Vec<LocalSite>, DataError> {
+    config.validate()?;
+    let table = membership_table(config, base_dir, source)?;
+    read_sites(config, base_dir, source)?
+        .into_iter()
+        .map(|raw| LocalSite::new(config, raw, table.as_ref()))
+        .collect()
+}
+
+/// Reads one site's rows (deployment): `path` replaces the plan's file for
+/// the site; with a site column, only the rows naming `site` are kept.
+pub fn read_local_site(
+    config: &DataConfig,
+    site: &str,
+    path: Option<&Path>,
+    base_dir: &Path,
+    source: &dyn FileSource,
+) -> Result<LocalSite, DataError> {
+    config.validate()?;
+    let table = membership_table(config, base_dir, source)?;
+    LocalSite::new(
+        config,
+        read_site(config, site, path, base_dir, source)?,
+        table.as_ref(),
+    )
+}
+
+fn membership_table(
+    config: &DataConfig,
+    base_dir: &Path,
+    source: &dyn FileSource,
+) -> Result<Option<MembershipTable>, DataError> {
+    match &config.split.membership {
+        Some(file) => Ok(Some(read_membership(file, base_dir, source)?)),
+        None => Ok(None),
+    }
+}
+
+/// The class name of each target level at a site: the positive/negative
+/// classes when the schema names them, else the level itself.
+fn class_names(config: &DataConfig) -> impl Fn(&str) -> String {
+    let schema = &config.schema;
+    let positive: Vec<String> = schema.positive.iter().map(|v| canonical_level(v)).collect();
+    let negative: Vec<String> = schema.negative.iter().map(|v| canonical_level(v)).collect();
+    move |level: &str| {
+        if !positive.is_empty() {
+            let p = positive.join("|");
+            if positive.iter().any(|v| v == level) {
+                p
+            } else {
+                format!("not {p}")
+            }
+        } else if !negative.is_empty() {
+            let n = negative.join("|");
+            if negative.iter().any(|v| v == level) {
+                n
+            } else {
+                format!("not {n}")
+            }
+        } else {
+            level.to_string()
+        }
+    }
+}
+
+impl LocalSite {
+    fn new(
+        config: &DataConfig,
+        raw: RawSite,
+        table: Option<&MembershipTable>,
+    ) -> Result<Self, DataError> {
+        let class_of = class_names(config);
+        let level_class: Vec<String> = raw.target_levels.iter().map(|l| class_of(l)).collect();
+        let classes: Vec<Option<String>> = raw
+            .target
+            .iter()
+            .map(|&code| (code != MISSING_CODE).then(|| level_class[code as usize].clone()))
+            .collect();
+        let mut summary = SiteSummary {
+            site: raw.name.clone(),
+            rows_read: raw.lines.len(),
+            ..SiteSummary::default()
+        };
+        let mut kept: Vec<bool> = Vec::with_capacity(raw.lines.len());
+        for (row, class) in classes.iter().enumerate() {
+            let keep = if class.is_none() {
+                summary.dropped_missing_target += 1;
+                false
+            } else if config.schema.missing_policy == MissingPolicy::Drop
+                && raw.features.iter().any(|v| v.is_missing(row))
+            {
+                summary.dropped_missing_feature += 1;
+                false
+            } else {
+                true
+            };
+            kept.push(keep);
+        }
+        let membership = match table {
+            Some(table) => {
+                let file = config
+                    .split
+                    .membership
+                    .as_ref()
+                    .map_or(Path::new(""), |m| m.path.as_path());
+                membership_from_table(table, file, &raw, &kept, &mut summary)?
+            }
+            None => random_split(config, &raw.name, &classes, &kept),
+        };
+        summary.n_train = membership
+            .iter()
+            .filter(|&&m| m == Membership::Train)
+            .count();
+        summary.n_test = membership
+            .iter()
+            .filter(|&&m| m == Membership::Test)
+            .count();
+        if summary.n_train == 0 {
+            return Err(DataError::Unusable(format!(
+                "site '{}' ({}) has no training rows left ({} read)",
+                raw.name,
+                raw.file.display(),
+                summary.rows_read
+            )));
+        }
+        Ok(Self {
+            raw,
+            classes,
+            membership,
+            summary,
+        })
+    }
+
+    /// The site's name.
+    pub fn name(&self) -> &str {
+        &self.raw.name
+    }
+
+    /// What reading and splitting found.
+    pub fn summary(&self) -> &SiteSummary {
+        &self.summary
+    }
+
+    /// Step 2: the site's columns and which of them hold text.
+    pub fn kinds_offer(&self) -> KindsOffer {
+        KindsOffer {
+            site: self.raw.name.clone(),
+            columns: self.raw.columns.iter().map(|c| c.name.clone()).collect(),
+            text: self
+                .raw
+                .features
+                .iter()
+                .map(|v| matches!(v, Values::Categorical { .. }))
+                .collect(),
+        }
+    }
+
+    /// Step 3: puts the columns in the agreed order and types, and offers the
+    /// sets of levels and classes the kept rows hold.
+    pub fn levels_offer(
+        &mut self,
+        config: &DataConfig,
+        kinds: &ColumnKinds,
+    ) -> Result<LevelsOffer, DataError> {
+        let mut features = Vec::with_capacity(kinds.columns.len());
+        let mut columns = Vec::with_capacity(kinds.columns.len());
+        for (name, &categorical) in kinds.columns.iter().zip(&kinds.categorical) {
+            let Some(slot) = self.raw.columns.iter().position(|c| &c.name == name) else {
+                return Err(DataError::at(
+                    &self.raw.file,
+                    None,
+                    None,
+                    format!(
+                        "site '{}' has no column '{name}', which other sites have",
+                        self.raw.name
+                    ),
+                ));
+            };
+            let values =
+                std::mem::replace(&mut self.raw.features[slot], Values::Numeric(Vec::new()));
+            let column = self.raw.columns[slot].clone();
+            features.push(if categorical {
+                values.into_categorical()
+            } else {
+                values
+            });
+            columns.push(column);
+        }
+        self.raw.features = features;
+        self.raw.columns = columns;
+        let mut levels = Vec::with_capacity(kinds.columns.len());
+        for (slot, name) in kinds.columns.iter().enumerate() {
+            let declared = config
+                .schema
+                .columns
+                .iter()
+                .find(|c| &c.name == name)
+                .and_then(|c| c.levels.as_ref());
+            if let Some(declared) = declared {
+                let declared: Vec<String> = declared.iter().map(|l| canonical_level(l)).collect();
+                self.check_declared_levels(slot, name, &declared)?;
+            }
+            levels.push(present_levels(&self.raw.features[slot], &self.membership));
+        }
+        let set = |train_only: bool| -> Vec<String> {
+            let found: BTreeSet<&String> = self
+                .classes
+                .iter()
+                .zip(&self.membership)
+                .filter(|(_, m)| {
+                    if train_only {
+                        **m == Membership::Train
+                    } else {
+                        **m != Membership::Excluded
+                    }
+                })
+                .filter_map(|(c, _)| c.as_ref())
+                .collect();
+            found.into_iter().cloned().collect()
+        };
+        Ok(LevelsOffer {
+            site: self.raw.name.clone(),
+            levels,
+            classes: set(false),
+            train_classes: set(true),
+        })
+    }
+
+    fn check_declared_levels(
+        &self,
+        slot: usize,
+        column: &str,
+        declared: &[String],
+    ) -> Result<(), DataError> {
+        let Values::Categorical { codes, levels } = &self.raw.features[slot] else {
+            return Ok(());
+        };
+        for (row, &code) in codes.iter().enumerate() {
+            if code != MISSING_CODE
+                && self.membership[row] != Membership::Excluded
+                && !declared.contains(&levels[code as usize])
+            {
+                return Err(DataError::at(
+                    &self.raw.file,
+                    Some(self.raw.lines[row]),
+                    None,
+                    format!(
+                        "column '{column}': value '{}' is not among the declared levels {}",
+                        levels[code as usize],
+                        declared.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 4: encodes, imputes (with the site's training means) and
+    /// standardises with the site's training statistics. Call after
+    /// [`LocalSite::levels_offer`], with the agreement built from it.
+    pub fn prepare(
+        self,
+        config: &DataConfig,
+        agreement: &Agreement,
+    ) -> Result<(SiteData, SiteSummary), DataError> {
+        if self.raw.columns.len() != agreement.columns.len()
+            || self
+                .raw
+                .columns
+                .iter()
+                .zip(&agreement.columns)
+                .any(|(c, a)| &c.name != a)
+        {
+            return Err(DataError::Config(format!(
+                "site '{}': the agreement's columns differ from the site's ({})",
+                self.raw.name,
+                agreement.columns.join(", ")
+            )));
+        }
+        let mut summary = self.summary.clone();
+        let labels: Vec<Option<u32>> = self
+            .classes
+            .iter()
+            .map(|c| {
+                c.as_ref()
+                    .and_then(|c| agreement.classes.iter().position(|k| k == c))
+                    .map(|i| i as u32)
+            })
+            .collect();
+        let site = encode_site(
+            config,
+            &self.raw,
+            &labels,
+            &self.membership,
+            &agreement.encodings,
+            agreement.n_features(),
+            &mut summary,
+        );
+        Ok((site, summary))
+    }
+}
+
+/// Step 2 at the coordinator: the feature columns (the first offer's order,
+/// offers sorted by site) and their types.
+pub fn agree_kinds(config: &DataConfig, offers: &[KindsOffer]) -> Result<ColumnKinds, DataError> {
+    let mut sorted: Vec<&KindsOffer> = offers.iter().collect();
+    sorted.sort_by(|a, b| a.site.cmp(&b.site));
+    let Some(first) = sorted.first() else {
+        return Err(DataError::Unusable("no site has any rows".into()));
+    };
+    let columns = first.columns.clone();
+    let mut categorical = vec![false; columns.len()];
+    for offer in &sorted {
+        let mut own: Vec<&String> = offer.columns.iter().collect();
+        own.sort();
+        let mut agreed: Vec<&String> = columns.iter().collect();
+        agreed.sort();
+        if own != agreed {
+            return Err(DataError::Unusable(format!(
+                "sites '{}' and '{}' have different feature columns ({} against {})",
+                first.site,
+                offer.site,
+                first.columns.join(", "),
+                offer.columns.join(", ")
+            )));
+        }
+        for (name, &text) in offer.columns.iter().zip(&offer.text) {
+            if text && let Some(i) = columns.iter().position(|c| c == name) {
+                categorical[i] = true;
             }
         }
     }
-    names
+    // Declared types hold whatever the sites found.
+    for (name, flag) in columns.iter().zip(&mut categorical) {
+        if let Some(spec) = config.schema.columns.iter().find(|c| &c.name == name) {
+            *flag = spec.kind == crate::ColumnKind::Categorical;
+        }
+    }
+    Ok(ColumnKinds {
+        columns,
+        categorical,
+    })
 }
 
-/// The task, agreed from the sites' sets of target values.
-fn agree_task(config: &DataConfig, sites: &[RawSite]) -> Result<Task, DataError> {
+/// Step 3 at the coordinator: the shared vocabularies (declared levels, else
+/// the sorted union of the sites' levels) and classes.
+pub fn agree_vocabulary(
+    config: &DataConfig,
+    kinds: &ColumnKinds,
+    offers: &[LevelsOffer],
+) -> Result<Agreement, DataError> {
     let schema = &config.schema;
-    let all = agree_levels(sites.iter().map(|s| s.target_levels.as_slice()));
-    let declared = |values: &[String]| -> Result<Vec<String>, DataError> {
-        let canonical: Vec<String> = values.iter().map(|v| canonical_level(v)).collect();
-        if !canonical.iter().any(|v| all.contains(v)) {
+    let mut encodings = Vec::with_capacity(kinds.columns.len());
+    for (slot, (name, &categorical)) in kinds.columns.iter().zip(&kinds.categorical).enumerate() {
+        if !categorical {
+            encodings.push(Encoding::Numeric);
+            continue;
+        }
+        let spec = schema.columns.iter().find(|c| &c.name == name);
+        let levels = match spec.and_then(|s| s.levels.as_ref()) {
+            Some(declared) => declared.iter().map(|l| canonical_level(l)).collect(),
+            None => agree_levels(
+                offers
+                    .iter()
+                    .filter_map(|o| o.levels.get(slot))
+                    .map(Vec::as_slice),
+            ),
+        };
+        if levels.len() > MAX_LEVELS {
             return Err(DataError::Unusable(format!(
-                "no row's target '{}' is {} (values seen: {})",
-                schema.target,
-                canonical.join(" or "),
-                all.join(", ")
+                "column '{name}' has {} distinct values, more than {MAX_LEVELS}: one-hot encoding it would \
+                 make that many features; mark it `type = \"ignore\"` in the schema (or --ignore {name})",
+                levels.len()
             )));
         }
-        Ok(canonical)
-    };
-    let classes = if !schema.positive.is_empty() {
-        let positive = declared(&schema.positive)?;
-        vec![format!("not {}", positive.join("|")), positive.join("|")]
-    } else if !schema.negative.is_empty() {
-        let negative = declared(&schema.negative)?;
-        vec![negative.join("|"), format!("not {}", negative.join("|"))]
+        encodings.push(Encoding::OneHot {
+            levels,
+            drop_first: spec.is_some_and(|s| s.drop_first),
+        });
+    }
+    let seen = agree_levels(offers.iter().map(|o| o.classes.as_slice()));
+    let classes = if !schema.positive.is_empty() || !schema.negative.is_empty() {
+        // Always the two named classes, negative first.
+        let class_of = class_names(config);
+        let named = if !schema.positive.is_empty() {
+            &schema.positive
+        } else {
+            &schema.negative
+        };
+        let named_class = class_of(&canonical_level(&named[0]));
+        let other = if named_class.starts_with("not ") {
+            named_class.trim_start_matches("not ").to_string()
+        } else {
+            format!("not {named_class}")
+        };
+        let (negative, positive) = if !schema.positive.is_empty() {
+            (other, named_class)
+        } else {
+            (named_class, other)
+        };
+        vec![negative, positive]
     } else {
-        all
+        seen
     };
     if classes.len() < 2 {
         return Err(DataError::Unusable(format!(
@@ -282,54 +568,83 @@ fn agree_task(config: &DataConfig, sites: &[RawSite]) -> Result<Task, DataError>
             classes.len()
         )));
     }
-    Ok(Task { classes })
+    let trained: BTreeSet<&String> = offers.iter().flat_map(|o| &o.train_classes).collect();
+    if trained.len() < 2 {
+        let only = trained.iter().next().map_or("none", |c| c.as_str());
+        return Err(DataError::Unusable(format!(
+            "every training row has the same target class ({only}): nothing to learn"
+        )));
+    }
+    Ok(Agreement {
+        columns: kinds.columns.clone(),
+        encodings,
+        classes,
+    })
 }
 
-/// Each row's class index, `None` where the target is missing.
-fn site_labels(config: &DataConfig, task: &Task, site: &RawSite) -> Vec<Option<u32>> {
-    let schema = &config.schema;
-    let positive: Vec<String> = schema.positive.iter().map(|v| canonical_level(v)).collect();
-    let negative: Vec<String> = schema.negative.iter().map(|v| canonical_level(v)).collect();
-    let class_of: Vec<u32> = site
-        .target_levels
-        .iter()
-        .map(|level| {
-            if !positive.is_empty() {
-                u32::from(positive.contains(level))
-            } else if !negative.is_empty() {
-                u32::from(!negative.contains(level))
-            } else {
-                task.classes.iter().position(|c| c == level).unwrap_or(0) as u32
-            }
-        })
-        .collect();
-    site.target
-        .iter()
-        .map(|&code| (code != MISSING_CODE).then(|| class_of[code as usize]))
-        .collect()
+/// Reads and prepares every site's data as `config` describes, running the
+/// agreement steps in process. Relative paths are resolved against
+/// `base_dir` (the plan file's folder).
+pub fn load(
+    config: &DataConfig,
+    base_dir: &Path,
+    source: &dyn FileSource,
+) -> Result<FederatedData, DataError> {
+    let mut sites = read_local_sites(config, base_dir, source)?;
+    if sites.is_empty() {
+        return Err(DataError::Unusable("no site has any rows".into()));
+    }
+    let kinds = agree_kinds(
+        config,
+        &sites.iter().map(LocalSite::kinds_offer).collect::<Vec<_>>(),
+    )?;
+    let offers = sites
+        .iter_mut()
+        .map(|s| s.levels_offer(config, &kinds))
+        .collect::<Result<Vec<_>, _>>()?;
+    let agreement = agree_vocabulary(config, &kinds, &offers)?;
+    // Each site's raw columns are freed as soon as it is encoded.
+    let mut prepared = Vec::with_capacity(sites.len());
+    let mut summary = Vec::with_capacity(sites.len());
+    for site in sites {
+        let (data, counts) = site.prepare(config, &agreement)?;
+        prepared.push(data);
+        summary.push(counts);
+    }
+    let mut data = FederatedData {
+        feature_names: agreement.feature_names(),
+        task: agreement.task(),
+        sites: prepared,
+        summary,
+    };
+    if config.standardize.scope == ScaleScope::Federation {
+        let scaler = Scaler::from_statistics(&data.federation_statistics(), &config.standardize);
+        for site in &mut data.sites {
+            site.rescale(scaler.clone());
+        }
+    }
+    Ok(data)
 }
 
 /// Seeded split of the kept rows, per class when stratified.
 fn random_split(
     config: &DataConfig,
-    site: &RawSite,
-    labels: &[Option<u32>],
+    site: &str,
+    classes: &[Option<String>],
     kept: &[bool],
 ) -> Vec<Membership> {
     let split = &config.split;
-    let mut membership = vec![Membership::Excluded; labels.len()];
-    let mut groups: HashMap<u32, Vec<usize>> = HashMap::new();
-    for (row, label) in labels.iter().enumerate() {
-        if let (true, Some(label)) = (kept[row], label) {
-            let key = if split.stratify { *label } else { 0 };
+    let mut membership = vec![Membership::Excluded; classes.len()];
+    let mut groups: std::collections::BTreeMap<&str, Vec<usize>> =
+        std::collections::BTreeMap::new();
+    for (row, class) in classes.iter().enumerate() {
+        if let (true, Some(class)) = (kept[row], class) {
+            let key = if split.stratify { class.as_str() } else { "" };
             groups.entry(key).or_default().push(row);
         }
     }
-    let mut keys: Vec<u32> = groups.keys().copied().collect();
-    keys.sort_unstable();
-    for key in keys {
-        let rows = &groups[&key];
-        let mut rng = SeededRng::derived(split.seed, &[tag(&site.name), u64::from(key)]);
+    for (key, rows) in groups {
+        let mut rng = SeededRng::derived(split.seed, &[tag(site), tag(key)]);
         let order = rng.permutation(rows.len());
         let n_test = ((rows.len() as f64) * split.test_fraction).round() as usize;
         let n_test = n_test.min(rows.len().saturating_sub(1));
@@ -482,43 +797,13 @@ fn present_levels(values: &Values, membership: &[Membership]) -> Vec<String> {
         .as_slice()])
 }
 
-fn check_declared_levels(
-    site: &RawSite,
-    slot: usize,
-    column: &str,
-    declared: &[String],
-    membership: &[Membership],
-) -> Result<(), DataError> {
-    let Values::Categorical { codes, levels } = &site.features[slot] else {
-        return Ok(());
-    };
-    for (row, &code) in codes.iter().enumerate() {
-        if code != MISSING_CODE
-            && membership[row] != Membership::Excluded
-            && !declared.contains(&levels[code as usize])
-        {
-            return Err(DataError::at(
-                &site.file,
-                Some(site.lines[row]),
-                None,
-                format!(
-                    "column '{column}': value '{}' is not among the declared levels {}",
-                    levels[code as usize],
-                    declared.join(", ")
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Encodes, imputes and standardises one site's rows.
 fn encode_site(
     config: &DataConfig,
     site: &RawSite,
     labels: &[Option<u32>],
     membership: &[Membership],
-    encoders: &[Encoder],
+    encoders: &[Encoding],
     n_features: usize,
     counts: &mut SiteSummary,
 ) -> SiteData {
@@ -533,7 +818,7 @@ fn encode_site(
         let mut offset = 0;
         for (values, encoder) in site.features.iter().zip(encoders) {
             match (values, encoder) {
-                (Values::Numeric(v), Encoder::Numeric) => {
+                (Values::Numeric(v), Encoding::Numeric) => {
                     for (i, &r) in rows.iter().enumerate() {
                         x[[i, offset]] = v[r] as f32;
                     }
@@ -543,7 +828,7 @@ fn encode_site(
                         codes,
                         levels: local,
                     },
-                    Encoder::OneHot { levels, drop_first },
+                    Encoding::OneHot { levels, drop_first },
                 ) => {
                     let skip = usize::from(*drop_first);
                     let column_of: Vec<Option<usize>> = local

@@ -192,6 +192,8 @@ pub(crate) struct FeatureColumn {
 pub(crate) struct RawSite {
     pub name: String,
     pub file: PathBuf,
+    /// The feature columns, in this file's layout order.
+    pub columns: Vec<FeatureColumn>,
     /// 1-based line of each row.
     pub lines: Vec<u64>,
     /// 0-based index of each row among the file's data rows.
@@ -229,13 +231,14 @@ impl SiteBuilder {
         }
     }
 
-    fn finish(self, name: String, file: PathBuf) -> RawSite {
+    fn finish(self, name: String, file: PathBuf, columns: &[FeatureColumn]) -> RawSite {
         let Values::Categorical { codes, levels } = self.target.finish() else {
             unreachable!("the target builder is categorical")
         };
         RawSite {
             name,
             file,
+            columns: columns.to_vec(),
             lines: self.lines,
             row_in_file: self.row_in_file,
             features: self.features.into_iter().map(Builder::finish).collect(),
@@ -251,7 +254,7 @@ pub(crate) fn read_sites(
     config: &DataConfig,
     base_dir: &Path,
     source: &dyn FileSource,
-) -> Result<(Vec<FeatureColumn>, Vec<RawSite>), DataError> {
+) -> Result<Vec<RawSite>, DataError> {
     let mut layout: Option<Vec<FeatureColumn>> = None;
     let mut sites = Vec::new();
     if let Some(path) = &config.path {
@@ -264,11 +267,13 @@ pub(crate) fn read_sites(
             path,
             site_column,
             None,
+            None,
             &mut layout,
             &mut per_site,
         )?;
+        let columns = layout.clone().unwrap_or_default();
         for (name, builder) in per_site {
-            sites.push(builder.finish(name, path.clone()));
+            sites.push(builder.finish(name, path.clone(), &columns));
         }
     } else {
         for site in &config.sites {
@@ -280,18 +285,69 @@ pub(crate) fn read_sites(
                 &site.path,
                 None,
                 Some(&site.name),
+                None,
                 &mut layout,
                 &mut per_site,
             )?;
+            let columns = layout.clone().unwrap_or_default();
             let builder = per_site
                 .remove(&site.name)
-                .unwrap_or_else(|| SiteBuilder::new(layout.as_deref().unwrap_or_default()));
-            sites.push(builder.finish(site.name.clone(), site.path.clone()));
+                .unwrap_or_else(|| SiteBuilder::new(&columns));
+            sites.push(builder.finish(site.name.clone(), site.path.clone(), &columns));
         }
         sites.sort_by(|a, b| a.name.cmp(&b.name));
     }
-    let layout = layout.unwrap_or_default();
-    Ok((layout, sites))
+    Ok(sites)
+}
+
+/// Reads one site's rows: its own file (`path`, else the plan's file for the
+/// site), or, with a site column, the rows of that file that name the site.
+pub(crate) fn read_site(
+    config: &DataConfig,
+    site: &str,
+    path: Option<&Path>,
+    base_dir: &Path,
+    source: &dyn FileSource,
+) -> Result<RawSite, DataError> {
+    let (file, site_column, fixed_site, only_site) = match (&config.path, &config.site_column) {
+        (Some(plan_path), Some(column)) => (
+            path.unwrap_or(plan_path),
+            Some(column.as_str()),
+            None,
+            Some(site),
+        ),
+        _ => {
+            let listed = config.sites.iter().find(|s| s.name == site);
+            let file = match (path, listed) {
+                (Some(p), _) => p,
+                (None, Some(listed)) => listed.path.as_path(),
+                (None, None) => {
+                    return Err(DataError::Config(format!(
+                        "site '{site}' is not among the plan's sites and no data file was given"
+                    )));
+                }
+            };
+            (file, None, Some(site), None)
+        }
+    };
+    let mut layout = None;
+    let mut per_site: BTreeMap<String, SiteBuilder> = BTreeMap::new();
+    read_file(
+        config,
+        source,
+        &base_dir.join(file),
+        file,
+        site_column,
+        fixed_site,
+        only_site,
+        &mut layout,
+        &mut per_site,
+    )?;
+    let columns = layout.unwrap_or_default();
+    let builder = per_site
+        .remove(site)
+        .ok_or_else(|| DataError::at(file, None, None, format!("no rows for site '{site}'")))?;
+    Ok(builder.finish(site.to_string(), file.to_path_buf(), &columns))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -302,6 +358,7 @@ fn read_file(
     shown_path: &Path,
     site_column: Option<&str>,
     fixed_site: Option<&str>,
+    only_site: Option<&str>,
     layout: &mut Option<Vec<FeatureColumn>>,
     per_site: &mut BTreeMap<String, SiteBuilder>,
 ) -> Result<(), DataError> {
@@ -410,6 +467,9 @@ fn read_file(
             (None, Some(name)) => name,
             (None, None) => unreachable!("a file is either one site's or has a site column"),
         };
+        if only_site.is_some_and(|only| only != site_name) {
+            continue;
+        }
         let builder = match per_site.get_mut(site_name) {
             Some(builder) => builder,
             None => per_site

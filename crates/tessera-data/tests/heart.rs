@@ -131,3 +131,36 @@ fn pooled_baseline_uses_pooled_statistics() {
     let var = age.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
     assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-4);
 }
+
+/// Each site read on its own (as a participant would) and agreed through the
+/// offers gives exactly what `load` gives in one process.
+#[test]
+fn sites_read_apart_agree_to_the_same_data() {
+    let config = heart_config();
+    let together = load(&config, &examples_dir(), &Filesystem).unwrap();
+    let mut apart: Vec<tessera_data::LocalSite> = ["va", "cleveland", "switzerland", "hungarian"]
+        .iter()
+        .map(|site| {
+            tessera_data::read_local_site(&config, site, None, &examples_dir(), &Filesystem)
+                .unwrap()
+        })
+        .collect();
+    let kinds = tessera_data::agree_kinds(
+        &config,
+        &apart.iter().map(|s| s.kinds_offer()).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let offers: Vec<_> = apart
+        .iter_mut()
+        .map(|s| s.levels_offer(&config, &kinds).unwrap())
+        .collect();
+    let agreement = tessera_data::agree_vocabulary(&config, &kinds, &offers).unwrap();
+    assert_eq!(agreement.feature_names(), together.feature_names);
+    for site in apart {
+        let name = site.name().to_string();
+        let (data, _) = site.prepare(&config, &agreement).unwrap();
+        let same = together.sites.iter().find(|s| s.name == name).unwrap();
+        assert_eq!(data.train, same.train, "{name}");
+        assert_eq!(data.test, same.test, "{name}");
+    }
+}
