@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::anyhow;
 use plotters::prelude::*;
-use tessera_sim::SimReport;
+use tessera_sim::RunReport;
 
 const COLOURS: [RGBColor; 5] = [
     RGBColor(31, 119, 180),
@@ -15,7 +15,7 @@ const COLOURS: [RGBColor; 5] = [
 ];
 
 /// Writes an SVG of accuracy per round.
-pub fn write_plot(report: &SimReport, path: &Path) -> anyhow::Result<()> {
+pub fn write_plot(report: &RunReport, path: &Path) -> anyhow::Result<()> {
     let rounds = report.rounds.len().max(1) as u32;
     let mut lines: Vec<(String, Vec<(u32, f64)>)> = vec![
         (

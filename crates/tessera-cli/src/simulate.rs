@@ -12,7 +12,7 @@ use tessera_data::{
 };
 use tessera_engine::{FederationConfig, Plan};
 use tessera_learn::{Init, ModelConfig, ModelKind, TrainingConfig};
-use tessera_sim::{RoundRecord, SimOptions, SimReport, simulate};
+use tessera_sim::{RoundRecord, RunReport, SimOptions, simulate};
 
 use crate::bundled::{self, Bundled};
 use crate::plot::write_plot;
@@ -226,7 +226,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_summary(report: &SimReport) {
+fn print_summary(report: &RunReport) {
     let f = &report.final_metrics;
     println!(
         "final: accuracy {:.4} (all test rows), mean of sites {:.4}, auc {}",
@@ -277,7 +277,7 @@ fn print_summary(report: &SimReport) {
     );
 }
 
-fn write_report(report: &SimReport, path: &Path) -> anyhow::Result<()> {
+fn write_report(report: &RunReport, path: &Path) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create the folder", dir.display()))?;

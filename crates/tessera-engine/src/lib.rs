@@ -19,6 +19,7 @@
 mod engine;
 mod error;
 mod plan;
+pub mod report;
 mod site;
 
 pub use engine::{

@@ -271,6 +271,20 @@ impl Plan {
         training
     }
 
+    /// The initial global model: built once from the run seed, then broadcast.
+    pub fn initial_model(
+        &self,
+        n_features: usize,
+        n_classes: usize,
+    ) -> Result<tessera_learn::Network, tessera_learn::LearnError> {
+        tessera_learn::Network::new(
+            &self.model,
+            n_features,
+            n_classes,
+            tessera_core::derive_seed(self.seed, &[crate::streams::INIT]),
+        )
+    }
+
     /// Training of the baselines.
     pub fn baseline_training(&self) -> TrainingConfig {
         self.baselines.clone().unwrap_or_else(|| {

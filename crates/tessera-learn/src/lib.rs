@@ -26,7 +26,7 @@ pub use config::{
 };
 pub use error::LearnError;
 pub use fit::LocalPlan;
-pub use metrics::{Evaluation, ScoreHistogram, accuracy, auc, log_loss_binary};
+pub use metrics::{Evaluation, HISTOGRAM_BINS, ScoreHistogram, accuracy, auc, log_loss_binary};
 pub use network::Network;
 pub use optim::Optimizer;
 

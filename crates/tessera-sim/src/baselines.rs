@@ -7,8 +7,10 @@ use tessera_engine::{Plan, streams};
 use tessera_learn::{Evaluation, LearnError, Learner, LocalPlan, Network};
 
 use crate::SimError;
-use crate::report::{Baselines, LocalBaseline, PooledBaseline};
-use crate::run::{initial_model, mean_site_accuracy, site_metrics};
+use crate::run::initial_model;
+use tessera_engine::report::{
+    Baselines, LocalBaseline, PooledBaseline, mean_site_accuracy, site_metrics,
+};
 
 /// Trains each site alone, and one model on all training rows pooled, from
 /// the federation's initial model with the plan's baseline training. A model

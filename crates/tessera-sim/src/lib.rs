@@ -17,13 +17,12 @@
 
 mod baselines;
 mod profile;
-mod report;
 mod run;
 
 pub use baselines::run_baselines;
 pub use profile::Profile;
-pub use report::{
-    Baselines, Communication, FinalMetrics, LocalBaseline, PooledBaseline, RoundRecord, SimReport,
+pub use run::{SimError, SimOptions, initial_model, simulate};
+pub use tessera_engine::report::{
+    Baselines, Communication, FinalMetrics, LocalBaseline, PooledBaseline, RoundRecord, RunReport,
     SiteMetrics, Timing,
 };
-pub use run::{SimError, SimOptions, initial_model, simulate};

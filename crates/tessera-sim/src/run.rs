@@ -5,18 +5,17 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use rayon::prelude::*;
-use tessera_core::{ParticipantId, Timestamp, derive_seed};
+use tessera_core::{ParticipantId, Timestamp};
 use tessera_data::FederatedData;
-use tessera_engine::{
-    EngineConfig, EngineError, Plan, PlanError, RoundEngine, RoundOutcome, RoundStatus, Site,
-    streams,
-};
+use tessera_engine::{EngineConfig, EngineError, Plan, PlanError, RoundEngine, RoundStatus, Site};
 use tessera_learn::{Evaluation, LearnError, Learner, Network, Schedule};
 use thiserror::Error;
 
 use crate::baselines::run_baselines;
 use crate::profile::Profile;
-use crate::report::{Communication, FinalMetrics, RoundRecord, SimReport, SiteMetrics, Timing};
+use tessera_engine::report::{
+    Communication, RoundRecord, RunReport, Timing, final_metrics, round_record,
+};
 
 /// Why a simulation could not run.
 #[derive(Debug, Error)]
@@ -39,14 +38,9 @@ pub struct SimOptions {
     pub baselines: bool,
 }
 
-/// The initial global model: built once from the run seed, then broadcast.
+/// The initial global model of `plan` on `data`.
 pub fn initial_model(plan: &Plan, data: &FederatedData) -> Result<Network, LearnError> {
-    Network::new(
-        &plan.model,
-        data.n_features(),
-        data.task.n_classes(),
-        derive_seed(plan.seed, &[streams::INIT]),
-    )
+    plan.initial_model(data.n_features(), data.task.n_classes())
 }
 
 /// What happens to a cohort member on the virtual clock.
@@ -68,7 +62,7 @@ pub fn simulate(
     data: &FederatedData,
     options: &SimOptions,
     observer: &mut dyn FnMut(&RoundRecord),
-) -> Result<SimReport, SimError> {
+) -> Result<RunReport, SimError> {
     plan.validate()?;
     let initial = initial_model(plan, data)?;
     let training = plan.local_training();
@@ -265,7 +259,7 @@ pub fn simulate(
             .zip(bytes_up_per_site)
             .collect(),
     };
-    Ok(SimReport {
+    Ok(RunReport {
         plan: plan.name.clone(),
         strategy: engine.strategy_name().to_string(),
         seed: plan.seed,
@@ -289,72 +283,4 @@ pub fn simulate(
         communication,
         final_parameters: engine.global().as_ref().clone(),
     })
-}
-
-/// Per-site metrics of an evaluation.
-pub(crate) fn site_metrics(e: &Evaluation) -> SiteMetrics {
-    SiteMetrics {
-        accuracy: (e.n_examples > 0).then(|| e.accuracy()),
-        loss: (e.n_examples > 0).then(|| e.mean_loss()),
-        auc: e.auc,
-        n_test: e.n_examples,
-    }
-}
-
-/// Unweighted mean accuracy over the sites that have test rows.
-pub(crate) fn mean_site_accuracy<'a>(evaluations: impl IntoIterator<Item = &'a Evaluation>) -> f64 {
-    let (sum, count) = evaluations
-        .into_iter()
-        .filter(|e| e.n_examples > 0)
-        .fold((0.0, 0usize), |(s, c), e| (s + e.accuracy(), c + 1));
-    if count == 0 { 0.0 } else { sum / count as f64 }
-}
-
-fn final_metrics(names: &[&str], evaluations: &[Evaluation]) -> FinalMetrics {
-    let pooled = Evaluation::pool(evaluations);
-    FinalMetrics {
-        accuracy: pooled.accuracy(),
-        mean_site_accuracy: mean_site_accuracy(evaluations),
-        auc: pooled.auc,
-        loss: pooled.mean_loss(),
-        per_site: names
-            .iter()
-            .zip(evaluations)
-            .map(|(n, e)| (n.to_string(), site_metrics(e)))
-            .collect(),
-    }
-}
-
-fn round_record(
-    outcome: &RoundOutcome,
-    evaluations: &[Evaluation],
-    seconds: f64,
-    bytes_up: u64,
-    bytes_down: u64,
-) -> RoundRecord {
-    let pooled = Evaluation::pool(evaluations);
-    RoundRecord {
-        round: outcome.round,
-        status: match &outcome.status {
-            RoundStatus::Completed => "completed".to_string(),
-            RoundStatus::QuorumNotMet { accepted, needed } => {
-                format!("quorum not met ({accepted}/{needed})")
-            }
-            RoundStatus::Failed(reason) => format!("failed: {reason}"),
-        },
-        accuracy: pooled.accuracy(),
-        loss: pooled.mean_loss(),
-        mean_site_accuracy: mean_site_accuracy(evaluations),
-        auc: pooled.auc,
-        train_loss: outcome.mean_train_loss,
-        accepted: outcome.accepted.len(),
-        stragglers: outcome.stragglers.len(),
-        dropped: outcome.dropped.len(),
-        rejected: outcome.rejected.len(),
-        seconds,
-        virtual_seconds: outcome.closed_at.since(outcome.opened_at).as_secs_f64(),
-        bytes_up,
-        bytes_down,
-        site_errors: Vec::new(),
-    }
 }

@@ -131,7 +131,7 @@ fn results_do_not_depend_on_the_number_of_threads() {
         pool.install(|| simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap())
     };
     let (one, three) = (run(1), run(3));
-    let bits = |r: &tessera_sim::SimReport| {
+    let bits = |r: &tessera_sim::RunReport| {
         r.final_parameters
             .values()
             .map(f32::to_bits)

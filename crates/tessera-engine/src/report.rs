@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use tessera_data::SiteSummary;
+use tessera_learn::Evaluation;
+
+use crate::{RoundOutcome, RoundStatus};
 
 /// One round, as the table and the JSON show it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -140,9 +143,9 @@ pub struct Communication {
     pub bytes_up_per_site: BTreeMap<String, u64>,
 }
 
-/// Everything a simulated run produced.
+/// Everything a run produced (simulated or deployed).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SimReport {
+pub struct RunReport {
     /// The plan's name.
     pub plan: String,
     /// Strategy used.
@@ -172,4 +175,74 @@ pub struct SimReport {
     /// The final global parameters.
     #[serde(skip)]
     pub final_parameters: tessera_core::ParameterSet,
+}
+
+/// Per-site metrics of an evaluation.
+pub fn site_metrics(e: &Evaluation) -> SiteMetrics {
+    SiteMetrics {
+        accuracy: (e.n_examples > 0).then(|| e.accuracy()),
+        loss: (e.n_examples > 0).then(|| e.mean_loss()),
+        auc: e.auc,
+        n_test: e.n_examples,
+    }
+}
+
+/// Unweighted mean accuracy over the sites that have test rows.
+pub fn mean_site_accuracy<'a>(evaluations: impl IntoIterator<Item = &'a Evaluation>) -> f64 {
+    let (sum, count) = evaluations
+        .into_iter()
+        .filter(|e| e.n_examples > 0)
+        .fold((0.0, 0usize), |(s, c), e| (s + e.accuracy(), c + 1));
+    if count == 0 { 0.0 } else { sum / count as f64 }
+}
+
+/// The final model's metrics from each site's evaluation.
+pub fn final_metrics(names: &[&str], evaluations: &[Evaluation]) -> FinalMetrics {
+    let pooled = Evaluation::pool(evaluations);
+    FinalMetrics {
+        accuracy: pooled.accuracy(),
+        mean_site_accuracy: mean_site_accuracy(evaluations),
+        auc: pooled.auc,
+        loss: pooled.mean_loss(),
+        per_site: names
+            .iter()
+            .zip(evaluations)
+            .map(|(n, e)| (n.to_string(), site_metrics(e)))
+            .collect(),
+    }
+}
+
+/// A round's line of the report.
+pub fn round_record(
+    outcome: &RoundOutcome,
+    evaluations: &[Evaluation],
+    seconds: f64,
+    bytes_up: u64,
+    bytes_down: u64,
+) -> RoundRecord {
+    let pooled = Evaluation::pool(evaluations);
+    RoundRecord {
+        round: outcome.round,
+        status: match &outcome.status {
+            RoundStatus::Completed => "completed".to_string(),
+            RoundStatus::QuorumNotMet { accepted, needed } => {
+                format!("quorum not met ({accepted}/{needed})")
+            }
+            RoundStatus::Failed(reason) => format!("failed: {reason}"),
+        },
+        accuracy: pooled.accuracy(),
+        loss: pooled.mean_loss(),
+        mean_site_accuracy: mean_site_accuracy(evaluations),
+        auc: pooled.auc,
+        train_loss: outcome.mean_train_loss,
+        accepted: outcome.accepted.len(),
+        stragglers: outcome.stragglers.len(),
+        dropped: outcome.dropped.len(),
+        rejected: outcome.rejected.len(),
+        seconds,
+        virtual_seconds: outcome.closed_at.since(outcome.opened_at).as_secs_f64(),
+        bytes_up,
+        bytes_down,
+        site_errors: Vec::new(),
+    }
 }

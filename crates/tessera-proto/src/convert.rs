@@ -1,0 +1,272 @@
+//! Conversions between wire messages and Tessera's types. From the wire,
+//! every conversion validates.
+
+use tessera_core::FitStats;
+use tessera_data::{Agreement, ColumnKinds, Encoding, KindsOffer, LevelsOffer};
+use tessera_learn::{Evaluation, HISTOGRAM_BINS, ScoreHistogram};
+
+use crate::ProtoError;
+use crate::pb;
+
+fn same_length(what: &str, a: usize, b: usize) -> Result<(), ProtoError> {
+    if a == b {
+        Ok(())
+    } else {
+        Err(ProtoError::Malformed(format!(
+            "{what}: {a} names but {b} flags"
+        )))
+    }
+}
+
+/// A kinds offer on the wire.
+pub fn kinds_offer_to_pb(offer: &KindsOffer) -> pb::KindsOffer {
+    pb::KindsOffer {
+        columns: offer.columns.clone(),
+        text: offer.text.clone(),
+    }
+}
+
+/// A kinds offer from `site`.
+pub fn kinds_offer_from_pb(site: &str, offer: pb::KindsOffer) -> Result<KindsOffer, ProtoError> {
+    same_length("kinds offer", offer.columns.len(), offer.text.len())?;
+    Ok(KindsOffer {
+        site: site.to_string(),
+        columns: offer.columns,
+        text: offer.text,
+    })
+}
+
+/// Agreed kinds on the wire.
+pub fn kinds_to_pb(kinds: &ColumnKinds) -> pb::ColumnKinds {
+    pb::ColumnKinds {
+        columns: kinds.columns.clone(),
+        categorical: kinds.categorical.clone(),
+    }
+}
+
+/// Agreed kinds from the wire.
+pub fn kinds_from_pb(kinds: pb::ColumnKinds) -> Result<ColumnKinds, ProtoError> {
+    same_length("column kinds", kinds.columns.len(), kinds.categorical.len())?;
+    Ok(ColumnKinds {
+        columns: kinds.columns,
+        categorical: kinds.categorical,
+    })
+}
+
+/// A levels offer on the wire.
+pub fn levels_offer_to_pb(offer: &LevelsOffer) -> pb::LevelsOffer {
+    pb::LevelsOffer {
+        levels: offer
+            .levels
+            .iter()
+            .map(|l| pb::ColumnLevels { levels: l.clone() })
+            .collect(),
+        classes: offer.classes.clone(),
+        train_classes: offer.train_classes.clone(),
+    }
+}
+
+/// A levels offer from `site`.
+pub fn levels_offer_from_pb(site: &str, offer: pb::LevelsOffer) -> LevelsOffer {
+    LevelsOffer {
+        site: site.to_string(),
+        levels: offer.levels.into_iter().map(|l| l.levels).collect(),
+        classes: offer.classes,
+        train_classes: offer.train_classes,
+    }
+}
+
+/// The agreement on the wire.
+pub fn agreement_to_pb(agreement: &Agreement) -> pb::Agreement {
+    pb::Agreement {
+        columns: agreement.columns.clone(),
+        encodings: agreement
+            .encodings
+            .iter()
+            .map(|e| match e {
+                Encoding::Numeric => pb::Encoding::default(),
+                Encoding::OneHot { levels, drop_first } => pb::Encoding {
+                    one_hot: true,
+                    levels: levels.clone(),
+                    drop_first: *drop_first,
+                },
+            })
+            .collect(),
+        classes: agreement.classes.clone(),
+    }
+}
+
+/// The agreement from the wire.
+pub fn agreement_from_pb(agreement: pb::Agreement) -> Result<Agreement, ProtoError> {
+    same_length(
+        "agreement",
+        agreement.columns.len(),
+        agreement.encodings.len(),
+    )?;
+    if agreement.classes.len() < 2 {
+        return Err(ProtoError::Malformed(
+            "agreement with fewer than two classes".into(),
+        ));
+    }
+    Ok(Agreement {
+        columns: agreement.columns,
+        encodings: agreement
+            .encodings
+            .into_iter()
+            .map(|e| {
+                if e.one_hot {
+                    Encoding::OneHot {
+                        levels: e.levels,
+                        drop_first: e.drop_first,
+                    }
+                } else {
+                    Encoding::Numeric
+                }
+            })
+            .collect(),
+        classes: agreement.classes,
+    })
+}
+
+/// An evaluation on the wire.
+pub fn evaluation_to_pb(site: &str, round: u32, e: &Evaluation) -> pb::EvaluationReport {
+    pb::EvaluationReport {
+        site: site.to_string(),
+        round,
+        n_examples: e.n_examples,
+        loss_sum: e.loss_sum,
+        n_correct: e.n_correct,
+        auc: e.auc,
+        histogram: e
+            .histogram
+            .as_ref()
+            .map(|h| {
+                h.bins
+                    .iter()
+                    .map(|&(bin, positives, negatives)| pb::HistogramBin {
+                        bin,
+                        positives,
+                        negatives,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// An evaluation from the wire, checked for consistency.
+pub fn evaluation_from_pb(report: &pb::EvaluationReport) -> Result<Evaluation, ProtoError> {
+    if report.n_correct > report.n_examples {
+        return Err(ProtoError::Malformed(format!(
+            "evaluation: {} correct of {} examples",
+            report.n_correct, report.n_examples
+        )));
+    }
+    if !(report.loss_sum.is_finite() && report.loss_sum >= 0.0) {
+        return Err(ProtoError::Malformed(format!(
+            "evaluation: loss {} is not a finite sum",
+            report.loss_sum
+        )));
+    }
+    if report.auc.is_some_and(|a| !(0.0..=1.0).contains(&a)) {
+        return Err(ProtoError::Malformed(
+            "evaluation: AUC outside [0, 1]".into(),
+        ));
+    }
+    let mut bins = Vec::with_capacity(report.histogram.len());
+    let mut counted = 0u64;
+    for b in &report.histogram {
+        if b.bin as usize >= HISTOGRAM_BINS
+            || bins.last().is_some_and(|&(last, _, _)| last >= b.bin)
+        {
+            return Err(ProtoError::Malformed(
+                "evaluation: histogram bins out of order or range".into(),
+            ));
+        }
+        counted = counted
+            .checked_add(b.positives)
+            .and_then(|c| c.checked_add(b.negatives))
+            .ok_or_else(|| ProtoError::Malformed("evaluation: histogram counts overflow".into()))?;
+        bins.push((b.bin, b.positives, b.negatives));
+    }
+    if !bins.is_empty() && counted != report.n_examples {
+        return Err(ProtoError::Malformed(format!(
+            "evaluation: histogram counts {counted} examples, report says {}",
+            report.n_examples
+        )));
+    }
+    Ok(Evaluation {
+        n_examples: report.n_examples,
+        loss_sum: report.loss_sum,
+        n_correct: report.n_correct,
+        auc: report.auc,
+        histogram: (!bins.is_empty()).then_some(ScoreHistogram { bins }),
+    })
+}
+
+/// Training statistics from an update header, checked.
+pub fn fit_stats_from_pb(header: &pb::UpdateHeader) -> Result<FitStats, ProtoError> {
+    if !header.mean_train_loss.is_finite() {
+        return Err(ProtoError::Malformed(format!(
+            "update: training loss {} is not finite",
+            header.mean_train_loss
+        )));
+    }
+    Ok(FitStats {
+        n_steps: header.n_steps,
+        mean_train_loss: header.mean_train_loss,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evaluations_round_trip_and_lies_are_caught() {
+        let e = Evaluation {
+            n_examples: 3,
+            loss_sum: 1.5,
+            n_correct: 2,
+            auc: Some(0.5),
+            histogram: Some(ScoreHistogram {
+                bins: vec![(3, 1, 0), (700, 1, 1)],
+            }),
+        };
+        let wire = evaluation_to_pb("s", 2, &e);
+        assert_eq!(evaluation_from_pb(&wire).unwrap(), e);
+        let mut lie = wire.clone();
+        lie.n_correct = 9;
+        assert!(evaluation_from_pb(&lie).is_err());
+        let mut lie = wire.clone();
+        lie.n_examples = 4;
+        assert!(
+            evaluation_from_pb(&lie)
+                .unwrap_err()
+                .to_string()
+                .contains("histogram counts 3")
+        );
+        let mut lie = wire;
+        lie.histogram.reverse();
+        assert!(evaluation_from_pb(&lie).is_err());
+    }
+
+    #[test]
+    fn agreement_round_trips() {
+        let a = Agreement {
+            columns: vec!["age".into(), "cp".into()],
+            encodings: vec![
+                Encoding::Numeric,
+                Encoding::OneHot {
+                    levels: vec!["1".into(), "2".into()],
+                    drop_first: true,
+                },
+            ],
+            classes: vec!["0".into(), "not 0".into()],
+        };
+        assert_eq!(agreement_from_pb(agreement_to_pb(&a)).unwrap(), a);
+        let mut bad = agreement_to_pb(&a);
+        bad.encodings.pop();
+        assert!(agreement_from_pb(bad).is_err());
+    }
+}

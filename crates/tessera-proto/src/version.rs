@@ -1,0 +1,129 @@
+//! Version and capability negotiation.
+
+use crate::ProtoError;
+
+/// Protocol major version: peers of different majors refuse each other.
+pub const MAJOR: u32 = 1;
+/// Protocol minor version: peers of different minors work together where
+/// their capabilities overlap.
+pub const MINOR: u32 = 1;
+
+/// What this build can do.
+///
+/// - `chunked-tensors` (1.0): parameters and updates travel in chunks.
+/// - `agreement` (1.0): the data layout is agreed from offers.
+/// - `evaluation-histograms` (1.0): evaluations carry score histograms.
+/// - `scaffold` (1.1): control variates in tasks and updates, with the
+///   outcome of the previous update in each task header.
+/// - `heartbeat` (1.1): participants report that they are at work.
+pub const CAPABILITIES: &[&str] = &[
+    "chunked-tensors",
+    "agreement",
+    "evaluation-histograms",
+    "scaffold",
+    "heartbeat",
+];
+
+/// What two peers agreed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The lower of the two minor versions.
+    pub minor: u32,
+    /// Capabilities both sides have, sorted.
+    pub capabilities: Vec<String>,
+}
+
+impl Negotiated {
+    /// Whether both sides have `capability`.
+    pub fn has(&self, capability: &str) -> bool {
+        self.capabilities.iter().any(|c| c == capability)
+    }
+}
+
+/// Capabilities a run needs from every participant, given its strategy name.
+pub fn required_capabilities(strategy: &str) -> Vec<&'static str> {
+    let mut required = vec!["chunked-tensors", "agreement"];
+    if strategy == "scaffold" {
+        required.push("scaffold");
+    }
+    required
+}
+
+/// Agrees on what `ours` and the peer's `(major, minor, capabilities)` share;
+/// refuses a different major version or a missing required capability.
+pub fn negotiate(
+    ours: &[&str],
+    peer_major: u32,
+    peer_minor: u32,
+    peer_capabilities: &[String],
+    required: &[&str],
+) -> Result<Negotiated, ProtoError> {
+    if peer_major != MAJOR {
+        return Err(ProtoError::Incompatible(format!(
+            "protocol {peer_major}.{peer_minor} cannot talk to {MAJOR}.{MINOR}: major versions differ"
+        )));
+    }
+    let mut capabilities: Vec<String> = ours
+        .iter()
+        .filter(|c| peer_capabilities.iter().any(|p| p == *c))
+        .map(|c| c.to_string())
+        .collect();
+    capabilities.sort();
+    capabilities.dedup();
+    let missing: Vec<&str> = required
+        .iter()
+        .copied()
+        .filter(|r| !capabilities.iter().any(|c| c == r))
+        .collect();
+    if !missing.is_empty() {
+        return Err(ProtoError::Incompatible(format!(
+            "this run needs capabilities the peer (protocol {peer_major}.{peer_minor}) lacks: {}",
+            missing.join(", ")
+        )));
+    }
+    Ok(Negotiated {
+        minor: peer_minor.min(MINOR),
+        capabilities,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(list: &[&str]) -> Vec<String> {
+        list.iter().map(|c| c.to_string()).collect()
+    }
+
+    #[test]
+    fn compatibility_table() {
+        // The rows of docs/PROTOCOL.md's table.
+        let v1_0 = caps(&["chunked-tensors", "agreement", "evaluation-histograms"]);
+        let fedavg = required_capabilities("fedavg");
+        let scaffold = required_capabilities("scaffold");
+        let n = negotiate(CAPABILITIES, 1, 0, &v1_0, &fedavg).unwrap();
+        assert_eq!(n.minor, 0);
+        assert!(!n.has("heartbeat"));
+        let err = negotiate(CAPABILITIES, 1, 0, &v1_0, &scaffold).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "incompatible protocol: this run needs capabilities the peer (protocol 1.0) lacks: scaffold"
+        );
+        let n = negotiate(CAPABILITIES, 1, 1, &caps(CAPABILITIES), &scaffold).unwrap();
+        assert!(n.has("heartbeat") && n.has("scaffold"));
+        // A newer minor with capabilities we do not know: the overlap is used.
+        let newer = caps(&[
+            "chunked-tensors",
+            "agreement",
+            "evaluation-histograms",
+            "scaffold",
+            "heartbeat",
+            "zstd",
+        ]);
+        let n = negotiate(CAPABILITIES, 1, 7, &newer, &fedavg).unwrap();
+        assert_eq!(n.minor, MINOR);
+        assert!(!n.has("zstd"));
+        let err = negotiate(CAPABILITIES, 2, 0, &newer, &fedavg).unwrap_err();
+        assert!(err.to_string().contains("major versions differ"), "{err}");
+    }
+}
