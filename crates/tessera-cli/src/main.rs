@@ -4,6 +4,7 @@
 //! every decision lives in the libraries.
 
 mod bundled;
+mod deploy;
 mod plot;
 mod simulate;
 mod synth;
@@ -26,6 +27,10 @@ enum Command {
     Simulate(Box<simulate::SimulateArgs>),
     /// Write FedProx's Synthetic(alpha, beta) data as CSV.
     Synth(synth::SynthArgs),
+    /// Coordinate a federation over the network.
+    Coordinator(Box<deploy::CoordinatorArgs>),
+    /// Take part in a federation: train next to this site's data.
+    Participant(Box<deploy::ParticipantArgs>),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +56,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Simulate(args) => simulate::run(*args),
         Command::Synth(args) => synth::run(&args),
+        Command::Coordinator(args) => deploy::coordinator(&args),
+        Command::Participant(args) => deploy::participant(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

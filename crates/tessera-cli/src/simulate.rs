@@ -78,6 +78,9 @@ pub struct SimulateArgs {
     /// Plot file (SVG). Default: beside the report.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// File for the final model (Tessera's stored-parameters encoding).
+    #[arg(long)]
+    model_out: Option<PathBuf>,
     /// No progress bar or round table.
     #[arg(long, short)]
     quiet: bool,
@@ -214,6 +217,13 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| report_path.with_extension("svg"));
     write_report(&report, &report_path)?;
+    if let Some(path) = &args.model_out {
+        std::fs::write(
+            path,
+            tessera_proto::encode_parameters(&report.final_parameters),
+        )
+        .with_context(|| format!("{}: cannot write the model", path.display()))?;
+    }
     write_plot(&report, &plot_path)?;
     if !quiet {
         print_summary(&report);

@@ -142,6 +142,9 @@ pub struct RoundOutcome {
     pub opened_at: Timestamp,
     /// When it closed.
     pub closed_at: Timestamp,
+    /// The aggregate the strategy applied (completed rounds): with it a
+    /// restarted coordinator replays the strategy's state exactly.
+    pub aggregate: Option<RoundAggregate>,
 }
 
 struct OpenRound {
@@ -184,6 +187,92 @@ impl RoundEngine {
             rounds_closed: 0,
             open: None,
         }
+    }
+
+    /// An engine resuming a run: `strategy` has already replayed the closed
+    /// rounds' aggregates (see [`RoundEngine::replay`]), `global` is the
+    /// model after `rounds_closed` rounds.
+    pub fn restore(
+        config: EngineConfig,
+        strategy: Box<dyn Strategy>,
+        global: ParameterSet,
+        rounds_closed: u32,
+    ) -> Self {
+        let mut engine = Self::new(config, strategy, global);
+        engine.rounds_closed = rounds_closed;
+        engine
+    }
+
+    /// Replays a closed round's aggregate through `strategy` (rebuilding its
+    /// state) and returns the parameters it gives.
+    pub fn replay(
+        strategy: &mut dyn Strategy,
+        global: &ParameterSet,
+        aggregate: &RoundAggregate,
+    ) -> Result<ParameterSet, EngineError> {
+        Ok(strategy.aggregate_fit(global, aggregate)?)
+    }
+
+    /// Reopens round `number` (the next one) with the cohort and start time it
+    /// had before a restart; updates it had accepted are then submitted again.
+    pub fn reopen_round(
+        &mut self,
+        number: u32,
+        cohort: Vec<ParticipantId>,
+        opened_at: Timestamp,
+    ) -> Result<RoundStart, EngineError> {
+        if self.open.is_some() || number != self.rounds_closed + 1 {
+            return Err(EngineError::State(format!(
+                "cannot reopen round {number}: {} rounds are closed",
+                self.rounds_closed
+            )));
+        }
+        let mut cohort = cohort;
+        cohort.sort();
+        cohort.dedup();
+        let instructions = self.strategy.configure_fit(&self.global);
+        let deadline = self.config.deadline.map(|d| opened_at.plus(d));
+        self.open = Some(OpenRound {
+            number,
+            pending: cohort.iter().cloned().collect(),
+            cohort: cohort.clone(),
+            accepted: Vec::new(),
+            dropped: Vec::new(),
+            rejected: Vec::new(),
+            accumulator: UpdateAccumulator::new(&self.global, self.strategy.needs_control_deltas()),
+            opened_at,
+            deadline,
+        });
+        Ok(RoundStart {
+            cohort,
+            task: FitTask {
+                round: number,
+                global: Arc::clone(&self.global),
+                instructions,
+                deadline,
+            },
+        })
+    }
+
+    /// The participants registered.
+    pub fn participants(&self) -> impl Iterator<Item = &ParticipantId> {
+        self.participants.iter()
+    }
+
+    /// Whether `id` still owes the open round an update.
+    pub fn is_pending(&self, id: &ParticipantId) -> bool {
+        self.open.as_ref().is_some_and(|r| r.pending.contains(id))
+    }
+
+    /// The open round's task, as its cohort received it.
+    pub fn open_task(&self) -> Option<FitTask> {
+        let open = self.open.as_ref()?;
+        Some(FitTask {
+            round: open.number,
+            global: Arc::clone(&self.global),
+            instructions: self.strategy.configure_fit(&self.global),
+            deadline: open.deadline,
+        })
     }
 
     /// Adds a participant to the federation (from the next round on).
@@ -352,6 +441,7 @@ impl RoundEngine {
         self.rounds_closed += 1;
         let n_accepted = open.accepted.len();
         let aggregate = open.accumulator.finish(self.participants.len());
+        let mut applied = None;
         let (status, n_examples, mean_train_loss) = if n_accepted < self.config.quorum {
             (
                 RoundStatus::QuorumNotMet {
@@ -369,7 +459,9 @@ impl RoundEngine {
             }) {
                 Ok((next, a)) => {
                     self.global = Arc::new(next);
-                    (RoundStatus::Completed, a.n_examples, a.mean_train_loss)
+                    let summary = (RoundStatus::Completed, a.n_examples, a.mean_train_loss);
+                    applied = Some(a);
+                    summary
                 }
                 Err(e) => (RoundStatus::Failed(e.to_string()), 0, 0.0),
             }
@@ -394,6 +486,7 @@ impl RoundEngine {
             mean_train_loss,
             opened_at: open.opened_at,
             closed_at: now,
+            aggregate: applied,
         })
     }
 }

@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tessera_data::SiteSummary;
 use tessera_learn::Evaluation;
 
 use crate::{RoundOutcome, RoundStatus};
 
 /// One round, as the table and the JSON show it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundRecord {
     /// Round number, from 1.
     pub round: u32,
@@ -42,12 +42,12 @@ pub struct RoundRecord {
     /// Bytes sent to participants this round.
     pub bytes_down: u64,
     /// Sites whose local training failed this round (they left the round), with why.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub site_errors: Vec<String>,
 }
 
 /// How one site's test rows were predicted.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SiteMetrics {
     /// Accuracy (`null` for a site without test rows).
     pub accuracy: Option<f64>,
@@ -60,7 +60,7 @@ pub struct SiteMetrics {
 }
 
 /// The final global model's metrics.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FinalMetrics {
     /// Over all test rows (example-weighted).
     pub accuracy: f64,
@@ -75,7 +75,7 @@ pub struct FinalMetrics {
 }
 
 /// Each site trained alone.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LocalBaseline {
     /// Mean over sites of each site's model on its own test rows.
     pub mean_site_accuracy: f64,
@@ -87,7 +87,7 @@ pub struct LocalBaseline {
 }
 
 /// One model trained on all training rows pooled.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PooledBaseline {
     /// On all test rows pooled, scaled with the pooled training statistics.
     pub accuracy: f64,
@@ -100,19 +100,19 @@ pub struct PooledBaseline {
 }
 
 /// Baselines on the same splits.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Baselines {
     /// Local-only training.
     pub local: LocalBaseline,
     /// Centralised training (absent if it failed; see `errors`).
     pub pooled: Option<PooledBaseline>,
     /// Baselines that could not be trained, with why.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
 }
 
 /// Wall-clock and virtual timings.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Timing {
     /// Seconds of the whole command (set by the caller).
     pub total_seconds: f64,
@@ -133,7 +133,7 @@ pub struct Timing {
 }
 
 /// Bytes the messages of the run would take on the wire.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Communication {
     /// Sent by participants (updates, evaluation results).
     pub bytes_up: u64,
@@ -144,7 +144,7 @@ pub struct Communication {
 }
 
 /// Everything a run produced (simulated or deployed).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
     /// The plan's name.
     pub plan: String,
@@ -166,7 +166,7 @@ pub struct RunReport {
     #[serde(rename = "final")]
     pub final_metrics: FinalMetrics,
     /// Baselines, when asked for.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baselines: Option<Baselines>,
     /// Timings.
     pub timing: Timing,

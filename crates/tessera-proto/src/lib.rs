@@ -17,7 +17,9 @@ mod tensors;
 mod version;
 
 pub use error::ProtoError;
-pub use tensors::{Assembler, CHUNK_BYTES, Limits, chunks, layout_of};
+pub use tensors::{
+    Assembler, CHUNK_BYTES, Limits, chunks, decode_parameters, encode_parameters, layout_of,
+};
 pub use version::{CAPABILITIES, MAJOR, MINOR, Negotiated, negotiate, required_capabilities};
 
 /// The messages and service of the current protocol (`tessera.v1`).

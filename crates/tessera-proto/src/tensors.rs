@@ -70,6 +70,56 @@ pub fn chunks(
         })
 }
 
+/// A parameter set as one stored message (models in the database, `--model-out` files).
+pub fn encode_parameters(params: &ParameterSet) -> Vec<u8> {
+    use prost::Message;
+    let mut values = Vec::with_capacity(params.n_values() * 4);
+    for v in params.values() {
+        values.extend_from_slice(&v.to_le_bytes());
+    }
+    crate::pb::StoredParameters {
+        layout: layout_of(params),
+        values,
+    }
+    .encode_to_vec()
+}
+
+/// A parameter set from [`encode_parameters`]' bytes, checked.
+pub fn decode_parameters(bytes: &[u8]) -> Result<ParameterSet, ProtoError> {
+    use prost::Message;
+    let stored = crate::pb::StoredParameters::decode(bytes)
+        .map_err(|e| ProtoError::Malformed(format!("stored parameters: {e}")))?;
+    let limits = Limits {
+        max_chunk_bytes: usize::MAX,
+        ..Limits::default()
+    };
+    let mut assembler = Assembler::new(&stored.layout, limits)?;
+    let mut offset = 0usize;
+    for (index, &length) in assembler.lengths.clone().iter().enumerate() {
+        let end = offset.saturating_add(length.saturating_mul(4));
+        let Some(values) = stored.values.get(offset..end) else {
+            return Err(ProtoError::Malformed(
+                "stored parameters: values end early".into(),
+            ));
+        };
+        if length > 0 {
+            assembler.push(&TensorChunk {
+                set: 0,
+                tensor: index as u32,
+                offset: 0,
+                values: values.to_vec(),
+            })?;
+        }
+        offset = end;
+    }
+    if offset != stored.values.len() {
+        return Err(ProtoError::Malformed(
+            "stored parameters: values left over".into(),
+        ));
+    }
+    assembler.finish()
+}
+
 /// Rebuilds a parameter set from a layout and its chunks, which must come in
 /// order. Memory grows with the values received, never with what a layout
 /// merely announces.
@@ -271,6 +321,15 @@ mod tests {
             }
             prop_assert_eq!(assembler.finish().unwrap(), original);
         }
+    }
+
+    #[test]
+    fn stored_parameters_round_trip() {
+        let original = set(&[vec![3, 2], vec![0], vec![4]]);
+        let bytes = encode_parameters(&original);
+        assert_eq!(decode_parameters(&bytes).unwrap(), original);
+        assert!(decode_parameters(&bytes[..bytes.len() - 4]).is_err());
+        assert!(decode_parameters(b"garbage").is_err());
     }
 
     #[test]

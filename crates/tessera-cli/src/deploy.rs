@@ -1,0 +1,166 @@
+//! `tessera coordinator` and `tessera participant`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tessera_coordinator::{CoordinatorConfig, serve};
+use tessera_engine::Plan;
+use tessera_participant::ParticipantConfig;
+
+/// Arguments of `tessera coordinator`.
+#[derive(Debug, clap::Args)]
+pub struct CoordinatorArgs {
+    /// The plan (TOML).
+    #[arg(long)]
+    plan: PathBuf,
+    /// The database (SQLite); a restart with the same file resumes the run.
+    #[arg(long)]
+    db: PathBuf,
+    /// Address to listen on, e.g. 127.0.0.1:7000 (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+    /// Plain-text connections without authentication: for local experiments only.
+    #[arg(long)]
+    insecure: bool,
+    /// Seconds of silence after which a participant counts as gone.
+    #[arg(long, default_value_t = 30.0)]
+    liveness: f64,
+    /// Report file (JSON) written when the run is over.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// File for the final model (Tessera's stored-parameters encoding).
+    #[arg(long)]
+    model_out: Option<PathBuf>,
+}
+
+/// Arguments of `tessera participant`.
+#[derive(Debug, clap::Args)]
+pub struct ParticipantArgs {
+    /// The coordinator's URL, e.g. http://127.0.0.1:7000.
+    #[arg(long)]
+    coordinator: String,
+    /// This site's name.
+    #[arg(long)]
+    site: String,
+    /// This site's data file (CSV, read as the plan's schema says).
+    #[arg(long)]
+    data: PathBuf,
+    /// Folder for the plan's other relative paths (a split membership file).
+    #[arg(long, default_value = ".")]
+    plan_dir: PathBuf,
+    /// Plain-text connections without authentication: for local experiments only.
+    #[arg(long)]
+    insecure: bool,
+    /// Seconds to keep trying to reach the coordinator before giving up.
+    #[arg(long, default_value_t = 300.0)]
+    give_up_after: f64,
+}
+
+fn logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn insecure_warning(who: &str) {
+    eprintln!(
+        "WARNING: {who} runs with --insecure: no encryption, no authentication; any process that can reach it can \
+         take part. For local experiments only."
+    );
+}
+
+fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
+    if !(value.is_finite() && value > 0.0 && value < 1e9) {
+        bail!("{name} must be a positive number of seconds, got {value}");
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
+    if !args.insecure {
+        bail!(
+            "mutual TLS is not set up for this coordinator: give --insecure for a local experiment"
+        );
+    }
+    let plan_text = std::fs::read_to_string(&args.plan)
+        .with_context(|| format!("{}: cannot read", args.plan.display()))?;
+    let plan = Plan::from_toml(&plan_text, &args.plan.display().to_string())?;
+    let liveness = seconds("--liveness", args.liveness)?;
+    logging();
+    insecure_warning("the coordinator");
+    let config = CoordinatorConfig {
+        plan,
+        plan_text,
+        db: args.db.clone(),
+        listen: args.listen,
+        liveness,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let report = runtime.block_on(serve(config, |address| {
+        eprintln!("listening on {address}");
+    }))?;
+    if let Some(path) = &args.report {
+        write(
+            path,
+            serde_json::to_string_pretty(&report)
+                .context("cannot encode the report")?
+                .as_bytes(),
+        )?;
+    }
+    if let Some(path) = &args.model_out {
+        write(
+            path,
+            &tessera_proto::encode_parameters(&report.final_parameters),
+        )?;
+    }
+    let f = &report.final_metrics;
+    println!(
+        "finished {} rounds: accuracy {:.4} (all test rows), mean of sites {:.4}",
+        report.rounds.len(),
+        f.accuracy,
+        f.mean_site_accuracy
+    );
+    Ok(())
+}
+
+pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
+    if !args.insecure {
+        bail!(
+            "mutual TLS is not set up for this participant: give --insecure for a local experiment"
+        );
+    }
+    logging();
+    insecure_warning("the participant");
+    let config = ParticipantConfig {
+        coordinator: args.coordinator.clone(),
+        site: args.site.clone(),
+        data: args.data.clone(),
+        plan_dir: args.plan_dir.clone(),
+        max_backoff: Duration::from_secs(2),
+        give_up_after: seconds("--give-up-after", args.give_up_after)?,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let summary = runtime.block_on(tessera_participant::run(config))?;
+    println!(
+        "done: {} updates accepted, {} refused, {} evaluations, {} reconnections",
+        summary.updates_accepted,
+        summary.updates_refused,
+        summary.evaluations,
+        summary.reconnections
+    );
+    Ok(())
+}
+
+fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create the folder", dir.display()))?;
+    }
+    std::fs::write(path, bytes).with_context(|| format!("{}: cannot write", path.display()))
+}

@@ -1,0 +1,134 @@
+//! The coordinator: serves the federation over gRPC, drives the same
+//! [`tessera_engine::RoundEngine`] the simulator drives, and keeps every
+//! decision durable in SQLite so that a coordinator killed at any moment
+//! resumes the round it was in, with nothing lost and nothing counted twice.
+//!
+//! Key design decision: all federation logic lives in [`Federation`], a
+//! synchronous state machine called under one lock; the async gRPC layer
+//! ([`service`]) only validates, decodes and waits. Accepted updates are
+//! committed to the database before they are acknowledged.
+#![deny(missing_docs)]
+
+mod service;
+mod state;
+pub mod store;
+mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_engine::report::RunReport;
+use tessera_engine::{Plan, PlanError};
+use tessera_proto::pb::federation_server::FederationServer;
+use thiserror::Error;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use service::{Service, Shared};
+pub use state::{Federation, Refusal, TaskView};
+pub use store::{Store, StoreError};
+
+/// Why the coordinator stopped.
+#[derive(Debug, Error)]
+pub enum CoordinatorError {
+    /// The plan is unusable.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The engine refused.
+    #[error(transparent)]
+    Engine(#[from] tessera_engine::EngineError),
+    /// A stored message does not decode.
+    #[error(transparent)]
+    Proto(#[from] tessera_proto::ProtoError),
+    /// A setting is unusable.
+    #[error("{0}")]
+    Config(String),
+    /// The network failed.
+    #[error("network: {0}")]
+    Network(String),
+}
+
+/// How to run a coordinator.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// The plan.
+    pub plan: Plan,
+    /// Its text, stored with the run.
+    pub plan_text: String,
+    /// The database.
+    pub db: PathBuf,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Silence after which a participant counts as gone.
+    pub liveness: Duration,
+}
+
+/// Runs the federation until every round is done; returns the report.
+/// `on_listening` is called with the bound address (useful with port 0).
+pub async fn serve(
+    config: CoordinatorConfig,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<RunReport, CoordinatorError> {
+    let store = Store::open(&config.db)?;
+    let federation = Federation::open(
+        config.plan.clone(),
+        &config.plan_text,
+        store,
+        config.liveness,
+    )?;
+    tracing::info!(run = federation.run_id(), "coordinator ready");
+    let shared = Shared::new(federation);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| {
+            CoordinatorError::Network(format!("cannot listen on {}: {e}", config.listen))
+        })?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| CoordinatorError::Network(e.to_string()))?;
+    on_listening(address);
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let ticker_shared = Arc::clone(&shared);
+    let ticker = tokio::spawn(async move {
+        let mut finished_at: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let finished = ticker_shared.with(|f| {
+                f.advance();
+                f.is_finished()
+            });
+            if finished {
+                let started = *finished_at.get_or_insert_with(Instant::now);
+                let joined =
+                    ticker_shared.with(|f| f.store().participants(f.run_id()).unwrap_or_default());
+                let told = ticker_shared
+                    .told_finished
+                    .lock()
+                    .map(|t| joined.iter().all(|s| t.contains(s)))
+                    .unwrap_or(true);
+                if told || started.elapsed() > Duration::from_secs(10) {
+                    let _ = stop_tx.send(());
+                    return;
+                }
+            }
+        }
+    });
+    let service = FederationServer::new(Service::new(Arc::clone(&shared)))
+        .max_decoding_message_size(16 << 20)
+        .max_encoding_message_size(16 << 20);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        })
+        .await
+        .map_err(|e| CoordinatorError::Network(e.to_string()))?;
+    ticker.abort();
+    Ok(shared.with(|f| f.report()))
+}

@@ -1,0 +1,352 @@
+//! The gRPC face of the federation: every call is validated, then handed to
+//! the [`Federation`] under its lock.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use prost::Message;
+use tessera_core::Update;
+use tessera_proto::pb::federation_server::Federation as FederationService;
+use tessera_proto::pb::{self, task, update_part};
+use tessera_proto::{Assembler, CHUNK_BYTES, Limits, chunks, convert};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::state::{Federation, Refusal, TaskView};
+
+/// How long a waiting call sleeps before looking again (and showing the
+/// participant is alive).
+const POLL: Duration = Duration::from_secs(2);
+
+/// State shared by every call.
+pub struct Shared {
+    federation: Mutex<Federation>,
+    changed: watch::Sender<u64>,
+    /// Sites told that the run is over.
+    pub told_finished: Mutex<BTreeSet<String>>,
+}
+
+impl Shared {
+    /// Shares `federation`.
+    pub fn new(federation: Federation) -> Arc<Self> {
+        let version = federation.version();
+        Arc::new(Self {
+            federation: Mutex::new(federation),
+            changed: watch::channel(version).0,
+            told_finished: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Federation> {
+        self.federation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the federation and wakes waiters if anything changed.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Federation) -> R) -> R {
+        let mut federation = self.lock();
+        let before = federation.version();
+        let result = f(&mut federation);
+        let after = federation.version();
+        drop(federation);
+        if after != before {
+            self.changed.send_replace(after);
+        }
+        result
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+fn refused(refusal: Refusal) -> Status {
+    match refusal {
+        Refusal::Invalid(m) => Status::invalid_argument(m),
+        Refusal::Denied(m) => Status::permission_denied(m),
+    }
+}
+
+/// Who is calling: the site named in the request. (With mutual TLS the
+/// certificate decides; see `tls`.)
+fn caller<T>(request: &Request<T>, claimed: &str) -> Result<String, Status> {
+    match crate::tls::certified_site(request) {
+        Some(certified) if certified != claimed => Err(Status::permission_denied(format!(
+            "the certificate names site '{certified}', the message claims '{claimed}'"
+        ))),
+        Some(certified) => Ok(certified),
+        None => Ok(claimed.to_string()),
+    }
+}
+
+/// The service.
+pub struct Service {
+    shared: Arc<Shared>,
+}
+
+impl Service {
+    /// A service over `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+type TaskStream = Pin<Box<dyn Stream<Item = Result<pb::Task, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FederationService for Service {
+    async fn join(&self, request: Request<pb::Hello>) -> Result<Response<pb::Welcome>, Status> {
+        let site = caller(&request, &request.get_ref().site)?;
+        let hello = request.into_inner();
+        let welcome = self
+            .shared
+            .with(|f| f.join(&site, &hello))
+            .map_err(refused)?;
+        tracing::info!(%site, minor = hello.minor, "joined");
+        Ok(Response::new(welcome))
+    }
+
+    async fn agree(
+        &self,
+        request: Request<pb::AgreeRequest>,
+    ) -> Result<Response<pb::AgreeReply>, Status> {
+        let site = caller(&request, &request.get_ref().site)?;
+        let offer = request
+            .into_inner()
+            .offer
+            .ok_or_else(|| Status::invalid_argument("agreement request without an offer"))?;
+        let mut changes = self.shared.subscribe();
+        loop {
+            let result = match &offer {
+                pb::agree_request::Offer::Kinds(k) => self
+                    .shared
+                    .with(|f| f.offer_kinds(&site, k.clone()))
+                    .map(|r| r.map(|k| pb::agree_reply::Result::Kinds(convert::kinds_to_pb(&k)))),
+                pb::agree_request::Offer::Levels(l) => self
+                    .shared
+                    .with(|f| f.offer_levels(&site, l.clone()))
+                    .map(|r| {
+                        r.map(|a| pb::agree_reply::Result::Agreement(convert::agreement_to_pb(&a)))
+                    }),
+            }
+            .map_err(refused)?;
+            if let Some(result) = result {
+                return Ok(Response::new(pb::AgreeReply {
+                    result: Some(result),
+                }));
+            }
+            let _ = tokio::time::timeout(POLL, changes.changed()).await;
+        }
+    }
+
+    type NextTaskStream = TaskStream;
+
+    async fn next_task(
+        &self,
+        request: Request<pb::TaskRequest>,
+    ) -> Result<Response<Self::NextTaskStream>, Status> {
+        let site = caller(&request, &request.get_ref().site)?;
+        let shared = Arc::clone(&self.shared);
+        let mut changes = shared.subscribe();
+        // Wait here (not in the stream) so that refusals come back as errors.
+        let view = loop {
+            match shared.with(|f| f.task_for(&site)).map_err(refused)? {
+                TaskView::Wait => {
+                    let _ = tokio::time::timeout(POLL, changes.changed()).await;
+                }
+                view => break view,
+            }
+        };
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let send = |part| pb::Task { part: Some(part) };
+            let mut sent = 0usize;
+            let (header, sets) = match view {
+                TaskView::Finished => {
+                    shared
+                        .told_finished
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(site.clone());
+                    let _ = tx
+                        .send(Ok(send(task::Part::Finished(pb::Finished {
+                            reason: "every round is done".into(),
+                        }))))
+                        .await;
+                    return;
+                }
+                TaskView::Wait => return,
+                TaskView::Fit {
+                    header,
+                    global,
+                    control,
+                } => (header, vec![Some(global), control]),
+                TaskView::Evaluate { header, global } => (header, vec![Some(global)]),
+            };
+            let message = send(task::Part::Header(header));
+            sent += message.encoded_len();
+            if tx.send(Ok(message)).await.is_err() {
+                return;
+            }
+            for (index, set) in sets.into_iter().enumerate() {
+                let Some(set) = set else { continue };
+                for chunk in chunks(index as u32, &set, CHUNK_BYTES) {
+                    let message = send(task::Part::Chunk(chunk));
+                    sent += message.encoded_len();
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            shared.with(|f| f.count_down(sent));
+        });
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as TaskStream
+        ))
+    }
+
+    async fn submit_update(
+        &self,
+        request: Request<Streaming<pb::UpdatePart>>,
+    ) -> Result<Response<pb::UpdateReply>, Status> {
+        let certified = crate::tls::certified_site(&request);
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty update stream"))?;
+        let mut received = first.encoded_len();
+        let Some(update_part::Part::Header(header)) = first.part else {
+            return Err(Status::invalid_argument("an update starts with its header"));
+        };
+        let site = match certified {
+            Some(c) if c != header.site => {
+                let reason = format!(
+                    "the certificate names site '{c}', the update claims '{}'",
+                    header.site
+                );
+                self.shared.with(|f| f.reject_audit(&c, "update", &reason));
+                return Err(Status::permission_denied(reason));
+            }
+            _ => header.site.clone(),
+        };
+        let result = self
+            .receive_update(&site, &header, &mut stream, &mut received)
+            .await;
+        self.shared.with(|f| f.count_up(&site, received));
+        let update = match result {
+            Ok(update) => update,
+            Err(reason) => {
+                self.shared
+                    .with(|f| f.reject_audit(&site, "update", &reason));
+                return Err(Status::invalid_argument(reason));
+            }
+        };
+        let reply = match self
+            .shared
+            .with(|f| f.submit_update(&site, header.round, &update))
+        {
+            Ok(()) => pb::UpdateReply {
+                accepted: true,
+                reason: String::new(),
+            },
+            Err(Refusal::Invalid(reason)) => pb::UpdateReply {
+                accepted: false,
+                reason,
+            },
+            Err(denied) => return Err(refused(denied)),
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn submit_evaluation(
+        &self,
+        request: Request<pb::EvaluationReport>,
+    ) -> Result<Response<pb::EvaluationReply>, Status> {
+        let site = caller(&request, &request.get_ref().site)?;
+        let report = request.into_inner();
+        let size = report.encoded_len();
+        self.shared
+            .with(|f| {
+                f.count_up(&site, size);
+                f.submit_evaluation(&site, &report)
+            })
+            .map_err(refused)?;
+        Ok(Response::new(pb::EvaluationReply {}))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        let site = caller(&request, &request.get_ref().site)?;
+        let round = request.get_ref().round;
+        let keep_going = self
+            .shared
+            .with(|f| f.heartbeat(&site, round))
+            .map_err(refused)?;
+        Ok(Response::new(pb::HeartbeatReply { keep_going }))
+    }
+}
+
+impl Service {
+    /// Reads an update's chunks into parameter sets, checking them against the model.
+    async fn receive_update(
+        &self,
+        site: &str,
+        header: &pb::UpdateHeader,
+        stream: &mut Streaming<pb::UpdatePart>,
+        received: &mut usize,
+    ) -> Result<Update, String> {
+        let Some((global, needs_control)) = self.shared.with(|f| f.update_layout()) else {
+            return Err("no model yet".into());
+        };
+        let stats = convert::fit_stats_from_pb(header).map_err(|e| e.to_string())?;
+        let mut delta =
+            Assembler::new(&header.layout, Limits::default()).map_err(|e| e.to_string())?;
+        delta.expect_layout_of(&global).map_err(|e| e.to_string())?;
+        let mut control = if header.has_control {
+            if !needs_control {
+                return Err("this run's updates carry no control variate".into());
+            }
+            Some(Assembler::new(&header.layout, Limits::default()).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        while let Some(part) = stream
+            .message()
+            .await
+            .map_err(|e| format!("update stream broke: {}", e.message()))?
+        {
+            *received += part.encoded_len();
+            let Some(update_part::Part::Chunk(chunk)) = part.part else {
+                return Err("a second header in one update".into());
+            };
+            let target = match (chunk.set, control.as_mut()) {
+                (0, _) => &mut delta,
+                (1, Some(c)) => c,
+                (set, _) => {
+                    return Err(format!(
+                        "chunk for parameter set {set}, which this update has not"
+                    ));
+                }
+            };
+            target.push(&chunk).map_err(|e| e.to_string())?;
+        }
+        let _ = site;
+        Ok(Update {
+            delta: delta.finish().map_err(|e| e.to_string())?,
+            n_examples: header.n_examples,
+            control_delta: control
+                .map(Assembler::finish)
+                .transpose()
+                .map_err(|e| e.to_string())?,
+            stats,
+        })
+    }
+}

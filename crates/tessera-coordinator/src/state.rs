@@ -1,0 +1,1038 @@
+//! The coordinator's federation: the round engine plus everything around it
+//! that deployment needs (joining, data agreement, evaluation rounds,
+//! liveness, persistence). Synchronous: the gRPC service calls it under a lock,
+//! a ticker calls [`Federation::advance`] for time-driven transitions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use tessera_core::{ParameterSet, ParticipantId, Timestamp, Update, tag};
+use tessera_data::{
+    Agreement, ColumnKinds, KindsOffer, LevelsOffer, agree_kinds, agree_vocabulary,
+};
+use tessera_engine::report::{
+    Communication, RoundRecord, RunReport, Timing, final_metrics, round_record,
+};
+use tessera_engine::{EngineConfig, Plan, RoundEngine, RoundStatus};
+use tessera_learn::Evaluation;
+use tessera_proto::{CAPABILITIES, MAJOR, MINOR, convert, negotiate, pb, required_capabilities};
+
+use crate::CoordinatorError;
+use crate::store::{Offers, RoundClose, RunRow, Store, StoreError};
+
+/// Who must offer before the data agreement closes.
+#[derive(Debug, Clone)]
+enum Expected {
+    /// The plan's sites, by name.
+    Named(BTreeSet<String>),
+    /// This many sites, whoever they are.
+    Count(usize),
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for the data agreement.
+    Agreeing,
+    /// Rounds run (a round is open, or the next one opens when it can).
+    Training,
+    /// The global model of `round` is being evaluated.
+    Evaluating {
+        round: u32,
+        targets: BTreeSet<String>,
+        received: BTreeMap<String, Evaluation>,
+        record: Box<RoundRecord>,
+    },
+    /// Every round is done.
+    Finished,
+}
+
+/// What a participant should do next.
+pub enum TaskView {
+    /// Nothing yet: ask again when something changes.
+    Wait,
+    /// Train from `global` (with SCAFFOLD's `control`) and send an update.
+    Fit {
+        /// What the task is.
+        header: pb::TaskHeader,
+        /// The global parameters.
+        global: Arc<ParameterSet>,
+        /// SCAFFOLD's server control variate.
+        control: Option<Arc<ParameterSet>>,
+    },
+    /// Evaluate `global`.
+    Evaluate {
+        /// What the task is.
+        header: pb::TaskHeader,
+        /// The parameters to evaluate.
+        global: Arc<ParameterSet>,
+    },
+    /// The run is over.
+    Finished,
+}
+
+/// Why a request was refused; goes back to the caller as a gRPC status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request is not acceptable (bad version, unknown site, wrong round...).
+    Invalid(String),
+    /// The caller may not do this.
+    Denied(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Invalid(m) | Refusal::Denied(m) => f.write_str(m),
+        }
+    }
+}
+
+/// The coordinator's whole state.
+pub struct Federation {
+    run: RunRow,
+    plan: Plan,
+    store: Store,
+    expected: Expected,
+    joined: BTreeSet<String>,
+    last_seen: BTreeMap<String, Timestamp>,
+    kinds: Option<ColumnKinds>,
+    agreement: Option<Agreement>,
+    engine: Option<RoundEngine>,
+    phase: Phase,
+    records: Vec<RoundRecord>,
+    last_evaluations: Vec<(String, Evaluation)>,
+    /// Per site: the last closed round it was in the cohort of, and whether its update counted.
+    counted: BTreeMap<String, (u32, bool)>,
+    liveness: Duration,
+    round_started: Option<Instant>,
+    bytes_up: u64,
+    bytes_down: u64,
+    bytes_up_per_site: BTreeMap<String, u64>,
+    started: Instant,
+    version: u64,
+}
+
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+impl Federation {
+    /// Opens the federation of `plan` in `store`: resumes the unfinished run
+    /// of the same plan, or starts a new one.
+    pub fn open(
+        plan: Plan,
+        plan_text: &str,
+        store: Store,
+        liveness: Duration,
+    ) -> Result<Self, CoordinatorError> {
+        let expected = if plan.data.sites.is_empty() {
+            Expected::Count(plan.federation.min_participants)
+        } else {
+            Expected::Named(plan.data.sites.iter().map(|s| s.name.clone()).collect())
+        };
+        let run = match store.unfinished_run()? {
+            Some(run) if run.plan == plan_text => run,
+            Some(run) => {
+                return Err(CoordinatorError::Config(format!(
+                    "the database holds unfinished run {} of another plan; give a new --db to start this one",
+                    run.id
+                )));
+            }
+            None => {
+                let created = unix_micros();
+                let run = RunRow {
+                    id: format!(
+                        "{}-{:x}",
+                        plan.name,
+                        tessera_core::derive_seed(created, &[tag(plan_text)]) & 0xffff_ffff
+                    ),
+                    name: plan.name.clone(),
+                    plan: plan_text.to_string(),
+                    strategy: plan.federation.strategy.to_string(),
+                    seed: plan.seed,
+                    rounds: plan.federation.rounds,
+                    created_unix_micros: created,
+                    status: "running".into(),
+                };
+                store.create_run(&run)?;
+                run
+            }
+        };
+        let mut federation = Self {
+            run,
+            plan,
+            store,
+            expected,
+            joined: BTreeSet::new(),
+            last_seen: BTreeMap::new(),
+            kinds: None,
+            agreement: None,
+            engine: None,
+            phase: Phase::Agreeing,
+            records: Vec::new(),
+            last_evaluations: Vec::new(),
+            counted: BTreeMap::new(),
+            liveness,
+            round_started: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            bytes_up_per_site: BTreeMap::new(),
+            started: Instant::now(),
+            version: 0,
+        };
+        federation.resume()?;
+        Ok(federation)
+    }
+
+    /// Rebuilds the state a previous coordinator left in the database.
+    fn resume(&mut self) -> Result<(), CoordinatorError> {
+        let run = self.run.id.clone();
+        self.joined = self.store.participants(&run)?.into_iter().collect();
+        if let Some(bytes) = self.store.agreement(&run, 1)? {
+            let kinds = pb::ColumnKinds::decode(bytes.as_slice())
+                .map_err(|e| StoreError::Damaged(e.to_string()))?;
+            self.kinds = Some(convert::kinds_from_pb(kinds)?);
+        }
+        let Some(bytes) = self.store.agreement(&run, 2)? else {
+            return Ok(());
+        };
+        let agreement = pb::Agreement::decode(bytes.as_slice())
+            .map_err(|e| StoreError::Damaged(e.to_string()))?;
+        self.agreement = Some(convert::agreement_from_pb(agreement)?);
+        let Some(closed) = self.store.latest_model_version(&run)? else {
+            return Err(CoordinatorError::Store(StoreError::Damaged(
+                "agreed run without an initial model".into(),
+            )));
+        };
+        // Replay every completed round's aggregate: it rebuilds the strategy's
+        // state (momentum, moments, control variate) and must reproduce the
+        // stored model exactly.
+        let mut strategy = self.plan.strategy()?;
+        let mut global = self
+            .store
+            .model(&run, 0)?
+            .ok_or_else(|| StoreError::Damaged("no initial model".into()))?;
+        let aggregates: BTreeMap<u32, _> =
+            self.store.aggregates(&run, closed)?.into_iter().collect();
+        for round in 1..=closed {
+            if let Some(aggregate) = aggregates.get(&round) {
+                global = RoundEngine::replay(strategy.as_mut(), &global, aggregate)?;
+            }
+        }
+        let stored = self
+            .store
+            .model(&run, closed)?
+            .ok_or_else(|| StoreError::Damaged("missing model".into()))?;
+        if stored
+            .values()
+            .map(f32::to_bits)
+            .ne(global.values().map(f32::to_bits))
+        {
+            return Err(CoordinatorError::Store(StoreError::Damaged(format!(
+                "replaying rounds 1..{closed} does not give the stored model"
+            ))));
+        }
+        let mut engine = RoundEngine::restore(
+            EngineConfig::from_plan(&self.plan),
+            strategy,
+            global,
+            closed,
+        );
+        for site in &self.joined {
+            engine.register(ParticipantId::new(site.as_str()));
+        }
+        let now = self.now();
+        for row in self.store.cohorts(&run)? {
+            for site in row.cohort {
+                let was_counted = row.counted.contains(&site);
+                self.counted.insert(site, (row.round, was_counted));
+            }
+        }
+        for (round, _status, record, evaluated) in self.store.rounds(&run)? {
+            let record: RoundRecord = serde_json::from_str(&record)
+                .map_err(|e| StoreError::Damaged(format!("round {round}: {e}")))?;
+            if evaluated {
+                self.records.push(record);
+            } else {
+                let received = self
+                    .store
+                    .evaluations(&run, round)?
+                    .into_iter()
+                    .filter_map(|(site, bytes)| {
+                        let report = pb::EvaluationReport::decode(bytes.as_slice()).ok()?;
+                        Some((site, convert::evaluation_from_pb(&report).ok()?))
+                    })
+                    .collect();
+                self.phase = Phase::Evaluating {
+                    round,
+                    targets: self.joined.clone(),
+                    received,
+                    record: Box::new(record),
+                };
+            }
+        }
+        if matches!(self.phase, Phase::Agreeing) {
+            self.phase = Phase::Training;
+            if let Some((round, cohort, opened_at)) = self.store.open_round_of(&run)? {
+                engine.reopen_round(round, cohort, opened_at)?;
+                for (site, update, at) in self.store.updates(&run, round)? {
+                    if let Err(rejection) = engine.submit(at, &site, round, &update) {
+                        tracing::warn!(%site, round, %rejection, "a stored update no longer counts");
+                    }
+                }
+                self.round_started = Some(Instant::now());
+            }
+        }
+        for site in &self.joined {
+            self.last_seen.insert(site.clone(), now);
+        }
+        self.engine = Some(engine);
+        if self.engine.as_ref().is_some_and(RoundEngine::is_finished)
+            && matches!(self.phase, Phase::Training)
+        {
+            self.phase = Phase::Finished;
+        }
+        tracing::info!(run = %run, rounds_closed = closed, "resumed");
+        Ok(())
+    }
+
+    /// The run's id.
+    pub fn run_id(&self) -> &str {
+        &self.run.id
+    }
+
+    /// Changes whenever anything a participant waits for may have changed.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Whether every round is done.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Finished)
+    }
+
+    /// The run clock: microseconds since the run was created.
+    pub fn now(&self) -> Timestamp {
+        Timestamp(unix_micros().saturating_sub(self.run.created_unix_micros))
+    }
+
+    fn touch(&mut self, site: &str) {
+        let now = self.now();
+        self.last_seen.insert(site.to_string(), now);
+    }
+
+    fn audit(&self, site: &str, action: &str, outcome: &str, detail: &str) {
+        if let Err(e) = self
+            .store
+            .audit(&self.run.id, self.now(), site, action, outcome, detail)
+        {
+            tracing::error!(%e, "cannot write the audit log");
+        }
+    }
+
+    /// Counts bytes a participant sent.
+    pub fn count_up(&mut self, site: &str, bytes: usize) {
+        self.bytes_up += bytes as u64;
+        *self.bytes_up_per_site.entry(site.to_string()).or_default() += bytes as u64;
+    }
+
+    /// Counts bytes sent to participants.
+    pub fn count_down(&mut self, bytes: usize) {
+        self.bytes_down += bytes as u64;
+    }
+
+    /// Records a refused message in the audit log.
+    pub fn reject_audit(&self, site: &str, action: &str, reason: &str) {
+        self.audit(site, action, "rejected", reason);
+        tracing::warn!(%site, %action, %reason, "rejected");
+    }
+
+    /// A participant joins: versions and capabilities are negotiated.
+    pub fn join(&mut self, site: &str, hello: &pb::Hello) -> Result<pb::Welcome, Refusal> {
+        if site.is_empty() {
+            return Err(Refusal::Invalid("no site name".into()));
+        }
+        let required = required_capabilities(self.plan.federation.strategy.as_str());
+        let negotiated = match negotiate(
+            CAPABILITIES,
+            hello.major,
+            hello.minor,
+            &hello.capabilities,
+            &required,
+        ) {
+            Ok(n) => n,
+            Err(e) => {
+                self.audit(site, "join", "refused", &e.to_string());
+                return Err(Refusal::Invalid(e.to_string()));
+            }
+        };
+        if let Expected::Named(names) = &self.expected
+            && !names.contains(site)
+        {
+            let reason = format!("site '{site}' is not among the plan's sites");
+            self.audit(site, "join", "refused", &reason);
+            return Err(Refusal::Denied(reason));
+        }
+        if self.joined.insert(site.to_string()) {
+            let now = self.now();
+            if let Err(e) = self.store.add_participant(&self.run.id, site, now) {
+                return Err(Refusal::Invalid(format!(
+                    "cannot record the participant: {e}"
+                )));
+            }
+            if let Some(engine) = self.engine.as_mut() {
+                engine.register(ParticipantId::new(site));
+            }
+            self.audit(
+                site,
+                "join",
+                "accepted",
+                &format!("protocol {}.{}", hello.major, hello.minor),
+            );
+        } else {
+            self.audit(
+                site,
+                "rejoin",
+                "accepted",
+                &format!("protocol {}.{}", hello.major, hello.minor),
+            );
+        }
+        self.touch(site);
+        self.version += 1;
+        Ok(pb::Welcome {
+            major: MAJOR,
+            minor: MINOR,
+            capabilities: negotiated.capabilities,
+            run_id: self.run.id.clone(),
+            plan_toml: self.run.plan.clone(),
+        })
+    }
+
+    fn require_joined(&self, site: &str) -> Result<(), Refusal> {
+        if self.joined.contains(site) {
+            Ok(())
+        } else {
+            Err(Refusal::Denied(format!("site '{site}' has not joined")))
+        }
+    }
+
+    fn quorum_of_offers(&self, step: u32) -> Result<Option<Offers>, StoreError> {
+        let offers = self.store.offers(&self.run.id, step)?;
+        let offered: BTreeSet<&String> = offers.iter().map(|(s, _)| s).collect();
+        let complete = match &self.expected {
+            Expected::Named(names) => names.iter().all(|n| offered.contains(n)),
+            Expected::Count(n) => offered.len() >= *n,
+        };
+        Ok(complete.then_some(offers))
+    }
+
+    /// Agreement step 1: the site's column kinds. Returns the agreed kinds once
+    /// every expected site has offered.
+    pub fn offer_kinds(
+        &mut self,
+        site: &str,
+        offer: pb::KindsOffer,
+    ) -> Result<Option<ColumnKinds>, Refusal> {
+        self.require_joined(site)?;
+        self.touch(site);
+        if let Some(kinds) = &self.kinds {
+            return Ok(Some(kinds.clone()));
+        }
+        let parsed = convert::kinds_offer_from_pb(site, offer.clone())
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        self.store
+            .put_offer(&self.run.id, 1, site, &offer.encode_to_vec())
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let _ = parsed;
+        let Some(offers) = self
+            .quorum_of_offers(1)
+            .map_err(|e| Refusal::Invalid(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let offers: Vec<KindsOffer> = offers
+            .into_iter()
+            .filter_map(|(s, bytes)| {
+                let offer = pb::KindsOffer::decode(bytes.as_slice()).ok()?;
+                convert::kinds_offer_from_pb(&s, offer).ok()
+            })
+            .collect();
+        let kinds =
+            agree_kinds(&self.plan.data, &offers).map_err(|e| Refusal::Invalid(e.to_string()))?;
+        self.store
+            .put_agreement(
+                &self.run.id,
+                1,
+                &convert::kinds_to_pb(&kinds).encode_to_vec(),
+            )
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        self.audit(site, "agree-kinds", "closed", &kinds.columns.join(","));
+        self.kinds = Some(kinds.clone());
+        self.version += 1;
+        Ok(Some(kinds))
+    }
+
+    /// Agreement step 2: the site's sets of levels. Returns the agreement once
+    /// every expected site has offered; the first round can then open.
+    pub fn offer_levels(
+        &mut self,
+        site: &str,
+        offer: pb::LevelsOffer,
+    ) -> Result<Option<Agreement>, Refusal> {
+        self.require_joined(site)?;
+        self.touch(site);
+        if let Some(agreement) = &self.agreement {
+            return Ok(Some(agreement.clone()));
+        }
+        let Some(kinds) = self.kinds.clone() else {
+            return Err(Refusal::Invalid("offer the column kinds first".into()));
+        };
+        self.store
+            .put_offer(&self.run.id, 2, site, &offer.encode_to_vec())
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let Some(offers) = self
+            .quorum_of_offers(2)
+            .map_err(|e| Refusal::Invalid(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let offers: Vec<LevelsOffer> = offers
+            .into_iter()
+            .filter_map(|(s, bytes)| {
+                let offer = pb::LevelsOffer::decode(bytes.as_slice()).ok()?;
+                Some(convert::levels_offer_from_pb(&s, offer))
+            })
+            .collect();
+        let agreement = agree_vocabulary(&self.plan.data, &kinds, &offers)
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let initial = self
+            .plan
+            .initial_model(agreement.feature_names().len(), agreement.classes.len())
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let now = self.now();
+        let stored = self
+            .store
+            .put_model(
+                &self.run.id,
+                0,
+                tessera_learn::Learner::parameters(&initial),
+                now,
+            )
+            .and_then(|()| {
+                self.store.put_agreement(
+                    &self.run.id,
+                    2,
+                    &convert::agreement_to_pb(&agreement).encode_to_vec(),
+                )
+            });
+        stored.map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let strategy = self
+            .plan
+            .strategy()
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let mut engine = RoundEngine::new(
+            EngineConfig::from_plan(&self.plan),
+            strategy,
+            tessera_learn::Learner::parameters(&initial).clone(),
+        );
+        for site in &self.joined {
+            engine.register(ParticipantId::new(site.as_str()));
+        }
+        self.engine = Some(engine);
+        self.audit(
+            site,
+            "agree-vocabulary",
+            "closed",
+            &format!("{} features", agreement.feature_names().len()),
+        );
+        self.agreement = Some(agreement.clone());
+        self.phase = Phase::Training;
+        self.version += 1;
+        self.advance();
+        Ok(Some(agreement))
+    }
+
+    fn previous(&self, site: &str) -> (u32, bool) {
+        self.counted.get(site).copied().unwrap_or((0, false))
+    }
+
+    /// What `site` should do now.
+    pub fn task_for(&mut self, site: &str) -> Result<TaskView, Refusal> {
+        self.require_joined(site)?;
+        self.touch(site);
+        let (previous_round, previous_update_counted) = self.previous(site);
+        match &self.phase {
+            Phase::Finished => Ok(TaskView::Finished),
+            Phase::Agreeing => Ok(TaskView::Wait),
+            Phase::Training => {
+                let Some(engine) = self.engine.as_ref() else {
+                    return Ok(TaskView::Wait);
+                };
+                let id = ParticipantId::new(site);
+                let Some(task) = engine.open_task().filter(|_| engine.is_pending(&id)) else {
+                    return Ok(TaskView::Wait);
+                };
+                let header = pb::TaskHeader {
+                    round: task.round,
+                    kind: pb::TaskKind::Fit as i32,
+                    layout: tessera_proto::layout_of(&task.global),
+                    proximal_mu: task.instructions.proximal_mu,
+                    has_server_control: task.instructions.server_control.is_some(),
+                    deadline_micros: task.deadline.map_or(0, |d| d.0),
+                    previous_update_counted,
+                    previous_round,
+                };
+                Ok(TaskView::Fit {
+                    header,
+                    global: task.global,
+                    control: task.instructions.server_control,
+                })
+            }
+            Phase::Evaluating {
+                round,
+                targets,
+                received,
+                ..
+            } => {
+                if !targets.contains(site) || received.contains_key(site) {
+                    return Ok(TaskView::Wait);
+                }
+                let Some(engine) = self.engine.as_ref() else {
+                    return Ok(TaskView::Wait);
+                };
+                let global = Arc::clone(engine.global());
+                Ok(TaskView::Evaluate {
+                    header: pb::TaskHeader {
+                        round: *round,
+                        kind: pb::TaskKind::Evaluate as i32,
+                        layout: tessera_proto::layout_of(&global),
+                        proximal_mu: None,
+                        has_server_control: false,
+                        deadline_micros: 0,
+                        previous_update_counted,
+                        previous_round,
+                    },
+                    global,
+                })
+            }
+        }
+    }
+
+    /// The layout updates must have, and whether they carry control deltas.
+    pub fn update_layout(&self) -> Option<(Arc<ParameterSet>, bool)> {
+        let engine = self.engine.as_ref()?;
+        Some((
+            Arc::clone(engine.global()),
+            self.plan.federation.strategy == tessera_aggregate::StrategyKind::Scaffold,
+        ))
+    }
+
+    /// Records an update. Accepted updates are durable before this returns.
+    pub fn submit_update(
+        &mut self,
+        site: &str,
+        round: u32,
+        update: &Update,
+    ) -> Result<(), Refusal> {
+        self.require_joined(site)?;
+        self.touch(site);
+        let now = self.now();
+        let id = ParticipantId::new(site);
+        let Some(engine) = self.engine.as_mut() else {
+            return Err(Refusal::Invalid("no round is open".into()));
+        };
+        match engine.submit(now, &id, round, update) {
+            Ok(()) => {
+                if let Err(e) = self
+                    .store
+                    .put_update(&self.run.id, round, site, update, now)
+                {
+                    // The engine counted an update the database does not hold: stop
+                    // rather than acknowledge it. A restart resumes from the database.
+                    tracing::error!(%e, "cannot store an accepted update; stopping");
+                    std::process::exit(70);
+                }
+                self.audit(
+                    site,
+                    "update",
+                    "accepted",
+                    &format!("round {round}, {} examples", update.n_examples),
+                );
+                self.version += 1;
+                self.advance();
+                Ok(())
+            }
+            Err(rejection) => {
+                let reason = rejection.to_string();
+                self.audit(
+                    site,
+                    "update",
+                    "rejected",
+                    &format!("round {round}: {reason}"),
+                );
+                self.version += 1;
+                self.advance();
+                Err(Refusal::Invalid(reason))
+            }
+        }
+    }
+
+    /// Records an evaluation of the model of `round`.
+    pub fn submit_evaluation(
+        &mut self,
+        site: &str,
+        report: &pb::EvaluationReport,
+    ) -> Result<(), Refusal> {
+        self.require_joined(site)?;
+        self.touch(site);
+        let evaluation = convert::evaluation_from_pb(report).map_err(|e| {
+            self.audit(site, "evaluation", "rejected", &e.to_string());
+            Refusal::Invalid(e.to_string())
+        })?;
+        let run = self.run.id.clone();
+        let Phase::Evaluating {
+            round,
+            targets,
+            received,
+            ..
+        } = &mut self.phase
+        else {
+            return Err(Refusal::Invalid(format!(
+                "no evaluation is open (got round {})",
+                report.round
+            )));
+        };
+        if *round != report.round || !targets.contains(site) {
+            return Err(Refusal::Invalid(format!(
+                "evaluation for round {} from '{site}', evaluating round {round}",
+                report.round
+            )));
+        }
+        if let Err(e) = self
+            .store
+            .put_evaluation(&run, *round, site, &report.encode_to_vec())
+        {
+            return Err(Refusal::Invalid(format!(
+                "cannot store the evaluation: {e}"
+            )));
+        }
+        received.insert(site.to_string(), evaluation);
+        self.version += 1;
+        self.advance();
+        Ok(())
+    }
+
+    /// A participant at work says so; false once the round no longer waits for it.
+    pub fn heartbeat(&mut self, site: &str, round: u32) -> Result<bool, Refusal> {
+        self.require_joined(site)?;
+        self.touch(site);
+        let engine = self.engine.as_ref();
+        Ok(engine.is_some_and(|e| {
+            e.open_round() == Some(round) && e.is_pending(&ParticipantId::new(site))
+        }))
+    }
+
+    fn stale(&self, site: &str, now: Timestamp) -> bool {
+        self.last_seen
+            .get(site)
+            .is_none_or(|&seen| now.since(seen) > self.liveness)
+    }
+
+    /// Time-driven and event-driven transitions: opens rounds, drops silent
+    /// participants, closes rounds at their deadline, finishes evaluations.
+    pub fn advance(&mut self) {
+        for _ in 0..8 {
+            let before = self.version;
+            if let Err(e) = self.step() {
+                tracing::error!(%e, "cannot advance the federation");
+                return;
+            }
+            if self.version == before {
+                return;
+            }
+        }
+    }
+
+    fn step(&mut self) -> Result<(), CoordinatorError> {
+        let now = self.now();
+        match &self.phase {
+            Phase::Agreeing | Phase::Finished => Ok(()),
+            Phase::Training => self.step_training(now),
+            Phase::Evaluating { .. } => self.step_evaluating(now),
+        }
+    }
+
+    fn step_training(&mut self, now: Timestamp) -> Result<(), CoordinatorError> {
+        let run = self.run.id.clone();
+        let Some(engine) = self.engine.as_mut() else {
+            return Ok(());
+        };
+        if engine.open_round().is_none() {
+            if engine.is_finished() {
+                self.store.finish_run(&run)?;
+                self.audit(
+                    "-",
+                    "run",
+                    "finished",
+                    &format!("{} rounds", self.records.len()),
+                );
+                self.phase = Phase::Finished;
+                self.version += 1;
+                return Ok(());
+            }
+            match engine.begin_round(now) {
+                Ok(start) => {
+                    self.store
+                        .open_round(&run, start.task.round, &start.cohort, now)?;
+                    self.round_started = Some(Instant::now());
+                    tracing::info!(
+                        round = start.task.round,
+                        cohort = start.cohort.len(),
+                        "round opened"
+                    );
+                    self.version += 1;
+                }
+                Err(tessera_engine::EngineError::NotEnoughParticipants { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            return Ok(());
+        }
+        // A cohort member that has not been heard of for too long is gone.
+        let silent: Vec<String> = self
+            .joined
+            .iter()
+            .filter(|s| engine.is_pending(&ParticipantId::new(s.as_str())))
+            .filter(|s| {
+                self.last_seen
+                    .get(*s)
+                    .is_none_or(|&seen| now.since(seen) > self.liveness)
+            })
+            .cloned()
+            .collect();
+        for site in &silent {
+            engine.report_dropout(&ParticipantId::new(site.as_str()));
+        }
+        for site in &silent {
+            self.audit(
+                site,
+                "liveness",
+                "dropped",
+                &format!("silent for more than {:?}", self.liveness),
+            );
+            self.version += 1;
+        }
+        let Some(engine) = self.engine.as_mut() else {
+            return Ok(());
+        };
+        let Some(outcome) = engine.poll(now) else {
+            return Ok(());
+        };
+        let model = Arc::clone(engine.global());
+        let seconds = self
+            .round_started
+            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let record = round_record(&outcome, &[], seconds, 0, 0);
+        let record_json =
+            serde_json::to_string(&record).map_err(|e| CoordinatorError::Config(e.to_string()))?;
+        let status = record.status.clone();
+        let cohort: Vec<String> = outcome
+            .cohort
+            .iter()
+            .map(|p| p.as_str().to_string())
+            .collect();
+        let counted: Vec<String> = if outcome.status == RoundStatus::Completed {
+            outcome
+                .accepted
+                .iter()
+                .map(|p| p.as_str().to_string())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.store.close_round(
+            &run,
+            &RoundClose {
+                round: outcome.round,
+                aggregate: outcome.aggregate.as_ref(),
+                model: &model,
+                status: &status,
+                record_json: &record_json,
+                cohort: &cohort,
+                counted: &counted,
+                at: now,
+            },
+        )?;
+        for site in &cohort {
+            self.counted
+                .insert(site.clone(), (outcome.round, counted.contains(site)));
+        }
+        for (site, reason) in &outcome.rejected {
+            tracing::warn!(%site, %reason, round = outcome.round, "update rejected");
+        }
+        tracing::info!(
+            round = outcome.round,
+            status = %status,
+            accepted = outcome.accepted.len(),
+            stragglers = outcome.stragglers.len(),
+            dropped = outcome.dropped.len(),
+            "round closed"
+        );
+        let targets: BTreeSet<String> = self
+            .joined
+            .iter()
+            .filter(|s| !self.stale(s, now))
+            .cloned()
+            .collect();
+        self.phase = Phase::Evaluating {
+            round: outcome.round,
+            targets,
+            received: BTreeMap::new(),
+            record: Box::new(record),
+        };
+        self.version += 1;
+        Ok(())
+    }
+
+    fn step_evaluating(&mut self, now: Timestamp) -> Result<(), CoordinatorError> {
+        let stale: Vec<String> = match &self.phase {
+            Phase::Evaluating {
+                targets, received, ..
+            } => targets
+                .iter()
+                .filter(|s| !received.contains_key(*s) && self.stale(s, now))
+                .cloned()
+                .collect(),
+            _ => return Ok(()),
+        };
+        let Phase::Evaluating {
+            round,
+            targets,
+            received,
+            record,
+        } = &mut self.phase
+        else {
+            return Ok(());
+        };
+        for site in &stale {
+            targets.remove(site);
+        }
+        if !targets.iter().all(|s| received.contains_key(s)) {
+            if !stale.is_empty() {
+                self.version += 1;
+            }
+            return Ok(());
+        }
+        let round = *round;
+        let names: Vec<String> = received.keys().cloned().collect();
+        let evaluations: Vec<Evaluation> = received.values().cloned().collect();
+        let closed = round_record_with(
+            record,
+            &evaluations,
+            self.round_started
+                .map_or(0.0, |t| t.elapsed().as_secs_f64()),
+        );
+        let record_json =
+            serde_json::to_string(&closed).map_err(|e| CoordinatorError::Config(e.to_string()))?;
+        self.store
+            .finish_round_evaluation(&self.run.id, round, &record_json)?;
+        tracing::info!(
+            round,
+            accuracy = closed.accuracy,
+            mean_site_accuracy = closed.mean_site_accuracy,
+            "round evaluated"
+        );
+        self.records.push(closed);
+        self.last_evaluations = names.into_iter().zip(evaluations).collect();
+        self.phase = Phase::Training;
+        self.version += 1;
+        Ok(())
+    }
+
+    /// The run's report so far.
+    pub fn report(&self) -> RunReport {
+        let names: Vec<&str> = self
+            .last_evaluations
+            .iter()
+            .map(|(s, _)| s.as_str())
+            .collect();
+        let evaluations: Vec<Evaluation> = self
+            .last_evaluations
+            .iter()
+            .map(|(_, e)| e.clone())
+            .collect();
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let n_rounds = self.records.len().max(1) as f64;
+        let mut rounds = self.records.clone();
+        // Traffic is counted for the whole run; spread it evenly for the per-round view.
+        for r in &mut rounds {
+            r.bytes_up = self.bytes_up / n_rounds as u64;
+            r.bytes_down = self.bytes_down / n_rounds as u64;
+        }
+        RunReport {
+            plan: self.plan.name.clone(),
+            strategy: self.plan.federation.strategy.to_string(),
+            seed: self.plan.seed,
+            model: format!("{:?}", self.plan.model.kind).to_lowercase(),
+            features: self
+                .agreement
+                .as_ref()
+                .map(Agreement::feature_names)
+                .unwrap_or_default(),
+            classes: self
+                .agreement
+                .as_ref()
+                .map(|a| a.classes.clone())
+                .unwrap_or_default(),
+            data: Vec::new(),
+            rounds,
+            final_metrics: final_metrics(&names, &evaluations),
+            baselines: None,
+            timing: Timing {
+                total_seconds: elapsed,
+                data_seconds: 0.0,
+                rounds_seconds: elapsed,
+                seconds_per_round: elapsed / n_rounds,
+                baselines_seconds: 0.0,
+                virtual_seconds: self.now().as_secs_f64(),
+                threads: 1,
+                peak_rss_bytes: None,
+            },
+            communication: Communication {
+                bytes_up: self.bytes_up,
+                bytes_down: self.bytes_down,
+                bytes_up_per_site: self.bytes_up_per_site.clone(),
+            },
+            final_parameters: self
+                .engine
+                .as_ref()
+                .map(|e| e.global().as_ref().clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The store, for reads.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// A round's record completed with the evaluations of its model.
+fn round_record_with(
+    record: &RoundRecord,
+    evaluations: &[Evaluation],
+    seconds: f64,
+) -> RoundRecord {
+    let pooled = Evaluation::pool(evaluations);
+    RoundRecord {
+        accuracy: pooled.accuracy(),
+        loss: pooled.mean_loss(),
+        mean_site_accuracy: tessera_engine::report::mean_site_accuracy(evaluations),
+        auc: pooled.auc,
+        seconds,
+        ..record.clone()
+    }
+}

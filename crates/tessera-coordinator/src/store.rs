@@ -1,0 +1,769 @@
+//! Durable state in SQLite (WAL, synchronous commits): runs, the plan, the
+//! data agreement, participants, every model version, each closed round's
+//! aggregate, the open round and its accepted updates, evaluations, and an
+//! append-only audit log. Whatever the coordinator acknowledges is committed
+//! first.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tessera_aggregate::RoundAggregate;
+use tessera_core::{FitStats, ParameterSet, ParticipantId, Timestamp, Update};
+use tessera_proto::{ProtoError, decode_parameters, encode_parameters};
+use thiserror::Error;
+
+/// A storage failure.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// SQLite refused.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Stored bytes do not decode.
+    #[error("database holds a damaged record: {0}")]
+    Damaged(String),
+}
+
+impl From<ProtoError> for StoreError {
+    fn from(e: ProtoError) -> Self {
+        StoreError::Damaged(e.to_string())
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    rounds INTEGER NOT NULL,
+    created_unix_micros INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    code_version TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS participants (
+    run_id TEXT NOT NULL, site TEXT NOT NULL, joined_micros INTEGER NOT NULL,
+    PRIMARY KEY (run_id, site)
+);
+CREATE TABLE IF NOT EXISTS agreement_steps (
+    run_id TEXT NOT NULL, step INTEGER NOT NULL, site TEXT NOT NULL, offer BLOB NOT NULL,
+    PRIMARY KEY (run_id, step, site)
+);
+CREATE TABLE IF NOT EXISTS agreements (
+    run_id TEXT NOT NULL, step INTEGER NOT NULL, result BLOB NOT NULL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE IF NOT EXISTS models (
+    run_id TEXT NOT NULL, version INTEGER NOT NULL, params BLOB NOT NULL, created_micros INTEGER NOT NULL,
+    PRIMARY KEY (run_id, version)
+);
+CREATE TABLE IF NOT EXISTS round_aggregates (
+    run_id TEXT NOT NULL, round INTEGER NOT NULL,
+    mean_delta BLOB NOT NULL, control_step BLOB,
+    n_updates INTEGER NOT NULL, n_examples INTEGER NOT NULL, weight_sum REAL NOT NULL, mean_train_loss REAL NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS open_rounds (
+    run_id TEXT PRIMARY KEY, round INTEGER NOT NULL, cohort TEXT NOT NULL, opened_micros INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS updates (
+    run_id TEXT NOT NULL, round INTEGER NOT NULL, site TEXT NOT NULL,
+    n_examples INTEGER NOT NULL, n_steps INTEGER NOT NULL, mean_train_loss REAL NOT NULL,
+    delta BLOB NOT NULL, control BLOB, received_micros INTEGER NOT NULL,
+    PRIMARY KEY (run_id, round, site)
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    run_id TEXT NOT NULL, round INTEGER NOT NULL, status TEXT NOT NULL, record TEXT NOT NULL,
+    evaluated INTEGER NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS round_cohorts (
+    run_id TEXT NOT NULL, round INTEGER NOT NULL, cohort TEXT NOT NULL, counted TEXT NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    run_id TEXT NOT NULL, round INTEGER NOT NULL, site TEXT NOT NULL, report BLOB NOT NULL,
+    PRIMARY KEY (run_id, round, site)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL, at_micros INTEGER NOT NULL, site TEXT NOT NULL,
+    action TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_is_append_only_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_is_append_only_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+";
+
+/// A run as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    /// Run id.
+    pub id: String,
+    /// Plan name.
+    pub name: String,
+    /// Plan text.
+    pub plan: String,
+    /// Strategy.
+    pub strategy: String,
+    /// Seed.
+    pub seed: u64,
+    /// Planned rounds.
+    pub rounds: u32,
+    /// Creation time, microseconds since the Unix epoch: the run clock's zero.
+    pub created_unix_micros: u64,
+    /// `running` or `finished`.
+    pub status: String,
+}
+
+/// Everything stored when a round closes.
+#[derive(Debug, Clone, Copy)]
+pub struct RoundClose<'a> {
+    /// The round.
+    pub round: u32,
+    /// The aggregate the strategy applied (completed rounds).
+    pub aggregate: Option<&'a RoundAggregate>,
+    /// The model after the round.
+    pub model: &'a ParameterSet,
+    /// How it ended.
+    pub status: &'a str,
+    /// Its report line, JSON.
+    pub record_json: &'a str,
+    /// Its cohort.
+    pub cohort: &'a [String],
+    /// Whose updates counted.
+    pub counted: &'a [String],
+    /// When it closed.
+    pub at: Timestamp,
+}
+
+/// A closed round's cohort and whose updates counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CohortRow {
+    /// The round.
+    pub round: u32,
+    /// Its cohort.
+    pub cohort: Vec<String>,
+    /// Whose updates counted.
+    pub counted: Vec<String>,
+}
+
+/// Offers of an agreement step: (site, encoded offer).
+pub type Offers = Vec<(String, Vec<u8>)>;
+
+/// An audit entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    /// Run clock, microseconds.
+    pub at_micros: u64,
+    /// Who.
+    pub site: String,
+    /// What they did.
+    pub action: String,
+    /// `accepted`, `rejected`, ...
+    pub outcome: String,
+    /// Why, or what.
+    pub detail: String,
+}
+
+/// The SQLite database of a coordinator.
+pub struct Store {
+    conn: Connection,
+}
+
+fn micros(t: Timestamp) -> i64 {
+    i64::try_from(t.0).unwrap_or(i64::MAX)
+}
+
+fn unsigned(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn })
+    }
+
+    /// Opens an existing database without changing it (for `tessera runs` and `status`).
+    pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Damaged(format!(
+                "{}: no such database",
+                path.display()
+            )));
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Self { conn })
+    }
+
+    /// Records a new run.
+    pub fn create_run(&self, run: &RunRow) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO runs (id, name, plan, strategy, seed, rounds, created_unix_micros, status, code_version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                run.id,
+                run.name,
+                run.plan,
+                run.strategy,
+                run.seed as i64,
+                run.rounds,
+                run.created_unix_micros as i64,
+                run.status,
+                env!("CARGO_PKG_VERSION")
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Every run, newest first.
+    pub fn runs(&self) -> Result<Vec<RunRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, name, plan, strategy, seed, rounds, created_unix_micros, status FROM runs
+             ORDER BY created_unix_micros DESC, id DESC",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(RunRow {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                plan: r.get(2)?,
+                strategy: r.get(3)?,
+                seed: unsigned(r.get(4)?),
+                rounds: r.get(5)?,
+                created_unix_micros: unsigned(r.get(6)?),
+                status: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest run that has not finished.
+    pub fn unfinished_run(&self) -> Result<Option<RunRow>, StoreError> {
+        Ok(self.runs()?.into_iter().find(|r| r.status != "finished"))
+    }
+
+    /// Marks a run finished.
+    pub fn finish_run(&self, run: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE runs SET status = 'finished' WHERE id = ?1",
+            params![run],
+        )?;
+        Ok(())
+    }
+
+    /// Records that `site` joined.
+    pub fn add_participant(&self, run: &str, site: &str, at: Timestamp) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO participants (run_id, site, joined_micros) VALUES (?1, ?2, ?3)",
+            params![run, site, micros(at)],
+        )?;
+        Ok(())
+    }
+
+    /// Sites that joined, sorted.
+    pub fn participants(&self, run: &str) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT site FROM participants WHERE run_id = ?1 ORDER BY site")?;
+        let rows = stmt.query_map(params![run], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Stores a site's offer for agreement step `step`.
+    pub fn put_offer(
+        &self,
+        run: &str,
+        step: u32,
+        site: &str,
+        offer: &[u8],
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO agreement_steps (run_id, step, site, offer) VALUES (?1, ?2, ?3, ?4)",
+            params![run, step, site, offer],
+        )?;
+        Ok(())
+    }
+
+    /// Offers of step `step`, by site.
+    pub fn offers(&self, run: &str, step: u32) -> Result<Offers, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT site, offer FROM agreement_steps WHERE run_id = ?1 AND step = ?2 ORDER BY site",
+        )?;
+        let rows = stmt.query_map(params![run, step], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Stores the result of agreement step `step`.
+    pub fn put_agreement(&self, run: &str, step: u32, result: &[u8]) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO agreements (run_id, step, result) VALUES (?1, ?2, ?3)",
+            params![run, step, result],
+        )?;
+        Ok(())
+    }
+
+    /// The result of agreement step `step`.
+    pub fn agreement(&self, run: &str, step: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT result FROM agreements WHERE run_id = ?1 AND step = ?2",
+                params![run, step],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Stores model version `version` (the model after that many rounds).
+    pub fn put_model(
+        &self,
+        run: &str,
+        version: u32,
+        params: &ParameterSet,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO models (run_id, version, params, created_micros) VALUES (?1, ?2, ?3, ?4)",
+            params![run, version, encode_parameters(params), micros(at)],
+        )?;
+        Ok(())
+    }
+
+    /// Model version `version`.
+    pub fn model(&self, run: &str, version: u32) -> Result<Option<ParameterSet>, StoreError> {
+        let bytes: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT params FROM models WHERE run_id = ?1 AND version = ?2",
+                params![run, version],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(bytes.map(|b| decode_parameters(&b)).transpose()?)
+    }
+
+    /// The newest model version.
+    pub fn latest_model_version(&self, run: &str) -> Result<Option<u32>, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT MAX(version) FROM models WHERE run_id = ?1",
+            params![run],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Closes a round in one transaction: its cohort, its aggregate (if it
+    /// completed), the new model, its report line; clears the open round and
+    /// its updates.
+    pub fn close_round(&mut self, run: &str, close: &RoundClose<'_>) -> Result<(), StoreError> {
+        let RoundClose {
+            round,
+            aggregate,
+            model,
+            status,
+            record_json,
+            cohort,
+            counted,
+            at,
+        } = *close;
+        let json =
+            |v: &[String]| serde_json::to_string(v).map_err(|e| StoreError::Damaged(e.to_string()));
+        let (cohort, counted) = (json(cohort)?, json(counted)?);
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO round_cohorts (run_id, round, cohort, counted) VALUES (?1, ?2, ?3, ?4)",
+            params![run, round, cohort, counted],
+        )?;
+        if let Some(a) = aggregate {
+            tx.execute(
+                "INSERT OR REPLACE INTO round_aggregates
+                 (run_id, round, mean_delta, control_step, n_updates, n_examples, weight_sum, mean_train_loss)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    run,
+                    round,
+                    encode_parameters(&a.mean_delta),
+                    a.control_step.as_ref().map(encode_parameters),
+                    a.n_updates as i64,
+                    a.n_examples as i64,
+                    a.weight_sum,
+                    a.mean_train_loss
+                ],
+            )?;
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO models (run_id, version, params, created_micros) VALUES (?1, ?2, ?3, ?4)",
+            params![run, round, encode_parameters(model), micros(at)],
+        )?;
+        tx.execute(
+            "INSERT OR REPLACE INTO rounds (run_id, round, status, record, evaluated) VALUES (?1, ?2, ?3, ?4, 0)",
+            params![run, round, status, record_json],
+        )?;
+        tx.execute("DELETE FROM open_rounds WHERE run_id = ?1", params![run])?;
+        tx.execute(
+            "DELETE FROM updates WHERE run_id = ?1 AND round = ?2",
+            params![run, round],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Aggregates of the completed rounds up to `up_to`, in order.
+    pub fn aggregates(
+        &self,
+        run: &str,
+        up_to: u32,
+    ) -> Result<Vec<(u32, RoundAggregate)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT round, mean_delta, control_step, n_updates, n_examples, weight_sum, mean_train_loss
+             FROM round_aggregates WHERE run_id = ?1 AND round <= ?2 ORDER BY round",
+        )?;
+        let rows = stmt.query_map(params![run, up_to], |r| {
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Option<Vec<u8>>>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, f64>(5)?,
+                r.get::<_, f64>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (round, delta, control, n_updates, n_examples, weight_sum, mean_train_loss) = row?;
+            out.push((
+                round,
+                RoundAggregate {
+                    mean_delta: decode_parameters(&delta)?,
+                    control_step: control.map(|c| decode_parameters(&c)).transpose()?,
+                    n_updates: unsigned(n_updates),
+                    n_examples: unsigned(n_examples),
+                    weight_sum,
+                    mean_train_loss,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Records the open round, before anyone receives its task.
+    pub fn open_round(
+        &self,
+        run: &str,
+        round: u32,
+        cohort: &[ParticipantId],
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let names: Vec<&str> = cohort.iter().map(ParticipantId::as_str).collect();
+        let cohort =
+            serde_json::to_string(&names).map_err(|e| StoreError::Damaged(e.to_string()))?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO open_rounds (run_id, round, cohort, opened_micros) VALUES (?1, ?2, ?3, ?4)",
+            params![run, round, cohort, micros(at)],
+        )?;
+        Ok(())
+    }
+
+    /// The open round: number, cohort, start.
+    pub fn open_round_of(
+        &self,
+        run: &str,
+    ) -> Result<Option<(u32, Vec<ParticipantId>, Timestamp)>, StoreError> {
+        let row: Option<(u32, String, i64)> = self
+            .conn
+            .query_row(
+                "SELECT round, cohort, opened_micros FROM open_rounds WHERE run_id = ?1",
+                params![run],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((round, cohort, at)) => {
+                let names: Vec<String> = serde_json::from_str(&cohort)
+                    .map_err(|e| StoreError::Damaged(format!("open round cohort: {e}")))?;
+                Ok(Some((
+                    round,
+                    names.into_iter().map(ParticipantId::new).collect(),
+                    Timestamp(unsigned(at)),
+                )))
+            }
+        }
+    }
+
+    /// Stores an accepted update; the caller commits it before acknowledging.
+    pub fn put_update(
+        &self,
+        run: &str,
+        round: u32,
+        site: &str,
+        update: &Update,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO updates (run_id, round, site, n_examples, n_steps, mean_train_loss, delta, control, received_micros)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                run,
+                round,
+                site,
+                update.n_examples as i64,
+                update.stats.n_steps as i64,
+                update.stats.mean_train_loss,
+                encode_parameters(&update.delta),
+                update.control_delta.as_ref().map(encode_parameters),
+                micros(at)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The accepted updates of `round`, in arrival order.
+    pub fn updates(
+        &self,
+        run: &str,
+        round: u32,
+    ) -> Result<Vec<(ParticipantId, Update, Timestamp)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT site, n_examples, n_steps, mean_train_loss, delta, control, received_micros
+             FROM updates WHERE run_id = ?1 AND round = ?2 ORDER BY received_micros, site",
+        )?;
+        let rows = stmt.query_map(params![run, round], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, f64>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+                r.get::<_, Option<Vec<u8>>>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (site, n_examples, n_steps, loss, delta, control, at) = row?;
+            out.push((
+                ParticipantId::new(site),
+                Update {
+                    delta: decode_parameters(&delta)?,
+                    n_examples: unsigned(n_examples),
+                    control_delta: control.map(|c| decode_parameters(&c)).transpose()?,
+                    stats: FitStats {
+                        n_steps: unsigned(n_steps),
+                        mean_train_loss: loss,
+                    },
+                },
+                Timestamp(unsigned(at)),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Every closed round's cohort and counted sites, by round.
+    pub fn cohorts(&self, run: &str) -> Result<Vec<CohortRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT round, cohort, counted FROM round_cohorts WHERE run_id = ?1 ORDER BY round",
+        )?;
+        let rows = stmt.query_map(params![run], |r| {
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (round, cohort, counted) = row?;
+            let parse = |s: &str| {
+                serde_json::from_str::<Vec<String>>(s)
+                    .map_err(|e| StoreError::Damaged(e.to_string()))
+            };
+            out.push(CohortRow {
+                round,
+                cohort: parse(&cohort)?,
+                counted: parse(&counted)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Round report lines (JSON) with whether their evaluation finished.
+    pub fn rounds(&self, run: &str) -> Result<Vec<(u32, String, String, bool)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT round, status, record, evaluated FROM rounds WHERE run_id = ?1 ORDER BY round",
+        )?;
+        let rows = stmt.query_map(params![run], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Replaces a round's report line once its evaluation is complete.
+    pub fn finish_round_evaluation(
+        &self,
+        run: &str,
+        round: u32,
+        record_json: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE rounds SET record = ?3, evaluated = 1 WHERE run_id = ?1 AND round = ?2",
+            params![run, round, record_json],
+        )?;
+        Ok(())
+    }
+
+    /// Stores a site's evaluation of round `round`'s model.
+    pub fn put_evaluation(
+        &self,
+        run: &str,
+        round: u32,
+        site: &str,
+        report: &[u8],
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO evaluations (run_id, round, site, report) VALUES (?1, ?2, ?3, ?4)",
+            params![run, round, site, report],
+        )?;
+        Ok(())
+    }
+
+    /// Evaluations of round `round`, by site.
+    pub fn evaluations(&self, run: &str, round: u32) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT site, report FROM evaluations WHERE run_id = ?1 AND round = ?2 ORDER BY site",
+        )?;
+        let rows = stmt.query_map(params![run, round], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Appends to the audit log.
+    pub fn audit(
+        &self,
+        run: &str,
+        at: Timestamp,
+        site: &str,
+        action: &str,
+        outcome: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO audit (run_id, at_micros, site, action, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![run, micros(at), site, action, outcome, detail],
+        )?;
+        Ok(())
+    }
+
+    /// The audit log of a run, oldest first.
+    pub fn audit_log(&self, run: &str) -> Result<Vec<AuditRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT at_micros, site, action, outcome, detail FROM audit WHERE run_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![run], |r| {
+            Ok(AuditRow {
+                at_micros: unsigned(r.get(0)?),
+                site: r.get(1)?,
+                action: r.get(2)?,
+                outcome: r.get(3)?,
+                detail: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::Tensor;
+
+    fn params(v: &[f32]) -> ParameterSet {
+        let mut p = ParameterSet::new();
+        p.push("w", Tensor::new(vec![v.len()], v.to_vec()).unwrap())
+            .unwrap();
+        p
+    }
+
+    #[test]
+    fn rounds_updates_and_audit_persist() {
+        let dir = std::env::temp_dir().join(format!("tessera-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.sqlite");
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .create_run(&RunRow {
+                    id: "r1".into(),
+                    name: "n".into(),
+                    plan: "p".into(),
+                    strategy: "fedavg".into(),
+                    seed: 1,
+                    rounds: 2,
+                    created_unix_micros: 5,
+                    status: "running".into(),
+                })
+                .unwrap();
+            store
+                .open_round(
+                    "r1",
+                    1,
+                    &[ParticipantId::new("a"), ParticipantId::new("b")],
+                    Timestamp(7),
+                )
+                .unwrap();
+            let update = Update {
+                delta: params(&[1.0, 2.0]),
+                n_examples: 3,
+                control_delta: None,
+                stats: FitStats {
+                    n_steps: 4,
+                    mean_train_loss: 0.5,
+                },
+            };
+            store
+                .put_update("r1", 1, "a", &update, Timestamp(9))
+                .unwrap();
+            store
+                .audit("r1", Timestamp(9), "a", "update", "accepted", "round 1")
+                .unwrap();
+            assert!(
+                store.conn.execute("DELETE FROM audit", []).is_err(),
+                "append-only"
+            );
+        }
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.unfinished_run().unwrap().unwrap().id, "r1");
+        let (round, cohort, at) = store.open_round_of("r1").unwrap().unwrap();
+        assert_eq!((round, cohort.len(), at), (1, 2, Timestamp(7)));
+        let updates = store.updates("r1", 1).unwrap();
+        assert_eq!(updates[0].1.delta, params(&[1.0, 2.0]));
+        store
+            .close_round(
+                "r1",
+                &RoundClose {
+                    round: 1,
+                    aggregate: None,
+                    model: &params(&[0.5, 0.5]),
+                    status: "completed",
+                    record_json: "{}",
+                    cohort: &["a".to_string()],
+                    counted: &[],
+                    at: Timestamp(10),
+                },
+            )
+            .unwrap();
+        assert!(store.open_round_of("r1").unwrap().is_none());
+        assert!(store.updates("r1", 1).unwrap().is_empty());
+        assert_eq!(store.model("r1", 1).unwrap().unwrap(), params(&[0.5, 0.5]));
+        assert_eq!(store.audit_log("r1").unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,495 @@
+//! The participant: joins a coordinator, agrees the data layout without
+//! sending rows, then trains and evaluates next to the site's data whenever
+//! the coordinator asks, with the same [`tessera_engine::Site`] the simulator
+//! uses. It reconnects on its own, with backoff, when the coordinator or the
+//! network goes away.
+//!
+//! Key design decision: a participant keeps nothing the coordinator cannot
+//! give back; after a reconnection it asks for its task again, and training
+//! is deterministic, so a repeated task gives the same update.
+#![deny(missing_docs)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_core::ParticipantId;
+use tessera_data::{Dataset, Filesystem, ScaleScope, read_local_site};
+use tessera_engine::{FitTask, Plan, Site};
+use tessera_proto::pb::federation_client::FederationClient;
+use tessera_proto::pb::{self, agree_reply, task, update_part};
+use tessera_proto::{
+    Assembler, CAPABILITIES, CHUNK_BYTES, Limits, MAJOR, MINOR, chunks, convert, layout_of,
+};
+use thiserror::Error;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Why a participant stopped.
+#[derive(Debug, Error)]
+pub enum ParticipantError {
+    /// The coordinator refused this participant (version, identity, data).
+    #[error("refused by the coordinator: {0}")]
+    Refused(String),
+    /// The site's data or the plan is unusable.
+    #[error("{0}")]
+    Local(String),
+    /// A setting is unusable.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// How to run a participant.
+#[derive(Debug, Clone)]
+pub struct ParticipantConfig {
+    /// The coordinator's URL, e.g. `http://127.0.0.1:7000`.
+    pub coordinator: String,
+    /// This site's name.
+    pub site: String,
+    /// This site's data file.
+    pub data: PathBuf,
+    /// Folder against which the plan's other relative paths (a split
+    /// membership file) are resolved.
+    pub plan_dir: PathBuf,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+    /// Give up after this long without reaching the coordinator.
+    pub give_up_after: Duration,
+}
+
+/// What a participant did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParticipantSummary {
+    /// Updates sent and accepted.
+    pub updates_accepted: u32,
+    /// Updates sent and refused.
+    pub updates_refused: u32,
+    /// Evaluations sent.
+    pub evaluations: u32,
+    /// Times the connection was re-established.
+    pub reconnections: u32,
+}
+
+/// A participant ready to work for a run.
+struct Ready {
+    run_id: String,
+    site: Option<Site>,
+    train: Arc<Dataset>,
+    test: Arc<Dataset>,
+    heartbeat: bool,
+    /// The round whose update awaits its outcome (SCAFFOLD's control variate).
+    awaiting: Option<u32>,
+}
+
+enum SessionEnd {
+    Finished,
+}
+
+/// A failure inside a session: retry (network) or stop (refusal).
+enum Failure {
+    Retry(String),
+    Fatal(ParticipantError),
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Self {
+        match status.code() {
+            Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::FailedPrecondition
+            | Code::Unauthenticated => {
+                Failure::Fatal(ParticipantError::Refused(status.message().to_string()))
+            }
+            _ => Failure::Retry(format!("{}: {}", status.code(), status.message())),
+        }
+    }
+}
+
+/// Takes part in the coordinator's run until it is over.
+pub async fn run(config: ParticipantConfig) -> Result<ParticipantSummary, ParticipantError> {
+    let endpoint = Endpoint::from_shared(config.coordinator.clone())
+        .map_err(|e| {
+            ParticipantError::Config(format!("coordinator URL '{}': {e}", config.coordinator))
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    let mut ready: Option<Ready> = None;
+    let mut summary = ParticipantSummary::default();
+    let mut backoff = Duration::from_millis(100);
+    let mut unreachable_since: Option<tokio::time::Instant> = None;
+    loop {
+        match session(
+            &config,
+            &endpoint,
+            &mut ready,
+            &mut summary,
+            &mut unreachable_since,
+        )
+        .await
+        {
+            Ok(SessionEnd::Finished) => return Ok(summary),
+            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Retry(reason)) => {
+                let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() > config.give_up_after {
+                    return Err(ParticipantError::Refused(format!(
+                        "the coordinator has been unreachable for {:?}: {reason}",
+                        config.give_up_after
+                    )));
+                }
+                tracing::warn!(%reason, ?backoff, "connection lost; retrying");
+                summary.reconnections += 1;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(config.max_backoff);
+            }
+        }
+    }
+}
+
+async fn session(
+    config: &ParticipantConfig,
+    endpoint: &Endpoint,
+    ready: &mut Option<Ready>,
+    summary: &mut ParticipantSummary,
+    unreachable_since: &mut Option<tokio::time::Instant>,
+) -> Result<SessionEnd, Failure> {
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Failure::Retry(format!("cannot connect to {}: {e}", config.coordinator)))?;
+    let mut client = FederationClient::new(channel)
+        .max_decoding_message_size(16 << 20)
+        .max_encoding_message_size(16 << 20);
+    let welcome = client
+        .join(pb::Hello {
+            major: MAJOR,
+            minor: MINOR,
+            capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            site: config.site.clone(),
+        })
+        .await?
+        .into_inner();
+    *unreachable_since = None;
+    if welcome.major != MAJOR {
+        return Err(Failure::Fatal(ParticipantError::Refused(format!(
+            "coordinator speaks protocol {}.{}, this participant {MAJOR}.{MINOR}",
+            welcome.major, welcome.minor
+        ))));
+    }
+    if ready.as_ref().is_none_or(|r| r.run_id != welcome.run_id) {
+        *ready = Some(prepare(config, &mut client, &welcome).await?);
+    }
+    let Some(state) = ready.as_mut() else {
+        return Err(Failure::Retry("not ready".into()));
+    };
+    loop {
+        let mut stream = client
+            .next_task(pb::TaskRequest {
+                site: config.site.clone(),
+            })
+            .await?
+            .into_inner();
+        let Some(first) = stream.message().await? else {
+            return Err(Failure::Retry("task stream ended without a task".into()));
+        };
+        let header = match first.part {
+            Some(task::Part::Finished(f)) => {
+                tracing::info!(reason = %f.reason, "run finished");
+                return Ok(SessionEnd::Finished);
+            }
+            Some(task::Part::Header(h)) => h,
+            _ => return Err(Failure::Retry("a task starts with its header".into())),
+        };
+        if let Some(awaiting) = state.awaiting
+            && header.previous_round >= awaiting
+            && let Some(site) = state.site.as_mut()
+        {
+            site.round_closed(header.previous_round == awaiting && header.previous_update_counted);
+            state.awaiting = None;
+        }
+        let (global, control) = receive_parameters(&header, &mut stream).await?;
+        match header.kind() {
+            pb::TaskKind::Fit => {
+                let task = FitTask {
+                    round: header.round,
+                    global: Arc::new(global),
+                    instructions: tessera_aggregate::FitInstructions {
+                        proximal_mu: header.proximal_mu,
+                        server_control: control.map(Arc::new),
+                    },
+                    deadline: None,
+                };
+                let Some(update) = train(config, &mut client, state, task).await? else {
+                    continue;
+                };
+                let reply = send_update(config, &mut client, header.round, &update).await?;
+                if reply.accepted {
+                    summary.updates_accepted += 1;
+                    tracing::info!(round = header.round, "update accepted");
+                } else {
+                    summary.updates_refused += 1;
+                    tracing::warn!(round = header.round, reason = %reply.reason, "update refused");
+                }
+                state.awaiting = Some(header.round);
+            }
+            pb::TaskKind::Evaluate => {
+                let mut site = state
+                    .site
+                    .take()
+                    .ok_or_else(|| Failure::Retry("site busy".into()))?;
+                let test = Arc::clone(&state.test);
+                let (site, evaluation) = tokio::task::spawn_blocking(move || {
+                    let e = site.evaluate(&global, &test);
+                    (site, e)
+                })
+                .await
+                .map_err(|e| {
+                    Failure::Fatal(ParticipantError::Local(format!("evaluation crashed: {e}")))
+                })?;
+                state.site = Some(site);
+                let evaluation = evaluation
+                    .map_err(|e| Failure::Fatal(ParticipantError::Local(e.to_string())))?;
+                client
+                    .submit_evaluation(convert::evaluation_to_pb(
+                        &config.site,
+                        header.round,
+                        &evaluation,
+                    ))
+                    .await?;
+                summary.evaluations += 1;
+            }
+            pb::TaskKind::Unspecified => return Err(Failure::Retry("task of unknown kind".into())),
+        }
+    }
+}
+
+/// Loads the site's data, agrees the layout with the other sites, builds the model.
+async fn prepare(
+    config: &ParticipantConfig,
+    client: &mut FederationClient<Channel>,
+    welcome: &pb::Welcome,
+) -> Result<Ready, Failure> {
+    let local_error = |e: String| Failure::Fatal(ParticipantError::Local(e));
+    let plan = Plan::from_toml(&welcome.plan_toml, "the coordinator's plan")
+        .map_err(|e| local_error(e.to_string()))?;
+    if plan.data.standardize.enabled && plan.data.standardize.scope == ScaleScope::Federation {
+        return Err(local_error(
+            "standardisation with the federation's statistics is not available in deployment yet; use scope = \"site\"".into(),
+        ));
+    }
+    let (data_config, site_name, data_path, plan_dir) = (
+        plan.data.clone(),
+        config.site.clone(),
+        config.data.clone(),
+        config.plan_dir.clone(),
+    );
+    let mut local = tokio::task::spawn_blocking(move || {
+        read_local_site(
+            &data_config,
+            &site_name,
+            Some(&data_path),
+            &plan_dir,
+            &Filesystem,
+        )
+    })
+    .await
+    .map_err(|e| local_error(format!("reading the data crashed: {e}")))?
+    .map_err(|e| local_error(e.to_string()))?;
+    tracing::info!(site = %config.site, train = local.summary().n_train, test = local.summary().n_test, "data read");
+    let kinds = match agree(
+        client,
+        &config.site,
+        pb::agree_request::Offer::Kinds(convert::kinds_offer_to_pb(&local.kinds_offer())),
+    )
+    .await?
+    {
+        agree_reply::Result::Kinds(k) => {
+            convert::kinds_from_pb(k).map_err(|e| local_error(e.to_string()))?
+        }
+        agree_reply::Result::Agreement(_) => {
+            return Err(Failure::Retry("agreement out of order".into()));
+        }
+    };
+    let offer = local
+        .levels_offer(&plan.data, &kinds)
+        .map_err(|e| local_error(e.to_string()))?;
+    let agreement = match agree(
+        client,
+        &config.site,
+        pb::agree_request::Offer::Levels(convert::levels_offer_to_pb(&offer)),
+    )
+    .await?
+    {
+        agree_reply::Result::Agreement(a) => {
+            convert::agreement_from_pb(a).map_err(|e| local_error(e.to_string()))?
+        }
+        agree_reply::Result::Kinds(_) => {
+            return Err(Failure::Retry("agreement out of order".into()));
+        }
+    };
+    let (data, _) = local
+        .prepare(&plan.data, &agreement)
+        .map_err(|e| local_error(e.to_string()))?;
+    let learner = plan
+        .initial_model(agreement.feature_names().len(), agreement.classes.len())
+        .map_err(|e| local_error(e.to_string()))?;
+    let site = Site::new(
+        ParticipantId::new(&config.site),
+        Box::new(learner),
+        plan.local_training(),
+        plan.seed,
+    );
+    Ok(Ready {
+        run_id: welcome.run_id.clone(),
+        site: Some(site),
+        train: Arc::new(data.train),
+        test: Arc::new(data.test),
+        heartbeat: welcome.capabilities.iter().any(|c| c == "heartbeat"),
+        awaiting: None,
+    })
+}
+
+async fn agree(
+    client: &mut FederationClient<Channel>,
+    site: &str,
+    offer: pb::agree_request::Offer,
+) -> Result<agree_reply::Result, Failure> {
+    let reply = client
+        .agree(pb::AgreeRequest {
+            site: site.to_string(),
+            offer: Some(offer),
+        })
+        .await?
+        .into_inner();
+    reply
+        .result
+        .ok_or_else(|| Failure::Retry("empty agreement reply".into()))
+}
+
+/// Reads a task's parameters (set 0) and control variate (set 1).
+async fn receive_parameters(
+    header: &pb::TaskHeader,
+    stream: &mut tonic::Streaming<pb::Task>,
+) -> Result<
+    (
+        tessera_core::ParameterSet,
+        Option<tessera_core::ParameterSet>,
+    ),
+    Failure,
+> {
+    let malformed = |e: String| Failure::Retry(format!("malformed task: {e}"));
+    let mut global =
+        Assembler::new(&header.layout, Limits::default()).map_err(|e| malformed(e.to_string()))?;
+    let mut control = if header.has_server_control {
+        Some(
+            Assembler::new(&header.layout, Limits::default())
+                .map_err(|e| malformed(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    while let Some(message) = stream.message().await? {
+        let Some(task::Part::Chunk(chunk)) = message.part else {
+            return Err(malformed("a second header".into()));
+        };
+        match (chunk.set, control.as_mut()) {
+            (0, _) => global.push(&chunk),
+            (1, Some(c)) => c.push(&chunk),
+            (set, _) => return Err(malformed(format!("chunk for set {set}"))),
+        }
+        .map_err(|e| malformed(e.to_string()))?;
+    }
+    let global = global.finish().map_err(|e| malformed(e.to_string()))?;
+    let control = control
+        .map(Assembler::finish)
+        .transpose()
+        .map_err(|e| malformed(e.to_string()))?;
+    Ok((global, control))
+}
+
+/// Trains on the site's rows while telling the coordinator it is at work.
+/// `None` when the coordinator stopped waiting (the round closed).
+async fn train(
+    config: &ParticipantConfig,
+    client: &mut FederationClient<Channel>,
+    state: &mut Ready,
+    task: FitTask,
+) -> Result<Option<tessera_core::Update>, Failure> {
+    let mut site = state
+        .site
+        .take()
+        .ok_or_else(|| Failure::Retry("site busy".into()))?;
+    let train = Arc::clone(&state.train);
+    let round = task.round;
+    let mut work = tokio::task::spawn_blocking(move || {
+        let update = site.fit(&task, &train);
+        (site, update)
+    });
+    let mut keep_going = true;
+    let (site, update) = loop {
+        tokio::select! {
+            done = &mut work => break done.map_err(|e| Failure::Fatal(ParticipantError::Local(format!("training crashed: {e}"))))?,
+            () = tokio::time::sleep(Duration::from_secs(2)), if state.heartbeat => {
+                match client.heartbeat(pb::HeartbeatRequest { site: config.site.clone(), round }).await {
+                    Ok(reply) => keep_going &= reply.into_inner().keep_going,
+                    Err(status) => tracing::warn!(%status, "heartbeat failed"),
+                }
+            }
+        }
+    };
+    state.site = Some(site);
+    let update = update.map_err(|e| Failure::Fatal(ParticipantError::Local(e.to_string())))?;
+    if !keep_going {
+        tracing::warn!(
+            round,
+            "the round stopped waiting for this site; update dropped"
+        );
+        return Ok(None);
+    }
+    Ok(Some(update))
+}
+
+async fn send_update(
+    config: &ParticipantConfig,
+    client: &mut FederationClient<Channel>,
+    round: u32,
+    update: &tessera_core::Update,
+) -> Result<pb::UpdateReply, Failure> {
+    let header = pb::UpdatePart {
+        part: Some(update_part::Part::Header(pb::UpdateHeader {
+            site: config.site.clone(),
+            round,
+            n_examples: update.n_examples,
+            has_control: update.control_delta.is_some(),
+            n_steps: update.stats.n_steps,
+            mean_train_loss: update.stats.mean_train_loss,
+            layout: layout_of(&update.delta),
+        })),
+    };
+    let delta = update.delta.clone();
+    let control = update.control_delta.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        if tx.send(header).await.is_err() {
+            return;
+        }
+        let parts = chunks(0, &delta, CHUNK_BYTES)
+            .chain(control.iter().flat_map(|c| chunks(1, c, CHUNK_BYTES)));
+        for chunk in parts {
+            if tx
+                .send(pb::UpdatePart {
+                    part: Some(update_part::Part::Chunk(chunk)),
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    Ok(client
+        .submit_update(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner())
+}
