@@ -56,6 +56,9 @@ pub struct ParticipantArgs {
     /// Seconds to keep trying to reach the coordinator before giving up.
     #[arg(long, default_value_t = 300.0)]
     give_up_after: f64,
+    /// Fault injection for drills and tests: seconds to wait before sending each update.
+    #[arg(long, default_value_t = 0.0)]
+    pause_before_update: f64,
 }
 
 fn logging() {
@@ -92,6 +95,12 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
         .with_context(|| format!("{}: cannot read", args.plan.display()))?;
     let plan = Plan::from_toml(&plan_text, &args.plan.display().to_string())?;
     let liveness = seconds("--liveness", args.liveness)?;
+    if liveness < Duration::from_millis(500) {
+        bail!(
+            "--liveness must be at least 0.5 seconds, got {}",
+            args.liveness
+        );
+    }
     logging();
     insecure_warning("the coordinator");
     let config = CoordinatorConfig {
@@ -144,6 +153,11 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
         plan_dir: args.plan_dir.clone(),
         max_backoff: Duration::from_secs(2),
         give_up_after: seconds("--give-up-after", args.give_up_after)?,
+        pause_before_update: if args.pause_before_update == 0.0 {
+            Duration::ZERO
+        } else {
+            seconds("--pause-before-update", args.pause_before_update)?
+        },
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let summary = runtime.block_on(tessera_participant::run(config))?;

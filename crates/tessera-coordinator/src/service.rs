@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use prost::Message;
 use tessera_core::Update;
@@ -17,10 +16,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::state::{Federation, Refusal, TaskView};
-
-/// How long a waiting call sleeps before looking again (and showing the
-/// participant is alive).
-const POLL: Duration = Duration::from_secs(2);
 
 /// State shared by every call.
 pub struct Shared {
@@ -121,6 +116,7 @@ impl FederationService for Service {
             .offer
             .ok_or_else(|| Status::invalid_argument("agreement request without an offer"))?;
         let mut changes = self.shared.subscribe();
+        let poll = self.shared.with(|f| f.heartbeat_interval());
         loop {
             let result = match &offer {
                 pb::agree_request::Offer::Kinds(k) => self
@@ -140,7 +136,7 @@ impl FederationService for Service {
                     result: Some(result),
                 }));
             }
-            let _ = tokio::time::timeout(POLL, changes.changed()).await;
+            let _ = tokio::time::timeout(poll, changes.changed()).await;
         }
     }
 
@@ -153,11 +149,14 @@ impl FederationService for Service {
         let site = caller(&request, &request.get_ref().site)?;
         let shared = Arc::clone(&self.shared);
         let mut changes = shared.subscribe();
+        // Looking again every heartbeat interval also shows the waiting
+        // participant is alive.
+        let poll = shared.with(|f| f.heartbeat_interval());
         // Wait here (not in the stream) so that refusals come back as errors.
         let view = loop {
             match shared.with(|f| f.task_for(&site)).map_err(refused)? {
                 TaskView::Wait => {
-                    let _ = tokio::time::timeout(POLL, changes.changed()).await;
+                    let _ = tokio::time::timeout(poll, changes.changed()).await;
                 }
                 view => break view,
             }

@@ -300,6 +300,12 @@ impl Federation {
         Ok(())
     }
 
+    /// How often participants must show they are alive: a quarter of the
+    /// liveness period, so that three missed signs still leave a margin.
+    pub fn heartbeat_interval(&self) -> Duration {
+        (self.liveness / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+    }
+
     /// The run's id.
     pub fn run_id(&self) -> &str {
         &self.run.id
@@ -409,6 +415,8 @@ impl Federation {
             capabilities: negotiated.capabilities,
             run_id: self.run.id.clone(),
             plan_toml: self.run.plan.clone(),
+            heartbeat_millis: u32::try_from(self.heartbeat_interval().as_millis())
+                .unwrap_or(u32::MAX),
         })
     }
 

@@ -55,6 +55,8 @@ pub struct ParticipantConfig {
     pub max_backoff: Duration,
     /// Give up after this long without reaching the coordinator.
     pub give_up_after: Duration,
+    /// Fault injection for tests and drills: wait this long before sending each update.
+    pub pause_before_update: Duration,
 }
 
 /// What a participant did.
@@ -76,7 +78,8 @@ struct Ready {
     site: Option<Site>,
     train: Arc<Dataset>,
     test: Arc<Dataset>,
-    heartbeat: bool,
+    /// How often to say we are at work (`None`: the coordinator does not listen).
+    heartbeat: Option<Duration>,
     /// The round whose update awaits its outcome (SCAFFOLD's control variate).
     awaiting: Option<u32>,
 }
@@ -345,7 +348,14 @@ async fn prepare(
         site: Some(site),
         train: Arc::new(data.train),
         test: Arc::new(data.test),
-        heartbeat: welcome.capabilities.iter().any(|c| c == "heartbeat"),
+        heartbeat: welcome
+            .capabilities
+            .iter()
+            .any(|c| c == "heartbeat")
+            .then(|| {
+                Duration::from_millis(u64::from(welcome.heartbeat_millis.max(50)))
+                    .min(Duration::from_secs(5))
+            }),
         awaiting: None,
     })
 }
@@ -422,15 +432,19 @@ async fn train(
         .ok_or_else(|| Failure::Retry("site busy".into()))?;
     let train = Arc::clone(&state.train);
     let round = task.round;
+    let pause = config.pause_before_update;
     let mut work = tokio::task::spawn_blocking(move || {
         let update = site.fit(&task, &train);
+        // Fault injection: a slow site (it keeps saying it is at work).
+        std::thread::sleep(pause);
         (site, update)
     });
     let mut keep_going = true;
+    let beat = state.heartbeat.unwrap_or(Duration::from_secs(3600));
     let (site, update) = loop {
         tokio::select! {
             done = &mut work => break done.map_err(|e| Failure::Fatal(ParticipantError::Local(format!("training crashed: {e}"))))?,
-            () = tokio::time::sleep(Duration::from_secs(2)), if state.heartbeat => {
+            () = tokio::time::sleep(beat), if state.heartbeat.is_some() => {
                 match client.heartbeat(pb::HeartbeatRequest { site: config.site.clone(), round }).await {
                     Ok(reply) => keep_going &= reply.into_inner().keep_going,
                     Err(status) => tracing::warn!(%status, "heartbeat failed"),

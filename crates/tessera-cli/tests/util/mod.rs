@@ -97,3 +97,5 @@ impl Run {
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
+
+pub mod procs;

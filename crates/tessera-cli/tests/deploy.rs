@@ -1,0 +1,192 @@
+//! Deployment end to end with real processes on 127.0.0.1: the same model as
+//! simulation bit for bit, a coordinator killed with SIGKILL mid-round and
+//! resumed, a participant killed mid-round, malformed updates rejected.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+use std::time::Duration;
+
+use util::Scratch;
+use util::procs::{HEART_SITES, Proc, coordinator, examples, participant, query_i64, wait_until};
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+/// The bundled plan under another strategy, written to the scratch folder.
+fn plan(s: &Scratch, strategy: &str, federation_extra: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(examples().join("fed-heart-disease.toml")).unwrap();
+    let text = text.replace(
+        "strategy = \"fedavg\"",
+        &format!("strategy = \"{strategy}\"\n{federation_extra}"),
+    );
+    let text = text.replace("\"../data/", &format!("\"{}/data/", util::root().display()));
+    s.write(&format!("{strategy}.toml"), &text)
+}
+
+fn simulated_model(s: &Scratch, plan: &std::path::Path, name: &str) -> Vec<u8> {
+    s.run(&[
+        "simulate",
+        "-q",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--report",
+        &format!("{name}.json"),
+        "--model-out",
+        name,
+    ])
+    .ok();
+    std::fs::read(s.path(name)).unwrap()
+}
+
+fn run_federation(s: &Scratch, plan: &std::path::Path, db: &str, model: &str) -> (Proc, Vec<Proc>) {
+    let (coordinator, url) = coordinator(
+        &s.dir,
+        plan,
+        &s.path(db),
+        0,
+        &["--model-out", model, "--report", &format!("{model}.json")],
+    );
+    let participants = HEART_SITES
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    (coordinator, participants)
+}
+
+#[test]
+fn deployment_equals_simulation_bit_for_bit() {
+    let s = Scratch::new("deploy-equal");
+    for strategy in ["fedavg", "scaffold"] {
+        let plan = plan(&s, strategy, "");
+        let expected = simulated_model(&s, &plan, &format!("sim-{strategy}.model"));
+        let model = format!("dep-{strategy}.model");
+        let (mut coordinator, mut participants) =
+            run_federation(&s, &plan, &format!("{strategy}.sqlite"), &model);
+        assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+        for p in &mut participants {
+            assert!(p.wait(LIMIT).success(), "{}", p.log());
+            assert!(p.log().contains("done: 15 updates accepted"), "{}", p.log());
+        }
+        assert_eq!(
+            std::fs::read(s.path(&model)).unwrap(),
+            expected,
+            "{strategy}: deployment differs from simulation"
+        );
+        let report = s.json(&format!("{model}.json"));
+        let simulated = s.json(&format!("sim-{strategy}.model.json"));
+        assert_eq!(report["final"]["accuracy"], simulated["final"]["accuracy"]);
+        assert_eq!(
+            report["final"]["mean_site_accuracy"],
+            simulated["final"]["mean_site_accuracy"]
+        );
+    }
+}
+
+#[test]
+fn coordinator_killed_mid_round_resumes_with_nothing_lost_or_doubled() {
+    let s = Scratch::new("deploy-kill-coordinator");
+    let plan = plan(&s, "fedavg", "");
+    let expected = simulated_model(&s, &plan, "sim.model");
+    let db = s.path("c.sqlite");
+    let (mut first, url) = coordinator(&s.dir, &plan, &db, 0, &[]);
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut participants: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| {
+            // VA is slow, so each round sits open with three updates accepted.
+            let extra: &[&str] = if *site == "va" {
+                &["--pause-before-update", "1.5"]
+            } else {
+                &[]
+            };
+            participant(&s.dir, &url, site, extra)
+        })
+        .collect();
+    wait_until(LIMIT, "round 3 with three accepted updates", || {
+        query_i64(&db, "SELECT COUNT(*) FROM updates WHERE round = 3") == 3
+    });
+    first.kill_9();
+    // The accepted updates of the open round are in the database.
+    assert_eq!(
+        query_i64(&db, "SELECT COUNT(*) FROM updates WHERE round = 3"),
+        3
+    );
+    let (mut second, _) = coordinator(
+        &s.dir,
+        &plan,
+        &db,
+        port,
+        &["--model-out", "dep.model", "--report", "dep.json"],
+    );
+    assert!(second.wait(LIMIT).success(), "{}", second.log());
+    assert!(second.log().contains("resumed"), "{}", second.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert_eq!(
+        std::fs::read(s.path("dep.model")).unwrap(),
+        expected,
+        "nothing lost, nothing doubled"
+    );
+    // Exactly one accepted update per site and round in the audit log.
+    let duplicates = query_i64(
+        &db,
+        "SELECT COUNT(*) FROM (SELECT site, detail, COUNT(*) AS n FROM audit
+         WHERE action = 'update' AND outcome = 'accepted' GROUP BY site, detail HAVING n > 1)",
+    );
+    assert_eq!(duplicates, 0);
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM audit WHERE action = 'update' AND outcome = 'accepted'"
+        ),
+        60
+    );
+}
+
+#[test]
+fn a_participant_killed_mid_round_the_round_completes_on_quorum_and_it_rejoins() {
+    let s = Scratch::new("deploy-kill-participant");
+    let plan = plan(&s, "fedavg", "quorum = 3");
+    let db = s.path("c.sqlite");
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &db,
+        0,
+        &["--liveness", "1.5", "--report", "dep.json"],
+    );
+    let mut participants: Vec<Proc> = HEART_SITES[..3]
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    let mut va = participant(&s.dir, &url, "va", &["--pause-before-update", "3"]);
+    wait_until(LIMIT, "round 2 with three accepted updates", || {
+        query_i64(&db, "SELECT COUNT(*) FROM updates WHERE round = 2") == 3
+    });
+    va.kill_9();
+    // The round goes on without VA once it has been silent for the liveness period.
+    wait_until(LIMIT, "round 2 closed", || {
+        query_i64(&db, "SELECT COUNT(*) FROM rounds WHERE round = 2") == 1
+    });
+    let mut va = participant(&s.dir, &url, "va", &[]);
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    assert!(va.wait(LIMIT).success(), "{}", va.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    let report = s.json("dep.json");
+    let rounds = report["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 15);
+    assert_eq!(rounds[1]["accepted"], 3, "{}", rounds[1]);
+    assert_eq!(rounds[1]["dropped"], 1, "{}", rounds[1]);
+    assert_eq!(rounds[1]["status"], "completed");
+    assert_eq!(rounds[14]["accepted"], 4, "VA rejoined: {}", rounds[14]);
+    assert!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM audit WHERE action = 'liveness' AND site = 'va'"
+        ) >= 1
+    );
+}

@@ -1,0 +1,184 @@
+//! Real processes on 127.0.0.1: coordinators and participants, with their
+//! output drained in the background, and a way to kill them hard.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running `tessera` process.
+pub struct Proc {
+    pub child: Child,
+    pub log: Arc<Mutex<String>>,
+    pub name: String,
+}
+
+impl Proc {
+    /// Starts `tessera args` in `dir`; `listening` receives the coordinator's address.
+    pub fn start(
+        name: &str,
+        dir: &Path,
+        args: &[&str],
+        listening: Option<mpsc::Sender<String>>,
+    ) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(args)
+            .current_dir(dir)
+            .env("TESSERA_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tessera");
+        let log = Arc::new(Mutex::new(String::new()));
+        for pipe in [
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = Arc::clone(&log);
+            let listening = listening.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if let (Some(tx), Some(address)) =
+                        (&listening, line.strip_prefix("listening on "))
+                    {
+                        let _ = tx.send(address.trim().to_string());
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        Proc {
+            child,
+            log,
+            name: name.to_string(),
+        }
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up).
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to end, at most `limit`.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            if start.elapsed() > limit {
+                self.kill_9();
+                panic!("{} did not finish in {limit:?}:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A coordinator on 127.0.0.1 (`port` 0: any free port); returns it and its URL.
+pub fn coordinator(
+    dir: &Path,
+    plan: &Path,
+    db: &Path,
+    port: u16,
+    extra: &[&str],
+) -> (Proc, String) {
+    let (tx, rx) = mpsc::channel();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "coordinator",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--insecure",
+    ];
+    args.extend_from_slice(extra);
+    let proc = Proc::start("coordinator", dir, &args, Some(tx));
+    let address = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("the coordinator did not start:\n{}", proc.log()));
+    (proc, format!("http://{address}"))
+}
+
+/// The repository's examples folder and heart-disease data.
+pub fn examples() -> PathBuf {
+    super::root().join("examples")
+}
+
+pub fn heart_file(site: &str) -> PathBuf {
+    super::root().join(format!("data/uci-heart-disease/processed.{site}.data"))
+}
+
+pub const HEART_SITES: [&str; 4] = ["cleveland", "hungarian", "switzerland", "va"];
+
+/// A heart-disease participant.
+pub fn participant(dir: &Path, url: &str, site: &str, extra: &[&str]) -> Proc {
+    let data = heart_file(site);
+    let plan_dir = examples();
+    let mut args = vec![
+        "participant",
+        "--coordinator",
+        url,
+        "--site",
+        site,
+        "--data",
+        data.to_str().unwrap(),
+        "--plan-dir",
+        plan_dir.to_str().unwrap(),
+        "--insecure",
+        "--give-up-after",
+        "60",
+    ];
+    args.extend_from_slice(extra);
+    Proc::start(site, dir, &args, None)
+}
+
+/// Polls `check` every 20 ms until it holds, at most `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a read-only query against the coordinator's database (it may be busy).
+pub fn query_i64(db: &Path, sql: &str) -> i64 {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return -1;
+    };
+    let _ = conn.busy_timeout(Duration::from_secs(2));
+    conn.query_row(sql, [], |r| r.get(0)).unwrap_or(-1)
+}
