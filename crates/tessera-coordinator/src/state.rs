@@ -40,6 +40,8 @@ enum Phase {
     /// The global model of `round` is being evaluated.
     Evaluating {
         round: u32,
+        /// When the evaluation stops waiting.
+        until: Timestamp,
         targets: BTreeSet<String>,
         received: BTreeMap<String, Evaluation>,
         record: Box<RoundRecord>,
@@ -269,6 +271,7 @@ impl Federation {
                     .collect();
                 self.phase = Phase::Evaluating {
                     round,
+                    until: now.plus(self.evaluation_wait()),
                     targets: self.joined.clone(),
                     received,
                     record: Box::new(record),
@@ -304,6 +307,15 @@ impl Federation {
     /// liveness period, so that three missed signs still leave a margin.
     pub fn heartbeat_interval(&self) -> Duration {
         (self.liveness / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+    }
+
+    /// How long an evaluation waits for answers: the round deadline, or ten
+    /// liveness periods without one. A site that answers in time counts.
+    fn evaluation_wait(&self) -> Duration {
+        self.plan
+            .federation
+            .deadline_seconds
+            .map_or(self.liveness * 10, tessera_core::duration_from_secs)
     }
 
     /// The run's id.
@@ -897,6 +909,7 @@ impl Federation {
             .collect();
         self.phase = Phase::Evaluating {
             round: outcome.round,
+            until: now.plus(self.evaluation_wait()),
             targets,
             received: BTreeMap::new(),
             record: Box::new(record),
@@ -908,19 +921,26 @@ impl Federation {
     fn step_evaluating(&mut self, now: Timestamp) -> Result<(), CoordinatorError> {
         let stale: Vec<String> = match &self.phase {
             Phase::Evaluating {
-                targets, received, ..
+                targets,
+                received,
+                until,
+                ..
             } => targets
                 .iter()
-                .filter(|s| !received.contains_key(*s) && self.stale(s, now))
+                .filter(|s| !received.contains_key(*s) && (self.stale(s, now) || now >= *until))
                 .cloned()
                 .collect(),
             _ => return Ok(()),
         };
+        for site in &stale {
+            self.audit(site, "evaluation", "missing", "no evaluation in time");
+        }
         let Phase::Evaluating {
             round,
             targets,
             received,
             record,
+            ..
         } = &mut self.phase
         else {
             return Ok(());
