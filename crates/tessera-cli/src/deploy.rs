@@ -21,6 +21,10 @@ pub struct CoordinatorArgs {
     /// Address to listen on, e.g. 127.0.0.1:7000 (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: SocketAddr,
+    /// Mutual TLS with the files of this folder (cert.pem, key.pem, ca.pem,
+    /// crl.pem), as `tessera ca issue --coordinator` writes them.
+    #[arg(long, conflicts_with = "insecure")]
+    tls: Option<PathBuf>,
     /// Plain-text connections without authentication: for local experiments only.
     #[arg(long)]
     insecure: bool,
@@ -50,6 +54,13 @@ pub struct ParticipantArgs {
     /// Folder for the plan's other relative paths (a split membership file).
     #[arg(long, default_value = ".")]
     plan_dir: PathBuf,
+    /// Mutual TLS with the files of this folder (cert.pem, key.pem, ca.pem),
+    /// as `tessera ca issue --site` writes them.
+    #[arg(long, conflicts_with = "insecure")]
+    tls: Option<PathBuf>,
+    /// The coordinator's name in its certificate (default: the URL's host).
+    #[arg(long, requires = "tls")]
+    tls_domain: Option<String>,
     /// Plain-text connections without authentication: for local experiments only.
     #[arg(long)]
     insecure: bool,
@@ -86,9 +97,9 @@ fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
 }
 
 pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
-    if !args.insecure {
+    if !args.insecure && args.tls.is_none() {
         bail!(
-            "mutual TLS is not set up for this coordinator: give --insecure for a local experiment"
+            "give --tls DIR (mutual TLS, see `tessera ca`) or --insecure (local experiments only)"
         );
     }
     let plan_text = std::fs::read_to_string(&args.plan)
@@ -102,13 +113,16 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
         );
     }
     logging();
-    insecure_warning("the coordinator");
+    if args.insecure {
+        insecure_warning("the coordinator");
+    }
     let config = CoordinatorConfig {
         plan,
         plan_text,
         db: args.db.clone(),
         listen: args.listen,
         liveness,
+        tls: args.tls.as_deref().map(tessera_tls::TlsFiles::in_dir),
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let report = runtime.block_on(serve(config, |address| {
@@ -139,13 +153,15 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
 }
 
 pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
-    if !args.insecure {
+    if !args.insecure && args.tls.is_none() {
         bail!(
-            "mutual TLS is not set up for this participant: give --insecure for a local experiment"
+            "give --tls DIR (mutual TLS, see `tessera ca`) or --insecure (local experiments only)"
         );
     }
     logging();
-    insecure_warning("the participant");
+    if args.insecure {
+        insecure_warning("the participant");
+    }
     let config = ParticipantConfig {
         coordinator: args.coordinator.clone(),
         site: args.site.clone(),
@@ -158,6 +174,8 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
         } else {
             seconds("--pause-before-update", args.pause_before_update)?
         },
+        tls: args.tls.as_deref().map(tessera_tls::TlsFiles::in_dir),
+        tls_domain: args.tls_domain.clone(),
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let summary = runtime.block_on(tessera_participant::run(config))?;

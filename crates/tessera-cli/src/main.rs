@@ -4,6 +4,7 @@
 //! every decision lives in the libraries.
 
 mod bundled;
+mod ca;
 mod deploy;
 mod plot;
 mod simulate;
@@ -31,6 +32,8 @@ enum Command {
     Coordinator(Box<deploy::CoordinatorArgs>),
     /// Take part in a federation: train next to this site's data.
     Participant(Box<deploy::ParticipantArgs>),
+    /// The federation's certificate authority: init, issue, revoke, rotate, list.
+    Ca(ca::CaArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Synth(args) => synth::run(&args),
         Command::Coordinator(args) => deploy::coordinator(&args),
         Command::Participant(args) => deploy::participant(&args),
+        Command::Ca(args) => ca::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -373,3 +373,103 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
         "rejections recorded with their reason: {rejected}"
     );
 }
+
+/// Mutual TLS from the federation's own CA: a certificate from another CA is
+/// refused at the handshake, a revoked one too, a site cannot speak for
+/// another, and valid certificates run the whole plan.
+#[test]
+fn mutual_tls_refuses_unknown_revoked_and_impersonating_certificates() {
+    let s = Scratch::new("deploy-tls");
+    let ca = |args: &[&str]| {
+        let mut all = vec!["ca", "--dir"];
+        all.extend_from_slice(args);
+        s.run(&all).ok();
+    };
+    ca(&["ca", "init"]);
+    for site in HEART_SITES {
+        ca(&["ca", "issue", "--site", site]);
+    }
+    ca(&["ca", "issue", "--coordinator", "--host", "127.0.0.1"]);
+    ca(&["other", "init"]);
+    ca(&["other", "issue", "--site", "va"]);
+    // A certificate of another CA, with the federation's CA to trust the coordinator.
+    std::fs::create_dir_all(s.path("unknown")).unwrap();
+    for file in ["cert.pem", "key.pem"] {
+        std::fs::copy(
+            s.path("other/sites/va").join(file),
+            s.path("unknown").join(file),
+        )
+        .unwrap();
+    }
+    std::fs::copy(s.path("ca/ca.pem"), s.path("unknown/ca.pem")).unwrap();
+    // VA's first certificate, kept aside, is then revoked; VA gets a new one.
+    std::fs::create_dir_all(s.path("revoked")).unwrap();
+    for file in ["cert.pem", "key.pem", "ca.pem"] {
+        std::fs::copy(
+            s.path("ca/sites/va").join(file),
+            s.path("revoked").join(file),
+        )
+        .unwrap();
+    }
+    ca(&["ca", "revoke", "va"]);
+    ca(&["ca", "issue", "--site", "va"]);
+
+    let plan = plan(&s, "fedavg", "");
+    let expected = simulated_model(&s, &plan, "sim.model");
+    let db = s.path("c.sqlite");
+    let coordinator_tls = s.path("ca/coordinator");
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &db,
+        0,
+        &[
+            "--tls",
+            coordinator_tls.to_str().unwrap(),
+            "--model-out",
+            "dep.model",
+        ],
+    );
+    let url = url.replace("http://", "https://");
+    let refused = |name: &str, site: &str, dir: &std::path::Path| {
+        let mut p = participant(
+            &s.dir,
+            &url,
+            site,
+            &["--tls", dir.to_str().unwrap(), "--give-up-after", "2"],
+        );
+        let status = p.wait(LIMIT);
+        assert!(!status.success(), "{name} must be refused:\n{}", p.log());
+        p.log()
+    };
+    refused("unknown CA", "va", &s.path("unknown"));
+    refused("revoked", "va", &s.path("revoked"));
+    let log = refused("impersonation", "va", &s.path("ca/sites/cleveland"));
+    assert!(log.contains("does not name site 'va'"), "{log}");
+    let handshakes = query_i64(
+        &db,
+        "SELECT COUNT(*) FROM audit WHERE action = 'connect' AND outcome = 'rejected'",
+    );
+    assert!(
+        handshakes >= 2,
+        "refused handshakes are audited: {handshakes}"
+    );
+    let impersonations = query_i64(
+        &db,
+        "SELECT COUNT(*) FROM audit WHERE action = 'identity' AND site = 'va'",
+    );
+    assert!(impersonations >= 1);
+
+    let mut sites: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| {
+            let dir = s.path(&format!("ca/sites/{site}"));
+            participant(&s.dir, &url, site, &["--tls", dir.to_str().unwrap()])
+        })
+        .collect();
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut sites {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+}

@@ -65,6 +65,52 @@ pub struct CoordinatorConfig {
     pub listen: SocketAddr,
     /// Silence after which a participant counts as gone.
     pub liveness: Duration,
+    /// Mutual TLS from these files; `None` is the explicit insecure mode.
+    pub tls: Option<tessera_tls::TlsFiles>,
+}
+
+/// Accepted connections that completed a mutual-TLS handshake. A failed
+/// handshake (unknown, expired or revoked certificate, no certificate) is
+/// logged and audited; the connection is dropped.
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    mut tls: tessera_tls::ServerTls,
+    shared: Arc<Shared>,
+) -> impl tokio_stream::Stream<
+    Item = Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, peer)) = listener.accept().await else {
+                continue;
+            };
+            let config = match tls.current() {
+                Ok(config) => config,
+                Err(e) => {
+                    tracing::error!(%e, "cannot load the TLS files; refusing connections");
+                    continue;
+                }
+            };
+            let tx = tx.clone();
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => {
+                        let reason = format!("TLS handshake from {peer} refused: {e}");
+                        tracing::warn!(%reason);
+                        shared.with(|f| f.reject_audit(&peer.to_string(), "connect", &reason));
+                    }
+                    Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Runs the federation until every round is done; returns the report.
@@ -121,14 +167,27 @@ pub async fn serve(
     let service = FederationServer::new(Service::new(Arc::clone(&shared)))
         .max_decoding_message_size(16 << 20)
         .max_encoding_message_size(16 << 20);
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = stop_rx.await;
-        })
-        .await
-        .map_err(|e| CoordinatorError::Network(e.to_string()))?;
+        .add_service(service);
+    let shutdown = async {
+        let _ = stop_rx.await;
+    };
+    match config.tls {
+        None => server
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await
+            .map_err(|e| CoordinatorError::Network(e.to_string()))?,
+        Some(files) => {
+            let tls = tessera_tls::ServerTls::load(files)
+                .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+            let incoming = tls_incoming(listener, tls, Arc::clone(&shared));
+            server
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+                .map_err(|e| CoordinatorError::Network(e.to_string()))?;
+        }
+    }
     ticker.abort();
     Ok(shared.with(|f| f.report()))
 }

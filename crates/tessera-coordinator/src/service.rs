@@ -67,16 +67,13 @@ fn refused(refusal: Refusal) -> Status {
     }
 }
 
-/// Who is calling: the site named in the request. (With mutual TLS the
-/// certificate decides; see `tls`.)
-fn caller<T>(request: &Request<T>, claimed: &str) -> Result<String, Status> {
-    match crate::tls::certified_site(request) {
-        Some(certified) if certified != claimed => Err(Status::permission_denied(format!(
-            "the certificate names site '{certified}', the message claims '{claimed}'"
-        ))),
-        Some(certified) => Ok(certified),
-        None => Ok(claimed.to_string()),
-    }
+/// The site a request speaks for, checked against its client certificate.
+fn caller<T>(shared: &Shared, request: &Request<T>, claimed: &str) -> Result<String, Status> {
+    crate::tls::check_site(request, claimed).map_err(|reason| {
+        shared.with(|f| f.reject_audit(claimed, "identity", &reason));
+        Status::permission_denied(reason)
+    })?;
+    Ok(claimed.to_string())
 }
 
 /// The service.
@@ -96,7 +93,7 @@ type TaskStream = Pin<Box<dyn Stream<Item = Result<pb::Task, Status>> + Send>>;
 #[tonic::async_trait]
 impl FederationService for Service {
     async fn join(&self, request: Request<pb::Hello>) -> Result<Response<pb::Welcome>, Status> {
-        let site = caller(&request, &request.get_ref().site)?;
+        let site = caller(&self.shared, &request, &request.get_ref().site)?;
         let hello = request.into_inner();
         let welcome = self
             .shared
@@ -110,7 +107,7 @@ impl FederationService for Service {
         &self,
         request: Request<pb::AgreeRequest>,
     ) -> Result<Response<pb::AgreeReply>, Status> {
-        let site = caller(&request, &request.get_ref().site)?;
+        let site = caller(&self.shared, &request, &request.get_ref().site)?;
         let offer = request
             .into_inner()
             .offer
@@ -146,7 +143,7 @@ impl FederationService for Service {
         &self,
         request: Request<pb::TaskRequest>,
     ) -> Result<Response<Self::NextTaskStream>, Status> {
-        let site = caller(&request, &request.get_ref().site)?;
+        let site = caller(&self.shared, &request, &request.get_ref().site)?;
         let shared = Arc::clone(&self.shared);
         let mut changes = shared.subscribe();
         // Looking again every heartbeat interval also shows the waiting
@@ -213,7 +210,7 @@ impl FederationService for Service {
         &self,
         request: Request<Streaming<pb::UpdatePart>>,
     ) -> Result<Response<pb::UpdateReply>, Status> {
-        let certified = crate::tls::certified_site(&request);
+        let identity = request.peer_certs();
         let mut stream = request.into_inner();
         let first = stream
             .message()
@@ -223,17 +220,17 @@ impl FederationService for Service {
         let Some(update_part::Part::Header(header)) = first.part else {
             return Err(Status::invalid_argument("an update starts with its header"));
         };
-        let site = match certified {
-            Some(c) if c != header.site => {
-                let reason = format!(
-                    "the certificate names site '{c}', the update claims '{}'",
-                    header.site
-                );
-                self.shared.with(|f| f.reject_audit(&c, "update", &reason));
-                return Err(Status::permission_denied(reason));
-            }
-            _ => header.site.clone(),
-        };
+        let site = header.site.clone();
+        if let Some(certs) = identity
+            && !certs
+                .first()
+                .is_some_and(|c| tessera_tls::certificate_names_site(c, &site))
+        {
+            let reason = format!("the client certificate does not name site '{site}'");
+            self.shared
+                .with(|f| f.reject_audit(&site, "update", &reason));
+            return Err(Status::permission_denied(reason));
+        }
         let result = self
             .receive_update(&site, &header, &mut stream, &mut received)
             .await;
@@ -267,7 +264,7 @@ impl FederationService for Service {
         &self,
         request: Request<pb::EvaluationReport>,
     ) -> Result<Response<pb::EvaluationReply>, Status> {
-        let site = caller(&request, &request.get_ref().site)?;
+        let site = caller(&self.shared, &request, &request.get_ref().site)?;
         let report = request.into_inner();
         let size = report.encoded_len();
         self.shared
@@ -283,7 +280,7 @@ impl FederationService for Service {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
-        let site = caller(&request, &request.get_ref().site)?;
+        let site = caller(&self.shared, &request, &request.get_ref().site)?;
         let round = request.get_ref().round;
         let keep_going = self
             .shared

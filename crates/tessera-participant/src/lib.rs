@@ -57,6 +57,10 @@ pub struct ParticipantConfig {
     pub give_up_after: Duration,
     /// Fault injection for tests and drills: wait this long before sending each update.
     pub pause_before_update: Duration,
+    /// Mutual TLS from these files (`None`: the explicit insecure mode).
+    pub tls: Option<tessera_tls::TlsFiles>,
+    /// The coordinator's name in its certificate (default: the URL's host).
+    pub tls_domain: Option<String>,
 }
 
 /// What a participant did.
@@ -108,15 +112,43 @@ impl From<Status> for Failure {
     }
 }
 
+/// An error with its causes, on one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Takes part in the coordinator's run until it is over.
 pub async fn run(config: ParticipantConfig) -> Result<ParticipantSummary, ParticipantError> {
-    let endpoint = Endpoint::from_shared(config.coordinator.clone())
+    let mut endpoint = Endpoint::from_shared(config.coordinator.clone())
         .map_err(|e| {
             ParticipantError::Config(format!("coordinator URL '{}': {e}", config.coordinator))
         })?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true);
+    if let Some(files) = &config.tls {
+        let (cert, key, ca) = files
+            .read_client()
+            .map_err(|e| ParticipantError::Config(e.to_string()))?;
+        let domain = match &config.tls_domain {
+            Some(d) => d.clone(),
+            None => endpoint.uri().host().unwrap_or("localhost").to_string(),
+        };
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .identity(tonic::transport::Identity::from_pem(cert, key))
+            .domain_name(domain);
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| ParticipantError::Config(format!("TLS: {}", chain(&e))))?;
+    }
     let mut ready: Option<Ready> = None;
     let mut summary = ParticipantSummary::default();
     let mut backoff = Duration::from_millis(100);
@@ -157,10 +189,13 @@ async fn session(
     summary: &mut ParticipantSummary,
     unreachable_since: &mut Option<tokio::time::Instant>,
 ) -> Result<SessionEnd, Failure> {
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| Failure::Retry(format!("cannot connect to {}: {e}", config.coordinator)))?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        Failure::Retry(format!(
+            "cannot connect to {}: {}",
+            config.coordinator,
+            chain(&e)
+        ))
+    })?;
     let mut client = FederationClient::new(channel)
         .max_decoding_message_size(16 << 20)
         .max_encoding_message_size(16 << 20);

@@ -120,8 +120,10 @@ pub fn coordinator(
         db.to_str().unwrap(),
         "--listen",
         &listen,
-        "--insecure",
     ];
+    if !extra.contains(&"--tls") {
+        args.push("--insecure");
+    }
     args.extend_from_slice(extra);
     let proc = Proc::start("coordinator", dir, &args, Some(tx));
     let address = rx
@@ -155,10 +157,13 @@ pub fn participant(dir: &Path, url: &str, site: &str, extra: &[&str]) -> Proc {
         data.to_str().unwrap(),
         "--plan-dir",
         plan_dir.to_str().unwrap(),
-        "--insecure",
-        "--give-up-after",
-        "60",
     ];
+    if !extra.contains(&"--give-up-after") {
+        args.extend_from_slice(&["--give-up-after", "60"]);
+    }
+    if !extra.contains(&"--tls") {
+        args.push("--insecure");
+    }
     args.extend_from_slice(extra);
     Proc::start(site, dir, &args, None)
 }

@@ -1,0 +1,458 @@
+//! A certificate authority kept in a folder.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, RevocationReason, RevokedCertParams, SerialNumber,
+};
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+
+use crate::{TlsError, read, site_dns_name, write};
+
+/// What a certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IssuedKind {
+    /// A participant's client certificate.
+    Site,
+    /// The coordinator's server certificate.
+    Coordinator,
+}
+
+/// A certificate the CA issued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issued {
+    /// Site name, or `coordinator`.
+    pub name: String,
+    /// Site or coordinator.
+    pub kind: IssuedKind,
+    /// Serial number.
+    pub serial: u64,
+    /// The CA generation that signed it.
+    pub generation: u32,
+    /// Validity in days.
+    pub days: u32,
+    /// End of validity, Unix seconds.
+    pub not_after_unix: i64,
+    /// Whether it is revoked.
+    pub revoked: bool,
+    /// Coordinator: the host names and addresses it serves.
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CaState {
+    name: String,
+    generation: u32,
+    ca_days: u32,
+    next_serial: u64,
+    crl_number: u64,
+    issued: Vec<Issued>,
+}
+
+/// A certificate authority in a folder:
+///
+/// ```text
+/// ca.json  ca.pem  ca-key.pem  crl.pem
+/// coordinator/{cert,key,ca,crl}.pem
+/// sites/<site>/{cert,key,ca}.pem
+/// ```
+pub struct CaDir {
+    dir: PathBuf,
+    state: CaState,
+}
+
+fn ca_params(name: &str, generation: u32) -> Result<CertificateParams, TlsError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Tessera federation");
+    dn.push(
+        DnType::CommonName,
+        format!("{name} (generation {generation})"),
+    );
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.key_identifier_method = KeyIdMethod::Sha256;
+    Ok(params)
+}
+
+impl CaDir {
+    /// Creates a new CA in `dir` (which must not hold one yet).
+    pub fn init(dir: &Path, name: &str, days: u32) -> Result<CaDir, TlsError> {
+        if dir.join("ca.json").exists() {
+            return Err(TlsError::Invalid(format!(
+                "{} already holds a CA",
+                dir.display()
+            )));
+        }
+        if days == 0 {
+            return Err(TlsError::Invalid(
+                "a CA must be valid for at least one day".into(),
+            ));
+        }
+        let mut ca = CaDir {
+            dir: dir.to_path_buf(),
+            state: CaState {
+                name: name.to_string(),
+                generation: 0,
+                ca_days: days,
+                next_serial: 1,
+                crl_number: 0,
+                issued: Vec::new(),
+            },
+        };
+        ca.new_generation()?;
+        ca.save()?;
+        ca.write_crl()?;
+        Ok(ca)
+    }
+
+    /// Opens the CA in `dir`.
+    pub fn open(dir: &Path) -> Result<CaDir, TlsError> {
+        let text = read(&dir.join("ca.json"))?;
+        let state: CaState = serde_json::from_str(&text)
+            .map_err(|e| TlsError::Invalid(format!("{}: {e}", dir.join("ca.json").display())))?;
+        Ok(CaDir {
+            dir: dir.to_path_buf(),
+            state,
+        })
+    }
+
+    /// Every certificate issued.
+    pub fn issued(&self) -> &[Issued] {
+        &self.state.issued
+    }
+
+    /// The folder of a site's files.
+    pub fn site_dir(&self, site: &str) -> PathBuf {
+        self.dir.join("sites").join(site)
+    }
+
+    /// The folder of the coordinator's files.
+    pub fn coordinator_dir(&self) -> PathBuf {
+        self.dir.join("coordinator")
+    }
+
+    fn save(&self) -> Result<(), TlsError> {
+        let text = serde_json::to_string_pretty(&self.state)
+            .map_err(|e| TlsError::Invalid(e.to_string()))?;
+        write(&self.dir.join("ca.json"), &text, false)
+    }
+
+    /// A new CA key and self-signed certificate (generation + 1).
+    fn new_generation(&mut self) -> Result<(), TlsError> {
+        self.state.generation += 1;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = ca_params(&self.state.name, self.state.generation)?;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + Duration::days(i64::from(self.state.ca_days));
+        let cert = params.self_signed(&key)?;
+        write(&self.dir.join("ca-key.pem"), &key.serialize_pem(), true)?;
+        write(&self.dir.join("ca.pem"), &cert.pem(), false)
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, TlsError> {
+        let key = KeyPair::from_pem(&read(&self.dir.join("ca-key.pem"))?)?;
+        Ok(Issuer::new(
+            ca_params(&self.state.name, self.state.generation)?,
+            key,
+        ))
+    }
+
+    /// Issues (or re-issues) a site's client certificate, valid `days` days.
+    pub fn issue_site(&mut self, site: &str, days: u32) -> Result<PathBuf, TlsError> {
+        let dns = site_dns_name(site)?;
+        if site == "coordinator" || site.contains(['/', '\\']) || site.starts_with('.') {
+            return Err(TlsError::Invalid(format!("'{site}' cannot be a site name")));
+        }
+        let now = OffsetDateTime::now_utc();
+        self.issue(
+            site,
+            IssuedKind::Site,
+            vec![dns],
+            days,
+            now + Duration::days(i64::from(days)),
+        )
+    }
+
+    /// Issues the coordinator's server certificate for `hosts` (names or addresses).
+    pub fn issue_coordinator(&mut self, hosts: &[String], days: u32) -> Result<PathBuf, TlsError> {
+        if hosts.is_empty() {
+            return Err(TlsError::Invalid(
+                "the coordinator needs at least one host name or address".into(),
+            ));
+        }
+        let now = OffsetDateTime::now_utc();
+        self.issue(
+            "coordinator",
+            IssuedKind::Coordinator,
+            hosts.to_vec(),
+            days,
+            now + Duration::days(i64::from(days)),
+        )
+    }
+
+    fn issue(
+        &mut self,
+        name: &str,
+        kind: IssuedKind,
+        names: Vec<String>,
+        days: u32,
+        not_after: OffsetDateTime,
+    ) -> Result<PathBuf, TlsError> {
+        if days == 0 {
+            return Err(TlsError::Invalid(
+                "a certificate must be valid for at least one day".into(),
+            ));
+        }
+        let issuer = self.issuer()?;
+        let serial = self.state.next_serial;
+        let mut params = CertificateParams::new(names.clone())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Tessera federation");
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.serial_number = Some(SerialNumber::from(serial));
+        params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
+        params.not_after = not_after;
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![match kind {
+            IssuedKind::Site => ExtendedKeyUsagePurpose::ClientAuth,
+            IssuedKind::Coordinator => ExtendedKeyUsagePurpose::ServerAuth,
+        }];
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let cert = params.signed_by(&key, &issuer)?;
+        let dir = match kind {
+            IssuedKind::Site => self.site_dir(name),
+            IssuedKind::Coordinator => self.coordinator_dir(),
+        };
+        write(&dir.join("key.pem"), &key.serialize_pem(), true)?;
+        write(&dir.join("cert.pem"), &cert.pem(), false)?;
+        write(&dir.join("ca.pem"), &read(&self.dir.join("ca.pem"))?, false)?;
+        // Re-issuing replaces the previous certificate of the same name, which is revoked.
+        for old in self
+            .state
+            .issued
+            .iter_mut()
+            .filter(|i| i.name == name && !i.revoked)
+        {
+            old.revoked = true;
+        }
+        self.state.issued.push(Issued {
+            name: name.to_string(),
+            kind,
+            serial,
+            generation: self.state.generation,
+            days,
+            not_after_unix: not_after.unix_timestamp(),
+            revoked: false,
+            hosts: if kind == IssuedKind::Coordinator {
+                names
+            } else {
+                Vec::new()
+            },
+        });
+        self.state.next_serial += 1;
+        self.save()?;
+        self.write_crl()?;
+        Ok(dir)
+    }
+
+    /// Revokes every live certificate of `name`.
+    pub fn revoke(&mut self, name: &str) -> Result<u32, TlsError> {
+        let mut count = 0;
+        for issued in self
+            .state
+            .issued
+            .iter_mut()
+            .filter(|i| i.name == name && !i.revoked)
+        {
+            issued.revoked = true;
+            count += 1;
+        }
+        if count == 0 {
+            return Err(TlsError::Invalid(format!(
+                "no live certificate named '{name}'"
+            )));
+        }
+        self.save()?;
+        self.write_crl()?;
+        Ok(count)
+    }
+
+    /// A new CA key; every live certificate is re-issued under it with a new
+    /// key. The old CA is no longer trusted: parties need their new files.
+    pub fn rotate(&mut self) -> Result<Vec<String>, TlsError> {
+        let live: Vec<Issued> = self
+            .state
+            .issued
+            .iter()
+            .filter(|i| !i.revoked)
+            .cloned()
+            .collect();
+        self.new_generation()?;
+        let mut renewed = Vec::new();
+        for issued in live {
+            match issued.kind {
+                IssuedKind::Site => self.issue_site(&issued.name, issued.days)?,
+                IssuedKind::Coordinator => self.issue_coordinator(&issued.hosts, issued.days)?,
+            };
+            renewed.push(issued.name);
+        }
+        self.save()?;
+        self.write_crl()?;
+        Ok(renewed)
+    }
+
+    /// Writes the revocation list of the current CA generation.
+    fn write_crl(&mut self) -> Result<(), TlsError> {
+        self.state.crl_number += 1;
+        let now = OffsetDateTime::now_utc();
+        let revoked = self
+            .state
+            .issued
+            .iter()
+            .filter(|i| i.revoked && i.generation == self.state.generation)
+            .map(|i| RevokedCertParams {
+                serial_number: SerialNumber::from(i.serial),
+                revocation_time: now,
+                reason_code: Some(RevocationReason::Unspecified),
+                invalidity_date: None,
+            })
+            .collect();
+        let crl = CertificateRevocationListParams {
+            this_update: now - Duration::minutes(5),
+            next_update: now + Duration::days(30),
+            crl_number: SerialNumber::from(self.state.crl_number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer()?)?;
+        let pem = crl.pem()?;
+        write(&self.dir.join("crl.pem"), &pem, false)?;
+        if self.coordinator_dir().exists() {
+            write(&self.coordinator_dir().join("crl.pem"), &pem, false)?;
+        }
+        self.save()
+    }
+
+    /// Test support: a site certificate that expired yesterday.
+    #[doc(hidden)]
+    pub fn issue_expired_site(&mut self, site: &str) -> Result<PathBuf, TlsError> {
+        let dns = site_dns_name(site)?;
+        let yesterday = OffsetDateTime::now_utc() - Duration::days(1);
+        self.issue(site, IssuedKind::Site, vec![dns], 1, yesterday)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+    use rustls::server::WebPkiClientVerifier;
+
+    use super::*;
+    use crate::certificate_names_site;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tessera-ca-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// Verifies `site`'s certificate as the coordinator would.
+    fn verify(ca: &CaDir, site: &str) -> Result<(), String> {
+        let cert = CertificateDer::from_pem_slice(
+            read(&ca.site_dir(site).join("cert.pem"))
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(
+                CertificateDer::from_pem_slice(read(&ca.dir.join("ca.pem")).unwrap().as_bytes())
+                    .unwrap(),
+            )
+            .unwrap();
+        let crl = CertificateRevocationListDer::from_pem_slice(
+            read(&ca.dir.join("crl.pem")).unwrap().as_bytes(),
+        )
+        .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .with_crls(vec![crl])
+            .build()
+            .unwrap();
+        verifier
+            .verify_client_cert(&cert, &[], UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| e.to_string())?;
+        if certificate_names_site(&cert, site) {
+            Ok(())
+        } else {
+            Err("names another site".into())
+        }
+    }
+
+    #[test]
+    fn issue_revoke_expire_rotate() {
+        let dir = scratch("lifecycle");
+        let mut ca = CaDir::init(&dir, "test federation", 30).unwrap();
+        assert!(CaDir::init(&dir, "again", 30).is_err());
+        ca.issue_site("cleveland", 30).unwrap();
+        ca.issue_site("va", 30).unwrap();
+        ca.issue_coordinator(&["127.0.0.1".into(), "localhost".into()], 30)
+            .unwrap();
+        verify(&ca, "cleveland").unwrap();
+        let va = CertificateDer::from_pem_slice(
+            read(&ca.site_dir("va").join("cert.pem"))
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert!(
+            !certificate_names_site(&va, "cleveland"),
+            "a certificate names one site only"
+        );
+
+        ca.revoke("va").unwrap();
+        let err = verify(&ca, "va").unwrap_err();
+        assert!(err.contains("Revoked"), "{err}");
+        verify(&ca, "cleveland").unwrap();
+        assert!(ca.revoke("va").is_err(), "nothing left to revoke");
+
+        ca.issue_expired_site("old").unwrap();
+        let err = verify(&ca, "old").unwrap_err();
+        assert!(err.contains("Expired"), "{err}");
+
+        let old_ca = read(&dir.join("ca.pem")).unwrap();
+        let renewed = ca.rotate().unwrap();
+        assert!(
+            renewed.contains(&"cleveland".to_string())
+                && renewed.contains(&"coordinator".to_string())
+        );
+        assert!(
+            !renewed.contains(&"va".to_string()),
+            "revoked stays revoked"
+        );
+        assert_ne!(old_ca, read(&dir.join("ca.pem")).unwrap());
+        verify(&ca, "cleveland").unwrap();
+        let reopened = CaDir::open(&dir).unwrap();
+        assert_eq!(reopened.issued().len(), ca.issued().len());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

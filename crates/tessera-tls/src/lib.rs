@@ -1,0 +1,78 @@
+//! The federation's certificate authority and mutual TLS.
+//!
+//! [`CaDir`] manages a CA in a folder: `init`, `issue` (a site's client
+//! certificate, or the coordinator's server certificate), `revoke` (a
+//! certificate revocation list signed by the CA) and `rotate` (a new CA key
+//! and every live certificate re-issued under it). A participant's identity
+//! is its certificate: the site name is encoded in the certificate's subject
+//! alternative name ([`site_dns_name`]) and checked with webpki on every call
+//! ([`certificate_names_site`]).
+//!
+//! Key design decision: exactly one crypto provider, ring, everywhere
+//! (certificate generation, TLS, verification).
+#![deny(missing_docs)]
+
+mod ca;
+mod config;
+
+pub use ca::{CaDir, Issued, IssuedKind};
+pub use config::{ServerTls, TlsFiles, certificate_names_site, site_dns_name};
+
+use thiserror::Error;
+
+/// What went wrong with certificates or their files.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Certificate generation or parsing failed.
+    #[error("certificate: {0}")]
+    Certificate(String),
+    /// The request makes no sense (unknown name, name in use, bad site name...).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<rcgen::Error> for TlsError {
+    fn from(e: rcgen::Error) -> Self {
+        TlsError::Certificate(e.to_string())
+    }
+}
+
+impl From<rustls::Error> for TlsError {
+    fn from(e: rustls::Error) -> Self {
+        TlsError::Certificate(e.to_string())
+    }
+}
+
+pub(crate) fn read(path: &std::path::Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|source| TlsError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+pub(crate) fn write(path: &std::path::Path, contents: &str, secret: bool) -> Result<(), TlsError> {
+    let io = |source| TlsError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    std::fs::write(path, contents).map_err(io)?;
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    Ok(())
+}
