@@ -37,6 +37,9 @@ pub struct CoordinatorArgs {
     /// File for the final model (Tessera's stored-parameters encoding).
     #[arg(long)]
     model_out: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
 }
 
 /// Arguments of `tessera participant`.
@@ -123,6 +126,7 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
         listen: args.listen,
         liveness,
         tls: args.tls.as_deref().map(tessera_tls::TlsFiles::in_dir),
+        metrics: args.metrics,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let report = runtime.block_on(serve(config, |address| {

@@ -6,6 +6,7 @@
 mod bundled;
 mod ca;
 mod deploy;
+mod ops;
 mod plot;
 mod simulate;
 mod synth;
@@ -34,6 +35,10 @@ enum Command {
     Participant(Box<deploy::ParticipantArgs>),
     /// The federation's certificate authority: init, issue, revoke, rotate, list.
     Ca(ca::CaArgs),
+    /// List the runs a coordinator's database holds.
+    Runs(ops::RunsArgs),
+    /// Where a run stands: rounds, the open round, participants, the audit log.
+    Status(ops::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +67,8 @@ fn main() -> ExitCode {
         Command::Coordinator(args) => deploy::coordinator(&args),
         Command::Participant(args) => deploy::participant(&args),
         Command::Ca(args) => ca::run(&args),
+        Command::Runs(args) => ops::runs(&args),
+        Command::Status(args) => ops::status(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

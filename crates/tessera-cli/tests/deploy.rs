@@ -13,6 +13,28 @@ use util::procs::{HEART_SITES, Proc, coordinator, examples, participant, query_i
 
 const LIMIT: Duration = Duration::from_secs(180);
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP GET, the body.
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 /// The bundled plan under another strategy, written to the scratch folder.
 fn plan(s: &Scratch, strategy: &str, federation_extra: &str) -> std::path::PathBuf {
     let text = std::fs::read_to_string(examples().join("fed-heart-disease.toml")).unwrap();
@@ -89,7 +111,9 @@ fn coordinator_killed_mid_round_resumes_with_nothing_lost_or_doubled() {
     let plan = plan(&s, "fedavg", "");
     let expected = simulated_model(&s, &plan, "sim.model");
     let db = s.path("c.sqlite");
-    let (mut first, url) = coordinator(&s.dir, &plan, &db, 0, &[]);
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let (mut first, url) = coordinator(&s.dir, &plan, &db, 0, &["--metrics", &metrics]);
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
     let mut participants: Vec<Proc> = HEART_SITES
         .iter()
@@ -106,6 +130,31 @@ fn coordinator_killed_mid_round_resumes_with_nothing_lost_or_doubled() {
     wait_until(LIMIT, "round 3 with three accepted updates", || {
         query_i64(&db, "SELECT COUNT(*) FROM updates WHERE round = 3") == 3
     });
+    // Operations view of the round in progress, from the database and the metrics endpoint.
+    let status = s.run(&["status", "--db", db.to_str().unwrap()]).ok();
+    assert!(
+        status.contains("round 3 open: 3 of 4 updates accepted"),
+        "{status}"
+    );
+    let runs = s.run(&["runs", "--db", db.to_str().unwrap()]).ok();
+    assert!(runs.contains("running") && runs.contains("2/15"), "{runs}");
+    let scraped = http_get(&metrics, "/metrics");
+    assert!(
+        scraped.contains("tessera_updates_accepted_total 11"),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("tessera_participants_connected 4"),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("tessera_rounds_closed_total{status=\"completed\"} 2"),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("tessera_round_duration_seconds_bucket"),
+        "{scraped}"
+    );
     first.kill_9();
     // The accepted updates of the open round are in the database.
     assert_eq!(

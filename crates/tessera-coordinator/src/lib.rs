@@ -12,6 +12,7 @@
 mod service;
 mod state;
 pub mod store;
+pub mod telemetry;
 mod tls;
 
 use std::net::SocketAddr;
@@ -67,6 +68,8 @@ pub struct CoordinatorConfig {
     pub liveness: Duration,
     /// Mutual TLS from these files; `None` is the explicit insecure mode.
     pub tls: Option<tessera_tls::TlsFiles>,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Accepted connections that completed a mutual-TLS handshake. A failed
@@ -137,6 +140,10 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| CoordinatorError::Network(e.to_string()))?;
     on_listening(address);
+    if let Some(metrics) = config.metrics {
+        let bound = telemetry::serve_metrics(metrics).await?;
+        tracing::info!(%bound, "metrics at http://{bound}/metrics");
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let ticker_shared = Arc::clone(&shared);

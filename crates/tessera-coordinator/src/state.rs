@@ -21,6 +21,7 @@ use tessera_proto::{CAPABILITIES, MAJOR, MINOR, convert, negotiate, pb, required
 
 use crate::CoordinatorError;
 use crate::store::{Offers, RoundClose, RunRow, Store, StoreError};
+use crate::telemetry::names;
 
 /// Who must offer before the data agreement closes.
 #[derive(Debug, Clone)]
@@ -354,17 +355,22 @@ impl Federation {
 
     /// Counts bytes a participant sent.
     pub fn count_up(&mut self, site: &str, bytes: usize) {
+        metrics::counter!(names::BYTES_RECEIVED).increment(bytes as u64);
         self.bytes_up += bytes as u64;
         *self.bytes_up_per_site.entry(site.to_string()).or_default() += bytes as u64;
     }
 
     /// Counts bytes sent to participants.
     pub fn count_down(&mut self, bytes: usize) {
+        metrics::counter!(names::BYTES_SENT).increment(bytes as u64);
         self.bytes_down += bytes as u64;
     }
 
     /// Records a refused message in the audit log.
     pub fn reject_audit(&self, site: &str, action: &str, reason: &str) {
+        if action == "update" {
+            metrics::counter!(names::REJECTED, "reason" => "malformed").increment(1);
+        }
         self.audit(site, action, "rejected", reason);
         tracing::warn!(%site, %action, %reason, "rejected");
     }
@@ -676,6 +682,7 @@ impl Federation {
                     tracing::error!(%e, "cannot store an accepted update; stopping");
                     std::process::exit(70);
                 }
+                metrics::counter!(names::ACCEPTED).increment(1);
                 self.audit(
                     site,
                     "update",
@@ -687,6 +694,14 @@ impl Federation {
                 Ok(())
             }
             Err(rejection) => {
+                let label = match &rejection {
+                    tessera_engine::Rejection::WrongRound { .. } => "wrong_round",
+                    tessera_engine::Rejection::NotInCohort => "not_in_cohort",
+                    tessera_engine::Rejection::NotPending => "not_pending",
+                    tessera_engine::Rejection::Late => "late",
+                    tessera_engine::Rejection::Invalid(_) => "invalid",
+                };
+                metrics::counter!(names::REJECTED, "reason" => label).increment(1);
                 let reason = rejection.to_string();
                 self.audit(
                     site,
@@ -765,6 +780,10 @@ impl Federation {
     /// Time-driven and event-driven transitions: opens rounds, drops silent
     /// participants, closes rounds at their deadline, finishes evaluations.
     pub fn advance(&mut self) {
+        let now = self.now();
+        let connected = self.joined.iter().filter(|s| !self.stale(s, now)).count();
+        metrics::gauge!(names::CONNECTED).set(connected as f64);
+        metrics::gauge!(names::JOINED).set(self.joined.len() as f64);
         for _ in 0..8 {
             let before = self.version;
             if let Err(e) = self.step() {
@@ -808,6 +827,7 @@ impl Federation {
                 Ok(start) => {
                     self.store
                         .open_round(&run, start.task.round, &start.cohort, now)?;
+                    metrics::gauge!(names::CURRENT_ROUND).set(f64::from(start.task.round));
                     self.round_started = Some(Instant::now());
                     tracing::info!(
                         round = start.task.round,
@@ -890,6 +910,14 @@ impl Federation {
             self.counted
                 .insert(site.clone(), (outcome.round, counted.contains(site)));
         }
+        let label = match &outcome.status {
+            RoundStatus::Completed => "completed",
+            RoundStatus::QuorumNotMet { .. } => "quorum_not_met",
+            RoundStatus::Failed(_) => "failed",
+        };
+        metrics::counter!(names::ROUNDS, "status" => label).increment(1);
+        metrics::histogram!(names::ROUND_SECONDS)
+            .record(outcome.closed_at.since(outcome.opened_at).as_secs_f64());
         for (site, reason) in &outcome.rejected {
             tracing::warn!(%site, %reason, round = outcome.round, "update rejected");
         }

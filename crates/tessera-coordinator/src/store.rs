@@ -18,6 +18,9 @@ pub enum StoreError {
     /// SQLite refused.
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The database file does not exist.
+    #[error("{0}: no such database")]
+    NotFound(String),
     /// Stored bytes do not decode.
     #[error("database holds a damaged record: {0}")]
     Damaged(String),
@@ -194,10 +197,7 @@ impl Store {
     /// Opens an existing database without changing it (for `tessera runs` and `status`).
     pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
         if !path.exists() {
-            return Err(StoreError::Damaged(format!(
-                "{}: no such database",
-                path.display()
-            )));
+            return Err(StoreError::NotFound(path.display().to_string()));
         }
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
