@@ -58,8 +58,23 @@ impl UpdateAccumulator {
 
     /// Adds `update` with `weight`; on error nothing changes.
     pub fn add(&mut self, update: &Update, weight: f64) -> Result<(), AggregateError> {
-        if !(weight.is_finite() && weight >= 0.0) {
-            return Err(AggregateError::BadWeight(weight));
+        self.add_normalized(update, weight, weight)
+    }
+
+    /// Adds `weight * update` to the sum and `normalizer` to the divisor of
+    /// the mean: FedBuff's staleness discount keeps the example count as the
+    /// normaliser, so a stale update counts less in absolute terms. On error
+    /// nothing changes.
+    pub fn add_normalized(
+        &mut self,
+        update: &Update,
+        weight: f64,
+        normalizer: f64,
+    ) -> Result<(), AggregateError> {
+        for w in [weight, normalizer] {
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(AggregateError::BadWeight(w));
+            }
         }
         self.layout.check_same_layout(&update.delta)?;
         match (&self.control, &update.control_delta) {
@@ -92,8 +107,8 @@ impl UpdateAccumulator {
             .checked_add(update.n_examples)
             .ok_or(AggregateError::Overflow)?;
         let mut totals = self.totals.clone();
-        totals.add_one(0, weight)?;
-        totals.add_one(1, weight * loss)?;
+        totals.add_one(0, normalizer)?;
+        totals.add_one(1, normalizer * loss)?;
         // Check everything before adding anything, so that nothing needs undoing.
         // The sums refuse NaN and infinities (as out of range); name them properly.
         let named = |e: AggregateError, values: &ParameterSet| match values.check_finite() {

@@ -10,7 +10,7 @@ use tessera_aggregate::StrategyKind;
 use tessera_data::{
     ColumnKind, ColumnSpec, DataConfig, FileSource, Filesystem, ScaleScope, SchemaConfig,
 };
-use tessera_engine::{FederationConfig, Plan};
+use tessera_engine::{FederationConfig, Mode, Plan};
 use tessera_learn::{Init, ModelConfig, ModelKind, TrainingConfig};
 use tessera_sim::{RoundRecord, RunReport, SimOptions, simulate};
 
@@ -72,6 +72,18 @@ pub struct SimulateArgs {
     /// Also train local-only and pooled baselines on the same splits.
     #[arg(long)]
     baselines: bool,
+    /// `sync` rounds or `async` buffered aggregation (FedBuff; --rounds counts server steps).
+    #[arg(long)]
+    mode: Option<String>,
+    /// Async: updates per server step.
+    #[arg(long)]
+    buffer_size: Option<usize>,
+    /// Async: refuse updates more than this many steps stale.
+    #[arg(long)]
+    max_staleness: Option<u32>,
+    /// Report the run-clock time when accuracy (all test rows) first reaches this.
+    #[arg(long)]
+    target_accuracy: Option<f64>,
     /// Report file (JSON). Default: tessera-out/<plan>-<strategy>-seed<seed>.json
     #[arg(long)]
     report: Option<PathBuf>,
@@ -186,6 +198,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     };
     let options = SimOptions {
         baselines: args.baselines,
+        target_accuracy: args.target_accuracy,
     };
     if args.baselines && !quiet {
         progress.println("baselines (local-only and pooled) train after the rounds");
@@ -237,6 +250,9 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
 }
 
 fn print_summary(report: &RunReport) {
+    if let Some(t) = report.timing.virtual_seconds_to_target {
+        println!("target accuracy reached at {t:.2} s on the run clock");
+    }
     let f = &report.final_metrics;
     println!(
         "final: accuracy {:.4} (all test rows), mean of sites {:.4}, auc {}",
@@ -370,6 +386,24 @@ fn apply_overrides(plan: &mut Plan, args: &SimulateArgs) -> anyhow::Result<()> {
         if let Some(settings) = plan.strategies.get_mut(&key) {
             settings.client_lr = None;
         }
+    }
+    if let Some(mode) = &args.mode {
+        plan.federation.mode = match mode.as_str() {
+            "sync" => Mode::Sync,
+            "async" => Mode::Async,
+            other => bail!("unknown mode '{other}' (expected sync or async)"),
+        };
+    }
+    if let Some(k) = args.buffer_size {
+        plan.federation.buffer_size = k;
+    }
+    if let Some(bound) = args.max_staleness {
+        plan.federation.max_staleness = bound;
+    }
+    if let Some(target) = args.target_accuracy
+        && !(0.0..=1.0).contains(&target)
+    {
+        bail!("--target-accuracy must be between 0 and 1, got {target}");
     }
     if let Some(scope) = &args.standardize {
         let standardize = &mut plan.data.standardize;

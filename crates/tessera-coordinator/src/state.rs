@@ -1056,6 +1056,7 @@ impl Federation {
                 virtual_seconds: self.now().as_secs_f64(),
                 threads: 1,
                 peak_rss_bytes: None,
+                virtual_seconds_to_target: None,
             },
             communication: Communication {
                 bytes_up: self.bytes_up,

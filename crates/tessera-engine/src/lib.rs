@@ -16,17 +16,21 @@
 //! This crate never blocks, sleeps, reads the clock or opens a socket.
 #![deny(missing_docs)]
 
+mod buffered;
 mod engine;
 mod error;
 mod plan;
 pub mod report;
 mod site;
 
+pub use buffered::{AsyncRejection, BufferedEngine, Step};
 pub use engine::{
     EngineConfig, FitTask, Rejection, RoundEngine, RoundOutcome, RoundStart, RoundStatus,
 };
 pub use error::EngineError;
-pub use plan::{FederationConfig, Plan, PlanError, Range, SimulationConfig};
+pub use plan::{
+    FederationConfig, Mode, Plan, PlanError, Range, SimulationConfig, StalenessWeighting,
+};
 pub use site::Site;
 
 /// Tags of the seed streams derived from a run seed.

@@ -90,6 +90,52 @@ pub struct FederationConfig {
     /// member of its cohort (or its dropout).
     #[serde(default)]
     pub deadline_seconds: Option<f64>,
+    /// `sync` rounds, or `async` buffered aggregation (FedBuff); in async mode
+    /// `rounds` counts server steps.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Async: accepted updates per server step (K).
+    #[serde(default = "default_buffer")]
+    pub buffer_size: usize,
+    /// Async: updates based on a model more than this many steps old are refused.
+    #[serde(default = "default_max_staleness")]
+    pub max_staleness: u32,
+    /// Async: how an update's weight falls with its staleness τ.
+    #[serde(default)]
+    pub staleness: StalenessWeighting,
+}
+
+/// Synchronous rounds or asynchronous buffered aggregation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Every cohort member trains on the same model; the round closes together.
+    #[default]
+    Sync,
+    /// Participants train whenever they are free; every K updates make a step (FedBuff).
+    Async,
+}
+
+/// An update's weight as a function of its staleness τ (server steps since
+/// the model it trained from).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StalenessWeighting {
+    /// `1 / sqrt(1 + τ)` (Nguyen et al., FedBuff, 2022).
+    #[default]
+    InverseSqrt,
+    /// Every update weighs the same.
+    Constant,
+}
+
+impl StalenessWeighting {
+    /// The weight factor for staleness `tau`.
+    pub fn factor(self, tau: u32) -> f64 {
+        match self {
+            StalenessWeighting::InverseSqrt => 1.0 / (1.0 + f64::from(tau)).sqrt(),
+            StalenessWeighting::Constant => 1.0,
+        }
+    }
 }
 
 impl Default for FederationConfig {
@@ -101,6 +147,10 @@ impl Default for FederationConfig {
             min_participants: 1,
             quorum: 1,
             deadline_seconds: None,
+            mode: Mode::default(),
+            buffer_size: default_buffer(),
+            max_staleness: default_max_staleness(),
+            staleness: StalenessWeighting::default(),
         }
     }
 }
@@ -191,6 +241,14 @@ impl Plan {
                 "federation.fraction must be in (0, 1], got {}",
                 f.fraction
             ));
+        }
+        if f.mode == Mode::Async && f.buffer_size == 0 {
+            return invalid("federation.buffer_size must be at least 1".into());
+        }
+        if f.mode == Mode::Async && self.federation.strategy == StrategyKind::Scaffold {
+            return invalid(
+                "scaffold's control variates need synchronous rounds; use mode = \"sync\"".into(),
+            );
         }
         if f.min_participants == 0 || f.quorum == 0 {
             return invalid(
@@ -313,6 +371,13 @@ fn one_line(error: &toml::de::Error, text: &str) -> String {
 
 /// Longest time a plan may name (about 31 years).
 const MAX_SECONDS: f64 = 1e9;
+
+fn default_buffer() -> usize {
+    10
+}
+fn default_max_staleness() -> u32 {
+    100
+}
 
 fn default_name() -> String {
     "tessera".into()

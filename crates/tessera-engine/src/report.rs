@@ -37,6 +37,9 @@ pub struct RoundRecord {
     pub seconds: f64,
     /// Virtual seconds from the round's start to its close.
     pub virtual_seconds: f64,
+    /// Run clock at the round's close, seconds (virtual in simulation).
+    #[serde(default)]
+    pub virtual_time: f64,
     /// Bytes sent by participants this round.
     pub bytes_up: u64,
     /// Bytes sent to participants this round.
@@ -126,6 +129,9 @@ pub struct Timing {
     pub baselines_seconds: f64,
     /// Virtual seconds of the whole federated run.
     pub virtual_seconds: f64,
+    /// Run clock when accuracy (all test rows) first reached the target, if asked and reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_seconds_to_target: Option<f64>,
     /// Worker threads.
     pub threads: usize,
     /// Peak resident memory of the process, bytes (set by the caller where known).
@@ -241,6 +247,7 @@ pub fn round_record(
         rejected: outcome.rejected.len(),
         seconds,
         virtual_seconds: outcome.closed_at.since(outcome.opened_at).as_secs_f64(),
+        virtual_time: outcome.closed_at.as_secs_f64(),
         bytes_up,
         bytes_down,
         site_errors: Vec::new(),

@@ -15,6 +15,7 @@
 //! [`RoundEngine`]: tessera_engine::RoundEngine
 #![deny(missing_docs)]
 
+mod asynchronous;
 mod baselines;
 mod profile;
 mod run;

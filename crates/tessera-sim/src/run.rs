@@ -7,7 +7,9 @@ use std::time::Instant;
 use rayon::prelude::*;
 use tessera_core::{ParticipantId, Timestamp};
 use tessera_data::FederatedData;
-use tessera_engine::{EngineConfig, EngineError, Plan, PlanError, RoundEngine, RoundStatus, Site};
+use tessera_engine::{
+    EngineConfig, EngineError, Mode, Plan, PlanError, RoundEngine, RoundStatus, Site,
+};
 use tessera_learn::{Evaluation, LearnError, Learner, Network, Schedule};
 use thiserror::Error;
 
@@ -36,6 +38,8 @@ pub enum SimError {
 pub struct SimOptions {
     /// Also train the local-only and pooled baselines.
     pub baselines: bool,
+    /// Report when accuracy (all test rows) first reaches this, on the run clock.
+    pub target_accuracy: Option<f64>,
 }
 
 /// The initial global model of `plan` on `data`.
@@ -51,7 +55,7 @@ struct Event {
     dropout: bool,
 }
 
-fn lock(site: &Mutex<Site>) -> MutexGuard<'_, Site> {
+pub(crate) fn lock(site: &Mutex<Site>) -> MutexGuard<'_, Site> {
     site.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -64,6 +68,87 @@ pub fn simulate(
     observer: &mut dyn FnMut(&RoundRecord),
 ) -> Result<RunReport, SimError> {
     plan.validate()?;
+    let rounds_started = Instant::now();
+    let run = match plan.federation.mode {
+        Mode::Sync => run_sync(plan, data, observer)?,
+        Mode::Async => crate::asynchronous::run_async(plan, data, observer)?,
+    };
+    let rounds_seconds = rounds_started.elapsed().as_secs_f64();
+    let Federated {
+        records,
+        last_evaluations,
+        final_parameters,
+        bytes_up_per_site,
+        end,
+    } = run;
+
+    let baselines_started = Instant::now();
+    let baselines = if options.baselines {
+        Some(run_baselines(plan, data)?)
+    } else {
+        None
+    };
+    let baselines_seconds = baselines_started.elapsed().as_secs_f64();
+
+    let names: Vec<&str> = data.sites.iter().map(|s| s.name.as_str()).collect();
+    let final_metrics = final_metrics(&names, &last_evaluations);
+    let communication = Communication {
+        bytes_up: records.iter().map(|r| r.bytes_up).sum(),
+        bytes_down: records.iter().map(|r| r.bytes_down).sum(),
+        bytes_up_per_site: names
+            .iter()
+            .map(|n| n.to_string())
+            .zip(bytes_up_per_site)
+            .collect(),
+    };
+    let virtual_seconds_to_target = options.target_accuracy.and_then(|target| {
+        records
+            .iter()
+            .find(|r| r.accuracy >= target)
+            .map(|r| r.virtual_time)
+    });
+    Ok(RunReport {
+        plan: plan.name.clone(),
+        strategy: plan.federation.strategy.to_string(),
+        seed: plan.seed,
+        model: format!("{:?}", plan.model.kind).to_lowercase(),
+        features: data.feature_names.clone(),
+        classes: data.task.classes.clone(),
+        data: data.summary.clone(),
+        timing: Timing {
+            total_seconds: 0.0,
+            data_seconds: 0.0,
+            rounds_seconds,
+            seconds_per_round: rounds_seconds / records.len().max(1) as f64,
+            baselines_seconds,
+            virtual_seconds: end.as_secs_f64(),
+            threads: rayon::current_num_threads(),
+            peak_rss_bytes: None,
+            virtual_seconds_to_target,
+        },
+        rounds: records,
+        final_metrics,
+        baselines,
+        communication,
+        final_parameters,
+    })
+}
+
+/// What a federated run (sync or async) produced.
+pub(crate) struct Federated {
+    pub records: Vec<RoundRecord>,
+    pub last_evaluations: Vec<Evaluation>,
+    pub final_parameters: tessera_core::ParameterSet,
+    pub bytes_up_per_site: Vec<u64>,
+    pub end: Timestamp,
+}
+
+/// Synchronous rounds.
+fn run_sync(
+    plan: &Plan,
+    data: &FederatedData,
+    observer: &mut dyn FnMut(&RoundRecord),
+) -> Result<Federated, SimError> {
     let initial = initial_model(plan, data)?;
     let training = plan.local_training();
     let mut engine = RoundEngine::new(
@@ -102,7 +187,6 @@ pub fn simulate(
     let mut records = Vec::new();
     let mut bytes_up_per_site = vec![0u64; ids.len()];
     let mut last_evaluations = Vec::new();
-    let rounds_started = Instant::now();
     while !engine.is_finished() {
         let wall = Instant::now();
         let start = engine.begin_round(now)?;
@@ -238,49 +322,11 @@ pub fn simulate(
         records.push(record);
         last_evaluations = evaluations;
     }
-    let rounds_seconds = rounds_started.elapsed().as_secs_f64();
-
-    let baselines_started = Instant::now();
-    let baselines = if options.baselines {
-        Some(run_baselines(plan, data)?)
-    } else {
-        None
-    };
-    let baselines_seconds = baselines_started.elapsed().as_secs_f64();
-
-    let names: Vec<&str> = data.sites.iter().map(|s| s.name.as_str()).collect();
-    let final_metrics = final_metrics(&names, &last_evaluations);
-    let communication = Communication {
-        bytes_up: records.iter().map(|r| r.bytes_up).sum(),
-        bytes_down: records.iter().map(|r| r.bytes_down).sum(),
-        bytes_up_per_site: names
-            .iter()
-            .map(|n| n.to_string())
-            .zip(bytes_up_per_site)
-            .collect(),
-    };
-    Ok(RunReport {
-        plan: plan.name.clone(),
-        strategy: engine.strategy_name().to_string(),
-        seed: plan.seed,
-        model: format!("{:?}", plan.model.kind).to_lowercase(),
-        features: data.feature_names.clone(),
-        classes: data.task.classes.clone(),
-        data: data.summary.clone(),
-        timing: Timing {
-            total_seconds: 0.0,
-            data_seconds: 0.0,
-            rounds_seconds,
-            seconds_per_round: rounds_seconds / records.len().max(1) as f64,
-            baselines_seconds,
-            virtual_seconds: now.as_secs_f64(),
-            threads: rayon::current_num_threads(),
-            peak_rss_bytes: None,
-        },
-        rounds: records,
-        final_metrics,
-        baselines,
-        communication,
+    Ok(Federated {
+        records,
+        last_evaluations,
         final_parameters: engine.global().as_ref().clone(),
+        bytes_up_per_site,
+        end: now,
     })
 }

@@ -1,0 +1,223 @@
+//! Asynchronous buffered aggregation (FedBuff, Nguyen et al. 2022).
+
+use std::sync::Arc;
+
+use tessera_aggregate::{Strategy, UpdateAccumulator};
+use tessera_core::{ParameterSet, ParticipantId, Update};
+
+use crate::{EngineError, Plan, StalenessWeighting};
+
+/// Why an asynchronous update did not count.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AsyncRejection {
+    /// The model it trained from is more than the bound behind.
+    Stale {
+        /// Steps behind.
+        staleness: u32,
+        /// The bound.
+        bound: u32,
+    },
+    /// It claims a model version the server has not made yet.
+    FromTheFuture(u32),
+    /// The update is malformed.
+    Invalid(String),
+}
+
+impl std::fmt::Display for AsyncRejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AsyncRejection::Stale { staleness, bound } => {
+                write!(
+                    f,
+                    "update is {staleness} steps stale, more than the bound of {bound}"
+                )
+            }
+            AsyncRejection::FromTheFuture(v) => write!(
+                f,
+                "update claims model version {v}, which does not exist yet"
+            ),
+            AsyncRejection::Invalid(reason) => write!(f, "invalid update: {reason}"),
+        }
+    }
+}
+
+/// A server step: what the buffer held when it was applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The new model version (steps taken).
+    pub version: u32,
+    /// Who contributed, in arrival order, with each update's staleness.
+    pub contributions: Vec<(ParticipantId, u32)>,
+    /// Examples behind the buffered updates.
+    pub n_examples: u64,
+    /// Weighted mean training loss.
+    pub mean_train_loss: f64,
+}
+
+/// The asynchronous engine: participants train from whatever model version
+/// they last received; each accepted update enters a buffer weighted by its
+/// example count times `s(τ)`, τ its staleness; every `buffer_size` updates
+/// the strategy applies the buffer's mean (normalised by examples, so stale
+/// updates count less) and the model version advances.
+pub struct BufferedEngine {
+    strategy: Box<dyn Strategy>,
+    global: Arc<ParameterSet>,
+    version: u32,
+    steps: u32,
+    buffer_size: usize,
+    max_staleness: u32,
+    weighting: StalenessWeighting,
+    n_participants: usize,
+    accumulator: UpdateAccumulator,
+    contributions: Vec<(ParticipantId, u32)>,
+}
+
+impl BufferedEngine {
+    /// An engine for `plan` (its `rounds` are the server steps) starting from `initial`.
+    pub fn new(
+        plan: &Plan,
+        initial: ParameterSet,
+        n_participants: usize,
+    ) -> Result<Self, EngineError> {
+        let strategy = plan.strategy()?;
+        if strategy.needs_control_deltas() {
+            return Err(EngineError::State(
+                "control variates need synchronous rounds".into(),
+            ));
+        }
+        let accumulator = UpdateAccumulator::new(&initial, false);
+        Ok(Self {
+            strategy,
+            global: Arc::new(initial),
+            version: 0,
+            steps: plan.federation.rounds,
+            buffer_size: plan.federation.buffer_size,
+            max_staleness: plan.federation.max_staleness,
+            weighting: plan.federation.staleness,
+            n_participants,
+            accumulator,
+            contributions: Vec::new(),
+        })
+    }
+
+    /// The current model and its version.
+    pub fn current(&self) -> (Arc<ParameterSet>, u32) {
+        (Arc::clone(&self.global), self.version)
+    }
+
+    /// Whether every step has been taken.
+    pub fn is_finished(&self) -> bool {
+        self.version >= self.steps
+    }
+
+    /// Updates in the buffer.
+    pub fn buffered(&self) -> usize {
+        self.contributions.len()
+    }
+
+    /// Delivers `from`'s update, trained from model version `base`; returns
+    /// the step it completed, if any.
+    pub fn submit(
+        &mut self,
+        from: &ParticipantId,
+        base: u32,
+        update: &Update,
+    ) -> Result<Option<Step>, AsyncRejection> {
+        if base > self.version {
+            return Err(AsyncRejection::FromTheFuture(base));
+        }
+        let staleness = self.version - base;
+        if staleness > self.max_staleness {
+            return Err(AsyncRejection::Stale {
+                staleness,
+                bound: self.max_staleness,
+            });
+        }
+        let examples = self.strategy.weight(update);
+        let weight = examples * self.weighting.factor(staleness);
+        self.accumulator
+            .add_normalized(update, weight, examples)
+            .map_err(|e| AsyncRejection::Invalid(e.to_string()))?;
+        self.contributions.push((from.clone(), staleness));
+        if self.contributions.len() < self.buffer_size {
+            return Ok(None);
+        }
+        let fresh = UpdateAccumulator::new(&self.global, false);
+        let buffer = std::mem::replace(&mut self.accumulator, fresh);
+        let contributions = std::mem::take(&mut self.contributions);
+        let aggregate = buffer
+            .finish(self.n_participants)
+            .map_err(|e| AsyncRejection::Invalid(e.to_string()))?;
+        let next = self
+            .strategy
+            .aggregate_fit(&self.global, &aggregate)
+            .map_err(|e| AsyncRejection::Invalid(e.to_string()))?;
+        self.global = Arc::new(next);
+        self.version += 1;
+        Ok(Some(Step {
+            version: self.version,
+            contributions,
+            n_examples: aggregate.n_examples,
+            mean_train_loss: aggregate.mean_train_loss,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::{FitStats, Tensor};
+
+    fn plan(buffer: usize, bound: u32) -> Plan {
+        let text = format!(
+            "[data]\npath = \"d.csv\"\nsite_column = \"s\"\n[data.schema]\ntarget = \"y\"\n[model]\nkind = \"logistic\"\n\
+             [federation]\nrounds = 3\nmode = \"async\"\nbuffer_size = {buffer}\nmax_staleness = {bound}\n"
+        );
+        Plan::from_toml(&text, "t").unwrap()
+    }
+
+    fn update(v: f32, n: u64) -> Update {
+        let mut p = ParameterSet::new();
+        p.push("w", Tensor::new(vec![1], vec![v]).unwrap()).unwrap();
+        Update {
+            delta: p,
+            n_examples: n,
+            control_delta: None,
+            stats: FitStats::default(),
+        }
+    }
+
+    #[test]
+    fn steps_every_k_updates_with_staleness_discount() {
+        let mut e = BufferedEngine::new(&plan(2, 1), update(0.0, 1).delta, 3).unwrap();
+        let a = ParticipantId::new("a");
+        assert_eq!(e.submit(&a, 0, &update(1.0, 1)).unwrap(), None);
+        let step = e.submit(&a, 0, &update(3.0, 1)).unwrap().unwrap();
+        assert_eq!(step.version, 1);
+        // Both fresh: mean 2.
+        assert_eq!(e.current().0.values().collect::<Vec<_>>(), [2.0]);
+        // One fresh (weight 1), one a step old (weight 1/sqrt 2), normalised by examples (2).
+        e.submit(&a, 1, &update(4.0, 1)).unwrap();
+        e.submit(&a, 0, &update(4.0, 1)).unwrap();
+        let expected = 2.0 + (4.0 + 4.0 / 2f64.sqrt()) / 2.0;
+        assert!((f64::from(e.current().0.values().next().unwrap()) - expected).abs() < 1e-5);
+        // Two steps behind with a bound of 1: refused.
+        assert_eq!(
+            e.submit(&a, 0, &update(1.0, 1)),
+            Err(AsyncRejection::Stale {
+                staleness: 2,
+                bound: 1
+            })
+        );
+        assert_eq!(
+            e.submit(&a, 9, &update(1.0, 1)),
+            Err(AsyncRejection::FromTheFuture(9))
+        );
+        assert!(e.submit(&a, 2, &update(f32::NAN, 1)).is_err());
+        assert_eq!(
+            e.buffered(),
+            0,
+            "a refused update leaves the buffer as it was"
+        );
+    }
+}
