@@ -85,6 +85,7 @@ fn bundled_plan_meets_flamby_for_every_strategy() {
             plan.seed = seed;
             let options = SimOptions {
                 baselines: kind == StrategyKind::FedAvg,
+                target_accuracy: None,
             };
             let report = simulate(&plan, &data, &options, &mut |_| {}).unwrap();
             accuracies.push(report.final_metrics.mean_site_accuracy);
