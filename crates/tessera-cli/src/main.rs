@@ -10,6 +10,7 @@ mod ops;
 mod plot;
 mod simulate;
 mod synth;
+mod transfer;
 
 use std::process::ExitCode;
 
@@ -39,6 +40,8 @@ enum Command {
     Runs(ops::RunsArgs),
     /// Where a run stands: rounds, the open round, participants, the audit log.
     Status(ops::StatusArgs),
+    /// Benchmark: a parameter set down and back over the wire protocol, with peak memory.
+    BenchTransfer(transfer::TransferArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Ca(args) => ca::run(&args),
         Command::Runs(args) => ops::runs(&args),
         Command::Status(args) => ops::status(&args),
+        Command::BenchTransfer(args) => transfer::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -522,3 +522,50 @@ fn mutual_tls_refuses_unknown_revoked_and_impersonating_certificates() {
     }
     assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
 }
+
+/// A parameter set streams down and back in chunks with each side holding
+/// about one copy: the wire protocol adds buffers, not copies.
+#[test]
+fn parameters_stream_with_bounded_memory() {
+    let s = Scratch::new("transfer");
+    let floats = 25_000_000u64; // 100 MB
+    let (tx, rx) = std::sync::mpsc::channel();
+    let floats_arg = floats.to_string();
+    let mut server = Proc::start(
+        "server",
+        &s.dir,
+        &["bench-transfer", "serve", "--floats", &floats_arg],
+        Some(tx),
+    );
+    let address = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    let url = format!("http://{address}");
+    let mut client = Proc::start(
+        "client",
+        &s.dir,
+        &["bench-transfer", "fetch", "--url", &url],
+        None,
+    );
+    assert!(client.wait(LIMIT).success(), "{}", client.log());
+    assert!(server.wait(LIMIT).success(), "{}", server.log());
+    let peak = |log: &str, side: &str| -> f64 {
+        let line = log
+            .lines()
+            .find(|l| l.starts_with(side) && l.contains("peak "))
+            .unwrap();
+        line.rsplit("peak ")
+            .next()
+            .unwrap()
+            .trim_end_matches(" MB")
+            .parse()
+            .unwrap()
+    };
+    let model_mb = floats as f64 * 4.0 / 1e6;
+    let (client_peak, server_peak) = (
+        peak(&client.log(), "client:"),
+        peak(&server.log(), "server: 25000000"),
+    );
+    eprintln!("model {model_mb} MB: client peak {client_peak} MB, server peak {server_peak} MB");
+    assert!(client.log().contains("all values intact"));
+    assert!(client_peak < 2.0 * model_mb, "client {client_peak} MB");
+    assert!(server_peak < 2.0 * model_mb, "server {server_peak} MB");
+}
