@@ -569,3 +569,119 @@ fn parameters_stream_with_bounded_memory() {
     assert!(client_peak < 2.0 * model_mb, "client {client_peak} MB");
     assert!(server_peak < 2.0 * model_mb, "server {server_peak} MB");
 }
+
+/// Asynchronous buffered aggregation in deployment: six participants, one of
+/// them slow; every K updates a step is committed; the slow site's updates
+/// count with their staleness; the run finishes with every step taken.
+#[test]
+fn asynchronous_deployment_takes_every_step_and_keeps_slow_sites() {
+    let s = Scratch::new("deploy-async");
+    s.run(&[
+        "synth",
+        "--sites",
+        "6",
+        "--rows",
+        "150",
+        "--features",
+        "20",
+        "--classes",
+        "4",
+        "--alpha",
+        "0.5",
+        "--beta",
+        "0.5",
+        "--seed",
+        "2",
+        "--out",
+        "s.csv",
+    ])
+    .ok();
+    let data = s.path("s.csv");
+    let plan = s.write(
+        "async.toml",
+        &format!(
+            r#"
+name = "async"
+[data]
+path = "{}"
+site_column = "site"
+[data.schema]
+target = "y"
+[data.standardize]
+scope = "federation"
+[model]
+kind = "softmax"
+[training]
+epochs = 1
+lr = 0.2
+[federation]
+rounds = 30
+mode = "async"
+buffer_size = 3
+min_participants = 6
+"#,
+            data.display()
+        ),
+    );
+    let db = s.path("a.sqlite");
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &db, 0, &["--report", "a.json"]);
+    let mut sites: Vec<Proc> = (0..6)
+        .map(|i| {
+            let site = format!("site{i}");
+            let extra: &[&str] = if i == 5 {
+                &["--pause-before-update", "0.4"]
+            } else {
+                &[]
+            };
+            let mut args = vec![
+                "participant",
+                "--coordinator",
+                &url,
+                "--site",
+                &site,
+                "--data",
+                data.to_str().unwrap(),
+                "--insecure",
+            ];
+            args.extend_from_slice(extra);
+            Proc::start(&site, &s.dir, &args, None)
+        })
+        .collect();
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut sites {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    let report = s.json("a.json");
+    assert_eq!(report["rounds"].as_array().unwrap().len(), 30);
+    assert!(
+        report["final"]["accuracy"].as_f64().unwrap() > 0.4,
+        "{}",
+        report["final"]
+    );
+    // The slow site contributed, with stale models, and nothing was refused as too stale.
+    let slow = query_i64(
+        &db,
+        "SELECT COUNT(*) FROM audit WHERE site = 'site5' AND action = 'update' AND outcome = 'accepted'",
+    );
+    assert!(slow >= 1, "the slow site's updates count");
+    let fast = query_i64(
+        &db,
+        "SELECT COUNT(*) FROM audit WHERE site = 'site0' AND action = 'update' AND outcome = 'accepted'",
+    );
+    assert!(
+        fast > slow,
+        "fast sites contribute more often: {fast} against {slow}"
+    );
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM audit WHERE detail LIKE '%stale%'"
+        ),
+        0
+    );
+    assert_eq!(
+        query_i64(&db, "SELECT COUNT(*) FROM round_aggregates"),
+        30,
+        "every step durable"
+    );
+}

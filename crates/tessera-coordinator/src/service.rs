@@ -120,6 +120,14 @@ impl FederationService for Service {
                     .shared
                     .with(|f| f.offer_kinds(&site, k.clone()))
                     .map(|r| r.map(|k| pb::agree_reply::Result::Kinds(convert::kinds_to_pb(&k)))),
+                pb::agree_request::Offer::Statistics(st) => self
+                    .shared
+                    .with(|f| f.offer_statistics(&site, st.clone()))
+                    .map(|r| {
+                        r.map(|s| {
+                            pb::agree_reply::Result::Statistics(convert::statistics_to_pb(&s))
+                        })
+                    }),
                 pb::agree_request::Offer::Levels(l) => self
                     .shared
                     .with(|f| f.offer_levels(&site, l.clone()))

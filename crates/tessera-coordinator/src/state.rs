@@ -23,6 +23,8 @@ use crate::CoordinatorError;
 use crate::store::{Offers, RoundClose, RunRow, Store, StoreError};
 use crate::telemetry::names;
 
+mod buffered;
+
 /// Who must offer before the data agreement closes.
 #[derive(Debug, Clone)]
 enum Expected {
@@ -109,6 +111,12 @@ pub struct Federation {
     /// Per site: the last closed round it was in the cohort of, and whether its update counted.
     counted: BTreeMap<String, (u32, bool)>,
     liveness: Duration,
+    /// Asynchronous runs: the buffered engine instead of rounds.
+    buffered: Option<tessera_engine::BufferedEngine>,
+    /// Asynchronous runs: steps whose evaluations are still coming in.
+    step_evaluations: BTreeMap<u32, (Box<RoundRecord>, BTreeMap<String, Evaluation>)>,
+    /// Asynchronous runs: the newest step each site has evaluated.
+    evaluated: BTreeMap<String, u32>,
     round_started: Option<Instant>,
     bytes_up: u64,
     bytes_down: u64,
@@ -180,6 +188,9 @@ impl Federation {
             last_evaluations: Vec::new(),
             counted: BTreeMap::new(),
             liveness,
+            buffered: None,
+            step_evaluations: BTreeMap::new(),
+            evaluated: BTreeMap::new(),
             round_started: None,
             bytes_up: 0,
             bytes_down: 0,
@@ -206,6 +217,9 @@ impl Federation {
         let agreement = pb::Agreement::decode(bytes.as_slice())
             .map_err(|e| StoreError::Damaged(e.to_string()))?;
         self.agreement = Some(convert::agreement_from_pb(agreement)?);
+        if self.plan.federation.mode == tessera_engine::Mode::Async {
+            return self.resume_async(&run);
+        }
         let Some(closed) = self.store.latest_model_version(&run)? else {
             return Err(CoordinatorError::Store(StoreError::Damaged(
                 "agreed run without an initial model".into(),
@@ -283,7 +297,8 @@ impl Federation {
             self.phase = Phase::Training;
             if let Some((round, cohort, opened_at)) = self.store.open_round_of(&run)? {
                 engine.reopen_round(round, cohort, opened_at)?;
-                for (site, update, at) in self.store.updates(&run, round)? {
+                for stored in self.store.updates(&run, round)? {
+                    let (site, update, at) = (stored.site, stored.update, stored.at);
                     if let Err(rejection) = engine.submit(at, &site, round, &update) {
                         tracing::warn!(%site, round, %rejection, "a stored update no longer counts");
                     }
@@ -556,6 +571,20 @@ impl Federation {
                 )
             });
         stored.map_err(|e| Refusal::Invalid(e.to_string()))?;
+        if self.plan.federation.mode == tessera_engine::Mode::Async {
+            let engine = tessera_engine::BufferedEngine::new(
+                &self.plan,
+                tessera_learn::Learner::parameters(&initial).clone(),
+                self.joined.len(),
+            )
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+            self.buffered = Some(engine);
+            self.agreement = Some(agreement.clone());
+            self.phase = Phase::Training;
+            self.version += 1;
+            self.advance();
+            return Ok(Some(agreement));
+        }
         let strategy = self
             .plan
             .strategy()
@@ -582,6 +611,70 @@ impl Federation {
         Ok(Some(agreement))
     }
 
+    /// Agreement step 3 (federation-scope standardisation): the site's
+    /// feature statistics. Returns the federation's, merged in site order,
+    /// once every expected site has offered.
+    pub fn offer_statistics(
+        &mut self,
+        site: &str,
+        offer: pb::FeatureStatistics,
+    ) -> Result<Option<tessera_data::FeatureStatistics>, Refusal> {
+        self.require_joined(site)?;
+        self.touch(site);
+        let Some(n_features) = self.agreement.as_ref().map(|a| a.feature_names().len()) else {
+            return Err(Refusal::Invalid("agree the vocabulary first".into()));
+        };
+        if let Some(bytes) = self
+            .store
+            .agreement(&self.run.id, 3)
+            .map_err(|e| Refusal::Invalid(e.to_string()))?
+        {
+            let merged = pb::FeatureStatistics::decode(bytes.as_slice())
+                .map_err(|e| Refusal::Invalid(e.to_string()))?;
+            return convert::statistics_from_pb(merged, n_features)
+                .map(Some)
+                .map_err(|e| Refusal::Invalid(e.to_string()));
+        }
+        convert::statistics_from_pb(offer.clone(), n_features)
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        self.store
+            .put_offer(&self.run.id, 3, site, &offer.encode_to_vec())
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let Some(offers) = self
+            .quorum_of_offers(3)
+            .map_err(|e| Refusal::Invalid(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let mut merged = tessera_data::FeatureStatistics {
+            n: 0,
+            mean: vec![0.0; n_features],
+            m2: vec![0.0; n_features],
+        };
+        for (_, bytes) in offers {
+            let stats = pb::FeatureStatistics::decode(bytes.as_slice())
+                .map_err(|e| Refusal::Invalid(e.to_string()))?;
+            let stats = convert::statistics_from_pb(stats, n_features)
+                .map_err(|e| Refusal::Invalid(e.to_string()))?;
+            merged = merged.merge(&stats);
+        }
+        self.store
+            .put_agreement(
+                &self.run.id,
+                3,
+                &convert::statistics_to_pb(&merged).encode_to_vec(),
+            )
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        self.audit(
+            site,
+            "agree-statistics",
+            "closed",
+            &format!("{} training rows", merged.n),
+        );
+        self.version += 1;
+        Ok(Some(merged))
+    }
+
     fn previous(&self, site: &str) -> (u32, bool) {
         self.counted.get(site).copied().unwrap_or((0, false))
     }
@@ -591,6 +684,9 @@ impl Federation {
         self.require_joined(site)?;
         self.touch(site);
         let (previous_round, previous_update_counted) = self.previous(site);
+        if self.buffered.is_some() && matches!(self.phase, Phase::Training) {
+            return Ok(self.async_task(site));
+        }
         match &self.phase {
             Phase::Finished => Ok(TaskView::Finished),
             Phase::Agreeing => Ok(TaskView::Wait),
@@ -627,10 +723,9 @@ impl Federation {
                 if !targets.contains(site) || received.contains_key(site) {
                     return Ok(TaskView::Wait);
                 }
-                let Some(engine) = self.engine.as_ref() else {
+                let Some(global) = self.current_global() else {
                     return Ok(TaskView::Wait);
                 };
-                let global = Arc::clone(engine.global());
                 Ok(TaskView::Evaluate {
                     header: pb::TaskHeader {
                         round: *round,
@@ -650,6 +745,9 @@ impl Federation {
 
     /// The layout updates must have, and whether they carry control deltas.
     pub fn update_layout(&self) -> Option<(Arc<ParameterSet>, bool)> {
+        if let Some(buffered) = &self.buffered {
+            return Some((buffered.current().0, false));
+        }
         let engine = self.engine.as_ref()?;
         Some((
             Arc::clone(engine.global()),
@@ -667,6 +765,9 @@ impl Federation {
         self.require_joined(site)?;
         self.touch(site);
         let now = self.now();
+        if self.buffered.is_some() {
+            return self.async_submit(site, round, update, now);
+        }
         let id = ParticipantId::new(site);
         let Some(engine) = self.engine.as_mut() else {
             return Err(Refusal::Invalid("no round is open".into()));
@@ -675,7 +776,7 @@ impl Federation {
             Ok(()) => {
                 if let Err(e) = self
                     .store
-                    .put_update(&self.run.id, round, site, update, now)
+                    .put_update(&self.run.id, round, round, site, update, now)
                 {
                     // The engine counted an update the database does not hold: stop
                     // rather than acknowledge it. A restart resumes from the database.
@@ -729,6 +830,21 @@ impl Federation {
             Refusal::Invalid(e.to_string())
         })?;
         let run = self.run.id.clone();
+        if self.buffered.is_some() && matches!(self.phase, Phase::Training) {
+            return self.async_evaluation(site, report, evaluation);
+        }
+        // An evaluation of a model the federation has moved past comes too late
+        // to count; it is not an error.
+        let current = match &self.phase {
+            Phase::Evaluating { round, .. } => Some(*round),
+            _ => self.records.last().map(|r| r.round),
+        };
+        if current.is_some_and(|c| report.round < c)
+            || (current == Some(report.round) && !matches!(self.phase, Phase::Evaluating { .. }))
+        {
+            tracing::debug!(%site, round = report.round, "late evaluation ignored");
+            return Ok(());
+        }
         let Phase::Evaluating {
             round,
             targets,
@@ -765,6 +881,9 @@ impl Federation {
     pub fn heartbeat(&mut self, site: &str, round: u32) -> Result<bool, Refusal> {
         self.require_joined(site)?;
         self.touch(site);
+        if let Some(buffered) = &self.buffered {
+            return Ok(!buffered.is_finished());
+        }
         let engine = self.engine.as_ref();
         Ok(engine.is_some_and(|e| {
             e.open_round() == Some(round) && e.is_pending(&ParticipantId::new(site))
@@ -800,6 +919,7 @@ impl Federation {
         let now = self.now();
         match &self.phase {
             Phase::Agreeing | Phase::Finished => Ok(()),
+            Phase::Training if self.buffered.is_some() => self.async_step(now),
             Phase::Training => self.step_training(now),
             Phase::Evaluating { .. } => self.step_evaluating(now),
         }
@@ -1064,10 +1184,18 @@ impl Federation {
                 bytes_up_per_site: self.bytes_up_per_site.clone(),
             },
             final_parameters: self
-                .engine
-                .as_ref()
-                .map(|e| e.global().as_ref().clone())
+                .current_global()
+                .map(|g| g.as_ref().clone())
                 .unwrap_or_default(),
+        }
+    }
+
+    /// The current global model, sync or async.
+    fn current_global(&self) -> Option<Arc<ParameterSet>> {
+        match (&self.buffered, &self.engine) {
+            (Some(buffered), _) => Some(buffered.current().0),
+            (None, Some(engine)) => Some(Arc::clone(engine.global())),
+            (None, None) => None,
         }
     }
 

@@ -70,10 +70,10 @@ CREATE TABLE IF NOT EXISTS open_rounds (
     run_id TEXT PRIMARY KEY, round INTEGER NOT NULL, cohort TEXT NOT NULL, opened_micros INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS updates (
-    run_id TEXT NOT NULL, round INTEGER NOT NULL, site TEXT NOT NULL,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL, round INTEGER NOT NULL, site TEXT NOT NULL, base INTEGER NOT NULL,
     n_examples INTEGER NOT NULL, n_steps INTEGER NOT NULL, mean_train_loss REAL NOT NULL,
-    delta BLOB NOT NULL, control BLOB, received_micros INTEGER NOT NULL,
-    PRIMARY KEY (run_id, round, site)
+    delta BLOB NOT NULL, control BLOB, received_micros INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rounds (
     run_id TEXT NOT NULL, round INTEGER NOT NULL, status TEXT NOT NULL, record TEXT NOT NULL,
@@ -150,6 +150,19 @@ pub struct CohortRow {
     pub cohort: Vec<String>,
     /// Whose updates counted.
     pub counted: Vec<String>,
+}
+
+/// An accepted update as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredUpdate {
+    /// Who sent it.
+    pub site: ParticipantId,
+    /// The model version it trained from.
+    pub base: u32,
+    /// The update.
+    pub update: Update,
+    /// When it was accepted (run clock).
+    pub at: Timestamp,
 }
 
 /// Offers of an agreement step: (site, encoded offer).
@@ -499,22 +512,25 @@ impl Store {
         }
     }
 
-    /// Stores an accepted update; the caller commits it before acknowledging.
+    /// Stores an accepted update (for round or step `round`, trained from
+    /// model version `base`); the caller commits it before acknowledging.
     pub fn put_update(
         &self,
         run: &str,
         round: u32,
+        base: u32,
         site: &str,
         update: &Update,
         at: Timestamp,
     ) -> Result<(), StoreError> {
         self.conn.execute(
-            "INSERT INTO updates (run_id, round, site, n_examples, n_steps, mean_train_loss, delta, control, received_micros)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO updates (run_id, round, site, base, n_examples, n_steps, mean_train_loss, delta, control, received_micros)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 run,
                 round,
                 site,
+                base,
                 update.n_examples as i64,
                 update.stats.n_steps as i64,
                 update.stats.mean_train_loss,
@@ -527,32 +543,30 @@ impl Store {
     }
 
     /// The accepted updates of `round`, in arrival order.
-    pub fn updates(
-        &self,
-        run: &str,
-        round: u32,
-    ) -> Result<Vec<(ParticipantId, Update, Timestamp)>, StoreError> {
+    pub fn updates(&self, run: &str, round: u32) -> Result<Vec<StoredUpdate>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT site, n_examples, n_steps, mean_train_loss, delta, control, received_micros
-             FROM updates WHERE run_id = ?1 AND round = ?2 ORDER BY received_micros, site",
+            "SELECT site, base, n_examples, n_steps, mean_train_loss, delta, control, received_micros
+             FROM updates WHERE run_id = ?1 AND round = ?2 ORDER BY id",
         )?;
         let rows = stmt.query_map(params![run, round], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
+                r.get::<_, u32>(1)?,
                 r.get::<_, i64>(2)?,
-                r.get::<_, f64>(3)?,
-                r.get::<_, Vec<u8>>(4)?,
-                r.get::<_, Option<Vec<u8>>>(5)?,
-                r.get::<_, i64>(6)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, f64>(4)?,
+                r.get::<_, Vec<u8>>(5)?,
+                r.get::<_, Option<Vec<u8>>>(6)?,
+                r.get::<_, i64>(7)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (site, n_examples, n_steps, loss, delta, control, at) = row?;
-            out.push((
-                ParticipantId::new(site),
-                Update {
+            let (site, base, n_examples, n_steps, loss, delta, control, at) = row?;
+            out.push(StoredUpdate {
+                site: ParticipantId::new(site),
+                base,
+                update: Update {
                     delta: decode_parameters(&delta)?,
                     n_examples: unsigned(n_examples),
                     control_delta: control.map(|c| decode_parameters(&c)).transpose()?,
@@ -561,8 +575,8 @@ impl Store {
                         mean_train_loss: loss,
                     },
                 },
-                Timestamp(unsigned(at)),
-            ));
+                at: Timestamp(unsigned(at)),
+            });
         }
         Ok(out)
     }
@@ -729,7 +743,7 @@ mod tests {
                 },
             };
             store
-                .put_update("r1", 1, "a", &update, Timestamp(9))
+                .put_update("r1", 1, 0, "a", &update, Timestamp(9))
                 .unwrap();
             store
                 .audit("r1", Timestamp(9), "a", "update", "accepted", "round 1")
@@ -744,7 +758,7 @@ mod tests {
         let (round, cohort, at) = store.open_round_of("r1").unwrap().unwrap();
         assert_eq!((round, cohort.len(), at), (1, 2, Timestamp(7)));
         let updates = store.updates("r1", 1).unwrap();
-        assert_eq!(updates[0].1.delta, params(&[1.0, 2.0]));
+        assert_eq!(updates[0].update.delta, params(&[1.0, 2.0]));
         store
             .close_round(
                 "r1",

@@ -52,6 +52,8 @@ pub struct Step {
     pub n_examples: u64,
     /// Weighted mean training loss.
     pub mean_train_loss: f64,
+    /// The aggregate the strategy applied (what a restart replays).
+    pub aggregate: tessera_aggregate::RoundAggregate,
 }
 
 /// The asynchronous engine: participants train from whatever model version
@@ -98,6 +100,24 @@ impl BufferedEngine {
             accumulator,
             contributions: Vec::new(),
         })
+    }
+
+    /// An engine resuming a run: the stored steps' aggregates are replayed
+    /// through the strategy from `initial`, rebuilding its state.
+    pub fn resume(
+        plan: &Plan,
+        initial: ParameterSet,
+        n_participants: usize,
+        steps: &[tessera_aggregate::RoundAggregate],
+    ) -> Result<Self, EngineError> {
+        let mut engine = Self::new(plan, initial, n_participants)?;
+        for aggregate in steps {
+            let next = engine.strategy.aggregate_fit(&engine.global, aggregate)?;
+            engine.global = Arc::new(next);
+            engine.version += 1;
+        }
+        engine.accumulator = UpdateAccumulator::new(&engine.global, false);
+        Ok(engine)
     }
 
     /// The current model and its version.
@@ -159,6 +179,7 @@ impl BufferedEngine {
             contributions,
             n_examples: aggregate.n_examples,
             mean_train_loss: aggregate.mean_train_loss,
+            aggregate,
         }))
     }
 }

@@ -86,6 +86,10 @@ struct Ready {
     heartbeat: Option<Duration>,
     /// The round whose update awaits its outcome (SCAFFOLD's control variate).
     awaiting: Option<u32>,
+    /// Asynchronous run: tasks name the model version, not a round, and
+    /// batches are drawn from this site's own count of attempts.
+    asynchronous: bool,
+    attempts: u32,
 }
 
 enum SessionEnd {
@@ -249,8 +253,16 @@ async fn session(
         let (global, control) = receive_parameters(&header, &mut stream).await?;
         match header.kind() {
             pb::TaskKind::Fit => {
+                state.attempts += 1;
                 let task = FitTask {
-                    round: header.round,
+                    // The seed of this attempt's batches: the round, or in an
+                    // asynchronous run this site's attempt count (it may train
+                    // twice from one model version).
+                    round: if state.asynchronous {
+                        state.attempts
+                    } else {
+                        header.round
+                    },
                     global: Arc::new(global),
                     instructions: tessera_aggregate::FitInstructions {
                         proximal_mu: header.proximal_mu,
@@ -288,14 +300,21 @@ async fn session(
                 state.site = Some(site);
                 let evaluation = evaluation
                     .map_err(|e| Failure::Fatal(ParticipantError::Local(e.to_string())))?;
-                client
+                let sent = client
                     .submit_evaluation(convert::evaluation_to_pb(
                         &config.site,
                         header.round,
                         &evaluation,
                     ))
-                    .await?;
-                summary.evaluations += 1;
+                    .await;
+                match sent {
+                    Ok(_) => summary.evaluations += 1,
+                    // A refused evaluation does not end the participant's work.
+                    Err(status) if status.code() == Code::InvalidArgument => {
+                        tracing::warn!(round = header.round, reason = %status.message(), "evaluation refused");
+                    }
+                    Err(status) => return Err(status.into()),
+                }
             }
             pb::TaskKind::Unspecified => return Err(Failure::Retry("task of unknown kind".into())),
         }
@@ -311,11 +330,6 @@ async fn prepare(
     let local_error = |e: String| Failure::Fatal(ParticipantError::Local(e));
     let plan = Plan::from_toml(&welcome.plan_toml, "the coordinator's plan")
         .map_err(|e| local_error(e.to_string()))?;
-    if plan.data.standardize.enabled && plan.data.standardize.scope == ScaleScope::Federation {
-        return Err(local_error(
-            "standardisation with the federation's statistics is not available in deployment yet; use scope = \"site\"".into(),
-        ));
-    }
     let (data_config, site_name, data_path, plan_dir) = (
         plan.data.clone(),
         config.site.clone(),
@@ -345,9 +359,7 @@ async fn prepare(
         agree_reply::Result::Kinds(k) => {
             convert::kinds_from_pb(k).map_err(|e| local_error(e.to_string()))?
         }
-        agree_reply::Result::Agreement(_) => {
-            return Err(Failure::Retry("agreement out of order".into()));
-        }
+        _ => return Err(Failure::Retry("agreement out of order".into())),
     };
     let offer = local
         .levels_offer(&plan.data, &kinds)
@@ -362,13 +374,32 @@ async fn prepare(
         agree_reply::Result::Agreement(a) => {
             convert::agreement_from_pb(a).map_err(|e| local_error(e.to_string()))?
         }
-        agree_reply::Result::Kinds(_) => {
-            return Err(Failure::Retry("agreement out of order".into()));
-        }
+        _ => return Err(Failure::Retry("agreement out of order".into())),
     };
-    let (data, _) = local
+    let (mut data, _) = local
         .prepare(&plan.data, &agreement)
         .map_err(|e| local_error(e.to_string()))?;
+    if plan.data.standardize.enabled && plan.data.standardize.scope == ScaleScope::Federation {
+        // Step 3: count, mean and squared deviations go out; the federation's come back.
+        let own = convert::statistics_to_pb(&tessera_data::FeatureStatistics::of(&data.raw_train));
+        let merged = match agree(
+            client,
+            &config.site,
+            pb::agree_request::Offer::Statistics(own),
+        )
+        .await?
+        {
+            agree_reply::Result::Statistics(s) => {
+                convert::statistics_from_pb(s, agreement.feature_names().len())
+                    .map_err(|e| local_error(e.to_string()))?
+            }
+            _ => return Err(Failure::Retry("agreement out of order".into())),
+        };
+        data.rescale(tessera_data::Scaler::from_statistics(
+            &merged,
+            &plan.data.standardize,
+        ));
+    }
     let learner = plan
         .initial_model(agreement.feature_names().len(), agreement.classes.len())
         .map_err(|e| local_error(e.to_string()))?;
@@ -392,6 +423,8 @@ async fn prepare(
                     .min(Duration::from_secs(5))
             }),
         awaiting: None,
+        asynchronous: plan.federation.mode == tessera_engine::Mode::Async,
+        attempts: 0,
     })
 }
 

@@ -128,6 +128,40 @@ pub fn agreement_from_pb(agreement: pb::Agreement) -> Result<Agreement, ProtoErr
     })
 }
 
+/// Feature statistics on the wire.
+pub fn statistics_to_pb(stats: &tessera_data::FeatureStatistics) -> pb::FeatureStatistics {
+    pb::FeatureStatistics {
+        n: stats.n,
+        mean: stats.mean.clone(),
+        m2: stats.m2.clone(),
+    }
+}
+
+/// Feature statistics from the wire, checked against the feature count.
+pub fn statistics_from_pb(
+    stats: pb::FeatureStatistics,
+    n_features: usize,
+) -> Result<tessera_data::FeatureStatistics, ProtoError> {
+    if stats.mean.len() != n_features || stats.m2.len() != n_features {
+        return Err(ProtoError::Malformed(format!(
+            "statistics for {} features, the agreement has {n_features}",
+            stats.mean.len()
+        )));
+    }
+    if stats.mean.iter().chain(&stats.m2).any(|v| !v.is_finite())
+        || stats.m2.iter().any(|v| *v < 0.0)
+    {
+        return Err(ProtoError::Malformed(
+            "statistics hold non-finite or negative values".into(),
+        ));
+    }
+    Ok(tessera_data::FeatureStatistics {
+        n: stats.n,
+        mean: stats.mean,
+        m2: stats.m2,
+    })
+}
+
 /// An evaluation on the wire.
 pub fn evaluation_to_pb(site: &str, round: u32, e: &Evaluation) -> pb::EvaluationReport {
     pb::EvaluationReport {

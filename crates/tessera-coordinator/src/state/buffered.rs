@@ -1,0 +1,361 @@
+//! Asynchronous runs (FedBuff) in deployment: participants train whenever
+//! they are free on the newest model; every K accepted updates the buffered
+//! engine takes a step, committed with its aggregate before the update that
+//! completed it is acknowledged. Each step's model is evaluated by the sites
+//! as they next ask for work; the last one by everyone, as in sync runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use prost::Message;
+use tessera_core::{ParticipantId, Timestamp, Update};
+use tessera_engine::BufferedEngine;
+use tessera_engine::report::{RoundRecord, mean_site_accuracy};
+use tessera_learn::Evaluation;
+use tessera_proto::{convert, pb};
+
+use super::{Federation, Phase, Refusal, TaskView};
+use crate::CoordinatorError;
+use crate::store::{RoundClose, StoreError};
+use crate::telemetry::names;
+
+impl Federation {
+    /// Evaluate the newest step if this site has not yet; else train.
+    pub(super) fn async_task(&mut self, site: &str) -> TaskView {
+        let Some(buffered) = self.buffered.as_ref() else {
+            return TaskView::Wait;
+        };
+        let (global, version) = buffered.current();
+        let seen = self.evaluated.get(site).copied().unwrap_or(0);
+        let header = |kind: pb::TaskKind| pb::TaskHeader {
+            round: version,
+            kind: kind as i32,
+            layout: tessera_proto::layout_of(&global),
+            ..Default::default()
+        };
+        if version > seen && self.step_evaluations.contains_key(&version) {
+            return TaskView::Evaluate {
+                header: header(pb::TaskKind::Evaluate),
+                global,
+            };
+        }
+        if buffered.is_finished() {
+            return TaskView::Wait;
+        }
+        TaskView::Fit {
+            header: header(pb::TaskKind::Fit),
+            global,
+            control: None,
+        }
+    }
+
+    /// An update trained from model version `base`.
+    pub(super) fn async_submit(
+        &mut self,
+        site: &str,
+        base: u32,
+        update: &Update,
+        now: Timestamp,
+    ) -> Result<(), Refusal> {
+        let run = self.run.id.clone();
+        let Some(buffered) = self.buffered.as_mut() else {
+            return Err(Refusal::Invalid("no model yet".into()));
+        };
+        if buffered.is_finished() {
+            return Err(Refusal::Invalid("every step is done".into()));
+        }
+        let next_step = buffered.current().1 + 1;
+        match buffered.submit(&ParticipantId::new(site), base, update) {
+            Ok(None) => {
+                if let Err(e) = self
+                    .store
+                    .put_update(&run, next_step, base, site, update, now)
+                {
+                    tracing::error!(%e, "cannot store an accepted update; stopping");
+                    std::process::exit(70);
+                }
+                metrics::counter!(names::ACCEPTED).increment(1);
+                self.audit(
+                    site,
+                    "update",
+                    "accepted",
+                    &format!("step {next_step}, from model {base}"),
+                );
+                self.version += 1;
+                Ok(())
+            }
+            Ok(Some(step)) => {
+                let (model, _) = buffered.current();
+                let seconds = self
+                    .round_started
+                    .map_or(0.0, |t| t.elapsed().as_secs_f64());
+                let contributors: Vec<String> = step
+                    .contributions
+                    .iter()
+                    .map(|(p, _)| p.as_str().to_string())
+                    .collect();
+                let record = RoundRecord {
+                    round: step.version,
+                    status: "completed".into(),
+                    accuracy: 0.0,
+                    loss: 0.0,
+                    mean_site_accuracy: 0.0,
+                    auc: None,
+                    train_loss: step.mean_train_loss,
+                    accepted: step.contributions.len(),
+                    stragglers: 0,
+                    dropped: 0,
+                    rejected: 0,
+                    seconds,
+                    virtual_seconds: seconds,
+                    virtual_time: now.as_secs_f64(),
+                    bytes_up: 0,
+                    bytes_down: 0,
+                    site_errors: Vec::new(),
+                };
+
+                let record_json =
+                    serde_json::to_string(&record).map_err(|e| Refusal::Invalid(e.to_string()))?;
+                let stored = self.store.close_round(
+                    &run,
+                    &RoundClose {
+                        round: step.version,
+                        aggregate: Some(&step.aggregate),
+                        model: &model,
+                        status: "completed",
+                        record_json: &record_json,
+                        cohort: &contributors,
+                        counted: &contributors,
+                        at: now,
+                    },
+                );
+                if let Err(e) = stored {
+                    tracing::error!(%e, "cannot store a step; stopping");
+                    std::process::exit(70);
+                }
+                metrics::counter!(names::ACCEPTED).increment(1);
+                metrics::counter!(names::ROUNDS, "status" => "completed").increment(1);
+                metrics::gauge!(names::CURRENT_ROUND).set(f64::from(step.version));
+                self.audit(
+                    site,
+                    "update",
+                    "accepted",
+                    &format!("step {next_step}, from model {base}; step taken"),
+                );
+                let staleness: Vec<u32> = step.contributions.iter().map(|(_, s)| *s).collect();
+                tracing::info!(step = step.version, ?staleness, "step taken");
+                self.round_started = Some(std::time::Instant::now());
+                // Older steps still waiting for evaluations are closed with what came.
+                let older: Vec<u32> = self
+                    .step_evaluations
+                    .keys()
+                    .copied()
+                    .filter(|v| *v < step.version)
+                    .collect();
+                for version in older {
+                    self.finish_step_evaluation(version).map_err(|e| {
+                        Refusal::Invalid(format!("cannot store a step's evaluation: {e}"))
+                    })?;
+                }
+                self.step_evaluations
+                    .insert(step.version, (Box::new(record), BTreeMap::new()));
+                self.version += 1;
+                Ok(())
+            }
+            Err(rejection) => {
+                let label = match &rejection {
+                    tessera_engine::AsyncRejection::Stale { .. } => "stale",
+                    tessera_engine::AsyncRejection::FromTheFuture(_) => "wrong_round",
+                    tessera_engine::AsyncRejection::Invalid(_) => "invalid",
+                };
+                metrics::counter!(names::REJECTED, "reason" => label).increment(1);
+                let reason = rejection.to_string();
+                self.audit(
+                    site,
+                    "update",
+                    "rejected",
+                    &format!("from model {base}: {reason}"),
+                );
+                self.version += 1;
+                Err(Refusal::Invalid(reason))
+            }
+        }
+    }
+
+    /// An evaluation of step `report.round`'s model.
+    pub(super) fn async_evaluation(
+        &mut self,
+        site: &str,
+        report: &pb::EvaluationReport,
+        evaluation: Evaluation,
+    ) -> Result<(), Refusal> {
+        let run = self.run.id.clone();
+        let seen = self.evaluated.entry(site.to_string()).or_insert(0);
+        *seen = (*seen).max(report.round);
+        let Some((_, received)) = self.step_evaluations.get_mut(&report.round) else {
+            // A newer step closed this evaluation while the site worked on it:
+            // nothing is wrong, the answer simply comes too late to count.
+            tracing::debug!(%site, step = report.round, "late evaluation ignored");
+            return Ok(());
+        };
+        self.store
+            .put_evaluation(&run, report.round, site, &report.encode_to_vec())
+            .map_err(|e| Refusal::Invalid(format!("cannot store the evaluation: {e}")))?;
+        received.insert(site.to_string(), evaluation);
+        self.version += 1;
+        Ok(())
+    }
+
+    fn finish_step_evaluation(&mut self, version: u32) -> Result<(), StoreError> {
+        let Some((record, received)) = self.step_evaluations.remove(&version) else {
+            return Ok(());
+        };
+        let evaluations: Vec<Evaluation> = received.values().cloned().collect();
+        let pooled = Evaluation::pool(&evaluations);
+        let status = if evaluations.is_empty() {
+            "completed (not evaluated: the next step came first)".to_string()
+        } else {
+            record.status.clone()
+        };
+        let record = RoundRecord {
+            status,
+            accuracy: pooled.accuracy(),
+            loss: pooled.mean_loss(),
+            mean_site_accuracy: mean_site_accuracy(&evaluations),
+            auc: pooled.auc,
+            ..*record
+        };
+        let json =
+            serde_json::to_string(&record).map_err(|e| StoreError::Damaged(e.to_string()))?;
+        self.store
+            .finish_round_evaluation(&self.run.id, version, &json)?;
+        tracing::info!(
+            step = version,
+            accuracy = record.accuracy,
+            evaluations = evaluations.len(),
+            "step evaluated"
+        );
+        self.records.push(record);
+        self.last_evaluations = received.into_iter().collect();
+        self.version += 1;
+        Ok(())
+    }
+
+    /// Closes evaluations every live site has answered; after the last step,
+    /// hands the final evaluation to the sync machinery, then finishes.
+    pub(super) fn async_step(&mut self, now: Timestamp) -> Result<(), CoordinatorError> {
+        let live: BTreeSet<String> = self
+            .joined
+            .iter()
+            .filter(|s| !self.stale(s, now))
+            .cloned()
+            .collect();
+        let complete: Vec<u32> = self
+            .step_evaluations
+            .iter()
+            .filter(|(_, (_, received))| live.iter().all(|s| received.contains_key(s)))
+            .map(|(v, _)| *v)
+            .collect();
+        let finished = self
+            .buffered
+            .as_ref()
+            .is_some_and(BufferedEngine::is_finished);
+        let last = self.buffered.as_ref().map_or(0, |b| b.current().1);
+        for version in complete {
+            if !(finished && version == last) {
+                self.finish_step_evaluation(version)?;
+            }
+        }
+        if !finished {
+            return Ok(());
+        }
+        if let Some((record, received)) = self.step_evaluations.remove(&last) {
+            // The final model: everyone evaluates it, as at the end of a sync round.
+            self.phase = Phase::Evaluating {
+                round: last,
+                until: now.plus(self.evaluation_wait()),
+                targets: live,
+                received,
+                record,
+            };
+            self.version += 1;
+            return Ok(());
+        }
+        self.store.finish_run(&self.run.id)?;
+        self.audit(
+            "-",
+            "run",
+            "finished",
+            &format!("{} steps", self.records.len()),
+        );
+        self.phase = Phase::Finished;
+        self.version += 1;
+        Ok(())
+    }
+
+    /// Rebuilds an asynchronous run from the database: the steps' aggregates
+    /// replayed, the buffered updates resubmitted.
+    pub(super) fn resume_async(&mut self, run: &str) -> Result<(), CoordinatorError> {
+        let closed = self.store.latest_model_version(run)?.unwrap_or(0);
+        let initial = self
+            .store
+            .model(run, 0)?
+            .ok_or_else(|| StoreError::Damaged("no initial model".into()))?;
+        let aggregates: Vec<_> = self
+            .store
+            .aggregates(run, closed)?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect();
+        let mut engine =
+            BufferedEngine::resume(&self.plan, initial, self.joined.len(), &aggregates)?;
+        let stored = self
+            .store
+            .model(run, closed)?
+            .ok_or_else(|| StoreError::Damaged("missing model".into()))?;
+        if stored
+            .values()
+            .map(f32::to_bits)
+            .ne(engine.current().0.values().map(f32::to_bits))
+        {
+            return Err(CoordinatorError::Store(StoreError::Damaged(format!(
+                "replaying steps 1..{closed} does not give the stored model"
+            ))));
+        }
+        for stored in self.store.updates(run, closed + 1)? {
+            if let Err(rejection) = engine.submit(&stored.site, stored.base, &stored.update) {
+                tracing::warn!(site = %stored.site, %rejection, "a stored update no longer counts");
+            }
+        }
+        for (round, _status, record, evaluated) in self.store.rounds(run)? {
+            let record: RoundRecord = serde_json::from_str(&record)
+                .map_err(|e| StoreError::Damaged(format!("step {round}: {e}")))?;
+            if evaluated {
+                self.records.push(record);
+                continue;
+            }
+            let received: BTreeMap<String, Evaluation> = self
+                .store
+                .evaluations(run, round)?
+                .into_iter()
+                .filter_map(|(site, bytes)| {
+                    let report = pb::EvaluationReport::decode(bytes.as_slice()).ok()?;
+                    Some((site, convert::evaluation_from_pb(&report).ok()?))
+                })
+                .collect();
+            for site in received.keys() {
+                let seen = self.evaluated.entry(site.clone()).or_insert(0);
+                *seen = (*seen).max(round);
+            }
+            self.step_evaluations
+                .insert(round, (Box::new(record), received));
+        }
+        let now = self.now();
+        for site in &self.joined {
+            self.last_seen.insert(site.clone(), now);
+        }
+        self.buffered = Some(engine);
+        self.phase = Phase::Training;
+        tracing::info!(run = %run, steps = closed, "resumed");
+        Ok(())
+    }
+}
