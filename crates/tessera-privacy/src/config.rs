@@ -1,0 +1,168 @@
+//! The plan's `[privacy]` table.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AdaptiveClipping, Budgets, DpEvent, PrivacyError, calibrate_noise_multiplier};
+
+/// Which differential privacy a run applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrivacyMode {
+    /// No differential privacy.
+    #[default]
+    Off,
+    /// Client-level DP-FedAvg: clipped updates, noise on the aggregate.
+    Central,
+}
+
+/// Differential privacy settings of a plan.
+///
+/// ```toml
+/// [privacy]
+/// mode = "central"
+/// epsilon = 3.0        # noise calibrated so the plan's rounds spend this
+/// delta = 1e-5
+/// clip_norm = 0.5
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// `off` or `central`.
+    #[serde(default)]
+    pub mode: PrivacyMode,
+    /// Target epsilon of the whole run; calibrates the noise when
+    /// `noise_multiplier` is not given, and is the run budget when `budget`
+    /// is not.
+    #[serde(default)]
+    pub epsilon: Option<f64>,
+    /// The delta of every (epsilon, delta) figure.
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+    /// Noise standard deviation over the clipping norm.
+    #[serde(default)]
+    pub noise_multiplier: Option<f64>,
+    /// L2 norm each update is clipped to (the initial norm when adaptive).
+    #[serde(default = "default_clip_norm")]
+    pub clip_norm: f64,
+    /// Adaptive clipping (Andrew et al. 2021); off by default: with a handful
+    /// of sites the count's noise would leave too little for the updates.
+    #[serde(default)]
+    pub adaptive_clipping: Option<AdaptiveClipping>,
+    /// The run's epsilon budget (default: `epsilon`).
+    #[serde(default)]
+    pub budget: Option<f64>,
+    /// Budgets of individual participants, by site name.
+    #[serde(default)]
+    pub participant_budgets: BTreeMap<String, f64>,
+}
+
+fn default_delta() -> f64 {
+    1e-5
+}
+fn default_clip_norm() -> f64 {
+    1.0
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        Self {
+            mode: PrivacyMode::Off,
+            epsilon: None,
+            delta: default_delta(),
+            noise_multiplier: None,
+            clip_norm: default_clip_norm(),
+            adaptive_clipping: None,
+            budget: None,
+            participant_budgets: BTreeMap::new(),
+        }
+    }
+}
+
+impl PrivacyConfig {
+    /// Whether any DP applies.
+    pub fn is_on(&self) -> bool {
+        self.mode != PrivacyMode::Off
+    }
+
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), PrivacyError> {
+        if !self.is_on() {
+            return Ok(());
+        }
+        if !(self.delta > 0.0 && self.delta < 1.0) {
+            return Err(PrivacyError::Invalid(format!(
+                "delta {} must be in (0, 1)",
+                self.delta
+            )));
+        }
+        for (name, value) in [("epsilon", self.epsilon), ("budget", self.budget)]
+            .into_iter()
+            .chain(
+                self.participant_budgets
+                    .values()
+                    .map(|&b| ("participant budget", Some(b))),
+            )
+        {
+            if let Some(v) = value
+                && !(v.is_finite() && v > 0.0)
+            {
+                return Err(PrivacyError::Invalid(format!(
+                    "{name} {v} must be positive"
+                )));
+            }
+        }
+        if !(self.clip_norm.is_finite() && self.clip_norm > 0.0) {
+            return Err(PrivacyError::Invalid(format!(
+                "clip_norm {} must be positive",
+                self.clip_norm
+            )));
+        }
+        match self.noise_multiplier {
+            Some(z) if !(z.is_finite() && z > 0.0) => Err(PrivacyError::Invalid(format!(
+                "noise_multiplier {z} must be positive"
+            ))),
+            None if self.epsilon.is_none() => Err(PrivacyError::Invalid(
+                "central DP needs noise_multiplier or a target epsilon to calibrate it".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The noise multiplier of a run of `rounds` rounds: as given, or the
+    /// smallest that keeps the rounds within the target epsilon.
+    pub fn noise_multiplier_for(&self, rounds: u32) -> Result<f64, PrivacyError> {
+        self.validate()?;
+        match (self.noise_multiplier, self.epsilon) {
+            (Some(z), _) => Ok(z),
+            (None, Some(eps)) => {
+                calibrate_noise_multiplier(Self::SAMPLING_RATE, u64::from(rounds), eps, self.delta)
+            }
+            (None, None) => Err(PrivacyError::Invalid("no noise multiplier".into())),
+        }
+    }
+
+    /// The accounting sampling rate of a round. Cohorts are drawn at a fixed
+    /// size, not by Poisson sampling, so no amplification by sampling is
+    /// claimed: every round counts as if every participant took part.
+    pub const SAMPLING_RATE: f64 = 1.0;
+
+    /// The DP event of one round with noise multiplier `noise_multiplier`.
+    pub fn round_event(noise_multiplier: f64) -> DpEvent {
+        DpEvent {
+            sampling_rate: Self::SAMPLING_RATE,
+            noise_multiplier,
+            steps: 1,
+        }
+    }
+
+    /// The budgets the ledger enforces.
+    pub fn budgets(&self) -> Budgets {
+        Budgets {
+            delta: self.delta,
+            run: self.budget.or(self.epsilon),
+            participants: self.participant_budgets.clone(),
+        }
+    }
+}
