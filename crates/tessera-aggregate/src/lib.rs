@@ -17,12 +17,14 @@ mod accumulate;
 mod config;
 mod error;
 mod exact;
+mod robust;
 mod strategies;
 
 pub use accumulate::{RoundAggregate, UpdateAccumulator};
 pub use config::{StrategyConfig, StrategyKind};
 pub use error::AggregateError;
 pub use exact::ExactSum;
+pub use robust::{RobustConfig, RobustRule};
 pub use strategies::{FedAvg, FedAvgM, FedOpt, FedOptVariant, FedProx, Scaffold};
 
 use std::sync::Arc;

@@ -6,13 +6,14 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use tessera_aggregate::StrategyKind;
+use tessera_aggregate::{RobustRule, StrategyKind};
 use tessera_data::{
     ColumnKind, ColumnSpec, DataConfig, FileSource, Filesystem, ScaleScope, SchemaConfig,
 };
 use tessera_engine::{FederationConfig, Mode, Plan};
 use tessera_learn::{Init, ModelConfig, ModelKind, TrainingConfig};
-use tessera_sim::{RoundRecord, RunReport, SimOptions, simulate};
+use tessera_privacy::PrivacyMode;
+use tessera_sim::{Attack, AttackKind, RoundRecord, RunReport, SimOptions, simulate};
 
 use crate::bundled::{self, Bundled};
 use crate::plot::write_plot;
@@ -84,6 +85,49 @@ pub struct SimulateArgs {
     /// Report the run-clock time when accuracy (all test rows) first reaches this.
     #[arg(long)]
     target_accuracy: Option<f64>,
+    /// Differential privacy: `central` (DP-FedAvg: clipped updates, noise on
+    /// the aggregate) or `off`.
+    #[arg(long)]
+    dp: Option<String>,
+    /// DP: target epsilon of the run (calibrates the noise; also the budget).
+    #[arg(long)]
+    epsilon: Option<f64>,
+    /// DP: delta of every (epsilon, delta) figure (default 1e-5).
+    #[arg(long)]
+    delta: Option<f64>,
+    /// DP: noise multiplier (instead of calibrating it from --epsilon).
+    #[arg(long)]
+    noise_multiplier: Option<f64>,
+    /// DP: the L2 norm updates are clipped to.
+    #[arg(long)]
+    clip_norm: Option<f64>,
+    /// DP: adapt the clipping norm to the updates' median norm (Andrew et al. 2021).
+    #[arg(long)]
+    adaptive_clipping: bool,
+    /// DP: the run's epsilon budget; work that would exceed it is refused.
+    #[arg(long)]
+    privacy_budget: Option<f64>,
+    /// Robust aggregation: mean, median, trimmed_mean, krum or multi_krum.
+    #[arg(long)]
+    robust: Option<String>,
+    /// Robust aggregation: scale every update down to at most this L2 norm.
+    #[arg(long)]
+    norm_bound: Option<f64>,
+    /// Robust aggregation: share trimmed at each end by trimmed_mean.
+    #[arg(long)]
+    trim_fraction: Option<f64>,
+    /// Robust aggregation: malicious participants Krum tolerates (f).
+    #[arg(long)]
+    assumed_malicious: Option<usize>,
+    /// Simulated attack: sign_flip, scaling, gaussian or label_flip.
+    #[arg(long, requires = "malicious")]
+    attack: Option<String>,
+    /// Simulated attack: how many sites are malicious.
+    #[arg(long, requires = "attack")]
+    malicious: Option<usize>,
+    /// Simulated attack: its strength (default: sign_flip 4, scaling 100, gaussian 1).
+    #[arg(long, requires = "attack")]
+    attack_strength: Option<f64>,
     /// Report file (JSON). Default: tessera-out/<plan>-<strategy>-seed<seed>.json
     #[arg(long)]
     report: Option<PathBuf>,
@@ -196,9 +240,34 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         progress.set_message(format!("accuracy {:.4}", r.accuracy));
         progress.inc(1);
     };
+    let attack = match &args.attack {
+        None => None,
+        Some(name) => {
+            let kind: AttackKind = name.parse().map_err(anyhow::Error::msg)?;
+            let malicious = args.malicious.unwrap_or(0);
+            if malicious > data.sites.len() {
+                bail!(
+                    "--malicious {malicious}: the federation has only {} sites",
+                    data.sites.len()
+                );
+            }
+            let strength = args
+                .attack_strength
+                .unwrap_or_else(|| kind.default_strength());
+            if !strength.is_finite() {
+                bail!("--attack-strength must be a finite number, got {strength}");
+            }
+            Some(Attack {
+                kind,
+                malicious,
+                strength,
+            })
+        }
+    };
     let options = SimOptions {
         baselines: args.baselines,
         target_accuracy: args.target_accuracy,
+        attack,
     };
     if args.baselines && !quiet {
         progress.println("baselines (local-only and pooled) train after the rounds");
@@ -252,6 +321,32 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
 fn print_summary(report: &RunReport) {
     if let Some(t) = report.timing.virtual_seconds_to_target {
         println!("target accuracy reached at {t:.2} s on the run clock");
+    }
+    if let Some(p) = &report.privacy {
+        println!(
+            "privacy: central DP spent epsilon {:.4} at delta {:e} (budget {}), noise multiplier {:.4}, clipping norm {}{}; {} releases in the ledger",
+            p.epsilon,
+            p.delta,
+            p.budget.map_or("none".to_string(), |b| b.to_string()),
+            p.noise_multiplier,
+            p.clip_norm,
+            if p.adaptive_clipping {
+                " (adaptive)"
+            } else {
+                ""
+            },
+            p.ledger.len()
+        );
+    }
+    if let Some(r) = &report.robustness {
+        println!(
+            "robustness: rule {}{}; attack {} by {} site(s)",
+            r.rule,
+            r.norm_bound
+                .map_or(String::new(), |b| format!(", norm bound {b}")),
+            r.attack,
+            r.malicious.len()
+        );
     }
     let f = &report.final_metrics;
     println!(
@@ -360,6 +455,8 @@ fn ad_hoc_plan(args: &SimulateArgs, data: &Path) -> anyhow::Result<Plan> {
         strategies: Default::default(),
         baselines: None,
         simulation: Default::default(),
+        privacy: Default::default(),
+        robust: Default::default(),
     })
 }
 
@@ -386,6 +483,48 @@ fn apply_overrides(plan: &mut Plan, args: &SimulateArgs) -> anyhow::Result<()> {
         if let Some(settings) = plan.strategies.get_mut(&key) {
             settings.client_lr = None;
         }
+    }
+    let privacy = &mut plan.privacy;
+    if let Some(mode) = &args.dp {
+        privacy.mode = match mode.as_str() {
+            "central" => PrivacyMode::Central,
+            "off" => PrivacyMode::Off,
+            other => bail!("unknown --dp '{other}' (expected central or off)"),
+        };
+    }
+    if args.epsilon.is_some() {
+        privacy.epsilon = args.epsilon;
+        if args.noise_multiplier.is_none() {
+            privacy.noise_multiplier = None;
+        }
+    }
+    if let Some(delta) = args.delta {
+        privacy.delta = delta;
+    }
+    if args.noise_multiplier.is_some() {
+        privacy.noise_multiplier = args.noise_multiplier;
+    }
+    if let Some(c) = args.clip_norm {
+        privacy.clip_norm = c;
+    }
+    if args.adaptive_clipping {
+        privacy.adaptive_clipping = Some(Default::default());
+    }
+    if args.privacy_budget.is_some() {
+        privacy.budget = args.privacy_budget;
+    }
+    let robust = &mut plan.robust;
+    if let Some(rule) = &args.robust {
+        robust.rule = rule.parse::<RobustRule>().map_err(anyhow::Error::msg)?;
+    }
+    if args.norm_bound.is_some() {
+        robust.norm_bound = args.norm_bound;
+    }
+    if let Some(t) = args.trim_fraction {
+        robust.trim_fraction = t;
+    }
+    if let Some(f) = args.assumed_malicious {
+        robust.assumed_malicious = f;
     }
     if let Some(mode) = &args.mode {
         plan.federation.mode = match mode.as_str() {

@@ -1183,6 +1183,8 @@ impl Federation {
                 bytes_down: self.bytes_down,
                 bytes_up_per_site: self.bytes_up_per_site.clone(),
             },
+            privacy: None,
+            robustness: None,
             final_parameters: self
                 .current_global()
                 .map(|g| g.as_ref().clone())

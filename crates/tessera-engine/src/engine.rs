@@ -4,8 +4,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_aggregate::{FitInstructions, RoundAggregate, Strategy, UpdateAccumulator};
+use tessera_aggregate::{
+    FitInstructions, RobustConfig, RoundAggregate, Strategy, UpdateAccumulator,
+};
 use tessera_core::{ParameterSet, ParticipantId, SeededRng, Timestamp, Update, duration_from_secs};
+use tessera_privacy::{
+    CentralDp, CentralRelease, Ledger, LedgerEntry, PrivacyConfig, clip_to_norm,
+};
 
 use crate::{EngineError, Plan, streams};
 
@@ -145,6 +150,8 @@ pub struct RoundOutcome {
     /// The aggregate the strategy applied (completed rounds): with it a
     /// restarted coordinator replays the strategy's state exactly.
     pub aggregate: Option<RoundAggregate>,
+    /// With central DP: what the round released and its ledger entry.
+    pub privacy: Option<(CentralRelease, LedgerEntry)>,
 }
 
 struct OpenRound {
@@ -155,6 +162,10 @@ struct OpenRound {
     dropped: Vec<ParticipantId>,
     rejected: Vec<(ParticipantId, String)>,
     accumulator: UpdateAccumulator,
+    /// Robust rules: every accepted (bounded) update.
+    collected: Vec<ParameterSet>,
+    /// Central DP: accepted updates that were within the clipping norm.
+    unclipped: u64,
     opened_at: Timestamp,
     deadline: Option<Timestamp>,
 }
@@ -174,6 +185,8 @@ pub struct RoundEngine {
     participants: BTreeSet<ParticipantId>,
     rounds_closed: u32,
     open: Option<OpenRound>,
+    dp: Option<(CentralDp, Ledger)>,
+    robust: RobustConfig,
 }
 
 impl RoundEngine {
@@ -186,6 +199,86 @@ impl RoundEngine {
             participants: BTreeSet::new(),
             rounds_closed: 0,
             open: None,
+            dp: None,
+            robust: RobustConfig::default(),
+        }
+    }
+
+    /// Adds client-level central DP: every update clipped, noise on the
+    /// aggregate, every release recorded in `ledger` and refused before the
+    /// round opens if it would exceed a budget.
+    pub fn with_privacy(mut self, dp: CentralDp, ledger: Ledger) -> Self {
+        self.dp = Some((dp, ledger));
+        self
+    }
+
+    /// Sets the Byzantine-robust aggregation.
+    pub fn with_robust(mut self, robust: RobustConfig) -> Self {
+        self.robust = robust;
+        self
+    }
+
+    /// The central DP mechanism and its ledger, when the run has DP.
+    pub fn privacy(&self) -> Option<(&CentralDp, &Ledger)> {
+        self.dp.as_ref().map(|(dp, ledger)| (dp, ledger))
+    }
+
+    /// Resuming a run: puts back a ledger entry of a closed round and the
+    /// clipping norm it left for the next round.
+    pub fn restore_privacy(
+        &mut self,
+        entry: LedgerEntry,
+        next_clip_norm: f64,
+    ) -> Result<(), EngineError> {
+        let (dp, ledger) = self
+            .dp
+            .as_mut()
+            .ok_or_else(|| EngineError::State("the run has no privacy ledger".into()))?;
+        ledger.restore(entry)?;
+        dp.set_clip_norm(next_clip_norm);
+        Ok(())
+    }
+
+    /// Refuses the remaining rounds up front if together they would exceed a
+    /// privacy budget, so that no work is done that could not be released.
+    pub fn check_privacy_forecast(&self) -> Result<(), EngineError> {
+        let Some((dp, ledger)) = &self.dp else {
+            return Ok(());
+        };
+        let remaining = self.config.rounds.saturating_sub(self.rounds_closed);
+        let event = PrivacyConfig::round_event(dp.noise_multiplier());
+        let events = vec![event; remaining as usize];
+        let names: Vec<String> = self.participants.iter().map(|p| p.to_string()).collect();
+        ledger.check(
+            &format!(
+                "the plan's {remaining} remaining rounds at noise multiplier {:.4}",
+                dp.noise_multiplier()
+            ),
+            &events,
+            &[],
+            &names,
+        )?;
+        Ok(())
+    }
+
+    fn new_round(
+        &self,
+        number: u32,
+        cohort: Vec<ParticipantId>,
+        opened_at: Timestamp,
+    ) -> OpenRound {
+        OpenRound {
+            number,
+            pending: cohort.iter().cloned().collect(),
+            cohort,
+            accepted: Vec::new(),
+            dropped: Vec::new(),
+            rejected: Vec::new(),
+            accumulator: UpdateAccumulator::new(&self.global, self.strategy.needs_control_deltas()),
+            collected: Vec::new(),
+            unclipped: 0,
+            opened_at,
+            deadline: self.config.deadline.map(|d| opened_at.plus(d)),
         }
     }
 
@@ -231,18 +324,9 @@ impl RoundEngine {
         cohort.sort();
         cohort.dedup();
         let instructions = self.strategy.configure_fit(&self.global);
-        let deadline = self.config.deadline.map(|d| opened_at.plus(d));
-        self.open = Some(OpenRound {
-            number,
-            pending: cohort.iter().cloned().collect(),
-            cohort: cohort.clone(),
-            accepted: Vec::new(),
-            dropped: Vec::new(),
-            rejected: Vec::new(),
-            accumulator: UpdateAccumulator::new(&self.global, self.strategy.needs_control_deltas()),
-            opened_at,
-            deadline,
-        });
+        let open = self.new_round(number, cohort.clone(), opened_at);
+        let deadline = open.deadline;
+        self.open = Some(open);
         Ok(RoundStart {
             cohort,
             task: FitTask {
@@ -355,19 +439,19 @@ impl RoundEngine {
             everyone.truncate(size);
             everyone.sort();
         }
+        if let Some((dp, ledger)) = &self.dp {
+            let names: Vec<String> = self.participants.iter().map(|p| p.to_string()).collect();
+            ledger.check(
+                &format!("round {number}"),
+                &[PrivacyConfig::round_event(dp.noise_multiplier())],
+                &[],
+                &names,
+            )?;
+        }
         let instructions = self.strategy.configure_fit(&self.global);
-        let deadline = self.config.deadline.map(|d| now.plus(d));
-        self.open = Some(OpenRound {
-            number,
-            pending: everyone.iter().cloned().collect(),
-            cohort: everyone.clone(),
-            accepted: Vec::new(),
-            dropped: Vec::new(),
-            rejected: Vec::new(),
-            accumulator: UpdateAccumulator::new(&self.global, self.strategy.needs_control_deltas()),
-            opened_at: now,
-            deadline,
-        });
+        let open = self.new_round(number, everyone.clone(), now);
+        let deadline = open.deadline;
+        self.open = Some(open);
         Ok(RoundStart {
             cohort: everyone,
             task: FitTask {
@@ -404,11 +488,34 @@ impl RoundEngine {
         if open.deadline.is_some_and(|d| now > d) {
             return Err(Rejection::Late);
         }
-        let weight = self.strategy.weight(update);
+        // Central DP and norm bounding: the update counts clipped (and, with
+        // DP, with weight 1, so that one participant moves the sum by at most C).
+        let mut bounded;
+        let mut update = update;
+        let mut within_dp_norm = true;
+        if self.dp.is_some() || self.robust.norm_bound.is_some() {
+            bounded = update.clone();
+            if let Some((dp, _)) = &self.dp {
+                within_dp_norm = dp.clip(&mut bounded.delta);
+            }
+            if let Some(bound) = self.robust.norm_bound {
+                clip_to_norm(&mut bounded.delta, bound);
+            }
+            update = &bounded;
+        }
+        let weight = if self.dp.is_some() || self.robust.rule.needs_all_updates() {
+            1.0
+        } else {
+            self.strategy.weight(update)
+        };
         match open.accumulator.add(update, weight) {
             Ok(()) => {
                 open.pending.remove(from);
                 open.accepted.push(from.clone());
+                if self.robust.rule.needs_all_updates() {
+                    open.collected.push(update.delta.clone());
+                }
+                open.unclipped += u64::from(within_dp_norm);
                 Ok(())
             }
             Err(e) => {
@@ -440,8 +547,18 @@ impl RoundEngine {
         let open = self.open.take()?;
         self.rounds_closed += 1;
         let n_accepted = open.accepted.len();
-        let aggregate = open.accumulator.finish(self.participants.len());
+        let robust = &self.robust;
+        let aggregate = open
+            .accumulator
+            .finish(self.participants.len())
+            .and_then(|mut a| {
+                if robust.rule.needs_all_updates() {
+                    a.mean_delta = robust.combine(&open.collected)?;
+                }
+                Ok(a)
+            });
         let mut applied = None;
+        let mut privacy = None;
         let (status, n_examples, mean_train_loss) = if n_accepted < self.config.quorum {
             (
                 RoundStatus::QuorumNotMet {
@@ -452,18 +569,38 @@ impl RoundEngine {
                 0.0,
             )
         } else {
-            match aggregate.and_then(|a: RoundAggregate| {
-                let next = self.strategy.aggregate_fit(&self.global, &a)?;
-                next.check_finite()?;
-                Ok((next, a))
-            }) {
+            let dp = &mut self.dp;
+            let names: Vec<String> = self.participants.iter().map(|p| p.to_string()).collect();
+            match aggregate
+                .map_err(|e| e.to_string())
+                .and_then(|mut a: RoundAggregate| {
+                    if let Some((dp, ledger)) = dp.as_mut() {
+                        let entry = ledger
+                            .record_central(
+                                open.number,
+                                PrivacyConfig::round_event(dp.noise_multiplier()),
+                                &names,
+                            )
+                            .map_err(|e| e.to_string())?
+                            .clone();
+                        let release =
+                            dp.release(open.number, &mut a.mean_delta, a.n_updates, open.unclipped);
+                        privacy = Some((release, entry));
+                    }
+                    let next = self
+                        .strategy
+                        .aggregate_fit(&self.global, &a)
+                        .map_err(|e| e.to_string())?;
+                    next.check_finite().map_err(|e| e.to_string())?;
+                    Ok((next, a))
+                }) {
                 Ok((next, a)) => {
                     self.global = Arc::new(next);
                     let summary = (RoundStatus::Completed, a.n_examples, a.mean_train_loss);
                     applied = Some(a);
                     summary
                 }
-                Err(e) => (RoundStatus::Failed(e.to_string()), 0, 0.0),
+                Err(e) => (RoundStatus::Failed(e), 0, 0.0),
             }
         };
         let mut accepted = open.accepted;
@@ -487,6 +624,7 @@ impl RoundEngine {
             opened_at: open.opened_at,
             closed_at: now,
             aggregate: applied,
+            privacy,
         })
     }
 }

@@ -27,6 +27,9 @@ pub enum EngineError {
     /// Local training or evaluation failed.
     #[error(transparent)]
     Learn(#[from] tessera_learn::LearnError),
+    /// Differential privacy refused the work (a budget would be exceeded).
+    #[error(transparent)]
+    Privacy(#[from] tessera_privacy::PrivacyError),
     /// Parameter layouts disagree.
     #[error(transparent)]
     Core(#[from] tessera_core::CoreError),

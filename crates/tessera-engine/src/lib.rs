@@ -47,4 +47,7 @@ pub mod streams {
     pub const DROPOUT: u64 = 5;
     /// Baseline training.
     pub const BASELINE: u64 = 6;
+    /// Simulation only: the key of central DP noise (deployment draws a
+    /// secret key from the operating system instead).
+    pub const DP_NOISE: u64 = 8;
 }

@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tessera_aggregate::{Strategy, StrategyConfig, StrategyKind};
+use tessera_aggregate::{RobustConfig, Strategy, StrategyConfig, StrategyKind};
 use tessera_data::DataConfig;
 use tessera_learn::{ModelConfig, OptimizerKind, TrainingConfig};
+use tessera_privacy::{CentralDp, Ledger, PrivacyConfig};
 use thiserror::Error;
 
 /// A plan that cannot be used, with the reason.
@@ -64,6 +65,12 @@ pub struct Plan {
     /// Simulated participants: speeds, latencies, dropouts.
     #[serde(default)]
     pub simulation: SimulationConfig,
+    /// Differential privacy (`[privacy]`): off unless the plan turns it on.
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
+    /// Byzantine-robust aggregation (`[robust]`): the plain mean by default.
+    #[serde(default)]
+    pub robust: RobustConfig,
 }
 
 /// How rounds run.
@@ -302,7 +309,68 @@ impl Plan {
                 s.dropout
             ));
         }
+        self.privacy
+            .validate()
+            .map_err(|e| PlanError::Invalid(e.to_string()))?;
+        self.robust
+            .validate()
+            .map_err(|e| PlanError::Invalid(format!("robust: {e}")))?;
+        if self.privacy.is_on() {
+            if self.federation.strategy == StrategyKind::Scaffold {
+                return invalid(
+                    "central DP cannot protect scaffold's control-variate changes, which would be \
+                     released without noise; choose another strategy"
+                        .into(),
+                );
+            }
+            if f.mode == Mode::Async {
+                return invalid(
+                    "central DP is accounted per synchronous round; use mode = \"sync\"".into(),
+                );
+            }
+            if self.robust.rule.needs_all_updates() {
+                return invalid(format!(
+                    "central DP calibrates its noise to the mean of clipped updates; robust rule \
+                     '{}' has another sensitivity. Use rule = \"mean\" with norm_bound",
+                    self.robust.rule
+                ));
+            }
+        }
+        if f.mode == Mode::Async && self.robust.rule.needs_all_updates() {
+            return invalid(format!(
+                "robust rule '{}' needs synchronous rounds; use mode = \"sync\"",
+                self.robust.rule
+            ));
+        }
         Ok(())
+    }
+
+    /// Central DP of the plan, with its ledger, for a federation of
+    /// `n_participants`; `key` seeds the noise and must be secret in
+    /// deployment. `None` when the plan has no DP.
+    pub fn central_dp(
+        &self,
+        key: [u8; 32],
+        n_participants: usize,
+    ) -> Result<Option<(CentralDp, Ledger)>, PlanError> {
+        if !self.privacy.is_on() {
+            return Ok(None);
+        }
+        let invalid = |e: tessera_privacy::PrivacyError| PlanError::Invalid(e.to_string());
+        let z = self
+            .privacy
+            .noise_multiplier_for(self.federation.rounds)
+            .map_err(invalid)?;
+        let cohort = ((n_participants as f64) * self.federation.fraction).ceil() as usize;
+        let dp = CentralDp::new(
+            z,
+            self.privacy.clip_norm,
+            self.privacy.adaptive_clipping.clone(),
+            cohort.max(self.federation.min_participants),
+            key,
+        )
+        .map_err(invalid)?;
+        Ok(Some((dp, Ledger::new(self.privacy.budgets()))))
     }
 
     /// The settings of the chosen strategy (defaults where the plan has none).

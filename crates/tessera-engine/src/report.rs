@@ -47,6 +47,12 @@ pub struct RoundRecord {
     /// Sites whose local training failed this round (they left the round), with why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub site_errors: Vec<String>,
+    /// With central DP: the run's epsilon after this round's release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    /// With central DP: the clipping norm this round used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_norm: Option<f64>,
 }
 
 /// How one site's test rows were predicted.
@@ -178,6 +184,12 @@ pub struct RunReport {
     pub timing: Timing,
     /// Traffic.
     pub communication: Communication,
+    /// Differential privacy applied and spent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<PrivacyReport>,
+    /// Byzantine-robust aggregation and simulated attacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub robustness: Option<RobustnessReport>,
     /// The final global parameters.
     #[serde(skip)]
     pub final_parameters: tessera_core::ParameterSet,
@@ -251,5 +263,83 @@ pub fn round_record(
         bytes_up,
         bytes_down,
         site_errors: Vec::new(),
+        epsilon: outcome.privacy.as_ref().map(|(_, e)| e.run_epsilon),
+        clip_norm: outcome.privacy.as_ref().map(|(r, _)| r.clip_norm),
+    }
+}
+
+/// The robust aggregation of a run and the attack it faced (simulation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RobustnessReport {
+    /// The aggregation rule.
+    pub rule: String,
+    /// The norm bound, if any.
+    pub norm_bound: Option<f64>,
+    /// The simulated attack (`none`, `sign_flip`, ...).
+    pub attack: String,
+    /// The malicious sites.
+    pub malicious: Vec<String>,
+    /// Accuracy of the final model on the honest sites' test rows.
+    pub honest_accuracy: f64,
+}
+
+impl FinalMetrics {
+    /// Accuracy over the test rows of every site not in `excluded`.
+    pub fn accuracy_without(&self, excluded: &[String]) -> f64 {
+        let (correct, rows) = self
+            .per_site
+            .iter()
+            .filter(|(name, _)| !excluded.contains(name))
+            .filter_map(|(_, m)| m.accuracy.map(|a| (a * m.n_test as f64, m.n_test)))
+            .fold((0.0, 0u64), |(c, n), (ci, ni)| (c + ci, n + ni));
+        if rows == 0 {
+            0.0
+        } else {
+            correct / rows as f64
+        }
+    }
+}
+
+/// What differential privacy a run applied and spent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrivacyReport {
+    /// `central`.
+    pub mode: String,
+    /// The total noise multiplier (what the accountant counts).
+    pub noise_multiplier: f64,
+    /// The noise multiplier on the updates (lower with adaptive clipping).
+    pub update_noise_multiplier: f64,
+    /// The initial clipping norm.
+    pub clip_norm: f64,
+    /// Whether the clipping norm adapted.
+    pub adaptive_clipping: bool,
+    /// Epsilon spent by the run, from the ledger.
+    pub epsilon: f64,
+    /// The delta of that epsilon.
+    pub delta: f64,
+    /// The run's epsilon budget.
+    pub budget: Option<f64>,
+    /// Every release.
+    pub ledger: Vec<tessera_privacy::LedgerEntry>,
+}
+
+impl PrivacyReport {
+    /// The report of a plan's privacy settings and ledger.
+    pub fn new(
+        config: &tessera_privacy::PrivacyConfig,
+        dp: &tessera_privacy::CentralDp,
+        ledger: &tessera_privacy::Ledger,
+    ) -> Self {
+        Self {
+            mode: "central".into(),
+            noise_multiplier: dp.noise_multiplier(),
+            update_noise_multiplier: dp.delta_noise_multiplier(),
+            clip_norm: config.clip_norm,
+            adaptive_clipping: config.adaptive_clipping.is_some(),
+            epsilon: ledger.run_epsilon(),
+            delta: ledger.budgets().delta,
+            budget: ledger.budgets().run,
+            ledger: ledger.entries().to_vec(),
+        }
     }
 }

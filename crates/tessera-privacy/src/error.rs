@@ -8,8 +8,8 @@ pub enum PrivacyError {
     Invalid(String),
     /// A release would spend more than a budget allows.
     #[error(
-        "{scope} privacy budget exceeded: epsilon {budget} at delta {delta:e} allows no more, \
-         but {what} would bring the spend to epsilon {would_spend:.4} ({over:.4} over)"
+        "{scope} privacy budget exceeded: {what} would bring the spend to epsilon \
+         {would_spend:.4} at delta {delta:e}, {over:.4} over the budget of {budget}"
     )]
     BudgetExceeded {
         /// `run` or `participant 'NAME'`.

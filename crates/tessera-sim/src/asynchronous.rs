@@ -211,6 +211,8 @@ pub(crate) fn run_async(
             bytes_up: std::mem::take(&mut bytes_up),
             bytes_down: std::mem::take(&mut bytes_down),
             site_errors: std::mem::take(&mut site_errors),
+            epsilon: None,
+            clip_norm: None,
         };
         wall = Instant::now();
         last_step_at = now;
@@ -225,5 +227,7 @@ pub(crate) fn run_async(
         final_parameters: final_parameters.as_ref().clone(),
         bytes_up_per_site,
         end: now,
+        privacy: None,
+        malicious: Vec::new(),
     })
 }

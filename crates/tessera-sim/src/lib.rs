@@ -16,14 +16,16 @@
 #![deny(missing_docs)]
 
 mod asynchronous;
+mod attack;
 mod baselines;
 mod profile;
 mod run;
 
+pub use attack::{Attack, AttackKind};
 pub use baselines::run_baselines;
 pub use profile::Profile;
-pub use run::{SimError, SimOptions, initial_model, simulate};
+pub use run::{SimError, SimOptions, initial_model, simulate, simulation_noise_key};
 pub use tessera_engine::report::{
-    Baselines, Communication, FinalMetrics, LocalBaseline, PooledBaseline, RoundRecord, RunReport,
-    SiteMetrics, Timing,
+    Baselines, Communication, FinalMetrics, LocalBaseline, PooledBaseline, PrivacyReport,
+    RobustnessReport, RoundRecord, RunReport, SiteMetrics, Timing,
 };

@@ -5,7 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use rayon::prelude::*;
-use tessera_core::{ParticipantId, Timestamp};
+use tessera_core::{ParticipantId, Timestamp, derive_seed};
 use tessera_data::FederatedData;
 use tessera_engine::{
     EngineConfig, EngineError, Mode, Plan, PlanError, RoundEngine, RoundStatus, Site,
@@ -16,8 +16,12 @@ use thiserror::Error;
 use crate::baselines::run_baselines;
 use crate::profile::Profile;
 use tessera_engine::report::{
-    Communication, RoundRecord, RunReport, Timing, final_metrics, round_record,
+    Communication, PrivacyReport, RobustnessReport, RoundRecord, RunReport, Timing, final_metrics,
+    round_record,
 };
+use tessera_engine::streams;
+
+use crate::Attack;
 
 /// Why a simulation could not run.
 #[derive(Debug, Error)]
@@ -40,6 +44,19 @@ pub struct SimOptions {
     pub baselines: bool,
     /// Report when accuracy (all test rows) first reaches this, on the run clock.
     pub target_accuracy: Option<f64>,
+    /// Simulated Byzantine participants (synchronous rounds only).
+    pub attack: Option<Attack>,
+}
+
+/// The key of simulated central DP noise, from the run seed. Reproducible,
+/// and therefore not secret: deployment draws its key from the operating
+/// system.
+pub fn simulation_noise_key(seed: u64) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    for (i, chunk) in key.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&derive_seed(seed, &[streams::DP_NOISE, i as u64]).to_le_bytes());
+    }
+    key
 }
 
 /// The initial global model of `plan` on `data`.
@@ -70,7 +87,12 @@ pub fn simulate(
     plan.validate()?;
     let rounds_started = Instant::now();
     let run = match plan.federation.mode {
-        Mode::Sync => run_sync(plan, data, observer)?,
+        Mode::Sync => run_sync(plan, data, options.attack, observer)?,
+        Mode::Async if options.attack.is_some() => {
+            return Err(SimError::Engine(EngineError::State(
+                "simulated attacks need synchronous rounds".into(),
+            )));
+        }
         Mode::Async => crate::asynchronous::run_async(plan, data, observer)?,
     };
     let rounds_seconds = rounds_started.elapsed().as_secs_f64();
@@ -80,6 +102,8 @@ pub fn simulate(
         final_parameters,
         bytes_up_per_site,
         end,
+        privacy,
+        malicious,
     } = run;
 
     let baselines_started = Instant::now();
@@ -92,6 +116,8 @@ pub fn simulate(
 
     let names: Vec<&str> = data.sites.iter().map(|s| s.name.as_str()).collect();
     let final_metrics = final_metrics(&names, &last_evaluations);
+    let malicious: Vec<String> = malicious.iter().map(|&i| names[i].to_string()).collect();
+    let honest_accuracy = final_metrics.accuracy_without(&malicious);
     let communication = Communication {
         bytes_up: records.iter().map(|r| r.bytes_up).sum(),
         bytes_down: records.iter().map(|r| r.bytes_down).sum(),
@@ -130,6 +156,19 @@ pub fn simulate(
         final_metrics,
         baselines,
         communication,
+        privacy,
+        robustness: (options.attack.is_some()
+            || plan.robust.rule.needs_all_updates()
+            || plan.robust.norm_bound.is_some())
+        .then(|| RobustnessReport {
+            rule: plan.robust.rule.to_string(),
+            norm_bound: plan.robust.norm_bound,
+            attack: options
+                .attack
+                .map_or_else(|| "none".to_string(), |a| a.kind.to_string()),
+            honest_accuracy,
+            malicious,
+        }),
         final_parameters,
     })
 }
@@ -141,12 +180,16 @@ pub(crate) struct Federated {
     pub final_parameters: tessera_core::ParameterSet,
     pub bytes_up_per_site: Vec<u64>,
     pub end: Timestamp,
+    pub privacy: Option<PrivacyReport>,
+    /// Indices of the sites that attacked.
+    pub malicious: Vec<usize>,
 }
 
 /// Synchronous rounds.
 fn run_sync(
     plan: &Plan,
     data: &FederatedData,
+    attack: Option<Attack>,
     observer: &mut dyn FnMut(&RoundRecord),
 ) -> Result<Federated, SimError> {
     let initial = initial_model(plan, data)?;
@@ -155,7 +198,25 @@ fn run_sync(
         EngineConfig::from_plan(plan),
         plan.strategy()?,
         initial.parameters().clone(),
-    );
+    )
+    .with_robust(plan.robust.clone());
+    if let Some((dp, ledger)) =
+        plan.central_dp(simulation_noise_key(plan.seed), data.sites.len())?
+    {
+        engine = engine.with_privacy(dp, ledger);
+    }
+    let malicious: Vec<usize> =
+        attack.map_or_else(Vec::new, |a| a.choose(data.sites.len(), plan.seed));
+    let n_classes = data.task.n_classes();
+    let poisoned: BTreeMap<usize, tessera_data::Dataset> = attack
+        .iter()
+        .flat_map(|a| {
+            malicious
+                .iter()
+                .filter_map(|&i| a.poison(&data.sites[i].train, n_classes).map(|d| (i, d)))
+        })
+        .collect();
+    let train_of = |site: usize| poisoned.get(&site).unwrap_or(&data.sites[site].train);
     let ids: Vec<ParticipantId> = data
         .sites
         .iter()
@@ -181,6 +242,8 @@ fn run_sync(
     for id in &ids {
         engine.register(id.clone());
     }
+    // Work that a privacy budget could not release is refused before it starts.
+    engine.check_privacy_forecast()?;
     let schedule = training.schedule()?;
     let window = 8 * rayon::current_num_threads();
     let mut now = Timestamp::ZERO;
@@ -250,8 +313,7 @@ fn run_sync(
                 .par_iter()
                 .zip(&wanted)
                 .map(|(event, &wanted)| {
-                    wanted
-                        .then(|| lock(&sites[event.site]).fit(task, &data.sites[event.site].train))
+                    wanted.then(|| lock(&sites[event.site]).fit(task, train_of(event.site)))
                 })
                 .collect();
             for (event, update) in chunk.iter().zip(updates) {
@@ -259,7 +321,12 @@ fn run_sync(
                 last_event = last_event.max(event.at);
                 match update {
                     _ if event.dropout => engine.report_dropout(id),
-                    Some(Ok(update)) => {
+                    Some(Ok(mut update)) => {
+                        if let Some(a) =
+                            attack.filter(|_| malicious.binary_search(&event.site).is_ok())
+                        {
+                            a.corrupt(&mut update, plan.seed, round, event.site);
+                        }
                         let size = update.wire_len() as u64;
                         bytes_up += size;
                         bytes_up_per_site[event.site] += size;
@@ -328,5 +395,9 @@ fn run_sync(
         final_parameters: engine.global().as_ref().clone(),
         bytes_up_per_site,
         end: now,
+        privacy: engine
+            .privacy()
+            .map(|(dp, ledger)| PrivacyReport::new(&plan.privacy, dp, ledger)),
+        malicious,
     })
 }

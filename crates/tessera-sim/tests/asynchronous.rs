@@ -38,6 +38,7 @@ fn async_reaches_the_target_three_times_sooner() {
     write_synthetic(&config, &mut csv).unwrap();
     let data = tessera_data::load(&plan.data, Path::new(""), &Memory(csv)).unwrap();
     let options = SimOptions {
+        attack: None,
         baselines: false,
         target_accuracy: Some(0.72),
     };

@@ -84,6 +84,7 @@ fn bundled_plan_meets_flamby_for_every_strategy() {
             plan.federation.strategy = kind;
             plan.seed = seed;
             let options = SimOptions {
+                attack: None,
                 baselines: kind == StrategyKind::FedAvg,
                 target_accuracy: None,
             };

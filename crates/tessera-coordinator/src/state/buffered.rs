@@ -111,6 +111,8 @@ impl Federation {
                     bytes_up: 0,
                     bytes_down: 0,
                     site_errors: Vec::new(),
+                    epsilon: None,
+                    clip_norm: None,
                 };
 
                 let record_json =

@@ -1,0 +1,78 @@
+//! Central DP on the bundled Fed-Heart-Disease plan: epsilon <= 3 at delta
+//! 1e-5 from the ledger, deterministic, and a budget too small for the plan
+//! refused before any training.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use tessera_data::Filesystem;
+use tessera_engine::Plan;
+use tessera_privacy::PrivacyMode;
+use tessera_sim::{SimError, SimOptions, simulate};
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+fn dp_plan() -> Plan {
+    let mut plan = Plan::from_file(&examples().join("fed-heart-disease.toml")).unwrap();
+    plan.privacy.mode = PrivacyMode::Central;
+    plan.privacy.epsilon = Some(3.0);
+    plan.privacy.delta = 1e-5;
+    plan.privacy.clip_norm = 0.05;
+    plan
+}
+
+#[test]
+fn heart_disease_with_central_dp_spends_at_most_its_epsilon() {
+    let plan = dp_plan();
+    let data = tessera_data::load(&plan.data, &examples(), &Filesystem).unwrap();
+    let report = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
+    let privacy = report.privacy.as_ref().unwrap();
+    assert_eq!(privacy.ledger.len(), 15);
+    assert!(
+        privacy.epsilon <= 3.0 && privacy.epsilon > 2.9,
+        "{}",
+        privacy.epsilon
+    );
+    assert_eq!(privacy.budget, Some(3.0));
+    let epsilons: Vec<f64> = report.rounds.iter().map(|r| r.epsilon.unwrap()).collect();
+    assert!(epsilons.windows(2).all(|w| w[0] < w[1]), "{epsilons:?}");
+    assert_eq!(*epsilons.last().unwrap(), privacy.epsilon);
+    eprintln!(
+        "central DP: epsilon {:.4} at delta 1e-5, noise multiplier {:.4}: mean site accuracy {:.4}",
+        privacy.epsilon, privacy.noise_multiplier, report.final_metrics.mean_site_accuracy
+    );
+
+    let again = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(again.rounds.len(), report.rounds.len());
+    for (a, b) in again.rounds.iter().zip(&report.rounds) {
+        assert_eq!(
+            (a.accuracy, a.loss, a.epsilon),
+            (b.accuracy, b.loss, b.epsilon)
+        );
+    }
+    assert_eq!(again.final_parameters, report.final_parameters);
+}
+
+#[test]
+fn a_budget_too_small_is_refused_before_training() {
+    let mut plan = dp_plan();
+    plan.privacy.noise_multiplier = Some(5.0);
+    plan.privacy.budget = Some(1.0);
+    let data = tessera_data::load(&plan.data, &examples(), &Filesystem).unwrap();
+    let mut rounds_run = 0;
+    let err = simulate(&plan, &data, &SimOptions::default(), &mut |_| {
+        rounds_run += 1
+    })
+    .unwrap_err();
+    assert!(matches!(err, SimError::Engine(_)));
+    let message = err.to_string();
+    assert_eq!(rounds_run, 0, "nothing trained");
+    assert!(
+        message.starts_with("run privacy budget exceeded: the plan's 15 remaining rounds"),
+        "{message}"
+    );
+    assert!(message.contains("over the budget of 1"), "{message}");
+}
