@@ -40,6 +40,8 @@ enum Command {
     Runs(ops::RunsArgs),
     /// Where a run stands: rounds, the open round, participants, the audit log.
     Status(ops::StatusArgs),
+    /// A run's privacy ledger: every release, its DP event, epsilon spent against the budgets.
+    Privacy(ops::PrivacyArgs),
     /// Benchmark: a parameter set down and back over the wire protocol, with peak memory.
     BenchTransfer(transfer::TransferArgs),
 }
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Command::Ca(args) => ca::run(&args),
         Command::Runs(args) => ops::runs(&args),
         Command::Status(args) => ops::status(&args),
+        Command::Privacy(args) => ops::privacy(&args),
         Command::BenchTransfer(args) => transfer::run(&args),
     };
     match result {

@@ -1,4 +1,5 @@
-//! `tessera runs` and `tessera status`: what a coordinator's database says.
+//! `tessera runs`, `tessera status` and `tessera privacy`: what a
+//! coordinator's database says.
 
 use std::path::PathBuf;
 
@@ -28,8 +29,86 @@ pub struct StatusArgs {
     audit: usize,
 }
 
+/// Arguments of `tessera privacy`.
+#[derive(Debug, clap::Args)]
+pub struct PrivacyArgs {
+    /// The coordinator's database.
+    #[arg(long)]
+    db: PathBuf,
+    /// The run (default: every run).
+    #[arg(long)]
+    run: Option<String>,
+}
+
 fn open(db: &std::path::Path) -> anyhow::Result<Store> {
     Ok(Store::open_existing(db)?)
+}
+
+/// Prints each run's privacy ledger: every release, its DP event, and the
+/// run's epsilon after it, against the plan's budgets.
+pub fn privacy(args: &PrivacyArgs) -> anyhow::Result<()> {
+    let store = open(&args.db)?;
+    let runs: Vec<_> = store
+        .runs()?
+        .into_iter()
+        .filter(|r| args.run.as_ref().is_none_or(|id| &r.id == id))
+        .collect();
+    if runs.is_empty() {
+        match &args.run {
+            Some(id) => anyhow::bail!("no run '{id}' in {}", args.db.display()),
+            None => println!("no runs in {}", args.db.display()),
+        }
+        return Ok(());
+    }
+    for run in runs {
+        let rows = store.privacy_ledger(&run.id)?;
+        let plan = tessera_engine::Plan::from_toml(&run.plan, &run.id).ok();
+        let privacy = plan.as_ref().map(|p| &p.privacy);
+        if rows.is_empty() && !privacy.is_some_and(|p| p.is_on()) {
+            println!("run {}: no differential privacy", run.id);
+            continue;
+        }
+        let delta = rows
+            .last()
+            .map(|r| r.delta)
+            .or(privacy.map(|p| p.delta))
+            .unwrap_or(f64::NAN);
+        let budget = privacy.and_then(|p| p.budgets().run);
+        let spent = rows.last().map_or(0.0, |r| r.entry.run_epsilon);
+        println!(
+            "run {} ({}): central DP, {} release(s), epsilon {spent:.4} spent at delta {delta:e}{}",
+            run.id,
+            run.status,
+            rows.len(),
+            budget.map_or(String::new(), |b| format!(
+                " of a budget of {b} ({:.4} left)",
+                (b - spent).max(0.0)
+            )),
+        );
+        if let Some(p) = privacy {
+            for (site, b) in &p.participant_budgets {
+                println!("  participant budget: {site} epsilon {b}");
+            }
+        }
+        println!(
+            "  {:>7}  {:<8} {:>8} {:>10} {:>10} {:>11} {:>7} {:>10}",
+            "release", "kind", "q", "noise-mult", "clip-norm", "noise-std", "updates", "epsilon"
+        );
+        for row in &rows {
+            println!(
+                "  {:>7}  {:<8} {:>8} {:>10.4} {:>10.4} {:>11.3e} {:>7} {:>10.4}",
+                row.entry.release,
+                row.entry.kind,
+                row.entry.event.sampling_rate,
+                row.entry.event.noise_multiplier,
+                row.clip_norm,
+                row.noise_std,
+                row.updates,
+                row.entry.run_epsilon
+            );
+        }
+    }
+    Ok(())
 }
 
 pub fn runs(args: &RunsArgs) -> anyhow::Result<()> {

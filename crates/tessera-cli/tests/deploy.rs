@@ -685,3 +685,112 @@ min_participants = 6
         "every step durable"
     );
 }
+
+/// The bundled plan with `[privacy]` (and other tables) appended.
+fn plan_with(s: &Scratch, name: &str, tables: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
+    s.write(&format!("{name}.toml"), &format!("{text}\n{tables}\n"))
+}
+
+#[test]
+fn central_dp_in_deployment_records_every_release_and_refuses_past_the_budget() {
+    let s = Scratch::new("deploy-dp");
+    let dp = plan_with(
+        &s,
+        "dp",
+        "[privacy]\nmode = \"central\"\nepsilon = 3.0\ndelta = 1e-5\nclip_norm = 0.05\n\n\
+         [robust]\nnorm_bound = 10.0\n",
+    );
+    let (mut coordinator, mut participants) = run_federation(&s, &dp, "dp.sqlite", "dp.model");
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    let db = s.path("dp.sqlite");
+    assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM privacy_ledger"), 15);
+    assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM run_secrets"), 1);
+    let ledger = s.run(&["privacy", "--db", db.to_str().unwrap()]).ok();
+    assert!(
+        ledger.contains("central DP, 15 release(s), epsilon 2.99"),
+        "{ledger}"
+    );
+    assert!(ledger.contains("of a budget of 3"), "{ledger}");
+    let report = s.json("dp.model.json");
+    let epsilon = report["privacy"]["epsilon"].as_f64().unwrap();
+    assert!(epsilon <= 3.0 && epsilon > 2.9, "{epsilon}");
+    assert_eq!(report["privacy"]["ledger"].as_array().unwrap().len(), 15);
+    // The ledger is append-only.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let refused = conn.execute("DELETE FROM privacy_ledger", []).unwrap_err();
+    assert!(refused.to_string().contains("append-only"), "{refused}");
+
+    // A budget too small for the plan: the coordinator refuses before listening.
+    let small = plan_with(
+        &s,
+        "small",
+        "[privacy]\nmode = \"central\"\nnoise_multiplier = 5.0\nbudget = 1.0\n",
+    );
+    let run = s.run(&[
+        "coordinator",
+        "--plan",
+        small.to_str().unwrap(),
+        "--db",
+        s.path("small.sqlite").to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--insecure",
+    ]);
+    assert!(!run.output.status.success());
+    let message = run.stderr();
+    assert!(!message.contains("panicked"), "{message}");
+    assert!(
+        message.contains("error: run privacy budget exceeded: the plan's 15 remaining rounds"),
+        "{message}"
+    );
+}
+
+#[test]
+fn central_dp_resumes_after_kill_9_with_its_ledger_and_key() {
+    let s = Scratch::new("deploy-dp-kill");
+    let dp = plan_with(
+        &s,
+        "dp",
+        "[privacy]\nmode = \"central\"\nepsilon = 3.0\nclip_norm = 0.05\n",
+    );
+    let db = s.path("dp.sqlite");
+    let (mut first, url) = coordinator(&s.dir, &dp, &db, 0, &[]);
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut participants: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| {
+            let extra: &[&str] = if *site == "va" {
+                &["--pause-before-update", "1.5"]
+            } else {
+                &[]
+            };
+            participant(&s.dir, &url, site, extra)
+        })
+        .collect();
+    wait_until(LIMIT, "round 3 with three accepted updates", || {
+        query_i64(&db, "SELECT COUNT(*) FROM updates WHERE round = 3") == 3
+    });
+    first.kill_9();
+    assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM privacy_ledger"), 2);
+    let (mut second, _) = coordinator(&s.dir, &dp, &db, port, &["--report", "dep.json"]);
+    assert!(second.wait(LIMIT).success(), "{}", second.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM privacy_ledger"), 15);
+    assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM run_secrets"), 1);
+    let report = s.json("dep.json");
+    let epsilon = report["privacy"]["epsilon"].as_f64().unwrap();
+    // The same spend as an uninterrupted run: 15 releases, none counted twice.
+    assert!((epsilon - 2.9982).abs() < 1e-3, "{epsilon}");
+    let ledger = report["privacy"]["ledger"].as_array().unwrap();
+    let releases: Vec<u64> = ledger
+        .iter()
+        .map(|e| e["release"].as_u64().unwrap())
+        .collect();
+    assert_eq!(releases, (1..=15).collect::<Vec<u64>>());
+}

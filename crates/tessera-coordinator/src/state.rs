@@ -123,6 +123,9 @@ pub struct Federation {
     bytes_up_per_site: BTreeMap<String, u64>,
     started: Instant,
     version: u64,
+    /// Central DP: the run's secret noise key (drawn from the operating
+    /// system when the run is created, kept in the database for resumes).
+    noise_key: Option<[u8; 32]>,
 }
 
 fn unix_micros() -> u64 {
@@ -173,6 +176,11 @@ impl Federation {
                 run
             }
         };
+        let noise_key = if plan.privacy.is_on() {
+            Some(Self::privacy_preflight(&plan, &store, &run.id)?)
+        } else {
+            None
+        };
         let mut federation = Self {
             run,
             plan,
@@ -197,9 +205,66 @@ impl Federation {
             bytes_up_per_site: BTreeMap::new(),
             started: Instant::now(),
             version: 0,
+            noise_key,
         };
         federation.resume()?;
         Ok(federation)
+    }
+
+    /// Central DP: the run's noise key (drawn now for a new run), after
+    /// checking that the rounds still to run fit every privacy budget, so that
+    /// work that could not be released is refused before it starts.
+    fn privacy_preflight(
+        plan: &Plan,
+        store: &Store,
+        run: &str,
+    ) -> Result<[u8; 32], CoordinatorError> {
+        let rows = store.privacy_ledger(run)?;
+        let mut ledger = tessera_privacy::Ledger::new(plan.privacy.budgets());
+        for row in &rows {
+            ledger
+                .restore(row.entry.clone())
+                .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+        }
+        let z = plan
+            .privacy
+            .noise_multiplier_for(plan.federation.rounds)
+            .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+        let remaining = plan.federation.rounds.saturating_sub(rows.len() as u32);
+        let events = vec![tessera_privacy::PrivacyConfig::round_event(z); remaining as usize];
+        ledger
+            .check(
+                &format!("the plan's {remaining} remaining rounds at noise multiplier {z:.4}"),
+                &events,
+                &[],
+                &[],
+            )
+            .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+        if let Some(key) = store.noise_key(run)? {
+            return Ok(key);
+        }
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|e| {
+            CoordinatorError::Config(format!("cannot draw a secret noise key: {e}"))
+        })?;
+        store.put_noise_key(run, &key)?;
+        Ok(key)
+    }
+
+    /// Adds the plan's robust aggregation and central DP to an engine.
+    fn protect(&self, engine: RoundEngine) -> Result<RoundEngine, CoordinatorError> {
+        let engine = engine.with_robust(self.plan.robust.clone());
+        let (Some(key), true) = (self.noise_key, self.plan.privacy.is_on()) else {
+            return Ok(engine);
+        };
+        let n = match &self.expected {
+            Expected::Named(names) => names.len(),
+            Expected::Count(n) => *n,
+        };
+        Ok(match self.plan.central_dp(key, n)? {
+            Some((dp, ledger)) => engine.with_privacy(dp, ledger),
+            None => engine,
+        })
     }
 
     /// Rebuilds the state a previous coordinator left in the database.
@@ -253,12 +318,19 @@ impl Federation {
                 "replaying rounds 1..{closed} does not give the stored model"
             ))));
         }
-        let mut engine = RoundEngine::restore(
+        let mut engine = self.protect(RoundEngine::restore(
             EngineConfig::from_plan(&self.plan),
             strategy,
             global,
             closed,
-        );
+        ))?;
+        if self.plan.privacy.is_on() {
+            for row in self.store.privacy_ledger(&run)? {
+                engine
+                    .restore_privacy(row.entry, row.next_clip_norm)
+                    .map_err(CoordinatorError::from)?;
+            }
+        }
         for site in &self.joined {
             engine.register(ParticipantId::new(site.as_str()));
         }
@@ -589,11 +661,13 @@ impl Federation {
             .plan
             .strategy()
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
-        let mut engine = RoundEngine::new(
-            EngineConfig::from_plan(&self.plan),
-            strategy,
-            tessera_learn::Learner::parameters(&initial).clone(),
-        );
+        let mut engine = self
+            .protect(RoundEngine::new(
+                EngineConfig::from_plan(&self.plan),
+                strategy,
+                tessera_learn::Learner::parameters(&initial).clone(),
+            ))
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
         for site in &self.joined {
             engine.register(ParticipantId::new(site.as_str()));
         }
@@ -1024,6 +1098,10 @@ impl Federation {
                 cohort: &cohort,
                 counted: &counted,
                 at: now,
+                privacy: outcome
+                    .privacy
+                    .as_ref()
+                    .map(|(release, entry)| (release, entry, self.plan.privacy.delta)),
             },
         )?;
         for site in &cohort {
@@ -1183,7 +1261,13 @@ impl Federation {
                 bytes_down: self.bytes_down,
                 bytes_up_per_site: self.bytes_up_per_site.clone(),
             },
-            privacy: None,
+            privacy: self
+                .engine
+                .as_ref()
+                .and_then(|e| e.privacy())
+                .map(|(dp, ledger)| {
+                    tessera_engine::report::PrivacyReport::new(&self.plan.privacy, dp, ledger)
+                }),
             robustness: None,
             final_parameters: self
                 .current_global()

@@ -9,6 +9,7 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 use tessera_aggregate::RoundAggregate;
 use tessera_core::{FitStats, ParameterSet, ParticipantId, Timestamp, Update};
+use tessera_privacy::{CentralRelease, DpEvent, LedgerEntry};
 use tessera_proto::{ProtoError, decode_parameters, encode_parameters};
 use thiserror::Error;
 
@@ -97,7 +98,41 @@ CREATE TRIGGER IF NOT EXISTS audit_is_append_only_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_is_append_only_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TABLE IF NOT EXISTS run_secrets (
+    run_id TEXT PRIMARY KEY, noise_key BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS privacy_ledger (
+    run_id TEXT NOT NULL, release INTEGER NOT NULL, kind TEXT NOT NULL,
+    participant TEXT NOT NULL, sampling_rate REAL NOT NULL, noise_multiplier REAL NOT NULL,
+    steps INTEGER NOT NULL, run_epsilon REAL NOT NULL, delta REAL NOT NULL,
+    clip_norm REAL NOT NULL, next_clip_norm REAL NOT NULL, noise_std REAL NOT NULL,
+    updates INTEGER NOT NULL, recorded_micros INTEGER NOT NULL,
+    PRIMARY KEY (run_id, release, kind, participant)
+);
+CREATE TRIGGER IF NOT EXISTS privacy_ledger_is_append_only_update BEFORE UPDATE ON privacy_ledger
+    BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS privacy_ledger_is_append_only_delete BEFORE DELETE ON privacy_ledger
+    BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END;
 ";
+
+/// A release in the privacy ledger, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerRow {
+    /// The DP event and the run's epsilon after it.
+    pub entry: LedgerEntry,
+    /// The delta of that epsilon.
+    pub delta: f64,
+    /// The clipping norm the release used.
+    pub clip_norm: f64,
+    /// The clipping norm it left for the next release.
+    pub next_clip_norm: f64,
+    /// Noise standard deviation on each coordinate of the released mean.
+    pub noise_std: f64,
+    /// Updates in the release.
+    pub updates: u64,
+    /// When it was recorded (microseconds on the run clock).
+    pub recorded_micros: u64,
+}
 
 /// A run as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,6 +174,8 @@ pub struct RoundClose<'a> {
     pub counted: &'a [String],
     /// When it closed.
     pub at: Timestamp,
+    /// With central DP: the release and its ledger entry, and the delta.
+    pub privacy: Option<(&'a CentralRelease, &'a LedgerEntry, f64)>,
 }
 
 /// A closed round's cohort and whose updates counted.
@@ -385,6 +422,7 @@ impl Store {
             cohort,
             counted,
             at,
+            privacy,
         } = *close;
         let json =
             |v: &[String]| serde_json::to_string(v).map_err(|e| StoreError::Damaged(e.to_string()));
@@ -419,6 +457,30 @@ impl Store {
             "INSERT OR REPLACE INTO rounds (run_id, round, status, record, evaluated) VALUES (?1, ?2, ?3, ?4, 0)",
             params![run, round, status, record_json],
         )?;
+        if let Some((release, entry, delta)) = privacy {
+            tx.execute(
+                "INSERT INTO privacy_ledger (run_id, release, kind, participant, sampling_rate,
+                 noise_multiplier, steps, run_epsilon, delta, clip_norm, next_clip_norm, noise_std,
+                 updates, recorded_micros)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                params![
+                    run,
+                    entry.release,
+                    entry.kind,
+                    entry.participant.clone().unwrap_or_default(),
+                    entry.event.sampling_rate,
+                    entry.event.noise_multiplier,
+                    entry.event.steps as i64,
+                    entry.run_epsilon,
+                    delta,
+                    release.clip_norm,
+                    release.next_clip_norm,
+                    release.noise_std,
+                    release.updates as i64,
+                    micros(at)
+                ],
+            )?;
+        }
         tx.execute("DELETE FROM open_rounds WHERE run_id = ?1", params![run])?;
         tx.execute(
             "DELETE FROM updates WHERE run_id = ?1 AND round = ?2",
@@ -675,6 +737,64 @@ impl Store {
         Ok(())
     }
 
+    /// The privacy ledger of a run, in release order.
+    pub fn privacy_ledger(&self, run: &str) -> Result<Vec<LedgerRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT release, kind, participant, sampling_rate, noise_multiplier, steps, run_epsilon,
+                    delta, clip_norm, next_clip_norm, noise_std, updates, recorded_micros
+             FROM privacy_ledger WHERE run_id = ?1 ORDER BY release, kind, participant",
+        )?;
+        let rows = stmt.query_map(params![run], |r| {
+            let participant: String = r.get(2)?;
+            Ok(LedgerRow {
+                entry: LedgerEntry {
+                    release: r.get(0)?,
+                    kind: r.get(1)?,
+                    participant: (!participant.is_empty()).then_some(participant),
+                    event: DpEvent {
+                        sampling_rate: r.get(3)?,
+                        noise_multiplier: r.get(4)?,
+                        steps: r.get::<_, i64>(5)?.max(0) as u64,
+                    },
+                    run_epsilon: r.get(6)?,
+                },
+                delta: r.get(7)?,
+                clip_norm: r.get(8)?,
+                next_clip_norm: r.get(9)?,
+                noise_std: r.get(10)?,
+                updates: r.get::<_, i64>(11)?.max(0) as u64,
+                recorded_micros: r.get::<_, i64>(12)?.max(0) as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The run's secret key for DP noise, if one was stored.
+    pub fn noise_key(&self, run: &str) -> Result<Option<[u8; 32]>, StoreError> {
+        let key: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT noise_key FROM run_secrets WHERE run_id = ?1",
+                params![run],
+                |r| r.get(0),
+            )
+            .optional()?;
+        key.map(|k| {
+            <[u8; 32]>::try_from(k.as_slice())
+                .map_err(|_| StoreError::Damaged("the noise key is not 32 bytes".into()))
+        })
+        .transpose()
+    }
+
+    /// Stores the run's secret key for DP noise (once).
+    pub fn put_noise_key(&self, run: &str, key: &[u8; 32]) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO run_secrets (run_id, noise_key) VALUES (?1, ?2)",
+            params![run, key.as_slice()],
+        )?;
+        Ok(())
+    }
+
     /// The audit log of a run, oldest first.
     pub fn audit_log(&self, run: &str) -> Result<Vec<AuditRow>, StoreError> {
         let mut stmt = self.conn.prepare(
@@ -771,6 +891,7 @@ mod tests {
                     cohort: &["a".to_string()],
                     counted: &[],
                     at: Timestamp(10),
+                    privacy: None,
                 },
             )
             .unwrap();

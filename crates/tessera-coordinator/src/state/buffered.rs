@@ -128,6 +128,7 @@ impl Federation {
                         cohort: &contributors,
                         counted: &contributors,
                         at: now,
+                        privacy: None,
                     },
                 );
                 if let Err(e) = stored {
