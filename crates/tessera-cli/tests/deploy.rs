@@ -688,7 +688,7 @@ min_participants = 6
 
 /// The bundled plan with `[privacy]` (and other tables) appended.
 fn plan_with(s: &Scratch, name: &str, tables: &str) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
+    let text = std::fs::read_to_string(plan(s, "fedavg", "")).unwrap();
     s.write(&format!("{name}.toml"), &format!("{text}\n{tables}\n"))
 }
 
