@@ -131,6 +131,17 @@ impl UpdateAccumulator {
         Ok(())
     }
 
+    /// Adds the sum of `count` updates, each of weight 1, known only as their
+    /// sum (secure aggregation). On error nothing changes.
+    pub fn add_sum(&mut self, sum: &Update, count: u64) -> Result<(), AggregateError> {
+        if count == 0 {
+            return Err(AggregateError::Empty);
+        }
+        self.add_normalized(sum, 1.0, count as f64)?;
+        self.n_updates += count - 1;
+        Ok(())
+    }
+
     /// Adds a partial accumulator (from another thread) of the same round.
     pub fn merge(&mut self, other: &UpdateAccumulator) -> Result<(), AggregateError> {
         self.layout.check_same_layout(&other.layout)?;

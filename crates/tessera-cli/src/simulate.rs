@@ -119,6 +119,18 @@ pub struct SimulateArgs {
     /// Robust aggregation: malicious participants Krum tolerates (f).
     #[arg(long)]
     assumed_malicious: Option<usize>,
+    /// Secure aggregation (SecAgg+): the coordinator sees only the sum of each round's updates.
+    #[arg(long)]
+    secure_aggregation: bool,
+    /// Secure aggregation: update values are clipped to [-R, R] before quantisation.
+    #[arg(long)]
+    secagg_range: Option<f32>,
+    /// Secure aggregation: neighbours per participant (default: even, at least 3 log2 n).
+    #[arg(long)]
+    secagg_neighbours: Option<usize>,
+    /// Secure aggregation: shares needed to rebuild a secret (default: neighbours/3 + 1).
+    #[arg(long)]
+    secagg_threshold: Option<usize>,
     /// Simulated attack: sign_flip, scaling, gaussian or label_flip.
     #[arg(long, requires = "malicious")]
     attack: Option<String>,
@@ -457,6 +469,7 @@ fn ad_hoc_plan(args: &SimulateArgs, data: &Path) -> anyhow::Result<Plan> {
         simulation: Default::default(),
         privacy: Default::default(),
         robust: Default::default(),
+        secure_aggregation: Default::default(),
     })
 }
 
@@ -512,6 +525,18 @@ fn apply_overrides(plan: &mut Plan, args: &SimulateArgs) -> anyhow::Result<()> {
     }
     if args.privacy_budget.is_some() {
         privacy.budget = args.privacy_budget;
+    }
+    if args.secure_aggregation {
+        plan.secure_aggregation.enabled = true;
+    }
+    if let Some(r) = args.secagg_range {
+        plan.secure_aggregation.clip_range = r;
+    }
+    if args.secagg_neighbours.is_some() {
+        plan.secure_aggregation.neighbours = args.secagg_neighbours;
+    }
+    if args.secagg_threshold.is_some() {
+        plan.secure_aggregation.threshold = args.secagg_threshold;
     }
     let robust = &mut plan.robust;
     if let Some(rule) = &args.robust {

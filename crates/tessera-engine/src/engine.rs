@@ -527,6 +527,55 @@ impl RoundEngine {
         }
     }
 
+    /// Secure aggregation: delivers the sum of `contributors`' updates for
+    /// `round`, which is all the coordinator learns of them. Each counts with
+    /// weight 1 (the round's aggregate is their plain mean); clipping to the
+    /// DP norm or the norm bound is each participant's own, before masking.
+    pub fn submit_sum(
+        &mut self,
+        now: Timestamp,
+        round: u32,
+        contributors: &[ParticipantId],
+        sum: &Update,
+    ) -> Result<(), Rejection> {
+        let open_number = self.open.as_ref().map(|r| r.number);
+        let Some(open) = self.open.as_mut().filter(|r| r.number == round) else {
+            return Err(Rejection::WrongRound {
+                got: round,
+                open: open_number,
+            });
+        };
+        for from in contributors {
+            if open.cohort.binary_search(from).is_err() {
+                return Err(Rejection::NotInCohort);
+            }
+            if !open.pending.contains(from) {
+                return Err(Rejection::NotPending);
+            }
+        }
+        if open.deadline.is_some_and(|d| now > d) {
+            return Err(Rejection::Late);
+        }
+        match open.accumulator.add_sum(sum, contributors.len() as u64) {
+            Ok(()) => {
+                for from in contributors {
+                    open.pending.remove(from);
+                    open.accepted.push(from.clone());
+                }
+                open.unclipped += contributors.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!("the securely aggregated sum: {e}");
+                for from in contributors {
+                    open.pending.remove(from);
+                    open.rejected.push((from.clone(), reason.clone()));
+                }
+                Err(Rejection::Invalid(reason))
+            }
+        }
+    }
+
     /// Records that `id` left the open round.
     pub fn report_dropout(&mut self, id: &ParticipantId) {
         if let Some(open) = self.open.as_mut()

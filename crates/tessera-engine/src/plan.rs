@@ -71,6 +71,9 @@ pub struct Plan {
     /// Byzantine-robust aggregation (`[robust]`): the plain mean by default.
     #[serde(default)]
     pub robust: RobustConfig,
+    /// Secure aggregation (`[secure_aggregation]`): off by default.
+    #[serde(default)]
+    pub secure_aggregation: tessera_secagg::SecureAggregationConfig,
 }
 
 /// How rounds run.
@@ -334,6 +337,43 @@ impl Plan {
                      '{}' has another sensitivity. Use rule = \"mean\" with norm_bound",
                     self.robust.rule
                 ));
+            }
+        }
+        let secagg = &self.secure_aggregation;
+        if secagg.enabled {
+            if !(secagg.clip_range.is_finite() && secagg.clip_range > 0.0) {
+                return invalid(format!(
+                    "secure_aggregation.clip_range must be positive, got {}",
+                    secagg.clip_range
+                ));
+            }
+            if self.robust.rule.needs_all_updates() {
+                return invalid(format!(
+                    "robust rule '{}' needs every update, but secure aggregation shows the \
+                     coordinator only their sum; use rule = \"mean\" (with norm_bound, \
+                     applied by each participant before masking)",
+                    self.robust.rule
+                ));
+            }
+            if self.federation.strategy == StrategyKind::Scaffold {
+                return invalid(
+                    "scaffold's control-variate changes are not securely aggregated; choose \
+                     another strategy or turn secure aggregation off"
+                        .into(),
+                );
+            }
+            if f.mode == Mode::Async {
+                return invalid(
+                    "secure aggregation masks a synchronous round's updates together; use mode = \"sync\""
+                        .into(),
+                );
+            }
+            if self.privacy.adaptive_clipping.is_some() {
+                return invalid(
+                    "adaptive clipping counts clipped updates one by one, which secure \
+                     aggregation hides; use a fixed clip_norm"
+                        .into(),
+                );
             }
         }
         if f.mode == Mode::Async && self.robust.rule.needs_all_updates() {

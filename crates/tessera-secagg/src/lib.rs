@@ -70,6 +70,64 @@ pub enum SecAggError {
     Refused(String),
 }
 
+/// The plan's `[secure_aggregation]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureAggregationConfig {
+    /// Whether updates are securely aggregated.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Each update value is clipped to `[-clip_range, clip_range]` before
+    /// quantisation.
+    #[serde(default = "default_range")]
+    pub clip_range: f32,
+    /// Neighbours per participant (default: the even number at or above
+    /// `3 log2 n`).
+    #[serde(default)]
+    pub neighbours: Option<usize>,
+    /// Shares needed to rebuild a secret (default: `neighbours / 3 + 1`).
+    #[serde(default)]
+    pub threshold: Option<usize>,
+}
+
+fn default_range() -> f32 {
+    1.0
+}
+
+impl Default for SecureAggregationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            clip_range: default_range(),
+            neighbours: None,
+            threshold: None,
+        }
+    }
+}
+
+impl SecureAggregationConfig {
+    /// The parameters of a round with these settings.
+    pub fn round_params(
+        &self,
+        round: u32,
+        participants: &[u32],
+        graph_seed: [u8; 32],
+        dimension: usize,
+    ) -> Result<RoundParams, SecAggError> {
+        let mut params =
+            RoundParams::new(round, participants, graph_seed, dimension, self.clip_range)?;
+        if let Some(k) = self.neighbours {
+            params.neighbours = k;
+            params.threshold = (k / 3 + 1).max(2);
+        }
+        if let Some(t) = self.threshold {
+            params.threshold = t;
+        }
+        params.validate()?;
+        Ok(params)
+    }
+}
+
 /// Public parameters of one round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundParams {
@@ -113,11 +171,11 @@ impl RoundParams {
         }
         let log = (n as f64).log2().ceil() as usize;
         let mut k = (3 * log).max(4);
-        if k % 2 == 1 {
+        if !k.is_multiple_of(2) {
             k += 1;
         }
         if k >= n {
-            k = if (n - 1) % 2 == 0 { n - 1 } else { n - 2 };
+            k = if (n - 1).is_multiple_of(2) { n - 1 } else { n - 2 };
         }
         let params = Self {
             round,
@@ -136,7 +194,7 @@ impl RoundParams {
     pub fn validate(&self) -> Result<(), SecAggError> {
         let n = self.participants.len();
         let k = self.neighbours;
-        if k < 2 || k % 2 == 1 || k >= n || k > 254 {
+        if k < 2 || !k.is_multiple_of(2) || k >= n || k > 254 {
             return Err(SecAggError::Config(format!(
                 "neighbours must be even, at least 2, below the {n} participants and at most 254, got {k}"
             )));
@@ -325,6 +383,9 @@ pub struct Client {
     s_secret: StaticSecret,
     seed: [u8; 32],
     peers: BTreeMap<u32, AdvertiseKeys>,
+    /// Per peer: the share cipher and the pairwise mask seed (one key
+    /// agreement each, computed once).
+    agreed: BTreeMap<u32, (Aes256Gcm, [u8; 32])>,
     /// Shares held for neighbours who completed stage 2: (seed share, key share).
     held: BTreeMap<u32, (Vec<u8>, Vec<u8>)>,
     masked: bool,
@@ -369,6 +430,7 @@ impl Client {
                 s_secret,
                 seed,
                 peers: BTreeMap::new(),
+                agreed: BTreeMap::new(),
                 held: BTreeMap::new(),
                 masked: false,
             },
@@ -416,6 +478,8 @@ impl Client {
             plain.extend_from_slice(&b);
             plain.extend_from_slice(&s);
             let cipher = share_cipher(&self.c_secret, &keys.c_public, self.params.round);
+            let mask_seed = pairwise_seed(&self.s_secret, &keys.s_public, self.params.round);
+            let cipher = &self.agreed.entry(*peer).or_insert((cipher, mask_seed)).0;
             let ct = cipher
                 .encrypt(
                     Nonce::from_slice(&nonce(self.id, *peer)),
@@ -449,13 +513,12 @@ impl Client {
             )));
         }
         for (from, ct) in shares {
-            let Some(keys) = self.peers.get(from) else {
+            let Some((cipher, _)) = self.agreed.get(from) else {
                 return Err(SecAggError::BadMessage {
                     from: *from,
                     reason: "not a neighbour with advertised keys".into(),
                 });
             };
-            let cipher = share_cipher(&self.c_secret, &keys.c_public, self.params.round);
             let plain = cipher
                 .decrypt(
                     Nonce::from_slice(&nonce(*from, self.id)),
@@ -483,12 +546,11 @@ impl Client {
         }
         let mut values = quantize(input, &self.params);
         add_mask(&mut values, self.seed, true);
-        for (peer, keys) in &self.peers {
+        for (peer, (_, seed)) in &self.agreed {
             if !self.held.contains_key(peer) {
                 continue; // it dropped before sharing: no mask with it
             }
-            let seed = pairwise_seed(&self.s_secret, &keys.s_public, self.params.round);
-            add_mask(&mut values, seed, self.id < *peer);
+            add_mask(&mut values, *seed, self.id < *peer);
         }
         self.masked = true;
         Ok(MaskedInput {

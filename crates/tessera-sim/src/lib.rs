@@ -20,6 +20,7 @@ mod attack;
 mod baselines;
 mod profile;
 mod run;
+mod secure;
 
 pub use attack::{Attack, AttackKind};
 pub use baselines::run_baselines;

@@ -302,7 +302,10 @@ fn run_sync(
             events.retain(|e| e.at <= deadline);
         }
 
-        // Train in windows of arrival order; feed the engine in that order.
+        // Train in windows of arrival order; feed the engine in that order
+        // (with secure aggregation: keep them for the round's protocol).
+        let secure = plan.secure_aggregation.enabled;
+        let mut secure_updates = BTreeMap::new();
         let mut last_event = now;
         for chunk in events.chunks(window) {
             let wanted: Vec<bool> = chunk
@@ -327,6 +330,10 @@ fn run_sync(
                         {
                             a.corrupt(&mut update, plan.seed, round, event.site);
                         }
+                        if secure {
+                            secure_updates.insert(event.site, update);
+                            continue;
+                        }
                         let size = update.wire_len() as u64;
                         bytes_up += size;
                         bytes_up_per_site[event.site] += size;
@@ -340,6 +347,29 @@ fn run_sync(
                     }
                     // Past the deadline: cut off before it sends anything.
                     None => {}
+                }
+            }
+        }
+        if secure {
+            let cohort: Vec<usize> = start.cohort.iter().map(|id| index[id]).collect();
+            let layout = task.global.zeros_like();
+            match crate::secure::secure_round(plan, round, &cohort, secure_updates, &layout) {
+                Ok(result) => {
+                    for (&site, &size) in &result.bytes_up {
+                        bytes_up += size;
+                        bytes_up_per_site[site] += size;
+                    }
+                    bytes_down += result.bytes_down;
+                    let survivors: Vec<ParticipantId> =
+                        result.survivors.iter().map(|&s| ids[s].clone()).collect();
+                    // A rejection is recorded by the engine and reported in the outcome.
+                    let _ = engine.submit_sum(last_event, round, &survivors, &result.sum);
+                }
+                Err(e) => {
+                    site_errors.push(format!("secure aggregation failed: {e}"));
+                    for id in &start.cohort {
+                        engine.report_dropout(id);
+                    }
                 }
             }
         }

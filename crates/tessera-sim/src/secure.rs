@@ -1,0 +1,153 @@
+//! Secure aggregation in simulation: each round's cohort runs a SecAgg+
+//! round in process, and the engine receives only the recovered sum.
+//!
+//! Cohort members that drop out of the round (their simulated dropout, or
+//! failed training) leave after sharing their keys and before sending their
+//! masked input: the hardest case for the protocol, which must then unmask
+//! their pairwise masks. Secrets come from the run seed here, which makes
+//! simulations reproducible; deployment draws them from the operating system.
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+use tessera_core::{FitStats, ParameterSet, Update, derive_seed};
+use tessera_engine::Plan;
+use tessera_privacy::clip_to_norm;
+use tessera_secagg::{Client, SecAggError, Server, dequantize_sum};
+
+/// Seed stream of simulated secure-aggregation secrets.
+const STREAM_SECAGG: u64 = 9;
+
+fn bytes32(seed: u64, tags: &[u64]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, chunk) in out.chunks_mut(8).enumerate() {
+        let mut t = tags.to_vec();
+        t.push(i as u64);
+        chunk.copy_from_slice(&derive_seed(seed, &t).to_le_bytes());
+    }
+    out
+}
+
+/// What a secure round produced.
+pub(crate) struct SecureRound {
+    /// The survivors' summed update (weight 1 each).
+    pub sum: Update,
+    /// Site indices whose updates are in the sum.
+    pub survivors: Vec<usize>,
+    /// Protocol bytes each site sent (keys, shares, masked input, unmasking).
+    pub bytes_up: BTreeMap<usize, u64>,
+    /// Protocol bytes the server relayed down.
+    pub bytes_down: u64,
+}
+
+/// Runs one SecAgg+ round for `cohort` (site indices) where `updates` holds
+/// the updates of those who finished training; the others drop mid-round.
+pub(crate) fn secure_round(
+    plan: &Plan,
+    round: u32,
+    cohort: &[usize],
+    mut updates: BTreeMap<usize, Update>,
+    layout: &ParameterSet,
+) -> Result<SecureRound, SecAggError> {
+    let config = &plan.secure_aggregation;
+    let ids: Vec<u32> = cohort.iter().map(|&s| s as u32).collect();
+    let graph_seed = bytes32(plan.seed, &[STREAM_SECAGG, u64::from(round)]);
+    let params = config.round_params(round, &ids, graph_seed, layout.n_values())?;
+    // What each participant does to its own update before masking.
+    let clip = [
+        plan.privacy.is_on().then_some(plan.privacy.clip_norm),
+        plan.robust.norm_bound,
+    ]
+    .into_iter()
+    .flatten()
+    .reduce(f64::min);
+    if let Some(bound) = clip {
+        for update in updates.values_mut() {
+            clip_to_norm(&mut update.delta, bound);
+        }
+    }
+
+    let mut server = Server::new(params.clone())?;
+    let mut bytes_up: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut bytes_down = 0u64;
+    let mut clients: Vec<(usize, Client)> = Vec::with_capacity(ids.len());
+    for &site in cohort {
+        let secret = bytes32(
+            plan.seed,
+            &[STREAM_SECAGG, u64::from(round), site as u64, 1],
+        );
+        let (client, keys) = Client::new(site as u32, params.clone(), secret)?;
+        *bytes_up.entry(site).or_default() += 68;
+        server.receive_keys(keys)?;
+        clients.push((site, client));
+    }
+    let shared: Vec<_> = clients
+        .par_iter_mut()
+        .map(|(site, client)| client.share_keys(&server.keys_for(*site as u32)))
+        .collect::<Result<_, _>>()?;
+    for ((site, _), shares) in clients.iter().zip(shared) {
+        let size: u64 = shares.shares.iter().map(|(_, c)| 4 + c.len() as u64).sum();
+        *bytes_up.entry(*site).or_default() += size;
+        bytes_down += size + 68 * params.neighbours as u64;
+        server.receive_shares(shares)?;
+    }
+    let masked: Vec<_> = clients
+        .par_iter_mut()
+        .filter_map(|(site, client)| {
+            let update = updates.get(site)?;
+            let input: Vec<f32> = update.delta.values().collect();
+            Some(client.masked_input(&server.shares_for(*site as u32), &input))
+        })
+        .collect::<Result<_, _>>()?;
+    for m in masked {
+        *bytes_up.entry(m.from as usize).or_default() += 4 * m.values.len() as u64 + 8;
+        server.receive_masked(m)?;
+    }
+    let request = server.unmask_request();
+    bytes_down +=
+        4 * (request.survivors.len() + request.dropped.len()) as u64 * updates.len() as u64;
+    let responses: Vec<_> = clients
+        .par_iter()
+        .filter(|(site, _)| updates.contains_key(site))
+        .map(|(_, client)| client.unmask(&request))
+        .collect::<Result<_, _>>()?;
+    for r in responses {
+        let size: u64 = r
+            .seed_shares
+            .iter()
+            .chain(&r.key_shares)
+            .map(|(_, s)| 4 + s.len() as u64)
+            .sum();
+        *bytes_up.entry(r.from as usize).or_default() += size;
+        server.receive_unmask(r)?;
+    }
+    let (sum, count) = server.finish()?;
+    let values: Vec<f32> = dequantize_sum(&sum, count, &params)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect();
+    let delta = layout
+        .with_values(&values)
+        .map_err(|e| SecAggError::Config(e.to_string()))?;
+    let survivors: Vec<usize> = request.survivors.iter().map(|&s| s as usize).collect();
+    let n_examples = survivors.iter().map(|s| updates[s].n_examples).sum();
+    let mean_train_loss = survivors
+        .iter()
+        .map(|s| updates[s].stats.mean_train_loss)
+        .sum::<f64>()
+        / survivors.len().max(1) as f64;
+    Ok(SecureRound {
+        sum: Update {
+            delta,
+            n_examples,
+            control_delta: None,
+            stats: FitStats {
+                n_steps: 0,
+                mean_train_loss,
+            },
+        },
+        survivors,
+        bytes_up,
+        bytes_down,
+    })
+}
