@@ -1,8 +1,16 @@
-//! Times each stage of a SecAgg+ round: `cargo run --release -p tessera-secagg --example secagg_timing -- 47 610`.
+//! Times each stage of SecAgg+ rounds with keys kept between rounds:
+//! `cargo run --release -p tessera-secagg --example secagg_timing -- 47 30 3`
+//! (participants, dimension, rounds; a third of the participants drop in the first round).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tessera_secagg::{Client, RoundParams, SecAggError, Server};
+use tessera_secagg::{Client, KeyRing, RoundParams, SecAggError, Server};
+
+fn seed(id: u32, tag: u8) -> [u8; 32] {
+    let mut s = [tag; 32];
+    s[..4].copy_from_slice(&id.to_le_bytes());
+    s
+}
 
 fn main() -> Result<(), SecAggError> {
     let args: Vec<usize> = std::env::args()
@@ -11,45 +19,49 @@ fn main() -> Result<(), SecAggError> {
         .collect();
     let n = args.first().copied().unwrap_or(47) as u32;
     let dim = args.get(1).copied().unwrap_or(610);
+    let rounds = args.get(2).copied().unwrap_or(3) as u32;
     let ids: Vec<u32> = (0..n).collect();
-    let params = RoundParams::new(1, &ids, [5; 32], dim, 1.0)?;
-    let t = Instant::now();
-    let mut server = Server::new(params.clone())?;
-    let mut clients = Vec::new();
-    for &id in &ids {
-        let mut seed = [9u8; 32];
-        seed[..4].copy_from_slice(&id.to_le_bytes());
-        let (c, k) = Client::new(id, params.clone(), seed)?;
-        server.receive_keys(k)?;
-        clients.push(c);
+    let mut rings: Vec<Option<KeyRing>> = ids.iter().map(|_| None).collect();
+    for round in 1..=rounds {
+        let dropped = if round == 1 { n / 3 } else { 0 } as usize;
+        let params = RoundParams::new(round, &ids, [5; 32], dim, 1.0)?;
+        let mut marks = vec![Instant::now()];
+        let mut server = Server::new(params.clone())?;
+        let mut clients = Vec::new();
+        for &id in &ids {
+            let ring = rings[id as usize]
+                .take()
+                .unwrap_or_else(|| KeyRing::new(seed(id, 1), seed(id, 2)));
+            let (c, k) = Client::with_keys(id, params.clone(), ring, seed(id + 1000 * round, 3))?;
+            server.receive_keys(k)?;
+            clients.push(c);
+        }
+        marks.push(Instant::now());
+        for (id, c) in ids.iter().zip(clients.iter_mut()) {
+            server.receive_shares(c.share_keys(&server.keys_for(*id))?)?;
+        }
+        marks.push(Instant::now());
+        let input = vec![0.25f32; dim];
+        for (id, c) in ids.iter().zip(clients.iter_mut()).skip(dropped) {
+            let m = c.masked_input(&server.shares_for(*id), &input)?;
+            server.receive_masked(m)?;
+        }
+        marks.push(Instant::now());
+        let request = server.unmask_request();
+        for c in clients.iter_mut().skip(dropped) {
+            server.receive_unmask(c.unmask(&request)?)?;
+        }
+        marks.push(Instant::now());
+        let (_sum, count) = server.finish()?;
+        marks.push(Instant::now());
+        for (id, c) in ids.iter().zip(clients) {
+            rings[*id as usize] = Some(c.into_keys(seed(id + 100 * round, 4)));
+        }
+        let d: Vec<Duration> = marks.windows(2).map(|w| w[1] - w[0]).collect();
+        println!(
+            "round {round}: n {n} dim {dim} k {} t {}: keys {:?}, shares {:?}, masked {:?}, unmask {:?}, finish {:?}; {count} survivors",
+            params.neighbours, params.threshold, d[0], d[1], d[2], d[3], d[4]
+        );
     }
-    let t1 = t.elapsed();
-    for (id, c) in ids.iter().zip(clients.iter_mut()) {
-        server.receive_shares(c.share_keys(&server.keys_for(*id))?)?;
-    }
-    let t2 = t.elapsed();
-    let input = vec![0.25f32; dim];
-    for (id, c) in ids.iter().zip(clients.iter_mut()).skip((n / 3) as usize) {
-        let m = c.masked_input(&server.shares_for(*id), &input)?;
-        server.receive_masked(m)?;
-    }
-    let t3 = t.elapsed();
-    let request = server.unmask_request();
-    for c in clients.iter().skip((n / 3) as usize) {
-        server.receive_unmask(c.unmask(&request)?)?;
-    }
-    let t4 = t.elapsed();
-    let (_sum, count) = server.finish()?;
-    let t5 = t.elapsed();
-    println!(
-        "n {n} dim {dim} k {} t {}: keys {:?}, shares {:?}, masked {:?}, unmask {:?}, finish {:?}; {count} survivors",
-        params.neighbours,
-        params.threshold,
-        t1,
-        t2 - t1,
-        t3 - t2,
-        t4 - t3,
-        t5 - t4
-    );
     Ok(())
 }

@@ -175,7 +175,11 @@ impl RoundParams {
             k += 1;
         }
         if k >= n {
-            k = if (n - 1).is_multiple_of(2) { n - 1 } else { n - 2 };
+            k = if (n - 1).is_multiple_of(2) {
+                n - 1
+            } else {
+                n - 2
+            };
         }
         let params = Self {
             round,
@@ -224,15 +228,24 @@ impl RoundParams {
         2.0 * f64::from(self.range) / f64::from(((1u64 << self.bits()) - 1) as u32)
     }
 
-    /// The neighbours of `id` on the round's Harary graph: participants
-    /// placed on a ring in a random order (from the public graph seed), each
-    /// joined to the `k/2` nearest on either side. The graph is
-    /// `k`-connected: it stays connected whenever fewer than `k` drop.
+    /// Every participant's neighbours.
+    pub fn graph(&self) -> BTreeMap<u32, Vec<u32>> {
+        self.participants
+            .iter()
+            .map(|&p| (p, self.neighbours_of(p)))
+            .collect()
+    }
+
+    /// The neighbours of `id` on the Harary graph: participants placed on a
+    /// ring in a random order (from the public graph seed), each joined to
+    /// the `k/2` nearest on either side. The graph is `k`-connected: it stays
+    /// connected whenever fewer than `k` drop. It depends on the seed and the
+    /// participants only, so that a stable cohort keeps its neighbours (and
+    /// its key agreements) from round to round.
     pub fn neighbours_of(&self, id: u32) -> Vec<u32> {
         let n = self.participants.len();
         let mut ring = self.participants.clone();
         let mut rng = ChaCha20Rng::from_seed(self.graph_seed);
-        rng.set_stream(u64::from(self.round));
         for i in (1..n).rev() {
             let j = (rng.next_u64() % (i as u64 + 1)) as usize;
             ring.swap(i, j);
@@ -328,15 +341,77 @@ fn add_mask(values: &mut [u32], seed: [u8; 32], sign_plus: bool) {
     }
 }
 
-fn pairwise_seed(secret: &StaticSecret, peer: &[u8; 32], round: u32) -> [u8; 32] {
-    let shared = secret.diffie_hellman(&PublicKey::from(*peer));
-    hkdf32(shared.as_bytes(), round, "tessera secagg pairwise mask")
+fn agree(secret: &StaticSecret, peer: &[u8; 32]) -> [u8; 32] {
+    secret.diffie_hellman(&PublicKey::from(*peer)).to_bytes()
 }
 
-fn share_cipher(secret: &StaticSecret, peer: &[u8; 32], round: u32) -> Aes256Gcm {
-    let shared = secret.diffie_hellman(&PublicKey::from(*peer));
-    let key = hkdf32(shared.as_bytes(), round, "tessera secagg share encryption");
+fn pairwise_seed(shared: &[u8; 32], round: u32) -> [u8; 32] {
+    hkdf32(shared, round, "tessera secagg pairwise mask")
+}
+
+fn share_cipher(shared: &[u8; 32], round: u32) -> Aes256Gcm {
+    let key = hkdf32(shared, round, "tessera secagg share encryption");
     Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key))
+}
+
+/// A participant's key pairs, kept from round to round.
+///
+/// The encryption pair `c` is never revealed, so it lasts the run. The mask
+/// pair `s` is revealed to the server when the participant is declared
+/// dropped, so it is replaced before the next round whenever the participant
+/// was not asked to unmask as a survivor. Key agreements with a neighbour's
+/// public keys are computed once and kept; each round derives its own keys
+/// from them with HKDF (salted with the round), so a stable cohort pays the
+/// X25519 cost in its first round only.
+pub struct KeyRing {
+    c_secret: StaticSecret,
+    s_secret: StaticSecret,
+    c_public: [u8; 32],
+    s_public: [u8; 32],
+    /// Agreements of the encryption key, by the peer's public key.
+    c_agreements: BTreeMap<[u8; 32], [u8; 32]>,
+    /// Agreements of the mask key, by the peer's public key.
+    s_agreements: BTreeMap<[u8; 32], [u8; 32]>,
+}
+
+impl KeyRing {
+    /// Fresh key pairs from 64 bytes of secret randomness (from the operating
+    /// system in deployment).
+    pub fn new(c_randomness: [u8; 32], s_randomness: [u8; 32]) -> Self {
+        let c_secret = StaticSecret::from(c_randomness);
+        let s_secret = StaticSecret::from(s_randomness);
+        Self {
+            c_public: PublicKey::from(&c_secret).to_bytes(),
+            s_public: PublicKey::from(&s_secret).to_bytes(),
+            c_secret,
+            s_secret,
+            c_agreements: BTreeMap::new(),
+            s_agreements: BTreeMap::new(),
+        }
+    }
+
+    /// Replaces the mask key pair (after it may have been revealed).
+    pub fn rotate_mask_key(&mut self, s_randomness: [u8; 32]) {
+        self.s_secret = StaticSecret::from(s_randomness);
+        self.s_public = PublicKey::from(&self.s_secret).to_bytes();
+        self.s_agreements.clear();
+    }
+
+    fn agree_c(&mut self, peer: &[u8; 32]) -> [u8; 32] {
+        let secret = &self.c_secret;
+        *self
+            .c_agreements
+            .entry(*peer)
+            .or_insert_with(|| agree(secret, peer))
+    }
+
+    fn agree_s(&mut self, peer: &[u8; 32]) -> [u8; 32] {
+        let secret = &self.s_secret;
+        *self
+            .s_agreements
+            .entry(*peer)
+            .or_insert_with(|| agree(secret, peer))
+    }
 }
 
 fn nonce(from: u32, to: u32) -> [u8; 12] {
@@ -379,8 +454,7 @@ pub struct Client {
     id: u32,
     params: RoundParams,
     neighbours: Vec<u32>,
-    c_secret: StaticSecret,
-    s_secret: StaticSecret,
+    keys: KeyRing,
     seed: [u8; 32],
     peers: BTreeMap<u32, AdvertiseKeys>,
     /// Per peer: the share cipher and the pairwise mask seed (one key
@@ -389,16 +463,36 @@ pub struct Client {
     /// Shares held for neighbours who completed stage 2: (seed share, key share).
     held: BTreeMap<u32, (Vec<u8>, Vec<u8>)>,
     masked: bool,
+    unmasked_as_survivor: bool,
 }
 
 impl Client {
-    /// A participant `id` of the round, with 32 bytes of fresh secret
-    /// randomness (from the operating system in deployment), and its stage 1
-    /// message.
+    /// A participant `id` of the round with fresh keys, from 32 bytes of
+    /// secret randomness (from the operating system in deployment), and its
+    /// stage 1 message.
     pub fn new(
         id: u32,
         params: RoundParams,
         randomness: [u8; 32],
+    ) -> Result<(Self, AdvertiseKeys), SecAggError> {
+        let mut rng = ChaCha20Rng::from_seed(randomness);
+        let mut draw = || {
+            let mut b = [0u8; 32];
+            rng.fill_bytes(&mut b);
+            b
+        };
+        let keys = KeyRing::new(draw(), draw());
+        Self::with_keys(id, params, keys, draw())
+    }
+
+    /// A participant `id` of the round keeping its key pairs from earlier
+    /// rounds (see [`KeyRing`]), with 32 bytes of fresh secret randomness for
+    /// this round's self mask, and its stage 1 message.
+    pub fn with_keys(
+        id: u32,
+        params: RoundParams,
+        keys: KeyRing,
+        seed: [u8; 32],
     ) -> Result<(Self, AdvertiseKeys), SecAggError> {
         params.validate()?;
         if params.participants.binary_search(&id).is_err() {
@@ -406,19 +500,10 @@ impl Client {
                 "participant {id} is not in the round"
             )));
         }
-        let mut rng = ChaCha20Rng::from_seed(randomness);
-        let mut draw = || {
-            let mut b = [0u8; 32];
-            rng.fill_bytes(&mut b);
-            b
-        };
-        let c_secret = StaticSecret::from(draw());
-        let s_secret = StaticSecret::from(draw());
-        let seed = draw();
-        let keys = AdvertiseKeys {
+        let advertised = AdvertiseKeys {
             from: id,
-            c_public: PublicKey::from(&c_secret).to_bytes(),
-            s_public: PublicKey::from(&s_secret).to_bytes(),
+            c_public: keys.c_public,
+            s_public: keys.s_public,
         };
         let neighbours = params.neighbours_of(id);
         Ok((
@@ -426,16 +511,28 @@ impl Client {
                 id,
                 params,
                 neighbours,
-                c_secret,
-                s_secret,
+                keys,
                 seed,
                 peers: BTreeMap::new(),
                 agreed: BTreeMap::new(),
                 held: BTreeMap::new(),
                 masked: false,
+                unmasked_as_survivor: false,
             },
-            keys,
+            advertised,
         ))
+    }
+
+    /// Ends the round and returns the key ring for the next one: the mask
+    /// key is replaced (with `s_randomness`) unless this participant was
+    /// asked to unmask as a survivor, since otherwise the server may have
+    /// rebuilt it.
+    pub fn into_keys(self, s_randomness: [u8; 32]) -> KeyRing {
+        let mut keys = self.keys;
+        if !self.unmasked_as_survivor {
+            keys.rotate_mask_key(s_randomness);
+        }
+        keys
     }
 
     /// This participant's neighbours.
@@ -468,7 +565,10 @@ impl Client {
         let sharks = Sharks(self.params.threshold as u8);
         let k = self.peers.len();
         let seed_shares: Vec<Share> = sharks.dealer(&self.seed).take(k).collect();
-        let key_shares: Vec<Share> = sharks.dealer(self.s_secret.as_bytes()).take(k).collect();
+        let key_shares: Vec<Share> = sharks
+            .dealer(self.keys.s_secret.as_bytes())
+            .take(k)
+            .collect();
         let mut out = Vec::with_capacity(k);
         for ((peer, keys), (b, s)) in self.peers.iter().zip(seed_shares.iter().zip(&key_shares)) {
             let b: Vec<u8> = b.into();
@@ -477,8 +577,10 @@ impl Client {
             plain.extend_from_slice(&(b.len() as u32).to_le_bytes());
             plain.extend_from_slice(&b);
             plain.extend_from_slice(&s);
-            let cipher = share_cipher(&self.c_secret, &keys.c_public, self.params.round);
-            let mask_seed = pairwise_seed(&self.s_secret, &keys.s_public, self.params.round);
+            let c_shared = self.keys.agree_c(&keys.c_public);
+            let s_shared = self.keys.agree_s(&keys.s_public);
+            let cipher = share_cipher(&c_shared, self.params.round);
+            let mask_seed = pairwise_seed(&s_shared, self.params.round);
             let cipher = &self.agreed.entry(*peer).or_insert((cipher, mask_seed)).0;
             let ct = cipher
                 .encrypt(
@@ -561,7 +663,7 @@ impl Client {
 
     /// Stage 4: reveals shares of survivors' seeds and dropped participants'
     /// keys; refuses a request naming a participant as both.
-    pub fn unmask(&self, request: &UnmaskRequest) -> Result<UnmaskResponse, SecAggError> {
+    pub fn unmask(&mut self, request: &UnmaskRequest) -> Result<UnmaskResponse, SecAggError> {
         if !self.masked {
             return Err(SecAggError::Refused(
                 "this participant has not sent its masked input".into(),
@@ -579,6 +681,7 @@ impl Client {
                 "the request does not count this participant as a survivor".into(),
             ));
         }
+        self.unmasked_as_survivor = true;
         let mut response = UnmaskResponse {
             from: self.id,
             seed_shares: Vec::new(),
@@ -599,6 +702,8 @@ impl Client {
 #[derive(Debug, Clone)]
 pub struct Server {
     params: RoundParams,
+    /// The neighbour graph, by participant.
+    graph: BTreeMap<u32, Vec<u32>>,
     keys: BTreeMap<u32, AdvertiseKeys>,
     /// Stage 2 completers, with their shares by recipient.
     shares: BTreeMap<u32, BTreeMap<u32, Vec<u8>>>,
@@ -610,8 +715,10 @@ impl Server {
     /// A server for the round.
     pub fn new(params: RoundParams) -> Result<Self, SecAggError> {
         params.validate()?;
+        let graph = params.graph();
         Ok(Self {
             params,
+            graph,
             keys: BTreeMap::new(),
             shares: BTreeMap::new(),
             masked: BTreeMap::new(),
@@ -622,6 +729,10 @@ impl Server {
     /// The round's parameters.
     pub fn params(&self) -> &RoundParams {
         &self.params
+    }
+
+    fn neighbours(&self, id: u32) -> &[u32] {
+        self.graph.get(&id).map_or(&[], Vec::as_slice)
     }
 
     fn check_member(&self, from: u32) -> Result<(), SecAggError> {
@@ -649,10 +760,9 @@ impl Server {
 
     /// Stage 1 → 2: the keys of `id`'s neighbours that advertised.
     pub fn keys_for(&self, id: u32) -> Vec<AdvertiseKeys> {
-        self.params
-            .neighbours_of(id)
-            .into_iter()
-            .filter_map(|n| self.keys.get(&n).cloned())
+        self.neighbours(id)
+            .iter()
+            .filter_map(|n| self.keys.get(n).cloned())
             .collect()
     }
 
@@ -666,7 +776,7 @@ impl Server {
                 reason: "shares without keys, or shared twice".into(),
             });
         }
-        let neighbours = self.params.neighbours_of(from);
+        let neighbours = self.neighbours(from);
         let mut by_recipient = BTreeMap::new();
         for (to, ct) in shares.shares {
             if neighbours.binary_search(&to).is_err() || by_recipient.insert(to, ct).is_some() {
@@ -747,7 +857,7 @@ impl Server {
         let mut seen = BTreeSet::from([start]);
         let mut stack = vec![start];
         while let Some(u) = stack.pop() {
-            for v in self.params.neighbours_of(u) {
+            for &v in self.neighbours(u) {
                 if self.masked.contains_key(&v) && seen.insert(v) {
                     stack.push(v);
                 }
@@ -764,8 +874,10 @@ impl Server {
                 self.params.threshold
             )));
         }
+        // Any `threshold` shares determine the secret; more only cost time.
         let parsed: Vec<Share> = shares
             .into_iter()
+            .take(self.params.threshold)
             .map(|b| Share::try_from(b.as_slice()))
             .collect::<Result<_, _>>()
             .map_err(|e| SecAggError::BadMessage {
@@ -828,7 +940,7 @@ impl Server {
                     continue;
                 }
                 // v added +mask if v < u, -mask otherwise: undo it.
-                let seed = pairwise_seed(&secret, &keys.s_public, self.params.round);
+                let seed = pairwise_seed(&agree(&secret, &keys.s_public), self.params.round);
                 add_mask(&mut sum, seed, v > u);
             }
         }

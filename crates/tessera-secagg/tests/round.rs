@@ -67,7 +67,7 @@ fn round(
         }
     }
     let request = server.unmask_request();
-    for (id, client) in ids.iter().zip(&clients) {
+    for (id, client) in ids.iter().zip(clients.iter_mut()) {
         if alive(
             id,
             &[drop_before_shares, drop_before_masked, drop_before_unmask],
@@ -255,11 +255,69 @@ fn too_many_dropouts_fail_cleanly() {
         server.receive_masked(m).unwrap();
     }
     let request = server.unmask_request();
-    for c in clients.iter().take(3) {
+    for c in clients.iter_mut().take(3) {
         server.receive_unmask(c.unmask(&request).unwrap()).unwrap();
     }
     assert!(matches!(
         server.finish(),
         Err(SecAggError::TooManyDropouts(_))
     ));
+}
+
+#[test]
+fn keys_last_across_rounds_and_the_dropped_replace_their_mask_keys() {
+    use tessera_secagg::KeyRing;
+    let ids: Vec<u32> = (0..20).collect();
+    let mut rings: Vec<Option<KeyRing>> = ids.iter().map(|_| None).collect();
+    let mut previous_s: Vec<[u8; 32]> = vec![[0; 32]; ids.len()];
+    for round in 1..=3u32 {
+        let params = RoundParams::new(round, &ids, [4; 32], 64, 1.0).unwrap();
+        let mut server = Server::new(params.clone()).unwrap();
+        let mut clients = Vec::new();
+        for &id in &ids {
+            let keys = rings[id as usize]
+                .take()
+                .unwrap_or_else(|| KeyRing::new(seed(id, 10), seed(id, 11)));
+            let (c, k) =
+                Client::with_keys(id, params.clone(), keys, seed(id + 1000 * round, 12)).unwrap();
+            if round == 2 {
+                // Round 1 dropped participants 3 and 7: only their mask keys changed.
+                assert_eq!(k.s_public != previous_s[id as usize], id == 3 || id == 7);
+            }
+            previous_s[id as usize] = k.s_public;
+            server.receive_keys(k).unwrap();
+            clients.push(c);
+        }
+        for (id, c) in ids.iter().zip(clients.iter_mut()) {
+            server
+                .receive_shares(c.share_keys(&server.keys_for(*id)).unwrap())
+                .unwrap();
+        }
+        let dropped: &[u32] = if round == 1 { &[3, 7] } else { &[] };
+        let mut expected = vec![0u32; 64];
+        for (id, c) in ids.iter().zip(clients.iter_mut()) {
+            if dropped.contains(id) {
+                continue;
+            }
+            let input = vec![0.01 * *id as f32; 64];
+            for (e, q) in expected.iter_mut().zip(quantize(&input, &params)) {
+                *e = e.wrapping_add(q);
+            }
+            server
+                .receive_masked(c.masked_input(&server.shares_for(*id), &input).unwrap())
+                .unwrap();
+        }
+        let request = server.unmask_request();
+        for (id, c) in ids.iter().zip(clients.iter_mut()) {
+            if !dropped.contains(id) {
+                server.receive_unmask(c.unmask(&request).unwrap()).unwrap();
+            }
+        }
+        let (sum, count) = server.finish().unwrap();
+        assert_eq!(count, 20 - dropped.len());
+        assert_eq!(sum, expected, "round {round}");
+        for (id, c) in ids.iter().zip(clients) {
+            rings[*id as usize] = Some(c.into_keys(seed(id + 100 * round, 13)));
+        }
+    }
 }

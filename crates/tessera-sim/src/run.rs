@@ -242,6 +242,8 @@ fn run_sync(
     for id in &ids {
         engine.register(id.clone());
     }
+    // Secure aggregation: each site's key pairs, kept between rounds.
+    let mut key_rings: Vec<Option<tessera_secagg::KeyRing>> = ids.iter().map(|_| None).collect();
     // Work that a privacy budget could not release is refused before it starts.
     engine.check_privacy_forecast()?;
     let schedule = training.schedule()?;
@@ -353,7 +355,14 @@ fn run_sync(
         if secure {
             let cohort: Vec<usize> = start.cohort.iter().map(|id| index[id]).collect();
             let layout = task.global.zeros_like();
-            match crate::secure::secure_round(plan, round, &cohort, secure_updates, &layout) {
+            match crate::secure::secure_round(
+                plan,
+                round,
+                &cohort,
+                secure_updates,
+                &layout,
+                &mut key_rings,
+            ) {
                 Ok(result) => {
                     for (&site, &size) in &result.bytes_up {
                         bytes_up += size;

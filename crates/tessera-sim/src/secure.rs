@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use tessera_core::{FitStats, ParameterSet, Update, derive_seed};
 use tessera_engine::Plan;
 use tessera_privacy::clip_to_norm;
-use tessera_secagg::{Client, SecAggError, Server, dequantize_sum};
+use tessera_secagg::{Client, KeyRing, SecAggError, Server, dequantize_sum};
 
 /// Seed stream of simulated secure-aggregation secrets.
 const STREAM_SECAGG: u64 = 9;
@@ -42,12 +42,14 @@ pub(crate) struct SecureRound {
 
 /// Runs one SecAgg+ round for `cohort` (site indices) where `updates` holds
 /// the updates of those who finished training; the others drop mid-round.
+/// `rings` holds each site's key pairs between rounds.
 pub(crate) fn secure_round(
     plan: &Plan,
     round: u32,
     cohort: &[usize],
     mut updates: BTreeMap<usize, Update>,
     layout: &ParameterSet,
+    rings: &mut [Option<KeyRing>],
 ) -> Result<SecureRound, SecAggError> {
     let config = &plan.secure_aggregation;
     let ids: Vec<u32> = cohort.iter().map(|&s| s as u32).collect();
@@ -71,12 +73,17 @@ pub(crate) fn secure_round(
     let mut bytes_up: BTreeMap<usize, u64> = BTreeMap::new();
     let mut bytes_down = 0u64;
     let mut clients: Vec<(usize, Client)> = Vec::with_capacity(ids.len());
-    for &site in cohort {
-        let secret = bytes32(
+    let secret = |tag: u64, site: usize| {
+        bytes32(
             plan.seed,
-            &[STREAM_SECAGG, u64::from(round), site as u64, 1],
-        );
-        let (client, keys) = Client::new(site as u32, params.clone(), secret)?;
+            &[STREAM_SECAGG, u64::from(round), site as u64, tag],
+        )
+    };
+    for &site in cohort {
+        let ring = rings[site]
+            .take()
+            .unwrap_or_else(|| KeyRing::new(secret(1, site), secret(2, site)));
+        let (client, keys) = Client::with_keys(site as u32, params.clone(), ring, secret(3, site))?;
         *bytes_up.entry(site).or_default() += 68;
         server.receive_keys(keys)?;
         clients.push((site, client));
@@ -107,7 +114,7 @@ pub(crate) fn secure_round(
     bytes_down +=
         4 * (request.survivors.len() + request.dropped.len()) as u64 * updates.len() as u64;
     let responses: Vec<_> = clients
-        .par_iter()
+        .par_iter_mut()
         .filter(|(site, _)| updates.contains_key(site))
         .map(|(_, client)| client.unmask(&request))
         .collect::<Result<_, _>>()?;
@@ -122,6 +129,9 @@ pub(crate) fn secure_round(
         server.receive_unmask(r)?;
     }
     let (sum, count) = server.finish()?;
+    for (site, client) in clients {
+        rings[site] = Some(client.into_keys(secret(4, site)));
+    }
     let values: Vec<f32> = dequantize_sum(&sum, count, &params)
         .into_iter()
         .map(|v| v as f32)
