@@ -86,7 +86,7 @@ pub struct SimulateArgs {
     #[arg(long)]
     target_accuracy: Option<f64>,
     /// Differential privacy: `central` (DP-FedAvg: clipped updates, noise on
-    /// the aggregate) or `off`.
+    /// the aggregate), `local` (DP-SGD inside each site's training) or `off`.
     #[arg(long)]
     dp: Option<String>,
     /// DP: target epsilon of the run (calibrates the noise; also the budget).
@@ -336,7 +336,8 @@ fn print_summary(report: &RunReport) {
     }
     if let Some(p) = &report.privacy {
         println!(
-            "privacy: central DP spent epsilon {:.4} at delta {:e} (budget {}), noise multiplier {:.4}, clipping norm {}{}; {} releases in the ledger",
+            "privacy: {} DP spent epsilon {:.4} at delta {:e} (budget {}), noise multiplier {:.4}, clipping norm {}{}; {} releases in the ledger",
+            p.mode,
             p.epsilon,
             p.delta,
             p.budget.map_or("none".to_string(), |b| b.to_string()),
@@ -501,8 +502,9 @@ fn apply_overrides(plan: &mut Plan, args: &SimulateArgs) -> anyhow::Result<()> {
     if let Some(mode) = &args.dp {
         privacy.mode = match mode.as_str() {
             "central" => PrivacyMode::Central,
+            "local" => PrivacyMode::Local,
             "off" => PrivacyMode::Off,
-            other => bail!("unknown --dp '{other}' (expected central or off)"),
+            other => bail!("unknown --dp '{other}' (expected central, local or off)"),
         };
     }
     if args.epsilon.is_some() {

@@ -176,7 +176,7 @@ impl Federation {
                 run
             }
         };
-        let noise_key = if plan.privacy.is_on() {
+        let noise_key = if plan.privacy.mode == tessera_privacy::PrivacyMode::Central {
             Some(Self::privacy_preflight(&plan, &store, &run.id)?)
         } else {
             None

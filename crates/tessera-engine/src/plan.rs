@@ -318,7 +318,12 @@ impl Plan {
         self.robust
             .validate()
             .map_err(|e| PlanError::Invalid(format!("robust: {e}")))?;
-        if self.privacy.is_on() {
+        if self.privacy.mode == tessera_privacy::PrivacyMode::Local && f.mode == Mode::Async {
+            return invalid(
+                "local DP is accounted per synchronous round; use mode = \"sync\"".into(),
+            );
+        }
+        if self.privacy.mode == tessera_privacy::PrivacyMode::Central {
             if self.federation.strategy == StrategyKind::Scaffold {
                 return invalid(
                     "central DP cannot protect scaffold's control-variate changes, which would be \
@@ -393,7 +398,7 @@ impl Plan {
         key: [u8; 32],
         n_participants: usize,
     ) -> Result<Option<(CentralDp, Ledger)>, PlanError> {
-        if !self.privacy.is_on() {
+        if self.privacy.mode != tessera_privacy::PrivacyMode::Central {
             return Ok(None);
         }
         let invalid = |e: tessera_privacy::PrivacyError| PlanError::Invalid(e.to_string());

@@ -324,6 +324,26 @@ pub struct PrivacyReport {
 }
 
 impl PrivacyReport {
+    /// The report of local DP-SGD: `noise_multiplier` is the smallest any
+    /// participant used (with a target epsilon each calibrates its own).
+    pub fn local(
+        config: &tessera_privacy::PrivacyConfig,
+        noise_multiplier: f64,
+        ledger: &tessera_privacy::Ledger,
+    ) -> Self {
+        Self {
+            mode: "local".into(),
+            noise_multiplier,
+            update_noise_multiplier: noise_multiplier,
+            clip_norm: config.clip_norm,
+            adaptive_clipping: false,
+            epsilon: ledger.run_epsilon(),
+            delta: ledger.budgets().delta,
+            budget: ledger.budgets().run,
+            ledger: ledger.entries().to_vec(),
+        }
+    }
+
     /// The report of a plan's privacy settings and ledger.
     pub fn new(
         config: &tessera_privacy::PrivacyConfig,

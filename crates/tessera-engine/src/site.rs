@@ -2,7 +2,8 @@
 
 use tessera_core::{ParameterSet, ParticipantId, SeededRng, Update, tag};
 use tessera_data::Dataset;
-use tessera_learn::{Evaluation, Learner, LocalPlan, TrainingConfig};
+use tessera_learn::{Evaluation, Learner, LocalDp, LocalPlan, TrainingConfig};
+use tessera_privacy::{DpEvent, PrivacyConfig};
 
 use crate::{EngineError, FitTask, streams};
 
@@ -18,6 +19,10 @@ pub struct Site {
     /// The control variate this round's update would move to, kept until the
     /// round's outcome says whether the update counted.
     pending_control: Option<ParameterSet>,
+    /// Local DP-SGD: the plan's settings, the run's rounds, the noise key.
+    local_dp: Option<(PrivacyConfig, u32, [u8; 32])>,
+    /// The DP event of the last local training.
+    last_event: Option<DpEvent>,
 }
 
 impl Site {
@@ -35,7 +40,41 @@ impl Site {
             seed,
             control: None,
             pending_control: None,
+            local_dp: None,
+            last_event: None,
         }
+    }
+
+    /// Trains with DP-SGD (the plan's `[privacy]` in `local` mode) over a
+    /// run of `rounds` rounds; `noise_key` must be secret in deployment.
+    pub fn with_local_dp(
+        mut self,
+        privacy: PrivacyConfig,
+        rounds: u32,
+        noise_key: [u8; 32],
+    ) -> Self {
+        self.local_dp = Some((privacy, rounds, noise_key));
+        self
+    }
+
+    /// With local DP: the DP event one round of training on `n_rows` rows is.
+    pub fn local_dp_event(&self, n_rows: usize) -> Result<Option<DpEvent>, EngineError> {
+        let Some((privacy, rounds, _)) = &self.local_dp else {
+            return Ok(None);
+        };
+        let plan = LocalPlan::plain(&self.training);
+        let q = plan.sampling_rate(n_rows);
+        let steps = plan.n_steps(n_rows)?;
+        Ok(Some(DpEvent {
+            sampling_rate: q,
+            noise_multiplier: privacy.local_noise_multiplier(q, steps, *rounds)?,
+            steps,
+        }))
+    }
+
+    /// The DP event of the last local training, with local DP.
+    pub fn last_dp_event(&self) -> Option<DpEvent> {
+        self.last_event
     }
 
     /// The participant's id.
@@ -64,7 +103,22 @@ impl Site {
             training: &self.training,
             proximal: task.instructions.proximal_mu.map(|mu| (mu, global)),
             correction: correction.as_ref(),
+            dp: None,
         };
+        let event = self.local_dp_event(train.n_rows())?;
+        let plan = LocalPlan {
+            dp: match (&self.local_dp, event) {
+                (Some((privacy, _, key)), Some(event)) => Some(LocalDp {
+                    noise_multiplier: event.noise_multiplier,
+                    clip_norm: privacy.clip_norm,
+                    noise_key: *key,
+                    stream: u64::from(task.round),
+                }),
+                _ => None,
+            },
+            ..plan
+        };
+        self.last_event = event;
         let mut rng = SeededRng::derived(
             self.seed,
             &[streams::FIT, u64::from(task.round), tag(self.id.as_str())],

@@ -25,7 +25,7 @@ pub use config::{
     Init, ModelConfig, ModelKind, OptimizerConfig, OptimizerKind, Schedule, TrainingConfig,
 };
 pub use error::LearnError;
-pub use fit::LocalPlan;
+pub use fit::{LocalDp, LocalPlan};
 pub use metrics::{Evaluation, HISTOGRAM_BINS, ScoreHistogram, accuracy, auc, log_loss_binary};
 pub use network::Network;
 pub use optim::Optimizer;

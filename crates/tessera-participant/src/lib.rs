@@ -403,12 +403,44 @@ async fn prepare(
     let learner = plan
         .initial_model(agreement.feature_names().len(), agreement.classes.len())
         .map_err(|e| local_error(e.to_string()))?;
-    let site = Site::new(
+    let mut site = Site::new(
         ParticipantId::new(&config.site),
         Box::new(learner),
         plan.local_training(),
         plan.seed,
     );
+    if plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
+        // DP-SGD protects this site's rows: its noise key never leaves it, and
+        // training that would exceed this site's budget is refused up front.
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key)
+            .map_err(|e| local_error(format!("cannot draw a secret noise key: {e}")))?;
+        site = site.with_local_dp(plan.privacy.clone(), plan.federation.rounds, key);
+        if let Some(event) = site
+            .local_dp_event(data.train.n_rows())
+            .map_err(|e| local_error(e.to_string()))?
+        {
+            let whole_run = tessera_privacy::DpEvent {
+                steps: event
+                    .steps
+                    .saturating_mul(u64::from(plan.federation.rounds)),
+                ..event
+            };
+            tessera_privacy::Ledger::new(plan.privacy.budgets())
+                .check(
+                    &format!("the plan's {} rounds of DP-SGD", plan.federation.rounds),
+                    &[],
+                    &[(config.site.clone(), whole_run)],
+                    &[],
+                )
+                .map_err(|e| local_error(e.to_string()))?;
+            tracing::info!(
+                noise_multiplier = event.noise_multiplier,
+                sampling_rate = event.sampling_rate,
+                "local DP-SGD"
+            );
+        }
+    }
     Ok(Ready {
         run_id: welcome.run_id.clone(),
         site: Some(site),

@@ -15,6 +15,8 @@ pub enum PrivacyMode {
     Off,
     /// Client-level DP-FedAvg: clipped updates, noise on the aggregate.
     Central,
+    /// Example-level DP-SGD inside each participant's local training.
+    Local,
 }
 
 /// Differential privacy settings of a plan.
@@ -139,6 +141,28 @@ impl PrivacyConfig {
             (None, Some(eps)) => {
                 calibrate_noise_multiplier(Self::SAMPLING_RATE, u64::from(rounds), eps, self.delta)
             }
+            (None, None) => Err(PrivacyError::Invalid("no noise multiplier".into())),
+        }
+    }
+
+    /// Local DP-SGD: the noise multiplier of a participant whose rounds take
+    /// `steps_per_round` steps at sampling rate `q`: as given, or the
+    /// smallest that keeps `rounds` rounds within the target epsilon.
+    pub fn local_noise_multiplier(
+        &self,
+        q: f64,
+        steps_per_round: u64,
+        rounds: u32,
+    ) -> Result<f64, PrivacyError> {
+        self.validate()?;
+        match (self.noise_multiplier, self.epsilon) {
+            (Some(z), _) => Ok(z),
+            (None, Some(eps)) => calibrate_noise_multiplier(
+                q,
+                steps_per_round.saturating_mul(u64::from(rounds)),
+                eps,
+                self.delta,
+            ),
             (None, None) => Err(PrivacyError::Invalid("no noise multiplier".into())),
         }
     }

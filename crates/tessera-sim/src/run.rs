@@ -224,17 +224,53 @@ fn run_sync(
         .collect();
     let index: BTreeMap<&ParticipantId, usize> =
         ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
+    let local_dp = plan.privacy.mode == tessera_privacy::PrivacyMode::Local;
     let sites: Vec<Mutex<Site>> = ids
         .iter()
         .map(|id| {
-            Mutex::new(Site::new(
+            let site = Site::new(
                 id.clone(),
                 Box::new(initial.clone()),
                 training.clone(),
                 plan.seed,
-            ))
+            );
+            Mutex::new(if local_dp {
+                let key =
+                    simulation_noise_key(derive_seed(plan.seed, &[tessera_core::tag(id.as_str())]));
+                site.with_local_dp(plan.privacy.clone(), plan.federation.rounds, key)
+            } else {
+                site
+            })
         })
         .collect();
+    // Local DP: every participant's spend, checked for the whole run before it starts.
+    let mut local_ledger = local_dp.then(|| tessera_privacy::Ledger::new(plan.privacy.budgets()));
+    let mut local_sigma = f64::INFINITY;
+    if let Some(ledger) = &local_ledger {
+        let mut forecast = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(event) = lock(&sites[i]).local_dp_event(data.sites[i].train.n_rows())? {
+                local_sigma = local_sigma.min(event.noise_multiplier);
+                forecast.push((
+                    id.to_string(),
+                    tessera_privacy::DpEvent {
+                        steps: event
+                            .steps
+                            .saturating_mul(u64::from(plan.federation.rounds)),
+                        ..event
+                    },
+                ));
+            }
+        }
+        ledger
+            .check(
+                &format!("the plan's {} rounds of DP-SGD", plan.federation.rounds),
+                &[],
+                &forecast,
+                &[],
+            )
+            .map_err(EngineError::from)?;
+    }
     let profiles: Vec<Profile> = ids
         .iter()
         .map(|id| Profile::draw(&plan.simulation, plan.seed, id.as_str()))
@@ -327,6 +363,13 @@ fn run_sync(
                 match update {
                     _ if event.dropout => engine.report_dropout(id),
                     Some(Ok(mut update)) => {
+                        if let Some(ledger) = local_ledger.as_mut()
+                            && let Some(event) = lock(&sites[event.site]).last_dp_event()
+                        {
+                            ledger
+                                .record_local(round, id.as_str(), event)
+                                .map_err(EngineError::from)?;
+                        }
                         if let Some(a) =
                             attack.filter(|_| malicious.binary_search(&event.site).is_ok())
                         {
@@ -434,9 +477,12 @@ fn run_sync(
         final_parameters: engine.global().as_ref().clone(),
         bytes_up_per_site,
         end: now,
-        privacy: engine
-            .privacy()
-            .map(|(dp, ledger)| PrivacyReport::new(&plan.privacy, dp, ledger)),
+        privacy: match &local_ledger {
+            Some(ledger) => Some(PrivacyReport::local(&plan.privacy, local_sigma, ledger)),
+            None => engine
+                .privacy()
+                .map(|(dp, ledger)| PrivacyReport::new(&plan.privacy, dp, ledger)),
+        },
         malicious,
     })
 }

@@ -57,7 +57,8 @@ pub(crate) fn secure_round(
     let params = config.round_params(round, &ids, graph_seed, layout.n_values())?;
     // What each participant does to its own update before masking.
     let clip = [
-        plan.privacy.is_on().then_some(plan.privacy.clip_norm),
+        (plan.privacy.mode == tessera_privacy::PrivacyMode::Central)
+            .then_some(plan.privacy.clip_norm),
         plan.robust.norm_bound,
     ]
     .into_iter()

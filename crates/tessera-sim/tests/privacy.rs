@@ -76,3 +76,54 @@ fn a_budget_too_small_is_refused_before_training() {
     );
     assert!(message.contains("over the budget of 1"), "{message}");
 }
+
+#[test]
+fn local_dp_sgd_calibrates_each_site_and_refuses_a_participant_budget_too_small() {
+    let mut plan = dp_plan();
+    plan.privacy.mode = PrivacyMode::Local;
+    plan.privacy.clip_norm = 1.0;
+    let data = tessera_data::load(&plan.data, &examples(), &Filesystem).unwrap();
+    let report = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
+    let privacy = report.privacy.as_ref().unwrap();
+    assert_eq!(privacy.mode, "local");
+    // 15 rounds x 4 sites, each a participant's DP-SGD steps of the round.
+    assert_eq!(privacy.ledger.len(), 60);
+    assert!(privacy.ledger.iter().all(|e| e.kind == "local"));
+    assert!(
+        privacy.epsilon <= 3.0 && privacy.epsilon > 2.99,
+        "{}",
+        privacy.epsilon
+    );
+    // Each site's sampling rate is its batch over its own rows.
+    let rates: std::collections::BTreeSet<String> = privacy
+        .ledger
+        .iter()
+        .map(|e| format!("{:.5}", e.event.sampling_rate))
+        .collect();
+    assert_eq!(rates.len(), 4, "{rates:?}");
+    eprintln!(
+        "local DP-SGD: epsilon {:.4}, mean site accuracy {:.4}",
+        privacy.epsilon, report.final_metrics.mean_site_accuracy
+    );
+
+    plan.privacy.epsilon = None;
+    plan.privacy.noise_multiplier = Some(1.0);
+    plan.privacy.budget = None;
+    plan.privacy
+        .participant_budgets
+        .insert("hungarian".into(), 2.0);
+    let mut rounds_run = 0;
+    let Err(err) = simulate(&plan, &data, &SimOptions::default(), &mut |_| {
+        rounds_run += 1
+    }) else {
+        panic!("a run past a participant's budget was not refused");
+    };
+    assert_eq!(rounds_run, 0);
+    let message = err.to_string();
+    assert!(
+        message.starts_with(
+            "participant 'hungarian' privacy budget exceeded: the plan's 15 rounds of DP-SGD"
+        ),
+        "{message}"
+    );
+}
