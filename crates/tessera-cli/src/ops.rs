@@ -74,11 +74,15 @@ pub fn privacy(args: &PrivacyArgs) -> anyhow::Result<()> {
             .or(privacy.map(|p| p.delta))
             .unwrap_or(f64::NAN);
         let budget = privacy.and_then(|p| p.budgets().run);
-        let spent = rows.last().map_or(0.0, |r| r.entry.run_epsilon);
+        let spent = rows.iter().map(|r| r.entry.run_epsilon).fold(0.0, f64::max);
         println!(
-            "run {} ({}): central DP, {} release(s), epsilon {spent:.4} spent at delta {delta:e}{}",
+            "run {} ({}): {} DP, {} release(s), epsilon {spent:.4} spent at delta {delta:e}{}",
             run.id,
             run.status,
+            privacy.map_or("central", |p| match p.mode {
+                tessera_privacy::PrivacyMode::Local => "local",
+                _ => "central",
+            }),
             rows.len(),
             budget.map_or(String::new(), |b| format!(
                 " of a budget of {b} ({:.4} left)",
@@ -91,15 +95,26 @@ pub fn privacy(args: &PrivacyArgs) -> anyhow::Result<()> {
             }
         }
         println!(
-            "  {:>7}  {:<8} {:>8} {:>10} {:>10} {:>11} {:>7} {:>10}",
-            "release", "kind", "q", "noise-mult", "clip-norm", "noise-std", "updates", "epsilon"
+            "  {:>7}  {:<8} {:<14} {:>8} {:>6} {:>10} {:>10} {:>11} {:>7} {:>10}",
+            "release",
+            "kind",
+            "participant",
+            "q",
+            "steps",
+            "noise-mult",
+            "clip-norm",
+            "noise-std",
+            "updates",
+            "epsilon"
         );
         for row in &rows {
             println!(
-                "  {:>7}  {:<8} {:>8} {:>10.4} {:>10.4} {:>11.3e} {:>7} {:>10.4}",
+                "  {:>7}  {:<8} {:<14} {:>8.4} {:>6} {:>10.4} {:>10.4} {:>11.3e} {:>7} {:>10.4}",
                 row.entry.release,
                 row.entry.kind,
+                row.entry.participant.as_deref().unwrap_or("all"),
                 row.entry.event.sampling_rate,
+                row.entry.event.steps,
                 row.entry.event.noise_multiplier,
                 row.clip_norm,
                 row.noise_std,

@@ -794,3 +794,44 @@ fn central_dp_resumes_after_kill_9_with_its_ledger_and_key() {
         .collect();
     assert_eq!(releases, (1..=15).collect::<Vec<u64>>());
 }
+
+#[test]
+fn local_dp_sgd_in_deployment_fills_the_ledger_per_participant() {
+    let s = Scratch::new("deploy-local-dp");
+    let dp = plan_with(
+        &s,
+        "local",
+        "[privacy]\nmode = \"local\"\nepsilon = 3.0\nclip_norm = 1.0\n",
+    );
+    let (mut coordinator, mut participants) =
+        run_federation(&s, &dp, "local.sqlite", "local.model");
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    let db = s.path("local.sqlite");
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM privacy_ledger WHERE kind = 'local'"
+        ),
+        60
+    );
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT COUNT(DISTINCT participant) FROM privacy_ledger"
+        ),
+        4
+    );
+    let ledger = s.run(&["privacy", "--db", db.to_str().unwrap()]).ok();
+    assert!(
+        ledger.contains("local DP, 60 release(s), epsilon 2.99"),
+        "{ledger}"
+    );
+    assert!(ledger.contains("switzerland"), "{ledger}");
+    let report = s.json("local.model.json");
+    assert_eq!(report["privacy"]["mode"], "local");
+    let epsilon = report["privacy"]["epsilon"].as_f64().unwrap();
+    assert!(epsilon <= 3.0 && epsilon > 2.99, "{epsilon}");
+}

@@ -126,6 +126,8 @@ pub struct Federation {
     /// Central DP: the run's secret noise key (drawn from the operating
     /// system when the run is created, kept in the database for resumes).
     noise_key: Option<[u8; 32]>,
+    /// Local DP: every participant's DP-SGD, as their updates report it.
+    local_ledger: Option<tessera_privacy::Ledger>,
 }
 
 fn unix_micros() -> u64 {
@@ -206,7 +208,17 @@ impl Federation {
             started: Instant::now(),
             version: 0,
             noise_key,
+            local_ledger: None,
         };
+        if federation.plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
+            let mut ledger = tessera_privacy::Ledger::new(federation.plan.privacy.budgets());
+            for row in federation.store.privacy_ledger(&federation.run.id)? {
+                ledger
+                    .restore(row.entry)
+                    .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+            }
+            federation.local_ledger = Some(ledger);
+        }
         federation.resume()?;
         Ok(federation)
     }
@@ -848,6 +860,12 @@ impl Federation {
         };
         match engine.submit(now, &id, round, update) {
             Ok(()) => {
+                // Local DP: the update's DP-SGD goes in the ledger before the
+                // update is stored (a crash in between over-counts, never under).
+                if let Err(e) = self.record_local_release(site, round, update, now) {
+                    tracing::error!(%e, "cannot record a release in the privacy ledger; stopping");
+                    std::process::exit(70);
+                }
                 if let Err(e) = self
                     .store
                     .put_update(&self.run.id, round, round, site, update, now)
@@ -889,6 +907,69 @@ impl Federation {
                 Err(Refusal::Invalid(reason))
             }
         }
+    }
+
+    /// Local DP: records the DP-SGD behind `site`'s update of `round` (the
+    /// plan fixes the noise; the update reports its rows and steps).
+    fn record_local_release(
+        &mut self,
+        site: &str,
+        round: u32,
+        update: &Update,
+        now: Timestamp,
+    ) -> Result<(), CoordinatorError> {
+        let Some(ledger) = self.local_ledger.as_mut() else {
+            return Ok(());
+        };
+        let training = self.plan.local_training();
+        let plan = tessera_learn::LocalPlan::plain(&training);
+        let n = usize::try_from(update.n_examples).unwrap_or(usize::MAX);
+        let q = plan.sampling_rate(n);
+        let steps = update.stats.n_steps;
+        let noise_multiplier = self
+            .plan
+            .privacy
+            .local_noise_multiplier(q, steps, self.plan.federation.rounds)
+            .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+        let event = tessera_privacy::DpEvent {
+            sampling_rate: q,
+            noise_multiplier,
+            steps,
+        };
+        let mut entry = tessera_privacy::LedgerEntry {
+            release: round,
+            kind: "local".into(),
+            participant: Some(site.to_string()),
+            event,
+            run_epsilon: 0.0,
+        };
+        if ledger.entries().iter().any(|e| {
+            e.release == round && e.participant.as_deref() == Some(site) && e.kind == "local"
+        }) {
+            return Ok(());
+        }
+        let mut after = ledger.clone();
+        after
+            .restore(entry.clone())
+            .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+        entry.run_epsilon = after.run_epsilon();
+        ledger
+            .restore(entry.clone())
+            .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+        let clip = self.plan.privacy.clip_norm;
+        self.store.put_ledger_row(
+            &self.run.id,
+            &crate::store::LedgerRow {
+                entry,
+                delta: self.plan.privacy.delta,
+                clip_norm: clip,
+                next_clip_norm: clip,
+                noise_std: noise_multiplier * clip / (q * n as f64).max(1.0),
+                updates: 1,
+                recorded_micros: now.0,
+            },
+        )?;
+        Ok(())
     }
 
     /// Records an evaluation of the model of `round`.
@@ -1261,13 +1342,24 @@ impl Federation {
                 bytes_down: self.bytes_down,
                 bytes_up_per_site: self.bytes_up_per_site.clone(),
             },
-            privacy: self
-                .engine
-                .as_ref()
-                .and_then(|e| e.privacy())
-                .map(|(dp, ledger)| {
-                    tessera_engine::report::PrivacyReport::new(&self.plan.privacy, dp, ledger)
-                }),
+            privacy: match &self.local_ledger {
+                Some(ledger) => Some(tessera_engine::report::PrivacyReport::local(
+                    &self.plan.privacy,
+                    ledger
+                        .entries()
+                        .iter()
+                        .map(|e| e.event.noise_multiplier)
+                        .fold(f64::INFINITY, f64::min),
+                    ledger,
+                )),
+                None => self
+                    .engine
+                    .as_ref()
+                    .and_then(|e| e.privacy())
+                    .map(|(dp, ledger)| {
+                        tessera_engine::report::PrivacyReport::new(&self.plan.privacy, dp, ledger)
+                    }),
+            },
             robustness: None,
             final_parameters: self
                 .current_global()

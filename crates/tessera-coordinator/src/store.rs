@@ -769,6 +769,35 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Records a release in the privacy ledger (a participant's local DP-SGD
+    /// in a round); recording the same release again changes nothing.
+    pub fn put_ledger_row(&self, run: &str, row: &LedgerRow) -> Result<(), StoreError> {
+        let e = &row.entry;
+        self.conn.execute(
+            "INSERT OR IGNORE INTO privacy_ledger (run_id, release, kind, participant, sampling_rate,
+             noise_multiplier, steps, run_epsilon, delta, clip_norm, next_clip_norm, noise_std,
+             updates, recorded_micros)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            params![
+                run,
+                e.release,
+                e.kind,
+                e.participant.clone().unwrap_or_default(),
+                e.event.sampling_rate,
+                e.event.noise_multiplier,
+                e.event.steps as i64,
+                e.run_epsilon,
+                row.delta,
+                row.clip_norm,
+                row.next_clip_norm,
+                row.noise_std,
+                row.updates as i64,
+                row.recorded_micros as i64
+            ],
+        )?;
+        Ok(())
+    }
+
     /// The run's secret key for DP noise, if one was stored.
     pub fn noise_key(&self, run: &str) -> Result<Option<[u8; 32]>, StoreError> {
         let key: Option<Vec<u8>> = self
