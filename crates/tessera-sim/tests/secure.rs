@@ -95,3 +95,27 @@ fn combinations_that_cannot_work_are_refused() {
     plan.robust.rule = tessera_aggregate::RobustRule::Mean;
     plan.validate().unwrap();
 }
+
+#[test]
+fn central_dp_noise_goes_on_the_securely_aggregated_sum() {
+    let (mut plan, data) = setup();
+    plan.federation.rounds = 5;
+    plan.secure_aggregation.enabled = true;
+    plan.privacy.mode = tessera_privacy::PrivacyMode::Central;
+    plan.privacy.noise_multiplier = Some(1.0);
+    plan.privacy.clip_norm = 0.5;
+    plan.privacy.budget = Some(100.0);
+    let report = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
+    let privacy = report.privacy.as_ref().unwrap();
+    assert_eq!(privacy.ledger.len(), 5);
+    assert!(report.rounds.iter().all(|r| r.status == "completed"));
+    // Noise z C / n on the mean of the survivors' clipped updates.
+    assert!(report.rounds.iter().all(|r| r.clip_norm == Some(0.5)));
+    let mut adaptive = plan.clone();
+    adaptive.privacy.adaptive_clipping = Some(Default::default());
+    let e = adaptive.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("adaptive clipping counts clipped updates one by one"),
+        "{e}"
+    );
+}
