@@ -1307,6 +1307,7 @@ impl Federation {
             r.bytes_up = self.bytes_up / n_rounds as u64;
             r.bytes_down = self.bytes_down / n_rounds as u64;
         }
+        let final_metrics = final_metrics(&names, &evaluations);
         RunReport {
             plan: self.plan.name.clone(),
             strategy: self.plan.federation.strategy.to_string(),
@@ -1324,7 +1325,16 @@ impl Federation {
                 .unwrap_or_default(),
             data: Vec::new(),
             rounds,
-            final_metrics: final_metrics(&names, &evaluations),
+            robustness: (self.plan.robust.rule.needs_all_updates()
+                || self.plan.robust.norm_bound.is_some())
+            .then(|| tessera_engine::report::RobustnessReport {
+                rule: self.plan.robust.rule.to_string(),
+                norm_bound: self.plan.robust.norm_bound,
+                attack: "none".into(),
+                malicious: Vec::new(),
+                honest_accuracy: final_metrics.accuracy,
+            }),
+            final_metrics,
             baselines: None,
             timing: Timing {
                 total_seconds: elapsed,
@@ -1360,7 +1370,6 @@ impl Federation {
                         tessera_engine::report::PrivacyReport::new(&self.plan.privacy, dp, ledger)
                     }),
             },
-            robustness: None,
             final_parameters: self
                 .current_global()
                 .map(|g| g.as_ref().clone())

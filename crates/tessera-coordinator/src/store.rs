@@ -115,6 +115,35 @@ CREATE TRIGGER IF NOT EXISTS privacy_ledger_is_append_only_delete BEFORE DELETE 
     BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END;
 ";
 
+/// Inserts a ledger row; one already there for the same release, kind and
+/// participant stays as it was (the ledger is append-only).
+fn insert_ledger_row(conn: &Connection, run: &str, row: &LedgerRow) -> Result<(), StoreError> {
+    let e = &row.entry;
+    conn.execute(
+        "INSERT OR IGNORE INTO privacy_ledger (run_id, release, kind, participant, sampling_rate,
+         noise_multiplier, steps, run_epsilon, delta, clip_norm, next_clip_norm, noise_std,
+         updates, recorded_micros)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        params![
+            run,
+            e.release,
+            e.kind,
+            e.participant.clone().unwrap_or_default(),
+            e.event.sampling_rate,
+            e.event.noise_multiplier,
+            e.event.steps as i64,
+            e.run_epsilon,
+            row.delta,
+            row.clip_norm,
+            row.next_clip_norm,
+            row.noise_std,
+            row.updates as i64,
+            i64::try_from(row.recorded_micros).unwrap_or(i64::MAX)
+        ],
+    )?;
+    Ok(())
+}
+
 /// A release in the privacy ledger, as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LedgerRow {
@@ -458,27 +487,18 @@ impl Store {
             params![run, round, status, record_json],
         )?;
         if let Some((release, entry, delta)) = privacy {
-            tx.execute(
-                "INSERT INTO privacy_ledger (run_id, release, kind, participant, sampling_rate,
-                 noise_multiplier, steps, run_epsilon, delta, clip_norm, next_clip_norm, noise_std,
-                 updates, recorded_micros)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                params![
-                    run,
-                    entry.release,
-                    entry.kind,
-                    entry.participant.clone().unwrap_or_default(),
-                    entry.event.sampling_rate,
-                    entry.event.noise_multiplier,
-                    entry.event.steps as i64,
-                    entry.run_epsilon,
+            insert_ledger_row(
+                &tx,
+                run,
+                &LedgerRow {
+                    entry: entry.clone(),
                     delta,
-                    release.clip_norm,
-                    release.next_clip_norm,
-                    release.noise_std,
-                    release.updates as i64,
-                    micros(at)
-                ],
+                    clip_norm: release.clip_norm,
+                    next_clip_norm: release.next_clip_norm,
+                    noise_std: release.noise_std,
+                    updates: release.updates,
+                    recorded_micros: at.0,
+                },
             )?;
         }
         tx.execute("DELETE FROM open_rounds WHERE run_id = ?1", params![run])?;
@@ -772,30 +792,7 @@ impl Store {
     /// Records a release in the privacy ledger (a participant's local DP-SGD
     /// in a round); recording the same release again changes nothing.
     pub fn put_ledger_row(&self, run: &str, row: &LedgerRow) -> Result<(), StoreError> {
-        let e = &row.entry;
-        self.conn.execute(
-            "INSERT OR IGNORE INTO privacy_ledger (run_id, release, kind, participant, sampling_rate,
-             noise_multiplier, steps, run_epsilon, delta, clip_norm, next_clip_norm, noise_std,
-             updates, recorded_micros)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            params![
-                run,
-                e.release,
-                e.kind,
-                e.participant.clone().unwrap_or_default(),
-                e.event.sampling_rate,
-                e.event.noise_multiplier,
-                e.event.steps as i64,
-                e.run_epsilon,
-                row.delta,
-                row.clip_norm,
-                row.next_clip_norm,
-                row.noise_std,
-                row.updates as i64,
-                row.recorded_micros as i64
-            ],
-        )?;
-        Ok(())
+        insert_ledger_row(&self.conn, run, row)
     }
 
     /// The run's secret key for DP noise, if one was stored.

@@ -170,6 +170,34 @@ struct OpenRound {
     deadline: Option<Timestamp>,
 }
 
+/// The open round, if `senders` may still deliver to round `round` at `now`.
+fn admit<'a>(
+    open: &'a mut Option<OpenRound>,
+    now: Timestamp,
+    round: u32,
+    senders: &[ParticipantId],
+) -> Result<&'a mut OpenRound, Rejection> {
+    let open_number = open.as_ref().map(|r| r.number);
+    let Some(open) = open.as_mut().filter(|r| r.number == round) else {
+        return Err(Rejection::WrongRound {
+            got: round,
+            open: open_number,
+        });
+    };
+    for from in senders {
+        if open.cohort.binary_search(from).is_err() {
+            return Err(Rejection::NotInCohort);
+        }
+        if !open.pending.contains(from) {
+            return Err(Rejection::NotPending);
+        }
+    }
+    if open.deadline.is_some_and(|d| now > d) {
+        return Err(Rejection::Late);
+    }
+    Ok(open)
+}
+
 /// The deterministic round engine.
 ///
 /// A driver calls [`RoundEngine::begin_round`], delivers the cohort's updates
@@ -472,22 +500,7 @@ impl RoundEngine {
         round: u32,
         update: &Update,
     ) -> Result<(), Rejection> {
-        let open_number = self.open.as_ref().map(|r| r.number);
-        let Some(open) = self.open.as_mut().filter(|r| r.number == round) else {
-            return Err(Rejection::WrongRound {
-                got: round,
-                open: open_number,
-            });
-        };
-        if open.cohort.binary_search(from).is_err() {
-            return Err(Rejection::NotInCohort);
-        }
-        if !open.pending.contains(from) {
-            return Err(Rejection::NotPending);
-        }
-        if open.deadline.is_some_and(|d| now > d) {
-            return Err(Rejection::Late);
-        }
+        let open = admit(&mut self.open, now, round, std::slice::from_ref(from))?;
         // Central DP and norm bounding: the update counts clipped (and, with
         // DP, with weight 1, so that one participant moves the sum by at most C).
         let mut bounded;
@@ -538,24 +551,7 @@ impl RoundEngine {
         contributors: &[ParticipantId],
         sum: &Update,
     ) -> Result<(), Rejection> {
-        let open_number = self.open.as_ref().map(|r| r.number);
-        let Some(open) = self.open.as_mut().filter(|r| r.number == round) else {
-            return Err(Rejection::WrongRound {
-                got: round,
-                open: open_number,
-            });
-        };
-        for from in contributors {
-            if open.cohort.binary_search(from).is_err() {
-                return Err(Rejection::NotInCohort);
-            }
-            if !open.pending.contains(from) {
-                return Err(Rejection::NotPending);
-            }
-        }
-        if open.deadline.is_some_and(|d| now > d) {
-            return Err(Rejection::Late);
-        }
+        let open = admit(&mut self.open, now, round, contributors)?;
         match open.accumulator.add_sum(sum, contributors.len() as u64) {
             Ok(()) => {
                 for from in contributors {

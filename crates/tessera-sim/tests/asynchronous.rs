@@ -5,38 +5,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Read;
-use std::path::Path;
+mod common;
 
-use tessera_data::FileSource;
-use tessera_data::synth::{SynthConfig, write_synthetic};
-use tessera_engine::{Mode, Plan};
+use tessera_engine::Mode;
 use tessera_sim::{SimOptions, simulate};
-
-struct Memory(Vec<u8>);
-
-impl FileSource for Memory {
-    fn open(&self, _path: &Path) -> std::io::Result<Box<dyn Read + '_>> {
-        Ok(Box::new(self.0.as_slice()))
-    }
-}
 
 #[test]
 fn async_reaches_the_target_three_times_sooner() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/synthetic-async.toml");
-    let plan = Plan::from_file(&path).unwrap();
-    let mut csv = Vec::new();
-    let config = SynthConfig {
-        sites: 47,
-        rows_per_site: 200,
-        features: 60,
-        classes: 10,
-        alpha: 0.5,
-        beta: 0.5,
-        seed: 1,
-    };
-    write_synthetic(&config, &mut csv).unwrap();
-    let data = tessera_data::load(&plan.data, Path::new(""), &Memory(csv)).unwrap();
+    let (plan, data) = common::synthetic_10class("synthetic-async.toml");
     let options = SimOptions {
         attack: None,
         baselines: false,

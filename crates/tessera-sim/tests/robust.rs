@@ -7,39 +7,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Read;
-use std::path::Path;
+mod common;
 
 use tessera_aggregate::RobustRule;
-use tessera_data::synth::{SynthConfig, write_synthetic};
-use tessera_data::{FederatedData, FileSource};
+use tessera_data::FederatedData;
 use tessera_engine::Plan;
 use tessera_sim::{Attack, AttackKind, RunReport, SimOptions, simulate};
 
-struct Memory(Vec<u8>);
-
-impl FileSource for Memory {
-    fn open(&self, _path: &Path) -> std::io::Result<Box<dyn Read + '_>> {
-        Ok(Box::new(self.0.as_slice()))
-    }
-}
-
 fn setup() -> (Plan, FederatedData) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/synthetic-robust.toml");
-    let plan = Plan::from_file(&path).unwrap();
-    let mut csv = Vec::new();
-    let config = SynthConfig {
-        sites: 47,
-        rows_per_site: 200,
-        features: 60,
-        classes: 10,
-        alpha: 0.5,
-        beta: 0.5,
-        seed: 1,
-    };
-    write_synthetic(&config, &mut csv).unwrap();
-    let data = tessera_data::load(&plan.data, Path::new(""), &Memory(csv)).unwrap();
-    (plan, data)
+    common::synthetic_10class("synthetic-robust.toml")
 }
 
 fn run(
