@@ -346,12 +346,9 @@ impl Plan {
         }
         let secagg = &self.secure_aggregation;
         if secagg.enabled {
-            if !(secagg.clip_range.is_finite() && secagg.clip_range > 0.0) {
-                return invalid(format!(
-                    "secure_aggregation.clip_range must be positive, got {}",
-                    secagg.clip_range
-                ));
-            }
+            secagg
+                .validate()
+                .map_err(|e| PlanError::Invalid(e.to_string()))?;
             if self.robust.rule.needs_all_updates() {
                 return invalid(format!(
                     "robust rule '{}' needs every update, but secure aggregation shows the \

@@ -88,6 +88,12 @@ pub struct SecureAggregationConfig {
     /// Shares needed to rebuild a secret (default: `neighbours / 3 + 1`).
     #[serde(default)]
     pub threshold: Option<usize>,
+    /// Instead of `threshold`: the share of each participant's neighbours
+    /// that may drop while its secrets stay recoverable (threshold =
+    /// `neighbours x (1 - dropout_tolerance)`, at least 2). Higher tolerates
+    /// more dropouts; lower needs more colluding neighbours to break privacy.
+    #[serde(default)]
+    pub dropout_tolerance: Option<f64>,
 }
 
 fn default_range() -> f32 {
@@ -101,11 +107,35 @@ impl Default for SecureAggregationConfig {
             clip_range: default_range(),
             neighbours: None,
             threshold: None,
+            dropout_tolerance: None,
         }
     }
 }
 
 impl SecureAggregationConfig {
+    /// Checks the settings that do not depend on the cohort.
+    pub fn validate(&self) -> Result<(), SecAggError> {
+        if !(self.clip_range.is_finite() && self.clip_range > 0.0) {
+            return Err(SecAggError::Config(format!(
+                "clip_range must be positive, got {}",
+                self.clip_range
+            )));
+        }
+        if self.threshold.is_some() && self.dropout_tolerance.is_some() {
+            return Err(SecAggError::Config(
+                "give threshold or dropout_tolerance, not both".into(),
+            ));
+        }
+        if let Some(tol) = self.dropout_tolerance
+            && !(0.0..1.0).contains(&tol)
+        {
+            return Err(SecAggError::Config(format!(
+                "dropout_tolerance must be in [0, 1), got {tol}"
+            )));
+        }
+        Ok(())
+    }
+
     /// The parameters of a round with these settings.
     pub fn round_params(
         &self,
@@ -120,8 +150,14 @@ impl SecureAggregationConfig {
             params.neighbours = k;
             params.threshold = (k / 3 + 1).max(2);
         }
-        if let Some(t) = self.threshold {
-            params.threshold = t;
+        self.validate()?;
+        match (self.threshold, self.dropout_tolerance) {
+            (Some(t), _) => params.threshold = t,
+            (None, Some(tol)) => {
+                let k = params.neighbours as f64;
+                params.threshold = ((k * (1.0 - tol)).floor() as usize).clamp(2, params.neighbours);
+            }
+            (None, None) => {}
         }
         params.validate()?;
         Ok(params)

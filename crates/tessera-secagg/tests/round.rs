@@ -321,3 +321,25 @@ fn keys_last_across_rounds_and_the_dropped_replace_their_mask_keys() {
         }
     }
 }
+
+#[test]
+fn the_threshold_follows_the_configured_dropout_tolerance() {
+    use tessera_secagg::SecureAggregationConfig;
+    let ids: Vec<u32> = (0..47).collect();
+    let with = |tolerance: f64| SecureAggregationConfig {
+        enabled: true,
+        dropout_tolerance: Some(tolerance),
+        ..SecureAggregationConfig::default()
+    };
+    let half = with(0.5).round_params(1, &ids, [0; 32], 8).unwrap();
+    assert_eq!((half.neighbours, half.threshold), (18, 9));
+    let most = with(0.9).round_params(1, &ids, [0; 32], 8).unwrap();
+    assert_eq!(most.threshold, 2);
+    assert!(with(1.0).round_params(1, &ids, [0; 32], 8).is_err());
+    let both = SecureAggregationConfig {
+        threshold: Some(5),
+        ..with(0.5)
+    };
+    let e = both.round_params(1, &ids, [0; 32], 8).unwrap_err();
+    assert!(e.to_string().contains("not both"), "{e}");
+}
