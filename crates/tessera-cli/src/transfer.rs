@@ -153,6 +153,12 @@ impl Federation for Server {
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
         Err(Status::unimplemented("transfer benchmark"))
     }
+    async fn secure_aggregation(
+        &self,
+        _: Request<pb::SecAggRequest>,
+    ) -> Result<Response<pb::SecAggReply>, Status> {
+        Err(Status::unimplemented("transfer benchmark"))
+    }
 }
 
 pub fn run(args: &TransferArgs) -> anyhow::Result<()> {

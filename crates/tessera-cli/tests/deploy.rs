@@ -835,3 +835,28 @@ fn local_dp_sgd_in_deployment_fills_the_ledger_per_participant() {
     let epsilon = report["privacy"]["epsilon"].as_f64().unwrap();
     assert!(epsilon <= 3.0 && epsilon > 2.99, "{epsilon}");
 }
+
+#[test]
+fn secure_aggregation_over_grpc_equals_simulation_bit_for_bit() {
+    let s = Scratch::new("deploy-secagg");
+    let plan = plan_with(&s, "secure", "[secure_aggregation]\nenabled = true\n");
+    let expected = simulated_model(&s, &plan, "sim.model");
+    let (mut coordinator, mut participants) =
+        run_federation(&s, &plan, "secure.sqlite", "dep.model");
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+        assert!(p.log().contains("done: 15 updates accepted"), "{}", p.log());
+    }
+    // The coordinator saw only sums, and the sums are exact.
+    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    let db = s.path("secure.sqlite");
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM audit WHERE action = 'secure-aggregation' AND outcome = 'completed'"
+        ),
+        15
+    );
+    assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM updates"), 0);
+}

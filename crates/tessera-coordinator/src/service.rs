@@ -284,6 +284,25 @@ impl FederationService for Service {
         Ok(Response::new(pb::EvaluationReply {}))
     }
 
+    async fn secure_aggregation(
+        &self,
+        request: Request<pb::SecAggRequest>,
+    ) -> Result<Response<pb::SecAggReply>, Status> {
+        let site = caller(&self.shared, &request, &request.get_ref().site)?;
+        let size = request.get_ref().encoded_len();
+        let message = request.into_inner();
+        let reply = self
+            .shared
+            .with(|f| {
+                f.count_up(&site, size);
+                let reply = f.secure_step(&site, message.round, message.step)?;
+                f.count_down(reply.encoded_len());
+                Ok(reply)
+            })
+            .map_err(refused)?;
+        Ok(Response::new(reply))
+    }
+
     async fn heartbeat(
         &self,
         request: Request<pb::HeartbeatRequest>,

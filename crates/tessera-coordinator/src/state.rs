@@ -24,6 +24,7 @@ use crate::store::{Offers, RoundClose, RunRow, Store, StoreError};
 use crate::telemetry::names;
 
 mod buffered;
+pub mod secure;
 
 /// Who must offer before the data agreement closes.
 #[derive(Debug, Clone)]
@@ -128,6 +129,8 @@ pub struct Federation {
     noise_key: Option<[u8; 32]>,
     /// Local DP: every participant's DP-SGD, as their updates report it.
     local_ledger: Option<tessera_privacy::Ledger>,
+    /// Secure aggregation: the open round's protocol.
+    secure: Option<secure::SecureRound>,
 }
 
 fn unix_micros() -> u64 {
@@ -209,6 +212,7 @@ impl Federation {
             version: 0,
             noise_key,
             local_ledger: None,
+            secure: None,
         };
         if federation.plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
             let mut ledger = tessera_privacy::Ledger::new(federation.plan.privacy.budgets());
@@ -377,10 +381,12 @@ impl Federation {
                 };
             }
         }
+        let mut reopened_secure = None;
         if matches!(self.phase, Phase::Agreeing) {
             self.phase = Phase::Training;
             if let Some((round, cohort, opened_at)) = self.store.open_round_of(&run)? {
-                engine.reopen_round(round, cohort, opened_at)?;
+                let start = engine.reopen_round(round, cohort, opened_at)?;
+                reopened_secure = Some((round, start.cohort));
                 for stored in self.store.updates(&run, round)? {
                     let (site, update, at) = (stored.site, stored.update, stored.at);
                     if let Err(rejection) = engine.submit(at, &site, round, &update) {
@@ -394,6 +400,10 @@ impl Federation {
             self.last_seen.insert(site.clone(), now);
         }
         self.engine = Some(engine);
+        if let Some((round, cohort)) = reopened_secure {
+            // The protocol's state is not stored: the cohort starts it again.
+            self.open_secure_round(round, &cohort, now);
+        }
         if self.engine.as_ref().is_some_and(RoundEngine::is_finished)
             && matches!(self.phase, Phase::Training)
         {
@@ -479,7 +489,10 @@ impl Federation {
         if site.is_empty() {
             return Err(Refusal::Invalid("no site name".into()));
         }
-        let required = required_capabilities(self.plan.federation.strategy.as_str());
+        let mut required = required_capabilities(self.plan.federation.strategy.as_str());
+        if self.plan.secure_aggregation.enabled {
+            required.push("secure-aggregation");
+        }
         let negotiated = match negotiate(
             CAPABILITIES,
             hello.major,
@@ -1102,6 +1115,7 @@ impl Federation {
                 Ok(start) => {
                     self.store
                         .open_round(&run, start.task.round, &start.cohort, now)?;
+                    self.open_secure_round(start.task.round, &start.cohort, now);
                     metrics::gauge!(names::CURRENT_ROUND).set(f64::from(start.task.round));
                     self.round_started = Some(Instant::now());
                     tracing::info!(
@@ -1140,6 +1154,7 @@ impl Federation {
             );
             self.version += 1;
         }
+        self.advance_secure(now);
         let Some(engine) = self.engine.as_mut() else {
             return Ok(());
         };

@@ -387,6 +387,20 @@ impl Plan {
         Ok(())
     }
 
+    /// Secure aggregation: the L2 bound each participant clips its own update
+    /// to before masking (the coordinator cannot): the central DP clipping
+    /// norm and the robust norm bound, whichever is smaller.
+    pub fn masked_update_bound(&self) -> Option<f64> {
+        [
+            (self.privacy.mode == tessera_privacy::PrivacyMode::Central)
+                .then_some(self.privacy.clip_norm),
+            self.robust.norm_bound,
+        ]
+        .into_iter()
+        .flatten()
+        .reduce(f64::min)
+    }
+
     /// Central DP of the plan, with its ledger, for a federation of
     /// `n_participants`; `key` seeds the noise and must be secret in
     /// deployment. `None` when the plan has no DP.

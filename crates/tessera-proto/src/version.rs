@@ -16,12 +16,14 @@ pub const MINOR: u32 = 1;
 /// - `scaffold` (1.1): control variates in tasks and updates, with the
 ///   outcome of the previous update in each task header.
 /// - `heartbeat` (1.1): participants report that they are at work.
+/// - `secure-aggregation` (1.1): SecAgg+ rounds through `SecureAggregation`.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
     "evaluation-histograms",
     "scaffold",
     "heartbeat",
+    "secure-aggregation",
 ];
 
 /// What two peers agreed.

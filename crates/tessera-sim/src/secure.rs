@@ -56,15 +56,7 @@ pub(crate) fn secure_round(
     let graph_seed = bytes32(plan.seed, &[STREAM_SECAGG, u64::from(round)]);
     let params = config.round_params(round, &ids, graph_seed, layout.n_values())?;
     // What each participant does to its own update before masking.
-    let clip = [
-        (plan.privacy.mode == tessera_privacy::PrivacyMode::Central)
-            .then_some(plan.privacy.clip_norm),
-        plan.robust.norm_bound,
-    ]
-    .into_iter()
-    .flatten()
-    .reduce(f64::min);
-    if let Some(bound) = clip {
+    if let Some(bound) = plan.masked_update_bound() {
         for update in updates.values_mut() {
             clip_to_norm(&mut update.delta, bound);
         }

@@ -1,0 +1,349 @@
+//! Secure aggregation in deployment: the open round's cohort runs a SecAgg+
+//! round through `SecureAggregation` requests, and the engine receives only
+//! the recovered sum. Each stage closes when every participant still in it has
+//! answered, or after the liveness period; whoever has not answered by then
+//! has dropped, and the protocol recovers the sum of the others. The
+//! protocol's state is not stored: after a coordinator restart the round is
+//! reopened and the cohort trains again (no update was accepted).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tessera_core::{FitStats, ParticipantId, Timestamp, Update, derive_seed};
+use tessera_proto::pb;
+use tessera_proto::pb::sec_agg_reply::State as Reply;
+use tessera_proto::pb::sec_agg_request::Step;
+use tessera_secagg::{
+    AdvertiseKeys, MaskedInput, Server, ShareKeys, UnmaskResponse, dequantize_sum,
+};
+
+use super::{Federation, Refusal};
+
+/// Seed stream of the public neighbour graph (as in simulation).
+const STREAM_SECAGG: u64 = 9;
+
+/// A round's secure aggregation in progress.
+pub(super) struct SecureRound {
+    pub(super) round: u32,
+    index: BTreeMap<String, u32>,
+    sites: BTreeMap<u32, String>,
+    server: Server,
+    /// 1 keys, 2 shares, 3 masked inputs, 4 unmasking, 5 done.
+    stage: u32,
+    /// Who is still expected in the current stage, and who has answered.
+    waiting: BTreeSet<u32>,
+    sent: BTreeSet<u32>,
+    stage_started: Timestamp,
+    meta: BTreeMap<u32, (u64, f64, u64)>,
+}
+
+fn graph_seed(seed: u64, round: u32) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, chunk) in out.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(
+            &derive_seed(seed, &[STREAM_SECAGG, u64::from(round), i as u64]).to_le_bytes(),
+        );
+    }
+    out
+}
+
+fn shares_to_pb(shares: Vec<(u32, Vec<u8>)>) -> Vec<pb::SecAggShare> {
+    shares
+        .into_iter()
+        .map(|(peer, data)| pb::SecAggShare { peer, data })
+        .collect()
+}
+
+fn shares_from_pb(shares: Vec<pb::SecAggShare>) -> Vec<(u32, Vec<u8>)> {
+    shares.into_iter().map(|s| (s.peer, s.data)).collect()
+}
+
+fn key32(bytes: &[u8], what: &str) -> Result<[u8; 32], Refusal> {
+    bytes
+        .try_into()
+        .map_err(|_| Refusal::Invalid(format!("{what} is {} bytes, not 32", bytes.len())))
+}
+
+impl Federation {
+    /// Starts secure aggregation for a round just opened with `cohort`.
+    pub(super) fn open_secure_round(
+        &mut self,
+        round: u32,
+        cohort: &[ParticipantId],
+        now: Timestamp,
+    ) {
+        if !self.plan.secure_aggregation.enabled {
+            return;
+        }
+        let Some(dimension) = self.engine.as_ref().map(|e| e.global().n_values()) else {
+            return;
+        };
+        let index: BTreeMap<String, u32> = cohort
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.as_str().to_string(), i as u32))
+            .collect();
+        let ids: Vec<u32> = index.values().copied().collect();
+        let made = self
+            .plan
+            .secure_aggregation
+            .round_params(round, &ids, graph_seed(self.plan.seed, round), dimension)
+            .and_then(Server::new);
+        match made {
+            Ok(server) => {
+                self.secure = Some(SecureRound {
+                    round,
+                    sites: index.iter().map(|(s, i)| (*i, s.clone())).collect(),
+                    index,
+                    server,
+                    stage: 1,
+                    waiting: ids.into_iter().collect(),
+                    sent: BTreeSet::new(),
+                    stage_started: now,
+                    meta: BTreeMap::new(),
+                });
+            }
+            Err(e) => {
+                // The round cannot be secured (too small a cohort): nobody's update counts.
+                tracing::error!(round, %e, "secure aggregation cannot start");
+                self.audit("-", "secure-aggregation", "failed", &e.to_string());
+                if let Some(engine) = self.engine.as_mut() {
+                    for p in cohort {
+                        engine.report_dropout(p);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One `SecureAggregation` request.
+    pub fn secure_step(
+        &mut self,
+        site: &str,
+        round: u32,
+        step: Option<Step>,
+    ) -> Result<pb::SecAggReply, Refusal> {
+        self.require_joined(site)?;
+        self.touch(site);
+        let now = self.now();
+        let reply = |state| Ok(pb::SecAggReply { state: Some(state) });
+        let Some(secure) = self.secure.as_mut().filter(|s| s.round == round) else {
+            // The round is over (or was reopened after a restart): stop.
+            return reply(Reply::Done(true));
+        };
+        let Some(&id) = secure.index.get(site) else {
+            return Err(Refusal::Denied(format!(
+                "site '{site}' is not in round {round}'s cohort"
+            )));
+        };
+        let outcome: Result<pb::SecAggReply, Refusal> = match step {
+            None => Err(Refusal::Invalid(
+                "an empty secure-aggregation request".into(),
+            )),
+            Some(Step::Poll(want)) => {
+                let server = &secure.server;
+                let state = match want {
+                    1 => {
+                        let p = server.params();
+                        Reply::Params(pb::SecAggParams {
+                            id,
+                            participants: p.participants.clone(),
+                            neighbours: p.neighbours as u32,
+                            threshold: p.threshold as u32,
+                            graph_seed: p.graph_seed.to_vec(),
+                            dimension: p.dimension as u32,
+                            range: p.range,
+                        })
+                    }
+                    2 if secure.stage >= 2 => {
+                        let keys = server.keys_for(id);
+                        Reply::Keys(pb::SecAggNeighbourKeys {
+                            peers: keys.iter().map(|k| k.from).collect(),
+                            keys: keys
+                                .into_iter()
+                                .map(|k| pb::SecAggKeys {
+                                    c_public: k.c_public.to_vec(),
+                                    s_public: k.s_public.to_vec(),
+                                })
+                                .collect(),
+                        })
+                    }
+                    3 if secure.stage >= 3 => Reply::Shares(pb::SecAggShares {
+                        shares: shares_to_pb(server.shares_for(id)),
+                    }),
+                    4 if secure.stage >= 4 => {
+                        let r = server.unmask_request();
+                        Reply::Unmask(pb::SecAggUnmaskRequest {
+                            survivors: r.survivors,
+                            dropped: r.dropped,
+                        })
+                    }
+                    5 if secure.stage >= 5 => Reply::Done(true),
+                    2..=5 => Reply::Wait(true),
+                    other => {
+                        return Err(Refusal::Invalid(format!("no stage {other} to wait for")));
+                    }
+                };
+                reply(state)
+            }
+            Some(step) => {
+                let stage = match &step {
+                    Step::Keys(_) => 1,
+                    Step::Shares(_) => 2,
+                    Step::Masked(_) => 3,
+                    _ => 4,
+                };
+                if secure.stage != stage || !secure.waiting.contains(&id) {
+                    Err(Refusal::Invalid(format!(
+                        "stage {stage} of round {round} is not open to this site"
+                    )))
+                } else {
+                    let received = match step {
+                        Step::Keys(k) => key32(&k.c_public, "the encryption key").and_then(|c| {
+                            let s = key32(&k.s_public, "the mask key")?;
+                            secure
+                                .server
+                                .receive_keys(AdvertiseKeys {
+                                    from: id,
+                                    c_public: c,
+                                    s_public: s,
+                                })
+                                .map_err(|e| Refusal::Invalid(e.to_string()))
+                        }),
+                        Step::Shares(s) => secure
+                            .server
+                            .receive_shares(ShareKeys {
+                                from: id,
+                                shares: shares_from_pb(s.shares),
+                            })
+                            .map_err(|e| Refusal::Invalid(e.to_string())),
+                        Step::Masked(m) => {
+                            secure
+                                .meta
+                                .insert(id, (m.n_examples, m.mean_train_loss, m.n_steps));
+                            secure
+                                .server
+                                .receive_masked(MaskedInput {
+                                    from: id,
+                                    values: m.values,
+                                })
+                                .map_err(|e| Refusal::Invalid(e.to_string()))
+                        }
+                        Step::Unmask(u) => secure
+                            .server
+                            .receive_unmask(UnmaskResponse {
+                                from: id,
+                                seed_shares: shares_from_pb(u.seed_shares),
+                                key_shares: shares_from_pb(u.key_shares),
+                            })
+                            .map_err(|e| Refusal::Invalid(e.to_string())),
+                        Step::Poll(_) => Ok(()),
+                    };
+                    received.map(|()| {
+                        secure.sent.insert(id);
+                        pb::SecAggReply {
+                            state: Some(Reply::Wait(true)),
+                        }
+                    })
+                }
+            }
+        };
+        if let Err(e) = &outcome {
+            self.audit(site, "secure-aggregation", "rejected", &e.to_string());
+        }
+        self.advance_secure(now);
+        outcome
+    }
+
+    /// Closes the current stage when everyone in it has answered or the
+    /// liveness period is over; after the last one, hands the sum to the engine.
+    pub(super) fn advance_secure(&mut self, now: Timestamp) {
+        let liveness = self.liveness;
+        let Some(secure) = self.secure.as_mut() else {
+            return;
+        };
+        while secure.stage < 5 {
+            let all_in = secure.waiting.is_subset(&secure.sent);
+            let timed_out = now.since(secure.stage_started) > liveness;
+            if !all_in && !timed_out {
+                return;
+            }
+            secure.waiting = std::mem::take(&mut secure.sent);
+            secure.stage += 1;
+            secure.stage_started = now;
+            self.version += 1;
+        }
+        let Some(secure) = self.secure.take() else {
+            return;
+        };
+        // Keep a finished round around so late polls hear that it is done.
+        let round = secure.round;
+        let result = secure.server.finish().map(|(sum, count)| {
+            let params = secure.server.params().clone();
+            (dequantize_sum(&sum, count, &params), count)
+        });
+        let survivors: Vec<u32> = secure.server.unmask_request().survivors;
+        let Some(engine) = self.engine.as_mut() else {
+            return;
+        };
+        let global = engine.global().clone();
+        let counted = match result {
+            Ok((values, _)) => {
+                let values: Vec<f32> = values.into_iter().map(|v| v as f32).collect();
+                let delta = global.with_values(&values);
+                let contributors: Vec<ParticipantId> = survivors
+                    .iter()
+                    .map(|i| ParticipantId::new(secure.sites[i].as_str()))
+                    .collect();
+                let n = survivors.len().max(1) as f64;
+                let n_examples = survivors.iter().map(|i| secure.meta[i].0).sum();
+                let loss = survivors.iter().map(|i| secure.meta[i].1).sum::<f64>() / n;
+                let n_steps = survivors
+                    .iter()
+                    .map(|i| secure.meta[i].2)
+                    .max()
+                    .unwrap_or(0);
+                match delta {
+                    Ok(delta) => {
+                        let update = Update {
+                            delta,
+                            n_examples,
+                            control_delta: None,
+                            stats: FitStats {
+                                n_steps,
+                                mean_train_loss: loss,
+                            },
+                        };
+                        match engine.submit_sum(now, round, &contributors, &update) {
+                            Ok(()) => contributors,
+                            Err(e) => {
+                                tracing::warn!(round, %e, "the secure sum was refused");
+                                Vec::new()
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(round, %e, "the secure sum has the wrong layout");
+                        Vec::new()
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(round, %e, "secure aggregation failed");
+                Vec::new()
+            }
+        };
+        for site in secure.index.keys() {
+            let p = ParticipantId::new(site.as_str());
+            if !counted.contains(&p) {
+                engine.report_dropout(&p);
+            }
+        }
+        let detail = format!(
+            "round {round}: the sum of {} of {} updates",
+            counted.len(),
+            secure.index.len()
+        );
+        self.audit("-", "secure-aggregation", "completed", &detail);
+        self.version += 1;
+    }
+}
