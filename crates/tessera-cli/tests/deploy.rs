@@ -860,3 +860,63 @@ fn secure_aggregation_over_grpc_equals_simulation_bit_for_bit() {
     );
     assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM updates"), 0);
 }
+
+#[test]
+fn secure_aggregation_recovers_the_sum_when_a_site_drops_after_sharing_its_keys() {
+    let s = Scratch::new("deploy-secagg-drop");
+    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
+    let text = text.replace("rounds = 15", "rounds = 3");
+    let plan = s.write(
+        "secure-drop.toml",
+        &format!("{text}\n[secure_aggregation]\nenabled = true\n"),
+    );
+    let db = s.path("c.sqlite");
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &db,
+        0,
+        &["--liveness", "1.5", "--report", "dep.json"],
+    );
+    let mut participants: Vec<Proc> = HEART_SITES[..3]
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    // VA masks its update, then goes quiet past the liveness period every round.
+    participants.push(participant(
+        &s.dir,
+        &url,
+        "va",
+        &["--pause-before-update", "3"],
+    ));
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    let report = s.json("dep.json");
+    let rounds = report["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3);
+    for r in rounds {
+        assert_eq!(r["status"], "completed", "{r}");
+        assert_eq!(r["accepted"], 3, "{r}");
+        assert_eq!(r["dropped"], 1, "{r}");
+    }
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM audit WHERE action = 'secure-aggregation'
+             AND detail LIKE '%the sum of 3 of 4 updates;%'"
+        ),
+        3
+    );
+    // In round 1 at least, VA had shared its keys before going quiet: its
+    // pairwise masks were rebuilt from its neighbours' shares and removed.
+    // (Later, it may still be pausing when the next round's keys are due.)
+    assert!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM audit WHERE action = 'secure-aggregation'
+             AND detail LIKE 'round 1: %the masks of 1 that dropped after sharing keys removed'"
+        ) == 1
+    );
+}

@@ -544,7 +544,12 @@ async fn train(
         .ok_or_else(|| Failure::Retry("site busy".into()))?;
     let train = Arc::clone(&state.train);
     let round = task.round;
-    let pause = config.pause_before_update;
+    // Under secure aggregation the update leaves as a masked input: pause there.
+    let pause = if state.secure {
+        Duration::ZERO
+    } else {
+        config.pause_before_update
+    };
     let mut work = tokio::task::spawn_blocking(move || {
         let update = site.fit(&task, &train);
         // Fault injection: a slow site (it keeps saying it is at work).
@@ -695,6 +700,8 @@ async fn secure_submit(
         let masked = me
             .masked_input(&mine, &input)
             .map_err(|e| bad(&e.to_string()))?;
+        // Fault injection: a site that goes quiet after sharing its keys.
+        tokio::time::sleep(config.pause_before_update).await;
         call(Step::Masked(pb::SecAggMasked {
             values: masked.values,
             n_examples: update.n_examples,

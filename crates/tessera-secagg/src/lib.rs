@@ -171,7 +171,8 @@ pub struct RoundParams {
     pub round: u32,
     /// Participant ids, sorted.
     pub participants: Vec<u32>,
-    /// Neighbours per participant (even, below the number of participants).
+    /// Neighbours per participant (even and below the number of
+    /// participants, or all the others: the complete graph).
     pub neighbours: usize,
     /// Shares needed to recover a secret.
     pub threshold: usize,
@@ -211,11 +212,8 @@ impl RoundParams {
             k += 1;
         }
         if k >= n {
-            k = if (n - 1).is_multiple_of(2) {
-                n - 1
-            } else {
-                n - 2
-            };
+            // Small cohorts: the complete graph.
+            k = n - 1;
         }
         let params = Self {
             round,
@@ -234,9 +232,9 @@ impl RoundParams {
     pub fn validate(&self) -> Result<(), SecAggError> {
         let n = self.participants.len();
         let k = self.neighbours;
-        if k < 2 || !k.is_multiple_of(2) || k >= n || k > 254 {
+        if k < 2 || (!k.is_multiple_of(2) && k + 1 != n) || k >= n || k > 254 {
             return Err(SecAggError::Config(format!(
-                "neighbours must be even, at least 2, below the {n} participants and at most 254, got {k}"
+                "neighbours must be even (or all the others), at least 2, below the {n} participants and at most 254, got {k}"
             )));
         }
         if self.threshold < 2 || self.threshold > k {
@@ -280,6 +278,17 @@ impl RoundParams {
     /// its key agreements) from round to round.
     pub fn neighbours_of(&self, id: u32) -> Vec<u32> {
         let n = self.participants.len();
+        if self.neighbours + 1 == n {
+            return if self.participants.binary_search(&id).is_ok() {
+                self.participants
+                    .iter()
+                    .copied()
+                    .filter(|&p| p != id)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+        }
         let mut ring = self.participants.clone();
         let mut rng = ChaCha20Rng::from_seed(self.graph_seed);
         for i in (1..n).rev() {

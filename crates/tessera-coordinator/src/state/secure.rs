@@ -193,9 +193,10 @@ impl Federation {
                     _ => 4,
                 };
                 if secure.stage != stage || !secure.waiting.contains(&id) {
-                    Err(Refusal::Invalid(format!(
-                        "stage {stage} of round {round} is not open to this site"
-                    )))
+                    // Too late: the round goes on without this site.
+                    let detail = format!("round {round}: stage {stage} closed before it answered");
+                    self.audit(site, "secure-aggregation", "late", &detail);
+                    return reply(Reply::Done(true));
                 } else {
                     let received = match step {
                         Step::Keys(k) => key32(&k.c_public, "the encryption key").and_then(|c| {
@@ -281,7 +282,8 @@ impl Federation {
             let params = secure.server.params().clone();
             (dequantize_sum(&sum, count, &params), count)
         });
-        let survivors: Vec<u32> = secure.server.unmask_request().survivors;
+        let request = secure.server.unmask_request();
+        let (survivors, recovered) = (request.survivors, request.dropped.len());
         let Some(engine) = self.engine.as_mut() else {
             return;
         };
@@ -339,7 +341,7 @@ impl Federation {
             }
         }
         let detail = format!(
-            "round {round}: the sum of {} of {} updates",
+            "round {round}: the sum of {} of {} updates; the masks of {recovered} that dropped after sharing keys removed",
             counted.len(),
             secure.index.len()
         );
