@@ -125,20 +125,7 @@ pub(crate) fn train(
             return Err(LearnError::Diverged { step });
         }
         loss_sum += loss;
-        if let Some((mu, anchor)) = plan.proximal {
-            for ((g, w), a) in grad
-                .values_mut()
-                .zip(net.parameters().values())
-                .zip(anchor.values())
-            {
-                *g += mu * (w - a);
-            }
-        }
-        if let Some(correction) = plan.correction {
-            for (g, c) in grad.values_mut().zip(correction.values()) {
-                *g += c;
-            }
-        }
+        add_strategy_terms(&mut grad, net, plan);
         optimizer.step(net.params_mut(), &grad);
     }
     if net.parameters().check_finite().is_err() {
