@@ -21,6 +21,6 @@ mod update;
 pub use error::CoreError;
 pub use id::ParticipantId;
 pub use params::{ParameterSet, Tensor, varint_len};
-pub use rng::{SeededRng, derive_seed, tag};
+pub use rng::{SeededRng, derive_key, derive_seed, tag};
 pub use time::{Timestamp, duration_from_secs};
 pub use update::{FitStats, Update};

@@ -12,6 +12,21 @@ pub fn derive_seed(base: u64, tags: &[u64]) -> u64 {
     h
 }
 
+/// 256 derived bits: `derive_seed(base, tags ++ [i])` for `i` in 0..4, little
+/// endian. Keys and public seeds of 32 bytes come from here.
+pub fn derive_key(base: u64, tags: &[u64]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let mut path = tags.to_vec();
+    path.push(0);
+    for (i, chunk) in out.chunks_mut(8).enumerate() {
+        if let Some(last) = path.last_mut() {
+            *last = i as u64;
+        }
+        chunk.copy_from_slice(&derive_seed(base, &path).to_le_bytes());
+    }
+    out
+}
+
 /// A stable 64-bit tag for a string (FNV-1a), for use with [`derive_seed`].
 pub fn tag(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -114,6 +129,17 @@ impl SeededRng {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn derive_key_is_four_derived_seeds() {
+        let key = derive_key(42, &[9, 3]);
+        for i in 0..4u64 {
+            let word = derive_seed(42, &[9, 3, i]).to_le_bytes();
+            assert_eq!(&key[8 * i as usize..8 * (i as usize + 1)], &word);
+        }
+        assert_ne!(derive_key(42, &[9, 3]), derive_key(42, &[9, 4]));
+    }
+
     use super::*;
 
     #[test]

@@ -47,7 +47,12 @@ pub mod streams {
     pub const DROPOUT: u64 = 5;
     /// Baseline training.
     pub const BASELINE: u64 = 6;
+    /// Simulated attacks: which sites are malicious, their noise.
+    pub const ATTACK: u64 = 7;
     /// Simulation only: the key of central DP noise (deployment draws a
     /// secret key from the operating system instead).
     pub const DP_NOISE: u64 = 8;
+    /// Secure aggregation: the public neighbour graph of each round (and, in
+    /// simulation only, the participants' secrets).
+    pub const SECAGG: u64 = 9;
 }

@@ -387,6 +387,12 @@ impl Plan {
         Ok(())
     }
 
+    /// Secure aggregation: the public seed of round `round`'s neighbour
+    /// graph, the same in simulation and deployment.
+    pub fn secagg_graph_seed(&self, round: u32) -> [u8; 32] {
+        tessera_core::derive_key(self.seed, &[crate::streams::SECAGG, u64::from(round)])
+    }
+
     /// Secure aggregation: the L2 bound each participant clips its own update
     /// to before masking (the coordinator cannot): the central DP clipping
     /// norm and the robust norm bound, whichever is smaller.

@@ -28,15 +28,19 @@ fn update(values: Vec<f32>, n: u64) -> Update {
     }
 }
 
-fn engine(rounds: u32, budget: Option<f64>) -> RoundEngine {
-    let config = EngineConfig {
+fn config(rounds: u32) -> EngineConfig {
+    EngineConfig {
         rounds,
         fraction: 1.0,
         min_participants: 1,
         quorum: 1,
         deadline: None,
         seed: 7,
-    };
+    }
+}
+
+fn engine(rounds: u32, budget: Option<f64>) -> RoundEngine {
+    let config = config(rounds);
     let strategy = StrategyConfig::default()
         .build(StrategyKind::FedAvg)
         .unwrap();
@@ -158,14 +162,7 @@ fn rounds_past_the_budget_do_not_open() {
 
 #[test]
 fn norm_bounding_and_robust_rules_apply_in_the_engine() {
-    let config = EngineConfig {
-        rounds: 1,
-        fraction: 1.0,
-        min_participants: 1,
-        quorum: 1,
-        deadline: None,
-        seed: 7,
-    };
+    let config = config(1);
     let strategy = StrategyConfig::default()
         .build(StrategyKind::FedAvg)
         .unwrap();

@@ -4,6 +4,7 @@ use std::fmt;
 
 use tessera_core::{SeededRng, Update};
 use tessera_data::Dataset;
+use tessera_engine::streams;
 
 /// What malicious participants do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,14 +82,11 @@ pub struct Attack {
     pub strength: f64,
 }
 
-/// Seed stream of the choice of malicious sites.
-const STREAM_ATTACK: u64 = 7;
-
 impl Attack {
     /// Which of `n_sites` sites are malicious (indices, sorted).
     pub fn choose(&self, n_sites: usize, seed: u64) -> Vec<usize> {
         let mut all: Vec<usize> = (0..n_sites).collect();
-        SeededRng::derived(seed, &[STREAM_ATTACK]).shuffle(&mut all);
+        SeededRng::derived(seed, &[streams::ATTACK]).shuffle(&mut all);
         all.truncate(self.malicious.min(n_sites));
         all.sort_unstable();
         all
@@ -114,7 +112,7 @@ impl Attack {
             AttackKind::Scaling => update.delta.values_mut().for_each(|v| *v *= s),
             AttackKind::GaussianNoise => {
                 let mut rng =
-                    SeededRng::derived(seed, &[STREAM_ATTACK, u64::from(round), site as u64]);
+                    SeededRng::derived(seed, &[streams::ATTACK, u64::from(round), site as u64]);
                 update
                     .delta
                     .values_mut()

@@ -52,11 +52,7 @@ pub struct SimOptions {
 /// and therefore not secret: deployment draws its key from the operating
 /// system.
 pub fn simulation_noise_key(seed: u64) -> [u8; 32] {
-    let mut key = [0u8; 32];
-    for (i, chunk) in key.chunks_mut(8).enumerate() {
-        chunk.copy_from_slice(&derive_seed(seed, &[streams::DP_NOISE, i as u64]).to_le_bytes());
-    }
-    key
+    tessera_core::derive_key(seed, &[streams::DP_NOISE])
 }
 
 /// The initial global model of `plan` on `data`.

@@ -10,23 +10,11 @@
 use std::collections::BTreeMap;
 
 use rayon::prelude::*;
-use tessera_core::{FitStats, ParameterSet, Update, derive_seed};
+use tessera_core::{FitStats, ParameterSet, Update, derive_key};
 use tessera_engine::Plan;
+use tessera_engine::streams;
 use tessera_privacy::clip_to_norm;
 use tessera_secagg::{Client, KeyRing, SecAggError, Server, dequantize_sum};
-
-/// Seed stream of simulated secure-aggregation secrets.
-const STREAM_SECAGG: u64 = 9;
-
-fn bytes32(seed: u64, tags: &[u64]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    for (i, chunk) in out.chunks_mut(8).enumerate() {
-        let mut t = tags.to_vec();
-        t.push(i as u64);
-        chunk.copy_from_slice(&derive_seed(seed, &t).to_le_bytes());
-    }
-    out
-}
 
 /// What a secure round produced.
 pub(crate) struct SecureRound {
@@ -53,7 +41,7 @@ pub(crate) fn secure_round(
 ) -> Result<SecureRound, SecAggError> {
     let config = &plan.secure_aggregation;
     let ids: Vec<u32> = cohort.iter().map(|&s| s as u32).collect();
-    let graph_seed = bytes32(plan.seed, &[STREAM_SECAGG, u64::from(round)]);
+    let graph_seed = plan.secagg_graph_seed(round);
     let params = config.round_params(round, &ids, graph_seed, layout.n_values())?;
     // What each participant does to its own update before masking.
     if let Some(bound) = plan.masked_update_bound() {
@@ -67,9 +55,9 @@ pub(crate) fn secure_round(
     let mut bytes_down = 0u64;
     let mut clients: Vec<(usize, Client)> = Vec::with_capacity(ids.len());
     let secret = |tag: u64, site: usize| {
-        bytes32(
+        derive_key(
             plan.seed,
-            &[STREAM_SECAGG, u64::from(round), site as u64, tag],
+            &[streams::SECAGG, u64::from(round), site as u64, tag],
         )
     };
     for &site in cohort {

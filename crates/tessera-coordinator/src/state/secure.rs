@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tessera_core::{FitStats, ParticipantId, Timestamp, Update, derive_seed};
+use tessera_core::{FitStats, ParticipantId, Timestamp, Update};
 use tessera_proto::pb;
 use tessera_proto::pb::sec_agg_reply::State as Reply;
 use tessera_proto::pb::sec_agg_request::Step;
@@ -17,9 +17,6 @@ use tessera_secagg::{
 };
 
 use super::{Federation, Refusal};
-
-/// Seed stream of the public neighbour graph (as in simulation).
-const STREAM_SECAGG: u64 = 9;
 
 /// A round's secure aggregation in progress.
 pub(super) struct SecureRound {
@@ -34,16 +31,6 @@ pub(super) struct SecureRound {
     sent: BTreeSet<u32>,
     stage_started: Timestamp,
     meta: BTreeMap<u32, (u64, f64, u64)>,
-}
-
-fn graph_seed(seed: u64, round: u32) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    for (i, chunk) in out.chunks_mut(8).enumerate() {
-        chunk.copy_from_slice(
-            &derive_seed(seed, &[STREAM_SECAGG, u64::from(round), i as u64]).to_le_bytes(),
-        );
-    }
-    out
 }
 
 fn shares_to_pb(shares: Vec<(u32, Vec<u8>)>) -> Vec<pb::SecAggShare> {
@@ -86,7 +73,7 @@ impl Federation {
         let made = self
             .plan
             .secure_aggregation
-            .round_params(round, &ids, graph_seed(self.plan.seed, round), dimension)
+            .round_params(round, &ids, self.plan.secagg_graph_seed(round), dimension)
             .and_then(Server::new);
         match made {
             Ok(server) => {
