@@ -131,6 +131,24 @@ pub struct SimulateArgs {
     /// Secure aggregation: shares needed to rebuild a secret (default: neighbours/3 + 1).
     #[arg(long)]
     secagg_threshold: Option<usize>,
+    /// Compression of updates: none, topk:F, randk:F, fp16, q8, q4, q2, or a
+    /// sparsifier then a value coding, as in topk:0.01+q8.
+    #[arg(long)]
+    upload_codec: Option<tessera_compress::Codec>,
+    /// Compression of the model's change sent to participants (same codecs).
+    #[arg(long)]
+    download_codec: Option<tessera_compress::Codec>,
+    /// Compression: do not carry what the codec left out into the next update.
+    #[arg(long)]
+    no_error_feedback: bool,
+    /// Compression: choose each participant's upload codec so that its round
+    /// fits this many seconds at its bandwidth (default ladder: none, q8,
+    /// topk:0.1+q8, topk:0.01+q8, topk:0.001+q8).
+    #[arg(long)]
+    adaptive_target: Option<f64>,
+    /// Simulated bandwidth, bytes per second each way, MIN:MAX (log-uniform per site).
+    #[arg(long, value_parser = parse_range)]
+    bandwidth: Option<tessera_engine::Range>,
     /// Simulated attack: sign_flip, scaling, gaussian or label_flip.
     #[arg(long, requires = "malicious")]
     attack: Option<String>,
@@ -457,6 +475,7 @@ fn ad_hoc_plan(args: &SimulateArgs, data: &Path) -> anyhow::Result<Plan> {
         data: DataConfig {
             path: Some(data.to_path_buf()),
             site_column: Some(site_column.clone()),
+            partition: None,
             sites: Vec::new(),
             schema,
             split: Default::default(),
@@ -471,6 +490,22 @@ fn ad_hoc_plan(args: &SimulateArgs, data: &Path) -> anyhow::Result<Plan> {
         privacy: Default::default(),
         robust: Default::default(),
         secure_aggregation: Default::default(),
+        compression: Default::default(),
+    })
+}
+
+fn parse_range(text: &str) -> Result<tessera_engine::Range, String> {
+    let (min, max) = text
+        .split_once(':')
+        .ok_or_else(|| format!("expected MIN:MAX, got '{text}'"))?;
+    let number = |t: &str| {
+        t.trim()
+            .parse::<f64>()
+            .map_err(|_| format!("'{t}' is not a number"))
+    };
+    Ok(tessera_engine::Range {
+        min: number(min)?,
+        max: number(max)?,
     })
 }
 
@@ -530,6 +565,34 @@ fn apply_overrides(plan: &mut Plan, args: &SimulateArgs) -> anyhow::Result<()> {
     }
     if args.secure_aggregation {
         plan.secure_aggregation.enabled = true;
+    }
+    let compression = &mut plan.compression;
+    if let Some(codec) = args.upload_codec {
+        compression.upload = codec;
+    }
+    if let Some(codec) = args.download_codec {
+        compression.download = codec;
+    }
+    if args.no_error_feedback {
+        compression.error_feedback = false;
+    }
+    if let Some(target) = args.adaptive_target {
+        let mut adaptive =
+            compression
+                .adaptive
+                .take()
+                .unwrap_or(tessera_compress::AdaptiveConfig {
+                    target_round_seconds: target,
+                    ladder: Vec::new(),
+                });
+        adaptive.target_round_seconds = target;
+        if adaptive.ladder.is_empty() {
+            adaptive.ladder = tessera_compress::AdaptiveConfig::default_ladder();
+        }
+        compression.adaptive = Some(adaptive);
+    }
+    if args.bandwidth.is_some() {
+        plan.simulation.bandwidth_bytes_per_second = args.bandwidth;
     }
     if let Some(r) = args.secagg_range {
         plan.secure_aggregation.clip_range = r;

@@ -68,18 +68,19 @@ pub struct AdaptiveConfig {
     /// Seconds a round should take (download, training and upload).
     pub target_round_seconds: f64,
     /// Codecs from least to most compressive.
-    #[serde(default = "default_ladder")]
+    #[serde(default = "AdaptiveConfig::default_ladder")]
     pub ladder: Vec<Codec>,
 }
 
-fn default_ladder() -> Vec<Codec> {
-    ["none", "q8", "topk:0.1+q8", "topk:0.01+q8", "topk:0.001+q8"]
-        .iter()
-        .filter_map(|s| s.parse().ok())
-        .collect()
-}
-
 impl AdaptiveConfig {
+    /// none, q8, topk:0.1+q8, topk:0.01+q8, topk:0.001+q8.
+    pub fn default_ladder() -> Vec<Codec> {
+        ["none", "q8", "topk:0.1+q8", "topk:0.01+q8", "topk:0.001+q8"]
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect()
+    }
+
     /// Checks the target and the ladder's order.
     pub fn validate(&self) -> Result<(), CompressError> {
         let error = |reason: String| CompressError::Spec {

@@ -125,6 +125,46 @@ impl SeededRng {
     pub fn gaussian(&mut self, mean: f64, std_dev: f64) -> f64 {
         mean + std_dev * self.normal()
     }
+
+    /// Gamma with shape `shape` (> 0) and scale 1 (Marsaglia and Tsang 2000;
+    /// shapes below 1 by `Gamma(shape + 1) * U^(1/shape)`).
+    pub fn gamma(&mut self, shape: f64) -> f64 {
+        assert!(shape > 0.0, "gamma needs a positive shape");
+        if shape < 1.0 {
+            let u = 1.0 - self.next_f64(); // in (0, 1]
+            return self.gamma(shape + 1.0) * u.powf(1.0 / shape);
+        }
+        let d = shape - 1.0 / 3.0;
+        let c = 1.0 / (9.0 * d).sqrt();
+        loop {
+            let x = self.normal();
+            let v = (1.0 + c * x).powi(3);
+            if v <= 0.0 {
+                continue;
+            }
+            let u = 1.0 - self.next_f64();
+            if u.ln() < 0.5 * x * x + d - d * v + d * v.ln() {
+                return d * v;
+            }
+        }
+    }
+
+    /// A draw from the symmetric Dirichlet distribution with `k` components
+    /// and concentration `alpha` (normalised gamma draws).
+    pub fn dirichlet(&mut self, k: usize, alpha: f64) -> Vec<f64> {
+        let draws: Vec<f64> = (0..k).map(|_| self.gamma(alpha)).collect();
+        let total: f64 = draws.iter().sum();
+        if total > 0.0 {
+            draws.iter().map(|g| g / total).collect()
+        } else {
+            // Every draw underflowed (tiny alpha): all mass on one component.
+            let mut out = vec![0.0; k];
+            if k > 0 {
+                out[self.below(k as u64) as usize] = 1.0;
+            }
+            out
+        }
+    }
 }
 
 #[cfg(test)]
@@ -176,5 +216,34 @@ mod tests {
             counts.iter().all(|&c| (9_500..10_500).contains(&c)),
             "{counts:?}"
         );
+    }
+
+    /// Gamma(a) has mean a and variance a; Dirichlet components sum to 1
+    /// with mean 1/k.
+    #[test]
+    fn gamma_and_dirichlet_moments() {
+        let mut rng = SeededRng::new(5);
+        for shape in [0.1, 0.5, 1.0, 3.0] {
+            let n = 100_000;
+            let xs: Vec<f64> = (0..n).map(|_| rng.gamma(shape)).collect();
+            let mean = xs.iter().sum::<f64>() / n as f64;
+            let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+            // Standard error of the mean is sqrt(a / n); of the variance about sqrt(6 a^2 ... ) / sqrt(n).
+            assert!(
+                (mean - shape).abs() < 5.0 * (shape / n as f64).sqrt(),
+                "{shape}: mean {mean}"
+            );
+            assert!(
+                (var - shape).abs() < 0.05 * shape + 0.02,
+                "{shape}: var {var}"
+            );
+        }
+        let mut first = 0.0;
+        for _ in 0..20_000 {
+            let p = rng.dirichlet(4, 0.5);
+            assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+            first += p[0] / 20_000.0;
+        }
+        assert!((first - 0.25).abs() < 0.01, "{first}");
     }
 }

@@ -33,4 +33,16 @@ impl Update {
                 .as_ref()
                 .map_or(0, ParameterSet::wire_len)
     }
+
+    /// Bytes the update takes on the wire when its delta travels as
+    /// `delta_bytes` bytes of a compressed encoding (one length-delimited field).
+    pub fn wire_len_compressed(&self, delta_bytes: usize) -> usize {
+        32 + 1
+            + crate::varint_len(delta_bytes as u64)
+            + delta_bytes
+            + self
+                .control_delta
+                .as_ref()
+                .map_or(0, ParameterSet::wire_len)
+    }
 }

@@ -10,8 +10,9 @@ use crate::DataError;
 
 /// Where the data is and how to read it.
 ///
-/// Either `path` + `site_column` (one file, a column names each row's site) or
-/// `sites` (one file per site).
+/// Either `path` + `site_column` (one file, a column names each row's site),
+/// `path` + `partition` (one file without sites, split into synthetic sites),
+/// or `sites` (one file per site). Files ending in `.gz` are gunzipped as read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
@@ -21,6 +22,9 @@ pub struct DataConfig {
     /// With `path`: the column naming each row's site.
     #[serde(default)]
     pub site_column: Option<String>,
+    /// With `path` and no site column: deal the rows out to synthetic sites.
+    #[serde(default)]
+    pub partition: Option<PartitionConfig>,
     /// One file per site.
     #[serde(default)]
     pub sites: Vec<SiteFile>,
@@ -32,6 +36,30 @@ pub struct DataConfig {
     /// Per-site standardisation.
     #[serde(default)]
     pub standardize: StandardizeConfig,
+}
+
+/// Synthetic sites for data that has none: each class's rows are dealt to
+/// the sites in proportions drawn from a symmetric Dirichlet(alpha) (label
+/// skew as in Hsu et al. 2019 and Flower's `DirichletPartitioner`; small
+/// alpha, strong skew). Sites are named `site-01`, `site-02`, ...
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionConfig {
+    /// Number of sites.
+    pub sites: usize,
+    /// Dirichlet concentration.
+    pub alpha: f64,
+    /// Seed of the draw (independent of the run seed).
+    #[serde(default)]
+    pub seed: u64,
+    /// Fewest rows a site may get; the proportions are drawn again until
+    /// every site has this many (at most 1000 draws).
+    #[serde(default = "default_min_rows")]
+    pub min_rows: usize,
+}
+
+fn default_min_rows() -> usize {
+    10
 }
 
 /// One site's file.
@@ -48,7 +76,8 @@ pub struct SiteFile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchemaConfig {
-    /// Whether the first line of each file names the columns.
+    /// Whether the first line of each file names the columns. Without a header
+    /// and without `columns`, columns are named by position: "1", "2", ...
     #[serde(default = "default_true")]
     pub header: bool,
     /// Field separator.
@@ -228,10 +257,18 @@ impl DataConfig {
                 return bad("give either `path` with `site_column` or `sites`, not both");
             }
             (None, true) => return bad("no data: give `path` with `site_column`, or `sites`"),
-            (Some(_), true) if self.site_column.is_none() => {
+            (Some(_), true) if self.site_column.is_none() && self.partition.is_none() => {
                 return bad(
-                    "`path` needs `site_column` naming the column that holds each row's site",
+                    "`path` needs `site_column` naming the column that holds each row's site, or `partition`",
                 );
+            }
+            (Some(_), true) if self.site_column.is_some() && self.partition.is_some() => {
+                return bad(
+                    "give `site_column` (the file names each row's site) or `partition`, not both",
+                );
+            }
+            (None, _) if self.partition.is_some() => {
+                return bad("`partition` deals out the rows of one `path`");
             }
             (None, false) if self.site_column.is_some() => {
                 return bad(
@@ -262,8 +299,16 @@ impl DataConfig {
         if !schema.positive.is_empty() && !schema.negative.is_empty() {
             return bad("give the target's `positive` values or its `negative` values, not both");
         }
-        if !schema.header && schema.columns.is_empty() {
-            return bad("files without a header need `columns` listing every column in order");
+        if let Some(p) = &self.partition {
+            if p.sites == 0 {
+                return bad("partition.sites must be at least 1");
+            }
+            if !(p.alpha > 0.0 && p.alpha.is_finite()) {
+                return Err(DataError::Config(format!(
+                    "partition.alpha must be positive, got {}",
+                    p.alpha
+                )));
+            }
         }
         if !schema.delimiter.is_ascii() {
             return bad("the delimiter must be one ASCII character");
@@ -286,7 +331,10 @@ impl DataConfig {
                 )));
             }
         }
-        if !schema.header && !schema.columns.iter().any(|c| c.name == schema.target) {
+        if !schema.header
+            && !schema.columns.is_empty()
+            && !schema.columns.iter().any(|c| c.name == schema.target)
+        {
             return Err(DataError::Config(format!(
                 "target '{}' is not among the listed columns",
                 schema.target

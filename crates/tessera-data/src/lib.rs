@@ -24,8 +24,8 @@ mod read;
 pub mod synth;
 
 pub use config::{
-    ColumnKind, ColumnSpec, DataConfig, MembershipFile, MissingPolicy, ScaleScope, SchemaConfig,
-    SiteFile, SplitConfig, StandardizeConfig,
+    ColumnKind, ColumnSpec, DataConfig, MembershipFile, MissingPolicy, PartitionConfig, ScaleScope,
+    SchemaConfig, SiteFile, SplitConfig, StandardizeConfig,
 };
 pub use dataset::{Dataset, FeatureStatistics, FederatedData, Scaler, SiteData, SiteSummary, Task};
 pub use error::{DataError, Location};

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::DataError;
-use crate::config::{ColumnKind, DataConfig};
+use crate::config::{ColumnKind, DataConfig, PartitionConfig};
 use crate::levels::canonical_level;
 
 /// Opens files for the loader. The filesystem in production; tests and the
@@ -46,6 +46,23 @@ impl Values {
         match self {
             Values::Numeric(v) => v[row].is_nan(),
             Values::Categorical { codes, .. } => codes[row] == MISSING_CODE,
+        }
+    }
+
+    /// The values at `rows`, in that order (categorical levels: only those used, in order of use).
+    pub(crate) fn select(&self, rows: &[usize]) -> Values {
+        match self {
+            Values::Numeric(v) => Values::Numeric(rows.iter().map(|&r| v[r]).collect()),
+            Values::Categorical { codes, levels } => {
+                let mut builder = CategoricalBuilder::default();
+                for &r in rows {
+                    match levels.get(codes[r] as usize) {
+                        Some(level) => builder.push_level(level),
+                        None => builder.codes.push(MISSING_CODE),
+                    }
+                }
+                builder.finish()
+            }
         }
     }
 
@@ -257,6 +274,9 @@ pub(crate) fn read_sites(
 ) -> Result<Vec<RawSite>, DataError> {
     let mut layout: Option<Vec<FeatureColumn>> = None;
     let mut sites = Vec::new();
+    if let (Some(path), Some(partition)) = (&config.path, &config.partition) {
+        return read_partitioned(config, partition, path, base_dir, source);
+    }
     if let Some(path) = &config.path {
         let site_column = config.site_column.as_deref();
         let mut per_site: BTreeMap<String, SiteBuilder> = BTreeMap::new();
@@ -309,6 +329,17 @@ pub(crate) fn read_site(
     base_dir: &Path,
     source: &dyn FileSource,
 ) -> Result<RawSite, DataError> {
+    if let (Some(plan_path), Some(partition)) = (&config.path, &config.partition) {
+        let file = path.unwrap_or(plan_path);
+        let mut sites = read_partitioned(config, partition, file, base_dir, source)?;
+        let position = sites.iter().position(|s| s.name == site).ok_or_else(|| {
+            DataError::Config(format!(
+                "site '{site}' is not among the partition's {} sites (site-01 ...)",
+                partition.sites
+            ))
+        })?;
+        return Ok(sites.swap_remove(position));
+    }
     let (file, site_column, fixed_site, only_site) = match (&config.path, &config.site_column) {
         (Some(plan_path), Some(column)) => (
             path.unwrap_or(plan_path),
@@ -409,6 +440,11 @@ fn read_file(
                 })
             })
             .collect::<Result<_, _>>()?
+    } else if schema.columns.is_empty() {
+        // No header and no column list: columns are named by position.
+        let names = (1..=first.len()).map(|i| i.to_string()).collect();
+        first_record = Some(first);
+        names
     } else {
         first_record = Some(first);
         schema.columns.iter().map(|c| c.name.clone()).collect()
@@ -513,10 +549,127 @@ fn source_open<'a>(
     full_path: &Path,
     shown_path: &Path,
 ) -> Result<Box<dyn Read + 'a>, DataError> {
-    source.open(full_path).map_err(|e| DataError::Io {
+    let file = source.open(full_path).map_err(|e| DataError::Io {
         path: shown_path.to_path_buf(),
         source: e,
-    })
+    })?;
+    if full_path.extension().is_some_and(|e| e == "gz") {
+        return Ok(Box::new(GunzipErrors {
+            inner: flate2::read::MultiGzDecoder::new(file),
+        }));
+    }
+    Ok(file)
+}
+
+/// Gunzips, saying so when the bytes are not gzip (the CSV reader then names the file).
+struct GunzipErrors<R> {
+    inner: flate2::read::MultiGzDecoder<R>,
+}
+
+impl<R: Read> Read for GunzipErrors<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner
+            .read(buf)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("not valid gzip data: {e}")))
+    }
+}
+
+/// Reads one file of rows without sites and deals them out by
+/// [`PartitionConfig`]: per class, Dirichlet(alpha) shares of its shuffled rows.
+fn read_partitioned(
+    config: &DataConfig,
+    partition: &PartitionConfig,
+    path: &Path,
+    base_dir: &Path,
+    source: &dyn FileSource,
+) -> Result<Vec<RawSite>, DataError> {
+    const ALL: &str = "";
+    let mut layout = None;
+    let mut per_site: BTreeMap<String, SiteBuilder> = BTreeMap::new();
+    read_file(
+        config,
+        source,
+        &base_dir.join(path),
+        path,
+        None,
+        Some(ALL),
+        None,
+        &mut layout,
+        &mut per_site,
+    )?;
+    let columns = layout.unwrap_or_default();
+    let all = per_site
+        .remove(ALL)
+        .ok_or_else(|| DataError::at(path, None, None, "no data rows"))?
+        .finish(String::new(), path.to_path_buf(), &columns);
+    let assignment = dirichlet_partition(&all.target, partition)
+        .map_err(|m| DataError::at(path, None, None, format!("partition: {m}")))?;
+    let width = partition.sites.to_string().len().max(2);
+    Ok(assignment
+        .iter()
+        .enumerate()
+        .map(|(i, rows)| RawSite {
+            name: format!("site-{:0width$}", i + 1),
+            file: path.to_path_buf(),
+            columns: columns.clone(),
+            lines: rows.iter().map(|&r| all.lines[r]).collect(),
+            row_in_file: rows.iter().map(|&r| all.row_in_file[r]).collect(),
+            features: all.features.iter().map(|f| f.select(rows)).collect(),
+            target: rows.iter().map(|&r| all.target[r]).collect(),
+            target_levels: all.target_levels.clone(),
+        })
+        .collect())
+}
+
+/// Each site's rows (ascending) under a Dirichlet label-skew partition of
+/// rows with class codes `labels`.
+pub(crate) fn dirichlet_partition(
+    labels: &[u32],
+    partition: &PartitionConfig,
+) -> Result<Vec<Vec<usize>>, String> {
+    let k = partition.sites;
+    if labels.len() < k.saturating_mul(partition.min_rows) {
+        return Err(format!(
+            "{} rows cannot give {k} sites {} rows each",
+            labels.len(),
+            partition.min_rows
+        ));
+    }
+    let mut by_class: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (row, &label) in labels.iter().enumerate() {
+        by_class.entry(label).or_default().push(row);
+    }
+    let mut rng = tessera_core::SeededRng::new(partition.seed);
+    for _ in 0..1000 {
+        let mut sites: Vec<Vec<usize>> = vec![Vec::new(); k];
+        for rows in by_class.values() {
+            let mut rows = rows.clone();
+            rng.shuffle(&mut rows);
+            let shares = rng.dirichlet(k, partition.alpha);
+            let mut cumulative = 0.0;
+            let mut start = 0usize;
+            for (site, share) in shares.iter().enumerate() {
+                cumulative += share;
+                let end = if site + 1 == k {
+                    rows.len()
+                } else {
+                    ((cumulative * rows.len() as f64) as usize).min(rows.len())
+                };
+                sites[site].extend_from_slice(&rows[start..end.max(start)]);
+                start = end.max(start);
+            }
+        }
+        if sites.iter().all(|s| s.len() >= partition.min_rows) {
+            for s in &mut sites {
+                s.sort_unstable();
+            }
+            return Ok(sites);
+        }
+    }
+    Err(format!(
+        "1000 draws at alpha {} never gave each of the {k} sites {} rows; lower min_rows or raise alpha",
+        partition.alpha, partition.min_rows
+    ))
 }
 
 fn csv_error(path: &Path, error: &csv::Error) -> DataError {

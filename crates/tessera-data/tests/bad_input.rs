@@ -34,6 +34,7 @@ fn one_file(target: &str) -> DataConfig {
     DataConfig {
         path: Some("d.csv".into()),
         site_column: Some("site".into()),
+        partition: None,
         sites: Vec::new(),
         schema: SchemaConfig::inferred(target),
         split: Default::default(),

@@ -55,4 +55,9 @@ pub mod streams {
     /// Secure aggregation: the public neighbour graph of each round (and, in
     /// simulation only, the participants' secrets).
     pub const SECAGG: u64 = 9;
+    /// Update compression: stochastic rounding per round and site; random-k
+    /// coordinates per round and site, or per round when shared (secure aggregation).
+    pub const COMPRESS: u64 = 10;
+    /// Model compression downstream, per round.
+    pub const COMPRESS_DOWN: u64 = 11;
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tessera_aggregate::{RobustConfig, Strategy, StrategyConfig, StrategyKind};
+use tessera_core::derive_seed;
 use tessera_data::DataConfig;
 use tessera_learn::{ModelConfig, OptimizerKind, TrainingConfig};
 use tessera_privacy::{CentralDp, Ledger, PrivacyConfig};
@@ -74,6 +75,9 @@ pub struct Plan {
     /// Secure aggregation (`[secure_aggregation]`): off by default.
     #[serde(default)]
     pub secure_aggregation: tessera_secagg::SecureAggregationConfig,
+    /// Update and model compression (`[compression]`): none by default.
+    #[serde(default)]
+    pub compression: tessera_compress::CompressionConfig,
 }
 
 /// How rounds run.
@@ -191,6 +195,10 @@ pub struct SimulationConfig {
     /// Probability that a participant drops out of a round.
     #[serde(default)]
     pub dropout: f64,
+    /// Network bandwidth, bytes per virtual second, each way; without it
+    /// transfers take no time (only latency).
+    #[serde(default)]
+    pub bandwidth_bytes_per_second: Option<Range>,
 }
 
 impl Default for SimulationConfig {
@@ -199,6 +207,7 @@ impl Default for SimulationConfig {
             examples_per_second: default_speed(),
             latency_seconds: default_latency(),
             dropout: 0.0,
+            bandwidth_bytes_per_second: None,
         }
     }
 }
@@ -283,6 +292,14 @@ impl Plan {
                     r.min, r.max
                 ));
             }
+        }
+        if let Some(r) = s.bandwidth_bytes_per_second
+            && !(r.min.is_finite() && r.max.is_finite() && r.min >= 1.0 && r.min <= r.max)
+        {
+            return invalid(format!(
+                "simulation.bandwidth_bytes_per_second: need 1 <= min <= max, got {} and {}",
+                r.min, r.max
+            ));
         }
         if s.examples_per_second.min < 1e-3 {
             return invalid(format!(
@@ -378,6 +395,37 @@ impl Plan {
                 );
             }
         }
+        let compression = &self.compression;
+        compression
+            .validate()
+            .map_err(|e| PlanError::Invalid(format!("compression: {e}")))?;
+        if compression.is_active() && f.mode == Mode::Async {
+            return invalid(
+                "compression is implemented for synchronous rounds; use mode = \"sync\" or \
+                 remove [compression]"
+                    .into(),
+            );
+        }
+        if secagg.enabled {
+            if compression.adaptive.is_some() {
+                return invalid(
+                    "compression.adaptive gives participants different codecs, but secure \
+                     aggregation needs every masked vector alike; use one upload codec"
+                        .into(),
+                );
+            }
+            let up = compression.upload;
+            if matches!(up.sparsifier, Some(tessera_compress::Sparsifier::TopK(_)))
+                || up.values != tessera_compress::Values::F32
+            {
+                return invalid(format!(
+                    "upload codec '{up}' cannot be summed under secure aggregation: top-k picks \
+                     different coordinates at each participant and fp16 or qN values cannot be \
+                     masked. Use randk:F (coordinates from a shared round seed, quantised into \
+                     the masking ring with secure_aggregation.clip_range) or none"
+                ));
+            }
+        }
         if f.mode == Mode::Async && self.robust.rule.needs_all_updates() {
             return invalid(format!(
                 "robust rule '{}' needs synchronous rounds; use mode = \"sync\"",
@@ -385,6 +433,12 @@ impl Plan {
             ));
         }
         Ok(())
+    }
+
+    /// Compression under secure aggregation: the seed from which every
+    /// participant of `round` picks the same random-k coordinates.
+    pub fn shared_codec_seed(&self, round: u32) -> u64 {
+        derive_seed(self.seed, &[crate::streams::COMPRESS, u64::from(round)])
     }
 
     /// Secure aggregation: the public seed of round `round`'s neighbour

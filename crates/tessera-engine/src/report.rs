@@ -44,6 +44,9 @@ pub struct RoundRecord {
     pub bytes_up: u64,
     /// Bytes sent to participants this round.
     pub bytes_down: u64,
+    /// Bytes each site sent and received this round, and its upload codec.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub traffic: BTreeMap<String, SiteTraffic>,
     /// Sites whose local training failed this round (they left the round), with why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub site_errors: Vec<String>,
@@ -53,6 +56,18 @@ pub struct RoundRecord {
     /// With central DP: the clipping norm this round used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_norm: Option<f64>,
+}
+
+/// One site's traffic in one round.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SiteTraffic {
+    /// Bytes the site sent (update, protocol messages, evaluation).
+    pub up: u64,
+    /// Bytes the site received (task and model).
+    pub down: u64,
+    /// The codec of its update, when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codec: Option<String>,
 }
 
 /// How one site's test rows were predicted.
@@ -262,6 +277,7 @@ pub fn round_record(
         virtual_time: outcome.closed_at.as_secs_f64(),
         bytes_up,
         bytes_down,
+        traffic: BTreeMap::new(),
         site_errors: Vec::new(),
         epsilon: outcome.privacy.as_ref().map(|(_, e)| e.run_epsilon),
         clip_norm: outcome.privacy.as_ref().map(|(r, _)| r.clip_norm),

@@ -1,5 +1,6 @@
 //! The participant's side of a round.
 
+use tessera_compress::{Codec, ErrorFeedback};
 use tessera_core::{ParameterSet, ParticipantId, SeededRng, Update, tag};
 use tessera_data::Dataset;
 use tessera_learn::{Evaluation, Learner, LocalDp, LocalPlan, TrainingConfig};
@@ -23,6 +24,8 @@ pub struct Site {
     local_dp: Option<(PrivacyConfig, u32, [u8; 32])>,
     /// The DP event of the last local training.
     last_event: Option<DpEvent>,
+    /// Error feedback: what earlier compressed updates left out.
+    feedback: Option<ErrorFeedback>,
 }
 
 impl Site {
@@ -42,7 +45,42 @@ impl Site {
             pending_control: None,
             local_dp: None,
             last_event: None,
+            feedback: None,
         }
+    }
+
+    /// Keeps what a compressed update leaves out and adds it to the next one.
+    pub fn with_error_feedback(mut self) -> Self {
+        self.feedback = Some(ErrorFeedback::new());
+        self
+    }
+
+    /// Compresses `update`'s delta with `codec` for `round`: returns the
+    /// bytes that travel and leaves in `update` what the coordinator will
+    /// decode from them. `shared_seed` makes random-k pick the coordinates
+    /// every participant of the round picks (secure aggregation).
+    pub fn encode_update(
+        &mut self,
+        update: &mut Update,
+        codec: &Codec,
+        round: u32,
+        shared_seed: Option<u64>,
+    ) -> Vec<u8> {
+        let mut rng = SeededRng::derived(
+            self.seed,
+            &[streams::COMPRESS, u64::from(round), tag(self.id.as_str())],
+        );
+        let values: Vec<f32> = update.delta.values().collect();
+        let seed = shared_seed.unwrap_or_else(|| rng.next_u64());
+        let mut encode = |v: &[f32]| codec.encode_with_seed(v, seed, &mut rng);
+        let encoded = match self.feedback.as_mut() {
+            Some(feedback) => feedback.encode_with(&values, &mut encode),
+            None => encode(&values),
+        };
+        for (d, v) in update.delta.values_mut().zip(&encoded.decoded) {
+            *d = *v;
+        }
+        encoded.bytes
     }
 
     /// Trains with DP-SGD (the plan's `[privacy]` in `local` mode) over a
@@ -147,6 +185,11 @@ impl Site {
             control_delta,
             stats,
         })
+    }
+
+    /// The norm of the error-feedback residual (0 without error feedback).
+    pub fn residual_norm(&self) -> f64 {
+        self.feedback.as_ref().map_or(0.0, ErrorFeedback::norm)
     }
 
     /// Tells the site how its last update fared: only an update that counted

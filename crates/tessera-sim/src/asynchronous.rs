@@ -210,6 +210,7 @@ pub(crate) fn run_async(
             virtual_time: now.as_secs_f64(),
             bytes_up: std::mem::take(&mut bytes_up),
             bytes_down: std::mem::take(&mut bytes_down),
+            traffic: Default::default(),
             site_errors: std::mem::take(&mut site_errors),
             epsilon: None,
             clip_norm: None,

@@ -15,6 +15,8 @@ pub struct Profile {
     pub latency_seconds: f64,
     /// Chance of dropping out of a round.
     pub dropout: f64,
+    /// Bytes per virtual second each way; `None`: transfers take no time.
+    pub bandwidth: Option<f64>,
 }
 
 fn draw(rng: &mut SeededRng, range: Range) -> f64 {
@@ -36,7 +38,16 @@ impl Profile {
             examples_per_second: draw(&mut rng, config.examples_per_second),
             latency_seconds: draw(&mut rng, config.latency_seconds),
             dropout: config.dropout,
+            bandwidth: config
+                .bandwidth_bytes_per_second
+                .map(|range| draw(&mut rng, range)),
         }
+    }
+
+    /// Virtual time to move `bytes` over the site's link.
+    pub fn transfer_time(&self, bytes: u64) -> Duration {
+        self.bandwidth
+            .map_or(Duration::ZERO, |b| duration_from_secs(bytes as f64 / b))
     }
 
     /// Virtual time to process `examples` training examples.

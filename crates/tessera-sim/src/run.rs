@@ -1,11 +1,12 @@
 //! Driving the round engine with in-process participants on a virtual clock.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use rayon::prelude::*;
-use tessera_core::{ParticipantId, Timestamp, derive_seed};
+use tessera_compress::Codec;
+use tessera_core::{ParameterSet, ParticipantId, Timestamp, derive_seed};
 use tessera_data::FederatedData;
 use tessera_engine::{
     EngineConfig, EngineError, Mode, Plan, PlanError, RoundEngine, RoundStatus, Site,
@@ -16,8 +17,8 @@ use thiserror::Error;
 use crate::baselines::run_baselines;
 use crate::profile::Profile;
 use tessera_engine::report::{
-    Communication, PrivacyReport, RobustnessReport, RoundRecord, RunReport, Timing, final_metrics,
-    round_record,
+    Communication, PrivacyReport, RobustnessReport, RoundRecord, RunReport, SiteTraffic, Timing,
+    final_metrics, round_record,
 };
 use tessera_engine::streams;
 
@@ -221,6 +222,9 @@ fn run_sync(
     let index: BTreeMap<&ParticipantId, usize> =
         ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
     let local_dp = plan.privacy.mode == tessera_privacy::PrivacyMode::Local;
+    let compression = &plan.compression;
+    let uses_feedback =
+        compression.error_feedback && compression.upload_codecs().iter().any(|c| !c.is_identity());
     let sites: Vec<Mutex<Site>> = ids
         .iter()
         .map(|id| {
@@ -230,6 +234,11 @@ fn run_sync(
                 training.clone(),
                 plan.seed,
             );
+            let site = if uses_feedback {
+                site.with_error_feedback()
+            } else {
+                site
+            };
             Mutex::new(if local_dp {
                 let key =
                     simulation_noise_key(derive_seed(plan.seed, &[tessera_core::tag(id.as_str())]));
@@ -284,23 +293,48 @@ fn run_sync(
     let mut records = Vec::new();
     let mut bytes_up_per_site = vec![0u64; ids.len()];
     let mut last_evaluations = Vec::new();
+    // With a download codec: the model every site holds (each round's model
+    // reaches them compressed, once, for evaluation and the next round).
+    let compress_down = !compression.download.is_identity();
+    let mut replica: Option<Arc<ParameterSet>> = None;
+    let n_values = initial.parameters().n_values();
     while !engine.is_finished() {
         let wall = Instant::now();
-        let start = engine.begin_round(now)?;
+        let mut start = engine.begin_round(now)?;
+        let control_bytes = start
+            .task
+            .instructions
+            .server_control
+            .as_ref()
+            .map_or(0, |c| c.wire_len() as u64);
+        let model_bytes = if compress_down {
+            match &replica {
+                // The sites hold it since the last round's evaluation.
+                Some(held) => {
+                    start.task.global = held.clone();
+                    0
+                }
+                None => {
+                    replica = Some(start.task.global.clone());
+                    start.task.global.wire_len() as u64
+                }
+            }
+        } else {
+            start.task.global.wire_len() as u64
+        };
         let task = &start.task;
         let round = task.round;
-        let task_bytes = 32
-            + task.global.wire_len() as u64
-            + task
-                .instructions
-                .server_control
-                .as_ref()
-                .map_or(0, |c| c.wire_len() as u64);
+        let task_bytes = 32 + model_bytes + control_bytes;
         let mut bytes_down = task_bytes * start.cohort.len() as u64;
         let mut bytes_up = 0u64;
+        let mut traffic: BTreeMap<String, SiteTraffic> = BTreeMap::new();
+        for id in &start.cohort {
+            traffic.entry(id.to_string()).or_default().down += task_bytes;
+        }
         let mut site_errors = Vec::new();
 
         // Arrival (or dropout) times are known before any training.
+        let mut codecs = vec![Codec::NONE; ids.len()];
         let mut events = Vec::with_capacity(start.cohort.len());
         for id in &start.cohort {
             let site = index[id];
@@ -313,7 +347,22 @@ fn run_sync(
                 Schedule::Epochs(epochs) => epochs.saturating_mul(n_rows as u64),
             };
             let compute = profile.compute_time(examples);
-            let received = now.plus(profile.latency());
+            let received = now
+                .plus(profile.latency())
+                .plus(profile.transfer_time(task_bytes));
+            // The upload codec: the plan's, or the ladder's choice for this
+            // site's bandwidth and what is left of the target round time.
+            let codec = match &compression.adaptive {
+                Some(adaptive) => {
+                    let spent = received.since(now) + compute + profile.latency();
+                    let left = adaptive.target_round_seconds - spent.as_secs_f64();
+                    let ladder = adaptive.ladder();
+                    ladder.get(ladder.choose(n_values, profile.bandwidth, left))
+                }
+                None => compression.upload,
+            };
+            codecs[site] = codec;
+            let upload = profile.transfer_time(32 + codec.max_encoded_len(n_values) as u64);
             let event = match profile.drops_out(plan.seed, round, id.as_str()) {
                 Some(share) => Event {
                     at: received
@@ -323,7 +372,7 @@ fn run_sync(
                     dropout: true,
                 },
                 None => Event {
-                    at: received.plus(compute).plus(profile.latency()),
+                    at: received.plus(compute).plus(profile.latency()).plus(upload),
                     site,
                     dropout: false,
                 },
@@ -371,11 +420,27 @@ fn run_sync(
                         {
                             a.corrupt(&mut update, plan.seed, round, event.site);
                         }
+                        let codec = codecs[event.site];
+                        let entry = traffic.entry(id.to_string()).or_default();
+                        let encoded = (!codec.is_identity()).then(|| {
+                            entry.codec = Some(codec.to_string());
+                            let shared = secure.then(|| plan.shared_codec_seed(round));
+                            lock(&sites[event.site]).encode_update(
+                                &mut update,
+                                &codec,
+                                round,
+                                shared,
+                            )
+                        });
                         if secure {
                             secure_updates.insert(event.site, update);
                             continue;
                         }
-                        let size = update.wire_len() as u64;
+                        let size = match &encoded {
+                            Some(bytes) => update.wire_len_compressed(bytes.len()),
+                            None => update.wire_len(),
+                        } as u64;
+                        entry.up += size;
                         bytes_up += size;
                         bytes_up_per_site[event.site] += size;
                         // A rejection is recorded by the engine and reported in the outcome.
@@ -406,8 +471,12 @@ fn run_sync(
                     for (&site, &size) in &result.bytes_up {
                         bytes_up += size;
                         bytes_up_per_site[site] += size;
+                        traffic.entry(ids[site].to_string()).or_default().up += size;
                     }
-                    bytes_down += result.bytes_down;
+                    for (&site, &size) in &result.bytes_down {
+                        bytes_down += size;
+                        traffic.entry(ids[site].to_string()).or_default().down += size;
+                    }
                     let survivors: Vec<ParticipantId> =
                         result.survivors.iter().map(|&s| ids[s].clone()).collect();
                     // A rejection is recorded by the engine and reported in the outcome.
@@ -439,8 +508,28 @@ fn run_sync(
             lock(&sites[index[id]]).round_closed(counted);
         }
 
-        // Federated evaluation of the new global model at every site.
-        let global = engine.global().clone();
+        // Federated evaluation of the new global model at every site (with a
+        // download codec: of the model as the sites receive it).
+        let mut global = engine.global().clone();
+        let mut model_down = 32 + global.wire_len() as u64;
+        if let Some(held) = replica.as_mut() {
+            let change = global
+                .sub(held)
+                .map_err(|e| EngineError::State(format!("download codec: {e}")))?;
+            let mut rng = tessera_core::SeededRng::derived(
+                plan.seed,
+                &[streams::COMPRESS_DOWN, u64::from(round)],
+            );
+            let (bytes, decoded) =
+                tessera_compress::encode_set(&compression.download, &change, None, &mut rng);
+            let mut next = held.as_ref().clone();
+            next.add_scaled(&decoded, 1.0)
+                .map_err(|e| EngineError::State(format!("download codec: {e}")))?;
+            *held = Arc::new(next);
+            global = held.clone();
+            model_down =
+                (32 + 1 + tessera_core::varint_len(bytes.len() as u64) + bytes.len()) as u64;
+        }
         let evaluations: Vec<Evaluation> = sites
             .par_iter()
             .zip(&data.sites)
@@ -448,11 +537,14 @@ fn run_sync(
             .collect::<Vec<_>>()
             .into_iter() // the first failure in site order, whatever the threads
             .collect::<Result<_, _>>()?;
-        bytes_down += (32 + global.wire_len() as u64) * sites.len() as u64;
+        bytes_down += model_down * sites.len() as u64;
         for (site, e) in evaluations.iter().enumerate() {
             let size = e.wire_len() as u64;
             bytes_up += size;
             bytes_up_per_site[site] += size;
+            let entry = traffic.entry(ids[site].to_string()).or_default();
+            entry.up += size;
+            entry.down += model_down;
         }
         let mut record = round_record(
             &outcome,
@@ -463,6 +555,7 @@ fn run_sync(
         );
         site_errors.sort();
         record.site_errors = site_errors;
+        record.traffic = traffic;
         observer(&record);
         records.push(record);
         last_evaluations = evaluations;

@@ -24,8 +24,8 @@ pub(crate) struct SecureRound {
     pub survivors: Vec<usize>,
     /// Protocol bytes each site sent (keys, shares, masked input, unmasking).
     pub bytes_up: BTreeMap<usize, u64>,
-    /// Protocol bytes the server relayed down.
-    pub bytes_down: u64,
+    /// Protocol bytes the server relayed down to each site.
+    pub bytes_down: BTreeMap<usize, u64>,
 }
 
 /// Runs one SecAgg+ round for `cohort` (site indices) where `updates` holds
@@ -42,7 +42,18 @@ pub(crate) fn secure_round(
     let config = &plan.secure_aggregation;
     let ids: Vec<u32> = cohort.iter().map(|&s| s as u32).collect();
     let graph_seed = plan.secagg_graph_seed(round);
-    let params = config.round_params(round, &ids, graph_seed, layout.n_values())?;
+    // With a random-k upload codec, every participant masks the same k
+    // coordinates, chosen from the round's shared seed.
+    let codec = plan.compression.upload;
+    let kept: Option<Vec<usize>> = (!codec.is_identity()).then(|| {
+        tessera_compress::random_k_indices(
+            layout.n_values(),
+            codec.kept(layout.n_values()),
+            plan.shared_codec_seed(round),
+        )
+    });
+    let length = kept.as_ref().map_or(layout.n_values(), Vec::len);
+    let params = config.round_params(round, &ids, graph_seed, length)?;
     // What each participant does to its own update before masking.
     if let Some(bound) = plan.masked_update_bound() {
         for update in updates.values_mut() {
@@ -52,7 +63,7 @@ pub(crate) fn secure_round(
 
     let mut server = Server::new(params.clone())?;
     let mut bytes_up: BTreeMap<usize, u64> = BTreeMap::new();
-    let mut bytes_down = 0u64;
+    let mut bytes_down: BTreeMap<usize, u64> = BTreeMap::new();
     let mut clients: Vec<(usize, Client)> = Vec::with_capacity(ids.len());
     let secret = |tag: u64, site: usize| {
         derive_key(
@@ -76,14 +87,28 @@ pub(crate) fn secure_round(
     for ((site, _), shares) in clients.iter().zip(shared) {
         let size: u64 = shares.shares.iter().map(|(_, c)| 4 + c.len() as u64).sum();
         *bytes_up.entry(*site).or_default() += size;
-        bytes_down += size + 68 * params.neighbours as u64;
+        // Each neighbour's keys come down to the site before it shares.
+        *bytes_down.entry(*site).or_default() += 68 * params.neighbours as u64;
         server.receive_shares(shares)?;
+    }
+    // The shares addressed to each site come down to it.
+    for &site in updates.keys() {
+        let size: u64 = server
+            .shares_for(site as u32)
+            .iter()
+            .map(|(_, c)| 4 + c.len() as u64)
+            .sum();
+        *bytes_down.entry(site).or_default() += size;
     }
     let masked: Vec<_> = clients
         .par_iter_mut()
         .filter_map(|(site, client)| {
             let update = updates.get(site)?;
-            let input: Vec<f32> = update.delta.values().collect();
+            let values: Vec<f32> = update.delta.values().collect();
+            let input: Vec<f32> = match &kept {
+                Some(ix) => ix.iter().map(|&i| values[i]).collect(),
+                None => values,
+            };
             Some(client.masked_input(&server.shares_for(*site as u32), &input))
         })
         .collect::<Result<_, _>>()?;
@@ -92,8 +117,10 @@ pub(crate) fn secure_round(
         server.receive_masked(m)?;
     }
     let request = server.unmask_request();
-    bytes_down +=
-        4 * (request.survivors.len() + request.dropped.len()) as u64 * updates.len() as u64;
+    for &site in updates.keys() {
+        *bytes_down.entry(site).or_default() +=
+            4 * (request.survivors.len() + request.dropped.len()) as u64;
+    }
     let responses: Vec<_> = clients
         .par_iter_mut()
         .filter(|(site, _)| updates.contains_key(site))
@@ -113,10 +140,20 @@ pub(crate) fn secure_round(
     for (site, client) in clients {
         rings[site] = Some(client.into_keys(secret(4, site)));
     }
-    let values: Vec<f32> = dequantize_sum(&sum, count, &params)
+    let summed: Vec<f32> = dequantize_sum(&sum, count, &params)
         .into_iter()
         .map(|v| v as f32)
         .collect();
+    let values = match &kept {
+        Some(ix) => {
+            let mut dense = vec![0.0f32; layout.n_values()];
+            for (&i, &v) in ix.iter().zip(&summed) {
+                dense[i] = v;
+            }
+            dense
+        }
+        None => summed,
+    };
     let delta = layout
         .with_values(&values)
         .map_err(|e| SecAggError::Config(e.to_string()))?;

@@ -110,6 +110,7 @@ impl Federation {
                     virtual_time: now.as_secs_f64(),
                     bytes_up: 0,
                     bytes_down: 0,
+                    traffic: Default::default(),
                     site_errors: Vec::new(),
                     epsilon: None,
                     clip_norm: None,
