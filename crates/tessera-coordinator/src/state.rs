@@ -122,6 +122,8 @@ pub struct Federation {
     bytes_up: u64,
     bytes_down: u64,
     bytes_up_per_site: BTreeMap<String, u64>,
+    /// Of `bytes_up`, the updates' bytes.
+    update_bytes_up: u64,
     started: Instant,
     version: u64,
     /// Central DP: the run's secret noise key (drawn from the operating
@@ -208,6 +210,7 @@ impl Federation {
             bytes_up: 0,
             bytes_down: 0,
             bytes_up_per_site: BTreeMap::new(),
+            update_bytes_up: 0,
             started: Instant::now(),
             version: 0,
             noise_key,
@@ -1366,6 +1369,7 @@ impl Federation {
                 bytes_up: self.bytes_up,
                 bytes_down: self.bytes_down,
                 bytes_up_per_site: self.bytes_up_per_site.clone(),
+                update_bytes_up: self.update_bytes_up,
             },
             privacy: match &self.local_ledger {
                 Some(ledger) => Some(tessera_engine::report::PrivacyReport::local(

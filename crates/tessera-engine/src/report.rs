@@ -65,6 +65,9 @@ pub struct SiteTraffic {
     pub up: u64,
     /// Bytes the site received (task and model).
     pub down: u64,
+    /// Of `up`, its update alone.
+    #[serde(default)]
+    pub update: u64,
     /// The codec of its update, when it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub codec: Option<String>,
@@ -168,6 +171,9 @@ pub struct Communication {
     pub bytes_down: u64,
     /// Sent by each participant.
     pub bytes_up_per_site: BTreeMap<String, u64>,
+    /// Of `bytes_up`, the updates alone (their codec's bytes and envelope).
+    #[serde(default)]
+    pub update_bytes_up: u64,
 }
 
 /// Everything a run produced (simulated or deployed).

@@ -123,6 +123,11 @@ pub fn simulate(
             .map(|n| n.to_string())
             .zip(bytes_up_per_site)
             .collect(),
+        update_bytes_up: records
+            .iter()
+            .flat_map(|r| r.traffic.values())
+            .map(|t| t.update)
+            .sum(),
     };
     let virtual_seconds_to_target = options.target_accuracy.and_then(|target| {
         records
@@ -441,6 +446,7 @@ fn run_sync(
                             None => update.wire_len(),
                         } as u64;
                         entry.up += size;
+                        entry.update += size;
                         bytes_up += size;
                         bytes_up_per_site[event.site] += size;
                         // A rejection is recorded by the engine and reported in the outcome.
@@ -472,6 +478,9 @@ fn run_sync(
                         bytes_up += size;
                         bytes_up_per_site[site] += size;
                         traffic.entry(ids[site].to_string()).or_default().up += size;
+                    }
+                    for (&site, &size) in &result.masked_bytes {
+                        traffic.entry(ids[site].to_string()).or_default().update += size;
                     }
                     for (&site, &size) in &result.bytes_down {
                         bytes_down += size;

@@ -24,6 +24,8 @@ pub(crate) struct SecureRound {
     pub survivors: Vec<usize>,
     /// Protocol bytes each site sent (keys, shares, masked input, unmasking).
     pub bytes_up: BTreeMap<usize, u64>,
+    /// Of `bytes_up`, each site's masked input (its update).
+    pub masked_bytes: BTreeMap<usize, u64>,
     /// Protocol bytes the server relayed down to each site.
     pub bytes_down: BTreeMap<usize, u64>,
 }
@@ -112,8 +114,11 @@ pub(crate) fn secure_round(
             Some(client.masked_input(&server.shares_for(*site as u32), &input))
         })
         .collect::<Result<_, _>>()?;
+    let mut masked_bytes = BTreeMap::new();
     for m in masked {
-        *bytes_up.entry(m.from as usize).or_default() += 4 * m.values.len() as u64 + 8;
+        let size = 4 * m.values.len() as u64 + 8;
+        *bytes_up.entry(m.from as usize).or_default() += size;
+        masked_bytes.insert(m.from as usize, size);
         server.receive_masked(m)?;
     }
     let request = server.unmask_request();
@@ -176,6 +181,7 @@ pub(crate) fn secure_round(
         },
         survivors,
         bytes_up,
+        masked_bytes,
         bytes_down,
     })
 }
