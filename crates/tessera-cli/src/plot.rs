@@ -1,4 +1,5 @@
-//! The accuracy-per-round plot, federated against the baselines.
+//! The accuracy-per-round plot, federated against the baselines, and below
+//! it each round's bytes per participant (least, mean and most up; mean down).
 
 use std::path::Path;
 
@@ -14,7 +15,54 @@ const COLOURS: [RGBColor; 5] = [
     RGBColor(148, 103, 189),
 ];
 
-/// Writes an SVG of accuracy per round.
+fn human_bytes(v: f64) -> String {
+    match v {
+        v if v >= 1e9 => format!("{:.3} GB", v / 1e9),
+        v if v >= 1e6 => format!("{:.3} MB", v / 1e6),
+        v if v >= 1e3 => format!("{:.3} kB", v / 1e3),
+        v => format!("{v:.0} B"),
+    }
+}
+
+/// Per round: the least, mean and most bytes a participant sent, and the
+/// mean it received (from the per-site traffic; the round totals over the
+/// sites when that is missing).
+fn traffic_lines(report: &RunReport) -> Vec<(String, Vec<(u32, f64)>)> {
+    let mut up_min = Vec::new();
+    let mut up_mean = Vec::new();
+    let mut up_max = Vec::new();
+    let mut down_mean = Vec::new();
+    let sites = report.data.len().max(1) as f64;
+    for r in &report.rounds {
+        let x = r.round;
+        if r.traffic.is_empty() {
+            up_mean.push((x, r.bytes_up as f64 / sites));
+            down_mean.push((x, r.bytes_down as f64 / sites));
+            continue;
+        }
+        let ups: Vec<f64> = r.traffic.values().map(|t| t.up as f64).collect();
+        let n = ups.len() as f64;
+        up_min.push((x, ups.iter().copied().fold(f64::INFINITY, f64::min)));
+        up_max.push((x, ups.iter().copied().fold(0.0, f64::max)));
+        up_mean.push((x, ups.iter().sum::<f64>() / n));
+        down_mean.push((
+            x,
+            r.traffic.values().map(|t| t.down as f64).sum::<f64>() / n,
+        ));
+    }
+    [
+        ("up, mean per participant", up_mean),
+        ("up, least", up_min),
+        ("up, most", up_max),
+        ("down, mean per participant", down_mean),
+    ]
+    .into_iter()
+    .filter(|(_, l)| !l.is_empty())
+    .map(|(n, l)| (n.to_string(), l))
+    .collect()
+}
+
+/// Writes an SVG of accuracy per round, and traffic per round below it.
 pub fn write_plot(report: &RunReport, path: &Path) -> anyhow::Result<()> {
     let rounds = report.rounds.len().max(1) as u32;
     let mut lines: Vec<(String, Vec<(u32, f64)>)> = vec![
@@ -54,13 +102,14 @@ pub fn write_plot(report: &RunReport, path: &Path) -> anyhow::Result<()> {
     let low = (low - 0.05).max(0.0);
     let high = (high + 0.05).min(1.0).max(low + 0.1);
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
-        let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+        let root = SVGBackend::new(path, (800, 760)).into_drawing_area();
         root.fill(&WHITE)?;
+        let (top, bottom) = root.split_vertically(480);
         let caption = format!(
             "{} · {} · seed {}",
             report.plan, report.strategy, report.seed
         );
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(&top)
             .caption(caption, ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(36)
@@ -85,6 +134,44 @@ pub fn write_plot(report: &RunReport, path: &Path) -> anyhow::Result<()> {
             .background_style(WHITE.mix(0.9))
             .border_style(BLACK)
             .draw()?;
+
+        let traffic = traffic_lines(report);
+        let all = traffic.iter().flat_map(|(_, l)| l.iter().map(|p| p.1));
+        let (least, most) = all
+            .filter(|v| *v > 0.0)
+            .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            });
+        if most > 0.0 {
+            let mut chart = ChartBuilder::on(&bottom)
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(64)
+                .build_cartesian_2d(
+                    1u32..rounds.max(2),
+                    ((least / 2.0).max(1.0)..most * 2.0).log_scale(),
+                )?;
+            chart
+                .configure_mesh()
+                .x_desc("round")
+                .y_desc("bytes per participant")
+                .y_label_formatter(&|v| human_bytes(*v))
+                .draw()?;
+            for (i, (label, points)) in traffic.iter().enumerate() {
+                let colour = COLOURS[(i + 2) % COLOURS.len()];
+                let style = ShapeStyle::from(&colour).stroke_width(if i == 0 { 2 } else { 1 });
+                chart
+                    .draw_series(LineSeries::new(points.iter().copied(), style))?
+                    .label(label.as_str())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.9))
+                .border_style(BLACK)
+                .draw()?;
+        }
         root.present()?;
         Ok(())
     };

@@ -419,13 +419,13 @@ fn print_summary(report: &RunReport) {
     }
     let t = &report.timing;
     println!(
-        "time: {:.3} s total, {:.4} s per round ({} threads); virtual {:.2} s; traffic {} bytes up, {} bytes down",
-        t.total_seconds,
-        t.seconds_per_round,
-        t.threads,
-        t.virtual_seconds,
-        report.communication.bytes_up,
-        report.communication.bytes_down
+        "time: {:.3} s total, {:.4} s per round ({} threads); virtual {:.2} s",
+        t.total_seconds, t.seconds_per_round, t.threads, t.virtual_seconds,
+    );
+    let c = &report.communication;
+    println!(
+        "traffic: {} bytes up (updates {}), {} bytes down",
+        c.bytes_up, c.update_bytes_up, c.bytes_down
     );
 }
 

@@ -316,7 +316,7 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
             .unwrap();
 
         let mut replies = Vec::new();
-        while replies.len() < 4 {
+        while replies.len() < 6 {
             let attempt = replies.len();
             // Wait for a fit task, read it whole.
             let mut stream = client
@@ -356,6 +356,7 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
                 n_steps: 100,
                 mean_train_loss: 0.5,
                 layout: header.layout.clone(),
+                codec: String::new(),
             };
             let chunk = |tensor: u32, offset: u64, values: &[f32]| pb::UpdatePart {
                 part: Some(update_part::Part::Chunk(pb::TensorChunk {
@@ -367,6 +368,9 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
             };
             let head = |h: pb::UpdateHeader| pb::UpdatePart {
                 part: Some(update_part::Part::Header(h)),
+            };
+            let compressed = |bytes: Vec<u8>| pb::UpdatePart {
+                part: Some(update_part::Part::Compressed(bytes)),
             };
             let parts: Vec<pb::UpdatePart> = match attempt {
                 // Non-finite values in a well-formed update.
@@ -385,7 +389,15 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
                 // Chunks out of order.
                 2 => vec![head(good_header), chunk(1, 0, &[0.0])],
                 // No header at all.
-                _ => vec![chunk(0, 0, &vec![0.0; n_values as usize])],
+                3 => vec![chunk(0, 0, &vec![0.0; n_values as usize])],
+                // A codec the task did not ask for.
+                4 => {
+                    let mut other = good_header;
+                    other.codec = "q8".into();
+                    vec![head(other), compressed(vec![0x02, 0x0e])]
+                }
+                // Compressed pieces in an update that says it is not compressed.
+                _ => vec![head(good_header), compressed(vec![0x00, 0x0e])],
             };
             let reply = client.submit_update(tokio_stream::iter(parts)).await;
             replies.push(match reply {
@@ -401,6 +413,14 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
     assert!(replies[1].contains("not the model's"), "{replies:?}");
     assert!(replies[2].contains("expected tensor 0"), "{replies:?}");
     assert!(replies[3].contains("starts with its header"), "{replies:?}");
+    assert!(
+        replies[4].contains("update encoded with 'q8', but round"),
+        "{replies:?}"
+    );
+    assert!(
+        replies[5].contains("compressed parts in an uncompressed update"),
+        "{replies:?}"
+    );
     assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
     for p in &mut honest {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
@@ -918,5 +938,142 @@ fn secure_aggregation_recovers_the_sum_when_a_site_drops_after_sharing_its_keys(
             "SELECT COUNT(*) FROM audit WHERE action = 'secure-aggregation'
              AND detail LIKE 'round 1: %the masks of 1 that dropped after sharing keys removed'"
         ) == 1
+    );
+}
+
+/// Compressed updates over gRPC: the task names the codec, the participant
+/// sends its encoding, the coordinator decodes it: the model equals the
+/// simulation's bit for bit, traffic is per site and round in the report and
+/// per site and codec at the metrics endpoint.
+#[test]
+fn compressed_updates_over_grpc_equal_simulation_bit_for_bit() {
+    let s = Scratch::new("deploy-compress");
+    let plan = plan_with(&s, "compress", "[compression]\nupload = \"topk:0.3+q8\"\n");
+    let expected = simulated_model(&s, &plan, "sim.model");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &s.path("c.sqlite"),
+        0,
+        &[
+            "--metrics",
+            &metrics,
+            "--model-out",
+            "dep.model",
+            "--report",
+            "dep.json",
+        ],
+    );
+    let mut participants: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    // The metrics endpoint while the run goes on.
+    let mut scraped = String::new();
+    wait_until(
+        LIMIT,
+        "update bytes per site at the metrics endpoint",
+        || {
+            if std::net::TcpStream::connect(&metrics).is_err() {
+                return false;
+            }
+            scraped = http_get(&metrics, "/metrics");
+            scraped.contains("tessera_update_bytes_total{site=\"va\"")
+        },
+    );
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+        assert!(p.log().contains("done: 15 updates accepted"), "{}", p.log());
+    }
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    let report = s.json("dep.json");
+    let rounds = report["rounds"].as_array().unwrap();
+    for r in rounds {
+        let traffic = r["traffic"].as_object().unwrap();
+        assert_eq!(traffic.len(), 4, "{r}");
+        for (site, t) in traffic {
+            assert_eq!(t["codec"], "topk:0.3+q8", "{site}: {t}");
+            let (update, up) = (t["update"].as_u64().unwrap(), t["up"].as_u64().unwrap());
+            assert!(update > 0 && update < up, "{site}: {t}");
+            assert!(t["down"].as_u64().unwrap() > 0, "{site}: {t}");
+        }
+        let up: u64 = traffic.values().map(|t| t["up"].as_u64().unwrap()).sum();
+        assert_eq!(r["bytes_up"].as_u64().unwrap(), up);
+    }
+    assert!(
+        scraped.contains("tessera_update_bytes_total{site=\"va\",codec=\"topk:0.3+q8\"}"),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("tessera_participant_bytes_sent_total{site=\"va\"}"),
+        "{scraped}"
+    );
+}
+
+/// Random-k under secure aggregation over gRPC: every participant masks the
+/// round's shared coordinates; the model equals the simulation's.
+#[test]
+fn random_k_under_secure_aggregation_over_grpc_equals_simulation() {
+    let s = Scratch::new("deploy-compress-secagg");
+    let plan = plan_with(
+        &s,
+        "secure-randk",
+        "[secure_aggregation]\nenabled = true\n\n[compression]\nupload = \"randk:0.5\"\n",
+    );
+    let expected = simulated_model(&s, &plan, "sim.model");
+    let (mut coordinator, mut participants) =
+        run_federation(&s, &plan, "secure.sqlite", "dep.model");
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+}
+
+/// Adaptive compression in deployment: the first task, with no measurement
+/// yet, asks for the ladder's first codec; once a site's upload has been
+/// timed, a target no link can meet gets the ladder's most compressive one.
+#[test]
+fn adaptive_codecs_follow_measured_uploads() {
+    let s = Scratch::new("deploy-adaptive");
+    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
+    let text = text.replace("rounds = 15", "rounds = 3");
+    let plan = s.write(
+        "adaptive.toml",
+        &format!(
+            "{text}\n[compression.adaptive]\ntarget_round_seconds = 1e-9\nladder = [\"none\", \"q8\", \"topk:0.5+q4\"]\n"
+        ),
+    );
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &s.path("c.sqlite"),
+        0,
+        &["--report", "dep.json"],
+    );
+    let mut participants: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    let report = s.json("dep.json");
+    let rounds = report["rounds"].as_array().unwrap();
+    let codecs = |r: &serde_json::Value| -> Vec<String> {
+        r["traffic"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|t| t["codec"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(codecs(&rounds[0]).iter().all(|c| c == "none"), "{rounds:?}");
+    assert!(
+        codecs(&rounds[2]).iter().all(|c| c == "topk:0.5+q4"),
+        "{rounds:?}"
     );
 }

@@ -256,7 +256,8 @@ fn kept(n: usize, fraction: f64) -> usize {
     ((fraction * n as f64).ceil() as usize).clamp(1, n)
 }
 
-fn scatter(n: usize, indices: &[usize], values: &[f32]) -> Vec<f32> {
+/// A vector of `n` zeros with `values` at `indices` (indices must be below `n`).
+pub fn scatter(n: usize, indices: &[usize], values: &[f32]) -> Vec<f32> {
     let mut out = vec![0.0; n];
     for (&i, &v) in indices.iter().zip(values) {
         out[i] = v;

@@ -19,7 +19,8 @@ mod error;
 mod fp16;
 
 pub use codec::{
-    Codec, DEFAULT_CHUNK, Encoded, Sparsifier, Values, decode, random_k_indices, top_k_indices,
+    Codec, DEFAULT_CHUNK, Encoded, Sparsifier, Values, decode, random_k_indices, scatter,
+    top_k_indices,
 };
 pub use config::{AdaptiveConfig, CompressionConfig, Ladder};
 pub use error::CompressError;

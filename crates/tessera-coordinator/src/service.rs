@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use prost::Message;
+use tessera_compress::Codec;
 use tessera_core::Update;
 use tessera_proto::pb::federation_server::Federation as FederationService;
 use tessera_proto::pb::{self, task, update_part};
@@ -207,7 +208,7 @@ impl FederationService for Service {
                     }
                 }
             }
-            shared.with(|f| f.count_down(sent));
+            shared.with(|f| f.count_down(&site, sent));
         });
         Ok(Response::new(
             Box::pin(ReceiverStream::new(rx)) as TaskStream
@@ -224,6 +225,7 @@ impl FederationService for Service {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("empty update stream"))?;
+        let started = std::time::Instant::now();
         let mut received = first.encoded_len();
         let Some(update_part::Part::Header(header)) = first.part else {
             return Err(Status::invalid_argument("an update starts with its header"));
@@ -242,7 +244,10 @@ impl FederationService for Service {
         let result = self
             .receive_update(&site, &header, &mut stream, &mut received)
             .await;
-        self.shared.with(|f| f.count_up(&site, received));
+        let seconds = started.elapsed().as_secs_f64();
+        let codec = header.codec.parse::<Codec>().unwrap_or(Codec::NONE);
+        self.shared
+            .with(|f| f.count_update(&site, received, codec, seconds, started));
         let update = match result {
             Ok(update) => update,
             Err(reason) => {
@@ -291,12 +296,19 @@ impl FederationService for Service {
         let site = caller(&self.shared, &request, &request.get_ref().site)?;
         let size = request.get_ref().encoded_len();
         let message = request.into_inner();
+        let masked = matches!(message.step, Some(pb::sec_agg_request::Step::Masked(_)));
         let reply = self
             .shared
             .with(|f| {
-                f.count_up(&site, size);
+                if masked {
+                    // The masked input is this site's update.
+                    let codec = f.expected_codec(&site, message.round);
+                    f.count_update(&site, size, codec, 0.0, std::time::Instant::now());
+                } else {
+                    f.count_up(&site, size);
+                }
                 let reply = f.secure_step(&site, message.round, message.step)?;
-                f.count_down(reply.encoded_len());
+                f.count_down(&site, reply.encoded_len());
                 Ok(reply)
             })
             .map_err(refused)?;
@@ -333,6 +345,25 @@ impl Service {
         let mut delta =
             Assembler::new(&header.layout, Limits::default()).map_err(|e| e.to_string())?;
         delta.expect_layout_of(&global).map_err(|e| e.to_string())?;
+        // A compressed delta: the codec the task named, its encoding no
+        // longer than that codec's bound for this model.
+        let codec = if header.codec.is_empty() {
+            Codec::NONE
+        } else {
+            header
+                .codec
+                .parse::<Codec>()
+                .map_err(|e| format!("update codec: {e}"))?
+        };
+        let expected = self.shared.with(|f| f.expected_codec(site, header.round));
+        if codec != expected {
+            return Err(format!(
+                "update encoded with '{codec}', but round {}'s task asked for '{expected}'",
+                header.round
+            ));
+        }
+        let mut compressed: Option<Vec<u8>> = (!codec.is_identity()).then(Vec::new);
+        let bound = codec.max_encoded_len(global.n_values());
         let mut control = if header.has_control {
             if !needs_control {
                 return Err("this run's updates carry no control variate".into());
@@ -347,10 +378,26 @@ impl Service {
             .map_err(|e| format!("update stream broke: {}", e.message()))?
         {
             *received += part.encoded_len();
-            let Some(update_part::Part::Chunk(chunk)) = part.part else {
-                return Err("a second header in one update".into());
+            let chunk = match part.part {
+                Some(update_part::Part::Chunk(chunk)) => chunk,
+                Some(update_part::Part::Compressed(piece)) => {
+                    let Some(bytes) = compressed.as_mut() else {
+                        return Err("compressed parts in an uncompressed update".into());
+                    };
+                    if bytes.len() + piece.len() > bound {
+                        return Err(format!(
+                            "the compressed delta passes {bound} bytes, the most '{codec}' takes"
+                        ));
+                    }
+                    bytes.extend_from_slice(&piece);
+                    continue;
+                }
+                _ => return Err("a second header in one update".into()),
             };
             let target = match (chunk.set, control.as_mut()) {
+                (0, _) if compressed.is_some() => {
+                    return Err("a compressed update's delta came as chunks too".into());
+                }
                 (0, _) => &mut delta,
                 (1, Some(c)) => c,
                 (set, _) => {
@@ -361,9 +408,14 @@ impl Service {
             };
             target.push(&chunk).map_err(|e| e.to_string())?;
         }
-        let _ = site;
+        let delta = match compressed {
+            Some(bytes) => {
+                tessera_compress::decode_set(&bytes, &global).map_err(|e| e.to_string())?
+            }
+            None => delta.finish().map_err(|e| e.to_string())?,
+        };
         Ok(Update {
-            delta: delta.finish().map_err(|e| e.to_string())?,
+            delta,
             n_examples: header.n_examples,
             control_delta: control
                 .map(Assembler::finish)

@@ -24,6 +24,7 @@ use crate::store::{Offers, RoundClose, RunRow, Store, StoreError};
 use crate::telemetry::names;
 
 mod buffered;
+mod links;
 pub mod secure;
 
 /// Who must offer before the data agreement closes.
@@ -124,6 +125,8 @@ pub struct Federation {
     bytes_up_per_site: BTreeMap<String, u64>,
     /// Of `bytes_up`, the updates' bytes.
     update_bytes_up: u64,
+    /// Upload codecs, measured bandwidths, the round's traffic per site.
+    links: links::Links,
     started: Instant,
     version: u64,
     /// Central DP: the run's secret noise key (drawn from the operating
@@ -150,6 +153,13 @@ impl Federation {
         store: Store,
         liveness: Duration,
     ) -> Result<Self, CoordinatorError> {
+        if !plan.compression.download.is_identity() {
+            return Err(CoordinatorError::Config(format!(
+                "compression.download = '{}' is simulated only: deployment sends models \
+                 uncompressed; remove it from the plan",
+                plan.compression.download
+            )));
+        }
         let expected = if plan.data.sites.is_empty() {
             Expected::Count(plan.federation.min_participants)
         } else {
@@ -211,6 +221,7 @@ impl Federation {
             bytes_down: 0,
             bytes_up_per_site: BTreeMap::new(),
             update_bytes_up: 0,
+            links: links::Links::default(),
             started: Instant::now(),
             version: 0,
             noise_key,
@@ -467,15 +478,49 @@ impl Federation {
 
     /// Counts bytes a participant sent.
     pub fn count_up(&mut self, site: &str, bytes: usize) {
-        metrics::counter!(names::BYTES_RECEIVED).increment(bytes as u64);
-        self.bytes_up += bytes as u64;
-        *self.bytes_up_per_site.entry(site.to_string()).or_default() += bytes as u64;
+        self.count_sent_by(site, bytes, None);
     }
 
-    /// Counts bytes sent to participants.
-    pub fn count_down(&mut self, bytes: usize) {
+    /// Counts an update's bytes, encoded with `codec`, and when it took
+    /// `upload_seconds` from its first part (at `started`) to its last, the
+    /// site's bandwidth.
+    pub fn count_update(
+        &mut self,
+        site: &str,
+        bytes: usize,
+        codec: tessera_compress::Codec,
+        upload_seconds: f64,
+        started: Instant,
+    ) {
+        self.count_sent_by(site, bytes, Some(codec));
+        self.update_bytes_up += bytes as u64;
+        metrics::counter!(names::UPDATE_BYTES, "site" => site.to_string(), "codec" => codec.to_string())
+            .increment(bytes as u64);
+        self.links
+            .observe_upload(site, bytes, upload_seconds, started);
+    }
+
+    fn count_sent_by(&mut self, site: &str, bytes: usize, update: Option<tessera_compress::Codec>) {
+        metrics::counter!(names::BYTES_RECEIVED).increment(bytes as u64);
+        metrics::counter!(names::SITE_BYTES_RECEIVED, "site" => site.to_string())
+            .increment(bytes as u64);
+        self.bytes_up += bytes as u64;
+        *self.bytes_up_per_site.entry(site.to_string()).or_default() += bytes as u64;
+        self.links.count_up(site, bytes as u64, update);
+    }
+
+    /// Counts bytes sent to `site`.
+    pub fn count_down(&mut self, site: &str, bytes: usize) {
         metrics::counter!(names::BYTES_SENT).increment(bytes as u64);
+        metrics::counter!(names::SITE_BYTES_SENT, "site" => site.to_string())
+            .increment(bytes as u64);
         self.bytes_down += bytes as u64;
+        self.links.count_down(site, bytes as u64);
+    }
+
+    /// The codec `site`'s update of `round` must use.
+    pub fn expected_codec(&self, site: &str, round: u32) -> tessera_compress::Codec {
+        self.links.expected(&self.plan, site, round)
     }
 
     /// Records a refused message in the audit log.
@@ -496,6 +541,11 @@ impl Federation {
         if self.plan.secure_aggregation.enabled {
             required.push("secure-aggregation");
         }
+        for codec in self.plan.compression.upload_codecs() {
+            required.extend(tessera_proto::codec_capabilities(&codec));
+        }
+        required.sort_unstable();
+        required.dedup();
         let negotiated = match negotiate(
             CAPABILITIES,
             hello.major,
@@ -800,6 +850,9 @@ impl Federation {
                 let Some(task) = engine.open_task().filter(|_| engine.is_pending(&id)) else {
                     return Ok(TaskView::Wait);
                 };
+                let codec = self
+                    .links
+                    .assign(&self.plan, site, task.round, task.global.n_values());
                 let header = pb::TaskHeader {
                     round: task.round,
                     kind: pb::TaskKind::Fit as i32,
@@ -809,6 +862,11 @@ impl Federation {
                     deadline_micros: task.deadline.map_or(0, |d| d.0),
                     previous_update_counted,
                     previous_round,
+                    upload_codec: if codec.is_identity() {
+                        String::new()
+                    } else {
+                        codec.to_string()
+                    },
                 };
                 Ok(TaskView::Fit {
                     header,
@@ -838,6 +896,7 @@ impl Federation {
                         deadline_micros: 0,
                         previous_update_counted,
                         previous_round,
+                        upload_codec: String::new(),
                     },
                     global,
                 })
@@ -1282,12 +1341,16 @@ impl Federation {
         let round = *round;
         let names: Vec<String> = received.keys().cloned().collect();
         let evaluations: Vec<Evaluation> = received.values().cloned().collect();
-        let closed = round_record_with(
+        let mut closed = round_record_with(
             record,
             &evaluations,
             self.round_started
                 .map_or(0.0, |t| t.elapsed().as_secs_f64()),
         );
+        // Everything sent since the previous round was evaluated.
+        closed.traffic = std::mem::take(&mut self.links.traffic);
+        closed.bytes_up = closed.traffic.values().map(|t| t.up).sum();
+        closed.bytes_down = closed.traffic.values().map(|t| t.down).sum();
         let record_json =
             serde_json::to_string(&closed).map_err(|e| CoordinatorError::Config(e.to_string()))?;
         self.store
@@ -1320,8 +1383,9 @@ impl Federation {
         let elapsed = self.started.elapsed().as_secs_f64();
         let n_rounds = self.records.len().max(1) as f64;
         let mut rounds = self.records.clone();
-        // Traffic is counted for the whole run; spread it evenly for the per-round view.
-        for r in &mut rounds {
+        // Rounds without their own traffic (asynchronous steps): the run's
+        // traffic spread evenly.
+        for r in rounds.iter_mut().filter(|r| r.traffic.is_empty()) {
             r.bytes_up = self.bytes_up / n_rounds as u64;
             r.bytes_down = self.bytes_down / n_rounds as u64;
         }

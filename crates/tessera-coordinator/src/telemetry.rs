@@ -24,6 +24,14 @@ pub mod names {
     pub const BYTES_RECEIVED: &str = "tessera_bytes_received_total";
     /// Bytes sent to participants.
     pub const BYTES_SENT: &str = "tessera_bytes_sent_total";
+    /// Bytes received from each participant (label `site`).
+    pub const SITE_BYTES_RECEIVED: &str = "tessera_participant_bytes_received_total";
+    /// Bytes sent to each participant (label `site`).
+    pub const SITE_BYTES_SENT: &str = "tessera_participant_bytes_sent_total";
+    /// Bytes of updates, by participant and codec (labels `site`, `codec`).
+    pub const UPDATE_BYTES: &str = "tessera_update_bytes_total";
+    /// Each participant's measured upload rate, bytes per second (label `site`).
+    pub const UPLOAD_RATE: &str = "tessera_participant_upload_bytes_per_second";
     /// Seconds from a round's opening to its close.
     pub const ROUND_SECONDS: &str = "tessera_round_duration_seconds";
 }

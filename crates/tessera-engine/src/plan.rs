@@ -441,6 +441,20 @@ impl Plan {
         derive_seed(self.seed, &[crate::streams::COMPRESS, u64::from(round)])
     }
 
+    /// Secure aggregation with a random-k upload codec: the coordinates of an
+    /// `n_values` model every participant of `round` masks (ascending);
+    /// `None` when the whole update is masked.
+    pub fn secure_coordinates(&self, round: u32, n_values: usize) -> Option<Vec<usize>> {
+        let codec = self.compression.upload;
+        (self.secure_aggregation.enabled && !codec.is_identity()).then(|| {
+            tessera_compress::random_k_indices(
+                n_values,
+                codec.kept(n_values),
+                self.shared_codec_seed(round),
+            )
+        })
+    }
+
     /// Secure aggregation: the public seed of round `round`'s neighbour
     /// graph, the same in simulation and deployment.
     pub fn secagg_graph_seed(&self, round: u32) -> [u8; 32] {

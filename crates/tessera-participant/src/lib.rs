@@ -95,6 +95,8 @@ struct Ready {
     secure: bool,
     clip: Option<f64>,
     key_ring: Option<tessera_secagg::KeyRing>,
+    /// The run's plan (compression settings, shared codec seeds).
+    plan: Arc<tessera_engine::Plan>,
 }
 
 enum SessionEnd {
@@ -275,13 +277,32 @@ async fn session(
                     },
                     deadline: None,
                 };
-                let Some(update) = train(config, &mut client, state, task).await? else {
+                let codec = if header.upload_codec.is_empty() {
+                    tessera_compress::Codec::NONE
+                } else {
+                    header
+                        .upload_codec
+                        .parse()
+                        .map_err(|e| Failure::Retry(format!("malformed task: {e}")))?
+                };
+                let Some(mut update) = train(config, &mut client, state, task).await? else {
                     continue;
+                };
+                // Compression: what leaves is the codec's encoding; under
+                // secure aggregation, the round's shared coordinates.
+                let encoded = match state.site.as_mut() {
+                    Some(site) if !codec.is_identity() => {
+                        let shared = state
+                            .secure
+                            .then(|| state.plan.shared_codec_seed(header.round));
+                        Some(site.encode_update(&mut update, &codec, header.round, shared))
+                    }
+                    _ => None,
                 };
                 let reply = if state.secure {
                     secure_submit(config, &mut client, state, header.round, update).await?
                 } else {
-                    send_update(config, &mut client, header.round, &update).await?
+                    send_update(config, &mut client, header.round, &update, codec, encoded).await?
                 };
                 if reply.accepted {
                     summary.updates_accepted += 1;
@@ -418,6 +439,10 @@ async fn prepare(
         plan.local_training(),
         plan.seed,
     );
+    let compression = &plan.compression;
+    if compression.error_feedback && compression.upload_codecs().iter().any(|c| !c.is_identity()) {
+        site = site.with_error_feedback();
+    }
     if plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
         // DP-SGD protects this site's rows: its noise key never leaves it, and
         // training that would exceed this site's budget is refused up front.
@@ -469,6 +494,7 @@ async fn prepare(
         secure: plan.secure_aggregation.enabled,
         clip: plan.masked_update_bound(),
         key_ring: None,
+        plan: Arc::new(plan.clone()),
     })
 }
 
@@ -696,7 +722,11 @@ async fn secure_submit(
             return Ok(false);
         };
         let mine: Vec<(u32, Vec<u8>)> = mine.shares.into_iter().map(|s| (s.peer, s.data)).collect();
-        let input: Vec<f32> = update.delta.values().collect();
+        let values: Vec<f32> = update.delta.values().collect();
+        let input: Vec<f32> = match state.plan.secure_coordinates(round, values.len()) {
+            Some(kept) => kept.iter().map(|&i| values[i]).collect(),
+            None => values,
+        };
         let masked = me
             .masked_input(&mine, &input)
             .map_err(|e| bad(&e.to_string()))?;
@@ -748,6 +778,8 @@ async fn send_update(
     client: &mut FederationClient<Channel>,
     round: u32,
     update: &tessera_core::Update,
+    codec: tessera_compress::Codec,
+    encoded: Option<Vec<u8>>,
 ) -> Result<pb::UpdateReply, Failure> {
     let header = pb::UpdatePart {
         part: Some(update_part::Part::Header(pb::UpdateHeader {
@@ -758,6 +790,11 @@ async fn send_update(
             n_steps: update.stats.n_steps,
             mean_train_loss: update.stats.mean_train_loss,
             layout: layout_of(&update.delta),
+            codec: if encoded.is_some() {
+                codec.to_string()
+            } else {
+                String::new()
+            },
         })),
     };
     let delta = update.delta.clone();
@@ -767,16 +804,25 @@ async fn send_update(
         if tx.send(header).await.is_err() {
             return;
         }
-        let parts = chunks(0, &delta, CHUNK_BYTES)
-            .chain(control.iter().flat_map(|c| chunks(1, c, CHUNK_BYTES)));
-        for chunk in parts {
-            if tx
-                .send(pb::UpdatePart {
-                    part: Some(update_part::Part::Chunk(chunk)),
-                })
-                .await
-                .is_err()
-            {
+        // The delta: its compressed encoding in pieces, or chunks of values.
+        let delta_parts: Box<dyn Iterator<Item = update_part::Part> + Send> = match encoded {
+            Some(bytes) => Box::new(
+                bytes
+                    .chunks(CHUNK_BYTES)
+                    .map(|piece| update_part::Part::Compressed(piece.to_vec()))
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            ),
+            None => Box::new(chunks(0, &delta, CHUNK_BYTES).map(update_part::Part::Chunk)),
+        };
+        let parts = delta_parts.chain(
+            control
+                .iter()
+                .flat_map(|c| chunks(1, c, CHUNK_BYTES))
+                .map(update_part::Part::Chunk),
+        );
+        for part in parts {
+            if tx.send(pb::UpdatePart { part: Some(part) }).await.is_err() {
                 return;
             }
         }

@@ -20,7 +20,9 @@ pub use error::ProtoError;
 pub use tensors::{
     Assembler, CHUNK_BYTES, Limits, chunks, decode_parameters, encode_parameters, layout_of,
 };
-pub use version::{CAPABILITIES, MAJOR, MINOR, Negotiated, negotiate, required_capabilities};
+pub use version::{
+    CAPABILITIES, MAJOR, MINOR, Negotiated, codec_capabilities, negotiate, required_capabilities,
+};
 
 /// The messages and service of the current protocol (`tessera.v1`).
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]

@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 1;
+pub const MINOR: u32 = 2;
 
 /// What this build can do.
 ///
@@ -17,6 +17,10 @@ pub const MINOR: u32 = 1;
 ///   outcome of the previous update in each task header.
 /// - `heartbeat` (1.1): participants report that they are at work.
 /// - `secure-aggregation` (1.1): SecAgg+ rounds through `SecureAggregation`.
+/// - `compression` (1.2): a task names the update's codec; the update's
+///   delta travels as its compact encoding. With it, one capability per codec
+///   stage this build encodes and decodes: `codec-topk`, `codec-randk`,
+///   `codec-fp16`, `codec-q8`, `codec-q4`, `codec-q2`.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -24,7 +28,36 @@ pub const CAPABILITIES: &[&str] = &[
     "scaffold",
     "heartbeat",
     "secure-aggregation",
+    "compression",
+    "codec-topk",
+    "codec-randk",
+    "codec-fp16",
+    "codec-q8",
+    "codec-q4",
+    "codec-q2",
 ];
+
+/// The capabilities a participant needs to send updates with `codec`.
+pub fn codec_capabilities(codec: &tessera_compress::Codec) -> Vec<&'static str> {
+    use tessera_compress::{Sparsifier, Values};
+    if codec.is_identity() {
+        return Vec::new();
+    }
+    let mut needed = vec!["compression"];
+    match codec.sparsifier {
+        Some(Sparsifier::TopK(_)) => needed.push("codec-topk"),
+        Some(Sparsifier::RandomK(_)) => needed.push("codec-randk"),
+        None => {}
+    }
+    match codec.values {
+        Values::F32 => {}
+        Values::F16 => needed.push("codec-fp16"),
+        Values::Uniform(8) => needed.push("codec-q8"),
+        Values::Uniform(4) => needed.push("codec-q4"),
+        Values::Uniform(_) => needed.push("codec-q2"),
+    }
+    needed
+}
 
 /// What two peers agreed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,5 +160,24 @@ mod tests {
         assert!(!n.has("zstd"));
         let err = negotiate(CAPABILITIES, 2, 0, &newer, &fedavg).unwrap_err();
         assert!(err.to_string().contains("major versions differ"), "{err}");
+    }
+
+    #[test]
+    fn a_run_with_a_codec_needs_peers_that_decode_it() {
+        let codec: tessera_compress::Codec = "topk:0.01+q8".parse().unwrap();
+        let mut required = required_capabilities("fedavg");
+        required.extend(codec_capabilities(&codec));
+        assert_eq!(&required[2..], &["compression", "codec-topk", "codec-q8"]);
+        // A 1.1 participant knows no codec: refused, naming what it lacks.
+        let v1_1 = caps(&CAPABILITIES[..6]);
+        let err = negotiate(CAPABILITIES, 1, 1, &v1_1, &required).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("(protocol 1.1) lacks: compression, codec-topk, codec-q8"),
+            "{err}"
+        );
+        let n = negotiate(CAPABILITIES, 1, 2, &caps(CAPABILITIES), &required).unwrap();
+        assert!(n.has("codec-q8") && n.has("compression"));
+        assert!(codec_capabilities(&tessera_compress::Codec::NONE).is_empty());
     }
 }

@@ -46,14 +46,7 @@ pub(crate) fn secure_round(
     let graph_seed = plan.secagg_graph_seed(round);
     // With a random-k upload codec, every participant masks the same k
     // coordinates, chosen from the round's shared seed.
-    let codec = plan.compression.upload;
-    let kept: Option<Vec<usize>> = (!codec.is_identity()).then(|| {
-        tessera_compress::random_k_indices(
-            layout.n_values(),
-            codec.kept(layout.n_values()),
-            plan.shared_codec_seed(round),
-        )
-    });
+    let kept = plan.secure_coordinates(round, layout.n_values());
     let length = kept.as_ref().map_or(layout.n_values(), Vec::len);
     let params = config.round_params(round, &ids, graph_seed, length)?;
     // What each participant does to its own update before masking.
@@ -150,13 +143,7 @@ pub(crate) fn secure_round(
         .map(|v| v as f32)
         .collect();
     let values = match &kept {
-        Some(ix) => {
-            let mut dense = vec![0.0f32; layout.n_values()];
-            for (&i, &v) in ix.iter().zip(&summed) {
-                dense[i] = v;
-            }
-            dense
-        }
+        Some(ix) => tessera_compress::scatter(layout.n_values(), ix, &summed),
         None => summed,
     };
     let delta = layout

@@ -61,9 +61,14 @@ impl Federation {
         if !self.plan.secure_aggregation.enabled {
             return;
         }
-        let Some(dimension) = self.engine.as_ref().map(|e| e.global().n_values()) else {
+        let Some(n_values) = self.engine.as_ref().map(|e| e.global().n_values()) else {
             return;
         };
+        // A random-k codec: everyone masks the round's shared coordinates only.
+        let dimension = self
+            .plan
+            .secure_coordinates(round, n_values)
+            .map_or(n_values, |kept| kept.len());
         let index: BTreeMap<String, u32> = cohort
             .iter()
             .enumerate()
@@ -277,7 +282,10 @@ impl Federation {
         let global = engine.global().clone();
         let counted = match result {
             Ok((values, _)) => {
-                let values: Vec<f32> = values.into_iter().map(|v| v as f32).collect();
+                let mut values: Vec<f32> = values.into_iter().map(|v| v as f32).collect();
+                if let Some(kept) = self.plan.secure_coordinates(round, global.n_values()) {
+                    values = tessera_compress::scatter(global.n_values(), &kept, &values);
+                }
                 let delta = global.with_values(&values);
                 let contributors: Vec<ParticipantId> = survivors
                     .iter()
