@@ -129,6 +129,56 @@ fn bad_plans_and_arguments() {
     );
     let line = s.run(&["simulate", "--lr=-1"]).fails();
     assert!(line.contains("lr"), "{line}");
+    // Compression: codecs that do not parse, or cannot work with the rest.
+    let line = s.run(&["simulate", "--upload-codec", "zip"]).fails();
+    assert!(line.contains("codec 'zip': unknown stage 'zip'"), "{line}");
+    let line = s
+        .run(&["simulate", "--upload-codec", "q8+topk:0.1"])
+        .fails();
+    assert!(line.contains("before the value coding"), "{line}");
+    let line = s
+        .run(&[
+            "simulate",
+            "--secure-aggregation",
+            "--upload-codec",
+            "topk:0.1",
+        ])
+        .fails();
+    assert!(
+        line.contains("cannot be summed under secure aggregation"),
+        "{line}"
+    );
+    let line = s
+        .run(&["simulate", "--mode", "async", "--upload-codec", "q8"])
+        .fails();
+    assert!(line.contains("synchronous rounds"), "{line}");
+    let line = s.run(&["simulate", "--bandwidth", "fast"]).fails();
+    assert!(line.contains("expected MIN:MAX"), "{line}");
+    // A coordinator refuses a download codec (simulated only) before listening.
+    let bundled = std::fs::read_to_string(util::root().join("examples/fed-heart-disease.toml"))
+        .unwrap()
+        .replace("\"../data/", &format!("\"{}/data/", util::root().display()));
+    s.write(
+        "down.toml",
+        &format!("{bundled}\n[compression]\ndownload = \"q8\"\n"),
+    );
+    let run = s.run(&[
+        "coordinator",
+        "--insecure",
+        "--listen",
+        "127.0.0.1:0",
+        "--plan",
+        "down.toml",
+        "--db",
+        "down.sqlite",
+    ]);
+    // (after the warning that --insecure is for local experiments only)
+    assert!(!run.output.status.success());
+    let last = run.stderr().lines().last().unwrap_or_default().to_string();
+    assert!(
+        last.starts_with("error: compression.download = 'q8' is simulated only"),
+        "{last}"
+    );
 }
 
 #[test]
