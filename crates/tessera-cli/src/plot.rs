@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::anyhow;
+use plotters::coord::types::RangedCoordu32;
 use plotters::prelude::*;
 use tessera_sim::RunReport;
 
@@ -14,6 +15,33 @@ const COLOURS: [RGBColor; 5] = [
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
 ];
+
+type Lines = [(String, Vec<(u32, f64)>)];
+
+/// Draws `lines` with their legend: colours from `first_colour` on, the first
+/// `bold` lines thicker.
+fn draw_lines<'a, DB: DrawingBackend + 'a, Y: Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordu32, Y>>,
+    lines: &Lines,
+    first_colour: usize,
+    bold: usize,
+    position: SeriesLabelPosition,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    for (i, (label, points)) in lines.iter().enumerate() {
+        let colour = COLOURS[(i + first_colour) % COLOURS.len()];
+        let style = ShapeStyle::from(&colour).stroke_width(if i < bold { 2 } else { 1 });
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), style))?
+            .label(label.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+    }
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+}
 
 fn human_bytes(v: f64) -> String {
     match v {
@@ -120,20 +148,7 @@ pub fn write_plot(report: &RunReport, path: &Path) -> anyhow::Result<()> {
             .x_desc("round")
             .y_desc("test accuracy")
             .draw()?;
-        for (i, (label, points)) in lines.iter().enumerate() {
-            let colour = COLOURS[i % COLOURS.len()];
-            let style = ShapeStyle::from(&colour).stroke_width(if i < 2 { 2 } else { 1 });
-            chart
-                .draw_series(LineSeries::new(points.iter().copied(), style))?
-                .label(label.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .draw()?;
+        draw_lines(&mut chart, &lines, 0, 2, SeriesLabelPosition::LowerRight)?;
 
         let traffic = traffic_lines(report);
         let all = traffic.iter().flat_map(|(_, l)| l.iter().map(|p| p.1));
@@ -157,20 +172,7 @@ pub fn write_plot(report: &RunReport, path: &Path) -> anyhow::Result<()> {
                 .y_desc("bytes per participant")
                 .y_label_formatter(&|v| human_bytes(*v))
                 .draw()?;
-            for (i, (label, points)) in traffic.iter().enumerate() {
-                let colour = COLOURS[(i + 2) % COLOURS.len()];
-                let style = ShapeStyle::from(&colour).stroke_width(if i == 0 { 2 } else { 1 });
-                chart
-                    .draw_series(LineSeries::new(points.iter().copied(), style))?
-                    .label(label.as_str())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
-            }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.9))
-                .border_style(BLACK)
-                .draw()?;
+            draw_lines(&mut chart, &traffic, 2, 1, SeriesLabelPosition::UpperRight)?;
         }
         root.present()?;
         Ok(())
