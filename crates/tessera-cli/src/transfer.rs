@@ -209,6 +209,7 @@ async fn fetch(url: &str) -> anyhow::Result<()> {
     let mut stream = client
         .next_task(pb::TaskRequest {
             site: "bench".into(),
+            held_round: None,
         })
         .await?
         .into_inner();

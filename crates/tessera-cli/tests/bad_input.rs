@@ -154,31 +154,6 @@ fn bad_plans_and_arguments() {
     assert!(line.contains("synchronous rounds"), "{line}");
     let line = s.run(&["simulate", "--bandwidth", "fast"]).fails();
     assert!(line.contains("expected MIN:MAX"), "{line}");
-    // A coordinator refuses a download codec (simulated only) before listening.
-    let bundled = std::fs::read_to_string(util::root().join("examples/fed-heart-disease.toml"))
-        .unwrap()
-        .replace("\"../data/", &format!("\"{}/data/", util::root().display()));
-    s.write(
-        "down.toml",
-        &format!("{bundled}\n[compression]\ndownload = \"q8\"\n"),
-    );
-    let run = s.run(&[
-        "coordinator",
-        "--insecure",
-        "--listen",
-        "127.0.0.1:0",
-        "--plan",
-        "down.toml",
-        "--db",
-        "down.sqlite",
-    ]);
-    // (after the warning that --insecure is for local experiments only)
-    assert!(!run.output.status.success());
-    let last = run.stderr().lines().last().unwrap_or_default().to_string();
-    assert!(
-        last.starts_with("error: compression.download = 'q8' is simulated only"),
-        "{last}"
-    );
 }
 
 #[test]

@@ -320,7 +320,10 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
             let attempt = replies.len();
             // Wait for a fit task, read it whole.
             let mut stream = client
-                .next_task(pb::TaskRequest { site: "va".into() })
+                .next_task(pb::TaskRequest {
+                    site: "va".into(),
+                    held_round: None,
+                })
                 .await
                 .unwrap()
                 .into_inner();
@@ -1076,4 +1079,60 @@ fn adaptive_codecs_follow_measured_uploads() {
         codecs(&rounds[2]).iter().all(|c| c == "topk:0.5+q4"),
         "{rounds:?}"
     );
+}
+
+/// Compressed models over gRPC: after the first task, each model reaches a
+/// participant as the encoded change from the one it holds (or not at all
+/// when it holds it already); the run equals the simulation bit for bit,
+/// also across a coordinator killed with SIGKILL and restarted (it rebuilds
+/// the model the participants hold from the stored rounds).
+#[test]
+fn compressed_models_over_grpc_equal_simulation_across_a_coordinator_restart() {
+    let s = Scratch::new("deploy-compress-down");
+    let plan = plan_with(
+        &s,
+        "down",
+        "[compression]\nupload = \"q8\"\ndownload = \"q4\"\n",
+    );
+    let expected = simulated_model(&s, &plan, "sim.model");
+    let db = s.path("c.sqlite");
+    let (mut first, url) = coordinator(&s.dir, &plan, &db, 0, &[]);
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut participants: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| {
+            // VA is slow, so each round sits open for a while.
+            let extra: &[&str] = if *site == "va" {
+                &["--pause-before-update", "0.5"]
+            } else {
+                &[]
+            };
+            participant(&s.dir, &url, site, extra)
+        })
+        .collect();
+    wait_until(LIMIT, "round 4 open", || {
+        query_i64(&db, "SELECT COUNT(*) FROM updates WHERE round = 4") >= 1
+    });
+    first.kill_9();
+    let (mut second, _) = coordinator(
+        &s.dir,
+        &plan,
+        &db,
+        port,
+        &["--model-out", "dep.model", "--report", "dep.json"],
+    );
+    assert!(second.wait(LIMIT).success(), "{}", second.log());
+    assert!(second.log().contains("resumed"), "{}", second.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    let report = s.json("dep.json");
+    let rounds = report["rounds"].as_array().unwrap();
+    let down = |r: usize, site: &str| rounds[r]["traffic"][site]["down"].as_u64().unwrap();
+    // After the restart, models still go down as changes: less than the
+    // whole initial model that round 1 sent.
+    for site in ["cleveland", "hungarian", "switzerland", "va"] {
+        assert!(down(10, site) < down(0, site), "{site}: {rounds:?}");
+    }
 }

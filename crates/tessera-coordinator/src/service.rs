@@ -16,7 +16,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::state::{Federation, Refusal, TaskView};
+use crate::state::{Federation, ModelPart, Refusal, TaskView};
 
 /// State shared by every call.
 pub struct Shared {
@@ -153,6 +153,7 @@ impl FederationService for Service {
         request: Request<pb::TaskRequest>,
     ) -> Result<Response<Self::NextTaskStream>, Status> {
         let site = caller(&self.shared, &request, &request.get_ref().site)?;
+        let held = request.get_ref().held_round;
         let shared = Arc::clone(&self.shared);
         let mut changes = shared.subscribe();
         // Looking again every heartbeat interval also shows the waiting
@@ -160,7 +161,7 @@ impl FederationService for Service {
         let poll = shared.with(|f| f.heartbeat_interval());
         // Wait here (not in the stream) so that refusals come back as errors.
         let view = loop {
-            match shared.with(|f| f.task_for(&site)).map_err(refused)? {
+            match shared.with(|f| f.task_for(&site, held)).map_err(refused)? {
                 TaskView::Wait => {
                     let _ = tokio::time::timeout(poll, changes.changed()).await;
                 }
@@ -171,7 +172,7 @@ impl FederationService for Service {
         tokio::spawn(async move {
             let send = |part| pb::Task { part: Some(part) };
             let mut sent = 0usize;
-            let (header, sets) = match view {
+            let (header, model, sets) = match view {
                 TaskView::Finished => {
                     shared
                         .told_finished
@@ -190,16 +191,34 @@ impl FederationService for Service {
                     header,
                     global,
                     control,
-                } => (header, vec![Some(global), control]),
-                TaskView::Evaluate { header, global } => (header, vec![Some(global)]),
+                    model,
+                } => (header, model, vec![Some(global), control]),
+                TaskView::Evaluate {
+                    header,
+                    global,
+                    model,
+                } => (header, model, vec![Some(global)]),
             };
             let message = send(task::Part::Header(header));
             sent += message.encoded_len();
             if tx.send(Ok(message)).await.is_err() {
                 return;
             }
+            // The model's change in pieces, when the participant holds the previous one.
+            if let ModelPart::Change(bytes) = &model {
+                for piece in bytes.chunks(CHUNK_BYTES) {
+                    let message = send(task::Part::Compressed(piece.to_vec()));
+                    sent += message.encoded_len();
+                    if tx.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                }
+            }
             for (index, set) in sets.into_iter().enumerate() {
                 let Some(set) = set else { continue };
+                if index == 0 && model != ModelPart::Whole {
+                    continue;
+                }
                 for chunk in chunks(index as u32, &set, CHUNK_BYTES) {
                     let message = send(task::Part::Chunk(chunk));
                     sent += message.encoded_len();

@@ -67,6 +67,8 @@ pub enum TaskView {
         global: Arc<ParameterSet>,
         /// SCAFFOLD's server control variate.
         control: Option<Arc<ParameterSet>>,
+        /// How `global` travels.
+        model: ModelPart,
     },
     /// Evaluate `global`.
     Evaluate {
@@ -74,9 +76,22 @@ pub enum TaskView {
         header: pb::TaskHeader,
         /// The parameters to evaluate.
         global: Arc<ParameterSet>,
+        /// How `global` travels.
+        model: ModelPart,
     },
     /// The run is over.
     Finished,
+}
+
+/// How a task's model travels.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelPart {
+    /// Whole, in chunks.
+    Whole,
+    /// As the encoding of its change from the model the participant holds.
+    Change(Vec<u8>),
+    /// Not at all: the participant holds it.
+    Held,
 }
 
 /// Why a request was refused; goes back to the caller as a gRPC status.
@@ -127,6 +142,8 @@ pub struct Federation {
     update_bytes_up: u64,
     /// Upload codecs, measured bandwidths, the round's traffic per site.
     links: links::Links,
+    /// With a download codec: the model participants hold, and its last change.
+    downlink: Option<tessera_engine::Downlink>,
     started: Instant,
     version: u64,
     /// Central DP: the run's secret noise key (drawn from the operating
@@ -153,13 +170,6 @@ impl Federation {
         store: Store,
         liveness: Duration,
     ) -> Result<Self, CoordinatorError> {
-        if !plan.compression.download.is_identity() {
-            return Err(CoordinatorError::Config(format!(
-                "compression.download = '{}' is simulated only: deployment sends models \
-                 uncompressed; remove it from the plan",
-                plan.compression.download
-            )));
-        }
         let expected = if plan.data.sites.is_empty() {
             Expected::Count(plan.federation.min_participants)
         } else {
@@ -222,6 +232,7 @@ impl Federation {
             bytes_up_per_site: BTreeMap::new(),
             update_bytes_up: 0,
             links: links::Links::default(),
+            downlink: None,
             started: Instant::now(),
             version: 0,
             noise_key,
@@ -297,6 +308,13 @@ impl Federation {
         })
     }
 
+    /// The downlink of a run with a download codec, starting from `initial`.
+    fn new_downlink(&self, initial: Arc<ParameterSet>) -> Option<tessera_engine::Downlink> {
+        let codec = self.plan.compression.download;
+        (!codec.is_identity())
+            .then(|| tessera_engine::Downlink::new(codec, self.plan.seed, initial))
+    }
+
     /// Rebuilds the state a previous coordinator left in the database.
     fn resume(&mut self) -> Result<(), CoordinatorError> {
         let run = self.run.id.clone();
@@ -330,11 +348,17 @@ impl Federation {
             .ok_or_else(|| StoreError::Damaged("no initial model".into()))?;
         let aggregates: BTreeMap<u32, _> =
             self.store.aggregates(&run, closed)?.into_iter().collect();
+        // The model participants hold goes through the same changes.
+        let mut downlink = self.new_downlink(Arc::new(global.clone()));
         for round in 1..=closed {
             if let Some(aggregate) = aggregates.get(&round) {
                 global = RoundEngine::replay(strategy.as_mut(), &global, aggregate)?;
             }
+            if let Some(down) = downlink.as_mut() {
+                down.advance(round, &global)?;
+            }
         }
+        self.downlink = downlink;
         let stored = self
             .store
             .model(&run, closed)?
@@ -544,6 +568,9 @@ impl Federation {
         for codec in self.plan.compression.upload_codecs() {
             required.extend(tessera_proto::codec_capabilities(&codec));
         }
+        required.extend(tessera_proto::model_codec_capabilities(
+            &self.plan.compression.download,
+        ));
         required.sort_unstable();
         required.dedup();
         let negotiated = match negotiate(
@@ -749,6 +776,7 @@ impl Federation {
         for site in &self.joined {
             engine.register(ParticipantId::new(site.as_str()));
         }
+        self.downlink = self.new_downlink(Arc::clone(engine.global()));
         self.engine = Some(engine);
         self.audit(
             site,
@@ -831,8 +859,8 @@ impl Federation {
         self.counted.get(site).copied().unwrap_or((0, false))
     }
 
-    /// What `site` should do now.
-    pub fn task_for(&mut self, site: &str) -> Result<TaskView, Refusal> {
+    /// What `site` should do now; `held` is the round whose model it holds.
+    pub fn task_for(&mut self, site: &str, held: Option<u32>) -> Result<TaskView, Refusal> {
         self.require_joined(site)?;
         self.touch(site);
         let (previous_round, previous_update_counted) = self.previous(site);
@@ -867,11 +895,15 @@ impl Federation {
                     } else {
                         codec.to_string()
                     },
+                    ..Default::default()
                 };
+                let mut header = header;
+                let (global, model) = self.model_for(&mut header, task.global, held);
                 Ok(TaskView::Fit {
                     header,
-                    global: task.global,
+                    global,
                     control: task.instructions.server_control,
+                    model,
                 })
             }
             Phase::Evaluating {
@@ -886,22 +918,50 @@ impl Federation {
                 let Some(global) = self.current_global() else {
                     return Ok(TaskView::Wait);
                 };
+                let mut header = pb::TaskHeader {
+                    round: *round,
+                    kind: pb::TaskKind::Evaluate as i32,
+                    layout: tessera_proto::layout_of(&global),
+                    proximal_mu: None,
+                    has_server_control: false,
+                    deadline_micros: 0,
+                    previous_update_counted,
+                    previous_round,
+                    ..Default::default()
+                };
+                let (global, model) = self.model_for(&mut header, global, held);
                 Ok(TaskView::Evaluate {
-                    header: pb::TaskHeader {
-                        round: *round,
-                        kind: pb::TaskKind::Evaluate as i32,
-                        layout: tessera_proto::layout_of(&global),
-                        proximal_mu: None,
-                        has_server_control: false,
-                        deadline_micros: 0,
-                        previous_update_counted,
-                        previous_round,
-                        upload_codec: String::new(),
-                    },
+                    header,
                     global,
+                    model,
                 })
             }
         }
+    }
+
+    /// With a download codec: the model participants hold instead of
+    /// `global`, and how it reaches a participant holding round `held`'s.
+    fn model_for(
+        &self,
+        header: &mut pb::TaskHeader,
+        global: Arc<ParameterSet>,
+        held: Option<u32>,
+    ) -> (Arc<ParameterSet>, ModelPart) {
+        let Some(down) = &self.downlink else {
+            return (global, ModelPart::Whole);
+        };
+        header.model_round = down.round();
+        header.model_codec = down.codec().to_string();
+        let (delivery, part) = match (held, down.change()) {
+            (Some(h), _) if h == down.round() => (pb::ModelDelivery::Held, ModelPart::Held),
+            (Some(h), Some(change)) if h + 1 == down.round() => (
+                pb::ModelDelivery::Change,
+                ModelPart::Change(change.to_vec()),
+            ),
+            _ => (pb::ModelDelivery::Full, ModelPart::Whole),
+        };
+        header.model_delivery = delivery as i32;
+        (Arc::clone(down.held()), part)
     }
 
     /// The layout updates must have, and whether they carry control deltas.
@@ -1224,6 +1284,9 @@ impl Federation {
             return Ok(());
         };
         let model = Arc::clone(engine.global());
+        if let Some(down) = self.downlink.as_mut() {
+            down.advance(outcome.round, &model)?;
+        }
         let seconds = self
             .round_started
             .map_or(0.0, |t| t.elapsed().as_secs_f64());

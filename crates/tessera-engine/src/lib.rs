@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 mod buffered;
+mod downlink;
 mod engine;
 mod error;
 mod plan;
@@ -24,6 +25,7 @@ pub mod report;
 mod site;
 
 pub use buffered::{AsyncRejection, BufferedEngine, Step};
+pub use downlink::Downlink;
 pub use engine::{
     EngineConfig, FitTask, Rejection, RoundEngine, RoundOutcome, RoundStart, RoundStatus,
 };

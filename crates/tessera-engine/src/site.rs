@@ -26,6 +26,10 @@ pub struct Site {
     last_event: Option<DpEvent>,
     /// Error feedback: what earlier compressed updates left out.
     feedback: Option<ErrorFeedback>,
+    /// Error feedback as it was before the last round's update was encoded,
+    /// so that encoding that round's update again (a retry after a lost
+    /// connection) gives the same bytes and counts the residual once.
+    feedback_before: Option<(u32, ErrorFeedback)>,
 }
 
 impl Site {
@@ -46,6 +50,7 @@ impl Site {
             local_dp: None,
             last_event: None,
             feedback: None,
+            feedback_before: None,
         }
     }
 
@@ -58,7 +63,9 @@ impl Site {
     /// Compresses `update`'s delta with `codec` for `round`: returns the
     /// bytes that travel and leaves in `update` what the coordinator will
     /// decode from them. `shared_seed` makes random-k pick the coordinates
-    /// every participant of the round picks (secure aggregation).
+    /// every participant of the round picks (secure aggregation). Encoding the
+    /// same round again starts from the residual the first encoding started
+    /// from, so a retried upload sends the same bytes.
     pub fn encode_update(
         &mut self,
         update: &mut Update,
@@ -73,6 +80,12 @@ impl Site {
         let values: Vec<f32> = update.delta.values().collect();
         let seed = shared_seed.unwrap_or_else(|| rng.next_u64());
         let mut encode = |v: &[f32]| codec.encode_with_seed(v, seed, &mut rng);
+        if let Some(feedback) = self.feedback.as_mut() {
+            match &self.feedback_before {
+                Some((r, before)) if *r == round => *feedback = before.clone(),
+                _ => self.feedback_before = Some((round, feedback.clone())),
+            }
+        }
         let encoded = match self.feedback.as_mut() {
             Some(feedback) => feedback.encode_with(&values, &mut encode),
             None => encode(&values),

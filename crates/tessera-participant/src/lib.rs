@@ -97,6 +97,8 @@ struct Ready {
     key_ring: Option<tessera_secagg::KeyRing>,
     /// The run's plan (compression settings, shared codec seeds).
     plan: Arc<tessera_engine::Plan>,
+    /// With compressed models: the round whose model this site holds, and it.
+    held: Option<(u32, Arc<tessera_core::ParameterSet>)>,
 }
 
 enum SessionEnd {
@@ -236,6 +238,7 @@ async fn session(
         let mut stream = client
             .next_task(pb::TaskRequest {
                 site: config.site.clone(),
+                held_round: state.held.as_ref().map(|(round, _)| *round),
             })
             .await?
             .into_inner();
@@ -257,7 +260,13 @@ async fn session(
             site.round_closed(header.previous_round == awaiting && header.previous_update_counted);
             state.awaiting = None;
         }
-        let (global, control) = receive_parameters(&header, &mut stream).await?;
+        let held = state.held.take();
+        let (global, control) = receive_parameters(&header, &mut stream, held).await?;
+        let global = Arc::new(global);
+        // With compressed models, keep the model to apply the next change to.
+        if !header.model_codec.is_empty() {
+            state.held = Some((header.model_round, Arc::clone(&global)));
+        }
         match header.kind() {
             pb::TaskKind::Fit => {
                 state.attempts += 1;
@@ -270,7 +279,7 @@ async fn session(
                     } else {
                         header.round
                     },
-                    global: Arc::new(global),
+                    global: Arc::clone(&global),
                     instructions: tessera_aggregate::FitInstructions {
                         proximal_mu: header.proximal_mu,
                         server_control: control.map(Arc::new),
@@ -495,6 +504,7 @@ async fn prepare(
         clip: plan.masked_update_bound(),
         key_ring: None,
         plan: Arc::new(plan.clone()),
+        held: None,
     })
 }
 
@@ -515,10 +525,12 @@ async fn agree(
         .ok_or_else(|| Failure::Retry("empty agreement reply".into()))
 }
 
-/// Reads a task's parameters (set 0) and control variate (set 1).
+/// Reads a task's parameters (set 0, or with compressed models the change
+/// from the `held` model, or nothing when it is held) and control variate (set 1).
 async fn receive_parameters(
     header: &pb::TaskHeader,
     stream: &mut tonic::Streaming<pb::Task>,
+    held: Option<(u32, Arc<tessera_core::ParameterSet>)>,
 ) -> Result<
     (
         tessera_core::ParameterSet,
@@ -537,18 +549,73 @@ async fn receive_parameters(
     } else {
         None
     };
+    let delivery = header.model_delivery();
+    let base = match delivery {
+        pb::ModelDelivery::Full => None,
+        pb::ModelDelivery::Change | pb::ModelDelivery::Held => {
+            let want = match delivery {
+                pb::ModelDelivery::Change => header.model_round.checked_sub(1),
+                _ => Some(header.model_round),
+            };
+            match held {
+                Some((round, model)) if Some(round) == want => Some(model),
+                // Asked again, it sends the whole model.
+                _ => {
+                    return Err(malformed(
+                        "a model change for a model this site does not hold".into(),
+                    ));
+                }
+            }
+        }
+    };
+    let codec: tessera_compress::Codec = if header.model_codec.is_empty() {
+        tessera_compress::Codec::NONE
+    } else {
+        header
+            .model_codec
+            .parse()
+            .map_err(|e: tessera_compress::CompressError| malformed(e.to_string()))?
+    };
+    let mut change: Vec<u8> = Vec::new();
     while let Some(message) = stream.message().await? {
-        let Some(task::Part::Chunk(chunk)) = message.part else {
-            return Err(malformed("a second header".into()));
+        let chunk = match message.part {
+            Some(task::Part::Chunk(chunk)) => chunk,
+            Some(task::Part::Compressed(piece)) if delivery == pb::ModelDelivery::Change => {
+                let bound = base
+                    .as_ref()
+                    .map_or(0, |b| codec.max_encoded_len(b.n_values()));
+                if change.len() + piece.len() > bound {
+                    return Err(malformed(format!(
+                        "the model change passes {bound} bytes, the most '{codec}' takes"
+                    )));
+                }
+                change.extend_from_slice(&piece);
+                continue;
+            }
+            _ => return Err(malformed("a second header".into())),
         };
         match (chunk.set, control.as_mut()) {
+            (0, _) if base.is_some() => Err(tessera_proto::ProtoError::Malformed(
+                "model chunks in a task whose model is held or comes as a change".into(),
+            )),
             (0, _) => global.push(&chunk),
             (1, Some(c)) => c.push(&chunk),
             (set, _) => return Err(malformed(format!("chunk for set {set}"))),
         }
         .map_err(|e| malformed(e.to_string()))?;
     }
-    let global = global.finish().map_err(|e| malformed(e.to_string()))?;
+    let global = match (delivery, base) {
+        (pb::ModelDelivery::Change, Some(base)) => {
+            let decoded = tessera_compress::decode_set(&change, &base)
+                .map_err(|e| malformed(e.to_string()))?;
+            let mut next = base.as_ref().clone();
+            next.add_scaled(&decoded, 1.0)
+                .map_err(|e| malformed(e.to_string()))?;
+            next
+        }
+        (_, Some(base)) => base.as_ref().clone(),
+        (_, None) => global.finish().map_err(|e| malformed(e.to_string()))?,
+    };
     let control = control
         .map(Assembler::finish)
         .transpose()

@@ -21,7 +21,8 @@ pub use tensors::{
     Assembler, CHUNK_BYTES, Limits, chunks, decode_parameters, encode_parameters, layout_of,
 };
 pub use version::{
-    CAPABILITIES, MAJOR, MINOR, Negotiated, codec_capabilities, negotiate, required_capabilities,
+    CAPABILITIES, MAJOR, MINOR, Negotiated, codec_capabilities, model_codec_capabilities,
+    negotiate, required_capabilities,
 };
 
 /// The messages and service of the current protocol (`tessera.v1`).

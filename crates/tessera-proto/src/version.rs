@@ -18,7 +18,9 @@ pub const MINOR: u32 = 2;
 /// - `heartbeat` (1.1): participants report that they are at work.
 /// - `secure-aggregation` (1.1): SecAgg+ rounds through `SecureAggregation`.
 /// - `compression` (1.2): a task names the update's codec; the update's
-///   delta travels as its compact encoding. With it, one capability per codec
+///   delta travels as its compact encoding.
+/// - `compressed-models` (1.2): a task's model may come as the encoded change
+///   from the model the participant holds. With these, one capability per codec
 ///   stage this build encodes and decodes: `codec-topk`, `codec-randk`,
 ///   `codec-fp16`, `codec-q8`, `codec-q4`, `codec-q2`.
 pub const CAPABILITIES: &[&str] = &[
@@ -29,6 +31,7 @@ pub const CAPABILITIES: &[&str] = &[
     "heartbeat",
     "secure-aggregation",
     "compression",
+    "compressed-models",
     "codec-topk",
     "codec-randk",
     "codec-fp16",
@@ -39,11 +42,28 @@ pub const CAPABILITIES: &[&str] = &[
 
 /// The capabilities a participant needs to send updates with `codec`.
 pub fn codec_capabilities(codec: &tessera_compress::Codec) -> Vec<&'static str> {
-    use tessera_compress::{Sparsifier, Values};
-    if codec.is_identity() {
-        return Vec::new();
+    let mut needed = stage_capabilities(codec);
+    if !needed.is_empty() {
+        needed.insert(0, "compression");
     }
-    let mut needed = vec!["compression"];
+    needed
+}
+
+/// The capabilities a participant needs to receive models with `codec`.
+pub fn model_codec_capabilities(codec: &tessera_compress::Codec) -> Vec<&'static str> {
+    let mut needed = stage_capabilities(codec);
+    if !needed.is_empty() {
+        needed.insert(0, "compressed-models");
+    }
+    needed
+}
+
+fn stage_capabilities(codec: &tessera_compress::Codec) -> Vec<&'static str> {
+    use tessera_compress::{Sparsifier, Values};
+    let mut needed = Vec::new();
+    if codec.is_identity() {
+        return needed;
+    }
     match codec.sparsifier {
         Some(Sparsifier::TopK(_)) => needed.push("codec-topk"),
         Some(Sparsifier::RandomK(_)) => needed.push("codec-randk"),
@@ -170,6 +190,10 @@ mod tests {
         assert_eq!(&required[2..], &["compression", "codec-topk", "codec-q8"]);
         // A 1.1 participant knows no codec: refused, naming what it lacks.
         let v1_1 = caps(&CAPABILITIES[..6]);
+        assert_eq!(
+            model_codec_capabilities(&"fp16".parse().unwrap()),
+            ["compressed-models", "codec-fp16"]
+        );
         let err = negotiate(CAPABILITIES, 1, 1, &v1_1, &required).unwrap_err();
         assert!(
             err.to_string()

@@ -51,6 +51,7 @@ fn a_1_1_header_decodes_as_1_0() {
         previous_update_counted: true,
         previous_round: 3,
         upload_codec: "topk:0.01+q8".into(),
+        ..Default::default()
     };
     let old = pb_v1_0::TaskHeader::decode(header.encode_to_vec().as_slice()).unwrap();
     assert_eq!(old.round, 4);

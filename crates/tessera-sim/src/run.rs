@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use tessera_compress::Codec;
-use tessera_core::{ParameterSet, ParticipantId, Timestamp, derive_seed};
+use tessera_core::{ParticipantId, Timestamp, derive_seed};
 use tessera_data::FederatedData;
 use tessera_engine::{
     EngineConfig, EngineError, Mode, Plan, PlanError, RoundEngine, RoundStatus, Site,
@@ -300,8 +300,13 @@ fn run_sync(
     let mut last_evaluations = Vec::new();
     // With a download codec: the model every site holds (each round's model
     // reaches them compressed, once, for evaluation and the next round).
-    let compress_down = !compression.download.is_identity();
-    let mut replica: Option<Arc<ParameterSet>> = None;
+    let mut downlink = (!compression.download.is_identity()).then(|| {
+        tessera_engine::Downlink::new(
+            compression.download,
+            plan.seed,
+            Arc::new(initial.parameters().clone()),
+        )
+    });
     let n_values = initial.parameters().n_values();
     while !engine.is_finished() {
         let wall = Instant::now();
@@ -312,20 +317,18 @@ fn run_sync(
             .server_control
             .as_ref()
             .map_or(0, |c| c.wire_len() as u64);
-        let model_bytes = if compress_down {
-            match &replica {
-                // The sites hold it since the last round's evaluation.
-                Some(held) => {
-                    start.task.global = held.clone();
+        let model_bytes = match &downlink {
+            Some(down) => {
+                start.task.global = down.held().clone();
+                // The initial model goes down whole; later ones the sites
+                // hold since the last round's evaluation.
+                if down.round() == 0 {
+                    start.task.global.wire_len() as u64
+                } else {
                     0
                 }
-                None => {
-                    replica = Some(start.task.global.clone());
-                    start.task.global.wire_len() as u64
-                }
             }
-        } else {
-            start.task.global.wire_len() as u64
+            None => start.task.global.wire_len() as u64,
         };
         let task = &start.task;
         let round = task.round;
@@ -521,23 +524,11 @@ fn run_sync(
         // download codec: of the model as the sites receive it).
         let mut global = engine.global().clone();
         let mut model_down = 32 + global.wire_len() as u64;
-        if let Some(held) = replica.as_mut() {
-            let change = global
-                .sub(held)
-                .map_err(|e| EngineError::State(format!("download codec: {e}")))?;
-            let mut rng = tessera_core::SeededRng::derived(
-                plan.seed,
-                &[streams::COMPRESS_DOWN, u64::from(round)],
-            );
-            let (bytes, decoded) =
-                tessera_compress::encode_set(&compression.download, &change, None, &mut rng);
-            let mut next = held.as_ref().clone();
-            next.add_scaled(&decoded, 1.0)
-                .map_err(|e| EngineError::State(format!("download codec: {e}")))?;
-            *held = Arc::new(next);
-            global = held.clone();
-            model_down =
-                (32 + 1 + tessera_core::varint_len(bytes.len() as u64) + bytes.len()) as u64;
+        if let Some(down) = downlink.as_mut() {
+            down.advance(round, &global)?;
+            global = down.held().clone();
+            let bytes = down.change().map_or(0, <[u8]>::len);
+            model_down = (32 + 1 + tessera_core::varint_len(bytes as u64) + bytes) as u64;
         }
         let evaluations: Vec<Evaluation> = sites
             .par_iter()

@@ -13,7 +13,7 @@ use tessera_engine::report::{RoundRecord, mean_site_accuracy};
 use tessera_learn::Evaluation;
 use tessera_proto::{convert, pb};
 
-use super::{Federation, Phase, Refusal, TaskView};
+use super::{Federation, ModelPart, Phase, Refusal, TaskView};
 use crate::CoordinatorError;
 use crate::store::{RoundClose, StoreError};
 use crate::telemetry::names;
@@ -36,6 +36,7 @@ impl Federation {
             return TaskView::Evaluate {
                 header: header(pb::TaskKind::Evaluate),
                 global,
+                model: ModelPart::Whole,
             };
         }
         if buffered.is_finished() {
@@ -45,6 +46,7 @@ impl Federation {
             header: header(pb::TaskKind::Fit),
             global,
             control: None,
+            model: ModelPart::Whole,
         }
     }
 
