@@ -67,6 +67,28 @@ fn table(name: &str, rows: &[(&str, bool, bool)]) -> Result<()> {
     Ok(())
 }
 
+fn download() -> Result<()> {
+    let (mut plan, data) = example("mnist.toml")?;
+    plan.compression.upload = "topk:0.02+q2".parse()?;
+    println!("\ndownload: MNIST, updates up at topk:0.02+q2 with error feedback\n");
+    println!("| download codec | bytes down | of none | accuracy |");
+    println!("|---|---:|---:|---:|");
+    let mut reference = None;
+    for codec in ["none", "fp16", "q8", "q4", "q2", "topk:0.1+q8"] {
+        let mut p = plan.clone();
+        p.compression.download = codec.parse()?;
+        let r = run(&p, &data)?;
+        let base = *reference.get_or_insert(r.communication.bytes_down);
+        println!(
+            "| {codec} | {} | {:.2}% | {:.4} |",
+            r.communication.bytes_down,
+            100.0 * r.communication.bytes_down as f64 / base as f64,
+            r.final_metrics.accuracy
+        );
+    }
+    Ok(())
+}
+
 fn adaptive() -> Result<()> {
     let (mut plan, data) = example("mnist.toml")?;
     plan.simulation.bandwidth_bytes_per_second = Some(tessera_engine::Range { min: 1e5, max: 1e7 });
@@ -135,5 +157,6 @@ fn main() -> Result<()> {
         ("randk:0.5", true, true),
     ];
     table("fed-heart-disease.toml", &heart)?;
+    download()?;
     adaptive()
 }
