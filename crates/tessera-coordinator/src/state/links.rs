@@ -56,7 +56,8 @@ impl Links {
     }
 
     /// An update of `bytes` that took `upload_seconds` to arrive, its first
-    /// part `since_task` after the task left: the site's bandwidth and work time.
+    /// part at `started`: the site's bandwidth, and its work time since the
+    /// task left (download and training).
     pub fn observe_upload(
         &mut self,
         site: &str,
