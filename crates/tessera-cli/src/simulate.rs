@@ -491,6 +491,7 @@ fn ad_hoc_plan(args: &SimulateArgs, data: &Path) -> anyhow::Result<Plan> {
         robust: Default::default(),
         secure_aggregation: Default::default(),
         compression: Default::default(),
+        topology: Default::default(),
     })
 }
 

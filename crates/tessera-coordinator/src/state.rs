@@ -1479,6 +1479,7 @@ impl Federation {
                 malicious: Vec::new(),
                 honest_accuracy: final_metrics.accuracy,
             }),
+            topology: None,
             final_metrics,
             baselines: None,
             timing: Timing {

@@ -23,6 +23,7 @@ mod error;
 mod plan;
 pub mod report;
 mod site;
+mod topology;
 
 pub use buffered::{AsyncRejection, BufferedEngine, Step};
 pub use downlink::Downlink;
@@ -34,6 +35,10 @@ pub use plan::{
     FederationConfig, Mode, Plan, PlanError, Range, SimulationConfig, StalenessWeighting,
 };
 pub use site::Site;
+pub use topology::{
+    FailureConfig, GossipGraph, GroupConfig, Member, Node, TopologyConfig, TopologyKind, Tree,
+    gossip_neighbours,
+};
 
 /// Tags of the seed streams derived from a run seed.
 pub mod streams {
@@ -62,4 +67,6 @@ pub mod streams {
     pub const COMPRESS: u64 = 10;
     /// Model compression downstream, per round.
     pub const COMPRESS_DOWN: u64 = 11;
+    /// Topologies: random gossip graphs.
+    pub const TOPOLOGY: u64 = 12;
 }

@@ -78,6 +78,9 @@ pub struct Plan {
     /// Update and model compression (`[compression]`): none by default.
     #[serde(default)]
     pub compression: tessera_compress::CompressionConfig,
+    /// Flat, hierarchical or gossip (`[topology]`): flat by default.
+    #[serde(default)]
+    pub topology: crate::TopologyConfig,
 }
 
 /// How rounds run.
@@ -424,6 +427,38 @@ impl Plan {
                      masked. Use randk:F (coordinates from a shared round seed, quantised into \
                      the masking ring with secure_aggregation.clip_range) or none"
                 ));
+            }
+        }
+        if self.topology.kind != crate::TopologyKind::Flat {
+            let kind = match self.topology.kind {
+                crate::TopologyKind::Gossip => "gossip",
+                _ => "hierarchical",
+            };
+            let unsupported = [
+                (f.mode == Mode::Async, "asynchronous rounds"),
+                (secagg.enabled, "secure aggregation"),
+                (self.privacy.is_on(), "differential privacy"),
+                (compression.is_active(), "compression"),
+                (
+                    self.robust.rule.needs_all_updates() || self.robust.norm_bound.is_some(),
+                    "robust aggregation",
+                ),
+                (
+                    self.federation.strategy == StrategyKind::Scaffold,
+                    "scaffold",
+                ),
+            ];
+            if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
+                return invalid(format!(
+                    "the {kind} topology does not support {what} yet; use kind = \"flat\""
+                ));
+            }
+            if self.topology.kind == crate::TopologyKind::Gossip
+                && self.federation.strategy != StrategyKind::FedAvg
+            {
+                return invalid(
+                    "gossip has no server, so no server strategy: use strategy = \"fedavg\"".into(),
+                );
             }
         }
         if f.mode == Mode::Async && self.robust.rule.needs_all_updates() {

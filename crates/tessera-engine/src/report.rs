@@ -58,6 +58,55 @@ pub struct RoundRecord {
     pub clip_norm: Option<f64>,
 }
 
+/// A hierarchical or gossip run's topology and what moved through it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TopologyReport {
+    /// `hierarchical` or `gossip`.
+    pub kind: String,
+    /// Hierarchical: bytes the aggregators at each depth received from their
+    /// members over the run (0: the root).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bytes_up_by_depth: Vec<u64>,
+    /// Hierarchical: bytes the aggregators at each depth sent their members.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bytes_down_by_depth: Vec<u64>,
+    /// Bytes the root received (hierarchical); nothing in gossip, which has none.
+    pub root_bytes_up: u64,
+    /// Hierarchical: each aggregator's last regional model on its sites' test rows.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub regions: BTreeMap<String, RegionReport>,
+    /// Gossip: the graph, and each site's neighbours.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub neighbours: BTreeMap<String, Vec<String>>,
+    /// Gossip: sites lost during the run, with the round they were lost in.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lost: BTreeMap<String, u32>,
+    /// Gossip: the largest distance (L2) of a surviving site's model from
+    /// the survivors' mean model, at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consensus_distance: Option<f64>,
+    /// Gossip: the survivors' mean model on all the survivors' test rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_model_accuracy: Option<f64>,
+    /// Gossip: over the survivors, the mean accuracy of each one's own model
+    /// on all the survivors' test rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site_models_accuracy: Option<f64>,
+}
+
+/// An aggregator's regional model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionReport {
+    /// Its depth below the root.
+    pub depth: usize,
+    /// The sites below it.
+    pub sites: Vec<String>,
+    /// Its last regional model's accuracy on those sites' test rows.
+    pub accuracy: f64,
+    /// The final global model's accuracy on the same rows.
+    pub global_accuracy: f64,
+}
+
 /// One site's traffic in one round.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct SiteTraffic {
@@ -211,6 +260,9 @@ pub struct RunReport {
     /// Byzantine-robust aggregation and simulated attacks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub robustness: Option<RobustnessReport>,
+    /// Hierarchical and gossip runs: the topology and its traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<TopologyReport>,
     /// The final global parameters.
     #[serde(skip)]
     pub final_parameters: tessera_core::ParameterSet,

@@ -18,6 +18,8 @@
 mod asynchronous;
 mod attack;
 mod baselines;
+mod gossip;
+mod hierarchy;
 mod profile;
 mod run;
 mod secure;

@@ -9,7 +9,7 @@ use tessera_compress::Codec;
 use tessera_core::{ParticipantId, Timestamp, derive_seed};
 use tessera_data::FederatedData;
 use tessera_engine::{
-    EngineConfig, EngineError, Mode, Plan, PlanError, RoundEngine, RoundStatus, Site,
+    EngineConfig, EngineError, Mode, Plan, PlanError, RoundEngine, RoundStatus, Site, TopologyKind,
 };
 use tessera_learn::{Evaluation, LearnError, Learner, Network, Schedule};
 use thiserror::Error;
@@ -83,7 +83,24 @@ pub fn simulate(
 ) -> Result<RunReport, SimError> {
     plan.validate()?;
     let rounds_started = Instant::now();
+    let topology_kind = plan.topology.kind;
+    if topology_kind != TopologyKind::Flat && options.attack.is_some() {
+        return Err(SimError::Engine(EngineError::State(
+            "simulated attacks need the flat topology".into(),
+        )));
+    }
+    let mut topology = None;
     let run = match plan.federation.mode {
+        Mode::Sync if topology_kind == TopologyKind::Hierarchical => {
+            let (run, report) = crate::hierarchy::run_hierarchical(plan, data, observer)?;
+            topology = Some(report);
+            run
+        }
+        Mode::Sync if topology_kind == TopologyKind::Gossip => {
+            let (run, report) = crate::gossip::run_gossip(plan, data, observer)?;
+            topology = Some(report);
+            run
+        }
         Mode::Sync => run_sync(plan, data, options.attack, observer)?,
         Mode::Async if options.attack.is_some() => {
             return Err(SimError::Engine(EngineError::State(
@@ -171,6 +188,7 @@ pub fn simulate(
             honest_accuracy,
             malicious,
         }),
+        topology,
         final_parameters,
     })
 }

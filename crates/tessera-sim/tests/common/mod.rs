@@ -18,14 +18,21 @@ impl FileSource for Memory {
 }
 
 /// `examples/<plan>` with its data: Li et al.'s Synthetic(0.5, 0.5), 47 sites.
+#[allow(dead_code)] // not every test binary uses both
 pub fn synthetic_10class(plan: &str) -> (Plan, FederatedData) {
+    synthetic_sites(plan, 47)
+}
+
+/// `examples/<plan>` with Synthetic(0.5, 0.5) data over `sites` sites of 200 rows.
+#[allow(dead_code)]
+pub fn synthetic_sites(plan: &str, sites: usize) -> (Plan, FederatedData) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples")
         .join(plan);
     let plan = Plan::from_file(&path).expect("example plan");
     let mut csv = Vec::new();
     let config = SynthConfig {
-        sites: 47,
+        sites,
         rows_per_site: 200,
         features: 60,
         classes: 10,

@@ -1,0 +1,324 @@
+//! The plan's `[topology]`: flat (one coordinator), hierarchical (a tree of
+//! aggregators of any depth), or gossip (no coordinator).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::PlanError;
+
+/// How sites are connected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyConfig {
+    /// `flat`, `hierarchical` or `gossip`.
+    #[serde(default)]
+    pub kind: TopologyKind,
+    /// Hierarchical: deal the sites (sorted by name) into this many regions
+    /// `region-1`, `region-2`, ... of consecutive sites.
+    #[serde(default)]
+    pub regions: Option<usize>,
+    /// Hierarchical: aggregators and their members (sites or other
+    /// aggregators), any depth. The root's members are the aggregators and
+    /// sites no aggregator lists.
+    #[serde(default)]
+    pub groups: Vec<GroupConfig>,
+    /// Gossip: the graph sites average over.
+    #[serde(default)]
+    pub graph: GossipGraph,
+    /// Gossip: neighbours per site in a random regular graph.
+    #[serde(default = "default_degree")]
+    pub degree: usize,
+    /// Gossip: averaging steps with the neighbours after each local training
+    /// (each sends the model to every neighbour again).
+    #[serde(default = "default_steps")]
+    pub gossip_steps: u32,
+    /// Simulation: sites lost for good from the start of a round.
+    #[serde(default)]
+    pub failures: Vec<FailureConfig>,
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        Self {
+            kind: TopologyKind::Flat,
+            regions: None,
+            groups: Vec::new(),
+            graph: GossipGraph::Ring,
+            degree: default_degree(),
+            gossip_steps: default_steps(),
+            failures: Vec::new(),
+        }
+    }
+}
+
+fn default_degree() -> usize {
+    3
+}
+
+fn default_steps() -> u32 {
+    1
+}
+
+/// Which topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TopologyKind {
+    /// Every site reports to one coordinator.
+    #[default]
+    Flat,
+    /// Sites report to aggregators, aggregators to theirs, up to the root.
+    Hierarchical,
+    /// No coordinator: each site averages with its neighbours.
+    Gossip,
+}
+
+/// The graph of a gossip run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GossipGraph {
+    /// Each site with the next and the previous (sorted by name).
+    #[default]
+    Ring,
+    /// Each site with `degree` others, drawn from the run seed.
+    RandomRegular,
+    /// Each site with every other.
+    Complete,
+}
+
+/// An aggregator and its members.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// Its name (distinct from every site's).
+    pub name: String,
+    /// Sites and aggregators below it.
+    pub members: Vec<String>,
+}
+
+/// A site lost from round `round` on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailureConfig {
+    /// The site.
+    pub site: String,
+    /// The first round it misses.
+    pub round: u32,
+}
+
+/// A member of an aggregator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Member {
+    /// A site, by index into the sorted sites.
+    Site(usize),
+    /// An aggregator, by index into [`Tree::nodes`].
+    Node(usize),
+}
+
+/// An aggregator of the tree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// Its name.
+    pub name: String,
+    /// Its members.
+    pub members: Vec<Member>,
+    /// Its depth below the root (root: 0).
+    pub depth: usize,
+}
+
+/// The aggregation tree: node 0 is the root.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tree {
+    /// Every aggregator, the root first.
+    pub nodes: Vec<Node>,
+}
+
+impl Tree {
+    /// The tree of `config` over `sites` (sorted names).
+    pub fn build(config: &TopologyConfig, sites: &[String]) -> Result<Tree, PlanError> {
+        let invalid = |m: String| PlanError::Invalid(format!("topology: {m}"));
+        let mut groups = config.groups.clone();
+        if let Some(n) = config.regions {
+            if !groups.is_empty() {
+                return Err(invalid("give `regions` or `groups`, not both".into()));
+            }
+            if n == 0 || n > sites.len() {
+                return Err(invalid(format!(
+                    "regions must be between 1 and the {} sites, got {n}",
+                    sites.len()
+                )));
+            }
+            for r in 0..n {
+                let (start, end) = (r * sites.len() / n, (r + 1) * sites.len() / n);
+                groups.push(GroupConfig {
+                    name: format!("region-{}", r + 1),
+                    members: sites[start..end].to_vec(),
+                });
+            }
+        }
+        if groups.is_empty() {
+            return Err(invalid(
+                "a hierarchical topology needs `regions` or `groups`".into(),
+            ));
+        }
+        let site_index: BTreeMap<&str, usize> = sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.as_str(), i))
+            .collect();
+        let group_index: BTreeMap<&str, usize> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.name.as_str(), i + 1))
+            .collect();
+        if group_index.len() != groups.len() {
+            return Err(invalid("an aggregator name appears twice".into()));
+        }
+        if let Some(g) = groups
+            .iter()
+            .find(|g| site_index.contains_key(g.name.as_str()))
+        {
+            return Err(invalid(format!(
+                "aggregator '{}' has a site's name",
+                g.name
+            )));
+        }
+        let mut placed: BTreeSet<Member> = BTreeSet::new();
+        let mut nodes = vec![Node {
+            name: "root".into(),
+            members: Vec::new(),
+            depth: 0,
+        }];
+        for g in &groups {
+            if g.members.is_empty() {
+                return Err(invalid(format!("aggregator '{}' has no members", g.name)));
+            }
+            let mut members = Vec::new();
+            for m in &g.members {
+                let member = match (site_index.get(m.as_str()), group_index.get(m.as_str())) {
+                    (Some(&s), _) => Member::Site(s),
+                    (None, Some(&n)) => Member::Node(n),
+                    (None, None) => {
+                        return Err(invalid(format!(
+                            "aggregator '{}' lists '{m}', neither a site nor an aggregator",
+                            g.name
+                        )));
+                    }
+                };
+                if !placed.insert(member) {
+                    return Err(invalid(format!("'{m}' is a member of two aggregators")));
+                }
+                members.push(member);
+            }
+            nodes.push(Node {
+                name: g.name.clone(),
+                members,
+                depth: 0,
+            });
+        }
+        // The root holds what no aggregator lists.
+        let root: Vec<Member> = (1..nodes.len())
+            .map(Member::Node)
+            .chain((0..sites.len()).map(Member::Site))
+            .filter(|m| !placed.contains(m))
+            .collect();
+        if !root.iter().any(|m| matches!(m, Member::Node(_))) && !placed.is_empty() {
+            return Err(invalid("the aggregators form a cycle".into()));
+        }
+        nodes[0].members = root;
+        // Depths, and every aggregator reachable from the root (no cycles).
+        let mut stack = vec![(0usize, 0usize)];
+        let mut seen = BTreeSet::new();
+        while let Some((n, depth)) = stack.pop() {
+            if !seen.insert(n) {
+                return Err(invalid("the aggregators form a cycle".into()));
+            }
+            nodes[n].depth = depth;
+            for m in &nodes[n].members {
+                if let Member::Node(c) = m {
+                    stack.push((*c, depth + 1));
+                }
+            }
+        }
+        if seen.len() != nodes.len() {
+            return Err(invalid("the aggregators form a cycle".into()));
+        }
+        Ok(Tree { nodes })
+    }
+
+    /// The sites below node `n`, sorted.
+    pub fn sites_below(&self, n: usize) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut stack = vec![n];
+        while let Some(n) = stack.pop() {
+            for m in &self.nodes[n].members {
+                match *m {
+                    Member::Site(s) => out.push(s),
+                    Member::Node(c) => stack.push(c),
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+}
+
+/// Each site's neighbours (sorted) in a gossip graph over `n` sites; random
+/// regular graphs are drawn from `seed` (pairing model, redrawn until simple).
+pub fn gossip_neighbours(
+    graph: GossipGraph,
+    n: usize,
+    degree: usize,
+    seed: u64,
+) -> Result<Vec<Vec<usize>>, PlanError> {
+    let invalid = |m: String| PlanError::Invalid(format!("topology: {m}"));
+    let mut out = vec![BTreeSet::new(); n];
+    match graph {
+        GossipGraph::Complete => {
+            for (i, set) in out.iter_mut().enumerate() {
+                set.extend((0..n).filter(|&j| j != i));
+            }
+        }
+        GossipGraph::Ring => {
+            for (i, set) in out.iter_mut().enumerate() {
+                for j in [(i + 1) % n, (i + n - 1) % n] {
+                    if j != i {
+                        set.insert(j);
+                    }
+                }
+            }
+        }
+        GossipGraph::RandomRegular => {
+            if degree == 0 || degree >= n || (n * degree) % 2 == 1 {
+                return Err(invalid(format!(
+                    "a random {degree}-regular graph over {n} sites needs 0 < degree < sites and \
+                     sites x degree even"
+                )));
+            }
+            let mut rng = tessera_core::SeededRng::derived(seed, &[crate::streams::TOPOLOGY]);
+            let mut drawn = false;
+            for _ in 0..10_000 {
+                let mut stubs: Vec<usize> = (0..n)
+                    .flat_map(|i| std::iter::repeat_n(i, degree))
+                    .collect();
+                rng.shuffle(&mut stubs);
+                let mut sets = vec![BTreeSet::new(); n];
+                let simple = stubs.chunks(2).all(|pair| {
+                    let (a, b) = (pair[0], pair[1]);
+                    a != b && sets[a].insert(b) && sets[b].insert(a)
+                });
+                if simple {
+                    out = sets;
+                    drawn = true;
+                    break;
+                }
+            }
+            if !drawn {
+                return Err(invalid(format!(
+                    "no simple random {degree}-regular graph over {n} sites was drawn"
+                )));
+            }
+        }
+    }
+    Ok(out.into_iter().map(|s| s.into_iter().collect()).collect())
+}

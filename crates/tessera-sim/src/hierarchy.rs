@@ -1,0 +1,459 @@
+//! Hierarchical aggregation in simulation: a tree of aggregators, each
+//! running the same round engine over its members (sites or aggregators
+//! below). An aggregator opens its round when the model reaches it, closes it
+//! when its members have answered (or its deadline passes), and sends its
+//! members' weighted mean update upward as one update carrying their examples;
+//! with FedAvg weights the root's mean equals the flat mean. Every round each
+//! aggregator's regional model (the round's model plus its own mean) is kept.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use tessera_aggregate::FedAvg;
+use tessera_core::{FitStats, ParameterSet, ParticipantId, Timestamp, Update};
+use tessera_data::FederatedData;
+use tessera_engine::report::{
+    RegionReport, RoundRecord, SiteTraffic, TopologyReport, round_record,
+};
+use tessera_engine::{
+    EngineConfig, EngineError, FitTask, Member, Plan, RoundEngine, RoundStatus, Site, Tree,
+};
+use tessera_learn::{Evaluation, Learner, Schedule};
+
+use crate::SimError;
+use crate::profile::Profile;
+use crate::run::{Federated, initial_model, lock};
+
+/// What a member sent up, and when it arrived.
+struct Answer {
+    update: Option<Update>,
+    at: Timestamp,
+}
+
+/// Bytes moved in a round at each depth: (received by aggregators at depth d,
+/// sent by them to their members).
+#[derive(Default)]
+struct Traffic {
+    up: Vec<u64>,
+    down: Vec<u64>,
+    site_up: Vec<u64>,
+    /// Each site's and aggregator's bytes this round.
+    members: BTreeMap<String, SiteTraffic>,
+}
+
+impl Traffic {
+    fn add(v: &mut Vec<u64>, depth: usize, bytes: u64) {
+        if v.len() <= depth {
+            v.resize(depth + 1, 0);
+        }
+        v[depth] += bytes;
+    }
+
+    /// An aggregator at `depth` sent `bytes` of model to `member`.
+    fn model_to(&mut self, depth: usize, member: &str, bytes: u64) {
+        Self::add(&mut self.down, depth, bytes);
+        self.members.entry(member.to_string()).or_default().down += bytes;
+    }
+
+    /// An aggregator at `depth` received `bytes` of update from `member`.
+    fn update_from(&mut self, depth: usize, member: &str, bytes: u64) {
+        Self::add(&mut self.up, depth, bytes);
+        let entry = self.members.entry(member.to_string()).or_default();
+        entry.up += bytes;
+        entry.update += bytes;
+    }
+}
+
+struct Context<'a> {
+    plan: &'a Plan,
+    data: &'a FederatedData,
+    tree: &'a Tree,
+    sites: &'a [Mutex<Site>],
+    profiles: &'a [Profile],
+    node_profiles: &'a [Profile],
+    schedule: Schedule,
+    batch_size: usize,
+}
+
+impl Context<'_> {
+    fn site_answer(
+        &self,
+        site: usize,
+        task: &FitTask,
+        opened: Timestamp,
+    ) -> Result<Answer, SimError> {
+        let profile = &self.profiles[site];
+        let round = task.round;
+        let name = &self.data.sites[site].name;
+        let n_rows = self.data.sites[site].train.n_rows();
+        let examples = match self.schedule {
+            Schedule::Steps(steps) => {
+                steps.saturating_mul(self.batch_size.min(n_rows.max(1)) as u64)
+            }
+            Schedule::Epochs(epochs) => epochs.saturating_mul(n_rows as u64),
+        };
+        let received = opened.plus(profile.latency());
+        let compute = profile.compute_time(examples);
+        if let Some(share) = profile.drops_out(self.plan.seed, round, name) {
+            return Ok(Answer {
+                update: None,
+                at: received
+                    .plus(compute.mul_f64(share))
+                    .plus(profile.latency()),
+            });
+        }
+        let update = lock(&self.sites[site])
+            .fit(task, &self.data.sites[site].train)
+            .ok();
+        Ok(Answer {
+            update,
+            at: received.plus(compute).plus(profile.latency()),
+        })
+    }
+
+    /// Runs node `n`'s round from `opened` (the model reaching it); returns
+    /// its answer to its parent, and records its regional model.
+    fn node_answer(
+        &self,
+        n: usize,
+        task: &FitTask,
+        opened: Timestamp,
+        traffic: &Mutex<Traffic>,
+        regional: &Mutex<BTreeMap<usize, ParameterSet>>,
+    ) -> Result<Answer, SimError> {
+        let node = &self.tree.nodes[n];
+        let profile = &self.node_profiles[n];
+        let received = opened.plus(profile.latency());
+        let config = EngineConfig {
+            rounds: task.round,
+            fraction: 1.0,
+            min_participants: 1,
+            quorum: 1,
+            deadline: self
+                .plan
+                .federation
+                .deadline_seconds
+                .map(tessera_core::duration_from_secs),
+            seed: self.plan.seed,
+        };
+        let mut engine = RoundEngine::restore(
+            config,
+            Box::new(FedAvg { server_lr: 1.0 }),
+            task.global.as_ref().clone(),
+            task.round - 1,
+        );
+        let ids: Vec<ParticipantId> = node.members.iter().map(|m| self.member_id(*m)).collect();
+        for id in &ids {
+            engine.register(id.clone());
+        }
+        let start = engine.begin_round(received)?;
+        let model_bytes = 32 + task.global.wire_len() as u64;
+        {
+            let mut t = lock_traffic(traffic);
+            for id in &ids {
+                t.model_to(node.depth, id.as_str(), model_bytes);
+            }
+        }
+        let answers: Vec<Result<Answer, SimError>> = node
+            .members
+            .par_iter()
+            .map(|m| self.member_answer(*m, task, received, traffic, regional))
+            .collect();
+        let mut answers: Vec<(usize, Answer)> = answers
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| a.map(|a| (i, a)))
+            .collect::<Result<_, _>>()?;
+        answers.sort_by_key(|(i, a)| (a.at, *i));
+        let mut last = received;
+        for (i, answer) in &answers {
+            if engine.deadline().is_some_and(|d| answer.at > d) {
+                continue;
+            }
+            last = last.max(answer.at);
+            match &answer.update {
+                Some(update) => {
+                    let size = update.wire_len() as u64;
+                    let mut t = lock_traffic(traffic);
+                    t.update_from(node.depth, ids[*i].as_str(), size);
+                    if let Member::Site(s) = node.members[*i] {
+                        t.site_up[s] += size;
+                    }
+                    drop(t);
+                    let _ = engine.submit(answer.at, &ids[*i], start.task.round, update);
+                }
+                None => engine.report_dropout(&ids[*i]),
+            }
+        }
+        let outcome = match engine.poll(last) {
+            Some(o) => o,
+            None => {
+                let deadline = engine.deadline().ok_or_else(|| {
+                    EngineError::State(format!("aggregator '{}' cannot close", node.name))
+                })?;
+                engine.poll(deadline).ok_or_else(|| {
+                    EngineError::State(format!("aggregator '{}' did not close", node.name))
+                })?
+            }
+        };
+        let at = outcome.closed_at.plus(profile.latency());
+        let update = match (&outcome.status, outcome.aggregate) {
+            (RoundStatus::Completed, Some(aggregate)) => {
+                regional
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(n, engine.global().as_ref().clone());
+                Some(Update {
+                    delta: aggregate.mean_delta,
+                    n_examples: aggregate.n_examples,
+                    control_delta: None,
+                    stats: FitStats {
+                        n_steps: 0,
+                        mean_train_loss: aggregate.mean_train_loss,
+                    },
+                })
+            }
+            _ => None,
+        };
+        Ok(Answer { update, at })
+    }
+
+    fn member_answer(
+        &self,
+        member: Member,
+        task: &FitTask,
+        opened: Timestamp,
+        traffic: &Mutex<Traffic>,
+        regional: &Mutex<BTreeMap<usize, ParameterSet>>,
+    ) -> Result<Answer, SimError> {
+        match member {
+            Member::Site(s) => self.site_answer(s, task, opened),
+            Member::Node(n) => self.node_answer(n, task, opened, traffic, regional),
+        }
+    }
+
+    fn member_id(&self, member: Member) -> ParticipantId {
+        match member {
+            Member::Site(s) => ParticipantId::new(&self.data.sites[s].name),
+            Member::Node(n) => ParticipantId::new(&self.tree.nodes[n].name),
+        }
+    }
+}
+
+fn lock_traffic(t: &Mutex<Traffic>) -> std::sync::MutexGuard<'_, Traffic> {
+    t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Synchronous rounds over the plan's aggregation tree.
+pub(crate) fn run_hierarchical(
+    plan: &Plan,
+    data: &FederatedData,
+    observer: &mut dyn FnMut(&RoundRecord),
+) -> Result<(Federated, TopologyReport), SimError> {
+    let names: Vec<String> = data.sites.iter().map(|s| s.name.clone()).collect();
+    let tree = Tree::build(&plan.topology, &names)?;
+    let initial = initial_model(plan, data)?;
+    let training = plan.local_training();
+    let mut root = RoundEngine::new(
+        EngineConfig::from_plan(plan),
+        plan.strategy()?,
+        initial.parameters().clone(),
+    );
+    let sites: Vec<Mutex<Site>> = names
+        .iter()
+        .map(|n| {
+            Mutex::new(Site::new(
+                ParticipantId::new(n),
+                Box::new(initial.clone()),
+                training.clone(),
+                plan.seed,
+            ))
+        })
+        .collect();
+    let profiles: Vec<Profile> = names
+        .iter()
+        .map(|n| Profile::draw(&plan.simulation, plan.seed, n))
+        .collect();
+    let node_profiles: Vec<Profile> = tree
+        .nodes
+        .iter()
+        .map(|n| Profile::draw(&plan.simulation, plan.seed, &n.name))
+        .collect();
+    let context = Context {
+        plan,
+        data,
+        tree: &tree,
+        sites: &sites,
+        profiles: &profiles,
+        node_profiles: &node_profiles,
+        schedule: training.schedule()?,
+        batch_size: training.batch_size,
+    };
+    let root_members = &tree.nodes[0].members;
+    let index: BTreeMap<ParticipantId, usize> = root_members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (context.member_id(*m), i))
+        .collect();
+    for id in index.keys() {
+        root.register(id.clone());
+    }
+    let mut now = Timestamp::ZERO;
+    let mut records = Vec::new();
+    let mut last_evaluations = Vec::new();
+    let mut up_by_depth: Vec<u64> = Vec::new();
+    let mut down_by_depth: Vec<u64> = Vec::new();
+    let mut bytes_up_per_site = vec![0u64; names.len()];
+    let mut regional_models: BTreeMap<usize, ParameterSet> = BTreeMap::new();
+    while !root.is_finished() {
+        let wall = Instant::now();
+        let start = root.begin_round(now)?;
+        let task = &start.task;
+        let traffic = Mutex::new(Traffic {
+            site_up: vec![0; names.len()],
+            ..Traffic::default()
+        });
+        let regional = Mutex::new(BTreeMap::new());
+        let model_bytes = 32 + task.global.wire_len() as u64;
+        for id in &start.cohort {
+            lock_traffic(&traffic).model_to(0, id.as_str(), model_bytes);
+        }
+        let cohort: Vec<usize> = start.cohort.iter().map(|id| index[id]).collect();
+        let answers: Vec<Result<Answer, SimError>> = cohort
+            .par_iter()
+            .map(|&i| context.member_answer(root_members[i], task, now, &traffic, &regional))
+            .collect();
+        let mut answers: Vec<(usize, Answer)> = cohort
+            .iter()
+            .copied()
+            .zip(answers)
+            .map(|(i, a)| a.map(|a| (i, a)))
+            .collect::<Result<_, _>>()?;
+        answers.sort_by_key(|(i, a)| (a.at, *i));
+        let mut last = now;
+        for (i, answer) in &answers {
+            if root.deadline().is_some_and(|d| answer.at > d) {
+                continue;
+            }
+            last = last.max(answer.at);
+            let id = context.member_id(root_members[*i]);
+            match &answer.update {
+                Some(update) => {
+                    let size = update.wire_len() as u64;
+                    let mut t = lock_traffic(&traffic);
+                    t.update_from(0, id.as_str(), size);
+                    if let Member::Site(s) = root_members[*i] {
+                        t.site_up[s] += size;
+                    }
+                    drop(t);
+                    let _ = root.submit(answer.at, &id, task.round, update);
+                }
+                None => root.report_dropout(&id),
+            }
+        }
+        let outcome = match root.poll(last) {
+            Some(o) => o,
+            None => {
+                let deadline = root
+                    .deadline()
+                    .ok_or_else(|| EngineError::State("the root cannot close".into()))?;
+                root.poll(deadline)
+                    .ok_or_else(|| EngineError::State("the root did not close".into()))?
+            }
+        };
+        now = outcome.closed_at;
+        for site in &sites {
+            lock(site).round_closed(outcome.status == RoundStatus::Completed);
+        }
+        let global = root.global().clone();
+        let evaluations: Vec<Evaluation> = sites
+            .par_iter()
+            .zip(&data.sites)
+            .map(|(site, rows)| lock(site).evaluate(&global, &rows.test))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        let mut traffic = traffic
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (d, b) in traffic.up.iter().enumerate() {
+            Traffic::add(&mut up_by_depth, d, *b);
+        }
+        for (d, b) in traffic.down.iter().enumerate() {
+            Traffic::add(&mut down_by_depth, d, *b);
+        }
+        let mut bytes_up: u64 = traffic.up.iter().sum();
+        let bytes_down: u64 = traffic.down.iter().sum();
+        for (s, b) in traffic.site_up.iter().enumerate() {
+            bytes_up_per_site[s] += b;
+        }
+        // Evaluations go to the root directly, with the model to evaluate.
+        for (s, e) in evaluations.iter().enumerate() {
+            let size = e.wire_len() as u64;
+            bytes_up_per_site[s] += size;
+            bytes_up += size;
+            let entry = traffic.members.entry(names[s].clone()).or_default();
+            entry.up += size;
+        }
+        regional_models.extend(
+            regional
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let mut record = round_record(
+            &outcome,
+            &evaluations,
+            wall.elapsed().as_secs_f64(),
+            bytes_up,
+            bytes_down,
+        );
+        record.traffic = traffic.members;
+        observer(&record);
+        records.push(record);
+        last_evaluations = evaluations;
+    }
+    // Each aggregator's last regional model on its own sites' test rows.
+    let final_global = root.global().as_ref().clone();
+    let mut regions = BTreeMap::new();
+    for (n, model) in &regional_models {
+        let below = tree.sites_below(*n);
+        let pooled = |parameters: &ParameterSet| -> Result<f64, SimError> {
+            let evaluations: Vec<Evaluation> = below
+                .iter()
+                .map(|&s| lock(&sites[s]).evaluate(parameters, &data.sites[s].test))
+                .collect::<Result<_, _>>()?;
+            Ok(Evaluation::pool(&evaluations).accuracy())
+        };
+        regions.insert(
+            tree.nodes[*n].name.clone(),
+            RegionReport {
+                depth: tree.nodes[*n].depth,
+                sites: below.iter().map(|&s| names[s].clone()).collect(),
+                accuracy: pooled(model)?,
+                global_accuracy: pooled(&final_global)?,
+            },
+        );
+    }
+    let report = TopologyReport {
+        kind: "hierarchical".into(),
+        root_bytes_up: up_by_depth.first().copied().unwrap_or(0),
+        bytes_up_by_depth: up_by_depth,
+        bytes_down_by_depth: down_by_depth,
+        regions,
+        ..TopologyReport::default()
+    };
+    Ok((
+        Federated {
+            records,
+            last_evaluations,
+            final_parameters: final_global,
+            bytes_up_per_site,
+            end: now,
+            privacy: None,
+            malicious: Vec::new(),
+        },
+        report,
+    ))
+}

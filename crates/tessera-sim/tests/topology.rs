@@ -1,0 +1,196 @@
+//! Topologies in simulation on Synthetic(0.5, 0.5), 10 classes, 60 features:
+//! a tree of aggregators (47 sites in 5 regions, and three levels) against
+//! flat FedAvg, and gossip over 12 sites with one lost midway.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use tessera_engine::{FailureConfig, GossipGraph, GroupConfig, Plan, TopologyKind};
+use tessera_learn::Evaluation;
+use tessera_sim::{SimOptions, simulate};
+
+fn flat_of(plan: &Plan) -> Plan {
+    let mut flat = plan.clone();
+    flat.topology = Default::default();
+    flat
+}
+
+#[test]
+fn five_regions_match_flat_fedavg_and_cut_the_root_traffic_by_the_fan_in() {
+    let (plan, data) = common::synthetic_10class("synthetic-hierarchical.toml");
+    let options = SimOptions::default();
+    let tree = simulate(&plan, &data, &options, &mut |_| {}).unwrap();
+    let flat = simulate(&flat_of(&plan), &data, &options, &mut |_| {}).unwrap();
+    let (h, f) = (tree.final_metrics.accuracy, flat.final_metrics.accuracy);
+    println!("47 sites: flat {f:.4}, 5 regions {h:.4}");
+    assert!((h - f).abs() <= 0.01, "{h} vs {f}");
+    // One round: the root's mean of regional means is the flat mean (to float rounding).
+    let mut one = plan.clone();
+    one.federation.rounds = 1;
+    let a = simulate(&one, &data, &options, &mut |_| {}).unwrap();
+    let b = simulate(&flat_of(&one), &data, &options, &mut |_| {}).unwrap();
+    let worst = a
+        .final_parameters
+        .values()
+        .zip(b.final_parameters.values())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-5, "{worst}");
+    // Root traffic: 5 region updates a round instead of 47 site updates.
+    let topology = tree.topology.as_ref().unwrap();
+    let root = topology.root_bytes_up;
+    let flat_updates = flat.communication.update_bytes_up;
+    println!(
+        "root receives {root} bytes against {flat_updates} flat ({:.1}x less)",
+        flat_updates as f64 / root as f64
+    );
+    assert_eq!(root * 47, flat_updates * 5);
+    assert_eq!(topology.bytes_up_by_depth.len(), 2);
+    assert_eq!(topology.bytes_up_by_depth[1], flat_updates);
+    // Every region's model is kept; on its own sites it does at least as well
+    // as the global model for most regions (they personalise).
+    assert_eq!(topology.regions.len(), 5);
+    for (name, region) in &topology.regions {
+        println!(
+            "{name}: regional {:.4}, global {:.4}",
+            region.accuracy, region.global_accuracy
+        );
+        assert_eq!(region.depth, 1);
+    }
+    // Per-round traffic names regions and sites.
+    let traffic = &tree.rounds[0].traffic;
+    assert!(traffic.contains_key("region-1") && traffic.contains_key("site0"));
+}
+
+#[test]
+fn a_three_level_tree_trains_like_flat_fedavg() {
+    let (mut plan, data) = common::synthetic_10class("synthetic-hierarchical.toml");
+    plan.federation.rounds = 10;
+    plan.topology.regions = None;
+    // Two regions, each of two hospitals of sites; site46 reports to the root directly.
+    let names: Vec<String> = (0..46).map(|i| format!("site{i}")).collect();
+    let group = |name: &str, members: &[String]| GroupConfig {
+        name: name.into(),
+        members: members.to_vec(),
+    };
+    plan.topology.groups = vec![
+        group("north", &["h1".into(), "h2".into()]),
+        group("south", &["h3".into(), "h4".into()]),
+        group("h1", &names[0..10]),
+        group("h2", &names[10..23]),
+        group("h3", &names[23..35]),
+        group("h4", &names[35..46]),
+    ];
+    let options = SimOptions::default();
+    let tree = simulate(&plan, &data, &options, &mut |_| {}).unwrap();
+    let flat = simulate(&flat_of(&plan), &data, &options, &mut |_| {}).unwrap();
+    let (h, f) = (tree.final_metrics.accuracy, flat.final_metrics.accuracy);
+    assert!((h - f).abs() <= 0.01, "{h} vs {f}");
+    let topology = tree.topology.unwrap();
+    assert_eq!(topology.bytes_up_by_depth.len(), 3);
+    // The root hears from two regions and one site.
+    assert_eq!(topology.regions["h1"].depth, 2);
+    assert_eq!(topology.regions["north"].sites.len(), 23);
+}
+
+#[test]
+fn gossip_over_12_sites_loses_one_midway_and_ends_within_a_point_of_fedavg() {
+    let (plan, data) = common::synthetic_sites("synthetic-gossip.toml", 12);
+    assert_eq!(plan.topology.kind, TopologyKind::Gossip);
+    assert_eq!(
+        plan.topology.failures,
+        vec![FailureConfig {
+            site: "site4".into(),
+            round: 30
+        }]
+    );
+    let options = SimOptions::default();
+    let gossip = simulate(&plan, &data, &options, &mut |_| {}).unwrap();
+    let fedavg = simulate(&flat_of(&plan), &data, &options, &mut |_| {}).unwrap();
+    // Both on the survivors' test rows: FedAvg's model, and each survivor's own.
+    let survivors: Vec<usize> = (0..12).filter(|&i| i != 4).collect();
+    let mut learner = tessera_sim::initial_model(&plan, &data).unwrap();
+    let evaluations: Vec<Evaluation> = survivors
+        .iter()
+        .map(|&s| {
+            tessera_learn::Learner::set_parameters(&mut learner, &fedavg.final_parameters).unwrap();
+            tessera_learn::Learner::evaluate(&learner, &data.sites[s].test).unwrap()
+        })
+        .collect();
+    let fedavg_accuracy = Evaluation::pool(&evaluations).accuracy();
+    let topology = gossip.topology.as_ref().unwrap();
+    let own = topology.site_models_accuracy.unwrap();
+    let mean = topology.mean_model_accuracy.unwrap();
+    println!(
+        "12 sites, site4 lost at round 30 of 60: FedAvg {fedavg_accuracy:.4}; gossip site models {own:.4}, their mean {mean:.4}, consensus distance {:.3}",
+        topology.consensus_distance.unwrap()
+    );
+    assert!(own >= fedavg_accuracy - 0.01, "{own} vs {fedavg_accuracy}");
+    assert_eq!(gossip.rounds[40].dropped, 1);
+    assert_eq!(gossip.rounds[20].dropped, 0);
+    // Nothing reaches a root: sites send only to their neighbours (degree 4).
+    assert_eq!(topology.root_bytes_up, 0);
+    assert!(topology.neighbours.values().all(|n| n.len() == 4));
+}
+
+#[test]
+fn gossip_on_the_complete_graph_reaches_consensus() {
+    let (mut plan, data) = common::synthetic_sites("synthetic-gossip.toml", 12);
+    plan.topology.graph = GossipGraph::Complete;
+    plan.topology.failures.clear();
+    plan.federation.rounds = 5;
+    let report = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
+    let distance = report.topology.unwrap().consensus_distance.unwrap();
+    assert!(distance < 1e-4, "{distance}");
+}
+
+#[test]
+fn topologies_that_cannot_work_are_refused_with_the_reason() {
+    let (plan, data) = common::synthetic_10class("synthetic-hierarchical.toml");
+    let mut secure = plan.clone();
+    secure.secure_aggregation.enabled = true;
+    let err = secure.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("hierarchical topology does not support secure aggregation yet"),
+        "{err}"
+    );
+    let mut unknown = plan.clone();
+    unknown.topology.regions = None;
+    unknown.topology.groups = vec![GroupConfig {
+        name: "r".into(),
+        members: vec!["site0".into(), "nowhere".into()],
+    }];
+    let err = simulate(&unknown, &data, &SimOptions::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("lists 'nowhere', neither a site nor an aggregator"),
+        "{err}"
+    );
+    let mut cycle = plan.clone();
+    cycle.topology.regions = None;
+    cycle.topology.groups = vec![
+        GroupConfig {
+            name: "a".into(),
+            members: vec!["b".into(), "site0".into()],
+        },
+        GroupConfig {
+            name: "b".into(),
+            members: vec!["a".into()],
+        },
+    ];
+    let err = simulate(&cycle, &data, &SimOptions::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cycle"), "{err}");
+    let (mut gossip, data12) = common::synthetic_sites("synthetic-gossip.toml", 12);
+    gossip.topology.degree = 12;
+    let err = simulate(&gossip, &data12, &SimOptions::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("random 12-regular graph over 12 sites"),
+        "{err}"
+    );
+}
