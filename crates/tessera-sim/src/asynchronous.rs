@@ -2,7 +2,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -10,12 +10,12 @@ use tessera_aggregate::FitInstructions;
 use tessera_core::{ParameterSet, ParticipantId, Timestamp};
 use tessera_data::FederatedData;
 use tessera_engine::report::{RoundRecord, mean_site_accuracy};
-use tessera_engine::{BufferedEngine, FitTask, Plan, Site};
-use tessera_learn::{Evaluation, Learner, Schedule};
+use tessera_engine::{BufferedEngine, FitTask, Plan};
+use tessera_learn::{Evaluation, Learner};
 
 use crate::SimError;
-use crate::profile::Profile;
-use crate::run::{Federated, initial_model, lock};
+use crate::profile::examples_per_round;
+use crate::run::{Federated, initial_model, lock, plain_sites};
 
 /// A site's attempt in flight: it received model `base` (`params`) and
 /// finishes (or drops out) at the event's time.
@@ -44,29 +44,10 @@ pub(crate) fn run_async(
         .iter()
         .map(|s| ParticipantId::new(&s.name))
         .collect();
-    let sites: Vec<Mutex<Site>> = ids
-        .iter()
-        .map(|id| {
-            Mutex::new(Site::new(
-                id.clone(),
-                Box::new(initial.clone()),
-                training.clone(),
-                plan.seed,
-            ))
-        })
-        .collect();
-    let profiles: Vec<Profile> = ids
-        .iter()
-        .map(|id| Profile::draw(&plan.simulation, plan.seed, id.as_str()))
-        .collect();
+    let (sites, profiles) = plain_sites(plan, &initial, ids.iter().map(ParticipantId::as_str));
     let duration = |site: usize| {
         let rows = data.sites[site].train.n_rows();
-        let examples = match schedule {
-            Schedule::Steps(steps) => {
-                steps.saturating_mul(training.batch_size.min(rows.max(1)) as u64)
-            }
-            Schedule::Epochs(epochs) => epochs.saturating_mul(rows as u64),
-        };
+        let examples = examples_per_round(schedule, training.batch_size, rows);
         profiles[site].compute_time(examples)
     };
     let mut queue: BinaryHeap<Reverse<(Timestamp, usize)>> = BinaryHeap::new();

@@ -7,19 +7,19 @@
 //! A lost site leaves the graph; its neighbours re-weight among the living.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
-use tessera_core::{ParameterSet, ParticipantId, Timestamp};
+use tessera_core::{ParameterSet, Timestamp};
 use tessera_data::FederatedData;
 use tessera_engine::report::{RoundRecord, SiteTraffic, TopologyReport, mean_site_accuracy};
-use tessera_engine::{EngineError, FitTask, Plan, Site, gossip_neighbours};
-use tessera_learn::{Evaluation, Schedule};
+use tessera_engine::{EngineError, FitTask, Plan, gossip_neighbours};
+use tessera_learn::Evaluation;
 
 use crate::SimError;
-use crate::profile::Profile;
-use crate::run::{Federated, initial_model, lock};
+use crate::profile::examples_per_round;
+use crate::run::{Federated, initial_model, lock, plain_sites};
 
 /// Gossip rounds over the plan's graph.
 pub(crate) fn run_gossip(
@@ -47,21 +47,7 @@ pub(crate) fn run_gossip(
     let initial = initial_model(plan, data)?;
     let training = plan.local_training();
     let schedule = training.schedule()?;
-    let sites: Vec<Mutex<Site>> = names
-        .iter()
-        .map(|s| {
-            Mutex::new(Site::new(
-                ParticipantId::new(s),
-                Box::new(initial.clone()),
-                training.clone(),
-                plan.seed,
-            ))
-        })
-        .collect();
-    let profiles: Vec<Profile> = names
-        .iter()
-        .map(|s| Profile::draw(&plan.simulation, plan.seed, s))
-        .collect();
+    let (sites, profiles) = plain_sites(plan, &initial, &names);
     // Every site starts from the same model (shared until it first changes).
     let start = Arc::new(tessera_learn::Learner::parameters(&initial).clone());
     let mut models: Vec<Arc<ParameterSet>> = (0..n).map(|_| Arc::clone(&start)).collect();
@@ -118,12 +104,7 @@ pub(crate) fn run_gossip(
         for i in (0..n).filter(|&i| alive[i]) {
             let p = &profiles[i];
             let n_rows = data.sites[i].train.n_rows();
-            let examples = match schedule {
-                Schedule::Steps(steps) => {
-                    steps.saturating_mul(training.batch_size.min(n_rows.max(1)) as u64)
-                }
-                Schedule::Epochs(epochs) => epochs.saturating_mul(n_rows as u64),
-            };
+            let examples = examples_per_round(schedule, training.batch_size, n_rows);
             let sent =
                 model_bytes * living[i].len() as u64 * u64::from(topology.gossip_steps.max(1));
             let done = now

@@ -23,8 +23,8 @@ use tessera_engine::{
 use tessera_learn::{Evaluation, Learner, Schedule};
 
 use crate::SimError;
-use crate::profile::Profile;
-use crate::run::{Federated, initial_model, lock};
+use crate::profile::{Profile, examples_per_round};
+use crate::run::{Federated, initial_model, lock, plain_sites};
 
 /// What a member sent up, and when it arrived.
 struct Answer {
@@ -88,12 +88,7 @@ impl Context<'_> {
         let round = task.round;
         let name = &self.data.sites[site].name;
         let n_rows = self.data.sites[site].train.n_rows();
-        let examples = match self.schedule {
-            Schedule::Steps(steps) => {
-                steps.saturating_mul(self.batch_size.min(n_rows.max(1)) as u64)
-            }
-            Schedule::Epochs(epochs) => epochs.saturating_mul(n_rows as u64),
-        };
+        let examples = examples_per_round(self.schedule, self.batch_size, n_rows);
         let received = opened.plus(profile.latency());
         let compute = profile.compute_time(examples);
         if let Some(share) = profile.drops_out(self.plan.seed, round, name) {
@@ -261,21 +256,7 @@ pub(crate) fn run_hierarchical(
         plan.strategy()?,
         initial.parameters().clone(),
     );
-    let sites: Vec<Mutex<Site>> = names
-        .iter()
-        .map(|n| {
-            Mutex::new(Site::new(
-                ParticipantId::new(n),
-                Box::new(initial.clone()),
-                training.clone(),
-                plan.seed,
-            ))
-        })
-        .collect();
-    let profiles: Vec<Profile> = names
-        .iter()
-        .map(|n| Profile::draw(&plan.simulation, plan.seed, n))
-        .collect();
+    let (sites, profiles) = plain_sites(plan, &initial, &names);
     let node_profiles: Vec<Profile> = tree
         .nodes
         .iter()

@@ -5,6 +5,15 @@ use std::time::Duration;
 use serde::Serialize;
 use tessera_core::{SeededRng, duration_from_secs, tag};
 use tessera_engine::{Range, SimulationConfig, streams};
+use tessera_learn::Schedule;
+
+/// Training examples a site with `n_rows` rows processes in one round.
+pub(crate) fn examples_per_round(schedule: Schedule, batch_size: usize, n_rows: usize) -> u64 {
+    match schedule {
+        Schedule::Steps(steps) => steps.saturating_mul(batch_size.min(n_rows.max(1)) as u64),
+        Schedule::Epochs(epochs) => epochs.saturating_mul(n_rows as u64),
+    }
+}
 
 /// How a simulated participant behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

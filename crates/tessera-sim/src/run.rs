@@ -11,11 +11,11 @@ use tessera_data::FederatedData;
 use tessera_engine::{
     EngineConfig, EngineError, Mode, Plan, PlanError, RoundEngine, RoundStatus, Site, TopologyKind,
 };
-use tessera_learn::{Evaluation, LearnError, Learner, Network, Schedule};
+use tessera_learn::{Evaluation, LearnError, Learner, Network};
 use thiserror::Error;
 
 use crate::baselines::run_baselines;
-use crate::profile::Profile;
+use crate::profile::{Profile, examples_per_round};
 use tessera_engine::report::{
     Communication, PrivacyReport, RobustnessReport, RoundRecord, RunReport, SiteTraffic, Timing,
     final_metrics, round_record,
@@ -67,6 +67,31 @@ struct Event {
     at: Timestamp,
     site: usize,
     dropout: bool,
+}
+
+/// Plain participants (no DP, no compression) named `names`, each with its
+/// seeded profile.
+pub(crate) fn plain_sites(
+    plan: &Plan,
+    initial: &Network,
+    names: impl IntoIterator<Item = impl AsRef<str>>,
+) -> (Vec<Mutex<Site>>, Vec<Profile>) {
+    let training = plan.local_training();
+    names
+        .into_iter()
+        .map(|name| {
+            let name = name.as_ref();
+            (
+                Mutex::new(Site::new(
+                    ParticipantId::new(name),
+                    Box::new(initial.clone()),
+                    training.clone(),
+                    plan.seed,
+                )),
+                Profile::draw(&plan.simulation, plan.seed, name),
+            )
+        })
+        .unzip()
 }
 
 pub(crate) fn lock(site: &Mutex<Site>) -> MutexGuard<'_, Site> {
@@ -366,12 +391,7 @@ fn run_sync(
             let site = index[id];
             let profile = &profiles[site];
             let n_rows = data.sites[site].train.n_rows();
-            let examples = match schedule {
-                Schedule::Steps(steps) => {
-                    steps.saturating_mul(training.batch_size.min(n_rows.max(1)) as u64)
-                }
-                Schedule::Epochs(epochs) => epochs.saturating_mul(n_rows as u64),
-            };
+            let examples = examples_per_round(schedule, training.batch_size, n_rows);
             let compute = profile.compute_time(examples);
             let received = now
                 .plus(profile.latency())
