@@ -18,7 +18,8 @@ use tessera_engine::report::{
     RegionReport, RoundRecord, SiteTraffic, TopologyReport, round_record,
 };
 use tessera_engine::{
-    EngineConfig, EngineError, FitTask, Member, Plan, RoundEngine, RoundStatus, Site, Tree,
+    EngineConfig, EngineError, FitTask, Member, Plan, RoundEngine, RoundOutcome, RoundStatus, Site,
+    Tree,
 };
 use tessera_learn::{Evaluation, Learner, Schedule};
 
@@ -143,56 +144,9 @@ impl Context<'_> {
         for id in &ids {
             engine.register(id.clone());
         }
-        let start = engine.begin_round(received)?;
-        let model_bytes = 32 + task.global.wire_len() as u64;
-        {
-            let mut t = lock_traffic(traffic);
-            for id in &ids {
-                t.model_to(node.depth, id.as_str(), model_bytes);
-            }
-        }
-        let answers: Vec<Result<Answer, SimError>> = node
-            .members
-            .par_iter()
-            .map(|m| self.member_answer(*m, task, received, traffic, regional))
-            .collect();
-        let mut answers: Vec<(usize, Answer)> = answers
-            .into_iter()
-            .enumerate()
-            .map(|(i, a)| a.map(|a| (i, a)))
-            .collect::<Result<_, _>>()?;
-        answers.sort_by_key(|(i, a)| (a.at, *i));
-        let mut last = received;
-        for (i, answer) in &answers {
-            if engine.deadline().is_some_and(|d| answer.at > d) {
-                continue;
-            }
-            last = last.max(answer.at);
-            match &answer.update {
-                Some(update) => {
-                    let size = update.wire_len() as u64;
-                    let mut t = lock_traffic(traffic);
-                    t.update_from(node.depth, ids[*i].as_str(), size);
-                    if let Member::Site(s) = node.members[*i] {
-                        t.site_up[s] += size;
-                    }
-                    drop(t);
-                    let _ = engine.submit(answer.at, &ids[*i], start.task.round, update);
-                }
-                None => engine.report_dropout(&ids[*i]),
-            }
-        }
-        let outcome = match engine.poll(last) {
-            Some(o) => o,
-            None => {
-                let deadline = engine.deadline().ok_or_else(|| {
-                    EngineError::State(format!("aggregator '{}' cannot close", node.name))
-                })?;
-                engine.poll(deadline).ok_or_else(|| {
-                    EngineError::State(format!("aggregator '{}' did not close", node.name))
-                })?
-            }
-        };
+        engine.begin_round(received)?;
+        let all: Vec<usize> = (0..node.members.len()).collect();
+        let outcome = self.run_round(&mut engine, n, &all, task, received, traffic, regional)?;
         let at = outcome.closed_at.plus(profile.latency());
         let update = match (&outcome.status, outcome.aggregate) {
             (RoundStatus::Completed, Some(aggregate)) => {
@@ -213,6 +167,73 @@ impl Context<'_> {
             _ => None,
         };
         Ok(Answer { update, at })
+    }
+
+    /// Node `n`'s open round of `task` in `engine`, over its members at
+    /// `members` (positions in its member list): sends them the model, gets
+    /// their answers from `opened` on, feeds them in arrival order, closes it.
+    #[allow(clippy::too_many_arguments)]
+    fn run_round(
+        &self,
+        engine: &mut RoundEngine,
+        n: usize,
+        members: &[usize],
+        task: &FitTask,
+        opened: Timestamp,
+        traffic: &Mutex<Traffic>,
+        regional: &Mutex<BTreeMap<usize, ParameterSet>>,
+    ) -> Result<RoundOutcome, SimError> {
+        let node = &self.tree.nodes[n];
+        let model_bytes = 32 + task.global.wire_len() as u64;
+        for &i in members {
+            lock_traffic(traffic).model_to(
+                node.depth,
+                self.member_id(node.members[i]).as_str(),
+                model_bytes,
+            );
+        }
+        let answers: Vec<Result<Answer, SimError>> = members
+            .par_iter()
+            .map(|&i| self.member_answer(node.members[i], task, opened, traffic, regional))
+            .collect();
+        let mut answers: Vec<(usize, Answer)> = members
+            .iter()
+            .copied()
+            .zip(answers)
+            .map(|(i, a)| a.map(|a| (i, a)))
+            .collect::<Result<_, _>>()?;
+        answers.sort_by_key(|(i, a)| (a.at, *i));
+        let mut last = opened;
+        for (i, answer) in &answers {
+            if engine.deadline().is_some_and(|d| answer.at > d) {
+                continue;
+            }
+            last = last.max(answer.at);
+            let id = self.member_id(node.members[*i]);
+            match &answer.update {
+                Some(update) => {
+                    let size = update.wire_len() as u64;
+                    let mut t = lock_traffic(traffic);
+                    t.update_from(node.depth, id.as_str(), size);
+                    if let Member::Site(s) = node.members[*i] {
+                        t.site_up[s] += size;
+                    }
+                    drop(t);
+                    let _ = engine.submit(answer.at, &id, task.round, update);
+                }
+                None => engine.report_dropout(&id),
+            }
+        }
+        let cannot = |what: &str| EngineError::State(format!("aggregator '{}' {what}", node.name));
+        Ok(match engine.poll(last) {
+            Some(o) => o,
+            None => {
+                let deadline = engine.deadline().ok_or_else(|| cannot("cannot close"))?;
+                engine
+                    .poll(deadline)
+                    .ok_or_else(|| cannot("did not close at its deadline"))?
+            }
+        })
     }
 
     fn member_answer(
@@ -297,53 +318,8 @@ pub(crate) fn run_hierarchical(
             ..Traffic::default()
         });
         let regional = Mutex::new(BTreeMap::new());
-        let model_bytes = 32 + task.global.wire_len() as u64;
-        for id in &start.cohort {
-            lock_traffic(&traffic).model_to(0, id.as_str(), model_bytes);
-        }
         let cohort: Vec<usize> = start.cohort.iter().map(|id| index[id]).collect();
-        let answers: Vec<Result<Answer, SimError>> = cohort
-            .par_iter()
-            .map(|&i| context.member_answer(root_members[i], task, now, &traffic, &regional))
-            .collect();
-        let mut answers: Vec<(usize, Answer)> = cohort
-            .iter()
-            .copied()
-            .zip(answers)
-            .map(|(i, a)| a.map(|a| (i, a)))
-            .collect::<Result<_, _>>()?;
-        answers.sort_by_key(|(i, a)| (a.at, *i));
-        let mut last = now;
-        for (i, answer) in &answers {
-            if root.deadline().is_some_and(|d| answer.at > d) {
-                continue;
-            }
-            last = last.max(answer.at);
-            let id = context.member_id(root_members[*i]);
-            match &answer.update {
-                Some(update) => {
-                    let size = update.wire_len() as u64;
-                    let mut t = lock_traffic(&traffic);
-                    t.update_from(0, id.as_str(), size);
-                    if let Member::Site(s) = root_members[*i] {
-                        t.site_up[s] += size;
-                    }
-                    drop(t);
-                    let _ = root.submit(answer.at, &id, task.round, update);
-                }
-                None => root.report_dropout(&id),
-            }
-        }
-        let outcome = match root.poll(last) {
-            Some(o) => o,
-            None => {
-                let deadline = root
-                    .deadline()
-                    .ok_or_else(|| EngineError::State("the root cannot close".into()))?;
-                root.poll(deadline)
-                    .ok_or_else(|| EngineError::State("the root did not close".into()))?
-            }
-        };
+        let outcome = context.run_round(&mut root, 0, &cohort, task, now, &traffic, &regional)?;
         now = outcome.closed_at;
         for site in &sites {
             lock(site).round_closed(outcome.status == RoundStatus::Completed);
