@@ -5,7 +5,6 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rayon::prelude::*;
 use tessera_aggregate::FitInstructions;
 use tessera_core::{ParameterSet, ParticipantId, Timestamp};
 use tessera_data::FederatedData;
@@ -15,7 +14,7 @@ use tessera_learn::{Evaluation, Learner};
 
 use crate::SimError;
 use crate::profile::examples_per_round;
-use crate::run::{Federated, initial_model, lock, plain_sites};
+use crate::run::{Federated, evaluate_all, initial_model, lock, plain_sites};
 
 /// A site's attempt in flight: it received model `base` (`params`) and
 /// finishes (or drops out) at the event's time.
@@ -160,13 +159,7 @@ pub(crate) fn run_async(
             continue;
         };
         let (global, _) = engine.current();
-        let evaluations: Vec<Evaluation> = sites
-            .par_iter()
-            .zip(&data.sites)
-            .map(|(site, rows)| lock(site).evaluate(&global, &rows.test))
-            .collect::<Vec<_>>()
-            .into_iter()
-            .collect::<Result<_, _>>()?;
+        let evaluations: Vec<Evaluation> = evaluate_all(&sites, data, &global)?;
         for (site, e) in evaluations.iter().enumerate() {
             let size = e.wire_len() as u64;
             bytes_up += size;

@@ -25,7 +25,7 @@ use tessera_learn::{Evaluation, Learner, Schedule};
 
 use crate::SimError;
 use crate::profile::{Profile, examples_per_round};
-use crate::run::{Federated, initial_model, lock, plain_sites};
+use crate::run::{Federated, evaluate_all, initial_model, lock, plain_sites};
 
 /// What a member sent up, and when it arrived.
 struct Answer {
@@ -321,17 +321,8 @@ pub(crate) fn run_hierarchical(
         let cohort: Vec<usize> = start.cohort.iter().map(|id| index[id]).collect();
         let outcome = context.run_round(&mut root, 0, &cohort, task, now, &traffic, &regional)?;
         now = outcome.closed_at;
-        for site in &sites {
-            lock(site).round_closed(outcome.status == RoundStatus::Completed);
-        }
         let global = root.global().clone();
-        let evaluations: Vec<Evaluation> = sites
-            .par_iter()
-            .zip(&data.sites)
-            .map(|(site, rows)| lock(site).evaluate(&global, &rows.test))
-            .collect::<Vec<_>>()
-            .into_iter()
-            .collect::<Result<_, _>>()?;
+        let evaluations: Vec<Evaluation> = evaluate_all(&sites, data, &global)?;
         let mut traffic = traffic
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);

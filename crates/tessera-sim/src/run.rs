@@ -94,6 +94,22 @@ pub(crate) fn plain_sites(
         .unzip()
 }
 
+/// Every site evaluates `model` on its test rows (in parallel); the first
+/// failure in site order, whatever the threads.
+pub(crate) fn evaluate_all(
+    sites: &[Mutex<Site>],
+    data: &FederatedData,
+    model: &tessera_core::ParameterSet,
+) -> Result<Vec<Evaluation>, SimError> {
+    Ok(sites
+        .par_iter()
+        .zip(&data.sites)
+        .map(|(site, rows)| lock(site).evaluate(model, &rows.test))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .collect::<Result<_, _>>()?)
+}
+
 pub(crate) fn lock(site: &Mutex<Site>) -> MutexGuard<'_, Site> {
     site.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -568,13 +584,7 @@ fn run_sync(
             let bytes = down.change().map_or(0, <[u8]>::len);
             model_down = (32 + 1 + tessera_core::varint_len(bytes as u64) + bytes) as u64;
         }
-        let evaluations: Vec<Evaluation> = sites
-            .par_iter()
-            .zip(&data.sites)
-            .map(|(site, rows)| lock(site).evaluate(&global, &rows.test))
-            .collect::<Vec<_>>()
-            .into_iter() // the first failure in site order, whatever the threads
-            .collect::<Result<_, _>>()?;
+        let evaluations: Vec<Evaluation> = evaluate_all(&sites, data, &global)?;
         bytes_down += model_down * sites.len() as u64;
         for (site, e) in evaluations.iter().enumerate() {
             let size = e.wire_len() as u64;
