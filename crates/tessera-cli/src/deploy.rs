@@ -1,4 +1,4 @@
-//! `tessera coordinator` and `tessera participant`.
+//! `tessera coordinator`, `tessera participant` and `tessera aggregator`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -75,6 +75,51 @@ pub struct ParticipantArgs {
     pause_before_update: f64,
 }
 
+/// Arguments of `tessera aggregator`.
+#[derive(Debug, clap::Args)]
+pub struct AggregatorArgs {
+    /// The parent's URL (the coordinator, or the aggregator above), e.g. http://127.0.0.1:7000.
+    #[arg(long)]
+    upstream: String,
+    /// Address the members connect to, e.g. 127.0.0.1:7100.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// This aggregator's name in the plan's `[topology]` (e.g. region-1).
+    #[arg(long)]
+    name: String,
+    /// Its database (SQLite); a restart with the same file resumes its round.
+    #[arg(long)]
+    db: PathBuf,
+    /// Mutual TLS toward the members: a coordinator's files (`tessera ca issue --coordinator`).
+    #[arg(long, conflicts_with = "insecure", requires = "upstream_tls")]
+    tls: Option<PathBuf>,
+    /// Mutual TLS toward the parent: a site's files naming this aggregator
+    /// (`tessera ca issue --site NAME`).
+    #[arg(long, conflicts_with = "insecure", requires = "tls")]
+    upstream_tls: Option<PathBuf>,
+    /// The parent's name in its certificate (default: the URL's host).
+    #[arg(long, requires = "upstream_tls")]
+    upstream_domain: Option<String>,
+    /// Plain-text connections without authentication, both ways: for local experiments only.
+    #[arg(long)]
+    insecure: bool,
+    /// Seconds of silence after which a member counts as gone.
+    #[arg(long, default_value_t = 30.0)]
+    liveness: f64,
+    /// Seconds to keep trying to reach the parent before giving up.
+    #[arg(long, default_value_t = 300.0)]
+    give_up_after: f64,
+    /// Report file (JSON) of this aggregator's rounds, written when the run is over.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// File for this aggregator's last regional model.
+    #[arg(long)]
+    model_out: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+}
+
 fn logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -108,13 +153,7 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
     let plan_text = std::fs::read_to_string(&args.plan)
         .with_context(|| format!("{}: cannot read", args.plan.display()))?;
     let plan = Plan::from_toml(&plan_text, &args.plan.display().to_string())?;
-    let liveness = seconds("--liveness", args.liveness)?;
-    if liveness < Duration::from_millis(500) {
-        bail!(
-            "--liveness must be at least 0.5 seconds, got {}",
-            args.liveness
-        );
-    }
+    let liveness = liveness(args.liveness)?;
     logging();
     if args.insecure {
         insecure_warning("the coordinator");
@@ -132,26 +171,85 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
     let report = runtime.block_on(serve(config, |address| {
         eprintln!("listening on {address}");
     }))?;
-    if let Some(path) = &args.report {
-        write(
-            path,
-            serde_json::to_string_pretty(&report)
-                .context("cannot encode the report")?
-                .as_bytes(),
-        )?;
-    }
-    if let Some(path) = &args.model_out {
-        write(
-            path,
-            &tessera_proto::encode_parameters(&report.final_parameters),
-        )?;
-    }
+    write_outputs(&report, args.report.as_deref(), args.model_out.as_deref())?;
     let f = &report.final_metrics;
     println!(
         "finished {} rounds: accuracy {:.4} (all test rows), mean of sites {:.4}",
         report.rounds.len(),
         f.accuracy,
         f.mean_site_accuracy
+    );
+    Ok(())
+}
+
+fn liveness(value: f64) -> anyhow::Result<Duration> {
+    let liveness = seconds("--liveness", value)?;
+    if liveness < Duration::from_millis(500) {
+        bail!("--liveness must be at least 0.5 seconds, got {value}");
+    }
+    Ok(liveness)
+}
+
+/// The report (JSON) and the final model, where asked for.
+fn write_outputs(
+    report: &tessera_engine::report::RunReport,
+    report_path: Option<&Path>,
+    model_path: Option<&Path>,
+) -> anyhow::Result<()> {
+    if let Some(path) = report_path {
+        write(
+            path,
+            serde_json::to_string_pretty(report)
+                .context("cannot encode the report")?
+                .as_bytes(),
+        )?;
+    }
+    if let Some(path) = model_path {
+        write(
+            path,
+            &tessera_proto::encode_parameters(&report.final_parameters),
+        )?;
+    }
+    Ok(())
+}
+
+pub fn aggregator(args: &AggregatorArgs) -> anyhow::Result<()> {
+    if !args.insecure && args.tls.is_none() {
+        bail!(
+            "give --tls DIR and --upstream-tls DIR (mutual TLS, see `tessera ca`) or --insecure (local experiments only)"
+        );
+    }
+    let liveness = liveness(args.liveness)?;
+    logging();
+    if args.insecure {
+        insecure_warning("the aggregator");
+    }
+    let config = tessera_aggregator::AggregatorConfig {
+        upstream: args.upstream.clone(),
+        name: args.name.clone(),
+        listen: args.listen,
+        db: args.db.clone(),
+        liveness,
+        tls: args.tls.as_deref().map(tessera_tls::TlsFiles::in_dir),
+        upstream_tls: args
+            .upstream_tls
+            .as_deref()
+            .map(tessera_tls::TlsFiles::in_dir),
+        upstream_domain: args.upstream_domain.clone(),
+        metrics: args.metrics,
+        max_backoff: Duration::from_secs(2),
+        give_up_after: seconds("--give-up-after", args.give_up_after)?,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let report = runtime.block_on(tessera_aggregator::run(config, |address| {
+        eprintln!("listening on {address}");
+    }))?;
+    write_outputs(&report, args.report.as_deref(), args.model_out.as_deref())?;
+    println!(
+        "finished {} rounds as aggregator '{}': the parent's model on its sites' rows: accuracy {:.4}",
+        report.rounds.len(),
+        args.name,
+        report.rounds.last().map_or(0.0, |r| r.accuracy),
     );
     Ok(())
 }

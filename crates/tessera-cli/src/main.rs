@@ -34,6 +34,9 @@ enum Command {
     Coordinator(Box<deploy::CoordinatorArgs>),
     /// Take part in a federation: train next to this site's data.
     Participant(Box<deploy::ParticipantArgs>),
+    /// Aggregate a region of a hierarchical federation: a participant toward
+    /// its parent, a coordinator toward its members.
+    Aggregator(Box<deploy::AggregatorArgs>),
     /// The federation's certificate authority: init, issue, revoke, rotate, list.
     Ca(ca::CaArgs),
     /// List the runs a coordinator's database holds.
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Synth(args) => synth::run(&args),
         Command::Coordinator(args) => deploy::coordinator(&args),
         Command::Participant(args) => deploy::participant(&args),
+        Command::Aggregator(args) => deploy::aggregator(&args),
         Command::Ca(args) => ca::run(&args),
         Command::Runs(args) => ops::runs(&args),
         Command::Status(args) => ops::status(&args),

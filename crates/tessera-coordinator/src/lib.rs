@@ -130,17 +130,39 @@ pub async fn serve(
         config.liveness,
     )?;
     tracing::info!(run = federation.run_id(), "coordinator ready");
-    let shared = Shared::new(federation);
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listener = bind(config.listen).await?;
+    serve_shared(
+        Shared::new(federation),
+        listener,
+        config.tls,
+        config.metrics,
+        on_listening,
+    )
+    .await
+}
+
+/// A listener on `address`.
+pub async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, CoordinatorError> {
+    tokio::net::TcpListener::bind(address)
         .await
-        .map_err(|e| {
-            CoordinatorError::Network(format!("cannot listen on {}: {e}", config.listen))
-        })?;
+        .map_err(|e| CoordinatorError::Network(format!("cannot listen on {address}: {e}")))
+}
+
+/// Serves an open federation on `listener` (mutual TLS from `tls`, metrics
+/// at `metrics`) until it is finished and its participants were told, or
+/// ten seconds after; returns the report.
+pub async fn serve_shared(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tessera_tls::TlsFiles>,
+    metrics: Option<SocketAddr>,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<RunReport, CoordinatorError> {
     let address = listener
         .local_addr()
         .map_err(|e| CoordinatorError::Network(e.to_string()))?;
     on_listening(address);
-    if let Some(metrics) = config.metrics {
+    if let Some(metrics) = metrics {
         let bound = telemetry::serve_metrics(metrics).await?;
         tracing::info!(%bound, "metrics at http://{bound}/metrics");
     }
@@ -180,7 +202,7 @@ pub async fn serve(
     let shutdown = async {
         let _ = stop_rx.await;
     };
-    match config.tls {
+    match tls {
         None => server
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await

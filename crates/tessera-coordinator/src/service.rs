@@ -56,7 +56,8 @@ impl Shared {
         result
     }
 
-    fn subscribe(&self) -> watch::Receiver<u64> {
+    /// Wakes on every change of the federation.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
 }

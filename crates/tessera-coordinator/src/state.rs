@@ -25,6 +25,7 @@ use crate::telemetry::names;
 
 mod buffered;
 mod links;
+mod relay;
 pub mod secure;
 
 /// Who must offer before the data agreement closes.
@@ -153,6 +154,8 @@ pub struct Federation {
     local_ledger: Option<tessera_privacy::Ledger>,
     /// Secure aggregation: the open round's protocol.
     secure: Option<secure::SecureRound>,
+    /// An aggregator of a hierarchical run: rounds come from its parent.
+    relay: Option<relay::Relay>,
 }
 
 fn unix_micros() -> u64 {
@@ -170,10 +173,47 @@ impl Federation {
         store: Store,
         liveness: Duration,
     ) -> Result<Self, CoordinatorError> {
-        let expected = if plan.data.sites.is_empty() {
-            Expected::Count(plan.federation.min_participants)
-        } else {
-            Expected::Named(plan.data.sites.iter().map(|s| s.name.clone()).collect())
+        Self::open_node(plan, plan_text, store, liveness, None)
+    }
+
+    /// Opens aggregator `node` of the plan's hierarchical topology (`None`:
+    /// the root): its members are the ones the plan's tree gives it.
+    pub fn open_node(
+        plan: Plan,
+        plan_text: &str,
+        store: Store,
+        liveness: Duration,
+        node: Option<&str>,
+    ) -> Result<Self, CoordinatorError> {
+        let expected = match (plan.topology.kind, node) {
+            (tessera_engine::TopologyKind::Gossip, _) => {
+                return Err(CoordinatorError::Config(
+                    "the gossip topology has no coordinator, and runs in simulation only for now"
+                        .into(),
+                ));
+            }
+            (tessera_engine::TopologyKind::Hierarchical, _) => {
+                let tree = tessera_engine::Tree::of_plan(&plan)?;
+                let n = match node {
+                    None => 0,
+                    Some(name) => tree.find(name).filter(|&n| n != 0).ok_or_else(|| {
+                        let names: Vec<&str> =
+                            tree.nodes[1..].iter().map(|n| n.name.as_str()).collect();
+                        CoordinatorError::Config(format!(
+                            "'{name}' is not an aggregator of the plan's topology (its aggregators: {})",
+                            names.join(", ")
+                        ))
+                    })?,
+                };
+                Expected::Named(tree.member_names(n).into_iter().collect())
+            }
+            (_, Some(name)) => {
+                return Err(CoordinatorError::Config(format!(
+                    "aggregator '{name}': the plan's topology is flat; aggregators need kind = \"hierarchical\""
+                )));
+            }
+            _ if plan.data.sites.is_empty() => Expected::Count(plan.federation.min_participants),
+            _ => Expected::Named(plan.data.sites.iter().map(|s| s.name.clone()).collect()),
         };
         let run = match store.unfinished_run()? {
             Some(run) if run.plan == plan_text => run,
@@ -238,6 +278,7 @@ impl Federation {
             noise_key,
             local_ledger: None,
             secure: None,
+            relay: node.map(relay::Relay::new),
         };
         if federation.plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
             let mut ledger = tessera_privacy::Ledger::new(federation.plan.privacy.budgets());
@@ -330,6 +371,9 @@ impl Federation {
         let agreement = pb::Agreement::decode(bytes.as_slice())
             .map_err(|e| StoreError::Damaged(e.to_string()))?;
         self.agreement = Some(convert::agreement_from_pb(agreement)?);
+        if self.relay.is_some() {
+            return self.resume_relay(&run);
+        }
         if self.plan.federation.mode == tessera_engine::Mode::Async {
             return self.resume_async(&run);
         }
@@ -389,36 +433,8 @@ impl Federation {
             engine.register(ParticipantId::new(site.as_str()));
         }
         let now = self.now();
-        for row in self.store.cohorts(&run)? {
-            for site in row.cohort {
-                let was_counted = row.counted.contains(&site);
-                self.counted.insert(site, (row.round, was_counted));
-            }
-        }
-        for (round, _status, record, evaluated) in self.store.rounds(&run)? {
-            let record: RoundRecord = serde_json::from_str(&record)
-                .map_err(|e| StoreError::Damaged(format!("round {round}: {e}")))?;
-            if evaluated {
-                self.records.push(record);
-            } else {
-                let received = self
-                    .store
-                    .evaluations(&run, round)?
-                    .into_iter()
-                    .filter_map(|(site, bytes)| {
-                        let report = pb::EvaluationReport::decode(bytes.as_slice()).ok()?;
-                        Some((site, convert::evaluation_from_pb(&report).ok()?))
-                    })
-                    .collect();
-                self.phase = Phase::Evaluating {
-                    round,
-                    until: now.plus(self.evaluation_wait()),
-                    targets: self.joined.clone(),
-                    received,
-                    record: Box::new(record),
-                };
-            }
-        }
+        let until = now.plus(self.evaluation_wait());
+        self.resume_rounds(&run, until)?;
         let mut reopened_secure = None;
         if matches!(self.phase, Phase::Agreeing) {
             self.phase = Phase::Training;
@@ -449,6 +465,51 @@ impl Federation {
         }
         tracing::info!(run = %run, rounds_closed = closed, "resumed");
         Ok(())
+    }
+
+    /// Rebuilds who was in which round and the rounds' records; a round
+    /// whose evaluation had not finished is evaluated again until `until`.
+    fn resume_rounds(&mut self, run: &str, until: Timestamp) -> Result<(), CoordinatorError> {
+        for row in self.store.cohorts(run)? {
+            for site in row.cohort {
+                let was_counted = row.counted.contains(&site);
+                self.counted.insert(site, (row.round, was_counted));
+            }
+        }
+        for (round, _status, record, evaluated) in self.store.rounds(run)? {
+            let record: RoundRecord = serde_json::from_str(&record)
+                .map_err(|e| StoreError::Damaged(format!("round {round}: {e}")))?;
+            if evaluated {
+                self.records.push(record);
+            } else {
+                let received = self.stored_evaluations(run, round)?;
+                self.phase = Phase::Evaluating {
+                    round,
+                    until,
+                    targets: self.joined.clone(),
+                    received,
+                    record: Box::new(record),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// The evaluations of `round`'s model stored so far, by site.
+    fn stored_evaluations(
+        &self,
+        run: &str,
+        round: u32,
+    ) -> Result<BTreeMap<String, Evaluation>, StoreError> {
+        Ok(self
+            .store
+            .evaluations(run, round)?
+            .into_iter()
+            .filter_map(|(site, bytes)| {
+                let report = pb::EvaluationReport::decode(bytes.as_slice()).ok()?;
+                Some((site, convert::evaluation_from_pb(&report).ok()?))
+            })
+            .collect())
     }
 
     /// How often participants must show they are alive: a quarter of the
@@ -666,6 +727,11 @@ impl Federation {
             .put_offer(&self.run.id, 1, site, &offer.encode_to_vec())
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
         let _ = parsed;
+        if self.relay.is_some() {
+            // The members' merged offer goes up; the parent's kinds come back.
+            self.version += 1;
+            return Ok(None);
+        }
         let Some(offers) = self
             .quorum_of_offers(1)
             .map_err(|e| Refusal::Invalid(e.to_string()))?
@@ -712,6 +778,10 @@ impl Federation {
         self.store
             .put_offer(&self.run.id, 2, site, &offer.encode_to_vec())
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        if self.relay.is_some() {
+            self.version += 1;
+            return Ok(None);
+        }
         let Some(offers) = self
             .quorum_of_offers(2)
             .map_err(|e| Refusal::Invalid(e.to_string()))?
@@ -727,6 +797,13 @@ impl Federation {
             .collect();
         let agreement = agree_vocabulary(&self.plan.data, &kinds, &offers)
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        self.close_vocabulary(site, &agreement)?;
+        Ok(Some(agreement))
+    }
+
+    /// The vocabulary is agreed: stores it with the initial model, builds
+    /// the engine and opens training.
+    fn close_vocabulary(&mut self, site: &str, agreement: &Agreement) -> Result<(), Refusal> {
         let initial = self
             .plan
             .initial_model(agreement.feature_names().len(), agreement.classes.len())
@@ -744,7 +821,7 @@ impl Federation {
                 self.store.put_agreement(
                     &self.run.id,
                     2,
-                    &convert::agreement_to_pb(&agreement).encode_to_vec(),
+                    &convert::agreement_to_pb(agreement).encode_to_vec(),
                 )
             });
         stored.map_err(|e| Refusal::Invalid(e.to_string()))?;
@@ -760,7 +837,7 @@ impl Federation {
             self.phase = Phase::Training;
             self.version += 1;
             self.advance();
-            return Ok(Some(agreement));
+            return Ok(());
         }
         let strategy = self
             .plan
@@ -788,7 +865,7 @@ impl Federation {
         self.phase = Phase::Training;
         self.version += 1;
         self.advance();
-        Ok(Some(agreement))
+        Ok(())
     }
 
     /// Agreement step 3 (federation-scope standardisation): the site's
@@ -820,6 +897,10 @@ impl Federation {
         self.store
             .put_offer(&self.run.id, 3, site, &offer.encode_to_vec())
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        if self.relay.is_some() {
+            self.version += 1;
+            return Ok(None);
+        }
         let Some(offers) = self
             .quorum_of_offers(3)
             .map_err(|e| Refusal::Invalid(e.to_string()))?
@@ -1217,6 +1298,10 @@ impl Federation {
 
     fn step_training(&mut self, now: Timestamp) -> Result<(), CoordinatorError> {
         let run = self.run.id.clone();
+        // An aggregator opens a round when its parent's task for it comes.
+        if self.relay.is_some() && !self.relay_step(now)? {
+            return Ok(());
+        }
         let Some(engine) = self.engine.as_mut() else {
             return Ok(());
         };
@@ -1354,9 +1439,21 @@ impl Federation {
             .filter(|s| !self.stale(s, now))
             .cloned()
             .collect();
+        // An aggregator's answer goes up; its members then evaluate the
+        // model the parent sends next, and wait for it.
+        let until = match self.relay.as_mut() {
+            Some(relay) => {
+                relay.closed(
+                    outcome.round,
+                    outcome.aggregate.map(tessera_engine::upward_update),
+                );
+                Timestamp(u64::MAX)
+            }
+            None => now.plus(self.evaluation_wait()),
+        };
         self.phase = Phase::Evaluating {
             round: outcome.round,
-            until: now.plus(self.evaluation_wait()),
+            until,
             targets,
             received: BTreeMap::new(),
             record: Box::new(record),
@@ -1366,6 +1463,9 @@ impl Federation {
     }
 
     fn step_evaluating(&mut self, now: Timestamp) -> Result<(), CoordinatorError> {
+        if !self.relay_may_evaluate() {
+            return Ok(());
+        }
         let stale: Vec<String> = match &self.phase {
             Phase::Evaluating {
                 targets,
@@ -1425,6 +1525,9 @@ impl Federation {
             "round evaluated"
         );
         self.records.push(closed);
+        if let Some(relay) = self.relay.as_mut() {
+            relay.evaluated(round, Evaluation::pool(&evaluations));
+        }
         self.last_evaluations = names.into_iter().zip(evaluations).collect();
         self.phase = Phase::Training;
         self.version += 1;
@@ -1526,6 +1629,10 @@ impl Federation {
 
     /// The current global model, sync or async.
     fn current_global(&self) -> Option<Arc<ParameterSet>> {
+        // An aggregator's members evaluate its parent's model, once it came.
+        if let (Some(relay), Phase::Evaluating { .. }) = (&self.relay, &self.phase) {
+            return relay.evaluating(&self.phase);
+        }
         match (&self.buffered, &self.engine) {
             (Some(buffered), _) => Some(buffered.current().0),
             (None, Some(engine)) => Some(Arc::clone(engine.global())),

@@ -452,6 +452,70 @@ impl LocalSite {
     }
 }
 
+impl KindsOffer {
+    /// What an aggregator offers for its members: the columns of the first
+    /// member by name, each categorical where any member found text. The
+    /// parent agrees the same kinds from it as from the members' own offers.
+    pub fn merge(site: &str, offers: &[KindsOffer]) -> Result<KindsOffer, DataError> {
+        let mut sorted: Vec<&KindsOffer> = offers.iter().collect();
+        sorted.sort_by(|a, b| a.site.cmp(&b.site));
+        let Some(first) = sorted.first() else {
+            return Err(DataError::Unusable(format!(
+                "aggregator '{site}' has no member offers"
+            )));
+        };
+        let mut agreed: Vec<&String> = first.columns.iter().collect();
+        agreed.sort();
+        let mut text = vec![false; first.columns.len()];
+        for offer in &sorted {
+            let mut own: Vec<&String> = offer.columns.iter().collect();
+            own.sort();
+            if own != agreed {
+                return Err(DataError::Unusable(format!(
+                    "sites '{}' and '{}' have different feature columns ({} against {})",
+                    first.site,
+                    offer.site,
+                    first.columns.join(", "),
+                    offer.columns.join(", ")
+                )));
+            }
+            for (name, &found) in offer.columns.iter().zip(&offer.text) {
+                if found && let Some(i) = first.columns.iter().position(|c| c == name) {
+                    text[i] = true;
+                }
+            }
+        }
+        Ok(KindsOffer {
+            site: site.to_string(),
+            columns: first.columns.clone(),
+            text,
+        })
+    }
+}
+
+impl LevelsOffer {
+    /// What an aggregator offers for its members: the union of their sets
+    /// (the parent's vocabulary is the sorted union, so it comes out the same).
+    pub fn merge(site: &str, columns: usize, offers: &[LevelsOffer]) -> LevelsOffer {
+        let union = |sets: Vec<&[String]>| agree_levels(sets);
+        LevelsOffer {
+            site: site.to_string(),
+            levels: (0..columns)
+                .map(|c| {
+                    union(
+                        offers
+                            .iter()
+                            .filter_map(|o| o.levels.get(c).map(Vec::as_slice))
+                            .collect(),
+                    )
+                })
+                .collect(),
+            classes: union(offers.iter().map(|o| o.classes.as_slice()).collect()),
+            train_classes: union(offers.iter().map(|o| o.train_classes.as_slice()).collect()),
+        }
+    }
+}
+
 /// Step 2 at the coordinator: the feature columns (the first offer's order,
 /// offers sorted by site) and their types.
 pub fn agree_kinds(config: &DataConfig, offers: &[KindsOffer]) -> Result<ColumnKinds, DataError> {

@@ -164,3 +164,44 @@ fn sites_read_apart_agree_to_the_same_data() {
         assert_eq!(data.test, same.test, "{name}");
     }
 }
+
+/// Offers merged by aggregators (two regions of two sites) and agreed at the
+/// root give the same kinds and vocabulary as every site's own offer.
+#[test]
+fn offers_merged_by_aggregators_agree_to_the_same_data() {
+    let config = heart_config();
+    let mut sites: Vec<tessera_data::LocalSite> = ["cleveland", "hungarian", "switzerland", "va"]
+        .iter()
+        .map(|site| {
+            tessera_data::read_local_site(&config, site, None, &examples_dir(), &Filesystem)
+                .unwrap()
+        })
+        .collect();
+    let offers: Vec<_> = sites.iter().map(|s| s.kinds_offer()).collect();
+    let flat = tessera_data::agree_kinds(&config, &offers).unwrap();
+    let regions = [
+        tessera_data::KindsOffer::merge("east", &offers[..2]).unwrap(),
+        tessera_data::KindsOffer::merge("west", &offers[2..]).unwrap(),
+    ];
+    let kinds = tessera_data::agree_kinds(&config, &regions).unwrap();
+    assert_eq!(kinds, flat);
+    let offers: Vec<_> = sites
+        .iter_mut()
+        .map(|s| s.levels_offer(&config, &kinds).unwrap())
+        .collect();
+    let flat = tessera_data::agree_vocabulary(&config, &kinds, &offers).unwrap();
+    let n = kinds.columns.len();
+    let regions = [
+        tessera_data::LevelsOffer::merge("east", n, &offers[..2]),
+        tessera_data::LevelsOffer::merge("west", n, &offers[2..]),
+    ];
+    assert_eq!(
+        tessera_data::agree_vocabulary(&config, &kinds, &regions).unwrap(),
+        flat
+    );
+    // Members with different columns are refused, naming them.
+    let mut odd = sites[0].kinds_offer();
+    odd.columns.pop();
+    let e = tessera_data::KindsOffer::merge("east", &[odd, sites[1].kinds_offer()]).unwrap_err();
+    assert!(e.to_string().contains("different feature columns"), "{e}");
+}

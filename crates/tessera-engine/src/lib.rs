@@ -29,6 +29,7 @@ pub use buffered::{AsyncRejection, BufferedEngine, Step};
 pub use downlink::Downlink;
 pub use engine::{
     EngineConfig, FitTask, Rejection, RoundEngine, RoundOutcome, RoundStart, RoundStatus,
+    aggregator_engine, upward_update,
 };
 pub use error::EngineError;
 pub use plan::{

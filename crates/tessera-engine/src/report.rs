@@ -9,7 +9,7 @@ use tessera_learn::Evaluation;
 use crate::{RoundOutcome, RoundStatus};
 
 /// One round, as the table and the JSON show it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct RoundRecord {
     /// Round number, from 1.
     pub round: u32,

@@ -131,6 +131,8 @@ pub struct Node {
 pub struct Tree {
     /// Every aggregator, the root first.
     pub nodes: Vec<Node>,
+    /// The sites, sorted by name ([`Member::Site`] indexes them).
+    pub sites: Vec<String>,
 }
 
 impl Tree {
@@ -243,7 +245,59 @@ impl Tree {
         if seen.len() != nodes.len() {
             return Err(invalid("the aggregators form a cycle".into()));
         }
-        Ok(Tree { nodes })
+        Ok(Tree {
+            nodes,
+            sites: sites.to_vec(),
+        })
+    }
+
+    /// The tree a deployment runs: over the plan's named sites, or without
+    /// them over the group members that name no group.
+    pub fn of_plan(plan: &crate::Plan) -> Result<Tree, PlanError> {
+        let mut sites: Vec<String> = plan.data.sites.iter().map(|s| s.name.clone()).collect();
+        if sites.is_empty() {
+            let groups: BTreeSet<&str> = plan
+                .topology
+                .groups
+                .iter()
+                .map(|g| g.name.as_str())
+                .collect();
+            sites = plan
+                .topology
+                .groups
+                .iter()
+                .flat_map(|g| &g.members)
+                .filter(|m| !groups.contains(m.as_str()))
+                .cloned()
+                .collect();
+        }
+        if sites.is_empty() {
+            return Err(PlanError::Invalid(
+                "topology: a hierarchical deployment needs the sites' names: list them \
+                 ([[data.sites]]) or give the aggregators' `groups`"
+                    .into(),
+            ));
+        }
+        sites.sort();
+        sites.dedup();
+        Tree::build(&plan.topology, &sites)
+    }
+
+    /// The aggregator called `name`.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// The names of node `n`'s members.
+    pub fn member_names(&self, n: usize) -> Vec<String> {
+        self.nodes[n]
+            .members
+            .iter()
+            .map(|m| match *m {
+                Member::Site(s) => self.sites[s].clone(),
+                Member::Node(c) => self.nodes[c].name.clone(),
+            })
+            .collect()
     }
 
     /// The sites below node `n`, sorted.

@@ -11,8 +11,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use rayon::prelude::*;
-use tessera_aggregate::FedAvg;
-use tessera_core::{FitStats, ParameterSet, ParticipantId, Timestamp, Update};
+use tessera_core::{ParameterSet, ParticipantId, Timestamp, Update};
 use tessera_data::FederatedData;
 use tessera_engine::report::{
     RegionReport, RoundRecord, SiteTraffic, TopologyReport, round_record,
@@ -122,24 +121,8 @@ impl Context<'_> {
         let node = &self.tree.nodes[n];
         let profile = &self.node_profiles[n];
         let received = opened.plus(profile.latency());
-        let config = EngineConfig {
-            rounds: task.round,
-            fraction: 1.0,
-            min_participants: 1,
-            quorum: 1,
-            deadline: self
-                .plan
-                .federation
-                .deadline_seconds
-                .map(tessera_core::duration_from_secs),
-            seed: self.plan.seed,
-        };
-        let mut engine = RoundEngine::restore(
-            config,
-            Box::new(FedAvg { server_lr: 1.0 }),
-            task.global.as_ref().clone(),
-            task.round - 1,
-        );
+        let mut engine =
+            tessera_engine::aggregator_engine(self.plan, task.global.as_ref().clone(), task.round);
         let ids: Vec<ParticipantId> = node.members.iter().map(|m| self.member_id(*m)).collect();
         for id in &ids {
             engine.register(id.clone());
@@ -154,15 +137,7 @@ impl Context<'_> {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .insert(n, engine.global().as_ref().clone());
-                Some(Update {
-                    delta: aggregate.mean_delta,
-                    n_examples: aggregate.n_examples,
-                    control_delta: None,
-                    stats: FitStats {
-                        n_steps: 0,
-                        mean_train_loss: aggregate.mean_train_loss,
-                    },
-                })
+                Some(tessera_engine::upward_update(aggregate))
             }
             _ => None,
         };

@@ -1,0 +1,421 @@
+//! The aggregator of a hierarchical run: a participant toward its parent
+//! (a coordinator or another aggregator) and a coordinator toward its
+//! members (participants or aggregators below), at any depth.
+//!
+//! It joins its parent under its name in the plan's topology, takes the plan
+//! from it, and serves its members with the same [`Federation`] the
+//! coordinator runs, opened as that aggregator (see
+//! `tessera_coordinator::Federation::open_node`). Its members' agreement
+//! offers go up merged; each parent task opens the same round below; the
+//! round's weighted mean goes up as one update carrying the members'
+//! examples; the members' pooled evaluation of the parent's model goes up.
+//!
+//! Key design decision: the aggregator keeps its own database, and the
+//! parent re-sends a task until it is answered, so an aggregator killed at
+//! any moment and restarted on the same database resumes its round with the
+//! updates it had accepted; its members reconnect on their own.
+#![deny(missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_coordinator::{CoordinatorError, Federation, Shared, Store};
+use tessera_engine::Plan;
+use tessera_engine::report::RunReport;
+use tessera_participant::ParticipantError;
+use tessera_participant::client::{self, Failure};
+use tessera_proto::pb::federation_client::FederationClient;
+use tessera_proto::pb::{self, agree_reply, task};
+use tessera_proto::{CAPABILITIES, MAJOR, MINOR, convert};
+use thiserror::Error;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+/// Why an aggregator stopped.
+#[derive(Debug, Error)]
+pub enum AggregatorError {
+    /// Toward the members: the federation or its database failed.
+    #[error(transparent)]
+    Members(#[from] CoordinatorError),
+    /// Toward the parent: refused, unreachable, or its plan unusable.
+    #[error(transparent)]
+    Parent(#[from] ParticipantError),
+}
+
+/// How to run an aggregator.
+#[derive(Debug, Clone)]
+pub struct AggregatorConfig {
+    /// The parent's URL, e.g. `http://127.0.0.1:7000`.
+    pub upstream: String,
+    /// This aggregator's name in the plan's topology.
+    pub name: String,
+    /// Where its members connect.
+    pub listen: SocketAddr,
+    /// Its database; a restart with the same file resumes.
+    pub db: PathBuf,
+    /// Silence after which a member counts as gone.
+    pub liveness: Duration,
+    /// Mutual TLS toward the members (a coordinator's files).
+    pub tls: Option<tessera_tls::TlsFiles>,
+    /// Mutual TLS toward the parent (a site's files, naming this aggregator).
+    pub upstream_tls: Option<tessera_tls::TlsFiles>,
+    /// The parent's name in its certificate (default: the URL's host).
+    pub upstream_domain: Option<String>,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// Longest wait between reconnection attempts to the parent.
+    pub max_backoff: Duration,
+    /// Give up after this long without reaching the parent.
+    pub give_up_after: Duration,
+}
+
+type Server = tokio::task::JoinHandle<Result<RunReport, CoordinatorError>>;
+
+/// What lives across reconnections to the parent.
+struct State {
+    listener: Option<tokio::net::TcpListener>,
+    on_listening: Option<Box<dyn FnOnce(SocketAddr) + Send>>,
+    shared: Option<(Arc<Shared>, Arc<Plan>)>,
+    server: Option<Server>,
+}
+
+fn fatal(e: impl std::fmt::Display) -> Failure {
+    Failure::Fatal(ParticipantError::Local(e.to_string()))
+}
+
+/// Runs the aggregator until its parent's run is over and its members were
+/// told; returns its own report (its rounds, its members' traffic, its last
+/// regional model). `on_listening` gets the members' address.
+pub async fn run(
+    config: AggregatorConfig,
+    on_listening: impl FnOnce(SocketAddr) + Send + 'static,
+) -> Result<RunReport, AggregatorError> {
+    let endpoint = client::endpoint(
+        &config.upstream,
+        config.upstream_tls.as_ref(),
+        config.upstream_domain.as_deref(),
+    )?;
+    let mut state = State {
+        listener: Some(tessera_coordinator::bind(config.listen).await?),
+        on_listening: Some(Box::new(on_listening)),
+        shared: None,
+        server: None,
+    };
+    let mut backoff = Duration::from_millis(100);
+    let mut unreachable_since: Option<tokio::time::Instant> = None;
+    loop {
+        match session(&config, &endpoint, &mut state, &mut unreachable_since).await {
+            Ok(()) => break,
+            Err(Failure::Fatal(e)) => return Err(e.into()),
+            Err(Failure::Retry(reason)) => {
+                // The members' server stopped (it failed): its error is the one to report.
+                if state.server.as_ref().is_some_and(|s| s.is_finished()) {
+                    break;
+                }
+                let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() > config.give_up_after {
+                    return Err(ParticipantError::Refused(format!(
+                        "the parent has been unreachable for {:?}: {reason}",
+                        config.give_up_after
+                    ))
+                    .into());
+                }
+                tracing::warn!(%reason, ?backoff, "parent connection lost; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(config.max_backoff);
+            }
+        }
+    }
+    let Some(server) = state.server else {
+        return Err(ParticipantError::Local("the run ended before it started".into()).into());
+    };
+    let report = server
+        .await
+        .map_err(|e| CoordinatorError::Network(format!("the members' server crashed: {e}")))??;
+    Ok(report)
+}
+
+/// Opens the federation below this aggregator with the parent's plan and
+/// starts serving the members.
+fn start(
+    config: &AggregatorConfig,
+    state: &mut State,
+    welcome: &pb::Welcome,
+) -> Result<(Arc<Shared>, Arc<Plan>), Failure> {
+    if let Some(shared) = &state.shared {
+        return Ok(shared.clone());
+    }
+    let plan = Plan::from_toml(&welcome.plan_toml, "the parent's plan").map_err(fatal)?;
+    let store = Store::open(&config.db).map_err(fatal)?;
+    let federation = Federation::open_node(
+        plan.clone(),
+        &welcome.plan_toml,
+        store,
+        config.liveness,
+        Some(&config.name),
+    )
+    .map_err(fatal)?;
+    tracing::info!(run = federation.run_id(), aggregator = %config.name, "aggregator ready");
+    let shared = Shared::new(federation);
+    let (Some(listener), Some(on_listening)) = (state.listener.take(), state.on_listening.take())
+    else {
+        return Err(fatal("the members' listener is gone"));
+    };
+    state.server = Some(tokio::spawn(tessera_coordinator::serve_shared(
+        Arc::clone(&shared),
+        listener,
+        config.tls.clone(),
+        config.metrics,
+        on_listening,
+    )));
+    let opened = (shared, Arc::new(plan));
+    state.shared = Some(opened.clone());
+    Ok(opened)
+}
+
+/// One connection to the parent: join, relay the agreement, answer tasks.
+async fn session(
+    config: &AggregatorConfig,
+    endpoint: &Endpoint,
+    state: &mut State,
+    unreachable_since: &mut Option<tokio::time::Instant>,
+) -> Result<(), Failure> {
+    let channel = endpoint.connect().await.map_err(|e| {
+        Failure::Retry(format!(
+            "cannot connect to {}: {}",
+            config.upstream,
+            client::chain(&e)
+        ))
+    })?;
+    let mut parent = FederationClient::new(channel)
+        .max_decoding_message_size(16 << 20)
+        .max_encoding_message_size(16 << 20);
+    let welcome = parent
+        .join(pb::Hello {
+            major: MAJOR,
+            minor: MINOR,
+            capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            site: config.name.clone(),
+        })
+        .await?
+        .into_inner();
+    *unreachable_since = None;
+    if welcome.major != MAJOR {
+        return Err(Failure::Fatal(ParticipantError::Refused(format!(
+            "the parent speaks protocol {}.{}, this aggregator {MAJOR}.{MINOR}",
+            welcome.major, welcome.minor
+        ))));
+    }
+    let (shared, plan) = start(config, state, &welcome)?;
+    let beat = welcome
+        .capabilities
+        .iter()
+        .any(|c| c == "heartbeat")
+        .then(|| {
+            Duration::from_millis(u64::from(welcome.heartbeat_millis.max(50)))
+                .min(Duration::from_secs(5))
+        });
+    let mut up = Upstream {
+        name: &config.name,
+        parent: &mut parent,
+        shared: &shared,
+        beat,
+    };
+    up.agreement(&plan).await?;
+    up.tasks().await
+}
+
+/// The connection to the parent and the federation below.
+struct Upstream<'a> {
+    name: &'a str,
+    parent: &'a mut FederationClient<Channel>,
+    shared: &'a Shared,
+    beat: Option<Duration>,
+}
+
+impl Upstream<'_> {
+    /// Waits until `check` gives a value; meanwhile, with `round`, tells the
+    /// parent every heartbeat interval that this aggregator is at work.
+    /// `None` when the parent stopped waiting for round `round` (with
+    /// `released`) before the value came.
+    async fn wait_for<T>(
+        &mut self,
+        round: Option<u32>,
+        released: bool,
+        mut check: impl FnMut(&mut Federation) -> Result<Option<T>, CoordinatorError>,
+    ) -> Result<Option<T>, Failure> {
+        let mut changes = self.shared.subscribe();
+        let mut last_beat = tokio::time::Instant::now();
+        loop {
+            if let Some(value) = self.shared.with(&mut check).map_err(fatal)? {
+                return Ok(Some(value));
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
+            if let (Some(round), Some(beat)) = (round, self.beat)
+                && last_beat.elapsed() >= beat
+            {
+                last_beat = tokio::time::Instant::now();
+                let request = pb::HeartbeatRequest {
+                    site: self.name.to_string(),
+                    round,
+                };
+                match self.parent.heartbeat(request).await {
+                    Ok(reply) if released && !reply.get_ref().keep_going => return Ok(None),
+                    Ok(_) => {}
+                    Err(status) => return Err(status.into()),
+                }
+            }
+        }
+    }
+
+    /// The agreement steps: the members' merged offer up, the parent's answer down.
+    async fn agreement(&mut self, plan: &Plan) -> Result<(), Failure> {
+        let federation_scale = plan.data.standardize.enabled
+            && plan.data.standardize.scope == tessera_data::ScaleScope::Federation;
+        for step in [1u32, 2, 3] {
+            if step == 3 && !federation_scale {
+                continue;
+            }
+            let offer = self
+                .wait_for(None, false, |f| {
+                    if f.relay_settled(step)? {
+                        return Ok(Some(None));
+                    }
+                    Ok(f.relay_offer(step)?.map(Some))
+                })
+                .await?
+                .flatten();
+            let Some(offer) = offer else { continue };
+            tracing::info!(step, "members' offers merged; offering them to the parent");
+            let reply = client::agree(self.parent, self.name, offer).await?;
+            let settled = match (step, reply) {
+                (1, agree_reply::Result::Kinds(k)) => {
+                    let kinds = convert::kinds_from_pb(k).map_err(fatal)?;
+                    self.shared.with(|f| f.settle_kinds(kinds))
+                }
+                (2, agree_reply::Result::Agreement(a)) => {
+                    let agreement = convert::agreement_from_pb(a).map_err(fatal)?;
+                    self.shared.with(|f| f.settle_agreement(agreement))
+                }
+                (3, agree_reply::Result::Statistics(s)) => {
+                    self.shared.with(|f| f.settle_statistics(s))
+                }
+                _ => return Err(Failure::Retry("agreement out of order".into())),
+            };
+            settled.map_err(fatal)?;
+        }
+        Ok(())
+    }
+
+    /// The parent's tasks until its run is over.
+    async fn tasks(&mut self) -> Result<(), Failure> {
+        loop {
+            let mut stream = self
+                .parent
+                .next_task(pb::TaskRequest {
+                    site: self.name.to_string(),
+                    held_round: None,
+                })
+                .await?
+                .into_inner();
+            let Some(first) = stream.message().await? else {
+                return Err(Failure::Retry("task stream ended without a task".into()));
+            };
+            let header = match first.part {
+                Some(task::Part::Finished(f)) => {
+                    tracing::info!(reason = %f.reason, "the parent's run is over");
+                    self.shared.with(Federation::relay_finish).map_err(fatal)?;
+                    return Ok(());
+                }
+                Some(task::Part::Header(h)) => h,
+                _ => return Err(Failure::Retry("a task starts with its header".into())),
+            };
+            let (global, _) = client::receive_parameters(&header, &mut stream, None).await?;
+            let global = Arc::new(global);
+            let round = header.round;
+            match header.kind() {
+                pb::TaskKind::Fit => self.fit(round, global).await?,
+                pb::TaskKind::Evaluate => self.evaluate(round, global).await?,
+                pb::TaskKind::Unspecified => {
+                    return Err(Failure::Retry("task of unknown kind".into()));
+                }
+            }
+        }
+    }
+
+    /// Runs round `round` below from the parent's `global`; sends its mean up.
+    async fn fit(
+        &mut self,
+        round: u32,
+        global: Arc<tessera_core::ParameterSet>,
+    ) -> Result<(), Failure> {
+        self.shared.with(|f| f.relay_fit(round, global));
+        let answer = self
+            .wait_for(Some(round), true, |f| f.relay_answer(round))
+            .await?;
+        match answer {
+            None => {
+                tracing::warn!(
+                    round,
+                    "the parent stopped waiting for this aggregator's round"
+                );
+            }
+            Some(None) => {
+                // Asked again, the answer is the same: wait before asking.
+                tracing::warn!(round, "the round closed below without an update to send up");
+                tokio::time::sleep(self.beat.unwrap_or(Duration::from_secs(1))).await;
+            }
+            Some(Some(update)) => {
+                let reply = client::send_update(
+                    self.name,
+                    self.parent,
+                    round,
+                    &update,
+                    tessera_compress::Codec::NONE,
+                    None,
+                )
+                .await?;
+                if reply.accepted {
+                    tracing::info!(
+                        round,
+                        examples = update.n_examples,
+                        "update accepted by the parent"
+                    );
+                } else {
+                    tracing::warn!(round, reason = %reply.reason, "update refused by the parent");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The members evaluate the parent's model of round `round`; their
+    /// pooled evaluation goes up.
+    async fn evaluate(
+        &mut self,
+        round: u32,
+        global: Arc<tessera_core::ParameterSet>,
+    ) -> Result<(), Failure> {
+        self.shared.with(|f| f.relay_evaluate(round, global));
+        let Some(pooled) = self
+            .wait_for(Some(round), false, |f| f.relay_evaluation(round))
+            .await?
+        else {
+            return Ok(());
+        };
+        let sent = self
+            .parent
+            .submit_evaluation(convert::evaluation_to_pb(self.name, round, &pooled))
+            .await;
+        match sent {
+            Ok(_) => tracing::info!(round, examples = pooled.n_examples, "evaluation sent up"),
+            Err(status) if status.code() == Code::InvalidArgument => {
+                tracing::warn!(round, reason = %status.message(), "evaluation refused by the parent");
+            }
+            Err(status) => return Err(status.into()),
+        }
+        Ok(())
+    }
+}

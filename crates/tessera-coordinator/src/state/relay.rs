@@ -1,0 +1,408 @@
+//! An aggregator of a hierarchical run: a coordinator toward its members
+//! whose rounds come from its parent. The members' agreement offers go up
+//! merged, the parent's answers come back; each parent task of round `r`
+//! opens round `r` here over the same [`RoundEngine`] (FedAvg at server
+//! learning rate 1, see [`tessera_engine::aggregator_engine`]), whose
+//! aggregate goes up as one update carrying the members' examples; the
+//! members evaluate the model the parent sends next and their pooled
+//! evaluation goes up. Everything decided is in this aggregator's own
+//! database, so a restarted aggregator resumes its round when its parent
+//! sends the task again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use prost::Message;
+use tessera_core::{ParameterSet, ParticipantId, Timestamp, Update};
+use tessera_data::{Agreement, ColumnKinds, FeatureStatistics, KindsOffer, LevelsOffer};
+use tessera_engine::report::RoundRecord;
+use tessera_learn::Evaluation;
+use tessera_proto::{convert, pb};
+
+use super::{Federation, Phase};
+use crate::CoordinatorError;
+use crate::store::StoreError;
+
+/// What an aggregator knows of its parent's work.
+#[derive(Debug)]
+pub(super) struct Relay {
+    /// Its name in the plan's topology (the site its parent knows).
+    name: String,
+    /// The parent's training task: round and model.
+    fit: Option<(u32, Arc<ParameterSet>)>,
+    /// The parent's evaluation task: round and model.
+    evaluation: Option<(u32, Arc<ParameterSet>)>,
+    /// The round a previous process left open, reopened when its task comes again.
+    reopen: Option<(u32, Vec<ParticipantId>, Timestamp)>,
+    /// The newest round closed here.
+    closed_through: u32,
+    /// Answers of rounds closed by this process (older ones are in the database).
+    answers: BTreeMap<u32, Option<Update>>,
+    /// Pooled evaluations finished by this process.
+    evaluations: BTreeMap<u32, Evaluation>,
+}
+
+impl Relay {
+    pub(super) fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            fit: None,
+            evaluation: None,
+            reopen: None,
+            closed_through: 0,
+            answers: BTreeMap::new(),
+            evaluations: BTreeMap::new(),
+        }
+    }
+
+    /// Round `round` closed here with `answer` (none if it did not complete).
+    pub(super) fn closed(&mut self, round: u32, answer: Option<Update>) {
+        self.closed_through = self.closed_through.max(round);
+        self.answers.insert(round, answer);
+    }
+
+    /// Round `round`'s members finished evaluating the parent's model.
+    pub(super) fn evaluated(&mut self, round: u32, pooled: Evaluation) {
+        self.evaluations.insert(round, pooled);
+    }
+
+    /// The model the members evaluate in `phase`, when the parent sent it.
+    pub(super) fn evaluating(&self, phase: &Phase) -> Option<Arc<ParameterSet>> {
+        match (phase, &self.evaluation) {
+            (Phase::Evaluating { round, .. }, Some((r, model))) if r == round => {
+                Some(Arc::clone(model))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn damaged(e: impl std::fmt::Display) -> CoordinatorError {
+    CoordinatorError::Store(StoreError::Damaged(e.to_string()))
+}
+
+impl Federation {
+    /// Whether this federation is an aggregator below a parent.
+    pub fn is_aggregator(&self) -> bool {
+        self.relay.is_some()
+    }
+
+    /// Aggregator: the merged offer of agreement step `step` (1 kinds, 2
+    /// levels, 3 statistics) once every member has offered and the parent's
+    /// answer has not come yet.
+    pub fn relay_offer(
+        &self,
+        step: u32,
+    ) -> Result<Option<pb::agree_request::Offer>, CoordinatorError> {
+        let Some(relay) = &self.relay else {
+            return Ok(None);
+        };
+        if self.relay_settled(step)? {
+            return Ok(None);
+        }
+        let Some(offers) = self.quorum_of_offers(step)? else {
+            return Ok(None);
+        };
+        let name = relay.name.as_str();
+        Ok(Some(match step {
+            1 => {
+                let offers = offers
+                    .into_iter()
+                    .map(|(site, bytes)| {
+                        let offer = pb::KindsOffer::decode(bytes.as_slice()).map_err(damaged)?;
+                        convert::kinds_offer_from_pb(&site, offer).map_err(damaged)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let merged = KindsOffer::merge(name, &offers)
+                    .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+                pb::agree_request::Offer::Kinds(convert::kinds_offer_to_pb(&merged))
+            }
+            2 => {
+                let columns = self.kinds.as_ref().map_or(0, |k| k.columns.len());
+                let offers = offers
+                    .into_iter()
+                    .map(|(site, bytes)| {
+                        let offer = pb::LevelsOffer::decode(bytes.as_slice()).map_err(damaged)?;
+                        Ok(convert::levels_offer_from_pb(&site, offer))
+                    })
+                    .collect::<Result<Vec<_>, CoordinatorError>>()?;
+                let merged = LevelsOffer::merge(name, columns, &offers);
+                pb::agree_request::Offer::Levels(convert::levels_offer_to_pb(&merged))
+            }
+            _ => {
+                let n = self
+                    .agreement
+                    .as_ref()
+                    .map_or(0, |a| a.feature_names().len());
+                let mut merged = FeatureStatistics {
+                    n: 0,
+                    mean: vec![0.0; n],
+                    m2: vec![0.0; n],
+                };
+                for (_, bytes) in offers {
+                    let stats = pb::FeatureStatistics::decode(bytes.as_slice()).map_err(damaged)?;
+                    merged = merged.merge(&convert::statistics_from_pb(stats, n).map_err(damaged)?);
+                }
+                pb::agree_request::Offer::Statistics(convert::statistics_to_pb(&merged))
+            }
+        }))
+    }
+
+    /// Aggregator: the parent agreed the column kinds.
+    pub fn settle_kinds(&mut self, kinds: ColumnKinds) -> Result<(), CoordinatorError> {
+        if self.kinds.is_none() {
+            self.store.put_agreement(
+                &self.run.id,
+                1,
+                &convert::kinds_to_pb(&kinds).encode_to_vec(),
+            )?;
+            self.audit("-", "agree-kinds", "from parent", &kinds.columns.join(","));
+            self.kinds = Some(kinds);
+            self.version += 1;
+        }
+        Ok(())
+    }
+
+    /// Aggregator: the parent agreed the vocabulary; training can start.
+    pub fn settle_agreement(&mut self, agreement: Agreement) -> Result<(), CoordinatorError> {
+        if self.agreement.is_none() {
+            self.close_vocabulary("-", &agreement)
+                .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Aggregator: the parent merged the feature statistics.
+    pub fn settle_statistics(
+        &mut self,
+        merged: pb::FeatureStatistics,
+    ) -> Result<(), CoordinatorError> {
+        let n = self
+            .agreement
+            .as_ref()
+            .map_or(0, |a| a.feature_names().len());
+        // Checked before it is kept: the members decode it too.
+        convert::statistics_from_pb(merged.clone(), n)?;
+        if self.store.agreement(&self.run.id, 3)?.is_none() {
+            self.store
+                .put_agreement(&self.run.id, 3, &merged.encode_to_vec())?;
+            self.version += 1;
+        }
+        Ok(())
+    }
+
+    /// Aggregator: whether agreement step `step` has its parent's answer.
+    pub fn relay_settled(&self, step: u32) -> Result<bool, CoordinatorError> {
+        Ok(match step {
+            1 => self.kinds.is_some(),
+            2 => self.agreement.is_some(),
+            _ => self.store.agreement(&self.run.id, step)?.is_some(),
+        })
+    }
+
+    /// Aggregator: the parent asks for round `round`'s update, trained from `global`.
+    pub fn relay_fit(&mut self, round: u32, global: Arc<ParameterSet>) {
+        if let Some(relay) = self.relay.as_mut()
+            && relay.fit.as_ref().is_none_or(|(r, _)| *r != round)
+        {
+            relay.fit = Some((round, global));
+            self.version += 1;
+            self.advance();
+        }
+    }
+
+    /// Aggregator: the answer to the parent's task of round `round` once the
+    /// round closed here (`Some(None)`: it closed without an aggregate).
+    pub fn relay_answer(&self, round: u32) -> Result<Option<Option<Update>>, CoordinatorError> {
+        let Some(relay) = &self.relay else {
+            return Ok(None);
+        };
+        if let Some(answer) = relay.answers.get(&round) {
+            return Ok(Some(answer.clone()));
+        }
+        if round > relay.closed_through {
+            return Ok(None);
+        }
+        // Closed by an earlier process: its aggregate is in the database.
+        Ok(Some(
+            self.store
+                .aggregates(&self.run.id, round)?
+                .into_iter()
+                .find(|(r, _)| *r == round)
+                .map(|(_, aggregate)| tessera_engine::upward_update(aggregate)),
+        ))
+    }
+
+    /// Aggregator: the parent asks for an evaluation of `global`, its model
+    /// after round `round`.
+    pub fn relay_evaluate(&mut self, round: u32, global: Arc<ParameterSet>) {
+        let now = self.now();
+        let wait = self.evaluation_wait();
+        let targets = self
+            .joined
+            .iter()
+            .filter(|s| !self.stale(s, now))
+            .cloned()
+            .collect();
+        let Some(relay) = self.relay.as_mut() else {
+            return;
+        };
+        if relay.evaluation.as_ref().is_some_and(|(r, _)| *r == round) {
+            return;
+        }
+        relay.evaluation = Some((round, global));
+        let evaluated = self.records.iter().any(|r| r.round == round);
+        match &mut self.phase {
+            Phase::Evaluating {
+                round: r,
+                until,
+                targets: t,
+                ..
+            } if *r == round => {
+                *until = now.plus(wait);
+                *t = targets;
+            }
+            _ if evaluated => {}
+            _ => {
+                // This aggregator was not in round `round` (it was down when
+                // the round ran): its members evaluate the model all the same.
+                if self
+                    .engine
+                    .as_ref()
+                    .is_some_and(|e| e.open_round().is_some())
+                {
+                    self.engine = None;
+                }
+                relay.closed_through = relay.closed_through.max(round);
+                let record = RoundRecord {
+                    round,
+                    status: "not in this round".into(),
+                    ..RoundRecord::default()
+                };
+                self.phase = Phase::Evaluating {
+                    round,
+                    until: now.plus(wait),
+                    targets,
+                    received: BTreeMap::new(),
+                    record: Box::new(record),
+                };
+            }
+        }
+        self.version += 1;
+        self.advance();
+    }
+
+    /// Whether the evaluation under way may close: an aggregator's waits
+    /// for its parent's model.
+    pub(super) fn relay_may_evaluate(&self) -> bool {
+        match (&self.relay, &self.phase) {
+            (Some(relay), Phase::Evaluating { round, .. }) => {
+                relay.evaluation.as_ref().is_some_and(|(r, _)| r == round)
+            }
+            _ => true,
+        }
+    }
+
+    /// Aggregator: the members' pooled evaluation of the parent's model of
+    /// round `round`, once they have all answered (or the wait ended).
+    pub fn relay_evaluation(&self, round: u32) -> Result<Option<Evaluation>, CoordinatorError> {
+        let Some(relay) = &self.relay else {
+            return Ok(None);
+        };
+        if let Some(pooled) = relay.evaluations.get(&round) {
+            return Ok(Some(pooled.clone()));
+        }
+        if !self.records.iter().any(|r| r.round == round) {
+            return Ok(None);
+        }
+        let stored = self.stored_evaluations(&self.run.id, round)?;
+        Ok(Some(Evaluation::pool(stored.values())))
+    }
+
+    /// Aggregator: the parent's run is over; so is this one.
+    pub fn relay_finish(&mut self) -> Result<(), CoordinatorError> {
+        if self.relay.is_some() && !matches!(self.phase, Phase::Finished) {
+            self.store.finish_run(&self.run.id)?;
+            self.audit("-", "run", "finished", "the parent's run is over");
+            self.phase = Phase::Finished;
+            self.version += 1;
+        }
+        Ok(())
+    }
+
+    /// An aggregator's training step with no round open: opens the parent's
+    /// round when its task has come. True when a round is open.
+    pub(super) fn relay_step(&mut self, now: Timestamp) -> Result<bool, CoordinatorError> {
+        if self
+            .engine
+            .as_ref()
+            .is_some_and(|e| e.open_round().is_some())
+        {
+            return Ok(true);
+        }
+        let Some(relay) = self.relay.as_mut() else {
+            return Ok(true);
+        };
+        let Some((round, global)) = relay.fit.clone() else {
+            return Ok(false);
+        };
+        if round <= relay.closed_through {
+            return Ok(false);
+        }
+        let reopen = relay.reopen.take();
+        let run = self.run.id.clone();
+        let mut engine =
+            tessera_engine::aggregator_engine(&self.plan, global.as_ref().clone(), round);
+        for site in &self.joined {
+            engine.register(ParticipantId::new(site.as_str()));
+        }
+        match reopen {
+            Some((open, cohort, opened_at)) if open == round => {
+                engine.reopen_round(round, cohort, opened_at)?;
+                for stored in self.store.updates(&run, round)? {
+                    let (site, update, at) = (stored.site, stored.update, stored.at);
+                    if let Err(rejection) = engine.submit(at, &site, round, &update) {
+                        tracing::warn!(%site, round, %rejection, "a stored update no longer counts");
+                    }
+                }
+                tracing::info!(round, "round reopened");
+            }
+            _ => match engine.begin_round(now) {
+                Ok(start) => {
+                    self.store.open_round(&run, round, &start.cohort, now)?;
+                    tracing::info!(round, cohort = start.cohort.len(), "round opened");
+                }
+                Err(tessera_engine::EngineError::NotEnoughParticipants { .. }) => {
+                    return Ok(false);
+                }
+                Err(e) => return Err(e.into()),
+            },
+        }
+        metrics::gauge!(crate::telemetry::names::CURRENT_ROUND).set(f64::from(round));
+        self.round_started = Some(std::time::Instant::now());
+        self.engine = Some(engine);
+        self.version += 1;
+        Ok(true)
+    }
+
+    /// Rebuilds an aggregator from its database: rounds closed, records,
+    /// the round left open (reopened when its parent's task comes again).
+    pub(super) fn resume_relay(&mut self, run: &str) -> Result<(), CoordinatorError> {
+        self.resume_rounds(run, Timestamp(u64::MAX))?;
+        let open = self.store.open_round_of(run)?;
+        let closed = self.store.latest_model_version(run)?.unwrap_or(0);
+        if let Some(relay) = self.relay.as_mut() {
+            relay.closed_through = closed;
+            relay.reopen = open;
+        }
+        if matches!(self.phase, Phase::Agreeing) {
+            self.phase = Phase::Training;
+        }
+        let now = self.now();
+        for site in &self.joined {
+            self.last_seen.insert(site.clone(), now);
+        }
+        tracing::info!(run, rounds_closed = closed, "resumed");
+        Ok(())
+    }
+}
