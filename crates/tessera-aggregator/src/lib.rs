@@ -76,7 +76,6 @@ type Server = tokio::task::JoinHandle<Result<RunReport, CoordinatorError>>;
 /// What lives across reconnections to the parent.
 struct State {
     listener: Option<tokio::net::TcpListener>,
-    on_listening: Option<Box<dyn FnOnce(SocketAddr) + Send>>,
     shared: Option<(Arc<Shared>, Arc<Plan>)>,
     server: Option<Server>,
 }
@@ -87,7 +86,7 @@ fn fatal(e: impl std::fmt::Display) -> Failure {
 
 /// Runs the aggregator until its parent's run is over and its members were
 /// told; returns its own report (its rounds, its members' traffic, its last
-/// regional model). `on_listening` gets the members' address.
+/// regional model). `on_listening` gets the members' address at once.
 pub async fn run(
     config: AggregatorConfig,
     on_listening: impl FnOnce(SocketAddr) + Send + 'static,
@@ -97,9 +96,14 @@ pub async fn run(
         config.upstream_tls.as_ref(),
         config.upstream_domain.as_deref(),
     )?;
+    // Members may connect (and wait) before the parent is reached.
+    let listener = tessera_coordinator::bind(config.listen).await?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| CoordinatorError::Network(e.to_string()))?;
+    on_listening(address);
     let mut state = State {
-        listener: Some(tessera_coordinator::bind(config.listen).await?),
-        on_listening: Some(Box::new(on_listening)),
+        listener: Some(listener),
         shared: None,
         server: None,
     };
@@ -159,8 +163,7 @@ fn start(
     .map_err(fatal)?;
     tracing::info!(run = federation.run_id(), aggregator = %config.name, "aggregator ready");
     let shared = Shared::new(federation);
-    let (Some(listener), Some(on_listening)) = (state.listener.take(), state.on_listening.take())
-    else {
+    let Some(listener) = state.listener.take() else {
         return Err(fatal("the members' listener is gone"));
     };
     state.server = Some(tokio::spawn(tessera_coordinator::serve_shared(
@@ -168,7 +171,7 @@ fn start(
         listener,
         config.tls.clone(),
         config.metrics,
-        on_listening,
+        |_| {},
     )));
     let opened = (shared, Arc::new(plan));
     state.shared = Some(opened.clone());

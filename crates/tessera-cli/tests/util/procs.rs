@@ -145,7 +145,11 @@ pub const HEART_SITES: [&str; 4] = ["cleveland", "hungarian", "switzerland", "va
 
 /// A heart-disease participant.
 pub fn participant(dir: &Path, url: &str, site: &str, extra: &[&str]) -> Proc {
-    let data = heart_file(site);
+    participant_with(dir, url, site, &heart_file(site), extra)
+}
+
+/// A participant for `site` reading `data`.
+pub fn participant_with(dir: &Path, url: &str, site: &str, data: &Path, extra: &[&str]) -> Proc {
     let plan_dir = examples();
     let mut args = vec![
         "participant",
@@ -166,6 +170,42 @@ pub fn participant(dir: &Path, url: &str, site: &str, extra: &[&str]) -> Proc {
     }
     args.extend_from_slice(extra);
     Proc::start(site, dir, &args, None)
+}
+
+/// Aggregator `name` below `upstream`, listening on 127.0.0.1:`port` (0:
+/// any free port); returns it and its URL.
+pub fn aggregator(
+    dir: &Path,
+    upstream: &str,
+    name: &str,
+    db: &Path,
+    port: u16,
+    extra: &[&str],
+) -> (Proc, String) {
+    let (tx, rx) = mpsc::channel();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "aggregator",
+        "--upstream",
+        upstream,
+        "--name",
+        name,
+        "--db",
+        db.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--give-up-after",
+        "60",
+    ];
+    if !extra.contains(&"--tls") {
+        args.push("--insecure");
+    }
+    args.extend_from_slice(extra);
+    let proc = Proc::start(name, dir, &args, Some(tx));
+    let address = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("aggregator {name} did not start:\n{}", proc.log()));
+    (proc, format!("http://{address}"))
 }
 
 /// Polls `check` every 20 ms until it holds, at most `limit`.

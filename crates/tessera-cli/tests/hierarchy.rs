@@ -1,0 +1,333 @@
+//! Hierarchical deployment with real processes on 127.0.0.1: a coordinator,
+//! regional aggregators (`tessera aggregator`) and participants below them
+//! give the hierarchical simulation's model bit for bit, also when a
+//! regional aggregator is killed with SIGKILL mid-round and restarted, and
+//! at three levels.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use util::Scratch;
+use util::procs::{Proc, aggregator, coordinator, participant_with, query_i64, wait_until};
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Synthetic(0.5, 0.5) with 10 classes over six sites, and a plan whose
+/// `[topology]` is `groups` (TOML tables).
+fn setup(s: &Scratch, groups: &str) -> (PathBuf, PathBuf) {
+    s.run(&[
+        "synth",
+        "--sites",
+        "6",
+        "--rows",
+        "150",
+        "--features",
+        "20",
+        "--classes",
+        "10",
+        "--alpha",
+        "0.5",
+        "--beta",
+        "0.5",
+        "--seed",
+        "3",
+        "--out",
+        "syn.csv",
+    ])
+    .ok();
+    let plan = s.write(
+        "plan.toml",
+        &format!(
+            r#"name = "tree"
+seed = 5
+
+[data]
+path = "syn.csv"
+site_column = "site"
+
+[data.schema]
+target = "y"
+
+[data.standardize]
+enabled = false
+
+[model]
+kind = "softmax"
+
+[training]
+epochs = 1
+batch_size = 32
+lr = 0.2
+
+[federation]
+rounds = 6
+
+[topology]
+kind = "hierarchical"
+{groups}
+"#
+        ),
+    );
+    (plan, s.path("syn.csv"))
+}
+
+const TWO_REGIONS: &str = r#"
+[[topology.groups]]
+name = "east"
+members = ["site0", "site1", "site2"]
+
+[[topology.groups]]
+name = "west"
+members = ["site3", "site4", "site5"]
+"#;
+
+fn simulated(s: &Scratch, plan: &Path) -> Vec<u8> {
+    s.run(&[
+        "simulate",
+        "-q",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--report",
+        "sim.json",
+        "--model-out",
+        "sim.model",
+    ])
+    .ok();
+    std::fs::read(s.path("sim.model")).unwrap()
+}
+
+fn sites(s: &Scratch, url: &str, names: &[&str], data: &Path, slow: Option<&str>) -> Vec<Proc> {
+    names
+        .iter()
+        .map(|site| {
+            let extra: &[&str] = if Some(*site) == slow {
+                &["--pause-before-update", "1.5"]
+            } else {
+                &[]
+            };
+            participant_with(&s.dir, url, site, data, extra)
+        })
+        .collect()
+}
+
+fn finish(procs: &mut [Proc]) {
+    for p in procs {
+        assert!(p.wait(LIMIT).success(), "{}:\n{}", p.name, p.log());
+    }
+}
+
+#[test]
+fn a_regional_aggregator_killed_mid_round_resumes_and_the_run_equals_simulation() {
+    let s = Scratch::new("hierarchy-kill");
+    let (plan, data) = setup(&s, TWO_REGIONS);
+    let expected = simulated(&s, &plan);
+    let (mut root, url) = coordinator(
+        &s.dir,
+        &plan,
+        &s.path("root.sqlite"),
+        0,
+        &["--model-out", "dep.model", "--report", "dep.json"],
+    );
+    let east_port = free_port();
+    let east_db = s.path("east.sqlite");
+    let (mut east, east_url) = aggregator(&s.dir, &url, "east", &east_db, east_port, &[]);
+    let (mut west, west_url) = aggregator(
+        &s.dir,
+        &url,
+        "west",
+        &s.path("west.sqlite"),
+        0,
+        &["--report", "west.json"],
+    );
+    // site2 is slow, so east's rounds sit open with two updates accepted.
+    let mut members = sites(
+        &s,
+        &east_url,
+        &["site0", "site1", "site2"],
+        &data,
+        Some("site2"),
+    );
+    members.extend(sites(
+        &s,
+        &west_url,
+        &["site3", "site4", "site5"],
+        &data,
+        None,
+    ));
+    wait_until(LIMIT, "east's round 3 with two accepted updates", || {
+        query_i64(&east_db, "SELECT COUNT(*) FROM updates WHERE round = 3") == 2
+    });
+    east.kill_9();
+    assert_eq!(
+        query_i64(&east_db, "SELECT COUNT(*) FROM updates WHERE round = 3"),
+        2,
+        "the accepted updates of the open round are in east's database"
+    );
+    let (mut east, _) = aggregator(
+        &s.dir,
+        &url,
+        "east",
+        &east_db,
+        east_port,
+        &["--report", "east.json", "--model-out", "east.model"],
+    );
+    assert!(root.wait(LIMIT).success(), "{}", root.log());
+    for aggregator in [&mut east, &mut west] {
+        assert!(aggregator.wait(LIMIT).success(), "{}", aggregator.log());
+    }
+    finish(&mut members);
+    let log = east.log();
+    assert!(
+        log.contains("resumed") && log.contains("round reopened"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read(s.path("dep.model")).unwrap(),
+        expected,
+        "the tree in deployment differs from the tree in simulation"
+    );
+    // Each region's update counted once per round at the root.
+    let root_db = s.path("root.sqlite");
+    for region in ["east", "west"] {
+        let accepted = query_i64(
+            &root_db,
+            &format!(
+                "SELECT COUNT(*) FROM audit WHERE site = '{region}' AND action = 'update' AND outcome = 'accepted'"
+            ),
+        );
+        assert_eq!(accepted, 6, "{region}");
+    }
+    // Every site's update once per round in its region, across the restart.
+    let duplicates = query_i64(
+        &east_db,
+        "SELECT COUNT(*) FROM (SELECT site, detail, COUNT(*) AS n FROM audit
+         WHERE action = 'update' AND outcome = 'accepted' GROUP BY site, detail HAVING n > 1)",
+    );
+    assert_eq!(duplicates, 0);
+    // The root saw two members and their pooled evaluations: its accuracy
+    // is the simulation's over all six sites' rows.
+    let report = s.json("dep.json");
+    let simulated = s.json("sim.json");
+    assert_eq!(report["final"]["accuracy"], simulated["final"]["accuracy"]);
+    assert_eq!(report["rounds"].as_array().unwrap().len(), 6);
+    // The regions report their own rounds and keep their regional model.
+    let west = s.json("west.json");
+    let rounds = west["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 6);
+    assert!(rounds.iter().all(|r| r["accepted"] == 3), "{west}");
+    assert!(!std::fs::read(s.path("east.model")).unwrap().is_empty());
+}
+
+#[test]
+fn three_levels_deploy_as_they_simulate() {
+    let s = Scratch::new("hierarchy-deep");
+    let groups = format!(
+        "{TWO_REGIONS}
+[[topology.groups]]
+name = \"continent\"
+members = [\"east\", \"west\"]
+"
+    );
+    let (plan, data) = setup(&s, &groups);
+    let expected = simulated(&s, &plan);
+    let (mut root, url) = coordinator(
+        &s.dir,
+        &plan,
+        &s.path("root.sqlite"),
+        0,
+        &["--model-out", "dep.model"],
+    );
+    let (mut continent, continent_url) =
+        aggregator(&s.dir, &url, "continent", &s.path("c.sqlite"), 0, &[]);
+    let (mut east, east_url) =
+        aggregator(&s.dir, &continent_url, "east", &s.path("e.sqlite"), 0, &[]);
+    let (mut west, west_url) =
+        aggregator(&s.dir, &continent_url, "west", &s.path("w.sqlite"), 0, &[]);
+    let mut members = sites(&s, &east_url, &["site0", "site1", "site2"], &data, None);
+    members.extend(sites(
+        &s,
+        &west_url,
+        &["site3", "site4", "site5"],
+        &data,
+        None,
+    ));
+    assert!(root.wait(LIMIT).success(), "{}", root.log());
+    for p in [&mut continent, &mut east, &mut west] {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    finish(&mut members);
+    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    // The root took one update a round: the continent's.
+    assert_eq!(
+        query_i64(
+            &s.path("root.sqlite"),
+            "SELECT COUNT(DISTINCT site) FROM audit WHERE action = 'update' AND outcome = 'accepted'"
+        ),
+        1
+    );
+}
+
+#[test]
+fn aggregators_that_do_not_fit_the_plan_are_refused_with_the_reason() {
+    let s = Scratch::new("hierarchy-refused");
+    let (plan, _) = setup(&s, TWO_REGIONS);
+    let (_root, url) = coordinator(&s.dir, &plan, &s.path("root.sqlite"), 0, &[]);
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let run = |name: &str, db: &str| {
+        s.run(&[
+            "aggregator",
+            "--upstream",
+            &url,
+            "--name",
+            name,
+            "--db",
+            db,
+            "--listen",
+            &listen,
+            "--insecure",
+        ])
+    };
+    // Not in the tree: the parent refuses it by name.
+    let refused = |run: util::Run, reason: &str| {
+        assert!(!run.output.status.success());
+        let stderr = run.stderr();
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(stderr.contains(reason), "{stderr}");
+    };
+    refused(
+        run("north", "n.sqlite"),
+        "'north' is not among the plan's sites",
+    );
+    // A gossip plan has no coordinator.
+    let gossip = std::fs::read_to_string(&plan).unwrap().replace(
+        "kind = \"hierarchical\"",
+        "kind = \"gossip\"\ngraph = \"ring\"",
+    );
+    let gossip = s.write("gossip.toml", &gossip);
+    refused(
+        s.run(&[
+            "coordinator",
+            "--plan",
+            gossip.to_str().unwrap(),
+            "--db",
+            "g.sqlite",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure",
+        ]),
+        "gossip topology has no coordinator",
+    );
+}
