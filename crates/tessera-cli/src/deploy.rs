@@ -1,4 +1,4 @@
-//! `tessera coordinator`, `tessera participant` and `tessera aggregator`.
+//! `tessera coordinator`, `tessera participant`, `tessera aggregator` and `tessera peer`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -120,6 +120,47 @@ pub struct AggregatorArgs {
     metrics: Option<SocketAddr>,
 }
 
+/// Arguments of `tessera peer`.
+#[derive(Debug, clap::Args)]
+pub struct PeerArgs {
+    /// The plan (TOML, `[topology] kind = "gossip"`); every peer runs the same.
+    #[arg(long)]
+    plan: PathBuf,
+    /// This site's name.
+    #[arg(long)]
+    site: String,
+    /// This site's data file.
+    #[arg(long)]
+    data: PathBuf,
+    /// Address the other peers connect to, e.g. 127.0.0.1:7400.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Another site of the run and its URL, as NAME=URL; once per other site.
+    #[arg(long = "peer", value_name = "NAME=URL")]
+    peers: Vec<String>,
+    /// Mutual TLS with this site's files (`tessera ca issue --site NAME`).
+    #[arg(long, conflicts_with = "insecure")]
+    tls: Option<PathBuf>,
+    /// Plain-text connections without authentication: for local experiments only.
+    #[arg(long)]
+    insecure: bool,
+    /// Seconds a neighbour may be unreachable before it is lost for good.
+    #[arg(long, default_value_t = 10.0)]
+    liveness: f64,
+    /// Seconds to wait for every peer during the data agreement.
+    #[arg(long, default_value_t = 300.0)]
+    give_up_after: f64,
+    /// Report file (JSON): this site's own model each round, the neighbours it lost.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// File for this site's final model.
+    #[arg(long)]
+    model_out: Option<PathBuf>,
+    /// Fault injection for drills and tests: seconds to pause after each round's training.
+    #[arg(long, default_value_t = 0.0)]
+    pause_each_round: f64,
+}
+
 fn logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -180,6 +221,15 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
         f.mean_site_accuracy
     );
     Ok(())
+}
+
+/// A fault-injection pause: zero, or a positive number of seconds.
+fn pause(name: &str, value: f64) -> anyhow::Result<Duration> {
+    if value == 0.0 {
+        Ok(Duration::ZERO)
+    } else {
+        seconds(name, value)
+    }
 }
 
 fn liveness(value: f64) -> anyhow::Result<Duration> {
@@ -271,11 +321,7 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
         plan_dir: args.plan_dir.clone(),
         max_backoff: Duration::from_secs(2),
         give_up_after: seconds("--give-up-after", args.give_up_after)?,
-        pause_before_update: if args.pause_before_update == 0.0 {
-            Duration::ZERO
-        } else {
-            seconds("--pause-before-update", args.pause_before_update)?
-        },
+        pause_before_update: pause("--pause-before-update", args.pause_before_update)?,
         tls: args.tls.as_deref().map(tessera_tls::TlsFiles::in_dir),
         tls_domain: args.tls_domain.clone(),
     };
@@ -287,6 +333,75 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
         summary.updates_refused,
         summary.evaluations,
         summary.reconnections
+    );
+    Ok(())
+}
+
+pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
+    if !args.insecure && args.tls.is_none() {
+        bail!(
+            "give --tls DIR (mutual TLS, see `tessera ca`) or --insecure (local experiments only)"
+        );
+    }
+    let plan_text = std::fs::read_to_string(&args.plan)
+        .with_context(|| format!("{}: cannot read", args.plan.display()))?;
+    let plan = Plan::from_toml(&plan_text, &args.plan.display().to_string())?;
+    let mut peers = std::collections::BTreeMap::new();
+    for entry in &args.peers {
+        let Some((name, url)) = entry.split_once('=') else {
+            bail!("--peer '{entry}': give NAME=URL");
+        };
+        if name.is_empty() || url.is_empty() {
+            bail!("--peer '{entry}': give NAME=URL");
+        }
+        if peers.insert(name.to_string(), url.to_string()).is_some() {
+            bail!("--peer '{name}' is given twice");
+        }
+    }
+    if peers.is_empty() {
+        bail!("give every other site of the run with --peer NAME=URL");
+    }
+    let liveness = liveness(args.liveness)?;
+    logging();
+    if args.insecure {
+        insecure_warning("the peer");
+    }
+    let config = tessera_peer::PeerConfig {
+        plan,
+        plan_text,
+        site: args.site.clone(),
+        data: args.data.clone(),
+        plan_dir: args
+            .plan
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        listen: args.listen,
+        peers,
+        liveness,
+        give_up_after: seconds("--give-up-after", args.give_up_after)?,
+        tls: args.tls.as_deref().map(tessera_tls::TlsFiles::in_dir),
+        pause_each_round: pause("--pause-each-round", args.pause_each_round)?,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let report = runtime.block_on(tessera_peer::run(config, |address| {
+        eprintln!("listening on {address}");
+    }))?;
+    write_outputs(&report, args.report.as_deref(), args.model_out.as_deref())?;
+    let lost = report
+        .topology
+        .as_ref()
+        .map(|t| t.lost.keys().cloned().collect::<Vec<_>>())
+        .unwrap_or_default();
+    println!(
+        "finished {} rounds as peer '{}': its model on its test rows: accuracy {:.4}; neighbours lost: {}",
+        report.rounds.len(),
+        args.site,
+        report.final_metrics.accuracy,
+        if lost.is_empty() {
+            "none".to_string()
+        } else {
+            lost.join(", ")
+        }
     );
     Ok(())
 }

@@ -37,6 +37,9 @@ enum Command {
     /// Aggregate a region of a hierarchical federation: a participant toward
     /// its parent, a coordinator toward its members.
     Aggregator(Box<deploy::AggregatorArgs>),
+    /// Gossip with neighbours, no coordinator: train next to this site's data
+    /// and average with the plan's graph neighbours.
+    Peer(Box<deploy::PeerArgs>),
     /// The federation's certificate authority: init, issue, revoke, rotate, list.
     Ca(ca::CaArgs),
     /// List the runs a coordinator's database holds.
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Coordinator(args) => deploy::coordinator(&args),
         Command::Participant(args) => deploy::participant(&args),
         Command::Aggregator(args) => deploy::aggregator(&args),
+        Command::Peer(args) => deploy::peer(&args),
         Command::Ca(args) => ca::run(&args),
         Command::Runs(args) => ops::runs(&args),
         Command::Status(args) => ops::status(&args),

@@ -72,50 +72,6 @@ pub struct CoordinatorConfig {
     pub metrics: Option<SocketAddr>,
 }
 
-/// Accepted connections that completed a mutual-TLS handshake. A failed
-/// handshake (unknown, expired or revoked certificate, no certificate) is
-/// logged and audited; the connection is dropped.
-fn tls_incoming(
-    listener: tokio::net::TcpListener,
-    mut tls: tessera_tls::ServerTls,
-    shared: Arc<Shared>,
-) -> impl tokio_stream::Stream<
-    Item = Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
-> {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, peer)) = listener.accept().await else {
-                continue;
-            };
-            let config = match tls.current() {
-                Ok(config) => config,
-                Err(e) => {
-                    tracing::error!(%e, "cannot load the TLS files; refusing connections");
-                    continue;
-                }
-            };
-            let tx = tx.clone();
-            let shared = Arc::clone(&shared);
-            tokio::spawn(async move {
-                let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Ok(Err(e)) => {
-                        let reason = format!("TLS handshake from {peer} refused: {e}");
-                        tracing::warn!(%reason);
-                        shared.with(|f| f.reject_audit(&peer.to_string(), "connect", &reason));
-                    }
-                    Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
 /// Runs the federation until every round is done; returns the report.
 /// `on_listening` is called with the bound address (useful with port 0).
 pub async fn serve(
@@ -210,7 +166,11 @@ pub async fn serve_shared(
         Some(files) => {
             let tls = tessera_tls::ServerTls::load(files)
                 .map_err(|e| CoordinatorError::Config(e.to_string()))?;
-            let incoming = tls_incoming(listener, tls, Arc::clone(&shared));
+            let audit = Arc::clone(&shared);
+            let incoming = tessera_tls::incoming(listener, tls, move |peer, reason| {
+                tracing::warn!(%reason);
+                audit.with(|f| f.reject_audit(&peer, "connect", &reason));
+            });
             server
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await

@@ -38,7 +38,7 @@ pub use plan::{
 pub use site::Site;
 pub use topology::{
     FailureConfig, GossipGraph, GroupConfig, Member, Node, TopologyConfig, TopologyKind, Tree,
-    gossip_neighbours,
+    gossip_neighbours, metropolis_mix,
 };
 
 /// Tags of the seed streams derived from a run seed.

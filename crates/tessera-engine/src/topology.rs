@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use tessera_core::ParameterSet;
+
 use crate::PlanError;
 
 /// How sites are connected.
@@ -315,6 +317,32 @@ impl Tree {
         out.sort_unstable();
         out
     }
+}
+
+/// One Metropolis-Hastings averaging step at a site of degree `degree` (its
+/// living neighbours): each neighbour's model (with that neighbour's own
+/// degree) weighs `1 / (1 + max(degree, theirs))`, the rest stays on `own`.
+/// The weights are symmetric and sum to one, so the sites' mean is kept.
+/// Neighbours are summed in the order given (simulation and peers both give
+/// them sorted by name, so both compute the same bits).
+pub fn metropolis_mix<'a>(
+    own: &ParameterSet,
+    degree: usize,
+    neighbours: impl IntoIterator<Item = (&'a ParameterSet, usize)>,
+) -> Result<ParameterSet, tessera_core::CoreError> {
+    let mut out = own.clone();
+    let mut self_weight = 1.0f32;
+    let mut mixed = own.zeros_like();
+    for (theirs, their_degree) in neighbours {
+        let w = 1.0 / (1.0 + degree.max(their_degree) as f32);
+        self_weight -= w;
+        mixed.add_scaled(theirs, w)?;
+    }
+    for v in out.values_mut() {
+        *v *= self_weight;
+    }
+    out.add_scaled(&mixed, 1.0)?;
+    Ok(out)
 }
 
 /// Each site's neighbours (sorted) in a gossip graph over `n` sites; random

@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 2;
+pub const MINOR: u32 = 3;
 
 /// What this build can do.
 ///
@@ -23,6 +23,8 @@ pub const MINOR: u32 = 2;
 ///   from the model the participant holds. With these, one capability per codec
 ///   stage this build encodes and decodes: `codec-topk`, `codec-randk`,
 ///   `codec-fp16`, `codec-q8`, `codec-q4`, `codec-q2`.
+/// - `gossip` (1.3): the `Gossip` service between peers of a run with no
+///   coordinator.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -38,6 +40,7 @@ pub const CAPABILITIES: &[&str] = &[
     "codec-q8",
     "codec-q4",
     "codec-q2",
+    "gossip",
 ];
 
 /// The capabilities a participant needs to send updates with `codec`.

@@ -249,23 +249,10 @@ fn gossip_step(
             let Some(own) = local[i].as_ref() else {
                 return Ok(None);
             };
-            let degree = |k: usize| living[k].len() as f32;
-            let mut out = own.clone();
-            let mut self_weight = 1.0f32;
-            let mut mixed = own.zeros_like();
-            for &j in &living[i] {
-                let w = 1.0 / (1.0 + degree(i).max(degree(j)));
-                self_weight -= w;
-                if let Some(theirs) = local[j].as_ref() {
-                    mixed
-                        .add_scaled(theirs, w)
-                        .map_err(|e| EngineError::State(e.to_string()))?;
-                }
-            }
-            for v in out.values_mut() {
-                *v *= self_weight;
-            }
-            out.add_scaled(&mixed, 1.0)
+            let theirs = living[i]
+                .iter()
+                .filter_map(|&j| local[j].as_ref().map(|m| (m, living[j].len())));
+            let out = tessera_engine::metropolis_mix(own, living[i].len(), theirs)
                 .map_err(|e| EngineError::State(e.to_string()))?;
             Ok(Some(out))
         })

@@ -168,7 +168,8 @@ impl CaDir {
         ))
     }
 
-    /// Issues (or re-issues) a site's client certificate, valid `days` days.
+    /// Issues (or re-issues) a site's certificate (client and server
+    /// authentication, named by [`site_dns_name`]), valid `days` days.
     pub fn issue_site(&mut self, site: &str, days: u32) -> Result<PathBuf, TlsError> {
         let dns = site_dns_name(site)?;
         if site == "coordinator" || site.contains(['/', '\\']) || site.starts_with('.') {
@@ -226,10 +227,15 @@ impl CaDir {
         params.not_after = not_after;
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![match kind {
-            IssuedKind::Site => ExtendedKeyUsagePurpose::ClientAuth,
-            IssuedKind::Coordinator => ExtendedKeyUsagePurpose::ServerAuth,
-        }];
+        // A site's certificate also serves: gossip peers (and aggregators'
+        // members) verify the peer they call by its site name.
+        params.extended_key_usages = match kind {
+            IssuedKind::Site => vec![
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ],
+            IssuedKind::Coordinator => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        };
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let cert = params.signed_by(&key, &issuer)?;
         let dir = match kind {

@@ -6,15 +6,19 @@
 //! and every live certificate re-issued under it). A participant's identity
 //! is its certificate: the site name is encoded in the certificate's subject
 //! alternative name ([`site_dns_name`]) and checked with webpki on every call
-//! ([`certificate_names_site`]).
+//! ([`certificate_names_site`], [`check_site`]). Site certificates serve
+//! both ways (client and server authentication), so that gossip peers can
+//! verify each other by name; [`incoming`] accepts a server's mTLS connections.
 //!
 //! Key design decision: exactly one crypto provider, ring, everywhere
 //! (certificate generation, TLS, verification).
 #![deny(missing_docs)]
 
+mod accept;
 mod ca;
 mod config;
 
+pub use accept::{check_site, incoming};
 pub use ca::{CaDir, Issued, IssuedKind};
 pub use config::{ServerTls, TlsFiles, certificate_names_site, site_dns_name};
 

@@ -1,0 +1,782 @@
+//! The gossip peer: decentralised averaging with no coordinator (D-PSGD;
+//! Lian et al. 2017), over gRPC between sites with mutual TLS from the
+//! federation's CA.
+//!
+//! Every peer reads the same plan (`[topology] kind = "gossip"`) and the same
+//! directory of sites; from them each computes the same graph
+//! ([`tessera_engine::gossip_neighbours`]). The data layout is agreed without
+//! a coordinator: each peer publishes its offer and fetches every other
+//! peer's, and all compute the same agreement from the same offers. Then each
+//! round a peer trains from its own model, publishes the result, fetches its
+//! living neighbours' and replaces its model by the Metropolis-Hastings
+//! average ([`tessera_engine::metropolis_mix`]), `gossip_steps` times. With
+//! no failures every peer's model is the simulation's bit for bit.
+//!
+//! Key design decision: peers pull. A peer serves what it has published and
+//! a call for something not yet published waits; a neighbour that cannot be
+//! reached for the liveness period is lost for good, and the peer re-weights
+//! among the living (its published degree tells its neighbours).
+#![deny(missing_docs)]
+
+mod board;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tessera_core::{ParameterSet, ParticipantId};
+use tessera_data::{Agreement, Dataset, Filesystem, KindsOffer, LevelsOffer, ScaleScope};
+use tessera_engine::report::{
+    Communication, RoundRecord, RunReport, SiteTraffic, Timing, TopologyReport,
+};
+use tessera_engine::{FitTask, Plan, Site, TopologyKind};
+use tessera_learn::Evaluation;
+use tessera_proto::pb::gossip_client::GossipClient;
+use tessera_proto::pb::{self, peer_model_part, peer_offer};
+use tessera_proto::{Assembler, CAPABILITIES, Limits, MAJOR, MINOR, convert};
+use thiserror::Error;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+use board::{Board, Identity, Service};
+
+/// Why a peer stopped.
+#[derive(Debug, Error)]
+pub enum PeerError {
+    /// A setting, the plan or the directory is unusable.
+    #[error("{0}")]
+    Config(String),
+    /// The site's data is unusable, or training failed.
+    #[error("{0}")]
+    Local(String),
+    /// Another peer refused this one (another plan, another directory, identity).
+    #[error("refused by a peer: {0}")]
+    Refused(String),
+    /// The network failed for good.
+    #[error("network: {0}")]
+    Network(String),
+}
+
+/// How to run a peer.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// The plan (its `[topology]` is gossip).
+    pub plan: Plan,
+    /// Its text: every peer must run the same.
+    pub plan_text: String,
+    /// This site's name.
+    pub site: String,
+    /// This site's data file.
+    pub data: PathBuf,
+    /// Folder for the plan's other relative paths.
+    pub plan_dir: PathBuf,
+    /// Where the other peers reach this one.
+    pub listen: SocketAddr,
+    /// Every other site of the run and its URL.
+    pub peers: BTreeMap<String, String>,
+    /// A neighbour unreachable this long is lost for good.
+    pub liveness: Duration,
+    /// Give up on the agreement after this long without every peer.
+    pub give_up_after: Duration,
+    /// Mutual TLS with a site's files (`tessera ca issue --site`); `None`:
+    /// the explicit insecure mode.
+    pub tls: Option<tessera_tls::TlsFiles>,
+    /// Fault injection for drills and tests: a slow site, pausing this long
+    /// after each round's training.
+    pub pause_each_round: Duration,
+}
+
+/// A connection to another peer.
+struct Link {
+    name: String,
+    endpoint: Endpoint,
+    client: Option<GossipClient<Channel>>,
+}
+
+/// A call's failure: try again (network) or stop (refused).
+enum Failure {
+    Retry(String),
+    Refused(String),
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        match status.code() {
+            Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::FailedPrecondition
+            | Code::Unauthenticated => Failure::Refused(status.message().to_string()),
+            _ => Failure::Retry(format!("{}: {}", status.code(), status.message())),
+        }
+    }
+}
+
+fn digest(text: &str) -> Vec<u8> {
+    Sha256::digest(text.as_bytes()).to_vec()
+}
+
+fn local(e: impl std::fmt::Display) -> PeerError {
+    PeerError::Local(e.to_string())
+}
+
+impl Link {
+    fn new(name: &str, url: &str, tls: Option<&tessera_tls::TlsFiles>) -> Result<Self, PeerError> {
+        let mut endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| PeerError::Config(format!("peer '{name}': URL '{url}': {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        if let Some(files) = tls {
+            if !url.starts_with("https://") {
+                return Err(PeerError::Config(format!(
+                    "peer '{name}': with mutual TLS its URL starts with https://, got '{url}'"
+                )));
+            }
+            let (cert, key, ca) = files
+                .read_client()
+                .map_err(|e| PeerError::Config(e.to_string()))?;
+            // The neighbour must be the site it is called by: its
+            // certificate names it.
+            let domain =
+                tessera_tls::site_dns_name(name).map_err(|e| PeerError::Config(e.to_string()))?;
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .identity(tonic::transport::Identity::from_pem(cert, key))
+                .domain_name(domain);
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| PeerError::Config(format!("TLS: {e}")))?;
+        }
+        Ok(Self {
+            name: name.to_string(),
+            endpoint,
+            client: None,
+        })
+    }
+
+    async fn client(&mut self) -> Result<&mut GossipClient<Channel>, Failure> {
+        if self.client.is_none() {
+            let channel = self.endpoint.connect().await.map_err(|e| {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    text.push_str(": ");
+                    text.push_str(&cause.to_string());
+                    source = cause.source();
+                }
+                Failure::Retry(format!("cannot connect to '{}': {text}", self.name))
+            })?;
+            self.client = Some(
+                GossipClient::new(channel)
+                    .max_decoding_message_size(16 << 20)
+                    .max_encoding_message_size(16 << 20),
+            );
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| Failure::Retry("no connection".into()))
+    }
+
+    /// Runs `call` until it succeeds, is refused, or `patience` passes
+    /// without success (`None`: the peer counts as unreachable).
+    async fn retry<T>(
+        &mut self,
+        patience: Duration,
+        mut call: impl AsyncFnMut(&mut GossipClient<Channel>) -> Result<T, Failure>,
+    ) -> Result<Option<T>, PeerError> {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let attempt = async {
+                let client = self.client().await?;
+                call(client).await
+            };
+            let reason = match tokio::time::timeout(patience * 10, attempt).await {
+                Ok(Ok(value)) => return Ok(Some(value)),
+                Ok(Err(Failure::Refused(reason))) => {
+                    return Err(PeerError::Refused(format!("'{}': {reason}", self.name)));
+                }
+                Ok(Err(Failure::Retry(reason))) => reason,
+                Err(_) => format!("'{}' did not answer in {:?}", self.name, patience * 10),
+            };
+            self.client = None;
+            if started.elapsed() > patience {
+                tracing::warn!(peer = %self.name, %reason, "unreachable");
+                return Ok(None);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+/// What a peer did: its rounds, its own model, its report.
+struct Progress {
+    records: Vec<RoundRecord>,
+    lost: BTreeMap<String, u32>,
+    bytes_received: BTreeMap<String, u64>,
+    last: Option<Evaluation>,
+}
+
+/// Takes part in the gossip run until its last round; returns this peer's
+/// report (its own model on its own test rows each round, the neighbours it
+/// lost, its traffic). `on_listening` gets the bound address.
+pub async fn run(
+    config: PeerConfig,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<RunReport, PeerError> {
+    let started = Instant::now();
+    let plan = &config.plan;
+    if plan.topology.kind != TopologyKind::Gossip {
+        return Err(PeerError::Config(
+            "peers run plans with [topology] kind = \"gossip\"; others have a coordinator".into(),
+        ));
+    }
+    if config.peers.contains_key(&config.site) {
+        return Err(PeerError::Config(format!(
+            "--peer lists this site ('{}') itself",
+            config.site
+        )));
+    }
+    let mut sites: Vec<String> = config.peers.keys().cloned().collect();
+    sites.push(config.site.clone());
+    sites.sort();
+    if !plan.data.sites.is_empty() {
+        let mut listed: Vec<String> = plan.data.sites.iter().map(|s| s.name.clone()).collect();
+        listed.sort();
+        if listed != sites {
+            return Err(PeerError::Config(format!(
+                "the peers ({}) are not the plan's sites ({})",
+                sites.join(", "),
+                listed.join(", ")
+            )));
+        }
+    }
+    if !plan.topology.failures.is_empty() {
+        tracing::warn!("[[topology.failures]] is simulation only; peers ignore it");
+    }
+    let me = sites
+        .iter()
+        .position(|s| *s == config.site)
+        .ok_or_else(|| PeerError::Config("this site is not in the directory".into()))?;
+    let graph = tessera_engine::gossip_neighbours(
+        plan.topology.graph,
+        sites.len(),
+        plan.topology.degree,
+        plan.seed,
+    )
+    .map_err(|e| PeerError::Config(e.to_string()))?;
+    let neighbours: Vec<String> = graph[me].iter().map(|&j| sites[j].clone()).collect();
+    tracing::info!(site = %config.site, neighbours = %neighbours.join(", "), "gossip graph");
+
+    let board = Board::new(Identity {
+        site: config.site.clone(),
+        sites: sites.iter().cloned().collect(),
+        plan_digest: digest(&config.plan_text),
+        sites_digest: digest(&sites.join("\n")),
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| PeerError::Network(format!("cannot listen on {}: {e}", config.listen)))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| PeerError::Network(e.to_string()))?;
+    on_listening(address);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        Arc::clone(&board),
+        listener,
+        config.tls.clone(),
+        stopped,
+    ));
+
+    let mut links: BTreeMap<String, Link> = BTreeMap::new();
+    for (name, url) in &config.peers {
+        links.insert(name.clone(), Link::new(name, url, config.tls.as_ref())?);
+    }
+    let result = work(&config, &board, &mut links, &neighbours).await;
+    let _ = stop.send(());
+    let _ = server.await;
+    let (progress, model, agreement) = result?;
+
+    let last = progress.last.clone().into_iter().collect::<Vec<_>>();
+    let final_metrics = tessera_engine::report::final_metrics(&[config.site.as_str()], &last);
+    let sent = board.bytes_sent();
+    let bytes_up: u64 = sent.values().sum();
+    let bytes_down: u64 = progress.bytes_received.values().sum();
+    let elapsed = started.elapsed().as_secs_f64();
+    let n_rounds = progress.records.len().max(1) as f64;
+    Ok(RunReport {
+        plan: plan.name.clone(),
+        strategy: plan.federation.strategy.to_string(),
+        seed: plan.seed,
+        model: format!("{:?}", plan.model.kind).to_lowercase(),
+        features: agreement.feature_names(),
+        classes: agreement.classes.clone(),
+        data: Vec::new(),
+        rounds: progress.records,
+        final_metrics,
+        baselines: None,
+        timing: Timing {
+            total_seconds: elapsed,
+            data_seconds: 0.0,
+            rounds_seconds: elapsed,
+            seconds_per_round: elapsed / n_rounds,
+            baselines_seconds: 0.0,
+            virtual_seconds: elapsed,
+            virtual_seconds_to_target: None,
+            threads: 1,
+            peak_rss_bytes: None,
+        },
+        communication: Communication {
+            bytes_up,
+            bytes_down,
+            bytes_up_per_site: BTreeMap::from([(config.site.clone(), bytes_up)]),
+            update_bytes_up: 0,
+        },
+        privacy: None,
+        robustness: None,
+        topology: Some(TopologyReport {
+            kind: "gossip".into(),
+            neighbours: BTreeMap::from([(config.site.clone(), neighbours)]),
+            lost: progress.lost,
+            ..TopologyReport::default()
+        }),
+        final_parameters: model.as_ref().clone(),
+    })
+}
+
+/// Serves the board until `stopped`.
+async fn serve(
+    board: Arc<Board>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tessera_tls::TlsFiles>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(), PeerError> {
+    let service = tessera_proto::pb::gossip_server::GossipServer::new(Service { board })
+        .max_decoding_message_size(16 << 20)
+        .max_encoding_message_size(16 << 20);
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .add_service(service);
+    let shutdown = async {
+        let _ = stopped.await;
+    };
+    let network = |e: tonic::transport::Error| PeerError::Network(e.to_string());
+    match tls {
+        None => server
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown,
+            )
+            .await
+            .map_err(network),
+        Some(files) => {
+            let tls = tessera_tls::ServerTls::load(files)
+                .map_err(|e| PeerError::Config(e.to_string()))?;
+            let incoming = tessera_tls::incoming(listener, tls, |_peer, reason| {
+                tracing::warn!(%reason, "connection refused");
+            });
+            server
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+                .map_err(network)
+        }
+    }
+}
+
+/// Greets every peer, agrees the data, runs the rounds.
+async fn work(
+    config: &PeerConfig,
+    board: &Board,
+    links: &mut BTreeMap<String, Link>,
+    neighbours: &[String],
+) -> Result<(Progress, Arc<ParameterSet>, Agreement), PeerError> {
+    let plan = &config.plan;
+    let (data_config, site_name, data_path, plan_dir) = (
+        plan.data.clone(),
+        config.site.clone(),
+        config.data.clone(),
+        config.plan_dir.clone(),
+    );
+    let mut site_data = tokio::task::spawn_blocking(move || {
+        tessera_data::read_local_site(
+            &data_config,
+            &site_name,
+            Some(&data_path),
+            &plan_dir,
+            &Filesystem,
+        )
+    })
+    .await
+    .map_err(|e| local(format!("reading the data crashed: {e}")))?
+    .map_err(local)?;
+    let hello = pb::PeerHello {
+        major: MAJOR,
+        minor: MINOR,
+        capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+        site: config.site.clone(),
+        plan_digest: board.identity.plan_digest.clone(),
+        sites_digest: board.identity.sites_digest.clone(),
+    };
+    for link in links.values_mut() {
+        let hello = hello.clone();
+        let greeted = link
+            .retry(config.give_up_after, async |c| {
+                Ok(c.greet(hello.clone()).await?.into_inner())
+            })
+            .await?;
+        if greeted.is_none() {
+            return Err(PeerError::Network(format!(
+                "peer '{}' unreachable for {:?}: the agreement needs every site",
+                link.name, config.give_up_after
+            )));
+        }
+    }
+    tracing::info!(peers = links.len(), "every peer greeted");
+
+    // The agreement: every peer's offers, the same answer everywhere.
+    let kinds_offer = site_data.kinds_offer();
+    let kinds_offers: Vec<KindsOffer> = gather(
+        config,
+        board,
+        links,
+        1,
+        pb::PeerOffer {
+            offer: Some(peer_offer::Offer::Kinds(convert::kinds_offer_to_pb(
+                &kinds_offer,
+            ))),
+        },
+        |site, offer| match offer {
+            peer_offer::Offer::Kinds(k) => convert::kinds_offer_from_pb(site, k).ok(),
+            _ => None,
+        },
+    )
+    .await?
+    .into_iter()
+    .chain([kinds_offer])
+    .collect();
+    let kinds = tessera_data::agree_kinds(&plan.data, &kinds_offers).map_err(local)?;
+    let levels_offer = site_data.levels_offer(&plan.data, &kinds).map_err(local)?;
+    let levels_offers: Vec<LevelsOffer> = gather(
+        config,
+        board,
+        links,
+        2,
+        pb::PeerOffer {
+            offer: Some(peer_offer::Offer::Levels(convert::levels_offer_to_pb(
+                &levels_offer,
+            ))),
+        },
+        |site, offer| match offer {
+            peer_offer::Offer::Levels(l) => Some(convert::levels_offer_from_pb(site, l)),
+            _ => None,
+        },
+    )
+    .await?
+    .into_iter()
+    .chain([levels_offer])
+    .collect();
+    let agreement =
+        tessera_data::agree_vocabulary(&plan.data, &kinds, &levels_offers).map_err(local)?;
+    let (mut data, _) = site_data.prepare(&plan.data, &agreement).map_err(local)?;
+    if plan.data.standardize.enabled && plan.data.standardize.scope == ScaleScope::Federation {
+        let n = agreement.feature_names().len();
+        let own = tessera_data::FeatureStatistics::of(&data.raw_train);
+        let mut all: BTreeMap<String, tessera_data::FeatureStatistics> = gather(
+            config,
+            board,
+            links,
+            3,
+            pb::PeerOffer {
+                offer: Some(peer_offer::Offer::Statistics(convert::statistics_to_pb(
+                    &own,
+                ))),
+            },
+            |site, offer| match offer {
+                peer_offer::Offer::Statistics(s) => convert::statistics_from_pb(s, n)
+                    .ok()
+                    .map(|s| (site.to_string(), s)),
+                _ => None,
+            },
+        )
+        .await?
+        .into_iter()
+        .collect();
+        all.insert(config.site.clone(), own);
+        let mut merged = tessera_data::FeatureStatistics {
+            n: 0,
+            mean: vec![0.0; n],
+            m2: vec![0.0; n],
+        };
+        for stats in all.values() {
+            merged = merged.merge(stats);
+        }
+        data.rescale(tessera_data::Scaler::from_statistics(
+            &merged,
+            &plan.data.standardize,
+        ));
+    }
+    let learner = plan
+        .initial_model(agreement.feature_names().len(), agreement.classes.len())
+        .map_err(local)?;
+    let model = Arc::new(tessera_learn::Learner::parameters(&learner).clone());
+    let site = Site::new(
+        ParticipantId::new(&config.site),
+        Box::new(learner),
+        plan.local_training(),
+        plan.seed,
+    );
+    tracing::info!(
+        features = agreement.feature_names().len(),
+        train = data.train.n_rows(),
+        "data agreed"
+    );
+    let progress = rounds(
+        config,
+        board,
+        links,
+        neighbours,
+        site,
+        model,
+        Arc::new(data.train),
+        Arc::new(data.test),
+    )
+    .await?;
+    Ok((progress.0, progress.1, agreement))
+}
+
+/// Publishes this peer's offer of `step` and fetches every other peer's
+/// (read with `read`; a malformed offer stops the run with its sender's name).
+async fn gather<T>(
+    config: &PeerConfig,
+    board: &Board,
+    links: &mut BTreeMap<String, Link>,
+    step: u32,
+    own: pb::PeerOffer,
+    read: impl Fn(&str, peer_offer::Offer) -> Option<T>,
+) -> Result<Vec<T>, PeerError> {
+    board.publish_offer(step, own);
+    let mut out = Vec::new();
+    for link in links.values_mut() {
+        let request = pb::PeerOfferRequest {
+            site: config.site.clone(),
+            step,
+        };
+        let offer = link
+            .retry(config.give_up_after, async |c| {
+                Ok(c.offer(request.clone()).await?.into_inner())
+            })
+            .await?
+            .ok_or_else(|| {
+                PeerError::Network(format!(
+                    "peer '{}' unreachable during the agreement (step {step})",
+                    link.name
+                ))
+            })?;
+        let value = offer
+            .offer
+            .and_then(|o| read(&link.name, o))
+            .ok_or_else(|| {
+                PeerError::Refused(format!(
+                    "peer '{}' sent a malformed offer for agreement step {step}",
+                    link.name
+                ))
+            })?;
+        out.push(value);
+    }
+    Ok(out)
+}
+
+/// Fetches `link`'s model of (`round`, `step`): the model, its degree and
+/// the bytes received; `None` when the peer is unreachable.
+async fn fetch(
+    link: &mut Link,
+    me: &str,
+    round: u32,
+    step: u32,
+    layout_of: &ParameterSet,
+    patience: Duration,
+) -> Result<Option<(ParameterSet, usize, u64)>, PeerError> {
+    let request = pb::PeerModelRequest {
+        site: me.to_string(),
+        round,
+        step,
+    };
+    link.retry(patience, async |c| {
+        let mut stream = c.model(request.clone()).await?.into_inner();
+        let malformed = |e: String| Failure::Retry(format!("malformed model: {e}"));
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Failure::Retry("model stream ended before its header".into()))?;
+        let mut bytes = prost::Message::encoded_len(&first) as u64;
+        let Some(peer_model_part::Part::Header(header)) = first.part else {
+            return Err(malformed("a model starts with its header".into()));
+        };
+        if (header.round, header.step) != (round, step) {
+            return Err(malformed(format!(
+                "asked for round {round} step {step}, got round {} step {}",
+                header.round, header.step
+            )));
+        }
+        let mut assembler = Assembler::new(&header.layout, Limits::default())
+            .map_err(|e| malformed(e.to_string()))?;
+        assembler
+            .expect_layout_of(layout_of)
+            .map_err(|e| malformed(e.to_string()))?;
+        while let Some(part) = stream.message().await? {
+            bytes += prost::Message::encoded_len(&part) as u64;
+            match part.part {
+                Some(peer_model_part::Part::Chunk(chunk)) => assembler
+                    .push(&chunk)
+                    .map_err(|e| malformed(e.to_string()))?,
+                _ => return Err(malformed("a second header".into())),
+            }
+        }
+        let model = assembler.finish().map_err(|e| malformed(e.to_string()))?;
+        if model.values().any(|v| !v.is_finite()) {
+            return Err(Failure::Refused(format!(
+                "round {round} step {step}: the model holds non-finite values"
+            )));
+        }
+        Ok((model, header.degree as usize, bytes))
+    })
+    .await
+}
+
+/// The rounds: train, publish, average with the living neighbours.
+#[allow(clippy::too_many_arguments)]
+async fn rounds(
+    config: &PeerConfig,
+    board: &Board,
+    links: &mut BTreeMap<String, Link>,
+    neighbours: &[String],
+    mut site: Site,
+    mut model: Arc<ParameterSet>,
+    train: Arc<Dataset>,
+    test: Arc<Dataset>,
+) -> Result<(Progress, Arc<ParameterSet>), PeerError> {
+    let plan = &config.plan;
+    let steps = plan.topology.gossip_steps.max(1);
+    let mut living: Vec<String> = neighbours.to_vec();
+    let mut progress = Progress {
+        records: Vec::new(),
+        lost: BTreeMap::new(),
+        bytes_received: BTreeMap::new(),
+        last: None,
+    };
+    for round in 1..=plan.federation.rounds {
+        let wall = Instant::now();
+        let sent_before: u64 = board.bytes_sent().values().sum();
+        let received_before: u64 = progress.bytes_received.values().sum();
+        // Local training from this peer's own model.
+        let task = FitTask {
+            round,
+            global: Arc::clone(&model),
+            instructions: Default::default(),
+            deadline: None,
+        };
+        let train_rows = Arc::clone(&train);
+        let (back, trained) = tokio::task::spawn_blocking(move || {
+            let update = site.fit(&task, &train_rows);
+            (site, update.map(|u| (task.global, u)))
+        })
+        .await
+        .map_err(|e| local(format!("training crashed: {e}")))?;
+        site = back;
+        tokio::time::sleep(config.pause_each_round).await;
+        let mut site_errors = Vec::new();
+        let mut current = match trained {
+            Ok((from, update)) => {
+                let mut next = from.as_ref().clone();
+                next.add_scaled(&update.delta, 1.0).map_err(local)?;
+                next
+            }
+            Err(e) => {
+                // A failed training keeps the model and still gossips it.
+                site_errors.push(format!("site '{}': {e}", config.site));
+                model.as_ref().clone()
+            }
+        };
+        for step in 0..steps {
+            let own = Arc::new(current);
+            board.publish_model(round, step, Arc::clone(&own), living.len() as u32);
+            let mut theirs: Vec<(String, ParameterSet, usize)> = Vec::new();
+            // One neighbour after another: each published (round, step)
+            // before asking for anyone's, so no one waits in a circle.
+            for name in living.clone() {
+                let Some(link) = links.get_mut(&name) else {
+                    continue;
+                };
+                match fetch(link, &config.site, round, step, &own, config.liveness).await? {
+                    Some((m, degree, bytes)) => {
+                        *progress.bytes_received.entry(name.clone()).or_default() += bytes;
+                        theirs.push((name, m, degree));
+                    }
+                    None => {
+                        tracing::warn!(neighbour = %name, round, step, "neighbour lost for good");
+                        progress.lost.insert(name, round);
+                    }
+                }
+            }
+            living.retain(|n| !progress.lost.contains_key(n));
+            // Summed in name order, as the simulation sums them.
+            theirs.sort_by(|a, b| a.0.cmp(&b.0));
+            current = tessera_engine::metropolis_mix(
+                &own,
+                living.len(),
+                theirs.iter().map(|(_, m, d)| (m, *d)),
+            )
+            .map_err(local)?;
+        }
+        model = Arc::new(current);
+        let evaluation = site.evaluate(&model, &test).map_err(local)?;
+        let bytes_up = board.bytes_sent().values().sum::<u64>() - sent_before;
+        let bytes_down = progress.bytes_received.values().sum::<u64>() - received_before;
+        let record = RoundRecord {
+            round,
+            status: "completed".into(),
+            accuracy: evaluation.accuracy(),
+            loss: evaluation.mean_loss(),
+            mean_site_accuracy: evaluation.accuracy(),
+            auc: evaluation.auc,
+            accepted: living.len(),
+            dropped: progress.lost.len(),
+            seconds: wall.elapsed().as_secs_f64(),
+            bytes_up,
+            bytes_down,
+            traffic: BTreeMap::from([(
+                config.site.clone(),
+                SiteTraffic {
+                    up: bytes_up,
+                    down: bytes_down,
+                    ..SiteTraffic::default()
+                },
+            )]),
+            site_errors,
+            ..RoundRecord::default()
+        };
+        tracing::info!(
+            round,
+            accuracy = record.accuracy,
+            living = living.len(),
+            "round done"
+        );
+        progress.records.push(record);
+        progress.last = Some(evaluation);
+    }
+    // Stay until the living neighbours have this peer's last model.
+    let last = (plan.federation.rounds, steps - 1);
+    let mut changes = board.subscribe();
+    let deadline = Instant::now() + config.liveness * 4;
+    while Instant::now() < deadline && !living.iter().all(|n| board.served(n, last.0, last.1)) {
+        let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
+    }
+    // The last chunks leave after they are counted as served.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok((progress, model))
+}
