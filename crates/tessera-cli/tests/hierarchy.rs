@@ -331,3 +331,81 @@ fn aggregators_that_do_not_fit_the_plan_are_refused_with_the_reason() {
         "gossip topology has no coordinator",
     );
 }
+
+#[test]
+fn central_dp_runs_at_the_regional_aggregators_with_their_own_keys_and_ledgers() {
+    let s = Scratch::new("hierarchy-dp");
+    let (plan, data) = setup(&s, TWO_REGIONS);
+    let text = std::fs::read_to_string(&plan).unwrap();
+    let plan = s.write(
+        "dp.toml",
+        &format!(
+            "{text}\n[privacy]\nmode = \"central\"\nnoise_multiplier = 0.8\nclip_norm = 1.0\n"
+        ),
+    );
+    s.run(&[
+        "simulate",
+        "-q",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--report",
+        "sim.json",
+    ])
+    .ok();
+    let sim = s.json("sim.json");
+    let root_db = s.path("root.sqlite");
+    let (mut root, url) = coordinator(&s.dir, &plan, &root_db, 0, &["--report", "dep.json"]);
+    let mut regions = Vec::new();
+    let mut members = Vec::new();
+    for (name, sites_of) in [
+        ("east", ["site0", "site1", "site2"]),
+        ("west", ["site3", "site4", "site5"]),
+    ] {
+        let db = s.path(&format!("{name}.sqlite"));
+        let (proc, region_url) = aggregator(
+            &s.dir,
+            &url,
+            name,
+            &db,
+            0,
+            &["--report", &format!("{name}.json")],
+        );
+        members.extend(sites(&s, &region_url, &sites_of, &data, None));
+        regions.push((proc, db));
+    }
+    assert!(root.wait(LIMIT).success(), "{}", root.log());
+    for (proc, _) in &mut regions {
+        assert!(proc.wait(LIMIT).success(), "{}", proc.log());
+    }
+    finish(&mut members);
+    // The root sees noised regional sums only: no key, no ledger of its own.
+    assert_eq!(
+        query_i64(&root_db, "SELECT COUNT(*) FROM privacy_ledger"),
+        0
+    );
+    assert_eq!(query_i64(&root_db, "SELECT COUNT(*) FROM run_secrets"), 0);
+    let sim_epsilon = sim["privacy"]["epsilon"].as_f64().unwrap();
+    for (name, db) in [("east", &regions[0].1), ("west", &regions[1].1)] {
+        // Each region drew its own noise key and recorded each round's release.
+        assert_eq!(
+            query_i64(db, "SELECT COUNT(*) FROM run_secrets"),
+            1,
+            "{name}"
+        );
+        assert_eq!(
+            query_i64(db, "SELECT COUNT(*) FROM privacy_ledger"),
+            6,
+            "{name}"
+        );
+        let report = s.json(&format!("{name}.json"));
+        let epsilon = report["privacy"]["epsilon"].as_f64().unwrap();
+        assert!(
+            (epsilon - sim_epsilon).abs() < 1e-9,
+            "{name}: {epsilon} vs {sim_epsilon}"
+        );
+        let ledger = s.run(&["privacy", "--db", db.to_str().unwrap()]).ok();
+        assert!(ledger.contains("central DP, 6 release(s)"), "{ledger}");
+    }
+    let report = s.json("dep.json");
+    assert_eq!(report["rounds"].as_array().unwrap().len(), 6);
+}

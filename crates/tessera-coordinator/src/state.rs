@@ -185,6 +185,9 @@ impl Federation {
         liveness: Duration,
         node: Option<&str>,
     ) -> Result<Self, CoordinatorError> {
+        // Whether central DP runs here: everywhere in a flat run; in a tree,
+        // at the aggregators that hold sites.
+        let mut dp_here = true;
         let expected = match (plan.topology.kind, node) {
             (tessera_engine::TopologyKind::Gossip, _) => {
                 return Err(CoordinatorError::Config(
@@ -205,6 +208,10 @@ impl Federation {
                         ))
                     })?,
                 };
+                if plan.privacy.mode == tessera_privacy::PrivacyMode::Central {
+                    tree.check_privacy_layers()?;
+                }
+                dp_here = tree.holds_sites(n);
                 Expected::Named(tree.member_names(n).into_iter().collect())
             }
             (_, Some(name)) => {
@@ -243,7 +250,7 @@ impl Federation {
                 run
             }
         };
-        let noise_key = if plan.privacy.mode == tessera_privacy::PrivacyMode::Central {
+        let noise_key = if plan.privacy.mode == tessera_privacy::PrivacyMode::Central && dp_here {
             Some(Self::privacy_preflight(&plan, &store, &run.id)?)
         } else {
             None
@@ -343,7 +350,13 @@ impl Federation {
             Expected::Named(names) => names.len(),
             Expected::Count(n) => *n,
         };
-        Ok(match self.plan.central_dp(key, n)? {
+        // An aggregator's members are all in every round.
+        let dp = if self.relay.is_some() {
+            self.plan.central_dp_for_cohort(key, n)?
+        } else {
+            self.plan.central_dp(key, n)?
+        };
+        Ok(match dp {
             Some((dp, ledger)) => engine.with_privacy(dp, ledger),
             None => engine,
         })

@@ -434,10 +434,21 @@ impl Plan {
                 crate::TopologyKind::Gossip => "gossip",
                 _ => "hierarchical",
             };
+            // Central DP runs at the aggregators whose members are sites:
+            // each clips its sites' updates and noises their sum.
+            let aggregators_noise = self.topology.kind == crate::TopologyKind::Hierarchical
+                && self.privacy.mode == tessera_privacy::PrivacyMode::Central;
             let unsupported = [
                 (f.mode == Mode::Async, "asynchronous rounds"),
                 (secagg.enabled, "secure aggregation"),
-                (self.privacy.is_on(), "differential privacy"),
+                (
+                    self.privacy.is_on() && !aggregators_noise,
+                    if self.topology.kind == crate::TopologyKind::Hierarchical {
+                        "local differential privacy (central DP runs at the aggregators)"
+                    } else {
+                        "differential privacy"
+                    },
+                ),
                 (compression.is_active(), "compression"),
                 (
                     self.robust.rule.needs_all_updates() || self.robust.norm_bound.is_some(),
@@ -521,17 +532,30 @@ impl Plan {
         if self.privacy.mode != tessera_privacy::PrivacyMode::Central {
             return Ok(None);
         }
+        let cohort = ((n_participants as f64) * self.federation.fraction).ceil() as usize;
+        self.central_dp_for_cohort(key, cohort.max(self.federation.min_participants))
+    }
+
+    /// Central DP over cohorts of `cohort` participants (an aggregator's
+    /// members below the root, all of them every round).
+    pub fn central_dp_for_cohort(
+        &self,
+        key: [u8; 32],
+        cohort: usize,
+    ) -> Result<Option<(CentralDp, Ledger)>, PlanError> {
+        if self.privacy.mode != tessera_privacy::PrivacyMode::Central {
+            return Ok(None);
+        }
         let invalid = |e: tessera_privacy::PrivacyError| PlanError::Invalid(e.to_string());
         let z = self
             .privacy
             .noise_multiplier_for(self.federation.rounds)
             .map_err(invalid)?;
-        let cohort = ((n_participants as f64) * self.federation.fraction).ceil() as usize;
         let dp = CentralDp::new(
             z,
             self.privacy.clip_norm,
             self.privacy.adaptive_clipping.clone(),
-            cohort.max(self.federation.min_participants),
+            cohort,
             key,
         )
         .map_err(invalid)?;

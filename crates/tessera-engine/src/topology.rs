@@ -285,6 +285,41 @@ impl Tree {
         Tree::build(&plan.topology, &sites)
     }
 
+    /// Central DP in a tree: the aggregators that hold sites hold only
+    /// sites, and the root holds none, so that every site's update is
+    /// clipped and noised by exactly one aggregator and everything above
+    /// sees only noised sums.
+    pub fn check_privacy_layers(&self) -> Result<(), PlanError> {
+        for node in &self.nodes {
+            let sites = node
+                .members
+                .iter()
+                .filter(|m| matches!(m, Member::Site(_)))
+                .count();
+            if sites > 0 && node.depth == 0 {
+                return Err(PlanError::Invalid(
+                    "topology: with central DP every site belongs to an aggregator (the root holds sites here)"
+                        .into(),
+                ));
+            }
+            if sites > 0 && sites < node.members.len() {
+                return Err(PlanError::Invalid(format!(
+                    "topology: with central DP an aggregator holds sites or aggregators, not both ('{}' holds both)",
+                    node.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether aggregator `n` holds sites (with central DP, it adds the noise).
+    pub fn holds_sites(&self, n: usize) -> bool {
+        self.nodes[n]
+            .members
+            .iter()
+            .any(|m| matches!(m, Member::Site(_)))
+    }
+
     /// The aggregator called `name`.
     pub fn find(&self, name: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.name == name)

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use tessera_core::{ParameterSet, ParticipantId, Timestamp, Update};
 use tessera_data::FederatedData;
 use tessera_engine::report::{
-    RegionReport, RoundRecord, SiteTraffic, TopologyReport, round_record,
+    PrivacyReport, RegionReport, RoundRecord, SiteTraffic, TopologyReport, round_record,
 };
 use tessera_engine::{
     EngineConfig, EngineError, FitTask, Member, Plan, RoundEngine, RoundOutcome, RoundStatus, Site,
@@ -24,7 +24,7 @@ use tessera_learn::{Evaluation, Learner, Schedule};
 
 use crate::SimError;
 use crate::profile::{Profile, examples_per_round};
-use crate::run::{Federated, evaluate_all, initial_model, lock, plain_sites};
+use crate::run::{Federated, evaluate_all, initial_model, lock, plain_sites, simulation_noise_key};
 
 /// What a member sent up, and when it arrived.
 struct Answer {
@@ -66,6 +66,9 @@ impl Traffic {
     }
 }
 
+/// Central DP of an aggregator that holds sites, carried from round to round.
+type Privacy = (tessera_privacy::CentralDp, tessera_privacy::Ledger);
+
 struct Context<'a> {
     plan: &'a Plan,
     data: &'a FederatedData,
@@ -75,6 +78,8 @@ struct Context<'a> {
     node_profiles: &'a [Profile],
     schedule: Schedule,
     batch_size: usize,
+    /// With central DP: each site-holding aggregator's mechanism and ledger.
+    privacy: Mutex<BTreeMap<usize, Privacy>>,
 }
 
 impl Context<'_> {
@@ -123,6 +128,11 @@ impl Context<'_> {
         let received = opened.plus(profile.latency());
         let mut engine =
             tessera_engine::aggregator_engine(self.plan, task.global.as_ref().clone(), task.round);
+        // Central DP: the aggregator that holds sites clips their updates and
+        // noises their sum, with its own key, its ledger kept across rounds.
+        if let Some((dp, ledger)) = self.privacy_of(n)? {
+            engine = engine.with_privacy(dp, ledger);
+        }
         let ids: Vec<ParticipantId> = node.members.iter().map(|m| self.member_id(*m)).collect();
         for id in &ids {
             engine.register(id.clone());
@@ -130,6 +140,9 @@ impl Context<'_> {
         engine.begin_round(received)?;
         let all: Vec<usize> = (0..node.members.len()).collect();
         let outcome = self.run_round(&mut engine, n, &all, task, received, traffic, regional)?;
+        if let Some((dp, ledger)) = engine.privacy() {
+            lock_privacy(&self.privacy).insert(n, (dp.clone(), ledger.clone()));
+        }
         let at = outcome.closed_at.plus(profile.latency());
         let update = match (&outcome.status, outcome.aggregate) {
             (RoundStatus::Completed, Some(aggregate)) => {
@@ -225,6 +238,28 @@ impl Context<'_> {
         }
     }
 
+    /// Node `n`'s central DP for this round, when the plan asks for it and
+    /// `n` holds sites: carried from its last round, or new.
+    fn privacy_of(&self, n: usize) -> Result<Option<Privacy>, SimError> {
+        if self.plan.privacy.mode != tessera_privacy::PrivacyMode::Central
+            || !self.tree.holds_sites(n)
+        {
+            return Ok(None);
+        }
+        if let Some(carried) = lock_privacy(&self.privacy).remove(&n) {
+            return Ok(Some(carried));
+        }
+        let node = &self.tree.nodes[n];
+        let key = simulation_noise_key(tessera_core::derive_seed(
+            self.plan.seed,
+            &[tessera_core::tag(&node.name)],
+        ));
+        Ok(self
+            .plan
+            .central_dp_for_cohort(key, node.members.len())
+            .map_err(EngineError::from)?)
+    }
+
     fn member_id(&self, member: Member) -> ParticipantId {
         match member {
             Member::Site(s) => ParticipantId::new(&self.data.sites[s].name),
@@ -237,6 +272,12 @@ fn lock_traffic(t: &Mutex<Traffic>) -> std::sync::MutexGuard<'_, Traffic> {
     t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+fn lock_privacy(
+    p: &Mutex<BTreeMap<usize, Privacy>>,
+) -> std::sync::MutexGuard<'_, BTreeMap<usize, Privacy>> {
+    p.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Synchronous rounds over the plan's aggregation tree.
 pub(crate) fn run_hierarchical(
     plan: &Plan,
@@ -245,6 +286,9 @@ pub(crate) fn run_hierarchical(
 ) -> Result<(Federated, TopologyReport), SimError> {
     let names: Vec<String> = data.sites.iter().map(|s| s.name.clone()).collect();
     let tree = Tree::build(&plan.topology, &names)?;
+    if plan.privacy.mode == tessera_privacy::PrivacyMode::Central {
+        tree.check_privacy_layers()?;
+    }
     let initial = initial_model(plan, data)?;
     let training = plan.local_training();
     let mut root = RoundEngine::new(
@@ -267,6 +311,7 @@ pub(crate) fn run_hierarchical(
         node_profiles: &node_profiles,
         schedule: training.schedule()?,
         batch_size: training.batch_size,
+        privacy: Mutex::new(BTreeMap::new()),
     };
     let root_members = &tree.nodes[0].members;
     let index: BTreeMap<ParticipantId, usize> = root_members
@@ -359,6 +404,12 @@ pub(crate) fn run_hierarchical(
             },
         );
     }
+    // Every site is in one aggregator's releases: the run's privacy is the
+    // largest spend of any of them.
+    let privacy = lock_privacy(&context.privacy)
+        .values()
+        .map(|(dp, ledger)| PrivacyReport::new(&plan.privacy, dp, ledger))
+        .max_by(|a, b| a.epsilon.total_cmp(&b.epsilon));
     let report = TopologyReport {
         kind: "hierarchical".into(),
         root_bytes_up: up_by_depth.first().copied().unwrap_or(0),
@@ -374,7 +425,7 @@ pub(crate) fn run_hierarchical(
             final_parameters: final_global,
             bytes_up_per_site,
             end: now,
-            privacy: None,
+            privacy,
             malicious: Vec::new(),
         },
         report,

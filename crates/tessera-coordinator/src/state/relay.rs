@@ -351,8 +351,18 @@ impl Federation {
         }
         let reopen = relay.reopen.take();
         let run = self.run.id.clone();
-        let mut engine =
-            tessera_engine::aggregator_engine(&self.plan, global.as_ref().clone(), round);
+        // With central DP this aggregator clips and noises its sites' sum;
+        // its ledger so far comes back from the database.
+        let mut engine = self.protect(tessera_engine::aggregator_engine(
+            &self.plan,
+            global.as_ref().clone(),
+            round,
+        ))?;
+        if engine.privacy().is_some() {
+            for row in self.store.privacy_ledger(&run)? {
+                engine.restore_privacy(row.entry, row.next_clip_norm)?;
+            }
+        }
         for site in &self.joined {
             engine.register(ParticipantId::new(site.as_str()));
         }
