@@ -409,3 +409,54 @@ fn central_dp_runs_at_the_regional_aggregators_with_their_own_keys_and_ledgers()
     let report = s.json("dep.json");
     assert_eq!(report["rounds"].as_array().unwrap().len(), 6);
 }
+
+#[test]
+fn secure_aggregation_at_the_regions_equals_simulation_bit_for_bit() {
+    let s = Scratch::new("hierarchy-secagg");
+    let (plan, data) = setup(&s, TWO_REGIONS);
+    let text = std::fs::read_to_string(&plan).unwrap();
+    let plan = s.write(
+        "secure.toml",
+        &format!("{text}\n[secure_aggregation]\nenabled = true\n"),
+    );
+    let expected = simulated(&s, &plan);
+    let root_db = s.path("root.sqlite");
+    let (mut root, url) = coordinator(&s.dir, &plan, &root_db, 0, &["--model-out", "dep.model"]);
+    let mut regions = Vec::new();
+    let mut members = Vec::new();
+    for (name, sites_of) in [
+        ("east", ["site0", "site1", "site2"]),
+        ("west", ["site3", "site4", "site5"]),
+    ] {
+        let db = s.path(&format!("{name}.sqlite"));
+        let (proc, region_url) = aggregator(&s.dir, &url, name, &db, 0, &[]);
+        members.extend(sites(&s, &region_url, &sites_of, &data, None));
+        regions.push((proc, db));
+    }
+    assert!(root.wait(LIMIT).success(), "{}", root.log());
+    for (proc, _) in &mut regions {
+        assert!(proc.wait(LIMIT).success(), "{}", proc.log());
+    }
+    finish(&mut members);
+    // The sums are exact: the tree with masked sites is the simulation's.
+    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    for (_, db) in &regions {
+        // Each region saw only its sites' sums, one protocol run a round.
+        assert_eq!(
+            query_i64(
+                db,
+                "SELECT COUNT(*) FROM audit WHERE action = 'secure-aggregation' AND outcome = 'completed'"
+            ),
+            6
+        );
+        assert_eq!(query_i64(db, "SELECT COUNT(*) FROM updates"), 0);
+    }
+    // The root took the regions' sums as plain updates (it holds no sites).
+    assert_eq!(
+        query_i64(
+            &root_db,
+            "SELECT COUNT(*) FROM audit WHERE action = 'secure-aggregation'"
+        ),
+        0
+    );
+}

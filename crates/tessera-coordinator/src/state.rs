@@ -156,6 +156,8 @@ pub struct Federation {
     secure: Option<secure::SecureRound>,
     /// An aggregator of a hierarchical run: rounds come from its parent.
     relay: Option<relay::Relay>,
+    /// Whether secure aggregation runs here (in a tree: where sites are members).
+    secure_here: bool,
 }
 
 fn unix_micros() -> u64 {
@@ -185,8 +187,8 @@ impl Federation {
         liveness: Duration,
         node: Option<&str>,
     ) -> Result<Self, CoordinatorError> {
-        // Whether central DP runs here: everywhere in a flat run; in a tree,
-        // at the aggregators that hold sites.
+        // Whether central DP and secure aggregation run here: everywhere in
+        // a flat run; in a tree, at the aggregators that hold sites.
         let mut dp_here = true;
         let expected = match (plan.topology.kind, node) {
             (tessera_engine::TopologyKind::Gossip, _) => {
@@ -208,7 +210,9 @@ impl Federation {
                         ))
                     })?,
                 };
-                if plan.privacy.mode == tessera_privacy::PrivacyMode::Central {
+                if plan.privacy.mode == tessera_privacy::PrivacyMode::Central
+                    || plan.secure_aggregation.enabled
+                {
                     tree.check_privacy_layers()?;
                 }
                 dp_here = tree.holds_sites(n);
@@ -286,6 +290,7 @@ impl Federation {
             local_ledger: None,
             secure: None,
             relay: node.map(relay::Relay::new),
+            secure_here: dp_here,
         };
         if federation.plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
             let mut ledger = tessera_privacy::Ledger::new(federation.plan.privacy.budgets());

@@ -440,7 +440,10 @@ impl Plan {
                 && self.privacy.mode == tessera_privacy::PrivacyMode::Central;
             let unsupported = [
                 (f.mode == Mode::Async, "asynchronous rounds"),
-                (secagg.enabled, "secure aggregation"),
+                (
+                    secagg.enabled && self.topology.kind != crate::TopologyKind::Hierarchical,
+                    "secure aggregation",
+                ),
                 (
                     self.privacy.is_on() && !aggregators_noise,
                     if self.topology.kind == crate::TopologyKind::Hierarchical {

@@ -80,6 +80,10 @@ struct Context<'a> {
     batch_size: usize,
     /// With central DP: each site-holding aggregator's mechanism and ledger.
     privacy: Mutex<BTreeMap<usize, Privacy>>,
+    /// With secure aggregation: each site's key pairs between rounds.
+    rings: Mutex<Vec<Option<tessera_secagg::KeyRing>>>,
+    /// What went wrong below the root this round (for the round's record).
+    errors: Mutex<Vec<String>>,
 }
 
 impl Context<'_> {
@@ -191,6 +195,11 @@ impl Context<'_> {
             .map(|(i, a)| a.map(|a| (i, a)))
             .collect::<Result<_, _>>()?;
         answers.sort_by_key(|(i, a)| (a.at, *i));
+        // Secure aggregation runs at the aggregators that hold sites: they
+        // learn only their sites' sum (the root holds none, see
+        // `Tree::check_privacy_layers`).
+        let secure = self.plan.secure_aggregation.enabled && self.tree.holds_sites(n);
+        let mut secure_updates: BTreeMap<usize, Update> = BTreeMap::new();
         let mut last = opened;
         for (i, answer) in &answers {
             if engine.deadline().is_some_and(|d| answer.at > d) {
@@ -199,6 +208,11 @@ impl Context<'_> {
             last = last.max(answer.at);
             let id = self.member_id(node.members[*i]);
             match &answer.update {
+                Some(update) if secure => {
+                    if let Member::Site(s) = node.members[*i] {
+                        secure_updates.insert(s, update.clone());
+                    }
+                }
                 Some(update) => {
                     let size = update.wire_len() as u64;
                     let mut t = lock_traffic(traffic);
@@ -212,6 +226,9 @@ impl Context<'_> {
                 None => engine.report_dropout(&id),
             }
         }
+        if secure {
+            self.secure_sum(engine, n, members, task, last, secure_updates, traffic);
+        }
         let cannot = |what: &str| EngineError::State(format!("aggregator '{}' {what}", node.name));
         Ok(match engine.poll(last) {
             Some(o) => o,
@@ -222,6 +239,81 @@ impl Context<'_> {
                     .ok_or_else(|| cannot("did not close at its deadline"))?
             }
         })
+    }
+
+    /// Node `n`'s SecAgg+ round over its sites (`members`, positions in its
+    /// member list), those in `updates` having answered in time; the engine
+    /// gets only the survivors' sum.
+    #[allow(clippy::too_many_arguments)]
+    fn secure_sum(
+        &self,
+        engine: &mut RoundEngine,
+        n: usize,
+        members: &[usize],
+        task: &FitTask,
+        at: Timestamp,
+        updates: BTreeMap<usize, Update>,
+        traffic: &Mutex<Traffic>,
+    ) {
+        let node = &self.tree.nodes[n];
+        let cohort: Vec<usize> = members
+            .iter()
+            .filter_map(|&i| match node.members[i] {
+                Member::Site(s) => Some(s),
+                Member::Node(_) => None,
+            })
+            .collect();
+        let layout = task.global.zeros_like();
+        let result = {
+            let mut rings = self
+                .rings
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            crate::secure::secure_round(
+                self.plan, task.round, &cohort, updates, &layout, &mut rings,
+            )
+        };
+        let result = match result {
+            Ok(result) => result,
+            Err(e) => {
+                // Its sites leave the round, as in the flat simulation.
+                self.errors
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(format!(
+                        "aggregator '{}': secure aggregation failed: {e}",
+                        node.name
+                    ));
+                for &s in &cohort {
+                    engine.report_dropout(&ParticipantId::new(&self.data.sites[s].name));
+                }
+                return;
+            }
+        };
+        let mut t = lock_traffic(traffic);
+        for (&s, &size) in &result.bytes_up {
+            let name = &self.data.sites[s].name;
+            Traffic::add(&mut t.up, node.depth, size);
+            t.site_up[s] += size;
+            let entry = t.members.entry(name.clone()).or_default();
+            entry.up += size;
+            entry.update += result.masked_bytes.get(&s).copied().unwrap_or(0);
+        }
+        for (&s, &size) in &result.bytes_down {
+            Traffic::add(&mut t.down, node.depth, size);
+            t.members
+                .entry(self.data.sites[s].name.clone())
+                .or_default()
+                .down += size;
+        }
+        drop(t);
+        let survivors: Vec<ParticipantId> = result
+            .survivors
+            .iter()
+            .map(|&s| ParticipantId::new(&self.data.sites[s].name))
+            .collect();
+        // A rejection is recorded by the engine and reported in the outcome.
+        let _ = engine.submit_sum(at, task.round, &survivors, &result.sum);
     }
 
     fn member_answer(
@@ -286,7 +378,8 @@ pub(crate) fn run_hierarchical(
 ) -> Result<(Federated, TopologyReport), SimError> {
     let names: Vec<String> = data.sites.iter().map(|s| s.name.clone()).collect();
     let tree = Tree::build(&plan.topology, &names)?;
-    if plan.privacy.mode == tessera_privacy::PrivacyMode::Central {
+    if plan.privacy.mode == tessera_privacy::PrivacyMode::Central || plan.secure_aggregation.enabled
+    {
         tree.check_privacy_layers()?;
     }
     let initial = initial_model(plan, data)?;
@@ -312,6 +405,8 @@ pub(crate) fn run_hierarchical(
         schedule: training.schedule()?,
         batch_size: training.batch_size,
         privacy: Mutex::new(BTreeMap::new()),
+        rings: Mutex::new(names.iter().map(|_| None).collect()),
+        errors: Mutex::new(Vec::new()),
     };
     let root_members = &tree.nodes[0].members;
     let index: BTreeMap<ParticipantId, usize> = root_members
@@ -378,6 +473,12 @@ pub(crate) fn run_hierarchical(
             bytes_down,
         );
         record.traffic = traffic.members;
+        record.site_errors = std::mem::take(
+            &mut *context
+                .errors
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
         observer(&record);
         records.push(record);
         last_evaluations = evaluations;

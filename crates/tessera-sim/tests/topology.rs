@@ -150,9 +150,21 @@ fn topologies_that_cannot_work_are_refused_with_the_reason() {
     let (plan, data) = common::synthetic_10class("synthetic-hierarchical.toml");
     let mut secure = plan.clone();
     secure.secure_aggregation.enabled = true;
+    secure.topology.kind = TopologyKind::Gossip;
     let err = secure.validate().unwrap_err().to_string();
     assert!(
-        err.contains("hierarchical topology does not support secure aggregation yet"),
+        err.contains("gossip topology does not support secure aggregation yet"),
+        "{err}"
+    );
+    let mut local = plan.clone();
+    local.privacy = tessera_privacy::PrivacyConfig {
+        mode: tessera_privacy::PrivacyMode::Local,
+        noise_multiplier: Some(1.0),
+        ..Default::default()
+    };
+    let err = local.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("does not support local differential privacy"),
         "{err}"
     );
     let mut unknown = plan.clone();
@@ -255,4 +267,28 @@ fn central_dp_runs_at_the_aggregators_that_hold_sites() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("'high' holds both"), "{err}");
+}
+
+#[test]
+fn secure_aggregation_at_the_regions_trains_like_the_plain_tree() {
+    let (mut plan, data) = common::synthetic_10class("synthetic-hierarchical.toml");
+    plan.federation.rounds = 10;
+    let plain = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
+    plan.secure_aggregation.enabled = true;
+    plan.validate().unwrap();
+    let secure = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
+    let (a, b) = (plain.final_metrics.accuracy, secure.final_metrics.accuracy);
+    println!("5 regions, 10 rounds: plain {a:.4}, sites masked at their regions {b:.4}");
+    // Only the fixed-point rounding of the masked sums differs.
+    assert!((a - b).abs() <= 0.01, "{a} vs {b}");
+    let worst = plain
+        .final_parameters
+        .values()
+        .zip(secure.final_parameters.values())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst > 0.0 && worst < 0.1, "{worst}");
+    // Masked inputs and the protocol's messages are counted as the sites' traffic.
+    let traffic = &secure.rounds[0].traffic;
+    assert!(traffic["site0"].up > plain.rounds[0].traffic["site0"].up);
 }

@@ -366,9 +366,9 @@ impl Federation {
         for site in &self.joined {
             engine.register(ParticipantId::new(site.as_str()));
         }
-        match reopen {
+        let cohort = match reopen {
             Some((open, cohort, opened_at)) if open == round => {
-                engine.reopen_round(round, cohort, opened_at)?;
+                let start = engine.reopen_round(round, cohort, opened_at)?;
                 for stored in self.store.updates(&run, round)? {
                     let (site, update, at) = (stored.site, stored.update, stored.at);
                     if let Err(rejection) = engine.submit(at, &site, round, &update) {
@@ -376,21 +376,26 @@ impl Federation {
                     }
                 }
                 tracing::info!(round, "round reopened");
+                start.cohort
             }
             _ => match engine.begin_round(now) {
                 Ok(start) => {
                     self.store.open_round(&run, round, &start.cohort, now)?;
                     tracing::info!(round, cohort = start.cohort.len(), "round opened");
+                    start.cohort
                 }
                 Err(tessera_engine::EngineError::NotEnoughParticipants { .. }) => {
                     return Ok(false);
                 }
                 Err(e) => return Err(e.into()),
             },
-        }
+        };
         metrics::gauge!(crate::telemetry::names::CURRENT_ROUND).set(f64::from(round));
         self.round_started = Some(std::time::Instant::now());
         self.engine = Some(engine);
+        // With secure aggregation the members mask their updates; the
+        // protocol's state is not stored, so a reopened round starts it again.
+        self.open_secure_round(round, &cohort, now);
         self.version += 1;
         Ok(true)
     }
