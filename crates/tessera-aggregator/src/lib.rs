@@ -26,9 +26,9 @@ use tessera_engine::Plan;
 use tessera_engine::report::RunReport;
 use tessera_participant::ParticipantError;
 use tessera_participant::client::{self, Failure};
+use tessera_proto::convert;
 use tessera_proto::pb::federation_client::FederationClient;
 use tessera_proto::pb::{self, agree_reply, task};
-use tessera_proto::{CAPABILITIES, MAJOR, MINOR, convert};
 use thiserror::Error;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
@@ -185,32 +185,8 @@ async fn session(
     state: &mut State,
     unreachable_since: &mut Option<tokio::time::Instant>,
 ) -> Result<(), Failure> {
-    let channel = endpoint.connect().await.map_err(|e| {
-        Failure::Retry(format!(
-            "cannot connect to {}: {}",
-            config.upstream,
-            client::chain(&e)
-        ))
-    })?;
-    let mut parent = FederationClient::new(channel)
-        .max_decoding_message_size(16 << 20)
-        .max_encoding_message_size(16 << 20);
-    let welcome = parent
-        .join(pb::Hello {
-            major: MAJOR,
-            minor: MINOR,
-            capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
-            site: config.name.clone(),
-        })
-        .await?
-        .into_inner();
+    let (mut parent, welcome) = client::join(endpoint, &config.upstream, &config.name).await?;
     *unreachable_since = None;
-    if welcome.major != MAJOR {
-        return Err(Failure::Fatal(ParticipantError::Refused(format!(
-            "the parent speaks protocol {}.{}, this aggregator {MAJOR}.{MINOR}",
-            welcome.major, welcome.minor
-        ))));
-    }
     let (shared, plan) = start(config, state, &welcome)?;
     let beat = welcome
         .capabilities

@@ -9,17 +9,11 @@ mod util;
 use std::time::Duration;
 
 use util::Scratch;
-use util::procs::{HEART_SITES, Proc, coordinator, examples, participant, query_i64, wait_until};
+use util::procs::{
+    HEART_SITES, Proc, coordinator, examples, free_port, participant, query_i64, wait_until,
+};
 
 const LIMIT: Duration = Duration::from_secs(180);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A plain HTTP GET, the body.
 fn http_get(address: &str, path: &str) -> String {

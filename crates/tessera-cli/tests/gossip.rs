@@ -11,76 +11,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use util::Scratch;
-use util::procs::{Proc, wait_until};
+use util::procs::{Proc, free_port, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Synthetic(0.5, 0.5), 10 classes, over `sites` sites, and a gossip plan.
+/// Synthetic data over `sites` sites and a gossip plan over `graph`, two
+/// averaging steps a round.
 fn setup(s: &Scratch, sites: usize, graph: &str, rounds: u32) -> (PathBuf, PathBuf) {
-    let n = sites.to_string();
-    s.run(&[
-        "synth",
-        "--sites",
-        &n,
-        "--rows",
-        "150",
-        "--features",
-        "20",
-        "--classes",
-        "10",
-        "--alpha",
-        "0.5",
-        "--beta",
-        "0.5",
-        "--seed",
-        "3",
-        "--out",
-        "syn.csv",
-    ])
-    .ok();
-    let plan = s.write(
-        "gossip.toml",
-        &format!(
-            r#"name = "gossip"
-seed = 5
-
-[data]
-path = "syn.csv"
-site_column = "site"
-
-[data.schema]
-target = "y"
-
-[data.standardize]
-enabled = false
-
-[model]
-kind = "softmax"
-
-[training]
-epochs = 1
-batch_size = 32
-lr = 0.2
-
-[federation]
-rounds = {rounds}
-
-[topology]
-kind = "gossip"
-graph = "{graph}"
-gossip_steps = 2
-"#
-        ),
-    );
-    (plan, s.path("syn.csv"))
+    util::synthetic(
+        s,
+        sites,
+        rounds,
+        &format!("kind = \"gossip\"\ngraph = \"{graph}\"\ngossip_steps = 2"),
+    )
 }
 
 /// One `tessera peer` per site, each told every other site's address.

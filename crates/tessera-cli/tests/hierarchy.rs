@@ -12,75 +12,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use util::Scratch;
-use util::procs::{Proc, aggregator, coordinator, participant_with, query_i64, wait_until};
+use util::procs::{
+    Proc, aggregator, coordinator, free_port, participant_with, query_i64, wait_until,
+};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Synthetic(0.5, 0.5) with 10 classes over six sites, and a plan whose
-/// `[topology]` is `groups` (TOML tables).
+/// Six synthetic sites under the `[topology]` groups (TOML tables), 6 rounds.
 fn setup(s: &Scratch, groups: &str) -> (PathBuf, PathBuf) {
-    s.run(&[
-        "synth",
-        "--sites",
-        "6",
-        "--rows",
-        "150",
-        "--features",
-        "20",
-        "--classes",
-        "10",
-        "--alpha",
-        "0.5",
-        "--beta",
-        "0.5",
-        "--seed",
-        "3",
-        "--out",
-        "syn.csv",
-    ])
-    .ok();
-    let plan = s.write(
-        "plan.toml",
-        &format!(
-            r#"name = "tree"
-seed = 5
-
-[data]
-path = "syn.csv"
-site_column = "site"
-
-[data.schema]
-target = "y"
-
-[data.standardize]
-enabled = false
-
-[model]
-kind = "softmax"
-
-[training]
-epochs = 1
-batch_size = 32
-lr = 0.2
-
-[federation]
-rounds = 6
-
-[topology]
-kind = "hierarchical"
-{groups}
-"#
-        ),
-    );
-    (plan, s.path("syn.csv"))
+    util::synthetic(s, 6, 6, &format!("kind = \"hierarchical\"\n{groups}"))
 }
 
 const TWO_REGIONS: &str = r#"

@@ -925,18 +925,16 @@ impl Federation {
         else {
             return Ok(None);
         };
-        let mut merged = tessera_data::FeatureStatistics {
-            n: 0,
-            mean: vec![0.0; n_features],
-            m2: vec![0.0; n_features],
-        };
-        for (_, bytes) in offers {
-            let stats = pb::FeatureStatistics::decode(bytes.as_slice())
-                .map_err(|e| Refusal::Invalid(e.to_string()))?;
-            let stats = convert::statistics_from_pb(stats, n_features)
-                .map_err(|e| Refusal::Invalid(e.to_string()))?;
-            merged = merged.merge(&stats);
-        }
+        let parts = offers
+            .into_iter()
+            .map(|(_, bytes)| {
+                let stats = pb::FeatureStatistics::decode(bytes.as_slice())
+                    .map_err(|e| Refusal::Invalid(e.to_string()))?;
+                convert::statistics_from_pb(stats, n_features)
+                    .map_err(|e| Refusal::Invalid(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let merged = tessera_data::FeatureStatistics::merge_all(n_features, &parts);
         self.store
             .put_agreement(
                 &self.run.id,

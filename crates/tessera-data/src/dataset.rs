@@ -127,6 +127,20 @@ impl FeatureStatistics {
         }
     }
 
+    /// The statistics of `parts` merged in the order given (empty: no rows
+    /// of `n_features` features).
+    pub fn merge_all<'a>(
+        n_features: usize,
+        parts: impl IntoIterator<Item = &'a FeatureStatistics>,
+    ) -> FeatureStatistics {
+        let empty = FeatureStatistics {
+            n: 0,
+            mean: vec![0.0; n_features],
+            m2: vec![0.0; n_features],
+        };
+        parts.into_iter().fold(empty, |all, part| all.merge(part))
+    }
+
     /// Combines two sets of statistics (Chan, Golub and LeVeque's pairwise update).
     pub fn merge(&self, other: &FeatureStatistics) -> FeatureStatistics {
         let (na, nb) = (self.n as f64, other.n as f64);

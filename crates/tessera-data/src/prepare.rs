@@ -519,33 +519,14 @@ impl LevelsOffer {
 /// Step 2 at the coordinator: the feature columns (the first offer's order,
 /// offers sorted by site) and their types.
 pub fn agree_kinds(config: &DataConfig, offers: &[KindsOffer]) -> Result<ColumnKinds, DataError> {
-    let mut sorted: Vec<&KindsOffer> = offers.iter().collect();
-    sorted.sort_by(|a, b| a.site.cmp(&b.site));
-    let Some(first) = sorted.first() else {
+    if offers.is_empty() {
         return Err(DataError::Unusable("no site has any rows".into()));
-    };
-    let columns = first.columns.clone();
-    let mut categorical = vec![false; columns.len()];
-    for offer in &sorted {
-        let mut own: Vec<&String> = offer.columns.iter().collect();
-        own.sort();
-        let mut agreed: Vec<&String> = columns.iter().collect();
-        agreed.sort();
-        if own != agreed {
-            return Err(DataError::Unusable(format!(
-                "sites '{}' and '{}' have different feature columns ({} against {})",
-                first.site,
-                offer.site,
-                first.columns.join(", "),
-                offer.columns.join(", ")
-            )));
-        }
-        for (name, &text) in offer.columns.iter().zip(&offer.text) {
-            if text && let Some(i) = columns.iter().position(|c| c == name) {
-                categorical[i] = true;
-            }
-        }
     }
+    let KindsOffer {
+        columns,
+        text: mut categorical,
+        ..
+    } = KindsOffer::merge("the federation", offers)?;
     // Declared types hold whatever the sites found.
     for (name, flag) in columns.iter().zip(&mut categorical) {
         if let Some(spec) = config.schema.columns.iter().find(|c| &c.name == name) {

@@ -7,11 +7,46 @@ use std::time::Duration;
 
 use tessera_proto::pb::federation_client::FederationClient;
 use tessera_proto::pb::{self, agree_reply, task, update_part};
-use tessera_proto::{Assembler, CHUNK_BYTES, Limits, chunks, layout_of};
+use tessera_proto::{
+    Assembler, CAPABILITIES, CHUNK_BYTES, Limits, MAJOR, MINOR, chunks, layout_of,
+};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::ParticipantError;
+
+/// Connects to the federation at `url` (through `endpoint`) and joins it as
+/// `site`: the client and the federation's welcome. A welcome of another
+/// major version is a refusal.
+pub async fn join(
+    endpoint: &Endpoint,
+    url: &str,
+    site: &str,
+) -> Result<(FederationClient<Channel>, pb::Welcome), Failure> {
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Failure::Retry(format!("cannot connect to {url}: {}", chain(&e))))?;
+    let mut client = FederationClient::new(channel)
+        .max_decoding_message_size(16 << 20)
+        .max_encoding_message_size(16 << 20);
+    let welcome = client
+        .join(pb::Hello {
+            major: MAJOR,
+            minor: MINOR,
+            capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            site: site.to_string(),
+        })
+        .await?
+        .into_inner();
+    if welcome.major != MAJOR {
+        return Err(Failure::Fatal(ParticipantError::Refused(format!(
+            "{url} speaks protocol {}.{}, this build {MAJOR}.{MINOR}",
+            welcome.major, welcome.minor
+        ))));
+    }
+    Ok((client, welcome))
+}
 
 /// The endpoint of a federation at `url`, with mutual TLS from `tls` (the
 /// server's name in its certificate: `domain`, else the URL's host).

@@ -18,12 +18,12 @@ use std::time::Duration;
 use tessera_core::ParticipantId;
 use tessera_data::{Dataset, Filesystem, ScaleScope, read_local_site};
 use tessera_engine::{FitTask, Plan, Site};
+use tessera_proto::convert;
 use tessera_proto::pb::federation_client::FederationClient;
 use tessera_proto::pb::{self, agree_reply, task};
-use tessera_proto::{CAPABILITIES, MAJOR, MINOR, convert};
 use thiserror::Error;
 
-use client::{Failure, agree, chain, receive_parameters, send_update};
+use client::{Failure, agree, receive_parameters, send_update};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
@@ -154,32 +154,8 @@ async fn session(
     summary: &mut ParticipantSummary,
     unreachable_since: &mut Option<tokio::time::Instant>,
 ) -> Result<SessionEnd, Failure> {
-    let channel = endpoint.connect().await.map_err(|e| {
-        Failure::Retry(format!(
-            "cannot connect to {}: {}",
-            config.coordinator,
-            chain(&e)
-        ))
-    })?;
-    let mut client = FederationClient::new(channel)
-        .max_decoding_message_size(16 << 20)
-        .max_encoding_message_size(16 << 20);
-    let welcome = client
-        .join(pb::Hello {
-            major: MAJOR,
-            minor: MINOR,
-            capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
-            site: config.site.clone(),
-        })
-        .await?
-        .into_inner();
+    let (mut client, welcome) = client::join(endpoint, &config.coordinator, &config.site).await?;
     *unreachable_since = None;
-    if welcome.major != MAJOR {
-        return Err(Failure::Fatal(ParticipantError::Refused(format!(
-            "coordinator speaks protocol {}.{}, this participant {MAJOR}.{MINOR}",
-            welcome.major, welcome.minor
-        ))));
-    }
     if ready.as_ref().is_none_or(|r| r.run_id != welcome.run_id) {
         *ready = Some(prepare(config, &mut client, &welcome).await?);
     }

@@ -124,32 +124,21 @@ fn local(e: impl std::fmt::Display) -> PeerError {
 
 impl Link {
     fn new(name: &str, url: &str, tls: Option<&tessera_tls::TlsFiles>) -> Result<Self, PeerError> {
-        let mut endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| PeerError::Config(format!("peer '{name}': URL '{url}': {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
-        if let Some(files) = tls {
-            if !url.starts_with("https://") {
+        // With TLS the neighbour must be the site it is called by: its
+        // certificate names it.
+        let domain = match tls {
+            Some(_) if !url.starts_with("https://") => {
                 return Err(PeerError::Config(format!(
                     "peer '{name}': with mutual TLS its URL starts with https://, got '{url}'"
                 )));
             }
-            let (cert, key, ca) = files
-                .read_client()
-                .map_err(|e| PeerError::Config(e.to_string()))?;
-            // The neighbour must be the site it is called by: its
-            // certificate names it.
-            let domain =
-                tessera_tls::site_dns_name(name).map_err(|e| PeerError::Config(e.to_string()))?;
-            let tls = tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-                .identity(tonic::transport::Identity::from_pem(cert, key))
-                .domain_name(domain);
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| PeerError::Config(format!("TLS: {e}")))?;
-        }
+            Some(_) => Some(
+                tessera_tls::site_dns_name(name).map_err(|e| PeerError::Config(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let endpoint = tessera_participant::client::endpoint(url, tls, domain.as_deref())
+            .map_err(|e| PeerError::Config(format!("peer '{name}': {e}")))?;
         Ok(Self {
             name: name.to_string(),
             endpoint,
@@ -160,14 +149,11 @@ impl Link {
     async fn client(&mut self) -> Result<&mut GossipClient<Channel>, Failure> {
         if self.client.is_none() {
             let channel = self.endpoint.connect().await.map_err(|e| {
-                let mut text = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(cause) = source {
-                    text.push_str(": ");
-                    text.push_str(&cause.to_string());
-                    source = cause.source();
-                }
-                Failure::Retry(format!("cannot connect to '{}': {text}", self.name))
+                Failure::Retry(format!(
+                    "cannot connect to '{}': {}",
+                    self.name,
+                    tessera_participant::client::chain(&e)
+                ))
             })?;
             self.client = Some(
                 GossipClient::new(channel)
@@ -507,14 +493,8 @@ async fn work(
         .into_iter()
         .collect();
         all.insert(config.site.clone(), own);
-        let mut merged = tessera_data::FeatureStatistics {
-            n: 0,
-            mean: vec![0.0; n],
-            m2: vec![0.0; n],
-        };
-        for stats in all.values() {
-            merged = merged.merge(stats);
-        }
+        // In site order, everywhere the same.
+        let merged = tessera_data::FeatureStatistics::merge_all(n, all.values());
         data.rescale(tessera_data::Scaler::from_statistics(
             &merged,
             &plan.data.standardize,

@@ -93,6 +93,66 @@ impl Run {
     }
 }
 
+/// Synthetic(0.5, 0.5) with 10 classes and 20 features over `sites` sites of
+/// 150 rows (`syn.csv`), and a softmax plan of `rounds` rounds with this
+/// `[topology]` body (`plan.toml`): the plan and the data.
+pub fn synthetic(s: &Scratch, sites: usize, rounds: u32, topology: &str) -> (PathBuf, PathBuf) {
+    let n = sites.to_string();
+    s.run(&[
+        "synth",
+        "--sites",
+        &n,
+        "--rows",
+        "150",
+        "--features",
+        "20",
+        "--classes",
+        "10",
+        "--alpha",
+        "0.5",
+        "--beta",
+        "0.5",
+        "--seed",
+        "3",
+        "--out",
+        "syn.csv",
+    ])
+    .ok();
+    let plan = s.write(
+        "plan.toml",
+        &format!(
+            r#"name = "synthetic"
+seed = 5
+
+[data]
+path = "syn.csv"
+site_column = "site"
+
+[data.schema]
+target = "y"
+
+[data.standardize]
+enabled = false
+
+[model]
+kind = "softmax"
+
+[training]
+epochs = 1
+batch_size = 32
+lr = 0.2
+
+[federation]
+rounds = {rounds}
+
+[topology]
+{topology}
+"#
+        ),
+    );
+    (plan, s.path("syn.csv"))
+}
+
 /// The repository root.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -208,6 +208,15 @@ pub fn aggregator(
     (proc, format!("http://{address}"))
 }
 
+/// A port free now on 127.0.0.1 (for a process that must keep its port across a restart).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+}
+
 /// Polls `check` every 20 ms until it holds, at most `limit`.
 pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let start = Instant::now();

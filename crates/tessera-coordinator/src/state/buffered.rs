@@ -11,7 +11,7 @@ use tessera_core::{ParticipantId, Timestamp, Update};
 use tessera_engine::BufferedEngine;
 use tessera_engine::report::{RoundRecord, mean_site_accuracy};
 use tessera_learn::Evaluation;
-use tessera_proto::{convert, pb};
+use tessera_proto::pb;
 
 use super::{Federation, ModelPart, Phase, Refusal, TaskView};
 use crate::CoordinatorError;
@@ -339,15 +339,7 @@ impl Federation {
                 self.records.push(record);
                 continue;
             }
-            let received: BTreeMap<String, Evaluation> = self
-                .store
-                .evaluations(run, round)?
-                .into_iter()
-                .filter_map(|(site, bytes)| {
-                    let report = pb::EvaluationReport::decode(bytes.as_slice()).ok()?;
-                    Some((site, convert::evaluation_from_pb(&report).ok()?))
-                })
-                .collect();
+            let received = self.stored_evaluations(run, round)?;
             for site in received.keys() {
                 let seen = self.evaluated.entry(site.clone()).or_insert(0);
                 *seen = (*seen).max(round);

@@ -134,15 +134,15 @@ impl Federation {
                     .agreement
                     .as_ref()
                     .map_or(0, |a| a.feature_names().len());
-                let mut merged = FeatureStatistics {
-                    n: 0,
-                    mean: vec![0.0; n],
-                    m2: vec![0.0; n],
-                };
-                for (_, bytes) in offers {
-                    let stats = pb::FeatureStatistics::decode(bytes.as_slice()).map_err(damaged)?;
-                    merged = merged.merge(&convert::statistics_from_pb(stats, n).map_err(damaged)?);
-                }
+                let parts = offers
+                    .into_iter()
+                    .map(|(_, bytes)| {
+                        let stats =
+                            pb::FeatureStatistics::decode(bytes.as_slice()).map_err(damaged)?;
+                        convert::statistics_from_pb(stats, n).map_err(damaged)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let merged = FeatureStatistics::merge_all(n, &parts);
                 pb::agree_request::Offer::Statistics(convert::statistics_to_pb(&merged))
             }
         }))
