@@ -188,14 +188,7 @@ async fn session(
     let (mut parent, welcome) = client::join(endpoint, &config.upstream, &config.name).await?;
     *unreachable_since = None;
     let (shared, plan) = start(config, state, &welcome)?;
-    let beat = welcome
-        .capabilities
-        .iter()
-        .any(|c| c == "heartbeat")
-        .then(|| {
-            Duration::from_millis(u64::from(welcome.heartbeat_millis.max(50)))
-                .min(Duration::from_secs(5))
-        });
+    let beat = client::heartbeat_interval(&welcome);
     let mut up = Upstream {
         name: &config.name,
         parent: &mut parent,

@@ -41,18 +41,7 @@ fn plan(s: &Scratch, strategy: &str, federation_extra: &str) -> std::path::PathB
 }
 
 fn simulated_model(s: &Scratch, plan: &std::path::Path, name: &str) -> Vec<u8> {
-    s.run(&[
-        "simulate",
-        "-q",
-        "--plan",
-        plan.to_str().unwrap(),
-        "--report",
-        &format!("{name}.json"),
-        "--model-out",
-        name,
-    ])
-    .ok();
-    std::fs::read(s.path(name)).unwrap()
+    s.simulate(plan, name).1
 }
 
 fn run_federation(s: &Scratch, plan: &std::path::Path, db: &str, model: &str) -> (Proc, Vec<Proc>) {

@@ -81,16 +81,7 @@ fn peers(
 }
 
 fn simulated(s: &Scratch, plan: &Path) -> serde_json::Value {
-    s.run(&[
-        "simulate",
-        "-q",
-        "--plan",
-        plan.to_str().unwrap(),
-        "--report",
-        "sim.json",
-    ])
-    .ok();
-    s.json("sim.json")
+    s.simulate(plan, "sim.model").0
 }
 
 #[test]

@@ -34,18 +34,47 @@ members = ["site3", "site4", "site5"]
 "#;
 
 fn simulated(s: &Scratch, plan: &Path) -> Vec<u8> {
-    s.run(&[
-        "simulate",
-        "-q",
-        "--plan",
-        plan.to_str().unwrap(),
-        "--report",
-        "sim.json",
-        "--model-out",
-        "sim.model",
-    ])
-    .ok();
-    std::fs::read(s.path("sim.model")).unwrap()
+    s.simulate(plan, "sim.model").1
+}
+
+/// A coordinator over `plan` (with `root_extra` arguments), the two regions
+/// of `TWO_REGIONS` as aggregators (each with `--report NAME.json`) and their sites.
+struct TwoRegions {
+    root: Proc,
+    regions: Vec<(Proc, PathBuf)>,
+    members: Vec<Proc>,
+}
+
+impl TwoRegions {
+    fn start(s: &Scratch, plan: &Path, data: &Path, root_extra: &[&str]) -> Self {
+        let (root, url) = coordinator(&s.dir, plan, &s.path("root.sqlite"), 0, root_extra);
+        let mut regions = Vec::new();
+        let mut members = Vec::new();
+        for (name, sites_of) in [
+            ("east", ["site0", "site1", "site2"]),
+            ("west", ["site3", "site4", "site5"]),
+        ] {
+            let db = s.path(&format!("{name}.sqlite"));
+            let report = format!("{name}.json");
+            let (proc, region_url) = aggregator(&s.dir, &url, name, &db, 0, &["--report", &report]);
+            members.extend(sites(s, &region_url, &sites_of, data, None));
+            regions.push((proc, db));
+        }
+        Self {
+            root,
+            regions,
+            members,
+        }
+    }
+
+    /// Waits for every process to finish well.
+    fn finish(&mut self) {
+        assert!(self.root.wait(LIMIT).success(), "{}", self.root.log());
+        for (proc, _) in &mut self.regions {
+            assert!(proc.wait(LIMIT).success(), "{}", proc.log());
+        }
+        finish(&mut self.members);
+    }
 }
 
 fn sites(s: &Scratch, url: &str, names: &[&str], data: &Path, slow: Option<&str>) -> Vec<Proc> {
@@ -159,7 +188,7 @@ fn a_regional_aggregator_killed_mid_round_resumes_and_the_run_equals_simulation(
     // The root saw two members and their pooled evaluations: its accuracy
     // is the simulation's over all six sites' rows.
     let report = s.json("dep.json");
-    let simulated = s.json("sim.json");
+    let simulated = s.json("sim.model.json");
     assert_eq!(report["final"]["accuracy"], simulated["final"]["accuracy"]);
     assert_eq!(report["rounds"].as_array().unwrap().len(), 6);
     // The regions report their own rounds and keep their regional model.
@@ -283,41 +312,11 @@ fn central_dp_runs_at_the_regional_aggregators_with_their_own_keys_and_ledgers()
             "{text}\n[privacy]\nmode = \"central\"\nnoise_multiplier = 0.8\nclip_norm = 1.0\n"
         ),
     );
-    s.run(&[
-        "simulate",
-        "-q",
-        "--plan",
-        plan.to_str().unwrap(),
-        "--report",
-        "sim.json",
-    ])
-    .ok();
-    let sim = s.json("sim.json");
+    let (sim, _) = s.simulate(&plan, "sim.model");
     let root_db = s.path("root.sqlite");
-    let (mut root, url) = coordinator(&s.dir, &plan, &root_db, 0, &["--report", "dep.json"]);
-    let mut regions = Vec::new();
-    let mut members = Vec::new();
-    for (name, sites_of) in [
-        ("east", ["site0", "site1", "site2"]),
-        ("west", ["site3", "site4", "site5"]),
-    ] {
-        let db = s.path(&format!("{name}.sqlite"));
-        let (proc, region_url) = aggregator(
-            &s.dir,
-            &url,
-            name,
-            &db,
-            0,
-            &["--report", &format!("{name}.json")],
-        );
-        members.extend(sites(&s, &region_url, &sites_of, &data, None));
-        regions.push((proc, db));
-    }
-    assert!(root.wait(LIMIT).success(), "{}", root.log());
-    for (proc, _) in &mut regions {
-        assert!(proc.wait(LIMIT).success(), "{}", proc.log());
-    }
-    finish(&mut members);
+    let mut run = TwoRegions::start(&s, &plan, &data, &["--report", "dep.json"]);
+    run.finish();
+    let regions = run.regions;
     // The root sees noised regional sums only: no key, no ledger of its own.
     assert_eq!(
         query_i64(&root_db, "SELECT COUNT(*) FROM privacy_ledger"),
@@ -361,23 +360,9 @@ fn secure_aggregation_at_the_regions_equals_simulation_bit_for_bit() {
     );
     let expected = simulated(&s, &plan);
     let root_db = s.path("root.sqlite");
-    let (mut root, url) = coordinator(&s.dir, &plan, &root_db, 0, &["--model-out", "dep.model"]);
-    let mut regions = Vec::new();
-    let mut members = Vec::new();
-    for (name, sites_of) in [
-        ("east", ["site0", "site1", "site2"]),
-        ("west", ["site3", "site4", "site5"]),
-    ] {
-        let db = s.path(&format!("{name}.sqlite"));
-        let (proc, region_url) = aggregator(&s.dir, &url, name, &db, 0, &[]);
-        members.extend(sites(&s, &region_url, &sites_of, &data, None));
-        regions.push((proc, db));
-    }
-    assert!(root.wait(LIMIT).success(), "{}", root.log());
-    for (proc, _) in &mut regions {
-        assert!(proc.wait(LIMIT).success(), "{}", proc.log());
-    }
-    finish(&mut members);
+    let mut run = TwoRegions::start(&s, &plan, &data, &["--model-out", "dep.model"]);
+    run.finish();
+    let regions = run.regions;
     // The sums are exact: the tree with masked sites is the simulation's.
     assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
     for (_, db) in &regions {

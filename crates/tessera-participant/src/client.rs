@@ -113,6 +113,47 @@ pub fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// Reads `site`'s rows from `data` (as the plan's `[data]` says, other
+/// relative paths against `plan_dir`) off the async runtime.
+pub async fn read_site(
+    data: &tessera_data::DataConfig,
+    site: &str,
+    file: &std::path::Path,
+    plan_dir: &std::path::Path,
+) -> Result<tessera_data::LocalSite, ParticipantError> {
+    let (data, site, file, plan_dir) = (
+        data.clone(),
+        site.to_string(),
+        file.to_path_buf(),
+        plan_dir.to_path_buf(),
+    );
+    tokio::task::spawn_blocking(move || {
+        tessera_data::read_local_site(
+            &data,
+            &site,
+            Some(&file),
+            &plan_dir,
+            &tessera_data::Filesystem,
+        )
+    })
+    .await
+    .map_err(|e| ParticipantError::Local(format!("reading the data crashed: {e}")))?
+    .map_err(|e| ParticipantError::Local(e.to_string()))
+}
+
+/// How often to tell the federation this client is at work, if it listens
+/// (`heartbeat` capability): its interval, at most five seconds.
+pub fn heartbeat_interval(welcome: &pb::Welcome) -> Option<Duration> {
+    welcome
+        .capabilities
+        .iter()
+        .any(|c| c == "heartbeat")
+        .then(|| {
+            Duration::from_millis(u64::from(welcome.heartbeat_millis.max(50)))
+                .min(Duration::from_secs(5))
+        })
+}
+
 /// Offers one agreement step; waits for the federation's answer.
 pub async fn agree(
     client: &mut FederationClient<Channel>,

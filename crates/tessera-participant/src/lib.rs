@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_core::ParticipantId;
-use tessera_data::{Dataset, Filesystem, ScaleScope, read_local_site};
+use tessera_data::{Dataset, ScaleScope};
 use tessera_engine::{FitTask, Plan, Site};
 use tessera_proto::convert;
 use tessera_proto::pb::federation_client::FederationClient;
@@ -305,24 +305,9 @@ async fn prepare(
     let local_error = |e: String| Failure::Fatal(ParticipantError::Local(e));
     let plan = Plan::from_toml(&welcome.plan_toml, "the coordinator's plan")
         .map_err(|e| local_error(e.to_string()))?;
-    let (data_config, site_name, data_path, plan_dir) = (
-        plan.data.clone(),
-        config.site.clone(),
-        config.data.clone(),
-        config.plan_dir.clone(),
-    );
-    let mut local = tokio::task::spawn_blocking(move || {
-        read_local_site(
-            &data_config,
-            &site_name,
-            Some(&data_path),
-            &plan_dir,
-            &Filesystem,
-        )
-    })
-    .await
-    .map_err(|e| local_error(format!("reading the data crashed: {e}")))?
-    .map_err(|e| local_error(e.to_string()))?;
+    let mut local = client::read_site(&plan.data, &config.site, &config.data, &config.plan_dir)
+        .await
+        .map_err(Failure::Fatal)?;
     tracing::info!(site = %config.site, train = local.summary().n_train, test = local.summary().n_test, "data read");
     let kinds = match agree(
         client,
@@ -425,14 +410,7 @@ async fn prepare(
         site: Some(site),
         train: Arc::new(data.train),
         test: Arc::new(data.test),
-        heartbeat: welcome
-            .capabilities
-            .iter()
-            .any(|c| c == "heartbeat")
-            .then(|| {
-                Duration::from_millis(u64::from(welcome.heartbeat_millis.max(50)))
-                    .min(Duration::from_secs(5))
-            }),
+        heartbeat: client::heartbeat_interval(welcome),
         awaiting: None,
         asynchronous: plan.federation.mode == tessera_engine::Mode::Async,
         attempts: 0,

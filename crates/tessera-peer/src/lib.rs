@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tessera_core::{ParameterSet, ParticipantId};
-use tessera_data::{Agreement, Dataset, Filesystem, KindsOffer, LevelsOffer, ScaleScope};
+use tessera_data::{Agreement, Dataset, KindsOffer, LevelsOffer, ScaleScope};
 use tessera_engine::report::{
     Communication, RoundRecord, RunReport, SiteTraffic, Timing, TopologyReport,
 };
@@ -382,24 +382,14 @@ async fn work(
     neighbours: &[String],
 ) -> Result<(Progress, Arc<ParameterSet>, Agreement), PeerError> {
     let plan = &config.plan;
-    let (data_config, site_name, data_path, plan_dir) = (
-        plan.data.clone(),
-        config.site.clone(),
-        config.data.clone(),
-        config.plan_dir.clone(),
-    );
-    let mut site_data = tokio::task::spawn_blocking(move || {
-        tessera_data::read_local_site(
-            &data_config,
-            &site_name,
-            Some(&data_path),
-            &plan_dir,
-            &Filesystem,
-        )
-    })
+    let mut site_data = tessera_participant::client::read_site(
+        &plan.data,
+        &config.site,
+        &config.data,
+        &config.plan_dir,
+    )
     .await
-    .map_err(|e| local(format!("reading the data crashed: {e}")))?
-    .map_err(local)?;
+    .map_err(|e| PeerError::Local(e.to_string()))?;
     let hello = pb::PeerHello {
         major: MAJOR,
         minor: MINOR,

@@ -43,6 +43,25 @@ impl Scratch {
         Run { output }
     }
 
+    /// `tessera simulate` of `plan`, its report in `name.json` and its model
+    /// in `name`: the report and the model's bytes.
+    pub fn simulate(&self, plan: &Path, name: &str) -> (serde_json::Value, Vec<u8>) {
+        let report = format!("{name}.json");
+        self.run(&[
+            "simulate",
+            "-q",
+            "--plan",
+            plan.to_str().expect("plan path"),
+            "--report",
+            &report,
+            "--model-out",
+            name,
+        ])
+        .ok();
+        let model = std::fs::read(self.path(name)).expect("simulated model");
+        (self.json(&report), model)
+    }
+
     pub fn json(&self, name: &str) -> serde_json::Value {
         let text = std::fs::read_to_string(self.path(name)).expect("report exists");
         serde_json::from_str(&text).expect("report is JSON")
