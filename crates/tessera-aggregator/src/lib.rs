@@ -78,6 +78,7 @@ struct State {
     listener: Option<tokio::net::TcpListener>,
     shared: Option<(Arc<Shared>, Arc<Plan>)>,
     server: Option<Server>,
+    key_ring: Option<tessera_secagg::KeyRing>,
 }
 
 fn fatal(e: impl std::fmt::Display) -> Failure {
@@ -106,6 +107,7 @@ pub async fn run(
         listener: Some(listener),
         shared: None,
         server: None,
+        key_ring: None,
     };
     let mut backoff = Duration::from_millis(100);
     let mut unreachable_since: Option<tokio::time::Instant> = None;
@@ -194,8 +196,10 @@ async fn session(
         parent: &mut parent,
         shared: &shared,
         beat,
+        plan: &plan,
+        key_ring: &mut state.key_ring,
     };
-    up.agreement(&plan).await?;
+    up.agreement().await?;
     up.tasks().await
 }
 
@@ -205,6 +209,9 @@ struct Upstream<'a> {
     parent: &'a mut FederationClient<Channel>,
     shared: &'a Shared,
     beat: Option<Duration>,
+    plan: &'a Plan,
+    /// Secure aggregation: this aggregator's key pairs between rounds.
+    key_ring: &'a mut Option<tessera_secagg::KeyRing>,
 }
 
 impl Upstream<'_> {
@@ -243,9 +250,10 @@ impl Upstream<'_> {
     }
 
     /// The agreement steps: the members' merged offer up, the parent's answer down.
-    async fn agreement(&mut self, plan: &Plan) -> Result<(), Failure> {
-        let federation_scale = plan.data.standardize.enabled
-            && plan.data.standardize.scope == tessera_data::ScaleScope::Federation;
+    async fn agreement(&mut self) -> Result<(), Failure> {
+        let data = &self.plan.data;
+        let federation_scale = data.standardize.enabled
+            && data.standardize.scope == tessera_data::ScaleScope::Federation;
         for step in [1u32, 2, 3] {
             if step == 3 && !federation_scale {
                 continue;
@@ -340,15 +348,30 @@ impl Upstream<'_> {
                 tokio::time::sleep(self.beat.unwrap_or(Duration::from_secs(1))).await;
             }
             Some(Some(update)) => {
-                let reply = client::send_update(
-                    self.name,
-                    self.parent,
-                    round,
-                    &update,
-                    tessera_compress::Codec::NONE,
-                    None,
-                )
-                .await?;
+                // Under secure aggregation this aggregator masks its
+                // members' mean toward its parent, as they masked theirs.
+                let reply = if self.plan.secure_aggregation.enabled {
+                    client::secure_submit(
+                        self.parent,
+                        self.name,
+                        self.plan,
+                        self.key_ring,
+                        round,
+                        update.clone(),
+                        Duration::ZERO,
+                    )
+                    .await?
+                } else {
+                    client::send_update(
+                        self.name,
+                        self.parent,
+                        round,
+                        &update,
+                        tessera_compress::Codec::NONE,
+                        None,
+                    )
+                    .await?
+                };
                 if reply.accepted {
                     tracing::info!(
                         round,

@@ -37,27 +37,36 @@ fn simulated(s: &Scratch, plan: &Path) -> Vec<u8> {
     s.simulate(plan, "sim.model").1
 }
 
-/// A coordinator over `plan` (with `root_extra` arguments), the two regions
-/// of `TWO_REGIONS` as aggregators (each with `--report NAME.json`) and their sites.
-struct TwoRegions {
+/// A coordinator over `plan` (with `root_extra` arguments), regional
+/// aggregators (each with `--report NAME.json`) and their sites.
+struct Regions {
     root: Proc,
     regions: Vec<(Proc, PathBuf)>,
     members: Vec<Proc>,
 }
 
-impl TwoRegions {
-    fn start(s: &Scratch, plan: &Path, data: &Path, root_extra: &[&str]) -> Self {
+/// The regions of `TWO_REGIONS`.
+const EAST_WEST: [(&str, &[&str]); 2] = [
+    ("east", &["site0", "site1", "site2"]),
+    ("west", &["site3", "site4", "site5"]),
+];
+
+impl Regions {
+    fn start(
+        s: &Scratch,
+        plan: &Path,
+        data: &Path,
+        root_extra: &[&str],
+        layout: &[(&str, &[&str])],
+    ) -> Self {
         let (root, url) = coordinator(&s.dir, plan, &s.path("root.sqlite"), 0, root_extra);
         let mut regions = Vec::new();
         let mut members = Vec::new();
-        for (name, sites_of) in [
-            ("east", ["site0", "site1", "site2"]),
-            ("west", ["site3", "site4", "site5"]),
-        ] {
+        for &(name, sites_of) in layout {
             let db = s.path(&format!("{name}.sqlite"));
             let report = format!("{name}.json");
             let (proc, region_url) = aggregator(&s.dir, &url, name, &db, 0, &["--report", &report]);
-            members.extend(sites(s, &region_url, &sites_of, data, None));
+            members.extend(sites(s, &region_url, sites_of, data, None));
             regions.push((proc, db));
         }
         Self {
@@ -314,7 +323,7 @@ fn central_dp_runs_at_the_regional_aggregators_with_their_own_keys_and_ledgers()
     );
     let (sim, _) = s.simulate(&plan, "sim.model");
     let root_db = s.path("root.sqlite");
-    let mut run = TwoRegions::start(&s, &plan, &data, &["--report", "dep.json"]);
+    let mut run = Regions::start(&s, &plan, &data, &["--report", "dep.json"], &EAST_WEST);
     run.finish();
     let regions = run.regions;
     // The root sees noised regional sums only: no key, no ledger of its own.
@@ -350,38 +359,68 @@ fn central_dp_runs_at_the_regional_aggregators_with_their_own_keys_and_ledgers()
 }
 
 #[test]
-fn secure_aggregation_at_the_regions_equals_simulation_bit_for_bit() {
+fn secure_aggregation_at_every_level_equals_simulation_bit_for_bit() {
     let s = Scratch::new("hierarchy-secagg");
-    let (plan, data) = setup(&s, TWO_REGIONS);
-    let text = std::fs::read_to_string(&plan).unwrap();
-    let plan = s.write(
-        "secure.toml",
-        &format!("{text}\n[secure_aggregation]\nenabled = true\n"),
+    let layout: [(&str, &[&str]); 3] = [
+        ("east", &["site0", "site1", "site2"]),
+        ("north", &["site3", "site4", "site5"]),
+        ("west", &["site6", "site7", "site8"]),
+    ];
+    let groups: String = layout
+        .iter()
+        .map(|(name, members)| {
+            format!("[[topology.groups]]\nname = \"{name}\"\nmembers = {members:?}\n\n")
+        })
+        .collect();
+    let (plan, data) = util::synthetic(
+        &s,
+        9,
+        6,
+        &format!("kind = \"hierarchical\"\n\n{groups}[secure_aggregation]\nenabled = true\n"),
     );
     let expected = simulated(&s, &plan);
     let root_db = s.path("root.sqlite");
-    let mut run = TwoRegions::start(&s, &plan, &data, &["--model-out", "dep.model"]);
+    let mut run = Regions::start(&s, &plan, &data, &["--model-out", "dep.model"], &layout);
     run.finish();
-    let regions = run.regions;
-    // The sums are exact: the tree with masked sites is the simulation's.
+    // The sums are exact: the tree of masked sums is the simulation's.
     assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
-    for (_, db) in &regions {
-        // Each region saw only its sites' sums, one protocol run a round.
+    // Each region saw only its sites' sums and the root only the regions'
+    // sums: one protocol run a round at each, no update stored anywhere.
+    for db in run.regions.iter().map(|(_, db)| db).chain([&root_db]) {
         assert_eq!(
             query_i64(
                 db,
                 "SELECT COUNT(*) FROM audit WHERE action = 'secure-aggregation' AND outcome = 'completed'"
             ),
-            6
+            6,
+            "{}",
+            db.display()
         );
         assert_eq!(query_i64(db, "SELECT COUNT(*) FROM updates"), 0);
     }
-    // The root took the regions' sums as plain updates (it holds no sites).
-    assert_eq!(
-        query_i64(
-            &root_db,
-            "SELECT COUNT(*) FROM audit WHERE action = 'secure-aggregation'"
-        ),
-        0
+    // Two regions cannot mask toward the root (each would learn the other's
+    // update from the sum): refused with the reason.
+    let (two, _) = setup(&s, TWO_REGIONS);
+    let text = std::fs::read_to_string(&two).unwrap();
+    let two = s.write(
+        "two.toml",
+        &format!("{text}\n[secure_aggregation]\nenabled = true\n"),
+    );
+    let run = s.run(&[
+        "coordinator",
+        "--plan",
+        two.to_str().unwrap(),
+        "--db",
+        "two.sqlite",
+        "--listen",
+        "127.0.0.1:0",
+        "--insecure",
+    ]);
+    assert!(!run.output.status.success());
+    assert!(
+        run.stderr()
+            .contains("every aggregator needs at least 3 members ('root' has 2)"),
+        "{}",
+        run.stderr()
     );
 }

@@ -156,8 +156,6 @@ pub struct Federation {
     secure: Option<secure::SecureRound>,
     /// An aggregator of a hierarchical run: rounds come from its parent.
     relay: Option<relay::Relay>,
-    /// Whether secure aggregation runs here (in a tree: where sites are members).
-    secure_here: bool,
 }
 
 fn unix_micros() -> u64 {
@@ -187,8 +185,9 @@ impl Federation {
         liveness: Duration,
         node: Option<&str>,
     ) -> Result<Self, CoordinatorError> {
-        // Whether central DP and secure aggregation run here: everywhere in
-        // a flat run; in a tree, at the aggregators that hold sites.
+        // Whether central DP runs here: everywhere in a flat run; in a tree,
+        // at the aggregators that hold sites. (Secure aggregation runs at
+        // every aggregator: members mask toward it, aggregators too.)
         let mut dp_here = true;
         let expected = match (plan.topology.kind, node) {
             (tessera_engine::TopologyKind::Gossip, _) => {
@@ -210,10 +209,11 @@ impl Federation {
                         ))
                     })?,
                 };
-                if plan.privacy.mode == tessera_privacy::PrivacyMode::Central
-                    || plan.secure_aggregation.enabled
-                {
+                if plan.privacy.mode == tessera_privacy::PrivacyMode::Central {
                     tree.check_privacy_layers()?;
+                }
+                if plan.secure_aggregation.enabled {
+                    tree.check_secure_sizes()?;
                 }
                 dp_here = tree.holds_sites(n);
                 Expected::Named(tree.member_names(n).into_iter().collect())
@@ -290,7 +290,6 @@ impl Federation {
             local_ledger: None,
             secure: None,
             relay: node.map(relay::Relay::new),
-            secure_here: dp_here,
         };
         if federation.plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
             let mut ledger = tessera_privacy::Ledger::new(federation.plan.privacy.budgets());

@@ -312,6 +312,20 @@ impl Tree {
         Ok(())
     }
 
+    /// Secure aggregation at every aggregator: each needs at least three
+    /// members (with two, each would learn the other's update from the sum).
+    pub fn check_secure_sizes(&self) -> Result<(), PlanError> {
+        match self.nodes.iter().find(|n| n.members.len() < 3) {
+            Some(node) => Err(PlanError::Invalid(format!(
+                "topology: with secure aggregation every aggregator needs at least 3 members \
+                 ('{}' has {})",
+                node.name,
+                node.members.len()
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Whether aggregator `n` holds sites (with central DP, it adds the noise).
     pub fn holds_sites(&self, n: usize) -> bool {
         self.nodes[n]

@@ -331,3 +331,173 @@ pub async fn send_update(
         .await?
         .into_inner())
 }
+
+fn random32() -> Result<[u8; 32], Failure> {
+    let mut out = [0u8; 32];
+    getrandom::fill(&mut out).map_err(|e| {
+        Failure::Fatal(ParticipantError::Local(format!(
+            "no secret randomness: {e}"
+        )))
+    })?;
+    Ok(out)
+}
+
+/// Sends `update` as `site` through a SecAgg+ round of `plan`'s run: the
+/// federation learns only the cohort's sum. `key_ring` holds the site's key
+/// pairs between rounds; `pause` is fault injection (a site that goes quiet
+/// after sharing its keys). The reply says whether this site's input counted.
+pub async fn secure_submit(
+    client: &mut FederationClient<Channel>,
+    site: &str,
+    plan: &tessera_engine::Plan,
+    key_ring: &mut Option<tessera_secagg::KeyRing>,
+    round: u32,
+    mut update: tessera_core::Update,
+    pause: Duration,
+) -> Result<pb::UpdateReply, Failure> {
+    use pb::sec_agg_reply::State;
+    use pb::sec_agg_request::Step;
+    if let Some(bound) = plan.masked_update_bound() {
+        tessera_privacy::clip_to_norm(&mut update.delta, bound);
+    }
+    let site = site.to_string();
+    let mut call = async |step: Step| -> Result<Option<State>, Failure> {
+        let reply = client
+            .secure_aggregation(pb::SecAggRequest {
+                site: site.clone(),
+                round,
+                step: Some(step),
+            })
+            .await?
+            .into_inner();
+        Ok(reply.state)
+    };
+    let over = || pb::UpdateReply {
+        accepted: false,
+        reason: "the round ended before this site's input counted".into(),
+    };
+    let bad = |what: &str| Failure::Retry(format!("secure aggregation: {what}"));
+    // Waits for stage `want`; `None` when the round is over.
+    macro_rules! wait_for {
+        ($want:expr) => {
+            loop {
+                match call(Step::Poll($want)).await? {
+                    Some(State::Wait(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Some(State::Done(_)) => break None,
+                    Some(other) => break Some(other),
+                    None => return Err(bad("an empty reply")),
+                }
+            }
+        };
+    }
+    let Some(State::Params(p)) = wait_for!(1) else {
+        return Ok(over());
+    };
+    let graph_seed: [u8; 32] = p
+        .graph_seed
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad("the graph seed is not 32 bytes"))?;
+    let params = tessera_secagg::RoundParams {
+        round,
+        participants: p.participants.clone(),
+        neighbours: p.neighbours as usize,
+        threshold: p.threshold as usize,
+        graph_seed,
+        dimension: p.dimension as usize,
+        range: p.range,
+    };
+    let ring = match key_ring.take() {
+        Some(ring) => ring,
+        None => tessera_secagg::KeyRing::new(random32()?, random32()?),
+    };
+    let (mut me, keys) = tessera_secagg::Client::with_keys(p.id, params, ring, random32()?)
+        .map_err(|e| bad(&e.to_string()))?;
+    let outcome = async {
+        call(Step::Keys(pb::SecAggKeys {
+            c_public: keys.c_public.to_vec(),
+            s_public: keys.s_public.to_vec(),
+        }))
+        .await?;
+        let Some(State::Keys(k)) = wait_for!(2) else {
+            return Ok(false);
+        };
+        let mut neighbour_keys = Vec::new();
+        for (from, key) in k.peers.iter().zip(&k.keys) {
+            let (Ok(c_public), Ok(s_public)) = (
+                <[u8; 32]>::try_from(key.c_public.as_slice()),
+                <[u8; 32]>::try_from(key.s_public.as_slice()),
+            ) else {
+                return Err(bad("a neighbour's key is not 32 bytes"));
+            };
+            neighbour_keys.push(tessera_secagg::AdvertiseKeys {
+                from: *from,
+                c_public,
+                s_public,
+            });
+        }
+        let shares = me
+            .share_keys(&neighbour_keys)
+            .map_err(|e| bad(&e.to_string()))?;
+        call(Step::Shares(pb::SecAggShares {
+            shares: shares
+                .shares
+                .into_iter()
+                .map(|(peer, data)| pb::SecAggShare { peer, data })
+                .collect(),
+        }))
+        .await?;
+        let Some(State::Shares(mine)) = wait_for!(3) else {
+            return Ok(false);
+        };
+        let mine: Vec<(u32, Vec<u8>)> = mine.shares.into_iter().map(|s| (s.peer, s.data)).collect();
+        let values: Vec<f32> = update.delta.values().collect();
+        let input: Vec<f32> = match plan.secure_coordinates(round, values.len()) {
+            Some(kept) => kept.iter().map(|&i| values[i]).collect(),
+            None => values,
+        };
+        let masked = me
+            .masked_input(&mine, &input)
+            .map_err(|e| bad(&e.to_string()))?;
+        // Fault injection: a site that goes quiet after sharing its keys.
+        tokio::time::sleep(pause).await;
+        call(Step::Masked(pb::SecAggMasked {
+            values: masked.values,
+            n_examples: update.n_examples,
+            mean_train_loss: update.stats.mean_train_loss,
+            n_steps: update.stats.n_steps,
+        }))
+        .await?;
+        let Some(State::Unmask(request)) = wait_for!(4) else {
+            return Ok(false);
+        };
+        let counted = request.survivors.contains(&p.id);
+        let response = me
+            .unmask(&tessera_secagg::UnmaskRequest {
+                survivors: request.survivors,
+                dropped: request.dropped,
+            })
+            .map_err(|e| bad(&e.to_string()))?;
+        let pack = |v: Vec<(u32, Vec<u8>)>| {
+            v.into_iter()
+                .map(|(peer, data)| pb::SecAggShare { peer, data })
+                .collect()
+        };
+        call(Step::Unmask(pb::SecAggUnmask {
+            seed_shares: pack(response.seed_shares),
+            key_shares: pack(response.key_shares),
+        }))
+        .await?;
+        let _ = wait_for!(5);
+        Ok(counted)
+    }
+    .await;
+    *key_ring = Some(me.into_keys(random32()?));
+    Ok(match outcome? {
+        true => pb::UpdateReply {
+            accepted: true,
+            reason: String::new(),
+        },
+        false => over(),
+    })
+}

@@ -23,7 +23,7 @@ use tessera_proto::pb::federation_client::FederationClient;
 use tessera_proto::pb::{self, agree_reply, task};
 use thiserror::Error;
 
-use client::{Failure, agree, receive_parameters, send_update};
+use client::{Failure, agree, receive_parameters, secure_submit, send_update};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
@@ -92,10 +92,9 @@ struct Ready {
     /// batches are drawn from this site's own count of attempts.
     asynchronous: bool,
     attempts: u32,
-    /// Secure aggregation: the plan asks for it, the bound this site clips
-    /// its update to before masking, and its key pairs between rounds.
+    /// Secure aggregation: the plan asks for it, and this site's key pairs
+    /// between rounds.
     secure: bool,
-    clip: Option<f64>,
     key_ring: Option<tessera_secagg::KeyRing>,
     /// The run's plan (compression settings, shared codec seeds).
     plan: Arc<tessera_engine::Plan>,
@@ -237,7 +236,16 @@ async fn session(
                     _ => None,
                 };
                 let reply = if state.secure {
-                    secure_submit(config, &mut client, state, header.round, update).await?
+                    secure_submit(
+                        &mut client,
+                        &config.site,
+                        &state.plan,
+                        &mut state.key_ring,
+                        header.round,
+                        update,
+                        config.pause_before_update,
+                    )
+                    .await?
                 } else {
                     send_update(
                         &config.site,
@@ -415,7 +423,6 @@ async fn prepare(
         asynchronous: plan.federation.mode == tessera_engine::Mode::Async,
         attempts: 0,
         secure: plan.secure_aggregation.enabled,
-        clip: plan.masked_update_bound(),
         key_ring: None,
         plan: Arc::new(plan.clone()),
         held: None,
@@ -471,170 +478,4 @@ async fn train(
         return Ok(None);
     }
     Ok(Some(update))
-}
-
-fn random32() -> Result<[u8; 32], Failure> {
-    let mut out = [0u8; 32];
-    getrandom::fill(&mut out).map_err(|e| {
-        Failure::Fatal(ParticipantError::Local(format!(
-            "no secret randomness: {e}"
-        )))
-    })?;
-    Ok(out)
-}
-
-/// Sends `update` through a SecAgg+ round: the coordinator learns only the
-/// cohort's sum. Returns whether this site's input was in it.
-async fn secure_submit(
-    config: &ParticipantConfig,
-    client: &mut FederationClient<Channel>,
-    state: &mut Ready,
-    round: u32,
-    mut update: tessera_core::Update,
-) -> Result<pb::UpdateReply, Failure> {
-    use pb::sec_agg_reply::State;
-    use pb::sec_agg_request::Step;
-    if let Some(bound) = state.clip {
-        tessera_privacy::clip_to_norm(&mut update.delta, bound);
-    }
-    let site = config.site.clone();
-    let mut call = async |step: Step| -> Result<Option<State>, Failure> {
-        let reply = client
-            .secure_aggregation(pb::SecAggRequest {
-                site: site.clone(),
-                round,
-                step: Some(step),
-            })
-            .await?
-            .into_inner();
-        Ok(reply.state)
-    };
-    let over = || pb::UpdateReply {
-        accepted: false,
-        reason: "the round ended before this site's input counted".into(),
-    };
-    let bad = |what: &str| Failure::Retry(format!("secure aggregation: {what}"));
-    // Waits for stage `want`; `None` when the round is over.
-    macro_rules! wait_for {
-        ($want:expr) => {
-            loop {
-                match call(Step::Poll($want)).await? {
-                    Some(State::Wait(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
-                    Some(State::Done(_)) => break None,
-                    Some(other) => break Some(other),
-                    None => return Err(bad("an empty reply")),
-                }
-            }
-        };
-    }
-    let Some(State::Params(p)) = wait_for!(1) else {
-        return Ok(over());
-    };
-    let graph_seed: [u8; 32] = p
-        .graph_seed
-        .as_slice()
-        .try_into()
-        .map_err(|_| bad("the graph seed is not 32 bytes"))?;
-    let params = tessera_secagg::RoundParams {
-        round,
-        participants: p.participants.clone(),
-        neighbours: p.neighbours as usize,
-        threshold: p.threshold as usize,
-        graph_seed,
-        dimension: p.dimension as usize,
-        range: p.range,
-    };
-    let ring = match state.key_ring.take() {
-        Some(ring) => ring,
-        None => tessera_secagg::KeyRing::new(random32()?, random32()?),
-    };
-    let (mut me, keys) = tessera_secagg::Client::with_keys(p.id, params, ring, random32()?)
-        .map_err(|e| bad(&e.to_string()))?;
-    let outcome = async {
-        call(Step::Keys(pb::SecAggKeys {
-            c_public: keys.c_public.to_vec(),
-            s_public: keys.s_public.to_vec(),
-        }))
-        .await?;
-        let Some(State::Keys(k)) = wait_for!(2) else {
-            return Ok(false);
-        };
-        let mut neighbour_keys = Vec::new();
-        for (from, key) in k.peers.iter().zip(&k.keys) {
-            let (Ok(c_public), Ok(s_public)) = (
-                <[u8; 32]>::try_from(key.c_public.as_slice()),
-                <[u8; 32]>::try_from(key.s_public.as_slice()),
-            ) else {
-                return Err(bad("a neighbour's key is not 32 bytes"));
-            };
-            neighbour_keys.push(tessera_secagg::AdvertiseKeys {
-                from: *from,
-                c_public,
-                s_public,
-            });
-        }
-        let shares = me
-            .share_keys(&neighbour_keys)
-            .map_err(|e| bad(&e.to_string()))?;
-        call(Step::Shares(pb::SecAggShares {
-            shares: shares
-                .shares
-                .into_iter()
-                .map(|(peer, data)| pb::SecAggShare { peer, data })
-                .collect(),
-        }))
-        .await?;
-        let Some(State::Shares(mine)) = wait_for!(3) else {
-            return Ok(false);
-        };
-        let mine: Vec<(u32, Vec<u8>)> = mine.shares.into_iter().map(|s| (s.peer, s.data)).collect();
-        let values: Vec<f32> = update.delta.values().collect();
-        let input: Vec<f32> = match state.plan.secure_coordinates(round, values.len()) {
-            Some(kept) => kept.iter().map(|&i| values[i]).collect(),
-            None => values,
-        };
-        let masked = me
-            .masked_input(&mine, &input)
-            .map_err(|e| bad(&e.to_string()))?;
-        // Fault injection: a site that goes quiet after sharing its keys.
-        tokio::time::sleep(config.pause_before_update).await;
-        call(Step::Masked(pb::SecAggMasked {
-            values: masked.values,
-            n_examples: update.n_examples,
-            mean_train_loss: update.stats.mean_train_loss,
-            n_steps: update.stats.n_steps,
-        }))
-        .await?;
-        let Some(State::Unmask(request)) = wait_for!(4) else {
-            return Ok(false);
-        };
-        let counted = request.survivors.contains(&p.id);
-        let response = me
-            .unmask(&tessera_secagg::UnmaskRequest {
-                survivors: request.survivors,
-                dropped: request.dropped,
-            })
-            .map_err(|e| bad(&e.to_string()))?;
-        let pack = |v: Vec<(u32, Vec<u8>)>| {
-            v.into_iter()
-                .map(|(peer, data)| pb::SecAggShare { peer, data })
-                .collect()
-        };
-        call(Step::Unmask(pb::SecAggUnmask {
-            seed_shares: pack(response.seed_shares),
-            key_shares: pack(response.key_shares),
-        }))
-        .await?;
-        let _ = wait_for!(5);
-        Ok(counted)
-    }
-    .await;
-    state.key_ring = Some(me.into_keys(random32()?));
-    Ok(match outcome? {
-        true => pb::UpdateReply {
-            accepted: true,
-            reason: String::new(),
-        },
-        false => over(),
-    })
 }

@@ -195,10 +195,10 @@ impl Context<'_> {
             .map(|(i, a)| a.map(|a| (i, a)))
             .collect::<Result<_, _>>()?;
         answers.sort_by_key(|(i, a)| (a.at, *i));
-        // Secure aggregation runs at the aggregators that hold sites: they
-        // learn only their sites' sum (the root holds none, see
-        // `Tree::check_privacy_layers`).
-        let secure = self.plan.secure_aggregation.enabled && self.tree.holds_sites(n);
+        // Secure aggregation runs at every aggregator: its members (sites,
+        // or aggregators below with their own members' mean) mask their
+        // updates, and it learns only their sum.
+        let secure = self.plan.secure_aggregation.enabled;
         let mut secure_updates: BTreeMap<usize, Update> = BTreeMap::new();
         let mut last = opened;
         for (i, answer) in &answers {
@@ -209,9 +209,7 @@ impl Context<'_> {
             let id = self.member_id(node.members[*i]);
             match &answer.update {
                 Some(update) if secure => {
-                    if let Member::Site(s) = node.members[*i] {
-                        secure_updates.insert(s, update.clone());
-                    }
+                    secure_updates.insert(self.secure_id(node.members[*i]), update.clone());
                 }
                 Some(update) => {
                     let size = update.wire_len() as u64;
@@ -241,9 +239,18 @@ impl Context<'_> {
         })
     }
 
-    /// Node `n`'s SecAgg+ round over its sites (`members`, positions in its
-    /// member list), those in `updates` having answered in time; the engine
-    /// gets only the survivors' sum.
+    /// A member's id in secure rounds (and its key ring's index): sites
+    /// first, then aggregators.
+    fn secure_id(&self, member: Member) -> usize {
+        match member {
+            Member::Site(s) => s,
+            Member::Node(c) => self.data.sites.len() + c,
+        }
+    }
+
+    /// Node `n`'s SecAgg+ round over its `members` (positions in its member
+    /// list), those in `updates` (by secure id) having answered in time; the
+    /// engine gets only the survivors' sum.
     #[allow(clippy::too_many_arguments)]
     fn secure_sum(
         &self,
@@ -258,11 +265,15 @@ impl Context<'_> {
         let node = &self.tree.nodes[n];
         let cohort: Vec<usize> = members
             .iter()
-            .filter_map(|&i| match node.members[i] {
-                Member::Site(s) => Some(s),
-                Member::Node(_) => None,
-            })
+            .map(|&i| self.secure_id(node.members[i]))
             .collect();
+        let member_of = |id: usize| {
+            if id < self.data.sites.len() {
+                Member::Site(id)
+            } else {
+                Member::Node(id - self.data.sites.len())
+            }
+        };
         let layout = task.global.zeros_like();
         let result = {
             let mut rings = self
@@ -284,33 +295,33 @@ impl Context<'_> {
                         "aggregator '{}': secure aggregation failed: {e}",
                         node.name
                     ));
-                for &s in &cohort {
-                    engine.report_dropout(&ParticipantId::new(&self.data.sites[s].name));
+                for &id in &cohort {
+                    engine.report_dropout(&self.member_id(member_of(id)));
                 }
                 return;
             }
         };
         let mut t = lock_traffic(traffic);
-        for (&s, &size) in &result.bytes_up {
-            let name = &self.data.sites[s].name;
+        for (&id, &size) in &result.bytes_up {
+            let name = self.member_id(member_of(id)).as_str().to_string();
             Traffic::add(&mut t.up, node.depth, size);
-            t.site_up[s] += size;
-            let entry = t.members.entry(name.clone()).or_default();
+            if let Member::Site(s) = member_of(id) {
+                t.site_up[s] += size;
+            }
+            let entry = t.members.entry(name).or_default();
             entry.up += size;
-            entry.update += result.masked_bytes.get(&s).copied().unwrap_or(0);
+            entry.update += result.masked_bytes.get(&id).copied().unwrap_or(0);
         }
-        for (&s, &size) in &result.bytes_down {
+        for (&id, &size) in &result.bytes_down {
             Traffic::add(&mut t.down, node.depth, size);
-            t.members
-                .entry(self.data.sites[s].name.clone())
-                .or_default()
-                .down += size;
+            let name = self.member_id(member_of(id)).as_str().to_string();
+            t.members.entry(name).or_default().down += size;
         }
         drop(t);
         let survivors: Vec<ParticipantId> = result
             .survivors
             .iter()
-            .map(|&s| ParticipantId::new(&self.data.sites[s].name))
+            .map(|&id| self.member_id(member_of(id)))
             .collect();
         // A rejection is recorded by the engine and reported in the outcome.
         let _ = engine.submit_sum(at, task.round, &survivors, &result.sum);
@@ -378,9 +389,11 @@ pub(crate) fn run_hierarchical(
 ) -> Result<(Federated, TopologyReport), SimError> {
     let names: Vec<String> = data.sites.iter().map(|s| s.name.clone()).collect();
     let tree = Tree::build(&plan.topology, &names)?;
-    if plan.privacy.mode == tessera_privacy::PrivacyMode::Central || plan.secure_aggregation.enabled
-    {
+    if plan.privacy.mode == tessera_privacy::PrivacyMode::Central {
         tree.check_privacy_layers()?;
+    }
+    if plan.secure_aggregation.enabled {
+        tree.check_secure_sizes()?;
     }
     let initial = initial_model(plan, data)?;
     let training = plan.local_training();
@@ -405,7 +418,7 @@ pub(crate) fn run_hierarchical(
         schedule: training.schedule()?,
         batch_size: training.batch_size,
         privacy: Mutex::new(BTreeMap::new()),
-        rings: Mutex::new(names.iter().map(|_| None).collect()),
+        rings: Mutex::new((0..names.len() + tree.nodes.len()).map(|_| None).collect()),
         errors: Mutex::new(Vec::new()),
     };
     let root_members = &tree.nodes[0].members;

@@ -58,7 +58,7 @@ impl Federation {
         cohort: &[ParticipantId],
         now: Timestamp,
     ) {
-        if !self.plan.secure_aggregation.enabled || !self.secure_here {
+        if !self.plan.secure_aggregation.enabled {
             return;
         }
         let Some(n_values) = self.engine.as_ref().map(|e| e.global().n_values()) else {
