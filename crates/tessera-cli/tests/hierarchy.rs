@@ -206,6 +206,25 @@ fn a_regional_aggregator_killed_mid_round_resumes_and_the_run_equals_simulation(
     assert_eq!(rounds.len(), 6);
     assert!(rounds.iter().all(|r| r["accepted"] == 3), "{west}");
     assert!(!std::fs::read(s.path("east.model")).unwrap().is_empty());
+    // Each region's last model, evaluated by its sites once the run is over.
+    for (name, sites_of) in EAST_WEST {
+        let report = s.json(&format!("{name}.json"));
+        let region = &report["topology"]["regions"][name];
+        let accuracy = region["accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&accuracy), "{report}");
+        assert_eq!(region["sites"], serde_json::json!(sites_of), "{report}");
+        assert_eq!(
+            region["global_accuracy"], report["rounds"][5]["accuracy"],
+            "{report}"
+        );
+        // The same numbers as the simulation's regions.
+        let simulated = &simulated["topology"]["regions"][name];
+        assert_eq!(region["accuracy"], simulated["accuracy"], "{name}");
+        assert_eq!(
+            region["global_accuracy"], simulated["global_accuracy"],
+            "{name}"
+        );
+    }
 }
 
 #[test]

@@ -189,6 +189,7 @@ impl Federation {
         // at the aggregators that hold sites. (Secure aggregation runs at
         // every aggregator: members mask toward it, aggregators too.)
         let mut dp_here = true;
+        let mut place: Option<(usize, Vec<String>)> = None;
         let expected = match (plan.topology.kind, node) {
             (tessera_engine::TopologyKind::Gossip, _) => {
                 return Err(CoordinatorError::Config(
@@ -216,6 +217,13 @@ impl Federation {
                     tree.check_secure_sizes()?;
                 }
                 dp_here = tree.holds_sites(n);
+                place = Some((
+                    tree.nodes[n].depth,
+                    tree.sites_below(n)
+                        .into_iter()
+                        .map(|s| tree.sites[s].clone())
+                        .collect(),
+                ));
                 Expected::Named(tree.member_names(n).into_iter().collect())
             }
             (_, Some(name)) => {
@@ -289,7 +297,10 @@ impl Federation {
             noise_key,
             local_ledger: None,
             secure: None,
-            relay: node.map(relay::Relay::new),
+            relay: node.map(|name| {
+                let (depth, sites) = place.unwrap_or_default();
+                relay::Relay::new(name, depth, sites)
+            }),
         };
         if federation.plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
             let mut ledger = tessera_privacy::Ledger::new(federation.plan.privacy.budgets());
@@ -1539,10 +1550,15 @@ impl Federation {
             mean_site_accuracy = closed.mean_site_accuracy,
             "round evaluated"
         );
-        self.records.push(closed);
         if let Some(relay) = self.relay.as_mut() {
             relay.evaluated(round, Evaluation::pool(&evaluations));
+            // The aggregator's own model, evaluated once the parent's run is over.
+            if relay.is_regional_evaluation(round) {
+                relay.regional = Some(closed);
+                return self.finish_relay_run();
+            }
         }
+        self.records.push(closed);
         self.last_evaluations = names.into_iter().zip(evaluations).collect();
         self.phase = Phase::Training;
         self.version += 1;
@@ -1597,7 +1613,7 @@ impl Federation {
                 malicious: Vec::new(),
                 honest_accuracy: final_metrics.accuracy,
             }),
-            topology: None,
+            topology: self.relay.as_ref().map(|r| r.topology(&self.records)),
             final_metrics,
             baselines: None,
             timing: Timing {

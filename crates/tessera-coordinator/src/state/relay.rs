@@ -15,7 +15,7 @@ use std::sync::Arc;
 use prost::Message;
 use tessera_core::{ParameterSet, ParticipantId, Timestamp, Update};
 use tessera_data::{Agreement, ColumnKinds, FeatureStatistics, KindsOffer, LevelsOffer};
-use tessera_engine::report::RoundRecord;
+use tessera_engine::report::{RegionReport, RoundRecord, TopologyReport};
 use tessera_learn::Evaluation;
 use tessera_proto::{convert, pb};
 
@@ -40,10 +40,18 @@ pub(super) struct Relay {
     answers: BTreeMap<u32, Option<Update>>,
     /// Pooled evaluations finished by this process.
     evaluations: BTreeMap<u32, Evaluation>,
+    /// Its depth in the tree and the sites below it.
+    depth: usize,
+    sites: Vec<String>,
+    /// The parent's run is over; the members evaluate this aggregator's
+    /// last regional model in round `closed_through + 1`.
+    finishing: bool,
+    /// That evaluation.
+    pub(super) regional: Option<RoundRecord>,
 }
 
 impl Relay {
-    pub(super) fn new(name: &str) -> Self {
+    pub(super) fn new(name: &str, depth: usize, sites: Vec<String>) -> Self {
         Self {
             name: name.to_string(),
             fit: None,
@@ -52,6 +60,37 @@ impl Relay {
             closed_through: 0,
             answers: BTreeMap::new(),
             evaluations: BTreeMap::new(),
+            depth,
+            sites,
+            finishing: false,
+            regional: None,
+        }
+    }
+
+    /// Whether `round` is the evaluation of this aggregator's own model.
+    pub(super) fn is_regional_evaluation(&self, round: u32) -> bool {
+        self.finishing && round == self.closed_through + 1
+    }
+
+    /// What the report says of this aggregator: its sites, its last regional
+    /// model's accuracy on their test rows against the parent's last model's.
+    pub(super) fn topology(&self, records: &[RoundRecord]) -> TopologyReport {
+        let mut regions = BTreeMap::new();
+        if let Some(regional) = &self.regional {
+            regions.insert(
+                self.name.clone(),
+                RegionReport {
+                    depth: self.depth,
+                    sites: self.sites.clone(),
+                    accuracy: regional.accuracy,
+                    global_accuracy: records.last().map_or(0.0, |r| r.accuracy),
+                },
+            );
+        }
+        TopologyReport {
+            kind: "hierarchical".into(),
+            regions,
+            ..TopologyReport::default()
         }
     }
 
@@ -319,14 +358,60 @@ impl Federation {
         Ok(Some(Evaluation::pool(stored.values())))
     }
 
-    /// Aggregator: the parent's run is over; so is this one.
+    /// Aggregator: the parent's run is over. The members evaluate this
+    /// aggregator's last regional model (kept in its database), then its run
+    /// is over too.
     pub fn relay_finish(&mut self) -> Result<(), CoordinatorError> {
-        if self.relay.is_some() && !matches!(self.phase, Phase::Finished) {
-            self.store.finish_run(&self.run.id)?;
-            self.audit("-", "run", "finished", "the parent's run is over");
-            self.phase = Phase::Finished;
-            self.version += 1;
+        let now = self.now();
+        let wait = self.evaluation_wait();
+        let targets = self
+            .joined
+            .iter()
+            .filter(|s| !self.stale(s, now))
+            .cloned()
+            .collect();
+        let Some(relay) = self.relay.as_ref() else {
+            return Ok(());
+        };
+        if relay.finishing || matches!(self.phase, Phase::Finished) {
+            return Ok(());
         }
+        let closed = relay.closed_through;
+        let regional = match closed {
+            0 => None,
+            _ => self.store.model(&self.run.id, closed)?,
+        };
+        let Some(relay) = self.relay.as_mut() else {
+            return Ok(());
+        };
+        relay.finishing = true;
+        let Some(model) = regional else {
+            return self.finish_relay_run();
+        };
+        let round = closed + 1;
+        relay.evaluation = Some((round, Arc::new(model)));
+        self.phase = Phase::Evaluating {
+            round,
+            until: now.plus(wait),
+            targets,
+            received: BTreeMap::new(),
+            record: Box::new(RoundRecord {
+                round,
+                status: "regional model".into(),
+                ..RoundRecord::default()
+            }),
+        };
+        self.version += 1;
+        self.advance();
+        Ok(())
+    }
+
+    /// The aggregator's run is over.
+    pub(super) fn finish_relay_run(&mut self) -> Result<(), CoordinatorError> {
+        self.store.finish_run(&self.run.id)?;
+        self.audit("-", "run", "finished", "the parent's run is over");
+        self.phase = Phase::Finished;
+        self.version += 1;
         Ok(())
     }
 
