@@ -1287,6 +1287,15 @@ impl Federation {
         }))
     }
 
+    /// The joined sites heard from within the liveness period.
+    fn live(&self, now: Timestamp) -> BTreeSet<String> {
+        self.joined
+            .iter()
+            .filter(|s| !self.stale(s, now))
+            .cloned()
+            .collect()
+    }
+
     fn stale(&self, site: &str, now: Timestamp) -> bool {
         self.last_seen
             .get(site)
@@ -1459,12 +1468,7 @@ impl Federation {
             dropped = outcome.dropped.len(),
             "round closed"
         );
-        let targets: BTreeSet<String> = self
-            .joined
-            .iter()
-            .filter(|s| !self.stale(s, now))
-            .cloned()
-            .collect();
+        let targets = self.live(now);
         // An aggregator's answer goes up; its members then evaluate the
         // model the parent sends next, and wait for it.
         let until = match self.relay.as_mut() {

@@ -4,7 +4,7 @@
 //! completed it is acknowledged. Each step's model is evaluated by the sites
 //! as they next ask for work; the last one by everyone, as in sync runs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use prost::Message;
 use tessera_core::{ParticipantId, Timestamp, Update};
@@ -249,12 +249,7 @@ impl Federation {
     /// Closes evaluations every live site has answered; after the last step,
     /// hands the final evaluation to the sync machinery, then finishes.
     pub(super) fn async_step(&mut self, now: Timestamp) -> Result<(), CoordinatorError> {
-        let live: BTreeSet<String> = self
-            .joined
-            .iter()
-            .filter(|s| !self.stale(s, now))
-            .cloned()
-            .collect();
+        let live = self.live(now);
         let complete: Vec<u32> = self
             .step_evaluations
             .iter()

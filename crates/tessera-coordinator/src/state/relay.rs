@@ -277,12 +277,7 @@ impl Federation {
     pub fn relay_evaluate(&mut self, round: u32, global: Arc<ParameterSet>) {
         let now = self.now();
         let wait = self.evaluation_wait();
-        let targets = self
-            .joined
-            .iter()
-            .filter(|s| !self.stale(s, now))
-            .cloned()
-            .collect();
+        let targets = self.live(now);
         let Some(relay) = self.relay.as_mut() else {
             return;
         };
@@ -364,12 +359,7 @@ impl Federation {
     pub fn relay_finish(&mut self) -> Result<(), CoordinatorError> {
         let now = self.now();
         let wait = self.evaluation_wait();
-        let targets = self
-            .joined
-            .iter()
-            .filter(|s| !self.stale(s, now))
-            .cloned()
-            .collect();
+        let targets = self.live(now);
         let Some(relay) = self.relay.as_ref() else {
             return Ok(());
         };
