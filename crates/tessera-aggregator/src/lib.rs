@@ -196,6 +196,7 @@ async fn session(
         parent: &mut parent,
         shared: &shared,
         beat,
+        withdraw: client::can_withdraw(&welcome),
         plan: &plan,
         key_ring: &mut state.key_ring,
     };
@@ -209,6 +210,8 @@ struct Upstream<'a> {
     parent: &'a mut FederationClient<Channel>,
     shared: &'a Shared,
     beat: Option<Duration>,
+    /// Whether the parent takes withdrawals (1.4).
+    withdraw: bool,
     plan: &'a Plan,
     /// Secure aggregation: this aggregator's key pairs between rounds.
     key_ring: &'a mut Option<tessera_secagg::KeyRing>,
@@ -342,8 +345,21 @@ impl Upstream<'_> {
                     "the parent stopped waiting for this aggregator's round"
                 );
             }
+            Some(None) if self.withdraw => {
+                // The parent's round goes on without this aggregator at once
+                // (the simulation drops an empty region as a dropout).
+                let reason = "its members' round closed without an update to send up";
+                let withdrawn =
+                    client::withdraw(self.parent, self.name, round, reason, false).await?;
+                tracing::warn!(
+                    round,
+                    withdrawn,
+                    "withdrew from the parent's round: {reason}"
+                );
+            }
             Some(None) => {
-                // Asked again, the answer is the same: wait before asking.
+                // A parent without withdrawals waits until its deadline or
+                // liveness; asked again, the answer is the same: wait before asking.
                 tracing::warn!(round, "the round closed below without an update to send up");
                 tokio::time::sleep(self.beat.unwrap_or(Duration::from_secs(1))).await;
             }

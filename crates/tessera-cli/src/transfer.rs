@@ -159,6 +159,12 @@ impl Federation for Server {
     ) -> Result<Response<pb::SecAggReply>, Status> {
         Err(Status::unimplemented("transfer benchmark"))
     }
+    async fn withdraw(
+        &self,
+        _: Request<pb::WithdrawRequest>,
+    ) -> Result<Response<pb::WithdrawReply>, Status> {
+        Err(Status::unimplemented("transfer benchmark"))
+    }
 }
 
 pub fn run(args: &TransferArgs) -> anyhow::Result<()> {

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use util::Scratch;
 use util::procs::{
-    HEART_SITES, Proc, coordinator, examples, free_port, participant, query_i64, wait_until,
+    HEART_SITES, Proc, coordinator, examples, free_port, participant, participant_with, query_i64,
+    wait_until,
 };
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -223,6 +224,97 @@ fn a_participant_killed_mid_round_the_round_completes_on_quorum_and_it_rejoins()
     );
 }
 
+/// Four synthetic sites, site3's rows 1e30 times too large (its loss
+/// overflows): its local training fails, it withdraws from the run with the
+/// reason, the round closes on the other sites at once instead of waiting
+/// out the liveness period (60 s here), and the run goes on without it.
+fn a_failing_site_withdraws(name: &str, tables: &str) {
+    let s = Scratch::new(name);
+    let (plan, data) = util::synthetic(&s, 4, 4, "kind = \"flat\"");
+    // All four agree the data and start round 1 together.
+    let text = std::fs::read_to_string(&plan).unwrap();
+    let text = text.replace("rounds = 4", "rounds = 4\nmin_participants = 4");
+    let plan = s.write("plan.toml", &format!("{text}\n{tables}"));
+    let text = std::fs::read_to_string(&data).unwrap();
+    let mut lines = text.lines();
+    let mut bad = format!("{}\n", lines.next().unwrap());
+    for line in lines {
+        let mut fields: Vec<String> = line.split(',').map(str::to_string).collect();
+        let target = fields.len() - 1;
+        if fields[0] == "site3" {
+            for value in &mut fields[1..target] {
+                value.push_str("e30");
+            }
+        }
+        bad.push_str(&fields.join(","));
+        bad.push('\n');
+    }
+    let bad = s.write("bad.csv", &bad);
+    let db = s.path("c.sqlite");
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &db,
+        0,
+        &["--liveness", "60", "--report", "dep.json"],
+    );
+    let mut good: Vec<Proc> = ["site0", "site1", "site2"]
+        .iter()
+        .map(|site| participant_with(&s.dir, &url, site, &data, &[]))
+        .collect();
+    let mut failing = participant_with(&s.dir, &url, "site3", &bad, &[]);
+    assert!(!failing.wait(LIMIT).success(), "{}", failing.log());
+    let log = failing.log();
+    assert!(
+        log.contains("diverged") && log.contains("withdrew"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut good {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    // The coordinator's audit log keeps who left, when and why.
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM audit WHERE site = 'site3' AND action = 'withdraw'
+             AND outcome = 'left the run' AND detail LIKE 'round 1: local training failed:%diverged%'"
+        ),
+        1
+    );
+    let report = s.json("dep.json");
+    let rounds = report["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 4);
+    assert!(
+        rounds
+            .iter()
+            .all(|r| r["status"] == "completed" && r["accepted"] == 3),
+        "{report}"
+    );
+    assert_eq!(rounds[0]["dropped"], 1, "{}", rounds[0]);
+    let first = rounds[0]["seconds"].as_f64().unwrap();
+    eprintln!("{name}: round 1 closed in {first:.2} s without the site that withdrew");
+    assert!(
+        first < 30.0,
+        "round 1 waited {first} s for a site that had left"
+    );
+}
+
+#[test]
+fn a_site_whose_training_fails_withdraws_and_the_rounds_do_not_wait_for_it() {
+    a_failing_site_withdraws("deploy-withdraw", "");
+}
+
+/// Under secure aggregation the key stage stops waiting for it too.
+#[test]
+fn a_site_whose_training_fails_withdraws_from_a_secure_round() {
+    a_failing_site_withdraws(
+        "deploy-withdraw-secure",
+        "[secure_aggregation]\nenabled = true\n",
+    );
+}
+
 /// A participant that joins as VA, takes part in the agreement honestly, then
 /// sends malformed updates: non-finite values, a wrong shape, chunks out of
 /// order, a stream without a header. Each is refused with its reason, the
@@ -391,6 +483,24 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
                 Err(status) => format!("error: {}", status.message()),
             });
         }
+        // Withdrawals: too long a reason, a site that never joined, a round
+        // that is not open. None changes a round.
+        let withdraw = |site: &str, round: u32, reason: String| pb::WithdrawRequest {
+            site: site.into(),
+            round,
+            reason,
+            leaving: false,
+        };
+        for request in [
+            withdraw("va", 1, "x".repeat(1001)),
+            withdraw("nowhere", 1, String::new()),
+            withdraw("va", 999, "not open".into()),
+        ] {
+            replies.push(match client.withdraw(request).await {
+                Ok(r) => format!("withdrawn: {}", r.into_inner().withdrawn),
+                Err(status) => format!("error: {}", status.message()),
+            });
+        }
         replies
     });
     // The rogue leaves; the liveness check drops it from later rounds.
@@ -406,6 +516,23 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
     assert!(
         replies[5].contains("compressed parts in an uncompressed update"),
         "{replies:?}"
+    );
+    assert_eq!(
+        replies[6..],
+        [
+            "error: a withdrawal's reason is at most 1000 bytes, got 1001",
+            "error: site 'nowhere' has not joined",
+            "withdrawn: false",
+        ],
+        "{replies:?}"
+    );
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM audit WHERE site = 'va' AND action = 'withdraw'
+             AND outcome = 'not waited for' AND detail = 'round 999: not open'"
+        ),
+        1
     );
     assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
     for p in &mut honest {

@@ -443,3 +443,96 @@ fn secure_aggregation_at_every_level_equals_simulation_bit_for_bit() {
         run.stderr()
     );
 }
+
+/// Every site of `east` is killed with SIGKILL mid-run. The plan has no
+/// deadline and the root's liveness is a minute, but east's next round closes
+/// empty as soon as east's own liveness (2 s) drops its sites; east then
+/// withdraws from the root's round, which closes on west alone, and so on to
+/// the last round. Without withdrawals the root would wait for east forever.
+#[test]
+fn a_region_that_loses_all_its_sites_withdraws_and_the_run_goes_on() {
+    let s = Scratch::new("hierarchy-withdraw");
+    let (plan, data) =
+        util::synthetic(&s, 6, 8, &format!("kind = \"hierarchical\"\n{TWO_REGIONS}"));
+    let root_db = s.path("root.sqlite");
+    let (mut root, url) = coordinator(
+        &s.dir,
+        &plan,
+        &root_db,
+        0,
+        &["--liveness", "60", "--report", "dep.json"],
+    );
+    let (mut east, east_url) = aggregator(
+        &s.dir,
+        &url,
+        "east",
+        &s.path("east.sqlite"),
+        0,
+        &["--liveness", "2", "--report", "east.json"],
+    );
+    let (mut west, west_url) = aggregator(
+        &s.dir,
+        &url,
+        "west",
+        &s.path("west.sqlite"),
+        0,
+        &["--liveness", "2"],
+    );
+    let mut east_sites = sites(&s, &east_url, &["site0", "site1", "site2"], &data, None);
+    // site3 is slow, so the run lasts long enough to lose east midway.
+    let mut west_sites = sites(
+        &s,
+        &west_url,
+        &["site3", "site4", "site5"],
+        &data,
+        Some("site3"),
+    );
+    wait_until(LIMIT, "the root's second round", || {
+        query_i64(&root_db, "SELECT COUNT(*) FROM rounds") >= 2
+    });
+    for site in &mut east_sites {
+        site.kill_9();
+    }
+    assert!(root.wait(LIMIT).success(), "{}", root.log());
+    for aggregator in [&mut east, &mut west] {
+        assert!(aggregator.wait(LIMIT).success(), "{}", aggregator.log());
+    }
+    finish(&mut west_sites);
+    let withdrawn = query_i64(
+        &root_db,
+        "SELECT COUNT(*) FROM audit WHERE site = 'east' AND action = 'withdraw' AND outcome = 'left the round'",
+    );
+    assert!(withdrawn >= 1, "{}", east.log());
+    // East was never taken for dead: it said it had nothing.
+    assert_eq!(
+        query_i64(
+            &root_db,
+            "SELECT COUNT(*) FROM audit WHERE site = 'east' AND action = 'liveness'"
+        ),
+        0
+    );
+    let report = s.json("dep.json");
+    let rounds = report["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 8);
+    assert!(
+        rounds.iter().all(|r| r["status"] == "completed"),
+        "{report}"
+    );
+    assert_eq!(rounds[0]["accepted"], 2, "{report}");
+    // Each withdrawal is a round that counted west's update alone.
+    for r in rounds {
+        eprintln!(
+            "round {}: accepted {} dropped {} in {:.2} s",
+            r["round"],
+            r["accepted"],
+            r["dropped"],
+            r["seconds"].as_f64().unwrap()
+        );
+    }
+    let alone = rounds
+        .iter()
+        .filter(|r| r["accepted"] == 1 && r["dropped"] == 1)
+        .count();
+    assert_eq!(alone as i64, withdrawn, "{report}");
+    assert_eq!(rounds[7]["accepted"], 1, "{report}");
+}

@@ -10,7 +10,7 @@ use tessera_compress::Codec;
 use tessera_core::Update;
 use tessera_proto::pb::federation_server::Federation as FederationService;
 use tessera_proto::pb::{self, task, update_part};
-use tessera_proto::{Assembler, CHUNK_BYTES, Limits, chunks, convert};
+use tessera_proto::{Assembler, CHUNK_BYTES, Limits, MAX_WITHDRAW_REASON, chunks, convert};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,7 +22,8 @@ use crate::state::{Federation, ModelPart, Refusal, TaskView};
 pub struct Shared {
     federation: Mutex<Federation>,
     changed: watch::Sender<u64>,
-    /// Sites told that the run is over.
+    /// Sites told that the run is over, or that left it (`Withdraw` with
+    /// `leaving`): the coordinator stops once every joined site is here.
     pub told_finished: Mutex<BTreeSet<String>>,
 }
 
@@ -101,6 +102,10 @@ impl FederationService for Service {
             .shared
             .with(|f| f.join(&site, &hello))
             .map_err(refused)?;
+        // A site that left and came back is waited for again.
+        if let Ok(mut told) = self.shared.told_finished.lock() {
+            told.remove(&site);
+        }
         tracing::info!(%site, minor = hello.minor, "joined");
         Ok(Response::new(welcome))
     }
@@ -346,6 +351,33 @@ impl FederationService for Service {
             .with(|f| f.heartbeat(&site, round))
             .map_err(refused)?;
         Ok(Response::new(pb::HeartbeatReply { keep_going }))
+    }
+
+    async fn withdraw(
+        &self,
+        request: Request<pb::WithdrawRequest>,
+    ) -> Result<Response<pb::WithdrawReply>, Status> {
+        let site = caller(&self.shared, &request, &request.get_ref().site)?;
+        let pb::WithdrawRequest {
+            round,
+            reason,
+            leaving,
+            ..
+        } = request.into_inner();
+        if reason.len() > MAX_WITHDRAW_REASON {
+            return Err(Status::invalid_argument(format!(
+                "a withdrawal's reason is at most {MAX_WITHDRAW_REASON} bytes, got {}",
+                reason.len()
+            )));
+        }
+        let withdrawn = self
+            .shared
+            .with(|f| f.withdraw(&site, round, &reason, leaving))
+            .map_err(refused)?;
+        if leaving && let Ok(mut told) = self.shared.told_finished.lock() {
+            told.insert(site);
+        }
+        Ok(Response::new(pb::WithdrawReply { withdrawn }))
     }
 }
 

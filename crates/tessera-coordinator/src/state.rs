@@ -1287,6 +1287,56 @@ impl Federation {
         }))
     }
 
+    /// `site` leaves round `round` without an update, and with `leaving`
+    /// the run too (until it asks for a task again): the round stops
+    /// waiting for it. True when the round was waiting for it; withdrawing
+    /// from any other round changes nothing but is recorded.
+    pub fn withdraw(
+        &mut self,
+        site: &str,
+        round: u32,
+        reason: &str,
+        leaving: bool,
+    ) -> Result<bool, Refusal> {
+        self.require_joined(site)?;
+        let id = ParticipantId::new(site);
+        let synchronous = self.buffered.is_none();
+        let withdrawn = synchronous
+            && self.engine.as_mut().is_some_and(|engine| {
+                let waiting = engine.open_round() == Some(round) && engine.is_pending(&id);
+                if waiting {
+                    engine.report_dropout(&id);
+                }
+                waiting
+            });
+        if withdrawn {
+            self.secure_withdraw(site);
+        }
+        if leaving {
+            // Not live any more: later rounds drop it at once, evaluations
+            // do not wait for it, until it asks for a task again.
+            self.last_seen.remove(site);
+        } else {
+            self.touch(site);
+        }
+        let outcome = match (withdrawn, leaving) {
+            (true, false) => "left the round",
+            (true, true) => "left the run",
+            (false, false) => "not waited for",
+            (false, true) => "left the run (not waited for)",
+        };
+        tracing::warn!(%site, round, %reason, outcome, "withdrawal");
+        self.audit(
+            site,
+            "withdraw",
+            outcome,
+            &format!("round {round}: {reason}"),
+        );
+        self.version += 1;
+        self.advance();
+        Ok(withdrawn)
+    }
+
     /// The joined sites heard from within the liveness period.
     fn live(&self, now: Timestamp) -> BTreeSet<String> {
         self.joined
@@ -1388,6 +1438,8 @@ impl Federation {
             engine.report_dropout(&ParticipantId::new(site.as_str()));
         }
         for site in &silent {
+            // Under secure aggregation the current stage stops waiting for it.
+            self.secure_withdraw(site);
             self.audit(
                 site,
                 "liveness",

@@ -154,6 +154,33 @@ pub fn heartbeat_interval(welcome: &pb::Welcome) -> Option<Duration> {
         })
 }
 
+/// Whether the federation takes withdrawals (`withdraw` capability, 1.4).
+pub fn can_withdraw(welcome: &pb::Welcome) -> bool {
+    welcome.capabilities.iter().any(|c| c == "withdraw")
+}
+
+/// Tells the federation that `site` leaves round `round` without an update
+/// (and with `leaving`, the run), so the round stops waiting for it. True
+/// when the round was waiting for it. `reason` is cut to the protocol's
+/// limit.
+pub async fn withdraw(
+    client: &mut FederationClient<Channel>,
+    site: &str,
+    round: u32,
+    reason: &str,
+    leaving: bool,
+) -> Result<bool, Status> {
+    let reply = client
+        .withdraw(pb::WithdrawRequest {
+            site: site.to_string(),
+            round,
+            reason: tessera_proto::withdraw_reason(reason).to_string(),
+            leaving,
+        })
+        .await?;
+    Ok(reply.into_inner().withdrawn)
+}
+
 /// Offers one agreement step; waits for the federation's answer.
 pub async fn agree(
     client: &mut FederationClient<Channel>,

@@ -86,6 +86,8 @@ struct Ready {
     test: Arc<Dataset>,
     /// How often to say we are at work (`None`: the coordinator does not listen).
     heartbeat: Option<Duration>,
+    /// Whether the coordinator takes withdrawals (1.4).
+    withdraw: bool,
     /// The round whose update awaits its outcome (SCAFFOLD's control variate).
     awaiting: Option<u32>,
     /// Asynchronous run: tasks name the model version, not a round, and
@@ -419,6 +421,7 @@ async fn prepare(
         train: Arc::new(data.train),
         test: Arc::new(data.test),
         heartbeat: client::heartbeat_interval(welcome),
+        withdraw: client::can_withdraw(welcome),
         awaiting: None,
         asynchronous: plan.federation.mode == tessera_engine::Mode::Async,
         attempts: 0,
@@ -469,7 +472,21 @@ async fn train(
         }
     };
     state.site = Some(site);
-    let update = update.map_err(|e| Failure::Fatal(ParticipantError::Local(e.to_string())))?;
+    let update = match update {
+        Ok(update) => update,
+        Err(e) => {
+            // This site cannot go on: it says so, so that the round (and
+            // the rounds after it) do not wait for it.
+            if state.withdraw {
+                let reason = format!("local training failed: {e}");
+                match client::withdraw(client, &config.site, round, &reason, true).await {
+                    Ok(_) => tracing::warn!(round, %reason, "withdrew from the run"),
+                    Err(status) => tracing::warn!(round, %status, "could not withdraw"),
+                }
+            }
+            return Err(Failure::Fatal(ParticipantError::Local(e.to_string())));
+        }
+    };
     if !keep_going {
         tracing::warn!(
             round,

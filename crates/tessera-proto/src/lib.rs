@@ -25,6 +25,19 @@ pub use version::{
     negotiate, required_capabilities,
 };
 
+/// The longest reason a `WithdrawRequest` may give, in bytes.
+pub const MAX_WITHDRAW_REASON: usize = 1000;
+
+/// `reason` cut to at most [`MAX_WITHDRAW_REASON`] bytes, on a character
+/// boundary.
+pub fn withdraw_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_WITHDRAW_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 /// The messages and service of the current protocol (`tessera.v1`).
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
 pub mod pb {
@@ -35,4 +48,25 @@ pub mod pb {
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
 pub mod pb_v1_0 {
     tonic::include_proto!("tessera.v1_0");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A reason is cut to the limit on a character boundary, and is a
+        /// prefix of what was given: the longest one that fits.
+        #[test]
+        fn withdraw_reasons_are_cut_on_character_boundaries(reason in "\\PC{0,700}") {
+            let cut = withdraw_reason(&reason);
+            prop_assert!(cut.len() <= MAX_WITHDRAW_REASON);
+            prop_assert!(reason.starts_with(cut));
+            if cut.len() < reason.len() {
+                let next = reason[cut.len()..].chars().next().map_or(0, char::len_utf8);
+                prop_assert!(cut.len() + next > MAX_WITHDRAW_REASON);
+            }
+        }
+    }
 }

@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 3;
+pub const MINOR: u32 = 4;
 
 /// What this build can do.
 ///
@@ -25,6 +25,8 @@ pub const MINOR: u32 = 3;
 ///   `codec-fp16`, `codec-q8`, `codec-q4`, `codec-q2`.
 /// - `gossip` (1.3): the `Gossip` service between peers of a run with no
 ///   coordinator.
+/// - `withdraw` (1.4): a participant or aggregator leaves a round without an
+///   update (`Withdraw`), so the round stops waiting for it.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -41,6 +43,7 @@ pub const CAPABILITIES: &[&str] = &[
     "codec-q4",
     "codec-q2",
     "gossip",
+    "withdraw",
 ];
 
 /// The capabilities a participant needs to send updates with `codec`.

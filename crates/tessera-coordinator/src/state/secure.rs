@@ -247,6 +247,17 @@ impl Federation {
         outcome
     }
 
+    /// `site` left the open round: the current stage stops waiting for it
+    /// (what it already sent in this stage stands).
+    pub(super) fn secure_withdraw(&mut self, site: &str) {
+        if let Some(secure) = self.secure.as_mut()
+            && let Some(id) = secure.index.get(site)
+            && !secure.sent.contains(id)
+        {
+            secure.waiting.remove(id);
+        }
+    }
+
     /// Closes the current stage when everyone in it has answered or the
     /// liveness period is over; after the last one, hands the sum to the engine.
     pub(super) fn advance_secure(&mut self, now: Timestamp) {
