@@ -31,7 +31,7 @@ use tessera_proto::pb::federation_client::FederationClient;
 use tessera_proto::pb::{self, agree_reply, task};
 use thiserror::Error;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Why an aggregator stopped.
 #[derive(Debug, Error)]
@@ -183,7 +183,7 @@ fn start(
 /// One connection to the parent: join, relay the agreement, answer tasks.
 async fn session(
     config: &AggregatorConfig,
-    endpoint: &Endpoint,
+    endpoint: &client::Remote,
     state: &mut State,
     unreachable_since: &mut Option<tokio::time::Instant>,
 ) -> Result<(), Failure> {

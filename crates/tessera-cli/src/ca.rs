@@ -78,7 +78,10 @@ pub fn run(args: &CaArgs) -> anyhow::Result<()> {
                 }
                 _ => bail!("give --site NAME or --coordinator"),
             };
-            println!("issued: {} (cert.pem, key.pem, ca.pem)", dir.display());
+            println!(
+                "issued: {} (cert.pem, key.pem, ca.pem, crl.pem)",
+                dir.display()
+            );
         }
         CaCommand::Revoke { name } => {
             let mut ca = CaDir::open(&args.dir)?;
@@ -86,6 +89,11 @@ pub fn run(args: &CaArgs) -> anyhow::Result<()> {
             println!(
                 "revoked {n} certificate(s) of '{name}'; the revocation list is {}",
                 args.dir.join("crl.pem").display()
+            );
+            println!(
+                "written into the coordinator's and every site's folder here: give each \
+                 party its new crl.pem (running servers reload it; clients read it at \
+                 their next connection)"
             );
         }
         CaCommand::Rotate => {

@@ -558,7 +558,8 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
 
 /// Mutual TLS from the federation's own CA: a certificate from another CA is
 /// refused at the handshake, a revoked one too, a site cannot speak for
-/// another, and valid certificates run the whole plan.
+/// another, and valid certificates run the whole plan; a site refuses a
+/// coordinator whose certificate was revoked.
 #[test]
 fn mutual_tls_refuses_unknown_revoked_and_impersonating_certificates() {
     let s = Scratch::new("deploy-tls");
@@ -654,6 +655,37 @@ fn mutual_tls_refuses_unknown_revoked_and_impersonating_certificates() {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
     assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+
+    // The coordinator's certificate is revoked: the list reaches every
+    // site's folder, and a site refuses a coordinator that still serves it.
+    ca(&["ca", "revoke", "coordinator"]);
+    let list = std::fs::read(s.path("ca/crl.pem")).unwrap();
+    assert_eq!(std::fs::read(s.path("ca/sites/va/crl.pem")).unwrap(), list);
+    let (mut revoked, revoked_url) = util::procs::coordinator(
+        &s.dir,
+        &plan,
+        &s.path("c2.sqlite"),
+        0,
+        &["--tls", coordinator_tls.to_str().unwrap()],
+    );
+    let va = s.path("ca/sites/va");
+    let mut p = participant(
+        &s.dir,
+        &revoked_url.replace("http://", "https://"),
+        "va",
+        &["--tls", va.to_str().unwrap(), "--give-up-after", "2"],
+    );
+    assert!(
+        !p.wait(LIMIT).success(),
+        "a revoked coordinator is refused:\n{}",
+        p.log()
+    );
+    assert!(
+        p.log().contains("Revoked"),
+        "the site says why:\n{}",
+        p.log()
+    );
+    revoked.kill_9();
 }
 
 /// A parameter set streams down and back in chunks with each side holding

@@ -146,7 +146,8 @@ fn a_peer_killed_midway_is_lost_by_its_neighbours_and_the_rest_finish() {
 }
 
 #[test]
-fn peers_authenticate_each_other_with_the_federation_ca_and_refuse_an_impostor() {
+fn peers_authenticate_each_other_with_the_federation_ca_and_refuse_an_impostor_and_a_revoked_site()
+{
     let s = Scratch::new("gossip-tls");
     let ca = |args: &[&str]| {
         let mut all = vec!["ca", "--dir", "ca"];
@@ -197,4 +198,40 @@ fn peers_authenticate_each_other_with_the_federation_ca_and_refuse_an_impostor()
     for p in &mut procs[..2] {
         p.kill_9();
     }
+    // site2's certificate is revoked: the list reaches every site's folder
+    // and no peer talks to site2, whichever side calls; the run cannot start
+    // (the agreement needs every site of the directory).
+    ca(&["revoke", "site2"]);
+    let list = std::fs::read(s.path("ca/crl.pem")).unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            std::fs::read(tls(&format!("site{i}")).join("crl.pem")).unwrap(),
+            list
+        );
+    }
+    let mut procs = peers(&s, &plan, &data, 3, |i| {
+        vec![
+            "--tls".into(),
+            tls(&format!("site{i}")).display().to_string(),
+            "--give-up-after".into(),
+            "3".into(),
+        ]
+    });
+    for p in &mut procs {
+        assert!(
+            !p.wait(LIMIT).success(),
+            "{} must stop:\n{}",
+            p.name,
+            p.log()
+        );
+    }
+    for p in &procs[..2] {
+        let log = p.log();
+        assert!(
+            log.contains("'site2'") && log.contains("Revoked"),
+            "{} says why:\n{log}",
+            p.name
+        );
+    }
+    assert!(procs[2].log().contains("Revoked"), "{}", procs[2].log());
 }

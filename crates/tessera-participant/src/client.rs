@@ -11,6 +11,7 @@ use tessera_proto::{
     Assembler, CAPABILITIES, CHUNK_BYTES, Limits, MAJOR, MINOR, chunks, layout_of,
 };
 use tonic::transport::{Channel, Endpoint};
+
 use tonic::{Code, Status};
 
 use crate::ParticipantError;
@@ -19,7 +20,7 @@ use crate::ParticipantError;
 /// `site`: the client and the federation's welcome. A welcome of another
 /// major version is a refusal.
 pub async fn join(
-    endpoint: &Endpoint,
+    endpoint: &Remote,
     url: &str,
     site: &str,
 ) -> Result<(FederationClient<Channel>, pb::Welcome), Failure> {
@@ -48,35 +49,71 @@ pub async fn join(
     Ok((client, welcome))
 }
 
-/// The endpoint of a federation at `url`, with mutual TLS from `tls` (the
-/// server's name in its certificate: `domain`, else the URL's host).
+/// A server to connect to: its endpoint, and with mutual TLS the connector
+/// that does the handshake (tonic's own TLS cannot check a revocation list).
+#[derive(Clone)]
+pub struct Remote {
+    endpoint: Endpoint,
+    tls: Option<tessera_tls::Connector>,
+}
+
+impl Remote {
+    /// A new connection.
+    pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        match &self.tls {
+            Some(connector) => {
+                self.endpoint
+                    .connect_with_connector(connector.clone())
+                    .await
+            }
+            None => self.endpoint.connect().await,
+        }
+    }
+}
+
+/// The server at `url`, with mutual TLS from `tls` (the server's name in its
+/// certificate: `domain`, else the URL's host; with TLS the URL starts with
+/// `https://`). The folder's `crl.pem`, when there is one, is read at every
+/// connection: a revoked server certificate fails the handshake.
 pub fn endpoint(
     url: &str,
     tls: Option<&tessera_tls::TlsFiles>,
     domain: Option<&str>,
-) -> Result<Endpoint, ParticipantError> {
-    let mut endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| ParticipantError::Config(format!("coordinator URL '{url}': {e}")))?
+) -> Result<Remote, ParticipantError> {
+    let parse = |url: &str| {
+        Endpoint::from_shared(url.to_string())
+            .map_err(|e| ParticipantError::Config(format!("URL '{url}': {e}")))
+    };
+    let mut endpoint = parse(url)?;
+    let connector = match tls {
+        None => None,
+        Some(files) => {
+            let Some(rest) = url.strip_prefix("https://") else {
+                return Err(ParticipantError::Config(format!(
+                    "with mutual TLS the URL starts with https://, got '{url}'"
+                )));
+            };
+            let domain = match domain {
+                Some(d) => d.to_string(),
+                None => endpoint.uri().host().unwrap_or("localhost").to_string(),
+            };
+            let domain = domain.trim_start_matches('[').trim_end_matches(']');
+            // The connector does the TLS: tonic sees a plain stream.
+            endpoint = parse(&format!("http://{rest}"))?;
+            Some(
+                tessera_tls::Connector::new(files.clone(), domain)
+                    .map_err(|e| ParticipantError::Config(format!("TLS: {e}")))?,
+            )
+        }
+    };
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    if let Some(files) = tls {
-        let (cert, key, ca) = files
-            .read_client()
-            .map_err(|e| ParticipantError::Config(e.to_string()))?;
-        let domain = match domain {
-            Some(d) => d.to_string(),
-            None => endpoint.uri().host().unwrap_or("localhost").to_string(),
-        };
-        let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-            .identity(tonic::transport::Identity::from_pem(cert, key))
-            .domain_name(domain);
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| ParticipantError::Config(format!("TLS: {}", chain(&e))))?;
-    }
-    Ok(endpoint)
+    Ok(Remote {
+        endpoint,
+        tls: connector,
+    })
 }
 
 /// A failure inside a session: retry (network) or stop (refusal).

@@ -25,7 +25,7 @@ use thiserror::Error;
 
 use client::{Failure, agree, receive_parameters, secure_submit, send_update};
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Why a participant stopped.
 #[derive(Debug, Error)]
@@ -150,7 +150,7 @@ pub async fn run(config: ParticipantConfig) -> Result<ParticipantSummary, Partic
 
 async fn session(
     config: &ParticipantConfig,
-    endpoint: &Endpoint,
+    endpoint: &client::Remote,
     ready: &mut Option<Ready>,
     summary: &mut ParticipantSummary,
     unreachable_since: &mut Option<tokio::time::Instant>,

@@ -39,7 +39,7 @@ use tessera_proto::pb::{self, peer_model_part, peer_offer};
 use tessera_proto::{Assembler, CAPABILITIES, Limits, MAJOR, MINOR, convert};
 use thiserror::Error;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use board::{Board, Identity, Service};
 
@@ -92,7 +92,7 @@ pub struct PeerConfig {
 /// A connection to another peer.
 struct Link {
     name: String,
-    endpoint: Endpoint,
+    endpoint: tessera_participant::client::Remote,
     client: Option<GossipClient<Channel>>,
 }
 
@@ -175,6 +175,7 @@ impl Link {
     ) -> Result<Option<T>, PeerError> {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
+        let mut said = String::new();
         loop {
             let attempt = async {
                 let client = self.client().await?;
@@ -192,6 +193,11 @@ impl Link {
             if started.elapsed() > patience {
                 tracing::warn!(peer = %self.name, %reason, "unreachable");
                 return Ok(None);
+            }
+            // Each new reason once (a refused certificate, then a closed port...).
+            if reason != said {
+                tracing::warn!(peer = %self.name, %reason, "retrying");
+                said = reason;
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));

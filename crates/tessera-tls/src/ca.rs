@@ -58,7 +58,7 @@ struct CaState {
 /// ```text
 /// ca.json  ca.pem  ca-key.pem  crl.pem
 /// coordinator/{cert,key,ca,crl}.pem
-/// sites/<site>/{cert,key,ca}.pem
+/// sites/<site>/{cert,key,ca,crl}.pem
 /// ```
 pub struct CaDir {
     dir: PathBuf,
@@ -347,8 +347,21 @@ impl CaDir {
         .signed_by(&self.issuer()?)?;
         let pem = crl.pem()?;
         write(&self.dir.join("crl.pem"), &pem, false)?;
-        if self.coordinator_dir().exists() {
-            write(&self.coordinator_dir().join("crl.pem"), &pem, false)?;
+        // Every party checks the list: the coordinator its sites, sites
+        // their coordinator, gossip peers each other.
+        let mut parties: Vec<PathBuf> = vec![self.coordinator_dir()];
+        let mut sites: Vec<&str> = self
+            .state
+            .issued
+            .iter()
+            .filter(|i| i.kind == IssuedKind::Site)
+            .map(|i| i.name.as_str())
+            .collect();
+        sites.sort_unstable();
+        sites.dedup();
+        parties.extend(sites.into_iter().map(|site| self.site_dir(site)));
+        for dir in parties.into_iter().filter(|dir| dir.exists()) {
+            write(&dir.join("crl.pem"), &pem, false)?;
         }
         self.save()
     }

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
@@ -43,7 +44,7 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// `ca.pem`: the federation CA to trust.
     pub ca: PathBuf,
-    /// `crl.pem`: revoked certificates (coordinators only; may be absent).
+    /// `crl.pem`: revoked certificates (may be absent: then none is checked).
     pub crl: PathBuf,
 }
 
@@ -114,33 +115,71 @@ fn modified(path: &Path) -> Option<std::time::SystemTime> {
 
 fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = certificates(&read(&files.cert)?, &files.cert)?;
-    let key = PrivateKeyDer::from_pem_slice(read(&files.key)?.as_bytes())
-        .map_err(|e| TlsError::Certificate(format!("{}: {e}", files.key.display())))?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(roots(files)?, Arc::clone(&provider))
+            .with_crls(crls(files)?)
+            .build()
+            .map_err(|e| TlsError::Certificate(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain(files)?, private_key(files)?)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// A client's TLS from `files`: its certificate toward the server, the
+/// federation CA as the only root, and the revocation list when the folder
+/// holds one (a revoked server certificate is refused at the handshake).
+pub fn client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        WebPkiServerVerifier::builder_with_provider(roots(files)?, Arc::clone(&provider))
+            .with_crls(crls(files)?)
+            .build()
+            .map_err(|e| TlsError::Certificate(e.to_string()))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_webpki_verifier(verifier)
+        .with_client_auth_cert(chain(files)?, private_key(files)?)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+fn chain(files: &TlsFiles) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    certificates(&read(&files.cert)?, &files.cert)
+}
+
+fn private_key(files: &TlsFiles) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(read(&files.key)?.as_bytes())
+        .map_err(|e| TlsError::Certificate(format!("{}: {e}", files.key.display())))
+}
+
+fn roots(files: &TlsFiles) -> Result<Arc<rustls::RootCertStore>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for ca in certificates(&read(&files.ca)?, &files.ca)? {
         roots
             .add(ca)
             .map_err(|e| TlsError::Certificate(format!("{}: {e}", files.ca.display())))?;
     }
-    let crls: Vec<CertificateRevocationListDer<'static>> = if files.crl.exists() {
-        CertificateRevocationListDer::pem_slice_iter(read(&files.crl)?.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| TlsError::Certificate(format!("{}: {e}", files.crl.display())))?
-    } else {
-        Vec::new()
-    };
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-            .with_crls(crls)
-            .build()
-            .map_err(|e| TlsError::Certificate(e.to_string()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
+    Ok(Arc::new(roots))
+}
+
+/// The folder's revocation list; none when it has no `crl.pem`.
+fn crls(files: &TlsFiles) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    if !files.crl.exists() {
+        return Ok(Vec::new());
+    }
+    let crls: Vec<_> = CertificateRevocationListDer::pem_slice_iter(read(&files.crl)?.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Certificate(format!("{}: {e}", files.crl.display())))?;
+    if crls.is_empty() {
+        return Err(TlsError::Certificate(format!(
+            "{}: no revocation list",
+            files.crl.display()
+        )));
+    }
+    Ok(crls)
 }
 
 #[cfg(test)]
@@ -153,5 +192,24 @@ mod tests {
         assert!(site_dns_name("").is_err());
         assert!(site_dns_name(&"x".repeat(30)).is_err());
         assert!(ServerName::try_from(site_dns_name("Hôpital Nord 3").unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_client_checks_the_revocation_list_of_its_folder_when_there_is_one() {
+        let dir = std::env::temp_dir().join(format!("tessera-tls-client-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut ca = crate::CaDir::init(&dir, "test", 30).unwrap();
+        let files = TlsFiles::in_dir(&ca.issue_site("va", 30).unwrap());
+        assert!(
+            files.crl.exists(),
+            "issuing writes the list into the site's folder"
+        );
+        client_config(&files).unwrap();
+        std::fs::write(&files.crl, "not a list").unwrap();
+        let err = client_config(&files).unwrap_err().to_string();
+        assert!(err.contains("crl.pem"), "the file is named: {err}");
+        std::fs::remove_file(&files.crl).unwrap();
+        client_config(&files).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -8,7 +8,10 @@
 //! alternative name ([`site_dns_name`]) and checked with webpki on every call
 //! ([`certificate_names_site`], [`check_site`]). Site certificates serve
 //! both ways (client and server authentication), so that gossip peers can
-//! verify each other by name; [`incoming`] accepts a server's mTLS connections.
+//! verify each other by name; [`incoming`] accepts a server's mTLS connections
+//! and [`Connector`] makes a client's. Both check the revocation list of the
+//! party's folder when it has one (`revoke` copies it into every folder the
+//! CA holds).
 //!
 //! Key design decision: exactly one crypto provider, ring, everywhere
 //! (certificate generation, TLS, verification).
@@ -17,10 +20,12 @@
 mod accept;
 mod ca;
 mod config;
+mod connect;
 
 pub use accept::{check_site, incoming};
 pub use ca::{CaDir, Issued, IssuedKind};
-pub use config::{ServerTls, TlsFiles, certificate_names_site, site_dns_name};
+pub use config::{ServerTls, TlsFiles, certificate_names_site, client_config, site_dns_name};
+pub use connect::Connector;
 
 use thiserror::Error;
 
