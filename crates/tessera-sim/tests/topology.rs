@@ -6,9 +6,35 @@
 
 mod common;
 
+use tessera_engine::report::RunReport;
 use tessera_engine::{FailureConfig, GossipGraph, GroupConfig, Plan, TopologyKind};
 use tessera_learn::Evaluation;
 use tessera_sim::{SimOptions, simulate};
+
+/// The first round whose accuracy (the report's per-round figure) reaches `target`.
+fn rounds_to(report: &RunReport, target: f64) -> Option<u32> {
+    report
+        .rounds
+        .iter()
+        .find(|r| r.accuracy >= target)
+        .map(|r| r.round)
+}
+
+/// Prints rounds to each target for `a` and `b`; returns them.
+fn print_rounds_to(
+    targets: &[f64],
+    (a_name, a): (&str, &RunReport),
+    (b_name, b): (&str, &RunReport),
+) -> Vec<(Option<u32>, Option<u32>)> {
+    targets
+        .iter()
+        .map(|&t| {
+            let (x, y) = (rounds_to(a, t), rounds_to(b, t));
+            println!("rounds to {t:.2}: {a_name} {x:?}, {b_name} {y:?}");
+            (x, y)
+        })
+        .collect()
+}
 
 fn flat_of(plan: &Plan) -> Plan {
     let mut flat = plan.clone();
@@ -25,6 +51,20 @@ fn five_regions_match_flat_fedavg_and_cut_the_root_traffic_by_the_fan_in() {
     let (h, f) = (tree.final_metrics.accuracy, flat.final_metrics.accuracy);
     println!("47 sites: flat {f:.4}, 5 regions {h:.4}");
     assert!((h - f).abs() <= 0.01, "{h} vs {f}");
+    // Rounds to each accuracy: the tree's global model follows the flat one
+    // round for round while accuracy climbs (each round costs one more hop
+    // each way); near the plateau (0.69) a crossing moves by a round or two.
+    let reached = print_rounds_to(
+        &[0.5, 0.6, 0.65, 0.69],
+        ("flat", &flat),
+        ("5 regions", &tree),
+    );
+    for &(flat_rounds, tree_rounds) in &reached[..3] {
+        let (Some(x), Some(y)) = (flat_rounds, tree_rounds) else {
+            panic!("both reach every target: {flat_rounds:?} {tree_rounds:?}");
+        };
+        assert!(x.abs_diff(y) <= 1, "{x} vs {y}");
+    }
     // One round: the root's mean of regional means is the flat mean (to float rounding).
     let mut one = plan.clone();
     one.federation.rounds = 1;
@@ -127,6 +167,17 @@ fn gossip_over_12_sites_loses_one_midway_and_ends_within_a_point_of_fedavg() {
         topology.consensus_distance.unwrap()
     );
     assert!(own >= fedavg_accuracy - 0.01, "{own} vs {fedavg_accuracy}");
+    // Rounds to each accuracy (FedAvg: its model on all 12 sites' test rows;
+    // gossip: each living site's own model on its own rows, pooled).
+    let reached = print_rounds_to(
+        &[0.7, 0.75, 0.8, 0.83],
+        ("FedAvg", &fedavg),
+        ("gossip", &gossip),
+    );
+    assert!(
+        reached.iter().all(|(f, g)| f.is_some() && g.is_some()),
+        "{reached:?}"
+    );
     assert_eq!(gossip.rounds[40].dropped, 1);
     assert_eq!(gossip.rounds[20].dropped, 0);
     // Nothing reaches a root: sites send only to their neighbours (degree 4).
