@@ -193,6 +193,7 @@ async fn session(
     let beat = client::heartbeat_interval(&welcome);
     let mut up = Upstream {
         name: &config.name,
+        remote: endpoint,
         parent: &mut parent,
         shared: &shared,
         beat,
@@ -207,6 +208,8 @@ async fn session(
 /// The connection to the parent and the federation below.
 struct Upstream<'a> {
     name: &'a str,
+    /// The parent's address (its certificate is checked at every task).
+    remote: &'a client::Remote,
     parent: &'a mut FederationClient<Channel>,
     shared: &'a Shared,
     beat: Option<Duration>,
@@ -306,6 +309,7 @@ impl Upstream<'_> {
             let Some(first) = stream.message().await? else {
                 return Err(Failure::Retry("task stream ended without a task".into()));
             };
+            client::still_trusted(self.remote, "the parent")?;
             let header = match first.part {
                 Some(task::Part::Finished(f)) => {
                     tracing::info!(reason = %f.reason, "the parent's run is over");

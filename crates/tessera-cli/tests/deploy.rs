@@ -688,6 +688,160 @@ fn mutual_tls_refuses_unknown_revoked_and_impersonating_certificates() {
     revoked.kill_9();
 }
 
+/// A site's certificate revoked in the middle of a run: the coordinator
+/// refuses the site's next call on the connection it already has open (the
+/// handshake is long past), audits why, and the run completes on the others.
+#[test]
+fn a_site_revoked_mid_run_is_refused_on_its_open_connection() {
+    let s = Scratch::new("deploy-revoke-mid-run");
+    let ca = |args: &[&str]| {
+        let mut all = vec!["ca", "--dir", "ca"];
+        all.extend_from_slice(args);
+        s.run(&all).ok();
+    };
+    ca(&["init"]);
+    for site in HEART_SITES {
+        ca(&["issue", "--site", site]);
+    }
+    ca(&["issue", "--coordinator", "--host", "127.0.0.1"]);
+    let plan = plan(&s, "fedavg", "quorum = 3");
+    let db = s.path("c.sqlite");
+    let coordinator_tls = s.path("ca/coordinator");
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &db,
+        0,
+        &[
+            "--tls",
+            coordinator_tls.to_str().unwrap(),
+            "--liveness",
+            "1.5",
+            "--report",
+            "dep.json",
+        ],
+    );
+    let url = url.replace("http://", "https://");
+    let mut sites: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| {
+            let dir = s.path(&format!("ca/sites/{site}"));
+            participant(
+                &s.dir,
+                &url,
+                site,
+                &[
+                    "--tls",
+                    dir.to_str().unwrap(),
+                    "--pause-before-update",
+                    "0.3",
+                ],
+            )
+        })
+        .collect();
+    wait_until(LIMIT, "round 2 closed", || {
+        query_i64(&db, "SELECT COUNT(*) FROM rounds WHERE round = 2") == 1
+    });
+    ca(&["revoke", "va"]);
+    let va = HEART_SITES.iter().position(|s| *s == "va").unwrap();
+    assert!(
+        !sites[va].wait(LIMIT).success(),
+        "VA is refused:\n{}",
+        sites[va].log()
+    );
+    assert!(
+        sites[va].log().contains("Revoked"),
+        "VA is told why:\n{}",
+        sites[va].log()
+    );
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for (i, p) in sites.iter_mut().enumerate() {
+        if i != va {
+            assert!(p.wait(LIMIT).success(), "{}", p.log());
+        }
+    }
+    // Refused at a call, by name (a refused handshake is audited as 'connect').
+    let refusals = query_i64(
+        &db,
+        "SELECT COUNT(*) FROM audit WHERE site = 'va' AND action IN ('identity', 'update') \
+         AND outcome = 'rejected' AND detail LIKE '%Revoked%'",
+    );
+    assert!(refusals >= 1, "the refusal is audited: {refusals}");
+    let report = s.json("dep.json");
+    let rounds = report["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 15);
+    assert_eq!(rounds[0]["accepted"], 4, "{}", rounds[0]);
+    assert_eq!(rounds[14]["accepted"], 3, "{}", rounds[14]);
+}
+
+/// The coordinator's certificate revoked in the middle of a run: every site
+/// checks it again at its next task and stops, saying why, instead of
+/// sending more over the connection it opened before.
+#[test]
+fn sites_stop_working_for_a_coordinator_revoked_mid_run() {
+    let s = Scratch::new("deploy-revoke-coordinator");
+    let ca = |args: &[&str]| {
+        let mut all = vec!["ca", "--dir", "ca"];
+        all.extend_from_slice(args);
+        s.run(&all).ok();
+    };
+    ca(&["init"]);
+    for site in HEART_SITES {
+        ca(&["issue", "--site", site]);
+    }
+    ca(&["issue", "--coordinator", "--host", "127.0.0.1"]);
+    let plan = plan(&s, "fedavg", "");
+    let db = s.path("c.sqlite");
+    let coordinator_tls = s.path("ca/coordinator");
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &db,
+        0,
+        &["--tls", coordinator_tls.to_str().unwrap()],
+    );
+    let url = url.replace("http://", "https://");
+    let mut sites: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| {
+            let dir = s.path(&format!("ca/sites/{site}"));
+            participant(
+                &s.dir,
+                &url,
+                site,
+                &[
+                    "--tls",
+                    dir.to_str().unwrap(),
+                    "--pause-before-update",
+                    "0.3",
+                ],
+            )
+        })
+        .collect();
+    wait_until(LIMIT, "round 2 closed", || {
+        query_i64(&db, "SELECT COUNT(*) FROM rounds WHERE round = 2") == 1
+    });
+    ca(&["revoke", "coordinator"]);
+    for p in &mut sites {
+        assert!(
+            !p.wait(LIMIT).success(),
+            "{} must stop:\n{}",
+            p.name,
+            p.log()
+        );
+        let log = p.log();
+        assert!(
+            log.contains("the coordinator's certificate is no longer accepted")
+                && log.contains("Revoked"),
+            "{} says why:\n{log}",
+            p.name
+        );
+    }
+    let closed = query_i64(&db, "SELECT COUNT(*) FROM rounds");
+    assert!(closed < 15, "the run did not go on: {closed} rounds");
+    coordinator.kill_9();
+}
+
 /// A parameter set streams down and back in chunks with each side holding
 /// about one copy: the wire protocol adds buffers, not copies.
 #[test]

@@ -1,7 +1,8 @@
 //! Gossip over gRPC with real processes on 127.0.0.1 (`tessera peer`, no
 //! coordinator): every site's model equals the gossip simulation's; a peer
 //! killed with SIGKILL midway is lost by its neighbours and the rest finish;
-//! mutual TLS from the federation's CA, with an impostor refused.
+//! mutual TLS from the federation's CA, with an impostor and a revoked peer
+//! refused, before the run and midway.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -234,4 +235,63 @@ fn peers_authenticate_each_other_with_the_federation_ca_and_refuse_an_impostor_a
         );
     }
     assert!(procs[2].log().contains("Revoked"), "{}", procs[2].log());
+}
+
+/// A peer's certificate revoked midway: its neighbours stop trusting it on
+/// the connections already open (a call from it is refused; a model fetched
+/// from it over a connection opened before the revocation is not used), lose
+/// it, and finish the run without it; the revoked peer is told why.
+#[test]
+fn a_peer_revoked_midway_is_lost_by_the_others_who_finish() {
+    let s = Scratch::new("gossip-revoke");
+    let ca = |args: &[&str]| {
+        let mut all = vec!["ca", "--dir", "ca"];
+        all.extend_from_slice(args);
+        s.run(&all).ok();
+    };
+    ca(&["init"]);
+    for i in 0..4 {
+        ca(&["issue", "--site", &format!("site{i}")]);
+    }
+    let (plan, data) = setup(&s, 4, "complete", 12);
+    let mut procs = peers(&s, &plan, &data, 4, |i| {
+        vec![
+            "--tls".into(),
+            s.path(&format!("ca/sites/site{i}")).display().to_string(),
+            "--pause-each-round".into(),
+            "0.2".into(),
+        ]
+    });
+    wait_until(LIMIT, "site3's third round", || {
+        procs[3].log().matches("round done").count() >= 3
+    });
+    ca(&["revoke", "site3"]);
+    let status = procs[3].wait(LIMIT);
+    assert!(!status.success(), "site3 must stop:\n{}", procs[3].log());
+    assert!(
+        procs[3].log().contains("Revoked"),
+        "site3 is told why:\n{}",
+        procs[3].log()
+    );
+    for (i, p) in procs.iter_mut().enumerate().take(3) {
+        assert!(p.wait(LIMIT).success(), "site{i}:\n{}", p.log());
+        println!(
+            "site{i}: {}",
+            p.log()
+                .lines()
+                .filter(|l| l.contains("site3") && l.contains("WARN"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    for i in 0..3 {
+        let site = format!("site{i}");
+        let report = s.json(&format!("{site}.json"));
+        assert_eq!(report["rounds"].as_array().unwrap().len(), 12, "{site}");
+        let lost = report["topology"]["lost"]["site3"].as_u64();
+        assert!(
+            lost.is_some_and(|r| (4..=12).contains(&r)),
+            "{site} lost site3 after its revocation: {lost:?}"
+        );
+    }
 }

@@ -13,7 +13,6 @@ mod service;
 mod state;
 pub mod store;
 pub mod telemetry;
-mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -149,7 +148,11 @@ pub async fn serve_shared(
             }
         }
     });
-    let service = FederationServer::new(Service::new(Arc::clone(&shared)))
+    let callers = Arc::new(match &tls {
+        Some(files) => tessera_tls::Callers::new(files.clone()),
+        None => tessera_tls::Callers::insecure(),
+    });
+    let service = FederationServer::new(Service::new(Arc::clone(&shared), callers))
         .max_decoding_message_size(16 << 20)
         .max_encoding_message_size(16 << 20);
     let server = tonic::transport::Server::builder()

@@ -70,24 +70,38 @@ fn refused(refusal: Refusal) -> Status {
     }
 }
 
-/// The site a request speaks for, checked against its client certificate.
-fn caller<T>(shared: &Shared, request: &Request<T>, claimed: &str) -> Result<String, Status> {
-    crate::tls::check_site(request, claimed).map_err(|reason| {
-        shared.with(|f| f.reject_audit(claimed, "identity", &reason));
-        Status::permission_denied(reason)
-    })?;
-    Ok(claimed.to_string())
-}
-
 /// The service.
 pub struct Service {
     shared: Arc<Shared>,
+    callers: Arc<tessera_tls::Callers>,
 }
 
 impl Service {
-    /// A service over `shared`.
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    /// A service over `shared`, its callers checked by `callers`.
+    pub fn new(shared: Arc<Shared>, callers: Arc<tessera_tls::Callers>) -> Self {
+        Self { shared, callers }
+    }
+
+    /// The site a request speaks for, checked against its client
+    /// certificate (which must name it and must not have been revoked since
+    /// the connection opened); a refusal is audited.
+    fn check(
+        &self,
+        certs: Option<&[tonic::transport::CertificateDer<'static>]>,
+        claimed: &str,
+        action: &str,
+    ) -> Result<String, Status> {
+        self.callers.check(certs, claimed).map_err(|reason| {
+            self.shared
+                .with(|f| f.reject_audit(claimed, action, &reason));
+            Status::permission_denied(reason)
+        })?;
+        Ok(claimed.to_string())
+    }
+
+    fn caller<T>(&self, request: &Request<T>, claimed: &str) -> Result<String, Status> {
+        let certs = request.peer_certs();
+        self.check(certs.as_deref().map(Vec::as_slice), claimed, "identity")
     }
 }
 
@@ -96,7 +110,7 @@ type TaskStream = Pin<Box<dyn Stream<Item = Result<pb::Task, Status>> + Send>>;
 #[tonic::async_trait]
 impl FederationService for Service {
     async fn join(&self, request: Request<pb::Hello>) -> Result<Response<pb::Welcome>, Status> {
-        let site = caller(&self.shared, &request, &request.get_ref().site)?;
+        let site = self.caller(&request, &request.get_ref().site)?;
         let hello = request.into_inner();
         let welcome = self
             .shared
@@ -114,7 +128,7 @@ impl FederationService for Service {
         &self,
         request: Request<pb::AgreeRequest>,
     ) -> Result<Response<pb::AgreeReply>, Status> {
-        let site = caller(&self.shared, &request, &request.get_ref().site)?;
+        let site = self.caller(&request, &request.get_ref().site)?;
         let offer = request
             .into_inner()
             .offer
@@ -158,7 +172,7 @@ impl FederationService for Service {
         &self,
         request: Request<pb::TaskRequest>,
     ) -> Result<Response<Self::NextTaskStream>, Status> {
-        let site = caller(&self.shared, &request, &request.get_ref().site)?;
+        let site = self.caller(&request, &request.get_ref().site)?;
         let held = request.get_ref().held_round;
         let shared = Arc::clone(&self.shared);
         let mut changes = shared.subscribe();
@@ -255,17 +269,11 @@ impl FederationService for Service {
         let Some(update_part::Part::Header(header)) = first.part else {
             return Err(Status::invalid_argument("an update starts with its header"));
         };
-        let site = header.site.clone();
-        if let Some(certs) = identity
-            && !certs
-                .first()
-                .is_some_and(|c| tessera_tls::certificate_names_site(c, &site))
-        {
-            let reason = format!("the client certificate does not name site '{site}'");
-            self.shared
-                .with(|f| f.reject_audit(&site, "update", &reason));
-            return Err(Status::permission_denied(reason));
-        }
+        let site = self.check(
+            identity.as_deref().map(Vec::as_slice),
+            &header.site,
+            "update",
+        )?;
         let result = self
             .receive_update(&site, &header, &mut stream, &mut received)
             .await;
@@ -302,7 +310,7 @@ impl FederationService for Service {
         &self,
         request: Request<pb::EvaluationReport>,
     ) -> Result<Response<pb::EvaluationReply>, Status> {
-        let site = caller(&self.shared, &request, &request.get_ref().site)?;
+        let site = self.caller(&request, &request.get_ref().site)?;
         let report = request.into_inner();
         let size = report.encoded_len();
         self.shared
@@ -318,7 +326,7 @@ impl FederationService for Service {
         &self,
         request: Request<pb::SecAggRequest>,
     ) -> Result<Response<pb::SecAggReply>, Status> {
-        let site = caller(&self.shared, &request, &request.get_ref().site)?;
+        let site = self.caller(&request, &request.get_ref().site)?;
         let size = request.get_ref().encoded_len();
         let message = request.into_inner();
         let masked = matches!(message.step, Some(pb::sec_agg_request::Step::Masked(_)));
@@ -344,7 +352,7 @@ impl FederationService for Service {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
-        let site = caller(&self.shared, &request, &request.get_ref().site)?;
+        let site = self.caller(&request, &request.get_ref().site)?;
         let round = request.get_ref().round;
         let keep_going = self
             .shared
@@ -357,7 +365,7 @@ impl FederationService for Service {
         &self,
         request: Request<pb::WithdrawRequest>,
     ) -> Result<Response<pb::WithdrawReply>, Status> {
-        let site = caller(&self.shared, &request, &request.get_ref().site)?;
+        let site = self.caller(&request, &request.get_ref().site)?;
         let pb::WithdrawRequest {
             round,
             reason,

@@ -69,6 +69,26 @@ impl Remote {
             None => self.endpoint.connect().await,
         }
     }
+
+    /// Whether the server's certificate, as presented when the connection
+    /// opened, is still accepted under the TLS folder as it is now (a
+    /// revocation since); the reason when it is not. Always without TLS.
+    pub fn check_server(&self) -> Result<(), String> {
+        match &self.tls {
+            Some(connector) => connector.check_server().map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Stops (a refusal) when `remote`'s certificate was revoked since the
+/// connection opened: nothing more goes to a server no longer trusted.
+pub fn still_trusted(remote: &Remote, what: &str) -> Result<(), Failure> {
+    remote.check_server().map_err(|reason| {
+        Failure::Fatal(ParticipantError::Refused(format!(
+            "{what}'s certificate is no longer accepted: {reason}"
+        )))
+    })
 }
 
 /// The server at `url`, with mutual TLS from `tls` (the server's name in its

@@ -174,6 +174,7 @@ async fn session(
         let Some(first) = stream.message().await? else {
             return Err(Failure::Retry("task stream ended without a task".into()));
         };
+        client::still_trusted(endpoint, "the coordinator")?;
         let header = match first.part {
             Some(task::Part::Finished(f)) => {
                 tracing::info!(reason = %f.reason, "run finished");

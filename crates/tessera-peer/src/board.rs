@@ -113,13 +113,17 @@ impl Board {
 /// The `Gossip` service of one peer.
 pub(crate) struct Service {
     pub board: Arc<Board>,
+    pub callers: tessera_tls::Callers,
 }
 
 impl Service {
-    /// The caller's site, checked against its certificate and the directory.
+    /// The caller's site, checked against its certificate (which must name
+    /// it and must not have been revoked since the connection opened) and
+    /// the directory.
     fn caller<T>(&self, request: &Request<T>, claimed: &str) -> Result<String, Status> {
         let certs = request.peer_certs();
-        tessera_tls::check_site(certs.as_deref().map(Vec::as_slice), claimed)
+        self.callers
+            .check(certs.as_deref().map(Vec::as_slice), claimed)
             .map_err(Status::permission_denied)?;
         if claimed == self.board.identity.site || !self.board.identity.sites.contains(claimed) {
             return Err(Status::permission_denied(format!(

@@ -348,7 +348,11 @@ async fn serve(
     tls: Option<tessera_tls::TlsFiles>,
     stopped: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(), PeerError> {
-    let service = tessera_proto::pb::gossip_server::GossipServer::new(Service { board })
+    let callers = match &tls {
+        Some(files) => tessera_tls::Callers::new(files.clone()),
+        None => tessera_tls::Callers::insecure(),
+    };
+    let service = tessera_proto::pb::gossip_server::GossipServer::new(Service { board, callers })
         .max_decoding_message_size(16 << 20)
         .max_encoding_message_size(16 << 20);
     let server = tonic::transport::Server::builder()
@@ -688,7 +692,15 @@ async fn rounds(
                 let Some(link) = links.get_mut(&name) else {
                     continue;
                 };
-                match fetch(link, &config.site, round, step, &own, config.liveness).await? {
+                let fetched = fetch(link, &config.site, round, step, &own, config.liveness).await?;
+                // A certificate revoked since the connection opened: what
+                // came over it is not used, and the neighbour is lost.
+                if let (Some(_), Err(reason)) = (&fetched, link.endpoint.check_server()) {
+                    tracing::warn!(neighbour = %name, round, step, %reason, "neighbour's certificate no longer accepted; lost for good");
+                    progress.lost.insert(name, round);
+                    continue;
+                }
+                match fetched {
                     Some((m, degree, bytes)) => {
                         *progress.bytes_received.entry(name.clone()).or_default() += bytes;
                         theirs.push((name, m, degree));

@@ -1,10 +1,13 @@
 //! Accepting mutual-TLS connections for a tonic server.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 
-use crate::ServerTls;
+use crate::config::{client_verifier, modified};
+use crate::{ServerTls, TlsFiles};
 
 /// The connections of `listener` that completed a mutual-TLS handshake with
 /// `tls`'s current files. A failed handshake (unknown, expired or revoked
@@ -70,5 +73,69 @@ pub fn check_site(certs: Option<&[CertificateDer<'_>]>, claimed: &str) -> Result
         _ => Err(format!(
             "the client certificate does not name site '{claimed}'"
         )),
+    }
+}
+
+/// Who may make a call: with mutual TLS, the caller's certificate must name
+/// the site it claims ([`check_site`]) and must still be valid under the
+/// folder's CA and revocation list as they are now (read again when
+/// `crl.pem` changes). The handshake checked the certificate when the
+/// connection opened; this checks it again at every call, so a revocation
+/// (or an expiry) reaches connections that were already open.
+pub struct Callers {
+    files: Option<TlsFiles>,
+    verifier: Mutex<Option<Verifier>>,
+}
+
+/// A verifier, and when the revocation list it was built with was modified.
+type Verifier = (Option<SystemTime>, Arc<dyn ClientCertVerifier>);
+
+impl Callers {
+    /// Anyone may speak for any site (the explicit insecure mode).
+    pub fn insecure() -> Self {
+        Self {
+            files: None,
+            verifier: Mutex::new(None),
+        }
+    }
+
+    /// Callers checked against `files` (the server's own folder).
+    pub fn new(files: TlsFiles) -> Self {
+        Self {
+            files: Some(files),
+            verifier: Mutex::new(None),
+        }
+    }
+
+    /// Whether the caller that presented `certs` may speak for `claimed`;
+    /// the reason when it may not.
+    pub fn check(&self, certs: Option<&[CertificateDer<'_>]>, claimed: &str) -> Result<(), String> {
+        let Some(files) = &self.files else {
+            return Ok(());
+        };
+        let Some((end_entity, intermediates)) = certs.and_then(|c| c.split_first()) else {
+            return Err("the caller presented no client certificate".into());
+        };
+        check_site(certs, claimed)?;
+        let verifier = {
+            let mut current = self
+                .verifier
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = modified(&files.crl);
+            match &*current {
+                Some((at, verifier)) if *at == now => Arc::clone(verifier),
+                _ => {
+                    let verifier = client_verifier(files)
+                        .map_err(|e| format!("cannot check the caller's certificate: {e}"))?;
+                    *current = Some((now, Arc::clone(&verifier)));
+                    verifier
+                }
+            }
+        };
+        verifier
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| format!("the client certificate is no longer accepted: {e}"))
     }
 }

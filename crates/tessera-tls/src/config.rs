@@ -109,17 +109,24 @@ impl ServerTls {
     }
 }
 
-fn modified(path: &Path) -> Option<std::time::SystemTime> {
+pub(crate) fn modified(path: &Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The verifier of client certificates: the folder's CA, and its revocation list when it has one.
+pub(crate) fn client_verifier(
+    files: &TlsFiles,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    WebPkiClientVerifier::builder_with_provider(roots(files)?, provider)
+        .with_crls(crls(files)?)
+        .build()
+        .map_err(|e| TlsError::Certificate(e.to_string()))
 }
 
 fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(roots(files)?, Arc::clone(&provider))
-            .with_crls(crls(files)?)
-            .build()
-            .map_err(|e| TlsError::Certificate(e.to_string()))?;
+    let verifier = client_verifier(files)?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -133,17 +140,22 @@ fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
 /// holds one (a revoked server certificate is refused at the handshake).
 pub fn client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        WebPkiServerVerifier::builder_with_provider(roots(files)?, Arc::clone(&provider))
-            .with_crls(crls(files)?)
-            .build()
-            .map_err(|e| TlsError::Certificate(e.to_string()))?;
+    let verifier = server_verifier(files)?;
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_webpki_verifier(verifier)
         .with_client_auth_cert(chain(files)?, private_key(files)?)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+/// The verifier of server certificates: the folder's CA, and its revocation list when it has one.
+pub(crate) fn server_verifier(files: &TlsFiles) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    WebPkiServerVerifier::builder_with_provider(roots(files)?, provider)
+        .with_crls(crls(files)?)
+        .build()
+        .map_err(|e| TlsError::Certificate(e.to_string()))
 }
 
 fn chain(files: &TlsFiles) -> Result<Vec<CertificateDer<'static>>, TlsError> {

@@ -8,16 +8,17 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::config::client_config;
+use crate::config::{client_config, server_verifier};
 use crate::{TlsError, TlsFiles};
 
 /// Connects to a server whose certificate must name `server_name` and chain
@@ -29,6 +30,8 @@ use crate::{TlsError, TlsFiles};
 pub struct Connector {
     files: TlsFiles,
     server_name: ServerName<'static>,
+    /// The chain the server presented at the last handshake.
+    seen: Arc<Mutex<Option<Vec<CertificateDer<'static>>>>>,
 }
 
 impl Connector {
@@ -38,7 +41,37 @@ impl Connector {
         client_config(&files)?;
         let server_name = ServerName::try_from(server_name.to_string())
             .map_err(|e| TlsError::Invalid(format!("'{server_name}' is not a server name: {e}")))?;
-        Ok(Self { files, server_name })
+        Ok(Self {
+            files,
+            server_name,
+            seen: Arc::default(),
+        })
+    }
+
+    /// Checks the certificate the server presented at the last handshake
+    /// against the folder's CA and revocation list as they are now: a
+    /// connection opened before a revocation stays open, and this tells
+    /// the caller not to trust what comes over it. `Ok` before any connection.
+    pub fn check_server(&self) -> Result<(), TlsError> {
+        let chain = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some((end_entity, intermediates)) = chain.as_deref().and_then(|c| c.split_first())
+        else {
+            return Ok(());
+        };
+        server_verifier(&self.files)?
+            .verify_server_cert(
+                end_entity,
+                intermediates,
+                &self.server_name,
+                &[],
+                UnixTime::now(),
+            )
+            .map(|_| ())
+            .map_err(TlsError::from)
     }
 }
 
@@ -57,6 +90,7 @@ impl tower_service::Service<http::Uri> for Connector {
     fn call(&mut self, uri: http::Uri) -> Connecting {
         let files = self.files.clone();
         let server_name = self.server_name.clone();
+        let seen = Arc::clone(&self.seen);
         Box::pin(async move {
             let host = uri
                 .host()
@@ -78,7 +112,51 @@ impl tower_service::Service<http::Uri> for Connector {
                 .connect(server_name, tcp)
                 .await
                 .map_err(io)?;
+            if let Some(chain) = tls.get_ref().1.peer_certificates() {
+                *seen
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(chain.iter().map(|c| c.clone().into_owned()).collect());
+            }
             Ok(TokioIo::new(tls))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+    use tower_service::Service;
+
+    use super::*;
+    use crate::{CaDir, ServerTls, site_dns_name};
+
+    /// A connection made, then the server's certificate revoked: the
+    /// connection is not touched, and `check_server` says it is revoked.
+    #[tokio::test]
+    async fn a_server_revoked_after_the_handshake_is_no_longer_accepted() {
+        let dir = std::env::temp_dir().join(format!("tessera-connect-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut ca = CaDir::init(&dir, "test", 30).unwrap();
+        let client = TlsFiles::in_dir(&ca.issue_site("a", 30).unwrap());
+        let server = TlsFiles::in_dir(&ca.issue_site("b", 30).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut incoming = Box::pin(crate::incoming(
+            listener,
+            ServerTls::load(server).unwrap(),
+            |_, _| {},
+        ));
+        let mut connector = Connector::new(client, &site_dns_name("b").unwrap()).unwrap();
+        connector.check_server().unwrap();
+        let uri: http::Uri = format!("http://{address}").parse().unwrap();
+        let (connected, accepted) = tokio::join!(connector.call(uri), incoming.next());
+        connected.unwrap();
+        accepted.unwrap().unwrap();
+        connector.check_server().unwrap();
+        ca.revoke("b").unwrap();
+        let err = connector.check_server().unwrap_err().to_string();
+        assert!(err.contains("Revoked"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

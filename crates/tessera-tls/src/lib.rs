@@ -22,7 +22,7 @@ mod ca;
 mod config;
 mod connect;
 
-pub use accept::{check_site, incoming};
+pub use accept::{Callers, check_site, incoming};
 pub use ca::{CaDir, Issued, IssuedKind};
 pub use config::{ServerTls, TlsFiles, certificate_names_site, client_config, site_dns_name};
 pub use connect::Connector;
@@ -67,6 +67,9 @@ pub(crate) fn read(path: &std::path::Path) -> Result<String, TlsError> {
     })
 }
 
+/// Writes `path` whole or not at all (a temporary file renamed over it), so
+/// that a server reloading it (`crl.pem`) never reads half a file; `secret`
+/// files are readable by their owner only, from the start.
 pub(crate) fn write(path: &std::path::Path, contents: &str, secret: bool) -> Result<(), TlsError> {
     let io = |source| TlsError::Io {
         path: path.display().to_string(),
@@ -75,13 +78,19 @@ pub(crate) fn write(path: &std::path::Path, contents: &str, secret: bool) -> Res
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    std::fs::write(path, contents).map_err(io)?;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", std::process::id()));
+    let temporary = path.with_file_name(name);
+    let _ = std::fs::remove_file(&temporary);
+    std::fs::write(&temporary, "").map_err(io)?;
     #[cfg(unix)]
     if secret {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
     }
     #[cfg(not(unix))]
     let _ = secret;
+    std::fs::write(&temporary, contents).map_err(io)?;
+    std::fs::rename(&temporary, path).map_err(io)?;
     Ok(())
 }
