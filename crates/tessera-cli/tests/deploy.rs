@@ -688,12 +688,14 @@ fn mutual_tls_refuses_unknown_revoked_and_impersonating_certificates() {
     revoked.kill_9();
 }
 
-/// A site's certificate revoked in the middle of a run: the coordinator
-/// refuses the site's next call on the connection it already has open (the
-/// handshake is long past), audits why, and the run completes on the others.
-#[test]
-fn a_site_revoked_mid_run_is_refused_on_its_open_connection() {
-    let s = Scratch::new("deploy-revoke-mid-run");
+/// A federation under mutual TLS: a CA in `ca/` with the four sites and the
+/// coordinator, the coordinator (with `coordinator_extra`), and the four
+/// sites, each pausing 0.3 s before its update; returns them once round 2
+/// has closed, with `ca` to run `tessera ca --dir ca ...`.
+fn tls_run_at_round_2(
+    s: &Scratch,
+    coordinator_extra: &[&str],
+) -> (Proc, Vec<Proc>, std::path::PathBuf, impl Fn(&[&str])) {
     let ca = |args: &[&str]| {
         let mut all = vec!["ca", "--dir", "ca"];
         all.extend_from_slice(args);
@@ -704,44 +706,40 @@ fn a_site_revoked_mid_run_is_refused_on_its_open_connection() {
         ca(&["issue", "--site", site]);
     }
     ca(&["issue", "--coordinator", "--host", "127.0.0.1"]);
-    let plan = plan(&s, "fedavg", "quorum = 3");
+    let plan = plan(s, "fedavg", "quorum = 3");
     let db = s.path("c.sqlite");
     let coordinator_tls = s.path("ca/coordinator");
-    let (mut coordinator, url) = coordinator(
-        &s.dir,
-        &plan,
-        &db,
-        0,
-        &[
-            "--tls",
-            coordinator_tls.to_str().unwrap(),
-            "--liveness",
-            "1.5",
-            "--report",
-            "dep.json",
-        ],
-    );
+    let mut args = vec!["--tls", coordinator_tls.to_str().unwrap()];
+    args.extend_from_slice(coordinator_extra);
+    let (coordinator, url) = coordinator(&s.dir, &plan, &db, 0, &args);
     let url = url.replace("http://", "https://");
-    let mut sites: Vec<Proc> = HEART_SITES
+    let sites: Vec<Proc> = HEART_SITES
         .iter()
         .map(|site| {
             let dir = s.path(&format!("ca/sites/{site}"));
+            let tls = ["--tls", dir.to_str().unwrap()];
             participant(
                 &s.dir,
                 &url,
                 site,
-                &[
-                    "--tls",
-                    dir.to_str().unwrap(),
-                    "--pause-before-update",
-                    "0.3",
-                ],
+                &[&tls[..], &["--pause-before-update", "0.3"]].concat(),
             )
         })
         .collect();
     wait_until(LIMIT, "round 2 closed", || {
         query_i64(&db, "SELECT COUNT(*) FROM rounds WHERE round = 2") == 1
     });
+    (coordinator, sites, db, ca)
+}
+
+/// A site's certificate revoked in the middle of a run: the coordinator
+/// refuses the site's next call on the connection it already has open (the
+/// handshake is long past), audits why, and the run completes on the others.
+#[test]
+fn a_site_revoked_mid_run_is_refused_on_its_open_connection() {
+    let s = Scratch::new("deploy-revoke-mid-run");
+    let (mut coordinator, mut sites, db, ca) =
+        tls_run_at_round_2(&s, &["--liveness", "1.5", "--report", "dep.json"]);
     ca(&["revoke", "va"]);
     let va = HEART_SITES.iter().position(|s| *s == "va").unwrap();
     assert!(
@@ -780,47 +778,7 @@ fn a_site_revoked_mid_run_is_refused_on_its_open_connection() {
 #[test]
 fn sites_stop_working_for_a_coordinator_revoked_mid_run() {
     let s = Scratch::new("deploy-revoke-coordinator");
-    let ca = |args: &[&str]| {
-        let mut all = vec!["ca", "--dir", "ca"];
-        all.extend_from_slice(args);
-        s.run(&all).ok();
-    };
-    ca(&["init"]);
-    for site in HEART_SITES {
-        ca(&["issue", "--site", site]);
-    }
-    ca(&["issue", "--coordinator", "--host", "127.0.0.1"]);
-    let plan = plan(&s, "fedavg", "");
-    let db = s.path("c.sqlite");
-    let coordinator_tls = s.path("ca/coordinator");
-    let (mut coordinator, url) = coordinator(
-        &s.dir,
-        &plan,
-        &db,
-        0,
-        &["--tls", coordinator_tls.to_str().unwrap()],
-    );
-    let url = url.replace("http://", "https://");
-    let mut sites: Vec<Proc> = HEART_SITES
-        .iter()
-        .map(|site| {
-            let dir = s.path(&format!("ca/sites/{site}"));
-            participant(
-                &s.dir,
-                &url,
-                site,
-                &[
-                    "--tls",
-                    dir.to_str().unwrap(),
-                    "--pause-before-update",
-                    "0.3",
-                ],
-            )
-        })
-        .collect();
-    wait_until(LIMIT, "round 2 closed", || {
-        query_i64(&db, "SELECT COUNT(*) FROM rounds WHERE round = 2") == 1
-    });
+    let (mut coordinator, mut sites, db, ca) = tls_run_at_round_2(&s, &[]);
     ca(&["revoke", "coordinator"]);
     for p in &mut sites {
         assert!(
