@@ -11,7 +11,6 @@ use tessera_proto::{
     Assembler, CAPABILITIES, CHUNK_BYTES, Limits, MAJOR, MINOR, chunks, layout_of,
 };
 use tonic::transport::{Channel, Endpoint};
-
 use tonic::{Code, Status};
 
 use crate::ParticipantError;

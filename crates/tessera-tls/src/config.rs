@@ -58,11 +58,6 @@ impl TlsFiles {
             crl: dir.join("crl.pem"),
         }
     }
-
-    /// Reads `(cert, key, ca)` as PEM text, for clients.
-    pub fn read_client(&self) -> Result<(String, String, String), TlsError> {
-        Ok((read(&self.cert)?, read(&self.key)?, read(&self.ca)?))
-    }
 }
 
 fn certificates(pem: &str, what: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
