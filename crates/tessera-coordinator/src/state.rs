@@ -308,7 +308,7 @@ impl Federation {
             }),
         };
         if federation.plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
-            let mut ledger = tessera_privacy::Ledger::new(federation.plan.privacy.budgets());
+            let mut ledger = federation.plan.privacy.ledger();
             for row in federation.store.privacy_ledger(&federation.run.id)? {
                 ledger
                     .restore(row.entry)
@@ -329,7 +329,7 @@ impl Federation {
         run: &str,
     ) -> Result<[u8; 32], CoordinatorError> {
         let rows = store.privacy_ledger(run)?;
-        let mut ledger = tessera_privacy::Ledger::new(plan.privacy.budgets());
+        let mut ledger = plan.privacy.ledger();
         for row in &rows {
             ledger
                 .restore(row.entry.clone())

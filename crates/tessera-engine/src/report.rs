@@ -387,6 +387,9 @@ pub struct PrivacyReport {
     pub clip_norm: f64,
     /// Whether the clipping norm adapted.
     pub adaptive_clipping: bool,
+    /// The accountant that gave the epsilons: `rdp` or `pld`.
+    #[serde(default = "rdp")]
+    pub accountant: String,
     /// Epsilon spent by the run, from the ledger.
     pub epsilon: f64,
     /// The delta of that epsilon.
@@ -395,6 +398,17 @@ pub struct PrivacyReport {
     pub budget: Option<f64>,
     /// Every release.
     pub ledger: Vec<tessera_privacy::LedgerEntry>,
+}
+
+fn rdp() -> String {
+    "rdp".into()
+}
+
+fn accountant_name(ledger: &tessera_privacy::Ledger) -> String {
+    match ledger.accountant() {
+        tessera_privacy::AccountantKind::Rdp => "rdp".into(),
+        tessera_privacy::AccountantKind::Pld => "pld".into(),
+    }
 }
 
 impl PrivacyReport {
@@ -411,6 +425,7 @@ impl PrivacyReport {
             update_noise_multiplier: noise_multiplier,
             clip_norm: config.clip_norm,
             adaptive_clipping: false,
+            accountant: accountant_name(ledger),
             epsilon: ledger.run_epsilon(),
             delta: ledger.budgets().delta,
             budget: ledger.budgets().run,
@@ -430,6 +445,7 @@ impl PrivacyReport {
             update_noise_multiplier: dp.delta_noise_multiplier(),
             clip_norm: config.clip_norm,
             adaptive_clipping: config.adaptive_clipping.is_some(),
+            accountant: accountant_name(ledger),
             epsilon: ledger.run_epsilon(),
             delta: ledger.budgets().delta,
             budget: ledger.budgets().run,

@@ -443,7 +443,7 @@ async fn prepare(
                     .saturating_mul(u64::from(plan.federation.rounds)),
                 ..event
             };
-            tessera_privacy::Ledger::new(plan.privacy.budgets())
+            plan.privacy.ledger()
                 .check(
                     &format!("the plan's {} rounds of DP-SGD", plan.federation.rounds),
                     &[],
