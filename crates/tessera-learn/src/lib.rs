@@ -20,6 +20,7 @@ mod fit;
 mod metrics;
 mod network;
 mod optim;
+mod summable;
 
 pub use config::{
     Init, ModelConfig, ModelKind, OptimizerConfig, OptimizerKind, Schedule, TrainingConfig,
@@ -29,6 +30,7 @@ pub use fit::{LocalDp, LocalPlan};
 pub use metrics::{Evaluation, HISTOGRAM_BINS, ScoreHistogram, accuracy, auc, log_loss_binary};
 pub use network::Network;
 pub use optim::Optimizer;
+pub use summable::{MAX_SITES, SUMMABLE_LEN, SummedEvaluation, decode_summable, encode_summable};
 
 use tessera_core::{FitStats, ParameterSet, SeededRng};
 use tessera_data::Dataset;

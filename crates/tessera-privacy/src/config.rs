@@ -67,6 +67,26 @@ pub struct PrivacyConfig {
     /// so the same epsilon allows less noise).
     #[serde(default)]
     pub accountant: AccountantKind,
+    /// What the coordinator may learn of each site's evaluations: `clear`
+    /// (each site's counts, loss and score histogram, as before) or
+    /// `aggregate-only` (only their sums across sites, through a secure
+    /// aggregation round of their own; needs at least three sites).
+    #[serde(default)]
+    pub site_metrics: SiteMetrics,
+}
+
+/// What the coordinator may learn of each site's evaluations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SiteMetrics {
+    /// Each site's evaluation reaches the coordinator (its database and
+    /// report hold per-site metrics).
+    #[default]
+    Clear,
+    /// Sites mask their evaluations; the coordinator unmasks only the sum
+    /// across sites (pooled counts, loss, score histogram, and the mean of
+    /// the sites' accuracies).
+    AggregateOnly,
 }
 
 fn default_delta() -> f64 {
@@ -88,6 +108,7 @@ impl Default for PrivacyConfig {
             budget: None,
             participant_budgets: BTreeMap::new(),
             accountant: AccountantKind::default(),
+            site_metrics: SiteMetrics::default(),
         }
     }
 }

@@ -28,7 +28,7 @@ pub use accountant::{
     calibrate_noise_multiplier_with, epsilon_of, epsilon_with,
 };
 pub use central::{AdaptiveClipping, CentralDp, CentralRelease, clip_to_norm};
-pub use config::{PrivacyConfig, PrivacyMode};
+pub use config::{PrivacyConfig, PrivacyMode, SiteMetrics};
 pub use error::PrivacyError;
 pub use ledger::{Budgets, Ledger, LedgerEntry};
 pub use noise::GaussianNoise;
