@@ -1117,7 +1117,7 @@ fn local_dp_sgd_in_deployment_fills_the_ledger_per_participant() {
 fn secure_aggregation_over_grpc_equals_simulation_bit_for_bit() {
     let s = Scratch::new("deploy-secagg");
     let plan = plan_with(&s, "secure", "[secure_aggregation]\nenabled = true\n");
-    let expected = simulated_model(&s, &plan, "sim.model");
+    let (simulated, expected) = s.simulate(&plan, "sim.model");
     let (mut coordinator, mut participants) =
         run_federation(&s, &plan, "secure.sqlite", "dep.model");
     assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
@@ -1136,6 +1136,38 @@ fn secure_aggregation_over_grpc_equals_simulation_bit_for_bit() {
         15
     );
     assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM updates"), 0);
+    // Example counts, train losses and step counts travel inside the masked
+    // vectors: each round's train loss is the simulation's, and it is the
+    // mean of 4 losses in 2^-16 fixed point (decoded from the masked sum of
+    // their limbs), so 4 x 2^16 times it is a whole number.
+    let report = s.json("dep.model.json");
+    let rounds = report["rounds"].as_array().unwrap();
+    let simulated = simulated["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 15);
+    for (r, sim) in rounds.iter().zip(simulated) {
+        let loss = r["train_loss"].as_f64().unwrap();
+        assert_eq!(r["train_loss"], sim["train_loss"], "round {}", r["round"]);
+        assert!(loss > 0.0, "round {}: {loss}", r["round"]);
+        let scaled = loss * 4.0 * 65_536.0;
+        assert_eq!(scaled, scaled.trunc(), "round {}: {loss}", r["round"]);
+    }
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM round_aggregates WHERE n_updates = 4 AND n_examples > 0
+             AND mean_train_loss * 262144.0 = CAST(mean_train_loss * 262144.0 AS INTEGER)"
+        ),
+        15
+    );
+    // Nothing per site anywhere in the coordinator's records: no update
+    // rows (above), and no loss or example count in the audit log.
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM audit WHERE detail LIKE '%loss%' OR detail LIKE '%example%'"
+        ),
+        0
+    );
 }
 
 /// Secure aggregation under mutual TLS: every key advertisement and every

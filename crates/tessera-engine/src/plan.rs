@@ -402,6 +402,15 @@ impl Plan {
         compression
             .validate()
             .map_err(|e| PlanError::Invalid(format!("compression: {e}")))?;
+        if self.privacy.site_metrics == tessera_privacy::SiteMetrics::AggregateOnly
+            && f.mode == Mode::Async
+        {
+            return invalid(
+                "site_metrics = \"aggregate-only\" is implemented for synchronous rounds; use \
+                 mode = \"sync\" or site_metrics = \"clear\""
+                    .into(),
+            );
+        }
         if compression.is_active() && f.mode == Mode::Async {
             return invalid(
                 "compression is implemented for synchronous rounds; use mode = \"sync\" or \
@@ -460,6 +469,10 @@ impl Plan {
                 (
                     self.federation.strategy == StrategyKind::Scaffold,
                     "scaffold",
+                ),
+                (
+                    self.privacy.site_metrics == tessera_privacy::SiteMetrics::AggregateOnly,
+                    "site_metrics = \"aggregate-only\"",
                 ),
             ];
             if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {

@@ -287,19 +287,84 @@ pub fn mean_site_accuracy<'a>(evaluations: impl IntoIterator<Item = &'a Evaluati
     if count == 0 { 0.0 } else { sum / count as f64 }
 }
 
+/// What a report shows of the sites' evaluations of one model: the pooled
+/// evaluation and the mean of the sites' accuracies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvaluationView {
+    /// Counts, loss and score histogram over every site's test rows.
+    pub pooled: Evaluation,
+    /// Unweighted mean accuracy over the sites with test rows.
+    pub mean_site_accuracy: f64,
+}
+
+impl EvaluationView {
+    /// From each site's evaluation (`site_metrics = "clear"`).
+    pub fn clear(evaluations: &[Evaluation]) -> Self {
+        Self {
+            pooled: Evaluation::pool(evaluations),
+            mean_site_accuracy: mean_site_accuracy(evaluations),
+        }
+    }
+
+    /// From the unmasked sum of the sites' summable evaluations
+    /// (`site_metrics = "aggregate-only"` in deployment).
+    pub fn summed(summed: &tessera_learn::SummedEvaluation) -> Self {
+        Self {
+            pooled: summed.pooled.clone(),
+            mean_site_accuracy: summed.mean_site_accuracy,
+        }
+    }
+
+    /// What a coordinator unmasks under `aggregate-only` from these sites'
+    /// evaluations: the sum of their summable encodings, decoded (fixed
+    /// point to 2^-16 in the loss and accuracies), so that a simulation
+    /// reports the numbers its deployment would.
+    pub fn aggregate_only(evaluations: &[Evaluation]) -> Result<Self, String> {
+        let mut sum = vec![0u32; tessera_learn::SUMMABLE_LEN];
+        for e in evaluations {
+            for (s, v) in sum.iter_mut().zip(tessera_learn::encode_summable(e)) {
+                *s = s.wrapping_add(v);
+            }
+        }
+        tessera_learn::decode_summable(&sum, evaluations.len()).map(|s| Self::summed(&s))
+    }
+
+    /// As the plan's `site_metrics` lets the coordinator see them.
+    pub fn of(
+        site_metrics: tessera_privacy::SiteMetrics,
+        evaluations: &[Evaluation],
+    ) -> Result<Self, String> {
+        match site_metrics {
+            tessera_privacy::SiteMetrics::Clear => Ok(Self::clear(evaluations)),
+            tessera_privacy::SiteMetrics::AggregateOnly => Self::aggregate_only(evaluations),
+        }
+    }
+}
+
 /// The final model's metrics from each site's evaluation.
 pub fn final_metrics(names: &[&str], evaluations: &[Evaluation]) -> FinalMetrics {
-    let pooled = Evaluation::pool(evaluations);
-    FinalMetrics {
-        accuracy: pooled.accuracy(),
-        mean_site_accuracy: mean_site_accuracy(evaluations),
-        auc: pooled.auc,
-        loss: pooled.mean_loss(),
-        per_site: names
+    final_metrics_view(
+        &EvaluationView::clear(evaluations),
+        names
             .iter()
             .zip(evaluations)
             .map(|(n, e)| (n.to_string(), site_metrics(e)))
             .collect(),
+    )
+}
+
+/// The final model's metrics from what the coordinator saw, with `per_site`
+/// (empty when it saw only sums).
+pub fn final_metrics_view(
+    view: &EvaluationView,
+    per_site: BTreeMap<String, SiteMetrics>,
+) -> FinalMetrics {
+    FinalMetrics {
+        accuracy: view.pooled.accuracy(),
+        mean_site_accuracy: view.mean_site_accuracy,
+        auc: view.pooled.auc,
+        loss: view.pooled.mean_loss(),
+        per_site,
     }
 }
 
@@ -311,7 +376,25 @@ pub fn round_record(
     bytes_up: u64,
     bytes_down: u64,
 ) -> RoundRecord {
-    let pooled = Evaluation::pool(evaluations);
+    round_record_view(
+        outcome,
+        &EvaluationView::clear(evaluations),
+        seconds,
+        bytes_up,
+        bytes_down,
+    )
+}
+
+/// A round's line of the report from what the coordinator saw of the
+/// sites' evaluations.
+pub fn round_record_view(
+    outcome: &RoundOutcome,
+    view: &EvaluationView,
+    seconds: f64,
+    bytes_up: u64,
+    bytes_down: u64,
+) -> RoundRecord {
+    let pooled = &view.pooled;
     RoundRecord {
         round: outcome.round,
         status: match &outcome.status {
@@ -323,7 +406,7 @@ pub fn round_record(
         },
         accuracy: pooled.accuracy(),
         loss: pooled.mean_loss(),
-        mean_site_accuracy: mean_site_accuracy(evaluations),
+        mean_site_accuracy: view.mean_site_accuracy,
         auc: pooled.auc,
         train_loss: outcome.mean_train_loss,
         accepted: outcome.accepted.len(),

@@ -535,14 +535,16 @@ impl tessera_secagg::Verifier for CertDirectory {
 }
 
 /// Sends `update` as `site` through a SecAgg+ round of `plan`'s run: the
-/// federation learns only the cohort's sum. `key_ring` holds the site's key
-/// pairs between rounds (the mask key is replaced after every round);
-/// `identity` signs and checks the protocol's messages; `pause` is fault
-/// injection (a site that goes quiet after sharing its keys). The reply says
-/// whether this site's input counted. Parameters that do not follow from the
-/// plan, keys a neighbour did not sign and a coordinator that shows
-/// participants different views of the round end the round for this site
-/// with the reason, before it reveals anything.
+/// federation learns only the cohort's sum, of the update and of its example
+/// count, train loss and step count alike (they are masked with it, not sent
+/// in the clear). `key_ring` holds the site's key pairs between rounds (the
+/// mask key is replaced after every round); `identity` signs and checks the
+/// protocol's messages; `pause` is fault injection (a site that goes quiet
+/// after sharing its keys). The reply says whether this site's input
+/// counted. Parameters that do not follow from the plan, keys a neighbour did
+/// not sign and a coordinator that shows participants different views of the
+/// round end the round for this site with the reason, before it reveals
+/// anything.
 #[allow(clippy::too_many_arguments)]
 pub async fn secure_submit(
     client: &mut FederationClient<Channel>,
@@ -606,7 +608,9 @@ pub async fn secure_submit(
         dimension: p.dimension as usize,
         range: p.range,
     };
-    // What this site will mask, and the parameters the plan gives for it.
+    // What this site will mask (the update, then its metadata: see
+    // `tessera_secagg::encode_metadata`), and the parameters the plan gives
+    // for it.
     let values: Vec<f32> = update.delta.values().collect();
     let input: Vec<f32> = match plan.secure_coordinates(round, values.len()) {
         Some(kept) => kept.iter().map(|&i| values[i]).collect(),
@@ -622,7 +626,7 @@ pub async fn secure_submit(
             round,
             id: p.id,
             graph_seed: plan.secagg_graph_seed(round),
-            dimension: input.len(),
+            dimension: tessera_secagg::masked_dimension(input.len()),
             min_cohort: plan.federation.min_participants,
         })
         .map_err(|e| refuse(e.to_string()))?;
@@ -682,16 +686,23 @@ pub async fn secure_submit(
             return Ok(false);
         };
         let mine: Vec<(u32, Vec<u8>)> = mine.shares.into_iter().map(|s| (s.peer, s.data)).collect();
+        let metadata = tessera_secagg::Metadata {
+            n_examples: update.n_examples,
+            train_loss: update.stats.mean_train_loss,
+            n_steps: update.stats.n_steps,
+        };
         let masked = me
-            .masked_input(&mine, &input)
+            .masked_update(&mine, &input, &metadata)
             .map_err(|e| bad(&e.to_string()))?;
         // Fault injection: a site that goes quiet after sharing its keys.
         tokio::time::sleep(pause).await;
+        // Since 1.5 the example count, loss and steps are inside the masked
+        // vector; the clear fields stay zero.
         call(Step::Masked(pb::SecAggMasked {
             values: masked.values,
-            n_examples: update.n_examples,
-            mean_train_loss: update.stats.mean_train_loss,
-            n_steps: update.stats.n_steps,
+            n_examples: 0,
+            mean_train_loss: 0.0,
+            n_steps: 0,
         }))
         .await?;
         let Some(State::Unmask(request)) = wait_for!(4) else {

@@ -17,7 +17,11 @@
 //!    `Z_2^32` (clipping range `[-R, R]`, `32 - ceil(log2 n)` bits, so that
 //!    the sum of `n` values never wraps) and adds a ChaCha20 self mask from
 //!    `b` and, per neighbour, a pairwise mask from the `s` agreement (added
-//!    for one of the pair, subtracted for the other).
+//!    for one of the pair, subtracted for the other). An update's training
+//!    metadata (example count, train loss, step count) is appended to the
+//!    quantised vector as 16-bit limbs before masking
+//!    ([`Client::masked_update`], [`encode_metadata`]), so that the server
+//!    learns only the survivors' sums of it too ([`split_sum`]).
 //! 4. **Consistency check.** The server names the survivors and the
 //!    dropped; each survivor signs that view (Bonawitz et al. 2017, active
 //!    variant).
@@ -64,6 +68,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 #[cfg(test)]
 mod attacks;
+mod metadata;
+
+pub use metadata::{
+    MAX_LOSS, MAX_SUMMANDS, METADATA_LEN, Metadata, MetadataSum, decode_metadata_sum,
+    encode_metadata, loss_code, masked_dimension,
+};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
@@ -836,6 +846,30 @@ pub fn dequantize_sum(sum: &[u32], count: usize, params: &RoundParams) -> Vec<f6
     sum.iter().map(|&s| f64::from(s) * step - offset).collect()
 }
 
+/// Splits the sum of a round's masked updates ([`Server::finish`] of
+/// inputs from [`Client::masked_update`]) into the real-valued sum of the
+/// `count` survivors' updates and the sums of their metadata. Refuses a sum
+/// of another length than the round's dimension, or one too short to hold
+/// the metadata.
+pub fn split_sum(
+    sum: &[u32],
+    count: usize,
+    params: &RoundParams,
+) -> Result<(Vec<f64>, MetadataSum), SecAggError> {
+    if sum.len() != params.dimension || sum.len() < METADATA_LEN {
+        return Err(SecAggError::Config(format!(
+            "a sum of {} values, the round has {} (the update and {METADATA_LEN} of metadata)",
+            sum.len(),
+            params.dimension
+        )));
+    }
+    let (update, meta) = sum.split_at(sum.len() - METADATA_LEN);
+    Ok((
+        dequantize_sum(update, count, params),
+        decode_metadata_sum(meta, count)?,
+    ))
+}
+
 /// A participant's side of a round.
 pub struct Client {
     id: u32,
@@ -1015,7 +1049,9 @@ impl Client {
 
     /// Stage 3: takes the shares addressed to this participant (the server
     /// relays them; their senders are the neighbours who completed stage 2)
-    /// and returns the masked, quantised `input`.
+    /// and returns the masked, quantised `input` (of the round's full
+    /// dimension; see [`Client::masked_update`] for an update with its
+    /// metadata).
     pub fn masked_input(
         &mut self,
         shares: &[(u32, Vec<u8>)],
@@ -1025,6 +1061,55 @@ impl Client {
             return Err(SecAggError::Config(format!(
                 "input has {} values, the round {}",
                 input.len(),
+                self.params.dimension
+            )));
+        }
+        let values = quantize(input, &self.params);
+        self.masked_values(shares, values)
+    }
+
+    /// Stage 3 for an update and its training metadata: quantises `update`
+    /// (the round's dimension less [`METADATA_LEN`] values), appends the
+    /// encoded `metadata` ([`encode_metadata`]) and masks the whole, so that
+    /// the server learns only the survivors' sums of both
+    /// ([`split_sum`]).
+    pub fn masked_update(
+        &mut self,
+        shares: &[(u32, Vec<u8>)],
+        update: &[f32],
+        metadata: &Metadata,
+    ) -> Result<MaskedInput, SecAggError> {
+        if masked_dimension(update.len()) != self.params.dimension {
+            return Err(SecAggError::Config(format!(
+                "an update of {} values and {METADATA_LEN} of metadata, the round has {}",
+                update.len(),
+                self.params.dimension
+            )));
+        }
+        if self.params.participants.len() > MAX_SUMMANDS {
+            return Err(SecAggError::Config(format!(
+                "{} participants: the metadata of at most {MAX_SUMMANDS} sums exactly",
+                self.params.participants.len()
+            )));
+        }
+        let mut values = quantize(update, &self.params);
+        values.extend_from_slice(&encode_metadata(metadata));
+        self.masked_values(shares, values)
+    }
+
+    /// Stage 3 for raw values of `Z_2^32` (exactly the round's dimension):
+    /// takes the shares addressed to this participant and returns `values`
+    /// masked. The caller answers for their range: the server's sum wraps
+    /// modulo `2^32`.
+    pub fn masked_values(
+        &mut self,
+        shares: &[(u32, Vec<u8>)],
+        mut values: Vec<u32>,
+    ) -> Result<MaskedInput, SecAggError> {
+        if values.len() != self.params.dimension {
+            return Err(SecAggError::Config(format!(
+                "{} values to mask, the round has {}",
+                values.len(),
                 self.params.dimension
             )));
         }
@@ -1060,7 +1145,6 @@ impl Client {
             let s = plain.get(4 + len..).ok_or_else(bad)?.to_vec();
             self.held.insert(*from, (b, s));
         }
-        let mut values = quantize(input, &self.params);
         add_mask(&mut values, self.seed, true);
         for (peer, (_, seed)) in &self.agreed {
             if !self.held.contains_key(peer) {

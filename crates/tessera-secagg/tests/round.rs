@@ -10,8 +10,9 @@ use rand_chacha::rand_core::{Rng, SeedableRng};
 use std::sync::OnceLock;
 
 use tessera_secagg::{
-    Client, Ed25519Directory, Ed25519Signer, MaskedInput, RoundParams, SecAggError, Server,
-    UnmaskRequest, quantize,
+    Client, Ed25519Directory, Ed25519Signer, MAX_LOSS, METADATA_LEN, MaskedInput, Metadata,
+    RoundParams, SecAggError, Server, UnmaskRequest, loss_code, masked_dimension, quantize,
+    split_sum,
 };
 
 /// Participant `id`'s identity key.
@@ -169,6 +170,141 @@ fn forty_seven_participants_thirty_percent_dropping_recover_the_exact_sum() {
         "{count} survivors: worst error {worst:.3e}, bound {bound:.3e} (step {:.3e}, {} bits)",
         params.step(),
         params.bits()
+    );
+}
+
+/// The metadata inside the masked vectors: 47 participants, one dropping
+/// before it shares keys, 14 (30%) after sharing and before masking, one
+/// after masking and before unmasking; the decoded sums equal the plain sums
+/// of the survivors' example counts, fixed-point losses and step counts, and
+/// the update part is the quantised sum as before.
+#[test]
+fn metadata_sums_of_forty_seven_participants_with_dropouts_equal_the_plain_sums() {
+    let (n, dim) = (47u32, 300usize);
+    let ids: Vec<u32> = (0..n).map(|i| 100 + i).collect();
+    let params = RoundParams::new(5, &ids, [9; 32], masked_dimension(dim), 1.0).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let updates: Vec<Vec<f32>> = ids
+        .iter()
+        .map(|_| {
+            (0..dim)
+                .map(|_| (rng.next_u32() as f64 / u32::MAX as f64 * 2.0 - 1.0) as f32)
+                .collect()
+        })
+        .collect();
+    // Counts up to 2^48 and losses across the range, some clamped.
+    let metas: Vec<Metadata> = ids
+        .iter()
+        .map(|&id| Metadata {
+            n_examples: match id % 3 {
+                0 => u64::from(rng.next_u32() % 5_000) + 1,
+                1 => (1 << 48) - u64::from(rng.next_u32()),
+                _ => u64::from(rng.next_u32()) << 8,
+            },
+            train_loss: match id % 5 {
+                0 => -0.25,
+                1 => 70_000.0,
+                _ => f64::from(rng.next_u32()) / f64::from(u32::MAX) * 3.0,
+            },
+            n_steps: u64::from(rng.next_u32() % 1_000) + (u64::from(id) << 33),
+        })
+        .collect();
+    let before_shares = [110u32];
+    let before_masked: Vec<u32> = (0..14).map(|i| 100 + 3 * i + 2).collect();
+    let before_unmask = [146u32];
+    let mut server = Server::new(params.clone()).unwrap();
+    let mut clients = Vec::new();
+    for &id in &ids {
+        let (client, keys) = Client::new(id, params.clone(), seed(id, 4), &signer(id)).unwrap();
+        server.receive_keys(keys).unwrap();
+        clients.push(client);
+    }
+    for (id, client) in ids.iter().zip(clients.iter_mut()) {
+        if !before_shares.contains(id) {
+            let shares = client
+                .share_keys(&server.keys_for(*id), directory())
+                .unwrap();
+            server.receive_shares(shares).unwrap();
+        }
+    }
+    for (i, (id, client)) in ids.iter().zip(clients.iter_mut()).enumerate() {
+        if before_shares.contains(id) || before_masked.contains(id) {
+            continue;
+        }
+        // The wrong length is refused with the reason, not a panic.
+        let e = client
+            .masked_update(&server.shares_for(*id), &updates[i][1..], &metas[i])
+            .unwrap_err();
+        assert!(e.to_string().contains("10 of metadata"), "{e}");
+        let m = client
+            .masked_update(&server.shares_for(*id), &updates[i], &metas[i])
+            .unwrap();
+        assert_eq!(m.values.len(), dim + METADATA_LEN);
+        server.receive_masked(m).unwrap();
+    }
+    let request = server.unmask_request();
+    let mut answering: Vec<(u32, &mut Client)> = ids
+        .iter()
+        .copied()
+        .zip(clients.iter_mut())
+        .filter(|(id, _)| {
+            !before_shares.contains(id)
+                && !before_masked.contains(id)
+                && !before_unmask.contains(id)
+        })
+        .collect();
+    consistency_and_unmask(&mut server, &mut answering);
+    let (sum, count) = server.finish().unwrap();
+    assert_eq!(count, 47 - 1 - 14);
+    assert_eq!(request.survivors.len(), count);
+    let (values, meta) = split_sum(&sum, count, &params).unwrap();
+    // The plain sums over the survivors.
+    let survivors: Vec<usize> = request
+        .survivors
+        .iter()
+        .map(|&id| (id - 100) as usize)
+        .collect();
+    let n_examples: u64 = survivors.iter().map(|&i| metas[i].n_examples).sum();
+    let n_steps: u64 = survivors.iter().map(|&i| metas[i].n_steps).sum();
+    let loss_codes: u64 = survivors
+        .iter()
+        .map(|&i| u64::from(loss_code(metas[i].train_loss)))
+        .sum();
+    assert!(n_examples > 1 << 50, "{n_examples}");
+    assert_eq!(meta.count, count);
+    assert_eq!(meta.n_examples, n_examples);
+    assert_eq!(meta.n_steps, n_steps);
+    assert_eq!(meta.train_loss, loss_codes as f64 / 65_536.0);
+    let plain_loss: f64 = survivors
+        .iter()
+        .map(|&i| metas[i].train_loss.clamp(0.0, MAX_LOSS))
+        .sum();
+    assert!(
+        (meta.train_loss - plain_loss).abs() <= count as f64 * 0.5 / 65_536.0,
+        "{} against {plain_loss}",
+        meta.train_loss
+    );
+    // The update part is the dequantised sum of the updates alone.
+    let mut expected_q = vec![0u32; dim];
+    for &i in &survivors {
+        for (q, x) in expected_q.iter_mut().zip(quantize(&updates[i], &params)) {
+            *q = q.wrapping_add(x);
+        }
+    }
+    assert_eq!(&sum[..dim], expected_q.as_slice());
+    assert_eq!(
+        values,
+        tessera_secagg::dequantize_sum(&expected_q, count, &params)
+    );
+    // A sum of the wrong length is refused.
+    let e = split_sum(&sum[1..], count, &params).unwrap_err();
+    assert!(e.to_string().contains("the round has 310"), "{e}");
+    eprintln!(
+        "{count} survivors: {} examples, {} steps, mean loss {:.6} (plain {:.6})",
+        meta.n_examples,
+        meta.n_steps,
+        meta.mean_train_loss(),
+        plain_loss / count as f64
     );
 }
 

@@ -18,7 +18,7 @@ use crate::baselines::run_baselines;
 use crate::profile::{Profile, examples_per_round};
 use tessera_engine::report::{
     Communication, PrivacyReport, RobustnessReport, RoundRecord, RunReport, SiteTraffic, Timing,
-    final_metrics, round_record,
+    final_metrics,
 };
 use tessera_engine::streams;
 
@@ -170,9 +170,15 @@ pub fn simulate(
     let baselines_seconds = baselines_started.elapsed().as_secs_f64();
 
     let names: Vec<&str> = data.sites.iter().map(|s| s.name.as_str()).collect();
-    let final_metrics = final_metrics(&names, &last_evaluations);
+    let mut final_metrics = final_metrics(&names, &last_evaluations);
     let malicious: Vec<String> = malicious.iter().map(|&i| names[i].to_string()).collect();
     let honest_accuracy = final_metrics.accuracy_without(&malicious);
+    if plan.privacy.site_metrics == tessera_privacy::SiteMetrics::AggregateOnly {
+        // The report holds what a coordinator would: sums across sites.
+        let view = tessera_engine::report::EvaluationView::aggregate_only(&last_evaluations)
+            .map_err(|e| PlanError::Invalid(format!("aggregate-only evaluation: {e}")))?;
+        final_metrics = tessera_engine::report::final_metrics_view(&view, Default::default());
+    }
     let communication = Communication {
         bytes_up: records.iter().map(|r| r.bytes_up).sum(),
         bytes_down: records.iter().map(|r| r.bytes_down).sum(),
@@ -594,9 +600,14 @@ fn run_sync(
             entry.up += size;
             entry.down += model_down;
         }
-        let mut record = round_record(
+        // What the coordinator would see of the evaluations (only their sum
+        // across sites under `site_metrics = "aggregate-only"`).
+        let view =
+            tessera_engine::report::EvaluationView::of(plan.privacy.site_metrics, &evaluations)
+                .map_err(|e| PlanError::Invalid(format!("aggregate-only evaluation: {e}")))?;
+        let mut record = tessera_engine::report::round_record_view(
             &outcome,
-            &evaluations,
+            &view,
             wall.elapsed().as_secs_f64(),
             bytes_up,
             bytes_down,

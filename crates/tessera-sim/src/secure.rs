@@ -8,6 +8,11 @@
 //! identity keys that sign advertisements and views) come from the run seed
 //! here, which makes simulations reproducible; deployment draws them from
 //! the operating system and signs with each site's certificate key.
+//!
+//! As in deployment, each site's example count, train loss and step count
+//! are masked with its update (`tessera_secagg::encode_metadata`), and the
+//! sum's statistics are the decoded sums: the examples and steps summed, the
+//! loss their mean in 2^-16 fixed point.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +22,8 @@ use tessera_engine::Plan;
 use tessera_engine::streams;
 use tessera_privacy::clip_to_norm;
 use tessera_secagg::{
-    Client, Ed25519Directory, Ed25519Signer, KeyRing, SecAggError, Server, dequantize_sum,
+    Client, Ed25519Directory, Ed25519Signer, KeyRing, Metadata, SecAggError, Server,
+    masked_dimension, split_sum,
 };
 
 /// What a secure round produced.
@@ -52,7 +58,7 @@ pub(crate) fn secure_round(
     // coordinates, chosen from the round's shared seed.
     let kept = plan.secure_coordinates(round, layout.n_values());
     let length = kept.as_ref().map_or(layout.n_values(), Vec::len);
-    let params = config.round_params(round, &ids, graph_seed, length)?;
+    let params = config.round_params(round, &ids, graph_seed, masked_dimension(length))?;
     // What each participant does to its own update before masking.
     if let Some(bound) = plan.masked_update_bound() {
         for update in updates.values_mut() {
@@ -127,7 +133,12 @@ pub(crate) fn secure_round(
                 Some(ix) => ix.iter().map(|&i| values[i]).collect(),
                 None => values,
             };
-            Some(client.masked_input(&server.shares_for(*site as u32), &input))
+            let metadata = Metadata {
+                n_examples: update.n_examples,
+                train_loss: update.stats.mean_train_loss,
+                n_steps: update.stats.n_steps,
+            };
+            Some(client.masked_update(&server.shares_for(*site as u32), &input, &metadata))
         })
         .collect::<Result<_, _>>()?;
     let mut masked_bytes = BTreeMap::new();
@@ -177,10 +188,8 @@ pub(crate) fn secure_round(
     for (site, client) in clients {
         rings[site] = Some(client.into_keys(secret(4, site)));
     }
-    let summed: Vec<f32> = dequantize_sum(&sum, count, &params)
-        .into_iter()
-        .map(|v| v as f32)
-        .collect();
+    let (summed, meta) = split_sum(&sum, count, &params)?;
+    let summed: Vec<f32> = summed.into_iter().map(|v| v as f32).collect();
     let values = match &kept {
         Some(ix) => tessera_compress::scatter(layout.n_values(), ix, &summed),
         None => summed,
@@ -189,20 +198,14 @@ pub(crate) fn secure_round(
         .with_values(&values)
         .map_err(|e| SecAggError::Config(e.to_string()))?;
     let survivors: Vec<usize> = request.survivors.iter().map(|&s| s as usize).collect();
-    let n_examples = survivors.iter().map(|s| updates[s].n_examples).sum();
-    let mean_train_loss = survivors
-        .iter()
-        .map(|s| updates[s].stats.mean_train_loss)
-        .sum::<f64>()
-        / survivors.len().max(1) as f64;
     Ok(SecureRound {
         sum: Update {
             delta,
-            n_examples,
+            n_examples: meta.n_examples,
             control_delta: None,
             stats: FitStats {
-                n_steps: 0,
-                mean_train_loss,
+                n_steps: meta.n_steps,
+                mean_train_loss: meta.mean_train_loss(),
             },
         },
         survivors,

@@ -129,9 +129,11 @@ fn secure_aggregation_keeps_random_k_from_a_shared_seed() {
         moved.iter().all(|i| shared.contains(i)),
         "{moved:?} vs {shared:?}"
     );
-    // The masked input is k ring elements, not n.
+    // The masked input is k ring elements, not n, and the metadata's
+    // (example count, train loss, steps: masked with the update).
     let masked = report.communication.update_bytes_up;
-    assert_eq!(masked, 4 * (4 * k as u64 + 8));
+    let ring = (k + tessera_secagg::METADATA_LEN) as u64;
+    assert_eq!(masked, 4 * (4 * ring + 8));
     // Over the whole plan it still learns.
     let full = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
     assert!(

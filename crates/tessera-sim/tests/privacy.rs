@@ -127,3 +127,37 @@ fn local_dp_sgd_calibrates_each_site_and_refuses_a_participant_budget_too_small(
         "{message}"
     );
 }
+
+/// `site_metrics = "aggregate-only"`: the report holds only what a
+/// coordinator unmasks from the sum of the sites' evaluations: the pooled
+/// counts (exactly the clear run's), the loss and the mean of the sites'
+/// accuracies to 2^-16 per site, and no per-site figure.
+#[test]
+fn aggregate_only_site_metrics_report_only_sums_across_sites() {
+    let mut plan = Plan::from_file(&examples().join("fed-heart-disease.toml")).unwrap();
+    let data = tessera_data::load(&plan.data, &examples(), &Filesystem).unwrap();
+    let clear = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
+    plan.privacy.site_metrics = tessera_privacy::SiteMetrics::AggregateOnly;
+    let summed = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(clear.final_parameters, summed.final_parameters);
+    assert_eq!(clear.final_metrics.per_site.len(), 4);
+    assert!(summed.final_metrics.per_site.is_empty());
+    assert_eq!(clear.final_metrics.accuracy, summed.final_metrics.accuracy);
+    assert_eq!(clear.final_metrics.auc, summed.final_metrics.auc);
+    for (c, s) in clear.rounds.iter().zip(&summed.rounds) {
+        assert_eq!(c.accuracy, s.accuracy);
+        assert!((c.loss - s.loss).abs() < 1e-4, "{} {}", c.loss, s.loss);
+        assert!((c.mean_site_accuracy - s.mean_site_accuracy).abs() < 1e-4);
+    }
+    let json = serde_json::to_string(&summed).unwrap();
+    for site in ["cleveland", "hungarian", "switzerland", "va"] {
+        assert!(
+            !json.contains(&format!("\"{site}\":{{\"accuracy")),
+            "no per-site metrics in the report"
+        );
+    }
+    plan.federation.mode = tessera_engine::Mode::Async;
+    plan.federation.buffer_size = 2;
+    let e = plan.validate().unwrap_err().to_string();
+    assert!(e.contains("aggregate-only"), "{e}");
+}

@@ -12,6 +12,11 @@
 //! signatures against the certificates relayed with the parameters (which it
 //! verifies against the federation CA itself), and the survivors' signed
 //! views before it reveals anything (see `tessera_secagg`).
+//!
+//! Each participant's example count, train loss and step count travel inside
+//! its masked vector, after the update ([`tessera_secagg::encode_metadata`]):
+//! the coordinator learns only the survivors' sums of them, decoded when the
+//! round closes. The clear fields of `SecAggMasked` (before 1.5) are not read.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,7 +25,8 @@ use tessera_proto::pb;
 use tessera_proto::pb::sec_agg_reply::State as Reply;
 use tessera_proto::pb::sec_agg_request::Step;
 use tessera_secagg::{
-    AdvertiseKeys, MaskedInput, Server, ShareKeys, SignedView, UnmaskResponse, dequantize_sum,
+    AdvertiseKeys, MaskedInput, Server, ShareKeys, SignedView, UnmaskResponse, masked_dimension,
+    split_sum,
 };
 
 use super::{Federation, Refusal};
@@ -37,7 +43,6 @@ pub(super) struct SecureRound {
     waiting: BTreeSet<u32>,
     sent: BTreeSet<u32>,
     stage_started: Timestamp,
-    meta: BTreeMap<u32, (u64, f64, u64)>,
 }
 
 fn shares_to_pb(shares: Vec<(u32, Vec<u8>)>) -> Vec<pb::SecAggShare> {
@@ -82,11 +87,13 @@ impl Federation {
         let Some(n_values) = self.engine.as_ref().map(|e| e.global().n_values()) else {
             return;
         };
-        // A random-k codec: everyone masks the round's shared coordinates only.
-        let dimension = self
-            .plan
-            .secure_coordinates(round, n_values)
-            .map_or(n_values, |kept| kept.len());
+        // A random-k codec: everyone masks the round's shared coordinates
+        // only; then the metadata (example count, loss, steps) follows.
+        let dimension = masked_dimension(
+            self.plan
+                .secure_coordinates(round, n_values)
+                .map_or(n_values, |kept| kept.len()),
+        );
         let index: BTreeMap<String, u32> = cohort
             .iter()
             .enumerate()
@@ -109,7 +116,6 @@ impl Federation {
                     waiting: ids.into_iter().collect(),
                     sent: BTreeSet::new(),
                     stage_started: now,
-                    meta: BTreeMap::new(),
                 });
             }
             Err(e) => {
@@ -251,18 +257,15 @@ impl Federation {
                                 shares: shares_from_pb(s.shares),
                             })
                             .map_err(|e| Refusal::Invalid(e.to_string())),
-                        Step::Masked(m) => {
-                            secure
-                                .meta
-                                .insert(id, (m.n_examples, m.mean_train_loss, m.n_steps));
-                            secure
-                                .server
-                                .receive_masked(MaskedInput {
-                                    from: id,
-                                    values: m.values,
-                                })
-                                .map_err(|e| Refusal::Invalid(e.to_string()))
-                        }
+                        // The clear n_examples, mean_train_loss and n_steps
+                        // (zero since 1.5) are ignored: they are in the vector.
+                        Step::Masked(m) => secure
+                            .server
+                            .receive_masked(MaskedInput {
+                                from: id,
+                                values: m.values,
+                            })
+                            .map_err(|e| Refusal::Invalid(e.to_string())),
                         Step::View(v) => secure
                             .server
                             .receive_view(SignedView {
@@ -330,10 +333,10 @@ impl Federation {
         };
         // Keep a finished round around so late polls hear that it is done.
         let round = secure.round;
-        let result = secure.server.finish().map(|(sum, count)| {
-            let params = secure.server.params().clone();
-            (dequantize_sum(&sum, count, &params), count)
-        });
+        let result = secure
+            .server
+            .finish()
+            .and_then(|(sum, count)| split_sum(&sum, count, secure.server.params()));
         let request = secure.server.unmask_request();
         let (survivors, recovered) = (request.survivors, request.dropped.len());
         let Some(engine) = self.engine.as_mut() else {
@@ -341,7 +344,7 @@ impl Federation {
         };
         let global = engine.global().clone();
         let counted = match result {
-            Ok((values, _)) => {
+            Ok((values, meta)) => {
                 let mut values: Vec<f32> = values.into_iter().map(|v| v as f32).collect();
                 if let Some(kept) = self.plan.secure_coordinates(round, global.n_values()) {
                     values = tessera_compress::scatter(global.n_values(), &kept, &values);
@@ -351,23 +354,19 @@ impl Federation {
                     .iter()
                     .map(|i| ParticipantId::new(secure.sites[i].as_str()))
                     .collect();
-                let n = survivors.len().max(1) as f64;
-                let n_examples = survivors.iter().map(|i| secure.meta[i].0).sum();
-                let loss = survivors.iter().map(|i| secure.meta[i].1).sum::<f64>() / n;
-                let n_steps = survivors
-                    .iter()
-                    .map(|i| secure.meta[i].2)
-                    .max()
-                    .unwrap_or(0);
                 match delta {
                     Ok(delta) => {
+                        // Only the survivors' sums: examples and steps are
+                        // the cohort's totals (the steps no longer the max),
+                        // the loss their mean (2^-16 fixed point, clipped
+                        // to [0, 65,536)).
                         let update = Update {
                             delta,
-                            n_examples,
+                            n_examples: meta.n_examples,
                             control_delta: None,
                             stats: FitStats {
-                                n_steps,
-                                mean_train_loss: loss,
+                                n_steps: meta.n_steps,
+                                mean_train_loss: meta.mean_train_loss(),
                             },
                         };
                         match engine.submit_sum(now, round, &contributors, &update) {
