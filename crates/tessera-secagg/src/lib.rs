@@ -38,31 +38,30 @@
 //! while the survivors' graph is connected it learns only the total
 //! ([`Server::survivor_graph_is_connected`]).
 //!
-//! Threat model (the same words as README and PROTOCOL): the coordinator
-//! may be malicious (it may lie about who dropped, send different
-//! participants different survivor sets, substitute keys, lower the
-//! threshold or reshape the cohort) and may collude with fewer than `t` of
-//! any participant's neighbours; the other participants follow the
-//! protocol. Against it:
-//! - every key advertisement is signed with the participant's identity key
-//!   ([`Signer`]; the site's certificate key in deployment) and checked by
-//!   its neighbours ([`Verifier`]), so keys cannot be substituted;
-//! - participants check the round's parameters against the plan
-//!   ([`RoundParams::check`]): threshold, neighbours, graph seed, cohort;
-//! - `2t > k`: no coordinator can gather `t` shares of a participant's
-//!   self-mask seed and `t` of its mask key, since each honest neighbour
-//!   answers one unmasking request a round and reveals one or the other;
-//! - the consistency check makes an equivocating coordinator's round abort
-//!   with the reason at the participants that see two views;
-//! - the mask key pair is fresh every round ([`KeyRing`]), so a key rebuilt
-//!   when a participant drops unmasks nothing of its earlier rounds.
+//! Threat model of secure aggregation: the coordinator may be malicious. It may
+//! lie about who dropped, show different participants different survivor sets,
+//! substitute keys, lower the threshold or reshape the cohort, keep everything
+//! it relays across rounds, and collude with fewer than `t` of any
+//! participant's neighbours; the other participants follow the protocol.
+//! Against it, key advertisements and each survivor's view of the round are
+//! signed with the site's certificate key and checked by the other sites
+//! against the federation CA; participants check the round's parameters against
+//! the plan (and, with `--expect-plan`, the plan against the one they agreed
+//! to); the threshold is more than half the neighbours, so no coordinator can
+//! collect enough shares of both a participant's self-mask seed and its mask
+//! key; a consistency check makes an equivocating coordinator's round abort
+//! before any share is revealed; and mask keys are fresh every round, so a key
+//! rebuilt when a participant drops unmasks nothing of its earlier rounds. Not
+//! covered: a coordinator that leaves honest participants out of a cohort (it
+//! learns the sum of those it keeps, at least `t`), inputs out of range, and
+//! deployments without TLS, where nothing is signed and the protection holds
+//! against an honest-but-curious coordinator only. With central DP on top, the
+//! coordinator unmasks the exact sum and adds the noise itself.
 //!
-//! Not covered: a coordinator that simply leaves honest participants out
-//! (it learns the sum of those it keeps, at least `t` of them), inputs out
-//! of range (a participant can still send any value in `Z_2^32`; robust
-//! aggregation does not apply to masked inputs), and without authentication
-//! ([`Unauthenticated`], deployment without TLS) the protection is against
-//! an honest-but-curious coordinator only.
+//! (The same words stand in README and docs/PROTOCOL.md.) The pieces:
+//! [`Signer`] and [`Verifier`] for signatures, [`RoundParams::check`] for
+//! the parameters, [`Client::sign_view`] and [`Client::unmask`] for the
+//! consistency check, [`KeyRing`] for fresh mask keys.
 
 use std::collections::{BTreeMap, BTreeSet};
 
