@@ -1690,21 +1690,25 @@ impl Federation {
                 update_bytes_up: self.update_bytes_up,
             },
             privacy: match &self.local_ledger {
-                Some(ledger) => Some(tessera_engine::report::PrivacyReport::local(
-                    &self.plan.privacy,
-                    ledger
-                        .entries()
-                        .iter()
-                        .map(|e| e.event.noise_multiplier)
-                        .fold(f64::INFINITY, f64::min),
-                    ledger,
-                )),
+                Some(ledger) => Some(
+                    tessera_engine::report::PrivacyReport::local(
+                        &self.plan.privacy,
+                        ledger
+                            .entries()
+                            .iter()
+                            .map(|e| e.event.noise_multiplier)
+                            .fold(f64::INFINITY, f64::min),
+                        ledger,
+                    )
+                    .deployed(),
+                ),
                 None => self
                     .engine
                     .as_ref()
                     .and_then(|e| e.privacy())
                     .map(|(dp, ledger)| {
                         tessera_engine::report::PrivacyReport::new(&self.plan.privacy, dp, ledger)
+                            .deployed()
                     }),
             },
             final_parameters: self
