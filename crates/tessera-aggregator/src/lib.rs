@@ -79,6 +79,9 @@ struct State {
     shared: Option<(Arc<Shared>, Arc<Plan>)>,
     server: Option<Server>,
     key_ring: Option<tessera_secagg::KeyRing>,
+    /// Secure aggregation toward the parent: this aggregator's certificate
+    /// key and the federation CA.
+    identity: client::SecureIdentity,
 }
 
 fn fatal(e: impl std::fmt::Display) -> Failure {
@@ -108,6 +111,7 @@ pub async fn run(
         shared: None,
         server: None,
         key_ring: None,
+        identity: client::SecureIdentity::load(config.upstream_tls.as_ref())?,
     };
     let mut backoff = Duration::from_millis(100);
     let mut unreachable_since: Option<tokio::time::Instant> = None;
@@ -200,6 +204,7 @@ async fn session(
         withdraw: client::can_withdraw(&welcome),
         plan: &plan,
         key_ring: &mut state.key_ring,
+        identity: &state.identity,
     };
     up.agreement().await?;
     up.tasks().await
@@ -218,6 +223,7 @@ struct Upstream<'a> {
     plan: &'a Plan,
     /// Secure aggregation: this aggregator's key pairs between rounds.
     key_ring: &'a mut Option<tessera_secagg::KeyRing>,
+    identity: &'a client::SecureIdentity,
 }
 
 impl Upstream<'_> {
@@ -375,6 +381,7 @@ impl Upstream<'_> {
                         self.parent,
                         self.name,
                         self.plan,
+                        self.identity,
                         self.key_ring,
                         round,
                         update.clone(),

@@ -73,6 +73,10 @@ pub struct ParticipantArgs {
     /// Fault injection for drills and tests: seconds to wait before sending each update.
     #[arg(long, default_value_t = 0.0)]
     pause_before_update: f64,
+    /// The plan this site agreed to: refuse a coordinator whose plan differs
+    /// (its privacy, secure aggregation and every other setting).
+    #[arg(long, value_name = "PLAN")]
+    expect_plan: Option<PathBuf>,
 }
 
 /// Arguments of `tessera aggregator`.
@@ -324,6 +328,13 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
         pause_before_update: pause("--pause-before-update", args.pause_before_update)?,
         tls: args.tls.as_deref().map(tessera_tls::TlsFiles::in_dir),
         tls_domain: args.tls_domain.clone(),
+        expect_plan: match &args.expect_plan {
+            Some(path) => Some(
+                tessera_engine::Plan::from_file(path)
+                    .with_context(|| format!("cannot read the expected plan {}", path.display()))?,
+            ),
+            None => None,
+        },
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let summary = runtime.block_on(tessera_participant::run(config))?;

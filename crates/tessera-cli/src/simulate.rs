@@ -107,6 +107,11 @@ pub struct SimulateArgs {
     /// DP: the run's epsilon budget; work that would exceed it is refused.
     #[arg(long)]
     privacy_budget: Option<f64>,
+    /// DP: the accountant, `rdp` (Rényi DP) or `pld` (privacy loss
+    /// distributions: a tighter epsilon for the same noise, so less noise
+    /// for the same epsilon).
+    #[arg(long)]
+    accountant: Option<String>,
     /// Robust aggregation: mean, median, trimmed_mean, krum or multi_krum.
     #[arg(long)]
     robust: Option<String>,
@@ -354,10 +359,11 @@ fn print_summary(report: &RunReport) {
     }
     if let Some(p) = &report.privacy {
         println!(
-            "privacy: {} DP spent epsilon {:.4} at delta {:e} (budget {}), noise multiplier {}{:.4}, clipping norm {}{}; {} releases in the ledger",
+            "privacy: {} DP spent epsilon {:.4} at delta {:e} ({} accountant, budget {}), noise multiplier {}{:.4}, clipping norm {}{}; {} releases in the ledger",
             p.mode,
             p.epsilon,
             p.delta,
+            p.accountant,
             p.budget.map_or("none".to_string(), |b| b.to_string()),
             if p.site_noise_multipliers.len() > 1 {
                 "(smallest) "
@@ -579,6 +585,13 @@ fn apply_overrides(plan: &mut Plan, args: &SimulateArgs) -> anyhow::Result<()> {
     }
     if args.privacy_budget.is_some() {
         privacy.budget = args.privacy_budget;
+    }
+    if let Some(kind) = &args.accountant {
+        privacy.accountant = match kind.as_str() {
+            "rdp" => tessera_privacy::AccountantKind::Rdp,
+            "pld" => tessera_privacy::AccountantKind::Pld,
+            other => bail!("unknown --accountant '{other}' (expected rdp or pld)"),
+        };
     }
     if args.secure_aggregation {
         plan.secure_aggregation.enabled = true;

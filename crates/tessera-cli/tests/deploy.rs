@@ -1389,6 +1389,114 @@ fn secure_aggregation_over_grpc_equals_simulation_bit_for_bit() {
     assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM updates"), 0);
 }
 
+/// Secure aggregation under mutual TLS: every key advertisement and every
+/// survivor's view is signed with the site's certificate key and checked by
+/// the others against the federation CA (the coordinator relays the
+/// certificates); the run still equals its simulation bit for bit. Sites
+/// that pinned the plan (`--expect-plan`) refuse a coordinator that turns
+/// secure aggregation off, saying why, and send it nothing.
+#[test]
+fn secure_aggregation_under_mutual_tls_signs_keys_and_views_and_sites_refuse_a_weakened_plan() {
+    let s = Scratch::new("deploy-secagg-tls");
+    let ca = |args: &[&str]| {
+        let mut all = vec!["ca", "--dir", "ca"];
+        all.extend_from_slice(args);
+        s.run(&all).ok();
+    };
+    ca(&["init"]);
+    for site in HEART_SITES {
+        ca(&["issue", "--site", site]);
+    }
+    ca(&["issue", "--coordinator", "--host", "127.0.0.1"]);
+    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
+    let text = text.replace("rounds = 15", "rounds = 4");
+    let secure = s.write(
+        "secure-tls.toml",
+        &format!("{text}\n[secure_aggregation]\nenabled = true\n"),
+    );
+    let weak = s.write("weak.toml", &text);
+    let expected = simulated_model(&s, &secure, "sim.model");
+    let run = |plan: &std::path::Path, db: &str, give_up: &str| {
+        let coordinator_tls = s.path("ca/coordinator");
+        let (coordinator, url) = coordinator(
+            &s.dir,
+            plan,
+            &s.path(db),
+            0,
+            &[
+                "--tls",
+                coordinator_tls.to_str().unwrap(),
+                "--model-out",
+                &format!("{db}.model"),
+            ],
+        );
+        let url = url.replace("http://", "https://");
+        let sites: Vec<Proc> = HEART_SITES
+            .iter()
+            .map(|site| {
+                let dir = s.path(&format!("ca/sites/{site}"));
+                participant(
+                    &s.dir,
+                    &url,
+                    site,
+                    &[
+                        "--tls",
+                        dir.to_str().unwrap(),
+                        "--expect-plan",
+                        secure.to_str().unwrap(),
+                        "--give-up-after",
+                        give_up,
+                    ],
+                )
+            })
+            .collect();
+        (coordinator, sites)
+    };
+    let (mut coordinator, mut sites) = run(&secure, "secure.sqlite", "60");
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut sites {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+        assert!(p.log().contains("done: 4 updates accepted"), "{}", p.log());
+    }
+    assert_eq!(
+        std::fs::read(s.path("secure.sqlite.model")).unwrap(),
+        expected
+    );
+    let db = s.path("secure.sqlite");
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM audit WHERE action = 'secure-aggregation' AND outcome = 'completed'"
+        ),
+        4
+    );
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM audit WHERE action = 'secure-aggregation' AND outcome = 'rejected'"
+        ),
+        0
+    );
+    assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM updates"), 0);
+
+    // The coordinator serves a plan without secure aggregation.
+    let (mut coordinator, mut sites) = run(&weak, "weak.sqlite", "3");
+    for p in &mut sites {
+        assert!(!p.wait(LIMIT).success(), "{}", p.log());
+        assert!(
+            p.log()
+                .contains("the coordinator's plan differs from the plan this site expects in [secure_aggregation]"),
+            "the site says why:\n{}",
+            p.log()
+        );
+    }
+    coordinator.kill_9();
+    assert_eq!(
+        query_i64(&s.path("weak.sqlite"), "SELECT COUNT(*) FROM updates"),
+        0
+    );
+}
+
 #[test]
 fn secure_aggregation_recovers_the_sum_when_a_site_drops_after_sharing_its_keys() {
     let s = Scratch::new("deploy-secagg-drop");

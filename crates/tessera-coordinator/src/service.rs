@@ -105,16 +105,28 @@ impl Service {
     }
 }
 
+/// The caller's verified end-entity certificate (DER), with mutual TLS.
+fn end_entity<T>(request: &Request<T>) -> Option<Vec<u8>> {
+    request
+        .peer_certs()
+        .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()))
+}
+
 type TaskStream = Pin<Box<dyn Stream<Item = Result<pb::Task, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl FederationService for Service {
     async fn join(&self, request: Request<pb::Hello>) -> Result<Response<pb::Welcome>, Status> {
         let site = self.caller(&request, &request.get_ref().site)?;
+        let certificate = end_entity(&request);
         let hello = request.into_inner();
         let welcome = self
             .shared
-            .with(|f| f.join(&site, &hello))
+            .with(|f| {
+                let welcome = f.join(&site, &hello)?;
+                f.remember_certificate(&site, certificate);
+                Ok(welcome)
+            })
             .map_err(refused)?;
         // A site that left and came back is waited for again.
         if let Ok(mut told) = self.shared.told_finished.lock() {
@@ -327,12 +339,14 @@ impl FederationService for Service {
         request: Request<pb::SecAggRequest>,
     ) -> Result<Response<pb::SecAggReply>, Status> {
         let site = self.caller(&request, &request.get_ref().site)?;
+        let certificate = end_entity(&request);
         let size = request.get_ref().encoded_len();
         let message = request.into_inner();
         let masked = matches!(message.step, Some(pb::sec_agg_request::Step::Masked(_)));
         let reply = self
             .shared
             .with(|f| {
+                f.remember_certificate(&site, certificate);
                 if masked {
                     // The masked input is this site's update.
                     let codec = f.expected_codec(&site, message.round);

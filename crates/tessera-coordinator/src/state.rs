@@ -156,6 +156,10 @@ pub struct Federation {
     local_ledger: Option<tessera_privacy::Ledger>,
     /// Secure aggregation: the open round's protocol.
     secure: Option<secure::SecureRound>,
+    /// Each site's client certificate (DER) as its last call presented it:
+    /// relayed to the cohort of a secure round, which checks it against the
+    /// federation CA itself.
+    certificates: BTreeMap<String, Vec<u8>>,
     /// An aggregator of a hierarchical run: rounds come from its parent.
     relay: Option<relay::Relay>,
 }
@@ -299,13 +303,14 @@ impl Federation {
             noise_key,
             local_ledger: None,
             secure: None,
+            certificates: BTreeMap::new(),
             relay: node.map(|name| {
                 let (depth, sites) = place.unwrap_or_default();
                 relay::Relay::new(name, depth, sites)
             }),
         };
         if federation.plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
-            let mut ledger = tessera_privacy::Ledger::new(federation.plan.privacy.budgets());
+            let mut ledger = federation.plan.privacy.ledger();
             for row in federation.store.privacy_ledger(&federation.run.id)? {
                 ledger
                     .restore(row.entry)
@@ -329,7 +334,7 @@ impl Federation {
         run: &str,
     ) -> Result<[u8; 32], CoordinatorError> {
         let rows = store.privacy_ledger(run)?;
-        let mut ledger = tessera_privacy::Ledger::new(plan.privacy.budgets());
+        let mut ledger = plan.privacy.ledger();
         for row in &rows {
             ledger
                 .restore(row.entry.clone())
@@ -654,6 +659,7 @@ impl Federation {
         let mut required = required_capabilities(self.plan.federation.strategy.as_str());
         if self.plan.secure_aggregation.enabled {
             required.push("secure-aggregation");
+            required.push("secure-aggregation-signed");
         }
         for codec in self.plan.compression.upload_codecs() {
             required.extend(tessera_proto::codec_capabilities(&codec));

@@ -562,7 +562,7 @@ impl Plan {
             key,
         )
         .map_err(invalid)?;
-        Ok(Some((dp, Ledger::new(self.privacy.budgets()))))
+        Ok(Some((dp, self.privacy.ledger())))
     }
 
     /// The settings of the chosen strategy (defaults where the plan has none).

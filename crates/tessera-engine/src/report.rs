@@ -387,6 +387,9 @@ pub struct PrivacyReport {
     pub clip_norm: f64,
     /// Whether the clipping norm adapted.
     pub adaptive_clipping: bool,
+    /// The accountant that gave the epsilons: `rdp` or `pld`.
+    #[serde(default = "rdp")]
+    pub accountant: String,
     /// Epsilon spent by the run, from the ledger.
     pub epsilon: f64,
     /// The delta of that epsilon.
@@ -424,6 +427,17 @@ pub const DEPLOYED_CENTRAL_DP_NOTE: &str = "the noise comes from a key the coord
 pub const DEPLOYED_LOCAL_DP_NOTE: &str = "each site's noise and batch sampling come from \
      a key it drew from the operating system and never sent or stored";
 
+fn rdp() -> String {
+    "rdp".into()
+}
+
+fn accountant_name(ledger: &tessera_privacy::Ledger) -> String {
+    match ledger.accountant() {
+        tessera_privacy::AccountantKind::Rdp => "rdp".into(),
+        tessera_privacy::AccountantKind::Pld => "pld".into(),
+    }
+}
+
 impl PrivacyReport {
     /// The report of local DP-SGD: `noise_multiplier` is the smallest any
     /// participant used (with a target epsilon each calibrates its own);
@@ -449,6 +463,7 @@ impl PrivacyReport {
             update_noise_multiplier: noise_multiplier,
             clip_norm: config.clip_norm,
             adaptive_clipping: false,
+            accountant: accountant_name(ledger),
             epsilon: ledger.run_epsilon(),
             delta: ledger.budgets().delta,
             budget: ledger.budgets().run,
@@ -484,6 +499,7 @@ impl PrivacyReport {
             update_noise_multiplier: dp.delta_noise_multiplier(),
             clip_norm: config.clip_norm,
             adaptive_clipping: config.adaptive_clipping.is_some(),
+            accountant: accountant_name(ledger),
             epsilon: ledger.run_epsilon(),
             delta: ledger.budgets().delta,
             budget: ledger.budgets().run,

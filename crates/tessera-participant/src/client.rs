@@ -2,6 +2,7 @@
 //! steps, a task's parameters and an update's stream. Participants and
 //! aggregators (toward their parent) both speak through it.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -415,6 +416,18 @@ pub async fn send_update(
         .into_inner())
 }
 
+/// Whether the cohort's site names give id `id` to `site` (without TLS the
+/// coordinator may send no names: then there is nothing to check).
+fn identity_is_own(sites: &[String], participants: &[u32], id: u32, site: &str) -> bool {
+    if sites.is_empty() {
+        return true;
+    }
+    participants
+        .iter()
+        .zip(sites)
+        .any(|(p, s)| *p == id && s == site)
+}
+
 fn random32() -> Result<[u8; 32], Failure> {
     let mut out = [0u8; 32];
     getrandom::fill(&mut out).map_err(|e| {
@@ -425,14 +438,117 @@ fn random32() -> Result<[u8; 32], Failure> {
     Ok(out)
 }
 
+/// How a site signs and checks secure-aggregation messages: with its
+/// certificate key, checking the other sites' certificates against the
+/// federation CA and revocation list of its own folder (mutual TLS), or not
+/// at all (the explicit insecure mode, where the coordinator is trusted to
+/// relay honestly).
+pub struct SecureIdentity {
+    tls: Option<(tessera_tls::SiteSigner, tessera_tls::SiteCertificates)>,
+}
+
+impl SecureIdentity {
+    /// The identity of the site whose TLS folder holds `files` (`None`: no TLS).
+    pub fn load(files: Option<&tessera_tls::TlsFiles>) -> Result<Self, ParticipantError> {
+        let tls = match files {
+            Some(files) => Some((
+                tessera_tls::SiteSigner::load(files)
+                    .map_err(|e| ParticipantError::Local(e.to_string()))?,
+                tessera_tls::SiteCertificates::load(files)
+                    .map_err(|e| ParticipantError::Local(e.to_string()))?,
+            )),
+            None => None,
+        };
+        Ok(Self { tls })
+    }
+
+    /// The signer and the checker of a round whose participants are
+    /// `sites` with `certificates` (in the order of the participant ids of
+    /// `participants`); each certificate is checked against the CA and must
+    /// name its site.
+    fn for_round(
+        &self,
+        participants: &[u32],
+        sites: &[String],
+        certificates: &[Vec<u8>],
+    ) -> Result<RoundIdentity<'_>, String> {
+        let Some((signer, checker)) = &self.tls else {
+            return Ok((
+                Box::new(tessera_secagg::Unauthenticated),
+                Box::new(tessera_secagg::Unauthenticated),
+            ));
+        };
+        if sites.len() != participants.len() || certificates.len() != participants.len() {
+            return Err(format!(
+                "the coordinator sent {} site names and {} certificates for {} participants",
+                sites.len(),
+                certificates.len(),
+                participants.len()
+            ));
+        }
+        let mut by_id = BTreeMap::new();
+        let mut names = BTreeSet::new();
+        for ((id, site), der) in participants.iter().zip(sites).zip(certificates) {
+            if !names.insert(site.as_str()) {
+                return Err(format!("site '{site}' is named twice in the cohort"));
+            }
+            if der.is_empty() {
+                return Err(format!(
+                    "the coordinator sent no certificate for site '{site}'"
+                ));
+            }
+            checker.check(der, site)?;
+            by_id.insert(*id, der.clone());
+        }
+        Ok((Box::new(CertSigner(signer)), Box::new(CertDirectory(by_id))))
+    }
+}
+
+/// A round's signer and the checker of the other participants' signatures.
+type RoundIdentity<'a> = (
+    Box<dyn tessera_secagg::Signer + 'a>,
+    Box<dyn tessera_secagg::Verifier>,
+);
+
+/// Signs with a site's certificate key.
+struct CertSigner<'a>(&'a tessera_tls::SiteSigner);
+
+impl tessera_secagg::Signer for CertSigner<'_> {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, tessera_secagg::SecAggError> {
+        self.0
+            .sign(message)
+            .map_err(|e| tessera_secagg::SecAggError::Config(e.to_string()))
+    }
+}
+
+/// Checked certificates by participant id.
+struct CertDirectory(BTreeMap<u32, Vec<u8>>);
+
+impl tessera_secagg::Verifier for CertDirectory {
+    fn verify(&self, who: u32, message: &[u8], signature: &[u8]) -> Result<(), String> {
+        let der = self
+            .0
+            .get(&who)
+            .ok_or_else(|| format!("participant {who} has no certificate in this round"))?;
+        tessera_tls::verify_signature(der, message, signature)
+    }
+}
+
 /// Sends `update` as `site` through a SecAgg+ round of `plan`'s run: the
 /// federation learns only the cohort's sum. `key_ring` holds the site's key
-/// pairs between rounds; `pause` is fault injection (a site that goes quiet
-/// after sharing its keys). The reply says whether this site's input counted.
+/// pairs between rounds (the mask key is replaced after every round);
+/// `identity` signs and checks the protocol's messages; `pause` is fault
+/// injection (a site that goes quiet after sharing its keys). The reply says
+/// whether this site's input counted. Parameters that do not follow from the
+/// plan, keys a neighbour did not sign and a coordinator that shows
+/// participants different views of the round end the round for this site
+/// with the reason, before it reveals anything.
+#[allow(clippy::too_many_arguments)]
 pub async fn secure_submit(
     client: &mut FederationClient<Channel>,
     site: &str,
     plan: &tessera_engine::Plan,
+    identity: &SecureIdentity,
     key_ring: &mut Option<tessera_secagg::KeyRing>,
     round: u32,
     mut update: tessera_core::Update,
@@ -490,23 +606,54 @@ pub async fn secure_submit(
         dimension: p.dimension as usize,
         range: p.range,
     };
+    // What this site will mask, and the parameters the plan gives for it.
+    let values: Vec<f32> = update.delta.values().collect();
+    let input: Vec<f32> = match plan.secure_coordinates(round, values.len()) {
+        Some(kept) => kept.iter().map(|&i| values[i]).collect(),
+        None => values,
+    };
+    let refuse = |why: String| {
+        tracing::error!(round, %why, "secure aggregation: this site refuses the round");
+        Failure::Retry(format!("secure aggregation refused: {why}"))
+    };
+    params
+        .check(&tessera_secagg::Expected {
+            config: &plan.secure_aggregation,
+            round,
+            id: p.id,
+            graph_seed: plan.secagg_graph_seed(round),
+            dimension: input.len(),
+            min_cohort: plan.federation.min_participants,
+        })
+        .map_err(|e| refuse(e.to_string()))?;
+    if !identity_is_own(&p.sites, &p.participants, p.id, &site) {
+        return Err(refuse(format!(
+            "the coordinator does not give id {} to this site",
+            p.id
+        )));
+    }
+    let (signer, verifier) = identity
+        .for_round(&p.participants, &p.sites, &p.certificates)
+        .map_err(refuse)?;
     let ring = match key_ring.take() {
         Some(ring) => ring,
         None => tessera_secagg::KeyRing::new(random32()?, random32()?),
     };
-    let (mut me, keys) = tessera_secagg::Client::with_keys(p.id, params, ring, random32()?)
-        .map_err(|e| bad(&e.to_string()))?;
+    let (mut me, keys) =
+        tessera_secagg::Client::with_keys(p.id, params, ring, random32()?, signer.as_ref())
+            .map_err(|e| bad(&e.to_string()))?;
     let outcome = async {
         call(Step::Keys(pb::SecAggKeys {
             c_public: keys.c_public.to_vec(),
             s_public: keys.s_public.to_vec(),
+            signature: keys.signature.clone(),
         }))
         .await?;
         let Some(State::Keys(k)) = wait_for!(2) else {
             return Ok(false);
         };
         let mut neighbour_keys = Vec::new();
-        for (from, key) in k.peers.iter().zip(&k.keys) {
+        for (from, key) in k.peers.iter().zip(k.keys) {
             let (Ok(c_public), Ok(s_public)) = (
                 <[u8; 32]>::try_from(key.c_public.as_slice()),
                 <[u8; 32]>::try_from(key.s_public.as_slice()),
@@ -517,11 +664,12 @@ pub async fn secure_submit(
                 from: *from,
                 c_public,
                 s_public,
+                signature: key.signature,
             });
         }
         let shares = me
-            .share_keys(&neighbour_keys)
-            .map_err(|e| bad(&e.to_string()))?;
+            .share_keys(&neighbour_keys, verifier.as_ref())
+            .map_err(|e| refuse(e.to_string()))?;
         call(Step::Shares(pb::SecAggShares {
             shares: shares
                 .shares
@@ -534,11 +682,6 @@ pub async fn secure_submit(
             return Ok(false);
         };
         let mine: Vec<(u32, Vec<u8>)> = mine.shares.into_iter().map(|s| (s.peer, s.data)).collect();
-        let values: Vec<f32> = update.delta.values().collect();
-        let input: Vec<f32> = match plan.secure_coordinates(round, values.len()) {
-            Some(kept) => kept.iter().map(|&i| values[i]).collect(),
-            None => values,
-        };
         let masked = me
             .masked_input(&mine, &input)
             .map_err(|e| bad(&e.to_string()))?;
@@ -554,13 +697,33 @@ pub async fn secure_submit(
         let Some(State::Unmask(request)) = wait_for!(4) else {
             return Ok(false);
         };
+        let request = tessera_secagg::UnmaskRequest {
+            survivors: request.survivors,
+            dropped: request.dropped,
+        };
+        // The consistency check: sign the view given, then see everyone's.
+        let view = me
+            .sign_view(&request, signer.as_ref())
+            .map_err(|e| refuse(e.to_string()))?;
+        call(Step::View(pb::SecAggView {
+            signature: view.signature,
+        }))
+        .await?;
+        let Some(State::Views(views)) = wait_for!(5) else {
+            return Ok(false);
+        };
+        let views: Vec<tessera_secagg::SignedView> = views
+            .views
+            .into_iter()
+            .map(|v| tessera_secagg::SignedView {
+                from: v.id,
+                signature: v.signature,
+            })
+            .collect();
         let counted = request.survivors.contains(&p.id);
         let response = me
-            .unmask(&tessera_secagg::UnmaskRequest {
-                survivors: request.survivors,
-                dropped: request.dropped,
-            })
-            .map_err(|e| bad(&e.to_string()))?;
+            .unmask(&request, &views, verifier.as_ref())
+            .map_err(|e| refuse(e.to_string()))?;
         let pack = |v: Vec<(u32, Vec<u8>)>| {
             v.into_iter()
                 .map(|(peer, data)| pb::SecAggShare { peer, data })
@@ -571,7 +734,7 @@ pub async fn secure_submit(
             key_shares: pack(response.key_shares),
         }))
         .await?;
-        let _ = wait_for!(5);
+        let _ = wait_for!(6);
         Ok(counted)
     }
     .await;

@@ -63,6 +63,26 @@ pub struct ParticipantConfig {
     pub tls: Option<tessera_tls::TlsFiles>,
     /// The coordinator's name in its certificate (default: the URL's host).
     pub tls_domain: Option<String>,
+    /// The plan this site agreed to: the coordinator's plan must equal it,
+    /// or the site refuses to train (`None`: the coordinator's plan is taken
+    /// as it comes, with a warning, since it sets the privacy this site gets).
+    pub expect_plan: Option<Plan>,
+}
+
+/// The top-level sections in which two plans differ.
+pub fn plan_differences(a: &Plan, b: &Plan) -> Vec<String> {
+    let (Ok(toml::Value::Table(a)), Ok(toml::Value::Table(b))) =
+        (toml::Value::try_from(a), toml::Value::try_from(b))
+    else {
+        return vec!["the whole plan".into()];
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
 }
 
 /// What a participant did.
@@ -98,6 +118,9 @@ struct Ready {
     /// between rounds.
     secure: bool,
     key_ring: Option<tessera_secagg::KeyRing>,
+    /// Secure aggregation: how this site signs and checks the protocol's
+    /// messages (its certificate key and the federation CA).
+    identity: Arc<client::SecureIdentity>,
     /// The run's plan (compression settings, shared codec seeds).
     plan: Arc<tessera_engine::Plan>,
     /// With compressed models: the round whose model this site holds, and it.
@@ -243,6 +266,7 @@ async fn session(
                         &mut client,
                         &config.site,
                         &state.plan,
+                        &state.identity,
                         &mut state.key_ring,
                         header.round,
                         update,
@@ -316,6 +340,24 @@ async fn prepare(
     let local_error = |e: String| Failure::Fatal(ParticipantError::Local(e));
     let plan = Plan::from_toml(&welcome.plan_toml, "the coordinator's plan")
         .map_err(|e| local_error(e.to_string()))?;
+    match &config.expect_plan {
+        Some(expected) if *expected != plan => {
+            let sections = plan_differences(expected, &plan);
+            let why = format!(
+                "the coordinator's plan differs from the plan this site expects in [{}]: refusing to train",
+                sections.join("], [")
+            );
+            tracing::error!(%why, "plan refused");
+            return Err(local_error(why));
+        }
+        Some(_) => {}
+        None if plan.secure_aggregation.enabled || plan.privacy.is_on() => {
+            tracing::warn!(
+                "this site's privacy settings come from the coordinator's plan: give the plan this site agreed to (--expect-plan) to refuse a coordinator that weakens them"
+            );
+        }
+        None => {}
+    }
     let mut local = client::read_site(&plan.data, &config.site, &config.data, &config.plan_dir)
         .await
         .map_err(Failure::Fatal)?;
@@ -404,7 +446,7 @@ async fn prepare(
                     .saturating_mul(u64::from(plan.federation.rounds)),
                 ..event
             };
-            tessera_privacy::Ledger::new(plan.privacy.budgets())
+            plan.privacy.ledger()
                 .check(
                     &format!("the plan's {} rounds of DP-SGD", plan.federation.rounds),
                     &[],
@@ -431,6 +473,11 @@ async fn prepare(
         attempts: 0,
         secure: plan.secure_aggregation.enabled,
         key_ring: None,
+        identity: Arc::new(if plan.secure_aggregation.enabled {
+            client::SecureIdentity::load(config.tls.as_ref()).map_err(Failure::Fatal)?
+        } else {
+            client::SecureIdentity::load(None).map_err(Failure::Fatal)?
+        }),
         plan: Arc::new(plan.clone()),
         held: None,
     })

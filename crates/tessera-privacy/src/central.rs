@@ -73,6 +73,8 @@ pub struct CentralDp {
     adaptive: Option<AdaptiveClipping>,
     clip_norm: f64,
     key: [u8; 32],
+    /// The fixed denominator of every release: the plan's expected cohort.
+    expected_cohort: u64,
 }
 
 impl CentralDp {
@@ -134,6 +136,7 @@ impl CentralDp {
             adaptive,
             clip_norm,
             key,
+            expected_cohort: expected_cohort.max(1) as u64,
         })
     }
 
@@ -163,7 +166,12 @@ impl CentralDp {
     }
 
     /// Turns round `round`'s mean of `updates` clipped updates into a private
-    /// release: adds the noise, and moves the clipping norm.
+    /// release: the sum plus Gaussian noise of `z C`, divided by the fixed
+    /// expected cohort size (not by `updates`: how many took part is itself
+    /// data under the add-or-remove-one relation the accountant assumes, so
+    /// the release is `(sum + noise) / expected`, post-processing of a
+    /// Gaussian sum of sensitivity `C`; a round with fewer updates than
+    /// expected moves the model less). Moves the clipping norm.
     pub fn release(
         &mut self,
         round: u32,
@@ -171,7 +179,16 @@ impl CentralDp {
         updates: u64,
         unclipped: u64,
     ) -> CentralRelease {
-        let n = updates.max(1) as f64;
+        let n = self.expected_cohort as f64;
+        // The mean of `updates` times updates/expected: the sum over the fixed denominator.
+        let scale = updates as f64 / n;
+        if updates != self.expected_cohort {
+            for tensor in mean.tensors_mut() {
+                for v in tensor.data_mut() {
+                    *v = (f64::from(*v) * scale) as f32;
+                }
+            }
+        }
         let clip_norm = self.clip_norm;
         let noise_std = self.delta_noise_multiplier * clip_norm / n;
         let mut noise = GaussianNoise::new(self.key, u64::from(round));
@@ -245,12 +262,30 @@ mod tests {
     }
 
     #[test]
+    fn a_release_divides_by_the_expected_cohort_not_by_who_came() {
+        // Expected 4; 2 came with mean 0.8: the sum 1.6 over 4, noise z C / 4.
+        let mut dp = CentralDp::new(2.0, 1.0, None, 4, [5; 32]).expect("valid");
+        let mut mean = set(vec![0.8; 50_000]);
+        let r = dp.release(1, &mut mean, 2, 2);
+        assert!((r.noise_std - 0.5).abs() < 1e-12);
+        let n = mean.n_values() as f64;
+        let average = mean.values().map(f64::from).sum::<f64>() / n;
+        assert!((average - 0.4).abs() < 0.01, "{average}");
+        // A full cohort is the plain mean.
+        let mut full = set(vec![0.8; 50_000]);
+        dp.release(2, &mut full, 4, 4);
+        let average = full.values().map(f64::from).sum::<f64>() / n;
+        assert!((average - 0.8).abs() < 0.01, "{average}");
+    }
+
+    #[test]
     fn adaptive_clipping_moves_toward_the_quantile() {
         let adaptive = AdaptiveClipping {
             count_stddev: Some(10.0),
             ..AdaptiveClipping::default()
         };
-        let mut dp = CentralDp::new(1.0, 1.0, Some(adaptive), 20, [1; 32]).expect("valid");
+        let mut dp =
+            CentralDp::new(1.0, 1.0, Some(adaptive), 1_000_000, [1; 32]).expect("valid");
         let mut mean = set(vec![0.0]);
         // Every update was within (the count's noise, 10 in 10^6, is negligible):
         // the norm shrinks by exp(-0.2 * 0.5).

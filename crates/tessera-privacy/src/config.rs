@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AdaptiveClipping, Budgets, DpEvent, PrivacyError, calibrate_noise_multiplier};
+use crate::{
+    AccountantKind, AdaptiveClipping, Budgets, DpEvent, Ledger, PrivacyError,
+    calibrate_noise_multiplier_with,
+};
 
 /// Which differential privacy a run applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -27,6 +30,7 @@ pub enum PrivacyMode {
 /// epsilon = 3.0        # noise calibrated so the plan's rounds spend this
 /// delta = 1e-5
 /// clip_norm = 0.5
+/// accountant = "pld" # default "rdp"
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +62,11 @@ pub struct PrivacyConfig {
     /// Budgets of individual participants, by site name.
     #[serde(default)]
     pub participant_budgets: BTreeMap<String, f64>,
+    /// The accountant that calibrates the noise and keeps the ledger: `rdp`
+    /// (the default) or `pld` (tighter: the same noise spends less epsilon,
+    /// so the same epsilon allows less noise).
+    #[serde(default)]
+    pub accountant: AccountantKind,
 }
 
 fn default_delta() -> f64 {
@@ -78,6 +87,7 @@ impl Default for PrivacyConfig {
             adaptive_clipping: None,
             budget: None,
             participant_budgets: BTreeMap::new(),
+            accountant: AccountantKind::default(),
         }
     }
 }
@@ -138,9 +148,13 @@ impl PrivacyConfig {
         self.validate()?;
         match (self.noise_multiplier, self.epsilon) {
             (Some(z), _) => Ok(z),
-            (None, Some(eps)) => {
-                calibrate_noise_multiplier(Self::SAMPLING_RATE, u64::from(rounds), eps, self.delta)
-            }
+            (None, Some(eps)) => calibrate_noise_multiplier_with(
+                self.accountant,
+                Self::SAMPLING_RATE,
+                u64::from(rounds),
+                eps,
+                self.delta,
+            ),
             (None, None) => Err(PrivacyError::Invalid("no noise multiplier".into())),
         }
     }
@@ -157,7 +171,8 @@ impl PrivacyConfig {
         self.validate()?;
         match (self.noise_multiplier, self.epsilon) {
             (Some(z), _) => Ok(z),
-            (None, Some(eps)) => calibrate_noise_multiplier(
+            (None, Some(eps)) => calibrate_noise_multiplier_with(
+                self.accountant,
                 q,
                 steps_per_round.saturating_mul(u64::from(rounds)),
                 eps,
@@ -188,5 +203,60 @@ impl PrivacyConfig {
             run: self.budget.or(self.epsilon),
             participants: self.participant_budgets.clone(),
         }
+    }
+
+    /// An empty ledger of the plan's budgets, kept by the plan's accountant.
+    pub fn ledger(&self) -> Ledger {
+        Ledger::with_accountant(self.budgets(), self.accountant)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::de::value::{Error, MapDeserializer};
+
+    use super::*;
+
+    fn read(fields: &[(&'static str, &'static str)]) -> Result<PrivacyConfig, Error> {
+        PrivacyConfig::deserialize(MapDeserializer::new(fields.iter().copied()))
+    }
+
+    #[test]
+    fn the_accountant_defaults_to_rdp_and_reads_pld() {
+        let plain = read(&[("mode", "central")]).expect("reads");
+        assert_eq!(plain.accountant, AccountantKind::Rdp);
+        let pld = read(&[("mode", "central"), ("accountant", "pld")]).expect("reads");
+        assert_eq!(pld.accountant, AccountantKind::Pld);
+        let err = read(&[("accountant", "moments")]).expect_err("unknown accountant");
+        assert!(err.to_string().contains("pld"), "{err}");
+        assert_eq!(PrivacyConfig::default().accountant, AccountantKind::Rdp);
+    }
+
+    #[test]
+    fn the_plans_accountant_calibrates_and_keeps_the_ledger() {
+        let rdp = PrivacyConfig {
+            mode: PrivacyMode::Central,
+            epsilon: Some(3.0),
+            ..Default::default()
+        };
+        let pld = PrivacyConfig {
+            accountant: AccountantKind::Pld,
+            ..rdp.clone()
+        };
+        rdp.validate().expect("valid");
+        pld.validate().expect("valid");
+        let (r, p) = (
+            rdp.noise_multiplier_for(15).expect("calibrates"),
+            pld.noise_multiplier_for(15).expect("calibrates"),
+        );
+        assert!(p < r, "PLD {p}, RDP {r}");
+        let (r, p) = (
+            rdp.local_noise_multiplier(0.05, 10, 5).expect("calibrates"),
+            pld.local_noise_multiplier(0.05, 10, 5).expect("calibrates"),
+        );
+        assert!(p < r, "PLD {p}, RDP {r}");
+        assert_eq!(rdp.ledger().accountant(), AccountantKind::Rdp);
+        assert_eq!(pld.ledger().accountant(), AccountantKind::Pld);
+        assert_eq!(pld.ledger().budgets(), &pld.budgets());
     }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DpEvent, PrivacyError, RdpAccountant};
+use crate::{Accountant, AccountantKind, DpEvent, PrivacyError};
 
 /// Epsilon budgets, all measured at one delta.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -34,24 +34,87 @@ pub struct LedgerEntry {
 }
 
 /// Every DP event of a run, the spend they add up to, and the budgets they
-/// may not exceed.
+/// may not exceed; epsilons by the accountant chosen at creation (RDP unless
+/// [`Ledger::with_accountant`] says otherwise).
 #[derive(Debug, Clone)]
 pub struct Ledger {
     budgets: Budgets,
-    central: RdpAccountant,
-    local: BTreeMap<String, RdpAccountant>,
+    spend: Spend,
     entries: Vec<LedgerEntry>,
 }
 
+/// What has been spent: the central releases, and the total of each
+/// participant that also trained locally with DP.
+#[derive(Debug, Clone)]
+struct Spend {
+    central: Accountant,
+    /// Central releases plus the participant's own local ones. Kept whole,
+    /// so that each total's epsilon (with PLD, an FFT) is computed once per
+    /// change, not once per question.
+    participants: BTreeMap<String, Accountant>,
+}
+
+impl Spend {
+    fn new(kind: AccountantKind) -> Self {
+        Self {
+            central: Accountant::new(kind),
+            participants: BTreeMap::new(),
+        }
+    }
+
+    fn compose_central(&mut self, event: &DpEvent) -> Result<(), PrivacyError> {
+        self.central.compose(event)?;
+        for total in self.participants.values_mut() {
+            total.compose(event)?;
+        }
+        Ok(())
+    }
+
+    fn compose_local(&mut self, participant: &str, event: &DpEvent) -> Result<(), PrivacyError> {
+        event.validate()?;
+        let total = match self.participants.get_mut(participant) {
+            Some(total) => total,
+            None => self
+                .participants
+                .entry(participant.to_string())
+                .or_insert_with(|| self.central.clone()),
+        };
+        total.compose(event)
+    }
+
+    fn participant_epsilon(&self, participant: &str, delta: f64) -> f64 {
+        self.participants
+            .get(participant)
+            .unwrap_or(&self.central)
+            .epsilon(delta)
+    }
+
+    fn run_epsilon(&self, delta: f64) -> f64 {
+        self.participants
+            .values()
+            .map(|total| total.epsilon(delta))
+            .fold(self.central.epsilon(delta), f64::max)
+    }
+}
+
 impl Ledger {
-    /// An empty ledger.
+    /// An empty ledger, kept by the RDP accountant.
     pub fn new(budgets: Budgets) -> Self {
+        Self::with_accountant(budgets, AccountantKind::Rdp)
+    }
+
+    /// An empty ledger, kept by the accountant of `kind`.
+    pub fn with_accountant(budgets: Budgets, kind: AccountantKind) -> Self {
         Self {
             budgets,
-            central: RdpAccountant::new(),
-            local: BTreeMap::new(),
+            spend: Spend::new(kind),
             entries: Vec::new(),
         }
+    }
+
+    /// The accountant that computes its epsilons.
+    pub fn accountant(&self) -> AccountantKind {
+        self.spend.central.kind()
     }
 
     /// The budgets.
@@ -66,21 +129,14 @@ impl Ledger {
 
     /// A participant's epsilon: the central releases plus its own local ones.
     pub fn participant_epsilon(&self, participant: &str) -> f64 {
-        let mut total = self.central.clone();
-        if let Some(local) = self.local.get(participant) {
-            total.compose_all(local);
-        }
-        total.epsilon(self.budgets.delta)
+        self.spend
+            .participant_epsilon(participant, self.budgets.delta)
     }
 
     /// The run's epsilon: the largest spend of any participant (the central
     /// releases alone when none trained locally with DP).
     pub fn run_epsilon(&self) -> f64 {
-        let central = self.central.epsilon(self.budgets.delta);
-        self.local
-            .keys()
-            .map(|p| self.participant_epsilon(p))
-            .fold(central, f64::max)
+        self.spend.run_epsilon(self.budgets.delta)
     }
 
     /// Checks that `central` events for everyone and `local` events per
@@ -93,40 +149,47 @@ impl Ledger {
         local: &[(String, DpEvent)],
         participants: &[String],
     ) -> Result<(), PrivacyError> {
-        let mut after = self.clone();
+        self.checked(what, central, local, participants).map(|_| ())
+    }
+
+    /// The spend after `central` and `local`, if within every budget.
+    fn checked(
+        &self,
+        what: &str,
+        central: &[DpEvent],
+        local: &[(String, DpEvent)],
+        participants: &[String],
+    ) -> Result<Spend, PrivacyError> {
+        let mut after = self.spend.clone();
         for event in central {
-            after.central.compose(event)?;
+            after.compose_central(event)?;
         }
         for (participant, event) in local {
-            after
-                .local
-                .entry(participant.clone())
-                .or_default()
-                .compose(event)?;
+            after.compose_local(participant, event)?;
         }
         let delta = self.budgets.delta;
         let mut names: Vec<&String> = participants.iter().collect();
-        names.extend(after.local.keys());
+        names.extend(after.participants.keys());
         names.extend(self.budgets.participants.keys());
         names.sort();
         names.dedup();
         for name in names {
-            let spend = after.participant_epsilon(name);
-            if let Some(&budget) = self.budgets.participants.get(name.as_str())
-                && spend > budget
-            {
-                return Err(PrivacyError::BudgetExceeded {
-                    scope: format!("participant '{name}'"),
-                    budget,
-                    delta,
-                    what: what.to_string(),
-                    would_spend: spend,
-                    over: spend - budget,
-                });
+            if let Some(&budget) = self.budgets.participants.get(name.as_str()) {
+                let spend = after.participant_epsilon(name, delta);
+                if spend > budget {
+                    return Err(PrivacyError::BudgetExceeded {
+                        scope: format!("participant '{name}'"),
+                        budget,
+                        delta,
+                        what: what.to_string(),
+                        would_spend: spend,
+                        over: spend - budget,
+                    });
+                }
             }
         }
         if let Some(budget) = self.budgets.run {
-            let spend = after.run_epsilon();
+            let spend = after.run_epsilon(delta);
             if spend > budget {
                 return Err(PrivacyError::BudgetExceeded {
                     scope: "run".into(),
@@ -138,7 +201,7 @@ impl Ledger {
                 });
             }
         }
-        Ok(())
+        Ok(after)
     }
 
     /// Records a central release after checking it against the budgets.
@@ -148,8 +211,7 @@ impl Ledger {
         event: DpEvent,
         participants: &[String],
     ) -> Result<&LedgerEntry, PrivacyError> {
-        self.check(&format!("round {release}"), &[event], &[], participants)?;
-        self.central.compose(&event)?;
+        self.spend = self.checked(&format!("round {release}"), &[event], &[], participants)?;
         self.entries.push(LedgerEntry {
             release,
             kind: "central".into(),
@@ -168,16 +230,12 @@ impl Ledger {
         event: DpEvent,
     ) -> Result<&LedgerEntry, PrivacyError> {
         let owned = participant.to_string();
-        self.check(
+        self.spend = self.checked(
             &format!("round {release} at '{participant}'"),
             &[],
             &[(owned.clone(), event)],
             std::slice::from_ref(&owned),
         )?;
-        self.local
-            .entry(owned.clone())
-            .or_default()
-            .compose(&event)?;
         self.entries.push(LedgerEntry {
             release,
             kind: "local".into(),
@@ -191,12 +249,8 @@ impl Ledger {
     /// Replays an entry read back from storage, without checks.
     pub fn restore(&mut self, entry: LedgerEntry) -> Result<(), PrivacyError> {
         match &entry.participant {
-            None => self.central.compose(&entry.event)?,
-            Some(p) => self
-                .local
-                .entry(p.clone())
-                .or_default()
-                .compose(&entry.event)?,
+            None => self.spend.compose_central(&entry.event)?,
+            Some(p) => self.spend.compose_local(p, &entry.event)?,
         }
         self.entries.push(entry);
         Ok(())
@@ -269,5 +323,85 @@ mod tests {
         );
         assert!(ledger.participant_epsilon("a") < ledger.participant_epsilon("b"));
         assert_eq!(ledger.run_epsilon(), ledger.participant_epsilon("b"));
+    }
+
+    #[test]
+    fn the_pld_ledger_spends_less_and_says_so() {
+        let budgets = Budgets {
+            delta: 1e-5,
+            run: Some(2.8),
+            participants: BTreeMap::new(),
+        };
+        let everyone = vec!["a".to_string(), "b".to_string()];
+        let mut rdp = Ledger::new(budgets.clone());
+        let mut pld = Ledger::with_accountant(budgets, AccountantKind::Pld);
+        assert_eq!(rdp.accountant(), AccountantKind::Rdp);
+        assert_eq!(pld.accountant(), AccountantKind::Pld);
+        let mut rounds = [0u32; 2];
+        for (ledger, rounds) in [&mut rdp, &mut pld].into_iter().zip(&mut rounds) {
+            for round in 1..=30 {
+                match ledger.record_central(round, event(5.79), &everyone) {
+                    Ok(entry) => assert!(entry.run_epsilon <= 2.8),
+                    Err(e) => {
+                        assert!(
+                            e.to_string().starts_with("run privacy budget exceeded"),
+                            "{e}"
+                        );
+                        assert!(e.to_string().contains(&format!("round {round}")), "{e}");
+                        break;
+                    }
+                }
+                *rounds = round;
+            }
+        }
+        // At sigma 5.79 (dp_accounting): 13 rounds spend 2.765 by RDP, 14
+        // 2.882; 15 spend 2.764 by PLD, 16 2.867.
+        assert_eq!(rounds, [13, 15], "{rounds:?}");
+        let (r, p) = (rdp.run_epsilon(), pld.run_epsilon());
+        assert!(
+            (r - 2.7652).abs() < 1e-3 && (p - 2.7639).abs() < 3e-3,
+            "{r} {p}"
+        );
+    }
+
+    #[test]
+    fn restoring_a_pld_ledger_gives_the_same_spend() {
+        let mut budgets = Budgets {
+            delta: 1e-5,
+            run: None,
+            participants: BTreeMap::new(),
+        };
+        budgets.participants.insert("a".into(), 10.0);
+        let mut ledger = Ledger::with_accountant(budgets.clone(), AccountantKind::Pld);
+        let everyone = vec!["a".to_string(), "b".to_string()];
+        let local = DpEvent {
+            sampling_rate: 0.05,
+            noise_multiplier: 1.2,
+            steps: 20,
+        };
+        for round in 1..=3 {
+            ledger
+                .record_central(round, event(4.0), &everyone)
+                .expect("within budget");
+            ledger
+                .record_local(round, "a", local)
+                .expect("within budget");
+        }
+        let mut restored = Ledger::with_accountant(budgets, AccountantKind::Pld);
+        for entry in ledger.entries() {
+            restored.restore(entry.clone()).expect("valid");
+        }
+        for who in ["a", "b"] {
+            let (x, y) = (
+                ledger.participant_epsilon(who),
+                restored.participant_epsilon(who),
+            );
+            assert!((x - y).abs() <= 1e-9 * x, "{who}: {x} vs {y}");
+        }
+        assert!(ledger.participant_epsilon("a") > ledger.participant_epsilon("b"));
+        assert_eq!(ledger.run_epsilon(), ledger.participant_epsilon("a"));
+        // The last entry's run epsilon is the run's.
+        let last = ledger.entries().last().expect("entries").run_epsilon;
+        assert_eq!(last, ledger.run_epsilon());
     }
 }

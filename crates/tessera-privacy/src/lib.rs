@@ -1,11 +1,16 @@
-//! Differential privacy: the Rényi DP accountant of the Poisson-subsampled
-//! Gaussian mechanism ([`RdpAccountant`], checked against Google's
-//! `dp_accounting`), client-level central DP with fixed or adaptive clipping
-//! ([`CentralDp`]), Gaussian noise from ChaCha20 ([`GaussianNoise`]), and the
-//! [`Ledger`] that records every release and refuses those past a budget.
+//! Differential privacy: two accountants of the Poisson-subsampled Gaussian
+//! mechanism, both checked against Google's `dp_accounting` — Rényi DP
+//! ([`RdpAccountant`], the default) and privacy loss distributions
+//! ([`PldAccountant`]: pessimistic connect-the-dots discretisation, FFT
+//! composition; tighter, at `q = 1`, sigma 5.79, 15 steps and delta 1e-5
+//! epsilon 2.76 against 3.00), chosen by [`AccountantKind`] —, client-level
+//! central DP with fixed or adaptive clipping ([`CentralDp`]), Gaussian noise
+//! from ChaCha20 ([`GaussianNoise`]), and the [`Ledger`] that records every
+//! release and refuses those past a budget.
 //!
 //! Pure and transport-free: simulation and deployment use the same code. The
-//! plan's `[privacy]` table is [`PrivacyConfig`].
+//! plan's `[privacy]` table is [`PrivacyConfig`]; its `accountant` picks the
+//! accountant that calibrates the noise and keeps the ledger.
 //!
 //! Where the randomness comes from is the caller's choice, and decides what a
 //! run's epsilon means. The simulator derives noise keys (and DP-SGD's batch
@@ -23,13 +28,19 @@ mod accountant;
 mod central;
 mod config;
 mod error;
+mod fft;
 mod ledger;
 mod noise;
+pub mod pld;
 pub mod rdp;
 
-pub use accountant::{DpEvent, RdpAccountant, calibrate_noise_multiplier, epsilon_of};
+pub use accountant::{
+    Accountant, AccountantKind, DpEvent, RdpAccountant, calibrate_noise_multiplier,
+    calibrate_noise_multiplier_with, epsilon_of, epsilon_with,
+};
 pub use central::{AdaptiveClipping, CentralDp, CentralRelease, clip_to_norm};
 pub use config::{PrivacyConfig, PrivacyMode};
 pub use error::PrivacyError;
 pub use ledger::{Budgets, Ledger, LedgerEntry};
 pub use noise::GaussianNoise;
+pub use pld::PldAccountant;

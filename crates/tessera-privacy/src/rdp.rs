@@ -136,7 +136,7 @@ fn log_comb(n: f64, k: f64) -> f64 {
 }
 
 /// `ln erfc(x)`, accurate far into the tail.
-fn log_erfc(x: f64) -> f64 {
+pub(crate) fn log_erfc(x: f64) -> f64 {
     if x < 25.0 {
         // erfc(25) ≈ 8e-274: still a normal number with full relative precision.
         libm::erfc(x).ln()

@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 4;
+pub const MINOR: u32 = 5;
 
 /// What this build can do.
 ///
@@ -27,6 +27,10 @@ pub const MINOR: u32 = 4;
 ///   coordinator.
 /// - `withdraw` (1.4): a participant or aggregator leaves a round without an
 ///   update (`Withdraw`), so the round stops waiting for it.
+/// - `secure-aggregation-signed` (1.5): SecAgg+ against a malicious
+///   coordinator: signed keys, certificates relayed with the parameters,
+///   the consistency check (stage numbers change; a 1.5 coordinator with
+///   secure aggregation requires it).
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -44,6 +48,7 @@ pub const CAPABILITIES: &[&str] = &[
     "codec-q2",
     "gossip",
     "withdraw",
+    "secure-aggregation-signed",
 ];
 
 /// The capabilities a participant needs to send updates with `codec`.

@@ -18,9 +18,14 @@
 //!    the sum of `n` values never wraps) and adds a ChaCha20 self mask from
 //!    `b` and, per neighbour, a pairwise mask from the `s` agreement (added
 //!    for one of the pair, subtracted for the other).
-//! 4. **Unmask.** The server names the survivors and the dropped; each
-//!    responder returns its share of `b` for survivors and of `s` for the
-//!    dropped, never both for the same participant.
+//! 4. **Consistency check.** The server names the survivors and the
+//!    dropped; each survivor signs that view (Bonawitz et al. 2017, active
+//!    variant).
+//! 5. **Unmask.** The server relays the survivors' signatures; each survivor
+//!    checks that at least `t` survivors signed exactly the view it signed,
+//!    and that no relayed signature is of another view, then returns its
+//!    share of `b` for survivors and of `s` for the dropped, never both for
+//!    the same participant, and answers once a round.
 //!
 //! The server then removes self masks (from `b`) and the dropped
 //! participants' pairwise masks (from their `s`); survivors' pairwise masks
@@ -29,13 +34,36 @@
 //! while the survivors' graph is connected it learns only the total
 //! ([`Server::survivor_graph_is_connected`]).
 //!
-//! Threat model: an honest-but-curious server, and fewer than `t` of any
-//! participant's neighbours colluding with it. Key authenticity comes from
-//! the transport (mutual TLS in deployment); the server is trusted to relay
-//! honestly (no signatures on the key advertisements, unlike the malicious
-//! variant of the protocol).
+//! Threat model (the same words as README and PROTOCOL): the coordinator
+//! may be malicious (it may lie about who dropped, send different
+//! participants different survivor sets, substitute keys, lower the
+//! threshold or reshape the cohort) and may collude with fewer than `t` of
+//! any participant's neighbours; the other participants follow the
+//! protocol. Against it:
+//! - every key advertisement is signed with the participant's identity key
+//!   ([`Signer`]; the site's certificate key in deployment) and checked by
+//!   its neighbours ([`Verifier`]), so keys cannot be substituted;
+//! - participants check the round's parameters against the plan
+//!   ([`RoundParams::check`]): threshold, neighbours, graph seed, cohort;
+//! - `2t > k`: no coordinator can gather `t` shares of a participant's
+//!   self-mask seed and `t` of its mask key, since each honest neighbour
+//!   answers one unmasking request a round and reveals one or the other;
+//! - the consistency check makes an equivocating coordinator's round abort
+//!   with the reason at the participants that see two views;
+//! - the mask key pair is fresh every round ([`KeyRing`]), so a key rebuilt
+//!   when a participant drops unmasks nothing of its earlier rounds.
+//!
+//! Not covered: a coordinator that simply leaves honest participants out
+//! (it learns the sum of those it keeps, at least `t` of them), inputs out
+//! of range (a participant can still send any value in `Z_2^32`; robust
+//! aggregation does not apply to masked inputs), and without authentication
+//! ([`Unauthenticated`], deployment without TLS) the protection is against
+//! an honest-but-curious coordinator only.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+#[cfg(test)]
+mod attacks;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
@@ -44,7 +72,7 @@ use hkdf::Hkdf;
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 use x25519_dalek::{PublicKey, StaticSecret};
 
@@ -85,15 +113,27 @@ pub struct SecureAggregationConfig {
     /// `3 log2 n`).
     #[serde(default)]
     pub neighbours: Option<usize>,
-    /// Shares needed to rebuild a secret (default: `neighbours / 3 + 1`).
+    /// Shares needed to rebuild a secret (default: `neighbours / 2 + 1`).
+    /// Must be more than half the neighbours, so that a coordinator that
+    /// tells some neighbours "survived" and others "dropped" can never
+    /// collect both of a participant's secrets.
     #[serde(default)]
     pub threshold: Option<usize>,
     /// Instead of `threshold`: the share of each participant's neighbours
     /// that may drop while its secrets stay recoverable (threshold =
-    /// `neighbours x (1 - dropout_tolerance)`, at least 2). Higher tolerates
-    /// more dropouts; lower needs more colluding neighbours to break privacy.
+    /// `neighbours x (1 - dropout_tolerance)`, and more than half the
+    /// neighbours, so below 0.5). Higher tolerates more dropouts; lower needs
+    /// more colluding neighbours to break privacy.
     #[serde(default)]
     pub dropout_tolerance: Option<f64>,
+    /// The share of a round's cohort that may drop mid-round (below 0.5):
+    /// sets the default neighbour count ([`RoundParams::default_neighbours`]).
+    #[serde(default = "default_max_dropout")]
+    pub max_dropout: f64,
+}
+
+fn default_max_dropout() -> f64 {
+    0.3
 }
 
 fn default_range() -> f32 {
@@ -108,6 +148,7 @@ impl Default for SecureAggregationConfig {
             neighbours: None,
             threshold: None,
             dropout_tolerance: None,
+            max_dropout: default_max_dropout(),
         }
     }
 }
@@ -127,12 +168,13 @@ impl SecureAggregationConfig {
             ));
         }
         if let Some(tol) = self.dropout_tolerance
-            && !(0.0..1.0).contains(&tol)
+            && !(0.0..0.5).contains(&tol)
         {
             return Err(SecAggError::Config(format!(
-                "dropout_tolerance must be in [0, 1), got {tol}"
+                "dropout_tolerance must be in [0, 0.5), got {tol}: the threshold must stay above half the neighbours, or a coordinator that lies about who dropped could rebuild both of a participant's secrets"
             )));
         }
+        RoundParams::default_neighbours(3, self.max_dropout)?;
         Ok(())
     }
 
@@ -144,24 +186,52 @@ impl SecureAggregationConfig {
         graph_seed: [u8; 32],
         dimension: usize,
     ) -> Result<RoundParams, SecAggError> {
-        let mut params =
-            RoundParams::new(round, participants, graph_seed, dimension, self.clip_range)?;
+        self.validate()?;
+        let mut params = RoundParams::with_dropout(
+            round,
+            participants,
+            graph_seed,
+            dimension,
+            self.clip_range,
+            self.max_dropout,
+        )?;
         if let Some(k) = self.neighbours {
             params.neighbours = k;
-            params.threshold = (k / 3 + 1).max(2);
+            params.threshold = RoundParams::default_threshold(k);
         }
         self.validate()?;
         match (self.threshold, self.dropout_tolerance) {
             (Some(t), _) => params.threshold = t,
             (None, Some(tol)) => {
                 let k = params.neighbours as f64;
-                params.threshold = ((k * (1.0 - tol)).floor() as usize).clamp(2, params.neighbours);
+                params.threshold = ((k * (1.0 - tol)).ceil() as usize)
+                    .max(RoundParams::default_threshold(params.neighbours))
+                    .min(params.neighbours);
             }
             (None, None) => {}
         }
         params.validate()?;
         Ok(params)
     }
+}
+
+/// What a participant knows of a round before the coordinator speaks: from
+/// the plan and its own state. [`RoundParams::check`] refuses parameters
+/// that do not follow from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expected<'a> {
+    /// The plan's `[secure_aggregation]`.
+    pub config: &'a SecureAggregationConfig,
+    /// The round this participant is training for.
+    pub round: u32,
+    /// This participant's id in the round.
+    pub id: u32,
+    /// The plan's graph seed for the round.
+    pub graph_seed: [u8; 32],
+    /// The length of the vector this participant will mask.
+    pub dimension: usize,
+    /// The fewest participants the plan allows in a round.
+    pub min_cohort: usize,
 }
 
 /// Public parameters of one round.
@@ -185,17 +255,79 @@ pub struct RoundParams {
 }
 
 impl RoundParams {
+    /// The default threshold of `k` neighbours: `k/2 + 1`, the least with
+    /// `2t > k` (at least 2).
+    pub fn default_threshold(k: usize) -> usize {
+        (k / 2 + 1).max(2)
+    }
+
+    /// The default number of neighbours of each of `n` participants when up
+    /// to `max_dropout` of them may drop mid-round: with threshold
+    /// `k/2 + 1`, a participant loses its secrets when fewer than that many
+    /// of its neighbours survive; with each surviving with probability
+    /// `1 - max_dropout`, the Chernoff bound gives
+    /// `P(Bin(k, 1 - d) <= k/2) <= exp(-k D(1/2 || 1 - d))`, and `k` is the
+    /// least even number (at least `3 log2 n` and 4) that keeps this below
+    /// `2^-20 / n` for every participant at once. That is the complete graph
+    /// for the federations of tens to hundreds of sites Tessera is built for
+    /// at the default `max_dropout` 0.3 (k = 238 for n = 47, so 46); sparse
+    /// graphs start around a thousand participants, or with a lower
+    /// `max_dropout` (0.1: 36 of 46 at n = 47, 42 at n = 1,000). At most 254
+    /// (shares live in GF(256)).
+    pub fn default_neighbours(n: usize, max_dropout: f64) -> Result<usize, SecAggError> {
+        if !(0.0..0.5).contains(&max_dropout) {
+            return Err(SecAggError::Config(format!(
+                "max_dropout must be in [0, 0.5), got {max_dropout}: with a threshold above half the neighbours, more than half dropping can never be recovered"
+            )));
+        }
+        let survive = 1.0 - max_dropout;
+        // Kullback-Leibler divergence of Bernoulli(1/2) from Bernoulli(survive).
+        let divergence = if max_dropout == 0.0 {
+            f64::INFINITY
+        } else {
+            0.5 * (0.5 / survive).ln() + 0.5 * (0.5 / max_dropout).ln()
+        };
+        let needed = (((n as f64).ln() + 20.0 * std::f64::consts::LN_2) / divergence).ceil();
+        let log = (n as f64).log2().ceil() as usize;
+        let mut k = (3 * log).max(4).max(needed.min(1e6) as usize);
+        if !k.is_multiple_of(2) {
+            k += 1;
+        }
+        if k >= n {
+            // The complete graph.
+            k = n - 1;
+        }
+        Ok(k.min(254))
+    }
+
     /// Parameters for `participants` (ids, any order) with the default
-    /// neighbourhood: `k` the even number at or above `3 log2 n` (at least 4,
-    /// below `n`) and threshold `k/3 + 1`: a participant's secrets survive
-    /// while a third of its neighbours do (so up to about 60% may drop), and
-    /// stay secret unless `k/3 + 1` neighbours collude with the server.
+    /// neighbourhood for up to 30% dropping mid-round (see
+    /// [`RoundParams::with_dropout`]).
     pub fn new(
         round: u32,
         participants: &[u32],
         graph_seed: [u8; 32],
         dimension: usize,
         range: f32,
+    ) -> Result<Self, SecAggError> {
+        Self::with_dropout(round, participants, graph_seed, dimension, range, 0.3)
+    }
+
+    /// Parameters for `participants` (ids, any order) with the default
+    /// neighbourhood for up to `max_dropout` of them dropping
+    /// ([`RoundParams::default_neighbours`]) and threshold `k/2 + 1`: a
+    /// participant's secrets survive while more than half its neighbours
+    /// do, stay secret unless `k/2 + 1` neighbours collude with the server,
+    /// and `2t > k`, so that no coordinator can gather `t` shares of both of
+    /// a participant's secrets by telling different neighbours different
+    /// stories.
+    pub fn with_dropout(
+        round: u32,
+        participants: &[u32],
+        graph_seed: [u8; 32],
+        dimension: usize,
+        range: f32,
+        max_dropout: f64,
     ) -> Result<Self, SecAggError> {
         let mut ids = participants.to_vec();
         ids.sort_unstable();
@@ -206,20 +338,12 @@ impl RoundParams {
                 "needs at least 3 participants, got {n}"
             )));
         }
-        let log = (n as f64).log2().ceil() as usize;
-        let mut k = (3 * log).max(4);
-        if !k.is_multiple_of(2) {
-            k += 1;
-        }
-        if k >= n {
-            // Small cohorts: the complete graph.
-            k = n - 1;
-        }
+        let k = Self::default_neighbours(n, max_dropout)?;
         let params = Self {
             round,
             participants: ids,
             neighbours: k,
-            threshold: (k / 3 + 1).max(2),
+            threshold: Self::default_threshold(k),
             graph_seed,
             dimension,
             range,
@@ -237,9 +361,10 @@ impl RoundParams {
                 "neighbours must be even (or all the others), at least 2, below the {n} participants and at most 254, got {k}"
             )));
         }
-        if self.threshold < 2 || self.threshold > k {
+        if self.threshold < 2 || self.threshold > k || 2 * self.threshold <= k {
             return Err(SecAggError::Config(format!(
-                "threshold must be in [2, {k}], got {}",
+                "threshold must be more than half the {k} neighbours and at most {k} (so in [{}, {k}]), got {}",
+                Self::default_threshold(k),
                 self.threshold
             )));
         }
@@ -250,6 +375,86 @@ impl RoundParams {
             )));
         }
         Ok(())
+    }
+
+    /// A digest of every parameter. Every signed message binds it, so that
+    /// participants given different parameters never accept each other's
+    /// messages.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"tessera secagg round parameters v1");
+        h.update(self.round.to_le_bytes());
+        h.update((self.participants.len() as u64).to_le_bytes());
+        for p in &self.participants {
+            h.update(p.to_le_bytes());
+        }
+        h.update((self.neighbours as u64).to_le_bytes());
+        h.update((self.threshold as u64).to_le_bytes());
+        h.update(self.graph_seed);
+        h.update((self.dimension as u64).to_le_bytes());
+        h.update(self.range.to_bits().to_le_bytes());
+        h.finalize().into()
+    }
+
+    /// Checks parameters the coordinator sent against what the plan gives
+    /// for the same cohort: the round, the graph seed, the dimension, the
+    /// clipping range, the neighbours and the threshold, this participant's
+    /// place in the cohort and the cohort's size. A coordinator that lowers
+    /// the threshold, shrinks the cohort or reshapes the neighbour graph is
+    /// refused, naming the field.
+    pub fn check(&self, expected: &Expected<'_>) -> Result<(), SecAggError> {
+        let refuse = |what: String| {
+            Err(SecAggError::Refused(format!(
+                "the coordinator's round parameters differ from the plan: {what}"
+            )))
+        };
+        if self.round != expected.round {
+            return refuse(format!(
+                "round {}, this participant trains for round {}",
+                self.round, expected.round
+            ));
+        }
+        if !self.participants.is_sorted() || self.participants.windows(2).any(|w| w[0] == w[1]) {
+            return refuse("the participant list is not sorted and distinct".into());
+        }
+        if self.participants.binary_search(&expected.id).is_err() {
+            return refuse(format!(
+                "this participant's id {} is not in the cohort",
+                expected.id
+            ));
+        }
+        if self.participants.len() < expected.min_cohort.max(3) {
+            return refuse(format!(
+                "a cohort of {}, the plan needs at least {}",
+                self.participants.len(),
+                expected.min_cohort.max(3)
+            ));
+        }
+        let plan = expected.config.round_params(
+            expected.round,
+            &self.participants,
+            expected.graph_seed,
+            expected.dimension,
+        )?;
+        for (field, given, wanted) in [
+            ("neighbours", self.neighbours, plan.neighbours),
+            ("threshold", self.threshold, plan.threshold),
+            ("dimension", self.dimension, plan.dimension),
+        ] {
+            if given != wanted {
+                return refuse(format!("{field} {given}, the plan gives {wanted}"));
+            }
+        }
+        if self.graph_seed != plan.graph_seed {
+            return refuse("the neighbour graph's seed is not the plan's".into());
+        }
+        if self.range.to_bits() != plan.range.to_bits() {
+            return refuse(format!(
+                "clipping range {}, the plan gives {}",
+                self.range, plan.range
+            ));
+        }
+        self.validate()
     }
 
     /// Quantisation bits: the sum of every participant's value fits in 32 bits.
@@ -308,15 +513,150 @@ impl RoundParams {
     }
 }
 
-/// Stage 1: a participant's public keys.
+/// Signs this participant's protocol messages with a key whose public half
+/// the other participants know without the coordinator's word (from the
+/// federation CA's certificates in deployment), so that the coordinator can
+/// neither substitute a participant's keys nor forge its view of a round.
+pub trait Signer: Send + Sync {
+    /// The signature of `message`.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SecAggError>;
+}
+
+/// Checks other participants' signatures.
+pub trait Verifier: Send + Sync {
+    /// `Ok` when `signature` is participant `who`'s on `message`; the reason
+    /// otherwise.
+    fn verify(&self, who: u32, message: &[u8], signature: &[u8]) -> Result<(), String>;
+}
+
+/// An Ed25519 signing key (simulation and tests; deployment signs with the
+/// site's certificate key).
+pub struct Ed25519Signer(ed25519_dalek::SigningKey);
+
+impl Ed25519Signer {
+    /// The key of a 32-byte secret.
+    pub fn from_secret(secret: [u8; 32]) -> Self {
+        Self(ed25519_dalek::SigningKey::from_bytes(&secret))
+    }
+
+    /// The public key others verify with.
+    pub fn public(&self) -> [u8; 32] {
+        self.0.verifying_key().to_bytes()
+    }
+}
+
+impl Signer for Ed25519Signer {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, SecAggError> {
+        use ed25519_dalek::Signer as _;
+        Ok(self.0.sign(message).to_bytes().to_vec())
+    }
+}
+
+/// Ed25519 public keys by participant id.
+#[derive(Debug, Clone, Default)]
+pub struct Ed25519Directory(BTreeMap<u32, ed25519_dalek::VerifyingKey>);
+
+impl Ed25519Directory {
+    /// An empty directory.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds participant `id`'s public key.
+    pub fn insert(&mut self, id: u32, public: [u8; 32]) -> Result<(), SecAggError> {
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&public)
+            .map_err(|e| SecAggError::Config(format!("participant {id}'s public key: {e}")))?;
+        self.0.insert(id, key);
+        Ok(())
+    }
+}
+
+impl Verifier for Ed25519Directory {
+    fn verify(&self, who: u32, message: &[u8], signature: &[u8]) -> Result<(), String> {
+        let key = self
+            .0
+            .get(&who)
+            .ok_or_else(|| format!("no public key is known for participant {who}"))?;
+        let signature = ed25519_dalek::Signature::from_slice(signature)
+            .map_err(|_| format!("participant {who}'s signature is malformed"))?;
+        key.verify_strict(message, &signature)
+            .map_err(|_| format!("participant {who}'s signature does not verify"))
+    }
+}
+
+/// No authentication: signs nothing and accepts everything. Only for a
+/// deployment that explicitly runs without TLS, where participants have no
+/// keys to sign with; the coordinator can then substitute keys and forge
+/// views, and secure aggregation protects against an honest-but-curious
+/// coordinator only.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unauthenticated;
+
+impl Signer for Unauthenticated {
+    fn sign(&self, _message: &[u8]) -> Result<Vec<u8>, SecAggError> {
+        Ok(Vec::new())
+    }
+}
+
+impl Verifier for Unauthenticated {
+    fn verify(&self, _who: u32, _message: &[u8], _signature: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The bytes a participant signs to advertise its keys.
+pub fn keys_message(
+    params_digest: &[u8; 32],
+    from: u32,
+    c_public: &[u8; 32],
+    s_public: &[u8; 32],
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(22 + 32 + 4 + 64);
+    m.extend_from_slice(b"tessera secagg keys v1");
+    m.extend_from_slice(params_digest);
+    m.extend_from_slice(&from.to_le_bytes());
+    m.extend_from_slice(c_public);
+    m.extend_from_slice(s_public);
+    m
+}
+
+/// The bytes a survivor signs in the consistency check: the round's
+/// parameters and the survivor and dropped sets it was given.
+pub fn view_message(params_digest: &[u8; 32], request: &UnmaskRequest) -> Vec<u8> {
+    let mut m =
+        Vec::with_capacity(22 + 32 + 16 + 4 * (request.survivors.len() + request.dropped.len()));
+    m.extend_from_slice(b"tessera secagg view v1");
+    m.extend_from_slice(params_digest);
+    for set in [&request.survivors, &request.dropped] {
+        m.extend_from_slice(&(set.len() as u64).to_le_bytes());
+        for id in set {
+            m.extend_from_slice(&id.to_le_bytes());
+        }
+    }
+    m
+}
+
+/// Stage 1: a participant's public keys, signed by it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdvertiseKeys {
     /// Sender.
     pub from: u32,
     /// Key for share encryption.
     pub c_public: [u8; 32],
-    /// Key for pairwise masks.
+    /// Key for pairwise masks (fresh every round).
     pub s_public: [u8; 32],
+    /// The sender's signature of [`keys_message`].
+    pub signature: Vec<u8>,
+}
+
+/// Stage 4 (consistency check): a survivor's signature of the survivor and
+/// dropped sets it was given ([`view_message`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedView {
+    /// Signer.
+    pub from: u32,
+    /// Its signature.
+    pub signature: Vec<u8>,
 }
 
 /// Stage 2: encrypted shares, one per neighbour.
@@ -337,8 +677,9 @@ pub struct MaskedInput {
     pub values: Vec<u32>,
 }
 
-/// Stage 4, server to participants: whose self masks and whose pairwise
-/// masks to reveal.
+/// Stages 4 and 5, server to participants: whose self masks and whose
+/// pairwise masks to reveal (signed by every survivor in stage 4, revealed
+/// in stage 5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnmaskRequest {
     /// Participants whose masked input arrived.
@@ -347,7 +688,7 @@ pub struct UnmaskRequest {
     pub dropped: Vec<u32>,
 }
 
-/// Stage 4, participants to server: shares of survivors' self-mask seeds and
+/// Stage 5, participants to server: shares of survivors' self-mask seeds and
 /// of the dropped participants' mask keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnmaskResponse {
@@ -399,15 +740,16 @@ fn share_cipher(shared: &[u8; 32], round: u32) -> Aes256Gcm {
     Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key))
 }
 
-/// A participant's key pairs, kept from round to round.
+/// A participant's key pairs between rounds.
 ///
-/// The encryption pair `c` is never revealed, so it lasts the run. The mask
-/// pair `s` is revealed to the server when the participant is declared
-/// dropped, so it is replaced before the next round whenever the participant
-/// was not asked to unmask as a survivor. Key agreements with a neighbour's
-/// public keys are computed once and kept; each round derives its own keys
-/// from them with HKDF (salted with the round), so a stable cohort pays the
-/// X25519 cost in its first round only.
+/// The encryption pair `c` is never revealed, so it lasts the run, and its
+/// agreements with neighbours' public keys are computed once and kept (each
+/// round derives its own keys from them with HKDF, salted with the round).
+/// The mask pair `s` is replaced after every round, whatever happened in it:
+/// a participant that survives rounds 1 and 2 reveals its self-mask seeds
+/// there, and if it drops in round 3 its mask key is rebuilt; had the key
+/// lasted, the server would then remove the pairwise masks of rounds 1 and 2
+/// and read those inputs.
 pub struct KeyRing {
     c_secret: StaticSecret,
     s_secret: StaticSecret,
@@ -435,7 +777,7 @@ impl KeyRing {
         }
     }
 
-    /// Replaces the mask key pair (after it may have been revealed).
+    /// Replaces the mask key pair.
     pub fn rotate_mask_key(&mut self, s_randomness: [u8; 32]) {
         self.s_secret = StaticSecret::from(s_randomness);
         self.s_public = PublicKey::from(&self.s_secret).to_bytes();
@@ -508,17 +850,22 @@ pub struct Client {
     /// Shares held for neighbours who completed stage 2: (seed share, key share).
     held: BTreeMap<u32, (Vec<u8>, Vec<u8>)>,
     masked: bool,
-    unmasked_as_survivor: bool,
+    /// The survivor and dropped sets this participant signed (stage 4).
+    signed_view: Option<UnmaskRequest>,
+    /// Whether it answered an unmasking request (at most once a round).
+    unmasked: bool,
+    digest: [u8; 32],
 }
 
 impl Client {
     /// A participant `id` of the round with fresh keys, from 32 bytes of
     /// secret randomness (from the operating system in deployment), and its
-    /// stage 1 message.
+    /// stage 1 message, signed by `signer`.
     pub fn new(
         id: u32,
         params: RoundParams,
         randomness: [u8; 32],
+        signer: &dyn Signer,
     ) -> Result<(Self, AdvertiseKeys), SecAggError> {
         let mut rng = ChaCha20Rng::from_seed(randomness);
         let mut draw = || {
@@ -527,17 +874,18 @@ impl Client {
             b
         };
         let keys = KeyRing::new(draw(), draw());
-        Self::with_keys(id, params, keys, draw())
+        Self::with_keys(id, params, keys, draw(), signer)
     }
 
-    /// A participant `id` of the round keeping its key pairs from earlier
-    /// rounds (see [`KeyRing`]), with 32 bytes of fresh secret randomness for
-    /// this round's self mask, and its stage 1 message.
+    /// A participant `id` of the round with its key ring from the round
+    /// before (see [`KeyRing`]), 32 bytes of fresh secret randomness for this
+    /// round's self mask, and its stage 1 message, signed by `signer`.
     pub fn with_keys(
         id: u32,
         params: RoundParams,
         keys: KeyRing,
         seed: [u8; 32],
+        signer: &dyn Signer,
     ) -> Result<(Self, AdvertiseKeys), SecAggError> {
         params.validate()?;
         if params.participants.binary_search(&id).is_err() {
@@ -545,10 +893,13 @@ impl Client {
                 "participant {id} is not in the round"
             )));
         }
+        let digest = params.digest();
+        let signature = signer.sign(&keys_message(&digest, id, &keys.c_public, &keys.s_public))?;
         let advertised = AdvertiseKeys {
             from: id,
             c_public: keys.c_public,
             s_public: keys.s_public,
+            signature,
         };
         let neighbours = params.neighbours_of(id);
         Ok((
@@ -562,21 +913,20 @@ impl Client {
                 agreed: BTreeMap::new(),
                 held: BTreeMap::new(),
                 masked: false,
-                unmasked_as_survivor: false,
+                signed_view: None,
+                unmasked: false,
+                digest,
             },
             advertised,
         ))
     }
 
-    /// Ends the round and returns the key ring for the next one: the mask
-    /// key is replaced (with `s_randomness`) unless this participant was
-    /// asked to unmask as a survivor, since otherwise the server may have
-    /// rebuilt it.
+    /// Ends the round and returns the key ring for the next one, its mask
+    /// key replaced by a fresh one from `s_randomness` (whatever happened in
+    /// this round: see [`KeyRing`]).
     pub fn into_keys(self, s_randomness: [u8; 32]) -> KeyRing {
         let mut keys = self.keys;
-        if !self.unmasked_as_survivor {
-            keys.rotate_mask_key(s_randomness);
-        }
+        keys.rotate_mask_key(s_randomness);
         keys
     }
 
@@ -585,9 +935,16 @@ impl Client {
         &self.neighbours
     }
 
-    /// Stage 2: takes the neighbours' keys (as relayed by the server) and
-    /// returns the encrypted shares of this participant's secrets.
-    pub fn share_keys(&mut self, keys: &[AdvertiseKeys]) -> Result<ShareKeys, SecAggError> {
+    /// Stage 2: takes the neighbours' keys (as relayed by the server),
+    /// checks each neighbour's signature with `verifier`, and returns the
+    /// encrypted shares of this participant's secrets. A key advertisement
+    /// its sender did not sign (the server substituted it) ends the round
+    /// for this participant before any share is made.
+    pub fn share_keys(
+        &mut self,
+        keys: &[AdvertiseKeys],
+        verifier: &dyn Verifier,
+    ) -> Result<ShareKeys, SecAggError> {
         for k in keys {
             if self.neighbours.binary_search(&k.from).is_ok() {
                 if k.c_public == k.s_public {
@@ -596,7 +953,19 @@ impl Client {
                         reason: "its two public keys are equal".into(),
                     });
                 }
-                self.peers.insert(k.from, k.clone());
+                let message = keys_message(&self.digest, k.from, &k.c_public, &k.s_public);
+                if let Err(why) = verifier.verify(k.from, &message, &k.signature) {
+                    return Err(SecAggError::Refused(format!(
+                        "the keys relayed for participant {} are not signed by it ({why}): the coordinator may have substituted them",
+                        k.from
+                    )));
+                }
+                if self.peers.insert(k.from, k.clone()).is_some() {
+                    return Err(SecAggError::BadMessage {
+                        from: k.from,
+                        reason: "its keys were relayed twice".into(),
+                    });
+                }
             }
         }
         if self.peers.len() < self.params.threshold {
@@ -706,9 +1075,10 @@ impl Client {
         })
     }
 
-    /// Stage 4: reveals shares of survivors' seeds and dropped participants'
-    /// keys; refuses a request naming a participant as both.
-    pub fn unmask(&mut self, request: &UnmaskRequest) -> Result<UnmaskResponse, SecAggError> {
+    /// Checks an unmasking request before signing or answering it: this
+    /// participant a survivor, nobody both survivor and dropped, everyone in
+    /// the round, and enough survivors for a threshold.
+    fn check_request(&self, request: &UnmaskRequest) -> Result<(), SecAggError> {
         if !self.masked {
             return Err(SecAggError::Refused(
                 "this participant has not sent its masked input".into(),
@@ -716,9 +1086,23 @@ impl Client {
         }
         let survivors: BTreeSet<u32> = request.survivors.iter().copied().collect();
         let dropped: BTreeSet<u32> = request.dropped.iter().copied().collect();
+        if survivors.len() != request.survivors.len() || dropped.len() != request.dropped.len() {
+            return Err(SecAggError::Refused(
+                "the request names a participant twice".into(),
+            ));
+        }
         if let Some(both) = survivors.intersection(&dropped).next() {
             return Err(SecAggError::Refused(format!(
                 "participant {both} is named both survivor and dropped"
+            )));
+        }
+        if let Some(stranger) = survivors
+            .iter()
+            .chain(&dropped)
+            .find(|p| self.params.participants.binary_search(p).is_err())
+        {
+            return Err(SecAggError::Refused(format!(
+                "participant {stranger} is not in the round"
             )));
         }
         if !survivors.contains(&self.id) {
@@ -726,7 +1110,102 @@ impl Client {
                 "the request does not count this participant as a survivor".into(),
             ));
         }
-        self.unmasked_as_survivor = true;
+        if survivors.len() < self.params.threshold {
+            return Err(SecAggError::Refused(format!(
+                "{} survivors, fewer than the threshold {}",
+                survivors.len(),
+                self.params.threshold
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stage 4, the consistency check (Bonawitz et al. 2017, active
+    /// variant): signs the survivor and dropped sets the server names. A
+    /// participant signs one view a round.
+    pub fn sign_view(
+        &mut self,
+        request: &UnmaskRequest,
+        signer: &dyn Signer,
+    ) -> Result<SignedView, SecAggError> {
+        self.check_request(request)?;
+        if let Some(signed) = &self.signed_view
+            && signed != request
+        {
+            return Err(SecAggError::Refused(
+                "the server asked this participant to sign a second, different view of the round"
+                    .into(),
+            ));
+        }
+        let signature = signer.sign(&view_message(&self.digest, request))?;
+        self.signed_view = Some(request.clone());
+        Ok(SignedView {
+            from: self.id,
+            signature,
+        })
+    }
+
+    /// Stage 5: reveals shares of survivors' seeds and dropped participants'
+    /// keys, once, after the consistency check: the request must be the view
+    /// this participant signed, and `views` must hold at least `threshold`
+    /// signatures of that same view by distinct survivors. Any signature of
+    /// another view (a server that told different participants different
+    /// survivor sets) or one that does not verify aborts the round for this
+    /// participant without revealing anything.
+    pub fn unmask(
+        &mut self,
+        request: &UnmaskRequest,
+        views: &[SignedView],
+        verifier: &dyn Verifier,
+    ) -> Result<UnmaskResponse, SecAggError> {
+        self.check_request(request)?;
+        if self.unmasked {
+            return Err(SecAggError::Refused(
+                "this participant already answered an unmasking request this round".into(),
+            ));
+        }
+        match &self.signed_view {
+            None => {
+                return Err(SecAggError::Refused(
+                    "no consistency check: this participant has not signed a view of the round"
+                        .into(),
+                ));
+            }
+            Some(signed) if signed != request => {
+                return Err(SecAggError::Refused(
+                    "the unmasking request differs from the survivor set this participant signed"
+                        .into(),
+                ));
+            }
+            Some(_) => {}
+        }
+        let message = view_message(&self.digest, request);
+        let mut signers = BTreeSet::new();
+        for view in views {
+            if !request.survivors.contains(&view.from) {
+                return Err(SecAggError::Refused(format!(
+                    "participant {} signed a view of the round, but the survivor set this participant was given does not name it: the coordinator sent different views of the round; no share revealed",
+                    view.from
+                )));
+            }
+            if let Err(why) = verifier.verify(view.from, &message, &view.signature) {
+                return Err(SecAggError::Refused(format!(
+                    "participant {} did not sign the survivor set this participant was given ({why}): the coordinator sent different views of the round; no share revealed",
+                    view.from
+                )));
+            }
+            signers.insert(view.from);
+        }
+        if signers.len() < self.params.threshold {
+            return Err(SecAggError::Refused(format!(
+                "{} survivors signed this view of the round, {} needed",
+                signers.len(),
+                self.params.threshold
+            )));
+        }
+        let survivors: BTreeSet<u32> = request.survivors.iter().copied().collect();
+        let dropped: BTreeSet<u32> = request.dropped.iter().copied().collect();
+        self.unmasked = true;
         let mut response = UnmaskResponse {
             from: self.id,
             seed_shares: Vec::new(),
@@ -753,6 +1232,8 @@ pub struct Server {
     /// Stage 2 completers, with their shares by recipient.
     shares: BTreeMap<u32, BTreeMap<u32, Vec<u8>>>,
     masked: BTreeMap<u32, Vec<u32>>,
+    /// Stage 4: survivors' signatures of the unmasking request.
+    views: BTreeMap<u32, Vec<u8>>,
     responses: BTreeMap<u32, UnmaskResponse>,
 }
 
@@ -767,6 +1248,7 @@ impl Server {
             keys: BTreeMap::new(),
             shares: BTreeMap::new(),
             masked: BTreeMap::new(),
+            views: BTreeMap::new(),
             responses: BTreeMap::new(),
         })
     }
@@ -793,6 +1275,12 @@ impl Server {
     /// Stage 1: a participant's keys.
     pub fn receive_keys(&mut self, keys: AdvertiseKeys) -> Result<(), SecAggError> {
         self.check_member(keys.from)?;
+        if keys.signature.len() > 1024 {
+            return Err(SecAggError::BadMessage {
+                from: keys.from,
+                reason: format!("a signature of {} bytes", keys.signature.len()),
+            });
+        }
         if self.keys.contains_key(&keys.from) {
             return Err(SecAggError::BadMessage {
                 from: keys.from,
@@ -866,7 +1354,8 @@ impl Server {
         Ok(())
     }
 
-    /// Stage 3 → 4: who survived and who dropped after sharing.
+    /// Stage 3 → 4: who survived and who dropped after sharing (the view
+    /// every survivor signs in stage 4 and answers in stage 5).
     pub fn unmask_request(&self) -> UnmaskRequest {
         UnmaskRequest {
             survivors: self.masked.keys().copied().collect(),
@@ -879,13 +1368,43 @@ impl Server {
         }
     }
 
-    /// Stage 4: a survivor's shares.
-    pub fn receive_unmask(&mut self, response: UnmaskResponse) -> Result<(), SecAggError> {
-        let from = response.from;
-        if !self.masked.contains_key(&from) || self.responses.contains_key(&from) {
+    /// Stage 4: a survivor's signature of the unmasking request.
+    pub fn receive_view(&mut self, view: SignedView) -> Result<(), SecAggError> {
+        let from = view.from;
+        if !self.masked.contains_key(&from) || self.views.contains_key(&from) {
             return Err(SecAggError::BadMessage {
                 from,
-                reason: "unmasking from a non-survivor, or twice".into(),
+                reason: "a signed view from a non-survivor, or twice".into(),
+            });
+        }
+        if view.signature.len() > 1024 {
+            return Err(SecAggError::BadMessage {
+                from,
+                reason: format!("a signature of {} bytes", view.signature.len()),
+            });
+        }
+        self.views.insert(from, view.signature);
+        Ok(())
+    }
+
+    /// Stage 4 → 5: the survivors' signatures, sent to each of them.
+    pub fn views(&self) -> Vec<SignedView> {
+        self.views
+            .iter()
+            .map(|(from, signature)| SignedView {
+                from: *from,
+                signature: signature.clone(),
+            })
+            .collect()
+    }
+
+    /// Stage 5: a survivor's shares (from one that signed its view).
+    pub fn receive_unmask(&mut self, response: UnmaskResponse) -> Result<(), SecAggError> {
+        let from = response.from;
+        if !self.views.contains_key(&from) || self.responses.contains_key(&from) {
+            return Err(SecAggError::BadMessage {
+                from,
+                reason: "unmasking from a survivor that signed no view, or twice".into(),
             });
         }
         self.responses.insert(from, response);

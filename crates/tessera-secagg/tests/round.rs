@@ -7,9 +7,46 @@ use std::collections::BTreeSet;
 
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
+use std::sync::OnceLock;
+
 use tessera_secagg::{
-    Client, MaskedInput, RoundParams, SecAggError, Server, UnmaskRequest, quantize,
+    Client, Ed25519Directory, Ed25519Signer, MaskedInput, RoundParams, SecAggError, Server,
+    UnmaskRequest, quantize,
 };
+
+/// Participant `id`'s identity key.
+fn signer(id: u32) -> Ed25519Signer {
+    Ed25519Signer::from_secret(seed(id, 77))
+}
+
+/// Every test participant's public identity key.
+fn directory() -> &'static Ed25519Directory {
+    static DIRECTORY: OnceLock<Ed25519Directory> = OnceLock::new();
+    DIRECTORY.get_or_init(|| {
+        let mut d = Ed25519Directory::new();
+        for id in 0..200 {
+            d.insert(id, signer(id).public()).unwrap();
+        }
+        d
+    })
+}
+
+/// Stages 4 and 5 for the clients `answering` (by position in `clients`):
+/// each signs the server's view, then unmasks with the signatures.
+fn consistency_and_unmask(server: &mut Server, clients: &mut [(u32, &mut Client)]) {
+    let request = server.unmask_request();
+    for (id, c) in clients.iter_mut() {
+        server
+            .receive_view(c.sign_view(&request, &signer(*id)).unwrap())
+            .unwrap();
+    }
+    let views = server.views();
+    for (_, c) in clients.iter_mut() {
+        server
+            .receive_unmask(c.unmask(&request, &views, directory()).unwrap())
+            .unwrap();
+    }
+}
 
 struct Outcome {
     server: Server,
@@ -47,14 +84,16 @@ fn round(
     let mut server = Server::new(params.clone()).unwrap();
     let mut clients = Vec::new();
     for &id in &ids {
-        let (client, keys) = Client::new(id, params.clone(), seed(id, 1)).unwrap();
+        let (client, keys) = Client::new(id, params.clone(), seed(id, 1), &signer(id)).unwrap();
         server.receive_keys(keys).unwrap();
         clients.push(client);
     }
     let alive = |id: &u32, gone: &[&[u32]]| gone.iter().all(|g| !g.contains(id));
     for (id, client) in ids.iter().zip(clients.iter_mut()) {
         if alive(id, &[drop_before_shares]) {
-            let shares = client.share_keys(&server.keys_for(*id)).unwrap();
+            let shares = client
+                .share_keys(&server.keys_for(*id), directory())
+                .unwrap();
             server.receive_shares(shares).unwrap();
         }
     }
@@ -67,16 +106,18 @@ fn round(
         }
     }
     let request = server.unmask_request();
-    for (id, client) in ids.iter().zip(clients.iter_mut()) {
-        if alive(
-            id,
-            &[drop_before_shares, drop_before_masked, drop_before_unmask],
-        ) {
-            server
-                .receive_unmask(client.unmask(&request).unwrap())
-                .unwrap();
-        }
-    }
+    let mut answering: Vec<(u32, &mut Client)> = ids
+        .iter()
+        .copied()
+        .zip(clients.iter_mut())
+        .filter(|(id, _)| {
+            alive(
+                id,
+                &[drop_before_shares, drop_before_masked, drop_before_unmask],
+            )
+        })
+        .collect();
+    consistency_and_unmask(&mut server, &mut answering);
     let result = server.finish();
     Outcome {
         server,
@@ -97,7 +138,7 @@ fn forty_seven_participants_thirty_percent_dropping_recover_the_exact_sum() {
     let (sum, count) = outcome.result.unwrap();
     assert_eq!(count, 47 - 14 - 1);
     let params = outcome.server.params().clone();
-    assert_eq!((params.neighbours, params.threshold), (18, 7));
+    assert_eq!((params.neighbours, params.threshold), (46, 24));
     // The recovered sum is exactly the sum of the survivors' quantised inputs...
     let survivors: BTreeSet<u32> = outcome.survivors.iter().copied().collect();
     let mut expected_q = vec![0u32; 2_000];
@@ -194,13 +235,13 @@ fn a_request_naming_someone_survivor_and_dropped_is_refused() {
     let mut server = Server::new(params.clone()).unwrap();
     let mut clients = Vec::new();
     for &id in &ids {
-        let (c, k) = Client::new(id, params.clone(), seed(id, 2)).unwrap();
+        let (c, k) = Client::new(id, params.clone(), seed(id, 2), &signer(id)).unwrap();
         server.receive_keys(k).unwrap();
         clients.push(c);
     }
     for (id, c) in ids.iter().zip(clients.iter_mut()) {
         server
-            .receive_shares(c.share_keys(&server.keys_for(*id)).unwrap())
+            .receive_shares(c.share_keys(&server.keys_for(*id), directory()).unwrap())
             .unwrap();
     }
     for (id, c) in ids.iter().zip(clients.iter_mut()) {
@@ -212,7 +253,7 @@ fn a_request_naming_someone_survivor_and_dropped_is_refused() {
         survivors: ids.clone(),
         dropped: vec![neighbour],
     };
-    let e = clients[0].unmask(&greedy).unwrap_err();
+    let e = clients[0].sign_view(&greedy, &signer(0)).unwrap_err();
     assert!(e.to_string().contains("both survivor and dropped"), "{e}");
     // A wrong-sized input and a stranger's message are refused, not panics.
     let bad = MaskedInput {
@@ -225,7 +266,8 @@ fn a_request_naming_someone_survivor_and_dropped_is_refused() {
             .receive_keys(tessera_secagg::AdvertiseKeys {
                 from: 99,
                 c_public: [1; 32],
-                s_public: [2; 32]
+                s_public: [2; 32],
+                signature: Vec::new(),
             })
             .is_err()
     );
@@ -234,19 +276,19 @@ fn a_request_naming_someone_survivor_and_dropped_is_refused() {
 #[test]
 fn too_many_dropouts_fail_cleanly() {
     let ids: Vec<u32> = (0..8).collect();
-    let mut params = RoundParams::new(1, &ids, [3; 32], 4, 1.0).unwrap();
-    params.threshold = 4;
+    let params = RoundParams::new(1, &ids, [3; 32], 4, 1.0).unwrap();
     assert_eq!(params.neighbours, 7, "a small cohort is a complete graph");
+    assert_eq!(params.threshold, 4, "more than half of 7");
     let mut server = Server::new(params.clone()).unwrap();
     let mut clients = Vec::new();
     for &id in &ids {
-        let (c, k) = Client::new(id, params.clone(), seed(id, 3)).unwrap();
+        let (c, k) = Client::new(id, params.clone(), seed(id, 3), &signer(id)).unwrap();
         server.receive_keys(k).unwrap();
         clients.push(c);
     }
     for (id, c) in ids.iter().zip(clients.iter_mut()) {
         server
-            .receive_shares(c.share_keys(&server.keys_for(*id)).unwrap())
+            .receive_shares(c.share_keys(&server.keys_for(*id), directory()).unwrap())
             .unwrap();
     }
     // Five of eight drop before masking: no secret can be rebuilt.
@@ -254,9 +296,11 @@ fn too_many_dropouts_fail_cleanly() {
         let m = c.masked_input(&server.shares_for(*id), &[0.1; 4]).unwrap();
         server.receive_masked(m).unwrap();
     }
+    // Three survivors are fewer than the threshold: nobody signs the view.
     let request = server.unmask_request();
-    for c in clients.iter_mut().take(3) {
-        server.receive_unmask(c.unmask(&request).unwrap()).unwrap();
+    for (id, c) in ids.iter().zip(clients.iter_mut()).take(3) {
+        let e = c.sign_view(&request, &signer(*id)).unwrap_err();
+        assert!(e.to_string().contains("fewer than the threshold"), "{e}");
     }
     assert!(matches!(
         server.finish(),
@@ -265,11 +309,11 @@ fn too_many_dropouts_fail_cleanly() {
 }
 
 #[test]
-fn keys_last_across_rounds_and_the_dropped_replace_their_mask_keys() {
+fn the_encryption_key_lasts_and_the_mask_key_is_fresh_every_round() {
     use tessera_secagg::KeyRing;
     let ids: Vec<u32> = (0..20).collect();
     let mut rings: Vec<Option<KeyRing>> = ids.iter().map(|_| None).collect();
-    let mut previous_s: Vec<[u8; 32]> = vec![[0; 32]; ids.len()];
+    let mut previous: Vec<([u8; 32], [u8; 32])> = vec![([0; 32], [0; 32]); ids.len()];
     for round in 1..=3u32 {
         let params = RoundParams::new(round, &ids, [4; 32], 64, 1.0).unwrap();
         let mut server = Server::new(params.clone()).unwrap();
@@ -278,19 +322,26 @@ fn keys_last_across_rounds_and_the_dropped_replace_their_mask_keys() {
             let keys = rings[id as usize]
                 .take()
                 .unwrap_or_else(|| KeyRing::new(seed(id, 10), seed(id, 11)));
-            let (c, k) =
-                Client::with_keys(id, params.clone(), keys, seed(id + 1000 * round, 12)).unwrap();
-            if round == 2 {
-                // Round 1 dropped participants 3 and 7: only their mask keys changed.
-                assert_eq!(k.s_public != previous_s[id as usize], id == 3 || id == 7);
+            let (c, k) = Client::with_keys(
+                id,
+                params.clone(),
+                keys,
+                seed(id + 1000 * round, 12),
+                &signer(id),
+            )
+            .unwrap();
+            if round > 1 {
+                // Survivor or dropped, every mask key is new; the encryption key stays.
+                assert_ne!(k.s_public, previous[id as usize].1, "round {round}, {id}");
+                assert_eq!(k.c_public, previous[id as usize].0, "round {round}, {id}");
             }
-            previous_s[id as usize] = k.s_public;
+            previous[id as usize] = (k.c_public, k.s_public);
             server.receive_keys(k).unwrap();
             clients.push(c);
         }
         for (id, c) in ids.iter().zip(clients.iter_mut()) {
             server
-                .receive_shares(c.share_keys(&server.keys_for(*id)).unwrap())
+                .receive_shares(c.share_keys(&server.keys_for(*id), directory()).unwrap())
                 .unwrap();
         }
         let dropped: &[u32] = if round == 1 { &[3, 7] } else { &[] };
@@ -307,12 +358,13 @@ fn keys_last_across_rounds_and_the_dropped_replace_their_mask_keys() {
                 .receive_masked(c.masked_input(&server.shares_for(*id), &input).unwrap())
                 .unwrap();
         }
-        let request = server.unmask_request();
-        for (id, c) in ids.iter().zip(clients.iter_mut()) {
-            if !dropped.contains(id) {
-                server.receive_unmask(c.unmask(&request).unwrap()).unwrap();
-            }
-        }
+        let mut answering: Vec<(u32, &mut Client)> = ids
+            .iter()
+            .copied()
+            .zip(clients.iter_mut())
+            .filter(|(id, _)| !dropped.contains(id))
+            .collect();
+        consistency_and_unmask(&mut server, &mut answering);
         let (sum, count) = server.finish().unwrap();
         assert_eq!(count, 20 - dropped.len());
         assert_eq!(sum, expected, "round {round}");
@@ -331,15 +383,170 @@ fn the_threshold_follows_the_configured_dropout_tolerance() {
         dropout_tolerance: Some(tolerance),
         ..SecureAggregationConfig::default()
     };
-    let half = with(0.5).round_params(1, &ids, [0; 32], 8).unwrap();
-    assert_eq!((half.neighbours, half.threshold), (18, 9));
-    let most = with(0.9).round_params(1, &ids, [0; 32], 8).unwrap();
-    assert_eq!(most.threshold, 2);
-    assert!(with(1.0).round_params(1, &ids, [0; 32], 8).is_err());
+    let third = with(0.3).round_params(1, &ids, [0; 32], 8).unwrap();
+    // 46 x 0.7 = 32.2: 33 of 46 shares rebuild a secret.
+    assert_eq!((third.neighbours, third.threshold), (46, 33));
+    // A tolerance just under a half still keeps 2t > k.
+    let most = with(0.49).round_params(1, &ids, [0; 32], 8).unwrap();
+    assert_eq!(most.threshold, 24);
+    for refused in [0.5, 0.9, 1.0] {
+        let e = with(refused).round_params(1, &ids, [0; 32], 8).unwrap_err();
+        assert!(e.to_string().contains("[0, 0.5)"), "{e}");
+    }
+    // An explicit threshold at or under half the neighbours is refused.
+    let low = SecureAggregationConfig {
+        enabled: true,
+        threshold: Some(23),
+        ..SecureAggregationConfig::default()
+    };
+    let e = low.round_params(1, &ids, [0; 32], 8).unwrap_err();
+    assert!(
+        e.to_string().contains("more than half the 46 neighbours"),
+        "{e}"
+    );
     let both = SecureAggregationConfig {
-        threshold: Some(5),
-        ..with(0.5)
+        threshold: Some(12),
+        ..with(0.3)
     };
     let e = both.round_params(1, &ids, [0; 32], 8).unwrap_err();
     assert!(e.to_string().contains("not both"), "{e}");
+}
+
+#[test]
+fn a_participant_refuses_round_parameters_that_differ_from_the_plan() {
+    use tessera_secagg::{Expected, SecureAggregationConfig};
+    let config = SecureAggregationConfig {
+        enabled: true,
+        ..SecureAggregationConfig::default()
+    };
+    let ids: Vec<u32> = (0..47).collect();
+    let honest = config.round_params(4, &ids, [8; 32], 100).unwrap();
+    let expected = Expected {
+        config: &config,
+        round: 4,
+        id: 12,
+        graph_seed: [8; 32],
+        dimension: 100,
+        min_cohort: 10,
+    };
+    honest.check(&expected).unwrap();
+    let refused = |params: RoundParams, expected: &Expected<'_>, what: &str| {
+        let e = params.check(expected).unwrap_err().to_string();
+        assert!(
+            e.contains("differ from the plan") && e.contains(what),
+            "{what}: {e}"
+        );
+    };
+    // A lowered threshold, even one that still passes 2t > k elsewhere.
+    refused(
+        RoundParams {
+            threshold: honest.threshold - 1,
+            ..honest.clone()
+        },
+        &expected,
+        "threshold 23, the plan gives 24",
+    );
+    refused(
+        RoundParams {
+            neighbours: 10,
+            threshold: 6,
+            ..honest.clone()
+        },
+        &expected,
+        "neighbours 10, the plan gives 46",
+    );
+    refused(
+        RoundParams {
+            graph_seed: [9; 32],
+            ..honest.clone()
+        },
+        &expected,
+        "graph's seed",
+    );
+    refused(
+        RoundParams {
+            dimension: 99,
+            ..honest.clone()
+        },
+        &expected,
+        "dimension 99",
+    );
+    refused(
+        RoundParams {
+            range: 4.0,
+            ..honest.clone()
+        },
+        &expected,
+        "clipping range 4",
+    );
+    refused(
+        RoundParams {
+            round: 5,
+            ..honest.clone()
+        },
+        &expected,
+        "round 5",
+    );
+    // A cohort shrunk to a handful (the plan needs 10), or one without us.
+    let small = config
+        .round_params(4, &[12, 30, 31, 40], [8; 32], 100)
+        .unwrap();
+    refused(
+        small,
+        &expected,
+        "a cohort of 4, the plan needs at least 10",
+    );
+    let without = config
+        .round_params(4, &(13..47).collect::<Vec<_>>(), [8; 32], 100)
+        .unwrap();
+    refused(without, &expected, "id 12 is not in the cohort");
+    let unsorted = RoundParams {
+        participants: ids.iter().rev().copied().collect(),
+        ..honest
+    };
+    refused(unsorted, &expected, "sorted");
+}
+
+#[test]
+fn the_neighbour_count_keeps_every_secret_recoverable_at_the_planned_dropout() {
+    // Complete graphs for tens of sites at 30% dropout; sparse graphs for
+    // large cohorts or lower dropout. Each keeps 2t > k.
+    for (n, dropout, k) in [
+        (4, 0.3, 3),
+        (47, 0.3, 46),
+        (47, 0.1, 36),
+        (1_000, 0.1, 42),
+        (1_000, 0.3, 240),
+        (100_000, 0.3, 254),
+    ] {
+        assert_eq!(
+            RoundParams::default_neighbours(n, dropout).unwrap(),
+            k,
+            "n {n}, {dropout}"
+        );
+    }
+    assert!(RoundParams::default_neighbours(47, 0.5).is_err());
+    // Checked empirically: 2,000 random draws of a 47-site cohort losing 30%
+    // at random never leave anyone with fewer than t surviving neighbours.
+    let ids: Vec<u32> = (0..47).collect();
+    let params = RoundParams::new(1, &ids, [2; 32], 4, 1.0).unwrap();
+    let graph = params.graph();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for _ in 0..2_000 {
+        let dropped: BTreeSet<u32> = ids
+            .iter()
+            .copied()
+            .filter(|_| rng.next_u32() % 10 < 3)
+            .collect();
+        for (p, neighbours) in &graph {
+            let alive = neighbours.iter().filter(|v| !dropped.contains(v)).count();
+            if alive < params.threshold {
+                // Only possible when more than half the cohort dropped.
+                assert!(
+                    dropped.len() > 23 - usize::from(!dropped.contains(p)),
+                    "{p}"
+                );
+            }
+        }
+    }
 }

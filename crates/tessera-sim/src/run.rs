@@ -316,7 +316,7 @@ fn run_sync(
         })
         .collect();
     // Local DP: every participant's spend, checked for the whole run before it starts.
-    let mut local_ledger = local_dp.then(|| tessera_privacy::Ledger::new(plan.privacy.budgets()));
+    let mut local_ledger = local_dp.then(|| plan.privacy.ledger());
     let mut local_sigma = f64::INFINITY;
     if let Some(ledger) = &local_ledger {
         let mut forecast = Vec::new();

@@ -4,8 +4,10 @@
 //! Cohort members that drop out of the round (their simulated dropout, or
 //! failed training) leave after sharing their keys and before sending their
 //! masked input: the hardest case for the protocol, which must then unmask
-//! their pairwise masks. Secrets come from the run seed here, which makes
-//! simulations reproducible; deployment draws them from the operating system.
+//! their pairwise masks. Secrets (mask keys, self-mask seeds and the Ed25519
+//! identity keys that sign advertisements and views) come from the run seed
+//! here, which makes simulations reproducible; deployment draws them from
+//! the operating system and signs with each site's certificate key.
 
 use std::collections::BTreeMap;
 
@@ -14,7 +16,9 @@ use tessera_core::{FitStats, ParameterSet, Update, derive_key};
 use tessera_engine::Plan;
 use tessera_engine::streams;
 use tessera_privacy::clip_to_norm;
-use tessera_secagg::{Client, KeyRing, SecAggError, Server, dequantize_sum};
+use tessera_secagg::{
+    Client, Ed25519Directory, Ed25519Signer, KeyRing, SecAggError, Server, dequantize_sum,
+};
 
 /// What a secure round produced.
 pub(crate) struct SecureRound {
@@ -66,24 +70,43 @@ pub(crate) fn secure_round(
             &[streams::SECAGG, u64::from(round), site as u64, tag],
         )
     };
+    // Each site's identity key, the same every round.
+    let signers: BTreeMap<usize, Ed25519Signer> = cohort
+        .iter()
+        .map(|&site| {
+            let key = derive_key(plan.seed, &[streams::SECAGG, 0, site as u64, 5]);
+            (site, Ed25519Signer::from_secret(key))
+        })
+        .collect();
+    let mut directory = Ed25519Directory::new();
+    for (&site, signer) in &signers {
+        directory.insert(site as u32, signer.public())?;
+    }
     for &site in cohort {
         let ring = rings[site]
             .take()
             .unwrap_or_else(|| KeyRing::new(secret(1, site), secret(2, site)));
-        let (client, keys) = Client::with_keys(site as u32, params.clone(), ring, secret(3, site))?;
-        *bytes_up.entry(site).or_default() += 68;
+        let (client, keys) = Client::with_keys(
+            site as u32,
+            params.clone(),
+            ring,
+            secret(3, site),
+            &signers[&site],
+        )?;
+        // Two keys and a signature.
+        *bytes_up.entry(site).or_default() += 4 + 64 + keys.signature.len() as u64;
         server.receive_keys(keys)?;
         clients.push((site, client));
     }
     let shared: Vec<_> = clients
         .par_iter_mut()
-        .map(|(site, client)| client.share_keys(&server.keys_for(*site as u32)))
+        .map(|(site, client)| client.share_keys(&server.keys_for(*site as u32), &directory))
         .collect::<Result<_, _>>()?;
     for ((site, _), shares) in clients.iter().zip(shared) {
         let size: u64 = shares.shares.iter().map(|(_, c)| 4 + c.len() as u64).sum();
         *bytes_up.entry(*site).or_default() += size;
         // Each neighbour's keys come down to the site before it shares.
-        *bytes_down.entry(*site).or_default() += 68 * params.neighbours as u64;
+        *bytes_down.entry(*site).or_default() += (68 + 64) * params.neighbours as u64;
         server.receive_shares(shares)?;
     }
     // The shares addressed to each site come down to it.
@@ -119,11 +142,27 @@ pub(crate) fn secure_round(
         *bytes_down.entry(site).or_default() +=
             4 * (request.survivors.len() + request.dropped.len()) as u64;
     }
+    // The consistency check: every survivor signs the view it was given...
+    let views: Vec<_> = clients
+        .par_iter_mut()
+        .filter(|(site, _)| updates.contains_key(site))
+        .map(|(site, client)| client.sign_view(&request, &signers[site]))
+        .collect::<Result<_, _>>()?;
+    for v in views {
+        *bytes_up.entry(v.from as usize).or_default() += 4 + v.signature.len() as u64;
+        server.receive_view(v)?;
+    }
+    // ...and checks everyone's signatures before revealing any share.
+    let views = server.views();
+    let views_size: u64 = views.iter().map(|v| 4 + v.signature.len() as u64).sum();
     let responses: Vec<_> = clients
         .par_iter_mut()
         .filter(|(site, _)| updates.contains_key(site))
-        .map(|(_, client)| client.unmask(&request))
+        .map(|(_, client)| client.unmask(&request, &views, &directory))
         .collect::<Result<_, _>>()?;
+    for &site in updates.keys() {
+        *bytes_down.entry(site).or_default() += views_size;
+    }
     for r in responses {
         let size: u64 = r
             .seed_shares

@@ -13,6 +13,10 @@
 //! party's folder when it has one (`revoke` copies it into every folder the
 //! CA holds).
 //!
+//! [`SiteSigner`] and [`SiteCertificates`] let a site sign protocol
+//! messages with its certificate key and check other sites' signatures
+//! (secure aggregation's key advertisements and views).
+//!
 //! Key design decision: exactly one crypto provider, ring, everywhere
 //! (certificate generation, TLS, verification).
 #![deny(missing_docs)]
@@ -21,11 +25,13 @@ mod accept;
 mod ca;
 mod config;
 mod connect;
+mod identity;
 
 pub use accept::{Callers, check_site, incoming};
 pub use ca::{CaDir, Issued, IssuedKind};
 pub use config::{ServerTls, TlsFiles, certificate_names_site, client_config, site_dns_name};
 pub use connect::Connector;
+pub use identity::{SiteCertificates, SiteSigner, verify_signature};
 
 use thiserror::Error;
 

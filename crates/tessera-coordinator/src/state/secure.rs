@@ -5,6 +5,13 @@
 //! has dropped, and the protocol recovers the sum of the others. The
 //! protocol's state is not stored: after a coordinator restart the round is
 //! reopened and the cohort trains again (no update was accepted).
+//!
+//! Stages: 1 keys, 2 shares, 3 masked inputs, 4 signed views (the
+//! consistency check), 5 unmasking, 6 done. The coordinator relays: each
+//! participant checks the parameters against the plan, its neighbours'
+//! signatures against the certificates relayed with the parameters (which it
+//! verifies against the federation CA itself), and the survivors' signed
+//! views before it reveals anything (see `tessera_secagg`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,7 +20,7 @@ use tessera_proto::pb;
 use tessera_proto::pb::sec_agg_reply::State as Reply;
 use tessera_proto::pb::sec_agg_request::Step;
 use tessera_secagg::{
-    AdvertiseKeys, MaskedInput, Server, ShareKeys, UnmaskResponse, dequantize_sum,
+    AdvertiseKeys, MaskedInput, Server, ShareKeys, SignedView, UnmaskResponse, dequantize_sum,
 };
 
 use super::{Federation, Refusal};
@@ -24,7 +31,7 @@ pub(super) struct SecureRound {
     index: BTreeMap<String, u32>,
     sites: BTreeMap<u32, String>,
     server: Server,
-    /// 1 keys, 2 shares, 3 masked inputs, 4 unmasking, 5 done.
+    /// 1 keys, 2 shares, 3 masked inputs, 4 signed views, 5 unmasking, 6 done.
     stage: u32,
     /// Who is still expected in the current stage, and who has answered.
     waiting: BTreeSet<u32>,
@@ -51,6 +58,17 @@ fn key32(bytes: &[u8], what: &str) -> Result<[u8; 32], Refusal> {
 }
 
 impl Federation {
+    /// Keeps the client certificate `site` presented (with mutual TLS), to
+    /// relay to the cohorts of secure rounds.
+    pub fn remember_certificate(&mut self, site: &str, certificate: Option<Vec<u8>>) {
+        if let Some(der) = certificate
+            && self.joined.contains(site)
+            && self.certificates.get(site) != Some(&der)
+        {
+            self.certificates.insert(site.to_string(), der);
+        }
+    }
+
     /// Starts secure aggregation for a round just opened with `cohort`.
     pub(super) fn open_secure_round(
         &mut self,
@@ -136,6 +154,15 @@ impl Federation {
                 let state = match want {
                     1 => {
                         let p = server.params();
+                        let sites: Vec<String> = p
+                            .participants
+                            .iter()
+                            .map(|i| secure.sites.get(i).cloned().unwrap_or_default())
+                            .collect();
+                        let certificates = sites
+                            .iter()
+                            .map(|s| self.certificates.get(s).cloned().unwrap_or_default())
+                            .collect();
                         Reply::Params(pb::SecAggParams {
                             id,
                             participants: p.participants.clone(),
@@ -144,6 +171,8 @@ impl Federation {
                             graph_seed: p.graph_seed.to_vec(),
                             dimension: p.dimension as u32,
                             range: p.range,
+                            sites,
+                            certificates,
                         })
                     }
                     2 if secure.stage >= 2 => {
@@ -155,6 +184,7 @@ impl Federation {
                                 .map(|k| pb::SecAggKeys {
                                     c_public: k.c_public.to_vec(),
                                     s_public: k.s_public.to_vec(),
+                                    signature: k.signature,
                                 })
                                 .collect(),
                         })
@@ -169,8 +199,18 @@ impl Federation {
                             dropped: r.dropped,
                         })
                     }
-                    5 if secure.stage >= 5 => Reply::Done(true),
-                    2..=5 => Reply::Wait(true),
+                    5 if secure.stage >= 5 => Reply::Views(pb::SecAggViews {
+                        views: server
+                            .views()
+                            .into_iter()
+                            .map(|v| pb::SecAggSignedView {
+                                id: v.from,
+                                signature: v.signature,
+                            })
+                            .collect(),
+                    }),
+                    6 if secure.stage >= 6 => Reply::Done(true),
+                    2..=6 => Reply::Wait(true),
                     other => {
                         return Err(Refusal::Invalid(format!("no stage {other} to wait for")));
                     }
@@ -182,7 +222,8 @@ impl Federation {
                     Step::Keys(_) => 1,
                     Step::Shares(_) => 2,
                     Step::Masked(_) => 3,
-                    _ => 4,
+                    Step::View(_) => 4,
+                    _ => 5,
                 };
                 if secure.stage != stage || !secure.waiting.contains(&id) {
                     // Too late: the round goes on without this site.
@@ -199,6 +240,7 @@ impl Federation {
                                     from: id,
                                     c_public: c,
                                     s_public: s,
+                                    signature: k.signature,
                                 })
                                 .map_err(|e| Refusal::Invalid(e.to_string()))
                         }),
@@ -221,6 +263,13 @@ impl Federation {
                                 })
                                 .map_err(|e| Refusal::Invalid(e.to_string()))
                         }
+                        Step::View(v) => secure
+                            .server
+                            .receive_view(SignedView {
+                                from: id,
+                                signature: v.signature,
+                            })
+                            .map_err(|e| Refusal::Invalid(e.to_string())),
                         Step::Unmask(u) => secure
                             .server
                             .receive_unmask(UnmaskResponse {
@@ -265,7 +314,7 @@ impl Federation {
         let Some(secure) = self.secure.as_mut() else {
             return;
         };
-        while secure.stage < 5 {
+        while secure.stage < 6 {
             let all_in = secure.waiting.is_subset(&secure.sent);
             let timed_out = now.since(secure.stage_started) > liveness;
             if !all_in && !timed_out {
