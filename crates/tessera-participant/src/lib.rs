@@ -446,7 +446,8 @@ async fn prepare(
                     .saturating_mul(u64::from(plan.federation.rounds)),
                 ..event
             };
-            plan.privacy.ledger()
+            plan.privacy
+                .ledger()
                 .check(
                     &format!("the plan's {} rounds of DP-SGD", plan.federation.rounds),
                     &[],

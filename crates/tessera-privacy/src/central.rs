@@ -284,8 +284,7 @@ mod tests {
             count_stddev: Some(10.0),
             ..AdaptiveClipping::default()
         };
-        let mut dp =
-            CentralDp::new(1.0, 1.0, Some(adaptive), 1_000_000, [1; 32]).expect("valid");
+        let mut dp = CentralDp::new(1.0, 1.0, Some(adaptive), 1_000_000, [1; 32]).expect("valid");
         let mut mean = set(vec![0.0]);
         // Every update was within (the count's noise, 10 in 10^6, is negligible):
         // the norm shrinks by exp(-0.2 * 0.5).
