@@ -45,7 +45,9 @@ fn open(db: &std::path::Path) -> anyhow::Result<Store> {
 }
 
 /// Prints each run's privacy ledger: every release, its DP event, and the
-/// run's epsilon after it, against the plan's budgets.
+/// run's epsilon after it, against the plan's budgets; and each
+/// participant's own epsilon (central releases plus its own local DP-SGD)
+/// against its budget.
 pub fn privacy(args: &PrivacyArgs) -> anyhow::Result<()> {
     let store = open(&args.db)?;
     let runs: Vec<_> = store
@@ -89,10 +91,41 @@ pub fn privacy(args: &PrivacyArgs) -> anyhow::Result<()> {
                 (b - spent).max(0.0)
             )),
         );
-        if let Some(p) = privacy {
-            for (site, b) in &p.participant_budgets {
-                println!("  participant budget: {site} epsilon {b}");
-            }
+        // Each participant's own spend: the central releases plus its own
+        // local ones, from the ledger as stored.
+        let mut ledger = tessera_privacy::Ledger::new(tessera_privacy::Budgets {
+            delta,
+            run: budget,
+            participants: privacy
+                .map(|p| p.participant_budgets.clone())
+                .unwrap_or_default(),
+        });
+        for row in &rows {
+            ledger
+                .restore(row.entry.clone())
+                .with_context(|| format!("run {}: a damaged ledger entry", run.id))?;
+        }
+        let mut names: Vec<String> = store.participants(&run.id)?;
+        names.extend(rows.iter().filter_map(|r| r.entry.participant.clone()));
+        names.extend(ledger.budgets().participants.keys().cloned());
+        names.sort();
+        names.dedup();
+        if !names.is_empty() {
+            println!("  {:<14} {:>10} {:>10}", "participant", "epsilon", "budget");
+        }
+        for name in &names {
+            let spent = ledger.participant_epsilon(name);
+            let own = ledger.budgets().participants.get(name).copied();
+            println!(
+                "  {:<14} {:>10.4} {:>10}{}",
+                name,
+                spent,
+                own.map_or("-".to_string(), |b| b.to_string()),
+                own.map_or(String::new(), |b| format!(
+                    " ({:.4} left)",
+                    (b - spent).max(0.0)
+                ))
+            );
         }
         println!(
             "  {:>7}  {:<8} {:<14} {:>8} {:>6} {:>10} {:>10} {:>11} {:>7} {:>10}",

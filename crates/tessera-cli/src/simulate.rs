@@ -359,12 +359,17 @@ fn print_summary(report: &RunReport) {
     }
     if let Some(p) = &report.privacy {
         println!(
-            "privacy: {} DP spent epsilon {:.4} at delta {:e} ({} accountant, budget {}), noise multiplier {:.4}, clipping norm {}{}; {} releases in the ledger",
+            "privacy: {} DP spent epsilon {:.4} at delta {:e} ({} accountant, budget {}), noise multiplier {}{:.4}, clipping norm {}{}; {} releases in the ledger",
             p.mode,
             p.epsilon,
             p.delta,
             p.accountant,
             p.budget.map_or("none".to_string(), |b| b.to_string()),
+            if p.site_noise_multipliers.len() > 1 {
+                "(smallest) "
+            } else {
+                ""
+            },
             p.noise_multiplier,
             p.clip_norm,
             if p.adaptive_clipping {
@@ -374,6 +379,17 @@ fn print_summary(report: &RunReport) {
             },
             p.ledger.len()
         );
+        if !p.site_noise_multipliers.is_empty() {
+            let each: Vec<String> = p
+                .site_noise_multipliers
+                .iter()
+                .map(|(site, z)| format!("{site} {z:.4}"))
+                .collect();
+            println!("privacy: noise multiplier per site: {}", each.join(", "));
+        }
+        if !p.release {
+            println!("privacy: {}", p.note);
+        }
     }
     if let Some(r) = &report.robustness {
         println!(

@@ -233,3 +233,65 @@ fn ad_hoc_mlp_on_a_plan_dataset_and_overrides() {
     assert_eq!(report["rounds"].as_array().unwrap().len(), 2);
     assert_eq!(report["classes"][1], "1");
 }
+
+#[test]
+fn local_dp_names_each_sites_noise_multiplier_and_says_it_is_no_release() {
+    let s = Scratch::new("local-dp-summary");
+    let run = |name: &str| {
+        s.run(&[
+            "simulate",
+            "--dp",
+            "local",
+            "--epsilon",
+            "3",
+            "--clip-norm",
+            "1",
+            "--report",
+            name,
+        ])
+        .ok()
+    };
+    let out = run("local.json");
+    println!("{out}");
+    let report = s.json("local.json");
+    let privacy = &report["privacy"];
+    let multipliers = privacy["site_noise_multipliers"].as_object().unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("privacy: noise multiplier per site: "))
+        .unwrap_or_else(|| panic!("no per-site line in {out}"));
+    // The four hospitals hold different numbers of rows, so each calibrated
+    // its own multiplier; the summary names every one, as the report does.
+    assert_eq!(multipliers.len(), 4, "{multipliers:?}");
+    for site in ["cleveland", "hungarian", "switzerland", "va"] {
+        let z = multipliers[site].as_f64().unwrap();
+        assert!(line.contains(&format!("{site} {z:.4}")), "{site}: {line}");
+    }
+    let smallest = multipliers
+        .values()
+        .map(|z| z.as_f64().unwrap())
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(number(&report, "privacy.noise_multiplier"), smallest);
+    assert!(
+        out.contains(&format!("noise multiplier (smallest) {smallest:.4}")),
+        "{out}"
+    );
+    let largest = multipliers
+        .values()
+        .map(|z| z.as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(largest > smallest, "{multipliers:?}");
+    // A simulation is an experiment: its noise and batches come from the seed.
+    assert_eq!(privacy["release"], false);
+    let note = privacy["note"].as_str().unwrap();
+    assert!(
+        note.starts_with("simulated DP is an experiment, not a release"),
+        "{note}"
+    );
+    assert!(out.contains(note), "{out}");
+    // And therefore anyone with the seed gets the same numbers again.
+    run("again.json");
+    let again = s.json("again.json");
+    assert_eq!(again["final"], report["final"]);
+    assert_eq!(again["privacy"], report["privacy"]);
+}

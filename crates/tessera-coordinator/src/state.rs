@@ -147,8 +147,10 @@ pub struct Federation {
     downlink: Option<tessera_engine::Downlink>,
     started: Instant,
     version: u64,
-    /// Central DP: the run's secret noise key (drawn from the operating
-    /// system when the run is created, kept in the database for resumes).
+    /// Central DP: the secret noise key of this process, drawn from the
+    /// operating system when the federation opens and kept in memory only
+    /// (a restart draws a new one and replays the stored noised rounds, so
+    /// no closed round's noise is ever needed again).
     noise_key: Option<[u8; 32]>,
     /// Local DP: every participant's DP-SGD, as their updates report it.
     local_ledger: Option<tessera_privacy::Ledger>,
@@ -320,9 +322,12 @@ impl Federation {
         Ok(federation)
     }
 
-    /// Central DP: the run's noise key (drawn now for a new run), after
-    /// checking that the rounds still to run fit every privacy budget, so that
-    /// work that could not be released is refused before it starts.
+    /// Central DP: a fresh noise key from the operating system, never
+    /// stored, after checking that the rounds still to run fit every privacy
+    /// budget, so that work that could not be released is refused before it
+    /// starts. The closed rounds' noise is in their stored aggregates, which
+    /// a resume replays; the open round (and every later one) is noised with
+    /// this key, so nothing in the database reproduces or removes any noise.
     fn privacy_preflight(
         plan: &Plan,
         store: &Store,
@@ -349,14 +354,10 @@ impl Federation {
                 &[],
             )
             .map_err(|e| CoordinatorError::Config(e.to_string()))?;
-        if let Some(key) = store.noise_key(run)? {
-            return Ok(key);
-        }
         let mut key = [0u8; 32];
         getrandom::fill(&mut key).map_err(|e| {
             CoordinatorError::Config(format!("cannot draw a secret noise key: {e}"))
         })?;
-        store.put_noise_key(run, &key)?;
         Ok(key)
     }
 
@@ -1696,21 +1697,25 @@ impl Federation {
                 update_bytes_up: self.update_bytes_up,
             },
             privacy: match &self.local_ledger {
-                Some(ledger) => Some(tessera_engine::report::PrivacyReport::local(
-                    &self.plan.privacy,
-                    ledger
-                        .entries()
-                        .iter()
-                        .map(|e| e.event.noise_multiplier)
-                        .fold(f64::INFINITY, f64::min),
-                    ledger,
-                )),
+                Some(ledger) => Some(
+                    tessera_engine::report::PrivacyReport::local(
+                        &self.plan.privacy,
+                        ledger
+                            .entries()
+                            .iter()
+                            .map(|e| e.event.noise_multiplier)
+                            .fold(f64::INFINITY, f64::min),
+                        ledger,
+                    )
+                    .deployed(),
+                ),
                 None => self
                     .engine
                     .as_ref()
                     .and_then(|e| e.privacy())
                     .map(|(dp, ledger)| {
                         tessera_engine::report::PrivacyReport::new(&self.plan.privacy, dp, ledger)
+                            .deployed()
                     }),
             },
             final_parameters: self

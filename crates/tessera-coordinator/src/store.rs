@@ -1,8 +1,19 @@
 //! Durable state in SQLite (WAL, synchronous commits): runs, the plan, the
 //! data agreement, participants, every model version, each closed round's
-//! aggregate, the open round and its accepted updates, evaluations, and an
-//! append-only audit log. Whatever the coordinator acknowledges is committed
-//! first.
+//! aggregate, the open round and its accepted updates, evaluations, an
+//! append-only audit log and an append-only privacy ledger. Whatever the
+//! coordinator acknowledges is committed first.
+//!
+//! No key is stored: central DP noise comes from a key the coordinator draws
+//! from the operating system at each start and keeps in memory only, and a
+//! restart replays the stored (already noised) aggregates. Anyone who reads
+//! this file sees the released models but cannot subtract their noise. The
+//! file (and SQLite's `-wal` and `-shm` beside it) is created with mode 0600,
+//! and a looser existing one is tightened. A database from an older
+//! coordinator that kept the noise key in a `run_secrets` table has that
+//! table wiped (SQLite's `secure_delete`, then a checkpoint that truncates
+//! the write-ahead log) and dropped when a coordinator opens it; `tessera
+//! runs`, `status` and `privacy` never read it.
 
 use std::path::Path;
 
@@ -25,6 +36,9 @@ pub enum StoreError {
     /// Stored bytes do not decode.
     #[error("database holds a damaged record: {0}")]
     Damaged(String),
+    /// The database file cannot be created or its mode set.
+    #[error("database file {0}")]
+    File(String),
 }
 
 impl From<ProtoError> for StoreError {
@@ -98,9 +112,6 @@ CREATE TRIGGER IF NOT EXISTS audit_is_append_only_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_is_append_only_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TABLE IF NOT EXISTS run_secrets (
-    run_id TEXT PRIMARY KEY, noise_key BLOB NOT NULL
-);
 CREATE TABLE IF NOT EXISTS privacy_ledger (
     run_id TEXT NOT NULL, release INTEGER NOT NULL, kind TEXT NOT NULL,
     participant TEXT NOT NULL, sampling_rate REAL NOT NULL, noise_multiplier REAL NOT NULL,
@@ -114,6 +125,65 @@ CREATE TRIGGER IF NOT EXISTS privacy_ledger_is_append_only_update BEFORE UPDATE 
 CREATE TRIGGER IF NOT EXISTS privacy_ledger_is_append_only_delete BEFORE DELETE ON privacy_ledger
     BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END;
 ";
+
+/// Creates `path` with mode 0600 if it does not exist; tightens an existing
+/// file that others may read or write to 0600, with a warning.
+fn private_file(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let io = |e: std::io::Error| StoreError::File(format!("{}: {e}", path.display()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        path = %path.display(),
+                        mode = format!("{:o}", mode & 0o777),
+                        "the database could be read by others; setting its mode to 0600"
+                    );
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                        .map_err(io)?;
+                }
+            }
+            Err(e) => return Err(io(e)),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Older coordinators kept each run's central DP noise key in a
+/// `run_secrets` table, beside the models it noised. Its rows are erased
+/// with `secure_delete` (their pages overwritten with zeros), the table is
+/// dropped and the write-ahead log checkpointed and truncated, so the key
+/// leaves the file; the key itself is never read.
+fn drop_legacy_secrets(conn: &Connection) -> Result<(), StoreError> {
+    let exists: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'run_secrets'",
+        [],
+        |r| r.get(0),
+    )?;
+    if exists == 0 {
+        return Ok(());
+    }
+    tracing::warn!(
+        "the database holds a run_secrets table from an older coordinator; erasing it \
+         (noise keys are no longer stored: a restart replays the stored noised rounds)"
+    );
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    conn.execute_batch("DELETE FROM run_secrets; DROP TABLE run_secrets;")?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    conn.pragma_update(None, "secure_delete", "OFF")?;
+    Ok(())
+}
 
 /// Inserts a ledger row; one already there for the same release, kind and
 /// participant stays as it was (the ledger is append-only).
@@ -263,12 +333,25 @@ fn unsigned(v: i64) -> u64 {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the database at `path`, readable and
+    /// writable by its owner only (mode 0600, also for the `-wal` and `-shm`
+    /// files; a looser existing file is tightened with a warning). A
+    /// `run_secrets` table an older coordinator left is wiped and dropped.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        private_file(path)?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            let side = std::path::PathBuf::from(side);
+            if side.exists() {
+                private_file(&side)?;
+            }
+        }
+        drop_legacy_secrets(&conn)?;
         conn.execute_batch(SCHEMA)?;
         Ok(Self { conn })
     }
@@ -795,32 +878,6 @@ impl Store {
         insert_ledger_row(&self.conn, run, row)
     }
 
-    /// The run's secret key for DP noise, if one was stored.
-    pub fn noise_key(&self, run: &str) -> Result<Option<[u8; 32]>, StoreError> {
-        let key: Option<Vec<u8>> = self
-            .conn
-            .query_row(
-                "SELECT noise_key FROM run_secrets WHERE run_id = ?1",
-                params![run],
-                |r| r.get(0),
-            )
-            .optional()?;
-        key.map(|k| {
-            <[u8; 32]>::try_from(k.as_slice())
-                .map_err(|_| StoreError::Damaged("the noise key is not 32 bytes".into()))
-        })
-        .transpose()
-    }
-
-    /// Stores the run's secret key for DP noise (once).
-    pub fn put_noise_key(&self, run: &str, key: &[u8; 32]) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO run_secrets (run_id, noise_key) VALUES (?1, ?2)",
-            params![run, key.as_slice()],
-        )?;
-        Ok(())
-    }
-
     /// The audit log of a run, oldest first.
     pub fn audit_log(&self, run: &str) -> Result<Vec<AuditRow>, StoreError> {
         let mut stmt = self.conn.prepare(
@@ -925,6 +982,73 @@ mod tests {
         assert!(store.updates("r1", 1).unwrap().is_empty());
         assert_eq!(store.model("r1", 1).unwrap().unwrap(), params(&[0.5, 0.5]));
         assert_eq!(store.audit_log("r1").unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn databases_are_private_and_old_noise_keys_are_erased() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("tessera-store-mode-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A new database, its write-ahead log and shared memory: owner only.
+        let fresh = dir.join("new.sqlite");
+        let store = Store::open(&fresh).unwrap();
+        store.audit("r", Timestamp(1), "a", "x", "y", "z").unwrap();
+        assert_eq!(mode(&fresh), 0o600);
+        for side in ["new.sqlite-wal", "new.sqlite-shm"] {
+            let side = dir.join(side);
+            if side.exists() {
+                assert_eq!(mode(&side), 0o600, "{}", side.display());
+            }
+        }
+        drop(store);
+        // An older coordinator's database: world-readable, with a noise key.
+        let old = dir.join("old.sqlite");
+        let key = [0xc3u8; 32];
+        {
+            let conn = Connection::open(&old).unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            conn.execute_batch(
+                "CREATE TABLE run_secrets (run_id TEXT PRIMARY KEY, noise_key BLOB NOT NULL)",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO run_secrets (run_id, noise_key) VALUES ('r', ?1)",
+                params![key.as_slice()],
+            )
+            .unwrap();
+        }
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Store::open(&old).unwrap());
+        assert_eq!(mode(&old), 0o600);
+        let conn = Connection::open(&old).unwrap();
+        let tables: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'run_secrets'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 0);
+        drop(conn);
+        // The key's bytes are gone from the file and its write-ahead log.
+        for file in ["old.sqlite", "old.sqlite-wal"] {
+            let Ok(bytes) = std::fs::read(dir.join(file)) else {
+                continue;
+            };
+            assert!(
+                !bytes.windows(32).any(|w| w == key.as_slice()),
+                "{file} still holds the old noise key"
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -62,6 +62,16 @@ impl SeededRng {
         Self::new(derive_seed(base, tags))
     }
 
+    /// A generator keyed with 256 bits: ChaCha8 with `key` as its key. From a
+    /// secret key (never from a run seed) its numbers cannot be recomputed by
+    /// anyone who lacks the key, as a [`SeededRng::new`] stream can be by
+    /// anyone who knows the seed.
+    pub fn from_key(key: [u8; 32]) -> Self {
+        Self {
+            inner: ChaCha8Rng::from_seed(key),
+        }
+    }
+
     /// 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.inner.next_u64()
@@ -189,6 +199,18 @@ mod tests {
         assert_ne!(derive_seed(1, &[2, 3]), derive_seed(1, &[3, 2]));
         assert_ne!(derive_seed(1, &[2]), derive_seed(2, &[2]));
         assert_ne!(tag("cleveland"), tag("hungarian"));
+    }
+
+    #[test]
+    fn keyed_generators_depend_on_every_bit_of_the_key() {
+        let draw = |key: [u8; 32]| -> Vec<u64> {
+            let mut rng = SeededRng::from_key(key);
+            (0..4).map(|_| rng.next_u64()).collect()
+        };
+        let mut flipped = [7u8; 32];
+        flipped[31] ^= 1;
+        assert_eq!(draw([7; 32]), draw([7; 32]));
+        assert_ne!(draw([7; 32]), draw(flipped));
     }
 
     #[test]

@@ -13,6 +13,14 @@
 //! side of a round (local training turned into an [`tessera_core::Update`]),
 //! which simulation and deployment share.
 //!
+//! Randomness comes from the run seed ([`streams`]) except under differential
+//! privacy: DP noise and DP-SGD's Poisson batch sampling come from a key
+//! ([`Site::with_local_dp`], [`RoundEngine::with_privacy`]). The simulator
+//! derives those keys from the seed too, so a simulated DP run is an
+//! experiment, not a release (its report's `privacy.release` is `false`);
+//! deployment draws them from the operating system at the party that adds
+//! the noise, so nobody with the plan and its seed can recompute them.
+//!
 //! This crate never blocks, sleeps, reads the clock or opens a socket.
 #![deny(missing_docs)]
 
@@ -47,7 +55,8 @@ pub mod streams {
     pub const INIT: u64 = 1;
     /// Cohort sampling, per round.
     pub const COHORT: u64 = 2;
-    /// Local training, per round and site.
+    /// Local training, per round and site (under local DP, keyed with the
+    /// site's secret instead of the seed: see `Site::fit`).
     pub const FIT: u64 = 3;
     /// Simulated participant profiles, per site.
     pub const PROFILE: u64 = 4;

@@ -479,9 +479,36 @@ pub struct PrivacyReport {
     pub delta: f64,
     /// The run's epsilon budget.
     pub budget: Option<f64>,
+    /// Local DP: each site's noise multiplier (with a target epsilon each
+    /// site calibrates its own to its sampling rate), its latest in the ledger.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub site_noise_multipliers: BTreeMap<String, f64>,
+    /// Whether the noise came from secrets that never left the party that
+    /// added it (deployment). `false` in simulation: the noise and DP-SGD's
+    /// batch sampling derive from the printed run seed, so anyone with the
+    /// plan and seed can recompute and subtract the noise.
+    #[serde(default)]
+    pub release: bool,
+    /// What `release` means for this run, in words.
+    #[serde(default)]
+    pub note: String,
     /// Every release.
     pub ledger: Vec<tessera_privacy::LedgerEntry>,
 }
+
+/// The report's note on simulated DP.
+pub const SIMULATED_DP_NOTE: &str = "simulated DP is an experiment, not a release: \
+     the noise and DP-SGD's batch sampling derive from the run seed";
+
+/// The report's note on deployed central DP.
+pub const DEPLOYED_CENTRAL_DP_NOTE: &str = "the noise comes from a key the coordinator \
+     drew from the operating system and never stored; the coordinator (which also unmasks \
+     the exact sum under secure aggregation) sees the updates before the noise, so central \
+     DP protects the released model against everyone but the coordinator";
+
+/// The report's note on deployed local DP.
+pub const DEPLOYED_LOCAL_DP_NOTE: &str = "each site's noise and batch sampling come from \
+     a key it drew from the operating system and never sent or stored";
 
 fn rdp() -> String {
     "rdp".into()
@@ -496,12 +523,23 @@ fn accountant_name(ledger: &tessera_privacy::Ledger) -> String {
 
 impl PrivacyReport {
     /// The report of local DP-SGD: `noise_multiplier` is the smallest any
-    /// participant used (with a target epsilon each calibrates its own).
+    /// participant used (with a target epsilon each calibrates its own);
+    /// each one's is in `site_noise_multipliers`. Marked simulated (not a
+    /// release) until [`PrivacyReport::deployed`] says otherwise.
     pub fn local(
         config: &tessera_privacy::PrivacyConfig,
         noise_multiplier: f64,
         ledger: &tessera_privacy::Ledger,
     ) -> Self {
+        let site_noise_multipliers = ledger
+            .entries()
+            .iter()
+            .filter_map(|e| {
+                e.participant
+                    .as_ref()
+                    .map(|p| (p.clone(), e.event.noise_multiplier))
+            })
+            .collect();
         Self {
             mode: "local".into(),
             noise_multiplier,
@@ -512,11 +550,27 @@ impl PrivacyReport {
             epsilon: ledger.run_epsilon(),
             delta: ledger.budgets().delta,
             budget: ledger.budgets().run,
+            site_noise_multipliers,
+            release: false,
+            note: SIMULATED_DP_NOTE.into(),
             ledger: ledger.entries().to_vec(),
         }
     }
 
-    /// The report of a plan's privacy settings and ledger.
+    /// Marks the report as a deployment's: the noise came from secrets.
+    pub fn deployed(mut self) -> Self {
+        self.release = true;
+        self.note = if self.mode == "local" {
+            DEPLOYED_LOCAL_DP_NOTE
+        } else {
+            DEPLOYED_CENTRAL_DP_NOTE
+        }
+        .into();
+        self
+    }
+
+    /// The report of central DP's settings and ledger, marked simulated
+    /// (not a release) until [`PrivacyReport::deployed`] says otherwise.
     pub fn new(
         config: &tessera_privacy::PrivacyConfig,
         dp: &tessera_privacy::CentralDp,
@@ -532,6 +586,9 @@ impl PrivacyReport {
             epsilon: ledger.run_epsilon(),
             delta: ledger.budgets().delta,
             budget: ledger.budgets().run,
+            site_noise_multipliers: BTreeMap::new(),
+            release: false,
+            note: SIMULATED_DP_NOTE.into(),
             ledger: ledger.entries().to_vec(),
         }
     }

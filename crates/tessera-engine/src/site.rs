@@ -8,6 +8,19 @@ use tessera_privacy::{DpEvent, PrivacyConfig};
 
 use crate::{EngineError, FitTask, streams};
 
+/// A key for stream `stream` of round `round`, derived from a site's secret
+/// `key`: SHA-256 of a domain label, the key, the stream tag and the round.
+/// Independent of the noise, which ChaCha20 draws from `key` itself.
+fn secret_stream_key(key: &[u8; 32], stream: u64, round: u32) -> [u8; 32] {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(b"tessera/site-secret-stream/v1");
+    hash.update(key);
+    hash.update(stream.to_le_bytes());
+    hash.update(u64::from(round).to_le_bytes());
+    hash.finalize().into()
+}
+
 /// One participant: its model, its training rows, and what it keeps between
 /// rounds (SCAFFOLD's control variate). Turns a [`FitTask`] into an
 /// [`Update`] the same way in simulation and deployment.
@@ -20,7 +33,8 @@ pub struct Site {
     /// The control variate this round's update would move to, kept until the
     /// round's outcome says whether the update counted.
     pending_control: Option<ParameterSet>,
-    /// Local DP-SGD: the plan's settings, the run's rounds, the noise key.
+    /// Local DP-SGD: the plan's settings, the run's rounds, the secret key
+    /// of the noise and of the batch sampling.
     local_dp: Option<(PrivacyConfig, u32, [u8; 32])>,
     /// The DP event of the last local training.
     last_event: Option<DpEvent>,
@@ -97,7 +111,14 @@ impl Site {
     }
 
     /// Trains with DP-SGD (the plan's `[privacy]` in `local` mode) over a
-    /// run of `rounds` rounds; `noise_key` must be secret in deployment.
+    /// run of `rounds` rounds. All the randomness of local training then
+    /// comes from `noise_key`: the Gaussian noise (ChaCha20 keyed with it,
+    /// a stream per round) and the Poisson batch sampling (see
+    /// [`Site::fit`]), so nothing of it derives from the run seed. In
+    /// deployment the key must be secret and never leave the site
+    /// (participants draw it from the operating system); the simulator
+    /// derives it from the run seed, which makes a simulation reproducible
+    /// and an experiment, not a release.
     pub fn with_local_dp(
         mut self,
         privacy: PrivacyConfig,
@@ -138,8 +159,25 @@ impl Site {
         Ok(LocalPlan::plain(&self.training).n_steps(n_rows)?)
     }
 
+    /// The generator of round `round`'s local training: with local DP,
+    /// keyed with SHA-256 of the site's secret key, the round and the `FIT`
+    /// stream tag, so that nobody without the key (the coordinator, anyone
+    /// with the plan and its seed) can tell which rows were in a batch, and
+    /// amplification by subsampling holds; without DP, the public stream
+    /// `derive_seed(run seed, [FIT, round, site])`.
+    pub(crate) fn fit_rng(&self, round: u32) -> SeededRng {
+        match &self.local_dp {
+            Some((_, _, key)) => SeededRng::from_key(secret_stream_key(key, streams::FIT, round)),
+            None => SeededRng::derived(
+                self.seed,
+                &[streams::FIT, u64::from(round), tag(self.id.as_str())],
+            ),
+        }
+    }
+
     /// Runs the task on `train`: start from the global parameters, train
-    /// locally with the strategy's additions, return the change.
+    /// locally with the strategy's additions, return the change. With local
+    /// DP, batch sampling and noise come from the site's secret key only.
     pub fn fit(&mut self, task: &FitTask, train: &Dataset) -> Result<Update, EngineError> {
         let global = task.global.as_ref();
         self.learner.set_parameters(global)?;
@@ -170,10 +208,7 @@ impl Site {
             ..plan
         };
         self.last_event = event;
-        let mut rng = SeededRng::derived(
-            self.seed,
-            &[streams::FIT, u64::from(task.round), tag(self.id.as_str())],
-        );
+        let mut rng = self.fit_rng(task.round);
         let stats = self.learner.fit(train, &plan, &mut rng)?;
         let delta = self.learner.parameters().sub(global)?;
         let control_delta = match &task.instructions.server_control {
@@ -223,5 +258,128 @@ impl Site {
     ) -> Result<Evaluation, EngineError> {
         self.learner.set_parameters(parameters)?;
         Ok(self.learner.evaluate(rows)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use tessera_core::{derive_key, derive_seed};
+    use tessera_learn::{ModelConfig, ModelKind, Network};
+    use tessera_privacy::PrivacyMode;
+
+    use super::*;
+
+    const SEED: u64 = 42;
+    const ROWS: usize = 200;
+    const BATCH: usize = 10;
+
+    fn training() -> TrainingConfig {
+        TrainingConfig {
+            steps: Some(20),
+            batch_size: BATCH,
+            ..TrainingConfig::default()
+        }
+    }
+
+    fn site(key: Option<[u8; 32]>) -> Site {
+        let model = Network::new(&ModelConfig::of_kind(ModelKind::Mlp), 6, 3, 1).unwrap();
+        let site = Site::new(ParticipantId::new("a"), Box::new(model), training(), SEED);
+        match key {
+            Some(key) => {
+                let privacy = PrivacyConfig {
+                    mode: PrivacyMode::Local,
+                    noise_multiplier: Some(1.0),
+                    ..PrivacyConfig::default()
+                };
+                site.with_local_dp(privacy, 5, key)
+            }
+            None => site,
+        }
+    }
+
+    /// The Poisson batches DP-SGD draws from `rng` (as `tessera-learn`
+    /// draws them: each row with probability batch / rows, in row order).
+    fn batches(mut rng: SeededRng) -> Vec<Vec<usize>> {
+        let q = BATCH as f64 / ROWS as f64;
+        (0..20)
+            .map(|_| (0..ROWS).filter(|_| rng.next_f64() < q).collect())
+            .collect()
+    }
+
+    /// Every generator someone with the plan and its seed can build for
+    /// site `a`'s round `round`.
+    fn public_guesses(round: u32) -> Vec<SeededRng> {
+        let id = tag("a");
+        let simulation_key = derive_key(derive_seed(SEED, &[id]), &[streams::DP_NOISE]);
+        vec![
+            SeededRng::derived(SEED, &[streams::FIT, u64::from(round), id]),
+            SeededRng::derived(SEED, &[streams::FIT, u64::from(round)]),
+            SeededRng::new(SEED),
+            SeededRng::from_key(simulation_key),
+            SeededRng::from_key(secret_stream_key(&[0; 32], streams::FIT, round)),
+        ]
+    }
+
+    #[test]
+    fn secret_keys_draw_batches_the_seed_cannot_recompute() {
+        let (key_a, key_b) = ([0x5a; 32], [0xa5; 32]);
+        for round in 1..=3 {
+            let a = batches(site(Some(key_a)).fit_rng(round));
+            let b = batches(site(Some(key_b)).fit_rng(round));
+            assert_ne!(
+                a, b,
+                "round {round}: same seed, different keys, same batches"
+            );
+            // The attack: recompute site a's batches from what the plan gives.
+            for (i, guess) in public_guesses(round).into_iter().enumerate() {
+                let guessed = batches(guess);
+                assert_ne!(
+                    guessed, a,
+                    "round {round}: guess {i} recomputes the batches"
+                );
+                let shared = guessed
+                    .iter()
+                    .zip(&a)
+                    .map(|(g, s)| g.iter().filter(|r| s.contains(r)).count())
+                    .sum::<usize>();
+                let drawn = a.iter().map(Vec::len).sum::<usize>();
+                // Independent draws share about q of the rows (a twentieth).
+                assert!(shared * 4 < drawn, "guess {i}: {shared} of {drawn} rows");
+            }
+            // The key holder draws the same batches again.
+            assert_eq!(a, batches(site(Some(key_a)).fit_rng(round)));
+            assert_ne!(a, batches(site(Some(key_a)).fit_rng(round + 1)));
+        }
+        // Without local DP the stream is the public one the first guess builds.
+        assert_eq!(
+            batches(site(None).fit_rng(2)),
+            batches(public_guesses(2).remove(0))
+        );
+    }
+
+    #[test]
+    fn dp_sgd_updates_follow_the_key_not_the_seed() {
+        let x = ndarray::Array2::from_shape_fn((ROWS, 6), |(i, j)| {
+            ((i * 7 + j * 3) % 11) as f32 / 11.0
+        });
+        let y = (0..ROWS).map(|i| (i % 3) as u32).collect();
+        let rows = Dataset { x, y };
+        let global = {
+            let model = Network::new(&ModelConfig::of_kind(ModelKind::Mlp), 6, 3, 1).unwrap();
+            Arc::new(model.parameters().clone())
+        };
+        let task = FitTask {
+            round: 1,
+            global,
+            instructions: Default::default(),
+            deadline: None,
+        };
+        let fit = |key| site(Some(key)).fit(&task, &rows).unwrap().delta;
+        assert_eq!(fit([1; 32]), fit([1; 32]));
+        assert_ne!(fit([1; 32]), fit([2; 32]));
     }
 }

@@ -427,8 +427,11 @@ async fn prepare(
         site = site.with_error_feedback();
     }
     if plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
-        // DP-SGD protects this site's rows: its noise key never leaves it, and
-        // training that would exceed this site's budget is refused up front.
+        // DP-SGD protects this site's rows: its key, from the operating
+        // system, never leaves it (not even to disk); the noise and the
+        // Poisson batches both derive from it, so neither the coordinator
+        // nor anyone with the plan and its seed can recompute them. Training
+        // that would exceed this site's budget is refused up front.
         let mut key = [0u8; 32];
         getrandom::fill(&mut key)
             .map_err(|e| local_error(format!("cannot draw a secret noise key: {e}")))?;

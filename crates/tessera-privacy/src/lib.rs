@@ -11,6 +11,17 @@
 //! Pure and transport-free: simulation and deployment use the same code. The
 //! plan's `[privacy]` table is [`PrivacyConfig`]; its `accountant` picks the
 //! accountant that calibrates the noise and keeps the ledger.
+//!
+//! Where the randomness comes from is the caller's choice, and decides what a
+//! run's epsilon means. The simulator derives noise keys (and DP-SGD's batch
+//! sampling) from the printed run seed: reproducible, so a simulation is an
+//! experiment, not a release, since anyone with the seed can subtract the
+//! noise. In deployment every key comes from the operating system at the
+//! party that adds the noise and never leaves it (each site for DP-SGD, the
+//! coordinator for central DP, which keeps its key in memory only). With
+//! secure aggregation plus central DP the coordinator unmasks the exact sum
+//! of the clipped updates and adds the noise itself: [`CentralDp`] protects
+//! the released model against everyone but the coordinator.
 #![deny(missing_docs)]
 
 mod accountant;

@@ -49,9 +49,12 @@ pub struct SimOptions {
     pub attack: Option<Attack>,
 }
 
-/// The key of simulated central DP noise, from the run seed. Reproducible,
-/// and therefore not secret: deployment draws its key from the operating
-/// system.
+/// The key of simulated DP noise, from the run seed (central DP: the run
+/// seed itself; local DP-SGD: a seed derived from the run seed and the site,
+/// keying both its noise and its Poisson batches). Reproducible, and
+/// therefore not secret: a simulation is an experiment, not a release.
+/// Deployment draws its keys from the operating system, at the party that
+/// adds the noise, and never sends or stores them.
 pub fn simulation_noise_key(seed: u64) -> [u8; 32] {
     tessera_core::derive_key(seed, &[streams::DP_NOISE])
 }
