@@ -1781,3 +1781,111 @@ fn compressed_models_over_grpc_equal_simulation_across_a_coordinator_restart() {
         assert!(down(10, site) < down(0, site), "{site}: {rounds:?}");
     }
 }
+
+/// `site_metrics = "aggregate-only"`: each site's evaluation goes masked
+/// through a secure round of its own, and the coordinator holds only sums
+/// across sites: no row in its `evaluations` table, no per-site figure in its
+/// report, the pooled figures equal to the simulation's (which reports the
+/// same sums), and a clear evaluation refused with the reason.
+#[test]
+fn aggregate_only_site_metrics_reach_the_coordinator_only_as_sums() {
+    let s = Scratch::new("deploy-aggregate-only");
+    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
+    let text = text.replace("rounds = 15", "rounds = 4");
+    let plan = s.write(
+        "aggregate.toml",
+        &format!("{text}\n[privacy]\nsite_metrics = \"aggregate-only\"\n"),
+    );
+    let (simulated, expected) = s.simulate(&plan, "sim.model");
+    let (mut coordinator, mut participants) = run_federation(&s, &plan, "agg.sqlite", "dep.model");
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+        assert!(p.log().contains("4 evaluations"), "{}", p.log());
+    }
+    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    let db = s.path("agg.sqlite");
+    // What the coordinator received: sums, never a site's evaluation.
+    assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM evaluations"), 0);
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM audit WHERE action = 'secure-evaluation' AND outcome = 'completed'"
+        ),
+        4
+    );
+    let report = s.json("dep.model.json");
+    let per_site = &report["final_metrics"]["per_site"];
+    assert!(
+        per_site.as_object().is_none_or(|m| m.is_empty()),
+        "no per-site metrics: {per_site}"
+    );
+    for key in ["accuracy", "mean_site_accuracy", "loss", "auc"] {
+        assert_eq!(
+            report["final_metrics"][key], simulated["final_metrics"][key],
+            "final {key}"
+        );
+    }
+    let rounds = report["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 4);
+    for (d, m) in rounds.iter().zip(simulated["rounds"].as_array().unwrap()) {
+        assert_eq!(d["accuracy"], m["accuracy"]);
+        assert_eq!(d["mean_site_accuracy"], m["mean_site_accuracy"]);
+    }
+    let text = std::fs::read_to_string(s.path("dep.model.json")).unwrap();
+    for site in HEART_SITES {
+        assert!(
+            !text.contains(&format!("\"{site}\":{{\"accuracy")),
+            "no per-site metrics for {site}"
+        );
+    }
+
+    // A site that sends its evaluation in the clear anyway is refused.
+    use tessera_proto::pb;
+    use tessera_proto::pb::federation_client::FederationClient;
+    let (mut second, url) = util::procs::coordinator(
+        &s.dir,
+        &plan,
+        &s.path("clear.sqlite"),
+        0,
+        &["--liveness", "2"],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let refused = runtime.block_on(async {
+        let mut client = FederationClient::connect(url.clone()).await.unwrap();
+        client
+            .join(pb::Hello {
+                major: tessera_proto::MAJOR,
+                minor: tessera_proto::MINOR,
+                capabilities: tessera_proto::CAPABILITIES
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect(),
+                site: "va".into(),
+            })
+            .await
+            .unwrap();
+        client
+            .submit_evaluation(pb::EvaluationReport {
+                site: "va".into(),
+                round: 1,
+                n_examples: 16,
+                loss_sum: 3.0,
+                n_correct: 9,
+                auc: None,
+                histogram: Vec::new(),
+            })
+            .await
+            .unwrap_err()
+    });
+    assert!(
+        refused.message().contains("aggregate-only"),
+        "{}",
+        refused.message()
+    );
+    second.kill_9();
+    assert_eq!(
+        query_i64(&s.path("clear.sqlite"), "SELECT COUNT(*) FROM evaluations"),
+        0
+    );
+}

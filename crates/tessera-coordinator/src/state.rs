@@ -160,6 +160,11 @@ pub struct Federation {
     /// relayed to the cohort of a secure round, which checks it against the
     /// federation CA itself.
     certificates: BTreeMap<String, Vec<u8>>,
+    /// `site_metrics = "aggregate-only"`: the last round whose evaluations
+    /// were summed securely, and what the sum said (`None` when it failed).
+    secure_evaluated: Option<(u32, Option<tessera_engine::report::EvaluationView>)>,
+    /// The last such sum, for the report's final metrics.
+    last_view: Option<tessera_engine::report::EvaluationView>,
     /// An aggregator of a hierarchical run: rounds come from its parent.
     relay: Option<relay::Relay>,
 }
@@ -304,6 +309,8 @@ impl Federation {
             local_ledger: None,
             secure: None,
             certificates: BTreeMap::new(),
+            secure_evaluated: None,
+            last_view: None,
             relay: node.map(|name| {
                 let (depth, sites) = place.unwrap_or_default();
                 relay::Relay::new(name, depth, sites)
@@ -469,6 +476,21 @@ impl Federation {
         let now = self.now();
         let until = now.plus(self.evaluation_wait());
         self.resume_rounds(&run, until)?;
+        if self.aggregate_only()
+            && let Phase::Evaluating { round, .. } = &self.phase
+        {
+            // The secure sum of that evaluation died with the process (its
+            // protocol state is not stored): the round closes without
+            // evaluation figures rather than asking for clear ones.
+            let round = *round;
+            self.audit(
+                "-",
+                "secure-evaluation",
+                "failed",
+                &format!("round {round}'s evaluation was under way when the coordinator stopped"),
+            );
+            self.secure_evaluated = Some((round, None));
+        }
         let mut reopened_secure = None;
         if matches!(self.phase, Phase::Agreeing) {
             self.phase = Phase::Training;
@@ -657,7 +679,7 @@ impl Federation {
             return Err(Refusal::Invalid("no site name".into()));
         }
         let mut required = required_capabilities(self.plan.federation.strategy.as_str());
-        if self.plan.secure_aggregation.enabled {
+        if self.plan.secure_aggregation.enabled || self.aggregate_only() {
             required.push("secure-aggregation");
             required.push("secure-aggregation-signed");
         }
@@ -1029,6 +1051,16 @@ impl Federation {
                 if !targets.contains(site) || received.contains_key(site) {
                     return Ok(TaskView::Wait);
                 }
+                // Aggregate-only: a site evaluates once, then waits for the
+                // secure sum of everyone's evaluations to close.
+                let secure_round = *round | tessera_secagg::EVALUATION_ROUND;
+                if self.aggregate_only()
+                    && !self.secure.as_ref().is_some_and(|s| {
+                        s.round == secure_round && s.is_evaluation() && !s.has_joined(site)
+                    })
+                {
+                    return Ok(TaskView::Wait);
+                }
                 let Some(global) = self.current_global() else {
                     return Ok(TaskView::Wait);
                 };
@@ -1229,6 +1261,12 @@ impl Federation {
     ) -> Result<(), Refusal> {
         self.require_joined(site)?;
         self.touch(site);
+        if self.aggregate_only() {
+            let reason = "this run keeps site metrics aggregate-only: evaluations travel masked \
+                          through secure aggregation, never in the clear";
+            self.audit(site, "evaluation", "refused", reason);
+            return Err(Refusal::Denied(reason.into()));
+        }
         let evaluation = convert::evaluation_from_pb(report).map_err(|e| {
             self.audit(site, "evaluation", "rejected", &e.to_string());
             Refusal::Invalid(e.to_string())
@@ -1540,6 +1578,9 @@ impl Federation {
             }
             None => now.plus(self.evaluation_wait()),
         };
+        if self.aggregate_only() {
+            self.open_secure_evaluation(outcome.round, &targets, now);
+        }
         self.phase = Phase::Evaluating {
             round: outcome.round,
             until,
@@ -1551,9 +1592,72 @@ impl Federation {
         Ok(())
     }
 
+    /// Whether only sums of the sites' evaluations may reach the coordinator.
+    fn aggregate_only(&self) -> bool {
+        self.plan.privacy.site_metrics == tessera_privacy::SiteMetrics::AggregateOnly
+    }
+
+    /// `aggregate-only`: closes the evaluation of `round` once its secure
+    /// sum is in (or failed).
+    fn step_secure_evaluation(&mut self, round: u32) -> Result<(), CoordinatorError> {
+        let view = match &self.secure_evaluated {
+            Some((r, view)) if *r == round => view.clone(),
+            _ => return Ok(()),
+        };
+        let Phase::Evaluating { record, .. } = &self.phase else {
+            return Ok(());
+        };
+        let seconds = self
+            .round_started
+            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let mut closed = match &view {
+            Some(view) => RoundRecord {
+                accuracy: view.pooled.accuracy(),
+                loss: view.pooled.mean_loss(),
+                mean_site_accuracy: view.mean_site_accuracy,
+                auc: view.pooled.auc,
+                seconds,
+                ..(**record).clone()
+            },
+            None => RoundRecord {
+                seconds,
+                ..(**record).clone()
+            },
+        };
+        closed.traffic = std::mem::take(&mut self.links.traffic);
+        closed.bytes_up = closed.traffic.values().map(|t| t.up).sum();
+        closed.bytes_down = closed.traffic.values().map(|t| t.down).sum();
+        let record_json =
+            serde_json::to_string(&closed).map_err(|e| CoordinatorError::Config(e.to_string()))?;
+        self.store
+            .finish_round_evaluation(&self.run.id, round, &record_json)?;
+        tracing::info!(
+            round,
+            accuracy = closed.accuracy,
+            mean_site_accuracy = closed.mean_site_accuracy,
+            "round evaluated (the sum across sites only)"
+        );
+        self.records.push(closed);
+        self.last_evaluations.clear();
+        if view.is_some() {
+            self.last_view = view;
+        }
+        self.phase = Phase::Training;
+        self.version += 1;
+        Ok(())
+    }
+
     fn step_evaluating(&mut self, now: Timestamp) -> Result<(), CoordinatorError> {
         if !self.relay_may_evaluate() {
             return Ok(());
+        }
+        if self.aggregate_only() {
+            // Stages close on answers or after the liveness period.
+            self.advance_secure(now);
+            let Phase::Evaluating { round, .. } = &self.phase else {
+                return Ok(());
+            };
+            return self.step_secure_evaluation(*round);
         }
         let stale: Vec<String> = match &self.phase {
             Phase::Evaluating {
@@ -1649,7 +1753,10 @@ impl Federation {
             r.bytes_up = self.bytes_up / n_rounds as u64;
             r.bytes_down = self.bytes_down / n_rounds as u64;
         }
-        let final_metrics = final_metrics(&names, &evaluations);
+        let final_metrics = match (&self.last_view, self.aggregate_only()) {
+            (Some(view), true) => tessera_engine::report::final_metrics_view(view, BTreeMap::new()),
+            _ => final_metrics(&names, &evaluations),
+        };
         RunReport {
             plan: self.plan.name.clone(),
             strategy: self.plan.federation.strategy.to_string(),

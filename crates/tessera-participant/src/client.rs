@@ -535,16 +535,14 @@ impl tessera_secagg::Verifier for CertDirectory {
 }
 
 /// Sends `update` as `site` through a SecAgg+ round of `plan`'s run: the
-/// federation learns only the cohort's sum, of the update and of its example
-/// count, train loss and step count alike (they are masked with it, not sent
-/// in the clear). `key_ring` holds the site's key pairs between rounds (the
-/// mask key is replaced after every round); `identity` signs and checks the
-/// protocol's messages; `pause` is fault injection (a site that goes quiet
-/// after sharing its keys). The reply says whether this site's input
-/// counted. Parameters that do not follow from the plan, keys a neighbour did
-/// not sign and a coordinator that shows participants different views of the
-/// round end the round for this site with the reason, before it reveals
-/// anything.
+/// federation learns only the cohort's sum. `key_ring` holds the site's key
+/// pairs between rounds (the mask key is replaced after every round);
+/// `identity` signs and checks the protocol's messages; `pause` is fault
+/// injection (a site that goes quiet after sharing its keys). The reply says
+/// whether this site's input counted. Parameters that do not follow from the
+/// plan, keys a neighbour did not sign and a coordinator that shows
+/// participants different views of the round end the round for this site
+/// with the reason, before it reveals anything.
 #[allow(clippy::too_many_arguments)]
 pub async fn secure_submit(
     client: &mut FederationClient<Channel>,
@@ -556,11 +554,97 @@ pub async fn secure_submit(
     mut update: tessera_core::Update,
     pause: Duration,
 ) -> Result<pb::UpdateReply, Failure> {
-    use pb::sec_agg_reply::State;
-    use pb::sec_agg_request::Step;
     if let Some(bound) = plan.masked_update_bound() {
         tessera_privacy::clip_to_norm(&mut update.delta, bound);
     }
+    // What this site masks: the update (the round's shared coordinates
+    // under a random-k codec), then its metadata (see
+    // `tessera_secagg::encode_metadata`).
+    let values: Vec<f32> = update.delta.values().collect();
+    let input: Vec<f32> = match plan.secure_coordinates(round, values.len()) {
+        Some(kept) => kept.iter().map(|&i| values[i]).collect(),
+        None => values,
+    };
+    let metadata = tessera_secagg::Metadata {
+        n_examples: update.n_examples,
+        train_loss: update.stats.mean_train_loss,
+        n_steps: update.stats.n_steps,
+    };
+    let counted = secure_exchange(
+        client,
+        site,
+        plan,
+        identity,
+        key_ring,
+        round,
+        SecureInput::Update { input, metadata },
+        pause,
+    )
+    .await?;
+    Ok(match counted {
+        true => pb::UpdateReply {
+            accepted: true,
+            reason: String::new(),
+        },
+        false => pb::UpdateReply {
+            accepted: false,
+            reason: "the round ended before this site's input counted".into(),
+        },
+    })
+}
+
+/// Sends `evaluation` of round `round`'s model through a SecAgg+ round of
+/// its own (`site_metrics = "aggregate-only"`): the coordinator unmasks only
+/// the sum of the sites' summable evaluations ([`tessera_learn::encode_summable`]).
+/// True when this site's evaluation counted.
+pub async fn secure_evaluate(
+    client: &mut FederationClient<Channel>,
+    site: &str,
+    plan: &tessera_engine::Plan,
+    identity: &SecureIdentity,
+    key_ring: &mut Option<tessera_secagg::KeyRing>,
+    round: u32,
+    evaluation: &tessera_learn::Evaluation,
+) -> Result<bool, Failure> {
+    secure_exchange(
+        client,
+        site,
+        plan,
+        identity,
+        key_ring,
+        round | tessera_secagg::EVALUATION_ROUND,
+        SecureInput::Raw(tessera_learn::encode_summable(evaluation)),
+        Duration::ZERO,
+    )
+    .await
+}
+
+/// What a site masks in a secure round.
+enum SecureInput {
+    /// A model update (quantised) and its training metadata.
+    Update {
+        input: Vec<f32>,
+        metadata: tessera_secagg::Metadata,
+    },
+    /// Values of `Z_2^32` summed as they are.
+    Raw(Vec<u32>),
+}
+
+/// One SecAgg+ round, secure round number `round`, with `input`: true when
+/// this site's input is in the sum.
+#[allow(clippy::too_many_arguments)]
+async fn secure_exchange(
+    client: &mut FederationClient<Channel>,
+    site: &str,
+    plan: &tessera_engine::Plan,
+    identity: &SecureIdentity,
+    key_ring: &mut Option<tessera_secagg::KeyRing>,
+    round: u32,
+    input: SecureInput,
+    pause: Duration,
+) -> Result<bool, Failure> {
+    use pb::sec_agg_reply::State;
+    use pb::sec_agg_request::Step;
     let site = site.to_string();
     let mut call = async |step: Step| -> Result<Option<State>, Failure> {
         let reply = client
@@ -572,10 +656,6 @@ pub async fn secure_submit(
             .await?
             .into_inner();
         Ok(reply.state)
-    };
-    let over = || pb::UpdateReply {
-        accepted: false,
-        reason: "the round ended before this site's input counted".into(),
     };
     let bad = |what: &str| Failure::Retry(format!("secure aggregation: {what}"));
     // Waits for stage `want`; `None` when the round is over.
@@ -592,7 +672,7 @@ pub async fn secure_submit(
         };
     }
     let Some(State::Params(p)) = wait_for!(1) else {
-        return Ok(over());
+        return Ok(false);
     };
     let graph_seed: [u8; 32] = p
         .graph_seed
@@ -608,13 +688,9 @@ pub async fn secure_submit(
         dimension: p.dimension as usize,
         range: p.range,
     };
-    // What this site will mask (the update, then its metadata: see
-    // `tessera_secagg::encode_metadata`), and the parameters the plan gives
-    // for it.
-    let values: Vec<f32> = update.delta.values().collect();
-    let input: Vec<f32> = match plan.secure_coordinates(round, values.len()) {
-        Some(kept) => kept.iter().map(|&i| values[i]).collect(),
-        None => values,
+    let dimension = match &input {
+        SecureInput::Update { input, .. } => tessera_secagg::masked_dimension(input.len()),
+        SecureInput::Raw(values) => values.len(),
     };
     let refuse = |why: String| {
         tracing::error!(round, %why, "secure aggregation: this site refuses the round");
@@ -626,7 +702,7 @@ pub async fn secure_submit(
             round,
             id: p.id,
             graph_seed: plan.secagg_graph_seed(round),
-            dimension: tessera_secagg::masked_dimension(input.len()),
+            dimension,
             min_cohort: plan.federation.min_participants,
         })
         .map_err(|e| refuse(e.to_string()))?;
@@ -686,14 +762,11 @@ pub async fn secure_submit(
             return Ok(false);
         };
         let mine: Vec<(u32, Vec<u8>)> = mine.shares.into_iter().map(|s| (s.peer, s.data)).collect();
-        let metadata = tessera_secagg::Metadata {
-            n_examples: update.n_examples,
-            train_loss: update.stats.mean_train_loss,
-            n_steps: update.stats.n_steps,
-        };
-        let masked = me
-            .masked_update(&mine, &input, &metadata)
-            .map_err(|e| bad(&e.to_string()))?;
+        let masked = match input {
+            SecureInput::Update { input, metadata } => me.masked_update(&mine, &input, &metadata),
+            SecureInput::Raw(values) => me.masked_values(&mine, values),
+        }
+        .map_err(|e| bad(&e.to_string()))?;
         // Fault injection: a site that goes quiet after sharing its keys.
         tokio::time::sleep(pause).await;
         // Since 1.5 the example count, loss and steps are inside the masked
@@ -750,11 +823,5 @@ pub async fn secure_submit(
     }
     .await;
     *key_ring = Some(me.into_keys(random32()?));
-    Ok(match outcome? {
-        true => pb::UpdateReply {
-            accepted: true,
-            reason: String::new(),
-        },
-        false => over(),
-    })
+    outcome
 }

@@ -310,6 +310,29 @@ async fn session(
                 state.site = Some(site);
                 let evaluation = evaluation
                     .map_err(|e| Failure::Fatal(ParticipantError::Local(e.to_string())))?;
+                if state.plan.privacy.site_metrics == tessera_privacy::SiteMetrics::AggregateOnly {
+                    // Only the sum across sites may leave: the evaluation
+                    // goes masked through a secure round of its own.
+                    let counted = client::secure_evaluate(
+                        &mut client,
+                        &config.site,
+                        &state.plan,
+                        &state.identity,
+                        &mut state.key_ring,
+                        header.round,
+                        &evaluation,
+                    )
+                    .await?;
+                    if counted {
+                        summary.evaluations += 1;
+                    } else {
+                        tracing::warn!(
+                            round = header.round,
+                            "the secure evaluation ended without this site's evaluation"
+                        );
+                    }
+                    continue;
+                }
                 let sent = client
                     .submit_evaluation(convert::evaluation_to_pb(
                         &config.site,
@@ -474,11 +497,15 @@ async fn prepare(
         attempts: 0,
         secure: plan.secure_aggregation.enabled,
         key_ring: None,
-        identity: Arc::new(if plan.secure_aggregation.enabled {
-            client::SecureIdentity::load(config.tls.as_ref()).map_err(Failure::Fatal)?
-        } else {
-            client::SecureIdentity::load(None).map_err(Failure::Fatal)?
-        }),
+        identity: Arc::new(
+            if plan.secure_aggregation.enabled
+                || plan.privacy.site_metrics == tessera_privacy::SiteMetrics::AggregateOnly
+            {
+                client::SecureIdentity::load(config.tls.as_ref()).map_err(Failure::Fatal)?
+            } else {
+                client::SecureIdentity::load(None).map_err(Failure::Fatal)?
+            },
+        ),
         plan: Arc::new(plan.clone()),
         held: None,
     })

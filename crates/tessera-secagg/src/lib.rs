@@ -522,6 +522,13 @@ impl RoundParams {
     }
 }
 
+/// The top bit of a secure round's number marks a round that sums the
+/// sites' evaluations (`site_metrics = "aggregate-only"`) rather than their
+/// updates: training round `r`'s evaluation is secure round
+/// `r | EVALUATION_ROUND`, so its derived keys and ciphertexts never
+/// coincide with those of training round `r`.
+pub const EVALUATION_ROUND: u32 = 1 << 31;
+
 /// Signs this participant's protocol messages with a key whose public half
 /// the other participants know without the coordinator's word (from the
 /// federation CA's certificates in deployment), so that the coordinator can
@@ -1372,6 +1379,11 @@ impl Server {
         }
         self.keys.insert(keys.from, keys);
         Ok(())
+    }
+
+    /// Whether participant `id` advertised its keys.
+    pub fn has_keys(&self, id: u32) -> bool {
+        self.keys.contains_key(&id)
     }
 
     /// Stage 1 → 2: the keys of `id`'s neighbours that advertised.

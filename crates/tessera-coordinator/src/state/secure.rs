@@ -43,6 +43,24 @@ pub(super) struct SecureRound {
     waiting: BTreeSet<u32>,
     sent: BTreeSet<u32>,
     stage_started: Timestamp,
+    /// Whether it sums the sites' evaluations (`site_metrics =
+    /// "aggregate-only"`) rather than their updates.
+    evaluation: bool,
+}
+
+impl SecureRound {
+    /// Whether `site` took part in this round from its first stage (it has
+    /// sent its keys).
+    pub(super) fn has_joined(&self, site: &str) -> bool {
+        self.index
+            .get(site)
+            .is_some_and(|id| self.server.has_keys(*id))
+    }
+
+    /// Whether it sums evaluations.
+    pub(super) fn is_evaluation(&self) -> bool {
+        self.evaluation
+    }
 }
 
 fn shares_to_pb(shares: Vec<(u32, Vec<u8>)>) -> Vec<pb::SecAggShare> {
@@ -116,6 +134,7 @@ impl Federation {
                     waiting: ids.into_iter().collect(),
                     sent: BTreeSet::new(),
                     stage_started: now,
+                    evaluation: false,
                 });
             }
             Err(e) => {
@@ -127,6 +146,55 @@ impl Federation {
                         engine.report_dropout(p);
                     }
                 }
+            }
+        }
+    }
+
+    /// Starts the secure sum of the evaluations of round `round`'s model by
+    /// `targets` (`site_metrics = "aggregate-only"`): secure round
+    /// `round | EVALUATION_ROUND`, over the summable encoding.
+    pub(super) fn open_secure_evaluation(
+        &mut self,
+        round: u32,
+        targets: &BTreeSet<String>,
+        now: Timestamp,
+    ) {
+        let secure_round = round | tessera_secagg::EVALUATION_ROUND;
+        let index: BTreeMap<String, u32> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), i as u32))
+            .collect();
+        let ids: Vec<u32> = index.values().copied().collect();
+        let made = self
+            .plan
+            .secure_aggregation
+            .round_params(
+                secure_round,
+                &ids,
+                self.plan.secagg_graph_seed(secure_round),
+                tessera_learn::SUMMABLE_LEN,
+            )
+            .and_then(Server::new);
+        match made {
+            Ok(server) => {
+                self.secure = Some(SecureRound {
+                    round: secure_round,
+                    sites: index.iter().map(|(s, i)| (*i, s.clone())).collect(),
+                    index,
+                    server,
+                    stage: 1,
+                    waiting: ids.into_iter().collect(),
+                    sent: BTreeSet::new(),
+                    stage_started: now,
+                    evaluation: true,
+                });
+            }
+            Err(e) => {
+                let detail = format!("round {round}'s evaluation cannot be summed securely: {e}");
+                tracing::error!(round, %e, "secure evaluation cannot start");
+                self.audit("-", "secure-evaluation", "failed", &detail);
+                self.secure_evaluated = Some((round, None));
             }
         }
     }
@@ -331,6 +399,10 @@ impl Federation {
         let Some(secure) = self.secure.take() else {
             return;
         };
+        if secure.evaluation {
+            self.finish_secure_evaluation(&secure);
+            return;
+        }
         // Keep a finished round around so late polls hear that it is done.
         let round = secure.round;
         let result = secure
@@ -400,6 +472,33 @@ impl Federation {
             secure.index.len()
         );
         self.audit("-", "secure-aggregation", "completed", &detail);
+        self.version += 1;
+    }
+
+    /// The sum of the sites' evaluations is in: decoded, it is all the
+    /// coordinator learns of them.
+    fn finish_secure_evaluation(&mut self, secure: &SecureRound) {
+        let round = secure.round & !tessera_secagg::EVALUATION_ROUND;
+        let summed = secure
+            .server
+            .finish()
+            .map_err(|e| e.to_string())
+            .and_then(|(sum, count)| tessera_learn::decode_summable(&sum, count));
+        let (outcome, detail, view) = match summed {
+            Ok(summed) => (
+                "completed",
+                format!(
+                    "round {round}'s evaluation: the sum of {} of {} sites' evaluations ({} test rows)",
+                    summed.sites,
+                    secure.index.len(),
+                    summed.pooled.n_examples
+                ),
+                Some(tessera_engine::report::EvaluationView::summed(&summed)),
+            ),
+            Err(e) => ("failed", format!("round {round}'s evaluation: {e}"), None),
+        };
+        self.audit("-", "secure-evaluation", outcome, &detail);
+        self.secure_evaluated = Some((round, view));
         self.version += 1;
     }
 }
