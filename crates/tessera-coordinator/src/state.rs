@@ -1597,6 +1597,29 @@ impl Federation {
         self.plan.privacy.site_metrics == tessera_privacy::SiteMetrics::AggregateOnly
     }
 
+    /// Completes an evaluated round's record with everything sent since the
+    /// previous round was evaluated, and stores it.
+    fn store_evaluated(
+        &mut self,
+        round: u32,
+        closed: &mut RoundRecord,
+    ) -> Result<(), CoordinatorError> {
+        closed.traffic = std::mem::take(&mut self.links.traffic);
+        closed.bytes_up = closed.traffic.values().map(|t| t.up).sum();
+        closed.bytes_down = closed.traffic.values().map(|t| t.down).sum();
+        let record_json =
+            serde_json::to_string(&*closed).map_err(|e| CoordinatorError::Config(e.to_string()))?;
+        self.store
+            .finish_round_evaluation(&self.run.id, round, &record_json)?;
+        tracing::info!(
+            round,
+            accuracy = closed.accuracy,
+            mean_site_accuracy = closed.mean_site_accuracy,
+            "round evaluated"
+        );
+        Ok(())
+    }
+
     /// `aggregate-only`: closes the evaluation of `round` once its secure
     /// sum is in (or failed).
     fn step_secure_evaluation(&mut self, round: u32) -> Result<(), CoordinatorError> {
@@ -1624,19 +1647,7 @@ impl Federation {
                 ..(**record).clone()
             },
         };
-        closed.traffic = std::mem::take(&mut self.links.traffic);
-        closed.bytes_up = closed.traffic.values().map(|t| t.up).sum();
-        closed.bytes_down = closed.traffic.values().map(|t| t.down).sum();
-        let record_json =
-            serde_json::to_string(&closed).map_err(|e| CoordinatorError::Config(e.to_string()))?;
-        self.store
-            .finish_round_evaluation(&self.run.id, round, &record_json)?;
-        tracing::info!(
-            round,
-            accuracy = closed.accuracy,
-            mean_site_accuracy = closed.mean_site_accuracy,
-            "round evaluated (the sum across sites only)"
-        );
+        self.store_evaluated(round, &mut closed)?;
         self.records.push(closed);
         self.last_evaluations.clear();
         if view.is_some() {
@@ -1703,20 +1714,7 @@ impl Federation {
             self.round_started
                 .map_or(0.0, |t| t.elapsed().as_secs_f64()),
         );
-        // Everything sent since the previous round was evaluated.
-        closed.traffic = std::mem::take(&mut self.links.traffic);
-        closed.bytes_up = closed.traffic.values().map(|t| t.up).sum();
-        closed.bytes_down = closed.traffic.values().map(|t| t.down).sum();
-        let record_json =
-            serde_json::to_string(&closed).map_err(|e| CoordinatorError::Config(e.to_string()))?;
-        self.store
-            .finish_round_evaluation(&self.run.id, round, &record_json)?;
-        tracing::info!(
-            round,
-            accuracy = closed.accuracy,
-            mean_site_accuracy = closed.mean_site_accuracy,
-            "round evaluated"
-        );
+        self.store_evaluated(round, &mut closed)?;
         if let Some(relay) = self.relay.as_mut() {
             relay.evaluated(round, Evaluation::pool(&evaluations));
             // The aggregator's own model, evaluated once the parent's run is over.
