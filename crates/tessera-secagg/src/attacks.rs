@@ -366,3 +366,29 @@ fn substituted_keys_are_refused_before_any_share_is_made() {
     let (mut c1, _) = Client::new(1, params, seed(1, 6), &signer(1)).unwrap();
     assert!(c1.share_keys(&[k], &directory).is_err());
 }
+
+#[test]
+fn a_participant_masks_one_vector_a_round() {
+    let ids: Vec<u32> = (0..4).collect();
+    let params = RoundParams::new(1, &ids, [1; 32], 3, 1.0).unwrap();
+    let directory = directory(&ids);
+    let mut server = Server::new(params.clone()).unwrap();
+    let mut clients = Vec::new();
+    for &id in &ids {
+        let (c, k) = Client::new(id, params.clone(), seed(id, 3), &signer(id)).unwrap();
+        server.receive_keys(k).unwrap();
+        clients.push(c);
+    }
+    for (id, c) in ids.iter().zip(clients.iter_mut()) {
+        let shares = c.share_keys(&server.keys_for(*id), &directory).unwrap();
+        server.receive_shares(shares).unwrap();
+    }
+    let c = &mut clients[0];
+    let first = c.masked_input(&server.shares_for(0), &[0.1, 0.2, 0.3]).unwrap();
+    // A second vector under the same masks would give away the difference.
+    let e = c
+        .masked_input(&server.shares_for(0), &[0.9, 0.2, 0.3])
+        .unwrap_err();
+    assert!(e.to_string().contains("already sent its masked input"), "{e}");
+    assert_eq!(first.values.len(), 3);
+}

@@ -1112,6 +1112,12 @@ impl Client {
         shares: &[(u32, Vec<u8>)],
         mut values: Vec<u32>,
     ) -> Result<MaskedInput, SecAggError> {
+        if self.masked {
+            // Two vectors under the same masks would give away their difference.
+            return Err(SecAggError::Refused(
+                "this participant already sent its masked input this round".into(),
+            ));
+        }
         if values.len() != self.params.dimension {
             return Err(SecAggError::Config(format!(
                 "{} values to mask, the round has {}",
