@@ -384,11 +384,16 @@ fn a_participant_masks_one_vector_a_round() {
         server.receive_shares(shares).unwrap();
     }
     let c = &mut clients[0];
-    let first = c.masked_input(&server.shares_for(0), &[0.1, 0.2, 0.3]).unwrap();
+    let first = c
+        .masked_input(&server.shares_for(0), &[0.1, 0.2, 0.3])
+        .unwrap();
     // A second vector under the same masks would give away the difference.
     let e = c
         .masked_input(&server.shares_for(0), &[0.9, 0.2, 0.3])
         .unwrap_err();
-    assert!(e.to_string().contains("already sent its masked input"), "{e}");
+    assert!(
+        e.to_string().contains("already sent its masked input"),
+        "{e}"
+    );
     assert_eq!(first.values.len(), 3);
 }
