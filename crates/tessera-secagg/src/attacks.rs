@@ -360,11 +360,154 @@ fn substituted_keys_are_refused_before_any_share_is_made() {
             assert!(e.contains("not signed by it"), "{e}");
         }
     }
-    // Signatures from another round's parameters do not carry over either.
+    // Signatures from another round's parameters do not carry over either:
+    // every other participant's advertisement of round 3, offered in round 2.
     let other = RoundParams::new(3, &ids, [1; 32], 8, 1.0).unwrap();
-    let (_, k) = Client::new(0, other, seed(0, 6), &signer(0)).unwrap();
+    let replayed: Vec<AdvertiseKeys> = ids
+        .iter()
+        .filter(|&&id| id != 1)
+        .map(|&id| {
+            Client::new(id, other.clone(), seed(id, 6), &signer(id))
+                .unwrap()
+                .1
+        })
+        .collect();
     let (mut c1, _) = Client::new(1, params, seed(1, 6), &signer(1)).unwrap();
-    assert!(c1.share_keys(&[k], &directory).is_err());
+    let e = c1
+        .share_keys(&replayed, &directory)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not signed by it"), "{e}");
+}
+
+/// One round of `n` (the complete graph) up to the masked inputs, where
+/// the server passes participant 0 only the shares of the participants in
+/// `shares_to_victim` (when given).
+fn round_to_masking(
+    n: u32,
+    shares_to_victim: Option<&[u32]>,
+) -> (Server, Vec<Client>, Vec<Result<MaskedInput, SecAggError>>) {
+    let ids: Vec<u32> = (0..n).collect();
+    let params = RoundParams::new(1, &ids, [6; 32], 16, 1.0).unwrap();
+    let directory = directory(&ids);
+    let mut server = Server::new(params.clone()).unwrap();
+    let mut clients = Vec::new();
+    for &id in &ids {
+        let (c, k) = Client::new(id, params.clone(), seed(id, 8), &signer(id)).unwrap();
+        server.receive_keys(k).unwrap();
+        clients.push(c);
+    }
+    for (id, c) in ids.iter().zip(clients.iter_mut()) {
+        let shares = c.share_keys(&server.keys_for(*id), &directory).unwrap();
+        server.receive_shares(shares).unwrap();
+    }
+    let mut masked = Vec::new();
+    for (id, c) in ids.iter().zip(clients.iter_mut()) {
+        let mut shares = server.shares_for(*id);
+        if *id == 0
+            && let Some(keep) = shares_to_victim
+        {
+            shares.retain(|(from, _)| keep.contains(from));
+        }
+        let m = c.masked_input(&shares, &input(*id, 1, 16));
+        if let Ok(m) = &m {
+            server.receive_masked(m.clone()).unwrap();
+        }
+        masked.push(m);
+    }
+    (server, clients, masked)
+}
+
+#[test]
+fn a_coordinator_that_withholds_shares_or_drops_a_victims_partners_learns_nothing() {
+    // n = 10: k = 9, t = 5. The victim is participant 0.
+    // 1. Withholding: the victim gets no share, so it would mask with its
+    //    self mask alone; it refuses to send anything.
+    let (_, _, masked) = round_to_masking(10, Some(&[]));
+    let e = masked[0].as_ref().unwrap_err().to_string();
+    assert!(e.contains("fewer than the threshold"), "{e}");
+    // 2. The victim gets the shares of exactly t = 5 neighbours (1-5) and
+    //    masks with them; the server then calls those five dropped, to rebuild
+    //    their mask keys and strip the victim's pairwise masks. Every other
+    //    survivor (6-9) and the victim see only 4 of their 9 neighbours
+    //    survive: nobody signs, nothing is revealed.
+    let partners = [1, 2, 3, 4, 5];
+    let (server, mut clients, masked) = round_to_masking(10, Some(&partners));
+    assert!(masked.iter().all(Result::is_ok));
+    let lie = UnmaskRequest {
+        survivors: vec![0, 6, 7, 8, 9],
+        dropped: partners.to_vec(),
+    };
+    for (id, c) in clients.iter_mut().enumerate() {
+        if partners.contains(&(id as u32)) {
+            continue;
+        }
+        let e = c
+            .sign_view(&lie, &signer(id as u32))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("neighbours survive in the view"), "{e}");
+    }
+    assert!(server.views().is_empty());
+    assert!(server.finish().is_err());
+}
+
+#[test]
+fn a_second_session_of_a_round_reveals_nothing_new() {
+    // Round 1 runs to its end; the server then opens round 1 again with
+    // the same participants and replays round 1's key advertisements and
+    // shares. The ciphertexts do not decrypt under the new session's keys,
+    // and a key ring that answered round 1 refuses to take part again.
+    let ids: Vec<u32> = (0..4).collect();
+    let (first, rings) = play_round(
+        1,
+        &ids,
+        ids.iter()
+            .map(|&i| KeyRing::new(seed(i, 1), seed(i, 2)))
+            .collect(),
+        &[],
+        8,
+    );
+    let params = first.params.clone();
+    for (id, ring) in ids.iter().zip(rings) {
+        let e = Client::with_keys(*id, params.clone(), ring, seed(*id, 9), &signer(*id))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("already revealed shares in secure round 1"),
+            "{e}"
+        );
+    }
+    // A session stopped before the unmasking (the ring has answered
+    // nothing) and opened again with the same round number: participant 1
+    // keeps its encryption key, but the replayed shares of the first session
+    // were encrypted under that session's mask keys and do not decrypt, so
+    // it never holds them in the second session.
+    let directory = directory(&ids);
+    let mut server = Server::new(params.clone()).unwrap();
+    let mut clients = Vec::new();
+    for &id in &ids {
+        let ring = KeyRing::new(seed(id, 11), seed(id, 12));
+        let (c, k) =
+            Client::with_keys(id, params.clone(), ring, seed(id, 13), &signer(id)).unwrap();
+        server.receive_keys(k).unwrap();
+        clients.push(c);
+    }
+    for (id, c) in ids.iter().zip(clients.iter_mut()) {
+        server
+            .receive_shares(c.share_keys(&server.keys_for(*id), &directory).unwrap())
+            .unwrap();
+    }
+    let ring = clients.swap_remove(1).into_keys(seed(1, 14));
+    let (mut again, _) =
+        Client::with_keys(1, params.clone(), ring, seed(1, 15), &signer(1)).unwrap();
+    again.share_keys(&server.keys_for(1), &directory).unwrap();
+    let e = again
+        .masked_input(&server.shares_for(1), &input(1, 1, 8))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not decrypt"), "{e}");
 }
 
 #[test]

@@ -40,20 +40,29 @@
 //!
 //! Threat model of secure aggregation: the coordinator may be malicious. It may
 //! lie about who dropped, show different participants different survivor sets,
-//! substitute keys, lower the threshold or reshape the cohort, keep everything
-//! it relays across rounds, and collude with fewer than `t` of any
-//! participant's neighbours; the other participants follow the protocol.
-//! Against it, key advertisements and each survivor's view of the round are
-//! signed with the site's certificate key and checked by the other sites
-//! against the federation CA; participants check the round's parameters against
-//! the plan (and, with `--expect-plan`, the plan against the one they agreed
-//! to); the threshold is more than half the neighbours, so no coordinator can
-//! collect enough shares of both a participant's self-mask seed and its mask
-//! key; a consistency check makes an equivocating coordinator's round abort
-//! before any share is revealed; and mask keys are fresh every round, so a key
-//! rebuilt when a participant drops unmasks nothing of its earlier rounds. Not
-//! covered: a coordinator that leaves honest participants out of a cohort (it
-//! learns the sum of those it keeps, at least `t`), inputs out of range, and
+//! withhold or replay messages, substitute keys, lower the threshold or reshape
+//! the cohort, keep everything it relays across rounds, and collude with fewer
+//! than `t` of any participant's neighbours; the other participants follow the
+//! protocol. Against it, key advertisements and each survivor's view of the
+//! round are signed with the site's certificate key and checked by the other
+//! sites against the federation CA; participants check the round's parameters
+//! against the plan (and, with `--expect-plan`, the plan against the one they
+//! agreed to); the threshold is more than half the neighbours, so no
+//! coordinator can collect enough shares of both a participant's self-mask seed
+//! and its mask key; a participant masks only when the shares of at least `t`
+//! neighbours reached it, and neither signs nor reveals for a view in which
+//! fewer than `t` of its neighbours survive, so its pairwise masks cannot be
+//! stripped by calling its partners dropped; a consistency check makes an
+//! equivocating coordinator's round abort before any share is revealed; mask
+//! keys are fresh every round and shares are encrypted under them, so a key
+//! rebuilt when a participant drops unmasks nothing of its earlier rounds and a
+//! replayed round decrypts nothing; and a site takes part in each secure round
+//! number once. Not covered: a coordinator that leaves honest participants out
+//! of a cohort (it learns the sum of those it keeps, at least `t`), or that
+//! asks for sums of two cohorts over the same model in different rounds
+//! (without local DP their difference can be one input), inputs out of range,
+//! sparse neighbour graphs (above about 200 sites), where the check on
+//! surviving neighbours guards each participant's own view only, and
 //! deployments without TLS, where nothing is signed and the protection holds
 //! against an honest-but-curious coordinator only. With central DP on top, the
 //! coordinator unmasks the exact sum and adds the noise itself.
@@ -208,7 +217,6 @@ impl SecureAggregationConfig {
             params.neighbours = k;
             params.threshold = RoundParams::default_threshold(k);
         }
-        self.validate()?;
         match (self.threshold, self.dropout_tolerance) {
             (Some(t), _) => params.threshold = t,
             (None, Some(tol)) => {
@@ -277,12 +285,12 @@ impl RoundParams {
     /// `1 - max_dropout`, the Chernoff bound gives
     /// `P(Bin(k, 1 - d) <= k/2) <= exp(-k D(1/2 || 1 - d))`, and `k` is the
     /// least even number (at least `3 log2 n` and 4) that keeps this below
-    /// `2^-20 / n` for every participant at once. That is the complete graph
-    /// for the federations of tens to hundreds of sites Tessera is built for
-    /// at the default `max_dropout` 0.3 (k = 238 for n = 47, so 46); sparse
-    /// graphs start around a thousand participants, or with a lower
-    /// `max_dropout` (0.1: 36 of 46 at n = 47, 42 at n = 1,000). At most 254
-    /// (shares live in GF(256)).
+    /// `2^-20 / n` for every participant at once. At the default
+    /// `max_dropout` 0.3 that is the complete graph up to about 200
+    /// participants (the bound asks k = 204 at n = 47, so 46), and sparse
+    /// above (232 at n = 500, 240 at n = 1,000); a lower `max_dropout` thins
+    /// it (0.1: 36 of 46 at n = 47, 42 at n = 1,000). At most 254 (shares
+    /// live in GF(256)).
     pub fn default_neighbours(n: usize, max_dropout: f64) -> Result<usize, SecAggError> {
         if !(0.0..0.5).contains(&max_dropout) {
             return Err(SecAggError::Config(format!(
@@ -751,8 +759,22 @@ fn pairwise_seed(shared: &[u8; 32], round: u32) -> [u8; 32] {
     hkdf32(shared, round, "tessera secagg pairwise mask")
 }
 
-fn share_cipher(shared: &[u8; 32], round: u32) -> Aes256Gcm {
-    let key = hkdf32(shared, round, "tessera secagg share encryption");
+/// The key that encrypts shares between two participants in one session of
+/// a round: from the lasting `c` agreement, the round, and both parties'
+/// mask keys of this session (fresh every session), so that ciphertexts of
+/// an earlier session of the same round number never decrypt again, and no
+/// (key, nonce) pair repeats.
+fn share_cipher(shared: &[u8; 32], round: u32, s_a: &[u8; 32], s_b: &[u8; 32]) -> Aes256Gcm {
+    let (low, high) = if s_a <= s_b { (s_a, s_b) } else { (s_b, s_a) };
+    let hk = Hkdf::<Sha256>::new(Some(&round.to_le_bytes()), shared);
+    let mut info = Vec::with_capacity(31 + 64);
+    info.extend_from_slice(b"tessera secagg share encryption");
+    info.extend_from_slice(low);
+    info.extend_from_slice(high);
+    let mut key = [0u8; 32];
+    if hk.expand(&info, &mut key).is_err() {
+        unreachable!("HKDF output length is valid");
+    }
     Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key))
 }
 
@@ -775,6 +797,11 @@ pub struct KeyRing {
     c_agreements: BTreeMap<[u8; 32], [u8; 32]>,
     /// Agreements of the mask key, by the peer's public key.
     s_agreements: BTreeMap<[u8; 32], [u8; 32]>,
+    /// Secure rounds in which this participant revealed shares: it takes
+    /// part in each round number once (a second session of the same round
+    /// could reveal a neighbour's other secret, or the difference of two
+    /// sums over the same inputs).
+    answered: BTreeSet<u32>,
 }
 
 impl KeyRing {
@@ -790,6 +817,7 @@ impl KeyRing {
             s_secret,
             c_agreements: BTreeMap::new(),
             s_agreements: BTreeMap::new(),
+            answered: BTreeSet::new(),
         }
     }
 
@@ -933,6 +961,12 @@ impl Client {
                 "participant {id} is not in the round"
             )));
         }
+        if keys.answered.contains(&params.round) {
+            return Err(SecAggError::Refused(format!(
+                "this participant already revealed shares in secure round {}: it takes part in each round once",
+                params.round
+            )));
+        }
         let digest = params.digest();
         let signature = signer.sign(&keys_message(&digest, id, &keys.c_public, &keys.s_public))?;
         let advertised = AdvertiseKeys {
@@ -966,6 +1000,9 @@ impl Client {
     /// this round: see [`KeyRing`]).
     pub fn into_keys(self, s_randomness: [u8; 32]) -> KeyRing {
         let mut keys = self.keys;
+        if self.unmasked {
+            keys.answered.insert(self.params.round);
+        }
         keys.rotate_mask_key(s_randomness);
         keys
     }
@@ -1033,7 +1070,12 @@ impl Client {
             plain.extend_from_slice(&s);
             let c_shared = self.keys.agree_c(&keys.c_public);
             let s_shared = self.keys.agree_s(&keys.s_public);
-            let cipher = share_cipher(&c_shared, self.params.round);
+            let cipher = share_cipher(
+                &c_shared,
+                self.params.round,
+                &self.keys.s_public,
+                &keys.s_public,
+            );
             let mask_seed = pairwise_seed(&s_shared, self.params.round);
             let cipher = &self.agreed.entry(*peer).or_insert((cipher, mask_seed)).0;
             let ct = cipher
@@ -1157,6 +1199,18 @@ impl Client {
             let s = plain.get(4 + len..).ok_or_else(bad)?.to_vec();
             self.held.insert(*from, (b, s));
         }
+        // Pairwise masks only with those whose shares arrived: with fewer
+        // than `t` of them, a coordinator that withheld the others (or later
+        // calls them all dropped and rebuilds their mask keys) could strip
+        // every pairwise mask, and the self mask's seed is revealed for a
+        // survivor. Such a round could not recover this input anyway.
+        if self.held.len() < self.params.threshold {
+            return Err(SecAggError::Refused(format!(
+                "the shares of only {} neighbours reached this participant, fewer than the threshold {}: its input would be protected by its self mask alone",
+                self.held.len(),
+                self.params.threshold
+            )));
+        }
         add_mask(&mut values, self.seed, true);
         for (peer, (_, seed)) in &self.agreed {
             if !self.held.contains_key(peer) {
@@ -1210,6 +1264,24 @@ impl Client {
             return Err(SecAggError::Refused(format!(
                 "{} survivors, fewer than the threshold {}",
                 survivors.len(),
+                self.params.threshold
+            )));
+        }
+        // A round that can complete has at least `t` surviving neighbours of
+        // every survivor. A view with fewer around this participant calls
+        // most of its neighbours dropped: with 2t > k that is how a
+        // coordinator would strip a victim's pairwise masks (declare the
+        // neighbours it masked with dropped, rebuild their mask keys), so
+        // nobody who sees it signs or reveals.
+        let alive = self
+            .neighbours
+            .iter()
+            .filter(|n| survivors.contains(n))
+            .count();
+        if alive < self.params.threshold {
+            return Err(SecAggError::Refused(format!(
+                "only {alive} of this participant's {} neighbours survive in the view, fewer than the threshold {}: the round cannot complete, and a view that drops most of them is how a coordinator strips a participant's masks",
+                self.neighbours.len(),
                 self.params.threshold
             )));
         }
