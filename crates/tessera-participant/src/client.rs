@@ -444,19 +444,23 @@ fn random32() -> Result<[u8; 32], Failure> {
 /// at all (the explicit insecure mode, where the coordinator is trusted to
 /// relay honestly).
 pub struct SecureIdentity {
-    tls: Option<(tessera_tls::SiteSigner, tessera_tls::SiteCertificates)>,
+    tls: Option<(tessera_tls::SiteSigner, tessera_tls::TlsFiles)>,
 }
 
 impl SecureIdentity {
     /// The identity of the site whose TLS folder holds `files` (`None`: no TLS).
     pub fn load(files: Option<&tessera_tls::TlsFiles>) -> Result<Self, ParticipantError> {
         let tls = match files {
-            Some(files) => Some((
-                tessera_tls::SiteSigner::load(files)
-                    .map_err(|e| ParticipantError::Local(e.to_string()))?,
+            Some(files) => {
+                // Checked now so that a bad folder stops the site at start.
                 tessera_tls::SiteCertificates::load(files)
-                    .map_err(|e| ParticipantError::Local(e.to_string()))?,
-            )),
+                    .map_err(|e| ParticipantError::Local(e.to_string()))?;
+                Some((
+                    tessera_tls::SiteSigner::load(files)
+                        .map_err(|e| ParticipantError::Local(e.to_string()))?,
+                    files.clone(),
+                ))
+            }
             None => None,
         };
         Ok(Self { tls })
@@ -472,7 +476,7 @@ impl SecureIdentity {
         sites: &[String],
         certificates: &[Vec<u8>],
     ) -> Result<RoundIdentity<'_>, String> {
-        let Some((signer, checker)) = &self.tls else {
+        let Some((signer, files)) = &self.tls else {
             return Ok((
                 Box::new(tessera_secagg::Unauthenticated),
                 Box::new(tessera_secagg::Unauthenticated),
@@ -486,6 +490,9 @@ impl SecureIdentity {
                 participants.len()
             ));
         }
+        // The CA and revocation list as they are now: a site revoked during
+        // the run is refused from its next round on.
+        let checker = tessera_tls::SiteCertificates::load(files).map_err(|e| e.to_string())?;
         let mut by_id = BTreeMap::new();
         let mut names = BTreeSet::new();
         for ((id, site), der) in participants.iter().zip(sites).zip(certificates) {
@@ -500,6 +507,10 @@ impl SecureIdentity {
             checker.check(der, site)?;
             by_id.insert(*id, der.clone());
         }
+        tracing::info!(
+            certificates = by_id.len(),
+            "secure aggregation: the cohort's certificates checked against the federation CA; keys and views signed with this site's certificate key"
+        );
         Ok((Box::new(CertSigner(signer)), Box::new(CertDirectory(by_id))))
     }
 }
