@@ -36,6 +36,13 @@ pub struct Site {
     /// Local DP-SGD: the plan's settings, the run's rounds, the secret key
     /// of the noise and of the batch sampling.
     local_dp: Option<(PrivacyConfig, u32, [u8; 32])>,
+    /// With local DP: how many times this site has trained. Each training
+    /// takes the next noise and batch stream of the site's key, never one
+    /// the coordinator chooses (a round number sent twice would otherwise
+    /// give two updates with the same noise, whose difference is noise-free),
+    /// and no more trainings than the plan's rounds, whose spend the site
+    /// accepted up front.
+    dp_trainings: u32,
     /// The DP event of the last local training.
     last_event: Option<DpEvent>,
     /// Error feedback: what earlier compressed updates left out.
@@ -62,6 +69,7 @@ impl Site {
             control: None,
             pending_control: None,
             local_dp: None,
+            dp_trainings: 0,
             last_event: None,
             feedback: None,
             feedback_before: None,
@@ -159,18 +167,19 @@ impl Site {
         Ok(LocalPlan::plain(&self.training).n_steps(n_rows)?)
     }
 
-    /// The generator of round `round`'s local training: with local DP,
-    /// keyed with SHA-256 of the site's secret key, the round and the `FIT`
-    /// stream tag, so that nobody without the key (the coordinator, anyone
-    /// with the plan and its seed) can tell which rows were in a batch, and
-    /// amplification by subsampling holds; without DP, the public stream
-    /// `derive_seed(run seed, [FIT, round, site])`.
-    pub(crate) fn fit_rng(&self, round: u32) -> SeededRng {
+    /// The generator of a local training: with local DP, keyed with SHA-256
+    /// of the site's secret key, `index` (the site's own count of its
+    /// trainings) and the `FIT` stream tag, so that nobody without the key
+    /// (the coordinator, anyone with the plan and its seed) can tell which
+    /// rows were in a batch, and amplification by subsampling holds; without
+    /// DP, the public stream `derive_seed(run seed, [FIT, index, site])` with
+    /// `index` the round.
+    pub(crate) fn fit_rng(&self, index: u32) -> SeededRng {
         match &self.local_dp {
-            Some((_, _, key)) => SeededRng::from_key(secret_stream_key(key, streams::FIT, round)),
+            Some((_, _, key)) => SeededRng::from_key(secret_stream_key(key, streams::FIT, index)),
             None => SeededRng::derived(
                 self.seed,
-                &[streams::FIT, u64::from(round), tag(self.id.as_str())],
+                &[streams::FIT, u64::from(index), tag(self.id.as_str())],
             ),
         }
     }
@@ -195,20 +204,37 @@ impl Site {
             dp: None,
         };
         let event = self.local_dp_event(train.n_rows())?;
+        // The stream of this training: the round without DP (public), the
+        // site's own count of trainings with it.
+        let stream = match &self.local_dp {
+            Some((_, rounds, _)) => {
+                if self.dp_trainings >= *rounds {
+                    return Err(EngineError::State(format!(
+                        "local DP: this site has trained {rounds} times, every round of the plan; \
+                         another training would spend privacy beyond what the site accepted \
+                         (asked for round {})",
+                        task.round
+                    )));
+                }
+                self.dp_trainings += 1;
+                self.dp_trainings
+            }
+            None => task.round,
+        };
         let plan = LocalPlan {
             dp: match (&self.local_dp, event) {
                 (Some((privacy, _, key)), Some(event)) => Some(LocalDp {
                     noise_multiplier: event.noise_multiplier,
                     clip_norm: privacy.clip_norm,
                     noise_key: *key,
-                    stream: u64::from(task.round),
+                    stream: u64::from(stream),
                 }),
                 _ => None,
             },
             ..plan
         };
         self.last_event = event;
-        let mut rng = self.fit_rng(task.round);
+        let mut rng = self.fit_rng(stream);
         let stats = self.learner.fit(train, &plan, &mut rng)?;
         let delta = self.learner.parameters().sub(global)?;
         let control_delta = match &task.instructions.server_control {
@@ -363,6 +389,13 @@ mod tests {
 
     #[test]
     fn dp_sgd_updates_follow_the_key_not_the_seed() {
+        let (rows, task) = rows_and_task();
+        let fit = |key| site(Some(key)).fit(&task, &rows).unwrap().delta;
+        assert_eq!(fit([1; 32]), fit([1; 32]));
+        assert_ne!(fit([1; 32]), fit([2; 32]));
+    }
+
+    fn rows_and_task() -> (Dataset, FitTask) {
         let x = ndarray::Array2::from_shape_fn((ROWS, 6), |(i, j)| {
             ((i * 7 + j * 3) % 11) as f32 / 11.0
         });
@@ -378,8 +411,23 @@ mod tests {
             instructions: Default::default(),
             deadline: None,
         };
-        let fit = |key| site(Some(key)).fit(&task, &rows).unwrap().delta;
-        assert_eq!(fit([1; 32]), fit([1; 32]));
-        assert_ne!(fit([1; 32]), fit([2; 32]));
+        (rows, task)
+    }
+
+    /// A coordinator that sends the same round (and model) twice gets two
+    /// updates with different noise and batches, so their difference is not
+    /// noise-free; and a site stops after the plan's rounds (5 here).
+    #[test]
+    fn a_round_asked_twice_takes_fresh_noise_and_trainings_stop_at_the_plans_rounds() {
+        let (rows, task) = rows_and_task();
+        let mut s = site(Some([1; 32]));
+        let first = s.fit(&task, &rows).unwrap().delta;
+        let again = s.fit(&task, &rows).unwrap().delta;
+        assert_ne!(first, again);
+        for _ in 2..5 {
+            s.fit(&task, &rows).unwrap();
+        }
+        let e = s.fit(&task, &rows).unwrap_err().to_string();
+        assert!(e.contains("every round of the plan"), "{e}");
     }
 }
