@@ -688,14 +688,9 @@ fn mutual_tls_refuses_unknown_revoked_and_impersonating_certificates() {
     revoked.kill_9();
 }
 
-/// A federation under mutual TLS: a CA in `ca/` with the four sites and the
-/// coordinator, the coordinator (with `coordinator_extra`), and the four
-/// sites, each pausing 0.3 s before its update; returns them once round 2
-/// has closed, with `ca` to run `tessera ca --dir ca ...`.
-fn tls_run_at_round_2(
-    s: &Scratch,
-    coordinator_extra: &[&str],
-) -> (Proc, Vec<Proc>, std::path::PathBuf, impl Fn(&[&str])) {
+/// A federation CA in `ca/` with the four sites' certificates and the
+/// coordinator's (for 127.0.0.1); returns `ca` to run `tessera ca --dir ca ...`.
+fn heart_ca(s: &Scratch) -> impl Fn(&[&str]) + '_ {
     let ca = |args: &[&str]| {
         let mut all = vec!["ca", "--dir", "ca"];
         all.extend_from_slice(args);
@@ -706,6 +701,18 @@ fn tls_run_at_round_2(
         ca(&["issue", "--site", site]);
     }
     ca(&["issue", "--coordinator", "--host", "127.0.0.1"]);
+    ca
+}
+
+/// A federation under mutual TLS: a CA in `ca/` with the four sites and the
+/// coordinator, the coordinator (with `coordinator_extra`), and the four
+/// sites, each pausing 0.3 s before its update; returns them once round 2
+/// has closed, with `ca` to run `tessera ca --dir ca ...`.
+fn tls_run_at_round_2(
+    s: &Scratch,
+    coordinator_extra: &[&str],
+) -> (Proc, Vec<Proc>, std::path::PathBuf, impl Fn(&[&str])) {
+    let ca = heart_ca(s);
     let plan = plan(s, "fedavg", "quorum = 3");
     let db = s.path("c.sqlite");
     let coordinator_tls = s.path("ca/coordinator");
@@ -1430,16 +1437,7 @@ fn secure_aggregation_over_grpc_equals_simulation_bit_for_bit() {
 #[test]
 fn secure_aggregation_under_mutual_tls_signs_keys_and_views_and_sites_refuse_a_weakened_plan() {
     let s = Scratch::new("deploy-secagg-tls");
-    let ca = |args: &[&str]| {
-        let mut all = vec!["ca", "--dir", "ca"];
-        all.extend_from_slice(args);
-        s.run(&all).ok();
-    };
-    ca(&["init"]);
-    for site in HEART_SITES {
-        ca(&["issue", "--site", site]);
-    }
-    ca(&["issue", "--coordinator", "--host", "127.0.0.1"]);
+    heart_ca(&s);
     let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
     let text = text.replace("rounds = 15", "rounds = 4");
     let secure = s.write(
