@@ -1437,7 +1437,7 @@ fn secure_aggregation_over_grpc_equals_simulation_bit_for_bit() {
 #[test]
 fn secure_aggregation_under_mutual_tls_signs_keys_and_views_and_sites_refuse_a_weakened_plan() {
     let s = Scratch::new("deploy-secagg-tls");
-    heart_ca(&s);
+    let _ca = heart_ca(&s);
     let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
     let text = text.replace("rounds = 15", "rounds = 4");
     let secure = s.write(
