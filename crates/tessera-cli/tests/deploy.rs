@@ -30,6 +30,19 @@ fn http_get(address: &str, path: &str) -> String {
     response
 }
 
+/// A participant's greeting as `site`, with every capability of this build.
+fn hello(site: &str) -> tessera_proto::pb::Hello {
+    tessera_proto::pb::Hello {
+        major: tessera_proto::MAJOR,
+        minor: tessera_proto::MINOR,
+        capabilities: tessera_proto::CAPABILITIES
+            .iter()
+            .map(|c| c.to_string())
+            .collect(),
+        site: site.into(),
+    }
+}
+
 /// The bundled plan under another strategy, written to the scratch folder.
 fn plan(s: &Scratch, strategy: &str, federation_extra: &str) -> std::path::PathBuf {
     let text = std::fs::read_to_string(examples().join("fed-heart-disease.toml")).unwrap();
@@ -342,19 +355,7 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let replies: Vec<String> = runtime.block_on(async {
         let mut client = FederationClient::connect(url.clone()).await.unwrap();
-        let welcome = client
-            .join(pb::Hello {
-                major: tessera_proto::MAJOR,
-                minor: tessera_proto::MINOR,
-                capabilities: tessera_proto::CAPABILITIES
-                    .iter()
-                    .map(|c| c.to_string())
-                    .collect(),
-                site: "va".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let welcome = client.join(hello("va")).await.unwrap().into_inner();
         let plan = tessera_engine::Plan::from_toml(&welcome.plan_toml, "plan").unwrap();
         let mut local = tessera_data::read_local_site(
             &plan.data,
@@ -1855,18 +1856,7 @@ fn aggregate_only_site_metrics_reach_the_coordinator_only_as_sums() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let refused = runtime.block_on(async {
         let mut client = FederationClient::connect(url.clone()).await.unwrap();
-        client
-            .join(pb::Hello {
-                major: tessera_proto::MAJOR,
-                minor: tessera_proto::MINOR,
-                capabilities: tessera_proto::CAPABILITIES
-                    .iter()
-                    .map(|c| c.to_string())
-                    .collect(),
-                site: "va".into(),
-            })
-            .await
-            .unwrap();
+        client.join(hello("va")).await.unwrap();
         client
             .submit_evaluation(pb::EvaluationReport {
                 site: "va".into(),
