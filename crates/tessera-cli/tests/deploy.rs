@@ -1215,9 +1215,14 @@ fn central_dp_resumes_after_kill_9_with_no_key_in_the_database() {
     }
     assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM privacy_ledger"), 15);
     assert_no_key_in(&db);
-    let ratios = try_to_denoise(&db, 42, 0.05);
-    // The noise dominates every stored mean: a removed noise would show.
-    assert!(ratios.iter().all(|&r| r > 3.0), "{ratios:?}");
+    let mut ratios = try_to_denoise(&db, 42, 0.05);
+    // A mean of updates clipped to C has norm at most C: every stored mean
+    // is above it (its noise is there), and the noise dominates them (the
+    // median; one round of 15 can fall near 3 by chance: the norm of the
+    // noise is chi-distributed with few degrees of freedom).
+    assert!(ratios.iter().all(|&r| r > 1.0), "{ratios:?}");
+    ratios.sort_by(f64::total_cmp);
+    assert!(ratios[ratios.len() / 2] > 3.0, "{ratios:?}");
     let report = s.json("dep.json");
     let epsilon = report["privacy"]["epsilon"].as_f64().unwrap();
     // The same spend as an uninterrupted run and as the simulation: 15
