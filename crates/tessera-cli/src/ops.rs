@@ -66,8 +66,31 @@ pub fn privacy(args: &PrivacyArgs) -> anyhow::Result<()> {
         let rows = store.privacy_ledger(&run.id)?;
         let plan = tessera_engine::Plan::from_toml(&run.plan, &run.id).ok();
         let privacy = plan.as_ref().map(|p| &p.privacy);
+        if let Some(p) = privacy.filter(|p| p.site_metrics == tessera_privacy::SiteMetrics::Dp) {
+            // The metrics' releases are in the rounds' records.
+            let mut released = 0usize;
+            let mut spent = 0.0f64;
+            for (_, _, record, _) in store.rounds(&run.id)? {
+                let record: tessera_engine::report::RoundRecord = serde_json::from_str(&record)
+                    .with_context(|| format!("run {}: a damaged round record", run.id))?;
+                if let Some(e) = record.metrics_epsilon {
+                    released += 1;
+                    spent = spent.max(e);
+                }
+            }
+            let budget = p
+                .metrics_epsilon
+                .unwrap_or(tessera_privacy::metrics::DEFAULT_METRICS_EPSILON);
+            println!(
+                "run {} ({}): DP metrics, {released} evaluation(s) released, epsilon {spent:.4} \
+                 of a budget of {budget} at delta {:e}, for one row of a site's test set",
+                run.id, run.status, p.delta
+            );
+        }
         if rows.is_empty() && !privacy.is_some_and(|p| p.is_on()) {
-            println!("run {}: no differential privacy", run.id);
+            if privacy.is_none_or(|p| p.site_metrics != tessera_privacy::SiteMetrics::Dp) {
+                println!("run {}: no differential privacy", run.id);
+            }
             continue;
         }
         let delta = rows

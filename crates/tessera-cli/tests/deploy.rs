@@ -338,7 +338,8 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
     use tessera_proto::pb::{self, agree_reply, task, update_part};
 
     let s = Scratch::new("deploy-malformed");
-    let plan = plan(&s, "fedavg", "");
+    // This test speaks gRPC itself and sends clear evaluations.
+    let plan = plan_with(&s, "malformed", "[privacy]\nsite_metrics = \"clear\"\n");
     let db = s.path("c.sqlite");
     let (mut coordinator, url) = coordinator(
         &s.dir,
@@ -904,6 +905,8 @@ rounds = 30
 mode = "async"
 buffer_size = 3
 min_participants = 6
+[privacy]
+site_metrics = "clear"
 "#,
             data.display()
         ),
@@ -1499,7 +1502,9 @@ fn secure_aggregation_under_mutual_tls_signs_keys_and_views_and_sites_refuse_a_w
             .log()
             .matches("the cohort's certificates checked against the federation CA")
             .count();
-        assert_eq!(checked, 4, "{}", p.log());
+        // Four training rounds and the four secure sums of their evaluations
+        // (site metrics are aggregate-only by default).
+        assert_eq!(checked, 8, "{}", p.log());
     }
     assert_eq!(
         std::fs::read(s.path("secure.sqlite.model")).unwrap(),
@@ -1793,20 +1798,19 @@ fn compressed_models_over_grpc_equal_simulation_across_a_coordinator_restart() {
     }
 }
 
-/// `site_metrics = "aggregate-only"`: each site's evaluation goes masked
-/// through a secure round of its own, and the coordinator holds only sums
-/// across sites: no row in its `evaluations` table, no per-site figure in its
-/// report, the pooled figures equal to the simulation's (which reports the
-/// same sums), and a clear evaluation refused with the reason.
+/// `site_metrics = "aggregate-only"`, the default (the plan has no
+/// `[privacy]` table): each site's evaluation goes masked through a secure
+/// round of its own, and the coordinator holds only sums across sites: no
+/// row in its `evaluations` table, no per-site figure in its report, the
+/// pooled figures equal to the simulation's (which reports the same sums),
+/// and a clear evaluation refused with the reason.
 #[test]
 fn aggregate_only_site_metrics_reach_the_coordinator_only_as_sums() {
     let s = Scratch::new("deploy-aggregate-only");
     let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
+    assert!(!text.contains("[privacy]"));
     let text = text.replace("rounds = 15", "rounds = 4");
-    let plan = s.write(
-        "aggregate.toml",
-        &format!("{text}\n[privacy]\nsite_metrics = \"aggregate-only\"\n"),
-    );
+    let plan = s.write("aggregate.toml", &text);
     let (simulated, expected) = s.simulate(&plan, "sim.model");
     let (mut coordinator, mut participants) = run_federation(&s, &plan, "agg.sqlite", "dep.model");
     assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
@@ -1885,4 +1889,80 @@ fn aggregate_only_site_metrics_reach_the_coordinator_only_as_sums() {
         query_i64(&s.path("clear.sqlite"), "SELECT COUNT(*) FROM evaluations"),
         0
     );
+}
+
+/// `site_metrics = "dp"` deployed: the coordinator stores and reports only
+/// noised sums, with noise from the operating system (two runs of the same
+/// plan and seed release different figures, and neither releases the exact
+/// sums the aggregate-only simulation computes), each round's evaluation
+/// charged to `metrics_epsilon`, the model untouched.
+#[test]
+fn dp_site_metrics_are_noised_at_the_coordinator_with_its_own_secret() {
+    let s = Scratch::new("deploy-dp-metrics");
+    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
+    let text = text.replace("rounds = 15", "rounds = 4");
+    let exact_plan = s.write("exact.toml", &text);
+    let (exact, expected) = s.simulate(&exact_plan, "exact.model");
+    let plan = s.write(
+        "dp-metrics.toml",
+        &format!("{text}\n[privacy]\nsite_metrics = \"dp\"\nmetrics_epsilon = 2.0\n"),
+    );
+    let mut released = Vec::new();
+    for run in ["one", "two"] {
+        let (mut coordinator, mut participants) =
+            run_federation(&s, &plan, &format!("{run}.sqlite"), &format!("{run}.model"));
+        assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+        for p in &mut participants {
+            assert!(p.wait(LIMIT).success(), "{}", p.log());
+        }
+        assert_eq!(
+            std::fs::read(s.path(&format!("{run}.model"))).unwrap(),
+            expected
+        );
+        let db = s.path(&format!("{run}.sqlite"));
+        assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM evaluations"), 0);
+        let report = s.json(&format!("{run}.model.json"));
+        let dp = &report["metrics_privacy"];
+        assert_eq!(dp["releases"], 4, "{dp}");
+        assert_eq!(dp["release"], true, "{dp}");
+        let epsilon = dp["epsilon"].as_f64().unwrap();
+        assert!(epsilon <= 2.0 * 1.001 && epsilon > 1.8, "{dp}");
+        assert!(report["final"]["per_site"].as_object().unwrap().is_empty());
+        let rounds: Vec<f64> = report["rounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                assert!(r["metrics_epsilon"].as_f64().is_some(), "{r}");
+                r["accuracy"].as_f64().unwrap()
+            })
+            .collect();
+        // The database holds the same noised figures, never the exact ones.
+        let stored = query_i64(
+            &db,
+            "SELECT COUNT(*) FROM rounds WHERE record LIKE '%metrics_epsilon%'",
+        );
+        assert_eq!(stored, 4);
+        let ledger = s.run(&["privacy", "--db", db.to_str().unwrap()]).ok();
+        assert!(
+            ledger.contains("DP metrics, 4 evaluation(s) released"),
+            "{ledger}"
+        );
+        released.push(rounds);
+    }
+    let exact: Vec<f64> = exact["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["accuracy"].as_f64().unwrap())
+        .collect();
+    let differs = |a: &[f64], b: &[f64]| a.iter().zip(b).filter(|(x, y)| x != y).count();
+    assert!(differs(&released[0], &released[1]) >= 3, "{released:?}");
+    assert!(differs(&released[0], &exact) >= 3, "{released:?} {exact:?}");
+    assert!(differs(&released[1], &exact) >= 3, "{released:?} {exact:?}");
+    for run in &released {
+        for (r, e) in run.iter().zip(&exact) {
+            assert!((r - e).abs() < 0.5, "{r} against {e}");
+        }
+    }
 }

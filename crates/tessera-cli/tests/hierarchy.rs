@@ -336,8 +336,9 @@ fn central_dp_runs_at_the_regional_aggregators_with_their_own_keys_and_ledgers()
     let text = std::fs::read_to_string(&plan).unwrap();
     let plan = s.write(
         "dp.toml",
-        &format!(
-            "{text}\n[privacy]\nmode = \"central\"\nnoise_multiplier = 0.8\nclip_norm = 1.0\n"
+        &text.replace(
+            "[privacy]\n",
+            "[privacy]\nmode = \"central\"\nnoise_multiplier = 0.8\nclip_norm = 1.0\n",
         ),
     );
     let (sim, _) = s.simulate(&plan, "sim.model");

@@ -342,7 +342,10 @@ impl FederationService for Service {
         let certificate = end_entity(&request);
         let size = request.get_ref().encoded_len();
         let message = request.into_inner();
-        let masked = matches!(message.step, Some(pb::sec_agg_request::Step::Masked(_)));
+        // A masked input is the site's update, unless the round sums
+        // evaluations (its top bit set).
+        let masked = matches!(message.step, Some(pb::sec_agg_request::Step::Masked(_)))
+            && message.round & tessera_secagg::EVALUATION_ROUND == 0;
         let reply = self
             .shared
             .with(|f| {

@@ -165,6 +165,11 @@ pub struct Federation {
     secure_evaluated: Option<(u32, Option<tessera_engine::report::EvaluationView>)>,
     /// The last such sum, for the report's final metrics.
     last_view: Option<tessera_engine::report::EvaluationView>,
+    /// `site_metrics = "dp"`: the metrics' noise calibration and spend.
+    metrics_dp: Option<tessera_privacy::MetricsDp>,
+    /// The metrics' epsilon after the evaluation just released, for its
+    /// round's record.
+    metrics_released: Option<f64>,
     /// An aggregator of a hierarchical run: rounds come from its parent.
     relay: Option<relay::Relay>,
 }
@@ -311,6 +316,8 @@ impl Federation {
             certificates: BTreeMap::new(),
             secure_evaluated: None,
             last_view: None,
+            metrics_dp: None,
+            metrics_released: None,
             relay: node.map(|name| {
                 let (depth, sites) = place.unwrap_or_default();
                 relay::Relay::new(name, depth, sites)
@@ -326,6 +333,22 @@ impl Federation {
             federation.local_ledger = Some(ledger);
         }
         federation.resume()?;
+        if federation.plan.privacy.site_metrics == tessera_privacy::SiteMetrics::Dp {
+            // One release per round; those already stored are spent.
+            let mut dp = tessera_privacy::MetricsDp::new(
+                &federation.plan.privacy,
+                federation.plan.federation.rounds,
+            )
+            .map_err(|e| CoordinatorError::Config(format!("privacy: {e}")))?;
+            let released = federation
+                .records
+                .iter()
+                .filter(|r| r.metrics_epsilon.is_some())
+                .count();
+            dp.restore(released as u32)
+                .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+            federation.metrics_dp = Some(dp);
+        }
         Ok(federation)
     }
 
@@ -1056,7 +1079,10 @@ impl Federation {
                 let secure_round = *round | tessera_secagg::EVALUATION_ROUND;
                 if self.aggregate_only()
                     && !self.secure.as_ref().is_some_and(|s| {
-                        s.round == secure_round && s.is_evaluation() && !s.has_joined(site)
+                        s.round == secure_round
+                            && s.is_evaluation()
+                            && !s.has_joined(site)
+                            && !s.has_refused(site)
                     })
                 {
                     return Ok(TaskView::Wait);
@@ -1344,6 +1370,23 @@ impl Federation {
         leaving: bool,
     ) -> Result<bool, Refusal> {
         self.require_joined(site)?;
+        if round & tessera_secagg::EVALUATION_ROUND != 0 {
+            // A site that refuses a secure sum of evaluations (its checks
+            // of the round failed): recorded, not waited for, not asked again.
+            let refused = self.secure_evaluation_refused(site, round);
+            let evaluated = round & !tessera_secagg::EVALUATION_ROUND;
+            tracing::warn!(%site, round = evaluated, %reason, "refused the secure evaluation");
+            self.audit(
+                site,
+                "secure-evaluation",
+                "refused",
+                &format!("round {evaluated}: {reason}"),
+            );
+            self.touch(site);
+            self.version += 1;
+            self.advance();
+            return Ok(refused);
+        }
         let id = ParticipantId::new(site);
         let synchronous = self.buffered.is_none();
         let withdrawn = synchronous
@@ -1355,6 +1398,10 @@ impl Federation {
                 waiting
             });
         if withdrawn {
+            self.secure_withdraw(site);
+        }
+        if leaving && matches!(self.phase, Phase::Evaluating { .. }) {
+            // A secure sum of the evaluations stops waiting for it too.
             self.secure_withdraw(site);
         }
         if leaving {
@@ -1579,7 +1626,8 @@ impl Federation {
             None => now.plus(self.evaluation_wait()),
         };
         if self.aggregate_only() {
-            self.open_secure_evaluation(outcome.round, &targets, now);
+            let cohort = self.joined.clone();
+            self.open_secure_evaluation(outcome.round, &cohort, &targets, now);
         }
         self.phase = Phase::Evaluating {
             round: outcome.round,
@@ -1594,7 +1642,7 @@ impl Federation {
 
     /// Whether only sums of the sites' evaluations may reach the coordinator.
     fn aggregate_only(&self) -> bool {
-        self.plan.privacy.site_metrics == tessera_privacy::SiteMetrics::AggregateOnly
+        self.plan.privacy.site_metrics.sums_only()
     }
 
     /// Completes an evaluated round's record with everything sent since the
@@ -1633,6 +1681,7 @@ impl Federation {
         let seconds = self
             .round_started
             .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let metrics_epsilon = self.metrics_released.take();
         let mut closed = match &view {
             Some(view) => RoundRecord {
                 accuracy: view.pooled.accuracy(),
@@ -1640,6 +1689,7 @@ impl Federation {
                 mean_site_accuracy: view.mean_site_accuracy,
                 auc: view.pooled.auc,
                 seconds,
+                metrics_epsilon,
                 ..(**record).clone()
             },
             None => RoundRecord {
@@ -1663,7 +1713,19 @@ impl Federation {
             return Ok(());
         }
         if self.aggregate_only() {
-            // Stages close on answers or after the liveness period.
+            // Stages close on answers, on the silence of those that went
+            // quiet, or after the liveness period.
+            let silent: Vec<String> = match (&self.phase, &self.secure) {
+                (Phase::Evaluating { targets, .. }, Some(secure)) if secure.evaluation => targets
+                    .iter()
+                    .filter(|s| self.stale(s, now))
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for site in &silent {
+                self.secure_withdraw(site);
+            }
             self.advance_secure(now);
             let Phase::Evaluating { round, .. } = &self.phase else {
                 return Ok(());
@@ -1753,6 +1815,24 @@ impl Federation {
         }
         let final_metrics = match (&self.last_view, self.aggregate_only()) {
             (Some(view), true) => tessera_engine::report::final_metrics_view(view, BTreeMap::new()),
+            // Resumed: the last round evaluated before the restart, as
+            // stored (under "dp", noised: evaluating again would be another
+            // release).
+            (None, true) => match self
+                .records
+                .iter()
+                .rev()
+                .find(|r| r.accuracy > 0.0 || r.loss > 0.0)
+            {
+                Some(last) => tessera_engine::report::FinalMetrics {
+                    accuracy: last.accuracy,
+                    mean_site_accuracy: last.mean_site_accuracy,
+                    auc: last.auc,
+                    loss: last.loss,
+                    per_site: BTreeMap::new(),
+                },
+                None => final_metrics(&names, &evaluations),
+            },
             _ => final_metrics(&names, &evaluations),
         };
         RunReport {
@@ -1784,6 +1864,10 @@ impl Federation {
             topology: self.relay.as_ref().map(|r| r.topology(&self.records)),
             final_metrics,
             baselines: None,
+            metrics_privacy: self
+                .metrics_dp
+                .as_ref()
+                .map(|dp| tessera_engine::report::MetricsPrivacyReport::of(dp, true)),
             timing: Timing {
                 total_seconds: elapsed,
                 data_seconds: 0.0,

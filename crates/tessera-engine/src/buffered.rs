@@ -192,7 +192,8 @@ mod tests {
     fn plan(buffer: usize, bound: u32) -> Plan {
         let text = format!(
             "[data]\npath = \"d.csv\"\nsite_column = \"s\"\n[data.schema]\ntarget = \"y\"\n[model]\nkind = \"logistic\"\n\
-             [federation]\nrounds = 3\nmode = \"async\"\nbuffer_size = {buffer}\nmax_staleness = {bound}\n"
+             [federation]\nrounds = 3\nmode = \"async\"\nbuffer_size = {buffer}\nmax_staleness = {bound}\n\
+             [privacy]\nsite_metrics = \"clear\"\n"
         );
         Plan::from_toml(&text, "t").unwrap()
     }

@@ -79,4 +79,7 @@ pub mod streams {
     pub const COMPRESS_DOWN: u64 = 11;
     /// Topologies: random gossip graphs.
     pub const TOPOLOGY: u64 = 12;
+    /// Simulation only: the key of the noise on evaluation metrics
+    /// (`site_metrics = "dp"`; deployment draws it from the operating system).
+    pub const METRICS_NOISE: u64 = 13;
 }

@@ -402,14 +402,14 @@ impl Plan {
         compression
             .validate()
             .map_err(|e| PlanError::Invalid(format!("compression: {e}")))?;
-        if self.privacy.site_metrics == tessera_privacy::SiteMetrics::AggregateOnly
-            && f.mode == Mode::Async
-        {
-            return invalid(
-                "site_metrics = \"aggregate-only\" is implemented for synchronous rounds; use \
-                 mode = \"sync\" or site_metrics = \"clear\""
-                    .into(),
-            );
+        if self.privacy.site_metrics.sums_only() && f.mode == Mode::Async {
+            return invalid(format!(
+                "site_metrics = \"{}\" (sums of the sites' evaluations only; the default) is \
+                 implemented for synchronous rounds; use mode = \"sync\", or say \
+                 site_metrics = \"clear\" in [privacy] to let the coordinator see each site's \
+                 evaluation",
+                self.privacy.site_metrics.name()
+            ));
         }
         if compression.is_active() && f.mode == Mode::Async {
             return invalid(
@@ -470,14 +470,19 @@ impl Plan {
                     self.federation.strategy == StrategyKind::Scaffold,
                     "scaffold",
                 ),
-                (
-                    self.privacy.site_metrics == tessera_privacy::SiteMetrics::AggregateOnly,
-                    "site_metrics = \"aggregate-only\"",
-                ),
             ];
             if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
                 return invalid(format!(
                     "the {kind} topology does not support {what} yet; use kind = \"flat\""
+                ));
+            }
+            if self.privacy.site_metrics.sums_only() {
+                return invalid(format!(
+                    "the {kind} topology cannot yet keep the sites' evaluations to their sums \
+                     (site_metrics = \"{}\"; \"aggregate-only\" is the default); say \
+                     site_metrics = \"clear\" in [privacy] to let the coordinator see each \
+                     site's evaluation, or use kind = \"flat\"",
+                    self.privacy.site_metrics.name()
                 ));
             }
             if self.topology.kind == crate::TopologyKind::Gossip

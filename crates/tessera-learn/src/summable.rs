@@ -86,6 +86,8 @@ pub struct SummedEvaluation {
     pub pooled: Evaluation,
     /// The mean over sites with rows of their accuracies (to 2^-16).
     pub mean_site_accuracy: f64,
+    /// How many of the sites had test rows.
+    pub sites_with_rows: usize,
 }
 
 /// Decodes the sum of `sites` vectors from [`encode_summable`].
@@ -139,6 +141,7 @@ pub fn decode_summable(sum: &[u32], sites: usize) -> Result<SummedEvaluation, St
         } else {
             accuracy as f64 / SCALE / with_rows as f64
         },
+        sites_with_rows: with_rows,
     })
 }
 

@@ -641,10 +641,41 @@ enum SecureInput {
     Raw(Vec<u32>),
 }
 
+/// How a refusal of a secure round starts its message.
+const REFUSED: &str = "secure aggregation refused: ";
+
 /// One SecAgg+ round, secure round number `round`, with `input`: true when
-/// this site's input is in the sum.
+/// this site's input is in the sum. When this site refuses the round (its
+/// parameters, keys or views fail a check), it withdraws from that round,
+/// saying why, so that the coordinator neither waits for it nor asks again,
+/// and goes on with the run: false.
 #[allow(clippy::too_many_arguments)]
 async fn secure_exchange(
+    client: &mut FederationClient<Channel>,
+    site: &str,
+    plan: &tessera_engine::Plan,
+    identity: &SecureIdentity,
+    key_ring: &mut Option<tessera_secagg::KeyRing>,
+    round: u32,
+    input: SecureInput,
+    pause: Duration,
+) -> Result<bool, Failure> {
+    match secure_stages(client, site, plan, identity, key_ring, round, input, pause).await {
+        Err(Failure::Retry(reason)) if reason.starts_with(REFUSED) => {
+            match withdraw(client, site, round, &reason, false).await {
+                Ok(_) => tracing::warn!(round, %reason, "withdrew from the secure round"),
+                Err(status) => tracing::warn!(round, %status, "could not withdraw"),
+            }
+            Ok(false)
+        }
+        other => other,
+    }
+}
+
+/// The stages of [`secure_exchange`]; a refusal is a `Retry` that starts
+/// with [`REFUSED`].
+#[allow(clippy::too_many_arguments)]
+async fn secure_stages(
     client: &mut FederationClient<Channel>,
     site: &str,
     plan: &tessera_engine::Plan,
@@ -705,7 +736,7 @@ async fn secure_exchange(
     };
     let refuse = |why: String| {
         tracing::error!(round, %why, "secure aggregation: this site refuses the round");
-        Failure::Retry(format!("secure aggregation refused: {why}"))
+        Failure::Retry(format!("{REFUSED}{why}"))
     };
     params
         .check(&tessera_secagg::Expected {

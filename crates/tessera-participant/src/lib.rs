@@ -310,7 +310,7 @@ async fn session(
                 state.site = Some(site);
                 let evaluation = evaluation
                     .map_err(|e| Failure::Fatal(ParticipantError::Local(e.to_string())))?;
-                if state.plan.privacy.site_metrics == tessera_privacy::SiteMetrics::AggregateOnly {
+                if state.plan.privacy.site_metrics.sums_only() {
                     // Only the sum across sites may leave: the evaluation
                     // goes masked through a secure round of its own.
                     let counted = client::secure_evaluate(
@@ -498,9 +498,7 @@ async fn prepare(
         secure: plan.secure_aggregation.enabled,
         key_ring: None,
         identity: Arc::new(
-            if plan.secure_aggregation.enabled
-                || plan.privacy.site_metrics == tessera_privacy::SiteMetrics::AggregateOnly
-            {
+            if plan.secure_aggregation.enabled || plan.privacy.site_metrics.sums_only() {
                 client::SecureIdentity::load(config.tls.as_ref()).map_err(Failure::Fatal)?
             } else {
                 client::SecureIdentity::load(None).map_err(Failure::Fatal)?

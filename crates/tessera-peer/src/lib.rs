@@ -330,6 +330,7 @@ pub async fn run(
             update_bytes_up: 0,
         },
         privacy: None,
+        metrics_privacy: None,
         robustness: None,
         topology: Some(TopologyReport {
             kind: "gossip".into(),

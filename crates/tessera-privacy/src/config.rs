@@ -69,10 +69,16 @@ pub struct PrivacyConfig {
     pub accountant: AccountantKind,
     /// What the coordinator may learn of each site's evaluations: `clear`
     /// (each site's counts, loss and score histogram, as before) or
-    /// `aggregate-only` (only their sums across sites, through a secure
-    /// aggregation round of their own; needs at least three sites).
+    /// `aggregate-only` (the default: only their sums across sites, through
+    /// a secure aggregation round of their own; needs at least three sites)
+    /// or `dp` (those sums with Gaussian noise, charged to `metrics_epsilon`).
     #[serde(default)]
     pub site_metrics: SiteMetrics,
+    /// With `site_metrics = "dp"`: the epsilon (at `delta`) that all of the
+    /// run's evaluations spend together, one row of a site's test set added
+    /// or removed; 1 when not given.
+    #[serde(default)]
+    pub metrics_epsilon: Option<f64>,
 }
 
 /// What the coordinator may learn of each site's evaluations.
@@ -81,12 +87,32 @@ pub struct PrivacyConfig {
 pub enum SiteMetrics {
     /// Each site's evaluation reaches the coordinator (its database and
     /// report hold per-site metrics).
-    #[default]
     Clear,
     /// Sites mask their evaluations; the coordinator unmasks only the sum
     /// across sites (pooled counts, loss, score histogram, and the mean of
     /// the sites' accuracies).
+    #[default]
     AggregateOnly,
+    /// As `AggregateOnly`, and the coordinator adds Gaussian noise to the
+    /// sums before anything is stored or reported (see [`crate::MetricsDp`]).
+    Dp,
+}
+
+impl SiteMetrics {
+    /// Whether sites mask their evaluations so that only sums reach the
+    /// coordinator (`aggregate-only` and `dp`).
+    pub fn sums_only(self) -> bool {
+        self != Self::Clear
+    }
+
+    /// The plan's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Clear => "clear",
+            Self::AggregateOnly => "aggregate-only",
+            Self::Dp => "dp",
+        }
+    }
 }
 
 fn default_delta() -> f64 {
@@ -109,6 +135,7 @@ impl Default for PrivacyConfig {
             participant_budgets: BTreeMap::new(),
             accountant: AccountantKind::default(),
             site_metrics: SiteMetrics::default(),
+            metrics_epsilon: None,
         }
     }
 }
@@ -121,6 +148,25 @@ impl PrivacyConfig {
 
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), PrivacyError> {
+        if let Some(eps) = self.metrics_epsilon {
+            if !(eps.is_finite() && eps > 0.0) {
+                return Err(PrivacyError::Invalid(format!(
+                    "metrics_epsilon {eps} must be positive"
+                )));
+            }
+            if self.site_metrics != SiteMetrics::Dp {
+                return Err(PrivacyError::Invalid(format!(
+                    "metrics_epsilon applies to site_metrics = \"dp\", not \"{}\"",
+                    self.site_metrics.name()
+                )));
+            }
+        }
+        if self.site_metrics == SiteMetrics::Dp && !(self.delta > 0.0 && self.delta < 1.0) {
+            return Err(PrivacyError::Invalid(format!(
+                "delta {} must be in (0, 1)",
+                self.delta
+            )));
+        }
         if !self.is_on() {
             return Ok(());
         }

@@ -5,8 +5,9 @@
 //! composition; tighter, at `q = 1`, sigma 5.79, 15 steps and delta 1e-5
 //! epsilon 2.76 against 3.00), chosen by [`AccountantKind`] —, client-level
 //! central DP with fixed or adaptive clipping ([`CentralDp`]), Gaussian noise
-//! from ChaCha20 ([`GaussianNoise`]), and the [`Ledger`] that records every
-//! release and refuses those past a budget.
+//! from ChaCha20 ([`GaussianNoise`]), the [`Ledger`] that records every
+//! release and refuses those past a budget, and noised evaluation metrics
+//! with their own spend ([`MetricsDp`]).
 //!
 //! Pure and transport-free: simulation and deployment use the same code. The
 //! plan's `[privacy]` table is [`PrivacyConfig`]; its `accountant` picks the
@@ -30,6 +31,7 @@ mod config;
 mod error;
 mod fft;
 mod ledger;
+pub mod metrics;
 mod noise;
 pub mod pld;
 pub mod rdp;
@@ -42,5 +44,6 @@ pub use central::{AdaptiveClipping, CentralDp, CentralRelease, clip_to_norm};
 pub use config::{PrivacyConfig, PrivacyMode, SiteMetrics};
 pub use error::PrivacyError;
 pub use ledger::{Budgets, Ledger, LedgerEntry};
+pub use metrics::MetricsDp;
 pub use noise::GaussianNoise;
 pub use pld::PldAccountant;

@@ -188,6 +188,7 @@ pub(crate) fn run_async(
             site_errors: std::mem::take(&mut site_errors),
             epsilon: None,
             clip_norm: None,
+            metrics_epsilon: None,
         };
         wall = Instant::now();
         last_step_at = now;

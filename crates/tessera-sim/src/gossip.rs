@@ -166,6 +166,7 @@ pub(crate) fn run_gossip(
             site_errors,
             epsilon: None,
             clip_norm: None,
+            metrics_epsilon: None,
         };
         observer(&record);
         records.push(record);

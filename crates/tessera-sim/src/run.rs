@@ -176,11 +176,38 @@ pub fn simulate(
     let mut final_metrics = final_metrics(&names, &last_evaluations);
     let malicious: Vec<String> = malicious.iter().map(|&i| names[i].to_string()).collect();
     let honest_accuracy = final_metrics.accuracy_without(&malicious);
-    if plan.privacy.site_metrics == tessera_privacy::SiteMetrics::AggregateOnly {
-        // The report holds what a coordinator would: sums across sites.
-        let view = tessera_engine::report::EvaluationView::aggregate_only(&last_evaluations)
-            .map_err(|e| PlanError::Invalid(format!("aggregate-only evaluation: {e}")))?;
-        final_metrics = tessera_engine::report::final_metrics_view(&view, Default::default());
+    let mut metrics_privacy = None;
+    match plan.privacy.site_metrics {
+        tessera_privacy::SiteMetrics::Clear => {}
+        tessera_privacy::SiteMetrics::AggregateOnly => {
+            // The report holds what a coordinator would: sums across sites.
+            let view = tessera_engine::report::EvaluationView::aggregate_only(&last_evaluations)
+                .map_err(|e| PlanError::Invalid(format!("aggregate-only evaluation: {e}")))?;
+            final_metrics = tessera_engine::report::final_metrics_view(&view, Default::default());
+        }
+        tessera_privacy::SiteMetrics::Dp => {
+            // The last round's noised release; the final model is that
+            // round's, and evaluating it again would be another release.
+            if let Some(last) = records.last() {
+                final_metrics = tessera_engine::report::FinalMetrics {
+                    accuracy: last.accuracy,
+                    mean_site_accuracy: last.mean_site_accuracy,
+                    auc: last.auc,
+                    loss: last.loss,
+                    per_site: Default::default(),
+                };
+            }
+            if let Some(mut dp) = metrics_dp_of(plan)? {
+                let released = records
+                    .iter()
+                    .filter(|r| r.metrics_epsilon.is_some())
+                    .count();
+                dp.restore(released as u32)
+                    .map_err(|e| PlanError::Invalid(e.to_string()))?;
+                metrics_privacy =
+                    Some(tessera_engine::report::MetricsPrivacyReport::of(&dp, false));
+            }
+        }
     }
     let communication = Communication {
         bytes_up: records.iter().map(|r| r.bytes_up).sum(),
@@ -226,6 +253,7 @@ pub fn simulate(
         baselines,
         communication,
         privacy,
+        metrics_privacy,
         robustness: (options.attack.is_some()
             || plan.robust.rule.needs_all_updates()
             || plan.robust.norm_bound.is_some())
@@ -255,6 +283,15 @@ pub(crate) struct Federated {
     pub malicious: Vec<usize>,
 }
 
+/// `site_metrics = "dp"`: the metrics' noise, calibrated for one release
+/// per round.
+fn metrics_dp_of(plan: &Plan) -> Result<Option<tessera_privacy::MetricsDp>, PlanError> {
+    (plan.privacy.site_metrics == tessera_privacy::SiteMetrics::Dp)
+        .then(|| tessera_privacy::MetricsDp::new(&plan.privacy, plan.federation.rounds))
+        .transpose()
+        .map_err(|e| PlanError::Invalid(format!("privacy: {e}")))
+}
+
 /// Synchronous rounds.
 fn run_sync(
     plan: &Plan,
@@ -264,6 +301,8 @@ fn run_sync(
 ) -> Result<Federated, SimError> {
     let initial = initial_model(plan, data)?;
     let training = plan.local_training();
+    // `site_metrics = "dp"`: every round's evaluation is a release.
+    let mut metrics_dp = metrics_dp_of(plan)?;
     let mut engine = RoundEngine::new(
         EngineConfig::from_plan(plan),
         plan.strategy()?,
@@ -605,9 +644,27 @@ fn run_sync(
         }
         // What the coordinator would see of the evaluations (only their sum
         // across sites under `site_metrics = "aggregate-only"`).
-        let view =
-            tessera_engine::report::EvaluationView::of(plan.privacy.site_metrics, &evaluations)
-                .map_err(|e| PlanError::Invalid(format!("aggregate-only evaluation: {e}")))?;
+        let mut noise = metrics_dp.as_ref().map(|_| {
+            tessera_privacy::GaussianNoise::new(
+                tessera_core::derive_key(plan.seed, &[streams::METRICS_NOISE]),
+                u64::from(round),
+            )
+        });
+        let view = tessera_engine::report::EvaluationView::of(
+            plan.privacy.site_metrics,
+            &evaluations,
+            metrics_dp.as_ref().zip(noise.as_mut()),
+        )
+        .map_err(|e| {
+            PlanError::Invalid(format!(
+                "{} evaluation: {e}",
+                plan.privacy.site_metrics.name()
+            ))
+        })?;
+        let metrics_epsilon = match metrics_dp.as_mut() {
+            Some(dp) => Some(dp.charge().map_err(|e| PlanError::Invalid(e.to_string()))?),
+            None => None,
+        };
         let mut record = tessera_engine::report::round_record_view(
             &outcome,
             &view,
@@ -618,6 +675,7 @@ fn run_sync(
         site_errors.sort();
         record.site_errors = site_errors;
         record.traffic = traffic;
+        record.metrics_epsilon = metrics_epsilon;
         observer(&record);
         records.push(record);
         last_evaluations = evaluations;

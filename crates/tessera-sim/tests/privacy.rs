@@ -135,7 +135,13 @@ fn local_dp_sgd_calibrates_each_site_and_refuses_a_participant_budget_too_small(
 #[test]
 fn aggregate_only_site_metrics_report_only_sums_across_sites() {
     let mut plan = Plan::from_file(&examples().join("fed-heart-disease.toml")).unwrap();
+    // The default.
+    assert_eq!(
+        plan.privacy.site_metrics,
+        tessera_privacy::SiteMetrics::AggregateOnly
+    );
     let data = tessera_data::load(&plan.data, &examples(), &Filesystem).unwrap();
+    plan.privacy.site_metrics = tessera_privacy::SiteMetrics::Clear;
     let clear = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
     plan.privacy.site_metrics = tessera_privacy::SiteMetrics::AggregateOnly;
     let summed = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
@@ -160,4 +166,73 @@ fn aggregate_only_site_metrics_report_only_sums_across_sites() {
     plan.federation.buffer_size = 2;
     let e = plan.validate().unwrap_err().to_string();
     assert!(e.contains("aggregate-only"), "{e}");
+}
+
+/// `site_metrics = "dp"` in simulation: the model is untouched, every
+/// round's evaluation is a release charged to `metrics_epsilon` (the last
+/// one at the budget), the released figures differ from the exact sums by
+/// noise of the calibrated size, and the report says a simulation's noise is
+/// an experiment (it derives from the seed, so two runs agree).
+#[test]
+fn dp_site_metrics_are_noised_sums_charged_to_their_own_budget() {
+    let mut plan = Plan::from_file(&examples().join("fed-heart-disease.toml")).unwrap();
+    let data = tessera_data::load(&plan.data, &examples(), &Filesystem).unwrap();
+    let exact = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
+    plan.privacy.site_metrics = tessera_privacy::SiteMetrics::Dp;
+    plan.privacy.metrics_epsilon = Some(2.0);
+    let noised = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
+    let again = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
+    assert_eq!(exact.final_parameters, noised.final_parameters);
+    assert!(noised.final_metrics.per_site.is_empty());
+    let dp = noised
+        .metrics_privacy
+        .as_ref()
+        .expect("the report has metrics_privacy");
+    let rounds = plan.federation.rounds as usize;
+    assert_eq!(dp.releases as usize, rounds);
+    assert!(dp.epsilon <= 2.0 * 1.001 && dp.epsilon > 1.8, "{dp:?}");
+    assert!(!dp.release, "a simulation's noise is an experiment");
+    assert!(dp.note.contains("experiment"), "{}", dp.note);
+    let spends: Vec<f64> = noised
+        .rounds
+        .iter()
+        .map(|r| r.metrics_epsilon.unwrap())
+        .collect();
+    assert!(spends.windows(2).all(|w| w[0] < w[1]), "{spends:?}");
+    assert_eq!(spends.last().copied(), Some(dp.epsilon));
+    // Noise of the calibrated size: each round's accuracy is the noised
+    // count of right predictions over the noised row count.
+    let rows = exact_rows(&data);
+    let std = dp.noise_multiplier * dp.sensitivity;
+    let mut moved = 0;
+    for (e, n) in exact.rounds.iter().zip(&noised.rounds) {
+        if e.accuracy != n.accuracy {
+            moved += 1;
+        }
+        // Both counts within 5 sigma: the accuracy within about 10 sigma / rows.
+        assert!(
+            (e.accuracy - n.accuracy).abs() < 10.0 * std / rows + 0.01,
+            "round {}: {} against {} (sigma {std:.1} rows {rows})",
+            e.round,
+            n.accuracy,
+            e.accuracy
+        );
+    }
+    assert!(
+        moved >= rounds - 1,
+        "the noise moved {moved} of {rounds} rounds"
+    );
+    for (a, b) in noised.rounds.iter().zip(&again.rounds) {
+        assert_eq!(
+            a.accuracy, b.accuracy,
+            "the simulation's noise derives from the seed"
+        );
+    }
+    // A metrics epsilon that is not positive is refused.
+    plan.privacy.metrics_epsilon = Some(-1.0);
+    assert!(plan.validate().is_err());
+}
+
+fn exact_rows(data: &tessera_data::FederatedData) -> f64 {
+    data.sites.iter().map(|s| s.test.n_rows() as f64).sum()
 }

@@ -266,6 +266,7 @@ fn central_dp_runs_at_the_aggregators_that_hold_sites() {
         mode: tessera_privacy::PrivacyMode::Central,
         noise_multiplier: Some(0.8),
         clip_norm: 1.0,
+        site_metrics: tessera_privacy::SiteMetrics::Clear,
         ..Default::default()
     };
     plan.validate().unwrap();
@@ -296,7 +297,10 @@ fn central_dp_runs_at_the_aggregators_that_hold_sites() {
     );
     // Noise moved the model away from the noiseless tree.
     let mut plain = plan.clone();
-    plain.privacy = Default::default();
+    plain.privacy = tessera_privacy::PrivacyConfig {
+        site_metrics: tessera_privacy::SiteMetrics::Clear,
+        ..Default::default()
+    };
     let plain = simulate(&plain, &data, &SimOptions::default(), &mut |_| {}).unwrap();
     assert_ne!(plain.final_parameters, run.final_parameters);
     // A tree where an aggregator holds sites and an aggregator: refused.

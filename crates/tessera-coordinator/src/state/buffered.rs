@@ -116,6 +116,7 @@ impl Federation {
                     site_errors: Vec::new(),
                     epsilon: None,
                     clip_norm: None,
+                    metrics_epsilon: None,
                 };
 
                 let record_json =

@@ -45,7 +45,10 @@ pub(super) struct SecureRound {
     stage_started: Timestamp,
     /// Whether it sums the sites' evaluations (`site_metrics =
     /// "aggregate-only"`) rather than their updates.
-    evaluation: bool,
+    pub(super) evaluation: bool,
+    /// Sites that refused the round (its parameters or views failed their
+    /// checks): neither waited for nor asked again.
+    refused: BTreeSet<String>,
 }
 
 impl SecureRound {
@@ -55,6 +58,11 @@ impl SecureRound {
         self.index
             .get(site)
             .is_some_and(|id| self.server.has_keys(*id))
+    }
+
+    /// Whether `site` has refused the round.
+    pub(super) fn has_refused(&self, site: &str) -> bool {
+        self.refused.contains(site)
     }
 
     /// Whether it sums evaluations.
@@ -135,6 +143,7 @@ impl Federation {
                     sent: BTreeSet::new(),
                     stage_started: now,
                     evaluation: false,
+                    refused: BTreeSet::new(),
                 });
             }
             Err(e) => {
@@ -151,16 +160,18 @@ impl Federation {
     }
 
     /// Starts the secure sum of the evaluations of round `round`'s model by
-    /// `targets` (`site_metrics = "aggregate-only"`): secure round
-    /// `round | EVALUATION_ROUND`, over the summable encoding.
+    /// `targets`, the live sites of `cohort` (`site_metrics =
+    /// "aggregate-only"` or `"dp"`): secure round `round | EVALUATION_ROUND`,
+    /// over the summable encoding.
     pub(super) fn open_secure_evaluation(
         &mut self,
         round: u32,
+        cohort: &BTreeSet<String>,
         targets: &BTreeSet<String>,
         now: Timestamp,
     ) {
         let secure_round = round | tessera_secagg::EVALUATION_ROUND;
-        let index: BTreeMap<String, u32> = targets
+        let index: BTreeMap<String, u32> = cohort
             .iter()
             .enumerate()
             .map(|(i, s)| (s.clone(), i as u32))
@@ -176,6 +187,11 @@ impl Federation {
                 tessera_learn::SUMMABLE_LEN,
             )
             .and_then(Server::new);
+        let absent: Vec<String> = index
+            .keys()
+            .filter(|s| !targets.contains(*s))
+            .cloned()
+            .collect();
         match made {
             Ok(server) => {
                 self.secure = Some(SecureRound {
@@ -188,7 +204,14 @@ impl Federation {
                     sent: BTreeSet::new(),
                     stage_started: now,
                     evaluation: true,
+                    refused: BTreeSet::new(),
                 });
+                // Sites that are not live (they left the run, or went
+                // silent) are in the cohort, as in a training round, and
+                // counted as dropped at once.
+                for site in &absent {
+                    self.secure_withdraw(site);
+                }
             }
             Err(e) => {
                 let detail = format!("round {round}'s evaluation cannot be summed securely: {e}");
@@ -367,6 +390,25 @@ impl Federation {
         outcome
     }
 
+    /// `site` refuses the secure sum of evaluations numbered `secure_round`:
+    /// it is not waited for, nor given the evaluation again. True when that
+    /// round is open and has `site`.
+    pub(super) fn secure_evaluation_refused(&mut self, site: &str, secure_round: u32) -> bool {
+        let open = self.secure.as_mut().is_some_and(|secure| {
+            let here = secure.evaluation
+                && secure.round == secure_round
+                && secure.index.contains_key(site);
+            if here {
+                secure.refused.insert(site.to_string());
+            }
+            here
+        });
+        if open {
+            self.secure_withdraw(site);
+        }
+        open
+    }
+
     /// `site` left the open round: the current stage stops waiting for it
     /// (what it already sent in this stage stands).
     pub(super) fn secure_withdraw(&mut self, site: &str) {
@@ -484,8 +526,8 @@ impl Federation {
             .finish()
             .map_err(|e| e.to_string())
             .and_then(|(sum, count)| tessera_learn::decode_summable(&sum, count));
-        let (outcome, detail, view) = match summed {
-            Ok(summed) => (
+        let (outcome, detail, view) = match (summed, self.metrics_dp.as_mut()) {
+            (Ok(summed), None) => (
                 "completed",
                 format!(
                     "round {round}'s evaluation: the sum of {} of {} sites' evaluations ({} test rows)",
@@ -495,7 +537,40 @@ impl Federation {
                 ),
                 Some(tessera_engine::report::EvaluationView::summed(&summed)),
             ),
-            Err(e) => ("failed", format!("round {round}'s evaluation: {e}"), None),
+            // `site_metrics = "dp"`: noised in memory with a key from the
+            // operating system that is dropped here; the exact sum goes no
+            // further than this function (not in the audit detail either).
+            (Ok(summed), Some(dp)) => {
+                let mut key = [0u8; 32];
+                let drawn = getrandom::fill(&mut key)
+                    .map_err(|e| format!("cannot draw a secret noise key: {e}"))
+                    .and_then(|()| dp.charge().map_err(|e| e.to_string()));
+                match drawn {
+                    Ok(epsilon) => {
+                        let mut noise = tessera_privacy::GaussianNoise::new(key, 0);
+                        let view =
+                            tessera_engine::report::EvaluationView::noised(&summed, dp, &mut noise);
+                        self.metrics_released = Some(epsilon);
+                        (
+                            "completed",
+                            format!(
+                                "round {round}'s evaluation: the sum of {} of {} sites' evaluations, \
+                                 noised (metrics epsilon {epsilon:.4} of {})",
+                                summed.sites,
+                                secure.index.len(),
+                                dp.budget()
+                            ),
+                            Some(view),
+                        )
+                    }
+                    Err(e) => (
+                        "failed",
+                        format!("round {round}'s evaluation not released: {e}"),
+                        None,
+                    ),
+                }
+            }
+            (Err(e), _) => ("failed", format!("round {round}'s evaluation: {e}"), None),
         };
         self.audit("-", "secure-evaluation", outcome, &detail);
         self.secure_evaluated = Some((round, view));
