@@ -112,6 +112,13 @@ pub struct SimulateArgs {
     /// for the same epsilon).
     #[arg(long)]
     accountant: Option<String>,
+    /// What the report holds of each site's evaluation: `aggregate-only`
+    /// (the default: sums across sites), `dp` (those sums, noised) or `clear`.
+    #[arg(long)]
+    site_metrics: Option<String>,
+    /// With `--site-metrics dp`: the epsilon all evaluations spend together.
+    #[arg(long)]
+    metrics_epsilon: Option<f64>,
     /// Robust aggregation: mean, median, trimmed_mean, krum or multi_krum.
     #[arg(long)]
     robust: Option<String>,
@@ -391,6 +398,15 @@ fn print_summary(report: &RunReport) {
             println!("privacy: {}", p.note);
         }
     }
+    if let Some(m) = &report.metrics_privacy {
+        println!(
+            "metrics: noised sums across sites, {} evaluation(s) spent epsilon {:.4} of {} at delta {:e} ({} accountant, noise multiplier {:.4}), for one row of a site's test set",
+            m.releases, m.epsilon, m.budget, m.delta, m.accountant, m.noise_multiplier
+        );
+        if !m.release {
+            println!("metrics: {}", m.note);
+        }
+    }
     if let Some(r) = &report.robustness {
         println!(
             "robustness: rule {}{}; attack {} by {} site(s)",
@@ -592,6 +608,19 @@ fn apply_overrides(plan: &mut Plan, args: &SimulateArgs) -> anyhow::Result<()> {
             "pld" => tessera_privacy::AccountantKind::Pld,
             other => bail!("unknown --accountant '{other}' (expected rdp or pld)"),
         };
+    }
+    if let Some(kind) = &args.site_metrics {
+        privacy.site_metrics = match kind.as_str() {
+            "clear" => tessera_privacy::SiteMetrics::Clear,
+            "aggregate-only" => tessera_privacy::SiteMetrics::AggregateOnly,
+            "dp" => tessera_privacy::SiteMetrics::Dp,
+            other => {
+                bail!("unknown --site-metrics '{other}' (expected aggregate-only, dp or clear)")
+            }
+        };
+    }
+    if args.metrics_epsilon.is_some() {
+        privacy.metrics_epsilon = args.metrics_epsilon;
     }
     if args.secure_aggregation {
         plan.secure_aggregation.enabled = true;

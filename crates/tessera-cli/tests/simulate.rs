@@ -296,3 +296,67 @@ fn local_dp_names_each_sites_noise_multiplier_and_says_it_is_no_release() {
     assert_eq!(again["final"], report["final"]);
     assert_eq!(again["privacy"], report["privacy"]);
 }
+
+/// Sums across sites are the default; a federation too small for a secure
+/// sum is refused with the way out, which works; `--site-metrics dp` prints
+/// what the noised metrics spent.
+#[test]
+fn site_metrics_from_the_command_line() {
+    let s = Scratch::new("site-metrics");
+    for (sites, out) in [("2", "two.csv"), ("4", "four.csv")] {
+        s.run(&[
+            "synth",
+            "--sites",
+            sites,
+            "--rows",
+            "60",
+            "--features",
+            "4",
+            "--classes",
+            "2",
+            "--seed",
+            "1",
+            "--out",
+            out,
+        ])
+        .ok();
+    }
+    let adhoc = |data: &str, extra: &[&str]| {
+        let mut args = vec![
+            "simulate",
+            "--data",
+            data,
+            "--site-column",
+            "site",
+            "--target",
+            "y",
+            "--rounds",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        s.run(&args)
+    };
+    let refused = adhoc("two.csv", &[]);
+    assert!(!refused.output.status.success());
+    let refused = refused.stderr();
+    assert!(!refused.contains("panicked"), "{refused}");
+    assert!(
+        refused.contains("needs at least 3 sites; the data has 2")
+            && refused.contains("--site-metrics clear"),
+        "{refused}"
+    );
+    let clear = adhoc("two.csv", &["--site-metrics", "clear"]).ok();
+    assert!(clear.contains("final: accuracy"), "{clear}");
+    let noised = adhoc(
+        "four.csv",
+        &["--site-metrics", "dp", "--metrics-epsilon", "3"],
+    )
+    .ok();
+    assert!(
+        noised.contains("metrics: noised sums across sites, 3 evaluation(s) spent epsilon")
+            && noised.contains("of 3 at delta"),
+        "{noised}"
+    );
+    let bad = adhoc("four.csv", &["--site-metrics", "some"]).fails();
+    assert!(bad.contains("unknown --site-metrics 'some'"), "{bad}");
+}

@@ -301,6 +301,22 @@ fn run_sync(
 ) -> Result<Federated, SimError> {
     let initial = initial_model(plan, data)?;
     let training = plan.local_training();
+    if plan.privacy.site_metrics.sums_only() && data.sites.len() < 3 {
+        // As a deployment would: a secure sum needs three sites.
+        return Err(PlanError::Invalid(format!(
+            "site_metrics = \"{}\"{} sums the sites' evaluations under secure aggregation, \
+             which needs at least 3 sites; the data has {}. Say site_metrics = \"clear\" in \
+             [privacy] (or --site-metrics clear) to report each site's evaluation",
+            plan.privacy.site_metrics.name(),
+            if plan.privacy.site_metrics == tessera_privacy::SiteMetrics::AggregateOnly {
+                " (the default)"
+            } else {
+                ""
+            },
+            data.sites.len()
+        ))
+        .into());
+    }
     // `site_metrics = "dp"`: every round's evaluation is a release.
     let mut metrics_dp = metrics_dp_of(plan)?;
     let mut engine = RoundEngine::new(

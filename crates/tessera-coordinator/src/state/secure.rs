@@ -214,7 +214,11 @@ impl Federation {
                 }
             }
             Err(e) => {
-                let detail = format!("round {round}'s evaluation cannot be summed securely: {e}");
+                let detail = format!(
+                    "round {round}'s evaluation cannot be summed securely: {e}; the round has no \
+                     evaluation figures (site_metrics = \"clear\" in [privacy] lets the \
+                     coordinator see each site's evaluation)"
+                );
                 tracing::error!(round, %e, "secure evaluation cannot start");
                 self.audit("-", "secure-evaluation", "failed", &detail);
                 self.secure_evaluated = Some((round, None));
