@@ -1966,3 +1966,402 @@ fn dp_site_metrics_are_noised_at_the_coordinator_with_its_own_secret() {
         }
     }
 }
+
+/// A hostile "va" that joins and agrees with its true data, for the trust
+/// boundary tests: returns the client, the plan and the agreement.
+async fn hostile_va(
+    url: &str,
+) -> (
+    tessera_proto::pb::federation_client::FederationClient<tonic::transport::Channel>,
+    tessera_engine::Plan,
+    tessera_data::LocalSite,
+    tessera_data::Agreement,
+) {
+    use tessera_proto::pb::federation_client::FederationClient;
+    use tessera_proto::pb::{self, agree_reply};
+    let mut client = FederationClient::connect(url.to_string()).await.unwrap();
+    let welcome = client.join(hello("va")).await.unwrap().into_inner();
+    let plan = tessera_engine::Plan::from_toml(&welcome.plan_toml, "plan").unwrap();
+    let mut local = tessera_data::read_local_site(
+        &plan.data,
+        "va",
+        Some(&util::procs::heart_file("va")),
+        &examples(),
+        &tessera_data::Filesystem,
+    )
+    .unwrap();
+    let agree = |offer: pb::agree_request::Offer| pb::AgreeRequest {
+        site: "va".into(),
+        offer: Some(offer),
+    };
+    let kinds = loop {
+        let offer = pb::agree_request::Offer::Kinds(tessera_proto::convert::kinds_offer_to_pb(
+            &local.kinds_offer(),
+        ));
+        let reply = client.agree(agree(offer)).await.unwrap().into_inner();
+        if let Some(agree_reply::Result::Kinds(kinds)) = reply.result {
+            break tessera_proto::convert::kinds_from_pb(kinds).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut levels = local.levels_offer(&plan.data, &kinds).unwrap();
+    // Declared as the participant declares them.
+    let hide = plan.secure_aggregation.enabled || plan.privacy.site_metrics.sums_only();
+    levels.train_rows = tessera_data::declared_rows(levels.train_rows, hide);
+    levels.test_rows = tessera_data::declared_rows(levels.test_rows, hide);
+    let agreement = loop {
+        let offer =
+            pb::agree_request::Offer::Levels(tessera_proto::convert::levels_offer_to_pb(&levels));
+        let reply = client.agree(agree(offer)).await.unwrap().into_inner();
+        if let Some(agree_reply::Result::Agreement(a)) = reply.result {
+            break tessera_proto::convert::agreement_from_pb(a).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    (client, plan, local, agreement)
+}
+
+/// Statistics beyond what `f32` data can give, or counting more rows than
+/// the site declared, are refused with the reason; the site then offers
+/// its true statistics, and the run (federation-wide standardisation)
+/// equals its simulation bit for bit. Before the trust boundary, +-1e308
+/// made the merge non-finite and every honest participant exited.
+#[test]
+fn hostile_statistics_are_refused_and_the_run_equals_its_simulation() {
+    use tessera_proto::pb;
+    let s = Scratch::new("deploy-hostile-statistics");
+    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
+    let text = text.replace("rounds = 15", "rounds = 3").replace(
+        "[data.standardize]\n",
+        "[data.standardize]\nscope = \"federation\"\n",
+    );
+    assert!(text.contains("scope = \"federation\""));
+    let plan = s.write("federation-scale.toml", &text);
+    let (_, expected) = s.simulate(&plan, "sim.model");
+    let db = s.path("c.sqlite");
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &db,
+        0,
+        &["--model-out", "dep.model", "--report", "dep.json"],
+    );
+    let mut honest: Vec<Proc> = HEART_SITES[..3]
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let refusals: Vec<String> = runtime.block_on(async {
+        let (mut client, plan, local, agreement) = hostile_va(&url).await;
+        let (data, _) = local.prepare(&plan.data, &agreement).unwrap();
+        let honest = tessera_data::FeatureStatistics::of(&data.raw_train);
+        let mut huge = honest.clone();
+        huge.mean[0] = 1e308;
+        let mut counted = honest.clone();
+        counted.n = u64::MAX;
+        let mut squares = honest.clone();
+        squares.m2[1] = f64::MAX;
+        let mut refusals = Vec::new();
+        for bad in [huge, counted, squares] {
+            let status = client
+                .agree(pb::AgreeRequest {
+                    site: "va".into(),
+                    offer: Some(pb::agree_request::Offer::Statistics(
+                        tessera_proto::convert::statistics_to_pb(&bad),
+                    )),
+                })
+                .await
+                .unwrap_err();
+            refusals.push(status.message().to_string());
+        }
+        refusals
+    });
+    assert!(refusals[0].contains("beyond any f32 value"), "{refusals:?}");
+    assert!(
+        refusals[1].contains("'va' declared") && refusals[1].contains("training rows"),
+        "{refusals:?}"
+    );
+    assert!(refusals[2].contains("squared deviations"), "{refusals:?}");
+    // The real site now offers its true statistics.
+    let mut va = participant(&s.dir, &url, "va", &[]);
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    assert!(va.wait(LIMIT).success(), "{}", va.log());
+    for p in &mut honest {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM audit WHERE site = 'va' AND action = 'agree-statistics' \
+             AND outcome = 'rejected'"
+        ),
+        3
+    );
+}
+
+/// Under local DP, an update claiming 2^64 - 1 optimiser steps (before the
+/// trust boundary: the coordinator exited 70 and every participant 1), one
+/// claiming more examples than the site declared (before: it took 99.98% of
+/// the round's weight) and an evaluation claiming 2^64 - 6 rows (before:
+/// the pooled counts wrapped) are each refused with the reason and audited;
+/// the coordinator goes on, and the site's real participant finishes the run.
+#[test]
+fn hostile_counts_are_refused_and_the_coordinator_goes_on() {
+    use tessera_proto::pb::{self, task, update_part};
+    let s = Scratch::new("deploy-hostile-counts");
+    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
+    let text = text.replace("rounds = 15", "rounds = 3");
+    let plan = s.write(
+        "hostile.toml",
+        &format!(
+            "{text}\n[privacy]\nmode = \"local\"\nnoise_multiplier = 1.0\nclip_norm = 1.0\n\
+             site_metrics = \"clear\"\n"
+        ),
+    );
+    let db = s.path("c.sqlite");
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &db,
+        0,
+        &["--liveness", "2", "--report", "dep.json"],
+    );
+    let mut honest: Vec<Proc> = HEART_SITES[..3]
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let refusals: Vec<String> = runtime.block_on(async {
+        let (mut client, _, _, _) = hostile_va(&url).await;
+        let mut refusals = Vec::new();
+        loop {
+            let mut stream = client
+                .next_task(pb::TaskRequest {
+                    site: "va".into(),
+                    held_round: None,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let Some(pb::Task {
+                part: Some(task::Part::Header(header)),
+            }) = stream.message().await.unwrap()
+            else {
+                panic!("a task header")
+            };
+            while stream.message().await.unwrap().is_some() {}
+            match header.kind() {
+                pb::TaskKind::Fit if refusals.is_empty() => {
+                    let n_values: Vec<usize> = header
+                        .layout
+                        .iter()
+                        .map(|t| t.shape.iter().product::<u64>() as usize)
+                        .collect();
+                    // VA trains on 85 rows.
+                    for (n_examples, n_steps) in [(85, u64::MAX), (1_000_000, 100)] {
+                        let mut parts = vec![pb::UpdatePart {
+                            part: Some(update_part::Part::Header(pb::UpdateHeader {
+                                site: "va".into(),
+                                round: header.round,
+                                n_examples,
+                                has_control: false,
+                                n_steps,
+                                mean_train_loss: 0.5,
+                                layout: header.layout.clone(),
+                                codec: String::new(),
+                            })),
+                        }];
+                        for (tensor, &n) in n_values.iter().enumerate() {
+                            parts.push(pb::UpdatePart {
+                                part: Some(update_part::Part::Chunk(pb::TensorChunk {
+                                    set: 0,
+                                    tensor: tensor as u32,
+                                    offset: 0,
+                                    values: vec![0u8; 4 * n],
+                                })),
+                            });
+                        }
+                        let reply = client.submit_update(tokio_stream::iter(parts)).await;
+                        refusals.push(match reply {
+                            Ok(r) => r.into_inner().reason,
+                            Err(status) => status.message().to_string(),
+                        });
+                    }
+                    // Out of the round, so that it closes without waiting.
+                    client
+                        .withdraw(pb::WithdrawRequest {
+                            site: "va".into(),
+                            round: header.round,
+                            reason: "a hostile test client gives up the round".into(),
+                            leaving: false,
+                        })
+                        .await
+                        .unwrap();
+                }
+                pb::TaskKind::Evaluate => {
+                    let status = client
+                        .submit_evaluation(pb::EvaluationReport {
+                            site: "va".into(),
+                            round: header.round,
+                            n_examples: u64::MAX - 5,
+                            n_correct: 3,
+                            loss_sum: 1.0,
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap_err();
+                    refusals.push(status.message().to_string());
+                    client
+                        .withdraw(pb::WithdrawRequest {
+                            site: "va".into(),
+                            round: header.round,
+                            reason: "a hostile test client leaves".into(),
+                            leaving: true,
+                        })
+                        .await
+                        .unwrap();
+                    return refusals;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    assert_eq!(refusals.len(), 3, "{refusals:?}");
+    assert!(refusals[0].contains("optimiser steps"), "{refusals:?}");
+    assert!(
+        refusals[1].contains("claims 1000000 training examples; 'va' declared"),
+        "{refusals:?}"
+    );
+    assert!(refusals[2].contains("test rows"), "{refusals:?}");
+    // The real VA joins again and the run finishes; nobody stopped.
+    let mut va = participant(&s.dir, &url, "va", &[]);
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    assert!(va.wait(LIMIT).success(), "{}", va.log());
+    for p in &mut honest {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM audit WHERE site = 'va' AND outcome = 'rejected' \
+             AND action IN ('update', 'evaluation')"
+        ),
+        3
+    );
+    let report = s.json("dep.json");
+    for r in report["rounds"].as_array().unwrap() {
+        let accuracy = r["accuracy"].as_f64().unwrap();
+        assert!(accuracy > 0.3 && accuracy < 0.95, "{r}");
+    }
+}
+
+/// Names and strings from outside are bounded before anything keeps them:
+/// 1 MiB site names are refused by their length, names that never joined
+/// get no traffic counters or report entries, refusals beyond 50 a second
+/// are counted rather than written, and audit details are cut. Before, 100
+/// refused joins with 2 MiB names added 424 MB to the database and 206
+/// bogus sites appeared in the report. The honest run that follows equals
+/// its simulation bit for bit.
+#[test]
+fn hostile_names_are_bounded_and_the_run_equals_its_simulation() {
+    use tessera_proto::pb;
+    use tessera_proto::pb::federation_client::FederationClient;
+    let s = Scratch::new("deploy-hostile-names");
+    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
+    let plan = s.write("names.toml", &text.replace("rounds = 15", "rounds = 3"));
+    let (_, expected) = s.simulate(&plan, "sim.model");
+    let db = s.path("c.sqlite");
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &db,
+        0,
+        &["--model-out", "dep.model", "--report", "dep.json"],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (long, unknown, unjoined) = runtime.block_on(async {
+        let mut client = FederationClient::connect(url.clone())
+            .await
+            .unwrap()
+            .max_decoding_message_size(8 << 20)
+            .max_encoding_message_size(8 << 20);
+        let huge = "x".repeat(1 << 20);
+        let mut long = Vec::new();
+        for _ in 0..40 {
+            long.push(
+                client
+                    .join(hello(&huge))
+                    .await
+                    .unwrap_err()
+                    .message()
+                    .to_string(),
+            );
+        }
+        let mut unknown = Vec::new();
+        for i in 0..200 {
+            let name = format!("{i:0>100}");
+            unknown.push(
+                client
+                    .join(hello(&name))
+                    .await
+                    .unwrap_err()
+                    .message()
+                    .to_string(),
+            );
+        }
+        let mut unjoined = Vec::new();
+        for i in 0..100 {
+            let report = pb::EvaluationReport {
+                site: format!("{i:y>100}"),
+                round: 1,
+                ..Default::default()
+            };
+            unjoined.push(
+                client
+                    .submit_evaluation(report)
+                    .await
+                    .unwrap_err()
+                    .message()
+                    .to_string(),
+            );
+        }
+        (long, unknown, unjoined)
+    });
+    assert!(
+        long.iter()
+            .all(|m| m == "a site name is at most 128 bytes, got 1048576"),
+        "{:?}",
+        &long[0]
+    );
+    assert!(
+        unknown
+            .iter()
+            .all(|m| m.contains("is not among the plan's sites"))
+    );
+    assert!(unjoined.iter().all(|m| m.len() < 300), "{}", unjoined[0]);
+    // What the database kept of 340 refusals.
+    let rows = query_i64(&db, "SELECT COUNT(*) FROM audit");
+    assert!(rows <= 120, "{rows} audit rows");
+    let longest = query_i64(&db, "SELECT MAX(LENGTH(site) + LENGTH(detail)) FROM audit");
+    assert!(longest < 1_400, "an audit row of {longest} bytes");
+    let mut participants: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    let report = s.json("dep.json");
+    let per_site: Vec<&String> = report["communication"]["bytes_up_per_site"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(per_site, HEART_SITES.to_vec(), "only the sites that joined");
+    let size = std::fs::metadata(&db).unwrap().len()
+        + std::fs::metadata(s.path("c.sqlite-wal")).map_or(0, |m| m.len());
+    assert!(size < 8 << 20, "the database grew to {size} bytes");
+}

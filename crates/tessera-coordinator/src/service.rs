@@ -91,6 +91,16 @@ impl Service {
         claimed: &str,
         action: &str,
     ) -> Result<String, Status> {
+        if claimed.len() > tessera_proto::MAX_SITE_NAME {
+            let reason = format!(
+                "a site name is at most {} bytes, got {}",
+                tessera_proto::MAX_SITE_NAME,
+                claimed.len()
+            );
+            self.shared
+                .with(|f| f.reject_audit(claimed, action, &reason));
+            return Err(Status::invalid_argument(reason));
+        }
         self.callers.check(certs, claimed).map_err(|reason| {
             self.shared
                 .with(|f| f.reject_audit(claimed, action, &reason));

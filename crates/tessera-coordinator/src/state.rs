@@ -27,6 +27,7 @@ mod buffered;
 mod links;
 mod relay;
 pub mod secure;
+pub mod trust;
 
 /// Who must offer before the data agreement closes.
 #[derive(Debug, Clone)]
@@ -165,6 +166,10 @@ pub struct Federation {
     secure_evaluated: Option<(u32, Option<tessera_engine::report::EvaluationView>)>,
     /// The last such sum, for the report's final metrics.
     last_view: Option<tessera_engine::report::EvaluationView>,
+    /// Audited refusals per second.
+    refusals: RefusalBudget,
+    /// Rows each site declared at agreement: the bounds of its reports.
+    declared: BTreeMap<String, trust::Declared>,
     /// `site_metrics = "dp"`: the metrics' noise calibration and spend.
     metrics_dp: Option<tessera_privacy::MetricsDp>,
     /// The metrics' epsilon after the evaluation just released, for its
@@ -172,6 +177,59 @@ pub struct Federation {
     metrics_released: Option<f64>,
     /// An aggregator of a hierarchical run: rounds come from its parent.
     relay: Option<relay::Relay>,
+}
+
+/// The longest audit detail kept, in bytes (a longer one is cut and its
+/// length noted).
+pub const MAX_AUDIT_DETAIL: usize = 1000;
+
+/// Refused calls audited one by one per second, beyond which they are only
+/// counted (and the count written with the next row).
+pub const REFUSALS_PER_SECOND: u32 = 50;
+
+/// A token bucket for audited refusals.
+#[derive(Debug)]
+struct RefusalBudget {
+    state: std::sync::Mutex<(f64, Instant, u64)>,
+}
+
+impl Default for RefusalBudget {
+    fn default() -> Self {
+        Self {
+            state: std::sync::Mutex::new((f64::from(REFUSALS_PER_SECOND), Instant::now(), 0)),
+        }
+    }
+}
+
+impl RefusalBudget {
+    /// Whether one more refusal may be written; if not, it is counted.
+    fn admit(&self) -> bool {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (tokens, last, suppressed) = &mut *state;
+        let now = Instant::now();
+        let rate = f64::from(REFUSALS_PER_SECOND);
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            *suppressed += 1;
+            false
+        }
+    }
+
+    /// Refusals counted but not written since the last call.
+    fn take_suppressed(&self) -> u64 {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::take(&mut state.2)
+    }
 }
 
 fn unix_micros() -> u64 {
@@ -318,6 +376,8 @@ impl Federation {
             last_view: None,
             metrics_dp: None,
             metrics_released: None,
+            declared: BTreeMap::new(),
+            refusals: RefusalBudget::default(),
             relay: node.map(|name| {
                 let (depth, sites) = place.unwrap_or_default();
                 relay::Relay::new(name, depth, sites)
@@ -424,6 +484,14 @@ impl Federation {
     fn resume(&mut self) -> Result<(), CoordinatorError> {
         let run = self.run.id.clone();
         self.joined = self.store.participants(&run)?.into_iter().collect();
+        for (site, bytes) in self.store.offers(&run, 2)? {
+            let offer = pb::LevelsOffer::decode(bytes.as_slice())
+                .map_err(|e| StoreError::Damaged(e.to_string()))?;
+            // Stored offers were checked when they came.
+            if let Ok(declared) = trust::Declared::of(&offer) {
+                self.declared.insert(site, declared);
+            }
+        }
         if let Some(bytes) = self.store.agreement(&run, 1)? {
             let kinds = pb::ColumnKinds::decode(bytes.as_slice())
                 .map_err(|e| StoreError::Damaged(e.to_string()))?;
@@ -632,9 +700,23 @@ impl Federation {
     }
 
     fn audit(&self, site: &str, action: &str, outcome: &str, detail: &str) {
+        // What comes from outside is bounded before it is kept; refusals
+        // beyond a rate are counted, not each written.
+        if matches!(outcome, "rejected" | "refused") && !self.refusals.admit() {
+            return;
+        }
+        let site = tessera_proto::shown(site, tessera_proto::MAX_SITE_NAME);
+        let detail = tessera_proto::shown(detail, MAX_AUDIT_DETAIL);
+        let detail = match self.refusals.take_suppressed() {
+            0 => detail,
+            n => std::borrow::Cow::Owned(format!(
+                "{detail} [{n} refused calls before this one were not recorded: more than \
+                 {REFUSALS_PER_SECOND} a second]"
+            )),
+        };
         if let Err(e) = self
             .store
-            .audit(&self.run.id, self.now(), site, action, outcome, detail)
+            .audit(&self.run.id, self.now(), &site, action, outcome, &detail)
         {
             tracing::error!(%e, "cannot write the audit log");
         }
@@ -658,6 +740,9 @@ impl Federation {
     ) {
         self.count_sent_by(site, bytes, Some(codec));
         self.update_bytes_up += bytes as u64;
+        if !self.joined.contains(site) {
+            return;
+        }
         metrics::counter!(names::UPDATE_BYTES, "site" => site.to_string(), "codec" => codec.to_string())
             .increment(bytes as u64);
         self.links
@@ -666,9 +751,14 @@ impl Federation {
 
     fn count_sent_by(&mut self, site: &str, bytes: usize, update: Option<tessera_compress::Codec>) {
         metrics::counter!(names::BYTES_RECEIVED).increment(bytes as u64);
+        self.bytes_up += bytes as u64;
+        // Per site only for sites that joined: a name nobody verified gets
+        // no counter, label or map entry.
+        if !self.joined.contains(site) {
+            return;
+        }
         metrics::counter!(names::SITE_BYTES_RECEIVED, "site" => site.to_string())
             .increment(bytes as u64);
-        self.bytes_up += bytes as u64;
         *self.bytes_up_per_site.entry(site.to_string()).or_default() += bytes as u64;
         self.links.count_up(site, bytes as u64, update);
     }
@@ -676,9 +766,12 @@ impl Federation {
     /// Counts bytes sent to `site`.
     pub fn count_down(&mut self, site: &str, bytes: usize) {
         metrics::counter!(names::BYTES_SENT).increment(bytes as u64);
+        self.bytes_down += bytes as u64;
+        if !self.joined.contains(site) {
+            return;
+        }
         metrics::counter!(names::SITE_BYTES_SENT, "site" => site.to_string())
             .increment(bytes as u64);
-        self.bytes_down += bytes as u64;
         self.links.count_down(site, bytes as u64);
     }
 
@@ -693,6 +786,8 @@ impl Federation {
             metrics::counter!(names::REJECTED, "reason" => "malformed").increment(1);
         }
         self.audit(site, action, "rejected", reason);
+        let site = tessera_proto::shown(site, tessera_proto::MAX_SITE_NAME);
+        let reason = tessera_proto::shown(reason, MAX_AUDIT_DETAIL);
         tracing::warn!(%site, %action, %reason, "rejected");
     }
 
@@ -849,15 +944,35 @@ impl Federation {
     ) -> Result<Option<Agreement>, Refusal> {
         self.require_joined(site)?;
         self.touch(site);
+        // Every site declares its row counts, also one that comes after the
+        // agreement: they bound what it reports for the rest of the run.
+        let declared = trust::Declared::of(&offer).map_err(|reason| {
+            self.refuse_report(site, "agree-levels", &reason);
+            Refusal::Invalid(reason)
+        })?;
+        match self.declared.get(site) {
+            Some(before) if *before != declared => {
+                let reason = format!(
+                    "'{site}' declared {} training and {} test rows before; the counts are fixed                      for the run",
+                    before.train, before.test
+                );
+                self.refuse_report(site, "agree-levels", &reason);
+                return Err(Refusal::Invalid(reason));
+            }
+            Some(_) => {}
+            None => {
+                self.store
+                    .put_offer(&self.run.id, 2, site, &offer.encode_to_vec())
+                    .map_err(|e| Refusal::Invalid(e.to_string()))?;
+                self.declared.insert(site.to_string(), declared);
+            }
+        }
         if let Some(agreement) = &self.agreement {
             return Ok(Some(agreement.clone()));
         }
         let Some(kinds) = self.kinds.clone() else {
             return Err(Refusal::Invalid("offer the column kinds first".into()));
         };
-        self.store
-            .put_offer(&self.run.id, 2, site, &offer.encode_to_vec())
-            .map_err(|e| Refusal::Invalid(e.to_string()))?;
         if self.relay.is_some() {
             self.version += 1;
             return Ok(None);
@@ -972,8 +1087,14 @@ impl Federation {
                 .map(Some)
                 .map_err(|e| Refusal::Invalid(e.to_string()));
         }
-        convert::statistics_from_pb(offer.clone(), n_features)
-            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let own = convert::statistics_from_pb(offer.clone(), n_features)
+            .map_err(|e| e.to_string())
+            .and_then(|stats| self.check_statistics(site, &stats))
+            .map_err(|reason| {
+                self.refuse_report(site, "agree-statistics", &reason);
+                Refusal::Invalid(reason)
+            });
+        own?;
         self.store
             .put_offer(&self.run.id, 3, site, &offer.encode_to_vec())
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
@@ -1158,6 +1279,14 @@ impl Federation {
         self.require_joined(site)?;
         self.touch(site);
         let now = self.now();
+        if let Err(reason) = self
+            .check_update(site, update)
+            .and_then(|()| self.local_release_fits(update))
+        {
+            self.refuse_report(site, "update", &format!("round {round}: {reason}"));
+            metrics::counter!(names::REJECTED, "reason" => "implausible").increment(1);
+            return Err(Refusal::Invalid(reason));
+        }
         if self.buffered.is_some() {
             return self.async_submit(site, round, update, now);
         }
@@ -1214,6 +1343,22 @@ impl Federation {
                 Err(Refusal::Invalid(reason))
             }
         }
+    }
+
+    /// Local DP: whether the update's DP-SGD (its rows and steps, already
+    /// bounded) has a noise multiplier the plan can account for.
+    fn local_release_fits(&self, update: &Update) -> Result<(), String> {
+        if self.local_ledger.is_none() {
+            return Ok(());
+        }
+        let training = self.plan.local_training();
+        let plan = tessera_learn::LocalPlan::plain(&training);
+        let q = plan.sampling_rate(usize::try_from(update.n_examples).unwrap_or(usize::MAX));
+        self.plan
+            .privacy
+            .local_noise_multiplier(q, update.stats.n_steps, self.plan.federation.rounds)
+            .map(|_| ())
+            .map_err(|e| format!("its DP-SGD cannot be accounted for: {e}"))
     }
 
     /// Local DP: records the DP-SGD behind `site`'s update of `round` (the
@@ -1293,10 +1438,13 @@ impl Federation {
             self.audit(site, "evaluation", "refused", reason);
             return Err(Refusal::Denied(reason.into()));
         }
-        let evaluation = convert::evaluation_from_pb(report).map_err(|e| {
-            self.audit(site, "evaluation", "rejected", &e.to_string());
-            Refusal::Invalid(e.to_string())
-        })?;
+        let evaluation = convert::evaluation_from_pb(report)
+            .map_err(|e| e.to_string())
+            .and_then(|e| self.check_evaluation(site, &e).map(|()| e))
+            .map_err(|reason| {
+                self.refuse_report(site, "evaluation", &reason);
+                Refusal::Invalid(reason)
+            })?;
         let run = self.run.id.clone();
         if self.buffered.is_some() && matches!(self.phase, Phase::Training) {
             return self.async_evaluation(site, report, evaluation);

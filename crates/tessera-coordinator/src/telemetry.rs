@@ -20,6 +20,9 @@ pub mod names {
     pub const ACCEPTED: &str = "tessera_updates_accepted_total";
     /// Updates rejected, by reason.
     pub const REJECTED: &str = "tessera_updates_rejected_total";
+    /// Reports (updates, evaluations, offers, statistics) refused at the
+    /// trust boundary, by kind.
+    pub const REFUSED_REPORTS: &str = "tessera_refused_reports_total";
     /// Bytes received from participants.
     pub const BYTES_RECEIVED: &str = "tessera_bytes_received_total";
     /// Bytes sent to participants.

@@ -156,7 +156,7 @@ impl FeatureStatistics {
             m2.push(self.m2[j] + other.m2[j] + delta * delta * na * nb / n);
         }
         FeatureStatistics {
-            n: self.n + other.n,
+            n: self.n.saturating_add(other.n),
             mean,
             m2,
         }

@@ -31,7 +31,8 @@ pub use dataset::{Dataset, FeatureStatistics, FederatedData, Scaler, SiteData, S
 pub use error::{DataError, Location};
 pub use levels::{agree_levels, canonical_level, level_order};
 pub use prepare::{
-    Agreement, ColumnKinds, Encoding, KindsOffer, LevelsOffer, LocalSite, agree_kinds,
-    agree_vocabulary, load, read_local_site, read_local_sites,
+    Agreement, ColumnKinds, Encoding, KindsOffer, LevelsOffer, LocalSite, MAX_DECLARED_ROWS,
+    MAX_DECLARED_SITES, agree_kinds, agree_vocabulary, declared_rows, load, read_local_site,
+    read_local_sites,
 };
 pub use read::{FileSource, Filesystem};

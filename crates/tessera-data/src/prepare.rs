@@ -69,6 +69,32 @@ pub struct LevelsOffer {
     pub classes: Vec<String>,
     /// Target classes present in the training rows.
     pub train_classes: Vec<String>,
+    /// Training rows the site declares: fixed for the run, the bound on
+    /// every update's example count (a participant may round it up to hide
+    /// the exact count; see [`declared_rows`]).
+    pub train_rows: u64,
+    /// Test rows the site declares: the bound on its evaluations' counts.
+    pub test_rows: u64,
+}
+
+/// The most rows a site may declare (2^40, about 1.1 x 10^12): bounds every
+/// count a coordinator sums, so that no sum of declared or reported counts
+/// over [`MAX_DECLARED_SITES`] sites can overflow 64 bits.
+pub const MAX_DECLARED_ROWS: u64 = 1 << 40;
+
+/// The most sites whose declared rows are summed (2^20).
+pub const MAX_DECLARED_SITES: u64 = 1 << 20;
+
+/// What a site declares of `rows` rows: the count itself, or with `hide`
+/// (secure aggregation or sums-only metrics keep the count from the
+/// coordinator) the next power of two at or above it, which bounds the
+/// site's reports as well while revealing only its magnitude.
+pub fn declared_rows(rows: u64, hide: bool) -> u64 {
+    if hide {
+        rows.max(1).checked_next_power_of_two().unwrap_or(u64::MAX)
+    } else {
+        rows
+    }
 }
 
 /// How an agreed column becomes features.
@@ -370,11 +396,15 @@ impl LocalSite {
                 .collect();
             found.into_iter().cloned().collect()
         };
+        let count =
+            |want: Membership| self.membership.iter().filter(|m| **m == want).count() as u64;
         Ok(LevelsOffer {
             site: self.raw.name.clone(),
             levels,
             classes: set(false),
             train_classes: set(true),
+            train_rows: count(Membership::Train),
+            test_rows: count(Membership::Test),
         })
     }
 
@@ -512,6 +542,12 @@ impl LevelsOffer {
                 .collect(),
             classes: union(offers.iter().map(|o| o.classes.as_slice()).collect()),
             train_classes: union(offers.iter().map(|o| o.train_classes.as_slice()).collect()),
+            train_rows: offers
+                .iter()
+                .fold(0u64, |n, o| n.saturating_add(o.train_rows)),
+            test_rows: offers
+                .iter()
+                .fold(0u64, |n, o| n.saturating_add(o.test_rows)),
         }
     }
 }

@@ -49,8 +49,8 @@ impl ScoreHistogram {
         for part in parts {
             for &(bin, p, n) in &part.bins {
                 if let Some(slot) = dense.get_mut(bin as usize) {
-                    slot.0 += p;
-                    slot.1 += n;
+                    slot.0 = slot.0.saturating_add(p);
+                    slot.1 = slot.1.saturating_add(n);
                 }
             }
         }
@@ -58,7 +58,7 @@ impl ScoreHistogram {
             bins: dense
                 .into_iter()
                 .enumerate()
-                .filter(|(_, (p, n))| p + n > 0)
+                .filter(|(_, (p, n))| *p > 0 || *n > 0)
                 .map(|(bin, (p, n))| (bin as u32, p, n))
                 .collect(),
         }
@@ -186,10 +186,13 @@ impl Evaluation {
             histogram: None,
         };
         let mut histograms = Vec::new();
+        // Saturating: counts reported by others never wrap (a coordinator
+        // bounds them first; saturation keeps a wrong report from turning
+        // into a plausible figure).
         for part in parts {
-            out.n_examples += part.n_examples;
+            out.n_examples = out.n_examples.saturating_add(part.n_examples);
             out.loss_sum += part.loss_sum;
-            out.n_correct += part.n_correct;
+            out.n_correct = out.n_correct.saturating_add(part.n_correct);
             histograms.extend(part.histogram.as_ref());
         }
         if !histograms.is_empty() {

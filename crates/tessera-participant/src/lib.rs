@@ -397,9 +397,15 @@ async fn prepare(
         }
         _ => return Err(Failure::Retry("agreement out of order".into())),
     };
-    let offer = local
+    let mut offer = local
         .levels_offer(&plan.data, &kinds)
         .map_err(|e| local_error(e.to_string()))?;
+    // The row counts bound what this site reports for the run. Where the
+    // plan keeps its counts from the coordinator (secure aggregation, sums
+    // of the metrics), only their magnitude: the next power of two.
+    let hide = plan.secure_aggregation.enabled || plan.privacy.site_metrics.sums_only();
+    offer.train_rows = tessera_data::declared_rows(offer.train_rows, hide);
+    offer.test_rows = tessera_data::declared_rows(offer.test_rows, hide);
     let agreement = match agree(
         client,
         &config.site,

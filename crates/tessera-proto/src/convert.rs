@@ -63,6 +63,8 @@ pub fn levels_offer_to_pb(offer: &LevelsOffer) -> pb::LevelsOffer {
             .collect(),
         classes: offer.classes.clone(),
         train_classes: offer.train_classes.clone(),
+        train_rows: offer.train_rows,
+        test_rows: offer.test_rows,
     }
 }
 
@@ -73,6 +75,8 @@ pub fn levels_offer_from_pb(site: &str, offer: pb::LevelsOffer) -> LevelsOffer {
         levels: offer.levels.into_iter().map(|l| l.levels).collect(),
         classes: offer.classes,
         train_classes: offer.train_classes,
+        train_rows: offer.train_rows,
+        test_rows: offer.test_rows,
     }
 }
 

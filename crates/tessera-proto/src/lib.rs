@@ -31,11 +31,33 @@ pub const MAX_WITHDRAW_REASON: usize = 1000;
 /// `reason` cut to at most [`MAX_WITHDRAW_REASON`] bytes, on a character
 /// boundary.
 pub fn withdraw_reason(reason: &str) -> &str {
-    let mut end = reason.len().min(MAX_WITHDRAW_REASON);
-    while !reason.is_char_boundary(end) {
+    cut(reason, MAX_WITHDRAW_REASON)
+}
+
+/// The longest site name any call may carry, in bytes.
+pub const MAX_SITE_NAME: usize = 128;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+pub fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    &reason[..end]
+    &text[..end]
+}
+
+/// `text` for a log line: whole when at most `max` bytes, else its first
+/// `max` bytes and how long it was.
+pub fn shown(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        std::borrow::Cow::Borrowed(text)
+    } else {
+        std::borrow::Cow::Owned(format!(
+            "{}... ({} bytes in all)",
+            cut(text, max),
+            text.len()
+        ))
+    }
 }
 
 /// The messages and service of the current protocol (`tessera.v1`).

@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 5;
+pub const MINOR: u32 = 6;
 
 /// What this build can do.
 ///
@@ -31,6 +31,9 @@ pub const MINOR: u32 = 5;
 ///   coordinator: signed keys, certificates relayed with the parameters,
 ///   the consistency check (stage numbers change; a 1.5 coordinator with
 ///   secure aggregation requires it).
+/// - `declared-rows` (1.6): a site's levels offer declares its training and
+///   test row counts, which bound every count it reports for the run (a 1.6
+///   coordinator requires it).
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -49,6 +52,7 @@ pub const CAPABILITIES: &[&str] = &[
     "gossip",
     "withdraw",
     "secure-aggregation-signed",
+    "declared-rows",
 ];
 
 /// The capabilities a participant needs to send updates with `codec`.
@@ -108,7 +112,7 @@ impl Negotiated {
 
 /// Capabilities a run needs from every participant, given its strategy name.
 pub fn required_capabilities(strategy: &str) -> Vec<&'static str> {
-    let mut required = vec!["chunked-tensors", "agreement"];
+    let mut required = vec!["chunked-tensors", "agreement", "declared-rows"];
     if strategy == "scaffold" {
         required.push("scaffold");
     }
@@ -165,18 +169,22 @@ mod tests {
     fn compatibility_table() {
         // The rows of docs/PROTOCOL.md's table.
         let v1_0 = caps(&["chunked-tensors", "agreement", "evaluation-histograms"]);
+        let v1_5 = caps(&CAPABILITIES[..CAPABILITIES.len() - 1]);
         let fedavg = required_capabilities("fedavg");
         let scaffold = required_capabilities("scaffold");
-        let n = negotiate(CAPABILITIES, 1, 0, &v1_0, &fedavg).unwrap();
-        assert_eq!(n.minor, 0);
-        assert!(!n.has("heartbeat"));
-        let err = negotiate(CAPABILITIES, 1, 0, &v1_0, &scaffold).unwrap_err();
+        // Every run needs declared row counts (1.6): earlier peers are refused.
+        let err = negotiate(CAPABILITIES, 1, 0, &v1_0, &fedavg).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "incompatible protocol: this run needs capabilities the peer (protocol 1.0) lacks: scaffold"
+            "incompatible protocol: this run needs capabilities the peer (protocol 1.0) lacks: declared-rows"
         );
-        let n = negotiate(CAPABILITIES, 1, 1, &caps(CAPABILITIES), &scaffold).unwrap();
-        assert!(n.has("heartbeat") && n.has("scaffold"));
+        let err = negotiate(CAPABILITIES, 1, 5, &v1_5, &scaffold).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "incompatible protocol: this run needs capabilities the peer (protocol 1.5) lacks: declared-rows"
+        );
+        let n = negotiate(CAPABILITIES, 1, 6, &caps(CAPABILITIES), &scaffold).unwrap();
+        assert!(n.has("heartbeat") && n.has("scaffold") && n.has("declared-rows"));
         // A newer minor with capabilities we do not know: the overlap is used.
         let newer = caps(&[
             "chunked-tensors",
@@ -184,6 +192,7 @@ mod tests {
             "evaluation-histograms",
             "scaffold",
             "heartbeat",
+            "declared-rows",
             "zstd",
         ]);
         let n = negotiate(CAPABILITIES, 1, 7, &newer, &fedavg).unwrap();
@@ -198,9 +207,10 @@ mod tests {
         let codec: tessera_compress::Codec = "topk:0.01+q8".parse().unwrap();
         let mut required = required_capabilities("fedavg");
         required.extend(codec_capabilities(&codec));
-        assert_eq!(&required[2..], &["compression", "codec-topk", "codec-q8"]);
+        assert_eq!(&required[3..], &["compression", "codec-topk", "codec-q8"]);
         // A 1.1 participant knows no codec: refused, naming what it lacks.
-        let v1_1 = caps(&CAPABILITIES[..6]);
+        let mut v1_1 = caps(&CAPABILITIES[..6]);
+        v1_1.push("declared-rows".into());
         assert_eq!(
             model_codec_capabilities(&"fp16".parse().unwrap()),
             ["compressed-models", "codec-fp16"]

@@ -457,6 +457,26 @@ impl Federation {
             .and_then(|(sum, count)| split_sum(&sum, count, secure.server.params()));
         let request = secure.server.unmask_request();
         let (survivors, recovered) = (request.survivors, request.dropped.len());
+        // One site's count is hidden; the survivors' sums are bounded by
+        // what they declared together.
+        let names: Vec<&str> = survivors
+            .iter()
+            .filter_map(|i| secure.sites.get(i).map(String::as_str))
+            .collect();
+        let result = result
+            .map_err(|e| e.to_string())
+            .and_then(|(values, meta)| {
+                self.check_secure_sums(&names, meta.n_examples, meta.n_steps)
+                    .map(|()| (values, meta))
+                    .map_err(|reason| {
+                        self.refuse_report(
+                            "-",
+                            "secure-aggregation",
+                            &format!("round {round}: {reason}"),
+                        );
+                        reason
+                    })
+            });
         let Some(engine) = self.engine.as_mut() else {
             return;
         };
@@ -529,7 +549,20 @@ impl Federation {
             .server
             .finish()
             .map_err(|e| e.to_string())
-            .and_then(|(sum, count)| tessera_learn::decode_summable(&sum, count));
+            .and_then(|(sum, count)| tessera_learn::decode_summable(&sum, count))
+            .and_then(|summed| {
+                let survivors = secure.server.unmask_request().survivors;
+                let names: Vec<&str> = survivors
+                    .iter()
+                    .filter_map(|i| secure.sites.get(i).map(String::as_str))
+                    .collect();
+                self.check_secure_evaluation(
+                    &names,
+                    summed.pooled.n_examples,
+                    summed.pooled.loss_sum,
+                )
+                .map(|()| summed)
+            });
         let (outcome, detail, view) = match (summed, self.metrics_dp.as_mut()) {
             (Ok(summed), None) => (
                 "completed",
