@@ -251,3 +251,58 @@ fn an_identifier_column_is_named_and_can_be_ignored() {
     .ok();
     assert_eq!(s.json("r.json")["features"], serde_json::json!(["a"]));
 }
+
+#[test]
+fn ca_validity_out_of_range_and_bad_hosts() {
+    let s = Scratch::new("ca");
+    let line = s
+        .run(&["ca", "init", "--dir", "ca", "--days", "3000000"])
+        .fails();
+    assert!(
+        line.starts_with(
+            "error: --days 3000000 is too far: the CA certificate must expire by \
+             9999-12-31 (X.509 GeneralizedTime), at most"
+        ),
+        "{line}"
+    );
+    let line = s.run(&["ca", "init", "--dir", "ca", "--days", "0"]).fails();
+    assert_eq!(
+        line,
+        "error: --days 0: the CA certificate must be valid for at least 1 day"
+    );
+    s.run(&["ca", "init", "--dir", "ca"]).ok();
+    let line = s
+        .run(&[
+            "ca", "issue", "--dir", "ca", "--site", "va", "--days", "3000000",
+        ])
+        .fails();
+    assert!(
+        line.starts_with("error: --days 3000000 is too far: a certificate must expire by"),
+        "{line}"
+    );
+    let line = s
+        .run(&[
+            "ca",
+            "issue",
+            "--dir",
+            "ca",
+            "--coordinator",
+            "--host",
+            "a b",
+        ])
+        .fails();
+    assert!(
+        line.starts_with(
+            "error: coordinator host 'a b' is neither an IP address nor a DNS name: ' ' is \
+             not allowed"
+        ),
+        "{line}"
+    );
+    let line = s
+        .run(&["ca", "issue", "--dir", "ca", "--coordinator", "--host", ""])
+        .fails();
+    assert_eq!(
+        line,
+        "error: coordinator host '' is empty: give a DNS name or an IP address"
+    );
+}

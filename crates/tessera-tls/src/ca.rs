@@ -1,5 +1,6 @@
 //! A certificate authority kept in a folder.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -84,8 +85,111 @@ fn ca_params(name: &str, generation: u32) -> Result<CertificateParams, TlsError>
     Ok(params)
 }
 
+/// The last instant an X.509 certificate can name, 9999-12-31T23:59:59Z:
+/// the end of GeneralizedTime's four-digit years (RFC 5280, 4.1.2.5).
+const LATEST_UNIX: i64 = 253_402_300_799;
+
+/// `now` moved by `by`; refused rather than a panic past the dates `time`
+/// can hold (a clock set absurdly far ahead).
+fn shifted(now: OffsetDateTime, by: Duration) -> Result<OffsetDateTime, TlsError> {
+    now.checked_add(by).ok_or_else(|| {
+        TlsError::Invalid(format!(
+            "the clock reads {now}: {by} from then is past the dates a certificate can name"
+        ))
+    })
+}
+
+/// The end of `what`'s validity of `days` days from `now`: at least one
+/// day, and no later than 9999-12-31T23:59:59Z.
+fn expiry(now: OffsetDateTime, days: u32, what: &str) -> Result<OffsetDateTime, TlsError> {
+    if days == 0 {
+        return Err(TlsError::Invalid(format!(
+            "--days 0: {what} must be valid for at least 1 day"
+        )));
+    }
+    let latest = OffsetDateTime::from_unix_timestamp(LATEST_UNIX)
+        .map_err(|e| TlsError::Invalid(format!("the last date of X.509: {e}")))?;
+    now.checked_add(Duration::days(i64::from(days)))
+        .filter(|end| *end <= latest)
+        .ok_or_else(|| {
+            TlsError::Invalid(format!(
+                "--days {days} is too far: {what} must expire by 9999-12-31 \
+                 (X.509 GeneralizedTime), at most {} days from now",
+                (latest - now).whole_days().max(0)
+            ))
+        })
+}
+
+/// `host` quoted for a message: escaped, and cut to 64 characters (saying
+/// how long it was) when longer.
+fn quoted(host: &str) -> String {
+    let length = host.chars().count();
+    if length <= 64 {
+        format!("'{}'", host.escape_debug())
+    } else {
+        let head: String = host.chars().take(64).collect();
+        format!("'{}…' ({length} characters)", head.escape_debug())
+    }
+}
+
+/// Refuses a coordinator host that is neither an IP address nor a DNS name
+/// (RFC 1123: dot-separated labels of 1 to 63 letters, digits or '-', none
+/// starting or ending with '-', 253 characters in all).
+fn check_host(host: &str) -> Result<(), TlsError> {
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let refuse = |why: String| {
+        Err(TlsError::Invalid(format!(
+            "coordinator host {} is neither an IP address nor a DNS name: {why}",
+            quoted(host)
+        )))
+    };
+    if host.is_empty() {
+        return Err(TlsError::Invalid(
+            "coordinator host '' is empty: give a DNS name or an IP address".into(),
+        ));
+    }
+    if let Some(c) = host
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.'))
+    {
+        return refuse(format!(
+            "'{}' is not allowed (letters, digits, '-' and '.' only; an \
+             international name in its xn-- form)",
+            c.escape_debug()
+        ));
+    }
+    if host.len() > 253 {
+        return refuse("longer than the 253 characters a DNS name may have".into());
+    }
+    for label in host.split('.') {
+        if label.is_empty() {
+            return refuse("an empty label (a leading, trailing or doubled '.')".into());
+        }
+        if label.len() > 63 {
+            return refuse(format!(
+                "a label of {} characters, more than 63",
+                label.len()
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return refuse(format!("label '{label}' starts or ends with '-'"));
+        }
+    }
+    if host
+        .rsplit('.')
+        .next()
+        .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return refuse("its last label is all digits".into());
+    }
+    Ok(())
+}
+
 impl CaDir {
-    /// Creates a new CA in `dir` (which must not hold one yet).
+    /// Creates a new CA in `dir` (which must not hold one yet), valid `days`
+    /// days: at least one, and no later than 9999-12-31.
     pub fn init(dir: &Path, name: &str, days: u32) -> Result<CaDir, TlsError> {
         if dir.join("ca.json").exists() {
             return Err(TlsError::Invalid(format!(
@@ -93,11 +197,7 @@ impl CaDir {
                 dir.display()
             )));
         }
-        if days == 0 {
-            return Err(TlsError::Invalid(
-                "a CA must be valid for at least one day".into(),
-            ));
-        }
+        expiry(OffsetDateTime::now_utc(), days, "the CA certificate")?;
         let mut ca = CaDir {
             dir: dir.to_path_buf(),
             state: CaState {
@@ -149,12 +249,14 @@ impl CaDir {
 
     /// A new CA key and self-signed certificate (generation + 1).
     fn new_generation(&mut self) -> Result<(), TlsError> {
+        let now = OffsetDateTime::now_utc();
+        let not_before = shifted(now, -Duration::hours(1))?;
+        let not_after = expiry(now, self.state.ca_days, "the CA certificate")?;
         self.state.generation += 1;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = ca_params(&self.state.name, self.state.generation)?;
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::hours(1);
-        params.not_after = now + Duration::days(i64::from(self.state.ca_days));
+        params.not_before = not_before;
+        params.not_after = not_after;
         let cert = params.self_signed(&key)?;
         write(&self.dir.join("ca-key.pem"), &key.serialize_pem(), true)?;
         write(&self.dir.join("ca.pem"), &cert.pem(), false)
@@ -169,36 +271,37 @@ impl CaDir {
     }
 
     /// Issues (or re-issues) a site's certificate (client and server
-    /// authentication, named by [`site_dns_name`]), valid `days` days.
+    /// authentication, named by [`site_dns_name`]), valid `days` days: at
+    /// least one, and no later than 9999-12-31.
     pub fn issue_site(&mut self, site: &str, days: u32) -> Result<PathBuf, TlsError> {
         let dns = site_dns_name(site)?;
         if site == "coordinator" || site.contains(['/', '\\']) || site.starts_with('.') {
             return Err(TlsError::Invalid(format!("'{site}' cannot be a site name")));
         }
-        let now = OffsetDateTime::now_utc();
-        self.issue(
-            site,
-            IssuedKind::Site,
-            vec![dns],
-            days,
-            now + Duration::days(i64::from(days)),
-        )
+        let not_after = expiry(OffsetDateTime::now_utc(), days, "a certificate")?;
+        self.issue(site, IssuedKind::Site, vec![dns], days, not_after)
     }
 
-    /// Issues the coordinator's server certificate for `hosts` (names or addresses).
+    /// Issues the coordinator's server certificate for `hosts`, valid `days`
+    /// days (at least one, and no later than 9999-12-31). Each host is an IP
+    /// address or a DNS name (RFC 1123 labels); anything else is refused,
+    /// named.
     pub fn issue_coordinator(&mut self, hosts: &[String], days: u32) -> Result<PathBuf, TlsError> {
         if hosts.is_empty() {
             return Err(TlsError::Invalid(
                 "the coordinator needs at least one host name or address".into(),
             ));
         }
-        let now = OffsetDateTime::now_utc();
+        for host in hosts {
+            check_host(host)?;
+        }
+        let not_after = expiry(OffsetDateTime::now_utc(), days, "a certificate")?;
         self.issue(
             "coordinator",
             IssuedKind::Coordinator,
             hosts.to_vec(),
             days,
-            now + Duration::days(i64::from(days)),
+            not_after,
         )
     }
 
@@ -210,11 +313,7 @@ impl CaDir {
         days: u32,
         not_after: OffsetDateTime,
     ) -> Result<PathBuf, TlsError> {
-        if days == 0 {
-            return Err(TlsError::Invalid(
-                "a certificate must be valid for at least one day".into(),
-            ));
-        }
+        let not_before = shifted(OffsetDateTime::now_utc(), -Duration::hours(1))?;
         let issuer = self.issuer()?;
         let serial = self.state.next_serial;
         let mut params = CertificateParams::new(names.clone())?;
@@ -223,7 +322,7 @@ impl CaDir {
         dn.push(DnType::CommonName, name);
         params.distinguished_name = dn;
         params.serial_number = Some(SerialNumber::from(serial));
-        params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
+        params.not_before = not_before;
         params.not_after = not_after;
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -298,6 +397,8 @@ impl CaDir {
 
     /// A new CA key; every live certificate is re-issued under it with a new
     /// key. The old CA is no longer trusted: parties need their new files.
+    /// Every validity and coordinator host is checked first, so that refusing
+    /// one of them changes nothing.
     pub fn rotate(&mut self) -> Result<Vec<String>, TlsError> {
         let live: Vec<Issued> = self
             .state
@@ -306,6 +407,14 @@ impl CaDir {
             .filter(|i| !i.revoked)
             .cloned()
             .collect();
+        let now = OffsetDateTime::now_utc();
+        expiry(now, self.state.ca_days, "the CA certificate")?;
+        for issued in &live {
+            expiry(now, issued.days, "a certificate")?;
+            for host in &issued.hosts {
+                check_host(host)?;
+            }
+        }
         self.new_generation()?;
         let mut renewed = Vec::new();
         for issued in live {
@@ -337,8 +446,8 @@ impl CaDir {
             })
             .collect();
         let crl = CertificateRevocationListParams {
-            this_update: now - Duration::minutes(5),
-            next_update: now + Duration::days(30),
+            this_update: shifted(now, -Duration::minutes(5))?,
+            next_update: shifted(now, Duration::days(30))?,
             crl_number: SerialNumber::from(self.state.crl_number),
             issuing_distribution_point: None,
             revoked_certs: revoked,
@@ -370,7 +479,7 @@ impl CaDir {
     #[doc(hidden)]
     pub fn issue_expired_site(&mut self, site: &str) -> Result<PathBuf, TlsError> {
         let dns = site_dns_name(site)?;
-        let yesterday = OffsetDateTime::now_utc() - Duration::days(1);
+        let yesterday = shifted(OffsetDateTime::now_utc(), -Duration::days(1))?;
         self.issue(site, IssuedKind::Site, vec![dns], 1, yesterday)
     }
 }
