@@ -424,7 +424,15 @@ fn print_summary(report: &RunReport) {
         f.mean_site_accuracy,
         f.auc.map_or("-".to_string(), |a| format!("{a:.4}"))
     );
-    if f.per_site.len() <= 12 {
+    if f.per_site.is_empty() {
+        println!(
+            "per site: not reported (site_metrics = \"{}\": sums across sites only)",
+            report
+                .metrics_privacy
+                .as_ref()
+                .map_or("aggregate-only", |_| "dp")
+        );
+    } else if f.per_site.len() <= 12 {
         let sites: Vec<String> = f
             .per_site
             .iter()

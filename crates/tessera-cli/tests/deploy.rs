@@ -2365,3 +2365,32 @@ fn hostile_names_are_bounded_and_the_run_equals_its_simulation() {
         + std::fs::metadata(s.path("c.sqlite-wal")).map_or(0, |m| m.len());
     assert!(size < 8 << 20, "the database grew to {size} bytes");
 }
+
+/// A coordinator's plan that names a file outside the site's --plan-dir
+/// (an absolute path) is refused at the site, saying why, before any file
+/// of it is read. Before, a coordinator's plan could make participants read
+/// any absolute path.
+#[test]
+fn a_plan_cannot_make_a_site_read_outside_its_plan_dir() {
+    let s = Scratch::new("deploy-plan-paths");
+    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
+    let outside = s.write("elsewhere.csv", "center,row_in_file,flamby_split\n");
+    let start = text.find("[data.split.membership]\npath = \"").unwrap();
+    let end = start + text[start..].find(".csv\"").unwrap() + 5;
+    let text = format!(
+        "{}[data.split.membership]\npath = \"{}\"{}",
+        &text[..start],
+        outside.display(),
+        &text[end..]
+    );
+    let plan = s.write("paths.toml", &text);
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &s.path("c.sqlite"), 0, &[]);
+    let mut site = participant(&s.dir, &url, "cleveland", &[]);
+    assert!(!site.wait(LIMIT).success(), "{}", site.log());
+    assert!(
+        site.log().contains("outside this site's --plan-dir"),
+        "{}",
+        site.log()
+    );
+    coordinator.kill_9();
+}

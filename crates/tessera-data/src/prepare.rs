@@ -749,12 +749,7 @@ fn read_membership(
     source: &dyn FileSource,
 ) -> Result<MembershipTable, DataError> {
     let path = &file.path;
-    let stream = source
-        .open(&base_dir.join(path))
-        .map_err(|e| DataError::Io {
-            path: path.clone(),
-            source: e,
-        })?;
+    let stream = crate::read::source_open(source, &base_dir.join(path), path)?;
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_reader(stream);

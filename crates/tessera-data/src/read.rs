@@ -544,7 +544,7 @@ fn read_file(
     Ok(())
 }
 
-fn source_open<'a>(
+pub(crate) fn source_open<'a>(
     source: &'a dyn FileSource,
     full_path: &Path,
     shown_path: &Path,
@@ -554,11 +554,46 @@ fn source_open<'a>(
         source: e,
     })?;
     if full_path.extension().is_some_and(|e| e == "gz") {
-        return Ok(Box::new(GunzipErrors {
+        return Ok(Box::new(LineLimit::new(GunzipErrors {
             inner: flate2::read::MultiGzDecoder::new(file),
-        }));
+        })));
     }
-    Ok(file)
+    Ok(Box::new(LineLimit::new(file)))
+}
+
+/// The longest line a data or membership file may have (16 MiB): a file
+/// whose line never ends (`/dev/zero`) is refused instead of filling memory.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+
+/// Fails a read once a line passes [`MAX_LINE_BYTES`].
+struct LineLimit<R> {
+    inner: R,
+    line: usize,
+}
+
+impl<R> LineLimit<R> {
+    fn new(inner: R) -> Self {
+        Self { inner, line: 0 }
+    }
+}
+
+impl<R: Read> Read for LineLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        // Readers ask for small buffers, so only the line that runs on past
+        // the last newline can grow long.
+        self.line = match buf[..n].iter().rposition(|&b| b == b'\n') {
+            Some(at) => n - at - 1,
+            None => self.line.saturating_add(n),
+        };
+        if self.line > MAX_LINE_BYTES {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a line is longer than {} MiB", MAX_LINE_BYTES >> 20),
+            ));
+        }
+        Ok(n)
+    }
 }
 
 /// Gunzips, saying so when the bytes are not gzip (the CSV reader then names the file).

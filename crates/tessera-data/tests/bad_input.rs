@@ -299,3 +299,28 @@ fn a_column_without_training_values_is_absent_at_that_site() {
     let s2 = &data.sites[1];
     assert!(s2.test.x.iter().all(|v| *v == 0.0), "{:?}", s2.test.x);
 }
+
+/// A file whose line never ends (`/dev/zero`): refused at 16 MiB, naming
+/// the file, instead of filling memory.
+#[test]
+fn a_line_that_never_ends_is_refused() {
+    struct Endless;
+    impl FileSource for Endless {
+        fn open(&self, _: &Path) -> std::io::Result<Box<dyn std::io::Read + '_>> {
+            let header = std::io::Cursor::new(b"site,a,y\ns1,".to_vec());
+            Ok(Box::new(std::io::Read::chain(
+                header,
+                std::io::repeat(b'7'),
+            )))
+        }
+    }
+    let e = match load(&one_file("y"), Path::new(""), &Endless) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.starts_with("d.csv") && e.contains("longer than 16 MiB"),
+        "{e}"
+    );
+    assert!(!e.contains('\n'));
+}

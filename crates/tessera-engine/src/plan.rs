@@ -11,6 +11,10 @@ use tessera_learn::{ModelConfig, OptimizerKind, TrainingConfig};
 use tessera_privacy::{CentralDp, Ledger, PrivacyConfig};
 use thiserror::Error;
 
+/// The widest `secure_aggregation.clip_range` a plan may set: values are
+/// quantised to at most 2^32 levels over `[-clip_range, clip_range]`.
+pub const MAX_CLIP_RANGE: f32 = 1000.0;
+
 /// A plan that cannot be used, with the reason.
 #[derive(Debug, Error)]
 pub enum PlanError {
@@ -202,6 +206,11 @@ pub struct SimulationConfig {
     /// transfers take no time (only latency).
     #[serde(default)]
     pub bandwidth_bytes_per_second: Option<Range>,
+    /// The most memory a simulation may plan for, in GB (default: what the
+    /// machine has available); a plan whose models need more is refused
+    /// before any is built.
+    #[serde(default)]
+    pub max_memory_gb: Option<f64>,
 }
 
 impl Default for SimulationConfig {
@@ -211,6 +220,7 @@ impl Default for SimulationConfig {
             latency_seconds: default_latency(),
             dropout: 0.0,
             bandwidth_bytes_per_second: None,
+            max_memory_gb: None,
         }
     }
 }
@@ -295,6 +305,13 @@ impl Plan {
                     r.min, r.max
                 ));
             }
+        }
+        if let Some(gb) = s.max_memory_gb
+            && !(gb.is_finite() && gb > 0.0)
+        {
+            return invalid(format!(
+                "simulation.max_memory_gb must be positive, got {gb}"
+            ));
         }
         if let Some(r) = s.bandwidth_bytes_per_second
             && !(r.min.is_finite() && r.max.is_finite() && r.min >= 1.0 && r.min <= r.max)
@@ -499,7 +516,94 @@ impl Plan {
                 self.robust.rule
             ));
         }
+        if self.secure_aggregation.enabled && self.secure_aggregation.clip_range > MAX_CLIP_RANGE {
+            return invalid(format!(
+                "secure_aggregation.clip_range {} is too wide: update values are quantised to \
+                 at most 2^32 levels over [-clip_range, clip_range], so every update would round \
+                 away; at most {MAX_CLIP_RANGE}",
+                self.secure_aggregation.clip_range
+            ));
+        }
+        if !self.data.sites.is_empty() {
+            self.check_cohort(self.data.sites.len())?;
+        }
         Ok(())
+    }
+
+    /// The least memory a simulation of this plan holds, in bytes, on data
+    /// of `n_features` features and `n_classes` classes over `sites` sites:
+    /// each site's model and update (two copies), the global model, the
+    /// aggregate and the engine's working copies (four); `None` past 2^64.
+    pub fn simulation_bytes(
+        &self,
+        n_features: usize,
+        n_classes: usize,
+        sites: usize,
+    ) -> Option<u64> {
+        let n = self.model.n_parameters(n_features, n_classes)?;
+        let copies = (sites as u64).checked_mul(2)?.checked_add(4)?;
+        n.checked_mul(4)?.checked_mul(copies)
+    }
+
+    /// Checks the settings that depend on the federation's size, `sites`
+    /// sites, and names every one that cannot work at once: secure
+    /// aggregation's neighbours, robust rules against the cohort a round
+    /// draws, a quorum or minimum larger than the federation.
+    pub fn check_cohort(&self, sites: usize) -> Result<(), PlanError> {
+        let f = &self.federation;
+        let cohort = ((sites as f64 * f.fraction).ceil() as usize)
+            .max(f.min_participants)
+            .min(sites);
+        let mut reasons = Vec::new();
+        if f.min_participants > sites {
+            reasons.push(format!(
+                "federation.min_participants = {} but the federation has {sites} sites",
+                f.min_participants
+            ));
+        }
+        if f.quorum > sites {
+            reasons.push(format!(
+                "federation.quorum = {} but the federation has {sites} sites",
+                f.quorum
+            ));
+        }
+        let secagg = &self.secure_aggregation;
+        if secagg.enabled {
+            if let Some(k) = secagg.neighbours
+                && k >= cohort
+            {
+                reasons.push(format!(
+                    "secure_aggregation.neighbours = {k} but a round's cohort has {cohort} sites: \
+                     at most {} neighbours each",
+                    cohort.saturating_sub(1)
+                ));
+            }
+            if cohort < 3 {
+                reasons.push(format!(
+                    "secure aggregation needs at least 3 sites in a round, the plan's rounds have \
+                     {cohort}"
+                ));
+            }
+        }
+        let robust = &self.robust;
+        if matches!(
+            robust.rule,
+            tessera_aggregate::RobustRule::Krum | tessera_aggregate::RobustRule::MultiKrum
+        ) {
+            let need = 2 * robust.assumed_malicious + 3;
+            if cohort < need {
+                reasons.push(format!(
+                    "robust rule '{}' tolerating {} malicious participants needs at least {need} \
+                     updates a round, the plan's rounds have {cohort}",
+                    robust.rule, robust.assumed_malicious
+                ));
+            }
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(PlanError::Invalid(reasons.join("; ")))
+        }
     }
 
     /// Compression under secure aggregation: the seed from which every

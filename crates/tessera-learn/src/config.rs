@@ -17,6 +17,23 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// Parameters of this model on `n_features` features and `n_classes`
+    /// classes, counted without building it; `None` past 2^64.
+    pub fn n_parameters(&self, n_features: usize, n_classes: usize) -> Option<u64> {
+        let outputs = if n_classes <= 2 { 1 } else { n_classes as u64 };
+        let mut widths = vec![n_features as u64];
+        if self.kind == ModelKind::Mlp {
+            widths.extend(self.hidden.iter().map(|&w| w as u64));
+        } else if self.kind == ModelKind::Softmax {
+            // Softmax regression has one output per class, even for two.
+            return (n_features as u64 + 1).checked_mul(n_classes as u64);
+        }
+        widths.push(outputs);
+        widths.windows(2).try_fold(0u64, |total, pair| {
+            total.checked_add(pair[0].checked_add(1)?.checked_mul(pair[1])?)
+        })
+    }
+
     /// A model of this kind with defaults (MLP: one hidden layer of 32).
     pub fn of_kind(kind: ModelKind) -> Self {
         Self {

@@ -381,6 +381,7 @@ async fn prepare(
         }
         None => {}
     }
+    plan_paths_within(&plan.data, &config.plan_dir).map_err(local_error)?;
     let mut local = client::read_site(&plan.data, &config.site, &config.data, &config.plan_dir)
         .await
         .map_err(Failure::Fatal)?;
@@ -578,4 +579,32 @@ async fn train(
         return Ok(None);
     }
     Ok(Some(update))
+}
+
+/// The coordinator's plan may name files this site reads (a split
+/// membership file): an absolute path must lie under `plan_dir`, the folder
+/// the site's operator gave, so that a coordinator cannot make a site read
+/// any file it likes. Relative paths are read from `plan_dir`.
+fn plan_paths_within(
+    data: &tessera_data::DataConfig,
+    plan_dir: &std::path::Path,
+) -> Result<(), String> {
+    let named = data.split.membership.as_ref().map(|m| m.path.as_path());
+    let Some(path) = named.filter(|p| p.is_absolute()) else {
+        return Ok(());
+    };
+    let inside = match (path.canonicalize(), plan_dir.canonicalize()) {
+        (Ok(file), Ok(dir)) => file.starts_with(dir),
+        _ => false,
+    };
+    if inside {
+        Ok(())
+    } else {
+        Err(format!(
+            "the coordinator's plan names '{}', outside this site's --plan-dir ({}): a site reads \
+             only files under the folder its operator gives",
+            tessera_proto::shown(&path.display().to_string(), 200),
+            plan_dir.display()
+        ))
+    }
 }

@@ -150,7 +150,9 @@ pub fn participant(dir: &Path, url: &str, site: &str, extra: &[&str]) -> Proc {
 
 /// A participant for `site` reading `data`.
 pub fn participant_with(dir: &Path, url: &str, site: &str, data: &Path, extra: &[&str]) -> Proc {
-    let plan_dir = examples();
+    // The repository: the tests' plans name the bundled data by absolute
+    // paths, which a participant reads only under its --plan-dir.
+    let plan_dir = super::root();
     let mut args = vec![
         "participant",
         "--coordinator",
