@@ -9,6 +9,8 @@ use tessera_coordinator::{CoordinatorConfig, serve};
 use tessera_engine::Plan;
 use tessera_participant::ParticipantConfig;
 
+use crate::paths::{Input, check_outputs, db_inputs, plan_data_inputs, tls_inputs};
+
 /// Arguments of `tessera coordinator`.
 #[derive(Debug, clap::Args)]
 pub struct CoordinatorArgs {
@@ -31,10 +33,11 @@ pub struct CoordinatorArgs {
     /// Seconds of silence after which a participant counts as gone.
     #[arg(long, default_value_t = 30.0)]
     liveness: f64,
-    /// Report file (JSON) written when the run is over.
+    /// Report file (JSON) written when the run is over, replaced if it exists.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// File for the final model (Tessera's stored-parameters encoding).
+    /// File for the final model (Tessera's stored-parameters encoding),
+    /// replaced if it exists.
     #[arg(long)]
     model_out: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
@@ -113,10 +116,11 @@ pub struct AggregatorArgs {
     /// Seconds to keep trying to reach the parent before giving up.
     #[arg(long, default_value_t = 300.0)]
     give_up_after: f64,
-    /// Report file (JSON) of this aggregator's rounds, written when the run is over.
+    /// Report file (JSON) of this aggregator's rounds, written when the run
+    /// is over, replaced if it exists.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// File for this aggregator's last regional model.
+    /// File for this aggregator's last regional model, replaced if it exists.
     #[arg(long)]
     model_out: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
@@ -154,10 +158,11 @@ pub struct PeerArgs {
     /// Seconds to wait for every peer during the data agreement.
     #[arg(long, default_value_t = 300.0)]
     give_up_after: f64,
-    /// Report file (JSON): this site's own model each round, the neighbours it lost.
+    /// Report file (JSON): this site's own model each round, the neighbours
+    /// it lost; replaced if it exists.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// File for this site's final model.
+    /// File for this site's final model, replaced if it exists.
     #[arg(long)]
     model_out: Option<PathBuf>,
     /// Fault injection for drills and tests: seconds to pause after each round's training.
@@ -198,6 +203,11 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
     let plan_text = std::fs::read_to_string(&args.plan)
         .with_context(|| format!("{}: cannot read", args.plan.display()))?;
     let plan = Plan::from_toml(&plan_text, &args.plan.display().to_string())?;
+    let mut inputs = vec![Input::new("the plan file", &args.plan)];
+    inputs.extend(plan_data_inputs(&plan.data, &plan_dir(&args.plan)));
+    inputs.extend(db_inputs(&args.db));
+    inputs.extend(tls_inputs("--tls", args.tls.as_deref()));
+    check_outputs(&outputs(&args.report, &args.model_out), &inputs)?;
     let liveness = liveness(args.liveness)?;
     logging();
     if args.insecure {
@@ -244,6 +254,27 @@ fn liveness(value: f64) -> anyhow::Result<Duration> {
     Ok(liveness)
 }
 
+/// The folder the plan's relative paths are read from.
+fn plan_dir(plan: &Path) -> PathBuf {
+    plan.parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// `--report` and `--model-out`, where given.
+fn outputs<'a>(
+    report: &'a Option<PathBuf>,
+    model_out: &'a Option<PathBuf>,
+) -> Vec<(&'static str, &'a Path)> {
+    let mut outputs = Vec::new();
+    if let Some(path) = report {
+        outputs.push(("--report", path.as_path()));
+    }
+    if let Some(path) = model_out {
+        outputs.push(("--model-out", path.as_path()));
+    }
+    outputs
+}
+
 /// The report (JSON) and the final model, where asked for.
 fn write_outputs(
     report: &tessera_engine::report::RunReport,
@@ -273,6 +304,10 @@ pub fn aggregator(args: &AggregatorArgs) -> anyhow::Result<()> {
             "give --tls DIR and --upstream-tls DIR (mutual TLS, see `tessera ca`) or --insecure (local experiments only)"
         );
     }
+    let mut inputs = db_inputs(&args.db);
+    inputs.extend(tls_inputs("--tls", args.tls.as_deref()));
+    inputs.extend(tls_inputs("--upstream-tls", args.upstream_tls.as_deref()));
+    check_outputs(&outputs(&args.report, &args.model_out), &inputs)?;
     let liveness = liveness(args.liveness)?;
     logging();
     if args.insecure {
@@ -372,6 +407,13 @@ pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
     if peers.is_empty() {
         bail!("give every other site of the run with --peer NAME=URL");
     }
+    let plan_dir = plan_dir(&args.plan);
+    let mut inputs = vec![Input::new("the plan file", &args.plan)];
+    // The peer opens --data, like the plan's own paths, from the plan's folder.
+    inputs.push(Input::new("the --data file", plan_dir.join(&args.data)));
+    inputs.extend(plan_data_inputs(&plan.data, &plan_dir));
+    inputs.extend(tls_inputs("--tls", args.tls.as_deref()));
+    check_outputs(&outputs(&args.report, &args.model_out), &inputs)?;
     let liveness = liveness(args.liveness)?;
     logging();
     if args.insecure {
@@ -382,10 +424,7 @@ pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
         plan_text,
         site: args.site.clone(),
         data: args.data.clone(),
-        plan_dir: args
-            .plan
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        plan_dir,
         listen: args.listen,
         peers,
         liveness,

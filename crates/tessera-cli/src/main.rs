@@ -7,6 +7,7 @@ mod bundled;
 mod ca;
 mod deploy;
 mod ops;
+mod paths;
 mod plot;
 mod simulate;
 mod synth;

@@ -16,6 +16,7 @@ use tessera_privacy::PrivacyMode;
 use tessera_sim::{Attack, AttackKind, RoundRecord, RunReport, SimOptions, simulate};
 
 use crate::bundled::{self, Bundled};
+use crate::paths::{self, Input, plan_data_inputs};
 use crate::plot::write_plot;
 
 /// Arguments of `tessera simulate`.
@@ -170,13 +171,15 @@ pub struct SimulateArgs {
     /// Simulated attack: its strength (default: sign_flip 4, scaling 100, gaussian 1).
     #[arg(long, requires = "attack")]
     attack_strength: Option<f64>,
-    /// Report file (JSON). Default: tessera-out/<plan>-<strategy>-seed<seed>.json
+    /// Report file (JSON), replaced if it exists. Default:
+    /// tessera-out/<plan>-<strategy>-seed<seed>.json
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Plot file (SVG). Default: beside the report.
+    /// Plot file (SVG), replaced if it exists. Default: beside the report.
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// File for the final model (Tessera's stored-parameters encoding).
+    /// File for the final model (Tessera's stored-parameters encoding),
+    /// replaced if it exists.
     #[arg(long)]
     model_out: Option<PathBuf>,
     /// No progress bar or round table.
@@ -205,13 +208,34 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         };
     apply_overrides(&mut plan, &args)?;
     plan.validate()?;
+    let strategy = plan.federation.strategy;
+    let report_path = args.report.clone().unwrap_or_else(|| {
+        // The plan's name may hold anything: keep letters, digits, '-', '_' and '.'.
+        let name: String = plan
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let name = name.trim_start_matches('.');
+        PathBuf::from("tessera-out").join(format!("{name}-{strategy}-seed{}.json", plan.seed))
+    });
+    let plot_path = args
+        .plot
+        .clone()
+        .unwrap_or_else(|| report_path.with_extension("svg"));
+    check_outputs(&args, &plan, &base_dir, &report_path, &plot_path)?;
 
     let data_started = Instant::now();
     let data = tessera_data::load(&plan.data, &base_dir, source.as_ref())?;
     let data_seconds = data_started.elapsed().as_secs_f64();
     let n_train: usize = data.summary.iter().map(|s| s.n_train).sum();
     let n_test: usize = data.summary.iter().map(|s| s.n_test).sum();
-    let strategy = plan.federation.strategy;
     // The model must fit the data before anything runs.
     tessera_sim::initial_model(&plan, &data)?;
     if !args.quiet {
@@ -320,26 +344,6 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     report.timing.total_seconds = started.elapsed().as_secs_f64();
     report.timing.peak_rss_bytes = peak_rss_bytes();
 
-    let report_path = args.report.clone().unwrap_or_else(|| {
-        // The plan's name may hold anything: keep letters, digits, '-', '_' and '.'.
-        let name: String = plan
-            .name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let name = name.trim_start_matches('.');
-        PathBuf::from("tessera-out").join(format!("{name}-{strategy}-seed{}.json", plan.seed))
-    });
-    let plot_path = args
-        .plot
-        .clone()
-        .unwrap_or_else(|| report_path.with_extension("svg"));
     write_report(&report, &report_path)?;
     if let Some(path) = &args.model_out {
         std::fs::write(
@@ -473,6 +477,39 @@ fn print_summary(report: &RunReport) {
         "traffic: {} bytes up (updates {}), {} bytes down",
         c.bytes_up, c.update_bytes_up, c.bytes_down
     );
+}
+
+/// Refuses outputs that are the plan, a data file, or one another, before
+/// any data is read.
+fn check_outputs(
+    args: &SimulateArgs,
+    plan: &Plan,
+    base_dir: &Path,
+    report_path: &Path,
+    plot_path: &Path,
+) -> anyhow::Result<()> {
+    let mut inputs = Vec::new();
+    if let Some(path) = &args.plan {
+        inputs.push(Input::new("the plan file", path));
+        inputs.extend(plan_data_inputs(&plan.data, base_dir));
+    } else if let Some(path) = &args.data {
+        inputs.push(Input::new("the --data file", path));
+    }
+    let report_flag = if args.report.is_some() {
+        "--report"
+    } else {
+        "--report (default)"
+    };
+    let plot_flag = if args.plot.is_some() {
+        "--plot"
+    } else {
+        "--plot (default: the report's path with .svg)"
+    };
+    let mut outputs = vec![(report_flag, report_path), (plot_flag, plot_path)];
+    if let Some(path) = &args.model_out {
+        outputs.push(("--model-out", path.as_path()));
+    }
+    paths::check_outputs(&outputs, &inputs)
 }
 
 fn write_report(report: &RunReport, path: &Path) -> anyhow::Result<()> {

@@ -30,7 +30,7 @@ pub struct SynthArgs {
     /// Seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Output CSV file.
+    /// Output CSV file, replaced if it exists.
     #[arg(long)]
     out: PathBuf,
 }

@@ -306,3 +306,190 @@ fn ca_validity_out_of_range_and_bad_hosts() {
         "error: coordinator host '' is empty: give a DNS name or an IP address"
     );
 }
+
+/// A two-site plan in `cfg/` whose data lies in `data/` (named `../data/...`
+/// from the plan's folder): the plan's path.
+fn plan_beside_its_data(s: &Scratch) -> &'static str {
+    std::fs::create_dir_all(s.path("cfg")).unwrap();
+    std::fs::create_dir_all(s.path("data")).unwrap();
+    let mut csv = String::from("site,a,b,y\n");
+    for i in 0..40 {
+        csv.push_str(&format!("s{},{},{},{}\n", i % 2, i % 5, i % 3, i % 2));
+    }
+    s.write("data/d.csv", &csv);
+    s.write(
+        "cfg/plan.toml",
+        r#"name = "tiny"
+[data]
+path = "../data/d.csv"
+site_column = "site"
+[data.schema]
+target = "y"
+[model]
+kind = "logistic"
+[federation]
+rounds = 1
+"#,
+    );
+    "cfg/plan.toml"
+}
+
+#[test]
+fn a_report_over_the_plan_is_refused_and_the_plan_kept() {
+    let s = Scratch::new("out-plan");
+    let plan = plan_beside_its_data(&s);
+    let before = std::fs::read(s.path(plan)).unwrap();
+    let line = s
+        .run(&["simulate", "-q", "--plan", plan, "--report", plan])
+        .fails();
+    assert_eq!(
+        line,
+        "error: --report cfg/plan.toml is the plan file (cfg/plan.toml): choose another path"
+    );
+    // Reached another way (through `..`), it is the same file.
+    let line = s
+        .run(&[
+            "simulate",
+            "-q",
+            "--plan",
+            plan,
+            "--plot",
+            "data/../cfg/plan.toml",
+        ])
+        .fails();
+    assert_eq!(
+        line,
+        "error: --plot data/../cfg/plan.toml is the plan file (cfg/plan.toml): choose another path"
+    );
+    assert_eq!(std::fs::read(s.path(plan)).unwrap(), before);
+    assert!(!s.path("tessera-out").exists(), "nothing was written");
+}
+
+#[test]
+fn a_model_over_a_data_file_of_the_plan_is_refused_and_the_data_kept() {
+    let s = Scratch::new("out-data");
+    let plan = plan_beside_its_data(&s);
+    let before = std::fs::read(s.path("data/d.csv")).unwrap();
+    let line = s
+        .run(&[
+            "simulate",
+            "-q",
+            "--plan",
+            plan,
+            "--report",
+            "r.json",
+            "--model-out",
+            "data/d.csv",
+        ])
+        .fails();
+    assert_eq!(
+        line,
+        "error: --model-out data/d.csv is a data file of the plan (cfg/../data/d.csv): choose another path"
+    );
+    assert_eq!(std::fs::read(s.path("data/d.csv")).unwrap(), before);
+    assert!(!s.path("r.json").exists(), "nothing was written");
+    // Ad hoc, the --data file.
+    let line = s
+        .run(&[
+            "simulate",
+            "-q",
+            "--data",
+            "data/d.csv",
+            "--site-column",
+            "site",
+            "--target",
+            "y",
+            "--report",
+            "data/d.csv",
+        ])
+        .fails();
+    assert_eq!(
+        line,
+        "error: --report data/d.csv is the --data file (data/d.csv): choose another path"
+    );
+    assert_eq!(std::fs::read(s.path("data/d.csv")).unwrap(), before);
+}
+
+#[test]
+fn two_outputs_on_one_path_are_refused() {
+    let s = Scratch::new("out-twice");
+    let plan = plan_beside_its_data(&s);
+    let line = s
+        .run(&[
+            "simulate",
+            "-q",
+            "--plan",
+            plan,
+            "--report",
+            "a",
+            "--model-out",
+            "a",
+        ])
+        .fails();
+    assert_eq!(
+        line,
+        "error: --model-out a is the same file as --report a: choose another path"
+    );
+    // The plot's default is the report's path with .svg.
+    let line = s
+        .run(&["simulate", "-q", "--plan", plan, "--report", "r.svg"])
+        .fails();
+    assert_eq!(
+        line,
+        "error: --plot (default: the report's path with .svg) r.svg is the same file as --report r.svg: choose another path"
+    );
+    assert!(!s.path("a").exists() && !s.path("r.svg").exists());
+}
+
+#[test]
+fn deployed_outputs_over_inputs_are_refused_before_listening() {
+    let s = Scratch::new("out-deploy");
+    let plan = plan_beside_its_data(&s);
+    let (plan_before, data_before) = (
+        std::fs::read(s.path(plan)).unwrap(),
+        std::fs::read(s.path("data/d.csv")).unwrap(),
+    );
+    let line = s
+        .run(&[
+            "coordinator",
+            "--plan",
+            plan,
+            "--db",
+            "run.db",
+            "--insecure",
+            "--listen",
+            "127.0.0.1:0",
+            "--report",
+            "run.db",
+        ])
+        .fails();
+    assert_eq!(
+        line,
+        "error: --report run.db is the --db database (run.db): choose another path"
+    );
+    assert!(!s.path("run.db").exists(), "the coordinator never started");
+    let line = s
+        .run(&[
+            "peer",
+            "--plan",
+            plan,
+            "--site",
+            "s0",
+            "--data",
+            "../data/d.csv",
+            "--listen",
+            "127.0.0.1:0",
+            "--peer",
+            "s1=http://127.0.0.1:1",
+            "--insecure",
+            "--model-out",
+            "data/d.csv",
+        ])
+        .fails();
+    assert_eq!(
+        line,
+        "error: --model-out data/d.csv is the --data file (cfg/../data/d.csv): choose another path"
+    );
+    assert_eq!(std::fs::read(s.path(plan)).unwrap(), plan_before);
+    assert_eq!(std::fs::read(s.path("data/d.csv")).unwrap(), data_before);
+}
