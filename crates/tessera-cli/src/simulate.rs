@@ -21,6 +21,7 @@ use crate::plot::write_plot;
 
 /// Arguments of `tessera simulate`.
 #[derive(Debug, clap::Args)]
+#[command(allow_negative_numbers = true)]
 pub struct SimulateArgs {
     /// Plan file (TOML). Without it and without --data: the bundled Fed-Heart-Disease plan.
     #[arg(long, conflicts_with = "data")]

@@ -493,3 +493,15 @@ fn deployed_outputs_over_inputs_are_refused_before_listening() {
     assert_eq!(std::fs::read(s.path(plan)).unwrap(), plan_before);
     assert_eq!(std::fs::read(s.path("data/d.csv")).unwrap(), data_before);
 }
+
+/// A negative number for a numeric option is checked as a number, not
+/// taken for an unknown flag.
+#[test]
+fn a_negative_learning_rate_is_refused_as_a_learning_rate() {
+    let s = Scratch::new("negative-lr");
+    let line = s.run(&["simulate", "--lr", "-1"]).fails();
+    assert_eq!(
+        line,
+        "error: plan: training: `lr` must be a positive number, got -1"
+    );
+}

@@ -301,6 +301,23 @@ impl LocalSite {
                 summary.rows_read
             )));
         }
+        let standardize = &config.standardize;
+        if standardize.enabled
+            && standardize.scope == ScaleScope::Site
+            && summary.n_train >= 2
+            && summary.n_train as u64 <= u64::from(standardize.ddof)
+        {
+            // Otherwise every scale falls back to 1: no standardisation at
+            // all, without a word. (One row has no spread under any ddof.)
+            return Err(DataError::Unusable(format!(
+                "site '{}' ({}) has {} training rows; standardisation with ddof = {} needs more \
+                 (lower [data.standardize] ddof, or use scope = \"federation\")",
+                raw.name,
+                raw.file.display(),
+                summary.n_train,
+                standardize.ddof
+            )));
+        }
         Ok(Self {
             raw,
             classes,

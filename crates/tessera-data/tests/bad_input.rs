@@ -324,3 +324,17 @@ fn a_line_that_never_ends_is_refused() {
     );
     assert!(!e.contains('\n'));
 }
+
+/// A `ddof` at or above a site's training rows: refused, naming the site,
+/// instead of silently leaving every feature unscaled.
+#[test]
+fn ddof_above_the_rows_is_refused() {
+    let mut config = one_file("y");
+    config.standardize.ddof = 50;
+    let csv = "site,a,y\ns1,1,0\ns1,2,1\ns1,3,0\ns1,4,1\ns1,5,0\n";
+    let e = error(&config, &[("d.csv", csv)]);
+    assert!(
+        e.contains("site 's1'") && e.contains("standardisation with ddof = 50 needs more"),
+        "{e}"
+    );
+}

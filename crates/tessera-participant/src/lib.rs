@@ -419,6 +419,24 @@ async fn prepare(
         }
         _ => return Err(Failure::Retry("agreement out of order".into())),
     };
+    // Columns this site has that the federation's layout leaves out: it
+    // trains without them, and says so.
+    let own = local.kinds_offer().columns;
+    let ignored: Vec<&String> = own
+        .iter()
+        .filter(|c| !agreement.columns.contains(c))
+        .collect();
+    if !ignored.is_empty() {
+        tracing::warn!(
+            count = ignored.len(),
+            of = own.len(),
+            columns = %tessera_proto::shown(
+                &ignored.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "),
+                500
+            ),
+            "the federation's agreed layout leaves out these columns of this site's data; it trains without them"
+        );
+    }
     let (mut data, _) = local
         .prepare(&plan.data, &agreement)
         .map_err(|e| local_error(e.to_string()))?;
