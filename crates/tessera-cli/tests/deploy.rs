@@ -2394,3 +2394,56 @@ fn a_plan_cannot_make_a_site_read_outside_its_plan_dir() {
     );
     coordinator.kill_9();
 }
+
+/// A site whose data has other columns than the rest is refused at the
+/// agreement, naming the columns, and the others go on without it. Before,
+/// one odd offer made the agreement fail for everyone and every honest
+/// participant exited.
+#[test]
+fn an_odd_offer_refuses_the_odd_site_not_the_federation() {
+    let s = Scratch::new("deploy-odd-offer");
+    let (plan, data) = util::synthetic(&s, 4, 3, "kind = \"flat\"");
+    let text = std::fs::read_to_string(&plan).unwrap();
+    let plan = s.write(
+        "plan.toml",
+        &text.replace("rounds = 3", "rounds = 3\nmin_participants = 3"),
+    );
+    let csv = std::fs::read_to_string(&data).unwrap();
+    let odd: String = csv
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            if i == 0 {
+                format!("extra,{line}\n")
+            } else {
+                format!("{i},{line}\n")
+            }
+        })
+        .collect();
+    let odd = s.write("odd.csv", &odd);
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &s.path("c.sqlite"),
+        0,
+        &["--report", "dep.json"],
+    );
+    let mut refused = participant_with(&s.dir, &url, "site3", &odd, &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut honest: Vec<Proc> = ["site0", "site1", "site2"]
+        .iter()
+        .map(|site| participant_with(&s.dir, &url, site, &data, &[]))
+        .collect();
+    assert!(!refused.wait(LIMIT).success(), "{}", refused.log());
+    assert!(
+        refused.log().contains("only here: [extra]"),
+        "the odd site hears why:\n{}",
+        refused.log()
+    );
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut honest {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    let report = s.json("dep.json");
+    assert_eq!(report["rounds"].as_array().unwrap().len(), 3);
+}

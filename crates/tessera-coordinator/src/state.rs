@@ -168,6 +168,9 @@ pub struct Federation {
     last_view: Option<tessera_engine::report::EvaluationView>,
     /// Audited refusals per second.
     refusals: RefusalBudget,
+    /// Sites whose column-kinds offer was set aside, and why (told at
+    /// their next call).
+    odd_offers: BTreeMap<String, String>,
     /// Rows each site declared at agreement: the bounds of its reports.
     declared: BTreeMap<String, trust::Declared>,
     /// `site_metrics = "dp"`: the metrics' noise calibration and spend.
@@ -377,6 +380,7 @@ impl Federation {
             metrics_dp: None,
             metrics_released: None,
             declared: BTreeMap::new(),
+            odd_offers: BTreeMap::new(),
             refusals: RefusalBudget::default(),
             relay: node.map(|name| {
                 let (depth, sites) = place.unwrap_or_default();
@@ -893,6 +897,10 @@ impl Federation {
     ) -> Result<Option<ColumnKinds>, Refusal> {
         self.require_joined(site)?;
         self.touch(site);
+        if let Some(reason) = self.odd_offers.remove(site) {
+            // Its offer was set aside; it hears why once, and may offer again.
+            return Err(Refusal::Invalid(reason));
+        }
         if let Some(kinds) = &self.kinds {
             return Ok(Some(kinds.clone()));
         }
@@ -920,6 +928,23 @@ impl Federation {
                 convert::kinds_offer_from_pb(&s, offer).ok()
             })
             .collect();
+        // One site whose columns differ from the rest is refused, not the
+        // federation: its offer is set aside and the others wait.
+        let odd = trust::odd_kinds_offers(&offers);
+        if !odd.is_empty() {
+            for (odd_site, reason) in odd {
+                self.store
+                    .delete_offer(&self.run.id, 1, &odd_site)
+                    .map_err(|e| Refusal::Invalid(e.to_string()))?;
+                self.refuse_report(&odd_site, "agree-kinds", &reason);
+                self.odd_offers.insert(odd_site, reason);
+            }
+            self.version += 1;
+            return match self.odd_offers.remove(site) {
+                Some(reason) => Err(Refusal::Invalid(reason)),
+                None => Ok(None),
+            };
+        }
         let kinds =
             agree_kinds(&self.plan.data, &offers).map_err(|e| Refusal::Invalid(e.to_string()))?;
         self.store

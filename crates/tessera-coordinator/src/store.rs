@@ -439,7 +439,16 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Stores a site's offer for agreement step `step`.
+    /// Forgets a site's offer of agreement step `step` (refused).
+    pub fn delete_offer(&self, run: &str, step: u32, site: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM agreement_steps WHERE run_id = ?1 AND step = ?2 AND site = ?3",
+            params![run, step, site],
+        )?;
+        Ok(())
+    }
+
+    /// Stores (or replaces) a site's offer of agreement step `step`.
     pub fn put_offer(
         &self,
         run: &str,

@@ -28,6 +28,58 @@ use tessera_proto::pb;
 
 use super::Federation;
 
+/// Column-kinds offers whose columns differ from the layout most sites
+/// offer (ties: the layout of the first site by name), each with the reason
+/// its site hears.
+pub(super) fn odd_kinds_offers(offers: &[tessera_data::KindsOffer]) -> Vec<(String, String)> {
+    use std::collections::BTreeSet;
+    let set_of = |o: &tessera_data::KindsOffer| o.columns.iter().cloned().collect::<BTreeSet<_>>();
+    let mut sorted: Vec<&tessera_data::KindsOffer> = offers.iter().collect();
+    sorted.sort_by(|a, b| a.site.cmp(&b.site));
+    let mut best: Option<(BTreeSet<String>, usize)> = None;
+    for o in &sorted {
+        let set = set_of(o);
+        let count = sorted.iter().filter(|p| set_of(p) == set).count();
+        if best.as_ref().is_none_or(|(_, n)| count > *n) {
+            best = Some((set, count));
+        }
+    }
+    let Some((layout, agreeing)) = best else {
+        return Vec::new();
+    };
+    let list = |names: Vec<&String>| {
+        tessera_proto::shown(
+            &names
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            300,
+        )
+        .into_owned()
+    };
+    sorted
+        .iter()
+        .filter(|o| set_of(o) != layout)
+        .map(|o| {
+            let own = set_of(o);
+            let extra: Vec<&String> = own.difference(&layout).collect();
+            let missing: Vec<&String> = layout.difference(&own).collect();
+            (
+                o.site.clone(),
+                format!(
+                    "'{}' offers other feature columns than {agreeing} other site(s): only here: \
+                     [{}]; missing here: [{}]. Fix this site's data (or mark the columns \
+                     `type = \"ignore\"` in the plan) and join again",
+                    o.site,
+                    list(extra),
+                    list(missing)
+                ),
+            )
+        })
+        .collect()
+}
+
 /// The largest log loss one evaluated row can add: `-ln(1e-12)`, rounded up.
 pub const MAX_ROW_LOSS: f64 = 27.64;
 
