@@ -29,6 +29,8 @@ pub struct EngineConfig {
     pub deadline: Option<Duration>,
     /// Run seed (cohort sampling).
     pub seed: u64,
+    /// How updates weigh in a round's mean.
+    pub weighting: crate::Weighting,
 }
 
 impl EngineConfig {
@@ -42,6 +44,7 @@ impl EngineConfig {
             quorum: f.quorum,
             deadline: f.deadline_seconds.map(duration_from_secs),
             seed: plan.seed,
+            weighting: f.weighting,
         }
     }
 }
@@ -556,7 +559,10 @@ impl RoundEngine {
             }
             update = &bounded;
         }
-        let weight = if self.dp.is_some() || self.robust.rule.needs_all_updates() {
+        let weight = if self.dp.is_some()
+            || self.robust.rule.needs_all_updates()
+            || self.config.weighting == crate::Weighting::Equal
+        {
             1.0
         } else {
             self.strategy.weight(update)

@@ -41,7 +41,7 @@ pub use engine::{
 };
 pub use error::EngineError;
 pub use plan::{
-    FederationConfig, Mode, Plan, PlanError, Range, SimulationConfig, StalenessWeighting,
+    FederationConfig, Mode, Plan, PlanError, Range, SimulationConfig, StalenessWeighting, Weighting,
 };
 pub use site::Site;
 pub use topology::{

@@ -124,6 +124,24 @@ pub struct FederationConfig {
     /// Async: how an update's weight falls with its staleness τ.
     #[serde(default)]
     pub staleness: StalenessWeighting,
+    /// How updates weigh in a round's mean: `examples` (the default: by the
+    /// training rows each site declared and reports, FedAvg's weighting) or
+    /// `equal` (every update the same, for federations that do not trust
+    /// declared sizes: a site that declares more rows than it holds then
+    /// gains nothing).
+    #[serde(default)]
+    pub weighting: Weighting,
+}
+
+/// How updates weigh in a round's mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Weighting {
+    /// By example count (FedAvg).
+    #[default]
+    Examples,
+    /// Every update the same.
+    Equal,
 }
 
 /// Synchronous rounds or asynchronous buffered aggregation.
@@ -172,6 +190,7 @@ impl Default for FederationConfig {
             buffer_size: default_buffer(),
             max_staleness: default_max_staleness(),
             staleness: StalenessWeighting::default(),
+            weighting: Weighting::default(),
         }
     }
 }

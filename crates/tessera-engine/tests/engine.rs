@@ -37,6 +37,7 @@ fn config(n_rounds: u32) -> EngineConfig {
         quorum: 1,
         deadline: None,
         seed: 7,
+        weighting: tessera_engine::Weighting::Examples,
     }
 }
 
@@ -209,4 +210,32 @@ proptest! {
         SeededRng::new(seed).shuffle(&mut shuffled);
         prop_assert_eq!(run(&forward), run(&shuffled));
     }
+}
+
+/// With `weighting = "equal"` a site that claims a million examples weighs
+/// what one that claims one does; by examples it takes the mean over.
+#[test]
+fn equal_weighting_takes_no_weight_from_example_counts() {
+    let run = |weighting| {
+        let mut e = engine(
+            EngineConfig {
+                weighting,
+                ..config(1)
+            },
+            2,
+        );
+        let t = Timestamp::ZERO;
+        e.begin_round(t).unwrap();
+        e.submit(t, &id(0), 1, &update(&[1.0, 0.0], 1)).unwrap();
+        e.submit(t, &id(1), 1, &update(&[0.0, 1.0], 1_000_000))
+            .unwrap();
+        e.poll(Timestamp(10)).unwrap();
+        e.global().values().collect::<Vec<f32>>()
+    };
+    assert_eq!(run(tessera_engine::Weighting::Equal), [0.5, 0.5]);
+    let by_examples = run(tessera_engine::Weighting::Examples);
+    assert!(
+        by_examples[0] < 1e-5 && by_examples[1] > 0.99999,
+        "{by_examples:?}"
+    );
 }

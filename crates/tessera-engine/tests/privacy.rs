@@ -36,6 +36,7 @@ fn config(rounds: u32) -> EngineConfig {
         quorum: 1,
         deadline: None,
         seed: 7,
+        weighting: tessera_engine::Weighting::Examples,
     }
 }
 
