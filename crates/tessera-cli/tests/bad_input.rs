@@ -505,3 +505,11 @@ fn a_negative_learning_rate_is_refused_as_a_learning_rate() {
         "error: plan: training: `lr` must be a positive number, got -1"
     );
 }
+
+/// An operating-system error is printed once, not once per layer.
+#[test]
+fn an_os_error_is_printed_once() {
+    let s = Scratch::new("os-error-once");
+    let line = s.run(&["simulate", "--plan", "no-such-plan.toml"]).fails();
+    assert_eq!(line.matches("os error 2").count(), 1, "{line}");
+}

@@ -15,6 +15,7 @@ mod error;
 mod id;
 mod params;
 mod rng;
+mod text;
 mod time;
 mod update;
 
@@ -22,5 +23,6 @@ pub use error::CoreError;
 pub use id::ParticipantId;
 pub use params::{ParameterSet, Tensor, varint_len};
 pub use rng::{SeededRng, derive_key, derive_seed, tag};
+pub use text::{cut, shown};
 pub use time::{Timestamp, duration_from_secs};
 pub use update::{FitStats, Update};

@@ -473,7 +473,7 @@ impl LocalSite {
             return Err(DataError::Config(format!(
                 "site '{}': the agreement's columns differ from the site's ({})",
                 self.raw.name,
-                agreement.columns.join(", ")
+                tessera_core::shown(&agreement.columns.join(", "), 500)
             )));
         }
         let mut summary = self.summary.clone();
@@ -522,8 +522,8 @@ impl KindsOffer {
                     "sites '{}' and '{}' have different feature columns ({} against {})",
                     first.site,
                     offer.site,
-                    first.columns.join(", "),
-                    offer.columns.join(", ")
+                    tessera_core::shown(&first.columns.join(", "), 500),
+                    tessera_core::shown(&offer.columns.join(", "), 500)
                 )));
             }
             for (name, &found) in offer.columns.iter().zip(&offer.text) {
@@ -782,7 +782,7 @@ fn read_membership(
                 None,
                 format!(
                     "no column named '{name}' (columns: {})",
-                    headers.iter().collect::<Vec<_>>().join(", ")
+                    tessera_core::shown(&headers.iter().collect::<Vec<_>>().join(", "), 500)
                 ),
             )
         })

@@ -731,7 +731,7 @@ fn resolve_fields(
             None,
             format!(
                 "no {what} column named '{name}' (columns: {})",
-                names.join(", ")
+                tessera_core::shown(&names.join(", "), 500)
             ),
         )
     };

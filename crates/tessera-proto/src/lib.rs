@@ -37,28 +37,7 @@ pub fn withdraw_reason(reason: &str) -> &str {
 /// The longest site name any call may carry, in bytes.
 pub const MAX_SITE_NAME: usize = 128;
 
-/// `text` cut to at most `max` bytes, on a character boundary.
-pub fn cut(text: &str, max: usize) -> &str {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
-/// `text` for a log line: whole when at most `max` bytes, else its first
-/// `max` bytes and how long it was.
-pub fn shown(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    if text.len() <= max {
-        std::borrow::Cow::Borrowed(text)
-    } else {
-        std::borrow::Cow::Owned(format!(
-            "{}... ({} bytes in all)",
-            cut(text, max),
-            text.len()
-        ))
-    }
-}
+pub use tessera_core::{cut, shown};
 
 /// The messages and service of the current protocol (`tessera.v1`).
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
