@@ -371,19 +371,20 @@ fn print_summary(report: &RunReport) {
     }
     if let Some(p) = &report.privacy {
         println!(
-            "privacy: {} DP spent epsilon {:.4} at delta {:e} ({} accountant, budget {}), noise multiplier {}{:.4}, clipping norm {}{}; {} releases in the ledger",
+            "privacy: {} DP spent epsilon {} at delta {:e} ({} accountant, budget {}), noise multiplier {}{}, clipping norm {}{}; {} releases in the ledger",
             p.mode,
-            p.epsilon,
+            tessera_core::number(p.epsilon, 4),
             p.delta,
             p.accountant,
-            p.budget.map_or("none".to_string(), |b| b.to_string()),
+            p.budget
+                .map_or("none".to_string(), |b| tessera_core::number(b, 4)),
             if p.site_noise_multipliers.len() > 1 {
                 "(smallest) "
             } else {
                 ""
             },
-            p.noise_multiplier,
-            p.clip_norm,
+            tessera_core::number(p.noise_multiplier, 4),
+            tessera_core::number(p.clip_norm, 4),
             if p.adaptive_clipping {
                 " (adaptive)"
             } else {

@@ -25,6 +25,25 @@ pub fn shown(text: &str, max: usize) -> Cow<'_, str> {
     }
 }
 
+/// `x` for a message: plain for ordinary magnitudes, in scientific
+/// notation when tiny or huge (1e-300 is not 300 digits), to at most
+/// `digits` decimals.
+pub fn number(x: f64, digits: usize) -> String {
+    if x != 0.0 && x.is_finite() && !(1e-4..1e9).contains(&x.abs()) {
+        format!("{x:.digits$e}")
+    } else {
+        let plain = format!("{x:.digits$}");
+        if plain.contains('.') {
+            plain
+                .trim_end_matches('0')
+                .trim_end_matches('.')
+                .to_string()
+        } else {
+            plain
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -34,5 +53,14 @@ mod tests {
         assert_eq!(cut("héllo", 2), "h");
         assert_eq!(shown("short", 10), "short");
         assert_eq!(shown("abcdef", 3), "abc... (6 bytes in all)");
+    }
+
+    #[test]
+    fn numbers_stay_short() {
+        assert_eq!(number(1e-300, 4), "1.0000e-300");
+        assert_eq!(number(1e300, 4), "1.0000e300");
+        assert_eq!(number(2.5, 4), "2.5");
+        assert_eq!(number(3.0, 4), "3");
+        assert_eq!(number(0.0, 4), "0");
     }
 }
