@@ -80,6 +80,11 @@ pub struct ParticipantArgs {
     /// (its privacy, secure aggregation and every other setting).
     #[arg(long, value_name = "PLAN")]
     expect_plan: Option<PathBuf>,
+    /// Consent to send the value sets of columns the coordinator's plan
+    /// declares categorical without their levels (implied by --expect-plan;
+    /// without either, such a plan is refused).
+    #[arg(long)]
+    share_levels: bool,
 }
 
 /// Arguments of `tessera aggregator`.
@@ -370,6 +375,7 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
             ),
             None => None,
         },
+        share_levels: args.share_levels,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let summary = runtime.block_on(tessera_participant::run(config))?;

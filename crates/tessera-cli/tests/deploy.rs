@@ -2447,3 +2447,34 @@ fn an_odd_offer_refuses_the_odd_site_not_the_federation() {
     let report = s.json("dep.json");
     assert_eq!(report["rounds"].as_array().unwrap().len(), 3);
 }
+
+/// A coordinator's plan that makes a column categorical without
+/// declaring its levels (so that sites would send every distinct value,
+/// here every patient's age) is refused at the site unless it consents.
+#[test]
+fn a_site_sends_undeclared_value_sets_only_with_consent() {
+    let s = Scratch::new("deploy-levels-consent");
+    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
+    let greedy = text.replace(
+        "{ name = \"age\", type = \"numeric\" }",
+        "{ name = \"age\", type = \"categorical\" }",
+    );
+    assert_ne!(greedy, text);
+    let plan = s.write("greedy.toml", &greedy);
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &s.path("c.sqlite"), 0, &[]);
+    let mut sites: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    for site in &mut sites {
+        assert!(!site.wait(LIMIT).success(), "{}", site.log());
+        assert!(
+            site.log()
+                .contains("categorical without declaring their levels (age)")
+                && site.log().contains("--share-levels"),
+            "{}",
+            site.log()
+        );
+    }
+    coordinator.kill_9();
+}

@@ -67,6 +67,10 @@ pub struct ParticipantConfig {
     /// or the site refuses to train (`None`: the coordinator's plan is taken
     /// as it comes, with a warning, since it sets the privacy this site gets).
     pub expect_plan: Option<Plan>,
+    /// Consent to send the value sets of columns the coordinator's plan
+    /// declares categorical without their levels (without it, and without
+    /// `expect_plan`, such a plan is refused).
+    pub share_levels: bool,
 }
 
 /// The top-level sections in which two plans differ.
@@ -398,6 +402,38 @@ async fn prepare(
         }
         _ => return Err(Failure::Retry("agreement out of order".into())),
     };
+    // A coordinator's plan can make any column categorical, so that sites
+    // send every distinct value of it: a declaration without levels needs
+    // this site's consent (or the plan it agreed to). Columns the site's own
+    // data shows as text are inferred, not declared, and need none.
+    if !config.share_levels && config.expect_plan.is_none() {
+        let schema = &plan.data.schema;
+        let revealed: Vec<&String> = kinds
+            .columns
+            .iter()
+            .zip(&kinds.categorical)
+            .filter(|(name, categorical)| {
+                **categorical
+                    && schema.columns.iter().any(|spec| {
+                        &spec.name == *name
+                            && spec.kind == tessera_data::ColumnKind::Categorical
+                            && spec.levels.is_none()
+                    })
+            })
+            .map(|(name, _)| name)
+            .collect();
+        if !revealed.is_empty() {
+            let names: Vec<&str> = revealed.iter().map(|s| s.as_str()).collect();
+            let why = format!(
+                "the coordinator's plan makes columns categorical without declaring their levels \
+                 ({}): this site would send every distinct value of them. Give \
+                 --share-levels to consent, or --expect-plan with the plan this site agreed to",
+                tessera_proto::shown(&names.join(", "), 300)
+            );
+            tracing::error!(%why, "plan refused");
+            return Err(local_error(why));
+        }
+    }
     let mut offer = local
         .levels_offer(&plan.data, &kinds)
         .map_err(|e| local_error(e.to_string()))?;
