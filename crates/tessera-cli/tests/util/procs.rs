@@ -15,6 +15,9 @@ pub struct Proc {
     pub child: Child,
     pub log: Arc<Mutex<String>>,
     pub name: String,
+    /// The threads draining stdout and stderr: joined once the process has
+    /// ended, so that its log is whole when `wait` returns.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -34,6 +37,7 @@ impl Proc {
             .spawn()
             .expect("start tessera");
         let log = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
         for pipe in [
             child
                 .stderr
@@ -49,7 +53,7 @@ impl Proc {
         {
             let log = Arc::clone(&log);
             let listening = listening.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     if let (Some(tx), Some(address)) =
                         (&listening, line.strip_prefix("listening on "))
@@ -60,12 +64,13 @@ impl Proc {
                     log.push_str(&line);
                     log.push('\n');
                 }
-            });
+            }));
         }
         Proc {
             child,
             log,
             name: name.to_string(),
+            readers,
         }
     }
 
@@ -80,6 +85,11 @@ impl Proc {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
+                // The pipes close with the process: the log is complete once
+                // the readers have seen their end.
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
                 return status;
             }
             if start.elapsed() > limit {
