@@ -31,7 +31,7 @@ impl std::fmt::Display for Location {
 #[derive(Debug, Error)]
 pub enum DataError {
     /// A file could not be read.
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read: {}", one_line(&path.display().to_string()), one_line(&source.to_string()))]
     Io {
         /// The file.
         path: PathBuf,
@@ -39,7 +39,7 @@ pub enum DataError {
         source: std::io::Error,
     },
     /// A problem at a place in a file.
-    #[error("{at}: {message}")]
+    #[error("{}: {}", one_line(&at.to_string()), one_line(message))]
     At {
         /// Where.
         at: Location,
@@ -47,11 +47,30 @@ pub enum DataError {
         message: String,
     },
     /// The data description itself is inconsistent.
-    #[error("data config: {0}")]
+    #[error("data config: {}", one_line(.0))]
     Config(String),
     /// The data is readable but cannot be used (no rows left, one class only, ...).
-    #[error("{0}")]
+    #[error("{}", one_line(.0))]
     Unusable(String),
+}
+
+/// `text` with its control characters (line breaks among them) escaped, so
+/// that a message quoting a value from a file stays on one line.
+fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
 }
 
 impl DataError {
