@@ -180,10 +180,10 @@ impl RobustConfig {
             }
             RobustRule::Krum | RobustRule::MultiKrum => {
                 let f = self.assumed_malicious;
-                if k < 2 * f + 3 {
+                let need = f.saturating_mul(2).saturating_add(3);
+                if k < need {
                     return Err(AggregateError::Config(format!(
-                        "Krum tolerating {f} malicious participants needs at least {} updates, got {k}",
-                        2 * f + 3
+                        "Krum tolerating {f} malicious participants needs at least {need} updates, got {k}"
                     )));
                 }
                 let scores = krum_scores(&values, f);

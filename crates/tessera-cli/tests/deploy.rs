@@ -2257,7 +2257,8 @@ fn hostile_counts_are_refused_and_the_coordinator_goes_on() {
 }
 
 /// Names and strings from outside are bounded before anything keeps them:
-/// 1 MiB site names are refused by their length, names that never joined
+/// 1 MiB site names are refused by their length, names with line breaks
+/// by their characters, names that never joined
 /// get no traffic counters or report entries, refusals beyond 50 a second
 /// are counted rather than written, and audit details are cut. Before, 100
 /// refused joins with 2 MiB names added 424 MB to the database and 206
@@ -2280,7 +2281,7 @@ fn hostile_names_are_bounded_and_the_run_equals_its_simulation() {
         &["--model-out", "dep.model", "--report", "dep.json"],
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (long, unknown, unjoined) = runtime.block_on(async {
+    let (long, unknown, unjoined, forged) = runtime.block_on(async {
         let mut client = FederationClient::connect(url.clone())
             .await
             .unwrap()
@@ -2326,8 +2327,18 @@ fn hostile_names_are_bounded_and_the_run_equals_its_simulation() {
                     .to_string(),
             );
         }
-        (long, unknown, unjoined)
+        let forged = client
+            .join(hello("cleveland\nrefused hungary"))
+            .await
+            .unwrap_err()
+            .message()
+            .to_string();
+        (long, unknown, unjoined, forged)
     });
+    assert_eq!(
+        forged,
+        "a site name has no control characters (line breaks, tabs, escapes)"
+    );
     assert!(
         long.iter()
             .all(|m| m == "a site name is at most 128 bytes, got 1048576"),
@@ -2344,6 +2355,11 @@ fn hostile_names_are_bounded_and_the_run_equals_its_simulation() {
     let rows = query_i64(&db, "SELECT COUNT(*) FROM audit");
     assert!(rows <= 120, "{rows} audit rows");
     let longest = query_i64(&db, "SELECT MAX(LENGTH(site) + LENGTH(detail)) FROM audit");
+    let split = query_i64(
+        &db,
+        "SELECT COUNT(*) FROM audit WHERE instr(site, char(10)) > 0",
+    );
+    assert_eq!(split, 0, "a site name with a line break was kept as-is");
     assert!(longest < 1_400, "an audit row of {longest} bytes");
     let mut participants: Vec<Proc> = HEART_SITES
         .iter()

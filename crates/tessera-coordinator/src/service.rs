@@ -101,6 +101,12 @@ impl Service {
                 .with(|f| f.reject_audit(claimed, action, &reason));
             return Err(Status::invalid_argument(reason));
         }
+        if claimed.chars().any(char::is_control) {
+            let reason = "a site name has no control characters (line breaks, tabs, escapes)";
+            self.shared
+                .with(|f| f.reject_audit(claimed, action, reason));
+            return Err(Status::invalid_argument(reason));
+        }
         self.callers.check(certs, claimed).map_err(|reason| {
             self.shared
                 .with(|f| f.reject_audit(claimed, action, &reason));

@@ -12,16 +12,35 @@ pub fn cut(text: &str, max: usize) -> &str {
 }
 
 /// `text` for a message: whole when at most `max` bytes, else its first
-/// `max` bytes and how long it was.
+/// `max` bytes and how long it was; control characters escaped either way
+/// (see [`one_line`]).
 pub fn shown(text: &str, max: usize) -> Cow<'_, str> {
     if text.len() <= max {
-        Cow::Borrowed(text)
+        one_line(text)
     } else {
         Cow::Owned(format!(
             "{}... ({} bytes in all)",
-            cut(text, max),
+            one_line(cut(text, max)),
             text.len()
         ))
+    }
+}
+
+/// `text` with its control characters (line breaks among them) escaped, so
+/// that a message quoting a name or value from outside stays on one line.
+pub fn one_line(text: &str) -> Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        let mut out = String::with_capacity(text.len() + 8);
+        for c in text.chars() {
+            if c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(text)
     }
 }
 
@@ -53,6 +72,13 @@ mod tests {
         assert_eq!(cut("héllo", 2), "h");
         assert_eq!(shown("short", 10), "short");
         assert_eq!(shown("abcdef", 3), "abc... (6 bytes in all)");
+        assert_eq!(shown("a\nbcdef", 3), "a\\nb... (7 bytes in all)");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(one_line("plain"), "plain");
+        assert_eq!(one_line("a\nb\tc\u{1b}"), "a\\nb\\tc\\u{1b}");
     }
 
     #[test]

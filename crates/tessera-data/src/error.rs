@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use tessera_core::one_line;
 use thiserror::Error;
 
 /// Where in an input file something was found: `file:line:column` when known.
@@ -31,7 +32,7 @@ impl std::fmt::Display for Location {
 #[derive(Debug, Error)]
 pub enum DataError {
     /// A file could not be read.
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read: {}", one_line(&path.display().to_string()), one_line(&source.to_string()))]
     Io {
         /// The file.
         path: PathBuf,
@@ -39,7 +40,7 @@ pub enum DataError {
         source: std::io::Error,
     },
     /// A problem at a place in a file.
-    #[error("{at}: {message}")]
+    #[error("{}: {}", one_line(&at.to_string()), one_line(message))]
     At {
         /// Where.
         at: Location,
@@ -47,10 +48,10 @@ pub enum DataError {
         message: String,
     },
     /// The data description itself is inconsistent.
-    #[error("data config: {0}")]
+    #[error("data config: {}", one_line(.0))]
     Config(String),
     /// The data is readable but cannot be used (no rows left, one class only, ...).
-    #[error("{0}")]
+    #[error("{}", one_line(.0))]
     Unusable(String),
 }
 

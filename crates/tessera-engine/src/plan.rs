@@ -609,7 +609,7 @@ impl Plan {
             robust.rule,
             tessera_aggregate::RobustRule::Krum | tessera_aggregate::RobustRule::MultiKrum
         ) {
-            let need = 2 * robust.assumed_malicious + 3;
+            let need = robust.assumed_malicious.saturating_mul(2).saturating_add(3);
             if cohort < need {
                 reasons.push(format!(
                     "robust rule '{}' tolerating {} malicious participants needs at least {need} \

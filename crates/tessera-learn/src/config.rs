@@ -26,7 +26,9 @@ impl ModelConfig {
             widths.extend(self.hidden.iter().map(|&w| w as u64));
         } else if self.kind == ModelKind::Softmax {
             // Softmax regression has one output per class, even for two.
-            return (n_features as u64 + 1).checked_mul(n_classes as u64);
+            return (n_features as u64)
+                .checked_add(1)?
+                .checked_mul(n_classes as u64);
         }
         widths.push(outputs);
         widths.windows(2).try_fold(0u64, |total, pair| {
