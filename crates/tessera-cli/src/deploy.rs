@@ -233,12 +233,7 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
     }))?;
     write_outputs(&report, args.report.as_deref(), args.model_out.as_deref())?;
     let f = &report.final_metrics;
-    println!(
-        "finished {} rounds: accuracy {:.4} (all test rows), mean of sites {:.4}",
-        report.rounds.len(),
-        f.accuracy,
-        f.mean_site_accuracy
-    );
+    println!("finished {} rounds: {}", report.rounds.len(), f.summary());
     Ok(())
 }
 
@@ -449,10 +444,15 @@ pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
         .map(|t| t.lost.keys().cloned().collect::<Vec<_>>())
         .unwrap_or_default();
     println!(
-        "finished {} rounds as peer '{}': its model on its test rows: accuracy {:.4}; neighbours lost: {}",
+        "finished {} rounds as peer '{}': its model on its test rows: accuracy {}; neighbours lost: {}",
         report.rounds.len(),
         args.site,
-        report.final_metrics.accuracy,
+        report
+            .final_metrics
+            .accuracy
+            .map_or("not evaluated (no test rows)".to_string(), |a| format!(
+                "{a:.4}"
+            )),
         if lost.is_empty() {
             "none".to_string()
         } else {

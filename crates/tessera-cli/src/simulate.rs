@@ -425,9 +425,8 @@ fn print_summary(report: &RunReport) {
     }
     let f = &report.final_metrics;
     println!(
-        "final: accuracy {:.4} (all test rows), mean of sites {:.4}, auc {}",
-        f.accuracy,
-        f.mean_site_accuracy,
+        "final: {}, auc {}",
+        f.summary(),
         f.auc.map_or("-".to_string(), |a| format!("{a:.4}"))
     );
     if f.per_site.is_empty() {

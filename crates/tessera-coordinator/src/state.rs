@@ -1860,6 +1860,7 @@ impl Federation {
                 accuracy: view.pooled.accuracy(),
                 loss: view.pooled.mean_loss(),
                 mean_site_accuracy: view.mean_site_accuracy,
+                n_test: view.pooled.n_examples,
                 auc: view.pooled.auc,
                 seconds,
                 metrics_epsilon,
@@ -1991,17 +1992,12 @@ impl Federation {
             // Resumed: the last round evaluated before the restart, as
             // stored (under "dp", noised: evaluating again would be another
             // release).
-            (None, true) => match self
-                .records
-                .iter()
-                .rev()
-                .find(|r| r.accuracy > 0.0 || r.loss > 0.0)
-            {
+            (None, true) => match self.records.iter().rev().find(|r| r.n_test > 0) {
                 Some(last) => tessera_engine::report::FinalMetrics {
-                    accuracy: last.accuracy,
-                    mean_site_accuracy: last.mean_site_accuracy,
+                    accuracy: Some(last.accuracy),
+                    mean_site_accuracy: Some(last.mean_site_accuracy),
                     auc: last.auc,
-                    loss: last.loss,
+                    loss: Some(last.loss),
                     per_site: BTreeMap::new(),
                 },
                 None => final_metrics(&names, &evaluations),
@@ -2032,7 +2028,9 @@ impl Federation {
                 norm_bound: self.plan.robust.norm_bound,
                 attack: "none".into(),
                 malicious: Vec::new(),
-                honest_accuracy: final_metrics.accuracy,
+                // Deployment knows of no malicious site: every site is
+                // counted honest (0 when nothing was evaluated).
+                honest_accuracy: final_metrics.accuracy.unwrap_or(0.0),
             }),
             topology: self.relay.as_ref().map(|r| r.topology(&self.records)),
             final_metrics,
@@ -2117,6 +2115,7 @@ fn round_record_with(
         accuracy: pooled.accuracy(),
         loss: pooled.mean_loss(),
         mean_site_accuracy: tessera_engine::report::mean_site_accuracy(evaluations),
+        n_test: pooled.n_examples,
         auc: pooled.auc,
         seconds,
         ..record.clone()

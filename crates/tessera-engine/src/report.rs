@@ -21,6 +21,10 @@ pub struct RoundRecord {
     pub loss: f64,
     /// Unweighted mean over sites of each site's test accuracy.
     pub mean_site_accuracy: f64,
+    /// Test rows the accuracy and loss are over (0: the round's model was
+    /// not evaluated, and accuracy and loss mean nothing).
+    #[serde(default)]
+    pub n_test: u64,
     /// Pooled AUC (binary tasks).
     pub auc: Option<f64>,
     /// Weighted mean of the participants' training losses.
@@ -142,14 +146,15 @@ pub struct SiteMetrics {
 /// The final global model's metrics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FinalMetrics {
-    /// Over all test rows (example-weighted).
-    pub accuracy: f64,
-    /// Unweighted mean over sites.
-    pub mean_site_accuracy: f64,
+    /// Over all test rows (example-weighted); `null` when no test row was
+    /// evaluated.
+    pub accuracy: Option<f64>,
+    /// Unweighted mean over sites (`null` when none was evaluated).
+    pub mean_site_accuracy: Option<f64>,
     /// Pooled AUC from the sites' score histograms (binary tasks).
     pub auc: Option<f64>,
-    /// Mean log loss over all test rows.
-    pub loss: f64,
+    /// Mean log loss over all test rows (`null` when none was evaluated).
+    pub loss: Option<f64>,
     /// Per site.
     pub per_site: BTreeMap<String, SiteMetrics>,
 }
@@ -450,11 +455,12 @@ pub fn final_metrics_view(
     view: &EvaluationView,
     per_site: BTreeMap<String, SiteMetrics>,
 ) -> FinalMetrics {
+    let evaluated = view.pooled.n_examples > 0;
     FinalMetrics {
-        accuracy: view.pooled.accuracy(),
-        mean_site_accuracy: view.mean_site_accuracy,
+        accuracy: evaluated.then(|| view.pooled.accuracy()),
+        mean_site_accuracy: evaluated.then_some(view.mean_site_accuracy),
         auc: view.pooled.auc,
-        loss: view.pooled.mean_loss(),
+        loss: evaluated.then(|| view.pooled.mean_loss()),
         per_site,
     }
 }
@@ -498,6 +504,7 @@ pub fn round_record_view(
         accuracy: pooled.accuracy(),
         loss: pooled.mean_loss(),
         mean_site_accuracy: view.mean_site_accuracy,
+        n_test: pooled.n_examples,
         auc: pooled.auc,
         train_loss: outcome.mean_train_loss,
         accepted: outcome.accepted.len(),
@@ -533,7 +540,19 @@ pub struct RobustnessReport {
 }
 
 impl FinalMetrics {
-    /// Accuracy over the test rows of every site not in `excluded`.
+    /// "accuracy A (all test rows), mean of sites M", or that nothing was
+    /// evaluated.
+    pub fn summary(&self) -> String {
+        match (self.accuracy, self.mean_site_accuracy) {
+            (Some(a), Some(m)) => {
+                format!("accuracy {a:.4} (all test rows), mean of sites {m:.4}")
+            }
+            _ => "not evaluated (no test rows)".to_string(),
+        }
+    }
+
+    /// Accuracy over the test rows of every site not in `excluded` (0 when
+    /// they have none).
     pub fn accuracy_without(&self, excluded: &[String]) -> f64 {
         let (correct, rows) = self
             .per_site
@@ -768,6 +787,34 @@ mod tests {
             mean_site_accuracy: 0.7,
             sites_with_rows: 5,
         }
+    }
+
+    /// A run whose sites had no test rows reports its final accuracy, loss
+    /// and mean of sites as null, not 0 (which reads as a model that is
+    /// always wrong).
+    #[test]
+    fn nothing_evaluated_is_null_not_zero() {
+        let none = Evaluation {
+            n_examples: 0,
+            loss_sum: 0.0,
+            n_correct: 0,
+            auc: None,
+            histogram: None,
+        };
+        let f = final_metrics(&["a", "b"], &[none.clone(), none]);
+        assert_eq!((f.accuracy, f.loss, f.mean_site_accuracy), (None, None, None));
+        let json = serde_json::to_value(&f).unwrap();
+        assert!(json["accuracy"].is_null() && json["loss"].is_null(), "{json}");
+        assert_eq!(f.summary(), "not evaluated (no test rows)");
+        let one = Evaluation {
+            n_examples: 4,
+            loss_sum: 2.0,
+            n_correct: 3,
+            auc: None,
+            histogram: None,
+        };
+        let f = final_metrics(&["a"], &[one]);
+        assert_eq!((f.accuracy, f.loss), (Some(0.75), Some(0.5)));
     }
 
     fn mean_std(values: &[f64]) -> (f64, f64) {

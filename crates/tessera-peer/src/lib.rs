@@ -732,6 +732,7 @@ async fn rounds(
             accuracy: evaluation.accuracy(),
             loss: evaluation.mean_loss(),
             mean_site_accuracy: evaluation.accuracy(),
+            n_test: evaluation.n_examples,
             auc: evaluation.auc,
             accepted: living.len(),
             dropped: progress.lost.len(),

@@ -60,8 +60,10 @@ fn table(name: &str, rows: &[(&str, bool, bool)]) -> Result<()> {
             r.communication.update_bytes_up,
             100.0 * share,
             r.communication.bytes_down,
-            r.final_metrics.accuracy,
-            100.0 * (r.final_metrics.accuracy - base.final_metrics.accuracy),
+            r.final_metrics.accuracy.unwrap_or(f64::NAN),
+            100.0
+                * (r.final_metrics.accuracy.unwrap_or(f64::NAN)
+                    - base.final_metrics.accuracy.unwrap_or(f64::NAN)),
         );
     }
     Ok(())
@@ -83,7 +85,7 @@ fn download() -> Result<()> {
             "| {codec} | {} | {:.2}% | {:.4} |",
             r.communication.bytes_down,
             100.0 * r.communication.bytes_down as f64 / base as f64,
-            r.final_metrics.accuracy
+            r.final_metrics.accuracy.unwrap_or(f64::NAN)
         );
     }
     Ok(())
@@ -117,7 +119,8 @@ fn adaptive() -> Result<()> {
         let slowest = later.iter().copied().fold(0.0, f64::max);
         println!(
             "| {label} | {mean:.3} / {slowest:.3} | {} | {:.4} |",
-            r.communication.update_bytes_up, r.final_metrics.accuracy
+            r.communication.update_bytes_up,
+            r.final_metrics.accuracy.unwrap_or(f64::NAN)
         );
     }
     Ok(())

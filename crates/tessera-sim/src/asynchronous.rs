@@ -173,6 +173,7 @@ pub(crate) fn run_async(
             accuracy: pooled.accuracy(),
             loss: pooled.mean_loss(),
             mean_site_accuracy: mean_site_accuracy(&evaluations),
+            n_test: pooled.n_examples,
             auc: pooled.auc,
             train_loss: step.mean_train_loss,
             accepted: step.contributions.len(),

@@ -151,6 +151,7 @@ pub(crate) fn run_gossip(
             accuracy: pooled.accuracy(),
             loss: pooled.mean_loss(),
             mean_site_accuracy: mean_site_accuracy(&living_evaluations),
+            n_test: pooled.n_examples,
             auc: pooled.auc,
             train_loss: 0.0,
             accepted: living_evaluations.len(),

@@ -190,12 +190,12 @@ pub fn simulate(
         tessera_privacy::SiteMetrics::Dp => {
             // The last round's noised release; the final model is that
             // round's, and evaluating it again would be another release.
-            if let Some(last) = records.last() {
+            if let Some(last) = records.last().filter(|r| r.n_test > 0) {
                 final_metrics = tessera_engine::report::FinalMetrics {
-                    accuracy: last.accuracy,
-                    mean_site_accuracy: last.mean_site_accuracy,
+                    accuracy: Some(last.accuracy),
+                    mean_site_accuracy: Some(last.mean_site_accuracy),
                     auc: last.auc,
-                    loss: last.loss,
+                    loss: Some(last.loss),
                     per_site: Default::default(),
                 };
             }

@@ -89,7 +89,7 @@ fn bundled_plan_meets_flamby_for_every_strategy() {
                 target_accuracy: None,
             };
             let report = simulate(&plan, &data, &options, &mut |_| {}).unwrap();
-            accuracies.push(report.final_metrics.mean_site_accuracy);
+            accuracies.push(report.final_metrics.mean_site_accuracy.unwrap());
             if let Some(b) = report.baselines {
                 pooled.push(
                     b.pooled

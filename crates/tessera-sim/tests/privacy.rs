@@ -42,7 +42,9 @@ fn heart_disease_with_central_dp_spends_at_most_its_epsilon() {
     assert_eq!(*epsilons.last().unwrap(), privacy.epsilon);
     eprintln!(
         "central DP: epsilon {:.4} at delta 1e-5, noise multiplier {:.4}: mean site accuracy {:.4}",
-        privacy.epsilon, privacy.noise_multiplier, report.final_metrics.mean_site_accuracy
+        privacy.epsilon,
+        privacy.noise_multiplier,
+        report.final_metrics.mean_site_accuracy.unwrap()
     );
 
     let again = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
@@ -103,7 +105,8 @@ fn local_dp_sgd_calibrates_each_site_and_refuses_a_participant_budget_too_small(
     assert_eq!(rates.len(), 4, "{rates:?}");
     eprintln!(
         "local DP-SGD: epsilon {:.4}, mean site accuracy {:.4}",
-        privacy.epsilon, report.final_metrics.mean_site_accuracy
+        privacy.epsilon,
+        report.final_metrics.mean_site_accuracy.unwrap()
     );
 
     plan.privacy.epsilon = None;
@@ -148,7 +151,10 @@ fn aggregate_only_site_metrics_report_only_sums_across_sites() {
     assert_eq!(clear.final_parameters, summed.final_parameters);
     assert_eq!(clear.final_metrics.per_site.len(), 4);
     assert!(summed.final_metrics.per_site.is_empty());
-    assert_eq!(clear.final_metrics.accuracy, summed.final_metrics.accuracy);
+    assert_eq!(
+        clear.final_metrics.accuracy.unwrap(),
+        summed.final_metrics.accuracy.unwrap()
+    );
     assert_eq!(clear.final_metrics.auc, summed.final_metrics.auc);
     for (c, s) in clear.rounds.iter().zip(&summed.rounds) {
         assert_eq!(c.accuracy, s.accuracy);

@@ -52,7 +52,10 @@ fn secure_aggregation_with_dropouts_matches_plain_aggregation() {
     secure_plan.robust.rule = tessera_aggregate::RobustRule::Mean;
     let secure = simulate(&secure_plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
     assert!(secure.rounds.iter().all(|r| r.status == "completed"));
-    let (a, b) = (plain.final_metrics.accuracy, secure.final_metrics.accuracy);
+    let (a, b) = (
+        plain.final_metrics.accuracy.unwrap(),
+        secure.final_metrics.accuracy.unwrap(),
+    );
     eprintln!("30 rounds with 30% dropping: plain {a:.4}, secure {b:.4}");
     assert!((a - b).abs() < 0.005, "plain {a}, secure {b}");
 }

@@ -48,7 +48,10 @@ fn five_regions_match_flat_fedavg_and_cut_the_root_traffic_by_the_fan_in() {
     let options = SimOptions::default();
     let tree = simulate(&plan, &data, &options, &mut |_| {}).unwrap();
     let flat = simulate(&flat_of(&plan), &data, &options, &mut |_| {}).unwrap();
-    let (h, f) = (tree.final_metrics.accuracy, flat.final_metrics.accuracy);
+    let (h, f) = (
+        tree.final_metrics.accuracy.unwrap(),
+        flat.final_metrics.accuracy.unwrap(),
+    );
     println!("47 sites: flat {f:.4}, 5 regions {h:.4}");
     assert!((h - f).abs() <= 0.01, "{h} vs {f}");
     // Rounds to each accuracy: the tree's global model follows the flat one
@@ -125,7 +128,10 @@ fn a_three_level_tree_trains_like_flat_fedavg() {
     let options = SimOptions::default();
     let tree = simulate(&plan, &data, &options, &mut |_| {}).unwrap();
     let flat = simulate(&flat_of(&plan), &data, &options, &mut |_| {}).unwrap();
-    let (h, f) = (tree.final_metrics.accuracy, flat.final_metrics.accuracy);
+    let (h, f) = (
+        tree.final_metrics.accuracy.unwrap(),
+        flat.final_metrics.accuracy.unwrap(),
+    );
     assert!((h - f).abs() <= 0.01, "{h} vs {f}");
     let topology = tree.topology.unwrap();
     assert_eq!(topology.bytes_up_by_depth.len(), 3);
@@ -282,18 +288,18 @@ fn central_dp_runs_at_the_aggregators_that_hold_sites() {
     println!(
         "central DP z=0.8: 5 regions epsilon {:.3}, accuracy {:.4}; flat epsilon {:.3}, accuracy {:.4}",
         privacy.epsilon,
-        run.final_metrics.accuracy,
+        run.final_metrics.accuracy.unwrap(),
         flat_privacy.epsilon,
-        flat.final_metrics.accuracy
+        flat.final_metrics.accuracy.unwrap()
     );
     // The same mechanism and rounds: the same spend per site.
     assert!((privacy.epsilon - flat_privacy.epsilon).abs() < 1e-9);
     // Each region noises its own sum: about sqrt(5) times the flat run's
     // noise in the global model for the same spend; it learns all the same.
     assert!(
-        run.final_metrics.accuracy > 0.15,
+        run.final_metrics.accuracy.unwrap() > 0.15,
         "{}",
-        run.final_metrics.accuracy
+        run.final_metrics.accuracy.unwrap()
     );
     // Noise moved the model away from the noiseless tree.
     let mut plain = plan.clone();
@@ -332,7 +338,10 @@ fn secure_aggregation_at_every_level_trains_like_the_plain_tree() {
     plan.secure_aggregation.enabled = true;
     plan.validate().unwrap();
     let secure = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
-    let (a, b) = (plain.final_metrics.accuracy, secure.final_metrics.accuracy);
+    let (a, b) = (
+        plain.final_metrics.accuracy.unwrap(),
+        secure.final_metrics.accuracy.unwrap(),
+    );
     println!("5 regions, 10 rounds: plain {a:.4}, masked at every level {b:.4}");
     // Masked sums weigh each member once (as flat secure aggregation weighs
     // each site once) and are rounded to fixed point: close, not equal.

@@ -101,6 +101,7 @@ impl Federation {
                     accuracy: 0.0,
                     loss: 0.0,
                     mean_site_accuracy: 0.0,
+                    n_test: 0,
                     auc: None,
                     train_loss: step.mean_train_loss,
                     accepted: step.contributions.len(),
@@ -228,6 +229,7 @@ impl Federation {
             accuracy: pooled.accuracy(),
             loss: pooled.mean_loss(),
             mean_site_accuracy: mean_site_accuracy(&evaluations),
+            n_test: pooled.n_examples,
             auc: pooled.auc,
             ..*record
         };
