@@ -109,7 +109,8 @@ impl StrategyConfig {
                 Ok(v)
             } else {
                 Err(AggregateError::Config(format!(
-                    "{kind}: `{name}` must be a positive number, got {v}"
+                    "{kind}: `{name}` must be a positive number, got {}",
+                    tessera_core::value(v)
                 )))
             }
         };
@@ -118,7 +119,8 @@ impl StrategyConfig {
                 Ok(v)
             } else {
                 Err(AggregateError::Config(format!(
-                    "{kind}: `{name}` must be in [0, 1), got {v}"
+                    "{kind}: `{name}` must be in [0, 1), got {}",
+                    tessera_core::value(v)
                 )))
             }
         };
@@ -147,7 +149,8 @@ impl StrategyConfig {
                 let mu = self.mu.unwrap_or(0.01);
                 if !(mu.is_finite() && mu >= 0.0) {
                     return Err(AggregateError::Config(format!(
-                        "fedprox: `mu` must be >= 0, got {mu}"
+                        "fedprox: `mu` must be >= 0, got {}",
+                        tessera_core::value(mu)
                     )));
                 }
                 Box::new(FedProx {

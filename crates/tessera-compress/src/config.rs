@@ -90,7 +90,7 @@ impl AdaptiveConfig {
         if !(self.target_round_seconds.is_finite() && self.target_round_seconds > 0.0) {
             return Err(error(format!(
                 "target_round_seconds must be positive, got {}",
-                self.target_round_seconds
+                tessera_core::value(self.target_round_seconds)
             )));
         }
         if self.ladder.is_empty() {

@@ -23,6 +23,6 @@ pub use error::CoreError;
 pub use id::ParticipantId;
 pub use params::{ParameterSet, Tensor, varint_len};
 pub use rng::{SeededRng, derive_key, derive_seed, tag};
-pub use text::{cut, number, one_line, shown};
+pub use text::{cut, number, one_line, shown, value};
 pub use time::{Timestamp, duration_from_secs};
 pub use update::{FitStats, Update};

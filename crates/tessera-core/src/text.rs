@@ -44,6 +44,20 @@ pub fn one_line(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// `x` for a message quoting a setting: its shortest exact form, in
+/// scientific notation when tiny or huge (1e300 is not 301 digits).
+pub fn value<T>(x: T) -> String
+where
+    T: Copy + Into<f64> + std::fmt::Display + std::fmt::LowerExp,
+{
+    let wide: f64 = x.into();
+    if wide != 0.0 && wide.is_finite() && !(1e-4..1e15).contains(&wide.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
+}
+
 /// `x` for a message: plain for ordinary magnitudes, in scientific
 /// notation when tiny or huge (1e-300 is not 300 digits), to at most
 /// `digits` decimals.
@@ -79,6 +93,18 @@ mod tests {
     fn control_characters_are_escaped() {
         assert_eq!(one_line("plain"), "plain");
         assert_eq!(one_line("a\nb\tc\u{1b}"), "a\\nb\\tc\\u{1b}");
+    }
+
+    #[test]
+    fn values_stay_short_and_exact() {
+        assert_eq!(value(1e300), "1e300");
+        assert_eq!(value(-1e-300), "-1e-300");
+        assert_eq!(value(1.5), "1.5");
+        assert_eq!(value(0.1), "0.1");
+        assert_eq!(value(f64::NAN), "NaN");
+        assert_eq!(value(1e30), "1e30");
+        assert_eq!(value(1.1f32), "1.1");
+        assert_eq!(value(1e-40f32), "1e-40");
     }
 
     #[test]

@@ -289,7 +289,7 @@ impl DataConfig {
         if !(split.test_fraction > 0.0 && split.test_fraction < 1.0) {
             return Err(DataError::Config(format!(
                 "split.test_fraction must be between 0 and 1, got {}",
-                split.test_fraction
+                tessera_core::value(split.test_fraction)
             )));
         }
         if !(self.standardize.epsilon >= 0.0 && self.standardize.epsilon.is_finite()) {
@@ -306,7 +306,7 @@ impl DataConfig {
             if !(p.alpha > 0.0 && p.alpha.is_finite()) {
                 return Err(DataError::Config(format!(
                     "partition.alpha must be positive, got {}",
-                    p.alpha
+                    tessera_core::value(p.alpha)
                 )));
             }
         }

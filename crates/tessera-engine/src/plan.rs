@@ -39,6 +39,15 @@ pub enum PlanError {
     Invalid(String),
 }
 
+/// The reason alone of an `Invalid` error (without its "plan: "), to join
+/// with others.
+fn invalid_reason(e: PlanError) -> String {
+    match e {
+        PlanError::Invalid(reason) => reason,
+        other => other.to_string(),
+    }
+}
+
 /// Everything about a federation: data, model, local training, how rounds
 /// run, and the settings of each strategy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -264,53 +273,56 @@ impl Plan {
         Ok(plan)
     }
 
-    /// Checks every section and their agreement.
+    /// Checks every section and their agreement, and names every setting
+    /// that cannot work at once.
     pub fn validate(&self) -> Result<(), PlanError> {
-        let invalid = |m: String| Err(PlanError::Invalid(m));
-        self.data
-            .validate()
-            .map_err(|e| PlanError::Invalid(e.to_string()))?;
-        self.training
-            .validate()
-            .map_err(|e| PlanError::Invalid(format!("training: {e}")))?;
-        if let Some(baselines) = &self.baselines {
-            baselines
-                .validate()
-                .map_err(|e| PlanError::Invalid(format!("baselines: {e}")))?;
+        let mut reasons: Vec<String> = Vec::new();
+        if let Err(e) = self.data.validate() {
+            reasons.push(e.to_string());
+        }
+        if let Err(e) = self.training.validate() {
+            reasons.push(format!("training: {e}"));
+        }
+        if let Some(Err(e)) = self.baselines.as_ref().map(|b| b.validate()) {
+            reasons.push(format!("baselines: {e}"));
         }
         for name in self.strategies.keys() {
-            name.parse::<StrategyKind>()
-                .map_err(|e| PlanError::Invalid(format!("strategies.{name}: {e}")))?;
+            if let Err(e) = name.parse::<StrategyKind>() {
+                reasons.push(format!("strategies.{name}: {e}"));
+            }
         }
-        self.strategy()?;
+        if let Err(e) = self.strategy() {
+            reasons.push(invalid_reason(e));
+        }
         let f = &self.federation;
         if f.rounds == 0 {
-            return invalid("federation.rounds must be at least 1".into());
+            reasons.push("federation.rounds must be at least 1".into());
         }
         if !(f.fraction > 0.0 && f.fraction <= 1.0) {
-            return invalid(format!(
+            reasons.push(format!(
                 "federation.fraction must be in (0, 1], got {}",
-                f.fraction
+                tessera_core::value(f.fraction)
             ));
         }
         if f.mode == Mode::Async && f.buffer_size == 0 {
-            return invalid("federation.buffer_size must be at least 1".into());
+            reasons.push("federation.buffer_size must be at least 1".into());
         }
         if f.mode == Mode::Async && self.federation.strategy == StrategyKind::Scaffold {
-            return invalid(
+            reasons.push(
                 "scaffold's control variates need synchronous rounds; use mode = \"sync\"".into(),
             );
         }
         if f.min_participants == 0 || f.quorum == 0 {
-            return invalid(
+            reasons.push(
                 "federation.min_participants and federation.quorum must be at least 1".into(),
             );
         }
         if let Some(d) = f.deadline_seconds
             && !(d > 0.0 && d <= MAX_SECONDS)
         {
-            return invalid(format!(
-                "federation.deadline_seconds must be in (0, {MAX_SECONDS:e}], got {d}"
+            reasons.push(format!(
+                "federation.deadline_seconds must be in (0, {MAX_SECONDS:e}], got {}",
+                tessera_core::value(d)
             ));
         }
         let s = &self.simulation;
@@ -319,81 +331,82 @@ impl Plan {
             ("latency_seconds", s.latency_seconds),
         ] {
             if !(r.min.is_finite() && r.max.is_finite() && r.min >= 0.0 && r.min <= r.max) {
-                return invalid(format!(
+                reasons.push(format!(
                     "simulation.{name}: need 0 <= min <= max, got {} and {}",
-                    r.min, r.max
+                    tessera_core::value(r.min),
+                    tessera_core::value(r.max)
                 ));
             }
         }
         if let Some(gb) = s.max_memory_gb
             && !(gb.is_finite() && gb > 0.0)
         {
-            return invalid(format!(
-                "simulation.max_memory_gb must be positive, got {gb}"
+            reasons.push(format!(
+                "simulation.max_memory_gb must be positive, got {}",
+                tessera_core::value(gb)
             ));
         }
         if let Some(r) = s.bandwidth_bytes_per_second
             && !(r.min.is_finite() && r.max.is_finite() && r.min >= 1.0 && r.min <= r.max)
         {
-            return invalid(format!(
+            reasons.push(format!(
                 "simulation.bandwidth_bytes_per_second: need 1 <= min <= max, got {} and {}",
-                r.min, r.max
+                tessera_core::value(r.min),
+                tessera_core::value(r.max)
             ));
         }
         if s.examples_per_second.min < 1e-3 {
-            return invalid(format!(
+            reasons.push(format!(
                 "simulation.examples_per_second must be at least 0.001, got {}",
-                s.examples_per_second.min
+                tessera_core::value(s.examples_per_second.min)
             ));
         }
         if s.latency_seconds.max > MAX_SECONDS {
-            return invalid(format!(
+            reasons.push(format!(
                 "simulation.latency_seconds must be at most {MAX_SECONDS:e}, got {}",
-                s.latency_seconds.max
+                tessera_core::value(s.latency_seconds.max)
             ));
         }
         if self.federation.strategy == StrategyKind::Scaffold
             && (self.training.optimizer.optimizer != OptimizerKind::Sgd
                 || self.training.optimizer.momentum != 0.0)
         {
-            return invalid(
+            reasons.push(
                 "scaffold needs plain SGD in [training] (no momentum, no Adam): \
                  its control variates assume it"
                     .into(),
             );
         }
         if !(0.0..1.0).contains(&s.dropout) {
-            return invalid(format!(
+            reasons.push(format!(
                 "simulation.dropout must be in [0, 1), got {}",
-                s.dropout
+                tessera_core::value(s.dropout)
             ));
         }
-        self.privacy
-            .validate()
-            .map_err(|e| PlanError::Invalid(e.to_string()))?;
-        self.robust
-            .validate()
-            .map_err(|e| PlanError::Invalid(format!("robust: {e}")))?;
+        if let Err(e) = self.privacy.validate() {
+            reasons.push(e.to_string());
+        }
+        if let Err(e) = self.robust.validate() {
+            reasons.push(format!("robust: {e}"));
+        }
         if self.privacy.mode == tessera_privacy::PrivacyMode::Local && f.mode == Mode::Async {
-            return invalid(
-                "local DP is accounted per synchronous round; use mode = \"sync\"".into(),
-            );
+            reasons.push("local DP is accounted per synchronous round; use mode = \"sync\"".into());
         }
         if self.privacy.mode == tessera_privacy::PrivacyMode::Central {
             if self.federation.strategy == StrategyKind::Scaffold {
-                return invalid(
+                reasons.push(
                     "central DP cannot protect scaffold's control-variate changes, which would be \
                      released without noise; choose another strategy"
                         .into(),
                 );
             }
             if f.mode == Mode::Async {
-                return invalid(
+                reasons.push(
                     "central DP is accounted per synchronous round; use mode = \"sync\"".into(),
                 );
             }
             if self.robust.rule.needs_all_updates() {
-                return invalid(format!(
+                reasons.push(format!(
                     "central DP calibrates its noise to the mean of clipped updates; robust rule \
                      '{}' has another sensitivity. Use rule = \"mean\" with norm_bound",
                     self.robust.rule
@@ -402,11 +415,11 @@ impl Plan {
         }
         let secagg = &self.secure_aggregation;
         if secagg.enabled {
-            secagg
-                .validate()
-                .map_err(|e| PlanError::Invalid(e.to_string()))?;
+            if let Err(e) = secagg.validate() {
+                reasons.push(e.to_string());
+            }
             if self.robust.rule.needs_all_updates() {
-                return invalid(format!(
+                reasons.push(format!(
                     "robust rule '{}' needs every update, but secure aggregation shows the \
                      coordinator only their sum; use rule = \"mean\" (with norm_bound, \
                      applied by each participant before masking)",
@@ -414,20 +427,20 @@ impl Plan {
                 ));
             }
             if self.federation.strategy == StrategyKind::Scaffold {
-                return invalid(
+                reasons.push(
                     "scaffold's control-variate changes are not securely aggregated; choose \
                      another strategy or turn secure aggregation off"
                         .into(),
                 );
             }
             if f.mode == Mode::Async {
-                return invalid(
+                reasons.push(
                     "secure aggregation masks a synchronous round's updates together; use mode = \"sync\""
                         .into(),
                 );
             }
             if self.privacy.adaptive_clipping.is_some() {
-                return invalid(
+                reasons.push(
                     "adaptive clipping counts clipped updates one by one, which secure \
                      aggregation hides; use a fixed clip_norm"
                         .into(),
@@ -435,11 +448,11 @@ impl Plan {
             }
         }
         let compression = &self.compression;
-        compression
-            .validate()
-            .map_err(|e| PlanError::Invalid(format!("compression: {e}")))?;
+        if let Err(e) = compression.validate() {
+            reasons.push(format!("compression: {e}"));
+        }
         if self.privacy.site_metrics.sums_only() && f.mode == Mode::Async {
-            return invalid(format!(
+            reasons.push(format!(
                 "site_metrics = \"{}\" (sums of the sites' evaluations only; the default) is \
                  implemented for synchronous rounds; use mode = \"sync\", or say \
                  site_metrics = \"clear\" in [privacy] to let the coordinator see each site's \
@@ -448,7 +461,7 @@ impl Plan {
             ));
         }
         if compression.is_active() && f.mode == Mode::Async {
-            return invalid(
+            reasons.push(
                 "compression is implemented for synchronous rounds; use mode = \"sync\" or \
                  remove [compression]"
                     .into(),
@@ -456,7 +469,7 @@ impl Plan {
         }
         if secagg.enabled {
             if compression.adaptive.is_some() {
-                return invalid(
+                reasons.push(
                     "compression.adaptive gives participants different codecs, but secure \
                      aggregation needs every masked vector alike; use one upload codec"
                         .into(),
@@ -466,7 +479,7 @@ impl Plan {
             if matches!(up.sparsifier, Some(tessera_compress::Sparsifier::TopK(_)))
                 || up.values != tessera_compress::Values::F32
             {
-                return invalid(format!(
+                reasons.push(format!(
                     "upload codec '{up}' cannot be summed under secure aggregation: top-k picks \
                      different coordinates at each participant and fp16 or qN values cannot be \
                      masked. Use randk:F (coordinates from a shared round seed, quantised into \
@@ -507,13 +520,13 @@ impl Plan {
                     "scaffold",
                 ),
             ];
-            if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
-                return invalid(format!(
+            for (_, what) in unsupported.iter().filter(|(on, _)| *on) {
+                reasons.push(format!(
                     "the {kind} topology does not support {what} yet; use kind = \"flat\""
                 ));
             }
             if self.privacy.site_metrics.sums_only() {
-                return invalid(format!(
+                reasons.push(format!(
                     "the {kind} topology cannot yet keep the sites' evaluations to their sums \
                      (site_metrics = \"{}\"; \"aggregate-only\" is the default); say \
                      site_metrics = \"clear\" in [privacy] to let the coordinator see each \
@@ -524,29 +537,35 @@ impl Plan {
             if self.topology.kind == crate::TopologyKind::Gossip
                 && self.federation.strategy != StrategyKind::FedAvg
             {
-                return invalid(
+                reasons.push(
                     "gossip has no server, so no server strategy: use strategy = \"fedavg\"".into(),
                 );
             }
         }
         if f.mode == Mode::Async && self.robust.rule.needs_all_updates() {
-            return invalid(format!(
+            reasons.push(format!(
                 "robust rule '{}' needs synchronous rounds; use mode = \"sync\"",
                 self.robust.rule
             ));
         }
         if self.secure_aggregation.enabled && self.secure_aggregation.clip_range > MAX_CLIP_RANGE {
-            return invalid(format!(
+            reasons.push(format!(
                 "secure_aggregation.clip_range {} is too wide: update values are quantised to \
                  at most 2^32 levels over [-clip_range, clip_range], so every update would round \
                  away; at most {MAX_CLIP_RANGE}",
-                self.secure_aggregation.clip_range
+                tessera_core::value(self.secure_aggregation.clip_range)
             ));
         }
-        if !self.data.sites.is_empty() {
-            self.check_cohort(self.data.sites.len())?;
+        if !self.data.sites.is_empty()
+            && let Err(e) = self.check_cohort(self.data.sites.len())
+        {
+            reasons.push(invalid_reason(e));
         }
-        Ok(())
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(PlanError::Invalid(reasons.join("; ")))
+        }
     }
 
     /// The least memory a simulation of this plan holds, in bytes, on data

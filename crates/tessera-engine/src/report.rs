@@ -802,9 +802,15 @@ mod tests {
             histogram: None,
         };
         let f = final_metrics(&["a", "b"], &[none.clone(), none]);
-        assert_eq!((f.accuracy, f.loss, f.mean_site_accuracy), (None, None, None));
+        assert_eq!(
+            (f.accuracy, f.loss, f.mean_site_accuracy),
+            (None, None, None)
+        );
         let json = serde_json::to_value(&f).unwrap();
-        assert!(json["accuracy"].is_null() && json["loss"].is_null(), "{json}");
+        assert!(
+            json["accuracy"].is_null() && json["loss"].is_null(),
+            "{json}"
+        );
         assert_eq!(f.summary(), "not evaluated (no test rows)");
         let one = Evaluation {
             n_examples: 4,

@@ -216,7 +216,8 @@ impl OptimizerConfig {
                 Ok(())
             } else {
                 Err(LearnError::Config(format!(
-                    "`{name}` must be a positive number, got {v}"
+                    "`{name}` must be a positive number, got {}",
+                    tessera_core::value(v)
                 )))
             }
         };
@@ -227,7 +228,8 @@ impl OptimizerConfig {
                 Ok(())
             } else {
                 Err(LearnError::Config(format!(
-                    "`{name}` must be in [0, 1), got {v}"
+                    "`{name}` must be in [0, 1), got {}",
+                    tessera_core::value(v)
                 )))
             }
         };
@@ -237,7 +239,7 @@ impl OptimizerConfig {
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(LearnError::Config(format!(
                 "`weight_decay` must be >= 0, got {}",
-                self.weight_decay
+                tessera_core::value(self.weight_decay)
             )));
         }
         Ok(())

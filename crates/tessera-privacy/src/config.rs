@@ -151,7 +151,8 @@ impl PrivacyConfig {
         if let Some(eps) = self.metrics_epsilon {
             if !(eps.is_finite() && eps > 0.0) {
                 return Err(PrivacyError::Invalid(format!(
-                    "metrics_epsilon {eps} must be positive"
+                    "metrics_epsilon {} must be positive",
+                    tessera_core::value(eps)
                 )));
             }
             if self.site_metrics != SiteMetrics::Dp {
@@ -164,7 +165,7 @@ impl PrivacyConfig {
         if self.site_metrics == SiteMetrics::Dp && !(self.delta > 0.0 && self.delta < 1.0) {
             return Err(PrivacyError::Invalid(format!(
                 "delta {} must be in (0, 1)",
-                self.delta
+                tessera_core::value(self.delta)
             )));
         }
         if !self.is_on() {
@@ -173,7 +174,7 @@ impl PrivacyConfig {
         if !(self.delta > 0.0 && self.delta < 1.0) {
             return Err(PrivacyError::Invalid(format!(
                 "delta {} must be in (0, 1)",
-                self.delta
+                tessera_core::value(self.delta)
             )));
         }
         for (name, value) in [("epsilon", self.epsilon), ("budget", self.budget)]
@@ -188,19 +189,21 @@ impl PrivacyConfig {
                 && !(v.is_finite() && v > 0.0)
             {
                 return Err(PrivacyError::Invalid(format!(
-                    "{name} {v} must be positive"
+                    "{name} {} must be positive",
+                    tessera_core::value(v)
                 )));
             }
         }
         if !(self.clip_norm.is_finite() && self.clip_norm > 0.0) {
             return Err(PrivacyError::Invalid(format!(
                 "clip_norm {} must be positive",
-                self.clip_norm
+                tessera_core::value(self.clip_norm)
             )));
         }
         match self.noise_multiplier {
             Some(z) if !(z.is_finite() && z > 0.0) => Err(PrivacyError::Invalid(format!(
-                "noise_multiplier {z} must be positive"
+                "noise_multiplier {} must be positive",
+                tessera_core::value(z)
             ))),
             None if self.epsilon.is_none() => Err(PrivacyError::Invalid(
                 "central DP needs noise_multiplier or a target epsilon to calibrate it".into(),

@@ -177,7 +177,7 @@ impl SecureAggregationConfig {
         if !(self.clip_range.is_finite() && self.clip_range > 0.0) {
             return Err(SecAggError::Config(format!(
                 "clip_range must be positive, got {}",
-                self.clip_range
+                short(self.clip_range)
             )));
         }
         if self.threshold.is_some() && self.dropout_tolerance.is_some() {
@@ -189,7 +189,8 @@ impl SecureAggregationConfig {
             && !(0.0..0.5).contains(&tol)
         {
             return Err(SecAggError::Config(format!(
-                "dropout_tolerance must be in [0, 0.5), got {tol}: the threshold must stay above half the neighbours, or a coordinator that lies about who dropped could rebuild both of a participant's secrets"
+                "dropout_tolerance must be in [0, 0.5), got {}: the threshold must stay above half the neighbours, or a coordinator that lies about who dropped could rebuild both of a participant's secrets",
+                short(tol)
             )));
         }
         RoundParams::default_neighbours(3, self.max_dropout)?;
@@ -294,7 +295,8 @@ impl RoundParams {
     pub fn default_neighbours(n: usize, max_dropout: f64) -> Result<usize, SecAggError> {
         if !(0.0..0.5).contains(&max_dropout) {
             return Err(SecAggError::Config(format!(
-                "max_dropout must be in [0, 0.5), got {max_dropout}: with a threshold above half the neighbours, more than half dropping can never be recovered"
+                "max_dropout must be in [0, 0.5), got {}: with a threshold above half the neighbours, more than half dropping can never be recovered",
+                short(max_dropout)
             )));
         }
         let survive = 1.0 - max_dropout;
@@ -1682,5 +1684,19 @@ impl Server {
             }
         }
         Ok((sum, self.masked.len()))
+    }
+}
+
+/// `x` for a message: scientific when tiny or huge (this crate stands
+/// alone; `tessera_core::value` does the same elsewhere).
+fn short<T>(x: T) -> String
+where
+    T: Copy + Into<f64> + std::fmt::Display + std::fmt::LowerExp,
+{
+    let wide: f64 = x.into();
+    if wide != 0.0 && wide.is_finite() && !(1e-4..1e15).contains(&wide.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
     }
 }
