@@ -2258,7 +2258,8 @@ fn hostile_counts_are_refused_and_the_coordinator_goes_on() {
 
 /// Names and strings from outside are bounded before anything keeps them:
 /// 1 MiB site names are refused by their length, names with line breaks
-/// by their characters, names that never joined
+/// by their characters, a connection refused more than 10 times a second
+/// is turned away unread, names that never joined
 /// get no traffic counters or report entries, refusals beyond 50 a second
 /// are counted rather than written, and audit details are cut. Before, 100
 /// refused joins with 2 MiB names added 424 MB to the database and 206
@@ -2281,17 +2282,22 @@ fn hostile_names_are_bounded_and_the_run_equals_its_simulation() {
         &["--model-out", "dep.model", "--report", "dep.json"],
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (long, unknown, unjoined, forged) = runtime.block_on(async {
-        let mut client = FederationClient::connect(url.clone())
-            .await
-            .unwrap()
-            .max_decoding_message_size(8 << 20)
-            .max_encoding_message_size(8 << 20);
+    let (long, unknown, unjoined, forged, throttled, seconds) = runtime.block_on(async {
+        // Each refused call on a connection of its own: the per-connection
+        // limit does not apply, the global limit on audited refusals does.
+        let fresh = || async {
+            FederationClient::connect(url.clone())
+                .await
+                .unwrap()
+                .max_decoding_message_size(8 << 20)
+                .max_encoding_message_size(8 << 20)
+        };
         let huge = "x".repeat(1 << 20);
         let mut long = Vec::new();
         for _ in 0..40 {
             long.push(
-                client
+                fresh()
+                    .await
                     .join(hello(&huge))
                     .await
                     .unwrap_err()
@@ -2299,42 +2305,72 @@ fn hostile_names_are_bounded_and_the_run_equals_its_simulation() {
                     .to_string(),
             );
         }
-        let mut unknown = Vec::new();
-        for i in 0..200 {
-            let name = format!("{i:0>100}");
-            unknown.push(
-                client
-                    .join(hello(&name))
-                    .await
-                    .unwrap_err()
-                    .message()
-                    .to_string(),
-            );
+        // 300 refused calls at once, each on its own connection (opened
+        // first): the global limit on audited refusals decides what is
+        // written.
+        let mut clients = Vec::new();
+        for _ in 0..300 {
+            clients.push(fresh().await);
         }
-        let mut unjoined = Vec::new();
-        for i in 0..100 {
-            let report = pb::EvaluationReport {
-                site: format!("{i:y>100}"),
-                round: 1,
-                ..Default::default()
-            };
-            unjoined.push(
-                client
-                    .submit_evaluation(report)
-                    .await
-                    .unwrap_err()
-                    .message()
-                    .to_string(),
-            );
+        let burst = std::time::Instant::now();
+        let mut calls = Vec::new();
+        for (i, mut client) in clients.into_iter().enumerate() {
+            calls.push(tokio::spawn(async move {
+                if i < 200 {
+                    let name = format!("{i:0>100}");
+                    (true, client.join(hello(&name)).await.unwrap_err())
+                } else {
+                    let report = pb::EvaluationReport {
+                        site: format!("{i:y>100}"),
+                        round: 1,
+                        ..Default::default()
+                    };
+                    (false, client.submit_evaluation(report).await.unwrap_err())
+                }
+            }));
         }
+        let (mut unknown, mut unjoined) = (Vec::new(), Vec::new());
+        for call in calls {
+            let (join, status) = call.await.unwrap();
+            if join { &mut unknown } else { &mut unjoined }.push(status.message().to_string());
+        }
+        let burst = burst.elapsed().as_secs_f64();
+        let mut client = fresh().await;
         let forged = client
             .join(hello("cleveland\nrefused hungary"))
             .await
             .unwrap_err()
             .message()
             .to_string();
-        (long, unknown, unjoined, forged)
+        // One connection refused 100 times in a row: past its burst, its
+        // calls are turned away unread.
+        let started = std::time::Instant::now();
+        let mut codes = Vec::new();
+        for i in 0..100 {
+            codes.push(
+                client
+                    .join(hello(&format!("{i:z>100}")))
+                    .await
+                    .unwrap_err()
+                    .code(),
+            );
+        }
+        let refills = (started.elapsed().as_secs_f64() * 10.0).ceil() as usize;
+        let turned_away = codes
+            .iter()
+            .filter(|c| **c == tonic::Code::ResourceExhausted)
+            .count();
+        assert!(
+            turned_away > 0 && turned_away + 20 + refills >= 100,
+            "{turned_away} of 100 calls turned away in {:?}",
+            started.elapsed()
+        );
+        (long, unknown, unjoined, forged, turned_away, burst)
     });
+    eprintln!(
+        "{throttled} of 100 refused calls on one connection turned away unread; 300 refused \
+         calls at once in {seconds:.2} s"
+    );
     assert_eq!(
         forged,
         "a site name has no control characters (line breaks, tabs, escapes)"
@@ -2351,9 +2387,12 @@ fn hostile_names_are_bounded_and_the_run_equals_its_simulation() {
             .all(|m| m.contains("is not among the plan's sites"))
     );
     assert!(unjoined.iter().all(|m| m.len() < 300), "{}", unjoined[0]);
-    // What the database kept of 340 refusals.
+    // What the database kept of 441 refusals.
+    // Of the 300 at once, at most 50 written a second after a burst of 50;
+    // the 40 long names and 21 calls on one connection add at most 61.
     let rows = query_i64(&db, "SELECT COUNT(*) FROM audit");
-    assert!(rows <= 120, "{rows} audit rows");
+    let allowed = 50 + (seconds * 50.0).ceil() as i64 + 61;
+    assert!(rows <= allowed, "{rows} audit rows; at most {allowed}");
     let longest = query_i64(&db, "SELECT MAX(LENGTH(site) + LENGTH(detail)) FROM audit");
     let split = query_i64(
         &db,

@@ -74,12 +74,105 @@ fn refused(refusal: Refusal) -> Status {
 pub struct Service {
     shared: Arc<Shared>,
     callers: Arc<tessera_tls::Callers>,
+    connections: ConnectionLimits,
+}
+
+/// Refused calls a connection may make a second, sustained (the federation's
+/// own refusals and those of this layer alike); beyond it, its calls are
+/// turned away unread until the rate falls.
+pub const REFUSED_CALLS_PER_SECOND: f64 = 10.0;
+/// Refused calls a connection may make at once before the rate applies.
+const REFUSED_CALLS_BURST: f64 = 20.0;
+/// Connections whose refusals are tracked at once; past it, entries whose
+/// budget has refilled are dropped, and a new connection beyond that is
+/// left to the global limit on audited refusals.
+const MAX_TRACKED_CONNECTIONS: usize = 10_000;
+
+/// A token bucket of refused calls per connection (remote address and
+/// port): bounded in memory by [`MAX_TRACKED_CONNECTIONS`].
+#[derive(Default)]
+struct ConnectionLimits {
+    buckets: Mutex<std::collections::HashMap<std::net::SocketAddr, (f64, std::time::Instant)>>,
+}
+
+impl ConnectionLimits {
+    fn refill(tokens: f64, last: std::time::Instant, now: std::time::Instant) -> f64 {
+        (tokens + now.duration_since(last).as_secs_f64() * REFUSED_CALLS_PER_SECOND)
+            .min(REFUSED_CALLS_BURST)
+    }
+
+    /// Whether `peer` may make a call now.
+    fn allows(&self, peer: std::net::SocketAddr) -> bool {
+        let buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        buckets.get(&peer).is_none_or(|&(tokens, last)| {
+            Self::refill(tokens, last, std::time::Instant::now()) >= 1.0
+        })
+    }
+
+    /// Counts a refused call of `peer`.
+    fn refused(&self, peer: std::net::SocketAddr) {
+        let now = std::time::Instant::now();
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !buckets.contains_key(&peer) && buckets.len() >= MAX_TRACKED_CONNECTIONS {
+            buckets.retain(|_, &mut (tokens, last)| {
+                Self::refill(tokens, last, now) < REFUSED_CALLS_BURST
+            });
+            if buckets.len() >= MAX_TRACKED_CONNECTIONS {
+                return;
+            }
+        }
+        let (tokens, last) = buckets.entry(peer).or_insert((REFUSED_CALLS_BURST, now));
+        *tokens = (Self::refill(*tokens, *last, now) - 1.0).max(0.0);
+        *last = now;
+    }
 }
 
 impl Service {
     /// A service over `shared`, its callers checked by `callers`.
     pub fn new(shared: Arc<Shared>, callers: Arc<tessera_tls::Callers>) -> Self {
-        Self { shared, callers }
+        Self {
+            shared,
+            callers,
+            connections: ConnectionLimits::default(),
+        }
+    }
+
+    /// The caller's connection, if it may call now: one with more than
+    /// [`REFUSED_CALLS_PER_SECOND`] refused calls a second is turned away
+    /// before its call is read (counted, not audited: the global limit on
+    /// audited refusals already covers it).
+    fn admit<T>(&self, request: &Request<T>) -> Result<Option<std::net::SocketAddr>, Status> {
+        let peer = request.remote_addr();
+        if let Some(peer) = peer
+            && !self.connections.allows(peer)
+        {
+            metrics::counter!(crate::telemetry::names::THROTTLED).increment(1);
+            return Err(Status::resource_exhausted(format!(
+                "more than {REFUSED_CALLS_PER_SECOND} refused calls a second on this \
+                 connection: its calls are turned away until the rate falls"
+            )));
+        }
+        Ok(peer)
+    }
+
+    /// `result`, with a refusal counted against `peer`'s connection.
+    fn settle<R>(
+        &self,
+        peer: Option<std::net::SocketAddr>,
+        result: Result<R, Status>,
+    ) -> Result<R, Status> {
+        if let (Some(peer), Err(status)) = (peer, &result)
+            && is_refusal(status.code())
+        {
+            self.connections.refused(peer);
+        }
+        result
     }
 
     /// The site a request speaks for, checked against its client
@@ -121,6 +214,23 @@ impl Service {
     }
 }
 
+/// Whether a call that ended with `code` was refused for what it said (not
+/// cut off by the network, a timeout or the coordinator stopping).
+fn is_refusal(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::AlreadyExists
+            | Code::NotFound
+            | Code::ResourceExhausted
+    )
+}
+
 /// The caller's verified end-entity certificate (DER), with mutual TLS.
 fn end_entity<T>(request: &Request<T>) -> Option<Vec<u8>> {
     request
@@ -132,7 +242,84 @@ type TaskStream = Pin<Box<dyn Stream<Item = Result<pb::Task, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl FederationService for Service {
+    type NextTaskStream = TaskStream;
+
     async fn join(&self, request: Request<pb::Hello>) -> Result<Response<pb::Welcome>, Status> {
+        let peer = self.admit(&request)?;
+        let result = self.join_call(request).await;
+        self.settle(peer, result)
+    }
+
+    async fn agree(
+        &self,
+        request: Request<pb::AgreeRequest>,
+    ) -> Result<Response<pb::AgreeReply>, Status> {
+        let peer = self.admit(&request)?;
+        let result = self.agree_call(request).await;
+        self.settle(peer, result)
+    }
+
+    async fn next_task(
+        &self,
+        request: Request<pb::TaskRequest>,
+    ) -> Result<Response<Self::NextTaskStream>, Status> {
+        let peer = self.admit(&request)?;
+        let result = self.next_task_call(request).await;
+        self.settle(peer, result)
+    }
+
+    async fn submit_update(
+        &self,
+        request: Request<Streaming<pb::UpdatePart>>,
+    ) -> Result<Response<pb::UpdateReply>, Status> {
+        let peer = self.admit(&request)?;
+        let result = self.submit_update_call(request).await;
+        self.settle(peer, result)
+    }
+
+    async fn submit_evaluation(
+        &self,
+        request: Request<pb::EvaluationReport>,
+    ) -> Result<Response<pb::EvaluationReply>, Status> {
+        let peer = self.admit(&request)?;
+        let result = self.submit_evaluation_call(request).await;
+        self.settle(peer, result)
+    }
+
+    async fn secure_aggregation(
+        &self,
+        request: Request<pb::SecAggRequest>,
+    ) -> Result<Response<pb::SecAggReply>, Status> {
+        let peer = self.admit(&request)?;
+        let result = self.secure_aggregation_call(request).await;
+        self.settle(peer, result)
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        let peer = self.admit(&request)?;
+        let result = self.heartbeat_call(request).await;
+        self.settle(peer, result)
+    }
+
+    async fn withdraw(
+        &self,
+        request: Request<pb::WithdrawRequest>,
+    ) -> Result<Response<pb::WithdrawReply>, Status> {
+        let peer = self.admit(&request)?;
+        let result = self.withdraw_call(request).await;
+        self.settle(peer, result)
+    }
+}
+
+/// The calls themselves, each behind its connection's refusal limit.
+impl Service {
+    async fn join_call(
+        &self,
+        request: Request<pb::Hello>,
+    ) -> Result<Response<pb::Welcome>, Status> {
         let site = self.caller(&request, &request.get_ref().site)?;
         let certificate = end_entity(&request);
         let hello = request.into_inner();
@@ -152,7 +339,7 @@ impl FederationService for Service {
         Ok(Response::new(welcome))
     }
 
-    async fn agree(
+    async fn agree_call(
         &self,
         request: Request<pb::AgreeRequest>,
     ) -> Result<Response<pb::AgreeReply>, Status> {
@@ -194,12 +381,10 @@ impl FederationService for Service {
         }
     }
 
-    type NextTaskStream = TaskStream;
-
-    async fn next_task(
+    async fn next_task_call(
         &self,
         request: Request<pb::TaskRequest>,
-    ) -> Result<Response<Self::NextTaskStream>, Status> {
+    ) -> Result<Response<TaskStream>, Status> {
         let site = self.caller(&request, &request.get_ref().site)?;
         let held = request.get_ref().held_round;
         let shared = Arc::clone(&self.shared);
@@ -282,7 +467,7 @@ impl FederationService for Service {
         ))
     }
 
-    async fn submit_update(
+    async fn submit_update_call(
         &self,
         request: Request<Streaming<pb::UpdatePart>>,
     ) -> Result<Response<pb::UpdateReply>, Status> {
@@ -334,7 +519,7 @@ impl FederationService for Service {
         Ok(Response::new(reply))
     }
 
-    async fn submit_evaluation(
+    async fn submit_evaluation_call(
         &self,
         request: Request<pb::EvaluationReport>,
     ) -> Result<Response<pb::EvaluationReply>, Status> {
@@ -350,7 +535,7 @@ impl FederationService for Service {
         Ok(Response::new(pb::EvaluationReply {}))
     }
 
-    async fn secure_aggregation(
+    async fn secure_aggregation_call(
         &self,
         request: Request<pb::SecAggRequest>,
     ) -> Result<Response<pb::SecAggReply>, Status> {
@@ -381,7 +566,7 @@ impl FederationService for Service {
         Ok(Response::new(reply))
     }
 
-    async fn heartbeat(
+    async fn heartbeat_call(
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
@@ -394,7 +579,7 @@ impl FederationService for Service {
         Ok(Response::new(pb::HeartbeatReply { keep_going }))
     }
 
-    async fn withdraw(
+    async fn withdraw_call(
         &self,
         request: Request<pb::WithdrawRequest>,
     ) -> Result<Response<pb::WithdrawReply>, Status> {

@@ -23,6 +23,9 @@ pub mod names {
     /// Reports (updates, evaluations, offers, statistics) refused at the
     /// trust boundary, by kind.
     pub const REFUSED_REPORTS: &str = "tessera_refused_reports_total";
+    /// Calls turned away unread because their connection had too many
+    /// refused calls a second.
+    pub const THROTTLED: &str = "tessera_throttled_calls_total";
     /// Bytes received from participants.
     pub const BYTES_RECEIVED: &str = "tessera_bytes_received_total";
     /// Bytes sent to participants.
