@@ -85,6 +85,11 @@ pub struct ParticipantArgs {
     /// without either, such a plan is refused).
     #[arg(long)]
     share_levels: bool,
+    /// The most memory, in GB, this site gives the run: a plan whose model
+    /// needs more here is refused before any model is built (the machine's
+    /// available memory bounds it too).
+    #[arg(long, value_name = "GB")]
+    max_memory_gb: Option<f64>,
 }
 
 /// Arguments of `tessera aggregator`.
@@ -371,6 +376,14 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
             None => None,
         },
         share_levels: args.share_levels,
+        max_memory_bytes: match args.max_memory_gb {
+            Some(gb) if gb.is_finite() && gb > 0.0 => Some(gb * 1e9),
+            Some(gb) => anyhow::bail!(
+                "--max-memory-gb must be a positive number of GB, got {}",
+                tessera_core::value(gb)
+            ),
+            None => None,
+        },
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let summary = runtime.block_on(tessera_participant::run(config))?;

@@ -2421,6 +2421,80 @@ fn hostile_names_are_bounded_and_the_run_equals_its_simulation() {
     assert!(size < 8 << 20, "the database grew to {size} bytes");
 }
 
+/// A plan whose model cannot fit in the coordinator's memory stops the run
+/// at the agreement, before any model is built: the coordinator exits with
+/// the reason, and every site is told it. Before, the run grew until the
+/// machine aborted it.
+#[test]
+fn a_model_too_big_for_the_coordinator_stops_the_run_before_round_1() {
+    let s = Scratch::new("deploy-memory-coordinator");
+    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
+    // 10^12 hidden units: 1.5 x 10^13 parameters, four copies of 4 bytes.
+    let text = text.replace(
+        "[model]\nkind = \"logistic\"",
+        "[model]\nkind = \"mlp\"\nhidden = [1000000000000]",
+    );
+    let plan = s.write("huge.toml", &text);
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &s.path("c.sqlite"), 0, &[]);
+    let mut sites: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    assert!(!coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    assert!(
+        coordinator
+            .log()
+            .contains("the plan needs at least 240000.0 GB of memory")
+            && coordinator
+                .log()
+                .contains("the coordinator machine's available memory"),
+        "{}",
+        coordinator.log()
+    );
+    for site in &mut sites {
+        assert!(!site.wait(LIMIT).success(), "{}", site.log());
+        assert!(
+            site.log().contains("refused by the coordinator")
+                && site.log().contains("the plan needs at least"),
+            "{}",
+            site.log()
+        );
+    }
+}
+
+/// A site gives the run at most --max-memory-gb: a plan whose model needs
+/// more there is refused at the site, saying why, before any model is
+/// built; the others go on.
+#[test]
+fn a_site_refuses_a_model_beyond_its_memory_limit() {
+    let s = Scratch::new("deploy-memory-site");
+    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
+    let plan = s.write("small.toml", &text.replace("rounds = 15", "rounds = 2"));
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &s.path("c.sqlite"), 0, &[]);
+    let mut others: Vec<Proc> = HEART_SITES[..3]
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    assert_eq!(HEART_SITES[3], "va");
+    let mut small = participant(&s.dir, &url, "va", &["--max-memory-gb", "1e-9"]);
+    assert!(!small.wait(LIMIT).success(), "{}", small.log());
+    assert!(
+        small.log().contains("the plan needs at least")
+            && small
+                .log()
+                .contains("a model of 14 parameters, its copies at a site")
+            && small.log().contains("this site's --max-memory-gb"),
+        "{}",
+        small.log()
+    );
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for site in &mut others {
+        assert!(site.wait(LIMIT).success(), "{}", site.log());
+    }
+    let bad = participant(&s.dir, &url, "va", &["--max-memory-gb", "-1"]).wait(LIMIT);
+    assert!(!bad.success());
+}
+
 /// A coordinator's plan that names a file outside the site's --plan-dir
 /// (an absolute path) is refused at the site, saying why, before any file
 /// of it is read. Before, a coordinator's plan could make participants read

@@ -126,12 +126,21 @@ pub async fn serve_shared(
     let ticker_shared = Arc::clone(&shared);
     let ticker = tokio::spawn(async move {
         let mut finished_at: Option<Instant> = None;
+        let mut stopped_at: Option<Instant> = None;
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let finished = ticker_shared.with(|f| {
+            let (finished, stopped) = ticker_shared.with(|f| {
                 f.advance();
-                f.is_finished()
+                (f.is_finished(), f.stopped().is_some())
             });
+            // A run that cannot go on: the sites still asking are told why
+            // for a few seconds, then the server stops.
+            if stopped
+                && stopped_at.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(3)
+            {
+                let _ = stop_tx.send(());
+                return;
+            }
             if finished {
                 let started = *finished_at.get_or_insert_with(Instant::now);
                 let joined =
@@ -181,5 +190,8 @@ pub async fn serve_shared(
         }
     }
     ticker.abort();
+    if let Some(reason) = shared.with(|f| f.stopped().map(str::to_string)) {
+        return Err(CoordinatorError::Config(reason));
+    }
     Ok(shared.with(|f| f.report()))
 }

@@ -168,6 +168,9 @@ pub struct Federation {
     last_view: Option<tessera_engine::report::EvaluationView>,
     /// Audited refusals per second.
     refusals: RefusalBudget,
+    /// Why the run cannot go on (its model cannot fit in this machine's
+    /// memory): the server stops and says so.
+    stopped: Option<String>,
     /// Sites whose column-kinds offer was set aside, and why (told at
     /// their next call).
     odd_offers: BTreeMap<String, String>,
@@ -382,6 +385,7 @@ impl Federation {
             declared: BTreeMap::new(),
             odd_offers: BTreeMap::new(),
             refusals: RefusalBudget::default(),
+            stopped: None,
             relay: node.map(|name| {
                 let (depth, sites) = place.unwrap_or_default();
                 relay::Relay::new(name, depth, sites)
@@ -691,6 +695,12 @@ impl Federation {
     /// Whether every round is done.
     pub fn is_finished(&self) -> bool {
         matches!(self.phase, Phase::Finished)
+    }
+
+    /// Why the run cannot go on, if it cannot (the serving loop then stops
+    /// and returns it as the coordinator's error).
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.as_deref()
     }
 
     /// The run clock: microseconds since the run was created.
@@ -1024,6 +1034,26 @@ impl Federation {
     /// The vocabulary is agreed: stores it with the initial model, builds
     /// the engine and opens training.
     fn close_vocabulary(&mut self, site: &str, agreement: &Agreement) -> Result<(), Refusal> {
+        // The model's copies here must fit before any is built.
+        let shape = (
+            agreement.feature_names().len(),
+            agreement.classes.len(),
+            self.joined.len(),
+        );
+        let limit = tessera_engine::available_memory()
+            .map(|b| (b as f64, "the coordinator machine's available memory"));
+        if let Err(e) =
+            self.plan
+                .check_memory(tessera_engine::MemoryRole::Coordinator, shape, limit)
+        {
+            let reason = e.to_string();
+            if self.stopped.is_none() {
+                tracing::error!(%reason, "the run cannot start");
+                self.audit(site, "agree-vocabulary", "refused", &reason);
+                self.stopped = Some(reason.clone());
+            }
+            return Err(Refusal::Invalid(reason));
+        }
         let initial = self
             .plan
             .initial_model(agreement.feature_names().len(), agreement.classes.len())
@@ -1564,7 +1594,10 @@ impl Federation {
         let synchronous = self.buffered.is_none();
         let withdrawn = synchronous
             && self.engine.as_mut().is_some_and(|engine| {
-                let waiting = engine.open_round() == Some(round) && engine.is_pending(&id);
+                // A site leaving the run leaves whichever round is open (it
+                // may not know which: it failed before its first task).
+                let waiting =
+                    (engine.open_round() == Some(round) || leaving) && engine.is_pending(&id);
                 if waiting {
                     engine.report_dropout(&id);
                 }

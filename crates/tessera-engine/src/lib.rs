@@ -41,7 +41,8 @@ pub use engine::{
 };
 pub use error::EngineError;
 pub use plan::{
-    FederationConfig, Mode, Plan, PlanError, Range, SimulationConfig, StalenessWeighting, Weighting,
+    FederationConfig, MemoryRole, Mode, Plan, PlanError, Range, SimulationConfig,
+    StalenessWeighting, Weighting, available_memory,
 };
 pub use site::Site;
 pub use topology::{

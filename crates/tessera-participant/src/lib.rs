@@ -71,6 +71,10 @@ pub struct ParticipantConfig {
     /// declares categorical without their levels (without it, and without
     /// `expect_plan`, such a plan is refused).
     pub share_levels: bool,
+    /// The most memory this site gives the run, bytes (besides what the
+    /// machine has available): a plan whose model needs more is refused
+    /// after the agreement, before any model is built.
+    pub max_memory_bytes: Option<f64>,
 }
 
 /// The top-level sections in which two plans differ.
@@ -185,7 +189,22 @@ async fn session(
     let (mut client, welcome) = client::join(endpoint, &config.coordinator, &config.site).await?;
     *unreachable_since = None;
     if ready.as_ref().is_none_or(|r| r.run_id != welcome.run_id) {
-        *ready = Some(prepare(config, &mut client, &welcome).await?);
+        match prepare(config, &mut client, &welcome).await {
+            Ok(prepared) => *ready = Some(prepared),
+            Err(Failure::Fatal(ParticipantError::Local(why))) => {
+                // This site cannot take part (its data, its memory, the
+                // plan it refused): it says so, so that no round waits for it.
+                if client::can_withdraw(&welcome) {
+                    let reason = format!("this site cannot take part: {why}");
+                    match client::withdraw(&mut client, &config.site, 0, &reason, true).await {
+                        Ok(_) => tracing::warn!(%reason, "withdrew from the run"),
+                        Err(status) => tracing::warn!(%status, "could not withdraw"),
+                    }
+                }
+                return Err(Failure::Fatal(ParticipantError::Local(why)));
+            }
+            Err(other) => return Err(other),
+        }
     }
     let Some(state) = ready.as_mut() else {
         return Err(Failure::Retry("not ready".into()));
@@ -473,6 +492,24 @@ async fn prepare(
             "the federation's agreed layout leaves out these columns of this site's data; it trains without them"
         );
     }
+    // The model's copies here must fit before any is built.
+    let available = tessera_engine::available_memory().map(|b| b as f64);
+    let limit = match (config.max_memory_bytes, available) {
+        (Some(cap), Some(free)) if free < cap => Some((free, "this machine's available memory")),
+        (Some(cap), _) => Some((cap, "this site's --max-memory-gb")),
+        (None, Some(free)) => Some((free, "this machine's available memory")),
+        (None, None) => None,
+    };
+    plan.check_memory(
+        tessera_engine::MemoryRole::Participant,
+        (agreement.feature_names().len(), agreement.classes.len(), 1),
+        limit,
+    )
+    .map_err(|e| {
+        let why = e.to_string();
+        tracing::error!(%why, "plan refused");
+        local_error(why)
+    })?;
     let (mut data, _) = local
         .prepare(&plan.data, &agreement)
         .map_err(|e| local_error(e.to_string()))?;

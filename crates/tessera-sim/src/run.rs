@@ -288,45 +288,17 @@ pub(crate) struct Federated {
 /// Refuses a plan whose models cannot fit: more than the plan's
 /// `simulation.max_memory_gb`, or than the machine has available.
 fn check_memory(plan: &Plan, data: &FederatedData) -> Result<(), PlanError> {
-    let (features, classes, sites) = (
+    let shape = (
         data.feature_names.len(),
         data.task.classes.len(),
         data.sites.len(),
     );
-    let params = plan.model.n_parameters(features, classes);
-    let needed = plan.simulation_bytes(features, classes, sites);
-    let (limit, whose) = match plan.simulation.max_memory_gb {
-        Some(gb) => (Some(gb * 1e9), "the plan's simulation.max_memory_gb"),
-        None => (
-            available_memory().map(|b| b as f64),
-            "this machine's available memory",
-        ),
+    let limit = match plan.simulation.max_memory_gb {
+        Some(gb) => Some((gb * 1e9, "the plan's simulation.max_memory_gb")),
+        None => tessera_engine::available_memory()
+            .map(|b| (b as f64, "this machine's available memory")),
     };
-    let Some(limit) = limit else {
-        return Ok(());
-    };
-    if needed.is_some_and(|bytes| bytes as f64 <= limit) {
-        return Ok(());
-    }
-    Err(PlanError::Invalid(format!(
-        "the plan needs at least {} of memory (a model of {} parameters, two copies at each \
-             of {sites} sites and four more), more than {whose} ({:.1} GB): use a smaller model \
-             or fewer sites",
-        needed.map_or("more than 2^64 bytes".to_string(), |b| format!(
-            "{:.1} GB",
-            b as f64 / 1e9
-        )),
-        params.map_or("more than 2^64".to_string(), |p| p.to_string()),
-        limit / 1e9
-    )))
-}
-
-/// What the operating system says is available (Linux), in bytes.
-fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kb.checked_mul(1024)
+    plan.check_memory(tessera_engine::MemoryRole::Simulation, shape, limit)
 }
 
 /// `site_metrics = "dp"`: the metrics' noise, calibrated for one release
