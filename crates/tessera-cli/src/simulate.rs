@@ -564,6 +564,7 @@ fn ad_hoc_plan(args: &SimulateArgs, data: &Path) -> anyhow::Result<Plan> {
             schema,
             split: Default::default(),
             standardize: Default::default(),
+            synthetic: None,
         },
         model,
         training: TrainingConfig::default(),

@@ -36,6 +36,91 @@ pub struct DataConfig {
     /// Per-site standardisation.
     #[serde(default)]
     pub standardize: StandardizeConfig,
+    /// With `path`: the rows are generated (Synthetic(alpha, beta)) in
+    /// memory, as `tessera synth` would write them, instead of read; `path`
+    /// only names them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<SyntheticConfig>,
+}
+
+/// Li et al.'s Synthetic(alpha, beta) rows, generated where a plan is run
+/// (`[data.synthetic]`): columns `site`, `x0..`, `y`; sites `site0`, `site1`, ...
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticConfig {
+    /// Sites.
+    pub sites: usize,
+    /// Rows per site.
+    pub rows: usize,
+    /// Features per row.
+    pub features: usize,
+    /// Classes.
+    pub classes: usize,
+    /// Variance of the per-site model mean: how much site models differ.
+    pub alpha: f64,
+    /// Variance of the per-site input mean: how much site inputs differ.
+    pub beta: f64,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// Most values `[data.synthetic]` generates (sites x rows x columns): about
+/// 2 GB of text.
+pub const MAX_SYNTHETIC_VALUES: u64 = 100_000_000;
+
+impl SyntheticConfig {
+    /// The generator's parameters.
+    pub fn synth(&self) -> crate::synth::SynthConfig {
+        crate::synth::SynthConfig {
+            sites: self.sites,
+            rows_per_site: self.rows,
+            features: self.features,
+            classes: self.classes,
+            alpha: self.alpha,
+            beta: self.beta,
+            seed: self.seed,
+        }
+    }
+
+    fn validate(&self, config: &DataConfig) -> Result<(), String> {
+        let mut reasons = Vec::new();
+        if config.path.is_none() || config.site_column.as_deref() != Some("site") {
+            reasons.push("needs `path` (naming the rows) with site_column = \"site\"".to_string());
+        }
+        if config.schema.target != "y" {
+            reasons.push(format!(
+                "generates target column `y`, the schema says `{}`",
+                tessera_core::shown(&config.schema.target, 100)
+            ));
+        }
+        if self.sites == 0 || self.rows == 0 || self.features == 0 {
+            reasons.push("sites, rows and features must be at least 1".to_string());
+        }
+        if self.classes < 2 {
+            reasons.push(format!("classes must be at least 2, got {}", self.classes));
+        }
+        for (name, v) in [("alpha", self.alpha), ("beta", self.beta)] {
+            if !(v.is_finite() && v >= 0.0) {
+                reasons.push(format!(
+                    "{name} must be a variance (finite, >= 0), got {}",
+                    tessera_core::value(v)
+                ));
+            }
+        }
+        let values = (self.sites as u64)
+            .checked_mul(self.rows as u64)
+            .and_then(|n| n.checked_mul((self.features as u64).saturating_add(2)));
+        if values.is_none_or(|v| v > MAX_SYNTHETIC_VALUES) {
+            reasons.push(format!(
+                "sites x rows x (features + 2) must be at most {MAX_SYNTHETIC_VALUES}"
+            ));
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons.join("; "))
+        }
+    }
 }
 
 /// Synthetic sites for data that has none: each class's rows are dealt to
@@ -252,6 +337,11 @@ impl DataConfig {
     /// Checks what can be checked without reading any file.
     pub fn validate(&self) -> Result<(), DataError> {
         let bad = |msg: &str| Err(DataError::Config(msg.to_string()));
+        if let Some(synthetic) = &self.synthetic {
+            synthetic
+                .validate(self)
+                .map_err(|e| DataError::Config(format!("synthetic: {e}")))?;
+        }
         match (&self.path, self.sites.is_empty()) {
             (Some(_), false) => {
                 return bad("give either `path` with `site_column` or `sites`, not both");

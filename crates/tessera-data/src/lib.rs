@@ -25,7 +25,7 @@ pub mod synth;
 
 pub use config::{
     ColumnKind, ColumnSpec, DataConfig, MembershipFile, MissingPolicy, PartitionConfig, ScaleScope,
-    SchemaConfig, SiteFile, SplitConfig, StandardizeConfig,
+    SchemaConfig, SiteFile, SplitConfig, StandardizeConfig, SyntheticConfig,
 };
 pub use dataset::{Dataset, FeatureStatistics, FederatedData, Scaler, SiteData, SiteSummary, Task};
 pub use error::{DataError, Location};

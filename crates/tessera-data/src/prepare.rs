@@ -680,6 +680,41 @@ pub fn agree_vocabulary(
     })
 }
 
+/// `[data.synthetic]`: the generated rows at `path`, every other file from
+/// `rest`.
+struct Generated<'a> {
+    path: std::path::PathBuf,
+    csv: Vec<u8>,
+    rest: &'a dyn FileSource,
+}
+
+impl<'a> Generated<'a> {
+    fn new(
+        config: &crate::SyntheticConfig,
+        path: std::path::PathBuf,
+        rest: &'a dyn FileSource,
+    ) -> Result<Self, DataError> {
+        let mut csv = Vec::new();
+        crate::synth::write_synthetic(&config.synth(), &mut csv).map_err(|source| {
+            DataError::Io {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        Ok(Self { path, csv, rest })
+    }
+}
+
+impl FileSource for Generated<'_> {
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn std::io::Read + '_>> {
+        if path == self.path {
+            Ok(Box::new(self.csv.as_slice()))
+        } else {
+            self.rest.open(path)
+        }
+    }
+}
+
 /// Reads and prepares every site's data as `config` describes, running the
 /// agreement steps in process. Relative paths are resolved against
 /// `base_dir` (the plan file's folder).
@@ -688,6 +723,14 @@ pub fn load(
     base_dir: &Path,
     source: &dyn FileSource,
 ) -> Result<FederatedData, DataError> {
+    let generated;
+    let source = match (&config.synthetic, &config.path) {
+        (Some(synthetic), Some(path)) => {
+            generated = Generated::new(synthetic, base_dir.join(path), source)?;
+            &generated as &dyn FileSource
+        }
+        _ => source,
+    };
     let mut sites = read_local_sites(config, base_dir, source)?;
     if sites.is_empty() {
         return Err(DataError::Unusable("no site has any rows".into()));

@@ -39,6 +39,7 @@ fn one_file(target: &str) -> DataConfig {
         schema: SchemaConfig::inferred(target),
         split: Default::default(),
         standardize: Default::default(),
+        synthetic: None,
     }
 }
 

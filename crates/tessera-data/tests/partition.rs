@@ -52,6 +52,7 @@ fn config(path: &str, alpha: f64) -> DataConfig {
         schema,
         split: Default::default(),
         standardize: Default::default(),
+        synthetic: None,
     }
 }
 
