@@ -52,6 +52,16 @@ pub(super) struct SecureRound {
 }
 
 impl SecureRound {
+    /// The names of the sites whose masked input arrived.
+    fn survivor_names(&self) -> Vec<&str> {
+        self.server
+            .unmask_request()
+            .survivors
+            .iter()
+            .filter_map(|i| self.sites.get(i).map(String::as_str))
+            .collect()
+    }
+
     /// Whether `site` took part in this round from its first stage (it has
     /// sent its keys).
     pub(super) fn has_joined(&self, site: &str) -> bool {
@@ -455,14 +465,10 @@ impl Federation {
             .server
             .finish()
             .and_then(|(sum, count)| split_sum(&sum, count, secure.server.params()));
-        let request = secure.server.unmask_request();
-        let (survivors, recovered) = (request.survivors, request.dropped.len());
+        let recovered = secure.server.unmask_request().dropped.len();
         // One site's count is hidden; the survivors' sums are bounded by
         // what they declared together.
-        let names: Vec<&str> = survivors
-            .iter()
-            .filter_map(|i| secure.sites.get(i).map(String::as_str))
-            .collect();
+        let names = secure.survivor_names();
         let result = result
             .map_err(|e| e.to_string())
             .and_then(|(values, meta)| {
@@ -488,10 +494,8 @@ impl Federation {
                     values = tessera_compress::scatter(global.n_values(), &kept, &values);
                 }
                 let delta = global.with_values(&values);
-                let contributors: Vec<ParticipantId> = survivors
-                    .iter()
-                    .map(|i| ParticipantId::new(secure.sites[i].as_str()))
-                    .collect();
+                let contributors: Vec<ParticipantId> =
+                    names.iter().map(|name| ParticipantId::new(*name)).collect();
                 match delta {
                     Ok(delta) => {
                         // Only the survivors' sums: examples and steps are
@@ -551,13 +555,8 @@ impl Federation {
             .map_err(|e| e.to_string())
             .and_then(|(sum, count)| tessera_learn::decode_summable(&sum, count))
             .and_then(|summed| {
-                let survivors = secure.server.unmask_request().survivors;
-                let names: Vec<&str> = survivors
-                    .iter()
-                    .filter_map(|i| secure.sites.get(i).map(String::as_str))
-                    .collect();
                 self.check_secure_evaluation(
-                    &names,
+                    &secure.survivor_names(),
                     summed.pooled.n_examples,
                     summed.pooled.loss_sum,
                 )

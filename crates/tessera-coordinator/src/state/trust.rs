@@ -117,6 +117,17 @@ impl Declared {
 
 impl Federation {
     /// What `site` declared, or why nothing it reports can be checked.
+    /// The sum (saturating) over `sites` of `what` each declared.
+    fn declared_total(
+        &self,
+        sites: &[&str],
+        what: impl Fn(Declared) -> u64,
+    ) -> Result<u64, String> {
+        sites.iter().try_fold(0u64, |total, site| {
+            Ok(total.saturating_add(what(self.declared_by(site)?)))
+        })
+    }
+
     fn declared_by(&self, site: &str) -> Result<Declared, String> {
         self.declared.get(site).copied().ok_or_else(|| {
             format!("'{site}' has not declared its row counts (offer the levels first)")
@@ -237,13 +248,8 @@ impl Federation {
         n_examples: u64,
         n_steps: u64,
     ) -> Result<(), String> {
-        let mut rows = 0u64;
-        let mut steps = 0u64;
-        for site in survivors {
-            let declared = self.declared_by(site)?;
-            rows = rows.saturating_add(declared.train);
-            steps = steps.saturating_add(self.max_steps(declared.train));
-        }
+        let rows = self.declared_total(survivors, |d| d.train)?;
+        let steps = self.declared_total(survivors, |d| self.max_steps(d.train))?;
         if n_examples > rows {
             return Err(format!(
                 "the {} survivors' summed example count {n_examples} is more than the {rows} \
@@ -269,10 +275,7 @@ impl Federation {
         n_examples: u64,
         loss_sum: f64,
     ) -> Result<(), String> {
-        let mut rows = 0u64;
-        for site in survivors {
-            rows = rows.saturating_add(self.declared_by(site)?.test);
-        }
+        let rows = self.declared_total(survivors, |d| d.test)?;
         if n_examples > rows {
             return Err(format!(
                 "the {} sites' summed evaluation counts {n_examples} rows, more than the {rows} \
