@@ -34,8 +34,10 @@ pub enum PlanError {
         /// The parser's message, with line and column.
         message: String,
     },
-    /// A setting is out of range or settings contradict each other.
-    #[error("plan: {0}")]
+    /// A setting is out of range or settings contradict each other (names
+    /// from the plan quoted with their control characters escaped: the
+    /// message stays on one line).
+    #[error("plan: {}", tessera_core::one_line(.0))]
     Invalid(String),
 }
 

@@ -91,3 +91,19 @@ fn every_reason_is_named_at_once() {
     }
     assert_eq!(e.matches("plan: ").count(), 1, "{e}");
 }
+
+/// A name from the plan with a line break is quoted escaped: the error
+/// stays one line (found by the fuzz harness: an aggregator named "a\nb").
+#[test]
+fn errors_quoting_names_stay_on_one_line() {
+    let mut plan = heart();
+    plan.topology.kind = tessera_engine::TopologyKind::Hierarchical;
+    plan.privacy.site_metrics = tessera_privacy::SiteMetrics::Clear;
+    plan.topology.groups = vec![tessera_engine::GroupConfig {
+        name: "a\nb".into(),
+        members: vec!["nowhere".into()],
+    }];
+    let e = tessera_engine::Tree::of_plan(&plan).unwrap_err().to_string();
+    assert!(e.contains("aggregator 'a\\nb'"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+}
