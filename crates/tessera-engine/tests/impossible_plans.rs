@@ -103,7 +103,9 @@ fn errors_quoting_names_stay_on_one_line() {
         name: "a\nb".into(),
         members: vec!["nowhere".into()],
     }];
-    let e = tessera_engine::Tree::of_plan(&plan).unwrap_err().to_string();
+    let e = tessera_engine::Tree::of_plan(&plan)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("aggregator 'a\\nb'"), "{e}");
     assert!(!e.contains('\n'), "{e}");
 }
