@@ -335,7 +335,7 @@ fn a_site_whose_training_fails_withdraws_from_a_secure_round() {
 #[test]
 fn malformed_updates_are_rejected_and_the_rounds_go_on() {
     use tessera_proto::pb::federation_client::FederationClient;
-    use tessera_proto::pb::{self, agree_reply, task, update_part};
+    use tessera_proto::pb::{self, agree_reply, update_part};
 
     let s = Scratch::new("deploy-malformed");
     // This test speaks gRPC itself and sends clear evaluations.
@@ -396,21 +396,7 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
         while replies.len() < 6 {
             let attempt = replies.len();
             // Wait for a fit task, read it whole.
-            let mut stream = client
-                .next_task(pb::TaskRequest {
-                    site: "va".into(),
-                    held_round: None,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let Some(pb::Task {
-                part: Some(task::Part::Header(header)),
-            }) = stream.message().await.unwrap()
-            else {
-                panic!("a task header")
-            };
-            while stream.message().await.unwrap().is_some() {}
+            let header = next_task_header(&mut client, "va").await;
             if header.kind() != pb::TaskKind::Fit {
                 // Evaluations it answers (with no rows), so that rounds move on.
                 client
@@ -1967,6 +1953,30 @@ fn dp_site_metrics_are_noised_at_the_coordinator_with_its_own_secret() {
     }
 }
 
+/// `site`'s next task, read whole (a hand-driven client): its header.
+async fn next_task_header(
+    client: &mut tessera_proto::pb::federation_client::FederationClient<tonic::transport::Channel>,
+    site: &str,
+) -> tessera_proto::pb::TaskHeader {
+    use tessera_proto::pb::{self, task};
+    let mut stream = client
+        .next_task(pb::TaskRequest {
+            site: site.into(),
+            held_round: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::Task {
+        part: Some(task::Part::Header(header)),
+    }) = stream.message().await.unwrap()
+    else {
+        panic!("a task header")
+    };
+    while stream.message().await.unwrap().is_some() {}
+    header
+}
+
 /// A hostile "va" that joins and agrees with its true data, for the trust
 /// boundary tests: returns the client, the plan and the agreement.
 async fn hostile_va(
@@ -2108,7 +2118,7 @@ fn hostile_statistics_are_refused_and_the_run_equals_its_simulation() {
 /// the coordinator goes on, and the site's real participant finishes the run.
 #[test]
 fn hostile_counts_are_refused_and_the_coordinator_goes_on() {
-    use tessera_proto::pb::{self, task, update_part};
+    use tessera_proto::pb::{self, update_part};
     let s = Scratch::new("deploy-hostile-counts");
     let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
     let text = text.replace("rounds = 15", "rounds = 3");
@@ -2136,21 +2146,7 @@ fn hostile_counts_are_refused_and_the_coordinator_goes_on() {
         let (mut client, _, _, _) = hostile_va(&url).await;
         let mut refusals = Vec::new();
         loop {
-            let mut stream = client
-                .next_task(pb::TaskRequest {
-                    site: "va".into(),
-                    held_round: None,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let Some(pb::Task {
-                part: Some(task::Part::Header(header)),
-            }) = stream.message().await.unwrap()
-            else {
-                panic!("a task header")
-            };
-            while stream.message().await.unwrap().is_some() {}
+            let header = next_task_header(&mut client, "va").await;
             match header.kind() {
                 pb::TaskKind::Fit if refusals.is_empty() => {
                     let n_values: Vec<usize> = header
