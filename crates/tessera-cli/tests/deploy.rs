@@ -2252,6 +2252,100 @@ fn hostile_counts_are_refused_and_the_coordinator_goes_on() {
     }
 }
 
+/// Without DP, a site's refused reports leave no trace in the run: an update
+/// claiming 10^6 examples (the site declared 85) and an evaluation claiming
+/// 2^64 - 6 rows are refused, then the site's real participant takes the
+/// same round, and the model equals its simulation bit for bit.
+#[test]
+fn refused_counts_leave_the_run_equal_to_its_simulation() {
+    use tessera_proto::pb::{self, update_part};
+    let s = Scratch::new("deploy-hostile-counts-exact");
+    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
+    let text = text.replace("rounds = 15", "rounds = 3");
+    let plan = s.write(
+        "exact.toml",
+        &format!("{text}\n[privacy]\nsite_metrics = \"clear\"\n"),
+    );
+    let (_, expected) = s.simulate(&plan, "sim.model");
+    let db = s.path("c.sqlite");
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &db,
+        0,
+        &["--model-out", "dep.model", "--report", "dep.json"],
+    );
+    let mut honest: Vec<Proc> = HEART_SITES[..3]
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let refusals: Vec<String> = runtime.block_on(async {
+        let (mut client, _, _, _) = hostile_va(&url).await;
+        let header = loop {
+            let header = next_task_header(&mut client, "va").await;
+            if header.kind() == pb::TaskKind::Fit {
+                break header;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let mut parts = vec![pb::UpdatePart {
+            part: Some(update_part::Part::Header(pb::UpdateHeader {
+                site: "va".into(),
+                round: header.round,
+                n_examples: 1_000_000,
+                has_control: false,
+                n_steps: 100,
+                mean_train_loss: 0.5,
+                layout: header.layout.clone(),
+                codec: String::new(),
+            })),
+        }];
+        for (tensor, t) in header.layout.iter().enumerate() {
+            let n = t.shape.iter().product::<u64>() as usize;
+            parts.push(pb::UpdatePart {
+                part: Some(update_part::Part::Chunk(pb::TensorChunk {
+                    set: 0,
+                    tensor: tensor as u32,
+                    offset: 0,
+                    values: vec![0u8; 4 * n],
+                })),
+            });
+        }
+        let update = match client.submit_update(tokio_stream::iter(parts)).await {
+            Ok(r) => r.into_inner().reason,
+            Err(status) => status.message().to_string(),
+        };
+        let evaluation = client
+            .submit_evaluation(pb::EvaluationReport {
+                site: "va".into(),
+                round: header.round,
+                n_examples: u64::MAX - 5,
+                n_correct: 3,
+                loss_sum: 1.0,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err()
+            .message()
+            .to_string();
+        vec![update, evaluation]
+    });
+    assert!(
+        refusals[0].contains("claims 1000000 training examples; 'va' declared"),
+        "{refusals:?}"
+    );
+    assert!(refusals[1].contains("test rows"), "{refusals:?}");
+    // The real VA takes the round the hostile client left open.
+    let mut va = participant(&s.dir, &url, "va", &[]);
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    assert!(va.wait(LIMIT).success(), "{}", va.log());
+    for p in &mut honest {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+}
+
 /// Names and strings from outside are bounded before anything keeps them:
 /// 1 MiB site names are refused by their length, names with line breaks
 /// by their characters, a connection refused more than 10 times a second

@@ -36,9 +36,9 @@ pub struct DataConfig {
     /// Per-site standardisation.
     #[serde(default)]
     pub standardize: StandardizeConfig,
-    /// With `path`: the rows are generated (Synthetic(alpha, beta)) in
-    /// memory, as `tessera synth` would write them, instead of read; `path`
-    /// only names them.
+    /// The rows are generated (Synthetic(alpha, beta)) in memory, as
+    /// `tessera synth` would write them, instead of read (with
+    /// `site_column = "site"`; a `path`, if given, only names them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synthetic: Option<SyntheticConfig>,
 }
@@ -84,8 +84,15 @@ impl SyntheticConfig {
 
     fn validate(&self, config: &DataConfig) -> Result<(), String> {
         let mut reasons = Vec::new();
-        if config.path.is_none() || config.site_column.as_deref() != Some("site") {
-            reasons.push("needs `path` (naming the rows) with site_column = \"site\"".to_string());
+        if config.site_column.as_deref() != Some("site") || config.partition.is_some() {
+            reasons.push(
+                "needs site_column = \"site\" (the generated rows name their sites there), \
+                 without `partition`"
+                    .to_string(),
+            );
+        }
+        if !config.sites.is_empty() {
+            reasons.push("generates one set of rows: give no `sites`".to_string());
         }
         if config.schema.target != "y" {
             reasons.push(format!(
@@ -343,6 +350,7 @@ impl DataConfig {
                 .map_err(|e| DataError::Config(format!("synthetic: {e}")))?;
         }
         match (&self.path, self.sites.is_empty()) {
+            (None, true) if self.synthetic.is_some() => {}
             (Some(_), false) => {
                 return bad("give either `path` with `site_column` or `sites`, not both");
             }

@@ -723,13 +723,20 @@ pub fn load(
     base_dir: &Path,
     source: &dyn FileSource,
 ) -> Result<FederatedData, DataError> {
-    let generated;
-    let source = match (&config.synthetic, &config.path) {
-        (Some(synthetic), Some(path)) => {
+    let (generated, named);
+    let (config, source) = match &config.synthetic {
+        Some(synthetic) => {
+            // The generated rows go by `path`, or by a name of their own.
+            let mut with_path = config.clone();
+            let path = with_path
+                .path
+                .get_or_insert_with(|| "synthetic.csv".into())
+                .clone();
+            named = with_path;
             generated = Generated::new(synthetic, base_dir.join(path), source)?;
-            &generated as &dyn FileSource
+            (&named, &generated as &dyn FileSource)
         }
-        _ => source,
+        None => (config, source),
     };
     let mut sites = read_local_sites(config, base_dir, source)?;
     if sites.is_empty() {

@@ -48,13 +48,12 @@ fn generated_rows_are_the_rows_synth_writes() {
     let mut csv = Vec::new();
     write_synthetic(&synthetic().synth(), &mut csv).unwrap();
     let from_file = tessera_data::load(&config(None), Path::new(""), &Memory(csv)).unwrap();
-    // No file is read: the folder does not even exist.
-    let generated = tessera_data::load(
-        &config(Some(synthetic())),
-        Path::new("/nonexistent"),
-        &Filesystem,
-    )
-    .unwrap();
+    // No file is read (the folder does not even exist), and none need be
+    // named.
+    let mut unnamed = config(Some(synthetic()));
+    unnamed.path = None;
+    unnamed.validate().unwrap();
+    let generated = tessera_data::load(&unnamed, Path::new("/nonexistent"), &Filesystem).unwrap();
     assert_eq!(generated.sites.len(), 5);
     assert_eq!(generated.feature_names, from_file.feature_names);
     for (a, b) in generated.sites.iter().zip(&from_file.sites) {
