@@ -1953,6 +1953,41 @@ fn dp_site_metrics_are_noised_at_the_coordinator_with_its_own_secret() {
     }
 }
 
+/// An all-zero update from `site` for `header`'s round claiming `n_examples`
+/// examples and `n_steps` steps, as the parts a hand-driven client streams.
+fn zero_update(
+    site: &str,
+    header: &tessera_proto::pb::TaskHeader,
+    n_examples: u64,
+    n_steps: u64,
+) -> Vec<tessera_proto::pb::UpdatePart> {
+    use tessera_proto::pb::{self, update_part};
+    let mut parts = vec![pb::UpdatePart {
+        part: Some(update_part::Part::Header(pb::UpdateHeader {
+            site: site.into(),
+            round: header.round,
+            n_examples,
+            has_control: false,
+            n_steps,
+            mean_train_loss: 0.5,
+            layout: header.layout.clone(),
+            codec: String::new(),
+        })),
+    }];
+    for (tensor, t) in header.layout.iter().enumerate() {
+        let n = t.shape.iter().product::<u64>() as usize;
+        parts.push(pb::UpdatePart {
+            part: Some(update_part::Part::Chunk(pb::TensorChunk {
+                set: 0,
+                tensor: tensor as u32,
+                offset: 0,
+                values: vec![0u8; 4 * n],
+            })),
+        });
+    }
+    parts
+}
+
 /// `site`'s next task, read whole (a hand-driven client): its header.
 async fn next_task_header(
     client: &mut tessera_proto::pb::federation_client::FederationClient<tonic::transport::Channel>,
@@ -2118,7 +2153,7 @@ fn hostile_statistics_are_refused_and_the_run_equals_its_simulation() {
 /// the coordinator goes on, and the site's real participant finishes the run.
 #[test]
 fn hostile_counts_are_refused_and_the_coordinator_goes_on() {
-    use tessera_proto::pb::{self, update_part};
+    use tessera_proto::pb;
     let s = Scratch::new("deploy-hostile-counts");
     let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
     let text = text.replace("rounds = 15", "rounds = 3");
@@ -2149,35 +2184,9 @@ fn hostile_counts_are_refused_and_the_coordinator_goes_on() {
             let header = next_task_header(&mut client, "va").await;
             match header.kind() {
                 pb::TaskKind::Fit if refusals.is_empty() => {
-                    let n_values: Vec<usize> = header
-                        .layout
-                        .iter()
-                        .map(|t| t.shape.iter().product::<u64>() as usize)
-                        .collect();
                     // VA trains on 85 rows.
                     for (n_examples, n_steps) in [(85, u64::MAX), (1_000_000, 100)] {
-                        let mut parts = vec![pb::UpdatePart {
-                            part: Some(update_part::Part::Header(pb::UpdateHeader {
-                                site: "va".into(),
-                                round: header.round,
-                                n_examples,
-                                has_control: false,
-                                n_steps,
-                                mean_train_loss: 0.5,
-                                layout: header.layout.clone(),
-                                codec: String::new(),
-                            })),
-                        }];
-                        for (tensor, &n) in n_values.iter().enumerate() {
-                            parts.push(pb::UpdatePart {
-                                part: Some(update_part::Part::Chunk(pb::TensorChunk {
-                                    set: 0,
-                                    tensor: tensor as u32,
-                                    offset: 0,
-                                    values: vec![0u8; 4 * n],
-                                })),
-                            });
-                        }
+                        let parts = zero_update("va", &header, n_examples, n_steps);
                         let reply = client.submit_update(tokio_stream::iter(parts)).await;
                         refusals.push(match reply {
                             Ok(r) => r.into_inner().reason,
@@ -2258,7 +2267,7 @@ fn hostile_counts_are_refused_and_the_coordinator_goes_on() {
 /// same round, and the model equals its simulation bit for bit.
 #[test]
 fn refused_counts_leave_the_run_equal_to_its_simulation() {
-    use tessera_proto::pb::{self, update_part};
+    use tessera_proto::pb;
     let s = Scratch::new("deploy-hostile-counts-exact");
     let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
     let text = text.replace("rounds = 15", "rounds = 3");
@@ -2289,29 +2298,7 @@ fn refused_counts_leave_the_run_equal_to_its_simulation() {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        let mut parts = vec![pb::UpdatePart {
-            part: Some(update_part::Part::Header(pb::UpdateHeader {
-                site: "va".into(),
-                round: header.round,
-                n_examples: 1_000_000,
-                has_control: false,
-                n_steps: 100,
-                mean_train_loss: 0.5,
-                layout: header.layout.clone(),
-                codec: String::new(),
-            })),
-        }];
-        for (tensor, t) in header.layout.iter().enumerate() {
-            let n = t.shape.iter().product::<u64>() as usize;
-            parts.push(pb::UpdatePart {
-                part: Some(update_part::Part::Chunk(pb::TensorChunk {
-                    set: 0,
-                    tensor: tensor as u32,
-                    offset: 0,
-                    values: vec![0u8; 4 * n],
-                })),
-            });
-        }
+        let parts = zero_update("va", &header, 1_000_000, 100);
         let update = match client.submit_update(tokio_stream::iter(parts)).await {
             Ok(r) => r.into_inner().reason,
             Err(status) => status.message().to_string(),

@@ -35,4 +35,4 @@ pub use prepare::{
     MAX_DECLARED_SITES, agree_kinds, agree_vocabulary, declared_rows, load, read_local_site,
     read_local_sites,
 };
-pub use read::{FileSource, Filesystem};
+pub use read::{FileSource, Filesystem, InMemory};

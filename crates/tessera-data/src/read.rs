@@ -26,6 +26,36 @@ impl FileSource for Filesystem {
     }
 }
 
+/// Files held in memory, by the path the loader asks for (tests, generated
+/// data, data handed over by a caller); other paths are not found.
+#[derive(Debug, Clone, Default)]
+pub struct InMemory(pub HashMap<PathBuf, Vec<u8>>);
+
+impl InMemory {
+    /// `files`, each a path and its bytes.
+    pub fn new<P: Into<PathBuf>, B: Into<Vec<u8>>>(
+        files: impl IntoIterator<Item = (P, B)>,
+    ) -> Self {
+        Self(
+            files
+                .into_iter()
+                .map(|(p, b)| (p.into(), b.into()))
+                .collect(),
+        )
+    }
+}
+
+impl FileSource for InMemory {
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn Read + '_>> {
+        self.0
+            .get(path)
+            .map(|bytes| Box::new(bytes.as_slice()) as Box<dyn Read>)
+            .ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file in memory")
+            })
+    }
+}
+
 /// Marker for a missing categorical value.
 pub(crate) const MISSING_CODE: u32 = u32::MAX;
 

@@ -2,32 +2,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use tessera_data::{DataConfig, DataError, FileSource, SchemaConfig, load};
+use tessera_data::{DataConfig, DataError, FileSource, InMemory, SchemaConfig, load};
 
-/// Files held in memory.
-struct Files(HashMap<PathBuf, Vec<u8>>);
-
-impl Files {
-    fn new(files: &[(&str, &str)]) -> Self {
-        Files(
-            files
-                .iter()
-                .map(|(p, c)| (PathBuf::from(p), c.as_bytes().to_vec()))
-                .collect(),
-        )
-    }
-}
-
-impl FileSource for Files {
-    fn open(&self, path: &Path) -> std::io::Result<Box<dyn std::io::Read + '_>> {
-        self.0
-            .get(path)
-            .map(|bytes| Box::new(bytes.as_slice()) as Box<dyn std::io::Read>)
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
-    }
+/// `files` (path, text) held in memory.
+fn in_memory(files: &[(&str, &str)]) -> InMemory {
+    InMemory::new(files.iter().map(|(p, c)| (*p, c.as_bytes())))
 }
 
 fn one_file(target: &str) -> DataConfig {
@@ -44,7 +25,7 @@ fn one_file(target: &str) -> DataConfig {
 }
 
 fn error(config: &DataConfig, files: &[(&str, &str)]) -> String {
-    match load(config, Path::new(""), &Files::new(files)) {
+    match load(config, Path::new(""), &in_memory(files)) {
         Ok(_) => panic!("expected an error"),
         Err(e) => {
             let text = e.to_string();
@@ -147,7 +128,7 @@ s2,8,1,0
     let mut config = one_file("y");
     config.split.test_fraction = 0.25;
     config.standardize.enabled = false;
-    let data = load(&config, Path::new(""), &Files::new(&[("d.csv", csv)])).unwrap();
+    let data = load(&config, Path::new(""), &in_memory(&[("d.csv", csv)])).unwrap();
     assert_eq!(data.feature_names, ["a", "c=1", "c=2", "c=blue", "c=red"]);
     assert_eq!(data.task.classes, ["0", "1"]);
     let names: Vec<&str> = data.sites.iter().map(|s| s.name.as_str()).collect();
@@ -181,8 +162,8 @@ fn split_is_seeded_and_stratified() {
     }
     let files = [("d.csv", csv.as_str())];
     let config = one_file("y");
-    let a = load(&config, Path::new(""), &Files::new(&files)).unwrap();
-    let b = load(&config, Path::new(""), &Files::new(&files)).unwrap();
+    let a = load(&config, Path::new(""), &in_memory(&files)).unwrap();
+    let b = load(&config, Path::new(""), &in_memory(&files)).unwrap();
     assert_eq!(a.sites[0].test.x, b.sites[0].test.x);
     let test = &a.sites[0].test;
     assert_eq!(test.n_rows(), 20);
@@ -193,7 +174,7 @@ fn split_is_seeded_and_stratified() {
     );
     let mut other = config.clone();
     other.split.seed = 1;
-    let c = load(&other, Path::new(""), &Files::new(&files)).unwrap();
+    let c = load(&other, Path::new(""), &in_memory(&files)).unwrap();
     assert_ne!(a.sites[0].test.x, c.sites[0].test.x);
 }
 
@@ -236,12 +217,7 @@ fn numbers_beyond_f32_are_refused() {
 #[test]
 fn byte_order_mark_is_not_part_of_the_first_name() {
     let csv = "\u{feff}site,a,y\ns1,1,0\ns1,2,1\ns1,3,0\ns1,4,1\ns1,5,0\n";
-    let data = load(
-        &one_file("y"),
-        Path::new(""),
-        &Files::new(&[("d.csv", csv)]),
-    )
-    .unwrap();
+    let data = load(&one_file("y"), Path::new(""), &in_memory(&[("d.csv", csv)])).unwrap();
     assert_eq!(data.sites[0].name, "s1");
 }
 
@@ -263,7 +239,7 @@ fn an_identifier_column_is_not_one_hot_encoded_silently() {
         levels: None,
         drop_first: false,
     });
-    let data = load(&config, Path::new(""), &Files::new(&[("d.csv", &csv)])).unwrap();
+    let data = load(&config, Path::new(""), &in_memory(&[("d.csv", &csv)])).unwrap();
     assert_eq!(data.feature_names, ["a"]);
 }
 
@@ -294,7 +270,7 @@ fn a_column_without_training_values_is_absent_at_that_site() {
     let data = load(
         &config,
         Path::new(""),
-        &Files::new(&[("d.csv", csv), ("m.csv", m)]),
+        &in_memory(&[("d.csv", csv), ("m.csv", m)]),
     )
     .unwrap();
     let s2 = &data.sites[1];

@@ -17,14 +17,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::Config;
-use tessera_data::{DataConfig, FileSource, load};
+use tessera_data::InMemory as Files;
+use tessera_data::{DataConfig, load};
 
 /// Cases per test when `PROPTEST_CASES` is not set.
 const DEFAULT_CASES: u32 = 1000;
@@ -41,18 +41,6 @@ fn config() -> Config {
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Files held in memory.
-struct Files(HashMap<PathBuf, Vec<u8>>);
-
-impl FileSource for Files {
-    fn open(&self, path: &Path) -> std::io::Result<Box<dyn std::io::Read + '_>> {
-        self.0
-            .get(path)
-            .map(|bytes| Box::new(bytes.as_slice()) as Box<dyn std::io::Read>)
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
-    }
 }
 
 /// A configuration and the seed files it reads, by the path it asks for.

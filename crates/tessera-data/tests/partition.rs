@@ -7,20 +7,10 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use tessera_data::InMemory as Files;
 use tessera_data::{
-    DataConfig, FileSource, PartitionConfig, SchemaConfig, load, read_local_site, read_local_sites,
+    DataConfig, PartitionConfig, SchemaConfig, load, read_local_site, read_local_sites,
 };
-
-struct Files(HashMap<PathBuf, Vec<u8>>);
-
-impl FileSource for Files {
-    fn open(&self, path: &Path) -> std::io::Result<Box<dyn std::io::Read + '_>> {
-        self.0
-            .get(path)
-            .map(|bytes| Box::new(bytes.as_slice()) as Box<dyn std::io::Read>)
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
-    }
-}
 
 /// 1000 rows, 3 features, 5 classes (200 each), no header, gzipped.
 fn files() -> Files {

@@ -4,19 +4,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Read;
 use std::path::Path;
 
 use tessera_data::synth::write_synthetic;
-use tessera_data::{DataConfig, FileSource, Filesystem, SchemaConfig, SyntheticConfig};
-
-struct Memory(Vec<u8>);
-
-impl FileSource for Memory {
-    fn open(&self, _path: &Path) -> std::io::Result<Box<dyn Read + '_>> {
-        Ok(Box::new(self.0.as_slice()))
-    }
-}
+use tessera_data::{DataConfig, Filesystem, InMemory, SchemaConfig, SyntheticConfig};
 
 fn config(synthetic: Option<SyntheticConfig>) -> DataConfig {
     DataConfig {
@@ -47,7 +38,12 @@ fn synthetic() -> SyntheticConfig {
 fn generated_rows_are_the_rows_synth_writes() {
     let mut csv = Vec::new();
     write_synthetic(&synthetic().synth(), &mut csv).unwrap();
-    let from_file = tessera_data::load(&config(None), Path::new(""), &Memory(csv)).unwrap();
+    let from_file = tessera_data::load(
+        &config(None),
+        Path::new(""),
+        &InMemory::new([("rows.csv", csv)]),
+    )
+    .unwrap();
     // No file is read (the folder does not even exist), and none need be
     // named.
     let mut unnamed = config(Some(synthetic()));
