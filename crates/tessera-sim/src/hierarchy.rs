@@ -108,9 +108,18 @@ impl Context<'_> {
                     .plus(profile.latency()),
             });
         }
-        let update = lock(&self.sites[site])
-            .fit(task, &self.data.sites[site].train)
-            .ok();
+        // Local training that fails (diverges): the site leaves the round,
+        // and the round's record says why, as in the flat simulation.
+        let update = match lock(&self.sites[site]).fit(task, &self.data.sites[site].train) {
+            Ok(update) => Some(update),
+            Err(e) => {
+                self.errors
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(format!("site '{name}': {e}"));
+                None
+            }
+        };
         Ok(Answer {
             update,
             at: received.plus(compute).plus(profile.latency()),

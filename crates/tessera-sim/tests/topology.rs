@@ -357,3 +357,26 @@ fn secure_aggregation_at_every_level_trains_like_the_plain_tree() {
     let traffic = &secure.rounds[0].traffic;
     assert!(traffic["site0"].up > plain.rounds[0].traffic["site0"].up);
 }
+
+/// A site whose local training fails in a hierarchical round (its rows
+/// 1e30 times too large: the loss overflows) leaves the round, and the
+/// round's record says why, as in the flat simulation. Before, the tree
+/// dropped the error (`.fit(...).ok()`).
+#[test]
+fn a_failing_site_in_a_tree_is_recorded_as_in_flat() {
+    let (mut plan, mut data) = common::synthetic_10class("synthetic-hierarchical.toml");
+    plan.federation.rounds = 2;
+    data.sites[3].train.x.mapv_inplace(|v| v * 1e30);
+    let options = SimOptions::default();
+    let tree = simulate(&plan, &data, &options, &mut |_| {}).unwrap();
+    let flat = simulate(&flat_of(&plan), &data, &options, &mut |_| {}).unwrap();
+    let name = &data.sites[3].name;
+    for report in [&tree, &flat] {
+        let errors = &report.rounds[0].site_errors;
+        assert!(
+            errors.len() == 1 && errors[0].starts_with(&format!("site '{name}': ")),
+            "{errors:?}"
+        );
+    }
+    assert_eq!(tree.rounds[0].site_errors, flat.rounds[0].site_errors);
+}
