@@ -13,6 +13,8 @@
 //! the same bytes on every platform (binary16 and the seeded streams are our
 //! own code).
 
+#![deny(missing_docs)]
+
 mod codec;
 mod config;
 mod error;

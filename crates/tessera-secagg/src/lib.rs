@@ -72,6 +72,8 @@
 //! the parameters, [`Client::sign_view`] and [`Client::unmask`] for the
 //! consistency check, [`KeyRing`] for fresh mask keys.
 
+#![deny(missing_docs)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 #[cfg(test)]
