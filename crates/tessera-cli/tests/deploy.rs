@@ -75,6 +75,9 @@ fn run_federation(s: &Scratch, plan: &std::path::Path, db: &str, model: &str) ->
 
 #[test]
 fn deployment_equals_simulation_bit_for_bit() {
+    if util::skip_e2e("deployment_equals_simulation_bit_for_bit") {
+        return;
+    }
     let s = Scratch::new("deploy-equal");
     for strategy in ["fedavg", "scaffold"] {
         let plan = plan(&s, strategy, "");
@@ -104,6 +107,9 @@ fn deployment_equals_simulation_bit_for_bit() {
 
 #[test]
 fn coordinator_killed_mid_round_resumes_with_nothing_lost_or_doubled() {
+    if util::skip_e2e("coordinator_killed_mid_round_resumes_with_nothing_lost_or_doubled") {
+        return;
+    }
     let s = Scratch::new("deploy-kill-coordinator");
     let plan = plan(&s, "fedavg", "");
     let expected = simulated_model(&s, &plan, "sim.model");
@@ -193,6 +199,10 @@ fn coordinator_killed_mid_round_resumes_with_nothing_lost_or_doubled() {
 
 #[test]
 fn a_participant_killed_mid_round_the_round_completes_on_quorum_and_it_rejoins() {
+    if util::skip_e2e("a_participant_killed_mid_round_the_round_completes_on_quorum_and_it_rejoins")
+    {
+        return;
+    }
     let s = Scratch::new("deploy-kill-participant");
     let plan = plan(&s, "fedavg", "quorum = 3");
     let db = s.path("c.sqlite");
@@ -316,12 +326,18 @@ fn a_failing_site_withdraws(name: &str, tables: &str) {
 
 #[test]
 fn a_site_whose_training_fails_withdraws_and_the_rounds_do_not_wait_for_it() {
+    if util::skip_e2e("a_site_whose_training_fails_withdraws_and_the_rounds_do_not_wait_for_it") {
+        return;
+    }
     a_failing_site_withdraws("deploy-withdraw", "");
 }
 
 /// Under secure aggregation the key stage stops waiting for it too.
 #[test]
 fn a_site_whose_training_fails_withdraws_from_a_secure_round() {
+    if util::skip_e2e("a_site_whose_training_fails_withdraws_from_a_secure_round") {
+        return;
+    }
     a_failing_site_withdraws(
         "deploy-withdraw-secure",
         "[secure_aggregation]\nenabled = true\n",
@@ -334,6 +350,9 @@ fn a_site_whose_training_fails_withdraws_from_a_secure_round() {
 /// rounds go on with the other sites, and the audit log says why.
 #[test]
 fn malformed_updates_are_rejected_and_the_rounds_go_on() {
+    if util::skip_e2e("malformed_updates_are_rejected_and_the_rounds_go_on") {
+        return;
+    }
     use tessera_proto::pb::federation_client::FederationClient;
     use tessera_proto::pb::{self, agree_reply, update_part};
 
@@ -550,6 +569,9 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
 /// coordinator whose certificate was revoked.
 #[test]
 fn mutual_tls_refuses_unknown_revoked_and_impersonating_certificates() {
+    if util::skip_e2e("mutual_tls_refuses_unknown_revoked_and_impersonating_certificates") {
+        return;
+    }
     let s = Scratch::new("deploy-tls");
     let ca = |args: &[&str]| {
         let mut all = vec!["ca", "--dir"];
@@ -732,6 +754,9 @@ fn tls_run_at_round_2(
 /// handshake is long past), audits why, and the run completes on the others.
 #[test]
 fn a_site_revoked_mid_run_is_refused_on_its_open_connection() {
+    if util::skip_e2e("a_site_revoked_mid_run_is_refused_on_its_open_connection") {
+        return;
+    }
     let s = Scratch::new("deploy-revoke-mid-run");
     let (mut coordinator, mut sites, db, ca) =
         tls_run_at_round_2(&s, &["--liveness", "1.5", "--report", "dep.json"]);
@@ -772,6 +797,9 @@ fn a_site_revoked_mid_run_is_refused_on_its_open_connection() {
 /// sending more over the connection it opened before.
 #[test]
 fn sites_stop_working_for_a_coordinator_revoked_mid_run() {
+    if util::skip_e2e("sites_stop_working_for_a_coordinator_revoked_mid_run") {
+        return;
+    }
     let s = Scratch::new("deploy-revoke-coordinator");
     let (mut coordinator, mut sites, db, ca) = tls_run_at_round_2(&s, &[]);
     ca(&["revoke", "coordinator"]);
@@ -799,6 +827,9 @@ fn sites_stop_working_for_a_coordinator_revoked_mid_run() {
 /// about one copy: the wire protocol adds buffers, not copies.
 #[test]
 fn parameters_stream_with_bounded_memory() {
+    if util::skip_e2e("parameters_stream_with_bounded_memory") {
+        return;
+    }
     let s = Scratch::new("transfer");
     let floats = 25_000_000u64; // 100 MB
     let (tx, rx) = std::sync::mpsc::channel();
@@ -847,6 +878,9 @@ fn parameters_stream_with_bounded_memory() {
 /// count with their staleness; the run finishes with every step taken.
 #[test]
 fn asynchronous_deployment_takes_every_step_and_keeps_slow_sites() {
+    if util::skip_e2e("asynchronous_deployment_takes_every_step_and_keeps_slow_sites") {
+        return;
+    }
     let s = Scratch::new("deploy-async");
     s.run(&[
         "synth",
@@ -968,6 +1002,10 @@ fn plan_with(s: &Scratch, name: &str, tables: &str) -> std::path::PathBuf {
 
 #[test]
 fn central_dp_in_deployment_records_every_release_and_refuses_past_the_budget() {
+    if util::skip_e2e("central_dp_in_deployment_records_every_release_and_refuses_past_the_budget")
+    {
+        return;
+    }
     let s = Scratch::new("deploy-dp");
     let dp = plan_with(
         &s,
@@ -1163,6 +1201,9 @@ fn try_to_denoise(db: &std::path::Path, seed: u64, clip_norm: f64) -> Vec<f64> {
 
 #[test]
 fn central_dp_resumes_after_kill_9_with_no_key_in_the_database() {
+    if util::skip_e2e("central_dp_resumes_after_kill_9_with_no_key_in_the_database") {
+        return;
+    }
     let s = Scratch::new("deploy-dp-kill");
     let dp = plan_with(
         &s,
@@ -1250,6 +1291,9 @@ fn central_dp_resumes_after_kill_9_with_no_key_in_the_database() {
 
 #[test]
 fn local_dp_sgd_in_deployment_fills_the_ledger_per_participant() {
+    if util::skip_e2e("local_dp_sgd_in_deployment_fills_the_ledger_per_participant") {
+        return;
+    }
     let s = Scratch::new("deploy-local-dp");
     let dp = plan_with(
         &s,
@@ -1318,6 +1362,9 @@ fn local_dp_sgd_in_deployment_fills_the_ledger_per_participant() {
 /// models; if the batches came from the run seed, all three would be equal.
 #[test]
 fn local_dp_sgd_batches_cannot_be_recomputed_from_the_plan_and_seed() {
+    if util::skip_e2e("local_dp_sgd_batches_cannot_be_recomputed_from_the_plan_and_seed") {
+        return;
+    }
     let s = Scratch::new("deploy-local-dp-secret");
     let dp = plan_with(
         &s,
@@ -1368,6 +1415,9 @@ fn local_dp_sgd_batches_cannot_be_recomputed_from_the_plan_and_seed() {
 
 #[test]
 fn secure_aggregation_over_grpc_equals_simulation_bit_for_bit() {
+    if util::skip_e2e("secure_aggregation_over_grpc_equals_simulation_bit_for_bit") {
+        return;
+    }
     let s = Scratch::new("deploy-secagg");
     let plan = plan_with(&s, "secure", "[secure_aggregation]\nenabled = true\n");
     let (simulated, expected) = s.simulate(&plan, "sim.model");
@@ -1431,6 +1481,11 @@ fn secure_aggregation_over_grpc_equals_simulation_bit_for_bit() {
 /// secure aggregation off, saying why, and send it nothing.
 #[test]
 fn secure_aggregation_under_mutual_tls_signs_keys_and_views_and_sites_refuse_a_weakened_plan() {
+    if util::skip_e2e(
+        "secure_aggregation_under_mutual_tls_signs_keys_and_views_and_sites_refuse_a_weakened_plan",
+    ) {
+        return;
+    }
     let s = Scratch::new("deploy-secagg-tls");
     let _ca = heart_ca(&s);
     let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
@@ -1533,6 +1588,11 @@ fn secure_aggregation_under_mutual_tls_signs_keys_and_views_and_sites_refuse_a_w
 
 #[test]
 fn secure_aggregation_recovers_the_sum_when_a_site_drops_after_sharing_its_keys() {
+    if util::skip_e2e(
+        "secure_aggregation_recovers_the_sum_when_a_site_drops_after_sharing_its_keys",
+    ) {
+        return;
+    }
     let s = Scratch::new("deploy-secagg-drop");
     let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
     let text = text.replace("rounds = 15", "rounds = 3");
@@ -1597,6 +1657,9 @@ fn secure_aggregation_recovers_the_sum_when_a_site_drops_after_sharing_its_keys(
 /// per site and codec at the metrics endpoint.
 #[test]
 fn compressed_updates_over_grpc_equal_simulation_bit_for_bit() {
+    if util::skip_e2e("compressed_updates_over_grpc_equal_simulation_bit_for_bit") {
+        return;
+    }
     let s = Scratch::new("deploy-compress");
     let plan = plan_with(&s, "compress", "[compression]\nupload = \"topk:0.3+q8\"\n");
     let expected = simulated_model(&s, &plan, "sim.model");
@@ -1666,6 +1729,9 @@ fn compressed_updates_over_grpc_equal_simulation_bit_for_bit() {
 /// round's shared coordinates; the model equals the simulation's.
 #[test]
 fn random_k_under_secure_aggregation_over_grpc_equals_simulation() {
+    if util::skip_e2e("random_k_under_secure_aggregation_over_grpc_equals_simulation") {
+        return;
+    }
     let s = Scratch::new("deploy-compress-secagg");
     let plan = plan_with(
         &s,
@@ -1687,6 +1753,9 @@ fn random_k_under_secure_aggregation_over_grpc_equals_simulation() {
 /// timed, a target no link can meet gets the ladder's most compressive one.
 #[test]
 fn adaptive_codecs_follow_measured_uploads() {
+    if util::skip_e2e("adaptive_codecs_follow_measured_uploads") {
+        return;
+    }
     let s = Scratch::new("deploy-adaptive");
     let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
     let text = text.replace("rounds = 15", "rounds = 3");
@@ -1735,6 +1804,9 @@ fn adaptive_codecs_follow_measured_uploads() {
 /// the model the participants hold from the stored rounds).
 #[test]
 fn compressed_models_over_grpc_equal_simulation_across_a_coordinator_restart() {
+    if util::skip_e2e("compressed_models_over_grpc_equal_simulation_across_a_coordinator_restart") {
+        return;
+    }
     let s = Scratch::new("deploy-compress-down");
     let plan = plan_with(
         &s,
@@ -1792,6 +1864,9 @@ fn compressed_models_over_grpc_equal_simulation_across_a_coordinator_restart() {
 /// and a clear evaluation refused with the reason.
 #[test]
 fn aggregate_only_site_metrics_reach_the_coordinator_only_as_sums() {
+    if util::skip_e2e("aggregate_only_site_metrics_reach_the_coordinator_only_as_sums") {
+        return;
+    }
     let s = Scratch::new("deploy-aggregate-only");
     let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
     assert!(!text.contains("[privacy]"));
@@ -1884,6 +1959,9 @@ fn aggregate_only_site_metrics_reach_the_coordinator_only_as_sums() {
 /// charged to `metrics_epsilon`, the model untouched.
 #[test]
 fn dp_site_metrics_are_noised_at_the_coordinator_with_its_own_secret() {
+    if util::skip_e2e("dp_site_metrics_are_noised_at_the_coordinator_with_its_own_secret") {
+        return;
+    }
     let s = Scratch::new("deploy-dp-metrics");
     let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
     let text = text.replace("rounds = 15", "rounds = 4");
@@ -2073,6 +2151,9 @@ async fn hostile_va(
 /// made the merge non-finite and every honest participant exited.
 #[test]
 fn hostile_statistics_are_refused_and_the_run_equals_its_simulation() {
+    if util::skip_e2e("hostile_statistics_are_refused_and_the_run_equals_its_simulation") {
+        return;
+    }
     use tessera_proto::pb;
     let s = Scratch::new("deploy-hostile-statistics");
     let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
@@ -2153,6 +2234,9 @@ fn hostile_statistics_are_refused_and_the_run_equals_its_simulation() {
 /// the coordinator goes on, and the site's real participant finishes the run.
 #[test]
 fn hostile_counts_are_refused_and_the_coordinator_goes_on() {
+    if util::skip_e2e("hostile_counts_are_refused_and_the_coordinator_goes_on") {
+        return;
+    }
     use tessera_proto::pb;
     let s = Scratch::new("deploy-hostile-counts");
     let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
@@ -2267,6 +2351,9 @@ fn hostile_counts_are_refused_and_the_coordinator_goes_on() {
 /// same round, and the model equals its simulation bit for bit.
 #[test]
 fn refused_counts_leave_the_run_equal_to_its_simulation() {
+    if util::skip_e2e("refused_counts_leave_the_run_equal_to_its_simulation") {
+        return;
+    }
     use tessera_proto::pb;
     let s = Scratch::new("deploy-hostile-counts-exact");
     let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
@@ -2344,6 +2431,9 @@ fn refused_counts_leave_the_run_equal_to_its_simulation() {
 /// its simulation bit for bit.
 #[test]
 fn hostile_names_are_bounded_and_the_run_equals_its_simulation() {
+    if util::skip_e2e("hostile_names_are_bounded_and_the_run_equals_its_simulation") {
+        return;
+    }
     use tessera_proto::pb;
     use tessera_proto::pb::federation_client::FederationClient;
     let s = Scratch::new("deploy-hostile-names");
@@ -2504,6 +2594,9 @@ fn hostile_names_are_bounded_and_the_run_equals_its_simulation() {
 /// machine aborted it.
 #[test]
 fn a_model_too_big_for_the_coordinator_stops_the_run_before_round_1() {
+    if util::skip_e2e("a_model_too_big_for_the_coordinator_stops_the_run_before_round_1") {
+        return;
+    }
     let s = Scratch::new("deploy-memory-coordinator");
     let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
     // 10^12 hidden units: 1.5 x 10^13 parameters, four copies of 4 bytes.
@@ -2544,6 +2637,9 @@ fn a_model_too_big_for_the_coordinator_stops_the_run_before_round_1() {
 /// built; the others go on.
 #[test]
 fn a_site_refuses_a_model_beyond_its_memory_limit() {
+    if util::skip_e2e("a_site_refuses_a_model_beyond_its_memory_limit") {
+        return;
+    }
     let s = Scratch::new("deploy-memory-site");
     let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
     let plan = s.write("small.toml", &text.replace("rounds = 15", "rounds = 2"));
@@ -2578,6 +2674,9 @@ fn a_site_refuses_a_model_beyond_its_memory_limit() {
 /// any absolute path.
 #[test]
 fn a_plan_cannot_make_a_site_read_outside_its_plan_dir() {
+    if util::skip_e2e("a_plan_cannot_make_a_site_read_outside_its_plan_dir") {
+        return;
+    }
     let s = Scratch::new("deploy-plan-paths");
     let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
     let outside = s.write("elsewhere.csv", "center,row_in_file,flamby_split\n");
@@ -2607,6 +2706,9 @@ fn a_plan_cannot_make_a_site_read_outside_its_plan_dir() {
 /// participant exited.
 #[test]
 fn an_odd_offer_refuses_the_odd_site_not_the_federation() {
+    if util::skip_e2e("an_odd_offer_refuses_the_odd_site_not_the_federation") {
+        return;
+    }
     let s = Scratch::new("deploy-odd-offer");
     let (plan, data) = util::synthetic(&s, 4, 3, "kind = \"flat\"");
     let text = std::fs::read_to_string(&plan).unwrap();
@@ -2659,6 +2761,9 @@ fn an_odd_offer_refuses_the_odd_site_not_the_federation() {
 /// here every patient's age) is refused at the site unless it consents.
 #[test]
 fn a_site_sends_undeclared_value_sets_only_with_consent() {
+    if util::skip_e2e("a_site_sends_undeclared_value_sets_only_with_consent") {
+        return;
+    }
     let s = Scratch::new("deploy-levels-consent");
     let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
     let greedy = text.replace(

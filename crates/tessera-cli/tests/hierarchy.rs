@@ -108,6 +108,11 @@ fn finish(procs: &mut [Proc]) {
 
 #[test]
 fn a_regional_aggregator_killed_mid_round_resumes_and_the_run_equals_simulation() {
+    if util::skip_e2e(
+        "a_regional_aggregator_killed_mid_round_resumes_and_the_run_equals_simulation",
+    ) {
+        return;
+    }
     let s = Scratch::new("hierarchy-kill");
     let (plan, data) = setup(&s, TWO_REGIONS);
     let expected = simulated(&s, &plan);
@@ -229,6 +234,9 @@ fn a_regional_aggregator_killed_mid_round_resumes_and_the_run_equals_simulation(
 
 #[test]
 fn three_levels_deploy_as_they_simulate() {
+    if util::skip_e2e("three_levels_deploy_as_they_simulate") {
+        return;
+    }
     let s = Scratch::new("hierarchy-deep");
     let groups = format!(
         "{TWO_REGIONS}
@@ -278,6 +286,9 @@ members = [\"east\", \"west\"]
 
 #[test]
 fn aggregators_that_do_not_fit_the_plan_are_refused_with_the_reason() {
+    if util::skip_e2e("aggregators_that_do_not_fit_the_plan_are_refused_with_the_reason") {
+        return;
+    }
     let s = Scratch::new("hierarchy-refused");
     let (plan, _) = setup(&s, TWO_REGIONS);
     let (_root, url) = coordinator(&s.dir, &plan, &s.path("root.sqlite"), 0, &[]);
@@ -331,6 +342,10 @@ fn aggregators_that_do_not_fit_the_plan_are_refused_with_the_reason() {
 
 #[test]
 fn central_dp_runs_at_the_regional_aggregators_with_their_own_keys_and_ledgers() {
+    if util::skip_e2e("central_dp_runs_at_the_regional_aggregators_with_their_own_keys_and_ledgers")
+    {
+        return;
+    }
     let s = Scratch::new("hierarchy-dp");
     let (plan, data) = setup(&s, TWO_REGIONS);
     let text = std::fs::read_to_string(&plan).unwrap();
@@ -379,6 +394,9 @@ fn central_dp_runs_at_the_regional_aggregators_with_their_own_keys_and_ledgers()
 
 #[test]
 fn secure_aggregation_at_every_level_equals_simulation_bit_for_bit() {
+    if util::skip_e2e("secure_aggregation_at_every_level_equals_simulation_bit_for_bit") {
+        return;
+    }
     let s = Scratch::new("hierarchy-secagg");
     let layout: [(&str, &[&str]); 3] = [
         ("east", &["site0", "site1", "site2"]),
@@ -451,6 +469,9 @@ fn secure_aggregation_at_every_level_equals_simulation_bit_for_bit() {
 /// the last round. Without withdrawals the root would wait for east forever.
 #[test]
 fn a_region_that_loses_all_its_sites_withdraws_and_the_run_goes_on() {
+    if util::skip_e2e("a_region_that_loses_all_its_sites_withdraws_and_the_run_goes_on") {
+        return;
+    }
     let s = Scratch::new("hierarchy-withdraw");
     let (plan, data) =
         util::synthetic(&s, 6, 8, &format!("kind = \"hierarchical\"\n{TWO_REGIONS}"));

@@ -8,6 +8,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
+/// Whether the slow end-to-end suites (real coordinator, participant,
+/// aggregator and peer processes) run: with `TESSERA_E2E=1`, which `.ci/run`
+/// sets; otherwise each such test says it is skipped and passes, so that a
+/// developer's `cargo test --workspace` stays fast.
+pub fn skip_e2e(test: &str) -> bool {
+    if std::env::var_os("TESSERA_E2E").is_some_and(|v| v == "1") {
+        return false;
+    }
+    eprintln!("{test}: skipped (an end-to-end test: TESSERA_E2E=1 runs it, as .ci/run does)");
+    true
+}
+
 /// A scratch folder, removed when dropped.
 pub struct Scratch {
     pub dir: PathBuf,
