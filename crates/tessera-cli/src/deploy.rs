@@ -17,6 +17,11 @@ pub struct CoordinatorArgs {
     /// The plan (TOML).
     #[arg(long)]
     plan: PathBuf,
+    /// Changes one plan setting, SECTION.KEY=VALUE at any depth (repeatable;
+    /// the value as TOML, a bare word as text); sites receive the plan as
+    /// changed.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    settings: Vec<String>,
     /// The database (SQLite); a restart with the same file resumes the run.
     #[arg(long)]
     db: PathBuf,
@@ -210,9 +215,13 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
             "give --tls DIR (mutual TLS, see `tessera ca`) or --insecure (local experiments only)"
         );
     }
-    let plan_text = std::fs::read_to_string(&args.plan)
+    let mut plan_text = std::fs::read_to_string(&args.plan)
         .with_context(|| format!("{}: cannot read", args.plan.display()))?;
-    let plan = Plan::from_toml(&plan_text, &args.plan.display().to_string())?;
+    let mut plan = Plan::from_toml(&plan_text, &args.plan.display().to_string())?;
+    if !args.settings.is_empty() {
+        plan = plan.with_settings(&args.settings)?;
+        plan_text = toml::to_string(&plan).context("cannot write the changed plan")?;
+    }
     let mut inputs = vec![Input::new("the plan file", &args.plan)];
     inputs.extend(plan_data_inputs(&plan.data, &plan_dir(&args.plan)));
     inputs.extend(db_inputs(&args.db));

@@ -186,6 +186,12 @@ pub struct SimulateArgs {
     /// No progress bar or round table.
     #[arg(long, short)]
     quiet: bool,
+    /// Changes one plan setting, SECTION.KEY=VALUE at any depth (repeatable;
+    /// the value as TOML, a bare word as text), e.g.
+    /// `--set data.split.test_fraction=0.3 --set model.hidden=[32,16]`;
+    /// applied before the other flags.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    settings: Vec<String>,
 }
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
@@ -207,6 +213,9 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
                 (plan, PathBuf::from("examples"), Box::new(Bundled))
             }
         };
+    if !args.settings.is_empty() {
+        plan = plan.with_settings(&args.settings)?;
+    }
     apply_overrides(&mut plan, &args)?;
     plan.validate()?;
     let strategy = plan.federation.strategy;

@@ -2588,6 +2588,52 @@ fn hostile_names_are_bounded_and_the_run_equals_its_simulation() {
     assert!(size < 8 << 20, "the database grew to {size} bytes");
 }
 
+/// `coordinator --set` changes the plan the sites receive: they train the
+/// changed plan, and the run equals the simulation of the same change.
+#[test]
+fn a_coordinator_setting_reaches_the_sites() {
+    if util::skip_e2e("a_coordinator_setting_reaches_the_sites") {
+        return;
+    }
+    let s = Scratch::new("deploy-set");
+    let plan = plan(&s, "fedavg", "");
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &s.path("c.sqlite"),
+        0,
+        &[
+            "--set",
+            "federation.rounds=2",
+            "--set",
+            "training.lr=0.005",
+            "--model-out",
+            "dep.model",
+            "--report",
+            "dep.json",
+        ],
+    );
+    let mut sites: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for site in &mut sites {
+        assert!(site.wait(LIMIT).success(), "{}", site.log());
+    }
+    let text = std::fs::read_to_string(&plan).unwrap();
+    let changed = s.write(
+        "changed.toml",
+        &text.replace("rounds = 15", "rounds = 2").replace(
+            "optimizer = \"sgd\"\nlr = 0.001",
+            "optimizer = \"sgd\"\nlr = 0.005",
+        ),
+    );
+    let (_, expected) = s.simulate(&changed, "sim.model");
+    assert_eq!(s.json("dep.json")["rounds"].as_array().unwrap().len(), 2);
+    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+}
+
 /// A plan whose model cannot fit in the coordinator's memory stops the run
 /// at the agreement, before any model is built: the coordinator exits with
 /// the reason, and every site is told it. Before, the run grew until the

@@ -394,3 +394,34 @@ fn every_example_plan_runs_as_is() {
         assert!(s.json(&report)["rounds"].is_array(), "{}", plan.display());
     }
 }
+
+/// `--set SECTION.KEY=VALUE` changes any plan setting without a flag of its
+/// own, and a setting that does not exist or cannot work is one line naming
+/// it.
+#[test]
+fn any_plan_setting_can_be_changed_from_the_command_line() {
+    let s = Scratch::new("set");
+    s.run(&[
+        "simulate",
+        "--set",
+        "federation.rounds=2",
+        "--set",
+        "model.kind=mlp",
+        "--set",
+        "model.hidden=[8]",
+        "--set",
+        "data.split.test_fraction=0.25",
+        "--report",
+        "r.json",
+        "--plot",
+        "r.svg",
+    ])
+    .ok();
+    let report = s.json("r.json");
+    assert_eq!(report["rounds"].as_array().unwrap().len(), 2);
+    assert_eq!(report["model"], "mlp");
+    let e = s.run(&["simulate", "--set", "federation.roundz=2"]).fails();
+    assert!(e.contains("unknown field `roundz`"), "{e}");
+    let e = s.run(&["simulate", "--set", "model.hidden=[0]"]).fails();
+    assert!(e.contains("hidden"), "{e}");
+}

@@ -91,3 +91,48 @@ fn bad_plans_are_refused() {
     );
     assert!(error("[model\n").starts_with("p.toml: line 1"));
 }
+
+/// `--set section.key=value` changes any setting at any depth, values as
+/// TOML (a bare word as a string), and is checked as a plan file is: an
+/// unknown key or a value that cannot work is refused, naming it.
+#[test]
+fn settings_override_any_key_and_are_checked() {
+    let plan = Plan::from_file(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/fed-heart-disease.toml"),
+    )
+    .unwrap();
+    let set = |s: &[&str]| plan.with_settings(&s.iter().map(|x| x.to_string()).collect::<Vec<_>>());
+    let changed = set(&[
+        "federation.strategy=fedadam",
+        "federation.rounds = 7",
+        "data.split.test_fraction=0.3",
+        "model.kind=mlp",
+        "model.hidden=[32, 16]",
+    ])
+    .unwrap();
+    assert_eq!(changed.federation.strategy.to_string(), "fedadam");
+    assert_eq!(changed.federation.rounds, 7);
+    assert_eq!(changed.data.split.test_fraction, 0.3);
+    assert_eq!(changed.model.hidden, vec![32, 16]);
+    // Nothing else moved.
+    let mut back = changed.clone();
+    back.federation = plan.federation.clone();
+    back.data = plan.data.clone();
+    back.model = plan.model.clone();
+    assert_eq!(back, plan);
+    assert_eq!(set(&[]).unwrap(), plan);
+    for (bad, says) in [
+        ("federation.roundz=3", "unknown field `roundz`"),
+        (
+            "federation.rounds=0",
+            "federation.rounds must be at least 1",
+        ),
+        ("federation.rounds", "give section.key=value"),
+        ("federation..rounds=3", "empty part"),
+        ("seed.x=1", "'seed' is a value, not a section"),
+    ] {
+        let e = set(&[bad]).unwrap_err().to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}
