@@ -2588,6 +2588,47 @@ fn hostile_names_are_bounded_and_the_run_equals_its_simulation() {
     assert!(size < 8 << 20, "the database grew to {size} bytes");
 }
 
+/// A database that another writer holds past the coordinator's busy wait
+/// (5 s) while the sites join and agree: their calls are answered
+/// "unavailable", they ask again, and the run ends as its simulation, bit for
+/// bit. Before, a database error during the agreement refused the site as if
+/// its request were wrong, and it stopped for good.
+#[test]
+fn a_busy_database_during_the_agreement_is_retried_not_fatal() {
+    if util::skip_e2e("a_busy_database_during_the_agreement_is_retried_not_fatal") {
+        return;
+    }
+    let s = Scratch::new("deploy-db-busy");
+    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
+    let plan = s.write("busy.toml", &text.replace("rounds = 15", "rounds = 2"));
+    let (_, expected) = s.simulate(&plan, "sim.model");
+    let db = s.path("c.sqlite");
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &db,
+        0,
+        &["--model-out", "dep.model", "--report", "dep.json"],
+    );
+    let lock = rusqlite::Connection::open(&db).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let mut sites: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    std::thread::sleep(Duration::from_secs(7));
+    lock.execute_batch("COMMIT").unwrap();
+    drop(lock);
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    let mut retried = 0;
+    for site in &mut sites {
+        assert!(site.wait(LIMIT).success(), "{}", site.log());
+        retried += usize::from(site.log().contains("database failed"));
+    }
+    assert!(retried >= 1, "no site was told to retry");
+    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+}
+
 /// `coordinator --set` changes the plan the sites receive: they train the
 /// changed plan, and the run equals the simulation of the same change.
 #[test]

@@ -67,6 +67,7 @@ fn refused(refusal: Refusal) -> Status {
     match refusal {
         Refusal::Invalid(m) => Status::invalid_argument(m),
         Refusal::Denied(m) => Status::permission_denied(m),
+        Refusal::Unavailable(m) => Status::unavailable(m),
     }
 }
 

@@ -103,12 +103,23 @@ pub enum Refusal {
     Invalid(String),
     /// The caller may not do this.
     Denied(String),
+    /// The coordinator cannot answer now (its database failed a write or a
+    /// read): the caller asks again.
+    Unavailable(String),
+}
+
+/// A database failure met while answering a call: the caller retries.
+fn unavailable(e: impl std::fmt::Display) -> Refusal {
+    tracing::warn!(%e, "database error; the caller will retry");
+    Refusal::Unavailable(format!(
+        "the coordinator's database failed ({e}); try again"
+    ))
 }
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refusal::Invalid(m) | Refusal::Denied(m) => f.write_str(m),
+            Refusal::Invalid(m) | Refusal::Denied(m) | Refusal::Unavailable(m) => f.write_str(m),
         }
     }
 }
@@ -846,9 +857,9 @@ impl Federation {
         if self.joined.insert(site.to_string()) {
             let now = self.now();
             if let Err(e) = self.store.add_participant(&self.run.id, site, now) {
-                return Err(Refusal::Invalid(format!(
-                    "cannot record the participant: {e}"
-                )));
+                // Not joined until recorded: its retry records it.
+                self.joined.remove(site);
+                return Err(unavailable(format!("cannot record the participant: {e}")));
             }
             if let Some(engine) = self.engine.as_mut() {
                 engine.register(ParticipantId::new(site));
@@ -918,17 +929,14 @@ impl Federation {
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
         self.store
             .put_offer(&self.run.id, 1, site, &offer.encode_to_vec())
-            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+            .map_err(unavailable)?;
         let _ = parsed;
         if self.relay.is_some() {
             // The members' merged offer goes up; the parent's kinds come back.
             self.version += 1;
             return Ok(None);
         }
-        let Some(offers) = self
-            .quorum_of_offers(1)
-            .map_err(|e| Refusal::Invalid(e.to_string()))?
-        else {
+        let Some(offers) = self.quorum_of_offers(1).map_err(unavailable)? else {
             return Ok(None);
         };
         let offers: Vec<KindsOffer> = offers
@@ -945,7 +953,7 @@ impl Federation {
             for (odd_site, reason) in odd {
                 self.store
                     .delete_offer(&self.run.id, 1, &odd_site)
-                    .map_err(|e| Refusal::Invalid(e.to_string()))?;
+                    .map_err(unavailable)?;
                 self.refuse_report(&odd_site, "agree-kinds", &reason);
                 self.odd_offers.insert(odd_site, reason);
             }
@@ -963,7 +971,7 @@ impl Federation {
                 1,
                 &convert::kinds_to_pb(&kinds).encode_to_vec(),
             )
-            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+            .map_err(unavailable)?;
         self.audit(site, "agree-kinds", "closed", &kinds.columns.join(","));
         self.kinds = Some(kinds.clone());
         self.version += 1;
@@ -988,7 +996,8 @@ impl Federation {
         match self.declared.get(site) {
             Some(before) if *before != declared => {
                 let reason = format!(
-                    "'{site}' declared {} training and {} test rows before; the counts are fixed                      for the run",
+                    "'{site}' declared {} training and {} test rows before; the counts are fixed \
+                     for the run",
                     before.train, before.test
                 );
                 self.refuse_report(site, "agree-levels", &reason);
@@ -998,7 +1007,7 @@ impl Federation {
             None => {
                 self.store
                     .put_offer(&self.run.id, 2, site, &offer.encode_to_vec())
-                    .map_err(|e| Refusal::Invalid(e.to_string()))?;
+                    .map_err(unavailable)?;
                 self.declared.insert(site.to_string(), declared);
             }
         }
@@ -1012,10 +1021,7 @@ impl Federation {
             self.version += 1;
             return Ok(None);
         }
-        let Some(offers) = self
-            .quorum_of_offers(2)
-            .map_err(|e| Refusal::Invalid(e.to_string()))?
-        else {
+        let Some(offers) = self.quorum_of_offers(2).map_err(unavailable)? else {
             return Ok(None);
         };
         let offers: Vec<LevelsOffer> = offers
@@ -1074,7 +1080,7 @@ impl Federation {
                     &convert::agreement_to_pb(agreement).encode_to_vec(),
                 )
             });
-        stored.map_err(|e| Refusal::Invalid(e.to_string()))?;
+        stored.map_err(unavailable)?;
         if self.plan.federation.mode == tessera_engine::Mode::Async {
             let engine = tessera_engine::BufferedEngine::new(
                 &self.plan,
@@ -1131,11 +1137,7 @@ impl Federation {
         let Some(n_features) = self.agreement.as_ref().map(|a| a.feature_names().len()) else {
             return Err(Refusal::Invalid("agree the vocabulary first".into()));
         };
-        if let Some(bytes) = self
-            .store
-            .agreement(&self.run.id, 3)
-            .map_err(|e| Refusal::Invalid(e.to_string()))?
-        {
+        if let Some(bytes) = self.store.agreement(&self.run.id, 3).map_err(unavailable)? {
             let merged = pb::FeatureStatistics::decode(bytes.as_slice())
                 .map_err(|e| Refusal::Invalid(e.to_string()))?;
             return convert::statistics_from_pb(merged, n_features)
@@ -1152,15 +1154,12 @@ impl Federation {
         own?;
         self.store
             .put_offer(&self.run.id, 3, site, &offer.encode_to_vec())
-            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+            .map_err(unavailable)?;
         if self.relay.is_some() {
             self.version += 1;
             return Ok(None);
         }
-        let Some(offers) = self
-            .quorum_of_offers(3)
-            .map_err(|e| Refusal::Invalid(e.to_string()))?
-        else {
+        let Some(offers) = self.quorum_of_offers(3).map_err(unavailable)? else {
             return Ok(None);
         };
         let parts = offers
@@ -1179,7 +1178,7 @@ impl Federation {
                 3,
                 &convert::statistics_to_pb(&merged).encode_to_vec(),
             )
-            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+            .map_err(unavailable)?;
         self.audit(
             site,
             "agree-statistics",
