@@ -1,0 +1,130 @@
+//! The run's report, from what the coordinator saw.
+
+use std::collections::BTreeMap;
+
+use tessera_data::Agreement;
+use tessera_engine::report::{Communication, RunReport, Timing, final_metrics};
+use tessera_learn::Evaluation;
+
+use super::Federation;
+
+impl Federation {
+    /// The run's report so far.
+    pub fn report(&self) -> RunReport {
+        let names: Vec<&str> = self
+            .last_evaluations
+            .iter()
+            .map(|(s, _)| s.as_str())
+            .collect();
+        let evaluations: Vec<Evaluation> = self
+            .last_evaluations
+            .iter()
+            .map(|(_, e)| e.clone())
+            .collect();
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let n_rounds = self.records.len().max(1) as f64;
+        let mut rounds = self.records.clone();
+        // Rounds without their own traffic (asynchronous steps): the run's
+        // traffic spread evenly.
+        for r in rounds.iter_mut().filter(|r| r.traffic.is_empty()) {
+            r.bytes_up = self.bytes_up / n_rounds as u64;
+            r.bytes_down = self.bytes_down / n_rounds as u64;
+        }
+        let final_metrics = match (&self.last_view, self.aggregate_only()) {
+            (Some(view), true) => tessera_engine::report::final_metrics_view(view, BTreeMap::new()),
+            // Resumed: the last round evaluated before the restart, as
+            // stored (under "dp", noised: evaluating again would be another
+            // release).
+            (None, true) => match self.records.iter().rev().find(|r| r.n_test > 0) {
+                Some(last) => tessera_engine::report::FinalMetrics {
+                    accuracy: Some(last.accuracy),
+                    mean_site_accuracy: Some(last.mean_site_accuracy),
+                    auc: last.auc,
+                    loss: Some(last.loss),
+                    per_site: BTreeMap::new(),
+                },
+                None => final_metrics(&names, &evaluations),
+            },
+            _ => final_metrics(&names, &evaluations),
+        };
+        RunReport {
+            plan: self.plan.name.clone(),
+            strategy: self.plan.federation.strategy.to_string(),
+            seed: self.plan.seed,
+            model: format!("{:?}", self.plan.model.kind).to_lowercase(),
+            features: self
+                .agreement
+                .as_ref()
+                .map(Agreement::feature_names)
+                .unwrap_or_default(),
+            classes: self
+                .agreement
+                .as_ref()
+                .map(|a| a.classes.clone())
+                .unwrap_or_default(),
+            data: Vec::new(),
+            rounds,
+            robustness: (self.plan.robust.rule.needs_all_updates()
+                || self.plan.robust.norm_bound.is_some())
+            .then(|| tessera_engine::report::RobustnessReport {
+                rule: self.plan.robust.rule.to_string(),
+                norm_bound: self.plan.robust.norm_bound,
+                attack: "none".into(),
+                malicious: Vec::new(),
+                // Deployment knows of no malicious site: every site is
+                // counted honest (0 when nothing was evaluated).
+                honest_accuracy: final_metrics.accuracy.unwrap_or(0.0),
+            }),
+            topology: self.relay.as_ref().map(|r| r.topology(&self.records)),
+            final_metrics,
+            baselines: None,
+            metrics_privacy: self
+                .metrics_dp
+                .as_ref()
+                .map(|dp| tessera_engine::report::MetricsPrivacyReport::of(dp, true)),
+            timing: Timing {
+                total_seconds: elapsed,
+                data_seconds: 0.0,
+                rounds_seconds: elapsed,
+                seconds_per_round: elapsed / n_rounds,
+                baselines_seconds: 0.0,
+                virtual_seconds: self.now().as_secs_f64(),
+                threads: 1,
+                peak_rss_bytes: None,
+                virtual_seconds_to_target: None,
+            },
+            communication: Communication {
+                bytes_up: self.bytes_up,
+                bytes_down: self.bytes_down,
+                bytes_up_per_site: self.bytes_up_per_site.clone(),
+                update_bytes_up: self.update_bytes_up,
+            },
+            privacy: match &self.local_ledger {
+                Some(ledger) => Some(
+                    tessera_engine::report::PrivacyReport::local(
+                        &self.plan.privacy,
+                        ledger
+                            .entries()
+                            .iter()
+                            .map(|e| e.event.noise_multiplier)
+                            .fold(f64::INFINITY, f64::min),
+                        ledger,
+                    )
+                    .deployed(),
+                ),
+                None => self
+                    .engine
+                    .as_ref()
+                    .and_then(|e| e.privacy())
+                    .map(|(dp, ledger)| {
+                        tessera_engine::report::PrivacyReport::new(&self.plan.privacy, dp, ledger)
+                            .deployed()
+                    }),
+            },
+            final_parameters: self
+                .current_global()
+                .map(|g| g.as_ref().clone())
+                .unwrap_or_default(),
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Resuming a run from its database after a restart: the agreement, the
+//! rounds closed, the round in progress with its accepted updates.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use prost::Message;
+use tessera_core::{ParticipantId, Timestamp};
+use tessera_engine::report::RoundRecord;
+use tessera_engine::{EngineConfig, RoundEngine};
+use tessera_learn::Evaluation;
+use tessera_proto::{convert, pb};
+
+use super::{Federation, Phase, trust};
+use crate::CoordinatorError;
+use crate::store::StoreError;
+
+impl Federation {
+    /// Rebuilds the state a previous coordinator left in the database.
+    pub(super) fn resume(&mut self) -> Result<(), CoordinatorError> {
+        let run = self.run.id.clone();
+        self.joined = self.store.participants(&run)?.into_iter().collect();
+        for (site, bytes) in self.store.offers(&run, 2)? {
+            let offer = pb::LevelsOffer::decode(bytes.as_slice())
+                .map_err(|e| StoreError::Damaged(e.to_string()))?;
+            // Stored offers were checked when they came.
+            if let Ok(declared) = trust::Declared::of(&offer) {
+                self.declared.insert(site, declared);
+            }
+        }
+        if let Some(bytes) = self.store.agreement(&run, 1)? {
+            let kinds = pb::ColumnKinds::decode(bytes.as_slice())
+                .map_err(|e| StoreError::Damaged(e.to_string()))?;
+            self.kinds = Some(convert::kinds_from_pb(kinds)?);
+        }
+        let Some(bytes) = self.store.agreement(&run, 2)? else {
+            return Ok(());
+        };
+        let agreement = pb::Agreement::decode(bytes.as_slice())
+            .map_err(|e| StoreError::Damaged(e.to_string()))?;
+        self.agreement = Some(convert::agreement_from_pb(agreement)?);
+        if self.relay.is_some() {
+            return self.resume_relay(&run);
+        }
+        if self.plan.federation.mode == tessera_engine::Mode::Async {
+            return self.resume_async(&run);
+        }
+        let Some(closed) = self.store.latest_model_version(&run)? else {
+            return Err(CoordinatorError::Store(StoreError::Damaged(
+                "agreed run without an initial model".into(),
+            )));
+        };
+        // Replay every completed round's aggregate: it rebuilds the strategy's
+        // state (momentum, moments, control variate) and must reproduce the
+        // stored model exactly.
+        let mut strategy = self.plan.strategy()?;
+        let mut global = self
+            .store
+            .model(&run, 0)?
+            .ok_or_else(|| StoreError::Damaged("no initial model".into()))?;
+        let aggregates: BTreeMap<u32, _> =
+            self.store.aggregates(&run, closed)?.into_iter().collect();
+        // The model participants hold goes through the same changes.
+        let mut downlink = self.new_downlink(Arc::new(global.clone()));
+        for round in 1..=closed {
+            if let Some(aggregate) = aggregates.get(&round) {
+                global = RoundEngine::replay(strategy.as_mut(), &global, aggregate)?;
+            }
+            if let Some(down) = downlink.as_mut() {
+                down.advance(round, &global)?;
+            }
+        }
+        self.downlink = downlink;
+        let stored = self
+            .store
+            .model(&run, closed)?
+            .ok_or_else(|| StoreError::Damaged("missing model".into()))?;
+        if stored
+            .values()
+            .map(f32::to_bits)
+            .ne(global.values().map(f32::to_bits))
+        {
+            return Err(CoordinatorError::Store(StoreError::Damaged(format!(
+                "replaying rounds 1..{closed} does not give the stored model"
+            ))));
+        }
+        let mut engine = self.protect(RoundEngine::restore(
+            EngineConfig::from_plan(&self.plan),
+            strategy,
+            global,
+            closed,
+        ))?;
+        if self.plan.privacy.is_on() {
+            for row in self.store.privacy_ledger(&run)? {
+                engine
+                    .restore_privacy(row.entry, row.next_clip_norm)
+                    .map_err(CoordinatorError::from)?;
+            }
+        }
+        for site in &self.joined {
+            engine.register(ParticipantId::new(site.as_str()));
+        }
+        let now = self.now();
+        let until = now.plus(self.evaluation_wait());
+        self.resume_rounds(&run, until)?;
+        if self.aggregate_only()
+            && let Phase::Evaluating { round, .. } = &self.phase
+        {
+            // The secure sum of that evaluation died with the process (its
+            // protocol state is not stored): the round closes without
+            // evaluation figures rather than asking for clear ones.
+            let round = *round;
+            self.audit(
+                "-",
+                "secure-evaluation",
+                "failed",
+                &format!("round {round}'s evaluation was under way when the coordinator stopped"),
+            );
+            self.secure_evaluated = Some((round, None));
+        }
+        let mut reopened_secure = None;
+        if matches!(self.phase, Phase::Agreeing) {
+            self.phase = Phase::Training;
+            if let Some((round, cohort, opened_at)) = self.store.open_round_of(&run)? {
+                let start = engine.reopen_round(round, cohort, opened_at)?;
+                reopened_secure = Some((round, start.cohort));
+                for stored in self.store.updates(&run, round)? {
+                    let (site, update, at) = (stored.site, stored.update, stored.at);
+                    if let Err(rejection) = engine.submit(at, &site, round, &update) {
+                        tracing::warn!(%site, round, %rejection, "a stored update no longer counts");
+                    }
+                }
+                self.round_started = Some(Instant::now());
+            }
+        }
+        for site in &self.joined {
+            self.last_seen.insert(site.clone(), now);
+        }
+        self.engine = Some(engine);
+        if let Some((round, cohort)) = reopened_secure {
+            // The protocol's state is not stored: the cohort starts it again.
+            self.open_secure_round(round, &cohort, now);
+        }
+        if self.engine.as_ref().is_some_and(RoundEngine::is_finished)
+            && matches!(self.phase, Phase::Training)
+        {
+            self.phase = Phase::Finished;
+        }
+        tracing::info!(run = %run, rounds_closed = closed, "resumed");
+        Ok(())
+    }
+
+    /// Rebuilds who was in which round and the rounds' records; a round
+    /// whose evaluation had not finished is evaluated again until `until`.
+    pub(super) fn resume_rounds(
+        &mut self,
+        run: &str,
+        until: Timestamp,
+    ) -> Result<(), CoordinatorError> {
+        for row in self.store.cohorts(run)? {
+            for site in row.cohort {
+                let was_counted = row.counted.contains(&site);
+                self.counted.insert(site, (row.round, was_counted));
+            }
+        }
+        for (round, _status, record, evaluated) in self.store.rounds(run)? {
+            let record: RoundRecord = serde_json::from_str(&record)
+                .map_err(|e| StoreError::Damaged(format!("round {round}: {e}")))?;
+            if evaluated {
+                self.records.push(record);
+            } else {
+                let received = self.stored_evaluations(run, round)?;
+                self.phase = Phase::Evaluating {
+                    round,
+                    until,
+                    targets: self.joined.clone(),
+                    received,
+                    record: Box::new(record),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// The evaluations of `round`'s model stored so far, by site.
+    pub(super) fn stored_evaluations(
+        &self,
+        run: &str,
+        round: u32,
+    ) -> Result<BTreeMap<String, Evaluation>, StoreError> {
+        Ok(self
+            .store
+            .evaluations(run, round)?
+            .into_iter()
+            .filter_map(|(site, bytes)| {
+                let report = pb::EvaluationReport::decode(bytes.as_slice()).ok()?;
+                Some((site, convert::evaluation_from_pb(&report).ok()?))
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,559 @@
+//! Training rounds: what each site is asked to do, its update checked and
+//! recorded (with its local-DP release), and the time-driven steps that open
+//! and close synchronous rounds.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tessera_core::{ParameterSet, ParticipantId, Timestamp, Update};
+use tessera_engine::report::round_record;
+use tessera_engine::{Plan, RoundEngine, RoundStatus};
+use tessera_proto::pb;
+
+use super::{Expected, Federation, ModelPart, Phase, Refusal, TaskView};
+use crate::CoordinatorError;
+use crate::store::{RoundClose, Store};
+use crate::telemetry::names;
+
+impl Federation {
+    pub(super) fn previous(&self, site: &str) -> (u32, bool) {
+        self.counted.get(site).copied().unwrap_or((0, false))
+    }
+
+    /// What `site` should do now; `held` is the round whose model it holds.
+    pub fn task_for(&mut self, site: &str, held: Option<u32>) -> Result<TaskView, Refusal> {
+        self.require_joined(site)?;
+        self.touch(site);
+        let (previous_round, previous_update_counted) = self.previous(site);
+        if self.buffered.is_some() && matches!(self.phase, Phase::Training) {
+            return Ok(self.async_task(site));
+        }
+        match &self.phase {
+            Phase::Finished => Ok(TaskView::Finished),
+            Phase::Agreeing => Ok(TaskView::Wait),
+            Phase::Training => {
+                let Some(engine) = self.engine.as_ref() else {
+                    return Ok(TaskView::Wait);
+                };
+                let id = ParticipantId::new(site);
+                let Some(task) = engine.open_task().filter(|_| engine.is_pending(&id)) else {
+                    return Ok(TaskView::Wait);
+                };
+                let codec = self
+                    .links
+                    .assign(&self.plan, site, task.round, task.global.n_values());
+                let header = pb::TaskHeader {
+                    round: task.round,
+                    kind: pb::TaskKind::Fit as i32,
+                    layout: tessera_proto::layout_of(&task.global),
+                    proximal_mu: task.instructions.proximal_mu,
+                    has_server_control: task.instructions.server_control.is_some(),
+                    deadline_micros: task.deadline.map_or(0, |d| d.0),
+                    previous_update_counted,
+                    previous_round,
+                    upload_codec: if codec.is_identity() {
+                        String::new()
+                    } else {
+                        codec.to_string()
+                    },
+                    ..Default::default()
+                };
+                let mut header = header;
+                let (global, model) = self.model_for(&mut header, task.global, held);
+                Ok(TaskView::Fit {
+                    header,
+                    global,
+                    control: task.instructions.server_control,
+                    model,
+                })
+            }
+            Phase::Evaluating {
+                round,
+                targets,
+                received,
+                ..
+            } => {
+                if !targets.contains(site) || received.contains_key(site) {
+                    return Ok(TaskView::Wait);
+                }
+                // Aggregate-only: a site evaluates once, then waits for the
+                // secure sum of everyone's evaluations to close.
+                let secure_round = *round | tessera_secagg::EVALUATION_ROUND;
+                if self.aggregate_only()
+                    && !self.secure.as_ref().is_some_and(|s| {
+                        s.round == secure_round
+                            && s.is_evaluation()
+                            && !s.has_joined(site)
+                            && !s.has_refused(site)
+                    })
+                {
+                    return Ok(TaskView::Wait);
+                }
+                let Some(global) = self.current_global() else {
+                    return Ok(TaskView::Wait);
+                };
+                let mut header = pb::TaskHeader {
+                    round: *round,
+                    kind: pb::TaskKind::Evaluate as i32,
+                    layout: tessera_proto::layout_of(&global),
+                    proximal_mu: None,
+                    has_server_control: false,
+                    deadline_micros: 0,
+                    previous_update_counted,
+                    previous_round,
+                    ..Default::default()
+                };
+                let (global, model) = self.model_for(&mut header, global, held);
+                Ok(TaskView::Evaluate {
+                    header,
+                    global,
+                    model,
+                })
+            }
+        }
+    }
+
+    /// With a download codec: the model participants hold instead of
+    /// `global`, and how it reaches a participant holding round `held`'s.
+    pub(super) fn model_for(
+        &self,
+        header: &mut pb::TaskHeader,
+        global: Arc<ParameterSet>,
+        held: Option<u32>,
+    ) -> (Arc<ParameterSet>, ModelPart) {
+        let Some(down) = &self.downlink else {
+            return (global, ModelPart::Whole);
+        };
+        header.model_round = down.round();
+        header.model_codec = down.codec().to_string();
+        let (delivery, part) = match (held, down.change()) {
+            (Some(h), _) if h == down.round() => (pb::ModelDelivery::Held, ModelPart::Held),
+            (Some(h), Some(change)) if h + 1 == down.round() => (
+                pb::ModelDelivery::Change,
+                ModelPart::Change(change.to_vec()),
+            ),
+            _ => (pb::ModelDelivery::Full, ModelPart::Whole),
+        };
+        header.model_delivery = delivery as i32;
+        (Arc::clone(down.held()), part)
+    }
+
+    /// The layout updates must have, and whether they carry control deltas.
+    pub fn update_layout(&self) -> Option<(Arc<ParameterSet>, bool)> {
+        if let Some(buffered) = &self.buffered {
+            return Some((buffered.current().0, false));
+        }
+        let engine = self.engine.as_ref()?;
+        Some((
+            Arc::clone(engine.global()),
+            self.plan.federation.strategy == tessera_aggregate::StrategyKind::Scaffold,
+        ))
+    }
+
+    /// Records an update. Accepted updates are durable before this returns.
+    pub fn submit_update(
+        &mut self,
+        site: &str,
+        round: u32,
+        update: &Update,
+    ) -> Result<(), Refusal> {
+        self.require_joined(site)?;
+        self.touch(site);
+        let now = self.now();
+        if let Err(reason) = self
+            .check_update(site, update)
+            .and_then(|()| self.local_release_fits(update))
+        {
+            self.refuse_report(site, "update", &format!("round {round}: {reason}"));
+            metrics::counter!(names::REJECTED, "reason" => "implausible").increment(1);
+            return Err(Refusal::Invalid(reason));
+        }
+        if self.buffered.is_some() {
+            return self.async_submit(site, round, update, now);
+        }
+        let id = ParticipantId::new(site);
+        let Some(engine) = self.engine.as_mut() else {
+            return Err(Refusal::Invalid("no round is open".into()));
+        };
+        match engine.submit(now, &id, round, update) {
+            Ok(()) => {
+                // Local DP: the update's DP-SGD goes in the ledger before the
+                // update is stored (a crash in between over-counts, never under).
+                if let Err(e) = self.record_local_release(site, round, update, now) {
+                    tracing::error!(%e, "cannot record a release in the privacy ledger; stopping");
+                    std::process::exit(70);
+                }
+                if let Err(e) = self
+                    .store
+                    .put_update(&self.run.id, round, round, site, update, now)
+                {
+                    // The engine counted an update the database does not hold: stop
+                    // rather than acknowledge it. A restart resumes from the database.
+                    tracing::error!(%e, "cannot store an accepted update; stopping");
+                    std::process::exit(70);
+                }
+                metrics::counter!(names::ACCEPTED).increment(1);
+                self.audit(
+                    site,
+                    "update",
+                    "accepted",
+                    &format!("round {round}, {} examples", update.n_examples),
+                );
+                self.version += 1;
+                self.advance();
+                Ok(())
+            }
+            Err(rejection) => {
+                let label = match &rejection {
+                    tessera_engine::Rejection::WrongRound { .. } => "wrong_round",
+                    tessera_engine::Rejection::NotInCohort => "not_in_cohort",
+                    tessera_engine::Rejection::NotPending => "not_pending",
+                    tessera_engine::Rejection::Late => "late",
+                    tessera_engine::Rejection::Invalid(_) => "invalid",
+                };
+                metrics::counter!(names::REJECTED, "reason" => label).increment(1);
+                let reason = rejection.to_string();
+                self.audit(
+                    site,
+                    "update",
+                    "rejected",
+                    &format!("round {round}: {reason}"),
+                );
+                self.version += 1;
+                self.advance();
+                Err(Refusal::Invalid(reason))
+            }
+        }
+    }
+
+    /// Local DP: whether the update's DP-SGD (its rows and steps, already
+    /// bounded) has a noise multiplier the plan can account for.
+    pub(super) fn local_release_fits(&self, update: &Update) -> Result<(), String> {
+        if self.local_ledger.is_none() {
+            return Ok(());
+        }
+        let training = self.plan.local_training();
+        let plan = tessera_learn::LocalPlan::plain(&training);
+        let q = plan.sampling_rate(usize::try_from(update.n_examples).unwrap_or(usize::MAX));
+        self.plan
+            .privacy
+            .local_noise_multiplier(q, update.stats.n_steps, self.plan.federation.rounds)
+            .map(|_| ())
+            .map_err(|e| format!("its DP-SGD cannot be accounted for: {e}"))
+    }
+
+    /// Local DP: records the DP-SGD behind `site`'s update of `round` (the
+    /// plan fixes the noise; the update reports its rows and steps).
+    pub(super) fn record_local_release(
+        &mut self,
+        site: &str,
+        round: u32,
+        update: &Update,
+        now: Timestamp,
+    ) -> Result<(), CoordinatorError> {
+        let Some(ledger) = self.local_ledger.as_mut() else {
+            return Ok(());
+        };
+        let training = self.plan.local_training();
+        let plan = tessera_learn::LocalPlan::plain(&training);
+        let n = usize::try_from(update.n_examples).unwrap_or(usize::MAX);
+        let q = plan.sampling_rate(n);
+        let steps = update.stats.n_steps;
+        let noise_multiplier = self
+            .plan
+            .privacy
+            .local_noise_multiplier(q, steps, self.plan.federation.rounds)
+            .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+        let event = tessera_privacy::DpEvent {
+            sampling_rate: q,
+            noise_multiplier,
+            steps,
+        };
+        let mut entry = tessera_privacy::LedgerEntry {
+            release: round,
+            kind: "local".into(),
+            participant: Some(site.to_string()),
+            event,
+            run_epsilon: 0.0,
+        };
+        if ledger.entries().iter().any(|e| {
+            e.release == round && e.participant.as_deref() == Some(site) && e.kind == "local"
+        }) {
+            return Ok(());
+        }
+        let mut after = ledger.clone();
+        after
+            .restore(entry.clone())
+            .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+        entry.run_epsilon = after.run_epsilon();
+        ledger
+            .restore(entry.clone())
+            .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+        let clip = self.plan.privacy.clip_norm;
+        self.store.put_ledger_row(
+            &self.run.id,
+            &crate::store::LedgerRow {
+                entry,
+                delta: self.plan.privacy.delta,
+                clip_norm: clip,
+                next_clip_norm: clip,
+                noise_std: noise_multiplier * clip / (q * n as f64).max(1.0),
+                updates: 1,
+                recorded_micros: now.0,
+            },
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn step_training(&mut self, now: Timestamp) -> Result<(), CoordinatorError> {
+        let run = self.run.id.clone();
+        // An aggregator opens a round when its parent's task for it comes.
+        if self.relay.is_some() && !self.relay_step(now)? {
+            return Ok(());
+        }
+        let Some(engine) = self.engine.as_mut() else {
+            return Ok(());
+        };
+        if engine.open_round().is_none() {
+            if engine.is_finished() {
+                self.store.finish_run(&run)?;
+                self.audit(
+                    "-",
+                    "run",
+                    "finished",
+                    &format!("{} rounds", self.records.len()),
+                );
+                self.phase = Phase::Finished;
+                self.version += 1;
+                return Ok(());
+            }
+            match engine.begin_round(now) {
+                Ok(start) => {
+                    self.store
+                        .open_round(&run, start.task.round, &start.cohort, now)?;
+                    self.open_secure_round(start.task.round, &start.cohort, now);
+                    metrics::gauge!(names::CURRENT_ROUND).set(f64::from(start.task.round));
+                    self.round_started = Some(Instant::now());
+                    tracing::info!(
+                        round = start.task.round,
+                        cohort = start.cohort.len(),
+                        "round opened"
+                    );
+                    self.version += 1;
+                }
+                Err(tessera_engine::EngineError::NotEnoughParticipants { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            return Ok(());
+        }
+        // A cohort member that has not been heard of for too long is gone.
+        let silent: Vec<String> = self
+            .joined
+            .iter()
+            .filter(|s| engine.is_pending(&ParticipantId::new(s.as_str())))
+            .filter(|s| {
+                self.last_seen
+                    .get(*s)
+                    .is_none_or(|&seen| now.since(seen) > self.liveness)
+            })
+            .cloned()
+            .collect();
+        for site in &silent {
+            engine.report_dropout(&ParticipantId::new(site.as_str()));
+        }
+        for site in &silent {
+            // Under secure aggregation the current stage stops waiting for it.
+            self.secure_withdraw(site);
+            self.audit(
+                site,
+                "liveness",
+                "dropped",
+                &format!("silent for more than {:?}", self.liveness),
+            );
+            self.version += 1;
+        }
+        self.advance_secure(now);
+        let Some(engine) = self.engine.as_mut() else {
+            return Ok(());
+        };
+        let Some(outcome) = engine.poll(now) else {
+            return Ok(());
+        };
+        let model = Arc::clone(engine.global());
+        if let Some(down) = self.downlink.as_mut() {
+            down.advance(outcome.round, &model)?;
+        }
+        let seconds = self
+            .round_started
+            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let record = round_record(&outcome, &[], seconds, 0, 0);
+        let record_json =
+            serde_json::to_string(&record).map_err(|e| CoordinatorError::Config(e.to_string()))?;
+        let status = record.status.clone();
+        let cohort: Vec<String> = outcome
+            .cohort
+            .iter()
+            .map(|p| p.as_str().to_string())
+            .collect();
+        let counted: Vec<String> = if outcome.status == RoundStatus::Completed {
+            outcome
+                .accepted
+                .iter()
+                .map(|p| p.as_str().to_string())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.store.close_round(
+            &run,
+            &RoundClose {
+                round: outcome.round,
+                aggregate: outcome.aggregate.as_ref(),
+                model: &model,
+                status: &status,
+                record_json: &record_json,
+                cohort: &cohort,
+                counted: &counted,
+                at: now,
+                privacy: outcome
+                    .privacy
+                    .as_ref()
+                    .map(|(release, entry)| (release, entry, self.plan.privacy.delta)),
+            },
+        )?;
+        for site in &cohort {
+            self.counted
+                .insert(site.clone(), (outcome.round, counted.contains(site)));
+        }
+        let label = match &outcome.status {
+            RoundStatus::Completed => "completed",
+            RoundStatus::QuorumNotMet { .. } => "quorum_not_met",
+            RoundStatus::Failed(_) => "failed",
+        };
+        metrics::counter!(names::ROUNDS, "status" => label).increment(1);
+        metrics::histogram!(names::ROUND_SECONDS)
+            .record(outcome.closed_at.since(outcome.opened_at).as_secs_f64());
+        for (site, reason) in &outcome.rejected {
+            tracing::warn!(%site, %reason, round = outcome.round, "update rejected");
+        }
+        tracing::info!(
+            round = outcome.round,
+            status = %status,
+            accepted = outcome.accepted.len(),
+            stragglers = outcome.stragglers.len(),
+            dropped = outcome.dropped.len(),
+            "round closed"
+        );
+        let targets = self.live(now);
+        // An aggregator's answer goes up; its members then evaluate the
+        // model the parent sends next, and wait for it.
+        let until = match self.relay.as_mut() {
+            Some(relay) => {
+                relay.closed(
+                    outcome.round,
+                    outcome.aggregate.map(tessera_engine::upward_update),
+                );
+                Timestamp(u64::MAX)
+            }
+            None => now.plus(self.evaluation_wait()),
+        };
+        if self.aggregate_only() {
+            let cohort = self.joined.clone();
+            self.open_secure_evaluation(outcome.round, &cohort, &targets, now);
+        }
+        self.phase = Phase::Evaluating {
+            round: outcome.round,
+            until,
+            targets,
+            received: BTreeMap::new(),
+            record: Box::new(record),
+        };
+        self.version += 1;
+        Ok(())
+    }
+
+    /// The current global model, sync or async.
+    pub(super) fn current_global(&self) -> Option<Arc<ParameterSet>> {
+        // An aggregator's members evaluate its parent's model, once it came.
+        if let (Some(relay), Phase::Evaluating { .. }) = (&self.relay, &self.phase) {
+            return relay.evaluating(&self.phase);
+        }
+        match (&self.buffered, &self.engine) {
+            (Some(buffered), _) => Some(buffered.current().0),
+            (None, Some(engine)) => Some(Arc::clone(engine.global())),
+            (None, None) => None,
+        }
+    }
+
+    /// Central DP: a fresh noise key from the operating system, never
+    /// stored, after checking that the rounds still to run fit every privacy
+    /// budget, so that work that could not be released is refused before it
+    /// starts. The closed rounds' noise is in their stored aggregates, which
+    /// a resume replays; the open round (and every later one) is noised with
+    /// this key, so nothing in the database reproduces or removes any noise.
+    pub(super) fn privacy_preflight(
+        plan: &Plan,
+        store: &Store,
+        run: &str,
+    ) -> Result<[u8; 32], CoordinatorError> {
+        let rows = store.privacy_ledger(run)?;
+        let mut ledger = plan.privacy.ledger();
+        for row in &rows {
+            ledger
+                .restore(row.entry.clone())
+                .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+        }
+        let z = plan
+            .privacy
+            .noise_multiplier_for(plan.federation.rounds)
+            .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+        let remaining = plan.federation.rounds.saturating_sub(rows.len() as u32);
+        let events = vec![tessera_privacy::PrivacyConfig::round_event(z); remaining as usize];
+        ledger
+            .check(
+                &format!("the plan's {remaining} remaining rounds at noise multiplier {z:.4}"),
+                &events,
+                &[],
+                &[],
+            )
+            .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|e| {
+            CoordinatorError::Config(format!("cannot draw a secret noise key: {e}"))
+        })?;
+        Ok(key)
+    }
+
+    /// Adds the plan's robust aggregation and central DP to an engine.
+    pub(super) fn protect(&self, engine: RoundEngine) -> Result<RoundEngine, CoordinatorError> {
+        let engine = engine.with_robust(self.plan.robust.clone());
+        let (Some(key), true) = (self.noise_key, self.plan.privacy.is_on()) else {
+            return Ok(engine);
+        };
+        let n = match &self.expected {
+            Expected::Named(names) => names.len(),
+            Expected::Count(n) => *n,
+        };
+        // An aggregator's members are all in every round.
+        let dp = if self.relay.is_some() {
+            self.plan.central_dp_for_cohort(key, n)?
+        } else {
+            self.plan.central_dp(key, n)?
+        };
+        Ok(match dp {
+            Some((dp, ledger)) => engine.with_privacy(dp, ledger),
+            None => engine,
+        })
+    }
+
+    /// The downlink of a run with a download codec, starting from `initial`.
+    pub(super) fn new_downlink(
+        &self,
+        initial: Arc<ParameterSet>,
+    ) -> Option<tessera_engine::Downlink> {
+        let codec = self.plan.compression.download;
+        (!codec.is_identity())
+            .then(|| tessera_engine::Downlink::new(codec, self.plan.seed, initial))
+    }
+}
