@@ -54,6 +54,18 @@ fn plan(s: &Scratch, strategy: &str, federation_extra: &str) -> std::path::PathB
     s.write(&format!("{strategy}.toml"), &text)
 }
 
+/// The bundled FedAvg plan's text (data paths made absolute) with `rounds`
+/// rounds.
+fn heart_text(s: &Scratch, rounds: u32) -> String {
+    std::fs::read_to_string(plan(s, "fedavg", ""))
+        .unwrap()
+        .replace("rounds = 15", &format!("rounds = {rounds}"))
+}
+
+/// A coordinator's outputs to compare with its simulation: the model and
+/// the report.
+const OUTPUTS: &[&str] = &["--model-out", "dep.model", "--report", "dep.json"];
+
 fn simulated_model(s: &Scratch, plan: &std::path::Path, name: &str) -> Vec<u8> {
     s.simulate(plan, name).1
 }
@@ -1488,8 +1500,7 @@ fn secure_aggregation_under_mutual_tls_signs_keys_and_views_and_sites_refuse_a_w
     }
     let s = Scratch::new("deploy-secagg-tls");
     let _ca = heart_ca(&s);
-    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
-    let text = text.replace("rounds = 15", "rounds = 4");
+    let text = heart_text(&s, 4);
     let secure = s.write(
         "secure-tls.toml",
         &format!("{text}\n[secure_aggregation]\nenabled = true\n"),
@@ -1594,8 +1605,7 @@ fn secure_aggregation_recovers_the_sum_when_a_site_drops_after_sharing_its_keys(
         return;
     }
     let s = Scratch::new("deploy-secagg-drop");
-    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
-    let text = text.replace("rounds = 15", "rounds = 3");
+    let text = heart_text(&s, 3);
     let plan = s.write(
         "secure-drop.toml",
         &format!("{text}\n[secure_aggregation]\nenabled = true\n"),
@@ -1757,8 +1767,7 @@ fn adaptive_codecs_follow_measured_uploads() {
         return;
     }
     let s = Scratch::new("deploy-adaptive");
-    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
-    let text = text.replace("rounds = 15", "rounds = 3");
+    let text = heart_text(&s, 3);
     let plan = s.write(
         "adaptive.toml",
         &format!(
@@ -1963,8 +1972,7 @@ fn dp_site_metrics_are_noised_at_the_coordinator_with_its_own_secret() {
         return;
     }
     let s = Scratch::new("deploy-dp-metrics");
-    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
-    let text = text.replace("rounds = 15", "rounds = 4");
+    let text = heart_text(&s, 4);
     let exact_plan = s.write("exact.toml", &text);
     let (exact, expected) = s.simulate(&exact_plan, "exact.model");
     let plan = s.write(
@@ -2156,8 +2164,7 @@ fn hostile_statistics_are_refused_and_the_run_equals_its_simulation() {
     }
     use tessera_proto::pb;
     let s = Scratch::new("deploy-hostile-statistics");
-    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
-    let text = text.replace("rounds = 15", "rounds = 3").replace(
+    let text = heart_text(&s, 3).replace(
         "[data.standardize]\n",
         "[data.standardize]\nscope = \"federation\"\n",
     );
@@ -2165,13 +2172,7 @@ fn hostile_statistics_are_refused_and_the_run_equals_its_simulation() {
     let plan = s.write("federation-scale.toml", &text);
     let (_, expected) = s.simulate(&plan, "sim.model");
     let db = s.path("c.sqlite");
-    let (mut coordinator, url) = coordinator(
-        &s.dir,
-        &plan,
-        &db,
-        0,
-        &["--model-out", "dep.model", "--report", "dep.json"],
-    );
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &db, 0, OUTPUTS);
     let mut honest: Vec<Proc> = HEART_SITES[..3]
         .iter()
         .map(|site| participant(&s.dir, &url, site, &[]))
@@ -2239,8 +2240,7 @@ fn hostile_counts_are_refused_and_the_coordinator_goes_on() {
     }
     use tessera_proto::pb;
     let s = Scratch::new("deploy-hostile-counts");
-    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
-    let text = text.replace("rounds = 15", "rounds = 3");
+    let text = heart_text(&s, 3);
     let plan = s.write(
         "hostile.toml",
         &format!(
@@ -2356,21 +2356,14 @@ fn refused_counts_leave_the_run_equal_to_its_simulation() {
     }
     use tessera_proto::pb;
     let s = Scratch::new("deploy-hostile-counts-exact");
-    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
-    let text = text.replace("rounds = 15", "rounds = 3");
+    let text = heart_text(&s, 3);
     let plan = s.write(
         "exact.toml",
         &format!("{text}\n[privacy]\nsite_metrics = \"clear\"\n"),
     );
     let (_, expected) = s.simulate(&plan, "sim.model");
     let db = s.path("c.sqlite");
-    let (mut coordinator, url) = coordinator(
-        &s.dir,
-        &plan,
-        &db,
-        0,
-        &["--model-out", "dep.model", "--report", "dep.json"],
-    );
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &db, 0, OUTPUTS);
     let mut honest: Vec<Proc> = HEART_SITES[..3]
         .iter()
         .map(|site| participant(&s.dir, &url, site, &[]))
@@ -2437,17 +2430,10 @@ fn hostile_names_are_bounded_and_the_run_equals_its_simulation() {
     use tessera_proto::pb;
     use tessera_proto::pb::federation_client::FederationClient;
     let s = Scratch::new("deploy-hostile-names");
-    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
-    let plan = s.write("names.toml", &text.replace("rounds = 15", "rounds = 3"));
+    let plan = s.write("names.toml", &heart_text(&s, 3));
     let (_, expected) = s.simulate(&plan, "sim.model");
     let db = s.path("c.sqlite");
-    let (mut coordinator, url) = coordinator(
-        &s.dir,
-        &plan,
-        &db,
-        0,
-        &["--model-out", "dep.model", "--report", "dep.json"],
-    );
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &db, 0, OUTPUTS);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (long, unknown, unjoined, forged, throttled, seconds) = runtime.block_on(async {
         // Each refused call on a connection of its own: the per-connection
@@ -2599,17 +2585,10 @@ fn a_busy_database_during_the_agreement_is_retried_not_fatal() {
         return;
     }
     let s = Scratch::new("deploy-db-busy");
-    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
-    let plan = s.write("busy.toml", &text.replace("rounds = 15", "rounds = 2"));
+    let plan = s.write("busy.toml", &heart_text(&s, 2));
     let (_, expected) = s.simulate(&plan, "sim.model");
     let db = s.path("c.sqlite");
-    let (mut coordinator, url) = coordinator(
-        &s.dir,
-        &plan,
-        &db,
-        0,
-        &["--model-out", "dep.model", "--report", "dep.json"],
-    );
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &db, 0, OUTPUTS);
     let lock = rusqlite::Connection::open(&db).unwrap();
     lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let mut sites: Vec<Proc> = HEART_SITES
@@ -2728,8 +2707,7 @@ fn a_site_refuses_a_model_beyond_its_memory_limit() {
         return;
     }
     let s = Scratch::new("deploy-memory-site");
-    let text = std::fs::read_to_string(plan(&s, "fedavg", "")).unwrap();
-    let plan = s.write("small.toml", &text.replace("rounds = 15", "rounds = 2"));
+    let plan = s.write("small.toml", &heart_text(&s, 2));
     let (mut coordinator, url) = coordinator(&s.dir, &plan, &s.path("c.sqlite"), 0, &[]);
     let mut others: Vec<Proc> = HEART_SITES[..3]
         .iter()
