@@ -1,0 +1,155 @@
+//! The store against a real SQLite file in a scratch folder.
+
+use super::*;
+use tessera_core::Tensor;
+
+fn params(v: &[f32]) -> ParameterSet {
+    let mut p = ParameterSet::new();
+    p.push("w", Tensor::new(vec![v.len()], v.to_vec()).unwrap())
+        .unwrap();
+    p
+}
+
+#[test]
+fn rounds_updates_and_audit_persist() {
+    let dir = std::env::temp_dir().join(format!("tessera-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.sqlite");
+    {
+        let store = Store::open(&path).unwrap();
+        store
+            .create_run(&RunRow {
+                id: "r1".into(),
+                name: "n".into(),
+                plan: "p".into(),
+                strategy: "fedavg".into(),
+                seed: 1,
+                rounds: 2,
+                created_unix_micros: 5,
+                status: "running".into(),
+            })
+            .unwrap();
+        store
+            .open_round(
+                "r1",
+                1,
+                &[ParticipantId::new("a"), ParticipantId::new("b")],
+                Timestamp(7),
+            )
+            .unwrap();
+        let update = Update {
+            delta: params(&[1.0, 2.0]),
+            n_examples: 3,
+            control_delta: None,
+            stats: FitStats {
+                n_steps: 4,
+                mean_train_loss: 0.5,
+            },
+        };
+        store
+            .put_update("r1", 1, 0, "a", &update, Timestamp(9))
+            .unwrap();
+        store
+            .audit("r1", Timestamp(9), "a", "update", "accepted", "round 1")
+            .unwrap();
+        assert!(
+            store.conn.execute("DELETE FROM audit", []).is_err(),
+            "append-only"
+        );
+    }
+    let mut store = Store::open(&path).unwrap();
+    assert_eq!(store.unfinished_run().unwrap().unwrap().id, "r1");
+    let (round, cohort, at) = store.open_round_of("r1").unwrap().unwrap();
+    assert_eq!((round, cohort.len(), at), (1, 2, Timestamp(7)));
+    let updates = store.updates("r1", 1).unwrap();
+    assert_eq!(updates[0].update.delta, params(&[1.0, 2.0]));
+    store
+        .close_round(
+            "r1",
+            &RoundClose {
+                round: 1,
+                aggregate: None,
+                model: &params(&[0.5, 0.5]),
+                status: "completed",
+                record_json: "{}",
+                cohort: &["a".to_string()],
+                counted: &[],
+                at: Timestamp(10),
+                privacy: None,
+            },
+        )
+        .unwrap();
+    assert!(store.open_round_of("r1").unwrap().is_none());
+    assert!(store.updates("r1", 1).unwrap().is_empty());
+    assert_eq!(store.model("r1", 1).unwrap().unwrap(), params(&[0.5, 0.5]));
+    assert_eq!(store.audit_log("r1").unwrap().len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+#[test]
+fn databases_are_private_and_old_noise_keys_are_erased() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("tessera-store-mode-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A new database, its write-ahead log and shared memory: owner only.
+    let fresh = dir.join("new.sqlite");
+    let store = Store::open(&fresh).unwrap();
+    store.audit("r", Timestamp(1), "a", "x", "y", "z").unwrap();
+    assert_eq!(mode(&fresh), 0o600);
+    for side in ["new.sqlite-wal", "new.sqlite-shm"] {
+        let side = dir.join(side);
+        if side.exists() {
+            assert_eq!(mode(&side), 0o600, "{}", side.display());
+        }
+    }
+    drop(store);
+    // An older coordinator's database: world-readable, with a noise key.
+    let old = dir.join("old.sqlite");
+    let key = [0xc3u8; 32];
+    {
+        let conn = Connection::open(&old).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch(
+            "CREATE TABLE run_secrets (run_id TEXT PRIMARY KEY, noise_key BLOB NOT NULL)",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO run_secrets (run_id, noise_key) VALUES ('r', ?1)",
+            params![key.as_slice()],
+        )
+        .unwrap();
+    }
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+    drop(Store::open(&old).unwrap());
+    assert_eq!(mode(&old), 0o600);
+    let conn = Connection::open(&old).unwrap();
+    let tables: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'run_secrets'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 0);
+    drop(conn);
+    // The key's bytes are gone from the file and its write-ahead log.
+    for file in ["old.sqlite", "old.sqlite-wal"] {
+        let Ok(bytes) = std::fs::read(dir.join(file)) else {
+            continue;
+        };
+        assert!(
+            !bytes.windows(32).any(|w| w == key.as_slice()),
+            "{file} still holds the old noise key"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
