@@ -9,6 +9,7 @@
 //! committed to the database before they are acknowledged.
 #![deny(missing_docs)]
 
+mod bucket;
 mod service;
 mod state;
 pub mod store;

@@ -16,6 +16,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::bucket::TokenBucket;
 use crate::state::{Federation, ModelPart, Refusal, TaskView};
 
 /// State shared by every call.
@@ -93,24 +94,19 @@ const MAX_TRACKED_CONNECTIONS: usize = 10_000;
 /// port): bounded in memory by [`MAX_TRACKED_CONNECTIONS`].
 #[derive(Default)]
 struct ConnectionLimits {
-    buckets: Mutex<std::collections::HashMap<std::net::SocketAddr, (f64, std::time::Instant)>>,
+    buckets: Mutex<std::collections::HashMap<std::net::SocketAddr, TokenBucket>>,
 }
 
 impl ConnectionLimits {
-    fn refill(tokens: f64, last: std::time::Instant, now: std::time::Instant) -> f64 {
-        (tokens + now.duration_since(last).as_secs_f64() * REFUSED_CALLS_PER_SECOND)
-            .min(REFUSED_CALLS_BURST)
-    }
-
     /// Whether `peer` may make a call now.
     fn allows(&self, peer: std::net::SocketAddr) -> bool {
         let buckets = self
             .buckets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        buckets.get(&peer).is_none_or(|&(tokens, last)| {
-            Self::refill(tokens, last, std::time::Instant::now()) >= 1.0
-        })
+        buckets
+            .get(&peer)
+            .is_none_or(|b| b.level(std::time::Instant::now()) >= 1.0)
     }
 
     /// Counts a refused call of `peer`.
@@ -121,16 +117,17 @@ impl ConnectionLimits {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !buckets.contains_key(&peer) && buckets.len() >= MAX_TRACKED_CONNECTIONS {
-            buckets.retain(|_, &mut (tokens, last)| {
-                Self::refill(tokens, last, now) < REFUSED_CALLS_BURST
-            });
+            buckets.retain(|_, b| !b.is_full(now));
             if buckets.len() >= MAX_TRACKED_CONNECTIONS {
                 return;
             }
         }
-        let (tokens, last) = buckets.entry(peer).or_insert((REFUSED_CALLS_BURST, now));
-        *tokens = (Self::refill(*tokens, *last, now) - 1.0).max(0.0);
-        *last = now;
+        buckets
+            .entry(peer)
+            .or_insert_with(|| {
+                TokenBucket::full(REFUSED_CALLS_PER_SECOND, REFUSED_CALLS_BURST, now)
+            })
+            .spend(now);
     }
 }
 

@@ -15,6 +15,7 @@ use tessera_learn::Evaluation;
 use tessera_proto::{CAPABILITIES, MAJOR, MINOR, negotiate, pb, required_capabilities};
 
 use crate::CoordinatorError;
+use crate::bucket::TokenBucket;
 use crate::store::{RunRow, Store};
 use crate::telemetry::names;
 
@@ -204,16 +205,18 @@ pub const MAX_AUDIT_DETAIL: usize = 1000;
 /// counted (and the count written with the next row).
 pub const REFUSALS_PER_SECOND: u32 = 50;
 
-/// A token bucket for audited refusals.
+/// A token bucket for audited refusals, with the count of those it
+/// turned away.
 #[derive(Debug)]
 struct RefusalBudget {
-    state: std::sync::Mutex<(f64, Instant, u64)>,
+    state: std::sync::Mutex<(TokenBucket, u64)>,
 }
 
 impl Default for RefusalBudget {
     fn default() -> Self {
+        let rate = f64::from(REFUSALS_PER_SECOND);
         Self {
-            state: std::sync::Mutex::new((f64::from(REFUSALS_PER_SECOND), Instant::now(), 0)),
+            state: std::sync::Mutex::new((TokenBucket::full(rate, rate, Instant::now()), 0)),
         }
     }
 }
@@ -225,18 +228,12 @@ impl RefusalBudget {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (tokens, last, suppressed) = &mut *state;
-        let now = Instant::now();
-        let rate = f64::from(REFUSALS_PER_SECOND);
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
+        let (bucket, suppressed) = &mut *state;
+        let admitted = bucket.take(Instant::now());
+        if !admitted {
             *suppressed += 1;
-            false
         }
+        admitted
     }
 
     /// Refusals counted but not written since the last call.
@@ -245,7 +242,7 @@ impl RefusalBudget {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        std::mem::take(&mut state.2)
+        std::mem::take(&mut state.1)
     }
 }
 
