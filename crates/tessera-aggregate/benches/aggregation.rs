@@ -28,7 +28,7 @@ fn updates(k: usize, d: usize) -> Vec<Update> {
             Update {
                 delta,
                 n_examples: 100 + i as u64,
-                control_delta: None,
+                aux: None,
                 stats: FitStats::default(),
             }
         })
@@ -40,7 +40,7 @@ fn exact_accumulator(bencher: Bencher, (k, d): (usize, usize)) {
     let updates = updates(k, d);
     let global = updates[0].delta.zeros_like();
     bencher.counter(BytesCount::new(k * d * 4)).bench(|| {
-        let mut acc = UpdateAccumulator::new(&global, false);
+        let mut acc = UpdateAccumulator::new(&global, None);
         for u in &updates {
             acc.add(u, u.n_examples as f64).expect("in range");
         }

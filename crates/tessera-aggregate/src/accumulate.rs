@@ -5,14 +5,15 @@ use tessera_core::{ParameterSet, Update};
 use crate::{AggregateError, ExactSum};
 
 /// Sums a round's updates as they arrive: memory is one exact sum the size of
-/// the model (two with control variates), whatever the number of updates.
+/// the model (two with an auxiliary sum), whatever the number of updates.
 /// Each update is validated (layout, finiteness, range) before it counts; a
 /// rejected update leaves the accumulator as it was.
 #[derive(Debug, Clone)]
 pub struct UpdateAccumulator {
     layout: ParameterSet,
     delta: ExactSum,
-    control: Option<ExactSum>,
+    /// The auxiliary sum's name and value.
+    aux: Option<(&'static str, ExactSum)>,
     /// [weight sum, weighted train-loss sum]
     totals: ExactSum,
     n_updates: u64,
@@ -24,10 +25,14 @@ pub struct UpdateAccumulator {
 pub struct RoundAggregate {
     /// `Σ w_k Δ_k / Σ w_k`.
     pub mean_delta: ParameterSet,
-    /// SCAFFOLD: `Σ Δc_k / N`, N the number of participants in the federation.
-    pub control_step: Option<ParameterSet>,
+    /// The strategy's auxiliary sum over the federation, `Σ a_k / N` with N
+    /// the number of participants (SCAFFOLD's control step).
+    pub aux_step: Option<ParameterSet>,
     /// Updates summed.
     pub n_updates: u64,
+    /// The federation's size N when the round closed (participants
+    /// registered, whether or not in the round's cohort).
+    pub n_participants: u64,
     /// Examples behind them.
     pub n_examples: u64,
     /// `Σ w_k`.
@@ -38,13 +43,13 @@ pub struct RoundAggregate {
 
 impl UpdateAccumulator {
     /// An empty accumulator for updates shaped like `global`; `with_control`
-    /// when updates carry control-variate changes (SCAFFOLD).
-    pub fn new(global: &ParameterSet, with_control: bool) -> Self {
+    /// when updates carry the strategy's auxiliary sum ([`crate::Strategy::aux_sum`]).
+    pub fn new(global: &ParameterSet, aux: Option<&'static str>) -> Self {
         let n = global.n_values();
         Self {
             layout: global.zeros_like(),
             delta: ExactSum::new(n),
-            control: with_control.then(|| ExactSum::new(n)),
+            aux: aux.map(|name| (name, ExactSum::new(n))),
             totals: ExactSum::new(2),
             n_updates: 0,
             n_examples: 0,
@@ -77,28 +82,28 @@ impl UpdateAccumulator {
             }
         }
         self.layout.check_same_layout(&update.delta)?;
-        match (&self.control, &update.control_delta) {
-            (Some(_), None) => {
-                return Err(AggregateError::Control(
-                    "SCAFFOLD needs the control-variate change".into(),
-                ));
+        match (&self.aux, &update.aux) {
+            (Some((name, _)), None) => {
+                return Err(AggregateError::Rejected(format!(
+                    "the strategy needs the update's {name}"
+                )));
             }
             (None, Some(_)) => {
-                return Err(AggregateError::Control(
-                    "unexpected control-variate change".into(),
+                return Err(AggregateError::Rejected(
+                    "an auxiliary sum the strategy did not ask for".into(),
                 ));
             }
-            (Some(_), Some(control)) => self.layout.check_same_layout(control)?,
+            (Some(_), Some(aux)) => self.layout.check_same_layout(aux)?,
             (None, None) => {}
         }
         let loss = update.stats.mean_train_loss;
         if !loss.is_finite() {
-            return Err(AggregateError::Control(format!(
+            return Err(AggregateError::Rejected(format!(
                 "training loss {loss} is not finite"
             )));
         }
         if update.n_examples == 0 {
-            return Err(AggregateError::Control(
+            return Err(AggregateError::Rejected(
                 "the update reports no training examples".into(),
             ));
         }
@@ -118,12 +123,12 @@ impl UpdateAccumulator {
         self.delta
             .check(&update.delta, weight)
             .map_err(|e| named(e, &update.delta))?;
-        if let (Some(sum), Some(control)) = (&self.control, &update.control_delta) {
-            sum.check(control, 1.0).map_err(|e| named(e, control))?;
+        if let (Some((_, sum)), Some(aux)) = (&self.aux, &update.aux) {
+            sum.check(aux, 1.0).map_err(|e| named(e, aux))?;
         }
         self.delta.add(&update.delta, weight)?;
-        if let (Some(sum), Some(control)) = (self.control.as_mut(), &update.control_delta) {
-            sum.add(control, 1.0)?;
+        if let (Some((_, sum)), Some(aux)) = (self.aux.as_mut(), &update.aux) {
+            sum.add(aux, 1.0)?;
         }
         self.totals = totals;
         self.n_updates += 1;
@@ -147,12 +152,12 @@ impl UpdateAccumulator {
         self.layout.check_same_layout(&other.layout)?;
         let mut merged = self.clone();
         merged.delta.merge(&other.delta)?;
-        match (merged.control.as_mut(), &other.control) {
-            (Some(a), Some(b)) => a.merge(b)?,
+        match (merged.aux.as_mut(), &other.aux) {
+            (Some((a_name, a)), Some((b_name, b))) if a_name == b_name => a.merge(b)?,
             (None, None) => {}
             _ => {
-                return Err(AggregateError::Control(
-                    "merging accumulators with and without control variates".into(),
+                return Err(AggregateError::Rejected(
+                    "merging accumulators of different auxiliary sums".into(),
                 ));
             }
         }
@@ -163,15 +168,16 @@ impl UpdateAccumulator {
         Ok(())
     }
 
-    /// The round's aggregate; `n_participants` is the federation's size (SCAFFOLD's N).
+    /// The round's aggregate; `n_participants` is the federation's size (the
+    /// auxiliary sum's N).
     pub fn finish(&self, n_participants: usize) -> Result<RoundAggregate, AggregateError> {
         let weight_sum = self.totals.value(0);
         if self.n_updates == 0 || weight_sum <= 0.0 {
             return Err(AggregateError::Empty);
         }
         let mean_delta = self.layout.with_values(&self.delta.quotient(weight_sum))?;
-        let control_step = match &self.control {
-            Some(sum) => Some(
+        let aux_step = match &self.aux {
+            Some((_, sum)) => Some(
                 self.layout
                     .with_values(&sum.quotient(n_participants.max(1) as f64))?,
             ),
@@ -179,8 +185,9 @@ impl UpdateAccumulator {
         };
         Ok(RoundAggregate {
             mean_delta,
-            control_step,
+            aux_step,
             n_updates: self.n_updates,
+            n_participants: n_participants as u64,
             n_examples: self.n_examples,
             weight_sum,
             mean_train_loss: self.totals.value(1) / weight_sum,
@@ -204,7 +211,7 @@ mod tests {
         Update {
             delta,
             n_examples: n,
-            control_delta: None,
+            aux: None,
             stats: FitStats {
                 n_steps: 1,
                 mean_train_loss: 0.5,
@@ -215,7 +222,7 @@ mod tests {
     #[test]
     fn weighted_mean_and_rejections() {
         let global = update(&[0.0, 0.0], 0).delta;
-        let mut acc = UpdateAccumulator::new(&global, false);
+        let mut acc = UpdateAccumulator::new(&global, None);
         acc.add(&update(&[1.0, 2.0], 10), 10.0).unwrap();
         acc.add(&update(&[4.0, -1.0], 30), 30.0).unwrap();
         let before = acc.clone();
@@ -224,15 +231,15 @@ mod tests {
         assert!(acc.add(&update(&[f32::NAN, 0.0], 5), 5.0).is_err());
         assert!(acc.add(&update(&[1.0, 1.0], 5), -1.0).is_err());
         let mut with_control = update(&[1.0, 1.0], 5);
-        with_control.control_delta = Some(global.clone());
+        with_control.aux = Some(global.clone());
         assert!(acc.add(&with_control, 5.0).is_err());
         assert!(
             acc.add(&update(&[1.0, 1.0], 0), 0.0).is_err(),
             "no examples"
         );
-        let mut bad_control = UpdateAccumulator::new(&global, true);
+        let mut bad_control = UpdateAccumulator::new(&global, Some("control-variate change"));
         let mut u = update(&[1.0, 1.0], 5);
-        u.control_delta = Some(update(&[f32::INFINITY, 0.0], 0).delta);
+        u.aux = Some(update(&[f32::INFINITY, 0.0], 0).delta);
         let clean = bad_control.clone();
         assert!(
             bad_control
@@ -249,33 +256,30 @@ mod tests {
         assert_eq!(round.n_examples, 40);
         assert_eq!(round.mean_train_loss, 0.5);
         assert!(matches!(
-            UpdateAccumulator::new(&global, false).finish(1),
+            UpdateAccumulator::new(&global, None).finish(1),
             Err(AggregateError::Empty)
         ));
     }
 
     #[test]
-    fn control_deltas_sum_over_the_federation() {
+    fn auxiliary_sums_sum_over_the_federation() {
         let global = update(&[0.0], 0).delta;
-        let mut acc = UpdateAccumulator::new(&global, true);
+        let mut acc = UpdateAccumulator::new(&global, Some("control-variate change"));
         let mut a = update(&[1.0], 1);
-        a.control_delta = Some(update(&[2.0], 0).delta);
+        a.aux = Some(update(&[2.0], 0).delta);
         let mut b = update(&[3.0], 3);
-        b.control_delta = Some(update(&[4.0], 0).delta);
+        b.aux = Some(update(&[4.0], 0).delta);
         acc.add(&a, 1.0).unwrap();
         // Partial sums from two threads merge to the same result.
-        let mut other = UpdateAccumulator::new(&global, true);
+        let mut other = UpdateAccumulator::new(&global, Some("control-variate change"));
         other.add(&b, 3.0).unwrap();
         acc.merge(&other).unwrap();
         assert!(
             acc.add(&update(&[1.0], 1), 1.0).is_err(),
-            "SCAFFOLD needs control deltas"
+            "the strategy needs the auxiliary sum"
         );
         let round = acc.finish(4).unwrap();
         assert_eq!(round.mean_delta.values().collect::<Vec<_>>(), [2.5]);
-        assert_eq!(
-            round.control_step.unwrap().values().collect::<Vec<_>>(),
-            [1.5]
-        );
+        assert_eq!(round.aux_step.unwrap().values().collect::<Vec<_>>(), [1.5]);
     }
 }

@@ -20,9 +20,11 @@ pub enum AggregateError {
     /// A weight is negative or not finite.
     #[error("update rejected: weight {0} is not a finite non-negative number")]
     BadWeight(f64),
-    /// SCAFFOLD needs control deltas that the update lacks, or vice versa.
+    /// An update is unusable: it lacks the auxiliary sum the strategy needs
+    /// (or carries one it did not ask for), reports no examples or a
+    /// non-finite loss.
     #[error("update rejected: {0}")]
-    Control(String),
+    Rejected(String),
     /// The round has nothing to aggregate.
     #[error("no updates to aggregate")]
     Empty,

@@ -1,8 +1,10 @@
-//! Aggregation: the [`Strategy`] trait (Flower's shape: `configure_fit` says
-//! what participants add to local training, `aggregate_fit` turns the round's
-//! mean update into new global parameters), its implementations (FedAvg,
-//! FedAvgM, FedProx, SCAFFOLD, FedAdam, FedYogi, FedAdagrad), and the streaming
-//! [`UpdateAccumulator`] behind them.
+//! Aggregation: the strategy pair and the streaming [`UpdateAccumulator`]
+//! behind it. A strategy has a server part, [`Strategy`] (Flower's shape:
+//! `configure_fit` gives each participant its [`Instructions`],
+//! `aggregate_fit` turns the round's aggregate into new global parameters),
+//! and a local part, [`LocalAlgorithm`] (what the site adds to its training
+//! and the state it keeps). Built in: FedAvg, FedAvgM, FedProx, SCAFFOLD,
+//! FedAdam, FedYogi, FedAdagrad; [`StrategyConfig`] builds both parts.
 //!
 //! Key design decision: updates are summed in exact fixed-point arithmetic
 //! ([`ExactSum`]), so the sum does not depend on the order in which updates
@@ -14,50 +16,43 @@
 #![deny(missing_docs)]
 
 mod accumulate;
-mod config;
 mod error;
 mod exact;
+pub mod local;
+mod methods;
 mod robust;
-mod strategies;
 
 pub use accumulate::{RoundAggregate, UpdateAccumulator};
-pub use config::{StrategyConfig, StrategyKind};
 pub use error::AggregateError;
 pub use exact::ExactSum;
+pub use local::{LocalAlgorithm, LocalOutcome};
+pub use methods::*;
 pub use robust::{RobustConfig, RobustRule};
-pub use strategies::{FedAvg, FedAvgM, FedOpt, FedOptVariant, FedProx, Scaffold};
 
-use std::sync::Arc;
+use tessera_core::{ParameterSet, ParticipantId, Update};
 
-use tessera_core::{ParameterSet, Update};
-
-/// What a strategy asks every participant to add to local training in a round.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct FitInstructions {
-    /// FedProx: weight of the proximal term `mu/2 ||w - w_global||²`.
-    pub proximal_mu: Option<f32>,
-    /// SCAFFOLD: the server control variate `c`.
-    pub server_control: Option<Arc<ParameterSet>>,
-}
-
-/// How a federated algorithm combines updates, in Flower's shape. A strategy
-/// does no I/O: it says what participants receive and computes new global
-/// parameters from the round's aggregate.
+/// The server part of a federated algorithm, in Flower's shape. A strategy
+/// does no I/O: it says what each participant receives and computes new
+/// global parameters from the round's aggregate. Its local part is the
+/// [`LocalAlgorithm`] that [`Instructions::local_algorithm`] builds.
 pub trait Strategy: Send {
     /// Short name (`fedavg`, ...).
     fn name(&self) -> &'static str;
 
-    /// What participants add to local training this round.
-    fn configure_fit(&self, global: &ParameterSet) -> FitInstructions;
+    /// What `site` adds to local training this round, starting from `global`.
+    fn configure_fit(&self, global: &ParameterSet, site: &ParticipantId) -> Instructions;
 
     /// Weight of an update in the round's average (default: its example count).
     fn weight(&self, update: &Update) -> f64 {
         update.n_examples as f64
     }
 
-    /// Whether updates must carry control-variate changes (SCAFFOLD).
-    fn needs_control_deltas(&self) -> bool {
-        false
+    /// The name of the auxiliary sum every update must carry beside its
+    /// delta, summed over the round and divided by the federation's size
+    /// into [`RoundAggregate::aux_step`] (SCAFFOLD's control-variate change);
+    /// `None`: updates carry none.
+    fn aux_sum(&self) -> Option<&'static str> {
+        None
     }
 
     /// New global parameters from the current ones and the round's aggregate.

@@ -54,7 +54,7 @@ pub struct SimulateArgs {
     /// Initial parameters: uniform (PyTorch's default) or zeros.
     #[arg(long)]
     init: Option<String>,
-    /// fedavg, fedavgm, fedprox, scaffold, fedadam, fedyogi or fedadagrad.
+    /// The strategy, by name (fedavg, fedprox, scaffold, ...; an unknown name lists them all).
     #[arg(long)]
     strategy: Option<String>,
     /// Run seed.

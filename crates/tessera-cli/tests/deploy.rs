@@ -91,7 +91,9 @@ fn deployment_equals_simulation_bit_for_bit() {
         return;
     }
     let s = Scratch::new("deploy-equal");
-    for strategy in ["fedavg", "scaffold"] {
+    // FedAvg: no instructions; SCAFFOLD: instructions with tensors and an
+    // auxiliary sum; FedProx: an instructions arm with a local part.
+    for strategy in ["fedavg", "scaffold", "fedprox"] {
         let plan = plan(&s, strategy, "");
         let expected = simulated_model(&s, &plan, &format!("sim-{strategy}.model"));
         let model = format!("dep-{strategy}.model");

@@ -421,9 +421,9 @@ impl Service {
                 TaskView::Fit {
                     header,
                     global,
-                    control,
+                    tensors,
                     model,
-                } => (header, model, vec![Some(global), control]),
+                } => (header, model, vec![Some(global), tensors]),
                 TaskView::Evaluate {
                     header,
                     global,
@@ -614,7 +614,7 @@ impl Service {
         stream: &mut Streaming<pb::UpdatePart>,
         received: &mut usize,
     ) -> Result<Update, String> {
-        let Some((global, needs_control)) = self.shared.with(|f| f.update_layout()) else {
+        let Some((global, needs_aux)) = self.shared.with(|f| f.update_layout()) else {
             return Err("no model yet".into());
         };
         let stats = convert::fit_stats_from_pb(header).map_err(|e| e.to_string())?;
@@ -640,9 +640,10 @@ impl Service {
         }
         let mut compressed: Option<Vec<u8>> = (!codec.is_identity()).then(Vec::new);
         let bound = codec.max_encoded_len(global.n_values());
-        let mut control = if header.has_control {
-            if !needs_control {
-                return Err("this run's updates carry no control variate".into());
+        // The strategy's auxiliary sum (SCAFFOLD's control-variate change), set 1.
+        let mut aux = if header.has_control {
+            if !needs_aux {
+                return Err("this run's updates carry no auxiliary sum".into());
             }
             Some(Assembler::new(&header.layout, Limits::default()).map_err(|e| e.to_string())?)
         } else {
@@ -670,7 +671,7 @@ impl Service {
                 }
                 _ => return Err("a second header in one update".into()),
             };
-            let target = match (chunk.set, control.as_mut()) {
+            let target = match (chunk.set, aux.as_mut()) {
                 (0, _) if compressed.is_some() => {
                     return Err("a compressed update's delta came as chunks too".into());
                 }
@@ -693,7 +694,7 @@ impl Service {
         Ok(Update {
             delta,
             n_examples: header.n_examples,
-            control_delta: control
+            aux: aux
                 .map(Assembler::finish)
                 .transpose()
                 .map_err(|e| e.to_string())?,

@@ -62,14 +62,14 @@ enum Phase {
 pub enum TaskView {
     /// Nothing yet: ask again when something changes.
     Wait,
-    /// Train from `global` (with SCAFFOLD's `control`) and send an update.
+    /// Train from `global` as the instructions in `header` say, and send an update.
     Fit {
         /// What the task is.
         header: pb::TaskHeader,
         /// The global parameters.
         global: Arc<ParameterSet>,
-        /// SCAFFOLD's server control variate.
-        control: Option<Arc<ParameterSet>>,
+        /// The instructions' tensors (SCAFFOLD's server control variate).
+        tensors: Option<Arc<ParameterSet>>,
         /// How `global` travels.
         model: ModelPart,
     },

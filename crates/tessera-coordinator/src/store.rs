@@ -113,6 +113,27 @@ fn drop_legacy_secrets(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Columns added since a table was first created: a database from an older
+/// coordinator gains them with their defaults.
+fn add_missing_columns(conn: &Connection) -> Result<(), StoreError> {
+    const ADDED: &[(&str, &str, &str)] = &[(
+        "round_aggregates",
+        "n_participants",
+        "INTEGER NOT NULL DEFAULT 0",
+    )];
+    for (table, column, kind) in ADDED {
+        let present: i64 = conn.query_row(
+            &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |r| r.get(0),
+        )?;
+        if present == 0 {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Inserts a ledger row; one already there for the same release, kind and
 /// participant stays as it was (the ledger is append-only).
 fn insert_ledger_row(conn: &Connection, run: &str, row: &LedgerRow) -> Result<(), StoreError> {
@@ -176,6 +197,7 @@ impl Store {
         }
         drop_legacy_secrets(&conn)?;
         conn.execute_batch(SCHEMA)?;
+        add_missing_columns(&conn)?;
         Ok(Self { conn })
     }
 
@@ -379,17 +401,19 @@ impl Store {
         if let Some(a) = aggregate {
             tx.execute(
                 "INSERT OR REPLACE INTO round_aggregates
-                 (run_id, round, mean_delta, control_step, n_updates, n_examples, weight_sum, mean_train_loss)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 (run_id, round, mean_delta, control_step, n_updates, n_examples, weight_sum, mean_train_loss,
+                  n_participants)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     run,
                     round,
                     encode_parameters(&a.mean_delta),
-                    a.control_step.as_ref().map(encode_parameters),
+                    a.aux_step.as_ref().map(encode_parameters),
                     a.n_updates as i64,
                     a.n_examples as i64,
                     a.weight_sum,
-                    a.mean_train_loss
+                    a.mean_train_loss,
+                    i64::try_from(a.n_participants).unwrap_or(i64::MAX)
                 ],
             )?;
         }
@@ -432,7 +456,8 @@ impl Store {
         up_to: u32,
     ) -> Result<Vec<(u32, RoundAggregate)>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT round, mean_delta, control_step, n_updates, n_examples, weight_sum, mean_train_loss
+            "SELECT round, mean_delta, control_step, n_updates, n_examples, weight_sum, mean_train_loss,
+                    n_participants
              FROM round_aggregates WHERE run_id = ?1 AND round <= ?2 ORDER BY round",
         )?;
         let rows = stmt.query_map(params![run, up_to], |r| {
@@ -444,17 +469,28 @@ impl Store {
                 r.get::<_, i64>(4)?,
                 r.get::<_, f64>(5)?,
                 r.get::<_, f64>(6)?,
+                r.get::<_, i64>(7)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (round, delta, control, n_updates, n_examples, weight_sum, mean_train_loss) = row?;
+            let (
+                round,
+                delta,
+                control,
+                n_updates,
+                n_examples,
+                weight_sum,
+                mean_train_loss,
+                n_participants,
+            ) = row?;
             out.push((
                 round,
                 RoundAggregate {
                     mean_delta: decode_parameters(&delta)?,
-                    control_step: control.map(|c| decode_parameters(&c)).transpose()?,
+                    aux_step: control.map(|c| decode_parameters(&c)).transpose()?,
                     n_updates: unsigned(n_updates),
+                    n_participants: unsigned(n_participants),
                     n_examples: unsigned(n_examples),
                     weight_sum,
                     mean_train_loss,
@@ -532,7 +568,7 @@ impl Store {
                 update.stats.n_steps as i64,
                 update.stats.mean_train_loss,
                 encode_parameters(&update.delta),
-                update.control_delta.as_ref().map(encode_parameters),
+                update.aux.as_ref().map(encode_parameters),
                 micros(at)
             ],
         )?;
@@ -566,7 +602,7 @@ impl Store {
                 update: Update {
                     delta: decode_parameters(&delta)?,
                     n_examples: unsigned(n_examples),
-                    control_delta: control.map(|c| decode_parameters(&c)).transpose()?,
+                    aux: control.map(|c| decode_parameters(&c)).transpose()?,
                     stats: FitStats {
                         n_steps: unsigned(n_steps),
                         mean_train_loss: loss,

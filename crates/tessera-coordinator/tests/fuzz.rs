@@ -595,7 +595,7 @@ impl Driver {
                 Ok(TaskView::Fit {
                     header,
                     global,
-                    control,
+                    tensors,
                     ..
                 }) => {
                     self.round = header.round;
@@ -604,7 +604,7 @@ impl Driver {
                     let update = Update {
                         delta: delta(&global, Values::Small, self.salt),
                         n_examples: site.levels.train_rows,
-                        control_delta: control.map(|c| c.zeros_like()),
+                        aux: tensors.map(|c| c.zeros_like()),
                         stats: FitStats {
                             n_steps: 1,
                             mean_train_loss: 0.6,
@@ -724,7 +724,7 @@ impl Driver {
                 let update = Update {
                     delta: delta(&global, *values, self.salt),
                     n_examples: *n_examples,
-                    control_delta: (*control && needs_control)
+                    aux: (*control && needs_control)
                         .then(|| delta(&global, *values, self.salt + 1)),
                     stats: FitStats {
                         n_steps: *n_steps,

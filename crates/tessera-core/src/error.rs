@@ -19,6 +19,9 @@ pub enum CoreError {
     /// Two parameter sets that must share a layout do not.
     #[error("parameter layout mismatch: {0}")]
     LayoutMismatch(String),
+    /// A setting is out of its range.
+    #[error("{0}")]
+    Invalid(String),
     /// A value is NaN or infinite.
     #[error("tensor '{name}' holds a non-finite value at index {index}")]
     NonFinite {

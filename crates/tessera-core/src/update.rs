@@ -9,8 +9,10 @@ pub struct Update {
     pub delta: ParameterSet,
     /// Number of training examples behind the update (the FedAvg weight).
     pub n_examples: u64,
-    /// SCAFFOLD: the change of this participant's control variate.
-    pub control_delta: Option<ParameterSet>,
+    /// The auxiliary sum the strategy asked for, shaped like `delta` and
+    /// summed over the round beside it (`Strategy::aux_sum` in
+    /// tessera-aggregate names it: SCAFFOLD's control-variate change).
+    pub aux: Option<ParameterSet>,
     /// What local training observed.
     pub stats: FitStats,
 }
@@ -27,11 +29,7 @@ pub struct FitStats {
 impl Update {
     /// Bytes the update takes on the wire: its tensors plus a fixed 32-byte envelope.
     pub fn wire_len(&self) -> usize {
-        32 + self.delta.wire_len()
-            + self
-                .control_delta
-                .as_ref()
-                .map_or(0, ParameterSet::wire_len)
+        32 + self.delta.wire_len() + self.aux.as_ref().map_or(0, ParameterSet::wire_len)
     }
 
     /// Bytes the update takes on the wire when its delta travels as
@@ -40,9 +38,6 @@ impl Update {
         32 + 1
             + crate::varint_len(delta_bytes as u64)
             + delta_bytes
-            + self
-                .control_delta
-                .as_ref()
-                .map_or(0, ParameterSet::wire_len)
+            + self.aux.as_ref().map_or(0, ParameterSet::wire_len)
     }
 }

@@ -82,12 +82,13 @@ impl BufferedEngine {
         n_participants: usize,
     ) -> Result<Self, EngineError> {
         let strategy = plan.strategy()?;
-        if strategy.needs_control_deltas() {
-            return Err(EngineError::State(
-                "control variates need synchronous rounds".into(),
-            ));
+        if let Some(aux) = strategy.aux_sum() {
+            return Err(EngineError::State(format!(
+                "{}'s {aux} needs synchronous rounds",
+                strategy.name()
+            )));
         }
-        let accumulator = UpdateAccumulator::new(&initial, false);
+        let accumulator = UpdateAccumulator::new(&initial, None);
         Ok(Self {
             strategy,
             global: Arc::new(initial),
@@ -116,7 +117,7 @@ impl BufferedEngine {
             engine.global = Arc::new(next);
             engine.version += 1;
         }
-        engine.accumulator = UpdateAccumulator::new(&engine.global, false);
+        engine.accumulator = UpdateAccumulator::new(&engine.global, None);
         Ok(engine)
     }
 
@@ -162,7 +163,7 @@ impl BufferedEngine {
         if self.contributions.len() < self.buffer_size {
             return Ok(None);
         }
-        let fresh = UpdateAccumulator::new(&self.global, false);
+        let fresh = UpdateAccumulator::new(&self.global, None);
         let buffer = std::mem::replace(&mut self.accumulator, fresh);
         let contributions = std::mem::take(&mut self.contributions);
         let aggregate = buffer
@@ -204,7 +205,7 @@ mod tests {
         Update {
             delta: p,
             n_examples: n,
-            control_delta: None,
+            aux: None,
             stats: FitStats::default(),
         }
     }

@@ -4,9 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_aggregate::{
-    FitInstructions, RobustConfig, RoundAggregate, Strategy, UpdateAccumulator,
-};
+use tessera_aggregate::{Instructions, RobustConfig, RoundAggregate, Strategy, UpdateAccumulator};
 use tessera_core::{ParameterSet, ParticipantId, SeededRng, Timestamp, Update, duration_from_secs};
 use tessera_privacy::{
     CentralDp, CentralRelease, Ledger, LedgerEntry, PrivacyConfig, clip_to_norm,
@@ -81,7 +79,7 @@ pub fn upward_update(aggregate: RoundAggregate) -> Update {
     Update {
         delta: aggregate.mean_delta,
         n_examples: aggregate.n_examples,
-        control_delta: None,
+        aux: None,
         stats: tessera_core::FitStats {
             n_steps: 0,
             mean_train_loss: aggregate.mean_train_loss,
@@ -89,26 +87,44 @@ pub fn upward_update(aggregate: RoundAggregate) -> Update {
     }
 }
 
-/// What every cohort member receives for a round.
+/// What one cohort member receives for a round.
 #[derive(Debug, Clone)]
 pub struct FitTask {
     /// Round number, from 1.
     pub round: u32,
     /// The global parameters to start from.
     pub global: Arc<ParameterSet>,
-    /// What the strategy adds to local training.
-    pub instructions: FitInstructions,
+    /// What the strategy tells this participant to add to local training.
+    pub instructions: Instructions,
     /// When the round stops waiting.
     pub deadline: Option<Timestamp>,
 }
 
-/// A round the engine has opened.
+/// A round the engine has opened: what its cohort members' tasks share.
+/// Each member's own task is [`RoundStart::task`] with the instructions
+/// [`RoundEngine::instructions_for`] gives it.
 #[derive(Debug, Clone)]
 pub struct RoundStart {
     /// The cohort, sorted.
     pub cohort: Vec<ParticipantId>,
-    /// The task each cohort member runs.
-    pub task: FitTask,
+    /// Round number, from 1.
+    pub round: u32,
+    /// The global parameters the cohort starts from.
+    pub global: Arc<ParameterSet>,
+    /// When the round stops waiting.
+    pub deadline: Option<Timestamp>,
+}
+
+impl RoundStart {
+    /// A cohort member's task, with the instructions the strategy gives it.
+    pub fn task(&self, instructions: Instructions) -> FitTask {
+        FitTask {
+            round: self.round,
+            global: Arc::clone(&self.global),
+            instructions,
+            deadline: self.deadline,
+        }
+    }
 }
 
 /// Why an update did not count.
@@ -345,7 +361,7 @@ impl RoundEngine {
             accepted: Vec::new(),
             dropped: Vec::new(),
             rejected: Vec::new(),
-            accumulator: UpdateAccumulator::new(&self.global, self.strategy.needs_control_deltas()),
+            accumulator: UpdateAccumulator::new(&self.global, self.strategy.aux_sum()),
             collected: Vec::new(),
             unclipped: 0,
             opened_at,
@@ -394,18 +410,14 @@ impl RoundEngine {
         let mut cohort = cohort;
         cohort.sort();
         cohort.dedup();
-        let instructions = self.strategy.configure_fit(&self.global);
         let open = self.new_round(number, cohort.clone(), opened_at);
         let deadline = open.deadline;
         self.open = Some(open);
         Ok(RoundStart {
             cohort,
-            task: FitTask {
-                round: number,
-                global: Arc::clone(&self.global),
-                instructions,
-                deadline,
-            },
+            round: number,
+            global: Arc::clone(&self.global),
+            deadline,
         })
     }
 
@@ -419,13 +431,18 @@ impl RoundEngine {
         self.open.as_ref().is_some_and(|r| r.pending.contains(id))
     }
 
-    /// The open round's task, as its cohort received it.
-    pub fn open_task(&self) -> Option<FitTask> {
+    /// What the strategy tells `id` to add to local training this round.
+    pub fn instructions_for(&self, id: &ParticipantId) -> Instructions {
+        self.strategy.configure_fit(&self.global, id)
+    }
+
+    /// The open round's task for `id`, as it received it.
+    pub fn task_for(&self, id: &ParticipantId) -> Option<FitTask> {
         let open = self.open.as_ref()?;
         Some(FitTask {
             round: open.number,
             global: Arc::clone(&self.global),
-            instructions: self.strategy.configure_fit(&self.global),
+            instructions: self.instructions_for(id),
             deadline: open.deadline,
         })
     }
@@ -443,6 +460,11 @@ impl RoundEngine {
     /// The strategy's name.
     pub fn strategy_name(&self) -> &'static str {
         self.strategy.name()
+    }
+
+    /// The auxiliary sum the strategy's updates carry, by name.
+    pub fn aux_sum(&self) -> Option<&'static str> {
+        self.strategy.aux_sum()
     }
 
     /// Rounds closed so far.
@@ -519,18 +541,14 @@ impl RoundEngine {
                 &names,
             )?;
         }
-        let instructions = self.strategy.configure_fit(&self.global);
         let open = self.new_round(number, everyone.clone(), now);
         let deadline = open.deadline;
         self.open = Some(open);
         Ok(RoundStart {
             cohort: everyone,
-            task: FitTask {
-                round: number,
-                global: Arc::clone(&self.global),
-                instructions,
-                deadline,
-            },
+            round: number,
+            global: Arc::clone(&self.global),
+            deadline,
         })
     }
 

@@ -101,7 +101,7 @@ pub struct FederationConfig {
     /// Number of rounds.
     #[serde(default = "default_rounds")]
     pub rounds: u32,
-    /// The strategy (`fedavg`, `fedavgm`, `fedprox`, `scaffold`, `fedadam`, `fedyogi`, `fedadagrad`).
+    /// The strategy, by name (`fedavg`, `fedprox`, `scaffold`, ...; see [`StrategyKind::ALL`]).
     #[serde(default = "default_strategy")]
     pub strategy: StrategyKind,
     /// Share of the available participants sampled into each round's cohort.

@@ -1,5 +1,6 @@
 //! The participant's side of a round.
 
+use tessera_aggregate::{Instructions, LocalAlgorithm, LocalOutcome};
 use tessera_compress::{Codec, ErrorFeedback};
 use tessera_core::{ParameterSet, ParticipantId, SeededRng, Update, tag};
 use tessera_data::Dataset;
@@ -22,17 +23,18 @@ fn secret_stream_key(key: &[u8; 32], stream: u64, round: u32) -> [u8; 32] {
 }
 
 /// One participant: its model, its training rows, and what it keeps between
-/// rounds (SCAFFOLD's control variate). Turns a [`FitTask`] into an
+/// rounds (its strategy's local part). Turns a [`FitTask`] into an
 /// [`Update`] the same way in simulation and deployment.
 pub struct Site {
     id: ParticipantId,
     learner: Box<dyn Learner>,
     training: TrainingConfig,
     seed: u64,
-    control: Option<ParameterSet>,
-    /// The control variate this round's update would move to, kept until the
-    /// round's outcome says whether the update counted.
-    pending_control: Option<ParameterSet>,
+    /// The strategy's local part and its state (SCAFFOLD's control
+    /// variate), made from the first instructions of its kind.
+    local: Option<Box<dyn LocalAlgorithm>>,
+    /// The kind of instructions `local` was made for.
+    local_kind: Instructions,
     /// Local DP-SGD: the plan's settings, the run's rounds, the secret key
     /// of the noise and of the batch sampling.
     local_dp: Option<(PrivacyConfig, u32, [u8; 32])>,
@@ -66,8 +68,8 @@ impl Site {
             learner,
             training,
             seed,
-            control: None,
-            pending_control: None,
+            local: None,
+            local_kind: Instructions::Plain,
             local_dp: None,
             dp_trainings: 0,
             last_event: None,
@@ -190,19 +192,6 @@ impl Site {
     pub fn fit(&mut self, task: &FitTask, train: &Dataset) -> Result<Update, EngineError> {
         let global = task.global.as_ref();
         self.learner.set_parameters(global)?;
-        let correction = match &task.instructions.server_control {
-            Some(server) => {
-                let own = self.control.get_or_insert_with(|| global.zeros_like());
-                Some(server.sub(own)?)
-            }
-            None => None,
-        };
-        let plan = LocalPlan {
-            training: &self.training,
-            proximal: task.instructions.proximal_mu.map(|mu| (mu, global)),
-            correction: correction.as_ref(),
-            dp: None,
-        };
         let event = self.local_dp_event(train.n_rows())?;
         // The stream of this training: the round without DP (public), the
         // site's own count of trainings with it.
@@ -221,7 +210,20 @@ impl Site {
             }
             None => task.round,
         };
+        self.last_event = event;
+        let mut rng = self.fit_rng(stream);
+        let instructions = &task.instructions;
+        let local = match &mut self.local {
+            Some(local) if self.local_kind.same_kind(instructions) => local,
+            slot => {
+                self.local_kind = instructions.clone();
+                slot.insert(instructions.local_algorithm())
+            }
+        };
+        let term = local.begin(instructions, global)?;
         let plan = LocalPlan {
+            training: &self.training,
+            term: term.as_deref(),
             dp: match (&self.local_dp, event) {
                 (Some((privacy, _, key)), Some(event)) => Some(LocalDp {
                     noise_multiplier: event.noise_multiplier,
@@ -231,32 +233,23 @@ impl Site {
                 }),
                 _ => None,
             },
-            ..plan
         };
-        self.last_event = event;
-        let mut rng = self.fit_rng(stream);
         let stats = self.learner.fit(train, &plan, &mut rng)?;
         let delta = self.learner.parameters().sub(global)?;
-        let control_delta = match &task.instructions.server_control {
-            Some(server) => {
-                // SCAFFOLD option II: c_i+ = c_i - c + (x - y_i) / (K lr), so
-                // Δc_i = c_i+ - c_i = -c - Δy / (K lr).
-                let scale = 1.0 / (stats.n_steps.max(1) as f32 * self.training.optimizer.lr);
-                let mut change = server.as_ref().clone();
-                for (c, d) in change.values_mut().zip(delta.values()) {
-                    *c = -*c - d * scale;
-                }
-                let mut next = self.control.clone().unwrap_or_else(|| global.zeros_like());
-                next.add_scaled(&change, 1.0)?;
-                self.pending_control = Some(next);
-                Some(change)
-            }
-            None => None,
-        };
+        drop(term);
+        let aux = local.finish(
+            instructions,
+            &LocalOutcome {
+                global,
+                delta: &delta,
+                stats,
+                lr: self.training.optimizer.lr,
+            },
+        )?;
         Ok(Update {
             delta,
             n_examples: train.n_rows() as u64,
-            control_delta,
+            aux,
             stats,
         })
     }
@@ -267,12 +260,11 @@ impl Site {
     }
 
     /// Tells the site how its last update fared: only an update that counted
-    /// in a completed round moves its control variate (SCAFFOLD keeps the
+    /// in a completed round moves its local part's state (SCAFFOLD keeps the
     /// server's `c` equal to the mean of the sites' `c_i`).
     pub fn round_closed(&mut self, update_counted: bool) {
-        let pending = self.pending_control.take();
-        if update_counted {
-            self.control = pending.or(self.control.take());
+        if let Some(local) = self.local.as_mut() {
+            local.round_closed(update_counted);
         }
     }
 

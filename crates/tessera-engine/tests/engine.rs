@@ -24,7 +24,7 @@ fn update(values: &[f32], n: u64) -> Update {
     Update {
         delta: params(values),
         n_examples: n,
-        control_delta: None,
+        aux: None,
         stats: FitStats::default(),
     }
 }
@@ -128,7 +128,7 @@ fn the_deadline_cuts_off_stragglers() {
     c.deadline = Some(Duration::from_secs(5));
     let mut e = engine(c, 3);
     let start = e.begin_round(Timestamp::from_secs_f64(1.0)).unwrap();
-    assert_eq!(start.task.deadline, Some(Timestamp::from_secs_f64(6.0)));
+    assert_eq!(start.deadline, Some(Timestamp::from_secs_f64(6.0)));
     e.submit(
         Timestamp::from_secs_f64(2.0),
         &id(0),

@@ -23,7 +23,7 @@ fn update(values: Vec<f32>, n: u64) -> Update {
     Update {
         delta: params(values),
         n_examples: n,
-        control_delta: None,
+        aux: None,
         stats: FitStats::default(),
     }
 }
@@ -149,7 +149,7 @@ fn rounds_past_the_budget_do_not_open() {
     let before = e.global().clone();
     let refused = match e.begin_round(Timestamp(2)) {
         Err(err) => err.to_string(),
-        Ok(start) => panic!("round {} opened past the budget", start.task.round),
+        Ok(start) => panic!("round {} opened past the budget", start.round),
     };
     assert!(
         refused.contains("round 2 would bring the spend"),

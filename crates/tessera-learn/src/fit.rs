@@ -1,6 +1,6 @@
 //! The local training loop shared by the built-in models.
 
-use tessera_core::{FitStats, ParameterSet, SeededRng};
+use tessera_core::{FitStats, GradientTerm, ParameterSet, SeededRng};
 use tessera_data::Dataset;
 
 use crate::config::{Schedule, TrainingConfig};
@@ -14,11 +14,9 @@ use crate::{LearnError, Learner};
 pub struct LocalPlan<'a> {
     /// Schedule, batch size and optimiser.
     pub training: &'a TrainingConfig,
-    /// FedProx: `(mu, anchor)` adds `mu/2 ||w - anchor||²` to the loss, that is
-    /// `mu (w - anchor)` to every gradient.
-    pub proximal: Option<(f32, &'a ParameterSet)>,
-    /// SCAFFOLD: `c - c_i`, added to every gradient.
-    pub correction: Option<&'a ParameterSet>,
+    /// What the strategy's local part adds to every gradient (FedProx's
+    /// proximal pull, SCAFFOLD's correction, ...).
+    pub term: Option<&'a dyn GradientTerm>,
     /// DP-SGD instead of plain mini-batches.
     pub dp: Option<LocalDp>,
 }
@@ -49,8 +47,7 @@ impl<'a> LocalPlan<'a> {
     pub fn plain(training: &'a TrainingConfig) -> Self {
         Self {
             training,
-            proximal: None,
-            correction: None,
+            term: None,
             dp: None,
         }
     }
@@ -84,16 +81,8 @@ pub(crate) fn train(
     if n == 0 {
         return Err(LearnError::Config("no training rows".into()));
     }
-    if let Some((mu, anchor)) = plan.proximal {
-        net.parameters().check_same_layout(anchor)?;
-        if !(mu.is_finite() && mu >= 0.0) {
-            return Err(LearnError::Config(format!(
-                "proximal mu must be >= 0, got {mu}"
-            )));
-        }
-    }
-    if let Some(correction) = plan.correction {
-        net.parameters().check_same_layout(correction)?;
+    if let Some(term) = plan.term {
+        term.check(net.parameters())?;
     }
     if let Some(dp) = plan.dp {
         return train_dp(net, data, plan, &dp, rng);
@@ -141,21 +130,10 @@ pub(crate) fn train(
     })
 }
 
-/// Adds FedProx's proximal gradient and SCAFFOLD's correction to `grad`.
+/// Adds the strategy's local term to `grad`.
 fn add_strategy_terms(grad: &mut ParameterSet, net: &Network, plan: &LocalPlan<'_>) {
-    if let Some((mu, anchor)) = plan.proximal {
-        for ((g, w), a) in grad
-            .values_mut()
-            .zip(net.parameters().values())
-            .zip(anchor.values())
-        {
-            *g += mu * (w - a);
-        }
-    }
-    if let Some(correction) = plan.correction {
-        for (g, c) in grad.values_mut().zip(correction.values()) {
-            *g += c;
-        }
+    if let Some(term) = plan.term {
+        term.add(grad, net.parameters());
     }
 }
 

@@ -79,6 +79,32 @@ fn training_is_reproducible() {
     assert_eq!(run(), run());
 }
 
+/// FedProx's pull, written here to test the learner's term hook.
+#[derive(Debug)]
+struct Proximal {
+    mu: f32,
+    anchor: tessera_core::ParameterSet,
+}
+
+impl tessera_core::GradientTerm for Proximal {
+    fn check(
+        &self,
+        parameters: &tessera_core::ParameterSet,
+    ) -> Result<(), tessera_core::CoreError> {
+        parameters.check_same_layout(&self.anchor)
+    }
+
+    fn add(&self, grad: &mut tessera_core::ParameterSet, parameters: &tessera_core::ParameterSet) {
+        for ((g, w), a) in grad
+            .values_mut()
+            .zip(parameters.values())
+            .zip(self.anchor.values())
+        {
+            *g += self.mu * (w - a);
+        }
+    }
+}
+
 #[test]
 fn proximal_term_keeps_parameters_near_the_anchor() {
     let data = blobs(64, 3);
@@ -94,8 +120,12 @@ fn proximal_term_keeps_parameters_near_the_anchor() {
     let distance = |mu: f32| {
         let mut net = Network::new(&config, 3, 2, 0).unwrap();
         let anchor = net.parameters().clone();
+        let term = Proximal {
+            mu,
+            anchor: anchor.clone(),
+        };
         let plan = LocalPlan {
-            proximal: Some((mu, &anchor)),
+            term: Some(&term),
             ..LocalPlan::plain(&training)
         };
         net.fit(&data, &plan, &mut SeededRng::new(1)).unwrap();

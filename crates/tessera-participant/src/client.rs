@@ -257,7 +257,7 @@ pub async fn agree(
 }
 
 /// Reads a task's parameters (set 0, or with compressed models the change
-/// from the `held` model, or nothing when it is held) and control variate (set 1).
+/// from the `held` model, or nothing when it is held) and the instructions' tensors (set 1).
 pub async fn receive_parameters(
     header: &pb::TaskHeader,
     stream: &mut tonic::Streaming<pb::Task>,
@@ -272,7 +272,8 @@ pub async fn receive_parameters(
     let malformed = |e: String| Failure::Retry(format!("malformed task: {e}"));
     let mut global =
         Assembler::new(&header.layout, Limits::default()).map_err(|e| malformed(e.to_string()))?;
-    let mut control = if header.has_server_control {
+    // The instructions' tensors (SCAFFOLD's server control variate), set 1.
+    let mut tensors = if header.has_server_control {
         Some(
             Assembler::new(&header.layout, Limits::default())
                 .map_err(|e| malformed(e.to_string()))?,
@@ -325,7 +326,7 @@ pub async fn receive_parameters(
             }
             _ => return Err(malformed("a second header".into())),
         };
-        match (chunk.set, control.as_mut()) {
+        match (chunk.set, tensors.as_mut()) {
             (0, _) if base.is_some() => Err(tessera_proto::ProtoError::Malformed(
                 "model chunks in a task whose model is held or comes as a change".into(),
             )),
@@ -347,15 +348,15 @@ pub async fn receive_parameters(
         (_, Some(base)) => base.as_ref().clone(),
         (_, None) => global.finish().map_err(|e| malformed(e.to_string()))?,
     };
-    let control = control
+    let tensors = tensors
         .map(Assembler::finish)
         .transpose()
         .map_err(|e| malformed(e.to_string()))?;
-    Ok((global, control))
+    Ok((global, tensors))
 }
 
 /// Streams `update` for `round` as `site`: its delta in chunks, or its
-/// `encoded` form in pieces, then its control variate.
+/// `encoded` form in pieces, then its auxiliary sum (set 1).
 pub async fn send_update(
     site: &str,
     client: &mut FederationClient<Channel>,
@@ -369,7 +370,7 @@ pub async fn send_update(
             site: site.to_string(),
             round,
             n_examples: update.n_examples,
-            has_control: update.control_delta.is_some(),
+            has_control: update.aux.is_some(),
             n_steps: update.stats.n_steps,
             mean_train_loss: update.stats.mean_train_loss,
             layout: layout_of(&update.delta),
@@ -381,7 +382,7 @@ pub async fn send_update(
         })),
     };
     let delta = update.delta.clone();
-    let control = update.control_delta.clone();
+    let aux = update.aux.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
         if tx.send(header).await.is_err() {
@@ -399,8 +400,7 @@ pub async fn send_update(
             None => Box::new(chunks(0, &delta, CHUNK_BYTES).map(update_part::Part::Chunk)),
         };
         let parts = delta_parts.chain(
-            control
-                .iter()
+            aux.iter()
                 .flat_map(|c| chunks(1, c, CHUNK_BYTES))
                 .map(update_part::Part::Chunk),
         );

@@ -237,7 +237,7 @@ async fn session(
             state.awaiting = None;
         }
         let held = state.held.take();
-        let (global, control) = receive_parameters(&header, &mut stream, held).await?;
+        let (global, tensors) = receive_parameters(&header, &mut stream, held).await?;
         let global = Arc::new(global);
         // With compressed models, keep the model to apply the next change to.
         if !header.model_codec.is_empty() {
@@ -256,10 +256,13 @@ async fn session(
                         header.round
                     },
                     global: Arc::clone(&global),
-                    instructions: tessera_aggregate::FitInstructions {
-                        proximal_mu: header.proximal_mu,
-                        server_control: control.map(Arc::new),
-                    },
+                    instructions: tessera_proto::convert::instructions_from_pb(&header, tensors)
+                        .map_err(|e| match e {
+                            tessera_proto::ProtoError::Incompatible(_) => {
+                                Failure::Fatal(ParticipantError::Refused(e.to_string()))
+                            }
+                            e => Failure::Retry(format!("malformed task: {e}")),
+                        })?,
                     deadline: None,
                 };
                 let codec = if header.upload_codec.is_empty() {

@@ -1,7 +1,10 @@
 //! Conversions between wire messages and Tessera's types. From the wire,
 //! every conversion validates.
 
-use tessera_core::FitStats;
+use std::sync::Arc;
+
+use tessera_aggregate::Instructions;
+use tessera_core::{FitStats, ParameterSet};
 use tessera_data::{Agreement, ColumnKinds, Encoding, KindsOffer, LevelsOffer};
 use tessera_learn::{Evaluation, HISTOGRAM_BINS, ScoreHistogram};
 
@@ -256,9 +259,139 @@ pub fn fit_stats_from_pb(header: &pb::UpdateHeader) -> Result<FitStats, ProtoErr
     })
 }
 
+/// Writes a strategy's `instructions` into a fit task's header: the
+/// `instructions` arm (1.7), and for older peers the fields they read where
+/// the instructions have them (FedProx's `proximal_mu`). `has_server_control`
+/// announces the instructions' tensors, which follow the parameters as
+/// tensor set 1. The one place instructions meet the wire, with
+/// [`instructions_from_pb`].
+pub fn instructions_to_pb(instructions: &Instructions, header: &mut pb::TaskHeader) {
+    use pb::instructions::Kind;
+    let kind = match instructions {
+        Instructions::Plain => None,
+        Instructions::Proximal { mu } => {
+            header.proximal_mu = Some(*mu);
+            Some(Kind::Proximal(pb::Proximal { mu: *mu }))
+        }
+        Instructions::Scaffold { .. } => Some(Kind::Scaffold(pb::Scaffold {})),
+    };
+    header.has_server_control = instructions.tensors().is_some();
+    header.instructions = kind.map(|kind| pb::Instructions { kind: Some(kind) });
+}
+
+/// A fit task's instructions from its header and the tensors that followed
+/// the parameters (set 1, present when the header announced them); a header
+/// from a coordinator before 1.7 is read from its older fields.
+pub fn instructions_from_pb(
+    header: &pb::TaskHeader,
+    tensors: Option<ParameterSet>,
+) -> Result<Instructions, ProtoError> {
+    use pb::instructions::Kind;
+    let kind = match &header.instructions {
+        Some(pb::Instructions { kind: Some(kind) }) => Some(*kind),
+        Some(pb::Instructions { kind: None }) => {
+            return Err(ProtoError::Incompatible(
+                "the task's instructions are of a kind this participant does not know; \
+                 upgrade it"
+                    .into(),
+            ));
+        }
+        // Before 1.7.
+        None => match (header.proximal_mu, header.has_server_control) {
+            (Some(mu), false) => Some(Kind::Proximal(pb::Proximal { mu })),
+            (None, true) => Some(Kind::Scaffold(pb::Scaffold {})),
+            (None, false) => None,
+            (Some(_), true) => {
+                return Err(ProtoError::Malformed(
+                    "task: both a proximal weight and a server control variate".into(),
+                ));
+            }
+        },
+    };
+    let tensors = |what: &str| {
+        tensors.ok_or_else(|| {
+            ProtoError::Malformed(format!("task: {what} without its tensors (set 1)"))
+        })
+    };
+    Ok(match kind {
+        None => Instructions::Plain,
+        Some(Kind::Proximal(pb::Proximal { mu })) => {
+            if !(mu.is_finite() && mu >= 0.0) {
+                return Err(ProtoError::Malformed(format!(
+                    "task: proximal weight {mu} is not a number >= 0"
+                )));
+            }
+            Instructions::Proximal { mu }
+        }
+        Some(Kind::Scaffold(pb::Scaffold {})) => Instructions::Scaffold {
+            server_control: Arc::new(tensors("scaffold's instructions")?),
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instructions_round_trip_and_old_headers_are_read() {
+        let mut control = ParameterSet::new();
+        control
+            .push(
+                "w",
+                tessera_core::Tensor::new(vec![2], vec![0.5, -1.0]).unwrap(),
+            )
+            .unwrap();
+        for instructions in [
+            Instructions::Plain,
+            Instructions::Proximal { mu: 0.01 },
+            Instructions::Scaffold {
+                server_control: Arc::new(control.clone()),
+            },
+        ] {
+            let mut header = pb::TaskHeader::default();
+            instructions_to_pb(&instructions, &mut header);
+            let tensors = header.has_server_control.then(|| control.clone());
+            assert_eq!(
+                instructions_from_pb(&header, tensors).unwrap(),
+                instructions
+            );
+            // A 1.6 coordinator's header: the older fields only.
+            header.instructions = None;
+            let tensors = header.has_server_control.then(|| control.clone());
+            assert_eq!(
+                instructions_from_pb(&header, tensors).unwrap(),
+                instructions
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_instructions_are_refused_with_a_reason() {
+        use pb::instructions::Kind;
+        let header = |kind: Option<Kind>| pb::TaskHeader {
+            instructions: Some(pb::Instructions { kind }),
+            ..Default::default()
+        };
+        for mu in [-1.0, f32::NAN, f32::INFINITY] {
+            let err =
+                instructions_from_pb(&header(Some(Kind::Proximal(pb::Proximal { mu }))), None)
+                    .unwrap_err();
+            assert!(err.to_string().contains("proximal weight"), "{err}");
+        }
+        let err =
+            instructions_from_pb(&header(Some(Kind::Scaffold(pb::Scaffold {}))), None).unwrap_err();
+        assert!(err.to_string().contains("without its tensors"), "{err}");
+        // An arm this build does not know decodes as an empty oneof.
+        let err = instructions_from_pb(&header(None), None).unwrap_err();
+        assert!(err.to_string().contains("upgrade"), "{err}");
+        let both = pb::TaskHeader {
+            proximal_mu: Some(0.1),
+            has_server_control: true,
+            ..Default::default()
+        };
+        assert!(instructions_from_pb(&both, None).is_err());
+    }
 
     #[test]
     fn evaluations_round_trip_and_lies_are_caught() {

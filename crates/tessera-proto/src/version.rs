@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 6;
+pub const MINOR: u32 = 7;
 
 /// What this build can do.
 ///
@@ -34,6 +34,9 @@ pub const MINOR: u32 = 6;
 /// - `declared-rows` (1.6): a site's levels offer declares its training and
 ///   test row counts, which bound every count it reports for the run (a 1.6
 ///   coordinator requires it).
+/// - `instructions` (1.7): a fit task carries the strategy's instructions to
+///   the participant as one arm per kind (a 1.7 coordinator requires it for
+///   every strategy newer than 1.7).
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -53,6 +56,20 @@ pub const CAPABILITIES: &[&str] = &[
     "withdraw",
     "secure-aggregation-signed",
     "declared-rows",
+    "instructions",
+];
+
+/// The strategies older peers can follow without the `instructions`
+/// capability (their instructions have fields of their own before 1.7).
+/// Frozen: every later strategy requires `instructions`.
+const BEFORE_INSTRUCTIONS: &[&str] = &[
+    "fedavg",
+    "fedavgm",
+    "fedprox",
+    "scaffold",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
 ];
 
 /// The capabilities a participant needs to send updates with `codec`.
@@ -116,6 +133,9 @@ pub fn required_capabilities(strategy: &str) -> Vec<&'static str> {
     if strategy == "scaffold" {
         required.push("scaffold");
     }
+    if !BEFORE_INSTRUCTIONS.contains(&strategy) {
+        required.push("instructions");
+    }
     required
 }
 
@@ -169,7 +189,8 @@ mod tests {
     fn compatibility_table() {
         // The rows of docs/PROTOCOL.md's table.
         let v1_0 = caps(&["chunked-tensors", "agreement", "evaluation-histograms"]);
-        let v1_5 = caps(&CAPABILITIES[..CAPABILITIES.len() - 1]);
+        let v1_5 = caps(&CAPABILITIES[..CAPABILITIES.len() - 2]);
+        let v1_6 = caps(&CAPABILITIES[..CAPABILITIES.len() - 1]);
         let fedavg = required_capabilities("fedavg");
         let scaffold = required_capabilities("scaffold");
         // Every run needs declared row counts (1.6): earlier peers are refused.
@@ -183,8 +204,18 @@ mod tests {
             err.to_string(),
             "incompatible protocol: this run needs capabilities the peer (protocol 1.5) lacks: declared-rows"
         );
-        let n = negotiate(CAPABILITIES, 1, 6, &caps(CAPABILITIES), &scaffold).unwrap();
+        let n = negotiate(CAPABILITIES, 1, 6, &v1_6, &scaffold).unwrap();
         assert!(n.has("heartbeat") && n.has("scaffold") && n.has("declared-rows"));
+        // A 1.6 peer follows the strategies it knows, not a later one, whose
+        // instructions only travel as 1.7's arms.
+        let later = required_capabilities("a-later-strategy");
+        assert!(negotiate(CAPABILITIES, 1, 6, &v1_6, &fedavg).is_ok());
+        let err = negotiate(CAPABILITIES, 1, 6, &v1_6, &later).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "incompatible protocol: this run needs capabilities the peer (protocol 1.6) lacks: instructions"
+        );
+        assert!(negotiate(CAPABILITIES, 1, 7, &caps(CAPABILITIES), &later).is_ok());
         // A newer minor with capabilities we do not know: the overlap is used.
         let newer = caps(&[
             "chunked-tensors",
@@ -195,7 +226,7 @@ mod tests {
             "declared-rows",
             "zstd",
         ]);
-        let n = negotiate(CAPABILITIES, 1, 7, &newer, &fedavg).unwrap();
+        let n = negotiate(CAPABILITIES, 1, 8, &newer, &fedavg).unwrap();
         assert_eq!(n.minor, MINOR);
         assert!(!n.has("zstd"));
         let err = negotiate(CAPABILITIES, 2, 0, &newer, &fedavg).unwrap_err();

@@ -216,6 +216,9 @@ fn task_header() -> pb::TaskHeader {
         model_round: 3,
         model_delivery: pb::ModelDelivery::Change as i32,
         model_codec: "q8".into(),
+        instructions: Some(pb::Instructions {
+            kind: Some(pb::instructions::Kind::Proximal(pb::Proximal { mu: 0.01 })),
+        }),
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tessera_aggregate::FitInstructions;
+use tessera_aggregate::Instructions;
 use tessera_core::{ParameterSet, ParticipantId, Timestamp};
 use tessera_data::FederatedData;
 use tessera_engine::report::{RoundRecord, mean_site_accuracy};
@@ -123,7 +123,7 @@ pub(crate) fn run_async(
         let task = FitTask {
             round: attempt.attempt,
             global: attempt.params,
-            instructions: FitInstructions::default(),
+            instructions: Instructions::Plain,
             deadline: None,
         };
         let update = lock(&sites[site]).fit(&task, &data.sites[site].train);

@@ -449,7 +449,15 @@ pub(crate) fn run_hierarchical(
     while !root.is_finished() {
         let wall = Instant::now();
         let start = root.begin_round(now)?;
-        let task = &start.task;
+        // The topology relays one task to every site below: the instructions
+        // the strategy gives the root's first member (every built-in
+        // strategy gives all participants the same).
+        let instructions = start
+            .cohort
+            .first()
+            .map(|first| root.instructions_for(first))
+            .unwrap_or_default();
+        let task = &start.task(instructions);
         let traffic = Mutex::new(Traffic {
             site_up: vec![0; names.len()],
             ..Traffic::default()

@@ -452,33 +452,35 @@ fn run_sync(
     while !engine.is_finished() {
         let wall = Instant::now();
         let mut start = engine.begin_round(now)?;
-        let control_bytes = start
-            .task
-            .instructions
-            .server_control
-            .as_ref()
-            .map_or(0, |c| c.wire_len() as u64);
         let model_bytes = match &downlink {
             Some(down) => {
-                start.task.global = down.held().clone();
+                start.global = down.held().clone();
                 // The initial model goes down whole; later ones the sites
                 // hold since the last round's evaluation.
                 if down.round() == 0 {
-                    start.task.global.wire_len() as u64
+                    start.global.wire_len() as u64
                 } else {
                     0
                 }
             }
-            None => start.task.global.wire_len() as u64,
+            None => start.global.wire_len() as u64,
         };
-        let task = &start.task;
-        let round = task.round;
-        let task_bytes = 32 + model_bytes + control_bytes;
-        let mut bytes_down = task_bytes * start.cohort.len() as u64;
+        let round = start.round;
+        // What each site receives: the model and its instructions' tensors.
+        let task_bytes = |id: &ParticipantId| {
+            32 + model_bytes
+                + engine
+                    .instructions_for(id)
+                    .tensors()
+                    .map_or(0, |t| t.wire_len() as u64)
+        };
+        let mut bytes_down = 0u64;
         let mut bytes_up = 0u64;
         let mut traffic: BTreeMap<String, SiteTraffic> = BTreeMap::new();
         for id in &start.cohort {
-            traffic.entry(id.to_string()).or_default().down += task_bytes;
+            let down = task_bytes(id);
+            bytes_down += down;
+            traffic.entry(id.to_string()).or_default().down += down;
         }
         let mut site_errors = Vec::new();
 
@@ -493,7 +495,7 @@ fn run_sync(
             let compute = profile.compute_time(examples);
             let received = now
                 .plus(profile.latency())
-                .plus(profile.transfer_time(task_bytes));
+                .plus(profile.transfer_time(task_bytes(id)));
             // The upload codec: the plan's, or the ladder's choice for this
             // site's bandwidth and what is left of the target round time.
             let codec = match &compression.adaptive {
@@ -539,10 +541,15 @@ fn run_sync(
                 .iter()
                 .map(|e| !e.dropout && engine.would_accept_at(&ids[e.site], e.at))
                 .collect();
+            let tasks: Vec<_> = chunk
+                .iter()
+                .map(|e| start.task(engine.instructions_for(&ids[e.site])))
+                .collect();
             let updates: Vec<_> = chunk
                 .par_iter()
                 .zip(&wanted)
-                .map(|(event, &wanted)| {
+                .zip(&tasks)
+                .map(|((event, &wanted), task)| {
                     wanted.then(|| lock(&sites[event.site]).fit(task, train_of(event.site)))
                 })
                 .collect();
@@ -603,7 +610,7 @@ fn run_sync(
         }
         if secure {
             let cohort: Vec<usize> = start.cohort.iter().map(|id| index[id]).collect();
-            let layout = task.global.zeros_like();
+            let layout = start.global.zeros_like();
             match crate::secure::secure_round(
                 plan,
                 round,

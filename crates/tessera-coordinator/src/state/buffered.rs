@@ -45,7 +45,7 @@ impl Federation {
         TaskView::Fit {
             header: header(pb::TaskKind::Fit),
             global,
-            control: None,
+            tensors: None,
             model: ModelPart::Whole,
         }
     }

@@ -505,7 +505,7 @@ impl Federation {
                         let update = Update {
                             delta,
                             n_examples: meta.n_examples,
-                            control_delta: None,
+                            aux: None,
                             stats: FitStats {
                                 n_steps: meta.n_steps,
                                 mean_train_loss: meta.mean_train_loss(),

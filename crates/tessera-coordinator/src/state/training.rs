@@ -37,18 +37,16 @@ impl Federation {
                     return Ok(TaskView::Wait);
                 };
                 let id = ParticipantId::new(site);
-                let Some(task) = engine.open_task().filter(|_| engine.is_pending(&id)) else {
+                let Some(task) = engine.task_for(&id).filter(|_| engine.is_pending(&id)) else {
                     return Ok(TaskView::Wait);
                 };
                 let codec = self
                     .links
                     .assign(&self.plan, site, task.round, task.global.n_values());
-                let header = pb::TaskHeader {
+                let mut header = pb::TaskHeader {
                     round: task.round,
                     kind: pb::TaskKind::Fit as i32,
                     layout: tessera_proto::layout_of(&task.global),
-                    proximal_mu: task.instructions.proximal_mu,
-                    has_server_control: task.instructions.server_control.is_some(),
                     deadline_micros: task.deadline.map_or(0, |d| d.0),
                     previous_update_counted,
                     previous_round,
@@ -59,12 +57,12 @@ impl Federation {
                     },
                     ..Default::default()
                 };
-                let mut header = header;
+                tessera_proto::convert::instructions_to_pb(&task.instructions, &mut header);
                 let (global, model) = self.model_for(&mut header, task.global, held);
                 Ok(TaskView::Fit {
                     header,
                     global,
-                    control: task.instructions.server_control,
+                    tensors: task.instructions.tensors().cloned(),
                     model,
                 })
             }
@@ -97,8 +95,6 @@ impl Federation {
                     round: *round,
                     kind: pb::TaskKind::Evaluate as i32,
                     layout: tessera_proto::layout_of(&global),
-                    proximal_mu: None,
-                    has_server_control: false,
                     deadline_micros: 0,
                     previous_update_counted,
                     previous_round,
@@ -145,10 +141,7 @@ impl Federation {
             return Some((buffered.current().0, false));
         }
         let engine = self.engine.as_ref()?;
-        Some((
-            Arc::clone(engine.global()),
-            self.plan.federation.strategy == tessera_aggregate::StrategyKind::Scaffold,
-        ))
+        Some((Arc::clone(engine.global()), engine.aux_sum().is_some()))
     }
 
     /// Records an update. Accepted updates are durable before this returns.
@@ -331,12 +324,12 @@ impl Federation {
             match engine.begin_round(now) {
                 Ok(start) => {
                     self.store
-                        .open_round(&run, start.task.round, &start.cohort, now)?;
-                    self.open_secure_round(start.task.round, &start.cohort, now);
-                    metrics::gauge!(names::CURRENT_ROUND).set(f64::from(start.task.round));
+                        .open_round(&run, start.round, &start.cohort, now)?;
+                    self.open_secure_round(start.round, &start.cohort, now);
+                    metrics::gauge!(names::CURRENT_ROUND).set(f64::from(start.round));
                     self.round_started = Some(Instant::now());
                     tracing::info!(
-                        round = start.task.round,
+                        round = start.round,
                         cohort = start.cohort.len(),
                         "round opened"
                     );

@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS round_aggregates (
     run_id TEXT NOT NULL, round INTEGER NOT NULL,
     mean_delta BLOB NOT NULL, control_step BLOB,
     n_updates INTEGER NOT NULL, n_examples INTEGER NOT NULL, weight_sum REAL NOT NULL, mean_train_loss REAL NOT NULL,
+    n_participants INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, round)
 );
 CREATE TABLE IF NOT EXISTS open_rounds (

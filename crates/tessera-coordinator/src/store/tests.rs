@@ -41,7 +41,7 @@ fn rounds_updates_and_audit_persist() {
         let update = Update {
             delta: params(&[1.0, 2.0]),
             n_examples: 3,
-            control_delta: None,
+            aux: None,
             stats: FitStats {
                 n_steps: 4,
                 mean_train_loss: 0.5,
@@ -150,6 +150,40 @@ fn databases_are_private_and_old_noise_keys_are_erased() {
             !bytes.windows(32).any(|w| w == key.as_slice()),
             "{file} still holds the old noise key"
         );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_older_database_gains_the_columns_added_since() {
+    let dir = std::env::temp_dir().join(format!("tessera-store-cols-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("old.sqlite");
+    {
+        // round_aggregates as coordinators before 1.7 created it, with a row.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE round_aggregates (
+                run_id TEXT NOT NULL, round INTEGER NOT NULL,
+                mean_delta BLOB NOT NULL, control_step BLOB,
+                n_updates INTEGER NOT NULL, n_examples INTEGER NOT NULL,
+                weight_sum REAL NOT NULL, mean_train_loss REAL NOT NULL,
+                PRIMARY KEY (run_id, round))",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO round_aggregates VALUES ('r', 1, ?1, NULL, 2, 10, 2.0, 0.5)",
+            [encode_parameters(&params(&[1.0]))],
+        )
+        .unwrap();
+    }
+    for _ in 0..2 {
+        // Opening twice adds the column once.
+        let store = Store::open(&path).unwrap();
+        let rows = store.aggregates("r", 1).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].1.n_updates, rows[0].1.n_participants), (2, 0));
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,6 +1,6 @@
 //! How much memory a plan's model copies take, by whose memory it is.
 
-use super::{Plan, PlanError, StrategyKind};
+use super::{Plan, PlanError};
 use tessera_learn::OptimizerKind;
 
 /// Whose memory [`Plan::memory_bytes`] estimates, by the model copies each
@@ -59,7 +59,7 @@ impl Plan {
     ) -> Option<u64> {
         let n = self.model.n_parameters(n_features, n_classes)?;
         let sites = sites as u64;
-        let scaffold = self.federation.strategy == StrategyKind::Scaffold;
+        let needs = self.federation.strategy.needs();
         let copies = match role {
             MemoryRole::Simulation => sites.checked_mul(2)?.checked_add(4)?,
             MemoryRole::Coordinator => {
@@ -68,7 +68,7 @@ impl Plan {
                 );
                 sites
                     .checked_mul(per_site)?
-                    .checked_add(4 + if scaffold { 2 } else { 0 })?
+                    .checked_add(4 + needs.server_copies)?
             }
             MemoryRole::Participant => {
                 let optimizer = match self.training.optimizer.optimizer {
@@ -76,7 +76,7 @@ impl Plan {
                     OptimizerKind::Sgd => u64::from(self.training.optimizer.momentum != 0.0),
                 };
                 4 + optimizer
-                    + if scaffold { 2 } else { 0 }
+                    + needs.site_copies
                     + u64::from(self.compression.is_active())
                     + u64::from(self.secure_aggregation.enabled)
             }

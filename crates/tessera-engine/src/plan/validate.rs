@@ -38,6 +38,8 @@ impl Plan {
             reasons.push(invalid_reason(e));
         }
         let f = &self.federation;
+        let strategy = f.strategy;
+        let needs = strategy.needs();
         if f.rounds == 0 {
             reasons.push("federation.rounds must be at least 1".into());
         }
@@ -50,10 +52,10 @@ impl Plan {
         if f.mode == Mode::Async && f.buffer_size == 0 {
             reasons.push("federation.buffer_size must be at least 1".into());
         }
-        if f.mode == Mode::Async && self.federation.strategy == StrategyKind::Scaffold {
-            reasons.push(
-                "scaffold's control variates need synchronous rounds; use mode = \"sync\"".into(),
-            );
+        if f.mode == Mode::Async && needs.sync_rounds {
+            reasons.push(format!(
+                "{strategy}'s state at the sites needs synchronous rounds; use mode = \"sync\""
+            ));
         }
         if f.min_participants == 0 || f.quorum == 0 {
             reasons.push(
@@ -110,15 +112,14 @@ impl Plan {
                 tessera_core::value(s.latency_seconds.max)
             ));
         }
-        if self.federation.strategy == StrategyKind::Scaffold
+        if needs.plain_sgd
             && (self.training.optimizer.optimizer != OptimizerKind::Sgd
                 || self.training.optimizer.momentum != 0.0)
         {
-            reasons.push(
-                "scaffold needs plain SGD in [training] (no momentum, no Adam): \
-                 its control variates assume it"
-                    .into(),
-            );
+            reasons.push(format!(
+                "{strategy} needs plain SGD in [training] (no momentum, no Adam): \
+                 its local part assumes it"
+            ));
         }
         if !(0.0..1.0).contains(&s.dropout) {
             reasons.push(format!(
@@ -136,12 +137,11 @@ impl Plan {
             reasons.push("local DP is accounted per synchronous round; use mode = \"sync\"".into());
         }
         if self.privacy.mode == tessera_privacy::PrivacyMode::Central {
-            if self.federation.strategy == StrategyKind::Scaffold {
-                reasons.push(
-                    "central DP cannot protect scaffold's control-variate changes, which would be \
-                     released without noise; choose another strategy"
-                        .into(),
-                );
+            if let Some(aux) = needs.clear_aux_sum {
+                reasons.push(format!(
+                    "central DP cannot protect {strategy}'s {aux}s, which would be released \
+                     without noise; choose another strategy"
+                ));
             }
             if f.mode == Mode::Async {
                 reasons.push(
@@ -169,12 +169,11 @@ impl Plan {
                     self.robust.rule
                 ));
             }
-            if self.federation.strategy == StrategyKind::Scaffold {
-                reasons.push(
-                    "scaffold's control-variate changes are not securely aggregated; choose \
-                     another strategy or turn secure aggregation off"
-                        .into(),
-                );
+            if let Some(aux) = needs.clear_aux_sum {
+                reasons.push(format!(
+                    "{strategy}'s {aux}s are not securely aggregated; choose another strategy \
+                     or turn secure aggregation off"
+                ));
             }
             if f.mode == Mode::Async {
                 reasons.push(
@@ -258,10 +257,7 @@ impl Plan {
                     self.robust.rule.needs_all_updates() || self.robust.norm_bound.is_some(),
                     "robust aggregation",
                 ),
-                (
-                    self.federation.strategy == StrategyKind::Scaffold,
-                    "scaffold",
-                ),
+                (needs.flat_only, strategy.as_str()),
             ];
             for (_, what) in unsupported.iter().filter(|(on, _)| *on) {
                 reasons.push(format!(

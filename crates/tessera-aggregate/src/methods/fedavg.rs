@@ -1,13 +1,11 @@
-//! FedAvg and its family.
+//! FedAvg and its server-only family (FedAvgM, FedProx's server, FedOpt).
 
-use std::sync::Arc;
+use tessera_core::{ParameterSet, ParticipantId};
 
-use tessera_core::ParameterSet;
-
-use crate::{AggregateError, FitInstructions, RoundAggregate, Strategy};
+use crate::{AggregateError, Instructions, RoundAggregate, Strategy};
 
 /// `global + server_lr * step`, layout checked.
-fn moved(
+pub(crate) fn moved(
     global: &ParameterSet,
     step: &ParameterSet,
     server_lr: f32,
@@ -30,8 +28,8 @@ impl Strategy for FedAvg {
         "fedavg"
     }
 
-    fn configure_fit(&self, _global: &ParameterSet) -> FitInstructions {
-        FitInstructions::default()
+    fn configure_fit(&self, _global: &ParameterSet, _site: &ParticipantId) -> Instructions {
+        Instructions::Plain
     }
 
     fn aggregate_fit(
@@ -69,8 +67,8 @@ impl Strategy for FedAvgM {
         "fedavgm"
     }
 
-    fn configure_fit(&self, _global: &ParameterSet) -> FitInstructions {
-        FitInstructions::default()
+    fn configure_fit(&self, _global: &ParameterSet, _site: &ParticipantId) -> Instructions {
+        Instructions::Plain
     }
 
     fn aggregate_fit(
@@ -110,11 +108,8 @@ impl Strategy for FedProx {
         "fedprox"
     }
 
-    fn configure_fit(&self, _global: &ParameterSet) -> FitInstructions {
-        FitInstructions {
-            proximal_mu: Some(self.mu),
-            server_control: None,
-        }
+    fn configure_fit(&self, _global: &ParameterSet, _site: &ParticipantId) -> Instructions {
+        Instructions::Proximal { mu: self.mu }
     }
 
     fn aggregate_fit(
@@ -123,68 +118,6 @@ impl Strategy for FedProx {
         round: &RoundAggregate,
     ) -> Result<ParameterSet, AggregateError> {
         moved(global, &round.mean_delta, self.server_lr)
-    }
-}
-
-/// SCAFFOLD (Karimireddy et al. 2020): participants correct every local
-/// gradient by `c - c_i`, and return the change of their control variate
-/// (option II); the server moves `x += η Δ̄` and `c += Σ Δc_i / N`.
-#[derive(Debug, Clone)]
-pub struct Scaffold {
-    /// Server learning rate η.
-    pub server_lr: f32,
-    control: Option<Arc<ParameterSet>>,
-}
-
-impl Scaffold {
-    /// SCAFFOLD with a zero server control variate.
-    pub fn new(server_lr: f32) -> Self {
-        Self {
-            server_lr,
-            control: None,
-        }
-    }
-}
-
-impl Strategy for Scaffold {
-    fn name(&self) -> &'static str {
-        "scaffold"
-    }
-
-    fn configure_fit(&self, global: &ParameterSet) -> FitInstructions {
-        FitInstructions {
-            proximal_mu: None,
-            server_control: Some(
-                self.control
-                    .clone()
-                    .unwrap_or_else(|| Arc::new(global.zeros_like())),
-            ),
-        }
-    }
-
-    fn needs_control_deltas(&self) -> bool {
-        true
-    }
-
-    fn aggregate_fit(
-        &mut self,
-        global: &ParameterSet,
-        round: &RoundAggregate,
-    ) -> Result<ParameterSet, AggregateError> {
-        let step = round.control_step.as_ref().ok_or_else(|| {
-            AggregateError::Control("SCAFFOLD round without control-variate changes".into())
-        })?;
-        let next = moved(global, &round.mean_delta, self.server_lr)?;
-        let mut control = self
-            .control
-            .as_deref()
-            .cloned()
-            .unwrap_or_else(|| global.zeros_like());
-        control.add_scaled(step, 1.0)?;
-        next.check_finite()?;
-        control.check_finite()?;
-        self.control = Some(Arc::new(control));
-        Ok(next)
     }
 }
 
@@ -242,8 +175,8 @@ impl Strategy for FedOpt {
         }
     }
 
-    fn configure_fit(&self, _global: &ParameterSet) -> FitInstructions {
-        FitInstructions::default()
+    fn configure_fit(&self, _global: &ParameterSet, _site: &ParticipantId) -> Instructions {
+        Instructions::Plain
     }
 
     fn aggregate_fit(
@@ -308,8 +241,9 @@ mod tests {
     fn round(delta: &[f32]) -> RoundAggregate {
         RoundAggregate {
             mean_delta: set(delta),
-            control_step: None,
+            aux_step: None,
             n_updates: 1,
+            n_participants: 1,
             n_examples: 1,
             weight_sum: 1.0,
             mean_train_loss: 0.0,
@@ -377,24 +311,5 @@ mod tests {
             let b = fresh.aggregate_fit(&set(&[0.0]), &round(&[1e-40]));
             assert_eq!(a.map(|p| values(&p)), b.map(|p| values(&p)));
         }
-    }
-
-    #[test]
-    fn scaffold_moves_its_control_variate() {
-        let mut s = Scaffold::new(1.0);
-        let global = set(&[1.0, 2.0]);
-        let c0 = s.configure_fit(&global).server_control.unwrap();
-        assert_eq!(values(&c0), [0.0, 0.0]);
-        let mut r = round(&[0.5, -0.5]);
-        r.mean_delta = set(&[0.5, -0.5]);
-        r.control_step = Some(set(&[0.25, 0.125]));
-        let next = s.aggregate_fit(&global, &r).unwrap();
-        assert_eq!(values(&next), [1.5, 1.5]);
-        assert_eq!(
-            values(&s.configure_fit(&next).server_control.unwrap()),
-            [0.25, 0.125]
-        );
-        r.control_step = None;
-        assert!(s.aggregate_fit(&next, &r).is_err());
     }
 }

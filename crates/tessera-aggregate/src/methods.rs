@@ -1,10 +1,101 @@
-//! Choosing and configuring a strategy.
+//! The registry of strategies: the kinds a plan names, their settings, the
+//! strategy pair each builds, the instructions the two parts exchange, and
+//! what each needs from the rest of the plan. A strategy is its server file
+//! and, when it does something at the sites, its local file in `methods/`;
+//! adding one adds its files and a line to each table here.
+
+mod fedavg;
+mod fedprox_local;
+mod scaffold;
+mod scaffold_local;
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use tessera_core::ParameterSet;
 
-use crate::{AggregateError, FedAvg, FedAvgM, FedOpt, FedOptVariant, FedProx, Scaffold, Strategy};
+use crate::local::{LocalAlgorithm, PlainLocal};
+use crate::{AggregateError, Strategy};
+
+pub use fedavg::{FedAvg, FedAvgM, FedOpt, FedOptVariant, FedProx};
+pub use fedprox_local::FedProxLocal;
+pub use scaffold::Scaffold;
+pub use scaffold_local::ScaffoldLocal;
+
+/// What a strategy's server part tells one participant for a round; the
+/// local part ([`Instructions::local_algorithm`]) acts on it. On the wire
+/// each variant is one arm of the task header's `instructions`
+/// (tessera-proto converts, in one place).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Instructions {
+    /// Plain local training.
+    #[default]
+    Plain,
+    /// FedProx: add `mu/2 ||w - w_global||²` to the local loss.
+    Proximal {
+        /// The proximal weight.
+        mu: f32,
+    },
+    /// SCAFFOLD: correct every gradient by `c - c_i`; return `Δc_i`.
+    Scaffold {
+        /// The server control variate `c` (travels as a tensor set).
+        server_control: Arc<ParameterSet>,
+    },
+}
+
+impl Instructions {
+    /// The variant's name, in messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Instructions::Plain => "plain",
+            Instructions::Proximal { .. } => "fedprox",
+            Instructions::Scaffold { .. } => "scaffold",
+        }
+    }
+
+    /// A fresh local part for these instructions (a site keeps it while the
+    /// instructions it receives keep their kind).
+    pub fn local_algorithm(&self) -> Box<dyn LocalAlgorithm> {
+        match self {
+            Instructions::Plain => Box::new(PlainLocal),
+            Instructions::Proximal { .. } => Box::new(FedProxLocal),
+            Instructions::Scaffold { .. } => Box::new(ScaffoldLocal::default()),
+        }
+    }
+
+    /// Whether `other` is handled by the same local algorithm (and state).
+    pub fn same_kind(&self, other: &Instructions) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+
+    /// The tensors the instructions carry (SCAFFOLD's `c`), if any.
+    pub fn tensors(&self) -> Option<&Arc<ParameterSet>> {
+        match self {
+            Instructions::Scaffold { server_control } => Some(server_control),
+            Instructions::Plain | Instructions::Proximal { .. } => None,
+        }
+    }
+}
+
+/// What a strategy needs from the rest of the plan; the plan's validation
+/// turns each into a reason naming the strategy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Site state kept in step with synchronous rounds (no `async` mode).
+    pub sync_rounds: bool,
+    /// Plain SGD at the sites (no momentum, no Adam).
+    pub plain_sgd: bool,
+    /// An auxiliary sum released as it is: neither central DP nor secure
+    /// aggregation protects it.
+    pub clear_aux_sum: Option<&'static str>,
+    /// The flat topology only.
+    pub flat_only: bool,
+    /// Model copies the server part keeps beyond the usual.
+    pub server_copies: u64,
+    /// Model copies the local part keeps beyond the usual.
+    pub site_copies: u64,
+}
 
 /// The built-in strategies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -48,6 +139,21 @@ impl StrategyKind {
             StrategyKind::FedAdam => "fedadam",
             StrategyKind::FedYogi => "fedyogi",
             StrategyKind::FedAdagrad => "fedadagrad",
+        }
+    }
+}
+
+impl StrategyKind {
+    /// What this strategy needs from the rest of the plan.
+    pub fn needs(self) -> Needs {
+        match self {
+            StrategyKind::Scaffold => Scaffold::NEEDS,
+            StrategyKind::FedAvg
+            | StrategyKind::FedAvgM
+            | StrategyKind::FedProx
+            | StrategyKind::FedAdam
+            | StrategyKind::FedYogi
+            | StrategyKind::FedAdagrad => Needs::default(),
         }
     }
 }
