@@ -5,6 +5,8 @@
 //! adding one adds its files and a line to each table here.
 
 mod fedavg;
+mod feddyn;
+mod feddyn_local;
 mod fedprox_local;
 mod scaffold;
 mod scaffold_local;
@@ -19,6 +21,8 @@ use crate::local::{LocalAlgorithm, PlainLocal};
 use crate::{AggregateError, Strategy};
 
 pub use fedavg::{FedAvg, FedAvgM, FedOpt, FedOptVariant, FedProx};
+pub use feddyn::FedDyn;
+pub use feddyn_local::FedDynLocal;
 pub use fedprox_local::FedProxLocal;
 pub use scaffold::Scaffold;
 pub use scaffold_local::ScaffoldLocal;
@@ -42,6 +46,11 @@ pub enum Instructions {
         /// The server control variate `c` (travels as a tensor set).
         server_control: Arc<ParameterSet>,
     },
+    /// FedDyn: add `α/2 ||w - w_global||² - <g_k, w>` to the local loss.
+    FedDyn {
+        /// The regularisation weight α.
+        alpha: f32,
+    },
 }
 
 impl Instructions {
@@ -51,6 +60,7 @@ impl Instructions {
             Instructions::Plain => "plain",
             Instructions::Proximal { .. } => "fedprox",
             Instructions::Scaffold { .. } => "scaffold",
+            Instructions::FedDyn { .. } => "feddyn",
         }
     }
 
@@ -61,6 +71,7 @@ impl Instructions {
             Instructions::Plain => Box::new(PlainLocal),
             Instructions::Proximal { .. } => Box::new(FedProxLocal),
             Instructions::Scaffold { .. } => Box::new(ScaffoldLocal::default()),
+            Instructions::FedDyn { .. } => Box::new(FedDynLocal::default()),
         }
     }
 
@@ -73,7 +84,9 @@ impl Instructions {
     pub fn tensors(&self) -> Option<&Arc<ParameterSet>> {
         match self {
             Instructions::Scaffold { server_control } => Some(server_control),
-            Instructions::Plain | Instructions::Proximal { .. } => None,
+            Instructions::Plain | Instructions::Proximal { .. } | Instructions::FedDyn { .. } => {
+                None
+            }
         }
     }
 }
@@ -115,11 +128,13 @@ pub enum StrategyKind {
     FedYogi,
     /// FedAdagrad.
     FedAdagrad,
+    /// FedDyn.
+    FedDyn,
 }
 
 impl StrategyKind {
     /// Every strategy, in a fixed order.
-    pub const ALL: [StrategyKind; 7] = [
+    pub const ALL: [StrategyKind; 8] = [
         StrategyKind::FedAvg,
         StrategyKind::FedAvgM,
         StrategyKind::FedProx,
@@ -127,6 +142,7 @@ impl StrategyKind {
         StrategyKind::FedAdam,
         StrategyKind::FedYogi,
         StrategyKind::FedAdagrad,
+        StrategyKind::FedDyn,
     ];
 
     /// The name used in plans and on the command line.
@@ -139,6 +155,7 @@ impl StrategyKind {
             StrategyKind::FedAdam => "fedadam",
             StrategyKind::FedYogi => "fedyogi",
             StrategyKind::FedAdagrad => "fedadagrad",
+            StrategyKind::FedDyn => "feddyn",
         }
     }
 }
@@ -148,6 +165,7 @@ impl StrategyKind {
     pub fn needs(self) -> Needs {
         match self {
             StrategyKind::Scaffold => Scaffold::NEEDS,
+            StrategyKind::FedDyn => FedDyn::NEEDS,
             StrategyKind::FedAvg
             | StrategyKind::FedAvgM
             | StrategyKind::FedProx
@@ -205,6 +223,9 @@ pub struct StrategyConfig {
     /// FedAdam, FedYogi, FedAdagrad: adaptivity (1e-3).
     #[serde(default)]
     pub tau: Option<f32>,
+    /// FedDyn: regularisation weight α (0.01).
+    #[serde(default)]
+    pub alpha: Option<f32>,
 }
 
 impl StrategyConfig {
@@ -268,6 +289,9 @@ impl StrategyConfig {
             StrategyKind::FedAdam => fedopt(FedOptVariant::Adam, 0.01)?,
             StrategyKind::FedYogi => fedopt(FedOptVariant::Yogi, 0.01)?,
             StrategyKind::FedAdagrad => fedopt(FedOptVariant::Adagrad, 0.1)?,
+            StrategyKind::FedDyn => {
+                Box::new(FedDyn::new(positive("alpha", self.alpha.unwrap_or(0.01))?))
+            }
         })
     }
 }
@@ -286,7 +310,7 @@ mod tests {
         let err = "fedsgd".parse::<StrategyKind>().unwrap_err();
         assert_eq!(
             err,
-            "unknown strategy 'fedsgd' (expected one of fedavg, fedavgm, fedprox, scaffold, fedadam, fedyogi, fedadagrad)"
+            "unknown strategy 'fedsgd' (expected one of fedavg, fedavgm, fedprox, scaffold, fedadam, fedyogi, fedadagrad, feddyn)"
         );
     }
 

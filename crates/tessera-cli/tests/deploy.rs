@@ -92,8 +92,8 @@ fn deployment_equals_simulation_bit_for_bit() {
     }
     let s = Scratch::new("deploy-equal");
     // FedAvg: no instructions; SCAFFOLD: instructions with tensors and an
-    // auxiliary sum; FedProx: an instructions arm with a local part.
-    for strategy in ["fedavg", "scaffold", "fedprox"] {
+    // auxiliary sum; FedProx and FedDyn: instructions' arms with local parts.
+    for strategy in ["fedavg", "scaffold", "fedprox", "feddyn"] {
         let plan = plan(&s, strategy, "");
         let expected = simulated_model(&s, &plan, &format!("sim-{strategy}.model"));
         let model = format!("dep-{strategy}.model");

@@ -274,6 +274,7 @@ pub fn instructions_to_pb(instructions: &Instructions, header: &mut pb::TaskHead
             Some(Kind::Proximal(pb::Proximal { mu: *mu }))
         }
         Instructions::Scaffold { .. } => Some(Kind::Scaffold(pb::Scaffold {})),
+        Instructions::FedDyn { alpha } => Some(Kind::Feddyn(pb::FedDyn { alpha: *alpha })),
     };
     header.has_server_control = instructions.tensors().is_some();
     header.instructions = kind.map(|kind| pb::Instructions { kind: Some(kind) });
@@ -326,6 +327,14 @@ pub fn instructions_from_pb(
         Some(Kind::Scaffold(pb::Scaffold {})) => Instructions::Scaffold {
             server_control: Arc::new(tensors("scaffold's instructions")?),
         },
+        Some(Kind::Feddyn(pb::FedDyn { alpha })) => {
+            if !(alpha.is_finite() && alpha > 0.0) {
+                return Err(ProtoError::Malformed(format!(
+                    "task: feddyn's alpha {alpha} is not a number > 0"
+                )));
+            }
+            Instructions::FedDyn { alpha }
+        }
     })
 }
 
@@ -348,6 +357,7 @@ mod tests {
             Instructions::Scaffold {
                 server_control: Arc::new(control.clone()),
             },
+            Instructions::FedDyn { alpha: 0.1 },
         ] {
             let mut header = pb::TaskHeader::default();
             instructions_to_pb(&instructions, &mut header);
@@ -356,6 +366,10 @@ mod tests {
                 instructions_from_pb(&header, tensors).unwrap(),
                 instructions
             );
+            if let Instructions::FedDyn { .. } = instructions {
+                // No older form: a 1.6 participant is refused at joining.
+                continue;
+            }
             // A 1.6 coordinator's header: the older fields only.
             header.instructions = None;
             let tensors = header.has_server_control.then(|| control.clone());
@@ -378,6 +392,11 @@ mod tests {
                 instructions_from_pb(&header(Some(Kind::Proximal(pb::Proximal { mu }))), None)
                     .unwrap_err();
             assert!(err.to_string().contains("proximal weight"), "{err}");
+        }
+        for alpha in [0.0, -1.0, f32::NAN] {
+            let err = instructions_from_pb(&header(Some(Kind::Feddyn(pb::FedDyn { alpha }))), None)
+                .unwrap_err();
+            assert!(err.to_string().contains("feddyn's alpha"), "{err}");
         }
         let err =
             instructions_from_pb(&header(Some(Kind::Scaffold(pb::Scaffold {}))), None).unwrap_err();
