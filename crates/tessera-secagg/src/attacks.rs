@@ -7,7 +7,13 @@
 
 #![allow(clippy::unwrap_used)]
 
+use blahaj::{Share, Sharks};
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use x25519_dalek::{PublicKey, StaticSecret};
+
 use super::*;
+use crate::keys::{add_mask, agree, pairwise_seed};
 
 fn seed(id: u32, salt: u8) -> [u8; 32] {
     let mut s = [salt; 32];
