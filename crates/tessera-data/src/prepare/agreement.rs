@@ -1,0 +1,319 @@
+//! What sites offer, what the coordinator agrees from the offers, and the encodings.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::site::class_names;
+use crate::DataError;
+use crate::config::DataConfig;
+use crate::dataset::Task;
+use crate::levels::{agree_levels, canonical_level};
+
+/// Most levels a categorical column (or a target) may have.
+const MAX_LEVELS: usize = 1000;
+
+/// A site's column names and, for each, whether the site found text in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindsOffer {
+    /// The site.
+    pub site: String,
+    /// Feature columns, in the site's file order.
+    pub columns: Vec<String>,
+    /// Whether each column is categorical at this site (declared, or text found).
+    pub text: Vec<bool>,
+}
+
+/// The agreed feature columns and their types.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnKinds {
+    /// Feature columns, in the agreed order.
+    pub columns: Vec<String>,
+    /// Whether each column is categorical.
+    pub categorical: Vec<bool>,
+}
+
+/// The sets of values a site's kept rows hold: categorical levels per column
+/// and target classes. Sets only, never rows or counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LevelsOffer {
+    /// The site.
+    pub site: String,
+    /// Per agreed column: the levels present (empty for numeric columns).
+    pub levels: Vec<Vec<String>>,
+    /// Target classes present in the kept rows.
+    pub classes: Vec<String>,
+    /// Target classes present in the training rows.
+    pub train_classes: Vec<String>,
+    /// Training rows the site declares: fixed for the run, the bound on
+    /// every update's example count (a participant may round it up to hide
+    /// the exact count; see [`declared_rows`]).
+    pub train_rows: u64,
+    /// Test rows the site declares: the bound on its evaluations' counts.
+    pub test_rows: u64,
+}
+
+/// The most rows a site may declare (2^40, about 1.1 x 10^12): bounds every
+/// count a coordinator sums, so that no sum of declared or reported counts
+/// over [`MAX_DECLARED_SITES`] sites can overflow 64 bits.
+pub const MAX_DECLARED_ROWS: u64 = 1 << 40;
+
+/// The most sites whose declared rows are summed (2^20).
+pub const MAX_DECLARED_SITES: u64 = 1 << 20;
+
+/// What a site declares of `rows` rows: the count itself, or with `hide`
+/// (secure aggregation or sums-only metrics keep the count from the
+/// coordinator) the next power of two at or above it, which bounds the
+/// site's reports as well while revealing only its magnitude.
+pub fn declared_rows(rows: u64, hide: bool) -> u64 {
+    if hide {
+        rows.max(1).checked_next_power_of_two().unwrap_or(u64::MAX)
+    } else {
+        rows
+    }
+}
+
+/// How an agreed column becomes features.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encoding {
+    /// One feature.
+    Numeric,
+    /// One indicator per level (the first left out with `drop_first`).
+    OneHot {
+        /// The shared vocabulary.
+        levels: Vec<String>,
+        /// Whether the first level has no indicator.
+        drop_first: bool,
+    },
+}
+
+impl Encoding {
+    pub(super) fn width(&self) -> usize {
+        match self {
+            Encoding::Numeric => 1,
+            Encoding::OneHot { levels, drop_first } => {
+                levels.len() - usize::from(*drop_first && !levels.is_empty())
+            }
+        }
+    }
+}
+
+/// What every site encodes with: the columns, their encodings and the classes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agreement {
+    /// Feature columns, in order.
+    pub columns: Vec<String>,
+    /// How each becomes features.
+    pub encodings: Vec<Encoding>,
+    /// Class names; a label is an index into this list.
+    pub classes: Vec<String>,
+}
+
+impl Agreement {
+    /// The shared task.
+    pub fn task(&self) -> Task {
+        Task {
+            classes: self.classes.clone(),
+        }
+    }
+
+    /// Names of the encoded features (`column` or `column=level`).
+    pub fn feature_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for (name, encoding) in self.columns.iter().zip(&self.encodings) {
+            match encoding {
+                Encoding::Numeric => names.push(name.clone()),
+                Encoding::OneHot { levels, drop_first } => {
+                    let skip = usize::from(*drop_first);
+                    names.extend(levels.iter().skip(skip).map(|l| format!("{name}={l}")));
+                }
+            }
+        }
+        names
+    }
+
+    pub(super) fn n_features(&self) -> usize {
+        self.encodings.iter().map(Encoding::width).sum()
+    }
+}
+
+impl KindsOffer {
+    /// What an aggregator offers for its members: the columns of the first
+    /// member by name, each categorical where any member found text. The
+    /// parent agrees the same kinds from it as from the members' own offers.
+    pub fn merge(site: &str, offers: &[KindsOffer]) -> Result<KindsOffer, DataError> {
+        let mut sorted: Vec<&KindsOffer> = offers.iter().collect();
+        sorted.sort_by(|a, b| a.site.cmp(&b.site));
+        let Some(first) = sorted.first() else {
+            return Err(DataError::Unusable(format!(
+                "aggregator '{site}' has no member offers"
+            )));
+        };
+        let mut agreed: Vec<&String> = first.columns.iter().collect();
+        agreed.sort();
+        let mut text = vec![false; first.columns.len()];
+        for offer in &sorted {
+            let mut own: Vec<&String> = offer.columns.iter().collect();
+            own.sort();
+            if own != agreed {
+                return Err(DataError::Unusable(format!(
+                    "sites '{}' and '{}' have different feature columns ({} against {})",
+                    first.site,
+                    offer.site,
+                    tessera_core::shown(&first.columns.join(", "), 500),
+                    tessera_core::shown(&offer.columns.join(", "), 500)
+                )));
+            }
+            for (name, &found) in offer.columns.iter().zip(&offer.text) {
+                if found && let Some(i) = first.columns.iter().position(|c| c == name) {
+                    text[i] = true;
+                }
+            }
+        }
+        Ok(KindsOffer {
+            site: site.to_string(),
+            columns: first.columns.clone(),
+            text,
+        })
+    }
+}
+
+impl LevelsOffer {
+    /// What an aggregator offers for its members: the union of their sets
+    /// (the parent's vocabulary is the sorted union, so it comes out the same).
+    pub fn merge(site: &str, columns: usize, offers: &[LevelsOffer]) -> LevelsOffer {
+        let union = |sets: Vec<&[String]>| agree_levels(sets);
+        LevelsOffer {
+            site: site.to_string(),
+            levels: (0..columns)
+                .map(|c| {
+                    union(
+                        offers
+                            .iter()
+                            .filter_map(|o| o.levels.get(c).map(Vec::as_slice))
+                            .collect(),
+                    )
+                })
+                .collect(),
+            classes: union(offers.iter().map(|o| o.classes.as_slice()).collect()),
+            train_classes: union(offers.iter().map(|o| o.train_classes.as_slice()).collect()),
+            train_rows: offers
+                .iter()
+                .fold(0u64, |n, o| n.saturating_add(o.train_rows)),
+            test_rows: offers
+                .iter()
+                .fold(0u64, |n, o| n.saturating_add(o.test_rows)),
+        }
+    }
+}
+
+/// Step 2 at the coordinator: the feature columns (the first offer's order,
+/// offers sorted by site) and their types.
+pub fn agree_kinds(config: &DataConfig, offers: &[KindsOffer]) -> Result<ColumnKinds, DataError> {
+    if offers.is_empty() {
+        return Err(DataError::Unusable("no site has any rows".into()));
+    }
+    let KindsOffer {
+        columns,
+        text: mut categorical,
+        ..
+    } = KindsOffer::merge("the federation", offers)?;
+    // Declared types hold whatever the sites found.
+    for (name, flag) in columns.iter().zip(&mut categorical) {
+        if let Some(spec) = config.schema.columns.iter().find(|c| &c.name == name) {
+            *flag = spec.kind == crate::ColumnKind::Categorical;
+        }
+    }
+    Ok(ColumnKinds {
+        columns,
+        categorical,
+    })
+}
+
+/// Step 3 at the coordinator: the shared vocabularies (declared levels, else
+/// the sorted union of the sites' levels) and classes.
+pub fn agree_vocabulary(
+    config: &DataConfig,
+    kinds: &ColumnKinds,
+    offers: &[LevelsOffer],
+) -> Result<Agreement, DataError> {
+    let schema = &config.schema;
+    let mut encodings = Vec::with_capacity(kinds.columns.len());
+    for (slot, (name, &categorical)) in kinds.columns.iter().zip(&kinds.categorical).enumerate() {
+        if !categorical {
+            encodings.push(Encoding::Numeric);
+            continue;
+        }
+        let spec = schema.columns.iter().find(|c| &c.name == name);
+        let levels = match spec.and_then(|s| s.levels.as_ref()) {
+            Some(declared) => declared.iter().map(|l| canonical_level(l)).collect(),
+            None => agree_levels(
+                offers
+                    .iter()
+                    .filter_map(|o| o.levels.get(slot))
+                    .map(Vec::as_slice),
+            ),
+        };
+        if levels.len() > MAX_LEVELS {
+            return Err(DataError::Unusable(format!(
+                "column '{name}' has {} distinct values, more than {MAX_LEVELS}: one-hot encoding it would \
+                 make that many features; mark it `type = \"ignore\"` in the schema (or --ignore {name})",
+                levels.len()
+            )));
+        }
+        encodings.push(Encoding::OneHot {
+            levels,
+            drop_first: spec.is_some_and(|s| s.drop_first),
+        });
+    }
+    let seen = agree_levels(offers.iter().map(|o| o.classes.as_slice()));
+    let classes = if !schema.positive.is_empty() || !schema.negative.is_empty() {
+        // Always the two named classes, negative first.
+        let class_of = class_names(config);
+        let named = if !schema.positive.is_empty() {
+            &schema.positive
+        } else {
+            &schema.negative
+        };
+        let named_class = class_of(&canonical_level(&named[0]));
+        let other = if named_class.starts_with("not ") {
+            named_class.trim_start_matches("not ").to_string()
+        } else {
+            format!("not {named_class}")
+        };
+        let (negative, positive) = if !schema.positive.is_empty() {
+            (other, named_class)
+        } else {
+            (named_class, other)
+        };
+        vec![negative, positive]
+    } else {
+        seen
+    };
+    if classes.len() < 2 {
+        return Err(DataError::Unusable(format!(
+            "target '{}' has a single value ({}) at every site: nothing to learn",
+            schema.target,
+            classes.join(", ")
+        )));
+    }
+    if classes.len() > MAX_LEVELS {
+        return Err(DataError::Unusable(format!(
+            "target '{}' has {} distinct values, more than {MAX_LEVELS} classes: is it the right column?",
+            schema.target,
+            classes.len()
+        )));
+    }
+    let trained: BTreeSet<&String> = offers.iter().flat_map(|o| &o.train_classes).collect();
+    if trained.len() < 2 {
+        let only = trained.iter().next().map_or("none", |c| c.as_str());
+        return Err(DataError::Unusable(format!(
+            "every training row has the same target class ({only}): nothing to learn"
+        )));
+    }
+    Ok(Agreement {
+        columns: kinds.columns.clone(),
+        encodings,
+        classes,
+    })
+}

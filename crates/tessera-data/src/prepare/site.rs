@@ -1,0 +1,353 @@
+//! One site's side: its rows read, kept and split, its offers, and its preparation.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use super::agreement::{Agreement, ColumnKinds, KindsOffer, LevelsOffer};
+use super::encode::{encode_site, present_levels};
+use super::membership::{
+    Membership, MembershipTable, membership_from_table, random_split, read_membership,
+};
+use crate::DataError;
+use crate::config::{DataConfig, MissingPolicy, ScaleScope};
+use crate::dataset::{SiteData, SiteSummary};
+use crate::levels::canonical_level;
+use crate::read::{FileSource, MISSING_CODE, RawSite, Values, read_site, read_sites};
+
+/// One site's rows after the local decisions: which rows are kept and how
+/// they split. Everything here stays at the site.
+pub struct LocalSite {
+    raw: RawSite,
+    /// Each row's class name, `None` where the target is missing.
+    classes: Vec<Option<String>>,
+    membership: Vec<Membership>,
+    summary: SiteSummary,
+}
+
+/// Reads every site's rows as `config` describes (simulation).
+pub fn read_local_sites(
+    config: &DataConfig,
+    base_dir: &Path,
+    source: &dyn FileSource,
+) -> Result<Vec<LocalSite>, DataError> {
+    config.validate()?;
+    let table = membership_table(config, base_dir, source)?;
+    read_sites(config, base_dir, source)?
+        .into_iter()
+        .map(|raw| LocalSite::new(config, raw, table.as_ref()))
+        .collect()
+}
+
+/// Reads one site's rows (deployment): `path` replaces the plan's file for
+/// the site; with a site column, only the rows naming `site` are kept.
+pub fn read_local_site(
+    config: &DataConfig,
+    site: &str,
+    path: Option<&Path>,
+    base_dir: &Path,
+    source: &dyn FileSource,
+) -> Result<LocalSite, DataError> {
+    config.validate()?;
+    let table = membership_table(config, base_dir, source)?;
+    LocalSite::new(
+        config,
+        read_site(config, site, path, base_dir, source)?,
+        table.as_ref(),
+    )
+}
+
+fn membership_table(
+    config: &DataConfig,
+    base_dir: &Path,
+    source: &dyn FileSource,
+) -> Result<Option<MembershipTable>, DataError> {
+    match &config.split.membership {
+        Some(file) => Ok(Some(read_membership(file, base_dir, source)?)),
+        None => Ok(None),
+    }
+}
+
+/// The class name of each target level at a site: the positive/negative
+/// classes when the schema names them, else the level itself.
+pub(super) fn class_names(config: &DataConfig) -> impl Fn(&str) -> String {
+    let schema = &config.schema;
+    let positive: Vec<String> = schema.positive.iter().map(|v| canonical_level(v)).collect();
+    let negative: Vec<String> = schema.negative.iter().map(|v| canonical_level(v)).collect();
+    move |level: &str| {
+        if !positive.is_empty() {
+            let p = positive.join("|");
+            if positive.iter().any(|v| v == level) {
+                p
+            } else {
+                format!("not {p}")
+            }
+        } else if !negative.is_empty() {
+            let n = negative.join("|");
+            if negative.iter().any(|v| v == level) {
+                n
+            } else {
+                format!("not {n}")
+            }
+        } else {
+            level.to_string()
+        }
+    }
+}
+
+impl LocalSite {
+    fn new(
+        config: &DataConfig,
+        raw: RawSite,
+        table: Option<&MembershipTable>,
+    ) -> Result<Self, DataError> {
+        let class_of = class_names(config);
+        let level_class: Vec<String> = raw.target_levels.iter().map(|l| class_of(l)).collect();
+        let classes: Vec<Option<String>> = raw
+            .target
+            .iter()
+            .map(|&code| (code != MISSING_CODE).then(|| level_class[code as usize].clone()))
+            .collect();
+        let mut summary = SiteSummary {
+            site: raw.name.clone(),
+            rows_read: raw.lines.len(),
+            ..SiteSummary::default()
+        };
+        let mut kept: Vec<bool> = Vec::with_capacity(raw.lines.len());
+        for (row, class) in classes.iter().enumerate() {
+            let keep = if class.is_none() {
+                summary.dropped_missing_target += 1;
+                false
+            } else if config.schema.missing_policy == MissingPolicy::Drop
+                && raw.features.iter().any(|v| v.is_missing(row))
+            {
+                summary.dropped_missing_feature += 1;
+                false
+            } else {
+                true
+            };
+            kept.push(keep);
+        }
+        let membership = match table {
+            Some(table) => {
+                let file = config
+                    .split
+                    .membership
+                    .as_ref()
+                    .map_or(Path::new(""), |m| m.path.as_path());
+                membership_from_table(table, file, &raw, &kept, &mut summary)?
+            }
+            None => random_split(config, &raw.name, &classes, &kept),
+        };
+        summary.n_train = membership
+            .iter()
+            .filter(|&&m| m == Membership::Train)
+            .count();
+        summary.n_test = membership
+            .iter()
+            .filter(|&&m| m == Membership::Test)
+            .count();
+        if summary.n_train == 0 {
+            return Err(DataError::Unusable(format!(
+                "site '{}' ({}) has no training rows left ({} read)",
+                raw.name,
+                raw.file.display(),
+                summary.rows_read
+            )));
+        }
+        let standardize = &config.standardize;
+        if standardize.enabled
+            && standardize.scope == ScaleScope::Site
+            && summary.n_train >= 2
+            && summary.n_train as u64 <= u64::from(standardize.ddof)
+        {
+            // Otherwise every scale falls back to 1: no standardisation at
+            // all, without a word. (One row has no spread under any ddof.)
+            return Err(DataError::Unusable(format!(
+                "site '{}' ({}) has {} training rows; standardisation with ddof = {} needs more \
+                 (lower [data.standardize] ddof, or use scope = \"federation\")",
+                raw.name,
+                raw.file.display(),
+                summary.n_train,
+                standardize.ddof
+            )));
+        }
+        Ok(Self {
+            raw,
+            classes,
+            membership,
+            summary,
+        })
+    }
+
+    /// The site's name.
+    pub fn name(&self) -> &str {
+        &self.raw.name
+    }
+
+    /// What reading and splitting found.
+    pub fn summary(&self) -> &SiteSummary {
+        &self.summary
+    }
+
+    /// Step 2: the site's columns and which of them hold text.
+    pub fn kinds_offer(&self) -> KindsOffer {
+        KindsOffer {
+            site: self.raw.name.clone(),
+            columns: self.raw.columns.iter().map(|c| c.name.clone()).collect(),
+            text: self
+                .raw
+                .features
+                .iter()
+                .map(|v| matches!(v, Values::Categorical { .. }))
+                .collect(),
+        }
+    }
+
+    /// Step 3: puts the columns in the agreed order and types, and offers the
+    /// sets of levels and classes the kept rows hold.
+    pub fn levels_offer(
+        &mut self,
+        config: &DataConfig,
+        kinds: &ColumnKinds,
+    ) -> Result<LevelsOffer, DataError> {
+        let mut features = Vec::with_capacity(kinds.columns.len());
+        let mut columns = Vec::with_capacity(kinds.columns.len());
+        for (name, &categorical) in kinds.columns.iter().zip(&kinds.categorical) {
+            let Some(slot) = self.raw.columns.iter().position(|c| &c.name == name) else {
+                return Err(DataError::at(
+                    &self.raw.file,
+                    None,
+                    None,
+                    format!(
+                        "site '{}' has no column '{name}', which other sites have",
+                        self.raw.name
+                    ),
+                ));
+            };
+            let values =
+                std::mem::replace(&mut self.raw.features[slot], Values::Numeric(Vec::new()));
+            let column = self.raw.columns[slot].clone();
+            features.push(if categorical {
+                values.into_categorical()
+            } else {
+                values
+            });
+            columns.push(column);
+        }
+        self.raw.features = features;
+        self.raw.columns = columns;
+        let mut levels = Vec::with_capacity(kinds.columns.len());
+        for (slot, name) in kinds.columns.iter().enumerate() {
+            let declared = config
+                .schema
+                .columns
+                .iter()
+                .find(|c| &c.name == name)
+                .and_then(|c| c.levels.as_ref());
+            if let Some(declared) = declared {
+                let declared: Vec<String> = declared.iter().map(|l| canonical_level(l)).collect();
+                self.check_declared_levels(slot, name, &declared)?;
+            }
+            levels.push(present_levels(&self.raw.features[slot], &self.membership));
+        }
+        let set = |train_only: bool| -> Vec<String> {
+            let found: BTreeSet<&String> = self
+                .classes
+                .iter()
+                .zip(&self.membership)
+                .filter(|(_, m)| {
+                    if train_only {
+                        **m == Membership::Train
+                    } else {
+                        **m != Membership::Excluded
+                    }
+                })
+                .filter_map(|(c, _)| c.as_ref())
+                .collect();
+            found.into_iter().cloned().collect()
+        };
+        let count =
+            |want: Membership| self.membership.iter().filter(|m| **m == want).count() as u64;
+        Ok(LevelsOffer {
+            site: self.raw.name.clone(),
+            levels,
+            classes: set(false),
+            train_classes: set(true),
+            train_rows: count(Membership::Train),
+            test_rows: count(Membership::Test),
+        })
+    }
+
+    fn check_declared_levels(
+        &self,
+        slot: usize,
+        column: &str,
+        declared: &[String],
+    ) -> Result<(), DataError> {
+        let Values::Categorical { codes, levels } = &self.raw.features[slot] else {
+            return Ok(());
+        };
+        for (row, &code) in codes.iter().enumerate() {
+            if code != MISSING_CODE
+                && self.membership[row] != Membership::Excluded
+                && !declared.contains(&levels[code as usize])
+            {
+                return Err(DataError::at(
+                    &self.raw.file,
+                    Some(self.raw.lines[row]),
+                    None,
+                    format!(
+                        "column '{column}': value '{}' is not among the declared levels {}",
+                        levels[code as usize],
+                        declared.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 4: encodes, imputes (with the site's training means) and
+    /// standardises with the site's training statistics. Call after
+    /// [`LocalSite::levels_offer`], with the agreement built from it.
+    pub fn prepare(
+        self,
+        config: &DataConfig,
+        agreement: &Agreement,
+    ) -> Result<(SiteData, SiteSummary), DataError> {
+        if self.raw.columns.len() != agreement.columns.len()
+            || self
+                .raw
+                .columns
+                .iter()
+                .zip(&agreement.columns)
+                .any(|(c, a)| &c.name != a)
+        {
+            return Err(DataError::Config(format!(
+                "site '{}': the agreement's columns differ from the site's ({})",
+                self.raw.name,
+                tessera_core::shown(&agreement.columns.join(", "), 500)
+            )));
+        }
+        let mut summary = self.summary.clone();
+        let labels: Vec<Option<u32>> = self
+            .classes
+            .iter()
+            .map(|c| {
+                c.as_ref()
+                    .and_then(|c| agreement.classes.iter().position(|k| k == c))
+                    .map(|i| i as u32)
+            })
+            .collect();
+        let site = encode_site(
+            config,
+            &self.raw,
+            &labels,
+            &self.membership,
+            &agreement.encodings,
+            agreement.n_features(),
+            &mut summary,
+        );
+        Ok((site, summary))
+    }
+}
