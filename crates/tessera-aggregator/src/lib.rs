@@ -84,6 +84,14 @@ struct State {
     identity: client::SecureIdentity,
 }
 
+impl State {
+    /// Why the members' federation stopped on a fatal database failure, if it did.
+    fn fatal(&self) -> Option<String> {
+        let (shared, _) = self.shared.as_ref()?;
+        shared.with(|f| f.fatal().map(str::to_string))
+    }
+}
+
 fn fatal(e: impl std::fmt::Display) -> Failure {
     Failure::Fatal(ParticipantError::Local(e.to_string()))
 }
@@ -118,10 +126,18 @@ pub async fn run(
     loop {
         match session(&config, &endpoint, &mut state, &mut unreachable_since).await {
             Ok(()) => break,
-            Err(Failure::Fatal(e)) => return Err(e.into()),
+            Err(Failure::Fatal(e)) => {
+                // The members' database failed: that is the error to report.
+                if let Some(reason) = state.fatal() {
+                    return Err(CoordinatorError::Fatal(reason).into());
+                }
+                return Err(e.into());
+            }
             Err(Failure::Retry(reason)) => {
-                // The members' server stopped (it failed): its error is the one to report.
-                if state.server.as_ref().is_some_and(|s| s.is_finished()) {
+                // The members' server stopped (it failed, or is stopping on
+                // a fatal failure): its error is the one to report.
+                if state.server.as_ref().is_some_and(|s| s.is_finished()) || state.fatal().is_some()
+                {
                     break;
                 }
                 let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
@@ -240,6 +256,11 @@ impl Upstream<'_> {
         let mut changes = self.shared.subscribe();
         let mut last_beat = tokio::time::Instant::now();
         loop {
+            // The members' database failed: this aggregator stops (a
+            // restart on its database resumes).
+            if let Some(reason) = self.shared.with(|f| f.fatal().map(str::to_string)) {
+                return Err(fatal(format!("the members' federation stopped: {reason}")));
+            }
             if let Some(value) = self.shared.with(&mut check).map_err(fatal)? {
                 return Ok(Some(value));
             }

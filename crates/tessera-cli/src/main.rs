@@ -90,8 +90,30 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
-            ExitCode::FAILURE
+            exit_code(&e)
         }
+    }
+}
+
+/// The exit status of a failed command: 70 (`EX_SOFTWARE`) when a
+/// coordinator or an aggregator stopped on a fatal database failure (a
+/// restart on the same database resumes), 1 otherwise.
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    use tessera_aggregator::AggregatorError;
+    use tessera_coordinator::CoordinatorError;
+    let fatal = e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<CoordinatorError>(),
+            Some(CoordinatorError::Fatal(_))
+        ) || matches!(
+            cause.downcast_ref::<AggregatorError>(),
+            Some(AggregatorError::Members(CoordinatorError::Fatal(_)))
+        )
+    });
+    if fatal {
+        ExitCode::from(70)
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -110,4 +132,33 @@ fn one_line(e: &anyhow::Error) -> String {
         line.push_str(&text);
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_aggregator::AggregatorError;
+    use tessera_coordinator::CoordinatorError;
+
+    /// A fatal database failure exits 70, directly, through an aggregator
+    /// or under context; any other failure exits 1.
+    #[test]
+    fn a_fatal_database_failure_exits_70() {
+        let fatal = || CoordinatorError::Fatal("cannot store an accepted update".into());
+        let seventy = ExitCode::from(70);
+        assert_eq!(exit_code(&anyhow::Error::from(fatal())), seventy);
+        assert_eq!(
+            exit_code(&anyhow::Error::from(AggregatorError::Members(fatal()))),
+            seventy
+        );
+        assert_eq!(
+            exit_code(&anyhow::Error::from(fatal()).context("the coordinator")),
+            seventy
+        );
+        let other = CoordinatorError::Config("no".into());
+        assert_eq!(exit_code(&anyhow::Error::from(other)), ExitCode::FAILURE);
+        let other = AggregatorError::Members(CoordinatorError::Network("down".into()));
+        assert_eq!(exit_code(&anyhow::Error::from(other)), ExitCode::FAILURE);
+        assert_eq!(exit_code(&anyhow::anyhow!("plain")), ExitCode::FAILURE);
+    }
 }

@@ -51,6 +51,13 @@ pub enum CoordinatorError {
     /// The network failed.
     #[error("network: {0}")]
     Network(String),
+    /// The database failed a write the engine had already counted (an
+    /// accepted update, its privacy-ledger release, a buffered step): the
+    /// coordinator refused every call after it and stopped. A restart on
+    /// the same database resumes from what it holds; the command line exits
+    /// with status 70 (`EX_SOFTWARE`).
+    #[error("stopped on a database failure ({0}); restart on the same database to resume")]
+    Fatal(String),
 }
 
 /// How to run a coordinator.
@@ -106,7 +113,8 @@ pub async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, Coordi
 
 /// Serves an open federation on `listener` (mutual TLS from `tls`, metrics
 /// at `metrics`) until it is finished and its participants were told, or
-/// ten seconds after; returns the report.
+/// ten seconds after; returns the report. A fatal database failure
+/// ([`Federation::fatal`]) stops it at once with [`CoordinatorError::Fatal`].
 pub async fn serve_shared(
     shared: Arc<Shared>,
     listener: tokio::net::TcpListener,
@@ -130,10 +138,15 @@ pub async fn serve_shared(
         let mut stopped_at: Option<Instant> = None;
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let (finished, stopped) = ticker_shared.with(|f| {
+            let (finished, stopped, fatal) = ticker_shared.with(|f| {
                 f.advance();
-                (f.is_finished(), f.stopped().is_some())
+                (f.is_finished(), f.stopped().is_some(), f.fatal().is_some())
             });
+            // Every call is refused already: nothing to wait for.
+            if fatal {
+                let _ = stop_tx.send(());
+                return;
+            }
             // A run that cannot go on: the sites still asking are told why
             // for a few seconds, then the server stops.
             if stopped
@@ -171,11 +184,11 @@ pub async fn serve_shared(
     let shutdown = async {
         let _ = stop_rx.await;
     };
-    match tls {
+    let served = match tls {
         None => server
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await
-            .map_err(|e| CoordinatorError::Network(e.to_string()))?,
+            .map_err(|e| CoordinatorError::Network(e.to_string())),
         Some(files) => {
             let tls = tessera_tls::ServerTls::load(files)
                 .map_err(|e| CoordinatorError::Config(e.to_string()))?;
@@ -187,10 +200,15 @@ pub async fn serve_shared(
             server
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
-                .map_err(|e| CoordinatorError::Network(e.to_string()))?;
+                .map_err(|e| CoordinatorError::Network(e.to_string()))
         }
-    }
+    };
     ticker.abort();
+    // A fatal failure first: whatever else went wrong came after it.
+    if let Some(reason) = shared.with(|f| f.fatal().map(str::to_string)) {
+        return Err(CoordinatorError::Fatal(reason));
+    }
+    served?;
     if let Some(reason) = shared.with(|f| f.stopped().map(str::to_string)) {
         return Err(CoordinatorError::Config(reason));
     }

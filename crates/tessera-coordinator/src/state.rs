@@ -22,6 +22,7 @@ use crate::telemetry::names;
 mod agreement;
 mod buffered;
 mod evaluation;
+mod fatal;
 mod links;
 mod relay;
 mod report;
@@ -183,6 +184,9 @@ pub struct Federation {
     /// Why the run cannot go on (its model cannot fit in this machine's
     /// memory): the server stops and says so.
     stopped: Option<String>,
+    /// Why the coordinator stops at once (the first database write it could
+    /// not make after the engine had counted it): every later call is refused.
+    fatal: Option<String>,
     /// Sites whose column-kinds offer was set aside, and why (told at
     /// their next call).
     odd_offers: BTreeMap<String, String>,
@@ -394,6 +398,7 @@ impl Federation {
             odd_offers: BTreeMap::new(),
             refusals: RefusalBudget::default(),
             stopped: None,
+            fatal: None,
             relay: node.map(|name| {
                 let (depth, sites) = place.unwrap_or_default();
                 relay::Relay::new(name, depth, sites)
@@ -568,6 +573,7 @@ impl Federation {
 
     /// A participant joins: versions and capabilities are negotiated.
     pub fn join(&mut self, site: &str, hello: &pb::Hello) -> Result<pb::Welcome, Refusal> {
+        self.refuse_if_fatal()?;
         if site.is_empty() {
             return Err(Refusal::Invalid("no site name".into()));
         }
@@ -641,7 +647,10 @@ impl Federation {
         })
     }
 
+    /// The gate of every call but `join`: the coordinator has not failed
+    /// fatally, and `site` has joined.
     fn require_joined(&self, site: &str) -> Result<(), Refusal> {
+        self.refuse_if_fatal()?;
         if self.joined.contains(site) {
             Ok(())
         } else {
@@ -773,6 +782,7 @@ impl Federation {
     fn step(&mut self) -> Result<(), CoordinatorError> {
         let now = self.now();
         match &self.phase {
+            _ if self.fatal.is_some() => Ok(()),
             Phase::Agreeing | Phase::Finished => Ok(()),
             Phase::Training if self.buffered.is_some() => self.async_step(now),
             Phase::Training => self.step_training(now),

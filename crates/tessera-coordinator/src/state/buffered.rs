@@ -72,8 +72,8 @@ impl Federation {
                     .store
                     .put_update(&run, next_step, base, site, update, now)
                 {
-                    tracing::error!(%e, "cannot store an accepted update; stopping");
-                    std::process::exit(70);
+                    // Counted by the engine, not held by the database: stop.
+                    return Err(self.fail("cannot store an accepted update", e));
                 }
                 metrics::counter!(names::ACCEPTED).increment(1);
                 self.audit(
@@ -137,8 +137,7 @@ impl Federation {
                     },
                 );
                 if let Err(e) = stored {
-                    tracing::error!(%e, "cannot store a step; stopping");
-                    std::process::exit(70);
+                    return Err(self.fail("cannot store a step", e));
                 }
                 metrics::counter!(names::ACCEPTED).increment(1);
                 metrics::counter!(names::ROUNDS, "status" => "completed").increment(1);

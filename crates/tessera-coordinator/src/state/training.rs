@@ -173,18 +173,17 @@ impl Federation {
             Ok(()) => {
                 // Local DP: the update's DP-SGD goes in the ledger before the
                 // update is stored (a crash in between over-counts, never under).
+                // The engine counted the update: if the database cannot hold
+                // it, nothing more is acknowledged and the coordinator stops
+                // (a restart resumes from the database).
                 if let Err(e) = self.record_local_release(site, round, update, now) {
-                    tracing::error!(%e, "cannot record a release in the privacy ledger; stopping");
-                    std::process::exit(70);
+                    return Err(self.fail("cannot record a release in the privacy ledger", e));
                 }
                 if let Err(e) = self
                     .store
                     .put_update(&self.run.id, round, round, site, update, now)
                 {
-                    // The engine counted an update the database does not hold: stop
-                    // rather than acknowledge it. A restart resumes from the database.
-                    tracing::error!(%e, "cannot store an accepted update; stopping");
-                    std::process::exit(70);
+                    return Err(self.fail("cannot store an accepted update", e));
                 }
                 metrics::counter!(names::ACCEPTED).increment(1);
                 self.audit(

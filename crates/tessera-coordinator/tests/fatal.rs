@@ -1,0 +1,419 @@
+//! A database that fails under the coordinator after the engine counted an
+//! update: the coordinator must not acknowledge it, nor anything after it,
+//! and must not exit the process either. The failure is made by a second
+//! connection to the same SQLite file that installs a trigger aborting every
+//! insert into one table (`updates`, `privacy_ledger`, `rounds`), so the
+//! rest of the database (the audit log, the participants) still works.
+//!
+//! Each test asserts that the call meeting the failure is refused as
+//! unavailable and names its cause, that [`Federation::fatal`] says why,
+//! that every later call (updates, heartbeats, tasks, joins, offers,
+//! evaluations, withdrawals, secure-aggregation steps) is refused as
+//! unavailable rather than acknowledged, that time-driven transitions stop,
+//! and that a coordinator reopened on the mended database resumes the round
+//! without the lost update. The last one serves the federation and checks
+//! that the server stops by itself with [`CoordinatorError::Fatal`].
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tessera_coordinator::{CoordinatorError, Federation, Refusal, Shared, Store, TaskView};
+use tessera_core::{FitStats, Update};
+use tessera_data::{Filesystem, agree_kinds, read_local_sites};
+use tessera_engine::Plan;
+use tessera_proto::pb::{self, sec_agg_request::Step};
+use tessera_proto::{CAPABILITIES, convert};
+
+const LIVENESS: Duration = Duration::from_secs(3600);
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+/// The heart plan with clear site metrics and `extra` at its end.
+fn plan(extra: &str) -> (Plan, String) {
+    let mut text = std::fs::read_to_string(examples().join("fed-heart-disease.toml")).unwrap();
+    text.push_str("\n[privacy]\nsite_metrics = \"clear\"\n");
+    text.push_str(extra);
+    let plan = Plan::from_toml(&text, "fatal").unwrap();
+    (plan, text)
+}
+
+/// Local DP instead of the plan's privacy table.
+fn local_dp_plan() -> (Plan, String) {
+    let mut text = std::fs::read_to_string(examples().join("fed-heart-disease.toml")).unwrap();
+    text.push_str(
+        "\n[privacy]\nmode = \"local\"\nnoise_multiplier = 1.0\nclip_norm = 1.0\n\
+         site_metrics = \"clear\"\n",
+    );
+    let plan = Plan::from_toml(&text, "fatal").unwrap();
+    (plan, text)
+}
+
+/// The heart sites and the offers their rows give.
+struct Site {
+    name: String,
+    kinds: pb::KindsOffer,
+    levels: pb::LevelsOffer,
+}
+
+static SITES: LazyLock<Vec<Site>> = LazyLock::new(|| {
+    let (plan, _) = plan("");
+    let mut local = read_local_sites(&plan.data, &examples(), &Filesystem).unwrap();
+    let kinds_offers: Vec<_> = local.iter().map(|s| s.kinds_offer()).collect();
+    let kinds = agree_kinds(&plan.data, &kinds_offers).unwrap();
+    local
+        .iter_mut()
+        .zip(&kinds_offers)
+        .map(|(s, k)| Site {
+            name: k.site.clone(),
+            kinds: convert::kinds_offer_to_pb(k),
+            levels: convert::levels_offer_to_pb(&s.levels_offer(&plan.data, &kinds).unwrap()),
+        })
+        .collect()
+});
+
+/// A database in its own temporary folder, removed afterwards.
+struct Db {
+    dir: PathBuf,
+}
+
+impl Db {
+    fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tessera-fatal-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Db { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join("coordinator.sqlite")
+    }
+
+    fn open(&self, (plan, text): &(Plan, String)) -> Federation {
+        let store = Store::open(&self.path()).unwrap();
+        Federation::open(plan.clone(), text, store, LIVENESS).unwrap()
+    }
+
+    /// From another connection: every insert into `table` fails with `message`.
+    fn break_table(&self, table: &str, message: &str) {
+        let conn = rusqlite::Connection::open(self.path()).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TRIGGER broken_{table} BEFORE INSERT ON {table} \
+             BEGIN SELECT RAISE(ABORT, '{message}'); END;"
+        ))
+        .unwrap();
+    }
+
+    fn mend_table(&self, table: &str) {
+        let conn = rusqlite::Connection::open(self.path()).unwrap();
+        conn.execute_batch(&format!("DROP TRIGGER broken_{table};"))
+            .unwrap();
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn hello(site: &str) -> pb::Hello {
+    pb::Hello {
+        major: tessera_proto::MAJOR,
+        minor: tessera_proto::MINOR,
+        capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+        site: site.to_string(),
+    }
+}
+
+/// Every site joins and agrees on the data; the first round (or step) opens.
+fn agree(f: &mut Federation) {
+    for site in SITES.iter() {
+        f.join(&site.name, &hello(&site.name)).unwrap();
+    }
+    for site in SITES.iter() {
+        f.offer_kinds(&site.name, site.kinds.clone()).unwrap();
+    }
+    for site in SITES.iter() {
+        f.offer_levels(&site.name, site.levels.clone()).unwrap();
+    }
+    f.advance();
+}
+
+/// Site `i`'s task, trained: its round and its update.
+fn train(f: &mut Federation, i: usize) -> (u32, Update) {
+    let site = &SITES[i];
+    let Ok(TaskView::Fit {
+        header,
+        global,
+        control,
+        ..
+    }) = f.task_for(&site.name, None)
+    else {
+        panic!("{} has no training task", site.name);
+    };
+    let mut delta = global.zeros_like();
+    for (k, v) in delta.values_mut().enumerate() {
+        *v = (k % 7) as f32 * 0.01 - 0.03;
+    }
+    let update = Update {
+        delta,
+        n_examples: site.levels.train_rows,
+        control_delta: control.map(|c| c.zeros_like()),
+        stats: FitStats {
+            n_steps: 1,
+            mean_train_loss: 0.6,
+        },
+    };
+    (header.round, update)
+}
+
+/// `result` is the refusal of a stopping coordinator, naming `cause`.
+#[track_caller]
+fn assert_stopping<T: std::fmt::Debug>(what: &str, result: Result<T, Refusal>, cause: &str) {
+    match result {
+        Err(Refusal::Unavailable(message)) => assert!(
+            message.contains("stopping") && message.contains(cause),
+            "{what}: {message}"
+        ),
+        other => panic!("{what}: not refused as unavailable: {other:?}"),
+    }
+}
+
+/// After the fatal failure `cause`, every call is refused as unavailable
+/// and nothing moves: among them `update`, site `other`'s valid update of
+/// `round` (trained before the failure), and the failed one, `again`, sent
+/// again by site 0.
+#[track_caller]
+fn assert_everything_refused(
+    f: &mut Federation,
+    round: u32,
+    (other, update): (usize, &Update),
+    again: &Update,
+    cause: &str,
+) {
+    let fatal = f.fatal().expect("the federation reports its fatal failure");
+    assert!(fatal.contains(cause), "{fatal}");
+    let other = &SITES[other];
+    let name = other.name.as_str();
+    assert_stopping(
+        "another update",
+        f.submit_update(name, round, update),
+        cause,
+    );
+    let first = SITES[0].name.as_str();
+    assert_stopping(
+        "the same update again",
+        f.submit_update(first, round, again),
+        cause,
+    );
+    assert_stopping("a heartbeat", f.heartbeat(name, round), cause);
+    assert_stopping("a task", f.task_for(name, None).map(|_| ()), cause);
+    assert_stopping("a rejoin", f.join(name, &hello(name)), cause);
+    assert_stopping(
+        "a new site's join",
+        f.join("newcomer", &hello("newcomer")),
+        cause,
+    );
+    assert_stopping(
+        "a kinds offer",
+        f.offer_kinds(name, other.kinds.clone()),
+        cause,
+    );
+    assert_stopping(
+        "a levels offer",
+        f.offer_levels(name, other.levels.clone()),
+        cause,
+    );
+    let statistics = pb::FeatureStatistics {
+        n: 10,
+        mean: vec![0.0],
+        m2: vec![1.0],
+    };
+    assert_stopping("statistics", f.offer_statistics(name, statistics), cause);
+    let report = pb::EvaluationReport {
+        site: name.to_string(),
+        round,
+        n_examples: 10,
+        loss_sum: 5.0,
+        n_correct: 5,
+        auc: None,
+        histogram: Vec::new(),
+    };
+    assert_stopping("an evaluation", f.submit_evaluation(name, &report), cause);
+    assert_stopping(
+        "a secure-aggregation step",
+        f.secure_step(name, round, Some(Step::Poll(0))),
+        cause,
+    );
+    assert_stopping("a withdrawal", f.withdraw(name, round, "bye", false), cause);
+    // Time-driven transitions stop too: no round closes or opens.
+    let version = f.version();
+    f.advance();
+    assert_eq!(
+        f.version(),
+        version,
+        "the federation moved after its fatal failure"
+    );
+    assert!(!f.is_finished());
+}
+
+/// The audit log of `f`'s run says why it stopped.
+fn audited(f: &Federation, cause: &str) -> bool {
+    f.store()
+        .audit_log(f.run_id())
+        .unwrap()
+        .iter()
+        .any(|row| row.outcome == "fatal" && row.detail.contains(cause))
+}
+
+/// A round's accepted update the database cannot store: refused as
+/// unavailable, with everything after it; the update is not in the
+/// database, and a restart on the mended database takes it again.
+#[test]
+fn an_update_the_database_cannot_store_stops_the_coordinator() {
+    let plan = plan("");
+    let db = Db::new();
+    let mut f = db.open(&plan);
+    agree(&mut f);
+    let (round, update) = train(&mut f, 0);
+    let (_, other) = train(&mut f, 1);
+    let run = f.run_id().to_string();
+    db.break_table("updates", "injected: the disk is full");
+
+    let reply = f.submit_update(&SITES[0].name, round, &update);
+    assert_stopping("the update", reply, "cannot store an accepted update");
+    let cause = "injected: the disk is full";
+    assert_everything_refused(&mut f, round, (1, &other), &update, cause);
+    assert!(audited(&f, "injected: the disk is full"));
+    assert!(f.store().updates(&run, round).unwrap().is_empty());
+    drop(f);
+
+    // A restart resumes the round from the database: the site's update,
+    // never acknowledged, is taken when it sends it again.
+    db.mend_table("updates");
+    let mut f = db.open(&plan);
+    assert_eq!(f.run_id(), run);
+    assert_eq!(f.fatal(), None);
+    let (resumed, update) = train(&mut f, 0);
+    assert_eq!(resumed, round);
+    f.submit_update(&SITES[0].name, round, &update).unwrap();
+    assert_eq!(f.store().updates(&run, round).unwrap().len(), 1);
+    f.heartbeat(&SITES[1].name, round).unwrap();
+}
+
+/// Local DP: the update's release cannot go in the privacy ledger (which
+/// comes before the update is stored): the same, and the update is not
+/// stored either.
+#[test]
+fn a_release_the_ledger_cannot_record_stops_the_coordinator() {
+    let plan = local_dp_plan();
+    let db = Db::new();
+    let mut f = db.open(&plan);
+    agree(&mut f);
+    let (round, update) = train(&mut f, 0);
+    let (_, other) = train(&mut f, 1);
+    let run = f.run_id().to_string();
+    db.break_table("privacy_ledger", "injected: the ledger is read-only");
+
+    let reply = f.submit_update(&SITES[0].name, round, &update);
+    assert_stopping("the update", reply, "cannot record a release");
+    let cause = "injected: the ledger is read-only";
+    assert_everything_refused(&mut f, round, (1, &other), &update, cause);
+    assert!(f.store().updates(&run, round).unwrap().is_empty());
+    assert!(f.store().privacy_ledger(&run).unwrap().is_empty());
+}
+
+/// Asynchronous rounds: a buffered update the database cannot store, and
+/// (on another run) a step whose closing the database refuses.
+#[test]
+fn buffered_updates_and_steps_the_database_cannot_store_stop_the_coordinator() {
+    let asynchronous = plan("");
+    let text = asynchronous.1.replace(
+        "[federation]\n",
+        "[federation]\nmode = \"async\"\nbuffer_size = 2\nmax_staleness = 3\n",
+    );
+    assert_ne!(text, asynchronous.1);
+    let asynchronous = (Plan::from_toml(&text, "fatal").unwrap(), text);
+
+    // The first update of a step goes in the buffer, and the database.
+    let db = Db::new();
+    let mut f = db.open(&asynchronous);
+    agree(&mut f);
+    let (base, update) = train(&mut f, 0);
+    let (_, other) = train(&mut f, 1);
+    db.break_table("updates", "injected: no space left");
+    let reply = f.submit_update(&SITES[0].name, base, &update);
+    assert_stopping(
+        "the buffered update",
+        reply,
+        "cannot store an accepted update",
+    );
+    let cause = "injected: no space left";
+    assert_everything_refused(&mut f, base, (1, &other), &update, cause);
+    drop(f);
+
+    // The second one takes the step, which the database cannot close.
+    let db = Db::new();
+    let mut f = db.open(&asynchronous);
+    agree(&mut f);
+    let (base, first) = train(&mut f, 0);
+    let (_, second) = train(&mut f, 1);
+    let (_, third) = train(&mut f, 2);
+    f.submit_update(&SITES[0].name, base, &first).unwrap();
+    db.break_table("rounds", "injected: the step is lost");
+    let reply = f.submit_update(&SITES[1].name, base, &second);
+    assert_stopping("the step", reply, "cannot store a step");
+    let cause = "injected: the step is lost";
+    assert_everything_refused(&mut f, base, (2, &third), &first, cause);
+}
+
+/// Served: the fatal failure stops the server by itself, at once, and
+/// `serve_shared` returns it as [`CoordinatorError::Fatal`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_stops_with_the_fatal_error() {
+    let plan = plan("");
+    let db = Db::new();
+    let mut f = db.open(&plan);
+    agree(&mut f);
+    let (round, update) = train(&mut f, 0);
+    let shared = Shared::new(f);
+    let listener = tessera_coordinator::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let server = tokio::spawn(tessera_coordinator::serve_shared(
+        std::sync::Arc::clone(&shared),
+        listener,
+        None,
+        None,
+        |_| {},
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !server.is_finished(),
+        "the server stopped before the failure"
+    );
+    db.break_table("updates", "injected: the disk went away");
+    let reply = shared.with(|f| f.submit_update(&SITES[0].name, round, &update));
+    assert_stopping("the update", reply, "cannot store an accepted update");
+    let stopped = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server did not stop within 5 s of the fatal failure")
+        .unwrap();
+    match stopped {
+        Err(CoordinatorError::Fatal(reason)) => {
+            assert!(reason.contains("injected: the disk went away"), "{reason}");
+        }
+        Err(e) => panic!("the server stopped with another error: {e}"),
+        Ok(_) => panic!("the server reported a finished run"),
+    }
+}
