@@ -155,7 +155,7 @@ fn train(f: &mut Federation, i: usize) -> (u32, Update) {
     let Ok(TaskView::Fit {
         header,
         global,
-        control,
+        tensors,
         ..
     }) = f.task_for(&site.name, None)
     else {
@@ -168,7 +168,7 @@ fn train(f: &mut Federation, i: usize) -> (u32, Update) {
     let update = Update {
         delta,
         n_examples: site.levels.train_rows,
-        control_delta: control.map(|c| c.zeros_like()),
+        aux: tensors.map(|c| c.zeros_like()),
         stats: FitStats {
             n_steps: 1,
             mean_train_loss: 0.6,
