@@ -423,18 +423,27 @@ impl Plan {
         training
     }
 
-    /// The initial global model: built once from the run seed, then broadcast.
-    pub fn initial_model(
+    /// The learner of the plan's model holding the initial global model
+    /// (built from the run seed, the same at every site and the coordinator).
+    pub fn learner(
         &self,
         n_features: usize,
         n_classes: usize,
-    ) -> Result<tessera_learn::Network, tessera_learn::LearnError> {
-        tessera_learn::Network::new(
-            &self.model,
-            n_features,
-            n_classes,
-            tessera_core::derive_seed(self.seed, &[crate::streams::INIT]),
-        )
+    ) -> Result<Box<dyn tessera_learn::Learner>, tessera_learn::LearnError> {
+        tessera_learn::learner(&self.model, n_features, n_classes, self.init_seed())
+    }
+
+    /// The initial global parameters, without building a model.
+    pub fn initial_parameters(
+        &self,
+        n_features: usize,
+        n_classes: usize,
+    ) -> Result<tessera_core::ParameterSet, tessera_learn::LearnError> {
+        tessera_learn::initial_parameters(&self.model, n_features, n_classes, self.init_seed())
+    }
+
+    fn init_seed(&self) -> u64 {
+        tessera_core::derive_seed(self.seed, &[crate::streams::INIT])
     }
 
     /// Training of the baselines.

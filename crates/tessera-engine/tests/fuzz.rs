@@ -627,7 +627,14 @@ fn check(text: &str, sizes: (usize, usize, usize)) {
         .simulation_bytes(13, 2, 1)
         .is_some_and(|b| b < 64 << 20)
     {
-        let _ = plan.initial_model(13, 2);
+        // Built or refused alike, and the same parameters both ways.
+        let learner = plan.learner(13, 2);
+        let parameters = plan.initial_parameters(13, 2);
+        match (learner, parameters) {
+            (Ok(learner), Ok(parameters)) => assert_eq!(learner.parameters(), &parameters),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+            (a, b) => panic!("learner {:?} but parameters {:?}", a.is_ok(), b.is_ok()),
+        }
     }
     match plan.topology.kind {
         TopologyKind::Hierarchical => {

@@ -55,4 +55,30 @@ pub trait Learner: Send {
 
     /// Loss, accuracy and ranking quality on `data`.
     fn evaluate(&self, data: &Dataset) -> Result<Evaluation, LearnError>;
+
+    /// A copy of this learner, parameters included (one per simulated site).
+    fn clone_box(&self) -> Box<dyn Learner>;
+}
+
+/// The learner `config` describes for `n_features` inputs and `n_classes`
+/// classes, initialised from `seed`: the one place a model kind becomes a
+/// concrete model (today every built-in kind is a [`Network`]).
+pub fn learner(
+    config: &ModelConfig,
+    n_features: usize,
+    n_classes: usize,
+    seed: u64,
+) -> Result<Box<dyn Learner>, LearnError> {
+    Ok(Box::new(Network::new(config, n_features, n_classes, seed)?))
+}
+
+/// The initial parameters of the learner [`learner`] would build, without
+/// building it (a coordinator holds parameters, never a model).
+pub fn initial_parameters(
+    config: &ModelConfig,
+    n_features: usize,
+    n_classes: usize,
+    seed: u64,
+) -> Result<ParameterSet, LearnError> {
+    network::initial_parameters(config, n_features, n_classes, seed)
 }

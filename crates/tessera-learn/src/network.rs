@@ -32,6 +32,106 @@ pub struct Network {
     head: Head,
 }
 
+/// The layer widths and the head `config` gives `n_features` inputs and
+/// `n_classes` classes, checked.
+fn shape(
+    config: &ModelConfig,
+    n_features: usize,
+    n_classes: usize,
+) -> Result<(Vec<usize>, Head), LearnError> {
+    if n_features == 0 {
+        return Err(LearnError::Config("the data has no features".into()));
+    }
+    if n_classes < 2 {
+        return Err(LearnError::Config(format!(
+            "need at least 2 classes, got {n_classes}"
+        )));
+    }
+    let (hidden, head, outputs) = match config.kind {
+        ModelKind::Logistic => {
+            if n_classes != 2 {
+                return Err(LearnError::Config(format!(
+                    "logistic regression needs a binary target, this one has {n_classes} classes \
+                     (name the positive class, or use the softmax model)"
+                )));
+            }
+            (Vec::new(), Head::Sigmoid, 1)
+        }
+        ModelKind::Softmax => (Vec::new(), Head::Softmax, n_classes),
+        ModelKind::Mlp => {
+            if config.hidden.is_empty() || config.hidden.contains(&0) {
+                return Err(LearnError::Config(
+                    "an MLP needs hidden layers of width >= 1".into(),
+                ));
+            }
+            if config.init == Init::Zeros {
+                return Err(LearnError::Config(
+                    "zero initialisation leaves an MLP's hidden units identical; use `uniform`"
+                        .into(),
+                ));
+            }
+            if n_classes == 2 {
+                (config.hidden.clone(), Head::Sigmoid, 1)
+            } else {
+                (config.hidden.clone(), Head::Softmax, n_classes)
+            }
+        }
+    };
+    if config.kind != ModelKind::Mlp && !config.hidden.is_empty() {
+        return Err(LearnError::Config(
+            "`hidden` layers apply to the mlp model only".into(),
+        ));
+    }
+    let mut dims = vec![n_features];
+    dims.extend(hidden);
+    dims.push(outputs);
+    let n_parameters = dims.windows(2).try_fold(0usize, |total, pair| {
+        pair[0]
+            .checked_mul(pair[1])
+            .and_then(|w| w.checked_add(pair[1]))
+            .and_then(|layer| total.checked_add(layer))
+    });
+    if n_parameters.is_none_or(|n| n > MAX_PARAMETERS) {
+        return Err(LearnError::Config(format!(
+            "the model would have more than {MAX_PARAMETERS} parameters (layers {dims:?})"
+        )));
+    }
+    Ok((dims, head))
+}
+
+/// The parameters of layers `dims`, initialised from `seed`.
+fn init(config: &ModelConfig, dims: &[usize], seed: u64) -> Result<ParameterSet, LearnError> {
+    let mut rng = SeededRng::new(seed);
+    let mut params = ParameterSet::new();
+    for l in 0..dims.len() - 1 {
+        let (fan_in, fan_out) = (dims[l], dims[l + 1]);
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let mut draw = |n: usize| -> Vec<f32> {
+            match config.init {
+                Init::Zeros => vec![0.0; n],
+                Init::Uniform => (0..n).map(|_| rng.uniform(-bound, bound) as f32).collect(),
+            }
+        };
+        let weight = Tensor::new(vec![fan_in, fan_out], draw(fan_in * fan_out))?;
+        let bias = Tensor::new(vec![fan_out], draw(fan_out))?;
+        params.push(format!("dense{l}.weight"), weight)?;
+        params.push(format!("dense{l}.bias"), bias)?;
+    }
+    Ok(params)
+}
+
+/// The initial parameters of the network `config` describes (see
+/// [`Network::new`]), without building it.
+pub(crate) fn initial_parameters(
+    config: &ModelConfig,
+    n_features: usize,
+    n_classes: usize,
+    seed: u64,
+) -> Result<ParameterSet, LearnError> {
+    let (dims, _) = shape(config, n_features, n_classes)?;
+    init(config, &dims, seed)
+}
+
 impl Network {
     /// Builds the model `config` describes for `n_features` inputs and
     /// `n_classes` classes, initialised from `seed`.
@@ -41,79 +141,8 @@ impl Network {
         n_classes: usize,
         seed: u64,
     ) -> Result<Self, LearnError> {
-        if n_features == 0 {
-            return Err(LearnError::Config("the data has no features".into()));
-        }
-        if n_classes < 2 {
-            return Err(LearnError::Config(format!(
-                "need at least 2 classes, got {n_classes}"
-            )));
-        }
-        let (hidden, head, outputs) = match config.kind {
-            ModelKind::Logistic => {
-                if n_classes != 2 {
-                    return Err(LearnError::Config(format!(
-                        "logistic regression needs a binary target, this one has {n_classes} classes \
-                         (name the positive class, or use the softmax model)"
-                    )));
-                }
-                (Vec::new(), Head::Sigmoid, 1)
-            }
-            ModelKind::Softmax => (Vec::new(), Head::Softmax, n_classes),
-            ModelKind::Mlp => {
-                if config.hidden.is_empty() || config.hidden.contains(&0) {
-                    return Err(LearnError::Config(
-                        "an MLP needs hidden layers of width >= 1".into(),
-                    ));
-                }
-                if config.init == Init::Zeros {
-                    return Err(LearnError::Config(
-                        "zero initialisation leaves an MLP's hidden units identical; use `uniform`"
-                            .into(),
-                    ));
-                }
-                if n_classes == 2 {
-                    (config.hidden.clone(), Head::Sigmoid, 1)
-                } else {
-                    (config.hidden.clone(), Head::Softmax, n_classes)
-                }
-            }
-        };
-        if config.kind != ModelKind::Mlp && !config.hidden.is_empty() {
-            return Err(LearnError::Config(
-                "`hidden` layers apply to the mlp model only".into(),
-            ));
-        }
-        let mut dims = vec![n_features];
-        dims.extend(hidden);
-        dims.push(outputs);
-        let n_parameters = dims.windows(2).try_fold(0usize, |total, pair| {
-            pair[0]
-                .checked_mul(pair[1])
-                .and_then(|w| w.checked_add(pair[1]))
-                .and_then(|layer| total.checked_add(layer))
-        });
-        if n_parameters.is_none_or(|n| n > MAX_PARAMETERS) {
-            return Err(LearnError::Config(format!(
-                "the model would have more than {MAX_PARAMETERS} parameters (layers {dims:?})"
-            )));
-        }
-        let mut rng = SeededRng::new(seed);
-        let mut params = ParameterSet::new();
-        for l in 0..dims.len() - 1 {
-            let (fan_in, fan_out) = (dims[l], dims[l + 1]);
-            let bound = 1.0 / (fan_in as f64).sqrt();
-            let mut draw = |n: usize| -> Vec<f32> {
-                match config.init {
-                    Init::Zeros => vec![0.0; n],
-                    Init::Uniform => (0..n).map(|_| rng.uniform(-bound, bound) as f32).collect(),
-                }
-            };
-            let weight = Tensor::new(vec![fan_in, fan_out], draw(fan_in * fan_out))?;
-            let bias = Tensor::new(vec![fan_out], draw(fan_out))?;
-            params.push(format!("dense{l}.weight"), weight)?;
-            params.push(format!("dense{l}.bias"), bias)?;
-        }
+        let (dims, head) = shape(config, n_features, n_classes)?;
+        let params = init(config, &dims, seed)?;
         Ok(Self { params, dims, head })
     }
 
@@ -361,5 +390,9 @@ impl Learner for Network {
         self.check_features(data)?;
         let proba = self.predict_proba(data.x.view());
         Ok(Evaluation::from_probabilities(&proba, &data.y))
+    }
+
+    fn clone_box(&self) -> Box<dyn Learner> {
+        Box::new(self.clone())
     }
 }

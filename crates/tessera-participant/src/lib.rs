@@ -538,11 +538,11 @@ async fn prepare(
         ));
     }
     let learner = plan
-        .initial_model(agreement.feature_names().len(), agreement.classes.len())
+        .learner(agreement.feature_names().len(), agreement.classes.len())
         .map_err(|e| local_error(e.to_string()))?;
     let mut site = Site::new(
         ParticipantId::new(&config.site),
-        Box::new(learner),
+        learner,
         plan.local_training(),
         plan.seed,
     );

@@ -502,12 +502,12 @@ async fn work(
         ));
     }
     let learner = plan
-        .initial_model(agreement.feature_names().len(), agreement.classes.len())
+        .learner(agreement.feature_names().len(), agreement.classes.len())
         .map_err(local)?;
-    let model = Arc::new(tessera_learn::Learner::parameters(&learner).clone());
+    let model = Arc::new(learner.parameters().clone());
     let site = Site::new(
         ParticipantId::new(&config.site),
-        Box::new(learner),
+        learner,
         plan.local_training(),
         plan.seed,
     );

@@ -10,7 +10,7 @@ use tessera_core::{ParameterSet, ParticipantId, Timestamp};
 use tessera_data::FederatedData;
 use tessera_engine::report::{RoundRecord, mean_site_accuracy};
 use tessera_engine::{BufferedEngine, FitTask, Plan};
-use tessera_learn::{Evaluation, Learner};
+use tessera_learn::Evaluation;
 
 use crate::SimError;
 use crate::profile::examples_per_round;
@@ -43,7 +43,11 @@ pub(crate) fn run_async(
         .iter()
         .map(|s| ParticipantId::new(&s.name))
         .collect();
-    let (sites, profiles) = plain_sites(plan, &initial, ids.iter().map(ParticipantId::as_str));
+    let (sites, profiles) = plain_sites(
+        plan,
+        initial.as_ref(),
+        ids.iter().map(ParticipantId::as_str),
+    );
     let duration = |site: usize| {
         let rows = data.sites[site].train.n_rows();
         let examples = examples_per_round(schedule, training.batch_size, rows);

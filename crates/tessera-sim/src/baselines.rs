@@ -4,7 +4,7 @@ use rayon::prelude::*;
 use tessera_core::{SeededRng, tag};
 use tessera_data::{Dataset, FederatedData};
 use tessera_engine::{Plan, streams};
-use tessera_learn::{Evaluation, LearnError, Learner, LocalPlan, Network};
+use tessera_learn::{Evaluation, LearnError, Learner, LocalPlan};
 
 use crate::SimError;
 use crate::run::initial_model;
@@ -20,25 +20,32 @@ pub fn run_baselines(plan: &Plan, data: &FederatedData) -> Result<Baselines, Sim
     let initial = initial_model(plan, data)?;
     let training = plan.baseline_training();
     let local_plan = LocalPlan::plain(&training);
-    let train = |who: &str, rows: &Dataset| -> Result<Network, LearnError> {
-        let mut model = initial.clone();
+    let train = |mut model: Box<dyn Learner>,
+                 who: &str,
+                 rows: &Dataset|
+     -> Result<Box<dyn Learner>, LearnError> {
         let mut rng = SeededRng::derived(plan.seed, &[streams::BASELINE, tag(who)]);
         model.fit(rows, &local_plan, &mut rng)?;
         Ok(model)
     };
-    let evaluate_everywhere = |model: &Network| -> Result<Vec<Evaluation>, LearnError> {
+    let evaluate_everywhere = |model: &dyn Learner| -> Result<Vec<Evaluation>, LearnError> {
         data.sites.iter().map(|s| model.evaluate(&s.test)).collect()
     };
     let mut errors = Vec::new();
 
     // Collected in site order, so which failures are reported never depends on threads.
+    let starts: Vec<Box<dyn Learner>> = data.sites.iter().map(|_| initial.clone_box()).collect();
     let local: Vec<Result<(Evaluation, f64), LearnError>> = data
         .sites
         .par_iter()
-        .map(|site| {
-            let model = train(&site.name, &site.train)?;
+        .zip(starts)
+        .map(|(site, start)| {
+            let model = train(start, &site.name, &site.train)?;
             let own = model.evaluate(&site.test)?;
-            Ok((own, mean_site_accuracy(&evaluate_everywhere(&model)?)))
+            Ok((
+                own,
+                mean_site_accuracy(&evaluate_everywhere(model.as_ref())?),
+            ))
         })
         .collect();
     let mut per_site = std::collections::BTreeMap::new();
@@ -61,9 +68,9 @@ pub fn run_baselines(plan: &Plan, data: &FederatedData) -> Result<Baselines, Sim
     };
 
     let (pooled_train, pooled_test) = data.pooled(&plan.data.standardize);
-    let pooled = train("pooled", &pooled_train).and_then(|model| {
+    let pooled = train(initial.clone_box(), "pooled", &pooled_train).and_then(|model| {
         let on_pooled_test = model.evaluate(&pooled_test)?;
-        let per_site = evaluate_everywhere(&model)?;
+        let per_site = evaluate_everywhere(model.as_ref())?;
         Ok(PooledBaseline {
             accuracy: on_pooled_test.accuracy(),
             mean_site_accuracy: mean_site_accuracy(&per_site),

@@ -47,9 +47,9 @@ pub(crate) fn run_gossip(
     let initial = initial_model(plan, data)?;
     let training = plan.local_training();
     let schedule = training.schedule()?;
-    let (sites, profiles) = plain_sites(plan, &initial, &names);
+    let (sites, profiles) = plain_sites(plan, initial.as_ref(), &names);
     // Every site starts from the same model (shared until it first changes).
-    let start = Arc::new(tessera_learn::Learner::parameters(&initial).clone());
+    let start = Arc::new(initial.parameters().clone());
     let mut models: Vec<Arc<ParameterSet>> = (0..n).map(|_| Arc::clone(&start)).collect();
     let model_bytes = 32 + models[0].wire_len() as u64;
     let mut now = Timestamp::ZERO;

@@ -20,7 +20,7 @@ use tessera_engine::{
     EngineConfig, EngineError, FitTask, Member, Plan, RoundEngine, RoundOutcome, RoundStatus, Site,
     Tree,
 };
-use tessera_learn::{Evaluation, Learner, Schedule};
+use tessera_learn::{Evaluation, Schedule};
 
 use crate::SimError;
 use crate::profile::{Profile, examples_per_round};
@@ -411,7 +411,7 @@ pub(crate) fn run_hierarchical(
         plan.strategy()?,
         initial.parameters().clone(),
     );
-    let (sites, profiles) = plain_sites(plan, &initial, &names);
+    let (sites, profiles) = plain_sites(plan, initial.as_ref(), &names);
     let node_profiles: Vec<Profile> = tree
         .nodes
         .iter()

@@ -11,7 +11,7 @@ use tessera_data::FederatedData;
 use tessera_engine::{
     EngineConfig, EngineError, Mode, Plan, PlanError, RoundEngine, RoundStatus, Site, TopologyKind,
 };
-use tessera_learn::{Evaluation, LearnError, Learner, Network};
+use tessera_learn::{Evaluation, LearnError, Learner};
 use thiserror::Error;
 
 use crate::baselines::run_baselines;
@@ -59,9 +59,9 @@ pub fn simulation_noise_key(seed: u64) -> [u8; 32] {
     tessera_core::derive_key(seed, &[streams::DP_NOISE])
 }
 
-/// The initial global model of `plan` on `data`.
-pub fn initial_model(plan: &Plan, data: &FederatedData) -> Result<Network, LearnError> {
-    plan.initial_model(data.n_features(), data.task.n_classes())
+/// The initial global model of `plan` on `data`, as a learner.
+pub fn initial_model(plan: &Plan, data: &FederatedData) -> Result<Box<dyn Learner>, LearnError> {
+    plan.learner(data.n_features(), data.task.n_classes())
 }
 
 /// What happens to a cohort member on the virtual clock.
@@ -76,7 +76,7 @@ struct Event {
 /// seeded profile.
 pub(crate) fn plain_sites(
     plan: &Plan,
-    initial: &Network,
+    initial: &dyn Learner,
     names: impl IntoIterator<Item = impl AsRef<str>>,
 ) -> (Vec<Mutex<Site>>, Vec<Profile>) {
     let training = plan.local_training();
@@ -87,7 +87,7 @@ pub(crate) fn plain_sites(
             (
                 Mutex::new(Site::new(
                     ParticipantId::new(name),
-                    Box::new(initial.clone()),
+                    initial.clone_box(),
                     training.clone(),
                     plan.seed,
                 )),
@@ -374,12 +374,7 @@ fn run_sync(
     let sites: Vec<Mutex<Site>> = ids
         .iter()
         .map(|id| {
-            let site = Site::new(
-                id.clone(),
-                Box::new(initial.clone()),
-                training.clone(),
-                plan.seed,
-            );
+            let site = Site::new(id.clone(), initial.clone_box(), training.clone(), plan.seed);
             let site = if uses_feedback {
                 site.with_error_feedback()
             } else {

@@ -10,7 +10,6 @@ use tessera_compress::Codec;
 use tessera_data::{FederatedData, Filesystem};
 use tessera_engine::Plan;
 use tessera_engine::report::RunReport;
-use tessera_learn::Learner;
 use tessera_sim::{SimOptions, initial_model, simulate};
 
 fn example(name: &str) -> (Plan, FederatedData) {

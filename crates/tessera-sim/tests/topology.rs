@@ -160,8 +160,8 @@ fn gossip_over_12_sites_loses_one_midway_and_ends_within_a_point_of_fedavg() {
     let evaluations: Vec<Evaluation> = survivors
         .iter()
         .map(|&s| {
-            tessera_learn::Learner::set_parameters(&mut learner, &fedavg.final_parameters).unwrap();
-            tessera_learn::Learner::evaluate(&learner, &data.sites[s].test).unwrap()
+            learner.set_parameters(&fedavg.final_parameters).unwrap();
+            learner.evaluate(&data.sites[s].test).unwrap()
         })
         .collect();
     let fedavg_accuracy = Evaluation::pool(&evaluations).accuracy();

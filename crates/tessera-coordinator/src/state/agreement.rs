@@ -186,17 +186,12 @@ impl Federation {
         }
         let initial = self
             .plan
-            .initial_model(agreement.feature_names().len(), agreement.classes.len())
+            .initial_parameters(agreement.feature_names().len(), agreement.classes.len())
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
         let now = self.now();
         let stored = self
             .store
-            .put_model(
-                &self.run.id,
-                0,
-                tessera_learn::Learner::parameters(&initial),
-                now,
-            )
+            .put_model(&self.run.id, 0, &initial, now)
             .and_then(|()| {
                 self.store.put_agreement(
                     &self.run.id,
@@ -206,12 +201,9 @@ impl Federation {
             });
         stored.map_err(unavailable)?;
         if self.plan.federation.mode == tessera_engine::Mode::Async {
-            let engine = tessera_engine::BufferedEngine::new(
-                &self.plan,
-                tessera_learn::Learner::parameters(&initial).clone(),
-                self.joined.len(),
-            )
-            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+            let engine =
+                tessera_engine::BufferedEngine::new(&self.plan, initial.clone(), self.joined.len())
+                    .map_err(|e| Refusal::Invalid(e.to_string()))?;
             self.buffered = Some(engine);
             self.agreement = Some(agreement.clone());
             self.phase = Phase::Training;
@@ -227,7 +219,7 @@ impl Federation {
             .protect(RoundEngine::new(
                 EngineConfig::from_plan(&self.plan),
                 strategy,
-                tessera_learn::Learner::parameters(&initial).clone(),
+                initial.clone(),
             ))
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
         for site in &self.joined {
