@@ -247,21 +247,23 @@ impl Upstream<'_> {
     /// parent every heartbeat interval that this aggregator is at work.
     /// `None` when the parent stopped waiting for round `round` (with
     /// `released`) before the value came.
-    async fn wait_for<T>(
+    async fn wait_for<T: Send + 'static>(
         &mut self,
         round: Option<u32>,
         released: bool,
-        mut check: impl FnMut(&mut Federation) -> Result<Option<T>, CoordinatorError>,
+        check: impl Fn(&mut Federation) -> Result<Option<T>, CoordinatorError> + Clone + Send + 'static,
     ) -> Result<Option<T>, Failure> {
         let mut changes = self.shared.subscribe();
         let mut last_beat = tokio::time::Instant::now();
         loop {
             // The members' database failed: this aggregator stops (a
             // restart on its database resumes).
-            if let Some(reason) = self.shared.with(|f| f.fatal().map(str::to_string)) {
+            let reason = self.shared.call(|f| f.fatal().map(str::to_string)).await;
+            if let Some(reason) = reason.map_err(|e| fatal(e.message()))? {
                 return Err(fatal(format!("the members' federation stopped: {reason}")));
             }
-            if let Some(value) = self.shared.with(&mut check).map_err(fatal)? {
+            let value = self.shared.call(check.clone()).await;
+            if let Some(value) = value.map_err(|e| fatal(e.message()))?.map_err(fatal)? {
                 return Ok(Some(value));
             }
             let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
@@ -292,7 +294,7 @@ impl Upstream<'_> {
                 continue;
             }
             let offer = self
-                .wait_for(None, false, |f| {
+                .wait_for(None, false, move |f| {
                     if f.relay_settled(step)? {
                         return Ok(Some(None));
                     }
@@ -306,18 +308,20 @@ impl Upstream<'_> {
             let settled = match (step, reply) {
                 (1, agree_reply::Result::Kinds(k)) => {
                     let kinds = convert::kinds_from_pb(k).map_err(fatal)?;
-                    self.shared.with(|f| f.settle_kinds(kinds))
+                    self.shared.call(move |f| f.settle_kinds(kinds)).await
                 }
                 (2, agree_reply::Result::Agreement(a)) => {
                     let agreement = convert::agreement_from_pb(a).map_err(fatal)?;
-                    self.shared.with(|f| f.settle_agreement(agreement))
+                    self.shared
+                        .call(move |f| f.settle_agreement(agreement))
+                        .await
                 }
                 (3, agree_reply::Result::Statistics(s)) => {
-                    self.shared.with(|f| f.settle_statistics(s))
+                    self.shared.call(move |f| f.settle_statistics(s)).await
                 }
                 _ => return Err(Failure::Retry("agreement out of order".into())),
             };
-            settled.map_err(fatal)?;
+            settled.map_err(|e| fatal(e.message()))?.map_err(fatal)?;
         }
         Ok(())
     }
@@ -365,9 +369,12 @@ impl Upstream<'_> {
         round: u32,
         global: Arc<tessera_core::ParameterSet>,
     ) -> Result<(), Failure> {
-        self.shared.with(|f| f.relay_fit(round, global));
+        self.shared
+            .call(move |f| f.relay_fit(round, global))
+            .await
+            .map_err(|e| fatal(e.message()))?;
         let answer = self
-            .wait_for(Some(round), true, |f| f.relay_answer(round))
+            .wait_for(Some(round), true, move |f| f.relay_answer(round))
             .await?;
         match answer {
             None => {
@@ -441,9 +448,12 @@ impl Upstream<'_> {
         round: u32,
         global: Arc<tessera_core::ParameterSet>,
     ) -> Result<(), Failure> {
-        self.shared.with(|f| f.relay_evaluate(round, global));
+        self.shared
+            .call(move |f| f.relay_evaluate(round, global))
+            .await
+            .map_err(|e| fatal(e.message()))?;
         let Some(pooled) = self
-            .wait_for(Some(round), false, |f| f.relay_evaluation(round))
+            .wait_for(Some(round), false, move |f| f.relay_evaluation(round))
             .await?
         else {
             return Ok(());

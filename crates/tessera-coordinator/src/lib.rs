@@ -138,10 +138,15 @@ pub async fn serve_shared(
         let mut stopped_at: Option<Instant> = None;
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let (finished, stopped, fatal) = ticker_shared.with(|f| {
-                f.advance();
-                (f.is_finished(), f.stopped().is_some(), f.fatal().is_some())
-            });
+            let Ok((finished, stopped, fatal)) = ticker_shared
+                .call(|f| {
+                    f.advance();
+                    (f.is_finished(), f.stopped().is_some(), f.fatal().is_some())
+                })
+                .await
+            else {
+                continue;
+            };
             // Every call is refused already: nothing to wait for.
             if fatal {
                 let _ = stop_tx.send(());
@@ -157,8 +162,10 @@ pub async fn serve_shared(
             }
             if finished {
                 let started = *finished_at.get_or_insert_with(Instant::now);
-                let joined =
-                    ticker_shared.with(|f| f.store().participants(f.run_id()).unwrap_or_default());
+                let joined = ticker_shared
+                    .call(|f| f.store().participants(f.run_id()).unwrap_or_default())
+                    .await
+                    .unwrap_or_default();
                 let told = ticker_shared
                     .told_finished
                     .lock()
@@ -195,7 +202,7 @@ pub async fn serve_shared(
             let audit = Arc::clone(&shared);
             let incoming = tessera_tls::incoming(listener, tls, move |peer, reason| {
                 tracing::warn!(%reason);
-                audit.with(|f| f.reject_audit(&peer, "connect", &reason));
+                audit.post(move |f| f.reject_audit(&peer, "connect", &reason));
             });
             server
                 .serve_with_incoming_shutdown(incoming, shutdown)

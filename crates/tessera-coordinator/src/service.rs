@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use prost::Message;
 use tessera_compress::Codec;
@@ -19,9 +19,16 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::bucket::TokenBucket;
 use crate::state::{Federation, ModelPart, Refusal, TaskView};
 
-/// State shared by every call.
+/// A piece of work on the federation, run by its owner thread.
+type Job = Box<dyn FnOnce(&mut Federation) + Send>;
+
+/// State shared by every call. The [`Federation`] is owned by one thread of
+/// its own (an actor): calls send it work and await the answer, so the
+/// database's commits, aggregation and secure-aggregation unmasking never
+/// run on the async runtime's workers, and calls are served in the order
+/// they arrive.
 pub struct Shared {
-    federation: Mutex<Federation>,
+    jobs: std::sync::mpsc::Sender<Job>,
     changed: watch::Sender<u64>,
     /// Sites told that the run is over, or that left it (`Withdraw` with
     /// `leaving`): the coordinator stops once every joined site is here.
@@ -29,38 +36,91 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Shares `federation`.
+    /// Shares `federation`, moving it to its owner thread.
     pub fn new(federation: Federation) -> Arc<Self> {
         let version = federation.version();
+        let (changed, _) = watch::channel(version);
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let wake = changed.clone();
+        std::thread::Builder::new()
+            .name("federation".into())
+            .spawn(move || serve_jobs(federation, &queue, &wake))
+            .unwrap_or_else(|e| panic!("cannot start the federation's thread: {e}"));
         Arc::new(Self {
-            federation: Mutex::new(federation),
-            changed: watch::channel(version).0,
+            jobs,
+            changed,
             told_finished: Mutex::new(BTreeSet::new()),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Federation> {
-        self.federation
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Runs `f` on the federation's thread and waits for it there (for
+    /// callers outside the async runtime: tests, start-up, shut-down).
+    pub fn with<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Federation) -> R + Send + 'static,
+    ) -> R {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.submit(Box::new(move |federation| {
+            let _ = tx.send(f(federation));
+        }));
+        rx.recv()
+            .unwrap_or_else(|_| panic!("the federation's thread failed a call"))
     }
 
-    /// Runs `f` on the federation and wakes waiters if anything changed.
-    pub fn with<R>(&self, f: impl FnOnce(&mut Federation) -> R) -> R {
-        let mut federation = self.lock();
-        let before = federation.version();
-        let result = f(&mut federation);
-        let after = federation.version();
-        drop(federation);
-        if after != before {
-            self.changed.send_replace(after);
+    /// Queues `f` for the federation's thread at once (calls run in the
+    /// order they are made) and returns its answer to await; waiters wake if
+    /// it changed anything.
+    pub fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Federation) -> R + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<R, Status>> + Send + 'static {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(Box::new(move |federation| {
+            let _ = tx.send(f(federation));
+        }));
+        async move {
+            rx.await
+                .map_err(|_| Status::internal("the coordinator failed this call; see its log"))
         }
-        result
+    }
+
+    /// Sends `f` to the federation's thread without waiting (for callbacks
+    /// that cannot wait, such as a refused TLS handshake's audit).
+    pub fn post(&self, f: impl FnOnce(&mut Federation) + Send + 'static) {
+        self.submit(Box::new(f));
+    }
+
+    fn submit(&self, job: Job) {
+        if self.jobs.send(job).is_err() {
+            tracing::error!("the federation's thread has stopped");
+        }
     }
 
     /// Wakes on every change of the federation.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+}
+
+/// The federation's owner: runs each job in turn and publishes the version
+/// after one that changed it. A job that panics is logged and its caller
+/// answered with an error; the next job runs (as a poisoned lock was
+/// recovered before).
+fn serve_jobs(
+    mut federation: Federation,
+    queue: &std::sync::mpsc::Receiver<Job>,
+    changed: &watch::Sender<u64>,
+) {
+    while let Ok(job) = queue.recv() {
+        let before = federation.version();
+        let run = std::panic::AssertUnwindSafe(|| job(&mut federation));
+        if std::panic::catch_unwind(run).is_err() {
+            tracing::error!("a call panicked on the federation's thread");
+        }
+        let after = federation.version();
+        if after != before {
+            changed.send_replace(after);
+        }
     }
 }
 
@@ -176,39 +236,41 @@ impl Service {
     /// The site a request speaks for, checked against its client
     /// certificate (which must name it and must not have been revoked since
     /// the connection opened); a refusal is audited.
-    fn check(
+    async fn check(
         &self,
-        certs: Option<&[tonic::transport::CertificateDer<'static>]>,
+        certs: Option<Arc<Vec<tonic::transport::CertificateDer<'static>>>>,
         claimed: &str,
-        action: &str,
+        action: &'static str,
     ) -> Result<String, Status> {
-        if claimed.len() > tessera_proto::MAX_SITE_NAME {
-            let reason = format!(
+        let reason = if claimed.len() > tessera_proto::MAX_SITE_NAME {
+            Some(Status::invalid_argument(format!(
                 "a site name is at most {} bytes, got {}",
                 tessera_proto::MAX_SITE_NAME,
                 claimed.len()
-            );
+            )))
+        } else if claimed.chars().any(char::is_control) {
+            Some(Status::invalid_argument(
+                "a site name has no control characters (line breaks, tabs, escapes)",
+            ))
+        } else {
+            self.callers
+                .check(certs.as_deref().map(Vec::as_slice), claimed)
+                .err()
+                .map(Status::permission_denied)
+        };
+        if let Some(status) = reason {
+            let (claimed, reason) = (claimed.to_string(), status.message().to_string());
             self.shared
-                .with(|f| f.reject_audit(claimed, action, &reason));
-            return Err(Status::invalid_argument(reason));
+                .call(move |f| f.reject_audit(&claimed, action, &reason))
+                .await?;
+            return Err(status);
         }
-        if claimed.chars().any(char::is_control) {
-            let reason = "a site name has no control characters (line breaks, tabs, escapes)";
-            self.shared
-                .with(|f| f.reject_audit(claimed, action, reason));
-            return Err(Status::invalid_argument(reason));
-        }
-        self.callers.check(certs, claimed).map_err(|reason| {
-            self.shared
-                .with(|f| f.reject_audit(claimed, action, &reason));
-            Status::permission_denied(reason)
-        })?;
         Ok(claimed.to_string())
     }
 
-    fn caller<T>(&self, request: &Request<T>, claimed: &str) -> Result<String, Status> {
+    async fn caller<T>(&self, request: &Request<T>, claimed: &str) -> Result<String, Status> {
         let certs = request.peer_certs();
-        self.check(certs.as_deref().map(Vec::as_slice), claimed, "identity")
+        self.check(certs, claimed, "identity").await
     }
 }
 
@@ -318,22 +380,24 @@ impl Service {
         &self,
         request: Request<pb::Hello>,
     ) -> Result<Response<pb::Welcome>, Status> {
-        let site = self.caller(&request, &request.get_ref().site)?;
+        let site = self.caller(&request, &request.get_ref().site).await?;
         let certificate = end_entity(&request);
         let hello = request.into_inner();
+        let (who, minor) = (site.clone(), hello.minor);
         let welcome = self
             .shared
-            .with(|f| {
-                let welcome = f.join(&site, &hello)?;
-                f.remember_certificate(&site, certificate);
+            .call(move |f| {
+                let welcome = f.join(&who, &hello)?;
+                f.remember_certificate(&who, certificate);
                 Ok(welcome)
             })
+            .await?
             .map_err(refused)?;
         // A site that left and came back is waited for again.
         if let Ok(mut told) = self.shared.told_finished.lock() {
             told.remove(&site);
         }
-        tracing::info!(%site, minor = hello.minor, "joined");
+        tracing::info!(%site, minor, "joined");
         Ok(Response::new(welcome))
     }
 
@@ -341,35 +405,34 @@ impl Service {
         &self,
         request: Request<pb::AgreeRequest>,
     ) -> Result<Response<pb::AgreeReply>, Status> {
-        let site = self.caller(&request, &request.get_ref().site)?;
+        let site = self.caller(&request, &request.get_ref().site).await?;
         let offer = request
             .into_inner()
             .offer
             .ok_or_else(|| Status::invalid_argument("agreement request without an offer"))?;
         let mut changes = self.shared.subscribe();
-        let poll = self.shared.with(|f| f.heartbeat_interval());
+        let poll = self.shared.call(|f| f.heartbeat_interval()).await?;
         loop {
-            let result = match &offer {
-                pb::agree_request::Offer::Kinds(k) => self
-                    .shared
-                    .with(|f| f.offer_kinds(&site, k.clone()))
-                    .map(|r| r.map(|k| pb::agree_reply::Result::Kinds(convert::kinds_to_pb(&k)))),
-                pb::agree_request::Offer::Statistics(st) => self
-                    .shared
-                    .with(|f| f.offer_statistics(&site, st.clone()))
-                    .map(|r| {
-                        r.map(|s| {
-                            pb::agree_reply::Result::Statistics(convert::statistics_to_pb(&s))
-                        })
+            let (site, offer) = (site.clone(), offer.clone());
+            let result = self
+                .shared
+                .call(move |f| match offer {
+                    pb::agree_request::Offer::Kinds(k) => f.offer_kinds(&site, k).map(|r| {
+                        r.map(|k| pb::agree_reply::Result::Kinds(convert::kinds_to_pb(&k)))
                     }),
-                pb::agree_request::Offer::Levels(l) => self
-                    .shared
-                    .with(|f| f.offer_levels(&site, l.clone()))
-                    .map(|r| {
+                    pb::agree_request::Offer::Statistics(st) => {
+                        f.offer_statistics(&site, st).map(|r| {
+                            r.map(|s| {
+                                pb::agree_reply::Result::Statistics(convert::statistics_to_pb(&s))
+                            })
+                        })
+                    }
+                    pb::agree_request::Offer::Levels(l) => f.offer_levels(&site, l).map(|r| {
                         r.map(|a| pb::agree_reply::Result::Agreement(convert::agreement_to_pb(&a)))
                     }),
-            }
-            .map_err(refused)?;
+                })
+                .await?
+                .map_err(refused)?;
             if let Some(result) = result {
                 return Ok(Response::new(pb::AgreeReply {
                     result: Some(result),
@@ -383,16 +446,21 @@ impl Service {
         &self,
         request: Request<pb::TaskRequest>,
     ) -> Result<Response<TaskStream>, Status> {
-        let site = self.caller(&request, &request.get_ref().site)?;
+        let site = self.caller(&request, &request.get_ref().site).await?;
         let held = request.get_ref().held_round;
         let shared = Arc::clone(&self.shared);
         let mut changes = shared.subscribe();
         // Looking again every heartbeat interval also shows the waiting
         // participant is alive.
-        let poll = shared.with(|f| f.heartbeat_interval());
+        let poll = shared.call(|f| f.heartbeat_interval()).await?;
         // Wait here (not in the stream) so that refusals come back as errors.
         let view = loop {
-            match shared.with(|f| f.task_for(&site, held)).map_err(refused)? {
+            let who = site.clone();
+            match shared
+                .call(move |f| f.task_for(&who, held))
+                .await?
+                .map_err(refused)?
+            {
                 TaskView::Wait => {
                     let _ = tokio::time::timeout(poll, changes.changed()).await;
                 }
@@ -458,7 +526,7 @@ impl Service {
                     }
                 }
             }
-            shared.with(|f| f.count_down(&site, sent));
+            let _ = shared.call(move |f| f.count_down(&site, sent)).await;
         });
         Ok(Response::new(
             Box::pin(ReceiverStream::new(rx)) as TaskStream
@@ -480,29 +548,31 @@ impl Service {
         let Some(update_part::Part::Header(header)) = first.part else {
             return Err(Status::invalid_argument("an update starts with its header"));
         };
-        let site = self.check(
-            identity.as_deref().map(Vec::as_slice),
-            &header.site,
-            "update",
-        )?;
+        let site = self.check(identity, &header.site, "update").await?;
         let result = self
             .receive_update(&site, &header, &mut stream, &mut received)
             .await;
         let seconds = started.elapsed().as_secs_f64();
         let codec = header.codec.parse::<Codec>().unwrap_or(Codec::NONE);
+        let who = site.clone();
         self.shared
-            .with(|f| f.count_update(&site, received, codec, seconds, started));
+            .call(move |f| f.count_update(&who, received, codec, seconds, started))
+            .await?;
         let update = match result {
             Ok(update) => update,
             Err(reason) => {
+                let audit = reason.clone();
                 self.shared
-                    .with(|f| f.reject_audit(&site, "update", &reason));
+                    .call(move |f| f.reject_audit(&site, "update", &audit))
+                    .await?;
                 return Err(Status::invalid_argument(reason));
             }
         };
+        let round = header.round;
         let reply = match self
             .shared
-            .with(|f| f.submit_update(&site, header.round, &update))
+            .call(move |f| f.submit_update(&site, round, &update))
+            .await?
         {
             Ok(()) => pb::UpdateReply {
                 accepted: true,
@@ -521,14 +591,15 @@ impl Service {
         &self,
         request: Request<pb::EvaluationReport>,
     ) -> Result<Response<pb::EvaluationReply>, Status> {
-        let site = self.caller(&request, &request.get_ref().site)?;
+        let site = self.caller(&request, &request.get_ref().site).await?;
         let report = request.into_inner();
         let size = report.encoded_len();
         self.shared
-            .with(|f| {
+            .call(move |f| {
                 f.count_up(&site, size);
                 f.submit_evaluation(&site, &report)
             })
+            .await?
             .map_err(refused)?;
         Ok(Response::new(pb::EvaluationReply {}))
     }
@@ -537,7 +608,7 @@ impl Service {
         &self,
         request: Request<pb::SecAggRequest>,
     ) -> Result<Response<pb::SecAggReply>, Status> {
-        let site = self.caller(&request, &request.get_ref().site)?;
+        let site = self.caller(&request, &request.get_ref().site).await?;
         let certificate = end_entity(&request);
         let size = request.get_ref().encoded_len();
         let message = request.into_inner();
@@ -547,7 +618,7 @@ impl Service {
             && message.round & tessera_secagg::EVALUATION_ROUND == 0;
         let reply = self
             .shared
-            .with(|f| {
+            .call(move |f| {
                 f.remember_certificate(&site, certificate);
                 if masked {
                     // The masked input is this site's update.
@@ -560,6 +631,7 @@ impl Service {
                 f.count_down(&site, reply.encoded_len());
                 Ok(reply)
             })
+            .await?
             .map_err(refused)?;
         Ok(Response::new(reply))
     }
@@ -568,11 +640,12 @@ impl Service {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
-        let site = self.caller(&request, &request.get_ref().site)?;
+        let site = self.caller(&request, &request.get_ref().site).await?;
         let round = request.get_ref().round;
         let keep_going = self
             .shared
-            .with(|f| f.heartbeat(&site, round))
+            .call(move |f| f.heartbeat(&site, round))
+            .await?
             .map_err(refused)?;
         Ok(Response::new(pb::HeartbeatReply { keep_going }))
     }
@@ -581,7 +654,7 @@ impl Service {
         &self,
         request: Request<pb::WithdrawRequest>,
     ) -> Result<Response<pb::WithdrawReply>, Status> {
-        let site = self.caller(&request, &request.get_ref().site)?;
+        let site = self.caller(&request, &request.get_ref().site).await?;
         let pb::WithdrawRequest {
             round,
             reason,
@@ -594,9 +667,11 @@ impl Service {
                 reason.len()
             )));
         }
+        let who = site.clone();
         let withdrawn = self
             .shared
-            .with(|f| f.withdraw(&site, round, &reason, leaving))
+            .call(move |f| f.withdraw(&who, round, &reason, leaving))
+            .await?
             .map_err(refused)?;
         if leaving && let Ok(mut told) = self.shared.told_finished.lock() {
             told.insert(site);
@@ -614,7 +689,8 @@ impl Service {
         stream: &mut Streaming<pb::UpdatePart>,
         received: &mut usize,
     ) -> Result<Update, String> {
-        let Some((global, needs_aux)) = self.shared.with(|f| f.update_layout()) else {
+        let layout = self.shared.call(|f| f.update_layout()).await;
+        let Some((global, needs_aux)) = layout.map_err(|e| e.message().to_string())? else {
             return Err("no model yet".into());
         };
         let stats = convert::fit_stats_from_pb(header).map_err(|e| e.to_string())?;
@@ -631,7 +707,12 @@ impl Service {
                 .parse::<Codec>()
                 .map_err(|e| format!("update codec: {e}"))?
         };
-        let expected = self.shared.with(|f| f.expected_codec(site, header.round));
+        let (who, round) = (site.to_string(), header.round);
+        let expected = self
+            .shared
+            .call(move |f| f.expected_codec(&who, round))
+            .await
+            .map_err(|e| e.message().to_string())?;
         if codec != expected {
             return Err(format!(
                 "update encoded with '{codec}', but round {}'s task asked for '{expected}'",

@@ -403,7 +403,10 @@ async fn the_server_stops_with_the_fatal_error() {
         "the server stopped before the failure"
     );
     db.break_table("updates", "injected: the disk went away");
-    let reply = shared.with(|f| f.submit_update(&SITES[0].name, round, &update));
+    let reply = shared
+        .call(move |f| f.submit_update(&SITES[0].name, round, &update))
+        .await
+        .unwrap();
     assert_stopping("the update", reply, "cannot store an accepted update");
     let stopped = tokio::time::timeout(Duration::from_secs(5), server)
         .await
@@ -416,4 +419,48 @@ async fn the_server_stops_with_the_fatal_error() {
         Err(e) => panic!("the server stopped with another error: {e}"),
         Ok(_) => panic!("the server reported a finished run"),
     }
+}
+
+/// The federation has one owner: every call runs on its thread, never on the
+/// async runtime's workers (a current-thread runtime here, which blocking
+/// work would stall), in the order the calls were made; a call that panics
+/// is answered with an error and the next one is served.
+#[tokio::test]
+async fn calls_run_in_order_on_the_federations_own_thread() {
+    let plan = plan("");
+    let db = Db::new();
+    let f = db.open(&plan);
+    let shared = Shared::new(f);
+    let runtime_thread = std::thread::current().id();
+    let (thread, name) = shared
+        .call(|_| {
+            let me = std::thread::current();
+            (me.id(), me.name().map(str::to_string))
+        })
+        .await
+        .unwrap();
+    assert_ne!(thread, runtime_thread);
+    assert_eq!(name.as_deref(), Some("federation"));
+    // Twenty calls queued before any is awaited run one at a time, in the
+    // order they were made (the slow first one does not let others pass).
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let waits: Vec<_> = (0..20)
+        .map(|i| {
+            let order = std::sync::Arc::clone(&order);
+            shared.call(move |_| {
+                if i == 0 {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                order.lock().unwrap().push(i);
+            })
+        })
+        .collect();
+    for wait in waits.into_iter().rev() {
+        wait.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), (0..20).collect::<Vec<_>>());
+    let failed = shared.call(|_| -> u32 { panic!("a bug in a call") }).await;
+    assert_eq!(failed.unwrap_err().code(), tonic::Code::Internal);
+    let after = shared.call(|f| f.version()).await;
+    assert!(after.is_ok(), "the next call is served");
 }
