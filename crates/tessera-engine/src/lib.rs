@@ -30,6 +30,7 @@ mod engine;
 mod error;
 mod plan;
 pub mod report;
+mod setup;
 mod site;
 mod topology;
 
@@ -44,6 +45,7 @@ pub use plan::{
     FederationConfig, MemoryRole, Mode, Plan, PlanError, Range, SimulationConfig,
     StalenessWeighting, Weighting, available_memory,
 };
+pub use setup::DpCohort;
 pub use site::Site;
 pub use topology::{
     FailureConfig, GossipGraph, GroupConfig, Member, Node, TopologyConfig, TopologyKind, Tree,

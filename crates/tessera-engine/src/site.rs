@@ -78,6 +78,30 @@ impl Site {
         }
     }
 
+    /// The site `plan` sets up, the same in simulation, at a participant and
+    /// at a gossip peer: the plan's local training and run seed; error
+    /// feedback when an upload codec compresses; with local DP, DP-SGD keyed
+    /// with the site's secret key, which `secret_key` draws only then (from
+    /// the operating system in deployment, derived in simulation).
+    pub fn of_plan<E>(
+        plan: &crate::Plan,
+        id: ParticipantId,
+        learner: Box<dyn Learner>,
+        secret_key: impl FnOnce() -> Result<[u8; 32], E>,
+    ) -> Result<Self, E> {
+        let mut site = Site::new(id, learner, plan.local_training(), plan.seed);
+        let compression = &plan.compression;
+        if compression.error_feedback
+            && compression.upload_codecs().iter().any(|c| !c.is_identity())
+        {
+            site = site.with_error_feedback();
+        }
+        if plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
+            site = site.with_local_dp(plan.privacy.clone(), plan.federation.rounds, secret_key()?);
+        }
+        Ok(site)
+    }
+
     /// Keeps what a compressed update leaves out and adds it to the next one.
     pub fn with_error_feedback(mut self) -> Self {
         self.feedback = Some(ErrorFeedback::new());

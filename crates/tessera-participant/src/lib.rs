@@ -540,26 +540,18 @@ async fn prepare(
     let learner = plan
         .learner(agreement.feature_names().len(), agreement.classes.len())
         .map_err(|e| local_error(e.to_string()))?;
-    let mut site = Site::new(
-        ParticipantId::new(&config.site),
-        learner,
-        plan.local_training(),
-        plan.seed,
-    );
-    let compression = &plan.compression;
-    if compression.error_feedback && compression.upload_codecs().iter().any(|c| !c.is_identity()) {
-        site = site.with_error_feedback();
-    }
-    if plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
-        // DP-SGD protects this site's rows: its key, from the operating
-        // system, never leaves it (not even to disk); the noise and the
-        // Poisson batches both derive from it, so neither the coordinator
-        // nor anyone with the plan and its seed can recompute them. Training
-        // that would exceed this site's budget is refused up front.
+    // With local DP-SGD, this site's rows are protected by its key, from the
+    // operating system, which never leaves it (not even to disk); the noise
+    // and the Poisson batches both derive from it, so neither the coordinator
+    // nor anyone with the plan and its seed can recompute them.
+    let site = Site::of_plan(&plan, ParticipantId::new(&config.site), learner, || {
         let mut key = [0u8; 32];
         getrandom::fill(&mut key)
             .map_err(|e| local_error(format!("cannot draw a secret noise key: {e}")))?;
-        site = site.with_local_dp(plan.privacy.clone(), plan.federation.rounds, key);
+        Ok::<_, Failure>(key)
+    })?;
+    if plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
+        // Training that would exceed this site's budget is refused up front.
         if let Some(event) = site
             .local_dp_event(data.train.n_rows())
             .map_err(|e| local_error(e.to_string()))?

@@ -505,12 +505,11 @@ async fn work(
         .learner(agreement.feature_names().len(), agreement.classes.len())
         .map_err(local)?;
     let model = Arc::new(learner.parameters().clone());
-    let site = Site::new(
-        ParticipantId::new(&config.site),
-        learner,
-        plan.local_training(),
-        plan.seed,
-    );
+    // The gossip topology refuses local DP in the plan's validation, so the
+    // secret key is never asked for.
+    let site = Site::of_plan(plan, ParticipantId::new(&config.site), learner, || {
+        Err(local("the gossip topology does not support local DP"))
+    })?;
     tracing::info!(
         features = agreement.feature_names().len(),
         train = data.train.n_rows(),

@@ -342,12 +342,11 @@ fn run_sync(
         plan.strategy()?,
         initial.parameters().clone(),
     )
-    .with_robust(plan.robust.clone());
-    if let Some((dp, ledger)) =
-        plan.central_dp(simulation_noise_key(plan.seed), data.sites.len())?
-    {
-        engine = engine.with_privacy(dp, ledger);
-    }
+    .protected(
+        plan,
+        Some(simulation_noise_key(plan.seed)),
+        tessera_engine::DpCohort::Sampled(data.sites.len()),
+    )?;
     let malicious: Vec<usize> =
         attack.map_or_else(Vec::new, |a| a.choose(data.sites.len(), plan.seed));
     let n_classes = data.task.n_classes();
@@ -369,24 +368,19 @@ fn run_sync(
         ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
     let local_dp = plan.privacy.mode == tessera_privacy::PrivacyMode::Local;
     let compression = &plan.compression;
-    let uses_feedback =
-        compression.error_feedback && compression.upload_codecs().iter().any(|c| !c.is_identity());
     let sites: Vec<Mutex<Site>> = ids
         .iter()
         .map(|id| {
-            let site = Site::new(id.clone(), initial.clone_box(), training.clone(), plan.seed);
-            let site = if uses_feedback {
-                site.with_error_feedback()
-            } else {
-                site
+            // Simulated sites' secret keys derive from the run seed: an
+            // experiment, reproducible, not a release.
+            let key = || -> Result<_, std::convert::Infallible> {
+                Ok(simulation_noise_key(derive_seed(
+                    plan.seed,
+                    &[tessera_core::tag(id.as_str())],
+                )))
             };
-            Mutex::new(if local_dp {
-                let key =
-                    simulation_noise_key(derive_seed(plan.seed, &[tessera_core::tag(id.as_str())]));
-                site.with_local_dp(plan.privacy.clone(), plan.federation.rounds, key)
-            } else {
-                site
-            })
+            let Ok(site) = Site::of_plan(plan, id.clone(), initial.clone_box(), key);
+            Mutex::new(site)
         })
         .collect();
     // Local DP: every participant's spend, checked for the whole run before it starts.
@@ -436,13 +430,8 @@ fn run_sync(
     let mut last_evaluations = Vec::new();
     // With a download codec: the model every site holds (each round's model
     // reaches them compressed, once, for evaluation and the next round).
-    let mut downlink = (!compression.download.is_identity()).then(|| {
-        tessera_engine::Downlink::new(
-            compression.download,
-            plan.seed,
-            Arc::new(initial.parameters().clone()),
-        )
-    });
+    let mut downlink =
+        tessera_engine::Downlink::of_plan(plan, Arc::new(initial.parameters().clone()));
     let n_values = initial.parameters().n_values();
     while !engine.is_finished() {
         let wall = Instant::now();

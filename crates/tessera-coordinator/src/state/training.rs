@@ -519,24 +519,18 @@ impl Federation {
 
     /// Adds the plan's robust aggregation and central DP to an engine.
     pub(super) fn protect(&self, engine: RoundEngine) -> Result<RoundEngine, CoordinatorError> {
-        let engine = engine.with_robust(self.plan.robust.clone());
-        let (Some(key), true) = (self.noise_key, self.plan.privacy.is_on()) else {
-            return Ok(engine);
-        };
         let n = match &self.expected {
             Expected::Named(names) => names.len(),
             Expected::Count(n) => *n,
         };
         // An aggregator's members are all in every round.
-        let dp = if self.relay.is_some() {
-            self.plan.central_dp_for_cohort(key, n)?
+        let cohort = if self.relay.is_some() {
+            tessera_engine::DpCohort::Everyone(n)
         } else {
-            self.plan.central_dp(key, n)?
+            tessera_engine::DpCohort::Sampled(n)
         };
-        Ok(match dp {
-            Some((dp, ledger)) => engine.with_privacy(dp, ledger),
-            None => engine,
-        })
+        let key = self.noise_key.filter(|_| self.plan.privacy.is_on());
+        Ok(engine.protected(&self.plan, key, cohort)?)
     }
 
     /// The downlink of a run with a download codec, starting from `initial`.
@@ -544,8 +538,6 @@ impl Federation {
         &self,
         initial: Arc<ParameterSet>,
     ) -> Option<tessera_engine::Downlink> {
-        let codec = self.plan.compression.download;
-        (!codec.is_identity())
-            .then(|| tessera_engine::Downlink::new(codec, self.plan.seed, initial))
+        tessera_engine::Downlink::of_plan(&self.plan, initial)
     }
 }
