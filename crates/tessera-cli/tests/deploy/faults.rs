@@ -1,0 +1,284 @@
+//! Failures in a deployment: a coordinator killed with SIGKILL mid-round and
+//! resumed, a participant killed mid-round, a site whose training fails
+//! withdrawing, and a busy database during the agreement.
+
+use std::time::Duration;
+
+use crate::util::procs::{
+    HEART_SITES, Proc, coordinator, free_port, participant, participant_with, query_i64, wait_until,
+};
+use crate::util::{self, Scratch};
+use crate::{LIMIT, OUTPUTS, heart_text, http_get, plan, simulated_model};
+
+#[test]
+fn coordinator_killed_mid_round_resumes_with_nothing_lost_or_doubled() {
+    if util::skip_e2e("coordinator_killed_mid_round_resumes_with_nothing_lost_or_doubled") {
+        return;
+    }
+    let s = Scratch::new("deploy-kill-coordinator");
+    let plan = plan(&s, "fedavg", "");
+    let expected = simulated_model(&s, &plan, "sim.model");
+    let db = s.path("c.sqlite");
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let (mut first, url) = coordinator(&s.dir, &plan, &db, 0, &["--metrics", &metrics]);
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut participants: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| {
+            // VA is slow, so each round sits open with three updates accepted.
+            let extra: &[&str] = if *site == "va" {
+                &["--pause-before-update", "1.5"]
+            } else {
+                &[]
+            };
+            participant(&s.dir, &url, site, extra)
+        })
+        .collect();
+    wait_until(LIMIT, "round 3 with three accepted updates", || {
+        query_i64(&db, "SELECT COUNT(*) FROM updates WHERE round = 3") == 3
+    });
+    // Operations view of the round in progress, from the database and the metrics endpoint.
+    let status = s.run(&["status", "--db", db.to_str().unwrap()]).ok();
+    assert!(
+        status.contains("round 3 open: 3 of 4 updates accepted"),
+        "{status}"
+    );
+    let runs = s.run(&["runs", "--db", db.to_str().unwrap()]).ok();
+    assert!(runs.contains("running") && runs.contains("2/15"), "{runs}");
+    let scraped = http_get(&metrics, "/metrics");
+    assert!(
+        scraped.contains("tessera_updates_accepted_total 11"),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("tessera_participants_connected 4"),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("tessera_rounds_closed_total{status=\"completed\"} 2"),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains("tessera_round_duration_seconds_bucket"),
+        "{scraped}"
+    );
+    first.kill_9();
+    // The accepted updates of the open round are in the database.
+    assert_eq!(
+        query_i64(&db, "SELECT COUNT(*) FROM updates WHERE round = 3"),
+        3
+    );
+    let (mut second, _) = coordinator(
+        &s.dir,
+        &plan,
+        &db,
+        port,
+        &["--model-out", "dep.model", "--report", "dep.json"],
+    );
+    assert!(second.wait(LIMIT).success(), "{}", second.log());
+    assert!(second.log().contains("resumed"), "{}", second.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert_eq!(
+        std::fs::read(s.path("dep.model")).unwrap(),
+        expected,
+        "nothing lost, nothing doubled"
+    );
+    // Exactly one accepted update per site and round in the audit log.
+    let duplicates = query_i64(
+        &db,
+        "SELECT COUNT(*) FROM (SELECT site, detail, COUNT(*) AS n FROM audit
+         WHERE action = 'update' AND outcome = 'accepted' GROUP BY site, detail HAVING n > 1)",
+    );
+    assert_eq!(duplicates, 0);
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM audit WHERE action = 'update' AND outcome = 'accepted'"
+        ),
+        60
+    );
+}
+
+#[test]
+fn a_participant_killed_mid_round_the_round_completes_on_quorum_and_it_rejoins() {
+    if util::skip_e2e("a_participant_killed_mid_round_the_round_completes_on_quorum_and_it_rejoins")
+    {
+        return;
+    }
+    let s = Scratch::new("deploy-kill-participant");
+    let plan = plan(&s, "fedavg", "quorum = 3");
+    let db = s.path("c.sqlite");
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &db,
+        0,
+        &["--liveness", "1.5", "--report", "dep.json"],
+    );
+    let mut participants: Vec<Proc> = HEART_SITES[..3]
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    let mut va = participant(&s.dir, &url, "va", &["--pause-before-update", "3"]);
+    wait_until(LIMIT, "round 2 with three accepted updates", || {
+        query_i64(&db, "SELECT COUNT(*) FROM updates WHERE round = 2") == 3
+    });
+    va.kill_9();
+    // The round goes on without VA once it has been silent for the liveness period.
+    wait_until(LIMIT, "round 2 closed", || {
+        query_i64(&db, "SELECT COUNT(*) FROM rounds WHERE round = 2") == 1
+    });
+    let mut va = participant(&s.dir, &url, "va", &[]);
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    assert!(va.wait(LIMIT).success(), "{}", va.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    let report = s.json("dep.json");
+    let rounds = report["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 15);
+    assert_eq!(rounds[1]["accepted"], 3, "{}", rounds[1]);
+    assert_eq!(rounds[1]["dropped"], 1, "{}", rounds[1]);
+    assert_eq!(rounds[1]["status"], "completed");
+    assert_eq!(rounds[14]["accepted"], 4, "VA rejoined: {}", rounds[14]);
+    assert!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM audit WHERE action = 'liveness' AND site = 'va'"
+        ) >= 1
+    );
+}
+
+/// Four synthetic sites, site3's rows 1e30 times too large (its loss
+/// overflows): its local training fails, it withdraws from the run with the
+/// reason, the round closes on the other sites at once instead of waiting
+/// out the liveness period (60 s here), and the run goes on without it.
+fn a_failing_site_withdraws(name: &str, tables: &str) {
+    let s = Scratch::new(name);
+    let (plan, data) = util::synthetic(&s, 4, 4, "kind = \"flat\"");
+    // All four agree the data and start round 1 together.
+    let text = std::fs::read_to_string(&plan).unwrap();
+    let text = text.replace("rounds = 4", "rounds = 4\nmin_participants = 4");
+    let plan = s.write("plan.toml", &format!("{text}\n{tables}"));
+    let text = std::fs::read_to_string(&data).unwrap();
+    let mut lines = text.lines();
+    let mut bad = format!("{}\n", lines.next().unwrap());
+    for line in lines {
+        let mut fields: Vec<String> = line.split(',').map(str::to_string).collect();
+        let target = fields.len() - 1;
+        if fields[0] == "site3" {
+            for value in &mut fields[1..target] {
+                value.push_str("e30");
+            }
+        }
+        bad.push_str(&fields.join(","));
+        bad.push('\n');
+    }
+    let bad = s.write("bad.csv", &bad);
+    let db = s.path("c.sqlite");
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &db,
+        0,
+        &["--liveness", "60", "--report", "dep.json"],
+    );
+    let mut good: Vec<Proc> = ["site0", "site1", "site2"]
+        .iter()
+        .map(|site| participant_with(&s.dir, &url, site, &data, &[]))
+        .collect();
+    let mut failing = participant_with(&s.dir, &url, "site3", &bad, &[]);
+    assert!(!failing.wait(LIMIT).success(), "{}", failing.log());
+    let log = failing.log();
+    assert!(
+        log.contains("diverged") && log.contains("withdrew"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut good {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    // The coordinator's audit log keeps who left, when and why.
+    assert_eq!(
+        query_i64(
+            &db,
+            "SELECT COUNT(*) FROM audit WHERE site = 'site3' AND action = 'withdraw'
+             AND outcome = 'left the run' AND detail LIKE 'round 1: local training failed:%diverged%'"
+        ),
+        1
+    );
+    let report = s.json("dep.json");
+    let rounds = report["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 4);
+    assert!(
+        rounds
+            .iter()
+            .all(|r| r["status"] == "completed" && r["accepted"] == 3),
+        "{report}"
+    );
+    assert_eq!(rounds[0]["dropped"], 1, "{}", rounds[0]);
+    let first = rounds[0]["seconds"].as_f64().unwrap();
+    eprintln!("{name}: round 1 closed in {first:.2} s without the site that withdrew");
+    assert!(
+        first < 30.0,
+        "round 1 waited {first} s for a site that had left"
+    );
+}
+
+#[test]
+fn a_site_whose_training_fails_withdraws_and_the_rounds_do_not_wait_for_it() {
+    if util::skip_e2e("a_site_whose_training_fails_withdraws_and_the_rounds_do_not_wait_for_it") {
+        return;
+    }
+    a_failing_site_withdraws("deploy-withdraw", "");
+}
+
+/// Under secure aggregation the key stage stops waiting for it too.
+#[test]
+fn a_site_whose_training_fails_withdraws_from_a_secure_round() {
+    if util::skip_e2e("a_site_whose_training_fails_withdraws_from_a_secure_round") {
+        return;
+    }
+    a_failing_site_withdraws(
+        "deploy-withdraw-secure",
+        "[secure_aggregation]\nenabled = true\n",
+    );
+}
+
+/// A database that another writer holds past the coordinator's busy wait
+/// (5 s) while the sites join and agree: their calls are answered
+/// "unavailable", they ask again, and the run ends as its simulation, bit for
+/// bit. Before, a database error during the agreement refused the site as if
+/// its request were wrong, and it stopped for good.
+#[test]
+fn a_busy_database_during_the_agreement_is_retried_not_fatal() {
+    if util::skip_e2e("a_busy_database_during_the_agreement_is_retried_not_fatal") {
+        return;
+    }
+    let s = Scratch::new("deploy-db-busy");
+    let plan = s.write("busy.toml", &heart_text(&s, 2));
+    let (_, expected) = s.simulate(&plan, "sim.model");
+    let db = s.path("c.sqlite");
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &db, 0, OUTPUTS);
+    let lock = rusqlite::Connection::open(&db).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let mut sites: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    std::thread::sleep(Duration::from_secs(7));
+    lock.execute_batch("COMMIT").unwrap();
+    drop(lock);
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    let mut retried = 0;
+    for site in &mut sites {
+        assert!(site.wait(LIMIT).success(), "{}", site.log());
+        retried += usize::from(site.log().contains("database failed"));
+    }
+    assert!(retried >= 1, "no site was told to retry");
+    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+}
