@@ -27,7 +27,7 @@ use thiserror::Error;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use service::{Service, Shared};
-pub use state::{Federation, ModelPart, Refusal, TaskView};
+pub use state::{Clock, Federation, ManualClock, ModelPart, Refusal, SystemClock, TaskView};
 pub use store::{Store, StoreError};
 
 /// Why the coordinator stopped.

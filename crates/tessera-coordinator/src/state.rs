@@ -15,12 +15,12 @@ use tessera_learn::Evaluation;
 use tessera_proto::{CAPABILITIES, MAJOR, MINOR, negotiate, pb, required_capabilities};
 
 use crate::CoordinatorError;
-use crate::bucket::TokenBucket;
 use crate::store::{RunRow, Store};
 use crate::telemetry::names;
 
 mod agreement;
 mod buffered;
+mod clock;
 mod evaluation;
 mod fatal;
 mod links;
@@ -30,6 +30,9 @@ mod resume;
 pub mod secure;
 mod training;
 pub mod trust;
+
+pub use clock::{Clock, ManualClock, REFUSALS_PER_SECOND, SystemClock};
+use clock::{RefusalBudget, unix_micros};
 
 /// Who must offer before the data agreement closes.
 #[derive(Debug, Clone)]
@@ -199,62 +202,13 @@ pub struct Federation {
     metrics_released: Option<f64>,
     /// An aggregator of a hierarchical run: rounds come from its parent.
     relay: Option<relay::Relay>,
+    /// Where time is read.
+    clock: Arc<dyn Clock>,
 }
 
 /// The longest audit detail kept, in bytes (a longer one is cut and its
 /// length noted).
 pub const MAX_AUDIT_DETAIL: usize = 1000;
-
-/// Refused calls audited one by one per second, beyond which they are only
-/// counted (and the count written with the next row).
-pub const REFUSALS_PER_SECOND: u32 = 50;
-
-/// A token bucket for audited refusals, with the count of those it
-/// turned away.
-#[derive(Debug)]
-struct RefusalBudget {
-    state: std::sync::Mutex<(TokenBucket, u64)>,
-}
-
-impl Default for RefusalBudget {
-    fn default() -> Self {
-        let rate = f64::from(REFUSALS_PER_SECOND);
-        Self {
-            state: std::sync::Mutex::new((TokenBucket::full(rate, rate, Instant::now()), 0)),
-        }
-    }
-}
-
-impl RefusalBudget {
-    /// Whether one more refusal may be written; if not, it is counted.
-    fn admit(&self) -> bool {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (bucket, suppressed) = &mut *state;
-        let admitted = bucket.take(Instant::now());
-        if !admitted {
-            *suppressed += 1;
-        }
-        admitted
-    }
-
-    /// Refusals counted but not written since the last call.
-    fn take_suppressed(&self) -> u64 {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        std::mem::take(&mut state.1)
-    }
-}
-
-fn unix_micros() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
 
 impl Federation {
     /// Opens the federation of `plan` in `store`: resumes the unfinished run
@@ -403,6 +357,7 @@ impl Federation {
                 let (depth, sites) = place.unwrap_or_default();
                 relay::Relay::new(name, depth, sites)
             }),
+            clock: Arc::new(SystemClock),
         };
         if federation.plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
             let mut ledger = federation.plan.privacy.ledger();
@@ -471,7 +426,17 @@ impl Federation {
 
     /// The run clock: microseconds since the run was created.
     pub fn now(&self) -> Timestamp {
-        Timestamp(unix_micros().saturating_sub(self.run.created_unix_micros))
+        Timestamp(
+            self.clock
+                .unix_micros()
+                .saturating_sub(self.run.created_unix_micros),
+        )
+    }
+
+    /// Reads time from `clock` from now on (tests on virtual time).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn touch(&mut self, site: &str) {

@@ -1,0 +1,171 @@
+//! What the coordinator's in-process tests share: the heart plan, its four
+//! sites' offers, a scratch database, and a federation driven to its first
+//! round.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tessera_coordinator::{Federation, Store, TaskView};
+use tessera_core::{FitStats, Update};
+use tessera_data::{Filesystem, agree_kinds, read_local_sites};
+use tessera_engine::Plan;
+use tessera_proto::pb;
+use tessera_proto::{CAPABILITIES, convert};
+
+pub const LIVENESS: Duration = Duration::from_secs(3600);
+
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+/// The heart plan with clear site metrics and `extra` at its end.
+pub fn plan(extra: &str) -> (Plan, String) {
+    let mut text = std::fs::read_to_string(examples().join("fed-heart-disease.toml")).unwrap();
+    text.push_str("\n[privacy]\nsite_metrics = \"clear\"\n");
+    text.push_str(extra);
+    let plan = Plan::from_toml(&text, "fatal").unwrap();
+    (plan, text)
+}
+
+/// Local DP instead of the plan's privacy table.
+pub fn local_dp_plan() -> (Plan, String) {
+    let mut text = std::fs::read_to_string(examples().join("fed-heart-disease.toml")).unwrap();
+    text.push_str(
+        "\n[privacy]\nmode = \"local\"\nnoise_multiplier = 1.0\nclip_norm = 1.0\n\
+         site_metrics = \"clear\"\n",
+    );
+    let plan = Plan::from_toml(&text, "fatal").unwrap();
+    (plan, text)
+}
+
+/// The heart sites and the offers their rows give.
+pub struct Site {
+    pub name: String,
+    pub kinds: pb::KindsOffer,
+    pub levels: pb::LevelsOffer,
+}
+
+pub static SITES: LazyLock<Vec<Site>> = LazyLock::new(|| {
+    let (plan, _) = plan("");
+    let mut local = read_local_sites(&plan.data, &examples(), &Filesystem).unwrap();
+    let kinds_offers: Vec<_> = local.iter().map(|s| s.kinds_offer()).collect();
+    let kinds = agree_kinds(&plan.data, &kinds_offers).unwrap();
+    local
+        .iter_mut()
+        .zip(&kinds_offers)
+        .map(|(s, k)| Site {
+            name: k.site.clone(),
+            kinds: convert::kinds_offer_to_pb(k),
+            levels: convert::levels_offer_to_pb(&s.levels_offer(&plan.data, &kinds).unwrap()),
+        })
+        .collect()
+});
+
+/// A database in its own temporary folder, removed afterwards.
+pub struct Db {
+    dir: PathBuf,
+}
+
+impl Db {
+    pub fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tessera-coordinator-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Db { dir }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join("coordinator.sqlite")
+    }
+
+    pub fn open(&self, plan: &(Plan, String)) -> Federation {
+        self.open_with(plan, LIVENESS)
+    }
+
+    /// The federation of `plan` with sites presumed gone after `liveness`.
+    pub fn open_with(&self, (plan, text): &(Plan, String), liveness: Duration) -> Federation {
+        let store = Store::open(&self.path()).unwrap();
+        Federation::open(plan.clone(), text, store, liveness).unwrap()
+    }
+
+    /// From another connection: every insert into `table` fails with `message`.
+    pub fn break_table(&self, table: &str, message: &str) {
+        let conn = rusqlite::Connection::open(self.path()).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TRIGGER broken_{table} BEFORE INSERT ON {table} \
+             BEGIN SELECT RAISE(ABORT, '{message}'); END;"
+        ))
+        .unwrap();
+    }
+
+    pub fn mend_table(&self, table: &str) {
+        let conn = rusqlite::Connection::open(self.path()).unwrap();
+        conn.execute_batch(&format!("DROP TRIGGER broken_{table};"))
+            .unwrap();
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn hello(site: &str) -> pb::Hello {
+    pb::Hello {
+        major: tessera_proto::MAJOR,
+        minor: tessera_proto::MINOR,
+        capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+        site: site.to_string(),
+    }
+}
+
+/// Every site joins and agrees on the data; the first round (or step) opens.
+pub fn agree(f: &mut Federation) {
+    for site in SITES.iter() {
+        f.join(&site.name, &hello(&site.name)).unwrap();
+    }
+    for site in SITES.iter() {
+        f.offer_kinds(&site.name, site.kinds.clone()).unwrap();
+    }
+    for site in SITES.iter() {
+        f.offer_levels(&site.name, site.levels.clone()).unwrap();
+    }
+    f.advance();
+}
+
+/// Site `i`'s task, trained: its round and its update.
+pub fn train(f: &mut Federation, i: usize) -> (u32, Update) {
+    let site = &SITES[i];
+    let Ok(TaskView::Fit {
+        header,
+        global,
+        tensors,
+        ..
+    }) = f.task_for(&site.name, None)
+    else {
+        panic!("{} has no training task", site.name);
+    };
+    let mut delta = global.zeros_like();
+    for (k, v) in delta.values_mut().enumerate() {
+        *v = (k % 7) as f32 * 0.01 - 0.03;
+    }
+    let update = Update {
+        delta,
+        n_examples: site.levels.train_rows,
+        aux: tensors.map(|c| c.zeros_like()),
+        stats: FitStats {
+            n_steps: 1,
+            mean_train_loss: 0.6,
+        },
+    };
+    (header.round, update)
+}

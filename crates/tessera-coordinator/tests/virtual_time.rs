@@ -1,0 +1,145 @@
+//! The coordinator's federation on virtual time, in process: a clock the
+//! test moves by hand ([`ManualClock`]) drives liveness and deadlines, with
+//! no processes, sockets or sleeps. Each test walks up to a boundary, checks
+//! that nothing happened one step before it, and what happens one step after.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Db, SITES, agree, examples, train};
+use tessera_coordinator::{Federation, ManualClock, TaskView};
+use tessera_engine::Plan;
+
+const LIVENESS: Duration = Duration::from_secs(60);
+
+/// The heart plan (four sites, min_participants = 4) with `federation`
+/// settings added to its `[federation]` table.
+fn heart(federation: &str) -> (Plan, String) {
+    let text = std::fs::read_to_string(examples().join("fed-heart-disease.toml"))
+        .unwrap()
+        .replace("rounds = 15\n", &format!("rounds = 15\n{federation}\n"))
+        + "\n[privacy]\nsite_metrics = \"clear\"\n";
+    (Plan::from_toml(&text, "virtual").unwrap(), text)
+}
+
+/// A federation on a manual clock, agreed, with round 1 open at the
+/// run's time 0 (the clock starts at the run's creation, give or take the
+/// microseconds `until` absorbs).
+fn started(db: &Db, plan: &(Plan, String)) -> (Federation, ManualClock) {
+    let f = db.open_with(plan, LIVENESS);
+    let clock = ManualClock::starting_now();
+    let mut f = f.with_clock(Arc::new(clock.clone()));
+    agree(&mut f);
+    (f, clock)
+}
+
+/// Moves `clock` until the run's time is `at`.
+fn until(f: &Federation, clock: &ManualClock, at: Duration) {
+    let now = Duration::from_micros(f.now().0);
+    assert!(now <= at, "the run is at {now:?}, past {at:?}");
+    clock.advance(at - now);
+}
+
+fn kind(f: &mut Federation, site: usize) -> &'static str {
+    match f.task_for(&SITES[site].name, None).unwrap() {
+        TaskView::Wait => "wait",
+        TaskView::Fit { .. } => "fit",
+        TaskView::Evaluate { .. } => "evaluate",
+        TaskView::Finished => "finished",
+    }
+}
+
+/// Sites 0 to 2 answer round 1, site 3 goes silent: the round waits for it
+/// for exactly the liveness period (the others keep sending heartbeats),
+/// then drops it and closes with three updates.
+#[test]
+fn a_silent_site_is_dropped_after_the_liveness_period_and_the_round_goes_on() {
+    let db = Db::new();
+    let (mut f, clock) = started(&db, &heart(""));
+    for i in 0..3 {
+        let (round, update) = train(&mut f, i);
+        f.submit_update(&SITES[i].name, round, &update).unwrap();
+    }
+    // Site 3 was last heard when it agreed, at time 0.
+    for at in [Duration::from_secs(30), LIVENESS] {
+        until(&f, &clock, at);
+        for i in 0..3 {
+            f.heartbeat(&SITES[i].name, 1).unwrap();
+        }
+        f.advance();
+        assert_eq!(
+            kind(&mut f, 0),
+            "wait",
+            "{at:?}: round 1 still waits for site 3"
+        );
+    }
+    // One millisecond past the liveness period.
+    until(&f, &clock, LIVENESS + Duration::from_millis(1));
+    for i in 0..3 {
+        f.heartbeat(&SITES[i].name, 1).unwrap();
+    }
+    f.advance();
+    assert_eq!(kind(&mut f, 0), "evaluate", "round 1 closed without site 3");
+}
+
+/// With a 20 s deadline, a round closes just after its deadline with
+/// whoever answered (two of four, the quorum), not at it, and an update for
+/// the closed round is no longer accepted.
+#[test]
+fn a_round_closes_at_its_deadline_with_the_updates_it_has() {
+    let db = Db::new();
+    let (mut f, clock) = started(&db, &heart("deadline_seconds = 20\nquorum = 2"));
+    let mut late = None;
+    for i in 0..3 {
+        let (round, update) = train(&mut f, i);
+        if i < 2 {
+            f.submit_update(&SITES[i].name, round, &update).unwrap();
+        } else {
+            late = Some((round, update));
+        }
+    }
+    until(&f, &clock, Duration::from_secs(20));
+    f.advance();
+    assert_eq!(kind(&mut f, 0), "wait", "20 s: the round is open");
+    until(&f, &clock, Duration::from_millis(20_001));
+    f.advance();
+    assert_eq!(
+        kind(&mut f, 0),
+        "evaluate",
+        "20.001 s: closed at its deadline"
+    );
+    let (round, update) = late.unwrap();
+    assert!(
+        f.submit_update(&SITES[2].name, round, &update).is_err(),
+        "an update for a closed round counts nowhere"
+    );
+}
+
+/// A slow site that keeps sending heartbeats is waited for well past the
+/// liveness period (ten minutes of virtual time here); its update then
+/// closes the round with all four.
+#[test]
+fn heartbeats_keep_a_slow_site_in_the_round() {
+    let db = Db::new();
+    let (mut f, clock) = started(&db, &heart(""));
+    for i in 0..3 {
+        let (round, update) = train(&mut f, i);
+        f.submit_update(&SITES[i].name, round, &update).unwrap();
+    }
+    let (round, update) = train(&mut f, 3);
+    for _ in 0..20 {
+        clock.advance(Duration::from_secs(30));
+        for i in 0..4 {
+            f.heartbeat(&SITES[i].name, round).unwrap();
+        }
+        f.advance();
+        assert_eq!(kind(&mut f, 0), "wait");
+    }
+    f.submit_update(&SITES[3].name, round, &update).unwrap();
+    f.advance();
+    assert_eq!(kind(&mut f, 3), "evaluate");
+}
