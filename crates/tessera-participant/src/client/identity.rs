@@ -1,0 +1,124 @@
+//! How a site signs and checks secure-aggregation messages: its certificate key, the cohort's.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::ParticipantError;
+
+/// Whether the cohort's site names give id `id` to `site` (without TLS the
+/// coordinator may send no names: then there is nothing to check).
+pub(super) fn identity_is_own(sites: &[String], participants: &[u32], id: u32, site: &str) -> bool {
+    if sites.is_empty() {
+        return true;
+    }
+    participants
+        .iter()
+        .zip(sites)
+        .any(|(p, s)| *p == id && s == site)
+}
+
+/// How a site signs and checks secure-aggregation messages: with its
+/// certificate key, checking the other sites' certificates against the
+/// federation CA and revocation list of its own folder (mutual TLS), or not
+/// at all (the explicit insecure mode, where the coordinator is trusted to
+/// relay honestly).
+pub struct SecureIdentity {
+    tls: Option<(tessera_tls::SiteSigner, tessera_tls::TlsFiles)>,
+}
+
+impl SecureIdentity {
+    /// The identity of the site whose TLS folder holds `files` (`None`: no TLS).
+    pub fn load(files: Option<&tessera_tls::TlsFiles>) -> Result<Self, ParticipantError> {
+        let tls = match files {
+            Some(files) => {
+                // Checked now so that a bad folder stops the site at start.
+                tessera_tls::SiteCertificates::load(files)
+                    .map_err(|e| ParticipantError::Local(e.to_string()))?;
+                Some((
+                    tessera_tls::SiteSigner::load(files)
+                        .map_err(|e| ParticipantError::Local(e.to_string()))?,
+                    files.clone(),
+                ))
+            }
+            None => None,
+        };
+        Ok(Self { tls })
+    }
+
+    /// The signer and the checker of a round whose participants are
+    /// `sites` with `certificates` (in the order of the participant ids of
+    /// `participants`); each certificate is checked against the CA and must
+    /// name its site.
+    pub(super) fn for_round(
+        &self,
+        participants: &[u32],
+        sites: &[String],
+        certificates: &[Vec<u8>],
+    ) -> Result<RoundIdentity<'_>, String> {
+        let Some((signer, files)) = &self.tls else {
+            return Ok((
+                Box::new(tessera_secagg::Unauthenticated),
+                Box::new(tessera_secagg::Unauthenticated),
+            ));
+        };
+        if sites.len() != participants.len() || certificates.len() != participants.len() {
+            return Err(format!(
+                "the coordinator sent {} site names and {} certificates for {} participants",
+                sites.len(),
+                certificates.len(),
+                participants.len()
+            ));
+        }
+        // The CA and revocation list as they are now: a site revoked during
+        // the run is refused from its next round on.
+        let checker = tessera_tls::SiteCertificates::load(files).map_err(|e| e.to_string())?;
+        let mut by_id = BTreeMap::new();
+        let mut names = BTreeSet::new();
+        for ((id, site), der) in participants.iter().zip(sites).zip(certificates) {
+            if !names.insert(site.as_str()) {
+                return Err(format!("site '{site}' is named twice in the cohort"));
+            }
+            if der.is_empty() {
+                return Err(format!(
+                    "the coordinator sent no certificate for site '{site}'"
+                ));
+            }
+            checker.check(der, site)?;
+            by_id.insert(*id, der.clone());
+        }
+        tracing::info!(
+            certificates = by_id.len(),
+            "secure aggregation: the cohort's certificates checked against the federation CA; keys and views signed with this site's certificate key"
+        );
+        Ok((Box::new(CertSigner(signer)), Box::new(CertDirectory(by_id))))
+    }
+}
+
+/// A round's signer and the checker of the other participants' signatures.
+type RoundIdentity<'a> = (
+    Box<dyn tessera_secagg::Signer + 'a>,
+    Box<dyn tessera_secagg::Verifier>,
+);
+
+/// Signs with a site's certificate key.
+struct CertSigner<'a>(&'a tessera_tls::SiteSigner);
+
+impl tessera_secagg::Signer for CertSigner<'_> {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, tessera_secagg::SecAggError> {
+        self.0
+            .sign(message)
+            .map_err(|e| tessera_secagg::SecAggError::Config(e.to_string()))
+    }
+}
+
+/// Checked certificates by participant id.
+struct CertDirectory(BTreeMap<u32, Vec<u8>>);
+
+impl tessera_secagg::Verifier for CertDirectory {
+    fn verify(&self, who: u32, message: &[u8], signature: &[u8]) -> Result<(), String> {
+        let der = self
+            .0
+            .get(&who)
+            .ok_or_else(|| format!("participant {who} has no certificate in this round"))?;
+        tessera_tls::verify_signature(der, message, signature)
+    }
+}

@@ -1,0 +1,344 @@
+//! A site's side of a SecAgg+ round: an update or an evaluation, masked, stage by stage.
+
+use std::time::Duration;
+
+use tessera_proto::pb;
+use tessera_proto::pb::federation_client::FederationClient;
+use tonic::transport::Channel;
+
+use super::identity::identity_is_own;
+use super::{Failure, SecureIdentity, withdraw};
+use crate::ParticipantError;
+
+fn random32() -> Result<[u8; 32], Failure> {
+    let mut out = [0u8; 32];
+    getrandom::fill(&mut out).map_err(|e| {
+        Failure::Fatal(ParticipantError::Local(format!(
+            "no secret randomness: {e}"
+        )))
+    })?;
+    Ok(out)
+}
+
+/// Sends `update` as `site` through a SecAgg+ round of `plan`'s run: the
+/// federation learns only the cohort's sum. `key_ring` holds the site's key
+/// pairs between rounds (the mask key is replaced after every round);
+/// `identity` signs and checks the protocol's messages; `pause` is fault
+/// injection (a site that goes quiet after sharing its keys). The reply says
+/// whether this site's input counted. Parameters that do not follow from the
+/// plan, keys a neighbour did not sign and a coordinator that shows
+/// participants different views of the round end the round for this site
+/// with the reason, before it reveals anything.
+#[allow(clippy::too_many_arguments)]
+pub async fn secure_submit(
+    client: &mut FederationClient<Channel>,
+    site: &str,
+    plan: &tessera_engine::Plan,
+    identity: &SecureIdentity,
+    key_ring: &mut Option<tessera_secagg::KeyRing>,
+    round: u32,
+    mut update: tessera_core::Update,
+    pause: Duration,
+) -> Result<pb::UpdateReply, Failure> {
+    if let Some(bound) = plan.masked_update_bound() {
+        tessera_privacy::clip_to_norm(&mut update.delta, bound);
+    }
+    // What this site masks: the update (the round's shared coordinates
+    // under a random-k codec), then its metadata (see
+    // `tessera_secagg::encode_metadata`).
+    let values: Vec<f32> = update.delta.values().collect();
+    let input: Vec<f32> = match plan.secure_coordinates(round, values.len()) {
+        Some(kept) => kept.iter().map(|&i| values[i]).collect(),
+        None => values,
+    };
+    let metadata = tessera_secagg::Metadata {
+        n_examples: update.n_examples,
+        train_loss: update.stats.mean_train_loss,
+        n_steps: update.stats.n_steps,
+    };
+    let counted = secure_exchange(
+        client,
+        site,
+        plan,
+        identity,
+        key_ring,
+        round,
+        SecureInput::Update { input, metadata },
+        pause,
+    )
+    .await?;
+    Ok(match counted {
+        true => pb::UpdateReply {
+            accepted: true,
+            reason: String::new(),
+        },
+        false => pb::UpdateReply {
+            accepted: false,
+            reason: "the round ended before this site's input counted".into(),
+        },
+    })
+}
+
+/// Sends `evaluation` of round `round`'s model through a SecAgg+ round of
+/// its own (`site_metrics = "aggregate-only"`): the coordinator unmasks only
+/// the sum of the sites' summable evaluations ([`tessera_learn::encode_summable`]).
+/// True when this site's evaluation counted.
+pub async fn secure_evaluate(
+    client: &mut FederationClient<Channel>,
+    site: &str,
+    plan: &tessera_engine::Plan,
+    identity: &SecureIdentity,
+    key_ring: &mut Option<tessera_secagg::KeyRing>,
+    round: u32,
+    evaluation: &tessera_learn::Evaluation,
+) -> Result<bool, Failure> {
+    secure_exchange(
+        client,
+        site,
+        plan,
+        identity,
+        key_ring,
+        round | tessera_secagg::EVALUATION_ROUND,
+        SecureInput::Raw(tessera_learn::encode_summable(evaluation)),
+        Duration::ZERO,
+    )
+    .await
+}
+
+/// What a site masks in a secure round.
+enum SecureInput {
+    /// A model update (quantised) and its training metadata.
+    Update {
+        input: Vec<f32>,
+        metadata: tessera_secagg::Metadata,
+    },
+    /// Values of `Z_2^32` summed as they are.
+    Raw(Vec<u32>),
+}
+
+/// How a refusal of a secure round starts its message.
+const REFUSED: &str = "secure aggregation refused: ";
+
+/// One SecAgg+ round, secure round number `round`, with `input`: true when
+/// this site's input is in the sum. When this site refuses the round (its
+/// parameters, keys or views fail a check), it withdraws from that round,
+/// saying why, so that the coordinator neither waits for it nor asks again,
+/// and goes on with the run: false.
+#[allow(clippy::too_many_arguments)]
+async fn secure_exchange(
+    client: &mut FederationClient<Channel>,
+    site: &str,
+    plan: &tessera_engine::Plan,
+    identity: &SecureIdentity,
+    key_ring: &mut Option<tessera_secagg::KeyRing>,
+    round: u32,
+    input: SecureInput,
+    pause: Duration,
+) -> Result<bool, Failure> {
+    match secure_stages(client, site, plan, identity, key_ring, round, input, pause).await {
+        Err(Failure::Retry(reason)) if reason.starts_with(REFUSED) => {
+            match withdraw(client, site, round, &reason, false).await {
+                Ok(_) => tracing::warn!(round, %reason, "withdrew from the secure round"),
+                Err(status) => tracing::warn!(round, %status, "could not withdraw"),
+            }
+            Ok(false)
+        }
+        other => other,
+    }
+}
+
+/// The stages of [`secure_exchange`]; a refusal is a `Retry` that starts
+/// with [`REFUSED`].
+#[allow(clippy::too_many_arguments)]
+async fn secure_stages(
+    client: &mut FederationClient<Channel>,
+    site: &str,
+    plan: &tessera_engine::Plan,
+    identity: &SecureIdentity,
+    key_ring: &mut Option<tessera_secagg::KeyRing>,
+    round: u32,
+    input: SecureInput,
+    pause: Duration,
+) -> Result<bool, Failure> {
+    use pb::sec_agg_reply::State;
+    use pb::sec_agg_request::Step;
+    let site = site.to_string();
+    let mut call = async |step: Step| -> Result<Option<State>, Failure> {
+        let reply = client
+            .secure_aggregation(pb::SecAggRequest {
+                site: site.clone(),
+                round,
+                step: Some(step),
+            })
+            .await?
+            .into_inner();
+        Ok(reply.state)
+    };
+    let bad = |what: &str| Failure::Retry(format!("secure aggregation: {what}"));
+    // Waits for stage `want`; `None` when the round is over.
+    macro_rules! wait_for {
+        ($want:expr) => {
+            loop {
+                match call(Step::Poll($want)).await? {
+                    Some(State::Wait(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Some(State::Done(_)) => break None,
+                    Some(other) => break Some(other),
+                    None => return Err(bad("an empty reply")),
+                }
+            }
+        };
+    }
+    let Some(State::Params(p)) = wait_for!(1) else {
+        return Ok(false);
+    };
+    let graph_seed: [u8; 32] = p
+        .graph_seed
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad("the graph seed is not 32 bytes"))?;
+    let params = tessera_secagg::RoundParams {
+        round,
+        participants: p.participants.clone(),
+        neighbours: p.neighbours as usize,
+        threshold: p.threshold as usize,
+        graph_seed,
+        dimension: p.dimension as usize,
+        range: p.range,
+    };
+    let dimension = match &input {
+        SecureInput::Update { input, .. } => tessera_secagg::masked_dimension(input.len()),
+        SecureInput::Raw(values) => values.len(),
+    };
+    let refuse = |why: String| {
+        tracing::error!(round, %why, "secure aggregation: this site refuses the round");
+        Failure::Retry(format!("{REFUSED}{why}"))
+    };
+    params
+        .check(&tessera_secagg::Expected {
+            config: &plan.secure_aggregation,
+            round,
+            id: p.id,
+            graph_seed: plan.secagg_graph_seed(round),
+            dimension,
+            min_cohort: plan.federation.min_participants,
+        })
+        .map_err(|e| refuse(e.to_string()))?;
+    if !identity_is_own(&p.sites, &p.participants, p.id, &site) {
+        return Err(refuse(format!(
+            "the coordinator does not give id {} to this site",
+            p.id
+        )));
+    }
+    let (signer, verifier) = identity
+        .for_round(&p.participants, &p.sites, &p.certificates)
+        .map_err(refuse)?;
+    let ring = match key_ring.take() {
+        Some(ring) => ring,
+        None => tessera_secagg::KeyRing::new(random32()?, random32()?),
+    };
+    let (mut me, keys) =
+        tessera_secagg::Client::with_keys(p.id, params, ring, random32()?, signer.as_ref())
+            .map_err(|e| bad(&e.to_string()))?;
+    let outcome = async {
+        call(Step::Keys(pb::SecAggKeys {
+            c_public: keys.c_public.to_vec(),
+            s_public: keys.s_public.to_vec(),
+            signature: keys.signature.clone(),
+        }))
+        .await?;
+        let Some(State::Keys(k)) = wait_for!(2) else {
+            return Ok(false);
+        };
+        let mut neighbour_keys = Vec::new();
+        for (from, key) in k.peers.iter().zip(k.keys) {
+            let (Ok(c_public), Ok(s_public)) = (
+                <[u8; 32]>::try_from(key.c_public.as_slice()),
+                <[u8; 32]>::try_from(key.s_public.as_slice()),
+            ) else {
+                return Err(bad("a neighbour's key is not 32 bytes"));
+            };
+            neighbour_keys.push(tessera_secagg::AdvertiseKeys {
+                from: *from,
+                c_public,
+                s_public,
+                signature: key.signature,
+            });
+        }
+        let shares = me
+            .share_keys(&neighbour_keys, verifier.as_ref())
+            .map_err(|e| refuse(e.to_string()))?;
+        call(Step::Shares(pb::SecAggShares {
+            shares: shares
+                .shares
+                .into_iter()
+                .map(|(peer, data)| pb::SecAggShare { peer, data })
+                .collect(),
+        }))
+        .await?;
+        let Some(State::Shares(mine)) = wait_for!(3) else {
+            return Ok(false);
+        };
+        let mine: Vec<(u32, Vec<u8>)> = mine.shares.into_iter().map(|s| (s.peer, s.data)).collect();
+        let masked = match input {
+            SecureInput::Update { input, metadata } => me.masked_update(&mine, &input, &metadata),
+            SecureInput::Raw(values) => me.masked_values(&mine, values),
+        }
+        .map_err(|e| bad(&e.to_string()))?;
+        // Fault injection: a site that goes quiet after sharing its keys.
+        tokio::time::sleep(pause).await;
+        // Since 1.5 the example count, loss and steps are inside the masked
+        // vector; the clear fields stay zero.
+        call(Step::Masked(pb::SecAggMasked {
+            values: masked.values,
+            n_examples: 0,
+            mean_train_loss: 0.0,
+            n_steps: 0,
+        }))
+        .await?;
+        let Some(State::Unmask(request)) = wait_for!(4) else {
+            return Ok(false);
+        };
+        let request = tessera_secagg::UnmaskRequest {
+            survivors: request.survivors,
+            dropped: request.dropped,
+        };
+        // The consistency check: sign the view given, then see everyone's.
+        let view = me
+            .sign_view(&request, signer.as_ref())
+            .map_err(|e| refuse(e.to_string()))?;
+        call(Step::View(pb::SecAggView {
+            signature: view.signature,
+        }))
+        .await?;
+        let Some(State::Views(views)) = wait_for!(5) else {
+            return Ok(false);
+        };
+        let views: Vec<tessera_secagg::SignedView> = views
+            .views
+            .into_iter()
+            .map(|v| tessera_secagg::SignedView {
+                from: v.id,
+                signature: v.signature,
+            })
+            .collect();
+        let counted = request.survivors.contains(&p.id);
+        let response = me
+            .unmask(&request, &views, verifier.as_ref())
+            .map_err(|e| refuse(e.to_string()))?;
+        let pack = |v: Vec<(u32, Vec<u8>)>| {
+            v.into_iter()
+                .map(|(peer, data)| pb::SecAggShare { peer, data })
+                .collect()
+        };
+        call(Step::Unmask(pb::SecAggUnmask {
+            seed_shares: pack(response.seed_shares),
+            key_shares: pack(response.key_shares),
+        }))
+        .await?;
+        let _ = wait_for!(6);
+        Ok(counted)
+    }
+    .await;
+    *key_ring = Some(me.into_keys(random32()?));
+    outcome
+}

@@ -1,0 +1,97 @@
+//! A session's small calls: the site's rows, the welcome's capabilities, withdrawing, agreeing.
+
+use std::time::Duration;
+
+use tessera_proto::pb::federation_client::FederationClient;
+use tessera_proto::pb::{self, agree_reply};
+use tonic::Status;
+use tonic::transport::Channel;
+
+use super::Failure;
+use crate::ParticipantError;
+
+/// Reads `site`'s rows from `data` (as the plan's `[data]` says, other
+/// relative paths against `plan_dir`) off the async runtime.
+pub async fn read_site(
+    data: &tessera_data::DataConfig,
+    site: &str,
+    file: &std::path::Path,
+    plan_dir: &std::path::Path,
+) -> Result<tessera_data::LocalSite, ParticipantError> {
+    let (data, site, file, plan_dir) = (
+        data.clone(),
+        site.to_string(),
+        file.to_path_buf(),
+        plan_dir.to_path_buf(),
+    );
+    tokio::task::spawn_blocking(move || {
+        tessera_data::read_local_site(
+            &data,
+            &site,
+            Some(&file),
+            &plan_dir,
+            &tessera_data::Filesystem,
+        )
+    })
+    .await
+    .map_err(|e| ParticipantError::Local(format!("reading the data crashed: {e}")))?
+    .map_err(|e| ParticipantError::Local(e.to_string()))
+}
+
+/// How often to tell the federation this client is at work, if it listens
+/// (`heartbeat` capability): its interval, at most five seconds.
+pub fn heartbeat_interval(welcome: &pb::Welcome) -> Option<Duration> {
+    welcome
+        .capabilities
+        .iter()
+        .any(|c| c == "heartbeat")
+        .then(|| {
+            Duration::from_millis(u64::from(welcome.heartbeat_millis.max(50)))
+                .min(Duration::from_secs(5))
+        })
+}
+
+/// Whether the federation takes withdrawals (`withdraw` capability, 1.4).
+pub fn can_withdraw(welcome: &pb::Welcome) -> bool {
+    welcome.capabilities.iter().any(|c| c == "withdraw")
+}
+
+/// Tells the federation that `site` leaves round `round` without an update
+/// (and with `leaving`, the run), so the round stops waiting for it. True
+/// when the round was waiting for it. `reason` is cut to the protocol's
+/// limit.
+pub async fn withdraw(
+    client: &mut FederationClient<Channel>,
+    site: &str,
+    round: u32,
+    reason: &str,
+    leaving: bool,
+) -> Result<bool, Status> {
+    let reply = client
+        .withdraw(pb::WithdrawRequest {
+            site: site.to_string(),
+            round,
+            reason: tessera_proto::withdraw_reason(reason).to_string(),
+            leaving,
+        })
+        .await?;
+    Ok(reply.into_inner().withdrawn)
+}
+
+/// Offers one agreement step; waits for the federation's answer.
+pub async fn agree(
+    client: &mut FederationClient<Channel>,
+    site: &str,
+    offer: pb::agree_request::Offer,
+) -> Result<agree_reply::Result, Failure> {
+    let reply = client
+        .agree(pb::AgreeRequest {
+            site: site.to_string(),
+            offer: Some(offer),
+        })
+        .await?
+        .into_inner();
+    reply
+        .result
+        .ok_or_else(|| Failure::Retry("empty agreement reply".into()))
+}
