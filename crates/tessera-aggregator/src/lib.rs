@@ -25,7 +25,8 @@ use tessera_coordinator::{CoordinatorError, Federation, Shared, Store};
 use tessera_engine::Plan;
 use tessera_engine::report::RunReport;
 use tessera_participant::ParticipantError;
-use tessera_participant::client::{self, Failure};
+use tessera_participant::client;
+use tessera_participant::supervisor::{Failure, Progress, Retry, Stopped, supervise};
 use tessera_proto::convert;
 use tessera_proto::pb::federation_client::FederationClient;
 use tessera_proto::pb::{self, agree_reply, task};
@@ -121,37 +122,39 @@ pub async fn run(
         key_ring: None,
         identity: client::SecureIdentity::load(config.upstream_tls.as_ref())?,
     };
-    let mut backoff = Duration::from_millis(100);
-    let mut unreachable_since: Option<tokio::time::Instant> = None;
-    loop {
-        match session(&config, &endpoint, &mut state, &mut unreachable_since).await {
-            Ok(()) => break,
-            Err(Failure::Fatal(e)) => {
-                // The members' database failed: that is the error to report.
-                if let Some(reason) = state.fatal() {
-                    return Err(CoordinatorError::Fatal(reason).into());
-                }
-                return Err(e.into());
-            }
-            Err(Failure::Retry(reason)) => {
+    let ended = supervise(
+        &Retry::reconnect(config.max_backoff, config.give_up_after),
+        &mut state,
+        async |state: &mut State, progress| {
+            match session(&config, &endpoint, state, progress).await {
                 // The members' server stopped (it failed, or is stopping on
                 // a fatal failure): its error is the one to report.
-                if state.server.as_ref().is_some_and(|s| s.is_finished()) || state.fatal().is_some()
+                Err(Failure::Retry(_))
+                    if state.server.as_ref().is_some_and(|s| s.is_finished())
+                        || state.fatal().is_some() =>
                 {
-                    break;
+                    Ok(())
                 }
-                let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() > config.give_up_after {
-                    return Err(ParticipantError::Refused(format!(
-                        "the parent has been unreachable for {:?}: {reason}",
-                        config.give_up_after
-                    ))
-                    .into());
-                }
-                tracing::warn!(%reason, ?backoff, "parent connection lost; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(config.max_backoff);
+                other => other,
             }
+        },
+        |_, reason, backoff| tracing::warn!(%reason, ?backoff, "parent connection lost; retrying"),
+    )
+    .await;
+    match ended {
+        Ok(()) => {}
+        Err(Stopped::Fatal(e)) => {
+            // The members' database failed: that is the error to report.
+            if let Some(reason) = state.fatal() {
+                return Err(CoordinatorError::Fatal(reason).into());
+            }
+            return Err(e.into());
+        }
+        Err(Stopped::GaveUp { after, reason }) => {
+            return Err(ParticipantError::Refused(format!(
+                "the parent has been unreachable for {after:?}: {reason}"
+            ))
+            .into());
         }
     }
     let Some(server) = state.server else {
@@ -205,10 +208,10 @@ async fn session(
     config: &AggregatorConfig,
     endpoint: &client::Remote,
     state: &mut State,
-    unreachable_since: &mut Option<tokio::time::Instant>,
+    progress: &Progress,
 ) -> Result<(), Failure> {
     let (mut parent, welcome) = client::join(endpoint, &config.upstream, &config.name).await?;
-    *unreachable_since = None;
+    progress.made();
     let (shared, plan) = start(config, state, &welcome)?;
     let beat = client::heartbeat_interval(&welcome);
     let mut up = Upstream {

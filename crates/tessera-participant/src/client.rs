@@ -8,7 +8,8 @@ mod secure;
 mod session;
 mod transfer;
 
-pub use connect::{Failure, Remote, chain, endpoint, join, still_trusted};
+pub use crate::supervisor::Failure;
+pub use connect::{Remote, chain, endpoint, join, still_trusted};
 pub use identity::SecureIdentity;
 pub use secure::{secure_evaluate, secure_submit};
 pub use session::{agree, can_withdraw, heartbeat_interval, read_site, withdraw};

@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod supervisor;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +24,8 @@ use tessera_proto::pb::federation_client::FederationClient;
 use tessera_proto::pb::{self, agree_reply, task};
 use thiserror::Error;
 
-use client::{Failure, agree, receive_parameters, secure_submit, send_update};
+use client::{agree, receive_parameters, secure_submit, send_update};
+use supervisor::{Failure, Progress, Retry, Stopped, supervise};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -146,36 +148,26 @@ pub async fn run(config: ParticipantConfig) -> Result<ParticipantSummary, Partic
         config.tls.as_ref(),
         config.tls_domain.as_deref(),
     )?;
-    let mut ready: Option<Ready> = None;
-    let mut summary = ParticipantSummary::default();
-    let mut backoff = Duration::from_millis(100);
-    let mut unreachable_since: Option<tokio::time::Instant> = None;
-    loop {
-        match session(
-            &config,
-            &endpoint,
-            &mut ready,
-            &mut summary,
-            &mut unreachable_since,
-        )
-        .await
-        {
-            Ok(SessionEnd::Finished) => return Ok(summary),
-            Err(Failure::Fatal(e)) => return Err(e),
-            Err(Failure::Retry(reason)) => {
-                let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() > config.give_up_after {
-                    return Err(ParticipantError::Refused(format!(
-                        "the coordinator has been unreachable for {:?}: {reason}",
-                        config.give_up_after
-                    )));
-                }
-                tracing::warn!(%reason, ?backoff, "connection lost; retrying");
-                summary.reconnections += 1;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(config.max_backoff);
-            }
-        }
+    // What lives across reconnections: the prepared site, the counts.
+    let mut kept: (Option<Ready>, ParticipantSummary) = (None, ParticipantSummary::default());
+    let ended = supervise(
+        &Retry::reconnect(config.max_backoff, config.give_up_after),
+        &mut kept,
+        async |(ready, summary), progress| {
+            session(&config, &endpoint, ready, summary, progress).await
+        },
+        |(_, summary), reason, backoff| {
+            tracing::warn!(%reason, ?backoff, "connection lost; retrying");
+            summary.reconnections += 1;
+        },
+    )
+    .await;
+    match ended {
+        Ok(SessionEnd::Finished) => Ok(kept.1),
+        Err(Stopped::Fatal(e)) => Err(e),
+        Err(Stopped::GaveUp { after, reason }) => Err(ParticipantError::Refused(format!(
+            "the coordinator has been unreachable for {after:?}: {reason}"
+        ))),
     }
 }
 
@@ -184,10 +176,10 @@ async fn session(
     endpoint: &client::Remote,
     ready: &mut Option<Ready>,
     summary: &mut ParticipantSummary,
-    unreachable_since: &mut Option<tokio::time::Instant>,
+    progress: &Progress,
 ) -> Result<SessionEnd, Failure> {
     let (mut client, welcome) = client::join(endpoint, &config.coordinator, &config.site).await?;
-    *unreachable_since = None;
+    progress.made();
     if ready.as_ref().is_none_or(|r| r.run_id != welcome.run_id) {
         match prepare(config, &mut client, &welcome).await {
             Ok(prepared) => *ready = Some(prepared),

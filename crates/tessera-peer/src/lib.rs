@@ -34,11 +34,11 @@ use tessera_engine::report::{
 };
 use tessera_engine::{FitTask, Plan, Site, TopologyKind};
 use tessera_learn::Evaluation;
+use tessera_participant::supervisor::{self, GiveUpClock, Refused, Retry, Stopped, supervise};
 use tessera_proto::pb::gossip_client::GossipClient;
 use tessera_proto::pb::{self, peer_model_part, peer_offer};
 use tessera_proto::{Assembler, CAPABILITIES, Limits, MAJOR, MINOR, convert};
 use thiserror::Error;
-use tonic::Code;
 use tonic::transport::Channel;
 
 use board::{Board, Identity, Service};
@@ -96,21 +96,13 @@ struct Link {
     client: Option<GossipClient<Channel>>,
 }
 
-/// A call's failure: try again (network) or stop (refused).
-enum Failure {
-    Retry(String),
-    Refused(String),
-}
+/// A call's failure: try again (network) or stop (refused: a
+/// [`PeerError::Refused`]), classified as every client's.
+type Failure = supervisor::Failure<PeerError>;
 
-impl From<tonic::Status> for Failure {
-    fn from(status: tonic::Status) -> Self {
-        match status.code() {
-            Code::InvalidArgument
-            | Code::PermissionDenied
-            | Code::FailedPrecondition
-            | Code::Unauthenticated => Failure::Refused(status.message().to_string()),
-            _ => Failure::Retry(format!("{}: {}", status.code(), status.message())),
-        }
+impl From<Refused> for PeerError {
+    fn from(refused: Refused) -> Self {
+        PeerError::Refused(refused.0)
     }
 }
 
@@ -173,34 +165,48 @@ impl Link {
         patience: Duration,
         mut call: impl AsyncFnMut(&mut GossipClient<Channel>) -> Result<T, Failure>,
     ) -> Result<Option<T>, PeerError> {
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(50);
+        let policy = Retry {
+            first_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+            give_up_after: patience,
+            clock: GiveUpClock::Start,
+        };
         let mut said = String::new();
-        loop {
-            let attempt = async {
-                let client = self.client().await?;
-                call(client).await
-            };
-            let reason = match tokio::time::timeout(patience * 10, attempt).await {
-                Ok(Ok(value)) => return Ok(Some(value)),
-                Ok(Err(Failure::Refused(reason))) => {
-                    return Err(PeerError::Refused(format!("'{}': {reason}", self.name)));
+        let ended = supervise(
+            &policy,
+            self,
+            async |link: &mut Link, _| {
+                let attempt = async {
+                    let client = link.client().await?;
+                    call(client).await
+                };
+                let reason = match tokio::time::timeout(patience * 10, attempt).await {
+                    Ok(Err(Failure::Retry(reason))) => reason,
+                    Ok(done) => return done,
+                    Err(_) => format!("'{}' did not answer in {:?}", link.name, patience * 10),
+                };
+                link.client = None;
+                Err(Failure::Retry(reason))
+            },
+            |link, reason, _| {
+                // Each new reason once (a refused certificate, then a closed port...).
+                if reason != said {
+                    tracing::warn!(peer = %link.name, %reason, "retrying");
+                    said = reason.to_string();
                 }
-                Ok(Err(Failure::Retry(reason))) => reason,
-                Err(_) => format!("'{}' did not answer in {:?}", self.name, patience * 10),
-            };
-            self.client = None;
-            if started.elapsed() > patience {
+            },
+        )
+        .await;
+        match ended {
+            Ok(value) => Ok(Some(value)),
+            Err(Stopped::Fatal(PeerError::Refused(reason))) => {
+                Err(PeerError::Refused(format!("'{}': {reason}", self.name)))
+            }
+            Err(Stopped::Fatal(e)) => Err(e),
+            Err(Stopped::GaveUp { reason, .. }) => {
                 tracing::warn!(peer = %self.name, %reason, "unreachable");
-                return Ok(None);
+                Ok(None)
             }
-            // Each new reason once (a refused certificate, then a closed port...).
-            if reason != said {
-                tracing::warn!(peer = %self.name, %reason, "retrying");
-                said = reason;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
         }
     }
 }
@@ -619,9 +625,9 @@ async fn fetch(
         }
         let model = assembler.finish().map_err(|e| malformed(e.to_string()))?;
         if model.values().any(|v| !v.is_finite()) {
-            return Err(Failure::Refused(format!(
+            return Err(Failure::Fatal(PeerError::Refused(format!(
                 "round {round} step {step}: the model holds non-finite values"
-            )));
+            ))));
         }
         Ok((model, header.degree as usize, bytes))
     })

@@ -1,4 +1,4 @@
-//! Reaching a federation: the endpoint (with mutual TLS), joining, and how a failure is classified.
+//! Reaching a federation: its endpoint (with mutual TLS), joining it, still trusting it.
 
 use std::time::Duration;
 
@@ -6,8 +6,8 @@ use tessera_proto::pb;
 use tessera_proto::pb::federation_client::FederationClient;
 use tessera_proto::{CAPABILITIES, MAJOR, MINOR};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
 
+use super::Failure;
 use crate::ParticipantError;
 
 /// Connects to the federation at `url` (through `endpoint`) and joins it as
@@ -128,28 +128,6 @@ pub fn endpoint(
         endpoint,
         tls: connector,
     })
-}
-
-/// A failure inside a session: retry (network) or stop (refusal).
-pub enum Failure {
-    /// Try again after a pause (network, coordinator restarting).
-    Retry(String),
-    /// Stop (refused, unusable data or settings).
-    Fatal(ParticipantError),
-}
-
-impl From<Status> for Failure {
-    fn from(status: Status) -> Self {
-        match status.code() {
-            Code::InvalidArgument
-            | Code::PermissionDenied
-            | Code::FailedPrecondition
-            | Code::Unauthenticated => {
-                Failure::Fatal(ParticipantError::Refused(status.message().to_string()))
-            }
-            _ => Failure::Retry(format!("{}: {}", status.code(), status.message())),
-        }
-    }
 }
 
 /// An error with its causes, on one line.
