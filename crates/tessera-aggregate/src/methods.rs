@@ -10,6 +10,8 @@ mod feddyn_local;
 mod fedprox_local;
 mod scaffold;
 mod scaffold_local;
+#[cfg(test)]
+mod testing;
 
 use std::fmt;
 use std::sync::Arc;

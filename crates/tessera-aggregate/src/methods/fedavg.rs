@@ -226,33 +226,7 @@ fn sign(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_core::Tensor;
-
-    fn set(values: &[f32]) -> ParameterSet {
-        let mut p = ParameterSet::new();
-        p.push(
-            "w",
-            Tensor::new(vec![values.len()], values.to_vec()).unwrap(),
-        )
-        .unwrap();
-        p
-    }
-
-    fn round(delta: &[f32]) -> RoundAggregate {
-        RoundAggregate {
-            mean_delta: set(delta),
-            aux_step: None,
-            n_updates: 1,
-            n_participants: 1,
-            n_examples: 1,
-            weight_sum: 1.0,
-            mean_train_loss: 0.0,
-        }
-    }
-
-    fn values(p: &ParameterSet) -> Vec<f32> {
-        p.values().collect()
-    }
+    use crate::methods::testing::{round, set, values};
 
     #[test]
     fn fedavgm_accumulates_velocity() {

@@ -82,29 +82,7 @@ impl Strategy for FedDyn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_core::Tensor;
-
-    fn set(values: &[f32]) -> ParameterSet {
-        let mut p = ParameterSet::new();
-        p.push(
-            "w",
-            Tensor::new(vec![values.len()], values.to_vec()).unwrap(),
-        )
-        .unwrap();
-        p
-    }
-
-    fn round(delta: &[f32], n_updates: u64, n_participants: u64) -> RoundAggregate {
-        RoundAggregate {
-            mean_delta: set(delta),
-            aux_step: None,
-            n_updates,
-            n_participants,
-            n_examples: 10,
-            weight_sum: n_updates as f64,
-            mean_train_loss: 0.0,
-        }
-    }
+    use crate::methods::testing::{round_of as round, set};
 
     #[test]
     fn the_server_step_matches_the_paper_by_hand() {

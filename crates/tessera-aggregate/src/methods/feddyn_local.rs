@@ -95,17 +95,8 @@ impl LocalAlgorithm for FedDynLocal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_core::{FitStats, Tensor};
-
-    fn set(values: &[f32]) -> ParameterSet {
-        let mut p = ParameterSet::new();
-        p.push(
-            "w",
-            Tensor::new(vec![values.len()], values.to_vec()).unwrap(),
-        )
-        .unwrap();
-        p
-    }
+    use crate::methods::testing::set;
+    use tessera_core::FitStats;
 
     #[test]
     fn the_term_and_the_state_move_as_the_paper_says() {

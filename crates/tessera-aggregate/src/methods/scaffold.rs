@@ -86,38 +86,12 @@ impl Strategy for Scaffold {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_core::Tensor;
-
-    fn set(values: &[f32]) -> ParameterSet {
-        let mut p = ParameterSet::new();
-        p.push(
-            "w",
-            Tensor::new(vec![values.len()], values.to_vec()).unwrap(),
-        )
-        .unwrap();
-        p
-    }
-
-    fn values(p: &ParameterSet) -> Vec<f32> {
-        p.values().collect()
-    }
+    use crate::methods::testing::{round, set, values};
 
     fn control(s: &Scaffold, global: &ParameterSet) -> ParameterSet {
         match s.configure_fit(global, &ParticipantId::new("a")) {
             Instructions::Scaffold { server_control } => server_control.as_ref().clone(),
             other => panic!("{other:?}"),
-        }
-    }
-
-    fn round(delta: &[f32]) -> RoundAggregate {
-        RoundAggregate {
-            mean_delta: set(delta),
-            aux_step: None,
-            n_updates: 1,
-            n_participants: 1,
-            n_examples: 1,
-            weight_sum: 1.0,
-            mean_train_loss: 0.0,
         }
     }
 
