@@ -121,6 +121,16 @@ impl BufferedEngine {
         Ok(engine)
     }
 
+    /// What the strategy tells `id` to add to local training from the
+    /// current model (FedProx's pull; strategies with state at the sites are
+    /// refused in asynchronous runs).
+    pub fn instructions_for(
+        &self,
+        id: &tessera_core::ParticipantId,
+    ) -> tessera_aggregate::Instructions {
+        self.strategy.configure_fit(&self.global, id)
+    }
+
     /// The current model and its version.
     pub fn current(&self) -> (Arc<ParameterSet>, u32) {
         (Arc::clone(&self.global), self.version)

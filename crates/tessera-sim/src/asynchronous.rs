@@ -23,6 +23,8 @@ struct Attempt {
     params: Arc<ParameterSet>,
     attempt: u32,
     dropout: bool,
+    /// What the strategy told the site with the model (FedProx's pull).
+    instructions: Instructions,
 }
 
 /// Participants train whenever they are free, on the model they last
@@ -83,6 +85,7 @@ pub(crate) fn run_async(
             params,
             attempt,
             dropout,
+            instructions: engine.instructions_for(&ids[site]),
         });
         queue.push(Reverse((at, site)));
     };
@@ -127,7 +130,7 @@ pub(crate) fn run_async(
         let task = FitTask {
             round: attempt.attempt,
             global: attempt.params,
-            instructions: Instructions::Plain,
+            instructions: attempt.instructions,
             deadline: None,
         };
         let update = lock(&sites[site]).fit(&task, &data.sites[site].train);

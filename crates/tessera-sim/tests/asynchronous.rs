@@ -58,3 +58,41 @@ fn async_reaches_the_target_three_times_sooner() {
         0
     );
 }
+
+/// Asynchronous FedProx sends its proximal weight with each task (it was
+/// dropped before, which made async FedProx plain FedAvg): with a pull of
+/// mu = 2 the model moves less from where it started than with mu = 0, on
+/// the same data, clock and server rate.
+#[test]
+fn asynchronous_fedprox_pulls_updates_toward_the_model_they_started_from() {
+    let (plan, data) = common::synthetic_10class("synthetic-async.toml");
+    let mut plan = plan.clone();
+    plan.federation.mode = Mode::Async;
+    plan.federation.rounds = 40;
+    let options = SimOptions {
+        attack: None,
+        baselines: false,
+        target_accuracy: None,
+    };
+    let initial = tessera_sim::initial_model(&plan, &data).unwrap();
+    let moved = |mu: f32| {
+        let run = plan
+            .with_settings(&[
+                "federation.strategy=\"fedprox\"".to_string(),
+                format!("strategies.fedprox.mu={mu:?}"),
+            ])
+            .unwrap();
+        let result = simulate(&run, &data, &options, &mut |_| {}).unwrap();
+        result
+            .final_parameters
+            .sub(initial.parameters())
+            .unwrap()
+            .l2_norm()
+    };
+    let (free, pulled) = (moved(0.0), moved(2.0));
+    eprintln!("moved from the initial model: mu 0 {free:.4}, mu 2 {pulled:.4}");
+    assert!(
+        pulled < 0.8 * free,
+        "mu 2 moved {pulled}, mu 0 moved {free}"
+    );
+}

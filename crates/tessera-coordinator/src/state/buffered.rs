@@ -42,10 +42,13 @@ impl Federation {
         if buffered.is_finished() {
             return TaskView::Wait;
         }
+        let instructions = buffered.instructions_for(&ParticipantId::new(site));
+        let mut header = header(pb::TaskKind::Fit);
+        tessera_proto::convert::instructions_to_pb(&instructions, &mut header);
         TaskView::Fit {
-            header: header(pb::TaskKind::Fit),
+            header,
             global,
-            tensors: None,
+            tensors: instructions.tensors().cloned(),
             model: ModelPart::Whole,
         }
     }
