@@ -734,9 +734,19 @@ impl Federation {
         metrics::gauge!(names::JOINED).set(self.joined.len() as f64);
         for _ in 0..8 {
             let before = self.version;
-            if let Err(e) = self.step() {
-                tracing::error!(%e, "cannot advance the federation");
-                return;
+            match self.step() {
+                Ok(()) => {}
+                // A transition the engine made in memory (a round opened or
+                // closed) that the database did not record: nothing more may
+                // be acknowledged; a restart resumes from the database.
+                Err(CoordinatorError::Store(e)) => {
+                    let _ = self.fail("cannot record the run's progress", e);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(%e, "cannot advance the federation");
+                    return;
+                }
             }
             if self.version == before {
                 return;

@@ -313,3 +313,34 @@ async fn calls_run_in_order_on_the_federations_own_thread() {
     let after = shared.call(|f| f.version()).await;
     assert!(after.is_ok(), "the next call is served");
 }
+
+/// A round the database cannot close (its aggregate's row fails) after the
+/// engine closed it in memory: fatal too, not a log line while the run goes
+/// on with memory and database apart.
+#[test]
+fn a_round_the_database_cannot_close_stops_the_coordinator() {
+    let plan = plan("");
+    let db = Db::new();
+    let mut f = db.open(&plan);
+    agree(&mut f);
+    let updates: Vec<(u32, Update)> = (0..4).map(|i| train(&mut f, i)).collect();
+    for (i, (round, update)) in updates.iter().enumerate().take(3) {
+        f.submit_update(&SITES[i].name, *round, update).unwrap();
+    }
+    let cause = "injected: the round is lost";
+    db.break_table("round_aggregates", cause);
+    let (round, update) = &updates[3];
+    // The last update is stored; closing the round it completes fails.
+    let _ = f.submit_update(&SITES[3].name, *round, update);
+    assert!(
+        f.fatal().is_some_and(|r| r.contains(cause)),
+        "fatal: {:?}",
+        f.fatal()
+    );
+    assert_stopping("a heartbeat", f.heartbeat(&SITES[0].name, *round), cause);
+    assert_stopping(
+        "a task",
+        f.task_for(&SITES[0].name, None).map(|_| ()),
+        cause,
+    );
+}
