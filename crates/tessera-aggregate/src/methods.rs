@@ -77,11 +77,6 @@ impl Instructions {
         }
     }
 
-    /// Whether `other` is handled by the same local algorithm (and state).
-    pub fn same_kind(&self, other: &Instructions) -> bool {
-        std::mem::discriminant(self) == std::mem::discriminant(other)
-    }
-
     /// The tensors the instructions carry (SCAFFOLD's `c`), if any.
     pub fn tensors(&self) -> Option<&Arc<ParameterSet>> {
         match self {

@@ -1,5 +1,7 @@
 //! The participant's side of a round.
 
+use std::mem::Discriminant;
+
 use tessera_aggregate::{Instructions, LocalAlgorithm, LocalOutcome};
 use tessera_compress::{Codec, ErrorFeedback};
 use tessera_core::{ParameterSet, ParticipantId, SeededRng, Update, tag};
@@ -31,10 +33,8 @@ pub struct Site {
     training: TrainingConfig,
     seed: u64,
     /// The strategy's local part and its state (SCAFFOLD's control
-    /// variate), made from the first instructions of its kind.
-    local: Option<Box<dyn LocalAlgorithm>>,
-    /// The kind of instructions `local` was made for.
-    local_kind: Instructions,
+    /// variate), with the kind of instructions it was made for.
+    local: Option<(Discriminant<Instructions>, Box<dyn LocalAlgorithm>)>,
     /// Local DP-SGD: the plan's settings, the run's rounds, the secret key
     /// of the noise and of the batch sampling.
     local_dp: Option<(PrivacyConfig, u32, [u8; 32])>,
@@ -69,7 +69,6 @@ impl Site {
             training,
             seed,
             local: None,
-            local_kind: Instructions::Plain,
             local_dp: None,
             dp_trainings: 0,
             last_event: None,
@@ -237,12 +236,10 @@ impl Site {
         self.last_event = event;
         let mut rng = self.fit_rng(stream);
         let instructions = &task.instructions;
+        let kind = std::mem::discriminant(instructions);
         let local = match &mut self.local {
-            Some(local) if self.local_kind.same_kind(instructions) => local,
-            slot => {
-                self.local_kind = instructions.clone();
-                slot.insert(instructions.local_algorithm())
-            }
+            Some((made_for, local)) if *made_for == kind => local,
+            slot => &mut slot.insert((kind, instructions.local_algorithm())).1,
         };
         let term = local.begin(instructions, global)?;
         let plan = LocalPlan {
@@ -287,7 +284,7 @@ impl Site {
     /// in a completed round moves its local part's state (SCAFFOLD keeps the
     /// server's `c` equal to the mean of the sites' `c_i`).
     pub fn round_closed(&mut self, update_counted: bool) {
-        if let Some(local) = self.local.as_mut() {
+        if let Some((_, local)) = self.local.as_mut() {
             local.round_closed(update_counted);
         }
     }

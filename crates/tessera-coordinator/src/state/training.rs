@@ -135,7 +135,8 @@ impl Federation {
         (Arc::clone(down.held()), part)
     }
 
-    /// The layout updates must have, and whether they carry control deltas.
+    /// The layout updates must have, and whether they carry the strategy's
+    /// auxiliary sum.
     pub fn update_layout(&self) -> Option<(Arc<ParameterSet>, bool)> {
         if let Some(buffered) = &self.buffered {
             return Some((buffered.current().0, false));
