@@ -26,20 +26,22 @@ fn heart(federation: &str) -> (Plan, String) {
     (Plan::from_toml(&text, "virtual").unwrap(), text)
 }
 
-/// A federation on a manual clock, agreed, with round 1 open at the
-/// run's time 0 (the clock starts at the run's creation, give or take the
-/// microseconds `until` absorbs).
-fn started(db: &Db, plan: &(Plan, String)) -> (Federation, ManualClock) {
+/// A federation on a manual clock, agreed, with round 1 open, and the run's
+/// time then: every site was last heard and the round opened at that time
+/// (the clock does not move by itself), whatever wall time the set-up took.
+fn started(db: &Db, plan: &(Plan, String)) -> (Federation, ManualClock, Duration) {
     let f = db.open_with(plan, LIVENESS);
     let clock = ManualClock::starting_now();
     let mut f = f.with_clock(Arc::new(clock.clone()));
     agree(&mut f);
-    (f, clock)
+    let opened = Duration::from_micros(f.now().0);
+    (f, clock, opened)
 }
 
-/// Moves `clock` until the run's time is `at`.
-fn until(f: &Federation, clock: &ManualClock, at: Duration) {
+/// Moves `clock` until `after` has passed since `opened`.
+fn until(f: &Federation, clock: &ManualClock, opened: Duration, after: Duration) {
     let now = Duration::from_micros(f.now().0);
+    let at = opened + after;
     assert!(now <= at, "the run is at {now:?}, past {at:?}");
     clock.advance(at - now);
 }
@@ -59,14 +61,14 @@ fn kind(f: &mut Federation, site: usize) -> &'static str {
 #[test]
 fn a_silent_site_is_dropped_after_the_liveness_period_and_the_round_goes_on() {
     let db = Db::new();
-    let (mut f, clock) = started(&db, &heart(""));
+    let (mut f, clock, opened) = started(&db, &heart(""));
     for i in 0..3 {
         let (round, update) = train(&mut f, i);
         f.submit_update(&SITES[i].name, round, &update).unwrap();
     }
-    // Site 3 was last heard when it agreed, at time 0.
+    // Site 3 was last heard when it agreed, as the round opened.
     for at in [Duration::from_secs(30), LIVENESS] {
-        until(&f, &clock, at);
+        until(&f, &clock, opened, at);
         for i in 0..3 {
             f.heartbeat(&SITES[i].name, 1).unwrap();
         }
@@ -78,7 +80,7 @@ fn a_silent_site_is_dropped_after_the_liveness_period_and_the_round_goes_on() {
         );
     }
     // One millisecond past the liveness period.
-    until(&f, &clock, LIVENESS + Duration::from_millis(1));
+    until(&f, &clock, opened, LIVENESS + Duration::from_millis(1));
     for i in 0..3 {
         f.heartbeat(&SITES[i].name, 1).unwrap();
     }
@@ -86,13 +88,13 @@ fn a_silent_site_is_dropped_after_the_liveness_period_and_the_round_goes_on() {
     assert_eq!(kind(&mut f, 0), "evaluate", "round 1 closed without site 3");
 }
 
-/// With a 20 s deadline, a round closes just after its deadline with
-/// whoever answered (two of four, the quorum), not at it, and an update for
-/// the closed round is no longer accepted.
+/// With a 20 s deadline, a round closes at its deadline with whoever
+/// answered (two of four, the quorum), not a millisecond before, and an
+/// update for the closed round is no longer accepted.
 #[test]
 fn a_round_closes_at_its_deadline_with_the_updates_it_has() {
     let db = Db::new();
-    let (mut f, clock) = started(&db, &heart("deadline_seconds = 20\nquorum = 2"));
+    let (mut f, clock, opened) = started(&db, &heart("deadline_seconds = 20\nquorum = 2"));
     let mut late = None;
     for i in 0..3 {
         let (round, update) = train(&mut f, i);
@@ -102,16 +104,12 @@ fn a_round_closes_at_its_deadline_with_the_updates_it_has() {
             late = Some((round, update));
         }
     }
-    until(&f, &clock, Duration::from_secs(20));
+    until(&f, &clock, opened, Duration::from_millis(19_999));
     f.advance();
-    assert_eq!(kind(&mut f, 0), "wait", "20 s: the round is open");
-    until(&f, &clock, Duration::from_millis(20_001));
+    assert_eq!(kind(&mut f, 0), "wait", "19.999 s: the round is open");
+    until(&f, &clock, opened, Duration::from_secs(20));
     f.advance();
-    assert_eq!(
-        kind(&mut f, 0),
-        "evaluate",
-        "20.001 s: closed at its deadline"
-    );
+    assert_eq!(kind(&mut f, 0), "evaluate", "20 s: closed at its deadline");
     let (round, update) = late.unwrap();
     assert!(
         f.submit_update(&SITES[2].name, round, &update).is_err(),
@@ -125,7 +123,7 @@ fn a_round_closes_at_its_deadline_with_the_updates_it_has() {
 #[test]
 fn heartbeats_keep_a_slow_site_in_the_round() {
     let db = Db::new();
-    let (mut f, clock) = started(&db, &heart(""));
+    let (mut f, clock, _) = started(&db, &heart(""));
     for i in 0..3 {
         let (round, update) = train(&mut f, i);
         f.submit_update(&SITES[i].name, round, &update).unwrap();
