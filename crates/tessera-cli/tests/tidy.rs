@@ -25,12 +25,13 @@ const LAYERS: &[(&str, u32)] = &[
     ("tessera-learn", 2),
     ("tessera-engine", 3),
     ("tessera-proto", 3),
-    ("tessera-sim", 4),
-    ("tessera-coordinator", 4),
+    ("tessera-orchestrator", 4),
     ("tessera-participant", 4),
+    ("tessera-sim", 5),
+    ("tessera-coordinator", 5),
     ("tessera-peer", 5),
-    ("tessera-aggregator", 5),
-    ("tessera-cli", 6),
+    ("tessera-aggregator", 6),
+    ("tessera-cli", 7),
 ];
 
 /// The pure crates: no clock, no sleeping, no sockets, no async runtime.
@@ -43,6 +44,7 @@ const PURE: &[&str] = &[
     "tessera-secagg",
     "tessera-compress",
     "tessera-engine",
+    "tessera-orchestrator",
 ];
 
 /// What a pure crate's code never names.
