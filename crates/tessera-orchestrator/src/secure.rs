@@ -404,6 +404,19 @@ impl SecureRound {
         })
     }
 
+    /// `site`'s id when `stage` is open and still waits for it; refused as
+    /// [`SecureRound::receive`] would otherwise (not in the cohort, or late).
+    pub fn awaits(&self, site: &str, stage: Stage) -> Result<u32, Refused> {
+        let id = self.member(site)?;
+        if self.stage != stage || !self.waiting.contains(&id) {
+            return Err(Refused::Late {
+                round: self.round,
+                stage: stage.number(),
+            });
+        }
+        Ok(id)
+    }
+
     /// `site`'s message for the current stage. Refused when `site` is not
     /// in the cohort, the message is for another stage or the stage no
     /// longer waits for `site` ([`Refused::Late`]), names another sender,
@@ -415,14 +428,8 @@ impl SecureRound {
         site: &str,
         message: Message,
     ) -> Result<Vec<SecureEffect>, Refused> {
-        let id = self.member(site)?;
         let stage = message.stage();
-        if self.stage != stage || !self.waiting.contains(&id) {
-            return Err(Refused::Late {
-                round: self.round,
-                stage: stage.number(),
-            });
-        }
+        let id = self.awaits(site, stage)?;
         if message.from() != id {
             return Err(Refused::WrongSender {
                 id,
