@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod effect;
+pub mod secure;
 
 pub use effect::{Audit, Effect};
 pub use tessera_core::Timestamp;
