@@ -332,7 +332,13 @@ impl Federation {
                 tracing::warn!(site = %stored.site, %rejection, "a stored update no longer counts");
             }
         }
-        for (round, _status, record, evaluated) in self.store.rounds(run)? {
+        for crate::store::RoundRow {
+            round,
+            record,
+            evaluated,
+            ..
+        } in self.store.rounds(run)?
+        {
             let record: RoundRecord = serde_json::from_str(&record)
                 .map_err(|e| StoreError::Damaged(format!("step {round}: {e}")))?;
             if evaluated {
