@@ -28,6 +28,9 @@ pub struct StatusArgs {
     /// Audit entries to show.
     #[arg(long, default_value_t = 10)]
     audit: usize,
+    /// Print the whole status as one JSON document (see `status_json`).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `tessera privacy`.
@@ -222,6 +225,11 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             .next()
             .with_context(|| format!("no runs in {}", args.db.display()))?,
     };
+    if args.json {
+        let document = crate::status_json::document(&store, &run)?;
+        println!("{}", serde_json::to_string_pretty(&document)?);
+        return Ok(());
+    }
     let rounds = store.rounds(&run.id)?;
     println!(
         "run {} ({}, {}, seed {}): {}",
