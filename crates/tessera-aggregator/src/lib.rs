@@ -21,7 +21,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_coordinator::{AgreementStep, CoordinatorError, Federation, Shared, SqliteStore};
+use tessera_coordinator::{
+    AgreementStep, CoordinatorError, Federation, Shared, SqliteStore, StoreError,
+};
 use tessera_engine::Plan;
 use tessera_engine::report::RunReport;
 use tessera_participant::ParticipantError;
@@ -99,6 +101,20 @@ impl State {
 
 fn fatal(e: impl std::fmt::Display) -> Failure {
     Failure::Fatal(ParticipantError::Local(e.to_string()))
+}
+
+/// A failure of the members' federation: its database failing for a while
+/// (busy, a disk briefly full) is retried, as a participant retries a
+/// coordinator's `Unavailable`; a damaged record or any other error stops
+/// the aggregator. (A failure after the engine counted something stops the
+/// federation itself, which `wait_for` reports as fatal.)
+fn failed(e: CoordinatorError) -> Failure {
+    match e {
+        CoordinatorError::Store(StoreError::Sqlite(e)) => {
+            Failure::Retry(format!("the members' database failed ({e}); trying again"))
+        }
+        e => fatal(e),
+    }
 }
 
 /// Runs the aggregator until its parent's run is over and its members were
@@ -275,7 +291,7 @@ impl Upstream<'_> {
                 return Err(fatal(format!("the members' federation stopped: {reason}")));
             }
             let value = self.shared.call(check.clone()).await;
-            if let Some(value) = value.map_err(|e| fatal(e.message()))?.map_err(fatal)? {
+            if let Some(value) = value.map_err(|e| fatal(e.message()))?.map_err(failed)? {
                 return Ok(Some(value));
             }
             let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
@@ -333,7 +349,7 @@ impl Upstream<'_> {
                 }
                 _ => return Err(Failure::Retry("agreement out of order".into())),
             };
-            settled.map_err(|e| fatal(e.message()))?.map_err(fatal)?;
+            settled.map_err(|e| fatal(e.message()))?.map_err(failed)?;
         }
         Ok(())
     }
@@ -486,5 +502,28 @@ impl Upstream<'_> {
             Err(status) => return Err(status.into()),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The members' database failing for a while is retried; a damaged
+    /// record, or any other failure, stops the aggregator.
+    #[test]
+    fn a_failing_database_is_retried_and_a_damaged_one_is_fatal() {
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            Some("database is locked".into()),
+        );
+        match failed(CoordinatorError::Store(StoreError::Sqlite(busy))) {
+            Failure::Retry(reason) => assert!(reason.contains("database is locked"), "{reason}"),
+            Failure::Fatal(e) => panic!("a busy database stopped the aggregator: {e}"),
+        }
+        let damaged = CoordinatorError::Store(StoreError::Damaged("round 3".into()));
+        assert!(matches!(failed(damaged), Failure::Fatal(_)));
+        let config = CoordinatorError::Config("another plan".into());
+        assert!(matches!(failed(config), Failure::Fatal(_)));
     }
 }
