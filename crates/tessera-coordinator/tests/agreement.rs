@@ -1,9 +1,9 @@
-//! A database that fails for a while during the data agreement (a disk
-//! briefly full, a lock held too long): each call that meets the failure is
-//! refused as unavailable, which a participant's supervisor retries, never
-//! as invalid, which it treats as final; the federation is not stopped;
-//! and once the database works again, the same offers sent again complete
-//! the agreement. The failure is a trigger another connection installs on
+//! A database that fails for a while during the data agreement or an
+//! evaluation (a disk briefly full, a lock held too long): each call that
+//! meets the failure is refused as unavailable, which a participant's
+//! supervisor retries, never as invalid, which it treats as final; the
+//! federation is not stopped; and once the database works again, the same
+//! offers (or evaluation) sent again complete it. The failure is a trigger another connection installs on
 //! one table (see `common::Db::break_table`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -120,4 +120,43 @@ fn a_database_failing_mid_agreement_is_unavailable_and_the_retries_complete_it()
     assert_eq!(f.run_id(), run);
     let (round, _) = train(&mut f, 0);
     assert_eq!(round, 1);
+}
+
+/// A site's evaluation the database cannot store: refused as unavailable
+/// (before, as invalid: the site gave it up), not fatal; sent again once
+/// the database works, it counts.
+#[test]
+fn an_evaluation_the_database_cannot_store_is_unavailable_and_retried() {
+    let plan = plan("");
+    let db = Db::new();
+    let mut f = db.open(&plan);
+    common::agree(&mut f);
+    let updates: Vec<_> = (0..SITES.len()).map(|i| train(&mut f, i)).collect();
+    for (site, (round, update)) in SITES.iter().zip(&updates) {
+        f.submit_update(&site.name, *round, update).unwrap();
+    }
+    f.advance();
+    let round = updates[0].0;
+    let report = |site: &str| tessera_proto::pb::EvaluationReport {
+        site: site.to_string(),
+        round,
+        n_examples: 10,
+        loss_sum: 5.0,
+        n_correct: 5,
+        auc: None,
+        histogram: Vec::new(),
+    };
+    let first = SITES[0].name.as_str();
+    db.break_table("evaluations", "injected: the disk is full");
+    assert_unavailable(
+        "an evaluation",
+        f.submit_evaluation(first, &report(first)),
+        "injected: the disk is full",
+    );
+    assert_eq!(f.fatal(), None);
+    let run = f.run_id().to_string();
+    assert!(f.store().evaluations(&run, round).unwrap().is_empty());
+    db.mend_table("evaluations");
+    f.submit_evaluation(first, &report(first)).unwrap();
+    assert_eq!(f.store().evaluations(&run, round).unwrap().len(), 1);
 }
