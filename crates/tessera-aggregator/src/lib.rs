@@ -21,7 +21,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_coordinator::{CoordinatorError, Federation, Shared, Store};
+use tessera_coordinator::{
+    AgreementStep, CoordinatorError, Federation, Shared, SqliteStore, StoreError,
+};
 use tessera_engine::Plan;
 use tessera_engine::report::RunReport;
 use tessera_participant::ParticipantError;
@@ -87,14 +89,32 @@ struct State {
 
 impl State {
     /// Why the members' federation stopped on a fatal database failure, if it did.
-    fn fatal(&self) -> Option<String> {
+    async fn fatal(&self) -> Option<String> {
         let (shared, _) = self.shared.as_ref()?;
-        shared.with(|f| f.fatal().map(str::to_string))
+        shared
+            .call(|f| f.fatal().map(str::to_string))
+            .await
+            .ok()
+            .flatten()
     }
 }
 
 fn fatal(e: impl std::fmt::Display) -> Failure {
     Failure::Fatal(ParticipantError::Local(e.to_string()))
+}
+
+/// A failure of the members' federation: its database failing for a while
+/// (busy, a disk briefly full) is retried, as a participant retries a
+/// coordinator's `Unavailable`; a damaged record or any other error stops
+/// the aggregator. (A failure after the engine counted something stops the
+/// federation itself, which `wait_for` reports as fatal.)
+fn failed(e: CoordinatorError) -> Failure {
+    match e {
+        CoordinatorError::Store(StoreError::Sqlite(e)) => {
+            Failure::Retry(format!("the members' database failed ({e}); trying again"))
+        }
+        e => fatal(e),
+    }
 }
 
 /// Runs the aggregator until its parent's run is over and its members were
@@ -129,11 +149,14 @@ pub async fn run(
             match session(&config, &endpoint, state, progress).await {
                 // The members' server stopped (it failed, or is stopping on
                 // a fatal failure): its error is the one to report.
-                Err(Failure::Retry(_))
-                    if state.server.as_ref().is_some_and(|s| s.is_finished())
-                        || state.fatal().is_some() =>
-                {
-                    Ok(())
+                Err(Failure::Retry(reason)) => {
+                    let stopped = state.server.as_ref().is_some_and(|s| s.is_finished())
+                        || state.fatal().await.is_some();
+                    if stopped {
+                        Ok(())
+                    } else {
+                        Err(Failure::Retry(reason))
+                    }
                 }
                 other => other,
             }
@@ -145,7 +168,7 @@ pub async fn run(
         Ok(()) => {}
         Err(Stopped::Fatal(e)) => {
             // The members' database failed: that is the error to report.
-            if let Some(reason) = state.fatal() {
+            if let Some(reason) = state.fatal().await {
                 return Err(CoordinatorError::Fatal(reason).into());
             }
             return Err(e.into());
@@ -168,7 +191,7 @@ pub async fn run(
 
 /// Opens the federation below this aggregator with the parent's plan and
 /// starts serving the members.
-fn start(
+async fn start(
     config: &AggregatorConfig,
     state: &mut State,
     welcome: &pb::Welcome,
@@ -177,17 +200,19 @@ fn start(
         return Ok(shared.clone());
     }
     let plan = Plan::from_toml(&welcome.plan_toml, "the parent's plan").map_err(fatal)?;
-    let store = Store::open(&config.db).map_err(fatal)?;
-    let federation = Federation::open_node(
-        plan.clone(),
-        &welcome.plan_toml,
-        store,
-        config.liveness,
-        Some(&config.name),
-    )
-    .map_err(fatal)?;
-    tracing::info!(run = federation.run_id(), aggregator = %config.name, "aggregator ready");
-    let shared = Shared::new(federation);
+    let (opened, text) = (plan.clone(), welcome.plan_toml.clone());
+    let (db, liveness, name) = (config.db.clone(), config.liveness, config.name.clone());
+    // Opening reads the database and replays the run: on the federation's
+    // own thread, not the async runtime's.
+    let shared = Shared::open(move || {
+        let store = SqliteStore::open(&db).map_err(fatal)?;
+        let federation =
+            Federation::open_node(opened, &text, Box::new(store), liveness, Some(&name))
+                .map_err(fatal)?;
+        tracing::info!(run = federation.run_id(), aggregator = %name, "aggregator ready");
+        Ok::<_, Failure>(federation)
+    })
+    .await?;
     let Some(listener) = state.listener.take() else {
         return Err(fatal("the members' listener is gone"));
     };
@@ -212,7 +237,7 @@ async fn session(
 ) -> Result<(), Failure> {
     let (mut parent, welcome) = client::join(endpoint, &config.upstream, &config.name).await?;
     progress.made();
-    let (shared, plan) = start(config, state, &welcome)?;
+    let (shared, plan) = start(config, state, &welcome).await?;
     let beat = client::heartbeat_interval(&welcome);
     let mut up = Upstream {
         name: &config.name,
@@ -266,7 +291,7 @@ impl Upstream<'_> {
                 return Err(fatal(format!("the members' federation stopped: {reason}")));
             }
             let value = self.shared.call(check.clone()).await;
-            if let Some(value) = value.map_err(|e| fatal(e.message()))?.map_err(fatal)? {
+            if let Some(value) = value.map_err(|e| fatal(e.message()))?.map_err(failed)? {
                 return Ok(Some(value));
             }
             let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
@@ -292,8 +317,8 @@ impl Upstream<'_> {
         let data = &self.plan.data;
         let federation_scale = data.standardize.enabled
             && data.standardize.scope == tessera_data::ScaleScope::Federation;
-        for step in [1u32, 2, 3] {
-            if step == 3 && !federation_scale {
+        for step in AgreementStep::ALL {
+            if step == AgreementStep::Statistics && !federation_scale {
                 continue;
             }
             let offer = self
@@ -306,25 +331,25 @@ impl Upstream<'_> {
                 .await?
                 .flatten();
             let Some(offer) = offer else { continue };
-            tracing::info!(step, "members' offers merged; offering them to the parent");
+            tracing::info!(%step, "members' offers merged; offering them to the parent");
             let reply = client::agree(self.parent, self.name, offer).await?;
             let settled = match (step, reply) {
-                (1, agree_reply::Result::Kinds(k)) => {
+                (AgreementStep::Kinds, agree_reply::Result::Kinds(k)) => {
                     let kinds = convert::kinds_from_pb(k).map_err(fatal)?;
                     self.shared.call(move |f| f.settle_kinds(kinds)).await
                 }
-                (2, agree_reply::Result::Agreement(a)) => {
+                (AgreementStep::Levels, agree_reply::Result::Agreement(a)) => {
                     let agreement = convert::agreement_from_pb(a).map_err(fatal)?;
                     self.shared
                         .call(move |f| f.settle_agreement(agreement))
                         .await
                 }
-                (3, agree_reply::Result::Statistics(s)) => {
+                (AgreementStep::Statistics, agree_reply::Result::Statistics(s)) => {
                     self.shared.call(move |f| f.settle_statistics(s)).await
                 }
                 _ => return Err(Failure::Retry("agreement out of order".into())),
             };
-            settled.map_err(|e| fatal(e.message()))?.map_err(fatal)?;
+            settled.map_err(|e| fatal(e.message()))?.map_err(failed)?;
         }
         Ok(())
     }
@@ -347,7 +372,11 @@ impl Upstream<'_> {
             let header = match first.part {
                 Some(task::Part::Finished(f)) => {
                     tracing::info!(reason = %f.reason, "the parent's run is over");
-                    self.shared.with(Federation::relay_finish).map_err(fatal)?;
+                    self.shared
+                        .call(Federation::relay_finish)
+                        .await
+                        .map_err(|e| fatal(e.message()))?
+                        .map_err(fatal)?;
                     return Ok(());
                 }
                 Some(task::Part::Header(h)) => h,
@@ -473,5 +502,28 @@ impl Upstream<'_> {
             Err(status) => return Err(status.into()),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The members' database failing for a while is retried; a damaged
+    /// record, or any other failure, stops the aggregator.
+    #[test]
+    fn a_failing_database_is_retried_and_a_damaged_one_is_fatal() {
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            Some("database is locked".into()),
+        );
+        match failed(CoordinatorError::Store(StoreError::Sqlite(busy))) {
+            Failure::Retry(reason) => assert!(reason.contains("database is locked"), "{reason}"),
+            Failure::Fatal(e) => panic!("a busy database stopped the aggregator: {e}"),
+        }
+        let damaged = CoordinatorError::Store(StoreError::Damaged("round 3".into()));
+        assert!(matches!(failed(damaged), Failure::Fatal(_)));
+        let config = CoordinatorError::Config("another plan".into());
+        assert!(matches!(failed(config), Failure::Fatal(_)));
     }
 }

@@ -10,6 +10,7 @@ mod ops;
 mod paths;
 mod plot;
 mod simulate;
+mod status_json;
 mod synth;
 mod transfer;
 

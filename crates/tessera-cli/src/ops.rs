@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use tessera_coordinator::Store;
+use tessera_coordinator::store::{OpenRoundRow, RoundRow};
+use tessera_coordinator::{RunStore, SqliteStore};
 use tessera_engine::report::RoundRecord;
 
 /// Arguments of `tessera runs`.
@@ -27,6 +28,9 @@ pub struct StatusArgs {
     /// Audit entries to show.
     #[arg(long, default_value_t = 10)]
     audit: usize,
+    /// Print the whole status as one JSON document (see `status_json`).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `tessera privacy`.
@@ -40,8 +44,8 @@ pub struct PrivacyArgs {
     run: Option<String>,
 }
 
-fn open(db: &std::path::Path) -> anyhow::Result<Store> {
-    Ok(Store::open_existing(db)?)
+fn open(db: &std::path::Path) -> anyhow::Result<SqliteStore> {
+    Ok(SqliteStore::open_existing(db)?)
 }
 
 /// Prints each run's privacy ledger: every release, its DP event, and the
@@ -70,7 +74,7 @@ pub fn privacy(args: &PrivacyArgs) -> anyhow::Result<()> {
             // The metrics' releases are in the rounds' records.
             let mut released = 0usize;
             let mut spent = 0.0f64;
-            for (_, _, record, _) in store.rounds(&run.id)? {
+            for RoundRow { record, .. } in store.rounds(&run.id)? {
                 let record: tessera_engine::report::RoundRecord = serde_json::from_str(&record)
                     .with_context(|| format!("run {}: a damaged round record", run.id))?;
                 if let Some(e) = record.metrics_epsilon {
@@ -221,20 +225,31 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             .next()
             .with_context(|| format!("no runs in {}", args.db.display()))?,
     };
+    if args.json {
+        let document = crate::status_json::document(&store, &run)?;
+        println!("{}", serde_json::to_string_pretty(&document)?);
+        return Ok(());
+    }
     let rounds = store.rounds(&run.id)?;
     println!(
         "run {} ({}, {}, seed {}): {}",
         run.id, run.name, run.strategy, run.seed, run.status
     );
     println!("rounds closed: {} of {}", rounds.len(), run.rounds);
-    if let Some((round, cohort, _)) = store.open_round_of(&run.id)? {
+    if let Some(OpenRoundRow { round, cohort, .. }) = store.open_round_of(&run.id)? {
         let accepted = store.updates(&run.id, round)?.len();
         println!(
             "round {round} open: {accepted} of {} updates accepted",
             cohort.len()
         );
     }
-    if let Some((round, _, record, evaluated)) = rounds.last() {
+    if let Some(RoundRow {
+        round,
+        record,
+        evaluated,
+        ..
+    }) = rounds.last()
+    {
         let record: RoundRecord = serde_json::from_str(record).context("a damaged round record")?;
         if *evaluated {
             println!(

@@ -15,6 +15,7 @@ use util::Scratch;
 use util::procs::{
     Proc, aggregator, coordinator, free_port, participant_with, query_i64, wait_until,
 };
+use util::status::{poll, status_of};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
@@ -150,11 +151,11 @@ fn a_regional_aggregator_killed_mid_round_resumes_and_the_run_equals_simulation(
         None,
     ));
     wait_until(LIMIT, "east's round 3 with two accepted updates", || {
-        query_i64(&east_db, "SELECT COUNT(*) FROM updates WHERE round = 3") == 2
+        poll(&east_db, |s| s.pending_updates_of(3)) == 2
     });
     east.kill_9();
     assert_eq!(
-        query_i64(&east_db, "SELECT COUNT(*) FROM updates WHERE round = 3"),
+        status_of(&east_db).pending_updates_of(3),
         2,
         "the accepted updates of the open round are in east's database"
     );
@@ -184,20 +185,11 @@ fn a_regional_aggregator_killed_mid_round_resumes_and_the_run_equals_simulation(
     // Each region's update counted once per round at the root.
     let root_db = s.path("root.sqlite");
     for region in ["east", "west"] {
-        let accepted = query_i64(
-            &root_db,
-            &format!(
-                "SELECT COUNT(*) FROM audit WHERE site = '{region}' AND action = 'update' AND outcome = 'accepted'"
-            ),
-        );
+        let accepted = status_of(&root_db).accepted_updates_of(region);
         assert_eq!(accepted, 6, "{region}");
     }
     // Every site's update once per round in its region, across the restart.
-    let duplicates = query_i64(
-        &east_db,
-        "SELECT COUNT(*) FROM (SELECT site, detail, COUNT(*) AS n FROM audit
-         WHERE action = 'update' AND outcome = 'accepted' GROUP BY site, detail HAVING n > 1)",
-    );
+    let duplicates = status_of(&east_db).duplicate_accepted_updates();
     assert_eq!(duplicates, 0);
     // The root saw two members and their pooled evaluations: its accuracy
     // is the simulation's over all six sites' rows.
@@ -275,13 +267,13 @@ members = [\"east\", \"west\"]
     finish(&mut members);
     assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
     // The root took one update a round: the continent's.
-    assert_eq!(
-        query_i64(
-            &s.path("root.sqlite"),
-            "SELECT COUNT(DISTINCT site) FROM audit WHERE action = 'update' AND outcome = 'accepted'"
-        ),
-        1
-    );
+    let accepted_from: std::collections::BTreeSet<String> = status_of(&s.path("root.sqlite"))
+        .audit()
+        .into_iter()
+        .filter(|a| a.action == "update" && a.outcome == "accepted")
+        .map(|a| a.site)
+        .collect();
+    assert_eq!(accepted_from.len(), 1, "{accepted_from:?}");
 }
 
 #[test]
@@ -363,10 +355,8 @@ fn central_dp_runs_at_the_regional_aggregators_with_their_own_keys_and_ledgers()
     let regions = run.regions;
     // The root sees noised regional sums only: no ledger of its own; and no
     // database keeps a noise key (each region's is in its memory only).
-    assert_eq!(
-        query_i64(&root_db, "SELECT COUNT(*) FROM privacy_ledger"),
-        0
-    );
+    assert_eq!(status_of(&root_db).ledger().len(), 0);
+    // (The file itself is checked for a key table: not something status shows.)
     let secrets = "SELECT COUNT(*) FROM sqlite_master WHERE name = 'run_secrets'";
     assert_eq!(query_i64(&root_db, secrets), 0);
     let sim_epsilon = sim["privacy"]["epsilon"].as_f64().unwrap();
@@ -374,11 +364,7 @@ fn central_dp_runs_at_the_regional_aggregators_with_their_own_keys_and_ledgers()
         // Each region drew its own noise key, kept it out of its database,
         // and recorded each round's release.
         assert_eq!(query_i64(db, secrets), 0, "{name}");
-        assert_eq!(
-            query_i64(db, "SELECT COUNT(*) FROM privacy_ledger"),
-            6,
-            "{name}"
-        );
+        assert_eq!(status_of(db).ledger().len(), 6, "{name}");
         let report = s.json(&format!("{name}.json"));
         let epsilon = report["privacy"]["epsilon"].as_f64().unwrap();
         assert!(
@@ -424,16 +410,14 @@ fn secure_aggregation_at_every_level_equals_simulation_bit_for_bit() {
     // Each region saw only its sites' sums and the root only the regions'
     // sums: one protocol run a round at each, no update stored anywhere.
     for db in run.regions.iter().map(|(_, db)| db).chain([&root_db]) {
+        let status = status_of(db);
         assert_eq!(
-            query_i64(
-                db,
-                "SELECT COUNT(*) FROM audit WHERE action = 'secure-aggregation' AND outcome = 'completed'"
-            ),
+            status.audited("secure-aggregation", "completed"),
             6,
             "{}",
             db.display()
         );
-        assert_eq!(query_i64(db, "SELECT COUNT(*) FROM updates"), 0);
+        assert_eq!(status.pending_updates(), 0);
     }
     // Two regions cannot mask toward the root (each would learn the other's
     // update from the sum): refused with the reason.
@@ -509,7 +493,7 @@ fn a_region_that_loses_all_its_sites_withdraws_and_the_run_goes_on() {
         Some("site3"),
     );
     wait_until(LIMIT, "the root's second round", || {
-        query_i64(&root_db, "SELECT COUNT(*) FROM rounds") >= 2
+        poll(&root_db, |s| s.rounds().len()) >= 2
     });
     for site in &mut east_sites {
         site.kill_9();
@@ -519,17 +503,14 @@ fn a_region_that_loses_all_its_sites_withdraws_and_the_run_goes_on() {
         assert!(aggregator.wait(LIMIT).success(), "{}", aggregator.log());
     }
     finish(&mut west_sites);
-    let withdrawn = query_i64(
-        &root_db,
-        "SELECT COUNT(*) FROM audit WHERE site = 'east' AND action = 'withdraw' AND outcome = 'left the round'",
-    );
+    let status = status_of(&root_db);
+    let withdrawn = status.audit_count(|a| {
+        a.site == "east" && a.action == "withdraw" && a.outcome == "left the round"
+    });
     assert!(withdrawn >= 1, "{}", east.log());
     // East was never taken for dead: it said it had nothing.
     assert_eq!(
-        query_i64(
-            &root_db,
-            "SELECT COUNT(*) FROM audit WHERE site = 'east' AND action = 'liveness'"
-        ),
+        status.audit_count(|a| a.site == "east" && a.action == "liveness"),
         0
     );
     let report = s.json("dep.json");
@@ -554,6 +535,6 @@ fn a_region_that_loses_all_its_sites_withdraws_and_the_run_goes_on() {
         .iter()
         .filter(|r| r["accepted"] == 1 && r["dropped"] == 1)
         .count();
-    assert_eq!(alone as i64, withdrawn, "{report}");
+    assert_eq!(alone, withdrawn, "{report}");
     assert_eq!(rounds[7]["accepted"], 1, "{report}");
 }

@@ -1,16 +1,18 @@
 //! The coordinator: serves the federation over gRPC, drives the same
 //! [`tessera_engine::RoundEngine`] the simulator drives, and keeps every
-//! decision durable in SQLite so that a coordinator killed at any moment
+//! decision durable in its [`RunStore`] (SQLite) so that a coordinator killed at any moment
 //! resumes the round it was in, with nothing lost and nothing counted twice.
 //!
 //! Key design decision: all federation logic lives in [`Federation`], a
-//! synchronous state machine called under one lock; the async gRPC layer
-//! ([`service`]) only validates, decodes and waits. Accepted updates are
-//! committed to the database before they are acknowledged.
+//! synchronous state machine owned by one thread of its own ([`Shared`]);
+//! the async gRPC layer ([`Service`]) only validates, decodes, sends it work
+//! and waits. Accepted updates are committed to the store before they are
+//! acknowledged.
 #![deny(missing_docs)]
 
 mod bucket;
 mod service;
+mod shared;
 mod state;
 pub mod store;
 pub mod telemetry;
@@ -26,9 +28,10 @@ use tessera_proto::pb::federation_server::FederationServer;
 use thiserror::Error;
 use tokio_stream::wrappers::TcpListenerStream;
 
-pub use service::{Service, Shared};
+pub use service::Service;
+pub use shared::Shared;
 pub use state::{Clock, Federation, ManualClock, ModelPart, Refusal, SystemClock, TaskView};
-pub use store::{Store, StoreError};
+pub use store::{AgreementStep, RunStore, RunTx, SqliteStore, StoreError};
 
 /// Why the coordinator stopped.
 #[derive(Debug, Error)]
@@ -85,23 +88,21 @@ pub async fn serve(
     config: CoordinatorConfig,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<RunReport, CoordinatorError> {
-    let store = Store::open(&config.db)?;
-    let federation = Federation::open(
+    let (plan, text, db, liveness) = (
         config.plan.clone(),
-        &config.plan_text,
-        store,
+        config.plan_text.clone(),
+        config.db.clone(),
         config.liveness,
-    )?;
-    tracing::info!(run = federation.run_id(), "coordinator ready");
+    );
+    let shared = Shared::open(move || {
+        let store = SqliteStore::open(&db)?;
+        let federation = Federation::open(plan, &text, store, liveness)?;
+        tracing::info!(run = federation.run_id(), "coordinator ready");
+        Ok::<_, CoordinatorError>(federation)
+    })
+    .await?;
     let listener = bind(config.listen).await?;
-    serve_shared(
-        Shared::new(federation),
-        listener,
-        config.tls,
-        config.metrics,
-        on_listening,
-    )
-    .await
+    serve_shared(shared, listener, config.tls, config.metrics, on_listening).await
 }
 
 /// A listener on `address`.
@@ -212,12 +213,19 @@ pub async fn serve_shared(
     };
     ticker.abort();
     // A fatal failure first: whatever else went wrong came after it.
-    if let Some(reason) = shared.with(|f| f.fatal().map(str::to_string)) {
+    let ended = shared
+        .call(|f| {
+            let fatal = f.fatal().map(str::to_string);
+            (fatal, f.stopped().map(str::to_string), f.report())
+        })
+        .await
+        .map_err(|e| CoordinatorError::Config(e.message().to_string()))?;
+    if let (Some(reason), _, _) = ended {
         return Err(CoordinatorError::Fatal(reason));
     }
     served?;
-    if let Some(reason) = shared.with(|f| f.stopped().map(str::to_string)) {
-        return Err(CoordinatorError::Config(reason));
+    match ended {
+        (_, Some(reason), _) => Err(CoordinatorError::Config(reason)),
+        (_, None, report) => Ok(report),
     }
-    Ok(shared.with(|f| f.report()))
 }

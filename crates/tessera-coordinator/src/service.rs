@@ -1,7 +1,6 @@
 //! The gRPC face of the federation: every call is validated, then handed to
-//! the [`Federation`] under its lock.
+//! the [`Federation`](crate::Federation)'s own thread ([`Shared`]) and its answer awaited.
 
-use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -11,118 +10,14 @@ use tessera_core::Update;
 use tessera_proto::pb::federation_server::Federation as FederationService;
 use tessera_proto::pb::{self, task, update_part};
 use tessera_proto::{Assembler, CHUNK_BYTES, Limits, MAX_WITHDRAW_REASON, chunks, convert};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::bucket::TokenBucket;
-use crate::state::{Federation, ModelPart, Refusal, TaskView};
-
-/// A piece of work on the federation, run by its owner thread.
-type Job = Box<dyn FnOnce(&mut Federation) + Send>;
-
-/// State shared by every call. The [`Federation`] is owned by one thread of
-/// its own (an actor): calls send it work and await the answer, so the
-/// database's commits, aggregation and secure-aggregation unmasking never
-/// run on the async runtime's workers, and calls are served in the order
-/// they arrive.
-pub struct Shared {
-    jobs: std::sync::mpsc::Sender<Job>,
-    changed: watch::Sender<u64>,
-    /// Sites told that the run is over, or that left it (`Withdraw` with
-    /// `leaving`): the coordinator stops once every joined site is here.
-    pub told_finished: Mutex<BTreeSet<String>>,
-}
-
-impl Shared {
-    /// Shares `federation`, moving it to its owner thread.
-    pub fn new(federation: Federation) -> Arc<Self> {
-        let version = federation.version();
-        let (changed, _) = watch::channel(version);
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
-        let wake = changed.clone();
-        std::thread::Builder::new()
-            .name("federation".into())
-            .spawn(move || serve_jobs(federation, &queue, &wake))
-            .unwrap_or_else(|e| panic!("cannot start the federation's thread: {e}"));
-        Arc::new(Self {
-            jobs,
-            changed,
-            told_finished: Mutex::new(BTreeSet::new()),
-        })
-    }
-
-    /// Runs `f` on the federation's thread and waits for it there (for
-    /// callers outside the async runtime: tests, start-up, shut-down).
-    pub fn with<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Federation) -> R + Send + 'static,
-    ) -> R {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.submit(Box::new(move |federation| {
-            let _ = tx.send(f(federation));
-        }));
-        rx.recv()
-            .unwrap_or_else(|_| panic!("the federation's thread failed a call"))
-    }
-
-    /// Queues `f` for the federation's thread at once (calls run in the
-    /// order they are made) and returns its answer to await; waiters wake if
-    /// it changed anything.
-    pub fn call<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Federation) -> R + Send + 'static,
-    ) -> impl std::future::Future<Output = Result<R, Status>> + Send + 'static {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit(Box::new(move |federation| {
-            let _ = tx.send(f(federation));
-        }));
-        async move {
-            rx.await
-                .map_err(|_| Status::internal("the coordinator failed this call; see its log"))
-        }
-    }
-
-    /// Sends `f` to the federation's thread without waiting (for callbacks
-    /// that cannot wait, such as a refused TLS handshake's audit).
-    pub fn post(&self, f: impl FnOnce(&mut Federation) + Send + 'static) {
-        self.submit(Box::new(f));
-    }
-
-    fn submit(&self, job: Job) {
-        if self.jobs.send(job).is_err() {
-            tracing::error!("the federation's thread has stopped");
-        }
-    }
-
-    /// Wakes on every change of the federation.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
-    }
-}
-
-/// The federation's owner: runs each job in turn and publishes the version
-/// after one that changed it. A job that panics is logged and its caller
-/// answered with an error; the next job runs (as a poisoned lock was
-/// recovered before).
-fn serve_jobs(
-    mut federation: Federation,
-    queue: &std::sync::mpsc::Receiver<Job>,
-    changed: &watch::Sender<u64>,
-) {
-    while let Ok(job) = queue.recv() {
-        let before = federation.version();
-        let run = std::panic::AssertUnwindSafe(|| job(&mut federation));
-        if std::panic::catch_unwind(run).is_err() {
-            tracing::error!("a call panicked on the federation's thread");
-        }
-        let after = federation.version();
-        if after != before {
-            changed.send_replace(after);
-        }
-    }
-}
+use crate::shared::Shared;
+use crate::state::{ModelPart, Refusal, TaskView};
 
 fn refused(refusal: Refusal) -> Status {
     match refusal {

@@ -15,7 +15,7 @@ use tessera_learn::Evaluation;
 use tessera_proto::{CAPABILITIES, MAJOR, MINOR, negotiate, pb, required_capabilities};
 
 use crate::CoordinatorError;
-use crate::store::{RunRow, Store};
+use crate::store::{RunRow, RunStore};
 use crate::telemetry::names;
 
 mod agreement;
@@ -133,7 +133,7 @@ impl std::fmt::Display for Refusal {
 pub struct Federation {
     run: RunRow,
     plan: Plan,
-    store: Store,
+    store: Box<dyn RunStore>,
     expected: Expected,
     joined: BTreeSet<String>,
     last_seen: BTreeMap<String, Timestamp>,
@@ -216,10 +216,10 @@ impl Federation {
     pub fn open(
         plan: Plan,
         plan_text: &str,
-        store: Store,
+        store: impl RunStore + 'static,
         liveness: Duration,
     ) -> Result<Self, CoordinatorError> {
-        Self::open_node(plan, plan_text, store, liveness, None)
+        Self::open_node(plan, plan_text, Box::new(store), liveness, None)
     }
 
     /// Opens aggregator `node` of the plan's hierarchical topology (`None`:
@@ -227,7 +227,7 @@ impl Federation {
     pub fn open_node(
         plan: Plan,
         plan_text: &str,
-        store: Store,
+        store: Box<dyn RunStore>,
         liveness: Duration,
         node: Option<&str>,
     ) -> Result<Self, CoordinatorError> {
@@ -309,7 +309,7 @@ impl Federation {
             }
         };
         let noise_key = if plan.privacy.mode == tessera_privacy::PrivacyMode::Central && dp_here {
-            Some(Self::privacy_preflight(&plan, &store, &run.id)?)
+            Some(Self::privacy_preflight(&plan, store.as_ref(), &run.id)?)
         } else {
             None
         };
@@ -766,7 +766,7 @@ impl Federation {
     }
 
     /// The store, for reads.
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub fn store(&self) -> &dyn RunStore {
+        self.store.as_ref()
     }
 }

@@ -1,35 +1,34 @@
-//! Durable state in SQLite (WAL, synchronous commits): runs, the plan, the
-//! data agreement, participants, every model version, each closed round's
+//! Durable state of a run, behind [`RunStore`]: runs, the plan, the data
+//! agreement, participants, every model version, each closed round's
 //! aggregate, the open round and its accepted updates, evaluations, an
 //! append-only audit log and an append-only privacy ledger. Whatever the
 //! coordinator acknowledges is committed first.
 //!
-//! No key is stored: central DP noise comes from a key the coordinator draws
-//! from the operating system at each start and keeps in memory only, and a
-//! restart replays the stored (already noised) aggregates. Anyone who reads
-//! this file sees the released models but cannot subtract their noise. The
-//! file (and SQLite's `-wal` and `-shm` beside it) is created with mode 0600,
-//! and a looser existing one is tightened. A database from an older
-//! coordinator that kept the noise key in a `run_secrets` table has that
-//! table wiped (SQLite's `secure_delete`, then a checkpoint that truncates
-//! the write-ahead log) and dropped when a coordinator opens it; `tessera
-//! runs`, `status` and `privacy` never read it.
+//! The federation owns one store and is its only writer (it runs on its own
+//! thread, see [`crate::Shared`]). Reads are typed rows; writes go through a
+//! [`RunTx`], committed as a whole or not at all: a round's close (its
+//! cohort, aggregate, model, report line, ledger release, and the open
+//! round's removal) is one transaction. The single-write methods of
+//! [`RunStore`] each commit one transaction of their own.
+//!
+//! [`SqliteStore`] is the store: SQLite with a write-ahead log and
+//! synchronous commits. Another backend implements the two traits; the
+//! federation's logic does not change.
 
-use std::path::Path;
-
-use rusqlite::{Connection, OptionalExtension, params};
 use tessera_aggregate::RoundAggregate;
-use tessera_core::{FitStats, ParameterSet, ParticipantId, Timestamp, Update};
-use tessera_privacy::{DpEvent, LedgerEntry};
-use tessera_proto::{ProtoError, decode_parameters, encode_parameters};
+use tessera_core::{ParameterSet, ParticipantId, Timestamp, Update};
+use tessera_proto::ProtoError;
 use thiserror::Error;
 
 mod rows;
 mod schema;
+mod sqlite;
 
-use schema::SCHEMA;
-
-pub use rows::{AuditRow, CohortRow, LedgerRow, Offers, RoundClose, RunRow, StoredUpdate};
+pub use rows::{
+    AgreementStep, AuditRow, CohortRow, EvaluationRow, LedgerRow, ModelRow, Offers, OpenRoundRow,
+    RoundClose, RoundRow, RunRow, StoredUpdate,
+};
+pub use sqlite::SqliteStore;
 
 /// A storage failure.
 #[derive(Debug, Error)]
@@ -54,500 +53,246 @@ impl From<ProtoError> for StoreError {
     }
 }
 
-/// Creates `path` with mode 0600 if it does not exist; tightens an existing
-/// file that others may read or write to 0600, with a warning.
-fn private_file(path: &Path) -> Result<(), StoreError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let io = |e: std::io::Error| StoreError::File(format!("{}: {e}", path.display()));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
-                if mode & 0o077 != 0 {
-                    tracing::warn!(
-                        path = %path.display(),
-                        mode = format!("{:o}", mode & 0o777),
-                        "the database could be read by others; setting its mode to 0600"
-                    );
-                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                        .map_err(io)?;
-                }
-            }
-            Err(e) => return Err(io(e)),
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
-}
-
-/// Older coordinators kept each run's central DP noise key in a
-/// `run_secrets` table, beside the models it noised. Its rows are erased
-/// with `secure_delete` (their pages overwritten with zeros), the table is
-/// dropped and the write-ahead log checkpointed and truncated, so the key
-/// leaves the file; the key itself is never read.
-fn drop_legacy_secrets(conn: &Connection) -> Result<(), StoreError> {
-    let exists: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'run_secrets'",
-        [],
-        |r| r.get(0),
-    )?;
-    if exists == 0 {
-        return Ok(());
-    }
-    tracing::warn!(
-        "the database holds a run_secrets table from an older coordinator; erasing it \
-         (noise keys are no longer stored: a restart replays the stored noised rounds)"
-    );
-    conn.pragma_update(None, "secure_delete", "ON")?;
-    conn.execute_batch("DELETE FROM run_secrets; DROP TABLE run_secrets;")?;
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-    conn.pragma_update(None, "secure_delete", "OFF")?;
-    Ok(())
-}
-
-/// Columns added since a table was first created: a database from an older
-/// coordinator gains them with their defaults.
-fn add_missing_columns(conn: &Connection) -> Result<(), StoreError> {
-    const ADDED: &[(&str, &str, &str)] = &[(
-        "round_aggregates",
-        "n_participants",
-        "INTEGER NOT NULL DEFAULT 0",
-    )];
-    for (table, column, kind) in ADDED {
-        let present: i64 = conn.query_row(
-            &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
-            [column],
-            |r| r.get(0),
-        )?;
-        if present == 0 {
-            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
-        }
-    }
-    Ok(())
-}
-
-/// Inserts a ledger row; one already there for the same release, kind and
-/// participant stays as it was (the ledger is append-only).
-fn insert_ledger_row(conn: &Connection, run: &str, row: &LedgerRow) -> Result<(), StoreError> {
-    let e = &row.entry;
-    conn.execute(
-        "INSERT OR IGNORE INTO privacy_ledger (run_id, release, kind, participant, sampling_rate,
-         noise_multiplier, steps, run_epsilon, delta, clip_norm, next_clip_norm, noise_std,
-         updates, recorded_micros)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        params![
-            run,
-            e.release,
-            e.kind,
-            e.participant.clone().unwrap_or_default(),
-            e.event.sampling_rate,
-            e.event.noise_multiplier,
-            e.event.steps as i64,
-            e.run_epsilon,
-            row.delta,
-            row.clip_norm,
-            row.next_clip_norm,
-            row.noise_std,
-            row.updates as i64,
-            i64::try_from(row.recorded_micros).unwrap_or(i64::MAX)
-        ],
-    )?;
-    Ok(())
-}
-
-/// The SQLite database of a coordinator.
-pub struct Store {
-    conn: Connection,
-}
-
-fn micros(t: Timestamp) -> i64 {
-    i64::try_from(t.0).unwrap_or(i64::MAX)
-}
-
-fn unsigned(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-impl Store {
-    /// Opens (creating if needed) the database at `path`, readable and
-    /// writable by its owner only (mode 0600, also for the `-wal` and `-shm`
-    /// files; a looser existing file is tightened with a warning). A
-    /// `run_secrets` table an older coordinator left is wiped and dropped.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
-        private_file(path)?;
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        for suffix in ["-wal", "-shm"] {
-            let mut side = path.as_os_str().to_owned();
-            side.push(suffix);
-            let side = std::path::PathBuf::from(side);
-            if side.exists() {
-                private_file(&side)?;
-            }
-        }
-        drop_legacy_secrets(&conn)?;
-        conn.execute_batch(SCHEMA)?;
-        add_missing_columns(&conn)?;
-        Ok(Self { conn })
-    }
-
-    /// Opens an existing database without changing it (for `tessera runs` and `status`).
-    pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
-        if !path.exists() {
-            return Err(StoreError::NotFound(path.display().to_string()));
-        }
-        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(Self { conn })
-    }
-
+/// Writes inside one transaction: nothing is visible to readers, nor
+/// durable, until [`RunTx::commit`]; dropped uncommitted, it is rolled back.
+pub trait RunTx {
     /// Records a new run.
-    pub fn create_run(&self, run: &RunRow) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO runs (id, name, plan, strategy, seed, rounds, created_unix_micros, status, code_version)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
-                run.id,
-                run.name,
-                run.plan,
-                run.strategy,
-                run.seed as i64,
-                run.rounds,
-                run.created_unix_micros as i64,
-                run.status,
-                env!("CARGO_PKG_VERSION")
-            ],
-        )?;
-        Ok(())
-    }
-
-    /// Every run, newest first.
-    pub fn runs(&self) -> Result<Vec<RunRow>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, name, plan, strategy, seed, rounds, created_unix_micros, status FROM runs
-             ORDER BY created_unix_micros DESC, id DESC",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(RunRow {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                plan: r.get(2)?,
-                strategy: r.get(3)?,
-                seed: unsigned(r.get(4)?),
-                rounds: r.get(5)?,
-                created_unix_micros: unsigned(r.get(6)?),
-                status: r.get(7)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// The newest run that has not finished.
-    pub fn unfinished_run(&self) -> Result<Option<RunRow>, StoreError> {
-        Ok(self.runs()?.into_iter().find(|r| r.status != "finished"))
-    }
-
+    fn create_run(&mut self, run: &RunRow) -> Result<(), StoreError>;
     /// Marks a run finished.
-    pub fn finish_run(&self, run: &str) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE runs SET status = 'finished' WHERE id = ?1",
-            params![run],
-        )?;
-        Ok(())
-    }
-
-    /// Records that `site` joined.
-    pub fn add_participant(&self, run: &str, site: &str, at: Timestamp) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT OR IGNORE INTO participants (run_id, site, joined_micros) VALUES (?1, ?2, ?3)",
-            params![run, site, micros(at)],
-        )?;
-        Ok(())
-    }
-
-    /// Sites that joined, sorted.
-    pub fn participants(&self, run: &str) -> Result<Vec<String>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT site FROM participants WHERE run_id = ?1 ORDER BY site")?;
-        let rows = stmt.query_map(params![run], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Forgets a site's offer of agreement step `step` (refused).
-    pub fn delete_offer(&self, run: &str, step: u32, site: &str) -> Result<(), StoreError> {
-        self.conn.execute(
-            "DELETE FROM agreement_steps WHERE run_id = ?1 AND step = ?2 AND site = ?3",
-            params![run, step, site],
-        )?;
-        Ok(())
-    }
-
-    /// Stores (or replaces) a site's offer of agreement step `step`.
-    pub fn put_offer(
-        &self,
+    fn finish_run(&mut self, run: &str) -> Result<(), StoreError>;
+    /// Records that `site` joined (again: no change).
+    fn add_participant(&mut self, run: &str, site: &str, at: Timestamp) -> Result<(), StoreError>;
+    /// Stores (or replaces) a site's offer of an agreement step.
+    fn put_offer(
+        &mut self,
         run: &str,
-        step: u32,
+        step: AgreementStep,
         site: &str,
         offer: &[u8],
-    ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO agreement_steps (run_id, step, site, offer) VALUES (?1, ?2, ?3, ?4)",
-            params![run, step, site, offer],
-        )?;
-        Ok(())
-    }
-
-    /// Offers of step `step`, by site.
-    pub fn offers(&self, run: &str, step: u32) -> Result<Offers, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT site, offer FROM agreement_steps WHERE run_id = ?1 AND step = ?2 ORDER BY site",
-        )?;
-        let rows = stmt.query_map(params![run, step], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Stores the result of agreement step `step`.
-    pub fn put_agreement(&self, run: &str, step: u32, result: &[u8]) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO agreements (run_id, step, result) VALUES (?1, ?2, ?3)",
-            params![run, step, result],
-        )?;
-        Ok(())
-    }
-
-    /// The result of agreement step `step`.
-    pub fn agreement(&self, run: &str, step: u32) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT result FROM agreements WHERE run_id = ?1 AND step = ?2",
-                params![run, step],
-                |r| r.get(0),
-            )
-            .optional()?)
-    }
-
+    ) -> Result<(), StoreError>;
+    /// Forgets a site's offer of an agreement step (refused).
+    fn delete_offer(
+        &mut self,
+        run: &str,
+        step: AgreementStep,
+        site: &str,
+    ) -> Result<(), StoreError>;
+    /// Stores the result of an agreement step.
+    fn put_agreement(
+        &mut self,
+        run: &str,
+        step: AgreementStep,
+        result: &[u8],
+    ) -> Result<(), StoreError>;
     /// Stores model version `version` (the model after that many rounds).
-    pub fn put_model(
-        &self,
+    fn put_model(
+        &mut self,
         run: &str,
         version: u32,
         params: &ParameterSet,
         at: Timestamp,
-    ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO models (run_id, version, params, created_micros) VALUES (?1, ?2, ?3, ?4)",
-            params![run, version, encode_parameters(params), micros(at)],
-        )?;
-        Ok(())
-    }
+    ) -> Result<(), StoreError>;
+    /// Records the open round, before anyone receives its task.
+    fn open_round(
+        &mut self,
+        run: &str,
+        round: u32,
+        cohort: &[ParticipantId],
+        at: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Stores an accepted update (for round or step `round`, trained from
+    /// model version `base`).
+    fn put_update(
+        &mut self,
+        run: &str,
+        round: u32,
+        base: u32,
+        site: &str,
+        update: &Update,
+        at: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Stores a closed round's cohort and whose updates counted.
+    fn put_cohort(&mut self, run: &str, row: &CohortRow) -> Result<(), StoreError>;
+    /// Stores the aggregate a completed round applied.
+    fn put_aggregate(
+        &mut self,
+        run: &str,
+        round: u32,
+        aggregate: &RoundAggregate,
+    ) -> Result<(), StoreError>;
+    /// Stores a closed round's report line (JSON), its evaluation not yet finished.
+    fn put_round(
+        &mut self,
+        run: &str,
+        round: u32,
+        status: &str,
+        record_json: &str,
+    ) -> Result<(), StoreError>;
+    /// Forgets the open round and the updates of round `round`.
+    fn clear_open_round(&mut self, run: &str, round: u32) -> Result<(), StoreError>;
+    /// Replaces a round's report line once its evaluation is complete.
+    fn finish_round_evaluation(
+        &mut self,
+        run: &str,
+        round: u32,
+        record_json: &str,
+    ) -> Result<(), StoreError>;
+    /// Stores a site's evaluation of round `round`'s model.
+    fn put_evaluation(
+        &mut self,
+        run: &str,
+        round: u32,
+        site: &str,
+        report: &[u8],
+    ) -> Result<(), StoreError>;
+    /// Appends to the audit log.
+    fn audit(&mut self, run: &str, row: &AuditRow) -> Result<(), StoreError>;
+    /// Records a release in the privacy ledger; recording the same release
+    /// (release, kind, participant) again changes nothing.
+    fn put_ledger_row(&mut self, run: &str, row: &LedgerRow) -> Result<(), StoreError>;
+    /// Makes every write of this transaction durable at once.
+    fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
 
+/// A run's durable state: typed reads, and writes in transactions. One
+/// owner writes (the store is `Send`, not `Sync`); a transaction is open
+/// at most once at a time.
+pub trait RunStore: Send {
+    /// Opens a transaction.
+    fn transaction(&self) -> Result<Box<dyn RunTx + '_>, StoreError>;
+
+    /// Every run, newest first.
+    fn runs(&self) -> Result<Vec<RunRow>, StoreError>;
+    /// Sites that joined, sorted.
+    fn participants(&self, run: &str) -> Result<Vec<String>, StoreError>;
+    /// Offers of an agreement step, by site.
+    fn offers(&self, run: &str, step: AgreementStep) -> Result<Offers, StoreError>;
+    /// The result of an agreement step.
+    fn agreement(&self, run: &str, step: AgreementStep) -> Result<Option<Vec<u8>>, StoreError>;
     /// Model version `version`.
-    pub fn model(&self, run: &str, version: u32) -> Result<Option<ParameterSet>, StoreError> {
-        let bytes: Option<Vec<u8>> = self
-            .conn
-            .query_row(
-                "SELECT params FROM models WHERE run_id = ?1 AND version = ?2",
-                params![run, version],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(bytes.map(|b| decode_parameters(&b)).transpose()?)
+    fn model(&self, run: &str, version: u32) -> Result<Option<ParameterSet>, StoreError>;
+    /// The stored model versions, oldest first, with their sizes.
+    fn models(&self, run: &str) -> Result<Vec<ModelRow>, StoreError>;
+    /// The newest model version.
+    fn latest_model_version(&self, run: &str) -> Result<Option<u32>, StoreError>;
+    /// Aggregates of the completed rounds up to `up_to`, in order.
+    fn aggregates(&self, run: &str, up_to: u32) -> Result<Vec<(u32, RoundAggregate)>, StoreError>;
+    /// The open round.
+    fn open_round_of(&self, run: &str) -> Result<Option<OpenRoundRow>, StoreError>;
+    /// The accepted updates of `round`, in arrival order.
+    fn updates(&self, run: &str, round: u32) -> Result<Vec<StoredUpdate>, StoreError>;
+    /// Every closed round's cohort and counted sites, by round.
+    fn cohorts(&self, run: &str) -> Result<Vec<CohortRow>, StoreError>;
+    /// Closed rounds' report lines, by round.
+    fn rounds(&self, run: &str) -> Result<Vec<RoundRow>, StoreError>;
+    /// Evaluations of round `round`, by site.
+    fn evaluations(&self, run: &str, round: u32) -> Result<Vec<EvaluationRow>, StoreError>;
+    /// The privacy ledger of a run, in release order.
+    fn privacy_ledger(&self, run: &str) -> Result<Vec<LedgerRow>, StoreError>;
+    /// The audit log of a run, oldest first.
+    fn audit_log(&self, run: &str) -> Result<Vec<AuditRow>, StoreError>;
+
+    /// The newest run that has not finished.
+    fn unfinished_run(&self) -> Result<Option<RunRow>, StoreError> {
+        Ok(self.runs()?.into_iter().find(|r| r.status != "finished"))
     }
 
-    /// The newest model version.
-    pub fn latest_model_version(&self, run: &str) -> Result<Option<u32>, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT MAX(version) FROM models WHERE run_id = ?1",
-            params![run],
-            |r| r.get(0),
-        )?)
+    /// Runs `writes` in one transaction and commits it; an error rolls
+    /// every write back.
+    fn write(
+        &self,
+        writes: &mut dyn FnMut(&mut dyn RunTx) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.transaction()?;
+        writes(&mut *tx)?;
+        tx.commit()
     }
 
     /// Closes a round in one transaction: its cohort, its aggregate (if it
-    /// completed), the new model, its report line; clears the open round and
-    /// its updates.
-    pub fn close_round(&mut self, run: &str, close: &RoundClose<'_>) -> Result<(), StoreError> {
-        let RoundClose {
-            round,
-            aggregate,
-            model,
-            status,
-            record_json,
-            cohort,
-            counted,
-            at,
-            privacy,
-        } = *close;
-        let json =
-            |v: &[String]| serde_json::to_string(v).map_err(|e| StoreError::Damaged(e.to_string()));
-        let (cohort, counted) = (json(cohort)?, json(counted)?);
-        let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT OR REPLACE INTO round_cohorts (run_id, round, cohort, counted) VALUES (?1, ?2, ?3, ?4)",
-            params![run, round, cohort, counted],
-        )?;
-        if let Some(a) = aggregate {
-            tx.execute(
-                "INSERT OR REPLACE INTO round_aggregates
-                 (run_id, round, mean_delta, control_step, n_updates, n_examples, weight_sum, mean_train_loss,
-                  n_participants)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    run,
-                    round,
-                    encode_parameters(&a.mean_delta),
-                    a.aux_step.as_ref().map(encode_parameters),
-                    a.n_updates as i64,
-                    a.n_examples as i64,
-                    a.weight_sum,
-                    a.mean_train_loss,
-                    i64::try_from(a.n_participants).unwrap_or(i64::MAX)
-                ],
-            )?;
-        }
-        tx.execute(
-            "INSERT OR REPLACE INTO models (run_id, version, params, created_micros) VALUES (?1, ?2, ?3, ?4)",
-            params![run, round, encode_parameters(model), micros(at)],
-        )?;
-        tx.execute(
-            "INSERT OR REPLACE INTO rounds (run_id, round, status, record, evaluated) VALUES (?1, ?2, ?3, ?4, 0)",
-            params![run, round, status, record_json],
-        )?;
-        if let Some((release, entry, delta)) = privacy {
-            insert_ledger_row(
-                &tx,
+    /// completed), the new model, its report line, its central DP release;
+    /// clears the open round and its updates.
+    fn close_round(&self, run: &str, close: &RoundClose<'_>) -> Result<(), StoreError> {
+        let c = *close;
+        self.write(&mut |tx| {
+            tx.put_cohort(
                 run,
-                &LedgerRow {
-                    entry: entry.clone(),
-                    delta,
-                    clip_norm: release.clip_norm,
-                    next_clip_norm: release.next_clip_norm,
-                    noise_std: release.noise_std,
-                    updates: release.updates,
-                    recorded_micros: at.0,
+                &CohortRow {
+                    round: c.round,
+                    cohort: c.cohort.to_vec(),
+                    counted: c.counted.to_vec(),
                 },
             )?;
-        }
-        tx.execute("DELETE FROM open_rounds WHERE run_id = ?1", params![run])?;
-        tx.execute(
-            "DELETE FROM updates WHERE run_id = ?1 AND round = ?2",
-            params![run, round],
-        )?;
-        tx.commit()?;
-        Ok(())
+            if let Some(a) = c.aggregate {
+                tx.put_aggregate(run, c.round, a)?;
+            }
+            tx.put_model(run, c.round, c.model, c.at)?;
+            tx.put_round(run, c.round, c.status, c.record_json)?;
+            if let Some((release, entry, delta)) = c.privacy {
+                tx.put_ledger_row(
+                    run,
+                    &LedgerRow {
+                        entry: entry.clone(),
+                        delta,
+                        clip_norm: release.clip_norm,
+                        next_clip_norm: release.next_clip_norm,
+                        noise_std: release.noise_std,
+                        updates: release.updates,
+                        recorded_micros: c.at.0,
+                    },
+                )?;
+            }
+            tx.clear_open_round(run, c.round)
+        })
     }
 
-    /// Aggregates of the completed rounds up to `up_to`, in order.
-    pub fn aggregates(
+    /// Records a new run (one transaction).
+    fn create_run(&self, run: &RunRow) -> Result<(), StoreError> {
+        self.write(&mut |tx| tx.create_run(run))
+    }
+    /// Marks a run finished (one transaction).
+    fn finish_run(&self, run: &str) -> Result<(), StoreError> {
+        self.write(&mut |tx| tx.finish_run(run))
+    }
+    /// Records that `site` joined (one transaction).
+    fn add_participant(&self, run: &str, site: &str, at: Timestamp) -> Result<(), StoreError> {
+        self.write(&mut |tx| tx.add_participant(run, site, at))
+    }
+    /// Stores a site's offer of an agreement step (one transaction).
+    fn put_offer(
         &self,
         run: &str,
-        up_to: u32,
-    ) -> Result<Vec<(u32, RoundAggregate)>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT round, mean_delta, control_step, n_updates, n_examples, weight_sum, mean_train_loss,
-                    n_participants
-             FROM round_aggregates WHERE run_id = ?1 AND round <= ?2 ORDER BY round",
-        )?;
-        let rows = stmt.query_map(params![run, up_to], |r| {
-            Ok((
-                r.get::<_, u32>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, Option<Vec<u8>>>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, f64>(5)?,
-                r.get::<_, f64>(6)?,
-                r.get::<_, i64>(7)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (
-                round,
-                delta,
-                control,
-                n_updates,
-                n_examples,
-                weight_sum,
-                mean_train_loss,
-                n_participants,
-            ) = row?;
-            out.push((
-                round,
-                RoundAggregate {
-                    mean_delta: decode_parameters(&delta)?,
-                    aux_step: control.map(|c| decode_parameters(&c)).transpose()?,
-                    n_updates: unsigned(n_updates),
-                    n_participants: unsigned(n_participants),
-                    n_examples: unsigned(n_examples),
-                    weight_sum,
-                    mean_train_loss,
-                },
-            ));
-        }
-        Ok(out)
+        step: AgreementStep,
+        site: &str,
+        offer: &[u8],
+    ) -> Result<(), StoreError> {
+        self.write(&mut |tx| tx.put_offer(run, step, site, offer))
     }
-
-    /// Records the open round, before anyone receives its task.
-    pub fn open_round(
+    /// Forgets a site's offer of an agreement step (one transaction).
+    fn delete_offer(&self, run: &str, step: AgreementStep, site: &str) -> Result<(), StoreError> {
+        self.write(&mut |tx| tx.delete_offer(run, step, site))
+    }
+    /// Stores the result of an agreement step (one transaction).
+    fn put_agreement(
+        &self,
+        run: &str,
+        step: AgreementStep,
+        result: &[u8],
+    ) -> Result<(), StoreError> {
+        self.write(&mut |tx| tx.put_agreement(run, step, result))
+    }
+    /// Records the open round (one transaction).
+    fn open_round(
         &self,
         run: &str,
         round: u32,
         cohort: &[ParticipantId],
         at: Timestamp,
     ) -> Result<(), StoreError> {
-        let names: Vec<&str> = cohort.iter().map(ParticipantId::as_str).collect();
-        let cohort =
-            serde_json::to_string(&names).map_err(|e| StoreError::Damaged(e.to_string()))?;
-        self.conn.execute(
-            "INSERT OR REPLACE INTO open_rounds (run_id, round, cohort, opened_micros) VALUES (?1, ?2, ?3, ?4)",
-            params![run, round, cohort, micros(at)],
-        )?;
-        Ok(())
+        self.write(&mut |tx| tx.open_round(run, round, cohort, at))
     }
-
-    /// The open round: number, cohort, start.
-    pub fn open_round_of(
-        &self,
-        run: &str,
-    ) -> Result<Option<(u32, Vec<ParticipantId>, Timestamp)>, StoreError> {
-        let row: Option<(u32, String, i64)> = self
-            .conn
-            .query_row(
-                "SELECT round, cohort, opened_micros FROM open_rounds WHERE run_id = ?1",
-                params![run],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        match row {
-            None => Ok(None),
-            Some((round, cohort, at)) => {
-                let names: Vec<String> = serde_json::from_str(&cohort)
-                    .map_err(|e| StoreError::Damaged(format!("open round cohort: {e}")))?;
-                Ok(Some((
-                    round,
-                    names.into_iter().map(ParticipantId::new).collect(),
-                    Timestamp(unsigned(at)),
-                )))
-            }
-        }
-    }
-
-    /// Stores an accepted update (for round or step `round`, trained from
-    /// model version `base`); the caller commits it before acknowledging.
-    pub fn put_update(
+    /// Stores an accepted update (one transaction); the caller commits it
+    /// before acknowledging.
+    fn put_update(
         &self,
         run: &str,
         round: u32,
@@ -556,143 +301,29 @@ impl Store {
         update: &Update,
         at: Timestamp,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO updates (run_id, round, site, base, n_examples, n_steps, mean_train_loss, delta, control, received_micros)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                run,
-                round,
-                site,
-                base,
-                update.n_examples as i64,
-                update.stats.n_steps as i64,
-                update.stats.mean_train_loss,
-                encode_parameters(&update.delta),
-                update.aux.as_ref().map(encode_parameters),
-                micros(at)
-            ],
-        )?;
-        Ok(())
+        self.write(&mut |tx| tx.put_update(run, round, base, site, update, at))
     }
-
-    /// The accepted updates of `round`, in arrival order.
-    pub fn updates(&self, run: &str, round: u32) -> Result<Vec<StoredUpdate>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT site, base, n_examples, n_steps, mean_train_loss, delta, control, received_micros
-             FROM updates WHERE run_id = ?1 AND round = ?2 ORDER BY id",
-        )?;
-        let rows = stmt.query_map(params![run, round], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, u32>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, f64>(4)?,
-                r.get::<_, Vec<u8>>(5)?,
-                r.get::<_, Option<Vec<u8>>>(6)?,
-                r.get::<_, i64>(7)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (site, base, n_examples, n_steps, loss, delta, control, at) = row?;
-            out.push(StoredUpdate {
-                site: ParticipantId::new(site),
-                base,
-                update: Update {
-                    delta: decode_parameters(&delta)?,
-                    n_examples: unsigned(n_examples),
-                    aux: control.map(|c| decode_parameters(&c)).transpose()?,
-                    stats: FitStats {
-                        n_steps: unsigned(n_steps),
-                        mean_train_loss: loss,
-                    },
-                },
-                at: Timestamp(unsigned(at)),
-            });
-        }
-        Ok(out)
-    }
-
-    /// Every closed round's cohort and counted sites, by round.
-    pub fn cohorts(&self, run: &str) -> Result<Vec<CohortRow>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT round, cohort, counted FROM round_cohorts WHERE run_id = ?1 ORDER BY round",
-        )?;
-        let rows = stmt.query_map(params![run], |r| {
-            Ok((
-                r.get::<_, u32>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (round, cohort, counted) = row?;
-            let parse = |s: &str| {
-                serde_json::from_str::<Vec<String>>(s)
-                    .map_err(|e| StoreError::Damaged(e.to_string()))
-            };
-            out.push(CohortRow {
-                round,
-                cohort: parse(&cohort)?,
-                counted: parse(&counted)?,
-            });
-        }
-        Ok(out)
-    }
-
-    /// Round report lines (JSON) with whether their evaluation finished.
-    pub fn rounds(&self, run: &str) -> Result<Vec<(u32, String, String, bool)>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT round, status, record, evaluated FROM rounds WHERE run_id = ?1 ORDER BY round",
-        )?;
-        let rows = stmt.query_map(params![run], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Replaces a round's report line once its evaluation is complete.
-    pub fn finish_round_evaluation(
+    /// Replaces a round's report line once its evaluation is complete (one transaction).
+    fn finish_round_evaluation(
         &self,
         run: &str,
         round: u32,
         record_json: &str,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE rounds SET record = ?3, evaluated = 1 WHERE run_id = ?1 AND round = ?2",
-            params![run, round, record_json],
-        )?;
-        Ok(())
+        self.write(&mut |tx| tx.finish_round_evaluation(run, round, record_json))
     }
-
-    /// Stores a site's evaluation of round `round`'s model.
-    pub fn put_evaluation(
+    /// Stores a site's evaluation (one transaction).
+    fn put_evaluation(
         &self,
         run: &str,
         round: u32,
         site: &str,
         report: &[u8],
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO evaluations (run_id, round, site, report) VALUES (?1, ?2, ?3, ?4)",
-            params![run, round, site, report],
-        )?;
-        Ok(())
+        self.write(&mut |tx| tx.put_evaluation(run, round, site, report))
     }
-
-    /// Evaluations of round `round`, by site.
-    pub fn evaluations(&self, run: &str, round: u32) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT site, report FROM evaluations WHERE run_id = ?1 AND round = ?2 ORDER BY site",
-        )?;
-        let rows = stmt.query_map(params![run, round], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Appends to the audit log.
-    pub fn audit(
+    /// Appends to the audit log (one transaction).
+    fn audit(
         &self,
         run: &str,
         at: Timestamp,
@@ -701,66 +332,18 @@ impl Store {
         outcome: &str,
         detail: &str,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO audit (run_id, at_micros, site, action, outcome, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![run, micros(at), site, action, outcome, detail],
-        )?;
-        Ok(())
+        let row = AuditRow {
+            at_micros: at.0,
+            site: site.to_string(),
+            action: action.to_string(),
+            outcome: outcome.to_string(),
+            detail: detail.to_string(),
+        };
+        self.write(&mut |tx| tx.audit(run, &row))
     }
-
-    /// The privacy ledger of a run, in release order.
-    pub fn privacy_ledger(&self, run: &str) -> Result<Vec<LedgerRow>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT release, kind, participant, sampling_rate, noise_multiplier, steps, run_epsilon,
-                    delta, clip_norm, next_clip_norm, noise_std, updates, recorded_micros
-             FROM privacy_ledger WHERE run_id = ?1 ORDER BY release, kind, participant",
-        )?;
-        let rows = stmt.query_map(params![run], |r| {
-            let participant: String = r.get(2)?;
-            Ok(LedgerRow {
-                entry: LedgerEntry {
-                    release: r.get(0)?,
-                    kind: r.get(1)?,
-                    participant: (!participant.is_empty()).then_some(participant),
-                    event: DpEvent {
-                        sampling_rate: r.get(3)?,
-                        noise_multiplier: r.get(4)?,
-                        steps: r.get::<_, i64>(5)?.max(0) as u64,
-                    },
-                    run_epsilon: r.get(6)?,
-                },
-                delta: r.get(7)?,
-                clip_norm: r.get(8)?,
-                next_clip_norm: r.get(9)?,
-                noise_std: r.get(10)?,
-                updates: r.get::<_, i64>(11)?.max(0) as u64,
-                recorded_micros: r.get::<_, i64>(12)?.max(0) as u64,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Records a release in the privacy ledger (a participant's local DP-SGD
-    /// in a round); recording the same release again changes nothing.
-    pub fn put_ledger_row(&self, run: &str, row: &LedgerRow) -> Result<(), StoreError> {
-        insert_ledger_row(&self.conn, run, row)
-    }
-
-    /// The audit log of a run, oldest first.
-    pub fn audit_log(&self, run: &str) -> Result<Vec<AuditRow>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT at_micros, site, action, outcome, detail FROM audit WHERE run_id = ?1 ORDER BY id",
-        )?;
-        let rows = stmt.query_map(params![run], |r| {
-            Ok(AuditRow {
-                at_micros: unsigned(r.get(0)?),
-                site: r.get(1)?,
-                action: r.get(2)?,
-                outcome: r.get(3)?,
-                detail: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    /// Records a release in the privacy ledger (one transaction).
+    fn put_ledger_row(&self, run: &str, row: &LedgerRow) -> Result<(), StoreError> {
+        self.write(&mut |tx| tx.put_ledger_row(run, row))
     }
 }
 

@@ -344,3 +344,37 @@ fn a_round_the_database_cannot_close_stops_the_coordinator() {
         cause,
     );
 }
+
+/// Opening the federation (reading the database, replaying its rounds) runs
+/// on the federation's own thread, not on the async runtime; an error
+/// opening it comes back to the caller.
+#[tokio::test]
+async fn the_federation_opens_on_its_own_thread() {
+    let runtime_thread = std::thread::current().id();
+    let db = Db::new();
+    let (path, heart) = (db.path(), plan(""));
+    let shared = Shared::open(move || {
+        assert_ne!(std::thread::current().id(), runtime_thread);
+        let store = tessera_coordinator::SqliteStore::open(&path)?;
+        Federation::open(heart.0, &heart.1, store, common::LIVENESS)
+    })
+    .await
+    .unwrap();
+    let on = shared.call(|_| std::thread::current().id()).await.unwrap();
+    assert_ne!(on, runtime_thread);
+    drop(shared);
+    // Another plan on a database holding an unfinished run: refused.
+    let (path, other) = (db.path(), local_dp_plan());
+    let refused = Shared::open(move || {
+        let store = tessera_coordinator::SqliteStore::open(&path)?;
+        Federation::open(other.0, &other.1, store, common::LIVENESS)
+    })
+    .await;
+    match refused {
+        Err(CoordinatorError::Config(reason)) => {
+            assert!(reason.contains("another plan"), "{reason}")
+        }
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("opened a run of another plan"),
+    }
+}

@@ -1,9 +1,8 @@
 //! Compression deployed: compressed updates and models over gRPC equal to
 //! simulation, random-k under secure aggregation, and adaptive codecs.
 
-use crate::util::procs::{
-    HEART_SITES, Proc, coordinator, free_port, participant, query_i64, wait_until,
-};
+use crate::util::procs::{HEART_SITES, Proc, coordinator, free_port, participant, wait_until};
+use crate::util::status::poll;
 use crate::util::{self, Scratch};
 use crate::{LIMIT, heart_text, http_get, plan_with, run_federation, simulated_model};
 
@@ -185,7 +184,7 @@ fn compressed_models_over_grpc_equal_simulation_across_a_coordinator_restart() {
         })
         .collect();
     wait_until(LIMIT, "round 4 open", || {
-        query_i64(&db, "SELECT COUNT(*) FROM updates WHERE round = 4") >= 1
+        poll(&db, |s| s.pending_updates_of(4)) >= 1
     });
     first.kill_9();
     let (mut second, _) = coordinator(

@@ -2,7 +2,8 @@
 //! resume with no key in the database, and local DP-SGD's per-participant
 //! ledger and secret batches.
 
-use crate::util::procs::{HEART_SITES, Proc, coordinator, participant, query_i64, wait_until};
+use crate::util::procs::{HEART_SITES, Proc, coordinator, participant, wait_until};
+use crate::util::status::{poll, status_of};
 use crate::util::{self, Scratch};
 use crate::{LIMIT, plan_with, run_federation};
 
@@ -25,7 +26,7 @@ fn central_dp_in_deployment_records_every_release_and_refuses_past_the_budget() 
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
     let db = s.path("dp.sqlite");
-    assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM privacy_ledger"), 15);
+    assert_eq!(status_of(&db).ledger().len(), 15);
     assert_no_key_in(&db);
     let ledger = s.run(&["privacy", "--db", db.to_str().unwrap()]).ok();
     println!("{ledger}");
@@ -232,10 +233,10 @@ fn central_dp_resumes_after_kill_9_with_no_key_in_the_database() {
         })
         .collect();
     wait_until(LIMIT, "round 3 with three accepted updates", || {
-        query_i64(&db, "SELECT COUNT(*) FROM updates WHERE round = 3") == 3
+        poll(&db, |s| s.pending_updates_of(3)) == 3
     });
     first.kill_9();
-    assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM privacy_ledger"), 2);
+    assert_eq!(status_of(&db).ledger().len(), 2);
     assert_no_key_in(&db);
     let (mut second, _) = coordinator(
         &s.dir,
@@ -249,7 +250,7 @@ fn central_dp_resumes_after_kill_9_with_no_key_in_the_database() {
     for p in &mut participants {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
-    assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM privacy_ledger"), 15);
+    assert_eq!(status_of(&db).ledger().len(), 15);
     assert_no_key_in(&db);
     let mut ratios = try_to_denoise(&db, 42, 0.05);
     // A mean of updates clipped to C has norm at most C: every stored mean
@@ -313,20 +314,14 @@ fn local_dp_sgd_in_deployment_fills_the_ledger_per_participant() {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
     let db = s.path("local.sqlite");
-    assert_eq!(
-        query_i64(
-            &db,
-            "SELECT COUNT(*) FROM privacy_ledger WHERE kind = 'local'"
-        ),
-        60
-    );
-    assert_eq!(
-        query_i64(
-            &db,
-            "SELECT COUNT(DISTINCT participant) FROM privacy_ledger"
-        ),
-        4
-    );
+    let ledger = status_of(&db).ledger().to_vec();
+    let local = ledger.iter().filter(|e| e["kind"] == "local").count();
+    assert_eq!(local, 60);
+    let participants: std::collections::BTreeSet<String> = ledger
+        .iter()
+        .map(|e| e["participant"].to_string())
+        .collect();
+    assert_eq!(participants.len(), 4, "{participants:?}");
     let ledger = s.run(&["privacy", "--db", db.to_str().unwrap()]).ok();
     println!("{ledger}");
     assert!(

@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use crate::util::procs::{
-    HEART_SITES, Proc, coordinator, free_port, participant, participant_with, query_i64, wait_until,
+    HEART_SITES, Proc, coordinator, free_port, participant, participant_with, wait_until,
 };
+use crate::util::status::{poll, status_of};
 use crate::util::{self, Scratch};
 use crate::{LIMIT, OUTPUTS, heart_text, http_get, plan, simulated_model};
 
@@ -36,7 +37,7 @@ fn coordinator_killed_mid_round_resumes_with_nothing_lost_or_doubled() {
         })
         .collect();
     wait_until(LIMIT, "round 3 with three accepted updates", || {
-        query_i64(&db, "SELECT COUNT(*) FROM updates WHERE round = 3") == 3
+        poll(&db, |s| s.pending_updates_of(3)) == 3
     });
     // Operations view of the round in progress, from the database and the metrics endpoint.
     let status = s.run(&["status", "--db", db.to_str().unwrap()]).ok();
@@ -65,10 +66,7 @@ fn coordinator_killed_mid_round_resumes_with_nothing_lost_or_doubled() {
     );
     first.kill_9();
     // The accepted updates of the open round are in the database.
-    assert_eq!(
-        query_i64(&db, "SELECT COUNT(*) FROM updates WHERE round = 3"),
-        3
-    );
+    assert_eq!(status_of(&db).pending_updates_of(3), 3);
     let (mut second, _) = coordinator(
         &s.dir,
         &plan,
@@ -87,19 +85,9 @@ fn coordinator_killed_mid_round_resumes_with_nothing_lost_or_doubled() {
         "nothing lost, nothing doubled"
     );
     // Exactly one accepted update per site and round in the audit log.
-    let duplicates = query_i64(
-        &db,
-        "SELECT COUNT(*) FROM (SELECT site, detail, COUNT(*) AS n FROM audit
-         WHERE action = 'update' AND outcome = 'accepted' GROUP BY site, detail HAVING n > 1)",
-    );
-    assert_eq!(duplicates, 0);
-    assert_eq!(
-        query_i64(
-            &db,
-            "SELECT COUNT(*) FROM audit WHERE action = 'update' AND outcome = 'accepted'"
-        ),
-        60
-    );
+    let status = status_of(&db);
+    assert_eq!(status.duplicate_accepted_updates(), 0);
+    assert_eq!(status.audited("update", "accepted"), 60);
 }
 
 #[test]
@@ -124,12 +112,12 @@ fn a_participant_killed_mid_round_the_round_completes_on_quorum_and_it_rejoins()
         .collect();
     let mut va = participant(&s.dir, &url, "va", &["--pause-before-update", "3"]);
     wait_until(LIMIT, "round 2 with three accepted updates", || {
-        query_i64(&db, "SELECT COUNT(*) FROM updates WHERE round = 2") == 3
+        poll(&db, |s| s.pending_updates_of(2)) == 3
     });
     va.kill_9();
     // The round goes on without VA once it has been silent for the liveness period.
     wait_until(LIMIT, "round 2 closed", || {
-        query_i64(&db, "SELECT COUNT(*) FROM rounds WHERE round = 2") == 1
+        poll(&db, |s| usize::from(s.round_closed(2))) == 1
     });
     let mut va = participant(&s.dir, &url, "va", &[]);
     assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
@@ -144,12 +132,7 @@ fn a_participant_killed_mid_round_the_round_completes_on_quorum_and_it_rejoins()
     assert_eq!(rounds[1]["dropped"], 1, "{}", rounds[1]);
     assert_eq!(rounds[1]["status"], "completed");
     assert_eq!(rounds[14]["accepted"], 4, "VA rejoined: {}", rounds[14]);
-    assert!(
-        query_i64(
-            &db,
-            "SELECT COUNT(*) FROM audit WHERE action = 'liveness' AND site = 'va'"
-        ) >= 1
-    );
+    assert!(status_of(&db).audit_count(|a| a.action == "liveness" && a.site == "va") >= 1);
 }
 
 /// Four synthetic sites, site3's rows 1e30 times too large (its loss
@@ -203,14 +186,16 @@ fn a_failing_site_withdraws(name: &str, tables: &str) {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
     // The coordinator's audit log keeps who left, when and why.
-    assert_eq!(
-        query_i64(
-            &db,
-            "SELECT COUNT(*) FROM audit WHERE site = 'site3' AND action = 'withdraw'
-             AND outcome = 'left the run' AND detail LIKE 'round 1: local training failed:%diverged%'"
-        ),
-        1
-    );
+    let left = status_of(&db).audit_count(|a| {
+        let detail = a.detail.to_lowercase();
+        a.site == "site3"
+            && a.action == "withdraw"
+            && a.outcome == "left the run"
+            && detail
+                .strip_prefix("round 1: local training failed:")
+                .is_some_and(|rest| rest.contains("diverged"))
+    });
+    assert_eq!(left, 1);
     let report = s.json("dep.json");
     let rounds = report["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 4);

@@ -2,7 +2,8 @@
 //! their reasons while the rounds go on.
 
 use crate::trust::next_task_header;
-use crate::util::procs::{HEART_SITES, Proc, coordinator, examples, participant, query_i64};
+use crate::util::procs::{HEART_SITES, Proc, coordinator, examples, participant};
+use crate::util::status::status_of;
 use crate::util::{self, Scratch};
 use crate::{LIMIT, hello, plan_with};
 
@@ -196,11 +197,10 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
         "{replies:?}"
     );
     assert_eq!(
-        query_i64(
-            &db,
-            "SELECT COUNT(*) FROM audit WHERE site = 'va' AND action = 'withdraw'
-             AND outcome = 'not waited for' AND detail = 'round 999: not open'"
-        ),
+        status_of(&db).audit_count(|a| a.site == "va"
+            && a.action == "withdraw"
+            && a.outcome == "not waited for"
+            && a.detail == "round 999: not open"),
         1
     );
     assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
@@ -215,10 +215,7 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
         "{rounds:?}"
     );
     assert!(rounds.iter().all(|r| r["accepted"] == 3), "{rounds:?}");
-    let rejected = query_i64(
-        &db,
-        "SELECT COUNT(*) FROM audit WHERE site = 'va' AND outcome = 'rejected'",
-    );
+    let rejected = status_of(&db).audit_count(|a| a.site == "va" && a.outcome == "rejected");
     assert!(
         rejected >= 3,
         "rejections recorded with their reason: {rejected}"

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use crate::util::procs::{Proc, coordinator, query_i64};
+use crate::util::procs::{Proc, coordinator};
+use crate::util::status::status_of;
 use crate::util::{self, Scratch};
 use crate::{LIMIT, plan, run_federation, simulated_model};
 
@@ -33,6 +34,9 @@ fn deployment_equals_simulation_bit_for_bit() {
             "{strategy}: deployment differs from simulation"
         );
         let report = s.json(&format!("{model}.json"));
+        if strategy == "fedavg" {
+            status_tells_the_report(&s.path(&format!("{strategy}.sqlite")), &report);
+        }
         let simulated = s.json(&format!("sim-{strategy}.model.json"));
         assert_eq!(report["final"]["accuracy"], simulated["final"]["accuracy"]);
         assert_eq!(
@@ -40,6 +44,56 @@ fn deployment_equals_simulation_bit_for_bit() {
             simulated["final"]["mean_site_accuracy"]
         );
     }
+}
+
+/// `tessera status --json` of a finished run's database says what the
+/// run's report says: its rounds, who counted, the models, no round open.
+fn status_tells_the_report(db: &std::path::Path, report: &serde_json::Value) {
+    let status = status_of(db);
+    let doc = &status.0;
+    assert_eq!(doc["state"], "finished", "{doc}");
+    assert_eq!(doc["run"]["status"], "finished");
+    assert_eq!(doc["run"]["rounds"], 15);
+    let hash = doc["run"]["plan_hash"].as_str().unwrap();
+    assert!(hash.len() == 64 && hash.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(doc["participants"].as_array().unwrap().len(), 4);
+    for step in ["kinds", "levels"] {
+        assert_eq!(doc["agreement"][step]["agreed"], true, "{step}");
+        assert_eq!(
+            doc["agreement"][step]["offers"].as_array().unwrap().len(),
+            4
+        );
+    }
+    assert_eq!(doc["agreement"]["statistics"]["agreed"], false);
+    let reported = report["rounds"].as_array().unwrap();
+    assert_eq!(status.rounds().len(), reported.len());
+    for (stored, line) in status.rounds().iter().zip(reported) {
+        assert_eq!(stored["round"], line["round"]);
+        assert_eq!(stored["evaluated"], true);
+        assert_eq!(stored["metrics"]["accuracy"], line["accuracy"], "{stored}");
+        assert_eq!(stored["cohort"].as_array().unwrap().len(), 4);
+        assert_eq!(
+            stored["counted"].as_array().unwrap().len() as u64,
+            line["accepted"].as_u64().unwrap()
+        );
+        assert_eq!(
+            stored["aggregate"]["n_updates"], line["accepted"],
+            "{stored}"
+        );
+        assert!(stored["dropped"].as_array().unwrap().is_empty());
+    }
+    assert!(doc["open_round"].is_null());
+    assert_eq!(status.pending_updates(), 0);
+    let versions: Vec<u64> = doc["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, (0..=15).collect::<Vec<u64>>());
+    assert_eq!(doc["privacy"]["releases"], 0);
+    assert_eq!(status.audited("update", "accepted"), 60);
+    assert_eq!(status.duplicate_accepted_updates(), 0);
 }
 
 /// A parameter set streams down and back in chunks with each side holding
@@ -186,29 +240,17 @@ site_metrics = "clear"
         report["final"]
     );
     // The slow site contributed, with stale models, and nothing was refused as too stale.
-    let slow = query_i64(
-        &db,
-        "SELECT COUNT(*) FROM audit WHERE site = 'site5' AND action = 'update' AND outcome = 'accepted'",
-    );
+    let status = status_of(&db);
+    let slow = status.accepted_updates_of("site5");
     assert!(slow >= 1, "the slow site's updates count");
-    let fast = query_i64(
-        &db,
-        "SELECT COUNT(*) FROM audit WHERE site = 'site0' AND action = 'update' AND outcome = 'accepted'",
-    );
+    let fast = status.accepted_updates_of("site0");
     assert!(
         fast > slow,
         "fast sites contribute more often: {fast} against {slow}"
     );
     assert_eq!(
-        query_i64(
-            &db,
-            "SELECT COUNT(*) FROM audit WHERE detail LIKE '%stale%'"
-        ),
+        status.audit_count(|a| a.detail.to_lowercase().contains("stale")),
         0
     );
-    assert_eq!(
-        query_i64(&db, "SELECT COUNT(*) FROM round_aggregates"),
-        30,
-        "every step durable"
-    );
+    assert_eq!(status.aggregates().len(), 30, "every step durable");
 }

@@ -2,7 +2,8 @@
 //! under mutual TLS, and recovering the sum when a site drops.
 
 use crate::tls::heart_ca;
-use crate::util::procs::{HEART_SITES, Proc, coordinator, participant, query_i64};
+use crate::util::procs::{HEART_SITES, Proc, coordinator, participant};
+use crate::util::status::status_of;
 use crate::util::{self, Scratch};
 use crate::{LIMIT, heart_text, plan_with, run_federation, simulated_model};
 
@@ -24,14 +25,9 @@ fn secure_aggregation_over_grpc_equals_simulation_bit_for_bit() {
     // The coordinator saw only sums, and the sums are exact.
     assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
     let db = s.path("secure.sqlite");
-    assert_eq!(
-        query_i64(
-            &db,
-            "SELECT COUNT(*) FROM audit WHERE action = 'secure-aggregation' AND outcome = 'completed'"
-        ),
-        15
-    );
-    assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM updates"), 0);
+    let status = status_of(&db);
+    assert_eq!(status.audited("secure-aggregation", "completed"), 15);
+    assert_eq!(status.pending_updates(), 0);
     // Example counts, train losses and step counts travel inside the masked
     // vectors: each round's train loss is the simulation's, and it is the
     // mean of 4 losses in 2^-16 fixed point (decoded from the masked sum of
@@ -47,21 +43,22 @@ fn secure_aggregation_over_grpc_equals_simulation_bit_for_bit() {
         let scaled = loss * 4.0 * 65_536.0;
         assert_eq!(scaled, scaled.trunc(), "round {}: {loss}", r["round"]);
     }
-    assert_eq!(
-        query_i64(
-            &db,
-            "SELECT COUNT(*) FROM round_aggregates WHERE n_updates = 4 AND n_examples > 0
-             AND mean_train_loss * 262144.0 = CAST(mean_train_loss * 262144.0 AS INTEGER)"
-        ),
-        15
-    );
+    let whole = status
+        .aggregates()
+        .iter()
+        .filter(|a| {
+            let scaled = a["mean_train_loss"].as_f64().unwrap() * 262_144.0;
+            a["n_updates"] == 4 && a["n_examples"].as_u64().unwrap() > 0 && scaled == scaled.trunc()
+        })
+        .count();
+    assert_eq!(whole, 15);
     // Nothing per site anywhere in the coordinator's records: no update
     // rows (above), and no loss or example count in the audit log.
     assert_eq!(
-        query_i64(
-            &db,
-            "SELECT COUNT(*) FROM audit WHERE detail LIKE '%loss%' OR detail LIKE '%example%'"
-        ),
+        status.audit_count(|a| {
+            let detail = a.detail.to_lowercase();
+            detail.contains("loss") || detail.contains("example")
+        }),
         0
     );
 }
@@ -144,21 +141,10 @@ fn secure_aggregation_under_mutual_tls_signs_keys_and_views_and_sites_refuse_a_w
         expected
     );
     let db = s.path("secure.sqlite");
-    assert_eq!(
-        query_i64(
-            &db,
-            "SELECT COUNT(*) FROM audit WHERE action = 'secure-aggregation' AND outcome = 'completed'"
-        ),
-        4
-    );
-    assert_eq!(
-        query_i64(
-            &db,
-            "SELECT COUNT(*) FROM audit WHERE action = 'secure-aggregation' AND outcome = 'rejected'"
-        ),
-        0
-    );
-    assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM updates"), 0);
+    let status = status_of(&db);
+    assert_eq!(status.audited("secure-aggregation", "completed"), 4);
+    assert_eq!(status.audited("secure-aggregation", "rejected"), 0);
+    assert_eq!(status.pending_updates(), 0);
 
     // The coordinator serves a plan without secure aggregation.
     let (mut coordinator, mut sites) = run(&weak, "weak.sqlite", "3");
@@ -172,10 +158,7 @@ fn secure_aggregation_under_mutual_tls_signs_keys_and_views_and_sites_refuse_a_w
         );
     }
     coordinator.kill_9();
-    assert_eq!(
-        query_i64(&s.path("weak.sqlite"), "SELECT COUNT(*) FROM updates"),
-        0
-    );
+    assert_eq!(status_of(&s.path("weak.sqlite")).pending_updates(), 0);
 }
 
 #[test]
@@ -222,22 +205,19 @@ fn secure_aggregation_recovers_the_sum_when_a_site_drops_after_sharing_its_keys(
         assert_eq!(r["accepted"], 3, "{r}");
         assert_eq!(r["dropped"], 1, "{r}");
     }
-    assert_eq!(
-        query_i64(
-            &db,
-            "SELECT COUNT(*) FROM audit WHERE action = 'secure-aggregation'
-             AND detail LIKE '%the sum of 3 of 4 updates;%'"
-        ),
-        3
-    );
+    let status = status_of(&db);
+    let sums = status.audit_count(|a| {
+        a.action == "secure-aggregation" && a.detail.contains("the sum of 3 of 4 updates;")
+    });
+    assert_eq!(sums, 3);
     // In round 1 at least, VA had shared its keys before going quiet: its
     // pairwise masks were rebuilt from its neighbours' shares and removed.
     // (Later, it may still be pausing when the next round's keys are due.)
-    assert!(
-        query_i64(
-            &db,
-            "SELECT COUNT(*) FROM audit WHERE action = 'secure-aggregation'
-             AND detail LIKE 'round 1: %the masks of 1 that dropped after sharing keys removed'"
-        ) == 1
-    );
+    let rebuilt = status.audit_count(|a| {
+        a.action == "secure-aggregation"
+            && a.detail.starts_with("round 1: ")
+            && a.detail
+                .ends_with("the masks of 1 that dropped after sharing keys removed")
+    });
+    assert!(rebuilt == 1);
 }

@@ -1,7 +1,7 @@
 //! Site metrics deployed: aggregate-only sums and DP-noised metrics at the
 //! coordinator.
 
-use crate::util::procs::query_i64;
+use crate::util::status::status_of;
 use crate::util::{self, Scratch};
 use crate::{LIMIT, heart_text, hello, plan, run_federation};
 
@@ -31,14 +31,9 @@ fn aggregate_only_site_metrics_reach_the_coordinator_only_as_sums() {
     assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
     let db = s.path("agg.sqlite");
     // What the coordinator received: sums, never a site's evaluation.
-    assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM evaluations"), 0);
-    assert_eq!(
-        query_i64(
-            &db,
-            "SELECT COUNT(*) FROM audit WHERE action = 'secure-evaluation' AND outcome = 'completed'"
-        ),
-        4
-    );
+    let status = status_of(&db);
+    assert_eq!(status.evaluations(), 0);
+    assert_eq!(status.audited("secure-evaluation", "completed"), 4);
     let report = s.json("dep.model.json");
     let per_site = report["final"]["per_site"]
         .as_object()
@@ -95,10 +90,7 @@ fn aggregate_only_site_metrics_reach_the_coordinator_only_as_sums() {
         refused.message()
     );
     second.kill_9();
-    assert_eq!(
-        query_i64(&s.path("clear.sqlite"), "SELECT COUNT(*) FROM evaluations"),
-        0
-    );
+    assert_eq!(status_of(&s.path("clear.sqlite")).evaluations(), 0);
 }
 
 /// `site_metrics = "dp"` deployed: the coordinator stores and reports only
@@ -132,7 +124,8 @@ fn dp_site_metrics_are_noised_at_the_coordinator_with_its_own_secret() {
             expected
         );
         let db = s.path(&format!("{run}.sqlite"));
-        assert_eq!(query_i64(&db, "SELECT COUNT(*) FROM evaluations"), 0);
+        let status = status_of(&db);
+        assert_eq!(status.evaluations(), 0);
         let report = s.json(&format!("{run}.model.json"));
         let dp = &report["metrics_privacy"];
         assert_eq!(dp["releases"], 4, "{dp}");
@@ -150,10 +143,16 @@ fn dp_site_metrics_are_noised_at_the_coordinator_with_its_own_secret() {
             })
             .collect();
         // The database holds the same noised figures, never the exact ones.
-        let stored = query_i64(
-            &db,
-            "SELECT COUNT(*) FROM rounds WHERE record LIKE '%metrics_epsilon%'",
-        );
+        let stored = status
+            .rounds()
+            .iter()
+            .filter(|r| {
+                r["metrics"]
+                    .to_string()
+                    .to_lowercase()
+                    .contains("metrics_epsilon")
+            })
+            .count();
         assert_eq!(stored, 4);
         let ledger = s.run(&["privacy", "--db", db.to_str().unwrap()]).ok();
         assert!(

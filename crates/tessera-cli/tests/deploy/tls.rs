@@ -1,7 +1,8 @@
 //! Mutual TLS from the federation's own CA: unknown, revoked and
 //! impersonating certificates refused, and revocations in the middle of a run.
 
-use crate::util::procs::{HEART_SITES, Proc, coordinator, participant, query_i64, wait_until};
+use crate::util::procs::{HEART_SITES, Proc, coordinator, participant, wait_until};
+use crate::util::status::{poll, status_of};
 use crate::util::{self, Scratch};
 use crate::{LIMIT, plan, simulated_model};
 
@@ -81,18 +82,13 @@ fn mutual_tls_refuses_unknown_revoked_and_impersonating_certificates() {
     refused("revoked", "va", &s.path("revoked"));
     let log = refused("impersonation", "va", &s.path("ca/sites/cleveland"));
     assert!(log.contains("does not name site 'va'"), "{log}");
-    let handshakes = query_i64(
-        &db,
-        "SELECT COUNT(*) FROM audit WHERE action = 'connect' AND outcome = 'rejected'",
-    );
+    let status = status_of(&db);
+    let handshakes = status.audited("connect", "rejected");
     assert!(
         handshakes >= 2,
         "refused handshakes are audited: {handshakes}"
     );
-    let impersonations = query_i64(
-        &db,
-        "SELECT COUNT(*) FROM audit WHERE action = 'identity' AND site = 'va'",
-    );
+    let impersonations = status.audit_count(|a| a.action == "identity" && a.site == "va");
     assert!(impersonations >= 1);
 
     let mut sites: Vec<Proc> = HEART_SITES
@@ -186,7 +182,7 @@ fn tls_run_at_round_2(
         })
         .collect();
     wait_until(LIMIT, "round 2 closed", || {
-        query_i64(&db, "SELECT COUNT(*) FROM rounds WHERE round = 2") == 1
+        poll(&db, |s| usize::from(s.round_closed(2))) == 1
     });
     (coordinator, sites, db, ca)
 }
@@ -221,11 +217,12 @@ fn a_site_revoked_mid_run_is_refused_on_its_open_connection() {
         }
     }
     // Refused at a call, by name (a refused handshake is audited as 'connect').
-    let refusals = query_i64(
-        &db,
-        "SELECT COUNT(*) FROM audit WHERE site = 'va' AND action IN ('identity', 'update') \
-         AND outcome = 'rejected' AND detail LIKE '%Revoked%'",
-    );
+    let refusals = status_of(&db).audit_count(|a| {
+        a.site == "va"
+            && (a.action == "identity" || a.action == "update")
+            && a.outcome == "rejected"
+            && a.detail.to_lowercase().contains("revoked")
+    });
     assert!(refusals >= 1, "the refusal is audited: {refusals}");
     let report = s.json("dep.json");
     let rounds = report["rounds"].as_array().unwrap();
@@ -260,7 +257,7 @@ fn sites_stop_working_for_a_coordinator_revoked_mid_run() {
             p.name
         );
     }
-    let closed = query_i64(&db, "SELECT COUNT(*) FROM rounds");
+    let closed = status_of(&db).rounds().len();
     assert!(closed < 15, "the run did not go on: {closed} rounds");
     coordinator.kill_9();
 }

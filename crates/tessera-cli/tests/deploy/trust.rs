@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use crate::util::procs::{HEART_SITES, Proc, coordinator, examples, participant, query_i64};
+use crate::util::procs::{HEART_SITES, Proc, coordinator, examples, participant};
+use crate::util::status::status_of;
 use crate::util::{self, Scratch};
 use crate::{LIMIT, OUTPUTS, heart_text, hello};
 
@@ -186,11 +187,9 @@ fn hostile_statistics_are_refused_and_the_run_equals_its_simulation() {
     }
     assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
     assert_eq!(
-        query_i64(
-            &db,
-            "SELECT COUNT(*) FROM audit WHERE site = 'va' AND action = 'agree-statistics' \
-             AND outcome = 'rejected'"
-        ),
+        status_of(&db).audit_count(|a| a.site == "va"
+            && a.action == "agree-statistics"
+            && a.outcome == "rejected"),
         3
     );
 }
@@ -299,11 +298,9 @@ fn hostile_counts_are_refused_and_the_coordinator_goes_on() {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
     assert_eq!(
-        query_i64(
-            &db,
-            "SELECT COUNT(*) FROM audit WHERE site = 'va' AND outcome = 'rejected' \
-             AND action IN ('update', 'evaluation')"
-        ),
+        status_of(&db).audit_count(|a| a.site == "va"
+            && a.outcome == "rejected"
+            && (a.action == "update" || a.action == "evaluation")),
         3
     );
     let report = s.json("dep.json");
@@ -511,14 +508,16 @@ fn hostile_names_are_bounded_and_the_run_equals_its_simulation() {
     // What the database kept of 441 refusals.
     // Of the 300 at once, at most 50 written a second after a burst of 50;
     // the 40 long names and 21 calls on one connection add at most 61.
-    let rows = query_i64(&db, "SELECT COUNT(*) FROM audit");
+    let audit = status_of(&db).audit();
+    let rows = audit.len() as i64;
     let allowed = 50 + (seconds * 50.0).ceil() as i64 + 61;
     assert!(rows <= allowed, "{rows} audit rows; at most {allowed}");
-    let longest = query_i64(&db, "SELECT MAX(LENGTH(site) + LENGTH(detail)) FROM audit");
-    let split = query_i64(
-        &db,
-        "SELECT COUNT(*) FROM audit WHERE instr(site, char(10)) > 0",
-    );
+    let longest = audit
+        .iter()
+        .map(|a| a.site.chars().count() + a.detail.chars().count())
+        .max()
+        .unwrap_or(0);
+    let split = audit.iter().filter(|a| a.site.contains('\n')).count();
     assert_eq!(split, 0, "a site name with a line break was kept as-is");
     assert!(longest < 1_400, "an audit row of {longest} bytes");
     let mut participants: Vec<Proc> = HEART_SITES

@@ -197,3 +197,4 @@ pub fn root() -> PathBuf {
 }
 
 pub mod procs;
+pub mod status;

@@ -238,7 +238,9 @@ pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) 
     }
 }
 
-/// Runs a read-only query against the coordinator's database (it may be busy).
+/// Runs a read-only query against the coordinator's database (it may be
+/// busy): only for what concerns the file itself (a table that must not be
+/// there); what a run recorded is read through `util::status`.
 pub fn query_i64(db: &Path, sql: &str) -> i64 {
     let Ok(conn) =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)

@@ -16,10 +16,13 @@ use tessera_engine::{EngineConfig, RoundEngine};
 use tessera_proto::{convert, pb};
 
 use super::{Expected, Federation, Phase, Refusal, trust, unavailable};
-use crate::store::{Offers, StoreError};
+use crate::store::{AgreementStep, Offers, StoreError};
 
 impl Federation {
-    pub(super) fn quorum_of_offers(&self, step: u32) -> Result<Option<Offers>, StoreError> {
+    pub(super) fn quorum_of_offers(
+        &self,
+        step: AgreementStep,
+    ) -> Result<Option<Offers>, StoreError> {
         let offers = self.store.offers(&self.run.id, step)?;
         let offered: BTreeSet<&String> = offers.iter().map(|(s, _)| s).collect();
         let complete = match &self.expected {
@@ -48,7 +51,12 @@ impl Federation {
         let parsed = convert::kinds_offer_from_pb(site, offer.clone())
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
         self.store
-            .put_offer(&self.run.id, 1, site, &offer.encode_to_vec())
+            .put_offer(
+                &self.run.id,
+                AgreementStep::Kinds,
+                site,
+                &offer.encode_to_vec(),
+            )
             .map_err(unavailable)?;
         let _ = parsed;
         if self.relay.is_some() {
@@ -56,7 +64,10 @@ impl Federation {
             self.version += 1;
             return Ok(None);
         }
-        let Some(offers) = self.quorum_of_offers(1).map_err(unavailable)? else {
+        let Some(offers) = self
+            .quorum_of_offers(AgreementStep::Kinds)
+            .map_err(unavailable)?
+        else {
             return Ok(None);
         };
         let offers: Vec<KindsOffer> = offers
@@ -72,7 +83,7 @@ impl Federation {
         if !odd.is_empty() {
             for (odd_site, reason) in odd {
                 self.store
-                    .delete_offer(&self.run.id, 1, &odd_site)
+                    .delete_offer(&self.run.id, AgreementStep::Kinds, &odd_site)
                     .map_err(unavailable)?;
                 self.refuse_report(&odd_site, "agree-kinds", &reason);
                 self.odd_offers.insert(odd_site, reason);
@@ -88,7 +99,7 @@ impl Federation {
         self.store
             .put_agreement(
                 &self.run.id,
-                1,
+                AgreementStep::Kinds,
                 &convert::kinds_to_pb(&kinds).encode_to_vec(),
             )
             .map_err(unavailable)?;
@@ -126,7 +137,12 @@ impl Federation {
             Some(_) => {}
             None => {
                 self.store
-                    .put_offer(&self.run.id, 2, site, &offer.encode_to_vec())
+                    .put_offer(
+                        &self.run.id,
+                        AgreementStep::Levels,
+                        site,
+                        &offer.encode_to_vec(),
+                    )
                     .map_err(unavailable)?;
                 self.declared.insert(site.to_string(), declared);
             }
@@ -141,7 +157,10 @@ impl Federation {
             self.version += 1;
             return Ok(None);
         }
-        let Some(offers) = self.quorum_of_offers(2).map_err(unavailable)? else {
+        let Some(offers) = self
+            .quorum_of_offers(AgreementStep::Levels)
+            .map_err(unavailable)?
+        else {
             return Ok(None);
         };
         let offers: Vec<LevelsOffer> = offers
@@ -189,17 +208,15 @@ impl Federation {
             .initial_parameters(agreement.feature_names().len(), agreement.classes.len())
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
         let now = self.now();
-        let stored = self
-            .store
-            .put_model(&self.run.id, 0, &initial, now)
-            .and_then(|()| {
-                self.store.put_agreement(
-                    &self.run.id,
-                    2,
-                    &convert::agreement_to_pb(agreement).encode_to_vec(),
-                )
-            });
-        stored.map_err(unavailable)?;
+        // The initial model and the vocabulary are stored together, or neither.
+        let run = self.run.id.as_str();
+        let encoded = convert::agreement_to_pb(agreement).encode_to_vec();
+        self.store
+            .write(&mut |tx| {
+                tx.put_model(run, 0, &initial, now)?;
+                tx.put_agreement(run, AgreementStep::Levels, &encoded)
+            })
+            .map_err(unavailable)?;
         if self.plan.federation.mode == tessera_engine::Mode::Async {
             let engine =
                 tessera_engine::BufferedEngine::new(&self.plan, initial.clone(), self.joined.len())
@@ -253,7 +270,11 @@ impl Federation {
         let Some(n_features) = self.agreement.as_ref().map(|a| a.feature_names().len()) else {
             return Err(Refusal::Invalid("agree the vocabulary first".into()));
         };
-        if let Some(bytes) = self.store.agreement(&self.run.id, 3).map_err(unavailable)? {
+        if let Some(bytes) = self
+            .store
+            .agreement(&self.run.id, AgreementStep::Statistics)
+            .map_err(unavailable)?
+        {
             let merged = pb::FeatureStatistics::decode(bytes.as_slice())
                 .map_err(|e| Refusal::Invalid(e.to_string()))?;
             return convert::statistics_from_pb(merged, n_features)
@@ -269,13 +290,21 @@ impl Federation {
             });
         own?;
         self.store
-            .put_offer(&self.run.id, 3, site, &offer.encode_to_vec())
+            .put_offer(
+                &self.run.id,
+                AgreementStep::Statistics,
+                site,
+                &offer.encode_to_vec(),
+            )
             .map_err(unavailable)?;
         if self.relay.is_some() {
             self.version += 1;
             return Ok(None);
         }
-        let Some(offers) = self.quorum_of_offers(3).map_err(unavailable)? else {
+        let Some(offers) = self
+            .quorum_of_offers(AgreementStep::Statistics)
+            .map_err(unavailable)?
+        else {
             return Ok(None);
         };
         let parts = offers
@@ -291,7 +320,7 @@ impl Federation {
         self.store
             .put_agreement(
                 &self.run.id,
-                3,
+                AgreementStep::Statistics,
                 &convert::statistics_to_pb(&merged).encode_to_vec(),
             )
             .map_err(unavailable)?;

@@ -13,7 +13,7 @@ use tessera_engine::report::{RoundRecord, mean_site_accuracy};
 use tessera_learn::Evaluation;
 use tessera_proto::pb;
 
-use super::{Federation, ModelPart, Phase, Refusal, TaskView};
+use super::{Federation, ModelPart, Phase, Refusal, TaskView, unavailable};
 use crate::CoordinatorError;
 use crate::store::{RoundClose, StoreError};
 use crate::telemetry::names;
@@ -209,7 +209,7 @@ impl Federation {
         };
         self.store
             .put_evaluation(&run, report.round, site, &report.encode_to_vec())
-            .map_err(|e| Refusal::Invalid(format!("cannot store the evaluation: {e}")))?;
+            .map_err(|e| unavailable(format!("cannot store the evaluation: {e}")))?;
         received.insert(site.to_string(), evaluation);
         self.version += 1;
         Ok(())
@@ -332,7 +332,13 @@ impl Federation {
                 tracing::warn!(site = %stored.site, %rejection, "a stored update no longer counts");
             }
         }
-        for (round, _status, record, evaluated) in self.store.rounds(run)? {
+        for crate::store::RoundRow {
+            round,
+            record,
+            evaluated,
+            ..
+        } in self.store.rounds(run)?
+        {
             let record: RoundRecord = serde_json::from_str(&record)
                 .map_err(|e| StoreError::Damaged(format!("step {round}: {e}")))?;
             if evaluated {

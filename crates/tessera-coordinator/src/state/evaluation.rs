@@ -9,7 +9,7 @@ use tessera_engine::report::RoundRecord;
 use tessera_learn::Evaluation;
 use tessera_proto::{convert, pb};
 
-use super::{Federation, Phase, Refusal};
+use super::{Federation, Phase, Refusal, unavailable};
 use crate::CoordinatorError;
 
 impl Federation {
@@ -72,9 +72,7 @@ impl Federation {
             .store
             .put_evaluation(&run, *round, site, &report.encode_to_vec())
         {
-            return Err(Refusal::Invalid(format!(
-                "cannot store the evaluation: {e}"
-            )));
+            return Err(unavailable(format!("cannot store the evaluation: {e}")));
         }
         received.insert(site.to_string(), evaluation);
         self.version += 1;

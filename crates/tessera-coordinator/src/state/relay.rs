@@ -21,7 +21,7 @@ use tessera_proto::{convert, pb};
 
 use super::{Federation, Phase};
 use crate::CoordinatorError;
-use crate::store::StoreError;
+use crate::store::{AgreementStep, StoreError};
 
 /// What an aggregator knows of its parent's work.
 #[derive(Debug)]
@@ -126,12 +126,11 @@ impl Federation {
         self.relay.is_some()
     }
 
-    /// Aggregator: the merged offer of agreement step `step` (1 kinds, 2
-    /// levels, 3 statistics) once every member has offered and the parent's
-    /// answer has not come yet.
+    /// Aggregator: the merged offer of agreement step `step` once every
+    /// member has offered and the parent's answer has not come yet.
     pub fn relay_offer(
         &self,
-        step: u32,
+        step: AgreementStep,
     ) -> Result<Option<pb::agree_request::Offer>, CoordinatorError> {
         let Some(relay) = &self.relay else {
             return Ok(None);
@@ -144,7 +143,7 @@ impl Federation {
         };
         let name = relay.name.as_str();
         Ok(Some(match step {
-            1 => {
+            AgreementStep::Kinds => {
                 let offers = offers
                     .into_iter()
                     .map(|(site, bytes)| {
@@ -156,7 +155,7 @@ impl Federation {
                     .map_err(|e| CoordinatorError::Config(e.to_string()))?;
                 pb::agree_request::Offer::Kinds(convert::kinds_offer_to_pb(&merged))
             }
-            2 => {
+            AgreementStep::Levels => {
                 let columns = self.kinds.as_ref().map_or(0, |k| k.columns.len());
                 let offers = offers
                     .into_iter()
@@ -168,7 +167,7 @@ impl Federation {
                 let merged = LevelsOffer::merge(name, columns, &offers);
                 pb::agree_request::Offer::Levels(convert::levels_offer_to_pb(&merged))
             }
-            _ => {
+            AgreementStep::Statistics => {
                 let n = self
                     .agreement
                     .as_ref()
@@ -192,7 +191,7 @@ impl Federation {
         if self.kinds.is_none() {
             self.store.put_agreement(
                 &self.run.id,
-                1,
+                AgreementStep::Kinds,
                 &convert::kinds_to_pb(&kinds).encode_to_vec(),
             )?;
             self.audit("-", "agree-kinds", "from parent", &kinds.columns.join(","));
@@ -222,20 +221,27 @@ impl Federation {
             .map_or(0, |a| a.feature_names().len());
         // Checked before it is kept: the members decode it too.
         convert::statistics_from_pb(merged.clone(), n)?;
-        if self.store.agreement(&self.run.id, 3)?.is_none() {
-            self.store
-                .put_agreement(&self.run.id, 3, &merged.encode_to_vec())?;
+        if self
+            .store
+            .agreement(&self.run.id, AgreementStep::Statistics)?
+            .is_none()
+        {
+            self.store.put_agreement(
+                &self.run.id,
+                AgreementStep::Statistics,
+                &merged.encode_to_vec(),
+            )?;
             self.version += 1;
         }
         Ok(())
     }
 
     /// Aggregator: whether agreement step `step` has its parent's answer.
-    pub fn relay_settled(&self, step: u32) -> Result<bool, CoordinatorError> {
+    pub fn relay_settled(&self, step: AgreementStep) -> Result<bool, CoordinatorError> {
         Ok(match step {
-            1 => self.kinds.is_some(),
-            2 => self.agreement.is_some(),
-            _ => self.store.agreement(&self.run.id, step)?.is_some(),
+            AgreementStep::Kinds => self.kinds.is_some(),
+            AgreementStep::Levels => self.agreement.is_some(),
+            AgreementStep::Statistics => self.store.agreement(&self.run.id, step)?.is_some(),
         })
     }
 
@@ -479,7 +485,10 @@ impl Federation {
     /// the round left open (reopened when its parent's task comes again).
     pub(super) fn resume_relay(&mut self, run: &str) -> Result<(), CoordinatorError> {
         self.resume_rounds(run, Timestamp(u64::MAX))?;
-        let open = self.store.open_round_of(run)?;
+        let open = self
+            .store
+            .open_round_of(run)?
+            .map(|o| (o.round, o.cohort, o.opened));
         let closed = self.store.latest_model_version(run)?.unwrap_or(0);
         if let Some(relay) = self.relay.as_mut() {
             relay.closed_through = closed;

@@ -14,14 +14,14 @@ use tessera_proto::{convert, pb};
 
 use super::{Federation, Phase, trust};
 use crate::CoordinatorError;
-use crate::store::StoreError;
+use crate::store::{AgreementStep, EvaluationRow, RoundRow, StoreError};
 
 impl Federation {
     /// Rebuilds the state a previous coordinator left in the database.
     pub(super) fn resume(&mut self) -> Result<(), CoordinatorError> {
         let run = self.run.id.clone();
         self.joined = self.store.participants(&run)?.into_iter().collect();
-        for (site, bytes) in self.store.offers(&run, 2)? {
+        for (site, bytes) in self.store.offers(&run, AgreementStep::Levels)? {
             let offer = pb::LevelsOffer::decode(bytes.as_slice())
                 .map_err(|e| StoreError::Damaged(e.to_string()))?;
             // Stored offers were checked when they came.
@@ -29,12 +29,12 @@ impl Federation {
                 self.declared.insert(site, declared);
             }
         }
-        if let Some(bytes) = self.store.agreement(&run, 1)? {
+        if let Some(bytes) = self.store.agreement(&run, AgreementStep::Kinds)? {
             let kinds = pb::ColumnKinds::decode(bytes.as_slice())
                 .map_err(|e| StoreError::Damaged(e.to_string()))?;
             self.kinds = Some(convert::kinds_from_pb(kinds)?);
         }
-        let Some(bytes) = self.store.agreement(&run, 2)? else {
+        let Some(bytes) = self.store.agreement(&run, AgreementStep::Levels)? else {
             return Ok(());
         };
         let agreement = pb::Agreement::decode(bytes.as_slice())
@@ -122,8 +122,9 @@ impl Federation {
         let mut reopened_secure = None;
         if matches!(self.phase, Phase::Agreeing) {
             self.phase = Phase::Training;
-            if let Some((round, cohort, opened_at)) = self.store.open_round_of(&run)? {
-                let start = engine.reopen_round(round, cohort, opened_at)?;
+            if let Some(open) = self.store.open_round_of(&run)? {
+                let round = open.round;
+                let start = engine.reopen_round(round, open.cohort, open.opened)?;
                 reopened_secure = Some((round, start.cohort));
                 for stored in self.store.updates(&run, round)? {
                     let (site, update, at) = (stored.site, stored.update, stored.at);
@@ -164,7 +165,13 @@ impl Federation {
                 self.counted.insert(site, (row.round, was_counted));
             }
         }
-        for (round, _status, record, evaluated) in self.store.rounds(run)? {
+        for RoundRow {
+            round,
+            record,
+            evaluated,
+            ..
+        } in self.store.rounds(run)?
+        {
             let record: RoundRecord = serde_json::from_str(&record)
                 .map_err(|e| StoreError::Damaged(format!("round {round}: {e}")))?;
             if evaluated {
@@ -193,8 +200,8 @@ impl Federation {
             .store
             .evaluations(run, round)?
             .into_iter()
-            .filter_map(|(site, bytes)| {
-                let report = pb::EvaluationReport::decode(bytes.as_slice()).ok()?;
+            .filter_map(|EvaluationRow { site, report }| {
+                let report = pb::EvaluationReport::decode(report.as_slice()).ok()?;
                 Some((site, convert::evaluation_from_pb(&report).ok()?))
             })
             .collect())

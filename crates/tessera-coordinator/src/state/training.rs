@@ -13,7 +13,7 @@ use tessera_proto::pb;
 
 use super::{Expected, Federation, ModelPart, Phase, Refusal, TaskView};
 use crate::CoordinatorError;
-use crate::store::{RoundClose, Store};
+use crate::store::{RoundClose, RunStore};
 use crate::telemetry::names;
 
 impl Federation {
@@ -487,7 +487,7 @@ impl Federation {
     /// this key, so nothing in the database reproduces or removes any noise.
     pub(super) fn privacy_preflight(
         plan: &Plan,
-        store: &Store,
+        store: &dyn RunStore,
         run: &str,
     ) -> Result<[u8; 32], CoordinatorError> {
         let rows = store.privacy_ledger(run)?;

@@ -108,3 +108,93 @@ pub struct AuditRow {
     /// Why, or what.
     pub detail: String,
 }
+
+/// A step of the data agreement. Stored as its number (1, 2, 3), as
+/// coordinators always stored it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AgreementStep {
+    /// Each site's column kinds.
+    Kinds,
+    /// Each site's sets of levels and declared row counts: the vocabulary.
+    Levels,
+    /// Each site's feature statistics (federation-scope standardisation).
+    Statistics,
+}
+
+impl AgreementStep {
+    /// Every step, in order.
+    pub const ALL: [AgreementStep; 3] = [Self::Kinds, Self::Levels, Self::Statistics];
+
+    /// Its number in the database.
+    pub fn code(self) -> u32 {
+        match self {
+            Self::Kinds => 1,
+            Self::Levels => 2,
+            Self::Statistics => 3,
+        }
+    }
+
+    /// The step numbered `code`.
+    pub fn from_code(code: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.code() == code)
+    }
+
+    /// Its name in logs and `tessera status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kinds => "kinds",
+            Self::Levels => "levels",
+            Self::Statistics => "statistics",
+        }
+    }
+}
+
+impl std::fmt::Display for AgreementStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The open round as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenRoundRow {
+    /// The round (or asynchronous step).
+    pub round: u32,
+    /// Its cohort.
+    pub cohort: Vec<ParticipantId>,
+    /// When it opened (run clock).
+    pub opened: Timestamp,
+}
+
+/// A closed round's report line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoundRow {
+    /// The round.
+    pub round: u32,
+    /// How it ended.
+    pub status: String,
+    /// Its report line, JSON.
+    pub record: String,
+    /// Whether its evaluation finished (the line is final).
+    pub evaluated: bool,
+}
+
+/// A site's evaluation of a round's model, as it sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvaluationRow {
+    /// The site.
+    pub site: String,
+    /// Its report, encoded.
+    pub report: Vec<u8>,
+}
+
+/// A stored model version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelRow {
+    /// The version (rounds applied).
+    pub version: u32,
+    /// Its size, bytes encoded.
+    pub bytes: u64,
+    /// When it was stored (run clock).
+    pub created: Timestamp,
+}

@@ -1,7 +1,12 @@
 //! The store against a real SQLite file in a scratch folder.
 
+use std::path::Path;
+
+use rusqlite::{Connection, params};
+use tessera_core::{FitStats, Tensor};
+use tessera_proto::encode_parameters;
+
 use super::*;
-use tessera_core::Tensor;
 
 fn params(v: &[f32]) -> ParameterSet {
     let mut p = ParameterSet::new();
@@ -17,7 +22,7 @@ fn rounds_updates_and_audit_persist() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("c.sqlite");
     {
-        let store = Store::open(&path).unwrap();
+        let store = SqliteStore::open(&path).unwrap();
         store
             .create_run(&RunRow {
                 id: "r1".into(),
@@ -54,14 +59,17 @@ fn rounds_updates_and_audit_persist() {
             .audit("r1", Timestamp(9), "a", "update", "accepted", "round 1")
             .unwrap();
         assert!(
-            store.conn.execute("DELETE FROM audit", []).is_err(),
+            store.connection().execute("DELETE FROM audit", []).is_err(),
             "append-only"
         );
     }
-    let mut store = Store::open(&path).unwrap();
+    let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.unfinished_run().unwrap().unwrap().id, "r1");
-    let (round, cohort, at) = store.open_round_of("r1").unwrap().unwrap();
-    assert_eq!((round, cohort.len(), at), (1, 2, Timestamp(7)));
+    let open = store.open_round_of("r1").unwrap().unwrap();
+    assert_eq!(
+        (open.round, open.cohort.len(), open.opened),
+        (1, 2, Timestamp(7))
+    );
     let updates = store.updates("r1", 1).unwrap();
     assert_eq!(updates[0].update.delta, params(&[1.0, 2.0]));
     store
@@ -102,7 +110,7 @@ fn databases_are_private_and_old_noise_keys_are_erased() {
     std::fs::create_dir_all(&dir).unwrap();
     // A new database, its write-ahead log and shared memory: owner only.
     let fresh = dir.join("new.sqlite");
-    let store = Store::open(&fresh).unwrap();
+    let store = SqliteStore::open(&fresh).unwrap();
     store.audit("r", Timestamp(1), "a", "x", "y", "z").unwrap();
     assert_eq!(mode(&fresh), 0o600);
     for side in ["new.sqlite-wal", "new.sqlite-shm"] {
@@ -129,7 +137,7 @@ fn databases_are_private_and_old_noise_keys_are_erased() {
         .unwrap();
     }
     std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
-    drop(Store::open(&old).unwrap());
+    drop(SqliteStore::open(&old).unwrap());
     assert_eq!(mode(&old), 0o600);
     let conn = Connection::open(&old).unwrap();
     let tables: i64 = conn
@@ -180,10 +188,103 @@ fn an_older_database_gains_the_columns_added_since() {
     }
     for _ in 0..2 {
         // Opening twice adds the column once.
-        let store = Store::open(&path).unwrap();
+        let store = SqliteStore::open(&path).unwrap();
         let rows = store.aggregates("r", 1).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].1.n_updates, rows[0].1.n_participants), (2, 0));
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_transaction_commits_all_of_its_writes_or_none() {
+    let dir = std::env::temp_dir().join(format!("tessera-store-tx-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = SqliteStore::open(&dir.join("c.sqlite")).unwrap();
+    // Dropped without a commit: nothing is kept.
+    {
+        let mut tx = store.transaction().unwrap();
+        tx.put_offer("r", AgreementStep::Kinds, "a", b"k").unwrap();
+        tx.put_model("r", 0, &params(&[1.0]), Timestamp(1)).unwrap();
+    }
+    assert!(store.offers("r", AgreementStep::Kinds).unwrap().is_empty());
+    assert_eq!(store.latest_model_version("r").unwrap(), None);
+    // A write that fails rolls back the ones before it.
+    store
+        .connection()
+        .execute_batch(
+            "CREATE TRIGGER broken BEFORE INSERT ON agreements \
+             BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+        )
+        .unwrap();
+    let failed = store.write(&mut |tx| {
+        tx.put_model("r", 0, &params(&[1.0]), Timestamp(1))?;
+        tx.put_agreement("r", AgreementStep::Levels, b"v")
+    });
+    assert!(failed.unwrap_err().to_string().contains("injected"));
+    assert_eq!(store.latest_model_version("r").unwrap(), None);
+    store
+        .connection()
+        .execute_batch("DROP TRIGGER broken")
+        .unwrap();
+    // Committed: every write, each agreement step under its own number.
+    store
+        .write(&mut |tx| {
+            tx.put_model("r", 0, &params(&[1.0]), Timestamp(1))?;
+            for step in AgreementStep::ALL {
+                tx.put_agreement("r", step, step.name().as_bytes())?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(store.latest_model_version("r").unwrap(), Some(0));
+    for step in AgreementStep::ALL {
+        let stored: u32 = store
+            .connection()
+            .query_row(
+                "SELECT step FROM agreements WHERE result = ?1",
+                [step.name().as_bytes()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(stored, step.code(), "{step}");
+        assert_eq!(AgreementStep::from_code(stored), Some(step));
+    }
+    assert_eq!(AgreementStep::from_code(4), None);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A database written before steps had names reads the same: steps 1, 2
+/// and 3 are the kinds, the levels and the statistics.
+#[test]
+fn agreement_steps_stored_as_numbers_read_as_steps() {
+    let dir = std::env::temp_dir().join(format!("tessera-store-steps-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("old.sqlite");
+    drop(SqliteStore::open(&path).unwrap());
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "INSERT INTO agreement_steps VALUES ('r', 1, 'a', x'01'), ('r', 2, 'a', x'02'), \
+             ('r', 3, 'b', x'03');
+             INSERT INTO agreements VALUES ('r', 2, x'22');",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let offered = |step| store.offers("r", step).unwrap();
+    assert_eq!(offered(AgreementStep::Kinds), vec![("a".into(), vec![1])]);
+    assert_eq!(offered(AgreementStep::Levels), vec![("a".into(), vec![2])]);
+    assert_eq!(
+        offered(AgreementStep::Statistics),
+        vec![("b".into(), vec![3])]
+    );
+    assert_eq!(
+        store.agreement("r", AgreementStep::Levels).unwrap(),
+        Some(vec![0x22])
+    );
+    assert_eq!(store.agreement("r", AgreementStep::Kinds).unwrap(), None);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tessera_coordinator::{Federation, Store, TaskView};
+use tessera_coordinator::{Federation, SqliteStore, TaskView};
 use tessera_core::{FitStats, Update};
 use tessera_data::{Filesystem, agree_kinds, read_local_sites};
 use tessera_engine::Plan;
@@ -92,7 +92,7 @@ impl Db {
 
     /// The federation of `plan` with sites presumed gone after `liveness`.
     pub fn open_with(&self, (plan, text): &(Plan, String), liveness: Duration) -> Federation {
-        let store = Store::open(&self.path()).unwrap();
+        let store = SqliteStore::open(&self.path()).unwrap();
         Federation::open(plan.clone(), text, store, liveness).unwrap()
     }
 

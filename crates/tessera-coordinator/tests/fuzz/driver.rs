@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tessera_coordinator::{Federation, Store, TaskView};
+use tessera_coordinator::{Federation, SqliteStore, TaskView};
 use tessera_core::{FitStats, Update};
 use tessera_engine::Plan;
 use tessera_engine::report::RunReport;
@@ -289,7 +289,7 @@ impl Driver {
 }
 
 fn open(plan: &Plan, text: &str, db: &Db, liveness: Duration) -> Federation {
-    let store = Store::open(&db.0).unwrap();
+    let store = SqliteStore::open(&db.0).unwrap();
     match Federation::open(plan.clone(), text, store, liveness) {
         Ok(f) => f,
         Err(e) => panic!("the federation does not open from its database: {e}"),
