@@ -4,7 +4,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_aggregate::{Instructions, RobustConfig, RoundAggregate, Strategy, UpdateAccumulator};
+use tessera_aggregate::{
+    Attendance, Failure, Instructions, RobustConfig, RoundAggregate, Strategy, UpdateAccumulator,
+};
 use tessera_core::{ParameterSet, ParticipantId, SeededRng, Timestamp, Update, duration_from_secs};
 use tessera_privacy::{
     CentralDp, CentralRelease, Ledger, LedgerEntry, PrivacyConfig, clip_to_norm,
@@ -257,6 +259,33 @@ fn admit<'a>(
     Ok(open)
 }
 
+/// Who `open` asked, whose updates counted, and why the others' did not.
+fn attendance(open: &OpenRound) -> Attendance {
+    let mut counted = open.accepted.clone();
+    counted.sort();
+    let mut failures: Vec<(ParticipantId, Failure)> = open
+        .dropped
+        .iter()
+        .map(|id| (id.clone(), Failure::Dropped))
+        .chain(
+            open.pending
+                .iter()
+                .map(|id| (id.clone(), Failure::TimedOut)),
+        )
+        .chain(
+            open.rejected
+                .iter()
+                .map(|(id, why)| (id.clone(), Failure::Refused(why.clone()))),
+        )
+        .collect();
+    failures.sort();
+    Attendance {
+        cohort: open.cohort.clone(),
+        counted,
+        failures,
+    }
+}
+
 /// The deterministic round engine.
 ///
 /// A driver calls [`RoundEngine::begin_round`], delivers the cohort's updates
@@ -384,13 +413,15 @@ impl RoundEngine {
     }
 
     /// Replays a closed round's aggregate through `strategy` (rebuilding its
-    /// state) and returns the parameters it gives.
+    /// state) and returns the parameters it gives; `attendance` is what
+    /// was kept of the round's ([`Attendance::replayed`]).
     pub fn replay(
         strategy: &mut dyn Strategy,
         global: &ParameterSet,
         aggregate: &RoundAggregate,
+        attendance: &Attendance,
     ) -> Result<ParameterSet, EngineError> {
-        Ok(strategy.aggregate_fit(global, aggregate)?)
+        Ok(strategy.aggregate_fit(global, aggregate, attendance)?)
     }
 
     /// Reopens round `number` (the next one) with the cohort and start time it
@@ -656,6 +687,7 @@ impl RoundEngine {
         let open = self.open.take()?;
         self.rounds_closed += 1;
         let n_accepted = open.accepted.len();
+        let attendance = attendance(&open);
         let robust = &self.robust;
         let aggregate = open
             .accumulator
@@ -698,7 +730,7 @@ impl RoundEngine {
                     }
                     let next = self
                         .strategy
-                        .aggregate_fit(&self.global, &a)
+                        .aggregate_fit(&self.global, &a, &attendance)
                         .map_err(|e| e.to_string())?;
                     next.check_finite().map_err(|e| e.to_string())?;
                     Ok((next, a))
@@ -712,15 +744,16 @@ impl RoundEngine {
                 Err(e) => (RoundStatus::Failed(e), 0, 0.0),
             }
         };
-        let mut accepted = open.accepted;
-        accepted.sort();
+        let Attendance {
+            cohort, counted, ..
+        } = attendance;
         let mut dropped = open.dropped;
         dropped.sort();
         Some(RoundOutcome {
             round: open.number,
             status,
-            cohort: open.cohort,
-            accepted,
+            cohort,
+            accepted: counted,
             stragglers: open.pending.into_iter().collect(),
             dropped,
             rejected: {
