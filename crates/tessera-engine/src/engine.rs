@@ -488,6 +488,12 @@ impl RoundEngine {
         &self.global
     }
 
+    /// The run's strategy (its evaluate half aggregates the sites'
+    /// evaluations).
+    pub fn strategy(&self) -> &dyn Strategy {
+        self.strategy.as_ref()
+    }
+
     /// The strategy's name.
     pub fn strategy_name(&self) -> &'static str {
         self.strategy.name()

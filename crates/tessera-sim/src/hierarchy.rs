@@ -14,7 +14,8 @@ use rayon::prelude::*;
 use tessera_core::{ParameterSet, ParticipantId, Timestamp, Update};
 use tessera_data::FederatedData;
 use tessera_engine::report::{
-    PrivacyReport, RegionReport, RoundRecord, SiteTraffic, TopologyReport, round_record,
+    EvaluationView, PrivacyReport, RegionReport, RoundRecord, SiteTraffic, TopologyReport,
+    round_record_view,
 };
 use tessera_engine::{
     EngineConfig, EngineError, FitTask, Member, Plan, RoundEngine, RoundOutcome, RoundStatus, Site,
@@ -495,9 +496,11 @@ pub(crate) fn run_hierarchical(
                 .into_inner()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        let mut record = round_record(
+        let site_names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let view = EvaluationView::clear(root.strategy(), &site_names, &evaluations);
+        let mut record = round_record_view(
             &outcome,
-            &evaluations,
+            &view,
             wall.elapsed().as_secs_f64(),
             bytes_up,
             bytes_down,
