@@ -49,46 +49,6 @@ impl EngineConfig {
     }
 }
 
-impl EngineConfig {
-    /// An aggregator's settings below the root: every member in every
-    /// round, one update enough, the plan's deadline.
-    pub fn below_root(plan: &Plan) -> Self {
-        Self {
-            fraction: 1.0,
-            min_participants: 1,
-            quorum: 1,
-            ..Self::from_plan(plan)
-        }
-    }
-}
-
-/// An aggregator's engine for `round` of the model `global` its parent
-/// sent: FedAvg at server learning rate 1, so that its new model is the
-/// round's model plus its members' weighted mean update.
-pub fn aggregator_engine(plan: &Plan, global: ParameterSet, round: u32) -> RoundEngine {
-    RoundEngine::restore(
-        EngineConfig::below_root(plan),
-        Box::new(tessera_aggregate::FedAvg { server_lr: 1.0 }),
-        global,
-        round.saturating_sub(1),
-    )
-}
-
-/// What an aggregator sends up for a completed round: its members' weighted
-/// mean update, carrying all their examples (so that the parent's FedAvg
-/// weights each site as the flat topology would).
-pub fn upward_update(aggregate: RoundAggregate) -> Update {
-    Update {
-        delta: aggregate.mean_delta,
-        n_examples: aggregate.n_examples,
-        aux: None,
-        stats: tessera_core::FitStats {
-            n_steps: 0,
-            mean_train_loss: aggregate.mean_train_loss,
-        },
-    }
-}
-
 /// What one cohort member receives for a round.
 #[derive(Debug, Clone)]
 pub struct FitTask {
