@@ -35,7 +35,7 @@ pub use evaluate::{
 pub use exact::ExactSum;
 pub use local::{LocalAlgorithm, LocalOutcome};
 pub use methods::*;
-pub use robust::{RobustConfig, RobustRule};
+pub use robust::{Robust, RobustConfig, RobustRule};
 
 use tessera_core::{ParameterSet, ParticipantId, Update};
 
@@ -77,6 +77,33 @@ pub trait Strategy: Send {
         round: &RoundAggregate,
         attendance: &Attendance,
     ) -> Result<ParameterSet, AggregateError>;
+
+    /// The rule that combines the round's updates (the plan's `[robust]`):
+    /// with a norm bound every update is scaled down to it before it
+    /// counts; a rule other than the mean has every counted update kept
+    /// and combined by [`Strategy::combine`]. Default: the streaming
+    /// weighted mean, unbounded ([`RobustConfig::MEAN`]); [`Robust`] gives a
+    /// strategy the plan's rule.
+    fn robust(&self) -> &RobustConfig {
+        &RobustConfig::MEAN
+    }
+
+    /// The round's aggregate as [`Strategy::aggregate_fit`] receives it,
+    /// from the streaming one and, when [`Strategy::robust`]'s rule needs
+    /// them, every counted update (`updates`, bounded, in the order they
+    /// counted; empty otherwise). Default: the rule's combination replaces
+    /// the mean change.
+    fn combine(
+        &self,
+        mut aggregate: RoundAggregate,
+        updates: &[ParameterSet],
+    ) -> Result<RoundAggregate, AggregateError> {
+        let rule = self.robust();
+        if rule.rule.needs_all_updates() {
+            aggregate.mean_delta = rule.combine(updates)?;
+        }
+        Ok(aggregate)
+    }
 
     /// What `site` evaluates once a round has closed on `global`.
     fn configure_evaluate(

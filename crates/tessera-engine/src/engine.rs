@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_aggregate::{
-    Attendance, Failure, Instructions, RobustConfig, RoundAggregate, Strategy, UpdateAccumulator,
+    Attendance, Failure, Instructions, Robust, RobustConfig, RoundAggregate, Strategy,
+    UpdateAccumulator,
 };
 use tessera_core::{ParameterSet, ParticipantId, SeededRng, Timestamp, Update, duration_from_secs};
 use tessera_privacy::{
@@ -262,7 +263,6 @@ pub struct RoundEngine {
     rounds_closed: u32,
     open: Option<OpenRound>,
     dp: Option<(CentralDp, Ledger)>,
-    robust: RobustConfig,
 }
 
 impl RoundEngine {
@@ -276,7 +276,6 @@ impl RoundEngine {
             rounds_closed: 0,
             open: None,
             dp: None,
-            robust: RobustConfig::default(),
         }
     }
 
@@ -288,10 +287,13 @@ impl RoundEngine {
         self
     }
 
-    /// Sets the Byzantine-robust aggregation.
-    pub fn with_robust(mut self, robust: RobustConfig) -> Self {
-        self.robust = robust;
-        self
+    /// Gives the strategy the Byzantine-robust rule `robust` as its combine
+    /// step ([`Robust`]).
+    pub fn with_robust(self, robust: RobustConfig) -> Self {
+        Self {
+            strategy: Box::new(Robust::new(self.strategy, robust)),
+            ..self
+        }
     }
 
     /// The central DP mechanism and its ledger, when the run has DP.
@@ -564,18 +566,19 @@ impl RoundEngine {
         let mut bounded;
         let mut update = update;
         let mut within_dp_norm = true;
-        if self.dp.is_some() || self.robust.norm_bound.is_some() {
+        let robust = self.strategy.robust();
+        if self.dp.is_some() || robust.norm_bound.is_some() {
             bounded = update.clone();
             if let Some((dp, _)) = &self.dp {
                 within_dp_norm = dp.clip(&mut bounded.delta);
             }
-            if let Some(bound) = self.robust.norm_bound {
+            if let Some(bound) = robust.norm_bound {
                 clip_to_norm(&mut bounded.delta, bound);
             }
             update = &bounded;
         }
         let weight = if self.dp.is_some()
-            || self.robust.rule.needs_all_updates()
+            || robust.rule.needs_all_updates()
             || self.config.weighting == crate::Weighting::Equal
         {
             1.0
@@ -586,7 +589,7 @@ impl RoundEngine {
             Ok(()) => {
                 open.pending.remove(from);
                 open.accepted.push(from.clone());
-                if self.robust.rule.needs_all_updates() {
+                if robust.rule.needs_all_updates() {
                     open.collected.push(update.delta.clone());
                 }
                 open.unclipped += u64::from(within_dp_norm);
@@ -654,16 +657,10 @@ impl RoundEngine {
         self.rounds_closed += 1;
         let n_accepted = open.accepted.len();
         let attendance = attendance(&open);
-        let robust = &self.robust;
         let aggregate = open
             .accumulator
             .finish(self.participants.len())
-            .and_then(|mut a| {
-                if robust.rule.needs_all_updates() {
-                    a.mean_delta = robust.combine(&open.collected)?;
-                }
-                Ok(a)
-            });
+            .and_then(|a| self.strategy.combine(a, &open.collected));
         let mut applied = None;
         let mut privacy = None;
         let (status, n_examples, mean_train_loss) = if n_accepted < self.config.quorum {
