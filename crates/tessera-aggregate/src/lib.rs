@@ -1,7 +1,9 @@
 //! Aggregation: the strategy pair and the streaming [`UpdateAccumulator`]
 //! behind it. A strategy has a server part, [`Strategy`] (Flower's shape:
 //! `configure_fit` gives each participant its [`Instructions`],
-//! `aggregate_fit` turns the round's aggregate into new global parameters),
+//! `aggregate_fit` turns the round's aggregate, with the round's
+//! [`Attendance`] in hand, into new global parameters; `configure_evaluate`
+//! and `aggregate_evaluate` do the same for the evaluation that follows),
 //! and a local part, [`LocalAlgorithm`] (what the site adds to its training
 //! and the state it keeps). Built in: FedAvg, FedAvgM, FedProx, SCAFFOLD,
 //! FedAdam, FedYogi, FedAdagrad; [`StrategyConfig`] builds both parts.
@@ -16,18 +18,24 @@
 #![deny(missing_docs)]
 
 mod accumulate;
+mod attendance;
 mod error;
+mod evaluate;
 mod exact;
 pub mod local;
 mod methods;
 mod robust;
 
 pub use accumulate::{RoundAggregate, UpdateAccumulator};
+pub use attendance::{Attendance, Failure};
 pub use error::AggregateError;
+pub use evaluate::{
+    EvaluateInstructions, EvaluationAggregate, EvaluationSums, SiteEvaluation, pool_evaluations,
+};
 pub use exact::ExactSum;
 pub use local::{LocalAlgorithm, LocalOutcome};
 pub use methods::*;
-pub use robust::{RobustConfig, RobustRule};
+pub use robust::{Robust, RobustConfig, RobustRule};
 
 use tessera_core::{ParameterSet, ParticipantId, Update};
 
@@ -55,12 +63,62 @@ pub trait Strategy: Send {
         None
     }
 
-    /// New global parameters from the current ones and the round's aggregate.
+    /// New global parameters from the current ones and the round's
+    /// aggregate; `attendance` says who was asked, whose updates are in the
+    /// aggregate and why the others' are not (a strategy may refuse a round
+    /// with failures by returning an error; the built-in ones ignore it).
     /// On error (including non-finite results) the strategy's own state
-    /// (momentum, moments, control variates) must be left as it was.
+    /// (momentum, moments, control variates) must be left as it was. A
+    /// restarted coordinator replays completed rounds through this with
+    /// [`Attendance::replayed`], whose failures say no more than who.
     fn aggregate_fit(
         &mut self,
         global: &ParameterSet,
         round: &RoundAggregate,
+        attendance: &Attendance,
     ) -> Result<ParameterSet, AggregateError>;
+
+    /// The rule that combines the round's updates (the plan's `[robust]`):
+    /// with a norm bound every update is scaled down to it before it
+    /// counts; a rule other than the mean has every counted update kept
+    /// and combined by [`Strategy::combine`]. Default: the streaming
+    /// weighted mean, unbounded ([`RobustConfig::MEAN`]); [`Robust`] gives a
+    /// strategy the plan's rule.
+    fn robust(&self) -> &RobustConfig {
+        &RobustConfig::MEAN
+    }
+
+    /// The round's aggregate as [`Strategy::aggregate_fit`] receives it,
+    /// from the streaming one and, when [`Strategy::robust`]'s rule needs
+    /// them, every counted update (`updates`, bounded, in the order they
+    /// counted; empty otherwise). Default: the rule's combination replaces
+    /// the mean change.
+    fn combine(
+        &self,
+        mut aggregate: RoundAggregate,
+        updates: &[ParameterSet],
+    ) -> Result<RoundAggregate, AggregateError> {
+        let rule = self.robust();
+        if rule.rule.needs_all_updates() {
+            aggregate.mean_delta = rule.combine(updates)?;
+        }
+        Ok(aggregate)
+    }
+
+    /// What `site` evaluates once a round has closed on `global`.
+    fn configure_evaluate(
+        &self,
+        _global: &ParameterSet,
+        _site: &ParticipantId,
+    ) -> EvaluateInstructions {
+        EvaluateInstructions::GlobalOnTest
+    }
+
+    /// The round's evaluation figures from the sites' evaluations
+    /// (default: [`pool_evaluations`]). Only where the sites' evaluations
+    /// reach the server in the clear: under `site_metrics =
+    /// "aggregate-only"` or `"dp"` the server learns their sum alone.
+    fn aggregate_evaluate(&self, results: &[SiteEvaluation]) -> EvaluationAggregate {
+        pool_evaluations(results)
+    }
 }

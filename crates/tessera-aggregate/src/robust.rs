@@ -6,9 +6,12 @@
 //! update counts once, since a malicious participant could claim any count.
 
 use serde::{Deserialize, Serialize};
-use tessera_core::ParameterSet;
+use tessera_core::{ParameterSet, ParticipantId, Update};
 
-use crate::AggregateError;
+use crate::{
+    AggregateError, Attendance, EvaluateInstructions, EvaluationAggregate, Instructions,
+    RoundAggregate, SiteEvaluation, Strategy,
+};
 
 /// How a round's updates are combined when some may be malicious.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -115,6 +118,15 @@ impl Default for RobustConfig {
 }
 
 impl RobustConfig {
+    /// The streaming weighted mean, unbounded (the default).
+    pub const MEAN: RobustConfig = RobustConfig {
+        rule: RobustRule::Mean,
+        norm_bound: None,
+        trim_fraction: 0.2,
+        assumed_malicious: 0,
+        multi_krum_m: None,
+    };
+
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), AggregateError> {
         if let Some(b) = self.norm_bound
@@ -200,6 +212,63 @@ impl RobustConfig {
     }
 }
 
+/// A strategy with the plan's robust rule as its combine step
+/// ([`Strategy::robust`]); everything else is the inner strategy's.
+pub struct Robust {
+    inner: Box<dyn Strategy>,
+    rule: RobustConfig,
+}
+
+impl Robust {
+    /// `inner`, its rounds combined by `rule`.
+    pub fn new(inner: Box<dyn Strategy>, rule: RobustConfig) -> Self {
+        Self { inner, rule }
+    }
+}
+
+impl Strategy for Robust {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn configure_fit(&self, global: &ParameterSet, site: &ParticipantId) -> Instructions {
+        self.inner.configure_fit(global, site)
+    }
+
+    fn weight(&self, update: &Update) -> f64 {
+        self.inner.weight(update)
+    }
+
+    fn aux_sum(&self) -> Option<&'static str> {
+        self.inner.aux_sum()
+    }
+
+    fn aggregate_fit(
+        &mut self,
+        global: &ParameterSet,
+        round: &RoundAggregate,
+        attendance: &Attendance,
+    ) -> Result<ParameterSet, AggregateError> {
+        self.inner.aggregate_fit(global, round, attendance)
+    }
+
+    fn robust(&self) -> &RobustConfig {
+        &self.rule
+    }
+
+    fn configure_evaluate(
+        &self,
+        global: &ParameterSet,
+        site: &ParticipantId,
+    ) -> EvaluateInstructions {
+        self.inner.configure_evaluate(global, site)
+    }
+
+    fn aggregate_evaluate(&self, results: &[SiteEvaluation]) -> EvaluationAggregate {
+        self.inner.aggregate_evaluate(results)
+    }
+}
+
 fn mean_of(values: &[Vec<f32>], chosen: &[usize], d: usize) -> Vec<f32> {
     let mut sum = vec![0f64; d];
     for &i in chosen {
@@ -243,6 +312,7 @@ mod tests {
     use tessera_core::Tensor;
 
     use super::*;
+    use crate::Strategy;
 
     fn set(values: &[f32]) -> ParameterSet {
         let mut p = ParameterSet::new();
@@ -259,6 +329,41 @@ mod tests {
             rule,
             ..RobustConfig::default()
         }
+    }
+
+    #[test]
+    fn the_default_rule_is_the_mean_and_robust_strategies_keep_their_inner_part() {
+        assert_eq!(RobustConfig::MEAN, RobustConfig::default());
+        let inner = crate::StrategyConfig::default()
+            .build(crate::StrategyKind::FedProx)
+            .expect("fedprox");
+        assert_eq!(inner.robust(), &RobustConfig::MEAN);
+        let strategy = Robust::new(inner, rule(RobustRule::Median));
+        assert_eq!(strategy.name(), "fedprox");
+        assert_eq!(strategy.robust().rule, RobustRule::Median);
+        assert_eq!(
+            strategy.configure_fit(&set(&[0.0]), &ParticipantId::new("a")),
+            Instructions::Proximal { mu: 0.01 }
+        );
+        let aggregate = RoundAggregate {
+            mean_delta: set(&[2.0]),
+            aux_step: None,
+            n_updates: 3,
+            n_participants: 3,
+            n_examples: 3,
+            weight_sum: 3.0,
+            mean_train_loss: 0.0,
+        };
+        let updates = [set(&[1.0]), set(&[2.0]), set(&[9.0])];
+        let combined = strategy
+            .combine(aggregate.clone(), &updates)
+            .expect("median");
+        assert_eq!(combined.mean_delta.values().collect::<Vec<_>>(), [2.0]);
+        let plain = crate::FedAvg { server_lr: 1.0 };
+        assert_eq!(
+            plain.combine(aggregate.clone(), &[]).expect("mean"),
+            aggregate
+        );
     }
 
     #[test]

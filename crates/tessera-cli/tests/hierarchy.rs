@@ -276,6 +276,40 @@ members = [\"east\", \"west\"]
     assert_eq!(accepted_from.len(), 1, "{accepted_from:?}");
 }
 
+/// FedProx's pull reaches the sites below the regional aggregators as it
+/// does in the simulation: each aggregator tells each of its members what
+/// the plan's strategy tells it.
+#[test]
+fn fedprox_reaches_the_sites_below_the_aggregators_as_in_simulation() {
+    if util::skip_e2e("fedprox_reaches_the_sites_below_the_aggregators_as_in_simulation") {
+        return;
+    }
+    let s = Scratch::new("hierarchy-fedprox");
+    let (plan, data) = setup(&s, TWO_REGIONS);
+    let text = std::fs::read_to_string(&plan).unwrap();
+    let fedprox = s.write(
+        "fedprox.toml",
+        &text
+            .replace("[federation]\n", "[federation]\nstrategy = \"fedprox\"\n")
+            .replace(
+                "[topology]\n",
+                "[strategies.fedprox]\nmu = 1.0\n\n[topology]\n",
+            ),
+    );
+    let plain = simulated(&s, &plan);
+    let expected = s.simulate(&fedprox, "prox.model").1;
+    assert_ne!(expected, plain, "mu = 1 moves the model");
+    let mut run = Regions::start(
+        &s,
+        &fedprox,
+        &data,
+        &["--model-out", "dep.model"],
+        &EAST_WEST,
+    );
+    run.finish();
+    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+}
+
 #[test]
 fn aggregators_that_do_not_fit_the_plan_are_refused_with_the_reason() {
     if util::skip_e2e("aggregators_that_do_not_fit_the_plan_are_refused_with_the_reason") {

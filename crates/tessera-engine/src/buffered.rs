@@ -41,6 +41,14 @@ impl std::fmt::Display for AsyncRejection {
     }
 }
 
+/// The attendance of every asynchronous step, live or replayed: a step has
+/// no cohort, only the updates its buffer held.
+const NO_COHORT: tessera_aggregate::Attendance = tessera_aggregate::Attendance {
+    cohort: Vec::new(),
+    counted: Vec::new(),
+    failures: Vec::new(),
+};
+
 /// A server step: what the buffer held when it was applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
@@ -113,7 +121,9 @@ impl BufferedEngine {
     ) -> Result<Self, EngineError> {
         let mut engine = Self::new(plan, initial, n_participants)?;
         for aggregate in steps {
-            let next = engine.strategy.aggregate_fit(&engine.global, aggregate)?;
+            let next = engine
+                .strategy
+                .aggregate_fit(&engine.global, aggregate, &NO_COHORT)?;
             engine.global = Arc::new(next);
             engine.version += 1;
         }
@@ -181,7 +191,7 @@ impl BufferedEngine {
             .map_err(|e| AsyncRejection::Invalid(e.to_string()))?;
         let next = self
             .strategy
-            .aggregate_fit(&self.global, &aggregate)
+            .aggregate_fit(&self.global, &aggregate, &NO_COHORT)
             .map_err(|e| AsyncRejection::Invalid(e.to_string()))?;
         self.global = Arc::new(next);
         self.version += 1;

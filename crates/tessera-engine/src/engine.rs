@@ -4,7 +4,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_aggregate::{Instructions, RobustConfig, RoundAggregate, Strategy, UpdateAccumulator};
+use tessera_aggregate::{
+    Attendance, Failure, Instructions, Robust, RobustConfig, RoundAggregate, Strategy,
+    UpdateAccumulator,
+};
 use tessera_core::{ParameterSet, ParticipantId, SeededRng, Timestamp, Update, duration_from_secs};
 use tessera_privacy::{
     CentralDp, CentralRelease, Ledger, LedgerEntry, PrivacyConfig, clip_to_norm,
@@ -44,46 +47,6 @@ impl EngineConfig {
             seed: plan.seed,
             weighting: f.weighting,
         }
-    }
-}
-
-impl EngineConfig {
-    /// An aggregator's settings below the root: every member in every
-    /// round, one update enough, the plan's deadline.
-    pub fn below_root(plan: &Plan) -> Self {
-        Self {
-            fraction: 1.0,
-            min_participants: 1,
-            quorum: 1,
-            ..Self::from_plan(plan)
-        }
-    }
-}
-
-/// An aggregator's engine for `round` of the model `global` its parent
-/// sent: FedAvg at server learning rate 1, so that its new model is the
-/// round's model plus its members' weighted mean update.
-pub fn aggregator_engine(plan: &Plan, global: ParameterSet, round: u32) -> RoundEngine {
-    RoundEngine::restore(
-        EngineConfig::below_root(plan),
-        Box::new(tessera_aggregate::FedAvg { server_lr: 1.0 }),
-        global,
-        round.saturating_sub(1),
-    )
-}
-
-/// What an aggregator sends up for a completed round: its members' weighted
-/// mean update, carrying all their examples (so that the parent's FedAvg
-/// weights each site as the flat topology would).
-pub fn upward_update(aggregate: RoundAggregate) -> Update {
-    Update {
-        delta: aggregate.mean_delta,
-        n_examples: aggregate.n_examples,
-        aux: None,
-        stats: tessera_core::FitStats {
-            n_steps: 0,
-            mean_train_loss: aggregate.mean_train_loss,
-        },
     }
 }
 
@@ -257,6 +220,33 @@ fn admit<'a>(
     Ok(open)
 }
 
+/// Who `open` asked, whose updates counted, and why the others' did not.
+fn attendance(open: &OpenRound) -> Attendance {
+    let mut counted = open.accepted.clone();
+    counted.sort();
+    let mut failures: Vec<(ParticipantId, Failure)> = open
+        .dropped
+        .iter()
+        .map(|id| (id.clone(), Failure::Dropped))
+        .chain(
+            open.pending
+                .iter()
+                .map(|id| (id.clone(), Failure::TimedOut)),
+        )
+        .chain(
+            open.rejected
+                .iter()
+                .map(|(id, why)| (id.clone(), Failure::Refused(why.clone()))),
+        )
+        .collect();
+    failures.sort();
+    Attendance {
+        cohort: open.cohort.clone(),
+        counted,
+        failures,
+    }
+}
+
 /// The deterministic round engine.
 ///
 /// A driver calls [`RoundEngine::begin_round`], delivers the cohort's updates
@@ -273,7 +263,6 @@ pub struct RoundEngine {
     rounds_closed: u32,
     open: Option<OpenRound>,
     dp: Option<(CentralDp, Ledger)>,
-    robust: RobustConfig,
 }
 
 impl RoundEngine {
@@ -287,7 +276,6 @@ impl RoundEngine {
             rounds_closed: 0,
             open: None,
             dp: None,
-            robust: RobustConfig::default(),
         }
     }
 
@@ -299,10 +287,13 @@ impl RoundEngine {
         self
     }
 
-    /// Sets the Byzantine-robust aggregation.
-    pub fn with_robust(mut self, robust: RobustConfig) -> Self {
-        self.robust = robust;
-        self
+    /// Gives the strategy the Byzantine-robust rule `robust` as its combine
+    /// step ([`Robust`]).
+    pub fn with_robust(self, robust: RobustConfig) -> Self {
+        Self {
+            strategy: Box::new(Robust::new(self.strategy, robust)),
+            ..self
+        }
     }
 
     /// The central DP mechanism and its ledger, when the run has DP.
@@ -384,13 +375,15 @@ impl RoundEngine {
     }
 
     /// Replays a closed round's aggregate through `strategy` (rebuilding its
-    /// state) and returns the parameters it gives.
+    /// state) and returns the parameters it gives; `attendance` is what
+    /// was kept of the round's ([`Attendance::replayed`]).
     pub fn replay(
         strategy: &mut dyn Strategy,
         global: &ParameterSet,
         aggregate: &RoundAggregate,
+        attendance: &Attendance,
     ) -> Result<ParameterSet, EngineError> {
-        Ok(strategy.aggregate_fit(global, aggregate)?)
+        Ok(strategy.aggregate_fit(global, aggregate, attendance)?)
     }
 
     /// Reopens round `number` (the next one) with the cohort and start time it
@@ -455,6 +448,12 @@ impl RoundEngine {
     /// The current global parameters.
     pub fn global(&self) -> &Arc<ParameterSet> {
         &self.global
+    }
+
+    /// The run's strategy (its evaluate half aggregates the sites'
+    /// evaluations).
+    pub fn strategy(&self) -> &dyn Strategy {
+        self.strategy.as_ref()
     }
 
     /// The strategy's name.
@@ -567,18 +566,19 @@ impl RoundEngine {
         let mut bounded;
         let mut update = update;
         let mut within_dp_norm = true;
-        if self.dp.is_some() || self.robust.norm_bound.is_some() {
+        let robust = self.strategy.robust();
+        if self.dp.is_some() || robust.norm_bound.is_some() {
             bounded = update.clone();
             if let Some((dp, _)) = &self.dp {
                 within_dp_norm = dp.clip(&mut bounded.delta);
             }
-            if let Some(bound) = self.robust.norm_bound {
+            if let Some(bound) = robust.norm_bound {
                 clip_to_norm(&mut bounded.delta, bound);
             }
             update = &bounded;
         }
         let weight = if self.dp.is_some()
-            || self.robust.rule.needs_all_updates()
+            || robust.rule.needs_all_updates()
             || self.config.weighting == crate::Weighting::Equal
         {
             1.0
@@ -589,7 +589,7 @@ impl RoundEngine {
             Ok(()) => {
                 open.pending.remove(from);
                 open.accepted.push(from.clone());
-                if self.robust.rule.needs_all_updates() {
+                if robust.rule.needs_all_updates() {
                     open.collected.push(update.delta.clone());
                 }
                 open.unclipped += u64::from(within_dp_norm);
@@ -656,16 +656,11 @@ impl RoundEngine {
         let open = self.open.take()?;
         self.rounds_closed += 1;
         let n_accepted = open.accepted.len();
-        let robust = &self.robust;
+        let attendance = attendance(&open);
         let aggregate = open
             .accumulator
             .finish(self.participants.len())
-            .and_then(|mut a| {
-                if robust.rule.needs_all_updates() {
-                    a.mean_delta = robust.combine(&open.collected)?;
-                }
-                Ok(a)
-            });
+            .and_then(|a| self.strategy.combine(a, &open.collected));
         let mut applied = None;
         let mut privacy = None;
         let (status, n_examples, mean_train_loss) = if n_accepted < self.config.quorum {
@@ -698,7 +693,7 @@ impl RoundEngine {
                     }
                     let next = self
                         .strategy
-                        .aggregate_fit(&self.global, &a)
+                        .aggregate_fit(&self.global, &a, &attendance)
                         .map_err(|e| e.to_string())?;
                     next.check_finite().map_err(|e| e.to_string())?;
                     Ok((next, a))
@@ -712,15 +707,16 @@ impl RoundEngine {
                 Err(e) => (RoundStatus::Failed(e), 0, 0.0),
             }
         };
-        let mut accepted = open.accepted;
-        accepted.sort();
+        let Attendance {
+            cohort, counted, ..
+        } = attendance;
         let mut dropped = open.dropped;
         dropped.sort();
         Some(RoundOutcome {
             round: open.number,
             status,
-            cohort: open.cohort,
-            accepted,
+            cohort,
+            accepted: counted,
             stragglers: open.pending.into_iter().collect(),
             dropped,
             rejected: {

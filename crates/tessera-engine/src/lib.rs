@@ -29,6 +29,7 @@ mod downlink;
 mod engine;
 mod error;
 mod plan;
+mod regional;
 pub mod report;
 mod setup;
 mod site;
@@ -38,13 +39,13 @@ pub use buffered::{AsyncRejection, BufferedEngine, Step};
 pub use downlink::Downlink;
 pub use engine::{
     EngineConfig, FitTask, Rejection, RoundEngine, RoundOutcome, RoundStart, RoundStatus,
-    aggregator_engine, upward_update,
 };
 pub use error::EngineError;
 pub use plan::{
     FederationConfig, MemoryRole, Mode, Plan, PlanError, Range, SimulationConfig,
     StalenessWeighting, Weighting, available_memory,
 };
+pub use regional::{aggregator_engine, upward_update};
 pub use setup::DpCohort;
 pub use site::Site;
 pub use topology::{

@@ -10,7 +10,7 @@ use crate::{RoundOutcome, RoundStatus};
 
 mod view;
 
-pub use view::{DP_HISTOGRAM_BINS, EvaluationView};
+pub use view::{DP_HISTOGRAM_BINS, EvaluationView, POOLED, sums};
 
 /// One round, as the table and the JSON show it.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -296,17 +296,25 @@ pub fn site_metrics(e: &Evaluation) -> SiteMetrics {
 
 /// Unweighted mean accuracy over the sites that have test rows.
 pub fn mean_site_accuracy<'a>(evaluations: impl IntoIterator<Item = &'a Evaluation>) -> f64 {
-    let (sum, count) = evaluations
+    let results: Vec<tessera_aggregate::SiteEvaluation> = evaluations
         .into_iter()
-        .filter(|e| e.n_examples > 0)
-        .fold((0.0, 0usize), |(s, c), e| (s + e.accuracy(), c + 1));
-    if count == 0 { 0.0 } else { sum / count as f64 }
+        .map(|e| tessera_aggregate::SiteEvaluation {
+            site: tessera_core::ParticipantId::new(""),
+            sums: view::sums(e),
+        })
+        .collect();
+    tessera_aggregate::pool_evaluations(&results).mean_site_accuracy
 }
 
-/// The final model's metrics from each site's evaluation.
-pub fn final_metrics(names: &[&str], evaluations: &[Evaluation]) -> FinalMetrics {
+/// The final model's metrics from each site's evaluation, as `strategy`
+/// aggregates them.
+pub fn final_metrics(
+    strategy: &dyn tessera_aggregate::Strategy,
+    names: &[&str],
+    evaluations: &[Evaluation],
+) -> FinalMetrics {
     final_metrics_view(
-        &EvaluationView::clear(evaluations),
+        &EvaluationView::clear(strategy, names, evaluations),
         names
             .iter()
             .zip(evaluations)
@@ -331,17 +339,16 @@ pub fn final_metrics_view(
     }
 }
 
-/// A round's line of the report.
+/// A round's line of the report before its model is evaluated.
 pub fn round_record(
     outcome: &RoundOutcome,
-    evaluations: &[Evaluation],
     seconds: f64,
     bytes_up: u64,
     bytes_down: u64,
 ) -> RoundRecord {
     round_record_view(
         outcome,
-        &EvaluationView::clear(evaluations),
+        &EvaluationView::clear(&view::POOLED, &[], &[]),
         seconds,
         bytes_up,
         bytes_down,

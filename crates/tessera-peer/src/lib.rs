@@ -301,7 +301,11 @@ pub async fn run(
     let (progress, model, agreement) = result?;
 
     let last = progress.last.clone().into_iter().collect::<Vec<_>>();
-    let final_metrics = tessera_engine::report::final_metrics(&[config.site.as_str()], &last);
+    let final_metrics = tessera_engine::report::final_metrics(
+        &tessera_engine::report::POOLED,
+        &[config.site.as_str()],
+        &last,
+    );
     let sent = board.bytes_sent();
     let bytes_up: u64 = sent.values().sum();
     let bytes_down: u64 = progress.bytes_received.values().sum();

@@ -14,7 +14,8 @@ use rayon::prelude::*;
 use tessera_core::{ParameterSet, ParticipantId, Timestamp, Update};
 use tessera_data::FederatedData;
 use tessera_engine::report::{
-    PrivacyReport, RegionReport, RoundRecord, SiteTraffic, TopologyReport, round_record,
+    EvaluationView, PrivacyReport, RegionReport, RoundRecord, SiteTraffic, TopologyReport,
+    round_record_view,
 };
 use tessera_engine::{
     EngineConfig, EngineError, FitTask, Member, Plan, RoundEngine, RoundOutcome, RoundStatus, Site,
@@ -140,7 +141,7 @@ impl Context<'_> {
         let profile = &self.node_profiles[n];
         let received = opened.plus(profile.latency());
         let mut engine =
-            tessera_engine::aggregator_engine(self.plan, task.global.as_ref().clone(), task.round);
+            tessera_engine::aggregator_engine(self.plan, task.global.as_ref().clone(), task.round)?;
         // Central DP: the aggregator that holds sites clips their updates and
         // noises their sum, with its own key, its ledger kept across rounds.
         if let Some((dp, ledger)) = self.privacy_of(n)? {
@@ -193,9 +194,19 @@ impl Context<'_> {
                 model_bytes,
             );
         }
+        // Each member's own task: the instructions `engine`'s strategy gives
+        // it, as its aggregator (or the root) gives them in deployment.
+        let tasks: Vec<FitTask> = members
+            .iter()
+            .map(|&i| FitTask {
+                instructions: engine.instructions_for(&self.member_id(node.members[i])),
+                ..task.clone()
+            })
+            .collect();
         let answers: Vec<Result<Answer, SimError>> = members
             .par_iter()
-            .map(|&i| self.member_answer(node.members[i], task, opened, traffic, regional))
+            .zip(&tasks)
+            .map(|(&i, task)| self.member_answer(node.members[i], task, opened, traffic, regional))
             .collect();
         let mut answers: Vec<(usize, Answer)> = members
             .iter()
@@ -449,15 +460,10 @@ pub(crate) fn run_hierarchical(
     while !root.is_finished() {
         let wall = Instant::now();
         let start = root.begin_round(now)?;
-        // The topology relays one task to every site below: the instructions
-        // the strategy gives the root's first member (every built-in
-        // strategy gives all participants the same).
-        let instructions = start
-            .cohort
-            .first()
-            .map(|first| root.instructions_for(first))
-            .unwrap_or_default();
-        let task = &start.task(instructions);
+        // Each member's instructions come from the engine that asks it
+        // (run_round): the root's strategy for the root's members, an
+        // aggregator's (the plan's strategy's instructions) below.
+        let task = &start.task(Default::default());
         let traffic = Mutex::new(Traffic {
             site_up: vec![0; names.len()],
             ..Traffic::default()
@@ -495,9 +501,11 @@ pub(crate) fn run_hierarchical(
                 .into_inner()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
-        let mut record = round_record(
+        let site_names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let view = EvaluationView::clear(root.strategy(), &site_names, &evaluations);
+        let mut record = round_record_view(
             &outcome,
-            &evaluations,
+            &view,
             wall.elapsed().as_secs_f64(),
             bytes_up,
             bytes_down,

@@ -175,7 +175,9 @@ pub fn simulate(
     let baselines_seconds = baselines_started.elapsed().as_secs_f64();
 
     let names: Vec<&str> = data.sites.iter().map(|s| s.name.as_str()).collect();
-    let mut final_metrics = final_metrics(&names, &last_evaluations);
+    // The final model's evaluations, aggregated as the plan's strategy
+    // aggregates the sites' evaluations (from the evaluations alone).
+    let mut final_metrics = final_metrics(plan.strategy()?.as_ref(), &names, &last_evaluations);
     let malicious: Vec<String> = malicious.iter().map(|&i| names[i].to_string()).collect();
     let honest_accuracy = final_metrics.accuracy_without(&malicious);
     let mut metrics_privacy = None;
@@ -675,8 +677,11 @@ fn run_sync(
                 u64::from(round),
             )
         });
+        let names: Vec<&str> = ids.iter().map(ParticipantId::as_str).collect();
         let view = tessera_engine::report::EvaluationView::of(
             plan.privacy.site_metrics,
+            engine.strategy(),
+            &names,
             &evaluations,
             metrics_dp.as_ref().zip(noise.as_mut()),
         )

@@ -2,7 +2,7 @@
 
 use tessera_core::{ParameterSet, ParticipantId};
 
-use crate::{AggregateError, Instructions, RoundAggregate, Strategy};
+use crate::{AggregateError, Attendance, Instructions, RoundAggregate, Strategy};
 
 /// `global + server_lr * step`, layout checked.
 pub(crate) fn moved(
@@ -36,6 +36,7 @@ impl Strategy for FedAvg {
         &mut self,
         global: &ParameterSet,
         round: &RoundAggregate,
+        _attendance: &Attendance,
     ) -> Result<ParameterSet, AggregateError> {
         moved(global, &round.mean_delta, self.server_lr)
     }
@@ -75,6 +76,7 @@ impl Strategy for FedAvgM {
         &mut self,
         global: &ParameterSet,
         round: &RoundAggregate,
+        _attendance: &Attendance,
     ) -> Result<ParameterSet, AggregateError> {
         global.check_same_layout(&round.mean_delta)?;
         let velocity = match self.velocity.clone() {
@@ -116,6 +118,7 @@ impl Strategy for FedProx {
         &mut self,
         global: &ParameterSet,
         round: &RoundAggregate,
+        _attendance: &Attendance,
     ) -> Result<ParameterSet, AggregateError> {
         moved(global, &round.mean_delta, self.server_lr)
     }
@@ -183,6 +186,7 @@ impl Strategy for FedOpt {
         &mut self,
         global: &ParameterSet,
         round: &RoundAggregate,
+        _attendance: &Attendance,
     ) -> Result<ParameterSet, AggregateError> {
         global.check_same_layout(&round.mean_delta)?;
         let (mut m, mut v) = self
@@ -226,14 +230,42 @@ fn sign(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::methods::testing::{round, set, values};
+    use crate::methods::testing::{NONE_FAILED, round, set, values};
+
+    #[test]
+    fn the_fedavg_family_ignores_failures() {
+        let id = ParticipantId::new;
+        let failed = Attendance {
+            cohort: vec![id("a"), id("b"), id("c")],
+            counted: vec![id("a")],
+            failures: vec![
+                (id("b"), crate::Failure::Dropped),
+                (id("c"), crate::Failure::Refused("non-finite".into())),
+            ],
+        };
+        for kind in crate::StrategyKind::ALL {
+            let config = crate::StrategyConfig::default();
+            let (mut with, mut without) =
+                (config.build(kind).unwrap(), config.build(kind).unwrap());
+            let mut x = (set(&[0.5]), set(&[0.5]));
+            for d in [0.25f32, -1.0] {
+                let mut r = round(&[d]);
+                r.aux_step = with.aux_sum().map(|_| set(&[0.0]));
+                x.0 = with.aggregate_fit(&x.0, &r, &failed).unwrap();
+                x.1 = without.aggregate_fit(&x.1, &r, &NONE_FAILED).unwrap();
+            }
+            assert_eq!(values(&x.0), values(&x.1), "{kind}");
+        }
+    }
 
     #[test]
     fn fedavgm_accumulates_velocity() {
         let mut s = FedAvgM::new(1.0, 0.5);
-        let x1 = s.aggregate_fit(&set(&[0.0]), &round(&[1.0])).unwrap();
+        let x1 = s
+            .aggregate_fit(&set(&[0.0]), &round(&[1.0]), &NONE_FAILED)
+            .unwrap();
         assert_eq!(values(&x1), [1.0]);
-        let x2 = s.aggregate_fit(&x1, &round(&[1.0])).unwrap();
+        let x2 = s.aggregate_fit(&x1, &round(&[1.0]), &NONE_FAILED).unwrap();
         assert_eq!(values(&x2), [2.5]); // v = 0.5 * 1 + 1
     }
 
@@ -257,7 +289,9 @@ mod tests {
                     FedOptVariant::Adagrad => v + d * d,
                 };
                 x += eta * m / (v.sqrt() + tau);
-                current = s.aggregate_fit(&current, &round(&[d as f32])).unwrap();
+                current = s
+                    .aggregate_fit(&current, &round(&[d as f32]), &NONE_FAILED)
+                    .unwrap();
                 let got = f64::from(values(&current)[0]);
                 assert!(
                     (got - x).abs() < 1e-4 * x.abs().max(1e-3),
@@ -280,9 +314,13 @@ mod tests {
         ] {
             let mut failing = make();
             let mut fresh = make();
-            assert!(failing.aggregate_fit(&set(&[0.0]), &round(&[1e3])).is_err());
-            let a = failing.aggregate_fit(&set(&[0.0]), &round(&[1e-40]));
-            let b = fresh.aggregate_fit(&set(&[0.0]), &round(&[1e-40]));
+            assert!(
+                failing
+                    .aggregate_fit(&set(&[0.0]), &round(&[1e3]), &NONE_FAILED)
+                    .is_err()
+            );
+            let a = failing.aggregate_fit(&set(&[0.0]), &round(&[1e-40]), &NONE_FAILED);
+            let b = fresh.aggregate_fit(&set(&[0.0]), &round(&[1e-40]), &NONE_FAILED);
             assert_eq!(a.map(|p| values(&p)), b.map(|p| values(&p)));
         }
     }

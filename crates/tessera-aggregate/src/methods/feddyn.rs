@@ -4,7 +4,7 @@
 
 use tessera_core::{ParameterSet, ParticipantId, Update};
 
-use crate::{AggregateError, Instructions, Needs, RoundAggregate, Strategy};
+use crate::{AggregateError, Attendance, Instructions, Needs, RoundAggregate, Strategy};
 
 /// FedDyn: each participant `k` minimises
 /// `L_k(θ) - <g_k, θ> + α/2 ||θ - θ_global||²` and moves its `g_k` by
@@ -56,6 +56,7 @@ impl Strategy for FedDyn {
         &mut self,
         global: &ParameterSet,
         round: &RoundAggregate,
+        _attendance: &Attendance,
     ) -> Result<ParameterSet, AggregateError> {
         global.check_same_layout(&round.mean_delta)?;
         let n = round.n_participants.max(round.n_updates).max(1) as f32;
@@ -82,18 +83,22 @@ impl Strategy for FedDyn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::methods::testing::{round_of as round, set};
+    use crate::methods::testing::{NONE_FAILED, round_of as round, set};
 
     #[test]
     fn the_server_step_matches_the_paper_by_hand() {
         let mut s = FedDyn::new(0.5);
         // Round 1: 2 of 4 sites, mean change 0.2: h = -0.5 * (2/4) * 0.2 = -0.05,
         // θ = 1 + 0.2 + 0.05 / 0.5 = 1.3.
-        let x1 = s.aggregate_fit(&set(&[1.0]), &round(&[0.2], 2, 4)).unwrap();
+        let x1 = s
+            .aggregate_fit(&set(&[1.0]), &round(&[0.2], 2, 4), &NONE_FAILED)
+            .unwrap();
         assert!((x1.values().next().unwrap() - 1.3).abs() < 1e-6);
         // Round 2: all 4, mean change -0.1: h = -0.05 + 0.5 * 0.1 = 0,
         // θ = 1.3 - 0.1 - 0 = 1.2.
-        let x2 = s.aggregate_fit(&x1, &round(&[-0.1], 4, 4)).unwrap();
+        let x2 = s
+            .aggregate_fit(&x1, &round(&[-0.1], 4, 4), &NONE_FAILED)
+            .unwrap();
         assert!((x2.values().next().unwrap() - 1.2).abs() < 1e-6);
         assert_eq!(
             s.configure_fit(&x2, &ParticipantId::new("a")),
@@ -116,14 +121,14 @@ mod tests {
         let mut fresh = FedDyn::new(1e-30);
         assert!(
             failing
-                .aggregate_fit(&set(&[0.0]), &round(&[3e38], 1, 1))
+                .aggregate_fit(&set(&[0.0]), &round(&[3e38], 1, 1), &NONE_FAILED)
                 .is_err()
         );
         let a = failing
-            .aggregate_fit(&set(&[0.0]), &round(&[0.0], 1, 1))
+            .aggregate_fit(&set(&[0.0]), &round(&[0.0], 1, 1), &NONE_FAILED)
             .unwrap();
         let b = fresh
-            .aggregate_fit(&set(&[0.0]), &round(&[0.0], 1, 1))
+            .aggregate_fit(&set(&[0.0]), &round(&[0.0], 1, 1), &NONE_FAILED)
             .unwrap();
         assert_eq!(a, b);
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tessera_core::{ParameterSet, ParticipantId};
 
 use super::fedavg::moved;
-use crate::{AggregateError, Instructions, Needs, RoundAggregate, Strategy};
+use crate::{AggregateError, Attendance, Instructions, Needs, RoundAggregate, Strategy};
 
 /// The name of SCAFFOLD's auxiliary sum.
 pub(crate) const AUX: &str = "control-variate change";
@@ -65,6 +65,7 @@ impl Strategy for Scaffold {
         &mut self,
         global: &ParameterSet,
         round: &RoundAggregate,
+        _attendance: &Attendance,
     ) -> Result<ParameterSet, AggregateError> {
         let step = round.aux_step.as_ref().ok_or_else(|| {
             AggregateError::Rejected("SCAFFOLD round without control-variate changes".into())
@@ -86,7 +87,7 @@ impl Strategy for Scaffold {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::methods::testing::{round, set, values};
+    use crate::methods::testing::{NONE_FAILED, round, set, values};
 
     fn control(s: &Scaffold, global: &ParameterSet) -> ParameterSet {
         match s.configure_fit(global, &ParticipantId::new("a")) {
@@ -104,10 +105,10 @@ mod tests {
         let mut r = round(&[0.5, -0.5]);
         r.mean_delta = set(&[0.5, -0.5]);
         r.aux_step = Some(set(&[0.25, 0.125]));
-        let next = s.aggregate_fit(&global, &r).unwrap();
+        let next = s.aggregate_fit(&global, &r, &NONE_FAILED).unwrap();
         assert_eq!(values(&next), [1.5, 1.5]);
         assert_eq!(values(&control(&s, &next)), [0.25, 0.125]);
         r.aux_step = None;
-        assert!(s.aggregate_fit(&next, &r).is_err());
+        assert!(s.aggregate_fit(&next, &r, &NONE_FAILED).is_err());
     }
 }

@@ -3,7 +3,7 @@
 
 use tessera_core::{ParameterSet, Tensor};
 
-use crate::RoundAggregate;
+use crate::{Attendance, RoundAggregate};
 
 /// A parameter set of one tensor `w` holding `values`.
 pub(crate) fn set(values: &[f32]) -> ParameterSet {
@@ -39,3 +39,10 @@ pub(crate) fn round_of(delta: &[f32], n_updates: u64, n_participants: u64) -> Ro
 pub(crate) fn round(delta: &[f32]) -> RoundAggregate {
     round_of(delta, 1, 1)
 }
+
+/// The attendance of a round in which every update counted.
+pub(crate) const NONE_FAILED: Attendance = Attendance {
+    cohort: Vec::new(),
+    counted: Vec::new(),
+    failures: Vec::new(),
+};

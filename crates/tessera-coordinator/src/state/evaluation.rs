@@ -211,9 +211,17 @@ impl Federation {
         let round = *round;
         let names: Vec<String> = received.keys().cloned().collect();
         let evaluations: Vec<Evaluation> = received.values().cloned().collect();
+        let sites: Vec<&str> = names.iter().map(String::as_str).collect();
+        let view = tessera_engine::report::EvaluationView::clear(
+            self.engine
+                .as_ref()
+                .map_or(&tessera_engine::report::POOLED, |e| e.strategy()),
+            &sites,
+            &evaluations,
+        );
         let mut closed = round_record_with(
             record,
-            &evaluations,
+            &view,
             self.round_started
                 .map_or(0.0, |t| t.elapsed().as_secs_f64()),
         );
@@ -234,17 +242,18 @@ impl Federation {
     }
 }
 
-/// A round's record completed with the evaluations of its model.
+/// A round's record completed with what the strategy made of the
+/// evaluations of its model.
 fn round_record_with(
     record: &RoundRecord,
-    evaluations: &[Evaluation],
+    view: &tessera_engine::report::EvaluationView,
     seconds: f64,
 ) -> RoundRecord {
-    let pooled = Evaluation::pool(evaluations);
+    let pooled = &view.pooled;
     RoundRecord {
         accuracy: pooled.accuracy(),
         loss: pooled.mean_loss(),
-        mean_site_accuracy: tessera_engine::report::mean_site_accuracy(evaluations),
+        mean_site_accuracy: view.mean_site_accuracy,
         n_test: pooled.n_examples,
         auc: pooled.auc,
         seconds,

@@ -1,8 +1,9 @@
 //! An aggregator of a hierarchical run: a coordinator toward its members
 //! whose rounds come from its parent. The members' agreement offers go up
 //! merged, the parent's answers come back; each parent task of round `r`
-//! opens round `r` here over the same [`RoundEngine`] (FedAvg at server
-//! learning rate 1, see [`tessera_engine::aggregator_engine`]), whose
+//! opens round `r` here over the same [`RoundEngine`] (each member told
+//! what the plan's strategy tells it, their updates combined as FedAvg at
+//! server learning rate 1, see [`tessera_engine::aggregator_engine`]), whose
 //! aggregate goes up as one update carrying the members' examples; the
 //! members evaluate the model the parent sends next and their pooled
 //! evaluation goes up. Everything decided is in this aggregator's own
@@ -438,7 +439,7 @@ impl Federation {
             &self.plan,
             global.as_ref().clone(),
             round,
-        ))?;
+        )?)?;
         if engine.privacy().is_some() {
             for row in self.store.privacy_ledger(&run)? {
                 engine.restore_privacy(row.entry, row.next_clip_norm)?;

@@ -21,6 +21,10 @@ impl Federation {
             .iter()
             .map(|(_, e)| e.clone())
             .collect();
+        let strategy = self
+            .engine
+            .as_ref()
+            .map_or(&tessera_engine::report::POOLED as _, |e| e.strategy());
         let elapsed = self.started.elapsed().as_secs_f64();
         let n_rounds = self.records.len().max(1) as f64;
         let mut rounds = self.records.clone();
@@ -43,9 +47,9 @@ impl Federation {
                     loss: Some(last.loss),
                     per_site: BTreeMap::new(),
                 },
-                None => final_metrics(&names, &evaluations),
+                None => final_metrics(strategy, &names, &evaluations),
             },
-            _ => final_metrics(&names, &evaluations),
+            _ => final_metrics(strategy, &names, &evaluations),
         };
         RunReport {
             plan: self.plan.name.clone(),

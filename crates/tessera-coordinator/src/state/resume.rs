@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use prost::Message;
+use tessera_aggregate::Attendance;
 use tessera_core::{ParticipantId, Timestamp};
 use tessera_engine::report::RoundRecord;
 use tessera_engine::{EngineConfig, RoundEngine};
@@ -61,11 +62,22 @@ impl Federation {
             .ok_or_else(|| StoreError::Damaged("no initial model".into()))?;
         let aggregates: BTreeMap<u32, _> =
             self.store.aggregates(&run, closed)?.into_iter().collect();
+        let ids = |names: Vec<String>| names.into_iter().map(ParticipantId::new).collect();
+        let attendances: BTreeMap<u32, _> = self
+            .store
+            .cohorts(&run)?
+            .into_iter()
+            .map(|row| {
+                let attendance = Attendance::replayed(ids(row.cohort), ids(row.counted));
+                (row.round, attendance)
+            })
+            .collect();
         // The model participants hold goes through the same changes.
         let mut downlink = self.new_downlink(Arc::new(global.clone()));
         for round in 1..=closed {
             if let Some(aggregate) = aggregates.get(&round) {
-                global = RoundEngine::replay(strategy.as_mut(), &global, aggregate)?;
+                let attendance = attendances.get(&round).cloned().unwrap_or_default();
+                global = RoundEngine::replay(strategy.as_mut(), &global, aggregate, &attendance)?;
             }
             if let Some(down) = downlink.as_mut() {
                 down.advance(round, &global)?;

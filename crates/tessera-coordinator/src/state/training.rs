@@ -380,7 +380,7 @@ impl Federation {
         let seconds = self
             .round_started
             .map_or(0.0, |t| t.elapsed().as_secs_f64());
-        let record = round_record(&outcome, &[], seconds, 0, 0);
+        let record = round_record(&outcome, seconds, 0, 0);
         let record_json =
             serde_json::to_string(&record).map_err(|e| CoordinatorError::Config(e.to_string()))?;
         let status = record.status.clone();

@@ -1,9 +1,23 @@
 //! What a report shows of the sites' evaluations of one model: each site's
 //! in the clear, or only their (possibly noised) sum.
 
+use tessera_aggregate::{EvaluationSums, SiteEvaluation, Strategy};
+use tessera_core::ParticipantId;
 use tessera_learn::Evaluation;
 
-use super::mean_site_accuracy;
+/// What `e` sums over its rows, as a strategy sees it.
+pub fn sums(e: &Evaluation) -> EvaluationSums {
+    EvaluationSums {
+        n_examples: e.n_examples,
+        loss_sum: e.loss_sum,
+        n_correct: e.n_correct,
+    }
+}
+
+/// The aggregation every built-in strategy uses
+/// ([`tessera_aggregate::pool_evaluations`]), where no run's strategy is at
+/// hand (gossip peers, reports rebuilt from stored evaluations).
+pub static POOLED: tessera_aggregate::FedAvg = tessera_aggregate::FedAvg { server_lr: 1.0 };
 
 /// What a report shows of the sites' evaluations of one model: the pooled
 /// evaluation and the mean of the sites' accuracies.
@@ -16,11 +30,29 @@ pub struct EvaluationView {
 }
 
 impl EvaluationView {
-    /// From each site's evaluation (`site_metrics = "clear"`).
-    pub fn clear(evaluations: &[Evaluation]) -> Self {
+    /// From each site's evaluation (`site_metrics = "clear"`), `sites[i]`
+    /// having sent `evaluations[i]`, as `strategy` aggregates them
+    /// ([`Strategy::aggregate_evaluate`]); the score histograms behind the
+    /// AUC add up whatever the strategy.
+    pub fn clear(strategy: &dyn Strategy, sites: &[&str], evaluations: &[Evaluation]) -> Self {
+        let results: Vec<SiteEvaluation> = sites
+            .iter()
+            .zip(evaluations)
+            .map(|(site, e)| SiteEvaluation {
+                site: ParticipantId::new(*site),
+                sums: sums(e),
+            })
+            .collect();
+        let aggregate = strategy.aggregate_evaluate(&results);
+        let pooled = Evaluation::pool(evaluations);
         Self {
-            pooled: Evaluation::pool(evaluations),
-            mean_site_accuracy: mean_site_accuracy(evaluations),
+            pooled: Evaluation {
+                n_examples: aggregate.pooled.n_examples,
+                loss_sum: aggregate.pooled.loss_sum,
+                n_correct: aggregate.pooled.n_correct,
+                ..pooled
+            },
+            mean_site_accuracy: aggregate.mean_site_accuracy,
         }
     }
 
@@ -108,6 +140,8 @@ impl EvaluationView {
     /// needs the calibration and the noise.
     pub fn of(
         site_metrics: tessera_privacy::SiteMetrics,
+        strategy: &dyn Strategy,
+        sites: &[&str],
         evaluations: &[Evaluation],
         dp: Option<(
             &tessera_privacy::MetricsDp,
@@ -115,7 +149,9 @@ impl EvaluationView {
         )>,
     ) -> Result<Self, String> {
         match (site_metrics, dp) {
-            (tessera_privacy::SiteMetrics::Clear, _) => Ok(Self::clear(evaluations)),
+            (tessera_privacy::SiteMetrics::Clear, _) => {
+                Ok(Self::clear(strategy, sites, evaluations))
+            }
             (tessera_privacy::SiteMetrics::AggregateOnly, _) => Self::aggregate_only(evaluations),
             (tessera_privacy::SiteMetrics::Dp, Some((dp, noise))) => {
                 Ok(Self::noised(&Self::summed_of(evaluations)?, dp, noise))
@@ -184,7 +220,7 @@ mod tests {
             auc: None,
             histogram: None,
         };
-        let f = final_metrics(&["a", "b"], &[none.clone(), none]);
+        let f = final_metrics(&POOLED, &["a", "b"], &[none.clone(), none]);
         assert_eq!(
             (f.accuracy, f.loss, f.mean_site_accuracy),
             (None, None, None)
@@ -202,7 +238,7 @@ mod tests {
             auc: None,
             histogram: None,
         };
-        let f = final_metrics(&["a"], &[one]);
+        let f = final_metrics(&POOLED, &["a"], &[one]);
         assert_eq!((f.accuracy, f.loss), (Some(0.75), Some(0.5)));
     }
 
