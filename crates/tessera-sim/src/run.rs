@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use tessera_compress::Codec;
 use tessera_core::{ParticipantId, Timestamp, derive_seed};
 use tessera_data::FederatedData;
+use tessera_engine::PlanBuild;
 use tessera_engine::{
     EngineConfig, EngineError, Mode, Plan, PlanError, RoundEngine, RoundStatus, Site, TopologyKind,
 };

@@ -34,8 +34,8 @@ impl Plan {
                 reasons.push(format!("strategies.{name}: {e}"));
             }
         }
-        if let Err(e) = self.strategy() {
-            reasons.push(invalid_reason(e));
+        if let Err(e) = self.strategy_config().build(self.federation.strategy) {
+            reasons.push(e.to_string());
         }
         let f = &self.federation;
         let strategy = f.strategy;
