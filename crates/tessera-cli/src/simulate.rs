@@ -10,8 +10,8 @@ use tessera_aggregate::{RobustRule, StrategyKind};
 use tessera_data::{
     ColumnKind, ColumnSpec, DataConfig, FileSource, Filesystem, ScaleScope, SchemaConfig,
 };
-use tessera_engine::{FederationConfig, Mode, Plan};
-use tessera_learn::{Init, ModelConfig, ModelKind, TrainingConfig};
+use tessera_engine::{Mode, Plan};
+use tessera_learn::{Init, ModelConfig, ModelKind};
 use tessera_privacy::PrivacyMode;
 use tessera_sim::{Attack, AttackKind, RoundRecord, RunReport, SimOptions, simulate};
 
@@ -564,7 +564,6 @@ fn ad_hoc_plan(args: &SimulateArgs, data: &Path) -> anyhow::Result<Plan> {
         .to_string();
     Ok(Plan {
         name,
-        seed: 42,
         data: DataConfig {
             path: Some(data.to_path_buf()),
             site_column: Some(site_column.clone()),
@@ -576,16 +575,7 @@ fn ad_hoc_plan(args: &SimulateArgs, data: &Path) -> anyhow::Result<Plan> {
             synthetic: None,
         },
         model,
-        training: TrainingConfig::default(),
-        federation: FederationConfig::default(),
-        strategies: Default::default(),
-        baselines: None,
-        simulation: Default::default(),
-        privacy: Default::default(),
-        robust: Default::default(),
-        secure_aggregation: Default::default(),
-        compression: Default::default(),
-        topology: Default::default(),
+        ..Plan::default()
     })
 }
 

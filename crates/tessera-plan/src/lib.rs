@@ -20,6 +20,7 @@ use tessera_learn::{ModelConfig, TrainingConfig};
 use tessera_privacy::PrivacyConfig;
 use thiserror::Error;
 
+mod default;
 mod memory;
 pub mod streams;
 mod topology;
