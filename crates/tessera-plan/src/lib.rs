@@ -22,11 +22,14 @@ use thiserror::Error;
 
 mod default;
 mod memory;
+mod rules;
+mod settings;
 pub mod streams;
 mod topology;
 mod validate;
 
 pub use memory::{MemoryRole, available_memory};
+pub use rules::{Conflict, RULES, Rule};
 pub use topology::{FailureConfig, GossipGraph, GroupConfig, TopologyConfig, TopologyKind};
 
 /// The widest `secure_aggregation.clip_range` a plan may set: values are
@@ -57,6 +60,16 @@ pub enum PlanError {
     /// message stays on one line).
     #[error("plan: {}", tessera_core::one_line(.0))]
     Invalid(String),
+    /// Settings out of range or that contradict each other: every one the
+    /// plan has, each naming its keys and why (shown on one line, joined
+    /// with "; ").
+    #[error("plan: {}", tessera_core::one_line(&joined(.0)))]
+    Conflicts(Vec<Conflict>),
+}
+
+fn joined(conflicts: &[Conflict]) -> String {
+    let reasons: Vec<&str> = conflicts.iter().map(|c| c.reason.as_str()).collect();
+    reasons.join("; ")
 }
 
 /// Everything about a federation: data, model, local training, how rounds
@@ -280,53 +293,6 @@ impl Plan {
             path: origin.to_string(),
             message: one_line(&e, text),
         })?;
-        plan.validate()?;
-        Ok(plan)
-    }
-
-    /// The plan with `settings` applied, each `section.key=value` (any
-    /// depth: `data.split.test_fraction=0.3`; the value as TOML, a bare word
-    /// as a string: `federation.strategy=fedadam`, `model.hidden=[32,16]`),
-    /// checked as a plan file would be.
-    pub fn with_settings(&self, settings: &[String]) -> Result<Plan, PlanError> {
-        let invalid = |m: String| PlanError::Invalid(m);
-        let mut value = toml::Value::try_from(self)
-            .map_err(|e| invalid(format!("the plan cannot be written as TOML: {e}")))?;
-        for setting in settings {
-            let shown = tessera_core::shown(setting, 200);
-            let Some((path, text)) = setting.split_once('=') else {
-                return Err(invalid(format!("--set '{shown}': give section.key=value")));
-            };
-            let keys: Vec<&str> = path.trim().split('.').map(str::trim).collect();
-            if keys.iter().any(|k| k.is_empty()) {
-                return Err(invalid(format!(
-                    "--set '{shown}': the key path has an empty part"
-                )));
-            }
-            let parsed = toml::from_str::<toml::Table>(&format!("v = {}", text.trim()))
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or_else(|| toml::Value::String(text.trim().to_string()));
-            let mut at = &mut value;
-            for (i, key) in keys.iter().enumerate() {
-                let table = at.as_table_mut().ok_or_else(|| {
-                    invalid(format!(
-                        "--set '{shown}': '{}' is a value, not a section",
-                        keys[..i].join(".")
-                    ))
-                })?;
-                if i + 1 == keys.len() {
-                    table.insert(key.to_string(), parsed);
-                    break;
-                }
-                at = table
-                    .entry(key.to_string())
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            }
-        }
-        let plan: Plan = value
-            .try_into()
-            .map_err(|e: toml::de::Error| invalid(format!("--set: {}", e.message().trim())))?;
         plan.validate()?;
         Ok(plan)
     }
