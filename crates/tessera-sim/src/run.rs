@@ -325,7 +325,7 @@ fn run_sync(
         return Err(PlanError::Invalid(format!(
             "site_metrics = \"{}\"{} sums the sites' evaluations under secure aggregation, \
              which needs at least 3 sites; the data has {}. Say site_metrics = \"clear\" in \
-             [privacy] (or --site-metrics clear) to report each site's evaluation",
+             [privacy] (or --set privacy.site_metrics=clear) to report each site's evaluation",
             plan.privacy.site_metrics.name(),
             if plan.privacy.site_metrics == tessera_privacy::SiteMetrics::AggregateOnly {
                 " (the default)"
