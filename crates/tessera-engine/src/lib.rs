@@ -45,9 +45,9 @@ pub use error::EngineError;
 pub use setup::{DpCohort, PlanBuild};
 pub use site::Site;
 pub use tessera_plan::{
-    FailureConfig, FederationConfig, GossipGraph, GroupConfig, MemoryRole, Mode, Plan, PlanError,
-    Range, SimulationConfig, StalenessWeighting, TopologyConfig, TopologyKind, Weighting,
-    available_memory,
+    Conflict, FailureConfig, FederationConfig, GossipGraph, GroupConfig, MemoryRole, Mode, Plan,
+    PlanError, Range, SimulationConfig, StalenessWeighting, TopologyConfig, TopologyKind,
+    Weighting, available_memory,
 };
 pub use topology::{Member, Node, Tree, gossip_neighbours, metropolis_mix};
 
