@@ -6,7 +6,8 @@
 //!
 //! This crate only describes and checks; what a plan builds (models,
 //! strategies, DP mechanisms, round engines, sites) is the engine's.
-//! Besides parsing a file it never does I/O: no clock, no sockets.
+//! Besides reading a plan file and the machine's available memory
+//! ([`available_memory`]) it does no I/O: no clock, no sockets.
 #![deny(missing_docs)]
 
 use std::collections::BTreeMap;
