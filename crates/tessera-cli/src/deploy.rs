@@ -18,8 +18,8 @@ pub struct CoordinatorArgs {
     #[arg(long)]
     plan: PathBuf,
     /// Changes one plan setting, SECTION.KEY=VALUE at any depth (repeatable;
-    /// the value as TOML, a bare word as text); sites receive the plan as
-    /// changed.
+    /// the value as TOML, a bare word as text; nothing after `=` gives the
+    /// key its default); sites receive the plan as changed.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     settings: Vec<String>,
     /// The database (SQLite); a restart with the same file resumes the run.

@@ -6,13 +6,10 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use tessera_aggregate::{RobustRule, StrategyKind};
-use tessera_data::{
-    ColumnKind, ColumnSpec, DataConfig, FileSource, Filesystem, ScaleScope, SchemaConfig,
-};
-use tessera_engine::{FederationConfig, Mode, Plan};
-use tessera_learn::{Init, ModelConfig, ModelKind, TrainingConfig};
-use tessera_privacy::PrivacyMode;
+use tessera_aggregate::StrategyKind;
+use tessera_data::{ColumnKind, ColumnSpec, DataConfig, FileSource, Filesystem, SchemaConfig};
+use tessera_engine::Plan;
+use tessera_learn::{ModelConfig, ModelKind};
 use tessera_sim::{Attack, AttackKind, RoundRecord, RunReport, SimOptions, simulate};
 
 use crate::bundled::{self, Bundled};
@@ -44,16 +41,9 @@ pub struct SimulateArgs {
     /// Ad-hoc: hidden layer widths of the mlp, e.g. 64,32.
     #[arg(long, requires = "data", value_delimiter = ',')]
     hidden: Vec<usize>,
-    /// Standardise with each site's statistics (site), the federation's
-    /// combined statistics (federation), or not at all (none).
-    #[arg(long)]
-    standardize: Option<String>,
     /// Ad-hoc: columns to leave out (identifiers, free text), e.g. id,name.
     #[arg(long, requires = "data", value_delimiter = ',')]
     ignore: Vec<String>,
-    /// Initial parameters: uniform (PyTorch's default) or zeros.
-    #[arg(long)]
-    init: Option<String>,
     /// The strategy, by name (fedavg, fedprox, scaffold, ...; an unknown name lists them all).
     #[arg(long)]
     strategy: Option<String>,
@@ -63,106 +53,12 @@ pub struct SimulateArgs {
     /// Number of rounds.
     #[arg(long)]
     rounds: Option<u32>,
-    /// Local epochs per round (replaces the plan's steps).
-    #[arg(long)]
-    local_epochs: Option<u64>,
-    /// Local batch size.
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Local learning rate (replaces the strategy's client rate).
-    #[arg(long)]
-    lr: Option<f32>,
     /// Also train local-only and pooled baselines on the same splits.
     #[arg(long)]
     baselines: bool,
-    /// `sync` rounds or `async` buffered aggregation (FedBuff; --rounds counts server steps).
-    #[arg(long)]
-    mode: Option<String>,
-    /// Async: updates per server step.
-    #[arg(long)]
-    buffer_size: Option<usize>,
-    /// Async: refuse updates more than this many steps stale.
-    #[arg(long)]
-    max_staleness: Option<u32>,
     /// Report the run-clock time when accuracy (all test rows) first reaches this.
     #[arg(long)]
     target_accuracy: Option<f64>,
-    /// Differential privacy: `central` (DP-FedAvg: clipped updates, noise on
-    /// the aggregate), `local` (DP-SGD inside each site's training) or `off`.
-    #[arg(long)]
-    dp: Option<String>,
-    /// DP: target epsilon of the run (calibrates the noise; also the budget).
-    #[arg(long)]
-    epsilon: Option<f64>,
-    /// DP: delta of every (epsilon, delta) figure (default 1e-5).
-    #[arg(long)]
-    delta: Option<f64>,
-    /// DP: noise multiplier (instead of calibrating it from --epsilon).
-    #[arg(long)]
-    noise_multiplier: Option<f64>,
-    /// DP: the L2 norm updates are clipped to.
-    #[arg(long)]
-    clip_norm: Option<f64>,
-    /// DP: adapt the clipping norm to the updates' median norm (Andrew et al. 2021).
-    #[arg(long)]
-    adaptive_clipping: bool,
-    /// DP: the run's epsilon budget; work that would exceed it is refused.
-    #[arg(long)]
-    privacy_budget: Option<f64>,
-    /// DP: the accountant, `rdp` (Rényi DP) or `pld` (privacy loss
-    /// distributions: a tighter epsilon for the same noise, so less noise
-    /// for the same epsilon).
-    #[arg(long)]
-    accountant: Option<String>,
-    /// What the report holds of each site's evaluation: `aggregate-only`
-    /// (the default: sums across sites), `dp` (those sums, noised) or `clear`.
-    #[arg(long)]
-    site_metrics: Option<String>,
-    /// With `--site-metrics dp`: the epsilon all evaluations spend together.
-    #[arg(long)]
-    metrics_epsilon: Option<f64>,
-    /// Robust aggregation: mean, median, trimmed_mean, krum or multi_krum.
-    #[arg(long)]
-    robust: Option<String>,
-    /// Robust aggregation: scale every update down to at most this L2 norm.
-    #[arg(long)]
-    norm_bound: Option<f64>,
-    /// Robust aggregation: share trimmed at each end by trimmed_mean.
-    #[arg(long)]
-    trim_fraction: Option<f64>,
-    /// Robust aggregation: malicious participants Krum tolerates (f).
-    #[arg(long)]
-    assumed_malicious: Option<usize>,
-    /// Secure aggregation (SecAgg+): the coordinator sees only the sum of each round's updates.
-    #[arg(long)]
-    secure_aggregation: bool,
-    /// Secure aggregation: update values are clipped to [-R, R] before quantisation.
-    #[arg(long)]
-    secagg_range: Option<f32>,
-    /// Secure aggregation: neighbours per participant (default: even, at least 3 log2 n).
-    #[arg(long)]
-    secagg_neighbours: Option<usize>,
-    /// Secure aggregation: shares needed to rebuild a secret (default: neighbours/3 + 1).
-    #[arg(long)]
-    secagg_threshold: Option<usize>,
-    /// Compression of updates: none, topk:F, randk:F, fp16, q8, q4, q2, or a
-    /// sparsifier then a value coding, as in topk:0.01+q8.
-    #[arg(long)]
-    upload_codec: Option<tessera_compress::Codec>,
-    /// Compression of the model's change sent to participants (same codecs).
-    #[arg(long)]
-    download_codec: Option<tessera_compress::Codec>,
-    /// Compression: do not carry what the codec left out into the next update.
-    #[arg(long)]
-    no_error_feedback: bool,
-    /// Compression: choose each participant's upload codec so that its round
-    /// fits this many seconds at its bandwidth (default ladder: none, q8,
-    /// topk:0.1+q8, topk:0.01+q8, topk:0.001+q8).
-    #[arg(long)]
-    adaptive_target: Option<f64>,
-    /// Simulated bandwidth, bytes per second each way, MIN:MAX (log-uniform per site).
-    #[arg(long, value_parser = parse_range)]
-    bandwidth: Option<tessera_engine::Range>,
     /// Simulated attack: sign_flip, scaling, gaussian or label_flip.
     #[arg(long, requires = "malicious")]
     attack: Option<String>,
@@ -187,9 +83,11 @@ pub struct SimulateArgs {
     #[arg(long, short)]
     quiet: bool,
     /// Changes one plan setting, SECTION.KEY=VALUE at any depth (repeatable;
-    /// the value as TOML, a bare word as text), e.g.
-    /// `--set data.split.test_fraction=0.3 --set model.hidden=[32,16]`;
-    /// applied before the other flags.
+    /// the value as TOML, a bare word as text; nothing after `=` gives the
+    /// key its default), e.g. `--set privacy.mode=central --set
+    /// privacy.epsilon=3`, `--set compression.upload=topk:0.01+q8`,
+    /// `--set model.hidden=[32,16]`; every key of a plan file (README:
+    /// "Plans"); applied before --strategy, --seed and --rounds.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     settings: Vec<String>,
 }
@@ -564,7 +462,6 @@ fn ad_hoc_plan(args: &SimulateArgs, data: &Path) -> anyhow::Result<Plan> {
         .to_string();
     Ok(Plan {
         name,
-        seed: 42,
         data: DataConfig {
             path: Some(data.to_path_buf()),
             site_column: Some(site_column.clone()),
@@ -576,31 +473,7 @@ fn ad_hoc_plan(args: &SimulateArgs, data: &Path) -> anyhow::Result<Plan> {
             synthetic: None,
         },
         model,
-        training: TrainingConfig::default(),
-        federation: FederationConfig::default(),
-        strategies: Default::default(),
-        baselines: None,
-        simulation: Default::default(),
-        privacy: Default::default(),
-        robust: Default::default(),
-        secure_aggregation: Default::default(),
-        compression: Default::default(),
-        topology: Default::default(),
-    })
-}
-
-fn parse_range(text: &str) -> Result<tessera_engine::Range, String> {
-    let (min, max) = text
-        .split_once(':')
-        .ok_or_else(|| format!("expected MIN:MAX, got '{text}'"))?;
-    let number = |t: &str| {
-        t.trim()
-            .parse::<f64>()
-            .map_err(|_| format!("'{t}' is not a number"))
-    };
-    Ok(tessera_engine::Range {
-        min: number(min)?,
-        max: number(max)?,
+        ..Plan::default()
     })
 }
 
@@ -614,158 +487,10 @@ fn apply_overrides(plan: &mut Plan, args: &SimulateArgs) -> anyhow::Result<()> {
     if let Some(rounds) = args.rounds {
         plan.federation.rounds = rounds;
     }
-    if let Some(epochs) = args.local_epochs {
-        plan.training.epochs = Some(epochs);
-        plan.training.steps = None;
-    }
-    if let Some(batch_size) = args.batch_size {
-        plan.training.batch_size = batch_size;
-    }
-    if let Some(lr) = args.lr {
-        plan.training.optimizer.lr = lr;
-        let key = plan.federation.strategy.as_str().to_string();
-        if let Some(settings) = plan.strategies.get_mut(&key) {
-            settings.client_lr = None;
-        }
-    }
-    let privacy = &mut plan.privacy;
-    if let Some(mode) = &args.dp {
-        privacy.mode = match mode.as_str() {
-            "central" => PrivacyMode::Central,
-            "local" => PrivacyMode::Local,
-            "off" => PrivacyMode::Off,
-            other => bail!("unknown --dp '{other}' (expected central, local or off)"),
-        };
-    }
-    if args.epsilon.is_some() {
-        privacy.epsilon = args.epsilon;
-        if args.noise_multiplier.is_none() {
-            privacy.noise_multiplier = None;
-        }
-    }
-    if let Some(delta) = args.delta {
-        privacy.delta = delta;
-    }
-    if args.noise_multiplier.is_some() {
-        privacy.noise_multiplier = args.noise_multiplier;
-    }
-    if let Some(c) = args.clip_norm {
-        privacy.clip_norm = c;
-    }
-    if args.adaptive_clipping {
-        privacy.adaptive_clipping = Some(Default::default());
-    }
-    if args.privacy_budget.is_some() {
-        privacy.budget = args.privacy_budget;
-    }
-    if let Some(kind) = &args.accountant {
-        privacy.accountant = match kind.as_str() {
-            "rdp" => tessera_privacy::AccountantKind::Rdp,
-            "pld" => tessera_privacy::AccountantKind::Pld,
-            other => bail!("unknown --accountant '{other}' (expected rdp or pld)"),
-        };
-    }
-    if let Some(kind) = &args.site_metrics {
-        privacy.site_metrics = match kind.as_str() {
-            "clear" => tessera_privacy::SiteMetrics::Clear,
-            "aggregate-only" => tessera_privacy::SiteMetrics::AggregateOnly,
-            "dp" => tessera_privacy::SiteMetrics::Dp,
-            other => {
-                bail!("unknown --site-metrics '{other}' (expected aggregate-only, dp or clear)")
-            }
-        };
-    }
-    if args.metrics_epsilon.is_some() {
-        privacy.metrics_epsilon = args.metrics_epsilon;
-    }
-    if args.secure_aggregation {
-        plan.secure_aggregation.enabled = true;
-    }
-    let compression = &mut plan.compression;
-    if let Some(codec) = args.upload_codec {
-        compression.upload = codec;
-    }
-    if let Some(codec) = args.download_codec {
-        compression.download = codec;
-    }
-    if args.no_error_feedback {
-        compression.error_feedback = false;
-    }
-    if let Some(target) = args.adaptive_target {
-        let mut adaptive =
-            compression
-                .adaptive
-                .take()
-                .unwrap_or(tessera_compress::AdaptiveConfig {
-                    target_round_seconds: target,
-                    ladder: Vec::new(),
-                });
-        adaptive.target_round_seconds = target;
-        if adaptive.ladder.is_empty() {
-            adaptive.ladder = tessera_compress::AdaptiveConfig::default_ladder();
-        }
-        compression.adaptive = Some(adaptive);
-    }
-    if args.bandwidth.is_some() {
-        plan.simulation.bandwidth_bytes_per_second = args.bandwidth;
-    }
-    if let Some(r) = args.secagg_range {
-        plan.secure_aggregation.clip_range = r;
-    }
-    if args.secagg_neighbours.is_some() {
-        plan.secure_aggregation.neighbours = args.secagg_neighbours;
-    }
-    if args.secagg_threshold.is_some() {
-        plan.secure_aggregation.threshold = args.secagg_threshold;
-    }
-    let robust = &mut plan.robust;
-    if let Some(rule) = &args.robust {
-        robust.rule = rule.parse::<RobustRule>().map_err(anyhow::Error::msg)?;
-    }
-    if args.norm_bound.is_some() {
-        robust.norm_bound = args.norm_bound;
-    }
-    if let Some(t) = args.trim_fraction {
-        robust.trim_fraction = t;
-    }
-    if let Some(f) = args.assumed_malicious {
-        robust.assumed_malicious = f;
-    }
-    if let Some(mode) = &args.mode {
-        plan.federation.mode = match mode.as_str() {
-            "sync" => Mode::Sync,
-            "async" => Mode::Async,
-            other => bail!("unknown mode '{other}' (expected sync or async)"),
-        };
-    }
-    if let Some(k) = args.buffer_size {
-        plan.federation.buffer_size = k;
-    }
-    if let Some(bound) = args.max_staleness {
-        plan.federation.max_staleness = bound;
-    }
     if let Some(target) = args.target_accuracy
         && !(0.0..=1.0).contains(&target)
     {
         bail!("--target-accuracy must be between 0 and 1, got {target}");
-    }
-    if let Some(scope) = &args.standardize {
-        let standardize = &mut plan.data.standardize;
-        match scope.as_str() {
-            "site" => (standardize.enabled, standardize.scope) = (true, ScaleScope::Site),
-            "federation" => {
-                (standardize.enabled, standardize.scope) = (true, ScaleScope::Federation)
-            }
-            "none" => standardize.enabled = false,
-            other => bail!("unknown standardisation '{other}' (expected site, federation or none)"),
-        }
-    }
-    if let Some(init) = &args.init {
-        plan.model.init = match init.as_str() {
-            "uniform" => Init::Uniform,
-            "zeros" => Init::Zeros,
-            other => bail!("unknown init '{other}' (expected uniform or zeros)"),
-        };
     }
     if args.data.is_none() && (args.model.is_some() || !args.hidden.is_empty()) {
         bail!("--model and --hidden describe ad-hoc data; a plan sets them in [model]");

@@ -133,26 +133,29 @@ fn bad_plans_and_arguments() {
         line,
         "error: --sites, --rows and --features must be at least 1"
     );
-    let line = s.run(&["simulate", "--init", "gaussian"]).fails();
-    assert_eq!(
-        line,
-        "error: unknown init 'gaussian' (expected uniform or zeros)"
+    let line = s.run(&["simulate", "--set", "model.init=gaussian"]).fails();
+    assert!(
+        line.contains("--set 'model.init=gaussian': unknown variant `gaussian`"),
+        "{line}"
     );
-    let line = s.run(&["simulate", "--lr=-1"]).fails();
+    let line = s.run(&["simulate", "--set", "training.lr=-1"]).fails();
     assert!(line.contains("lr"), "{line}");
     // Compression: codecs that do not parse, or cannot work with the rest.
-    let line = s.run(&["simulate", "--upload-codec", "zip"]).fails();
+    let line = s
+        .run(&["simulate", "--set", "compression.upload=zip"])
+        .fails();
     assert!(line.contains("codec 'zip': unknown stage 'zip'"), "{line}");
     let line = s
-        .run(&["simulate", "--upload-codec", "q8+topk:0.1"])
+        .run(&["simulate", "--set", "compression.upload=q8+topk:0.1"])
         .fails();
     assert!(line.contains("before the value coding"), "{line}");
     let line = s
         .run(&[
             "simulate",
-            "--secure-aggregation",
-            "--upload-codec",
-            "topk:0.1",
+            "--set",
+            "secure_aggregation.enabled=true",
+            "--set",
+            "compression.upload=topk:0.1",
         ])
         .fails();
     assert!(
@@ -160,11 +163,26 @@ fn bad_plans_and_arguments() {
         "{line}"
     );
     let line = s
-        .run(&["simulate", "--mode", "async", "--upload-codec", "q8"])
+        .run(&[
+            "simulate",
+            "--set",
+            "federation.mode=async",
+            "--set",
+            "compression.upload=q8",
+        ])
         .fails();
     assert!(line.contains("synchronous rounds"), "{line}");
-    let line = s.run(&["simulate", "--bandwidth", "fast"]).fails();
-    assert!(line.contains("expected MIN:MAX"), "{line}");
+    let line = s
+        .run(&[
+            "simulate",
+            "--set",
+            "simulation.bandwidth_bytes_per_second=fast",
+        ])
+        .fails();
+    assert!(
+        line.contains("--set 'simulation.bandwidth_bytes_per_second=fast'"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -506,14 +524,20 @@ fn deployed_outputs_over_inputs_are_refused_before_listening() {
 }
 
 /// A negative number for a numeric option is checked as a number, not
-/// taken for an unknown flag.
+/// taken for an unknown flag; a negative learning rate set on the plan is
+/// refused as a learning rate.
 #[test]
 fn a_negative_learning_rate_is_refused_as_a_learning_rate() {
     let s = Scratch::new("negative-lr");
-    let line = s.run(&["simulate", "--lr", "-1"]).fails();
+    let line = s.run(&["simulate", "--set", "training.lr=-1"]).fails();
     assert_eq!(
         line,
         "error: plan: training: `lr` must be a positive number, got -1"
+    );
+    let line = s.run(&["simulate", "--target-accuracy", "-1"]).fails();
+    assert_eq!(
+        line,
+        "error: --target-accuracy must be between 0 and 1, got -1"
     );
 }
 

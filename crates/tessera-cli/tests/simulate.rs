@@ -162,10 +162,10 @@ fn synthetic_data_round_trip_with_softmax() {
         "softmax",
         "--rounds",
         "20",
-        "--lr",
-        "0.2",
-        "--standardize",
-        "federation",
+        "--set",
+        "training.lr=0.2",
+        "--set",
+        "data.standardize.scope=federation",
         "--report",
         "r.json",
     ])
@@ -220,10 +220,10 @@ fn ad_hoc_mlp_on_a_plan_dataset_and_overrides() {
         "fedavgm",
         "--rounds",
         "2",
-        "--local-epochs",
-        "2",
-        "--batch-size",
-        "16",
+        "--set",
+        "training.epochs=2",
+        "--set",
+        "training.batch_size=16",
         "--report",
         "r.json",
     ])
@@ -241,12 +241,12 @@ fn local_dp_names_each_sites_noise_multiplier_and_says_it_is_no_release() {
     let run = |name: &str| {
         s.run(&[
             "simulate",
-            "--dp",
-            "local",
-            "--epsilon",
-            "3",
-            "--clip-norm",
-            "1",
+            "--set",
+            "privacy.mode=local",
+            "--set",
+            "privacy.epsilon=3",
+            "--set",
+            "privacy.clip_norm=1",
             "--report",
             name,
         ])
@@ -342,14 +342,19 @@ fn site_metrics_from_the_command_line() {
     assert!(!refused.contains("panicked"), "{refused}");
     assert!(
         refused.contains("needs at least 3 sites; the data has 2")
-            && refused.contains("--site-metrics clear"),
+            && refused.contains("--set privacy.site_metrics=clear"),
         "{refused}"
     );
-    let clear = adhoc("two.csv", &["--site-metrics", "clear"]).ok();
+    let clear = adhoc("two.csv", &["--set", "privacy.site_metrics=clear"]).ok();
     assert!(clear.contains("final: accuracy"), "{clear}");
     let noised = adhoc(
         "four.csv",
-        &["--site-metrics", "dp", "--metrics-epsilon", "3"],
+        &[
+            "--set",
+            "privacy.site_metrics=dp",
+            "--set",
+            "privacy.metrics_epsilon=3",
+        ],
     )
     .ok();
     assert!(
@@ -357,8 +362,11 @@ fn site_metrics_from_the_command_line() {
             && noised.contains("of 3 at delta"),
         "{noised}"
     );
-    let bad = adhoc("four.csv", &["--site-metrics", "some"]).fails();
-    assert!(bad.contains("unknown --site-metrics 'some'"), "{bad}");
+    let bad = adhoc("four.csv", &["--set", "privacy.site_metrics=some"]).fails();
+    assert!(
+        bad.contains("--set 'privacy.site_metrics=some': unknown variant `some`"),
+        "{bad}"
+    );
 }
 
 /// Every example plan runs as it is in a fresh checkout (one round each):
@@ -421,7 +429,72 @@ fn any_plan_setting_can_be_changed_from_the_command_line() {
     assert_eq!(report["rounds"].as_array().unwrap().len(), 2);
     assert_eq!(report["model"], "mlp");
     let e = s.run(&["simulate", "--set", "federation.roundz=2"]).fails();
-    assert!(e.contains("unknown field `roundz`"), "{e}");
+    assert!(
+        e.contains("--set 'federation.roundz=2': unknown field `roundz`"),
+        "{e}"
+    );
     let e = s.run(&["simulate", "--set", "model.hidden=[0]"]).fails();
     assert!(e.contains("hidden"), "{e}");
+}
+
+/// A setting three levels deep reaches the run: the strategy's client
+/// learning rate changes the model trained, and giving it back its default
+/// (nothing after `=`) gives back the plan's model.
+#[test]
+fn a_nested_setting_changes_the_run() {
+    let s = Scratch::new("set-nested");
+    let model = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "simulate",
+            "-q",
+            "--rounds",
+            "1",
+            "--report",
+            "r.json",
+            "--model-out",
+            name,
+        ];
+        args.extend_from_slice(extra);
+        s.run(&args).ok();
+        std::fs::read(s.path(name)).unwrap()
+    };
+    let plain = model("plain.model", &[]);
+    let faster = model("fast.model", &["--set", "strategies.fedavg.client_lr=0.5"]);
+    assert_ne!(plain, faster);
+    let back = model(
+        "back.model",
+        &[
+            "--set",
+            "strategies.fedavg.client_lr=0.5",
+            "--set",
+            "strategies.fedavg.client_lr=",
+            "--set",
+            "training.lr=0.001",
+        ],
+    );
+    assert_eq!(plain, back);
+}
+
+/// Two settings that cannot work are both named, on one line.
+#[test]
+fn every_conflict_of_a_plan_is_reported_at_once() {
+    let s = Scratch::new("set-conflicts");
+    let e = s
+        .run(&[
+            "simulate",
+            "--set",
+            "federation.mode=async",
+            "--set",
+            "secure_aggregation.enabled=true",
+            "--set",
+            "simulation.dropout=1",
+        ])
+        .fails();
+    for reason in [
+        "secure aggregation masks a synchronous round's updates together",
+        "simulation.dropout must be in [0, 1), got 1",
+    ] {
+        assert!(e.contains(reason), "{reason}: {e}");
+    }
+    assert!(!e.contains('\n'), "{e}");
 }

@@ -23,15 +23,16 @@ const LAYERS: &[(&str, u32)] = &[
     ("tessera-aggregate", 1),
     ("tessera-compress", 1),
     ("tessera-learn", 2),
-    ("tessera-engine", 3),
+    ("tessera-plan", 3),
     ("tessera-proto", 3),
-    ("tessera-orchestrator", 4),
-    ("tessera-participant", 4),
-    ("tessera-sim", 5),
-    ("tessera-coordinator", 5),
-    ("tessera-peer", 5),
-    ("tessera-aggregator", 6),
-    ("tessera-cli", 7),
+    ("tessera-engine", 4),
+    ("tessera-orchestrator", 5),
+    ("tessera-participant", 5),
+    ("tessera-sim", 6),
+    ("tessera-coordinator", 6),
+    ("tessera-peer", 6),
+    ("tessera-aggregator", 7),
+    ("tessera-cli", 8),
 ];
 
 /// The pure crates: no clock, no sleeping, no sockets, no async runtime.
@@ -43,6 +44,7 @@ const PURE: &[&str] = &[
     "tessera-privacy",
     "tessera-secagg",
     "tessera-compress",
+    "tessera-plan",
     "tessera-engine",
     "tessera-orchestrator",
 ];

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tessera_aggregate::{Strategy, UpdateAccumulator};
 use tessera_core::{ParameterSet, ParticipantId, Update};
 
-use crate::{EngineError, Plan, StalenessWeighting};
+use crate::{EngineError, Plan, PlanBuild, StalenessWeighting};
 
 /// Why an asynchronous update did not count.
 #[derive(Debug, Clone, PartialEq)]

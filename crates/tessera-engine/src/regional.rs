@@ -7,7 +7,7 @@ use tessera_aggregate::{
 };
 use tessera_core::{ParameterSet, ParticipantId, Update};
 
-use crate::{EngineConfig, EngineError, Plan, RoundEngine};
+use crate::{EngineConfig, EngineError, Plan, PlanBuild, RoundEngine};
 
 impl EngineConfig {
     /// An aggregator's settings below the root: every member in every

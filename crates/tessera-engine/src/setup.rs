@@ -1,11 +1,113 @@
 //! What a plan sets up around the engine, written once for simulation and
-//! deployment: the round engine's protections and the downlink.
+//! deployment: the model, the strategy, central DP, the round engine's
+//! protections and the downlink.
 
 use std::sync::Arc;
 
+use tessera_aggregate::Strategy;
 use tessera_core::ParameterSet;
+use tessera_privacy::{CentralDp, Ledger};
 
 use crate::{Downlink, Plan, PlanError, RoundEngine};
+
+/// What a [`Plan`] builds: its model, its strategy, its central DP. (The
+/// plan describes; the engine's crate builds.)
+pub trait PlanBuild {
+    /// The learner of the plan's model holding the initial global model
+    /// (built from the run seed, the same at every site and the coordinator).
+    fn learner(
+        &self,
+        n_features: usize,
+        n_classes: usize,
+    ) -> Result<Box<dyn tessera_learn::Learner>, tessera_learn::LearnError>;
+
+    /// The initial global parameters, without building a model.
+    fn initial_parameters(
+        &self,
+        n_features: usize,
+        n_classes: usize,
+    ) -> Result<ParameterSet, tessera_learn::LearnError>;
+
+    /// The chosen strategy, built.
+    fn strategy(&self) -> Result<Box<dyn Strategy>, PlanError>;
+
+    /// Central DP of the plan, with its ledger, for a federation of
+    /// `n_participants`; `key` seeds the noise and must be secret in
+    /// deployment. `None` when the plan has no DP.
+    fn central_dp(
+        &self,
+        key: [u8; 32],
+        n_participants: usize,
+    ) -> Result<Option<(CentralDp, Ledger)>, PlanError>;
+
+    /// Central DP over cohorts of `cohort` participants (an aggregator's
+    /// members below the root, all of them every round).
+    fn central_dp_for_cohort(
+        &self,
+        key: [u8; 32],
+        cohort: usize,
+    ) -> Result<Option<(CentralDp, Ledger)>, PlanError>;
+}
+
+impl PlanBuild for Plan {
+    fn learner(
+        &self,
+        n_features: usize,
+        n_classes: usize,
+    ) -> Result<Box<dyn tessera_learn::Learner>, tessera_learn::LearnError> {
+        tessera_learn::learner(&self.model, n_features, n_classes, self.init_seed())
+    }
+
+    fn initial_parameters(
+        &self,
+        n_features: usize,
+        n_classes: usize,
+    ) -> Result<ParameterSet, tessera_learn::LearnError> {
+        tessera_learn::initial_parameters(&self.model, n_features, n_classes, self.init_seed())
+    }
+
+    fn strategy(&self) -> Result<Box<dyn Strategy>, PlanError> {
+        self.strategy_config()
+            .build(self.federation.strategy)
+            .map_err(|e| PlanError::Invalid(e.to_string()))
+    }
+
+    fn central_dp(
+        &self,
+        key: [u8; 32],
+        n_participants: usize,
+    ) -> Result<Option<(CentralDp, Ledger)>, PlanError> {
+        if self.privacy.mode != tessera_privacy::PrivacyMode::Central {
+            return Ok(None);
+        }
+        let cohort = ((n_participants as f64) * self.federation.fraction).ceil() as usize;
+        self.central_dp_for_cohort(key, cohort.max(self.federation.min_participants))
+    }
+
+    fn central_dp_for_cohort(
+        &self,
+        key: [u8; 32],
+        cohort: usize,
+    ) -> Result<Option<(CentralDp, Ledger)>, PlanError> {
+        if self.privacy.mode != tessera_privacy::PrivacyMode::Central {
+            return Ok(None);
+        }
+        let invalid = |e: tessera_privacy::PrivacyError| PlanError::Invalid(e.to_string());
+        let z = self
+            .privacy
+            .noise_multiplier_for(self.federation.rounds)
+            .map_err(invalid)?;
+        let dp = CentralDp::new(
+            z,
+            self.privacy.clip_norm,
+            self.privacy.adaptive_clipping.clone(),
+            cohort,
+            key,
+        )
+        .map_err(invalid)?;
+        Ok(Some((dp, self.privacy.ledger())))
+    }
+}
 
 /// Whom a central-DP round's noise is calibrated for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,6 +22,7 @@
 
 use std::path::Path;
 use std::sync::LazyLock;
+use tessera_engine::PlanBuild;
 
 use proptest::prelude::*;
 use proptest::sample::Index;

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use tessera_core::ParticipantId;
 use tessera_data::{Dataset, ScaleScope};
+use tessera_engine::PlanBuild;
 use tessera_engine::{FitTask, Plan, Site};
 use tessera_proto::convert;
 use tessera_proto::pb::federation_client::FederationClient;

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tessera_core::{ParameterSet, ParticipantId};
 use tessera_data::{Agreement, Dataset, KindsOffer, LevelsOffer, ScaleScope};
+use tessera_engine::PlanBuild;
 use tessera_engine::report::{
     Communication, RoundRecord, RunReport, SiteTraffic, Timing, TopologyReport,
 };

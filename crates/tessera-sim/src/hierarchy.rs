@@ -13,6 +13,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use tessera_core::{ParameterSet, ParticipantId, Timestamp, Update};
 use tessera_data::FederatedData;
+use tessera_engine::PlanBuild;
 use tessera_engine::report::{
     EvaluationView, PrivacyReport, RegionReport, RoundRecord, SiteTraffic, TopologyReport,
     round_record_view,

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use tessera_compress::Codec;
 use tessera_core::{ParticipantId, Timestamp, derive_seed};
 use tessera_data::FederatedData;
+use tessera_engine::PlanBuild;
 use tessera_engine::{
     EngineConfig, EngineError, Mode, Plan, PlanError, RoundEngine, RoundStatus, Site, TopologyKind,
 };
@@ -326,7 +327,7 @@ fn run_sync(
         return Err(PlanError::Invalid(format!(
             "site_metrics = \"{}\"{} sums the sites' evaluations under secure aggregation, \
              which needs at least 3 sites; the data has {}. Say site_metrics = \"clear\" in \
-             [privacy] (or --site-metrics clear) to report each site's evaluation",
+             [privacy] (or --set privacy.site_metrics=clear) to report each site's evaluation",
             plan.privacy.site_metrics.name(),
             if plan.privacy.site_metrics == tessera_privacy::SiteMetrics::AggregateOnly {
                 " (the default)"

@@ -12,6 +12,7 @@ use tessera_core::ParticipantId;
 use tessera_data::{
     Agreement, ColumnKinds, KindsOffer, LevelsOffer, agree_kinds, agree_vocabulary,
 };
+use tessera_engine::PlanBuild;
 use tessera_engine::{EngineConfig, RoundEngine};
 use tessera_proto::{convert, pb};
 

@@ -8,6 +8,7 @@ use std::time::Instant;
 use prost::Message;
 use tessera_aggregate::Attendance;
 use tessera_core::{ParticipantId, Timestamp};
+use tessera_engine::PlanBuild;
 use tessera_engine::report::RoundRecord;
 use tessera_engine::{EngineConfig, RoundEngine};
 use tessera_learn::Evaluation;

@@ -1,20 +1,37 @@
-//! The plan: one TOML file that describes a federation.
+//! The plan: one TOML file that describes a federation (data, model, local
+//! training, strategy, rounds, privacy, topology), its schema with the
+//! defaults of every key, and its validation: each section checks itself,
+//! then a table of rules checks the sections against one another, and every
+//! conflict is reported at once.
+//!
+//! This crate only describes and checks; what a plan builds (models,
+//! strategies, DP mechanisms, round engines, sites) is the engine's.
+//! Besides reading a plan file and the machine's available memory
+//! ([`available_memory`]) it does no I/O: no clock, no sockets.
+#![deny(missing_docs)]
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tessera_aggregate::{RobustConfig, Strategy, StrategyConfig, StrategyKind};
+use tessera_aggregate::{RobustConfig, StrategyConfig, StrategyKind};
 use tessera_core::derive_seed;
 use tessera_data::DataConfig;
 use tessera_learn::{ModelConfig, TrainingConfig};
-use tessera_privacy::{CentralDp, Ledger, PrivacyConfig};
+use tessera_privacy::PrivacyConfig;
 use thiserror::Error;
 
+mod default;
 mod memory;
+mod rules;
+mod settings;
+pub mod streams;
+mod topology;
 mod validate;
 
 pub use memory::{MemoryRole, available_memory};
+pub use rules::{Conflict, RULES, Rule};
+pub use topology::{FailureConfig, GossipGraph, GroupConfig, TopologyConfig, TopologyKind};
 
 /// The widest `secure_aggregation.clip_range` a plan may set: values are
 /// quantised to at most 2^32 levels over `[-clip_range, clip_range]`.
@@ -44,6 +61,16 @@ pub enum PlanError {
     /// message stays on one line).
     #[error("plan: {}", tessera_core::one_line(.0))]
     Invalid(String),
+    /// Settings out of range or that contradict each other: every one the
+    /// plan has, each naming its keys and why (shown on one line, joined
+    /// with "; ").
+    #[error("plan: {}", tessera_core::one_line(&joined(.0)))]
+    Conflicts(Vec<Conflict>),
+}
+
+fn joined(conflicts: &[Conflict]) -> String {
+    let reasons: Vec<&str> = conflicts.iter().map(|c| c.reason.as_str()).collect();
+    reasons.join("; ")
 }
 
 /// Everything about a federation: data, model, local training, how rounds
@@ -91,7 +118,7 @@ pub struct Plan {
     pub compression: tessera_compress::CompressionConfig,
     /// Flat, hierarchical or gossip (`[topology]`): flat by default.
     #[serde(default)]
-    pub topology: crate::TopologyConfig,
+    pub topology: TopologyConfig,
 }
 
 /// How rounds run.
@@ -271,57 +298,10 @@ impl Plan {
         Ok(plan)
     }
 
-    /// The plan with `settings` applied, each `section.key=value` (any
-    /// depth: `data.split.test_fraction=0.3`; the value as TOML, a bare word
-    /// as a string: `federation.strategy=fedadam`, `model.hidden=[32,16]`),
-    /// checked as a plan file would be.
-    pub fn with_settings(&self, settings: &[String]) -> Result<Plan, PlanError> {
-        let invalid = |m: String| PlanError::Invalid(m);
-        let mut value = toml::Value::try_from(self)
-            .map_err(|e| invalid(format!("the plan cannot be written as TOML: {e}")))?;
-        for setting in settings {
-            let shown = tessera_core::shown(setting, 200);
-            let Some((path, text)) = setting.split_once('=') else {
-                return Err(invalid(format!("--set '{shown}': give section.key=value")));
-            };
-            let keys: Vec<&str> = path.trim().split('.').map(str::trim).collect();
-            if keys.iter().any(|k| k.is_empty()) {
-                return Err(invalid(format!(
-                    "--set '{shown}': the key path has an empty part"
-                )));
-            }
-            let parsed = toml::from_str::<toml::Table>(&format!("v = {}", text.trim()))
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or_else(|| toml::Value::String(text.trim().to_string()));
-            let mut at = &mut value;
-            for (i, key) in keys.iter().enumerate() {
-                let table = at.as_table_mut().ok_or_else(|| {
-                    invalid(format!(
-                        "--set '{shown}': '{}' is a value, not a section",
-                        keys[..i].join(".")
-                    ))
-                })?;
-                if i + 1 == keys.len() {
-                    table.insert(key.to_string(), parsed);
-                    break;
-                }
-                at = table
-                    .entry(key.to_string())
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            }
-        }
-        let plan: Plan = value
-            .try_into()
-            .map_err(|e: toml::de::Error| invalid(format!("--set: {}", e.message().trim())))?;
-        plan.validate()?;
-        Ok(plan)
-    }
-
     /// Compression under secure aggregation: the seed from which every
     /// participant of `round` picks the same random-k coordinates.
     pub fn shared_codec_seed(&self, round: u32) -> u64 {
-        derive_seed(self.seed, &[crate::streams::COMPRESS, u64::from(round)])
+        derive_seed(self.seed, &[streams::COMPRESS, u64::from(round)])
     }
 
     /// Secure aggregation with a random-k upload codec: the coordinates of an
@@ -341,7 +321,7 @@ impl Plan {
     /// Secure aggregation: the public seed of round `round`'s neighbour
     /// graph, the same in simulation and deployment.
     pub fn secagg_graph_seed(&self, round: u32) -> [u8; 32] {
-        tessera_core::derive_key(self.seed, &[crate::streams::SECAGG, u64::from(round)])
+        tessera_core::derive_key(self.seed, &[streams::SECAGG, u64::from(round)])
     }
 
     /// Secure aggregation: the L2 bound each participant clips its own update
@@ -358,60 +338,12 @@ impl Plan {
         .reduce(f64::min)
     }
 
-    /// Central DP of the plan, with its ledger, for a federation of
-    /// `n_participants`; `key` seeds the noise and must be secret in
-    /// deployment. `None` when the plan has no DP.
-    pub fn central_dp(
-        &self,
-        key: [u8; 32],
-        n_participants: usize,
-    ) -> Result<Option<(CentralDp, Ledger)>, PlanError> {
-        if self.privacy.mode != tessera_privacy::PrivacyMode::Central {
-            return Ok(None);
-        }
-        let cohort = ((n_participants as f64) * self.federation.fraction).ceil() as usize;
-        self.central_dp_for_cohort(key, cohort.max(self.federation.min_participants))
-    }
-
-    /// Central DP over cohorts of `cohort` participants (an aggregator's
-    /// members below the root, all of them every round).
-    pub fn central_dp_for_cohort(
-        &self,
-        key: [u8; 32],
-        cohort: usize,
-    ) -> Result<Option<(CentralDp, Ledger)>, PlanError> {
-        if self.privacy.mode != tessera_privacy::PrivacyMode::Central {
-            return Ok(None);
-        }
-        let invalid = |e: tessera_privacy::PrivacyError| PlanError::Invalid(e.to_string());
-        let z = self
-            .privacy
-            .noise_multiplier_for(self.federation.rounds)
-            .map_err(invalid)?;
-        let dp = CentralDp::new(
-            z,
-            self.privacy.clip_norm,
-            self.privacy.adaptive_clipping.clone(),
-            cohort,
-            key,
-        )
-        .map_err(invalid)?;
-        Ok(Some((dp, self.privacy.ledger())))
-    }
-
     /// The settings of the chosen strategy (defaults where the plan has none).
     pub fn strategy_config(&self) -> StrategyConfig {
         self.strategies
             .get(self.federation.strategy.as_str())
             .cloned()
             .unwrap_or_default()
-    }
-
-    /// The chosen strategy, built.
-    pub fn strategy(&self) -> Result<Box<dyn Strategy>, PlanError> {
-        self.strategy_config()
-            .build(self.federation.strategy)
-            .map_err(|e| PlanError::Invalid(e.to_string()))
     }
 
     /// Local training with the strategy's client learning rate applied.
@@ -423,27 +355,9 @@ impl Plan {
         training
     }
 
-    /// The learner of the plan's model holding the initial global model
-    /// (built from the run seed, the same at every site and the coordinator).
-    pub fn learner(
-        &self,
-        n_features: usize,
-        n_classes: usize,
-    ) -> Result<Box<dyn tessera_learn::Learner>, tessera_learn::LearnError> {
-        tessera_learn::learner(&self.model, n_features, n_classes, self.init_seed())
-    }
-
-    /// The initial global parameters, without building a model.
-    pub fn initial_parameters(
-        &self,
-        n_features: usize,
-        n_classes: usize,
-    ) -> Result<tessera_core::ParameterSet, tessera_learn::LearnError> {
-        tessera_learn::initial_parameters(&self.model, n_features, n_classes, self.init_seed())
-    }
-
-    fn init_seed(&self) -> u64 {
-        tessera_core::derive_seed(self.seed, &[crate::streams::INIT])
+    /// The seed of the initial global model (stream [`streams::INIT`]).
+    pub fn init_seed(&self) -> u64 {
+        derive_seed(self.seed, &[streams::INIT])
     }
 
     /// Training of the baselines.

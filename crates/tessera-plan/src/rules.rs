@@ -1,0 +1,355 @@
+//! The rules across sections: settings each sound on its own that cannot
+//! work together. One row a rule, each naming the keys it concerns; every
+//! rule runs, and every conflict is reported at once.
+
+use tessera_aggregate::StrategyKind;
+use tessera_compress::{Sparsifier, Values};
+use tessera_learn::OptimizerKind;
+use tessera_privacy::PrivacyMode;
+
+use crate::{Mode, Plan, TopologyKind};
+
+/// Settings that cannot work, with the plan keys involved and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The plan keys involved, as a plan file or `--set` names them
+    /// (`federation.mode`, `privacy.mode`).
+    pub keys: Vec<String>,
+    /// Why, naming those keys (one sentence, one line).
+    pub reason: String,
+}
+
+impl Conflict {
+    /// A conflict between `keys`, for `reason`.
+    pub fn new(keys: &[&str], reason: impl Into<String>) -> Conflict {
+        Conflict {
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// A rule across sections: its name, and the check that finds its conflict.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    /// A short name (`secagg_needs_sync`), for tests and documentation.
+    pub name: &'static str,
+    /// The conflict the rule finds in a plan, if any.
+    pub check: fn(&Plan) -> Option<Conflict>,
+}
+
+const fn rule(name: &'static str, check: fn(&Plan) -> Option<Conflict>) -> Rule {
+    Rule { name, check }
+}
+
+fn when(on: bool, keys: &[&str], reason: impl FnOnce() -> String) -> Option<Conflict> {
+    on.then(|| Conflict::new(keys, reason()))
+}
+
+fn is_async(plan: &Plan) -> bool {
+    plan.federation.mode == Mode::Async
+}
+
+fn central(plan: &Plan) -> bool {
+    plan.privacy.mode == PrivacyMode::Central
+}
+
+fn secagg(plan: &Plan) -> bool {
+    plan.secure_aggregation.enabled
+}
+
+fn tree_or_gossip(plan: &Plan) -> Option<&'static str> {
+    match plan.topology.kind {
+        TopologyKind::Flat => None,
+        TopologyKind::Gossip => Some("gossip"),
+        TopologyKind::Hierarchical => Some("hierarchical"),
+    }
+}
+
+/// A feature the hierarchical or gossip topology does not support yet.
+fn topology_lacks(
+    plan: &Plan,
+    on: bool,
+    keys: &[&str],
+    what: impl FnOnce() -> String,
+) -> Option<Conflict> {
+    let kind = tree_or_gossip(plan)?;
+    let mut all = vec!["topology.kind"];
+    all.extend_from_slice(keys);
+    when(on, &all, || {
+        format!(
+            "the {kind} topology does not support {} yet; use kind = \"flat\"",
+            what()
+        )
+    })
+}
+
+/// Every rule across sections, in the order their conflicts are reported.
+pub const RULES: &[Rule] = &[
+    rule("strategy_state_needs_sync", |p| {
+        let strategy = p.federation.strategy;
+        when(
+            is_async(p) && strategy.needs().sync_rounds,
+            &["federation.mode", "federation.strategy"],
+            || {
+                format!(
+                    "{strategy}'s state at the sites needs synchronous rounds; use mode = \"sync\""
+                )
+            },
+        )
+    }),
+    rule("strategy_needs_plain_sgd", |p| {
+        let strategy = p.federation.strategy;
+        let optimizer = &p.training.optimizer;
+        when(
+            strategy.needs().plain_sgd
+                && (optimizer.optimizer != OptimizerKind::Sgd || optimizer.momentum != 0.0),
+            &[
+                "federation.strategy",
+                "training.optimizer",
+                "training.momentum",
+            ],
+            || {
+                format!(
+                    "{strategy} needs plain SGD in [training] (no momentum, no Adam): \
+                     its local part assumes it"
+                )
+            },
+        )
+    }),
+    rule("local_dp_needs_sync", |p| {
+        when(
+            p.privacy.mode == PrivacyMode::Local && is_async(p),
+            &["privacy.mode", "federation.mode"],
+            || "local DP is accounted per synchronous round; use mode = \"sync\"".into(),
+        )
+    }),
+    rule("central_dp_cannot_protect_aux_sums", |p| {
+        let strategy = p.federation.strategy;
+        let aux = strategy.needs().clear_aux_sum?;
+        when(central(p), &["privacy.mode", "federation.strategy"], || {
+            format!(
+                "central DP cannot protect {strategy}'s {aux}s, which would be released \
+                     without noise; choose another strategy"
+            )
+        })
+    }),
+    rule("central_dp_needs_sync", |p| {
+        when(
+            central(p) && is_async(p),
+            &["privacy.mode", "federation.mode"],
+            || "central DP is accounted per synchronous round; use mode = \"sync\"".into(),
+        )
+    }),
+    rule("central_dp_needs_mean", |p| {
+        when(
+            central(p) && p.robust.rule.needs_all_updates(),
+            &["privacy.mode", "robust.rule"],
+            || {
+                format!(
+                    "central DP calibrates its noise to the mean of clipped updates; robust rule \
+                     '{}' has another sensitivity. Use rule = \"mean\" with norm_bound",
+                    p.robust.rule
+                )
+            },
+        )
+    }),
+    rule("secagg_hides_updates_from_robust_rules", |p| {
+        when(
+            secagg(p) && p.robust.rule.needs_all_updates(),
+            &["secure_aggregation.enabled", "robust.rule"],
+            || {
+                format!(
+                    "robust rule '{}' needs every update, but secure aggregation shows the \
+                     coordinator only their sum; use rule = \"mean\" (with norm_bound, \
+                     applied by each participant before masking)",
+                    p.robust.rule
+                )
+            },
+        )
+    }),
+    rule("secagg_cannot_mask_aux_sums", |p| {
+        let strategy = p.federation.strategy;
+        let aux = strategy.needs().clear_aux_sum?;
+        when(
+            secagg(p),
+            &["secure_aggregation.enabled", "federation.strategy"],
+            || {
+                format!(
+                    "{strategy}'s {aux}s are not securely aggregated; choose another strategy \
+                     or turn secure aggregation off"
+                )
+            },
+        )
+    }),
+    rule("secagg_needs_sync", |p| {
+        when(
+            secagg(p) && is_async(p),
+            &["secure_aggregation.enabled", "federation.mode"],
+            || {
+                "secure aggregation masks a synchronous round's updates together; use mode = \"sync\""
+                    .into()
+            },
+        )
+    }),
+    rule("secagg_hides_adaptive_clipping_counts", |p| {
+        when(
+            secagg(p) && p.privacy.adaptive_clipping.is_some(),
+            &["secure_aggregation.enabled", "privacy.adaptive_clipping"],
+            || {
+                "adaptive clipping counts clipped updates one by one, which secure \
+                 aggregation hides; use a fixed clip_norm"
+                    .into()
+            },
+        )
+    }),
+    rule("site_metric_sums_need_sync", |p| {
+        let metrics = p.privacy.site_metrics;
+        when(
+            metrics.sums_only() && is_async(p),
+            &["privacy.site_metrics", "federation.mode"],
+            || {
+                format!(
+                    "site_metrics = \"{}\" (sums of the sites' evaluations only; the default) is \
+                     implemented for synchronous rounds; use mode = \"sync\", or say \
+                     site_metrics = \"clear\" in [privacy] to let the coordinator see each site's \
+                     evaluation",
+                    metrics.name()
+                )
+            },
+        )
+    }),
+    rule("compression_needs_sync", |p| {
+        when(
+            p.compression.is_active() && is_async(p),
+            &["compression", "federation.mode"],
+            || {
+                "compression is implemented for synchronous rounds; use mode = \"sync\" or \
+                 remove [compression]"
+                    .into()
+            },
+        )
+    }),
+    rule("secagg_needs_one_codec", |p| {
+        when(
+            secagg(p) && p.compression.adaptive.is_some(),
+            &["secure_aggregation.enabled", "compression.adaptive"],
+            || {
+                "compression.adaptive gives participants different codecs, but secure \
+                 aggregation needs every masked vector alike; use one upload codec"
+                    .into()
+            },
+        )
+    }),
+    rule("secagg_needs_summable_codec", |p| {
+        let up = p.compression.upload;
+        when(
+            secagg(p)
+                && (matches!(up.sparsifier, Some(Sparsifier::TopK(_))) || up.values != Values::F32),
+            &["secure_aggregation.enabled", "compression.upload"],
+            || {
+                format!(
+                    "upload codec '{up}' cannot be summed under secure aggregation: top-k picks \
+                     different coordinates at each participant and fp16 or qN values cannot be \
+                     masked. Use randk:F (coordinates from a shared round seed, quantised into \
+                     the masking ring with secure_aggregation.clip_range) or none"
+                )
+            },
+        )
+    }),
+    rule("topology_needs_sync", |p| {
+        topology_lacks(p, is_async(p), &["federation.mode"], || {
+            "asynchronous rounds".into()
+        })
+    }),
+    rule("topology_secagg", |p| {
+        topology_lacks(
+            p,
+            secagg(p) && p.topology.kind != TopologyKind::Hierarchical,
+            &["secure_aggregation.enabled"],
+            || "secure aggregation".into(),
+        )
+    }),
+    rule("topology_dp", |p| {
+        // Central DP runs at the aggregators whose members are sites: each
+        // clips its sites' updates and noises their sum.
+        let hierarchical = p.topology.kind == TopologyKind::Hierarchical;
+        topology_lacks(
+            p,
+            p.privacy.is_on() && !(hierarchical && central(p)),
+            &["privacy.mode"],
+            || {
+                if hierarchical {
+                    "local differential privacy (central DP runs at the aggregators)".into()
+                } else {
+                    "differential privacy".into()
+                }
+            },
+        )
+    }),
+    rule("topology_compression", |p| {
+        topology_lacks(p, p.compression.is_active(), &["compression"], || {
+            "compression".into()
+        })
+    }),
+    rule("topology_robust", |p| {
+        topology_lacks(
+            p,
+            p.robust.rule.needs_all_updates() || p.robust.norm_bound.is_some(),
+            &["robust.rule", "robust.norm_bound"],
+            || "robust aggregation".into(),
+        )
+    }),
+    rule("topology_strategy", |p| {
+        let strategy = p.federation.strategy;
+        topology_lacks(
+            p,
+            strategy.needs().flat_only,
+            &["federation.strategy"],
+            || strategy.as_str().into(),
+        )
+    }),
+    rule("topology_site_metric_sums", |p| {
+        let kind = tree_or_gossip(p)?;
+        let metrics = p.privacy.site_metrics;
+        when(
+            metrics.sums_only(),
+            &["topology.kind", "privacy.site_metrics"],
+            || {
+                format!(
+                    "the {kind} topology cannot yet keep the sites' evaluations to their sums \
+                     (site_metrics = \"{}\"; \"aggregate-only\" is the default); say \
+                     site_metrics = \"clear\" in [privacy] to let the coordinator see each \
+                     site's evaluation, or use kind = \"flat\"",
+                    metrics.name()
+                )
+            },
+        )
+    }),
+    rule("gossip_has_no_server_strategy", |p| {
+        when(
+            p.topology.kind == TopologyKind::Gossip
+                && p.federation.strategy != StrategyKind::FedAvg,
+            &["topology.kind", "federation.strategy"],
+            || "gossip has no server, so no server strategy: use strategy = \"fedavg\"".into(),
+        )
+    }),
+    rule("robust_rule_needs_sync", |p| {
+        when(
+            is_async(p) && p.robust.rule.needs_all_updates(),
+            &["robust.rule", "federation.mode"],
+            || {
+                format!(
+                    "robust rule '{}' needs synchronous rounds; use mode = \"sync\"",
+                    p.robust.rule
+                )
+            },
+        )
+    }),
+];
