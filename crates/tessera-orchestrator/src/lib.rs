@@ -12,6 +12,8 @@
 #![deny(missing_docs)]
 
 pub mod effect;
+pub mod privacy;
 
 pub use effect::{Audit, Effect};
+pub use privacy::{LedgerRow, LocalReport, Place, PrivacyBook};
 pub use tessera_core::Timestamp;
