@@ -425,20 +425,8 @@ impl Store {
             "INSERT OR REPLACE INTO rounds (run_id, round, status, record, evaluated) VALUES (?1, ?2, ?3, ?4, 0)",
             params![run, round, status, record_json],
         )?;
-        if let Some((release, entry, delta)) = privacy {
-            insert_ledger_row(
-                &tx,
-                run,
-                &LedgerRow {
-                    entry: entry.clone(),
-                    delta,
-                    clip_norm: release.clip_norm,
-                    next_clip_norm: release.next_clip_norm,
-                    noise_std: release.noise_std,
-                    updates: release.updates,
-                    recorded_micros: at.0,
-                },
-            )?;
+        if let Some(row) = privacy {
+            insert_ledger_row(&tx, run, row)?;
         }
         tx.execute("DELETE FROM open_rounds WHERE run_id = ?1", params![run])?;
         tx.execute(
