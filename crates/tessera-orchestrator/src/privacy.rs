@@ -378,13 +378,7 @@ impl PrivacyBook {
         let z = self.config.noise_multiplier_for(self.rounds)?;
         let closed = u32::try_from(entries.len()).unwrap_or(u32::MAX);
         let remaining = self.rounds.saturating_sub(closed);
-        let events = vec![PrivacyConfig::round_event(z); remaining as usize];
-        ledger.check(
-            &format!("the plan's {remaining} remaining rounds at noise multiplier {z:.4}"),
-            &events,
-            &[],
-            &[],
-        )
+        ledger.check_central_run(remaining, z)
     }
 
     /// The ledger row a central release at a round's close leaves: persisted

@@ -179,6 +179,19 @@ impl Ledger {
         )
     }
 
+    /// Checks that `remaining` more central rounds at noise multiplier `z`
+    /// stay within every budget, so that no work is done that could not be
+    /// released.
+    pub fn check_central_run(&self, remaining: u32, z: f64) -> Result<(), PrivacyError> {
+        let events = vec![crate::PrivacyConfig::round_event(z); remaining as usize];
+        self.check(
+            &format!("the plan's {remaining} remaining rounds at noise multiplier {z:.4}"),
+            &events,
+            &[],
+            &[],
+        )
+    }
+
     /// The spend after `central` and `local`, if within every budget.
     fn checked(
         &self,
