@@ -43,6 +43,16 @@ enum Expected {
     Count(usize),
 }
 
+impl Expected {
+    /// How many.
+    fn len(&self) -> usize {
+        match self {
+            Expected::Named(names) => names.len(),
+            Expected::Count(n) => *n,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Phase {
     /// Waiting for the data agreement.
@@ -164,13 +174,15 @@ pub struct Federation {
     downlink: Option<tessera_engine::Downlink>,
     started: Instant,
     version: u64,
-    /// Central DP: the secret noise key of this process, drawn from the
-    /// operating system when the federation opens and kept in memory only
-    /// (a restart draws a new one and replays the stored noised rounds, so
-    /// no closed round's noise is ever needed again).
-    noise_key: Option<[u8; 32]>,
-    /// Local DP: every participant's DP-SGD, as their updates report it.
-    local_ledger: Option<tessera_privacy::Ledger>,
+    /// Central DP, where it runs here: whom its noise is calibrated for, and
+    /// the secret noise key of this process, drawn from the operating system
+    /// when the federation opens and kept in memory only (a restart draws a
+    /// new one and replays the stored noised rounds, so no closed round's
+    /// noise is ever needed again).
+    central_dp: Option<(tessera_engine::DpCohort, [u8; 32])>,
+    /// Every DP release: local DP-SGD as updates report it, the metrics'
+    /// spend, and where central DP runs.
+    privacy: tessera_orchestrator::PrivacyBook,
     /// Secure aggregation: the open round's protocol.
     secure: Option<secure::SecureRound>,
     /// Each site's client certificate (DER) as its last call presented it:
@@ -195,11 +207,6 @@ pub struct Federation {
     odd_offers: BTreeMap<String, String>,
     /// Rows each site declared at agreement: the bounds of its reports.
     declared: BTreeMap<String, trust::Declared>,
-    /// `site_metrics = "dp"`: the metrics' noise calibration and spend.
-    metrics_dp: Option<tessera_privacy::MetricsDp>,
-    /// The metrics' epsilon after the evaluation just released, for its
-    /// round's record.
-    metrics_released: Option<f64>,
     /// An aggregator of a hierarchical run: rounds come from its parent.
     relay: Option<relay::Relay>,
     /// Where time is read.
@@ -231,10 +238,12 @@ impl Federation {
         liveness: Duration,
         node: Option<&str>,
     ) -> Result<Self, CoordinatorError> {
-        // Whether central DP runs here: everywhere in a flat run; in a tree,
-        // at the aggregators that hold sites. (Secure aggregation runs at
-        // every aggregator: members mask toward it, aggregators too.)
-        let mut dp_here = true;
+        let mut privacy = tessera_orchestrator::PrivacyBook::of_plan(&plan)
+            .map_err(|e| CoordinatorError::Config(format!("privacy: {e}")))?;
+        // Where central DP runs (the book's rule): everywhere in a flat run;
+        // in a tree, at the aggregators that hold sites. (Secure aggregation
+        // runs at every aggregator: members mask toward it, aggregators too.)
+        let central;
         let mut place: Option<(usize, Vec<String>)> = None;
         let expected = match (plan.topology.kind, node) {
             (tessera_engine::TopologyKind::Gossip, _) => {
@@ -256,13 +265,14 @@ impl Federation {
                         ))
                     })?,
                 };
-                if plan.privacy.mode == tessera_privacy::PrivacyMode::Central {
-                    tree.check_privacy_layers()?;
-                }
+                privacy.check_tree(&tree)?;
                 if plan.secure_aggregation.enabled {
                     tree.check_secure_sizes()?;
                 }
-                dp_here = tree.holds_sites(n);
+                central = privacy.central_cohort(tessera_orchestrator::Place::Node {
+                    tree: &tree,
+                    node: n,
+                });
                 place = Some((
                     tree.nodes[n].depth,
                     tree.sites_below(n)
@@ -277,8 +287,17 @@ impl Federation {
                     "aggregator '{name}': the plan's topology is flat; aggregators need kind = \"hierarchical\""
                 )));
             }
-            _ if plan.data.sites.is_empty() => Expected::Count(plan.federation.min_participants),
-            _ => Expected::Named(plan.data.sites.iter().map(|s| s.name.clone()).collect()),
+            _ => {
+                let expected = if plan.data.sites.is_empty() {
+                    Expected::Count(plan.federation.min_participants)
+                } else {
+                    Expected::Named(plan.data.sites.iter().map(|s| s.name.clone()).collect())
+                };
+                central = privacy.central_cohort(tessera_orchestrator::Place::Flat {
+                    participants: expected.len(),
+                });
+                expected
+            }
         };
         let run = match store.unfinished_run()? {
             Some(run) if run.plan == plan_text => run,
@@ -308,11 +327,17 @@ impl Federation {
                 run
             }
         };
-        let noise_key = if plan.privacy.mode == tessera_privacy::PrivacyMode::Central && dp_here {
-            Some(Self::privacy_preflight(&plan, store.as_ref(), &run.id)?)
-        } else {
-            None
+        let central_dp = match central {
+            Some(cohort) => Some((
+                cohort,
+                Self::privacy_preflight(&privacy, store.as_ref(), &run.id)?,
+            )),
+            None => None,
         };
+        // Local DP: the releases stored before a restart are spent.
+        privacy
+            .restore(&store.privacy_ledger(&run.id)?)
+            .map_err(|e| CoordinatorError::Config(e.to_string()))?;
         let mut federation = Self {
             run,
             plan,
@@ -340,14 +365,12 @@ impl Federation {
             downlink: None,
             started: Instant::now(),
             version: 0,
-            noise_key,
-            local_ledger: None,
+            central_dp,
+            privacy,
             secure: None,
             certificates: BTreeMap::new(),
             secure_evaluated: None,
             last_view: None,
-            metrics_dp: None,
-            metrics_released: None,
             declared: BTreeMap::new(),
             odd_offers: BTreeMap::new(),
             refusals: RefusalBudget::default(),
@@ -359,32 +382,17 @@ impl Federation {
             }),
             clock: Arc::new(SystemClock),
         };
-        if federation.plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
-            let mut ledger = federation.plan.privacy.ledger();
-            for row in federation.store.privacy_ledger(&federation.run.id)? {
-                ledger
-                    .restore(row.entry)
-                    .map_err(|e| CoordinatorError::Config(e.to_string()))?;
-            }
-            federation.local_ledger = Some(ledger);
-        }
         federation.resume()?;
-        if federation.plan.privacy.site_metrics == tessera_privacy::SiteMetrics::Dp {
-            // One release per round; those already stored are spent.
-            let mut dp = tessera_privacy::MetricsDp::new(
-                &federation.plan.privacy,
-                federation.plan.federation.rounds,
-            )
-            .map_err(|e| CoordinatorError::Config(format!("privacy: {e}")))?;
-            let released = federation
-                .records
-                .iter()
-                .filter(|r| r.metrics_epsilon.is_some())
-                .count();
-            dp.restore(released as u32)
-                .map_err(|e| CoordinatorError::Config(e.to_string()))?;
-            federation.metrics_dp = Some(dp);
-        }
+        // DP metrics: one release per round; those already stored are spent.
+        let released = federation
+            .records
+            .iter()
+            .filter(|r| r.metrics_epsilon.is_some())
+            .count();
+        federation
+            .privacy
+            .restore_metrics(u32::try_from(released).unwrap_or(u32::MAX))
+            .map_err(|e| CoordinatorError::Config(e.to_string()))?;
         Ok(federation)
     }
 

@@ -227,19 +227,8 @@ pub trait RunStore: Send {
             }
             tx.put_model(run, c.round, c.model, c.at)?;
             tx.put_round(run, c.round, c.status, c.record_json)?;
-            if let Some((release, entry, delta)) = c.privacy {
-                tx.put_ledger_row(
-                    run,
-                    &LedgerRow {
-                        entry: entry.clone(),
-                        delta,
-                        clip_norm: release.clip_norm,
-                        next_clip_norm: release.next_clip_norm,
-                        noise_std: release.noise_std,
-                        updates: release.updates,
-                        recorded_micros: c.at.0,
-                    },
-                )?;
+            if let Some(row) = c.privacy {
+                tx.put_ledger_row(run, row)?;
             }
             tx.clear_open_round(run, c.round)
         })

@@ -324,18 +324,7 @@ impl RoundEngine {
             return Ok(());
         };
         let remaining = self.config.rounds.saturating_sub(self.rounds_closed);
-        let event = PrivacyConfig::round_event(dp.noise_multiplier());
-        let events = vec![event; remaining as usize];
-        let names: Vec<String> = self.participants.iter().map(|p| p.to_string()).collect();
-        ledger.check(
-            &format!(
-                "the plan's {remaining} remaining rounds at noise multiplier {:.4}",
-                dp.noise_multiplier()
-            ),
-            &events,
-            &[],
-            &names,
-        )?;
+        ledger.check_central_run(remaining, dp.noise_multiplier())?;
         Ok(())
     }
 

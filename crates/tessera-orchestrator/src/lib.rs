@@ -12,7 +12,9 @@
 #![deny(missing_docs)]
 
 pub mod effect;
+pub mod privacy;
 pub mod secure;
 
 pub use effect::{Audit, Effect};
+pub use privacy::{LedgerRow, LocalReport, Place, PrivacyBook};
 pub use tessera_core::Timestamp;

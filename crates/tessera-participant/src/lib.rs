@@ -549,20 +549,9 @@ async fn prepare(
             .local_dp_event(data.train.n_rows())
             .map_err(|e| local_error(e.to_string()))?
         {
-            let whole_run = tessera_privacy::DpEvent {
-                steps: event
-                    .steps
-                    .saturating_mul(u64::from(plan.federation.rounds)),
-                ..event
-            };
             plan.privacy
                 .ledger()
-                .check(
-                    &format!("the plan's {} rounds of DP-SGD", plan.federation.rounds),
-                    &[],
-                    &[(config.site.clone(), whole_run)],
-                    &[],
-                )
+                .check_local_run(plan.federation.rounds, &[(config.site.clone(), event)])
                 .map_err(|e| local_error(e.to_string()))?;
             tracing::info!(
                 noise_multiplier = event.noise_multiplier,

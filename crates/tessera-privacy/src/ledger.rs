@@ -152,6 +152,46 @@ impl Ledger {
         self.checked(what, central, local, participants).map(|_| ())
     }
 
+    /// Checks, before any training, that participants whose DP-SGD takes
+    /// the events in `planned` each round (by name) stay within every
+    /// budget over `rounds` rounds; an event whose steps over the run
+    /// overflow is refused.
+    pub fn check_local_run(
+        &self,
+        rounds: u32,
+        planned: &[(String, DpEvent)],
+    ) -> Result<(), PrivacyError> {
+        let mut run = Vec::with_capacity(planned.len());
+        for (name, event) in planned {
+            let steps = event.steps.checked_mul(u64::from(rounds)).ok_or_else(|| {
+                PrivacyError::Invalid(format!(
+                    "'{name}': {} DP-SGD steps a round over {rounds} rounds overflow",
+                    event.steps
+                ))
+            })?;
+            run.push((name.clone(), DpEvent { steps, ..*event }));
+        }
+        self.check(
+            &format!("the plan's {rounds} rounds of DP-SGD"),
+            &[],
+            &run,
+            &[],
+        )
+    }
+
+    /// Checks that `remaining` more central rounds at noise multiplier `z`
+    /// stay within every budget, so that no work is done that could not be
+    /// released.
+    pub fn check_central_run(&self, remaining: u32, z: f64) -> Result<(), PrivacyError> {
+        let events = vec![crate::PrivacyConfig::round_event(z); remaining as usize];
+        self.check(
+            &format!("the plan's {remaining} remaining rounds at noise multiplier {z:.4}"),
+            &events,
+            &[],
+            &[],
+        )
+    }
+
     /// The spend after `central` and `local`, if within every budget.
     fn checked(
         &self,
@@ -323,6 +363,47 @@ mod tests {
         );
         assert!(ledger.participant_epsilon("a") < ledger.participant_epsilon("b"));
         assert_eq!(ledger.run_epsilon(), ledger.participant_epsilon("b"));
+    }
+
+    #[test]
+    fn a_local_run_is_checked_over_all_its_rounds() {
+        let mut budgets = Budgets {
+            delta: 1e-5,
+            run: None,
+            participants: BTreeMap::new(),
+        };
+        budgets.participants.insert("a".into(), 10.0);
+        let ledger = Ledger::new(budgets);
+        let round = DpEvent {
+            sampling_rate: 0.1,
+            noise_multiplier: 1.0,
+            steps: 10,
+        };
+        let one = vec![("a".to_string(), round)];
+        ledger.check_local_run(1, &one).expect("one round fits");
+        let e = ledger
+            .check_local_run(100, &one)
+            .expect_err("a hundred do not");
+        assert!(
+            e.to_string().starts_with(
+                "participant 'a' privacy budget exceeded: the plan's 100 rounds of DP-SGD"
+            ),
+            "{e}"
+        );
+        let whole = DpEvent {
+            steps: 1000,
+            ..round
+        };
+        assert!(ledger.check("x", &[], &[("a".into(), whole)], &[]).is_err());
+        let endless = vec![(
+            "a".to_string(),
+            DpEvent {
+                steps: u64::MAX,
+                ..round
+            },
+        )];
+        let e = ledger.check_local_run(2, &endless).expect_err("overflows");
+        assert!(e.to_string().contains("overflow"), "{e}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tessera_engine::{
     Tree,
 };
 use tessera_learn::{Evaluation, Schedule};
+use tessera_orchestrator::privacy::{Place, PrivacyBook};
 
 use crate::SimError;
 use crate::profile::{Profile, examples_per_round};
@@ -80,6 +81,8 @@ struct Context<'a> {
     node_profiles: &'a [Profile],
     schedule: Schedule,
     batch_size: usize,
+    /// The run's privacy book: where central DP runs.
+    book: &'a PrivacyBook,
     /// With central DP: each site-holding aggregator's mechanism and ledger.
     privacy: Mutex<BTreeMap<usize, Privacy>>,
     /// With secure aggregation: each site's key pairs between rounds.
@@ -141,13 +144,11 @@ impl Context<'_> {
         let node = &self.tree.nodes[n];
         let profile = &self.node_profiles[n];
         let received = opened.plus(profile.latency());
-        let mut engine =
+        let engine =
             tessera_engine::aggregator_engine(self.plan, task.global.as_ref().clone(), task.round)?;
         // Central DP: the aggregator that holds sites clips their updates and
         // noises their sum, with its own key, its ledger kept across rounds.
-        if let Some((dp, ledger)) = self.privacy_of(n)? {
-            engine = engine.with_privacy(dp, ledger);
-        }
+        let mut engine = self.protect(n, engine)?;
         let ids: Vec<ParticipantId> = node.members.iter().map(|m| self.member_id(*m)).collect();
         for id in &ids {
             engine.register(id.clone());
@@ -362,26 +363,24 @@ impl Context<'_> {
         }
     }
 
-    /// Node `n`'s central DP for this round, when the plan asks for it and
-    /// `n` holds sites: carried from its last round, or new.
-    fn privacy_of(&self, n: usize) -> Result<Option<Privacy>, SimError> {
-        if self.plan.privacy.mode != tessera_privacy::PrivacyMode::Central
-            || !self.tree.holds_sites(n)
-        {
-            return Ok(None);
+    /// Node `n`'s engine with central DP, where the privacy book says it
+    /// runs: carried from its last round, or new.
+    fn protect(&self, n: usize, engine: RoundEngine) -> Result<RoundEngine, SimError> {
+        if let Some((dp, ledger)) = lock_privacy(&self.privacy).remove(&n) {
+            return Ok(engine.with_privacy(dp, ledger));
         }
-        if let Some(carried) = lock_privacy(&self.privacy).remove(&n) {
-            return Ok(Some(carried));
-        }
-        let node = &self.tree.nodes[n];
+        let place = Place::Node {
+            tree: self.tree,
+            node: n,
+        };
+        let Some(cohort) = self.book.central_cohort(place) else {
+            return Ok(engine);
+        };
         let key = simulation_noise_key(tessera_core::derive_seed(
             self.plan.seed,
-            &[tessera_core::tag(&node.name)],
+            &[tessera_core::tag(&self.tree.nodes[n].name)],
         ));
-        Ok(self
-            .plan
-            .central_dp_for_cohort(key, node.members.len())
-            .map_err(EngineError::from)?)
+        Ok(engine.protected(self.plan, Some(key), cohort)?)
     }
 
     fn member_id(&self, member: Member) -> ParticipantId {
@@ -410,8 +409,15 @@ pub(crate) fn run_hierarchical(
 ) -> Result<(Federated, TopologyReport), SimError> {
     let names: Vec<String> = data.sites.iter().map(|s| s.name.clone()).collect();
     let tree = Tree::build(&plan.topology, &names)?;
-    if plan.privacy.mode == tessera_privacy::PrivacyMode::Central {
-        tree.check_privacy_layers()?;
+    let book = crate::run::privacy_book(plan)?;
+    book.check_tree(&tree)?;
+    // Work that a privacy budget could not release is refused before it
+    // starts, as at the aggregators of a deployment.
+    if (0..tree.nodes.len()).any(|node| {
+        book.central_cohort(Place::Node { tree: &tree, node })
+            .is_some()
+    }) {
+        book.forecast_central(&[]).map_err(EngineError::from)?;
     }
     if plan.secure_aggregation.enabled {
         tree.check_secure_sizes()?;
@@ -438,6 +444,7 @@ pub(crate) fn run_hierarchical(
         node_profiles: &node_profiles,
         schedule: training.schedule()?,
         batch_size: training.batch_size,
+        book: &book,
         privacy: Mutex::new(BTreeMap::new()),
         rings: Mutex::new((0..names.len() + tree.nodes.len()).map(|_| None).collect()),
         errors: Mutex::new(Vec::new()),

@@ -22,6 +22,8 @@ use tessera_engine::report::{
     final_metrics,
 };
 use tessera_engine::streams;
+use tessera_orchestrator::Effect;
+use tessera_orchestrator::privacy::{LocalReport, Place, PrivacyBook};
 
 use crate::Attack;
 
@@ -202,16 +204,15 @@ pub fn simulate(
                     per_site: Default::default(),
                 };
             }
-            if let Some(mut dp) = metrics_dp_of(plan)? {
-                let released = records
-                    .iter()
-                    .filter(|r| r.metrics_epsilon.is_some())
-                    .count();
-                dp.restore(released as u32)
-                    .map_err(|e| PlanError::Invalid(e.to_string()))?;
-                metrics_privacy =
-                    Some(tessera_engine::report::MetricsPrivacyReport::of(&dp, false));
-            }
+            // The rounds' records hold the releases, as a coordinator's do.
+            let mut book = privacy_book(plan)?;
+            let released = records
+                .iter()
+                .filter(|r| r.metrics_epsilon.is_some())
+                .count();
+            book.restore_metrics(u32::try_from(released).unwrap_or(u32::MAX))
+                .map_err(|e| PlanError::Invalid(e.to_string()))?;
+            metrics_privacy = book.metrics_report(false);
         }
     }
     let communication = Communication {
@@ -304,13 +305,10 @@ fn check_memory(plan: &Plan, data: &FederatedData) -> Result<(), PlanError> {
     plan.check_memory(tessera_engine::MemoryRole::Simulation, shape, limit)
 }
 
-/// `site_metrics = "dp"`: the metrics' noise, calibrated for one release
-/// per round.
-fn metrics_dp_of(plan: &Plan) -> Result<Option<tessera_privacy::MetricsDp>, PlanError> {
-    (plan.privacy.site_metrics == tessera_privacy::SiteMetrics::Dp)
-        .then(|| tessera_privacy::MetricsDp::new(&plan.privacy, plan.federation.rounds))
-        .transpose()
-        .map_err(|e| PlanError::Invalid(format!("privacy: {e}")))
+/// The plan's privacy book (with `site_metrics = "dp"`, the metrics' noise
+/// calibrated for one release per round).
+pub(crate) fn privacy_book(plan: &Plan) -> Result<PrivacyBook, PlanError> {
+    PrivacyBook::of_plan(plan).map_err(|e| PlanError::Invalid(format!("privacy: {e}")))
 }
 
 /// Synchronous rounds.
@@ -338,8 +336,11 @@ fn run_sync(
         ))
         .into());
     }
-    // `site_metrics = "dp"`: every round's evaluation is a release.
-    let mut metrics_dp = metrics_dp_of(plan)?;
+    // Every DP release (with `site_metrics = "dp"`, every round's
+    // evaluation is one).
+    let mut book = privacy_book(plan)?;
+    let participants = data.sites.len();
+    let central = book.central_cohort(Place::Flat { participants });
     let mut engine = RoundEngine::new(
         EngineConfig::from_plan(plan),
         plan.strategy()?,
@@ -347,8 +348,8 @@ fn run_sync(
     )
     .protected(
         plan,
-        Some(simulation_noise_key(plan.seed)),
-        tessera_engine::DpCohort::Sampled(data.sites.len()),
+        central.map(|_| simulation_noise_key(plan.seed)),
+        central.unwrap_or(tessera_engine::DpCohort::Sampled(participants)),
     )?;
     let malicious: Vec<usize> =
         attack.map_or_else(Vec::new, |a| a.choose(data.sites.len(), plan.seed));
@@ -369,7 +370,6 @@ fn run_sync(
         .collect();
     let index: BTreeMap<&ParticipantId, usize> =
         ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
-    let local_dp = plan.privacy.mode == tessera_privacy::PrivacyMode::Local;
     let compression = &plan.compression;
     let sites: Vec<Mutex<Site>> = ids
         .iter()
@@ -387,33 +387,12 @@ fn run_sync(
         })
         .collect();
     // Local DP: every participant's spend, checked for the whole run before it starts.
-    let mut local_ledger = local_dp.then(|| plan.privacy.ledger());
-    let mut local_sigma = f64::INFINITY;
-    if let Some(ledger) = &local_ledger {
-        let mut forecast = Vec::new();
-        for (i, id) in ids.iter().enumerate() {
-            if let Some(event) = lock(&sites[i]).local_dp_event(data.sites[i].train.n_rows())? {
-                local_sigma = local_sigma.min(event.noise_multiplier);
-                forecast.push((
-                    id.to_string(),
-                    tessera_privacy::DpEvent {
-                        steps: event
-                            .steps
-                            .saturating_mul(u64::from(plan.federation.rounds)),
-                        ..event
-                    },
-                ));
-            }
-        }
-        ledger
-            .check(
-                &format!("the plan's {} rounds of DP-SGD", plan.federation.rounds),
-                &[],
-                &forecast,
-                &[],
-            )
-            .map_err(EngineError::from)?;
-    }
+    let planned: Vec<(String, u64)> = ids
+        .iter()
+        .zip(&data.sites)
+        .map(|(id, site)| (id.to_string(), site.train.n_rows() as u64))
+        .collect();
+    book.forecast_local(&planned).map_err(EngineError::from)?;
     let profiles: Vec<Profile> = ids
         .iter()
         .map(|id| Profile::draw(&plan.simulation, plan.seed, id.as_str()))
@@ -424,7 +403,10 @@ fn run_sync(
     // Secure aggregation: each site's key pairs, kept between rounds.
     let mut key_rings: Vec<Option<tessera_secagg::KeyRing>> = ids.iter().map(|_| None).collect();
     // Work that a privacy budget could not release is refused before it starts.
-    engine.check_privacy_forecast()?;
+    let closed = engine
+        .privacy()
+        .map_or(&[][..], |(_, ledger)| ledger.entries());
+    book.forecast_central(closed).map_err(EngineError::from)?;
     let schedule = training.schedule()?;
     let window = 8 * rayon::current_num_threads();
     let mut now = Timestamp::ZERO;
@@ -546,12 +528,15 @@ fn run_sync(
                 match update {
                     _ if event.dropout => engine.report_dropout(id),
                     Some(Ok(mut update)) => {
-                        if let Some(ledger) = local_ledger.as_mut()
-                            && let Some(event) = lock(&sites[event.site]).last_dp_event()
-                        {
-                            ledger
-                                .record_local(round, id.as_str(), event)
-                                .map_err(EngineError::from)?;
+                        // Local DP: the update's DP-SGD, as it reports it,
+                        // checked and recorded by the privacy book.
+                        let report = LocalReport::of(&update);
+                        book.check_local(round, id.as_str(), report)
+                            .map_err(EngineError::from)?;
+                        for effect in book.record_local(event.at, round, id.as_str(), report) {
+                            if let Effect::Fatal(reason) = effect {
+                                return Err(EngineError::State(reason).into());
+                            }
                         }
                         if let Some(a) =
                             attack.filter(|_| malicious.binary_search(&event.site).is_ok())
@@ -672,7 +657,7 @@ fn run_sync(
         }
         // What the coordinator would see of the evaluations (only their sum
         // across sites under `site_metrics = "aggregate-only"`).
-        let mut noise = metrics_dp.as_ref().map(|_| {
+        let mut noise = book.metrics().map(|_| {
             tessera_privacy::GaussianNoise::new(
                 tessera_core::derive_key(plan.seed, &[streams::METRICS_NOISE]),
                 u64::from(round),
@@ -684,7 +669,7 @@ fn run_sync(
             engine.strategy(),
             &names,
             &evaluations,
-            metrics_dp.as_ref().zip(noise.as_mut()),
+            book.metrics().zip(noise.as_mut()),
         )
         .map_err(|e| {
             PlanError::Invalid(format!(
@@ -692,10 +677,9 @@ fn run_sync(
                 plan.privacy.site_metrics.name()
             ))
         })?;
-        let metrics_epsilon = match metrics_dp.as_mut() {
-            Some(dp) => Some(dp.charge().map_err(|e| PlanError::Invalid(e.to_string()))?),
-            None => None,
-        };
+        book.release_metrics()
+            .map_err(|e| PlanError::Invalid(e.to_string()))?;
+        let metrics_epsilon = book.take_metrics_released();
         let mut record = tessera_engine::report::round_record_view(
             &outcome,
             &view,
@@ -717,8 +701,8 @@ fn run_sync(
         final_parameters: engine.global().as_ref().clone(),
         bytes_up_per_site,
         end: now,
-        privacy: match &local_ledger {
-            Some(ledger) => Some(PrivacyReport::local(&plan.privacy, local_sigma, ledger)),
+        privacy: match book.local_report() {
+            Some(local) => Some(local),
             None => engine
                 .privacy()
                 .map(|(dp, ledger)| PrivacyReport::new(&plan.privacy, dp, ledger)),

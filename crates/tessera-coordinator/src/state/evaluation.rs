@@ -121,7 +121,7 @@ impl Federation {
         let seconds = self
             .round_started
             .map_or(0.0, |t| t.elapsed().as_secs_f64());
-        let metrics_epsilon = self.metrics_released.take();
+        let metrics_epsilon = self.privacy.take_metrics_released();
         let mut closed = match &view {
             Some(view) => RoundRecord {
                 accuracy: view.pooled.accuracy(),

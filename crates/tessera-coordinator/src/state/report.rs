@@ -82,10 +82,7 @@ impl Federation {
             topology: self.relay.as_ref().map(|r| r.topology(&self.records)),
             final_metrics,
             baselines: None,
-            metrics_privacy: self
-                .metrics_dp
-                .as_ref()
-                .map(|dp| tessera_engine::report::MetricsPrivacyReport::of(dp, true)),
+            metrics_privacy: self.privacy.metrics_report(true),
             timing: Timing {
                 total_seconds: elapsed,
                 data_seconds: 0.0,
@@ -103,19 +100,8 @@ impl Federation {
                 bytes_up_per_site: self.bytes_up_per_site.clone(),
                 update_bytes_up: self.update_bytes_up,
             },
-            privacy: match &self.local_ledger {
-                Some(ledger) => Some(
-                    tessera_engine::report::PrivacyReport::local(
-                        &self.plan.privacy,
-                        ledger
-                            .entries()
-                            .iter()
-                            .map(|e| e.event.noise_multiplier)
-                            .fold(f64::INFINITY, f64::min),
-                        ledger,
-                    )
-                    .deployed(),
-                ),
+            privacy: match self.privacy.local_report() {
+                Some(local) => Some(local.deployed()),
                 None => self
                     .engine
                     .as_ref()

@@ -514,8 +514,9 @@ impl Federation {
                 )
                 .map(|()| summed)
             });
-        let (outcome, detail, view) = match (summed, self.metrics_dp.as_mut()) {
-            (Ok(summed), None) => (
+        let noised = self.privacy.metrics().is_some();
+        let (outcome, detail, view) = match (summed, noised) {
+            (Ok(summed), false) => (
                 "completed",
                 format!(
                     "round {round}'s evaluation: the sum of {} of {} sites' evaluations ({} test rows)",
@@ -528,17 +529,17 @@ impl Federation {
             // `site_metrics = "dp"`: noised in memory with a key from the
             // operating system that is dropped here; the exact sum goes no
             // further than this function (not in the audit detail either).
-            (Ok(summed), Some(dp)) => {
+            // The privacy book charges the release first.
+            (Ok(summed), true) => {
                 let mut key = [0u8; 32];
                 let drawn = getrandom::fill(&mut key)
                     .map_err(|e| format!("cannot draw a secret noise key: {e}"))
-                    .and_then(|()| dp.charge().map_err(|e| e.to_string()));
-                match drawn {
-                    Ok(epsilon) => {
+                    .and_then(|()| self.privacy.release_metrics().map_err(|e| e.to_string()));
+                match (drawn, self.privacy.metrics()) {
+                    (Ok(Some(epsilon)), Some(dp)) => {
                         let mut noise = tessera_privacy::GaussianNoise::new(key, 0);
                         let view =
                             tessera_engine::report::EvaluationView::noised(&summed, dp, &mut noise);
-                        self.metrics_released = Some(epsilon);
                         (
                             "completed",
                             format!(
@@ -551,9 +552,14 @@ impl Federation {
                             Some(view),
                         )
                     }
-                    Err(e) => (
+                    (Err(e), _) => (
                         "failed",
                         format!("round {round}'s evaluation not released: {e}"),
+                        None,
+                    ),
+                    (Ok(_), _) => (
+                        "failed",
+                        format!("round {round}'s evaluation not released: no DP metrics"),
                         None,
                     ),
                 }

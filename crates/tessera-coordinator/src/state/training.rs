@@ -8,10 +8,12 @@ use std::time::Instant;
 
 use tessera_core::{ParameterSet, ParticipantId, Timestamp, Update};
 use tessera_engine::report::round_record;
-use tessera_engine::{Plan, RoundEngine, RoundStatus};
+use tessera_engine::{RoundEngine, RoundStatus};
+use tessera_orchestrator::Effect;
+use tessera_orchestrator::privacy::{LocalReport, PrivacyBook, PrivacyEffect};
 use tessera_proto::pb;
 
-use super::{Expected, Federation, ModelPart, Phase, Refusal, TaskView};
+use super::{Federation, ModelPart, Phase, Refusal, TaskView};
 use crate::CoordinatorError;
 use crate::store::{RoundClose, RunStore};
 use crate::telemetry::names;
@@ -155,10 +157,13 @@ impl Federation {
         self.require_joined(site)?;
         self.touch(site);
         let now = self.now();
-        if let Err(reason) = self
-            .check_update(site, update)
-            .and_then(|()| self.local_release_fits(update))
-        {
+        if let Err(reason) = self.check_update(site, update).and_then(|()| {
+            // Local DP: the update's report of its DP-SGD, checked
+            // against the plan and every budget before it counts.
+            self.privacy
+                .check_local(round, site, LocalReport::of(update))
+                .map_err(|e| format!("its DP-SGD cannot be accounted for: {e}"))
+        }) {
             self.refuse_report(site, "update", &format!("round {round}: {reason}"));
             metrics::counter!(names::REJECTED, "reason" => "implausible").increment(1);
             return Err(Refusal::Invalid(reason));
@@ -177,7 +182,10 @@ impl Federation {
                 // The engine counted the update: if the database cannot hold
                 // it, nothing more is acknowledged and the coordinator stops
                 // (a restart resumes from the database).
-                if let Err(e) = self.record_local_release(site, round, update, now) {
+                let effects = self
+                    .privacy
+                    .record_local(now, round, site, LocalReport::of(update));
+                if let Err(e) = self.apply_privacy(effects) {
                     return Err(self.fail("cannot record a release in the privacy ledger", e));
                 }
                 if let Err(e) = self
@@ -220,82 +228,24 @@ impl Federation {
         }
     }
 
-    /// Local DP: whether the update's DP-SGD (its rows and steps, already
-    /// bounded) has a noise multiplier the plan can account for.
-    pub(super) fn local_release_fits(&self, update: &Update) -> Result<(), String> {
-        if self.local_ledger.is_none() {
-            return Ok(());
-        }
-        let training = self.plan.local_training();
-        let plan = tessera_learn::LocalPlan::plain(&training);
-        let q = plan.sampling_rate(usize::try_from(update.n_examples).unwrap_or(usize::MAX));
-        self.plan
-            .privacy
-            .local_noise_multiplier(q, update.stats.n_steps, self.plan.federation.rounds)
-            .map(|_| ())
-            .map_err(|e| format!("its DP-SGD cannot be accounted for: {e}"))
-    }
-
-    /// Local DP: records the DP-SGD behind `site`'s update of `round` (the
-    /// plan fixes the noise; the update reports its rows and steps).
-    pub(super) fn record_local_release(
+    /// Carries out the privacy book's effects: its rows go to the store.
+    pub(super) fn apply_privacy(
         &mut self,
-        site: &str,
-        round: u32,
-        update: &Update,
-        now: Timestamp,
+        effects: Vec<PrivacyEffect>,
     ) -> Result<(), CoordinatorError> {
-        let Some(ledger) = self.local_ledger.as_mut() else {
-            return Ok(());
-        };
-        let training = self.plan.local_training();
-        let plan = tessera_learn::LocalPlan::plain(&training);
-        let n = usize::try_from(update.n_examples).unwrap_or(usize::MAX);
-        let q = plan.sampling_rate(n);
-        let steps = update.stats.n_steps;
-        let noise_multiplier = self
-            .plan
-            .privacy
-            .local_noise_multiplier(q, steps, self.plan.federation.rounds)
-            .map_err(|e| CoordinatorError::Config(e.to_string()))?;
-        let event = tessera_privacy::DpEvent {
-            sampling_rate: q,
-            noise_multiplier,
-            steps,
-        };
-        let mut entry = tessera_privacy::LedgerEntry {
-            release: round,
-            kind: "local".into(),
-            participant: Some(site.to_string()),
-            event,
-            run_epsilon: 0.0,
-        };
-        if ledger.entries().iter().any(|e| {
-            e.release == round && e.participant.as_deref() == Some(site) && e.kind == "local"
-        }) {
-            return Ok(());
+        for effect in effects {
+            match effect {
+                Effect::Persist(row) => self.store.put_ledger_row(&self.run.id, &row)?,
+                Effect::Audit(a) => self.audit(
+                    a.site.as_deref().unwrap_or("-"),
+                    "privacy",
+                    &a.event,
+                    &a.detail,
+                ),
+                Effect::Fatal(reason) => return Err(CoordinatorError::Config(reason)),
+                Effect::Metric { .. } | Effect::Wake(_) => {}
+            }
         }
-        let mut after = ledger.clone();
-        after
-            .restore(entry.clone())
-            .map_err(|e| CoordinatorError::Config(e.to_string()))?;
-        entry.run_epsilon = after.run_epsilon();
-        ledger
-            .restore(entry.clone())
-            .map_err(|e| CoordinatorError::Config(e.to_string()))?;
-        let clip = self.plan.privacy.clip_norm;
-        self.store.put_ledger_row(
-            &self.run.id,
-            &crate::store::LedgerRow {
-                entry,
-                delta: self.plan.privacy.delta,
-                clip_norm: clip,
-                next_clip_norm: clip,
-                noise_std: noise_multiplier * clip / (q * n as f64).max(1.0),
-                updates: 1,
-                recorded_micros: now.0,
-            },
-        )?;
         Ok(())
     }
 
@@ -398,6 +348,11 @@ impl Federation {
         } else {
             Vec::new()
         };
+        // Central DP: the release's ledger row is stored with the round.
+        let central = outcome
+            .privacy
+            .as_ref()
+            .map(|(release, entry)| self.privacy.central_release(now, release, entry));
         self.store.close_round(
             &run,
             &RoundClose {
@@ -409,10 +364,7 @@ impl Federation {
                 cohort: &cohort,
                 counted: &counted,
                 at: now,
-                privacy: outcome
-                    .privacy
-                    .as_ref()
-                    .map(|(release, entry)| (release, entry, self.plan.privacy.delta)),
+                privacy: central.as_ref(),
             },
         )?;
         for site in &cohort {
@@ -486,30 +438,17 @@ impl Federation {
     /// a resume replays; the open round (and every later one) is noised with
     /// this key, so nothing in the database reproduces or removes any noise.
     pub(super) fn privacy_preflight(
-        plan: &Plan,
+        privacy: &PrivacyBook,
         store: &dyn RunStore,
         run: &str,
     ) -> Result<[u8; 32], CoordinatorError> {
-        let rows = store.privacy_ledger(run)?;
-        let mut ledger = plan.privacy.ledger();
-        for row in &rows {
-            ledger
-                .restore(row.entry.clone())
-                .map_err(|e| CoordinatorError::Config(e.to_string()))?;
-        }
-        let z = plan
-            .privacy
-            .noise_multiplier_for(plan.federation.rounds)
-            .map_err(|e| CoordinatorError::Config(e.to_string()))?;
-        let remaining = plan.federation.rounds.saturating_sub(rows.len() as u32);
-        let events = vec![tessera_privacy::PrivacyConfig::round_event(z); remaining as usize];
-        ledger
-            .check(
-                &format!("the plan's {remaining} remaining rounds at noise multiplier {z:.4}"),
-                &events,
-                &[],
-                &[],
-            )
+        let entries: Vec<_> = store
+            .privacy_ledger(run)?
+            .into_iter()
+            .map(|row| row.entry)
+            .collect();
+        privacy
+            .forecast_central(&entries)
             .map_err(|e| CoordinatorError::Config(e.to_string()))?;
         let mut key = [0u8; 32];
         getrandom::fill(&mut key).map_err(|e| {
@@ -518,20 +457,13 @@ impl Federation {
         Ok(key)
     }
 
-    /// Adds the plan's robust aggregation and central DP to an engine.
+    /// Adds the plan's robust aggregation and central DP (where the privacy
+    /// book says it runs here) to an engine.
     pub(super) fn protect(&self, engine: RoundEngine) -> Result<RoundEngine, CoordinatorError> {
-        let n = match &self.expected {
-            Expected::Named(names) => names.len(),
-            Expected::Count(n) => *n,
-        };
-        // An aggregator's members are all in every round.
-        let cohort = if self.relay.is_some() {
-            tessera_engine::DpCohort::Everyone(n)
-        } else {
-            tessera_engine::DpCohort::Sampled(n)
-        };
-        let key = self.noise_key.filter(|_| self.plan.privacy.is_on());
-        Ok(engine.protected(&self.plan, key, cohort)?)
+        Ok(match self.central_dp {
+            Some((cohort, key)) => engine.protected(&self.plan, Some(key), cohort)?,
+            None => engine.protected(&self.plan, None, tessera_engine::DpCohort::Sampled(0))?,
+        })
     }
 
     /// The downlink of a run with a download codec, starting from `initial`.

@@ -2,26 +2,8 @@
 
 use tessera_aggregate::RoundAggregate;
 use tessera_core::{ParameterSet, ParticipantId, Timestamp, Update};
-use tessera_privacy::{CentralRelease, LedgerEntry};
 
-/// A release in the privacy ledger, as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LedgerRow {
-    /// The DP event and the run's epsilon after it.
-    pub entry: LedgerEntry,
-    /// The delta of that epsilon.
-    pub delta: f64,
-    /// The clipping norm the release used.
-    pub clip_norm: f64,
-    /// The clipping norm it left for the next release.
-    pub next_clip_norm: f64,
-    /// Noise standard deviation on each coordinate of the released mean.
-    pub noise_std: f64,
-    /// Updates in the release.
-    pub updates: u64,
-    /// When it was recorded (microseconds on the run clock).
-    pub recorded_micros: u64,
-}
+pub use tessera_orchestrator::privacy::LedgerRow;
 
 /// A run as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,8 +45,8 @@ pub struct RoundClose<'a> {
     pub counted: &'a [String],
     /// When it closed.
     pub at: Timestamp,
-    /// With central DP: the release and its ledger entry, and the delta.
-    pub privacy: Option<(&'a CentralRelease, &'a LedgerEntry, f64)>,
+    /// With central DP: the release's ledger row.
+    pub privacy: Option<&'a LedgerRow>,
 }
 
 /// A closed round's cohort and whose updates counted.
