@@ -17,6 +17,7 @@ use tessera_proto::{CAPABILITIES, MAJOR, MINOR, negotiate, pb, required_capabili
 use crate::CoordinatorError;
 use crate::store::{RunRow, Store};
 use crate::telemetry::names;
+use training_mode::Training;
 
 mod agreement;
 mod buffered;
@@ -29,6 +30,7 @@ mod report;
 mod resume;
 pub mod secure;
 mod training;
+mod training_mode;
 pub mod trust;
 
 pub use clock::{Clock, ManualClock, REFUSALS_PER_SECOND, SystemClock};
@@ -139,15 +141,14 @@ pub struct Federation {
     last_seen: BTreeMap<String, Timestamp>,
     kinds: Option<ColumnKinds>,
     agreement: Option<Agreement>,
-    engine: Option<RoundEngine>,
     phase: Phase,
     records: Vec<RoundRecord>,
     last_evaluations: Vec<(String, Evaluation)>,
     /// Per site: the last closed round it was in the cohort of, and whether its update counted.
     counted: BTreeMap<String, (u32, bool)>,
     liveness: Duration,
-    /// Asynchronous runs: the buffered engine instead of rounds.
-    buffered: Option<tessera_engine::BufferedEngine>,
+    /// How it trains: rounds, asynchronous steps, or a parent's rounds relayed.
+    training: Training,
     /// Asynchronous runs: steps whose evaluations are still coming in.
     step_evaluations: BTreeMap<u32, (Box<RoundRecord>, BTreeMap<String, Evaluation>)>,
     /// Asynchronous runs: the newest step each site has evaluated.
@@ -200,8 +201,6 @@ pub struct Federation {
     /// The metrics' epsilon after the evaluation just released, for its
     /// round's record.
     metrics_released: Option<f64>,
-    /// An aggregator of a hierarchical run: rounds come from its parent.
-    relay: Option<relay::Relay>,
     /// Where time is read.
     clock: Arc<dyn Clock>,
 }
@@ -313,7 +312,13 @@ impl Federation {
         } else {
             None
         };
+        let relay = node.map(|name| {
+            let (depth, sites) = place.unwrap_or_default();
+            relay::Relay::new(name, depth, sites)
+        });
+        let training = Training::of_plan(&plan, relay);
         let mut federation = Self {
+            training,
             run,
             plan,
             store,
@@ -322,13 +327,11 @@ impl Federation {
             last_seen: BTreeMap::new(),
             kinds: None,
             agreement: None,
-            engine: None,
             phase: Phase::Agreeing,
             records: Vec::new(),
             last_evaluations: Vec::new(),
             counted: BTreeMap::new(),
             liveness,
-            buffered: None,
             step_evaluations: BTreeMap::new(),
             evaluated: BTreeMap::new(),
             round_started: None,
@@ -353,10 +356,6 @@ impl Federation {
             refusals: RefusalBudget::default(),
             stopped: None,
             fatal: None,
-            relay: node.map(|name| {
-                let (depth, sites) = place.unwrap_or_default();
-                relay::Relay::new(name, depth, sites)
-            }),
             clock: Arc::new(SystemClock),
         };
         if federation.plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
@@ -582,7 +581,7 @@ impl Federation {
                 self.joined.remove(site);
                 return Err(unavailable(format!("cannot record the participant: {e}")));
             }
-            if let Some(engine) = self.engine.as_mut() {
+            if let Some(engine) = self.training.rounds_mut() {
                 engine.register(ParticipantId::new(site));
             }
             self.audit(
@@ -627,13 +626,12 @@ impl Federation {
     pub fn heartbeat(&mut self, site: &str, round: u32) -> Result<bool, Refusal> {
         self.require_joined(site)?;
         self.touch(site);
-        if let Some(buffered) = &self.buffered {
-            return Ok(!buffered.is_finished());
-        }
-        let engine = self.engine.as_ref();
-        Ok(engine.is_some_and(|e| {
-            e.open_round() == Some(round) && e.is_pending(&ParticipantId::new(site))
-        }))
+        Ok(match &self.training {
+            Training::Async(buffered) => buffered.as_ref().is_some_and(|b| !b.is_finished()),
+            Training::Sync(_) | Training::Relay(_) => self.training.rounds().is_some_and(|e| {
+                e.open_round() == Some(round) && e.is_pending(&ParticipantId::new(site))
+            }),
+        })
     }
 
     /// `site` leaves round `round` without an update, and with `leaving`
@@ -666,18 +664,15 @@ impl Federation {
             return Ok(refused);
         }
         let id = ParticipantId::new(site);
-        let synchronous = self.buffered.is_none();
-        let withdrawn = synchronous
-            && self.engine.as_mut().is_some_and(|engine| {
-                // A site leaving the run leaves whichever round is open (it
-                // may not know which: it failed before its first task).
-                let waiting =
-                    (engine.open_round() == Some(round) || leaving) && engine.is_pending(&id);
-                if waiting {
-                    engine.report_dropout(&id);
-                }
-                waiting
-            });
+        let withdrawn = self.training.rounds_mut().is_some_and(|engine| {
+            // A site leaving the run leaves whichever round is open (it
+            // may not know which: it failed before its first task).
+            let waiting = (engine.open_round() == Some(round) || leaving) && engine.is_pending(&id);
+            if waiting {
+                engine.report_dropout(&id);
+            }
+            waiting
+        });
         if withdrawn {
             self.secure_withdraw(site);
         }
@@ -759,7 +754,7 @@ impl Federation {
         match &self.phase {
             _ if self.fatal.is_some() => Ok(()),
             Phase::Agreeing | Phase::Finished => Ok(()),
-            Phase::Training if self.buffered.is_some() => self.async_step(now),
+            Phase::Training if self.training.is_async() => self.async_step(now),
             Phase::Training => self.step_training(now),
             Phase::Evaluating { .. } => self.step_evaluating(now),
         }

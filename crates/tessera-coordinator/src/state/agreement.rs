@@ -15,7 +15,7 @@ use tessera_data::{
 use tessera_engine::{EngineConfig, RoundEngine};
 use tessera_proto::{convert, pb};
 
-use super::{Expected, Federation, Phase, Refusal, trust, unavailable};
+use super::{Expected, Federation, Phase, Refusal, Training, trust, unavailable};
 use crate::store::{Offers, StoreError};
 
 impl Federation {
@@ -51,7 +51,7 @@ impl Federation {
             .put_offer(&self.run.id, 1, site, &offer.encode_to_vec())
             .map_err(unavailable)?;
         let _ = parsed;
-        if self.relay.is_some() {
+        if self.is_aggregator() {
             // The members' merged offer goes up; the parent's kinds come back.
             self.version += 1;
             return Ok(None);
@@ -137,7 +137,7 @@ impl Federation {
         let Some(kinds) = self.kinds.clone() else {
             return Err(Refusal::Invalid("offer the column kinds first".into()));
         };
-        if self.relay.is_some() {
+        if self.is_aggregator() {
             self.version += 1;
             return Ok(None);
         }
@@ -204,7 +204,7 @@ impl Federation {
             let engine =
                 tessera_engine::BufferedEngine::new(&self.plan, initial.clone(), self.joined.len())
                     .map_err(|e| Refusal::Invalid(e.to_string()))?;
-            self.buffered = Some(engine);
+            self.training = Training::Async(Some(Box::new(engine)));
             self.agreement = Some(agreement.clone());
             self.phase = Phase::Training;
             self.version += 1;
@@ -226,7 +226,7 @@ impl Federation {
             engine.register(ParticipantId::new(site.as_str()));
         }
         self.downlink = self.new_downlink(Arc::clone(engine.global()));
-        self.engine = Some(engine);
+        self.training.set_rounds(Some(engine));
         self.audit(
             site,
             "agree-vocabulary",
@@ -271,7 +271,7 @@ impl Federation {
         self.store
             .put_offer(&self.run.id, 3, site, &offer.encode_to_vec())
             .map_err(unavailable)?;
-        if self.relay.is_some() {
+        if self.is_aggregator() {
             self.version += 1;
             return Ok(None);
         }

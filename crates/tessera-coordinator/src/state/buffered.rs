@@ -13,7 +13,7 @@ use tessera_engine::report::{RoundRecord, mean_site_accuracy};
 use tessera_learn::Evaluation;
 use tessera_proto::pb;
 
-use super::{Federation, ModelPart, Phase, Refusal, TaskView};
+use super::{Federation, ModelPart, Phase, Refusal, TaskView, Training};
 use crate::CoordinatorError;
 use crate::store::{RoundClose, StoreError};
 use crate::telemetry::names;
@@ -21,7 +21,7 @@ use crate::telemetry::names;
 impl Federation {
     /// Evaluate the newest step if this site has not yet; else train.
     pub(super) fn async_task(&mut self, site: &str) -> TaskView {
-        let Some(buffered) = self.buffered.as_ref() else {
+        let Some(buffered) = self.training.buffered() else {
             return TaskView::Wait;
         };
         let (global, version) = buffered.current();
@@ -62,7 +62,7 @@ impl Federation {
         now: Timestamp,
     ) -> Result<(), Refusal> {
         let run = self.run.id.clone();
-        let Some(buffered) = self.buffered.as_mut() else {
+        let Some(buffered) = self.training.buffered_mut() else {
             return Err(Refusal::Invalid("no model yet".into()));
         };
         if buffered.is_finished() {
@@ -262,10 +262,10 @@ impl Federation {
             .map(|(v, _)| *v)
             .collect();
         let finished = self
-            .buffered
-            .as_ref()
+            .training
+            .buffered()
             .is_some_and(BufferedEngine::is_finished);
-        let last = self.buffered.as_ref().map_or(0, |b| b.current().1);
+        let last = self.training.buffered().map_or(0, |b| b.current().1);
         for version in complete {
             if !(finished && version == last) {
                 self.finish_step_evaluation(version)?;
@@ -351,7 +351,7 @@ impl Federation {
         for site in &self.joined {
             self.last_seen.insert(site.clone(), now);
         }
-        self.buffered = Some(engine);
+        self.training = Training::Async(Some(Box::new(engine)));
         self.phase = Phase::Training;
         tracing::info!(run = %run, steps = closed, "resumed");
         Ok(())

@@ -35,7 +35,7 @@ impl Federation {
                 Refusal::Invalid(reason)
             })?;
         let run = self.run.id.clone();
-        if self.buffered.is_some() && matches!(self.phase, Phase::Training) {
+        if self.training.buffered().is_some() && matches!(self.phase, Phase::Training) {
             return self.async_evaluation(site, report, evaluation);
         }
         // An evaluation of a model the federation has moved past comes too late
@@ -220,7 +220,7 @@ impl Federation {
                 .map_or(0.0, |t| t.elapsed().as_secs_f64()),
         );
         self.store_evaluated(round, &mut closed)?;
-        if let Some(relay) = self.relay.as_mut() {
+        if let Some(relay) = self.training.relay_mut() {
             relay.evaluated(round, Evaluation::pool(&evaluations));
             // The aggregator's own model, evaluated once the parent's run is over.
             if relay.is_regional_evaluation(round) {

@@ -19,12 +19,11 @@ use tessera_engine::report::{RegionReport, RoundRecord, TopologyReport};
 use tessera_learn::Evaluation;
 use tessera_proto::{convert, pb};
 
-use super::{Federation, Phase};
+use super::{Federation, Phase, RoundEngine, Training};
 use crate::CoordinatorError;
 use crate::store::StoreError;
 
 /// What an aggregator knows of its parent's work.
-#[derive(Debug)]
 pub(super) struct Relay {
     /// Its name in the plan's topology (the site its parent knows).
     name: String,
@@ -48,6 +47,9 @@ pub(super) struct Relay {
     finishing: bool,
     /// That evaluation.
     pub(super) regional: Option<RoundRecord>,
+    /// The open round's engine (or the last one's), built when the
+    /// parent's task comes.
+    pub(super) engine: Option<RoundEngine>,
 }
 
 impl Relay {
@@ -64,6 +66,7 @@ impl Relay {
             sites,
             finishing: false,
             regional: None,
+            engine: None,
         }
     }
 
@@ -123,7 +126,7 @@ fn damaged(e: impl std::fmt::Display) -> CoordinatorError {
 impl Federation {
     /// Whether this federation is an aggregator below a parent.
     pub fn is_aggregator(&self) -> bool {
-        self.relay.is_some()
+        matches!(self.training, Training::Relay(_))
     }
 
     /// Aggregator: the merged offer of agreement step `step` (1 kinds, 2
@@ -133,7 +136,7 @@ impl Federation {
         &self,
         step: u32,
     ) -> Result<Option<pb::agree_request::Offer>, CoordinatorError> {
-        let Some(relay) = &self.relay else {
+        let Some(relay) = self.training.relay() else {
             return Ok(None);
         };
         if self.relay_settled(step)? {
@@ -241,7 +244,7 @@ impl Federation {
 
     /// Aggregator: the parent asks for round `round`'s update, trained from `global`.
     pub fn relay_fit(&mut self, round: u32, global: Arc<ParameterSet>) {
-        if let Some(relay) = self.relay.as_mut()
+        if let Some(relay) = self.training.relay_mut()
             && relay.fit.as_ref().is_none_or(|(r, _)| *r != round)
         {
             relay.fit = Some((round, global));
@@ -253,7 +256,7 @@ impl Federation {
     /// Aggregator: the answer to the parent's task of round `round` once the
     /// round closed here (`Some(None)`: it closed without an aggregate).
     pub fn relay_answer(&self, round: u32) -> Result<Option<Option<Update>>, CoordinatorError> {
-        let Some(relay) = &self.relay else {
+        let Some(relay) = self.training.relay() else {
             return Ok(None);
         };
         if let Some(answer) = relay.answers.get(&round) {
@@ -278,7 +281,7 @@ impl Federation {
         let now = self.now();
         let wait = self.evaluation_wait();
         let targets = self.live(now);
-        let Some(relay) = self.relay.as_mut() else {
+        let Some(relay) = self.training.relay_mut() else {
             return;
         };
         if relay.evaluation.as_ref().is_some_and(|(r, _)| *r == round) {
@@ -300,12 +303,12 @@ impl Federation {
             _ => {
                 // This aggregator was not in round `round` (it was down when
                 // the round ran): its members evaluate the model all the same.
-                if self
+                if relay
                     .engine
                     .as_ref()
                     .is_some_and(|e| e.open_round().is_some())
                 {
-                    self.engine = None;
+                    relay.engine = None;
                 }
                 relay.closed_through = relay.closed_through.max(round);
                 let record = RoundRecord {
@@ -329,7 +332,7 @@ impl Federation {
     /// Whether the evaluation under way may close: an aggregator's waits
     /// for its parent's model.
     pub(super) fn relay_may_evaluate(&self) -> bool {
-        match (&self.relay, &self.phase) {
+        match (self.training.relay(), &self.phase) {
             (Some(relay), Phase::Evaluating { round, .. }) => {
                 relay.evaluation.as_ref().is_some_and(|(r, _)| r == round)
             }
@@ -340,7 +343,7 @@ impl Federation {
     /// Aggregator: the members' pooled evaluation of the parent's model of
     /// round `round`, once they have all answered (or the wait ended).
     pub fn relay_evaluation(&self, round: u32) -> Result<Option<Evaluation>, CoordinatorError> {
-        let Some(relay) = &self.relay else {
+        let Some(relay) = self.training.relay() else {
             return Ok(None);
         };
         if let Some(pooled) = relay.evaluations.get(&round) {
@@ -360,7 +363,7 @@ impl Federation {
         let now = self.now();
         let wait = self.evaluation_wait();
         let targets = self.live(now);
-        let Some(relay) = self.relay.as_ref() else {
+        let Some(relay) = self.training.relay() else {
             return Ok(());
         };
         if relay.finishing || matches!(self.phase, Phase::Finished) {
@@ -371,7 +374,7 @@ impl Federation {
             0 => None,
             _ => self.store.model(&self.run.id, closed)?,
         };
-        let Some(relay) = self.relay.as_mut() else {
+        let Some(relay) = self.training.relay_mut() else {
             return Ok(());
         };
         relay.finishing = true;
@@ -409,13 +412,13 @@ impl Federation {
     /// round when its task has come. True when a round is open.
     pub(super) fn relay_step(&mut self, now: Timestamp) -> Result<bool, CoordinatorError> {
         if self
-            .engine
-            .as_ref()
+            .training
+            .rounds()
             .is_some_and(|e| e.open_round().is_some())
         {
             return Ok(true);
         }
-        let Some(relay) = self.relay.as_mut() else {
+        let Some(relay) = self.training.relay_mut() else {
             return Ok(true);
         };
         let Some((round, global)) = relay.fit.clone() else {
@@ -467,7 +470,7 @@ impl Federation {
         };
         metrics::gauge!(crate::telemetry::names::CURRENT_ROUND).set(f64::from(round));
         self.round_started = Some(std::time::Instant::now());
-        self.engine = Some(engine);
+        self.training.set_rounds(Some(engine));
         // With secure aggregation the members mask their updates; the
         // protocol's state is not stored, so a reopened round starts it again.
         self.open_secure_round(round, &cohort, now);
@@ -481,7 +484,7 @@ impl Federation {
         self.resume_rounds(run, Timestamp(u64::MAX))?;
         let open = self.store.open_round_of(run)?;
         let closed = self.store.latest_model_version(run)?.unwrap_or(0);
-        if let Some(relay) = self.relay.as_mut() {
+        if let Some(relay) = self.training.relay_mut() {
             relay.closed_through = closed;
             relay.reopen = open;
         }

@@ -75,7 +75,7 @@ impl Federation {
                 // counted honest (0 when nothing was evaluated).
                 honest_accuracy: final_metrics.accuracy.unwrap_or(0.0),
             }),
-            topology: self.relay.as_ref().map(|r| r.topology(&self.records)),
+            topology: self.training.relay().map(|r| r.topology(&self.records)),
             final_metrics,
             baselines: None,
             metrics_privacy: self
@@ -113,8 +113,8 @@ impl Federation {
                     .deployed(),
                 ),
                 None => self
-                    .engine
-                    .as_ref()
+                    .training
+                    .rounds()
                     .and_then(|e| e.privacy())
                     .map(|(dp, ledger)| {
                         tessera_engine::report::PrivacyReport::new(&self.plan.privacy, dp, ledger)

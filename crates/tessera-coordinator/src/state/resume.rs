@@ -40,7 +40,7 @@ impl Federation {
         let agreement = pb::Agreement::decode(bytes.as_slice())
             .map_err(|e| StoreError::Damaged(e.to_string()))?;
         self.agreement = Some(convert::agreement_from_pb(agreement)?);
-        if self.relay.is_some() {
+        if self.is_aggregator() {
             return self.resume_relay(&run);
         }
         if self.plan.federation.mode == tessera_engine::Mode::Async {
@@ -137,12 +137,12 @@ impl Federation {
         for site in &self.joined {
             self.last_seen.insert(site.clone(), now);
         }
-        self.engine = Some(engine);
+        self.training.set_rounds(Some(engine));
         if let Some((round, cohort)) = reopened_secure {
             // The protocol's state is not stored: the cohort starts it again.
             self.open_secure_round(round, &cohort, now);
         }
-        if self.engine.as_ref().is_some_and(RoundEngine::is_finished)
+        if self.training.rounds().is_some_and(RoundEngine::is_finished)
             && matches!(self.phase, Phase::Training)
         {
             self.phase = Phase::Finished;

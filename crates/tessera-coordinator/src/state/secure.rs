@@ -120,7 +120,7 @@ impl Federation {
         if !self.plan.secure_aggregation.enabled {
             return;
         }
-        let Some(n_values) = self.engine.as_ref().map(|e| e.global().n_values()) else {
+        let Some(n_values) = self.training.rounds().map(|e| e.global().n_values()) else {
             return;
         };
         // A random-k codec: everyone masks the round's shared coordinates
@@ -160,7 +160,7 @@ impl Federation {
                 // The round cannot be secured (too small a cohort): nobody's update counts.
                 tracing::error!(round, %e, "secure aggregation cannot start");
                 self.audit("-", "secure-aggregation", "failed", &e.to_string());
-                if let Some(engine) = self.engine.as_mut() {
+                if let Some(engine) = self.training.rounds_mut() {
                     for p in cohort {
                         engine.report_dropout(p);
                     }
@@ -483,7 +483,7 @@ impl Federation {
                         reason
                     })
             });
-        let Some(engine) = self.engine.as_mut() else {
+        let Some(engine) = self.training.rounds_mut() else {
             return;
         };
         let global = engine.global().clone();

@@ -11,7 +11,7 @@ use tessera_engine::report::round_record;
 use tessera_engine::{Plan, RoundEngine, RoundStatus};
 use tessera_proto::pb;
 
-use super::{Expected, Federation, ModelPart, Phase, Refusal, TaskView};
+use super::{Expected, Federation, ModelPart, Phase, Refusal, TaskView, Training};
 use crate::CoordinatorError;
 use crate::store::{RoundClose, Store};
 use crate::telemetry::names;
@@ -26,14 +26,14 @@ impl Federation {
         self.require_joined(site)?;
         self.touch(site);
         let (previous_round, previous_update_counted) = self.previous(site);
-        if self.buffered.is_some() && matches!(self.phase, Phase::Training) {
+        if self.training.buffered().is_some() && matches!(self.phase, Phase::Training) {
             return Ok(self.async_task(site));
         }
         match &self.phase {
             Phase::Finished => Ok(TaskView::Finished),
             Phase::Agreeing => Ok(TaskView::Wait),
             Phase::Training => {
-                let Some(engine) = self.engine.as_ref() else {
+                let Some(engine) = self.training.rounds() else {
                     return Ok(TaskView::Wait);
                 };
                 let id = ParticipantId::new(site);
@@ -138,11 +138,13 @@ impl Federation {
     /// The layout updates must have, and whether they carry the strategy's
     /// auxiliary sum.
     pub fn update_layout(&self) -> Option<(Arc<ParameterSet>, bool)> {
-        if let Some(buffered) = &self.buffered {
-            return Some((buffered.current().0, false));
+        match &self.training {
+            Training::Async(buffered) => Some((buffered.as_ref()?.current().0, false)),
+            Training::Sync(_) | Training::Relay(_) => {
+                let engine = self.training.rounds()?;
+                Some((Arc::clone(engine.global()), engine.aux_sum().is_some()))
+            }
         }
-        let engine = self.engine.as_ref()?;
-        Some((Arc::clone(engine.global()), engine.aux_sum().is_some()))
     }
 
     /// Records an update. Accepted updates are durable before this returns.
@@ -163,11 +165,11 @@ impl Federation {
             metrics::counter!(names::REJECTED, "reason" => "implausible").increment(1);
             return Err(Refusal::Invalid(reason));
         }
-        if self.buffered.is_some() {
+        if self.training.buffered().is_some() {
             return self.async_submit(site, round, update, now);
         }
         let id = ParticipantId::new(site);
-        let Some(engine) = self.engine.as_mut() else {
+        let Some(engine) = self.training.rounds_mut() else {
             return Err(Refusal::Invalid("no round is open".into()));
         };
         match engine.submit(now, &id, round, update) {
@@ -302,10 +304,10 @@ impl Federation {
     pub(super) fn step_training(&mut self, now: Timestamp) -> Result<(), CoordinatorError> {
         let run = self.run.id.clone();
         // An aggregator opens a round when its parent's task for it comes.
-        if self.relay.is_some() && !self.relay_step(now)? {
+        if self.is_aggregator() && !self.relay_step(now)? {
             return Ok(());
         }
-        let Some(engine) = self.engine.as_mut() else {
+        let Some(engine) = self.training.rounds_mut() else {
             return Ok(());
         };
         if engine.open_round().is_none() {
@@ -367,7 +369,7 @@ impl Federation {
             self.version += 1;
         }
         self.advance_secure(now);
-        let Some(engine) = self.engine.as_mut() else {
+        let Some(engine) = self.training.rounds_mut() else {
             return Ok(());
         };
         let Some(outcome) = engine.poll(now) else {
@@ -441,7 +443,7 @@ impl Federation {
         let targets = self.live(now);
         // An aggregator's answer goes up; its members then evaluate the
         // model the parent sends next, and wait for it.
-        let until = match self.relay.as_mut() {
+        let until = match self.training.relay_mut() {
             Some(relay) => {
                 relay.closed(
                     outcome.round,
@@ -469,13 +471,14 @@ impl Federation {
     /// The current global model, sync or async.
     pub(super) fn current_global(&self) -> Option<Arc<ParameterSet>> {
         // An aggregator's members evaluate its parent's model, once it came.
-        if let (Some(relay), Phase::Evaluating { .. }) = (&self.relay, &self.phase) {
-            return relay.evaluating(&self.phase);
-        }
-        match (&self.buffered, &self.engine) {
-            (Some(buffered), _) => Some(buffered.current().0),
-            (None, Some(engine)) => Some(Arc::clone(engine.global())),
-            (None, None) => None,
+        match &self.training {
+            Training::Relay(relay) if matches!(self.phase, Phase::Evaluating { .. }) => {
+                relay.evaluating(&self.phase)
+            }
+            Training::Async(buffered) => buffered.as_ref().map(|b| b.current().0),
+            Training::Sync(_) | Training::Relay(_) => {
+                self.training.rounds().map(|e| Arc::clone(e.global()))
+            }
         }
     }
 
@@ -525,7 +528,7 @@ impl Federation {
             Expected::Count(n) => *n,
         };
         // An aggregator's members are all in every round.
-        let cohort = if self.relay.is_some() {
+        let cohort = if self.is_aggregator() {
             tessera_engine::DpCohort::Everyone(n)
         } else {
             tessera_engine::DpCohort::Sampled(n)
