@@ -17,6 +17,7 @@ use tessera_proto::{CAPABILITIES, MAJOR, MINOR, negotiate, pb, required_capabili
 use crate::CoordinatorError;
 use crate::store::{RunRow, Store};
 use crate::telemetry::names;
+use tessera_orchestrator::{Expected, Roster};
 use training_mode::Training;
 
 mod agreement;
@@ -35,15 +36,6 @@ pub mod trust;
 
 pub use clock::{Clock, ManualClock, REFUSALS_PER_SECOND, SystemClock};
 use clock::{RefusalBudget, unix_micros};
-
-/// Who must offer before the data agreement closes.
-#[derive(Debug, Clone)]
-enum Expected {
-    /// The plan's sites, by name.
-    Named(BTreeSet<String>),
-    /// This many sites, whoever they are.
-    Count(usize),
-}
 
 #[derive(Debug)]
 enum Phase {
@@ -136,17 +128,13 @@ pub struct Federation {
     run: RunRow,
     plan: Plan,
     store: Store,
-    expected: Expected,
-    joined: BTreeSet<String>,
-    last_seen: BTreeMap<String, Timestamp>,
+    /// Who is expected, who joined, who is live, who counted.
+    roster: Roster,
     kinds: Option<ColumnKinds>,
     agreement: Option<Agreement>,
     phase: Phase,
     records: Vec<RoundRecord>,
     last_evaluations: Vec<(String, Evaluation)>,
-    /// Per site: the last closed round it was in the cohort of, and whether its update counted.
-    counted: BTreeMap<String, (u32, bool)>,
-    liveness: Duration,
     /// How it trains: rounds, asynchronous steps, or a parent's rounds relayed.
     training: Training,
     /// Asynchronous runs: steps whose evaluations are still coming in.
@@ -322,16 +310,12 @@ impl Federation {
             run,
             plan,
             store,
-            expected,
-            joined: BTreeSet::new(),
-            last_seen: BTreeMap::new(),
+            roster: Roster::new(expected, liveness),
             kinds: None,
             agreement: None,
             phase: Phase::Agreeing,
             records: Vec::new(),
             last_evaluations: Vec::new(),
-            counted: BTreeMap::new(),
-            liveness,
             step_evaluations: BTreeMap::new(),
             evaluated: BTreeMap::new(),
             round_started: None,
@@ -390,16 +374,14 @@ impl Federation {
     /// How often participants must show they are alive: a quarter of the
     /// liveness period, so that three missed signs still leave a margin.
     pub fn heartbeat_interval(&self) -> Duration {
-        (self.liveness / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+        self.roster.heartbeat_interval()
     }
 
     /// How long an evaluation waits for answers: the round deadline, or ten
     /// liveness periods without one. A site that answers in time counts.
     fn evaluation_wait(&self) -> Duration {
-        self.plan
-            .federation
-            .deadline_seconds
-            .map_or(self.liveness * 10, tessera_core::duration_from_secs)
+        self.roster
+            .evaluation_wait(self.plan.federation.deadline_seconds)
     }
 
     /// The run's id.
@@ -440,7 +422,7 @@ impl Federation {
 
     fn touch(&mut self, site: &str) {
         let now = self.now();
-        self.last_seen.insert(site.to_string(), now);
+        self.roster.seen(site, now);
     }
 
     fn audit(&self, site: &str, action: &str, outcome: &str, detail: &str) {
@@ -484,7 +466,7 @@ impl Federation {
     ) {
         self.count_sent_by(site, bytes, Some(codec));
         self.update_bytes_up += bytes as u64;
-        if !self.joined.contains(site) {
+        if !self.roster.is_joined(site) {
             return;
         }
         metrics::counter!(names::UPDATE_BYTES, "site" => site.to_string(), "codec" => codec.to_string())
@@ -498,7 +480,7 @@ impl Federation {
         self.bytes_up += bytes as u64;
         // Per site only for sites that joined: a name nobody verified gets
         // no counter, label or map entry.
-        if !self.joined.contains(site) {
+        if !self.roster.is_joined(site) {
             return;
         }
         metrics::counter!(names::SITE_BYTES_RECEIVED, "site" => site.to_string())
@@ -511,7 +493,7 @@ impl Federation {
     pub fn count_down(&mut self, site: &str, bytes: usize) {
         metrics::counter!(names::BYTES_SENT).increment(bytes as u64);
         self.bytes_down += bytes as u64;
-        if !self.joined.contains(site) {
+        if !self.roster.is_joined(site) {
             return;
         }
         metrics::counter!(names::SITE_BYTES_SENT, "site" => site.to_string())
@@ -567,18 +549,16 @@ impl Federation {
                 return Err(Refusal::Invalid(e.to_string()));
             }
         };
-        if let Expected::Named(names) = &self.expected
-            && !names.contains(site)
-        {
+        if !self.roster.expected().admits(site) {
             let reason = format!("site '{site}' is not among the plan's sites");
             self.audit(site, "join", "refused", &reason);
             return Err(Refusal::Denied(reason));
         }
-        if self.joined.insert(site.to_string()) {
+        if self.roster.join(site) {
             let now = self.now();
             if let Err(e) = self.store.add_participant(&self.run.id, site, now) {
                 // Not joined until recorded: its retry records it.
-                self.joined.remove(site);
+                self.roster.unjoin(site);
                 return Err(unavailable(format!("cannot record the participant: {e}")));
             }
             if let Some(engine) = self.training.rounds_mut() {
@@ -615,7 +595,7 @@ impl Federation {
     /// fatally, and `site` has joined.
     fn require_joined(&self, site: &str) -> Result<(), Refusal> {
         self.refuse_if_fatal()?;
-        if self.joined.contains(site) {
+        if self.roster.is_joined(site) {
             Ok(())
         } else {
             Err(Refusal::Denied(format!("site '{site}' has not joined")))
@@ -683,7 +663,7 @@ impl Federation {
         if leaving {
             // Not live any more: later rounds drop it at once, evaluations
             // do not wait for it, until it asks for a task again.
-            self.last_seen.remove(site);
+            self.roster.left(site);
         } else {
             self.touch(site);
         }
@@ -707,26 +687,20 @@ impl Federation {
 
     /// The joined sites heard from within the liveness period.
     fn live(&self, now: Timestamp) -> BTreeSet<String> {
-        self.joined
-            .iter()
-            .filter(|s| !self.stale(s, now))
-            .cloned()
-            .collect()
+        self.roster.live(now)
     }
 
     fn stale(&self, site: &str, now: Timestamp) -> bool {
-        self.last_seen
-            .get(site)
-            .is_none_or(|&seen| now.since(seen) > self.liveness)
+        self.roster.is_stale(site, now)
     }
 
     /// Time-driven and event-driven transitions: opens rounds, drops silent
     /// participants, closes rounds at their deadline, finishes evaluations.
     pub fn advance(&mut self) {
         let now = self.now();
-        let connected = self.joined.iter().filter(|s| !self.stale(s, now)).count();
+        let connected = self.roster.live(now).len();
         metrics::gauge!(names::CONNECTED).set(connected as f64);
-        metrics::gauge!(names::JOINED).set(self.joined.len() as f64);
+        metrics::gauge!(names::JOINED).set(self.roster.joined().len() as f64);
         for _ in 0..8 {
             let before = self.version;
             match self.step() {

@@ -12,6 +12,8 @@
 #![deny(missing_docs)]
 
 pub mod effect;
+pub mod roster;
 
 pub use effect::{Audit, Effect};
+pub use roster::{Expected, Roster};
 pub use tessera_core::Timestamp;

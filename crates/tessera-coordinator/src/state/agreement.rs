@@ -15,17 +15,14 @@ use tessera_data::{
 use tessera_engine::{EngineConfig, RoundEngine};
 use tessera_proto::{convert, pb};
 
-use super::{Expected, Federation, Phase, Refusal, Training, trust, unavailable};
+use super::{Federation, Phase, Refusal, Training, trust, unavailable};
 use crate::store::{Offers, StoreError};
 
 impl Federation {
     pub(super) fn quorum_of_offers(&self, step: u32) -> Result<Option<Offers>, StoreError> {
         let offers = self.store.offers(&self.run.id, step)?;
-        let offered: BTreeSet<&String> = offers.iter().map(|(s, _)| s).collect();
-        let complete = match &self.expected {
-            Expected::Named(names) => names.iter().all(|n| offered.contains(n)),
-            Expected::Count(n) => offered.len() >= *n,
-        };
+        let offered: BTreeSet<&str> = offers.iter().map(|(s, _)| s.as_str()).collect();
+        let complete = self.roster.expected().complete(&offered);
         Ok(complete.then_some(offers))
     }
 
@@ -168,7 +165,7 @@ impl Federation {
         let shape = (
             agreement.feature_names().len(),
             agreement.classes.len(),
-            self.joined.len(),
+            self.roster.joined().len(),
         );
         let limit = tessera_engine::available_memory()
             .map(|b| (b as f64, "the coordinator machine's available memory"));
@@ -201,9 +198,12 @@ impl Federation {
             });
         stored.map_err(unavailable)?;
         if self.plan.federation.mode == tessera_engine::Mode::Async {
-            let engine =
-                tessera_engine::BufferedEngine::new(&self.plan, initial.clone(), self.joined.len())
-                    .map_err(|e| Refusal::Invalid(e.to_string()))?;
+            let engine = tessera_engine::BufferedEngine::new(
+                &self.plan,
+                initial.clone(),
+                self.roster.joined().len(),
+            )
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
             self.training = Training::Async(Some(Box::new(engine)));
             self.agreement = Some(agreement.clone());
             self.phase = Phase::Training;
@@ -222,7 +222,7 @@ impl Federation {
                 initial.clone(),
             ))
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
-        for site in &self.joined {
+        for site in self.roster.joined() {
             engine.register(ParticipantId::new(site.as_str()));
         }
         self.downlink = self.new_downlink(Arc::clone(engine.global()));

@@ -313,7 +313,7 @@ impl Federation {
             .map(|(_, a)| a)
             .collect();
         let mut engine =
-            BufferedEngine::resume(&self.plan, initial, self.joined.len(), &aggregates)?;
+            BufferedEngine::resume(&self.plan, initial, self.roster.joined().len(), &aggregates)?;
         let stored = self
             .store
             .model(run, closed)?
@@ -348,9 +348,7 @@ impl Federation {
                 .insert(round, (Box::new(record), received));
         }
         let now = self.now();
-        for site in &self.joined {
-            self.last_seen.insert(site.clone(), now);
-        }
+        self.roster.seen_all(now);
         self.training = Training::Async(Some(Box::new(engine)));
         self.phase = Phase::Training;
         tracing::info!(run = %run, steps = closed, "resumed");

@@ -441,7 +441,7 @@ impl Federation {
                 engine.restore_privacy(row.entry, row.next_clip_norm)?;
             }
         }
-        for site in &self.joined {
+        for site in self.roster.joined() {
             engine.register(ParticipantId::new(site.as_str()));
         }
         let cohort = match reopen {
@@ -492,9 +492,7 @@ impl Federation {
             self.phase = Phase::Training;
         }
         let now = self.now();
-        for site in &self.joined {
-            self.last_seen.insert(site.clone(), now);
-        }
+        self.roster.seen_all(now);
         tracing::info!(run, rounds_closed = closed, "resumed");
         Ok(())
     }

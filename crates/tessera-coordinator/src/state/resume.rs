@@ -20,7 +20,7 @@ impl Federation {
     /// Rebuilds the state a previous coordinator left in the database.
     pub(super) fn resume(&mut self) -> Result<(), CoordinatorError> {
         let run = self.run.id.clone();
-        self.joined = self.store.participants(&run)?.into_iter().collect();
+        self.roster.set_joined(self.store.participants(&run)?);
         for (site, bytes) in self.store.offers(&run, 2)? {
             let offer = pb::LevelsOffer::decode(bytes.as_slice())
                 .map_err(|e| StoreError::Damaged(e.to_string()))?;
@@ -98,7 +98,7 @@ impl Federation {
                     .map_err(CoordinatorError::from)?;
             }
         }
-        for site in &self.joined {
+        for site in self.roster.joined() {
             engine.register(ParticipantId::new(site.as_str()));
         }
         let now = self.now();
@@ -134,9 +134,7 @@ impl Federation {
                 self.round_started = Some(Instant::now());
             }
         }
-        for site in &self.joined {
-            self.last_seen.insert(site.clone(), now);
-        }
+        self.roster.seen_all(now);
         self.training.set_rounds(Some(engine));
         if let Some((round, cohort)) = reopened_secure {
             // The protocol's state is not stored: the cohort starts it again.
@@ -161,7 +159,7 @@ impl Federation {
         for row in self.store.cohorts(run)? {
             for site in row.cohort {
                 let was_counted = row.counted.contains(&site);
-                self.counted.insert(site, (row.round, was_counted));
+                self.roster.record_round(&site, row.round, was_counted);
             }
         }
         for (round, _status, record, evaluated) in self.store.rounds(run)? {
@@ -174,7 +172,7 @@ impl Federation {
                 self.phase = Phase::Evaluating {
                     round,
                     until,
-                    targets: self.joined.clone(),
+                    targets: self.roster.joined().clone(),
                     received,
                     record: Box::new(record),
                 };

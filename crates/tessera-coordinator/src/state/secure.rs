@@ -103,7 +103,7 @@ impl Federation {
     /// relay to the cohorts of secure rounds.
     pub fn remember_certificate(&mut self, site: &str, certificate: Option<Vec<u8>>) {
         if let Some(der) = certificate
-            && self.joined.contains(site)
+            && self.roster.is_joined(site)
             && self.certificates.get(site) != Some(&der)
         {
             self.certificates.insert(site.to_string(), der);
@@ -437,7 +437,7 @@ impl Federation {
     /// Closes the current stage when everyone in it has answered or the
     /// liveness period is over; after the last one, hands the sum to the engine.
     pub(super) fn advance_secure(&mut self, now: Timestamp) {
-        let liveness = self.liveness;
+        let liveness = self.roster.liveness();
         let Some(secure) = self.secure.as_mut() else {
             return;
         };

@@ -11,14 +11,14 @@ use tessera_engine::report::round_record;
 use tessera_engine::{Plan, RoundEngine, RoundStatus};
 use tessera_proto::pb;
 
-use super::{Expected, Federation, ModelPart, Phase, Refusal, TaskView, Training};
+use super::{Federation, ModelPart, Phase, Refusal, TaskView, Training};
 use crate::CoordinatorError;
 use crate::store::{RoundClose, Store};
 use crate::telemetry::names;
 
 impl Federation {
     pub(super) fn previous(&self, site: &str) -> (u32, bool) {
-        self.counted.get(site).copied().unwrap_or((0, false))
+        self.roster.previous(site)
     }
 
     /// What `site` should do now; `held` is the round whose model it holds.
@@ -344,15 +344,10 @@ impl Federation {
         }
         // A cohort member that has not been heard of for too long is gone.
         let silent: Vec<String> = self
-            .joined
-            .iter()
+            .roster
+            .stale(now)
+            .into_iter()
             .filter(|s| engine.is_pending(&ParticipantId::new(s.as_str())))
-            .filter(|s| {
-                self.last_seen
-                    .get(*s)
-                    .is_none_or(|&seen| now.since(seen) > self.liveness)
-            })
-            .cloned()
             .collect();
         for site in &silent {
             engine.report_dropout(&ParticipantId::new(site.as_str()));
@@ -364,7 +359,7 @@ impl Federation {
                 site,
                 "liveness",
                 "dropped",
-                &format!("silent for more than {:?}", self.liveness),
+                &format!("silent for more than {:?}", self.roster.liveness()),
             );
             self.version += 1;
         }
@@ -418,8 +413,8 @@ impl Federation {
             },
         )?;
         for site in &cohort {
-            self.counted
-                .insert(site.clone(), (outcome.round, counted.contains(site)));
+            self.roster
+                .record_round(site, outcome.round, counted.contains(site));
         }
         let label = match &outcome.status {
             RoundStatus::Completed => "completed",
@@ -454,7 +449,7 @@ impl Federation {
             None => now.plus(self.evaluation_wait()),
         };
         if self.aggregate_only() {
-            let cohort = self.joined.clone();
+            let cohort = self.roster.joined().clone();
             self.open_secure_evaluation(outcome.round, &cohort, &targets, now);
         }
         self.phase = Phase::Evaluating {
@@ -523,10 +518,7 @@ impl Federation {
 
     /// Adds the plan's robust aggregation and central DP to an engine.
     pub(super) fn protect(&self, engine: RoundEngine) -> Result<RoundEngine, CoordinatorError> {
-        let n = match &self.expected {
-            Expected::Named(names) => names.len(),
-            Expected::Count(n) => *n,
-        };
+        let n = self.roster.expected().len();
         // An aggregator's members are all in every round.
         let cohort = if self.is_aggregator() {
             tessera_engine::DpCohort::Everyone(n)
