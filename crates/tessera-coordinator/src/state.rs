@@ -17,7 +17,7 @@ use tessera_proto::{CAPABILITIES, MAJOR, MINOR, negotiate, pb, required_capabili
 use crate::CoordinatorError;
 use crate::store::{RunRow, Store};
 use crate::telemetry::names;
-use tessera_orchestrator::{Expected, Roster};
+use tessera_orchestrator::{EvaluationRound, Expected, Roster};
 use training_mode::Training;
 
 mod agreement;
@@ -43,13 +43,11 @@ enum Phase {
     Agreeing,
     /// Rounds run (a round is open, or the next one opens when it can).
     Training,
-    /// The global model of `round` is being evaluated.
+    /// The global model of a round is being evaluated.
     Evaluating {
-        round: u32,
-        /// When the evaluation stops waiting.
-        until: Timestamp,
-        targets: BTreeSet<String>,
-        received: BTreeMap<String, Evaluation>,
+        /// Who evaluates it, until when, and what came.
+        evaluation: EvaluationRound,
+        /// The round's record, to complete with the evaluations.
         record: Box<RoundRecord>,
     },
     /// Every round is done.

@@ -12,8 +12,10 @@
 #![deny(missing_docs)]
 
 pub mod effect;
+pub mod evaluation;
 pub mod roster;
 
 pub use effect::{Audit, Effect};
+pub use evaluation::{EvaluationRound, NotAsked, completed};
 pub use roster::{Expected, Roster};
 pub use tessera_core::Timestamp;

@@ -9,11 +9,12 @@ use std::collections::BTreeMap;
 use prost::Message;
 use tessera_core::{ParticipantId, Timestamp, Update};
 use tessera_engine::BufferedEngine;
-use tessera_engine::report::{RoundRecord, mean_site_accuracy};
+use tessera_engine::report::{EvaluationView, RoundRecord};
 use tessera_learn::Evaluation;
+use tessera_orchestrator::completed;
 use tessera_proto::pb;
 
-use super::{Federation, ModelPart, Phase, Refusal, TaskView, Training};
+use super::{EvaluationRound, Federation, ModelPart, Phase, Refusal, TaskView, Training};
 use crate::CoordinatorError;
 use crate::store::{RoundClose, StoreError};
 use crate::telemetry::names;
@@ -220,20 +221,15 @@ impl Federation {
             return Ok(());
         };
         let evaluations: Vec<Evaluation> = received.values().cloned().collect();
-        let pooled = Evaluation::pool(&evaluations);
         let status = if evaluations.is_empty() {
             "completed (not evaluated: the next step came first)".to_string()
         } else {
             record.status.clone()
         };
+        let seconds = record.seconds;
         let record = RoundRecord {
             status,
-            accuracy: pooled.accuracy(),
-            loss: pooled.mean_loss(),
-            mean_site_accuracy: mean_site_accuracy(&evaluations),
-            n_test: pooled.n_examples,
-            auc: pooled.auc,
-            ..*record
+            ..completed(&record, &EvaluationView::clear(&evaluations), seconds)
         };
         let json =
             serde_json::to_string(&record).map_err(|e| StoreError::Damaged(e.to_string()))?;
@@ -277,10 +273,12 @@ impl Federation {
         if let Some((record, received)) = self.step_evaluations.remove(&last) {
             // The final model: everyone evaluates it, as at the end of a sync round.
             self.phase = Phase::Evaluating {
-                round: last,
-                until: now.plus(self.evaluation_wait()),
-                targets: live,
-                received,
+                evaluation: EvaluationRound::resumed(
+                    last,
+                    live,
+                    received,
+                    now.plus(self.evaluation_wait()),
+                ),
                 record,
             };
             self.version += 1;

@@ -5,8 +5,9 @@
 
 use prost::Message;
 use tessera_core::Timestamp;
-use tessera_engine::report::RoundRecord;
+use tessera_engine::report::{EvaluationView, RoundRecord};
 use tessera_learn::Evaluation;
+use tessera_orchestrator::completed;
 use tessera_proto::{convert, pb};
 
 use super::{Federation, Phase, Refusal};
@@ -41,7 +42,7 @@ impl Federation {
         // An evaluation of a model the federation has moved past comes too late
         // to count; it is not an error.
         let current = match &self.phase {
-            Phase::Evaluating { round, .. } => Some(*round),
+            Phase::Evaluating { evaluation, .. } => Some(evaluation.round()),
             _ => self.records.last().map(|r| r.round),
         };
         if current.is_some_and(|c| report.round < c)
@@ -51,10 +52,7 @@ impl Federation {
             return Ok(());
         }
         let Phase::Evaluating {
-            round,
-            targets,
-            received,
-            ..
+            evaluation: open, ..
         } = &mut self.phase
         else {
             return Err(Refusal::Invalid(format!(
@@ -62,21 +60,18 @@ impl Federation {
                 report.round
             )));
         };
-        if *round != report.round || !targets.contains(site) {
-            return Err(Refusal::Invalid(format!(
-                "evaluation for round {} from '{site}', evaluating round {round}",
-                report.round
-            )));
-        }
+        open.check(site, report.round)
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
         if let Err(e) = self
             .store
-            .put_evaluation(&run, *round, site, &report.encode_to_vec())
+            .put_evaluation(&run, open.round(), site, &report.encode_to_vec())
         {
             return Err(Refusal::Invalid(format!(
                 "cannot store the evaluation: {e}"
             )));
         }
-        received.insert(site.to_string(), evaluation);
+        open.receive(site, report.round, evaluation)
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
         self.version += 1;
         self.advance();
         Ok(())
@@ -126,14 +121,8 @@ impl Federation {
         let metrics_epsilon = self.metrics_released.take();
         let mut closed = match &view {
             Some(view) => RoundRecord {
-                accuracy: view.pooled.accuracy(),
-                loss: view.pooled.mean_loss(),
-                mean_site_accuracy: view.mean_site_accuracy,
-                n_test: view.pooled.n_examples,
-                auc: view.pooled.auc,
-                seconds,
                 metrics_epsilon,
-                ..(**record).clone()
+                ..completed(record, view, seconds)
             },
             None => RoundRecord {
                 seconds,
@@ -159,63 +148,47 @@ impl Federation {
             // Stages close on answers, on the silence of those that went
             // quiet, or after the liveness period.
             let silent: Vec<String> = match (&self.phase, &self.secure) {
-                (Phase::Evaluating { targets, .. }, Some(secure)) if secure.evaluation => targets
-                    .iter()
-                    .filter(|s| self.stale(s, now))
-                    .cloned()
-                    .collect(),
+                (Phase::Evaluating { evaluation, .. }, Some(secure)) if secure.evaluation => {
+                    evaluation
+                        .targets()
+                        .iter()
+                        .filter(|s| self.stale(s, now))
+                        .cloned()
+                        .collect()
+                }
                 _ => Vec::new(),
             };
             for site in &silent {
                 self.secure_withdraw(site);
             }
             self.advance_secure(now);
-            let Phase::Evaluating { round, .. } = &self.phase else {
+            let Phase::Evaluating { evaluation, .. } = &self.phase else {
                 return Ok(());
             };
-            return self.step_secure_evaluation(*round);
+            return self.step_secure_evaluation(evaluation.round());
         }
-        let stale: Vec<String> = match &self.phase {
-            Phase::Evaluating {
-                targets,
-                received,
-                until,
-                ..
-            } => targets
-                .iter()
-                .filter(|s| !received.contains_key(*s) && (self.stale(s, now) || now >= *until))
-                .cloned()
-                .collect(),
-            _ => return Ok(()),
+        let Phase::Evaluating { evaluation, .. } = &mut self.phase else {
+            return Ok(());
         };
+        let roster = &self.roster;
+        let stale = evaluation.give_up(now, |s| roster.is_stale(s, now));
         for site in &stale {
             self.audit(site, "evaluation", "missing", "no evaluation in time");
         }
-        let Phase::Evaluating {
-            round,
-            targets,
-            received,
-            record,
-            ..
-        } = &mut self.phase
-        else {
+        let Phase::Evaluating { evaluation, record } = &self.phase else {
             return Ok(());
         };
-        for site in &stale {
-            targets.remove(site);
-        }
-        if !targets.iter().all(|s| received.contains_key(s)) {
+        if !evaluation.is_complete() {
             if !stale.is_empty() {
                 self.version += 1;
             }
             return Ok(());
         }
-        let round = *round;
-        let names: Vec<String> = received.keys().cloned().collect();
-        let evaluations: Vec<Evaluation> = received.values().cloned().collect();
-        let mut closed = round_record_with(
+        let round = evaluation.round();
+        let (names, evaluations) = evaluation.results();
+        let mut closed = completed(
             record,
-            &evaluations,
+            &EvaluationView::clear(&evaluations),
             self.round_started
                 .map_or(0.0, |t| t.elapsed().as_secs_f64()),
         );
@@ -233,23 +206,5 @@ impl Federation {
         self.phase = Phase::Training;
         self.version += 1;
         Ok(())
-    }
-}
-
-/// A round's record completed with the evaluations of its model.
-fn round_record_with(
-    record: &RoundRecord,
-    evaluations: &[Evaluation],
-    seconds: f64,
-) -> RoundRecord {
-    let pooled = Evaluation::pool(evaluations);
-    RoundRecord {
-        accuracy: pooled.accuracy(),
-        loss: pooled.mean_loss(),
-        mean_site_accuracy: tessera_engine::report::mean_site_accuracy(evaluations),
-        n_test: pooled.n_examples,
-        auc: pooled.auc,
-        seconds,
-        ..record.clone()
     }
 }

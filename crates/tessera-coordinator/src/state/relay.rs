@@ -19,7 +19,7 @@ use tessera_engine::report::{RegionReport, RoundRecord, TopologyReport};
 use tessera_learn::Evaluation;
 use tessera_proto::{convert, pb};
 
-use super::{Federation, Phase, RoundEngine, Training};
+use super::{EvaluationRound, Federation, Phase, RoundEngine, Training};
 use crate::CoordinatorError;
 use crate::store::StoreError;
 
@@ -111,7 +111,9 @@ impl Relay {
     /// The model the members evaluate in `phase`, when the parent sent it.
     pub(super) fn evaluating(&self, phase: &Phase) -> Option<Arc<ParameterSet>> {
         match (phase, &self.evaluation) {
-            (Phase::Evaluating { round, .. }, Some((r, model))) if r == round => {
+            (Phase::Evaluating { evaluation, .. }, Some((r, model)))
+                if *r == evaluation.round() =>
+            {
                 Some(Arc::clone(model))
             }
             _ => None,
@@ -290,14 +292,8 @@ impl Federation {
         relay.evaluation = Some((round, global));
         let evaluated = self.records.iter().any(|r| r.round == round);
         match &mut self.phase {
-            Phase::Evaluating {
-                round: r,
-                until,
-                targets: t,
-                ..
-            } if *r == round => {
-                *until = now.plus(wait);
-                *t = targets;
+            Phase::Evaluating { evaluation, .. } if evaluation.round() == round => {
+                evaluation.rewait(targets, now.plus(wait));
             }
             _ if evaluated => {}
             _ => {
@@ -317,10 +313,7 @@ impl Federation {
                     ..RoundRecord::default()
                 };
                 self.phase = Phase::Evaluating {
-                    round,
-                    until: now.plus(wait),
-                    targets,
-                    received: BTreeMap::new(),
+                    evaluation: EvaluationRound::open(round, targets, now.plus(wait)),
                     record: Box::new(record),
                 };
             }
@@ -333,9 +326,10 @@ impl Federation {
     /// for its parent's model.
     pub(super) fn relay_may_evaluate(&self) -> bool {
         match (self.training.relay(), &self.phase) {
-            (Some(relay), Phase::Evaluating { round, .. }) => {
-                relay.evaluation.as_ref().is_some_and(|(r, _)| r == round)
-            }
+            (Some(relay), Phase::Evaluating { evaluation, .. }) => relay
+                .evaluation
+                .as_ref()
+                .is_some_and(|(r, _)| *r == evaluation.round()),
             _ => true,
         }
     }
@@ -384,10 +378,7 @@ impl Federation {
         let round = closed + 1;
         relay.evaluation = Some((round, Arc::new(model)));
         self.phase = Phase::Evaluating {
-            round,
-            until: now.plus(wait),
-            targets,
-            received: BTreeMap::new(),
+            evaluation: EvaluationRound::open(round, targets, now.plus(wait)),
             record: Box::new(RoundRecord {
                 round,
                 status: "regional model".into(),

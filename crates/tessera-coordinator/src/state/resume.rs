@@ -12,7 +12,7 @@ use tessera_engine::{EngineConfig, RoundEngine};
 use tessera_learn::Evaluation;
 use tessera_proto::{convert, pb};
 
-use super::{Federation, Phase, trust};
+use super::{EvaluationRound, Federation, Phase, trust};
 use crate::CoordinatorError;
 use crate::store::StoreError;
 
@@ -105,12 +105,12 @@ impl Federation {
         let until = now.plus(self.evaluation_wait());
         self.resume_rounds(&run, until)?;
         if self.aggregate_only()
-            && let Phase::Evaluating { round, .. } = &self.phase
+            && let Phase::Evaluating { evaluation, .. } = &self.phase
         {
             // The secure sum of that evaluation died with the process (its
             // protocol state is not stored): the round closes without
             // evaluation figures rather than asking for clear ones.
-            let round = *round;
+            let round = evaluation.round();
             self.audit(
                 "-",
                 "secure-evaluation",
@@ -170,10 +170,12 @@ impl Federation {
             } else {
                 let received = self.stored_evaluations(run, round)?;
                 self.phase = Phase::Evaluating {
-                    round,
-                    until,
-                    targets: self.roster.joined().clone(),
-                    received,
+                    evaluation: EvaluationRound::resumed(
+                        round,
+                        self.roster.joined().clone(),
+                        received,
+                        until,
+                    ),
                     record: Box::new(record),
                 };
             }

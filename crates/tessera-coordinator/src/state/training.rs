@@ -2,7 +2,6 @@
 //! recorded (with its local-DP release), and the time-driven steps that open
 //! and close synchronous rounds.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,7 +10,7 @@ use tessera_engine::report::round_record;
 use tessera_engine::{Plan, RoundEngine, RoundStatus};
 use tessera_proto::pb;
 
-use super::{Federation, ModelPart, Phase, Refusal, TaskView, Training};
+use super::{EvaluationRound, Federation, ModelPart, Phase, Refusal, TaskView, Training};
 use crate::CoordinatorError;
 use crate::store::{RoundClose, Store};
 use crate::telemetry::names;
@@ -66,13 +65,9 @@ impl Federation {
                     model,
                 })
             }
-            Phase::Evaluating {
-                round,
-                targets,
-                received,
-                ..
-            } => {
-                if !targets.contains(site) || received.contains_key(site) {
+            Phase::Evaluating { evaluation, .. } => {
+                let round = &evaluation.round();
+                if !evaluation.awaits(site) {
                     return Ok(TaskView::Wait);
                 }
                 // Aggregate-only: a site evaluates once, then waits for the
@@ -453,10 +448,7 @@ impl Federation {
             self.open_secure_evaluation(outcome.round, &cohort, &targets, now);
         }
         self.phase = Phase::Evaluating {
-            round: outcome.round,
-            until,
-            targets,
-            received: BTreeMap::new(),
+            evaluation: EvaluationRound::open(outcome.round, targets, until),
             record: Box::new(record),
         };
         self.version += 1;
