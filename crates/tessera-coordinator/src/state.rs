@@ -17,7 +17,7 @@ use tessera_proto::{CAPABILITIES, MAJOR, MINOR, negotiate, pb, required_capabili
 use crate::CoordinatorError;
 use crate::store::{RunRow, Store};
 use crate::telemetry::names;
-use tessera_orchestrator::{EvaluationRound, Expected, Roster};
+use tessera_orchestrator::{EvaluationRound, Expected, Links, Roster, Traffic};
 use training_mode::Training;
 
 mod agreement;
@@ -25,7 +25,6 @@ mod buffered;
 mod clock;
 mod evaluation;
 mod fatal;
-mod links;
 mod relay;
 mod report;
 mod resume;
@@ -139,17 +138,16 @@ pub struct Federation {
     step_evaluations: BTreeMap<u32, (Box<RoundRecord>, BTreeMap<String, Evaluation>)>,
     /// Asynchronous runs: the newest step each site has evaluated.
     evaluated: BTreeMap<String, u32>,
-    round_started: Option<Instant>,
-    bytes_up: u64,
-    bytes_down: u64,
-    bytes_up_per_site: BTreeMap<String, u64>,
-    /// Of `bytes_up`, the updates' bytes.
-    update_bytes_up: u64,
-    /// Upload codecs, measured bandwidths, the round's traffic per site.
-    links: links::Links,
+    /// When the round (or step) in progress opened, on the run clock.
+    round_started: Option<Timestamp>,
+    /// Bytes up and down: the run's, per site, the round's.
+    traffic: Traffic,
+    /// Upload codecs and measured bandwidths.
+    links: Links,
     /// With a download codec: the model participants hold, and its last change.
     downlink: Option<tessera_engine::Downlink>,
-    started: Instant,
+    /// When this process opened the federation, on the run clock.
+    started: Timestamp,
     version: u64,
     /// Central DP: the secret noise key of this process, drawn from the
     /// operating system when the federation opens and kept in memory only
@@ -317,13 +315,10 @@ impl Federation {
             step_evaluations: BTreeMap::new(),
             evaluated: BTreeMap::new(),
             round_started: None,
-            bytes_up: 0,
-            bytes_down: 0,
-            bytes_up_per_site: BTreeMap::new(),
-            update_bytes_up: 0,
-            links: links::Links::default(),
+            traffic: Traffic::default(),
+            links: Links::default(),
             downlink: None,
-            started: Instant::now(),
+            started: Timestamp::ZERO,
             version: 0,
             noise_key,
             local_ledger: None,
@@ -349,6 +344,7 @@ impl Federation {
             }
             federation.local_ledger = Some(ledger);
         }
+        federation.started = federation.now();
         federation.resume()?;
         if federation.plan.privacy.site_metrics == tessera_privacy::SiteMetrics::Dp {
             // One release per round; those already stored are spent.
@@ -415,6 +411,7 @@ impl Federation {
     /// Reads time from `clock` from now on (tests on virtual time).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self.started = self.now();
         self
     }
 
@@ -463,45 +460,59 @@ impl Federation {
         started: Instant,
     ) {
         self.count_sent_by(site, bytes, Some(codec));
-        self.update_bytes_up += bytes as u64;
+        self.traffic.update_received(bytes as u64);
         if !self.roster.is_joined(site) {
             return;
         }
         metrics::counter!(names::UPDATE_BYTES, "site" => site.to_string(), "codec" => codec.to_string())
             .increment(bytes as u64);
-        self.links
-            .observe_upload(site, bytes, upload_seconds, started);
+        // When its first part came, on the run clock.
+        let now = self.now();
+        let started = Timestamp(
+            now.0
+                .saturating_sub(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)),
+        );
+        if let Some(rate) = self
+            .links
+            .observe_upload(site, bytes, upload_seconds, started)
+        {
+            metrics::gauge!(names::UPLOAD_RATE, "site" => site.to_string()).set(rate);
+        }
     }
 
     fn count_sent_by(&mut self, site: &str, bytes: usize, update: Option<tessera_compress::Codec>) {
         metrics::counter!(names::BYTES_RECEIVED).increment(bytes as u64);
-        self.bytes_up += bytes as u64;
         // Per site only for sites that joined: a name nobody verified gets
         // no counter, label or map entry.
-        if !self.roster.is_joined(site) {
-            return;
+        let member = self.roster.is_joined(site);
+        self.traffic
+            .received(site, bytes as u64, member, update.map(|c| c.to_string()));
+        if member {
+            metrics::counter!(names::SITE_BYTES_RECEIVED, "site" => site.to_string())
+                .increment(bytes as u64);
         }
-        metrics::counter!(names::SITE_BYTES_RECEIVED, "site" => site.to_string())
-            .increment(bytes as u64);
-        *self.bytes_up_per_site.entry(site.to_string()).or_default() += bytes as u64;
-        self.links.count_up(site, bytes as u64, update);
     }
 
     /// Counts bytes sent to `site`.
     pub fn count_down(&mut self, site: &str, bytes: usize) {
         metrics::counter!(names::BYTES_SENT).increment(bytes as u64);
-        self.bytes_down += bytes as u64;
-        if !self.roster.is_joined(site) {
-            return;
+        let member = self.roster.is_joined(site);
+        self.traffic.sent(site, bytes as u64, member);
+        if member {
+            metrics::counter!(names::SITE_BYTES_SENT, "site" => site.to_string())
+                .increment(bytes as u64);
         }
-        metrics::counter!(names::SITE_BYTES_SENT, "site" => site.to_string())
-            .increment(bytes as u64);
-        self.links.count_down(site, bytes as u64);
     }
 
     /// The codec `site`'s update of `round` must use.
     pub fn expected_codec(&self, site: &str, round: u32) -> tessera_compress::Codec {
-        self.links.expected(&self.plan, site, round)
+        self.links.expected(&self.plan.compression, site, round)
+    }
+
+    /// Seconds since the round (or step) in progress opened.
+    fn round_seconds(&self) -> f64 {
+        self.round_started
+            .map_or(0.0, |t| self.now().since(t).as_secs_f64())
     }
 
     /// Records a refused message in the audit log.

@@ -13,9 +13,13 @@
 
 pub mod effect;
 pub mod evaluation;
+pub mod links;
 pub mod roster;
+pub mod traffic;
 
 pub use effect::{Audit, Effect};
 pub use evaluation::{EvaluationRound, NotAsked, completed};
+pub use links::{Links, upload_codec};
 pub use roster::{Expected, Roster};
 pub use tessera_core::Timestamp;
+pub use traffic::{RoundTraffic, Traffic};

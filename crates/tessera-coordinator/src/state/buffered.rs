@@ -91,9 +91,7 @@ impl Federation {
             }
             Ok(Some(step)) => {
                 let (model, _) = buffered.current();
-                let seconds = self
-                    .round_started
-                    .map_or(0.0, |t| t.elapsed().as_secs_f64());
+                let seconds = self.round_seconds();
                 let contributors: Vec<String> = step
                     .contributions
                     .iter()
@@ -154,7 +152,7 @@ impl Federation {
                 );
                 let staleness: Vec<u32> = step.contributions.iter().map(|(_, s)| *s).collect();
                 tracing::info!(step = step.version, ?staleness, "step taken");
-                self.round_started = Some(std::time::Instant::now());
+                self.round_started = Some(now);
                 // Older steps still waiting for evaluations are closed with what came.
                 let older: Vec<u32> = self
                     .step_evaluations

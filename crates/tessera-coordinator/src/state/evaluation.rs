@@ -89,7 +89,7 @@ impl Federation {
         round: u32,
         closed: &mut RoundRecord,
     ) -> Result<(), CoordinatorError> {
-        closed.traffic = std::mem::take(&mut self.links.traffic);
+        closed.traffic = self.traffic.round.take();
         closed.bytes_up = closed.traffic.values().map(|t| t.up).sum();
         closed.bytes_down = closed.traffic.values().map(|t| t.down).sum();
         let record_json =
@@ -115,9 +115,7 @@ impl Federation {
         let Phase::Evaluating { record, .. } = &self.phase else {
             return Ok(());
         };
-        let seconds = self
-            .round_started
-            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let seconds = self.round_seconds();
         let metrics_epsilon = self.metrics_released.take();
         let mut closed = match &view {
             Some(view) => RoundRecord {
@@ -189,8 +187,7 @@ impl Federation {
         let mut closed = completed(
             record,
             &EvaluationView::clear(&evaluations),
-            self.round_started
-                .map_or(0.0, |t| t.elapsed().as_secs_f64()),
+            self.round_seconds(),
         );
         self.store_evaluated(round, &mut closed)?;
         if let Some(relay) = self.training.relay_mut() {

@@ -460,7 +460,7 @@ impl Federation {
             },
         };
         metrics::gauge!(crate::telemetry::names::CURRENT_ROUND).set(f64::from(round));
-        self.round_started = Some(std::time::Instant::now());
+        self.round_started = Some(now);
         self.training.set_rounds(Some(engine));
         // With secure aggregation the members mask their updates; the
         // protocol's state is not stored, so a reopened round starts it again.

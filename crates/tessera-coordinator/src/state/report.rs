@@ -21,14 +21,14 @@ impl Federation {
             .iter()
             .map(|(_, e)| e.clone())
             .collect();
-        let elapsed = self.started.elapsed().as_secs_f64();
+        let elapsed = self.now().since(self.started).as_secs_f64();
         let n_rounds = self.records.len().max(1) as f64;
         let mut rounds = self.records.clone();
         // Rounds without their own traffic (asynchronous steps): the run's
         // traffic spread evenly.
         for r in rounds.iter_mut().filter(|r| r.traffic.is_empty()) {
-            r.bytes_up = self.bytes_up / n_rounds as u64;
-            r.bytes_down = self.bytes_down / n_rounds as u64;
+            r.bytes_up = self.traffic.bytes_up / n_rounds as u64;
+            r.bytes_down = self.traffic.bytes_down / n_rounds as u64;
         }
         let final_metrics = match (&self.last_view, self.aggregate_only()) {
             (Some(view), true) => tessera_engine::report::final_metrics_view(view, BTreeMap::new()),
@@ -94,10 +94,10 @@ impl Federation {
                 virtual_seconds_to_target: None,
             },
             communication: Communication {
-                bytes_up: self.bytes_up,
-                bytes_down: self.bytes_down,
-                bytes_up_per_site: self.bytes_up_per_site.clone(),
-                update_bytes_up: self.update_bytes_up,
+                bytes_up: self.traffic.bytes_up,
+                bytes_down: self.traffic.bytes_down,
+                bytes_up_per_site: self.traffic.bytes_up_per_site.clone(),
+                update_bytes_up: self.traffic.update_bytes_up,
             },
             privacy: match &self.local_ledger {
                 Some(ledger) => Some(

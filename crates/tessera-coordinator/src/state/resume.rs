@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use prost::Message;
 use tessera_core::{ParticipantId, Timestamp};
@@ -131,7 +130,7 @@ impl Federation {
                         tracing::warn!(%site, round, %rejection, "a stored update no longer counts");
                     }
                 }
-                self.round_started = Some(Instant::now());
+                self.round_started = Some(now);
             }
         }
         self.roster.seen_all(now);

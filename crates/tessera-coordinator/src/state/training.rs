@@ -3,7 +3,6 @@
 //! and close synchronous rounds.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tessera_core::{ParameterSet, ParticipantId, Timestamp, Update};
 use tessera_engine::report::round_record;
@@ -39,9 +38,14 @@ impl Federation {
                 let Some(task) = engine.task_for(&id).filter(|_| engine.is_pending(&id)) else {
                     return Ok(TaskView::Wait);
                 };
-                let codec = self
-                    .links
-                    .assign(&self.plan, site, task.round, task.global.n_values());
+                let now = self.now();
+                let codec = self.links.assign(
+                    &self.plan.compression,
+                    site,
+                    task.round,
+                    task.global.n_values(),
+                    now,
+                );
                 let mut header = pb::TaskHeader {
                     round: task.round,
                     kind: pb::TaskKind::Fit as i32,
@@ -324,7 +328,7 @@ impl Federation {
                         .open_round(&run, start.round, &start.cohort, now)?;
                     self.open_secure_round(start.round, &start.cohort, now);
                     metrics::gauge!(names::CURRENT_ROUND).set(f64::from(start.round));
-                    self.round_started = Some(Instant::now());
+                    self.round_started = Some(now);
                     tracing::info!(
                         round = start.round,
                         cohort = start.cohort.len(),
@@ -369,9 +373,7 @@ impl Federation {
         if let Some(down) = self.downlink.as_mut() {
             down.advance(outcome.round, &model)?;
         }
-        let seconds = self
-            .round_started
-            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let seconds = self.round_seconds();
         let record = round_record(&outcome, &[], seconds, 0, 0);
         let record_json =
             serde_json::to_string(&record).map_err(|e| CoordinatorError::Config(e.to_string()))?;
