@@ -17,7 +17,7 @@ use tessera_proto::{CAPABILITIES, MAJOR, MINOR, negotiate, pb, required_capabili
 use crate::CoordinatorError;
 use crate::store::{RunRow, Store};
 use crate::telemetry::names;
-use tessera_orchestrator::{EvaluationRound, Expected, Links, Roster, Traffic};
+use tessera_orchestrator::{EvaluationRound, Expected, Links, Roster, StepEvaluations, Traffic};
 use training_mode::Training;
 
 mod agreement;
@@ -135,9 +135,7 @@ pub struct Federation {
     /// How it trains: rounds, asynchronous steps, or a parent's rounds relayed.
     training: Training,
     /// Asynchronous runs: steps whose evaluations are still coming in.
-    step_evaluations: BTreeMap<u32, (Box<RoundRecord>, BTreeMap<String, Evaluation>)>,
-    /// Asynchronous runs: the newest step each site has evaluated.
-    evaluated: BTreeMap<String, u32>,
+    steps: StepEvaluations,
     /// When the round (or step) in progress opened, on the run clock.
     round_started: Option<Timestamp>,
     /// Bytes up and down: the run's, per site, the round's.
@@ -312,8 +310,7 @@ impl Federation {
             phase: Phase::Agreeing,
             records: Vec::new(),
             last_evaluations: Vec::new(),
-            step_evaluations: BTreeMap::new(),
-            evaluated: BTreeMap::new(),
+            steps: StepEvaluations::default(),
             round_started: None,
             traffic: Traffic::default(),
             links: Links::default(),

@@ -4,8 +4,6 @@
 //! completed it is acknowledged. Each step's model is evaluated by the sites
 //! as they next ask for work; the last one by everyone, as in sync runs.
 
-use std::collections::BTreeMap;
-
 use prost::Message;
 use tessera_core::{ParticipantId, Timestamp, Update};
 use tessera_engine::BufferedEngine;
@@ -26,14 +24,13 @@ impl Federation {
             return TaskView::Wait;
         };
         let (global, version) = buffered.current();
-        let seen = self.evaluated.get(site).copied().unwrap_or(0);
         let header = |kind: pb::TaskKind| pb::TaskHeader {
             round: version,
             kind: kind as i32,
             layout: tessera_proto::layout_of(&global),
             ..Default::default()
         };
-        if version > seen && self.step_evaluations.contains_key(&version) {
+        if self.steps.asks(site, version) {
             return TaskView::Evaluate {
                 header: header(pb::TaskKind::Evaluate),
                 global,
@@ -154,19 +151,12 @@ impl Federation {
                 tracing::info!(step = step.version, ?staleness, "step taken");
                 self.round_started = Some(now);
                 // Older steps still waiting for evaluations are closed with what came.
-                let older: Vec<u32> = self
-                    .step_evaluations
-                    .keys()
-                    .copied()
-                    .filter(|v| *v < step.version)
-                    .collect();
-                for version in older {
+                for version in self.steps.older_than(step.version) {
                     self.finish_step_evaluation(version).map_err(|e| {
                         Refusal::Invalid(format!("cannot store a step's evaluation: {e}"))
                     })?;
                 }
-                self.step_evaluations
-                    .insert(step.version, (Box::new(record), BTreeMap::new()));
+                self.steps.open(step.version, record);
                 self.version += 1;
                 Ok(())
             }
@@ -198,24 +188,23 @@ impl Federation {
         evaluation: Evaluation,
     ) -> Result<(), Refusal> {
         let run = self.run.id.clone();
-        let seen = self.evaluated.entry(site.to_string()).or_insert(0);
-        *seen = (*seen).max(report.round);
-        let Some((_, received)) = self.step_evaluations.get_mut(&report.round) else {
+        self.steps.seen(site, report.round);
+        if !self.steps.is_open(report.round) {
             // A newer step closed this evaluation while the site worked on it:
             // nothing is wrong, the answer simply comes too late to count.
             tracing::debug!(%site, step = report.round, "late evaluation ignored");
             return Ok(());
-        };
+        }
         self.store
             .put_evaluation(&run, report.round, site, &report.encode_to_vec())
             .map_err(|e| Refusal::Invalid(format!("cannot store the evaluation: {e}")))?;
-        received.insert(site.to_string(), evaluation);
+        self.steps.receive(site, report.round, evaluation);
         self.version += 1;
         Ok(())
     }
 
     fn finish_step_evaluation(&mut self, version: u32) -> Result<(), StoreError> {
-        let Some((record, received)) = self.step_evaluations.remove(&version) else {
+        let Some((record, received)) = self.steps.close(version) else {
             return Ok(());
         };
         let evaluations: Vec<Evaluation> = received.values().cloned().collect();
@@ -249,12 +238,7 @@ impl Federation {
     /// hands the final evaluation to the sync machinery, then finishes.
     pub(super) fn async_step(&mut self, now: Timestamp) -> Result<(), CoordinatorError> {
         let live = self.live(now);
-        let complete: Vec<u32> = self
-            .step_evaluations
-            .iter()
-            .filter(|(_, (_, received))| live.iter().all(|s| received.contains_key(s)))
-            .map(|(v, _)| *v)
-            .collect();
+        let complete = self.steps.complete(&live);
         let finished = self
             .training
             .buffered()
@@ -268,7 +252,7 @@ impl Federation {
         if !finished {
             return Ok(());
         }
-        if let Some((record, received)) = self.step_evaluations.remove(&last) {
+        if let Some((record, received)) = self.steps.close(last) {
             // The final model: everyone evaluates it, as at the end of a sync round.
             self.phase = Phase::Evaluating {
                 evaluation: EvaluationRound::resumed(
@@ -336,12 +320,7 @@ impl Federation {
                 continue;
             }
             let received = self.stored_evaluations(run, round)?;
-            for site in received.keys() {
-                let seen = self.evaluated.entry(site.clone()).or_insert(0);
-                *seen = (*seen).max(round);
-            }
-            self.step_evaluations
-                .insert(round, (Box::new(record), received));
+            self.steps.resume(round, record, received);
         }
         let now = self.now();
         self.roster.seen_all(now);
