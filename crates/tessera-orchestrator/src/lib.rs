@@ -15,6 +15,7 @@ pub mod effect;
 pub mod evaluation;
 pub mod links;
 pub mod roster;
+pub mod secure;
 pub mod steps;
 pub mod traffic;
 

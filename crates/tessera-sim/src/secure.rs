@@ -1,5 +1,9 @@
 //! Secure aggregation in simulation: each round's cohort runs a SecAgg+
-//! round in process, and the engine receives only the recovered sum.
+//! round in process, and the engine receives only the recovered sum. The
+//! coordinator's side is the deployment's own
+//! ([`tessera_orchestrator::secure::SecureRound`]: stages, refusals,
+//! recovery and decoding); this file plays the members and delivers their
+//! messages at once, counting the bytes each would send and receive.
 //!
 //! Cohort members that drop out of the round (their simulated dropout, or
 //! failed training) leave after sharing their keys and before sending their
@@ -15,16 +19,15 @@
 //! loss their mean in 2^-16 fixed point.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use rayon::prelude::*;
-use tessera_core::{FitStats, ParameterSet, Update, derive_key};
+use tessera_core::{ParameterSet, Timestamp, Update, derive_key};
 use tessera_engine::Plan;
 use tessera_engine::streams;
+use tessera_orchestrator::secure::{self, Message, Refused};
 use tessera_privacy::clip_to_norm;
-use tessera_secagg::{
-    Client, Ed25519Directory, Ed25519Signer, KeyRing, Metadata, SecAggError, Server,
-    masked_dimension, split_sum,
-};
+use tessera_secagg::{Client, Ed25519Directory, Ed25519Signer, KeyRing, Metadata, SecAggError};
 
 /// What a secure round produced.
 pub(crate) struct SecureRound {
@@ -40,6 +43,15 @@ pub(crate) struct SecureRound {
     pub bytes_down: BTreeMap<usize, u64>,
 }
 
+/// Hands `message` to the round at once, under its sender's name.
+fn deliver(server: &mut secure::SecureRound, message: Message) -> Result<(), SecAggError> {
+    let from = message.from().to_string();
+    server
+        .receive(Timestamp::ZERO, &from, message)
+        .map(drop)
+        .map_err(Refused::into_secagg)
+}
+
 /// Runs one SecAgg+ round for `cohort` (site indices) where `updates` holds
 /// the updates of those who finished training; the others drop mid-round.
 /// `rings` holds each site's key pairs between rounds.
@@ -51,14 +63,11 @@ pub(crate) fn secure_round(
     layout: &ParameterSet,
     rings: &mut [Option<KeyRing>],
 ) -> Result<SecureRound, SecAggError> {
-    let config = &plan.secure_aggregation;
     let ids: Vec<u32> = cohort.iter().map(|&s| s as u32).collect();
-    let graph_seed = plan.secagg_graph_seed(round);
     // With a random-k upload codec, every participant masks the same k
     // coordinates, chosen from the round's shared seed.
     let kept = plan.secure_coordinates(round, layout.n_values());
-    let length = kept.as_ref().map_or(layout.n_values(), Vec::len);
-    let params = config.round_params(round, &ids, graph_seed, masked_dimension(length))?;
+    let params = secure::training_params(plan, round, &ids, layout.n_values())?;
     // What each participant does to its own update before masking.
     if let Some(bound) = plan.masked_update_bound() {
         for update in updates.values_mut() {
@@ -66,7 +75,17 @@ pub(crate) fn secure_round(
         }
     }
 
-    let mut server = Server::new(params.clone())?;
+    // The coordinator's side, as in deployment; the members answer at once,
+    // so no stage waits for its deadline (dropouts are known in advance).
+    let now = Timestamp::ZERO;
+    let members = cohort.iter().map(|&s| (s.to_string(), s as u32)).collect();
+    let (mut server, _) =
+        secure::SecureRound::open(now, round, members, params.clone(), Duration::MAX).map_err(
+            |e| match e {
+                secure::OpenError::Protocol(e) => e,
+                other => SecAggError::Config(other.to_string()),
+            },
+        )?;
     let mut bytes_up: BTreeMap<usize, u64> = BTreeMap::new();
     let mut bytes_down: BTreeMap<usize, u64> = BTreeMap::new();
     let mut clients: Vec<(usize, Client)> = Vec::with_capacity(ids.len());
@@ -101,28 +120,37 @@ pub(crate) fn secure_round(
         )?;
         // Two keys and a signature.
         *bytes_up.entry(site).or_default() += 4 + 64 + keys.signature.len() as u64;
-        server.receive_keys(keys)?;
+        deliver(&mut server, Message::Keys(keys))?;
         clients.push((site, client));
     }
     let shared: Vec<_> = clients
         .par_iter_mut()
-        .map(|(site, client)| client.share_keys(&server.keys_for(*site as u32), &directory))
+        .map(|(site, client)| {
+            client.share_keys(&server.server().keys_for(*site as u32), &directory)
+        })
         .collect::<Result<_, _>>()?;
     for ((site, _), shares) in clients.iter().zip(shared) {
         let size: u64 = shares.shares.iter().map(|(_, c)| 4 + c.len() as u64).sum();
         *bytes_up.entry(*site).or_default() += size;
         // Each neighbour's keys come down to the site before it shares.
         *bytes_down.entry(*site).or_default() += (68 + 64) * params.neighbours as u64;
-        server.receive_shares(shares)?;
+        deliver(&mut server, Message::Shares(shares))?;
     }
     // The shares addressed to each site come down to it.
     for &site in updates.keys() {
         let size: u64 = server
+            .server()
             .shares_for(site as u32)
             .iter()
             .map(|(_, c)| 4 + c.len() as u64)
             .sum();
         *bytes_down.entry(site).or_default() += size;
+    }
+    // Those without an update leave after sharing their keys.
+    for &site in cohort {
+        if !updates.contains_key(&site) {
+            server.withdraw(&site.to_string());
+        }
     }
     let masked: Vec<_> = clients
         .par_iter_mut()
@@ -138,7 +166,7 @@ pub(crate) fn secure_round(
                 train_loss: update.stats.mean_train_loss,
                 n_steps: update.stats.n_steps,
             };
-            Some(client.masked_update(&server.shares_for(*site as u32), &input, &metadata))
+            Some(client.masked_update(&server.server().shares_for(*site as u32), &input, &metadata))
         })
         .collect::<Result<_, _>>()?;
     let mut masked_bytes = BTreeMap::new();
@@ -146,9 +174,10 @@ pub(crate) fn secure_round(
         let size = 4 * m.values.len() as u64 + 8;
         *bytes_up.entry(m.from as usize).or_default() += size;
         masked_bytes.insert(m.from as usize, size);
-        server.receive_masked(m)?;
+        deliver(&mut server, Message::Masked(m))?;
     }
-    let request = server.unmask_request();
+    server.advance(now);
+    let request = server.server().unmask_request();
     for &site in updates.keys() {
         *bytes_down.entry(site).or_default() +=
             4 * (request.survivors.len() + request.dropped.len()) as u64;
@@ -161,10 +190,10 @@ pub(crate) fn secure_round(
         .collect::<Result<_, _>>()?;
     for v in views {
         *bytes_up.entry(v.from as usize).or_default() += 4 + v.signature.len() as u64;
-        server.receive_view(v)?;
+        deliver(&mut server, Message::View(v))?;
     }
     // ...and checks everyone's signatures before revealing any share.
-    let views = server.views();
+    let views = server.server().views();
     let views_size: u64 = views.iter().map(|v| 4 + v.signature.len() as u64).sum();
     let responses: Vec<_> = clients
         .par_iter_mut()
@@ -182,32 +211,17 @@ pub(crate) fn secure_round(
             .map(|(_, s)| 4 + s.len() as u64)
             .sum();
         *bytes_up.entry(r.from as usize).or_default() += size;
-        server.receive_unmask(r)?;
+        deliver(&mut server, Message::Unmask(r))?;
     }
-    let (sum, count) = server.finish()?;
+    server.advance(now);
+    // A round whose sum cannot be recovered leaves its key rings behind.
+    let sum = server.recover(layout, kept.as_deref())?;
     for (site, client) in clients {
         rings[site] = Some(client.into_keys(secret(4, site)));
     }
-    let (summed, meta) = split_sum(&sum, count, &params)?;
-    let summed: Vec<f32> = summed.into_iter().map(|v| v as f32).collect();
-    let values = match &kept {
-        Some(ix) => tessera_compress::scatter(layout.n_values(), ix, &summed),
-        None => summed,
-    };
-    let delta = layout
-        .with_values(&values)
-        .map_err(|e| SecAggError::Config(e.to_string()))?;
     let survivors: Vec<usize> = request.survivors.iter().map(|&s| s as usize).collect();
     Ok(SecureRound {
-        sum: Update {
-            delta,
-            n_examples: meta.n_examples,
-            aux: None,
-            stats: FitStats {
-                n_steps: meta.n_steps,
-                mean_train_loss: meta.mean_train_loss(),
-            },
-        },
+        sum,
         survivors,
         bytes_up,
         masked_bytes,

@@ -6,8 +6,9 @@
 //! protocol's state is not stored: after a coordinator restart the round is
 //! reopened and the cohort trains again (no update was accepted).
 //!
-//! Stages: 1 keys, 2 shares, 3 masked inputs, 4 signed views (the
-//! consistency check), 5 unmasking, 6 done. The coordinator relays: each
+//! Stages, waiting, deadlines, refusals and the decoded sum are the
+//! orchestrator's [`SecureStages`] (the same the simulator drives); this
+//! file is its gRPC and engine glue. The coordinator relays: each
 //! participant checks the parameters against the plan, its neighbours'
 //! signatures against the certificates relayed with the parameters (which it
 //! verifies against the federation CA itself), and the survivors' signed
@@ -20,59 +21,38 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tessera_core::{FitStats, ParticipantId, Timestamp, Update};
+use tessera_core::{ParticipantId, Timestamp};
+use tessera_orchestrator::Effect;
+use tessera_orchestrator::secure::{
+    Message, Poll, Refused, SecureEffect, SecureRound as SecureStages, Stage, training_params,
+};
 use tessera_proto::pb;
 use tessera_proto::pb::sec_agg_reply::State as Reply;
 use tessera_proto::pb::sec_agg_request::Step;
-use tessera_secagg::{
-    AdvertiseKeys, MaskedInput, Server, ShareKeys, SignedView, UnmaskResponse, masked_dimension,
-    split_sum,
-};
+use tessera_secagg::{AdvertiseKeys, MaskedInput, ShareKeys, SignedView, UnmaskResponse};
 
 use super::{Federation, Refusal};
 
 /// A round's secure aggregation in progress.
 pub(super) struct SecureRound {
     pub(super) round: u32,
-    index: BTreeMap<String, u32>,
-    sites: BTreeMap<u32, String>,
-    server: Server,
-    /// 1 keys, 2 shares, 3 masked inputs, 4 signed views, 5 unmasking, 6 done.
-    stage: u32,
-    /// Who is still expected in the current stage, and who has answered.
-    waiting: BTreeSet<u32>,
-    sent: BTreeSet<u32>,
-    stage_started: Timestamp,
+    /// Its stages.
+    stages: SecureStages,
     /// Whether it sums the sites' evaluations (`site_metrics =
     /// "aggregate-only"`) rather than their updates.
     pub(super) evaluation: bool,
-    /// Sites that refused the round (its parameters or views failed their
-    /// checks): neither waited for nor asked again.
-    refused: BTreeSet<String>,
 }
 
 impl SecureRound {
-    /// The names of the sites whose masked input arrived.
-    fn survivor_names(&self) -> Vec<&str> {
-        self.server
-            .unmask_request()
-            .survivors
-            .iter()
-            .filter_map(|i| self.sites.get(i).map(String::as_str))
-            .collect()
-    }
-
     /// Whether `site` took part in this round from its first stage (it has
     /// sent its keys).
     pub(super) fn has_joined(&self, site: &str) -> bool {
-        self.index
-            .get(site)
-            .is_some_and(|id| self.server.has_keys(*id))
+        self.stages.has_joined(site)
     }
 
     /// Whether `site` has refused the round.
     pub(super) fn has_refused(&self, site: &str) -> bool {
-        self.refused.contains(site)
+        self.stages.has_refused(site)
     }
 
     /// Whether it sums evaluations.
@@ -96,6 +76,54 @@ fn key32(bytes: &[u8], what: &str) -> Result<[u8; 32], Refusal> {
     bytes
         .try_into()
         .map_err(|_| Refusal::Invalid(format!("{what} is {} bytes, not 32", bytes.len())))
+}
+
+/// The stage a request's step belongs to (`None` for a poll).
+fn stage_of(step: &Step) -> Option<Stage> {
+    match step {
+        Step::Keys(_) => Some(Stage::Keys),
+        Step::Shares(_) => Some(Stage::Shares),
+        Step::Masked(_) => Some(Stage::Masked),
+        Step::View(_) => Some(Stage::Views),
+        Step::Unmask(_) => Some(Stage::Unmask),
+        Step::Poll(_) => None,
+    }
+}
+
+/// Member `id`'s step as a protocol message.
+fn message_of(id: u32, step: Step) -> Result<Message, Refusal> {
+    Ok(match step {
+        Step::Keys(k) => Message::Keys(AdvertiseKeys {
+            from: id,
+            c_public: key32(&k.c_public, "the encryption key")?,
+            s_public: key32(&k.s_public, "the mask key")?,
+            signature: k.signature,
+        }),
+        Step::Shares(s) => Message::Shares(ShareKeys {
+            from: id,
+            shares: shares_from_pb(s.shares),
+        }),
+        // The clear n_examples, mean_train_loss and n_steps (zero since
+        // 1.5) are ignored: they are in the vector.
+        Step::Masked(m) => Message::Masked(MaskedInput {
+            from: id,
+            values: m.values,
+        }),
+        Step::View(v) => Message::View(SignedView {
+            from: id,
+            signature: v.signature,
+        }),
+        Step::Unmask(u) => Message::Unmask(UnmaskResponse {
+            from: id,
+            seed_shares: shares_from_pb(u.seed_shares),
+            key_shares: shares_from_pb(u.key_shares),
+        }),
+        Step::Poll(want) => {
+            return Err(Refusal::Invalid(format!(
+                "a poll for stage {want} is no message"
+            )));
+        }
+    })
 }
 
 impl Federation {
@@ -123,43 +151,31 @@ impl Federation {
         let Some(n_values) = self.training.rounds().map(|e| e.global().n_values()) else {
             return;
         };
-        // A random-k codec: everyone masks the round's shared coordinates
-        // only; then the metadata (example count, loss, steps) follows.
-        let dimension = masked_dimension(
-            self.plan
-                .secure_coordinates(round, n_values)
-                .map_or(n_values, |kept| kept.len()),
-        );
         let index: BTreeMap<String, u32> = cohort
             .iter()
             .enumerate()
             .map(|(i, p)| (p.as_str().to_string(), i as u32))
             .collect();
         let ids: Vec<u32> = index.values().copied().collect();
-        let made = self
-            .plan
-            .secure_aggregation
-            .round_params(round, &ids, self.plan.secagg_graph_seed(round), dimension)
-            .and_then(Server::new);
+        let made = training_params(&self.plan, round, &ids, n_values)
+            .map_err(|e| e.to_string())
+            .and_then(|params| {
+                SecureStages::open(now, round, index, params, self.roster.liveness())
+                    .map_err(|e| e.to_string())
+            });
         match made {
-            Ok(server) => {
+            Ok((stages, effects)) => {
                 self.secure = Some(SecureRound {
                     round,
-                    sites: index.iter().map(|(s, i)| (*i, s.clone())).collect(),
-                    index,
-                    server,
-                    stage: 1,
-                    waiting: ids.into_iter().collect(),
-                    sent: BTreeSet::new(),
-                    stage_started: now,
+                    stages,
                     evaluation: false,
-                    refused: BTreeSet::new(),
                 });
+                self.apply_secure(effects);
             }
             Err(e) => {
                 // The round cannot be secured (too small a cohort): nobody's update counts.
                 tracing::error!(round, %e, "secure aggregation cannot start");
-                self.audit("-", "secure-aggregation", "failed", &e.to_string());
+                self.audit("-", "secure-aggregation", "failed", &e);
                 if let Some(engine) = self.training.rounds_mut() {
                     for p in cohort {
                         engine.report_dropout(p);
@@ -187,6 +203,11 @@ impl Federation {
             .map(|(i, s)| (s.clone(), i as u32))
             .collect();
         let ids: Vec<u32> = index.values().copied().collect();
+        let absent: Vec<String> = index
+            .keys()
+            .filter(|s| !targets.contains(*s))
+            .cloned()
+            .collect();
         let made = self
             .plan
             .secure_aggregation
@@ -196,26 +217,19 @@ impl Federation {
                 self.plan.secagg_graph_seed(secure_round),
                 tessera_learn::SUMMABLE_LEN,
             )
-            .and_then(Server::new);
-        let absent: Vec<String> = index
-            .keys()
-            .filter(|s| !targets.contains(*s))
-            .cloned()
-            .collect();
+            .map_err(|e| e.to_string())
+            .and_then(|params| {
+                SecureStages::open(now, secure_round, index, params, self.roster.liveness())
+                    .map_err(|e| e.to_string())
+            });
         match made {
-            Ok(server) => {
+            Ok((stages, effects)) => {
                 self.secure = Some(SecureRound {
                     round: secure_round,
-                    sites: index.iter().map(|(s, i)| (*i, s.clone())).collect(),
-                    index,
-                    server,
-                    stage: 1,
-                    waiting: ids.into_iter().collect(),
-                    sent: BTreeSet::new(),
-                    stage_started: now,
+                    stages,
                     evaluation: true,
-                    refused: BTreeSet::new(),
                 });
+                self.apply_secure(effects);
                 // Sites that are not live (they left the run, or went
                 // silent) are in the cohort, as in a training round, and
                 // counted as dropped at once.
@@ -236,6 +250,86 @@ impl Federation {
         }
     }
 
+    /// Carries out what the stages ask: audit entries are written; wakes
+    /// need nothing, as the coordinator's tick advances the stages anyway.
+    fn apply_secure(&self, effects: Vec<SecureEffect>) {
+        for effect in effects {
+            match effect {
+                Effect::Audit(a) => self.audit(
+                    a.site.as_deref().unwrap_or("-"),
+                    "secure-aggregation",
+                    &a.event,
+                    &a.detail,
+                ),
+                Effect::Fatal(reason) => {
+                    tracing::error!(%reason, "secure aggregation cannot go on");
+                }
+                Effect::Wake(_) | Effect::Metric { .. } => {}
+                Effect::Persist(never) => match never {},
+            }
+        }
+    }
+
+    /// The answer to `site`'s poll for stage `want`.
+    fn secure_poll(&self, site: &str, want: u32) -> Result<Reply, Refused> {
+        let Some(secure) = self.secure.as_ref() else {
+            return Ok(Reply::Done(true));
+        };
+        Ok(match secure.stages.poll(site, want)? {
+            Poll::Params(p, id) => {
+                let sites: Vec<String> = p
+                    .participants
+                    .iter()
+                    .map(|i| secure.stages.name_of(*i).unwrap_or_default().to_string())
+                    .collect();
+                let certificates = sites
+                    .iter()
+                    .map(|s| self.certificates.get(s).cloned().unwrap_or_default())
+                    .collect();
+                Reply::Params(pb::SecAggParams {
+                    id,
+                    participants: p.participants.clone(),
+                    neighbours: p.neighbours as u32,
+                    threshold: p.threshold as u32,
+                    graph_seed: p.graph_seed.to_vec(),
+                    dimension: p.dimension as u32,
+                    range: p.range,
+                    sites,
+                    certificates,
+                })
+            }
+            Poll::Keys(keys) => Reply::Keys(pb::SecAggNeighbourKeys {
+                peers: keys.iter().map(|k| k.from).collect(),
+                keys: keys
+                    .into_iter()
+                    .map(|k| pb::SecAggKeys {
+                        c_public: k.c_public.to_vec(),
+                        s_public: k.s_public.to_vec(),
+                        signature: k.signature,
+                    })
+                    .collect(),
+            }),
+            Poll::Shares(shares) => Reply::Shares(pb::SecAggShares {
+                shares: shares_to_pb(shares),
+            }),
+            Poll::Unmask(r) => Reply::Unmask(pb::SecAggUnmaskRequest {
+                survivors: r.survivors,
+                dropped: r.dropped,
+            }),
+            Poll::Views(views) => Reply::Views(pb::SecAggViews {
+                views: views
+                    .into_iter()
+                    .map(|v| pb::SecAggSignedView {
+                        id: v.from,
+                        signature: v.signature,
+                    })
+                    .collect(),
+            }),
+            Poll::Done => Reply::Done(true),
+            Poll::Wait => Reply::Wait(true),
+        })
+    }
+
     /// One `SecureAggregation` request.
     pub fn secure_step(
         &mut self,
@@ -251,149 +345,47 @@ impl Federation {
             // The round is over (or was reopened after a restart): stop.
             return reply(Reply::Done(true));
         };
-        let Some(&id) = secure.index.get(site) else {
+        let Some(id) = secure.stages.id_of(site) else {
             return Err(Refusal::Denied(format!(
                 "site '{site}' is not in round {round}'s cohort"
             )));
         };
-        let outcome: Result<pb::SecAggReply, Refusal> = match step {
+        let outcome = match step {
             None => Err(Refusal::Invalid(
                 "an empty secure-aggregation request".into(),
             )),
-            Some(Step::Poll(want)) => {
-                let server = &secure.server;
-                let state = match want {
-                    1 => {
-                        let p = server.params();
-                        let sites: Vec<String> = p
-                            .participants
-                            .iter()
-                            .map(|i| secure.sites.get(i).cloned().unwrap_or_default())
-                            .collect();
-                        let certificates = sites
-                            .iter()
-                            .map(|s| self.certificates.get(s).cloned().unwrap_or_default())
-                            .collect();
-                        Reply::Params(pb::SecAggParams {
-                            id,
-                            participants: p.participants.clone(),
-                            neighbours: p.neighbours as u32,
-                            threshold: p.threshold as u32,
-                            graph_seed: p.graph_seed.to_vec(),
-                            dimension: p.dimension as u32,
-                            range: p.range,
-                            sites,
-                            certificates,
-                        })
-                    }
-                    2 if secure.stage >= 2 => {
-                        let keys = server.keys_for(id);
-                        Reply::Keys(pb::SecAggNeighbourKeys {
-                            peers: keys.iter().map(|k| k.from).collect(),
-                            keys: keys
-                                .into_iter()
-                                .map(|k| pb::SecAggKeys {
-                                    c_public: k.c_public.to_vec(),
-                                    s_public: k.s_public.to_vec(),
-                                    signature: k.signature,
-                                })
-                                .collect(),
-                        })
-                    }
-                    3 if secure.stage >= 3 => Reply::Shares(pb::SecAggShares {
-                        shares: shares_to_pb(server.shares_for(id)),
-                    }),
-                    4 if secure.stage >= 4 => {
-                        let r = server.unmask_request();
-                        Reply::Unmask(pb::SecAggUnmaskRequest {
-                            survivors: r.survivors,
-                            dropped: r.dropped,
-                        })
-                    }
-                    5 if secure.stage >= 5 => Reply::Views(pb::SecAggViews {
-                        views: server
-                            .views()
-                            .into_iter()
-                            .map(|v| pb::SecAggSignedView {
-                                id: v.from,
-                                signature: v.signature,
-                            })
-                            .collect(),
-                    }),
-                    6 if secure.stage >= 6 => Reply::Done(true),
-                    2..=6 => Reply::Wait(true),
-                    other => {
-                        return Err(Refusal::Invalid(format!("no stage {other} to wait for")));
-                    }
-                };
-                reply(state)
-            }
+            Some(Step::Poll(want)) => match self.secure_poll(site, want) {
+                Ok(state) => reply(state),
+                // A stage that does not exist: refused, not audited.
+                Err(e) => return Err(Refusal::Invalid(e.to_string())),
+            },
             Some(step) => {
-                let stage = match &step {
-                    Step::Keys(_) => 1,
-                    Step::Shares(_) => 2,
-                    Step::Masked(_) => 3,
-                    Step::View(_) => 4,
-                    _ => 5,
-                };
-                if secure.stage != stage || !secure.waiting.contains(&id) {
-                    // Too late: the round goes on without this site.
-                    let detail = format!("round {round}: stage {stage} closed before it answered");
-                    self.audit(site, "secure-aggregation", "late", &detail);
-                    return reply(Reply::Done(true));
-                } else {
-                    let received = match step {
-                        Step::Keys(k) => key32(&k.c_public, "the encryption key").and_then(|c| {
-                            let s = key32(&k.s_public, "the mask key")?;
+                let stage = stage_of(&step).unwrap_or(Stage::Unmask);
+                let before = secure.stages.stage();
+                match secure.stages.awaits(site, stage) {
+                    Err(late @ Refused::Late { .. }) => {
+                        // Too late: the round goes on without this site.
+                        self.apply_secure(vec![late.audit(site)]);
+                        return reply(Reply::Done(true));
+                    }
+                    Err(e) => Err(Refusal::Invalid(e.to_string())),
+                    Ok(_) => {
+                        let received = message_of(id, step).and_then(|message| {
                             secure
-                                .server
-                                .receive_keys(AdvertiseKeys {
-                                    from: id,
-                                    c_public: c,
-                                    s_public: s,
-                                    signature: k.signature,
-                                })
+                                .stages
+                                .receive(now, site, message)
                                 .map_err(|e| Refusal::Invalid(e.to_string()))
-                        }),
-                        Step::Shares(s) => secure
-                            .server
-                            .receive_shares(ShareKeys {
-                                from: id,
-                                shares: shares_from_pb(s.shares),
-                            })
-                            .map_err(|e| Refusal::Invalid(e.to_string())),
-                        // The clear n_examples, mean_train_loss and n_steps
-                        // (zero since 1.5) are ignored: they are in the vector.
-                        Step::Masked(m) => secure
-                            .server
-                            .receive_masked(MaskedInput {
-                                from: id,
-                                values: m.values,
-                            })
-                            .map_err(|e| Refusal::Invalid(e.to_string())),
-                        Step::View(v) => secure
-                            .server
-                            .receive_view(SignedView {
-                                from: id,
-                                signature: v.signature,
-                            })
-                            .map_err(|e| Refusal::Invalid(e.to_string())),
-                        Step::Unmask(u) => secure
-                            .server
-                            .receive_unmask(UnmaskResponse {
-                                from: id,
-                                seed_shares: shares_from_pb(u.seed_shares),
-                                key_shares: shares_from_pb(u.key_shares),
-                            })
-                            .map_err(|e| Refusal::Invalid(e.to_string())),
-                        Step::Poll(_) => Ok(()),
-                    };
-                    received.map(|()| {
-                        secure.sent.insert(id);
-                        pb::SecAggReply {
-                            state: Some(Reply::Wait(true)),
-                        }
-                    })
+                        });
+                        // Each stage it closed is news for those waiting.
+                        let moved = secure.stages.stage().number() - before.number();
+                        self.version += u64::from(moved);
+                        received.map(|effects| {
+                            self.apply_secure(effects);
+                            pb::SecAggReply {
+                                state: Some(Reply::Wait(true)),
+                            }
+                        })
+                    }
                 }
             }
         };
@@ -408,49 +400,32 @@ impl Federation {
     /// it is not waited for, nor given the evaluation again. True when that
     /// round is open and has `site`.
     pub(super) fn secure_evaluation_refused(&mut self, site: &str, secure_round: u32) -> bool {
-        let open = self.secure.as_mut().is_some_and(|secure| {
-            let here = secure.evaluation
-                && secure.round == secure_round
-                && secure.index.contains_key(site);
-            if here {
-                secure.refused.insert(site.to_string());
-            }
-            here
-        });
-        if open {
-            self.secure_withdraw(site);
-        }
-        open
+        self.secure.as_mut().is_some_and(|secure| {
+            secure.evaluation && secure.round == secure_round && secure.stages.refuse(site)
+        })
     }
 
     /// `site` left the open round: the current stage stops waiting for it
     /// (what it already sent in this stage stands).
     pub(super) fn secure_withdraw(&mut self, site: &str) {
-        if let Some(secure) = self.secure.as_mut()
-            && let Some(id) = secure.index.get(site)
-            && !secure.sent.contains(id)
-        {
-            secure.waiting.remove(id);
+        if let Some(secure) = self.secure.as_mut() {
+            secure.stages.withdraw(site);
         }
     }
 
     /// Closes the current stage when everyone in it has answered or the
     /// liveness period is over; after the last one, hands the sum to the engine.
     pub(super) fn advance_secure(&mut self, now: Timestamp) {
-        let liveness = self.roster.liveness();
         let Some(secure) = self.secure.as_mut() else {
             return;
         };
-        while secure.stage < 6 {
-            let all_in = secure.waiting.is_subset(&secure.sent);
-            let timed_out = now.since(secure.stage_started) > liveness;
-            if !all_in && !timed_out {
-                return;
-            }
-            secure.waiting = std::mem::take(&mut secure.sent);
-            secure.stage += 1;
-            secure.stage_started = now;
-            self.version += 1;
+        let before = secure.stages.stage();
+        let effects = secure.stages.advance(now);
+        let after = secure.stages.stage();
+        self.version += u64::from(after.number() - before.number());
+        self.apply_secure(effects);
+        if after != Stage::Done {
+            return;
         }
         let Some(secure) = self.secure.take() else {
             return;
@@ -459,21 +434,22 @@ impl Federation {
             self.finish_secure_evaluation(&secure);
             return;
         }
-        // Keep a finished round around so late polls hear that it is done.
         let round = secure.round;
-        let result = secure
-            .server
-            .finish()
-            .and_then(|(sum, count)| split_sum(&sum, count, secure.server.params()));
-        let recovered = secure.server.unmask_request().dropped.len();
+        let stages = &secure.stages;
+        let Some(global) = self.training.rounds().map(|e| e.global().clone()) else {
+            return;
+        };
+        let kept = self.plan.secure_coordinates(round, global.n_values());
+        let recovered = stages.dropped_names().len();
         // One site's count is hidden; the survivors' sums are bounded by
         // what they declared together.
-        let names = secure.survivor_names();
-        let result = result
+        let names = stages.survivor_names();
+        let result = stages
+            .recover(&global, kept.as_deref())
             .map_err(|e| e.to_string())
-            .and_then(|(values, meta)| {
-                self.check_secure_sums(&names, meta.n_examples, meta.n_steps)
-                    .map(|()| (values, meta))
+            .and_then(|update| {
+                self.check_secure_sums(&names, update.n_examples, update.stats.n_steps)
+                    .map(|()| update)
                     .map_err(|reason| {
                         self.refuse_report(
                             "-",
@@ -486,41 +462,17 @@ impl Federation {
         let Some(engine) = self.training.rounds_mut() else {
             return;
         };
-        let global = engine.global().clone();
+        // Only the survivors' sums: examples and steps are the cohort's
+        // totals (the steps no longer the max), the loss their mean (2^-16
+        // fixed point, clipped to [0, 65,536)).
         let counted = match result {
-            Ok((values, meta)) => {
-                let mut values: Vec<f32> = values.into_iter().map(|v| v as f32).collect();
-                if let Some(kept) = self.plan.secure_coordinates(round, global.n_values()) {
-                    values = tessera_compress::scatter(global.n_values(), &kept, &values);
-                }
-                let delta = global.with_values(&values);
+            Ok(update) => {
                 let contributors: Vec<ParticipantId> =
                     names.iter().map(|name| ParticipantId::new(*name)).collect();
-                match delta {
-                    Ok(delta) => {
-                        // Only the survivors' sums: examples and steps are
-                        // the cohort's totals (the steps no longer the max),
-                        // the loss their mean (2^-16 fixed point, clipped
-                        // to [0, 65,536)).
-                        let update = Update {
-                            delta,
-                            n_examples: meta.n_examples,
-                            aux: None,
-                            stats: FitStats {
-                                n_steps: meta.n_steps,
-                                mean_train_loss: meta.mean_train_loss(),
-                            },
-                        };
-                        match engine.submit_sum(now, round, &contributors, &update) {
-                            Ok(()) => contributors,
-                            Err(e) => {
-                                tracing::warn!(round, %e, "the secure sum was refused");
-                                Vec::new()
-                            }
-                        }
-                    }
+                match engine.submit_sum(now, round, &contributors, &update) {
+                    Ok(()) => contributors,
                     Err(e) => {
-                        tracing::warn!(round, %e, "the secure sum has the wrong layout");
+                        tracing::warn!(round, %e, "the secure sum was refused");
                         Vec::new()
                     }
                 }
@@ -530,7 +482,7 @@ impl Federation {
                 Vec::new()
             }
         };
-        for site in secure.index.keys() {
+        for site in stages.members().keys() {
             let p = ParticipantId::new(site.as_str());
             if !counted.contains(&p) {
                 engine.report_dropout(&p);
@@ -539,7 +491,7 @@ impl Federation {
         let detail = format!(
             "round {round}: the sum of {} of {} updates; the masks of {recovered} that dropped after sharing keys removed",
             counted.len(),
-            secure.index.len()
+            stages.members().len()
         );
         self.audit("-", "secure-aggregation", "completed", &detail);
         self.version += 1;
@@ -550,13 +502,13 @@ impl Federation {
     fn finish_secure_evaluation(&mut self, secure: &SecureRound) {
         let round = secure.round & !tessera_secagg::EVALUATION_ROUND;
         let summed = secure
-            .server
+            .stages
             .finish()
             .map_err(|e| e.to_string())
             .and_then(|(sum, count)| tessera_learn::decode_summable(&sum, count))
             .and_then(|summed| {
                 self.check_secure_evaluation(
-                    &secure.survivor_names(),
+                    &secure.stages.survivor_names(),
                     summed.pooled.n_examples,
                     summed.pooled.loss_sum,
                 )
@@ -568,7 +520,7 @@ impl Federation {
                 format!(
                     "round {round}'s evaluation: the sum of {} of {} sites' evaluations ({} test rows)",
                     summed.sites,
-                    secure.index.len(),
+                    secure.stages.members().len(),
                     summed.pooled.n_examples
                 ),
                 Some(tessera_engine::report::EvaluationView::summed(&summed)),
@@ -593,7 +545,7 @@ impl Federation {
                                 "round {round}'s evaluation: the sum of {} of {} sites' evaluations, \
                                  noised (metrics epsilon {epsilon:.4} of {})",
                                 summed.sites,
-                                secure.index.len(),
+                                secure.stages.members().len(),
                                 dp.budget()
                             ),
                             Some(view),
