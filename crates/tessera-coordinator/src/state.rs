@@ -17,41 +17,24 @@ use tessera_proto::{CAPABILITIES, MAJOR, MINOR, negotiate, pb, required_capabili
 use crate::CoordinatorError;
 use crate::store::{RunRow, RunStore};
 use crate::telemetry::names;
+use tessera_orchestrator::{EvaluationRound, Expected, Links, Roster, StepEvaluations, Traffic};
+use training_mode::Training;
 
 mod agreement;
 mod buffered;
 mod clock;
 mod evaluation;
 mod fatal;
-mod links;
 mod relay;
 mod report;
 mod resume;
 pub mod secure;
 mod training;
+mod training_mode;
 pub mod trust;
 
 pub use clock::{Clock, ManualClock, REFUSALS_PER_SECOND, SystemClock};
 use clock::{RefusalBudget, unix_micros};
-
-/// Who must offer before the data agreement closes.
-#[derive(Debug, Clone)]
-enum Expected {
-    /// The plan's sites, by name.
-    Named(BTreeSet<String>),
-    /// This many sites, whoever they are.
-    Count(usize),
-}
-
-impl Expected {
-    /// How many.
-    fn len(&self) -> usize {
-        match self {
-            Expected::Named(names) => names.len(),
-            Expected::Count(n) => *n,
-        }
-    }
-}
 
 #[derive(Debug)]
 enum Phase {
@@ -59,13 +42,11 @@ enum Phase {
     Agreeing,
     /// Rounds run (a round is open, or the next one opens when it can).
     Training,
-    /// The global model of `round` is being evaluated.
+    /// The global model of a round is being evaluated.
     Evaluating {
-        round: u32,
-        /// When the evaluation stops waiting.
-        until: Timestamp,
-        targets: BTreeSet<String>,
-        received: BTreeMap<String, Evaluation>,
+        /// Who evaluates it, until when, and what came.
+        evaluation: EvaluationRound,
+        /// The round's record, to complete with the evaluations.
         record: Box<RoundRecord>,
     },
     /// Every round is done.
@@ -144,35 +125,27 @@ pub struct Federation {
     run: RunRow,
     plan: Plan,
     store: Box<dyn RunStore>,
-    expected: Expected,
-    joined: BTreeSet<String>,
-    last_seen: BTreeMap<String, Timestamp>,
+    /// Who is expected, who joined, who is live, who counted.
+    roster: Roster,
     kinds: Option<ColumnKinds>,
     agreement: Option<Agreement>,
-    engine: Option<RoundEngine>,
     phase: Phase,
     records: Vec<RoundRecord>,
     last_evaluations: Vec<(String, Evaluation)>,
-    /// Per site: the last closed round it was in the cohort of, and whether its update counted.
-    counted: BTreeMap<String, (u32, bool)>,
-    liveness: Duration,
-    /// Asynchronous runs: the buffered engine instead of rounds.
-    buffered: Option<tessera_engine::BufferedEngine>,
+    /// How it trains: rounds, asynchronous steps, or a parent's rounds relayed.
+    training: Training,
     /// Asynchronous runs: steps whose evaluations are still coming in.
-    step_evaluations: BTreeMap<u32, (Box<RoundRecord>, BTreeMap<String, Evaluation>)>,
-    /// Asynchronous runs: the newest step each site has evaluated.
-    evaluated: BTreeMap<String, u32>,
-    round_started: Option<Instant>,
-    bytes_up: u64,
-    bytes_down: u64,
-    bytes_up_per_site: BTreeMap<String, u64>,
-    /// Of `bytes_up`, the updates' bytes.
-    update_bytes_up: u64,
-    /// Upload codecs, measured bandwidths, the round's traffic per site.
-    links: links::Links,
+    steps: StepEvaluations,
+    /// When the round (or step) in progress opened, on the run clock.
+    round_started: Option<Timestamp>,
+    /// Bytes up and down: the run's, per site, the round's.
+    traffic: Traffic,
+    /// Upload codecs and measured bandwidths.
+    links: Links,
     /// With a download codec: the model participants hold, and its last change.
     downlink: Option<tessera_engine::Downlink>,
-    started: Instant,
+    /// When this process opened the federation, on the run clock.
+    started: Timestamp,
     version: u64,
     /// Central DP, where it runs here: whom its noise is calibrated for, and
     /// the secret noise key of this process, drawn from the operating system
@@ -207,8 +180,6 @@ pub struct Federation {
     odd_offers: BTreeMap<String, String>,
     /// Rows each site declared at agreement: the bounds of its reports.
     declared: BTreeMap<String, trust::Declared>,
-    /// An aggregator of a hierarchical run: rounds come from its parent.
-    relay: Option<relay::Relay>,
     /// Where time is read.
     clock: Arc<dyn Clock>,
 }
@@ -338,32 +309,28 @@ impl Federation {
         privacy
             .restore(&store.privacy_ledger(&run.id)?)
             .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+        let relay = node.map(|name| {
+            let (depth, sites) = place.unwrap_or_default();
+            relay::Relay::new(name, depth, sites)
+        });
+        let training = Training::of_plan(&plan, relay);
         let mut federation = Self {
+            training,
             run,
             plan,
             store,
-            expected,
-            joined: BTreeSet::new(),
-            last_seen: BTreeMap::new(),
+            roster: Roster::new(expected, liveness),
             kinds: None,
             agreement: None,
-            engine: None,
             phase: Phase::Agreeing,
             records: Vec::new(),
             last_evaluations: Vec::new(),
-            counted: BTreeMap::new(),
-            liveness,
-            buffered: None,
-            step_evaluations: BTreeMap::new(),
-            evaluated: BTreeMap::new(),
+            steps: StepEvaluations::default(),
             round_started: None,
-            bytes_up: 0,
-            bytes_down: 0,
-            bytes_up_per_site: BTreeMap::new(),
-            update_bytes_up: 0,
-            links: links::Links::default(),
+            traffic: Traffic::default(),
+            links: Links::default(),
             downlink: None,
-            started: Instant::now(),
+            started: Timestamp::ZERO,
             version: 0,
             central_dp,
             privacy,
@@ -376,12 +343,9 @@ impl Federation {
             refusals: RefusalBudget::default(),
             stopped: None,
             fatal: None,
-            relay: node.map(|name| {
-                let (depth, sites) = place.unwrap_or_default();
-                relay::Relay::new(name, depth, sites)
-            }),
             clock: Arc::new(SystemClock),
         };
+        federation.started = federation.now();
         federation.resume()?;
         // DP metrics: one release per round; those already stored are spent.
         let released = federation
@@ -399,16 +363,14 @@ impl Federation {
     /// How often participants must show they are alive: a quarter of the
     /// liveness period, so that three missed signs still leave a margin.
     pub fn heartbeat_interval(&self) -> Duration {
-        (self.liveness / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+        self.roster.heartbeat_interval()
     }
 
     /// How long an evaluation waits for answers: the round deadline, or ten
     /// liveness periods without one. A site that answers in time counts.
     fn evaluation_wait(&self) -> Duration {
-        self.plan
-            .federation
-            .deadline_seconds
-            .map_or(self.liveness * 10, tessera_core::duration_from_secs)
+        self.roster
+            .evaluation_wait(self.plan.federation.deadline_seconds)
     }
 
     /// The run's id.
@@ -444,12 +406,13 @@ impl Federation {
     /// Reads time from `clock` from now on (tests on virtual time).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self.started = self.now();
         self
     }
 
     fn touch(&mut self, site: &str) {
         let now = self.now();
-        self.last_seen.insert(site.to_string(), now);
+        self.roster.seen(site, now);
     }
 
     fn audit(&self, site: &str, action: &str, outcome: &str, detail: &str) {
@@ -492,45 +455,59 @@ impl Federation {
         started: Instant,
     ) {
         self.count_sent_by(site, bytes, Some(codec));
-        self.update_bytes_up += bytes as u64;
-        if !self.joined.contains(site) {
+        self.traffic.update_received(bytes as u64);
+        if !self.roster.is_joined(site) {
             return;
         }
         metrics::counter!(names::UPDATE_BYTES, "site" => site.to_string(), "codec" => codec.to_string())
             .increment(bytes as u64);
-        self.links
-            .observe_upload(site, bytes, upload_seconds, started);
+        // When its first part came, on the run clock.
+        let now = self.now();
+        let started = Timestamp(
+            now.0
+                .saturating_sub(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)),
+        );
+        if let Some(rate) = self
+            .links
+            .observe_upload(site, bytes, upload_seconds, started)
+        {
+            metrics::gauge!(names::UPLOAD_RATE, "site" => site.to_string()).set(rate);
+        }
     }
 
     fn count_sent_by(&mut self, site: &str, bytes: usize, update: Option<tessera_compress::Codec>) {
         metrics::counter!(names::BYTES_RECEIVED).increment(bytes as u64);
-        self.bytes_up += bytes as u64;
         // Per site only for sites that joined: a name nobody verified gets
         // no counter, label or map entry.
-        if !self.joined.contains(site) {
-            return;
+        let member = self.roster.is_joined(site);
+        self.traffic
+            .received(site, bytes as u64, member, update.map(|c| c.to_string()));
+        if member {
+            metrics::counter!(names::SITE_BYTES_RECEIVED, "site" => site.to_string())
+                .increment(bytes as u64);
         }
-        metrics::counter!(names::SITE_BYTES_RECEIVED, "site" => site.to_string())
-            .increment(bytes as u64);
-        *self.bytes_up_per_site.entry(site.to_string()).or_default() += bytes as u64;
-        self.links.count_up(site, bytes as u64, update);
     }
 
     /// Counts bytes sent to `site`.
     pub fn count_down(&mut self, site: &str, bytes: usize) {
         metrics::counter!(names::BYTES_SENT).increment(bytes as u64);
-        self.bytes_down += bytes as u64;
-        if !self.joined.contains(site) {
-            return;
+        let member = self.roster.is_joined(site);
+        self.traffic.sent(site, bytes as u64, member);
+        if member {
+            metrics::counter!(names::SITE_BYTES_SENT, "site" => site.to_string())
+                .increment(bytes as u64);
         }
-        metrics::counter!(names::SITE_BYTES_SENT, "site" => site.to_string())
-            .increment(bytes as u64);
-        self.links.count_down(site, bytes as u64);
     }
 
     /// The codec `site`'s update of `round` must use.
     pub fn expected_codec(&self, site: &str, round: u32) -> tessera_compress::Codec {
-        self.links.expected(&self.plan, site, round)
+        self.links.expected(&self.plan.compression, site, round)
+    }
+
+    /// Seconds since the round (or step) in progress opened.
+    fn round_seconds(&self) -> f64 {
+        self.round_started
+            .map_or(0.0, |t| self.now().since(t).as_secs_f64())
     }
 
     /// Records a refused message in the audit log.
@@ -576,21 +553,19 @@ impl Federation {
                 return Err(Refusal::Invalid(e.to_string()));
             }
         };
-        if let Expected::Named(names) = &self.expected
-            && !names.contains(site)
-        {
+        if !self.roster.expected().admits(site) {
             let reason = format!("site '{site}' is not among the plan's sites");
             self.audit(site, "join", "refused", &reason);
             return Err(Refusal::Denied(reason));
         }
-        if self.joined.insert(site.to_string()) {
+        if self.roster.join(site) {
             let now = self.now();
             if let Err(e) = self.store.add_participant(&self.run.id, site, now) {
                 // Not joined until recorded: its retry records it.
-                self.joined.remove(site);
+                self.roster.unjoin(site);
                 return Err(unavailable(format!("cannot record the participant: {e}")));
             }
-            if let Some(engine) = self.engine.as_mut() {
+            if let Some(engine) = self.training.rounds_mut() {
                 engine.register(ParticipantId::new(site));
             }
             self.audit(
@@ -624,7 +599,7 @@ impl Federation {
     /// fatally, and `site` has joined.
     fn require_joined(&self, site: &str) -> Result<(), Refusal> {
         self.refuse_if_fatal()?;
-        if self.joined.contains(site) {
+        if self.roster.is_joined(site) {
             Ok(())
         } else {
             Err(Refusal::Denied(format!("site '{site}' has not joined")))
@@ -635,13 +610,12 @@ impl Federation {
     pub fn heartbeat(&mut self, site: &str, round: u32) -> Result<bool, Refusal> {
         self.require_joined(site)?;
         self.touch(site);
-        if let Some(buffered) = &self.buffered {
-            return Ok(!buffered.is_finished());
-        }
-        let engine = self.engine.as_ref();
-        Ok(engine.is_some_and(|e| {
-            e.open_round() == Some(round) && e.is_pending(&ParticipantId::new(site))
-        }))
+        Ok(match &self.training {
+            Training::Async(buffered) => buffered.as_ref().is_some_and(|b| !b.is_finished()),
+            Training::Sync(_) | Training::Relay(_) => self.training.rounds().is_some_and(|e| {
+                e.open_round() == Some(round) && e.is_pending(&ParticipantId::new(site))
+            }),
+        })
     }
 
     /// `site` leaves round `round` without an update, and with `leaving`
@@ -674,18 +648,15 @@ impl Federation {
             return Ok(refused);
         }
         let id = ParticipantId::new(site);
-        let synchronous = self.buffered.is_none();
-        let withdrawn = synchronous
-            && self.engine.as_mut().is_some_and(|engine| {
-                // A site leaving the run leaves whichever round is open (it
-                // may not know which: it failed before its first task).
-                let waiting =
-                    (engine.open_round() == Some(round) || leaving) && engine.is_pending(&id);
-                if waiting {
-                    engine.report_dropout(&id);
-                }
-                waiting
-            });
+        let withdrawn = self.training.rounds_mut().is_some_and(|engine| {
+            // A site leaving the run leaves whichever round is open (it
+            // may not know which: it failed before its first task).
+            let waiting = (engine.open_round() == Some(round) || leaving) && engine.is_pending(&id);
+            if waiting {
+                engine.report_dropout(&id);
+            }
+            waiting
+        });
         if withdrawn {
             self.secure_withdraw(site);
         }
@@ -696,7 +667,7 @@ impl Federation {
         if leaving {
             // Not live any more: later rounds drop it at once, evaluations
             // do not wait for it, until it asks for a task again.
-            self.last_seen.remove(site);
+            self.roster.left(site);
         } else {
             self.touch(site);
         }
@@ -720,26 +691,20 @@ impl Federation {
 
     /// The joined sites heard from within the liveness period.
     fn live(&self, now: Timestamp) -> BTreeSet<String> {
-        self.joined
-            .iter()
-            .filter(|s| !self.stale(s, now))
-            .cloned()
-            .collect()
+        self.roster.live(now)
     }
 
     fn stale(&self, site: &str, now: Timestamp) -> bool {
-        self.last_seen
-            .get(site)
-            .is_none_or(|&seen| now.since(seen) > self.liveness)
+        self.roster.is_stale(site, now)
     }
 
     /// Time-driven and event-driven transitions: opens rounds, drops silent
     /// participants, closes rounds at their deadline, finishes evaluations.
     pub fn advance(&mut self) {
         let now = self.now();
-        let connected = self.joined.iter().filter(|s| !self.stale(s, now)).count();
+        let connected = self.roster.live(now).len();
         metrics::gauge!(names::CONNECTED).set(connected as f64);
-        metrics::gauge!(names::JOINED).set(self.joined.len() as f64);
+        metrics::gauge!(names::JOINED).set(self.roster.joined().len() as f64);
         for _ in 0..8 {
             let before = self.version;
             match self.step() {
@@ -767,7 +732,7 @@ impl Federation {
         match &self.phase {
             _ if self.fatal.is_some() => Ok(()),
             Phase::Agreeing | Phase::Finished => Ok(()),
-            Phase::Training if self.buffered.is_some() => self.async_step(now),
+            Phase::Training if self.training.is_async() => self.async_step(now),
             Phase::Training => self.step_training(now),
             Phase::Evaluating { .. } => self.step_evaluating(now),
         }

@@ -12,9 +12,19 @@
 #![deny(missing_docs)]
 
 pub mod effect;
+pub mod evaluation;
+pub mod links;
 pub mod privacy;
+pub mod roster;
 pub mod secure;
+pub mod steps;
+pub mod traffic;
 
 pub use effect::{Audit, Effect};
+pub use evaluation::{EvaluationRound, NotAsked, completed};
+pub use links::{Links, upload_codec};
 pub use privacy::{LedgerRow, LocalReport, Place, PrivacyBook};
+pub use roster::{Expected, Roster};
+pub use steps::{ClosedStep, StepEvaluations};
 pub use tessera_core::Timestamp;
+pub use traffic::{RoundTraffic, Traffic};

@@ -8,9 +8,10 @@ use std::time::Instant;
 use tessera_aggregate::Instructions;
 use tessera_core::{ParameterSet, ParticipantId, Timestamp};
 use tessera_data::FederatedData;
-use tessera_engine::report::{RoundRecord, mean_site_accuracy};
+use tessera_engine::report::{EvaluationView, RoundRecord};
 use tessera_engine::{BufferedEngine, FitTask, Plan};
 use tessera_learn::Evaluation;
+use tessera_orchestrator::completed;
 
 use crate::SimError;
 use crate::profile::examples_per_round;
@@ -173,21 +174,14 @@ pub(crate) fn run_async(
             bytes_up_per_site[site] += size;
             bytes_down += 32 + global.wire_len() as u64;
         }
-        let pooled = Evaluation::pool(&evaluations);
         let record = RoundRecord {
             round: step.version,
             status: "completed".into(),
-            accuracy: pooled.accuracy(),
-            loss: pooled.mean_loss(),
-            mean_site_accuracy: mean_site_accuracy(&evaluations),
-            n_test: pooled.n_examples,
-            auc: pooled.auc,
             train_loss: step.mean_train_loss,
             accepted: step.contributions.len(),
             stragglers: 0,
             dropped: std::mem::take(&mut dropped),
             rejected: std::mem::take(&mut rejected),
-            seconds: wall.elapsed().as_secs_f64(),
             virtual_seconds: now.since(last_step_at).as_secs_f64(),
             virtual_time: now.as_secs_f64(),
             bytes_up: std::mem::take(&mut bytes_up),
@@ -197,7 +191,13 @@ pub(crate) fn run_async(
             epsilon: None,
             clip_norm: None,
             metrics_epsilon: None,
+            ..RoundRecord::default()
         };
+        let record = completed(
+            &record,
+            &EvaluationView::pooled(&evaluations),
+            wall.elapsed().as_secs_f64(),
+        );
         wall = Instant::now();
         last_step_at = now;
         observer(&record);

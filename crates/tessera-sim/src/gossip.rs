@@ -13,9 +13,10 @@ use std::time::Instant;
 use rayon::prelude::*;
 use tessera_core::{ParameterSet, Timestamp};
 use tessera_data::FederatedData;
-use tessera_engine::report::{RoundRecord, SiteTraffic, TopologyReport, mean_site_accuracy};
+use tessera_engine::report::{EvaluationView, RoundRecord, SiteTraffic, TopologyReport};
 use tessera_engine::{EngineError, FitTask, Plan, gossip_neighbours};
 use tessera_learn::Evaluation;
+use tessera_orchestrator::completed;
 
 use crate::SimError;
 use crate::profile::examples_per_round;
@@ -143,22 +144,15 @@ pub(crate) fn run_gossip(
                 last_evaluations[i] = e;
             }
         }
-        let pooled = Evaluation::pool(&living_evaluations);
         let bytes: u64 = traffic.values().map(|t| t.up).sum();
         let record = RoundRecord {
             round,
             status: "completed".into(),
-            accuracy: pooled.accuracy(),
-            loss: pooled.mean_loss(),
-            mean_site_accuracy: mean_site_accuracy(&living_evaluations),
-            n_test: pooled.n_examples,
-            auc: pooled.auc,
             train_loss: 0.0,
             accepted: living_evaluations.len(),
             stragglers: 0,
             dropped: alive.iter().filter(|a| !**a).count(),
             rejected: 0,
-            seconds: wall.elapsed().as_secs_f64(),
             virtual_seconds: now.since(opened).as_secs_f64(),
             virtual_time: now.as_secs_f64(),
             bytes_up: bytes,
@@ -168,7 +162,13 @@ pub(crate) fn run_gossip(
             epsilon: None,
             clip_norm: None,
             metrics_epsilon: None,
+            ..RoundRecord::default()
         };
+        let record = completed(
+            &record,
+            &EvaluationView::pooled(&living_evaluations),
+            wall.elapsed().as_secs_f64(),
+        );
         observer(&record);
         records.push(record);
     }

@@ -18,12 +18,12 @@ use thiserror::Error;
 use crate::baselines::run_baselines;
 use crate::profile::{Profile, examples_per_round};
 use tessera_engine::report::{
-    Communication, PrivacyReport, RobustnessReport, RoundRecord, RunReport, SiteTraffic, Timing,
-    final_metrics,
+    Communication, PrivacyReport, RobustnessReport, RoundRecord, RunReport, Timing, final_metrics,
 };
 use tessera_engine::streams;
 use tessera_orchestrator::Effect;
 use tessera_orchestrator::privacy::{LocalReport, Place, PrivacyBook};
+use tessera_orchestrator::{RoundTraffic, upload_codec};
 
 use crate::Attack;
 
@@ -443,13 +443,9 @@ fn run_sync(
                     .tensors()
                     .map_or(0, |t| t.wire_len() as u64)
         };
-        let mut bytes_down = 0u64;
-        let mut bytes_up = 0u64;
-        let mut traffic: BTreeMap<String, SiteTraffic> = BTreeMap::new();
+        let mut traffic = RoundTraffic::default();
         for id in &start.cohort {
-            let down = task_bytes(id);
-            bytes_down += down;
-            traffic.entry(id.to_string()).or_default().down += down;
+            traffic.down(id.as_str(), task_bytes(id));
         }
         let mut site_errors = Vec::new();
 
@@ -467,15 +463,13 @@ fn run_sync(
                 .plus(profile.transfer_time(task_bytes(id)));
             // The upload codec: the plan's, or the ladder's choice for this
             // site's bandwidth and what is left of the target round time.
-            let codec = match &compression.adaptive {
-                Some(adaptive) => {
-                    let spent = received.since(now) + compute + profile.latency();
-                    let left = adaptive.target_round_seconds - spent.as_secs_f64();
-                    let ladder = adaptive.ladder();
-                    ladder.get(ladder.choose(n_values, profile.bandwidth, left))
-                }
-                None => compression.upload,
-            };
+            let spent = received.since(now) + compute + profile.latency();
+            let codec = upload_codec(
+                compression,
+                n_values,
+                profile.bandwidth,
+                spent.as_secs_f64(),
+            );
             codecs[site] = codec;
             let upload = profile.transfer_time(32 + codec.max_encoded_len(n_values) as u64);
             let event = match profile.drops_out(plan.seed, round, id.as_str()) {
@@ -544,9 +538,8 @@ fn run_sync(
                             a.corrupt(&mut update, plan.seed, round, event.site);
                         }
                         let codec = codecs[event.site];
-                        let entry = traffic.entry(id.to_string()).or_default();
                         let encoded = (!codec.is_identity()).then(|| {
-                            entry.codec = Some(codec.to_string());
+                            traffic.codec(id.as_str(), codec.to_string());
                             let shared = secure.then(|| plan.shared_codec_seed(round));
                             lock(&sites[event.site]).encode_update(
                                 &mut update,
@@ -563,9 +556,7 @@ fn run_sync(
                             Some(bytes) => update.wire_len_compressed(bytes.len()),
                             None => update.wire_len(),
                         } as u64;
-                        entry.up += size;
-                        entry.update += size;
-                        bytes_up += size;
+                        traffic.update(id.as_str(), size, None);
                         bytes_up_per_site[event.site] += size;
                         // A rejection is recorded by the engine and reported in the outcome.
                         let _ = engine.submit(event.at, id, round, &update);
@@ -593,16 +584,14 @@ fn run_sync(
             ) {
                 Ok(result) => {
                     for (&site, &size) in &result.bytes_up {
-                        bytes_up += size;
                         bytes_up_per_site[site] += size;
-                        traffic.entry(ids[site].to_string()).or_default().up += size;
+                        traffic.up(ids[site].as_str(), size);
                     }
                     for (&site, &size) in &result.masked_bytes {
-                        traffic.entry(ids[site].to_string()).or_default().update += size;
+                        traffic.update_within(ids[site].as_str(), size);
                     }
                     for (&site, &size) in &result.bytes_down {
-                        bytes_down += size;
-                        traffic.entry(ids[site].to_string()).or_default().down += size;
+                        traffic.down(ids[site].as_str(), size);
                     }
                     let survivors: Vec<ParticipantId> =
                         result.survivors.iter().map(|&s| ids[s].clone()).collect();
@@ -646,14 +635,11 @@ fn run_sync(
             model_down = (32 + 1 + tessera_core::varint_len(bytes as u64) + bytes) as u64;
         }
         let evaluations: Vec<Evaluation> = evaluate_all(&sites, data, &global)?;
-        bytes_down += model_down * sites.len() as u64;
         for (site, e) in evaluations.iter().enumerate() {
             let size = e.wire_len() as u64;
-            bytes_up += size;
             bytes_up_per_site[site] += size;
-            let entry = traffic.entry(ids[site].to_string()).or_default();
-            entry.up += size;
-            entry.down += model_down;
+            traffic.up(ids[site].as_str(), size);
+            traffic.down(ids[site].as_str(), model_down);
         }
         // What the coordinator would see of the evaluations (only their sum
         // across sites under `site_metrics = "aggregate-only"`).
@@ -684,12 +670,12 @@ fn run_sync(
             &outcome,
             &view,
             wall.elapsed().as_secs_f64(),
-            bytes_up,
-            bytes_down,
+            traffic.bytes_up(),
+            traffic.bytes_down(),
         );
         site_errors.sort();
         record.site_errors = site_errors;
-        record.traffic = traffic;
+        record.traffic = traffic.take();
         record.metrics_epsilon = metrics_epsilon;
         observer(&record);
         records.push(record);

@@ -16,7 +16,7 @@ use tessera_engine::PlanBuild;
 use tessera_engine::{EngineConfig, RoundEngine};
 use tessera_proto::{convert, pb};
 
-use super::{Expected, Federation, Phase, Refusal, trust, unavailable};
+use super::{Federation, Phase, Refusal, Training, trust, unavailable};
 use crate::store::{AgreementStep, Offers, StoreError};
 
 impl Federation {
@@ -25,11 +25,8 @@ impl Federation {
         step: AgreementStep,
     ) -> Result<Option<Offers>, StoreError> {
         let offers = self.store.offers(&self.run.id, step)?;
-        let offered: BTreeSet<&String> = offers.iter().map(|(s, _)| s).collect();
-        let complete = match &self.expected {
-            Expected::Named(names) => names.iter().all(|n| offered.contains(n)),
-            Expected::Count(n) => offered.len() >= *n,
-        };
+        let offered: BTreeSet<&str> = offers.iter().map(|(s, _)| s.as_str()).collect();
+        let complete = self.roster.expected().complete(&offered);
         Ok(complete.then_some(offers))
     }
 
@@ -60,7 +57,7 @@ impl Federation {
             )
             .map_err(unavailable)?;
         let _ = parsed;
-        if self.relay.is_some() {
+        if self.is_aggregator() {
             // The members' merged offer goes up; the parent's kinds come back.
             self.version += 1;
             return Ok(None);
@@ -154,7 +151,7 @@ impl Federation {
         let Some(kinds) = self.kinds.clone() else {
             return Err(Refusal::Invalid("offer the column kinds first".into()));
         };
-        if self.relay.is_some() {
+        if self.is_aggregator() {
             self.version += 1;
             return Ok(None);
         }
@@ -188,7 +185,7 @@ impl Federation {
         let shape = (
             agreement.feature_names().len(),
             agreement.classes.len(),
-            self.joined.len(),
+            self.roster.joined().len(),
         );
         let limit = tessera_engine::available_memory()
             .map(|b| (b as f64, "the coordinator machine's available memory"));
@@ -219,10 +216,13 @@ impl Federation {
             })
             .map_err(unavailable)?;
         if self.plan.federation.mode == tessera_engine::Mode::Async {
-            let engine =
-                tessera_engine::BufferedEngine::new(&self.plan, initial.clone(), self.joined.len())
-                    .map_err(|e| Refusal::Invalid(e.to_string()))?;
-            self.buffered = Some(engine);
+            let engine = tessera_engine::BufferedEngine::new(
+                &self.plan,
+                initial.clone(),
+                self.roster.joined().len(),
+            )
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+            self.training = Training::Async(Some(Box::new(engine)));
             self.agreement = Some(agreement.clone());
             self.phase = Phase::Training;
             self.version += 1;
@@ -240,11 +240,11 @@ impl Federation {
                 initial.clone(),
             ))
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
-        for site in &self.joined {
+        for site in self.roster.joined() {
             engine.register(ParticipantId::new(site.as_str()));
         }
         self.downlink = self.new_downlink(Arc::clone(engine.global()));
-        self.engine = Some(engine);
+        self.training.set_rounds(Some(engine));
         self.audit(
             site,
             "agree-vocabulary",
@@ -298,7 +298,7 @@ impl Federation {
                 &offer.encode_to_vec(),
             )
             .map_err(unavailable)?;
-        if self.relay.is_some() {
+        if self.is_aggregator() {
             self.version += 1;
             return Ok(None);
         }

@@ -4,16 +4,17 @@
 //! completed it is acknowledged. Each step's model is evaluated by the sites
 //! as they next ask for work; the last one by everyone, as in sync runs.
 
-use std::collections::BTreeMap;
-
 use prost::Message;
 use tessera_core::{ParticipantId, Timestamp, Update};
 use tessera_engine::BufferedEngine;
-use tessera_engine::report::{RoundRecord, mean_site_accuracy};
+use tessera_engine::report::{EvaluationView, RoundRecord};
 use tessera_learn::Evaluation;
+use tessera_orchestrator::completed;
 use tessera_proto::pb;
 
-use super::{Federation, ModelPart, Phase, Refusal, TaskView, unavailable};
+use super::{
+    EvaluationRound, Federation, ModelPart, Phase, Refusal, TaskView, Training, unavailable,
+};
 use crate::CoordinatorError;
 use crate::store::{RoundClose, StoreError};
 use crate::telemetry::names;
@@ -21,18 +22,17 @@ use crate::telemetry::names;
 impl Federation {
     /// Evaluate the newest step if this site has not yet; else train.
     pub(super) fn async_task(&mut self, site: &str) -> TaskView {
-        let Some(buffered) = self.buffered.as_ref() else {
+        let Some(buffered) = self.training.buffered() else {
             return TaskView::Wait;
         };
         let (global, version) = buffered.current();
-        let seen = self.evaluated.get(site).copied().unwrap_or(0);
         let header = |kind: pb::TaskKind| pb::TaskHeader {
             round: version,
             kind: kind as i32,
             layout: tessera_proto::layout_of(&global),
             ..Default::default()
         };
-        if version > seen && self.step_evaluations.contains_key(&version) {
+        if self.steps.asks(site, version) {
             return TaskView::Evaluate {
                 header: header(pb::TaskKind::Evaluate),
                 global,
@@ -62,7 +62,7 @@ impl Federation {
         now: Timestamp,
     ) -> Result<(), Refusal> {
         let run = self.run.id.clone();
-        let Some(buffered) = self.buffered.as_mut() else {
+        let Some(buffered) = self.training.buffered_mut() else {
             return Err(Refusal::Invalid("no model yet".into()));
         };
         if buffered.is_finished() {
@@ -90,9 +90,7 @@ impl Federation {
             }
             Ok(Some(step)) => {
                 let (model, _) = buffered.current();
-                let seconds = self
-                    .round_started
-                    .map_or(0.0, |t| t.elapsed().as_secs_f64());
+                let seconds = self.round_seconds();
                 let contributors: Vec<String> = step
                     .contributions
                     .iter()
@@ -153,21 +151,14 @@ impl Federation {
                 );
                 let staleness: Vec<u32> = step.contributions.iter().map(|(_, s)| *s).collect();
                 tracing::info!(step = step.version, ?staleness, "step taken");
-                self.round_started = Some(std::time::Instant::now());
+                self.round_started = Some(now);
                 // Older steps still waiting for evaluations are closed with what came.
-                let older: Vec<u32> = self
-                    .step_evaluations
-                    .keys()
-                    .copied()
-                    .filter(|v| *v < step.version)
-                    .collect();
-                for version in older {
+                for version in self.steps.older_than(step.version) {
                     self.finish_step_evaluation(version).map_err(|e| {
                         Refusal::Invalid(format!("cannot store a step's evaluation: {e}"))
                     })?;
                 }
-                self.step_evaluations
-                    .insert(step.version, (Box::new(record), BTreeMap::new()));
+                self.steps.open(step.version, record);
                 self.version += 1;
                 Ok(())
             }
@@ -199,41 +190,35 @@ impl Federation {
         evaluation: Evaluation,
     ) -> Result<(), Refusal> {
         let run = self.run.id.clone();
-        let seen = self.evaluated.entry(site.to_string()).or_insert(0);
-        *seen = (*seen).max(report.round);
-        let Some((_, received)) = self.step_evaluations.get_mut(&report.round) else {
+        self.steps.seen(site, report.round);
+        if !self.steps.is_open(report.round) {
             // A newer step closed this evaluation while the site worked on it:
             // nothing is wrong, the answer simply comes too late to count.
             tracing::debug!(%site, step = report.round, "late evaluation ignored");
             return Ok(());
-        };
+        }
         self.store
             .put_evaluation(&run, report.round, site, &report.encode_to_vec())
             .map_err(|e| unavailable(format!("cannot store the evaluation: {e}")))?;
-        received.insert(site.to_string(), evaluation);
+        self.steps.receive(site, report.round, evaluation);
         self.version += 1;
         Ok(())
     }
 
     fn finish_step_evaluation(&mut self, version: u32) -> Result<(), StoreError> {
-        let Some((record, received)) = self.step_evaluations.remove(&version) else {
+        let Some((record, received)) = self.steps.close(version) else {
             return Ok(());
         };
         let evaluations: Vec<Evaluation> = received.values().cloned().collect();
-        let pooled = Evaluation::pool(&evaluations);
         let status = if evaluations.is_empty() {
             "completed (not evaluated: the next step came first)".to_string()
         } else {
             record.status.clone()
         };
+        let seconds = record.seconds;
         let record = RoundRecord {
             status,
-            accuracy: pooled.accuracy(),
-            loss: pooled.mean_loss(),
-            mean_site_accuracy: mean_site_accuracy(&evaluations),
-            n_test: pooled.n_examples,
-            auc: pooled.auc,
-            ..*record
+            ..completed(&record, &EvaluationView::pooled(&evaluations), seconds)
         };
         let json =
             serde_json::to_string(&record).map_err(|e| StoreError::Damaged(e.to_string()))?;
@@ -255,17 +240,12 @@ impl Federation {
     /// hands the final evaluation to the sync machinery, then finishes.
     pub(super) fn async_step(&mut self, now: Timestamp) -> Result<(), CoordinatorError> {
         let live = self.live(now);
-        let complete: Vec<u32> = self
-            .step_evaluations
-            .iter()
-            .filter(|(_, (_, received))| live.iter().all(|s| received.contains_key(s)))
-            .map(|(v, _)| *v)
-            .collect();
+        let complete = self.steps.complete(&live);
         let finished = self
-            .buffered
-            .as_ref()
+            .training
+            .buffered()
             .is_some_and(BufferedEngine::is_finished);
-        let last = self.buffered.as_ref().map_or(0, |b| b.current().1);
+        let last = self.training.buffered().map_or(0, |b| b.current().1);
         for version in complete {
             if !(finished && version == last) {
                 self.finish_step_evaluation(version)?;
@@ -274,13 +254,15 @@ impl Federation {
         if !finished {
             return Ok(());
         }
-        if let Some((record, received)) = self.step_evaluations.remove(&last) {
+        if let Some((record, received)) = self.steps.close(last) {
             // The final model: everyone evaluates it, as at the end of a sync round.
             self.phase = Phase::Evaluating {
-                round: last,
-                until: now.plus(self.evaluation_wait()),
-                targets: live,
-                received,
+                evaluation: EvaluationRound::resumed(
+                    last,
+                    live,
+                    received,
+                    now.plus(self.evaluation_wait()),
+                ),
                 record,
             };
             self.version += 1;
@@ -313,7 +295,7 @@ impl Federation {
             .map(|(_, a)| a)
             .collect();
         let mut engine =
-            BufferedEngine::resume(&self.plan, initial, self.joined.len(), &aggregates)?;
+            BufferedEngine::resume(&self.plan, initial, self.roster.joined().len(), &aggregates)?;
         let stored = self
             .store
             .model(run, closed)?
@@ -346,18 +328,11 @@ impl Federation {
                 continue;
             }
             let received = self.stored_evaluations(run, round)?;
-            for site in received.keys() {
-                let seen = self.evaluated.entry(site.clone()).or_insert(0);
-                *seen = (*seen).max(round);
-            }
-            self.step_evaluations
-                .insert(round, (Box::new(record), received));
+            self.steps.resume(round, record, received);
         }
         let now = self.now();
-        for site in &self.joined {
-            self.last_seen.insert(site.clone(), now);
-        }
-        self.buffered = Some(engine);
+        self.roster.seen_all(now);
+        self.training = Training::Async(Some(Box::new(engine)));
         self.phase = Phase::Training;
         tracing::info!(run = %run, steps = closed, "resumed");
         Ok(())

@@ -7,6 +7,7 @@ use prost::Message;
 use tessera_core::Timestamp;
 use tessera_engine::report::RoundRecord;
 use tessera_learn::Evaluation;
+use tessera_orchestrator::completed;
 use tessera_proto::{convert, pb};
 
 use super::{Federation, Phase, Refusal, unavailable};
@@ -35,13 +36,13 @@ impl Federation {
                 Refusal::Invalid(reason)
             })?;
         let run = self.run.id.clone();
-        if self.buffered.is_some() && matches!(self.phase, Phase::Training) {
+        if self.training.buffered().is_some() && matches!(self.phase, Phase::Training) {
             return self.async_evaluation(site, report, evaluation);
         }
         // An evaluation of a model the federation has moved past comes too late
         // to count; it is not an error.
         let current = match &self.phase {
-            Phase::Evaluating { round, .. } => Some(*round),
+            Phase::Evaluating { evaluation, .. } => Some(evaluation.round()),
             _ => self.records.last().map(|r| r.round),
         };
         if current.is_some_and(|c| report.round < c)
@@ -51,10 +52,7 @@ impl Federation {
             return Ok(());
         }
         let Phase::Evaluating {
-            round,
-            targets,
-            received,
-            ..
+            evaluation: open, ..
         } = &mut self.phase
         else {
             return Err(Refusal::Invalid(format!(
@@ -62,19 +60,16 @@ impl Federation {
                 report.round
             )));
         };
-        if *round != report.round || !targets.contains(site) {
-            return Err(Refusal::Invalid(format!(
-                "evaluation for round {} from '{site}', evaluating round {round}",
-                report.round
-            )));
-        }
+        open.check(site, report.round)
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
         if let Err(e) = self
             .store
-            .put_evaluation(&run, *round, site, &report.encode_to_vec())
+            .put_evaluation(&run, open.round(), site, &report.encode_to_vec())
         {
             return Err(unavailable(format!("cannot store the evaluation: {e}")));
         }
-        received.insert(site.to_string(), evaluation);
+        open.receive(site, report.round, evaluation)
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
         self.version += 1;
         self.advance();
         Ok(())
@@ -92,7 +87,7 @@ impl Federation {
         round: u32,
         closed: &mut RoundRecord,
     ) -> Result<(), CoordinatorError> {
-        closed.traffic = std::mem::take(&mut self.links.traffic);
+        closed.traffic = self.traffic.round.take();
         closed.bytes_up = closed.traffic.values().map(|t| t.up).sum();
         closed.bytes_down = closed.traffic.values().map(|t| t.down).sum();
         let record_json =
@@ -118,20 +113,12 @@ impl Federation {
         let Phase::Evaluating { record, .. } = &self.phase else {
             return Ok(());
         };
-        let seconds = self
-            .round_started
-            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let seconds = self.round_seconds();
         let metrics_epsilon = self.privacy.take_metrics_released();
         let mut closed = match &view {
             Some(view) => RoundRecord {
-                accuracy: view.pooled.accuracy(),
-                loss: view.pooled.mean_loss(),
-                mean_site_accuracy: view.mean_site_accuracy,
-                n_test: view.pooled.n_examples,
-                auc: view.pooled.auc,
-                seconds,
                 metrics_epsilon,
-                ..(**record).clone()
+                ..completed(record, view, seconds)
             },
             None => RoundRecord {
                 seconds,
@@ -157,76 +144,55 @@ impl Federation {
             // Stages close on answers, on the silence of those that went
             // quiet, or after the liveness period.
             let silent: Vec<String> = match (&self.phase, &self.secure) {
-                (Phase::Evaluating { targets, .. }, Some(secure)) if secure.evaluation => targets
-                    .iter()
-                    .filter(|s| self.stale(s, now))
-                    .cloned()
-                    .collect(),
+                (Phase::Evaluating { evaluation, .. }, Some(secure)) if secure.evaluation => {
+                    evaluation
+                        .targets()
+                        .iter()
+                        .filter(|s| self.stale(s, now))
+                        .cloned()
+                        .collect()
+                }
                 _ => Vec::new(),
             };
             for site in &silent {
                 self.secure_withdraw(site);
             }
             self.advance_secure(now);
-            let Phase::Evaluating { round, .. } = &self.phase else {
+            let Phase::Evaluating { evaluation, .. } = &self.phase else {
                 return Ok(());
             };
-            return self.step_secure_evaluation(*round);
+            return self.step_secure_evaluation(evaluation.round());
         }
-        let stale: Vec<String> = match &self.phase {
-            Phase::Evaluating {
-                targets,
-                received,
-                until,
-                ..
-            } => targets
-                .iter()
-                .filter(|s| !received.contains_key(*s) && (self.stale(s, now) || now >= *until))
-                .cloned()
-                .collect(),
-            _ => return Ok(()),
+        let Phase::Evaluating { evaluation, .. } = &mut self.phase else {
+            return Ok(());
         };
+        let roster = &self.roster;
+        let stale = evaluation.give_up(now, |s| roster.is_stale(s, now));
         for site in &stale {
             self.audit(site, "evaluation", "missing", "no evaluation in time");
         }
-        let Phase::Evaluating {
-            round,
-            targets,
-            received,
-            record,
-            ..
-        } = &mut self.phase
-        else {
+        let Phase::Evaluating { evaluation, record } = &self.phase else {
             return Ok(());
         };
-        for site in &stale {
-            targets.remove(site);
-        }
-        if !targets.iter().all(|s| received.contains_key(s)) {
+        if !evaluation.is_complete() {
             if !stale.is_empty() {
                 self.version += 1;
             }
             return Ok(());
         }
-        let round = *round;
-        let names: Vec<String> = received.keys().cloned().collect();
-        let evaluations: Vec<Evaluation> = received.values().cloned().collect();
+        let round = evaluation.round();
+        let (names, evaluations) = evaluation.results();
         let sites: Vec<&str> = names.iter().map(String::as_str).collect();
         let view = tessera_engine::report::EvaluationView::clear(
-            self.engine
-                .as_ref()
+            self.training
+                .rounds()
                 .map_or(&tessera_engine::report::POOLED, |e| e.strategy()),
             &sites,
             &evaluations,
         );
-        let mut closed = round_record_with(
-            record,
-            &view,
-            self.round_started
-                .map_or(0.0, |t| t.elapsed().as_secs_f64()),
-        );
+        let mut closed = completed(record, &view, self.round_seconds());
         self.store_evaluated(round, &mut closed)?;
-        if let Some(relay) = self.relay.as_mut() {
+        if let Some(relay) = self.training.relay_mut() {
             relay.evaluated(round, Evaluation::pool(&evaluations));
             // The aggregator's own model, evaluated once the parent's run is over.
             if relay.is_regional_evaluation(round) {
@@ -239,24 +205,5 @@ impl Federation {
         self.phase = Phase::Training;
         self.version += 1;
         Ok(())
-    }
-}
-
-/// A round's record completed with what the strategy made of the
-/// evaluations of its model.
-fn round_record_with(
-    record: &RoundRecord,
-    view: &tessera_engine::report::EvaluationView,
-    seconds: f64,
-) -> RoundRecord {
-    let pooled = &view.pooled;
-    RoundRecord {
-        accuracy: pooled.accuracy(),
-        loss: pooled.mean_loss(),
-        mean_site_accuracy: view.mean_site_accuracy,
-        n_test: pooled.n_examples,
-        auc: pooled.auc,
-        seconds,
-        ..record.clone()
     }
 }

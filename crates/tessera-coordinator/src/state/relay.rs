@@ -20,12 +20,11 @@ use tessera_engine::report::{RegionReport, RoundRecord, TopologyReport};
 use tessera_learn::Evaluation;
 use tessera_proto::{convert, pb};
 
-use super::{Federation, Phase};
+use super::{EvaluationRound, Federation, Phase, RoundEngine, Training};
 use crate::CoordinatorError;
 use crate::store::{AgreementStep, StoreError};
 
 /// What an aggregator knows of its parent's work.
-#[derive(Debug)]
 pub(super) struct Relay {
     /// Its name in the plan's topology (the site its parent knows).
     name: String,
@@ -49,6 +48,9 @@ pub(super) struct Relay {
     finishing: bool,
     /// That evaluation.
     pub(super) regional: Option<RoundRecord>,
+    /// The open round's engine (or the last one's), built when the
+    /// parent's task comes.
+    pub(super) engine: Option<RoundEngine>,
 }
 
 impl Relay {
@@ -65,6 +67,7 @@ impl Relay {
             sites,
             finishing: false,
             regional: None,
+            engine: None,
         }
     }
 
@@ -109,7 +112,9 @@ impl Relay {
     /// The model the members evaluate in `phase`, when the parent sent it.
     pub(super) fn evaluating(&self, phase: &Phase) -> Option<Arc<ParameterSet>> {
         match (phase, &self.evaluation) {
-            (Phase::Evaluating { round, .. }, Some((r, model))) if r == round => {
+            (Phase::Evaluating { evaluation, .. }, Some((r, model)))
+                if *r == evaluation.round() =>
+            {
                 Some(Arc::clone(model))
             }
             _ => None,
@@ -124,7 +129,7 @@ fn damaged(e: impl std::fmt::Display) -> CoordinatorError {
 impl Federation {
     /// Whether this federation is an aggregator below a parent.
     pub fn is_aggregator(&self) -> bool {
-        self.relay.is_some()
+        matches!(self.training, Training::Relay(_))
     }
 
     /// Aggregator: the merged offer of agreement step `step` once every
@@ -133,7 +138,7 @@ impl Federation {
         &self,
         step: AgreementStep,
     ) -> Result<Option<pb::agree_request::Offer>, CoordinatorError> {
-        let Some(relay) = &self.relay else {
+        let Some(relay) = self.training.relay() else {
             return Ok(None);
         };
         if self.relay_settled(step)? {
@@ -248,7 +253,7 @@ impl Federation {
 
     /// Aggregator: the parent asks for round `round`'s update, trained from `global`.
     pub fn relay_fit(&mut self, round: u32, global: Arc<ParameterSet>) {
-        if let Some(relay) = self.relay.as_mut()
+        if let Some(relay) = self.training.relay_mut()
             && relay.fit.as_ref().is_none_or(|(r, _)| *r != round)
         {
             relay.fit = Some((round, global));
@@ -260,7 +265,7 @@ impl Federation {
     /// Aggregator: the answer to the parent's task of round `round` once the
     /// round closed here (`Some(None)`: it closed without an aggregate).
     pub fn relay_answer(&self, round: u32) -> Result<Option<Option<Update>>, CoordinatorError> {
-        let Some(relay) = &self.relay else {
+        let Some(relay) = self.training.relay() else {
             return Ok(None);
         };
         if let Some(answer) = relay.answers.get(&round) {
@@ -285,7 +290,7 @@ impl Federation {
         let now = self.now();
         let wait = self.evaluation_wait();
         let targets = self.live(now);
-        let Some(relay) = self.relay.as_mut() else {
+        let Some(relay) = self.training.relay_mut() else {
             return;
         };
         if relay.evaluation.as_ref().is_some_and(|(r, _)| *r == round) {
@@ -294,25 +299,19 @@ impl Federation {
         relay.evaluation = Some((round, global));
         let evaluated = self.records.iter().any(|r| r.round == round);
         match &mut self.phase {
-            Phase::Evaluating {
-                round: r,
-                until,
-                targets: t,
-                ..
-            } if *r == round => {
-                *until = now.plus(wait);
-                *t = targets;
+            Phase::Evaluating { evaluation, .. } if evaluation.round() == round => {
+                evaluation.rewait(targets, now.plus(wait));
             }
             _ if evaluated => {}
             _ => {
                 // This aggregator was not in round `round` (it was down when
                 // the round ran): its members evaluate the model all the same.
-                if self
+                if relay
                     .engine
                     .as_ref()
                     .is_some_and(|e| e.open_round().is_some())
                 {
-                    self.engine = None;
+                    relay.engine = None;
                 }
                 relay.closed_through = relay.closed_through.max(round);
                 let record = RoundRecord {
@@ -321,10 +320,7 @@ impl Federation {
                     ..RoundRecord::default()
                 };
                 self.phase = Phase::Evaluating {
-                    round,
-                    until: now.plus(wait),
-                    targets,
-                    received: BTreeMap::new(),
+                    evaluation: EvaluationRound::open(round, targets, now.plus(wait)),
                     record: Box::new(record),
                 };
             }
@@ -336,10 +332,11 @@ impl Federation {
     /// Whether the evaluation under way may close: an aggregator's waits
     /// for its parent's model.
     pub(super) fn relay_may_evaluate(&self) -> bool {
-        match (&self.relay, &self.phase) {
-            (Some(relay), Phase::Evaluating { round, .. }) => {
-                relay.evaluation.as_ref().is_some_and(|(r, _)| r == round)
-            }
+        match (self.training.relay(), &self.phase) {
+            (Some(relay), Phase::Evaluating { evaluation, .. }) => relay
+                .evaluation
+                .as_ref()
+                .is_some_and(|(r, _)| *r == evaluation.round()),
             _ => true,
         }
     }
@@ -347,7 +344,7 @@ impl Federation {
     /// Aggregator: the members' pooled evaluation of the parent's model of
     /// round `round`, once they have all answered (or the wait ended).
     pub fn relay_evaluation(&self, round: u32) -> Result<Option<Evaluation>, CoordinatorError> {
-        let Some(relay) = &self.relay else {
+        let Some(relay) = self.training.relay() else {
             return Ok(None);
         };
         if let Some(pooled) = relay.evaluations.get(&round) {
@@ -367,7 +364,7 @@ impl Federation {
         let now = self.now();
         let wait = self.evaluation_wait();
         let targets = self.live(now);
-        let Some(relay) = self.relay.as_ref() else {
+        let Some(relay) = self.training.relay() else {
             return Ok(());
         };
         if relay.finishing || matches!(self.phase, Phase::Finished) {
@@ -378,7 +375,7 @@ impl Federation {
             0 => None,
             _ => self.store.model(&self.run.id, closed)?,
         };
-        let Some(relay) = self.relay.as_mut() else {
+        let Some(relay) = self.training.relay_mut() else {
             return Ok(());
         };
         relay.finishing = true;
@@ -388,10 +385,7 @@ impl Federation {
         let round = closed + 1;
         relay.evaluation = Some((round, Arc::new(model)));
         self.phase = Phase::Evaluating {
-            round,
-            until: now.plus(wait),
-            targets,
-            received: BTreeMap::new(),
+            evaluation: EvaluationRound::open(round, targets, now.plus(wait)),
             record: Box::new(RoundRecord {
                 round,
                 status: "regional model".into(),
@@ -416,13 +410,13 @@ impl Federation {
     /// round when its task has come. True when a round is open.
     pub(super) fn relay_step(&mut self, now: Timestamp) -> Result<bool, CoordinatorError> {
         if self
-            .engine
-            .as_ref()
+            .training
+            .rounds()
             .is_some_and(|e| e.open_round().is_some())
         {
             return Ok(true);
         }
-        let Some(relay) = self.relay.as_mut() else {
+        let Some(relay) = self.training.relay_mut() else {
             return Ok(true);
         };
         let Some((round, global)) = relay.fit.clone() else {
@@ -445,7 +439,7 @@ impl Federation {
                 engine.restore_privacy(row.entry, row.next_clip_norm)?;
             }
         }
-        for site in &self.joined {
+        for site in self.roster.joined() {
             engine.register(ParticipantId::new(site.as_str()));
         }
         let cohort = match reopen {
@@ -473,8 +467,8 @@ impl Federation {
             },
         };
         metrics::gauge!(crate::telemetry::names::CURRENT_ROUND).set(f64::from(round));
-        self.round_started = Some(std::time::Instant::now());
-        self.engine = Some(engine);
+        self.round_started = Some(now);
+        self.training.set_rounds(Some(engine));
         // With secure aggregation the members mask their updates; the
         // protocol's state is not stored, so a reopened round starts it again.
         self.open_secure_round(round, &cohort, now);
@@ -491,7 +485,7 @@ impl Federation {
             .open_round_of(run)?
             .map(|o| (o.round, o.cohort, o.opened));
         let closed = self.store.latest_model_version(run)?.unwrap_or(0);
-        if let Some(relay) = self.relay.as_mut() {
+        if let Some(relay) = self.training.relay_mut() {
             relay.closed_through = closed;
             relay.reopen = open;
         }
@@ -499,9 +493,7 @@ impl Federation {
             self.phase = Phase::Training;
         }
         let now = self.now();
-        for site in &self.joined {
-            self.last_seen.insert(site.clone(), now);
-        }
+        self.roster.seen_all(now);
         tracing::info!(run, rounds_closed = closed, "resumed");
         Ok(())
     }

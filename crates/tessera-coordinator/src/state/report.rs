@@ -22,17 +22,17 @@ impl Federation {
             .map(|(_, e)| e.clone())
             .collect();
         let strategy = self
-            .engine
-            .as_ref()
+            .training
+            .rounds()
             .map_or(&tessera_engine::report::POOLED as _, |e| e.strategy());
-        let elapsed = self.started.elapsed().as_secs_f64();
+        let elapsed = self.now().since(self.started).as_secs_f64();
         let n_rounds = self.records.len().max(1) as f64;
         let mut rounds = self.records.clone();
         // Rounds without their own traffic (asynchronous steps): the run's
         // traffic spread evenly.
         for r in rounds.iter_mut().filter(|r| r.traffic.is_empty()) {
-            r.bytes_up = self.bytes_up / n_rounds as u64;
-            r.bytes_down = self.bytes_down / n_rounds as u64;
+            r.bytes_up = self.traffic.bytes_up / n_rounds as u64;
+            r.bytes_down = self.traffic.bytes_down / n_rounds as u64;
         }
         let final_metrics = match (&self.last_view, self.aggregate_only()) {
             (Some(view), true) => tessera_engine::report::final_metrics_view(view, BTreeMap::new()),
@@ -79,7 +79,7 @@ impl Federation {
                 // counted honest (0 when nothing was evaluated).
                 honest_accuracy: final_metrics.accuracy.unwrap_or(0.0),
             }),
-            topology: self.relay.as_ref().map(|r| r.topology(&self.records)),
+            topology: self.training.relay().map(|r| r.topology(&self.records)),
             final_metrics,
             baselines: None,
             metrics_privacy: self.privacy.metrics_report(true),
@@ -95,16 +95,16 @@ impl Federation {
                 virtual_seconds_to_target: None,
             },
             communication: Communication {
-                bytes_up: self.bytes_up,
-                bytes_down: self.bytes_down,
-                bytes_up_per_site: self.bytes_up_per_site.clone(),
-                update_bytes_up: self.update_bytes_up,
+                bytes_up: self.traffic.bytes_up,
+                bytes_down: self.traffic.bytes_down,
+                bytes_up_per_site: self.traffic.bytes_up_per_site.clone(),
+                update_bytes_up: self.traffic.update_bytes_up,
             },
             privacy: match self.privacy.local_report() {
                 Some(local) => Some(local.deployed()),
                 None => self
-                    .engine
-                    .as_ref()
+                    .training
+                    .rounds()
                     .and_then(|e| e.privacy())
                     .map(|(dp, ledger)| {
                         tessera_engine::report::PrivacyReport::new(&self.plan.privacy, dp, ledger)

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use prost::Message;
 use tessera_aggregate::Attendance;
@@ -14,7 +13,7 @@ use tessera_engine::{EngineConfig, RoundEngine};
 use tessera_learn::Evaluation;
 use tessera_proto::{convert, pb};
 
-use super::{Federation, Phase, trust};
+use super::{EvaluationRound, Federation, Phase, trust};
 use crate::CoordinatorError;
 use crate::store::{AgreementStep, EvaluationRow, RoundRow, StoreError};
 
@@ -22,7 +21,7 @@ impl Federation {
     /// Rebuilds the state a previous coordinator left in the database.
     pub(super) fn resume(&mut self) -> Result<(), CoordinatorError> {
         let run = self.run.id.clone();
-        self.joined = self.store.participants(&run)?.into_iter().collect();
+        self.roster.set_joined(self.store.participants(&run)?);
         for (site, bytes) in self.store.offers(&run, AgreementStep::Levels)? {
             let offer = pb::LevelsOffer::decode(bytes.as_slice())
                 .map_err(|e| StoreError::Damaged(e.to_string()))?;
@@ -42,7 +41,7 @@ impl Federation {
         let agreement = pb::Agreement::decode(bytes.as_slice())
             .map_err(|e| StoreError::Damaged(e.to_string()))?;
         self.agreement = Some(convert::agreement_from_pb(agreement)?);
-        if self.relay.is_some() {
+        if self.is_aggregator() {
             return self.resume_relay(&run);
         }
         if self.plan.federation.mode == tessera_engine::Mode::Async {
@@ -111,19 +110,19 @@ impl Federation {
                     .map_err(CoordinatorError::from)?;
             }
         }
-        for site in &self.joined {
+        for site in self.roster.joined() {
             engine.register(ParticipantId::new(site.as_str()));
         }
         let now = self.now();
         let until = now.plus(self.evaluation_wait());
         self.resume_rounds(&run, until)?;
         if self.aggregate_only()
-            && let Phase::Evaluating { round, .. } = &self.phase
+            && let Phase::Evaluating { evaluation, .. } = &self.phase
         {
             // The secure sum of that evaluation died with the process (its
             // protocol state is not stored): the round closes without
             // evaluation figures rather than asking for clear ones.
-            let round = *round;
+            let round = evaluation.round();
             self.audit(
                 "-",
                 "secure-evaluation",
@@ -145,18 +144,16 @@ impl Federation {
                         tracing::warn!(%site, round, %rejection, "a stored update no longer counts");
                     }
                 }
-                self.round_started = Some(Instant::now());
+                self.round_started = Some(now);
             }
         }
-        for site in &self.joined {
-            self.last_seen.insert(site.clone(), now);
-        }
-        self.engine = Some(engine);
+        self.roster.seen_all(now);
+        self.training.set_rounds(Some(engine));
         if let Some((round, cohort)) = reopened_secure {
             // The protocol's state is not stored: the cohort starts it again.
             self.open_secure_round(round, &cohort, now);
         }
-        if self.engine.as_ref().is_some_and(RoundEngine::is_finished)
+        if self.training.rounds().is_some_and(RoundEngine::is_finished)
             && matches!(self.phase, Phase::Training)
         {
             self.phase = Phase::Finished;
@@ -175,7 +172,7 @@ impl Federation {
         for row in self.store.cohorts(run)? {
             for site in row.cohort {
                 let was_counted = row.counted.contains(&site);
-                self.counted.insert(site, (row.round, was_counted));
+                self.roster.record_round(&site, row.round, was_counted);
             }
         }
         for RoundRow {
@@ -192,10 +189,12 @@ impl Federation {
             } else {
                 let received = self.stored_evaluations(run, round)?;
                 self.phase = Phase::Evaluating {
-                    round,
-                    until,
-                    targets: self.joined.clone(),
-                    received,
+                    evaluation: EvaluationRound::resumed(
+                        round,
+                        self.roster.joined().clone(),
+                        received,
+                        until,
+                    ),
                     record: Box::new(record),
                 };
             }

@@ -131,7 +131,7 @@ impl Federation {
     /// relay to the cohorts of secure rounds.
     pub fn remember_certificate(&mut self, site: &str, certificate: Option<Vec<u8>>) {
         if let Some(der) = certificate
-            && self.joined.contains(site)
+            && self.roster.is_joined(site)
             && self.certificates.get(site) != Some(&der)
         {
             self.certificates.insert(site.to_string(), der);
@@ -148,7 +148,7 @@ impl Federation {
         if !self.plan.secure_aggregation.enabled {
             return;
         }
-        let Some(n_values) = self.engine.as_ref().map(|e| e.global().n_values()) else {
+        let Some(n_values) = self.training.rounds().map(|e| e.global().n_values()) else {
             return;
         };
         let index: BTreeMap<String, u32> = cohort
@@ -160,7 +160,7 @@ impl Federation {
         let made = training_params(&self.plan, round, &ids, n_values)
             .map_err(|e| e.to_string())
             .and_then(|params| {
-                SecureStages::open(now, round, index, params, self.liveness)
+                SecureStages::open(now, round, index, params, self.roster.liveness())
                     .map_err(|e| e.to_string())
             });
         match made {
@@ -176,7 +176,7 @@ impl Federation {
                 // The round cannot be secured (too small a cohort): nobody's update counts.
                 tracing::error!(round, %e, "secure aggregation cannot start");
                 self.audit("-", "secure-aggregation", "failed", &e);
-                if let Some(engine) = self.engine.as_mut() {
+                if let Some(engine) = self.training.rounds_mut() {
                     for p in cohort {
                         engine.report_dropout(p);
                     }
@@ -219,7 +219,7 @@ impl Federation {
             )
             .map_err(|e| e.to_string())
             .and_then(|params| {
-                SecureStages::open(now, secure_round, index, params, self.liveness)
+                SecureStages::open(now, secure_round, index, params, self.roster.liveness())
                     .map_err(|e| e.to_string())
             });
         match made {
@@ -436,7 +436,7 @@ impl Federation {
         }
         let round = secure.round;
         let stages = &secure.stages;
-        let Some(global) = self.engine.as_ref().map(|e| e.global().clone()) else {
+        let Some(global) = self.training.rounds().map(|e| e.global().clone()) else {
             return;
         };
         let kept = self.plan.secure_coordinates(round, global.n_values());
@@ -459,7 +459,7 @@ impl Federation {
                         reason
                     })
             });
-        let Some(engine) = self.engine.as_mut() else {
+        let Some(engine) = self.training.rounds_mut() else {
             return;
         };
         // Only the survivors' sums: examples and steps are the cohort's

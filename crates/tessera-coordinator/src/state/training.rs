@@ -2,9 +2,7 @@
 //! recorded (with its local-DP release), and the time-driven steps that open
 //! and close synchronous rounds.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tessera_core::{ParameterSet, ParticipantId, Timestamp, Update};
 use tessera_engine::report::round_record;
@@ -13,14 +11,14 @@ use tessera_orchestrator::Effect;
 use tessera_orchestrator::privacy::{LocalReport, PrivacyBook, PrivacyEffect};
 use tessera_proto::pb;
 
-use super::{Federation, ModelPart, Phase, Refusal, TaskView};
+use super::{EvaluationRound, Federation, ModelPart, Phase, Refusal, TaskView, Training};
 use crate::CoordinatorError;
 use crate::store::{RoundClose, RunStore};
 use crate::telemetry::names;
 
 impl Federation {
     pub(super) fn previous(&self, site: &str) -> (u32, bool) {
-        self.counted.get(site).copied().unwrap_or((0, false))
+        self.roster.previous(site)
     }
 
     /// What `site` should do now; `held` is the round whose model it holds.
@@ -28,23 +26,28 @@ impl Federation {
         self.require_joined(site)?;
         self.touch(site);
         let (previous_round, previous_update_counted) = self.previous(site);
-        if self.buffered.is_some() && matches!(self.phase, Phase::Training) {
+        if self.training.buffered().is_some() && matches!(self.phase, Phase::Training) {
             return Ok(self.async_task(site));
         }
         match &self.phase {
             Phase::Finished => Ok(TaskView::Finished),
             Phase::Agreeing => Ok(TaskView::Wait),
             Phase::Training => {
-                let Some(engine) = self.engine.as_ref() else {
+                let Some(engine) = self.training.rounds() else {
                     return Ok(TaskView::Wait);
                 };
                 let id = ParticipantId::new(site);
                 let Some(task) = engine.task_for(&id).filter(|_| engine.is_pending(&id)) else {
                     return Ok(TaskView::Wait);
                 };
-                let codec = self
-                    .links
-                    .assign(&self.plan, site, task.round, task.global.n_values());
+                let now = self.now();
+                let codec = self.links.assign(
+                    &self.plan.compression,
+                    site,
+                    task.round,
+                    task.global.n_values(),
+                    now,
+                );
                 let mut header = pb::TaskHeader {
                     round: task.round,
                     kind: pb::TaskKind::Fit as i32,
@@ -68,13 +71,9 @@ impl Federation {
                     model,
                 })
             }
-            Phase::Evaluating {
-                round,
-                targets,
-                received,
-                ..
-            } => {
-                if !targets.contains(site) || received.contains_key(site) {
+            Phase::Evaluating { evaluation, .. } => {
+                let round = &evaluation.round();
+                if !evaluation.awaits(site) {
                     return Ok(TaskView::Wait);
                 }
                 // Aggregate-only: a site evaluates once, then waits for the
@@ -140,11 +139,13 @@ impl Federation {
     /// The layout updates must have, and whether they carry the strategy's
     /// auxiliary sum.
     pub fn update_layout(&self) -> Option<(Arc<ParameterSet>, bool)> {
-        if let Some(buffered) = &self.buffered {
-            return Some((buffered.current().0, false));
+        match &self.training {
+            Training::Async(buffered) => Some((buffered.as_ref()?.current().0, false)),
+            Training::Sync(_) | Training::Relay(_) => {
+                let engine = self.training.rounds()?;
+                Some((Arc::clone(engine.global()), engine.aux_sum().is_some()))
+            }
         }
-        let engine = self.engine.as_ref()?;
-        Some((Arc::clone(engine.global()), engine.aux_sum().is_some()))
     }
 
     /// Records an update. Accepted updates are durable before this returns.
@@ -168,11 +169,11 @@ impl Federation {
             metrics::counter!(names::REJECTED, "reason" => "implausible").increment(1);
             return Err(Refusal::Invalid(reason));
         }
-        if self.buffered.is_some() {
+        if self.training.buffered().is_some() {
             return self.async_submit(site, round, update, now);
         }
         let id = ParticipantId::new(site);
-        let Some(engine) = self.engine.as_mut() else {
+        let Some(engine) = self.training.rounds_mut() else {
             return Err(Refusal::Invalid("no round is open".into()));
         };
         match engine.submit(now, &id, round, update) {
@@ -252,10 +253,10 @@ impl Federation {
     pub(super) fn step_training(&mut self, now: Timestamp) -> Result<(), CoordinatorError> {
         let run = self.run.id.clone();
         // An aggregator opens a round when its parent's task for it comes.
-        if self.relay.is_some() && !self.relay_step(now)? {
+        if self.is_aggregator() && !self.relay_step(now)? {
             return Ok(());
         }
-        let Some(engine) = self.engine.as_mut() else {
+        let Some(engine) = self.training.rounds_mut() else {
             return Ok(());
         };
         if engine.open_round().is_none() {
@@ -277,7 +278,7 @@ impl Federation {
                         .open_round(&run, start.round, &start.cohort, now)?;
                     self.open_secure_round(start.round, &start.cohort, now);
                     metrics::gauge!(names::CURRENT_ROUND).set(f64::from(start.round));
-                    self.round_started = Some(Instant::now());
+                    self.round_started = Some(now);
                     tracing::info!(
                         round = start.round,
                         cohort = start.cohort.len(),
@@ -292,15 +293,10 @@ impl Federation {
         }
         // A cohort member that has not been heard of for too long is gone.
         let silent: Vec<String> = self
-            .joined
-            .iter()
+            .roster
+            .stale(now)
+            .into_iter()
             .filter(|s| engine.is_pending(&ParticipantId::new(s.as_str())))
-            .filter(|s| {
-                self.last_seen
-                    .get(*s)
-                    .is_none_or(|&seen| now.since(seen) > self.liveness)
-            })
-            .cloned()
             .collect();
         for site in &silent {
             engine.report_dropout(&ParticipantId::new(site.as_str()));
@@ -312,12 +308,12 @@ impl Federation {
                 site,
                 "liveness",
                 "dropped",
-                &format!("silent for more than {:?}", self.liveness),
+                &format!("silent for more than {:?}", self.roster.liveness()),
             );
             self.version += 1;
         }
         self.advance_secure(now);
-        let Some(engine) = self.engine.as_mut() else {
+        let Some(engine) = self.training.rounds_mut() else {
             return Ok(());
         };
         let Some(outcome) = engine.poll(now) else {
@@ -327,9 +323,7 @@ impl Federation {
         if let Some(down) = self.downlink.as_mut() {
             down.advance(outcome.round, &model)?;
         }
-        let seconds = self
-            .round_started
-            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let seconds = self.round_seconds();
         let record = round_record(&outcome, seconds, 0, 0);
         let record_json =
             serde_json::to_string(&record).map_err(|e| CoordinatorError::Config(e.to_string()))?;
@@ -368,8 +362,8 @@ impl Federation {
             },
         )?;
         for site in &cohort {
-            self.counted
-                .insert(site.clone(), (outcome.round, counted.contains(site)));
+            self.roster
+                .record_round(site, outcome.round, counted.contains(site));
         }
         let label = match &outcome.status {
             RoundStatus::Completed => "completed",
@@ -393,7 +387,7 @@ impl Federation {
         let targets = self.live(now);
         // An aggregator's answer goes up; its members then evaluate the
         // model the parent sends next, and wait for it.
-        let until = match self.relay.as_mut() {
+        let until = match self.training.relay_mut() {
             Some(relay) => {
                 relay.closed(
                     outcome.round,
@@ -404,14 +398,11 @@ impl Federation {
             None => now.plus(self.evaluation_wait()),
         };
         if self.aggregate_only() {
-            let cohort = self.joined.clone();
+            let cohort = self.roster.joined().clone();
             self.open_secure_evaluation(outcome.round, &cohort, &targets, now);
         }
         self.phase = Phase::Evaluating {
-            round: outcome.round,
-            until,
-            targets,
-            received: BTreeMap::new(),
+            evaluation: EvaluationRound::open(outcome.round, targets, until),
             record: Box::new(record),
         };
         self.version += 1;
@@ -421,13 +412,14 @@ impl Federation {
     /// The current global model, sync or async.
     pub(super) fn current_global(&self) -> Option<Arc<ParameterSet>> {
         // An aggregator's members evaluate its parent's model, once it came.
-        if let (Some(relay), Phase::Evaluating { .. }) = (&self.relay, &self.phase) {
-            return relay.evaluating(&self.phase);
-        }
-        match (&self.buffered, &self.engine) {
-            (Some(buffered), _) => Some(buffered.current().0),
-            (None, Some(engine)) => Some(Arc::clone(engine.global())),
-            (None, None) => None,
+        match &self.training {
+            Training::Relay(relay) if matches!(self.phase, Phase::Evaluating { .. }) => {
+                relay.evaluating(&self.phase)
+            }
+            Training::Async(buffered) => buffered.as_ref().map(|b| b.current().0),
+            Training::Sync(_) | Training::Relay(_) => {
+                self.training.rounds().map(|e| Arc::clone(e.global()))
+            }
         }
     }
 

@@ -56,6 +56,14 @@ impl EvaluationView {
         }
     }
 
+    /// [`EvaluationView::clear`] as the default pooling aggregates them, for
+    /// the runs whose strategy has no say in evaluation (asynchronous steps,
+    /// gossip), where the sites' names do not matter.
+    pub fn pooled(evaluations: &[Evaluation]) -> Self {
+        let sites = vec![""; evaluations.len()];
+        Self::clear(&POOLED, &sites, evaluations)
+    }
+
     /// From the unmasked sum of the sites' summable evaluations
     /// (`site_metrics = "aggregate-only"` in deployment).
     pub fn summed(summed: &tessera_learn::SummedEvaluation) -> Self {
