@@ -364,7 +364,6 @@ pub fn round_record_view(
     bytes_up: u64,
     bytes_down: u64,
 ) -> RoundRecord {
-    let pooled = &view.pooled;
     RoundRecord {
         round: outcome.round,
         status: match &outcome.status {
@@ -374,17 +373,11 @@ pub fn round_record_view(
             }
             RoundStatus::Failed(reason) => format!("failed: {reason}"),
         },
-        accuracy: pooled.accuracy(),
-        loss: pooled.mean_loss(),
-        mean_site_accuracy: view.mean_site_accuracy,
-        n_test: pooled.n_examples,
-        auc: pooled.auc,
         train_loss: outcome.mean_train_loss,
         accepted: outcome.accepted.len(),
         stragglers: outcome.stragglers.len(),
         dropped: outcome.dropped.len(),
         rejected: outcome.rejected.len(),
-        seconds,
         virtual_seconds: outcome.closed_at.since(outcome.opened_at).as_secs_f64(),
         virtual_time: outcome.closed_at.as_secs_f64(),
         bytes_up,
@@ -394,6 +387,26 @@ pub fn round_record_view(
         epsilon: outcome.privacy.as_ref().map(|(_, e)| e.run_epsilon),
         clip_norm: outcome.privacy.as_ref().map(|(r, _)| r.clip_norm),
         metrics_epsilon: None,
+        ..RoundRecord::default()
+    }
+    .evaluated(view, seconds)
+}
+
+impl RoundRecord {
+    /// This line with the metrics of what was seen of its model's
+    /// evaluations (`view`) and its wall time: the one place a record's
+    /// metrics come from, for every runtime and mode.
+    pub fn evaluated(&self, view: &EvaluationView, seconds: f64) -> RoundRecord {
+        let pooled = &view.pooled;
+        RoundRecord {
+            accuracy: pooled.accuracy(),
+            loss: pooled.mean_loss(),
+            mean_site_accuracy: view.mean_site_accuracy,
+            n_test: pooled.n_examples,
+            auc: pooled.auc,
+            seconds,
+            ..self.clone()
+        }
     }
 }
 

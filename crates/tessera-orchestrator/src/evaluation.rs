@@ -145,13 +145,5 @@ impl EvaluationRound {
 /// `record` with the metrics of what was seen of its model's evaluations
 /// (`view`), and its wall time.
 pub fn completed(record: &RoundRecord, view: &EvaluationView, seconds: f64) -> RoundRecord {
-    RoundRecord {
-        accuracy: view.pooled.accuracy(),
-        loss: view.pooled.mean_loss(),
-        mean_site_accuracy: view.mean_site_accuracy,
-        n_test: view.pooled.n_examples,
-        auc: view.pooled.auc,
-        seconds,
-        ..record.clone()
-    }
+    record.evaluated(view, seconds)
 }
