@@ -15,6 +15,29 @@
 //! flat as participants grow: one accumulator per round, whatever the cohort.
 //!
 //! This crate never does I/O and never sees raw data.
+//!
+//! `Attendance` gives `aggregate_fit` the round's cohort, who counted, and
+//! why each other member's update is missing (dropped, timed out, refused;
+//! unrecorded on a replay). `aggregate_evaluate` works on each site's
+//! `EvaluationSums`, named sums rather than the learner's `Evaluation`, which
+//! this crate sits below; `pool_evaluations` is the default and the pooling
+//! of every report. A `LocalAlgorithm` adds a `GradientTerm` to training,
+//! keeps its state between rounds, and may make its update carry an
+//! auxiliary sum, named by `Strategy::aux_sum`. `methods` is the registry
+//! (kinds, settings, and the `Needs` the plan's validation checks); each
+//! strategy is one server file and, if it acts at the sites, one local file
+//! in `methods/`. Robust rules (`RobustConfig`, `Robust`) other than the mean
+//! need every update at once, so their memory grows with the cohort; the
+//! plan refuses them with secure aggregation and with central DP.
+//!
+//! `ExactSum` is 128-bit fixed point with a resolution of 2^-56 for terms
+//! below 2^48 in magnitude: any arrival order, thread count or merge of
+//! partial sums gives the same bits (tests check thread-count and
+//! arrival-order independence). It costs 16 bytes per parameter, so a
+//! coordinator aggregating a 1 GB model needs about 5 GB.
+//! `UpdateAccumulator` validates each update and streams it into an
+//! `ExactSum`; a rejected update leaves the accumulator unchanged. Speed is
+//! measured (`cargo bench -p tessera-aggregate`), never asserted.
 #![deny(missing_docs)]
 
 mod accumulate;

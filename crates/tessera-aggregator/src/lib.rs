@@ -14,6 +14,16 @@
 //! parent re-sends a task until it is answered, so an aggregator killed at
 //! any moment and restarted on the same database resumes its round with the
 //! updates it had accepted; its members reconnect on their own.
+//!
+//! `run(config)` binds its members' address, joins its parent, opens its
+//! federation with the parent's plan as its node of the tree, serves its
+//! members, and turns the parent's tasks into rounds below (agreement, fit,
+//! evaluate), sending heartbeats to the parent while it waits. A round that
+//! closes below without an update is a withdrawal from the parent's round,
+//! as the simulation drops an empty region.
+//!
+//! *Invariant:* keeps nothing outside its database that the parent cannot
+//! send again.
 #![deny(missing_docs)]
 
 use std::net::SocketAddr;

@@ -2,6 +2,15 @@
 //!
 //! This crate only parses arguments and wires the library crates together;
 //! every decision lives in the libraries.
+//!
+//! One module a subcommand: `simulate.rs` (the main job), `deploy.rs`
+//! (coordinator, participant, aggregator, peer), `ca.rs`, `ops.rs` (runs,
+//! status, privacy), `synth.rs`; `status_json.rs` is `status --json`, a
+//! stable document built from the run store's reads, which the end-to-end
+//! tests read instead of the schema. Here too: the bundled plan and data
+//! (`bundled.rs`, `include_bytes!`, so that `tessera simulate` runs from any
+//! folder), the progress bar and round table, and report and plot writing.
+//! `anyhow` lives in this crate only.
 
 mod bundled;
 mod ca;

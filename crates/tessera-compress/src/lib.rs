@@ -12,6 +12,17 @@
 //! *Invariant:* pure: no I/O, no clocks; the same input, codec and seed give
 //! the same bytes on every platform (binary16 and the seeded streams are our
 //! own code).
+//!
+//! A codec is at most one sparsifier, then one value coding; it is parsed,
+//! printed and (de)serialised as that text. The encoding describes itself:
+//! top-k indices as varint gaps, random-k as a seed, per-chunk ranges and
+//! packed levels for qN, binary16 of our own. `CompressionConfig` is the
+//! plan's `[compression]`.
+//!
+//! *Invariant:* `decode(encode(v).bytes) == encode(v).decoded` bit for bit,
+//! so the sender's error feedback and the receiver agree; `decode` rejects
+//! every malformation (length, index range, trailing bytes, non-finite
+//! values) without allocating past the expected length.
 
 #![deny(missing_docs)]
 

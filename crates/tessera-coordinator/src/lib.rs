@@ -8,6 +8,113 @@
 //! the async gRPC layer ([`Service`]) only validates, decodes, sends it work
 //! and waits. Accepted updates are committed to the store before they are
 //! acknowledged.
+//!
+//! Inside `Federation`: joining, liveness, audit and traffic in `state.rs`,
+//! then one file per phase (`state/agreement.rs`, `training.rs`,
+//! `evaluation.rs`, `resume.rs`, `report.rs`), with `advance()` moving it
+//! on. How a federation trains is
+//! one `Training` (`state/training_mode.rs`: `Sync`, `Async` or `Relay`,
+//! each holding its engine once built). In asynchronous runs
+//! (`state/buffered.rs`) any free participant gets the newest model, every K
+//! accepted updates a step is committed with its aggregate, and each step's
+//! model is evaluated as sites next ask for work. Who takes part is the
+//! orchestrator's `Roster`, an evaluation under way its `EvaluationRound`,
+//! bytes its `Traffic`, and each site's upload codec its `Links` (adaptive:
+//! from timed uploads and the time from task to update, on the run clock).
+//! With a download codec each task carries the model whole, as a change, or
+//! not at all, by what the participant says it holds.
+//!
+//! `Shared` is an actor: the tonic `Service` and a 100 ms ticker send the
+//! federation work (`Shared::call`) and await the answer, so database
+//! commits, aggregation and unmasking never run on tokio's workers; opening
+//! it, which replays the run, happens on that thread too (`Shared::open`).
+//! `serve_shared` serves any open federation, an aggregator's too.
+//!
+//! The `Federation` holds a `Box<dyn RunStore>` (`store.rs`): typed rows
+//! (`store/rows.rs`) and writes in transactions (`RunTx`, committed whole;
+//! a round's close, and the vocabulary with the initial model, are one
+//! each), so that another backend needs no change to the state machine.
+//! `SqliteStore` is SQLite in WAL mode with synchronous commits: runs, the
+//! plan, agreement offers and results (by `AgreementStep`, stored as 1, 2,
+//! 3), every model version, each completed round's aggregate, the open round
+//! and its accepted updates, evaluations, round cohorts, an audit log and a
+//! privacy ledger that triggers keep append-only. It holds no key: the
+//! central DP noise key is drawn from the operating system at each start
+//! and kept in memory, and a restart replays the stored noised aggregates.
+//! The file and its `-wal` and `-shm` are mode 0600. A database error while
+//! answering a call is `Refusal::Unavailable`, which clients retry; one
+//! after the engine counted something is fatal (`state/fatal.rs`).
+//!
+//! *Invariant:* if an update's commit fails (or its local-DP ledger row, or
+//! a buffered step), the federation turns fatal (`Federation::fatal`): that
+//! call and every later one are refused as unavailable (participants
+//! retry), the server stops at once with `CoordinatorError::Fatal`, and the
+//! binary exits 70. A restart
+//! replays the stored aggregates through the strategy (rebuilding momentum,
+//! moments, control variates), checks that the result equals the stored
+//! model bit for bit, then reopens the open round and resubmits its stored
+//! updates.
+//!
+//! # In a tree
+//!
+//! `state/relay.rs` makes a `Federation` an aggregator of the plan's tree
+//! (`Federation::open_node`): its members' merged offers go up and the
+//! parent's answers come back (`relay_offer`, `settle_kinds`,
+//! `settle_agreement`, `settle_statistics`); a parent's task of round `r`
+//! opens round `r` over an `aggregator_engine` (FedAvg at rate 1 from the
+//! parent's model), whose aggregate is the answer (`relay_answer`, from the
+//! database after a restart); members evaluate the parent's model
+//! (`relay_evaluate`), and once the parent's run is over its own last model
+//! (`relay_finish`), for the report's `topology.regions`. A restarted
+//! aggregator does not replay: it reopens the open round when the parent
+//! sends its task again. Secure aggregation runs at every aggregator
+//! (`Tree::check_secure_sizes`: at least three members each), and an
+//! aggregator masks its own answer toward its parent
+//! (`tessera_participant::client::secure_submit`, shared with participants);
+//! central DP runs only where sites are members (`Tree::check_privacy_layers`).
+//!
+//! # Secure aggregation
+//!
+//! In `state/secure.rs` the round's cohort runs the SecAgg+ stages (keys,
+//! shares, masked inputs, signed views, unmasking) through polled
+//! `SecureAggregation` calls. The coordinator drives the orchestrator's
+//! `secure::SecureRound`, the one the simulator drives, which closes a stage
+//! when all have answered or after the liveness period, and hands the
+//! recovered sum to the engine (`submit_sum`). It relays the cohort's
+//! certificates with the parameters: sites sign keys and views with their
+//! certificate keys and check each other against their own CA. The same
+//! machinery sums evaluations under `site_metrics = "aggregate-only"` (the
+//! default) and `"dp"`: secure round `r | EVALUATION_ROUND`
+//! (`open_secure_evaluation`), whose cohort is every joined site, those not
+//! live counted as dropped; under `"dp"`, `finish_secure_evaluation` noises
+//! the sum with `MetricsDp`'s calibration and a key from the operating
+//! system before anything keeps it. None of this state is stored: after a
+//! restart the round is reopened and trained again, and an evaluation in
+//! progress closes without figures.
+//!
+//! Against the coordinator: randomness that protects a site's data (DP-SGD
+//! noise and batches, SecAgg seeds and mask keys) is drawn at that site; the
+//! database holds no noise key; under secure aggregation nothing of one site
+//! reaches the coordinator in the clear (update, example count, loss, steps,
+//! and its evaluation unless the plan says `site_metrics = "clear"`); under
+//! `"dp"` only noised sums of metrics are stored.
+//!
+//! # Trust boundary
+//!
+//! Nothing a participant reports is used before it is checked against what
+//! the coordinator knows (`state/trust.rs`): the row counts the site
+//! declared in its levels offer (fixed for the run, at most 2^40) bound its
+//! updates' example and step counts, its evaluations' rows and loss, and its
+//! statistics; sums under secure aggregation are bounded by the survivors'
+//! declarations. A violation refuses that message with the reason (audited,
+//! counted), never the coordinator. Around it: site names of at most 128
+//! bytes without control characters, and per-site counters for joined
+//! sites only; audit details cut to 1,000 bytes, and refusals past 50 a
+//! second counted, not written; a connection refused more than 10 times a
+//! second turned away unread (`ConnectionLimits` in `service.rs`); plans
+//! refused before round 1 when their settings cannot work (`Plan::validate`
+//! and, for the federation's size, `Plan::check_cohort`: every reason at
+//! once). docs/PROTOCOL.md has the details.
 #![deny(missing_docs)]
 
 mod bucket;

@@ -8,7 +8,24 @@
 //! compression) works on this one representation, and two parameter sets can be
 //! combined only when their layouts are equal, which is checked, not assumed.
 //!
-//! This crate does no I/O, spawns no threads and knows nothing about networks.
+//! This crate does no I/O, spawns no threads, reads no clock and knows nothing
+//! about networks.
+//!
+//! Beyond those: an `Update` carries the delta, its example count, the
+//! strategy's optional auxiliary sum and training statistics (`FitStats`);
+//! a `GradientTerm` is what a strategy's local part adds to every gradient;
+//! `SeededRng` is ChaCha8 with our own distributions, so that a stream never
+//! changes when a dependency does; a `Timestamp` counts microseconds since
+//! the run started. `ParameterSet::wire_len` gives the bytes of the protobuf
+//! encoding that Tessera counts as traffic.
+//!
+//! Determinism: every random choice of a run draws from
+//! `derive_seed(run seed, [stream, round, site])`, and cohorts and
+//! per-participant outputs (accepted, stragglers, dropped, rejected, site
+//! errors) are sorted by participant id, so that one plan and one seed give
+//! the same bits. Bit equality holds on one machine: across CPU kinds,
+//! matrixmultiply may pick other kernels (FMA or not) and libm's `exp` and
+//! `ln` may differ in the last bit.
 #![deny(missing_docs)]
 
 mod error;

@@ -13,6 +13,18 @@
 //!
 //! Bad input is an error naming file, line and column ([`DataError`]), never a
 //! panic. This crate knows nothing about federation rounds or models.
+//!
+//! Inside: `read` streams CSV into typed per-site columns, `levels` agrees the
+//! task and the categorical vocabularies from each site's *sets* of values,
+//! and `prepare` splits, encodes one-hot, imputes and standardises with
+//! training statistics; each site's raw columns are freed once encoded.
+//! `FeatureStatistics` (count, mean and M2, merged with Chan's update) is
+//! what a site would share for federation-scope scaling and for the pooled
+//! baseline. `synth` generates FedProx's Synthetic(α, β).
+//!
+//! `FileSource` is the only way bytes come in (`Filesystem`, data bundled in
+//! the binary, `InMemory` in tests). Data and membership files are refused at
+//! a line longer than 16 MiB.
 #![deny(missing_docs)]
 
 pub mod config;

@@ -3,10 +3,11 @@
 //! knows nothing of sockets, threads or clocks. Time is an input
 //! ([`tessera_core::Timestamp`]); randomness comes from the plan's seed.
 //!
-//! Drivers feed it events and carry out what it asks. Today the simulator
-//! drives it with in-memory participants on a virtual clock; the deployment
-//! runtimes (gRPC coordinator and participants) are to drive the same engine
-//! with wall time, so that a plan and seed give the same model in both.
+//! Drivers feed it events and carry out what it asks. The simulator drives
+//! it with in-memory participants on a virtual clock; the deployment
+//! runtimes (the gRPC coordinator, and the aggregators of a tree) drive the
+//! same engine with wall time, so that a plan and seed give the same model
+//! in both.
 //!
 //! Also here: what a [`Plan`] builds ([`PlanBuild`]: the model, the strategy,
 //! central DP; `RoundEngine::protected`, `Site::of_plan`, `Downlink::of_plan`;
@@ -23,7 +24,40 @@
 //! deployment draws them from the operating system at the party that adds
 //! the noise, so nobody with the plan and its seed can recompute them.
 //!
-//! This crate never blocks, sleeps, reads the clock or opens a socket.
+//! `RoundEngine` takes `begin_round`, `submit`, `report_dropout` and
+//! `poll(now)`; a restarted coordinator rebuilds it with `restore`, `replay`
+//! and `reopen_round`. `with_privacy` adds central DP: clipping in `submit`,
+//! noise and a ledger entry when the round closes, and the round refused in
+//! `begin_round` if a budget would pass. `with_robust` gives the strategy the
+//! plan's robust rule (`Strategy::robust`; `Strategy::combine` combines the
+//! updates before `aggregate_fit`). `submit_sum` takes a securely aggregated
+//! sum. `BufferedEngine` is FedBuff: a step every K accepted updates,
+//! weights discounted by staleness, a staleness bound. `report` is the JSON
+//! report both runtimes write.
+//!
+//! A `Site`'s strategy state moves only when the round says its update
+//! counted. `Site::encode_update` compresses an update with the site's
+//! error feedback (stream `COMPRESS`, so that simulation and deployment send
+//! the same bytes); `Plan::secure_coordinates` is the random-k support every
+//! participant of a secure round masks. `Downlink` is the model participants
+//! hold under a download codec (the true model plus server-side error
+//! feedback), advanced once per closed round from the run seed, so that the
+//! simulator, a coordinator and a restarted coordinator hold the same bits.
+//!
+//! The plan's `[topology]` builds here: `Tree` (aggregators of any depth,
+//! validated: every member known and placed once, no cycles;
+//! `Tree::check_secure_sizes` wants at least three members at each
+//! aggregator under secure aggregation, and `Tree::check_privacy_layers`
+//! keeps central DP where sites are members: those aggregators have no
+//! aggregator members and the root no sites), `gossip_neighbours` (ring,
+//! seeded random regular, complete) and `metropolis_mix` (one averaging
+//! step, shared by simulation and peers). `aggregator_engine` and
+//! `upward_update` are an aggregator's round below the root and what it
+//! sends up, shared by simulation and the aggregator process.
+//!
+//! This crate never blocks, sleeps, reads the clock or opens a socket; every
+//! decision (cohort, acceptance, deadline, quorum, aggregation) comes from
+//! the plan, the seed and the inputs.
 #![deny(missing_docs)]
 
 mod buffered;

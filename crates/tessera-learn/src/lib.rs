@@ -12,6 +12,19 @@
 //! training needs.
 //!
 //! This crate knows nothing about rounds, strategies or networks.
+//!
+//! `learner` and `initial_parameters` are the one place a model kind becomes
+//! a model (the engine's `PlanBuild` calls them): callers hold a
+//! `Box<dyn Learner>`, a coordinator only parameters. A `Learner` reads and
+//! writes its parameters, fits (`fit(data, LocalPlan, rng)`), evaluates and
+//! clones itself (`clone_box`). `LocalPlan` carries what a strategy adds to
+//! every step (a `tessera_core::GradientTerm`) and, under local DP, DP-SGD's
+//! settings (`LocalDp`). `Optimizer` is SGD or Adam over flat values.
+//! `Evaluation` holds counts, loss and a sparse score histogram, so that AUC
+//! pools across sites without any score being sent; `encode_summable` and
+//! `decode_summable` turn it into 16-bit limbs that sum in `Z_2^32`, for
+//! site metrics under secure aggregation (`site_metrics = "aggregate-only"`
+//! and `"dp"`).
 #![deny(missing_docs)]
 
 mod config;

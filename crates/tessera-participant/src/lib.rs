@@ -7,6 +7,28 @@
 //! Key design decision: a participant keeps nothing the coordinator cannot
 //! give back; after a reconnection it asks for its task again, and training
 //! is deterministic, so a repeated task gives the same update.
+//!
+//! `run(config)` connects (TLS or insecure), joins, reads only its own rows,
+//! agrees, then loops on `NextTask`. Training runs on `spawn_blocking` while
+//! heartbeats go out. A transport error means reconnecting with exponential
+//! backoff; a refusal (version, identity, data) stops it; a failed local
+//! training step withdraws from the run (the `Withdraw` call, with the
+//! reason, when the coordinator takes withdrawals) before it stops, so that
+//! no round waits out the liveness period for it. An absolute path in the
+//! coordinator's plan is read only under `plan_dir` (`--plan-dir`). In
+//! deployment the randomness that protects the site's data (DP-SGD's noise
+//! and batches, SecAgg secrets) is drawn from the operating system here.
+//!
+//! `client` holds what any client of a federation needs (an endpoint with
+//! TLS, an agreement step, a task's parameters, an update's stream, the
+//! secure submission); aggregators use it toward their parent.
+//! `supervisor` is every client's reconnect loop, shared with the aggregator
+//! (toward its parent) and the peer (toward each neighbour): `Failure` (retry
+//! or fatal, and the one classification of a gRPC status), a `Retry` policy
+//! (first and longest pause, give up after) and `supervise`, which retries
+//! an attempt with doubling pauses, stops at a fatal failure, gives up with
+//! the last reason, and restarts the give-up clock when an attempt made
+//! progress.
 #![deny(missing_docs)]
 
 pub mod client;

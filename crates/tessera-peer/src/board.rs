@@ -1,6 +1,9 @@
 //! What a peer publishes for its neighbours (its agreement offers and its
 //! model after each round's training and averaging steps), and the gRPC
 //! service that hands them out: a call waits until the peer has what it asks for.
+//!
+//! A peer publishes its offers, and each (round, step) model, before it asks
+//! for anyone else's, so that calls that wait never wait in a circle.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;

@@ -16,6 +16,11 @@
 //! a call for something not yet published waits; a neighbour that cannot be
 //! reached for the liveness period is lost for good, and the peer re-weights
 //! among the living (its published degree tells its neighbours).
+//!
+//! `run(config)` checks that the plan is gossip and the directory matches
+//! it, serves `Gossip` from its board (see `board`), greets every peer,
+//! agrees the data from every peer's offers, then trains, publishes and
+//! averages with the simulation's `metropolis_mix`.
 #![deny(missing_docs)]
 
 mod board;

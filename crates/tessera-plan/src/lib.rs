@@ -8,6 +8,22 @@
 //! strategies, DP mechanisms, round engines, sites) is the engine's.
 //! Besides reading a plan file and the machine's available memory
 //! ([`available_memory`]) it does no I/O: no clock, no sockets.
+//!
+//! `Plan` holds the sections; `FederationConfig`, `SimulationConfig` and
+//! `TopologyConfig` are this crate's, the other sections' types their
+//! crates'. `Plan::from_file` and `Plan::from_toml` read a plan;
+//! `with_settings` applies `--set section.key=value` to the TOML value
+//! before it is read, and names a bad key or value by its setting.
+//! `Plan::default()` is generated data with every section at its default,
+//! and reads no file. The rules across sections are `RULES`, each a named
+//! check (those of one strategy read its `Needs`); then come the checks
+//! against the federation's size (`Plan::check_cohort`).
+//! `PlanError::Conflicts` holds every `Conflict`, each with the keys it
+//! concerns. The plan also derives the values every runtime must agree on
+//! (`secure_coordinates`, `secagg_graph_seed`, `masked_update_bound`,
+//! `local_training`) and estimates the memory each role needs
+//! (`check_memory`, against `simulation.max_memory_gb` or the machine's);
+//! `streams` names every derived seed stream.
 #![deny(missing_docs)]
 
 use std::collections::BTreeMap;

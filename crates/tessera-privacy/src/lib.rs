@@ -23,6 +23,29 @@
 //! secure aggregation plus central DP the coordinator unmasks the exact sum
 //! of the clipped updates and adds the noise itself: [`CentralDp`] protects
 //! the released model against everyone but the coordinator.
+//!
+//! `rdp` follows `dp_accounting` step for step (the RDP of the
+//! Poisson-subsampled Gaussian and its conversion to (ε, δ)), and
+//! `calibrate_noise_multiplier` finds the noise for a budget. `CentralDp`
+//! clips each update to `C` and adds noise `z·C` to the sum, divided by the
+//! plan's expected cohort; its adaptive clipping follows Andrew et al. 2021,
+//! with the noise on its count charged to the updates' noise. Cohorts are
+//! drawn at a fixed size, so central DP claims no amplification by sampling
+//! (`q = 1`). `GaussianNoise` is ChaCha20 keyed with a secret, one stream per
+//! release (its docs say what floating point leaves open). The `Ledger`
+//! refuses a release that would pass the run's or a participant's budget,
+//! naming which and by how much. `MetricsDp` (`site_metrics = "dp"`) makes
+//! one Gaussian release per evaluation, with sensitivity `sqrt(6)` for one
+//! test row, spent against `metrics_epsilon`.
+//!
+//! Central DP trusts the coordinator to clip and add the noise. Central DP
+//! and DP-SGD protect the model only: training loss and per-site evaluations
+//! are outside their guarantee (under DP-SGD the training loss is not
+//! reported; `MetricsDp` is what noises evaluations, when the plan asks).
+//!
+//! *Invariant:* the RDP accountant equals `dp_accounting` to 1e-6 relative on
+//! 450 committed reference values, the PLD accountant to 1e-3 on 138 more
+//! (`tests/reference/`).
 #![deny(missing_docs)]
 
 mod accountant;

@@ -9,6 +9,20 @@
 //! outside never panics, it is refused with what was wrong.
 //!
 //! This crate holds no logic beyond encoding, decoding and validation.
+//!
+//! `proto/tessera/v1/federation.proto` is compiled in `build.rs`. `chunks`
+//! and `Assembler` move parameter sets of any size in 1 MiB chunks
+//! (`CHUNK_BYTES`), validating order and layout. `negotiate`: the major
+//! version must match, capabilities intersect, and required ones are named.
+//! A strategy's `Instructions` meet the wire only in
+//! `convert::instructions_to_pb` and `convert::instructions_from_pb`.
+//!
+//! *API boundary:* the only crate that knows the wire format. The frozen 1.0
+//! schema is compiled beside the current one (`pb_v1_0`) for compatibility
+//! tests. It depends on `tessera-data` and `tessera-learn`, not only on
+//! `tessera-core`, because the conversions of offers, agreements and
+//! evaluations must live beside the messages: the orphan rule forbids them
+//! anywhere else.
 #![deny(missing_docs)]
 
 pub mod convert;

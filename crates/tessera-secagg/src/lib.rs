@@ -71,6 +71,24 @@
 //! [`Signer`] and [`Verifier`] for signatures, [`RoundParams::check`] for
 //! the parameters, [`Client::sign_view`] and [`Client::unmask`] for the
 //! consistency check, [`KeyRing`] for fresh mask keys.
+//!
+//! `Client` and `Server` play one round. `KeyRing` keeps the encryption pair
+//! between rounds and draws the mask pair fresh every round. `RoundParams`
+//! holds the neighbour graph (Harary, `k` from `max_dropout`; the complete
+//! graph up to about 200 sites), the threshold (`k/2 + 1`, at least 2) and
+//! the quantisation (`32 - ceil(log2 n)` bits), and `RoundParams::check`
+//! holds them against the plan's `Expected`. `Signer` and `Verifier` are
+//! Ed25519 in simulation, certificate keys in deployment, and
+//! `Unauthenticated` without TLS. The training metadata takes `METADATA_LEN`
+//! (ten) 16-bit limbs after the quantised update. A test module plays a
+//! malicious server against the clients.
+//!
+//! *Invariants:* the server's state never holds both a participant's
+//! self-mask seed and its mask key; `2t > k`; a key ring answers each secure
+//! round number once, only for the view it signed and `t` survivors signed,
+//! never with fewer than `t` of its neighbours surviving in the view or
+//! fewer than `t` neighbours' shares received, and it refuses any request
+//! naming anyone both survivor and dropped.
 
 #![deny(missing_docs)]
 

@@ -12,6 +12,37 @@
 //! because the engine's sums are exact, the result does not depend on the
 //! number of threads.
 //!
+//! `simulate(plan, data, options, observer)` gives the `RunReport` (the
+//! engine's report type). It draws each site's `Profile`, computes arrival
+//! and dropout times on the virtual clock *before* training, trains in
+//! windows (eight updates per thread) of arrival order, feeds the engine in
+//! that order, evaluates every site each round and runs the baselines. Flat
+//! rounds are in `run.rs`; by the plan's topology and mode, `hierarchy.rs`,
+//! `asynchronous.rs` or `gossip.rs` runs instead. A plan whose models cannot
+//! fit in memory is refused before round 1 (`simulation.max_memory_gb`).
+//!
+//! `Attack` makes chosen sites malicious (sign flip, scaling, Gaussian noise,
+//! label flip). `secure.rs` plays each cohort's members of a SecAgg+ round in
+//! process against the orchestrator's `secure::SecureRound`, the
+//! coordinator's side. With `[compression]`: each site's upload codec (fixed,
+//! or the ladder's choice for its profile's bandwidth), transfer times on the
+//! virtual clock, and with a download codec the model every site holds (the
+//! true model plus server-side error feedback), sent once a round; per-site
+//! traffic is in each round's record. `hierarchy.rs` runs a tree of round
+//! engines, one per aggregator (FedAvg at server rate 1 below the root, the
+//! plan's strategy at the root); every member gets the instructions of the
+//! engine that asks it, an aggregator's being the plan's strategy's, as in
+//! deployment (`aggregator_engine`); aggregators run their SecAgg+ round in
+//! process over sites and aggregators alike, and those that hold sites
+//! carry their central DP mechanism and ledger from round to round.
+//! `gossip.rs` runs decentralised averaging with no engine at all.
+//!
+//! *Invariant:* the simulator has no transport and does not re-implement
+//! engine decisions: it only asks the engine. Its tests hold the algorithms
+//! to independent computations: FedAvg against a plain-loop `f64` FedAvg
+//! (`tests/reference.rs`), benchmark B1 against FLamby's own result files
+//! (`tests/b1.rs`).
+//!
 //! [`RoundEngine`]: tessera_engine::RoundEngine
 #![deny(missing_docs)]
 

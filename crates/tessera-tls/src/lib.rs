@@ -19,6 +19,20 @@
 //!
 //! Key design decision: exactly one crypto provider, ring, everywhere
 //! (certificate generation, TLS, verification).
+//!
+//! `ServerTls` requires client certificates and reloads the CRL when its
+//! file changes. `Connector` checks the server's certificate against the
+//! CRL of the client's folder, read at each connection, and
+//! `Connector::check_server` re-checks the certificate a live connection was
+//! opened with. `Callers` is a server's per-call check: `check_site` and the
+//! certificate still valid under the current CRL. `incoming` reports failed
+//! handshakes and drops them. `SiteCertificates` checks a relayed
+//! certificate against the site's own CA and CRL, then the signature.
+//!
+//! *Invariants:* ring is the only crypto provider in the build. A
+//! revocation reaches open connections: servers check every call, clients
+//! every task or fetched model; `CaDir` writes files by rename, so a
+//! reloading server never reads half a `crl.pem`.
 #![deny(missing_docs)]
 
 mod accept;
