@@ -21,13 +21,6 @@ pub enum Effect<P> {
     Persist(P),
     /// Append to the audit log.
     Audit(Audit),
-    /// Record a metric's value.
-    Metric {
-        /// The metric's name.
-        name: &'static str,
-        /// Its value.
-        value: f64,
-    },
     /// Call the piece again at this time (a deadline).
     Wake(Timestamp),
     /// The run cannot go on: stop, and say why.

@@ -4,7 +4,8 @@
 //! Each piece is a plain state machine in the same form as
 //! [`tessera_engine::RoundEngine`]: it takes the time ([`Timestamp`]) and an
 //! event, changes its state and returns the [`Effect`]s its driver carries
-//! out (persist, audit, metric, wake, fatal). It never reads a clock, sleeps,
+//! out (persist, audit, wake, fatal; metrics are counted by the drivers
+//! around them). It never reads a clock, sleeps,
 //! opens a socket or touches a database. The simulator drives the pieces
 //! with in-process events on its virtual clock; the coordinator and the
 //! aggregators drive them with gRPC calls and their store.

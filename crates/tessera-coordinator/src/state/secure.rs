@@ -264,7 +264,7 @@ impl Federation {
                 Effect::Fatal(reason) => {
                     tracing::error!(%reason, "secure aggregation cannot go on");
                 }
-                Effect::Wake(_) | Effect::Metric { .. } => {}
+                Effect::Wake(_) => {}
                 Effect::Persist(never) => match never {},
             }
         }

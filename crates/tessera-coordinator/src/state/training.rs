@@ -244,7 +244,7 @@ impl Federation {
                     &a.detail,
                 ),
                 Effect::Fatal(reason) => return Err(CoordinatorError::Config(reason)),
-                Effect::Metric { .. } | Effect::Wake(_) => {}
+                Effect::Wake(_) => {}
             }
         }
         Ok(())
