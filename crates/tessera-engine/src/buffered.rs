@@ -141,6 +141,12 @@ impl BufferedEngine {
         self.strategy.configure_fit(&self.global, id)
     }
 
+    /// The run's strategy (its evaluate half aggregates the sites'
+    /// evaluations of each step's model).
+    pub fn strategy(&self) -> &dyn tessera_aggregate::Strategy {
+        self.strategy.as_ref()
+    }
+
     /// The current model and its version.
     pub fn current(&self) -> (Arc<ParameterSet>, u32) {
         (Arc::clone(&self.global), self.version)

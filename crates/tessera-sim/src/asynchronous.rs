@@ -101,6 +101,11 @@ pub(crate) fn run_async(
         );
     }
 
+    let names: Vec<String> = sites
+        .iter()
+        .map(|s| lock(s).id().as_str().to_string())
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut records = Vec::new();
     let mut last_evaluations = Vec::new();
     let mut last_step_at = Timestamp::ZERO;
@@ -195,7 +200,7 @@ pub(crate) fn run_async(
         };
         let record = completed(
             &record,
-            &EvaluationView::pooled(&evaluations),
+            &EvaluationView::clear(engine.strategy(), &names, &evaluations),
             wall.elapsed().as_secs_f64(),
         );
         wall = Instant::now();

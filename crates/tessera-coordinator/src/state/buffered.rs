@@ -210,6 +210,14 @@ impl Federation {
             return Ok(());
         };
         let evaluations: Vec<Evaluation> = received.values().cloned().collect();
+        let sites: Vec<&str> = received.keys().map(String::as_str).collect();
+        let view = EvaluationView::clear(
+            self.training
+                .buffered()
+                .map_or(&tessera_engine::report::POOLED as _, |e| e.strategy()),
+            &sites,
+            &evaluations,
+        );
         let status = if evaluations.is_empty() {
             "completed (not evaluated: the next step came first)".to_string()
         } else {
@@ -218,7 +226,7 @@ impl Federation {
         let seconds = record.seconds;
         let record = RoundRecord {
             status,
-            ..completed(&record, &EvaluationView::pooled(&evaluations), seconds)
+            ..completed(&record, &view, seconds)
         };
         let json =
             serde_json::to_string(&record).map_err(|e| StoreError::Damaged(e.to_string()))?;
