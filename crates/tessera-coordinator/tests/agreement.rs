@@ -137,15 +137,7 @@ fn an_evaluation_the_database_cannot_store_is_unavailable_and_retried() {
     }
     f.advance();
     let round = updates[0].0;
-    let report = |site: &str| tessera_proto::pb::EvaluationReport {
-        site: site.to_string(),
-        round,
-        n_examples: 10,
-        loss_sum: 5.0,
-        n_correct: 5,
-        auc: None,
-        histogram: Vec::new(),
-    };
+    let report = |site: &str| common::evaluation_report(site, round);
     let first = SITES[0].name.as_str();
     db.break_table("evaluations", "injected: the disk is full");
     assert_unavailable(

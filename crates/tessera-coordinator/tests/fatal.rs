@@ -89,15 +89,7 @@ fn assert_everything_refused(
         m2: vec![1.0],
     };
     assert_stopping("statistics", f.offer_statistics(name, statistics), cause);
-    let report = pb::EvaluationReport {
-        site: name.to_string(),
-        round,
-        n_examples: 10,
-        loss_sum: 5.0,
-        n_correct: 5,
-        auc: None,
-        histogram: Vec::new(),
-    };
+    let report = common::evaluation_report(name, round);
     assert_stopping("an evaluation", f.submit_evaluation(name, &report), cause);
     assert_stopping(
         "a secure-aggregation step",
