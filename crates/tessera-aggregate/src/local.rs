@@ -1,12 +1,17 @@
 //! The site's half of a strategy: [`LocalAlgorithm`] owns what a strategy
 //! does at the site (the term added to every gradient, the state a site keeps
-//! between rounds, the auxiliary sum its update carries). The server's half is
-//! [`crate::Strategy`]; the two speak through [`Instructions`]. Each
-//! strategy's local part lives beside its server part in `methods/`.
+//! between rounds, the auxiliary sum its update carries, and, for methods
+//! that need it, the whole local training over the site's
+//! [`LocalModel`]). The server's half is [`crate::Strategy`]; the two speak
+//! through [`Instructions`]. Each strategy's local part lives beside its
+//! server part in `methods/`; [`LocalPart`] is the one a site keeps, made
+//! from the instructions it receives. Local DP-SGD wraps any of them (the
+//! engine's `DpSgd`), as the robust rules wrap any server part.
 
 use std::fmt;
+use std::mem::Discriminant;
 
-use tessera_core::{FitStats, GradientTerm, ParameterSet};
+use tessera_core::{FitStats, GradientTerm, LocalModel, ParameterSet};
 
 use crate::{AggregateError, Instructions};
 
@@ -23,25 +28,74 @@ pub struct LocalOutcome<'a> {
     pub lr: f32,
 }
 
+/// What a local part returns for the site's update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalFit {
+    /// The change to send: the trained parameters minus the global ones.
+    pub delta: ParameterSet,
+    /// The auxiliary sum the update carries, when the strategy asked for one.
+    pub aux: Option<ParameterSet>,
+    /// Steps taken and the training loss.
+    pub stats: FitStats,
+}
+
 /// A strategy's local part. A site keeps one per kind of instructions it
 /// receives, with whatever state the algorithm carries between rounds; it
-/// never sees rows, only parameters.
+/// never sees rows, only parameters and the site's [`LocalModel`].
+///
+/// Most local parts only add a term to every gradient and perhaps compute an
+/// auxiliary sum afterwards: they implement [`LocalAlgorithm::begin`] and
+/// [`LocalAlgorithm::finish`] and keep the provided
+/// [`LocalAlgorithm::fit`] (set the global parameters, train once, take the
+/// difference). A method that trains otherwise (a personal model beside the
+/// global one, layers that never leave the site) overrides `fit`.
 pub trait LocalAlgorithm: Send + fmt::Debug {
     /// Before local training from `global`: the term to add to every
-    /// gradient (none: plain local training).
+    /// gradient (none, the default: plain local training).
     fn begin<'a>(
         &'a mut self,
-        instructions: &'a Instructions,
-        global: &'a ParameterSet,
-    ) -> Result<Option<Box<dyn GradientTerm + 'a>>, AggregateError>;
+        _instructions: &'a Instructions,
+        _global: &'a ParameterSet,
+    ) -> Result<Option<Box<dyn GradientTerm + 'a>>, AggregateError> {
+        Ok(None)
+    }
 
     /// After local training: the auxiliary sum the update carries, when the
-    /// strategy asked for one ([`crate::Strategy::aux_sum`]).
+    /// strategy asked for one ([`crate::Strategy::aux_sum`]; none by default).
     fn finish(
         &mut self,
+        _instructions: &Instructions,
+        _outcome: &LocalOutcome<'_>,
+    ) -> Result<Option<ParameterSet>, AggregateError> {
+        Ok(None)
+    }
+
+    /// One round's local work on `model` from `global`: by default, set
+    /// `global`, [`begin`](LocalAlgorithm::begin), train once with the term,
+    /// take the difference, [`finish`](LocalAlgorithm::finish).
+    fn fit(
+        &mut self,
         instructions: &Instructions,
-        outcome: &LocalOutcome<'_>,
-    ) -> Result<Option<ParameterSet>, AggregateError>;
+        global: &ParameterSet,
+        model: &mut dyn LocalModel,
+    ) -> Result<LocalFit, AggregateError> {
+        model.set_parameters(global)?;
+        let lr = model.lr();
+        let term = self.begin(instructions, global)?;
+        let stats = model.train(term.as_deref())?;
+        drop(term);
+        let delta = model.parameters().sub(global)?;
+        let aux = self.finish(
+            instructions,
+            &LocalOutcome {
+                global,
+                delta: &delta,
+                stats,
+                lr,
+            },
+        )?;
+        Ok(LocalFit { delta, aux, stats })
+    }
 
     /// How the site's last update fared: state moves only with an update
     /// that counted in a completed round, so the server's view and the
@@ -53,21 +107,50 @@ pub trait LocalAlgorithm: Send + fmt::Debug {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlainLocal;
 
-impl LocalAlgorithm for PlainLocal {
-    fn begin<'a>(
-        &'a mut self,
-        _instructions: &'a Instructions,
-        _global: &'a ParameterSet,
-    ) -> Result<Option<Box<dyn GradientTerm + 'a>>, AggregateError> {
-        Ok(None)
+impl LocalAlgorithm for PlainLocal {}
+
+/// The local part a site keeps: the one its instructions name
+/// ([`Instructions::local_algorithm`]), made at the first round and kept,
+/// with its state, while the instructions keep their kind.
+#[derive(Debug, Default)]
+pub struct LocalPart {
+    current: Option<(Discriminant<Instructions>, Box<dyn LocalAlgorithm>)>,
+}
+
+impl LocalPart {
+    /// The local part for `instructions`: the one kept, or a fresh one when
+    /// their kind changed.
+    fn for_instructions(&mut self, instructions: &Instructions) -> &mut dyn LocalAlgorithm {
+        let kind = std::mem::discriminant(instructions);
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|(made_for, _)| *made_for != kind)
+        {
+            self.current = None;
+        }
+        self.current
+            .get_or_insert_with(|| (kind, instructions.local_algorithm()))
+            .1
+            .as_mut()
+    }
+}
+
+impl LocalAlgorithm for LocalPart {
+    fn fit(
+        &mut self,
+        instructions: &Instructions,
+        global: &ParameterSet,
+        model: &mut dyn LocalModel,
+    ) -> Result<LocalFit, AggregateError> {
+        self.for_instructions(instructions)
+            .fit(instructions, global, model)
     }
 
-    fn finish(
-        &mut self,
-        _instructions: &Instructions,
-        _outcome: &LocalOutcome<'_>,
-    ) -> Result<Option<ParameterSet>, AggregateError> {
-        Ok(None)
+    fn round_closed(&mut self, counted: bool) {
+        if let Some((_, local)) = self.current.as_mut() {
+            local.round_closed(counted);
+        }
     }
 }
 

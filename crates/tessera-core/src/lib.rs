@@ -13,7 +13,9 @@
 //!
 //! Beyond those: an `Update` carries the delta, its example count, the
 //! strategy's optional auxiliary sum and training statistics (`FitStats`);
-//! a `GradientTerm` is what a strategy's local part adds to every gradient;
+//! a `GradientTerm` is what a strategy's local part adds to every gradient,
+//! a `LocalModel` the site's model as that local part drives it (`LocalDp`:
+//! DP-SGD's settings for one training);
 //! `SeededRng` is ChaCha8 with our own distributions, so that a stream never
 //! changes when a dependency does; a `Timestamp` counts microseconds since
 //! the run started. `ParameterSet::wire_len` gives the bytes of the protobuf
@@ -30,6 +32,7 @@
 
 mod error;
 mod id;
+mod local;
 mod params;
 mod rng;
 mod term;
@@ -39,6 +42,7 @@ mod update;
 
 pub use error::CoreError;
 pub use id::ParticipantId;
+pub use local::{LocalDp, LocalModel};
 pub use params::{ParameterSet, Tensor, varint_len};
 pub use rng::{SeededRng, derive_key, derive_seed, tag};
 pub use term::GradientTerm;

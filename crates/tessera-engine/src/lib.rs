@@ -62,6 +62,7 @@
 
 mod buffered;
 mod downlink;
+mod dp_sgd;
 mod engine;
 mod error;
 mod regional;
@@ -72,6 +73,7 @@ mod topology;
 
 pub use buffered::{AsyncRejection, BufferedEngine, Step};
 pub use downlink::Downlink;
+pub use dp_sgd::{DpSgd, Private};
 pub use engine::{
     EngineConfig, FitTask, Rejection, RoundEngine, RoundOutcome, RoundStart, RoundStatus,
 };

@@ -1,52 +1,30 @@
 //! The participant's side of a round.
 
-use std::mem::Discriminant;
-
-use tessera_aggregate::{Instructions, LocalAlgorithm, LocalOutcome};
+use tessera_aggregate::{LocalAlgorithm, LocalPart};
 use tessera_compress::{Codec, ErrorFeedback};
-use tessera_core::{ParameterSet, ParticipantId, SeededRng, Update, tag};
+use tessera_core::{
+    CoreError, FitStats, GradientTerm, LocalDp, LocalModel, ParameterSet, ParticipantId, SeededRng,
+    Update, tag,
+};
 use tessera_data::Dataset;
-use tessera_learn::{Evaluation, Learner, LocalDp, LocalPlan, TrainingConfig};
+use tessera_learn::{Evaluation, LearnError, Learner, LocalPlan, TrainingConfig};
 use tessera_privacy::{DpEvent, PrivacyConfig};
 
-use crate::{EngineError, FitTask, streams};
-
-/// A key for stream `stream` of round `round`, derived from a site's secret
-/// `key`: SHA-256 of a domain label, the key, the stream tag and the round.
-/// Independent of the noise, which ChaCha20 draws from `key` itself.
-fn secret_stream_key(key: &[u8; 32], stream: u64, round: u32) -> [u8; 32] {
-    use sha2::Digest;
-    let mut hash = sha2::Sha256::new();
-    hash.update(b"tessera/site-secret-stream/v1");
-    hash.update(key);
-    hash.update(stream.to_le_bytes());
-    hash.update(u64::from(round).to_le_bytes());
-    hash.finalize().into()
-}
+use crate::{DpSgd, EngineError, FitTask, streams};
 
 /// One participant: its model, its training rows, and what it keeps between
-/// rounds (its strategy's local part). Turns a [`FitTask`] into an
-/// [`Update`] the same way in simulation and deployment.
+/// rounds (its strategy's local part, DP-SGD's count of trainings). Turns a
+/// [`FitTask`] into an [`Update`] the same way in simulation and deployment.
 pub struct Site {
     id: ParticipantId,
     learner: Box<dyn Learner>,
     training: TrainingConfig,
     seed: u64,
     /// The strategy's local part and its state (SCAFFOLD's control
-    /// variate), with the kind of instructions it was made for.
-    local: Option<(Discriminant<Instructions>, Box<dyn LocalAlgorithm>)>,
-    /// Local DP-SGD: the plan's settings, the run's rounds, the secret key
-    /// of the noise and of the batch sampling.
-    local_dp: Option<(PrivacyConfig, u32, [u8; 32])>,
-    /// With local DP: how many times this site has trained. Each training
-    /// takes the next noise and batch stream of the site's key, never one
-    /// the coordinator chooses (a round number sent twice would otherwise
-    /// give two updates with the same noise, whose difference is noise-free),
-    /// and no more trainings than the plan's rounds, whose spend the site
-    /// accepted up front.
-    dp_trainings: u32,
-    /// The DP event of the last local training.
-    last_event: Option<DpEvent>,
+    /// variate), made from the instructions the site receives.
+    local: LocalPart,
+    /// Local DP-SGD around the local part, keyed with the site's secret.
+    dp: Option<DpSgd>,
     /// Error feedback: what earlier compressed updates left out.
     feedback: Option<ErrorFeedback>,
     /// Error feedback as it was before the last round's update was encoded,
@@ -68,10 +46,8 @@ impl Site {
             learner,
             training,
             seed,
-            local: None,
-            local_dp: None,
-            dp_trainings: 0,
-            last_event: None,
+            local: LocalPart::default(),
+            dp: None,
             feedback: None,
             feedback_before: None,
         }
@@ -106,7 +82,6 @@ impl Site {
         self.feedback = Some(ErrorFeedback::new());
         self
     }
-
     /// Compresses `update`'s delta with `codec` for `round`: returns the
     /// bytes that travel and leaves in `update` what the coordinator will
     /// decode from them. `shared_seed` makes random-k pick the coordinates
@@ -143,43 +118,33 @@ impl Site {
         encoded.bytes
     }
 
-    /// Trains with DP-SGD (the plan's `[privacy]` in `local` mode) over a
-    /// run of `rounds` rounds. All the randomness of local training then
-    /// comes from `noise_key`: the Gaussian noise (ChaCha20 keyed with it,
-    /// a stream per round) and the Poisson batch sampling (see
-    /// [`Site::fit`]), so nothing of it derives from the run seed. In
-    /// deployment the key must be secret and never leave the site
-    /// (participants draw it from the operating system); the simulator
-    /// derives it from the run seed, which makes a simulation reproducible
-    /// and an experiment, not a release.
+    /// Trains with DP-SGD ([`DpSgd`], the plan's `[privacy]` in `local`
+    /// mode) over a run of `rounds` rounds, around whatever local part the
+    /// strategy has. All the randomness of local training then comes from
+    /// `noise_key`, nothing of it from the run seed: see [`DpSgd`].
     pub fn with_local_dp(
         mut self,
         privacy: PrivacyConfig,
         rounds: u32,
         noise_key: [u8; 32],
     ) -> Self {
-        self.local_dp = Some((privacy, rounds, noise_key));
+        self.dp = Some(DpSgd::new(
+            privacy,
+            rounds,
+            noise_key,
+            self.training.clone(),
+        ));
         self
     }
 
     /// With local DP: the DP event one round of training on `n_rows` rows is.
     pub fn local_dp_event(&self, n_rows: usize) -> Result<Option<DpEvent>, EngineError> {
-        let Some((privacy, rounds, _)) = &self.local_dp else {
-            return Ok(None);
-        };
-        let plan = LocalPlan::plain(&self.training);
-        let q = plan.sampling_rate(n_rows);
-        let steps = plan.n_steps(n_rows)?;
-        Ok(Some(DpEvent {
-            sampling_rate: q,
-            noise_multiplier: privacy.local_noise_multiplier(q, steps, *rounds)?,
-            steps,
-        }))
+        self.dp.as_ref().map(|dp| dp.event(n_rows)).transpose()
     }
 
     /// The DP event of the last local training, with local DP.
     pub fn last_dp_event(&self) -> Option<DpEvent> {
-        self.last_event
+        self.dp.as_ref().and_then(DpSgd::last_event)
     }
 
     /// The participant's id.
@@ -192,86 +157,39 @@ impl Site {
         Ok(LocalPlan::plain(&self.training).n_steps(n_rows)?)
     }
 
-    /// The generator of a local training: with local DP, keyed with SHA-256
-    /// of the site's secret key, `index` (the site's own count of its
-    /// trainings) and the `FIT` stream tag, so that nobody without the key
-    /// (the coordinator, anyone with the plan and its seed) can tell which
-    /// rows were in a batch, and amplification by subsampling holds; without
-    /// DP, the public stream `derive_seed(run seed, [FIT, index, site])` with
-    /// `index` the round.
-    pub(crate) fn fit_rng(&self, index: u32) -> SeededRng {
-        match &self.local_dp {
-            Some((_, _, key)) => SeededRng::from_key(secret_stream_key(key, streams::FIT, index)),
-            None => SeededRng::derived(
-                self.seed,
-                &[streams::FIT, u64::from(index), tag(self.id.as_str())],
-            ),
-        }
-    }
-
-    /// Runs the task on `train`: start from the global parameters, train
-    /// locally with the strategy's additions, return the change. With local
-    /// DP, batch sampling and noise come from the site's secret key only.
+    /// Runs the task on `train`: the strategy's local part trains the site's
+    /// model from the global parameters and returns the change (and the
+    /// auxiliary sum its strategy asked for). With local DP the local part
+    /// is wrapped in DP-SGD, whose batch sampling and noise come from the
+    /// site's secret key only; without it, batches come from the public
+    /// stream `derive_seed(run seed, [FIT, round, site])`.
     pub fn fit(&mut self, task: &FitTask, train: &Dataset) -> Result<Update, EngineError> {
-        let global = task.global.as_ref();
-        self.learner.set_parameters(global)?;
-        let event = self.local_dp_event(train.n_rows())?;
-        // The stream of this training: the round without DP (public), the
-        // site's own count of trainings with it.
-        let stream = match &self.local_dp {
-            Some((_, rounds, _)) => {
-                if self.dp_trainings >= *rounds {
-                    return Err(EngineError::State(format!(
-                        "local DP: this site has trained {rounds} times, every round of the plan; \
-                         another training would spend privacy beyond what the site accepted \
-                         (asked for round {})",
-                        task.round
-                    )));
-                }
-                self.dp_trainings += 1;
-                self.dp_trainings
-            }
-            None => task.round,
-        };
-        self.last_event = event;
-        let mut rng = self.fit_rng(stream);
-        let instructions = &task.instructions;
-        let kind = std::mem::discriminant(instructions);
-        let local = match &mut self.local {
-            Some((made_for, local)) if *made_for == kind => local,
-            slot => &mut slot.insert((kind, instructions.local_algorithm())).1,
-        };
-        let term = local.begin(instructions, global)?;
-        let plan = LocalPlan {
+        let mut model = SiteModel {
+            learner: self.learner.as_mut(),
+            rows: train,
             training: &self.training,
-            term: term.as_deref(),
-            dp: match (&self.local_dp, event) {
-                (Some((privacy, _, key)), Some(event)) => Some(LocalDp {
-                    noise_multiplier: event.noise_multiplier,
-                    clip_norm: privacy.clip_norm,
-                    noise_key: *key,
-                    stream: u64::from(stream),
-                }),
-                _ => None,
-            },
+            rng: public_rng(self.seed, task.round, &self.id),
+            failure: None,
         };
-        let stats = self.learner.fit(train, &plan, &mut rng)?;
-        let delta = self.learner.parameters().sub(global)?;
-        drop(term);
-        let aux = local.finish(
-            instructions,
-            &LocalOutcome {
-                global,
-                delta: &delta,
-                stats,
-                lr: self.training.optimizer.lr,
-            },
-        )?;
+        let mut private;
+        let local: &mut dyn LocalAlgorithm = match &mut self.dp {
+            Some(dp) => {
+                private = dp.around(&mut self.local, train.n_rows(), task.round)?;
+                &mut private
+            }
+            None => &mut self.local,
+        };
+        let fit = local.fit(&task.instructions, task.global.as_ref(), &mut model);
+        // A learner's own error keeps its kind (divergence, a bad setting).
+        let fit = match (fit, model.failure) {
+            (Err(_), Some(failure)) => return Err(failure.into()),
+            (fit, _) => fit?,
+        };
         Ok(Update {
-            delta,
+            delta: fit.delta,
             n_examples: train.n_rows() as u64,
-            aux,
-            stats,
+            aux: fit.aux,
+            stats: fit.stats,
         })
     }
 
@@ -284,9 +202,7 @@ impl Site {
     /// in a completed round moves its local part's state (SCAFFOLD keeps the
     /// server's `c` equal to the mean of the sites' `c_i`).
     pub fn round_closed(&mut self, update_counted: bool) {
-        if let Some((_, local)) = self.local.as_mut() {
-            local.round_closed(update_counted);
-        }
+        self.local.round_closed(update_counted);
     }
 
     /// Evaluates `parameters` on `rows`.
@@ -297,6 +213,82 @@ impl Site {
     ) -> Result<Evaluation, EngineError> {
         self.learner.set_parameters(parameters)?;
         Ok(self.learner.evaluate(rows)?)
+    }
+}
+
+/// The generator of a training without DP: the public stream
+/// `derive_seed(run seed, [FIT, round, site])`.
+fn public_rng(seed: u64, round: u32, id: &ParticipantId) -> SeededRng {
+    SeededRng::derived(seed, &[streams::FIT, u64::from(round), tag(id.as_str())])
+}
+
+/// The site's learner and rows as its local part drives them. A learner's
+/// error reaches the local part as a [`CoreError`] and is kept here with its
+/// kind, which [`Site::fit`] returns.
+struct SiteModel<'a> {
+    learner: &'a mut dyn Learner,
+    rows: &'a Dataset,
+    training: &'a TrainingConfig,
+    rng: SeededRng,
+    failure: Option<LearnError>,
+}
+
+impl SiteModel<'_> {
+    fn failed(&mut self, error: LearnError) -> CoreError {
+        let shown = CoreError::Invalid(error.to_string());
+        self.failure = Some(error);
+        shown
+    }
+
+    fn fit(
+        &mut self,
+        term: Option<&dyn GradientTerm>,
+        dp: Option<LocalDp>,
+        rng: Option<&mut SeededRng>,
+    ) -> Result<FitStats, CoreError> {
+        let plan = LocalPlan {
+            training: self.training,
+            term,
+            dp,
+        };
+        let rng = match rng {
+            Some(rng) => rng,
+            None => &mut self.rng,
+        };
+        let fitted = self.learner.fit(self.rows, &plan, rng);
+        fitted.map_err(|e| self.failed(e))
+    }
+}
+
+impl LocalModel for SiteModel<'_> {
+    fn parameters(&self) -> &ParameterSet {
+        self.learner.parameters()
+    }
+
+    fn set_parameters(&mut self, parameters: &ParameterSet) -> Result<(), CoreError> {
+        let set = self.learner.set_parameters(parameters);
+        set.map_err(|e| self.failed(e))
+    }
+
+    fn n_rows(&self) -> usize {
+        self.rows.n_rows()
+    }
+
+    fn lr(&self) -> f32 {
+        self.training.optimizer.lr
+    }
+
+    fn train(&mut self, term: Option<&dyn GradientTerm>) -> Result<FitStats, CoreError> {
+        self.fit(term, None, None)
+    }
+
+    fn train_private(
+        &mut self,
+        term: Option<&dyn GradientTerm>,
+        dp: &LocalDp,
+        rng: &mut SeededRng,
+    ) -> Result<FitStats, CoreError> {
+        self.fit(term, Some(*dp), Some(rng))
     }
 }
 
@@ -311,6 +303,8 @@ mod tests {
     use tessera_privacy::PrivacyMode;
 
     use super::*;
+    use crate::dp_sgd::secret_stream_key;
+    use tessera_aggregate::PlainLocal;
 
     const SEED: u64 = 42;
     const ROWS: usize = 200;
@@ -321,6 +315,17 @@ mod tests {
             steps: Some(20),
             batch_size: BATCH,
             ..TrainingConfig::default()
+        }
+    }
+
+    /// The generator of `site`'s training `index`: keyed under local DP,
+    /// the public stream without.
+    impl Site {
+        fn fit_rng(&self, index: u32) -> SeededRng {
+            match &self.dp {
+                Some(dp) => dp.rng(index),
+                None => public_rng(self.seed, index, &self.id),
+            }
         }
     }
 
@@ -442,5 +447,101 @@ mod tests {
         }
         let e = s.fit(&task, &rows).unwrap_err().to_string();
         assert!(e.contains("every round of the plan"), "{e}");
+    }
+
+    /// A local part that trains twice a round (as a personalised method that
+    /// keeps a model of its own would): the second training starts from the
+    /// first one's result.
+    #[derive(Debug, Default)]
+    struct TwoTrainings;
+
+    impl LocalAlgorithm for TwoTrainings {
+        fn fit(
+            &mut self,
+            _instructions: &tessera_aggregate::Instructions,
+            global: &ParameterSet,
+            model: &mut dyn LocalModel,
+        ) -> Result<tessera_aggregate::LocalFit, tessera_aggregate::AggregateError> {
+            model.set_parameters(global)?;
+            model.train(None)?;
+            let stats = model.train(None)?;
+            Ok(tessera_aggregate::LocalFit {
+                delta: model.parameters().sub(global)?,
+                aux: None,
+                stats,
+            })
+        }
+    }
+
+    fn model<'a>(
+        learner: &'a mut dyn Learner,
+        rows: &'a Dataset,
+        t: &'a TrainingConfig,
+    ) -> SiteModel<'a> {
+        SiteModel {
+            learner,
+            rows,
+            training: t,
+            rng: public_rng(SEED, 1, &ParticipantId::new("a")),
+            failure: None,
+        }
+    }
+
+    /// DP-SGD wraps any local part: FedProx's term still pulls toward the
+    /// global model under DP-SGD (same key, same batches and noise, another
+    /// update), and the update still follows the key.
+    #[test]
+    fn dp_sgd_wraps_the_strategys_local_part() {
+        let (rows, plain) = rows_and_task();
+        let proximal = FitTask {
+            instructions: tessera_aggregate::Instructions::Proximal { mu: 5.0 },
+            ..plain.clone()
+        };
+        let fit = |key, task: &FitTask| site(Some(key)).fit(task, &rows).unwrap().delta;
+        let dp_only = fit([1; 32], &plain);
+        let dp_prox = fit([1; 32], &proximal);
+        assert_ne!(dp_only, dp_prox, "the proximal term was lost under DP-SGD");
+        assert_eq!(dp_prox, fit([1; 32], &proximal));
+        assert_ne!(dp_prox, fit([2; 32], &proximal));
+        // The pull shrinks the step: the proximal update is the shorter one.
+        assert!(dp_prox.l2_norm() < dp_only.l2_norm());
+    }
+
+    /// The site's privacy accounting covers one DP-SGD training a round: a
+    /// local part that trains twice is refused under DP and runs without it.
+    #[test]
+    fn a_local_part_that_trains_twice_is_refused_under_dp_sgd() {
+        let (rows, task) = rows_and_task();
+        let t = training();
+        let mut learner = site(None).learner;
+        let once = {
+            let mut m = model(learner.as_mut(), &rows, &t);
+            PlainLocal
+                .fit(&task.instructions, &task.global, &mut m)
+                .unwrap()
+                .delta
+        };
+        let twice = {
+            let mut m = model(learner.as_mut(), &rows, &t);
+            TwoTrainings
+                .fit(&task.instructions, &task.global, &mut m)
+                .unwrap()
+                .delta
+        };
+        assert_ne!(once, twice);
+        let privacy = PrivacyConfig {
+            mode: PrivacyMode::Local,
+            noise_multiplier: Some(1.0),
+            ..PrivacyConfig::default()
+        };
+        let mut dp = DpSgd::new(privacy, 5, [1; 32], t.clone());
+        let mut inner = TwoTrainings;
+        let mut private = dp.around(&mut inner, ROWS, 1).unwrap();
+        let mut m = model(learner.as_mut(), &rows, &t);
+        let e = private
+            .fit(&task.instructions, &task.global, &mut m)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trains more than once a round"), "{e}");
     }
 }

@@ -1,6 +1,6 @@
 //! The local training loop shared by the built-in models.
 
-use tessera_core::{FitStats, GradientTerm, ParameterSet, SeededRng};
+use tessera_core::{FitStats, GradientTerm, LocalDp, ParameterSet, SeededRng};
 use tessera_data::Dataset;
 
 use crate::config::{Schedule, TrainingConfig};
@@ -19,27 +19,6 @@ pub struct LocalPlan<'a> {
     pub term: Option<&'a dyn GradientTerm>,
     /// DP-SGD instead of plain mini-batches.
     pub dp: Option<LocalDp>,
-}
-
-/// DP-SGD (Abadi et al. 2016): each step draws a Poisson sample of the rows
-/// (each row with probability `batch_size / n`, independently), clips every
-/// example's gradient to L2 norm `clip_norm` (exact per-example norms),
-/// sums them, adds Gaussian noise of standard deviation
-/// `noise_multiplier * clip_norm` from a ChaCha20 generator keyed with
-/// `noise_key`, and divides by the expected batch size. A round of `T` steps
-/// is the DP event (q = batch_size / n, noise_multiplier, T) for the
-/// accountant. The training loss is not reported (it would be released
-/// without noise).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LocalDp {
-    /// Noise standard deviation over the clipping norm.
-    pub noise_multiplier: f64,
-    /// Per-example gradient norm bound.
-    pub clip_norm: f64,
-    /// Secret key of the noise.
-    pub noise_key: [u8; 32],
-    /// Noise stream (for example the round), so rounds draw independent noise.
-    pub stream: u64,
 }
 
 impl<'a> LocalPlan<'a> {

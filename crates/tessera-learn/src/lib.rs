@@ -39,11 +39,12 @@ pub use config::{
     Init, ModelConfig, ModelKind, OptimizerConfig, OptimizerKind, Schedule, TrainingConfig,
 };
 pub use error::LearnError;
-pub use fit::{LocalDp, LocalPlan};
+pub use fit::LocalPlan;
 pub use metrics::{Evaluation, HISTOGRAM_BINS, ScoreHistogram, accuracy, auc, log_loss_binary};
 pub use network::Network;
 pub use optim::Optimizer;
 pub use summable::{MAX_SITES, SUMMABLE_LEN, SummedEvaluation, decode_summable, encode_summable};
+pub use tessera_core::LocalDp;
 
 use tessera_core::{FitStats, ParameterSet, SeededRng};
 use tessera_data::Dataset;

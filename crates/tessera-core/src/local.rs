@@ -1,0 +1,58 @@
+//! The site's model as a strategy's local part drives it.
+
+use crate::{CoreError, FitStats, GradientTerm, ParameterSet, SeededRng};
+
+/// DP-SGD (Abadi et al. 2016): each step draws a Poisson sample of the rows
+/// (each row with probability `batch_size / n`, independently), clips every
+/// example's gradient to L2 norm `clip_norm` (exact per-example norms),
+/// sums them, adds Gaussian noise of standard deviation
+/// `noise_multiplier * clip_norm` from a ChaCha20 generator keyed with
+/// `noise_key`, and divides by the expected batch size. A round of `T` steps
+/// is the DP event (q = batch_size / n, noise_multiplier, T) for the
+/// accountant. The training loss is not reported (it would be released
+/// without noise).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LocalDp {
+    /// Noise standard deviation over the clipping norm.
+    pub noise_multiplier: f64,
+    /// Per-example gradient norm bound.
+    pub clip_norm: f64,
+    /// Secret key of the noise.
+    pub noise_key: [u8; 32],
+    /// Noise stream (for example the round), so rounds draw independent noise.
+    pub stream: u64,
+}
+
+/// A site's model and training rows, as a strategy's local part
+/// (`tessera_aggregate::LocalAlgorithm`) drives them: it sets the
+/// parameters, trains (with its term added to every gradient), reads the
+/// result, and may train more than once (personalised methods keep a model
+/// of their own). It never sees a row. The engine implements it over a
+/// learner and the site's rows; DP-SGD wraps it so that every training the
+/// algorithm asks for runs privately.
+pub trait LocalModel {
+    /// The current parameters.
+    fn parameters(&self) -> &ParameterSet;
+
+    /// Replaces the parameters; the layout must match.
+    fn set_parameters(&mut self, parameters: &ParameterSet) -> Result<(), CoreError>;
+
+    /// Training rows at the site.
+    fn n_rows(&self) -> usize;
+
+    /// The optimiser's learning rate.
+    fn lr(&self) -> f32;
+
+    /// One local training from the current parameters, as the plan's
+    /// training settings say, with `term` added to every gradient.
+    fn train(&mut self, term: Option<&dyn GradientTerm>) -> Result<FitStats, CoreError>;
+
+    /// One local training with DP-SGD: noise as `dp` says, batches drawn
+    /// from `rng` (which the caller keys with the site's secret).
+    fn train_private(
+        &mut self,
+        term: Option<&dyn GradientTerm>,
+        dp: &LocalDp,
+        rng: &mut SeededRng,
+    ) -> Result<FitStats, CoreError>;
+}
