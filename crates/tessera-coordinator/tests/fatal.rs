@@ -21,7 +21,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Db, SITES, agree, hello, local_dp_plan, plan, train};
-use tessera_coordinator::{CoordinatorError, Federation, Refusal, Shared};
+use tessera_coordinator::{CoordinatorError, Federation, Refusal, Shared, TaskView};
 use tessera_core::Update;
 use tessera_engine::Plan;
 use tessera_proto::pb::{self, sec_agg_request::Step};
@@ -216,6 +216,53 @@ fn buffered_updates_and_steps_the_database_cannot_store_stop_the_coordinator() {
     assert_stopping("the step", reply, "cannot store a step");
     let cause = "injected: the step is lost";
     assert_everything_refused(&mut f, base, (2, &third), &first, cause);
+}
+
+/// Asynchronous rounds: the update that takes step 2 also closes step 1's
+/// evaluation, which the database refuses to record. The update already
+/// counted, so the site must not be told it was invalid (it would stop, or
+/// send it again to be counted twice): the coordinator stops instead.
+#[test]
+fn an_older_steps_evaluation_the_database_cannot_record_stops_the_coordinator() {
+    let asynchronous = plan("");
+    let text = asynchronous.1.replace(
+        "[federation]\n",
+        "[federation]\nmode = \"async\"\nbuffer_size = 2\nmax_staleness = 3\n",
+    );
+    let asynchronous = (Plan::from_toml(&text, "fatal").unwrap(), text);
+    let db = Db::new();
+    let mut f = db.open(&asynchronous);
+    agree(&mut f);
+    let (base, first) = train(&mut f, 0);
+    let (_, second) = train(&mut f, 1);
+    f.submit_update(&SITES[0].name, base, &first).unwrap();
+    f.submit_update(&SITES[1].name, base, &second).unwrap();
+    // Step 1 is taken and waits for evaluations (three of four come); the
+    // next two updates take step 2 from it.
+    let mut evaluate_then_train = |i: usize| {
+        let site = SITES[i].name.as_str();
+        let Ok(TaskView::Evaluate { header, .. }) = f.task_for(site, None) else {
+            panic!("{site} is not asked to evaluate step 1");
+        };
+        f.submit_evaluation(site, &common::evaluation_report(site, header.round))
+            .unwrap();
+        train(&mut f, i)
+    };
+    let (step, third) = evaluate_then_train(2);
+    assert_eq!(step, base + 1);
+    let (_, fourth) = evaluate_then_train(3);
+    let (_, fifth) = evaluate_then_train(0);
+    f.submit_update(&SITES[2].name, step, &third).unwrap();
+    let conn = rusqlite::Connection::open(db.path()).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER broken_evaluations BEFORE UPDATE OF evaluated ON rounds \
+         BEGIN SELECT RAISE(ABORT, 'injected: evaluations are read-only'); END;",
+    )
+    .unwrap();
+    let reply = f.submit_update(&SITES[3].name, step, &fourth);
+    assert_stopping("the step", reply, "cannot store a step's evaluation");
+    let cause = "injected: evaluations are read-only";
+    assert_everything_refused(&mut f, step, (0, &fifth), &third, cause);
 }
 
 /// Served: the fatal failure stops the server by itself, at once, and

@@ -121,8 +121,10 @@ impl Federation {
                     metrics_epsilon: None,
                 };
 
-                let record_json =
-                    serde_json::to_string(&record).map_err(|e| Refusal::Invalid(e.to_string()))?;
+                let record_json = match serde_json::to_string(&record) {
+                    Ok(json) => json,
+                    Err(e) => return Err(self.fail("cannot write a step's record", e)),
+                };
                 let stored = self.store.close_round(
                     &run,
                     &RoundClose {
@@ -154,9 +156,11 @@ impl Federation {
                 self.round_started = Some(now);
                 // Older steps still waiting for evaluations are closed with what came.
                 for version in self.steps.older_than(step.version) {
-                    self.finish_step_evaluation(version).map_err(|e| {
-                        Refusal::Invalid(format!("cannot store a step's evaluation: {e}"))
-                    })?;
+                    // The update counted: a refusal now would have the site
+                    // stop, or send it again to be counted twice.
+                    if let Err(e) = self.finish_step_evaluation(version) {
+                        return Err(self.fail("cannot store a step's evaluation", e));
+                    }
                 }
                 self.steps.open(step.version, record);
                 self.version += 1;
