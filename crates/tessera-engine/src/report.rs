@@ -93,6 +93,11 @@ pub struct TopologyReport {
     /// Gossip: sites lost during the run, with the round they were lost in.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub lost: BTreeMap<String, u32>,
+    /// Gossip deployment: peers restarted after a crash and taken back, with
+    /// the round from which they are mixed with again (a peer's own name:
+    /// the round it rejoined the run at).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rejoined: BTreeMap<String, u32>,
     /// Gossip: the largest distance (L2) of a surviving site's model from
     /// the survivors' mean model, at the end.
     #[serde(default, skip_serializing_if = "Option::is_none")]

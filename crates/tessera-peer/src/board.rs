@@ -4,6 +4,10 @@
 //!
 //! A peer publishes its offers, and each (round, step) model, before it asks
 //! for anyone else's, so that calls that wait never wait in a circle.
+//!
+//! The board also keeps which neighbours the peer does not mix with now
+//! (lost, or restarted and not yet readmitted) and when a restarted
+//! neighbour is taken back ([`rejoin_round`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
@@ -24,6 +28,8 @@ use tonic::{Request, Response, Status};
 pub(crate) struct Identity {
     pub site: String,
     pub sites: BTreeSet<String>,
+    /// This peer's neighbours in the plan's graph.
+    pub neighbours: BTreeSet<String>,
     pub plan_digest: Vec<u8>,
     pub sites_digest: Vec<u8>,
 }
@@ -38,6 +44,30 @@ struct Published {
     /// (site, round, step) models sent, and bytes sent per site.
     served: BTreeSet<(String, u32, u32)>,
     bytes_sent: BTreeMap<String, u64>,
+    /// The round this peer runs (0: none yet; after the last, the last).
+    current: u32,
+    /// Neighbours this peer does not mix with now (lost, or restarted).
+    absent: BTreeSet<String>,
+    /// Restarted neighbours and the round from which this peer mixes with
+    /// them again (the last time each asked).
+    rejoins: BTreeMap<String, u32>,
+    /// The peer is stopping: calls that wait are answered at once.
+    closed: bool,
+}
+
+/// The round from which a peer running round `current` (0: none yet) mixes
+/// with a neighbour that asks to rejoin: 1 while the run has not gone past
+/// round 1 and the neighbour is not `absent` (a peer starting with the run,
+/// or restarted in round 1 before anyone gave up on it: it redoes round 1
+/// from the plan's initial model, the same bits as before); else the round
+/// after the current one (the neighbour adopts this peer's model of
+/// `current`).
+pub(crate) fn rejoin_round(current: u32, absent: bool) -> u32 {
+    if current <= 1 && !absent {
+        1
+    } else {
+        current + 1
+    }
 }
 
 /// The published state, shared by the peer's loop and its service.
@@ -82,6 +112,72 @@ impl Board {
         self.touch();
     }
 
+    /// Starts `round`: the neighbours taken back from this round on (they
+    /// asked to rejoin while the previous round ran), no longer absent.
+    pub fn begin_round(&self, round: u32) -> Vec<String> {
+        let mut published = self.lock();
+        published.current = round;
+        let back: Vec<String> = published
+            .rejoins
+            .iter()
+            .filter(|(_, from)| **from == round)
+            .map(|(site, _)| site.clone())
+            .collect();
+        for site in &back {
+            published.absent.remove(site);
+        }
+        back
+    }
+
+    /// This peer stops mixing with `site` (lost) until it asks to rejoin.
+    pub fn lose(&self, site: &str) {
+        self.lock().absent.insert(site.to_string());
+    }
+
+    /// `site` asks to rejoin: the round from which this peer mixes with it
+    /// again ([`rejoin_round`]); after round 1 it is absent until then.
+    pub fn rejoin(&self, site: &str) -> u32 {
+        let mut published = self.lock();
+        let from = rejoin_round(published.current, published.absent.contains(site));
+        if from > 1 {
+            published.absent.insert(site.to_string());
+            published.rejoins.insert(site.to_string(), from);
+        }
+        drop(published);
+        self.touch();
+        from
+    }
+
+    /// The round from which `site`, restarted, is mixed with again, once it
+    /// is after `round`: waits until then (the peer stops waiting for the
+    /// neighbour's model of `round`).
+    pub async fn restarted(&self, site: &str, round: u32) -> u32 {
+        let mut changes = self.subscribe();
+        loop {
+            if let Some(&from) = self.lock().rejoins.get(site).filter(|f| **f > round) {
+                return from;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+        }
+    }
+
+    /// The neighbours that asked to rejoin after `round` (to be served
+    /// this peer's final model of it before it leaves).
+    pub fn rejoining_after(&self, round: u32) -> Vec<String> {
+        self.lock()
+            .rejoins
+            .iter()
+            .filter(|(_, from)| **from > round)
+            .map(|(site, _)| site.clone())
+            .collect()
+    }
+
+    /// The peer stops: calls that wait are answered `UNAVAILABLE` at once.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.touch();
+    }
+
     /// Whether `site` has fetched the model of (`round`, `step`).
     pub fn served(&self, site: &str, round: u32, step: u32) -> bool {
         self.lock()
@@ -105,7 +201,18 @@ impl Board {
     ) -> Result<T, Status> {
         let mut changes = self.subscribe();
         loop {
-            if let Some(result) = check(&mut self.lock()) {
+            let answer = {
+                let mut published = self.lock();
+                if published.closed {
+                    Some(Err(Status::unavailable(format!(
+                        "peer '{}' is stopping",
+                        self.identity.site
+                    ))))
+                } else {
+                    check(&mut published)
+                }
+            };
+            if let Some(result) = answer {
                 return result;
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
@@ -252,5 +359,113 @@ impl Gossip for Service {
         Ok(Response::new(
             Box::pin(ReceiverStream::new(rx)) as ModelStream
         ))
+    }
+
+    async fn rejoin(
+        &self,
+        request: Request<pb::PeerRejoinRequest>,
+    ) -> Result<Response<pb::PeerRejoin>, Status> {
+        let site = self.caller(&request, &request.get_ref().site)?;
+        if !self.board.identity.neighbours.contains(&site) {
+            return Err(Status::permission_denied(format!(
+                "site '{site}' is not a neighbour of '{}' in the plan's graph",
+                self.board.identity.site
+            )));
+        }
+        let round = self.board.rejoin(&site);
+        if round > 1 {
+            tracing::warn!(
+                neighbour = %site,
+                rejoins_at = round,
+                "neighbour restarted: it is absent until then and adopts this peer's model of the round before"
+            );
+        }
+        Ok(Response::new(pb::PeerRejoin { round }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn board() -> Arc<Board> {
+        Board::new(Identity {
+            site: "b".into(),
+            sites: ["a", "b", "c"].iter().map(|s| s.to_string()).collect(),
+            neighbours: ["a", "c"].iter().map(|s| s.to_string()).collect(),
+            plan_digest: Vec::new(),
+            sites_digest: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_peer_starting_with_the_run_is_mixed_with_from_round_1() {
+        assert_eq!(rejoin_round(0, false), 1);
+        assert_eq!(rejoin_round(1, false), 1);
+        let board = board();
+        assert_eq!(board.rejoin("a"), 1);
+        assert!(board.begin_round(1).is_empty());
+        // Nothing recorded: a start is not a rejoin.
+        assert!(board.lock().rejoins.is_empty() && board.lock().absent.is_empty());
+    }
+
+    #[test]
+    fn a_restarted_peer_rejoins_after_the_current_round() {
+        // Past round 1, or given up on in round 1: the next round.
+        assert_eq!(rejoin_round(1, true), 2);
+        assert_eq!(rejoin_round(5, false), 6);
+        assert_eq!(rejoin_round(5, true), 6);
+        let board = board();
+        assert!(board.begin_round(4).is_empty());
+        assert_eq!(board.rejoin("a"), 5);
+        assert!(board.lock().absent.contains("a"));
+        // Taken back when round 5 begins, not before.
+        assert!(board.begin_round(5) == ["a"]);
+        assert!(board.lock().absent.is_empty());
+        assert!(board.begin_round(6).is_empty());
+    }
+
+    #[test]
+    fn a_lost_neighbour_asking_in_round_1_rejoins_at_round_2() {
+        let board = board();
+        board.begin_round(1);
+        board.lose("c");
+        assert_eq!(board.rejoin("c"), 2);
+        assert_eq!(board.begin_round(2), ["c"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_a_restarted_neighbours_model_stops_when_it_asks_to_rejoin() {
+        let board = board();
+        board.begin_round(3);
+        let waiting = {
+            let board = Arc::clone(&board);
+            tokio::spawn(async move { board.restarted("a", 3).await })
+        };
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!waiting.is_finished());
+        // Another neighbour's rejoin does not stop it.
+        board.rejoin("c");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!waiting.is_finished());
+        board.rejoin("a");
+        assert_eq!(waiting.await.unwrap(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopping_peer_answers_waiting_calls_at_once() {
+        let board = board();
+        let waiting = {
+            let board = Arc::clone(&board);
+            tokio::spawn(async move { board.wait_for(|p| p.offers.get(&1).cloned().map(Ok)).await })
+        };
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!waiting.is_finished());
+        board.close();
+        let status = waiting.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("stopping"), "{status:?}");
     }
 }

@@ -14,8 +14,11 @@
 //!
 //! Key design decision: peers pull. A peer serves what it has published and
 //! a call for something not yet published waits; a neighbour that cannot be
-//! reached for the liveness period is lost for good, and the peer re-weights
-//! among the living (its published degree tells its neighbours).
+//! reached for the liveness period is lost, and the peer re-weights among the
+//! living (its published degree tells its neighbours). A peer restarted
+//! after a crash asks its neighbours to take it back and adopts a
+//! neighbour's current model (see `rounds`); its neighbours stop waiting for
+//! it at once and mix with it again from the round after their current one.
 //!
 //! `run(config)` checks that the plan is gossip and the directory matches
 //! it, serves `Gossip` from its board (see `board`), greets every peer,
@@ -24,6 +27,7 @@
 #![deny(missing_docs)]
 
 mod board;
+mod rounds;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,21 +37,19 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tessera_core::{ParameterSet, ParticipantId};
-use tessera_data::{Agreement, Dataset, KindsOffer, LevelsOffer, ScaleScope};
+use tessera_data::{Agreement, KindsOffer, LevelsOffer, ScaleScope};
 use tessera_engine::PlanBuild;
-use tessera_engine::report::{
-    Communication, RoundRecord, RunReport, SiteTraffic, Timing, TopologyReport,
-};
-use tessera_engine::{FitTask, Plan, Site, TopologyKind};
-use tessera_learn::Evaluation;
+use tessera_engine::report::{Communication, RunReport, Timing, TopologyReport};
+use tessera_engine::{Plan, Site, TopologyKind};
 use tessera_participant::supervisor::{self, GiveUpClock, Refused, Retry, Stopped, supervise};
 use tessera_proto::pb::gossip_client::GossipClient;
-use tessera_proto::pb::{self, peer_model_part, peer_offer};
-use tessera_proto::{Assembler, CAPABILITIES, Limits, MAJOR, MINOR, convert};
+use tessera_proto::pb::{self, peer_offer};
+use tessera_proto::{CAPABILITIES, MAJOR, MINOR, convert};
 use thiserror::Error;
 use tonic::transport::Channel;
 
 use board::{Board, Identity, Service};
+use rounds::Progress;
 
 /// Why a peer stopped.
 #[derive(Debug, Error)]
@@ -217,14 +219,6 @@ impl Link {
     }
 }
 
-/// What a peer did: its rounds, its own model, its report.
-struct Progress {
-    records: Vec<RoundRecord>,
-    lost: BTreeMap<String, u32>,
-    bytes_received: BTreeMap<String, u64>,
-    last: Option<Evaluation>,
-}
-
 /// Takes part in the gossip run until its last round; returns this peer's
 /// report (its own model on its own test rows each round, the neighbours it
 /// lost, its traffic). `on_listening` gets the bound address.
@@ -279,6 +273,7 @@ pub async fn run(
     let board = Board::new(Identity {
         site: config.site.clone(),
         sites: sites.iter().cloned().collect(),
+        neighbours: neighbours.iter().cloned().collect(),
         plan_digest: digest(&config.plan_text),
         sites_digest: digest(&sites.join("\n")),
     });
@@ -302,6 +297,8 @@ pub async fn run(
         links.insert(name.clone(), Link::new(name, url, config.tls.as_ref())?);
     }
     let result = work(&config, &board, &mut links, &neighbours).await;
+    // Calls still waiting are answered now, so that the server stops at once.
+    board.close();
     let _ = stop.send(());
     let _ = server.await;
     let (progress, model, agreement) = result?;
@@ -352,6 +349,7 @@ pub async fn run(
             kind: "gossip".into(),
             neighbours: BTreeMap::from([(config.site.clone(), neighbours)]),
             lost: progress.lost,
+            rejoined: progress.rejoined,
             ..TopologyReport::default()
         }),
         final_parameters: model.as_ref().clone(),
@@ -531,7 +529,7 @@ async fn work(
         train = data.train.n_rows(),
         "data agreed"
     );
-    let progress = rounds(
+    let progress = rounds::rounds(
         config,
         board,
         links,
@@ -585,203 +583,4 @@ async fn gather<T>(
         out.push(value);
     }
     Ok(out)
-}
-
-/// Fetches `link`'s model of (`round`, `step`): the model, its degree and
-/// the bytes received; `None` when the peer is unreachable.
-async fn fetch(
-    link: &mut Link,
-    me: &str,
-    round: u32,
-    step: u32,
-    layout_of: &ParameterSet,
-    patience: Duration,
-) -> Result<Option<(ParameterSet, usize, u64)>, PeerError> {
-    let request = pb::PeerModelRequest {
-        site: me.to_string(),
-        round,
-        step,
-    };
-    link.retry(patience, async |c| {
-        let mut stream = c.model(request.clone()).await?.into_inner();
-        let malformed = |e: String| Failure::Retry(format!("malformed model: {e}"));
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| Failure::Retry("model stream ended before its header".into()))?;
-        let mut bytes = prost::Message::encoded_len(&first) as u64;
-        let Some(peer_model_part::Part::Header(header)) = first.part else {
-            return Err(malformed("a model starts with its header".into()));
-        };
-        if (header.round, header.step) != (round, step) {
-            return Err(malformed(format!(
-                "asked for round {round} step {step}, got round {} step {}",
-                header.round, header.step
-            )));
-        }
-        let mut assembler = Assembler::new(&header.layout, Limits::default())
-            .map_err(|e| malformed(e.to_string()))?;
-        assembler
-            .expect_layout_of(layout_of)
-            .map_err(|e| malformed(e.to_string()))?;
-        while let Some(part) = stream.message().await? {
-            bytes += prost::Message::encoded_len(&part) as u64;
-            match part.part {
-                Some(peer_model_part::Part::Chunk(chunk)) => assembler
-                    .push(&chunk)
-                    .map_err(|e| malformed(e.to_string()))?,
-                _ => return Err(malformed("a second header".into())),
-            }
-        }
-        let model = assembler.finish().map_err(|e| malformed(e.to_string()))?;
-        if model.values().any(|v| !v.is_finite()) {
-            return Err(Failure::Fatal(PeerError::Refused(format!(
-                "round {round} step {step}: the model holds non-finite values"
-            ))));
-        }
-        Ok((model, header.degree as usize, bytes))
-    })
-    .await
-}
-
-/// The rounds: train, publish, average with the living neighbours.
-#[allow(clippy::too_many_arguments)]
-async fn rounds(
-    config: &PeerConfig,
-    board: &Board,
-    links: &mut BTreeMap<String, Link>,
-    neighbours: &[String],
-    mut site: Site,
-    mut model: Arc<ParameterSet>,
-    train: Arc<Dataset>,
-    test: Arc<Dataset>,
-) -> Result<(Progress, Arc<ParameterSet>), PeerError> {
-    let plan = &config.plan;
-    let steps = plan.topology.gossip_steps.max(1);
-    let mut living: Vec<String> = neighbours.to_vec();
-    let mut progress = Progress {
-        records: Vec::new(),
-        lost: BTreeMap::new(),
-        bytes_received: BTreeMap::new(),
-        last: None,
-    };
-    for round in 1..=plan.federation.rounds {
-        let wall = Instant::now();
-        let sent_before: u64 = board.bytes_sent().values().sum();
-        let received_before: u64 = progress.bytes_received.values().sum();
-        // Local training from this peer's own model.
-        let task = FitTask {
-            round,
-            global: Arc::clone(&model),
-            instructions: Default::default(),
-            deadline: None,
-        };
-        let train_rows = Arc::clone(&train);
-        let (back, trained) = tokio::task::spawn_blocking(move || {
-            let update = site.fit(&task, &train_rows);
-            (site, update.map(|u| (task.global, u)))
-        })
-        .await
-        .map_err(|e| local(format!("training crashed: {e}")))?;
-        site = back;
-        tokio::time::sleep(config.pause_each_round).await;
-        let mut site_errors = Vec::new();
-        let mut current = match trained {
-            Ok((from, update)) => {
-                let mut next = from.as_ref().clone();
-                next.add_scaled(&update.delta, 1.0).map_err(local)?;
-                next
-            }
-            Err(e) => {
-                // A failed training keeps the model and still gossips it.
-                site_errors.push(format!("site '{}': {e}", config.site));
-                model.as_ref().clone()
-            }
-        };
-        for step in 0..steps {
-            let own = Arc::new(current);
-            board.publish_model(round, step, Arc::clone(&own), living.len() as u32);
-            let mut theirs: Vec<(String, ParameterSet, usize)> = Vec::new();
-            // One neighbour after another: each published (round, step)
-            // before asking for anyone's, so no one waits in a circle.
-            for name in living.clone() {
-                let Some(link) = links.get_mut(&name) else {
-                    continue;
-                };
-                let fetched = fetch(link, &config.site, round, step, &own, config.liveness).await?;
-                // A certificate revoked since the connection opened: what
-                // came over it is not used, and the neighbour is lost.
-                if let (Some(_), Err(reason)) = (&fetched, link.endpoint.check_server()) {
-                    tracing::warn!(neighbour = %name, round, step, %reason, "neighbour's certificate no longer accepted; lost for good");
-                    progress.lost.insert(name, round);
-                    continue;
-                }
-                match fetched {
-                    Some((m, degree, bytes)) => {
-                        *progress.bytes_received.entry(name.clone()).or_default() += bytes;
-                        theirs.push((name, m, degree));
-                    }
-                    None => {
-                        tracing::warn!(neighbour = %name, round, step, "neighbour lost for good");
-                        progress.lost.insert(name, round);
-                    }
-                }
-            }
-            living.retain(|n| !progress.lost.contains_key(n));
-            // Summed in name order, as the simulation sums them.
-            theirs.sort_by(|a, b| a.0.cmp(&b.0));
-            current = tessera_engine::metropolis_mix(
-                &own,
-                living.len(),
-                theirs.iter().map(|(_, m, d)| (m, *d)),
-            )
-            .map_err(local)?;
-        }
-        model = Arc::new(current);
-        let evaluation = site.evaluate(&model, &test).map_err(local)?;
-        let bytes_up = board.bytes_sent().values().sum::<u64>() - sent_before;
-        let bytes_down = progress.bytes_received.values().sum::<u64>() - received_before;
-        let record = RoundRecord {
-            round,
-            status: "completed".into(),
-            accuracy: evaluation.accuracy(),
-            loss: evaluation.mean_loss(),
-            mean_site_accuracy: evaluation.accuracy(),
-            n_test: evaluation.n_examples,
-            auc: evaluation.auc,
-            accepted: living.len(),
-            dropped: progress.lost.len(),
-            seconds: wall.elapsed().as_secs_f64(),
-            bytes_up,
-            bytes_down,
-            traffic: BTreeMap::from([(
-                config.site.clone(),
-                SiteTraffic {
-                    up: bytes_up,
-                    down: bytes_down,
-                    ..SiteTraffic::default()
-                },
-            )]),
-            site_errors,
-            ..RoundRecord::default()
-        };
-        tracing::info!(
-            round,
-            accuracy = record.accuracy,
-            living = living.len(),
-            "round done"
-        );
-        progress.records.push(record);
-        progress.last = Some(evaluation);
-    }
-    // Stay until the living neighbours have this peer's last model.
-    let last = (plan.federation.rounds, steps - 1);
-    let mut changes = board.subscribe();
-    let deadline = Instant::now() + config.liveness * 4;
-    while Instant::now() < deadline && !living.iter().all(|n| board.served(n, last.0, last.1)) {
-        let _ = tokio::time::timeout(Duration::from_millis(200), changes.changed()).await;
-    }
-    // The last chunks leave after they are counted as served.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    Ok((progress, model))
 }

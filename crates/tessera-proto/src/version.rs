@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 7;
+pub const MINOR: u32 = 8;
 
 /// What this build can do.
 ///
@@ -37,6 +37,9 @@ pub const MINOR: u32 = 7;
 /// - `instructions` (1.7): a fit task carries the strategy's instructions to
 ///   the participant as one arm per kind (a 1.7 coordinator requires it for
 ///   every strategy newer than 1.7).
+/// - `gossip-rejoin` (1.8): a gossip peer restarted after a crash asks its
+///   neighbours to take it back (`Gossip.Rejoin`) and adopts a neighbour's
+///   current model.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -57,6 +60,7 @@ pub const CAPABILITIES: &[&str] = &[
     "secure-aggregation-signed",
     "declared-rows",
     "instructions",
+    "gossip-rejoin",
 ];
 
 /// The strategies older peers can follow without the `instructions`
@@ -189,8 +193,8 @@ mod tests {
     fn compatibility_table() {
         // The rows of docs/PROTOCOL.md's table.
         let v1_0 = caps(&["chunked-tensors", "agreement", "evaluation-histograms"]);
-        let v1_5 = caps(&CAPABILITIES[..CAPABILITIES.len() - 2]);
-        let v1_6 = caps(&CAPABILITIES[..CAPABILITIES.len() - 1]);
+        let v1_5 = caps(&CAPABILITIES[..CAPABILITIES.len() - 3]);
+        let v1_6 = caps(&CAPABILITIES[..CAPABILITIES.len() - 2]);
         let fedavg = required_capabilities("fedavg");
         let scaffold = required_capabilities("scaffold");
         // Every run needs declared row counts (1.6): earlier peers are refused.
@@ -226,7 +230,7 @@ mod tests {
             "declared-rows",
             "zstd",
         ]);
-        let n = negotiate(CAPABILITIES, 1, 8, &newer, &fedavg).unwrap();
+        let n = negotiate(CAPABILITIES, 1, 9, &newer, &fedavg).unwrap();
         assert_eq!(n.minor, MINOR);
         assert!(!n.has("zstd"));
         let err = negotiate(CAPABILITIES, 2, 0, &newer, &fedavg).unwrap_err();
