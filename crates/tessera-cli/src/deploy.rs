@@ -167,14 +167,18 @@ pub struct PeerArgs {
     /// Plain-text connections without authentication: for local experiments only.
     #[arg(long)]
     insecure: bool,
-    /// Seconds a neighbour may be unreachable before it is lost for good.
+    /// Seconds a neighbour may be unreachable (or silent) before the others
+    /// stop waiting for it and mix without it, until it rejoins after a
+    /// restart; also how long a restarted peer waits for each neighbour to
+    /// take it back.
     #[arg(long, default_value_t = 10.0)]
     liveness: f64,
     /// Seconds to wait for every peer during the data agreement.
     #[arg(long, default_value_t = 300.0)]
     give_up_after: f64,
     /// Report file (JSON): this site's own model each round, the neighbours
-    /// it lost; replaced if it exists.
+    /// it lost (`topology.lost`) and took back after a restart, and the round
+    /// this peer rejoined at (`topology.rejoined`); replaced if it exists.
     #[arg(long)]
     report: Option<PathBuf>,
     /// File for this site's final model, replaced if it exists.
@@ -465,8 +469,15 @@ pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|t| t.lost.keys().cloned().collect::<Vec<_>>())
         .unwrap_or_default();
+    let rejoined = report
+        .topology
+        .as_ref()
+        .and_then(|t| t.rejoined.get(&args.site))
+        .map_or(String::new(), |round| {
+            format!(" (restarted: rejoined at round {round})")
+        });
     println!(
-        "finished {} rounds as peer '{}': its model on its test rows: accuracy {}; neighbours lost: {}",
+        "finished {} rounds as peer '{}'{rejoined}: its model on its test rows: accuracy {}; neighbours lost: {}",
         report.rounds.len(),
         args.site,
         report

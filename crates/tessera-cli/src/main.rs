@@ -50,6 +50,21 @@ enum Command {
     Aggregator(Box<deploy::AggregatorArgs>),
     /// Gossip with neighbours, no coordinator: train next to this site's data
     /// and average with the plan's graph neighbours.
+    ///
+    /// A neighbour silent for `--liveness` seconds is lost: the others stop
+    /// waiting for it and average with the neighbours present (Metropolis-
+    /// Hastings weights over them), as simulation does for a lost site. A
+    /// peer restarted after a crash (the same command again) rejoins: every
+    /// other peer must still be running (it redoes the data agreement), each
+    /// neighbour stops waiting for it at once and takes it back from the
+    /// round after its current one, and it adopts the model of the neighbour
+    /// furthest behind and runs the rounds left. It loses its own state since
+    /// the crash: its model, its rounds before (its report starts at the
+    /// round it rejoined at, `topology.rejoined`), its traffic counts. Its
+    /// neighbours log it ("neighbour restarted", "restarted neighbour taken
+    /// back") and list it in their reports' `topology.lost` and
+    /// `topology.rejoined`. A peer restarted after its neighbours finished
+    /// cannot rejoin.
     Peer(Box<deploy::PeerArgs>),
     /// The federation's certificate authority: init, issue, revoke, rotate, list.
     Ca(ca::CaArgs),
