@@ -1,6 +1,8 @@
 //! Gossip over gRPC with real processes on 127.0.0.1 (`tessera peer`, no
 //! coordinator): every site's model equals the gossip simulation's; a peer
 //! killed with SIGKILL midway is lost by its neighbours and the rest finish;
+//! a peer killed and restarted rejoins, the others waiting for it no longer
+//! than the liveness period;
 //! mutual TLS from the federation's CA, with an impostor and a revoked peer
 //! refused, before the run and midway.
 
@@ -35,6 +37,27 @@ fn peers(
     n: usize,
     extra: impl Fn(usize) -> Vec<String>,
 ) -> Vec<Proc> {
+    peer_args(plan, data, n, extra)
+        .iter()
+        .enumerate()
+        .map(|(i, args)| start_peer(s, i, args))
+        .collect()
+}
+
+/// Starts `tessera peer` for site `i` with `args` (from [`peer_args`]).
+fn start_peer(s: &Scratch, i: usize, args: &[String]) -> Proc {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proc::start(&format!("site{i}"), &s.dir, &args, None)
+}
+
+/// The arguments of each site's `tessera peer` (liveness 2 s unless `extra`
+/// says otherwise).
+fn peer_args(
+    plan: &Path,
+    data: &Path,
+    n: usize,
+    extra: impl Fn(usize) -> Vec<String>,
+) -> Vec<Vec<String>> {
     let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let scheme = if extra(0).iter().any(|a| a == "--tls") {
         "https"
@@ -57,8 +80,6 @@ fn peers(
                 &listen,
                 "--report",
                 &format!("{site}.json"),
-                "--liveness",
-                "2",
             ]
             .iter()
             .map(|a| a.to_string())
@@ -74,9 +95,11 @@ fn peers(
             if !extra.iter().any(|a| a == "--give-up-after") {
                 args.extend(["--give-up-after".into(), "60".into()]);
             }
+            if !extra.iter().any(|a| a == "--liveness") {
+                args.extend(["--liveness".into(), "2".into()]);
+            }
             args.extend(extra);
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            Proc::start(&site, &s.dir, &args, None)
+            args
         })
         .collect()
 }
@@ -148,6 +171,103 @@ fn a_peer_killed_midway_is_lost_by_its_neighbours_and_the_rest_finish() {
             assert!((4..=6).contains(&round), "{site} lost site2 at {round}");
         } else {
             assert!(lost.is_empty(), "{site}: {lost:?}");
+        }
+    }
+}
+
+/// A peer killed with SIGKILL and started again a second later (the same
+/// command) rejoins: its neighbours stop waiting for it, take it back and
+/// say so; every peer finishes the run, the restarted one from the round it
+/// rejoined at, with the model it adopted and averaged on; no peer's round
+/// lasts much beyond the liveness period.
+#[test]
+fn a_peer_restarted_after_a_crash_rejoins_and_the_others_wait_at_most_the_liveness_period() {
+    if util::skip_e2e(
+        "a_peer_restarted_after_a_crash_rejoins_and_the_others_wait_at_most_the_liveness_period",
+    ) {
+        return;
+    }
+    const LIVENESS: f64 = 5.0;
+    const ROUNDS: u64 = 12;
+    let s = Scratch::new("gossip-rejoin");
+    let (plan, data) = setup(&s, 6, "ring", ROUNDS as u32);
+    let args = peer_args(&plan, &data, 6, |i| {
+        [
+            "--pause-each-round",
+            "0.2",
+            "--liveness",
+            &LIVENESS.to_string(),
+            "--model-out",
+            &format!("site{i}.model"),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    });
+    let mut procs: Vec<Proc> = (0..6).map(|i| start_peer(&s, i, &args[i])).collect();
+    wait_until(LIMIT, "site2's fourth round", || {
+        procs[2].log().matches("round done").count() >= 4
+    });
+    procs[2].kill_9();
+    std::thread::sleep(Duration::from_secs(1));
+    procs[2] = start_peer(&s, 2, &args[2]);
+    for (i, p) in procs.iter_mut().enumerate() {
+        assert!(p.wait(LIMIT).success(), "site{i}:\n{}", p.log());
+    }
+    // The restarted peer: from the round it rejoined at, with a model.
+    let report = s.json("site2.json");
+    let rejoined = report["topology"]["rejoined"]["site2"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("site2 says it rejoined: {}", report["topology"]));
+    println!("site2 rejoined at round {rejoined}");
+    assert!((5..=ROUNDS).contains(&rejoined), "rejoined at {rejoined}");
+    assert_eq!(
+        report["rounds"].as_array().unwrap().len() as u64,
+        ROUNDS - rejoined + 1
+    );
+    assert!(report["final"]["accuracy"].as_f64().unwrap() > 0.0);
+    assert!(std::fs::metadata(s.path("site2.model")).unwrap().len() > 0);
+    let log = procs[2].log();
+    assert!(
+        log.contains(&format!("rejoined at round {rejoined}")),
+        "site2 says where it rejoined:\n{log}"
+    );
+    for i in [0, 1, 3, 4, 5] {
+        let site = format!("site{i}");
+        let report = s.json(&format!("{site}.json"));
+        let rounds = report["rounds"].as_array().unwrap();
+        assert_eq!(rounds.len() as u64, ROUNDS, "{site}");
+        // The stall: the longest round, restart included.
+        let longest = rounds
+            .iter()
+            .map(|r| r["seconds"].as_f64().unwrap())
+            .fold(0.0, f64::max);
+        println!("{site}: longest round {longest:.1} s");
+        assert!(
+            longest < LIVENESS + 10.0,
+            "{site} waited {longest:.1} s in a round (liveness {LIVENESS} s)"
+        );
+        let topology = &report["topology"];
+        if i == 1 || i == 3 {
+            // Its neighbours took it back from the round they told it (the
+            // restarted peer started at the earliest) and logged it.
+            let back = topology["rejoined"]["site2"].as_u64();
+            println!(
+                "{site} took site2 back at {back:?}, lost it at {}",
+                topology["lost"]
+            );
+            assert!(
+                back.is_some_and(|r| (rejoined..=rejoined + 2).contains(&r)),
+                "{site} took site2 back at {back:?} (site2 rejoined at {rejoined})"
+            );
+            let log = procs[i].log();
+            assert!(
+                log.contains("neighbour restarted") && log.contains("taken back"),
+                "{site} logs the restart:\n{log}"
+            );
+        } else {
+            assert!(topology.get("rejoined").is_none(), "{site}: {topology}");
+            assert!(topology.get("lost").is_none(), "{site}: {topology}");
         }
     }
 }
