@@ -167,10 +167,9 @@ pub struct PeerArgs {
     /// Plain-text connections without authentication: for local experiments only.
     #[arg(long)]
     insecure: bool,
-    /// Seconds a neighbour may be unreachable (or silent) before the others
-    /// stop waiting for it and mix without it, until it rejoins after a
-    /// restart; also how long a restarted peer waits for each neighbour to
-    /// take it back.
+    /// Seconds a neighbour may be unreachable before the others stop waiting
+    /// for it and mix without it, until it rejoins after a restart; also how
+    /// long a restarted peer waits for each neighbour to take it back.
     #[arg(long, default_value_t = 10.0)]
     liveness: f64,
     /// Seconds to wait for every peer during the data agreement.

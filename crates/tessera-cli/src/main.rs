@@ -51,9 +51,10 @@ enum Command {
     /// Gossip with neighbours, no coordinator: train next to this site's data
     /// and average with the plan's graph neighbours.
     ///
-    /// A neighbour silent for `--liveness` seconds is lost: the others stop
-    /// waiting for it and average with the neighbours present (Metropolis-
-    /// Hastings weights over them), as simulation does for a lost site. A
+    /// A neighbour unreachable for `--liveness` seconds is lost: the others
+    /// stop waiting for it and average with the neighbours present
+    /// (Metropolis-Hastings weights over them), as simulation does for a
+    /// lost site. A
     /// peer restarted after a crash (the same command again) rejoins: every
     /// other peer must still be running (it redoes the data agreement), each
     /// neighbour stops waiting for it at once and takes it back from the
