@@ -85,7 +85,8 @@ pub struct PeerConfig {
     pub listen: SocketAddr,
     /// Every other site of the run and its URL.
     pub peers: BTreeMap<String, String>,
-    /// A neighbour unreachable this long is lost for good.
+    /// A neighbour unreachable this long is lost (until it rejoins after a
+    /// restart); a restarted peer waits this long for each neighbour.
     pub liveness: Duration,
     /// Give up on the agreement after this long without every peer.
     pub give_up_after: Duration,
