@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tessera_coordinator::{CoordinatorConfig, serve};
+use tessera_coordinator::{CoordinatorConfig, serve_until};
 use tessera_engine::Plan;
 use tessera_participant::ParticipantConfig;
 
@@ -48,6 +48,10 @@ pub struct CoordinatorArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Start a new run even though the database's newest run has ended
+    /// (finished, stopped or aborted); without it such a database is refused.
+    #[arg(long)]
+    new_run: bool,
 }
 
 /// Arguments of `tessera participant`.
@@ -243,14 +247,28 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
         liveness,
         tls: args.tls.as_deref().map(tessera_tls::TlsFiles::in_dir),
         metrics: args.metrics,
+        new_run: args.new_run,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let report = runtime.block_on(serve(config, |address| {
-        eprintln!("listening on {address}");
-    }))?;
+    let report = runtime.block_on(serve_until(
+        config,
+        |address| eprintln!("listening on {address}"),
+        crate::lifecycle::termination(),
+    ))?;
     write_outputs(&report, args.report.as_deref(), args.model_out.as_deref())?;
     let f = &report.final_metrics;
-    println!("finished {} rounds: {}", report.rounds.len(), f.summary());
+    // A run its operator stopped early says so.
+    let stopped = tessera_coordinator::SqliteStore::open_existing(&args.db)
+        .and_then(|store| tessera_coordinator::RunStore::runs(&store))
+        .ok()
+        .and_then(|runs| runs.into_iter().next())
+        .is_some_and(|run| run.status == tessera_coordinator::RunStatus::Stopped.as_str());
+    let ended = if stopped {
+        "stopped by its operator after"
+    } else {
+        "finished"
+    };
+    println!("{ended} {} rounds: {}", report.rounds.len(), f.summary());
     Ok(())
 }
 
@@ -398,7 +416,21 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
         },
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let summary = runtime.block_on(tessera_participant::run(config))?;
+    let summary = runtime.block_on(async {
+        tokio::select! {
+            done = tessera_participant::run(config.clone()) => Ok(done?),
+            signal = crate::lifecycle::termination() => {
+                // The site leaves for good, so that no round waits for it.
+                let reason = format!("the site's operator stopped it ({signal})");
+                let within = Duration::from_secs(5);
+                let what = match tessera_participant::leave(&config, &reason, within).await {
+                    Ok(_) => "left the run; the coordinator was told".to_string(),
+                    Err(e) => format!("left the run without telling the coordinator: {e}"),
+                };
+                Err(anyhow::Error::new(crate::lifecycle::Signalled { signal, what }))
+            }
+        }
+    })?;
     println!(
         "done: {} updates accepted, {} refused, {} evaluations, {} reconnections",
         summary.updates_accepted,

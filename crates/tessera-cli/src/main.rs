@@ -15,6 +15,7 @@
 mod bundled;
 mod ca;
 mod deploy;
+mod lifecycle;
 mod ops;
 mod paths;
 mod plot;
@@ -75,6 +76,10 @@ enum Command {
     Status(ops::StatusArgs),
     /// A run's privacy ledger: every release, its DP event, epsilon spent against the budgets.
     Privacy(ops::PrivacyArgs),
+    /// End a run once its open round closes (its sites get that round's model).
+    Stop(lifecycle::StopArgs),
+    /// End a run now, its coordinator running or gone for good; it never resumes.
+    Abort(lifecycle::AbortArgs),
     /// Benchmark: a parameter set down and back over the wire protocol, with peak memory.
     BenchTransfer(transfer::TransferArgs),
 }
@@ -110,6 +115,8 @@ fn main() -> ExitCode {
         Command::Runs(args) => ops::runs(&args),
         Command::Status(args) => ops::status(&args),
         Command::Privacy(args) => ops::privacy(&args),
+        Command::Stop(args) => lifecycle::stop(&args),
+        Command::Abort(args) => lifecycle::abort(&args),
         Command::BenchTransfer(args) => transfer::run(&args),
     };
     match result {
@@ -123,10 +130,24 @@ fn main() -> ExitCode {
 
 /// The exit status of a failed command: 70 (`EX_SOFTWARE`) when a
 /// coordinator or an aggregator stopped on a fatal database failure (a
-/// restart on the same database resumes), 1 otherwise.
+/// restart on the same database resumes); 130 or 143 (128 + the signal)
+/// when SIGINT or SIGTERM stopped a coordinator or a participant; 3 when the
+/// run was aborted by its operator; 1 otherwise.
 fn exit_code(e: &anyhow::Error) -> ExitCode {
     use tessera_aggregator::AggregatorError;
     use tessera_coordinator::CoordinatorError;
+    for cause in e.chain() {
+        if let Some(s) = cause.downcast_ref::<lifecycle::Signalled>() {
+            return ExitCode::from(lifecycle::signal_status(s.signal));
+        }
+        match cause.downcast_ref::<CoordinatorError>() {
+            Some(CoordinatorError::Interrupted(signal)) => {
+                return ExitCode::from(lifecycle::signal_status(signal));
+            }
+            Some(CoordinatorError::Aborted(_)) => return ExitCode::from(3),
+            _ => {}
+        }
+    }
     let fatal = e.chain().any(|cause| {
         matches!(
             cause.downcast_ref::<CoordinatorError>(),

@@ -10,7 +10,7 @@
 //! format                        1
 //! run                           id, name, strategy, seed, rounds (planned),
 //!                               status, created_unix_micros, plan_hash (SHA-256 of the plan text)
-//! state                         "agreeing" | "training" | "finished"
+//! state                         "agreeing" | "training" | "finished" | "stopped" | "aborted"
 //! agreement                     per step (kinds, levels, statistics): offers (sites), agreed
 //! participants                  sites that joined, sorted
 //! rounds[]                      round, status, evaluated, cohort, counted, dropped
@@ -177,8 +177,9 @@ pub fn document(store: &dyn RunStore, run: &RunRow) -> anyhow::Result<Value> {
             })
         })
         .collect();
-    let state = if run.status == "finished" {
-        "finished"
+    let state = if run.status != "running" {
+        // finished, stopped or aborted
+        run.status.as_str()
     } else if store.agreement(id, AgreementStep::Levels)?.is_some() {
         "training"
     } else {

@@ -138,7 +138,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 pub use service::Service;
 pub use shared::Shared;
 pub use state::{Clock, Federation, ManualClock, ModelPart, Refusal, SystemClock, TaskView};
-pub use store::{AgreementStep, RunStore, RunTx, SqliteStore, StoreError};
+pub use store::{
+    AgreementStep, Control, ControlRow, RunStatus, RunStore, RunTx, SqliteStore, StoreError,
+};
 
 /// Why the coordinator stopped.
 #[derive(Debug, Error)]
@@ -168,6 +170,16 @@ pub enum CoordinatorError {
     /// with status 70 (`EX_SOFTWARE`).
     #[error("stopped on a database failure ({0}); restart on the same database to resume")]
     Fatal(String),
+    /// A signal (SIGTERM, SIGINT) stopped the coordinator; everything it
+    /// acknowledged is in the database, and a restart on it resumes the run.
+    /// The command line exits with 128 + the signal's number.
+    #[error(
+        "stopped by {0}: every accepted update and closed round is in the database; start the coordinator again on it to resume"
+    )]
+    Interrupted(&'static str),
+    /// The operator aborted the run (`tessera abort`); it never resumes.
+    #[error("the run was aborted by its operator: {0}")]
+    Aborted(String),
 }
 
 /// How to run a coordinator.
@@ -187,6 +199,10 @@ pub struct CoordinatorConfig {
     pub tls: Option<tessera_tls::TlsFiles>,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Start a new run in a database whose newest run has ended (finished,
+    /// stopped or aborted); without it such a database is refused, so that
+    /// a coordinator started again by mistake does not train anew.
+    pub new_run: bool,
 }
 
 /// Runs the federation until every round is done; returns the report.
@@ -195,21 +211,68 @@ pub async fn serve(
     config: CoordinatorConfig,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<RunReport, CoordinatorError> {
+    serve_until(config, on_listening, std::future::pending()).await
+}
+
+/// [`serve`], stopping early when `interrupted` completes (a signal the
+/// caller listens for; it gives the signal's name): everything acknowledged
+/// is in the database already, the stop is audited, and the result is
+/// [`CoordinatorError::Interrupted`].
+pub async fn serve_until(
+    config: CoordinatorConfig,
+    on_listening: impl FnOnce(SocketAddr),
+    interrupted: impl std::future::Future<Output = &'static str> + Send,
+) -> Result<RunReport, CoordinatorError> {
     let (plan, text, db, liveness) = (
         config.plan.clone(),
         config.plan_text.clone(),
         config.db.clone(),
         config.liveness,
     );
+    let new_run = config.new_run;
     let shared = Shared::open(move || {
         let store = SqliteStore::open(&db)?;
+        if !new_run {
+            refuse_an_ended_run(&store, &db)?;
+        }
         let federation = Federation::open(plan, &text, store, liveness)?;
         tracing::info!(run = federation.run_id(), "coordinator ready");
         Ok::<_, CoordinatorError>(federation)
     })
     .await?;
     let listener = bind(config.listen).await?;
-    serve_shared(shared, listener, config.tls, config.metrics, on_listening).await
+    serve_shared_until(
+        shared,
+        listener,
+        config.tls,
+        config.metrics,
+        on_listening,
+        interrupted,
+    )
+    .await
+}
+
+/// Refuses a database whose newest run has ended and none is running.
+fn refuse_an_ended_run(store: &dyn RunStore, db: &std::path::Path) -> Result<(), CoordinatorError> {
+    if store.unfinished_run()?.is_some() {
+        return Ok(());
+    }
+    let Some(newest) = store.runs()?.into_iter().next() else {
+        return Ok(());
+    };
+    Err(CoordinatorError::Config(format!(
+        "the newest run in {} ({}) has {}; `tessera status --db {}` shows it; \
+         give --new-run to start another run in this database, or another --db",
+        db.display(),
+        newest.id,
+        match newest.status.as_str() {
+            "finished" => "finished",
+            "stopped" => "been stopped by its operator",
+            "aborted" => "been aborted by its operator",
+            _ => "ended",
+        },
+        db.display(),
+    )))
 }
 
 /// A listener on `address`.
@@ -230,6 +293,27 @@ pub async fn serve_shared(
     metrics: Option<SocketAddr>,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<RunReport, CoordinatorError> {
+    serve_shared_until(
+        shared,
+        listener,
+        tls,
+        metrics,
+        on_listening,
+        std::future::pending(),
+    )
+    .await
+}
+
+/// [`serve_shared`], stopping early when `interrupted` completes (see
+/// [`serve_until`]).
+pub async fn serve_shared_until(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tessera_tls::TlsFiles>,
+    metrics: Option<SocketAddr>,
+    on_listening: impl FnOnce(SocketAddr),
+    interrupted: impl std::future::Future<Output = &'static str> + Send,
+) -> Result<RunReport, CoordinatorError> {
     let address = listener
         .local_addr()
         .map_err(|e| CoordinatorError::Network(e.to_string()))?;
@@ -244,12 +328,23 @@ pub async fn serve_shared(
     let ticker = tokio::spawn(async move {
         let mut finished_at: Option<Instant> = None;
         let mut stopped_at: Option<Instant> = None;
+        let mut ticks = 0u32;
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
+            ticks = ticks.wrapping_add(1);
+            // The operators' requests (`tessera stop`, `abort`): every second.
+            let read_controls = ticks.is_multiple_of(10);
             let Ok((finished, stopped, fatal)) = ticker_shared
-                .call(|f| {
+                .call(move |f| {
+                    if read_controls {
+                        f.check_control();
+                    }
                     f.advance();
-                    (f.is_finished(), f.stopped().is_some(), f.fatal().is_some())
+                    (
+                        f.is_finished(),
+                        f.stopped().is_some() || f.aborted().is_some(),
+                        f.fatal().is_some(),
+                    )
                 })
                 .await
             else {
@@ -296,8 +391,22 @@ pub async fn serve_shared(
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(service);
-    let shutdown = async {
-        let _ = stop_rx.await;
+    let signalled = Arc::new(std::sync::Mutex::new(None::<&'static str>));
+    let heard = Arc::clone(&signalled);
+    let shutdown = async move {
+        tokio::select! {
+            _ = stop_rx => {}
+            signal = interrupted => {
+                tracing::warn!(
+                    signal,
+                    "stopping: every accepted update and closed round is in the database; \
+                     start the coordinator again on it to resume the run"
+                );
+                if let Ok(mut heard) = heard.lock() {
+                    *heard = Some(signal);
+                }
+            }
+        }
     };
     let served = match tls {
         None => server
@@ -323,16 +432,29 @@ pub async fn serve_shared(
     let ended = shared
         .call(|f| {
             let fatal = f.fatal().map(str::to_string);
-            (fatal, f.stopped().map(str::to_string), f.report())
+            (
+                fatal,
+                f.stopped().map(str::to_string),
+                f.aborted().map(str::to_string),
+                f.report(),
+            )
         })
         .await
         .map_err(|e| CoordinatorError::Config(e.message().to_string()))?;
-    if let (Some(reason), _, _) = ended {
+    if let (Some(reason), _, _, _) = ended {
         return Err(CoordinatorError::Fatal(reason));
     }
     served?;
+    if let Some(signal) = signalled.lock().ok().and_then(|s| *s) {
+        let audit = shared.call(move |f| {
+            f.audit_stop(signal);
+        });
+        let _ = audit.await;
+        return Err(CoordinatorError::Interrupted(signal));
+    }
     match ended {
-        (_, Some(reason), _) => Err(CoordinatorError::Config(reason)),
-        (_, None, report) => Ok(report),
+        (_, _, Some(reason), _) => Err(CoordinatorError::Aborted(reason)),
+        (_, Some(reason), _, _) => Err(CoordinatorError::Config(reason)),
+        (_, None, None, report) => Ok(report),
     }
 }

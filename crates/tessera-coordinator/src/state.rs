@@ -25,6 +25,7 @@ mod buffered;
 mod clock;
 mod evaluation;
 mod fatal;
+mod lifecycle;
 mod relay;
 mod report;
 mod resume;
@@ -175,6 +176,12 @@ pub struct Federation {
     /// Why the coordinator stops at once (the first database write it could
     /// not make after the engine had counted it): every later call is refused.
     fatal: Option<String>,
+    /// The operator's `tessera stop`: the run ends once the open round closes.
+    stop_requested: Option<String>,
+    /// The operator's `tessera abort`: every later call is refused with it.
+    aborted: Option<String>,
+    /// The operators' requests already read from the database.
+    controls_seen: usize,
     /// Sites whose column-kinds offer was set aside, and why (told at
     /// their next call).
     odd_offers: BTreeMap<String, String>,
@@ -343,6 +350,9 @@ impl Federation {
             refusals: RefusalBudget::default(),
             stopped: None,
             fatal: None,
+            stop_requested: None,
+            aborted: None,
+            controls_seen: 0,
             clock: Arc::new(SystemClock),
         };
         federation.started = federation.now();
@@ -524,6 +534,7 @@ impl Federation {
     /// A participant joins: versions and capabilities are negotiated.
     pub fn join(&mut self, site: &str, hello: &pb::Hello) -> Result<pb::Welcome, Refusal> {
         self.refuse_if_fatal()?;
+        self.refuse_if_aborted()?;
         if site.is_empty() {
             return Err(Refusal::Invalid("no site name".into()));
         }
@@ -599,6 +610,7 @@ impl Federation {
     /// fatally, and `site` has joined.
     fn require_joined(&self, site: &str) -> Result<(), Refusal> {
         self.refuse_if_fatal()?;
+        self.refuse_if_aborted()?;
         if self.roster.is_joined(site) {
             Ok(())
         } else {
@@ -730,7 +742,7 @@ impl Federation {
     fn step(&mut self) -> Result<(), CoordinatorError> {
         let now = self.now();
         match &self.phase {
-            _ if self.fatal.is_some() => Ok(()),
+            _ if self.fatal.is_some() || self.aborted.is_some() => Ok(()),
             Phase::Agreeing | Phase::Finished => Ok(()),
             Phase::Training if self.training.is_async() => self.async_step(now),
             Phase::Training => self.step_training(now),

@@ -25,8 +25,8 @@ mod schema;
 mod sqlite;
 
 pub use rows::{
-    AgreementStep, AuditRow, CohortRow, EvaluationRow, LedgerRow, ModelRow, Offers, OpenRoundRow,
-    RoundClose, RoundRow, RunRow, StoredUpdate,
+    AgreementStep, AuditRow, CohortRow, Control, ControlRow, EvaluationRow, LedgerRow, ModelRow,
+    Offers, OpenRoundRow, RoundClose, RoundRow, RunRow, RunStatus, StoredUpdate,
 };
 pub use sqlite::SqliteStore;
 
@@ -59,7 +59,13 @@ pub trait RunTx {
     /// Records a new run.
     fn create_run(&mut self, run: &RunRow) -> Result<(), StoreError>;
     /// Marks a run finished.
-    fn finish_run(&mut self, run: &str) -> Result<(), StoreError>;
+    fn finish_run(&mut self, run: &str) -> Result<(), StoreError> {
+        self.set_run_status(run, RunStatus::Finished)
+    }
+    /// Sets a run's status.
+    fn set_run_status(&mut self, run: &str, status: RunStatus) -> Result<(), StoreError>;
+    /// Records an operator's request for a run.
+    fn put_control(&mut self, run: &str, control: &ControlRow) -> Result<(), StoreError>;
     /// Records that `site` joined (again: no change).
     fn add_participant(&mut self, run: &str, site: &str, at: Timestamp) -> Result<(), StoreError>;
     /// Stores (or replaces) a site's offer of an agreement step.
@@ -192,9 +198,15 @@ pub trait RunStore: Send {
     /// The audit log of a run, oldest first.
     fn audit_log(&self, run: &str) -> Result<Vec<AuditRow>, StoreError>;
 
-    /// The newest run that has not finished.
+    /// The operators' requests for a run, oldest first.
+    fn controls(&self, run: &str) -> Result<Vec<ControlRow>, StoreError>;
+
+    /// The newest run still running (not finished, stopped or aborted).
     fn unfinished_run(&self) -> Result<Option<RunRow>, StoreError> {
-        Ok(self.runs()?.into_iter().find(|r| r.status != "finished"))
+        Ok(self
+            .runs()?
+            .into_iter()
+            .find(|r| r.status == RunStatus::Running.as_str()))
     }
 
     /// Runs `writes` in one transaction and commits it; an error rolls
@@ -241,6 +253,14 @@ pub trait RunStore: Send {
     /// Marks a run finished (one transaction).
     fn finish_run(&self, run: &str) -> Result<(), StoreError> {
         self.write(&mut |tx| tx.finish_run(run))
+    }
+    /// Ends a run with `status` (one transaction).
+    fn end_run(&self, run: &str, status: RunStatus) -> Result<(), StoreError> {
+        self.write(&mut |tx| tx.set_run_status(run, status))
+    }
+    /// Records an operator's request (one transaction).
+    fn request(&self, run: &str, control: &ControlRow) -> Result<(), StoreError> {
+        self.write(&mut |tx| tx.put_control(run, control))
     }
     /// Records that `site` joined (one transaction).
     fn add_participant(&self, run: &str, site: &str, at: Timestamp) -> Result<(), StoreError> {

@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 
 pub mod client;
+mod leave;
 pub mod supervisor;
 
 use std::path::PathBuf;
@@ -46,6 +47,8 @@ use tessera_proto::convert;
 use tessera_proto::pb::federation_client::FederationClient;
 use tessera_proto::pb::{self, agree_reply, task};
 use thiserror::Error;
+
+pub use leave::leave;
 
 use client::{agree, receive_parameters, secure_submit, send_update};
 use supervisor::{Failure, Progress, Retry, Stopped, supervise};

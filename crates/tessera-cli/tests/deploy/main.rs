@@ -13,6 +13,7 @@ mod util;
 mod compression;
 mod dp;
 mod faults;
+mod lifecycle;
 mod malformed;
 mod plans;
 mod runs;

@@ -39,7 +39,7 @@ impl Federation {
                 model: ModelPart::Whole,
             };
         }
-        if buffered.is_finished() {
+        if buffered.is_finished() || self.stop_requested.is_some() {
             return TaskView::Wait;
         }
         let instructions = buffered.instructions_for(&ParticipantId::new(site));
@@ -67,6 +67,11 @@ impl Federation {
         };
         if buffered.is_finished() {
             return Err(Refusal::Invalid("every step is done".into()));
+        }
+        if let Some(reason) = &self.stop_requested {
+            return Err(Refusal::Invalid(format!(
+                "the operator stopped the run after this step: {reason}"
+            )));
         }
         let next_step = buffered.current().1 + 1;
         match buffered.submit(&ParticipantId::new(site), base, update) {
@@ -253,10 +258,11 @@ impl Federation {
     pub(super) fn async_step(&mut self, now: Timestamp) -> Result<(), CoordinatorError> {
         let live = self.live(now);
         let complete = self.steps.complete(&live);
-        let finished = self
-            .training
-            .buffered()
-            .is_some_and(BufferedEngine::is_finished);
+        let finished = self.stopping_after_round()
+            || self
+                .training
+                .buffered()
+                .is_some_and(BufferedEngine::is_finished);
         let last = self.training.buffered().map_or(0, |b| b.current().1);
         for version in complete {
             if !(finished && version == last) {
@@ -280,16 +286,8 @@ impl Federation {
             self.version += 1;
             return Ok(());
         }
-        self.store.finish_run(&self.run.id)?;
-        self.audit(
-            "-",
-            "run",
-            "finished",
-            &format!("{} steps", self.records.len()),
-        );
-        self.phase = Phase::Finished;
-        self.version += 1;
-        Ok(())
+        let what = format!("{} steps", self.records.len());
+        self.end_after_last_round(&what)
     }
 
     /// Rebuilds an asynchronous run from the database: the steps' aggregates

@@ -260,17 +260,9 @@ impl Federation {
             return Ok(());
         };
         if engine.open_round().is_none() {
-            if engine.is_finished() {
-                self.store.finish_run(&run)?;
-                self.audit(
-                    "-",
-                    "run",
-                    "finished",
-                    &format!("{} rounds", self.records.len()),
-                );
-                self.phase = Phase::Finished;
-                self.version += 1;
-                return Ok(());
+            if engine.is_finished() || self.stop_requested.is_some() {
+                let what = format!("{} rounds", self.records.len());
+                return self.end_after_last_round(&what);
             }
             match engine.begin_round(now) {
                 Ok(start) => {

@@ -22,8 +22,79 @@ pub struct RunRow {
     pub rounds: u32,
     /// Creation time, microseconds since the Unix epoch: the run clock's zero.
     pub created_unix_micros: u64,
-    /// `running` or `finished`.
+    /// `running`, `finished`, `stopped` (ended early by its operator,
+    /// after a round) or `aborted` (ended at once by its operator): see
+    /// [`RunStatus`].
     pub status: String,
+}
+
+/// Where a run stands, as `runs.status` stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    /// Rounds run, or will when the coordinator starts again.
+    Running,
+    /// Every round of the plan ran.
+    Finished,
+    /// Its operator ended it after a round (`tessera stop`): the last
+    /// completed round's model is the run's.
+    Stopped,
+    /// Its operator ended it at once (`tessera abort`), a coordinator
+    /// running or not: it never resumes.
+    Aborted,
+}
+
+impl RunStatus {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Finished => "finished",
+            RunStatus::Stopped => "stopped",
+            RunStatus::Aborted => "aborted",
+        }
+    }
+
+    /// The status stored as `text`, if known.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            RunStatus::Running,
+            RunStatus::Finished,
+            RunStatus::Stopped,
+            RunStatus::Aborted,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+/// What an operator asks of a running run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// End the run once the open round closes.
+    Stop,
+    /// End the run now.
+    Abort,
+}
+
+impl Control {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Control::Stop => "stop",
+            Control::Abort => "abort",
+        }
+    }
+}
+
+/// An operator's request, as stored (`tessera stop`, `tessera abort`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlRow {
+    /// What was asked.
+    pub action: Control,
+    /// Why, in the operator's words.
+    pub reason: String,
+    /// When, microseconds since the Unix epoch.
+    pub at_unix_micros: u64,
 }
 
 /// Everything stored when a round closes.

@@ -12,6 +12,10 @@ CREATE TABLE IF NOT EXISTS runs (
     status TEXT NOT NULL,
     code_version TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS run_control (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL, action TEXT NOT NULL, reason TEXT NOT NULL, at_unix_micros INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS participants (
     run_id TEXT NOT NULL, site TEXT NOT NULL, joined_micros INTEGER NOT NULL,
     PRIMARY KEY (run_id, site)

@@ -21,8 +21,8 @@ use tessera_proto::{decode_parameters, encode_parameters};
 
 use super::schema::SCHEMA;
 use super::{
-    AgreementStep, AuditRow, CohortRow, EvaluationRow, LedgerRow, ModelRow, Offers, OpenRoundRow,
-    RoundRow, RunRow, RunStore, RunTx, StoreError, StoredUpdate,
+    AgreementStep, AuditRow, CohortRow, Control, ControlRow, EvaluationRow, LedgerRow, ModelRow,
+    Offers, OpenRoundRow, RoundRow, RunRow, RunStatus, RunStore, RunTx, StoreError, StoredUpdate,
 };
 
 /// Creates `path` with mode 0600 if it does not exist; tightens an existing
@@ -497,6 +497,39 @@ impl RunStore for SqliteStore {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    fn controls(&self, run: &str) -> Result<Vec<ControlRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT action, reason, at_unix_micros FROM run_control WHERE run_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![run], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                unsigned(r.get(2)?),
+            ))
+        })?;
+        let mut controls = Vec::new();
+        for row in rows {
+            let (action, reason, at_unix_micros) = row?;
+            let action = match action.as_str() {
+                "stop" => Control::Stop,
+                "abort" => Control::Abort,
+                other => {
+                    return Err(StoreError::Damaged(format!(
+                        "unknown run control '{}'",
+                        tessera_core::shown(other, 40)
+                    )));
+                }
+            };
+            controls.push(ControlRow {
+                action,
+                reason,
+                at_unix_micros,
+            });
+        }
+        Ok(controls)
+    }
 }
 
 impl RunTx for SqliteTx<'_> {
@@ -519,10 +552,23 @@ impl RunTx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn finish_run(&mut self, run: &str) -> Result<(), StoreError> {
+    fn set_run_status(&mut self, run: &str, status: RunStatus) -> Result<(), StoreError> {
         self.tx.execute(
-            "UPDATE runs SET status = 'finished' WHERE id = ?1",
-            params![run],
+            "UPDATE runs SET status = ?2 WHERE id = ?1",
+            params![run, status.as_str()],
+        )?;
+        Ok(())
+    }
+
+    fn put_control(&mut self, run: &str, control: &ControlRow) -> Result<(), StoreError> {
+        self.tx.execute(
+            "INSERT INTO run_control (run_id, action, reason, at_unix_micros) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                run,
+                control.action.as_str(),
+                control.reason,
+                i64::try_from(control.at_unix_micros).unwrap_or(i64::MAX)
+            ],
         )?;
         Ok(())
     }
