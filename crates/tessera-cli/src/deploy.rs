@@ -248,6 +248,9 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
     write_outputs(&report, args.report.as_deref(), args.model_out.as_deref())?;
     let f = &report.final_metrics;
     println!("finished {} rounds: {}", report.rounds.len(), f.summary());
+    if let Some(line) = tessera_engine::report::population_line(&report.population_changes) {
+        println!("{line}");
+    }
     Ok(())
 }
 

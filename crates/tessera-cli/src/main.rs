@@ -15,6 +15,7 @@
 mod bundled;
 mod ca;
 mod deploy;
+mod live;
 mod ops;
 mod paths;
 mod plot;

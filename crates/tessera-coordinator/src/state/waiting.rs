@@ -48,6 +48,8 @@ pub(super) struct Watch {
     /// When the live view was last written, and whether it changed since.
     written: Option<Timestamp>,
     dirty: bool,
+    /// A site left since the waiting was last logged.
+    news: bool,
 }
 
 impl Watch {
@@ -61,6 +63,7 @@ impl Watch {
     pub(super) fn departed(&mut self, site: &str, why: String) {
         self.departed.insert(site.to_string(), why);
         self.dirty = true;
+        self.news = true;
     }
 }
 
@@ -221,6 +224,7 @@ impl Federation {
         self.watch.looked = Some((now, self.version));
         let awaited = self.awaited_now(now);
         let previous = self.watch.current.take();
+        let news = std::mem::take(&mut self.watch.news);
         let current = match (awaited, previous) {
             (None, None) => None,
             (None, Some(_)) => {
@@ -234,9 +238,10 @@ impl Federation {
                     .as_ref()
                     .filter(|_| same_step)
                     .map_or(now, |p| p.since);
-                let changed = previous
-                    .as_ref()
-                    .is_none_or(|p| p.step != step || p.sites != sites);
+                let changed = news
+                    || previous
+                        .as_ref()
+                        .is_none_or(|p| p.step != step || p.sites != sites);
                 let remind = previous
                     .as_ref()
                     .is_some_and(|p| now.since(p.logged) >= REMIND_EVERY);
