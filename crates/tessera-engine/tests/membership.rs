@@ -174,3 +174,30 @@ fn without_a_deadline_a_round_below_quorum_closes_when_nobody_is_left() {
         RoundStatus::QuorumNotMet { .. }
     ));
 }
+
+/// Rounds evaluated on other test rows than the evaluated round before them
+/// are flagged; unevaluated rounds (no test rows) are skipped.
+#[test]
+fn rounds_evaluated_on_other_test_rows_are_flagged() {
+    use tessera_engine::report::{RoundRecord, population_changes, population_line};
+    let rounds: Vec<RoundRecord> = [(1, 254), (2, 254), (3, 0), (4, 209), (5, 209), (6, 254)]
+        .into_iter()
+        .map(|(round, n_test)| RoundRecord {
+            round,
+            n_test,
+            ..RoundRecord::default()
+        })
+        .collect();
+    let changes = population_changes(&rounds);
+    let flagged: Vec<(u32, u64, u64)> = changes
+        .iter()
+        .map(|c| (c.round, c.n_test, c.previous_n_test))
+        .collect();
+    assert_eq!(flagged, vec![(4, 209, 254), (6, 254, 209)]);
+    let line = population_line(&changes).unwrap();
+    assert!(
+        line.contains("round 4 on 209 test rows (was 254)"),
+        "{line}"
+    );
+    assert!(population_line(&population_changes(&rounds[..2])).is_none());
+}
