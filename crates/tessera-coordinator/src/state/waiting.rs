@@ -225,6 +225,8 @@ impl Federation {
         let awaited = self.awaited_now(now);
         let previous = self.watch.current.take();
         let news = std::mem::take(&mut self.watch.news);
+        // A new step, an end of waiting or a site that left is written at once.
+        let urgent = news || previous.as_ref().map(|p| &p.step) != awaited.as_ref().map(|a| &a.0);
         let current = match (awaited, previous) {
             (None, None) => None,
             (None, Some(_)) => {
@@ -266,7 +268,7 @@ impl Federation {
             .watch
             .written
             .is_none_or(|at| now.since(at) >= WRITE_EVERY);
-        if self.watch.dirty && due || self.watch.written.is_none() {
+        if self.watch.dirty && (due || urgent) || self.watch.written.is_none() {
             self.watch.written = Some(now);
             self.watch.dirty = false;
             let view = self.live_view().to_string();
