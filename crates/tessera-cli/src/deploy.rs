@@ -269,6 +269,9 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
         "finished"
     };
     println!("{ended} {} rounds: {}", report.rounds.len(), f.summary());
+    if let Some(line) = tessera_engine::report::population_line(&report.population_changes) {
+        println!("{line}");
+    }
     Ok(())
 }
 

@@ -16,6 +16,7 @@ mod bundled;
 mod ca;
 mod deploy;
 mod lifecycle;
+mod live;
 mod ops;
 mod paths;
 mod plot;

@@ -253,9 +253,10 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         let record: RoundRecord = serde_json::from_str(record).context("a damaged round record")?;
         if *evaluated {
             println!(
-                "round {round}: {}; accuracy {:.4}, mean of sites {:.4}; {} accepted, {} stragglers, {} dropped, {} rejected",
+                "round {round}: {}; accuracy {:.4} on {} test rows, mean of sites {:.4}; {} accepted, {} stragglers, {} dropped, {} rejected",
                 record.status,
                 record.accuracy,
+                record.n_test,
                 record.mean_site_accuracy,
                 record.accepted,
                 record.stragglers,
@@ -272,6 +273,11 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         participants.len(),
         participants.join(", ")
     );
+    if let Some(view) = store.live_view(&run.id)? {
+        for line in crate::live::lines(&view) {
+            println!("{line}");
+        }
+    }
     let audit = store.audit_log(&run.id)?;
     if !audit.is_empty() {
         println!("last {} audit entries:", args.audit.min(audit.len()));

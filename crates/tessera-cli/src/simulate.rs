@@ -330,6 +330,9 @@ fn print_summary(report: &RunReport) {
             r.malicious.len()
         );
     }
+    if let Some(line) = tessera_engine::report::population_line(&report.population_changes) {
+        println!("{line}");
+    }
     let f = &report.final_metrics;
     println!(
         "final: {}, auc {}",

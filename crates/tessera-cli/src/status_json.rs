@@ -29,6 +29,16 @@
 //!                               noise_multiplier, steps, run_epsilon, clip_norm,
 //!                               noise_std, updates, recorded_micros)
 //! audit[]                       at_micros, site, action, outcome, detail (oldest first)
+//! waiting                       null, or what the run waits for as the coordinator last
+//!                               wrote it: step ("agreement: column kinds", "round 3 to
+//!                               open", "training round 3", "evaluation of round 3",
+//!                               "secure aggregation of round 3: stage ..."), sites, detail,
+//!                               since_unix_micros
+//! sites[]                       every joined or named site: site, state ("live", "silent",
+//!                               "left", "not joined"), note (why it left, or null),
+//!                               last_seen_unix_micros (null: never heard from)
+//! live_updated_unix_micros      when the coordinator last wrote `waiting` and `sites`
+//!                               (null: never; a stopped coordinator's view stays as it was)
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -185,7 +195,15 @@ pub fn document(store: &dyn RunStore, run: &RunRow) -> anyhow::Result<Value> {
     } else {
         "agreeing"
     };
+    // The coordinator's live view; an unreadable one reads as absent.
+    let live: Value = store
+        .live_view(id)?
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(Value::Null);
     Ok(json!({
+        "waiting": live["waiting"],
+        "sites": live.get("sites").cloned().unwrap_or_else(|| json!([])),
+        "live_updated_unix_micros": live["updated_unix_micros"],
         "format": FORMAT,
         "run": {
             "id": run.id,
@@ -292,6 +310,19 @@ mod tests {
         assert_eq!(doc["models"].as_array().unwrap().len(), 2);
         assert_eq!(doc["audit"][0]["detail"], "round 1");
         assert_eq!(doc["privacy"]["releases"], 0);
+        assert!(doc["waiting"].is_null());
+        assert_eq!(doc["sites"], json!([]));
+        store
+            .put_live_view(
+                "r",
+                r#"{"updated_unix_micros":9,"waiting":{"step":"training round 2","sites":["b"],"detail":"","since_unix_micros":7},"sites":[{"site":"b","state":"silent","note":null,"last_seen_unix_micros":6}]}"#,
+            )
+            .unwrap();
+        let doc = document(&store, &run).unwrap();
+        assert_eq!(doc["waiting"]["step"], "training round 2");
+        assert_eq!(doc["waiting"]["sites"], json!(["b"]));
+        assert_eq!(doc["sites"][0]["last_seen_unix_micros"], 6);
+        assert_eq!(doc["live_updated_unix_micros"], 9);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -137,6 +137,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 pub use service::Service;
 pub use shared::Shared;
+pub use state::waiting::{REMIND_EVERY, utc_time};
 pub use state::{Clock, Federation, ManualClock, ModelPart, Refusal, SystemClock, TaskView};
 pub use store::{
     AgreementStep, Control, ControlRow, RunStatus, RunStore, RunTx, SqliteStore, StoreError,

@@ -33,6 +33,7 @@ pub mod secure;
 mod training;
 mod training_mode;
 pub mod trust;
+pub mod waiting;
 
 pub use clock::{Clock, ManualClock, REFUSALS_PER_SECOND, SystemClock};
 use clock::{RefusalBudget, unix_micros};
@@ -189,6 +190,8 @@ pub struct Federation {
     declared: BTreeMap<String, trust::Declared>,
     /// Where time is read.
     clock: Arc<dyn Clock>,
+    /// Each site's last call, who left, what the run waits for.
+    watch: waiting::Watch,
 }
 
 /// The longest audit detail kept, in bytes (a longer one is cut and its
@@ -354,6 +357,7 @@ impl Federation {
             aborted: None,
             controls_seen: 0,
             clock: Arc::new(SystemClock),
+            watch: waiting::Watch::default(),
         };
         federation.started = federation.now();
         federation.resume()?;
@@ -423,6 +427,7 @@ impl Federation {
     fn touch(&mut self, site: &str) {
         let now = self.now();
         self.roster.seen(site, now);
+        self.watch.seen(site, now);
     }
 
     fn audit(&self, site: &str, action: &str, outcome: &str, detail: &str) {
@@ -680,6 +685,11 @@ impl Federation {
             // Not live any more: later rounds drop it at once, evaluations
             // do not wait for it, until it asks for a task again.
             self.roster.left(site);
+            let why = match round {
+                0 => format!("withdrew: {reason}"),
+                n => format!("withdrew in round {n}: {reason}"),
+            };
+            self.watch.departed(site, why);
         } else {
             self.touch(site);
         }
@@ -713,6 +723,11 @@ impl Federation {
     /// Time-driven and event-driven transitions: opens rounds, drops silent
     /// participants, closes rounds at their deadline, finishes evaluations.
     pub fn advance(&mut self) {
+        self.advance_steps();
+        self.watch();
+    }
+
+    fn advance_steps(&mut self) {
         let now = self.now();
         let connected = self.roster.live(now).len();
         metrics::gauge!(names::CONNECTED).set(connected as f64);

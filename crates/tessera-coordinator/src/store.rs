@@ -197,6 +197,18 @@ pub trait RunStore: Send {
     fn privacy_ledger(&self, run: &str) -> Result<Vec<LedgerRow>, StoreError>;
     /// The audit log of a run, oldest first.
     fn audit_log(&self, run: &str) -> Result<Vec<AuditRow>, StoreError>;
+    /// Replaces the run's live view (what it waits for, each site's last
+    /// call: a JSON document the coordinator writes as it goes). A store
+    /// without one drops it.
+    fn put_live_view(&self, run: &str, view: &str) -> Result<(), StoreError> {
+        let _ = (run, view);
+        Ok(())
+    }
+    /// The run's live view, if one was written.
+    fn live_view(&self, run: &str) -> Result<Option<String>, StoreError> {
+        let _ = run;
+        Ok(None)
+    }
 
     /// The operators' requests for a run, oldest first.
     fn controls(&self, run: &str) -> Result<Vec<ControlRow>, StoreError>;

@@ -40,6 +40,14 @@ pub mod names {
     pub const UPLOAD_RATE: &str = "tessera_participant_upload_bytes_per_second";
     /// Seconds from a round's opening to its close.
     pub const ROUND_SECONDS: &str = "tessera_round_duration_seconds";
+    /// Sites the run waits for in its current step (`tessera status` names them).
+    pub const WAITING_SITES: &str = "tessera_waiting_sites";
+    /// Seconds the current step has waited.
+    pub const WAITING_SECONDS: &str = "tessera_waiting_seconds";
+    /// 1 while the run waits for this site, else 0 (label `site`).
+    pub const SITE_AWAITED: &str = "tessera_site_awaited";
+    /// When each site last called, Unix seconds (label `site`).
+    pub const SITE_LAST_SEEN: &str = "tessera_site_last_seen_unix_seconds";
 }
 
 /// Installs the Prometheus recorder (once per process) and serves it at

@@ -482,8 +482,22 @@ impl RoundEngine {
             .is_some_and(|r| r.pending.contains(id) && r.deadline.is_none_or(|d| at <= d))
     }
 
-    /// Opens the next round: samples the cohort and returns the task.
+    /// Opens the next round among every registered participant.
     pub fn begin_round(&mut self, now: Timestamp) -> Result<RoundStart, EngineError> {
+        let everyone = self.participants.clone();
+        self.begin_round_among(now, &everyone)
+    }
+
+    /// Opens the next round among the registered participants in
+    /// `available` (those the driver can reach now): samples the cohort
+    /// from them and returns the task. No round opens with fewer than
+    /// `min_participants` of them, nor with a cohort smaller than the
+    /// quorum (`NotEnoughParticipants`: the driver waits and asks again).
+    pub fn begin_round_among(
+        &mut self,
+        now: Timestamp,
+        available: &BTreeSet<ParticipantId>,
+    ) -> Result<RoundStart, EngineError> {
         if let Some(open) = &self.open {
             return Err(EngineError::State(format!(
                 "round {} is still open",
@@ -497,24 +511,38 @@ impl RoundEngine {
             )));
         }
         let number = self.rounds_closed + 1;
-        let available = self.participants.len();
-        if available < self.config.min_participants || available == 0 {
-            return Err(EngineError::NotEnoughParticipants {
-                round: number,
-                needed: self.config.min_participants.max(1),
-                available,
-            });
-        }
-        let wanted = ((available as f64) * self.config.fraction).ceil() as usize;
-        let size = wanted.max(self.config.min_participants).min(available);
-        if self.config.quorum > size {
+        let (min, quorum) = (self.config.min_participants.max(1), self.config.quorum);
+        let cohort_of = |n: usize| {
+            (((n as f64) * self.config.fraction).ceil() as usize)
+                .max(min)
+                .min(n)
+        };
+        let registered = self.participants.len();
+        if registered >= min && quorum > cohort_of(registered) {
             return Err(EngineError::State(format!(
-                "round {number}: the quorum of {} updates can never be met by a cohort of {size}",
-                self.config.quorum
+                "round {number}: the quorum of {quorum} updates can never be met by a cohort of {}",
+                cohort_of(registered)
             )));
         }
-        let mut everyone: Vec<ParticipantId> = self.participants.iter().cloned().collect();
-        if size < available {
+        let mut everyone: Vec<ParticipantId> = self
+            .participants
+            .iter()
+            .filter(|p| available.contains(*p))
+            .cloned()
+            .collect();
+        let reachable = everyone.len();
+        let size = cohort_of(reachable);
+        if reachable < min || size < quorum {
+            let needed = (reachable..=registered.max(min))
+                .find(|&n| n >= min && cohort_of(n) >= quorum)
+                .unwrap_or(min.max(quorum));
+            return Err(EngineError::NotEnoughParticipants {
+                round: number,
+                needed,
+                available: reachable,
+            });
+        }
+        if size < reachable {
             SeededRng::derived(self.config.seed, &[streams::COHORT, u64::from(number)])
                 .shuffle(&mut everyone);
             everyone.truncate(size);
@@ -634,12 +662,57 @@ impl RoundEngine {
         }
     }
 
+    /// Takes `id` back into the open round it left, at `now`, when the
+    /// round cannot meet its quorum without those who left. True when
+    /// taken back.
+    pub fn readmit(&mut self, id: &ParticipantId, now: Timestamp) -> bool {
+        let quorum = self.config.quorum;
+        let Some(open) = self.open.as_mut() else {
+            return false;
+        };
+        if open.deadline.is_some_and(|d| now > d)
+            || open.accepted.len() + open.pending.len() >= quorum
+        {
+            return false;
+        }
+        let Some(at) = open.dropped.iter().position(|d| d == id) else {
+            return false;
+        };
+        open.dropped.remove(at);
+        open.pending.insert(id.clone());
+        true
+    }
+
+    /// Who the open round waits for: those who owe it an update and, while
+    /// it cannot meet its quorum without them, those who left it.
+    pub fn awaited(&self) -> Vec<ParticipantId> {
+        let Some(open) = self.open.as_ref() else {
+            return Vec::new();
+        };
+        let mut awaited: Vec<ParticipantId> = open.pending.iter().cloned().collect();
+        if open.accepted.len() + open.pending.len() < self.config.quorum {
+            awaited.extend(open.dropped.iter().cloned());
+        }
+        awaited.sort();
+        awaited
+    }
+
     /// Closes the open round if everyone has answered or its deadline has
     /// passed at `now`, aggregating what was accepted.
     pub fn poll(&mut self, now: Timestamp) -> Option<RoundOutcome> {
         let open = self.open.as_ref()?;
         let expired = open.deadline.is_some_and(|d| now >= d);
         if !open.pending.is_empty() && !expired {
+            return None;
+        }
+        // Below its quorum, a round waits up to its deadline for those who
+        // left it to come back ([`RoundEngine::readmit`]).
+        let accepted = open.accepted.len();
+        if !expired
+            && open.deadline.is_some()
+            && accepted < self.config.quorum
+            && accepted + open.dropped.len() >= self.config.quorum
+        {
             return None;
         }
         let open = self.open.take()?;

@@ -284,6 +284,11 @@ pub struct RunReport {
     /// Hierarchical and gossip runs: the topology and its traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology: Option<TopologyReport>,
+    /// Evaluated rounds whose test rows differ from the previous evaluated
+    /// round's (a site joined, left or was not heard from): their accuracy
+    /// has another denominator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub population_changes: Vec<PopulationChange>,
     /// The final global parameters.
     #[serde(skip)]
     pub final_parameters: tessera_core::ParameterSet,
@@ -415,6 +420,54 @@ impl RoundRecord {
     }
 }
 
+/// An evaluated round whose test rows differ from the previous evaluated
+/// round's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PopulationChange {
+    /// The round.
+    pub round: u32,
+    /// Its test rows.
+    pub n_test: u64,
+    /// The previous evaluated round's test rows.
+    pub previous_n_test: u64,
+}
+
+/// The evaluated rounds (test rows > 0) of `rounds` whose test rows differ
+/// from the previous evaluated round's.
+pub fn population_changes(rounds: &[RoundRecord]) -> Vec<PopulationChange> {
+    let evaluated: Vec<&RoundRecord> = rounds.iter().filter(|r| r.n_test > 0).collect();
+    evaluated
+        .windows(2)
+        .filter(|w| w[0].n_test != w[1].n_test)
+        .map(|w| PopulationChange {
+            round: w[1].round,
+            n_test: w[1].n_test,
+            previous_n_test: w[0].n_test,
+        })
+        .collect()
+}
+
+/// The summary's line on rounds evaluated on other test rows than the round
+/// before, if any.
+pub fn population_line(changes: &[PopulationChange]) -> Option<String> {
+    if changes.is_empty() {
+        return None;
+    }
+    let each: Vec<String> = changes
+        .iter()
+        .map(|c| {
+            format!(
+                "round {} on {} test rows (was {})",
+                c.round, c.n_test, c.previous_n_test
+            )
+        })
+        .collect();
+    Some(format!(
+        "evaluated population changed: {}; accuracies on different test rows do not compare",
+        each.join(", ")
+    ))
+}
+
 /// The robust aggregation of a run and the attack it faced (simulation).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RobustnessReport {
@@ -431,12 +484,18 @@ pub struct RobustnessReport {
 }
 
 impl FinalMetrics {
-    /// "accuracy A (all test rows), mean of sites M", or that nothing was
+    /// "accuracy A (N test rows), mean of sites M", or that nothing was
     /// evaluated.
     pub fn summary(&self) -> String {
         match (self.accuracy, self.mean_site_accuracy) {
             (Some(a), Some(m)) => {
-                format!("accuracy {a:.4} (all test rows), mean of sites {m:.4}")
+                let rows: u64 = self.per_site.values().map(|s| s.n_test).sum();
+                let rows = if rows > 0 {
+                    format!("{rows} test rows")
+                } else {
+                    "all test rows".to_string()
+                };
+                format!("accuracy {a:.4} ({rows}), mean of sites {m:.4}")
             }
             _ => "not evaluated (no test rows)".to_string(),
         }

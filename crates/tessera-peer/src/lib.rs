@@ -323,6 +323,7 @@ pub async fn run(
         features: agreement.feature_names(),
         classes: agreement.classes.clone(),
         data: Vec::new(),
+        population_changes: tessera_engine::report::population_changes(&progress.records),
         rounds: progress.records,
         final_metrics,
         baselines: None,

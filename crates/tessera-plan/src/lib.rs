@@ -150,15 +150,20 @@ pub struct FederationConfig {
     /// Share of the available participants sampled into each round's cohort.
     #[serde(default = "default_fraction")]
     pub fraction: f64,
-    /// Smallest cohort; a round does not start with fewer participants available.
+    /// Smallest cohort; a round does not open with fewer live participants
+    /// (heard from within the liveness period; in simulation, every site).
     #[serde(default = "default_one")]
     pub min_participants: usize,
-    /// Fewest accepted updates for a round to count; with fewer by the
-    /// deadline the round fails and the model stays as it was.
+    /// Fewest accepted updates for a round to count, and the smallest
+    /// cohort a round opens with. A round that can no longer meet it waits
+    /// up to its deadline for those who left it (taking back any that
+    /// return); with fewer by the deadline it fails and the model stays as
+    /// it was.
     #[serde(default = "default_one")]
     pub quorum: usize,
     /// Seconds a round waits for updates; without it a round waits for every
-    /// member of its cohort (or its dropout).
+    /// member of its cohort (or its dropout) and, below its quorum, closes
+    /// once nobody is left to wait for.
     #[serde(default)]
     pub deadline_seconds: Option<f64>,
     /// `sync` rounds, or `async` buffered aggregation (FedBuff); in async mode

@@ -254,6 +254,7 @@ pub fn simulate(
             peak_rss_bytes: None,
             virtual_seconds_to_target,
         },
+        population_changes: tessera_engine::report::population_changes(&records),
         rounds: records,
         final_metrics,
         baselines,

@@ -142,25 +142,42 @@ fn a_participant_killed_mid_round_the_round_completes_on_quorum_and_it_rejoins()
 fn a_failing_site_withdraws(name: &str, tables: &str) {
     let s = Scratch::new(name);
     let (plan, data) = util::synthetic(&s, 4, 4, "kind = \"flat\"");
-    // All four agree the data and start round 1 together.
-    let text = std::fs::read_to_string(&plan).unwrap();
-    let text = text.replace("rounds = 4", "rounds = 4\nmin_participants = 4");
+    // The plan names its four sites, one file each, so that all four agree
+    // the data and start round 1 together; the later rounds need only one.
+    let names = ["site0", "site1", "site2", "site3"];
+    let sites: String = names
+        .iter()
+        .map(|n| format!("[[data.sites]]\nname = \"{n}\"\npath = \"{n}.csv\"\n"))
+        .collect();
+    let text = std::fs::read_to_string(&plan)
+        .unwrap()
+        .replace("path = \"syn.csv\"\nsite_column = \"site\"\n", &sites);
     let plan = s.write("plan.toml", &format!("{text}\n{tables}"));
     let text = std::fs::read_to_string(&data).unwrap();
     let mut lines = text.lines();
-    let mut bad = format!("{}\n", lines.next().unwrap());
+    let header = lines.next().unwrap();
+    let header = header.split(',').skip(1).collect::<Vec<_>>().join(",");
+    let mut files: Vec<String> = names.iter().map(|_| format!("{header}\n")).collect();
     for line in lines {
         let mut fields: Vec<String> = line.split(',').map(str::to_string).collect();
         let target = fields.len() - 1;
-        if fields[0] == "site3" {
+        let Some(site) = names.iter().position(|n| *n == fields[0]) else {
+            panic!("a row of no site: {line}");
+        };
+        if site == 3 {
             for value in &mut fields[1..target] {
                 value.push_str("e30");
             }
         }
-        bad.push_str(&fields.join(","));
-        bad.push('\n');
+        files[site].push_str(&fields[1..].join(","));
+        files[site].push('\n');
     }
-    let bad = s.write("bad.csv", &bad);
+    let files: Vec<_> = names
+        .iter()
+        .zip(&files)
+        .map(|(n, text)| s.write(&format!("{n}.csv"), text))
+        .collect();
+    let bad = files[3].clone();
     let db = s.path("c.sqlite");
     let (mut coordinator, url) = coordinator(
         &s.dir,
@@ -169,9 +186,10 @@ fn a_failing_site_withdraws(name: &str, tables: &str) {
         0,
         &["--liveness", "60", "--report", "dep.json"],
     );
-    let mut good: Vec<Proc> = ["site0", "site1", "site2"]
+    let mut good: Vec<Proc> = names[..3]
         .iter()
-        .map(|site| participant_with(&s.dir, &url, site, &data, &[]))
+        .zip(&files)
+        .map(|(site, data)| participant_with(&s.dir, &url, site, data, &[]))
         .collect();
     let mut failing = participant_with(&s.dir, &url, "site3", &bad, &[]);
     assert!(!failing.wait(LIMIT).success(), "{}", failing.log());

@@ -21,6 +21,7 @@ mod secure;
 mod site_metrics;
 mod tls;
 mod trust;
+mod waiting;
 
 use std::time::Duration;
 

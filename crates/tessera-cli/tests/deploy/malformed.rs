@@ -20,8 +20,14 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
     use tessera_proto::pb::{self, agree_reply, update_part};
 
     let s = Scratch::new("deploy-malformed");
-    // This test speaks gRPC itself and sends clear evaluations.
+    // This test speaks gRPC itself and sends clear evaluations; once it has
+    // sent its malformed updates it leaves, and the rounds go on with three.
     let plan = plan_with(&s, "malformed", "[privacy]\nsite_metrics = \"clear\"\n");
+    let text = std::fs::read_to_string(&plan).unwrap();
+    let plan = s.write(
+        "malformed.toml",
+        &text.replace("min_participants = 4", "min_participants = 3"),
+    );
     let db = s.path("c.sqlite");
     let (mut coordinator, url) = coordinator(
         &s.dir,

@@ -67,6 +67,7 @@ impl Federation {
                 .map(|a| a.classes.clone())
                 .unwrap_or_default(),
             data: Vec::new(),
+            population_changes: tessera_engine::report::population_changes(&rounds),
             rounds,
             robustness: (self.plan.robust.rule.needs_all_updates()
                 || self.plan.robust.norm_bound.is_some())

@@ -59,6 +59,19 @@ impl SecureRound {
     pub(super) fn is_evaluation(&self) -> bool {
         self.evaluation
     }
+
+    /// The open stage's name and the members it still waits for.
+    pub(super) fn awaited(&self) -> (&'static str, Vec<String>) {
+        let stage = self.stages.stage();
+        let sites = self
+            .stages
+            .members()
+            .keys()
+            .filter(|s| self.stages.awaits(s, stage).is_ok())
+            .cloned()
+            .collect();
+        (stage.name(), sites)
+    }
 }
 
 fn shares_to_pb(shares: Vec<(u32, Vec<u8>)>) -> Vec<pb::SecAggShare> {

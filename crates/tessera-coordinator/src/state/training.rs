@@ -33,10 +33,26 @@ impl Federation {
             Phase::Finished => Ok(TaskView::Finished),
             Phase::Agreeing => Ok(TaskView::Wait),
             Phase::Training => {
+                if self.training.rounds().is_none() {
+                    return Ok(TaskView::Wait);
+                }
+                let id = ParticipantId::new(site);
+                // A site back in time for a round that cannot meet its
+                // quorum without it is taken back (not under secure
+                // aggregation, whose stages went on without it).
+                let now = self.now();
+                if !self.plan.secure_aggregation.enabled
+                    && let Some(engine) = self.training.rounds_mut()
+                    && engine.readmit(&id, now)
+                {
+                    let round = engine.open_round().unwrap_or_default();
+                    tracing::info!(%site, round, "taken back into the round");
+                    self.audit(site, "round", "rejoined", &format!("round {round}"));
+                    self.version += 1;
+                }
                 let Some(engine) = self.training.rounds() else {
                     return Ok(TaskView::Wait);
                 };
-                let id = ParticipantId::new(site);
                 let Some(task) = engine.task_for(&id).filter(|_| engine.is_pending(&id)) else {
                     return Ok(TaskView::Wait);
                 };
@@ -264,7 +280,15 @@ impl Federation {
                 let what = format!("{} rounds", self.records.len());
                 return self.end_after_last_round(&what);
             }
-            match engine.begin_round(now) {
+            // Only sites heard from within the liveness period are drawn:
+            // a round does not open with fewer than the plan's minimum.
+            let live: std::collections::BTreeSet<ParticipantId> = self
+                .roster
+                .live(now)
+                .iter()
+                .map(|s| ParticipantId::new(s.as_str()))
+                .collect();
+            match engine.begin_round_among(now, &live) {
                 Ok(start) => {
                     self.store
                         .open_round(&run, start.round, &start.cohort, now)?;
@@ -293,9 +317,17 @@ impl Federation {
         for site in &silent {
             engine.report_dropout(&ParticipantId::new(site.as_str()));
         }
+        let round = engine.open_round().unwrap_or_default();
         for site in &silent {
             // Under secure aggregation the current stage stops waiting for it.
             self.secure_withdraw(site);
+            self.watch.departed(
+                site,
+                format!(
+                    "dropped from round {round}: silent for more than {:?}",
+                    self.roster.liveness()
+                ),
+            );
             self.audit(
                 site,
                 "liveness",

@@ -82,4 +82,7 @@ CREATE TRIGGER IF NOT EXISTS privacy_ledger_is_append_only_update BEFORE UPDATE 
     BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS privacy_ledger_is_append_only_delete BEFORE DELETE ON privacy_ledger
     BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END;
+CREATE TABLE IF NOT EXISTS live_views (
+    run_id TEXT PRIMARY KEY, view TEXT NOT NULL
+);
 ";

@@ -530,6 +530,26 @@ impl RunStore for SqliteStore {
         }
         Ok(controls)
     }
+
+    fn put_live_view(&self, run: &str, view: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO live_views (run_id, view) VALUES (?1, ?2)
+             ON CONFLICT (run_id) DO UPDATE SET view = excluded.view",
+            params![run, view],
+        )?;
+        Ok(())
+    }
+
+    fn live_view(&self, run: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT view FROM live_views WHERE run_id = ?1",
+                params![run],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
 }
 
 impl RunTx for SqliteTx<'_> {
