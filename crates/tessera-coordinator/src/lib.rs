@@ -137,7 +137,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 pub use service::Service;
 pub use shared::Shared;
-pub use state::{Clock, Federation, ManualClock, ModelPart, Refusal, SystemClock, TaskView};
+pub use state::{
+    Clock, Federation, ManualClock, ModelPart, Refusal, SiteView, SystemClock, TaskView,
+};
 pub use store::{AgreementStep, RunStore, RunTx, SqliteStore, StoreError};
 
 /// Why the coordinator stopped.
@@ -195,21 +197,28 @@ pub async fn serve(
     config: CoordinatorConfig,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<RunReport, CoordinatorError> {
+    let shared = open(&config).await?;
+    let listener = bind(config.listen).await?;
+    serve_shared(shared, listener, config.tls, config.metrics, on_listening).await
+}
+
+/// Opens the federation of `config` (resuming its unfinished run) on its
+/// owner thread, without serving it yet: for callers that serve more beside
+/// it (the live dashboard), then [`serve_shared`].
+pub async fn open(config: &CoordinatorConfig) -> Result<Arc<Shared>, CoordinatorError> {
     let (plan, text, db, liveness) = (
         config.plan.clone(),
         config.plan_text.clone(),
         config.db.clone(),
         config.liveness,
     );
-    let shared = Shared::open(move || {
+    Shared::open(move || {
         let store = SqliteStore::open(&db)?;
         let federation = Federation::open(plan, &text, store, liveness)?;
         tracing::info!(run = federation.run_id(), "coordinator ready");
         Ok::<_, CoordinatorError>(federation)
     })
-    .await?;
-    let listener = bind(config.listen).await?;
-    serve_shared(shared, listener, config.tls, config.metrics, on_listening).await
+    .await
 }
 
 /// A listener on `address`.

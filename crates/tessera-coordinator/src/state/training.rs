@@ -300,6 +300,7 @@ impl Federation {
             .collect();
         for site in &silent {
             engine.report_dropout(&ParticipantId::new(site.as_str()));
+            metrics::counter!(names::LIVENESS_DROPS).increment(1);
         }
         for site in &silent {
             // Under secure aggregation the current stage stops waiting for it.
