@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tessera_coordinator::{CoordinatorConfig, serve};
+use tessera_coordinator::CoordinatorConfig;
 use tessera_engine::Plan;
 use tessera_participant::ParticipantConfig;
 
+use crate::logging::say;
 use crate::paths::{Input, check_outputs, db_inputs, plan_data_inputs, tls_inputs};
+use tracing::Level;
 
 /// Arguments of `tessera coordinator`.
 #[derive(Debug, clap::Args)]
@@ -48,6 +50,10 @@ pub struct CoordinatorArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Serve a live dashboard of the run at http://ADDR/ (and its data at
+    /// /api/status), e.g. 127.0.0.1:7080; nowhere unless given.
+    #[arg(long, value_name = "ADDR")]
+    dashboard: Option<SocketAddr>,
 }
 
 /// Arguments of `tessera participant`.
@@ -185,20 +191,13 @@ pub struct PeerArgs {
     pause_each_round: f64,
 }
 
-fn logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
-}
-
 fn insecure_warning(who: &str) {
-    eprintln!(
-        "WARNING: {who} runs with --insecure: no encryption, no authentication; any process that can reach it can \
-         take part. For local experiments only."
+    say(
+        Level::WARN,
+        &format!(
+            "WARNING: {who} runs with --insecure: no encryption, no authentication; any process that can reach \
+             it can take part. For local experiments only."
+        ),
     );
 }
 
@@ -228,7 +227,6 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
     inputs.extend(tls_inputs("--tls", args.tls.as_deref()));
     check_outputs(&outputs(&args.report, &args.model_out), &inputs)?;
     let liveness = liveness(args.liveness)?;
-    logging();
     if args.insecure {
         insecure_warning("the coordinator");
     }
@@ -242,9 +240,29 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
         metrics: args.metrics,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let report = runtime.block_on(serve(config, |address| {
-        eprintln!("listening on {address}");
-    }))?;
+    let report = runtime.block_on(async {
+        // The dashboard's address is taken first: a bad one is refused
+        // before the run is opened.
+        let dashboard = match args.dashboard {
+            Some(address) => Some(crate::dashboard::bind(address).await?),
+            None => None,
+        };
+        let shared = tessera_coordinator::open(&config).await?;
+        if let Some(listener) = dashboard {
+            let bound = crate::dashboard::serve(listener, std::sync::Arc::clone(&shared))?;
+            say(Level::INFO, &format!("dashboard at http://{bound}/"));
+        }
+        let listener = tessera_coordinator::bind(config.listen).await?;
+        let served = tessera_coordinator::serve_shared(
+            shared,
+            listener,
+            config.tls,
+            config.metrics,
+            |address| say(Level::INFO, &format!("listening on {address}")),
+        )
+        .await?;
+        anyhow::Ok(served)
+    })?;
     write_outputs(&report, args.report.as_deref(), args.model_out.as_deref())?;
     let f = &report.final_metrics;
     println!("finished {} rounds: {}", report.rounds.len(), f.summary());
@@ -323,7 +341,6 @@ pub fn aggregator(args: &AggregatorArgs) -> anyhow::Result<()> {
     inputs.extend(tls_inputs("--upstream-tls", args.upstream_tls.as_deref()));
     check_outputs(&outputs(&args.report, &args.model_out), &inputs)?;
     let liveness = liveness(args.liveness)?;
-    logging();
     if args.insecure {
         insecure_warning("the aggregator");
     }
@@ -345,7 +362,7 @@ pub fn aggregator(args: &AggregatorArgs) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let report = runtime.block_on(tessera_aggregator::run(config, |address| {
-        eprintln!("listening on {address}");
+        say(Level::INFO, &format!("listening on {address}"));
     }))?;
     write_outputs(&report, args.report.as_deref(), args.model_out.as_deref())?;
     println!(
@@ -363,7 +380,6 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
             "give --tls DIR (mutual TLS, see `tessera ca`) or --insecure (local experiments only)"
         );
     }
-    logging();
     if args.insecure {
         insecure_warning("the participant");
     }
@@ -438,7 +454,6 @@ pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
     inputs.extend(tls_inputs("--tls", args.tls.as_deref()));
     check_outputs(&outputs(&args.report, &args.model_out), &inputs)?;
     let liveness = liveness(args.liveness)?;
-    logging();
     if args.insecure {
         insecure_warning("the peer");
     }
@@ -457,7 +472,7 @@ pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let report = runtime.block_on(tessera_peer::run(config, |address| {
-        eprintln!("listening on {address}");
+        say(Level::INFO, &format!("listening on {address}"));
     }))?;
     write_outputs(&report, args.report.as_deref(), args.model_out.as_deref())?;
     let lost = report

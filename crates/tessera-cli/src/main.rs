@@ -14,7 +14,9 @@
 
 mod bundled;
 mod ca;
+mod dashboard;
 mod deploy;
+mod logging;
 mod ops;
 mod paths;
 mod plot;
@@ -22,6 +24,7 @@ mod simulate;
 mod status_json;
 mod synth;
 mod transfer;
+mod wallclock;
 
 use std::process::ExitCode;
 
@@ -33,6 +36,11 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr (coordinator, participant, aggregator, peer,
+    /// simulate): text (coloured only on a terminal, never with NO_COLOR
+    /// set) or json (one object a line).
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    log_format: Option<logging::LogFormat>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +91,18 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    match (&cli.command, cli.log_format) {
+        (
+            Command::Coordinator(_)
+            | Command::Participant(_)
+            | Command::Aggregator(_)
+            | Command::Peer(_),
+            format,
+        ) => logging::init(format.unwrap_or_default()),
+        // Simulation logs only when asked: its table and summary are its output.
+        (Command::Simulate(_), Some(format)) => logging::init(format),
+        _ => {}
+    }
     let result = match cli.command {
         Command::Simulate(args) => simulate::run(*args),
         Command::Synth(args) => synth::run(&args),
@@ -99,7 +119,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            logging::say(tracing::Level::ERROR, &format!("error: {}", one_line(&e)));
             exit_code(&e)
         }
     }
