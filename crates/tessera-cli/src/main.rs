@@ -9,7 +9,10 @@
 //! stable document built from the run store's reads, which the end-to-end
 //! tests read instead of the schema. Here too: the bundled plan and data
 //! (`bundled.rs`, `include_bytes!`, so that `tessera simulate` runs from any
-//! folder), the progress bar and round table, and report and plot writing.
+//! folder), the progress bar and round table, and report and plot writing;
+//! `logging.rs` (log lines, `--log-format`, set up once here),
+//! `dashboard.rs` (the coordinator's `--dashboard` page and `/api/status`),
+//! `wallclock.rs` (UTC times for operators).
 //! `anyhow` lives in this crate only.
 
 mod bundled;
