@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tessera_coordinator::{CoordinatorConfig, serve_until};
+use tessera_coordinator::CoordinatorConfig;
 use tessera_engine::Plan;
 use tessera_participant::ParticipantConfig;
 
+use crate::logging::say;
 use crate::paths::{Input, check_outputs, db_inputs, plan_data_inputs, tls_inputs};
+use tracing::Level;
 
 /// Arguments of `tessera coordinator`.
 #[derive(Debug, clap::Args)]
@@ -52,6 +54,10 @@ pub struct CoordinatorArgs {
     /// (finished, stopped or aborted); without it such a database is refused.
     #[arg(long)]
     new_run: bool,
+    /// Serve a live dashboard of the run at http://ADDR/ (and its data at
+    /// /api/status), e.g. 127.0.0.1:7080; nowhere unless given.
+    #[arg(long, value_name = "ADDR")]
+    dashboard: Option<SocketAddr>,
 }
 
 /// Arguments of `tessera participant`.
@@ -192,20 +198,13 @@ pub struct PeerArgs {
     pause_each_round: f64,
 }
 
-fn logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
-}
-
 fn insecure_warning(who: &str) {
-    eprintln!(
-        "WARNING: {who} runs with --insecure: no encryption, no authentication; any process that can reach it can \
-         take part. For local experiments only."
+    say(
+        Level::WARN,
+        &format!(
+            "WARNING: {who} runs with --insecure: no encryption, no authentication; any process that can reach \
+             it can take part. For local experiments only."
+        ),
     );
 }
 
@@ -235,7 +234,6 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
     inputs.extend(tls_inputs("--tls", args.tls.as_deref()));
     check_outputs(&outputs(&args.report, &args.model_out), &inputs)?;
     let liveness = liveness(args.liveness)?;
-    logging();
     if args.insecure {
         insecure_warning("the coordinator");
     }
@@ -250,11 +248,30 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
         new_run: args.new_run,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let report = runtime.block_on(serve_until(
-        config,
-        |address| eprintln!("listening on {address}"),
-        crate::lifecycle::termination(),
-    ))?;
+    let report = runtime.block_on(async {
+        // The dashboard's address is taken first: a bad one is refused
+        // before the run is opened.
+        let dashboard = match args.dashboard {
+            Some(address) => Some(crate::dashboard::bind(address).await?),
+            None => None,
+        };
+        let shared = tessera_coordinator::open(&config).await?;
+        if let Some(listener) = dashboard {
+            let bound = crate::dashboard::serve(listener, std::sync::Arc::clone(&shared))?;
+            say(Level::INFO, &format!("dashboard at http://{bound}/"));
+        }
+        let listener = tessera_coordinator::bind(config.listen).await?;
+        let served = tessera_coordinator::serve_shared_until(
+            shared,
+            listener,
+            config.tls,
+            config.metrics,
+            |address| say(Level::INFO, &format!("listening on {address}")),
+            crate::lifecycle::termination(),
+        )
+        .await?;
+        anyhow::Ok(served)
+    })?;
     write_outputs(&report, args.report.as_deref(), args.model_out.as_deref())?;
     let f = &report.final_metrics;
     // A run its operator stopped early says so.
@@ -347,7 +364,6 @@ pub fn aggregator(args: &AggregatorArgs) -> anyhow::Result<()> {
     inputs.extend(tls_inputs("--upstream-tls", args.upstream_tls.as_deref()));
     check_outputs(&outputs(&args.report, &args.model_out), &inputs)?;
     let liveness = liveness(args.liveness)?;
-    logging();
     if args.insecure {
         insecure_warning("the aggregator");
     }
@@ -369,7 +385,7 @@ pub fn aggregator(args: &AggregatorArgs) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let report = runtime.block_on(tessera_aggregator::run(config, |address| {
-        eprintln!("listening on {address}");
+        say(Level::INFO, &format!("listening on {address}"));
     }))?;
     write_outputs(&report, args.report.as_deref(), args.model_out.as_deref())?;
     println!(
@@ -387,7 +403,6 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
             "give --tls DIR (mutual TLS, see `tessera ca`) or --insecure (local experiments only)"
         );
     }
-    logging();
     if args.insecure {
         insecure_warning("the participant");
     }
@@ -476,7 +491,6 @@ pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
     inputs.extend(tls_inputs("--tls", args.tls.as_deref()));
     check_outputs(&outputs(&args.report, &args.model_out), &inputs)?;
     let liveness = liveness(args.liveness)?;
-    logging();
     if args.insecure {
         insecure_warning("the peer");
     }
@@ -495,7 +509,7 @@ pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let report = runtime.block_on(tessera_peer::run(config, |address| {
-        eprintln!("listening on {address}");
+        say(Level::INFO, &format!("listening on {address}"));
     }))?;
     write_outputs(&report, args.report.as_deref(), args.model_out.as_deref())?;
     let lost = report

@@ -9,14 +9,19 @@
 //! stable document built from the run store's reads, which the end-to-end
 //! tests read instead of the schema. Here too: the bundled plan and data
 //! (`bundled.rs`, `include_bytes!`, so that `tessera simulate` runs from any
-//! folder), the progress bar and round table, and report and plot writing.
+//! folder), the progress bar and round table, and report and plot writing;
+//! `logging.rs` (log lines, `--log-format`, set up once here),
+//! `dashboard.rs` (the coordinator's `--dashboard` page and `/api/status`),
+//! `wallclock.rs` (UTC times for operators).
 //! `anyhow` lives in this crate only.
 
 mod bundled;
 mod ca;
+mod dashboard;
 mod deploy;
 mod lifecycle;
 mod live;
+mod logging;
 mod ops;
 mod paths;
 mod plot;
@@ -24,6 +29,7 @@ mod simulate;
 mod status_json;
 mod synth;
 mod transfer;
+mod wallclock;
 
 use std::process::ExitCode;
 
@@ -35,6 +41,11 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr (coordinator, participant, aggregator, peer,
+    /// simulate): text (coloured only on a terminal, never with NO_COLOR
+    /// set) or json (one object a line).
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    log_format: Option<logging::LogFormat>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +116,18 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    match (&cli.command, cli.log_format) {
+        (
+            Command::Coordinator(_)
+            | Command::Participant(_)
+            | Command::Aggregator(_)
+            | Command::Peer(_),
+            format,
+        ) => logging::init(format.unwrap_or_default()),
+        // Simulation logs only when asked: its table and summary are its output.
+        (Command::Simulate(_), Some(format)) => logging::init(format),
+        _ => {}
+    }
     let result = match cli.command {
         Command::Simulate(args) => simulate::run(*args),
         Command::Synth(args) => synth::run(&args),
@@ -123,7 +146,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            logging::say(tracing::Level::ERROR, &format!("error: {}", one_line(&e)));
             exit_code(&e)
         }
     }

@@ -8,6 +8,8 @@ use tessera_coordinator::store::{OpenRoundRow, RoundRow};
 use tessera_coordinator::{RunStore, SqliteStore};
 use tessera_engine::report::RoundRecord;
 
+use crate::wallclock::utc;
+
 /// Arguments of `tessera runs`.
 #[derive(Debug, clap::Args)]
 pub struct RunsArgs {
@@ -231,16 +233,29 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let rounds = store.rounds(&run.id)?;
+    // Times in the store are on the run clock: microseconds since the run's creation.
+    let wall = |run_micros: u64| utc(run.created_unix_micros.saturating_add(run_micros));
     println!(
-        "run {} ({}, {}, seed {}): {}",
-        run.id, run.name, run.strategy, run.seed, run.status
+        "run {} ({}, {}, seed {}): {}, started {}",
+        run.id,
+        run.name,
+        run.strategy,
+        run.seed,
+        run.status,
+        utc(run.created_unix_micros)
     );
     println!("rounds closed: {} of {}", rounds.len(), run.rounds);
-    if let Some(OpenRoundRow { round, cohort, .. }) = store.open_round_of(&run.id)? {
+    if let Some(OpenRoundRow {
+        round,
+        cohort,
+        opened,
+    }) = store.open_round_of(&run.id)?
+    {
         let accepted = store.updates(&run.id, round)?.len();
         println!(
-            "round {round} open: {accepted} of {} updates accepted",
-            cohort.len()
+            "round {round} open: {accepted} of {} updates accepted (opened {})",
+            cohort.len(),
+            wall(opened.0)
         );
     }
     if let Some(RoundRow {
@@ -283,7 +298,8 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         println!("last {} audit entries:", args.audit.min(audit.len()));
         for entry in audit.iter().rev().take(args.audit).rev() {
             println!(
-                "  {:>10.3}s  {:<14} {:<16} {:<9} {}",
+                "  {}  {:>10.3}s  {:<14} {:<16} {:<9} {}",
+                wall(entry.at_micros),
                 entry.at_micros as f64 / 1e6,
                 entry.site,
                 entry.action,

@@ -52,6 +52,20 @@ fn human_bytes(v: f64) -> String {
     }
 }
 
+/// Six ticks spread evenly on a log scale from `low` to `high` (both
+/// positive), each rounded to two significant digits.
+fn log_ticks(low: f64, high: f64) -> Vec<f64> {
+    let (a, b) = (low.ln(), high.ln());
+    (0..6)
+        .map(|i| {
+            let v = (a + (b - a) * f64::from(i) / 5.0).exp();
+            let scale = 10f64.powf(v.log10().floor() - 1.0);
+            (v / scale).round() * scale
+        })
+        .filter(|v| *v >= low && *v <= high)
+        .collect()
+}
+
 /// Per round: the least, mean and most bytes a participant sent, and the
 /// mean it received (from the per-site traffic; the round totals over the
 /// sites when that is missing).
@@ -158,13 +172,17 @@ pub fn write_plot(report: &RunReport, path: &Path) -> anyhow::Result<()> {
                 (lo.min(v), hi.max(v))
             });
         if most > 0.0 {
+            let (low, high) = ((least / 2.0).max(1.0), most * 2.0);
+            // Numbered ticks whatever the span: a log axis labels only
+            // powers of ten, and a span within one decade has none.
+            let ticks = log_ticks(low, high);
             let mut chart = ChartBuilder::on(&bottom)
                 .margin(12)
                 .x_label_area_size(36)
                 .y_label_area_size(64)
                 .build_cartesian_2d(
                     1u32..rounds.max(2),
-                    ((least / 2.0).max(1.0)..most * 2.0).log_scale(),
+                    (low..high).log_scale().with_key_points(ticks),
                 )?;
             chart
                 .configure_mesh()

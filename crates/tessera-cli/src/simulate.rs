@@ -147,17 +147,20 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     // The model must fit the data before anything runs.
     tessera_sim::initial_model(&plan, &data)?;
     if !args.quiet {
-        eprintln!(
-            "{}: {} sites, {} training and {} test rows, {} features, {} classes; {} {} rounds, seed {}",
-            plan.name,
-            data.sites.len(),
-            n_train,
-            n_test,
-            data.n_features(),
-            data.task.n_classes(),
-            strategy,
-            plan.federation.rounds,
-            plan.seed,
+        crate::logging::say(
+            tracing::Level::INFO,
+            &format!(
+                "{}: {} sites, {} training and {} test rows, {} features, {} classes; {} {} rounds, seed {}",
+                plan.name,
+                data.sites.len(),
+                n_train,
+                n_test,
+                data.n_features(),
+                data.task.n_classes(),
+                strategy,
+                plan.federation.rounds,
+                plan.seed,
+            ),
         );
     }
 
@@ -175,6 +178,16 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let quiet = args.quiet;
     let mut header_printed = false;
     let mut observer = |r: &RoundRecord| {
+        if crate::logging::is_json() {
+            tracing::info!(
+                round = r.round,
+                status = %r.status,
+                accuracy = r.accuracy,
+                mean_site_accuracy = r.mean_site_accuracy,
+                loss = r.loss,
+                "round evaluated"
+            );
+        }
         if !quiet {
             progress.suspend(|| {
                 let mut out = std::io::stdout().lock();
@@ -263,10 +276,13 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     write_plot(&report, &plot_path)?;
     if !quiet {
         print_summary(&report);
-        eprintln!(
-            "report: {}  plot: {}",
-            report_path.display(),
-            plot_path.display()
+        crate::logging::say(
+            tracing::Level::INFO,
+            &format!(
+                "report: {}  plot: {}",
+                report_path.display(),
+                plot_path.display()
+            ),
         );
     }
     Ok(())

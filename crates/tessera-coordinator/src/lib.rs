@@ -138,7 +138,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 pub use service::Service;
 pub use shared::Shared;
 pub use state::waiting::{REMIND_EVERY, utc_time};
-pub use state::{Clock, Federation, ManualClock, ModelPart, Refusal, SystemClock, TaskView};
+pub use state::{
+    Clock, Federation, ManualClock, ModelPart, Refusal, SiteView, SystemClock, TaskView,
+};
 pub use store::{
     AgreementStep, Control, ControlRow, RunStatus, RunStore, RunTx, SqliteStore, StoreError,
 };
@@ -224,23 +226,7 @@ pub async fn serve_until(
     on_listening: impl FnOnce(SocketAddr),
     interrupted: impl std::future::Future<Output = &'static str> + Send,
 ) -> Result<RunReport, CoordinatorError> {
-    let (plan, text, db, liveness) = (
-        config.plan.clone(),
-        config.plan_text.clone(),
-        config.db.clone(),
-        config.liveness,
-    );
-    let new_run = config.new_run;
-    let shared = Shared::open(move || {
-        let store = SqliteStore::open(&db)?;
-        if !new_run {
-            refuse_an_ended_run(&store, &db)?;
-        }
-        let federation = Federation::open(plan, &text, store, liveness)?;
-        tracing::info!(run = federation.run_id(), "coordinator ready");
-        Ok::<_, CoordinatorError>(federation)
-    })
-    .await?;
+    let shared = open(&config).await?;
     let listener = bind(config.listen).await?;
     serve_shared_until(
         shared,
@@ -250,6 +236,30 @@ pub async fn serve_until(
         on_listening,
         interrupted,
     )
+    .await
+}
+
+/// Opens the federation of `config` (resuming its unfinished run) on its
+/// owner thread, without serving it yet: for callers that serve more beside
+/// it (the live dashboard), then [`serve_shared`]. A database whose newest
+/// run has ended is refused unless `config.new_run`.
+pub async fn open(config: &CoordinatorConfig) -> Result<Arc<Shared>, CoordinatorError> {
+    let (plan, text, db, liveness) = (
+        config.plan.clone(),
+        config.plan_text.clone(),
+        config.db.clone(),
+        config.liveness,
+    );
+    let new_run = config.new_run;
+    Shared::open(move || {
+        let store = SqliteStore::open(&db)?;
+        if !new_run {
+            refuse_an_ended_run(&store, &db)?;
+        }
+        let federation = Federation::open(plan, &text, store, liveness)?;
+        tracing::info!(run = federation.run_id(), "coordinator ready");
+        Ok::<_, CoordinatorError>(federation)
+    })
     .await
 }
 

@@ -34,6 +34,9 @@ mod training;
 mod training_mode;
 pub mod trust;
 pub mod waiting;
+mod view;
+
+pub use view::SiteView;
 
 pub use clock::{Clock, ManualClock, REFUSALS_PER_SECOND, SystemClock};
 use clock::{RefusalBudget, unix_micros};
@@ -528,7 +531,8 @@ impl Federation {
     /// Records a refused message in the audit log.
     pub fn reject_audit(&self, site: &str, action: &str, reason: &str) {
         if action == "update" {
-            metrics::counter!(names::REJECTED, "reason" => "malformed").increment(1);
+            let label = crate::telemetry::update_rejection(reason);
+            metrics::counter!(names::REJECTED, "reason" => label).increment(1);
         }
         self.audit(site, action, "rejected", reason);
         let site = tessera_proto::shown(site, tessera_proto::MAX_SITE_NAME);

@@ -48,6 +48,127 @@ pub mod names {
     pub const SITE_AWAITED: &str = "tessera_site_awaited";
     /// When each site last called, Unix seconds (label `site`).
     pub const SITE_LAST_SEEN: &str = "tessera_site_last_seen_unix_seconds";
+    /// The last evaluated round's (or step's) accuracy on every test row.
+    pub const ROUND_ACCURACY: &str = "tessera_round_accuracy";
+    /// The last evaluated round's (or step's) mean loss on every test row.
+    pub const ROUND_LOSS: &str = "tessera_round_loss";
+    /// Cohort members dropped for silence longer than the liveness period.
+    pub const LIVENESS_DROPS: &str = "tessera_liveness_drops_total";
+}
+
+/// Describes every metric of [`names`] to the installed recorder: the
+/// `# HELP` line of each (and its unit, where it has one), once at start-up.
+/// A metric added to `names` is described here too.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        names::ROUNDS,
+        "Rounds closed, by status (completed, quorum_not_met, failed)."
+    );
+    describe_gauge!(names::CURRENT_ROUND, "The round (or step) in progress.");
+    describe_gauge!(
+        names::CONNECTED,
+        "Participants heard from within the liveness period."
+    );
+    describe_gauge!(names::JOINED, "Participants that joined the run.");
+    describe_counter!(names::ACCEPTED, "Updates accepted.");
+    describe_counter!(
+        names::REJECTED,
+        "Updates rejected, by reason (malformed, implausible, revoked, identity, or the engine's reason)."
+    );
+    describe_counter!(
+        names::REFUSED_REPORTS,
+        "Reports (updates, evaluations, offers, statistics) refused at the trust boundary, by kind."
+    );
+    describe_counter!(
+        names::THROTTLED,
+        "Calls turned away unread: their connection had too many refused calls a second."
+    );
+    describe_counter!(
+        names::BYTES_RECEIVED,
+        Unit::Bytes,
+        "Bytes received from participants."
+    );
+    describe_counter!(
+        names::BYTES_SENT,
+        Unit::Bytes,
+        "Bytes sent to participants."
+    );
+    describe_counter!(
+        names::SITE_BYTES_RECEIVED,
+        Unit::Bytes,
+        "Bytes received from each participant (label site)."
+    );
+    describe_counter!(
+        names::SITE_BYTES_SENT,
+        Unit::Bytes,
+        "Bytes sent to each participant (label site)."
+    );
+    describe_counter!(
+        names::UPDATE_BYTES,
+        Unit::Bytes,
+        "Bytes of updates, by participant and codec (labels site, codec)."
+    );
+    describe_gauge!(
+        names::UPLOAD_RATE,
+        "Each participant's measured upload rate in bytes per second (label site)."
+    );
+    describe_histogram!(
+        names::ROUND_SECONDS,
+        Unit::Seconds,
+        "Seconds from a round's opening to its close."
+    );
+    describe_gauge!(
+        names::ROUND_ACCURACY,
+        "Accuracy of the last evaluated round's model on every test row."
+    );
+    describe_gauge!(
+        names::ROUND_LOSS,
+        "Mean loss of the last evaluated round's model on every test row."
+    );
+    describe_counter!(
+        names::LIVENESS_DROPS,
+        "Cohort members dropped for silence longer than the liveness period."
+    );
+    describe_gauge!(
+        names::WAITING_SITES,
+        "Sites the run waits for in its current step (tessera status names them)."
+    );
+    describe_gauge!(
+        names::WAITING_SECONDS,
+        Unit::Seconds,
+        "Seconds the current step has waited."
+    );
+    describe_gauge!(
+        names::SITE_AWAITED,
+        "1 while the run waits for this site, else 0 (label site)."
+    );
+    describe_gauge!(
+        names::SITE_LAST_SEEN,
+        "When each site last called, Unix seconds (label site)."
+    );
+    // Shown from the start, at zero, rather than absent until a first drop.
+    metrics::counter!(names::LIVENESS_DROPS).increment(0);
+}
+
+/// Sets the accuracy and loss gauges to a round's (or step's) evaluation.
+pub fn round_evaluated(accuracy: f64, loss: f64) {
+    metrics::gauge!(names::ROUND_ACCURACY).set(accuracy);
+    metrics::gauge!(names::ROUND_LOSS).set(loss);
+}
+
+/// The `reason` label of an update refused before it was read, from the
+/// refusal's text: `revoked` for a revoked certificate, `identity` for any
+/// other certificate that may not speak for the site, `malformed` otherwise.
+pub fn update_rejection(reason: &str) -> &'static str {
+    let lower = reason.to_ascii_lowercase();
+    if lower.contains("revoked") {
+        "revoked"
+    } else if lower.contains("certificate") {
+        "identity"
+    } else {
+        "malformed"
+    }
 }
 
 /// Installs the Prometheus recorder (once per process) and serves it at
@@ -90,5 +211,6 @@ fn recorder() -> Result<PrometheusHandle, CoordinatorError> {
         .map_err(|e| CoordinatorError::Config(e.to_string()))?
         .install_recorder()
         .map_err(|e| CoordinatorError::Config(format!("metrics: {e}")))?;
+    describe();
     Ok(HANDLE.get_or_init(|| handle).clone())
 }

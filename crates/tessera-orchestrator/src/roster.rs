@@ -133,6 +133,11 @@ impl Roster {
         }
     }
 
+    /// When `site` was last heard from (`None`: never, or it left since).
+    pub fn last_seen(&self, site: &str) -> Option<Timestamp> {
+        self.last_seen.get(site).copied()
+    }
+
     /// `site` left the run: it is stale until it is heard from again.
     pub fn left(&mut self, site: &str) {
         self.last_seen.remove(site);

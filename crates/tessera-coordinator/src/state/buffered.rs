@@ -241,6 +241,7 @@ impl Federation {
             serde_json::to_string(&record).map_err(|e| StoreError::Damaged(e.to_string()))?;
         self.store
             .finish_round_evaluation(&self.run.id, version, &json)?;
+        crate::telemetry::round_evaluated(record.accuracy, record.loss);
         tracing::info!(
             step = version,
             accuracy = record.accuracy,

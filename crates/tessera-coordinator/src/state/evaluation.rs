@@ -94,6 +94,7 @@ impl Federation {
             serde_json::to_string(&*closed).map_err(|e| CoordinatorError::Config(e.to_string()))?;
         self.store
             .finish_round_evaluation(&self.run.id, round, &record_json)?;
+        crate::telemetry::round_evaluated(closed.accuracy, closed.loss);
         tracing::info!(
             round,
             accuracy = closed.accuracy,

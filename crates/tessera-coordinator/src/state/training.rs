@@ -316,6 +316,7 @@ impl Federation {
             .collect();
         for site in &silent {
             engine.report_dropout(&ParticipantId::new(site.as_str()));
+            metrics::counter!(names::LIVENESS_DROPS).increment(1);
         }
         let round = engine.open_round().unwrap_or_default();
         for site in &silent {

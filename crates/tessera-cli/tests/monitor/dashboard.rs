@@ -1,0 +1,255 @@
+//! A live run watched from outside: the Prometheus endpoint describes every
+//! metric and its accuracy gauge is the report's, and the dashboard, loaded
+//! in a real headless Chromium while the run goes on, shows the run's
+//! rounds, its sites and the report's accuracy.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::util::procs::{HEART_SITES, Proc, coordinator, free_port, participant, wait_until};
+use crate::util::{self, Scratch};
+use crate::{LIMIT, evaluated_rounds, heart_plan, http_get};
+
+/// The metric families of a scrape (histograms by their base name).
+fn families(scraped: &str) -> Vec<String> {
+    let mut names: Vec<String> = scraped
+        .lines()
+        .filter(|l| l.starts_with("tessera_"))
+        .map(|l| {
+            let name = l.split(['{', ' ']).next().unwrap_or("");
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    let base = name.strip_suffix(suffix)?;
+                    scraped
+                        .contains(&format!("# TYPE {base} histogram"))
+                        .then(|| base.to_string())
+                })
+                .unwrap_or_else(|| name.to_string())
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The value of the unlabelled sample `name`.
+fn sample(scraped: &str, name: &str) -> Option<f64> {
+    scraped
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The headless browser: Debian's `chromium` (or another Chromium on
+/// PATH); `None` when there is none, unless CI requires it.
+fn chromium() -> Option<PathBuf> {
+    let found = ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|name| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join(name))
+                    .find(|p| p.is_file())
+            })
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("TESSERA_REQUIRE_CHROMIUM").is_none_or(|v| v != "1"),
+            "TESSERA_REQUIRE_CHROMIUM=1 and no chromium on PATH: install Debian's chromium and \
+             chromium-driver (apt-get install chromium chromium-driver, as .ci/run does)"
+        );
+    }
+    found
+}
+
+/// Chromium, headless, on `url` with `args`; its stdout.
+fn browse(chromium: &Path, profile: &Path, url: &str, args: &[&str]) -> String {
+    let output = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    assert!(
+        output.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The text of the element with `id` in a dumped DOM (no nested markup).
+fn by_id(dom: &str, id: &str) -> Option<String> {
+    let start = dom.find(&format!("id=\"{id}\""))?;
+    let rest = &dom[start..];
+    let text = &rest[rest.find('>')? + 1..];
+    Some(text[..text.find('<')?].to_string())
+}
+
+/// The live run, watched: `/metrics` has a `# HELP` and a `# TYPE` line for
+/// every tessera_ metric, and its accuracy gauge equals the report's figure
+/// for the round last evaluated; the dashboard, loaded in headless Chromium
+/// during the run, shows the rounds closed, each site live, the report's
+/// accuracy for a round, numbered chart axes, and the privacy line.
+#[test]
+fn metrics_and_the_dashboard_show_the_live_run() {
+    if util::skip_e2e("metrics_and_the_dashboard_show_the_live_run") {
+        return;
+    }
+    let s = Scratch::new("dashboard");
+    let plan = heart_plan(&s);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let dashboard = format!("127.0.0.1:{}", free_port());
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &s.path("c.sqlite"),
+        0,
+        &[
+            "--metrics",
+            &metrics,
+            "--dashboard",
+            &dashboard,
+            "--report",
+            "dep.json",
+        ],
+    );
+    let mut participants: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| {
+            // Slow enough that the run is still going while the browser looks.
+            participant(&s.dir, &url, site, &["--pause-before-update", "0.4"])
+        })
+        .collect();
+    let status = || -> serde_json::Value {
+        let (line, body) = http_get(&dashboard, "/api/status");
+        assert!(line.contains("200"), "{line}\n{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    wait_until(LIMIT, "two rounds evaluated", || {
+        evaluated_rounds(&status()) >= 2
+    });
+
+    // The gauge as it stands between two reads on the federation's thread
+    // that agree on how many rounds are evaluated.
+    let (evaluated, scraped) = loop {
+        let before = evaluated_rounds(&status());
+        let (_, scraped) = http_get(&metrics, "/metrics");
+        if evaluated_rounds(&status()) == before {
+            break (before, scraped);
+        }
+    };
+    let names = families(&scraped);
+    for required in [
+        "tessera_round_accuracy",
+        "tessera_round_loss",
+        "tessera_liveness_drops_total",
+        "tessera_updates_accepted_total",
+    ] {
+        assert!(
+            names.iter().any(|n| n == required),
+            "no {required}:\n{scraped}"
+        );
+    }
+    for name in &names {
+        assert!(
+            scraped.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}:\n{scraped}"
+        );
+        assert!(
+            scraped.contains(&format!("# TYPE {name} ")),
+            "no TYPE for {name}:\n{scraped}"
+        );
+    }
+    let gauge = sample(&scraped, "tessera_round_accuracy").expect("an accuracy gauge");
+    let loss = sample(&scraped, "tessera_round_loss").expect("a loss gauge");
+
+    // The dashboard in a real browser, while the run goes on.
+    let browser = chromium();
+    let mut page = None;
+    if let Some(chromium) = &browser {
+        let address = format!("http://{dashboard}/");
+        let profile = s.path("chromium-profile");
+        let closed_before = status()["rounds"].as_array().unwrap().len();
+        let dom = browse(chromium, &profile, &address, &["--dump-dom"]);
+        let closed_after = status()["rounds"].as_array().unwrap().len();
+        let shown: usize = by_id(&dom, "rounds-closed")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no round count on the page:\n{dom}"));
+        assert!(
+            (closed_before..=closed_after).contains(&shown),
+            "{shown} rounds shown, {closed_before} to {closed_after} closed:\n{dom}"
+        );
+        for site in HEART_SITES {
+            assert_eq!(
+                by_id(&dom, &format!("site-{site}-state")).as_deref(),
+                Some("live"),
+                "{site}:\n{dom}"
+            );
+            let seen = by_id(&dom, &format!("site-{site}-seen")).unwrap();
+            assert!(seen.ends_with('Z') && seen.starts_with("20"), "{seen}");
+        }
+        assert!(dom.contains("id=\"accuracy-svg\"") && dom.contains("class=\"x-tick\""));
+        assert!(dom.contains("class=\"y-tick\""), "{dom}");
+        assert!(by_id(&dom, "privacy-spent").is_some(), "{dom}");
+        assert!(!by_id(&dom, "waiting").unwrap_or_default().is_empty());
+        let screenshot = s.path("dashboard.png");
+        browse(
+            chromium,
+            &profile,
+            &address,
+            &[
+                &format!("--screenshot={}", screenshot.display()),
+                "--window-size=1200,1000",
+                "--hide-scrollbars",
+            ],
+        );
+        let png = std::fs::read(&screenshot).expect("a screenshot");
+        assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+        if let Some(keep) = std::env::var_os("TESSERA_DASHBOARD_SCREENSHOT") {
+            std::fs::copy(&screenshot, keep).unwrap();
+        }
+        page = Some(dom);
+    } else {
+        eprintln!(
+            "metrics_and_the_dashboard_show_the_live_run: the browser part skipped: no chromium \
+             on PATH (apt-get install chromium chromium-driver, as .ci/run does; \
+             TESSERA_REQUIRE_CHROMIUM=1 makes this a failure)"
+        );
+    }
+
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    let report = s.json("dep.json");
+    let round = &report["rounds"][evaluated - 1];
+    assert_eq!(round["round"], evaluated);
+    assert_eq!(Some(gauge), round["accuracy"].as_f64(), "{scraped}");
+    assert_eq!(Some(loss), round["loss"].as_f64(), "{scraped}");
+    if let Some(dom) = page {
+        // Every round the page showed evaluated, with the report's accuracy.
+        let mut shown = 0;
+        for r in report["rounds"].as_array().unwrap() {
+            let id = format!("round-{}-accuracy", r["round"]);
+            if let Some(text) = by_id(&dom, &id).filter(|t| t != "-") {
+                assert_eq!(
+                    text,
+                    format!("{:.4}", r["accuracy"].as_f64().unwrap()),
+                    "{id}"
+                );
+                shown += 1;
+            }
+        }
+        assert!(shown >= 2, "{dom}");
+    }
+}
