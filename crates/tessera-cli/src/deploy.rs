@@ -112,7 +112,8 @@ pub struct AggregatorArgs {
     /// Its database (SQLite); a restart with the same file resumes its round.
     #[arg(long)]
     db: PathBuf,
-    /// Mutual TLS toward the members: a coordinator's files (`tessera ca issue --coordinator`).
+    /// Mutual TLS toward the members: this aggregator's server files
+    /// (`tessera ca issue --aggregator NAME --host HOST`).
     #[arg(long, conflicts_with = "insecure", requires = "upstream_tls")]
     tls: Option<PathBuf>,
     /// Mutual TLS toward the parent: a site's files naming this aggregator
