@@ -18,6 +18,7 @@ mod plans;
 mod runs;
 mod secure;
 mod site_metrics;
+mod synthetic;
 mod tls;
 mod trust;
 
