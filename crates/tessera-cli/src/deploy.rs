@@ -69,12 +69,17 @@ pub struct ParticipantArgs {
     /// This site's name.
     #[arg(long)]
     site: String,
-    /// This site's data file (CSV, read as the plan's schema says).
+    /// This site's data file (CSV, read as the plan's schema says), relative
+    /// to the working folder; checked before the coordinator is called.
+    /// Without it: the plan's file for this site, or the rows the plan
+    /// generates (`[data.synthetic]`).
     #[arg(long)]
-    data: PathBuf,
-    /// Folder for the plan's other relative paths (a split membership file).
-    #[arg(long, default_value = ".")]
-    plan_dir: PathBuf,
+    data: Option<PathBuf>,
+    /// The plan's folder: the plan's relative paths (its data files, a split
+    /// membership file) are read from there, and an absolute one only below
+    /// it. Default: the folder of --expect-plan, else the working folder.
+    #[arg(long)]
+    plan_dir: Option<PathBuf>,
     /// Mutual TLS with the files of this folder (cert.pem, key.pem, ca.pem),
     /// as `tessera ca issue --site` writes them.
     #[arg(long, conflicts_with = "insecure")]
@@ -122,7 +127,8 @@ pub struct AggregatorArgs {
     /// Its database (SQLite); a restart with the same file resumes its round.
     #[arg(long)]
     db: PathBuf,
-    /// Mutual TLS toward the members: a coordinator's files (`tessera ca issue --coordinator`).
+    /// Mutual TLS toward the members: this aggregator's server files
+    /// (`tessera ca issue --aggregator NAME --host HOST`).
     #[arg(long, conflicts_with = "insecure", requires = "upstream_tls")]
     tls: Option<PathBuf>,
     /// Mutual TLS toward the parent: a site's files naming this aggregator
@@ -162,9 +168,11 @@ pub struct PeerArgs {
     /// This site's name.
     #[arg(long)]
     site: String,
-    /// This site's data file.
+    /// This site's data file, relative to the working folder. Without it:
+    /// the plan's file for this site, or the rows the plan generates
+    /// (`[data.synthetic]`).
     #[arg(long)]
-    data: PathBuf,
+    data: Option<PathBuf>,
     /// Address the other peers connect to, e.g. 127.0.0.1:7400.
     #[arg(long)]
     listen: SocketAddr,
@@ -315,6 +323,17 @@ fn plan_dir(plan: &Path) -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
+/// A path given on the command line, made absolute against the working
+/// folder, so that no other folder is ever put in front of it.
+fn resolved(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| {
+        format!(
+            "{}: cannot resolve against the working folder",
+            path.display()
+        )
+    })
+}
+
 /// `--report` and `--model-out`, where given.
 fn outputs<'a>(
     report: &'a Option<PathBuf>,
@@ -406,11 +425,17 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
     if args.insecure {
         insecure_warning("the participant");
     }
+    // Paths given here are the working folder's; the plan's paths, its folder's.
+    let plan_dir = match (&args.plan_dir, &args.expect_plan) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(plan)) => plan_dir(plan),
+        (None, None) => PathBuf::from("."),
+    };
     let config = ParticipantConfig {
         coordinator: args.coordinator.clone(),
         site: args.site.clone(),
-        data: args.data.clone(),
-        plan_dir: args.plan_dir.clone(),
+        data: args.data.as_deref().map(resolved).transpose()?,
+        plan_dir: resolved(&plan_dir)?,
         max_backoff: Duration::from_secs(2),
         give_up_after: seconds("--give-up-after", args.give_up_after)?,
         pause_before_update: pause("--pause-before-update", args.pause_before_update)?,
@@ -484,9 +509,12 @@ pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
         bail!("give every other site of the run with --peer NAME=URL");
     }
     let plan_dir = plan_dir(&args.plan);
+    // --data is the working folder's; the plan's own paths, the plan's folder's.
+    let data = args.data.as_deref().map(resolved).transpose()?;
     let mut inputs = vec![Input::new("the plan file", &args.plan)];
-    // The peer opens --data, like the plan's own paths, from the plan's folder.
-    inputs.push(Input::new("the --data file", plan_dir.join(&args.data)));
+    if let Some(data) = &data {
+        inputs.push(Input::new("the --data file", data));
+    }
     inputs.extend(plan_data_inputs(&plan.data, &plan_dir));
     inputs.extend(tls_inputs("--tls", args.tls.as_deref()));
     check_outputs(&outputs(&args.report, &args.model_out), &inputs)?;
@@ -498,7 +526,7 @@ pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
         plan,
         plan_text,
         site: args.site.clone(),
-        data: args.data.clone(),
+        data,
         plan_dir,
         listen: args.listen,
         peers,

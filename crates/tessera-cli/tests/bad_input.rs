@@ -505,7 +505,7 @@ fn deployed_outputs_over_inputs_are_refused_before_listening() {
             "--site",
             "s0",
             "--data",
-            "../data/d.csv",
+            "data/d.csv",
             "--listen",
             "127.0.0.1:0",
             "--peer",
@@ -515,9 +515,13 @@ fn deployed_outputs_over_inputs_are_refused_before_listening() {
             "data/d.csv",
         ])
         .fails();
+    // --data is the working folder's, named as resolved.
     assert_eq!(
         line,
-        "error: --model-out data/d.csv is the --data file (cfg/../data/d.csv): choose another path"
+        format!(
+            "error: --model-out data/d.csv is the --data file ({}): choose another path",
+            std::path::absolute(s.path("data/d.csv")).unwrap().display()
+        )
     );
     assert_eq!(std::fs::read(s.path(plan)).unwrap(), plan_before);
     assert_eq!(std::fs::read(s.path("data/d.csv")).unwrap(), data_before);

@@ -272,10 +272,11 @@ impl Federation {
                 )));
             }
             _ => {
-                let expected = if plan.data.sites.is_empty() {
+                let named = plan.data.named_sites();
+                let expected = if named.is_empty() {
                     Expected::Count(plan.federation.min_participants)
                 } else {
-                    Expected::Named(plan.data.sites.iter().map(|s| s.name.clone()).collect())
+                    Expected::Named(named.into_iter().collect())
                 };
                 central = privacy.central_cohort(tessera_orchestrator::Place::Flat {
                     participants: expected.len(),

@@ -341,6 +341,18 @@ impl SchemaConfig {
 }
 
 impl DataConfig {
+    /// The sites the plan names: its `sites`, or those `[data.synthetic]`
+    /// generates (`site0`, `site1`, ...); empty where the sites are
+    /// whoever holds rows of the plan's file.
+    pub fn named_sites(&self) -> Vec<String> {
+        match &self.synthetic {
+            Some(synthetic) if self.sites.is_empty() => {
+                (0..synthetic.sites).map(|k| format!("site{k}")).collect()
+            }
+            _ => self.sites.iter().map(|s| s.name.clone()).collect(),
+        }
+    }
+
     /// Checks what can be checked without reading any file.
     pub fn validate(&self) -> Result<(), DataError> {
         let bad = |msg: &str| Err(DataError::Config(msg.to_string()));

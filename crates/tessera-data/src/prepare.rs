@@ -33,7 +33,7 @@ pub use site::{LocalSite, read_local_site, read_local_sites};
 
 /// `[data.synthetic]`: the generated rows at `path`, every other file from
 /// `rest`.
-struct Generated<'a> {
+pub(crate) struct Generated<'a> {
     path: std::path::PathBuf,
     csv: Vec<u8>,
     rest: &'a dyn FileSource,
@@ -66,6 +66,26 @@ impl FileSource for Generated<'_> {
     }
 }
 
+/// With `[data.synthetic]`: the configuration naming the generated rows
+/// (by `path`, or by a name of their own) and a source that serves them,
+/// every other file from `source`; `None` for data read from files.
+pub(crate) fn generated<'a>(
+    config: &DataConfig,
+    base_dir: &Path,
+    source: &'a dyn FileSource,
+) -> Result<Option<(DataConfig, Generated<'a>)>, DataError> {
+    let Some(synthetic) = &config.synthetic else {
+        return Ok(None);
+    };
+    let mut named = config.clone();
+    let path = named
+        .path
+        .get_or_insert_with(|| "synthetic.csv".into())
+        .clone();
+    let generated = Generated::new(synthetic, base_dir.join(path), source)?;
+    Ok(Some((named, generated)))
+}
+
 /// Reads and prepares every site's data as `config` describes, running the
 /// agreement steps in process. Relative paths are resolved against
 /// `base_dir` (the plan file's folder).
@@ -74,19 +94,10 @@ pub fn load(
     base_dir: &Path,
     source: &dyn FileSource,
 ) -> Result<FederatedData, DataError> {
-    let (generated, named);
-    let (config, source) = match &config.synthetic {
-        Some(synthetic) => {
-            // The generated rows go by `path`, or by a name of their own.
-            let mut with_path = config.clone();
-            let path = with_path
-                .path
-                .get_or_insert_with(|| "synthetic.csv".into())
-                .clone();
-            named = with_path;
-            generated = Generated::new(synthetic, base_dir.join(path), source)?;
-            (&named, &generated as &dyn FileSource)
-        }
+    config.validate()?;
+    let synthetic = generated(config, base_dir, source)?;
+    let (config, source) = match &synthetic {
+        Some((named, generated)) => (named, generated as &dyn FileSource),
         None => (config, source),
     };
     let mut sites = read_local_sites(config, base_dir, source)?;

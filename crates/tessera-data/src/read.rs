@@ -200,7 +200,7 @@ fn read_file(
     per_site: &mut BTreeMap<String, SiteBuilder>,
 ) -> Result<(), DataError> {
     let schema = &config.schema;
-    let file = source_open(source, full_path, shown_path)?;
+    let file = source_open(source, full_path)?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)

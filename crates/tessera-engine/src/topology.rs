@@ -156,7 +156,7 @@ impl Tree {
     /// The tree a deployment runs: over the plan's named sites, or without
     /// them over the group members that name no group.
     pub fn of_plan(plan: &crate::Plan) -> Result<Tree, PlanError> {
-        let mut sites: Vec<String> = plan.data.sites.iter().map(|s| s.name.clone()).collect();
+        let mut sites: Vec<String> = plan.data.named_sites();
         if sites.is_empty() {
             let groups: BTreeSet<&str> = plan
                 .topology

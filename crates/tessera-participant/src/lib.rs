@@ -76,10 +76,12 @@ pub struct ParticipantConfig {
     pub coordinator: String,
     /// This site's name.
     pub site: String,
-    /// This site's data file.
-    pub data: PathBuf,
-    /// Folder against which the plan's other relative paths (a split
-    /// membership file) are resolved.
+    /// This site's data file (`None`: the plan's file for this site, or
+    /// the rows the plan generates, `[data.synthetic]`). It is checked
+    /// before the coordinator is called.
+    pub data: Option<PathBuf>,
+    /// Folder against which the plan's relative paths (its data files, a
+    /// split membership file) are resolved: the plan's folder.
     pub plan_dir: PathBuf,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
@@ -169,6 +171,15 @@ enum SessionEnd {
 
 /// Takes part in the coordinator's run until it is over.
 pub async fn run(config: ParticipantConfig) -> Result<ParticipantSummary, ParticipantError> {
+    // A data file that cannot be read is found here, not after joining.
+    if let Some(data) = &config.data {
+        std::fs::File::open(data).map_err(|e| {
+            ParticipantError::Local(format!(
+                "{}: cannot read this site's data file (--data): {e}",
+                data.display()
+            ))
+        })?;
+    }
     let endpoint = client::endpoint(
         &config.coordinator,
         config.tls.as_ref(),
@@ -426,9 +437,14 @@ async fn prepare(
         None => {}
     }
     plan_paths_within(&plan.data, &config.plan_dir).map_err(local_error)?;
-    let mut local = client::read_site(&plan.data, &config.site, &config.data, &config.plan_dir)
-        .await
-        .map_err(Failure::Fatal)?;
+    let mut local = client::read_site(
+        &plan.data,
+        &config.site,
+        config.data.as_deref(),
+        &config.plan_dir,
+    )
+    .await
+    .map_err(Failure::Fatal)?;
     tracing::info!(site = %config.site, train = local.summary().n_train, test = local.summary().n_test, "data read");
     let kinds = match agree(
         client,

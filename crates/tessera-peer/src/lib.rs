@@ -77,8 +77,9 @@ pub struct PeerConfig {
     pub plan_text: String,
     /// This site's name.
     pub site: String,
-    /// This site's data file.
-    pub data: PathBuf,
+    /// This site's data file (`None`: the plan's file for this site, or
+    /// the rows the plan generates, `[data.synthetic]`).
+    pub data: Option<PathBuf>,
     /// Folder for the plan's other relative paths.
     pub plan_dir: PathBuf,
     /// Where the other peers reach this one.
@@ -412,7 +413,7 @@ async fn work(
     let mut site_data = tessera_participant::client::read_site(
         &plan.data,
         &config.site,
-        &config.data,
+        config.data.as_deref(),
         &config.plan_dir,
     )
     .await

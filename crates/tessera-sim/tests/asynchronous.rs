@@ -12,16 +12,19 @@ use tessera_sim::{SimOptions, simulate};
 
 #[test]
 fn async_reaches_the_target_three_times_sooner() {
-    let (plan, data) = common::synthetic_10class("synthetic-async.toml");
+    let (async_plan, data) = common::synthetic_10class("synthetic-async.toml");
+    // The example plan is asynchronous, 1700 steps; sync takes 60 rounds.
+    assert_eq!(async_plan.federation.mode, Mode::Async);
+    assert_eq!(async_plan.federation.rounds, 1700);
     let options = SimOptions {
         attack: None,
         baselines: false,
         target_accuracy: Some(0.72),
     };
+    let mut plan = async_plan.clone();
+    plan.federation.mode = Mode::Sync;
+    plan.federation.rounds = 60;
     let sync = simulate(&plan, &data, &options, &mut |_| {}).unwrap();
-    let mut async_plan = plan.clone();
-    async_plan.federation.mode = Mode::Async;
-    async_plan.federation.rounds = 1700;
     let asynchronous = simulate(&async_plan, &data, &options, &mut |_| {}).unwrap();
 
     let sync_time = sync.timing.virtual_seconds_to_target.unwrap();

@@ -13,6 +13,11 @@ use time::{Duration, OffsetDateTime};
 
 use crate::{TlsError, read, site_dns_name, write};
 
+mod record;
+
+pub use record::{CertStatus, Issuance, utc};
+use record::{kind_name, party_name};
+
 /// What a certificate is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -21,14 +26,17 @@ pub enum IssuedKind {
     Site,
     /// The coordinator's server certificate.
     Coordinator,
+    /// An aggregator's server certificate (toward its members), one per
+    /// aggregator, beside the coordinator's.
+    Aggregator,
 }
 
 /// A certificate the CA issued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Issued {
-    /// Site name, or `coordinator`.
+    /// Site or aggregator name, or `coordinator`.
     pub name: String,
-    /// Site or coordinator.
+    /// Site, coordinator or aggregator.
     pub kind: IssuedKind,
     /// Serial number.
     pub serial: u64,
@@ -36,11 +44,14 @@ pub struct Issued {
     pub generation: u32,
     /// Validity in days.
     pub days: u32,
+    /// Start of validity, Unix seconds (0: recorded before it was kept).
+    #[serde(default)]
+    pub not_before_unix: i64,
     /// End of validity, Unix seconds.
     pub not_after_unix: i64,
     /// Whether it is revoked.
     pub revoked: bool,
-    /// Coordinator: the host names and addresses it serves.
+    /// Coordinator or aggregator: the host names and addresses it serves.
     pub hosts: Vec<String>,
 }
 
@@ -59,8 +70,13 @@ struct CaState {
 /// ```text
 /// ca.json  ca.pem  ca-key.pem  crl.pem
 /// coordinator/{cert,key,ca,crl}.pem
+/// aggregators/<aggregator>/{cert,key,ca,crl}.pem
 /// sites/<site>/{cert,key,ca,crl}.pem
 /// ```
+///
+/// A certificate is known by its kind and name: issuing one while a live
+/// (unexpired, unrevoked) certificate of the same kind and name exists is
+/// refused unless the request says to replace it, which revokes it.
 pub struct CaDir {
     dir: PathBuf,
     state: CaState,
@@ -132,23 +148,24 @@ fn quoted(host: &str) -> String {
     }
 }
 
-/// Refuses a coordinator host that is neither an IP address nor a DNS name
-/// (RFC 1123: dot-separated labels of 1 to 63 letters, digits or '-', none
-/// starting or ending with '-', 253 characters in all).
-fn check_host(host: &str) -> Result<(), TlsError> {
+/// Refuses a server's (`role`: coordinator, aggregator) host that is
+/// neither an IP address nor a DNS name (RFC 1123: dot-separated labels of 1
+/// to 63 letters, digits or '-', none starting or ending with '-', 253
+/// characters in all).
+fn check_host(role: &str, host: &str) -> Result<(), TlsError> {
     if host.parse::<IpAddr>().is_ok() {
         return Ok(());
     }
     let refuse = |why: String| {
         Err(TlsError::Invalid(format!(
-            "coordinator host {} is neither an IP address nor a DNS name: {why}",
+            "{role} host {} is neither an IP address nor a DNS name: {why}",
             quoted(host)
         )))
     };
     if host.is_empty() {
-        return Err(TlsError::Invalid(
-            "coordinator host '' is empty: give a DNS name or an IP address".into(),
-        ));
+        return Err(TlsError::Invalid(format!(
+            "{role} host '' is empty: give a DNS name or an IP address"
+        )));
     }
     if let Some(c) = host
         .chars()
@@ -241,6 +258,11 @@ impl CaDir {
         self.dir.join("coordinator")
     }
 
+    /// The folder of an aggregator's server files.
+    pub fn aggregator_dir(&self, aggregator: &str) -> PathBuf {
+        self.dir.join("aggregators").join(aggregator)
+    }
+
     fn save(&self) -> Result<(), TlsError> {
         let text = serde_json::to_string_pretty(&self.state)
             .map_err(|e| TlsError::Invalid(e.to_string()))?;
@@ -270,39 +292,83 @@ impl CaDir {
         ))
     }
 
-    /// Issues (or re-issues) a site's certificate (client and server
-    /// authentication, named by [`site_dns_name`]), valid `days` days: at
-    /// least one, and no later than 9999-12-31.
+    /// Issues a site's certificate (client and server authentication, named
+    /// by [`site_dns_name`]), valid `days` days: at least one, and no later
+    /// than 9999-12-31. Refused while the site has a live certificate (see
+    /// [`CaDir::issue_site_replacing`]).
     pub fn issue_site(&mut self, site: &str, days: u32) -> Result<PathBuf, TlsError> {
-        let dns = site_dns_name(site)?;
-        if site == "coordinator" || site.contains(['/', '\\']) || site.starts_with('.') {
-            return Err(TlsError::Invalid(format!("'{site}' cannot be a site name")));
-        }
+        Ok(self.issue_site_replacing(site, days, false)?.dir)
+    }
+
+    /// [`CaDir::issue_site`]; with `replace`, a live certificate of the site
+    /// is revoked (and named in the answer) instead of refusing.
+    pub fn issue_site_replacing(
+        &mut self,
+        site: &str,
+        days: u32,
+        replace: bool,
+    ) -> Result<Issuance, TlsError> {
+        let dns = party_name("site", site)?;
         let not_after = expiry(OffsetDateTime::now_utc(), days, "a certificate")?;
-        self.issue(site, IssuedKind::Site, vec![dns], days, not_after)
+        self.issue(site, IssuedKind::Site, vec![dns], days, not_after, replace)
     }
 
     /// Issues the coordinator's server certificate for `hosts`, valid `days`
     /// days (at least one, and no later than 9999-12-31). Each host is an IP
     /// address or a DNS name (RFC 1123 labels); anything else is refused,
-    /// named.
+    /// named. Refused while the coordinator has a live certificate (see
+    /// [`CaDir::issue_coordinator_replacing`]).
     pub fn issue_coordinator(&mut self, hosts: &[String], days: u32) -> Result<PathBuf, TlsError> {
+        Ok(self.issue_coordinator_replacing(hosts, days, false)?.dir)
+    }
+
+    /// [`CaDir::issue_coordinator`]; with `replace`, the coordinator's live
+    /// certificate is revoked (and named in the answer) instead of refusing.
+    pub fn issue_coordinator_replacing(
+        &mut self,
+        hosts: &[String],
+        days: u32,
+        replace: bool,
+    ) -> Result<Issuance, TlsError> {
+        self.issue_server("coordinator", IssuedKind::Coordinator, hosts, days, replace)
+    }
+
+    /// Issues aggregator `name`'s server certificate (what its members
+    /// call) for `hosts`, into its own folder: the coordinator's and other
+    /// aggregators' certificates stay live. Hosts and days as for
+    /// [`CaDir::issue_coordinator`]; with `replace`, this aggregator's live
+    /// server certificate is revoked instead of refusing. (Toward its parent
+    /// an aggregator uses a site certificate of its name.)
+    pub fn issue_aggregator(
+        &mut self,
+        name: &str,
+        hosts: &[String],
+        days: u32,
+        replace: bool,
+    ) -> Result<Issuance, TlsError> {
+        party_name("aggregator", name)?;
+        self.issue_server(name, IssuedKind::Aggregator, hosts, days, replace)
+    }
+
+    fn issue_server(
+        &mut self,
+        name: &str,
+        kind: IssuedKind,
+        hosts: &[String],
+        days: u32,
+        replace: bool,
+    ) -> Result<Issuance, TlsError> {
+        let role = kind_name(kind);
         if hosts.is_empty() {
-            return Err(TlsError::Invalid(
-                "the coordinator needs at least one host name or address".into(),
-            ));
+            return Err(TlsError::Invalid(format!(
+                "the {role} needs at least one host name or address"
+            )));
         }
         for host in hosts {
-            check_host(host)?;
+            check_host(role, host)?;
         }
         let not_after = expiry(OffsetDateTime::now_utc(), days, "a certificate")?;
-        self.issue(
-            "coordinator",
-            IssuedKind::Coordinator,
-            hosts.to_vec(),
-            days,
-            not_after,
-        )
+        self.issue(name, kind, hosts.to_vec(), days, not_after, replace)
     }
 
     fn issue(
@@ -312,8 +378,23 @@ impl CaDir {
         names: Vec<String>,
         days: u32,
         not_after: OffsetDateTime,
-    ) -> Result<PathBuf, TlsError> {
-        let not_before = shifted(OffsetDateTime::now_utc(), -Duration::hours(1))?;
+        replace: bool,
+    ) -> Result<Issuance, TlsError> {
+        let now = OffsetDateTime::now_utc();
+        if !replace
+            && let Some(live) = self.state.issued.iter().find(|i| {
+                i.kind == kind
+                    && i.name == name
+                    && i.status(now.unix_timestamp()) == CertStatus::Live
+            })
+        {
+            return Err(TlsError::Invalid(format!(
+                "{} is live: issuing another would not add one but replace it (revoking it \
+                 cuts off whoever uses it); give --replace to revoke it and issue a new one",
+                live.describe()
+            )));
+        }
+        let not_before = shifted(now, -Duration::hours(1))?;
         let issuer = self.issuer()?;
         let serial = self.state.next_serial;
         let mut params = CertificateParams::new(names.clone())?;
@@ -333,47 +414,65 @@ impl CaDir {
                 ExtendedKeyUsagePurpose::ClientAuth,
                 ExtendedKeyUsagePurpose::ServerAuth,
             ],
-            IssuedKind::Coordinator => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            IssuedKind::Coordinator | IssuedKind::Aggregator => {
+                vec![ExtendedKeyUsagePurpose::ServerAuth]
+            }
         };
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let cert = params.signed_by(&key, &issuer)?;
-        let dir = match kind {
-            IssuedKind::Site => self.site_dir(name),
-            IssuedKind::Coordinator => self.coordinator_dir(),
-        };
+        let dir = self.party_dir(kind, name);
         write(&dir.join("key.pem"), &key.serialize_pem(), true)?;
         write(&dir.join("cert.pem"), &cert.pem(), false)?;
         write(&dir.join("ca.pem"), &read(&self.dir.join("ca.pem"))?, false)?;
-        // Re-issuing replaces the previous certificate of the same name, which is revoked.
+        // The new certificate takes the place of the previous ones of the
+        // same kind and name (live ones only when asked to): they are revoked.
+        let mut replaced = Vec::new();
         for old in self
             .state
             .issued
             .iter_mut()
-            .filter(|i| i.name == name && !i.revoked)
+            .filter(|i| i.kind == kind && i.name == name && !i.revoked)
         {
             old.revoked = true;
+            replaced.push(old.clone());
         }
-        self.state.issued.push(Issued {
+        let issued = Issued {
             name: name.to_string(),
             kind,
             serial,
             generation: self.state.generation,
             days,
+            not_before_unix: not_before.unix_timestamp(),
             not_after_unix: not_after.unix_timestamp(),
             revoked: false,
-            hosts: if kind == IssuedKind::Coordinator {
-                names
-            } else {
+            hosts: if kind == IssuedKind::Site {
                 Vec::new()
+            } else {
+                names
             },
-        });
+        };
+        self.state.issued.push(issued.clone());
         self.state.next_serial += 1;
         self.save()?;
         self.write_crl()?;
-        Ok(dir)
+        Ok(Issuance {
+            dir,
+            issued,
+            replaced,
+        })
     }
 
-    /// Revokes every live certificate of `name`.
+    /// The folder of a party's files.
+    fn party_dir(&self, kind: IssuedKind, name: &str) -> PathBuf {
+        match kind {
+            IssuedKind::Site => self.site_dir(name),
+            IssuedKind::Coordinator => self.coordinator_dir(),
+            IssuedKind::Aggregator => self.aggregator_dir(name),
+        }
+    }
+
+    /// Revokes every live certificate of `name` (a site's, an aggregator's
+    /// or the coordinator's).
     pub fn revoke(&mut self, name: &str) -> Result<u32, TlsError> {
         let mut count = 0;
         for issued in self
@@ -412,15 +511,15 @@ impl CaDir {
         for issued in &live {
             expiry(now, issued.days, "a certificate")?;
             for host in &issued.hosts {
-                check_host(host)?;
+                check_host(kind_name(issued.kind), host)?;
             }
         }
         self.new_generation()?;
         let mut renewed = Vec::new();
         for issued in live {
             match issued.kind {
-                IssuedKind::Site => self.issue_site(&issued.name, issued.days)?,
-                IssuedKind::Coordinator => self.issue_coordinator(&issued.hosts, issued.days)?,
+                IssuedKind::Site => self.issue_site_replacing(&issued.name, issued.days, true)?,
+                kind => self.issue_server(&issued.name, kind, &issued.hosts, issued.days, true)?,
             };
             renewed.push(issued.name);
         }
@@ -456,19 +555,23 @@ impl CaDir {
         .signed_by(&self.issuer()?)?;
         let pem = crl.pem()?;
         write(&self.dir.join("crl.pem"), &pem, false)?;
-        // Every party checks the list: the coordinator its sites, sites
-        // their coordinator, gossip peers each other.
+        // Every party checks the list: the coordinator and the aggregators
+        // their members, sites their coordinator, gossip peers each other.
         let mut parties: Vec<PathBuf> = vec![self.coordinator_dir()];
-        let mut sites: Vec<&str> = self
+        let mut named: Vec<(IssuedKind, &str)> = self
             .state
             .issued
             .iter()
-            .filter(|i| i.kind == IssuedKind::Site)
-            .map(|i| i.name.as_str())
+            .filter(|i| i.kind != IssuedKind::Coordinator)
+            .map(|i| (i.kind, i.name.as_str()))
             .collect();
-        sites.sort_unstable();
-        sites.dedup();
-        parties.extend(sites.into_iter().map(|site| self.site_dir(site)));
+        named.sort_unstable_by_key(|&(kind, name)| (kind_name(kind), name));
+        named.dedup();
+        parties.extend(
+            named
+                .into_iter()
+                .map(|(kind, name)| self.party_dir(kind, name)),
+        );
         for dir in parties.into_iter().filter(|dir| dir.exists()) {
             write(&dir.join("crl.pem"), &pem, false)?;
         }
@@ -480,7 +583,9 @@ impl CaDir {
     pub fn issue_expired_site(&mut self, site: &str) -> Result<PathBuf, TlsError> {
         let dns = site_dns_name(site)?;
         let yesterday = shifted(OffsetDateTime::now_utc(), -Duration::days(1))?;
-        self.issue(site, IssuedKind::Site, vec![dns], 1, yesterday)
+        Ok(self
+            .issue(site, IssuedKind::Site, vec![dns], 1, yesterday, true)?
+            .dir)
     }
 }
 

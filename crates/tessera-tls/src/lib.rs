@@ -1,7 +1,9 @@
 //! The federation's certificate authority and mutual TLS.
 //!
 //! [`CaDir`] manages a CA in a folder: `init`, `issue` (a site's client
-//! certificate, or the coordinator's server certificate), `revoke` (a
+//! certificate, the coordinator's or an aggregator's server certificate;
+//! a live certificate of the same kind and name is replaced only when
+//! asked), `revoke` (a
 //! certificate revocation list signed by the CA) and `rotate` (a new CA key
 //! and every live certificate re-issued under it). A participant's identity
 //! is its certificate: the site name is encoded in the certificate's subject
@@ -42,7 +44,7 @@ mod connect;
 mod identity;
 
 pub use accept::{Callers, check_site, incoming};
-pub use ca::{CaDir, Issued, IssuedKind};
+pub use ca::{CaDir, CertStatus, Issuance, Issued, IssuedKind, utc};
 pub use config::{ServerTls, TlsFiles, certificate_names_site, client_config, site_dns_name};
 pub use connect::Connector;
 pub use identity::{SiteCertificates, SiteSigner, verify_signature};

@@ -19,6 +19,7 @@ mod plans;
 mod runs;
 mod secure;
 mod site_metrics;
+mod synthetic;
 mod tls;
 mod trust;
 mod waiting;

@@ -196,5 +196,28 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create a folder of the copy");
+    for entry in std::fs::read_dir(from).expect("read a folder of the repository") {
+        let entry = entry.expect("a folder entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy a file");
+        }
+    }
+}
+
+/// A scratch folder holding what a fresh clone has for running plans: a
+/// copy of the repository's `examples/` and `data/`.
+pub fn fresh_copy(name: &str) -> Scratch {
+    let s = Scratch::new(name);
+    for dir in ["examples", "data"] {
+        copy_dir(&root().join(dir), &s.path(dir));
+    }
+    s
+}
+
 pub mod procs;
 pub mod status;

@@ -60,7 +60,7 @@ pub(super) fn read_membership(
     source: &dyn FileSource,
 ) -> Result<MembershipTable, DataError> {
     let path = &file.path;
-    let stream = crate::read::source_open(source, &base_dir.join(path), path)?;
+    let stream = crate::read::source_open(source, &base_dir.join(path))?;
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_reader(stream);

@@ -39,7 +39,9 @@ pub fn read_local_sites(
 }
 
 /// Reads one site's rows (deployment): `path` replaces the plan's file for
-/// the site; with a site column, only the rows naming `site` are kept.
+/// the site; with a site column, only the rows naming `site` are kept. With
+/// `[data.synthetic]` (and no `path`) the site generates the plan's rows
+/// and keeps its own: the very rows the simulation gives it.
 pub fn read_local_site(
     config: &DataConfig,
     site: &str,
@@ -48,6 +50,23 @@ pub fn read_local_site(
     source: &dyn FileSource,
 ) -> Result<LocalSite, DataError> {
     config.validate()?;
+    if config.synthetic.is_some() {
+        if let Some(path) = path {
+            return Err(DataError::Config(format!(
+                "the plan generates every site's rows ([data.synthetic]): this site reads no \
+                 data file, yet one was given ({})",
+                path.display()
+            )));
+        }
+        if let Some((named, generated)) = super::generated(config, base_dir, source)? {
+            let table = membership_table(&named, base_dir, &generated)?;
+            return LocalSite::new(
+                &named,
+                read_site(&named, site, None, base_dir, &generated)?,
+                table.as_ref(),
+            );
+        }
+    }
     let table = membership_table(config, base_dir, source)?;
     LocalSite::new(
         config,

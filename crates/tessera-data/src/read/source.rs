@@ -57,10 +57,11 @@ impl FileSource for InMemory {
 pub(crate) fn source_open<'a>(
     source: &'a dyn FileSource,
     full_path: &Path,
-    shown_path: &Path,
 ) -> Result<Box<dyn Read + 'a>, DataError> {
+    // A file that cannot be opened is named as it was looked for (a plan's
+    // path resolved against the plan's folder).
     let file = source.open(full_path).map_err(|e| DataError::Io {
-        path: shown_path.to_path_buf(),
+        path: full_path.to_path_buf(),
         source: e,
     })?;
     if full_path.extension().is_some_and(|e| e == "gz") {

@@ -10,25 +10,26 @@ use tonic::transport::Channel;
 use super::Failure;
 use crate::ParticipantError;
 
-/// Reads `site`'s rows from `data` (as the plan's `[data]` says, other
-/// relative paths against `plan_dir`) off the async runtime.
+/// Reads `site`'s rows from `file` (`None`: the plan's file for the site,
+/// or the rows the plan generates), as the plan's `[data]` says, its
+/// relative paths against `plan_dir`, off the async runtime.
 pub async fn read_site(
     data: &tessera_data::DataConfig,
     site: &str,
-    file: &std::path::Path,
+    file: Option<&std::path::Path>,
     plan_dir: &std::path::Path,
 ) -> Result<tessera_data::LocalSite, ParticipantError> {
     let (data, site, file, plan_dir) = (
         data.clone(),
         site.to_string(),
-        file.to_path_buf(),
+        file.map(std::path::Path::to_path_buf),
         plan_dir.to_path_buf(),
     );
     tokio::task::spawn_blocking(move || {
         tessera_data::read_local_site(
             &data,
             &site,
-            Some(&file),
+            file.as_deref(),
             &plan_dir,
             &tessera_data::Filesystem,
         )
