@@ -15,6 +15,7 @@
 mod bundled;
 mod ca;
 mod deploy;
+mod model;
 mod ops;
 mod paths;
 mod plot;
@@ -59,6 +60,11 @@ enum Command {
     Status(ops::StatusArgs),
     /// A run's privacy ledger: every release, its DP event, epsilon spent against the budgets.
     Privacy(ops::PrivacyArgs),
+    /// A model file (`--model-out`): inspect it, export it to ONNX.
+    Model(model::ModelArgs),
+    /// Apply a model file to the rows of a CSV file: its stored feature
+    /// order, vocabularies and standardisation, then the model.
+    Predict(model::PredictArgs),
     /// Benchmark: a parameter set down and back over the wire protocol, with peak memory.
     BenchTransfer(transfer::TransferArgs),
 }
@@ -94,6 +100,8 @@ fn main() -> ExitCode {
         Command::Runs(args) => ops::runs(&args),
         Command::Status(args) => ops::status(&args),
         Command::Privacy(args) => ops::privacy(&args),
+        Command::Model(args) => model::model(&args),
+        Command::Predict(args) => model::predict(&args),
         Command::BenchTransfer(args) => transfer::run(&args),
     };
     match result {

@@ -15,6 +15,7 @@ mod dp;
 mod faults;
 mod malformed;
 mod plans;
+mod results;
 mod runs;
 mod secure;
 mod site_metrics;
