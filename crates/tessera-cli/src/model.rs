@@ -200,24 +200,41 @@ pub fn of_coordinator(
 }
 
 /// A participant's results: its model file and report where asked for,
-/// and the global model's accuracy on its test rows against its local-only
-/// baseline, logged and printed.
+/// and the global model's accuracy on its test rows (against its
+/// local-only baseline when the report is asked for), logged and printed.
+/// Without `--model-out` or `--report`, a site that has no global model to
+/// show (it never evaluated one) says so and succeeds.
 pub fn site_results(
     results: Option<&tessera_participant::results::SiteResults>,
     model_out: Option<&Path>,
     report_out: Option<&Path>,
 ) -> anyhow::Result<()> {
+    let wanted = model_out.is_some() || report_out.is_some();
     let Some(results) = results else {
-        if model_out.is_some() || report_out.is_some() {
+        if wanted {
             bail!("the run ended before this site was ready: no model or report to write");
         }
         return Ok(());
     };
+    let (round, global) = match results.global() {
+        Ok(global) => global,
+        Err(e) if !wanted => {
+            tracing::warn!(reason = %e, "no global model to evaluate at this site");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     if let Some(path) = model_out {
         write(path, &results.model_file()?)?;
     }
-    let report = results.report()?;
+    let shown = |a: Option<f64>| {
+        a.map_or("not evaluated (no test rows)".to_string(), |a| {
+            format!("{a:.4}")
+        })
+    };
+    let mut alone = String::new();
     if let Some(path) = report_out {
+        let report = results.report()?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("{}: cannot create the folder", dir.display()))?;
@@ -225,26 +242,21 @@ pub fn site_results(
         let text = serde_json::to_string_pretty(&report).context("cannot encode the report")?;
         std::fs::write(path, text + "\n")
             .with_context(|| format!("{}: cannot write", path.display()))?;
+        alone = format!(
+            "; trained alone: {}",
+            shown(report.local_baseline.metrics.accuracy)
+        );
     }
-    let shown = |a: Option<f64>| {
-        a.map_or("not evaluated (no test rows)".to_string(), |a| {
-            format!("{a:.4}")
-        })
-    };
-    let (global, local) = (
-        shown(report.global.metrics.accuracy),
-        shown(report.local_baseline.metrics.accuracy),
-    );
+    let accuracy = shown(global.accuracy);
     tracing::info!(
-        round = report.model_round,
-        test_rows = report.global.metrics.n_test,
-        accuracy = %global,
-        local_only = %local,
+        round,
+        test_rows = global.n_test,
+        %accuracy,
         "the global model on this site's test rows"
     );
     println!(
-        "site '{}': the global model (round {}) on its {} test rows: accuracy {global}; trained alone: {local}",
-        report.site, report.model_round, report.global.metrics.n_test
+        "site '{}': the global model (round {round}) on its {} test rows: accuracy {accuracy}{alone}",
+        results.site, global.n_test
     );
     Ok(())
 }

@@ -246,9 +246,10 @@ impl ModelFile {
         let malformed = |what: String| ModelFileError::Malformed(what);
         if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
             return Err(malformed(
-                "it does not start with 'TSRMODEL' (a bare parameter file from an older tessera \
-                 has no feature order, vocabularies or standardisation: write the model again \
-                 with this tessera's --model-out)"
+                "it does not start with 'TSRMODEL' (a bare parameter file, from an older tessera \
+                 or an aggregator's or gossip peer's --model-out, has no feature order, \
+                 vocabularies or standardisation: write the model with this tessera's simulate, \
+                 coordinator or participant --model-out)"
                     .into(),
             ));
         }

@@ -189,21 +189,35 @@ impl SiteResults {
         .map_err(|e| ParticipantError::Local(e.to_string()))
     }
 
+    /// The final global model's round and its figures on this site's test rows.
+    pub fn global(&self) -> Result<(u32, SiteMetrics), ParticipantError> {
+        let local = |e: tessera_learn::LearnError| ParticipantError::Local(e.to_string());
+        let (round, parameters) = self.model()?;
+        let (n_features, n_classes) = (
+            self.takeaway.agreement.feature_names().len(),
+            self.takeaway.agreement.classes.len(),
+        );
+        let mut global = self
+            .plan
+            .learner(n_features, n_classes)
+            .map_err(|e| ParticipantError::Local(e.to_string()))?;
+        global.set_parameters(parameters).map_err(local)?;
+        Ok((
+            round,
+            site_metrics(&global.evaluate(&self.test).map_err(local)?),
+        ))
+    }
+
     /// The report: the global model and the local-only baseline on this
     /// site's test rows, and the privacy spent.
     pub fn report(&self) -> Result<SiteReport, ParticipantError> {
         let local = |e: tessera_learn::LearnError| ParticipantError::Local(e.to_string());
-        let (round, parameters) = self.model()?;
+        let (round, global) = self.global()?;
         let plan = &self.plan;
         let (n_features, n_classes) = (
             self.takeaway.agreement.feature_names().len(),
             self.takeaway.agreement.classes.len(),
         );
-        let mut global = plan
-            .learner(n_features, n_classes)
-            .map_err(|e| ParticipantError::Local(e.to_string()))?;
-        global.set_parameters(parameters).map_err(local)?;
-        let global = site_metrics(&global.evaluate(&self.test).map_err(local)?);
         let training = plan.baseline_training();
         let mut baseline = plan
             .learner(n_features, n_classes)
