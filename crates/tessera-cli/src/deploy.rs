@@ -43,8 +43,8 @@ pub struct CoordinatorArgs {
     /// Report file (JSON) written when the run is over, replaced if it exists.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// File for the final model (Tessera's stored-parameters encoding),
-    /// replaced if it exists.
+    /// File for the final model, self-describing (see `tessera model
+    /// inspect`), replaced if it exists.
     #[arg(long)]
     model_out: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
@@ -110,6 +110,16 @@ pub struct ParticipantArgs {
     /// available memory bounds it too).
     #[arg(long, value_name = "GB")]
     max_memory_gb: Option<f64>,
+    /// At the end of the run, write the final global model here,
+    /// self-describing with this site's standardisation (see `tessera model
+    /// inspect`); replaced if it exists.
+    #[arg(long)]
+    model_out: Option<PathBuf>,
+    /// At the end of the run, write this site's report here (JSON): the
+    /// global model on this site's test rows against a model trained on this
+    /// site's rows alone, and the privacy this site spent; replaced if it exists.
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
 /// Arguments of `tessera aggregator`.
@@ -245,6 +255,7 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
     if args.insecure {
         insecure_warning("the coordinator");
     }
+    let (plan_for_model, plan_text_for_model) = (plan.clone(), plan_text.clone());
     let config = CoordinatorConfig {
         plan,
         plan_text,
@@ -280,7 +291,12 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
         .await?;
         anyhow::Ok(served)
     })?;
-    write_outputs(&report, args.report.as_deref(), args.model_out.as_deref())?;
+    write_outputs(&report, args.report.as_deref(), None)?;
+    if let Some(path) = &args.model_out {
+        let file =
+            crate::model::of_coordinator(&plan_for_model, &plan_text_for_model, &args.db, &report)?;
+        crate::model::write(path, &file)?;
+    }
     let f = &report.final_metrics;
     // A run its operator stopped early says so.
     let stopped = tessera_coordinator::SqliteStore::open_existing(&args.db)
@@ -422,6 +438,11 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
             "give --tls DIR (mutual TLS, see `tessera ca`) or --insecure (local experiments only)"
         );
     }
+    let data_input: Vec<Input> = match &args.data {
+        Some(data) => vec![Input::new("the --data file", data)],
+        None => Vec::new(),
+    };
+    check_outputs(&outputs(&args.report, &args.model_out), &data_input)?;
     if args.insecure {
         insecure_warning("the participant");
     }
@@ -459,9 +480,9 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
         },
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let summary = runtime.block_on(async {
+    let (summary, results) = runtime.block_on(async {
         tokio::select! {
-            done = tessera_participant::run(config.clone()) => Ok(done?),
+            done = tessera_participant::run_with_results(config.clone()) => Ok(done?),
             signal = crate::lifecycle::termination() => {
                 // The site leaves for good, so that no round waits for it.
                 let reason = format!("the site's operator stopped it ({signal})");
@@ -481,7 +502,11 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
         summary.evaluations,
         summary.reconnections
     );
-    Ok(())
+    crate::model::site_results(
+        results.as_ref(),
+        args.model_out.as_deref(),
+        args.report.as_deref(),
+    )
 }
 
 pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {

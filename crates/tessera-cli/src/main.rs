@@ -22,6 +22,7 @@ mod deploy;
 mod lifecycle;
 mod live;
 mod logging;
+mod model;
 mod ops;
 mod paths;
 mod plot;
@@ -92,6 +93,11 @@ enum Command {
     Stop(lifecycle::StopArgs),
     /// End a run now, its coordinator running or gone for good; it never resumes.
     Abort(lifecycle::AbortArgs),
+    /// A model file (`--model-out`): inspect it, export it to ONNX.
+    Model(model::ModelArgs),
+    /// Apply a model file to the rows of a CSV file: its stored feature
+    /// order, vocabularies and standardisation, then the model.
+    Predict(model::PredictArgs),
     /// Benchmark: a parameter set down and back over the wire protocol, with peak memory.
     BenchTransfer(transfer::TransferArgs),
 }
@@ -141,6 +147,8 @@ fn main() -> ExitCode {
         Command::Privacy(args) => ops::privacy(&args),
         Command::Stop(args) => lifecycle::stop(&args),
         Command::Abort(args) => lifecycle::abort(&args),
+        Command::Model(args) => model::model(&args),
+        Command::Predict(args) => model::predict(&args),
         Command::BenchTransfer(args) => transfer::run(&args),
     };
     match result {

@@ -75,8 +75,8 @@ pub struct SimulateArgs {
     /// Plot file (SVG), replaced if it exists. Default: beside the report.
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// File for the final model (Tessera's stored-parameters encoding),
-    /// replaced if it exists.
+    /// File for the final model, self-describing (see `tessera model
+    /// inspect`), replaced if it exists.
     #[arg(long)]
     model_out: Option<PathBuf>,
     /// No progress bar or round table.
@@ -267,11 +267,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
 
     write_report(&report, &report_path)?;
     if let Some(path) = &args.model_out {
-        std::fs::write(
-            path,
-            tessera_proto::encode_parameters(&report.final_parameters),
-        )
-        .with_context(|| format!("{}: cannot write the model", path.display()))?;
+        crate::model::write(path, &crate::model::of_simulation(&plan, &data, &report)?)?;
     }
     write_plot(&report, &plot_path)?;
     if !quiet {

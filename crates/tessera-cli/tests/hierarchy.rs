@@ -178,7 +178,7 @@ fn a_regional_aggregator_killed_mid_round_resumes_and_the_run_equals_simulation(
         "{log}"
     );
     assert_eq!(
-        std::fs::read(s.path("dep.model")).unwrap(),
+        util::model(&s.path("dep.model")),
         expected,
         "the tree in deployment differs from the tree in simulation"
     );
@@ -265,7 +265,7 @@ members = [\"east\", \"west\"]
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
     finish(&mut members);
-    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    assert_eq!(util::model(&s.path("dep.model")), expected);
     // The root took one update a round: the continent's.
     let accepted_from: std::collections::BTreeSet<String> = status_of(&s.path("root.sqlite"))
         .audit()
@@ -307,7 +307,7 @@ fn fedprox_reaches_the_sites_below_the_aggregators_as_in_simulation() {
         &EAST_WEST,
     );
     run.finish();
-    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    assert_eq!(util::model(&s.path("dep.model")), expected);
 }
 
 #[test]
@@ -440,7 +440,7 @@ fn secure_aggregation_at_every_level_equals_simulation_bit_for_bit() {
     let mut run = Regions::start(&s, &plan, &data, &["--model-out", "dep.model"], &layout);
     run.finish();
     // The sums are exact: the tree of masked sums is the simulation's.
-    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    assert_eq!(util::model(&s.path("dep.model")), expected);
     // Each region saw only its sites' sums and the root only the regions'
     // sums: one protocol run a round at each, no update stored anywhere.
     for db in run.regions.iter().map(|(_, db)| db).chain([&root_db]) {

@@ -268,6 +268,8 @@ pub struct FederatedData {
     pub sites: Vec<SiteData>,
     /// Per-site counts.
     pub summary: Vec<SiteSummary>,
+    /// What every site encoded with (columns, vocabularies, classes).
+    pub agreement: crate::Agreement,
 }
 
 impl FederatedData {

@@ -34,6 +34,7 @@ mod levels;
 mod prepare;
 mod read;
 pub mod synth;
+mod table;
 
 pub use config::{
     ColumnKind, ColumnSpec, DataConfig, MembershipFile, MissingPolicy, PartitionConfig, ScaleScope,
@@ -48,3 +49,4 @@ pub use prepare::{
     read_local_sites,
 };
 pub use read::{FileSource, Filesystem, InMemory};
+pub use table::{MAX_TABLE_ROWS, Table, read_table};

@@ -126,6 +126,7 @@ pub fn load(
         task: agreement.task(),
         sites: prepared,
         summary,
+        agreement,
     };
     if config.standardize.scope == ScaleScope::Federation {
         let scaler = Scaler::from_statistics(&data.federation_statistics(), &config.standardize);

@@ -55,6 +55,11 @@
 //! `upward_update` are an aggregator's round below the root and what it
 //! sends up, shared by simulation and the aggregator process.
 //!
+//! `model_file` is the self-describing model file every runtime writes
+//! (model, task, feature order, vocabularies, standardisation, plan hash,
+//! run, lineage; versioned, checked before anything is built), applied to
+//! raw CSV rows (`ModelFile::predict`) and exported to ONNX (`to_onnx`).
+//!
 //! This crate never blocks, sleeps, reads the clock or opens a socket; every
 //! decision (cohort, acceptance, deadline, quorum, aggregation) comes from
 //! the plan, the seed and the inputs.
@@ -65,6 +70,7 @@ mod downlink;
 mod dp_sgd;
 mod engine;
 mod error;
+pub mod model_file;
 mod regional;
 pub mod report;
 mod setup;

@@ -19,6 +19,10 @@
 //! deployment the randomness that protects the site's data (DP-SGD's noise
 //! and batches, SecAgg secrets) is drawn from the operating system here.
 //!
+//! `run_with_results` also gives what the site takes home
+//! (`results::SiteResults`: the final global model as a model file with the
+//! site's standardisation, and its report against a local-only baseline).
+//!
 //! `client` holds what any client of a federation needs (an endpoint with
 //! TLS, an agreement step, a task's parameters, an update's stream, the
 //! secure submission); aggregators use it toward their parent.
@@ -33,6 +37,7 @@
 
 pub mod client;
 mod leave;
+pub mod results;
 pub mod supervisor;
 
 use std::path::PathBuf;
@@ -163,6 +168,8 @@ struct Ready {
     plan: Arc<tessera_engine::Plan>,
     /// With compressed models: the round whose model this site holds, and it.
     held: Option<(u32, Arc<tessera_core::ParameterSet>)>,
+    /// What the site keeps for its results.
+    takeaway: results::Takeaway,
 }
 
 enum SessionEnd {
@@ -171,6 +178,14 @@ enum SessionEnd {
 
 /// Takes part in the coordinator's run until it is over.
 pub async fn run(config: ParticipantConfig) -> Result<ParticipantSummary, ParticipantError> {
+    run_with_results(config).await.map(|(summary, _)| summary)
+}
+
+/// As [`run`], and what the site takes home ([`results::SiteResults`]:
+/// the final global model, its report), where the run reached training.
+pub async fn run_with_results(
+    config: ParticipantConfig,
+) -> Result<(ParticipantSummary, Option<results::SiteResults>), ParticipantError> {
     // A data file that cannot be read is found here, not after joining.
     if let Some(data) = &config.data {
         std::fs::File::open(data).map_err(|e| {
@@ -200,7 +215,17 @@ pub async fn run(config: ParticipantConfig) -> Result<ParticipantSummary, Partic
     )
     .await;
     match ended {
-        Ok(SessionEnd::Finished) => Ok(kept.1),
+        Ok(SessionEnd::Finished) => {
+            let results = kept.0.map(|ready| results::SiteResults {
+                site: config.site.clone(),
+                run_id: ready.run_id,
+                plan: ready.plan,
+                train: ready.train,
+                test: ready.test,
+                takeaway: ready.takeaway,
+            });
+            Ok((kept.1, results))
+        }
         Err(Stopped::Fatal(e)) => Err(e),
         Err(Stopped::GaveUp { after, reason }) => Err(ParticipantError::Refused(format!(
             "the coordinator has been unreachable for {after:?}: {reason}"
@@ -354,6 +379,7 @@ async fn session(
                     .take()
                     .ok_or_else(|| Failure::Retry("site busy".into()))?;
                 let test = Arc::clone(&state.test);
+                state.takeaway.evaluated(header.round, &global);
                 let (site, evaluation) = tokio::task::spawn_blocking(move || {
                     let e = site.evaluate(&global, &test);
                     (site, e)
@@ -601,6 +627,7 @@ async fn prepare(
             );
         }
     }
+    let takeaway = results::Takeaway::new(&plan, agreement.clone(), data.scaler.clone());
     Ok(Ready {
         run_id: welcome.run_id.clone(),
         site: Some(site),
@@ -622,6 +649,7 @@ async fn prepare(
         ),
         plan: Arc::new(plan.clone()),
         held: None,
+        takeaway,
     })
 }
 
@@ -664,6 +692,11 @@ async fn train(
             }
         }
     };
+    if update.is_ok() {
+        state
+            .takeaway
+            .trained(&config.site, round, site.last_dp_event());
+    }
     state.site = Some(site);
     let update = match update {
         Ok(update) => update,

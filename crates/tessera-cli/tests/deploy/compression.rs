@@ -55,7 +55,7 @@ fn compressed_updates_over_grpc_equal_simulation_bit_for_bit() {
         assert!(p.log().contains("done: 15 updates accepted"), "{}", p.log());
     }
     assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
-    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    assert_eq!(util::model(&s.path("dep.model")), expected);
     let report = s.json("dep.json");
     let rounds = report["rounds"].as_array().unwrap();
     for r in rounds {
@@ -100,7 +100,7 @@ fn random_k_under_secure_aggregation_over_grpc_equals_simulation() {
     for p in &mut participants {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
-    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    assert_eq!(util::model(&s.path("dep.model")), expected);
 }
 
 /// Adaptive compression in deployment: the first task, with no measurement
@@ -199,7 +199,7 @@ fn compressed_models_over_grpc_equal_simulation_across_a_coordinator_restart() {
     for p in &mut participants {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
-    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    assert_eq!(util::model(&s.path("dep.model")), expected);
     let report = s.json("dep.json");
     let rounds = report["rounds"].as_array().unwrap();
     let down = |r: usize, site: &str| rounds[r]["traffic"][site]["down"].as_u64().unwrap();

@@ -281,11 +281,11 @@ fn central_dp_resumes_after_kill_9_with_no_key_in_the_database() {
     assert_eq!(report["privacy"]["release"], true);
     assert_eq!(simulated["privacy"]["release"], false);
     // The noise is secret: the deployment's model is not the simulation's.
-    let deployed = std::fs::read(s.path("dep.model")).unwrap();
+    let deployed = util::model(&s.path("dep.model"));
     assert_ne!(deployed, simulated_model, "the noise derives from the seed");
     let (a, b) = (
-        tessera_proto::decode_parameters(&deployed).unwrap(),
-        tessera_proto::decode_parameters(&simulated_model).unwrap(),
+        util::parameters(&deployed),
+        util::parameters(&simulated_model),
     );
     let gap = a
         .values()
@@ -373,7 +373,7 @@ fn local_dp_sgd_batches_cannot_be_recomputed_from_the_plan_and_seed() {
         "[privacy]\nmode = \"local\"\nnoise_multiplier = 1e-9\nclip_norm = 1.0\n",
     );
     let (simulated, simulated_model) = s.simulate(&dp, "sim.model");
-    let mut models = vec![tessera_proto::decode_parameters(&simulated_model).unwrap()];
+    let mut models = vec![util::parameters(&simulated_model)];
     let mut accuracies = vec![simulated["final"]["accuracy"].as_f64().unwrap()];
     for run in ["first", "second"] {
         let model = format!("{run}.model");
@@ -390,9 +390,7 @@ fn local_dp_sgd_batches_cannot_be_recomputed_from_the_plan_and_seed() {
             simulated["privacy"]["epsilon"]
         );
         accuracies.push(report["final"]["accuracy"].as_f64().unwrap());
-        models.push(
-            tessera_proto::decode_parameters(&std::fs::read(s.path(&model)).unwrap()).unwrap(),
-        );
+        models.push(util::parameters(&util::model(&s.path(&model))));
     }
     let names = ["simulation", "first deployment", "second deployment"];
     for (i, j) in [(0, 1), (0, 2), (1, 2)] {

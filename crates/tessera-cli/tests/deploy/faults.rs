@@ -80,7 +80,7 @@ fn coordinator_killed_mid_round_resumes_with_nothing_lost_or_doubled() {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
     assert_eq!(
-        std::fs::read(s.path("dep.model")).unwrap(),
+        util::model(&s.path("dep.model")),
         expected,
         "nothing lost, nothing doubled"
     );
@@ -283,5 +283,5 @@ fn a_busy_database_during_the_agreement_is_retried_not_fatal() {
         retried += usize::from(site.log().contains("database failed"));
     }
     assert!(retried >= 1, "no site was told to retry");
-    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    assert_eq!(util::model(&s.path("dep.model")), expected);
 }

@@ -16,6 +16,7 @@ mod faults;
 mod lifecycle;
 mod malformed;
 mod plans;
+mod results;
 mod runs;
 mod secure;
 mod site_metrics;

@@ -51,7 +51,7 @@ fn a_coordinator_setting_reaches_the_sites() {
     );
     let (_, expected) = s.simulate(&changed, "sim.model");
     assert_eq!(s.json("dep.json")["rounds"].as_array().unwrap().len(), 2);
-    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    assert_eq!(util::model(&s.path("dep.model")), expected);
 }
 
 /// A plan whose model cannot fit in the coordinator's memory stops the run

@@ -29,7 +29,7 @@ fn deployment_equals_simulation_bit_for_bit() {
             assert!(p.log().contains("done: 15 updates accepted"), "{}", p.log());
         }
         assert_eq!(
-            std::fs::read(s.path(&model)).unwrap(),
+            util::model(&s.path(&model)),
             expected,
             "{strategy}: deployment differs from simulation"
         );

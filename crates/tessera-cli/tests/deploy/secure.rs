@@ -23,7 +23,7 @@ fn secure_aggregation_over_grpc_equals_simulation_bit_for_bit() {
         assert!(p.log().contains("done: 15 updates accepted"), "{}", p.log());
     }
     // The coordinator saw only sums, and the sums are exact.
-    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    assert_eq!(util::model(&s.path("dep.model")), expected);
     let db = s.path("secure.sqlite");
     let status = status_of(&db);
     assert_eq!(status.audited("secure-aggregation", "completed"), 15);
@@ -136,10 +136,7 @@ fn secure_aggregation_under_mutual_tls_signs_keys_and_views_and_sites_refuse_a_w
         // (site metrics are aggregate-only by default).
         assert_eq!(checked, 8, "{}", p.log());
     }
-    assert_eq!(
-        std::fs::read(s.path("secure.sqlite.model")).unwrap(),
-        expected
-    );
+    assert_eq!(util::model(&s.path("secure.sqlite.model")), expected);
     let db = s.path("secure.sqlite");
     let status = status_of(&db);
     assert_eq!(status.audited("secure-aggregation", "completed"), 4);

@@ -185,7 +185,7 @@ fn hostile_statistics_are_refused_and_the_run_equals_its_simulation() {
     for p in &mut honest {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
-    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    assert_eq!(util::model(&s.path("dep.model")), expected);
     assert_eq!(
         status_of(&db).audit_count(|a| a.site == "va"
             && a.action == "agree-statistics"
@@ -375,7 +375,7 @@ fn refused_counts_leave_the_run_equal_to_its_simulation() {
     for p in &mut honest {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
-    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    assert_eq!(util::model(&s.path("dep.model")), expected);
 }
 
 /// Names and strings from outside are bounded before anything keeps them:
@@ -528,7 +528,7 @@ fn hostile_names_are_bounded_and_the_run_equals_its_simulation() {
     for p in &mut participants {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
-    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    assert_eq!(util::model(&s.path("dep.model")), expected);
     let report = s.json("dep.json");
     let per_site: Vec<&String> = report["communication"]["bytes_up_per_site"]
         .as_object()

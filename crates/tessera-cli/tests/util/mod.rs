@@ -56,7 +56,7 @@ impl Scratch {
     }
 
     /// `tessera simulate` of `plan`, its report in `name.json` and its model
-    /// in `name`: the report and the model's bytes.
+    /// in `name`: the report and the model as [`model`] gives it.
     pub fn simulate(&self, plan: &Path, name: &str) -> (serde_json::Value, Vec<u8>) {
         let report = format!("{name}.json");
         self.run(&[
@@ -70,8 +70,7 @@ impl Scratch {
             name,
         ])
         .ok();
-        let model = std::fs::read(self.path(name)).expect("simulated model");
-        (self.json(&report), model)
+        (self.json(&report), model(&self.path(name)))
     }
 
     pub fn json(&self, name: &str) -> serde_json::Value {
@@ -189,6 +188,28 @@ rounds = {rounds}
         ),
     );
     (plan, s.path("syn.csv"))
+}
+
+/// A model file's bytes with its run's id and writer left out: what a
+/// simulation's and a deployment's files of the same model share, bit for
+/// bit (the model, its parameters, feature order, vocabularies,
+/// standardisation, plan hash and lineage).
+pub fn model(path: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(path).expect("model file");
+    let mut file = tessera_engine::model_file::ModelFile::from_bytes(&bytes)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    file.header.run = tessera_engine::model_file::RunInfo {
+        id: None,
+        written_by: String::new(),
+    };
+    file.to_bytes()
+}
+
+/// The parameters of [`model`]'s bytes.
+pub fn parameters(bytes: &[u8]) -> tessera_core::ParameterSet {
+    tessera_engine::model_file::ModelFile::from_bytes(bytes)
+        .expect("model file")
+        .parameters
 }
 
 /// The repository root.

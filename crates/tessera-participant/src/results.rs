@@ -1,0 +1,267 @@
+//! What a site takes home from a run: the final global model as a
+//! self-describing model file (with this site's standardisation), and a
+//! report of that model on the site's own test rows against a model the
+//! site trains alone, with the privacy this site spent.
+//!
+//! The model is the last one the coordinator asked this site to evaluate
+//! (every round's model is evaluated, so after the last round it is the
+//! final global model). The local-only baseline is the simulator's
+//! (`simulate --baselines`): the plan's initial model trained on the site's
+//! training rows with the plan's `[baselines]` training, by default its
+//! local training for as many epochs as all rounds together give
+//! (`Plan::baseline_training`), batches from the run seed's baseline
+//! stream, without DP (the baseline never leaves the site).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tessera_core::{ParameterSet, SeededRng, tag};
+use tessera_data::{Agreement, Dataset, ScaleScope, Scaler};
+use tessera_engine::model_file::{ModelFile, RunInfo, Standardization, plan_hash};
+use tessera_engine::report::{SiteMetrics, site_metrics};
+use tessera_engine::{Plan, PlanBuild, streams};
+use tessera_learn::LocalPlan;
+use tessera_privacy::{DpEvent, Ledger, PrivacyMode};
+
+use crate::ParticipantError;
+
+/// What a participant keeps during a run for its results.
+pub(crate) struct Takeaway {
+    agreement: Agreement,
+    scaler: Scaler,
+    /// The last model evaluated here, and its round.
+    model: Option<(u32, Arc<ParameterSet>)>,
+    /// With local DP: this site's own ledger.
+    ledger: Option<Ledger>,
+    /// Rounds (or attempts) trained; a repeated task is the same release.
+    trained: BTreeSet<u32>,
+}
+
+impl Takeaway {
+    pub(crate) fn new(plan: &Plan, agreement: Agreement, scaler: Scaler) -> Self {
+        Self {
+            agreement,
+            scaler,
+            model: None,
+            ledger: (plan.privacy.mode == PrivacyMode::Local).then(|| plan.privacy.ledger()),
+            trained: BTreeSet::new(),
+        }
+    }
+
+    /// The site evaluated round `round`'s model.
+    pub(crate) fn evaluated(&mut self, round: u32, model: &Arc<ParameterSet>) {
+        if self.model.as_ref().is_none_or(|(r, _)| *r <= round) {
+            self.model = Some((round, Arc::clone(model)));
+        }
+    }
+
+    /// The site trained for `round`, with local DP's `event`.
+    pub(crate) fn trained(&mut self, site: &str, round: u32, event: Option<DpEvent>) {
+        if !self.trained.insert(round) {
+            return;
+        }
+        if let (Some(ledger), Some(event)) = (self.ledger.as_mut(), event)
+            && let Err(e) = ledger.record_local(round, site, event)
+        {
+            tracing::warn!(round, error = %e, "this site's own privacy ledger refused a training");
+        }
+    }
+}
+
+/// What a site has at the end of a run.
+pub struct SiteResults {
+    /// The site.
+    pub site: String,
+    /// The coordinator's run id.
+    pub run_id: String,
+    /// The run's plan.
+    pub plan: Arc<Plan>,
+    /// The site's training rows, as it trained on them.
+    pub train: Arc<Dataset>,
+    /// The site's test rows, as it evaluated on them.
+    pub test: Arc<Dataset>,
+    pub(crate) takeaway: Takeaway,
+}
+
+/// One model on the site's test rows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Figures {
+    /// Accuracy, mean log loss, AUC (binary tasks) and the test rows.
+    #[serde(flatten)]
+    pub metrics: SiteMetrics,
+}
+
+/// The local-only baseline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Baseline {
+    /// On the site's test rows.
+    #[serde(flatten)]
+    pub metrics: SiteMetrics,
+    /// How it was trained.
+    pub training: String,
+    /// Its training rows.
+    pub n_train: u64,
+}
+
+/// The privacy this site spent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PrivacySpent {
+    /// The plan's mode: off, central or local.
+    pub mode: String,
+    /// With local DP: this site's epsilon over its trainings (its own ledger).
+    pub local_epsilon: Option<f64>,
+    /// The delta of the epsilon.
+    pub delta: Option<f64>,
+    /// Trainings this site ran (each a DP release under local DP).
+    pub trainings: usize,
+    /// What this site cannot see from here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// A site's report: the global model against its local-only baseline.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SiteReport {
+    /// The site.
+    pub site: String,
+    /// The run.
+    pub run_id: String,
+    /// The plan's name and hash.
+    pub plan: String,
+    /// SHA-256 of the plan (as in the model file).
+    pub plan_hash: String,
+    /// The round whose global model this is.
+    pub model_round: u32,
+    /// The final global model on this site's test rows.
+    pub global: Figures,
+    /// A model trained on this site's rows alone, on the same test rows.
+    pub local_baseline: Baseline,
+    /// Global accuracy minus the baseline's (`null` without test rows).
+    pub gain: Option<f64>,
+    /// The privacy this site spent.
+    pub privacy: PrivacySpent,
+}
+
+impl SiteResults {
+    /// The final global model and its round.
+    fn model(&self) -> Result<(u32, &ParameterSet), ParticipantError> {
+        self.takeaway
+            .model
+            .as_ref()
+            .map(|(r, m)| (*r, m.as_ref()))
+            .ok_or_else(|| {
+                ParticipantError::Local(
+                    "the run ended before this site evaluated any global model".into(),
+                )
+            })
+    }
+
+    /// The final global model as a model file, with this site's
+    /// standardisation (the statistics it applied to its rows).
+    pub fn model_file(&self) -> Result<ModelFile, ParticipantError> {
+        let (round, parameters) = self.model()?;
+        let config = self.plan.data.standardize.clone();
+        let source = if !config.enabled {
+            "none".to_string()
+        } else if config.scope == ScaleScope::Federation {
+            "federation".to_string()
+        } else {
+            format!("site:{}", self.site)
+        };
+        let standardization = Standardization {
+            config,
+            source: Some(source),
+            mean: Some(self.takeaway.scaler.mean.clone()),
+            scale: Some(self.takeaway.scaler.scale.clone()),
+        };
+        ModelFile::new(
+            &self.plan,
+            &self.takeaway.agreement,
+            standardization,
+            RunInfo {
+                id: Some(self.run_id.clone()),
+                written_by: format!("participant {}", self.site),
+            },
+            round,
+            parameters.clone(),
+        )
+        .map_err(|e| ParticipantError::Local(e.to_string()))
+    }
+
+    /// The final global model's round and its figures on this site's test rows.
+    pub fn global(&self) -> Result<(u32, SiteMetrics), ParticipantError> {
+        let local = |e: tessera_learn::LearnError| ParticipantError::Local(e.to_string());
+        let (round, parameters) = self.model()?;
+        let (n_features, n_classes) = (
+            self.takeaway.agreement.feature_names().len(),
+            self.takeaway.agreement.classes.len(),
+        );
+        let mut global = self
+            .plan
+            .learner(n_features, n_classes)
+            .map_err(|e| ParticipantError::Local(e.to_string()))?;
+        global.set_parameters(parameters).map_err(local)?;
+        Ok((
+            round,
+            site_metrics(&global.evaluate(&self.test).map_err(local)?),
+        ))
+    }
+
+    /// The report: the global model and the local-only baseline on this
+    /// site's test rows, and the privacy spent.
+    pub fn report(&self) -> Result<SiteReport, ParticipantError> {
+        let local = |e: tessera_learn::LearnError| ParticipantError::Local(e.to_string());
+        let (round, global) = self.global()?;
+        let plan = &self.plan;
+        let (n_features, n_classes) = (
+            self.takeaway.agreement.feature_names().len(),
+            self.takeaway.agreement.classes.len(),
+        );
+        let training = plan.baseline_training();
+        let mut baseline = plan
+            .learner(n_features, n_classes)
+            .map_err(|e| ParticipantError::Local(e.to_string()))?;
+        let mut rng = SeededRng::derived(plan.seed, &[streams::BASELINE, tag(&self.site)]);
+        baseline
+            .fit(&self.train, &LocalPlan::plain(&training), &mut rng)
+            .map_err(local)?;
+        let baseline = site_metrics(&baseline.evaluate(&self.test).map_err(local)?);
+        let ledger = self.takeaway.ledger.as_ref();
+        let privacy = PrivacySpent {
+            mode: format!("{:?}", plan.privacy.mode).to_lowercase(),
+            local_epsilon: ledger.map(|l| l.participant_epsilon(&self.site)),
+            delta: ledger.map(|l| l.budgets().delta),
+            trainings: self.takeaway.trained.len(),
+            note: (plan.privacy.mode == PrivacyMode::Central).then(|| {
+                "central DP: the coordinator's releases protect every site alike; see \
+                 `tessera privacy --db` at the coordinator"
+                    .to_string()
+            }),
+        };
+        let how = match (training.epochs, training.steps) {
+            (_, Some(steps)) => format!("{steps} steps"),
+            (Some(epochs), None) => format!("{epochs} epochs"),
+            (None, None) => "the plan's local training".to_string(),
+        };
+        Ok(SiteReport {
+            site: self.site.clone(),
+            run_id: self.run_id.clone(),
+            plan: plan.name.clone(),
+            plan_hash: plan_hash(plan),
+            model_round: round,
+            gain: global.accuracy.zip(baseline.accuracy).map(|(g, b)| g - b),
+            global: Figures { metrics: global },
+            local_baseline: Baseline {
+                metrics: baseline,
+                training: format!(
+                    "the plan's initial model, {how} on this site's training rows alone \
+                     (batch size {}, as `simulate --baselines`)",
+                    training.batch_size
+                ),
+                n_train: self.train.n_rows() as u64,
+            },
+            privacy,
+        })
+    }
+}
