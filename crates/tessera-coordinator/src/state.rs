@@ -33,8 +33,8 @@ pub mod secure;
 mod training;
 mod training_mode;
 pub mod trust;
-pub mod waiting;
 mod view;
+pub mod waiting;
 
 pub use view::SiteView;
 

@@ -33,7 +33,7 @@ pub fn read_table(
             "the delimiter '{delimiter}' is not an ASCII character"
         )));
     }
-    let file = source_open(source, path, path)?;
+    let file = source_open(source, path)?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)

@@ -69,7 +69,7 @@ fn sigterm_stops_a_coordinator_that_resumes_and_a_participant_that_leaves() {
     for p in &mut participants {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
-    assert_eq!(std::fs::read(s.path("dep.model")).unwrap(), expected);
+    assert_eq!(util::model(&s.path("dep.model")), expected);
     assert_eq!(status_of(&db).duplicate_accepted_updates(), 0);
 
     // A participant's SIGTERM: it leaves the run and tells the coordinator.

@@ -79,7 +79,7 @@ site_metrics = "clear"
         assert!(p.log().contains("done: 3 updates accepted"), "{}", p.log());
     }
     assert_eq!(
-        std::fs::read(s.path("dep.model")).unwrap(),
+        util::model(&s.path("dep.model")),
         expected,
         "deployment differs from simulation"
     );
