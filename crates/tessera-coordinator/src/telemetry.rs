@@ -40,6 +40,8 @@ pub mod names {
     pub const UPLOAD_RATE: &str = "tessera_participant_upload_bytes_per_second";
     /// Seconds from a round's opening to its close.
     pub const ROUND_SECONDS: &str = "tessera_round_duration_seconds";
+    /// TLS handshakes refused, by reason (label `reason`).
+    pub const HANDSHAKE_REFUSALS: &str = "tessera_handshake_refusals_total";
 }
 
 /// Installs the Prometheus recorder (once per process) and serves it at
@@ -82,5 +84,10 @@ fn recorder() -> Result<PrometheusHandle, CoordinatorError> {
         .map_err(|e| CoordinatorError::Config(e.to_string()))?
         .install_recorder()
         .map_err(|e| CoordinatorError::Config(format!("metrics: {e}")))?;
+    metrics::describe_counter!(
+        names::HANDSHAKE_REFUSALS,
+        "TLS handshakes refused, by reason: unknown_ca, revoked, expired, bad_certificate, \
+         no_certificate, not_tls, timeout, files, other"
+    );
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
