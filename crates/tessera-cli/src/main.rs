@@ -107,10 +107,13 @@ fn main() -> ExitCode {
 
 /// The exit status of a failed command: 70 (`EX_SOFTWARE`) when a
 /// coordinator or an aggregator stopped on a fatal database failure (a
-/// restart on the same database resumes), 1 otherwise.
+/// restart on the same database resumes); a participant's (or an
+/// aggregator's toward its parent) named cause its own code, 10 to 18
+/// (README, "Exit codes"); 1 otherwise.
 fn exit_code(e: &anyhow::Error) -> ExitCode {
     use tessera_aggregator::AggregatorError;
     use tessera_coordinator::CoordinatorError;
+    use tessera_participant::ParticipantError;
     let fatal = e.chain().any(|cause| {
         matches!(
             cause.downcast_ref::<CoordinatorError>(),
@@ -121,9 +124,19 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
         )
     });
     if fatal {
-        ExitCode::from(70)
-    } else {
-        ExitCode::FAILURE
+        return ExitCode::from(70);
+    }
+    let site = e.chain().find_map(|cause| {
+        cause.downcast_ref::<ParticipantError>().or_else(|| {
+            match cause.downcast_ref::<AggregatorError>() {
+                Some(AggregatorError::Parent(p)) => Some(p),
+                _ => None,
+            }
+        })
+    });
+    match site {
+        Some(p) => ExitCode::from(p.exit_code()),
+        None => ExitCode::FAILURE,
     }
 }
 
@@ -170,5 +183,36 @@ mod tests {
         let other = AggregatorError::Members(CoordinatorError::Network("down".into()));
         assert_eq!(exit_code(&anyhow::Error::from(other)), ExitCode::FAILURE);
         assert_eq!(exit_code(&anyhow::anyhow!("plain")), ExitCode::FAILURE);
+    }
+
+    /// A participant's named causes exit with their own codes, directly or
+    /// through an aggregator; its other failures exit 1.
+    #[test]
+    fn a_participants_causes_exit_with_their_codes() {
+        use tessera_participant::ParticipantError;
+        use tessera_participant::cause::Cause;
+        let revoked = || {
+            ParticipantError::Stop(Cause::Revoked {
+                server: "the coordinator".into(),
+                ours: true,
+            })
+        };
+        assert_eq!(
+            exit_code(&anyhow::Error::from(revoked())),
+            ExitCode::from(13)
+        );
+        assert_eq!(
+            exit_code(&anyhow::Error::from(AggregatorError::Parent(revoked()))),
+            ExitCode::from(13)
+        );
+        let unreachable = ParticipantError::Unreachable("gave up".into());
+        assert_eq!(
+            exit_code(&anyhow::Error::from(unreachable)),
+            ExitCode::from(10)
+        );
+        let refused = ParticipantError::Refused("not among the plan's sites".into());
+        assert_eq!(exit_code(&anyhow::Error::from(refused)), ExitCode::from(18));
+        let local = ParticipantError::Local("no data".into());
+        assert_eq!(exit_code(&anyhow::Error::from(local)), ExitCode::FAILURE);
     }
 }
