@@ -17,6 +17,7 @@ mod malformed;
 mod plans;
 mod runs;
 mod secure;
+mod site_failures;
 mod site_metrics;
 mod tls;
 mod trust;
