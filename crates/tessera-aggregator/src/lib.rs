@@ -184,8 +184,8 @@ pub async fn run(
             return Err(e.into());
         }
         Err(Stopped::GaveUp { after, reason }) => {
-            return Err(ParticipantError::Refused(format!(
-                "the parent has been unreachable for {after:?}: {reason}"
+            return Err(ParticipantError::Unreachable(format!(
+                "gave up: the parent has been unreachable for {after:?} (--give-up-after): {reason}"
             ))
             .into());
         }
@@ -245,7 +245,8 @@ async fn session(
     state: &mut State,
     progress: &Progress,
 ) -> Result<(), Failure> {
-    let (mut parent, welcome) = client::join(endpoint, &config.upstream, &config.name).await?;
+    let (mut parent, welcome) =
+        client::join(endpoint, &config.upstream, &config.name, None).await?;
     progress.made();
     let (shared, plan) = start(config, state, &welcome).await?;
     let beat = client::heartbeat_interval(&welcome);

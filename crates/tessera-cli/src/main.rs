@@ -164,10 +164,13 @@ fn main() -> ExitCode {
 /// coordinator or an aggregator stopped on a fatal database failure (a
 /// restart on the same database resumes); 130 or 143 (128 + the signal)
 /// when SIGINT or SIGTERM stopped a coordinator or a participant; 3 when the
-/// run was aborted by its operator; 1 otherwise.
+/// run was aborted by its operator (at its coordinator); a participant's (or
+/// an aggregator's toward its parent) named cause its own code, 10 to 18
+/// (README, "Exit codes"); 1 otherwise.
 fn exit_code(e: &anyhow::Error) -> ExitCode {
     use tessera_aggregator::AggregatorError;
     use tessera_coordinator::CoordinatorError;
+    use tessera_participant::ParticipantError;
     for cause in e.chain() {
         if let Some(s) = cause.downcast_ref::<lifecycle::Signalled>() {
             return ExitCode::from(lifecycle::signal_status(s.signal));
@@ -190,9 +193,19 @@ fn exit_code(e: &anyhow::Error) -> ExitCode {
         )
     });
     if fatal {
-        ExitCode::from(70)
-    } else {
-        ExitCode::FAILURE
+        return ExitCode::from(70);
+    }
+    let site = e.chain().find_map(|cause| {
+        cause.downcast_ref::<ParticipantError>().or_else(|| {
+            match cause.downcast_ref::<AggregatorError>() {
+                Some(AggregatorError::Parent(p)) => Some(p),
+                _ => None,
+            }
+        })
+    });
+    match site {
+        Some(p) => ExitCode::from(p.exit_code()),
+        None => ExitCode::FAILURE,
     }
 }
 
@@ -239,5 +252,36 @@ mod tests {
         let other = AggregatorError::Members(CoordinatorError::Network("down".into()));
         assert_eq!(exit_code(&anyhow::Error::from(other)), ExitCode::FAILURE);
         assert_eq!(exit_code(&anyhow::anyhow!("plain")), ExitCode::FAILURE);
+    }
+
+    /// A participant's named causes exit with their own codes, directly or
+    /// through an aggregator; its other failures exit 1.
+    #[test]
+    fn a_participants_causes_exit_with_their_codes() {
+        use tessera_participant::ParticipantError;
+        use tessera_participant::cause::Cause;
+        let revoked = || {
+            ParticipantError::Stop(Cause::Revoked {
+                server: "the coordinator".into(),
+                ours: true,
+            })
+        };
+        assert_eq!(
+            exit_code(&anyhow::Error::from(revoked())),
+            ExitCode::from(13)
+        );
+        assert_eq!(
+            exit_code(&anyhow::Error::from(AggregatorError::Parent(revoked()))),
+            ExitCode::from(13)
+        );
+        let unreachable = ParticipantError::Unreachable("gave up".into());
+        assert_eq!(
+            exit_code(&anyhow::Error::from(unreachable)),
+            ExitCode::from(10)
+        );
+        let refused = ParticipantError::Refused("not among the plan's sites".into());
+        assert_eq!(exit_code(&anyhow::Error::from(refused)), ExitCode::from(18));
+        let local = ParticipantError::Local("no data".into());
+        assert_eq!(exit_code(&anyhow::Error::from(local)), ExitCode::FAILURE);
     }
 }

@@ -428,9 +428,16 @@ pub async fn serve_shared_until(
             let tls = tessera_tls::ServerTls::load(files)
                 .map_err(|e| CoordinatorError::Config(e.to_string()))?;
             let audit = Arc::clone(&shared);
-            let incoming = tessera_tls::incoming(listener, tls, move |peer, reason| {
-                tracing::warn!(%reason);
-                audit.post(move |f| f.reject_audit(&peer, "connect", &reason));
+            let incoming = tessera_tls::incoming(listener, tls, move |refusal| {
+                tracing::warn!(reason = %refusal.message, "handshake refused");
+                metrics::counter!(
+                    telemetry::names::HANDSHAKE_REFUSALS,
+                    "reason" => refusal.reason
+                )
+                .increment(1);
+                // Audited under the certificate's name when one was
+                // presented (the address and the cause in the detail).
+                audit.post(move |f| f.reject_audit(refusal.who(), "connect", &refusal.message));
             });
             server
                 .serve_with_incoming_shutdown(incoming, shutdown)

@@ -24,6 +24,7 @@ fn refused(refusal: Refusal) -> Status {
         Refusal::Invalid(m) => Status::invalid_argument(m),
         Refusal::Denied(m) => Status::permission_denied(m),
         Refusal::Unavailable(m) => Status::unavailable(m),
+        Refusal::InUse(m) => Status::already_exists(m),
     }
 }
 
@@ -277,12 +278,25 @@ impl Service {
     ) -> Result<Response<pb::Welcome>, Status> {
         let site = self.caller(&request, &request.get_ref().site).await?;
         let certificate = end_entity(&request);
+        let session = match request.metadata().get(tessera_proto::SESSION_HEADER) {
+            None => None,
+            Some(value) => match value.to_str() {
+                Ok(s) if s.len() <= tessera_proto::MAX_SESSION => Some(s.to_string()),
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "a join's {} is at most {} bytes of text",
+                        tessera_proto::SESSION_HEADER,
+                        tessera_proto::MAX_SESSION
+                    )));
+                }
+            },
+        };
         let hello = request.into_inner();
         let (who, minor) = (site.clone(), hello.minor);
         let welcome = self
             .shared
             .call(move |f| {
-                let welcome = f.join(&who, &hello)?;
+                let welcome = f.join_as(&who, &hello, session.as_deref())?;
                 f.remember_certificate(&who, certificate);
                 Ok(welcome)
             })

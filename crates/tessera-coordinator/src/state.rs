@@ -30,6 +30,7 @@ mod relay;
 mod report;
 mod resume;
 pub mod secure;
+mod sessions;
 mod training;
 mod training_mode;
 pub mod trust;
@@ -107,6 +108,9 @@ pub enum Refusal {
     /// The coordinator cannot answer now (its database failed a write or a
     /// read): the caller asks again.
     Unavailable(String),
+    /// Another live process already speaks for the site (the caller may
+    /// take over once it has been silent for the liveness period).
+    InUse(String),
 }
 
 /// A database failure met while answering a call: the caller retries.
@@ -120,7 +124,10 @@ fn unavailable(e: impl std::fmt::Display) -> Refusal {
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refusal::Invalid(m) | Refusal::Denied(m) | Refusal::Unavailable(m) => f.write_str(m),
+            Refusal::Invalid(m)
+            | Refusal::Denied(m)
+            | Refusal::Unavailable(m)
+            | Refusal::InUse(m) => f.write_str(m),
         }
     }
 }
@@ -541,8 +548,20 @@ impl Federation {
         tracing::warn!(%site, %action, %reason, "rejected");
     }
 
-    /// A participant joins: versions and capabilities are negotiated.
+    /// A participant joins: versions and capabilities are negotiated. A
+    /// join without a process session ([`Federation::join_as`]).
     pub fn join(&mut self, site: &str, hello: &pb::Hello) -> Result<pb::Welcome, Refusal> {
+        self.join_as(site, hello, None)
+    }
+
+    /// A participant process with `session` joins: as [`Federation::join`],
+    /// and another live process of the same site is refused.
+    pub fn join_as(
+        &mut self,
+        site: &str,
+        hello: &pb::Hello,
+        session: Option<&str>,
+    ) -> Result<pb::Welcome, Refusal> {
         self.refuse_if_fatal()?;
         self.refuse_if_aborted()?;
         if site.is_empty() {
@@ -579,6 +598,7 @@ impl Federation {
             self.audit(site, "join", "refused", &reason);
             return Err(Refusal::Denied(reason));
         }
+        self.claim_session(site, session)?;
         if self.roster.join(site) {
             let now = self.now();
             if let Err(e) = self.store.add_participant(&self.run.id, site, now) {

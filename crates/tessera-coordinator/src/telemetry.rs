@@ -54,6 +54,8 @@ pub mod names {
     pub const ROUND_LOSS: &str = "tessera_round_loss";
     /// Cohort members dropped for silence longer than the liveness period.
     pub const LIVENESS_DROPS: &str = "tessera_liveness_drops_total";
+    /// TLS handshakes refused, by reason (label `reason`).
+    pub const HANDSHAKE_REFUSALS: &str = "tessera_handshake_refusals_total";
 }
 
 /// Describes every metric of [`names`] to the installed recorder: the
@@ -146,6 +148,11 @@ pub fn describe() {
     describe_gauge!(
         names::SITE_LAST_SEEN,
         "When each site last called, Unix seconds (label site)."
+    );
+    describe_counter!(
+        names::HANDSHAKE_REFUSALS,
+        "TLS handshakes refused, by reason: unknown_ca, revoked, expired, bad_certificate, \
+         no_certificate, not_tls, timeout, files, other"
     );
     // Shown from the start, at zero, rather than absent until a first drop.
     metrics::counter!(names::LIVENESS_DROPS).increment(0);

@@ -42,7 +42,7 @@ pub use effect::{Audit, Effect};
 pub use evaluation::{EvaluationRound, NotAsked, completed};
 pub use links::{Links, upload_codec};
 pub use privacy::{LedgerRow, LocalReport, Place, PrivacyBook};
-pub use roster::{Expected, Roster};
+pub use roster::{Claim, Expected, InUse, Roster};
 pub use steps::{ClosedStep, StepEvaluations};
 pub use tessera_core::Timestamp;
 pub use traffic::{RoundTraffic, Traffic};

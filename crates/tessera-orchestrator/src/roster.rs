@@ -57,6 +57,30 @@ pub struct Roster {
     /// its update counted.
     counted: BTreeMap<String, (u32, bool)>,
     liveness: Duration,
+    /// Per site: the session of the process that speaks for it (a join
+    /// without one is not recorded).
+    sessions: BTreeMap<String, String>,
+}
+
+/// Whether a process may speak for a site ([`Roster::claim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The process that already speaks for it (a reconnection), or the
+    /// first one.
+    Held,
+    /// Another process spoke for it, but has been silent for longer than
+    /// the liveness period (or left the run): this one replaces it.
+    TakenOver,
+}
+
+/// Another live process speaks for the site: heard from this long ago,
+/// within the liveness period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InUse {
+    /// How long ago the process that holds the site was heard from.
+    pub heard: Duration,
+    /// The liveness period: silent this long, it may be replaced.
+    pub liveness: Duration,
 }
 
 impl Roster {
@@ -69,6 +93,7 @@ impl Roster {
             last_seen: BTreeMap::new(),
             counted: BTreeMap::new(),
             liveness,
+            sessions: BTreeMap::new(),
         }
     }
 
@@ -103,6 +128,30 @@ impl Roster {
     pub fn unjoin(&mut self, site: &str) {
         self.joined.remove(site);
         self.last_seen.remove(site);
+        self.sessions.remove(site);
+    }
+
+    /// Whether the process with `session` may speak for `site` at `now`:
+    /// the one that holds it, or the first, may; another may only once the
+    /// holder has been silent for longer than the liveness period (or left
+    /// the run), and then replaces it. Two live processes of one site
+    /// would take each other's tasks.
+    pub fn claim(&mut self, site: &str, session: &str, now: Timestamp) -> Result<Claim, InUse> {
+        let claim = match self.sessions.get(site) {
+            None => Claim::Held,
+            Some(held) if held == session => Claim::Held,
+            Some(_) => match self.last_seen.get(site) {
+                Some(&seen) if now.since(seen) <= self.liveness => {
+                    return Err(InUse {
+                        heard: now.since(seen),
+                        liveness: self.liveness,
+                    });
+                }
+                _ => Claim::TakenOver,
+            },
+        };
+        self.sessions.insert(site.to_string(), session.to_string());
+        Ok(claim)
     }
 
     /// Sets who joined (a resumed run's participants, as stored).
@@ -179,5 +228,65 @@ impl Roster {
     /// (`(0, false)` before any).
     pub fn previous(&self, site: &str) -> (u32, bool) {
         self.counted.get(site).copied().unwrap_or((0, false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(millis: u64) -> Timestamp {
+        Timestamp(millis * 1000)
+    }
+
+    fn roster() -> Roster {
+        Roster::new(Expected::Count(2), Duration::from_secs(3))
+    }
+
+    #[test]
+    fn a_second_live_process_of_a_site_is_refused_until_the_first_is_silent() {
+        let mut r = roster();
+        assert_eq!(r.claim("va", "first", at(0)), Ok(Claim::Held));
+        r.join("va");
+        r.seen("va", at(0));
+        // The first reconnects: still its own.
+        assert_eq!(r.claim("va", "first", at(1000)), Ok(Claim::Held));
+        r.seen("va", at(2000));
+        // A second process while the first is live.
+        assert_eq!(
+            r.claim("va", "second", at(2500)),
+            Err(InUse {
+                heard: Duration::from_millis(500),
+                liveness: Duration::from_secs(3)
+            })
+        );
+        // Refusing it did not count as hearing from the site.
+        assert_eq!(
+            r.claim("va", "second", at(5000)),
+            Err(InUse {
+                heard: Duration::from_secs(3),
+                liveness: Duration::from_secs(3)
+            })
+        );
+        // Silent for longer than the liveness period: the second replaces it,
+        // and now the first is the stranger.
+        assert_eq!(r.claim("va", "second", at(5001)), Ok(Claim::TakenOver));
+        r.seen("va", at(5001));
+        assert!(r.claim("va", "first", at(5100)).is_err());
+        // Other sites are not concerned.
+        assert_eq!(r.claim("cleveland", "second", at(5100)), Ok(Claim::Held));
+    }
+
+    #[test]
+    fn a_site_that_left_may_come_back_as_a_new_process_at_once() {
+        let mut r = roster();
+        r.claim("va", "first", at(0)).unwrap();
+        r.join("va");
+        r.seen("va", at(0));
+        r.left("va");
+        assert_eq!(r.claim("va", "restarted", at(10)), Ok(Claim::TakenOver));
+        // A join that could not be recorded forgets the process too.
+        r.unjoin("va");
+        assert_eq!(r.claim("va", "another", at(20)), Ok(Claim::Held));
     }
 }

@@ -23,6 +23,12 @@
 //! (`results::SiteResults`: the final global model as a model file with the
 //! site's standardisation, and its report against a local-only baseline).
 //!
+//! `cause` names what stops a client for good (a certificate refused, from
+//! the wrong CA, revoked or expired; TLS against plain text; the protocol
+//! version; a plan refused), each with its process exit code, classified
+//! in one place from the connection's or the first call's error chain.
+//! Each process draws a random session that goes with its `Join`, so that
+//! the coordinator tells a second live process of the same site apart.
 //! `client` holds what any client of a federation needs (an endpoint with
 //! TLS, an agreement step, a task's parameters, an update's stream, the
 //! secure submission); aggregators use it toward their parent.
@@ -35,6 +41,7 @@
 //! progress.
 #![deny(missing_docs)]
 
+pub mod cause;
 pub mod client;
 mod leave;
 pub mod results;
@@ -72,6 +79,37 @@ pub enum ParticipantError {
     /// A setting is unusable.
     #[error("{0}")]
     Config(String),
+    /// A cause retrying cannot fix (a certificate, TLS, the protocol
+    /// version, the plan), named.
+    #[error("{0}")]
+    Stop(cause::Cause),
+    /// The coordinator could not be reached for longer than the give-up time.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+impl ParticipantError {
+    /// The process exit code of this failure (README, "Exit codes"): 10
+    /// unreachable, 11 to 17 a [`cause::Cause`], 18 another refusal by the
+    /// coordinator, 1 anything else (settings, this site's data).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ParticipantError::Unreachable(_) => 10,
+            ParticipantError::Stop(cause) => cause.exit_code(),
+            ParticipantError::Refused(_) => 18,
+            ParticipantError::Local(_) | ParticipantError::Config(_) => 1,
+        }
+    }
+
+    /// Why this site cannot take part, when it is its own doing (its data,
+    /// its memory, a plan it refused): it withdraws with this reason.
+    fn local_reason(&self) -> Option<String> {
+        match self {
+            ParticipantError::Local(why) => Some(why.clone()),
+            ParticipantError::Stop(cause @ cause::Cause::PlanRefused(_)) => Some(cause.to_string()),
+            _ => None,
+        }
+    }
 }
 
 /// How to run a participant.
@@ -200,16 +238,21 @@ pub async fn run_with_results(
         config.tls.as_ref(),
         config.tls_domain.as_deref(),
     )?;
+    // This process, told apart from another with the same identity.
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce)
+        .map_err(|e| ParticipantError::Local(format!("cannot draw a session: {e}")))?;
+    let process: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
     // What lives across reconnections: the prepared site, the counts.
     let mut kept: (Option<Ready>, ParticipantSummary) = (None, ParticipantSummary::default());
     let ended = supervise(
         &Retry::reconnect(config.max_backoff, config.give_up_after),
         &mut kept,
         async |(ready, summary), progress| {
-            session(&config, &endpoint, ready, summary, progress).await
+            session(&config, &endpoint, &process, ready, summary, progress).await
         },
         |(_, summary), reason, backoff| {
-            tracing::warn!(%reason, ?backoff, "connection lost; retrying");
+            tracing::warn!(%reason, ?backoff, "retrying");
             summary.reconnections += 1;
         },
     )
@@ -227,8 +270,8 @@ pub async fn run_with_results(
             Ok((kept.1, results))
         }
         Err(Stopped::Fatal(e)) => Err(e),
-        Err(Stopped::GaveUp { after, reason }) => Err(ParticipantError::Refused(format!(
-            "the coordinator has been unreachable for {after:?}: {reason}"
+        Err(Stopped::GaveUp { after, reason }) => Err(ParticipantError::Unreachable(format!(
+            "gave up: the coordinator has been unreachable for {after:?} (--give-up-after): {reason}"
         ))),
     }
 }
@@ -236,26 +279,30 @@ pub async fn run_with_results(
 async fn session(
     config: &ParticipantConfig,
     endpoint: &client::Remote,
+    process: &str,
     ready: &mut Option<Ready>,
     summary: &mut ParticipantSummary,
     progress: &Progress,
 ) -> Result<SessionEnd, Failure> {
-    let (mut client, welcome) = client::join(endpoint, &config.coordinator, &config.site).await?;
+    let (mut client, welcome) =
+        client::join(endpoint, &config.coordinator, &config.site, Some(process)).await?;
     progress.made();
     if ready.as_ref().is_none_or(|r| r.run_id != welcome.run_id) {
         match prepare(config, &mut client, &welcome).await {
             Ok(prepared) => *ready = Some(prepared),
-            Err(Failure::Fatal(ParticipantError::Local(why))) => {
+            Err(Failure::Fatal(e)) => {
                 // This site cannot take part (its data, its memory, the
                 // plan it refused): it says so, so that no round waits for it.
-                if client::can_withdraw(&welcome) {
+                if let Some(why) = e.local_reason()
+                    && client::can_withdraw(&welcome)
+                {
                     let reason = format!("this site cannot take part: {why}");
                     match client::withdraw(&mut client, &config.site, 0, &reason, true).await {
                         Ok(_) => tracing::warn!(%reason, "withdrew from the run"),
                         Err(status) => tracing::warn!(%status, "could not withdraw"),
                     }
                 }
-                return Err(Failure::Fatal(ParticipantError::Local(why)));
+                return Err(Failure::Fatal(e));
             }
             Err(other) => return Err(other),
         }
@@ -442,6 +489,8 @@ async fn prepare(
     welcome: &pb::Welcome,
 ) -> Result<Ready, Failure> {
     let local_error = |e: String| Failure::Fatal(ParticipantError::Local(e));
+    let plan_refused =
+        |e: String| Failure::Fatal(ParticipantError::Stop(cause::Cause::PlanRefused(e)));
     let plan = Plan::from_toml(&welcome.plan_toml, "the coordinator's plan")
         .map_err(|e| local_error(e.to_string()))?;
     match &config.expect_plan {
@@ -452,7 +501,7 @@ async fn prepare(
                 sections.join("], [")
             );
             tracing::error!(%why, "plan refused");
-            return Err(local_error(why));
+            return Err(plan_refused(why));
         }
         Some(_) => {}
         None if plan.secure_aggregation.enabled || plan.privacy.is_on() => {
@@ -462,7 +511,7 @@ async fn prepare(
         }
         None => {}
     }
-    plan_paths_within(&plan.data, &config.plan_dir).map_err(local_error)?;
+    plan_paths_within(&plan.data, &config.plan_dir).map_err(plan_refused)?;
     let mut local = client::read_site(
         &plan.data,
         &config.site,
@@ -513,7 +562,7 @@ async fn prepare(
                 tessera_proto::shown(&names.join(", "), 300)
             );
             tracing::error!(%why, "plan refused");
-            return Err(local_error(why));
+            return Err(plan_refused(why));
         }
     }
     let mut offer = local
@@ -571,7 +620,7 @@ async fn prepare(
     .map_err(|e| {
         let why = e.to_string();
         tracing::error!(%why, "plan refused");
-        local_error(why)
+        plan_refused(why)
     })?;
     let (mut data, _) = local
         .prepare(&plan.data, &agreement)

@@ -391,8 +391,8 @@ async fn serve(
         Some(files) => {
             let tls = tessera_tls::ServerTls::load(files)
                 .map_err(|e| PeerError::Config(e.to_string()))?;
-            let incoming = tessera_tls::incoming(listener, tls, |_peer, reason| {
-                tracing::warn!(%reason, "connection refused");
+            let incoming = tessera_tls::incoming(listener, tls, |refusal| {
+                tracing::warn!(reason = %refusal.message, "connection refused");
             });
             server
                 .serve_with_incoming_shutdown(incoming, shutdown)

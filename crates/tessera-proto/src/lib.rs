@@ -51,6 +51,16 @@ pub fn withdraw_reason(reason: &str) -> &str {
 /// The longest site name any call may carry, in bytes.
 pub const MAX_SITE_NAME: usize = 128;
 
+/// The metadata key of `Join` that carries a participant process's session:
+/// random, drawn once per process, at most [`MAX_SESSION`] bytes. A
+/// coordinator refuses a second live process with the same site and another
+/// session (`ALREADY_EXISTS`) until the first has been silent for the
+/// liveness period; a join without it is not checked.
+pub const SESSION_HEADER: &str = "tessera-session";
+
+/// The longest session a `Join` may carry, in bytes.
+pub const MAX_SESSION: usize = 64;
+
 pub use tessera_core::{cut, shown};
 
 /// The messages and service of the current protocol (`tessera.v1`).

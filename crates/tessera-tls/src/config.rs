@@ -121,7 +121,7 @@ pub(crate) fn client_verifier(
 
 fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = client_verifier(files)?;
+    let verifier = Arc::new(crate::accept::Recording(client_verifier(files)?));
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::ServerCertVerifier;
@@ -88,39 +89,74 @@ impl tower_service::Service<http::Uri> for Connector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Connecting {
-        let files = self.files.clone();
-        let server_name = self.server_name.clone();
-        let seen = Arc::clone(&self.seen);
+        let (files, server_name, seen) = (
+            self.files.clone(),
+            self.server_name.clone(),
+            Arc::clone(&self.seen),
+        );
         Box::pin(async move {
-            let host = uri
-                .host()
-                .ok_or_else(|| TlsError::Invalid(format!("'{uri}' names no host")))?
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
-            let port = uri.port_u16().unwrap_or(443);
-            let config = client_config(&files)?;
-            let io = |source| TlsError::Io {
-                path: uri.to_string(),
-                source,
-            };
-            let tcp = TcpStream::connect((host.as_str(), port))
+            open(&files, server_name, &seen, &uri)
                 .await
-                .map_err(io)?;
-            tcp.set_nodelay(true).map_err(io)?;
-            let tls = TlsConnector::from(Arc::new(config))
-                .connect(server_name, tcp)
-                .await
-                .map_err(io)?;
-            if let Some(chain) = tls.get_ref().1.peer_certificates() {
-                *seen
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                    Some(chain.iter().map(|c| c.clone().into_owned()).collect());
-            }
-            Ok(TokioIo::new(tls))
+                .map(TokioIo::new)
         })
     }
+}
+
+impl Connector {
+    /// Opens a connection to `uri` and waits up to `wait` for the server's
+    /// first words: a TLS 1.3 server refuses a client's certificate after
+    /// the client's side of the handshake is done, with an alert that an
+    /// HTTP/2 connection may lose when it closes. Its error names the
+    /// refusal; `Ok` when the server said nothing against this client.
+    pub async fn probe(&self, uri: &http::Uri, wait: Duration) -> Result<(), TlsError> {
+        use tokio::io::AsyncReadExt;
+        let mut tls = open(&self.files, self.server_name.clone(), &self.seen, uri).await?;
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(wait, tls.read(&mut byte)).await {
+            Ok(Err(source)) => Err(TlsError::Io {
+                path: uri.to_string(),
+                source,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// TCP, then the TLS handshake with the folder's files as they are now;
+/// notes the chain the server presented in `seen`.
+async fn open(
+    files: &TlsFiles,
+    server_name: ServerName<'static>,
+    seen: &Mutex<Option<Vec<CertificateDer<'static>>>>,
+    uri: &http::Uri,
+) -> Result<TlsStream<TcpStream>, TlsError> {
+    let host = uri
+        .host()
+        .ok_or_else(|| TlsError::Invalid(format!("'{uri}' names no host")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let config = client_config(files)?;
+    let io = |source| TlsError::Io {
+        path: uri.to_string(),
+        source,
+    };
+    let tcp = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(io)?;
+    tcp.set_nodelay(true).map_err(io)?;
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await
+        .map_err(io)?;
+    if let Some(chain) = tls.get_ref().1.peer_certificates() {
+        *seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(chain.iter().map(|c| c.clone().into_owned()).collect());
+    }
+    Ok(tls)
 }
 
 #[cfg(test)]
@@ -145,7 +181,7 @@ mod tests {
         let mut incoming = Box::pin(crate::incoming(
             listener,
             ServerTls::load(server).unwrap(),
-            |_, _| {},
+            |_| {},
         ));
         let mut connector = Connector::new(client, &site_dns_name("b").unwrap()).unwrap();
         connector.check_server().unwrap();

@@ -28,7 +28,10 @@
 //! `Connector::check_server` re-checks the certificate a live connection was
 //! opened with. `Callers` is a server's per-call check: `check_site` and the
 //! certificate still valid under the current CRL. `incoming` reports failed
-//! handshakes and drops them. `SiteCertificates` checks a relayed
+//! handshakes and drops them, naming the certificate presented (a verifier
+//! that records it in a task-local of the accepting task). `failure`
+//! classifies a handshake failure from any error chain (an alert received,
+//! this end's own verification, plain text), for clients and servers alike. `SiteCertificates` checks a relayed
 //! certificate against the site's own CA and CRL, then the signature.
 //!
 //! *Invariants:* ring is the only crypto provider in the build. A
@@ -41,12 +44,14 @@ mod accept;
 mod ca;
 mod config;
 mod connect;
+mod failure;
 mod identity;
 
-pub use accept::{Callers, check_site, incoming};
+pub use accept::{Callers, HandshakeRefusal, check_site, incoming};
 pub use ca::{CaDir, CertStatus, Issuance, Issued, IssuedKind, utc};
 pub use config::{ServerTls, TlsFiles, certificate_names_site, client_config, site_dns_name};
 pub use connect::Connector;
+pub use failure::{Handshake, Rejection, certificate_subject, handshake_failure};
 pub use identity::{SiteCertificates, SiteSigner, verify_signature};
 
 use thiserror::Error;

@@ -19,6 +19,7 @@ mod plans;
 mod results;
 mod runs;
 mod secure;
+mod site_failures;
 mod site_metrics;
 mod synthetic;
 mod tls;

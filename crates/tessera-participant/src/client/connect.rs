@@ -9,38 +9,90 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::Failure;
 use crate::ParticipantError;
+use crate::cause::Cause;
 
 /// Connects to the federation at `url` (through `endpoint`) and joins it as
-/// `site`: the client and the federation's welcome. A welcome of another
-/// major version is a refusal.
+/// `site`, with this process's `session` when it has one: the client and
+/// the federation's welcome. A failure retrying cannot fix (a certificate,
+/// TLS against plain text, another major version) stops, named
+/// ([`crate::cause`]); a network failure is retried.
 pub async fn join(
     endpoint: &Remote,
     url: &str,
     site: &str,
+    session: Option<&str>,
 ) -> Result<(FederationClient<Channel>, pb::Welcome), Failure> {
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| Failure::Retry(format!("cannot connect to {url}: {}", chain(&e))))?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        endpoint
+            .stop(&e, url)
+            .unwrap_or_else(|| Failure::Retry(format!("cannot connect to {url}: {}", chain(&e))))
+    })?;
     let mut client = FederationClient::new(channel)
         .max_decoding_message_size(16 << 20)
         .max_encoding_message_size(16 << 20);
-    let welcome = client
-        .join(pb::Hello {
-            major: MAJOR,
-            minor: MINOR,
-            capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
-            site: site.to_string(),
-        })
-        .await?
-        .into_inner();
+    let mut request = tonic::Request::new(pb::Hello {
+        major: MAJOR,
+        minor: MINOR,
+        capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+        site: site.to_string(),
+    });
+    if let Some(value) = session.and_then(|s| s.parse().ok()) {
+        request
+            .metadata_mut()
+            .insert(tessera_proto::SESSION_HEADER, value);
+    }
+    let welcome = match client.join(request).await {
+        Ok(welcome) => welcome.into_inner(),
+        // A TLS 1.3 server refuses the client's certificate after the
+        // client's side of the handshake: it arrives with the first call,
+        // or, when HTTP/2 lost it as the connection closed, a new
+        // connection that only listens hears it.
+        Err(status) => {
+            if let Some(stopped) = endpoint.stop(&status, url) {
+                return Err(stopped);
+            }
+            let failure = join_failure(&status, url);
+            if matches!(failure, Failure::Retry(_))
+                && std::error::Error::source(&status).is_some()
+                && let Some(stopped) = endpoint.probe(url).await
+            {
+                return Err(stopped);
+            }
+            return Err(failure);
+        }
+    };
     if welcome.major != MAJOR {
-        return Err(Failure::Fatal(ParticipantError::Refused(format!(
+        return Err(stop(Cause::Version(format!(
             "{url} speaks protocol {}.{}, this build {MAJOR}.{MINOR}",
             welcome.major, welcome.minor
         ))));
     }
     Ok((client, welcome))
+}
+
+/// A refused join's failure: another protocol version stops; other
+/// refusals stop, a transport error is retried with what it wraps.
+fn join_failure(status: &tonic::Status, url: &str) -> Failure {
+    if status.code() == tonic::Code::InvalidArgument
+        && status.message().starts_with("incompatible protocol")
+    {
+        return stop(Cause::Version(format!("{url}: {}", status.message())));
+    }
+    match Failure::from(status.clone()) {
+        Failure::Retry(_) => {
+            let mut reason = format!("{}: {}", status.code(), status.message());
+            if let Some(source) = std::error::Error::source(status) {
+                reason.push_str(": ");
+                reason.push_str(&chain(source));
+            }
+            Failure::Retry(reason)
+        }
+        refused => refused,
+    }
+}
+
+fn stop(cause: Cause) -> Failure {
+    Failure::Fatal(ParticipantError::Stop(cause))
 }
 
 /// A server to connect to: its endpoint, and with mutual TLS the connector
@@ -62,6 +114,25 @@ impl Remote {
             }
             None => self.endpoint.connect().await,
         }
+    }
+
+    /// The failure retrying cannot fix in `error` (a connection's, or the
+    /// first call's), named for the server at `url`, if there is one.
+    fn stop(&self, error: &(dyn std::error::Error + 'static), url: &str) -> Option<Failure> {
+        let server = format!("the coordinator at {url}");
+        crate::cause::classify_error(error, &server, self.tls.is_some()).map(stop)
+    }
+
+    /// With TLS, what a new connection that only listens hears (a refusal
+    /// of this client's certificate that an HTTP/2 connection lost), named
+    /// for the server at `url`.
+    async fn probe(&self, url: &str) -> Option<Failure> {
+        let connector = self.tls.as_ref()?;
+        let error = connector
+            .probe(self.endpoint.uri(), Duration::from_secs(1))
+            .await
+            .err()?;
+        self.stop(&error, url)
     }
 
     /// Whether the server's certificate, as presented when the connection
