@@ -2,10 +2,9 @@
 //! call, from the live view the coordinator keeps in its database.
 
 use serde_json::Value;
-use tessera_coordinator::utc_time;
 
 fn time(v: &Value) -> Option<String> {
-    v.as_u64().map(utc_time)
+    v.as_u64().map(tessera_core::utc)
 }
 
 /// The human lines of a stored live view (none when it cannot be read).

@@ -11,8 +11,8 @@
 //! (`bundled.rs`, `include_bytes!`, so that `tessera simulate` runs from any
 //! folder), the progress bar and round table, and report and plot writing;
 //! `logging.rs` (log lines, `--log-format`, set up once here),
-//! `dashboard.rs` (the coordinator's `--dashboard` page and `/api/status`),
-//! `wallclock.rs` (UTC times for operators).
+//! `dashboard.rs` (the coordinator's `--dashboard` page and `/api/status`).
+//! Wall-clock times are `tessera_core::utc`'s, one format everywhere.
 //! `anyhow` lives in this crate only.
 
 mod bundled;
@@ -30,7 +30,6 @@ mod simulate;
 mod status_json;
 mod synth;
 mod transfer;
-mod wallclock;
 
 use std::process::ExitCode;
 

@@ -8,7 +8,7 @@ use tessera_coordinator::store::{OpenRoundRow, RoundRow};
 use tessera_coordinator::{RunStore, SqliteStore};
 use tessera_engine::report::RoundRecord;
 
-use crate::wallclock::utc;
+use tessera_core::utc;
 
 /// Arguments of `tessera runs`.
 #[derive(Debug, clap::Args)]

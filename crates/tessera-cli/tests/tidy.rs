@@ -17,7 +17,7 @@ fn crates_dir() -> PathBuf {
 const LAYERS: &[(&str, u32)] = &[
     ("tessera-core", 0),
     ("tessera-secagg", 0),
-    ("tessera-tls", 0),
+    ("tessera-tls", 1),
     ("tessera-data", 1),
     ("tessera-privacy", 1),
     ("tessera-aggregate", 1),

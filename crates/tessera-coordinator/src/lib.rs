@@ -137,7 +137,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 pub use service::Service;
 pub use shared::Shared;
-pub use state::waiting::{REMIND_EVERY, utc_time};
+pub use state::waiting::REMIND_EVERY;
 pub use state::{
     Clock, Federation, ManualClock, ModelPart, Refusal, SiteView, SystemClock, TaskView,
 };

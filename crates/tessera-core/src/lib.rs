@@ -39,6 +39,7 @@ mod term;
 mod text;
 mod time;
 mod update;
+mod utc;
 
 pub use error::CoreError;
 pub use id::ParticipantId;
@@ -49,3 +50,4 @@ pub use term::GradientTerm;
 pub use text::{cut, number, one_line, shown, value};
 pub use time::{Timestamp, duration_from_secs};
 pub use update::{FitStats, Update};
+pub use utc::utc;

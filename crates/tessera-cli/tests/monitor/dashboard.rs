@@ -196,7 +196,7 @@ fn metrics_and_the_dashboard_show_the_live_run() {
                 "{site}:\n{dom}"
             );
             let seen = by_id(&dom, &format!("site-{site}-seen")).unwrap();
-            assert!(seen.ends_with('Z') && seen.starts_with("20"), "{seen}");
+            assert!(seen.ends_with(" UTC") && seen.starts_with("20"), "{seen}");
         }
         assert!(dom.contains("id=\"accuracy-svg\"") && dom.contains("class=\"x-tick\""));
         assert!(dom.contains("class=\"y-tick\""), "{dom}");

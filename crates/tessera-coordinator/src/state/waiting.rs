@@ -67,31 +67,6 @@ impl Watch {
     }
 }
 
-/// `unix_micros` as an RFC 3339 UTC time, to the second.
-pub fn utc_time(unix_micros: u64) -> String {
-    let secs = unix_micros / 1_000_000;
-    let (days, rem) = (
-        i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2),
-        secs % 86_400,
-    );
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 impl Federation {
     fn unix(&self, t: Timestamp) -> u64 {
         self.run.created_unix_micros.saturating_add(t.0)
@@ -165,7 +140,7 @@ impl Federation {
                     let engine = self.training.rounds()?;
                     if let Some(round) = engine.open_round() {
                         let detail = match engine.deadline() {
-                            Some(d) => format!("deadline {}", utc_time(self.unix(d))),
+                            Some(d) => format!("deadline {}", tessera_core::utc(self.unix(d))),
                             None => String::new(),
                         };
                         return Some((
@@ -288,7 +263,7 @@ impl Federation {
                 None if self.roster.is_joined(s) && self.stale(s, now) => {
                     let seen = self.watch.last_seen.get(s).map_or_else(
                         || "never heard from".to_string(),
-                        |t| format!("last seen {}", utc_time(self.unix(*t))),
+                        |t| format!("last seen {}", tessera_core::utc(self.unix(*t))),
                     );
                     format!("{s} (silent, {seen})")
                 }
@@ -296,7 +271,7 @@ impl Federation {
                 None => s.clone(),
             })
             .collect();
-        let since = utc_time(self.unix(wait.since));
+        let since = tessera_core::utc(self.unix(wait.since));
         let sites = if sites.is_empty() {
             "-".to_string()
         } else {
@@ -372,18 +347,5 @@ impl Federation {
             "waiting": waiting,
             "sites": sites,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::utc_time;
-
-    #[test]
-    fn utc_times_are_civil_dates() {
-        assert_eq!(utc_time(0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc_time(1_700_000_000_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(utc_time(951_782_400_000_000), "2000-02-29T00:00:00Z");
-        assert_eq!(utc_time(1_798_761_599_000_000), "2026-12-31T23:59:59Z");
     }
 }

@@ -3,8 +3,6 @@
 
 use std::path::PathBuf;
 
-use time::OffsetDateTime;
-
 use super::{Issued, IssuedKind};
 use crate::{TlsError, site_dns_name};
 
@@ -41,19 +39,12 @@ pub struct Issuance {
     pub replaced: Vec<Issued>,
 }
 
-/// Unix seconds as `2026-12-02 06:00:00 UTC`.
+/// Unix seconds as `2026-12-02 06:00:00 UTC` ([`tessera_core::utc`]);
+/// an instant outside years 1970 to 9999 as its number.
 pub fn utc(unix: i64) -> String {
-    match OffsetDateTime::from_unix_timestamp(unix) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        ),
-        Err(_) => format!("{unix} (Unix seconds)"),
+    match u64::try_from(unix) {
+        Ok(seconds) if seconds <= 253_402_300_799 => tessera_core::utc(seconds * 1_000_000),
+        _ => format!("{unix} (Unix seconds)"),
     }
 }
 

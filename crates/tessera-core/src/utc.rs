@@ -1,4 +1,6 @@
-//! Wall-clock times for operators: UTC, to the second, as `2026-12-02 05:58:45Z`.
+//! Wall-clock times for operators, one format everywhere: UTC to the
+//! second, as `2026-12-02 05:58:45 UTC`. Formatting only: this crate never
+//! reads a clock; callers give the instant.
 
 /// `unix_micros` (microseconds since the Unix epoch) as a UTC date and time.
 pub fn utc(unix_micros: u64) -> String {
@@ -6,7 +8,7 @@ pub fn utc(unix_micros: u64) -> String {
     let (days, of_day) = (seconds / 86_400, seconds % 86_400);
     let (year, month, day) = civil(days);
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
         of_day / 3600,
         of_day % 3600 / 60,
         of_day % 60
@@ -32,13 +34,16 @@ fn civil(days: u64) -> (u64, u64, u64) {
 mod tests {
     use super::utc;
 
-    /// Known instants, across leap days and century years.
+    /// Known instants, across leap days and century years (checked against
+    /// `date -u -d @SECONDS`).
     #[test]
     fn known_instants_read_as_their_utc_dates() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00Z");
-        assert_eq!(utc(951_782_400_000_000), "2000-02-29 00:00:00Z");
-        assert_eq!(utc(1_709_251_199_999_999), "2024-02-29 23:59:59Z");
-        assert_eq!(utc(4_102_444_800_000_000), "2100-01-01 00:00:00Z");
-        assert_eq!(utc(1_796_190_525_000_000), "2026-12-02 05:48:45Z");
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400_000_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_709_251_199_999_999), "2024-02-29 23:59:59 UTC");
+        assert_eq!(utc(4_102_444_800_000_000), "2100-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_700_000_000_000_000), "2023-11-14 22:13:20 UTC");
+        assert_eq!(utc(1_796_190_525_000_000), "2026-12-02 05:48:45 UTC");
+        assert_eq!(utc(1_798_761_599_000_000), "2026-12-31 23:59:59 UTC");
     }
 }
