@@ -1,7 +1,7 @@
 //! The house rules ARCHITECTURE.md states, checked: dependencies between the
 //! workspace's crates point down the layers, the simulator has no transport,
-//! and the pure crates (the engine among them) never read the clock, sleep or
-//! open sockets.
+//! the pure crates (the engine among them) never read the clock, sleep or
+//! open sockets, and no source file is longer than 800 lines.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -168,4 +168,23 @@ fn every_library_denies_missing_docs() {
         }
     }
     assert!(missing.is_empty(), "{missing:#?}");
+}
+
+/// The longest a source file may be (ARCHITECTURE.md, invariants): a longer
+/// one is split along its seams.
+const MAX_LINES: usize = 800;
+
+#[test]
+fn no_source_file_is_longer_than_800_lines() {
+    let mut files = Vec::new();
+    rust_files(&crates_dir(), &mut files);
+    assert!(files.len() > 100, "found only {} files", files.len());
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let lines = std::fs::read_to_string(f).unwrap().lines().count();
+            (lines > MAX_LINES).then(|| format!("{} ({lines} lines)", f.display()))
+        })
+        .collect();
+    assert!(long.is_empty(), "longer than {MAX_LINES} lines: {long:?}");
 }

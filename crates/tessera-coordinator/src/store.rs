@@ -23,6 +23,7 @@ use thiserror::Error;
 mod rows;
 mod schema;
 mod sqlite;
+mod upkeep;
 
 pub use rows::{
     AgreementStep, AuditRow, CohortRow, Control, ControlRow, EvaluationRow, LedgerRow, ModelRow,
