@@ -66,12 +66,14 @@ mod tests {
                      {"site":"cleveland","state":"live","note":null,"last_seen_unix_micros":null}]}"#;
         let text = lines(view).join("\n");
         assert!(
-            text.contains("waiting for: va in agreement: column kinds since 2023-11-14T22:13:20Z"),
+            text.contains(
+                "waiting for: va in agreement: column kinds since 2023-11-14 22:13:20 UTC"
+            ),
             "{text}"
         );
         assert!(text.contains("3 of 4 sites have offered"), "{text}");
         assert!(
-            text.contains("last seen 2023-11-14T22:13:20Z: withdrew: cannot read va.csv"),
+            text.contains("last seen 2023-11-14 22:13:20 UTC: withdrew: cannot read va.csv"),
             "{text}"
         );
         assert!(text.contains("never heard from"), "{text}");
