@@ -1,7 +1,8 @@
-//! A run that waits names what it waits for: a site whose data file is
-//! missing withdraws with its reason, and the coordinator's log, `tessera
-//! status` (text and JSON) and `/metrics` name it as what the agreement
-//! waits for, within seconds.
+//! A run that waits names what it waits for: a site whose data cannot be
+//! read once it has joined withdraws with its reason, and the coordinator's
+//! log, `tessera status` (text and JSON) and `/metrics` name it as what the
+//! agreement waits for, within seconds. (A `--data` path that does not exist
+//! at all is refused by the participant before it joins.)
 
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,10 @@ fn a_site_whose_data_file_is_missing_withdraws_and_status_names_it() {
         .iter()
         .map(|site| participant(&s.dir, &url, site, &[]))
         .collect();
+    // A folder where the data file should be: it opens, so the participant
+    // joins, and reading it as rows fails during the site's set-up.
     let missing = s.path("va-missing.data");
+    std::fs::create_dir(&missing).unwrap();
     let mut va = participant_with(&s.dir, &url, "va", &missing, &[]);
     assert!(!va.wait(LIMIT).success(), "{}", va.log());
     // Named, with the reason, within seconds of the start.
