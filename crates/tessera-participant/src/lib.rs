@@ -298,13 +298,24 @@ async fn session(
         return Err(Failure::Retry("not ready".into()));
     };
     loop {
-        let mut stream = client
-            .next_task(pb::TaskRequest {
+        // While the coordinator has no task (a run waiting for sites), its
+        // certificate is checked again every few seconds: a coordinator
+        // revoked meanwhile is left at once, not at a task that never comes.
+        let mut stream = {
+            let asked = client.next_task(pb::TaskRequest {
                 site: config.site.clone(),
                 held_round: state.held.as_ref().map(|(round, _)| *round),
-            })
-            .await?
-            .into_inner();
+            });
+            tokio::pin!(asked);
+            loop {
+                tokio::select! {
+                    reply = &mut asked => break reply?.into_inner(),
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {
+                        client::still_trusted(endpoint, "the coordinator")?;
+                    }
+                }
+            }
+        };
         let Some(first) = stream.message().await? else {
             return Err(Failure::Retry("task stream ended without a task".into()));
         };
