@@ -485,7 +485,7 @@ impl Upstream<'_> {
     }
 
     /// The members evaluate the parent's model of round `round`; their
-    /// pooled evaluation goes up.
+    /// pooled evaluation goes up, with each site's.
     async fn evaluate(
         &mut self,
         round: u32,
@@ -495,18 +495,30 @@ impl Upstream<'_> {
             .call(move |f| f.relay_evaluate(round, global))
             .await
             .map_err(|e| fatal(e.message()))?;
-        let Some(pooled) = self
+        let Some(evaluated) = self
             .wait_for(Some(round), false, move |f| f.relay_evaluation(round))
             .await?
         else {
             return Ok(());
         };
+        // Each site's evaluation goes up beside their pooled one, so that the
+        // root reports every site (protocol 1.9).
         let sent = self
             .parent
-            .submit_evaluation(convert::evaluation_to_pb(self.name, round, &pooled))
+            .submit_evaluation(convert::evaluation_with_sites_to_pb(
+                self.name,
+                round,
+                &evaluated.pooled,
+                &evaluated.sites,
+            ))
             .await;
         match sent {
-            Ok(_) => tracing::info!(round, examples = pooled.n_examples, "evaluation sent up"),
+            Ok(_) => tracing::info!(
+                round,
+                examples = evaluated.pooled.n_examples,
+                sites = evaluated.sites.len(),
+                "evaluation sent up"
+            ),
             Err(status) if status.code() == Code::InvalidArgument => {
                 tracing::warn!(round, reason = %status.message(), "evaluation refused by the parent");
             }

@@ -197,6 +197,34 @@ fn a_regional_aggregator_killed_mid_round_resumes_and_the_run_equals_simulation(
     let simulated = s.json("sim.model.json");
     assert_eq!(report["final"]["accuracy"], simulated["final"]["accuracy"]);
     assert_eq!(report["rounds"].as_array().unwrap().len(), 6);
+    // The root reports every site, not every aggregator, as simulation does
+    // (the aggregators send their sites' evaluations up, protocol 1.9).
+    assert_eq!(
+        report["final"]["per_site"], simulated["final"]["per_site"],
+        "{report}"
+    );
+    assert_eq!(
+        report["final"]["mean_site_accuracy"],
+        simulated["final"]["mean_site_accuracy"]
+    );
+    // And it carries the topology: each aggregator's sites and the final
+    // model's accuracy on them (the regional models stay at the aggregators).
+    let topology = &report["topology"];
+    assert_eq!(topology["kind"], "hierarchical", "{report}");
+    assert!(
+        topology["root_bytes_up"].as_u64().unwrap() > 0,
+        "{topology}"
+    );
+    for (name, sites_of) in EAST_WEST {
+        let region = &topology["regions"][name];
+        assert_eq!(region["sites"], serde_json::json!(sites_of), "{topology}");
+        assert_eq!(region["depth"], 1);
+        assert!(region.get("accuracy").is_none(), "{topology}");
+        assert_eq!(
+            region["global_accuracy"], simulated["topology"]["regions"][name]["global_accuracy"],
+            "{name}"
+        );
+    }
     // The regions report their own rounds and keep their regional model.
     let west = s.json("west.json");
     let rounds = west["rounds"].as_array().unwrap();
@@ -244,7 +272,7 @@ members = [\"east\", \"west\"]
         &plan,
         &s.path("root.sqlite"),
         0,
-        &["--model-out", "dep.model"],
+        &["--model-out", "dep.model", "--report", "dep.json"],
     );
     let (mut continent, continent_url) =
         aggregator(&s.dir, &url, "continent", &s.path("c.sqlite"), 0, &[]);
@@ -274,6 +302,19 @@ members = [\"east\", \"west\"]
         .map(|a| a.site)
         .collect();
     assert_eq!(accepted_from.len(), 1, "{accepted_from:?}");
+    // The sites' evaluations climb both levels: the root reports each of the
+    // six sites as simulation does, all of them below the continent.
+    let report = s.json("dep.json");
+    let simulated = s.json("sim.model.json");
+    assert_eq!(
+        report["final"]["per_site"], simulated["final"]["per_site"],
+        "{report}"
+    );
+    assert_eq!(
+        report["topology"]["regions"]["continent"]["sites"],
+        serde_json::json!(["site0", "site1", "site2", "site3", "site4", "site5"]),
+        "{report}"
+    );
 }
 
 /// FedProx's pull reaches the sites below the regional aggregators as it

@@ -139,7 +139,8 @@ pub use service::Service;
 pub use shared::Shared;
 pub use state::waiting::REMIND_EVERY;
 pub use state::{
-    Clock, Federation, ManualClock, ModelPart, Refusal, SiteView, SystemClock, TaskView,
+    Clock, Federation, ManualClock, ModelPart, Refusal, SiteEvaluations, SiteView, SystemClock,
+    TaskView,
 };
 pub use store::{
     AgreementStep, Control, ControlRow, RunStatus, RunStore, RunTx, SqliteStore, StoreError,

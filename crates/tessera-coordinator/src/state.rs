@@ -37,6 +37,7 @@ pub mod trust;
 mod view;
 pub mod waiting;
 
+pub use relay::SiteEvaluations;
 pub use view::SiteView;
 
 pub use clock::{Clock, ManualClock, REFUSALS_PER_SECOND, SystemClock};
@@ -144,6 +145,8 @@ pub struct Federation {
     phase: Phase,
     records: Vec<RoundRecord>,
     last_evaluations: Vec<(String, Evaluation)>,
+    /// A hierarchical run's tree, and this coordinator's node in it (0: the root).
+    tree: Option<(tessera_engine::Tree, usize)>,
     /// How it trains: rounds, asynchronous steps, or a parent's rounds relayed.
     training: Training,
     /// Asynchronous runs: steps whose evaluations are still coming in.
@@ -236,6 +239,7 @@ impl Federation {
         // runs at every aggregator: members mask toward it, aggregators too.)
         let central;
         let mut place: Option<(usize, Vec<String>)> = None;
+        let mut hierarchy = None;
         let expected = match (plan.topology.kind, node) {
             (tessera_engine::TopologyKind::Gossip, _) => {
                 return Err(CoordinatorError::Config(
@@ -271,7 +275,9 @@ impl Federation {
                         .map(|s| tree.sites[s].clone())
                         .collect(),
                 ));
-                Expected::Named(tree.member_names(n).into_iter().collect())
+                let expected = Expected::Named(tree.member_names(n).into_iter().collect());
+                hierarchy = Some((tree, n));
+                expected
             }
             (_, Some(name)) => {
                 return Err(CoordinatorError::Config(format!(
@@ -346,6 +352,7 @@ impl Federation {
             phase: Phase::Agreeing,
             records: Vec::new(),
             last_evaluations: Vec::new(),
+            tree: hierarchy,
             steps: StepEvaluations::default(),
             round_started: None,
             traffic: Traffic::default(),

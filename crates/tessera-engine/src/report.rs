@@ -118,8 +118,11 @@ pub struct RegionReport {
     pub depth: usize,
     /// The sites below it.
     pub sites: Vec<String>,
-    /// Its last regional model's accuracy on those sites' test rows.
-    pub accuracy: f64,
+    /// Its last regional model's accuracy on those sites' test rows (absent
+    /// in the report of a deployed hierarchy's root, which never holds the
+    /// regional models: each aggregator's own report has it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
     /// The final global model's accuracy on the same rows.
     pub global_accuracy: f64,
 }

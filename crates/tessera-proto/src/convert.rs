@@ -192,6 +192,7 @@ pub fn evaluation_to_pb(site: &str, round: u32, e: &Evaluation) -> pb::Evaluatio
                     .collect()
             })
             .unwrap_or_default(),
+        sites: Vec::new(),
     }
 }
 
@@ -243,6 +244,100 @@ pub fn evaluation_from_pb(report: &pb::EvaluationReport) -> Result<Evaluation, P
         auc: report.auc,
         histogram: (!bins.is_empty()).then_some(ScoreHistogram { bins }),
     })
+}
+
+/// The most sites one aggregator's evaluation may name (`sites`).
+pub const MAX_SITE_EVALUATIONS: usize = 100_000;
+
+/// An aggregator's evaluation (`site`, round `round`, `pooled`) with the
+/// evaluation of each site below it (protocol 1.9, `site-evaluations`).
+pub fn evaluation_with_sites_to_pb(
+    site: &str,
+    round: u32,
+    pooled: &Evaluation,
+    sites: &[(String, Evaluation)],
+) -> pb::EvaluationReport {
+    pb::EvaluationReport {
+        sites: sites
+            .iter()
+            .map(|(name, e)| evaluation_to_pb(name, round, e))
+            .collect(),
+        ..evaluation_to_pb(site, round, pooled)
+    }
+}
+
+/// The sites' evaluations an aggregator's `report` carries (empty from a
+/// site), each checked as [`evaluation_from_pb`] checks one, and checked
+/// against the report: at most [`MAX_SITE_EVALUATIONS`], named (at most 128
+/// bytes, no control characters) and each once, of the report's round,
+/// without sites of their own, their rows, right predictions and histogram
+/// counts adding up to the report's exactly and their losses to its loss.
+pub fn site_evaluations_from_pb(
+    report: &pb::EvaluationReport,
+) -> Result<Vec<(String, Evaluation)>, ProtoError> {
+    let malformed = |m: String| ProtoError::Malformed(format!("evaluation's sites: {m}"));
+    if report.sites.len() > MAX_SITE_EVALUATIONS {
+        return Err(malformed(format!(
+            "{} sites, more than {MAX_SITE_EVALUATIONS}",
+            report.sites.len()
+        )));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::with_capacity(report.sites.len());
+    for entry in &report.sites {
+        let name = &entry.site;
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(malformed(format!(
+                "a site name must have 1 to 128 bytes and no control characters (got {:?})",
+                tessera_core::shown(name, 140)
+            )));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(malformed(format!("'{name}' is named twice")));
+        }
+        if entry.round != report.round {
+            return Err(malformed(format!(
+                "'{name}' evaluated round {}, the report is of round {}",
+                entry.round, report.round
+            )));
+        }
+        if !entry.sites.is_empty() {
+            return Err(malformed(format!("'{name}' carries sites of its own")));
+        }
+        let e = evaluation_from_pb(entry).map_err(|e| malformed(format!("'{name}': {e}")))?;
+        out.push((name.clone(), e));
+    }
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let sum = |f: fn(&Evaluation) -> u64| {
+        out.iter()
+            .try_fold(0u64, |n, (_, e)| n.checked_add(f(e)))
+            .ok_or_else(|| malformed("counts overflow".into()))
+    };
+    let rows = sum(|e| e.n_examples)?;
+    let correct = sum(|e| e.n_correct)?;
+    if rows != report.n_examples || correct != report.n_correct {
+        return Err(malformed(format!(
+            "they count {correct} right of {rows} rows; the report, {} of {}",
+            report.n_correct, report.n_examples
+        )));
+    }
+    let loss: f64 = out.iter().map(|(_, e)| e.loss_sum).sum();
+    if (loss - report.loss_sum).abs() > 1e-9 * report.loss_sum.abs().max(1.0) {
+        return Err(malformed(format!(
+            "their losses add up to {loss}; the report says {}",
+            report.loss_sum
+        )));
+    }
+    let pooled = evaluation_from_pb(report)?;
+    let summed = Evaluation::pool(out.iter().map(|(_, e)| e));
+    if summed.histogram != pooled.histogram {
+        return Err(malformed(
+            "their score histograms do not add up to the report's".into(),
+        ));
+    }
+    Ok(out)
 }
 
 /// Training statistics from an update header, checked.
@@ -410,6 +505,78 @@ mod tests {
             ..Default::default()
         };
         assert!(instructions_from_pb(&both, None).is_err());
+    }
+
+    #[test]
+    fn an_aggregators_site_evaluations_must_add_up_to_its_own() {
+        let site = |n: u64, loss: f64, right: u64, bins: Vec<(u32, u64, u64)>| Evaluation {
+            n_examples: n,
+            loss_sum: loss,
+            n_correct: right,
+            auc: None,
+            histogram: Some(ScoreHistogram { bins }),
+        };
+        let sites = vec![
+            ("a".to_string(), site(2, 0.5, 1, vec![(3, 1, 0), (9, 0, 1)])),
+            ("b".to_string(), site(3, 1.25, 3, vec![(3, 2, 1)])),
+        ];
+        let pooled = Evaluation::pool(sites.iter().map(|(_, e)| e));
+        let wire = evaluation_with_sites_to_pb("east", 4, &pooled, &sites);
+        let back = site_evaluations_from_pb(&wire).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[1].0, "b");
+        assert_eq!(back[1].1.n_examples, 3);
+        // A site's own report has none.
+        assert!(
+            site_evaluations_from_pb(&evaluation_to_pb("a", 4, &sites[0].1))
+                .unwrap()
+                .is_empty()
+        );
+        let refused = |wire: pb::EvaluationReport, what: &str| {
+            let err = site_evaluations_from_pb(&wire).unwrap_err().to_string();
+            assert!(err.contains(what), "{err} (expected {what})");
+        };
+        let mut lie = wire.clone();
+        lie.sites[0].n_examples = 1;
+        lie.sites[0].histogram = vec![pb::HistogramBin {
+            bin: 3,
+            positives: 1,
+            negatives: 0,
+        }];
+        refused(lie, "right of 4 rows");
+        let mut lie = wire.clone();
+        lie.sites[0].loss_sum = 0.25;
+        refused(lie, "losses add up to 1.5");
+        let mut lie = wire.clone();
+        lie.sites[1].site = "a".into();
+        refused(lie, "'a' is named twice");
+        let mut lie = wire.clone();
+        lie.sites[1].site = "b\nforged".into();
+        refused(lie, "no control characters");
+        let mut lie = wire.clone();
+        lie.sites[0].round = 3;
+        refused(lie, "evaluated round 3");
+        let mut lie = wire.clone();
+        lie.sites[0].sites = vec![wire.sites[1].clone()];
+        refused(lie, "carries sites of its own");
+        let mut lie = wire.clone();
+        lie.sites[0].histogram[0].bin = 4;
+        lie.sites[0].histogram.swap(0, 0);
+        refused(lie, "score histograms do not add up");
+        let mut lie = wire.clone();
+        lie.sites[0].n_examples = u64::MAX;
+        lie.sites[0].histogram.clear();
+        lie.sites[1].histogram.clear();
+        refused(lie, "overflow");
+        let mut lie = wire;
+        let many = lie.sites[0].clone();
+        lie.sites = (0..=MAX_SITE_EVALUATIONS)
+            .map(|i| pb::EvaluationReport {
+                site: format!("s{i}"),
+                ..many.clone()
+            })
+            .collect();
+        refused(lie, "more than 100000");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 8;
+pub const MINOR: u32 = 9;
 
 /// What this build can do.
 ///
@@ -40,6 +40,8 @@ pub const MINOR: u32 = 8;
 /// - `gossip-rejoin` (1.8): a gossip peer restarted after a crash asks its
 ///   neighbours to take it back (`Gossip.Rejoin`) and adopts a neighbour's
 ///   current model.
+/// - `site-evaluations` (1.9): an aggregator's evaluation carries the
+///   evaluation of each site below it, so the root reports per site.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -61,6 +63,7 @@ pub const CAPABILITIES: &[&str] = &[
     "declared-rows",
     "instructions",
     "gossip-rejoin",
+    "site-evaluations",
 ];
 
 /// The strategies older peers can follow without the `instructions`
@@ -193,8 +196,12 @@ mod tests {
     fn compatibility_table() {
         // The rows of docs/PROTOCOL.md's table.
         let v1_0 = caps(&["chunked-tensors", "agreement", "evaluation-histograms"]);
-        let v1_5 = caps(&CAPABILITIES[..CAPABILITIES.len() - 3]);
-        let v1_6 = caps(&CAPABILITIES[..CAPABILITIES.len() - 2]);
+        let before = |cap: &str| {
+            let at = CAPABILITIES.iter().position(|c| *c == cap).unwrap();
+            caps(&CAPABILITIES[..at])
+        };
+        let v1_5 = before("declared-rows");
+        let v1_6 = before("instructions");
         let fedavg = required_capabilities("fedavg");
         let scaffold = required_capabilities("scaffold");
         // Every run needs declared row counts (1.6): earlier peers are refused.

@@ -546,7 +546,7 @@ pub(crate) fn run_hierarchical(
             RegionReport {
                 depth: tree.nodes[*n].depth,
                 sites: below.iter().map(|&s| names[s].clone()).collect(),
-                accuracy: pooled(model)?,
+                accuracy: Some(pooled(model)?),
                 global_accuracy: pooled(&final_global)?,
             },
         );

@@ -97,7 +97,8 @@ fn five_regions_match_flat_fedavg_and_cut_the_root_traffic_by_the_fan_in() {
     for (name, region) in &topology.regions {
         println!(
             "{name}: regional {:.4}, global {:.4}",
-            region.accuracy, region.global_accuracy
+            region.accuracy.unwrap(),
+            region.global_accuracy
         );
         assert_eq!(region.depth, 1);
     }

@@ -80,6 +80,7 @@ fn aggregate_only_site_metrics_reach_the_coordinator_only_as_sums() {
                 n_correct: 9,
                 auc: None,
                 histogram: Vec::new(),
+                sites: Vec::new(),
             })
             .await
             .unwrap_err()

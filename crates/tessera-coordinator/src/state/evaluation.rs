@@ -3,6 +3,8 @@
 //! (`"aggregate-only"`, `"dp"`: a secure round of its own), checked at the
 //! trust boundary, stored, then the round's record completed.
 
+use std::collections::BTreeMap;
+
 use prost::Message;
 use tessera_core::Timestamp;
 use tessera_engine::report::RoundRecord;
@@ -12,6 +14,7 @@ use tessera_proto::{convert, pb};
 
 use super::{Federation, Phase, Refusal, unavailable};
 use crate::CoordinatorError;
+use crate::store::{EvaluationRow, StoreError};
 
 impl Federation {
     /// Records an evaluation of the model of `round`.
@@ -31,6 +34,7 @@ impl Federation {
         let evaluation = convert::evaluation_from_pb(report)
             .map_err(|e| e.to_string())
             .and_then(|e| self.check_evaluation(site, &e).map(|()| e))
+            .and_then(|e| self.check_site_evaluations(site, report).map(|()| e))
             .map_err(|reason| {
                 self.refuse_report(site, "evaluation", &reason);
                 Refusal::Invalid(reason)
@@ -73,6 +77,103 @@ impl Federation {
         self.version += 1;
         self.advance();
         Ok(())
+    }
+
+    /// The sites' evaluations an aggregator's `report` carries (protocol
+    /// 1.9): well formed, adding up to its own, sent by a member that is an
+    /// aggregator of the plan's tree, and naming only sites below it there.
+    fn check_site_evaluations(
+        &self,
+        member: &str,
+        report: &pb::EvaluationReport,
+    ) -> Result<(), String> {
+        if report.sites.is_empty() {
+            return Ok(());
+        }
+        let Some((tree, _)) = &self.tree else {
+            return Err(
+                "it names sites' evaluations, which only an aggregator of a \
+                        hierarchical run sends"
+                    .into(),
+            );
+        };
+        let Some(node) = tree.find(member) else {
+            return Err(format!(
+                "it names sites' evaluations, which only an aggregator sends; \
+                 '{member}' is a site of the plan's topology"
+            ));
+        };
+        let sites = convert::site_evaluations_from_pb(report).map_err(|e| e.to_string())?;
+        let below = tree.sites_below(node);
+        for (name, _) in &sites {
+            if !below.iter().any(|&s| tree.sites[s] == *name) {
+                return Err(format!(
+                    "it names '{name}', which is not below '{member}' in the plan's topology"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each member's stored evaluation of round `round` as the sites' it
+    /// stands for (an aggregator's, protocol 1.9), by member.
+    fn stored_site_evaluations(
+        &self,
+        round: u32,
+    ) -> Result<BTreeMap<String, Vec<(String, Evaluation)>>, StoreError> {
+        let mut out = BTreeMap::new();
+        for EvaluationRow { site, report } in self.store.evaluations(&self.run.id, round)? {
+            let Ok(report) = pb::EvaluationReport::decode(report.as_slice()) else {
+                continue;
+            };
+            let sites = match convert::site_evaluations_from_pb(&report) {
+                Ok(sites) if !sites.is_empty() => sites,
+                _ => match convert::evaluation_from_pb(&report) {
+                    Ok(e) => vec![(site.clone(), e)],
+                    Err(_) => continue,
+                },
+            };
+            out.insert(site, sites);
+        }
+        Ok(out)
+    }
+
+    /// The evaluations of `members` (by name, in order) of round `round`
+    /// by site: an aggregator's replaced by the evaluations of the sites
+    /// below it it sent (protocol 1.9), so that a hierarchy's root reports
+    /// every site, as simulation does.
+    pub(super) fn by_site(
+        &self,
+        round: u32,
+        members: Vec<String>,
+        evaluations: Vec<Evaluation>,
+    ) -> (Vec<String>, Vec<Evaluation>) {
+        let mut stored = match self.stored_site_evaluations(round) {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(round, error = %e, "cannot read the sites' evaluations; reporting per member");
+                BTreeMap::new()
+            }
+        };
+        let mut names = Vec::with_capacity(members.len());
+        let mut out = Vec::with_capacity(members.len());
+        for (member, evaluation) in members.into_iter().zip(evaluations) {
+            match stored.remove(&member) {
+                Some(sites)
+                    if sites.len() > 1 || sites.first().is_some_and(|(s, _)| *s != member) =>
+                {
+                    for (site, e) in sites {
+                        names.push(site);
+                        out.push(e);
+                    }
+                }
+                _ => {
+                    names.push(member);
+                    out.push(evaluation);
+                }
+            }
+        }
+        (names, out)
     }
 
     /// Whether only sums of the sites' evaluations may reach the coordinator.
@@ -172,7 +273,7 @@ impl Federation {
         for site in &stale {
             self.audit(site, "evaluation", "missing", "no evaluation in time");
         }
-        let Phase::Evaluating { evaluation, record } = &self.phase else {
+        let Phase::Evaluating { evaluation, .. } = &self.phase else {
             return Ok(());
         };
         if !evaluation.is_complete() {
@@ -182,7 +283,11 @@ impl Federation {
             return Ok(());
         }
         let round = evaluation.round();
-        let (names, evaluations) = evaluation.results();
+        let (members, evaluations) = evaluation.results();
+        let (names, evaluations) = self.by_site(round, members, evaluations);
+        let Phase::Evaluating { record, .. } = &self.phase else {
+            return Ok(());
+        };
         let sites: Vec<&str> = names.iter().map(String::as_str).collect();
         let view = tessera_engine::report::EvaluationView::clear(
             self.training
@@ -194,7 +299,14 @@ impl Federation {
         let mut closed = completed(record, &view, self.round_seconds());
         self.store_evaluated(round, &mut closed)?;
         if let Some(relay) = self.training.relay_mut() {
-            relay.evaluated(round, Evaluation::pool(&evaluations));
+            relay.evaluated(
+                round,
+                names
+                    .iter()
+                    .cloned()
+                    .zip(evaluations.iter().cloned())
+                    .collect(),
+            );
             // The aggregator's own model, evaluated once the parent's run is over.
             if relay.is_regional_evaluation(round) {
                 relay.regional = Some(closed);

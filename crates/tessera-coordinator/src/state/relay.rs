@@ -38,8 +38,8 @@ pub(super) struct Relay {
     closed_through: u32,
     /// Answers of rounds closed by this process (older ones are in the database).
     answers: BTreeMap<u32, Option<Update>>,
-    /// Pooled evaluations finished by this process.
-    evaluations: BTreeMap<u32, Evaluation>,
+    /// The sites' evaluations finished by this process, by round.
+    evaluations: BTreeMap<u32, Vec<(String, Evaluation)>>,
     /// Its depth in the tree and the sites below it.
     depth: usize,
     sites: Vec<String>,
@@ -86,7 +86,7 @@ impl Relay {
                 RegionReport {
                     depth: self.depth,
                     sites: self.sites.clone(),
-                    accuracy: regional.accuracy,
+                    accuracy: Some(regional.accuracy),
                     global_accuracy: records.last().map_or(0.0, |r| r.accuracy),
                 },
             );
@@ -104,9 +104,11 @@ impl Relay {
         self.answers.insert(round, answer);
     }
 
-    /// Round `round`'s members finished evaluating the parent's model.
-    pub(super) fn evaluated(&mut self, round: u32, pooled: Evaluation) {
-        self.evaluations.insert(round, pooled);
+    /// Round `round`'s members finished evaluating the parent's model:
+    /// each site's evaluation (those of members that are aggregators
+    /// replaced by their sites').
+    pub(super) fn evaluated(&mut self, round: u32, sites: Vec<(String, Evaluation)>) {
+        self.evaluations.insert(round, sites);
     }
 
     /// The model the members evaluate in `phase`, when the parent sent it.
@@ -118,6 +120,24 @@ impl Relay {
                 Some(Arc::clone(model))
             }
             _ => None,
+        }
+    }
+}
+
+/// An aggregator's members' evaluation of a parent's model, for its parent.
+#[derive(Debug, Clone)]
+pub struct SiteEvaluations {
+    /// All of them pooled.
+    pub pooled: Evaluation,
+    /// Each site's (below members that are aggregators, too).
+    pub sites: Vec<(String, Evaluation)>,
+}
+
+impl SiteEvaluations {
+    fn new(sites: Vec<(String, Evaluation)>) -> Self {
+        Self {
+            pooled: Evaluation::pool(sites.iter().map(|(_, e)| e)),
+            sites,
         }
     }
 }
@@ -341,20 +361,28 @@ impl Federation {
         }
     }
 
-    /// Aggregator: the members' pooled evaluation of the parent's model of
-    /// round `round`, once they have all answered (or the wait ended).
-    pub fn relay_evaluation(&self, round: u32) -> Result<Option<Evaluation>, CoordinatorError> {
+    /// Aggregator: the members' evaluation of the parent's model of round
+    /// `round`, once they have all answered (or the wait ended): pooled, and
+    /// by site (the sites below members that are aggregators, too).
+    pub fn relay_evaluation(
+        &self,
+        round: u32,
+    ) -> Result<Option<SiteEvaluations>, CoordinatorError> {
         let Some(relay) = self.training.relay() else {
             return Ok(None);
         };
-        if let Some(pooled) = relay.evaluations.get(&round) {
-            return Ok(Some(pooled.clone()));
+        if let Some(sites) = relay.evaluations.get(&round) {
+            return Ok(Some(SiteEvaluations::new(sites.clone())));
         }
         if !self.records.iter().any(|r| r.round == round) {
             return Ok(None);
         }
         let stored = self.stored_evaluations(&self.run.id, round)?;
-        Ok(Some(Evaluation::pool(stored.values())))
+        let (members, evaluations): (Vec<String>, Vec<Evaluation>) = stored.into_iter().unzip();
+        let (names, evaluations) = self.by_site(round, members, evaluations);
+        Ok(Some(SiteEvaluations::new(
+            names.into_iter().zip(evaluations).collect(),
+        )))
     }
 
     /// Aggregator: the parent's run is over. The members evaluate this

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use tessera_data::Agreement;
-use tessera_engine::report::{Communication, RunReport, Timing, final_metrics};
+use tessera_engine::report::{
+    Communication, RegionReport, RunReport, Timing, TopologyReport, final_metrics,
+};
 use tessera_learn::Evaluation;
 
 use super::Federation;
@@ -80,7 +82,10 @@ impl Federation {
                 // counted honest (0 when nothing was evaluated).
                 honest_accuracy: final_metrics.accuracy.unwrap_or(0.0),
             }),
-            topology: self.training.relay().map(|r| r.topology(&self.records)),
+            topology: match self.training.relay() {
+                Some(relay) => Some(relay.topology(&self.records)),
+                None => self.root_topology(),
+            },
             final_metrics,
             baselines: None,
             metrics_privacy: self.privacy.metrics_report(true),
@@ -117,5 +122,45 @@ impl Federation {
                 .map(|g| g.as_ref().clone())
                 .unwrap_or_default(),
         }
+    }
+
+    /// The root of a hierarchy: what it received, and each aggregator of
+    /// the plan's tree with the sites below it and the final model's
+    /// accuracy on their test rows (the regional models stay at the
+    /// aggregators: each one's report has its own).
+    fn root_topology(&self) -> Option<TopologyReport> {
+        let (tree, 0) = self.tree.as_ref()? else {
+            return None;
+        };
+        let regions = (1..tree.nodes.len())
+            .map(|n| {
+                let sites: Vec<String> = tree
+                    .sites_below(n)
+                    .into_iter()
+                    .map(|s| tree.sites[s].clone())
+                    .collect();
+                let evaluated: Vec<&Evaluation> = self
+                    .last_evaluations
+                    .iter()
+                    .filter(|(s, _)| sites.contains(s))
+                    .map(|(_, e)| e)
+                    .collect();
+                let region = RegionReport {
+                    depth: tree.nodes[n].depth,
+                    sites,
+                    accuracy: None,
+                    global_accuracy: Evaluation::pool(evaluated).accuracy(),
+                };
+                (tree.nodes[n].name.clone(), region)
+            })
+            .collect();
+        Some(TopologyReport {
+            kind: "hierarchical".into(),
+            bytes_up_by_depth: vec![self.traffic.bytes_up],
+            bytes_down_by_depth: vec![self.traffic.bytes_down],
+            root_bytes_up: self.traffic.bytes_up,
+            regions,
+            ..TopologyReport::default()
+        })
     }
 }

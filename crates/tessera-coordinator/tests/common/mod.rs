@@ -180,5 +180,6 @@ pub fn evaluation_report(site: &str, round: u32) -> pb::EvaluationReport {
         n_correct: 5,
         auc: None,
         histogram: Vec::new(),
+        sites: Vec::new(),
     }
 }

@@ -130,6 +130,7 @@ impl Driver {
                         n_correct: n / 2,
                         auc: Some(0.75),
                         histogram: Vec::new(),
+                        sites: Vec::new(),
                     };
                     let _ = f.submit_evaluation(name, &report);
                 }
@@ -247,6 +248,7 @@ impl Driver {
                 n_correct,
                 auc,
                 histogram,
+                sites,
             } => {
                 let site = name(who);
                 let report = pb::EvaluationReport {
@@ -263,6 +265,19 @@ impl Driver {
                             positives,
                             negatives,
                         })
+                        .collect(),
+                    sites: sites
+                        .iter()
+                        .map(
+                            |(site, n_examples, loss_sum, n_correct)| pb::EvaluationReport {
+                                site: site.clone(),
+                                round: self.round(round),
+                                n_examples: *n_examples,
+                                loss_sum: *loss_sum,
+                                n_correct: *n_correct,
+                                ..Default::default()
+                            },
+                        )
                         .collect(),
                 };
                 let _ = f.submit_evaluation(&site, &report);

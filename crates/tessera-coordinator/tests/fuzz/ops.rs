@@ -243,6 +243,9 @@ pub(crate) enum Op {
         n_correct: u64,
         auc: Option<f64>,
         histogram: Vec<(u32, u64, u64)>,
+        /// Sites below, as an aggregator's evaluation names them (protocol
+        /// 1.9): name, rows, loss, right predictions.
+        sites: Vec<(String, u64, f64, u64)>,
     },
     Heartbeat {
         who: Who,
@@ -348,9 +351,10 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
             special_u64(),
             prop::option::of(special_f64()),
             prop::collection::vec((prop_oneof![0u32..1100, any::<u32>()], special_u64(), special_u64()), 0..5),
+            prop::collection::vec(("site[0-9]|[a-z]{0,3}|.{0,4}", special_u64(), special_f64(), special_u64()), 0..4),
         )
-            .prop_map(|(who, round, n_examples, loss_sum, n_correct, auc, histogram)| Op::SubmitEvaluation {
-                who, round, n_examples, loss_sum, n_correct, auc, histogram,
+            .prop_map(|(who, round, n_examples, loss_sum, n_correct, auc, histogram, sites)| Op::SubmitEvaluation {
+                who, round, n_examples, loss_sum, n_correct, auc, histogram, sites,
             }),
         1 => (who(), round()).prop_map(|(who, round)| Op::Heartbeat { who, round }),
         1 => (who(), round(), ".{0,40}", any::<bool>())

@@ -250,6 +250,13 @@ pub(crate) fn check(bytes: &[u8]) {
             }
             Err(e) => one_line(&e),
         }
+        match convert::site_evaluations_from_pb(&e) {
+            Ok(sites) => {
+                let pooled = tessera_learn::Evaluation::pool(sites.iter().map(|(_, e)| e));
+                let _ = convert::evaluation_with_sites_to_pb(&e.site, e.round, &pooled, &sites);
+            }
+            Err(e) => one_line(&e),
+        }
     }
     if let Ok(h) = pb::UpdateHeader::decode(bytes) {
         update_header_of(&h);

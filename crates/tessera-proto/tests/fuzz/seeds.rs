@@ -140,6 +140,27 @@ fn evaluation() -> pb::EvaluationReport {
                 negatives: 10,
             },
         ],
+        sites: Vec::new(),
+    }
+}
+
+/// An aggregator's evaluation naming its two sites (protocol 1.9).
+fn aggregator_evaluation() -> pb::EvaluationReport {
+    let mut a = evaluation();
+    a.n_examples = 50;
+    a.loss_sum = 20.0;
+    a.n_correct = 40;
+    a.histogram.truncate(1);
+    let mut b = evaluation();
+    b.n_examples = 54;
+    b.loss_sum = 31.2;
+    b.n_correct = 40;
+    b.histogram.remove(0);
+    b.site = "hungarian".into();
+    pb::EvaluationReport {
+        site: "east".into(),
+        sites: vec![a, b],
+        ..evaluation()
     }
 }
 
@@ -362,6 +383,7 @@ pub(crate) static SEEDS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
         }
         .encode_to_vec(),
         evaluation().encode_to_vec(),
+        aggregator_evaluation().encode_to_vec(),
         pb::HeartbeatRequest {
             site: "switzerland".into(),
             round: 7,
