@@ -230,7 +230,12 @@ fn a_regional_aggregator_killed_mid_round_resumes_and_the_run_equals_simulation(
     let rounds = west["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 6);
     assert!(rounds.iter().all(|r| r["accepted"] == 3), "{west}");
-    assert!(!std::fs::read(s.path("east.model")).unwrap().is_empty());
+    // Its regional model is a self-describing file.
+    let inspected = s.run(&["model", "inspect", "east.model"]).ok();
+    assert!(
+        inspected.contains("written by aggregator east"),
+        "{inspected}"
+    );
     // Each region's last model, evaluated by its sites once the run is over.
     for (name, sites_of) in EAST_WEST {
         let report = s.json(&format!("{name}.json"));
