@@ -1,7 +1,7 @@
 //! Simulation with external learners: the same rounds as built-in sites.
 //! A built-in model driven through the external seam gives the built-in
 //! run's model bit for bit (strategies, central DP, compression, robust
-//! rules); scripted learners give FedAvg of their known changes.
+//! rules, secure aggregation); scripted learners give FedAvg of their known changes.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -204,6 +204,10 @@ fn a_built_in_model_behind_the_external_seam_trains_bit_for_bit_as_built_in() {
     assert_same_run(
         |p| p.robust.rule = tessera_aggregate::RobustRule::Median,
         "median",
+    );
+    assert_same_run(
+        |p| p.secure_aggregation.enabled = true,
+        "secure aggregation",
     );
 }
 
