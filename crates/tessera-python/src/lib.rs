@@ -72,13 +72,13 @@ fn from_python(call: &'static str, list: &Bound<'_, PyAny>) -> Result<ParameterS
     let mut parameters = ParameterSet::new();
     for (i, (shape, bytes)) in items.into_iter().enumerate() {
         let bytes = bytes.as_bytes();
+        if bytes.len() % 4 != 0 {
+            return Err(shape_error("an array whose bytes are not float32 values"));
+        }
         let values: Vec<f32> = bytes
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        if bytes.len() % 4 != 0 {
-            return Err(shape_error("an array whose bytes are not float32 values"));
-        }
         let tensor = Tensor::new(shape, values)
             .map_err(|e| ExternalError::refused(call, format!("{}: {e}", name(i))))?;
         parameters
