@@ -30,7 +30,7 @@ def _plan_text(plan):
     raise TypeError(f"plan must be a path or TOML text, not {type(plan).__name__}")
 
 
-def simulate(plan, client_fn, *, sites=None):
+def simulate(plan, client_fn, *, sites=None, on_round=None):
     """Runs ``plan`` (a path to a TOML plan, or its text) in Tessera's
     simulator with ``client_fn(site_name)`` as each site's :class:`Client`,
     and returns the run's report (the JSON ``tessera simulate`` writes) as a
@@ -40,7 +40,8 @@ def simulate(plan, client_fn, *, sites=None):
     ``[[data.sites]]``; the global model starts from the first site's (by
     name) ``get_parameters()``. The plan's ``[data]`` and ``[model]`` are
     not used: each client holds its own data and model. Rounds are
-    synchronous and flat.
+    synchronous and flat. ``on_round(record)``, when given, is called after
+    each round with its record (a dict, as in the report's ``rounds``).
 
     Cost: the simulator runs sites on its own threads with the GIL
     released, but every call into a client takes the GIL, so Python clients
@@ -60,7 +61,12 @@ def simulate(plan, client_fn, *, sites=None):
             raise TesseraError(f"client_fn({site!r}) returned None, not a client")
         return Bridge(client, site)
 
-    report, parameters = _simulate(text, origin, make, sites)
+    observer = None
+    if on_round is not None:
+        def observer(record):
+            on_round(json.loads(record))
+
+    report, parameters = _simulate(text, origin, make, sites, observer)
     report = json.loads(report)
     report["parameters"] = _numpy(parameters)
     return report

@@ -91,6 +91,19 @@ def test_fedavg_of_known_changes_matches_an_independent_computation():
     assert (config["proximal_mu"], config["correction"]) == (0.0, None)
 
 
+def test_on_round_sees_every_round_as_it_closes():
+    seen = []
+    report, _ = run(on_round=seen.append)
+    assert [r["round"] for r in seen] == [1, 2, 3]
+    assert seen == report["rounds"]
+
+    def fails(record):
+        raise KeyError("progress bar")
+
+    with pytest.raises(KeyError, match="progress bar"):
+        run(on_round=fails)
+
+
 def test_the_same_plan_and_clients_give_the_same_bits():
     first, _ = run()
     second, _ = run()

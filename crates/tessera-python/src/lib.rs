@@ -236,16 +236,19 @@ impl ExternalLearner for PyLearner {
 
 /// Runs the plan (TOML text; `origin` names it in messages) with one client
 /// per site, `make_client(site)` giving each site's bridge; the sites are
-/// `sites`, or else the plan's `[[data.sites]]`. Returns the report as JSON
-/// and the final global parameters as `(shape, bytes)` pairs.
+/// `sites`, or else the plan's `[[data.sites]]`; `on_round`, when given, is
+/// called with each round's record as JSON (an exception it raises stops
+/// nothing and is raised when the run ends). Returns the report as JSON and
+/// the final global parameters as `(shape, bytes)` pairs.
 #[pyfunction]
-#[pyo3(signature = (plan_text, origin, make_client, sites=None))]
+#[pyo3(signature = (plan_text, origin, make_client, sites=None, on_round=None))]
 fn simulate<'py>(
     py: Python<'py>,
     plan_text: &str,
     origin: &str,
     make_client: &Bound<'py, PyAny>,
     sites: Option<Vec<String>>,
+    on_round: Option<Py<PyAny>>,
 ) -> PyResult<(String, Bound<'py, PyList>)> {
     let plan =
         Plan::from_toml(plan_text, origin).map_err(|e| TesseraError::new_err(e.to_string()))?;
@@ -260,8 +263,25 @@ fn simulate<'py>(
         let bridge = make_client.call1((name.as_str(),))?.unbind();
         learners.push((name, Box::new(PyLearner { bridge })));
     }
-    let report = py.detach(|| tessera_sim::simulate_with_learners(&plan, learners, &mut |_| {}));
+    let mut callback_error: Option<PyErr> = None;
+    let mut observer = |record: &tessera_sim::RoundRecord| {
+        let (Some(on_round), None) = (&on_round, &callback_error) else {
+            return;
+        };
+        let Ok(json) = serde_json::to_string(record) else {
+            return;
+        };
+        Python::attach(|py| {
+            if let Err(e) = on_round.bind(py).call1((json,)) {
+                callback_error = Some(e);
+            }
+        });
+    };
+    let report = py.detach(|| tessera_sim::simulate_with_learners(&plan, learners, &mut observer));
     let report = report.map_err(|e| TesseraError::new_err(e.to_string()))?;
+    if let Some(e) = callback_error {
+        return Err(e);
+    }
     let json = serde_json::to_string(&report)
         .map_err(|e| TesseraError::new_err(format!("the report: {e}")))?;
     Ok((json, to_python(py, &report.final_parameters)?))
