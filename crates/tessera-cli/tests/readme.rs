@@ -74,6 +74,27 @@ fn tessera_commands(marker: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The Python block (`checked: python`) is what `.ci/run` runs: each of its
+/// commands is a line of `.ci/run`, as written.
+#[test]
+fn the_readme_python_commands_run_in_ci() {
+    let ci = std::fs::read_to_string(root().join(".ci/run")).unwrap();
+    let ci: Vec<&str> = ci.lines().map(str::trim).collect();
+    let block: Vec<String> = blocks()
+        .into_iter()
+        .filter(|(m, _)| m == "checked: python")
+        .flat_map(|(_, lines)| commands(&lines))
+        .map(|words| words.join(" "))
+        .collect();
+    assert_eq!(block.len(), 2, "{block:?}");
+    for command in &block {
+        assert!(
+            ci.contains(&command.as_str()),
+            "README: {command} is not in .ci/run"
+        );
+    }
+}
+
 /// `args` with the value after `flag` set to `value` (added if absent).
 fn with_value(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
     match args.iter().position(|a| a == flag) {

@@ -32,6 +32,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("tessera-coordinator", 6),
     ("tessera-peer", 6),
     ("tessera-aggregator", 7),
+    ("tessera-python", 7),
     ("tessera-cli", 8),
 ];
 

@@ -33,4 +33,7 @@ pub enum EngineError {
     /// Parameter layouts disagree.
     #[error(transparent)]
     Core(#[from] tessera_core::CoreError),
+    /// An external learner failed or returned something unusable.
+    #[error("external learner: {0}")]
+    External(#[from] crate::ExternalError),
 }

@@ -55,6 +55,14 @@
 //! `upward_update` are an aggregator's round below the root and what it
 //! sends up, shared by simulation and the aggregator process.
 //!
+//! A site's local work may be done by an [`ExternalLearner`] instead of a
+//! built-in model (`Site::external`): a model that owns its rows and
+//! trains itself (a Python model, say) from the global parameters and the
+//! strategy's instructions in a [`FitConfig`]; the site's strategy part,
+//! compression and error feedback stay the same, and every number the
+//! learner returns is checked (`external`) before it becomes an update or
+//! an evaluation.
+//!
 //! `model_file` is the self-describing model file every runtime writes
 //! (model, task, feature order, vocabularies, standardisation, plan hash,
 //! run, lineage; versioned, checked before anything is built), applied to
@@ -70,6 +78,7 @@ mod downlink;
 mod dp_sgd;
 mod engine;
 mod error;
+pub mod external;
 pub mod model_file;
 mod regional;
 pub mod report;
@@ -84,6 +93,9 @@ pub use engine::{
     EngineConfig, FitTask, Rejection, RoundEngine, RoundOutcome, RoundStart, RoundStatus,
 };
 pub use error::EngineError;
+pub use external::{
+    EvaluateConfig, EvaluateResult, ExternalError, ExternalLearner, FitConfig, FitResult, Metrics,
+};
 pub use regional::{aggregator_engine, upward_update};
 pub use setup::{DpCohort, PlanBuild};
 pub use site::Site;

@@ -10,14 +10,16 @@ use tessera_data::Dataset;
 use tessera_learn::{Evaluation, LearnError, Learner, LocalPlan, TrainingConfig};
 use tessera_privacy::{DpEvent, PrivacyConfig};
 
-use crate::{DpSgd, EngineError, FitTask, streams};
+use crate::{DpSgd, EngineError, ExternalLearner, FitTask, external, streams};
 
 /// One participant: its model, its training rows, and what it keeps between
 /// rounds (its strategy's local part, DP-SGD's count of trainings). Turns a
 /// [`FitTask`] into an [`Update`] the same way in simulation and deployment.
+/// Its model is a built-in learner trained on the rows it is given, or an
+/// [`ExternalLearner`] that holds its own rows ([`Site::external`]).
 pub struct Site {
     id: ParticipantId,
-    learner: Box<dyn Learner>,
+    model: Model,
     training: TrainingConfig,
     seed: u64,
     /// The strategy's local part and its state (SCAFFOLD's control
@@ -43,7 +45,7 @@ impl Site {
     ) -> Self {
         Self {
             id,
-            learner,
+            model: Model::BuiltIn(learner),
             training,
             seed,
             local: LocalPart::default(),
@@ -64,17 +66,55 @@ impl Site {
         learner: Box<dyn Learner>,
         secret_key: impl FnOnce() -> Result<[u8; 32], E>,
     ) -> Result<Self, E> {
-        let mut site = Site::new(id, learner, plan.local_training(), plan.seed);
-        let compression = &plan.compression;
-        if compression.error_feedback
-            && compression.upload_codecs().iter().any(|c| !c.is_identity())
-        {
-            site = site.with_error_feedback();
-        }
+        let mut site =
+            Site::new(id, learner, plan.local_training(), plan.seed).of_compression(plan);
         if plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
             site = site.with_local_dp(plan.privacy.clone(), plan.federation.rounds, secret_key()?);
         }
         Ok(site)
+    }
+
+    /// A participant whose local training and evaluation `learner` does on
+    /// rows of its own (the rows [`Site::fit`] and [`Site::evaluate`] are
+    /// given are not used), set up as `plan` says: its local training
+    /// settings (passed on to the learner), run seed and error feedback.
+    /// Local DP-SGD is refused: it needs every example's gradient inside
+    /// training, which an external learner does not show.
+    pub fn external(
+        plan: &crate::Plan,
+        id: ParticipantId,
+        learner: Box<dyn ExternalLearner>,
+    ) -> Result<Self, EngineError> {
+        if plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
+            return Err(EngineError::State(format!(
+                "site '{id}': local DP-SGD clips and noises every example's gradient inside \
+                 training, which an external learner does not expose; use central DP \
+                 ([privacy] mode = \"central\") with external learners"
+            )));
+        }
+        let site = Self {
+            id,
+            model: Model::External(learner),
+            training: plan.local_training(),
+            seed: plan.seed,
+            local: LocalPart::default(),
+            dp: None,
+            feedback: None,
+            feedback_before: None,
+        };
+        Ok(site.of_compression(plan))
+    }
+
+    /// Error feedback when the plan's upload codec compresses.
+    fn of_compression(self, plan: &crate::Plan) -> Self {
+        let compression = &plan.compression;
+        if compression.error_feedback
+            && compression.upload_codecs().iter().any(|c| !c.is_identity())
+        {
+            self.with_error_feedback()
+        } else {
+            self
+        }
     }
 
     /// Keeps what a compressed update leaves out and adds it to the next one.
@@ -164,8 +204,14 @@ impl Site {
     /// site's secret key only; without it, batches come from the public
     /// stream `derive_seed(run seed, [FIT, round, site])`.
     pub fn fit(&mut self, task: &FitTask, train: &Dataset) -> Result<Update, EngineError> {
+        let learner = match &mut self.model {
+            Model::BuiltIn(learner) => learner,
+            Model::External(learner) => {
+                return external::fit(learner.as_mut(), &mut self.local, &self.training, task);
+            }
+        };
         let mut model = SiteModel {
-            learner: self.learner.as_mut(),
+            learner: learner.as_mut(),
             rows: train,
             training: &self.training,
             rng: public_rng(self.seed, task.round, &self.id),
@@ -211,9 +257,20 @@ impl Site {
         parameters: &ParameterSet,
         rows: &Dataset,
     ) -> Result<Evaluation, EngineError> {
-        self.learner.set_parameters(parameters)?;
-        Ok(self.learner.evaluate(rows)?)
+        match &mut self.model {
+            Model::BuiltIn(learner) => {
+                learner.set_parameters(parameters)?;
+                Ok(learner.evaluate(rows)?)
+            }
+            Model::External(learner) => external::evaluate(learner.as_mut(), parameters),
+        }
     }
+}
+
+/// A site's model: built in, or external.
+enum Model {
+    BuiltIn(Box<dyn Learner>),
+    External(Box<dyn ExternalLearner>),
 }
 
 /// The generator of a training without DP: the public stream
@@ -513,7 +570,9 @@ mod tests {
     fn a_local_part_that_trains_twice_is_refused_under_dp_sgd() {
         let (rows, task) = rows_and_task();
         let t = training();
-        let mut learner = site(None).learner;
+        let Model::BuiltIn(mut learner) = site(None).model else {
+            unreachable!("a built-in site")
+        };
         let once = {
             let mut m = model(learner.as_mut(), &rows, &t);
             PlainLocal

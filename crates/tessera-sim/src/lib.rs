@@ -21,6 +21,11 @@
 //! `asynchronous.rs` or `gossip.rs` runs instead. A plan whose models cannot
 //! fit in memory is refused before round 1 (`simulation.max_memory_gb`).
 //!
+//! `simulate_with_learners(plan, sites, observer)` runs the same synchronous
+//! flat rounds with an external learner at every site (a model that holds
+//! its own rows, `tessera_engine::ExternalLearner`), the layout learned from
+//! the first site's parameters.
+//!
 //! `Attack` makes chosen sites malicious (sign flip, scaling, Gaussian noise,
 //! label flip). `secure.rs` plays each cohort's members of a SecAgg+ round in
 //! process against the orchestrator's `secure::SecureRound`, the
@@ -49,6 +54,7 @@
 mod asynchronous;
 mod attack;
 mod baselines;
+mod external;
 mod gossip;
 mod hierarchy;
 mod profile;
@@ -57,6 +63,7 @@ mod secure;
 
 pub use attack::{Attack, AttackKind};
 pub use baselines::run_baselines;
+pub use external::simulate_with_learners;
 pub use profile::Profile;
 pub use run::{SimError, SimOptions, initial_model, simulate, simulation_noise_key};
 pub use tessera_engine::report::{

@@ -6,11 +6,12 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use tessera_compress::Codec;
-use tessera_core::{ParticipantId, Timestamp, derive_seed};
+use tessera_core::{ParameterSet, ParticipantId, Timestamp, derive_seed};
 use tessera_data::FederatedData;
 use tessera_engine::PlanBuild;
 use tessera_engine::{
-    EngineConfig, EngineError, Mode, Plan, PlanError, RoundEngine, RoundStatus, Site, TopologyKind,
+    EngineConfig, EngineError, ExternalLearner, Mode, Plan, PlanError, RoundEngine, RoundStatus,
+    Site, TopologyKind,
 };
 use tessera_learn::{Evaluation, LearnError, Learner};
 use thiserror::Error;
@@ -150,7 +151,7 @@ pub fn simulate(
             topology = Some(report);
             run
         }
-        Mode::Sync => run_sync(plan, data, options.attack, observer)?,
+        Mode::Sync => run_sync(plan, data, options.attack, Models::BuiltIn, observer)?,
         Mode::Async if options.attack.is_some() => {
             return Err(SimError::Engine(EngineError::State(
                 "simulated attacks need synchronous rounds".into(),
@@ -159,6 +160,19 @@ pub fn simulate(
         Mode::Async => crate::asynchronous::run_async(plan, data, observer)?,
     };
     let rounds_seconds = rounds_started.elapsed().as_secs_f64();
+    report(plan, data, options, run, topology, rounds_seconds)
+}
+
+/// The report of a federated run: baselines when asked for, the final
+/// model's metrics as the plan's strategy aggregates them, traffic, timing.
+pub(crate) fn report(
+    plan: &Plan,
+    data: &FederatedData,
+    options: &SimOptions,
+    run: Federated,
+    topology: Option<tessera_engine::report::TopologyReport>,
+    rounds_seconds: f64,
+) -> Result<RunReport, SimError> {
     let Federated {
         records,
         last_evaluations,
@@ -312,14 +326,35 @@ pub(crate) fn privacy_book(plan: &Plan) -> Result<PrivacyBook, PlanError> {
     PrivacyBook::of_plan(plan).map_err(|e| PlanError::Invalid(format!("privacy: {e}")))
 }
 
+/// Where the sites' models come from.
+pub(crate) enum Models {
+    /// The plan's model, trained on each site's rows.
+    BuiltIn,
+    /// One external learner per site, in the data's site order, each with
+    /// rows of its own; the global model starts from `initial`.
+    External {
+        /// The initial global parameters.
+        initial: ParameterSet,
+        /// The sites' learners.
+        learners: Vec<Box<dyn ExternalLearner>>,
+    },
+}
+
 /// Synchronous rounds.
-fn run_sync(
+pub(crate) fn run_sync(
     plan: &Plan,
     data: &FederatedData,
     attack: Option<Attack>,
+    models: Models,
     observer: &mut dyn FnMut(&RoundRecord),
 ) -> Result<Federated, SimError> {
-    let initial = initial_model(plan, data)?;
+    let (initial, learners) = match models {
+        Models::BuiltIn => {
+            let model = initial_model(plan, data)?;
+            (model.parameters().clone(), Err(model))
+        }
+        Models::External { initial, learners } => (initial, Ok(learners)),
+    };
     let training = plan.local_training();
     if plan.privacy.site_metrics.sums_only() && data.sites.len() < 3 {
         // As a deployment would: a secure sum needs three sites.
@@ -345,7 +380,7 @@ fn run_sync(
     let mut engine = RoundEngine::new(
         EngineConfig::from_plan(plan),
         plan.strategy()?,
-        initial.parameters().clone(),
+        initial.clone(),
     )
     .protected(
         plan,
@@ -372,21 +407,28 @@ fn run_sync(
     let index: BTreeMap<&ParticipantId, usize> =
         ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
     let compression = &plan.compression;
-    let sites: Vec<Mutex<Site>> = ids
-        .iter()
-        .map(|id| {
-            // Simulated sites' secret keys derive from the run seed: an
-            // experiment, reproducible, not a release.
-            let key = || -> Result<_, std::convert::Infallible> {
-                Ok(simulation_noise_key(derive_seed(
-                    plan.seed,
-                    &[tessera_core::tag(id.as_str())],
-                )))
-            };
-            let Ok(site) = Site::of_plan(plan, id.clone(), initial.clone_box(), key);
-            Mutex::new(site)
-        })
-        .collect();
+    let sites: Vec<Mutex<Site>> = match learners {
+        Err(model) => ids
+            .iter()
+            .map(|id| {
+                // Simulated sites' secret keys derive from the run seed: an
+                // experiment, reproducible, not a release.
+                let key = || -> Result<_, std::convert::Infallible> {
+                    Ok(simulation_noise_key(derive_seed(
+                        plan.seed,
+                        &[tessera_core::tag(id.as_str())],
+                    )))
+                };
+                let Ok(site) = Site::of_plan(plan, id.clone(), model.clone_box(), key);
+                Mutex::new(site)
+            })
+            .collect(),
+        Ok(learners) => ids
+            .iter()
+            .zip(learners)
+            .map(|(id, learner)| Site::external(plan, id.clone(), learner).map(Mutex::new))
+            .collect::<Result<_, _>>()?,
+    };
     // Local DP: every participant's spend, checked for the whole run before it starts.
     let planned: Vec<(String, u64)> = ids
         .iter()
@@ -416,9 +458,8 @@ fn run_sync(
     let mut last_evaluations = Vec::new();
     // With a download codec: the model every site holds (each round's model
     // reaches them compressed, once, for evaluation and the next round).
-    let mut downlink =
-        tessera_engine::Downlink::of_plan(plan, Arc::new(initial.parameters().clone()));
-    let n_values = initial.parameters().n_values();
+    let mut downlink = tessera_engine::Downlink::of_plan(plan, Arc::new(initial.clone()));
+    let n_values = initial.n_values();
     while !engine.is_finished() {
         let wall = Instant::now();
         let mut start = engine.begin_round(now)?;

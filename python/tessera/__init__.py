@@ -1,0 +1,72 @@
+"""Tessera from Python: bring your own model to a Tessera federation.
+
+A site's model is a :class:`Client` (the shape of Flower's ``NumPyClient``:
+``get_parameters``, ``fit``, ``evaluate`` over lists of numpy arrays).
+:func:`simulate` runs a plan's rounds in Tessera's Rust simulator with one
+client per site: the plan's strategy, robust rule, secure aggregation,
+central DP and compression apply as for Tessera's built-in models.
+"""
+
+import json
+import os
+
+from ._bridge import Bridge, Client, _numpy
+from ._tessera import TesseraError
+from ._tessera import simulate as _simulate
+
+__all__ = ["Client", "TesseraError", "simulate"]
+
+
+def _plan_text(plan):
+    """(TOML text, its name in messages) of a plan given as a path or as text."""
+    if isinstance(plan, os.PathLike) or (
+        isinstance(plan, str) and "\n" not in plan and plan.strip().endswith(".toml")
+    ):
+        path = os.fspath(plan)
+        with open(path, encoding="utf-8") as f:
+            return f.read(), path
+    if isinstance(plan, str):
+        return plan, "<plan text>"
+    raise TypeError(f"plan must be a path or TOML text, not {type(plan).__name__}")
+
+
+def simulate(plan, client_fn, *, sites=None, on_round=None):
+    """Runs ``plan`` (a path to a TOML plan, or its text) in Tessera's
+    simulator with ``client_fn(site_name)`` as each site's :class:`Client`,
+    and returns the run's report (the JSON ``tessera simulate`` writes) as a
+    dict, with ``parameters``: the final global model as numpy arrays.
+
+    The sites are ``sites`` (a list of names), or else the plan's
+    ``[[data.sites]]``; the global model starts from the first site's (by
+    name) ``get_parameters()``. The plan's ``[data]`` and ``[model]`` are
+    not used: each client holds its own data and model. Rounds are
+    synchronous and flat. ``on_round(record)``, when given, is called after
+    each round with its record (a dict, as in the report's ``rounds``).
+
+    Cost: the simulator runs sites on its own threads with the GIL
+    released, but every call into a client takes the GIL, so Python clients
+    train one at a time (native code that releases the GIL, as numpy's and
+    torch's kernels do, may overlap). A client's exception in ``fit`` makes
+    its site leave that round (the round's ``site_errors`` say why); one in
+    ``get_parameters`` or ``evaluate`` stops the run with
+    :class:`TesseraError`.
+    """
+    text, origin = _plan_text(plan)
+    if sites is not None:
+        sites = [str(s) for s in sites]
+
+    def make(site):
+        client = client_fn(site)
+        if client is None:
+            raise TesseraError(f"client_fn({site!r}) returned None, not a client")
+        return Bridge(client, site)
+
+    observer = None
+    if on_round is not None:
+        def observer(record):
+            on_round(json.loads(record))
+
+    report, parameters = _simulate(text, origin, make, sites, observer)
+    report = json.loads(report)
+    report["parameters"] = _numpy(parameters)
+    return report
