@@ -12,7 +12,7 @@ mod util;
 use std::time::Duration;
 
 use util::procs::{HEART_SITES, Proc};
-use util::{fresh_copy, skip_e2e};
+use util::{fresh_copy, root, skip_e2e};
 
 /// The README's sh blocks with the marker just above them (`checked`,
 /// `checked: deployment`; empty for unmarked blocks).
