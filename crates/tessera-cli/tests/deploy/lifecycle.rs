@@ -146,8 +146,10 @@ fn stop_ends_the_run_after_its_open_round_and_the_database_refuses_another() {
     }
     let status = status_of(&db);
     assert_eq!(state(&db), "stopped");
+    // The stop came after round 3 closed: the run ends with round 3 when no
+    // round had opened yet, else with the round that was open.
     let closed = status.rounds().len();
-    assert!((4..15).contains(&closed), "{closed} rounds closed");
+    assert!((3..15).contains(&closed), "{closed} rounds closed");
     assert!(
         status
             .audit()
