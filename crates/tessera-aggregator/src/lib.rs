@@ -95,9 +95,10 @@ struct State {
     /// Secure aggregation toward the parent: this aggregator's certificate
     /// key and the federation CA.
     identity: client::SecureIdentity,
-    /// This process, told apart from another with the same name: the parent
-    /// refuses a second live aggregator of one name, as it refuses a second
-    /// participant of one site.
+    /// This aggregator, told apart from another with the same name: the
+    /// parent refuses a second live aggregator of one name, as it refuses a
+    /// second participant of one site (kept beside the database, see
+    /// [`session_of`]).
     process: String,
 }
 
@@ -155,7 +156,7 @@ pub async fn run(
         server: None,
         key_ring: None,
         identity: client::SecureIdentity::load(config.upstream_tls.as_ref())?,
-        process: draw_session()?,
+        process: session_of(&config.db)?,
     };
     let ended = supervise(
         &Retry::reconnect(config.max_backoff, config.give_up_after),
@@ -204,12 +205,39 @@ pub async fn run(
     Ok(report)
 }
 
-/// A random session for this process (16 bytes, hexadecimal).
-fn draw_session() -> Result<String, CoordinatorError> {
+/// This aggregator's session toward its parent: drawn once (16 random
+/// bytes, hexadecimal) and kept beside its database (`DB.session`), so that
+/// an aggregator restarted on its database after a crash is the same one
+/// to its parent and resumes at once, while another process of the same
+/// name on another database is refused as a second live one.
+fn session_of(db: &std::path::Path) -> Result<String, CoordinatorError> {
+    let path = std::path::PathBuf::from(format!("{}.session", db.display()));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let session = text.trim();
+            if session.len() == 32 && session.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(session.to_string());
+            }
+            return Err(CoordinatorError::Config(format!(
+                "{}: not a session (32 hexadecimal digits); remove it to draw a new one",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(CoordinatorError::Config(format!(
+                "{}: cannot read: {e}",
+                path.display()
+            )));
+        }
+    }
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce)
         .map_err(|e| CoordinatorError::Config(format!("cannot draw a session: {e}")))?;
-    Ok(nonce.iter().map(|b| format!("{b:02x}")).collect())
+    let session: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, format!("{session}\n"))
+        .map_err(|e| CoordinatorError::Config(format!("{}: cannot write: {e}", path.display())))?;
+    Ok(session)
 }
 
 /// Opens the federation below this aggregator with the parent's plan and
