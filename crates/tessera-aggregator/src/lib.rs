@@ -95,6 +95,10 @@ struct State {
     /// Secure aggregation toward the parent: this aggregator's certificate
     /// key and the federation CA.
     identity: client::SecureIdentity,
+    /// This process, told apart from another with the same name: the parent
+    /// refuses a second live aggregator of one name, as it refuses a second
+    /// participant of one site.
+    process: String,
 }
 
 impl State {
@@ -151,6 +155,7 @@ pub async fn run(
         server: None,
         key_ring: None,
         identity: client::SecureIdentity::load(config.upstream_tls.as_ref())?,
+        process: draw_session()?,
     };
     let ended = supervise(
         &Retry::reconnect(config.max_backoff, config.give_up_after),
@@ -199,6 +204,14 @@ pub async fn run(
     Ok(report)
 }
 
+/// A random session for this process (16 bytes, hexadecimal).
+fn draw_session() -> Result<String, CoordinatorError> {
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce)
+        .map_err(|e| CoordinatorError::Config(format!("cannot draw a session: {e}")))?;
+    Ok(nonce.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Opens the federation below this aggregator with the parent's plan and
 /// starts serving the members.
 async fn start(
@@ -245,8 +258,13 @@ async fn session(
     state: &mut State,
     progress: &Progress,
 ) -> Result<(), Failure> {
-    let (mut parent, welcome) =
-        client::join(endpoint, &config.upstream, &config.name, None).await?;
+    let (mut parent, welcome) = client::join(
+        endpoint,
+        &config.upstream,
+        &config.name,
+        Some(state.process.as_str()),
+    )
+    .await?;
     progress.made();
     let (shared, plan) = start(config, state, &welcome).await?;
     let beat = client::heartbeat_interval(&welcome);

@@ -422,7 +422,14 @@ pub fn aggregator(args: &AggregatorArgs) -> anyhow::Result<()> {
     let report = runtime.block_on(tessera_aggregator::run(config, |address| {
         say(Level::INFO, &format!("listening on {address}"));
     }))?;
-    write_outputs(&report, args.report.as_deref(), args.model_out.as_deref())?;
+    write_outputs(&report, args.report.as_deref(), None)?;
+    if let Some(path) = &args.model_out {
+        // Its last regional model, described by the run in its database.
+        crate::model::write(
+            path,
+            &crate::model::of_aggregator(&args.name, &args.db, &report)?,
+        )?;
+    }
     println!(
         "finished {} rounds as aggregator '{}': the parent's model on its sites' rows: accuracy {:.4}",
         report.rounds.len(),
@@ -561,10 +568,14 @@ pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
         pause_each_round: pause("--pause-each-round", args.pause_each_round)?,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let report = runtime.block_on(tessera_peer::run(config, |address| {
+    let outcome = runtime.block_on(tessera_peer::run(config, |address| {
         say(Level::INFO, &format!("listening on {address}"));
     }))?;
-    write_outputs(&report, args.report.as_deref(), args.model_out.as_deref())?;
+    let report = outcome.report;
+    write_outputs(&report, args.report.as_deref(), None)?;
+    if let Some(path) = &args.model_out {
+        crate::model::write(path, &outcome.model)?;
+    }
     let lost = report
         .topology
         .as_ref()

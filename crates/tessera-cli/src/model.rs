@@ -153,6 +153,37 @@ pub fn of_coordinator(
     db: &Path,
     report: &tessera_engine::report::RunReport,
 ) -> anyhow::Result<ModelFile> {
+    of_database(plan, plan_text, db, report, "coordinator")
+}
+
+/// The model file of an aggregator's last regional model: the plan, data
+/// agreement and statistics its parent sent, as its database keeps them.
+pub fn of_aggregator(
+    name: &str,
+    db: &Path,
+    report: &tessera_engine::report::RunReport,
+) -> anyhow::Result<ModelFile> {
+    use tessera_coordinator::RunStore;
+    let store = tessera_coordinator::SqliteStore::open_existing(db)?;
+    let run = store
+        .runs()?
+        .into_iter()
+        .next_back()
+        .with_context(|| format!("{}: no run", db.display()))?;
+    let plan = Plan::from_toml(&run.plan, "the aggregator's run")
+        .with_context(|| format!("{}: the run's plan", db.display()))?;
+    of_database(&plan, &run.plan, db, report, &format!("aggregator {name}"))
+}
+
+/// The model file of `report`'s final model, from the run of `plan` in
+/// `db`, written by `who`.
+fn of_database(
+    plan: &Plan,
+    plan_text: &str,
+    db: &Path,
+    report: &tessera_engine::report::RunReport,
+    who: &str,
+) -> anyhow::Result<ModelFile> {
     use prost::Message;
     use tessera_coordinator::{AgreementStep, RunStore};
     let store = tessera_coordinator::SqliteStore::open_existing(db)?;
@@ -192,7 +223,7 @@ pub fn of_coordinator(
         global_standardization(plan, federation),
         RunInfo {
             id: Some(run.id.clone()),
-            written_by: "coordinator".into(),
+            written_by: who.into(),
         },
         report.rounds.last().map_or(0, |r| r.round),
         report.final_parameters.clone(),

@@ -230,7 +230,12 @@ fn a_regional_aggregator_killed_mid_round_resumes_and_the_run_equals_simulation(
     let rounds = west["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 6);
     assert!(rounds.iter().all(|r| r["accepted"] == 3), "{west}");
-    assert!(!std::fs::read(s.path("east.model")).unwrap().is_empty());
+    // Its regional model is a self-describing file.
+    let inspected = s.run(&["model", "inspect", "east.model"]).ok();
+    assert!(
+        inspected.contains("written by aggregator east"),
+        "{inspected}"
+    );
     // Each region's last model, evaluated by its sites once the run is over.
     for (name, sites_of) in EAST_WEST {
         let report = s.json(&format!("{name}.json"));
@@ -612,4 +617,62 @@ fn a_region_that_loses_all_its_sites_withdraws_and_the_run_goes_on() {
         .count();
     assert_eq!(alone, withdrawn, "{report}");
     assert_eq!(rounds[7]["accepted"], 1, "{report}");
+}
+
+/// A second live process of an aggregator (another host started with the
+/// same name) is refused by the parent and audited, as a second participant
+/// of one site is; the run goes on with the first and equals simulation.
+#[test]
+fn a_second_live_process_of_an_aggregator_is_refused() {
+    if util::skip_e2e("a_second_live_process_of_an_aggregator_is_refused") {
+        return;
+    }
+    let s = Scratch::new("hierarchy-second");
+    let (plan, data) = setup(&s, TWO_REGIONS);
+    let expected = simulated(&s, &plan);
+    let root_db = s.path("root.sqlite");
+    let (mut root, url) = coordinator(
+        &s.dir,
+        &plan,
+        &root_db,
+        0,
+        &["--liveness", "5", "--model-out", "dep.model"],
+    );
+    let (mut east, east_url) = aggregator(&s.dir, &url, "east", &s.path("e.sqlite"), 0, &[]);
+    let (mut west, west_url) = aggregator(&s.dir, &url, "west", &s.path("w.sqlite"), 0, &[]);
+    let mut members = sites(
+        &s,
+        &east_url,
+        &["site0", "site1", "site2"],
+        &data,
+        Some("site2"),
+    );
+    members.extend(sites(
+        &s,
+        &west_url,
+        &["site3", "site4", "site5"],
+        &data,
+        None,
+    ));
+    wait_until(LIMIT, "round 1 closed at the root", || {
+        poll(&root_db, |s| usize::from(s.round_closed(1))) == 1
+    });
+    let (mut second, _) = aggregator(&s.dir, &url, "east", &s.path("e2.sqlite"), 0, &[]);
+    wait_until(LIMIT, "the second east refused", || {
+        second.log().contains("another live process")
+    });
+    let refused = status_of(&root_db).audit_count(|a| {
+        a.site == "east"
+            && a.action == "join"
+            && a.outcome == "refused"
+            && a.detail.contains("another live process")
+    });
+    assert!(refused >= 1, "the refusal is audited");
+    assert!(root.wait(LIMIT).success(), "{}", root.log());
+    for p in [&mut east, &mut west] {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    finish(&mut members);
+    second.kill_9();
+    assert_eq!(util::model(&s.path("dep.model")), expected);
 }

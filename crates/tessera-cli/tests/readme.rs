@@ -12,31 +12,12 @@ mod util;
 use std::time::Duration;
 
 use util::procs::{HEART_SITES, Proc};
-use util::{fresh_copy, root, skip_e2e};
+use util::{fresh_copy, skip_e2e};
 
 /// The README's sh blocks with the marker just above them (`checked`,
 /// `checked: deployment`; empty for unmarked blocks).
 fn blocks() -> Vec<(String, Vec<String>)> {
-    let text = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let mut blocks = Vec::new();
-    let mut marker = String::new();
-    let mut current: Option<Vec<String>> = None;
-    for line in text.lines() {
-        if let Some(lines) = &mut current {
-            if line.trim_start().starts_with("```") {
-                blocks.push((std::mem::take(&mut marker), current.take().unwrap()));
-            } else {
-                lines.push(line.to_string());
-            }
-        } else if line.starts_with("```sh") || line.starts_with("```bash") {
-            current = Some(Vec::new());
-        } else if let Some(rest) = line.strip_prefix("<!--") {
-            marker = rest.trim_end_matches("-->").trim().to_string();
-        } else if !line.trim().is_empty() {
-            marker.clear();
-        }
-    }
-    blocks
+    util::doc_blocks("README.md")
 }
 
 /// A block's commands as the shell would split them: continuation lines

@@ -39,6 +39,7 @@ use sha2::{Digest, Sha256};
 use tessera_core::{ParameterSet, ParticipantId};
 use tessera_data::{Agreement, KindsOffer, LevelsOffer, ScaleScope};
 use tessera_engine::PlanBuild;
+use tessera_engine::model_file::{ModelFile, RunInfo, Standardization};
 use tessera_engine::report::{Communication, RunReport, Timing, TopologyReport};
 use tessera_engine::{Plan, Site, TopologyKind};
 use tessera_participant::supervisor::{self, GiveUpClock, Refused, Retry, Stopped, supervise};
@@ -223,11 +224,11 @@ impl Link {
 
 /// Takes part in the gossip run until its last round; returns this peer's
 /// report (its own model on its own test rows each round, the neighbours it
-/// lost, its traffic). `on_listening` gets the bound address.
+/// lost, its traffic) and its model file. `on_listening` gets the bound address.
 pub async fn run(
     config: PeerConfig,
     on_listening: impl FnOnce(SocketAddr),
-) -> Result<RunReport, PeerError> {
+) -> Result<PeerOutcome, PeerError> {
     let started = Instant::now();
     let plan = &config.plan;
     if plan.topology.kind != TopologyKind::Gossip {
@@ -303,7 +304,8 @@ pub async fn run(
     board.close();
     let _ = stop.send(());
     let _ = server.await;
-    let (progress, model, agreement) = result?;
+    let (progress, model, agreement, scaler) = result?;
+    let model_file = model_file(plan, &config.site, &agreement, scaler, &progress, &model)?;
 
     let last = progress.last.clone().into_iter().collect::<Vec<_>>();
     let final_metrics = tessera_engine::report::final_metrics(
@@ -316,7 +318,7 @@ pub async fn run(
     let bytes_down: u64 = progress.bytes_received.values().sum();
     let elapsed = started.elapsed().as_secs_f64();
     let n_rounds = progress.records.len().max(1) as f64;
-    Ok(RunReport {
+    let report = RunReport {
         plan: plan.name.clone(),
         strategy: plan.federation.strategy.to_string(),
         seed: plan.seed,
@@ -356,7 +358,60 @@ pub async fn run(
             ..TopologyReport::default()
         }),
         final_parameters: model.as_ref().clone(),
+    };
+    Ok(PeerOutcome {
+        report,
+        model: model_file,
     })
+}
+
+/// What a peer takes away from its run.
+#[derive(Debug)]
+pub struct PeerOutcome {
+    /// Its report: its own model on its own test rows each round, its traffic.
+    pub report: RunReport,
+    /// Its final model as a self-describing file (feature order,
+    /// vocabularies, the standardisation it trained with, lineage).
+    pub model: ModelFile,
+}
+
+/// Site `site`'s final model `model` as a self-describing file: the
+/// standardisation is the one its rows were scaled with (the federation's
+/// under federation scope, its own under site scope).
+fn model_file(
+    plan: &Plan,
+    site: &str,
+    agreement: &Agreement,
+    scaler: tessera_data::Scaler,
+    progress: &Progress,
+    model: &ParameterSet,
+) -> Result<ModelFile, PeerError> {
+    let config = plan.data.standardize.clone();
+    let source = if !config.enabled {
+        "none".to_string()
+    } else if config.scope == ScaleScope::Federation {
+        "federation".to_string()
+    } else {
+        format!("site:{site}")
+    };
+    let standardization = Standardization {
+        config,
+        source: Some(source),
+        mean: Some(scaler.mean),
+        scale: Some(scaler.scale),
+    };
+    ModelFile::new(
+        plan,
+        agreement,
+        standardization,
+        RunInfo {
+            id: None,
+            written_by: format!("peer {site}"),
+        },
+        progress.records.last().map_or(0, |r| r.round),
+        model.clone(),
+    )
+    .map_err(|e| PeerError::Local(format!("this peer's model file: {e}")))
 }
 
 /// Serves the board until `stopped`.
@@ -408,7 +463,7 @@ async fn work(
     board: &Board,
     links: &mut BTreeMap<String, Link>,
     neighbours: &[String],
-) -> Result<(Progress, Arc<ParameterSet>, Agreement), PeerError> {
+) -> Result<(Progress, Arc<ParameterSet>, Agreement, tessera_data::Scaler), PeerError> {
     let plan = &config.plan;
     let mut site_data = tessera_participant::client::read_site(
         &plan.data,
@@ -532,6 +587,7 @@ async fn work(
         train = data.train.n_rows(),
         "data agreed"
     );
+    let scaler = data.scaler.clone();
     let progress = rounds::rounds(
         config,
         board,
@@ -543,7 +599,7 @@ async fn work(
         Arc::new(data.test),
     )
     .await?;
-    Ok((progress.0, progress.1, agreement))
+    Ok((progress.0, progress.1, agreement, scaler))
 }
 
 /// Publishes this peer's offer of `step` and fetches every other peer's

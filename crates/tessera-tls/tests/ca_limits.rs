@@ -3,37 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
+mod common;
 
-use tessera_tls::{CaDir, TlsError};
+use common::{Scratch, refused};
+use tessera_tls::CaDir;
 use time::OffsetDateTime;
-
-/// A fresh scratch folder, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("tessera-ca-limits-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The message of a refusal.
-fn refused<T>(result: Result<T, TlsError>) -> String {
-    match result {
-        Ok(_) => panic!("expected a refusal"),
-        Err(TlsError::Invalid(message)) => message,
-        Err(other) => panic!("expected TlsError::Invalid, got {other}"),
-    }
-}
 
 /// Whole days from now to 9999-12-31T23:59:59Z.
 fn days_left() -> u32 {
@@ -43,7 +17,7 @@ fn days_left() -> u32 {
 
 #[test]
 fn huge_days_are_refused_without_a_panic() {
-    let s = Scratch::new("huge");
+    let s = Scratch::new("ca-limits", "huge");
     for days in [3_000_000, u32::MAX, days_left() + 1] {
         let message = refused(CaDir::init(&s.0, "test", days));
         assert!(
@@ -80,7 +54,7 @@ fn huge_days_are_refused_without_a_panic() {
 
 #[test]
 fn zero_days_are_refused() {
-    let s = Scratch::new("zero");
+    let s = Scratch::new("ca-limits", "zero");
     assert_eq!(
         refused(CaDir::init(&s.0, "test", 0)),
         "--days 0: the CA certificate must be valid for at least 1 day"
@@ -98,7 +72,7 @@ fn zero_days_are_refused() {
 
 #[test]
 fn bad_coordinator_hosts_are_refused_by_name() {
-    let s = Scratch::new("bad-hosts");
+    let s = Scratch::new("ca-limits", "bad-hosts");
     let mut ca = CaDir::init(&s.0, "test", 30).unwrap();
     let long = format!("{}.example.org", "a".repeat(300));
     let cases: &[(&str, &str)] = &[
@@ -175,7 +149,7 @@ fn bad_coordinator_hosts_are_refused_by_name() {
 
 #[test]
 fn good_coordinator_hosts_are_accepted() {
-    let s = Scratch::new("good-hosts");
+    let s = Scratch::new("ca-limits", "good-hosts");
     let mut ca = CaDir::init(&s.0, "test", 30).unwrap();
     let hosts: Vec<String> = [
         "localhost",

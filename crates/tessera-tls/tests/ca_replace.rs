@@ -5,39 +5,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use common::{Scratch, refused};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
-use tessera_tls::{CaDir, CertStatus, TlsError};
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("tessera-ca-replace-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn refused<T>(result: Result<T, TlsError>) -> String {
-    match result {
-        Ok(_) => panic!("expected a refusal"),
-        Err(TlsError::Invalid(message)) => message,
-        Err(other) => panic!("expected TlsError::Invalid, got {other}"),
-    }
-}
+use tessera_tls::{CaDir, CertStatus};
 
 /// Whether the server certificate in `party` verifies for `host` against
 /// the CA's certificate and its current revocation list, as a client would.
@@ -68,7 +46,7 @@ fn server_verifies(ca_dir: &Path, party: &Path, host: &str) -> Result<(), String
 
 #[test]
 fn server_certificates_of_the_coordinator_and_each_aggregator_stay_live_together() {
-    let s = Scratch::new("servers");
+    let s = Scratch::new("ca-replace", "servers");
     let mut ca = CaDir::init(&s.0, "test", 30).unwrap();
     let coordinator = ca
         .issue_coordinator(&["coord.example.org".into()], 30)
@@ -105,7 +83,7 @@ fn server_certificates_of_the_coordinator_and_each_aggregator_stay_live_together
 
 #[test]
 fn a_live_certificate_is_replaced_only_when_asked_and_the_answer_names_it() {
-    let s = Scratch::new("replace");
+    let s = Scratch::new("ca-replace", "replace");
     let mut ca = CaDir::init(&s.0, "test", 30).unwrap();
     let coordinator = ca
         .issue_coordinator(&["coord.example.org".into()], 30)
@@ -160,7 +138,7 @@ fn a_live_certificate_is_replaced_only_when_asked_and_the_answer_names_it() {
 
 #[test]
 fn bad_aggregator_names_and_hosts_are_refused_by_name() {
-    let s = Scratch::new("names");
+    let s = Scratch::new("ca-replace", "names");
     let mut ca = CaDir::init(&s.0, "test", 30).unwrap();
     assert_eq!(
         refused(ca.issue_aggregator("../x", &["a.example.org".into()], 30, false)),

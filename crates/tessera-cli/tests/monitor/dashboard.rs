@@ -201,7 +201,12 @@ fn metrics_and_the_dashboard_show_the_live_run() {
         assert!(dom.contains("id=\"accuracy-svg\"") && dom.contains("class=\"x-tick\""));
         assert!(dom.contains("class=\"y-tick\""), "{dom}");
         assert!(by_id(&dom, "privacy-spent").is_some(), "{dom}");
-        assert!(!by_id(&dom, "waiting").unwrap_or_default().is_empty());
+        // What the run waits for, in words: its step, sites and since when.
+        let waiting = by_id(&dom, "waiting").unwrap_or_default();
+        assert!(
+            !waiting.is_empty() && !waiting.contains('{') && !waiting.contains("unix"),
+            "{waiting}"
+        );
         let screenshot = s.path("dashboard.png");
         browse(
             chromium,

@@ -240,5 +240,34 @@ pub fn fresh_copy(name: &str) -> Scratch {
     s
 }
 
+/// The sh blocks of the repository's document `file` with the marker in
+/// the HTML comment just above each (`<!-- checked -->` gives `checked`;
+/// empty for unmarked blocks), each as its lines.
+pub fn doc_blocks(file: &str) -> Vec<(String, Vec<String>)> {
+    let text = std::fs::read_to_string(root().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let mut blocks = Vec::new();
+    let mut marker = String::new();
+    let mut current: Option<Vec<String>> = None;
+    for line in text.lines() {
+        if let Some(lines) = &mut current {
+            if line.trim_start().starts_with("```") {
+                blocks.push((
+                    std::mem::take(&mut marker),
+                    current.take().unwrap_or_default(),
+                ));
+            } else {
+                lines.push(line.to_string());
+            }
+        } else if line.starts_with("```sh") || line.starts_with("```bash") {
+            current = Some(Vec::new());
+        } else if let Some(rest) = line.strip_prefix("<!--") {
+            marker = rest.trim_end_matches("-->").trim().to_string();
+        } else if !line.trim().is_empty() {
+            marker.clear();
+        }
+    }
+    blocks
+}
+
 pub mod procs;
 pub mod status;
