@@ -24,6 +24,7 @@ mod agreement;
 mod buffered;
 mod clock;
 mod evaluation;
+mod external;
 mod fatal;
 mod lifecycle;
 mod relay;
@@ -575,6 +576,7 @@ impl Federation {
             return Err(Refusal::Invalid("no site name".into()));
         }
         let mut required = required_capabilities(self.plan.federation.strategy.as_str());
+        required.extend(self.model_capabilities());
         if self.plan.secure_aggregation.enabled || self.aggregate_only() {
             required.push("secure-aggregation");
             required.push("secure-aggregation-signed");
