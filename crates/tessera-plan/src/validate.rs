@@ -177,6 +177,14 @@ impl Plan {
                         .into(),
                 );
             }
+        } else if self.data == crate::no_data() {
+            push(
+                &["data"],
+                "the plan has no [data]: a built-in model trains on the sites' data, so give \
+                 [data] (with its [data.schema] target), or say kind = \"external\" in [model] \
+                 for a model each site's own learner holds"
+                    .into(),
+            );
         } else if let Err(e) = self.data.validate() {
             push(&["data"], e.to_string());
         }

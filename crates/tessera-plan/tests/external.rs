@@ -93,5 +93,5 @@ fn an_external_plan_refuses_what_its_learners_cannot_do_naming_it() {
 fn a_built_in_plan_still_needs_its_data() {
     let text = BASE.replace("kind = \"external\"", "kind = \"logistic\"");
     let e = Plan::from_toml(&text, "test").unwrap_err().to_string();
-    assert!(e.contains("no data"), "{e}");
+    assert!(e.contains("no [data]") && e.contains("external"), "{e}");
 }
