@@ -344,3 +344,44 @@ fn external_learners_survive_a_coordinator_killed_mid_round() {
     }
     assert_eq!(stored(&db), expected);
 }
+
+#[test]
+fn a_learner_and_a_data_file_each_meet_the_other_plan_with_its_name() {
+    if util::skip_e2e("a_learner_and_a_data_file_each_meet_the_other_plan_with_its_name") {
+        return;
+    }
+    let s = Scratch::new("deploy-external-wrong-plan");
+    // An external learner joining a run of a built-in model stops (exit 17).
+    let heart = crate::plan(&s, "fedavg", "");
+    let (_built_in, url) = coordinator(&s.dir, &heart, &s.path("heart.sqlite"), 0, &[]);
+    let config = ParticipantConfig {
+        coordinator: url,
+        site: "cleveland".into(),
+        data: None,
+        plan_dir: ".".into(),
+        max_backoff: Duration::from_millis(500),
+        give_up_after: Duration::from_secs(30),
+        pause_before_update: Duration::ZERO,
+        tls: None,
+        tls_domain: None,
+        expect_plan: None,
+        share_levels: false,
+        max_memory_bytes: None,
+    };
+    let site = ExternalSite {
+        learner: Box::new(Logistic::new(0, Duration::ZERO)),
+        train_rows: 30,
+        test_rows: 12,
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let e = runtime.block_on(run_external(config, site)).unwrap_err();
+    assert_eq!(e.exit_code(), 17, "{e}");
+    assert!(e.to_string().contains("built-in model"), "{e}");
+    // A participant with a data file joining a run of an external model
+    // stops too, saying how such a site joins.
+    let path = s.write("external.toml", &plan_text("fedavg", ""));
+    let (_external, url) = coordinator(&s.dir, &path, &s.path("external.sqlite"), 0, &[]);
+    let mut data = crate::util::procs::participant(&s.dir, &url, "cleveland", &[]);
+    assert_eq!(data.wait(LIMIT).code(), Some(17), "{}", data.log());
+    assert!(data.log().contains("run_external"), "{}", data.log());
+}
