@@ -281,6 +281,7 @@ fn external_learners_deployed_equal_their_simulation_bit_for_bit() {
         ("fedavg", ""),
         ("fedprox", "\n[strategies.fedprox]\nmu = 0.5\n"),
         ("scaffold", ""),
+        ("fedadam", "\n[robust]\nrule = \"median\"\n"),
         ("fedavg", "\n[secure_aggregation]\nenabled = true\n"),
         (
             "fedavg",
