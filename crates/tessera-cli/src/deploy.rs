@@ -246,6 +246,13 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
         plan = plan.with_settings(&args.settings)?;
         plan_text = toml::to_string(&plan).context("cannot write the changed plan")?;
     }
+    if plan.model.kind.is_external() && args.model_out.is_some() {
+        bail!(
+            "--model-out writes a built-in model with its data layout; an external model's \
+             final parameters are the database's last model version, and each site's \
+             participant returns them to its learner's program"
+        );
+    }
     let mut inputs = vec![Input::new("the plan file", &args.plan)];
     inputs.extend(plan_data_inputs(&plan.data, &plan_dir(&args.plan)));
     inputs.extend(db_inputs(&args.db));

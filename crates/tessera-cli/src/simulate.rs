@@ -116,6 +116,14 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     }
     apply_overrides(&mut plan, &args)?;
     plan.validate()?;
+    if plan.model.kind.is_external() {
+        anyhow::bail!(
+            "the plan's model is external (kind = \"external\" in [model]): each site's learner \
+             lives outside Tessera, so there are no rows to simulate here; run it with its \
+             learners (tessera_sim::simulate_with_learners, or the Python package's \
+             tessera.simulate)"
+        );
+    }
     let strategy = plan.federation.strategy;
     let report_path = args.report.clone().unwrap_or_else(|| {
         // The plan's name may hold anything: keep letters, digits, '-', '_' and '.'.

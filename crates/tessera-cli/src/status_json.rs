@@ -11,7 +11,7 @@
 //! run                           id, name, strategy, seed, rounds (planned),
 //!                               status, created_unix_micros, plan_hash (SHA-256 of the plan text)
 //! state                         "agreeing" | "training" | "finished" | "stopped" | "aborted"
-//! agreement                     per step (kinds, levels, statistics): offers (sites), agreed
+//! agreement                     per step (kinds, levels, statistics, external): offers (sites), agreed
 //! participants                  sites that joined, sorted
 //! rounds[]                      round, status, evaluated, cohort, counted, dropped
 //!                               (cohort members not counted), aggregate (null unless it

@@ -123,7 +123,7 @@ fn bad_plans_and_arguments() {
     );
     s.write("p.toml", "[model]\nkind = \"logistic\"\n");
     let line = s.run(&["simulate", "--plan", "p.toml"]).fails();
-    assert!(line.contains("missing field `data`"), "{line}");
+    assert!(line.contains("the plan has no [data]"), "{line}");
     let line = s.run(&["simulate", "--rounds", "many"]).fails();
     assert!(line.contains("invalid value 'many'"), "{line}");
     let line = s.run(&["simulate", "--data", "x.csv"]).fails();

@@ -339,6 +339,9 @@ impl Service {
                     pb::agree_request::Offer::Levels(l) => f.offer_levels(&site, l).map(|r| {
                         r.map(|a| pb::agree_reply::Result::Agreement(convert::agreement_to_pb(&a)))
                     }),
+                    pb::agree_request::Offer::External(e) => f
+                        .offer_external(&site, e)
+                        .map(|r| r.map(pb::agree_reply::Result::External)),
                 })
                 .await?
                 .map_err(refused)?;

@@ -12,7 +12,7 @@ use tessera_data::{Agreement, ColumnKinds};
 use tessera_engine::report::RoundRecord;
 use tessera_engine::{Plan, RoundEngine};
 use tessera_learn::Evaluation;
-use tessera_proto::{CAPABILITIES, MAJOR, MINOR, negotiate, pb, required_capabilities};
+use tessera_proto::{CAPABILITIES, MAJOR, MINOR, negotiate, pb};
 
 use crate::CoordinatorError;
 use crate::store::{RunRow, RunStore};
@@ -22,9 +22,11 @@ use training_mode::Training;
 
 mod agreement;
 mod buffered;
+mod capabilities;
 mod clock;
 mod counting;
 mod evaluation;
+mod external;
 mod fatal;
 mod lifecycle;
 mod relay;
@@ -509,19 +511,7 @@ impl Federation {
         if site.is_empty() {
             return Err(Refusal::Invalid("no site name".into()));
         }
-        let mut required = required_capabilities(self.plan.federation.strategy.as_str());
-        if self.plan.secure_aggregation.enabled || self.aggregate_only() {
-            required.push("secure-aggregation");
-            required.push("secure-aggregation-signed");
-        }
-        for codec in self.plan.compression.upload_codecs() {
-            required.extend(tessera_proto::codec_capabilities(&codec));
-        }
-        required.extend(tessera_proto::model_codec_capabilities(
-            &self.plan.compression.download,
-        ));
-        required.sort_unstable();
-        required.dedup();
+        let required = self.required_capabilities();
         let negotiated = match negotiate(
             CAPABILITIES,
             hello.major,

@@ -6,7 +6,8 @@ use crate::LearnError;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Logistic regression, softmax regression or MLP.
+    /// Logistic regression, softmax regression, MLP, or external (a model
+    /// each site's own learner holds).
     pub kind: ModelKind,
     /// MLP: width of each hidden layer (ReLU).
     #[serde(default)]
@@ -18,8 +19,13 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     /// Parameters of this model on `n_features` features and `n_classes`
-    /// classes, counted without building it; `None` past 2^64.
+    /// classes, counted without building it; `None` past 2^64. An
+    /// external model's size is not in the plan (the sites' learners offer
+    /// it): 0.
     pub fn n_parameters(&self, n_features: usize, n_classes: usize) -> Option<u64> {
+        if self.kind == ModelKind::External {
+            return Some(0);
+        }
         let outputs = if n_classes <= 2 { 1 } else { n_classes as u64 };
         let mut widths = vec![n_features as u64];
         if self.kind == ModelKind::Mlp {
@@ -60,6 +66,17 @@ pub enum ModelKind {
     Softmax,
     /// Hidden ReLU layers, then a sigmoid (binary) or softmax head.
     Mlp,
+    /// A model Tessera does not build: each site's own learner holds it
+    /// and its rows (`tessera_engine::ExternalLearner`); the layout comes
+    /// from the sites at agreement.
+    External,
+}
+
+impl ModelKind {
+    /// Whether the model lives outside Tessera.
+    pub fn is_external(self) -> bool {
+        self == ModelKind::External
+    }
 }
 
 impl std::str::FromStr for ModelKind {
@@ -69,8 +86,9 @@ impl std::str::FromStr for ModelKind {
             "logistic" => Ok(ModelKind::Logistic),
             "softmax" => Ok(ModelKind::Softmax),
             "mlp" => Ok(ModelKind::Mlp),
+            "external" => Ok(ModelKind::External),
             other => Err(format!(
-                "unknown model '{other}' (expected logistic, softmax or mlp)"
+                "unknown model '{other}' (expected logistic, softmax, mlp or external)"
             )),
         }
     }

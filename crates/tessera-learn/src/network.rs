@@ -76,6 +76,13 @@ fn shape(
                 (config.hidden.clone(), Head::Softmax, n_classes)
             }
         }
+        ModelKind::External => {
+            return Err(LearnError::Config(
+                "an external model (kind = \"external\") is each site's own learner's; \
+                 Tessera builds no network for it"
+                    .into(),
+            ));
+        }
     };
     if config.kind != ModelKind::Mlp && !config.hidden.is_empty() {
         return Err(LearnError::Config(

@@ -44,9 +44,11 @@
 pub mod cause;
 mod checks;
 pub mod client;
+mod external;
 mod leave;
 pub mod results;
 pub mod supervisor;
+mod train;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,7 +65,9 @@ use thiserror::Error;
 
 pub use checks::plan_differences;
 use checks::plan_paths_within;
+pub use external::{ExternalResults, ExternalSite, run_external};
 pub use leave::leave;
+use train::train;
 
 use client::{agree, receive_parameters, secure_submit, send_update};
 use supervisor::{Failure, Progress, Retry, Stopped, supervise};
@@ -167,7 +171,7 @@ pub struct ParticipantSummary {
 }
 
 /// A participant ready to work for a run.
-struct Ready {
+pub(crate) struct Ready {
     run_id: String,
     site: Option<Site>,
     train: Arc<Dataset>,
@@ -211,6 +215,24 @@ pub async fn run(config: ParticipantConfig) -> Result<ParticipantSummary, Partic
 pub async fn run_with_results(
     config: ParticipantConfig,
 ) -> Result<(ParticipantSummary, Option<results::SiteResults>), ParticipantError> {
+    let (summary, ready) = take_part(&config, None).await?;
+    let results = ready.map(|ready| results::SiteResults {
+        site: config.site.clone(),
+        run_id: ready.run_id,
+        plan: ready.plan,
+        train: ready.train,
+        test: ready.test,
+        takeaway: ready.takeaway,
+    });
+    Ok((summary, results))
+}
+
+/// Takes part until the run is over, with the site's data or, given
+/// `external`, its own learner; what it did, and the site as it ended.
+async fn take_part(
+    config: &ParticipantConfig,
+    mut external: Option<external::Slot>,
+) -> Result<(ParticipantSummary, Option<Ready>), ParticipantError> {
     // A data file that cannot be read is found here, not after joining.
     if let Some(data) = &config.data {
         std::fs::File::open(data).map_err(|e| {
@@ -236,7 +258,11 @@ pub async fn run_with_results(
         &Retry::reconnect(config.max_backoff, config.give_up_after),
         &mut kept,
         async |(ready, summary), progress| {
-            session(&config, &endpoint, &process, ready, summary, progress).await
+            let external = external.as_mut();
+            session(
+                config, &endpoint, &process, ready, summary, progress, external,
+            )
+            .await
         },
         |(_, summary), reason, backoff| {
             tracing::warn!(%reason, ?backoff, "retrying");
@@ -245,17 +271,7 @@ pub async fn run_with_results(
     )
     .await;
     match ended {
-        Ok(SessionEnd::Finished) => {
-            let results = kept.0.map(|ready| results::SiteResults {
-                site: config.site.clone(),
-                run_id: ready.run_id,
-                plan: ready.plan,
-                train: ready.train,
-                test: ready.test,
-                takeaway: ready.takeaway,
-            });
-            Ok((kept.1, results))
-        }
+        Ok(SessionEnd::Finished) => Ok((kept.1, kept.0)),
         Err(Stopped::Fatal(e)) => Err(e),
         Err(Stopped::GaveUp { after, reason }) => Err(ParticipantError::Unreachable(format!(
             "gave up: the coordinator has been unreachable for {after:?} (--give-up-after): {reason}"
@@ -270,12 +286,17 @@ async fn session(
     ready: &mut Option<Ready>,
     summary: &mut ParticipantSummary,
     progress: &Progress,
+    external: Option<&mut external::Slot>,
 ) -> Result<SessionEnd, Failure> {
     let (mut client, welcome) =
         client::join(endpoint, &config.coordinator, &config.site, Some(process)).await?;
     progress.made();
     if ready.as_ref().is_none_or(|r| r.run_id != welcome.run_id) {
-        match prepare(config, &mut client, &welcome).await {
+        let prepared = match external {
+            Some(slot) => external::prepare(config, &mut client, &welcome, slot).await,
+            None => prepare(config, &mut client, &welcome).await,
+        };
+        match prepared {
             Ok(prepared) => *ready = Some(prepared),
             Err(Failure::Fatal(e)) => {
                 // This site cannot take part (its data, its memory, the
@@ -480,6 +501,71 @@ async fn session(
     }
 }
 
+impl Ready {
+    /// A site ready for `welcome`'s run of `plan`, with its rows (none for
+    /// an external learner) and what it keeps for its results.
+    fn new(
+        config: &ParticipantConfig,
+        welcome: &pb::Welcome,
+        plan: Plan,
+        site: Site,
+        (train, test): (Dataset, Dataset),
+        takeaway: results::Takeaway,
+    ) -> Result<Self, Failure> {
+        Ok(Self {
+            run_id: welcome.run_id.clone(),
+            site: Some(site),
+            train: Arc::new(train),
+            test: Arc::new(test),
+            heartbeat: client::heartbeat_interval(welcome),
+            withdraw: client::can_withdraw(welcome),
+            awaiting: None,
+            asynchronous: plan.federation.mode == tessera_engine::Mode::Async,
+            attempts: 0,
+            secure: plan.secure_aggregation.enabled,
+            key_ring: None,
+            identity: Arc::new(
+                if plan.secure_aggregation.enabled || plan.privacy.site_metrics.sums_only() {
+                    client::SecureIdentity::load(config.tls.as_ref()).map_err(Failure::Fatal)?
+                } else {
+                    client::SecureIdentity::load(None).map_err(Failure::Fatal)?
+                },
+            ),
+            plan: Arc::new(plan),
+            held: None,
+            takeaway,
+        })
+    }
+}
+
+/// The coordinator's plan, refused where it differs from the plan this
+/// site expects.
+fn coordinators_plan(config: &ParticipantConfig, welcome: &pb::Welcome) -> Result<Plan, Failure> {
+    let plan = Plan::from_toml(&welcome.plan_toml, "the coordinator's plan")
+        .map_err(|e| Failure::Fatal(ParticipantError::Local(e.to_string())))?;
+    match &config.expect_plan {
+        Some(expected) if *expected != plan => {
+            let sections = plan_differences(expected, &plan);
+            let why = format!(
+                "the coordinator's plan differs from the plan this site expects in [{}]: refusing to train",
+                sections.join("], [")
+            );
+            tracing::error!(%why, "plan refused");
+            return Err(Failure::Fatal(ParticipantError::Stop(
+                cause::Cause::PlanRefused(why),
+            )));
+        }
+        Some(_) => {}
+        None if plan.secure_aggregation.enabled || plan.privacy.is_on() => {
+            tracing::warn!(
+                "this site's privacy settings come from the coordinator's plan: give the plan this site agreed to (--expect-plan) to refuse a coordinator that weakens them"
+            );
+        }
+        None => {}
+    }
+    Ok(plan)
+}
+
 /// Loads the site's data, agrees the layout with the other sites, builds the model.
 async fn prepare(
     config: &ParticipantConfig,
@@ -489,25 +575,9 @@ async fn prepare(
     let local_error = |e: String| Failure::Fatal(ParticipantError::Local(e));
     let plan_refused =
         |e: String| Failure::Fatal(ParticipantError::Stop(cause::Cause::PlanRefused(e)));
-    let plan = Plan::from_toml(&welcome.plan_toml, "the coordinator's plan")
-        .map_err(|e| local_error(e.to_string()))?;
-    match &config.expect_plan {
-        Some(expected) if *expected != plan => {
-            let sections = plan_differences(expected, &plan);
-            let why = format!(
-                "the coordinator's plan differs from the plan this site expects in [{}]: refusing to train",
-                sections.join("], [")
-            );
-            tracing::error!(%why, "plan refused");
-            return Err(plan_refused(why));
-        }
-        Some(_) => {}
-        None if plan.secure_aggregation.enabled || plan.privacy.is_on() => {
-            tracing::warn!(
-                "this site's privacy settings come from the coordinator's plan: give the plan this site agreed to (--expect-plan) to refuse a coordinator that weakens them"
-            );
-        }
-        None => {}
+    let plan = coordinators_plan(config, welcome)?;
+    if plan.model.kind.is_external() {
+        return Err(plan_refused(external::NEEDS_LEARNER.into()));
     }
     plan_paths_within(&plan.data, &config.plan_dir).map_err(plan_refused)?;
     let mut local = client::read_site(
@@ -675,97 +745,12 @@ async fn prepare(
         }
     }
     let takeaway = results::Takeaway::new(&plan, agreement.clone(), data.scaler.clone());
-    Ok(Ready {
-        run_id: welcome.run_id.clone(),
-        site: Some(site),
-        train: Arc::new(data.train),
-        test: Arc::new(data.test),
-        heartbeat: client::heartbeat_interval(welcome),
-        withdraw: client::can_withdraw(welcome),
-        awaiting: None,
-        asynchronous: plan.federation.mode == tessera_engine::Mode::Async,
-        attempts: 0,
-        secure: plan.secure_aggregation.enabled,
-        key_ring: None,
-        identity: Arc::new(
-            if plan.secure_aggregation.enabled || plan.privacy.site_metrics.sums_only() {
-                client::SecureIdentity::load(config.tls.as_ref()).map_err(Failure::Fatal)?
-            } else {
-                client::SecureIdentity::load(None).map_err(Failure::Fatal)?
-            },
-        ),
-        plan: Arc::new(plan.clone()),
-        held: None,
+    Ready::new(
+        config,
+        welcome,
+        plan,
+        site,
+        (data.train, data.test),
         takeaway,
-    })
-}
-
-/// Trains on the site's rows while telling the coordinator it is at work.
-/// `None` when the coordinator stopped waiting (the round closed).
-async fn train(
-    config: &ParticipantConfig,
-    client: &mut FederationClient<Channel>,
-    state: &mut Ready,
-    task: FitTask,
-) -> Result<Option<tessera_core::Update>, Failure> {
-    let mut site = state
-        .site
-        .take()
-        .ok_or_else(|| Failure::Retry("site busy".into()))?;
-    let train = Arc::clone(&state.train);
-    let round = task.round;
-    // Under secure aggregation the update leaves as a masked input: pause there.
-    let pause = if state.secure {
-        Duration::ZERO
-    } else {
-        config.pause_before_update
-    };
-    let mut work = tokio::task::spawn_blocking(move || {
-        let update = site.fit(&task, &train);
-        // Fault injection: a slow site (it keeps saying it is at work).
-        std::thread::sleep(pause);
-        (site, update)
-    });
-    let mut keep_going = true;
-    let beat = state.heartbeat.unwrap_or(Duration::from_secs(3600));
-    let (site, update) = loop {
-        tokio::select! {
-            done = &mut work => break done.map_err(|e| Failure::Fatal(ParticipantError::Local(format!("training crashed: {e}"))))?,
-            () = tokio::time::sleep(beat), if state.heartbeat.is_some() => {
-                match client.heartbeat(pb::HeartbeatRequest { site: config.site.clone(), round }).await {
-                    Ok(reply) => keep_going &= reply.into_inner().keep_going,
-                    Err(status) => tracing::warn!(%status, "heartbeat failed"),
-                }
-            }
-        }
-    };
-    if update.is_ok() {
-        state
-            .takeaway
-            .trained(&config.site, round, site.last_dp_event());
-    }
-    state.site = Some(site);
-    let update = match update {
-        Ok(update) => update,
-        Err(e) => {
-            // This site cannot go on: it says so, so that the round (and
-            // the rounds after it) do not wait for it.
-            if state.withdraw {
-                let reason = format!("local training failed: {e}");
-                match client::withdraw(client, &config.site, round, &reason, true).await {
-                    Ok(_) => tracing::warn!(round, %reason, "withdrew from the run"),
-                    Err(status) => tracing::warn!(round, %status, "could not withdraw"),
-                }
-            }
-            return Err(Failure::Fatal(ParticipantError::Local(e.to_string())));
-        }
-    };
-    if !keep_going {
-        tracing::warn!(
-            round,
-            "the round stopped waiting for this site; update dropped"
-        );
-        return Ok(None);
-    }
-    Ok(Some(update))
+    )
 }

@@ -56,6 +56,11 @@ impl Takeaway {
         }
     }
 
+    /// The last model evaluated here, and its round.
+    pub(crate) fn last_model(&self) -> Option<(u32, Arc<ParameterSet>)> {
+        self.model.clone()
+    }
+
     /// The site trained for `round`, with local DP's `event`.
     pub(crate) fn trained(&mut self, site: &str, round: u32, event: Option<DpEvent>) {
         if !self.trained.insert(round) {

@@ -100,7 +100,9 @@ pub struct Plan {
     /// Run seed: initial model, cohorts, local batches, simulated profiles.
     #[serde(default = "default_seed")]
     pub seed: u64,
-    /// Where each site's data is and what it means.
+    /// Where each site's data is and what it means (none with an external
+    /// model, whose rows stay with each site's learner).
+    #[serde(default = "no_data")]
     pub data: DataConfig,
     /// The model.
     pub model: ModelConfig,
@@ -135,6 +137,30 @@ pub struct Plan {
     /// Flat, hierarchical or gossip (`[topology]`): flat by default.
     #[serde(default)]
     pub topology: TopologyConfig,
+}
+
+/// The `[data]` of a plan without one: no files, no columns, no target.
+/// Only a plan whose model is external may leave `[data]` out.
+pub fn no_data() -> DataConfig {
+    DataConfig {
+        path: None,
+        site_column: None,
+        partition: None,
+        sites: Vec::new(),
+        schema: tessera_data::SchemaConfig {
+            header: true,
+            delimiter: ',',
+            columns: Vec::new(),
+            missing: Vec::new(),
+            target: String::new(),
+            positive: Vec::new(),
+            negative: Vec::new(),
+            missing_policy: Default::default(),
+        },
+        split: Default::default(),
+        standardize: Default::default(),
+        synthetic: None,
+    }
 }
 
 /// How rounds run.

@@ -340,6 +340,37 @@ pub const RULES: &[Rule] = &[
             || "gossip has no server, so no server strategy: use strategy = \"fedavg\"".into(),
         )
     }),
+    rule("external_model_needs_sync_flat_rounds", |p| {
+        let topology = tree_or_gossip(p);
+        when(
+            p.model.kind.is_external() && (is_async(p) || topology.is_some()),
+            &["model.kind", "federation.mode", "topology.kind"],
+            || {
+                format!(
+                    "an external model (kind = \"external\") is implemented for synchronous \
+                     flat rounds, not {}; use mode = \"sync\" and kind = \"flat\"",
+                    match topology {
+                        Some(kind) if is_async(p) =>
+                            format!("asynchronous rounds or the {kind} topology"),
+                        Some(kind) => format!("the {kind} topology"),
+                        None => "asynchronous rounds".into(),
+                    }
+                )
+            },
+        )
+    }),
+    rule("external_model_has_no_local_dp", |p| {
+        when(
+            p.model.kind.is_external() && p.privacy.mode == PrivacyMode::Local,
+            &["model.kind", "privacy.mode"],
+            || {
+                "local DP-SGD clips and noises every example's gradient inside training, which \
+                 an external model's learner does not expose; use central DP \
+                 ([privacy] mode = \"central\") with an external model"
+                    .into()
+            },
+        )
+    }),
     rule("robust_rule_needs_sync", |p| {
         when(
             is_async(p) && p.robust.rule.needs_all_updates(),

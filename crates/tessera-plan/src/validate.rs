@@ -168,7 +168,24 @@ impl Plan {
     fn section_conflicts(&self) -> Vec<Conflict> {
         let mut out = Vec::new();
         let mut push = |keys: &[&str], reason: String| out.push(Conflict::new(keys, reason));
-        if let Err(e) = self.data.validate() {
+        if self.model.kind.is_external() {
+            if self.data != crate::no_data() {
+                push(
+                    &["data", "model.kind"],
+                    "an external model's rows stay with each site's learner, so the plan has \
+                     no [data]: remove it, or use a built-in model"
+                        .into(),
+                );
+            }
+        } else if self.data == crate::no_data() {
+            push(
+                &["data"],
+                "the plan has no [data]: a built-in model trains on the sites' data, so give \
+                 [data] (with its [data.schema] target), or say kind = \"external\" in [model] \
+                 for a model each site's own learner holds"
+                    .into(),
+            );
+        } else if let Err(e) = self.data.validate() {
             push(&["data"], e.to_string());
         }
         if let Err(e) = self.training.validate() {

@@ -11,6 +11,13 @@ use tessera_learn::{Evaluation, HISTOGRAM_BINS, ScoreHistogram};
 use crate::ProtoError;
 use crate::pb;
 
+mod external;
+pub use external::{
+    ExternalAgreement, ExternalOffer, MAX_OFFERED_TENSORS, MAX_OFFERED_VALUES, MAX_TENSOR_NAME,
+    external_agreement_from_pb, external_agreement_to_pb, external_offer_from_pb,
+    external_offer_to_pb,
+};
+
 fn same_length(what: &str, a: usize, b: usize) -> Result<(), ProtoError> {
     if a == b {
         Ok(())

@@ -33,6 +33,7 @@ mod version;
 pub use error::ProtoError;
 pub use tensors::{
     Assembler, CHUNK_BYTES, Limits, chunks, decode_parameters, encode_parameters, layout_of,
+    parameters_from_stored, stored_parameters,
 };
 pub use version::{
     CAPABILITIES, MAJOR, MINOR, Negotiated, codec_capabilities, model_codec_capabilities,

@@ -73,6 +73,11 @@ pub fn chunks(
 /// A parameter set as one stored message (models in the database, `--model-out` files).
 pub fn encode_parameters(params: &ParameterSet) -> Vec<u8> {
     use prost::Message;
+    stored_parameters(params).encode_to_vec()
+}
+
+/// A parameter set as one message: its layout and every value.
+pub fn stored_parameters(params: &ParameterSet) -> crate::pb::StoredParameters {
     let mut values = Vec::with_capacity(params.n_values() * 4);
     for v in params.values() {
         values.extend_from_slice(&v.to_le_bytes());
@@ -81,7 +86,6 @@ pub fn encode_parameters(params: &ParameterSet) -> Vec<u8> {
         layout: layout_of(params),
         values,
     }
-    .encode_to_vec()
 }
 
 /// A parameter set from [`encode_parameters`]' bytes, checked.
@@ -93,6 +97,15 @@ pub fn decode_parameters(bytes: &[u8]) -> Result<ParameterSet, ProtoError> {
         max_chunk_bytes: usize::MAX,
         ..Limits::default()
     };
+    parameters_from_stored(&stored, limits)
+}
+
+/// The parameter set a [`crate::pb::StoredParameters`] holds, checked
+/// against `limits` (its values, its tensors).
+pub fn parameters_from_stored(
+    stored: &crate::pb::StoredParameters,
+    limits: Limits,
+) -> Result<ParameterSet, ProtoError> {
     let mut assembler = Assembler::new(&stored.layout, limits)?;
     let mut offset = 0usize;
     for (index, &length) in assembler.lengths.clone().iter().enumerate() {

@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 9;
+pub const MINOR: u32 = 10;
 
 /// What this build can do.
 ///
@@ -42,6 +42,10 @@ pub const MINOR: u32 = 9;
 ///   current model.
 /// - `site-evaluations` (1.9): an aggregator's evaluation carries the
 ///   evaluation of each site below it, so the root reports per site.
+/// - `external-learners` (1.10): a site whose model lives outside Tessera
+///   agrees with one `ExternalOffer` (its row counts and initial
+///   parameters) instead of kinds, levels and statistics (a 1.10
+///   coordinator requires it for a plan whose model is external).
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -64,6 +68,7 @@ pub const CAPABILITIES: &[&str] = &[
     "instructions",
     "gossip-rejoin",
     "site-evaluations",
+    "external-learners",
 ];
 
 /// The strategies older peers can follow without the `instructions`
@@ -237,9 +242,19 @@ mod tests {
             "declared-rows",
             "zstd",
         ]);
-        let n = negotiate(CAPABILITIES, 1, 9, &newer, &fedavg).unwrap();
+        let n = negotiate(CAPABILITIES, 1, MINOR + 1, &newer, &fedavg).unwrap();
         assert_eq!(n.minor, MINOR);
         assert!(!n.has("zstd"));
+        // A run whose model is external needs 1.10's offer: a 1.9 peer is refused.
+        let mut external = fedavg.clone();
+        external.push("external-learners");
+        let v1_9 = before("external-learners");
+        let err = negotiate(CAPABILITIES, 1, 9, &v1_9, &external).unwrap_err();
+        assert!(
+            err.to_string().ends_with("lacks: external-learners"),
+            "{err}"
+        );
+        assert!(negotiate(CAPABILITIES, 1, 10, &caps(CAPABILITIES), &external).is_ok());
         let err = negotiate(CAPABILITIES, 2, 0, &newer, &fedavg).unwrap_err();
         assert!(err.to_string().contains("major versions differ"), "{err}");
     }

@@ -130,6 +130,13 @@ pub fn simulate(
     observer: &mut dyn FnMut(&RoundRecord),
 ) -> Result<RunReport, SimError> {
     plan.validate()?;
+    if plan.model.kind.is_external() {
+        return Err(SimError::Engine(EngineError::State(
+            "the plan's model is external: simulate it with its sites' learners \
+             (simulate_with_learners)"
+                .into(),
+        )));
+    }
     plan.check_cohort(data.sites.len())?;
     check_memory(plan, data)?;
     let rounds_started = Instant::now();

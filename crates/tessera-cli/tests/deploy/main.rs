@@ -12,6 +12,7 @@ mod util;
 
 mod compression;
 mod dp;
+mod external;
 mod faults;
 mod lifecycle;
 mod malformed;

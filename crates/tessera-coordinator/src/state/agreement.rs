@@ -38,6 +38,7 @@ impl Federation {
         offer: pb::KindsOffer,
     ) -> Result<Option<ColumnKinds>, Refusal> {
         self.require_joined(site)?;
+        self.refuse_data_offer(site, "agree-kinds")?;
         self.touch(site);
         if let Some(reason) = self.odd_offers.remove(site) {
             // Its offer was set aside; it hears why once, and may offer again.
@@ -115,6 +116,7 @@ impl Federation {
         offer: pb::LevelsOffer,
     ) -> Result<Option<Agreement>, Refusal> {
         self.require_joined(site)?;
+        self.refuse_data_offer(site, "agree-levels")?;
         self.touch(site);
         // Every site declares its row counts, also one that comes after the
         // agreement: they bound what it reports for the rest of the run.
@@ -215,6 +217,19 @@ impl Federation {
                 tx.put_agreement(run, AgreementStep::Levels, &encoded)
             })
             .map_err(unavailable)?;
+        let closed = format!("{} features", agreement.feature_names().len());
+        self.open_training(site, agreement, initial, ("agree-vocabulary", &closed))
+    }
+
+    /// The agreement is stored with the initial model: builds the engine
+    /// from `initial` and opens training, audited as `closed` says.
+    pub(super) fn open_training(
+        &mut self,
+        site: &str,
+        agreement: &Agreement,
+        initial: tessera_core::ParameterSet,
+        closed: (&str, &str),
+    ) -> Result<(), Refusal> {
         if self.plan.federation.mode == tessera_engine::Mode::Async {
             let engine = tessera_engine::BufferedEngine::new(
                 &self.plan,
@@ -245,12 +260,7 @@ impl Federation {
         }
         self.downlink = self.new_downlink(Arc::clone(engine.global()));
         self.training.set_rounds(Some(engine));
-        self.audit(
-            site,
-            "agree-vocabulary",
-            "closed",
-            &format!("{} features", agreement.feature_names().len()),
-        );
+        self.audit(site, closed.0, "closed", closed.1);
         self.agreement = Some(agreement.clone());
         self.phase = Phase::Training;
         self.version += 1;
@@ -267,6 +277,7 @@ impl Federation {
         offer: pb::FeatureStatistics,
     ) -> Result<Option<tessera_data::FeatureStatistics>, Refusal> {
         self.require_joined(site)?;
+        self.refuse_data_offer(site, "agree-statistics")?;
         self.touch(site);
         let Some(n_features) = self.agreement.as_ref().map(|a| a.feature_names().len()) else {
             return Err(Refusal::Invalid("agree the vocabulary first".into()));

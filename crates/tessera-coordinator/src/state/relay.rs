@@ -209,6 +209,14 @@ impl Federation {
                 let merged = FeatureStatistics::merge_all(n, &parts);
                 pb::agree_request::Offer::Statistics(convert::statistics_to_pb(&merged))
             }
+            AgreementStep::External => {
+                // Refused at validation: an external model runs flat.
+                return Err(CoordinatorError::Config(
+                    "an external model runs in flat rounds: an aggregator relays no external \
+                     offers"
+                        .into(),
+                ));
+            }
         }))
     }
 
@@ -268,6 +276,7 @@ impl Federation {
             AgreementStep::Kinds => self.kinds.is_some(),
             AgreementStep::Levels => self.agreement.is_some(),
             AgreementStep::Statistics => self.store.agreement(&self.run.id, step)?.is_some(),
+            AgreementStep::External => self.agreement.is_some(),
         })
     }
 

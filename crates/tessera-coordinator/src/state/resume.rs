@@ -30,6 +30,7 @@ impl Federation {
                 self.declared.insert(site, declared);
             }
         }
+        self.resume_external_offers()?;
         if let Some(bytes) = self.store.agreement(&run, AgreementStep::Kinds)? {
             let kinds = pb::ColumnKinds::decode(bytes.as_slice())
                 .map_err(|e| StoreError::Damaged(e.to_string()))?;
@@ -40,7 +41,16 @@ impl Federation {
         };
         let agreement = pb::Agreement::decode(bytes.as_slice())
             .map_err(|e| StoreError::Damaged(e.to_string()))?;
-        self.agreement = Some(convert::agreement_from_pb(agreement)?);
+        self.agreement = Some(if self.plan.model.kind.is_external() {
+            // An external model's data agreement is empty (no columns, no classes).
+            tessera_data::Agreement {
+                columns: agreement.columns,
+                encodings: Vec::new(),
+                classes: agreement.classes,
+            }
+        } else {
+            convert::agreement_from_pb(agreement)?
+        });
         if self.is_aggregator() {
             return self.resume_relay(&run);
         }

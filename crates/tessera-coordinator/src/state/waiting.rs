@@ -97,7 +97,9 @@ impl Federation {
         match &self.phase {
             Phase::Finished => None,
             Phase::Agreeing => {
-                let (step, name) = if self.kinds.is_none() {
+                let (step, name) = if self.plan.model.kind.is_external() {
+                    (AgreementStep::External, "external layouts and row counts")
+                } else if self.kinds.is_none() {
                     (AgreementStep::Kinds, "column kinds")
                 } else {
                     (AgreementStep::Levels, "levels and row counts")

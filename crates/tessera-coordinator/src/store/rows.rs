@@ -162,7 +162,7 @@ pub struct AuditRow {
     pub detail: String,
 }
 
-/// A step of the data agreement. Stored as its number (1, 2, 3), as
+/// A step of the data agreement. Stored as its number (1, 2, 3, 4), as
 /// coordinators always stored it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum AgreementStep {
@@ -172,11 +172,15 @@ pub enum AgreementStep {
     Levels,
     /// Each site's feature statistics (federation-scope standardisation).
     Statistics,
+    /// An external model's one step: each site's row counts and initial
+    /// parameters; its result the agreed layout (`ExternalAgreement`).
+    External,
 }
 
 impl AgreementStep {
     /// Every step, in order.
-    pub const ALL: [AgreementStep; 3] = [Self::Kinds, Self::Levels, Self::Statistics];
+    pub const ALL: [AgreementStep; 4] =
+        [Self::Kinds, Self::Levels, Self::Statistics, Self::External];
 
     /// Its number in the database.
     pub fn code(self) -> u32 {
@@ -184,6 +188,7 @@ impl AgreementStep {
             Self::Kinds => 1,
             Self::Levels => 2,
             Self::Statistics => 3,
+            Self::External => 4,
         }
     }
 
@@ -198,6 +203,7 @@ impl AgreementStep {
             Self::Kinds => "kinds",
             Self::Levels => "levels",
             Self::Statistics => "statistics",
+            Self::External => "external",
         }
     }
 }

@@ -251,7 +251,7 @@ fn a_transaction_commits_all_of_its_writes_or_none() {
         assert_eq!(stored, step.code(), "{step}");
         assert_eq!(AgreementStep::from_code(stored), Some(step));
     }
-    assert_eq!(AgreementStep::from_code(4), None);
+    assert_eq!(AgreementStep::from_code(5), None);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -68,6 +68,17 @@ fn levels(l: pb::LevelsOffer) {
     let _ = convert::levels_offer_to_pb(&offer);
 }
 
+fn external(e: pb::ExternalOffer) {
+    match convert::external_offer_from_pb("s", &e) {
+        Ok(offer) => {
+            let again =
+                convert::external_offer_to_pb(offer.train_rows, offer.test_rows, &offer.initial);
+            assert_eq!(convert::external_offer_from_pb("s", &again), Ok(offer));
+        }
+        Err(e) => one_line(&e),
+    }
+}
+
 fn stats(s: pb::FeatureStatistics) {
     for n in [s.mean.len(), s.m2.len(), 0, 13] {
         match convert::statistics_from_pb(s.clone(), n) {
@@ -103,6 +114,7 @@ fn offer(o: Option<pb::agree_request::Offer>) {
         Some(pb::agree_request::Offer::Kinds(k)) => kinds(k),
         Some(pb::agree_request::Offer::Levels(l)) => levels(l),
         Some(pb::agree_request::Offer::Statistics(s)) => stats(s),
+        Some(pb::agree_request::Offer::External(e)) => external(e),
         None => {}
     }
 }
@@ -148,6 +160,8 @@ pub(crate) fn check(bytes: &[u8]) {
         FeatureStatistics,
         AgreeRequest,
         AgreeReply,
+        ExternalOffer,
+        ExternalAgreement,
         TaskRequest,
         TaskHeader,
         Finished,
@@ -217,6 +231,11 @@ pub(crate) fn check(bytes: &[u8]) {
             Some(pb::agree_reply::Result::Kinds(k)) => column_kinds_of(k),
             Some(pb::agree_reply::Result::Agreement(a)) => agreement_of(a),
             Some(pb::agree_reply::Result::Statistics(s)) => stats(s),
+            Some(pb::agree_reply::Result::External(e)) => {
+                if let Err(e) = convert::external_agreement_from_pb(e, &MLP) {
+                    one_line(&e);
+                }
+            }
             None => {}
         }
     }

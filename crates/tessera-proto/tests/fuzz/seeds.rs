@@ -342,6 +342,19 @@ pub(crate) static SEEDS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
             offer: Some(pb::agree_request::Offer::Statistics(statistics())),
         }
         .encode_to_vec(),
+        pb::AgreeRequest {
+            site: "cleveland".into(),
+            offer: Some(pb::agree_request::Offer::External(
+                tessera_proto::convert::external_offer_to_pb(212, 91, &MLP),
+            )),
+        }
+        .encode_to_vec(),
+        pb::AgreeReply {
+            result: Some(pb::agree_reply::Result::External(
+                tessera_proto::convert::external_agreement_to_pb("cleveland", &MLP),
+            )),
+        }
+        .encode_to_vec(),
         pb::AgreeReply {
             result: Some(pb::agree_reply::Result::Kinds(column_kinds())),
         }

@@ -1,0 +1,83 @@
+//! Local training at a participant, while heartbeats tell the coordinator
+//! the site is at work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_engine::FitTask;
+use tessera_proto::pb;
+use tessera_proto::pb::federation_client::FederationClient;
+use tonic::transport::Channel;
+
+use crate::supervisor::Failure;
+use crate::{ParticipantConfig, ParticipantError, Ready, client};
+
+/// Trains on the site's rows while telling the coordinator it is at work.
+/// `None` when the coordinator stopped waiting (the round closed).
+pub(crate) async fn train(
+    config: &ParticipantConfig,
+    client: &mut FederationClient<Channel>,
+    state: &mut Ready,
+    task: FitTask,
+) -> Result<Option<tessera_core::Update>, Failure> {
+    let mut site = state
+        .site
+        .take()
+        .ok_or_else(|| Failure::Retry("site busy".into()))?;
+    let train = Arc::clone(&state.train);
+    let round = task.round;
+    // Under secure aggregation the update leaves as a masked input: pause there.
+    let pause = if state.secure {
+        Duration::ZERO
+    } else {
+        config.pause_before_update
+    };
+    let mut work = tokio::task::spawn_blocking(move || {
+        let update = site.fit(&task, &train);
+        // Fault injection: a slow site (it keeps saying it is at work).
+        std::thread::sleep(pause);
+        (site, update)
+    });
+    let mut keep_going = true;
+    let beat = state.heartbeat.unwrap_or(Duration::from_secs(3600));
+    let (site, update) = loop {
+        tokio::select! {
+            done = &mut work => break done.map_err(|e| Failure::Fatal(ParticipantError::Local(format!("training crashed: {e}"))))?,
+            () = tokio::time::sleep(beat), if state.heartbeat.is_some() => {
+                match client.heartbeat(pb::HeartbeatRequest { site: config.site.clone(), round }).await {
+                    Ok(reply) => keep_going &= reply.into_inner().keep_going,
+                    Err(status) => tracing::warn!(%status, "heartbeat failed"),
+                }
+            }
+        }
+    };
+    if update.is_ok() {
+        state
+            .takeaway
+            .trained(&config.site, round, site.last_dp_event());
+    }
+    state.site = Some(site);
+    let update = match update {
+        Ok(update) => update,
+        Err(e) => {
+            // This site cannot go on: it says so, so that the round (and
+            // the rounds after it) do not wait for it.
+            if state.withdraw {
+                let reason = format!("local training failed: {e}");
+                match client::withdraw(client, &config.site, round, &reason, true).await {
+                    Ok(_) => tracing::warn!(round, %reason, "withdrew from the run"),
+                    Err(status) => tracing::warn!(round, %status, "could not withdraw"),
+                }
+            }
+            return Err(Failure::Fatal(ParticipantError::Local(e.to_string())));
+        }
+    };
+    if !keep_going {
+        tracing::warn!(
+            round,
+            "the round stopped waiting for this site; update dropped"
+        );
+        return Ok(None);
+    }
+    Ok(Some(update))
+}
