@@ -12,8 +12,15 @@ standardised with the site's training mean and standard deviation
 
     pip install ./python scikit-learn
     python examples/python/sklearn_heart.py
+
+Deployed, one process per hospital against a coordinator running
+``examples/python/fed-heart-disease.toml`` (the same rounds, the model
+external):
+
+    python examples/python/sklearn_heart.py --coordinator http://127.0.0.1:7000 --site cleveland
 """
 
+import argparse
 import csv
 import os
 import sys
@@ -29,6 +36,8 @@ import tessera
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATA = os.path.join(ROOT, "data", "uci-heart-disease")
 PLAN = os.path.join(ROOT, "examples", "fed-heart-disease.toml")
+DEPLOY_PLAN = os.path.join(ROOT, "examples", "python", "fed-heart-disease.toml")
+SITES = ["cleveland", "hungarian", "switzerland", "va"]
 
 # The raw columns, in file order, and what the plan makes of each.
 COLUMNS = [
@@ -139,12 +148,48 @@ class HeartClient(tessera.Client):
         return loss, len(self.y_test), metrics
 
 
-def run(plan=PLAN, seed=0):
+def run(plan=PLAN, seed=0, sites=None):
     """The federated run's report (a dict)."""
-    return tessera.simulate(plan, lambda site: HeartClient(site, seed))
+    return tessera.simulate(plan, lambda site: HeartClient(site, seed), sites=sites)
+
+
+def take_part(coordinator, site, seed=0, tls=None):
+    """One hospital in a deployed run of DEPLOY_PLAN: its results, and the
+    final global model's accuracy on its own test rows."""
+    client = HeartClient(site, seed)
+    result = tessera.run_participant(
+        client,
+        coordinator,
+        site,
+        train_rows=len(client.y_train),
+        test_rows=len(client.y_test),
+        tls=tls,
+        expect_plan=DEPLOY_PLAN,
+    )
+    accuracy = None
+    if result["parameters"] is not None:
+        _, _, metrics = client.evaluate(result["parameters"], {})
+        accuracy = metrics["accuracy"]
+    return result, accuracy, len(client.y_test)
 
 
 def main():
+    parser = argparse.ArgumentParser(description="Fed-Heart-Disease with scikit-learn clients")
+    parser.add_argument("--coordinator", help="join this coordinator's run (one hospital)")
+    parser.add_argument("--site", choices=SITES, help="the hospital, with --coordinator")
+    parser.add_argument("--tls", help="the site's certificate folder (tessera ca issue --site)")
+    args = parser.parse_args()
+    if args.coordinator:
+        if not args.site:
+            parser.error("--coordinator needs --site")
+        result, accuracy, n_test = take_part(args.coordinator, args.site, tls=args.tls)
+        shown = "not evaluated" if accuracy is None else f"{accuracy:.4f}"
+        print(
+            f"site '{args.site}': run {result['run_id']}, {result['updates_accepted']} updates "
+            f"accepted; the global model (round {result['round']}) on its {n_test} test rows: "
+            f"accuracy {shown}"
+        )
+        return 0
     report = run()
     final = report["final"]
     for record in report["rounds"]:

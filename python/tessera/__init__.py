@@ -5,6 +5,9 @@ A site's model is a :class:`Client` (the shape of Flower's ``NumPyClient``:
 :func:`simulate` runs a plan's rounds in Tessera's Rust simulator with one
 client per site: the plan's strategy, robust rule, secure aggregation,
 central DP and compression apply as for Tessera's built-in models.
+:func:`run_participant` joins a deployed federation (a ``tessera
+coordinator`` running a plan with ``[model] kind = "external"``) with one
+client, through the same Rust participant as ``tessera participant``.
 """
 
 import json
@@ -12,9 +15,10 @@ import os
 
 from ._bridge import Bridge, Client, _numpy
 from ._tessera import TesseraError
+from ._tessera import run_participant as _run_participant
 from ._tessera import simulate as _simulate
 
-__all__ = ["Client", "TesseraError", "simulate"]
+__all__ = ["Client", "TesseraError", "run_participant", "simulate"]
 
 
 def _plan_text(plan):
@@ -70,3 +74,57 @@ def simulate(plan, client_fn, *, sites=None, on_round=None):
     report = json.loads(report)
     report["parameters"] = _numpy(parameters)
     return report
+
+
+def run_participant(
+    client,
+    coordinator,
+    site,
+    *,
+    train_rows,
+    test_rows,
+    tls=None,
+    tls_domain=None,
+    expect_plan=None,
+    give_up_after=300.0,
+):
+    """Takes part in the run of the coordinator at ``coordinator`` (e.g.
+    ``https://coord.example.org:7000``) as ``site`` with ``client``, until
+    the run is over; returns ``{"run_id", "updates_accepted", "round",
+    "parameters"}`` (the final global model as numpy arrays; ``None`` when
+    the run ended before one was evaluated).
+
+    ``train_rows`` and ``test_rows`` are the rows the client trains and
+    evaluates on: declared to the coordinator, they bound every count the
+    client reports. ``tls`` is the site's certificate folder (``tessera ca
+    issue --site NAME``; ``None``: plain text, for local experiments only),
+    ``expect_plan`` the plan the site agreed to (a path or TOML text: a
+    coordinator whose plan differs is refused). The coordinator's plan says
+    ``[model] kind = "external"``; its first site by name gives the initial
+    model. TLS, heartbeats, reconnection, secure aggregation and compression
+    are the Rust participant's. A refusal raises :class:`TesseraError` with
+    the cause as its message and the exit code ``tessera participant``
+    would give (README, "exit codes") as ``args[1]``.
+    """
+    plan = None
+    if expect_plan is not None:
+        plan = _plan_text(expect_plan)
+    run_id, accepted, model = _run_participant(
+        Bridge(client, site),
+        str(coordinator),
+        str(site),
+        int(train_rows),
+        int(test_rows),
+        None if tls is None else os.fspath(tls),
+        tls_domain,
+        plan,
+        float(give_up_after),
+    )
+    round_, parameters = model if model is not None else (None, None)
+    return {
+        "run_id": run_id or None,
+        "updates_accepted": accepted,
+        "round": round_,
+        "parameters": None if parameters is None else _numpy(parameters),
+    }
+

@@ -5,6 +5,9 @@ changes the launcher::
 
     import tessera.flower
     report = tessera.flower.simulate("plan.toml", lambda site: MyFlowerClient(site))
+    # or, deployed: one process per site against a `tessera coordinator`
+    tessera.flower.run(MyFlowerClient(site), "https://coord:7000", site,
+                       train_rows=..., test_rows=..., tls="tls/")
 
 :class:`FlowerClient` adapts the client to :class:`tessera.Client`:
 ``get_parameters`` is called with an empty config (Flower's signature),
@@ -22,9 +25,9 @@ as a different algorithm than the plan names.
 
 import numbers
 
-from . import Client, simulate as _simulate
+from . import Client, run_participant as _run_participant, simulate as _simulate
 
-__all__ = ["FlowerClient", "simulate"]
+__all__ = ["FlowerClient", "run", "simulate"]
 
 _SCALARS = (bool, numbers.Number, str, bytes)
 
@@ -88,3 +91,13 @@ def _numpy_client(client):
     """The ``NumPyClient`` behind a Flower ``Client`` made by ``to_client()``."""
     inner = getattr(client, "numpy_client", None)
     return inner if inner is not None else client
+
+
+def run(client, coordinator, site, **kwargs):
+    """:func:`tessera.run_participant` with a Flower ``NumPyClient`` (or a
+    ``to_client()`` object): the client joins a deployed Tessera federation
+    unchanged. Takes ``train_rows``, ``test_rows``, ``tls``, ``expect_plan``
+    and the rest as ``run_participant`` does."""
+    adapted = client if isinstance(client, Client) else FlowerClient(_numpy_client(client))
+    return _run_participant(adapted, coordinator, site, **kwargs)
+

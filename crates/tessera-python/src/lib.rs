@@ -11,6 +11,9 @@
 //! checked by the engine (`tessera_engine::external`), not here; this crate
 //! only refuses what is not of those shapes.
 //!
+//! `run_participant` joins a deployed federation with one client through
+//! the Rust participant (`participant.rs`).
+//!
 //! Threads: the simulator trains sites on its own threads with the GIL
 //! released; each call into a client takes the GIL, so Python clients run
 //! one at a time (their own native code, numpy or torch kernels, may release
@@ -26,6 +29,8 @@ use tessera_engine::{
     EvaluateConfig, EvaluateResult, ExternalError, ExternalLearner, FitConfig, FitResult, Metrics,
     Plan,
 };
+
+mod participant;
 
 create_exception!(
     _tessera,
@@ -291,6 +296,7 @@ fn simulate<'py>(
 #[pymodule]
 fn _tessera(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(simulate, m)?)?;
+    m.add_function(wrap_pyfunction!(participant::run_participant, m)?)?;
     m.add("TesseraError", m.py().get_type::<TesseraError>())?;
     Ok(())
 }
