@@ -124,29 +124,13 @@ impl Federation {
             self.refuse_report(site, "agree-levels", &reason);
             Refusal::Invalid(reason)
         })?;
-        match self.declared.get(site) {
-            Some(before) if *before != declared => {
-                let reason = format!(
-                    "'{site}' declared {} training and {} test rows before; the counts are fixed \
-                     for the run",
-                    before.train, before.test
-                );
-                self.refuse_report(site, "agree-levels", &reason);
-                return Err(Refusal::Invalid(reason));
-            }
-            Some(_) => {}
-            None => {
-                self.store
-                    .put_offer(
-                        &self.run.id,
-                        AgreementStep::Levels,
-                        site,
-                        &offer.encode_to_vec(),
-                    )
-                    .map_err(unavailable)?;
-                self.declared.insert(site.to_string(), declared);
-            }
-        }
+        self.declare(
+            site,
+            declared,
+            AgreementStep::Levels,
+            "agree-levels",
+            &offer.encode_to_vec(),
+        )?;
         if let Some(agreement) = &self.agreement {
             return Ok(Some(agreement.clone()));
         }

@@ -76,29 +76,13 @@ impl Federation {
             train: parsed.train_rows,
             test: parsed.test_rows,
         };
-        match self.declared.get(site) {
-            Some(before) if *before != declared => {
-                let reason = format!(
-                    "'{site}' declared {} training and {} test rows before; the counts are fixed \
-                     for the run",
-                    before.train, before.test
-                );
-                self.refuse_report(site, "agree-external", &reason);
-                return Err(Refusal::Invalid(reason));
-            }
-            Some(_) => {}
-            None => {
-                self.store
-                    .put_offer(
-                        &self.run.id,
-                        AgreementStep::External,
-                        site,
-                        &offer.encode_to_vec(),
-                    )
-                    .map_err(unavailable)?;
-                self.declared.insert(site.to_string(), declared);
-            }
-        }
+        self.declare(
+            site,
+            declared,
+            AgreementStep::External,
+            "agree-external",
+            &offer.encode_to_vec(),
+        )?;
         if self.agreement.is_some() {
             return self.agreed_layout(&parsed).map(Some);
         }

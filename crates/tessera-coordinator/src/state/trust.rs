@@ -116,6 +116,40 @@ impl Declared {
 }
 
 impl Federation {
+    /// Records `site`'s declared row counts with the offer that declared
+    /// them (`bytes`, stored under `step`) the first time; the same counts
+    /// again change nothing; other counts are refused (audited as
+    /// `action`): they are fixed for the run, since they bound every count
+    /// the site reports.
+    pub(super) fn declare(
+        &mut self,
+        site: &str,
+        declared: Declared,
+        step: crate::store::AgreementStep,
+        action: &str,
+        bytes: &[u8],
+    ) -> Result<(), super::Refusal> {
+        match self.declared.get(site) {
+            Some(before) if *before != declared => {
+                let reason = format!(
+                    "'{site}' declared {} training and {} test rows before; the counts are fixed \
+                     for the run",
+                    before.train, before.test
+                );
+                self.refuse_report(site, action, &reason);
+                Err(super::Refusal::Invalid(reason))
+            }
+            Some(_) => Ok(()),
+            None => {
+                self.store
+                    .put_offer(&self.run.id, step, site, bytes)
+                    .map_err(super::unavailable)?;
+                self.declared.insert(site.to_string(), declared);
+                Ok(())
+            }
+        }
+    }
+
     /// What `site` declared, or why nothing it reports can be checked.
     /// The sum (saturating) over `sites` of `what` each declared.
     fn declared_total(
