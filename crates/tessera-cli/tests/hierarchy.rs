@@ -101,6 +101,20 @@ fn sites(s: &Scratch, url: &str, names: &[&str], data: &Path, slow: Option<&str>
         .collect()
 }
 
+/// The six sites of `EAST_WEST` under their regions' aggregators (`slow`,
+/// if one, trains slowly).
+fn east_west_sites(
+    s: &Scratch,
+    east_url: &str,
+    west_url: &str,
+    data: &Path,
+    slow: Option<&str>,
+) -> Vec<Proc> {
+    let mut members = sites(s, east_url, EAST_WEST[0].1, data, slow);
+    members.extend(sites(s, west_url, EAST_WEST[1].1, data, slow));
+    members
+}
+
 fn finish(procs: &mut [Proc]) {
     for p in procs {
         assert!(p.wait(LIMIT).success(), "{}:\n{}", p.name, p.log());
@@ -136,20 +150,7 @@ fn a_regional_aggregator_killed_mid_round_resumes_and_the_run_equals_simulation(
         &["--report", "west.json"],
     );
     // site2 is slow, so east's rounds sit open with two updates accepted.
-    let mut members = sites(
-        &s,
-        &east_url,
-        &["site0", "site1", "site2"],
-        &data,
-        Some("site2"),
-    );
-    members.extend(sites(
-        &s,
-        &west_url,
-        &["site3", "site4", "site5"],
-        &data,
-        None,
-    ));
+    let mut members = east_west_sites(&s, &east_url, &west_url, &data, Some("site2"));
     wait_until(LIMIT, "east's round 3 with two accepted updates", || {
         poll(&east_db, |s| s.pending_updates_of(3)) == 2
     });
@@ -285,14 +286,7 @@ members = [\"east\", \"west\"]
         aggregator(&s.dir, &continent_url, "east", &s.path("e.sqlite"), 0, &[]);
     let (mut west, west_url) =
         aggregator(&s.dir, &continent_url, "west", &s.path("w.sqlite"), 0, &[]);
-    let mut members = sites(&s, &east_url, &["site0", "site1", "site2"], &data, None);
-    members.extend(sites(
-        &s,
-        &west_url,
-        &["site3", "site4", "site5"],
-        &data,
-        None,
-    ));
+    let mut members = east_west_sites(&s, &east_url, &west_url, &data, None);
     assert!(root.wait(LIMIT).success(), "{}", root.log());
     for p in [&mut continent, &mut east, &mut west] {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
@@ -640,20 +634,7 @@ fn a_second_live_process_of_an_aggregator_is_refused() {
     );
     let (mut east, east_url) = aggregator(&s.dir, &url, "east", &s.path("e.sqlite"), 0, &[]);
     let (mut west, west_url) = aggregator(&s.dir, &url, "west", &s.path("w.sqlite"), 0, &[]);
-    let mut members = sites(
-        &s,
-        &east_url,
-        &["site0", "site1", "site2"],
-        &data,
-        Some("site2"),
-    );
-    members.extend(sites(
-        &s,
-        &west_url,
-        &["site3", "site4", "site5"],
-        &data,
-        None,
-    ));
+    let mut members = east_west_sites(&s, &east_url, &west_url, &data, Some("site2"));
     wait_until(LIMIT, "round 1 closed at the root", || {
         poll(&root_db, |s| usize::from(s.round_closed(1))) == 1
     });
