@@ -34,7 +34,7 @@ def _plan_text(plan):
     raise TypeError(f"plan must be a path or TOML text, not {type(plan).__name__}")
 
 
-def simulate(plan, client_fn, *, sites=None, on_round=None):
+def simulate(plan, client_fn, *, sites=None, on_round=None, train_rows=None):
     """Runs ``plan`` (a path to a TOML plan, or its text) in Tessera's
     simulator with ``client_fn(site_name)`` as each site's :class:`Client`,
     and returns the run's report (the JSON ``tessera simulate`` writes) as a
@@ -46,6 +46,9 @@ def simulate(plan, client_fn, *, sites=None, on_round=None):
     not used: each client holds its own data and model. Rounds are
     synchronous and flat. ``on_round(record)``, when given, is called after
     each round with its record (a dict, as in the report's ``rounds``).
+    ``train_rows`` (a dict: site name to its number of training rows) is
+    needed under local DP, whose accounting takes each site's sampling rate
+    as the batch size over its rows.
 
     Cost: the simulator runs sites on its own threads with the GIL
     released, but every call into a client takes the GIL, so Python clients
@@ -70,7 +73,9 @@ def simulate(plan, client_fn, *, sites=None, on_round=None):
         def observer(record):
             on_round(json.loads(record))
 
-    report, parameters = _simulate(text, origin, make, sites, observer)
+    if train_rows is not None:
+        train_rows = {str(k): int(v) for k, v in dict(train_rows).items()}
+    report, parameters = _simulate(text, origin, make, sites, observer, train_rows)
     report = json.loads(report)
     report["parameters"] = _numpy(parameters)
     return report
@@ -91,8 +96,11 @@ def run_participant(
     """Takes part in the run of the coordinator at ``coordinator`` (e.g.
     ``https://coord.example.org:7000``) as ``site`` with ``client``, until
     the run is over; returns ``{"run_id", "updates_accepted", "round",
-    "parameters"}`` (the final global model as numpy arrays; ``None`` when
-    the run ended before one was evaluated).
+    "parameters", "trainings", "privacy"}``: the final global model as
+    numpy arrays and its round (``None`` when the run ended before one was
+    evaluated), the trainings the site ran, and under local DP
+    ``{"epsilon", "delta"}`` as the site's own ledger counts them (else
+    ``None``).
 
     ``train_rows`` and ``test_rows`` are the rows the client trains and
     evaluates on: declared to the coordinator, they bound every count the
@@ -109,7 +117,7 @@ def run_participant(
     plan = None
     if expect_plan is not None:
         plan = _plan_text(expect_plan)
-    run_id, accepted, model = _run_participant(
+    run_id, accepted, model, trainings, spent = _run_participant(
         Bridge(client, site),
         str(coordinator),
         str(site),
@@ -126,5 +134,7 @@ def run_participant(
         "updates_accepted": accepted,
         "round": round_,
         "parameters": None if parameters is None else _numpy(parameters),
+        "trainings": trainings,
+        "privacy": None if spent is None else {"epsilon": spent[0], "delta": spent[1]},
     }
 

@@ -47,6 +47,20 @@ class Client:
         parameters). Under SCAFFOLD, train with ``config["lr"]`` and report
         ``metrics["n_steps"]``. ``metrics`` may report ``loss`` (the mean
         training loss); values must be numbers.
+
+        Under local DP (``[privacy] mode = "local"``) ``config`` also holds
+        the DP-SGD the client must run, as its site accounts it: each step
+        draws a Poisson batch (every row with probability
+        ``dp_sampling_rate``), clips every example's gradient to norm
+        ``dp_clip_norm``, adds Gaussian noise of standard deviation
+        ``dp_noise_multiplier * dp_clip_norm`` to their sum; at most
+        ``dp_max_steps`` steps, seeded with ``dp_seed`` (fresh each round,
+        from the site's secret key). Report the steps taken as
+        ``metrics["n_steps"]`` and the site's declared training rows as
+        ``n_examples``; the site refuses anything else. Tessera does the
+        accounting; the guarantee holds only if the client's DP-SGD does
+        what these numbers say (Opacus with ``poisson_sampling=True``, or
+        code of your own).
         """
         raise NotImplementedError("Client.fit")
 

@@ -245,7 +245,9 @@ def test_plans_and_sites_tessera_cannot_use_are_refused():
     with pytest.raises(tessera.TesseraError, match="synchronous flat rounds"):
         clear = '[privacy]\nsite_metrics = "clear"\n'
         run(PLAN.replace('strategy = "fedavg"', 'strategy = "fedavg"\nmode = "async"') + clear)
-    with pytest.raises(tessera.TesseraError, match="local DP-SGD"):
+    with pytest.raises(tessera.TesseraError, match="declare its training rows"):
         run(PLAN + '[privacy]\nmode = "local"\nnoise_multiplier = 1.0\n')
+    with pytest.raises(tessera.TesseraError, match="'nowhere', which is not one of the sites"):
+        run(train_rows={"a": 10, "nowhere": 5})
     with pytest.raises(TypeError, match="plan must be a path or TOML text"):
         tessera.simulate(42, Known)

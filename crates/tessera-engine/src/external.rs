@@ -11,10 +11,10 @@ use tessera_aggregate::{Instructions, LocalAlgorithm};
 use tessera_core::{
     CoreError, FitStats, GradientTerm, LocalDp, LocalModel, ParameterSet, SeededRng, Update,
 };
-use tessera_learn::{Evaluation, TrainingConfig};
+use tessera_learn::{Evaluation, LocalPlan, TrainingConfig};
 use thiserror::Error;
 
-use crate::{EngineError, FitTask};
+use crate::{DpSgd, EngineError, FitTask};
 
 /// The most examples one site may report for one call (2^40, about 10^12).
 pub const MAX_EXAMPLES: u64 = 1 << 40;
@@ -49,6 +49,30 @@ pub struct FitConfig {
     pub epochs: Option<u64>,
     /// The plan's local steps a round, when it counts steps.
     pub steps: Option<u64>,
+    /// Local DP: the DP-SGD the learner must run (`None` without local DP).
+    pub dp: Option<DpFit>,
+}
+
+/// The DP-SGD an external learner runs under local DP, as the site's
+/// accounting assumes it: every step draws a Poisson batch (each row with
+/// probability `sampling_rate`), clips each example's gradient to
+/// `clip_norm` and adds Gaussian noise of standard deviation
+/// `noise_multiplier * clip_norm` to their sum; at most `max_steps` steps.
+/// The learner reports the steps it took (`n_steps`); its example count must
+/// be the site's declared training rows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DpFit {
+    /// Noise standard deviation over the clipping norm.
+    pub noise_multiplier: f64,
+    /// Per-example gradient norm bound.
+    pub clip_norm: f64,
+    /// Each row's probability of being in a step's batch.
+    pub sampling_rate: f64,
+    /// The most steps the site accounted for.
+    pub max_steps: u64,
+    /// A seed for the learner's batches and noise, from the site's secret key
+    /// (a fresh one each training; never the run seed).
+    pub seed: u64,
 }
 
 /// What an external learner is told when it evaluates the global model
@@ -213,11 +237,12 @@ fn count_metric(
 }
 
 /// Checks what a learner's training returned against `global`: the
-/// trained parameters, their example count, the statistics it reported.
+/// trained parameters, their example count, the statistics it reported
+/// (`n_steps` required, at least 1, where `needs_steps` says why).
 pub fn check_fit(
     global: &ParameterSet,
     fit: &FitResult,
-    needs_steps: bool,
+    needs_steps: Option<&str>,
 ) -> Result<(u64, FitStats), ExternalError> {
     const CALL: &str = "fit";
     check_parameters(CALL, global, &fit.parameters)?;
@@ -230,11 +255,10 @@ pub fn check_fit(
     }
     check_metrics(CALL, &fit.metrics)?;
     let n_steps = count_metric(CALL, &fit.metrics, "n_steps")?;
-    if needs_steps && n_steps.is_none_or(|s| s == 0) {
+    if let Some(why) = needs_steps.filter(|_| n_steps.is_none_or(|s| s == 0)) {
         return Err(ExternalError::refused(
             CALL,
-            "no metric 'n_steps': SCAFFOLD derives the site's control variate from the \
-             optimiser steps taken (and config's lr), so fit must report them",
+            format!("no metric 'n_steps' of at least 1: {why}, so fit must report them"),
         ));
     }
     let loss = fit.metrics.get("loss").or(fit.metrics.get("train_loss"));
@@ -320,27 +344,52 @@ fn base_config(round: u32, instructions: &Instructions, training: &TrainingConfi
         batch_size: training.batch_size,
         epochs: training.epochs,
         steps: training.steps,
+        dp: None,
     }
 }
 
+/// An external site's learner and what the site knows of it.
+pub(crate) struct ExternalSite<'a> {
+    pub learner: &'a mut dyn ExternalLearner,
+    /// The rows it trains on, as the site declared them.
+    pub train_rows: Option<usize>,
+    /// The plan's local training.
+    pub training: &'a TrainingConfig,
+}
+
 /// One round of an external site: the strategy's local part (kept by the
-/// site between rounds) drives the learner as it drives a built-in model.
+/// site between rounds) drives the learner as it drives a built-in model;
+/// with local DP, wrapped in the site's DP-SGD, which takes the site's next
+/// training (and refuses once it has trained every round of the plan).
 pub(crate) fn fit(
-    learner: &mut dyn ExternalLearner,
+    site: ExternalSite<'_>,
     local: &mut dyn LocalAlgorithm,
-    training: &TrainingConfig,
+    dp: Option<&mut DpSgd>,
     task: &FitTask,
 ) -> Result<Update, EngineError> {
     let mut model = ExternalModel {
-        learner,
-        config: base_config(task.round, &task.instructions, training),
+        learner: site.learner,
+        config: base_config(task.round, &task.instructions, site.training),
         constant_term: matches!(
             task.instructions,
             Instructions::Scaffold { .. } | Instructions::FedDyn { .. }
         ),
         current: task.global.as_ref().clone(),
         n_examples: 0,
+        train_rows: site.train_rows,
+        training: site.training,
         failure: None,
+    };
+    let mut private;
+    let local: &mut dyn LocalAlgorithm = match dp {
+        Some(dp) => {
+            let rows = site.train_rows.ok_or_else(|| {
+                EngineError::State("local DP: the site declared no training rows".into())
+            })?;
+            private = dp.around(local, rows, task.round)?;
+            &mut private
+        }
+        None => local,
     };
     let fit = local.fit(&task.instructions, task.global.as_ref(), &mut model);
     let fit = match (fit, model.failure) {
@@ -373,6 +422,8 @@ struct ExternalModel<'a> {
     constant_term: bool,
     current: ParameterSet,
     n_examples: u64,
+    train_rows: Option<usize>,
+    training: &'a TrainingConfig,
     failure: Option<ExternalError>,
 }
 
@@ -404,7 +455,46 @@ impl LocalModel for ExternalModel<'_> {
     }
 
     fn train(&mut self, term: Option<&dyn GradientTerm>) -> Result<FitStats, CoreError> {
+        self.train_with(term, None)
+    }
+
+    fn train_private(
+        &mut self,
+        term: Option<&dyn GradientTerm>,
+        dp: &LocalDp,
+        rng: &mut SeededRng,
+    ) -> Result<FitStats, CoreError> {
+        let Some(rows) = self.train_rows else {
+            return Err(CoreError::Invalid(
+                "local DP: the site declared no training rows".into(),
+            ));
+        };
+        let plan = LocalPlan::plain(self.training);
+        let max_steps = plan
+            .n_steps(rows)
+            .map_err(|e| CoreError::Invalid(e.to_string()))?;
+        let dp = DpFit {
+            noise_multiplier: dp.noise_multiplier,
+            clip_norm: dp.clip_norm,
+            sampling_rate: plan.sampling_rate(rows),
+            max_steps,
+            seed: rng.next_u64(),
+        };
+        self.train_with(term, Some((dp, rows)))
+    }
+}
+
+impl ExternalModel<'_> {
+    /// One call of the learner's `fit`, checked; under local DP (`dp`, with
+    /// the site's declared rows) its example count must be those rows and
+    /// its steps reported, from 1 to the bound the site accounted for.
+    fn train_with(
+        &mut self,
+        term: Option<&dyn GradientTerm>,
+        dp: Option<(DpFit, usize)>,
+    ) -> Result<FitStats, CoreError> {
         let mut config = self.config.clone();
+        config.dp = dp.map(|(dp, _)| dp);
         if let Some(term) = term.filter(|_| self.constant_term) {
             // The term's value at the start: its constant part (the
             // proximal part is zero there and travels as `proximal_mu`).
@@ -417,8 +507,22 @@ impl LocalModel for ExternalModel<'_> {
             Ok(result) => result,
             Err(e) => return Err(self.failed(e)),
         };
-        let needs_steps = config.strategy == "scaffold";
-        match check_fit(&self.current, &result, needs_steps) {
+        let needs_steps = if dp.is_some() {
+            Some("local DP accounts the DP-SGD steps the learner took")
+        } else if config.strategy == "scaffold" {
+            Some(
+                "SCAFFOLD derives the site's control variate from the optimiser steps taken \
+                 (and config's lr)",
+            )
+        } else {
+            None
+        };
+        let checked =
+            check_fit(&self.current, &result, needs_steps).and_then(|(n, stats)| match dp {
+                Some((dp, rows)) => check_private(&dp, rows, n, &stats).map(|()| (n, stats)),
+                None => Ok((n, stats)),
+            });
+        match checked {
             Ok((n, stats)) => {
                 self.current = result.parameters;
                 self.n_examples = n;
@@ -427,16 +531,33 @@ impl LocalModel for ExternalModel<'_> {
             Err(e) => Err(self.failed(e)),
         }
     }
+}
 
-    fn train_private(
-        &mut self,
-        _term: Option<&dyn GradientTerm>,
-        _dp: &LocalDp,
-        _rng: &mut SeededRng,
-    ) -> Result<FitStats, CoreError> {
-        Err(self.failed(ExternalError::refused(
-            "fit",
-            "nothing under local DP-SGD: an external learner trains on its own",
-        )))
+/// Checks a private training's report against what the site accounted
+/// for: its example count is the site's declared rows (a larger one would
+/// understate the sampling rate), its steps at most the bound.
+fn check_private(dp: &DpFit, rows: usize, n: u64, stats: &FitStats) -> Result<(), ExternalError> {
+    const CALL: &str = "fit";
+    if n != rows as u64 {
+        return Err(ExternalError::refused(
+            CALL,
+            format!(
+                "n_examples = {n} under local DP, where the site declared {rows} training \
+                 rows: its privacy is accounted with a sampling rate of batch size over \
+                 those rows, so fit must train on them and report them"
+            ),
+        ));
     }
+    if stats.n_steps > dp.max_steps {
+        return Err(ExternalError::refused(
+            CALL,
+            format!(
+                "n_steps = {} under local DP, more than the {} DP-SGD steps the site \
+                 accounted for (config's dp_max_steps); its update would spend privacy \
+                 beyond the site's budget",
+                stats.n_steps, dp.max_steps
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -94,7 +94,8 @@ pub use engine::{
 };
 pub use error::EngineError;
 pub use external::{
-    EvaluateConfig, EvaluateResult, ExternalError, ExternalLearner, FitConfig, FitResult, Metrics,
+    DpFit, EvaluateConfig, EvaluateResult, ExternalError, ExternalLearner, FitConfig, FitResult,
+    Metrics,
 };
 pub use regional::{aggregator_engine, upward_update};
 pub use setup::{DpCohort, PlanBuild};

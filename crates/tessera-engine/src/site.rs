@@ -78,23 +78,34 @@ impl Site {
     /// rows of its own (the rows [`Site::fit`] and [`Site::evaluate`] are
     /// given are not used), set up as `plan` says: its local training
     /// settings (passed on to the learner), run seed and error feedback.
-    /// Local DP-SGD is refused: it needs every example's gradient inside
-    /// training, which an external learner does not show.
+    ///
+    /// With local DP the learner runs DP-SGD itself, with the noise
+    /// multiplier, clipping norm, sampling rate and step bound it is given,
+    /// and reports the steps it took; the site accounts them as a built-in
+    /// site does, which needs its `train_rows` (the sampling rate is the
+    /// batch size over them) and a secret key, which `secret_key` draws only
+    /// then (the seed each training hands the learner derives from it).
     pub fn external(
         plan: &crate::Plan,
         id: ParticipantId,
         learner: Box<dyn ExternalLearner>,
+        train_rows: Option<usize>,
+        secret_key: impl FnOnce() -> Result<[u8; 32], EngineError>,
     ) -> Result<Self, EngineError> {
-        if plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
+        let local_dp = plan.privacy.mode == tessera_privacy::PrivacyMode::Local;
+        if local_dp && train_rows.is_none_or(|n| n == 0) {
             return Err(EngineError::State(format!(
-                "site '{id}': local DP-SGD clips and noises every example's gradient inside \
-                 training, which an external learner does not expose; use central DP \
-                 ([privacy] mode = \"central\") with external learners"
+                "site '{id}': local DP accounts each training by the site's rows (its \
+                 sampling rate is the batch size over them), so a site with an external \
+                 learner must declare its training rows under local DP"
             )));
         }
-        let site = Self {
+        let mut site = Self {
             id,
-            model: Model::External(learner),
+            model: Model::External {
+                learner,
+                train_rows,
+            },
             training: plan.local_training(),
             seed: plan.seed,
             local: LocalPart::default(),
@@ -102,6 +113,9 @@ impl Site {
             feedback: None,
             feedback_before: None,
         };
+        if local_dp {
+            site = site.with_local_dp(plan.privacy.clone(), plan.federation.rounds, secret_key()?);
+        }
         Ok(site.of_compression(plan))
     }
 
@@ -206,8 +220,16 @@ impl Site {
     pub fn fit(&mut self, task: &FitTask, train: &Dataset) -> Result<Update, EngineError> {
         let learner = match &mut self.model {
             Model::BuiltIn(learner) => learner,
-            Model::External(learner) => {
-                return external::fit(learner.as_mut(), &mut self.local, &self.training, task);
+            Model::External {
+                learner,
+                train_rows,
+            } => {
+                let site = external::ExternalSite {
+                    learner: learner.as_mut(),
+                    train_rows: *train_rows,
+                    training: &self.training,
+                };
+                return external::fit(site, &mut self.local, self.dp.as_mut(), task);
             }
         };
         let mut model = SiteModel {
@@ -262,7 +284,7 @@ impl Site {
                 learner.set_parameters(parameters)?;
                 Ok(learner.evaluate(rows)?)
             }
-            Model::External(learner) => external::evaluate(learner.as_mut(), parameters),
+            Model::External { learner, .. } => external::evaluate(learner.as_mut(), parameters),
         }
     }
 }
@@ -270,7 +292,11 @@ impl Site {
 /// A site's model: built in, or external.
 enum Model {
     BuiltIn(Box<dyn Learner>),
-    External(Box<dyn ExternalLearner>),
+    External {
+        learner: Box<dyn ExternalLearner>,
+        /// The rows it trains on, as the site declared them.
+        train_rows: Option<usize>,
+    },
 }
 
 /// The generator of a training without DP: the public stream

@@ -6,9 +6,11 @@
 //! feedback. The agreement is one step (protocol 1.10, `external-learners`):
 //! the site offers its declared row counts and its learner's initial
 //! parameters, and hears the layout the federation agreed (the first
-//! site's by name), which must be its own. Local DP-SGD is refused (the
-//! plan's validation and `Site::external` both say so): it needs every
-//! example's gradient inside training, which a learner does not show.
+//! site's by name), which must be its own. Under local DP the learner runs
+//! DP-SGD itself with what the site hands it, seeded from a key the site
+//! draws from the operating system; the site accounts every training
+//! against its budget, refuses up front a run that would exceed it, and
+//! refuses a report that would understate what was spent.
 
 use std::sync::Arc;
 
@@ -51,6 +53,11 @@ pub struct ExternalResults {
     /// The last global model it evaluated (after the last round: the
     /// federation's final model), and its round.
     pub model: Option<(u32, Arc<ParameterSet>)>,
+    /// With local DP: the epsilon this site spent over its trainings (its
+    /// own ledger's count, not the coordinator's) and its delta.
+    pub local_epsilon: Option<(f64, f64)>,
+    /// The trainings this site ran.
+    pub trainings: usize,
 }
 
 /// The external site before it is given to its run, with its initial
@@ -83,6 +90,8 @@ pub async fn run_external(
     let (summary, ready) = crate::take_part(&config, Some(slot)).await?;
     let results = ready.map(|ready| ExternalResults {
         model: ready.takeaway.last_model(),
+        local_epsilon: ready.takeaway.local_epsilon(&config.site),
+        trainings: ready.takeaway.trainings(),
         run_id: ready.run_id,
     });
     Ok((summary, results))
@@ -165,8 +174,26 @@ pub(crate) async fn prepare(
         return Err(local_error("no external learner".into()));
     };
     slot.given_to = Some(welcome.run_id.clone());
-    let site = Site::external(&plan, ParticipantId::new(&config.site), site.learner)
-        .map_err(|e| plan_refused(e.to_string()))?;
+    let train_rows = usize::try_from(site.train_rows)
+        .map_err(|_| local_error(format!("{} training rows", site.train_rows)))?;
+    // Under local DP, the seeds the learner gets derive from this key, from
+    // the operating system, which never leaves the site.
+    let key = || {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|e| {
+            tessera_engine::EngineError::State(format!("cannot draw a secret noise key: {e}"))
+        })?;
+        Ok(key)
+    };
+    let site = Site::external(
+        &plan,
+        ParticipantId::new(&config.site),
+        site.learner,
+        Some(train_rows),
+        key,
+    )
+    .map_err(|e| plan_refused(e.to_string()))?;
+    crate::check_local_budget(&plan, &config.site, &site, train_rows)?;
     let no_rows = Agreement {
         columns: Vec::new(),
         encodings: Vec::new(),

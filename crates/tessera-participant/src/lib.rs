@@ -727,23 +727,7 @@ async fn prepare(
             .map_err(|e| local_error(format!("cannot draw a secret noise key: {e}")))?;
         Ok::<_, Failure>(key)
     })?;
-    if plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
-        // Training that would exceed this site's budget is refused up front.
-        if let Some(event) = site
-            .local_dp_event(data.train.n_rows())
-            .map_err(|e| local_error(e.to_string()))?
-        {
-            plan.privacy
-                .ledger()
-                .check_local_run(plan.federation.rounds, &[(config.site.clone(), event)])
-                .map_err(|e| local_error(e.to_string()))?;
-            tracing::info!(
-                noise_multiplier = event.noise_multiplier,
-                sampling_rate = event.sampling_rate,
-                "local DP-SGD"
-            );
-        }
-    }
+    check_local_budget(&plan, &config.site, &site, data.train.n_rows())?;
     let takeaway = results::Takeaway::new(&plan, agreement.clone(), data.scaler.clone());
     Ready::new(
         config,
@@ -753,4 +737,33 @@ async fn prepare(
         (data.train, data.test),
         takeaway,
     )
+}
+
+/// With local DP, training that would exceed this site's budget over the
+/// plan's rounds (on `train_rows` rows) is refused up front.
+pub(crate) fn check_local_budget(
+    plan: &Plan,
+    site_name: &str,
+    site: &Site,
+    train_rows: usize,
+) -> Result<(), Failure> {
+    if plan.privacy.mode != tessera_privacy::PrivacyMode::Local {
+        return Ok(());
+    }
+    let local_error = |e: String| Failure::Fatal(ParticipantError::Local(e));
+    if let Some(event) = site
+        .local_dp_event(train_rows)
+        .map_err(|e| local_error(e.to_string()))?
+    {
+        plan.privacy
+            .ledger()
+            .check_local_run(plan.federation.rounds, &[(site_name.to_string(), event)])
+            .map_err(|e| local_error(e.to_string()))?;
+        tracing::info!(
+            noise_multiplier = event.noise_multiplier,
+            sampling_rate = event.sampling_rate,
+            "local DP-SGD"
+        );
+    }
+    Ok(())
 }

@@ -62,6 +62,19 @@ impl Takeaway {
     }
 
     /// The site trained for `round`, with local DP's `event`.
+    /// With local DP: `site`'s epsilon over its trainings (its own ledger),
+    /// and that epsilon's delta.
+    pub(crate) fn local_epsilon(&self, site: &str) -> Option<(f64, f64)> {
+        self.ledger
+            .as_ref()
+            .map(|l| (l.participant_epsilon(site), l.budgets().delta))
+    }
+
+    /// Rounds (or attempts) this site trained.
+    pub(crate) fn trainings(&self) -> usize {
+        self.trained.len()
+    }
+
     pub(crate) fn trained(&mut self, site: &str, round: u32, event: Option<DpEvent>) {
         if !self.trained.insert(round) {
             return;

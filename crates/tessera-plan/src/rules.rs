@@ -359,18 +359,6 @@ pub const RULES: &[Rule] = &[
             },
         )
     }),
-    rule("external_model_has_no_local_dp", |p| {
-        when(
-            p.model.kind.is_external() && p.privacy.mode == PrivacyMode::Local,
-            &["model.kind", "privacy.mode"],
-            || {
-                "local DP-SGD clips and noises every example's gradient inside training, which \
-                 an external model's learner does not expose; use central DP \
-                 ([privacy] mode = \"central\") with an external model"
-                    .into()
-            },
-        )
-    }),
     rule("robust_rule_needs_sync", |p| {
         when(
             is_async(p) && p.robust.rule.needs_all_updates(),

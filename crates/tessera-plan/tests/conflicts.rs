@@ -107,13 +107,6 @@ fn each_rule_fires_on_the_plan_it_forbids() {
             }),
         ),
         (
-            "external_model_has_no_local_dp",
-            Box::new(|p: &mut Plan| {
-                p.model.kind = tessera_learn::ModelKind::External;
-                p.privacy.mode = PrivacyMode::Local;
-            }),
-        ),
-        (
             "robust_rule_needs_sync",
             Box::new(|p: &mut Plan| {
                 p.robust.rule = RobustRule::Median;

@@ -20,6 +20,8 @@
 //! the GIL and overlap).
 #![deny(missing_docs)]
 
+use std::collections::BTreeMap;
+
 use pyo3::create_exception;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -141,6 +143,14 @@ fn fit_config<'py>(py: Python<'py>, config: &FitConfig) -> PyResult<Bound<'py, P
         Some(c) => dict.set_item("correction", to_python(py, c)?)?,
         None => dict.set_item("correction", py.None())?,
     }
+    // Local DP: the DP-SGD the client must run, as the site accounts it.
+    if let Some(dp) = &config.dp {
+        dict.set_item("dp_noise_multiplier", dp.noise_multiplier)?;
+        dict.set_item("dp_clip_norm", dp.clip_norm)?;
+        dict.set_item("dp_sampling_rate", dp.sampling_rate)?;
+        dict.set_item("dp_max_steps", dp.max_steps)?;
+        dict.set_item("dp_seed", dp.seed)?;
+    }
     Ok(dict)
 }
 
@@ -241,12 +251,13 @@ impl ExternalLearner for PyLearner {
 
 /// Runs the plan (TOML text; `origin` names it in messages) with one client
 /// per site, `make_client(site)` giving each site's bridge; the sites are
-/// `sites`, or else the plan's `[[data.sites]]`; `on_round`, when given, is
+/// `sites`, or else the plan's `[[data.sites]]`; `train_rows` gives sites'
+/// training rows by name (local DP needs every site's); `on_round`, when given, is
 /// called with each round's record as JSON (an exception it raises stops
 /// nothing and is raised when the run ends). Returns the report as JSON and
 /// the final global parameters as `(shape, bytes)` pairs.
 #[pyfunction]
-#[pyo3(signature = (plan_text, origin, make_client, sites=None, on_round=None))]
+#[pyo3(signature = (plan_text, origin, make_client, sites=None, on_round=None, train_rows=None))]
 fn simulate<'py>(
     py: Python<'py>,
     plan_text: &str,
@@ -254,6 +265,7 @@ fn simulate<'py>(
     make_client: &Bound<'py, PyAny>,
     sites: Option<Vec<String>>,
     on_round: Option<Py<PyAny>>,
+    train_rows: Option<BTreeMap<String, usize>>,
 ) -> PyResult<(String, Bound<'py, PyList>)> {
     let plan =
         Plan::from_toml(plan_text, origin).map_err(|e| TesseraError::new_err(e.to_string()))?;
@@ -282,7 +294,10 @@ fn simulate<'py>(
             }
         });
     };
-    let report = py.detach(|| tessera_sim::simulate_with_learners(&plan, learners, &mut observer));
+    let train_rows = train_rows.unwrap_or_default();
+    let report = py.detach(|| {
+        tessera_sim::simulate_with_learners(&plan, learners, &train_rows, &mut observer)
+    });
     let report = report.map_err(|e| TesseraError::new_err(e.to_string()))?;
     if let Some(e) = callback_error {
         return Err(e);

@@ -28,15 +28,19 @@ fn seconds(what: &str, value: f64) -> PyResult<Duration> {
     }
 }
 
+/// What `run_participant` returns (see there).
+type Joined<'py> = (String, u32, Option<Model<'py>>, usize, Option<(f64, f64)>);
+
 /// Joins the federation at `coordinator` as `site` with the client behind
 /// `bridge`, which trains on `train_rows` rows and evaluates on `test_rows`
 /// (declared to the coordinator: they bound every count the client
 /// reports). `tls` is the site's certificate folder (`tessera ca issue
 /// --site`; `None`: plain text, local experiments only), `expect_plan` the
 /// plan the site agreed to, as TOML text with its name for messages.
-/// Returns the run id, the updates accepted, and the final global model's
+/// Returns the run id, the updates accepted, the final global model's
 /// round and parameters (`None` when the run ended before one was
-/// evaluated). A refusal raises `TesseraError` naming its cause, with the
+/// evaluated), the trainings the site ran and, under local DP, the epsilon
+/// its own ledger counts and its delta. A refusal raises `TesseraError` naming its cause, with the
 /// exit code `tessera participant` would have given as its second argument.
 #[pyfunction]
 #[pyo3(signature = (
@@ -55,7 +59,7 @@ pub(crate) fn run_participant<'py>(
     tls_domain: Option<String>,
     expect_plan: Option<(String, String)>,
     give_up_after: f64,
-) -> PyResult<(String, u32, Option<Model<'py>>)> {
+) -> PyResult<Joined<'py>> {
     let expect_plan = match expect_plan {
         Some((text, origin)) => Some(
             Plan::from_toml(&text, &origin).map_err(|e| TesseraError::new_err(e.to_string()))?,
@@ -101,11 +105,17 @@ pub(crate) fn run_participant<'py>(
     let (summary, results) =
         ended.map_err(|(message, code)| TesseraError::new_err((message, code)))?;
     let Some(results) = results else {
-        return Ok((String::new(), summary.updates_accepted, None));
+        return Ok((String::new(), summary.updates_accepted, None, 0, None));
     };
     let model = match &results.model {
         Some((round, parameters)) => Some((*round, to_python(py, parameters)?)),
         None => None,
     };
-    Ok((results.run_id, summary.updates_accepted, model))
+    Ok((
+        results.run_id,
+        summary.updates_accepted,
+        model,
+        results.trainings,
+        results.local_epsilon,
+    ))
 }

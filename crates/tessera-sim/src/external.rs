@@ -3,6 +3,7 @@
 //! synchronous flat rounds as built-in sites (`run.rs`): the plan's
 //! strategy, robust rule, secure aggregation, central DP and compression.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use tessera_core::ParameterSet;
@@ -22,9 +23,14 @@ use crate::{SimError, SimOptions};
 /// and `[model]` are not used (each learner has its own). Sites train in
 /// parallel, up to the learners' own locks. The report's model is
 /// `external`; it has no features, classes or data summary.
+///
+/// `train_rows` gives sites' training rows by name; local DP needs every
+/// site's (its accounting's sampling rate is the batch size over them), and
+/// a name there that is not a site is refused.
 pub fn simulate_with_learners(
     plan: &Plan,
     sites: Vec<(String, Box<dyn ExternalLearner>)>,
+    train_rows: &BTreeMap<String, usize>,
     observer: &mut dyn FnMut(&RoundRecord),
 ) -> Result<RunReport, SimError> {
     plan.validate()?;
@@ -43,15 +49,28 @@ pub fn simulate_with_learners(
         return Err(state(format!("a site's name is empty ('{name}')")));
     }
     plan.check_cohort(sites.len())?;
+    if let Some(name) = train_rows
+        .keys()
+        .find(|name| sites.binary_search_by(|(n, _)| n.cmp(name)).is_err())
+    {
+        return Err(state(format!(
+            "training rows are given for '{name}', which is not one of the sites"
+        )));
+    }
     let initial = layout(&mut sites)?;
     let (names, learners): (Vec<String>, Vec<_>) = sites.into_iter().unzip();
+    let rows = names.iter().map(|n| train_rows.get(n).copied()).collect();
     let data = no_rows(&names);
     let started = Instant::now();
     let run = run_sync(
         plan,
         &data,
         None,
-        Models::External { initial, learners },
+        Models::External {
+            initial,
+            learners,
+            train_rows: rows,
+        },
         observer,
     )?;
     let seconds = started.elapsed().as_secs_f64();

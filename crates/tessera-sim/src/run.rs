@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use tessera_compress::Codec;
-use tessera_core::{ParameterSet, ParticipantId, Timestamp, derive_seed};
+use tessera_core::{ParameterSet, ParticipantId, Timestamp, derive_seed, tag};
 use tessera_data::FederatedData;
 use tessera_engine::PlanBuild;
 use tessera_engine::{
@@ -344,6 +344,8 @@ pub(crate) enum Models {
         initial: ParameterSet,
         /// The sites' learners.
         learners: Vec<Box<dyn ExternalLearner>>,
+        /// The rows each site trains on, where declared (needed under local DP).
+        train_rows: Vec<Option<usize>>,
     },
 }
 
@@ -360,7 +362,11 @@ pub(crate) fn run_sync(
             let model = initial_model(plan, data)?;
             (model.parameters().clone(), Err(model))
         }
-        Models::External { initial, learners } => (initial, Ok(learners)),
+        Models::External {
+            initial,
+            learners,
+            train_rows,
+        } => (initial, Ok((learners, train_rows))),
     };
     let training = plan.local_training();
     if plan.privacy.site_metrics.sums_only() && data.sites.len() < 3 {
@@ -414,6 +420,10 @@ pub(crate) fn run_sync(
     let index: BTreeMap<&ParticipantId, usize> =
         ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
     let compression = &plan.compression;
+    let external_rows: Vec<Option<usize>> = match &learners {
+        Ok((_, rows)) => rows.clone(),
+        Err(_) => vec![None; ids.len()],
+    };
     let sites: Vec<Mutex<Site>> = match learners {
         Err(model) => ids
             .iter()
@@ -423,24 +433,38 @@ pub(crate) fn run_sync(
                 let key = || -> Result<_, std::convert::Infallible> {
                     Ok(simulation_noise_key(derive_seed(
                         plan.seed,
-                        &[tessera_core::tag(id.as_str())],
+                        &[tag(id.as_str())],
                     )))
                 };
                 let Ok(site) = Site::of_plan(plan, id.clone(), model.clone_box(), key);
                 Mutex::new(site)
             })
             .collect(),
-        Ok(learners) => ids
+        Ok((learners, _)) => ids
             .iter()
             .zip(learners)
-            .map(|(id, learner)| Site::external(plan, id.clone(), learner).map(Mutex::new))
+            .zip(&external_rows)
+            .map(|((id, learner), &rows)| {
+                // As for built-in sites: simulated keys derive from the run seed.
+                let key = || {
+                    Ok(simulation_noise_key(derive_seed(
+                        plan.seed,
+                        &[tag(id.as_str())],
+                    )))
+                };
+                Site::external(plan, id.clone(), learner, rows, key).map(Mutex::new)
+            })
             .collect::<Result<_, _>>()?,
     };
     // Local DP: every participant's spend, checked for the whole run before it starts.
     let planned: Vec<(String, u64)> = ids
         .iter()
         .zip(&data.sites)
-        .map(|(id, site)| (id.to_string(), site.train.n_rows() as u64))
+        .zip(&external_rows)
+        .map(|((id, site), rows)| {
+            let rows = rows.unwrap_or(site.train.n_rows());
+            (id.to_string(), rows as u64)
+        })
         .collect();
     book.forecast_local(&planned).map_err(EngineError::from)?;
     let profiles: Vec<Profile> = ids

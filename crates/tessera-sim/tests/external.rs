@@ -4,6 +4,7 @@
 //! rules, secure aggregation); scripted learners give FedAvg of their known changes.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -151,7 +152,7 @@ fn both(change: impl Fn(&mut Plan)) -> (tessera_sim::RunReport, tessera_sim::Run
             )
         })
         .collect();
-    let external = simulate_with_learners(&plan, learners, &mut |_| {}).unwrap();
+    let external = simulate_with_learners(&plan, learners, &BTreeMap::new(), &mut |_| {}).unwrap();
     (built_in, external)
 }
 
@@ -323,7 +324,7 @@ fn scripted(fails: Option<(&str, u32)>) -> (Learners, Arc<Mutex<Vec<f32>>>) {
 fn scripted_learners_give_fedavg_of_their_changes() {
     let plan = scripted_plan("");
     let (learners, _) = scripted(None);
-    let report = simulate_with_learners(&plan, learners, &mut |_| {}).unwrap();
+    let report = simulate_with_learners(&plan, learners, &BTreeMap::new(), &mut |_| {}).unwrap();
     // Independently: the first site by name starts the model (a: 1.0);
     // each round adds the example-weighted mean of the sites' changes.
     let mut expected = 1.0f64;
@@ -361,7 +362,7 @@ fn scripted_learners_give_fedavg_of_their_changes() {
 fn fedprox_tells_every_learner_its_mu() {
     let plan = scripted_plan("strategy = \"fedprox\"\n[strategies.fedprox]\nmu = 0.375\n");
     let (learners, seen) = scripted(None);
-    simulate_with_learners(&plan, learners, &mut |_| {}).unwrap();
+    simulate_with_learners(&plan, learners, &BTreeMap::new(), &mut |_| {}).unwrap();
     assert_eq!(*seen.lock().unwrap(), vec![0.375; 9]);
 }
 
@@ -369,7 +370,7 @@ fn fedprox_tells_every_learner_its_mu() {
 fn a_learner_that_fails_leaves_the_round_and_says_why() {
     let plan = scripted_plan("");
     let (learners, _) = scripted(Some(("b", 2)));
-    let report = simulate_with_learners(&plan, learners, &mut |_| {}).unwrap();
+    let report = simulate_with_learners(&plan, learners, &BTreeMap::new(), &mut |_| {}).unwrap();
     let round = &report.rounds[1];
     assert_eq!((round.accepted, round.dropped), (2, 1));
     assert_eq!(round.site_errors.len(), 1);
@@ -405,7 +406,7 @@ fn sites_of_another_layout_and_bad_names_are_refused_before_any_round() {
         }
     }
     learners.push(("d".to_string(), Box::new(Other)));
-    let e = simulate_with_learners(&plan, learners, &mut |_| {})
+    let e = simulate_with_learners(&plan, learners, &BTreeMap::new(), &mut |_| {})
         .unwrap_err()
         .to_string();
     assert!(
@@ -415,11 +416,11 @@ fn sites_of_another_layout_and_bad_names_are_refused_before_any_round() {
     let (mut learners, _) = scripted(None);
     let again = scripted(None).0.remove(0);
     learners.push(again);
-    let e = simulate_with_learners(&plan, learners, &mut |_| {})
+    let e = simulate_with_learners(&plan, learners, &BTreeMap::new(), &mut |_| {})
         .unwrap_err()
         .to_string();
     assert!(e.contains("two sites are named 'c'"), "{e}");
-    let e = simulate_with_learners(&plan, Vec::new(), &mut |_| {})
+    let e = simulate_with_learners(&plan, Vec::new(), &BTreeMap::new(), &mut |_| {})
         .unwrap_err()
         .to_string();
     assert!(!e.is_empty());

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
+
 use tessera_core::{ParameterSet, Tensor};
 use tessera_engine::{
     EvaluateConfig, EvaluateResult, ExternalError, ExternalLearner, FitConfig, FitResult, Metrics,
@@ -89,7 +91,7 @@ fn learners() -> Vec<(String, Box<dyn ExternalLearner>)> {
 #[test]
 fn an_external_plan_runs_with_its_learners_from_the_first_site_by_name() {
     let plan = Plan::from_toml(PLAN, "external").unwrap();
-    let report = simulate_with_learners(&plan, learners(), &mut |_| {}).unwrap();
+    let report = simulate_with_learners(&plan, learners(), &BTreeMap::new(), &mut |_| {}).unwrap();
     assert_eq!(report.model, "external");
     assert_eq!(report.rounds.len(), 3);
     // From a's start (2.0), three rounds toward the mean target (1.0).

@@ -208,8 +208,13 @@ fn learners(slow: Duration) -> Vec<(String, Box<dyn ExternalLearner>)> {
 
 /// The simulated run's final parameters, as bits.
 fn simulated(plan: &Plan) -> Vec<u32> {
-    let report =
-        tessera_sim::simulate_with_learners(plan, learners(Duration::ZERO), &mut |_| {}).unwrap();
+    let report = tessera_sim::simulate_with_learners(
+        plan,
+        learners(Duration::ZERO),
+        &Default::default(),
+        &mut |_| {},
+    )
+    .unwrap();
     report.final_parameters.values().map(f32::to_bits).collect()
 }
 
