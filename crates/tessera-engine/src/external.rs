@@ -124,6 +124,14 @@ pub trait ExternalLearner: Send {
         global: &ParameterSet,
         config: &EvaluateConfig,
     ) -> Result<EvaluateResult, ExternalError>;
+
+    /// Whether calls into different learners gain from running on several
+    /// threads at once. A learner whose every call takes one process-wide
+    /// lock (Python's GIL) says no, and a simulator calls such sites one at
+    /// a time on one thread, which spares a thread hand-off per call.
+    fn parallel(&self) -> bool {
+        true
+    }
 }
 
 /// Why an external learner's call did not give a usable result.

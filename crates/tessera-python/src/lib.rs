@@ -247,6 +247,12 @@ impl ExternalLearner for PyLearner {
             },
         )
     }
+
+    /// Every call takes the GIL: the simulator calls Python sites one at a
+    /// time on one thread rather than handing the GIL between threads.
+    fn parallel(&self) -> bool {
+        false
+    }
 }
 
 /// Runs the plan (TOML text; `origin` names it in messages) with one client

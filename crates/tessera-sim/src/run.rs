@@ -108,13 +108,25 @@ pub(crate) fn evaluate_all(
     data: &FederatedData,
     model: &tessera_core::ParameterSet,
 ) -> Result<Vec<Evaluation>, SimError> {
-    Ok(sites
-        .par_iter()
-        .zip(&data.sites)
-        .map(|(site, rows)| lock(site).evaluate(model, &rows.test))
-        .collect::<Vec<_>>()
-        .into_iter()
-        .collect::<Result<_, _>>()?)
+    evaluate_sites(sites, data, model, true)
+}
+
+/// [`evaluate_all`], on this thread one site after another unless `parallel`.
+fn evaluate_sites(
+    sites: &[Mutex<Site>],
+    data: &FederatedData,
+    model: &tessera_core::ParameterSet,
+    parallel: bool,
+) -> Result<Vec<Evaluation>, SimError> {
+    let one = |(site, rows): (&Mutex<Site>, &tessera_data::SiteData)| {
+        lock(site).evaluate(model, &rows.test)
+    };
+    let evaluations: Vec<_> = if parallel {
+        sites.par_iter().zip(&data.sites).map(one).collect()
+    } else {
+        sites.iter().zip(&data.sites).map(one).collect()
+    };
+    Ok(evaluations.into_iter().collect::<Result<_, _>>()?)
 }
 
 pub(crate) fn lock(site: &Mutex<Site>) -> MutexGuard<'_, Site> {
@@ -420,6 +432,12 @@ pub(crate) fn run_sync(
     let index: BTreeMap<&ParticipantId, usize> =
         ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
     let compression = &plan.compression;
+    // Learners whose calls take one global lock (Python's GIL) are called
+    // one at a time on this thread: threads would only wait for each other.
+    let parallel = match &learners {
+        Ok((learners, _)) => learners.iter().all(|l| l.parallel()),
+        Err(_) => true,
+    };
     let external_rows: Vec<Option<usize>> = match &learners {
         Ok((_, rows)) => rows.clone(),
         Err(_) => vec![None; ids.len()],
@@ -581,14 +599,14 @@ pub(crate) fn run_sync(
                 .iter()
                 .map(|e| start.task(engine.instructions_for(&ids[e.site])))
                 .collect();
-            let updates: Vec<_> = chunk
-                .par_iter()
-                .zip(&wanted)
-                .zip(&tasks)
-                .map(|((event, &wanted), task)| {
-                    wanted.then(|| lock(&sites[event.site]).fit(task, train_of(event.site)))
-                })
-                .collect();
+            let fit = |((event, &wanted), task): ((&Event, &bool), &tessera_engine::FitTask)| {
+                wanted.then(|| lock(&sites[event.site]).fit(task, train_of(event.site)))
+            };
+            let updates: Vec<_> = if parallel {
+                chunk.par_iter().zip(&wanted).zip(&tasks).map(fit).collect()
+            } else {
+                chunk.iter().zip(&wanted).zip(&tasks).map(fit).collect()
+            };
             for (event, update) in chunk.iter().zip(updates) {
                 let id = &ids[event.site];
                 last_event = last_event.max(event.at);
@@ -707,7 +725,7 @@ pub(crate) fn run_sync(
             let bytes = down.change().map_or(0, <[u8]>::len);
             model_down = (32 + 1 + tessera_core::varint_len(bytes as u64) + bytes) as u64;
         }
-        let evaluations: Vec<Evaluation> = evaluate_all(&sites, data, &global)?;
+        let evaluations: Vec<Evaluation> = evaluate_sites(&sites, data, &global, parallel)?;
         for (site, e) in evaluations.iter().enumerate() {
             let size = e.wire_len() as u64;
             bytes_up_per_site[site] += size;
