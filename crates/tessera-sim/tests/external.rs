@@ -4,6 +4,8 @@
 //! rules, secure aggregation); scripted learners give FedAvg of their known changes.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -113,14 +115,7 @@ impl ExternalLearner for BuiltIn {
         global: &ParameterSet,
         _config: &EvaluateConfig,
     ) -> Result<EvaluateResult, ExternalError> {
-        let fail = |e: tessera_learn::LearnError| ExternalError::failed("evaluate", e.to_string());
-        self.learner.set_parameters(global).map_err(fail)?;
-        let e = self.learner.evaluate(&self.test).map_err(fail)?;
-        Ok(EvaluateResult {
-            loss: e.loss_sum / e.n_examples.max(1) as f64,
-            n_examples: e.n_examples as i64,
-            metrics: Metrics::from([("n_correct".to_string(), e.n_correct as f64)]),
-        })
+        common::evaluate_built_in(self.learner.as_mut(), global, &self.test)
     }
 }
 

@@ -32,3 +32,23 @@ pub fn synthetic_sites(plan: &str, sites: usize) -> (Plan, FederatedData) {
     assert_eq!(data.sites.len(), sites);
     (plan, data)
 }
+
+/// A built-in learner's evaluation of `global` on `test`, as an external
+/// learner reports it (mean loss, rows, `n_correct`).
+#[allow(dead_code)]
+pub fn evaluate_built_in(
+    learner: &mut dyn tessera_learn::Learner,
+    global: &tessera_core::ParameterSet,
+    test: &tessera_data::Dataset,
+) -> Result<tessera_engine::EvaluateResult, tessera_engine::ExternalError> {
+    let fail = |e: tessera_learn::LearnError| {
+        tessera_engine::ExternalError::failed("evaluate", e.to_string())
+    };
+    learner.set_parameters(global).map_err(fail)?;
+    let e = learner.evaluate(test).map_err(fail)?;
+    Ok(tessera_engine::EvaluateResult {
+        loss: e.loss_sum / e.n_examples.max(1) as f64,
+        n_examples: e.n_examples as i64,
+        metrics: tessera_engine::Metrics::from([("n_correct".to_string(), e.n_correct as f64)]),
+    })
+}
