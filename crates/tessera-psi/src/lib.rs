@@ -1,6 +1,12 @@
 //! Private set intersection between sites.
 //!
-//! A pure library (no sockets, no clock, no async runtime).
+//! A pure library (no sockets, no clock, no async runtime): every protocol
+//! is a short sequence of messages, plain structs with `to_bytes` and
+//! `from_bytes` (and serde), that any transport can carry. Everything a
+//! party receives is checked before use: declared counts against the agreed
+//! bound (before allocating), byte lengths against the counts, point
+//! encodings, coded sets, and the mode; refusals name the field and what is
+//! wrong ([`PsiError`]).
 //!
 //! # Identifiers
 //!
@@ -8,13 +14,77 @@
 //! hashed with HMAC-SHA256 under a [`MatchingKey`] the matching sites share
 //! and the coordinator never sees, and deduplicated. Raw identifiers never
 //! enter a protocol.
-
+//!
+//! # ECDH-PSI ([`psi`])
+//!
+//! On ristretto255 (curve25519-dalek). `H` hashes a token to the group
+//! (SHA-512, then `from_uniform_bytes`). The receiver A holds a secret
+//! scalar `alpha`, the sender B `beta`, both fresh per run from the
+//! operating system's random source.
+//!
+//! 1. A → B, [`Query`]: `alpha * H(a)` for A's elements (32 bytes each).
+//! 2. B → A, [`Response`]: those points raised to `beta` (32 bytes each; in
+//!    A's order, or sorted by encoding in cardinality mode), and B's own
+//!    elements as `F(b) = PRF(beta * H(b))`, a SHA-256 of the point reduced
+//!    into `[0, |B| * 2^p)`, sent sorted as a Golomb-Rice coded set (about
+//!    `p + 1.6` bits each) with `p = ceil(log2 |A|) + fp_bits`.
+//! 3. A unblinds with `alpha^-1` to `beta * H(a)`, computes `F(a)` and
+//!    looks it up in B's set. In mode both A then sends [`Reveal`] (one bit
+//!    per value of B's set), in cardinality mode the count.
+//!
+//! False positives: each of A's elements falsely matches with probability
+//! below `2^-p`, so a run reports a false match with probability below
+//! `2^-fp_bits` (default 20, about one in a million runs).
+//!
+//! Bytes: `32 |A|` + `32 |A|` + about `(p + 1.6) / 8 · |B|` (+ `|B| / 8` in
+//! mode both): for `|A| = |B| = 10^6` and `fp_bits = 20`, about 69.3
+//! bytes per element (counting each side's element once, that is total
+//! bytes over `n` for an `n x n` run).
+//!
+//! ## What each mode reveals (semi-honest parties)
+//!
+//! | mode | A learns | B learns |
+//! |---|---|---|
+//! | [`Mode::Both`] | which of its elements are shared, `|B|` | which of its elements are shared, `|A|` |
+//! | [`Mode::ReceiverOnly`] | which of its elements are shared, `|B|` | `|A|` |
+//! | [`Mode::Cardinality`] | `|A ∩ B|`, `|B|` | `|A ∩ B|`, `|A|` |
+//!
+//! Beyond these, the messages are pseudorandom to the party receiving them
+//! under the decisional Diffie-Hellman assumption in ristretto255, with `H`
+//! and the PRF modelled as random oracles: B sees `alpha * H(a)`, uniformly
+//! random points; A sees `beta * alpha * H(a)` and `F(b)`, and cannot
+//! evaluate `F` on a guess without B. In cardinality mode the points of
+//! step 2 come back sorted by their own encoding, so linking one to an
+//! element of A's means telling `beta * H(a_i)` from random, which is DDH.
+//! The adversary is semi-honest (follows the protocol, tries to learn more
+//! from what it sees); a malicious party can, for instance, put guessed
+//! identifiers in its set, which any PSI allows, or lie in its reveal.
+//! A coordinator that only relays messages sees pseudorandom points and
+//! coded pseudorandom values: it learns the set sizes (from the lengths)
+//! and, in mode both, the intersection size (from the reveal), nothing
+//! about identifiers, since it never holds the matching key or a scalar.
+//!
+//! # Several sites ([`multi`])
+//!
+//! A leader runs receiver-only rounds along a chain, then a round in mode
+//! both with each site; see the module for what each party learns.
+//!
 #![deny(missing_docs)]
 
 mod error;
+pub mod gcs;
+mod group;
 pub mod ident;
+pub mod multi;
+pub mod psi;
+mod wire;
 
 pub use error::PsiError;
+pub use group::POINT_BYTES;
 pub use ident::{
     MatchingKey, PreparedSet, PreparedValues, Token, normalise, prepare, prepare_with_values,
+};
+pub use multi::{MultiOutput, intersect_sites, intersect_sites_seeded_for_tests};
+pub use psi::{
+    Mode, PsiConfig, Query, Receiver, ReceiverOutput, Response, Reveal, Sender, SenderOutput,
 };
