@@ -39,6 +39,13 @@ pub(crate) fn random_scalar() -> Result<Scalar, PsiError> {
     Ok(s)
 }
 
+/// 32 secret bytes from the operating system's random source.
+pub(crate) fn random_seed() -> Result<[u8; 32], PsiError> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| PsiError::Randomness(e.to_string()))?;
+    Ok(seed)
+}
+
 /// A scalar derived from a seed and a label: for tests and simulation only
 /// (reached through the `*_seeded_for_tests` constructors).
 pub(crate) fn seeded_scalar(seed: u64, label: &[u8]) -> Scalar {
@@ -48,6 +55,15 @@ pub(crate) fn seeded_scalar(seed: u64, label: &[u8]) -> Scalar {
     h.update(label);
     let s = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
     if s == Scalar::ZERO { Scalar::ONE } else { s }
+}
+
+/// 32 bytes derived from a seed and a label: for tests only.
+pub(crate) fn seeded_bytes(seed: u64, label: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(SEED_DOMAIN);
+    h.update(seed.to_le_bytes());
+    h.update(label);
+    h.finalize().into()
 }
 
 /// The number of elements a packed field of 32-byte points holds, checked
@@ -146,6 +162,14 @@ pub(crate) fn blind_points(
             Ok(())
         })?;
     Ok(out)
+}
+
+/// Checks that every packed point of `what` is a valid encoding.
+pub(crate) fn validate_points(what: &'static str, packed: &[u8]) -> Result<(), PsiError> {
+    packed
+        .par_chunks(POINT_BYTES)
+        .enumerate()
+        .try_for_each(|(i, c)| decode(what, c, i).map(|_| ()))
 }
 
 /// A pseudorandom value in `[0, range)` of one doubly-blinded point (the

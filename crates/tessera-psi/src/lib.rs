@@ -1,4 +1,4 @@
-//! Private set intersection between sites.
+//! Private set intersection and intersection-sum between sites.
 //!
 //! A pure library (no sockets, no clock, no async runtime): every protocol
 //! is a short sequence of messages, plain structs with `to_bytes` and
@@ -69,14 +69,23 @@
 //! A leader runs receiver-only rounds along a chain, then a round in mode
 //! both with each site; see the module for what each party learns.
 //!
+//! # Intersection-sum ([`sum`])
+//!
+//! Private Join and Compute's shape with exponential ElGamal on
+//! ristretto255: A learns `|A ∩ B|` and the sum (hence the mean) of B's
+//! values over the intersection; B learns `|A|`. The module documents the
+//! choice of scheme, the bounds and the adversary.
+
 #![deny(missing_docs)]
 
+mod elgamal;
 mod error;
 pub mod gcs;
 mod group;
 pub mod ident;
 pub mod multi;
 pub mod psi;
+pub mod sum;
 mod wire;
 
 pub use error::PsiError;
@@ -87,4 +96,8 @@ pub use ident::{
 pub use multi::{MultiOutput, intersect_sites, intersect_sites_seeded_for_tests};
 pub use psi::{
     Mode, PsiConfig, Query, Receiver, ReceiverOutput, Response, Reveal, Sender, SenderOutput,
+};
+pub use sum::{
+    DecryptRequest, DecryptShare, SumAwaiting, SumConfig, SumOutput, SumQuery, SumReceiver,
+    SumResponse, SumSender,
 };

@@ -108,3 +108,15 @@ impl<'a> Reader<'a> {
         }
     }
 }
+
+impl Reader<'_> {
+    /// A length-prefixed field that must hold exactly 32 bytes.
+    pub(crate) fn array32_field(&mut self, field: &'static str) -> Result<[u8; 32], PsiError> {
+        let b = self.bytes()?;
+        b.as_slice().try_into().map_err(|_| PsiError::WrongLength {
+            what: field,
+            expected: 32,
+            got: b.len(),
+        })
+    }
+}

@@ -67,6 +67,37 @@ pub fn run(config: PsiConfig, a: &[Token], b: &[Token], seed: u64) -> Run {
     }
 }
 
+/// Intersection-sum over serialised messages, seeded: A's output, what B
+/// learned, and every message.
+pub fn run_sum(
+    config: SumConfig,
+    a: &[Token],
+    b: &[Token],
+    values: &[u64],
+    seed: u64,
+) -> (SumOutput, usize, Vec<Vec<u8>>) {
+    let (r, q) = SumReceiver::start_seeded_for_tests(config, a, seed).unwrap();
+    let m1 = q.to_bytes();
+    let (s, resp) = SumSender::respond_seeded_for_tests(
+        config,
+        b,
+        values,
+        &SumQuery::from_bytes(&m1).unwrap(),
+        seed + 1,
+    )
+    .unwrap();
+    let b_learned = s.receiver_size();
+    let m2 = resp.to_bytes();
+    let (w, req) = r.combine(&SumResponse::from_bytes(&m2).unwrap()).unwrap();
+    let m3 = req.to_bytes();
+    let share = s
+        .decrypt(&DecryptRequest::from_bytes(&m3).unwrap())
+        .unwrap();
+    let m4 = share.to_bytes();
+    let out = w.finish(&DecryptShare::from_bytes(&m4).unwrap()).unwrap();
+    (out, b_learned, vec![m1, m2, m3, m4])
+}
+
 /// A tiny deterministic generator for test data.
 pub fn lcg(state: &mut u64) -> u64 {
     *state = state
