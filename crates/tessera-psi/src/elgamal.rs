@@ -27,26 +27,34 @@ fn nonce(seed: &[u8; 32], j: u64) -> Scalar {
 }
 
 /// Encrypts `values` under `public`, nonces from `seed`; 64 bytes each
-/// (`c1 || c2`, compressed).
+/// (`c1 || c2`, compressed). Both components are computed halved and then
+/// doubled and compressed in batches (one field inversion per batch).
 pub(crate) fn encrypt_all(
     public: &RistrettoPoint,
     values: &[u64],
     seed: &[u8; 32],
 ) -> Vec<[u8; 64]> {
+    const CHUNK: usize = 256;
     let table = RistrettoBasepointTable::create(public);
-    values
-        .par_iter()
+    let half = Scalar::from(2u64).invert();
+    let mut out = vec![[0u8; 64]; values.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(values.par_chunks(CHUNK))
         .enumerate()
-        .map(|(j, v)| {
-            let k = nonce(seed, j as u64);
-            let c1 = RISTRETTO_BASEPOINT_TABLE * &k;
-            let c2 = &table * &k + RISTRETTO_BASEPOINT_TABLE * &Scalar::from(*v);
-            let mut out = [0u8; 64];
-            out[..32].copy_from_slice(c1.compress().as_bytes());
-            out[32..].copy_from_slice(c2.compress().as_bytes());
-            out
-        })
-        .collect()
+        .for_each(|(b, (o, vs))| {
+            let mut halves = Vec::with_capacity(2 * vs.len());
+            for (i, v) in vs.iter().enumerate() {
+                let k = nonce(seed, (b * CHUNK + i) as u64) * half;
+                halves.push(RISTRETTO_BASEPOINT_TABLE * &k);
+                halves.push(&table * &k + RISTRETTO_BASEPOINT_TABLE * &(Scalar::from(*v) * half));
+            }
+            let compressed = RistrettoPoint::double_and_compress_batch(&halves);
+            for (o, pair) in o.iter_mut().zip(compressed.chunks_exact(2)) {
+                o[..32].copy_from_slice(pair[0].as_bytes());
+                o[32..].copy_from_slice(pair[1].as_bytes());
+            }
+        });
+    out
 }
 
 /// The `m` in `[0, bound]` with `m G = target`, if there is one.

@@ -12,7 +12,7 @@ use crate::{PsiError, Token};
 pub const POINT_BYTES: usize = 32;
 
 /// Elements per parallel batch (one batched compression each).
-const BATCH: usize = 512;
+pub(crate) const BATCH: usize = 512;
 
 const HASH_DOMAIN: &[u8] = b"tessera-psi/hash-to-group/v1\0";
 const PRF_DOMAIN: &[u8] = b"tessera-psi/prf/v1\0";
@@ -110,12 +110,11 @@ pub(crate) fn decode(
         .ok_or(PsiError::InvalidPoint { what, index })
 }
 
-/// Multiplies points by `s` and compresses them in one batch: the points
-/// are multiplied by `s / 2` and then doubled and compressed together,
-/// which shares one field inversion across the batch.
-fn mul_compress_into(points: &[RistrettoPoint], half_s: &Scalar, out: &mut [u8]) {
-    let scaled: Vec<RistrettoPoint> = points.iter().map(|p| p * half_s).collect();
-    for (c, o) in RistrettoPoint::double_and_compress_batch(&scaled)
+/// Compresses `2 P` for each point into `out`, one batch: doubling first
+/// lets the batch share one field inversion (ristretto255's
+/// `double_and_compress_batch`).
+pub(crate) fn double_compress_into(points: &[RistrettoPoint], out: &mut [u8]) {
+    for (c, o) in RistrettoPoint::double_and_compress_batch(points)
         .iter()
         .zip(out.chunks_exact_mut(POINT_BYTES))
     {
@@ -123,31 +122,25 @@ fn mul_compress_into(points: &[RistrettoPoint], half_s: &Scalar, out: &mut [u8])
     }
 }
 
-fn half(s: &Scalar) -> Scalar {
-    s * Scalar::from(2u64).invert()
-}
-
-/// `s * H(t)` for every token, packed.
-pub(crate) fn blind_tokens(tokens: &[Token], s: &Scalar) -> Vec<u8> {
-    let h = half(s);
+/// `compress(2 k H(t))` for every token, packed.
+pub(crate) fn tokens_times_two(tokens: &[Token], k: &Scalar) -> Vec<u8> {
     let mut out = vec![0u8; tokens.len() * POINT_BYTES];
     out.par_chunks_mut(BATCH * POINT_BYTES)
         .zip(tokens.par_chunks(BATCH))
         .for_each(|(o, ts)| {
-            let pts: Vec<RistrettoPoint> = ts.iter().map(hash_to_group).collect();
-            mul_compress_into(&pts, &h, o);
+            let pts: Vec<RistrettoPoint> = ts.iter().map(|t| hash_to_group(t) * k).collect();
+            double_compress_into(&pts, o);
         });
     out
 }
 
-/// `s * P` for every packed point `P` received in `what`, packed; refused
-/// naming the first element that is not a valid encoding.
-pub(crate) fn blind_points(
+/// `compress(2 k P)` for every packed point `P` received in `what`;
+/// refused naming the first element that is not a valid encoding.
+pub(crate) fn points_times_two(
     what: &'static str,
     packed: &[u8],
-    s: &Scalar,
+    k: &Scalar,
 ) -> Result<Vec<u8>, PsiError> {
-    let h = half(s);
     let mut out = vec![0u8; packed.len()];
     out.par_chunks_mut(BATCH * POINT_BYTES)
         .zip(packed.par_chunks(BATCH * POINT_BYTES))
@@ -156,12 +149,31 @@ pub(crate) fn blind_points(
             let pts = input
                 .chunks_exact(POINT_BYTES)
                 .enumerate()
-                .map(|(i, c)| decode(what, c, b * BATCH + i))
+                .map(|(i, c)| decode(what, c, b * BATCH + i).map(|p| p * k))
                 .collect::<Result<Vec<_>, _>>()?;
-            mul_compress_into(&pts, &h, o);
+            double_compress_into(&pts, o);
             Ok(())
         })?;
     Ok(out)
+}
+
+/// Half of a scalar: `compress(s P)` is `compress(2 (s / 2) P)`.
+pub(crate) fn half(s: &Scalar) -> Scalar {
+    s * Scalar::from(2u64).invert()
+}
+
+/// `s * H(t)` for every token, packed.
+pub(crate) fn blind_tokens(tokens: &[Token], s: &Scalar) -> Vec<u8> {
+    tokens_times_two(tokens, &half(s))
+}
+
+/// `s * P` for every packed point `P` received in `what`, packed.
+pub(crate) fn blind_points(
+    what: &'static str,
+    packed: &[u8],
+    s: &Scalar,
+) -> Result<Vec<u8>, PsiError> {
+    points_times_two(what, packed, &half(s))
 }
 
 /// Checks that every packed point of `what` is a valid encoding.

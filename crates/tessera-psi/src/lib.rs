@@ -18,19 +18,25 @@
 //! # ECDH-PSI ([`psi`])
 //!
 //! On ristretto255 (curve25519-dalek). `H` hashes a token to the group
-//! (SHA-512, then `from_uniform_bytes`). The receiver A holds a secret
-//! scalar `alpha`, the sender B `beta`, both fresh per run from the
-//! operating system's random source.
+//! (SHA-512, then `from_uniform_bytes`). The sender B holds a secret scalar
+//! `beta` (public key `Y = beta G`), the receiver A a blinding secret; both
+//! are fresh per run from the operating system's random source.
 //!
-//! 1. A → B, [`Query`]: `alpha * H(a)` for A's elements (32 bytes each).
-//! 2. B → A, [`Response`]: those points raised to `beta` (32 bytes each; in
-//!    A's order, or sorted by encoding in cardinality mode), and B's own
-//!    elements as `F(b) = PRF(beta * H(b))`, a SHA-256 of the point reduced
-//!    into `[0, |B| * 2^p)`, sent sorted as a Golomb-Rice coded set (about
-//!    `p + 1.6` bits each) with `p = ceil(log2 |A|) + fp_bits`.
-//! 3. A unblinds with `alpha^-1` to `beta * H(a)`, computes `F(a)` and
-//!    looks it up in B's set. In mode both A then sends [`Reveal`] (one bit
-//!    per value of B's set), in cardinality mode the count.
+//! 1. A → B, [`Query`]: A's elements blinded, 32 bytes each: in modes both
+//!    and receiver-only `2 (H(a) + r_a G)` with a fresh mask `r_a` per
+//!    element (additive blinding: both of A's multiplications have a fixed
+//!    base and use precomputed tables), in cardinality mode
+//!    `alpha H(a)` with one secret `alpha`.
+//! 2. B → A, [`Response`]: `Y`; those points multiplied by `beta` (32
+//!    bytes each; in A's order, or sorted by encoding in cardinality mode);
+//!    and B's own elements as `F(b) = PRF(4 beta H(b))`, a SHA-256 of the
+//!    point's encoding reduced into `[0, |B| 2^p)`, sent sorted as a
+//!    Golomb-Rice coded set (about `p + 1.6` bits each) with
+//!    `p = ceil(log2 |A|) + fp_bits`.
+//! 3. A removes its blinding (subtracting `2 r_a Y`, or multiplying by
+//!    `2 alpha^-1`), which leaves `2 beta H(a)`, computes `F(a)` and looks
+//!    it up in B's set. In mode both A then sends [`Reveal`] (one bit per
+//!    value of B's set), in cardinality mode the count.
 //!
 //! False positives: each of A's elements falsely matches with probability
 //! below `2^-p`, so a run reports a false match with probability below
@@ -51,18 +57,22 @@
 //!
 //! Beyond these, the messages are pseudorandom to the party receiving them
 //! under the decisional Diffie-Hellman assumption in ristretto255, with `H`
-//! and the PRF modelled as random oracles: B sees `alpha * H(a)`, uniformly
-//! random points; A sees `beta * alpha * H(a)` and `F(b)`, and cannot
-//! evaluate `F` on a guess without B. In cardinality mode the points of
-//! step 2 come back sorted by their own encoding, so linking one to an
-//! element of A's means telling `beta * H(a_i)` from random, which is DDH.
+//! and the PRF modelled as random oracles: B sees A's blinded points,
+//! uniformly random whatever `a` is (additive blinding) or `alpha H(a)`
+//! (pseudorandom under DDH); A sees `beta` times its own points and `F(b)`, and cannot evaluate
+//! `F` on a guess without B (this is the 2HashDH oblivious PRF). In
+//! cardinality mode the points of step 2 come back sorted by their own
+//! encoding, so linking one to an element of A's means telling
+//! `beta alpha H(a_i)` from the others, which is DDH.
 //! The adversary is semi-honest (follows the protocol, tries to learn more
 //! from what it sees); a malicious party can, for instance, put guessed
 //! identifiers in its set, which any PSI allows, or lie in its reveal.
 //! A coordinator that only relays messages sees pseudorandom points and
 //! coded pseudorandom values: it learns the set sizes (from the lengths)
-//! and, in mode both, the intersection size (from the reveal), nothing
-//! about identifiers, since it never holds the matching key or a scalar.
+//! and, in mode both and cardinality mode, the intersection size (from the
+//! reveal), nothing about identifiers, since it never holds the matching
+//! key or a scalar. Carried over mutual TLS between the sites, it learns
+//! only the lengths.
 //!
 //! # Several sites ([`multi`])
 //!
@@ -78,6 +88,7 @@
 
 #![deny(missing_docs)]
 
+mod blind;
 mod elgamal;
 mod error;
 pub mod gcs;

@@ -1,15 +1,17 @@
 //! Two-party ECDH-PSI on ristretto255 (see the crate docs for the flow, the
 //! adversary and what each mode reveals).
 
+use curve25519_dalek::constants::RISTRETTO_BASEPOINT_TABLE;
 use curve25519_dalek::scalar::Scalar;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+use crate::blind::Blinding;
 use crate::gcs::CompressedSet;
 use crate::group::{
-    POINT_BYTES, blind_points, blind_tokens, check_packed, prf_value, random_scalar, seeded_scalar,
-    sort_packed,
+    POINT_BYTES, blind_points, check_packed, prf_value, random_scalar, random_seed, seeded_bytes,
+    seeded_scalar, sort_packed, tokens_times_two,
 };
 use crate::wire::{Reader, Writer};
 use crate::{PsiError, Token};
@@ -119,8 +121,9 @@ fn check_local(what: &'static str, n: usize, config: &PsiConfig) -> Result<(), P
     Ok(())
 }
 
-/// Message 1, receiver to sender: the receiver's blinded elements
-/// `alpha * H(a)`.
+/// Message 1, receiver to sender: the receiver's blinded elements,
+/// `2 (H(a) + r_a G)` (modes both, receiver-only) or `alpha * H(a)`
+/// (cardinality).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Query {
     /// The mode the receiver runs.
@@ -131,15 +134,17 @@ pub struct Query {
     pub points: Vec<u8>,
 }
 
-/// Message 2, sender to receiver: the receiver's points raised to `beta`
-/// (in the query's order, or sorted by encoding in cardinality mode), and
-/// the sender's own elements as the compressed set of
-/// `PRF(beta * H(b))`.
+/// Message 2, sender to receiver: the sender's public key, the receiver's
+/// points multiplied by `beta` (in the query's order, or sorted by encoding
+/// in cardinality mode), and the sender's own elements as the compressed
+/// set of `PRF(4 beta H(b))`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
+    /// The sender's public key `beta * G` (used by additive blinding).
+    pub public_key: [u8; 32],
     /// The number of evaluated points.
     pub count: u32,
-    /// `beta * alpha * H(a)`, 32 bytes each.
+    /// `beta` times each query point, 32 bytes each.
     pub evaluated: Vec<u8>,
     /// The sender's evaluated set.
     pub set: CompressedSet,
@@ -191,8 +196,9 @@ impl Response {
     pub fn to_bytes(&self) -> Vec<u8> {
         Writer::new(
             TAG_RESPONSE,
-            self.evaluated.len() + self.set.data.len() + 32,
+            self.evaluated.len() + self.set.data.len() + 64,
         )
+        .bytes(&self.public_key)
         .u32(self.count)
         .bytes(&self.evaluated)
         .u32(self.set.count)
@@ -204,6 +210,7 @@ impl Response {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, PsiError> {
         let mut r = Reader::new("response", TAG_RESPONSE, bytes)?;
         let out = Response {
+            public_key: r.array32_field("response.public_key")?,
             count: r.u32()?,
             evaluated: r.bytes()?,
             set: CompressedSet {
@@ -277,7 +284,7 @@ pub struct SenderOutput {
 /// The receiver (party A) between its query and the response.
 pub struct Receiver {
     config: PsiConfig,
-    alpha: Scalar,
+    blinding: Blinding,
     n: usize,
 }
 
@@ -285,7 +292,11 @@ impl Receiver {
     /// Starts a run with a secret from the operating system's random
     /// source.
     pub fn start(config: PsiConfig, tokens: &[Token]) -> Result<(Receiver, Query), PsiError> {
-        Self::start_with(config, tokens, random_scalar()?)
+        let blinding = match config.mode {
+            Mode::Cardinality => Blinding::Multiplicative(random_scalar()?),
+            Mode::Both | Mode::ReceiverOnly => Blinding::Additive(random_seed()?),
+        };
+        Self::start_with(config, tokens, blinding)
     }
 
     /// Starts a run with a secret derived from `seed`: for tests and
@@ -295,17 +306,25 @@ impl Receiver {
         tokens: &[Token],
         seed: u64,
     ) -> Result<(Receiver, Query), PsiError> {
-        Self::start_with(config, tokens, seeded_scalar(seed, b"psi receiver alpha"))
+        let blinding = match config.mode {
+            Mode::Cardinality => {
+                Blinding::Multiplicative(seeded_scalar(seed, b"psi receiver alpha"))
+            }
+            Mode::Both | Mode::ReceiverOnly => {
+                Blinding::Additive(seeded_bytes(seed, b"psi receiver masks"))
+            }
+        };
+        Self::start_with(config, tokens, blinding)
     }
 
     fn start_with(
         config: PsiConfig,
         tokens: &[Token],
-        alpha: Scalar,
+        blinding: Blinding,
     ) -> Result<(Receiver, Query), PsiError> {
         config.check()?;
         check_local("receiver's tokens", tokens.len(), &config)?;
-        let points = blind_tokens(tokens, &alpha);
+        let points = blinding.query(tokens);
         let query = Query {
             mode: config.mode,
             count: tokens.len() as u32,
@@ -314,7 +333,7 @@ impl Receiver {
         Ok((
             Receiver {
                 config,
-                alpha,
+                blinding,
                 n: tokens.len(),
             },
             query,
@@ -342,12 +361,9 @@ impl Receiver {
             .set
             .decode("response.set", self.config.max_elements, p)?;
         let range = CompressedSet::range(set.len(), p);
-        // beta * H(a) = alpha^-1 * (beta * alpha * H(a)).
-        let unblinded = blind_points(
-            "response.evaluated",
-            &response.evaluated,
-            &self.alpha.invert(),
-        )?;
+        let unblinded = self
+            .blinding
+            .unblind(&response.evaluated, &response.public_key)?;
         let positions: Vec<Option<usize>> = unblinded
             .par_chunks(POINT_BYTES)
             .map(|c| set.binary_search(&prf_value(c, range)).ok())
@@ -449,7 +465,8 @@ impl Sender {
             sort_packed(&mut evaluated, POINT_BYTES);
         }
         let p = config.param_bits(na);
-        let own = blind_tokens(tokens, &beta);
+        // compress(4 beta H(b)), the encoding the receiver ends with.
+        let own = tokens_times_two(tokens, &(beta + beta));
         let range = CompressedSet::range(tokens.len(), p);
         let mut values: Vec<(u128, usize)> = own
             .par_chunks(POINT_BYTES)
@@ -469,6 +486,7 @@ impl Sender {
                 receiver_size: na,
             },
             Response {
+                public_key: (RISTRETTO_BASEPOINT_TABLE * &beta).compress().to_bytes(),
                 count: na as u32,
                 evaluated,
                 set,

@@ -130,6 +130,18 @@ fn a_response_that_does_not_answer_the_query_is_refused() {
     param.set.param_bits += 1;
     let err = fresh().0.finish(&param).err().unwrap();
     assert!(err.to_string().contains("Rice parameter"), "{err}");
+    // A public key that is not a point (modes both and receiver-only
+    // unblind with it).
+    let mut key = resp.clone();
+    key.public_key = [0xff; 32];
+    let err = fresh().0.finish(&key).err().unwrap();
+    assert_eq!(
+        err,
+        PsiError::InvalidPoint {
+            what: "response.public_key",
+            index: 0
+        }
+    );
     // Trailing garbage in the coded set.
     let mut tail = resp;
     tail.set.data.push(0);
