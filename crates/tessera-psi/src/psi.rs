@@ -84,7 +84,7 @@ impl PsiConfig {
     }
 
     fn check(&self) -> Result<(), PsiError> {
-        if self.max_elements == 0 || self.max_elements > (1 << 32) - 1 {
+        if self.max_elements == 0 || self.max_elements > u32::MAX as usize {
             return Err(PsiError::Config(format!(
                 "max_elements {} must lie in 1..=2^32-1",
                 self.max_elements
