@@ -17,6 +17,7 @@ fn crates_dir() -> PathBuf {
 const LAYERS: &[(&str, u32)] = &[
     ("tessera-core", 0),
     ("tessera-secagg", 0),
+    ("tessera-psi", 0),
     ("tessera-tls", 1),
     ("tessera-data", 1),
     ("tessera-privacy", 1),
@@ -44,6 +45,7 @@ const PURE: &[&str] = &[
     "tessera-aggregate",
     "tessera-privacy",
     "tessera-secagg",
+    "tessera-psi",
     "tessera-compress",
     "tessera-plan",
     "tessera-engine",
