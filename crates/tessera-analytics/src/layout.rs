@@ -78,6 +78,9 @@ pub struct Slotted {
     pub touched: usize,
     /// The agreed levels of its categorical columns (crosstab).
     pub levels: Vec<Vec<String>>,
+    /// Reads the slots of an earlier aggregate (quantiles, min and max of
+    /// one column within the same bounds share one tree) and adds none.
+    pub shared: bool,
 }
 
 /// A compiled query.
@@ -204,6 +207,8 @@ pub fn compile(query: &Query, schema: &Schema, shape: Shape) -> Result<Layout, A
     let mut touched = 1;
     let depth = shape.quantile_depth as usize;
     let tree = (1usize << (depth + 1)) - 2;
+    // Trees by (column, bounds): every quantile of a column reads one.
+    let mut trees: Vec<(usize, u64, u64, usize)> = Vec::new();
     for item in &query.items {
         let aggregate = match item {
             Item::Column(name) => {
@@ -270,6 +275,35 @@ pub fn compile(query: &Query, schema: &Schema, shape: Shape) -> Result<Layout, A
                 (shape.sketch_cells, 1)
             }
         };
+        let tree_of = match &aggregate {
+            Aggregate::Quantile(..) | Aggregate::Min(_) | Aggregate::Max(_) => {
+                let b = &numeric[0];
+                Some((b.index, b.low.to_bits(), b.high.to_bits()))
+            }
+            _ => None,
+        };
+        let earlier = tree_of.and_then(|(i, l, h)| {
+            trees
+                .iter()
+                .find(|t| (t.0, t.1, t.2) == (i, l, h))
+                .map(|t| t.3)
+        });
+        if let Some(at) = earlier {
+            aggregates.push(Slotted {
+                aggregate,
+                offset: at,
+                len,
+                numeric,
+                categorical: cats,
+                touched: 0,
+                levels,
+                shared: true,
+            });
+            continue;
+        }
+        if let Some((i, l, h)) = tree_of {
+            trees.push((i, l, h, offset));
+        }
         aggregates.push(Slotted {
             aggregate,
             offset,
@@ -278,6 +312,7 @@ pub fn compile(query: &Query, schema: &Schema, shape: Shape) -> Result<Layout, A
             categorical: cats,
             touched: touch,
             levels,
+            shared: false,
         });
         offset += len;
         touched += touch;
@@ -473,7 +508,7 @@ pub fn contribute(layout: &Layout, query: &Query, schema: &Schema, table: &SiteT
         }
         let base = group * layout.group_len;
         add(&mut out, base, 1.0);
-        for a in &layout.aggregates {
+        for a in layout.aggregates.iter().filter(|a| !a.shared) {
             let at = base + a.offset;
             let unit = |b: &Bounded| match &table.columns[b.index] {
                 Values::Numeric(v) => b.unit(v[row]),

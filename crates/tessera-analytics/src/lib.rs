@@ -20,7 +20,8 @@
 //! Statistics: count, sum, mean, variance, stddev, histograms (fixed bins,
 //! or a binary tree of bins), quantiles and noise-protected min/max (by
 //! descending a tree of `2^depth` bins over the bounds, then linearly
-//! within a leaf: the value at continuous rank `q (n - 1) + 0.5`; min and
+//! within a leaf: the value at continuous rank `q (n - 1) + 0.5`; every
+//! quantile, min and max of a column within the same bounds reads one tree; min and
 //! max at ranks two rank-noise deviations inside the ends), correlation
 //! and covariance (of two columns, or a matrix), crosstabs of two
 //! categorical columns, and count-distinct (linear counting on a sketch of

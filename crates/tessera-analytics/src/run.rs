@@ -184,8 +184,7 @@ pub fn answer(
         add_noise(
             &mut noisy,
             sigma / m.sqrt(),
-            settings.noise_seed,
-            release,
+            (settings.noise_seed, release, text),
             &site.site,
             0,
         );
@@ -207,8 +206,7 @@ pub fn answer(
             add_noise(
                 &mut noisy,
                 sigma,
-                settings.noise_seed,
-                release,
+                (settings.noise_seed, release, text),
                 &site.site,
                 1,
             );
@@ -256,14 +254,22 @@ fn finish(
 }
 
 /// Adds `N(0, std²)` in fixed point to each slot, from the site's seeded
-/// generator (simulation: a deployed site keys it with its own secret).
-fn add_noise(values: &mut [u64], std: f64, seed: u64, release: u32, site: &str, purpose: u64) {
+/// generator keyed by the seed, the release and the query's text, so that
+/// two queries never share noise (simulation: a deployed site keys it with
+/// its own secret).
+fn add_noise(values: &mut [u64], std: f64, key: (u64, u32, &str), site: &str, purpose: u64) {
     if std == 0.0 {
         return;
     }
+    let (seed, release, text) = key;
     let key = tessera_core::derive_key(
         seed,
-        &[u64::from(release), tessera_core::tag(site), purpose],
+        &[
+            u64::from(release),
+            tessera_core::tag(site),
+            purpose,
+            tessera_core::tag(text),
+        ],
     );
     let mut noise = tessera_privacy::GaussianNoise::new(key, 0);
     for v in values {
