@@ -220,7 +220,9 @@ fn statistic(a: &Slotted, n: f64, s: &[f64], sigma: f64, layout: &Layout) -> Sta
                         let (p, q) = (i.min(j), i.max(j));
                         let x = [n, s[p], s[q], s[k + p], s[k + q], s[pair(p, q)]];
                         if corr {
-                            delta_method(
+                            // Noise may push it past [-1, 1]: shown clamped,
+                            // its error from the unclamped value.
+                            let (v, e) = delta_method(
                                 |x| {
                                     (x[5] - x[1] * x[2] / x[0])
                                         / ((x[3] - x[1] * x[1] / x[0])
@@ -229,7 +231,8 @@ fn statistic(a: &Slotted, n: f64, s: &[f64], sigma: f64, layout: &Layout) -> Sta
                                 },
                                 &x,
                                 sigma,
-                            )
+                            );
+                            (v.clamp(-1.0, 1.0), e)
                         } else {
                             let rr = a.numeric[p].range() * a.numeric[q].range();
                             delta_method(
