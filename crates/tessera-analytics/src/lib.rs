@@ -38,6 +38,7 @@ pub mod layout;
 pub mod query;
 mod run;
 pub mod schema;
+pub mod secure;
 
 use thiserror::Error;
 

@@ -2,13 +2,12 @@
 //! contribution, its share of the noise, the sum, the ledger's charge, and
 //! the estimates.
 //!
-//! **Summing.** Contributions are vectors in `Z_2^64` (fixed point), the
-//! ring secure aggregation's masks live in: pairwise masks that cancel in
-//! the sum leave it unchanged. In simulation the vectors are summed exactly
-//! (wrapping), without running the mask protocol: `tessera-secagg` masks
-//! quantised `Z_2^32` training updates inside a keyed multi-round protocol,
-//! not a fixed-point vector handed to it; deployment will mask these vectors
-//! with the same pairwise-mask construction in `Z_2^64`.
+//! **Summing.** Contributions are vectors in `Z_2^64` (fixed point). The
+//! federation's sum goes through one SecAgg+ round of `tessera-secagg`
+//! (see [`crate::secure`]: 16-bit limbs in its `Z_2^32`), run in process
+//! in simulation; with fewer than three sites it is summed in the clear
+//! ([`Report::secure_aggregation`] says which). Each PER SITE answer is
+//! that site's own vector with its own full noise.
 //!
 //! **Noise.** The answer needs `N(0, sigma²)` per slot, `sigma = z · Δ`
 //! (`Δ` the vector's L2 sensitivity, `z` the noise multiplier calibrated for
@@ -28,6 +27,7 @@ use crate::estimate::{GroupAnswer, estimate};
 use crate::layout::{Layout, MAX_ROWS, SCALE, Shape, compile, contribute};
 use crate::query::{Query, parse};
 use crate::schema::{Schema, SiteTable};
+use crate::secure::secure_sum;
 use crate::{AnalyticsConfig, AnalyticsError};
 
 /// The privacy of one release.
@@ -70,6 +70,9 @@ pub struct Report {
     pub answers: Vec<Answer>,
     /// The ledger lines (none for an unprotected release).
     pub ledger: Vec<LedgerEntry>,
+    /// Whether the federation's sum went through secure aggregation (at
+    /// least three sites; fewer are summed in the clear).
+    pub secure_aggregation: bool,
 }
 
 /// How a query is answered: the plan's `[analytics]` with the command
@@ -178,20 +181,22 @@ pub fn answer(
         .map(|s| contribute(&layout, &query, schema, s))
         .collect();
     let m = sites.len().max(1) as f64;
-    let mut total = vec![0u64; layout.len()];
-    for (site, c) in sites.iter().zip(&contributions) {
-        let mut noisy = c.clone();
-        add_noise(
-            &mut noisy,
-            sigma / m.sqrt(),
-            (settings.noise_seed, release, text),
-            &site.site,
-            0,
-        );
-        for (t, v) in total.iter_mut().zip(&noisy) {
-            *t = t.wrapping_add(*v);
-        }
-    }
+    let noisy: Vec<Vec<u64>> = sites
+        .iter()
+        .zip(&contributions)
+        .map(|(site, c)| {
+            let mut noisy = c.clone();
+            add_noise(
+                &mut noisy,
+                sigma / m.sqrt(),
+                (settings.noise_seed, release, text),
+                &site.site,
+                0,
+            );
+            noisy
+        })
+        .collect();
+    let (total, secure) = secure_sum(&noisy, release, settings.noise_seed)?;
     let mut answers = vec![finish(
         &layout,
         &query,
@@ -233,6 +238,7 @@ pub fn answer(
         query: text.to_string(),
         answers,
         ledger: entries,
+        secure_aggregation: secure,
     })
 }
 

@@ -205,6 +205,14 @@ fn number(v: f64) -> String {
 
 fn print_report(report: &Report, min_group: f64) {
     println!("query: {}", report.query);
+    println!(
+        "{}",
+        if report.secure_aggregation {
+            "the sites' contributions were summed through secure aggregation (SecAgg+, in process)"
+        } else {
+            "the sites' contributions were summed in the clear (secure aggregation needs 3 sites)"
+        }
+    );
     for answer in &report.answers {
         print_answer(answer, min_group);
     }
