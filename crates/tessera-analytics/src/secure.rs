@@ -128,7 +128,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_masked_sum_is_the_wrapping_sum_and_no_masked_input_is_its_vector() {
+    fn the_secure_sum_is_the_wrapping_sum_and_two_sites_are_summed_in_the_clear() {
         let vectors: Vec<Vec<u64>> = (0..5u64)
             .map(|s| {
                 (0..40u64)
