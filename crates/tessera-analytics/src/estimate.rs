@@ -150,17 +150,28 @@ fn statistic(a: &Slotted, n: f64, s: &[f64], sigma: f64, layout: &Layout) -> Sta
         Aggregate::Count => scalar(name, (n, sigma)),
         Aggregate::Sum(_) => scalar(
             name,
-            delta_method(|x| low * x[0] + range * x[1], &[n, s[0]], sigma),
+            delta_method(
+                |x| low * x[0] + range * (x[1] + 0.5 * x[0]),
+                &[n, s[0]],
+                sigma,
+            ),
         ),
         Aggregate::Mean(_) => scalar(
             name,
-            delta_method(|x| low + range * x[1] / x[0], &[n, s[0]], sigma),
+            delta_method(|x| low + range * (x[1] / x[0] + 0.5), &[n, s[0]], sigma),
         ),
         Aggregate::Variance(_) => scalar(name, delta_method(variance, &[n, s[0], s[1]], sigma)),
-        Aggregate::Stddev(_) => scalar(
-            name,
-            delta_method(|x| variance(x).max(0.0).sqrt(), &[n, s[0], s[1]], sigma),
-        ),
+        Aggregate::Stddev(_) => {
+            let x = [n, s[0], s[1]];
+            let (v, v_error) = delta_method(variance, &x, sigma);
+            if v > 0.0 {
+                scalar(name, delta_method(|x| variance(x).sqrt(), &x, sigma))
+            } else {
+                // Noise left the variance at or below 0: the spread is 0
+                // give or take the square root of the variance's error.
+                scalar(name, (0.0, v_error.sqrt()))
+            }
+        }
         Aggregate::Histogram {
             bins, hierarchical, ..
         } => {

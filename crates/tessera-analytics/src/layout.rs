@@ -5,10 +5,14 @@
 //! The layout is a pure function of the query and the schema (never of the
 //! data), so every site computes vectors of the same shape that add up slot
 //! by slot. Each numeric value is clamped to its column's bounds and
-//! rescaled to `u = (x - low) / (high - low)` in `[0, 1]`; a row adds at most
-//! 1 to every slot it touches (a count, `u`, `u²`, `u·v`, a bin, a sketch
-//! cell), so its L2 norm is at most `sqrt(slots touched)`, the same for
-//! every row. Values are fixed point, `round(v · 2^40)` in `Z_2^64`.
+//! rescaled to `u = (x - low) / (high - low)` in `[0, 1]` (bins and tree
+//! leaves), centred as `c = u - 1/2` in `[-1/2, 1/2]` for sums: a row adds
+//! 1 to a count, a bin, a tree node or a sketch cell, at most 1/2 in
+//! magnitude to a sum (`c`) and at most 1/4 to a sum of squares or cross
+//! products (`c²`, `c·d`), so the L2 norm of what it adds is at most the
+//! square root of the sum of those squared bounds over the slots it
+//! touches, the same for every row. Values are fixed point,
+//! `round(v · 2^40)` in `Z_2^64`.
 
 use crate::AnalyticsError;
 use crate::query::{Aggregate, CompareOp, Expr, Item, Literal, Query};
@@ -74,8 +78,8 @@ pub struct Slotted {
     pub numeric: Vec<Bounded>,
     /// Its categorical columns: schema index and number of levels.
     pub categorical: Vec<(usize, usize)>,
-    /// Slots one row touches.
-    pub touched: usize,
+    /// The most one row adds to its slots' squared L2 norm.
+    pub norm_sq: f64,
     /// The agreed levels of its categorical columns (crosstab).
     pub levels: Vec<Vec<String>>,
     /// Reads the slots of an earlier aggregate (quantiles, min and max of
@@ -94,8 +98,8 @@ pub struct Layout {
     pub aggregates: Vec<Slotted>,
     /// Slots per group: the group's row count, then each aggregate's.
     pub group_len: usize,
-    /// Slots one row touches.
-    pub touched: usize,
+    /// The most one row adds to the vector's squared L2 norm.
+    pub norm_sq: f64,
     /// Every column the query needs present in a row.
     pub needed: Vec<usize>,
     /// Settings.
@@ -116,7 +120,7 @@ impl Layout {
     /// The L2 sensitivity of the vector, in units of one row's count: the
     /// norm of what one row adds (add/remove-one neighbours).
     pub fn sensitivity(&self) -> f64 {
-        (self.touched as f64).sqrt()
+        self.norm_sq.sqrt()
     }
 
     /// The key (levels) of group `g`.
@@ -204,7 +208,7 @@ pub fn compile(query: &Query, schema: &Schema, shape: Shape) -> Result<Layout, A
     }
     let mut aggregates = Vec::new();
     let mut offset = 1;
-    let mut touched = 1;
+    let mut norm_sq = 1.0;
     let depth = shape.quantile_depth as usize;
     let tree = (1usize << (depth + 1)) - 2;
     // Trees by (column, bounds): every quantile of a column reads one.
@@ -224,15 +228,15 @@ pub fn compile(query: &Query, schema: &Schema, shape: Shape) -> Result<Layout, A
         let mut numeric = Vec::new();
         let mut cats = Vec::new();
         let mut levels = Vec::new();
-        let (len, touch) = match &aggregate {
-            Aggregate::Count => (0, 0),
+        let (len, touch): (usize, f64) = match &aggregate {
+            Aggregate::Count => (0, 0.0),
             Aggregate::Sum(c) | Aggregate::Mean(c) => {
                 numeric.push(bounded(c)?);
-                (1, 1)
+                (1, 0.25)
             }
             Aggregate::Variance(c) | Aggregate::Stddev(c) => {
                 numeric.push(bounded(c)?);
-                (2, 2)
+                (2, 0.25 + 0.0625)
             }
             Aggregate::Histogram {
                 column,
@@ -242,22 +246,22 @@ pub fn compile(query: &Query, schema: &Schema, shape: Shape) -> Result<Layout, A
                 numeric.push(bounded(column)?);
                 if *hierarchical {
                     let levels = bins.trailing_zeros() as usize;
-                    (2 * bins - 2, levels)
+                    (2 * bins - 2, levels as f64)
                 } else {
-                    (*bins, 1)
+                    (*bins, 1.0)
                 }
             }
             Aggregate::Quantile(c, _) | Aggregate::Min(c) | Aggregate::Max(c) => {
                 numeric.push(bounded(c)?);
-                (tree, depth)
+                (tree, depth as f64)
             }
             Aggregate::Corr(cs) | Aggregate::Cov(cs) => {
                 for c in cs {
                     numeric.push(bounded(c)?);
                 }
                 let k = cs.len();
-                let n = 2 * k + k * (k - 1) / 2;
-                (n, n)
+                let pairs = k * (k - 1) / 2;
+                (2 * k + pairs, 0.25 * k as f64 + 0.0625 * (k + pairs) as f64)
             }
             Aggregate::Crosstab(a, b) => {
                 let (a, la) = categorical(a)?;
@@ -267,12 +271,12 @@ pub fn compile(query: &Query, schema: &Schema, shape: Shape) -> Result<Layout, A
                 let len = la.len() * lb.len();
                 levels.push(la);
                 levels.push(lb);
-                (len, 1)
+                (len, 1.0)
             }
             Aggregate::CountDistinct(c) => {
                 let (index, _) = schema.column(c)?;
                 cats.push((index, 0));
-                (shape.sketch_cells, 1)
+                (shape.sketch_cells, 1.0)
             }
         };
         let tree_of = match &aggregate {
@@ -295,7 +299,7 @@ pub fn compile(query: &Query, schema: &Schema, shape: Shape) -> Result<Layout, A
                 len,
                 numeric,
                 categorical: cats,
-                touched: 0,
+                norm_sq: 0.0,
                 levels,
                 shared: true,
             });
@@ -310,12 +314,12 @@ pub fn compile(query: &Query, schema: &Schema, shape: Shape) -> Result<Layout, A
             len,
             numeric,
             categorical: cats,
-            touched: touch,
+            norm_sq: touch,
             levels,
             shared: false,
         });
         offset += len;
-        touched += touch;
+        norm_sq += touch;
     }
     let mut needed: Vec<usize> = group_by.iter().map(|(i, _)| *i).collect();
     for a in &aggregates {
@@ -329,7 +333,7 @@ pub fn compile(query: &Query, schema: &Schema, shape: Shape) -> Result<Layout, A
         groups,
         aggregates,
         group_len: offset,
-        touched,
+        norm_sq,
         needed,
         shape,
     };
@@ -516,9 +520,11 @@ pub fn contribute(layout: &Layout, query: &Query, schema: &Schema, table: &SiteT
             };
             match &a.aggregate {
                 Aggregate::Count => {}
-                Aggregate::Sum(_) | Aggregate::Mean(_) => add(&mut out, at, unit(&a.numeric[0])),
+                Aggregate::Sum(_) | Aggregate::Mean(_) => {
+                    add(&mut out, at, unit(&a.numeric[0]) - 0.5)
+                }
                 Aggregate::Variance(_) | Aggregate::Stddev(_) => {
-                    let u = unit(&a.numeric[0]);
+                    let u = unit(&a.numeric[0]) - 0.5;
                     add(&mut out, at, u);
                     add(&mut out, at + 1, u * u);
                 }
@@ -537,7 +543,7 @@ pub fn contribute(layout: &Layout, query: &Query, schema: &Schema, table: &SiteT
                     tree_add(&mut out, at, u, layout.shape.quantile_depth as usize);
                 }
                 Aggregate::Corr(_) | Aggregate::Cov(_) => {
-                    let us: Vec<f64> = a.numeric.iter().map(unit).collect();
+                    let us: Vec<f64> = a.numeric.iter().map(|b| unit(b) - 0.5).collect();
                     let k = us.len();
                     for (i, u) in us.iter().enumerate() {
                         add(&mut out, at + i, *u);

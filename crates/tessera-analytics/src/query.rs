@@ -13,7 +13,8 @@
 //! literal    := number | string            (strings in single quotes, '' for a quote)
 //! ```
 //!
-//! Keywords are case-insensitive. A hand-written grammar rather than
+//! A column name that is not a plain word (or is a keyword) is written in
+//! double quotes: `"time-in-hospital"`. Keywords are case-insensitive. A hand-written grammar rather than
 //! `sqlparser`: the language is a dozen productions, none of SQL's joins,
 //! subqueries or expressions in aggregates may appear (each would need its
 //! own sensitivity analysis), `CLAMP` and `PER SITE` are not SQL, and every
@@ -190,6 +191,8 @@ impl Literal {
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
     Ident(String),
+    /// A `"quoted"` column name (never a keyword).
+    Quoted(String),
     Number(f64),
     Text(String),
     Sym(&'static str),
@@ -200,6 +203,7 @@ impl Tok {
     fn shown(&self) -> String {
         match self {
             Tok::Ident(s) => format!("'{s}'"),
+            Tok::Quoted(s) => format!("'\"{s}\"'"),
             Tok::Number(v) => format!("'{v}'"),
             Tok::Text(s) => format!("'{}'", s.replace('\'', "''")),
             Tok::Sym(s) => format!("'{s}'"),
@@ -251,6 +255,26 @@ fn lex(text: &str) -> Result<Vec<(Tok, usize)>, AnalyticsError> {
                     ));
                 }
             }
+        } else if c == '"' {
+            // A quoted column name: any characters but '"'.
+            let end = chars[i + 1..].iter().position(|&ch| ch == '"');
+            let Some(len) = end else {
+                return Err(AnalyticsError::parse(
+                    start,
+                    "'\"'",
+                    "a column name that is never closed (\"name\")",
+                ));
+            };
+            let name: String = chars[i + 1..i + 1 + len].iter().collect();
+            if name.is_empty() {
+                return Err(AnalyticsError::parse(
+                    start,
+                    "'\"\"'",
+                    "an empty column name",
+                ));
+            }
+            out.push((Tok::Quoted(name), start));
+            i += len + 2;
         } else if c == '\'' {
             let mut s = String::new();
             i += 1;
@@ -364,6 +388,11 @@ impl Parser {
                 self.at += 1;
                 Ok(s)
             }
+            Tok::Quoted(s) => {
+                let s = s.clone();
+                self.at += 1;
+                Ok(s)
+            }
             _ => self.error(what),
         }
     }
@@ -457,6 +486,7 @@ impl Parser {
             loop {
                 let p = self.pos();
                 match self.next() {
+                    Tok::Quoted(c) => args.push((Tok::Ident(c), p)),
                     t @ (Tok::Ident(_) | Tok::Number(_) | Tok::Text(_)) => args.push((t, p)),
                     _ => {
                         self.at -= 1;

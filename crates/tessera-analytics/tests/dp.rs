@@ -114,8 +114,9 @@ fn noise_over_1000_seeded_answers_matches_the_calibrated_scale() {
         assert!(
             (release.sigma - release.noise_multiplier.unwrap() * release.sensitivity).abs() < 1e-12
         );
-        // One row adds 1 (count), u (sum), u (mean), 1 (a bin): sensitivity 2.
-        assert!((release.sensitivity - 2.0).abs() < 1e-12);
+        // One row adds 1 (its count), at most 1/2 (sum, and mean: centred
+        // values), 1 (a bin): sensitivity sqrt(1 + 1/4 + 1/4 + 1).
+        assert!((release.sensitivity - 2.5f64.sqrt()).abs() < 1e-12);
         // Group cp = 4 (the largest): noisy minus exact, over the reported error.
         for (name, out) in [
             ("count(*)", &mut count),

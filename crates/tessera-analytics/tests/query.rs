@@ -36,6 +36,21 @@ fn the_issue_example_parses() {
 }
 
 #[test]
+fn quoted_column_names_may_hold_any_character() {
+    let q = parse(r#"SELECT "age band", mean("time-in-hospital") FROM data GROUP BY "age band""#)
+        .unwrap();
+    assert_eq!(q.items[0], Item::Column("age band".into()));
+    assert_eq!(
+        q.items[1],
+        Item::Aggregate(Aggregate::Mean("time-in-hospital".into()))
+    );
+    assert_eq!(q.group_by, ["age band"]);
+    let (pos, _, message) = parse_error(r#"SELECT mean("age) FROM data"#);
+    assert_eq!(pos, 13);
+    assert!(message.contains("never closed"), "{message}");
+}
+
+#[test]
 fn and_binds_tighter_than_or_and_not_applies_to_in() {
     let q =
         parse("select count(*) from data where a = 1 or b = 2 and not c in ('x', 'y')").unwrap();
