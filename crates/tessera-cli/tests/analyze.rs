@@ -202,5 +202,12 @@ fn an_answer_without_dp_needs_the_plan_to_say_so_and_is_recorded_unprotected() {
     assert_eq!(rows.len(), 1);
     assert!(!rows[0].protected);
     assert!(store.privacy_ledger(&run).unwrap().is_empty());
+    let out = tessera(&["privacy", "--db", db.to_str().unwrap()]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("1 UNPROTECTED analytics release(s)"),
+        "{shown}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

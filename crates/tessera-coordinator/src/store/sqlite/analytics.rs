@@ -61,8 +61,17 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// The run's answered queries, in release order.
+    /// The run's answered queries, in release order (none in a database
+    /// written before the table existed).
     pub fn analytics(&self, run: &str) -> Result<Vec<AnalyticsRow>, StoreError> {
+        let exists: i64 = self.conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'analytics_queries'",
+            [],
+            |r| r.get(0),
+        )?;
+        if exists == 0 {
+            return Ok(Vec::new());
+        }
         let mut stmt = self.conn.prepare(
             "SELECT release, query, answer, protected, epsilon, delta, noise_std, recorded_micros
              FROM analytics_queries WHERE run_id = ?1 ORDER BY release",
