@@ -46,7 +46,7 @@ pub use config::AnalyticsConfig;
 pub use estimate::{GroupAnswer, Statistic, estimate};
 pub use layout::{Layout, compile, contribute};
 pub use query::{Query, parse};
-pub use run::{Answer, Release, Report, Settings, answer};
+pub use run::{Answer, Release, Report, Settings, add_noise_share, answer};
 pub use schema::{Column, ColumnKind, Schema, SiteTable, Values};
 
 /// Why a query was refused.

@@ -261,12 +261,8 @@ fn finish(
 
 /// Adds `N(0, std²)` in fixed point to each slot, from the site's seeded
 /// generator keyed by the seed, the release and the query's text, so that
-/// two queries never share noise (simulation: a deployed site keys it with
-/// its own secret).
+/// two queries never share noise (simulation only).
 fn add_noise(values: &mut [u64], std: f64, key: (u64, u32, &str), site: &str, purpose: u64) {
-    if std == 0.0 {
-        return;
-    }
     let (seed, release, text) = key;
     let key = tessera_core::derive_key(
         seed,
@@ -277,6 +273,18 @@ fn add_noise(values: &mut [u64], std: f64, key: (u64, u32, &str), site: &str, pu
             tessera_core::tag(text),
         ],
     );
+    add_noise_share(values, std, key);
+}
+
+/// A site's share of an answer's noise: adds `N(0, std²)`, in the
+/// contribution's fixed point, to each value, from a generator keyed with
+/// `key`. A deployed site keys it with 32 bytes of its own secret
+/// randomness (the operating system's) and uses `std = sigma / sqrt(m)`
+/// for `m` sites (see the module's note on dropouts).
+pub fn add_noise_share(values: &mut [u64], std: f64, key: [u8; 32]) {
+    if std == 0.0 {
+        return;
+    }
     let mut noise = tessera_privacy::GaussianNoise::new(key, 0);
     for v in values {
         let n = (std * noise.standard_normal() * SCALE).round() as i64;

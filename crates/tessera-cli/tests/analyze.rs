@@ -211,3 +211,40 @@ fn an_answer_without_dp_needs_the_plan_to_say_so_and_is_recorded_unprotected() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_bad_query_or_a_missing_bound_is_refused_with_what_to_do() {
+    let out = tessera(&[
+        "analyze",
+        "--plan",
+        HEART,
+        "--query",
+        "SELECT count(*) FROM data WHERE age >> 3",
+    ]);
+    let shown = text(&out);
+    assert!(!out.status.success());
+    assert!(shown.contains("at character 38: '>'"), "{shown}");
+    let out = tessera(&[
+        "analyze",
+        "--plan",
+        HEART,
+        "--query",
+        "SELECT mean(chol) FROM data",
+    ]);
+    let shown = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        shown.contains("'chol' has no bounds") && shown.contains("CLAMP chol"),
+        "{shown}"
+    );
+    let out = tessera(&[
+        "analyze",
+        "--plan",
+        HEART,
+        "--query",
+        "SELECT count(*) FROM data PER SITE",
+    ]);
+    let shown = text(&out);
+    assert!(!out.status.success());
+    assert!(shown.contains("per_site = true"), "{shown}");
+}
