@@ -162,17 +162,31 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
 }
 
 /// The run to charge: `--run`, else the newest of the plan's name, else a
-/// new one (finished from the start: no coordinator resumes it).
+/// new one (finished from the start: no coordinator resumes it). A run
+/// still running is refused: its coordinator would read the answers' ledger
+/// rows as rounds when it resumes.
 fn find_run(store: &SqliteStore, args: &AnalyzeArgs, plan: &Plan) -> anyhow::Result<String> {
     let runs = store.runs()?;
+    // A running run's coordinator restores its ledger rows as rounds when it
+    // resumes: answers are charged to runs that have ended.
+    let usable = |r: &RunRow| -> anyhow::Result<String> {
+        if r.status == RunStatus::Running.as_str() {
+            bail!(
+                "run '{}' is still running: charge answers to it once it has ended, or name \
+                 another with --run",
+                r.id
+            );
+        }
+        Ok(r.id.clone())
+    };
     if let Some(id) = &args.run {
-        if runs.iter().any(|r| &r.id == id) {
-            return Ok(id.clone());
+        if let Some(r) = runs.iter().find(|r| &r.id == id) {
+            return usable(r);
         }
         bail!("no run '{id}' in the store; leave out --run to use or start one for the plan");
     }
     if let Some(r) = runs.iter().find(|r| r.name == plan.name) {
-        return Ok(r.id.clone());
+        return usable(r);
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

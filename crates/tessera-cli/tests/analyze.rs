@@ -173,6 +173,38 @@ fn answers_are_charged_with_training_and_refused_past_the_run_budget() {
     );
     let store = SqliteStore::open_existing(&db).unwrap();
     assert_eq!(store.analytics("train-1").unwrap().len(), ran);
+    drop(store);
+    // A run still running is not charged.
+    SqliteStore::open(&db)
+        .unwrap()
+        .create_run(&RunRow {
+            id: "train-2".into(),
+            name: "other".into(),
+            plan: String::new(),
+            strategy: "fedavg".into(),
+            seed: 1,
+            rounds: 3,
+            created_unix_micros: 2,
+            status: "running".into(),
+        })
+        .unwrap();
+    let out = tessera(&[
+        "analyze",
+        "--plan",
+        HEART,
+        "--query",
+        "SELECT count(*) FROM data",
+        "--db",
+        db.to_str().unwrap(),
+        "--run",
+        "train-2",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("'train-2' is still running"),
+        "{}",
+        text(&out)
+    );
     println!("training epsilon {training:.4}; {ran} answer(s) ran, then: {refusal}");
     let _ = std::fs::remove_dir_all(&dir);
 }
