@@ -92,3 +92,33 @@ fn noiseless_answers_equal_the_pooled_numpy_reference() {
     assert!(compared >= 200, "{compared} values compared");
     println!("{compared} values equal the reference, worst relative difference {worst:e}");
 }
+
+/// The committed reference is what the script makes (where python3 with
+/// numpy is installed, as in CI; elsewhere the test says so and passes).
+#[test]
+fn the_committed_reference_is_what_the_script_makes() {
+    let script =
+        common::root().join("crates/tessera-analytics/tests/reference/analytics_reference.py");
+    let Ok(out) = std::process::Command::new("python3").arg(&script).output() else {
+        eprintln!("no python3: the reference script was not rerun");
+        return;
+    };
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("No module named 'numpy'"),
+            "the reference script failed: {err}"
+        );
+        eprintln!("no numpy: the reference script was not rerun");
+        return;
+    }
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            common::root().join("crates/tessera-analytics/tests/reference/heart.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(made["queries"], committed["queries"]);
+}
