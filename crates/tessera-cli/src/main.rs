@@ -15,6 +15,7 @@
 //! Wall-clock times are `tessera_core::utc`'s, one format everywhere.
 //! `anyhow` lives in this crate only.
 
+mod analyze;
 mod bundled;
 mod ca;
 mod dashboard;
@@ -52,6 +53,9 @@ struct Cli {
 enum Command {
     /// Simulate a federation in this process: by default the bundled Fed-Heart-Disease plan.
     Simulate(Box<simulate::SimulateArgs>),
+    /// Answer a statistics query over the plan's data in simulation, with
+    /// differential privacy charged to the plan's budgets.
+    Analyze(Box<analyze::AnalyzeArgs>),
     /// Write FedProx's Synthetic(alpha, beta) data as CSV.
     Synth(synth::SynthArgs),
     /// Coordinate a federation over the network.
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Simulate(args) => simulate::run(*args),
+        Command::Analyze(args) => analyze::run(&args),
         Command::Synth(args) => synth::run(&args),
         Command::Coordinator(args) => deploy::coordinator(&args),
         Command::Participant(args) => deploy::participant(&args),

@@ -69,6 +69,25 @@ pub fn privacy(args: &PrivacyArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     for run in runs {
+        let unprotected: Vec<u32> = store
+            .analytics(&run.id)?
+            .iter()
+            .filter(|a| !a.protected)
+            .map(|a| a.release)
+            .collect();
+        if !unprotected.is_empty() {
+            println!(
+                "run {}: {} UNPROTECTED analytics release(s) (the plan's [analytics] dp = false): \
+                 analytics release(s) {}; no epsilon bounds what they reveal",
+                run.id,
+                unprotected.len(),
+                unprotected
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         let rows = store.privacy_ledger(&run.id)?;
         let plan = tessera_engine::Plan::from_toml(&run.plan, &run.id).ok();
         let privacy = plan.as_ref().map(|p| &p.privacy);

@@ -29,7 +29,7 @@ pub use rows::{
     AgreementStep, AuditRow, CohortRow, Control, ControlRow, EvaluationRow, LedgerRow, ModelRow,
     Offers, OpenRoundRow, RoundClose, RoundRow, RunRow, RunStatus, StoredUpdate,
 };
-pub use sqlite::SqliteStore;
+pub use sqlite::{AnalyticsRow, SqliteStore};
 
 /// A storage failure.
 #[derive(Debug, Error)]

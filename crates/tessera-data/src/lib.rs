@@ -44,9 +44,9 @@ pub use dataset::{Dataset, FeatureStatistics, FederatedData, Scaler, SiteData, S
 pub use error::{DataError, Location};
 pub use levels::{agree_levels, canonical_level, level_order};
 pub use prepare::{
-    Agreement, ColumnKinds, Encoding, KindsOffer, LevelsOffer, LocalSite, MAX_DECLARED_ROWS,
-    MAX_DECLARED_SITES, agree_kinds, agree_vocabulary, declared_rows, load, read_local_site,
-    read_local_sites,
+    Agreement, ColumnKinds, Encoding, FederatedRecords, KindsOffer, LevelsOffer, LocalSite,
+    MAX_DECLARED_ROWS, MAX_DECLARED_SITES, MISSING_LEVEL, RecordColumn, SiteRecords, agree_kinds,
+    agree_vocabulary, declared_rows, load, load_records, read_local_site, read_local_sites,
 };
 pub use read::{FileSource, Filesystem, InMemory};
 pub use table::{MAX_TABLE_ROWS, Table, read_table};

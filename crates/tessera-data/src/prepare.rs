@@ -23,12 +23,14 @@ use crate::read::FileSource;
 mod agreement;
 mod encode;
 mod membership;
+mod records;
 mod site;
 
 pub use agreement::{
     Agreement, ColumnKinds, Encoding, KindsOffer, LevelsOffer, MAX_DECLARED_ROWS,
     MAX_DECLARED_SITES, agree_kinds, agree_vocabulary, declared_rows,
 };
+pub use records::{FederatedRecords, MISSING_LEVEL, RecordColumn, SiteRecords, load_records};
 pub use site::{LocalSite, read_local_site, read_local_sites};
 
 /// `[data.synthetic]`: the generated rows at `path`, every other file from

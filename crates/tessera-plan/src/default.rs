@@ -49,6 +49,7 @@ impl Default for Plan {
             secure_aggregation: Default::default(),
             compression: Default::default(),
             topology: Default::default(),
+            analytics: Default::default(),
         }
     }
 }

@@ -137,6 +137,10 @@ pub struct Plan {
     /// Flat, hierarchical or gossip (`[topology]`): flat by default.
     #[serde(default)]
     pub topology: TopologyConfig,
+    /// Federated statistics (`[analytics]`, `tessera analyze`): DP answers
+    /// at epsilon 1 a query unless the plan says otherwise.
+    #[serde(default)]
+    pub analytics: tessera_analytics::AnalyticsConfig,
 }
 
 /// The `[data]` of a plan without one: no files, no columns, no target.

@@ -212,6 +212,9 @@ impl Plan {
         if let Err(e) = self.privacy.validate() {
             push(&["privacy"], e.to_string());
         }
+        for problem in self.analytics.problems() {
+            push(&["analytics"], problem);
+        }
         if let Err(e) = self.robust.validate() {
             push(&["robust"], format!("robust: {e}"));
         }

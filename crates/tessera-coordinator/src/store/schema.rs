@@ -82,6 +82,16 @@ CREATE TRIGGER IF NOT EXISTS privacy_ledger_is_append_only_update BEFORE UPDATE 
     BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS privacy_ledger_is_append_only_delete BEFORE DELETE ON privacy_ledger
     BEGIN SELECT RAISE(ABORT, 'the privacy ledger is append-only'); END;
+CREATE TABLE IF NOT EXISTS analytics_queries (
+    run_id TEXT NOT NULL, release INTEGER NOT NULL, query TEXT NOT NULL, answer TEXT NOT NULL,
+    protected INTEGER NOT NULL, epsilon REAL NOT NULL, delta REAL NOT NULL,
+    noise_std REAL NOT NULL, recorded_micros INTEGER NOT NULL,
+    PRIMARY KEY (run_id, release)
+);
+CREATE TRIGGER IF NOT EXISTS analytics_queries_is_append_only_update BEFORE UPDATE ON analytics_queries
+    BEGIN SELECT RAISE(ABORT, 'the analytics record is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS analytics_queries_is_append_only_delete BEFORE DELETE ON analytics_queries
+    BEGIN SELECT RAISE(ABORT, 'the analytics record is append-only'); END;
 CREATE TABLE IF NOT EXISTS live_views (
     run_id TEXT PRIMARY KEY, view TEXT NOT NULL
 );

@@ -19,6 +19,10 @@ use tessera_core::{FitStats, ParameterSet, ParticipantId, Timestamp, Update};
 use tessera_privacy::{DpEvent, LedgerEntry};
 use tessera_proto::{decode_parameters, encode_parameters};
 
+mod analytics;
+
+pub use analytics::AnalyticsRow;
+
 use super::schema::SCHEMA;
 use super::upkeep::{add_missing_columns, drop_legacy_secrets, private_file};
 use super::{

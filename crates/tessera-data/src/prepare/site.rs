@@ -198,6 +198,11 @@ impl LocalSite {
         })
     }
 
+    /// The rows as read, each row's class and each row's membership.
+    pub(super) fn parts(&self) -> (&RawSite, &[Option<String>], &[Membership]) {
+        (&self.raw, &self.classes, &self.membership)
+    }
+
     /// The site's name.
     pub fn name(&self) -> &str {
         &self.raw.name

@@ -1,0 +1,131 @@
+//! The plan's `[analytics]` table.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How queries over the federation are answered (`[analytics]`).
+///
+/// ```toml
+/// [analytics]
+/// dp = true            # false: answers are exact, and recorded as unprotected releases
+/// epsilon = 1.0        # per query, at `delta`
+/// delta = 1e-6
+/// min_group = 10       # groups whose noisy count is below are suppressed
+/// per_site = false     # whether PER SITE answers are allowed
+/// [analytics.bounds]
+/// age = [0, 120]
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyticsConfig {
+    /// Whether answers carry Gaussian noise; `false` must be written out.
+    #[serde(default = "yes")]
+    pub dp: bool,
+    /// Each query's epsilon (at `delta`).
+    #[serde(default = "default_epsilon")]
+    pub epsilon: f64,
+    /// Each query's delta.
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+    /// Groups whose noisy row count is below this are suppressed.
+    #[serde(default = "default_min_group")]
+    pub min_group: f64,
+    /// Whether `PER SITE` answers (each site's own) are allowed.
+    #[serde(default)]
+    pub per_site: bool,
+    /// Levels of the quantile tree (`2^depth` leaves over a column's bounds).
+    #[serde(default = "default_depth")]
+    pub quantile_depth: u32,
+    /// Cells of a count-distinct sketch.
+    #[serde(default = "default_cells")]
+    pub sketch_cells: usize,
+    /// Agreed bounds of numeric columns, `name = [low, high]`.
+    #[serde(default)]
+    pub bounds: BTreeMap<String, [f64; 2]>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_epsilon() -> f64 {
+    1.0
+}
+
+fn default_delta() -> f64 {
+    1e-6
+}
+
+fn default_min_group() -> f64 {
+    10.0
+}
+
+fn default_depth() -> u32 {
+    10
+}
+
+fn default_cells() -> usize {
+    4096
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        Self {
+            dp: true,
+            epsilon: default_epsilon(),
+            delta: default_delta(),
+            min_group: default_min_group(),
+            per_site: false,
+            quantile_depth: default_depth(),
+            sketch_cells: default_cells(),
+            bounds: BTreeMap::new(),
+        }
+    }
+}
+
+impl AnalyticsConfig {
+    /// Every problem of the settings on their own, each naming its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
+            out.push(format!(
+                "analytics.epsilon must be positive, got {}",
+                self.epsilon
+            ));
+        }
+        if !(self.delta > 0.0 && self.delta < 1.0) {
+            out.push(format!(
+                "analytics.delta must be in (0, 1), got {}",
+                self.delta
+            ));
+        }
+        if !(self.min_group.is_finite() && self.min_group >= 0.0) {
+            out.push(format!(
+                "analytics.min_group must be a count (finite, >= 0), got {}",
+                self.min_group
+            ));
+        }
+        if !(1..=20).contains(&self.quantile_depth) {
+            out.push(format!(
+                "analytics.quantile_depth must be in 1..=20, got {}",
+                self.quantile_depth
+            ));
+        }
+        if !(1..=1 << 20).contains(&self.sketch_cells) {
+            out.push(format!(
+                "analytics.sketch_cells must be in 1..=1048576, got {}",
+                self.sketch_cells
+            ));
+        }
+        for (name, [low, high]) in &self.bounds {
+            if !(low.is_finite() && high.is_finite() && low < high) {
+                out.push(format!(
+                    "analytics.bounds.{name} = [{low}, {high}]: the lower bound must be below \
+                     the upper, both finite"
+                ));
+            }
+        }
+        out
+    }
+}

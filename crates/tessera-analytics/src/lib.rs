@@ -1,0 +1,81 @@
+//! Federated analytics for Tessera: SQL-shaped queries over the agreed
+//! schema, answered from per-site contributions that add up (so that they
+//! can be summed under secure aggregation's masks), with Gaussian noise
+//! calibrated to the whole answer's sensitivity and charged to the same
+//! privacy ledger as training.
+//!
+//! A query ([`parse`], grammar in [`query`]) is compiled against the
+//! [`Schema`] ([`compile`]): numeric columns need bounds (the query's
+//! `CLAMP` or the plan's `[analytics.bounds]`, never the data's), GROUP BY
+//! columns are categorical and every group of their agreed vocabularies is
+//! in the answer whether or not any row has it. The compiled [`Layout`] fixes
+//! a vector of fixed-point slots (counts, clamped sums, sums of squares,
+//! cross products, histogram bins, tree nodes, sketch cells) and its L2
+//! sensitivity; each site computes its vector ([`contribute`]), adds its
+//! share of the noise, and the vectors are summed ([`answer`], see `run`
+//! for how summing and noise would run deployed). The sums become
+//! statistics with error bars ([`estimate`]); groups whose noisy count is
+//! below `min_group` are suppressed.
+//!
+//! Statistics: count, sum, mean, variance, stddev, histograms (fixed bins,
+//! or a binary tree of bins), quantiles and noise-protected min/max (by
+//! descending a tree of `2^depth` bins over the bounds, then linearly
+//! within a leaf: the value at continuous rank `q (n - 1) + 0.5`; every
+//! quantile, min and max of a column within the same bounds reads one tree; min and
+//! max at ranks two rank-noise deviations inside the ends), correlation
+//! and covariance (of two columns, or a matrix), crosstabs of two
+//! categorical columns, and count-distinct (linear counting on a sketch of
+//! per-cell counts, which add across sites). Rows missing any column the
+//! query reads are left out (complete cases).
+//!
+//! Pure: no clock, no sockets, no files; the data comes in as
+//! [`tessera_data::SiteRecords`].
+#![deny(missing_docs)]
+
+mod config;
+pub mod estimate;
+pub mod layout;
+pub mod query;
+mod run;
+pub mod schema;
+pub mod secure;
+
+use thiserror::Error;
+
+pub use config::AnalyticsConfig;
+pub use estimate::{GroupAnswer, Statistic, estimate};
+pub use layout::{Layout, compile, contribute};
+pub use query::{Query, parse};
+pub use run::{Answer, Release, Report, Settings, add_noise_share, answer};
+pub use schema::{Column, ColumnKind, Schema, SiteTable, Values};
+
+/// Why a query was refused.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum AnalyticsError {
+    /// The query does not parse.
+    #[error("query, at character {position}: {token} {message}")]
+    Parse {
+        /// 1-based character position.
+        position: usize,
+        /// The token found there, quoted.
+        token: String,
+        /// What was wrong or expected.
+        message: String,
+    },
+    /// The query does not fit the schema or the settings.
+    #[error("query: {0}")]
+    Query(String),
+    /// The privacy ledger refused the release, or a setting is out of range.
+    #[error(transparent)]
+    Privacy(#[from] tessera_privacy::PrivacyError),
+}
+
+impl AnalyticsError {
+    pub(crate) fn parse(position: usize, token: &str, message: &str) -> Self {
+        Self::Parse {
+            position,
+            token: token.to_string(),
+            message: message.to_string(),
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Answering a query over a federation in simulation: each site's
+//! contribution, its share of the noise, the sum, the ledger's charge, and
+//! the estimates.
+//!
+//! **Summing.** Contributions are vectors in `Z_2^64` (fixed point). The
+//! federation's sum goes through one SecAgg+ round of `tessera-secagg`
+//! (see [`crate::secure`]: 16-bit limbs in its `Z_2^32`), run in process
+//! in simulation; with fewer than three sites it is summed in the clear
+//! ([`Report::secure_aggregation`] says which). Each PER SITE answer is
+//! that site's own vector with its own full noise.
+//!
+//! **Noise.** The answer needs `N(0, sigma²)` per slot, `sigma = z · Δ`
+//! (`Δ` the vector's L2 sensitivity, `z` the noise multiplier calibrated for
+//! the query's epsilon and delta). Each of the `m` sites adds its own share
+//! `N(0, sigma² / m)` before summing, so that no party ever sees a noiseless
+//! sum. Caveat: a site that drops after the others have masked takes its
+//! share with it, leaving `sigma² (m - d) / m`; deployment must either
+//! require every site's vector or have each add `sigma² / t` for the
+//! smallest number `t` of sites it will accept. In simulation the shares
+//! are drawn from seeded generators (for tests only: a deployed site draws
+//! from its own secret).
+
+use serde::Serialize;
+use tessera_privacy::{DpEvent, Ledger, LedgerEntry, calibrate_noise_multiplier_with};
+
+use crate::estimate::{GroupAnswer, estimate};
+use crate::layout::{Layout, MAX_ROWS, SCALE, Shape, compile, contribute};
+use crate::query::{Query, parse};
+use crate::schema::{Schema, SiteTable};
+use crate::secure::secure_sum;
+use crate::{AnalyticsConfig, AnalyticsError};
+
+/// The privacy of one release.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Release {
+    /// Whether noise protects it; `false` is an unprotected release.
+    pub protected: bool,
+    /// The epsilon asked for (at `delta`), when protected.
+    pub epsilon: Option<f64>,
+    /// The delta.
+    pub delta: Option<f64>,
+    /// `sigma / sensitivity`.
+    pub noise_multiplier: Option<f64>,
+    /// The vector's L2 sensitivity (in row units).
+    pub sensitivity: f64,
+    /// The noise standard deviation per value (0 when unprotected).
+    pub sigma: f64,
+}
+
+/// One answer: the federation's, or one site's.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Answer {
+    /// `federation`, or the site's name.
+    pub scope: String,
+    /// The GROUP BY columns.
+    pub group_by: Vec<String>,
+    /// Its privacy.
+    pub release: Release,
+    /// Every group of the agreed vocabularies, in order.
+    pub groups: Vec<GroupAnswer>,
+}
+
+/// What a query gave: the federation's answer (then each site's, with PER
+/// SITE) and the ledger lines it was charged.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// The query as given.
+    pub query: String,
+    /// The answers.
+    pub answers: Vec<Answer>,
+    /// The ledger lines (none for an unprotected release).
+    pub ledger: Vec<LedgerEntry>,
+    /// Whether the federation's sum went through secure aggregation (at
+    /// least three sites; fewer are summed in the clear).
+    pub secure_aggregation: bool,
+}
+
+/// How a query is answered: the plan's `[analytics]` with the command
+/// line's overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The plan's table.
+    pub config: AnalyticsConfig,
+    /// Seed of the simulated sites' noise (tests and simulation only).
+    pub noise_seed: u64,
+}
+
+/// Compiles `text`, checks that its release fits every budget of `ledger`,
+/// answers it over `sites` and charges it as release `release`.
+pub fn answer(
+    text: &str,
+    schema: &Schema,
+    sites: &[SiteTable],
+    settings: &Settings,
+    ledger: &mut Ledger,
+    release: u32,
+) -> Result<Report, AnalyticsError> {
+    let config = &settings.config;
+    let problems = config.problems();
+    if !problems.is_empty() {
+        return Err(AnalyticsError::Query(problems.join("; ")));
+    }
+    let query = parse(text)?;
+    if query.per_site && !config.per_site {
+        return Err(AnalyticsError::Query(
+            "PER SITE: the plan does not allow per-site answers ([analytics] per_site = true \
+             would)"
+                .into(),
+        ));
+    }
+    let layout = compile(
+        &query,
+        schema,
+        Shape {
+            quantile_depth: config.quantile_depth,
+            sketch_cells: config.sketch_cells,
+        },
+    )?;
+    let rows: usize = sites.iter().map(|s| s.rows).sum();
+    if rows > MAX_ROWS {
+        return Err(AnalyticsError::Query(format!(
+            "the federation has {rows} rows, more than the {MAX_ROWS} a query may read"
+        )));
+    }
+    let names: Vec<String> = sites.iter().map(|s| s.site.clone()).collect();
+    let sensitivity = layout.sensitivity();
+    let (release_info, event) = if config.dp {
+        let z = calibrate_noise_multiplier_with(
+            ledger.accountant(),
+            1.0,
+            1,
+            config.epsilon,
+            config.delta,
+        )?;
+        let event = DpEvent {
+            sampling_rate: 1.0,
+            noise_multiplier: z,
+            steps: 1,
+        };
+        let local: Vec<(String, DpEvent)> = if query.per_site {
+            names.iter().map(|n| (n.clone(), event)).collect()
+        } else {
+            Vec::new()
+        };
+        ledger.check(
+            &format!(
+                "query {release} (epsilon {} at delta {:e})",
+                config.epsilon, config.delta
+            ),
+            &[event],
+            &local,
+            &names,
+        )?;
+        (
+            Release {
+                protected: true,
+                epsilon: Some(config.epsilon),
+                delta: Some(config.delta),
+                noise_multiplier: Some(z),
+                sensitivity,
+                sigma: z * sensitivity,
+            },
+            Some(event),
+        )
+    } else {
+        (
+            Release {
+                protected: false,
+                epsilon: None,
+                delta: None,
+                noise_multiplier: None,
+                sensitivity,
+                sigma: 0.0,
+            },
+            None,
+        )
+    };
+    let sigma = release_info.sigma;
+    let contributions: Vec<Vec<u64>> = sites
+        .iter()
+        .map(|s| contribute(&layout, &query, schema, s))
+        .collect();
+    let m = sites.len().max(1) as f64;
+    let noisy: Vec<Vec<u64>> = sites
+        .iter()
+        .zip(&contributions)
+        .map(|(site, c)| {
+            let mut noisy = c.clone();
+            add_noise(
+                &mut noisy,
+                sigma / m.sqrt(),
+                (settings.noise_seed, release, text),
+                &site.site,
+                0,
+            );
+            noisy
+        })
+        .collect();
+    let (total, secure) = secure_sum(&noisy, release, settings.noise_seed)?;
+    let mut answers = vec![finish(
+        &layout,
+        &query,
+        &total,
+        release_info.clone(),
+        "federation",
+        config,
+    )];
+    if query.per_site {
+        for (site, c) in sites.iter().zip(&contributions) {
+            let mut noisy = c.clone();
+            add_noise(
+                &mut noisy,
+                sigma,
+                (settings.noise_seed, release, text),
+                &site.site,
+                1,
+            );
+            answers.push(finish(
+                &layout,
+                &query,
+                &noisy,
+                release_info.clone(),
+                &site.site,
+                config,
+            ));
+        }
+    }
+    let mut entries = Vec::new();
+    if let Some(event) = event {
+        entries.push(ledger.record_central(release, event, &names)?.clone());
+        if query.per_site {
+            for name in &names {
+                entries.push(ledger.record_local(release, name, event)?.clone());
+            }
+        }
+    }
+    Ok(Report {
+        query: text.to_string(),
+        answers,
+        ledger: entries,
+        secure_aggregation: secure,
+    })
+}
+
+fn finish(
+    layout: &Layout,
+    query: &Query,
+    total: &[u64],
+    release: Release,
+    scope: &str,
+    config: &AnalyticsConfig,
+) -> Answer {
+    let sums: Vec<f64> = total.iter().map(|&v| v as i64 as f64 / SCALE).collect();
+    Answer {
+        scope: scope.to_string(),
+        group_by: query.group_by.clone(),
+        groups: estimate(layout, &sums, release.sigma, config.min_group),
+        release,
+    }
+}
+
+/// Adds `N(0, std²)` in fixed point to each slot, from the site's seeded
+/// generator keyed by the seed, the release and the query's text, so that
+/// two queries never share noise (simulation only).
+fn add_noise(values: &mut [u64], std: f64, key: (u64, u32, &str), site: &str, purpose: u64) {
+    let (seed, release, text) = key;
+    let key = tessera_core::derive_key(
+        seed,
+        &[
+            u64::from(release),
+            tessera_core::tag(site),
+            purpose,
+            tessera_core::tag(text),
+        ],
+    );
+    add_noise_share(values, std, key);
+}
+
+/// A site's share of an answer's noise: adds `N(0, std²)`, in the
+/// contribution's fixed point, to each value, from a generator keyed with
+/// `key`. A deployed site keys it with 32 bytes of its own secret
+/// randomness (the operating system's) and uses `std = sigma / sqrt(m)`
+/// for `m` sites (see the module's note on dropouts).
+pub fn add_noise_share(values: &mut [u64], std: f64, key: [u8; 32]) {
+    if std == 0.0 {
+        return;
+    }
+    let mut noise = tessera_privacy::GaussianNoise::new(key, 0);
+    for v in values {
+        let n = (std * noise.standard_normal() * SCALE).round() as i64;
+        *v = v.wrapping_add(n as u64);
+    }
+}

@@ -1,0 +1,158 @@
+//! The query language: what parses, and refusals that name the token and
+//! its position; bounds and groups come from the schema, never the data.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use tessera_analytics::query::{Aggregate, CompareOp, Expr, Item, Literal};
+use tessera_analytics::{AnalyticsError, parse};
+use tessera_privacy::{Budgets, Ledger};
+
+#[test]
+fn the_issue_example_parses() {
+    let q = parse(
+        "SELECT age_band, count(*), mean(time_in_hospital), quantile(num_medications, 0.9) \
+         FROM data WHERE readmitted = '<30' GROUP BY age_band CLAMP age 0 120",
+    )
+    .unwrap();
+    assert_eq!(q.items.len(), 4);
+    assert_eq!(q.items[0], Item::Column("age_band".into()));
+    assert_eq!(q.items[1], Item::Aggregate(Aggregate::Count));
+    assert_eq!(
+        q.items[3],
+        Item::Aggregate(Aggregate::Quantile("num_medications".into(), 0.9))
+    );
+    assert_eq!(
+        q.filter,
+        Some(Expr::Compare(
+            "readmitted".into(),
+            CompareOp::Eq,
+            Literal::Text("<30".into())
+        ))
+    );
+    assert_eq!(q.group_by, ["age_band"]);
+    assert_eq!(q.clamps, [("age".to_string(), 0.0, 120.0)]);
+}
+
+#[test]
+fn quoted_column_names_may_hold_any_character() {
+    let q = parse(r#"SELECT "age band", mean("time-in-hospital") FROM data GROUP BY "age band""#)
+        .unwrap();
+    assert_eq!(q.items[0], Item::Column("age band".into()));
+    assert_eq!(
+        q.items[1],
+        Item::Aggregate(Aggregate::Mean("time-in-hospital".into()))
+    );
+    assert_eq!(q.group_by, ["age band"]);
+    let (pos, _, message) = parse_error(r#"SELECT mean("age) FROM data"#);
+    assert_eq!(pos, 13);
+    assert!(message.contains("never closed"), "{message}");
+}
+
+#[test]
+fn and_binds_tighter_than_or_and_not_applies_to_in() {
+    let q =
+        parse("select count(*) from data where a = 1 or b = 2 and not c in ('x', 'y')").unwrap();
+    let Some(Expr::Or(_, right)) = q.filter else {
+        panic!("OR at the top: {:?}", q.filter)
+    };
+    let Expr::And(_, not) = *right else {
+        panic!("AND below OR")
+    };
+    assert!(matches!(*not, Expr::Not(_)));
+}
+
+fn parse_error(text: &str) -> (usize, String, String) {
+    match parse(text).unwrap_err() {
+        AnalyticsError::Parse {
+            position,
+            token,
+            message,
+        } => (position, token, message),
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn errors_name_the_token_and_its_position() {
+    let (pos, token, message) = parse_error("SELECT count(*) FROM data WHERE age >> 3");
+    assert_eq!((pos, token.as_str()), (38, "'>'"), "{message}");
+    let (pos, token, _) = parse_error("SELECT median(age) FROM data");
+    assert_eq!((pos, token.as_str()), (8, "'median'"));
+    let (pos, token, message) = parse_error("SELECT count(*) FROM data GROUP age");
+    assert_eq!((pos, token.as_str()), (33, "'age'"));
+    assert!(message.contains("BY"), "{message}");
+    let (pos, _, message) = parse_error("SELECT quantile(age, 1.5) FROM data");
+    assert_eq!(pos, 22);
+    assert!(message.contains("[0, 1]"), "{message}");
+    let (_, token, _) = parse_error("SELECT count(*) FROM data WHERE x = 'open");
+    assert_eq!(token, "'''");
+    let (_, token, _) = parse_error("SELECT count(*) FROM");
+    assert_eq!(token, "the end of the query");
+}
+
+#[test]
+fn a_numeric_aggregate_without_bounds_is_refused_naming_the_column() {
+    let (schema, sites) = common::records("fed-heart-disease.toml");
+    let mut ledger = Ledger::new(Budgets::default());
+    let error = tessera_analytics::answer(
+        "SELECT mean(chol) FROM data",
+        &schema,
+        &sites,
+        &common::exact(),
+        &mut ledger,
+        1,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("'chol' has no bounds"), "{error}");
+    assert!(error.contains("CLAMP chol"), "{error}");
+    let error = tessera_analytics::answer(
+        "SELECT count(*) FROM data GROUP BY age",
+        &schema,
+        &sites,
+        &common::exact(),
+        &mut ledger,
+        1,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("GROUP BY age"), "{error}");
+    let error = tessera_analytics::answer(
+        "SELECT count(*) FROM data WHERE cp = 7",
+        &schema,
+        &sites,
+        &common::exact(),
+        &mut ledger,
+        1,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("'7' is not a level of column 'cp'"),
+        "{error}"
+    );
+}
+
+#[test]
+fn every_agreed_group_is_answered_even_when_no_row_has_it() {
+    let (schema, sites) = common::records("fed-heart-disease.toml");
+    let mut ledger = Ledger::new(Budgets::default());
+    // No row has cp = 1 and cp = 2 at once: every cp level is still a group.
+    let report = tessera_analytics::answer(
+        "SELECT cp, count(*) FROM data WHERE cp = 4 GROUP BY cp",
+        &schema,
+        &sites,
+        &common::exact(),
+        &mut ledger,
+        1,
+    )
+    .unwrap();
+    let groups = &report.answers[0].groups;
+    assert_eq!(groups.len(), 4);
+    assert_eq!(groups[0].key, ["1"]);
+    // Empty groups are suppressed (count 0 is below any threshold), not left out.
+    assert!(groups[0].suppressed && groups[1].suppressed && groups[2].suppressed);
+    assert!(!groups[3].suppressed);
+}

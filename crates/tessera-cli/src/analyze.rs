@@ -1,0 +1,362 @@
+//! `tessera analyze`: a query over the plan's data, answered in simulation
+//! (every site's contribution computed here, as `tessera simulate` reads
+//! the data), printed as a table, optionally written as JSON and plotted
+//! (histograms), and with `--db` recorded with its ledger rows in a run
+//! store, where training's releases and earlier answers are charged too.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use plotters::prelude::*;
+use tessera_analytics::{Answer, Report, Schema, Settings};
+use tessera_coordinator::store::{AnalyticsRow, LedgerRow, RunRow, RunStatus};
+use tessera_coordinator::{RunStore, SqliteStore};
+use tessera_data::Filesystem;
+use tessera_engine::Plan;
+
+/// Arguments of `tessera analyze`.
+#[derive(Debug, clap::Args)]
+pub struct AnalyzeArgs {
+    /// The plan: its data, `[analytics]` and `[privacy]` budgets.
+    #[arg(long)]
+    plan: PathBuf,
+    /// The query, e.g. "SELECT cp, count(*), mean(age) FROM data GROUP BY cp CLAMP age 0 120".
+    #[arg(long)]
+    query: String,
+    /// The query's epsilon (default: the plan's `[analytics] epsilon`).
+    #[arg(long)]
+    epsilon: Option<f64>,
+    /// The query's delta (default: the plan's `[analytics] delta`).
+    #[arg(long)]
+    delta: Option<f64>,
+    /// Seed of the simulated sites' noise (default: the plan's seed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Write the answer as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw the federation's histograms as SVG here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Record the query, its answer and its ledger rows in this run store
+    /// (created if needed), charging it with the run's earlier releases.
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// With --db: the run to charge (default: the newest run of the
+    /// plan's name, else a new one).
+    #[arg(long)]
+    run: Option<String>,
+    /// Change a plan setting (`--set analytics.epsilon=0.5`).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    settings: Vec<String>,
+}
+
+/// Runs `tessera analyze`.
+pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
+    let mut plan = Plan::from_file(&args.plan)?;
+    if !args.settings.is_empty() {
+        plan = plan.with_settings(&args.settings)?;
+    }
+    if let Some(e) = args.epsilon {
+        plan.analytics.epsilon = e;
+    }
+    if let Some(d) = args.delta {
+        plan.analytics.delta = d;
+    }
+    plan.validate()?;
+    let base_dir = args
+        .plan
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let records = tessera_data::load_records(&plan.data, &base_dir, &Filesystem)?;
+    let schema = Schema::from_records(&records, &plan.analytics.bounds)?;
+    let mut ledger = plan.privacy.ledger();
+    let mut release = 1;
+    let store = match &args.db {
+        Some(db) => {
+            let store = SqliteStore::open(db)?;
+            let run = find_run(&store, args, &plan)?;
+            for row in store.privacy_ledger(&run)? {
+                ledger.restore(row.entry)?;
+            }
+            release = store
+                .analytics(&run)?
+                .iter()
+                .map(|r| r.release)
+                .max()
+                .unwrap_or(0)
+                + 1;
+            Some((store, run))
+        }
+        None => None,
+    };
+    let settings = Settings {
+        config: plan.analytics.clone(),
+        noise_seed: args.seed.unwrap_or(plan.seed),
+    };
+    let report = tessera_analytics::answer(
+        &args.query,
+        &schema,
+        &records.sites,
+        &settings,
+        &mut ledger,
+        release,
+    )?;
+    print_report(&report, plan.analytics.min_group);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("answer written to {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        plot_histograms(&report.answers[0], path)?;
+        println!("histograms drawn in {}", path.display());
+    }
+    if let Some((store, run)) = store {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let federation = &report.answers[0].release;
+        let rows: Vec<LedgerRow> = report
+            .ledger
+            .iter()
+            .map(|entry| LedgerRow {
+                entry: tessera_privacy::LedgerEntry {
+                    kind: "analytics".into(),
+                    ..entry.clone()
+                },
+                delta: ledger.budgets().delta,
+                clip_norm: federation.sensitivity,
+                next_clip_norm: federation.sensitivity,
+                noise_std: federation.sigma,
+                updates: records.sites.len() as u64,
+                recorded_micros: now,
+            })
+            .collect();
+        store.record_analytics(
+            &run,
+            &AnalyticsRow {
+                release,
+                query: args.query.clone(),
+                answer: serde_json::to_string(&report)?,
+                protected: federation.protected,
+                epsilon: federation.epsilon.unwrap_or(0.0),
+                delta: federation.delta.unwrap_or(0.0),
+                noise_std: federation.sigma,
+                recorded_micros: now,
+            },
+            &rows,
+        )?;
+        println!(
+            "recorded as analytics release {release} of run {run}: run epsilon now {:.4}{}",
+            ledger.run_epsilon(),
+            if federation.protected {
+                String::new()
+            } else {
+                " (this answer is an UNPROTECTED release, recorded as such)".into()
+            }
+        );
+    }
+    Ok(())
+}
+
+/// The run to charge: `--run`, else the newest of the plan's name, else a
+/// new one (finished from the start: no coordinator resumes it). A run
+/// still running is refused: its coordinator would read the answers' ledger
+/// rows as rounds when it resumes.
+fn find_run(store: &SqliteStore, args: &AnalyzeArgs, plan: &Plan) -> anyhow::Result<String> {
+    let runs = store.runs()?;
+    // A running run's coordinator restores its ledger rows as rounds when it
+    // resumes: answers are charged to runs that have ended.
+    let usable = |r: &RunRow| -> anyhow::Result<String> {
+        if r.status == RunStatus::Running.as_str() {
+            bail!(
+                "run '{}' is still running: charge answers to it once it has ended, or name \
+                 another with --run",
+                r.id
+            );
+        }
+        Ok(r.id.clone())
+    };
+    if let Some(id) = &args.run {
+        if let Some(r) = runs.iter().find(|r| &r.id == id) {
+            return usable(r);
+        }
+        bail!("no run '{id}' in the store; leave out --run to use or start one for the plan");
+    }
+    if let Some(r) = runs.iter().find(|r| r.name == plan.name) {
+        return usable(r);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let id = format!("analytics-{}-{now}", plan.name);
+    let text = std::fs::read_to_string(&args.plan)
+        .with_context(|| format!("reading {}", args.plan.display()))?;
+    store.create_run(&RunRow {
+        id: id.clone(),
+        name: plan.name.clone(),
+        plan: text,
+        strategy: "analytics".into(),
+        seed: plan.seed,
+        rounds: 0,
+        created_unix_micros: now,
+        status: RunStatus::Finished.as_str().into(),
+    })?;
+    Ok(id)
+}
+
+fn number(v: f64) -> String {
+    if v == v.trunc() && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else if v.abs() >= 1000.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+fn print_report(report: &Report, min_group: f64) {
+    println!("query: {}", report.query);
+    println!(
+        "{}",
+        if report.secure_aggregation {
+            "the sites' contributions were summed through secure aggregation (SecAgg+, in process)"
+        } else {
+            "the sites' contributions were summed in the clear (secure aggregation needs 3 sites)"
+        }
+    );
+    for answer in &report.answers {
+        print_answer(answer, min_group);
+    }
+}
+
+fn print_answer(answer: &Answer, min_group: f64) {
+    let r = &answer.release;
+    match (r.epsilon, r.delta, r.noise_multiplier) {
+        (Some(e), Some(d), Some(z)) => println!(
+            "\n{}: epsilon {e} at delta {d:e}; noise multiplier {z:.4} x sensitivity {:.4} = \
+             noise std {:.4} per value",
+            answer.scope, r.sensitivity, r.sigma
+        ),
+        _ => println!(
+            "\n{}: UNPROTECTED (exact; the plan's [analytics] dp = false)",
+            answer.scope
+        ),
+    }
+    for group in &answer.groups {
+        let key: Vec<String> = answer
+            .group_by
+            .iter()
+            .zip(&group.key)
+            .map(|(c, l)| format!("{c}={l}"))
+            .collect();
+        let head = if key.is_empty() {
+            "all rows".to_string()
+        } else {
+            key.join(", ")
+        };
+        if group.suppressed {
+            println!("  {head}: suppressed (noisy row count below {min_group})");
+            continue;
+        }
+        println!("  {head}:");
+        for s in &group.statistics {
+            let pm = |i: usize| {
+                if s.errors[i] > 0.0 {
+                    format!("{} ± {}", number(s.values[i]), number(s.errors[i]))
+                } else {
+                    number(s.values[i])
+                }
+            };
+            if s.labels.is_empty() {
+                println!("    {:<36} {}", s.name, pm(0));
+            } else if s.columns.is_empty() {
+                println!("    {}", s.name);
+                for (i, label) in s.labels.iter().enumerate() {
+                    println!("      {label:<34} {}", pm(i));
+                }
+            } else {
+                println!(
+                    "    {}  (rows: {}; columns: {})",
+                    s.name,
+                    s.labels.join(", "),
+                    s.columns.join(", ")
+                );
+                for (i, label) in s.labels.iter().enumerate() {
+                    let cells: Vec<String> = (0..s.columns.len())
+                        .map(|j| pm(i * s.columns.len() + j))
+                        .collect();
+                    println!("      {label:<12} {}", cells.join("  "));
+                }
+            }
+        }
+    }
+}
+
+/// One bar chart per histogram of the federation's answer (first group
+/// that is not suppressed), stacked.
+fn plot_histograms(answer: &Answer, path: &Path) -> anyhow::Result<()> {
+    let mut charts = Vec::new();
+    for group in answer.groups.iter().filter(|g| !g.suppressed) {
+        for s in group
+            .statistics
+            .iter()
+            .filter(|s| s.name.starts_with("histogram"))
+        {
+            let title = if group.key.is_empty() {
+                s.name.clone()
+            } else {
+                format!("{} ({})", s.name, group.key.join(", "))
+            };
+            charts.push((title, s.values.clone(), s.errors.clone()));
+        }
+    }
+    if charts.is_empty() {
+        bail!("--plot draws histograms, and the query asks for none (histogram(column, bins))");
+    }
+    let height = 320 * charts.len() as u32;
+    let root = SVGBackend::new(path, (720, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (area, (title, values, errors)) in root.split_evenly((charts.len(), 1)).iter().zip(&charts)
+    {
+        let top = values
+            .iter()
+            .zip(errors)
+            .map(|(v, e)| v + e)
+            .fold(1.0f64, f64::max)
+            * 1.1;
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..values.len() as f64, 0f64..top)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("bin")
+            .y_desc("rows")
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .draw_series(values.iter().enumerate().map(|(i, &v)| {
+                Rectangle::new(
+                    [(i as f64 + 0.05, 0.0), (i as f64 + 0.95, v.max(0.0))],
+                    RGBColor(31, 119, 180).filled(),
+                )
+            }))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .draw_series(values.iter().zip(errors).enumerate().map(|(i, (&v, &e))| {
+                PathElement::new(
+                    vec![(i as f64 + 0.5, (v - e).max(0.0)), (i as f64 + 0.5, v + e)],
+                    BLACK,
+                )
+            }))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
