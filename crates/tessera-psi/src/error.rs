@@ -71,6 +71,14 @@ pub enum PsiError {
         /// The agreed bound.
         bound: u64,
     },
+    /// A list of tokens holds one token more than once.
+    #[error(
+        "{what}: a token occurs more than once; prepare the identifiers with `prepare` or `prepare_with_values`, which deduplicate"
+    )]
+    DuplicateTokens {
+        /// The list.
+        what: &'static str,
+    },
     /// The configuration is unusable.
     #[error("invalid configuration: {0}")]
     Config(String),

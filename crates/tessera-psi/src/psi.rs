@@ -11,8 +11,8 @@ use crate::blind::Blinding;
 use crate::gcs::CompressedSet;
 use crate::gcs::MAX_PARAM_BITS;
 use crate::group::{
-    POINT_BYTES, blind_points, check_packed, prf_value, random_scalar, random_seed, seeded_bytes,
-    seeded_scalar, sort_packed, tokens_times_two,
+    POINT_BYTES, blind_points, check_distinct_tokens, check_packed, prf_value, random_scalar,
+    random_seed, seeded_bytes, seeded_scalar, sort_packed, tokens_times_two,
 };
 use crate::wire::{Reader, Writer};
 use crate::{PsiError, Token};
@@ -332,6 +332,7 @@ impl Receiver {
     ) -> Result<(Receiver, Query), PsiError> {
         config.check()?;
         check_local("receiver's tokens", tokens.len(), &config)?;
+        check_distinct_tokens("receiver's tokens", tokens)?;
         let points = blinding.query(tokens);
         let query = Query {
             mode: config.mode,
@@ -461,6 +462,7 @@ impl Sender {
             });
         }
         check_local("sender's tokens", tokens.len(), &config)?;
+        check_distinct_tokens("sender's tokens", tokens)?;
         let na = check_packed(
             "query.points",
             &query.points,
@@ -470,7 +472,7 @@ impl Sender {
         )?;
         let mut evaluated = blind_points("query.points", &query.points, &beta)?;
         if config.mode == Mode::Cardinality {
-            sort_packed(&mut evaluated, POINT_BYTES);
+            sort_packed::<POINT_BYTES>(&mut evaluated);
         }
         let p = config.param_bits(na)?;
         // compress(4 beta H(b)), the encoding the receiver ends with.

@@ -53,8 +53,9 @@ use std::collections::HashSet;
 
 use crate::elgamal::{bounded_log, encrypt_all};
 use crate::group::{
-    POINT_BYTES, blind_points, blind_tokens, check_packed, decode, random_scalar, random_seed,
-    seeded_bytes, seeded_scalar, sort_packed, validate_points,
+    POINT_BYTES, blind_points, blind_tokens, check_distinct_points, check_distinct_tokens,
+    check_packed, decode, random_scalar, random_seed, seeded_bytes, seeded_scalar, sort_packed,
+    validate_points,
 };
 use crate::wire::{Reader, Writer};
 use crate::{PsiError, Token};
@@ -240,6 +241,7 @@ impl SumOutput {
 /// A between its query and B's response.
 pub struct SumReceiver {
     config: SumConfig,
+    n: usize,
     alpha: Scalar,
     rerandomise: Scalar,
 }
@@ -287,11 +289,13 @@ impl SumReceiver {
                 bound: config.max_elements,
             });
         }
+        check_distinct_tokens("receiver's tokens", tokens)?;
         let mut points = blind_tokens(tokens, &alpha);
-        sort_packed(&mut points, POINT_BYTES);
+        sort_packed::<POINT_BYTES>(&mut points);
         Ok((
             SumReceiver {
                 config,
+                n: tokens.len(),
                 alpha,
                 rerandomise,
             },
@@ -316,14 +320,21 @@ impl SumReceiver {
                 detail: "the identity is not a public key".into(),
             });
         }
-        check_packed(
+        let n = check_packed(
             "sum response.doubly",
             &response.doubly,
             response.doubly_count,
             POINT_BYTES,
             bound,
         )?;
+        if n != self.n {
+            return Err(PsiError::Malformed {
+                what: "sum response.doubly",
+                detail: format!("{n} points answer a query of {}", self.n),
+            });
+        }
         validate_points("sum response.doubly", &response.doubly)?;
+        check_distinct_points::<POINT_BYTES>("sum response.doubly", &response.doubly)?;
         let nb = check_packed(
             "sum response.entries",
             &response.entries,
@@ -331,31 +342,36 @@ impl SumReceiver {
             ENTRY_BYTES,
             bound,
         )?;
-        let doubly: HashSet<&[u8]> = response.doubly.chunks_exact(POINT_BYTES).collect();
+        // Every entry is decoded before any is matched: a refusal must not
+        // depend on which entries match, or it would tell the sender.
+        let ciphertexts = response
+            .entries
+            .par_chunks(ENTRY_BYTES)
+            .enumerate()
+            .map(|(j, e)| {
+                let c1 = decode("sum response.entries (c1)", &e[32..64], j)?;
+                let c2 = decode("sum response.entries (c2)", &e[64..96], j)?;
+                Ok((c1, c2))
+            })
+            .collect::<Result<Vec<_>, PsiError>>()?;
         let b_points: Vec<u8> = response
             .entries
             .chunks_exact(ENTRY_BYTES)
             .flat_map(|e| e[..POINT_BYTES].iter().copied())
             .collect();
         let raised = blind_points("sum response.entries (point)", &b_points, &self.alpha)?;
+        check_distinct_points::<ENTRY_BYTES>("sum response.entries", &response.entries)?;
+        let doubly: HashSet<&[u8]> = response.doubly.chunks_exact(POINT_BYTES).collect();
         let matched: Vec<usize> = raised
             .chunks_exact(POINT_BYTES)
             .enumerate()
             .filter(|(_, c)| doubly.contains(c))
             .map(|(j, _)| j)
             .collect();
-        let sums = matched
-            .par_iter()
-            .map(|&j| {
-                let e = &response.entries[j * ENTRY_BYTES..(j + 1) * ENTRY_BYTES];
-                let c1 = decode("sum response.entries (c1)", &e[32..64], j)?;
-                let c2 = decode("sum response.entries (c2)", &e[64..96], j)?;
-                Ok((c1, c2))
-            })
-            .try_reduce(
-                || (RistrettoPoint::identity(), RistrettoPoint::identity()),
-                |a, b| Ok((a.0 + b.0, a.1 + b.1)),
-            )?;
+        let sums = matched.par_iter().map(|&j| ciphertexts[j]).reduce(
+            || (RistrettoPoint::identity(), RistrettoPoint::identity()),
+            |a, b| (a.0 + b.0, a.1 + b.1),
+        );
         let c1 = sums.0 + RISTRETTO_BASEPOINT_TABLE * &self.rerandomise;
         let c2 = sums.1 + public * self.rerandomise;
         Ok((
@@ -452,6 +468,7 @@ impl SumSender {
                 bound: config.max_elements,
             });
         }
+        check_distinct_tokens("sender's tokens", tokens)?;
         if values.len() != tokens.len() {
             return Err(PsiError::Config(format!(
                 "{} values for {} identifiers",
@@ -478,7 +495,7 @@ impl SumSender {
             config.max_elements,
         )?;
         let mut doubly = blind_points("sum query.points", &query.points, &beta)?;
-        sort_packed(&mut doubly, POINT_BYTES);
+        sort_packed::<POINT_BYTES>(&mut doubly);
         let public = RISTRETTO_BASEPOINT_TABLE * &secret;
         let points = blind_tokens(tokens, &beta);
         let ciphertexts = encrypt_all(&public, values, &nonce_seed);
@@ -487,7 +504,7 @@ impl SumSender {
             entries.extend_from_slice(p);
             entries.extend_from_slice(c);
         }
-        sort_packed(&mut entries, ENTRY_BYTES);
+        sort_packed::<ENTRY_BYTES>(&mut entries);
         Ok((
             SumSender {
                 secret,
