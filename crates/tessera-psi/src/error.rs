@@ -79,6 +79,18 @@ pub enum PsiError {
         /// The list.
         what: &'static str,
     },
+    /// A list (received or local) is shorter than the agreed minimum.
+    #[error(
+        "{what}: {got} elements are fewer than the agreed minimum of {min}: so small a query would reveal single values of the other site"
+    )]
+    TooFewElements {
+        /// The list.
+        what: &'static str,
+        /// Its length.
+        got: usize,
+        /// The agreed minimum.
+        min: usize,
+    },
     /// The configuration is unusable.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -37,8 +37,22 @@
 //!   B's points and ciphertexts are pseudorandom and IND-CPA to A. A learns
 //!   which of B's (shuffled) pairs matched, which is the count again.
 //! - B: A's set size. `c1` is uniformly random (re-randomised), and B never
-//!   sees A's doubly-blinded set, so it learns neither the intersection nor
-//!   its size nor the sum.
+//!   learns which of the doubly-blinded points it computed and sent (sorted,
+//!   out of its reach once sent) match its entries: that needs `alpha`, so
+//!   it learns neither the intersection nor its size nor the sum.
+//! - The functionality itself gives single values away: a query of one
+//!   identifier returns B's value for it when it is shared, and two runs
+//!   whose queries differ in one identifier give that identifier's value by
+//!   difference. [`SumConfig::min_receiver_elements`] makes both parties
+//!   refuse a smaller query (B checks the count it receives); it cannot stop
+//!   differencing across runs, which only a limit on runs (or noise on the
+//!   sum) does.
+//! - A checks what it receives against its own query: as many
+//!   doubly-blinded points as it sent, no identity point and no point
+//!   twice in either list, and every entry's ciphertext decoded before any
+//!   is matched (so whether A answers does not depend on the intersection).
+//!   A dishonest B can still put guessed identifiers or wrong values in its
+//!   own entries, as any intersection-sum allows.
 //! - Against a malicious A this is not enough: A could send the `c1` of one
 //!   ciphertext and learn one value. B answers one request per run (the
 //!   state is consumed); stronger guarantees need proofs, not provided.
@@ -73,15 +87,38 @@ pub struct SumConfig {
     pub max_elements: usize,
     /// The largest value of one identifier (after adding repeated rows).
     pub max_value: u64,
+    /// The fewest elements the receiver may query with (0: no minimum).
+    /// A query of one element, or two queries that differ in one, reveals
+    /// one of the sender's values; a minimum makes that cost a guess of
+    /// that many identifiers. Both sides refuse a smaller set.
+    #[serde(default)]
+    pub min_receiver_elements: usize,
 }
 
 impl SumConfig {
+    fn check_receiver_size(&self, what: &'static str, n: usize) -> Result<(), PsiError> {
+        if n < self.min_receiver_elements {
+            return Err(PsiError::TooFewElements {
+                what,
+                got: n,
+                min: self.min_receiver_elements,
+            });
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), PsiError> {
         let product = (self.max_elements as u128) * u128::from(self.max_value);
         if self.max_elements == 0 || self.max_elements > u32::MAX as usize {
             return Err(PsiError::Config(format!(
                 "max_elements {} must lie in 1..=2^32-1",
                 self.max_elements
+            )));
+        }
+        if self.min_receiver_elements > self.max_elements {
+            return Err(PsiError::Config(format!(
+                "min_receiver_elements {} exceeds max_elements {}",
+                self.min_receiver_elements, self.max_elements
             )));
         }
         if product > 1u128 << MAX_SUM_BITS {
@@ -289,6 +326,7 @@ impl SumReceiver {
                 bound: config.max_elements,
             });
         }
+        config.check_receiver_size("receiver's tokens", tokens.len())?;
         check_distinct_tokens("receiver's tokens", tokens)?;
         let mut points = blind_tokens(tokens, &alpha);
         sort_packed::<POINT_BYTES>(&mut points);
@@ -494,6 +532,7 @@ impl SumSender {
             POINT_BYTES,
             config.max_elements,
         )?;
+        config.check_receiver_size("sum query.points", na)?;
         let mut doubly = blind_points("sum query.points", &query.points, &beta)?;
         sort_packed::<POINT_BYTES>(&mut doubly);
         let public = RISTRETTO_BASEPOINT_TABLE * &secret;

@@ -1,6 +1,6 @@
 //! A dishonest peer's messages and a careless caller's inputs: sum
 //! responses unrelated to the query, invalid ciphertexts wherever they sit,
-//! repeated tokens.
+//! repeated tokens, a minimum query size.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -15,6 +15,7 @@ fn sum_config() -> SumConfig {
     SumConfig {
         max_elements: 1000,
         max_value: 100,
+        min_receiver_elements: 0,
     }
 }
 
@@ -210,4 +211,45 @@ fn repeated_tokens_are_refused_by_either_party() {
         Err(e) => e,
     };
     assert!(err.to_string().contains("more than once"), "{err}");
+}
+
+#[test]
+fn a_query_below_the_minimum_receiver_size_is_refused_by_both_sides() {
+    let config = SumConfig {
+        min_receiver_elements: 5,
+        ..sum_config()
+    };
+    let few = tokens(&ids(0..4)).tokens;
+    let enough = tokens(&ids(0..5)).tokens;
+    let b = tokens(&ids(0..50)).tokens;
+    let err = match SumReceiver::start(config, &few) {
+        Ok(_) => panic!("a receiver below the minimum started"),
+        Err(e) => e,
+    };
+    assert_eq!(
+        err,
+        PsiError::TooFewElements {
+            what: "receiver's tokens",
+            got: 4,
+            min: 5
+        }
+    );
+    // A receiver that does not keep the minimum is refused by the sender.
+    let (_, q) = SumReceiver::start(sum_config(), &few).unwrap();
+    let err = match SumSender::respond(config, &b, &[1; 50], &q) {
+        Ok(_) => panic!("the sender answered a query below the minimum"),
+        Err(e) => e,
+    };
+    assert!(
+        err.to_string()
+            .contains("fewer than the agreed minimum of 5"),
+        "{err}"
+    );
+    let (_, q) = SumReceiver::start(config, &enough).unwrap();
+    assert!(SumSender::respond(config, &b, &[1; 50], &q).is_ok());
+    let bad = SumConfig {
+        min_receiver_elements: 2000,
+        ..sum_config()
+    };
+    assert!(SumReceiver::start(bad, &enough).is_err());
 }
