@@ -309,7 +309,19 @@ impl Receiver {
 
     /// Starts a run with a secret derived from `seed`: for tests and
     /// simulation only (anyone who knows the seed can undo the blinding).
+    #[cfg(any(test, feature = "test-seeds"))]
+    #[doc(hidden)]
     pub fn start_seeded_for_tests(
+        config: PsiConfig,
+        tokens: &[Token],
+        seed: u64,
+    ) -> Result<(Receiver, Query), PsiError> {
+        Self::start_seeded(config, tokens, seed)
+    }
+
+    /// The seeded start, for the seeded runs of
+    /// [`crate::multi`].
+    pub(crate) fn start_seeded(
         config: PsiConfig,
         tokens: &[Token],
         seed: u64,
@@ -434,7 +446,20 @@ impl Sender {
 
     /// Answers with a secret derived from `seed`: for tests and simulation
     /// only.
+    #[cfg(any(test, feature = "test-seeds"))]
+    #[doc(hidden)]
     pub fn respond_seeded_for_tests(
+        config: PsiConfig,
+        tokens: &[Token],
+        query: &Query,
+        seed: u64,
+    ) -> Result<(Sender, Response), PsiError> {
+        Self::respond_seeded(config, tokens, query, seed)
+    }
+
+    /// The seeded answer, for the seeded runs of
+    /// [`crate::multi`].
+    pub(crate) fn respond_seeded(
         config: PsiConfig,
         tokens: &[Token],
         query: &Query,

@@ -68,9 +68,10 @@ use std::collections::HashSet;
 use crate::elgamal::{bounded_log, encrypt_all};
 use crate::group::{
     POINT_BYTES, blind_points, blind_tokens, check_distinct_points, check_distinct_tokens,
-    check_packed, decode, random_scalar, random_seed, seeded_bytes, seeded_scalar, sort_packed,
-    validate_points,
+    check_packed, decode, random_scalar, random_seed, sort_packed, validate_points,
 };
+#[cfg(any(test, feature = "test-seeds"))]
+use crate::group::{seeded_bytes, seeded_scalar};
 use crate::wire::{Reader, Writer};
 use crate::{PsiError, Token};
 
@@ -299,6 +300,8 @@ impl SumReceiver {
 
     /// Starts with secrets derived from `seed`: for tests and simulation
     /// only.
+    #[cfg(any(test, feature = "test-seeds"))]
+    #[doc(hidden)]
     pub fn start_seeded_for_tests(
         config: SumConfig,
         tokens: &[Token],
@@ -471,6 +474,8 @@ impl SumSender {
 
     /// Answers with secrets derived from `seed`: for tests and simulation
     /// only.
+    #[cfg(any(test, feature = "test-seeds"))]
+    #[doc(hidden)]
     pub fn respond_seeded_for_tests(
         config: SumConfig,
         tokens: &[Token],

@@ -1,6 +1,7 @@
 //! A dishonest peer's messages and a careless caller's inputs: sum
 //! responses unrelated to the query, invalid ciphertexts wherever they sit,
-//! repeated tokens, a minimum query size.
+//! repeated tokens, a minimum query size, padded chain queries, test-only
+//! seeded constructors.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -211,6 +212,62 @@ fn repeated_tokens_are_refused_by_either_party() {
         Err(e) => e,
     };
     assert!(err.to_string().contains("more than once"), "{err}");
+}
+
+#[test]
+fn chain_queries_have_one_length_whatever_the_overlaps() {
+    let runs = [
+        [ids(0..200), ids(0..200), ids(0..200), ids(0..200)],
+        [ids(0..200), ids(150..400), ids(190..600), ids(195..196)],
+        [ids(0..200), ids(500..600), ids(0..200), ids(0..10)],
+    ];
+    let mut lengths = Vec::new();
+    for lists in &runs {
+        let prepared: Vec<PreparedSet> = lists.iter().map(|l| tokens(l)).collect();
+        let sites: Vec<&[Token]> = prepared.iter().map(|p| p.tokens.as_slice()).collect();
+        let out = intersect_sites_seeded_for_tests(PsiConfig::new(Mode::Both), &sites, 5).unwrap();
+        assert_eq!(out.chain_query_bytes.len(), 3);
+        lengths.extend(out.chain_query_bytes);
+    }
+    assert!(
+        lengths.iter().all(|&l| l == lengths[0]),
+        "chain query lengths vary with the overlaps: {lengths:?}"
+    );
+}
+
+#[test]
+fn seeded_constructors_exist_only_for_tests_and_are_hidden() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+    let mut found = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let l = line.trim_start();
+            let public = l.starts_with("pub fn ") || l.starts_with("pub use ");
+            if !(public && l.contains("seeded_for_tests")) {
+                continue;
+            }
+            found += 1;
+            let attrs: Vec<&str> = lines[..i]
+                .iter()
+                .rev()
+                .map(|l| l.trim())
+                .take_while(|l| l.starts_with("#[") || l.starts_with("///"))
+                .collect();
+            let at = format!("{}:{}", path.display(), i + 1);
+            assert!(
+                attrs.contains(&"#[cfg(any(test, feature = \"test-seeds\"))]"),
+                "{at}: not gated behind the test-seeds feature"
+            );
+            assert!(
+                attrs.contains(&"#[doc(hidden)]"),
+                "{at}: not hidden from the docs"
+            );
+        }
+    }
+    assert!(found >= 6, "only {found} seeded constructors found");
 }
 
 #[test]
