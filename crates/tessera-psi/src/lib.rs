@@ -72,9 +72,9 @@
 //! and, in mode both and cardinality mode, the intersection size (from the
 //! reveal), nothing about identifiers, since it never holds the matching
 //! key or a scalar. Carried over mutual TLS between the sites, it learns
-//! only the lengths, which still give the set sizes (and, in mode both,
-//! the reveal's). For several sites, [`multi`] states what the lengths of
-//! its rounds give away.
+//! only the lengths, which still give both set sizes (not the intersection
+//! size: no message's length depends on it). For several sites, [`multi`]
+//! states what the lengths of its rounds give away.
 //!
 //! The receiver refuses the identity as the sender's public key (with
 //! `Y = O` removing the blinding does nothing, and a sender holding none of
