@@ -107,6 +107,7 @@ fn main() {
         let config = SumConfig {
             max_elements: n.max(1),
             max_value: 1000,
+            min_receiver_elements: 0,
         };
         let c = cpu_seconds();
         let t = Instant::now();

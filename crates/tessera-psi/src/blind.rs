@@ -19,6 +19,7 @@
 use curve25519_dalek::constants::RISTRETTO_BASEPOINT_TABLE;
 use curve25519_dalek::ristretto::{RistrettoBasepointTable, RistrettoPoint};
 use curve25519_dalek::scalar::Scalar;
+use curve25519_dalek::traits::Identity;
 use rayon::prelude::*;
 use sha2::{Digest, Sha512};
 
@@ -81,6 +82,15 @@ impl Blinding {
             }
             Blinding::Additive(seed) => {
                 let y = decode("response.public_key", public, 0)?;
+                if y == RistrettoPoint::identity() {
+                    // With Y = O nothing is removed: the sender could
+                    // return the query itself and code any chosen elements
+                    // of the receiver's into its set.
+                    return Err(PsiError::Malformed {
+                        what: "response.public_key",
+                        detail: "the identity is not a public key (it would let the sender choose which elements match)".into(),
+                    });
+                }
                 let table = RistrettoBasepointTable::create(&y);
                 let mut out = vec![0u8; evaluated.len()];
                 out.par_chunks_mut(BATCH * POINT_BYTES)
@@ -100,6 +110,63 @@ impl Blinding {
                         Ok(())
                     })?;
                 Ok(out)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::gcs::CompressedSet;
+    use crate::group::prf_value;
+    use crate::psi::{Mode, PsiConfig, Receiver, Response};
+
+    /// With `Y` the identity, removing `2 r Y` does nothing: the receiver
+    /// ends with `compress(2 Q_i)` of its own query points, which a sender
+    /// holding none of its identifiers can put in its coded set.
+    #[test]
+    fn a_response_with_the_identity_as_public_key_is_refused() {
+        let a: Vec<Token> = (0u8..8).map(|i| Token([i; 32])).collect();
+        for mode in [Mode::Both, Mode::ReceiverOnly] {
+            let config = PsiConfig {
+                max_elements: 100,
+                ..PsiConfig::new(mode)
+            };
+            let (r, q) = Receiver::start_seeded_for_tests(config, &a, 9).unwrap();
+            let p = config.param_bits(a.len()).unwrap();
+            let chosen = [1usize, 4, 6];
+            let range = CompressedSet::range(chosen.len(), p).unwrap();
+            let mut values: Vec<u128> = chosen
+                .iter()
+                .map(|&i| {
+                    let q_i = decode("query", &q.points[i * 32..(i + 1) * 32], i).unwrap();
+                    prf_value((q_i + q_i).compress().as_bytes(), range)
+                })
+                .collect();
+            values.sort_unstable();
+            let forged = Response {
+                public_key: [0; 32],
+                count: q.count,
+                evaluated: q.points.clone(),
+                set: CompressedSet::encode(&values, p),
+            };
+            match r.finish(&forged) {
+                Ok((out, _)) => panic!(
+                    "{mode}: the forged response put {:?} in the intersection",
+                    out.intersection
+                ),
+                Err(e) => assert!(
+                    matches!(
+                        e,
+                        PsiError::Malformed {
+                            what: "response.public_key",
+                            ..
+                        }
+                    ),
+                    "{e}"
+                ),
             }
         }
     }

@@ -63,17 +63,20 @@ pub(crate) fn bounded_log(target: &RistrettoPoint, bound: u64) -> Option<u64> {
     let step = (bound as f64 + 1.0).sqrt().ceil().max(1.0) as u64;
     let g = RISTRETTO_BASEPOINT_TABLE * &Scalar::ONE;
     // Baby steps j G, keyed by the encoding of 2 j G (batched compression).
-    let mut baby = Vec::with_capacity(step as usize);
-    let mut acc = RistrettoPoint::identity();
-    for _ in 0..step {
-        baby.push(acc);
-        acc += g;
-    }
-    let table: HashMap<[u8; 32], u64> = RistrettoPoint::double_and_compress_batch(&baby)
-        .into_iter()
-        .enumerate()
-        .map(|(j, c)| (c.to_bytes(), j as u64))
-        .collect();
+    // The points are dropped once the table holds their encodings.
+    let table: HashMap<[u8; 32], u64> = {
+        let mut baby = Vec::with_capacity(step as usize);
+        let mut acc = RistrettoPoint::identity();
+        for _ in 0..step {
+            baby.push(acc);
+            acc += g;
+        }
+        RistrettoPoint::double_and_compress_batch(&baby)
+            .into_iter()
+            .enumerate()
+            .map(|(j, c)| (c.to_bytes(), j as u64))
+            .collect()
+    };
     // Giant steps target - i step G, in batches.
     let giant = RISTRETTO_BASEPOINT_TABLE * &Scalar::from(step);
     let mut cur = *target;

@@ -71,6 +71,26 @@ pub enum PsiError {
         /// The agreed bound.
         bound: u64,
     },
+    /// A list of tokens holds one token more than once.
+    #[error(
+        "{what}: a token occurs more than once; prepare the identifiers with `prepare` or `prepare_with_values`, which deduplicate"
+    )]
+    DuplicateTokens {
+        /// The list.
+        what: &'static str,
+    },
+    /// A list (received or local) is shorter than the agreed minimum.
+    #[error(
+        "{what}: {got} elements are fewer than the agreed minimum of {min}: so small a query would reveal single values of the other site"
+    )]
+    TooFewElements {
+        /// The list.
+        what: &'static str,
+        /// Its length.
+        got: usize,
+        /// The agreed minimum.
+        min: usize,
+    },
     /// The configuration is unusable.
     #[error("invalid configuration: {0}")]
     Config(String),

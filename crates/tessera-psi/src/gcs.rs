@@ -67,9 +67,17 @@ impl BitReader<'_> {
 }
 
 impl CompressedSet {
-    /// The range the values lie in: `max(count, 1) * 2^param_bits`.
-    pub fn range(count: usize, param_bits: u8) -> u128 {
-        (count.max(1) as u128) << param_bits
+    /// The range the values lie in: `max(count, 1) * 2^param_bits`;
+    /// refused for a parameter above [`MAX_PARAM_BITS`].
+    pub fn range(count: usize, param_bits: u8) -> Result<u128, PsiError> {
+        if param_bits > MAX_PARAM_BITS {
+            return Err(PsiError::Malformed {
+                what: "Rice parameter",
+                detail: format!("{param_bits} bits is above the largest, {MAX_PARAM_BITS}"),
+            });
+        }
+        // count < 2^64 and param_bits <= 64: the product fits in u128.
+        Ok((count.max(1) as u128) << param_bits)
     }
 
     /// Codes sorted values (all below `range(values.len(), p)`).
@@ -136,7 +144,7 @@ impl CompressedSet {
                 got: self.data.len(),
             });
         }
-        let range = Self::range(n, self.param_bits);
+        let range = Self::range(n, self.param_bits)?;
         let p = self.param_bits;
         let mut r = BitReader {
             data: &self.data,

@@ -196,12 +196,76 @@ pub(crate) fn prf_value(point: &[u8], range: u128) -> u128 {
     u128::from_le_bytes(b) % range.max(1)
 }
 
-/// Sorts packed 32-byte elements by their bytes: a canonical order that
-/// depends only on the set, never on the order the elements came in.
-pub(crate) fn sort_packed(packed: &mut [u8], elem: usize) {
-    let mut rows: Vec<Vec<u8>> = packed.chunks_exact(elem).map(<[u8]>::to_vec).collect();
-    rows.par_sort_unstable();
-    for (o, r) in packed.chunks_exact_mut(elem).zip(rows) {
-        o.copy_from_slice(&r);
+/// Sorts packed `N`-byte elements by their bytes, in place: a canonical
+/// order that depends only on the set, never on the order the elements
+/// came in.
+pub(crate) fn sort_packed<const N: usize>(packed: &mut [u8]) {
+    packed.as_chunks_mut::<N>().0.par_sort_unstable();
+}
+
+/// Refuses `tokens` if one occurs twice (sorted copy, neighbours compared).
+pub(crate) fn check_distinct_tokens(what: &'static str, tokens: &[Token]) -> Result<(), PsiError> {
+    let mut sorted = tokens.to_vec();
+    sorted.par_sort_unstable();
+    if sorted.par_windows(2).any(|w| w[0] == w[1]) {
+        return Err(PsiError::DuplicateTokens { what });
+    }
+    Ok(())
+}
+
+/// Refuses the identity and repeated points among the leading points of
+/// the `N`-byte rows of `packed` (valid encodings, checked before: the
+/// identity's only encoding is all zeros).
+pub(crate) fn check_distinct_points<const N: usize>(
+    what: &'static str,
+    packed: &[u8],
+) -> Result<(), PsiError> {
+    let mut points: Vec<[u8; POINT_BYTES]> = packed
+        .as_chunks::<N>()
+        .0
+        .iter()
+        .map(|row| {
+            let mut p = [0u8; POINT_BYTES];
+            p.copy_from_slice(&row[..POINT_BYTES]);
+            p
+        })
+        .collect();
+    if let Some(index) = points.iter().position(|p| *p == [0u8; POINT_BYTES]) {
+        return Err(PsiError::Malformed {
+            what,
+            detail: format!("element {index} is the identity point"),
+        });
+    }
+    points.par_sort_unstable();
+    if points.par_windows(2).any(|w| w[0] == w[1]) {
+        return Err(PsiError::Malformed {
+            what,
+            detail: "a point occurs more than once".into(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sort_packed_orders_rows_by_their_bytes() {
+        let mut state = 7u64;
+        let mut packed: Vec<u8> = (0..96 * 50)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                (state >> 56) as u8
+            })
+            .collect();
+        let mut want: Vec<Vec<u8>> = packed.chunks(96).map(<[u8]>::to_vec).collect();
+        want.sort();
+        sort_packed::<96>(&mut packed);
+        assert_eq!(packed, want.concat());
+        let mut want: Vec<Vec<u8>> = packed.chunks(32).map(<[u8]>::to_vec).collect();
+        want.sort();
+        sort_packed::<32>(&mut packed);
+        assert_eq!(packed, want.concat());
     }
 }

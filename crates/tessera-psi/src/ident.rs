@@ -87,8 +87,14 @@ impl fmt::Debug for MatchingKey {
 }
 
 /// A keyed hash of one normalised identifier: what the protocols consume.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Token(pub [u8; 32]);
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
 
 /// One identifier's token: HMAC-SHA256 under `key` of its normalised form.
 /// Refused when the identifier normalises to the empty string (`index` is
@@ -106,8 +112,8 @@ pub fn token(key: &MatchingKey, raw: &str, index: usize) -> Result<Token, PsiErr
 }
 
 /// A site's identifiers, prepared: distinct tokens in order of first
-/// occurrence.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// occurrence. Its `Debug` shows counts only.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PreparedSet {
     /// The distinct tokens.
     pub tokens: Vec<Token>,
@@ -115,6 +121,25 @@ pub struct PreparedSet {
     pub first_row: Vec<usize>,
     /// How many input rows repeated an earlier identifier.
     pub duplicates: usize,
+}
+
+impl fmt::Debug for PreparedSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedSet")
+            .field("tokens", &format_args!("<{} redacted>", self.tokens.len()))
+            .field("duplicates", &self.duplicates)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for PreparedValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedValues")
+            .field("tokens", &format_args!("<{} redacted>", self.tokens.len()))
+            .field("values", &format_args!("<{} redacted>", self.values.len()))
+            .field("duplicates", &self.duplicates)
+            .finish_non_exhaustive()
+    }
 }
 
 fn tokens_of<S: AsRef<str> + Sync>(key: &MatchingKey, ids: &[S]) -> Result<Vec<Token>, PsiError> {
@@ -149,8 +174,8 @@ pub fn prepare<S: AsRef<str> + Sync>(
 
 /// A site's identifiers with one value each, prepared for
 /// intersection-sum: distinct tokens, the values of repeated identifiers
-/// added.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// added. Its `Debug` shows counts only.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PreparedValues {
     /// The distinct tokens.
     pub tokens: Vec<Token>,

@@ -67,17 +67,31 @@
 //! The adversary is semi-honest (follows the protocol, tries to learn more
 //! from what it sees); a malicious party can, for instance, put guessed
 //! identifiers in its set, which any PSI allows, or lie in its reveal.
-//! A coordinator that only relays messages sees pseudorandom points and
+//! A coordinator that relays a two-party run sees pseudorandom points and
 //! coded pseudorandom values: it learns the set sizes (from the lengths)
 //! and, in mode both and cardinality mode, the intersection size (from the
 //! reveal), nothing about identifiers, since it never holds the matching
 //! key or a scalar. Carried over mutual TLS between the sites, it learns
-//! only the lengths.
+//! only the lengths, which still give both set sizes (not the intersection
+//! size: no message's length depends on it). For several sites, [`multi`]
+//! states what the lengths of its rounds give away.
+//!
+//! The receiver refuses the identity as the sender's public key (with
+//! `Y = O` removing the blinding does nothing, and a sender holding none of
+//! the receiver's identifiers could make any of them match), and both
+//! parties refuse a list of tokens with a repeat (a repeated token gives
+//! equal points in cardinality mode, showing the sender where the
+//! receiver's repeats are).
+//!
+//! The `*_seeded_for_tests` constructors exist only with the `test-seeds`
+//! feature (the crate's own tests enable it) and are hidden from the docs.
 //!
 //! # Several sites ([`multi`])
 //!
 //! A leader runs receiver-only rounds along a chain, then a round in mode
-//! both with each site; see the module for what each party learns.
+//! both with each site; the chain queries are padded to the leader's set
+//! size, so their lengths do not give the running intersection sizes away.
+//! See the module for what each party, and a relaying coordinator, learns.
 //!
 //! # Intersection-sum ([`sum`])
 //!
@@ -104,7 +118,10 @@ pub use group::POINT_BYTES;
 pub use ident::{
     MatchingKey, PreparedSet, PreparedValues, Token, normalise, prepare, prepare_with_values,
 };
-pub use multi::{MultiOutput, intersect_sites, intersect_sites_seeded_for_tests};
+#[cfg(any(test, feature = "test-seeds"))]
+#[doc(hidden)]
+pub use multi::intersect_sites_seeded_for_tests;
+pub use multi::{MultiOutput, intersect_sites};
 pub use psi::{
     Mode, PsiConfig, Query, Receiver, ReceiverOutput, Response, Reveal, Sender, SenderOutput,
 };

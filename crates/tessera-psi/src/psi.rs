@@ -9,9 +9,10 @@ use std::fmt;
 
 use crate::blind::Blinding;
 use crate::gcs::CompressedSet;
+use crate::gcs::MAX_PARAM_BITS;
 use crate::group::{
-    POINT_BYTES, blind_points, check_packed, prf_value, random_scalar, random_seed, seeded_bytes,
-    seeded_scalar, sort_packed, tokens_times_two,
+    POINT_BYTES, blind_points, check_distinct_tokens, check_packed, prf_value, random_scalar,
+    random_seed, seeded_bytes, seeded_scalar, sort_packed, tokens_times_two,
 };
 use crate::wire::{Reader, Writer};
 use crate::{PsiError, Token};
@@ -102,11 +103,18 @@ impl PsiConfig {
     /// The Rice parameter for a receiver of `n` elements: each of its
     /// elements collides with one of the sender's values with probability
     /// `2^-p`, so `p = ceil(log2 n) + fp_bits` bounds the expected number
-    /// of false positives by `2^-fp_bits`.
-    pub fn param_bits(&self, receiver_size: usize) -> u8 {
+    /// of false positives by `2^-fp_bits`. Refused above
+    /// [`MAX_PARAM_BITS`] (only an unchecked configuration gets there).
+    pub fn param_bits(&self, receiver_size: usize) -> Result<u8, PsiError> {
         let log = usize::BITS - receiver_size.max(1).saturating_sub(1).leading_zeros();
-        // log <= 32 and fp_bits <= 32 (checked), so this fits in u8.
-        (log as u8).saturating_add(self.fp_bits)
+        let p = log + u32::from(self.fp_bits);
+        if p > u32::from(MAX_PARAM_BITS) {
+            return Err(PsiError::Config(format!(
+                "fp_bits {} with {receiver_size} elements needs a Rice parameter of {p} bits, above the largest {MAX_PARAM_BITS}: keep fp_bits in 8..=32",
+                self.fp_bits
+            )));
+        }
+        Ok(p as u8)
     }
 }
 
@@ -301,7 +309,19 @@ impl Receiver {
 
     /// Starts a run with a secret derived from `seed`: for tests and
     /// simulation only (anyone who knows the seed can undo the blinding).
+    #[cfg(any(test, feature = "test-seeds"))]
+    #[doc(hidden)]
     pub fn start_seeded_for_tests(
+        config: PsiConfig,
+        tokens: &[Token],
+        seed: u64,
+    ) -> Result<(Receiver, Query), PsiError> {
+        Self::start_seeded(config, tokens, seed)
+    }
+
+    /// The seeded start, for the seeded runs of
+    /// [`crate::multi`].
+    pub(crate) fn start_seeded(
         config: PsiConfig,
         tokens: &[Token],
         seed: u64,
@@ -324,6 +344,7 @@ impl Receiver {
     ) -> Result<(Receiver, Query), PsiError> {
         config.check()?;
         check_local("receiver's tokens", tokens.len(), &config)?;
+        check_distinct_tokens("receiver's tokens", tokens)?;
         let points = blinding.query(tokens);
         let query = Query {
             mode: config.mode,
@@ -356,11 +377,11 @@ impl Receiver {
                 detail: format!("{n} points answer a query of {}", self.n),
             });
         }
-        let p = self.config.param_bits(self.n);
+        let p = self.config.param_bits(self.n)?;
         let set = response
             .set
             .decode("response.set", self.config.max_elements, p)?;
-        let range = CompressedSet::range(set.len(), p);
+        let range = CompressedSet::range(set.len(), p)?;
         let unblinded = self
             .blinding
             .unblind(&response.evaluated, &response.public_key)?;
@@ -425,7 +446,20 @@ impl Sender {
 
     /// Answers with a secret derived from `seed`: for tests and simulation
     /// only.
+    #[cfg(any(test, feature = "test-seeds"))]
+    #[doc(hidden)]
     pub fn respond_seeded_for_tests(
+        config: PsiConfig,
+        tokens: &[Token],
+        query: &Query,
+        seed: u64,
+    ) -> Result<(Sender, Response), PsiError> {
+        Self::respond_seeded(config, tokens, query, seed)
+    }
+
+    /// The seeded answer, for the seeded runs of
+    /// [`crate::multi`].
+    pub(crate) fn respond_seeded(
         config: PsiConfig,
         tokens: &[Token],
         query: &Query,
@@ -453,6 +487,7 @@ impl Sender {
             });
         }
         check_local("sender's tokens", tokens.len(), &config)?;
+        check_distinct_tokens("sender's tokens", tokens)?;
         let na = check_packed(
             "query.points",
             &query.points,
@@ -462,12 +497,12 @@ impl Sender {
         )?;
         let mut evaluated = blind_points("query.points", &query.points, &beta)?;
         if config.mode == Mode::Cardinality {
-            sort_packed(&mut evaluated, POINT_BYTES);
+            sort_packed::<POINT_BYTES>(&mut evaluated);
         }
-        let p = config.param_bits(na);
+        let p = config.param_bits(na)?;
         // compress(4 beta H(b)), the encoding the receiver ends with.
         let own = tokens_times_two(tokens, &(beta + beta));
-        let range = CompressedSet::range(tokens.len(), p);
+        let range = CompressedSet::range(tokens.len(), p)?;
         let mut values: Vec<(u128, usize)> = own
             .par_chunks(POINT_BYTES)
             .enumerate()

@@ -37,8 +37,22 @@
 //!   B's points and ciphertexts are pseudorandom and IND-CPA to A. A learns
 //!   which of B's (shuffled) pairs matched, which is the count again.
 //! - B: A's set size. `c1` is uniformly random (re-randomised), and B never
-//!   sees A's doubly-blinded set, so it learns neither the intersection nor
-//!   its size nor the sum.
+//!   learns which of the doubly-blinded points it computed and sent (sorted,
+//!   out of its reach once sent) match its entries: that needs `alpha`, so
+//!   it learns neither the intersection nor its size nor the sum.
+//! - The functionality itself gives single values away: a query of one
+//!   identifier returns B's value for it when it is shared, and two runs
+//!   whose queries differ in one identifier give that identifier's value by
+//!   difference. [`SumConfig::min_receiver_elements`] makes both parties
+//!   refuse a smaller query (B checks the count it receives); it cannot stop
+//!   differencing across runs, which only a limit on runs (or noise on the
+//!   sum) does.
+//! - A checks what it receives against its own query: as many
+//!   doubly-blinded points as it sent, no identity point and no point
+//!   twice in either list, and every entry's ciphertext decoded before any
+//!   is matched (so whether A answers does not depend on the intersection).
+//!   A dishonest B can still put guessed identifiers or wrong values in its
+//!   own entries, as any intersection-sum allows.
 //! - Against a malicious A this is not enough: A could send the `c1` of one
 //!   ciphertext and learn one value. B answers one request per run (the
 //!   state is consumed); stronger guarantees need proofs, not provided.
@@ -53,9 +67,11 @@ use std::collections::HashSet;
 
 use crate::elgamal::{bounded_log, encrypt_all};
 use crate::group::{
-    POINT_BYTES, blind_points, blind_tokens, check_packed, decode, random_scalar, random_seed,
-    seeded_bytes, seeded_scalar, sort_packed, validate_points,
+    POINT_BYTES, blind_points, blind_tokens, check_distinct_points, check_distinct_tokens,
+    check_packed, decode, random_scalar, random_seed, sort_packed, validate_points,
 };
+#[cfg(any(test, feature = "test-seeds"))]
+use crate::group::{seeded_bytes, seeded_scalar};
 use crate::wire::{Reader, Writer};
 use crate::{PsiError, Token};
 
@@ -72,15 +88,38 @@ pub struct SumConfig {
     pub max_elements: usize,
     /// The largest value of one identifier (after adding repeated rows).
     pub max_value: u64,
+    /// The fewest elements the receiver may query with (0: no minimum).
+    /// A query of one element, or two queries that differ in one, reveals
+    /// one of the sender's values; a minimum makes that cost a guess of
+    /// that many identifiers. Both sides refuse a smaller set.
+    #[serde(default)]
+    pub min_receiver_elements: usize,
 }
 
 impl SumConfig {
+    fn check_receiver_size(&self, what: &'static str, n: usize) -> Result<(), PsiError> {
+        if n < self.min_receiver_elements {
+            return Err(PsiError::TooFewElements {
+                what,
+                got: n,
+                min: self.min_receiver_elements,
+            });
+        }
+        Ok(())
+    }
+
     fn check(&self) -> Result<(), PsiError> {
         let product = (self.max_elements as u128) * u128::from(self.max_value);
         if self.max_elements == 0 || self.max_elements > u32::MAX as usize {
             return Err(PsiError::Config(format!(
                 "max_elements {} must lie in 1..=2^32-1",
                 self.max_elements
+            )));
+        }
+        if self.min_receiver_elements > self.max_elements {
+            return Err(PsiError::Config(format!(
+                "min_receiver_elements {} exceeds max_elements {}",
+                self.min_receiver_elements, self.max_elements
             )));
         }
         if product > 1u128 << MAX_SUM_BITS {
@@ -240,6 +279,7 @@ impl SumOutput {
 /// A between its query and B's response.
 pub struct SumReceiver {
     config: SumConfig,
+    n: usize,
     alpha: Scalar,
     rerandomise: Scalar,
 }
@@ -260,6 +300,8 @@ impl SumReceiver {
 
     /// Starts with secrets derived from `seed`: for tests and simulation
     /// only.
+    #[cfg(any(test, feature = "test-seeds"))]
+    #[doc(hidden)]
     pub fn start_seeded_for_tests(
         config: SumConfig,
         tokens: &[Token],
@@ -287,11 +329,14 @@ impl SumReceiver {
                 bound: config.max_elements,
             });
         }
+        config.check_receiver_size("receiver's tokens", tokens.len())?;
+        check_distinct_tokens("receiver's tokens", tokens)?;
         let mut points = blind_tokens(tokens, &alpha);
-        sort_packed(&mut points, POINT_BYTES);
+        sort_packed::<POINT_BYTES>(&mut points);
         Ok((
             SumReceiver {
                 config,
+                n: tokens.len(),
                 alpha,
                 rerandomise,
             },
@@ -316,14 +361,21 @@ impl SumReceiver {
                 detail: "the identity is not a public key".into(),
             });
         }
-        check_packed(
+        let n = check_packed(
             "sum response.doubly",
             &response.doubly,
             response.doubly_count,
             POINT_BYTES,
             bound,
         )?;
+        if n != self.n {
+            return Err(PsiError::Malformed {
+                what: "sum response.doubly",
+                detail: format!("{n} points answer a query of {}", self.n),
+            });
+        }
         validate_points("sum response.doubly", &response.doubly)?;
+        check_distinct_points::<POINT_BYTES>("sum response.doubly", &response.doubly)?;
         let nb = check_packed(
             "sum response.entries",
             &response.entries,
@@ -331,31 +383,36 @@ impl SumReceiver {
             ENTRY_BYTES,
             bound,
         )?;
-        let doubly: HashSet<&[u8]> = response.doubly.chunks_exact(POINT_BYTES).collect();
+        // Every entry is decoded before any is matched: a refusal must not
+        // depend on which entries match, or it would tell the sender.
+        let ciphertexts = response
+            .entries
+            .par_chunks(ENTRY_BYTES)
+            .enumerate()
+            .map(|(j, e)| {
+                let c1 = decode("sum response.entries (c1)", &e[32..64], j)?;
+                let c2 = decode("sum response.entries (c2)", &e[64..96], j)?;
+                Ok((c1, c2))
+            })
+            .collect::<Result<Vec<_>, PsiError>>()?;
         let b_points: Vec<u8> = response
             .entries
             .chunks_exact(ENTRY_BYTES)
             .flat_map(|e| e[..POINT_BYTES].iter().copied())
             .collect();
         let raised = blind_points("sum response.entries (point)", &b_points, &self.alpha)?;
+        check_distinct_points::<ENTRY_BYTES>("sum response.entries", &response.entries)?;
+        let doubly: HashSet<&[u8]> = response.doubly.chunks_exact(POINT_BYTES).collect();
         let matched: Vec<usize> = raised
             .chunks_exact(POINT_BYTES)
             .enumerate()
             .filter(|(_, c)| doubly.contains(c))
             .map(|(j, _)| j)
             .collect();
-        let sums = matched
-            .par_iter()
-            .map(|&j| {
-                let e = &response.entries[j * ENTRY_BYTES..(j + 1) * ENTRY_BYTES];
-                let c1 = decode("sum response.entries (c1)", &e[32..64], j)?;
-                let c2 = decode("sum response.entries (c2)", &e[64..96], j)?;
-                Ok((c1, c2))
-            })
-            .try_reduce(
-                || (RistrettoPoint::identity(), RistrettoPoint::identity()),
-                |a, b| Ok((a.0 + b.0, a.1 + b.1)),
-            )?;
+        let sums = matched.par_iter().map(|&j| ciphertexts[j]).reduce(
+            || (RistrettoPoint::identity(), RistrettoPoint::identity()),
+            |a, b| (a.0 + b.0, a.1 + b.1),
+        );
         let c1 = sums.0 + RISTRETTO_BASEPOINT_TABLE * &self.rerandomise;
         let c2 = sums.1 + public * self.rerandomise;
         Ok((
@@ -417,6 +474,8 @@ impl SumSender {
 
     /// Answers with secrets derived from `seed`: for tests and simulation
     /// only.
+    #[cfg(any(test, feature = "test-seeds"))]
+    #[doc(hidden)]
     pub fn respond_seeded_for_tests(
         config: SumConfig,
         tokens: &[Token],
@@ -452,6 +511,7 @@ impl SumSender {
                 bound: config.max_elements,
             });
         }
+        check_distinct_tokens("sender's tokens", tokens)?;
         if values.len() != tokens.len() {
             return Err(PsiError::Config(format!(
                 "{} values for {} identifiers",
@@ -477,8 +537,9 @@ impl SumSender {
             POINT_BYTES,
             config.max_elements,
         )?;
+        config.check_receiver_size("sum query.points", na)?;
         let mut doubly = blind_points("sum query.points", &query.points, &beta)?;
-        sort_packed(&mut doubly, POINT_BYTES);
+        sort_packed::<POINT_BYTES>(&mut doubly);
         let public = RISTRETTO_BASEPOINT_TABLE * &secret;
         let points = blind_tokens(tokens, &beta);
         let ciphertexts = encrypt_all(&public, values, &nonce_seed);
@@ -487,7 +548,7 @@ impl SumSender {
             entries.extend_from_slice(p);
             entries.extend_from_slice(c);
         }
-        sort_packed(&mut entries, ENTRY_BYTES);
+        sort_packed::<ENTRY_BYTES>(&mut entries);
         Ok((
             SumSender {
                 secret,

@@ -11,6 +11,7 @@ use tessera_psi::*;
 const CONFIG: SumConfig = SumConfig {
     max_elements: 10_000,
     max_value: 1_000,
+    min_receiver_elements: 0,
 };
 
 /// B's rows (identifier, value) for `range`, values from a seeded stream.
@@ -279,6 +280,7 @@ fn values_and_bounds_are_checked() {
     let huge = SumConfig {
         max_elements: 1 << 20,
         max_value: 1 << 21,
+        min_receiver_elements: 0,
     };
     let err = SumReceiver::start(huge, &a).err().unwrap();
     assert!(err.to_string().contains("exceeds 2^40"), "{err}");
