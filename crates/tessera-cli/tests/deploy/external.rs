@@ -220,8 +220,10 @@ fn simulated(plan: &Plan) -> Vec<u32> {
 
 /// Every site's participant in-process against `url`, each on a thread
 /// with its own runtime, until the run ends; the final model each took
-/// home, as bits.
-fn deploy(url: &str, plan: &Plan, slow: Duration) -> Vec<Vec<u32>> {
+/// home, as bits. `lost` acknowledgements may not reach a site: an update
+/// the coordinator stored just before it was killed counts in the resumed
+/// round without the site hearing it was accepted.
+fn deploy(url: &str, plan: &Plan, slow: Duration, lost: u32) -> Vec<Vec<u32>> {
     let threads: Vec<_> = learners(slow)
         .into_iter()
         .enumerate()
@@ -257,7 +259,7 @@ fn deploy(url: &str, plan: &Plan, slow: Duration) -> Vec<Vec<u32>> {
         .map(|thread| {
             let (summary, results) = thread.join().unwrap().unwrap();
             assert!(
-                summary.updates_accepted >= plan.federation.rounds,
+                summary.updates_accepted + lost >= plan.federation.rounds,
                 "{summary:?}"
             );
             let (_, model): (u32, Arc<ParameterSet>) = results.unwrap().model.unwrap();
@@ -299,7 +301,7 @@ fn external_learners_deployed_equal_their_simulation_bit_for_bit() {
         let db = s.path(&format!("{strategy}-{}.sqlite", extra.len()));
         let expected = simulated(&plan);
         let (mut coordinator, url) = coordinator(&s.dir, &path, &db, 0, &["--report", "dep.json"]);
-        let models = deploy(&url, &plan, Duration::ZERO);
+        let models = deploy(&url, &plan, Duration::ZERO, 0);
         assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
         for model in &models {
             assert_eq!(
@@ -335,7 +337,7 @@ fn external_learners_survive_a_coordinator_killed_mid_round() {
     // coordinator is killed.
     let deployed = {
         let (url, plan) = (url.clone(), plan.clone());
-        std::thread::spawn(move || deploy(&url, &plan, Duration::from_millis(1500)))
+        std::thread::spawn(move || deploy(&url, &plan, Duration::from_millis(1500), 1))
     };
     wait_until(LIMIT, "round 2 with two accepted updates", || {
         poll(&db, |s| s.pending_updates_of(2)) == 2
