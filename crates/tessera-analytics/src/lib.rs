@@ -46,7 +46,10 @@ pub use config::AnalyticsConfig;
 pub use estimate::{GroupAnswer, Statistic, estimate};
 pub use layout::{Layout, compile, contribute};
 pub use query::{Query, parse};
-pub use run::{Answer, Release, Report, Settings, add_noise_share, answer};
+pub use run::{
+    Answer, Release, Report, Settings, add_noise_share, answer, answer_noise_std, share_std,
+    simulated_share,
+};
 pub use schema::{Column, ColumnKind, Schema, SiteTable, Values};
 
 /// Why a query was refused.

@@ -9,16 +9,30 @@
 //! ([`Report::secure_aggregation`] says which). Each PER SITE answer is
 //! that site's own vector with its own full noise.
 //!
-//! **Noise.** The answer needs `N(0, sigma²)` per slot, `sigma = z · Δ`
-//! (`Δ` the vector's L2 sensitivity, `z` the noise multiplier calibrated for
-//! the query's epsilon and delta). Each of the `m` sites adds its own share
-//! `N(0, sigma² / m)` before summing, so that no party ever sees a noiseless
-//! sum. Caveat: a site that drops after the others have masked takes its
-//! share with it, leaving `sigma² (m - d) / m`; deployment must either
-//! require every site's vector or have each add `sigma² / t` for the
-//! smallest number `t` of sites it will accept. In simulation the shares
-//! are drawn from seeded generators (for tests only: a deployed site draws
-//! from its own secret).
+//! **Noise.** The answer needs at least `N(0, sigma²)` per slot,
+//! `sigma = z · Δ` (`Δ` the vector's L2 sensitivity, `z` the noise
+//! multiplier calibrated for the query's epsilon and delta), and it must
+//! hold against the parties who see more than the answer: a site, which
+//! knows its own contribution and its own share of the noise, and the
+//! party that sums.
+//!
+//! - With secure aggregation (`m >= 3` sites), each site adds its own share
+//!   `N(0, sigma² / (m - 1))` before masking. The summing party sees only
+//!   the sum; a site that subtracts its own vector and share still faces the
+//!   other `m - 1` shares, `sigma²` in all; so the guarantee holds against
+//!   any one site (one colluding party). The answer carries
+//!   `sigma² · m / (m - 1)`, more than the accountant's `sigma` (which is
+//!   conservative: the ledger charges as if only `sigma` were there).
+//! - Summed in the clear (fewer than three sites), the summing party sees
+//!   each site's noisy vector, so each site adds the full `sigma²` on its
+//!   own; the answer carries `m · sigma²`.
+//!
+//! [`Release::noise_std`] is the answer's actual noise per value, and its
+//! error bars come from it. Caveat: a site that drops after the others have
+//! masked takes its share with it; deployment must either require every
+//! site's vector or have each add `sigma² / (t - 1)` for the smallest number
+//! `t` of sites it will accept. In simulation the shares are drawn from
+//! generators keyed by the settings' noise key.
 
 use serde::Serialize;
 use tessera_privacy::{DpEvent, Ledger, LedgerEntry, calibrate_noise_multiplier_with};
@@ -27,7 +41,7 @@ use crate::estimate::{GroupAnswer, estimate};
 use crate::layout::{Layout, MAX_ROWS, SCALE, Shape, compile, contribute};
 use crate::query::{Query, parse};
 use crate::schema::{Schema, SiteTable};
-use crate::secure::secure_sum;
+use crate::secure::{MIN_SECURE_SITES, secure_sum};
 use crate::{AnalyticsConfig, AnalyticsError};
 
 /// The privacy of one release.
@@ -43,8 +57,12 @@ pub struct Release {
     pub noise_multiplier: Option<f64>,
     /// The vector's L2 sensitivity (in row units).
     pub sensitivity: f64,
-    /// The noise standard deviation per value (0 when unprotected).
+    /// The calibrated noise standard deviation per value, `z · Δ`: what
+    /// the accountant charges for (0 when unprotected).
     pub sigma: f64,
+    /// The answer's actual noise standard deviation per value (at least
+    /// `sigma`: see the module's note); its error bars come from it.
+    pub noise_std: f64,
 }
 
 /// One answer: the federation's, or one site's.
@@ -159,6 +177,7 @@ pub fn answer(
                 noise_multiplier: Some(z),
                 sensitivity,
                 sigma: z * sensitivity,
+                noise_std: z * sensitivity,
             },
             Some(event),
         )
@@ -171,6 +190,7 @@ pub fn answer(
                 noise_multiplier: None,
                 sensitivity,
                 sigma: 0.0,
+                noise_std: 0.0,
             },
             None,
         )
@@ -180,7 +200,7 @@ pub fn answer(
         .iter()
         .map(|s| contribute(&layout, &query, schema, s))
         .collect();
-    let m = sites.len().max(1) as f64;
+    let share = share_std(sigma, sites.len());
     let noisy: Vec<Vec<u64>> = sites
         .iter()
         .zip(&contributions)
@@ -188,7 +208,7 @@ pub fn answer(
             let mut noisy = c.clone();
             add_noise(
                 &mut noisy,
-                sigma / m.sqrt(),
+                share,
                 (settings.noise_seed, release, text),
                 &site.site,
                 0,
@@ -197,11 +217,13 @@ pub fn answer(
         })
         .collect();
     let (total, secure) = secure_sum(&noisy, release, settings.noise_seed)?;
+    let mut federation = release_info.clone();
+    federation.noise_std = answer_noise_std(sigma, sites.len());
     let mut answers = vec![finish(
         &layout,
         &query,
         &total,
-        release_info.clone(),
+        federation,
         "federation",
         config,
     )];
@@ -254,9 +276,52 @@ fn finish(
     Answer {
         scope: scope.to_string(),
         group_by: query.group_by.clone(),
-        groups: estimate(layout, &sums, release.sigma, config.min_group),
+        groups: estimate(layout, &sums, release.noise_std, config.min_group),
         release,
     }
+}
+
+/// The standard deviation of each site's noise share for an answer that
+/// needs `sigma` over `sites` sites: `sigma / sqrt(m - 1)` under secure
+/// aggregation (`m >= 3`), so that the others' shares give `sigma` against
+/// any one site; the full `sigma` when summed in the clear.
+pub fn share_std(sigma: f64, sites: usize) -> f64 {
+    if sites >= MIN_SECURE_SITES {
+        sigma / ((sites - 1) as f64).sqrt()
+    } else {
+        sigma
+    }
+}
+
+/// The federation's answer's actual noise standard deviation per value:
+/// `sigma · sqrt(m / (m - 1))` under secure aggregation, `sigma · sqrt(m)`
+/// summed in the clear (at least `sigma` either way).
+pub fn answer_noise_std(sigma: f64, sites: usize) -> f64 {
+    share_std(sigma, sites) * (sites.max(1) as f64).sqrt()
+}
+
+/// The noise share (fixed point, `dim` values) that site `site` adds to
+/// the federation's answer to `query` as release `release`, drawn as
+/// [`answer`] draws it with `settings` over `sites` sites: for checking
+/// what one site knows of the noise (tests and simulation).
+pub fn simulated_share(
+    settings: &Settings,
+    release: u32,
+    query: &str,
+    site: &str,
+    sites: usize,
+    sigma: f64,
+    dim: usize,
+) -> Vec<u64> {
+    let mut share = vec![0u64; dim];
+    add_noise(
+        &mut share,
+        share_std(sigma, sites),
+        (settings.noise_seed, release, query),
+        site,
+        0,
+    );
+    share
 }
 
 /// Adds `N(0, std²)` in fixed point to each slot, from the site's seeded
@@ -279,8 +344,8 @@ fn add_noise(values: &mut [u64], std: f64, key: (u64, u32, &str), site: &str, pu
 /// A site's share of an answer's noise: adds `N(0, std²)`, in the
 /// contribution's fixed point, to each value, from a generator keyed with
 /// `key`. A deployed site keys it with 32 bytes of its own secret
-/// randomness (the operating system's) and uses `std = sigma / sqrt(m)`
-/// for `m` sites (see the module's note on dropouts).
+/// randomness (the operating system's) and uses [`share_std`] (see the
+/// module's note on insiders and dropouts).
 pub fn add_noise_share(values: &mut [u64], std: f64, key: [u8; 32]) {
     if std == 0.0 {
         return;

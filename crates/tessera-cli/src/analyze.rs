@@ -129,7 +129,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
                 delta: ledger.budgets().delta,
                 clip_norm: federation.sensitivity,
                 next_clip_norm: federation.sensitivity,
-                noise_std: federation.sigma,
+                noise_std: federation.noise_std,
                 updates: records.sites.len() as u64,
                 recorded_micros: now,
             })
@@ -143,7 +143,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
                 protected: federation.protected,
                 epsilon: federation.epsilon.unwrap_or(0.0),
                 delta: federation.delta.unwrap_or(0.0),
-                noise_std: federation.sigma,
+                noise_std: federation.noise_std,
                 recorded_micros: now,
             },
             &rows,
@@ -237,8 +237,8 @@ fn print_answer(answer: &Answer, min_group: f64) {
     match (r.epsilon, r.delta, r.noise_multiplier) {
         (Some(e), Some(d), Some(z)) => println!(
             "\n{}: epsilon {e} at delta {d:e}; noise multiplier {z:.4} x sensitivity {:.4} = \
-             noise std {:.4} per value",
-            answer.scope, r.sensitivity, r.sigma
+             sigma {:.4}; noise std {:.4} per value (the sites' shares)",
+            answer.scope, r.sensitivity, r.sigma, r.noise_std
         ),
         _ => println!(
             "\n{}: UNPROTECTED (exact; the plan's [analytics] dp = false)",
