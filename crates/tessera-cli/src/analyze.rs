@@ -64,6 +64,9 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         plan.analytics.delta = d;
     }
     plan.validate()?;
+    // Everything that could fail after the answer is drawn is checked
+    // first: an answer drawn is charged, and one shown is recorded.
+    check_outputs(args)?;
     let base_dir = args
         .plan
         .parent()
@@ -103,17 +106,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         &mut ledger,
         release,
     )?;
-    print_report(&report, plan.analytics.min_group);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("answer written to {}", path.display());
-    }
-    if let Some(path) = &args.plot {
-        plot_histograms(&report.answers[0], path)?;
-        println!("histograms drawn in {}", path.display());
-    }
-    if let Some((store, run)) = store {
+    let recorded = if let Some((store, run)) = &store {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
@@ -135,7 +128,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
             })
             .collect();
         store.record_analytics(
-            &run,
+            run,
             &AnalyticsRow {
                 release,
                 query: args.query.clone(),
@@ -148,15 +141,78 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
             },
             &rows,
         )?;
+        Some(release)
+    } else {
+        None
+    };
+    print_report(&report, plan.analytics.min_group);
+    if let (Some(release), Some((_, run))) = (recorded, &store) {
         println!(
             "recorded as analytics release {release} of run {run}: run epsilon now {:.4}{}",
             ledger.run_epsilon(),
-            if federation.protected {
+            if report.answers[0].release.protected {
                 String::new()
             } else {
                 " (this answer is an UNPROTECTED release, recorded as such)".into()
             }
         );
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("answer written to {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        plot_histograms(&report.answers[0], path)?;
+        println!("histograms drawn in {}", path.display());
+    }
+    Ok(())
+}
+
+/// Refuses, before anything is answered, what would fail once the answer
+/// is drawn: `--plot` for a query without histograms, and output paths that
+/// cannot be written.
+fn check_outputs(args: &AnalyzeArgs) -> anyhow::Result<()> {
+    if args.plot.is_some() {
+        let query = tessera_analytics::parse(&args.query)?;
+        let histograms = query.items.iter().any(|i| {
+            matches!(
+                i,
+                tessera_analytics::query::Item::Aggregate(
+                    tessera_analytics::query::Aggregate::Histogram { .. }
+                )
+            )
+        });
+        if !histograms {
+            bail!(
+                "--plot draws histograms, and the query asks for none (histogram(column, \
+                 bins)); nothing was answered or charged"
+            );
+        }
+    }
+    for (flag, path) in [("--json", &args.json), ("--plot", &args.plot)] {
+        if let Some(path) = path {
+            writable(path).with_context(|| {
+                format!(
+                    "{flag} {}: cannot be written; nothing was answered or charged",
+                    path.display()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` can be opened for writing (a new file is created and
+/// removed again; an existing one is left as it is).
+fn writable(path: &Path) -> std::io::Result<()> {
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)?;
+    if !existed {
+        std::fs::remove_file(path)?;
     }
     Ok(())
 }

@@ -280,3 +280,75 @@ fn a_bad_query_or_a_missing_bound_is_refused_with_what_to_do() {
     assert!(!out.status.success());
     assert!(shown.contains("per_site = true"), "{shown}");
 }
+
+#[test]
+fn an_output_that_would_fail_is_refused_before_anything_is_answered_or_charged() {
+    let dir = scratch("refused-outputs");
+    let db = dir.join("run.db");
+    let db_arg = db.to_str().unwrap().to_string();
+    let svg = dir.join("none.svg");
+    let out = tessera(&[
+        "analyze",
+        "--plan",
+        HEART,
+        "--query",
+        "SELECT count(*) FROM data",
+        "--plot",
+        svg.to_str().unwrap(),
+        "--db",
+        &db_arg,
+    ]);
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(shown.contains("--plot draws histograms"), "{shown}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("query:"),
+        "no answer shown: {shown}"
+    );
+    let unwritable = dir.join("no-such-dir").join("answer.json");
+    let out = tessera(&[
+        "analyze",
+        "--plan",
+        HEART,
+        "--query",
+        "SELECT count(*) FROM data",
+        "--json",
+        unwritable.to_str().unwrap(),
+        "--db",
+        &db_arg,
+    ]);
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(shown.contains("cannot be written"), "{shown}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("query:"),
+        "no answer shown: {shown}"
+    );
+    if db.exists() {
+        let store = SqliteStore::open_existing(&db).unwrap();
+        for run in store.runs().unwrap() {
+            assert!(store.analytics(&run.id).unwrap().is_empty(), "charged");
+            assert!(store.privacy_ledger(&run.id).unwrap().is_empty());
+        }
+    }
+    // An answer that is shown is in the store, even when its plot fails to
+    // draw afterwards.
+    let out = tessera(&[
+        "analyze",
+        "--plan",
+        HEART,
+        "--query",
+        "SELECT count(*), histogram(age, 4) FROM data CLAMP age 0 120",
+        "--plot",
+        dir.join("age.svg").to_str().unwrap(),
+        "--db",
+        &db_arg,
+    ]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    let store = SqliteStore::open_existing(&db).unwrap();
+    let run = store.runs().unwrap()[0].id.clone();
+    assert_eq!(store.analytics(&run).unwrap().len(), 1);
+    assert_eq!(store.privacy_ledger(&run).unwrap().len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
