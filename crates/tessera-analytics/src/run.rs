@@ -31,8 +31,15 @@
 //! error bars come from it. Caveat: a site that drops after the others have
 //! masked takes its share with it; deployment must either require every
 //! site's vector or have each add `sigma² / (t - 1)` for the smallest number
-//! `t` of sites it will accept. In simulation the shares are drawn from
-//! generators keyed by the settings' noise key.
+//! `t` of sites it will accept.
+//!
+//! **Keys.** In simulation every site's share and secure aggregation's
+//! secrets derive (SHA-256) from the settings' 32-byte noise key, the
+//! release number, the site and the query's text. `tessera analyze` draws
+//! that key from the operating system for each answer, so that nothing in
+//! the store or the plan reproduces the noise; [`Settings::seeded`] derives
+//! it from a public seed instead, for tests and experiments, and such an
+//! answer says so ([`Report::experiment`]): it is not a release.
 
 use serde::Serialize;
 use tessera_privacy::{DpEvent, Ledger, LedgerEntry, calibrate_noise_multiplier_with};
@@ -91,6 +98,10 @@ pub struct Report {
     /// Whether the federation's sum went through secure aggregation (at
     /// least three sites; fewer are summed in the clear).
     pub secure_aggregation: bool,
+    /// With a seeded noise key: that the answer is reproducible from the
+    /// seed, an experiment and not a release.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
 }
 
 /// How a query is answered: the plan's `[analytics]` with the command
@@ -99,8 +110,48 @@ pub struct Report {
 pub struct Settings {
     /// The plan's table.
     pub config: AnalyticsConfig,
-    /// Seed of the simulated sites' noise (tests and simulation only).
-    pub noise_seed: u64,
+    /// The secret the simulated sites' noise shares and secure
+    /// aggregation's secrets derive from (32 bytes of the operating
+    /// system's randomness, or [`Settings::seeded`]).
+    pub noise_key: [u8; 32],
+    /// The public seed `noise_key` was derived from, when it was: the
+    /// answer is then reproducible by anyone who knows it.
+    pub seed: Option<u64>,
+}
+
+impl Settings {
+    /// Settings whose noise derives from `key`, a secret drawn from the
+    /// operating system's randomness.
+    pub fn secret(config: AnalyticsConfig, key: [u8; 32]) -> Self {
+        Self {
+            config,
+            noise_key: key,
+            seed: None,
+        }
+    }
+
+    /// Settings whose noise derives from a public seed: reproducible, for
+    /// tests and experiments only (the answers say so).
+    pub fn seeded(config: AnalyticsConfig, seed: u64) -> Self {
+        Self {
+            config,
+            noise_key: subkey(&[0; 32], &[b"analytics-seed", &seed.to_le_bytes()]),
+            seed: Some(seed),
+        }
+    }
+}
+
+/// SHA-256 of `key` and `parts`, each part prefixed by its length.
+pub(crate) fn subkey(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"tessera-analytics");
+    h.update(key);
+    for part in parts {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
 }
 
 /// Compiles `text`, checks that its release fits every budget of `ledger`,
@@ -209,14 +260,14 @@ pub fn answer(
             add_noise(
                 &mut noisy,
                 share,
-                (settings.noise_seed, release, text),
+                (&settings.noise_key, release, text),
                 &site.site,
                 0,
             );
             noisy
         })
         .collect();
-    let (total, secure) = secure_sum(&noisy, release, settings.noise_seed)?;
+    let (total, secure) = secure_sum(&noisy, release, &settings.noise_key)?;
     let mut federation = release_info.clone();
     federation.noise_std = answer_noise_std(sigma, sites.len());
     let mut answers = vec![finish(
@@ -233,7 +284,7 @@ pub fn answer(
             add_noise(
                 &mut noisy,
                 sigma,
-                (settings.noise_seed, release, text),
+                (&settings.noise_key, release, text),
                 &site.site,
                 1,
             );
@@ -261,6 +312,12 @@ pub fn answer(
         answers,
         ledger: entries,
         secure_aggregation: secure,
+        experiment: settings.seed.map(|seed| {
+            format!(
+                "the noise derives from the public seed {seed}: this answer is reproducible from \
+                 it, an experiment and not a private release"
+            )
+        }),
     })
 }
 
@@ -317,25 +374,27 @@ pub fn simulated_share(
     add_noise(
         &mut share,
         share_std(sigma, sites),
-        (settings.noise_seed, release, query),
+        (&settings.noise_key, release, query),
         site,
         0,
     );
     share
 }
 
-/// Adds `N(0, std²)` in fixed point to each slot, from the site's seeded
-/// generator keyed by the seed, the release and the query's text, so that
-/// two queries never share noise (simulation only).
-fn add_noise(values: &mut [u64], std: f64, key: (u64, u32, &str), site: &str, purpose: u64) {
-    let (seed, release, text) = key;
-    let key = tessera_core::derive_key(
-        seed,
+/// Adds `N(0, std²)` in fixed point to each slot, from the site's
+/// generator keyed (SHA-256) by the noise key, the release, the site and
+/// the query's text, so that two queries never share noise.
+fn add_noise(values: &mut [u64], std: f64, key: (&[u8; 32], u32, &str), site: &str, purpose: u64) {
+    let (secret, release, text) = key;
+    let text_hash = subkey(&[0; 32], &[text.as_bytes()]);
+    let key = subkey(
+        secret,
         &[
-            u64::from(release),
-            tessera_core::tag(site),
-            purpose,
-            tessera_core::tag(text),
+            b"analytics-noise",
+            &release.to_le_bytes(),
+            site.as_bytes(),
+            &purpose.to_le_bytes(),
+            &text_hash,
         ],
     );
     add_noise_share(values, std, key);

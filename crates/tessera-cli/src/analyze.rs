@@ -29,7 +29,9 @@ pub struct AnalyzeArgs {
     /// The query's delta (default: the plan's `[analytics] delta`).
     #[arg(long)]
     delta: Option<f64>,
-    /// Seed of the simulated sites' noise (default: the plan's seed).
+    /// Derive the simulated sites' noise from this public seed, for an
+    /// experiment: the answer is then reproducible by anyone who knows it,
+    /// and says so (default: a fresh key from the operating system).
     #[arg(long)]
     seed: Option<u64>,
     /// Write the answer as JSON here.
@@ -94,9 +96,14 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let settings = Settings {
-        config: plan.analytics.clone(),
-        noise_seed: args.seed.unwrap_or(plan.seed),
+    let settings = match args.seed {
+        Some(seed) => Settings::seeded(plan.analytics.clone(), seed),
+        None => {
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key)
+                .map_err(|e| anyhow::anyhow!("drawing the noise key from the system: {e}"))?;
+            Settings::secret(plan.analytics.clone(), key)
+        }
     };
     let report = tessera_analytics::answer(
         &args.query,
@@ -283,6 +290,9 @@ fn print_report(report: &Report, min_group: f64) {
             "the sites' contributions were summed in the clear (secure aggregation needs 3 sites)"
         }
     );
+    if let Some(note) = &report.experiment {
+        println!("EXPERIMENT: {note}");
+    }
     for answer in &report.answers {
         print_answer(answer, min_group);
     }

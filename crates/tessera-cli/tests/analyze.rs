@@ -352,3 +352,56 @@ fn an_output_that_would_fail_is_refused_before_anything_is_answered_or_charged()
     assert_eq!(store.privacy_ledger(&run).unwrap().len(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn noise_is_fresh_unless_a_seed_is_asked_for_and_then_the_answer_says_so() {
+    let dir = scratch("seed");
+    let run = |name: &str, seed: Option<&str>| -> (String, serde_json::Value) {
+        let json = dir.join(name);
+        let mut args = vec![
+            "analyze",
+            "--plan",
+            HEART,
+            "--query",
+            "SELECT count(*), mean(age) FROM data CLAMP age 0 120",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        if let Some(seed) = seed {
+            args.extend(["--seed", seed]);
+        }
+        let out = tessera(&args);
+        let shown = text(&out);
+        assert!(out.status.success(), "{shown}");
+        let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        (shown, report)
+    };
+    let count = |r: &serde_json::Value| {
+        r["answers"][0]["groups"][0]["statistics"][0]["values"][0]
+            .as_f64()
+            .unwrap()
+    };
+    let (shown_a, a) = run("a.json", None);
+    let (_, b) = run("b.json", None);
+    assert_ne!(
+        count(&a),
+        count(&b),
+        "two answers without --seed share their noise"
+    );
+    assert!(!shown_a.contains("EXPERIMENT"), "{shown_a}");
+    assert!(a.get("experiment").is_none());
+    let (shown_c, c) = run("c.json", Some("7"));
+    let (_, d) = run("d.json", Some("7"));
+    assert_eq!(count(&c), count(&d), "the same seed gives the same noise");
+    assert!(
+        shown_c.contains("EXPERIMENT") && shown_c.contains("public seed 7"),
+        "{shown_c}"
+    );
+    assert!(
+        c["experiment"]
+            .as_str()
+            .unwrap()
+            .contains("not a private release")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

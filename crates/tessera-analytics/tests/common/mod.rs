@@ -25,20 +25,20 @@ pub fn records(plan: &str) -> (Schema, Vec<SiteTable>) {
 }
 
 pub fn exact() -> Settings {
-    Settings {
-        config: AnalyticsConfig {
+    Settings::seeded(
+        AnalyticsConfig {
             dp: false,
             min_group: 0.0,
             per_site: true,
             ..AnalyticsConfig::default()
         },
-        noise_seed: 0,
-    }
+        0,
+    )
 }
 
 pub fn noisy(epsilon: f64, seed: u64) -> Settings {
-    Settings {
-        config: AnalyticsConfig {
+    Settings::seeded(
+        AnalyticsConfig {
             dp: true,
             epsilon,
             delta: 1e-6,
@@ -46,6 +46,6 @@ pub fn noisy(epsilon: f64, seed: u64) -> Settings {
             per_site: true,
             ..AnalyticsConfig::default()
         },
-        noise_seed: seed,
-    }
+        seed,
+    )
 }
