@@ -22,7 +22,11 @@ use crate::schema::{Column, ColumnKind, Schema, SiteTable, Values};
 pub const SCALE: f64 = (1u64 << 40) as f64;
 
 /// The most rows a query may read: the sum of `2^22` values of at most
-/// `2^40` stays below `2^62`, whatever the noise.
+/// `2^40` stays below `2^62`. Noise is not bounded by it: a query is
+/// refused before it runs when 9 noise standard deviations reach `2^52` in
+/// fixed point (`run`), where the `f64` draw would lose its low bits; past
+/// that the noisy value could still wrap, but only with probability below
+/// `1e-18` a value.
 pub const MAX_ROWS: usize = 1 << 22;
 
 /// The most slots a contribution may have.

@@ -104,6 +104,16 @@ pub struct Report {
     pub experiment: Option<String>,
 }
 
+/// Standard deviations of noise that must stay within [`MAX_EXACT_NOISE`].
+const NOISE_TAIL: f64 = 9.0;
+
+/// `2^52`: below it a fixed-point noise value `std · N · 2^40` is an
+/// integer that `f64` rounds exactly (every low bit random); above `2^53`
+/// it would always be even and give away the parity of the sums, and above
+/// `2^63` saturate. A query whose noise std times `2^40` times
+/// [`NOISE_TAIL`] reaches it is refused before it runs.
+const MAX_EXACT_NOISE: f64 = 4_503_599_627_370_496.0;
+
 /// How a query is answered: the plan's `[analytics]` with the command
 /// line's overrides.
 #[derive(Debug, Clone, PartialEq)]
@@ -201,6 +211,20 @@ pub fn answer(
             config.epsilon,
             config.delta,
         )?;
+        let sigma = z * sensitivity;
+        if sigma * SCALE * NOISE_TAIL >= MAX_EXACT_NOISE {
+            return Err(AnalyticsError::Query(format!(
+                "epsilon {} at delta {:e} needs noise multiplier {z:.1} times the answer's \
+                 sensitivity {sensitivity:.3}, noise std {sigma:.1} row units: past what the \
+                 fixed point draws exactly ({NOISE_TAIL} std must stay below 2^52 / 2^40 = \
+                 4096 units, a std below {:.1}); ask for a larger epsilon, or fewer \
+                 aggregates, bins or quantile-tree levels (the sensitivity grows with the slots \
+                 a row touches; CLAMP ranges do not change it, values are rescaled to [0, 1])",
+                config.epsilon,
+                config.delta,
+                MAX_EXACT_NOISE / (SCALE * NOISE_TAIL)
+            )));
+        }
         let event = DpEvent {
             sampling_rate: 1.0,
             noise_multiplier: z,

@@ -461,3 +461,35 @@ fn one_site_knowing_its_share_still_faces_the_calibrated_noise() {
         "in the clear a vector is behind only {one} sigma²"
     );
 }
+
+#[test]
+fn noise_too_large_for_the_fixed_point_is_refused_before_the_query_runs() {
+    let (schema, sites) = common::records("fed-heart-disease.toml");
+    let query = "SELECT count(*), mean(age), histogram(age, 8) FROM data CLAMP age 0 120";
+    let mut ledger = Ledger::new(Budgets::default());
+    let refusal = tessera_analytics::answer(
+        query,
+        &schema,
+        &sites,
+        &common::noisy(0.01, 1),
+        &mut ledger,
+        1,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(refusal.contains("epsilon 0.01 "), "{refusal}");
+    assert!(refusal.contains("sensitivity"), "{refusal}");
+    assert!(refusal.contains("larger epsilon"), "{refusal}");
+    assert!(ledger.entries().is_empty(), "nothing charged");
+    // A larger epsilon is answered, its noise within the limit.
+    let report = ask(
+        query,
+        &schema,
+        &sites,
+        &common::noisy(0.05, 1),
+        &mut ledger,
+        1,
+    );
+    let sigma = report.answers[0].release.sigma;
+    assert!(sigma * SCALE * 9.0 < 2f64.powi(52), "sigma {sigma}");
+}
