@@ -156,3 +156,44 @@ fn every_agreed_group_is_answered_even_when_no_row_has_it() {
     assert!(groups[0].suppressed && groups[1].suppressed && groups[2].suppressed);
     assert!(!groups[3].suppressed);
 }
+
+#[test]
+fn deep_or_long_filters_are_refused_with_their_position_not_a_stack_overflow() {
+    let parens = format!(
+        "SELECT count(*) FROM data WHERE {}age = 1{}",
+        "(".repeat(10_000),
+        ")".repeat(10_000)
+    );
+    let e = parse(&parens).unwrap_err();
+    assert!(
+        matches!(&e, AnalyticsError::Parse { position, .. } if *position == 33 + 64),
+        "{e}"
+    );
+    assert!(e.to_string().contains("more than 64 deep"), "{e}");
+    let nots = format!(
+        "SELECT count(*) FROM data WHERE {}age = 1",
+        "NOT ".repeat(30_000)
+    );
+    let e = parse(&nots).unwrap_err().to_string();
+    assert!(e.contains("65536 bytes"), "{e}");
+    let nots = format!(
+        "SELECT count(*) FROM data WHERE {}age = 1",
+        "NOT ".repeat(10_000)
+    );
+    let e = parse(&nots).unwrap_err().to_string();
+    assert!(e.contains("more than 64 deep"), "{e}");
+    assert!(e.contains(&format!("character {}", 33 + 64 * 4)), "{e}");
+    let chain = format!(
+        "SELECT count(*) FROM data WHERE age = 1{}",
+        " AND age = 1".repeat(5_000)
+    );
+    let e = parse(&chain).unwrap_err().to_string();
+    assert!(e.contains("1024 conditions"), "{e}");
+    // Within the limits a nested filter parses.
+    let ok = format!(
+        "SELECT count(*) FROM data WHERE {}age = 1{}",
+        "(NOT ".repeat(30),
+        ")".repeat(30)
+    );
+    parse(&ok).unwrap();
+}
