@@ -329,6 +329,13 @@ pub const MAX_QUERY_BYTES: usize = 64 * 1024;
 /// The deepest nesting of parentheses and NOT in a WHERE filter.
 pub const MAX_NESTING: usize = 64;
 
+/// The most columns of one `corr` or `cov` (its slots grow as their
+/// square).
+pub const MAX_MATRIX_COLUMNS: usize = 64;
+
+/// The most values of one IN list.
+pub const MAX_IN_VALUES: usize = 1024;
+
 /// The most comparisons and IN tests in a WHERE filter (each AND or OR
 /// deepens the filter's tree by one).
 pub const MAX_CONDITIONS: usize = 1024;
@@ -583,6 +590,13 @@ impl Parser {
             let mut values = vec![self.literal()?];
             while self.is_sym(",") {
                 self.at += 1;
+                if values.len() == MAX_IN_VALUES {
+                    return Err(AnalyticsError::parse(
+                        self.pos(),
+                        &self.peek().shown(),
+                        &format!("is past the {MAX_IN_VALUES} values an IN list may have"),
+                    ));
+                }
                 values.push(self.literal()?);
             }
             self.sym(")")?;
@@ -702,6 +716,13 @@ fn aggregate(name: &str, pos: usize, args: &[(Tok, usize)]) -> Result<Aggregate,
         "corr" | "cov" => {
             if args.len() < 2 {
                 return bad("takes at least two columns");
+            }
+            if args.len() > MAX_MATRIX_COLUMNS {
+                return bad(&format!(
+                    "takes at most {MAX_MATRIX_COLUMNS} columns (it was given {}): ask for \
+                     smaller matrices",
+                    args.len()
+                ));
             }
             let columns = (0..args.len()).map(column).collect::<Result<Vec<_>, _>>()?;
             Ok(if lower == "corr" {

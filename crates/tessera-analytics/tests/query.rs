@@ -197,3 +197,33 @@ fn deep_or_long_filters_are_refused_with_their_position_not_a_stack_overflow() {
     );
     parse(&ok).unwrap();
 }
+
+#[test]
+fn matrices_and_in_lists_past_their_limits_are_refused_naming_the_limit() {
+    let columns: Vec<String> = (0..65).map(|i| format!("x{i}")).collect();
+    let e = parse(&format!("SELECT corr({}) FROM data", columns.join(", ")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("at most 64 columns") && e.contains("given 65"),
+        "{e}"
+    );
+    parse(&format!(
+        "SELECT cov({}) FROM data",
+        columns[..64].join(", ")
+    ))
+    .unwrap();
+    let values: Vec<String> = (0..1025).map(|i| i.to_string()).collect();
+    let e = parse(&format!(
+        "SELECT count(*) FROM data WHERE cp IN ({})",
+        values.join(", ")
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("1024 values an IN list"), "{e}");
+    parse(&format!(
+        "SELECT count(*) FROM data WHERE cp IN ({})",
+        values[..1024].join(", ")
+    ))
+    .unwrap();
+}
