@@ -119,10 +119,10 @@ impl AnalyticsConfig {
             ));
         }
         for (name, [low, high]) in &self.bounds {
-            if !(low.is_finite() && high.is_finite() && low < high) {
+            if !(low.is_finite() && high.is_finite() && low < high && (high - low).is_finite()) {
                 out.push(format!(
                     "analytics.bounds.{name} = [{low}, {high}]: the lower bound must be below \
-                     the upper, both finite"
+                     the upper, both finite and their difference too"
                 ));
             }
         }

@@ -150,10 +150,22 @@ pub fn compile(query: &Query, schema: &Schema, shape: Shape) -> Result<Layout, A
         )));
     }
     for (column, low, high) in &query.clamps {
-        schema.column(column)?;
+        let (_, kind) = schema.column(column)?;
+        if let ColumnKind::Categorical { .. } = kind.kind {
+            return Err(AnalyticsError::Query(format!(
+                "CLAMP {column}: column '{column}' is categorical, and only numeric columns \
+                 have bounds"
+            )));
+        }
         if low.partial_cmp(high) != Some(std::cmp::Ordering::Less) {
             return Err(AnalyticsError::Query(format!(
                 "CLAMP {column} {low} {high}: the lower bound must be below the upper"
+            )));
+        }
+        if !(high - low).is_finite() {
+            return Err(AnalyticsError::Query(format!(
+                "CLAMP {column} {low} {high}: the range is not finite (high - low overflows); \
+                 give bounds the column's values can actually take"
             )));
         }
     }

@@ -725,6 +725,14 @@ fn aggregate(name: &str, pos: usize, args: &[(Tok, usize)]) -> Result<Aggregate,
                 ));
             }
             let columns = (0..args.len()).map(column).collect::<Result<Vec<_>, _>>()?;
+            for (i, c) in columns.iter().enumerate() {
+                if columns[..i].contains(c) {
+                    return bad(&format!(
+                        "names column '{c}' twice (corr of a column with itself is 1, and its \
+                         cov is variance({c}))"
+                    ));
+                }
+            }
             Ok(if lower == "corr" {
                 Aggregate::Corr(columns)
             } else {

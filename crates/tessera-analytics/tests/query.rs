@@ -227,3 +227,36 @@ fn matrices_and_in_lists_past_their_limits_are_refused_naming_the_limit() {
     ))
     .unwrap();
 }
+
+#[test]
+fn clamps_without_a_finite_range_or_on_a_categorical_column_and_corr_of_a_column_with_itself_are_refused()
+ {
+    let (schema, sites) = common::records("fed-heart-disease.toml");
+    let refuse = |query: &str| {
+        let mut ledger = Ledger::new(Budgets::default());
+        tessera_analytics::answer(
+            query,
+            &schema,
+            &sites,
+            &common::noisy(1.0, 1),
+            &mut ledger,
+            1,
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let e = refuse("SELECT mean(age) FROM data CLAMP age -1e308 1e308");
+    assert!(e.contains("CLAMP age") && e.contains("not finite"), "{e}");
+    let e = refuse("SELECT count(*) FROM data CLAMP cp 0 4");
+    assert!(
+        e.contains("CLAMP cp") && e.contains("'cp' is categorical"),
+        "{e}"
+    );
+    let e = refuse("SELECT corr(age, age) FROM data CLAMP age 0 120");
+    assert!(e.contains("'age' twice"), "{e}");
+    let e = refuse("SELECT cov(age, chol, age) FROM data CLAMP age 0 120, chol 0 700");
+    assert!(e.contains("'age' twice"), "{e}");
+    let mut config = tessera_analytics::AnalyticsConfig::default();
+    config.bounds.insert("age".into(), [-1e308, 1e308]);
+    assert!(config.problems()[0].contains("analytics.bounds.age"));
+}
