@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 ///
 /// ```toml
 /// [analytics]
-/// dp = true            # false: answers are exact, and recorded as unprotected releases
+/// dp = true            # false: answers are exact; with a store recorded in
+///                      # analytics_queries as unprotected, never as ledger rows
 /// epsilon = 1.0        # per query, at `delta`
 /// delta = 1e-6
 /// min_group = 10       # groups whose noisy count is below are suppressed
@@ -20,9 +21,13 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct AnalyticsConfig {
     /// Whether answers carry Gaussian noise; `false` must be written out.
+    /// An exact answer is recorded (with a run store) in
+    /// `analytics_queries` as unprotected, not in the privacy ledger.
     #[serde(default = "yes")]
     pub dp: bool,
-    /// Each query's epsilon (at `delta`).
+    /// Each query's epsilon (at `delta`), for one row added or removed
+    /// (replacing one costs up to twice); training's central DP protects a
+    /// whole site, so a run epsilon summing both is a row-level bound.
     #[serde(default = "default_epsilon")]
     pub epsilon: f64,
     /// Each query's delta.

@@ -166,6 +166,11 @@ pub(crate) fn subkey(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
 
 /// Compiles `text`, checks that its release fits every budget of `ledger`,
 /// answers it over `sites` and charges it as release `release`.
+///
+/// The charge is row-level (one row added or removed; see the crate's
+/// note), goes to `ledger` only (the caller persists it, or nothing
+/// accumulates), and is refused only where `ledger` has a budget; an
+/// unprotected answer (`dp = false`) charges nothing.
 pub fn answer(
     text: &str,
     schema: &Schema,

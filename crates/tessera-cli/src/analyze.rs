@@ -153,6 +153,12 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         None
     };
     print_report(&report, plan.analytics.min_group);
+    if store.is_none() {
+        println!(
+            "charged to no stored ledger: without --db nothing is recorded, and this answer's \
+             epsilon does not add up with earlier or later ones"
+        );
+    }
     if let (Some(release), Some((_, run))) = (recorded, &store) {
         println!(
             "recorded as analytics release {release} of run {run}: run epsilon now {:.4}{}",

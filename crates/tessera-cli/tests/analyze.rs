@@ -65,6 +65,7 @@ fn answers_print_a_table_and_write_json_and_a_histogram_plot() {
         "{shown}"
     );
     assert!(shown.contains("cp=4:"), "{shown}");
+    assert!(shown.contains("charged to no stored ledger"), "{shown}");
     assert!(
         shown.contains("mean(age)") && shown.contains(" ± "),
         "{shown}"
@@ -346,6 +347,7 @@ fn an_output_that_would_fail_is_refused_before_anything_is_answered_or_charged()
     ]);
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
+    assert!(!shown.contains("charged to no stored ledger"), "{shown}");
     let store = SqliteStore::open_existing(&db).unwrap();
     let run = store.runs().unwrap()[0].id.clone();
     assert_eq!(store.analytics(&run).unwrap().len(), 1);
