@@ -309,7 +309,7 @@ fn print_answer(answer: &Answer, min_group: f64) {
     match (r.epsilon, r.delta, r.noise_multiplier) {
         (Some(e), Some(d), Some(z)) => println!(
             "\n{}: epsilon {e} at delta {d:e}; noise multiplier {z:.4} x sensitivity {:.4} = \
-             sigma {:.4}; noise std {:.4} per value (the sites' shares)",
+             sigma {:.4}; noise std {:.4} per value",
             answer.scope, r.sensitivity, r.sigma, r.noise_std
         ),
         _ => println!(
