@@ -415,67 +415,10 @@ fn check_literal(
 }
 
 /// A literal as a categorical level (numbers canonical, as the data's).
-fn level_text(lit: &Literal) -> String {
+pub(crate) fn level_text(lit: &Literal) -> String {
     match lit {
         Literal::Number(v) => tessera_data::canonical_level(&format!("{v}")),
         Literal::Text(t) => tessera_data::canonical_level(t),
-    }
-}
-
-fn matches(e: &Expr, schema: &Schema, table: &SiteTable, row: usize) -> bool {
-    match e {
-        Expr::And(a, b) => matches(a, schema, table, row) && matches(b, schema, table, row),
-        Expr::Or(a, b) => matches(a, schema, table, row) || matches(b, schema, table, row),
-        Expr::Not(a) => !matches(a, schema, table, row),
-        Expr::Compare(c, op, lit) => compare(
-            schema,
-            table,
-            row,
-            c,
-            |ord, eq| match op {
-                CompareOp::Eq => eq,
-                CompareOp::Ne => !eq,
-                CompareOp::Lt => ord == Some(std::cmp::Ordering::Less),
-                CompareOp::Le => ord != Some(std::cmp::Ordering::Greater) && ord.is_some(),
-                CompareOp::Gt => ord == Some(std::cmp::Ordering::Greater),
-                CompareOp::Ge => ord != Some(std::cmp::Ordering::Less) && ord.is_some(),
-            },
-            lit,
-        ),
-        Expr::In(c, lits) => lits
-            .iter()
-            .any(|lit| compare(schema, table, row, c, |_, eq| eq, lit)),
-    }
-}
-
-/// Applies `test(ordering, equal)` to the row's value against `lit`; a
-/// missing value satisfies no comparison (NOT of one, as in SQL's
-/// three-valued logic simplified: NOT (x = 1) holds for a missing x).
-fn compare(
-    schema: &Schema,
-    table: &SiteTable,
-    row: usize,
-    name: &str,
-    test: impl Fn(Option<std::cmp::Ordering>, bool) -> bool,
-    lit: &Literal,
-) -> bool {
-    let Ok((index, column)) = schema.column(name) else {
-        return false;
-    };
-    match (&table.columns[index], &column.kind, lit) {
-        (Values::Numeric(v), _, Literal::Number(n)) => {
-            let x = v[row];
-            !x.is_nan() && test(x.partial_cmp(n), x == *n)
-        }
-        (Values::Categorical(codes), ColumnKind::Categorical { levels }, lit) => {
-            let level = level_text(lit);
-            let code = codes[row];
-            match levels.get(code as usize) {
-                Some(l) => test(None, *l == level),
-                None => false,
-            }
-        }
-        _ => false,
     }
 }
 
@@ -510,12 +453,16 @@ pub fn contribute(layout: &Layout, query: &Query, schema: &Schema, table: &SiteT
     let add = |out: &mut Vec<u64>, slot: usize, v: f64| {
         out[slot] = out[slot].wrapping_add(fixed(v));
     };
+    let filter = query
+        .filter
+        .as_ref()
+        .map(|f| crate::filter::Filter::resolve(f, schema));
     'rows: for row in 0..table.rows {
         if layout.needed.iter().any(|&i| !present(table, i, row)) {
             continue;
         }
-        if let Some(f) = &query.filter
-            && !matches(f, schema, table, row)
+        if let Some(f) = &filter
+            && !f.matches(table, row)
         {
             continue;
         }

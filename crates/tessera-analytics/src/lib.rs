@@ -56,6 +56,7 @@
 
 mod config;
 pub mod estimate;
+mod filter;
 pub mod layout;
 pub mod query;
 mod run;

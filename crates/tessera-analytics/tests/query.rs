@@ -6,7 +6,7 @@
 mod common;
 
 use tessera_analytics::query::{Aggregate, CompareOp, Expr, Item, Literal};
-use tessera_analytics::{AnalyticsError, parse};
+use tessera_analytics::{AnalyticsError, Values, parse};
 use tessera_privacy::{Budgets, Ledger};
 
 #[test]
@@ -259,4 +259,46 @@ fn clamps_without_a_finite_range_or_on_a_categorical_column_and_corr_of_a_column
     let mut config = tessera_analytics::AnalyticsConfig::default();
     config.bounds.insert("age".into(), [-1e308, 1e308]);
     assert!(config.problems()[0].contains("analytics.bounds.age"));
+}
+
+#[test]
+fn filters_on_levels_and_numbers_count_what_the_rows_say() {
+    let (schema, sites) = common::records("fed-heart-disease.toml");
+    let count = |filter: &str| -> f64 {
+        let mut ledger = Ledger::new(Budgets::default());
+        let query = format!("SELECT count(*) FROM data WHERE {filter}");
+        let report =
+            tessera_analytics::answer(&query, &schema, &sites, &common::exact(), &mut ledger, 1)
+                .unwrap_or_else(|e| panic!("{query}: {e}"));
+        report.answers[0].groups[0].statistics[0].values[0]
+    };
+    let (cp, _) = schema.column("cp").unwrap();
+    let (age, _) = schema.column("age").unwrap();
+    let truth = |test: &dyn Fn(u32, f64) -> bool| -> f64 {
+        let mut n = 0;
+        for s in &sites {
+            let (Values::Categorical(c), Values::Numeric(a)) = (&s.columns[cp], &s.columns[age])
+            else {
+                panic!("column kinds")
+            };
+            n += (0..s.rows).filter(|&r| test(c[r], a[r])).count();
+        }
+        n as f64
+    };
+    let present = |c: u32| c != tessera_data::MISSING_LEVEL;
+    // Levels "1".."4" are codes 0..3.
+    assert_eq!(count("cp IN (1, '3')"), truth(&|c, _| c == 0 || c == 2));
+    assert_eq!(
+        count("cp NOT IN (1, 3)"),
+        truth(&|c, _| present(c) && c != 0 && c != 2)
+    );
+    assert_eq!(count("cp <> 4"), truth(&|c, _| present(c) && c != 3));
+    assert_eq!(
+        count("cp = '2' AND age >= 50"),
+        truth(&|c, a| c == 1 && a >= 50.0)
+    );
+    assert_eq!(
+        count("NOT (age < 40 OR age IN (60, 61))"),
+        truth(&|_, a| !(a < 40.0 || a == 60.0 || a == 61.0))
+    );
 }
