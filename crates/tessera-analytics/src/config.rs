@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 /// delta = 1e-6
 /// min_group = 10       # groups whose noisy count is below are suppressed
 /// per_site = false     # whether PER SITE answers are allowed
+/// public_levels = false # whether GROUP BY / crosstab may use levels the schema does not declare
 /// [analytics.bounds]
 /// age = [0, 120]
 /// ```
@@ -39,6 +40,11 @@ pub struct AnalyticsConfig {
     /// Whether `PER SITE` answers (each site's own) are allowed.
     #[serde(default)]
     pub per_site: bool,
+    /// Whether GROUP BY and crosstab may read a categorical column whose
+    /// levels the `[data]` schema does not declare: its levels come from
+    /// the data, and the answer lists them (a rare level shows).
+    #[serde(default)]
+    pub public_levels: bool,
     /// Levels of the quantile tree (`2^depth` leaves over a column's bounds).
     #[serde(default = "default_depth")]
     pub quantile_depth: u32,
@@ -82,6 +88,7 @@ impl Default for AnalyticsConfig {
             delta: default_delta(),
             min_group: default_min_group(),
             per_site: false,
+            public_levels: false,
             quantile_depth: default_depth(),
             sketch_cells: default_cells(),
             bounds: BTreeMap::new(),

@@ -39,6 +39,9 @@ pub struct Shape {
     pub quantile_depth: u32,
     /// Cells of a count-distinct sketch.
     pub sketch_cells: usize,
+    /// Whether GROUP BY and crosstab may list levels the schema does not
+    /// declare (`[analytics] public_levels`).
+    pub public_levels: bool,
 }
 
 /// A numeric column as an aggregate reads it.
@@ -204,9 +207,25 @@ pub fn compile(query: &Query, schema: &Schema, shape: Shape) -> Result<Layout, A
             ))),
         }
     };
+    let public = |what: &str, name: &str| -> Result<(), AnalyticsError> {
+        let (_, column) = schema.column(name)?;
+        if matches!(column.kind, ColumnKind::Categorical { .. })
+            && !column.declared_levels
+            && !shape.public_levels
+        {
+            return Err(AnalyticsError::Query(format!(
+                "{what}: the schema does not declare the levels of '{name}', so the answer \
+                 would list the levels the sites' data holds (a rare one would show); declare \
+                 them in [data] ({{ name = \"{name}\", type = \"categorical\", levels = [...] }}) \
+                 or, where they are public, set [analytics] public_levels = true"
+            )));
+        }
+        Ok(())
+    };
     let mut group_by = Vec::new();
     let mut groups: usize = 1;
     for name in &query.group_by {
+        public(&format!("GROUP BY {name}"), name)?;
         let (index, column) = schema.column(name)?;
         let ColumnKind::Categorical { levels } = &column.kind else {
             return Err(AnalyticsError::Query(format!(
@@ -280,6 +299,8 @@ pub fn compile(query: &Query, schema: &Schema, shape: Shape) -> Result<Layout, A
                 (2 * k + pairs, 0.25 * k as f64 + 0.0625 * (k + pairs) as f64)
             }
             Aggregate::Crosstab(a, b) => {
+                public(&format!("crosstab({a}, {b})"), a)?;
+                public(&format!("crosstab({a}, {b})"), b)?;
                 let (a, la) = categorical(a)?;
                 let (b, lb) = categorical(b)?;
                 cats.push((a, la.len()));

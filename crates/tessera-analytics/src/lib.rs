@@ -48,7 +48,9 @@
 //! in `[data]`'s columns), they are the union of the levels the sites'
 //! data holds, so an answer shows, without noise, that some site has a
 //! rare level. Declare the levels of every categorical column a query may
-//! group or filter by.
+//! group or filter by: GROUP BY and crosstab refuse a column whose levels
+//! are not declared unless the plan says `[analytics] public_levels = true`
+//! (the WHERE message still lists the levels).
 //!
 //! Pure: no clock, no sockets, no files; the data comes in as
 //! [`tessera_data::SiteRecords`].

@@ -198,6 +198,7 @@ pub fn answer(
         Shape {
             quantile_depth: config.quantile_depth,
             sketch_cells: config.sketch_cells,
+            public_levels: config.public_levels,
         },
     )?;
     let rows: usize = sites.iter().map(|s| s.rows).sum();

@@ -385,6 +385,7 @@ fn one_site_knowing_its_share_still_faces_the_calibrated_noise() {
         tessera_analytics::layout::Shape {
             quantile_depth: 10,
             sketch_cells: 4096,
+            public_levels: false,
         },
     )
     .unwrap()

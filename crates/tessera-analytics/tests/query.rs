@@ -302,3 +302,29 @@ fn filters_on_levels_and_numbers_count_what_the_rows_say() {
         truth(&|_, a| !(a < 40.0 || a == 60.0 || a == 61.0))
     );
 }
+
+#[test]
+fn grouping_by_levels_the_schema_does_not_declare_needs_the_plan_to_make_them_public() {
+    let (schema, sites) = common::records("fed-heart-disease.toml");
+    let ask = |query: &str, public: bool| {
+        let mut settings = common::exact();
+        settings.config.public_levels = public;
+        let mut ledger = Ledger::new(Budgets::default());
+        tessera_analytics::answer(query, &schema, &sites, &settings, &mut ledger, 1)
+    };
+    // cp's levels are declared in the plan; num's come from the data.
+    ask("SELECT cp, count(*) FROM data GROUP BY cp", false).unwrap();
+    ask("SELECT crosstab(cp, restecg) FROM data", false).unwrap();
+    for query in [
+        "SELECT num, count(*) FROM data GROUP BY num",
+        "SELECT crosstab(cp, num) FROM data",
+    ] {
+        let e = ask(query, false).unwrap_err().to_string();
+        assert!(
+            e.contains("does not declare the levels of 'num'")
+                && e.contains("public_levels = true"),
+            "{e}"
+        );
+        ask(query, true).unwrap();
+    }
+}

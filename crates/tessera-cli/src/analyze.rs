@@ -75,7 +75,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let records = tessera_data::load_records(&plan.data, &base_dir, &Filesystem)?;
-    let schema = Schema::from_records(&records, &plan.analytics.bounds)?;
+    let schema = Schema::from_records(&records, &plan.analytics.bounds)?.declare_levels(&plan.data);
     let mut ledger = plan.privacy.ledger();
     let mut release = 1;
     let store = match &args.db {

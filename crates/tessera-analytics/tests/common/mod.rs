@@ -20,7 +20,9 @@ pub fn records(plan: &str) -> (Schema, Vec<SiteTable>) {
     let value: toml::Table = toml::from_str(&text).unwrap();
     let data: DataConfig = value["data"].clone().try_into().unwrap();
     let records = load_records(&data, path.parent().unwrap(), &Filesystem).unwrap();
-    let schema = Schema::from_records(&records, &BTreeMap::new()).unwrap();
+    let schema = Schema::from_records(&records, &BTreeMap::new())
+        .unwrap()
+        .declare_levels(&data);
     (schema, records.sites)
 }
 
