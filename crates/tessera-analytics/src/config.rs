@@ -8,11 +8,13 @@ use serde::{Deserialize, Serialize};
 ///
 /// ```toml
 /// [analytics]
-/// dp = true            # false: answers are exact, and recorded as unprotected releases
+/// dp = true            # false: answers are exact; with a store recorded in
+///                      # analytics_queries as unprotected, never as ledger rows
 /// epsilon = 1.0        # per query, at `delta`
 /// delta = 1e-6
 /// min_group = 10       # groups whose noisy count is below are suppressed
 /// per_site = false     # whether PER SITE answers are allowed
+/// public_levels = false # whether GROUP BY / crosstab may use levels the schema does not declare
 /// [analytics.bounds]
 /// age = [0, 120]
 /// ```
@@ -20,9 +22,13 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct AnalyticsConfig {
     /// Whether answers carry Gaussian noise; `false` must be written out.
+    /// An exact answer is recorded (with a run store) in
+    /// `analytics_queries` as unprotected, not in the privacy ledger.
     #[serde(default = "yes")]
     pub dp: bool,
-    /// Each query's epsilon (at `delta`).
+    /// Each query's epsilon (at `delta`), for one row added or removed
+    /// (replacing one costs up to twice); training's central DP protects a
+    /// whole site, so a run epsilon summing both is a row-level bound.
     #[serde(default = "default_epsilon")]
     pub epsilon: f64,
     /// Each query's delta.
@@ -34,6 +40,11 @@ pub struct AnalyticsConfig {
     /// Whether `PER SITE` answers (each site's own) are allowed.
     #[serde(default)]
     pub per_site: bool,
+    /// Whether GROUP BY and crosstab may read a categorical column whose
+    /// levels the `[data]` schema does not declare: its levels come from
+    /// the data, and the answer lists them (a rare level shows).
+    #[serde(default)]
+    pub public_levels: bool,
     /// Levels of the quantile tree (`2^depth` leaves over a column's bounds).
     #[serde(default = "default_depth")]
     pub quantile_depth: u32,
@@ -77,6 +88,7 @@ impl Default for AnalyticsConfig {
             delta: default_delta(),
             min_group: default_min_group(),
             per_site: false,
+            public_levels: false,
             quantile_depth: default_depth(),
             sketch_cells: default_cells(),
             bounds: BTreeMap::new(),
@@ -119,10 +131,10 @@ impl AnalyticsConfig {
             ));
         }
         for (name, [low, high]) in &self.bounds {
-            if !(low.is_finite() && high.is_finite() && low < high) {
+            if !(low.is_finite() && high.is_finite() && low < high && (high - low).is_finite()) {
                 out.push(format!(
                     "analytics.bounds.{name} = [{low}, {high}]: the lower bound must be below \
-                     the upper, both finite"
+                     the upper, both finite and their difference too"
                 ));
             }
         }

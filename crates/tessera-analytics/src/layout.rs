@@ -22,7 +22,11 @@ use crate::schema::{Column, ColumnKind, Schema, SiteTable, Values};
 pub const SCALE: f64 = (1u64 << 40) as f64;
 
 /// The most rows a query may read: the sum of `2^22` values of at most
-/// `2^40` stays below `2^62`, whatever the noise.
+/// `2^40` stays below `2^62`. Noise is not bounded by it: a query is
+/// refused before it runs when 9 noise standard deviations reach `2^52` in
+/// fixed point (`run`), where the `f64` draw would lose its low bits; past
+/// that the noisy value could still wrap, but only with probability below
+/// `1e-18` a value.
 pub const MAX_ROWS: usize = 1 << 22;
 
 /// The most slots a contribution may have.
@@ -35,6 +39,9 @@ pub struct Shape {
     pub quantile_depth: u32,
     /// Cells of a count-distinct sketch.
     pub sketch_cells: usize,
+    /// Whether GROUP BY and crosstab may list levels the schema does not
+    /// declare (`[analytics] public_levels`).
+    pub public_levels: bool,
 }
 
 /// A numeric column as an aggregate reads it.
@@ -146,10 +153,22 @@ pub fn compile(query: &Query, schema: &Schema, shape: Shape) -> Result<Layout, A
         )));
     }
     for (column, low, high) in &query.clamps {
-        schema.column(column)?;
+        let (_, kind) = schema.column(column)?;
+        if let ColumnKind::Categorical { .. } = kind.kind {
+            return Err(AnalyticsError::Query(format!(
+                "CLAMP {column}: column '{column}' is categorical, and only numeric columns \
+                 have bounds"
+            )));
+        }
         if low.partial_cmp(high) != Some(std::cmp::Ordering::Less) {
             return Err(AnalyticsError::Query(format!(
                 "CLAMP {column} {low} {high}: the lower bound must be below the upper"
+            )));
+        }
+        if !(high - low).is_finite() {
+            return Err(AnalyticsError::Query(format!(
+                "CLAMP {column} {low} {high}: the range is not finite (high - low overflows); \
+                 give bounds the column's values can actually take"
             )));
         }
     }
@@ -188,9 +207,25 @@ pub fn compile(query: &Query, schema: &Schema, shape: Shape) -> Result<Layout, A
             ))),
         }
     };
+    let public = |what: &str, name: &str| -> Result<(), AnalyticsError> {
+        let (_, column) = schema.column(name)?;
+        if matches!(column.kind, ColumnKind::Categorical { .. })
+            && !column.declared_levels
+            && !shape.public_levels
+        {
+            return Err(AnalyticsError::Query(format!(
+                "{what}: the schema does not declare the levels of '{name}', so the answer \
+                 would list the levels the sites' data holds (a rare one would show); declare \
+                 them in [data] ({{ name = \"{name}\", type = \"categorical\", levels = [...] }}) \
+                 or, where they are public, set [analytics] public_levels = true"
+            )));
+        }
+        Ok(())
+    };
     let mut group_by = Vec::new();
     let mut groups: usize = 1;
     for name in &query.group_by {
+        public(&format!("GROUP BY {name}"), name)?;
         let (index, column) = schema.column(name)?;
         let ColumnKind::Categorical { levels } = &column.kind else {
             return Err(AnalyticsError::Query(format!(
@@ -264,6 +299,8 @@ pub fn compile(query: &Query, schema: &Schema, shape: Shape) -> Result<Layout, A
                 (2 * k + pairs, 0.25 * k as f64 + 0.0625 * (k + pairs) as f64)
             }
             Aggregate::Crosstab(a, b) => {
+                public(&format!("crosstab({a}, {b})"), a)?;
+                public(&format!("crosstab({a}, {b})"), b)?;
                 let (a, la) = categorical(a)?;
                 let (b, lb) = categorical(b)?;
                 cats.push((a, la.len()));
@@ -399,67 +436,10 @@ fn check_literal(
 }
 
 /// A literal as a categorical level (numbers canonical, as the data's).
-fn level_text(lit: &Literal) -> String {
+pub(crate) fn level_text(lit: &Literal) -> String {
     match lit {
         Literal::Number(v) => tessera_data::canonical_level(&format!("{v}")),
         Literal::Text(t) => tessera_data::canonical_level(t),
-    }
-}
-
-fn matches(e: &Expr, schema: &Schema, table: &SiteTable, row: usize) -> bool {
-    match e {
-        Expr::And(a, b) => matches(a, schema, table, row) && matches(b, schema, table, row),
-        Expr::Or(a, b) => matches(a, schema, table, row) || matches(b, schema, table, row),
-        Expr::Not(a) => !matches(a, schema, table, row),
-        Expr::Compare(c, op, lit) => compare(
-            schema,
-            table,
-            row,
-            c,
-            |ord, eq| match op {
-                CompareOp::Eq => eq,
-                CompareOp::Ne => !eq,
-                CompareOp::Lt => ord == Some(std::cmp::Ordering::Less),
-                CompareOp::Le => ord != Some(std::cmp::Ordering::Greater) && ord.is_some(),
-                CompareOp::Gt => ord == Some(std::cmp::Ordering::Greater),
-                CompareOp::Ge => ord != Some(std::cmp::Ordering::Less) && ord.is_some(),
-            },
-            lit,
-        ),
-        Expr::In(c, lits) => lits
-            .iter()
-            .any(|lit| compare(schema, table, row, c, |_, eq| eq, lit)),
-    }
-}
-
-/// Applies `test(ordering, equal)` to the row's value against `lit`; a
-/// missing value satisfies no comparison (NOT of one, as in SQL's
-/// three-valued logic simplified: NOT (x = 1) holds for a missing x).
-fn compare(
-    schema: &Schema,
-    table: &SiteTable,
-    row: usize,
-    name: &str,
-    test: impl Fn(Option<std::cmp::Ordering>, bool) -> bool,
-    lit: &Literal,
-) -> bool {
-    let Ok((index, column)) = schema.column(name) else {
-        return false;
-    };
-    match (&table.columns[index], &column.kind, lit) {
-        (Values::Numeric(v), _, Literal::Number(n)) => {
-            let x = v[row];
-            !x.is_nan() && test(x.partial_cmp(n), x == *n)
-        }
-        (Values::Categorical(codes), ColumnKind::Categorical { levels }, lit) => {
-            let level = level_text(lit);
-            let code = codes[row];
-            match levels.get(code as usize) {
-                Some(l) => test(None, *l == level),
-                None => false,
-            }
-        }
-        _ => false,
     }
 }
 
@@ -494,12 +474,16 @@ pub fn contribute(layout: &Layout, query: &Query, schema: &Schema, table: &SiteT
     let add = |out: &mut Vec<u64>, slot: usize, v: f64| {
         out[slot] = out[slot].wrapping_add(fixed(v));
     };
+    let filter = query
+        .filter
+        .as_ref()
+        .map(|f| crate::filter::Filter::resolve(f, schema));
     'rows: for row in 0..table.rows {
         if layout.needed.iter().any(|&i| !present(table, i, row)) {
             continue;
         }
-        if let Some(f) = &query.filter
-            && !matches(f, schema, table, row)
+        if let Some(f) = &filter
+            && !f.matches(table, row)
         {
             continue;
         }

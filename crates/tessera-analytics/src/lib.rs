@@ -28,12 +28,37 @@
 //! per-cell counts, which add across sites). Rows missing any column the
 //! query reads are left out (complete cases).
 //!
+//! **What is protected.** An answer's DP is about one row: neighbouring
+//! federations differ by adding or removing one row (the sensitivity is
+//! what one row adds); replacing a row is two such steps and can cost up
+//! to twice the epsilon. Central DP in training protects a whole site's
+//! contribution to a round. The run epsilon the ledger sums over both is
+//! therefore a row-level bound only; it does not bound what the answers
+//! reveal about a site as a whole. An answer with `[analytics] dp = false`
+//! is no DP release: with a run store it is recorded in
+//! `analytics_queries` as unprotected, never as a ledger row. Without a
+//! store (`tessera analyze` without `--db`) nothing is persisted, and
+//! nothing accumulates from one invocation to the next; without a budget
+//! in the plan's `[privacy]` answers are charged but never refused.
+//!
+//! **Vocabularies are visible.** GROUP BY keys, crosstab labels and the
+//! "not a level" message of a WHERE list the agreed levels of a
+//! categorical column. Unless the plan's schema declares them
+//! (`{ name = "cp", type = "categorical", levels = ["1", "2", "3", "4"] }`
+//! in `[data]`'s columns), they are the union of the levels the sites'
+//! data holds, so an answer shows, without noise, that some site has a
+//! rare level. Declare the levels of every categorical column a query may
+//! group or filter by: GROUP BY and crosstab refuse a column whose levels
+//! are not declared unless the plan says `[analytics] public_levels = true`
+//! (the WHERE message still lists the levels).
+//!
 //! Pure: no clock, no sockets, no files; the data comes in as
 //! [`tessera_data::SiteRecords`].
 #![deny(missing_docs)]
 
 mod config;
 pub mod estimate;
+mod filter;
 pub mod layout;
 pub mod query;
 mod run;
@@ -46,7 +71,10 @@ pub use config::AnalyticsConfig;
 pub use estimate::{GroupAnswer, Statistic, estimate};
 pub use layout::{Layout, compile, contribute};
 pub use query::{Query, parse};
-pub use run::{Answer, Release, Report, Settings, add_noise_share, answer};
+pub use run::{
+    Answer, Release, Report, Settings, add_noise_share, answer, answer_noise_std, share_std,
+    simulated_share,
+};
 pub use schema::{Column, ColumnKind, Schema, SiteTable, Values};
 
 /// Why a query was refused.

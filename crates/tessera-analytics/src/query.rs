@@ -323,9 +323,30 @@ fn lex(text: &str) -> Result<Vec<(Tok, usize)>, AnalyticsError> {
     Ok(out)
 }
 
+/// The longest query text, in bytes.
+pub const MAX_QUERY_BYTES: usize = 64 * 1024;
+
+/// The deepest nesting of parentheses and NOT in a WHERE filter.
+pub const MAX_NESTING: usize = 64;
+
+/// The most columns of one `corr` or `cov` (its slots grow as their
+/// square).
+pub const MAX_MATRIX_COLUMNS: usize = 64;
+
+/// The most values of one IN list.
+pub const MAX_IN_VALUES: usize = 1024;
+
+/// The most comparisons and IN tests in a WHERE filter (each AND or OR
+/// deepens the filter's tree by one).
+pub const MAX_CONDITIONS: usize = 1024;
+
 struct Parser {
     toks: Vec<(Tok, usize)>,
     at: usize,
+    /// Parentheses and NOTs open around the current position.
+    depth: usize,
+    /// Comparisons and IN tests read so far.
+    conditions: usize,
 }
 
 const KEYWORDS: &[&str] = &[
@@ -521,16 +542,42 @@ impl Parser {
         Ok(e)
     }
 
+    /// One more level of NOT or '(' at the current token, refused past
+    /// [`MAX_NESTING`].
+    fn enter(&mut self) -> Result<(), AnalyticsError> {
+        self.depth += 1;
+        if self.depth > MAX_NESTING {
+            return Err(AnalyticsError::parse(
+                self.pos(),
+                &self.peek().shown(),
+                &format!("nests the filter more than {MAX_NESTING} deep (parentheses and NOT)"),
+            ));
+        }
+        self.at += 1;
+        Ok(())
+    }
+
     fn not(&mut self) -> Result<Expr, AnalyticsError> {
         if self.is_keyword("not") {
-            self.at += 1;
-            return Ok(Expr::Not(Box::new(self.not()?)));
+            self.enter()?;
+            let e = self.not()?;
+            self.depth -= 1;
+            return Ok(Expr::Not(Box::new(e)));
         }
         if self.is_sym("(") {
-            self.at += 1;
+            self.enter()?;
             let e = self.or()?;
             self.sym(")")?;
+            self.depth -= 1;
             return Ok(e);
+        }
+        self.conditions += 1;
+        if self.conditions > MAX_CONDITIONS {
+            return Err(AnalyticsError::parse(
+                self.pos(),
+                &self.peek().shown(),
+                &format!("is past the {MAX_CONDITIONS} conditions a filter may have"),
+            ));
         }
         let column = self.ident("a column, NOT or '('")?;
         let negated = self.is_keyword("not");
@@ -543,6 +590,13 @@ impl Parser {
             let mut values = vec![self.literal()?];
             while self.is_sym(",") {
                 self.at += 1;
+                if values.len() == MAX_IN_VALUES {
+                    return Err(AnalyticsError::parse(
+                        self.pos(),
+                        &self.peek().shown(),
+                        &format!("is past the {MAX_IN_VALUES} values an IN list may have"),
+                    ));
+                }
                 values.push(self.literal()?);
             }
             self.sym(")")?;
@@ -663,7 +717,22 @@ fn aggregate(name: &str, pos: usize, args: &[(Tok, usize)]) -> Result<Aggregate,
             if args.len() < 2 {
                 return bad("takes at least two columns");
             }
+            if args.len() > MAX_MATRIX_COLUMNS {
+                return bad(&format!(
+                    "takes at most {MAX_MATRIX_COLUMNS} columns (it was given {}): ask for \
+                     smaller matrices",
+                    args.len()
+                ));
+            }
             let columns = (0..args.len()).map(column).collect::<Result<Vec<_>, _>>()?;
+            for (i, c) in columns.iter().enumerate() {
+                if columns[..i].contains(c) {
+                    return bad(&format!(
+                        "names column '{c}' twice (corr of a column with itself is 1, and its \
+                         cov is variance({c}))"
+                    ));
+                }
+            }
             Ok(if lower == "corr" {
                 Aggregate::Corr(columns)
             } else {
@@ -683,9 +752,26 @@ fn aggregate(name: &str, pos: usize, args: &[(Tok, usize)]) -> Result<Aggregate,
 
 /// Parses a query.
 pub fn parse(text: &str) -> Result<Query, AnalyticsError> {
+    if text.len() > MAX_QUERY_BYTES {
+        let position = text
+            .char_indices()
+            .take_while(|(i, _)| *i < MAX_QUERY_BYTES)
+            .count()
+            + 1;
+        return Err(AnalyticsError::parse(
+            position,
+            "(the rest)",
+            &format!(
+                "is past the {MAX_QUERY_BYTES} bytes a query may have (it has {})",
+                text.len()
+            ),
+        ));
+    }
     let mut parser = Parser {
         toks: lex(text)?,
         at: 0,
+        depth: 0,
+        conditions: 0,
     };
     parser.query()
 }

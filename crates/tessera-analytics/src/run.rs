@@ -9,16 +9,37 @@
 //! ([`Report::secure_aggregation`] says which). Each PER SITE answer is
 //! that site's own vector with its own full noise.
 //!
-//! **Noise.** The answer needs `N(0, sigma²)` per slot, `sigma = z · Δ`
-//! (`Δ` the vector's L2 sensitivity, `z` the noise multiplier calibrated for
-//! the query's epsilon and delta). Each of the `m` sites adds its own share
-//! `N(0, sigma² / m)` before summing, so that no party ever sees a noiseless
-//! sum. Caveat: a site that drops after the others have masked takes its
-//! share with it, leaving `sigma² (m - d) / m`; deployment must either
-//! require every site's vector or have each add `sigma² / t` for the
-//! smallest number `t` of sites it will accept. In simulation the shares
-//! are drawn from seeded generators (for tests only: a deployed site draws
-//! from its own secret).
+//! **Noise.** The answer needs at least `N(0, sigma²)` per slot,
+//! `sigma = z · Δ` (`Δ` the vector's L2 sensitivity, `z` the noise
+//! multiplier calibrated for the query's epsilon and delta), and it must
+//! hold against the parties who see more than the answer: a site, which
+//! knows its own contribution and its own share of the noise, and the
+//! party that sums.
+//!
+//! - With secure aggregation (`m >= 3` sites), each site adds its own share
+//!   `N(0, sigma² / (m - 1))` before masking. The summing party sees only
+//!   the sum; a site that subtracts its own vector and share still faces the
+//!   other `m - 1` shares, `sigma²` in all; so the guarantee holds against
+//!   any one site (one colluding party). The answer carries
+//!   `sigma² · m / (m - 1)`, more than the accountant's `sigma` (which is
+//!   conservative: the ledger charges as if only `sigma` were there).
+//! - Summed in the clear (fewer than three sites), the summing party sees
+//!   each site's noisy vector, so each site adds the full `sigma²` on its
+//!   own; the answer carries `m · sigma²`.
+//!
+//! [`Release::noise_std`] is the answer's actual noise per value, and its
+//! error bars come from it. Caveat: a site that drops after the others have
+//! masked takes its share with it; deployment must either require every
+//! site's vector or have each add `sigma² / (t - 1)` for the smallest number
+//! `t` of sites it will accept.
+//!
+//! **Keys.** In simulation every site's share and secure aggregation's
+//! secrets derive (SHA-256) from the settings' 32-byte noise key, the
+//! release number, the site and the query's text. `tessera analyze` draws
+//! that key from the operating system for each answer, so that nothing in
+//! the store or the plan reproduces the noise; [`Settings::seeded`] derives
+//! it from a public seed instead, for tests and experiments, and such an
+//! answer says so ([`Report::experiment`]): it is not a release.
 
 use serde::Serialize;
 use tessera_privacy::{DpEvent, Ledger, LedgerEntry, calibrate_noise_multiplier_with};
@@ -27,7 +48,7 @@ use crate::estimate::{GroupAnswer, estimate};
 use crate::layout::{Layout, MAX_ROWS, SCALE, Shape, compile, contribute};
 use crate::query::{Query, parse};
 use crate::schema::{Schema, SiteTable};
-use crate::secure::secure_sum;
+use crate::secure::{MIN_SECURE_SITES, secure_sum};
 use crate::{AnalyticsConfig, AnalyticsError};
 
 /// The privacy of one release.
@@ -43,8 +64,12 @@ pub struct Release {
     pub noise_multiplier: Option<f64>,
     /// The vector's L2 sensitivity (in row units).
     pub sensitivity: f64,
-    /// The noise standard deviation per value (0 when unprotected).
+    /// The calibrated noise standard deviation per value, `z · Δ`: what
+    /// the accountant charges for (0 when unprotected).
     pub sigma: f64,
+    /// The answer's actual noise standard deviation per value (at least
+    /// `sigma`: see the module's note); its error bars come from it.
+    pub noise_std: f64,
 }
 
 /// One answer: the federation's, or one site's.
@@ -73,7 +98,21 @@ pub struct Report {
     /// Whether the federation's sum went through secure aggregation (at
     /// least three sites; fewer are summed in the clear).
     pub secure_aggregation: bool,
+    /// With a seeded noise key: that the answer is reproducible from the
+    /// seed, an experiment and not a release.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
 }
+
+/// Standard deviations of noise that must stay within [`MAX_EXACT_NOISE`].
+const NOISE_TAIL: f64 = 9.0;
+
+/// `2^52`: below it a fixed-point noise value `std · N · 2^40` is an
+/// integer that `f64` rounds exactly (every low bit random); above `2^53`
+/// it would always be even and give away the parity of the sums, and above
+/// `2^63` saturate. A query whose noise std times `2^40` times
+/// [`NOISE_TAIL`] reaches it is refused before it runs.
+const MAX_EXACT_NOISE: f64 = 4_503_599_627_370_496.0;
 
 /// How a query is answered: the plan's `[analytics]` with the command
 /// line's overrides.
@@ -81,12 +120,57 @@ pub struct Report {
 pub struct Settings {
     /// The plan's table.
     pub config: AnalyticsConfig,
-    /// Seed of the simulated sites' noise (tests and simulation only).
-    pub noise_seed: u64,
+    /// The secret the simulated sites' noise shares and secure
+    /// aggregation's secrets derive from (32 bytes of the operating
+    /// system's randomness, or [`Settings::seeded`]).
+    pub noise_key: [u8; 32],
+    /// The public seed `noise_key` was derived from, when it was: the
+    /// answer is then reproducible by anyone who knows it.
+    pub seed: Option<u64>,
+}
+
+impl Settings {
+    /// Settings whose noise derives from `key`, a secret drawn from the
+    /// operating system's randomness.
+    pub fn secret(config: AnalyticsConfig, key: [u8; 32]) -> Self {
+        Self {
+            config,
+            noise_key: key,
+            seed: None,
+        }
+    }
+
+    /// Settings whose noise derives from a public seed: reproducible, for
+    /// tests and experiments only (the answers say so).
+    pub fn seeded(config: AnalyticsConfig, seed: u64) -> Self {
+        Self {
+            config,
+            noise_key: subkey(&[0; 32], &[b"analytics-seed", &seed.to_le_bytes()]),
+            seed: Some(seed),
+        }
+    }
+}
+
+/// SHA-256 of `key` and `parts`, each part prefixed by its length.
+pub(crate) fn subkey(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"tessera-analytics");
+    h.update(key);
+    for part in parts {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
 }
 
 /// Compiles `text`, checks that its release fits every budget of `ledger`,
 /// answers it over `sites` and charges it as release `release`.
+///
+/// The charge is row-level (one row added or removed; see the crate's
+/// note), goes to `ledger` only (the caller persists it, or nothing
+/// accumulates), and is refused only where `ledger` has a budget; an
+/// unprotected answer (`dp = false`) charges nothing.
 pub fn answer(
     text: &str,
     schema: &Schema,
@@ -114,6 +198,7 @@ pub fn answer(
         Shape {
             quantile_depth: config.quantile_depth,
             sketch_cells: config.sketch_cells,
+            public_levels: config.public_levels,
         },
     )?;
     let rows: usize = sites.iter().map(|s| s.rows).sum();
@@ -132,6 +217,20 @@ pub fn answer(
             config.epsilon,
             config.delta,
         )?;
+        let sigma = z * sensitivity;
+        if sigma * SCALE * NOISE_TAIL >= MAX_EXACT_NOISE {
+            return Err(AnalyticsError::Query(format!(
+                "epsilon {} at delta {:e} needs noise multiplier {z:.1} times the answer's \
+                 sensitivity {sensitivity:.3}, noise std {sigma:.1} row units: past what the \
+                 fixed point draws exactly ({NOISE_TAIL} std must stay below 2^52 / 2^40 = \
+                 4096 units, a std below {:.1}); ask for a larger epsilon, or fewer \
+                 aggregates, bins or quantile-tree levels (the sensitivity grows with the slots \
+                 a row touches; CLAMP ranges do not change it, values are rescaled to [0, 1])",
+                config.epsilon,
+                config.delta,
+                MAX_EXACT_NOISE / (SCALE * NOISE_TAIL)
+            )));
+        }
         let event = DpEvent {
             sampling_rate: 1.0,
             noise_multiplier: z,
@@ -159,6 +258,7 @@ pub fn answer(
                 noise_multiplier: Some(z),
                 sensitivity,
                 sigma: z * sensitivity,
+                noise_std: z * sensitivity,
             },
             Some(event),
         )
@@ -171,6 +271,7 @@ pub fn answer(
                 noise_multiplier: None,
                 sensitivity,
                 sigma: 0.0,
+                noise_std: 0.0,
             },
             None,
         )
@@ -180,7 +281,7 @@ pub fn answer(
         .iter()
         .map(|s| contribute(&layout, &query, schema, s))
         .collect();
-    let m = sites.len().max(1) as f64;
+    let share = share_std(sigma, sites.len());
     let noisy: Vec<Vec<u64>> = sites
         .iter()
         .zip(&contributions)
@@ -188,20 +289,22 @@ pub fn answer(
             let mut noisy = c.clone();
             add_noise(
                 &mut noisy,
-                sigma / m.sqrt(),
-                (settings.noise_seed, release, text),
+                share,
+                (&settings.noise_key, release, text),
                 &site.site,
                 0,
             );
             noisy
         })
         .collect();
-    let (total, secure) = secure_sum(&noisy, release, settings.noise_seed)?;
+    let (total, secure) = secure_sum(&noisy, release, &settings.noise_key)?;
+    let mut federation = release_info.clone();
+    federation.noise_std = answer_noise_std(sigma, sites.len());
     let mut answers = vec![finish(
         &layout,
         &query,
         &total,
-        release_info.clone(),
+        federation,
         "federation",
         config,
     )];
@@ -211,7 +314,7 @@ pub fn answer(
             add_noise(
                 &mut noisy,
                 sigma,
-                (settings.noise_seed, release, text),
+                (&settings.noise_key, release, text),
                 &site.site,
                 1,
             );
@@ -239,6 +342,12 @@ pub fn answer(
         answers,
         ledger: entries,
         secure_aggregation: secure,
+        experiment: settings.seed.map(|seed| {
+            format!(
+                "the noise derives from the public seed {seed}: this answer is reproducible from \
+                 it, an experiment and not a private release"
+            )
+        }),
     })
 }
 
@@ -254,23 +363,68 @@ fn finish(
     Answer {
         scope: scope.to_string(),
         group_by: query.group_by.clone(),
-        groups: estimate(layout, &sums, release.sigma, config.min_group),
+        groups: estimate(layout, &sums, release.noise_std, config.min_group),
         release,
     }
 }
 
-/// Adds `N(0, std²)` in fixed point to each slot, from the site's seeded
-/// generator keyed by the seed, the release and the query's text, so that
-/// two queries never share noise (simulation only).
-fn add_noise(values: &mut [u64], std: f64, key: (u64, u32, &str), site: &str, purpose: u64) {
-    let (seed, release, text) = key;
-    let key = tessera_core::derive_key(
-        seed,
+/// The standard deviation of each site's noise share for an answer that
+/// needs `sigma` over `sites` sites: `sigma / sqrt(m - 1)` under secure
+/// aggregation (`m >= 3`), so that the others' shares give `sigma` against
+/// any one site; the full `sigma` when summed in the clear.
+pub fn share_std(sigma: f64, sites: usize) -> f64 {
+    if sites >= MIN_SECURE_SITES {
+        sigma / ((sites - 1) as f64).sqrt()
+    } else {
+        sigma
+    }
+}
+
+/// The federation's answer's actual noise standard deviation per value:
+/// `sigma · sqrt(m / (m - 1))` under secure aggregation, `sigma · sqrt(m)`
+/// summed in the clear (at least `sigma` either way).
+pub fn answer_noise_std(sigma: f64, sites: usize) -> f64 {
+    share_std(sigma, sites) * (sites.max(1) as f64).sqrt()
+}
+
+/// The noise share (fixed point, `dim` values) that site `site` adds to
+/// the federation's answer to `query` as release `release`, drawn as
+/// [`answer`] draws it with `settings` over `sites` sites: for checking
+/// what one site knows of the noise (tests and simulation).
+pub fn simulated_share(
+    settings: &Settings,
+    release: u32,
+    query: &str,
+    site: &str,
+    sites: usize,
+    sigma: f64,
+    dim: usize,
+) -> Vec<u64> {
+    let mut share = vec![0u64; dim];
+    add_noise(
+        &mut share,
+        share_std(sigma, sites),
+        (&settings.noise_key, release, query),
+        site,
+        0,
+    );
+    share
+}
+
+/// Adds `N(0, std²)` in fixed point to each slot, from the site's
+/// generator keyed (SHA-256) by the noise key, the release, the site and
+/// the query's text, so that two queries never share noise.
+fn add_noise(values: &mut [u64], std: f64, key: (&[u8; 32], u32, &str), site: &str, purpose: u64) {
+    let (secret, release, text) = key;
+    let text_hash = subkey(&[0; 32], &[text.as_bytes()]);
+    let key = subkey(
+        secret,
         &[
-            u64::from(release),
-            tessera_core::tag(site),
-            purpose,
-            tessera_core::tag(text),
+            b"analytics-noise",
+            &release.to_le_bytes(),
+            site.as_bytes(),
+            &purpose.to_le_bytes(),
+            &text_hash,
         ],
     );
     add_noise_share(values, std, key);
@@ -279,8 +433,8 @@ fn add_noise(values: &mut [u64], std: f64, key: (u64, u32, &str), site: &str, pu
 /// A site's share of an answer's noise: adds `N(0, std²)`, in the
 /// contribution's fixed point, to each value, from a generator keyed with
 /// `key`. A deployed site keys it with 32 bytes of its own secret
-/// randomness (the operating system's) and uses `std = sigma / sqrt(m)`
-/// for `m` sites (see the module's note on dropouts).
+/// randomness (the operating system's) and uses [`share_std`] (see the
+/// module's note on insiders and dropouts).
 pub fn add_noise_share(values: &mut [u64], std: f64, key: [u8; 32]) {
     if std == 0.0 {
         return;

@@ -32,6 +32,9 @@ pub struct Column {
     pub name: String,
     /// Its kind.
     pub kind: ColumnKind,
+    /// Categorical: whether the plan's schema declares its levels (else
+    /// they are the union of the levels in the sites' data).
+    pub declared_levels: bool,
 }
 
 /// The agreed schema.
@@ -42,6 +45,20 @@ pub struct Schema {
 }
 
 impl Schema {
+    /// Marks the categorical columns whose levels the plan's `[data]`
+    /// schema declares (`levels = [...]`); the others' levels came from
+    /// the data.
+    pub fn declare_levels(mut self, data: &tessera_data::DataConfig) -> Self {
+        for column in &mut self.columns {
+            column.declared_levels = data
+                .schema
+                .columns
+                .iter()
+                .any(|c| c.name == column.name && c.levels.is_some());
+        }
+        self
+    }
+
     /// The schema of the data's agreement, numeric columns bounded by
     /// `bounds` (by column name); a bound for an unknown or categorical
     /// column, or an empty one, is refused.
@@ -55,6 +72,7 @@ impl Schema {
             .zip(&records.levels)
             .map(|(name, levels)| Column {
                 name: name.clone(),
+                declared_levels: false,
                 kind: match levels {
                     Some(levels) => ColumnKind::Categorical {
                         levels: levels.clone(),

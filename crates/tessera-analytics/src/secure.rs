@@ -5,7 +5,7 @@
 //! inputs, the consistency check, unmasking) gives the server the limb
 //! sums and nothing else, and the limbs recombine into the exact `Z_2^64`
 //! sum. In simulation the round runs in process, without signatures, its
-//! secrets drawn from seeded generators (tests and simulation only).
+//! secrets derived from the answer's noise key.
 
 use tessera_secagg::{Client, MAX_SUMMANDS, RoundParams, SecAggError, Server, Unauthenticated};
 
@@ -38,13 +38,13 @@ fn secagg(e: SecAggError) -> AnalyticsError {
 }
 
 /// The `Z_2^64` sum of `vectors` (one per site, equal lengths), through
-/// one SecAgg+ round numbered `round` keyed from `seed`. With fewer than
+/// one SecAgg+ round numbered `round` whose secrets derive from `key`. With fewer than
 /// [`MIN_SECURE_SITES`] vectors secure aggregation cannot hide one site's
 /// vector from another's, and the sum is plain (`false` in the result).
 pub fn secure_sum(
     vectors: &[Vec<u64>],
     round: u32,
-    seed: u64,
+    key: &[u8; 32],
 ) -> Result<(Vec<u64>, bool), AnalyticsError> {
     let dim = vectors.first().map_or(0, Vec::len);
     if vectors.len() < MIN_SECURE_SITES || dim == 0 {
@@ -63,18 +63,14 @@ pub fn secure_sum(
         )));
     }
     let ids: Vec<u32> = (0..vectors.len() as u32).collect();
-    let graph_seed = tessera_core::derive_key(seed, &[tessera_core::tag("analytics-graph")]);
+    let graph_seed = crate::run::subkey(key, &[b"analytics-graph", &round.to_le_bytes()]);
     let params = RoundParams::new(round, &ids, graph_seed, dim * LIMBS, 1.0).map_err(secagg)?;
     let mut server = Server::new(params.clone()).map_err(secagg)?;
     let mut clients = Vec::with_capacity(ids.len());
     for &id in &ids {
-        let secret = tessera_core::derive_key(
-            seed,
-            &[
-                tessera_core::tag("analytics-secagg"),
-                u64::from(round),
-                u64::from(id),
-            ],
+        let secret = crate::run::subkey(
+            key,
+            &[b"analytics-secagg", &round.to_le_bytes(), &id.to_le_bytes()],
         );
         let (client, keys) =
             Client::new(id, params.clone(), secret, &Unauthenticated).map_err(secagg)?;
@@ -142,13 +138,13 @@ mod tests {
                 *p = p.wrapping_add(*x);
             }
         }
-        let (sum, secure) = secure_sum(&vectors, 1, 9).unwrap();
+        let (sum, secure) = secure_sum(&vectors, 1, &[9; 32]).unwrap();
         assert!(secure);
         assert_eq!(
             sum, plain,
             "limbs recombine into the Z_2^64 sum, wraps included"
         );
-        let (sum, secure) = secure_sum(&vectors[..2], 1, 9).unwrap();
+        let (sum, secure) = secure_sum(&vectors[..2], 1, &[9; 32]).unwrap();
         assert!(!secure, "two sites cannot hide from each other");
         assert_eq!(sum.len(), 40);
     }

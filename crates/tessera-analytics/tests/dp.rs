@@ -9,6 +9,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use tessera_analytics::layout::SCALE;
 use tessera_analytics::{Report, Schema, Settings, SiteTable, Values};
 use tessera_privacy::{Budgets, Ledger};
 
@@ -110,7 +111,7 @@ fn noise_over_1000_seeded_answers_matches_the_calibrated_scale() {
         );
         let release = &noisy.answers[0].release;
         assert!(release.protected);
-        sigma = release.sigma;
+        sigma = release.noise_std;
         assert!(
             (release.sigma - release.noise_multiplier.unwrap() * release.sensitivity).abs() < 1e-12
         );
@@ -357,4 +358,139 @@ fn at_epsilon_1_on_20000_rows_histograms_and_quantiles_are_within_1_percent() {
         "histogram bin off by {worst_bin} of the rows"
     );
     assert!(worst_rank <= 0.01, "quantile off by {worst_rank} in rank");
+}
+
+/// The federation's noise is the sum of the sites' shares, of variance
+/// `sigma² m / (m - 1)` under secure aggregation; what one site sees once it
+/// takes away its own share still has variance `sigma²` or more.
+#[test]
+fn one_site_knowing_its_share_still_faces_the_calibrated_noise() {
+    let (schema, sites) = common::records("fed-heart-disease.toml");
+    let m = sites.len();
+    assert!(m >= 3, "secure aggregation needs 3 sites");
+    let query = "SELECT count(*) FROM data";
+    let mut exact_ledger = Ledger::new(Budgets::default());
+    let exact = ask(
+        query,
+        &schema,
+        &sites,
+        &common::exact(),
+        &mut exact_ledger,
+        1,
+    );
+    let truth = exact.answers[0].groups[0].statistics[0].values[0];
+    let dim = tessera_analytics::compile(
+        &tessera_analytics::parse(query).unwrap(),
+        &schema,
+        tessera_analytics::layout::Shape {
+            quantile_depth: 10,
+            sketch_cells: 4096,
+            public_levels: false,
+        },
+    )
+    .unwrap()
+    .len();
+    let runs = 2000;
+    let (mut total, mut view) = (Vec::new(), Vec::new());
+    let mut sigma = 0.0;
+    for seed in 0..runs {
+        let settings = common::noisy(1.0, seed);
+        let mut ledger = Ledger::new(Budgets::default());
+        let report = ask(query, &schema, &sites, &settings, &mut ledger, 1);
+        assert!(report.secure_aggregation);
+        let release = &report.answers[0].release;
+        sigma = release.sigma;
+        let noise = report.answers[0].groups[0].statistics[0].values[0] - truth;
+        let shares: Vec<f64> = sites
+            .iter()
+            .map(|s| {
+                let share =
+                    tessera_analytics::simulated_share(&settings, 1, query, &s.site, m, sigma, dim);
+                share[0] as i64 as f64 / SCALE
+            })
+            .collect();
+        assert!(
+            (noise - shares.iter().sum::<f64>()).abs() < 1e-6,
+            "the answer's noise is the sum of the shares"
+        );
+        total.push(noise);
+        view.push(noise - shares[0]);
+        assert!(
+            (release.noise_std - sigma * (m as f64 / (m as f64 - 1.0)).sqrt()).abs() < 1e-9,
+            "the reported noise std is the actual one"
+        );
+    }
+    let var = |x: &[f64]| x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
+    let (total, view) = (var(&total) / (sigma * sigma), var(&view) / (sigma * sigma));
+    let want = m as f64 / (m as f64 - 1.0);
+    println!("{m} sites: total noise variance {total:.3} sigma², one site's view {view:.3} sigma²");
+    assert!(
+        (total - want).abs() < 0.1 * want,
+        "total noise variance {total} sigma², expected {want}"
+    );
+    // A 2,000-sample variance is within 10% with overwhelming probability.
+    assert!(
+        view > 0.9,
+        "one site's view has only {view} sigma² of noise"
+    );
+
+    // Summed in the clear (two sites), each site adds the full sigma².
+    let two = &sites[..2];
+    let mut noise = Vec::new();
+    let mut exact_ledger = Ledger::new(Budgets::default());
+    let truth = ask(query, &schema, two, &common::exact(), &mut exact_ledger, 1).answers[0].groups
+        [0]
+    .statistics[0]
+        .values[0];
+    for seed in 0..runs {
+        let settings = common::noisy(1.0, seed);
+        let mut ledger = Ledger::new(Budgets::default());
+        let report = ask(query, &schema, two, &settings, &mut ledger, 1);
+        assert!(!report.secure_aggregation);
+        let share =
+            tessera_analytics::simulated_share(&settings, 1, query, &two[0].site, 2, sigma, dim);
+        noise.push(
+            report.answers[0].groups[0].statistics[0].values[0]
+                - truth
+                - share[0] as i64 as f64 / SCALE,
+        );
+    }
+    let one = var(&noise) / (sigma * sigma);
+    println!("two sites in the clear: the other site's vector behind {one:.3} sigma²");
+    assert!(
+        one > 0.9,
+        "in the clear a vector is behind only {one} sigma²"
+    );
+}
+
+#[test]
+fn noise_too_large_for_the_fixed_point_is_refused_before_the_query_runs() {
+    let (schema, sites) = common::records("fed-heart-disease.toml");
+    let query = "SELECT count(*), mean(age), histogram(age, 8) FROM data CLAMP age 0 120";
+    let mut ledger = Ledger::new(Budgets::default());
+    let refusal = tessera_analytics::answer(
+        query,
+        &schema,
+        &sites,
+        &common::noisy(0.01, 1),
+        &mut ledger,
+        1,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(refusal.contains("epsilon 0.01 "), "{refusal}");
+    assert!(refusal.contains("sensitivity"), "{refusal}");
+    assert!(refusal.contains("larger epsilon"), "{refusal}");
+    assert!(ledger.entries().is_empty(), "nothing charged");
+    // A larger epsilon is answered, its noise within the limit.
+    let report = ask(
+        query,
+        &schema,
+        &sites,
+        &common::noisy(0.05, 1),
+        &mut ledger,
+        1,
+    );
+    let sigma = report.answers[0].release.sigma;
+    assert!(sigma * SCALE * 9.0 < 2f64.powi(52), "sigma {sigma}");
 }

@@ -29,7 +29,9 @@ pub struct AnalyzeArgs {
     /// The query's delta (default: the plan's `[analytics] delta`).
     #[arg(long)]
     delta: Option<f64>,
-    /// Seed of the simulated sites' noise (default: the plan's seed).
+    /// Derive the simulated sites' noise from this public seed, for an
+    /// experiment: the answer is then reproducible by anyone who knows it,
+    /// and says so (default: a fresh key from the operating system).
     #[arg(long)]
     seed: Option<u64>,
     /// Write the answer as JSON here.
@@ -64,13 +66,16 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         plan.analytics.delta = d;
     }
     plan.validate()?;
+    // Everything that could fail after the answer is drawn is checked
+    // first: an answer drawn is charged, and one shown is recorded.
+    check_outputs(args)?;
     let base_dir = args
         .plan
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let records = tessera_data::load_records(&plan.data, &base_dir, &Filesystem)?;
-    let schema = Schema::from_records(&records, &plan.analytics.bounds)?;
+    let schema = Schema::from_records(&records, &plan.analytics.bounds)?.declare_levels(&plan.data);
     let mut ledger = plan.privacy.ledger();
     let mut release = 1;
     let store = match &args.db {
@@ -91,9 +96,14 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let settings = Settings {
-        config: plan.analytics.clone(),
-        noise_seed: args.seed.unwrap_or(plan.seed),
+    let settings = match args.seed {
+        Some(seed) => Settings::seeded(plan.analytics.clone(), seed),
+        None => {
+            let mut key = [0u8; 32];
+            getrandom::fill(&mut key)
+                .map_err(|e| anyhow::anyhow!("drawing the noise key from the system: {e}"))?;
+            Settings::secret(plan.analytics.clone(), key)
+        }
     };
     let report = tessera_analytics::answer(
         &args.query,
@@ -103,17 +113,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         &mut ledger,
         release,
     )?;
-    print_report(&report, plan.analytics.min_group);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("answer written to {}", path.display());
-    }
-    if let Some(path) = &args.plot {
-        plot_histograms(&report.answers[0], path)?;
-        println!("histograms drawn in {}", path.display());
-    }
-    if let Some((store, run)) = store {
+    let recorded = if let Some((store, run)) = &store {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
@@ -129,13 +129,13 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
                 delta: ledger.budgets().delta,
                 clip_norm: federation.sensitivity,
                 next_clip_norm: federation.sensitivity,
-                noise_std: federation.sigma,
+                noise_std: federation.noise_std,
                 updates: records.sites.len() as u64,
                 recorded_micros: now,
             })
             .collect();
         store.record_analytics(
-            &run,
+            run,
             &AnalyticsRow {
                 release,
                 query: args.query.clone(),
@@ -143,20 +143,89 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
                 protected: federation.protected,
                 epsilon: federation.epsilon.unwrap_or(0.0),
                 delta: federation.delta.unwrap_or(0.0),
-                noise_std: federation.sigma,
+                noise_std: federation.noise_std,
                 recorded_micros: now,
             },
             &rows,
         )?;
+        Some(release)
+    } else {
+        None
+    };
+    print_report(&report, plan.analytics.min_group);
+    if store.is_none() {
+        println!(
+            "charged to no stored ledger: without --db nothing is recorded, and this answer's \
+             epsilon does not add up with earlier or later ones"
+        );
+    }
+    if let (Some(release), Some((_, run))) = (recorded, &store) {
         println!(
             "recorded as analytics release {release} of run {run}: run epsilon now {:.4}{}",
             ledger.run_epsilon(),
-            if federation.protected {
+            if report.answers[0].release.protected {
                 String::new()
             } else {
                 " (this answer is an UNPROTECTED release, recorded as such)".into()
             }
         );
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("answer written to {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        plot_histograms(&report.answers[0], path)?;
+        println!("histograms drawn in {}", path.display());
+    }
+    Ok(())
+}
+
+/// Refuses, before anything is answered, what would fail once the answer
+/// is drawn: `--plot` for a query without histograms, and output paths that
+/// cannot be written.
+fn check_outputs(args: &AnalyzeArgs) -> anyhow::Result<()> {
+    if args.plot.is_some() {
+        let query = tessera_analytics::parse(&args.query)?;
+        let histograms = query.items.iter().any(|i| {
+            matches!(
+                i,
+                tessera_analytics::query::Item::Aggregate(
+                    tessera_analytics::query::Aggregate::Histogram { .. }
+                )
+            )
+        });
+        if !histograms {
+            bail!(
+                "--plot draws histograms, and the query asks for none (histogram(column, \
+                 bins)); nothing was answered or charged"
+            );
+        }
+    }
+    for (flag, path) in [("--json", &args.json), ("--plot", &args.plot)] {
+        if let Some(path) = path {
+            writable(path).with_context(|| {
+                format!(
+                    "{flag} {}: cannot be written; nothing was answered or charged",
+                    path.display()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` can be opened for writing (a new file is created and
+/// removed again; an existing one is left as it is).
+fn writable(path: &Path) -> std::io::Result<()> {
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)?;
+    if !existed {
+        std::fs::remove_file(path)?;
     }
     Ok(())
 }
@@ -227,6 +296,9 @@ fn print_report(report: &Report, min_group: f64) {
             "the sites' contributions were summed in the clear (secure aggregation needs 3 sites)"
         }
     );
+    if let Some(note) = &report.experiment {
+        println!("EXPERIMENT: {note}");
+    }
     for answer in &report.answers {
         print_answer(answer, min_group);
     }
@@ -237,8 +309,8 @@ fn print_answer(answer: &Answer, min_group: f64) {
     match (r.epsilon, r.delta, r.noise_multiplier) {
         (Some(e), Some(d), Some(z)) => println!(
             "\n{}: epsilon {e} at delta {d:e}; noise multiplier {z:.4} x sensitivity {:.4} = \
-             noise std {:.4} per value",
-            answer.scope, r.sensitivity, r.sigma
+             sigma {:.4}; noise std {:.4} per value",
+            answer.scope, r.sensitivity, r.sigma, r.noise_std
         ),
         _ => println!(
             "\n{}: UNPROTECTED (exact; the plan's [analytics] dp = false)",

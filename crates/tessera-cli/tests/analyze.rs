@@ -65,6 +65,7 @@ fn answers_print_a_table_and_write_json_and_a_histogram_plot() {
         "{shown}"
     );
     assert!(shown.contains("cp=4:"), "{shown}");
+    assert!(shown.contains("charged to no stored ledger"), "{shown}");
     assert!(
         shown.contains("mean(age)") && shown.contains(" ± "),
         "{shown}"
@@ -279,4 +280,130 @@ fn a_bad_query_or_a_missing_bound_is_refused_with_what_to_do() {
     let shown = text(&out);
     assert!(!out.status.success());
     assert!(shown.contains("per_site = true"), "{shown}");
+}
+
+#[test]
+fn an_output_that_would_fail_is_refused_before_anything_is_answered_or_charged() {
+    let dir = scratch("refused-outputs");
+    let db = dir.join("run.db");
+    let db_arg = db.to_str().unwrap().to_string();
+    let svg = dir.join("none.svg");
+    let out = tessera(&[
+        "analyze",
+        "--plan",
+        HEART,
+        "--query",
+        "SELECT count(*) FROM data",
+        "--plot",
+        svg.to_str().unwrap(),
+        "--db",
+        &db_arg,
+    ]);
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(shown.contains("--plot draws histograms"), "{shown}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("query:"),
+        "no answer shown: {shown}"
+    );
+    let unwritable = dir.join("no-such-dir").join("answer.json");
+    let out = tessera(&[
+        "analyze",
+        "--plan",
+        HEART,
+        "--query",
+        "SELECT count(*) FROM data",
+        "--json",
+        unwritable.to_str().unwrap(),
+        "--db",
+        &db_arg,
+    ]);
+    let shown = text(&out);
+    assert!(!out.status.success(), "{shown}");
+    assert!(shown.contains("cannot be written"), "{shown}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("query:"),
+        "no answer shown: {shown}"
+    );
+    if db.exists() {
+        let store = SqliteStore::open_existing(&db).unwrap();
+        for run in store.runs().unwrap() {
+            assert!(store.analytics(&run.id).unwrap().is_empty(), "charged");
+            assert!(store.privacy_ledger(&run.id).unwrap().is_empty());
+        }
+    }
+    // An answer that is shown is in the store, even when its plot fails to
+    // draw afterwards.
+    let out = tessera(&[
+        "analyze",
+        "--plan",
+        HEART,
+        "--query",
+        "SELECT count(*), histogram(age, 4) FROM data CLAMP age 0 120",
+        "--plot",
+        dir.join("age.svg").to_str().unwrap(),
+        "--db",
+        &db_arg,
+    ]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(!shown.contains("charged to no stored ledger"), "{shown}");
+    let store = SqliteStore::open_existing(&db).unwrap();
+    let run = store.runs().unwrap()[0].id.clone();
+    assert_eq!(store.analytics(&run).unwrap().len(), 1);
+    assert_eq!(store.privacy_ledger(&run).unwrap().len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn noise_is_fresh_unless_a_seed_is_asked_for_and_then_the_answer_says_so() {
+    let dir = scratch("seed");
+    let run = |name: &str, seed: Option<&str>| -> (String, serde_json::Value) {
+        let json = dir.join(name);
+        let mut args = vec![
+            "analyze",
+            "--plan",
+            HEART,
+            "--query",
+            "SELECT count(*), mean(age) FROM data CLAMP age 0 120",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        if let Some(seed) = seed {
+            args.extend(["--seed", seed]);
+        }
+        let out = tessera(&args);
+        let shown = text(&out);
+        assert!(out.status.success(), "{shown}");
+        let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        (shown, report)
+    };
+    let count = |r: &serde_json::Value| {
+        r["answers"][0]["groups"][0]["statistics"][0]["values"][0]
+            .as_f64()
+            .unwrap()
+    };
+    let (shown_a, a) = run("a.json", None);
+    let (_, b) = run("b.json", None);
+    assert_ne!(
+        count(&a),
+        count(&b),
+        "two answers without --seed share their noise"
+    );
+    assert!(!shown_a.contains("EXPERIMENT"), "{shown_a}");
+    assert!(a.get("experiment").is_none());
+    let (shown_c, c) = run("c.json", Some("7"));
+    let (_, d) = run("d.json", Some("7"));
+    assert_eq!(count(&c), count(&d), "the same seed gives the same noise");
+    assert!(
+        shown_c.contains("EXPERIMENT") && shown_c.contains("public seed 7"),
+        "{shown_c}"
+    );
+    assert!(
+        c["experiment"]
+            .as_str()
+            .unwrap()
+            .contains("not a private release")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

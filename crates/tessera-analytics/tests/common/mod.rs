@@ -20,25 +20,27 @@ pub fn records(plan: &str) -> (Schema, Vec<SiteTable>) {
     let value: toml::Table = toml::from_str(&text).unwrap();
     let data: DataConfig = value["data"].clone().try_into().unwrap();
     let records = load_records(&data, path.parent().unwrap(), &Filesystem).unwrap();
-    let schema = Schema::from_records(&records, &BTreeMap::new()).unwrap();
+    let schema = Schema::from_records(&records, &BTreeMap::new())
+        .unwrap()
+        .declare_levels(&data);
     (schema, records.sites)
 }
 
 pub fn exact() -> Settings {
-    Settings {
-        config: AnalyticsConfig {
+    Settings::seeded(
+        AnalyticsConfig {
             dp: false,
             min_group: 0.0,
             per_site: true,
             ..AnalyticsConfig::default()
         },
-        noise_seed: 0,
-    }
+        0,
+    )
 }
 
 pub fn noisy(epsilon: f64, seed: u64) -> Settings {
-    Settings {
-        config: AnalyticsConfig {
+    Settings::seeded(
+        AnalyticsConfig {
             dp: true,
             epsilon,
             delta: 1e-6,
@@ -46,6 +48,6 @@ pub fn noisy(epsilon: f64, seed: u64) -> Settings {
             per_site: true,
             ..AnalyticsConfig::default()
         },
-        noise_seed: seed,
-    }
+        seed,
+    )
 }
