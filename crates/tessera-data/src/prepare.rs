@@ -96,6 +96,19 @@ pub fn load(
     base_dir: &Path,
     source: &dyn FileSource,
 ) -> Result<FederatedData, DataError> {
+    with_agreed_sites(config, base_dir, source, prepare_sites)
+}
+
+/// Reads every site's rows as `config` describes (generated first, with
+/// `[data.synthetic]`) and runs the agreement steps in process (column
+/// kinds, then vocabularies); `then` gets the configuration the rows were
+/// read with, the sites and the agreement.
+pub(crate) fn with_agreed_sites<T>(
+    config: &DataConfig,
+    base_dir: &Path,
+    source: &dyn FileSource,
+    then: impl FnOnce(&DataConfig, Vec<LocalSite>, Agreement) -> Result<T, DataError>,
+) -> Result<T, DataError> {
     config.validate()?;
     let synthetic = generated(config, base_dir, source)?;
     let (config, source) = match &synthetic {
@@ -115,6 +128,15 @@ pub fn load(
         .map(|s| s.levels_offer(config, &kinds))
         .collect::<Result<Vec<_>, _>>()?;
     let agreement = agree_vocabulary(config, &kinds, &offers)?;
+    then(config, sites, agreement)
+}
+
+/// Prepares the agreed sites for training, as [`load`] returns them.
+fn prepare_sites(
+    config: &DataConfig,
+    sites: Vec<LocalSite>,
+    agreement: Agreement,
+) -> Result<FederatedData, DataError> {
     // Each site's raw columns are freed as soon as it is encoded.
     let mut prepared = Vec::with_capacity(sites.len());
     let mut summary = Vec::with_capacity(sites.len());

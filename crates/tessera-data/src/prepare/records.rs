@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-use super::agreement::{Agreement, Encoding, agree_kinds, agree_vocabulary};
+use super::agreement::{Agreement, Encoding};
 use super::membership::Membership;
-use super::site::{LocalSite, read_local_sites};
+use super::site::LocalSite;
 use crate::DataError;
 use crate::config::DataConfig;
 use crate::read::{FileSource, MISSING_CODE, Values};
@@ -122,25 +122,17 @@ pub fn load_records(
     base_dir: &Path,
     source: &dyn FileSource,
 ) -> Result<FederatedRecords, DataError> {
-    config.validate()?;
-    let synthetic = super::generated(config, base_dir, source)?;
-    let (config, source) = match &synthetic {
-        Some((named, generated)) => (named, generated as &dyn FileSource),
-        None => (config, source),
-    };
-    let mut sites = read_local_sites(config, base_dir, source)?;
-    if sites.is_empty() {
-        return Err(DataError::Unusable("no site has any rows".into()));
-    }
-    let kinds = agree_kinds(
-        config,
-        &sites.iter().map(LocalSite::kinds_offer).collect::<Vec<_>>(),
-    )?;
-    let offers = sites
-        .iter_mut()
-        .map(|s| s.levels_offer(config, &kinds))
-        .collect::<Result<Vec<_>, _>>()?;
-    let agreement = agree_vocabulary(config, &kinds, &offers)?;
+    super::with_agreed_sites(config, base_dir, source, |config, sites, agreement| {
+        records_of(config, &sites, &agreement)
+    })
+}
+
+/// The agreed sites' kept rows as records.
+fn records_of(
+    config: &DataConfig,
+    sites: &[LocalSite],
+    agreement: &Agreement,
+) -> Result<FederatedRecords, DataError> {
     let mut names = agreement.columns.clone();
     names.push(config.schema.target.clone());
     let mut levels: Vec<Option<Vec<String>>> = agreement
@@ -154,7 +146,7 @@ pub fn load_records(
     levels.push(Some(agreement.classes.clone()));
     let sites = sites
         .iter()
-        .map(|s| s.records(&agreement))
+        .map(|s| s.records(agreement))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(FederatedRecords {
         names,
