@@ -445,7 +445,9 @@ impl Upstream<'_> {
             match header.kind() {
                 pb::TaskKind::Fit => self.fit(round, global).await?,
                 pb::TaskKind::Evaluate => self.evaluate(round, global).await?,
-                pb::TaskKind::Unspecified => {
+                // An aggregator answers no analytics queries (its plan's tree
+                // serves none: the coordinator keeps only flat runs).
+                pb::TaskKind::Analyze | pb::TaskKind::Unspecified => {
                     return Err(Failure::Retry("task of unknown kind".into()));
                 }
             }

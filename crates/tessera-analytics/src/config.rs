@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 /// min_group = 10       # groups whose noisy count is below are suppressed
 /// per_site = false     # whether PER SITE answers are allowed
 /// public_levels = false # whether GROUP BY / crosstab may use levels the schema does not declare
+/// analysts = ["alice"] # who may query a deployed federation (their certificates' names)
+/// serve_seconds = 600  # how long sites stay connected for queries after training
 /// [analytics.bounds]
 /// age = [0, 120]
 /// ```
@@ -54,7 +56,22 @@ pub struct AnalyticsConfig {
     /// Agreed bounds of numeric columns, `name = [low, high]`.
     #[serde(default)]
     pub bounds: BTreeMap<String, [f64; 2]>,
+    /// Who may query a deployed federation (`tessera analyze
+    /// --coordinator`): the names of their certificates of the federation
+    /// CA (issued like a site's, `tessera ca issue --site NAME`). Empty (the
+    /// default): deployed queries are refused.
+    #[serde(default)]
+    pub analysts: Vec<String>,
+    /// Seconds the coordinator keeps the sites connected after the last
+    /// training round so that analysts can query them (0, the default: the
+    /// run ends with its last round). The run ends when they elapse, or
+    /// earlier at an analyst's `tessera analyze --coordinator ... --close`.
+    #[serde(default)]
+    pub serve_seconds: u64,
 }
+
+/// The longest `serve_seconds`: a week.
+pub const MAX_SERVE_SECONDS: u64 = 7 * 24 * 3600;
 
 fn yes() -> bool {
     true
@@ -92,6 +109,8 @@ impl Default for AnalyticsConfig {
             quantile_depth: default_depth(),
             sketch_cells: default_cells(),
             bounds: BTreeMap::new(),
+            analysts: Vec::new(),
+            serve_seconds: 0,
         }
     }
 }
@@ -129,6 +148,20 @@ impl AnalyticsConfig {
                 "analytics.sketch_cells must be in 1..=1048576, got {}",
                 self.sketch_cells
             ));
+        }
+        if self.serve_seconds > MAX_SERVE_SECONDS {
+            out.push(format!(
+                "analytics.serve_seconds must be at most {MAX_SERVE_SECONDS} (a week), got {}",
+                self.serve_seconds
+            ));
+        }
+        for name in &self.analysts {
+            if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+                out.push(format!(
+                    "analytics.analysts: {name:?} is not a certificate name (1 to 128 bytes, no \
+                     control characters)"
+                ));
+            }
         }
         for (name, [low, high]) in &self.bounds {
             if !(low.is_finite() && high.is_finite() && low < high && (high - low).is_finite()) {

@@ -7,13 +7,13 @@
 //! spread of the values at ranks `r ± s`, `s = sigma · sqrt(depth)` being
 //! the rank's noise (one noisy count per level of the descent).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::layout::{Layout, Slotted};
 use crate::query::Aggregate;
 
 /// One statistic of a group.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Statistic {
     /// As in the query, e.g. `mean(age)`.
     pub name: String,
@@ -29,7 +29,7 @@ pub struct Statistic {
 }
 
 /// One group's answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroupAnswer {
     /// Its levels, one per GROUP BY column.
     pub key: Vec<String>,

@@ -57,6 +57,7 @@
 #![deny(missing_docs)]
 
 mod config;
+pub mod deployed;
 pub mod estimate;
 mod filter;
 pub mod layout;
@@ -67,7 +68,7 @@ pub mod secure;
 
 use thiserror::Error;
 
-pub use config::AnalyticsConfig;
+pub use config::{AnalyticsConfig, MAX_SERVE_SECONDS};
 pub use estimate::{GroupAnswer, Statistic, estimate};
 pub use layout::{Layout, compile, contribute};
 pub use query::{Query, parse};

@@ -41,18 +41,18 @@
 //! it from a public seed instead, for tests and experiments, and such an
 //! answer says so ([`Report::experiment`]): it is not a release.
 
-use serde::Serialize;
-use tessera_privacy::{DpEvent, Ledger, LedgerEntry, calibrate_noise_multiplier_with};
+use serde::{Deserialize, Serialize};
+use tessera_privacy::{Ledger, LedgerEntry};
 
 use crate::estimate::{GroupAnswer, estimate};
-use crate::layout::{Layout, MAX_ROWS, SCALE, Shape, compile, contribute};
-use crate::query::{Query, parse};
+use crate::layout::{Layout, MAX_ROWS, SCALE, contribute};
+use crate::query::Query;
 use crate::schema::{Schema, SiteTable};
 use crate::secure::{MIN_SECURE_SITES, secure_sum};
 use crate::{AnalyticsConfig, AnalyticsError};
 
 /// The privacy of one release.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Release {
     /// Whether noise protects it; `false` is an unprotected release.
     pub protected: bool,
@@ -73,7 +73,7 @@ pub struct Release {
 }
 
 /// One answer: the federation's, or one site's.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Answer {
     /// `federation`, or the site's name.
     pub scope: String,
@@ -87,7 +87,7 @@ pub struct Answer {
 
 /// What a query gave: the federation's answer (then each site's, with PER
 /// SITE) and the ledger lines it was charged.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// The query as given.
     pub query: String,
@@ -100,19 +100,19 @@ pub struct Report {
     pub secure_aggregation: bool,
     /// With a seeded noise key: that the answer is reproducible from the
     /// seed, an experiment and not a release.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub experiment: Option<String>,
 }
 
 /// Standard deviations of noise that must stay within [`MAX_EXACT_NOISE`].
-const NOISE_TAIL: f64 = 9.0;
+pub(crate) const NOISE_TAIL: f64 = 9.0;
 
 /// `2^52`: below it a fixed-point noise value `std · N · 2^40` is an
 /// integer that `f64` rounds exactly (every low bit random); above `2^53`
 /// it would always be even and give away the parity of the sums, and above
 /// `2^63` saturate. A query whose noise std times `2^40` times
 /// [`NOISE_TAIL`] reaches it is refused before it runs.
-const MAX_EXACT_NOISE: f64 = 4_503_599_627_370_496.0;
+pub(crate) const MAX_EXACT_NOISE: f64 = 4_503_599_627_370_496.0;
 
 /// How a query is answered: the plan's `[analytics]` with the command
 /// line's overrides.
@@ -180,27 +180,7 @@ pub fn answer(
     release: u32,
 ) -> Result<Report, AnalyticsError> {
     let config = &settings.config;
-    let problems = config.problems();
-    if !problems.is_empty() {
-        return Err(AnalyticsError::Query(problems.join("; ")));
-    }
-    let query = parse(text)?;
-    if query.per_site && !config.per_site {
-        return Err(AnalyticsError::Query(
-            "PER SITE: the plan does not allow per-site answers ([analytics] per_site = true \
-             would)"
-                .into(),
-        ));
-    }
-    let layout = compile(
-        &query,
-        schema,
-        Shape {
-            quantile_depth: config.quantile_depth,
-            sketch_cells: config.sketch_cells,
-            public_levels: config.public_levels,
-        },
-    )?;
+    let prepared = crate::deployed::prepare(text, schema, config, ledger.accountant())?;
     let rows: usize = sites.iter().map(|s| s.rows).sum();
     if rows > MAX_ROWS {
         return Err(AnalyticsError::Query(format!(
@@ -208,74 +188,13 @@ pub fn answer(
         )));
     }
     let names: Vec<String> = sites.iter().map(|s| s.site.clone()).collect();
-    let sensitivity = layout.sensitivity();
-    let (release_info, event) = if config.dp {
-        let z = calibrate_noise_multiplier_with(
-            ledger.accountant(),
-            1.0,
-            1,
-            config.epsilon,
-            config.delta,
-        )?;
-        let sigma = z * sensitivity;
-        if sigma * SCALE * NOISE_TAIL >= MAX_EXACT_NOISE {
-            return Err(AnalyticsError::Query(format!(
-                "epsilon {} at delta {:e} needs noise multiplier {z:.1} times the answer's \
-                 sensitivity {sensitivity:.3}, noise std {sigma:.1} row units: past what the \
-                 fixed point draws exactly ({NOISE_TAIL} std must stay below 2^52 / 2^40 = \
-                 4096 units, a std below {:.1}); ask for a larger epsilon, or fewer \
-                 aggregates, bins or quantile-tree levels (the sensitivity grows with the slots \
-                 a row touches; CLAMP ranges do not change it, values are rescaled to [0, 1])",
-                config.epsilon,
-                config.delta,
-                MAX_EXACT_NOISE / (SCALE * NOISE_TAIL)
-            )));
-        }
-        let event = DpEvent {
-            sampling_rate: 1.0,
-            noise_multiplier: z,
-            steps: 1,
-        };
-        let local: Vec<(String, DpEvent)> = if query.per_site {
-            names.iter().map(|n| (n.clone(), event)).collect()
-        } else {
-            Vec::new()
-        };
-        ledger.check(
-            &format!(
-                "query {release} (epsilon {} at delta {:e})",
-                config.epsilon, config.delta
-            ),
-            &[event],
-            &local,
-            &names,
-        )?;
-        (
-            Release {
-                protected: true,
-                epsilon: Some(config.epsilon),
-                delta: Some(config.delta),
-                noise_multiplier: Some(z),
-                sensitivity,
-                sigma: z * sensitivity,
-                noise_std: z * sensitivity,
-            },
-            Some(event),
-        )
-    } else {
-        (
-            Release {
-                protected: false,
-                epsilon: None,
-                delta: None,
-                noise_multiplier: None,
-                sensitivity,
-                sigma: 0.0,
-                noise_std: 0.0,
-            },
-            None,
-        )
-    };
+    crate::deployed::check_budgets(ledger, &prepared, config, release, &names)?;
+    let crate::deployed::Prepared {
+        query,
+        layout,
+        release: release_info,
+        event,
+    } = prepared;
     let sigma = release_info.sigma;
     let contributions: Vec<Vec<u64>> = sites
         .iter()
@@ -351,7 +270,7 @@ pub fn answer(
     })
 }
 
-fn finish(
+pub(crate) fn finish(
     layout: &Layout,
     query: &Query,
     total: &[u64],

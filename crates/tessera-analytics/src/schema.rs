@@ -105,6 +105,20 @@ impl Schema {
         Ok(schema)
     }
 
+    /// The schema of a deployed run's agreement (what the coordinator and
+    /// each site hold, without the others' rows): as [`Schema::from_records`]
+    /// over `data`'s plan and `agreement`, its declared levels marked.
+    pub fn of_agreement(
+        data: &tessera_data::DataConfig,
+        agreement: &tessera_data::Agreement,
+        bounds: &BTreeMap<String, [f64; 2]>,
+    ) -> Result<Self, AnalyticsError> {
+        Ok(
+            Self::from_records(&tessera_data::records_schema(data, agreement), bounds)?
+                .declare_levels(data),
+        )
+    }
+
     /// The column called `name`, with its index.
     pub fn column(&self, name: &str) -> Result<(usize, &Column), AnalyticsError> {
         self.columns

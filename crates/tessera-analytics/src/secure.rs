@@ -11,19 +11,24 @@ use tessera_secagg::{Client, MAX_SUMMANDS, RoundParams, SecAggError, Server, Una
 
 use crate::AnalyticsError;
 
-const LIMBS: usize = 4;
+/// 16-bit limbs per `Z_2^64` value.
+pub const LIMBS: usize = 4;
 
 /// Fewest sites secure aggregation sums (fewer are summed in the clear).
 pub const MIN_SECURE_SITES: usize = 3;
 
-fn limbs(values: &[u64]) -> Vec<u32> {
+/// Each value's four 16-bit limbs, least significant first, as values of
+/// `Z_2^32` (what a site masks).
+pub fn limbs(values: &[u64]) -> Vec<u32> {
     values
         .iter()
         .flat_map(|&v| (0..LIMBS).map(move |l| ((v >> (16 * l)) & 0xffff) as u32))
         .collect()
 }
 
-fn recombine(sums: &[u32]) -> Vec<u64> {
+/// The `Z_2^64` values whose limbs sum to `sums` (the unmasked sum of
+/// [`limbs`] of up to 2^16 sites).
+pub fn recombine(sums: &[u32]) -> Vec<u64> {
     sums.chunks(LIMBS)
         .map(|c| {
             c.iter().enumerate().fold(0u64, |acc, (l, &s)| {

@@ -14,15 +14,45 @@ use tessera_coordinator::{RunStore, SqliteStore};
 use tessera_data::Filesystem;
 use tessera_engine::Plan;
 
+mod remote;
+
 /// Arguments of `tessera analyze`.
 #[derive(Debug, clap::Args)]
 pub struct AnalyzeArgs {
-    /// The plan: its data, `[analytics]` and `[privacy]` budgets.
-    #[arg(long)]
-    plan: PathBuf,
+    /// The plan: its data, `[analytics]` and `[privacy]` budgets (not with
+    /// --coordinator: the coordinator's plan holds them).
+    #[arg(long, required_unless_present = "coordinator")]
+    plan: Option<PathBuf>,
     /// The query, e.g. "SELECT cp, count(*), mean(age) FROM data GROUP BY cp CLAMP age 0 120".
-    #[arg(long)]
-    query: String,
+    #[arg(long, required_unless_present = "close")]
+    query: Option<String>,
+    /// Ask a deployed federation instead of simulating: its coordinator's
+    /// URL (https:// with --tls). The sites answer after the last training
+    /// round while the plan's `[analytics] serve_seconds` keeps them
+    /// connected; the coordinator checks the query and the run's budgets,
+    /// sums the sites' noised contributions through secure aggregation, and
+    /// records the answer and its ledger rows in its store.
+    #[arg(long, conflicts_with_all = ["plan", "db", "run", "seed", "epsilon", "delta", "settings"])]
+    coordinator: Option<String>,
+    /// With --coordinator: the analyst's name, as its certificate gives it
+    /// and the plan's `[analytics] analysts` lists it.
+    #[arg(long, requires = "coordinator")]
+    analyst: Option<String>,
+    /// With --coordinator: mutual TLS with this folder (cert.pem, key.pem,
+    /// ca.pem) holding the analyst's certificate of the federation CA,
+    /// issued like a site's: `tessera ca issue --site NAME`.
+    #[arg(long, requires = "coordinator", conflicts_with = "insecure")]
+    tls: Option<PathBuf>,
+    /// With --tls: the coordinator's name in its certificate (default: the URL's host).
+    #[arg(long, requires = "tls")]
+    tls_domain: Option<String>,
+    /// With --coordinator: plain text without authentication (local experiments only).
+    #[arg(long, requires = "coordinator")]
+    insecure: bool,
+    /// With --coordinator: end the sites' serving period now (after the
+    /// query, if one is given): the sites are told the run is over.
+    #[arg(long, requires = "coordinator")]
+    close: bool,
     /// The query's epsilon (default: the plan's `[analytics] epsilon`).
     #[arg(long)]
     epsilon: Option<f64>,
@@ -55,7 +85,13 @@ pub struct AnalyzeArgs {
 
 /// Runs `tessera analyze`.
 pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
-    let mut plan = Plan::from_file(&args.plan)?;
+    if let Some(url) = &args.coordinator {
+        return remote::run(args, url);
+    }
+    let (Some(plan_path), Some(query)) = (&args.plan, &args.query) else {
+        bail!("give --plan and --query (or --coordinator URL to ask a deployed federation)");
+    };
+    let mut plan = Plan::from_file(plan_path)?;
     if !args.settings.is_empty() {
         plan = plan.with_settings(&args.settings)?;
     }
@@ -69,8 +105,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
     // Everything that could fail after the answer is drawn is checked
     // first: an answer drawn is charged, and one shown is recorded.
     check_outputs(args)?;
-    let base_dir = args
-        .plan
+    let base_dir = plan_path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
@@ -106,7 +141,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
         }
     };
     let report = tessera_analytics::answer(
-        &args.query,
+        query,
         &schema,
         &records.sites,
         &settings,
@@ -138,7 +173,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
             run,
             &AnalyticsRow {
                 release,
-                query: args.query.clone(),
+                query: query.clone(),
                 answer: serde_json::to_string(&report)?,
                 protected: federation.protected,
                 epsilon: federation.epsilon.unwrap_or(0.0),
@@ -185,9 +220,9 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
 /// Refuses, before anything is answered, what would fail once the answer
 /// is drawn: `--plot` for a query without histograms, and output paths that
 /// cannot be written.
-fn check_outputs(args: &AnalyzeArgs) -> anyhow::Result<()> {
+pub(crate) fn check_outputs(args: &AnalyzeArgs) -> anyhow::Result<()> {
     if args.plot.is_some() {
-        let query = tessera_analytics::parse(&args.query)?;
+        let query = tessera_analytics::parse(args.query.as_deref().unwrap_or_default())?;
         let histograms = query.items.iter().any(|i| {
             matches!(
                 i,
@@ -261,8 +296,9 @@ fn find_run(store: &SqliteStore, args: &AnalyzeArgs, plan: &Plan) -> anyhow::Res
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64);
     let id = format!("analytics-{}-{now}", plan.name);
-    let text = std::fs::read_to_string(&args.plan)
-        .with_context(|| format!("reading {}", args.plan.display()))?;
+    let path = args.plan.as_deref().unwrap_or(Path::new(""));
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     store.create_run(&RunRow {
         id: id.clone(),
         name: plan.name.clone(),
@@ -300,11 +336,11 @@ fn print_report(report: &Report, min_group: f64) {
         println!("EXPERIMENT: {note}");
     }
     for answer in &report.answers {
-        print_answer(answer, min_group);
+        print_answer(answer, Some(min_group));
     }
 }
 
-fn print_answer(answer: &Answer, min_group: f64) {
+pub(crate) fn print_answer(answer: &Answer, min_group: Option<f64>) {
     let r = &answer.release;
     match (r.epsilon, r.delta, r.noise_multiplier) {
         (Some(e), Some(d), Some(z)) => println!(
@@ -330,7 +366,12 @@ fn print_answer(answer: &Answer, min_group: f64) {
             key.join(", ")
         };
         if group.suppressed {
-            println!("  {head}: suppressed (noisy row count below {min_group})");
+            match min_group {
+                Some(m) => println!("  {head}: suppressed (noisy row count below {m})"),
+                None => {
+                    println!("  {head}: suppressed (noisy row count below the plan's min_group)")
+                }
+            }
             continue;
         }
         println!("  {head}:");
@@ -369,7 +410,7 @@ fn print_answer(answer: &Answer, min_group: f64) {
 
 /// One bar chart per histogram of the federation's answer (first group
 /// that is not suppressed), stacked.
-fn plot_histograms(answer: &Answer, path: &Path) -> anyhow::Result<()> {
+pub(crate) fn plot_histograms(answer: &Answer, path: &Path) -> anyhow::Result<()> {
     let mut charts = Vec::new();
     for group in answer.groups.iter().filter(|g| !g.suppressed) {
         for s in group

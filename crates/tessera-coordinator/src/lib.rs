@@ -117,6 +117,7 @@
 //! once). docs/PROTOCOL.md has the details.
 #![deny(missing_docs)]
 
+mod analytics_service;
 mod bucket;
 mod service;
 mod shared;
@@ -353,7 +354,8 @@ pub async fn serve_shared_until(
                     }
                     f.advance();
                     (
-                        f.is_finished(),
+                        // Finished once the sites are no longer kept for queries.
+                        f.is_finished() && !f.serving_queries(),
                         f.stopped().is_some() || f.aborted().is_some(),
                         f.fatal().is_some(),
                     )
@@ -397,12 +399,16 @@ pub async fn serve_shared_until(
         Some(files) => tessera_tls::Callers::new(files.clone()),
         None => tessera_tls::Callers::insecure(),
     });
-    let service = FederationServer::new(Service::new(Arc::clone(&shared), callers))
+    let service = FederationServer::new(Service::new(Arc::clone(&shared), Arc::clone(&callers)))
         .max_decoding_message_size(16 << 20)
         .max_encoding_message_size(16 << 20);
+    let analytics = tessera_proto::pb::analytics_server::AnalyticsServer::new(
+        analytics_service::AnalyticsService::new(Arc::clone(&shared), Arc::clone(&callers)),
+    );
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .add_service(service);
+        .add_service(service)
+        .add_service(analytics);
     let signalled = Arc::new(std::sync::Mutex::new(None::<&'static str>));
     let heard = Arc::clone(&signalled);
     let shutdown = async move {

@@ -409,6 +409,7 @@ impl Service {
                     global,
                     model,
                 } => (header, model, vec![Some(global)]),
+                TaskView::Analyze { header } => (header, ModelPart::Held, Vec::new()),
             };
             let message = send(task::Part::Header(header));
             sent += message.encoded_len();
@@ -527,7 +528,8 @@ impl Service {
         // A masked input is the site's update, unless the round sums
         // evaluations (its top bit set).
         let masked = matches!(message.step, Some(pb::sec_agg_request::Step::Masked(_)))
-            && message.round & tessera_secagg::EVALUATION_ROUND == 0;
+            && message.round & tessera_secagg::EVALUATION_ROUND == 0
+            && message.round & tessera_secagg::ANALYTICS_ROUND == 0;
         let reply = self
             .shared
             .call(move |f| {

@@ -21,6 +21,7 @@ use tessera_orchestrator::{EvaluationRound, Expected, Links, Roster, StepEvaluat
 use training_mode::Training;
 
 mod agreement;
+mod analytics;
 mod buffered;
 mod capabilities;
 mod clock;
@@ -89,6 +90,11 @@ pub enum TaskView {
     },
     /// The run is over.
     Finished,
+    /// Answer the analytics query in `header` (no model follows).
+    Analyze {
+        /// What the task is.
+        header: pb::TaskHeader,
+    },
 }
 
 /// How a task's model travels.
@@ -208,6 +214,8 @@ pub struct Federation {
     clock: Arc<dyn Clock>,
     /// Each site's last call, who left, what the run waits for.
     watch: waiting::Watch,
+    /// Analysts' queries after the last round (`state/analytics.rs`).
+    analytics: analytics::Serving,
 }
 
 /// The longest audit detail kept, in bytes (a longer one is cut and its
@@ -379,6 +387,7 @@ impl Federation {
             controls_seen: 0,
             clock: Arc::new(SystemClock),
             watch: waiting::Watch::default(),
+            analytics: analytics::Serving::default(),
         };
         federation.started = federation.now();
         federation.resume()?;
@@ -604,6 +613,11 @@ impl Federation {
         leaving: bool,
     ) -> Result<bool, Refusal> {
         self.require_joined(site)?;
+        if round & tessera_secagg::EVALUATION_ROUND == 0
+            && round & tessera_secagg::ANALYTICS_ROUND != 0
+        {
+            return Ok(self.analytics_refused(site, round, reason));
+        }
         if round & tessera_secagg::EVALUATION_ROUND != 0 {
             // A site that refuses a secure sum of evaluations (its checks
             // of the round failed): recorded, not waited for, not asked again.
@@ -715,7 +729,11 @@ impl Federation {
         let now = self.now();
         match &self.phase {
             _ if self.fatal.is_some() || self.aborted.is_some() => Ok(()),
-            Phase::Agreeing | Phase::Finished => Ok(()),
+            Phase::Agreeing => Ok(()),
+            Phase::Finished => {
+                self.analytics_step(now);
+                Ok(())
+            }
             Phase::Training if self.training.is_async() => self.async_step(now),
             Phase::Training => self.step_training(now),
             Phase::Evaluating { .. } => self.step_evaluating(now),

@@ -214,6 +214,17 @@ pub trait RunStore: Send {
     /// The operators' requests for a run, oldest first.
     fn controls(&self, run: &str) -> Result<Vec<ControlRow>, StoreError>;
 
+    /// The run's answered analytics queries, in release order.
+    fn answered_queries(&self, run: &str) -> Result<Vec<AnalyticsRow>, StoreError>;
+
+    /// Records an answered query and its ledger rows in one transaction.
+    fn record_answer(
+        &self,
+        run: &str,
+        row: &AnalyticsRow,
+        ledger: &[LedgerRow],
+    ) -> Result<(), StoreError>;
+
     /// The newest run still running (not finished, stopped or aborted).
     fn unfinished_run(&self) -> Result<Option<RunRow>, StoreError> {
         Ok(self

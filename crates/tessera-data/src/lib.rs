@@ -47,6 +47,7 @@ pub use prepare::{
     Agreement, ColumnKinds, Encoding, FederatedRecords, KindsOffer, LevelsOffer, LocalSite,
     MAX_DECLARED_ROWS, MAX_DECLARED_SITES, MISSING_LEVEL, RecordColumn, SiteRecords, agree_kinds,
     agree_vocabulary, declared_rows, load, load_records, read_local_site, read_local_sites,
+    records_schema,
 };
 pub use read::{FileSource, Filesystem, InMemory};
 pub use table::{MAX_TABLE_ROWS, Table, read_table};

@@ -30,7 +30,9 @@ pub use agreement::{
     Agreement, ColumnKinds, Encoding, KindsOffer, LevelsOffer, MAX_DECLARED_ROWS,
     MAX_DECLARED_SITES, agree_kinds, agree_vocabulary, declared_rows,
 };
-pub use records::{FederatedRecords, MISSING_LEVEL, RecordColumn, SiteRecords, load_records};
+pub use records::{
+    FederatedRecords, MISSING_LEVEL, RecordColumn, SiteRecords, load_records, records_schema,
+};
 pub use site::{LocalSite, read_local_site, read_local_sites};
 
 /// `[data.synthetic]`: the generated rows at `path`, every other file from

@@ -41,6 +41,7 @@
 //! progress.
 #![deny(missing_docs)]
 
+mod analytics;
 pub mod cause;
 mod checks;
 pub mod client;
@@ -199,6 +200,9 @@ pub(crate) struct Ready {
     held: Option<(u32, Arc<tessera_core::ParameterSet>)>,
     /// What the site keeps for its results.
     takeaway: results::Takeaway,
+    /// Its rows and the agreed schema, when the plan keeps sites for
+    /// analytics queries after training.
+    analytics: Option<analytics::SiteAnalytics>,
 }
 
 enum SessionEnd {
@@ -349,6 +353,10 @@ async fn session(
             Some(task::Part::Header(h)) => h,
             _ => return Err(Failure::Retry("a task starts with its header".into())),
         };
+        if header.kind() == pb::TaskKind::Analyze {
+            analytics::answer(&mut client, &config.site, state, &header).await?;
+            continue;
+        }
         if let Some(awaiting) = state.awaiting
             && header.previous_round >= awaiting
             && let Some(site) = state.site.as_mut()
@@ -496,7 +504,10 @@ async fn session(
                     Err(status) => return Err(status.into()),
                 }
             }
-            pb::TaskKind::Unspecified => return Err(Failure::Retry("task of unknown kind".into())),
+            // Answered before the parameters (it has none).
+            pb::TaskKind::Analyze | pb::TaskKind::Unspecified => {
+                return Err(Failure::Retry("task of unknown kind".into()));
+            }
         }
     }
 }
@@ -525,7 +536,10 @@ impl Ready {
             secure: plan.secure_aggregation.enabled,
             key_ring: None,
             identity: Arc::new(
-                if plan.secure_aggregation.enabled || plan.privacy.site_metrics.sums_only() {
+                if plan.secure_aggregation.enabled
+                    || plan.privacy.site_metrics.sums_only()
+                    || plan.analytics.serve_seconds > 0
+                {
                     client::SecureIdentity::load(config.tls.as_ref()).map_err(Failure::Fatal)?
                 } else {
                     client::SecureIdentity::load(None).map_err(Failure::Fatal)?
@@ -534,6 +548,7 @@ impl Ready {
             plan: Arc::new(plan),
             held: None,
             takeaway,
+            analytics: None,
         })
     }
 }
@@ -690,6 +705,7 @@ async fn prepare(
         tracing::error!(%why, "plan refused");
         plan_refused(why)
     })?;
+    let site_analytics = analytics::of_site(&plan, &local, &agreement).map_err(local_error)?;
     let (mut data, _) = local
         .prepare(&plan.data, &agreement)
         .map_err(|e| local_error(e.to_string()))?;
@@ -729,14 +745,16 @@ async fn prepare(
     })?;
     check_local_budget(&plan, &config.site, &site, data.train.n_rows())?;
     let takeaway = results::Takeaway::new(&plan, agreement.clone(), data.scaler.clone());
-    Ready::new(
+    let mut ready = Ready::new(
         config,
         welcome,
         plan,
         site,
         (data.train, data.test),
         takeaway,
-    )
+    )?;
+    ready.analytics = site_analytics;
+    Ok(ready)
 }
 
 /// With local DP, training that would exceed this site's budget over the

@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 10;
+pub const MINOR: u32 = 11;
 
 /// What this build can do.
 ///
@@ -46,6 +46,10 @@ pub const MINOR: u32 = 10;
 ///   agrees with one `ExternalOffer` (its row counts and initial
 ///   parameters) instead of kinds, levels and statistics (a 1.10
 ///   coordinator requires it for a plan whose model is external).
+/// - `analytics-queries` (1.11): a site answers analytics queries
+///   (`TASK_KIND_ANALYZE`) through a secure round of their own after the
+///   last training round (a 1.11 coordinator requires it when the plan
+///   keeps sites for queries, `[analytics] serve_seconds`).
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -69,6 +73,7 @@ pub const CAPABILITIES: &[&str] = &[
     "gossip-rejoin",
     "site-evaluations",
     "external-learners",
+    "analytics-queries",
 ];
 
 /// The strategies older peers can follow without the `instructions`

@@ -315,3 +315,9 @@ impl RoundParams {
 /// `r | EVALUATION_ROUND`, so its derived keys and ciphertexts never
 /// coincide with those of training round `r`.
 pub const EVALUATION_ROUND: u32 = 1 << 31;
+
+/// The second bit of a secure round's number marks a round that sums the
+/// sites' answers to an analytics query: release `n` is secure round
+/// `n | ANALYTICS_ROUND` (`n < 2^30`), so its derived keys and ciphertexts
+/// never coincide with a training round's or an evaluation's.
+pub const ANALYTICS_ROUND: u32 = 1 << 30;

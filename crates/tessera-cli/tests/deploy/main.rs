@@ -10,6 +10,7 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+mod analytics;
 mod compression;
 mod dp;
 mod external;

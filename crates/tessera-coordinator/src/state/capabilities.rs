@@ -14,6 +14,9 @@ impl Federation {
             required.push("secure-aggregation");
             required.push("secure-aggregation-signed");
         }
+        if plan.analytics.serve_seconds > 0 {
+            required.push("analytics-queries");
+        }
         for codec in plan.compression.upload_codecs() {
             required.extend(tessera_proto::codec_capabilities(&codec));
         }

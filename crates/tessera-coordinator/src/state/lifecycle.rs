@@ -99,6 +99,7 @@ impl Federation {
         };
         self.audit("-", "run", status.as_str(), &detail);
         self.phase = Phase::Finished;
+        self.start_serving();
         self.version += 1;
         Ok(())
     }

@@ -60,6 +60,26 @@ impl SecureRound {
         self.evaluation
     }
 
+    /// A secure round over `stages` that sums neither updates nor
+    /// evaluations (an analytics query's, `state/analytics.rs`).
+    pub(super) fn of_stages(round: u32, stages: SecureStages) -> Self {
+        Self {
+            round,
+            stages,
+            evaluation: false,
+        }
+    }
+
+    /// Its stages.
+    pub(super) fn stages(&self) -> &SecureStages {
+        &self.stages
+    }
+
+    /// Its stages, to change.
+    pub(super) fn stages_mut(&mut self) -> &mut SecureStages {
+        &mut self.stages
+    }
+
     /// The open stage's name and the members it still waits for.
     pub(super) fn awaited(&self) -> (&'static str, Vec<String>) {
         let stage = self.stages.stage();
@@ -265,7 +285,7 @@ impl Federation {
 
     /// Carries out what the stages ask: audit entries are written; wakes
     /// need nothing, as the coordinator's tick advances the stages anyway.
-    fn apply_secure(&self, effects: Vec<SecureEffect>) {
+    pub(super) fn apply_secure(&self, effects: Vec<SecureEffect>) {
         for effect in effects {
             match effect {
                 Effect::Audit(a) => self.audit(
@@ -445,6 +465,10 @@ impl Federation {
         };
         if secure.evaluation {
             self.finish_secure_evaluation(&secure);
+            return;
+        }
+        if secure.round & tessera_secagg::ANALYTICS_ROUND != 0 {
+            self.finish_analytics(&secure);
             return;
         }
         let round = secure.round;

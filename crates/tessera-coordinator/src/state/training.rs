@@ -30,7 +30,7 @@ impl Federation {
             return Ok(self.async_task(site));
         }
         match &self.phase {
-            Phase::Finished => Ok(TaskView::Finished),
+            Phase::Finished => Ok(self.analytics_task(site)),
             Phase::Agreeing => Ok(TaskView::Wait),
             Phase::Training => {
                 if self.training.rounds().is_none() {

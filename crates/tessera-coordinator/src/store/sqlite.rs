@@ -124,6 +124,19 @@ struct SqliteTx<'a> {
 }
 
 impl RunStore for SqliteStore {
+    fn answered_queries(&self, run: &str) -> Result<Vec<AnalyticsRow>, StoreError> {
+        self.analytics(run)
+    }
+
+    fn record_answer(
+        &self,
+        run: &str,
+        row: &AnalyticsRow,
+        ledger: &[LedgerRow],
+    ) -> Result<(), StoreError> {
+        self.record_analytics(run, row, ledger)
+    }
+
     fn transaction(&self) -> Result<Box<dyn RunTx + '_>, StoreError> {
         // The store has one owner and is not shared between threads, so a
         // transaction on `&self` cannot interleave with another's writes.

@@ -134,7 +134,7 @@ impl Driver {
                     };
                     let _ = f.submit_evaluation(name, &report);
                 }
-                Ok(TaskView::Wait | TaskView::Finished) | Err(_) => {}
+                Ok(TaskView::Wait | TaskView::Finished | TaskView::Analyze { .. }) | Err(_) => {}
             }
         }
     }

@@ -133,6 +133,20 @@ fn records_of(
     sites: &[LocalSite],
     agreement: &Agreement,
 ) -> Result<FederatedRecords, DataError> {
+    let sites = sites
+        .iter()
+        .map(|s| s.records(agreement))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(FederatedRecords {
+        sites,
+        ..records_schema(config, agreement)
+    })
+}
+
+/// The agreed schema records are coded in (names and levels), without any
+/// site's rows: what a deployed party that holds the agreement, not the
+/// data, compiles queries against.
+pub fn records_schema(config: &DataConfig, agreement: &Agreement) -> FederatedRecords {
     let mut names = agreement.columns.clone();
     names.push(config.schema.target.clone());
     let mut levels: Vec<Option<Vec<String>>> = agreement
@@ -144,13 +158,9 @@ fn records_of(
         })
         .collect();
     levels.push(Some(agreement.classes.clone()));
-    let sites = sites
-        .iter()
-        .map(|s| s.records(agreement))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(FederatedRecords {
+    FederatedRecords {
         names,
         levels,
-        sites,
-    })
+        sites: Vec::new(),
+    }
 }

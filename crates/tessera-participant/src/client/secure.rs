@@ -105,6 +105,39 @@ pub async fn secure_evaluate(
     .await
 }
 
+/// Computes a site's masked values once the round's threshold is known
+/// (the fewest inputs the coordinator may unmask a sum of, checked against
+/// the plan): an analytics answer's noise share depends on it.
+pub type DeferredInput = Box<dyn FnOnce(usize) -> Vec<u32> + Send>;
+
+/// Sends an analytics query's answer through secure round `round`
+/// (`release | ANALYTICS_ROUND`): `make`, given the round's threshold,
+/// gives the `dimension` values this site masks (its contribution and its
+/// noise share, as 16-bit limbs). True when this site's input counted.
+#[allow(clippy::too_many_arguments)]
+pub async fn secure_answer(
+    client: &mut FederationClient<Channel>,
+    site: &str,
+    plan: &tessera_engine::Plan,
+    identity: &SecureIdentity,
+    key_ring: &mut Option<tessera_secagg::KeyRing>,
+    round: u32,
+    dimension: usize,
+    make: DeferredInput,
+) -> Result<bool, Failure> {
+    secure_exchange(
+        client,
+        site,
+        plan,
+        identity,
+        key_ring,
+        round,
+        SecureInput::Deferred { dimension, make },
+        Duration::ZERO,
+    )
+    .await
+}
+
 /// What a site masks in a secure round.
 enum SecureInput {
     /// A model update (quantised) and its training metadata.
@@ -114,6 +147,11 @@ enum SecureInput {
     },
     /// Values of `Z_2^32` summed as they are.
     Raw(Vec<u32>),
+    /// Such values, made once the round's threshold is known.
+    Deferred {
+        dimension: usize,
+        make: DeferredInput,
+    },
 }
 
 /// How a refusal of a secure round starts its message.
@@ -208,6 +246,7 @@ async fn secure_stages(
     let dimension = match &input {
         SecureInput::Update { input, .. } => tessera_secagg::masked_dimension(input.len()),
         SecureInput::Raw(values) => values.len(),
+        SecureInput::Deferred { dimension, .. } => *dimension,
     };
     let refuse = |why: String| {
         tracing::error!(round, %why, "secure aggregation: this site refuses the round");
@@ -232,6 +271,7 @@ async fn secure_stages(
     let (signer, verifier) = identity
         .for_round(&p.participants, &p.sites, &p.certificates)
         .map_err(refuse)?;
+    let threshold = params.threshold;
     let ring = match key_ring.take() {
         Some(ring) => ring,
         None => tessera_secagg::KeyRing::new(random32()?, random32()?),
@@ -282,6 +322,7 @@ async fn secure_stages(
         let masked = match input {
             SecureInput::Update { input, metadata } => me.masked_update(&mine, &input, &metadata),
             SecureInput::Raw(values) => me.masked_values(&mine, values),
+            SecureInput::Deferred { make, .. } => me.masked_values(&mine, make(threshold)),
         }
         .map_err(|e| bad(&e.to_string()))?;
         // Fault injection: a site that goes quiet after sharing its keys.
