@@ -181,7 +181,14 @@ fn an_exact_deployed_query_equals_simulation_and_an_unlisted_analyst_is_refused(
             .all(|e| e["kind"].as_str() != Some("analytics")),
         "an unprotected release has no ledger row"
     );
-    assert_eq!(status.audited("analytics", "refused"), 1, "mallory");
+    assert_eq!(
+        status.audit_count(|a| a.action == "analytics"
+            && a.outcome == "refused"
+            && a.site == "mallory"
+            && a.detail.contains("not among")),
+        1,
+        "mallory"
+    );
     assert_eq!(status.audited("analytics", "rejected"), 1, "a forged claim");
 }
 
