@@ -161,7 +161,7 @@ mod tests {
     fn a_site_refuses_a_query_its_plan_does_not_allow() {
         let plan = Plan::from_toml(
             "name = \"q\"\n[data]\nsite_column = \"site\"\n[data.synthetic]\nsites = 3\nrows = \
-             50\nfeatures = 2\nclasses = 2\n[data.schema]\ntarget = \"y\"\n[model]\nkind = \
+             50\nfeatures = 2\nclasses = 2\nalpha = 0.5\nbeta = 0.5\nseed = 7\n[data.schema]\ntarget = \"y\"\n[model]\nkind = \
              \"logistic\"\n[analytics]\nserve_seconds = 60\n[analytics.bounds]\nx0 = [-8.0, \
              8.0]\n",
             "test",
