@@ -99,6 +99,16 @@
 //! and its evaluation unless the plan says `site_metrics = "clear"`); under
 //! `"dp"` only noised sums of metrics are stored.
 //!
+//! # Analytics queries
+//!
+//! With `[analytics] serve_seconds` the sites stay connected after the last
+//! round (`state/analytics.rs`): an analyst listed in `[analytics]
+//! analysts`, authenticated as a site is, asks through the `Analytics`
+//! service (`analytics_service.rs`); the query and the run's budgets are
+//! checked before any site sees it, the sites mask their noised
+//! contributions in secure round `release | ANALYTICS_ROUND`, and the
+//! answer and its ledger rows are stored before the analyst gets them.
+//!
 //! # Trust boundary
 //!
 //! Nothing a participant reports is used before it is checked against what

@@ -52,6 +52,7 @@ fn kind(f: &mut Federation, site: usize) -> &'static str {
         TaskView::Fit { .. } => "fit",
         TaskView::Evaluate { .. } => "evaluate",
         TaskView::Finished => "finished",
+        TaskView::Analyze { .. } => "analyze",
     }
 }
 

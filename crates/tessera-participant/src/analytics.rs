@@ -12,6 +12,10 @@
 //! rows, adds its noise share `N(0, sigma² / (t - 1))` for the round's
 //! threshold `t` from a key of its own operating system's randomness, and
 //! masks the result in the query's secure round (`client::secure_answer`).
+//! It also keeps its own ledger of the answers it masked and refuses a
+//! query past the plan's `[privacy]` budgets by that count, so that a
+//! coordinator whose ledger lies cannot ask without end (training's
+//! releases are only in the coordinator's ledger).
 //! A refused query is withdrawn from with the reason, which the coordinator
 //! records and tells the analyst; this site's log says it too.
 
@@ -27,10 +31,18 @@ use tonic::transport::Channel;
 use crate::client::{self, Failure};
 use crate::{ParticipantError, Ready};
 
-/// What a site answers queries from: the agreed schema and its own rows.
+/// What a site answers queries from: the agreed schema and its own rows,
+/// and the answers it has given this run.
 pub(crate) struct SiteAnalytics {
     schema: Arc<Schema>,
     records: Arc<SiteTable>,
+    /// This site's own count of the answers it masked (their DP events
+    /// against the plan's `[privacy]` budgets): a coordinator that asks
+    /// past the budget is refused here too, whatever its ledger says.
+    /// Training's releases are not in it (the coordinator's ledger has
+    /// them), so it is a lower bound of the run's spend; it lives as long
+    /// as this process.
+    ledger: tessera_privacy::Ledger,
 }
 
 /// The site's records and the agreed schema, when its plan keeps sites
@@ -51,6 +63,7 @@ pub(crate) fn of_site(
     Ok(Some(SiteAnalytics {
         schema: Arc::new(schema),
         records: Arc::new(records),
+        ledger: plan.privacy.ledger(),
     }))
 }
 
@@ -90,6 +103,19 @@ pub(crate) async fn answer(
             "this site's plan keeps no sites for queries ([analytics] serve_seconds = 0)".into(),
         ),
         (Some(task), Some(mine)) => check_query(&state.plan, &mine.schema, &task.query)
+            .and_then(|p| match p.event {
+                Some(event) => mine
+                    .ledger
+                    .check(
+                        &format!("query {release}, by this site's own count of its answers"),
+                        &[event],
+                        &[],
+                        &[site.to_string()],
+                    )
+                    .map(|()| p)
+                    .map_err(|e| e.to_string()),
+                None => Ok(p),
+            })
             .map(|p| (p, Arc::clone(&mine.schema), Arc::clone(&mine.records))),
     };
     let (prepared, schema, records) = match checked {
@@ -122,6 +148,16 @@ pub(crate) async fn answer(
             "cannot draw a secret noise key: {e}"
         )))
     })?;
+    // Charged here before anything is masked: an input sent may be summed.
+    if let (Some(event), Some(mine)) = (prepared.event, state.analytics.as_mut())
+        && let Err(e) = mine
+            .ledger
+            .record_central(release, event, &[site.to_string()])
+    {
+        return Err(Failure::Fatal(ParticipantError::Local(format!(
+            "this site's count of its answers: {e}"
+        ))));
+    }
     let dimension = prepared.layout.len() * tessera_analytics::secure::LIMBS;
     let make: client::DeferredInput = Box::new(move |threshold| {
         tessera_analytics::secure::limbs(&site_vector(&prepared, &schema, &records, threshold, key))
