@@ -194,6 +194,7 @@ fn task_header() -> pb::TaskHeader {
         instructions: Some(pb::Instructions {
             kind: Some(pb::instructions::Kind::Proximal(pb::Proximal { mu: 0.01 })),
         }),
+        analytics: None,
     }
 }
 
