@@ -54,6 +54,10 @@ pub struct AnalyticsConfig {
     /// Agreed bounds of numeric columns, `name = [low, high]`.
     #[serde(default)]
     pub bounds: BTreeMap<String, [f64; 2]>,
+    /// Secure joins between deployed sites (`[[analytics.joins]]`, see
+    /// [`crate::join`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joins: Vec<crate::join::JoinSpec>,
 }
 
 fn yes() -> bool {
@@ -92,6 +96,7 @@ impl Default for AnalyticsConfig {
             quantile_depth: default_depth(),
             sketch_cells: default_cells(),
             bounds: BTreeMap::new(),
+            joins: Vec::new(),
         }
     }
 }

@@ -59,6 +59,7 @@
 mod config;
 pub mod estimate;
 mod filter;
+pub mod join;
 pub mod layout;
 pub mod query;
 mod run;
@@ -69,6 +70,7 @@ use thiserror::Error;
 
 pub use config::AnalyticsConfig;
 pub use estimate::{GroupAnswer, Statistic, estimate};
+pub use join::{JoinReveal, JoinSpec, join_problems};
 pub use layout::{Layout, compile, contribute};
 pub use query::{Query, parse};
 pub use run::{

@@ -28,6 +28,7 @@ mod counting;
 mod evaluation;
 mod external;
 mod fatal;
+mod joins;
 mod lifecycle;
 mod relay;
 mod report;
@@ -208,6 +209,8 @@ pub struct Federation {
     clock: Arc<dyn Clock>,
     /// Each site's last call, who left, what the run waits for.
     watch: waiting::Watch,
+    /// The messages of the plan's secure joins in flight.
+    joins: joins::JoinRelay,
 }
 
 /// The longest audit detail kept, in bytes (a longer one is cut and its
@@ -379,6 +382,7 @@ impl Federation {
             controls_seen: 0,
             clock: Arc::new(SystemClock),
             watch: waiting::Watch::default(),
+            joins: joins::JoinRelay::default(),
         };
         federation.started = federation.now();
         federation.resume()?;

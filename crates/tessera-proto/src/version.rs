@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 10;
+pub const MINOR: u32 = 11;
 
 /// What this build can do.
 ///
@@ -46,6 +46,9 @@ pub const MINOR: u32 = 10;
 ///   agrees with one `ExternalOffer` (its row counts and initial
 ///   parameters) instead of kinds, levels and statistics (a 1.10
 ///   coordinator requires it for a plan whose model is external).
+/// - `join-relay` (1.11): the coordinator relays the signed messages of a
+///   plan's secure joins between the sites (`PostJoinMessage`,
+///   `PollJoinMessages`).
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -69,6 +72,7 @@ pub const CAPABILITIES: &[&str] = &[
     "gossip-rejoin",
     "site-evaluations",
     "external-learners",
+    "join-relay",
 ];
 
 /// The strategies older peers can follow without the `instructions`
