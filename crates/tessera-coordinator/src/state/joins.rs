@@ -181,7 +181,7 @@ impl Federation {
                 tessera_proto::shown(&post.kind, 32)
             )));
         }
-        if post.to == site || !spec.sites.iter().any(|s| *s == post.to) {
+        if post.to == site || !spec.sites.contains(&post.to) {
             return Err(Refusal::Invalid(format!(
                 "join '{}': '{}' is not another site of the join ({})",
                 spec.name,
