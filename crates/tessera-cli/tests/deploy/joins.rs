@@ -404,3 +404,101 @@ fn a_site_without_consent_refuses_the_join_and_says_why() {
     );
     assert!(!status.rounds().is_empty(), "training went on");
 }
+
+/// A rogue site against the relay: a join the plan does not list, a
+/// message to itself or of an unknown kind, an envelope over the bound,
+/// more messages than a mailbox holds, a report with a count above the
+/// join's bound. Each is refused with its reason and audited; the relay
+/// keeps at most its bound, and without TLS its audit says the messages
+/// are unsigned.
+#[test]
+fn the_relay_refuses_what_a_rogue_site_posts_and_stays_bounded() {
+    if util::skip_e2e("the_relay_refuses_what_a_rogue_site_posts_and_stays_bounded") {
+        return;
+    }
+    use tessera_proto::pb;
+    use tessera_proto::pb::federation_client::FederationClient;
+
+    let s = Scratch::new("deploy-joins-rogue");
+    let plan = s.write("joins.toml", &plan_text());
+    let db = s.path("c.sqlite");
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &db, 0, &[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let post = |join: &str, to: &str, kind: &str, envelope: Vec<u8>| pb::JoinPost {
+        site: "north".into(),
+        join: join.into(),
+        to: to.into(),
+        kind: kind.into(),
+        envelope,
+        report: None,
+    };
+    let (refusals, relayed, polled) = runtime.block_on(async {
+        let mut client = FederationClient::connect(url.clone())
+            .await
+            .unwrap()
+            .max_encoding_message_size(32 << 20);
+        client.join(crate::hello("north")).await.unwrap();
+        let mut refusals = Vec::new();
+        for bad in [
+            post("no-such-join", "south", "hello", vec![1]),
+            post("shared-stays", "north", "hello", vec![1]),
+            post("shared-stays", "south", "bogus", vec![1]),
+            post("shared-stays", "south", "query", vec![0; (15 << 20) + 1]),
+        ] {
+            let status = client.post_join_message(bad).await.unwrap_err();
+            refusals.push(status.message().to_string());
+        }
+        let mut relayed = 0;
+        for _ in 0..40 {
+            if client
+                .post_join_message(post("shared-stays", "south", "hello", vec![7; 32]))
+                .await
+                .is_ok()
+            {
+                relayed += 1;
+            }
+        }
+        let lying = pb::JoinPost {
+            report: Some(pb::JoinReport {
+                status: "done".into(),
+                count: 1_000_000,
+                ..Default::default()
+            }),
+            ..post("shared-stays", "", "report", Vec::new())
+        };
+        let status = client.post_join_message(lying).await.unwrap_err();
+        refusals.push(status.message().to_string());
+        // North reads nothing (all went to south); a stranger reads nothing.
+        let polled = client
+            .poll_join_messages(pb::JoinPollRequest {
+                site: "north".into(),
+                join: "shared-stays".into(),
+                next: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(polled.insecure);
+        (refusals, relayed, polled.messages.len())
+    });
+    assert!(refusals[0].contains("lists no such join"), "{refusals:?}");
+    assert!(refusals[1].contains("not another site"), "{refusals:?}");
+    assert!(refusals[2].contains("kind is one of"), "{refusals:?}");
+    assert!(refusals[3].contains("at most"), "{refusals:?}");
+    assert!(refusals[4].contains("max_elements"), "{refusals:?}");
+    assert_eq!(relayed, 32, "a mailbox holds at most 32 messages");
+    assert_eq!(polled, 0);
+    coordinator.kill_9();
+    let audit = status_of(&db).audit();
+    let rejected = audit
+        .iter()
+        .filter(|a| a.action == "join" && a.outcome == "rejected")
+        .count();
+    assert!(rejected >= 5, "{audit:?}");
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.outcome == "relayed" && a.detail.contains("without TLS")),
+        "{audit:?}"
+    );
+}
