@@ -68,6 +68,10 @@ pub struct AnalyticsConfig {
     /// earlier at an analyst's `tessera analyze --coordinator ... --close`.
     #[serde(default)]
     pub serve_seconds: u64,
+    /// Secure joins between deployed sites (`[[analytics.joins]]`, see
+    /// [`crate::join`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joins: Vec<crate::join::JoinSpec>,
 }
 
 /// The longest `serve_seconds`: a week.
@@ -111,6 +115,7 @@ impl Default for AnalyticsConfig {
             bounds: BTreeMap::new(),
             analysts: Vec::new(),
             serve_seconds: 0,
+            joins: Vec::new(),
         }
     }
 }

@@ -60,6 +60,7 @@ mod config;
 pub mod deployed;
 pub mod estimate;
 mod filter;
+pub mod join;
 pub mod layout;
 pub mod query;
 mod run;
@@ -70,6 +71,7 @@ use thiserror::Error;
 
 pub use config::{AnalyticsConfig, MAX_SERVE_SECONDS};
 pub use estimate::{GroupAnswer, Statistic, estimate};
+pub use join::{JoinReveal, JoinSpec, join_problems};
 pub use layout::{Layout, compile, contribute};
 pub use query::{Query, parse};
 pub use run::{

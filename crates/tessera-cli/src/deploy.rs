@@ -120,6 +120,15 @@ pub struct ParticipantArgs {
     /// site's rows alone, and the privacy this site spent; replaced if it exists.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Consent to the plan's secure join NAME (`[[analytics.joins]]`;
+    /// repeat for several): without it this site refuses the join, says why
+    /// to the other site and the coordinator, and trains anyway.
+    #[arg(long, value_name = "NAME")]
+    consent_join: Vec<String>,
+    /// Where each join's result and the transcript of what this site
+    /// received (`join-NAME.json`) are written; default: the working folder.
+    #[arg(long, value_name = "DIR")]
+    join_out: Option<PathBuf>,
 }
 
 /// Arguments of `tessera aggregator`.
@@ -491,6 +500,10 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
                 tessera_core::value(gb)
             ),
             None => None,
+        },
+        joins: tessera_participant::JoinSettings {
+            consent: args.consent_join.clone(),
+            out_dir: args.join_out.as_deref().map(resolved).transpose()?,
         },
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -77,7 +77,7 @@ pub fn privacy(args: &PrivacyArgs) -> anyhow::Result<()> {
             .collect();
         if !unprotected.is_empty() {
             println!(
-                "run {}: {} UNPROTECTED analytics release(s) (the plan's [analytics] dp = false): \
+                "run {}: {} UNPROTECTED analytics release(s) (the plan's [analytics] dp = false, or its secure joins): \
                  analytics release(s) {}; no epsilon bounds what they reveal",
                 run.id,
                 unprotected.len(),

@@ -165,6 +165,18 @@ impl Federation for Server {
     ) -> Result<Response<pb::WithdrawReply>, Status> {
         Err(Status::unimplemented("transfer benchmark"))
     }
+    async fn post_join_message(
+        &self,
+        _: Request<pb::JoinPost>,
+    ) -> Result<Response<pb::JoinPostReply>, Status> {
+        Err(Status::unimplemented("transfer benchmark"))
+    }
+    async fn poll_join_messages(
+        &self,
+        _: Request<pb::JoinPollRequest>,
+    ) -> Result<Response<pb::JoinPollReply>, Status> {
+        Err(Status::unimplemented("transfer benchmark"))
+    }
 }
 
 pub fn run(args: &TransferArgs) -> anyhow::Result<()> {

@@ -1,6 +1,8 @@
 //! The gRPC face of the federation: every call is validated, then handed to
 //! the [`Federation`](crate::Federation)'s own thread ([`Shared`]) and its answer awaited.
 
+mod joins;
+
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -266,6 +268,24 @@ impl FederationService for Service {
     ) -> Result<Response<pb::WithdrawReply>, Status> {
         let peer = self.admit(&request)?;
         let result = self.withdraw_call(request).await;
+        self.settle(peer, result)
+    }
+
+    async fn post_join_message(
+        &self,
+        request: Request<pb::JoinPost>,
+    ) -> Result<Response<pb::JoinPostReply>, Status> {
+        let peer = self.admit(&request)?;
+        let result = self.post_join_message_call(request).await;
+        self.settle(peer, result)
+    }
+
+    async fn poll_join_messages(
+        &self,
+        request: Request<pb::JoinPollRequest>,
+    ) -> Result<Response<pb::JoinPollReply>, Status> {
+        let peer = self.admit(&request)?;
+        let result = self.poll_join_messages_call(request).await;
         self.settle(peer, result)
     }
 }

@@ -29,6 +29,7 @@ mod counting;
 mod evaluation;
 mod external;
 mod fatal;
+mod joins;
 mod lifecycle;
 mod relay;
 mod report;
@@ -216,6 +217,8 @@ pub struct Federation {
     watch: waiting::Watch,
     /// Analysts' queries after the last round (`state/analytics.rs`).
     analytics: analytics::Serving,
+    /// The messages of the plan's secure joins in flight.
+    joins: joins::JoinRelay,
 }
 
 /// The longest audit detail kept, in bytes (a longer one is cut and its
@@ -388,6 +391,7 @@ impl Federation {
             clock: Arc::new(SystemClock),
             watch: waiting::Watch::default(),
             analytics: analytics::Serving::default(),
+            joins: joins::JoinRelay::default(),
         };
         federation.started = federation.now();
         federation.resume()?;

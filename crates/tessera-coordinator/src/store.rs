@@ -205,6 +205,19 @@ pub trait RunStore: Send {
         let _ = (run, view);
         Ok(())
     }
+    /// Records a secure join's result (`answer`, JSON) as an unprotected
+    /// analytics release of the run, described by `query`. A store without
+    /// analytics drops it.
+    fn put_join_result(
+        &self,
+        run: &str,
+        query: &str,
+        answer: &str,
+        at_micros: u64,
+    ) -> Result<(), StoreError> {
+        let _ = (run, query, answer, at_micros);
+        Ok(())
+    }
     /// The run's live view, if one was written.
     fn live_view(&self, run: &str) -> Result<Option<String>, StoreError> {
         let _ = run;

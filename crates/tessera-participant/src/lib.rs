@@ -46,6 +46,7 @@ pub mod cause;
 mod checks;
 pub mod client;
 mod external;
+mod join;
 mod leave;
 pub mod results;
 pub mod supervisor;
@@ -67,6 +68,7 @@ use thiserror::Error;
 pub use checks::plan_differences;
 use checks::plan_paths_within;
 pub use external::{ExternalResults, ExternalSite, run_external};
+pub use join::JoinSettings;
 pub use leave::leave;
 use train::train;
 
@@ -156,6 +158,9 @@ pub struct ParticipantConfig {
     /// machine has available): a plan whose model needs more is refused
     /// after the agreement, before any model is built.
     pub max_memory_bytes: Option<f64>,
+    /// The plan's secure joins this site consents to, and where their
+    /// results go (`join`).
+    pub joins: JoinSettings,
 }
 
 /// What a participant did.
@@ -301,7 +306,11 @@ async fn session(
             None => prepare(config, &mut client, &welcome).await,
         };
         match prepared {
-            Ok(prepared) => *ready = Some(prepared),
+            Ok(prepared) => {
+                // The plan's joins, once per run, before training.
+                join::run_joins(config, &mut client, &welcome, &prepared.plan).await;
+                *ready = Some(prepared);
+            }
             Err(Failure::Fatal(e)) => {
                 // This site cannot take part (its data, its memory, the
                 // plan it refused): it says so, so that no round waits for it.

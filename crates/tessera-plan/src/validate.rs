@@ -215,6 +215,12 @@ impl Plan {
         for problem in self.analytics.problems() {
             push(&["analytics"], problem);
         }
+        let named = self.data.named_sites();
+        for problem in
+            tessera_analytics::join_problems(&self.analytics.joins, &self.data.schema, &named)
+        {
+            push(&["analytics.joins"], problem);
+        }
         if let Err(e) = self.robust.validate() {
             push(&["robust"], format!("robust: {e}"));
         }

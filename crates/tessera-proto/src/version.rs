@@ -50,6 +50,9 @@ pub const MINOR: u32 = 11;
 ///   (`TASK_KIND_ANALYZE`) through a secure round of their own after the
 ///   last training round (a 1.11 coordinator requires it when the plan
 ///   keeps sites for queries, `[analytics] serve_seconds`).
+/// - `join-relay` (1.11): the coordinator relays the signed messages of a
+///   plan's secure joins between the sites (`PostJoinMessage`,
+///   `PollJoinMessages`).
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -74,6 +77,7 @@ pub const CAPABILITIES: &[&str] = &[
     "site-evaluations",
     "external-learners",
     "analytics-queries",
+    "join-relay",
 ];
 
 /// The strategies older peers can follow without the `instructions`

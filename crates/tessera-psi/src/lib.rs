@@ -102,6 +102,7 @@
 
 #![deny(missing_docs)]
 
+pub mod agree;
 mod blind;
 mod elgamal;
 mod error;
@@ -113,6 +114,7 @@ pub mod psi;
 pub mod sum;
 mod wire;
 
+pub use agree::KeyShare;
 pub use error::PsiError;
 pub use group::POINT_BYTES;
 pub use ident::{

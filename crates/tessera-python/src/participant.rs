@@ -87,6 +87,7 @@ pub(crate) fn run_participant<'py>(
         expect_plan,
         share_levels: false,
         max_memory_bytes: None,
+        joins: Default::default(),
     };
     let external = ExternalSite {
         learner: Box::new(PyLearner { bridge }),

@@ -242,6 +242,7 @@ fn deploy(url: &str, plan: &Plan, slow: Duration, lost: u32) -> Vec<Vec<u32>> {
                 expect_plan: Some(plan.clone()),
                 share_levels: false,
                 max_memory_bytes: None,
+                joins: Default::default(),
             };
             let site = ExternalSite {
                 learner,
@@ -375,6 +376,7 @@ fn a_learner_and_a_data_file_each_meet_the_other_plan_with_its_name() {
         expect_plan: None,
         share_levels: false,
         max_memory_bytes: None,
+        joins: Default::default(),
     };
     let site = ExternalSite {
         learner: Box::new(Logistic::new(0, Duration::ZERO)),

@@ -15,6 +15,7 @@ mod compression;
 mod dp;
 mod external;
 mod faults;
+mod joins;
 mod lifecycle;
 mod malformed;
 mod plans;

@@ -469,6 +469,16 @@ impl RunStore for SqliteStore {
         Ok(controls)
     }
 
+    fn put_join_result(
+        &self,
+        run: &str,
+        query: &str,
+        answer: &str,
+        at_micros: u64,
+    ) -> Result<(), StoreError> {
+        self.record_join(run, query, answer, at_micros)
+    }
+
     fn put_live_view(&self, run: &str, view: &str) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO live_views (run_id, view) VALUES (?1, ?2)

@@ -93,6 +93,57 @@ impl SecureIdentity {
     }
 }
 
+/// Secure joins (`crate::join`): the same identity signs and checks the
+/// relayed messages.
+impl SecureIdentity {
+    /// Whether messages are signed (mutual TLS).
+    pub(crate) fn signs(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// This site's certificate (DER; empty without TLS).
+    pub(crate) fn certificate(&self) -> Vec<u8> {
+        self.tls
+            .as_ref()
+            .map(|(signer, _)| signer.certificate().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// The signature of `message` with this site's certificate key (empty
+    /// without TLS).
+    pub(crate) fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
+        match &self.tls {
+            Some((signer, _)) => signer.sign(message).map_err(|e| e.to_string()),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Checks that `certificate` is a valid, unrevoked certificate of the
+    /// federation naming `site`, and that it signed `message`. Without TLS
+    /// there is nothing to check against.
+    pub(crate) fn check_signed(
+        &self,
+        site: &str,
+        certificate: &[u8],
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), String> {
+        let Some((_, files)) = &self.tls else {
+            return Ok(());
+        };
+        if certificate.is_empty() || signature.is_empty() {
+            return Err(format!(
+                "site '{site}''s message is unsigned, and this site runs with mutual TLS"
+            ));
+        }
+        let checker = tessera_tls::SiteCertificates::load(files).map_err(|e| e.to_string())?;
+        checker.check(certificate, site)?;
+        tessera_tls::verify_signature(certificate, message, signature).map_err(|e| {
+            format!("site '{site}''s message does not verify ({e}): altered on the way")
+        })
+    }
+}
+
 /// A round's signer and the checker of the other participants' signatures.
 type RoundIdentity<'a> = (
     Box<dyn tessera_secagg::Signer + 'a>,

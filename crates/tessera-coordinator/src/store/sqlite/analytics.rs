@@ -61,6 +61,37 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Records a secure join's result as the run's next analytics release,
+    /// unprotected (exact: no noise, no epsilon), with no ledger row.
+    pub fn record_join(
+        &self,
+        run: &str,
+        query: &str,
+        answer: &str,
+        at_micros: u64,
+    ) -> Result<(), StoreError> {
+        let last: Option<i64> = self.conn.query_row(
+            "SELECT max(release) FROM analytics_queries WHERE run_id = ?1",
+            params![run],
+            |r| r.get(0),
+        )?;
+        let release = u32::try_from(last.unwrap_or(0).saturating_add(1)).unwrap_or(u32::MAX);
+        self.record_analytics(
+            run,
+            &AnalyticsRow {
+                release,
+                query: query.to_string(),
+                answer: answer.to_string(),
+                protected: false,
+                epsilon: 0.0,
+                delta: 0.0,
+                noise_std: 0.0,
+                recorded_micros: at_micros,
+            },
+            &[],
+        )
+    }
+
     /// The run's answered queries, in release order (none in a database
     /// written before the table existed).
     pub fn analytics(&self, run: &str) -> Result<Vec<AnalyticsRow>, StoreError> {
