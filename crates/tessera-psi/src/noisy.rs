@@ -54,7 +54,19 @@
 //! blindings) and learn about it from several answers, at the cost of the
 //! entries it drops; one patient could then count up to `|S|` times. A
 //! proof of a correct shuffle would close this; none is provided. A
-//! malicious S can answer anything (its answers are its data). The noise
+//! malicious S can answer anything (its answers are its data), and it can
+//! choose its set: offering only guessed identifiers, the exact match count
+//! tells it whether R holds them. The intersection size is the one thing
+//! here *not* under differential privacy (it is a count over R's patients,
+//! exact, at S); where that matters, a fix that keeps the shape: S also
+//! sends `Y = beta G`, and R, which knows the discrete logarithm `r` of each
+//! dummy point, adds `r Y` (a point S cannot tell from a real match) to the
+//! reblinded list for a number of dummies drawn from a truncated discrete
+//! Laplace distribution, so that S sees `|R ∩ S|` plus DP noise (R drops
+//! those answers). Not implemented. Every computation of the feature is a
+//! new release of S's data: R averaging answers over runs is what the
+//! ledger charges for, so a deployment must charge each run (or keep the
+//! answers). The noise
 //! is Box–Muller in `f64` from a SHA-256 counter stream keyed with S's
 //! secret; like `tessera-privacy`'s sampler it does not claim to close the
 //! floating-point side channel (Mironov 2012).

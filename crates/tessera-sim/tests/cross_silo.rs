@@ -152,6 +152,14 @@ fn load(
     Ok((plan, data, report))
 }
 
+/// The refusal of a plan that should not load.
+fn refused(text: &str, patients: usize, why: &str) -> DataError {
+    match load(text, patients) {
+        Ok(_) => panic!("loaded, though {why}"),
+        Err(e) => e,
+    }
+}
+
 /// The exact feature of every row: visits at the other hospitals, each
 /// counted up to `cap`, from the generated rows themselves.
 fn exact(patients: usize, cap: u32) -> Vec<Vec<f64>> {
@@ -294,13 +302,13 @@ fn the_noise_matches_the_charge_and_every_answering_site_pays() {
 fn a_participant_budget_refuses_the_feature_before_it_runs() {
     let mut text = plan_text(Some("epsilon = 2.0\n"));
     text.push_str("\n[privacy.participant_budgets]\nhospital_b = 1.5\n");
-    let err = load(&text, 200).err().expect("over hospital_b's budget");
+    let err = refused(&text, 200, "over hospital_b's budget");
     let msg = err.to_string();
     assert!(msg.contains("hospital_b") && msg.contains("1.5"), "{msg}");
     // Central DP whose rounds fill the run's budget leaves no room either.
     let mut text = plan_text(Some("epsilon = 1.0\n"));
     text.push_str("\n[privacy]\nmode = \"central\"\nepsilon = 3.0\nbudget = 3.0\n");
-    let err = load(&text, 200).err().expect("over the run's budget");
+    let err = refused(&text, 200, "over the run's budget");
     assert!(err.to_string().contains("budget"), "{err}");
 }
 
@@ -320,9 +328,8 @@ fn plain_loading_and_bad_settings_are_refused() {
         assert!(err.to_string().contains(word), "{extra}: {err}");
     }
     // A feature named like a column of the files is refused when read.
-    let err = load(&plan_text(Some("epsilon = 1.0\nfeature = \"age\"\n")), 50)
-        .err()
-        .expect("age is a column");
+    let age = plan_text(Some("epsilon = 1.0\nfeature = \"age\"\n"));
+    let err = refused(&age, 50, "age is a column");
     assert!(err.to_string().contains("'age'"), "{err}");
 }
 
