@@ -148,7 +148,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     check_outputs(&args, &plan, &base_dir, &report_path, &plot_path)?;
 
     let data_started = Instant::now();
-    let data = tessera_data::load(&plan.data, &base_dir, source.as_ref())?;
+    let (data, cross_silo) = tessera_sim::load_data(&plan, &base_dir, source.as_ref())?;
     let data_seconds = data_started.elapsed().as_secs_f64();
     let n_train: usize = data.summary.iter().map(|s| s.n_train).sum();
     let n_test: usize = data.summary.iter().map(|s| s.n_test).sum();
@@ -273,13 +273,20 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     report.timing.total_seconds = started.elapsed().as_secs_f64();
     report.timing.peak_rss_bytes = peak_rss_bytes();
 
-    write_report(&report, &report_path)?;
+    write_report(&report, cross_silo.as_ref(), &report_path)?;
     if let Some(path) = &args.model_out {
         crate::model::write(path, &crate::model::of_simulation(&plan, &data, &report)?)?;
     }
     write_plot(&report, &plot_path)?;
     if !quiet {
         print_summary(&report);
+        if let Some(c) = &cross_silo {
+            println!(
+                "cross-silo feature '{}' from '{}': each site spent epsilon {} at delta {} \
+                 (noise multiplier {:.4}, noise sd {:.3} on a row's feature; simulation, not a release)",
+                c.feature, c.identifier, c.epsilon, c.delta, c.noise_multiplier, c.feature_noise
+            );
+        }
         crate::logging::say(
             tracing::Level::INFO,
             &format!(
@@ -443,12 +450,33 @@ fn check_outputs(
     paths::check_outputs(&outputs, &inputs)
 }
 
-fn write_report(report: &RunReport, path: &Path) -> anyhow::Result<()> {
+/// Writes the report; with `[data.cross_silo]`, its cost under the key
+/// `cross_silo`.
+fn write_report(
+    report: &RunReport,
+    cross_silo: Option<&tessera_sim::CrossSiloReport>,
+    path: &Path,
+) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create the folder", dir.display()))?;
     }
-    let text = serde_json::to_string_pretty(report).context("cannot encode the report")?;
+    let text = match cross_silo {
+        None => serde_json::to_string_pretty(report),
+        Some(c) => {
+            #[derive(serde::Serialize)]
+            struct WithCrossSilo<'a> {
+                #[serde(flatten)]
+                report: &'a RunReport,
+                cross_silo: &'a tessera_sim::CrossSiloReport,
+            }
+            serde_json::to_string_pretty(&WithCrossSilo {
+                report,
+                cross_silo: c,
+            })
+        }
+    }
+    .context("cannot encode the report")?;
     std::fs::write(path, text + "\n")
         .with_context(|| format!("{}: cannot write the report", path.display()))
 }
@@ -494,6 +522,7 @@ fn ad_hoc_plan(args: &SimulateArgs, data: &Path) -> anyhow::Result<Plan> {
             split: Default::default(),
             standardize: Default::default(),
             synthetic: None,
+            cross_silo: None,
         },
         model,
         ..Plan::default()

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::DataError;
 
+mod cross_silo;
+pub use cross_silo::{CrossSiloConfig, MAX_VISITS};
+
 /// Where the data is and how to read it.
 ///
 /// Either `path` + `site_column` (one file, a column names each row's site),
@@ -41,6 +44,10 @@ pub struct DataConfig {
     /// `site_column = "site"`; a `path`, if given, only names them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synthetic: Option<SyntheticConfig>,
+    /// A feature computed across sites from an identifier column under
+    /// differential privacy (`[data.cross_silo]`; simulation only for now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_silo: Option<CrossSiloConfig>,
 }
 
 /// Li et al.'s Synthetic(alpha, beta) rows, generated where a plan is run
@@ -360,6 +367,11 @@ impl DataConfig {
             synthetic
                 .validate(self)
                 .map_err(|e| DataError::Config(format!("synthetic: {e}")))?;
+        }
+        if let Some(cross_silo) = &self.cross_silo {
+            cross_silo
+                .validate(self)
+                .map_err(|e| DataError::Config(format!("cross_silo: {e}")))?;
         }
         match (&self.path, self.sites.is_empty()) {
             (None, true) if self.synthetic.is_some() => {}

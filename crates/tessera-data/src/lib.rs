@@ -22,6 +22,12 @@
 //! what a site would share for federation-scope scaling and for the pooled
 //! baseline. `synth` generates FedProx's Synthetic(α, β).
 //!
+//! `[data.cross_silo]` ([`CrossSiloConfig`]): [`load_cross_silo`] takes each
+//! site's identifier column out before any agreement step and puts a
+//! feature computed across sites in its place (the caller runs the
+//! protocol; `tessera-sim` runs `tessera-psi`'s noisy membership); every
+//! other path refuses such a plan.
+//!
 //! `FileSource` is the only way bytes come in (`Filesystem`, data bundled in
 //! the binary, `InMemory` in tests). Data and membership files are refused at
 //! a line longer than 16 MiB.
@@ -37,17 +43,18 @@ pub mod synth;
 mod table;
 
 pub use config::{
-    ColumnKind, ColumnSpec, DataConfig, MembershipFile, MissingPolicy, PartitionConfig, ScaleScope,
-    SchemaConfig, SiteFile, SplitConfig, StandardizeConfig, SyntheticConfig,
+    ColumnKind, ColumnSpec, CrossSiloConfig, DataConfig, MembershipFile, MissingPolicy,
+    PartitionConfig, ScaleScope, SchemaConfig, SiteFile, SplitConfig, StandardizeConfig,
+    SyntheticConfig,
 };
 pub use dataset::{Dataset, FeatureStatistics, FederatedData, Scaler, SiteData, SiteSummary, Task};
 pub use error::{DataError, Location};
 pub use levels::{agree_levels, canonical_level, level_order};
 pub use prepare::{
-    Agreement, ColumnKinds, Encoding, FederatedRecords, KindsOffer, LevelsOffer, LocalSite,
-    MAX_DECLARED_ROWS, MAX_DECLARED_SITES, MISSING_LEVEL, RecordColumn, SiteRecords, agree_kinds,
-    agree_vocabulary, declared_rows, load, load_records, read_local_site, read_local_sites,
-    records_schema,
+    Agreement, ColumnKinds, DeriveFeature, Encoding, FederatedRecords, KindsOffer, LevelsOffer,
+    LocalSite, MAX_DECLARED_ROWS, MAX_DECLARED_SITES, MISSING_LEVEL, RecordColumn, SiteIdentifiers,
+    SiteRecords, agree_kinds, agree_vocabulary, declared_rows, load, load_cross_silo, load_records,
+    read_local_site, read_local_sites, records_schema,
 };
 pub use read::{FileSource, Filesystem, InMemory};
 pub use table::{MAX_TABLE_ROWS, Table, read_table};

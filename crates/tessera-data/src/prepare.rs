@@ -21,6 +21,7 @@ use crate::dataset::{FederatedData, Scaler};
 use crate::read::FileSource;
 
 mod agreement;
+mod derived;
 mod encode;
 mod membership;
 mod records;
@@ -30,6 +31,7 @@ pub use agreement::{
     Agreement, ColumnKinds, Encoding, KindsOffer, LevelsOffer, MAX_DECLARED_ROWS,
     MAX_DECLARED_SITES, agree_kinds, agree_vocabulary, declared_rows,
 };
+pub use derived::{DeriveFeature, SiteIdentifiers};
 pub use records::{
     FederatedRecords, MISSING_LEVEL, RecordColumn, SiteRecords, load_records, records_schema,
 };
@@ -98,7 +100,21 @@ pub fn load(
     base_dir: &Path,
     source: &dyn FileSource,
 ) -> Result<FederatedData, DataError> {
-    with_agreed_sites(config, base_dir, source, prepare_sites)
+    with_agreed_sites(config, base_dir, source, None, prepare_sites)
+}
+
+/// [`load`] for a plan with `[data.cross_silo]`: each site's identifier
+/// column is taken out before any agreement step (it never becomes a
+/// feature) and `derive` computes the feature from every site's
+/// identifiers; the feature joins the layout as a numeric column, last.
+/// Without `[data.cross_silo]` this is [`load`].
+pub fn load_cross_silo(
+    config: &DataConfig,
+    base_dir: &Path,
+    source: &dyn FileSource,
+    derive: &mut DeriveFeature<'_>,
+) -> Result<FederatedData, DataError> {
+    with_agreed_sites(config, base_dir, source, Some(derive), prepare_sites)
 }
 
 /// Reads every site's rows as `config` describes (generated first, with
@@ -109,6 +125,7 @@ pub(crate) fn with_agreed_sites<T>(
     config: &DataConfig,
     base_dir: &Path,
     source: &dyn FileSource,
+    derive: Option<&mut DeriveFeature<'_>>,
     then: impl FnOnce(&DataConfig, Vec<LocalSite>, Agreement) -> Result<T, DataError>,
 ) -> Result<T, DataError> {
     config.validate()?;
@@ -117,7 +134,7 @@ pub(crate) fn with_agreed_sites<T>(
         Some((named, generated)) => (named, generated as &dyn FileSource),
         None => (config, source),
     };
-    let mut sites = read_local_sites(config, base_dir, source)?;
+    let mut sites = site::read_local_sites_with(config, base_dir, source, derive)?;
     if sites.is_empty() {
         return Err(DataError::Unusable("no site has any rows".into()));
     }

@@ -11,7 +11,8 @@ mod fields;
 mod partition;
 mod source;
 
-use columns::{Builder, FeatureColumn, FeatureKind};
+use columns::Builder;
+pub(crate) use columns::{FeatureColumn, FeatureKind};
 use fields::{FieldMap, resolve_fields};
 use partition::read_partitioned;
 

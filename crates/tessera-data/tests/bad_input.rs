@@ -21,6 +21,7 @@ fn one_file(target: &str) -> DataConfig {
         split: Default::default(),
         standardize: Default::default(),
         synthetic: None,
+        cross_silo: None,
     }
 }
 

@@ -43,6 +43,7 @@ fn config(path: &str, alpha: f64) -> DataConfig {
         split: Default::default(),
         standardize: Default::default(),
         synthetic: None,
+        cross_silo: None,
     }
 }
 

@@ -19,6 +19,7 @@ fn config(synthetic: Option<SyntheticConfig>) -> DataConfig {
         split: Default::default(),
         standardize: Default::default(),
         synthetic,
+        cross_silo: None,
     }
 }
 

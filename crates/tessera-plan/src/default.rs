@@ -37,6 +37,7 @@ impl Default for Plan {
                     beta: 0.5,
                     seed: 1,
                 }),
+                cross_silo: None,
             },
             model: ModelConfig::of_kind(ModelKind::Softmax),
             training: TrainingConfig::default(),

@@ -164,6 +164,7 @@ pub fn no_data() -> DataConfig {
         split: Default::default(),
         standardize: Default::default(),
         synthetic: None,
+        cross_silo: None,
     }
 }
 

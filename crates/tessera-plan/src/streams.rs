@@ -31,3 +31,7 @@ pub const TOPOLOGY: u64 = 12;
 /// Simulation only: the key of the noise on evaluation metrics
 /// (`site_metrics = "dp"`; deployment draws it from the operating system).
 pub const METRICS_NOISE: u64 = 13;
+/// Simulation only: the cross-silo feature's matching key and each site's
+/// secrets in its noisy-membership runs (`[data.cross_silo]`; a deployed
+/// site would draw them from the operating system).
+pub const CROSS_SILO: u64 = 14;

@@ -23,7 +23,8 @@ pub struct LedgerEntry {
     /// The release: a round number.
     pub release: u32,
     /// `central` (DP-FedAvg on the round's aggregate, every participant's
-    /// data behind it) or `local` (one participant's DP-SGD).
+    /// data behind it), `local` (one participant's DP-SGD) or another
+    /// release of one participant's data (`cross_silo`).
     pub kind: String,
     /// For local events, whose.
     pub participant: Option<String>,
@@ -269,16 +270,36 @@ impl Ledger {
         participant: &str,
         event: DpEvent,
     ) -> Result<&LedgerEntry, PrivacyError> {
+        self.record_participant(
+            release,
+            "local",
+            &format!("round {release} at '{participant}'"),
+            participant,
+            event,
+        )
+    }
+
+    /// Records a release of one participant's data of another `kind` than
+    /// DP-SGD (for example `cross_silo`: the noisy answers of a cross-silo
+    /// feature) after checking it; `what` names it in a refusal.
+    pub fn record_participant(
+        &mut self,
+        release: u32,
+        kind: &str,
+        what: &str,
+        participant: &str,
+        event: DpEvent,
+    ) -> Result<&LedgerEntry, PrivacyError> {
         let owned = participant.to_string();
         self.spend = self.checked(
-            &format!("round {release} at '{participant}'"),
+            what,
             &[],
             &[(owned.clone(), event)],
             std::slice::from_ref(&owned),
         )?;
         self.entries.push(LedgerEntry {
             release,
-            kind: "local".into(),
+            kind: kind.into(),
             participant: Some(owned),
             event,
             run_epsilon: self.run_epsilon(),

@@ -99,6 +99,15 @@
 //! ristretto255: A learns `|A ∩ B|` and the sum (hence the mean) of B's
 //! values over the intersection; B learns `|A|`. The module documents the
 //! choice of scheme, the bounds and the adversary.
+//!
+//! # Noisy membership ([`noisy`])
+//!
+//! For cross-silo features under differential privacy: a receiving site
+//! learns, for each of its identifiers, whether another site holds it plus
+//! Gaussian noise that site draws from its own secret (never the exact
+//! bit); the holding site learns only the intersection size and the
+//! padded query length. The module states the threat model and the DP
+//! accounting (sensitivity 1 per patient of the holding site).
 
 #![deny(missing_docs)]
 
@@ -110,6 +119,7 @@ pub mod gcs;
 mod group;
 pub mod ident;
 pub mod multi;
+pub mod noisy;
 pub mod psi;
 pub mod sum;
 mod wire;
@@ -124,6 +134,10 @@ pub use ident::{
 #[doc(hidden)]
 pub use multi::intersect_sites_seeded_for_tests;
 pub use multi::{MultiOutput, intersect_sites};
+pub use noisy::{
+    MembershipOffer, MembershipQuery, NoisyAnswers, NoisyConfig, NoisyReceiver, NoisySender,
+    Reblinded, SenderView, occurrence_token,
+};
 pub use psi::{
     Mode, PsiConfig, Query, Receiver, ReceiverOutput, Response, Reveal, Sender, SenderOutput,
 };

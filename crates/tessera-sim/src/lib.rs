@@ -26,6 +26,11 @@
 //! its own rows, `tessera_engine::ExternalLearner`), the layout learned from
 //! the first site's parameters.
 //!
+//! `load_data(plan, base_dir, source)` reads the plan's data; with
+//! `[data.cross_silo]` (`cross_silo.rs`) it runs `tessera-psi`'s noisy
+//! membership between every ordered pair of sites in process, charges each
+//! answering site's ledger first, and adds the feature to every site's rows.
+//!
 //! `Attack` makes chosen sites malicious (sign flip, scaling, Gaussian noise,
 //! label flip). `secure.rs` plays each cohort's members of a SecAgg+ round in
 //! process against the orchestrator's `secure::SecureRound`, the
@@ -54,6 +59,7 @@
 mod asynchronous;
 mod attack;
 mod baselines;
+mod cross_silo;
 mod external;
 mod gossip;
 mod hierarchy;
@@ -63,6 +69,7 @@ mod secure;
 
 pub use attack::{Attack, AttackKind};
 pub use baselines::run_baselines;
+pub use cross_silo::{CrossSiloReport, load_data};
 pub use external::simulate_with_learners;
 pub use profile::Profile;
 pub use run::{SimError, SimOptions, initial_model, simulate, simulation_noise_key};

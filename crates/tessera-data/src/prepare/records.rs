@@ -122,9 +122,13 @@ pub fn load_records(
     base_dir: &Path,
     source: &dyn FileSource,
 ) -> Result<FederatedRecords, DataError> {
-    super::with_agreed_sites(config, base_dir, source, |config, sites, agreement| {
-        records_of(config, &sites, &agreement)
-    })
+    super::with_agreed_sites(
+        config,
+        base_dir,
+        source,
+        None,
+        |config, sites, agreement| records_of(config, &sites, &agreement),
+    )
 }
 
 /// The agreed sites' kept rows as records.

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::agreement::{Agreement, ColumnKinds, KindsOffer, LevelsOffer};
+use super::derived::{DeriveFeature, derive_column, unsupported};
 use super::encode::{encode_site, present_levels};
 use super::membership::{
     Membership, MembershipTable, membership_from_table, random_split, read_membership,
@@ -25,15 +26,33 @@ pub struct LocalSite {
 }
 
 /// Reads every site's rows as `config` describes (simulation).
+/// Refused with `[data.cross_silo]`, whose feature needs the sites to
+/// compute it together ([`crate::load_cross_silo`]).
 pub fn read_local_sites(
     config: &DataConfig,
     base_dir: &Path,
     source: &dyn FileSource,
 ) -> Result<Vec<LocalSite>, DataError> {
+    read_local_sites_with(config, base_dir, source, None)
+}
+
+/// [`read_local_sites`], with `[data.cross_silo]`'s identifier column
+/// replaced by the feature `derive` computes.
+pub(super) fn read_local_sites_with(
+    config: &DataConfig,
+    base_dir: &Path,
+    source: &dyn FileSource,
+    derive: Option<&mut DeriveFeature<'_>>,
+) -> Result<Vec<LocalSite>, DataError> {
     config.validate()?;
     let table = membership_table(config, base_dir, source)?;
-    read_sites(config, base_dir, source)?
-        .into_iter()
+    let mut raws = read_sites(config, base_dir, source)?;
+    match derive {
+        Some(derive) => derive_column(config, &mut raws, derive)?,
+        None if config.cross_silo.is_some() => return Err(unsupported()),
+        None => {}
+    }
+    raws.into_iter()
         .map(|raw| LocalSite::new(config, raw, table.as_ref()))
         .collect()
 }
@@ -50,6 +69,9 @@ pub fn read_local_site(
     source: &dyn FileSource,
 ) -> Result<LocalSite, DataError> {
     config.validate()?;
+    if config.cross_silo.is_some() {
+        return Err(unsupported());
+    }
     if config.synthetic.is_some() {
         if let Some(path) = path {
             return Err(DataError::Config(format!(

@@ -68,6 +68,8 @@ pub(super) struct CategoricalBuilder {
     codes: Vec<u32>,
     levels: Vec<String>,
     index: HashMap<String, u32>,
+    /// Keeps the text as read (identifiers), without reading numbers as numbers.
+    raw: bool,
 }
 
 impl CategoricalBuilder {
@@ -102,6 +104,10 @@ impl Builder {
     pub(super) fn new(kind: FeatureKind) -> Self {
         match kind {
             FeatureKind::Categorical => Builder::Categorical(CategoricalBuilder::default()),
+            FeatureKind::Identifier => Builder::Categorical(CategoricalBuilder {
+                raw: true,
+                ..CategoricalBuilder::default()
+            }),
             FeatureKind::Numeric => Builder::Numeric {
                 values: Vec::new(),
                 declared: true,
@@ -146,6 +152,7 @@ impl Builder {
                             codes,
                             levels,
                             index,
+                            raw: false,
                         };
                         builder.push_level(&canonical_level(text));
                         *self = Builder::Categorical(builder);
@@ -154,6 +161,7 @@ impl Builder {
             },
             Builder::Categorical(builder) => match token {
                 None => builder.codes.push(MISSING_CODE),
+                Some(text) if builder.raw => builder.push_level(text),
                 Some(text) => builder.push_level(&canonical_level(text)),
             },
         }
@@ -174,6 +182,9 @@ pub(crate) enum FeatureKind {
     Numeric,
     Categorical,
     Infer,
+    /// `[data.cross_silo]`'s identifier: text as read, taken out before
+    /// the agreement (never a feature).
+    Identifier,
 }
 
 /// A feature column of the federation's layout.

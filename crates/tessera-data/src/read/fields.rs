@@ -60,7 +60,11 @@ pub(super) fn resolve_fields(
             format!("column '{}' appears twice", dup.1),
         ));
     }
+    let identifier = config.cross_silo.as_ref().map(|c| c.identifier.as_str());
     let kind_of = |name: &str| -> Option<FeatureKind> {
+        if identifier == Some(name) {
+            return Some(FeatureKind::Identifier);
+        }
         match schema
             .columns
             .iter()
