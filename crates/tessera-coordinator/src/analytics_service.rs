@@ -55,6 +55,12 @@ impl Analytics for AnalyticsService {
                 tessera_proto::MAX_SITE_NAME
             )));
         }
+        if self.callers.is_insecure() {
+            return Err(Status::permission_denied(
+                "deployed analytics queries need mutual TLS (tessera coordinator --tls DIR): \
+                 without it anyone could claim an analyst's name, and the sites refuse to answer",
+            ));
+        }
         let certs = request.peer_certs();
         if let Err(reason) = self
             .callers

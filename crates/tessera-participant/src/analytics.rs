@@ -102,8 +102,19 @@ pub(crate) async fn answer(
         (Some(_), None) => Err(
             "this site's plan keeps no sites for queries ([analytics] serve_seconds = 0)".into(),
         ),
+        (Some(_), Some(_)) if !state.identity.signs() => Err(
+            "this site answers queries only under mutual TLS: without certificates the \
+             coordinator could invent the round's other participants and unmask this site's \
+             vector with a fraction of its noise"
+                .into(),
+        ),
         (Some(task), Some(mine)) => check_query(&state.plan, &mine.schema, &task.query)
             .and_then(|p| match p.event {
+                Some(_) if mine.ledger.budgets().run.is_none() => Err(
+                    "the plan sets no [privacy] budget: nothing would bound how often a query \
+                     is repeated to average its noise away"
+                        .into(),
+                ),
                 Some(event) => mine
                     .ledger
                     .check(
@@ -198,7 +209,7 @@ mod tests {
         let plan = Plan::from_toml(
             "name = \"q\"\n[data]\nsite_column = \"site\"\n[data.synthetic]\nsites = 3\nrows = \
              50\nfeatures = 2\nclasses = 2\nalpha = 0.5\nbeta = 0.5\nseed = 7\n[data.schema]\ntarget = \"y\"\n[model]\nkind = \
-             \"logistic\"\n[analytics]\nserve_seconds = 60\n[analytics.bounds]\nx0 = [-8.0, \
+             \"logistic\"\n[privacy]\nbudget = 5.0\n[analytics]\nserve_seconds = 60\n[analytics.bounds]\nx0 = [-8.0, \
              8.0]\n",
             "test",
         )

@@ -18,6 +18,10 @@ fn verdict(conflicts: Vec<Conflict>) -> Result<(), PlanError> {
     }
 }
 
+/// The most rounds a plan may have: round numbers at 2^30 and above mark
+/// secure aggregation's analytics and evaluation rounds.
+const MAX_ROUNDS: u32 = 1_000_000;
+
 impl FederationConfig {
     /// Every problem of `[federation]` on its own; empty when it is sound.
     pub fn check(&self) -> Vec<Conflict> {
@@ -26,6 +30,17 @@ impl FederationConfig {
             out.push(Conflict::new(
                 &["federation.rounds"],
                 "federation.rounds must be at least 1",
+            ));
+        }
+        if self.rounds > MAX_ROUNDS {
+            out.push(Conflict::new(
+                &["federation.rounds"],
+                format!(
+                    "federation.rounds is {}, more than {MAX_ROUNDS}: higher round numbers are \
+                     reserved (secure aggregation marks evaluation and analytics rounds with high \
+                     bits)",
+                    self.rounds
+                ),
             ));
         }
         if !(self.fraction > 0.0 && self.fraction <= 1.0) {
@@ -214,6 +229,18 @@ impl Plan {
         }
         for problem in self.analytics.problems() {
             push(&["analytics"], problem);
+        }
+        if self.analytics.serve_seconds > 0
+            && self.analytics.dp
+            && self.privacy.budgets().run.is_none()
+        {
+            push(
+                &["analytics.serve_seconds", "privacy.budget"],
+                "[analytics] serve_seconds keeps the sites for DP queries, but [privacy] sets no \
+                 budget: nothing would bound how often a query is repeated to average its noise \
+                 away; set [privacy] budget (or epsilon)"
+                    .into(),
+            );
         }
         let named = self.data.named_sites();
         for problem in

@@ -53,3 +53,41 @@ fn bad_analytics_settings_are_refused_naming_their_key() {
         .to_string();
     assert!(error.contains("epsilom"), "{error}");
 }
+
+/// An adversary who may ask the deployed federation as often as it likes
+/// averages the noise away: a plan that keeps the sites for DP queries
+/// must bound them with a budget, and rounds stay below the reserved round
+/// numbers of analytics and evaluation.
+#[test]
+fn serving_dp_queries_needs_a_budget_and_rounds_stay_below_the_reserved_numbers() {
+    let serving = "[analytics]\nserve_seconds = 60\nanalysts = [\"alice\"]\n";
+    let refused = Plan::from_toml(&format!("{BASE}{serving}"), "plan.toml")
+        .and_then(|p| p.validate().map(|()| p));
+    let error = match refused {
+        Ok(_) => panic!("a plan serving DP queries without a budget was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        error.contains("[privacy]") && error.contains("average"),
+        "{error}"
+    );
+    let budgeted = Plan::from_toml(
+        &format!("{BASE}[privacy]\nbudget = 3.0\n{serving}"),
+        "plan.toml",
+    )
+    .unwrap();
+    budgeted.validate().unwrap();
+    let unprotected =
+        Plan::from_toml(&format!("{BASE}{serving}dp = false\n"), "plan.toml").unwrap();
+    unprotected.validate().unwrap();
+    let many = Plan::from_toml(
+        &format!("[federation]\nrounds = 1073741824\n{BASE}"),
+        "plan.toml",
+    )
+    .and_then(|p| p.validate().map(|()| p));
+    let error = match many {
+        Ok(_) => panic!("2^30 rounds were accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains("federation.rounds"), "{error}");
+}

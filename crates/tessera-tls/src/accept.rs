@@ -215,6 +215,11 @@ impl Callers {
         }
     }
 
+    /// Whether this is the explicit insecure mode (no caller is checked).
+    pub fn is_insecure(&self) -> bool {
+        self.files.is_none()
+    }
+
     /// Callers checked against `files` (the server's own folder).
     pub fn new(files: TlsFiles) -> Self {
         Self {

@@ -258,3 +258,35 @@ fn a_deployed_dp_query_is_charged_and_one_past_the_budget_is_refused_before_disp
             == 1
     );
 }
+
+/// Without mutual TLS anyone could claim a listed analyst's name: a
+/// coordinator running in the insecure mode refuses every deployed query,
+/// saying why, and no site is asked.
+#[test]
+fn an_insecure_coordinator_refuses_deployed_queries() {
+    if util::skip_e2e("an_insecure_coordinator_refuses_deployed_queries") {
+        return;
+    }
+    let s = Scratch::new("deploy-analytics-insecure");
+    let text = heart_text(&s, 1);
+    let plan = s.write(
+        "analytics.toml",
+        &format!("{text}\n[analytics]\ndp = false\nanalysts = [\"alice\"]\nserve_seconds = 60\n"),
+    );
+    let db = s.path("c.sqlite");
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &db, 0, &[]);
+    let refused = s
+        .run(&[
+            "analyze",
+            "--coordinator",
+            &url,
+            "--insecure",
+            "--analyst",
+            "alice",
+            "--query",
+            QUERY,
+        ])
+        .fails();
+    assert!(refused.contains("mutual TLS"), "{refused}");
+    coordinator.kill_9();
+}
