@@ -12,7 +12,7 @@
 //! value_bounds = [0, 365]      # values are clamped here (never from the data)
 //! decimals = 2                 # fixed point: value resolution 10^-decimals
 //! max_elements = 100000        # the most identifiers either site may bring
-//! min_elements = 10            # the fewest: a smaller set is refused
+//! min_elements = 10            # the fewest: a smaller set is refused, a smaller intersection releases nothing
 //! ```
 //!
 //! A join runs only between deployed sites that the plan lists and that
@@ -70,7 +70,8 @@ pub struct JoinSpec {
     /// The most identifiers a site may bring.
     #[serde(default = "default_max_elements")]
     pub max_elements: usize,
-    /// The fewest identifiers a site may bring.
+    /// The fewest identifiers a site may bring, and the fewest shared ones
+    /// for a result to be released (fewer: the sites release nothing).
     #[serde(default = "default_min_elements")]
     pub min_elements: usize,
 }

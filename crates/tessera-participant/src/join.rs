@@ -104,9 +104,13 @@ pub(crate) async fn run_joins(
         }
     };
     if !identity.signs() {
-        tracing::warn!(
-            "joins run without TLS: their messages are unsigned, and the coordinator could alter them undetected"
+        // Unsigned, the key agreement could be answered by the coordinator
+        // itself, which would then match its guesses against this site's
+        // identifiers: a join runs only between certified sites.
+        tracing::error!(
+            "joins refused: without TLS their messages are unsigned, and the coordinator could stand in for the other site and test identifiers against this site's (run the participant with --tls)"
         );
+        return;
     }
     for spec in mine {
         let file = one_join(config, client, welcome, plan, spec, &identity).await;
@@ -329,6 +333,14 @@ async fn run_protocol(
         return Err(failed(format!(
             "site '{}' found {peer_count} shared identifiers, this site {count}: refusing the result",
             relay.peer
+        )));
+    }
+    // Too few shared identifiers would make the means those of a handful
+    // of patients: nothing is released (neither the count nor the means).
+    if count < spec.min_elements as u64 {
+        return Err(failed(format!(
+            "fewer than min_elements = {} identifiers are shared: no result is released",
+            spec.min_elements
         )));
     }
     // Bound what the other site says: a sum of this site's own values over

@@ -47,6 +47,10 @@ fn write_site(
 }
 
 fn plan_text() -> String {
+    plan_text_min(10)
+}
+
+fn plan_text_min(min_elements: usize) -> String {
     r#"name = "joins"
 seed = 7
 
@@ -89,9 +93,9 @@ value = "los"
 value_bounds = [0, 100]
 decimals = 2
 max_elements = 1000
-min_elements = 10
+min_elements = MIN
 "#
-    .to_string()
+    .replace("MIN", &min_elements.to_string())
 }
 
 fn decode_hex(hex: &str) -> Vec<u8> {
@@ -125,6 +129,10 @@ struct Federation {
 }
 
 fn federation(name: &str, south_consents: bool) -> Federation {
+    federation_min(name, south_consents, 10)
+}
+
+fn federation_min(name: &str, south_consents: bool, min_elements: usize) -> Federation {
     let s = Scratch::new(name);
     let ca = |args: &[&str]| {
         let mut all = vec!["ca", "--dir", "ca"];
@@ -139,7 +147,7 @@ fn federation(name: &str, south_consents: bool) -> Federation {
         write_site(&s, "north.csv", NORTH, 0),
         write_site(&s, "south.csv", SOUTH, 1),
     ];
-    let plan = s.write("joins.toml", &plan_text());
+    let plan = s.write("joins.toml", &plan_text_min(min_elements));
     let tls = s.path("ca/coordinator");
     let (coordinator, url) = coordinator(
         &s.dir,
@@ -358,6 +366,37 @@ fn two_deployed_sites_learn_the_count_and_means_over_shared_patients_and_nothing
             "the answer holds {value}"
         );
     }
+}
+
+/// A curious site that brings few of its own identifiers besides the ones
+/// it targets would learn the other site's values from a small
+/// intersection: with fewer shared identifiers than `min_elements` (here 20
+/// shared, 25 required) neither site records a count or a mean, nothing is
+/// reported to the coordinator, and training goes on.
+#[test]
+fn an_intersection_below_min_elements_releases_nothing() {
+    if util::skip_e2e("an_intersection_below_min_elements_releases_nothing") {
+        return;
+    }
+    let mut f = federation_min("deploy-joins-small", true, 25);
+    finish(&mut f);
+    for (me, log) in [("north", f.north.log()), ("south", f.south.log())] {
+        let file = join_file(&f.s.dir, me);
+        assert!(file["count"].is_null(), "{me}: {file}");
+        assert_ne!(file["status"], "done", "{me}: {file}");
+        let means = file["means"].as_object().map_or(0, |m| m.len());
+        assert_eq!(means, 0, "{me}: {file}");
+        assert!(log.contains("min_elements"), "{me}: {log}");
+    }
+    let db = f.s.path("c.sqlite");
+    let status = status_of(&db);
+    let store = tessera_coordinator::store::SqliteStore::open_existing(&db).unwrap();
+    let run = status.0["run"]["id"].as_str().unwrap().to_string();
+    assert!(
+        store.analytics(&run).unwrap().is_empty(),
+        "nothing recorded"
+    );
+    assert!(!status.rounds().is_empty(), "training went on");
 }
 
 /// A site that did not consent refuses the join: it says why at the site
