@@ -242,7 +242,19 @@ impl Plan {
                     .into(),
             );
         }
-        let named = self.data.named_sites();
+        // Only where there are joins, and never for an absurd number of
+        // generated sites (which `[data]`'s own check refuses): naming them
+        // would allocate a string for each.
+        let within = self
+            .data
+            .synthetic
+            .as_ref()
+            .is_none_or(|s| s.sites as u64 <= tessera_data::MAX_DECLARED_SITES);
+        let named = if self.analytics.joins.is_empty() || !within {
+            Vec::new()
+        } else {
+            self.data.named_sites()
+        };
         for problem in
             tessera_analytics::join_problems(&self.analytics.joins, &self.data.schema, &named)
         {
