@@ -129,6 +129,33 @@ pub struct ParticipantArgs {
     /// received (`join-NAME.json`) are written; default: the working folder.
     #[arg(long, value_name = "DIR")]
     join_out: Option<PathBuf>,
+    /// This site's own privacy ledger (JSON): every release of its data
+    /// (training rounds under DP, analytics answers), per plan, across runs
+    /// and restarts, checked against the plan's [privacy] budgets before
+    /// each, so that a coordinator whose ledger lies or is lost cannot ask
+    /// past them; one process at a time keeps it. Default:
+    /// tessera-ledger-SITE.json in the working folder.
+    #[arg(long, value_name = "FILE")]
+    ledger: Option<PathBuf>,
+}
+
+/// `--ledger`, or `tessera-ledger-SITE.json` (the site's name with
+/// anything but letters, digits, `.`, `-` and `_` replaced by `_`).
+fn ledger_path(args: &ParticipantArgs) -> PathBuf {
+    args.ledger.clone().unwrap_or_else(|| {
+        let safe: String = args
+            .site
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        PathBuf::from(format!("tessera-ledger-{safe}.json"))
+    })
 }
 
 /// Arguments of `tessera aggregator`.
@@ -505,6 +532,7 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
             consent: args.consent_join.clone(),
             out_dir: args.join_out.as_deref().map(resolved).transpose()?,
         },
+        ledger: Some(resolved(&ledger_path(args))?),
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let (summary, results) = runtime.block_on(async {

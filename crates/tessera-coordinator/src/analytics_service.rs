@@ -11,6 +11,7 @@ use tessera_proto::pb;
 use tessera_proto::pb::analytics_server::Analytics;
 use tonic::{Request, Response, Status};
 
+use crate::service::{ConnectionLimits, REFUSED_CALLS_PER_SECOND, is_refusal};
 use crate::shared::Shared;
 use crate::state::Refusal;
 
@@ -21,12 +22,18 @@ const ANSWER_WAIT: Duration = Duration::from_secs(600);
 pub struct AnalyticsService {
     shared: Arc<Shared>,
     callers: Arc<tessera_tls::Callers>,
+    /// Refused calls per connection, limited as the federation service's.
+    connections: ConnectionLimits,
 }
 
 impl AnalyticsService {
     /// A service over `shared`, its callers checked by `callers`.
     pub fn new(shared: Arc<Shared>, callers: Arc<tessera_tls::Callers>) -> Self {
-        Self { shared, callers }
+        Self {
+            shared,
+            callers,
+            connections: ConnectionLimits::default(),
+        }
     }
 }
 
@@ -42,6 +49,34 @@ fn refused(refusal: Refusal) -> Status {
 #[tonic::async_trait]
 impl Analytics for AnalyticsService {
     async fn query(
+        &self,
+        request: Request<pb::AnalyticsRequest>,
+    ) -> Result<Response<pb::AnalyticsReply>, Status> {
+        // A caller whose calls keep being refused (an unlisted analyst, a
+        // query past the budget, again and again) is turned away unread
+        // beyond a rate, before anything is checked or audited.
+        let peer = request.remote_addr();
+        if let Some(peer) = peer
+            && !self.connections.allows(peer)
+        {
+            metrics::counter!(crate::telemetry::names::THROTTLED).increment(1);
+            return Err(Status::resource_exhausted(format!(
+                "more than {REFUSED_CALLS_PER_SECOND} refused calls a second on this \
+                 connection: its calls are turned away until the rate falls"
+            )));
+        }
+        let result = self.answer(request).await;
+        if let (Some(peer), Err(status)) = (peer, &result)
+            && is_refusal(status.code())
+        {
+            self.connections.refused(peer);
+        }
+        result
+    }
+}
+
+impl AnalyticsService {
+    async fn answer(
         &self,
         request: Request<pb::AnalyticsRequest>,
     ) -> Result<Response<pb::AnalyticsReply>, Status> {

@@ -51,13 +51,13 @@ const MAX_TRACKED_CONNECTIONS: usize = 10_000;
 /// A token bucket of refused calls per connection (remote address and
 /// port): bounded in memory by [`MAX_TRACKED_CONNECTIONS`].
 #[derive(Default)]
-struct ConnectionLimits {
+pub(crate) struct ConnectionLimits {
     buckets: Mutex<std::collections::HashMap<std::net::SocketAddr, TokenBucket>>,
 }
 
 impl ConnectionLimits {
     /// Whether `peer` may make a call now.
-    fn allows(&self, peer: std::net::SocketAddr) -> bool {
+    pub(crate) fn allows(&self, peer: std::net::SocketAddr) -> bool {
         let buckets = self
             .buckets
             .lock()
@@ -68,7 +68,7 @@ impl ConnectionLimits {
     }
 
     /// Counts a refused call of `peer`.
-    fn refused(&self, peer: std::net::SocketAddr) {
+    pub(crate) fn refused(&self, peer: std::net::SocketAddr) {
         let now = std::time::Instant::now();
         let mut buckets = self
             .buckets
@@ -174,7 +174,7 @@ impl Service {
 
 /// Whether a call that ended with `code` was refused for what it said (not
 /// cut off by the network, a timeout or the coordinator stopping).
-fn is_refusal(code: tonic::Code) -> bool {
+pub(crate) fn is_refusal(code: tonic::Code) -> bool {
     use tonic::Code;
     matches!(
         code,

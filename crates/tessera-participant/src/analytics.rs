@@ -12,10 +12,12 @@
 //! rows, adds its noise share `N(0, sigma² / (t - 1))` for the round's
 //! threshold `t` from a key of its own operating system's randomness, and
 //! masks the result in the query's secure round (`client::secure_answer`).
-//! It also keeps its own ledger of the answers it masked and refuses a
-//! query past the plan's `[privacy]` budgets by that count, so that a
-//! coordinator whose ledger lies cannot ask without end (training's
-//! releases are only in the coordinator's ledger).
+//! Each answer is checked against, and written to, this site's own ledger
+//! (`crate::ledger`: its training and its answers under the plan, across
+//! runs and restarts) before it is masked, so that a coordinator whose
+//! ledger lies, or is lost, or starts a new run of the plan cannot ask
+//! past the plan's `[privacy]` budgets, and a release number is answered
+//! once.
 //! A refused query is withdrawn from with the reason, which the coordinator
 //! records and tells the analyst; this site's log says it too.
 
@@ -36,13 +38,6 @@ use crate::{ParticipantError, Ready};
 pub(crate) struct SiteAnalytics {
     schema: Arc<Schema>,
     records: Arc<SiteTable>,
-    /// This site's own count of the answers it masked (their DP events
-    /// against the plan's `[privacy]` budgets): a coordinator that asks
-    /// past the budget is refused here too, whatever its ledger says.
-    /// Training's releases are not in it (the coordinator's ledger has
-    /// them), so it is a lower bound of the run's spend; it lives as long
-    /// as this process.
-    ledger: tessera_privacy::Ledger,
 }
 
 /// The site's records and the agreed schema, when its plan keeps sites
@@ -63,7 +58,6 @@ pub(crate) fn of_site(
     Ok(Some(SiteAnalytics {
         schema: Arc::new(schema),
         records: Arc::new(records),
-        ledger: plan.privacy.ledger(),
     }))
 }
 
@@ -110,22 +104,15 @@ pub(crate) async fn answer(
         ),
         (Some(task), Some(mine)) => check_query(&state.plan, &mine.schema, &task.query)
             .and_then(|p| match p.event {
-                Some(_) if mine.ledger.budgets().run.is_none() => Err(
+                Some(_) if state.plan.privacy.ledger().budgets().run.is_none() => Err(
                     "the plan sets no [privacy] budget: nothing would bound how often a query \
                      is repeated to average its noise away"
                         .into(),
                 ),
-                Some(event) => mine
-                    .ledger
-                    .check(
-                        &format!("query {release}, by this site's own count of its answers"),
-                        &[event],
-                        &[],
-                        &[site.to_string()],
-                    )
-                    .map(|()| p)
-                    .map_err(|e| e.to_string()),
-                None => Ok(p),
+                event => state
+                    .site_ledger
+                    .check_query(release, &task.query, event)
+                    .map(|_| p),
             })
             .map(|p| (p, Arc::clone(&mine.schema), Arc::clone(&mine.records))),
     };
@@ -159,14 +146,15 @@ pub(crate) async fn answer(
             "cannot draw a secret noise key: {e}"
         )))
     })?;
-    // Charged here before anything is masked: an input sent may be summed.
-    if let (Some(event), Some(mine)) = (prepared.event, state.analytics.as_mut())
-        && let Err(e) = mine
-            .ledger
-            .record_central(release, event, &[site.to_string()])
+    // Charged here, on disk, before anything is masked: an input sent may
+    // be summed.
+    let text = header.analytics.as_ref().map_or("", |t| t.query.as_str());
+    if let Err(e) = state
+        .site_ledger
+        .record_query(release, text, prepared.event)
     {
         return Err(Failure::Fatal(ParticipantError::Local(format!(
-            "this site's count of its answers: {e}"
+            "this site's privacy ledger: {e}"
         ))));
     }
     let dimension = prepared.layout.len() * tessera_analytics::secure::LIMBS;

@@ -193,7 +193,7 @@ pub(crate) async fn prepare(
         key,
     )
     .map_err(|e| plan_refused(e.to_string()))?;
-    crate::check_local_budget(&plan, &config.site, &site, train_rows)?;
+    crate::ledger::check_local_budget(&plan, &config.site, &site, train_rows)?;
     let no_rows = Agreement {
         columns: Vec::new(),
         encodings: Vec::new(),

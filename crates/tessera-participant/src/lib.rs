@@ -48,6 +48,7 @@ pub mod client;
 mod external;
 mod join;
 mod leave;
+mod ledger;
 pub mod results;
 pub mod supervisor;
 mod train;
@@ -161,6 +162,10 @@ pub struct ParticipantConfig {
     /// The plan's secure joins this site consents to, and where their
     /// results go (`join`).
     pub joins: JoinSettings,
+    /// This site's own privacy ledger (`ledger`): its releases per plan,
+    /// across runs and restarts, checked against the plan's budgets before
+    /// each (`None`: kept in memory for the process only).
+    pub ledger: Option<PathBuf>,
 }
 
 /// What a participant did.
@@ -208,6 +213,8 @@ pub(crate) struct Ready {
     /// Its rows and the agreed schema, when the plan keeps sites for
     /// analytics queries after training.
     analytics: Option<analytics::SiteAnalytics>,
+    /// This site's own count of the releases of its data (`ledger`).
+    site_ledger: ledger::SiteLedger,
 }
 
 enum SessionEnd {
@@ -251,6 +258,11 @@ async fn take_part(
             ))
         })?;
     }
+    // This site's ledger is kept by one process at a time, held to the end.
+    let _ledger_lock = match &config.ledger {
+        Some(path) => Some(ledger::lock(path).map_err(ParticipantError::Local)?),
+        None => None,
+    };
     let endpoint = client::endpoint(
         &config.coordinator,
         config.tls.as_ref(),
@@ -532,6 +544,13 @@ impl Ready {
         (train, test): (Dataset, Dataset),
         takeaway: results::Takeaway,
     ) -> Result<Self, Failure> {
+        let site_ledger = ledger::SiteLedger::open(
+            config.ledger.as_deref(),
+            &config.site,
+            &plan,
+            &welcome.run_id,
+        )
+        .map_err(|e| Failure::Fatal(ParticipantError::Local(e)))?;
         Ok(Self {
             run_id: welcome.run_id.clone(),
             site: Some(site),
@@ -558,6 +577,7 @@ impl Ready {
             held: None,
             takeaway,
             analytics: None,
+            site_ledger,
         })
     }
 }
@@ -752,7 +772,7 @@ async fn prepare(
             .map_err(|e| local_error(format!("cannot draw a secret noise key: {e}")))?;
         Ok::<_, Failure>(key)
     })?;
-    check_local_budget(&plan, &config.site, &site, data.train.n_rows())?;
+    ledger::check_local_budget(&plan, &config.site, &site, data.train.n_rows())?;
     let takeaway = results::Takeaway::new(&plan, agreement.clone(), data.scaler.clone());
     let mut ready = Ready::new(
         config,
@@ -764,33 +784,4 @@ async fn prepare(
     )?;
     ready.analytics = site_analytics;
     Ok(ready)
-}
-
-/// With local DP, training that would exceed this site's budget over the
-/// plan's rounds (on `train_rows` rows) is refused up front.
-pub(crate) fn check_local_budget(
-    plan: &Plan,
-    site_name: &str,
-    site: &Site,
-    train_rows: usize,
-) -> Result<(), Failure> {
-    if plan.privacy.mode != tessera_privacy::PrivacyMode::Local {
-        return Ok(());
-    }
-    let local_error = |e: String| Failure::Fatal(ParticipantError::Local(e));
-    if let Some(event) = site
-        .local_dp_event(train_rows)
-        .map_err(|e| local_error(e.to_string()))?
-    {
-        plan.privacy
-            .ledger()
-            .check_local_run(plan.federation.rounds, &[(site_name.to_string(), event)])
-            .map_err(|e| local_error(e.to_string()))?;
-        tracing::info!(
-            noise_multiplier = event.noise_multiplier,
-            sampling_rate = event.sampling_rate,
-            "local DP-SGD"
-        );
-    }
-    Ok(())
 }

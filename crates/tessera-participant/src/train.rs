@@ -52,6 +52,25 @@ pub(crate) async fn train(
         }
     };
     if update.is_ok() {
+        // Counted on this site's own disk before the update leaves; past a
+        // budget by that count, this site stops, saying why.
+        if let Err(why) = state
+            .site_ledger
+            .record_training(round, site.last_dp_event())
+        {
+            state.site = Some(site);
+            tracing::error!(round, %why, "this site's privacy ledger refuses the round's update");
+            let reason = format!("this site's privacy ledger refuses round {round}: {why}");
+            if state.withdraw {
+                let shown = tessera_proto::shown(&reason, tessera_proto::MAX_WITHDRAW_REASON);
+                if let Err(status) =
+                    client::withdraw(client, &config.site, round, &shown, true).await
+                {
+                    tracing::warn!(%status, "could not tell the coordinator");
+                }
+            }
+            return Err(Failure::Fatal(ParticipantError::Local(reason)));
+        }
         state
             .takeaway
             .trained(&config.site, round, site.last_dp_event());

@@ -88,6 +88,7 @@ pub(crate) fn run_participant<'py>(
         share_levels: false,
         max_memory_bytes: None,
         joins: Default::default(),
+        ledger: None,
     };
     let external = ExternalSite {
         learner: Box::new(PyLearner { bridge }),

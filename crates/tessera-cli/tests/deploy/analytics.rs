@@ -33,11 +33,21 @@ fn serve(s: &Scratch, analytics: &str) -> (Proc, Vec<Proc>, PathBuf, PathBuf, St
         &format!("{text}\n[secure_aggregation]\nenabled = true\n\n{analytics}\n"),
     );
     let db = s.path("c.sqlite");
+    let (coordinator, sites, url) = federation(s, &plan, &db);
+    (coordinator, sites, plan, db, url)
+}
+
+/// The coordinator of `plan` on database `db` and the four sites.
+fn federation(
+    s: &Scratch,
+    plan: &std::path::Path,
+    db: &std::path::Path,
+) -> (Proc, Vec<Proc>, String) {
     let coordinator_tls = s.path("ca/coordinator");
     let (coordinator, url) = coordinator(
         &s.dir,
-        &plan,
-        &db,
+        plan,
+        db,
         0,
         &["--tls", coordinator_tls.to_str().unwrap()],
     );
@@ -59,7 +69,7 @@ fn serve(s: &Scratch, analytics: &str) -> (Proc, Vec<Proc>, PathBuf, PathBuf, St
             )
         })
         .collect();
-    (coordinator, sites, plan, db, url)
+    (coordinator, sites, url)
 }
 
 /// `tessera analyze --coordinator` as `analyst` (its certificate's folder).
@@ -288,5 +298,88 @@ fn an_insecure_coordinator_refuses_deployed_queries() {
         ])
         .fails();
     assert!(refused.contains("mutual TLS"), "{refused}");
+    // One connection refused again and again: past its burst, its calls
+    // are turned away unread (as the federation service's are).
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let codes = runtime.block_on(async {
+        use tessera_proto::pb;
+        let mut client = pb::analytics_client::AnalyticsClient::connect(url.clone())
+            .await
+            .unwrap();
+        let mut codes = Vec::new();
+        for _ in 0..60 {
+            let request = pb::AnalyticsRequest {
+                analyst: "alice".into(),
+                query: QUERY.into(),
+                ..Default::default()
+            };
+            codes.push(client.query(request).await.unwrap_err().code());
+        }
+        codes
+    });
+    let turned_away = codes
+        .iter()
+        .filter(|c| **c == tonic::Code::ResourceExhausted)
+        .count();
+    assert!(
+        codes[..20]
+            .iter()
+            .all(|c| *c == tonic::Code::PermissionDenied)
+            && turned_away > 0,
+        "{codes:?}"
+    );
     coordinator.kill_9();
+}
+
+/// The attack on the budget: a coordinator that lost its database (or
+/// starts a new run of the same plan) has an empty ledger and would let
+/// the analyst ask again. Each site's own ledger (`--ledger`, by default
+/// in its working folder) still counts the first answer: every site
+/// refuses the query naming its ledger, and nothing is answered.
+#[test]
+fn a_coordinator_that_lost_its_ledger_cannot_make_the_sites_answer_past_the_budget() {
+    if util::skip_e2e(
+        "a_coordinator_that_lost_its_ledger_cannot_make_the_sites_answer_past_the_budget",
+    ) {
+        return;
+    }
+    let s = Scratch::new("deploy-analytics-site-ledger");
+    let (mut coordinator, mut sites, plan, _db, url) = serve(
+        &s,
+        "[privacy]\nbudget = 1.2\ndelta = 1e-6\n\n[analytics]\nepsilon = 1.0\ndelta = 1e-6\n\
+         min_group = 5\nanalysts = [\"alice\"]\nserve_seconds = 300\n",
+    );
+    let out = ask_when_served(&s, &url, &["--query", QUERY]).ok();
+    assert!(out.contains("epsilon 1 at delta 1e-6"), "{out}");
+    close(&s, &url, &mut coordinator, &mut sites);
+    for site in HEART_SITES {
+        let ledger = s.json(&format!("tessera-ledger-{site}.json"));
+        let entries = ledger["plans"]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()["entries"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(entries.len(), 1, "{site}: {ledger}");
+        assert_eq!(entries[0]["kind"], "analytics");
+    }
+
+    // A fresh database: the coordinator's ledger is empty, so it asks.
+    let (mut coordinator, mut sites, url) = federation(&s, &plan, &s.path("fresh.sqlite"));
+    let refused = ask_when_served(&s, &url, &["--query", QUERY]).fails();
+    assert!(
+        refused.contains("this site's own ledger") && refused.contains("budget"),
+        "the sites refuse by their own ledgers: {refused}"
+    );
+    for p in &sites {
+        assert!(
+            p.log().contains("this site refuses the analytics query"),
+            "{}",
+            p.log()
+        );
+    }
+    close(&s, &url, &mut coordinator, &mut sites);
 }

@@ -243,6 +243,7 @@ fn deploy(url: &str, plan: &Plan, slow: Duration, lost: u32) -> Vec<Vec<u32>> {
                 share_levels: false,
                 max_memory_bytes: None,
                 joins: Default::default(),
+                ledger: None,
             };
             let site = ExternalSite {
                 learner,
@@ -377,6 +378,7 @@ fn a_learner_and_a_data_file_each_meet_the_other_plan_with_its_name() {
         share_levels: false,
         max_memory_bytes: None,
         joins: Default::default(),
+        ledger: None,
     };
     let site = ExternalSite {
         learner: Box::new(Logistic::new(0, Duration::ZERO)),

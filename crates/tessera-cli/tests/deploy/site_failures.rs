@@ -193,7 +193,19 @@ fn a_second_live_process_of_a_site_is_refused() {
     wait_until(LIMIT, "round 1 closed", || {
         poll(&db, |s| usize::from(s.round_closed(1))) == 1
     });
-    let mut second = participant(&s.dir, &url, "va", &[]);
+    // In the same folder, the second process is refused at the site: the
+    // site's privacy ledger is kept by one process at a time.
+    let mut same_folder = participant(&s.dir, &url, "va", &[]);
+    assert!(!same_folder.wait(LIMIT).success());
+    assert!(
+        same_folder
+            .log()
+            .contains("in use by another participant process"),
+        "{}",
+        same_folder.log()
+    );
+    // With a ledger of its own, it reaches the coordinator, which refuses it.
+    let mut second = participant(&s.dir, &url, "va", &["--ledger", "second.json"]);
     wait_until(LIMIT, "the second process refused", || {
         second
             .log()

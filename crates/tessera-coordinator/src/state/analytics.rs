@@ -53,6 +53,10 @@ pub(super) struct Serving {
     open: Option<OpenQuery>,
     /// Answers (or why there is none) by release, until collected.
     outcomes: BTreeMap<u32, Result<pb::AnalyticsReply, String>>,
+    /// The last release number sent to the sites, answered or not: a
+    /// number is never given to two queries (the sites refuse a number
+    /// they answered with another query).
+    last_release: u32,
 }
 
 struct OpenQuery {
@@ -333,6 +337,7 @@ impl Federation {
         );
         tracing::info!(release, %analyst, sites = cohort.len(), "analytics query sent");
         self.audit(analyst, "analytics", "dispatched", &detail);
+        self.analytics.last_release = release;
         self.analytics.open = Some(OpenQuery {
             release,
             text: text.to_string(),
@@ -373,7 +378,7 @@ impl Federation {
             .max()
             .unwrap_or(0);
         let kept = self.analytics.outcomes.keys().max().copied().unwrap_or(0);
-        let release = stored.max(kept) + 1;
+        let release = stored.max(kept).max(self.analytics.last_release) + 1;
         if release >= ANALYTICS_ROUND {
             return Err(Refusal::Invalid("the run has answered 2^30 queries".into()));
         }

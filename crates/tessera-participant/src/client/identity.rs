@@ -53,6 +53,7 @@ impl SecureIdentity {
         participants: &[u32],
         sites: &[String],
         certificates: &[Vec<u8>],
+        plan_sites: &[String],
     ) -> Result<RoundIdentity<'_>, String> {
         let Some((signer, files)) = &self.tls else {
             return Ok((
@@ -76,6 +77,14 @@ impl SecureIdentity {
         for ((id, site), der) in participants.iter().zip(sites).zip(certificates) {
             if !names.insert(site.as_str()) {
                 return Err(format!("site '{site}' is named twice in the cohort"));
+            }
+            // A certificate of the federation CA is not enough where the
+            // plan names its sites: whoever runs the CA could mint others
+            // and fill a cohort with them.
+            if !plan_sites.is_empty() && !plan_sites.iter().any(|s| s == site) {
+                return Err(format!(
+                    "site '{site}' of the cohort is not one of the plan's sites"
+                ));
             }
             if der.is_empty() {
                 return Err(format!(
@@ -171,5 +180,63 @@ impl tessera_secagg::Verifier for CertDirectory {
             .get(&who)
             .ok_or_else(|| format!("participant {who} has no certificate in this round"))?;
         tessera_tls::verify_signature(der, message, signature)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Whoever runs the federation CA can mint a certificate for any name:
+    /// where the plan names its sites, a cohort holding a valid certificate
+    /// of another name is refused, naming it; the plan's sites pass.
+    #[test]
+    fn a_cohort_site_outside_the_plan_is_refused_even_with_a_valid_certificate() {
+        let dir = std::env::temp_dir().join(format!("tessera-identity-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut ca = tessera_tls::CaDir::init(&dir, "test", 30).unwrap();
+        let mut certs = Vec::new();
+        for site in ["a", "b", "sybil"] {
+            let folder = ca.issue_site(site, 30).unwrap();
+            let pem = std::fs::read(folder.join("cert.pem")).unwrap();
+            let der = rustls_pemfile_der(&pem);
+            certs.push(der);
+        }
+        let files = tessera_tls::TlsFiles::in_dir(&ca.site_dir("a"));
+        let me = SecureIdentity::load(Some(&files)).unwrap();
+        let plan_sites = vec!["a".to_string(), "b".to_string()];
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(
+            me.for_round(&[0, 1], &names(&["a", "b"]), &certs[..2], &plan_sites)
+                .is_ok()
+        );
+        let e = me
+            .for_round(
+                &[0, 1, 2],
+                &names(&["a", "b", "sybil"]),
+                &certs,
+                &plan_sites,
+            )
+            .err()
+            .unwrap();
+        assert!(e.contains("'sybil'") && e.contains("plan's sites"), "{e}");
+        // A plan that does not name its sites checks the CA only.
+        assert!(
+            me.for_round(&[0, 1, 2], &names(&["a", "b", "sybil"]), &certs, &[])
+                .is_ok()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The DER of the first certificate of a PEM file.
+    fn rustls_pemfile_der(pem: &[u8]) -> Vec<u8> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::pem_slice_iter(pem)
+            .next()
+            .unwrap()
+            .unwrap()
+            .to_vec()
     }
 }

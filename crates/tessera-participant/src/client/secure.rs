@@ -269,7 +269,12 @@ async fn secure_stages(
         )));
     }
     let (signer, verifier) = identity
-        .for_round(&p.participants, &p.sites, &p.certificates)
+        .for_round(
+            &p.participants,
+            &p.sites,
+            &p.certificates,
+            &plan.data.named_sites(),
+        )
         .map_err(refuse)?;
     let threshold = params.threshold;
     let ring = match key_ring.take() {

@@ -1,0 +1,475 @@
+//! This site's own ledger of the releases of its data, kept on its own
+//! disk (`ParticipantConfig::ledger`, `tessera participant --ledger`).
+//!
+//! The adversary is the coordinator: its ledger is the one the run's
+//! budgets are checked against, and a coordinator that lies about it,
+//! loses its database, or simply starts a new run of the same plan could
+//! ask a site for answers without end. So the site counts for itself, per
+//! plan (by the plan's hash, across runs and restarts of this process):
+//! every training round it sends an update for (with central DP the plan's
+//! round event, with local DP its own DP-SGD event) and every analytics
+//! answer it masks. Before each release it checks the plan's `[privacy]`
+//! budgets against that count and refuses past them, naming its file;
+//! the entry is written (atomically, before the release leaves) so that a
+//! crash cannot forget it. A release number of a run is answered once:
+//! a different query under a number this site already answered is refused
+//! (a coordinator reusing numbers would reuse secure rounds' numbers too).
+//!
+//! One process at a time keeps a file: the first takes an advisory lock
+//! ([`lock`]) for its life, a second is refused saying so.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tessera_engine::{Plan, Site};
+use tessera_privacy::{DpEvent, Ledger, LedgerEntry, PrivacyConfig, PrivacyMode};
+
+use crate::ParticipantError;
+use crate::supervisor::Failure;
+
+/// The format written, and the only one read.
+const FORMAT: &str = "tessera-site-ledger/1";
+
+/// The largest ledger file read (a day of queries is a few kilobytes).
+const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// What the file holds: every plan's entries for one site.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct LedgerFile {
+    format: String,
+    site: String,
+    /// By the plan's hash.
+    plans: BTreeMap<String, PlanEntries>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct PlanEntries {
+    /// The plan's name, for a reader.
+    name: String,
+    entries: Vec<SiteEntry>,
+}
+
+/// One release of this site's data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SiteEntry {
+    /// The coordinator's run id.
+    run: String,
+    /// `training` or `analytics`.
+    kind: String,
+    /// The round, or the analytics release number.
+    release: u32,
+    /// A query's SHA-256 (hex): the same number with another query is
+    /// refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    query: Option<String>,
+    /// Seconds since the Unix epoch.
+    recorded: u64,
+    /// The DP event (`None`: a release without DP, which the plan said).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    entry: Option<LedgerEntry>,
+}
+
+/// This site's ledger for the run's plan.
+pub(crate) struct SiteLedger {
+    /// `None`: kept in memory only (a library caller gave no file).
+    path: Option<PathBuf>,
+    site: String,
+    plan_hash: String,
+    plan_name: String,
+    run: String,
+    file: LedgerFile,
+    /// This plan's DP entries, all runs, with the plan's budgets.
+    ledger: Ledger,
+    /// With central DP, the event of each training round.
+    central_round: Option<DpEvent>,
+}
+
+/// Takes the advisory lock of the ledger at `path` for as long as the
+/// returned file is kept: a second process of the same site and folder is
+/// refused, since two writers would lose each other's entries.
+pub(crate) fn lock(path: &Path) -> Result<std::fs::File, String> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            format!(
+                "{}: cannot open this site's ledger lock (--ledger): {e}",
+                lock_path.display()
+            )
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "{}: this site's privacy ledger is in use by another participant process; one \
+             process at a time keeps a site's ledger (give another --ledger file only for \
+             another site's data)",
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!(
+            "{}: cannot lock this site's ledger: {e}",
+            lock_path.display()
+        )),
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn query_hash(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl SiteLedger {
+    /// The ledger of `site` for `plan` in run `run`, read from `path`
+    /// (created on the first release) or kept in memory without one.
+    pub(crate) fn open(
+        path: Option<&Path>,
+        site: &str,
+        plan: &Plan,
+        run: &str,
+    ) -> Result<Self, String> {
+        let file = match path {
+            Some(path) => read(path, site)?,
+            None => LedgerFile {
+                format: FORMAT.into(),
+                site: site.into(),
+                plans: BTreeMap::new(),
+            },
+        };
+        let plan_hash = tessera_engine::model_file::plan_hash(plan);
+        let mut ledger = plan.privacy.ledger();
+        let shown = path.map_or_else(|| "memory".into(), |p| p.display().to_string());
+        for e in file
+            .plans
+            .get(&plan_hash)
+            .iter()
+            .flat_map(|p| &p.entries)
+            .filter_map(|e| e.entry.clone())
+        {
+            ledger
+                .restore(e)
+                .map_err(|e| format!("{shown}: this site's privacy ledger: {e}"))?;
+        }
+        let central_round = match plan.privacy.mode {
+            PrivacyMode::Central => Some(PrivacyConfig::round_event(
+                plan.privacy
+                    .noise_multiplier_for(plan.federation.rounds)
+                    .map_err(|e| format!("the plan's [privacy]: {e}"))?,
+            )),
+            _ => None,
+        };
+        let before = file.plans.get(&plan_hash).map_or(0, |p| p.entries.len());
+        if before > 0 {
+            tracing::info!(
+                ledger = %shown,
+                releases = before,
+                epsilon = ledger.participant_epsilon(site),
+                "this site's own ledger already counts releases under this plan"
+            );
+        }
+        Ok(Self {
+            path: path.map(Path::to_path_buf),
+            site: site.into(),
+            plan_hash,
+            plan_name: plan.name.clone(),
+            run: run.into(),
+            file,
+            ledger,
+            central_round,
+        })
+    }
+
+    /// Where it is kept, for messages.
+    fn shown(&self) -> String {
+        self.path
+            .as_ref()
+            .map_or_else(|| "memory".into(), |p| p.display().to_string())
+    }
+
+    /// This site's epsilon under the plan, all runs.
+    pub(crate) fn epsilon(&self) -> f64 {
+        self.ledger.participant_epsilon(&self.site)
+    }
+
+    fn find(&self, kind: &str, release: u32) -> Option<&SiteEntry> {
+        self.file.plans.get(&self.plan_hash).and_then(|p| {
+            p.entries
+                .iter()
+                .find(|e| e.run == self.run && e.kind == kind && e.release == release)
+        })
+    }
+
+    /// Whether this site may answer `query` as release `release` with DP
+    /// `event`: not a number it answered with another query, within the
+    /// budgets by its own count. `Ok(true)`: answered before (no new charge).
+    pub(crate) fn check_query(
+        &self,
+        release: u32,
+        query: &str,
+        event: Option<DpEvent>,
+    ) -> Result<bool, String> {
+        if let Some(before) = self.find("analytics", release) {
+            return if before.query.as_deref() == Some(query_hash(query).as_str()) {
+                Ok(true)
+            } else {
+                Err(format!(
+                    "release {release} of run {} was answered with another query (this site's \
+                     ledger {}): a release number is answered once",
+                    self.run,
+                    self.shown()
+                ))
+            };
+        }
+        if let Some(event) = event {
+            self.ledger
+                .check(
+                    &format!(
+                        "query {release}, by this site's own ledger {} ({} releases under this \
+                         plan, epsilon {:.4} so far)",
+                        self.shown(),
+                        self.entries(),
+                        self.epsilon()
+                    ),
+                    &[event],
+                    &[],
+                    std::slice::from_ref(&self.site),
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(false)
+    }
+
+    /// Records the answer to `query` as release `release` (checked first),
+    /// on disk before it leaves.
+    pub(crate) fn record_query(
+        &mut self,
+        release: u32,
+        query: &str,
+        event: Option<DpEvent>,
+    ) -> Result<(), String> {
+        if self.check_query(release, query, event)? {
+            return Ok(());
+        }
+        let entry = match event {
+            Some(event) => Some(
+                self.ledger
+                    .record_central(release, event, std::slice::from_ref(&self.site))
+                    .map_err(|e| e.to_string())?
+                    .clone(),
+            ),
+            None => None,
+        };
+        self.push("analytics", release, Some(query_hash(query)), entry)
+    }
+
+    /// Records this site's training in round `round` (with local DP its
+    /// own `local` event; with central DP the plan's round event) before
+    /// its update leaves; refused past a budget by this site's count.
+    pub(crate) fn record_training(
+        &mut self,
+        round: u32,
+        local: Option<DpEvent>,
+    ) -> Result<(), String> {
+        if self.find("training", round).is_some() {
+            return Ok(());
+        }
+        let what = format!(
+            "round {round}, by this site's own ledger {} ({} releases under this plan, epsilon \
+             {:.4} so far)",
+            self.shown(),
+            self.entries(),
+            self.epsilon()
+        );
+        let site = self.site.clone();
+        let entry = match (local, self.central_round) {
+            (Some(event), _) => {
+                self.ledger
+                    .check(
+                        &what,
+                        &[],
+                        &[(site.clone(), event)],
+                        std::slice::from_ref(&site),
+                    )
+                    .map_err(|e| e.to_string())?;
+                Some(
+                    self.ledger
+                        .record_local(round, &site, event)
+                        .map_err(|e| e.to_string())?
+                        .clone(),
+                )
+            }
+            (None, Some(event)) => {
+                self.ledger
+                    .check(&what, &[event], &[], std::slice::from_ref(&site))
+                    .map_err(|e| e.to_string())?;
+                Some(
+                    self.ledger
+                        .record_central(round, event, std::slice::from_ref(&site))
+                        .map_err(|e| e.to_string())?
+                        .clone(),
+                )
+            }
+            (None, None) => return Ok(()),
+        };
+        self.push("training", round, None, entry)
+    }
+
+    fn entries(&self) -> usize {
+        self.file
+            .plans
+            .get(&self.plan_hash)
+            .map_or(0, |p| p.entries.len())
+    }
+
+    fn push(
+        &mut self,
+        kind: &str,
+        release: u32,
+        query: Option<String>,
+        entry: Option<LedgerEntry>,
+    ) -> Result<(), String> {
+        let name = &self.plan_name;
+        let plan = self
+            .file
+            .plans
+            .entry(self.plan_hash.clone())
+            .or_insert_with(|| PlanEntries {
+                name: name.clone(),
+                entries: Vec::new(),
+            });
+        plan.entries.push(SiteEntry {
+            run: self.run.clone(),
+            kind: kind.into(),
+            release,
+            query,
+            recorded: now_secs(),
+            entry,
+        });
+        match &self.path {
+            Some(path) => write(path, &self.file),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The file at `path` (an empty ledger where there is none), refused when
+/// it is too large, not this format, or another site's.
+fn read(path: &Path, site: &str) -> Result<LedgerFile, String> {
+    let fail = |what: String| {
+        format!(
+            "{}: this site's privacy ledger (--ledger): {what}",
+            path.display()
+        )
+    };
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(LedgerFile {
+                format: FORMAT.into(),
+                site: site.into(),
+                plans: BTreeMap::new(),
+            });
+        }
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(fail(format!(
+            "{} bytes, over the {} MiB a ledger may have",
+            meta.len(),
+            MAX_FILE_BYTES >> 20
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let file: LedgerFile = serde_json::from_str(&text).map_err(|e| {
+        fail(format!(
+            "not a ledger this version reads ({e}); it is not replaced: move it away only if \
+             this site's earlier releases are counted elsewhere"
+        ))
+    })?;
+    if file.format != FORMAT {
+        return Err(fail(format!(
+            "format '{}', expected '{FORMAT}'",
+            file.format
+        )));
+    }
+    if file.site != site {
+        return Err(fail(format!(
+            "it is site '{}''s ledger, and this is site '{site}'",
+            file.site
+        )));
+    }
+    Ok(file)
+}
+
+/// Writes `file` to `path` atomically (a temporary file beside it,
+/// synced, renamed over it).
+fn write(path: &Path, file: &LedgerFile) -> Result<(), String> {
+    let fail = |e: std::io::Error| {
+        format!(
+            "{}: cannot write this site's privacy ledger: {e}",
+            path.display()
+        )
+    };
+    let text = serde_json::to_string_pretty(file).map_err(|e| e.to_string())?;
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    let tmp = PathBuf::from(name);
+    let mut out = std::fs::File::create(&tmp).map_err(fail)?;
+    out.write_all(text.as_bytes()).map_err(fail)?;
+    out.sync_all().map_err(fail)?;
+    drop(out);
+    std::fs::rename(&tmp, path).map_err(fail)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// With local DP, training that would exceed this site's budget over the
+/// plan's rounds (on `train_rows` rows) is refused up front.
+pub(crate) fn check_local_budget(
+    plan: &Plan,
+    site_name: &str,
+    site: &Site,
+    train_rows: usize,
+) -> Result<(), Failure> {
+    if plan.privacy.mode != tessera_privacy::PrivacyMode::Local {
+        return Ok(());
+    }
+    let local_error = |e: String| Failure::Fatal(ParticipantError::Local(e));
+    if let Some(event) = site
+        .local_dp_event(train_rows)
+        .map_err(|e| local_error(e.to_string()))?
+    {
+        plan.privacy
+            .ledger()
+            .check_local_run(plan.federation.rounds, &[(site_name.to_string(), event)])
+            .map_err(|e| local_error(e.to_string()))?;
+        tracing::info!(
+            noise_multiplier = event.noise_multiplier,
+            sampling_rate = event.sampling_rate,
+            "local DP-SGD"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "ledger_tests.rs"]
+mod tests;

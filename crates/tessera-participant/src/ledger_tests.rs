@@ -1,0 +1,173 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+fn plan(privacy: &str, rounds: u32) -> Plan {
+    Plan::from_toml(
+        &format!(
+            "name = \"ledger\"\n[data]\nsite_column = \"site\"\n[data.synthetic]\nsites = 3\nrows = \
+             50\nfeatures = 2\nclasses = 2\nalpha = 0.5\nbeta = 0.5\nseed = 7\n[data.schema]\n\
+             target = \"y\"\n[model]\nkind = \"logistic\"\n[federation]\nrounds = {rounds}\n\
+             [privacy]\n{privacy}\n"
+        ),
+        "test",
+    )
+    .unwrap()
+}
+
+/// The event of one query at epsilon 1, delta 1e-6 (as `prepare` makes it).
+fn query_event() -> DpEvent {
+    let z = tessera_privacy::calibrate_noise_multiplier(1.0, 1, 1.0, 1e-6).unwrap();
+    DpEvent {
+        sampling_rate: 1.0,
+        noise_multiplier: z,
+        steps: 1,
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tessera-ledger-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("site0.json")
+}
+
+/// The attack: a coordinator whose own ledger is empty (it lost its
+/// database, or starts a new run of the same plan) asks again. The site's
+/// count survives the restart of its process and the new run id, and the
+/// query past the budget is refused naming the site's file.
+#[test]
+fn a_new_run_or_a_restart_does_not_reset_the_sites_count() {
+    let path = scratch("reset");
+    let plan = plan("budget = 1.2\ndelta = 1e-6", 2);
+    let mut first = SiteLedger::open(Some(&path), "site0", &plan, "run-a").unwrap();
+    first
+        .record_query(1, "SELECT count(*) FROM data", Some(query_event()))
+        .unwrap();
+    let spent = first.epsilon();
+    assert!((spent - 1.0).abs() < 0.05, "{spent}");
+    drop(first);
+    let mut second = SiteLedger::open(Some(&path), "site0", &plan, "run-b").unwrap();
+    assert_eq!(second.epsilon(), spent, "read back from the file");
+    let e = second
+        .record_query(1, "SELECT count(*) FROM data", Some(query_event()))
+        .unwrap_err();
+    assert!(e.contains("budget") && e.contains("site0.json"), "{e}");
+    // Nothing was written for the refused release.
+    let third = SiteLedger::open(Some(&path), "site0", &plan, "run-c").unwrap();
+    assert_eq!(third.entries(), 1);
+    // Another plan (another budget agreed to) counts apart.
+    let other = plan_with_name("other");
+    let fresh = SiteLedger::open(Some(&path), "site0", &other, "run-d").unwrap();
+    assert_eq!(fresh.epsilon(), 0.0);
+    assert!(fresh.check_query(1, "q", Some(query_event())).is_ok());
+}
+
+fn plan_with_name(name: &str) -> Plan {
+    let mut p = plan("budget = 1.2\ndelta = 1e-6", 2);
+    p.name = name.into();
+    p
+}
+
+/// A release number of a run is answered once: the same number with
+/// another query is refused; the same query again is not charged twice.
+#[test]
+fn a_release_number_is_answered_once() {
+    let plan = plan("budget = 5.0\ndelta = 1e-6", 2);
+    let mut l = SiteLedger::open(None, "site0", &plan, "run").unwrap();
+    l.record_query(3, "SELECT count(*) FROM data", Some(query_event()))
+        .unwrap();
+    let once = l.epsilon();
+    l.record_query(3, "SELECT count(*) FROM data", Some(query_event()))
+        .unwrap();
+    assert_eq!(l.epsilon(), once, "the same release is not charged twice");
+    let e = l
+        .record_query(3, "SELECT mean(x0) FROM data", Some(query_event()))
+        .unwrap_err();
+    assert!(
+        e.contains("release 3") && e.contains("another query"),
+        "{e}"
+    );
+    // An exact query (the plan said dp = false) is recorded, uncharged.
+    l.record_query(4, "SELECT count(*) FROM data", None)
+        .unwrap();
+    assert_eq!(l.epsilon(), once);
+    assert!(l.record_query(4, "other", None).is_err());
+}
+
+/// With central DP each round this site trains in is the plan's round
+/// event, once per round of a run; the plan's rounds fit its budget, and
+/// a second run of the same plan does not.
+#[test]
+fn training_is_counted_and_a_second_run_of_the_plan_is_refused() {
+    let path = scratch("training");
+    let plan = plan(
+        "mode = \"central\"\nepsilon = 2.0\ndelta = 1e-5\nclip_norm = 1.0\nbudget = 2.0",
+        3,
+    );
+    let mut l = SiteLedger::open(Some(&path), "site0", &plan, "run-a").unwrap();
+    for round in 1..=3 {
+        l.record_training(round, None).unwrap();
+        l.record_training(round, None).unwrap();
+    }
+    let spent = l.epsilon();
+    assert!(spent > 1.9 && spent <= 2.0 + 1e-9, "{spent}");
+    drop(l);
+    let mut again = SiteLedger::open(Some(&path), "site0", &plan, "run-b").unwrap();
+    let e = again.record_training(1, None).unwrap_err();
+    assert!(e.contains("round 1") && e.contains("budget"), "{e}");
+    // Queries share the count: nothing is left for one.
+    assert!(again.check_query(1, "q", Some(query_event())).is_err());
+    // Without DP nothing is counted.
+    let none = plan_with_name("none");
+    let mut plain = SiteLedger::open(Some(&path), "site0", &none, "run").unwrap();
+    plain.record_training(1, None).unwrap();
+    assert_eq!(plain.entries(), 0);
+}
+
+/// A file that is not this site's ledger is refused, naming it, and left
+/// as it is; one too large is refused before it is read.
+#[test]
+fn a_bad_ledger_file_is_refused_and_kept() {
+    let plan = plan("budget = 5.0\ndelta = 1e-6", 2);
+    let path = scratch("bad");
+    std::fs::write(&path, "{ not json").unwrap();
+    let e = SiteLedger::open(Some(&path), "site0", &plan, "r")
+        .err()
+        .unwrap();
+    assert!(
+        e.contains("site0.json") && e.contains("not a ledger"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "{ not json");
+
+    let mut l = SiteLedger::open(Some(&scratch("owner")), "site0", &plan, "r").unwrap();
+    l.record_query(1, "q", Some(query_event())).unwrap();
+    let written = l.path.clone().unwrap();
+    let e = SiteLedger::open(Some(&written), "site1", &plan, "r")
+        .err()
+        .unwrap();
+    assert!(e.contains("site 'site0'"), "{e}");
+
+    let big = scratch("big");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(MAX_FILE_BYTES + 1)
+        .unwrap();
+    let e = SiteLedger::open(Some(&big), "site0", &plan, "r")
+        .err()
+        .unwrap();
+    assert!(e.contains("MiB"), "{e}");
+}
+
+/// Two processes keeping one ledger would lose each other's entries: the
+/// second lock is refused while the first is held.
+#[test]
+fn one_process_at_a_time_keeps_a_ledger() {
+    let path = scratch("lock");
+    let held = lock(&path).unwrap();
+    let e = lock(&path).unwrap_err();
+    assert!(e.contains("in use by another participant process"), "{e}");
+    drop(held);
+    assert!(lock(&path).is_ok());
+}
