@@ -92,6 +92,7 @@ def run_participant(
     tls_domain=None,
     expect_plan=None,
     give_up_after=300.0,
+    ledger=None,
 ):
     """Takes part in the run of the coordinator at ``coordinator`` (e.g.
     ``https://coord.example.org:7000``) as ``site`` with ``client``, until
@@ -107,7 +108,10 @@ def run_participant(
     client reports. ``tls`` is the site's certificate folder (``tessera ca
     issue --site NAME``; ``None``: plain text, for local experiments only),
     ``expect_plan`` the plan the site agreed to (a path or TOML text: a
-    coordinator whose plan differs is refused). The coordinator's plan says
+    coordinator whose plan differs is refused). ``ledger`` is the site's
+    own privacy ledger file (``tessera participant --ledger``: its releases
+    per plan across runs, checked against the plan's budgets before each;
+    ``None``: counted in memory for this call only). The coordinator's plan says
     ``[model] kind = "external"``; its first site by name gives the initial
     model. TLS, heartbeats, reconnection, secure aggregation and compression
     are the Rust participant's. A refusal raises :class:`TesseraError` with
@@ -127,6 +131,7 @@ def run_participant(
         tls_domain,
         plan,
         float(give_up_after),
+        None if ledger is None else os.fspath(ledger),
     )
     round_, parameters = model if model is not None else (None, None)
     return {

@@ -328,6 +328,47 @@ impl SiteLedger {
         self.push("training", round, None, entry)
     }
 
+    /// Checks, before any training, that the plan's `rounds` (less those
+    /// this site already trained in this run) fit the budgets on top of
+    /// what this site's ledger holds: with local DP at `local` a round,
+    /// with central DP at the plan's round event.
+    pub(crate) fn check_run(&self, rounds: u32, local: Option<DpEvent>) -> Result<(), String> {
+        let trained = self.file.plans.get(&self.plan_hash).map_or(0, |p| {
+            p.entries
+                .iter()
+                .filter(|e| e.run == self.run && e.kind == "training")
+                .count()
+        });
+        let remaining = rounds.saturating_sub(u32::try_from(trained).unwrap_or(u32::MAX));
+        if remaining == 0 || self.entries() == 0 {
+            // Nothing spent yet: the plan's own check (the coordinator's,
+            // `check_local_budget`) covers a fresh ledger.
+            return Ok(());
+        }
+        let what = format!(
+            "the plan's {remaining} remaining rounds, on top of this site's own ledger {} ({} \
+             releases under this plan, epsilon {:.4} so far)",
+            self.shown(),
+            self.entries(),
+            self.epsilon()
+        );
+        let site = std::slice::from_ref(&self.site);
+        match (local, self.central_round) {
+            (Some(event), _) => {
+                let steps = event.steps.saturating_mul(u64::from(remaining));
+                let run = DpEvent { steps, ..event };
+                self.ledger
+                    .check(&what, &[], &[(self.site.clone(), run)], site)
+            }
+            (None, Some(event)) => {
+                self.ledger
+                    .check(&what, &vec![event; remaining as usize], &[], site)
+            }
+            (None, None) => Ok(()),
+        }
+        .map_err(|e| e.to_string())
+    }
+
     fn entries(&self) -> usize {
         self.file
             .plans

@@ -114,6 +114,15 @@ fn training_is_counted_and_a_second_run_of_the_plan_is_refused() {
     assert!(spent > 1.9 && spent <= 2.0 + 1e-9, "{spent}");
     drop(l);
     let mut again = SiteLedger::open(Some(&path), "site0", &plan, "run-b").unwrap();
+    // Refused before any training: the second run's 3 rounds do not fit.
+    let e = again.check_run(3, None).unwrap_err();
+    assert!(
+        e.contains("3 remaining rounds") && e.contains("site0.json"),
+        "{e}"
+    );
+    // The first run resumed (its rounds are already counted) still fits.
+    let resumed = SiteLedger::open(Some(&path), "site0", &plan, "run-a").unwrap();
+    resumed.check_run(3, None).unwrap();
     let e = again.record_training(1, None).unwrap_err();
     assert!(e.contains("round 1") && e.contains("budget"), "{e}");
     // Queries share the count: nothing is left for one.

@@ -551,6 +551,12 @@ impl Ready {
             &welcome.run_id,
         )
         .map_err(|e| Failure::Fatal(ParticipantError::Local(e)))?;
+        let local = site
+            .local_dp_event(train.n_rows())
+            .map_err(|e| Failure::Fatal(ParticipantError::Local(e.to_string())))?;
+        site_ledger
+            .check_run(plan.federation.rounds, local)
+            .map_err(|e| Failure::Fatal(ParticipantError::Stop(cause::Cause::PlanRefused(e))))?;
         Ok(Self {
             run_id: welcome.run_id.clone(),
             site: Some(site),

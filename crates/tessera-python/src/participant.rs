@@ -36,7 +36,8 @@ type Joined<'py> = (String, u32, Option<Model<'py>>, usize, Option<(f64, f64)>);
 /// (declared to the coordinator: they bound every count the client
 /// reports). `tls` is the site's certificate folder (`tessera ca issue
 /// --site`; `None`: plain text, local experiments only), `expect_plan` the
-/// plan the site agreed to, as TOML text with its name for messages.
+/// plan the site agreed to, as TOML text with its name for messages,
+/// `ledger` the site's own privacy ledger file (`None`: in memory).
 /// Returns the run id, the updates accepted, the final global model's
 /// round and parameters (`None` when the run ended before one was
 /// evaluated), the trainings the site ran and, under local DP, the epsilon
@@ -45,7 +46,7 @@ type Joined<'py> = (String, u32, Option<Model<'py>>, usize, Option<(f64, f64)>);
 #[pyfunction]
 #[pyo3(signature = (
     bridge, coordinator, site, train_rows, test_rows,
-    tls=None, tls_domain=None, expect_plan=None, give_up_after=300.0
+    tls=None, tls_domain=None, expect_plan=None, give_up_after=300.0, ledger=None
 ))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_participant<'py>(
@@ -59,6 +60,7 @@ pub(crate) fn run_participant<'py>(
     tls_domain: Option<String>,
     expect_plan: Option<(String, String)>,
     give_up_after: f64,
+    ledger: Option<PathBuf>,
 ) -> PyResult<Joined<'py>> {
     let expect_plan = match expect_plan {
         Some((text, origin)) => Some(
@@ -88,7 +90,7 @@ pub(crate) fn run_participant<'py>(
         share_levels: false,
         max_memory_bytes: None,
         joins: Default::default(),
-        ledger: None,
+        ledger,
     };
     let external = ExternalSite {
         learner: Box::new(PyLearner { bridge }),

@@ -49,6 +49,24 @@ fn central_dp_in_deployment_records_every_release_and_refuses_past_the_budget() 
     let refused = conn.execute("DELETE FROM privacy_ledger", []).unwrap_err();
     assert!(refused.to_string().contains("append-only"), "{refused}");
 
+    // The same plan again on a fresh database: the coordinator's ledger is
+    // empty, but each site's own ledger (its working folder's
+    // tessera-ledger-SITE.json) holds the first run's 15 rounds, so every
+    // site refuses the plan before training (exit 17), naming its ledger.
+    let (mut again, mut sites) = run_federation(&s, &dp, "again.sqlite", "again.model");
+    for p in &mut sites {
+        let status = p.wait(LIMIT);
+        assert_eq!(status.code(), Some(17), "{}", p.log());
+        assert!(
+            p.log()
+                .contains("15 remaining rounds, on top of this site's own ledger"),
+            "{}",
+            p.log()
+        );
+    }
+    again.kill_9();
+    assert_eq!(status_of(&s.path("again.sqlite")).ledger().len(), 0);
+
     // A budget too small for the plan: the coordinator refuses before listening.
     let small = plan_with(
         &s,
