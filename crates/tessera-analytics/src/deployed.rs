@@ -21,10 +21,13 @@
 //!
 //! Deployed queries are always summed with secure aggregation (at least
 //! [`crate::secure::MIN_SECURE_SITES`] sites): with fewer the coordinator
-//! refuses them instead of seeing a site's vector. `PER SITE` answers are
-//! not answered deployed (each would need a site's own vector in the clear
-//! to the coordinator): the coordinator refuses them, and a site refuses
-//! them where its plan says `per_site = false`.
+//! refuses them instead of seeing a site's vector. A `PER SITE` query
+//! (where the plan says `per_site = true`; both the coordinator and each
+//! site refuse it otherwise) adds each site's own answer: its contribution
+//! plus its own full noise `N(0, sigma²)` from a second key of its own
+//! ([`site_own_vector`]), a release of its rows alone that the site sends
+//! in the clear and that is charged to it as its own event besides the
+//! federation's ([`site_own_answer`]).
 
 use tessera_privacy::{AccountantKind, DpEvent, Ledger, calibrate_noise_multiplier_with};
 
@@ -190,6 +193,46 @@ pub fn site_vector(
         key,
     );
     vector
+}
+
+/// A site's own answer to a PER SITE query, as it sends it: its
+/// contribution over its rows `table` plus its full noise
+/// `N(0, sigma²)` drawn from `key` (another 32 bytes of its own operating
+/// system's randomness than its share's key).
+pub fn site_own_vector(
+    prepared: &Prepared,
+    schema: &Schema,
+    table: &SiteTable,
+    key: [u8; 32],
+) -> Vec<u64> {
+    let mut vector = contribute(&prepared.layout, &prepared.query, schema, table);
+    add_noise_share(&mut vector, prepared.release.sigma, key);
+    vector
+}
+
+/// The answer of `site` from its own vector `values` (refused when its
+/// length is not the query's layout's).
+pub fn site_own_answer(
+    prepared: &Prepared,
+    values: &[u64],
+    site: &str,
+    config: &AnalyticsConfig,
+) -> Result<Answer, AnalyticsError> {
+    if values.len() != prepared.layout.len() {
+        return Err(AnalyticsError::Query(format!(
+            "site '{site}' sent {} values for a query of {} slots",
+            values.len(),
+            prepared.layout.len()
+        )));
+    }
+    Ok(finish(
+        &prepared.layout,
+        &prepared.query,
+        values,
+        prepared.release.clone(),
+        site,
+        config,
+    ))
 }
 
 /// The federation's answer from the secure sum `sum` of `summed` sites'

@@ -177,6 +177,12 @@ impl Federation for Server {
     ) -> Result<Response<pb::JoinPollReply>, Status> {
         Err(Status::unimplemented("transfer benchmark"))
     }
+    async fn submit_site_answer(
+        &self,
+        _: Request<pb::SiteAnswer>,
+    ) -> Result<Response<pb::SiteAnswerReply>, Status> {
+        Err(Status::unimplemented("transfer benchmark"))
+    }
 }
 
 pub fn run(args: &TransferArgs) -> anyhow::Result<()> {

@@ -288,6 +288,15 @@ impl FederationService for Service {
         let result = self.poll_join_messages_call(request).await;
         self.settle(peer, result)
     }
+
+    async fn submit_site_answer(
+        &self,
+        request: Request<pb::SiteAnswer>,
+    ) -> Result<Response<pb::SiteAnswerReply>, Status> {
+        let peer = self.admit(&request)?;
+        let result = self.submit_site_answer_call(request).await;
+        self.settle(peer, result)
+    }
 }
 
 /// The calls themselves, each behind its connection's refusal limit.

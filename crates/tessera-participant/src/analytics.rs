@@ -4,8 +4,9 @@
 //!
 //! The site checks each query against its own copy of the plan (the one
 //! it agreed to with `--expect-plan`): it parses, its PER SITE is refused
-//! where `[analytics] per_site = false` (and always deployed: a site's own
-//! answer would leave it unmasked), and it compiles against the agreed
+//! where `[analytics] per_site = false` (where allowed, the site also sends
+//! its own answer with its own full noise, `SubmitSiteAnswer`, charged to
+//! it besides the federation's sum), and it compiles against the agreed
 //! schema and the plan's bounds. It then computes `sigma` itself from the
 //! plan's `[analytics]` epsilon and delta and the plan's accountant (no
 //! number from the coordinator sets the noise), contributes over its own
@@ -23,7 +24,7 @@
 
 use std::sync::Arc;
 
-use tessera_analytics::deployed::{Prepared, prepare, site_vector};
+use tessera_analytics::deployed::{Prepared, prepare, site_own_vector, site_vector};
 use tessera_analytics::{Schema, SiteTable};
 use tessera_engine::Plan;
 use tessera_proto::pb;
@@ -64,12 +65,8 @@ pub(crate) fn of_site(
 /// Whether this site answers `text` under its `plan`: the query prepared
 /// as the plan says (its noise from the plan alone), or why not.
 pub(crate) fn check_query(plan: &Plan, schema: &Schema, text: &str) -> Result<Prepared, String> {
-    let prepared = prepare(text, schema, &plan.analytics, plan.privacy.accountant)
-        .map_err(|e| e.to_string())?;
-    if prepared.query.per_site {
-        return Err("PER SITE: this site's own answer would reach the coordinator unmasked".into());
-    }
-    Ok(prepared)
+    // PER SITE is refused here where the plan does not allow it.
+    prepare(text, schema, &plan.analytics, plan.privacy.accountant).map_err(|e| e.to_string())
 }
 
 /// Answers the query of `header`, or refuses it (withdrawing from its
@@ -111,7 +108,7 @@ pub(crate) async fn answer(
                 ),
                 event => state
                     .site_ledger
-                    .check_query(release, &task.query, event)
+                    .check_query(release, &task.query, event, p.query.per_site)
                     .map(|_| p),
             })
             .map(|p| (p, Arc::clone(&mine.schema), Arc::clone(&mine.records))),
@@ -140,22 +137,32 @@ pub(crate) async fn answer(
         sigma = prepared.release.sigma,
         "answering an analytics query"
     );
-    let mut key = [0u8; 32];
-    getrandom::fill(&mut key).map_err(|e| {
-        Failure::Fatal(ParticipantError::Local(format!(
-            "cannot draw a secret noise key: {e}"
-        )))
-    })?;
+    let key = secret_key()?;
     // Charged here, on disk, before anything is masked: an input sent may
     // be summed.
     let text = header.analytics.as_ref().map_or("", |t| t.query.as_str());
-    if let Err(e) = state
-        .site_ledger
-        .record_query(release, text, prepared.event)
+    if let Err(e) =
+        state
+            .site_ledger
+            .record_query(release, text, prepared.event, prepared.query.per_site)
     {
         return Err(Failure::Fatal(ParticipantError::Local(format!(
             "this site's privacy ledger: {e}"
         ))));
+    }
+    if prepared.query.per_site {
+        // Its own answer, with its own full noise from a second key: a
+        // release of its rows alone, charged above.
+        let own = site_own_vector(&prepared, &schema, &records, secret_key()?);
+        let answer = pb::SiteAnswer {
+            site: site.to_string(),
+            release,
+            values: own,
+        };
+        match client.submit_site_answer(answer).await {
+            Ok(_) => tracing::info!(release, "this site's own answer is sent"),
+            Err(status) => tracing::warn!(release, %status, "this site's own answer was refused"),
+        }
     }
     let dimension = prepared.layout.len() * tessera_analytics::secure::LIMBS;
     let make: client::DeferredInput = Box::new(move |threshold| {
@@ -183,6 +190,17 @@ pub(crate) async fn answer(
         );
     }
     Ok(())
+}
+
+/// 32 bytes of this site's operating system's randomness: a noise key.
+fn secret_key() -> Result<[u8; 32], Failure> {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| {
+        Failure::Fatal(ParticipantError::Local(format!(
+            "cannot draw a secret noise key: {e}"
+        )))
+    })?;
+    Ok(key)
 }
 
 #[cfg(test)]

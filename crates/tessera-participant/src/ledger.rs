@@ -120,6 +120,15 @@ pub(crate) fn lock(path: &Path) -> Result<std::fs::File, String> {
     }
 }
 
+/// With `per_site`, `site`'s own answer's `event` (charged to it alone).
+fn own(per_site: bool, site: &str, event: DpEvent) -> Vec<(String, DpEvent)> {
+    if per_site {
+        vec![(site.to_string(), event)]
+    } else {
+        Vec::new()
+    }
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -214,13 +223,15 @@ impl SiteLedger {
     }
 
     /// Whether this site may answer `query` as release `release` with DP
-    /// `event`: not a number it answered with another query, within the
+    /// `event` (twice with `per_site`: the federation's sum and its own
+    /// answer): not a number it answered with another query, within the
     /// budgets by its own count. `Ok(true)`: answered before (no new charge).
     pub(crate) fn check_query(
         &self,
         release: u32,
         query: &str,
         event: Option<DpEvent>,
+        per_site: bool,
     ) -> Result<bool, String> {
         if let Some(before) = self.find("analytics", release) {
             return if before.query.as_deref() == Some(query_hash(query).as_str()) {
@@ -245,7 +256,7 @@ impl SiteLedger {
                         self.epsilon()
                     ),
                     &[event],
-                    &[],
+                    &own(per_site, &self.site, event),
                     std::slice::from_ref(&self.site),
                 )
                 .map_err(|e| e.to_string())?;
@@ -260,20 +271,49 @@ impl SiteLedger {
         release: u32,
         query: &str,
         event: Option<DpEvent>,
+        per_site: bool,
     ) -> Result<(), String> {
-        if self.check_query(release, query, event)? {
+        if self.check_query(release, query, event, per_site)? {
             return Ok(());
         }
-        let entry = match event {
-            Some(event) => Some(
-                self.ledger
-                    .record_central(release, event, std::slice::from_ref(&self.site))
+        let site = self.site.clone();
+        let (entry, own_entry) = match event {
+            Some(event) => {
+                let entry = self
+                    .ledger
+                    .record_central(release, event, std::slice::from_ref(&site))
                     .map_err(|e| e.to_string())?
-                    .clone(),
-            ),
-            None => None,
+                    .clone();
+                let own_entry = if per_site {
+                    Some(
+                        self.ledger
+                            .record_participant(
+                                release,
+                                "analytics-site",
+                                &format!("query {release}'s own answer"),
+                                &site,
+                                event,
+                            )
+                            .map_err(|e| e.to_string())?
+                            .clone(),
+                    )
+                } else {
+                    None
+                };
+                (Some(entry), own_entry)
+            }
+            None => (None, None),
         };
-        self.push("analytics", release, Some(query_hash(query)), entry)
+        let hash = query_hash(query);
+        if let Some(own_entry) = own_entry {
+            self.push(
+                "analytics-site",
+                release,
+                Some(hash.clone()),
+                Some(own_entry),
+            )?;
+        }
+        self.push("analytics", release, Some(hash), entry)
     }
 
     /// Records this site's training in round `round` (with local DP its

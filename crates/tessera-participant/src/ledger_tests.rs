@@ -42,7 +42,7 @@ fn a_new_run_or_a_restart_does_not_reset_the_sites_count() {
     let plan = plan("budget = 1.2\ndelta = 1e-6", 2);
     let mut first = SiteLedger::open(Some(&path), "site0", &plan, "run-a").unwrap();
     first
-        .record_query(1, "SELECT count(*) FROM data", Some(query_event()))
+        .record_query(1, "SELECT count(*) FROM data", Some(query_event()), false)
         .unwrap();
     let spent = first.epsilon();
     assert!((spent - 1.0).abs() < 0.05, "{spent}");
@@ -50,7 +50,7 @@ fn a_new_run_or_a_restart_does_not_reset_the_sites_count() {
     let mut second = SiteLedger::open(Some(&path), "site0", &plan, "run-b").unwrap();
     assert_eq!(second.epsilon(), spent, "read back from the file");
     let e = second
-        .record_query(1, "SELECT count(*) FROM data", Some(query_event()))
+        .record_query(1, "SELECT count(*) FROM data", Some(query_event()), false)
         .unwrap_err();
     assert!(e.contains("budget") && e.contains("site0.json"), "{e}");
     // Nothing was written for the refused release.
@@ -60,7 +60,11 @@ fn a_new_run_or_a_restart_does_not_reset_the_sites_count() {
     let other = plan_with_name("other");
     let fresh = SiteLedger::open(Some(&path), "site0", &other, "run-d").unwrap();
     assert_eq!(fresh.epsilon(), 0.0);
-    assert!(fresh.check_query(1, "q", Some(query_event())).is_ok());
+    assert!(
+        fresh
+            .check_query(1, "q", Some(query_event()), false)
+            .is_ok()
+    );
 }
 
 fn plan_with_name(name: &str) -> Plan {
@@ -75,24 +79,24 @@ fn plan_with_name(name: &str) -> Plan {
 fn a_release_number_is_answered_once() {
     let plan = plan("budget = 5.0\ndelta = 1e-6", 2);
     let mut l = SiteLedger::open(None, "site0", &plan, "run").unwrap();
-    l.record_query(3, "SELECT count(*) FROM data", Some(query_event()))
+    l.record_query(3, "SELECT count(*) FROM data", Some(query_event()), false)
         .unwrap();
     let once = l.epsilon();
-    l.record_query(3, "SELECT count(*) FROM data", Some(query_event()))
+    l.record_query(3, "SELECT count(*) FROM data", Some(query_event()), false)
         .unwrap();
     assert_eq!(l.epsilon(), once, "the same release is not charged twice");
     let e = l
-        .record_query(3, "SELECT mean(x0) FROM data", Some(query_event()))
+        .record_query(3, "SELECT mean(x0) FROM data", Some(query_event()), false)
         .unwrap_err();
     assert!(
         e.contains("release 3") && e.contains("another query"),
         "{e}"
     );
     // An exact query (the plan said dp = false) is recorded, uncharged.
-    l.record_query(4, "SELECT count(*) FROM data", None)
+    l.record_query(4, "SELECT count(*) FROM data", None, false)
         .unwrap();
     assert_eq!(l.epsilon(), once);
-    assert!(l.record_query(4, "other", None).is_err());
+    assert!(l.record_query(4, "other", None, false).is_err());
 }
 
 /// With central DP each round this site trains in is the plan's round
@@ -126,7 +130,11 @@ fn training_is_counted_and_a_second_run_of_the_plan_is_refused() {
     let e = again.record_training(1, None).unwrap_err();
     assert!(e.contains("round 1") && e.contains("budget"), "{e}");
     // Queries share the count: nothing is left for one.
-    assert!(again.check_query(1, "q", Some(query_event())).is_err());
+    assert!(
+        again
+            .check_query(1, "q", Some(query_event()), false)
+            .is_err()
+    );
     // Without DP nothing is counted.
     let none = plan_with_name("none");
     let mut plain = SiteLedger::open(Some(&path), "site0", &none, "run").unwrap();
@@ -151,7 +159,7 @@ fn a_bad_ledger_file_is_refused_and_kept() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "{ not json");
 
     let mut l = SiteLedger::open(Some(&scratch("owner")), "site0", &plan, "r").unwrap();
-    l.record_query(1, "q", Some(query_event())).unwrap();
+    l.record_query(1, "q", Some(query_event()), false).unwrap();
     let written = l.path.clone().unwrap();
     let e = SiteLedger::open(Some(&written), "site1", &plan, "r")
         .err()
@@ -179,4 +187,37 @@ fn one_process_at_a_time_keeps_a_ledger() {
     assert!(e.contains("in use by another participant process"), "{e}");
     drop(held);
     assert!(lock(&path).is_ok());
+}
+
+/// A PER SITE query releases the site's rows twice (in the federation's
+/// sum and in its own answer): both are charged, and a budget that fits
+/// one release refuses the pair.
+#[test]
+fn a_per_site_answer_is_charged_besides_the_federations() {
+    let roomy = plan("budget = 5.0\ndelta = 1e-6", 2);
+    let mut plain = SiteLedger::open(None, "site0", &roomy, "r").unwrap();
+    plain
+        .record_query(1, "SELECT count(*) FROM data", Some(query_event()), false)
+        .unwrap();
+    let mut own = SiteLedger::open(None, "site0", &roomy, "r").unwrap();
+    own.record_query(
+        1,
+        "SELECT count(*) FROM data PER SITE",
+        Some(query_event()),
+        true,
+    )
+    .unwrap();
+    assert!(
+        own.epsilon() > 1.3 * plain.epsilon(),
+        "{} against {}",
+        own.epsilon(),
+        plain.epsilon()
+    );
+    let tight = plan("budget = 1.2\ndelta = 1e-6", 2);
+    let l = SiteLedger::open(None, "site0", &tight, "r").unwrap();
+    let e = l
+        .check_query(1, "q", Some(query_event()), true)
+        .unwrap_err();
+    assert!(e.contains("budget"), "{e}");
+    assert!(l.check_query(1, "q", Some(query_event()), false).is_ok());
 }

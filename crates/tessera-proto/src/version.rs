@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 11;
+pub const MINOR: u32 = 12;
 
 /// What this build can do.
 ///
@@ -53,6 +53,10 @@ pub const MINOR: u32 = 11;
 /// - `join-relay` (1.11): the coordinator relays the signed messages of a
 ///   plan's secure joins between the sites (`PostJoinMessage`,
 ///   `PollJoinMessages`).
+/// - `analytics-per-site` (1.12): a site answers a PER SITE query (the
+///   plan's `[analytics] per_site = true`) with its own noised answer
+///   (`SubmitSiteAnswer`) besides its masked input (a 1.12 coordinator
+///   requires it when the plan keeps sites for queries and allows PER SITE).
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -78,6 +82,7 @@ pub const CAPABILITIES: &[&str] = &[
     "external-learners",
     "analytics-queries",
     "join-relay",
+    "analytics-per-site",
 ];
 
 /// The strategies older peers can follow without the `instructions`

@@ -383,3 +383,136 @@ fn a_coordinator_that_lost_its_ledger_cannot_make_the_sites_answer_past_the_budg
     }
     close(&s, &url, &mut coordinator, &mut sites);
 }
+
+const PER_SITE: &str = "SELECT count(*), mean(age), histogram(thalach, 4) FROM data PER SITE \
+                        CLAMP age 20 90 CLAMP thalach 60 220";
+
+/// The answer of `scope` in a report.
+fn answer_of<'a>(report: &'a serde_json::Value, scope: &str) -> &'a serde_json::Value {
+    report["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["scope"] == scope)
+        .unwrap_or_else(|| panic!("no answer for {scope}: {report}"))
+}
+
+/// PER SITE deployed, where the plan allows it: besides the federation's
+/// secure sum each site sends its own answer. Exact (the plan says
+/// `dp = false`), every site's answer equals the simulated one bit for
+/// bit; with DP, each site's own answer carries the full sigma and is
+/// charged to that site besides the federation's release, in the
+/// coordinator's ledger and in each site's own; a second query past a
+/// site's budget is refused before dispatch, and an own answer sent when
+/// no query is open is refused.
+#[test]
+fn per_site_answers_deployed_equal_simulation_and_are_charged_to_each_site() {
+    if util::skip_e2e("per_site_answers_deployed_equal_simulation_and_are_charged_to_each_site") {
+        return;
+    }
+    let s = Scratch::new("deploy-analytics-per-site");
+    let (mut coordinator, mut sites, plan, _db, url) = serve(
+        &s,
+        "[analytics]\ndp = false\nper_site = true\nanalysts = [\"alice\"]\nserve_seconds = 300\n",
+    );
+    let out = ask_when_served(&s, &url, &["--query", PER_SITE, "--json", "dep.json"]).ok();
+    assert!(out.contains("the own answers of 4 sites"), "{out}");
+    close(&s, &url, &mut coordinator, &mut sites);
+    s.run(&[
+        "analyze",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--query",
+        PER_SITE,
+        "--json",
+        "sim.json",
+    ])
+    .ok();
+    let (deployed, simulated) = (s.json("dep.json"), s.json("sim.json"));
+    assert_eq!(deployed["answers"].as_array().unwrap().len(), 5);
+    for scope in ["federation", "cleveland", "hungarian", "switzerland", "va"] {
+        assert_eq!(
+            answer_of(&deployed, scope)["groups"],
+            answer_of(&simulated, scope)["groups"],
+            "{scope}: the deployed exact answer is the simulated one"
+        );
+    }
+
+    // With DP, on a second plan.
+    let s = Scratch::new("deploy-analytics-per-site-dp");
+    let (mut coordinator, mut sites, _plan, db, url) = serve(
+        &s,
+        "[privacy]\nbudget = 1.6\ndelta = 1e-6\n\n[analytics]\nepsilon = 1.0\ndelta = 1e-6\n\
+         per_site = true\nmin_group = 5\nanalysts = [\"alice\"]\nserve_seconds = 300\n",
+    );
+    let out = ask_when_served(&s, &url, &["--query", PER_SITE, "--json", "dp.json"]).ok();
+    assert!(out.contains("the own answers of 4 sites"), "{out}");
+    let answer = s.json("dp.json");
+    let sigma = answer["answers"][0]["release"]["sigma"].as_f64().unwrap();
+    for site in HEART_SITES {
+        let own = &answer_of(&answer, site)["release"];
+        assert_eq!(own["noise_std"].as_f64().unwrap(), sigma, "{site}: {own}");
+    }
+    let ledger = answer["ledger"].as_array().unwrap();
+    assert_eq!(
+        ledger.len(),
+        5,
+        "the federation's release and 4 own answers"
+    );
+    assert_eq!(
+        ledger
+            .iter()
+            .filter(|e| e["participant"].is_string())
+            .count(),
+        4
+    );
+    // A second PER SITE query would pass each site's budget (two releases
+    // each already): refused before any site is asked.
+    let refused = ask(&s, &url, "alice", &["--query", PER_SITE]).fails();
+    assert!(refused.contains("budget"), "{refused}");
+    // Own answers from outside the protocol: no query is open now.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let status = runtime.block_on(async {
+        use tessera_proto::pb;
+        let tls = s.path("ca/sites/va");
+        let files = tessera_tls::TlsFiles::in_dir(&tls);
+        let channel = tessera_participant::client::endpoint(&url, Some(&files), None)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = pb::federation_client::FederationClient::new(channel);
+        client
+            .submit_site_answer(pb::SiteAnswer {
+                site: "va".into(),
+                release: 1,
+                values: vec![7; 3],
+            })
+            .await
+            .unwrap_err()
+    });
+    assert!(
+        status.message().contains("no query 1 is being answered"),
+        "{status:?}"
+    );
+    close(&s, &url, &mut coordinator, &mut sites);
+    let status = status_of(&db);
+    let charged: Vec<_> = status
+        .ledger()
+        .iter()
+        .filter(|e| e["kind"].as_str() == Some("analytics"))
+        .collect();
+    assert_eq!(charged.len(), 5, "{charged:?}");
+    for site in HEART_SITES {
+        let own = s.json(&format!("tessera-ledger-{site}.json"));
+        let entries = own["plans"].as_object().unwrap().values().next().unwrap()["entries"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let kinds: Vec<_> = entries
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["analytics-site", "analytics"], "{site}");
+    }
+}

@@ -47,3 +47,27 @@ impl Service {
         Ok(Response::new(reply))
     }
 }
+
+impl Service {
+    /// A site's own answer to a PER SITE query (1.12,
+    /// `analytics-per-site`): checked and kept on the federation's thread
+    /// (`Federation::site_answer`).
+    pub(super) async fn submit_site_answer_call(
+        &self,
+        request: Request<pb::SiteAnswer>,
+    ) -> Result<Response<pb::SiteAnswerReply>, Status> {
+        let site = self.caller(&request, &request.get_ref().site).await?;
+        let size = request.get_ref().encoded_len();
+        let pb::SiteAnswer {
+            release, values, ..
+        } = request.into_inner();
+        self.shared
+            .call(move |f| {
+                f.count_up(&site, size);
+                f.site_answer(&site, release, values)
+            })
+            .await?
+            .map_err(refused)?;
+        Ok(Response::new(pb::SiteAnswerReply {}))
+    }
+}

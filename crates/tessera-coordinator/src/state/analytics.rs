@@ -8,7 +8,9 @@
 //! A query is checked here before anything is sent: the analyst is listed
 //! in `[analytics] analysts`, the run is serving, the query parses and
 //! compiles against the agreed schema under the plan's `[analytics]`, it is
-//! not PER SITE, at least three sites are connected, and its release fits
+//! PER SITE only where the plan allows it (each site then also sends its
+//! own answer with its own full noise, `site_answer`, charged to it),
+//! at least three sites are connected, and its release fits
 //! the run's and each site's budget of the ledger training is charged to
 //! (read from the store, as `tessera analyze --db` reads it). Then each
 //! connected site gets it as a `TASK_KIND_ANALYZE` task and masks its
@@ -22,7 +24,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tessera_analytics::deployed::{Prepared, check_budgets, deployed_answer, prepare};
+use tessera_analytics::deployed::{
+    Prepared, check_budgets, deployed_answer, prepare, site_own_answer,
+};
 use tessera_analytics::{Report, Schema};
 use tessera_core::Timestamp;
 use tessera_orchestrator::privacy::LedgerRow;
@@ -69,6 +73,8 @@ struct OpenQuery {
     threshold: usize,
     /// Sites that refused it, and why.
     refusals: Vec<(String, String)>,
+    /// With PER SITE: each site's own answer, as it sent it.
+    own: BTreeMap<String, Vec<u64>>,
 }
 
 fn micros_now() -> u64 {
@@ -276,13 +282,6 @@ impl Federation {
             Schema::of_agreement(&self.plan.data, agreement, &config.bounds).map_err(invalid)?;
         let prepared =
             prepare(text, &schema, &config, self.plan.privacy.accountant).map_err(invalid)?;
-        if prepared.query.per_site {
-            return Err(Refusal::Invalid(
-                "PER SITE: a deployed federation answers for the federation only (each site's \
-                 own answer would reach the coordinator unmasked); ask without PER SITE"
-                    .into(),
-            ));
-        }
         let now = self.now();
         let live = self.live(now);
         let cohort: Vec<String> = self
@@ -346,6 +345,7 @@ impl Federation {
             cohort,
             threshold,
             refusals: Vec::new(),
+            own: BTreeMap::new(),
         });
         self.version += 1;
         Ok(release)
@@ -383,6 +383,60 @@ impl Federation {
             return Err(Refusal::Invalid("the run has answered 2^30 queries".into()));
         }
         Ok((ledger, release))
+    }
+
+    /// `site`'s own answer to the PER SITE query of `release`, kept for
+    /// the answer: refused unless that query is open, PER SITE, asked of
+    /// `site`, not answered by it already, and `values` has the query's
+    /// slots.
+    pub fn site_answer(
+        &mut self,
+        site: &str,
+        release: u32,
+        values: Vec<u64>,
+    ) -> Result<(), Refusal> {
+        let Some(open) = self
+            .analytics
+            .open
+            .as_mut()
+            .filter(|o| o.release == release)
+        else {
+            return Err(Refusal::Invalid(format!(
+                "no query {release} is being answered"
+            )));
+        };
+        if !open.prepared.query.per_site {
+            return Err(Refusal::Invalid(format!(
+                "query {release} is not PER SITE: a site's own answer is not taken"
+            )));
+        }
+        if !open.cohort.iter().any(|s| s == site) {
+            return Err(Refusal::Denied(format!(
+                "'{site}' is not asked query {release}"
+            )));
+        }
+        if open.own.contains_key(site) {
+            return Err(Refusal::InUse(format!(
+                "'{site}' already sent its own answer to query {release}"
+            )));
+        }
+        if values.len() != open.prepared.layout.len() {
+            return Err(Refusal::Invalid(format!(
+                "query {release} has {} slots, '{site}' sent {} values",
+                open.prepared.layout.len(),
+                values.len()
+            )));
+        }
+        open.own.insert(site.to_string(), values);
+        self.audit(
+            site,
+            "analytics",
+            "own answer",
+            &format!("query {release}: this site's own answer (PER SITE)"),
+        );
+        self.touch(site);
+        self.version += 1;
+        Ok(())
     }
 
     /// `site` refuses the query of secure round `round`, saying why: it is
@@ -445,30 +499,66 @@ impl Federation {
             .iter()
             .map(|(s, why)| format!("{s} refused: {why}"))
             .collect();
-        let (sum, summed) = secure.stages().finish().map_err(|e| {
+        let federation = secure.stages().finish().map_err(|e| {
             let mut why = format!("query {}: the secure sum failed: {e}", open.release);
             if !refusals.is_empty() {
                 why.push_str(&format!(" ({})", refusals.join("; ")));
             }
             why
-        })?;
+        });
+        // The sites' own answers stand without the federation's sum.
+        if open.own.is_empty()
+            && let Err(why) = &federation
+        {
+            return Err(why.clone());
+        }
         let config = &self.plan.analytics;
-        let sum = tessera_analytics::secure::recombine(&sum);
-        let answer = deployed_answer(&open.prepared, &sum, summed, open.threshold, config);
+        let mut answers = Vec::new();
+        let mut summed = 0;
+        if let Ok((sum, n)) = &federation {
+            summed = *n;
+            let sum = tessera_analytics::secure::recombine(sum);
+            answers.push(deployed_answer(
+                &open.prepared,
+                &sum,
+                summed,
+                open.threshold,
+                config,
+            ));
+        }
+        for (site, values) in &open.own {
+            answers.push(
+                site_own_answer(&open.prepared, values, site, config).map_err(|e| e.to_string())?,
+            );
+        }
         let (mut ledger, _) = self.analytics_ledger().map_err(|e| e.to_string())?;
         let mut entries = Vec::new();
         if let Some(event) = open.prepared.event {
-            let entry = ledger
-                .record_central(open.release, event, &open.cohort)
-                .map_err(|e| e.to_string())?;
-            entries.push(tessera_privacy::LedgerEntry {
-                kind: "analytics".into(),
-                ..entry.clone()
-            });
+            if federation.is_ok() {
+                let entry = ledger
+                    .record_central(open.release, event, &open.cohort)
+                    .map_err(|e| e.to_string())?;
+                entries.push(tessera_privacy::LedgerEntry {
+                    kind: "analytics".into(),
+                    ..entry.clone()
+                });
+            }
+            for site in open.own.keys() {
+                let entry = ledger
+                    .record_participant(
+                        open.release,
+                        "analytics",
+                        &format!("query {}'s own answer at '{site}'", open.release),
+                        site,
+                        event,
+                    )
+                    .map_err(|e| e.to_string())?;
+                entries.push(entry.clone());
+            }
         }
         let report = Report {
             query: open.text.clone(),
-            answers: vec![answer],
+            answers,
             ledger: entries.clone(),
             secure_aggregation: true,
             experiment: None,
@@ -509,11 +599,20 @@ impl Federation {
                     open.release
                 )
             })?;
-        let mut note = format!(
-            "query {}: the secure sum of {summed} of {} sites' contributions",
-            open.release,
-            open.cohort.len()
-        );
+        let mut note = match &federation {
+            Ok(_) => format!(
+                "query {}: the secure sum of {summed} of {} sites' contributions",
+                open.release,
+                open.cohort.len()
+            ),
+            Err(why) => format!("{why}; no federation answer"),
+        };
+        if !open.own.is_empty() {
+            note.push_str(&format!(
+                "; the own answers of {} sites (PER SITE)",
+                open.own.len()
+            ));
+        }
         if !refusals.is_empty() {
             note.push_str(&format!("; {}", refusals.join("; ")));
         }

@@ -16,6 +16,9 @@ impl Federation {
         }
         if plan.analytics.serve_seconds > 0 {
             required.push("analytics-queries");
+            if plan.analytics.per_site {
+                required.push("analytics-per-site");
+            }
         }
         for codec in plan.compression.upload_codecs() {
             required.extend(tessera_proto::codec_capabilities(&codec));
