@@ -137,7 +137,7 @@ pub(crate) async fn answer(
         sigma = prepared.release.sigma,
         "answering an analytics query"
     );
-    let key = secret_key()?;
+    let key = client::secret_key()?;
     // Charged here, on disk, before anything is masked: an input sent may
     // be summed.
     let text = header.analytics.as_ref().map_or("", |t| t.query.as_str());
@@ -153,7 +153,7 @@ pub(crate) async fn answer(
     if prepared.query.per_site {
         // Its own answer, with its own full noise from a second key: a
         // release of its rows alone, charged above.
-        let own = site_own_vector(&prepared, &schema, &records, secret_key()?);
+        let own = site_own_vector(&prepared, &schema, &records, client::secret_key()?);
         let answer = pb::SiteAnswer {
             site: site.to_string(),
             release,
@@ -190,17 +190,6 @@ pub(crate) async fn answer(
         );
     }
     Ok(())
-}
-
-/// 32 bytes of this site's operating system's randomness: a noise key.
-fn secret_key() -> Result<[u8; 32], Failure> {
-    let mut key = [0u8; 32];
-    getrandom::fill(&mut key).map_err(|e| {
-        Failure::Fatal(ParticipantError::Local(format!(
-            "cannot draw a secret noise key: {e}"
-        )))
-    })?;
-    Ok(key)
 }
 
 #[cfg(test)]

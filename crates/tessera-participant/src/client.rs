@@ -14,3 +14,17 @@ pub use identity::SecureIdentity;
 pub use secure::{DeferredInput, secure_answer, secure_evaluate, secure_submit};
 pub use session::{agree, can_withdraw, heartbeat_interval, read_site, withdraw};
 pub use transfer::{receive_parameters, send_update};
+
+/// 32 bytes of this machine's operating system's randomness: a secret
+/// that protects this site (noise keys, masks, key pairs), never derived
+/// from the plan or its seed.
+pub(crate) fn os_key() -> Result<[u8; 32], String> {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| format!("cannot draw secret randomness: {e}"))?;
+    Ok(key)
+}
+
+/// [`os_key`], a failure this site cannot go on after.
+pub(crate) fn secret_key() -> Result<[u8; 32], Failure> {
+    os_key().map_err(|e| Failure::Fatal(crate::ParticipantError::Local(e)))
+}

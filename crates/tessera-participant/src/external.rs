@@ -178,13 +178,7 @@ pub(crate) async fn prepare(
         .map_err(|_| local_error(format!("{} training rows", site.train_rows)))?;
     // Under local DP, the seeds the learner gets derive from this key, from
     // the operating system, which never leaves the site.
-    let key = || {
-        let mut key = [0u8; 32];
-        getrandom::fill(&mut key).map_err(|e| {
-            tessera_engine::EngineError::State(format!("cannot draw a secret noise key: {e}"))
-        })?;
-        Ok(key)
-    };
+    let key = || crate::client::os_key().map_err(tessera_engine::EngineError::State);
     let site = Site::external(
         &plan,
         ParticipantId::new(&config.site),

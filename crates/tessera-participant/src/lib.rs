@@ -772,12 +772,12 @@ async fn prepare(
     // operating system, which never leaves it (not even to disk); the noise
     // and the Poisson batches both derive from it, so neither the coordinator
     // nor anyone with the plan and its seed can recompute them.
-    let site = Site::of_plan(&plan, ParticipantId::new(&config.site), learner, || {
-        let mut key = [0u8; 32];
-        getrandom::fill(&mut key)
-            .map_err(|e| local_error(format!("cannot draw a secret noise key: {e}")))?;
-        Ok::<_, Failure>(key)
-    })?;
+    let site = Site::of_plan(
+        &plan,
+        ParticipantId::new(&config.site),
+        learner,
+        client::secret_key,
+    )?;
     ledger::check_local_budget(&plan, &config.site, &site, data.train.n_rows())?;
     let takeaway = results::Takeaway::new(&plan, agreement.clone(), data.scaler.clone());
     let mut ready = Ready::new(

@@ -8,17 +8,6 @@ use tonic::transport::Channel;
 
 use super::identity::identity_is_own;
 use super::{Failure, SecureIdentity, withdraw};
-use crate::ParticipantError;
-
-fn random32() -> Result<[u8; 32], Failure> {
-    let mut out = [0u8; 32];
-    getrandom::fill(&mut out).map_err(|e| {
-        Failure::Fatal(ParticipantError::Local(format!(
-            "no secret randomness: {e}"
-        )))
-    })?;
-    Ok(out)
-}
 
 /// Sends `update` as `site` through a SecAgg+ round of `plan`'s run: the
 /// federation learns only the cohort's sum. `key_ring` holds the site's key
@@ -279,11 +268,16 @@ async fn secure_stages(
     let threshold = params.threshold;
     let ring = match key_ring.take() {
         Some(ring) => ring,
-        None => tessera_secagg::KeyRing::new(random32()?, random32()?),
+        None => tessera_secagg::KeyRing::new(super::secret_key()?, super::secret_key()?),
     };
-    let (mut me, keys) =
-        tessera_secagg::Client::with_keys(p.id, params, ring, random32()?, signer.as_ref())
-            .map_err(|e| bad(&e.to_string()))?;
+    let (mut me, keys) = tessera_secagg::Client::with_keys(
+        p.id,
+        params,
+        ring,
+        super::secret_key()?,
+        signer.as_ref(),
+    )
+    .map_err(|e| bad(&e.to_string()))?;
     let outcome = async {
         call(Step::Keys(pb::SecAggKeys {
             c_public: keys.c_public.to_vec(),
@@ -385,6 +379,6 @@ async fn secure_stages(
         Ok(counted)
     }
     .await;
-    *key_ring = Some(me.into_keys(random32()?));
+    *key_ring = Some(me.into_keys(super::secret_key()?));
     outcome
 }
