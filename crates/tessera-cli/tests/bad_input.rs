@@ -552,3 +552,29 @@ fn an_os_error_is_printed_once() {
     let line = s.run(&["simulate", "--plan", "no-such-plan.toml"]).fails();
     assert_eq!(line.matches("os error 2").count(), 1, "{line}");
 }
+
+/// A plan with cross-silo features runs in simulation only for now: a
+/// coordinator refuses it before listening, saying why, rather than train
+/// without the features its simulation had.
+#[test]
+fn a_coordinator_refuses_a_plan_with_cross_silo_features() {
+    let s = Scratch::new("cross-silo-deployed");
+    let plan = root().join("examples/cross-silo-visits.toml");
+    let run = s.run(&[
+        "coordinator",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--db",
+        "c.sqlite",
+        "--listen",
+        "127.0.0.1:0",
+        "--insecure",
+    ]);
+    assert!(!run.output.status.success());
+    let err = run.stderr();
+    assert!(
+        err.contains("error: [data.cross_silo]") && err.contains("simulation only"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -251,6 +251,14 @@ impl Federation {
         // Where central DP runs (the book's rule): everywhere in a flat run;
         // in a tree, at the aggregators that hold sites. (Secure aggregation
         // runs at every aggregator: members mask toward it, aggregators too.)
+        if plan.data.cross_silo.is_some() {
+            return Err(CoordinatorError::Config(
+                "[data.cross_silo]: cross-silo features are computed in simulation only for now \
+                 (tessera simulate); deployed, the sites would train without them, unlike the \
+                 plan's simulation"
+                    .into(),
+            ));
+        }
         let central;
         let mut place: Option<(usize, Vec<String>)> = None;
         let mut hierarchy = None;
