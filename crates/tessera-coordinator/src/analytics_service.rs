@@ -11,7 +11,7 @@ use tessera_proto::pb;
 use tessera_proto::pb::analytics_server::Analytics;
 use tonic::{Request, Response, Status};
 
-use crate::service::{ConnectionLimits, REFUSED_CALLS_PER_SECOND, is_refusal};
+use crate::service::ConnectionLimits;
 use crate::shared::Shared;
 use crate::state::Refusal;
 
@@ -55,23 +55,9 @@ impl Analytics for AnalyticsService {
         // A caller whose calls keep being refused (an unlisted analyst, a
         // query past the budget, again and again) is turned away unread
         // beyond a rate, before anything is checked or audited.
-        let peer = request.remote_addr();
-        if let Some(peer) = peer
-            && !self.connections.allows(peer)
-        {
-            metrics::counter!(crate::telemetry::names::THROTTLED).increment(1);
-            return Err(Status::resource_exhausted(format!(
-                "more than {REFUSED_CALLS_PER_SECOND} refused calls a second on this \
-                 connection: its calls are turned away until the rate falls"
-            )));
-        }
+        let peer = self.connections.admit(&request)?;
         let result = self.answer(request).await;
-        if let (Some(peer), Err(status)) = (peer, &result)
-            && is_refusal(status.code())
-        {
-            self.connections.refused(peer);
-        }
-        result
+        self.connections.settle(peer, result)
     }
 }
 

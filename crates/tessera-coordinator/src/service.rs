@@ -57,7 +57,7 @@ pub(crate) struct ConnectionLimits {
 
 impl ConnectionLimits {
     /// Whether `peer` may make a call now.
-    pub(crate) fn allows(&self, peer: std::net::SocketAddr) -> bool {
+    fn allows(&self, peer: std::net::SocketAddr) -> bool {
         let buckets = self
             .buckets
             .lock()
@@ -67,8 +67,43 @@ impl ConnectionLimits {
             .is_none_or(|b| b.level(std::time::Instant::now()) >= 1.0)
     }
 
+    /// The caller's connection, if it may call now: one with more than
+    /// [`REFUSED_CALLS_PER_SECOND`] refused calls a second is turned away
+    /// before its call is read (counted, not audited: the global limit on
+    /// audited refusals already covers it).
+    pub(crate) fn admit<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<Option<std::net::SocketAddr>, Status> {
+        let peer = request.remote_addr();
+        if let Some(peer) = peer
+            && !self.allows(peer)
+        {
+            metrics::counter!(crate::telemetry::names::THROTTLED).increment(1);
+            return Err(Status::resource_exhausted(format!(
+                "more than {REFUSED_CALLS_PER_SECOND} refused calls a second on this \
+                 connection: its calls are turned away until the rate falls"
+            )));
+        }
+        Ok(peer)
+    }
+
+    /// `result`, with a refusal counted against `peer`'s connection.
+    pub(crate) fn settle<R>(
+        &self,
+        peer: Option<std::net::SocketAddr>,
+        result: Result<R, Status>,
+    ) -> Result<R, Status> {
+        if let (Some(peer), Err(status)) = (peer, &result)
+            && is_refusal(status.code())
+        {
+            self.refused(peer);
+        }
+        result
+    }
+
     /// Counts a refused call of `peer`.
-    pub(crate) fn refused(&self, peer: std::net::SocketAddr) {
+    fn refused(&self, peer: std::net::SocketAddr) {
         let now = std::time::Instant::now();
         let mut buckets = self
             .buckets
@@ -99,36 +134,16 @@ impl Service {
         }
     }
 
-    /// The caller's connection, if it may call now: one with more than
-    /// [`REFUSED_CALLS_PER_SECOND`] refused calls a second is turned away
-    /// before its call is read (counted, not audited: the global limit on
-    /// audited refusals already covers it).
     fn admit<T>(&self, request: &Request<T>) -> Result<Option<std::net::SocketAddr>, Status> {
-        let peer = request.remote_addr();
-        if let Some(peer) = peer
-            && !self.connections.allows(peer)
-        {
-            metrics::counter!(crate::telemetry::names::THROTTLED).increment(1);
-            return Err(Status::resource_exhausted(format!(
-                "more than {REFUSED_CALLS_PER_SECOND} refused calls a second on this \
-                 connection: its calls are turned away until the rate falls"
-            )));
-        }
-        Ok(peer)
+        self.connections.admit(request)
     }
 
-    /// `result`, with a refusal counted against `peer`'s connection.
     fn settle<R>(
         &self,
         peer: Option<std::net::SocketAddr>,
         result: Result<R, Status>,
     ) -> Result<R, Status> {
-        if let (Some(peer), Err(status)) = (peer, &result)
-            && is_refusal(status.code())
-        {
-            self.connections.refused(peer);
-        }
-        result
+        self.connections.settle(peer, result)
     }
 
     /// The site a request speaks for, checked against its client
@@ -174,7 +189,7 @@ impl Service {
 
 /// Whether a call that ended with `code` was refused for what it said (not
 /// cut off by the network, a timeout or the coordinator stopping).
-pub(crate) fn is_refusal(code: tonic::Code) -> bool {
+fn is_refusal(code: tonic::Code) -> bool {
     use tonic::Code;
     matches!(
         code,

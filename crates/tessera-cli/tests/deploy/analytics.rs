@@ -16,6 +16,10 @@ use crate::util::status::status_of;
 use crate::util::{self, Scratch};
 use crate::{LIMIT, heart_text};
 
+/// A run budget that fits one query at epsilon 1, not two.
+const DP_TABLES: &str = "[privacy]\nbudget = 1.2\ndelta = 1e-6\n\n[analytics]\nepsilon = 1.0\n\
+                         delta = 1e-6\nmin_group = 5\nanalysts = [\"alice\"]\nserve_seconds = 300\n";
+
 const QUERY: &str = "SELECT cp, count(*), mean(age), stddev(chol), histogram(thalach, 4) \
                      FROM data GROUP BY cp CLAMP age 20 90 CLAMP chol 100 600 CLAMP thalach 60 220";
 
@@ -109,6 +113,18 @@ fn close(s: &Scratch, url: &str, coordinator: &mut Proc, sites: &mut [Proc]) {
     for p in sites.iter_mut() {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
+}
+
+/// The entries of `site`'s own ledger (its working folder's default
+/// file) under its one plan.
+fn site_ledger(s: &Scratch, site: &str) -> Vec<serde_json::Value> {
+    let ledger = s.json(&format!("tessera-ledger-{site}.json"));
+    let plans = ledger["plans"].as_object().unwrap();
+    assert_eq!(plans.len(), 1, "{ledger}");
+    plans.values().next().unwrap()["entries"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 fn answers_sent(sites: &[Proc]) -> usize {
@@ -214,11 +230,7 @@ fn a_deployed_dp_query_is_charged_and_one_past_the_budget_is_refused_before_disp
         return;
     }
     let s = Scratch::new("deploy-analytics-dp");
-    let (mut coordinator, mut sites, _plan, db, url) = serve(
-        &s,
-        "[privacy]\nbudget = 1.2\ndelta = 1e-6\n\n[analytics]\nepsilon = 1.0\ndelta = 1e-6\n\
-         min_group = 5\nanalysts = [\"alice\"]\nserve_seconds = 300\n",
-    );
+    let (mut coordinator, mut sites, _plan, db, url) = serve(&s, DP_TABLES);
     let out = ask_when_served(&s, &url, &["--query", QUERY, "--json", "dp.json"]).ok();
     assert!(out.contains("epsilon 1 at delta 1e-6"), "{out}");
     let answer = s.json("dp.json");
@@ -344,26 +356,13 @@ fn a_coordinator_that_lost_its_ledger_cannot_make_the_sites_answer_past_the_budg
         return;
     }
     let s = Scratch::new("deploy-analytics-site-ledger");
-    let (mut coordinator, mut sites, plan, _db, url) = serve(
-        &s,
-        "[privacy]\nbudget = 1.2\ndelta = 1e-6\n\n[analytics]\nepsilon = 1.0\ndelta = 1e-6\n\
-         min_group = 5\nanalysts = [\"alice\"]\nserve_seconds = 300\n",
-    );
+    let (mut coordinator, mut sites, plan, _db, url) = serve(&s, DP_TABLES);
     let out = ask_when_served(&s, &url, &["--query", QUERY]).ok();
     assert!(out.contains("epsilon 1 at delta 1e-6"), "{out}");
     close(&s, &url, &mut coordinator, &mut sites);
     for site in HEART_SITES {
-        let ledger = s.json(&format!("tessera-ledger-{site}.json"));
-        let entries = ledger["plans"]
-            .as_object()
-            .unwrap()
-            .values()
-            .next()
-            .unwrap()["entries"]
-            .as_array()
-            .unwrap()
-            .clone();
-        assert_eq!(entries.len(), 1, "{site}: {ledger}");
+        let entries = site_ledger(&s, site);
+        assert_eq!(entries.len(), 1, "{site}: {entries:?}");
         assert_eq!(entries[0]["kind"], "analytics");
     }
 
@@ -504,11 +503,7 @@ fn per_site_answers_deployed_equal_simulation_and_are_charged_to_each_site() {
         .collect();
     assert_eq!(charged.len(), 5, "{charged:?}");
     for site in HEART_SITES {
-        let own = s.json(&format!("tessera-ledger-{site}.json"));
-        let entries = own["plans"].as_object().unwrap().values().next().unwrap()["entries"]
-            .as_array()
-            .unwrap()
-            .clone();
+        let entries = site_ledger(&s, site);
         let kinds: Vec<_> = entries
             .iter()
             .map(|e| e["kind"].as_str().unwrap())
