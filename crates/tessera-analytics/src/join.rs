@@ -8,7 +8,11 @@
 //! identifier = "patient_id"    # must be `type = "ignore"` in [data.schema]
 //! value = "length_of_stay"     # a numeric column of both sites
 //! reveal = "count_mean"        # the count of shared identifiers, and the
-//!                              # mean of `value` at each site over them
+//!                              # mean of `value` at each site over them;
+//!                              # "members": each site learns which of its
+//!                              # identifiers are shared (no value), or
+//!                              # "members_first" (the first site only),
+//!                              # "count" (the number only)
 //! value_bounds = [0, 365]      # values are clamped here (never from the data)
 //! decimals = 2                 # fixed point: value resolution 10^-decimals
 //! max_elements = 100000        # the most identifiers either site may bring
@@ -36,6 +40,16 @@ pub enum JoinReveal {
     /// The number of shared identifiers and, for each site, the mean of
     /// its `value` over them (intersection-sum both ways); nothing else.
     CountMean,
+    /// Each site learns which of its own identifiers the other holds (and
+    /// so their number): ECDH-PSI, mode both.
+    Members,
+    /// The first site of `sites` learns which of its identifiers the other
+    /// holds; the other learns only the first's set size: ECDH-PSI,
+    /// receiver-only.
+    MembersFirst,
+    /// Both sites learn only the number of shared identifiers: ECDH-PSI,
+    /// cardinality mode.
+    Count,
 }
 
 impl JoinReveal {
@@ -43,7 +57,15 @@ impl JoinReveal {
     pub fn as_str(self) -> &'static str {
         match self {
             JoinReveal::CountMean => "count_mean",
+            JoinReveal::Members => "members",
+            JoinReveal::MembersFirst => "members_first",
+            JoinReveal::Count => "count",
         }
+    }
+
+    /// Whether a `value` column is matched too (intersection-sum).
+    pub fn has_value(self) -> bool {
+        self == JoinReveal::CountMean
     }
 }
 
@@ -57,12 +79,15 @@ pub struct JoinSpec {
     pub sites: Vec<String>,
     /// The identifier column (never a training feature).
     pub identifier: String,
-    /// The numeric column whose mean over the shared identifiers is revealed.
+    /// The numeric column whose mean over the shared identifiers is
+    /// revealed (`count_mean` only; empty for the other reveals).
+    #[serde(default)]
     pub value: String,
     /// What the join reveals.
     #[serde(default = "default_reveal")]
     pub reveal: JoinReveal,
-    /// Values are clamped to `[low, high]`.
+    /// Values are clamped to `[low, high]` (`count_mean` only).
+    #[serde(default)]
     pub value_bounds: [f64; 2],
     /// Decimal places kept (fixed point).
     #[serde(default = "default_decimals")]
@@ -152,19 +177,32 @@ impl JoinSpec {
                 self.sites.len()
             ));
         }
-        if self.identifier.is_empty() || self.value.is_empty() {
-            out.push(format!("{key}: identifier and value name columns"));
+        if self.identifier.is_empty() {
+            out.push(format!("{key}: identifier names a column"));
         }
-        if self.identifier == self.value {
+        if self.reveal.has_value() {
+            if self.value.is_empty() {
+                out.push(format!(
+                    "{key}: reveal = \"count_mean\" needs value, a numeric column"
+                ));
+            }
+            if self.identifier == self.value {
+                out.push(format!(
+                    "{key}: the identifier column cannot be the value column"
+                ));
+            }
+            let [low, high] = self.value_bounds;
+            if !(low.is_finite() && high.is_finite() && low < high && (high - low).is_finite()) {
+                out.push(format!(
+                    "{key}.value_bounds = [{low}, {high}]: the lower bound must be below the \
+                     upper, both finite"
+                ));
+            }
+        } else if !self.value.is_empty() || self.value_bounds != [0.0, 0.0] {
             out.push(format!(
-                "{key}: the identifier column cannot be the value column"
-            ));
-        }
-        let [low, high] = self.value_bounds;
-        if !(low.is_finite() && high.is_finite() && low < high && (high - low).is_finite()) {
-            out.push(format!(
-                "{key}.value_bounds = [{low}, {high}]: the lower bound must be below the upper, \
-                 both finite"
+                "{key}: value and value_bounds are for reveal = \"count_mean\"; reveal = \"{}\" \
+                 matches identifiers only",
+                self.reveal.as_str()
             ));
         }
         if self.decimals > 6 {
@@ -185,7 +223,7 @@ impl JoinSpec {
                 self.min_elements, self.max_elements
             ));
         }
-        if out.is_empty() {
+        if out.is_empty() && self.reveal.has_value() {
             let product = self.max_elements as u128 * u128::from(self.max_value());
             if product > 1u128 << 40 {
                 out.push(format!(
@@ -245,15 +283,18 @@ pub fn join_problems(
                 "{key}: a join reads its columns by name, so [data.schema] needs header = true"
             ));
         }
-        if kind(&join.value) == Some(tessera_data::ColumnKind::Ignore)
-            || kind(&join.value) == Some(tessera_data::ColumnKind::Categorical)
+        if join.reveal.has_value()
+            && (kind(&join.value) == Some(tessera_data::ColumnKind::Ignore)
+                || kind(&join.value) == Some(tessera_data::ColumnKind::Categorical))
         {
             out.push(format!(
                 "{key}.value '{}' must be a numeric column",
                 join.value
             ));
         }
-        if join.value == schema.target || join.identifier == schema.target {
+        if (join.reveal.has_value() && join.value == schema.target)
+            || join.identifier == schema.target
+        {
             out.push(format!(
                 "{key}: the target column '{}' cannot be joined on or revealed",
                 schema.target
@@ -303,5 +344,31 @@ mod tests {
         assert!(problems.contains("analytics.joins[3].sites"), "{problems}");
         assert!(problems.contains("max_elements"), "{problems}");
         assert!(problems.contains("value_bounds"), "{problems}");
+    }
+
+    /// The PSI reveals match identifiers only: a value is refused with
+    /// them, and needed by `count_mean`.
+    #[test]
+    fn membership_reveals_take_no_value() {
+        let mut s = spec();
+        s.reveal = JoinReveal::Members;
+        let problems = s.problems(0).join("\n");
+        assert!(
+            problems.contains("for reveal = \"count_mean\""),
+            "{problems}"
+        );
+        s.value = String::new();
+        s.value_bounds = [0.0, 0.0];
+        for reveal in [
+            JoinReveal::Members,
+            JoinReveal::MembersFirst,
+            JoinReveal::Count,
+        ] {
+            s.reveal = reveal;
+            assert!(s.problems(0).is_empty(), "{:?}", s.problems(0));
+        }
+        s.reveal = JoinReveal::CountMean;
+        let problems = s.problems(0).join("\n");
+        assert!(problems.contains("needs value"), "{problems}");
     }
 }

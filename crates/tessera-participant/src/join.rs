@@ -7,7 +7,8 @@
 //! its own OS-random secrets): each site learns the number of shared
 //! identifiers and the sum of the other site's values over them, and the
 //! two exchange their results, so both hold the count and each site's
-//! mean over the shared identifiers. Nothing else crosses: the other site's
+//! mean over the shared identifiers. With `reveal = "members"`,
+//! `"members_first"` or `"count"` it runs ECDH-PSI instead (`members`). Nothing else crosses: the other site's
 //! identifiers, tokens and values never arrive, only blinded points and
 //! ciphertexts. Every message goes through the coordinator's relay, signed
 //! with this site's certificate key and checked against the federation CA
@@ -19,6 +20,7 @@
 //! A join that fails or is refused does not stop training.
 
 mod envelope;
+mod members;
 mod relay;
 mod rows;
 
@@ -59,8 +61,16 @@ struct JoinFile {
     /// "done", "refused" (by this site), "refused-by-peer", "failed".
     status: String,
     reason: String,
-    /// The number of shared identifiers.
+    /// What the join reveals (`count_mean`, `members`, `members_first`,
+    /// `count`).
+    reveal: String,
+    /// The number of shared identifiers (where this site learns it).
     count: Option<u64>,
+    /// With `members` (and `members_first` at the first site): this
+    /// site's own identifiers that the other site holds, as its data file
+    /// spells them, sorted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared: Option<Vec<String>>,
     /// Each site's mean of `value` over the shared identifiers.
     means: std::collections::BTreeMap<String, Option<f64>>,
     /// This site's identifiers, and the other site's (all it learns of it).
@@ -152,7 +162,9 @@ async fn one_join(
         value: spec.value.clone(),
         status: String::new(),
         reason: String::new(),
+        reveal: spec.reveal.as_str().into(),
         count: None,
+        shared: None,
         means: Default::default(),
         own_elements: 0,
         peer_elements: None,
@@ -276,6 +288,10 @@ async fn run_protocol(
     let key = share
         .agree(&peer_public, context.as_bytes())
         .map_err(failed)?;
+    let first = spec.sites.first() == Some(&config.site);
+    if !spec.reveal.has_value() {
+        return members::membership(first, spec, relay, file, key, rows).await;
+    }
     let max_value = spec.max_value();
     let prepared = tokio::task::spawn_blocking(move || {
         tessera_psi::prepare_with_values(&key, &rows.rows, max_value)
@@ -289,7 +305,6 @@ async fn run_protocol(
         min_receiver_elements: spec.min_elements,
     };
     // Intersection-sum both ways: the first site of the plan asks first.
-    let first = spec.sites.first() == Some(&config.site);
     let mut learned = None;
     for asking in [first, !first] {
         if asking {

@@ -11,10 +11,10 @@ use crate::util::{self, Scratch};
 
 /// North holds patients 0..60, south 40..100 (written in lower case): 20
 /// shared.
-const NORTH: std::ops::Range<u32> = 0..60;
-const SOUTH: std::ops::Range<u32> = 40..100;
+pub(crate) const NORTH: std::ops::Range<u32> = 0..60;
+pub(crate) const SOUTH: std::ops::Range<u32> = 40..100;
 
-fn identifier(k: u32, lower: bool) -> String {
+pub(crate) fn identifier(k: u32, lower: bool) -> String {
     let id = format!("PAT-{k:06}-QX");
     if lower { id.to_lowercase() } else { id }
 }
@@ -51,6 +51,11 @@ fn plan_text() -> String {
 }
 
 fn plan_text_min(min_elements: usize) -> String {
+    format!("{}{}", base_plan(), stays_join(min_elements))
+}
+
+/// The plan without its joins.
+pub(crate) fn base_plan() -> &'static str {
     r#"name = "joins"
 seed = 7
 
@@ -85,7 +90,12 @@ min_participants = 2
 [privacy]
 site_metrics = "clear"
 
-[[analytics.joins]]
+"#
+}
+
+/// The join `shared-stays`: count and mean of `los`.
+fn stays_join(min_elements: usize) -> String {
+    r#"[[analytics.joins]]
 name = "shared-stays"
 sites = ["north", "south"]
 identifier = "patient_id"
@@ -120,12 +130,12 @@ fn shared_mean(rows: &[(String, String)], shared: &[u32], lower: bool) -> f64 {
     values.iter().sum::<f64>() / values.len() as f64
 }
 
-struct Federation {
-    s: Scratch,
+pub(crate) struct Federation {
+    pub(crate) s: Scratch,
     coordinator: Proc,
     north: Proc,
     south: Proc,
-    rows: [Vec<(String, String)>; 2],
+    pub(crate) rows: [Vec<(String, String)>; 2],
 }
 
 fn federation(name: &str, south_consents: bool) -> Federation {
@@ -133,6 +143,23 @@ fn federation(name: &str, south_consents: bool) -> Federation {
 }
 
 fn federation_min(name: &str, south_consents: bool, min_elements: usize) -> Federation {
+    let plan = format!("{}{}", base_plan(), stays_join(min_elements));
+    let consent: &[&str] = if south_consents {
+        &["shared-stays"]
+    } else {
+        &[]
+    };
+    federation_with(name, &plan, &["shared-stays"], consent)
+}
+
+/// North and south with `plan`, consenting to the joins `north_consents`
+/// and `south_consents`.
+pub(crate) fn federation_with(
+    name: &str,
+    plan: &str,
+    north_consents: &[&str],
+    south_consents: &[&str],
+) -> Federation {
     let s = Scratch::new(name);
     let ca = |args: &[&str]| {
         let mut all = vec!["ca", "--dir", "ca"];
@@ -147,7 +174,7 @@ fn federation_min(name: &str, south_consents: bool, min_elements: usize) -> Fede
         write_site(&s, "north.csv", NORTH, 0),
         write_site(&s, "south.csv", SOUTH, 1),
     ];
-    let plan = s.write("joins.toml", &plan_text_min(min_elements));
+    let plan = s.write("joins.toml", plan);
     let tls = s.path("ca/coordinator");
     let (coordinator, url) = coordinator(
         &s.dir,
@@ -157,7 +184,7 @@ fn federation_min(name: &str, south_consents: bool, min_elements: usize) -> Fede
         &["--tls", tls.to_str().unwrap()],
     );
     let url = url.replace("http://", "https://");
-    let site = |name: &str, consent: bool| {
+    let site = |name: &str, consent: &[&str]| {
         let tls = s.path(&format!("ca/sites/{name}"));
         let out = s.path(&format!("{name}-out"));
         std::fs::create_dir_all(&out).unwrap();
@@ -167,13 +194,13 @@ fn federation_min(name: &str, south_consents: bool, min_elements: usize) -> Fede
             "--join-out".to_string(),
             out.to_str().unwrap().to_string(),
         ];
-        if consent {
-            extra.extend(["--consent-join".to_string(), "shared-stays".to_string()]);
+        for join in consent {
+            extra.extend(["--consent-join".to_string(), join.to_string()]);
         }
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         participant_with(&s.dir, &url, name, &s.path(&format!("{name}.csv")), &extra)
     };
-    let north = site("north", true);
+    let north = site("north", north_consents);
     let south = site("south", south_consents);
     Federation {
         s,
@@ -184,7 +211,7 @@ fn federation_min(name: &str, south_consents: bool, min_elements: usize) -> Fede
     }
 }
 
-fn finish(f: &mut Federation) {
+pub(crate) fn finish(f: &mut Federation) {
     assert!(
         f.coordinator.wait(LIMIT).success(),
         "{}",
@@ -195,7 +222,12 @@ fn finish(f: &mut Federation) {
 }
 
 fn join_file(dir: &Path, site: &str) -> serde_json::Value {
-    let path = dir.join(format!("{site}-out/join-shared-stays.json"));
+    join_file_named(dir, site, "shared-stays")
+}
+
+/// What `site` wrote for the join `join`.
+pub(crate) fn join_file_named(dir: &Path, site: &str, join: &str) -> serde_json::Value {
+    let path = dir.join(format!("{site}-out/join-{join}.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }

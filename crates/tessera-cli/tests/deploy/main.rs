@@ -19,6 +19,7 @@ mod joins;
 mod lifecycle;
 mod malformed;
 mod plans;
+mod psi_joins;
 mod results;
 mod runs;
 mod secure;

@@ -29,6 +29,7 @@ const RELAYED: &[&str] = &[
     "decrypt-request",
     "decrypt-share",
     "result",
+    "reveal",
     "refuse",
 ];
 
@@ -230,22 +231,26 @@ impl Federation {
             }
             return Ok(());
         }
-        let spec_sites = self.join_spec(join)?.sites.clone();
+        let spec = self.join_spec(join)?;
+        let (spec_sites, reveal) = (spec.sites.clone(), spec.reveal);
         let reports = self.joins.reports.entry(join.to_string()).or_default();
         reports.insert(site.to_string(), report);
         if !spec_sites.iter().all(|s| reports.contains_key(s)) {
             return Ok(());
         }
         let first = reports[&spec_sites[0]].clone();
-        let agree = reports.values().all(|r| {
-            r.count == first.count
-                && r.sites == first.sites
-                && r.means.len() == first.means.len()
-                && r.means
-                    .iter()
-                    .zip(&first.means)
-                    .all(|(a, b)| a.to_bits() == b.to_bits())
-        });
+        // With members_first only the first site learns the result (the
+        // other reports that it is done, nothing more).
+        let agree = reveal == tessera_analytics::JoinReveal::MembersFirst
+            || reports.values().all(|r| {
+                r.count == first.count
+                    && r.sites == first.sites
+                    && r.means.len() == first.means.len()
+                    && r.means
+                        .iter()
+                        .zip(&first.means)
+                        .all(|(a, b)| a.to_bits() == b.to_bits())
+            });
         if !agree {
             let reason = "the sites report different results: nothing recorded".to_string();
             self.audit(
@@ -303,12 +308,29 @@ impl Federation {
             "count": report.count,
             "means": means,
         });
+        let what = match spec.reveal {
+            tessera_analytics::JoinReveal::CountMean => {
+                format!(
+                    "count and mean of {} over the shared identifiers",
+                    spec.value
+                )
+            }
+            tessera_analytics::JoinReveal::Members => {
+                "which identifiers are shared, at each site (PSI)".to_string()
+            }
+            tessera_analytics::JoinReveal::MembersFirst => format!(
+                "which identifiers are shared, at {} only (PSI)",
+                spec.sites.first().map_or("", String::as_str)
+            ),
+            tessera_analytics::JoinReveal::Count => {
+                "the number of shared identifiers (PSI-cardinality)".to_string()
+            }
+        };
         let query = format!(
-            "JOIN {} ON {} ({}): count and mean of {} over the shared identifiers",
+            "JOIN {} ON {} ({}): {what}",
             spec.name,
             spec.identifier,
             spec.sites.join(", "),
-            spec.value
         );
         self.store
             .put_join_result(

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use tessera_analytics::JoinSpec;
 use tessera_data::DataConfig;
 
-/// A site's identifiers with their fixed-point values.
+/// A site's identifiers with their fixed-point values (0 where the join
+/// matches identifiers only).
 pub(crate) struct JoinRows {
     pub rows: Vec<(String, u64)>,
     pub skipped: usize,
@@ -59,7 +60,12 @@ pub(crate) fn read(
         })
     };
     let id = column(&spec.identifier)?;
-    let value = column(&spec.value)?;
+    // The PSI reveals match identifiers only (each row's value is 0).
+    let value = if spec.reveal.has_value() {
+        Some(column(&spec.value)?)
+    } else {
+        None
+    };
     let own = site_column.as_deref().map(column).transpose()?;
     let missing = &data.schema.missing;
     let mut seen = HashSet::new();
@@ -74,15 +80,16 @@ pub(crate) fn read(
         {
             continue;
         }
-        let (Some(raw_id), Some(raw_value)) = (fields.get(id), fields.get(value)) else {
+        let Some(raw_id) = fields.get(id) else {
             out.skipped += 1;
             continue;
         };
         let normalised = tessera_psi::normalise(raw_id);
-        let fixed = if missing.iter().any(|m| m == raw_value) {
-            None
-        } else {
-            raw_value.parse::<f64>().ok().and_then(|v| spec.fixed(v))
+        let fixed = match value.map(|v| fields.get(v)) {
+            None => Some(0),
+            Some(None) => None,
+            Some(Some(raw)) if missing.iter().any(|m| m == raw) => None,
+            Some(Some(raw)) => raw.parse::<f64>().ok().and_then(|v| spec.fixed(v)),
         };
         let Some(fixed) = fixed.filter(|_| !normalised.is_empty()) else {
             out.skipped += 1;
