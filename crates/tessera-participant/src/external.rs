@@ -199,12 +199,14 @@ pub(crate) async fn prepare(
     };
     let takeaway = results::Takeaway::new(&plan, no_rows, no_scaling);
     let empty = Dataset::empty(0);
-    Ready::new(
+    let ready = Ready::new(
         config,
         welcome,
         plan,
         site,
         (empty.clone(), empty),
         takeaway,
-    )
+    )?;
+    ready.check_run(train_rows)?;
+    Ok(ready)
 }

@@ -33,6 +33,10 @@ use crate::supervisor::Failure;
 /// The format written, and the only one read.
 const FORMAT: &str = "tessera-site-ledger/1";
 
+/// Entries without DP kept per plan (the newest): they bound nothing, and
+/// only a recent release number needs to be known as answered.
+const MAX_UNCHARGED: usize = 10_000;
+
 /// The largest ledger file read (a day of queries is a few kilobytes).
 const MAX_FILE_BYTES: u64 = 64 << 20;
 
@@ -224,26 +228,25 @@ impl SiteLedger {
 
     /// Whether this site may answer `query` as release `release` with DP
     /// `event` (twice with `per_site`: the federation's sum and its own
-    /// answer): not a number it answered with another query, within the
-    /// budgets by its own count. `Ok(true)`: answered before (no new charge).
+    /// answer): not a number it answered before (each answer draws fresh
+    /// noise, so answering a number again would be a new release under an
+    /// old charge), within the budgets by its own count.
     pub(crate) fn check_query(
         &self,
         release: u32,
         query: &str,
         event: Option<DpEvent>,
         per_site: bool,
-    ) -> Result<bool, String> {
+    ) -> Result<(), String> {
         if let Some(before) = self.find("analytics", release) {
-            return if before.query.as_deref() == Some(query_hash(query).as_str()) {
-                Ok(true)
-            } else {
-                Err(format!(
-                    "release {release} of run {} was answered with another query (this site's \
-                     ledger {}): a release number is answered once",
-                    self.run,
-                    self.shown()
-                ))
-            };
+            let same = before.query.as_deref() == Some(query_hash(query).as_str());
+            return Err(format!(
+                "release {release} of run {} was already answered by this site ({} query; its \
+                 ledger {}): a release number is answered once, each answer being fresh noise",
+                self.run,
+                if same { "the same" } else { "another" },
+                self.shown()
+            ));
         }
         if let Some(event) = event {
             self.ledger
@@ -261,7 +264,7 @@ impl SiteLedger {
                 )
                 .map_err(|e| e.to_string())?;
         }
-        Ok(false)
+        Ok(())
     }
 
     /// Records the answer to `query` as release `release` (checked first),
@@ -273,9 +276,7 @@ impl SiteLedger {
         event: Option<DpEvent>,
         per_site: bool,
     ) -> Result<(), String> {
-        if self.check_query(release, query, event, per_site)? {
-            return Ok(());
-        }
+        self.check_query(release, query, event, per_site)?;
         let site = self.site.clone();
         let (entry, own_entry) = match event {
             Some(event) => {
@@ -306,12 +307,12 @@ impl SiteLedger {
         };
         let hash = query_hash(query);
         if let Some(own_entry) = own_entry {
-            self.push(
+            self.add(
                 "analytics-site",
                 release,
                 Some(hash.clone()),
                 Some(own_entry),
-            )?;
+            );
         }
         self.push("analytics", release, Some(hash), entry)
     }
@@ -324,7 +325,10 @@ impl SiteLedger {
         round: u32,
         local: Option<DpEvent>,
     ) -> Result<(), String> {
-        if self.find("training", round).is_some() {
+        // With central DP a round is one release (the coordinator's noised
+        // aggregate), whatever this site sent for it; with local DP each
+        // training is its own, with fresh noise: every one is charged.
+        if local.is_none() && self.find("training", round).is_some() {
             return Ok(());
         }
         let what = format!(
@@ -368,42 +372,40 @@ impl SiteLedger {
         self.push("training", round, None, entry)
     }
 
-    /// Checks, before any training, that the plan's `rounds` (less those
-    /// this site already trained in this run) fit the budgets on top of
-    /// what this site's ledger holds: with local DP at `local` a round,
-    /// with central DP at the plan's round event.
+    /// Checks, before a run's first training, that the plan's `rounds`
+    /// fit the budgets on top of what this site's ledger holds (earlier
+    /// runs of the plan): with local DP at `local` a round, with central
+    /// DP at the plan's round event. A restart within the run (whose
+    /// rounds this site may not all train) is left to the check before
+    /// each release, a fresh ledger to the plan's own check.
     pub(crate) fn check_run(&self, rounds: u32, local: Option<DpEvent>) -> Result<(), String> {
-        let trained = self.file.plans.get(&self.plan_hash).map_or(0, |p| {
-            p.entries
-                .iter()
-                .filter(|e| e.run == self.run && e.kind == "training")
-                .count()
-        });
-        let remaining = rounds.saturating_sub(u32::try_from(trained).unwrap_or(u32::MAX));
-        if remaining == 0 || self.entries() == 0 {
-            // Nothing spent yet: the plan's own check (the coordinator's,
-            // `check_local_budget`) covers a fresh ledger.
+        let this_run = self
+            .file
+            .plans
+            .get(&self.plan_hash)
+            .is_some_and(|p| p.entries.iter().any(|e| e.run == self.run));
+        if this_run || self.entries() == 0 {
             return Ok(());
         }
         let what = format!(
-            "the plan's {remaining} remaining rounds, on top of this site's own ledger {} ({} \
-             releases under this plan, epsilon {:.4} so far)",
+            "the plan's {rounds} rounds, on top of this site's own ledger {} ({} releases under \
+             this plan, epsilon {:.4} so far)",
             self.shown(),
             self.entries(),
             self.epsilon()
         );
         let site = std::slice::from_ref(&self.site);
+        // Rounds of one Gaussian compose as one event of that many steps.
+        let times = |event: DpEvent| DpEvent {
+            steps: event.steps.saturating_mul(u64::from(rounds)),
+            ..event
+        };
         match (local, self.central_round) {
             (Some(event), _) => {
-                let steps = event.steps.saturating_mul(u64::from(remaining));
-                let run = DpEvent { steps, ..event };
                 self.ledger
-                    .check(&what, &[], &[(self.site.clone(), run)], site)
+                    .check(&what, &[], &[(self.site.clone(), times(event))], site)
             }
-            (None, Some(event)) => {
-                self.ledger
-                    .check(&what, &vec![event; remaining as usize], &[], site)
-            }
+            (None, Some(event)) => self.ledger.check(&what, &[times(event)], &[], site),
             (None, None) => Ok(()),
         }
         .map_err(|e| e.to_string())
@@ -416,6 +418,7 @@ impl SiteLedger {
             .map_or(0, |p| p.entries.len())
     }
 
+    /// Adds an entry and writes the file.
     fn push(
         &mut self,
         kind: &str,
@@ -423,6 +426,17 @@ impl SiteLedger {
         query: Option<String>,
         entry: Option<LedgerEntry>,
     ) -> Result<(), String> {
+        self.add(kind, release, query, entry);
+        match &self.path {
+            Some(path) => write(path, &self.file),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds an entry in memory; past [`MAX_UNCHARGED`] entries without DP
+    /// under the plan the oldest of them goes (they bound nothing, and a
+    /// plan without DP could otherwise grow the file without end).
+    fn add(&mut self, kind: &str, release: u32, query: Option<String>, entry: Option<LedgerEntry>) {
         let name = &self.plan_name;
         let plan = self
             .file
@@ -440,10 +454,33 @@ impl SiteLedger {
             recorded: now_secs(),
             entry,
         });
-        match &self.path {
-            Some(path) => write(path, &self.file),
-            None => Ok(()),
+        let uncharged = plan.entries.iter().filter(|e| e.entry.is_none()).count();
+        if uncharged > MAX_UNCHARGED
+            && let Some(oldest) = plan.entries.iter().position(|e| e.entry.is_none())
+        {
+            plan.entries.remove(oldest);
         }
+    }
+}
+
+impl crate::Ready {
+    /// Refuses, before training, a plan whose rounds do not fit this
+    /// site's own ledger (a new run of a plan it already spent on), with
+    /// local DP at its event on `train_rows` rows (the declared rows of an
+    /// external learner).
+    pub(crate) fn check_run(&self, train_rows: usize) -> Result<(), Failure> {
+        let local = match &self.site {
+            Some(site) => site
+                .local_dp_event(train_rows)
+                .map_err(|e| Failure::Fatal(ParticipantError::Local(e.to_string())))?,
+            None => None,
+        };
+        self.site_ledger
+            .check_run(self.plan.federation.rounds, local)
+            .map_err(|e| {
+                tracing::error!(why = %e, "plan refused by this site's own ledger");
+                Failure::Fatal(ParticipantError::Stop(crate::cause::Cause::PlanRefused(e)))
+            })
     }
 }
 
@@ -505,11 +542,17 @@ fn write(path: &Path, file: &LedgerFile) -> Result<(), String> {
             path.display()
         )
     };
-    let text = serde_json::to_string_pretty(file).map_err(|e| e.to_string())?;
+    let text = serde_json::to_string(file).map_err(|e| e.to_string())?;
     let mut name = path.as_os_str().to_owned();
-    name.push(".tmp");
+    name.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(name);
-    let mut out = std::fs::File::create(&tmp).map_err(fail)?;
+    let _ = std::fs::remove_file(&tmp);
+    // The owner's only, created anew (never through a link left there).
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut out = options.open(&tmp).map_err(fail)?;
     out.write_all(text.as_bytes()).map_err(fail)?;
     out.sync_all().map_err(fail)?;
     drop(out);

@@ -73,8 +73,9 @@ fn plan_with_name(name: &str) -> Plan {
     p
 }
 
-/// A release number of a run is answered once: the same number with
-/// another query is refused; the same query again is not charged twice.
+/// A release number of a run is answered once: asked again, with another
+/// query or the same one, the site refuses (each answer is fresh noise, so
+/// a second one would be a release its first charge does not cover).
 #[test]
 fn a_release_number_is_answered_once() {
     let plan = plan("budget = 5.0\ndelta = 1e-6", 2);
@@ -82,9 +83,13 @@ fn a_release_number_is_answered_once() {
     l.record_query(3, "SELECT count(*) FROM data", Some(query_event()), false)
         .unwrap();
     let once = l.epsilon();
-    l.record_query(3, "SELECT count(*) FROM data", Some(query_event()), false)
-        .unwrap();
-    assert_eq!(l.epsilon(), once, "the same release is not charged twice");
+    let e = l
+        .record_query(3, "SELECT count(*) FROM data", Some(query_event()), false)
+        .unwrap_err();
+    assert!(
+        e.contains("release 3") && e.contains("the same query"),
+        "{e}"
+    );
     let e = l
         .record_query(3, "SELECT mean(x0) FROM data", Some(query_event()), false)
         .unwrap_err();
@@ -92,11 +97,31 @@ fn a_release_number_is_answered_once() {
         e.contains("release 3") && e.contains("another query"),
         "{e}"
     );
+    assert_eq!(l.epsilon(), once, "nothing more is charged");
     // An exact query (the plan said dp = false) is recorded, uncharged.
     l.record_query(4, "SELECT count(*) FROM data", None, false)
         .unwrap();
     assert_eq!(l.epsilon(), once);
     assert!(l.record_query(4, "other", None, false).is_err());
+}
+
+/// Entries without DP bound nothing: past `MAX_UNCHARGED` under a plan the
+/// oldest go, so a plan without DP cannot grow the file without end.
+#[test]
+fn answers_without_dp_are_kept_bounded() {
+    let plan = plan("budget = 5.0\ndelta = 1e-6", 2);
+    let mut l = SiteLedger::open(None, "site0", &plan, "run").unwrap();
+    for release in 1..=(MAX_UNCHARGED as u32 + 5) {
+        l.record_query(release, "q", None, false).unwrap();
+    }
+    assert_eq!(l.entries(), MAX_UNCHARGED);
+    l.record_query(MAX_UNCHARGED as u32 + 6, "q", Some(query_event()), false)
+        .unwrap();
+    assert_eq!(
+        l.entries(),
+        MAX_UNCHARGED + 1,
+        "a DP entry is never dropped"
+    );
 }
 
 /// With central DP each round this site trains in is the plan's round
@@ -120,11 +145,8 @@ fn training_is_counted_and_a_second_run_of_the_plan_is_refused() {
     let mut again = SiteLedger::open(Some(&path), "site0", &plan, "run-b").unwrap();
     // Refused before any training: the second run's 3 rounds do not fit.
     let e = again.check_run(3, None).unwrap_err();
-    assert!(
-        e.contains("3 remaining rounds") && e.contains("site0.json"),
-        "{e}"
-    );
-    // The first run resumed (its rounds are already counted) still fits.
+    assert!(e.contains("3 rounds") && e.contains("site0.json"), "{e}");
+    // The first run restarted is left to the checks before each release.
     let resumed = SiteLedger::open(Some(&path), "site0", &plan, "run-a").unwrap();
     resumed.check_run(3, None).unwrap();
     let e = again.record_training(1, None).unwrap_err();
@@ -140,6 +162,24 @@ fn training_is_counted_and_a_second_run_of_the_plan_is_refused() {
     let mut plain = SiteLedger::open(Some(&path), "site0", &none, "run").unwrap();
     plain.record_training(1, None).unwrap();
     assert_eq!(plain.entries(), 0);
+}
+
+/// With local DP each training is a release of its own (fresh noise): a
+/// round trained twice, as after a restart, is charged twice.
+#[test]
+fn every_local_dp_training_is_charged() {
+    let plan = plan("budget = 50.0\ndelta = 1e-5", 3);
+    let mut l = SiteLedger::open(None, "site0", &plan, "run").unwrap();
+    let event = DpEvent {
+        sampling_rate: 0.1,
+        noise_multiplier: 1.0,
+        steps: 10,
+    };
+    l.record_training(1, Some(event)).unwrap();
+    let once = l.epsilon();
+    l.record_training(1, Some(event)).unwrap();
+    assert!(l.epsilon() > once, "{} after {once}", l.epsilon());
+    assert_eq!(l.entries(), 2);
 }
 
 /// A file that is not this site's ledger is refused, naming it, and left

@@ -551,12 +551,6 @@ impl Ready {
             &welcome.run_id,
         )
         .map_err(|e| Failure::Fatal(ParticipantError::Local(e)))?;
-        let local = site
-            .local_dp_event(train.n_rows())
-            .map_err(|e| Failure::Fatal(ParticipantError::Local(e.to_string())))?;
-        site_ledger
-            .check_run(plan.federation.rounds, local)
-            .map_err(|e| Failure::Fatal(ParticipantError::Stop(cause::Cause::PlanRefused(e))))?;
         Ok(Self {
             run_id: welcome.run_id.clone(),
             site: Some(site),
@@ -778,7 +772,8 @@ async fn prepare(
         learner,
         client::secret_key,
     )?;
-    ledger::check_local_budget(&plan, &config.site, &site, data.train.n_rows())?;
+    let train_rows = data.train.n_rows();
+    ledger::check_local_budget(&plan, &config.site, &site, train_rows)?;
     let takeaway = results::Takeaway::new(&plan, agreement.clone(), data.scaler.clone());
     let mut ready = Ready::new(
         config,
@@ -789,5 +784,6 @@ async fn prepare(
         takeaway,
     )?;
     ready.analytics = site_analytics;
+    ready.check_run(train_rows)?;
     Ok(ready)
 }

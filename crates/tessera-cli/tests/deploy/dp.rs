@@ -59,7 +59,7 @@ fn central_dp_in_deployment_records_every_release_and_refuses_past_the_budget() 
         assert_eq!(status.code(), Some(17), "{}", p.log());
         assert!(
             p.log()
-                .contains("15 remaining rounds, on top of this site's own ledger"),
+                .contains("the plan's 15 rounds, on top of this site's own ledger"),
             "{}",
             p.log()
         );
