@@ -118,6 +118,7 @@ mod error;
 pub mod gcs;
 mod group;
 pub mod ident;
+mod mb;
 pub mod multi;
 pub mod noisy;
 pub mod psi;
