@@ -128,6 +128,13 @@ macro_rules! field_impl {
                 z[i + j + 1] = z[i + j + 1].madd52hi(a[i], b[j]);
             }
         }
+        Self::reduce_columns(z)
+    }
+
+    /// The invariant form of ten 52-bit-radix columns, each below 2^57
+    /// (the value below 2^512).
+    $(#[$a])*
+    fn reduce_columns(z: [$L; 10]) -> Self {
         // Columns 5..9 weigh 2^260 = 608 (mod p) times columns 0..4. Each
         // column is below 2^56: split at 52 bits and fold both parts.
         let m52 = <$L>::splat(M52);
@@ -146,7 +153,21 @@ macro_rules! field_impl {
 
     $(#[$a])*
     pub(crate) fn square(&self) -> Self {
-        self.mul(self)
+        // The cross products once, doubled, then the squares.
+        let a = &self.0;
+        let mut z = [<$L>::splat(0); 10];
+        for i in 0..5 {
+            for j in i + 1..5 {
+                z[i + j] = z[i + j].madd52lo(a[i], a[j]);
+                z[i + j + 1] = z[i + j + 1].madd52hi(a[i], a[j]);
+            }
+        }
+        let mut z = z.map(|c| c.shl::<1>());
+        for i in 0..5 {
+            z[2 * i] = z[2 * i].madd52lo(a[i], a[i]);
+            z[2 * i + 1] = z[2 * i + 1].madd52hi(a[i], a[i]);
+        }
+        Self::reduce_columns(z)
     }
 
     /// `self^(2^k)`, k >= 1.

@@ -334,3 +334,91 @@ fn the_self_check_passes_for_the_lanes_logic() {
     assert!(self_check(Engine::Lanes));
     assert!(self_check(Engine::Dalek));
 }
+
+/// Field elements at the edges of the invariant (limbs up to 2^52 - 1, the
+/// top one up to 2^48 - 1: values up to 2^256 - 1, not reduced).
+#[test]
+fn field_operations_hold_at_the_largest_limbs() {
+    fn limbs_to_bytes(l: &[u64; 5]) -> [u8; 32] {
+        let mut v = [0u8; 32];
+        let mut acc: u128 = 0;
+        let mut bits = 0;
+        let mut at = 0;
+        for &x in l {
+            acc |= u128::from(x) << bits;
+            bits += 52;
+            while bits >= 8 && at < 32 {
+                v[at] = acc as u8;
+                acc >>= 8;
+                bits -= 8;
+                at += 1;
+            }
+        }
+        while at < 32 {
+            v[at] = acc as u8;
+            acc >>= 8;
+            at += 1;
+        }
+        v
+    }
+    let mut rng = Rng(7);
+    let m52 = (1u64 << 52) - 1;
+    let m48 = (1u64 << 48) - 1;
+    for round in 0..32 {
+        let mut pick = |top: u64| -> [u64; 8] {
+            core::array::from_fn(|_| match rng.next() % 3 {
+                0 => top,
+                1 => top - (rng.next() & 0xff),
+                _ if round % 2 == 0 => rng.next() & top,
+                _ => 0,
+            })
+        };
+        let la: [[u64; 8]; 5] = [pick(m52), pick(m52), pick(m52), pick(m52), pick(m48)];
+        let lb: [[u64; 8]; 5] = [pick(m52), pick(m52), pick(m52), pick(m52), pick(m48)];
+        let fa = field::Fe(la.map(Portable));
+        let fb = field::Fe(lb.map(Portable));
+        let lane = |l: &[[u64; 8]; 5], i: usize| limbs_to_bytes(&core::array::from_fn(|k| l[k][i]));
+        // Compare against products computed from canonical inputs.
+        let ca = field::Fe::<Portable>::from_words(&fa.as_words());
+        let cb = field::Fe::<Portable>::from_words(&fb.as_words());
+        let mut out = [[0u8; 256]; 8];
+        for (o, f) in out.iter_mut().zip([
+            fa.mul(&fb),
+            ca.mul(&cb),
+            fa.square(),
+            ca.square(),
+            fa.sub(&fb),
+            ca.sub(&cb),
+            fa.add(&fb),
+            ca.add(&cb),
+        ]) {
+            store_words(&f.as_words(), o);
+        }
+        for pair in out.chunks(2) {
+            assert_eq!(pair[0], pair[1], "round {round}");
+        }
+        // The canonical form itself: the value mod p.
+        let mut got = [0u8; 256];
+        store_words(&fa.as_words(), &mut got);
+        for i in 0..8 {
+            let mut v = lane(&la, i);
+            // Reduce: v < 2^256 < 3p, so subtract p at most twice.
+            for _ in 0..2 {
+                let ge = v.iter().rev().cmp(P.iter().rev()) != std::cmp::Ordering::Less;
+                if ge {
+                    let mut borrow = 0i16;
+                    for k in 0..32 {
+                        let d = i16::from(v[k]) - i16::from(P[k]) - borrow;
+                        v[k] = d.rem_euclid(256) as u8;
+                        borrow = i16::from(d < 0);
+                    }
+                }
+            }
+            assert_eq!(
+                got[i * 32..(i + 1) * 32],
+                v,
+                "canonical, round {round} lane {i}"
+            );
+        }
+    }
+}
