@@ -111,10 +111,11 @@ macro_rules! point_impl {
     $(#[$a])*
     pub(crate) fn mul(&self, k: &[u8; 32]) -> Self {
         let digits = radix_16(k);
-        let mut table = [self.cached(); 8];
+        let base = self.cached();
+        let mut table = [base; 8];
         let mut multiple = *self;
         for entry in table.iter_mut().skip(1) {
-            multiple = multiple.add_cached(&self.cached());
+            multiple = multiple.add_cached(&base);
             *entry = multiple.cached();
         }
         let mut acc = Self::identity().add_cached(&Self::select(&table, digits[63]));
