@@ -51,9 +51,10 @@ fn main() {
         other => panic!("mode {other}: expected both, receiver-only or cardinality"),
     };
     println!(
-        "N = {n} per side, overlap {}, {} rayon threads",
+        "N = {n} per side, overlap {}, {} rayon threads, engine {}",
         n / 2,
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        engine_name()
     );
     let key = MatchingKey::from_bytes([42; 32]);
     let t = Instant::now();

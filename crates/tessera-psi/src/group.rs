@@ -6,7 +6,7 @@ use curve25519_dalek::scalar::Scalar;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256, Sha512};
 
-use crate::{PsiError, Token};
+use crate::{PsiError, Token, mb};
 
 /// Bytes of one compressed ristretto255 point on the wire.
 pub const POINT_BYTES: usize = 32;
@@ -22,10 +22,7 @@ const SEED_DOMAIN: &[u8] = b"tessera-psi/seeded-for-tests/v1\0";
 /// `from_uniform_bytes`, two Elligator maps: a random oracle into the group
 /// whose discrete logarithms nobody knows).
 pub(crate) fn hash_to_group(t: &Token) -> RistrettoPoint {
-    let mut h = Sha512::new();
-    h.update(HASH_DOMAIN);
-    h.update(t.0);
-    RistrettoPoint::from_uniform_bytes(&h.finalize().into())
+    RistrettoPoint::from_uniform_bytes(&token_hash(t))
 }
 
 /// A non-zero secret scalar from the operating system's random source.
@@ -122,14 +119,22 @@ pub(crate) fn double_compress_into(points: &[RistrettoPoint], out: &mut [u8]) {
     }
 }
 
+/// The 64 bytes a token is mapped to the group from (SHA-512).
+fn token_hash(t: &Token) -> [u8; 64] {
+    let mut h = Sha512::new();
+    h.update(HASH_DOMAIN);
+    h.update(t.0);
+    h.finalize().into()
+}
+
 /// `compress(2 k H(t))` for every token, packed.
 pub(crate) fn tokens_times_two(tokens: &[Token], k: &Scalar) -> Vec<u8> {
     let mut out = vec![0u8; tokens.len() * POINT_BYTES];
     out.par_chunks_mut(BATCH * POINT_BYTES)
         .zip(tokens.par_chunks(BATCH))
         .for_each(|(o, ts)| {
-            let pts: Vec<RistrettoPoint> = ts.iter().map(|t| hash_to_group(t) * k).collect();
-            double_compress_into(&pts, o);
+            let hashes: Vec<[u8; 64]> = ts.iter().map(token_hash).collect();
+            mb::hash_mul2_compress(&hashes, k, o);
         });
     out
 }
@@ -146,13 +151,10 @@ pub(crate) fn points_times_two(
         .zip(packed.par_chunks(BATCH * POINT_BYTES))
         .enumerate()
         .try_for_each(|(b, (o, input))| {
-            let pts = input
-                .chunks_exact(POINT_BYTES)
-                .enumerate()
-                .map(|(i, c)| decode(what, c, b * BATCH + i).map(|p| p * k))
-                .collect::<Result<Vec<_>, _>>()?;
-            double_compress_into(&pts, o);
-            Ok(())
+            mb::mul2_compress(input, k, o).map_err(|i| PsiError::InvalidPoint {
+                what,
+                index: b * BATCH + i,
+            })
         })?;
     Ok(out)
 }

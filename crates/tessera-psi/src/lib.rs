@@ -17,7 +17,10 @@
 //!
 //! # ECDH-PSI ([`psi`])
 //!
-//! On ristretto255 (curve25519-dalek). `H` hashes a token to the group
+//! On ristretto255 (curve25519-dalek; where the processor has AVX-512
+//! IFMA, the many multiplications by one secret scalar run eight points at
+//! a time in a multi-buffer engine that gives curve25519-dalek's bytes and
+//! refusals exactly: see [`engine_name`]). `H` hashes a token to the group
 //! (SHA-512, then `from_uniform_bytes`). The sender B holds a secret scalar
 //! `beta` (public key `Y = beta G`), the receiver A a blinding secret; both
 //! are fresh per run from the operating system's random source.
@@ -111,6 +114,37 @@
 
 #![deny(missing_docs)]
 
+/// Which engine does this process's ristretto255 arithmetic: `"ifma"`
+/// (eight points at a time on AVX-512 IFMA), `"dalek"` (curve25519-dalek,
+/// one point at a time) or `"lanes"` (the eight-lane logic on plain
+/// integers, for tests). Set `TESSERA_PSI_ENGINE=portable` to force dalek.
+pub fn engine_name() -> &'static str {
+    match mb::engine() {
+        mb::Engine::Ifma => "ifma",
+        mb::Engine::Dalek => "dalek",
+        mb::Engine::Lanes => "lanes",
+    }
+}
+
+/// The batch operations behind the protocols, for benchmarks only (not a
+/// stable interface).
+#[doc(hidden)]
+pub mod bench {
+    use curve25519_dalek::scalar::Scalar;
+
+    /// `compress(2 k P)` for every packed 32-byte point, with this
+    /// process's engine; `Err(i)` names the first invalid encoding.
+    pub fn mul2_compress(input: &[u8], k: &Scalar, out: &mut [u8]) -> Result<(), usize> {
+        crate::mb::mul2_compress(input, k, out)
+    }
+
+    /// `compress(2 k from_uniform_bytes(h))` for every `h`, with this
+    /// process's engine.
+    pub fn hash_mul2_compress(hashes: &[[u8; 64]], k: &Scalar, out: &mut [u8]) {
+        crate::mb::hash_mul2_compress(hashes, k, out)
+    }
+}
+
 pub mod agree;
 mod blind;
 mod elgamal;
@@ -118,6 +152,7 @@ mod error;
 pub mod gcs;
 mod group;
 pub mod ident;
+mod mb;
 pub mod multi;
 pub mod noisy;
 pub mod psi;
