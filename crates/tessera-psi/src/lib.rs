@@ -117,7 +117,8 @@
 /// Which engine does this process's ristretto255 arithmetic: `"ifma"`
 /// (eight points at a time on AVX-512 IFMA), `"dalek"` (curve25519-dalek,
 /// one point at a time) or `"lanes"` (the eight-lane logic on plain
-/// integers, for tests). Set `TESSERA_PSI_ENGINE=portable` to force dalek.
+/// integers, for tests). dalek unless `TESSERA_PSI_ENGINE=ifma` (opt-in
+/// until measured on IFMA hardware) or `=lanes`.
 pub fn engine_name() -> &'static str {
     match mb::engine() {
         mb::Engine::Ifma => "ifma",

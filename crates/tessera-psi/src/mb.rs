@@ -3,8 +3,8 @@
 //! instructions. Every hot path of the crate multiplies many points by one
 //! secret scalar; this engine does that eight points at once and gives the
 //! same bytes and the same refusals as curve25519-dalek, which remains the
-//! engine wherever the processor lacks AVX-512 IFMA (or when the
-//! environment sets `TESSERA_PSI_ENGINE=portable`).
+//! engine unless `TESSERA_PSI_ENGINE=ifma` asks for the lanes on a
+//! processor with AVX-512 IFMA (opt-in until measured on such hardware).
 
 #[path = "mb_field.rs"]
 mod field;
@@ -35,16 +35,19 @@ pub(crate) enum Engine {
     Ifma,
 }
 
-/// The engine for this process: IFMA where the processor has it and the
-/// engine passes its self-check against curve25519-dalek, else dalek.
-/// `TESSERA_PSI_ENGINE=portable` forces dalek, `=lanes` the eight-lane
-/// logic on plain integers (tests).
+/// The engine for this process: curve25519-dalek, unless
+/// `TESSERA_PSI_ENGINE=ifma` asks for the IFMA lanes, which are then used
+/// where the processor has them and they pass their self-check against
+/// curve25519-dalek (else dalek). Opt-in until measured:
+/// the IFMA lanes have been compiled and their logic tested on plain
+/// integers, never run on IFMA hardware. `=lanes` runs the eight-lane
+/// logic on plain integers (tests), `=portable` (or anything else) dalek.
 pub(crate) fn engine() -> Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     *ENGINE.get_or_init(|| match std::env::var("TESSERA_PSI_ENGINE").as_deref() {
-        Ok("portable") => Engine::Dalek,
         Ok("lanes") => Engine::Lanes,
-        _ if ifma_available() && self_check(Engine::Ifma) => Engine::Ifma,
+        Ok("ifma") if ifma_available() && self_check(Engine::Ifma) => Engine::Ifma,
+        // `engine_name` says which one runs (psi_bench prints it).
         _ => Engine::Dalek,
     })
 }
