@@ -133,7 +133,7 @@ pub(crate) async fn run_joins(
         let path = dir.join(format!("join-{}.json", spec.name));
         let written = serde_json::to_vec_pretty(&file)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| std::fs::write(&path, bytes).map_err(|e| e.to_string()));
+            .and_then(|bytes| write_private(&path, &bytes).map_err(|e| e.to_string()));
         if let Err(e) = written {
             tracing::error!(path = %path.display(), %e, "cannot write the join's result");
         }
@@ -241,6 +241,21 @@ async fn one_join(
     file
 }
 
+/// Writes `bytes` to `path` readable by this site's user only: with
+/// `reveal = "members"` the file lists patient identifiers.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    // A file left there before keeps its mode through `open`: set it.
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(bytes)
+}
+
 fn failed(e: impl std::fmt::Display) -> Stop {
     Stop::Failed(e.to_string())
 }
@@ -284,7 +299,16 @@ async fn run_protocol(
     let peer_public = relay.receive("hello").await?;
     let mut sites = spec.sites.clone();
     sites.sort();
-    let context = format!("{}\n{}\n{}", relay.run, spec.name, sites.join("\n"));
+    // The whole join as this site's plan has it: two sites whose plans
+    // differ (a reveal, the sites' order, the bounds) agree different keys,
+    // so nothing matches and nothing is released.
+    let spec_text = serde_json::to_string(spec).map_err(failed)?;
+    let context = format!(
+        "{}\n{}\n{}\n{spec_text}",
+        relay.run,
+        spec.name,
+        sites.join("\n")
+    );
     let key = share
         .agree(&peer_public, context.as_bytes())
         .map_err(failed)?;

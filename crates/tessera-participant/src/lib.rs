@@ -600,7 +600,10 @@ fn coordinators_plan(config: &ParticipantConfig, welcome: &pb::Welcome) -> Resul
             )));
         }
         Some(_) => {}
-        None if plan.secure_aggregation.enabled || plan.privacy.is_on() => {
+        None if plan.secure_aggregation.enabled
+            || plan.privacy.is_on()
+            || !plan.analytics.joins.is_empty() =>
+        {
             tracing::warn!(
                 "this site's privacy settings come from the coordinator's plan: give the plan this site agreed to (--expect-plan) to refuse a coordinator that weakens them"
             );

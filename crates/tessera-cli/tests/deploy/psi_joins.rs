@@ -80,6 +80,13 @@ fn psi_joins_reveal_the_members_to_both_to_the_first_or_only_the_count() {
         .collect();
     assert_eq!(kinds, ["hello", "query"], "{first_south}");
 
+    // The lists are patient identifiers: the site's user only.
+    for site in ["north", "south"] {
+        use std::os::unix::fs::PermissionsExt;
+        let path = f.s.path(&format!("{site}-out/join-both.json"));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+    }
     let status = status_of(&f.s.path("c.sqlite"));
     assert_eq!(status.audited("join", "done"), 6, "each site of each join");
     // No identifier reached the coordinator's store.

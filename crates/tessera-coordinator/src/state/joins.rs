@@ -266,7 +266,30 @@ impl Federation {
             };
             return self.finish_join(join, site, &failed, true);
         }
-        self.finish_join(join, site, &first, true)
+        // A count below min_elements is no release, whatever the sites say
+        // (each refuses it before reporting; this is the second line).
+        let min = self.join_spec(join)?.min_elements as u64;
+        if first.count < min {
+            let reason = format!(
+                "a count of {} is below min_elements = {min}: nothing recorded",
+                first.count
+            );
+            self.audit(
+                site,
+                "join",
+                "disagreed",
+                &format!("join '{join}': {reason}"),
+            );
+            let failed = pb::JoinReport {
+                status: "failed".into(),
+                reason,
+                ..Default::default()
+            };
+            return self.finish_join(join, site, &failed, true);
+        }
+        // The first site's result, reported by it.
+        let by = spec_sites[0].clone();
+        self.finish_join(join, &by, &first, true)
     }
 
     /// Marks a join finished (its later messages are dropped), records its

@@ -84,6 +84,11 @@ pub(crate) fn read(
             out.skipped += 1;
             continue;
         };
+        // An identifier spelled as a missing value is no identifier.
+        if missing.iter().any(|m| m == raw_id) {
+            out.skipped += 1;
+            continue;
+        }
         let normalised = tessera_psi::normalise(raw_id);
         let fixed = match value.map(|v| fields.get(v)) {
             None => Some(0),
