@@ -436,6 +436,11 @@ async fn session(
                     }
                     _ => None,
                 };
+                // Awaited from here on, whether or not the reply arrives:
+                // an update stored by a coordinator that dies before it
+                // answers is counted, and the next task says so (SCAFFOLD's
+                // pending control variate is then kept, not lost).
+                state.awaiting = Some(header.round);
                 let reply = if state.secure {
                     secure_submit(
                         &mut client,
@@ -466,7 +471,6 @@ async fn session(
                     summary.updates_refused += 1;
                     tracing::warn!(round = header.round, reason = %reply.reason, "update refused");
                 }
-                state.awaiting = Some(header.round);
             }
             pb::TaskKind::Evaluate => {
                 let mut site = state
