@@ -189,6 +189,27 @@ impl Service {
 
 /// Whether a call that ended with `code` was refused for what it said (not
 /// cut off by the network, a timeout or the coordinator stopping).
+/// A crash drill: with `TESSERA_DRILL_CRASH_AFTER_STORING=SITE:ROUND` the
+/// coordinator exits (137, as if killed) right after storing that site's
+/// update of that round, before it replies: the worst moment for the
+/// site, whose update counts although it heard nothing. For failure drills
+/// and tests; a restart resumes from the database.
+fn crash_drill(site: &str, round: u32) {
+    static DRILL: std::sync::OnceLock<Option<(String, u32)>> = std::sync::OnceLock::new();
+    let drill = DRILL.get_or_init(|| {
+        let value = std::env::var("TESSERA_DRILL_CRASH_AFTER_STORING").ok()?;
+        let (who, round) = value.rsplit_once(':')?;
+        Some((who.to_string(), round.parse().ok()?))
+    });
+    if drill
+        .as_ref()
+        .is_some_and(|(who, r)| who == site && *r == round)
+    {
+        tracing::error!(%site, round, "crash drill: exiting after storing the update, before replying");
+        std::process::exit(137);
+    }
+}
+
 fn is_refusal(code: tonic::Code) -> bool {
     use tonic::Code;
     matches!(
@@ -526,15 +547,19 @@ impl Service {
             }
         };
         let round = header.round;
+        let who = site.clone();
         let reply = match self
             .shared
             .call(move |f| f.submit_update(&site, round, &update))
             .await?
         {
-            Ok(()) => pb::UpdateReply {
-                accepted: true,
-                reason: String::new(),
-            },
+            Ok(()) => {
+                crash_drill(&who, round);
+                pb::UpdateReply {
+                    accepted: true,
+                    reason: String::new(),
+                }
+            }
             Err(Refusal::Invalid(reason)) => pb::UpdateReply {
                 accepted: false,
                 reason,

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use crate::util::procs::{
-    HEART_SITES, Proc, coordinator, free_port, participant, participant_with, wait_until,
+    HEART_SITES, Proc, coordinator, coordinator_env, free_port, participant, participant_with,
+    wait_until,
 };
 use crate::util::status::{poll, status_of};
 use crate::util::{self, Scratch};
@@ -88,6 +89,44 @@ fn coordinator_killed_mid_round_resumes_with_nothing_lost_or_doubled() {
     let status = status_of(&db);
     assert_eq!(status.duplicate_accepted_updates(), 0);
     assert_eq!(status.audited("update", "accepted"), 60);
+}
+
+/// The worst moment for a site: the coordinator stores its update, then
+/// dies before replying (the crash drill `TESSERA_DRILL_CRASH_AFTER_STORING`).
+/// The update counts although the site heard nothing; with SCAFFOLD the site
+/// must still keep the control variate of that round, or every later round
+/// drifts. After a restart the run ends as its simulation, bit for bit.
+#[test]
+fn an_update_stored_without_its_reply_still_counts_at_its_site() {
+    if util::skip_e2e("an_update_stored_without_its_reply_still_counts_at_its_site") {
+        return;
+    }
+    let s = Scratch::new("deploy-lost-reply");
+    let plan = plan(&s, "scaffold", "");
+    let expected = simulated_model(&s, &plan, "sim.model");
+    let db = s.path("c.sqlite");
+    let drill = [("TESSERA_DRILL_CRASH_AFTER_STORING", "hungarian:2")];
+    let (mut first, url) = coordinator_env(&s.dir, &plan, &db, 0, &[], &drill);
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut participants: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    let crashed = first.wait(LIMIT);
+    assert_eq!(crashed.code(), Some(137), "{}", first.log());
+    assert!(first.log().contains("crash drill"), "{}", first.log());
+    let (mut second, _) = coordinator(&s.dir, &plan, &db, port, &["--model-out", "dep.model"]);
+    assert!(second.wait(LIMIT).success(), "{}", second.log());
+    assert!(second.log().contains("resumed"), "{}", second.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert_eq!(
+        util::model(&s.path("dep.model")),
+        expected,
+        "the stored update's control variate is kept at its site"
+    );
+    assert_eq!(status_of(&db).duplicate_accepted_updates(), 0);
 }
 
 #[test]

@@ -28,9 +28,21 @@ impl Proc {
         args: &[&str],
         listening: Option<mpsc::Sender<String>>,
     ) -> Proc {
+        Self::start_env(name, dir, args, listening, &[])
+    }
+
+    /// [`Proc::start`] with `env` set in the process's environment.
+    pub fn start_env(
+        name: &str,
+        dir: &Path,
+        args: &[&str],
+        listening: Option<mpsc::Sender<String>>,
+        env: &[(&str, &str)],
+    ) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args(args)
             .current_dir(dir)
+            .envs(env.iter().copied())
             .env("TESSERA_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -120,6 +132,18 @@ pub fn coordinator(
     port: u16,
     extra: &[&str],
 ) -> (Proc, String) {
+    coordinator_env(dir, plan, db, port, extra, &[])
+}
+
+/// [`coordinator`] with `env` set in its environment (drills).
+pub fn coordinator_env(
+    dir: &Path,
+    plan: &Path,
+    db: &Path,
+    port: u16,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Proc, String) {
     let (tx, rx) = mpsc::channel();
     let listen = format!("127.0.0.1:{port}");
     let mut args = vec![
@@ -135,7 +159,7 @@ pub fn coordinator(
         args.push("--insecure");
     }
     args.extend_from_slice(extra);
-    let proc = Proc::start("coordinator", dir, &args, Some(tx));
+    let proc = Proc::start_env("coordinator", dir, &args, Some(tx), env);
     let address = rx
         .recv_timeout(Duration::from_secs(60))
         .unwrap_or_else(|_| panic!("the coordinator did not start:\n{}", proc.log()));
