@@ -251,29 +251,20 @@ impl Federation {
                         .zip(&first.means)
                         .all(|(a, b)| a.to_bits() == b.to_bits())
             });
-        if !agree {
-            let reason = "the sites report different results: nothing recorded".to_string();
-            self.audit(
-                site,
-                "join",
-                "disagreed",
-                &format!("join '{join}': {reason}"),
-            );
-            let failed = pb::JoinReport {
-                status: "failed".into(),
-                reason,
-                ..Default::default()
-            };
-            return self.finish_join(join, site, &failed, true);
-        }
         // A count below min_elements is no release, whatever the sites say
         // (each refuses it before reporting; this is the second line).
         let min = self.join_spec(join)?.min_elements as u64;
-        if first.count < min {
-            let reason = format!(
+        let refusal = if !agree {
+            Some("the sites report different results: nothing recorded".to_string())
+        } else if first.count < min {
+            Some(format!(
                 "a count of {} is below min_elements = {min}: nothing recorded",
                 first.count
-            );
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
             self.audit(
                 site,
                 "join",
