@@ -101,7 +101,7 @@ pub(crate) async fn answer(
         ),
         (Some(task), Some(mine)) => check_query(&state.plan, &mine.schema, &task.query)
             .and_then(|p| match p.event {
-                Some(_) if state.plan.privacy.ledger().budgets().run.is_none() => Err(
+                Some(_) if state.plan.privacy.budgets().run.is_none() => Err(
                     "the plan sets no [privacy] budget: nothing would bound how often a query \
                      is repeated to average its noise away"
                         .into(),
