@@ -340,22 +340,13 @@ impl SiteLedger {
         );
         let site = self.site.clone();
         let entry = match (local, self.central_round) {
-            (Some(event), _) => {
+            // One check, refused naming `what` (as `record_local` records).
+            (Some(event), _) => Some(
                 self.ledger
-                    .check(
-                        &what,
-                        &[],
-                        &[(site.clone(), event)],
-                        std::slice::from_ref(&site),
-                    )
-                    .map_err(|e| e.to_string())?;
-                Some(
-                    self.ledger
-                        .record_local(round, &site, event)
-                        .map_err(|e| e.to_string())?
-                        .clone(),
-                )
-            }
+                    .record_participant(round, "local", &what, &site, event)
+                    .map_err(|e| e.to_string())?
+                    .clone(),
+            ),
             (None, Some(event)) => {
                 self.ledger
                     .check(&what, &[event], &[], std::slice::from_ref(&site))
