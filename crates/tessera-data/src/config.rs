@@ -45,7 +45,7 @@ pub struct DataConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synthetic: Option<SyntheticConfig>,
     /// A feature computed across sites from an identifier column under
-    /// differential privacy (`[data.cross_silo]`; simulation only for now).
+    /// differential privacy (`[data.cross_silo]`; simulation and deployment).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cross_silo: Option<CrossSiloConfig>,
 }

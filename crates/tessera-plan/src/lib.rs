@@ -407,6 +407,39 @@ impl Plan {
         training
     }
 
+    /// With `[data.cross_silo]` among `sites` sites: the noise multiplier
+    /// `z` of each site's answers, the standard deviation of the noise on
+    /// each answer (`z sqrt(max_visits)`: one patient changes at most
+    /// `max_visits` answers by one) and the event each answering site is
+    /// charged (it answers the other `sites - 1`), calibrated so that this
+    /// spends the section's epsilon at its delta. `None` without the
+    /// section or with fewer than two sites.
+    pub fn cross_silo_noise(
+        &self,
+        sites: usize,
+    ) -> Result<Option<(f64, f64, tessera_privacy::DpEvent)>, tessera_privacy::PrivacyError> {
+        let Some(config) = &self.data.cross_silo else {
+            return Ok(None);
+        };
+        let receivers = sites.saturating_sub(1) as u64;
+        if receivers == 0 {
+            return Ok(None);
+        }
+        let z = tessera_privacy::calibrate_noise_multiplier_with(
+            self.privacy.accountant,
+            1.0,
+            receivers,
+            config.epsilon,
+            config.delta,
+        )?;
+        let event = tessera_privacy::DpEvent {
+            sampling_rate: 1.0,
+            noise_multiplier: z,
+            steps: receivers,
+        };
+        Ok(Some((z, z * f64::from(config.max_visits).sqrt(), event)))
+    }
+
     /// The seed of the initial global model (stream [`streams::INIT`]).
     pub fn init_seed(&self) -> u64 {
         derive_seed(self.seed, &[streams::INIT])

@@ -158,6 +158,7 @@ pub mod multi;
 pub mod noisy;
 pub mod psi;
 pub mod sum;
+pub mod visits;
 mod wire;
 
 pub use agree::KeyShare;
@@ -181,3 +182,4 @@ pub use sum::{
     DecryptRequest, DecryptShare, SumAwaiting, SumConfig, SumOutput, SumQuery, SumReceiver,
     SumResponse, SumSender,
 };
+pub use visits::Visits;

@@ -14,12 +14,10 @@
 //! `DpEvent { sampling_rate: 1, noise_multiplier: z, steps: n - 1 }`, with
 //! `z` calibrated so that this spends the plan's `epsilon` at its `delta`.
 //!
-//! Deployment needs the same four messages per pair relayed between sites
-//! (plain byte vectors: `MembershipQuery`, `MembershipOffer`, `Reblinded`,
-//! `NoisyAnswers`), a matching key the sites share and the coordinator
-//! never holds, secrets from each site's operating system, and the charge
-//! recorded in the coordinator's ledger; until then `tessera-data` refuses
-//! such a plan outside simulation.
+//! Deployed, each site runs the same four messages per pair through the
+//! coordinator's relay with secrets from its own operating system
+//! (`tessera_participant`'s `cross_silo`), and both the site's ledger and
+//! the coordinator's record the charge.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,10 +27,8 @@ use serde::{Deserialize, Serialize};
 use tessera_core::derive_key;
 use tessera_data::{CrossSiloConfig, DataError, FederatedData, FileSource, SiteIdentifiers};
 use tessera_engine::{Plan, streams};
-use tessera_privacy::{DpEvent, LedgerEntry, PrivacyMode};
-use tessera_psi::{
-    MatchingKey, NoisyConfig, NoisyReceiver, NoisySender, Token, ident::token, occurrence_token,
-};
+use tessera_privacy::{LedgerEntry, PrivacyMode};
+use tessera_psi::{MatchingKey, NoisyConfig, NoisyReceiver, NoisySender, Visits};
 
 /// What the cross-silo feature cost and how it was made, for the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,39 +88,6 @@ pub fn load_data(
     Ok((data, report))
 }
 
-/// Each site's rows as tokens (`None` where the identifier is missing)
-/// and its distinct tokens with their row counts.
-struct Prepared {
-    rows: Vec<Option<usize>>,
-    distinct: Vec<(Token, u32)>,
-}
-
-fn prepare(key: &MatchingKey, site: &SiteIdentifiers) -> Result<Prepared, DataError> {
-    let mut index: BTreeMap<Token, u32> = BTreeMap::new();
-    let mut row_tokens = Vec::with_capacity(site.identifiers.len());
-    for (row, id) in site.identifiers.iter().enumerate() {
-        let t = match id {
-            None => None,
-            Some(id) => Some(
-                token(key, id, row)
-                    .map_err(|e| refuse(format!("site '{}', row {}: {e}", site.site, row + 1)))?,
-            ),
-        };
-        if let Some(t) = t {
-            *index.entry(t).or_default() += 1;
-        }
-        row_tokens.push(t);
-    }
-    let position: BTreeMap<Token, usize> = index.keys().enumerate().map(|(i, t)| (*t, i)).collect();
-    Ok(Prepared {
-        rows: row_tokens
-            .iter()
-            .map(|t| t.and_then(|t| position.get(&t).copied()))
-            .collect(),
-        distinct: index.into_iter().collect(),
-    })
-}
-
 fn compute(
     plan: &Plan,
     config: &CrossSiloConfig,
@@ -134,27 +97,13 @@ fn compute(
     let cap = config.max_visits;
     let receivers = n.saturating_sub(1) as u64;
     let privacy = &plan.privacy;
-    let z = if receivers == 0 {
-        0.0
-    } else {
-        tessera_privacy::calibrate_noise_multiplier_with(
-            privacy.accountant,
-            1.0,
-            receivers,
-            config.epsilon,
-            config.delta,
-        )
-        .map_err(|e| refuse(e.to_string()))?
-    };
-    let sigma = z * f64::from(cap).sqrt();
+    let noise = plan
+        .cross_silo_noise(n)
+        .map_err(|e| refuse(e.to_string()))?;
+    let (z, sigma) = noise.map_or((0.0, 0.0), |(z, sigma, _)| (z, sigma));
     // Charge every answering site before any answer exists.
     let mut ledger = privacy.ledger();
-    if receivers > 0 {
-        let event = DpEvent {
-            sampling_rate: 1.0,
-            noise_multiplier: z,
-            steps: receivers,
-        };
+    if let Some((_, _, event)) = noise {
         for s in sites {
             ledger
                 .record_participant(
@@ -182,24 +131,18 @@ fn compute(
     let key = MatchingKey::from_bytes(derive_key(plan.seed, &[streams::CROSS_SILO, 0]));
     let prepared = sites
         .iter()
-        .map(|s| prepare(&key, s))
+        .map(|s| {
+            Visits::new(&key, &s.identifiers).map_err(|e| refuse(format!("site '{}': {e}", s.site)))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let noisy = NoisyConfig::new(sigma);
     let answers = (0..n)
         .into_par_iter()
         .map(|r| {
-            let query: Vec<Token> = prepared[r]
-                .distinct
-                .iter()
-                .flat_map(|(t, _)| (0..cap).map(move |k| occurrence_token(t, k)))
-                .collect();
-            let mut totals = vec![0.0f64; prepared[r].distinct.len()];
+            let query = prepared[r].query(cap);
+            let mut totals = vec![0.0f64; prepared[r].distinct()];
             for s in (0..n).filter(|&s| s != r) {
-                let held: Vec<Token> = prepared[s]
-                    .distinct
-                    .iter()
-                    .flat_map(|(t, m)| (0..(*m).min(cap)).map(move |k| occurrence_token(t, k)))
-                    .collect();
+                let held = prepared[s].held(cap);
                 let pair = [r as u64, s as u64];
                 let fail = |e: tessera_psi::PsiError| {
                     refuse(format!(
@@ -216,15 +159,11 @@ fn compute(
                 let reblinded = receiver.reblind(&offer).map_err(fail)?;
                 let (a, _) = sender.answer(&reblinded).map_err(fail)?;
                 let values = receiver.finish(&a).map_err(fail)?;
-                for (total, chunk) in totals.iter_mut().zip(values.chunks(cap as usize)) {
-                    *total += chunk.iter().sum::<f64>();
-                }
+                prepared[r]
+                    .add_answers(&mut totals, &values, cap)
+                    .map_err(fail)?;
             }
-            Ok(prepared[r]
-                .rows
-                .iter()
-                .map(|i| i.map_or(f64::NAN, |i| totals[i]))
-                .collect())
+            Ok(prepared[r].per_row(&totals))
         })
         .collect::<Result<Vec<Vec<f64>>, DataError>>()?;
     let report = CrossSiloReport {

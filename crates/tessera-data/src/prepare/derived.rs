@@ -39,7 +39,8 @@ pub type DeriveFeature<'a> =
 pub(crate) fn unsupported() -> DataError {
     DataError::Config(
         "[data.cross_silo] needs the sites to compute the feature together: `tessera simulate` \
-         does; deployment and `tessera analyze` do not support it yet (remove the section there)"
+         and `tessera participant` do; `tessera analyze` does not support it yet (remove the \
+         section there)"
             .into(),
     )
 }
@@ -54,46 +55,10 @@ pub(crate) fn derive_column(
     let Some(cross) = &config.cross_silo else {
         return Ok(());
     };
-    let mut sites = Vec::with_capacity(raws.len());
-    for raw in raws.iter_mut() {
-        if raw.columns.iter().any(|c| c.name == cross.feature) {
-            return Err(DataError::Config(format!(
-                "cross_silo: feature '{}' is already a column of site '{}' ({})",
-                cross.feature,
-                raw.name,
-                raw.file.display()
-            )));
-        }
-        let slot = raw
-            .columns
-            .iter()
-            .position(|c| c.name == cross.identifier)
-            .ok_or_else(|| {
-                DataError::Config(format!(
-                    "cross_silo: site '{}' ({}) has no identifier column '{}'",
-                    raw.name,
-                    raw.file.display(),
-                    cross.identifier
-                ))
-            })?;
-        raw.columns.remove(slot);
-        let identifiers = match raw.features.remove(slot) {
-            Values::Categorical { codes, levels } => codes
-                .iter()
-                .map(|&c| levels.get(c as usize).cloned())
-                .collect(),
-            Values::Numeric(_) => {
-                return Err(DataError::Config(format!(
-                    "cross_silo: identifier column '{}' was not read as text",
-                    cross.identifier
-                )));
-            }
-        };
-        sites.push(SiteIdentifiers {
-            site: raw.name.clone(),
-            identifiers,
-        });
-    }
+    let sites = raws
+        .iter_mut()
+        .map(|raw| take_identifiers(cross, raw))
+        .collect::<Result<Vec<_>, _>>()?;
     let values = derive(cross, &sites)?;
     if values.len() != raws.len() {
         return Err(DataError::Config(format!(
@@ -103,25 +68,81 @@ pub(crate) fn derive_column(
         )));
     }
     for (raw, (column, site)) in raws.iter_mut().zip(values.into_iter().zip(&sites)) {
-        if column.len() != site.identifiers.len() {
-            return Err(DataError::Config(format!(
-                "cross_silo: {} values for site '{}', which has {} rows",
-                column.len(),
-                raw.name,
-                site.identifiers.len()
-            )));
-        }
-        if column.iter().any(|v| v.is_infinite()) {
-            return Err(DataError::Config(format!(
-                "cross_silo: an infinite value for site '{}'",
-                raw.name
-            )));
-        }
-        raw.columns.push(FeatureColumn {
-            name: cross.feature.clone(),
-            kind: FeatureKind::Numeric,
-        });
-        raw.features.push(Values::Numeric(column));
+        append_feature(cross, raw, column, site.identifiers.len())?;
     }
+    Ok(())
+}
+
+/// Takes the identifier column out of one site's rows (it never becomes a
+/// feature): its identifiers, one per row.
+pub(crate) fn take_identifiers(
+    cross: &CrossSiloConfig,
+    raw: &mut RawSite,
+) -> Result<SiteIdentifiers, DataError> {
+    if raw.columns.iter().any(|c| c.name == cross.feature) {
+        return Err(DataError::Config(format!(
+            "cross_silo: feature '{}' is already a column of site '{}' ({})",
+            cross.feature,
+            raw.name,
+            raw.file.display()
+        )));
+    }
+    let slot = raw
+        .columns
+        .iter()
+        .position(|c| c.name == cross.identifier)
+        .ok_or_else(|| {
+            DataError::Config(format!(
+                "cross_silo: site '{}' ({}) has no identifier column '{}'",
+                raw.name,
+                raw.file.display(),
+                cross.identifier
+            ))
+        })?;
+    raw.columns.remove(slot);
+    let identifiers = match raw.features.remove(slot) {
+        Values::Categorical { codes, levels } => codes
+            .iter()
+            .map(|&c| levels.get(c as usize).cloned())
+            .collect(),
+        Values::Numeric(_) => {
+            return Err(DataError::Config(format!(
+                "cross_silo: identifier column '{}' was not read as text",
+                cross.identifier
+            )));
+        }
+    };
+    Ok(SiteIdentifiers {
+        site: raw.name.clone(),
+        identifiers,
+    })
+}
+
+/// Appends the feature's `column` (one value per row, `rows` of them) to
+/// one site's rows, last.
+pub(crate) fn append_feature(
+    cross: &CrossSiloConfig,
+    raw: &mut RawSite,
+    column: Vec<f64>,
+    rows: usize,
+) -> Result<(), DataError> {
+    if column.len() != rows {
+        return Err(DataError::Config(format!(
+            "cross_silo: {} values for site '{}', which has {rows} rows",
+            column.len(),
+            raw.name,
+        )));
+    }
+    if column.iter().any(|v| v.is_infinite()) {
+        return Err(DataError::Config(format!(
+            "cross_silo: an infinite value for site '{}'",
+            raw.name
+        )));
+    }
+    raw.columns.push(FeatureColumn {
+        name: cross.feature.clone(),
+        kind: FeatureKind::Numeric,
+    });
+    raw.features.push(Values::Numeric(column));
     Ok(())
 }

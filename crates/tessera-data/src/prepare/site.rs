@@ -4,7 +4,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::agreement::{Agreement, ColumnKinds, KindsOffer, LevelsOffer};
-use super::derived::{DeriveFeature, derive_column, unsupported};
+use super::derived::{
+    DeriveFeature, SiteIdentifiers, append_feature, derive_column, take_identifiers, unsupported,
+};
 use super::encode::{encode_site, present_levels};
 use super::membership::{
     Membership, MembershipTable, membership_from_table, random_split, read_membership,
@@ -95,6 +97,73 @@ pub fn read_local_site(
         read_site(config, site, path, base_dir, source)?,
         table.as_ref(),
     )
+}
+
+/// One site's rows read for a plan with `[data.cross_silo]` (deployment):
+/// the identifier column taken out, the feature still to be computed with
+/// the other sites ([`PendingSite::finish`] appends it).
+pub struct PendingSite {
+    config: DataConfig,
+    raw: RawSite,
+    table: Option<MembershipTable>,
+    identifiers: SiteIdentifiers,
+}
+
+impl std::fmt::Debug for PendingSite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PendingSite({:?})", self.identifiers)
+    }
+}
+
+impl PendingSite {
+    /// Each row's identifier, in the order the rows were read.
+    pub fn identifiers(&self) -> &SiteIdentifiers {
+        &self.identifiers
+    }
+
+    /// The site's rows with the feature's `values` (one per row, `NaN`
+    /// where unknown) as their last column.
+    pub fn finish(self, values: Vec<f64>) -> Result<LocalSite, DataError> {
+        let Some(cross) = &self.config.cross_silo else {
+            return Err(unsupported());
+        };
+        let mut raw = self.raw;
+        append_feature(cross, &mut raw, values, self.identifiers.identifiers.len())?;
+        LocalSite::new(&self.config, raw, self.table.as_ref())
+    }
+}
+
+/// [`read_local_site`] for a plan with `[data.cross_silo]`: the site's rows
+/// with the identifier column taken out, the feature to be computed with the
+/// other sites. Refused for a plan without the section, or one that
+/// generates its rows (`[data.synthetic]` has no identifiers).
+pub fn read_pending_site(
+    config: &DataConfig,
+    site: &str,
+    path: Option<&Path>,
+    base_dir: &Path,
+    source: &dyn FileSource,
+) -> Result<PendingSite, DataError> {
+    config.validate()?;
+    let Some(cross) = &config.cross_silo else {
+        return Err(DataError::Config(
+            "the plan has no [data.cross_silo]: read the site with read_local_site".into(),
+        ));
+    };
+    if config.synthetic.is_some() {
+        return Err(DataError::Config(
+            "[data.cross_silo] with [data.synthetic]: generated rows carry no identifiers".into(),
+        ));
+    }
+    let table = membership_table(config, base_dir, source)?;
+    let mut raw = read_site(config, site, path, base_dir, source)?;
+    let identifiers = take_identifiers(cross, &mut raw)?;
+    Ok(PendingSite {
+        config: config.clone(),
+        raw,
+        table,
+        identifiers,
+    })
 }
 
 fn membership_table(
