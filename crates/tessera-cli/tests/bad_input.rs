@@ -553,13 +553,20 @@ fn an_os_error_is_printed_once() {
     assert_eq!(line.matches("os error 2").count(), 1, "{line}");
 }
 
-/// A plan with cross-silo features runs in simulation only for now: a
-/// coordinator refuses it before listening, saying why, rather than train
-/// without the features its simulation had.
+/// A plan whose cross-silo feature passes its run's budget: a coordinator
+/// refuses it before listening, naming the feature and the budget, rather
+/// than start a run whose charges do not fit.
 #[test]
-fn a_coordinator_refuses_a_plan_with_cross_silo_features() {
+fn a_coordinator_refuses_a_cross_silo_plan_past_its_budget() {
     let s = Scratch::new("cross-silo-deployed");
-    let plan = root().join("examples/cross-silo-visits.toml");
+    let text = std::fs::read_to_string(root().join("examples/cross-silo-visits.toml"))
+        .unwrap()
+        .replace(
+            "\"../data/",
+            &format!("\"{}/data/", root().to_str().unwrap()),
+        )
+        + "\n[privacy]\nmode = \"central\"\nepsilon = 3.0\n";
+    let plan = s.write("plan.toml", &text);
     let run = s.run(&[
         "coordinator",
         "--plan",
@@ -573,7 +580,7 @@ fn a_coordinator_refuses_a_plan_with_cross_silo_features() {
     assert!(!run.output.status.success());
     let err = run.stderr();
     assert!(
-        err.contains("error: [data.cross_silo]") && err.contains("simulation only"),
+        err.contains("[data.cross_silo]") && err.contains("budget exceeded"),
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");

@@ -26,6 +26,7 @@ mod buffered;
 mod capabilities;
 mod clock;
 mod counting;
+mod cross_silo;
 mod evaluation;
 mod external;
 mod fatal;
@@ -252,12 +253,20 @@ impl Federation {
         // in a tree, at the aggregators that hold sites. (Secure aggregation
         // runs at every aggregator: members mask toward it, aggregators too.)
         if plan.data.cross_silo.is_some() {
-            return Err(CoordinatorError::Config(
-                "[data.cross_silo]: cross-silo features are computed in simulation only for now \
-                 (tessera simulate); deployed, the sites would train without them, unlike the \
-                 plan's simulation"
-                    .into(),
-            ));
+            // The sites compute the feature among themselves, pair by pair,
+            // through this coordinator's relay: every site named, one level.
+            if plan.topology.kind != tessera_engine::TopologyKind::Flat || node.is_some() {
+                return Err(CoordinatorError::Config(
+                    "[data.cross_silo] is computed in a flat topology only for now".into(),
+                ));
+            }
+            if plan.data.named_sites().len() < 2 {
+                return Err(CoordinatorError::Config(
+                    "[data.cross_silo] needs the plan to name its sites ([[data.sites]]), at \
+                     least two"
+                        .into(),
+                ));
+            }
         }
         let central;
         let mut place: Option<(usize, Vec<String>)> = None;
@@ -347,6 +356,7 @@ impl Federation {
                 run
             }
         };
+        cross_silo::charge(&plan, store.as_ref(), &run.id)?;
         let central_dp = match central {
             Some(cohort) => Some((
                 cohort,

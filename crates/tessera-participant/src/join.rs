@@ -21,7 +21,7 @@
 
 mod envelope;
 mod members;
-mod relay;
+pub(crate) mod relay;
 mod rows;
 
 use std::path::PathBuf;
@@ -243,7 +243,7 @@ async fn one_join(
 
 /// Writes `bytes` to `path` readable by this site's user only: with
 /// `reveal = "members"` the file lists patient identifiers.
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

@@ -89,6 +89,8 @@ pub(crate) struct SiteLedger {
     ledger: Ledger,
     /// With central DP, the event of each training round.
     central_round: Option<DpEvent>,
+    /// The plan's rounds.
+    rounds: u32,
 }
 
 /// Takes the advisory lock of the ledger at `path` for as long as the
@@ -203,6 +205,7 @@ impl SiteLedger {
             file,
             ledger,
             central_round,
+            rounds: plan.federation.rounds,
         })
     }
 
@@ -363,6 +366,46 @@ impl SiteLedger {
         self.push("training", round, None, entry)
     }
 
+    /// Records this site's answers to the other sites for the plan's
+    /// cross-silo feature (`event`: all of them) before the first leaves:
+    /// refused past a budget by this site's count, together with the plan's
+    /// central-DP rounds (which come after). Each computation of the
+    /// feature is a new release, charged again.
+    pub(crate) fn record_cross_silo(
+        &mut self,
+        event: DpEvent,
+        feature: &str,
+    ) -> Result<(), String> {
+        let what = format!(
+            "the cross-silo feature '{feature}', by this site's own ledger {} ({} releases under \
+             this plan, epsilon {:.4} so far)",
+            self.shown(),
+            self.entries(),
+            self.epsilon()
+        );
+        let site = self.site.clone();
+        if let Some(round) = self.central_round {
+            let rounds = DpEvent {
+                steps: round.steps.saturating_mul(u64::from(self.rounds)),
+                ..round
+            };
+            self.ledger
+                .check(
+                    &format!("{what}, with the plan's {} rounds after it", self.rounds),
+                    &[rounds],
+                    &[(site.clone(), event)],
+                    std::slice::from_ref(&site),
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        let entry = self
+            .ledger
+            .record_participant(0, "cross_silo", &what, &site, event)
+            .map_err(|e| e.to_string())?
+            .clone();
+        self.push("cross_silo", 0, None, Some(entry))
+    }
+
     /// Checks, before a run's first training, that the plan's `rounds`
     /// fit the budgets on top of what this site's ledger holds (earlier
     /// runs of the plan): with local DP at `local` a round, with central
@@ -370,11 +413,13 @@ impl SiteLedger {
     /// rounds this site may not all train) is left to the check before
     /// each release, a fresh ledger to the plan's own check.
     pub(crate) fn check_run(&self, rounds: u32, local: Option<DpEvent>) -> Result<(), String> {
-        let this_run = self
-            .file
-            .plans
-            .get(&self.plan_hash)
-            .is_some_and(|p| p.entries.iter().any(|e| e.run == self.run));
+        let this_run = self.file.plans.get(&self.plan_hash).is_some_and(|p| {
+            // The cross-silo feature is charged before the rounds are
+            // checked: it does not make the run one already under way.
+            p.entries
+                .iter()
+                .any(|e| e.run == self.run && e.kind != "cross_silo")
+        });
         if this_run || self.entries() == 0 {
             return Ok(());
         }

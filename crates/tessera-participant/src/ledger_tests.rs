@@ -261,3 +261,48 @@ fn a_per_site_answer_is_charged_besides_the_federations() {
     assert!(e.contains("budget"), "{e}");
     assert!(l.check_query(1, "q", Some(query_event()), false).is_ok());
 }
+
+/// The cross-silo feature's answers are charged before they leave, each
+/// computation again (fresh noise), refused when the plan's central
+/// rounds would not fit after them; and the charge does not make the run
+/// one already under way, so the rounds are still checked before training.
+#[test]
+fn the_cross_silo_feature_is_charged_and_leaves_the_rounds_checked() {
+    let path = scratch("cross-silo");
+    // Central DP at epsilon 2 over 4 rounds; budget 2.5.
+    let plan = plan(
+        "mode = \"central\"\nepsilon = 2.0\nbudget = 2.5\ndelta = 1e-6",
+        4,
+    );
+    let small = DpEvent {
+        sampling_rate: 1.0,
+        noise_multiplier: 20.0,
+        steps: 2,
+    };
+    let mut l = SiteLedger::open(Some(&path), "site0", &plan, "run-a").unwrap();
+    l.record_cross_silo(small, "visits").unwrap();
+    let after_one = l.epsilon();
+    assert!(after_one > 0.0);
+    assert!(l.check_run(4, None).is_ok(), "room left for the rounds");
+    l.record_cross_silo(small, "visits").unwrap();
+    assert!(l.epsilon() > after_one, "charged again");
+    // A charge that leaves no room for the rounds is refused, unwritten.
+    let big = DpEvent {
+        noise_multiplier: 1.0,
+        ..small
+    };
+    let e = l.record_cross_silo(big, "visits").unwrap_err();
+    assert!(e.contains("rounds") && e.contains("site0.json"), "{e}");
+    drop(l);
+    let l = SiteLedger::open(Some(&path), "site0", &plan, "run-a").unwrap();
+    assert_eq!(l.entries(), 2, "the refused charge was not written");
+    // With a cross-silo entry only, this run's rounds are still checked
+    // (a run already under way would skip the check): 4 rounds fit, 400
+    // do not.
+    let path = scratch("cross-silo-2");
+    let mut l = SiteLedger::open(Some(&path), "site0", &plan, "run-b").unwrap();
+    l.record_cross_silo(small, "visits").unwrap();
+    assert!(l.check_run(4, None).is_ok());
+    let e = l.check_run(400, None).unwrap_err();
+    assert!(e.contains("400 rounds"), "{e}");
+}

@@ -45,6 +45,7 @@ mod analytics;
 pub mod cause;
 mod checks;
 pub mod client;
+mod cross_silo;
 mod external;
 mod join;
 mod leave;
@@ -631,14 +632,7 @@ async fn prepare(
         return Err(plan_refused(external::NEEDS_LEARNER.into()));
     }
     plan_paths_within(&plan.data, &config.plan_dir).map_err(plan_refused)?;
-    let mut local = client::read_site(
-        &plan.data,
-        &config.site,
-        config.data.as_deref(),
-        &config.plan_dir,
-    )
-    .await
-    .map_err(Failure::Fatal)?;
+    let mut local = cross_silo::read_local(config, client, welcome, &plan).await?;
     tracing::info!(site = %config.site, train = local.summary().n_train, test = local.summary().n_test, "data read");
     let kinds = match agree(
         client,

@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 12;
+pub const MINOR: u32 = 13;
 
 /// What this build can do.
 ///
@@ -57,6 +57,10 @@ pub const MINOR: u32 = 12;
 ///   plan's `[analytics] per_site = true`) with its own noised answer
 ///   (`SubmitSiteAnswer`) besides its masked input (a 1.12 coordinator
 ///   requires it when the plan keeps sites for queries and allows PER SITE).
+/// - `cross-silo` (1.13): the coordinator relays the sites' noisy-membership
+///   conversations of a plan's `[data.cross_silo]` feature (`cross-silo/I-J`
+///   through `PostJoinMessage`, `PollJoinMessages`), and charges the
+///   feature to every site in its ledger.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -83,6 +87,7 @@ pub const CAPABILITIES: &[&str] = &[
     "analytics-queries",
     "join-relay",
     "analytics-per-site",
+    "cross-silo",
 ];
 
 /// The strategies older peers can follow without the `instructions`

@@ -31,6 +31,10 @@ const RELAYED: &[&str] = &[
     "result",
     "reveal",
     "refuse",
+    // [data.cross_silo]'s noisy membership.
+    "offer",
+    "reblinded",
+    "answers",
 ];
 
 /// The statuses of a report.
@@ -47,7 +51,54 @@ pub struct JoinRelay {
     finished: std::collections::BTreeSet<String>,
 }
 
+/// Who may speak in a relayed conversation: a join of the plan, or a pair
+/// of the plan's sites computing its `[data.cross_silo]` feature.
+struct Conversation {
+    name: String,
+    sites: Vec<String>,
+    /// The most elements a report may count.
+    max_elements: u64,
+    /// A cross-silo pair: nothing is released to the coordinator, so its
+    /// reports are audited and never recorded as an answer.
+    cross_silo: bool,
+}
+
 impl Federation {
+    /// The conversation named `join`: a plan's join, or `cross-silo/I-J`
+    /// (`I < J`, indices of the plan's named sites) with `[data.cross_silo]`.
+    fn conversation(&self, join: &str) -> Result<Conversation, Refusal> {
+        if let Some(pair) = join.strip_prefix("cross-silo/") {
+            let sites = self.plan.data.named_sites();
+            let parsed = pair
+                .split_once('-')
+                .and_then(|(i, j)| Some((i.parse::<usize>().ok()?, j.parse::<usize>().ok()?)))
+                .filter(|&(i, j)| {
+                    i < j && j < sites.len() && join == format!("cross-silo/{i}-{j}")
+                });
+            return match (self.plan.data.cross_silo.is_some(), parsed) {
+                (true, Some((i, j))) => Ok(Conversation {
+                    name: join.to_string(),
+                    sites: vec![sites[i].clone(), sites[j].clone()],
+                    max_elements: 0,
+                    cross_silo: true,
+                }),
+                _ => Err(Refusal::Invalid(format!(
+                    "'{}': not a pair of the plan's {} sites computing its [data.cross_silo] \
+                     feature",
+                    tessera_proto::shown(join, 64),
+                    sites.len()
+                ))),
+            };
+        }
+        let spec = self.join_spec(join)?;
+        Ok(Conversation {
+            name: spec.name.clone(),
+            sites: spec.sites.clone(),
+            max_elements: spec.max_elements as u64,
+            cross_silo: false,
+        })
+    }
+
     fn join_spec(&self, join: &str) -> Result<&JoinSpec, Refusal> {
         self.plan
             .analytics
@@ -135,7 +186,7 @@ impl Federation {
     }
 
     fn check_join_post(&self, site: &str, post: &pb::JoinPost) -> Result<(), Refusal> {
-        let spec = self.join_spec(&post.join)?;
+        let spec = self.conversation(&post.join)?;
         if !spec.sites.iter().any(|s| s == site) {
             return Err(Refusal::Denied(format!(
                 "join '{}' does not name site '{site}' (its sites: {})",
@@ -163,7 +214,8 @@ impl Federation {
                 || report.sites.len() != report.means.len()
                 || report.sites.len() > spec.sites.len()
                 || report.sites.iter().any(|s| !spec.sites.contains(s))
-                || report.count > spec.max_elements as u64
+                || report.count > spec.max_elements
+                || (spec.cross_silo && (report.count != 0 || !report.sites.is_empty()))
             {
                 return Err(Refusal::Invalid(format!(
                     "join '{}': a report names sites outside the join, a count above \
@@ -223,6 +275,9 @@ impl Federation {
         };
         self.audit(site, "join", &report.status, &what);
         tracing::info!(%site, detail = %what, "join report");
+        if self.conversation(join)?.cross_silo {
+            return self.cross_silo_report(site, join, &report);
+        }
         if report.status != "done" {
             if report.status == "refused" || report.status == "failed" {
                 // Its messages stay (bounded) until the other site read the
@@ -356,6 +411,32 @@ impl Federation {
             .map_err(unavailable)
     }
 
+    /// A report of a cross-silo pair: audited; once both sites are done
+    /// (or one failed or refused, after its refusal was relayed), the
+    /// pair's messages are dropped. Nothing of it is an answer here.
+    fn cross_silo_report(
+        &mut self,
+        site: &str,
+        join: &str,
+        report: &pb::JoinReport,
+    ) -> Result<(), Refusal> {
+        if report.status == "failed" || report.status == "refused" {
+            self.joins.finished.insert(join.to_string());
+            return Ok(());
+        }
+        if report.status != "done" {
+            return Ok(());
+        }
+        let sites = self.conversation(join)?.sites;
+        let reports = self.joins.reports.entry(join.to_string()).or_default();
+        reports.insert(site.to_string(), report.clone());
+        if sites.iter().all(|s| reports.contains_key(s)) {
+            self.joins.finished.insert(join.to_string());
+            self.drop_join_messages(join);
+        }
+        Ok(())
+    }
+
     /// Drops a join's messages.
     fn drop_join_messages(&mut self, join: &str) {
         let dropped: Vec<(String, String)> = self
@@ -381,7 +462,7 @@ impl Federation {
         request: &pb::JoinPollRequest,
         tls: bool,
     ) -> Result<pb::JoinPollReply, Refusal> {
-        let checked = self.join_spec(&request.join).and_then(|spec| {
+        let checked = self.conversation(&request.join).and_then(|spec| {
             if spec.sites.iter().any(|s| s == site) {
                 Ok(())
             } else {
