@@ -122,10 +122,7 @@ pub struct ParticipantArgs {
     report: Option<PathBuf>,
     /// Consent to the plan's secure join NAME (`[[analytics.joins]]`;
     /// repeat for several): without it this site refuses the join, says why
-    /// to the other site and the coordinator, and trains anyway. NAME may
-    /// also be the feature of the plan's `[data.cross_silo]`: consent to
-    /// compute it from this site's identifier column with the other sites
-    /// (without it, or --expect-plan, such a plan is refused).
+    /// to the other site and the coordinator, and trains anyway.
     #[arg(long, value_name = "NAME")]
     consent_join: Vec<String>,
     /// Where each join's result and the transcript of what this site

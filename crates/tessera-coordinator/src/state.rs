@@ -352,6 +352,7 @@ impl Federation {
                     created_unix_micros: created,
                     status: "running".into(),
                 };
+                cross_silo::check(&plan)?;
                 store.create_run(&run)?;
                 run
             }

@@ -43,19 +43,21 @@ fn every_site_is_charged_once_per_run_and_not_again_on_resume() {
 
 #[test]
 fn central_rounds_that_no_longer_fit_after_the_feature_are_refused() {
-    // Central DP calibrated to spend the run's budget of epsilon 3 on its
-    // rounds: the feature's epsilon 8 per site leaves no room for them.
-    let privacy = "\n[privacy]\nmode = \"central\"\nepsilon = 3.0\n";
-    let plan = cross_silo(privacy);
+    // Central DP calibrated to spend epsilon 3 on its rounds, under a run
+    // budget of 5: the feature at epsilon 4 per site fits alone, the rounds
+    // fit alone, the two together do not.
+    let privacy = "\n[privacy]\nmode = \"central\"\nepsilon = 3.0\nbudget = 5.0\n";
+    let (_, text) = cross_silo(privacy);
+    let text = text.replace("epsilon = 8.0", "epsilon = 4.0");
+    let plan = (Plan::from_toml(&text, "cross-silo").unwrap(), text);
     let store = SqliteStore::open(&Db::new().path()).unwrap();
     let err = Federation::open(plan.0.clone(), &plan.1, store, Duration::from_secs(60))
         .err()
         .expect("refused");
     let text = err.to_string();
-    assert!(text.contains("cross_silo"), "{text}");
+    assert!(text.contains("with the feature's charges"), "{text}");
     // Without the feature the same rounds fit.
-    let (_, text) = cross_silo(privacy);
-    let text = without_section(&text);
+    let text = without_section(&plan.1);
     let plan = (Plan::from_toml(&text, "plain").unwrap(), text);
     let store = SqliteStore::open(&Db::new().path()).unwrap();
     Federation::open(plan.0, &plan.1, store, Duration::from_secs(60)).unwrap();

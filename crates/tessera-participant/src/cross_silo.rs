@@ -63,7 +63,35 @@ struct PairFile {
     /// Of the other site's query points, how many matched this site's
     /// identifiers (what this site learnt as the answering site).
     matched_as_sender: Option<usize>,
-    received: Vec<crate::join::relay::Received>,
+    received: Vec<Seen>,
+}
+
+/// One received message as this site's record keeps it: its payload's
+/// hash, not the payload (a query is megabytes).
+#[derive(Debug, Serialize)]
+struct Seen {
+    kind: String,
+    seq: u32,
+    payload_bytes: usize,
+    payload_sha256: String,
+}
+
+impl Seen {
+    fn of(r: crate::join::relay::Received) -> Self {
+        use sha2::Digest;
+        let bytes: Vec<u8> = (0..r.payload_hex.len() / 2)
+            .filter_map(|i| u8::from_str_radix(r.payload_hex.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
+        Seen {
+            kind: r.kind,
+            seq: r.seq,
+            payload_bytes: r.payload_bytes,
+            payload_sha256: sha2::Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        }
+    }
 }
 
 /// What this site writes of the feature (`cross-silo-SITE.json`).
@@ -149,12 +177,15 @@ pub(crate) async fn read_site(
             sites.join(", ")
         )));
     };
-    if config.expect_plan.is_none() && !config.joins.consent.contains(&cross.feature) {
+    // Only the plan this site agreed to: a coordinator's plan could lower
+    // the noise (a larger epsilon) or rename the plan to reset this site's
+    // ledger, and a consent by name could be matched by a join of that name.
+    if config.expect_plan.is_none() {
         return Err(refused(format!(
             "the plan computes the cross-silo feature '{}' from this site's '{}' column with \
-             the other sites; give --consent-join {} to consent (or --expect-plan with the plan \
-             this site agreed to)",
-            cross.feature, cross.identifier, cross.feature
+             the other sites: give --expect-plan with the plan this site agreed to (its noise \
+             and budgets are then the ones agreed, not the coordinator's)",
+            cross.feature, cross.identifier
         )));
     }
     if !welcome.capabilities.iter().any(|c| c == CAPABILITY) {
@@ -201,6 +232,42 @@ pub(crate) async fn read_site(
             "[data.cross_silo] needs at least two named sites".into(),
         ));
     };
+    // Every identifier checked, and the messages' sizes, before anything
+    // is charged or sent.
+    let visits = blocking({
+        let ids = pending.identifiers().identifiers.clone();
+        let column = cross.identifier.clone();
+        // Only the grouping of rows by identifier matters here.
+        move || {
+            Visits::new(&MatchingKey::from_bytes([0u8; 32]), &ids).map_err(|e| match e {
+                tessera_psi::PsiError::EmptyIdentifier { index } => format!(
+                    "data row {} of this site: its '{column}' is empty once normalised",
+                    index + 1
+                ),
+                e => e.to_string(),
+            })
+        }
+    })
+    .await
+    .map_err(local)?;
+    let points = noisy_points(visits.distinct(), cross.max_visits);
+    if points.saturating_mul(tessera_psi::POINT_BYTES) > MAX_MESSAGE {
+        return Err(local(format!(
+            "[data.cross_silo]: {} patients x max_visits {} make a query of {points} points, \
+             above the {} bytes one relayed message carries: lower max_visits",
+            visits.distinct(),
+            cross.max_visits,
+            MAX_MESSAGE
+        )));
+    }
+    // Within a run, the feature computed once (a new session after a lost
+    // connection reuses it, without a second charge).
+    if let Some(values) = cached(&welcome.run_id) {
+        tracing::info!(feature = %cross.feature, "the cross-silo feature of this run, computed before");
+        return blocking(move || pending.finish(values).map_err(|e| e.to_string()))
+            .await
+            .map_err(local);
+    }
     // Charged before any answer leaves, across runs and restarts.
     let mut ledger = crate::ledger::SiteLedger::open(
         config.ledger.as_deref(),
@@ -231,11 +298,11 @@ pub(crate) async fn read_site(
     // Each row's sum of the answers about its identifier, over the pairs.
     let mut totals = vec![0.0f64; rows];
     let noisy = NoisyConfig::new(sigma);
-    let mut failure = None;
+    let mut failure: Option<String> = None;
     // Every pair in one global order: each site works through its own
     // pairs in that order, so the smallest unfinished pair always has both
     // its sites at it.
-    'pairs: for i in 0..sites.len() {
+    for i in 0..sites.len() {
         for j in i + 1..sites.len() {
             if i != me && j != me {
                 continue;
@@ -250,6 +317,20 @@ pub(crate) async fn read_site(
                 &config.site,
                 peer,
             );
+            if let Some(why) = &failure {
+                // The other sites do not wait for this one in vain.
+                let _ = relay
+                    .send(
+                        "refuse",
+                        format!(
+                            "the cross-silo feature failed at '{}' before this pair: {why}",
+                            config.site
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+                continue;
+            }
             let mut pair = PairFile {
                 peer: peer.clone(),
                 peer_held: None,
@@ -275,7 +356,10 @@ pub(crate) async fn read_site(
                 &mut totals,
             )
             .await;
-            pair.received = std::mem::take(&mut relay.transcript);
+            pair.received = std::mem::take(&mut relay.transcript)
+                .into_iter()
+                .map(Seen::of)
+                .collect();
             let report = |status: &str, reason: &str| pb::JoinReport {
                 status: status.into(),
                 reason: reason.into(),
@@ -301,18 +385,8 @@ pub(crate) async fn read_site(
                 }
             }
             file.pairs.push(pair);
-            if failure.is_some() {
-                break 'pairs;
-            }
         }
     }
-    let visits = blocking({
-        let ids = pending.identifiers().identifiers.clone();
-        // Only the grouping of rows by identifier matters here.
-        move || Visits::new(&MatchingKey::from_bytes([0u8; 32]), &ids).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(local)?;
     file.distinct = visits.distinct();
     write_file(config, &file);
     if let Some(why) = failure {
@@ -328,9 +402,35 @@ pub(crate) async fn read_site(
         .zip(&pending.identifiers().identifiers)
         .map(|(v, id)| if id.is_some() { *v } else { f64::NAN })
         .collect();
+    remember(&welcome.run_id, values.clone());
     blocking(move || pending.finish(values).map_err(|e| e.to_string()))
         .await
         .map_err(local)
+}
+
+/// The most bytes of points one relayed message carries (the relay's
+/// envelope bound, less room for the header and the signature).
+const MAX_MESSAGE: usize = (15 << 20) - (64 << 10);
+
+/// The query points for `distinct` identifiers of `cap` occurrences.
+fn noisy_points(distinct: usize, cap: u32) -> usize {
+    NoisyConfig::new(0.0).padded_len(distinct.saturating_mul(cap as usize))
+}
+
+/// This process's feature of its last run.
+static COMPUTED: std::sync::Mutex<Option<(String, Vec<f64>)>> = std::sync::Mutex::new(None);
+
+fn cached(run: &str) -> Option<Vec<f64>> {
+    let held = COMPUTED.lock().ok()?;
+    held.as_ref()
+        .filter(|(r, _)| r == run)
+        .map(|(_, v)| v.clone())
+}
+
+fn remember(run: &str, values: Vec<f64>) {
+    if let Ok(mut held) = COMPUTED.lock() {
+        *held = Some((run.to_string(), values));
+    }
 }
 
 /// One pair: the key, then each site asks the other (`first` asks first).
@@ -352,6 +452,38 @@ async fn one_pair(
     let key = share
         .agree(&peer_public, context.as_bytes())
         .map_err(fail)?;
+    // Both sites prove they hold the same key (the same plan section, this
+    // session's key shares): a message left from an earlier session, or a
+    // peer with another plan, fails here, named, instead of matching nothing.
+    let confirm = |role: &[u8], first: &[u8], second: &[u8]| {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"tessera/cross-silo/confirm/v1\0");
+        h.update(key.to_bytes());
+        h.update(role);
+        h.update(first);
+        h.update(second);
+        h.finalize().to_vec()
+    };
+    let own_public = share.public();
+    let (mine, theirs): (&[u8], &[u8]) = if first {
+        (b"first", b"second")
+    } else {
+        (b"second", b"first")
+    };
+    let (lo, hi) = if first {
+        (own_public.as_slice(), peer_public.as_slice())
+    } else {
+        (peer_public.as_slice(), own_public.as_slice())
+    };
+    relay.send("confirm", &confirm(mine, lo, hi)).await?;
+    if relay.receive("confirm").await? != confirm(theirs, lo, hi) {
+        return Err(Stop::Failed(
+            "the other site agreed another key (another [data.cross_silo] section or run, or \
+             a message left from an earlier attempt): nothing is computed"
+                .into(),
+        ));
+    }
     let ids = pending.identifiers().identifiers.clone();
     let visits = blocking(move || Visits::new(&key, &ids).map_err(|e| e.to_string()))
         .await
@@ -378,6 +510,17 @@ async fn one_pair(
             let answers =
                 NoisyAnswers::from_bytes(&relay.receive("answers").await?).map_err(fail)?;
             let values = receiver.finish(&answers).map_err(fail)?;
+            // An answer is a bit plus Gaussian noise: far outside that, the
+            // other site is not following the protocol.
+            let bound = 1.0 + 50.0 * noisy.sigma;
+            if let Some(v) = values.iter().find(|v| !(-bound..=bound + 1.0).contains(*v)) {
+                return Err(Stop::Failed(format!(
+                    "an answer of {v} lies outside [-{bound}, {}] (a bit plus noise of sd {}): \
+                     refused",
+                    bound + 1.0,
+                    noisy.sigma
+                )));
+            }
             let mut per_identifier = vec![0.0; visits.distinct()];
             visits
                 .add_answers(&mut per_identifier, &values, cap)

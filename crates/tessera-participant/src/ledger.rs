@@ -384,6 +384,21 @@ impl SiteLedger {
             self.epsilon()
         );
         let site = self.site.clone();
+        // Without a budget nothing bounds repeated computations (each fresh
+        // noise, averaged away over runs): the feature is then computed
+        // once under the plan, its own epsilon the cap.
+        let budgets = self.ledger.budgets();
+        let unbounded = budgets.run.is_none() && !budgets.participants.contains_key(&site);
+        let before = self.file.plans.get(&self.plan_hash).map_or(0, |p| {
+            p.entries.iter().filter(|e| e.kind == "cross_silo").count()
+        });
+        if unbounded && before > 0 {
+            return Err(format!(
+                "{what}: it was already computed under this plan and the plan sets no privacy \
+                 budget ([privacy] budget or participant_budgets) that would bound a second \
+                 computation"
+            ));
+        }
         if let Some(round) = self.central_round {
             let rounds = DpEvent {
                 steps: round.steps.saturating_mul(u64::from(self.rounds)),

@@ -306,3 +306,26 @@ fn the_cross_silo_feature_is_charged_and_leaves_the_rounds_checked() {
     let e = l.check_run(400, None).unwrap_err();
     assert!(e.contains("400 rounds"), "{e}");
 }
+
+/// Without a budget nothing would bound repeated computations of the
+/// feature (each fresh noise, averaged away over runs): it is computed
+/// once under the plan, and a second run is refused naming the budget.
+#[test]
+fn without_a_budget_the_cross_silo_feature_is_computed_once_per_plan() {
+    let path = scratch("cross-silo-unbounded");
+    let plan = plan("mode = \"off\"", 4);
+    let event = DpEvent {
+        sampling_rate: 1.0,
+        noise_multiplier: 1.0,
+        steps: 2,
+    };
+    let mut l = SiteLedger::open(Some(&path), "site0", &plan, "run-a").unwrap();
+    l.record_cross_silo(event, "visits").unwrap();
+    drop(l);
+    let mut l = SiteLedger::open(Some(&path), "site0", &plan, "run-b").unwrap();
+    let e = l.record_cross_silo(event, "visits").unwrap_err();
+    assert!(
+        e.contains("already computed") && e.contains("budget"),
+        "{e}"
+    );
+}

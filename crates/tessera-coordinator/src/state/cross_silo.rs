@@ -19,8 +19,32 @@ pub(super) fn charge(
     store: &dyn RunStore,
     run: &str,
 ) -> Result<(), CoordinatorError> {
-    let Some(cross) = &plan.data.cross_silo else {
+    if plan.data.cross_silo.is_none() {
         return Ok(());
+    }
+    let stored = store.privacy_ledger(run)?;
+    if stored.iter().any(|row| row.entry.kind == KIND) {
+        return Ok(());
+    }
+    for row in rows(plan, &stored)? {
+        store.put_ledger_row(run, &row)?;
+    }
+    Ok(())
+}
+
+/// Refuses, before a run is created, a plan whose feature's charges (with
+/// its central rounds on top) do not fit its budgets.
+pub(super) fn check(plan: &tessera_engine::Plan) -> Result<(), CoordinatorError> {
+    rows(plan, &[]).map(|_| ())
+}
+
+/// The rows charging every named site on top of `stored`, checked.
+fn rows(
+    plan: &tessera_engine::Plan,
+    stored: &[LedgerRow],
+) -> Result<Vec<LedgerRow>, CoordinatorError> {
+    let Some(cross) = &plan.data.cross_silo else {
+        return Ok(Vec::new());
     };
     let sites = plan.data.named_sites();
     let refused = |e: String| CoordinatorError::Config(format!("[data.cross_silo]: {e}"));
@@ -28,14 +52,10 @@ pub(super) fn charge(
         .cross_silo_noise(sites.len())
         .map_err(|e| refused(e.to_string()))?
     else {
-        return Ok(());
+        return Ok(Vec::new());
     };
-    let stored = store.privacy_ledger(run)?;
-    if stored.iter().any(|row| row.entry.kind == KIND) {
-        return Ok(());
-    }
     let mut ledger = plan.privacy.ledger();
-    for row in &stored {
+    for row in stored {
         ledger
             .restore(row.entry.clone())
             .map_err(|e| refused(e.to_string()))?;
@@ -75,11 +95,13 @@ pub(super) fn charge(
             .map_err(|e| refused(e.to_string()))?;
         ledger
             .check_central_run(plan.federation.rounds, z_train)
-            .map_err(|e| refused(format!("with the feature's charges, {e}")))?;
+            .map_err(|e| {
+                refused(format!(
+                    "with the feature's charges, {e} (raise [privacy] budget or lower the \
+                     feature's epsilon)"
+                ))
+            })?;
     }
     tracing::info!(feature = %cross.feature, noise_multiplier = z, sigma, sites = sites.len(), "cross-silo feature charged to every site");
-    for row in &rows {
-        store.put_ledger_row(run, row)?;
-    }
-    Ok(())
+    Ok(rows)
 }

@@ -32,6 +32,7 @@ const RELAYED: &[&str] = &[
     "reveal",
     "refuse",
     // [data.cross_silo]'s noisy membership.
+    "confirm",
     "offer",
     "reblinded",
     "answers",
