@@ -97,6 +97,14 @@ pub trait LocalAlgorithm: Send + fmt::Debug {
         Ok(LocalFit { delta, aux, stats })
     }
 
+    /// The site's personal model, as it stands after its last training, for
+    /// a strategy that keeps one (Ditto's personal model, FedPer's global
+    /// body with the site's head); `None` otherwise and before the first
+    /// training. It never leaves the site.
+    fn personal(&self, _global: &ParameterSet) -> Option<ParameterSet> {
+        None
+    }
+
     /// How the site's last update fared: state moves only with an update
     /// that counted in a completed round, so the server's view and the
     /// site's stay in step.
@@ -145,6 +153,10 @@ impl LocalAlgorithm for LocalPart {
     ) -> Result<LocalFit, AggregateError> {
         self.for_instructions(instructions)
             .fit(instructions, global, model)
+    }
+
+    fn personal(&self, global: &ParameterSet) -> Option<ParameterSet> {
+        self.current.as_ref()?.1.personal(global)
     }
 
     fn round_closed(&mut self, counted: bool) {

@@ -8,6 +8,8 @@ mod fedavg;
 mod feddyn;
 mod feddyn_local;
 mod fedprox_local;
+mod personal;
+mod personal_local;
 mod scaffold;
 mod scaffold_local;
 #[cfg(test)]
@@ -26,6 +28,8 @@ pub use fedavg::{FedAvg, FedAvgM, FedOpt, FedOptVariant, FedProx};
 pub use feddyn::FedDyn;
 pub use feddyn_local::FedDynLocal;
 pub use fedprox_local::FedProxLocal;
+pub use personal::{Ditto, FedPer, head_mask};
+pub use personal_local::{DittoLocal, FedPerLocal};
 pub use scaffold::Scaffold;
 pub use scaffold_local::ScaffoldLocal;
 
@@ -53,6 +57,17 @@ pub enum Instructions {
         /// The regularisation weight α.
         alpha: f32,
     },
+    /// Ditto: train the global model as FedAvg does, and the site's
+    /// personal model with `lambda/2 ||v - w_global||²` added.
+    Ditto {
+        /// The pull of the personal model toward the global one.
+        lambda: f32,
+    },
+    /// FedPer: keep the model's last `head_layers` layers at the site.
+    FedPer {
+        /// How many of the model's last layers are personal.
+        head_layers: u32,
+    },
 }
 
 impl Instructions {
@@ -63,6 +78,8 @@ impl Instructions {
             Instructions::Proximal { .. } => "fedprox",
             Instructions::Scaffold { .. } => "scaffold",
             Instructions::FedDyn { .. } => "feddyn",
+            Instructions::Ditto { .. } => "ditto",
+            Instructions::FedPer { .. } => "fedper",
         }
     }
 
@@ -74,6 +91,8 @@ impl Instructions {
             Instructions::Proximal { .. } => Box::new(FedProxLocal),
             Instructions::Scaffold { .. } => Box::new(ScaffoldLocal::default()),
             Instructions::FedDyn { .. } => Box::new(FedDynLocal::default()),
+            Instructions::Ditto { .. } => Box::new(DittoLocal::default()),
+            Instructions::FedPer { .. } => Box::new(FedPerLocal::default()),
         }
     }
 
@@ -81,9 +100,11 @@ impl Instructions {
     pub fn tensors(&self) -> Option<&Arc<ParameterSet>> {
         match self {
             Instructions::Scaffold { server_control } => Some(server_control),
-            Instructions::Plain | Instructions::Proximal { .. } | Instructions::FedDyn { .. } => {
-                None
-            }
+            Instructions::Plain
+            | Instructions::Proximal { .. }
+            | Instructions::FedDyn { .. }
+            | Instructions::Ditto { .. }
+            | Instructions::FedPer { .. } => None,
         }
     }
 }
@@ -105,6 +126,9 @@ pub struct Needs {
     pub server_copies: u64,
     /// Model copies the local part keeps beyond the usual.
     pub site_copies: u64,
+    /// A personal model at each site (trained beside the update, evaluated
+    /// in the report's personalization section; no local DP).
+    pub personal: bool,
 }
 
 /// The built-in strategies.
@@ -127,11 +151,15 @@ pub enum StrategyKind {
     FedAdagrad,
     /// FedDyn.
     FedDyn,
+    /// Ditto (personalized).
+    Ditto,
+    /// FedPer (personalized).
+    FedPer,
 }
 
 impl StrategyKind {
     /// Every strategy, in a fixed order.
-    pub const ALL: [StrategyKind; 8] = [
+    pub const ALL: [StrategyKind; 10] = [
         StrategyKind::FedAvg,
         StrategyKind::FedAvgM,
         StrategyKind::FedProx,
@@ -140,6 +168,8 @@ impl StrategyKind {
         StrategyKind::FedYogi,
         StrategyKind::FedAdagrad,
         StrategyKind::FedDyn,
+        StrategyKind::Ditto,
+        StrategyKind::FedPer,
     ];
 
     /// The name used in plans and on the command line.
@@ -153,6 +183,8 @@ impl StrategyKind {
             StrategyKind::FedYogi => "fedyogi",
             StrategyKind::FedAdagrad => "fedadagrad",
             StrategyKind::FedDyn => "feddyn",
+            StrategyKind::Ditto => "ditto",
+            StrategyKind::FedPer => "fedper",
         }
     }
 }
@@ -163,6 +195,8 @@ impl StrategyKind {
         match self {
             StrategyKind::Scaffold => Scaffold::NEEDS,
             StrategyKind::FedDyn => FedDyn::NEEDS,
+            StrategyKind::Ditto => Ditto::NEEDS,
+            StrategyKind::FedPer => FedPer::NEEDS,
             StrategyKind::FedAvg
             | StrategyKind::FedAvgM
             | StrategyKind::FedProx
@@ -223,6 +257,12 @@ pub struct StrategyConfig {
     /// FedDyn: regularisation weight α (0.01).
     #[serde(default)]
     pub alpha: Option<f32>,
+    /// Ditto: the pull of each site's personal model toward the global one (0.1).
+    #[serde(default)]
+    pub lambda: Option<f32>,
+    /// FedPer: how many of the model's last layers stay at each site (1).
+    #[serde(default)]
+    pub head_layers: Option<u32>,
 }
 
 impl StrategyConfig {
@@ -289,6 +329,22 @@ impl StrategyConfig {
             StrategyKind::FedDyn => {
                 Box::new(FedDyn::new(positive("alpha", self.alpha.unwrap_or(0.01))?))
             }
+            StrategyKind::Ditto => Box::new(Ditto {
+                lambda: positive("lambda", self.lambda.unwrap_or(0.1))?,
+                server_lr: server_lr(1.0)?,
+            }),
+            StrategyKind::FedPer => {
+                let head_layers = self.head_layers.unwrap_or(1);
+                if head_layers == 0 {
+                    return Err(AggregateError::Config(
+                        "fedper: `head_layers` must be at least 1".into(),
+                    ));
+                }
+                Box::new(FedPer {
+                    head_layers,
+                    server_lr: server_lr(1.0)?,
+                })
+            }
         })
     }
 }
@@ -307,7 +363,7 @@ mod tests {
         let err = "fedsgd".parse::<StrategyKind>().unwrap_err();
         assert_eq!(
             err,
-            "unknown strategy 'fedsgd' (expected one of fedavg, fedavgm, fedprox, scaffold, fedadam, fedyogi, fedadagrad, feddyn)"
+            "unknown strategy 'fedsgd' (expected one of fedavg, fedavgm, fedprox, scaffold, fedadam, fedyogi, fedadagrad, feddyn, ditto, fedper)"
         );
     }
 

@@ -345,7 +345,10 @@ fn base_config(round: u32, instructions: &Instructions, training: &TrainingConfi
         proximal_mu: match instructions {
             Instructions::Proximal { mu } => *mu,
             Instructions::FedDyn { alpha } => *alpha,
-            Instructions::Plain | Instructions::Scaffold { .. } => 0.0,
+            Instructions::Plain
+            | Instructions::Scaffold { .. }
+            | Instructions::Ditto { .. }
+            | Instructions::FedPer { .. } => 0.0,
         },
         correction: None,
         lr: training.optimizer.lr,

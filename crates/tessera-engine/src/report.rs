@@ -8,8 +8,10 @@ use tessera_learn::Evaluation;
 
 use crate::{RoundOutcome, RoundStatus};
 
+mod personal;
 mod view;
 
+pub use personal::{PersonalSite, PersonalizationReport};
 pub use view::{DP_HISTOGRAM_BINS, EvaluationView, POOLED, sums};
 
 /// One round, as the table and the JSON show it.
@@ -287,6 +289,10 @@ pub struct RunReport {
     /// Hierarchical and gossip runs: the topology and its traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology: Option<TopologyReport>,
+    /// Personalized models against the global and local-only ones (a
+    /// personalized strategy, or `[personalization]` fine-tuning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub personalization: Option<PersonalizationReport>,
     /// Evaluated rounds whose test rows differ from the previous evaluated
     /// round's (a site joined, left or was not heard from): their accuracy
     /// has another denominator.

@@ -273,6 +273,61 @@ impl Site {
         self.local.round_closed(update_counted);
     }
 
+    /// The site's personal model after its last training (Ditto's personal
+    /// model, FedPer's `global` body with the site's head); `None` under a
+    /// strategy without one, or before the first training.
+    pub fn personal_parameters(&self, global: &ParameterSet) -> Option<ParameterSet> {
+        self.local.personal(global)
+    }
+
+    /// The model the site evaluates as its own after the last round of
+    /// `plan`: its personal model (or `global` under a strategy without
+    /// one), fine-tuned as `[personalization]` says on `finetune_rows`
+    /// rows of `train` drawn at random (all by default), with rows and
+    /// batches from the public stream of the round after the last. Never leaves the site.
+    pub fn personalized(
+        &mut self,
+        plan: &crate::Plan,
+        global: &ParameterSet,
+        train: &Dataset,
+    ) -> Result<ParameterSet, EngineError> {
+        let start = self
+            .personal_parameters(global)
+            .unwrap_or_else(|| global.clone());
+        if !plan.personalization.fine_tunes() {
+            return Ok(start);
+        }
+        let Model::BuiltIn(learner) = &mut self.model else {
+            return Err(EngineError::State(
+                "fine-tuning needs a built-in model".into(),
+            ));
+        };
+        let round = plan.federation.rounds.saturating_add(1);
+        let mut rng = public_rng(self.seed, round, &self.id);
+        let few;
+        let rows = match plan.personalization.finetune_rows {
+            Some(n) if n < train.n_rows() => {
+                // n rows drawn without replacement (a partial shuffle).
+                let mut order: Vec<usize> = (0..train.n_rows()).collect();
+                for i in 0..n {
+                    let left = (order.len() - i) as u64;
+                    let j = i + usize::try_from(rng.below(left)).unwrap_or(0);
+                    order.swap(i, j);
+                }
+                order.truncate(n);
+                few = train.select(&order);
+                &few
+            }
+            _ => train,
+        };
+        let training = plan.finetune_training();
+        learner.set_parameters(&start)?;
+        learner.fit(rows, &LocalPlan::plain(&training), &mut rng)?;
+        let tuned = learner.parameters().clone();
+        tuned.check_finite()?;
+        Ok(tuned)
+    }
+
     /// Evaluates `parameters` on `rows`.
     pub fn evaluate(
         &mut self,

@@ -330,6 +330,7 @@ pub async fn run(
         rounds: progress.records,
         final_metrics,
         baselines: None,
+        personalization: None,
         timing: Timing {
             total_seconds: elapsed,
             data_seconds: 0.0,

@@ -51,6 +51,7 @@ impl Default for Plan {
             compression: Default::default(),
             topology: Default::default(),
             analytics: Default::default(),
+            personalization: Default::default(),
         }
     }
 }

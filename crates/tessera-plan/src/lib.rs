@@ -39,6 +39,7 @@ use thiserror::Error;
 
 mod default;
 mod memory;
+mod personalization;
 mod rules;
 mod settings;
 pub mod streams;
@@ -46,6 +47,7 @@ mod topology;
 mod validate;
 
 pub use memory::{MemoryRole, available_memory};
+pub use personalization::PersonalizationConfig;
 pub use rules::{Conflict, RULES, Rule};
 pub use topology::{FailureConfig, GossipGraph, GroupConfig, TopologyConfig, TopologyKind};
 
@@ -141,6 +143,10 @@ pub struct Plan {
     /// at epsilon 1 a query unless the plan says otherwise.
     #[serde(default)]
     pub analytics: tessera_analytics::AnalyticsConfig,
+    /// Personalized models (`[personalization]`): fine-tuning after the
+    /// last round; none by default.
+    #[serde(default)]
+    pub personalization: PersonalizationConfig,
 }
 
 /// The `[data]` of a plan without one: no files, no columns, no target.
@@ -443,6 +449,21 @@ impl Plan {
     /// The seed of the initial global model (stream [`streams::INIT`]).
     pub fn init_seed(&self) -> u64 {
         derive_seed(self.seed, &[streams::INIT])
+    }
+
+    /// Whether the run reports personalized models: a personalized
+    /// strategy, or fine-tuning after the last round.
+    pub fn personalizes(&self) -> bool {
+        self.federation.strategy.needs().personal || self.personalization.fine_tunes()
+    }
+
+    /// The fine-tuning after the last round: the plan's local training for
+    /// `[personalization] finetune_epochs` epochs.
+    pub fn finetune_training(&self) -> TrainingConfig {
+        let mut training = self.local_training();
+        training.steps = None;
+        training.epochs = Some(self.personalization.finetune_epochs);
+        training
     }
 
     /// Training of the baselines.

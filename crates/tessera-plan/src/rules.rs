@@ -123,6 +123,76 @@ pub const RULES: &[Rule] = &[
             },
         )
     }),
+    rule("personal_strategy_local_dp", |p| {
+        let strategy = p.federation.strategy;
+        when(
+            strategy.needs().personal && p.privacy.mode == PrivacyMode::Local,
+            &["federation.strategy", "privacy.mode"],
+            || {
+                format!(
+                    "{strategy} trains a personal model beside the update, which local DP \
+                     does not account; use central DP or another strategy"
+                )
+            },
+        )
+    }),
+    rule("personal_strategy_external_model", |p| {
+        let strategy = p.federation.strategy;
+        when(
+            strategy.needs().personal && p.model.kind.is_external(),
+            &["federation.strategy", "model.kind"],
+            || {
+                format!(
+                    "{strategy} keeps a personal model at each site, which an external \
+                     learner does not support yet; use a built-in model"
+                )
+            },
+        )
+    }),
+    rule("fedper_needs_a_shared_body", |p| {
+        let layers = match p.model.kind {
+            tessera_learn::ModelKind::Mlp => p.model.hidden.len() + 1,
+            tessera_learn::ModelKind::External => return None,
+            _ => 1,
+        };
+        let head = p.strategy_config().head_layers.unwrap_or(1);
+        when(
+            p.federation.strategy == StrategyKind::FedPer
+                && usize::try_from(head).map_or(true, |h| h >= layers),
+            &[
+                "federation.strategy",
+                "model.kind",
+                "model.hidden",
+                "strategies.fedper.head_layers",
+            ],
+            || {
+                format!(
+                    "fedper keeps the model's last {head} layer{} at each site and shares the \
+                     rest, but the model has {layers} layer{}: use kind = \"mlp\" with hidden \
+                     layers, or fewer head_layers",
+                    if head == 1 { "" } else { "s" },
+                    if layers == 1 { "" } else { "s" }
+                )
+            },
+        )
+    }),
+    rule("fine_tuning_needs_flat_sync_builtin", |p| {
+        when(
+            p.personalization.fine_tunes()
+                && (is_async(p) || tree_or_gossip(p).is_some() || p.model.kind.is_external()),
+            &[
+                "personalization.finetune_epochs",
+                "federation.mode",
+                "topology.kind",
+                "model.kind",
+            ],
+            || {
+                "fine-tuning after the last round needs synchronous rounds on the flat \
+                 topology with a built-in model"
+                    .into()
+            },
+        )
+    }),
     rule("local_dp_needs_sync", |p| {
         when(
             p.privacy.mode == PrivacyMode::Local && is_async(p),

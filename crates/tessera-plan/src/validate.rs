@@ -209,6 +209,29 @@ impl Plan {
         if let Some(Err(e)) = self.baselines.as_ref().map(|b| b.validate()) {
             push(&["baselines"], format!("baselines: {e}"));
         }
+        let personalization = &self.personalization;
+        if personalization.finetune_epochs > 10_000 {
+            push(
+                &["personalization.finetune_epochs"],
+                format!(
+                    "personalization.finetune_epochs = {} is more than 10000",
+                    personalization.finetune_epochs
+                ),
+            );
+        }
+        if let Some(rows) = personalization.finetune_rows
+            && (rows == 0 || !personalization.fine_tunes())
+        {
+            push(
+                &[
+                    "personalization.finetune_rows",
+                    "personalization.finetune_epochs",
+                ],
+                "personalization.finetune_rows needs at least 1 row and \
+                 finetune_epochs > 0"
+                    .into(),
+            );
+        }
         for name in self.strategies.keys() {
             if let Err(e) = name.parse::<StrategyKind>() {
                 push(

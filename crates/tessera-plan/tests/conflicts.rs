@@ -107,6 +107,34 @@ fn each_rule_fires_on_the_plan_it_forbids() {
             }),
         ),
         (
+            "personal_strategy_local_dp",
+            Box::new(|p: &mut Plan| {
+                p.federation.strategy = StrategyKind::Ditto;
+                p.privacy.mode = PrivacyMode::Local;
+            }),
+        ),
+        (
+            "personal_strategy_external_model",
+            Box::new(|p: &mut Plan| {
+                p.federation.strategy = StrategyKind::FedPer;
+                p.model.kind = tessera_learn::ModelKind::External;
+            }),
+        ),
+        (
+            "fine_tuning_needs_flat_sync_builtin",
+            Box::new(|p: &mut Plan| {
+                p.personalization.finetune_epochs = 2;
+                p.federation.mode = Mode::Async;
+            }),
+        ),
+        (
+            "fedper_needs_a_shared_body",
+            Box::new(|p: &mut Plan| {
+                p.federation.strategy = StrategyKind::FedPer;
+                p.model.kind = tessera_learn::ModelKind::Logistic;
+            }),
+        ),
+        (
             "robust_rule_needs_sync",
             Box::new(|p: &mut Plan| {
                 p.robust.rule = RobustRule::Median;

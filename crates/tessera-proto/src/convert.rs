@@ -377,6 +377,10 @@ pub fn instructions_to_pb(instructions: &Instructions, header: &mut pb::TaskHead
         }
         Instructions::Scaffold { .. } => Some(Kind::Scaffold(pb::Scaffold {})),
         Instructions::FedDyn { alpha } => Some(Kind::Feddyn(pb::FedDyn { alpha: *alpha })),
+        Instructions::Ditto { lambda } => Some(Kind::Ditto(pb::Ditto { lambda: *lambda })),
+        Instructions::FedPer { head_layers } => Some(Kind::Fedper(pb::FedPer {
+            head_layers: *head_layers,
+        })),
     };
     header.has_server_control = instructions.tensors().is_some();
     header.instructions = kind.map(|kind| pb::Instructions { kind: Some(kind) });
@@ -437,6 +441,22 @@ pub fn instructions_from_pb(
             }
             Instructions::FedDyn { alpha }
         }
+        Some(Kind::Ditto(pb::Ditto { lambda })) => {
+            if !(lambda.is_finite() && lambda > 0.0) {
+                return Err(ProtoError::Malformed(format!(
+                    "task: ditto's lambda {lambda} is not a number > 0"
+                )));
+            }
+            Instructions::Ditto { lambda }
+        }
+        Some(Kind::Fedper(pb::FedPer { head_layers })) => {
+            if head_layers == 0 {
+                return Err(ProtoError::Malformed(
+                    "task: fedper's head_layers is 0 (at least 1 layer stays at the site)".into(),
+                ));
+            }
+            Instructions::FedPer { head_layers }
+        }
     })
 }
 
@@ -460,6 +480,8 @@ mod tests {
                 server_control: Arc::new(control.clone()),
             },
             Instructions::FedDyn { alpha: 0.1 },
+            Instructions::Ditto { lambda: 0.5 },
+            Instructions::FedPer { head_layers: 2 },
         ] {
             let mut header = pb::TaskHeader::default();
             instructions_to_pb(&instructions, &mut header);
@@ -468,8 +490,11 @@ mod tests {
                 instructions_from_pb(&header, tensors).unwrap(),
                 instructions
             );
-            if let Instructions::FedDyn { .. } = instructions {
-                // No older form: a 1.6 participant is refused at joining.
+            if let Instructions::FedDyn { .. }
+            | Instructions::Ditto { .. }
+            | Instructions::FedPer { .. } = instructions
+            {
+                // No older form: an older participant is refused at joining.
                 continue;
             }
             // A 1.6 coordinator's header: the older fields only.

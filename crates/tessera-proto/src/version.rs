@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 13;
+pub const MINOR: u32 = 14;
 
 /// What this build can do.
 ///
@@ -61,6 +61,9 @@ pub const MINOR: u32 = 13;
 ///   conversations of a plan's `[data.cross_silo]` feature (`cross-silo/I-J`
 ///   through `PostJoinMessage`, `PollJoinMessages`), and charges the
 ///   feature to every site in its ledger.
+/// - `personal-models` (1.14): a site follows the personalized strategies'
+///   instructions (`Ditto`, `FedPer`), keeps its personal model and never
+///   sends it (a 1.14 coordinator requires it for those strategies).
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -88,6 +91,7 @@ pub const CAPABILITIES: &[&str] = &[
     "join-relay",
     "analytics-per-site",
     "cross-silo",
+    "personal-models",
 ];
 
 /// The strategies older peers can follow without the `instructions`
@@ -102,6 +106,9 @@ const BEFORE_INSTRUCTIONS: &[&str] = &[
     "fedyogi",
     "fedadagrad",
 ];
+
+/// The strategies whose sites keep personal models (1.14).
+const PERSONAL: &[&str] = &["ditto", "fedper"];
 
 /// The capabilities a participant needs to send updates with `codec`.
 pub fn codec_capabilities(codec: &tessera_compress::Codec) -> Vec<&'static str> {
@@ -166,6 +173,9 @@ pub fn required_capabilities(strategy: &str) -> Vec<&'static str> {
     }
     if !BEFORE_INSTRUCTIONS.contains(&strategy) {
         required.push("instructions");
+    }
+    if PERSONAL.contains(&strategy) {
+        required.push("personal-models");
     }
     required
 }

@@ -211,6 +211,7 @@ pub(crate) fn run_async(
     }
     let (final_parameters, _) = engine.current();
     Ok(Federated {
+        personal: None,
         records,
         last_evaluations,
         final_parameters: final_parameters.as_ref().clone(),

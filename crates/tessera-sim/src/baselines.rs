@@ -33,39 +33,8 @@ pub fn run_baselines(plan: &Plan, data: &FederatedData) -> Result<Baselines, Sim
     };
     let mut errors = Vec::new();
 
-    // Collected in site order, so which failures are reported never depends on threads.
-    let starts: Vec<Box<dyn Learner>> = data.sites.iter().map(|_| initial.clone_box()).collect();
-    let local: Vec<Result<(Evaluation, f64), LearnError>> = data
-        .sites
-        .par_iter()
-        .zip(starts)
-        .map(|(site, start)| {
-            let model = train(start, &site.name, &site.train)?;
-            let own = model.evaluate(&site.test)?;
-            Ok((
-                own,
-                mean_site_accuracy(&evaluate_everywhere(model.as_ref())?),
-            ))
-        })
-        .collect();
-    let mut per_site = std::collections::BTreeMap::new();
-    let mut cross_site_mean_accuracy = std::collections::BTreeMap::new();
-    let mut own_evaluations = Vec::new();
-    for (site, result) in data.sites.iter().zip(local) {
-        match result {
-            Ok((own, cross)) => {
-                per_site.insert(site.name.clone(), site_metrics(&own));
-                cross_site_mean_accuracy.insert(site.name.clone(), cross);
-                own_evaluations.push(own);
-            }
-            Err(e) => errors.push(format!("local baseline of site '{}': {e}", site.name)),
-        }
-    }
-    let local = LocalBaseline {
-        mean_site_accuracy: mean_site_accuracy(&own_evaluations),
-        per_site,
-        cross_site_mean_accuracy,
-    };
+    let (local, local_errors) = local_baseline(plan, data, initial.as_ref());
+    errors.extend(local_errors);
 
     let (pooled_train, pooled_test) = data.pooled(&plan.data.standardize);
     let pooled = train(initial.clone_box(), "pooled", &pooled_train).and_then(|model| {
@@ -95,4 +64,57 @@ pub fn run_baselines(plan: &Plan, data: &FederatedData) -> Result<Baselines, Sim
         pooled,
         errors,
     })
+}
+
+/// Each site trained alone from `initial` with the plan's baseline
+/// training, evaluated on its own test rows and on every site's; the sites
+/// whose model failed to train are left out and named in the errors.
+pub(crate) fn local_baseline(
+    plan: &Plan,
+    data: &FederatedData,
+    initial: &dyn Learner,
+) -> (LocalBaseline, Vec<String>) {
+    let training = plan.baseline_training();
+    let local_plan = LocalPlan::plain(&training);
+    let evaluate_everywhere = |model: &dyn Learner| -> Result<Vec<Evaluation>, LearnError> {
+        data.sites.iter().map(|s| model.evaluate(&s.test)).collect()
+    };
+    let mut errors = Vec::new();
+    // Collected in site order, so which failures are reported never depends on threads.
+    let starts: Vec<Box<dyn Learner>> = data.sites.iter().map(|_| initial.clone_box()).collect();
+    let local: Vec<Result<(Evaluation, f64), LearnError>> = data
+        .sites
+        .par_iter()
+        .zip(starts)
+        .map(|(site, start)| {
+            let mut model = start;
+            let mut rng = SeededRng::derived(plan.seed, &[streams::BASELINE, tag(&site.name)]);
+            model.fit(&site.train, &local_plan, &mut rng)?;
+            let own = model.evaluate(&site.test)?;
+            Ok((
+                own,
+                mean_site_accuracy(&evaluate_everywhere(model.as_ref())?),
+            ))
+        })
+        .collect();
+    let mut per_site = std::collections::BTreeMap::new();
+    let mut cross_site_mean_accuracy = std::collections::BTreeMap::new();
+    let mut own_evaluations = Vec::new();
+    for (site, result) in data.sites.iter().zip(local) {
+        match result {
+            Ok((own, cross)) => {
+                per_site.insert(site.name.clone(), site_metrics(&own));
+                cross_site_mean_accuracy.insert(site.name.clone(), cross);
+                own_evaluations.push(own);
+            }
+            Err(e) => errors.push(format!("local baseline of site '{}': {e}", site.name)),
+        }
+    }
+    let local = LocalBaseline {
+        mean_site_accuracy: mean_site_accuracy(&own_evaluations),
+        per_site,
+        cross_site_mean_accuracy,
+    };
+
+    (local, errors)
 }

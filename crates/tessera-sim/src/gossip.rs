@@ -228,6 +228,7 @@ pub(crate) fn run_gossip(
     };
     Ok((
         Federated {
+            personal: None,
             records,
             last_evaluations,
             final_parameters: mean,

@@ -567,6 +567,7 @@ pub(crate) fn run_hierarchical(
     };
     Ok((
         Federated {
+            personal: None,
             records,
             last_evaluations,
             final_parameters: final_global,

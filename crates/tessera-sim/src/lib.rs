@@ -63,6 +63,7 @@ mod cross_silo;
 mod external;
 mod gossip;
 mod hierarchy;
+mod personal;
 mod profile;
 mod run;
 mod secure;

@@ -200,6 +200,7 @@ pub(crate) fn report(
         end,
         privacy,
         malicious,
+        personal,
     } = run;
 
     let baselines_started = Instant::now();
@@ -210,6 +211,9 @@ pub(crate) fn report(
     };
     let baselines_seconds = baselines_started.elapsed().as_secs_f64();
 
+    let personalization = personal
+        .map(|p| crate::personal::report(plan, data, &last_evaluations, &p, baselines.as_ref()))
+        .transpose()?;
     let names: Vec<&str> = data.sites.iter().map(|s| s.name.as_str()).collect();
     // The final model's evaluations, aggregated as the plan's strategy
     // aggregates the sites' evaluations (from the evaluations alone).
@@ -307,6 +311,7 @@ pub(crate) fn report(
             malicious,
         }),
         topology,
+        personalization,
         final_parameters,
     })
 }
@@ -321,6 +326,9 @@ pub(crate) struct Federated {
     pub privacy: Option<PrivacyReport>,
     /// Indices of the sites that attacked.
     pub malicious: Vec<usize>,
+    /// Each site's personalized model on its test rows, when the plan
+    /// personalizes.
+    pub personal: Option<Vec<Evaluation>>,
 }
 
 /// Refuses a plan whose models cannot fit: more than the plan's
@@ -772,7 +780,9 @@ pub(crate) fn run_sync(
         records.push(record);
         last_evaluations = evaluations;
     }
+    let personal = crate::personal::evaluations(plan, data, &sites, engine.global(), parallel)?;
     Ok(Federated {
+        personal,
         records,
         last_evaluations,
         final_parameters: engine.global().as_ref().clone(),

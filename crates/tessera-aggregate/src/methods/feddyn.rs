@@ -31,6 +31,7 @@ impl FedDyn {
         flat_only: true,
         server_copies: 1,
         site_copies: 2,
+        personal: false,
     };
 
     /// FedDyn with `h = 0`.

@@ -12,9 +12,9 @@ pub struct FedProxLocal;
 
 /// The proximal term.
 #[derive(Debug)]
-struct Proximal<'a> {
-    mu: f32,
-    anchor: &'a ParameterSet,
+pub(crate) struct Proximal<'a> {
+    pub(crate) mu: f32,
+    pub(crate) anchor: &'a ParameterSet,
 }
 
 impl GradientTerm for Proximal<'_> {

@@ -32,6 +32,7 @@ impl Scaffold {
         flat_only: true,
         server_copies: 2,
         site_copies: 2,
+        personal: false,
     };
 
     /// SCAFFOLD with a zero server control variate.

@@ -1,0 +1,157 @@
+//! The server parts of the personalized strategies: Ditto and FedPer. Both
+//! average what the sites send as FedAvg does; what makes them personal
+//! happens at the sites ([`crate::DittoLocal`], [`crate::FedPerLocal`]),
+//! which keep a model of their own that never leaves them.
+
+use tessera_core::{ParameterSet, ParticipantId};
+
+use super::fedavg::moved;
+use crate::{AggregateError, Attendance, Instructions, Needs, RoundAggregate, Strategy};
+
+/// What a personalized strategy needs: site state in step with synchronous
+/// rounds on the flat topology, a personal model per site (one more copy),
+/// and no local DP (the personal model's training is not accounted).
+const PERSONAL: Needs = Needs {
+    sync_rounds: true,
+    plain_sgd: false,
+    clear_aux_sum: None,
+    flat_only: true,
+    server_copies: 0,
+    site_copies: 1,
+    personal: true,
+};
+
+/// Ditto (Li, Hu, Beirami, Smith, ICML 2021): the global model is FedAvg's;
+/// each site also trains a personal model `v` on its own rows, pulled toward
+/// the round's global model by `lambda/2 ||v - w||²`. `lambda` near 0 gives
+/// local training, a large `lambda` the global model.
+#[derive(Debug, Clone)]
+pub struct Ditto {
+    /// The pull of the personal model toward the global one.
+    pub lambda: f32,
+    /// Server learning rate.
+    pub server_lr: f32,
+}
+
+impl Ditto {
+    /// What Ditto needs from the plan.
+    pub const NEEDS: Needs = PERSONAL;
+}
+
+impl Strategy for Ditto {
+    fn name(&self) -> &'static str {
+        "ditto"
+    }
+
+    fn configure_fit(&self, _global: &ParameterSet, _site: &ParticipantId) -> Instructions {
+        Instructions::Ditto {
+            lambda: self.lambda,
+        }
+    }
+
+    fn aggregate_fit(
+        &mut self,
+        global: &ParameterSet,
+        round: &RoundAggregate,
+        _attendance: &Attendance,
+    ) -> Result<ParameterSet, AggregateError> {
+        moved(global, &round.mean_delta, self.server_lr)
+    }
+}
+
+/// FedPer (Arivazhagan et al. 2019): the model's last `head_layers` layers
+/// are each site's own; sites send changes to the shared body only (the
+/// head's change is sent as zeros), so the global head stays as it began.
+#[derive(Debug, Clone)]
+pub struct FedPer {
+    /// How many of the model's last layers are personal.
+    pub head_layers: u32,
+    /// Server learning rate.
+    pub server_lr: f32,
+}
+
+impl FedPer {
+    /// What FedPer needs from the plan.
+    pub const NEEDS: Needs = PERSONAL;
+}
+
+impl Strategy for FedPer {
+    fn name(&self) -> &'static str {
+        "fedper"
+    }
+
+    fn configure_fit(&self, _global: &ParameterSet, _site: &ParticipantId) -> Instructions {
+        Instructions::FedPer {
+            head_layers: self.head_layers,
+        }
+    }
+
+    fn aggregate_fit(
+        &mut self,
+        global: &ParameterSet,
+        round: &RoundAggregate,
+        _attendance: &Attendance,
+    ) -> Result<ParameterSet, AggregateError> {
+        moved(global, &round.mean_delta, self.server_lr)
+    }
+}
+
+/// Which tensors of `parameters` belong to its last `head_layers` layers. A
+/// layer is the tensors whose names share the part before the first `.`
+/// (`dense1.weight`, `dense1.bias`), in the order they first appear. The
+/// head must leave a body to share.
+pub fn head_mask(parameters: &ParameterSet, head_layers: u32) -> Result<Vec<bool>, AggregateError> {
+    let layer = |name: &str| name.split('.').next().unwrap_or(name).to_string();
+    let mut layers: Vec<String> = Vec::new();
+    for name in parameters.names() {
+        let l = layer(name);
+        if !layers.contains(&l) {
+            layers.push(l);
+        }
+    }
+    let head = usize::try_from(head_layers).unwrap_or(usize::MAX);
+    if head == 0 || head >= layers.len() {
+        return Err(AggregateError::Config(format!(
+            "fedper: head_layers = {head_layers} must leave a shared body, and the model has \
+             {} layer{} ({}); use a model with hidden layers (kind = \"mlp\") or fewer head layers",
+            layers.len(),
+            if layers.len() == 1 { "" } else { "s" },
+            layers.join(", ")
+        )));
+    }
+    let personal = &layers[layers.len() - head..];
+    Ok(parameters
+        .names()
+        .iter()
+        .map(|n| personal.contains(&layer(n)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_core::Tensor;
+
+    use super::*;
+
+    fn mlp() -> ParameterSet {
+        let mut p = ParameterSet::new();
+        for (name, n) in [
+            ("dense0.weight", 6),
+            ("dense0.bias", 3),
+            ("dense1.weight", 3),
+            ("dense1.bias", 1),
+        ] {
+            p.push(name, Tensor::zeros(vec![n])).unwrap();
+        }
+        p
+    }
+
+    #[test]
+    fn the_head_is_the_last_layers_and_must_leave_a_body() {
+        assert_eq!(head_mask(&mlp(), 1).unwrap(), [false, false, true, true]);
+        let err = head_mask(&mlp(), 2).unwrap_err().to_string();
+        assert!(err.contains("must leave a shared body"), "{err}");
+        assert!(err.contains("2 layers (dense0, dense1)"), "{err}");
+        assert!(head_mask(&mlp(), 0).is_err());
+    }
+}

@@ -1,0 +1,301 @@
+//! The local parts of the personalized strategies: the model each site
+//! keeps for itself. [`DittoLocal`] trains a personal model beside the
+//! global update; [`FedPerLocal`] keeps the model's head. Neither sends any
+//! of its personal parameters: Ditto's update is the global model's change
+//! alone, FedPer's carries zeros in place of the head's change.
+
+use tessera_core::{LocalModel, ParameterSet};
+
+use super::fedprox_local::Proximal;
+use super::personal::head_mask;
+use crate::local::{LocalAlgorithm, LocalFit, mismatch};
+use crate::{AggregateError, Instructions};
+
+/// A site's Ditto state: its personal model, from its first round on.
+#[derive(Debug, Clone, Default)]
+pub struct DittoLocal {
+    personal: Option<ParameterSet>,
+}
+
+impl LocalAlgorithm for DittoLocal {
+    /// Trains the global model as FedAvg does (the update), then the
+    /// personal model from where it was (the global model at the first
+    /// round) with `lambda (v - w)` added to every gradient, `w` the
+    /// round's global model. Both trainings follow the plan's local
+    /// training settings.
+    fn fit(
+        &mut self,
+        instructions: &Instructions,
+        global: &ParameterSet,
+        model: &mut dyn LocalModel,
+    ) -> Result<LocalFit, AggregateError> {
+        let Instructions::Ditto { lambda } = instructions else {
+            return Err(mismatch("ditto", instructions));
+        };
+        model.set_parameters(global)?;
+        let stats = model.train(None)?;
+        let delta = model.parameters().sub(global)?;
+        let start = match &self.personal {
+            Some(personal) => personal,
+            None => global,
+        };
+        model.set_parameters(start)?;
+        let pull = Proximal {
+            mu: *lambda,
+            anchor: global,
+        };
+        model.train(Some(&pull))?;
+        let personal = model.parameters().clone();
+        personal.check_finite()?;
+        self.personal = Some(personal);
+        Ok(LocalFit {
+            delta,
+            aux: None,
+            stats,
+        })
+    }
+
+    fn personal(&self, _global: &ParameterSet) -> Option<ParameterSet> {
+        self.personal.clone()
+    }
+}
+
+/// A site's FedPer state: its head (the model's last layers), from its
+/// first round on.
+#[derive(Debug, Clone, Default)]
+pub struct FedPerLocal {
+    /// The site's whole model after its last training; only the head's
+    /// tensors are used.
+    own: Option<ParameterSet>,
+    /// Which tensors are the head, as the last instructions said.
+    mask: Vec<bool>,
+}
+
+impl FedPerLocal {
+    /// `global`'s body with the site's head (`global` itself before the
+    /// first round).
+    fn combined(&self, global: &ParameterSet, mask: &[bool]) -> ParameterSet {
+        let mut start = global.clone();
+        if let Some(own) = &self.own {
+            for ((tensor, mine), &personal) in
+                start.tensors_mut().iter_mut().zip(own.tensors()).zip(mask)
+            {
+                if personal {
+                    tensor.data_mut().copy_from_slice(mine.data());
+                }
+            }
+        }
+        start
+    }
+}
+
+impl LocalAlgorithm for FedPerLocal {
+    /// Trains the global body with the site's own head, keeps the trained
+    /// head, and sends the body's change with zeros for the head's.
+    fn fit(
+        &mut self,
+        instructions: &Instructions,
+        global: &ParameterSet,
+        model: &mut dyn LocalModel,
+    ) -> Result<LocalFit, AggregateError> {
+        let Instructions::FedPer { head_layers } = instructions else {
+            return Err(mismatch("fedper", instructions));
+        };
+        let mask = head_mask(global, *head_layers)?;
+        if let Some(own) = &self.own {
+            own.check_same_layout(global)?;
+        }
+        let start = self.combined(global, &mask);
+        model.set_parameters(&start)?;
+        let stats = model.train(None)?;
+        let trained = model.parameters().clone();
+        trained.check_finite()?;
+        let mut delta = trained.sub(global)?;
+        for (tensor, &personal) in delta.tensors_mut().iter_mut().zip(&mask) {
+            if personal {
+                tensor.data_mut().fill(0.0);
+            }
+        }
+        self.own = Some(trained);
+        self.mask = mask;
+        Ok(LocalFit {
+            delta,
+            aux: None,
+            stats,
+        })
+    }
+
+    fn personal(&self, global: &ParameterSet) -> Option<ParameterSet> {
+        let own = self.own.as_ref()?;
+        own.check_same_layout(global).ok()?;
+        Some(self.combined(global, &self.mask))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_core::{CoreError, FitStats, GradientTerm, LocalDp, SeededRng, Tensor};
+
+    use super::*;
+    use crate::PlainLocal;
+
+    /// A site whose loss is `||w - target||² / 2` and whose training is one
+    /// gradient step of size `lr`: what the local parts do can be worked
+    /// out by hand.
+    struct Quadratic {
+        w: ParameterSet,
+        target: Vec<f32>,
+        lr: f32,
+        trainings: usize,
+    }
+
+    impl LocalModel for Quadratic {
+        fn parameters(&self) -> &ParameterSet {
+            &self.w
+        }
+        fn set_parameters(&mut self, p: &ParameterSet) -> Result<(), CoreError> {
+            p.check_same_layout(&self.w)?;
+            self.w = p.clone();
+            Ok(())
+        }
+        fn n_rows(&self) -> usize {
+            1
+        }
+        fn lr(&self) -> f32 {
+            self.lr
+        }
+        fn train(&mut self, term: Option<&dyn GradientTerm>) -> Result<FitStats, CoreError> {
+            let values: Vec<f32> = self
+                .w
+                .values()
+                .zip(&self.target)
+                .map(|(w, t)| w - t)
+                .collect();
+            let mut grad = self.w.with_values(&values)?;
+            if let Some(term) = term {
+                term.check(&self.w)?;
+                term.add(&mut grad, &self.w);
+            }
+            self.w.add_scaled(&grad, -self.lr)?;
+            self.trainings += 1;
+            Ok(FitStats {
+                n_steps: 1,
+                mean_train_loss: 0.0,
+            })
+        }
+        fn train_private(
+            &mut self,
+            _: Option<&dyn GradientTerm>,
+            _: &LocalDp,
+            _: &mut SeededRng,
+        ) -> Result<FitStats, CoreError> {
+            Err(CoreError::Invalid("not in these tests".into()))
+        }
+    }
+
+    /// Layers `a` and `b`, one tensor of two values each.
+    fn two_layers(a: [f32; 2], b: [f32; 2]) -> ParameterSet {
+        let mut p = ParameterSet::new();
+        p.push("a.weight", Tensor::new(vec![2], a.to_vec()).unwrap())
+            .unwrap();
+        p.push("b.weight", Tensor::new(vec![2], b.to_vec()).unwrap())
+            .unwrap();
+        p
+    }
+
+    fn site(target: [f32; 4]) -> Quadratic {
+        Quadratic {
+            w: two_layers([0.0; 2], [0.0; 2]),
+            target: target.to_vec(),
+            lr: 0.5,
+            trainings: 0,
+        }
+    }
+
+    fn values(p: &ParameterSet) -> Vec<f32> {
+        p.values().collect()
+    }
+
+    #[test]
+    fn dittos_update_is_fedavgs_and_its_personal_model_is_pulled_to_the_global_one() {
+        let ditto = Instructions::Ditto { lambda: 1.0 };
+        let mut local = DittoLocal::default();
+        let mut model = site([1.0, 2.0, 3.0, 4.0]);
+        let zero = two_layers([0.0; 2], [0.0; 2]);
+        assert_eq!(local.personal(&zero), None);
+
+        let fit = local.fit(&ditto, &zero, &mut model).unwrap();
+        // The update is plain local training's, bit for bit.
+        let plain = PlainLocal
+            .fit(&Instructions::Plain, &zero, &mut site([1.0, 2.0, 3.0, 4.0]))
+            .unwrap();
+        assert_eq!(fit.delta, plain.delta);
+        assert_eq!(values(&fit.delta), [0.5, 1.0, 1.5, 2.0]);
+        assert_eq!(model.trainings, 2);
+        // v = w at the first round: v - 0.5 ((v - t) + (v - w)) = t / 2.
+        assert_eq!(
+            values(&local.personal(&zero).unwrap()),
+            [0.5, 1.0, 1.5, 2.0]
+        );
+
+        // Round 2 from the same global model: v = t/2 is where the loss's
+        // pull to t and lambda's pull to w = 0 balance, so it stays.
+        local.fit(&ditto, &zero, &mut model).unwrap();
+        assert_eq!(
+            values(&local.personal(&zero).unwrap()),
+            [0.5, 1.0, 1.5, 2.0]
+        );
+
+        // With the global model at the target, both pulls agree.
+        let at_target = two_layers([1.0, 2.0], [3.0, 4.0]);
+        let fit = local.fit(&ditto, &at_target, &mut model).unwrap();
+        assert_eq!(values(&fit.delta), [0.0; 4]);
+        // v - 0.5 ((v - t) + (v - t)) = t.
+        assert_eq!(
+            values(&local.personal(&zero).unwrap()),
+            [1.0, 2.0, 3.0, 4.0]
+        );
+
+        let err = local
+            .fit(&Instructions::Plain, &zero, &mut model)
+            .unwrap_err();
+        assert!(err.to_string().contains("ditto"), "{err}");
+    }
+
+    #[test]
+    fn fedpers_head_stays_at_the_site_and_its_update_carries_zeros_for_it() {
+        let fedper = Instructions::FedPer { head_layers: 1 };
+        let mut local = FedPerLocal::default();
+        let mut model = site([1.0, 2.0, 3.0, 4.0]);
+        let zero = two_layers([0.0; 2], [0.0; 2]);
+        let fit = local.fit(&fedper, &zero, &mut model).unwrap();
+        assert_eq!(values(&fit.delta), [0.5, 1.0, 0.0, 0.0]);
+        assert_eq!(
+            values(&local.personal(&zero).unwrap()),
+            [0.0, 0.0, 1.5, 2.0]
+        );
+
+        // Whatever head the server sends is replaced by the site's own.
+        let global = two_layers([0.5, 1.0], [9.0, -9.0]);
+        let fit = local.fit(&fedper, &global, &mut model).unwrap();
+        assert_eq!(values(&fit.delta), [0.25, 0.5, 0.0, 0.0]);
+        assert_eq!(values(&model.w), [0.75, 1.5, 2.25, 3.0]);
+        assert_eq!(
+            values(&local.personal(&global).unwrap()),
+            [0.5, 1.0, 2.25, 3.0]
+        );
+
+        // A model of one layer has no body to share.
+        let err = local
+            .fit(
+                &Instructions::FedPer { head_layers: 2 },
+                &global,
+                &mut model,
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("must leave a shared body"),
+            "{err}"
+        );
+    }
+}

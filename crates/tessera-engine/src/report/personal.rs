@@ -1,0 +1,107 @@
+//! The report's `personalization` section: each site's own model against
+//! the global model and the site's local-only model, on the site's test
+//! rows.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tessera_learn::Evaluation;
+
+/// One site's three models on its own test rows.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PersonalSite {
+    /// The final global model.
+    pub global: f64,
+    /// The site's personalized model (personal, and fine-tuned where the
+    /// plan says).
+    pub personalized: f64,
+    /// The site's model trained on its rows alone (the plan's baseline
+    /// training); `null` where it failed to train.
+    pub local_only: Option<f64>,
+    /// Test rows.
+    pub n_test: u64,
+}
+
+impl PersonalSite {
+    /// Whether the personalized model beats both others (strictly).
+    pub fn beats_both(&self) -> bool {
+        self.personalized > self.global && self.local_only.is_none_or(|l| self.personalized > l)
+    }
+}
+
+/// Personalized models against the global and local-only ones: accuracies
+/// on each site's test rows and their unweighted means over the sites with
+/// test rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersonalizationReport {
+    /// The strategy (personalized or not).
+    pub strategy: String,
+    /// Fine-tuning epochs after the last round (0: none).
+    pub finetune_epochs: u64,
+    /// Rows each site fine-tuned on, when fewer than all (few-shot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune_rows: Option<usize>,
+    /// Mean over sites of the global model's accuracy.
+    pub mean_global: f64,
+    /// Mean over sites of the personalized models' accuracy.
+    pub mean_personalized: f64,
+    /// Mean over sites of the local-only models' accuracy (over the sites
+    /// whose local-only model trained).
+    pub mean_local_only: Option<f64>,
+    /// Sites where the personalized model beats both the global and the
+    /// local-only model.
+    pub sites_beating_both: usize,
+    /// Sites with test rows.
+    pub sites: usize,
+    /// Each site.
+    pub per_site: BTreeMap<String, PersonalSite>,
+}
+
+impl PersonalizationReport {
+    /// The section from each site's evaluation of the global model, of its
+    /// personalized model, and its local-only accuracy (by name, where it
+    /// trained); `names`, `global` and `personal` are in site order. Sites
+    /// without test rows are left out.
+    pub fn new(
+        plan: &crate::Plan,
+        names: &[&str],
+        global: &[Evaluation],
+        personal: &[Evaluation],
+        local_only: &BTreeMap<String, f64>,
+    ) -> PersonalizationReport {
+        let mut per_site = BTreeMap::new();
+        for ((name, g), p) in names.iter().zip(global).zip(personal) {
+            if g.n_examples == 0 {
+                continue;
+            }
+            per_site.insert(
+                name.to_string(),
+                PersonalSite {
+                    global: g.accuracy(),
+                    personalized: p.accuracy(),
+                    local_only: local_only.get(*name).copied(),
+                    n_test: g.n_examples,
+                },
+            );
+        }
+        let mean = |values: Vec<f64>| {
+            (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+        };
+        let sites = per_site.len();
+        PersonalizationReport {
+            strategy: plan.federation.strategy.to_string(),
+            finetune_epochs: plan.personalization.finetune_epochs,
+            finetune_rows: plan
+                .personalization
+                .finetune_rows
+                .filter(|_| plan.personalization.fine_tunes()),
+            mean_global: mean(per_site.values().map(|s| s.global).collect()).unwrap_or(0.0),
+            mean_personalized: mean(per_site.values().map(|s| s.personalized).collect())
+                .unwrap_or(0.0),
+            mean_local_only: mean(per_site.values().filter_map(|s| s.local_only).collect()),
+            sites_beating_both: per_site.values().filter(|s| s.beats_both()).count(),
+            sites,
+            per_site,
+        }
+    }
+}

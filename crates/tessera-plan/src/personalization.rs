@@ -1,0 +1,29 @@
+//! `[personalization]`: how each site's own model is made and evaluated
+//! after the last round, beside the global model and the site's local-only
+//! model.
+
+use serde::{Deserialize, Serialize};
+
+/// How personalized models are made and reported.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonalizationConfig {
+    /// After the last round each site fine-tunes its model (its personal
+    /// one under a personalized strategy, the global one otherwise) for
+    /// this many epochs of the plan's local training on its own training
+    /// rows, then evaluates it on its test rows (0, the default: no
+    /// fine-tuning). The fine-tuned model never leaves the site.
+    #[serde(default)]
+    pub finetune_epochs: u64,
+    /// Few-shot adaptation: fine-tune on only the first this many of each
+    /// site's training rows (all of them by default).
+    #[serde(default)]
+    pub finetune_rows: Option<usize>,
+}
+
+impl PersonalizationConfig {
+    /// Whether the plan fine-tunes after the last round.
+    pub fn fine_tunes(&self) -> bool {
+        self.finetune_epochs > 0
+    }
+}
