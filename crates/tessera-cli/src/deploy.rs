@@ -115,9 +115,15 @@ pub struct ParticipantArgs {
     /// inspect`); replaced if it exists.
     #[arg(long)]
     model_out: Option<PathBuf>,
+    /// Under a personalized strategy (`ditto`, `fedper`) or
+    /// `[personalization]` fine-tuning: at the end of the run, write this
+    /// site's own model here (it never left the site); replaced if it exists.
+    #[arg(long)]
+    personal_model_out: Option<PathBuf>,
     /// At the end of the run, write this site's report here (JSON): the
     /// global model on this site's test rows against a model trained on this
-    /// site's rows alone, and the privacy this site spent; replaced if it exists.
+    /// site's rows alone (and this site's personalized model, where the plan
+    /// personalizes), and the privacy this site spent; replaced if it exists.
     #[arg(long)]
     report: Option<PathBuf>,
     /// Consent to the plan's secure join NAME (`[[analytics.joins]]`;
@@ -492,7 +498,11 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
         Some(data) => vec![Input::new("the --data file", data)],
         None => Vec::new(),
     };
-    check_outputs(&outputs(&args.report, &args.model_out), &data_input)?;
+    let mut written = outputs(&args.report, &args.model_out);
+    if let Some(path) = &args.personal_model_out {
+        written.push(("--personal-model-out", path.as_path()));
+    }
+    check_outputs(&written, &data_input)?;
     if args.insecure {
         insecure_warning("the participant");
     }
@@ -559,8 +569,11 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
     );
     crate::model::site_results(
         results.as_ref(),
-        args.model_out.as_deref(),
-        args.report.as_deref(),
+        crate::model::SiteOutputs {
+            model: args.model_out.as_deref(),
+            personal_model: args.personal_model_out.as_deref(),
+            report: args.report.as_deref(),
+        },
     )
 }
 

@@ -230,17 +230,27 @@ fn of_database(
     )?)
 }
 
-/// A participant's results: its model file and report where asked for,
+/// Where a participant writes its results (each where asked for).
+pub struct SiteOutputs<'a> {
+    /// The final global model (`--model-out`).
+    pub model: Option<&'a Path>,
+    /// The site's personalized model (`--personal-model-out`).
+    pub personal_model: Option<&'a Path>,
+    /// The site's report (`--report`).
+    pub report: Option<&'a Path>,
+}
+
+/// A participant's results: its model files and report where asked for,
 /// and the global model's accuracy on its test rows (against its
-/// local-only baseline when the report is asked for), logged and printed.
-/// Without `--model-out` or `--report`, a site that has no global model to
-/// show (it never evaluated one) says so and succeeds.
+/// local-only baseline when the report is asked for, and its personalized
+/// model where the plan personalizes), logged and printed. Without an
+/// output asked for, a site that has no global model to show (it never
+/// evaluated one) says so and succeeds.
 pub fn site_results(
     results: Option<&tessera_participant::results::SiteResults>,
-    model_out: Option<&Path>,
-    report_out: Option<&Path>,
+    out: SiteOutputs<'_>,
 ) -> anyhow::Result<()> {
-    let wanted = model_out.is_some() || report_out.is_some();
+    let wanted = out.model.is_some() || out.report.is_some() || out.personal_model.is_some();
     let Some(results) = results else {
         if wanted {
             bail!("the run ended before this site was ready: no model or report to write");
@@ -255,8 +265,17 @@ pub fn site_results(
         }
         Err(e) => return Err(e.into()),
     };
-    if let Some(path) = model_out {
+    if let Some(path) = out.model {
         write(path, &results.model_file()?)?;
+    }
+    if let Some(path) = out.personal_model {
+        let Some(file) = results.personal_model_file()? else {
+            bail!(
+                "--personal-model-out: the plan keeps no personalized model (a personalized \
+                 strategy such as ditto or fedper, or [personalization] finetune_epochs)"
+            );
+        };
+        write(path, &file)?;
     }
     let shown = |a: Option<f64>| {
         a.map_or("not evaluated (no test rows)".to_string(), |a| {
@@ -264,7 +283,7 @@ pub fn site_results(
         })
     };
     let mut alone = String::new();
-    if let Some(path) = report_out {
+    if let Some(path) = out.report {
         let report = results.report()?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -277,6 +296,9 @@ pub fn site_results(
             "; trained alone: {}",
             shown(report.local_baseline.metrics.accuracy)
         );
+    }
+    if let Some(personal) = results.personalized()? {
+        alone = format!("; personalized: {}{alone}", shown(personal.accuracy));
     }
     let accuracy = shown(global.accuracy);
     tracing::info!(

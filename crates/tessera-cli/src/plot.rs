@@ -197,3 +197,94 @@ pub fn write_plot(report: &RunReport, path: &Path) -> anyhow::Result<()> {
     };
     draw().map_err(|e| anyhow!("{}: cannot write the plot: {e}", path.display()))
 }
+
+/// Where the per-site gains of personalization go: beside `plot`, its name
+/// with `-personal` before the extension.
+pub fn personal_plot_path(plot: &Path) -> std::path::PathBuf {
+    let stem = plot
+        .file_stem()
+        .map_or_else(|| "plot".to_string(), |s| s.to_string_lossy().into_owned());
+    let ext = plot
+        .extension()
+        .map_or_else(|| "svg".to_string(), |e| e.to_string_lossy().into_owned());
+    plot.with_file_name(format!("{stem}-personal.{ext}"))
+}
+
+/// Writes an SVG of each site's gain from its personalized model: accuracy
+/// minus the global model's and minus its local-only model's, sites in
+/// order of the first gain. Nothing without a personalization section.
+pub fn write_personal_plot(report: &RunReport, path: &Path) -> anyhow::Result<bool> {
+    let Some(p) = &report.personalization else {
+        return Ok(false);
+    };
+    let mut sites: Vec<(f64, Option<f64>)> = p
+        .per_site
+        .values()
+        .map(|s| {
+            (
+                s.personalized - s.global,
+                s.local_only.map(|l| s.personalized - l),
+            )
+        })
+        .collect();
+    sites.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let all = sites
+        .iter()
+        .flat_map(|(g, l)| std::iter::once(*g).chain(*l));
+    let (low, high) = all.fold((-0.05f64, 0.05f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let n = sites.len().max(1) as u32;
+    let draw = || -> Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::new(path, (800, 420)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let caption = format!(
+            "{} · {} · per-site gain of the personalized model",
+            report.plan, p.strategy
+        );
+        let mut chart = ChartBuilder::on(&root)
+            .caption(caption, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..f64::from(n), (low - 0.02)..(high + 0.02))?;
+        chart
+            .configure_mesh()
+            .x_desc("site (ordered by gain over the global model)")
+            .y_desc("accuracy gain")
+            .disable_x_mesh()
+            .draw()?;
+        let bar = |i: usize, offset: f64, v: f64, colour: RGBColor| {
+            let x = i as f64 + offset;
+            Rectangle::new([(x, 0.0), (x + 0.4, v)], colour.filled())
+        };
+        let colour = COLOURS[0];
+        chart
+            .draw_series(
+                sites
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| bar(i, 0.1, s.0, colour)),
+            )?
+            .label("over the global model")
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
+        let colour = COLOURS[1];
+        chart
+            .draw_series(
+                sites
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| s.1.map(|l| bar(i, 0.5, l, colour))),
+            )?
+            .label("over local-only training")
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| anyhow!("{}: cannot write the plot: {e}", path.display()))?;
+    Ok(true)
+}

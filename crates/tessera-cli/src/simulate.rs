@@ -14,7 +14,7 @@ use tessera_sim::{Attack, AttackKind, RoundRecord, RunReport, SimOptions, simula
 
 use crate::bundled::{self, Bundled};
 use crate::paths::{self, Input, plan_data_inputs};
-use crate::plot::write_plot;
+use crate::plot::{personal_plot_path, write_personal_plot, write_plot};
 
 /// Arguments of `tessera simulate`.
 #[derive(Debug, clap::Args)]
@@ -278,6 +278,8 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         crate::model::write(path, &crate::model::of_simulation(&plan, &data, &report)?)?;
     }
     write_plot(&report, &plot_path)?;
+    let personal_plot = personal_plot_path(&plot_path);
+    let personal_plotted = write_personal_plot(&report, &personal_plot)?;
     if !quiet {
         print_summary(&report);
         if let Some(c) = &cross_silo {
@@ -290,9 +292,14 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         crate::logging::say(
             tracing::Level::INFO,
             &format!(
-                "report: {}  plot: {}",
+                "report: {}  plot: {}{}",
                 report_path.display(),
-                plot_path.display()
+                plot_path.display(),
+                if personal_plotted {
+                    format!("  per-site gains: {}", personal_plot.display())
+                } else {
+                    String::new()
+                }
             ),
         );
     }
@@ -404,6 +411,21 @@ fn print_summary(report: &RunReport) {
         for error in &b.errors {
             println!("warning: {error}");
         }
+    }
+    if let Some(p) = &report.personalization {
+        let local = p
+            .mean_local_only
+            .map_or_else(|| "n/a".to_string(), |l| format!("{l:.4}"));
+        let tuned = if p.finetune_epochs > 0 {
+            format!(", fine-tuned {} epochs", p.finetune_epochs)
+        } else {
+            String::new()
+        };
+        println!(
+            "personalized ({}{tuned}): {:.4} mean of sites; global {:.4}; local only {local}; \
+             beats both at {} of {} sites",
+            p.strategy, p.mean_personalized, p.mean_global, p.sites_beating_both, p.sites
+        );
     }
     let t = &report.timing;
     println!(

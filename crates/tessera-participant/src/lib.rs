@@ -233,14 +233,7 @@ pub async fn run_with_results(
     config: ParticipantConfig,
 ) -> Result<(ParticipantSummary, Option<results::SiteResults>), ParticipantError> {
     let (summary, ready) = take_part(&config, None).await?;
-    let results = ready.map(|ready| results::SiteResults {
-        site: config.site.clone(),
-        run_id: ready.run_id,
-        plan: ready.plan,
-        train: ready.train,
-        test: ready.test,
-        takeaway: ready.takeaway,
-    });
+    let results = ready.map(|ready| results::SiteResults::of(config.site.clone(), ready));
     Ok((summary, results))
 }
 

@@ -100,6 +100,9 @@ pub struct SiteResults {
     /// The site's test rows, as it evaluated on them.
     pub test: Arc<Dataset>,
     pub(crate) takeaway: Takeaway,
+    /// Under a personalized strategy or fine-tuning: this site's own
+    /// model (or why it could not be made). It never left the site.
+    personal: Option<Result<ParameterSet, String>>,
 }
 
 /// One model on the site's test rows.
@@ -153,6 +156,11 @@ pub struct SiteReport {
     pub model_round: u32,
     /// The final global model on this site's test rows.
     pub global: Figures,
+    /// This site's personalized model (a personalized strategy's, or
+    /// fine-tuned), on the same test rows; absent where the plan does not
+    /// personalize. It never left the site.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub personalized: Option<Figures>,
     /// A model trained on this site's rows alone, on the same test rows.
     pub local_baseline: Baseline,
     /// Global accuracy minus the baseline's (`null` without test rows).
@@ -162,6 +170,43 @@ pub struct SiteReport {
 }
 
 impl SiteResults {
+    /// The results of the run `ready` ended, at `site`; with a plan that
+    /// personalizes, the site's own model is made here, as the simulator
+    /// makes it (`Site::personalized`).
+    pub(crate) fn of(site: String, ready: crate::Ready) -> SiteResults {
+        let plan = ready.plan;
+        let personal = match (plan.personalizes(), ready.site, ready.takeaway.last_model()) {
+            (true, Some(mut own), Some((_, global))) => Some(
+                own.personalized(&plan, &global, &ready.train)
+                    .map_err(|e| e.to_string()),
+            ),
+            (true, _, _) => Some(Err(
+                "the run ended before this site trained and evaluated a model".to_string(),
+            )),
+            (false, _, _) => None,
+        };
+        SiteResults {
+            site,
+            run_id: ready.run_id,
+            plan,
+            train: ready.train,
+            test: ready.test,
+            takeaway: ready.takeaway,
+            personal,
+        }
+    }
+
+    /// This site's personalized model, where the plan personalizes.
+    fn personal(&self) -> Result<Option<&ParameterSet>, ParticipantError> {
+        match &self.personal {
+            None => Ok(None),
+            Some(Ok(parameters)) => Ok(Some(parameters)),
+            Some(Err(why)) => Err(ParticipantError::Local(format!(
+                "this site's personalized model: {why}"
+            ))),
+        }
+    }
+
     /// The final global model and its round.
     fn model(&self) -> Result<(u32, &ParameterSet), ParticipantError> {
         self.takeaway
@@ -179,6 +224,26 @@ impl SiteResults {
     /// standardisation (the statistics it applied to its rows).
     pub fn model_file(&self) -> Result<ModelFile, ParticipantError> {
         let (round, parameters) = self.model()?;
+        self.file_of(round, parameters.clone(), "")
+    }
+
+    /// This site's personalized model as a model file (`None` where the
+    /// plan does not personalize), with this site's standardisation.
+    pub fn personal_model_file(&self) -> Result<Option<ModelFile>, ParticipantError> {
+        let Some(parameters) = self.personal()? else {
+            return Ok(None);
+        };
+        let (round, _) = self.model()?;
+        self.file_of(round, parameters.clone(), ", personalized")
+            .map(Some)
+    }
+
+    fn file_of(
+        &self,
+        round: u32,
+        parameters: ParameterSet,
+        what: &str,
+    ) -> Result<ModelFile, ParticipantError> {
         let config = self.plan.data.standardize.clone();
         let source = if !config.enabled {
             "none".to_string()
@@ -199,31 +264,38 @@ impl SiteResults {
             standardization,
             RunInfo {
                 id: Some(self.run_id.clone()),
-                written_by: format!("participant {}", self.site),
+                written_by: format!("participant {}{what}", self.site),
             },
             round,
-            parameters.clone(),
+            parameters,
         )
         .map_err(|e| ParticipantError::Local(e.to_string()))
     }
 
     /// The final global model's round and its figures on this site's test rows.
     pub fn global(&self) -> Result<(u32, SiteMetrics), ParticipantError> {
-        let local = |e: tessera_learn::LearnError| ParticipantError::Local(e.to_string());
         let (round, parameters) = self.model()?;
+        Ok((round, self.evaluate(parameters)?))
+    }
+
+    /// This site's personalized model on its test rows (`None` where the
+    /// plan does not personalize).
+    pub fn personalized(&self) -> Result<Option<SiteMetrics>, ParticipantError> {
+        self.personal()?.map(|p| self.evaluate(p)).transpose()
+    }
+
+    fn evaluate(&self, parameters: &ParameterSet) -> Result<SiteMetrics, ParticipantError> {
+        let local = |e: tessera_learn::LearnError| ParticipantError::Local(e.to_string());
         let (n_features, n_classes) = (
             self.takeaway.agreement.feature_names().len(),
             self.takeaway.agreement.classes.len(),
         );
-        let mut global = self
+        let mut model = self
             .plan
             .learner(n_features, n_classes)
             .map_err(|e| ParticipantError::Local(e.to_string()))?;
-        global.set_parameters(parameters).map_err(local)?;
-        Ok((
-            round,
-            site_metrics(&global.evaluate(&self.test).map_err(local)?),
-        ))
+        model.set_parameters(parameters).map_err(local)?;
+        Ok(site_metrics(&model.evaluate(&self.test).map_err(local)?))
     }
 
     /// The report: the global model and the local-only baseline on this
@@ -270,6 +342,7 @@ impl SiteResults {
             model_round: round,
             gain: global.accuracy.zip(baseline.accuracy).map(|(g, b)| g - b),
             global: Figures { metrics: global },
+            personalized: self.personalized()?.map(|metrics| Figures { metrics }),
             local_baseline: Baseline {
                 metrics: baseline,
                 training: format!(

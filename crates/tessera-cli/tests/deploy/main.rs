@@ -19,6 +19,7 @@ mod faults;
 mod joins;
 mod lifecycle;
 mod malformed;
+mod personal;
 mod plans;
 mod psi_joins;
 mod results;

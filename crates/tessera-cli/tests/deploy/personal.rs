@@ -1,0 +1,145 @@
+//! A deployed FedPer run on Fed-Heart-Disease with an MLP: each site's head
+//! (the last layer) stays at the site. The coordinator's database (every
+//! model, every round's aggregate, and every byte of the file, freed pages
+//! included, where the sites' updates were kept until their round closed)
+//! holds none of a site's head values, and each site takes home its
+//! personalized model, which is the simulation's.
+
+use tessera_core::ParameterSet;
+use tessera_engine::model_file::ModelFile;
+
+use crate::util::procs::{HEART_SITES, Proc, coordinator, participant};
+use crate::util::{self, Scratch};
+use crate::{LIMIT, heart_text};
+
+const HEAD: [&str; 2] = ["dense1.weight", "dense1.bias"];
+const BODY: [&str; 2] = ["dense0.weight", "dense0.bias"];
+
+fn values(p: &ParameterSet, names: &[&str]) -> Vec<f32> {
+    names
+        .iter()
+        .flat_map(|n| p.get(n).unwrap().data().to_vec())
+        .collect()
+}
+
+/// Whether any two consecutive values of `of` appear, as stored (f32
+/// little-endian), anywhere in `bytes`.
+fn holds_any(bytes: &[u8], of: &[f32]) -> bool {
+    of.windows(2).any(|pair| {
+        let needle: Vec<u8> = pair.iter().flat_map(|v| v.to_le_bytes()).collect();
+        bytes.windows(needle.len()).any(|w| w == needle.as_slice())
+    })
+}
+
+#[test]
+fn fedpers_heads_never_reach_the_coordinator_and_each_site_takes_its_own_home() {
+    if util::skip_e2e("fedpers_heads_never_reach_the_coordinator_and_each_site_takes_its_own_home")
+    {
+        return;
+    }
+    let s = Scratch::new("fedper");
+    let text = heart_text(&s, 4)
+        .replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [8]")
+        .replace("strategy = \"fedavg\"", "strategy = \"fedper\"")
+        + "\n[privacy]\nsite_metrics = \"clear\"\n";
+    assert!(text.contains("strategy = \"fedper\"") && text.contains("hidden = [8]"));
+    let plan = s.write("fedper.toml", &text);
+    let (simulated, _) = s.simulate(&plan, "sim.model");
+    let db = s.path("r.sqlite");
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &db, 0, crate::OUTPUTS);
+    let mut participants: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| {
+            participant(
+                &s.dir,
+                &url,
+                site,
+                &[
+                    "--report",
+                    &format!("{site}.json"),
+                    "--personal-model-out",
+                    &format!("{site}.personal"),
+                ],
+            )
+        })
+        .collect();
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    let global = util::parameters(&std::fs::read(s.path("dep.model")).unwrap());
+
+    // What the coordinator kept: every model's head is the initial one, and
+    // every round's aggregate carries zeros for the head.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let models: Vec<ParameterSet> = conn
+        .prepare("SELECT params FROM models ORDER BY version")
+        .unwrap()
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(|b| tessera_proto::decode_parameters(&b.unwrap()).unwrap())
+        .collect();
+    assert!(models.len() >= 2, "{} models", models.len());
+    for m in &models {
+        assert_eq!(values(m, &HEAD), values(&models[0], &HEAD));
+    }
+    assert_ne!(
+        values(&global, &BODY),
+        values(&models[0], &BODY),
+        "the body trained"
+    );
+    let aggregates: Vec<Vec<u8>> = conn
+        .prepare("SELECT mean_delta FROM round_aggregates")
+        .unwrap()
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(aggregates.len(), 4);
+    for bytes in &aggregates {
+        let mean = tessera_proto::decode_parameters(bytes).unwrap();
+        assert!(values(&mean, &HEAD).iter().all(|v| *v == 0.0));
+        assert!(values(&mean, &BODY).iter().any(|v| *v != 0.0));
+    }
+    drop(conn);
+    let mut stored = std::fs::read(&db).unwrap();
+    if let Ok(wal) = std::fs::read(s.path("r.sqlite-wal")) {
+        stored.extend(wal);
+    }
+    // The search finds what the database does hold: the global body.
+    assert!(holds_any(&stored, &values(&global, &BODY)));
+
+    for site in HEART_SITES {
+        let file =
+            ModelFile::from_bytes(&std::fs::read(s.path(&format!("{site}.personal"))).unwrap())
+                .unwrap();
+        assert_eq!(
+            file.header.run.written_by,
+            format!("participant {site}, personalized")
+        );
+        let own = &file.parameters;
+        // The shared body, the site's own head.
+        assert_eq!(values(own, &BODY), values(&global, &BODY), "{site}");
+        let head = values(own, &HEAD);
+        assert_ne!(head, values(&global, &HEAD), "{site}");
+        assert!(
+            !holds_any(&stored, &head),
+            "{site}'s head is in the database"
+        );
+        // The site's report: its personalized model, as the simulation
+        // evaluates it.
+        let report = s.json(&format!("{site}.json"));
+        let expected = &simulated["personalization"]["per_site"][site];
+        assert_eq!(
+            report["personalized"]["accuracy"], expected["personalized"],
+            "{site}: {report}"
+        );
+        assert_eq!(report["global"]["accuracy"], expected["global"], "{site}");
+        println!(
+            "{site}: personalized {}, global {}, local only {}",
+            report["personalized"]["accuracy"],
+            report["global"]["accuracy"],
+            report["local_baseline"]["accuracy"]
+        );
+    }
+}
