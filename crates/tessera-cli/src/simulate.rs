@@ -417,7 +417,8 @@ fn print_summary(report: &RunReport) {
             .mean_local_only
             .map_or_else(|| "n/a".to_string(), |l| format!("{l:.4}"));
         let tuned = if p.finetune_epochs > 0 {
-            format!(", fine-tuned {} epochs", p.finetune_epochs)
+            let s = if p.finetune_epochs == 1 { "" } else { "s" };
+            format!(", fine-tuned {} epoch{s}", p.finetune_epochs)
         } else {
             String::new()
         };

@@ -130,7 +130,7 @@ fn the_readme_is_parsed_into_its_commands() {
         ]
     );
     // The marked blocks are there: a README edit cannot drop them silently.
-    assert!(tessera_commands("checked").len() >= 12);
+    assert!(tessera_commands("checked").len() >= 16);
     assert!(tessera_commands("checked: deployment").len() >= 9);
 }
 

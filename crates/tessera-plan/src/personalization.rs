@@ -15,8 +15,9 @@ pub struct PersonalizationConfig {
     /// fine-tuning). The fine-tuned model never leaves the site.
     #[serde(default)]
     pub finetune_epochs: u64,
-    /// Few-shot adaptation: fine-tune on only the first this many of each
-    /// site's training rows (all of them by default).
+    /// Few-shot adaptation: fine-tune on only this many of each site's
+    /// training rows, drawn without replacement from the site's public
+    /// stream of the round after the last (all of them by default).
     #[serde(default)]
     pub finetune_rows: Option<usize>,
 }
