@@ -61,7 +61,9 @@ impl Strategy for Ditto {
 
 /// FedPer (Arivazhagan et al. 2019): the model's last `head_layers` layers
 /// are each site's own; sites send changes to the shared body only (the
-/// head's change is sent as zeros), so the global head stays as it began.
+/// head's change is sent as zeros), and the server drops whatever a site
+/// sends for the head, so the global head stays as it began even when a
+/// site does not follow the protocol.
 #[derive(Debug, Clone)]
 pub struct FedPer {
     /// How many of the model's last layers are personal.
@@ -92,7 +94,14 @@ impl Strategy for FedPer {
         round: &RoundAggregate,
         _attendance: &Attendance,
     ) -> Result<ParameterSet, AggregateError> {
-        moved(global, &round.mean_delta, self.server_lr)
+        let mask = head_mask(global, self.head_layers)?;
+        let mut body = round.mean_delta.clone();
+        for (tensor, &personal) in body.tensors_mut().iter_mut().zip(&mask) {
+            if personal {
+                tensor.data_mut().fill(0.0);
+            }
+        }
+        moved(global, &body, self.server_lr)
     }
 }
 
@@ -153,5 +162,40 @@ mod tests {
         assert!(err.contains("must leave a shared body"), "{err}");
         assert!(err.contains("2 layers (dense0, dense1)"), "{err}");
         assert!(head_mask(&mlp(), 0).is_err());
+    }
+
+    /// A site that sends a change to the head anyway (a modified
+    /// participant) moves the body only.
+    #[test]
+    fn a_head_change_a_site_sends_anyway_does_not_move_the_global_head() {
+        let global = mlp();
+        let mut delta = mlp();
+        for t in delta.tensors_mut() {
+            t.data_mut().fill(1.0);
+        }
+        let round = RoundAggregate {
+            mean_delta: delta,
+            aux_step: None,
+            n_updates: 1,
+            n_participants: 1,
+            n_examples: 10,
+            weight_sum: 1.0,
+            mean_train_loss: 0.0,
+        };
+        let none = Attendance {
+            cohort: Vec::new(),
+            counted: Vec::new(),
+            failures: Vec::new(),
+        };
+        let mut fedper = FedPer {
+            head_layers: 1,
+            server_lr: 1.0,
+        };
+        let next = fedper.aggregate_fit(&global, &round, &none).unwrap();
+        let moved: Vec<bool> = next
+            .iter()
+            .map(|(_, t)| t.data().iter().any(|&v| v != 0.0))
+            .collect();
+        assert_eq!(moved, [true, true, false, false]);
     }
 }
