@@ -96,11 +96,7 @@ impl Strategy for FedPer {
     ) -> Result<ParameterSet, AggregateError> {
         let mask = head_mask(global, self.head_layers)?;
         let mut body = round.mean_delta.clone();
-        for (tensor, &personal) in body.tensors_mut().iter_mut().zip(&mask) {
-            if personal {
-                tensor.data_mut().fill(0.0);
-            }
-        }
+        zero_head(&mut body, &mask);
         moved(global, &body, self.server_lr)
     }
 }
@@ -134,6 +130,15 @@ pub fn head_mask(parameters: &ParameterSet, head_layers: u32) -> Result<Vec<bool
         .iter()
         .map(|n| personal.contains(&layer(n)))
         .collect())
+}
+
+/// Sets the tensors `mask` marks (a [`head_mask`]) to zero.
+pub(crate) fn zero_head(parameters: &mut ParameterSet, mask: &[bool]) {
+    for (tensor, &personal) in parameters.tensors_mut().iter_mut().zip(mask) {
+        if personal {
+            tensor.data_mut().fill(0.0);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 use tessera_core::{LocalModel, ParameterSet};
 
 use super::fedprox_local::Proximal;
-use super::personal::head_mask;
+use super::personal::{head_mask, zero_head};
 use crate::local::{LocalAlgorithm, LocalFit, mismatch};
 use crate::{AggregateError, Instructions};
 
@@ -111,11 +111,7 @@ impl LocalAlgorithm for FedPerLocal {
         let trained = model.parameters().clone();
         trained.check_finite()?;
         let mut delta = trained.sub(global)?;
-        for (tensor, &personal) in delta.tensors_mut().iter_mut().zip(&mask) {
-            if personal {
-                tensor.data_mut().fill(0.0);
-            }
-        }
+        zero_head(&mut delta, &mask);
         self.own = Some(trained);
         self.mask = mask;
         Ok(LocalFit {
