@@ -231,6 +231,7 @@ fn sign(x: f32) -> f32 {
 mod tests {
     use super::*;
     use crate::methods::testing::{NONE_FAILED, round, set, values};
+    use tessera_core::Tensor;
 
     #[test]
     fn the_fedavg_family_ignores_failures() {
@@ -247,10 +248,20 @@ mod tests {
             let config = crate::StrategyConfig::default();
             let (mut with, mut without) =
                 (config.build(kind).unwrap(), config.build(kind).unwrap());
-            let mut x = (set(&[0.5]), set(&[0.5]));
+            // Two layers, so that the personal strategies keep a shared body.
+            let layers = |v: f32| {
+                let mut p = ParameterSet::new();
+                for name in ["body.w", "head.w"] {
+                    p.push(name, Tensor::new(vec![1], vec![v]).expect("shape"))
+                        .expect("distinct names");
+                }
+                p
+            };
+            let mut x = (layers(0.5), layers(0.5));
             for d in [0.25f32, -1.0] {
                 let mut r = round(&[d]);
-                r.aux_step = with.aux_sum().map(|_| set(&[0.0]));
+                r.mean_delta = layers(d);
+                r.aux_step = with.aux_sum().map(|_| layers(0.0));
                 x.0 = with.aggregate_fit(&x.0, &r, &failed).unwrap();
                 x.1 = without.aggregate_fit(&x.1, &r, &NONE_FAILED).unwrap();
             }
