@@ -28,8 +28,8 @@ pub use fedavg::{FedAvg, FedAvgM, FedOpt, FedOptVariant, FedProx};
 pub use feddyn::FedDyn;
 pub use feddyn_local::FedDynLocal;
 pub use fedprox_local::FedProxLocal;
-pub use personal::{Ditto, FedPer, head_mask};
-pub use personal_local::{DittoLocal, FedPerLocal};
+pub use personal::{Ditto, FedPer, FedRep, MAX_HEAD_PASSES, head_mask};
+pub use personal_local::{DittoLocal, FedPerLocal, FedRepLocal};
 pub use scaffold::Scaffold;
 pub use scaffold_local::ScaffoldLocal;
 
@@ -68,6 +68,14 @@ pub enum Instructions {
         /// How many of the model's last layers are personal.
         head_layers: u32,
     },
+    /// FedRep: FedPer's split, the head trained `head_passes` times with
+    /// the body held, then the body once with the head held.
+    FedRep {
+        /// How many of the model's last layers are personal.
+        head_layers: u32,
+        /// The head's local trainings before the body's one.
+        head_passes: u32,
+    },
 }
 
 impl Instructions {
@@ -80,6 +88,7 @@ impl Instructions {
             Instructions::FedDyn { .. } => "feddyn",
             Instructions::Ditto { .. } => "ditto",
             Instructions::FedPer { .. } => "fedper",
+            Instructions::FedRep { .. } => "fedrep",
         }
     }
 
@@ -93,6 +102,7 @@ impl Instructions {
             Instructions::FedDyn { .. } => Box::new(FedDynLocal::default()),
             Instructions::Ditto { .. } => Box::new(DittoLocal::default()),
             Instructions::FedPer { .. } => Box::new(FedPerLocal::default()),
+            Instructions::FedRep { .. } => Box::new(FedRepLocal::default()),
         }
     }
 
@@ -104,7 +114,8 @@ impl Instructions {
             | Instructions::Proximal { .. }
             | Instructions::FedDyn { .. }
             | Instructions::Ditto { .. }
-            | Instructions::FedPer { .. } => None,
+            | Instructions::FedPer { .. }
+            | Instructions::FedRep { .. } => None,
         }
     }
 }
@@ -155,11 +166,13 @@ pub enum StrategyKind {
     Ditto,
     /// FedPer (personalized).
     FedPer,
+    /// FedRep (personalized).
+    FedRep,
 }
 
 impl StrategyKind {
     /// Every strategy, in a fixed order.
-    pub const ALL: [StrategyKind; 10] = [
+    pub const ALL: [StrategyKind; 11] = [
         StrategyKind::FedAvg,
         StrategyKind::FedAvgM,
         StrategyKind::FedProx,
@@ -170,6 +183,7 @@ impl StrategyKind {
         StrategyKind::FedDyn,
         StrategyKind::Ditto,
         StrategyKind::FedPer,
+        StrategyKind::FedRep,
     ];
 
     /// The name used in plans and on the command line.
@@ -185,6 +199,7 @@ impl StrategyKind {
             StrategyKind::FedDyn => "feddyn",
             StrategyKind::Ditto => "ditto",
             StrategyKind::FedPer => "fedper",
+            StrategyKind::FedRep => "fedrep",
         }
     }
 }
@@ -197,6 +212,7 @@ impl StrategyKind {
             StrategyKind::FedDyn => FedDyn::NEEDS,
             StrategyKind::Ditto => Ditto::NEEDS,
             StrategyKind::FedPer => FedPer::NEEDS,
+            StrategyKind::FedRep => FedRep::NEEDS,
             StrategyKind::FedAvg
             | StrategyKind::FedAvgM
             | StrategyKind::FedProx
@@ -260,9 +276,15 @@ pub struct StrategyConfig {
     /// Ditto: the pull of each site's personal model toward the global one (0.1).
     #[serde(default)]
     pub lambda: Option<f32>,
-    /// FedPer: how many of the model's last layers stay at each site (1).
+    /// FedPer, FedRep: how many of the model's last layers stay at each site (1).
     #[serde(default)]
     pub head_layers: Option<u32>,
+    /// FedRep: the head's local trainings per round, each one of the
+    /// plan's local trainings with the body held still, before the body's
+    /// one (10, as in FedRep's paper with one-epoch local trainings; at
+    /// most 100).
+    #[serde(default)]
+    pub head_passes: Option<u32>,
 }
 
 impl StrategyConfig {
@@ -301,6 +323,12 @@ impl StrategyConfig {
                 positive("tau", self.tau.unwrap_or(1e-3))?,
             )))
         };
+        let head_layers = || match self.head_layers.unwrap_or(1) {
+            0 => Err(AggregateError::Config(format!(
+                "{kind}: `head_layers` must be at least 1"
+            ))),
+            n => Ok(n),
+        };
         Ok(match kind {
             StrategyKind::FedAvg => Box::new(FedAvg {
                 server_lr: server_lr(1.0)?,
@@ -333,15 +361,21 @@ impl StrategyConfig {
                 lambda: positive("lambda", self.lambda.unwrap_or(0.1))?,
                 server_lr: server_lr(1.0)?,
             }),
-            StrategyKind::FedPer => {
-                let head_layers = self.head_layers.unwrap_or(1);
-                if head_layers == 0 {
-                    return Err(AggregateError::Config(
-                        "fedper: `head_layers` must be at least 1".into(),
-                    ));
+            StrategyKind::FedPer => Box::new(FedPer {
+                head_layers: head_layers()?,
+                server_lr: server_lr(1.0)?,
+            }),
+            StrategyKind::FedRep => {
+                let head_passes = self.head_passes.unwrap_or(10);
+                if !(1..=MAX_HEAD_PASSES).contains(&head_passes) {
+                    return Err(AggregateError::Config(format!(
+                        "fedrep: `head_passes` must be from 1 to {MAX_HEAD_PASSES}, got \
+                         {head_passes}"
+                    )));
                 }
-                Box::new(FedPer {
-                    head_layers,
+                Box::new(FedRep {
+                    head_layers: head_layers()?,
+                    head_passes,
                     server_lr: server_lr(1.0)?,
                 })
             }
@@ -363,7 +397,7 @@ mod tests {
         let err = "fedsgd".parse::<StrategyKind>().unwrap_err();
         assert_eq!(
             err,
-            "unknown strategy 'fedsgd' (expected one of fedavg, fedavgm, fedprox, scaffold, fedadam, fedyogi, fedadagrad, feddyn, ditto, fedper)"
+            "unknown strategy 'fedsgd' (expected one of fedavg, fedavgm, fedprox, scaffold, fedadam, fedyogi, fedadagrad, feddyn, ditto, fedper, fedrep)"
         );
     }
 

@@ -43,6 +43,10 @@ pub trait LocalModel {
     /// The optimiser's learning rate.
     fn lr(&self) -> f32;
 
+    /// The optimiser's weight decay (added to every gradient as
+    /// `weight_decay * w`; 0 when the learner has none or does its own).
+    fn weight_decay(&self) -> f32;
+
     /// One local training from the current parameters, as the plan's
     /// training settings say, with `term` added to every gradient.
     fn train(&mut self, term: Option<&dyn GradientTerm>) -> Result<FitStats, CoreError>;

@@ -185,6 +185,10 @@ impl LocalModel for PrivateModel<'_, '_> {
         self.model.lr()
     }
 
+    fn weight_decay(&self) -> f32 {
+        self.model.weight_decay()
+    }
+
     fn train(&mut self, term: Option<&dyn GradientTerm>) -> Result<FitStats, CoreError> {
         if self.trained {
             return Err(CoreError::Invalid(

@@ -348,7 +348,8 @@ fn base_config(round: u32, instructions: &Instructions, training: &TrainingConfi
             Instructions::Plain
             | Instructions::Scaffold { .. }
             | Instructions::Ditto { .. }
-            | Instructions::FedPer { .. } => 0.0,
+            | Instructions::FedPer { .. }
+            | Instructions::FedRep { .. } => 0.0,
         },
         correction: None,
         lr: training.optimizer.lr,
@@ -463,6 +464,11 @@ impl LocalModel for ExternalModel<'_> {
 
     fn lr(&self) -> f32 {
         self.config.lr
+    }
+
+    fn weight_decay(&self) -> f32 {
+        // The learner's optimiser is its own.
+        0.0
     }
 
     fn train(&mut self, term: Option<&dyn GradientTerm>) -> Result<FitStats, CoreError> {

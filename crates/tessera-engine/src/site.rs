@@ -416,6 +416,10 @@ impl LocalModel for SiteModel<'_> {
         self.training.optimizer.lr
     }
 
+    fn weight_decay(&self) -> f32 {
+        self.training.optimizer.weight_decay
+    }
+
     fn train(&mut self, term: Option<&dyn GradientTerm>) -> Result<FitStats, CoreError> {
         self.fit(term, None, None)
     }

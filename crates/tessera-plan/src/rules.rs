@@ -156,18 +156,18 @@ pub const RULES: &[Rule] = &[
             _ => 1,
         };
         let head = p.strategy_config().head_layers.unwrap_or(1);
+        let strategy = p.federation.strategy;
+        let setting = match strategy {
+            StrategyKind::FedPer => "strategies.fedper.head_layers",
+            StrategyKind::FedRep => "strategies.fedrep.head_layers",
+            _ => return None,
+        };
         when(
-            p.federation.strategy == StrategyKind::FedPer
-                && usize::try_from(head).map_or(true, |h| h >= layers),
-            &[
-                "federation.strategy",
-                "model.kind",
-                "model.hidden",
-                "strategies.fedper.head_layers",
-            ],
+            usize::try_from(head).map_or(true, |h| h >= layers),
+            &["federation.strategy", "model.kind", "model.hidden", setting],
             || {
                 format!(
-                    "fedper keeps the model's last {head} layer{} at each site and shares the \
+                    "{strategy} keeps the model's last {head} layer{} at each site and shares the \
                      rest, but the model has {layers} layer{}: use kind = \"mlp\" with hidden \
                      layers, or fewer head_layers",
                     if head == 1 { "" } else { "s" },

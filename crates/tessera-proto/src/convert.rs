@@ -381,6 +381,13 @@ pub fn instructions_to_pb(instructions: &Instructions, header: &mut pb::TaskHead
         Instructions::FedPer { head_layers } => Some(Kind::Fedper(pb::FedPer {
             head_layers: *head_layers,
         })),
+        Instructions::FedRep {
+            head_layers,
+            head_passes,
+        } => Some(Kind::Fedrep(pb::FedRep {
+            head_layers: *head_layers,
+            head_passes: *head_passes,
+        })),
     };
     header.has_server_control = instructions.tensors().is_some();
     header.instructions = kind.map(|kind| pb::Instructions { kind: Some(kind) });
@@ -457,6 +464,22 @@ pub fn instructions_from_pb(
             }
             Instructions::FedPer { head_layers }
         }
+        Some(Kind::Fedrep(pb::FedRep {
+            head_layers,
+            head_passes,
+        })) => {
+            let max = tessera_aggregate::MAX_HEAD_PASSES;
+            if head_layers == 0 || !(1..=max).contains(&head_passes) {
+                return Err(ProtoError::Malformed(format!(
+                    "task: fedrep's head_layers {head_layers} (at least 1) or head_passes \
+                     {head_passes} (1 to {max}) is out of range"
+                )));
+            }
+            Instructions::FedRep {
+                head_layers,
+                head_passes,
+            }
+        }
     })
 }
 
@@ -482,6 +505,10 @@ mod tests {
             Instructions::FedDyn { alpha: 0.1 },
             Instructions::Ditto { lambda: 0.5 },
             Instructions::FedPer { head_layers: 2 },
+            Instructions::FedRep {
+                head_layers: 1,
+                head_passes: 10,
+            },
         ] {
             let mut header = pb::TaskHeader::default();
             instructions_to_pb(&instructions, &mut header);
@@ -492,7 +519,8 @@ mod tests {
             );
             if let Instructions::FedDyn { .. }
             | Instructions::Ditto { .. }
-            | Instructions::FedPer { .. } = instructions
+            | Instructions::FedPer { .. }
+            | Instructions::FedRep { .. } = instructions
             {
                 // No older form: an older participant is refused at joining.
                 continue;
@@ -528,6 +556,14 @@ mod tests {
         let err =
             instructions_from_pb(&header(Some(Kind::Scaffold(pb::Scaffold {}))), None).unwrap_err();
         assert!(err.to_string().contains("without its tensors"), "{err}");
+        for (head_layers, head_passes) in [(0, 1), (1, 0), (1, 101), (1, u32::MAX)] {
+            let fedrep = Kind::Fedrep(pb::FedRep {
+                head_layers,
+                head_passes,
+            });
+            let err = instructions_from_pb(&header(Some(fedrep)), None).unwrap_err();
+            assert!(err.to_string().contains("fedrep's head_layers"), "{err}");
+        }
         // An arm this build does not know decodes as an empty oneof.
         let err = instructions_from_pb(&header(None), None).unwrap_err();
         assert!(err.to_string().contains("upgrade"), "{err}");

@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 14;
+pub const MINOR: u32 = 15;
 
 /// What this build can do.
 ///
@@ -64,6 +64,9 @@ pub const MINOR: u32 = 14;
 /// - `personal-models` (1.14): a site follows the personalized strategies'
 ///   instructions (`Ditto`, `FedPer`), keeps its personal model and never
 ///   sends it (a 1.14 coordinator requires it for those strategies).
+/// - `fedrep` (1.15): a site follows FedRep's instructions (its head trained
+///   with the body held, then the body with the head held; a 1.15
+///   coordinator requires it for `fedrep`, besides `personal-models`).
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -92,6 +95,7 @@ pub const CAPABILITIES: &[&str] = &[
     "analytics-per-site",
     "cross-silo",
     "personal-models",
+    "fedrep",
 ];
 
 /// The strategies older peers can follow without the `instructions`
@@ -108,7 +112,7 @@ const BEFORE_INSTRUCTIONS: &[&str] = &[
 ];
 
 /// The strategies whose sites keep personal models (1.14).
-const PERSONAL: &[&str] = &["ditto", "fedper"];
+const PERSONAL: &[&str] = &["ditto", "fedper", "fedrep"];
 
 /// The capabilities a participant needs to send updates with `codec`.
 pub fn codec_capabilities(codec: &tessera_compress::Codec) -> Vec<&'static str> {
@@ -176,6 +180,9 @@ pub fn required_capabilities(strategy: &str) -> Vec<&'static str> {
     }
     if PERSONAL.contains(&strategy) {
         required.push("personal-models");
+    }
+    if strategy == "fedrep" {
+        required.push("fedrep");
     }
     required
 }

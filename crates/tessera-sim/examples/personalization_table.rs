@@ -6,6 +6,9 @@
 //! tuned on these seeds.
 //!
 //!     cargo run --release -p tessera-sim --example personalization_table
+//!
+//! Arguments, if any, keep only the methods whose label contains one of
+//! them (`... -- FedRep`).
 
 use std::path::Path;
 
@@ -71,10 +74,15 @@ fn benches() -> Vec<Bench> {
 }
 
 /// The methods: (label, strategy, fine-tuning epochs).
-const METHODS: [(&str, StrategyKind, u64); 4] = [
+const METHODS: [(&str, StrategyKind, u64); 5] = [
     ("FedAvg + fine-tuning (1 epoch)", StrategyKind::FedAvg, 1),
     ("Ditto (lambda 0.1)", StrategyKind::Ditto, 0),
     ("FedPer (head: last layer)", StrategyKind::FedPer, 0),
+    (
+        "FedRep (head: last layer, 10 head passes)",
+        StrategyKind::FedRep,
+        0,
+    ),
     ("Ditto + fine-tuning (1 epoch)", StrategyKind::Ditto, 1),
 ];
 
@@ -121,6 +129,8 @@ fn run(plan: &Plan, data: &FederatedData) -> Result<PersonalizationReport> {
 }
 
 fn main() -> Result<()> {
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let chosen = |label: &str| only.is_empty() || only.iter().any(|o| label.contains(o.as_str()));
     for bench in benches() {
         println!("\n{}\n", bench.name);
         println!(
@@ -136,7 +146,10 @@ fn main() -> Result<()> {
             plan.personalization.finetune_epochs = 1;
             plan.federation.strategy = StrategyKind::FedAvg;
             let reference = run(&plan, &data)?;
-            for (i, (_, strategy, epochs)) in METHODS.into_iter().enumerate() {
+            for (i, (label, strategy, epochs)) in METHODS.into_iter().enumerate() {
+                if !chosen(label) {
+                    continue;
+                }
                 plan.federation.strategy = strategy;
                 plan.personalization.finetune_epochs = epochs;
                 match run(&plan, &data) {
@@ -152,6 +165,9 @@ fn main() -> Result<()> {
             }
         }
         for (i, (label, _, _)) in METHODS.into_iter().enumerate() {
+            if !chosen(label) {
+                continue;
+            }
             if let Some(why) = &refused[i] {
                 println!("| {label} | n/a: {why} | | | | |");
                 continue;

@@ -105,6 +105,54 @@ fn fedpers_global_head_never_moves_and_its_body_does() {
 }
 
 #[test]
+fn fedreps_head_and_body_train_in_turn_and_its_global_head_never_moves() {
+    let (mut plan, data) = setup(StrategyKind::FedRep, 0);
+    // Adam with weight decay: the held part must stay put under both.
+    plan.training.optimizer.optimizer = tessera_learn::OptimizerKind::Adam;
+    plan.training.optimizer.lr = 0.01;
+    plan.training.optimizer.weight_decay = 0.01;
+    plan.strategies.insert(
+        "fedrep".into(),
+        tessera_aggregate::StrategyConfig {
+            head_passes: Some(3),
+            ..Default::default()
+        },
+    );
+    let initial = initial_model(&plan, &data).unwrap().parameters().clone();
+    let report = run(&plan, &data);
+    for name in ["dense1.weight", "dense1.bias"] {
+        assert_eq!(
+            report.final_parameters.get(name),
+            initial.get(name),
+            "{name}"
+        );
+    }
+    assert_ne!(
+        report.final_parameters.get("dense0.weight"),
+        initial.get("dense0.weight")
+    );
+    let p = report.personalization.as_ref().unwrap();
+    assert_eq!(p.strategy, "fedrep");
+    assert!(
+        p.mean_personalized > p.mean_global + 0.3,
+        "personalized {} against global {}",
+        p.mean_personalized,
+        p.mean_global
+    );
+    // Training in turn is not FedPer's joint training.
+    plan.federation.strategy = StrategyKind::FedPer;
+    let fedper = run(&plan, &data);
+    assert_ne!(fedper.final_parameters, report.final_parameters);
+    println!(
+        "fedrep: personalized {:.4}, global {:.4}, local-only {:.4}; fedper personalized {:.4}",
+        p.mean_personalized,
+        p.mean_global,
+        p.mean_local_only.unwrap_or(f64::NAN),
+        fedper.personalization.unwrap().mean_personalized
+    );
+}
+
+#[test]
 fn fine_tuning_adapts_each_site_and_few_shot_uses_the_rows_it_is_given() {
     let (mut plan, data) = setup(StrategyKind::FedAvg, 2);
     let tuned = run(&plan, &data);

@@ -1,7 +1,8 @@
-//! The server parts of the personalized strategies: Ditto and FedPer. Both
-//! average what the sites send as FedAvg does; what makes them personal
-//! happens at the sites ([`crate::DittoLocal`], [`crate::FedPerLocal`]),
-//! which keep a model of their own that never leaves them.
+//! The server parts of the personalized strategies: Ditto, FedPer and
+//! FedRep. All average what the sites send as FedAvg does; what makes them
+//! personal happens at the sites ([`crate::DittoLocal`],
+//! [`crate::FedPerLocal`], [`crate::FedRepLocal`]), which keep a model of
+//! their own that never leaves them.
 
 use tessera_core::{ParameterSet, ParticipantId};
 
@@ -94,11 +95,70 @@ impl Strategy for FedPer {
         round: &RoundAggregate,
         _attendance: &Attendance,
     ) -> Result<ParameterSet, AggregateError> {
-        let mask = head_mask(global, self.head_layers)?;
-        let mut body = round.mean_delta.clone();
-        zero_head(&mut body, &mask);
-        moved(global, &body, self.server_lr)
+        moved_body(global, round, self.head_layers, self.server_lr)
     }
+}
+
+/// The most head trainings FedRep asks of a site per round: a bound on the
+/// work one round's instructions can ask for.
+pub const MAX_HEAD_PASSES: u32 = 100;
+
+/// FedRep (Collins, Hassani, Mokhtari, Shakkottai, ICML 2021): FedPer's
+/// split, trained in turn. Each round a site first trains its own head for
+/// `head_passes` of the plan's local trainings with the received body held
+/// still, then the body for one with its head held still, and sends the
+/// body's change; the server averages the bodies as FedPer's does and drops
+/// whatever a site sends for the head.
+#[derive(Debug, Clone)]
+pub struct FedRep {
+    /// How many of the model's last layers are personal.
+    pub head_layers: u32,
+    /// The head's local trainings per round, before the body's one.
+    pub head_passes: u32,
+    /// Server learning rate.
+    pub server_lr: f32,
+}
+
+impl FedRep {
+    /// What FedRep needs from the plan.
+    pub const NEEDS: Needs = PERSONAL;
+}
+
+impl Strategy for FedRep {
+    fn name(&self) -> &'static str {
+        "fedrep"
+    }
+
+    fn configure_fit(&self, _global: &ParameterSet, _site: &ParticipantId) -> Instructions {
+        Instructions::FedRep {
+            head_layers: self.head_layers,
+            head_passes: self.head_passes,
+        }
+    }
+
+    fn aggregate_fit(
+        &mut self,
+        global: &ParameterSet,
+        round: &RoundAggregate,
+        _attendance: &Attendance,
+    ) -> Result<ParameterSet, AggregateError> {
+        moved_body(global, round, self.head_layers, self.server_lr)
+    }
+}
+
+/// `global` moved by the round's mean change to the body (the model but
+/// its last `head_layers` layers); whatever the sites sent for the head is
+/// dropped.
+fn moved_body(
+    global: &ParameterSet,
+    round: &RoundAggregate,
+    head_layers: u32,
+    server_lr: f32,
+) -> Result<ParameterSet, AggregateError> {
+    let mask = head_mask(global, head_layers)?;
+    let mut body = round.mean_delta.clone();
+    zero_head(&mut body, &mask);
+    moved(global, &body, server_lr)
 }
 
 /// Which tensors of `parameters` belong to its last `head_layers` layers. A
@@ -117,7 +177,7 @@ pub fn head_mask(parameters: &ParameterSet, head_layers: u32) -> Result<Vec<bool
     let head = usize::try_from(head_layers).unwrap_or(usize::MAX);
     if head == 0 || head >= layers.len() {
         return Err(AggregateError::Config(format!(
-            "fedper: head_layers = {head_layers} must leave a shared body, and the model has \
+            "head_layers = {head_layers} must leave a shared body, and the model has \
              {} layer{} ({}); use a model with hidden layers (kind = \"mlp\") or fewer head layers",
             layers.len(),
             if layers.len() == 1 { "" } else { "s" },
@@ -192,15 +252,24 @@ mod tests {
             counted: Vec::new(),
             failures: Vec::new(),
         };
-        let mut fedper = FedPer {
-            head_layers: 1,
-            server_lr: 1.0,
-        };
-        let next = fedper.aggregate_fit(&global, &round, &none).unwrap();
-        let moved: Vec<bool> = next
-            .iter()
-            .map(|(_, t)| t.data().iter().any(|&v| v != 0.0))
-            .collect();
-        assert_eq!(moved, [true, true, false, false]);
+        let strategies: [Box<dyn Strategy>; 2] = [
+            Box::new(FedPer {
+                head_layers: 1,
+                server_lr: 1.0,
+            }),
+            Box::new(FedRep {
+                head_layers: 1,
+                head_passes: 3,
+                server_lr: 1.0,
+            }),
+        ];
+        for mut strategy in strategies {
+            let next = strategy.aggregate_fit(&global, &round, &none).unwrap();
+            let moved: Vec<bool> = next
+                .iter()
+                .map(|(_, t)| t.data().iter().any(|&v| v != 0.0))
+                .collect();
+            assert_eq!(moved, [true, true, false, false], "{}", strategy.name());
+        }
     }
 }

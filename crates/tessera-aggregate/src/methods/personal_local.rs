@@ -1,10 +1,11 @@
 //! The local parts of the personalized strategies: the model each site
 //! keeps for itself. [`DittoLocal`] trains a personal model beside the
-//! global update; [`FedPerLocal`] keeps the model's head. Neither sends any
-//! of its personal parameters: Ditto's update is the global model's change
-//! alone, FedPer's carries zeros in place of the head's change.
+//! global update; [`FedPerLocal`] and [`FedRepLocal`] keep the model's head.
+//! None sends any of its personal parameters: Ditto's update is the global
+//! model's change alone, FedPer's and FedRep's carry zeros in place of the
+//! head's change.
 
-use tessera_core::{LocalModel, ParameterSet};
+use tessera_core::{CoreError, GradientTerm, LocalModel, ParameterSet};
 
 use super::fedprox_local::Proximal;
 use super::personal::{head_mask, zero_head};
@@ -128,6 +129,102 @@ impl LocalAlgorithm for FedPerLocal {
     }
 }
 
+/// A site's FedRep state: its head, as FedPer keeps it.
+#[derive(Debug, Clone, Default)]
+pub struct FedRepLocal {
+    split: FedPerLocal,
+}
+
+impl LocalAlgorithm for FedRepLocal {
+    /// Trains the site's own head on the global body `head_passes` times
+    /// with the body held still, then the body once with the trained head
+    /// held still; keeps the head and sends the body's change with zeros
+    /// for the head's.
+    fn fit(
+        &mut self,
+        instructions: &Instructions,
+        global: &ParameterSet,
+        model: &mut dyn LocalModel,
+    ) -> Result<LocalFit, AggregateError> {
+        let Instructions::FedRep {
+            head_layers,
+            head_passes,
+        } = instructions
+        else {
+            return Err(mismatch("fedrep", instructions));
+        };
+        let mask = head_mask(global, *head_layers)?;
+        if let Some(own) = &self.split.own {
+            own.check_same_layout(global)?;
+        }
+        let body: Vec<bool> = mask.iter().map(|&personal| !personal).collect();
+        let weight_decay = model.weight_decay();
+        model.set_parameters(&self.split.combined(global, &mask))?;
+        for _ in 0..*head_passes {
+            model.train(Some(&Held {
+                mask: &body,
+                weight_decay,
+            }))?;
+        }
+        let stats = model.train(Some(&Held {
+            mask: &mask,
+            weight_decay,
+        }))?;
+        let trained = model.parameters().clone();
+        trained.check_finite()?;
+        let mut delta = trained.sub(global)?;
+        zero_head(&mut delta, &mask);
+        self.split.own = Some(trained);
+        self.split.mask = mask;
+        Ok(LocalFit {
+            delta,
+            aux: None,
+            stats,
+        })
+    }
+
+    fn personal(&self, global: &ParameterSet) -> Option<ParameterSet> {
+        self.split.personal(global)
+    }
+}
+
+/// Holds the tensors `mask` marks where they are: their gradient becomes
+/// `-weight_decay * w`, which the optimiser's own decay cancels exactly, so
+/// that neither SGD (with or without momentum) nor Adam moves them.
+#[derive(Debug)]
+struct Held<'a> {
+    mask: &'a [bool],
+    weight_decay: f32,
+}
+
+impl GradientTerm for Held<'_> {
+    fn check(&self, parameters: &ParameterSet) -> Result<(), CoreError> {
+        if parameters.tensors().len() != self.mask.len() {
+            return Err(CoreError::Invalid(format!(
+                "fedrep: {} tensors to hold, the model has {}",
+                self.mask.len(),
+                parameters.tensors().len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn add(&self, grad: &mut ParameterSet, parameters: &ParameterSet) {
+        for ((g, w), &held) in grad
+            .tensors_mut()
+            .iter_mut()
+            .zip(parameters.tensors())
+            .zip(self.mask)
+        {
+            if held {
+                for (g, &w) in g.data_mut().iter_mut().zip(w.data()) {
+                    *g = -self.weight_decay * w;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tessera_core::{CoreError, FitStats, GradientTerm, LocalDp, SeededRng, Tensor};
@@ -142,7 +239,10 @@ mod tests {
         w: ParameterSet,
         target: Vec<f32>,
         lr: f32,
+        weight_decay: f32,
         trainings: usize,
+        /// The parameters after each training.
+        history: Vec<Vec<f32>>,
     }
 
     impl LocalModel for Quadratic {
@@ -160,6 +260,9 @@ mod tests {
         fn lr(&self) -> f32 {
             self.lr
         }
+        fn weight_decay(&self) -> f32 {
+            self.weight_decay
+        }
         fn train(&mut self, term: Option<&dyn GradientTerm>) -> Result<FitStats, CoreError> {
             let values: Vec<f32> = self
                 .w
@@ -172,8 +275,14 @@ mod tests {
                 term.check(&self.w)?;
                 term.add(&mut grad, &self.w);
             }
+            // SGD with weight decay, as tessera-learn's optimiser adds it.
+            let wd = self.weight_decay;
+            for (g, w) in grad.values_mut().zip(self.w.values()) {
+                *g += wd * w;
+            }
             self.w.add_scaled(&grad, -self.lr)?;
             self.trainings += 1;
+            self.history.push(self.w.values().collect());
             Ok(FitStats {
                 n_steps: 1,
                 mean_train_loss: 0.0,
@@ -204,7 +313,9 @@ mod tests {
             w: two_layers([0.0; 2], [0.0; 2]),
             target: target.to_vec(),
             lr: 0.5,
+            weight_decay: 0.0,
             trainings: 0,
+            history: Vec::new(),
         }
     }
 
@@ -293,5 +404,46 @@ mod tests {
             err.to_string().contains("must leave a shared body"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn fedreps_head_trains_with_the_body_held_then_the_body_with_the_head_held() {
+        let fedrep = Instructions::FedRep {
+            head_layers: 1,
+            head_passes: 2,
+        };
+        let mut local = FedRepLocal::default();
+        let mut model = site([1.0, 2.0, 3.0, 4.0]);
+        let zero = two_layers([0.0; 2], [0.0; 2]);
+        let fit = local.fit(&fedrep, &zero, &mut model).unwrap();
+        // Head: 0 -> t/2 -> 3t/4; then body: 0 -> t/2 with the head held.
+        assert_eq!(model.history[0], [0.0, 0.0, 1.5, 2.0]);
+        assert_eq!(model.history[1], [0.0, 0.0, 2.25, 3.0]);
+        assert_eq!(model.history[2], [0.5, 1.0, 2.25, 3.0]);
+        assert_eq!(values(&fit.delta), [0.5, 1.0, 0.0, 0.0]);
+        assert_eq!(
+            values(&local.personal(&zero).unwrap()),
+            [0.0, 0.0, 2.25, 3.0]
+        );
+
+        // With weight decay the held tensors still do not move, bit for
+        // bit, and the site's own head replaces the one the server sends.
+        model.weight_decay = 0.1;
+        model.history.clear();
+        let global = two_layers([0.3, -0.7], [9.0, -9.0]);
+        let fit = local.fit(&fedrep, &global, &mut model).unwrap();
+        let h = &model.history;
+        assert_eq!(h.len(), 3);
+        assert_eq!(h[0][..2], [0.3, -0.7]);
+        assert_eq!(h[1][..2], [0.3, -0.7]);
+        assert_ne!(h[0][2..], [2.25, 3.0]);
+        assert_eq!(h[2][2..], h[1][2..]);
+        assert_eq!(values(&fit.delta)[2..], [0.0, 0.0]);
+        assert_eq!(values(&local.personal(&global).unwrap())[2..], h[1][2..]);
+
+        let err = local
+            .fit(&Instructions::FedPer { head_layers: 1 }, &zero, &mut model)
+            .unwrap_err();
+        assert!(err.to_string().contains("fedrep"), "{err}");
     }
 }

@@ -1,5 +1,5 @@
-//! A deployed FedPer run on Fed-Heart-Disease with an MLP: each site's head
-//! (the last layer) stays at the site. The coordinator's database (every
+//! Deployed FedPer and FedRep runs on Fed-Heart-Disease with an MLP: each
+//! site's head (the last layer) stays at the site. The coordinator's database (every
 //! model, every round's aggregate, and every byte of the file, freed pages
 //! included, where the sites' updates were kept until their round closed)
 //! holds none of a site's head values, and each site takes home its
@@ -37,13 +37,33 @@ fn fedpers_heads_never_reach_the_coordinator_and_each_site_takes_its_own_home() 
     {
         return;
     }
-    let s = Scratch::new("fedper");
+    heads_stay_home("fedper", "");
+}
+
+#[test]
+fn fedreps_heads_never_reach_the_coordinator_and_each_site_takes_its_own_home() {
+    if util::skip_e2e("fedreps_heads_never_reach_the_coordinator_and_each_site_takes_its_own_home")
+    {
+        return;
+    }
+    heads_stay_home("fedrep", "\n[strategies.fedrep]\nhead_passes = 3\n");
+}
+
+/// A deployed run of `strategy` (with `settings` appended to the plan)
+/// keeps every site's head out of the coordinator's database, and each
+/// site's personalized model and report are the simulation's.
+fn heads_stay_home(strategy: &str, settings: &str) {
+    let s = Scratch::new(strategy);
     let text = heart_text(&s, 4)
         .replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [8]")
-        .replace("strategy = \"fedavg\"", "strategy = \"fedper\"")
-        + "\n[privacy]\nsite_metrics = \"clear\"\n";
-    assert!(text.contains("strategy = \"fedper\"") && text.contains("hidden = [8]"));
-    let plan = s.write("fedper.toml", &text);
+        .replace(
+            "strategy = \"fedavg\"",
+            &format!("strategy = \"{strategy}\""),
+        )
+        + "\n[privacy]\nsite_metrics = \"clear\"\n"
+        + settings;
+    assert!(text.contains(&format!("strategy = \"{strategy}\"")) && text.contains("hidden = [8]"));
+    let plan = s.write(&format!("{strategy}.toml"), &text);
     let (simulated, _) = s.simulate(&plan, "sim.model");
     let db = s.path("r.sqlite");
     let (mut coordinator, url) = coordinator(&s.dir, &plan, &db, 0, crate::OUTPUTS);
@@ -136,7 +156,7 @@ fn fedpers_heads_never_reach_the_coordinator_and_each_site_takes_its_own_home() 
         );
         assert_eq!(report["global"]["accuracy"], expected["global"], "{site}");
         println!(
-            "{site}: personalized {}, global {}, local only {}",
+            "{strategy} {site}: personalized {}, global {}, local only {}",
             report["personalized"]["accuracy"],
             report["global"]["accuracy"],
             report["local_baseline"]["accuracy"]
