@@ -18,6 +18,7 @@
 mod analyze;
 mod bundled;
 mod ca;
+mod continual;
 mod dashboard;
 mod deploy;
 mod lifecycle;

@@ -90,6 +90,8 @@ pub struct SimulateArgs {
     /// "Plans"); applied before --strategy, --seed and --rounds.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     settings: Vec<String>,
+    #[command(flatten)]
+    continual: crate::continual::ContinualArgs,
 }
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
@@ -267,7 +269,26 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     if args.baselines && !quiet {
         progress.println("baselines (local-only and pooled) train after the rounds");
     }
-    let mut report = simulate(&plan, &data, &options, &mut observer)?;
+    let continuation = args.continual.continuation(&plan, &data)?;
+    let mut report = match continuation {
+        Some((continuation, said, from_round)) => {
+            if !quiet {
+                progress.println(said);
+            }
+            let mut report = tessera_sim::simulate_continued(
+                &plan,
+                &data,
+                continuation,
+                &options,
+                &mut observer,
+            )?;
+            let source = source.as_ref();
+            args.continual
+                .complete(&mut report, &plan, &base_dir, source, from_round)?;
+            report
+        }
+        None => simulate(&plan, &data, &options, &mut observer)?,
+    };
     progress.finish_and_clear();
     report.timing.data_seconds = data_seconds;
     report.timing.total_seconds = started.elapsed().as_secs_f64();
@@ -277,6 +298,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.model_out {
         crate::model::write(path, &crate::model::of_simulation(&plan, &data, &report)?)?;
     }
+    args.continual.write_importance(&plan, &data, &report)?;
     write_plot(&report, &plot_path)?;
     let personal_plot = personal_plot_path(&plot_path);
     let personal_plotted = write_personal_plot(&report, &personal_plot)?;
@@ -427,6 +449,9 @@ fn print_summary(report: &RunReport) {
              beats both at {} of {} sites",
             p.strategy, p.mean_personalized, p.mean_global, p.sites_beating_both, p.sites
         );
+    }
+    if let Some(c) = &report.continual {
+        crate::continual::print_summary(c);
     }
     let t = &report.timing;
     println!(

@@ -74,6 +74,7 @@
 #![deny(missing_docs)]
 
 mod buffered;
+pub mod continual;
 mod downlink;
 mod dp_sgd;
 mod engine;

@@ -248,6 +248,38 @@ pub struct Communication {
     pub update_bytes_up: u64,
 }
 
+/// A run that continued from an earlier run's model: accuracy (over every
+/// test row) of the model continued from and of the final one, on this
+/// run's data and, where the simulation was told what it was, on the
+/// earlier data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContinualReport {
+    /// The model file continued from.
+    pub from: String,
+    /// The round of the earlier run it holds.
+    pub from_round: u32,
+    /// Elastic weight consolidation's lambda (`None`: plain continued training).
+    pub ewc_lambda: Option<f32>,
+    /// This run's data: the model continued from.
+    pub new_before: f64,
+    /// This run's data: the final model.
+    pub new_after: f64,
+    /// The earlier data, where given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earlier: Option<EarlierData>,
+}
+
+/// The data an earlier run trained on, evaluated again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EarlierData {
+    /// How the earlier data differs from this run's plan (`--set` settings).
+    pub settings: Vec<String>,
+    /// Accuracy of the model continued from.
+    pub before: f64,
+    /// Accuracy of the final model.
+    pub after: f64,
+}
+
 /// Everything a run produced (simulated or deployed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
@@ -293,6 +325,10 @@ pub struct RunReport {
     /// personalized strategy, or `[personalization]` fine-tuning).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub personalization: Option<PersonalizationReport>,
+    /// Continual learning: the model the run continued from, and what it
+    /// kept of the earlier data (simulation's `--continue-from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continual: Option<ContinualReport>,
     /// Evaluated rounds whose test rows differ from the previous evaluated
     /// round's (a site joined, left or was not heard from): their accuracy
     /// has another denominator.

@@ -29,6 +29,9 @@ pub struct Site {
     dp: Option<DpSgd>,
     /// Error feedback: what earlier compressed updates left out.
     feedback: Option<ErrorFeedback>,
+    /// Continual learning: the pull toward an earlier model added to every
+    /// local training.
+    elastic: Option<std::sync::Arc<crate::continual::Elastic>>,
     /// Error feedback as it was before the last round's update was encoded,
     /// so that encoding that round's update again (a retry after a lost
     /// connection) gives the same bytes and counts the residual once.
@@ -51,8 +54,15 @@ impl Site {
             local: LocalPart::default(),
             dp: None,
             feedback: None,
+            elastic: None,
             feedback_before: None,
         }
+    }
+
+    /// Continual learning: every local training from now on adds the pull
+    /// toward an earlier model (`None`: no pull).
+    pub fn set_elastic(&mut self, elastic: Option<std::sync::Arc<crate::continual::Elastic>>) {
+        self.elastic = elastic;
     }
 
     /// The site `plan` sets up, the same in simulation, at a participant and
@@ -111,6 +121,7 @@ impl Site {
             local: LocalPart::default(),
             dp: None,
             feedback: None,
+            elastic: None,
             feedback_before: None,
         };
         if local_dp {
@@ -235,6 +246,7 @@ impl Site {
         let mut model = SiteModel {
             learner: learner.as_mut(),
             rows: train,
+            elastic: self.elastic.as_deref(),
             training: &self.training,
             rng: public_rng(self.seed, task.round, &self.id),
             failure: None,
@@ -366,6 +378,8 @@ fn public_rng(seed: u64, round: u32, id: &ParticipantId) -> SeededRng {
 struct SiteModel<'a> {
     learner: &'a mut dyn Learner,
     rows: &'a Dataset,
+    /// Continual learning's pull, added to whatever term the local part gives.
+    elastic: Option<&'a crate::continual::Elastic>,
     training: &'a TrainingConfig,
     rng: SeededRng,
     failure: Option<LearnError>,
@@ -384,6 +398,15 @@ impl SiteModel<'_> {
         dp: Option<LocalDp>,
         rng: Option<&mut SeededRng>,
     ) -> Result<FitStats, CoreError> {
+        let both;
+        let term: Option<&dyn GradientTerm> = match (term, self.elastic) {
+            (Some(term), Some(elastic)) => {
+                both = crate::continual::Both(term, elastic);
+                Some(&both)
+            }
+            (None, Some(elastic)) => Some(elastic),
+            (term, None) => term,
+        };
         let plan = LocalPlan {
             training: self.training,
             term,
@@ -623,6 +646,7 @@ mod tests {
         SiteModel {
             learner,
             rows,
+            elastic: None,
             training: t,
             rng: public_rng(SEED, 1, &ParticipantId::new("a")),
             failure: None,

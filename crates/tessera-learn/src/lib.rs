@@ -72,6 +72,12 @@ pub trait Learner: Send {
 
     /// A copy of this learner, parameters included (one per simulated site).
     fn clone_box(&self) -> Box<dyn Learner>;
+
+    /// How much each parameter matters to the model's fit of `data`: the
+    /// diagonal of the empirical Fisher information, the mean over the
+    /// first `max_rows` rows of each example's squared loss gradient (the
+    /// importance elastic weight consolidation weighs parameters by).
+    fn importance(&self, data: &Dataset, max_rows: usize) -> Result<ParameterSet, LearnError>;
 }
 
 /// The learner `config` describes for `n_features` inputs and `n_classes`

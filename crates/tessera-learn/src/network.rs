@@ -402,4 +402,29 @@ impl Learner for Network {
     fn clone_box(&self) -> Box<dyn Learner> {
         Box::new(self.clone())
     }
+
+    fn importance(&self, data: &Dataset, max_rows: usize) -> Result<ParameterSet, LearnError> {
+        self.check_features(data)?;
+        let n = data.n_rows().min(max_rows);
+        if n == 0 {
+            return Err(LearnError::Config(
+                "importance: no rows to measure it on".into(),
+            ));
+        }
+        let mut sum = self.params.zeros_like();
+        let mut grad = self.params.zeros_like();
+        for i in 0..n {
+            let row = data.x.slice(ndarray::s![i..i + 1, ..]);
+            self.loss_and_gradient(row, &data.y[i..i + 1], None, &mut grad);
+            for (s, g) in sum.values_mut().zip(grad.values()) {
+                *s += g * g;
+            }
+        }
+        let scale = 1.0 / n as f32;
+        sum.values_mut().for_each(|s| *s *= scale);
+        if sum.check_finite().is_err() {
+            return Err(LearnError::Diverged { step: 0 });
+        }
+        Ok(sum)
+    }
 }

@@ -157,3 +157,43 @@ fn per_example_norms_match_single_example_gradients() {
         }
     }
 }
+
+/// The importance (empirical Fisher diagonal) is the mean over examples of
+/// each one's squared gradient, here from finite differences of the
+/// reference loss of that example alone.
+#[test]
+fn importance_is_the_mean_squared_gradient_of_single_examples() {
+    for (k, case) in cases().iter().enumerate() {
+        let (net, x, y, _) = random_problem(case, 300 + k as u64);
+        let data = tessera_data::Dataset {
+            x: x.clone(),
+            y: y.clone(),
+        };
+        let used = 5;
+        let importance = net.importance(&data, used).unwrap();
+        let theta: Vec<f64> = net.parameters().values().map(f64::from).collect();
+        let dims = dims(case);
+        let h = 1e-6;
+        let mut expected = vec![0.0f64; theta.len()];
+        for i in 0..used {
+            let row = x.slice(ndarray::s![i..i + 1, ..]).to_owned();
+            let loss = |t: &[f64]| reference_loss(&dims, t, &row, &y[i..i + 1], &[1.0]);
+            for (j, e) in expected.iter_mut().enumerate() {
+                let (mut plus, mut minus) = (theta.clone(), theta.clone());
+                plus[j] += h;
+                minus[j] -= h;
+                let g = (loss(&plus) - loss(&minus)) / (2.0 * h);
+                *e += g * g / used as f64;
+            }
+        }
+        for (j, (got, want)) in importance.values().zip(&expected).enumerate() {
+            assert!(
+                (f64::from(got) - want).abs() < 1e-4 + 1e-3 * want,
+                "case {k}, parameter {j}: {got} vs {want}"
+            );
+        }
+        // Rows beyond `max_rows` are not used; no rows is an error.
+        assert_ne!(net.importance(&data, 7).unwrap(), importance);
+        assert!(net.importance(&data, 0).is_err());
+    }
+}

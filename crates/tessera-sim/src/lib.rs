@@ -59,6 +59,7 @@
 mod asynchronous;
 mod attack;
 mod baselines;
+pub mod continual;
 mod cross_silo;
 mod external;
 mod gossip;
@@ -67,9 +68,11 @@ mod personal;
 mod profile;
 mod run;
 mod secure;
+mod sites;
 
 pub use attack::{Attack, AttackKind};
 pub use baselines::run_baselines;
+pub use continual::{Continuation, accuracy, importance, simulate_continued};
 pub use cross_silo::{CrossSiloReport, load_data};
 pub use external::simulate_with_learners;
 pub use profile::Profile;

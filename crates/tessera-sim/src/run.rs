@@ -1,7 +1,7 @@
 //! Driving the round engine with in-process participants on a virtual clock.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -27,6 +27,7 @@ use tessera_orchestrator::privacy::{LocalReport, Place, PrivacyBook};
 use tessera_orchestrator::{RoundTraffic, upload_codec};
 
 use crate::Attack;
+pub(crate) use crate::sites::{evaluate_all, evaluate_sites, lock};
 
 /// Why a simulation could not run.
 #[derive(Debug, Error)]
@@ -99,39 +100,6 @@ pub(crate) fn plain_sites(
             )
         })
         .unzip()
-}
-
-/// Every site evaluates `model` on its test rows (in parallel); the first
-/// failure in site order, whatever the threads.
-pub(crate) fn evaluate_all(
-    sites: &[Mutex<Site>],
-    data: &FederatedData,
-    model: &tessera_core::ParameterSet,
-) -> Result<Vec<Evaluation>, SimError> {
-    evaluate_sites(sites, data, model, true)
-}
-
-/// [`evaluate_all`], on this thread one site after another unless `parallel`.
-fn evaluate_sites(
-    sites: &[Mutex<Site>],
-    data: &FederatedData,
-    model: &tessera_core::ParameterSet,
-    parallel: bool,
-) -> Result<Vec<Evaluation>, SimError> {
-    let one = |(site, rows): (&Mutex<Site>, &tessera_data::SiteData)| {
-        lock(site).evaluate(model, &rows.test)
-    };
-    let evaluations: Vec<_> = if parallel {
-        sites.par_iter().zip(&data.sites).map(one).collect()
-    } else {
-        sites.iter().zip(&data.sites).map(one).collect()
-    };
-    Ok(evaluations.into_iter().collect::<Result<_, _>>()?)
-}
-
-pub(crate) fn lock(site: &Mutex<Site>) -> MutexGuard<'_, Site> {
-    site.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs the plan's federation on `data`, calling `observer` after each round.
@@ -312,6 +280,7 @@ pub(crate) fn report(
         }),
         topology,
         personalization,
+        continual: None,
         final_parameters,
     })
 }
@@ -357,6 +326,8 @@ pub(crate) fn privacy_book(plan: &Plan) -> Result<PrivacyBook, PlanError> {
 pub(crate) enum Models {
     /// The plan's model, trained on each site's rows.
     BuiltIn,
+    /// The plan's model from an earlier run's (continual learning).
+    Continued(crate::continual::Continuation),
     /// One external learner per site, in the data's site order, each with
     /// rows of its own; the global model starts from `initial`.
     External {
@@ -377,9 +348,15 @@ pub(crate) fn run_sync(
     models: Models,
     observer: &mut dyn FnMut(&RoundRecord),
 ) -> Result<Federated, SimError> {
+    let mut elastic = None;
     let (initial, learners) = match models {
         Models::BuiltIn => {
             let model = initial_model(plan, data)?;
+            (model.parameters().clone(), Err(model))
+        }
+        Models::Continued(from) => {
+            let model = from.model(plan, data)?;
+            elastic = from.elastic;
             (model.parameters().clone(), Err(model))
         }
         Models::External {
@@ -462,7 +439,8 @@ pub(crate) fn run_sync(
                         &[tag(id.as_str())],
                     )))
                 };
-                let Ok(site) = Site::of_plan(plan, id.clone(), model.clone_box(), key);
+                let Ok(mut site) = Site::of_plan(plan, id.clone(), model.clone_box(), key);
+                site.set_elastic(elastic.clone());
                 Mutex::new(site)
             })
             .collect(),

@@ -1,0 +1,230 @@
+//! `tessera simulate --continue-from`: continual learning from an earlier
+//! run's model file, optionally held to it by elastic weight consolidation
+//! with the importance that run wrote (`--importance-out`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use tessera_data::{FederatedData, FileSource};
+use tessera_engine::Plan;
+use tessera_engine::model_file::ModelFile;
+use tessera_engine::report::{ContinualReport, EarlierData, RunReport};
+use tessera_sim::Continuation;
+
+/// Rows per site the importance is measured on (the first ones).
+pub const IMPORTANCE_ROWS: usize = 1000;
+
+/// What the command line asked for.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ContinualArgs {
+    /// Continual learning: start from this model file (an earlier run's
+    /// --model-out, of the same model, features and classes) instead of
+    /// the plan's initial model.
+    #[arg(long, value_name = "FILE")]
+    pub continue_from: Option<PathBuf>,
+    /// Continual learning: hold the model to the one continued from by
+    /// elastic weight consolidation of this weight (the pull on its most
+    /// important parameter; 1 is a good start), with the importance the
+    /// earlier run wrote (--importance).
+    #[arg(long, requires_all = ["continue_from", "importance"])]
+    pub ewc_lambda: Option<f32>,
+    /// Continual learning: the earlier run's --importance-out.
+    #[arg(long, value_name = "FILE", requires = "ewc_lambda")]
+    pub importance: Option<PathBuf>,
+    /// After the run, measure how much each parameter of the final model
+    /// matters on the sites' training rows (the diagonal Fisher
+    /// information, up to 1,000 rows a site, averaged over sites, the
+    /// largest scaled to 1) and write it here as a model file, for a later
+    /// run's --ewc-lambda. It is a statistic of the sites' data, as the
+    /// model is.
+    #[arg(long, value_name = "FILE")]
+    pub importance_out: Option<PathBuf>,
+    /// Continual learning in simulation: the data the earlier run trained
+    /// on, as this plan with this setting changed (repeatable, as --set,
+    /// e.g. `--earlier data.synthetic.seed=17`); the model continued from
+    /// and the final one are both evaluated on its test rows, which shows
+    /// what the continued run forgot.
+    #[arg(long, value_name = "SECTION.KEY=VALUE", requires = "continue_from")]
+    pub earlier: Vec<String>,
+}
+
+impl ContinualArgs {
+    /// The continuation asked for, checked against the plan's model on
+    /// `data`; `None` without --continue-from.
+    pub fn continuation(
+        &self,
+        plan: &Plan,
+        data: &FederatedData,
+    ) -> anyhow::Result<Option<(Continuation, String, u32)>> {
+        let Some(path) = &self.continue_from else {
+            return Ok(None);
+        };
+        let from = crate::model::read(path)?;
+        check_fits(path, &from, plan, data)?;
+        let mut said = format!(
+            "continued from {} (plan '{}', round {})",
+            path.display(),
+            from.header.plan.name,
+            from.header.lineage.round
+        );
+        let continuation = match (self.ewc_lambda, &self.importance) {
+            (Some(lambda), Some(importance_path)) => {
+                let importance = crate::model::read(importance_path)?;
+                if importance.header.plan.hash != from.header.plan.hash
+                    || importance.header.lineage.round != from.header.lineage.round
+                    || !importance.header.run.written_by.contains("importance")
+                {
+                    bail!(
+                        "{}: not the importance of {} (written by '{}' under plan {} at round \
+                         {}; the model: plan {} at round {}); write both with the same run's \
+                         --model-out and --importance-out",
+                        importance_path.display(),
+                        path.display(),
+                        importance.header.run.written_by,
+                        short(&importance.header.plan.hash),
+                        importance.header.lineage.round,
+                        short(&from.header.plan.hash),
+                        from.header.lineage.round
+                    );
+                }
+                said.push_str(&format!(", elastic weight consolidation lambda {lambda}"));
+                Continuation::elastic(from.parameters, importance.parameters, lambda)
+                    .with_context(|| format!("--ewc-lambda {lambda}"))?
+            }
+            _ => {
+                said.push_str(", plain continued training");
+                Continuation::plain(from.parameters)
+            }
+        };
+        Ok(Some((continuation, said, from.header.lineage.round)))
+    }
+
+    /// Completes a continued run's `continual` section: where it continued
+    /// from, and, with --earlier, both models' accuracy on the earlier data.
+    pub fn complete(
+        &self,
+        report: &mut RunReport,
+        plan: &Plan,
+        base_dir: &Path,
+        source: &dyn FileSource,
+        from_round: u32,
+    ) -> anyhow::Result<()> {
+        let (Some(path), Some(continual)) = (&self.continue_from, report.continual.as_mut()) else {
+            return Ok(());
+        };
+        continual.from = path.display().to_string();
+        continual.from_round = from_round;
+        if self.earlier.is_empty() {
+            return Ok(());
+        }
+        let earlier_plan = plan
+            .clone()
+            .with_settings(&self.earlier)
+            .context("--earlier")?;
+        let (data, _) = tessera_sim::load_data(&earlier_plan, base_dir, source)
+            .context("--earlier: the earlier data")?;
+        let from = crate::model::read(path)?;
+        check_fits(path, &from, &earlier_plan, &data).context("--earlier: the earlier data")?;
+        continual.earlier = Some(EarlierData {
+            settings: self.earlier.clone(),
+            before: tessera_sim::accuracy(&earlier_plan, &data, &from.parameters)?,
+            after: tessera_sim::accuracy(&earlier_plan, &data, &report.final_parameters)?,
+        });
+        Ok(())
+    }
+
+    /// Writes the importance of the run's final model, if asked.
+    pub fn write_importance(
+        &self,
+        plan: &Plan,
+        data: &FederatedData,
+        report: &RunReport,
+    ) -> anyhow::Result<()> {
+        let Some(path) = &self.importance_out else {
+            return Ok(());
+        };
+        let importance =
+            tessera_sim::importance(plan, data, &report.final_parameters, IMPORTANCE_ROWS)?;
+        let mut file = crate::model::of_simulation(plan, data, report)?;
+        file.parameters = importance;
+        file.header.run.written_by =
+            "simulation, importance (diagonal Fisher information, largest 1)".into();
+        crate::model::write(path, &file)
+    }
+}
+
+/// Refuses a model file that is not of the plan's model on `data`, naming
+/// the difference.
+fn check_fits(
+    path: &Path,
+    from: &ModelFile,
+    plan: &Plan,
+    data: &FederatedData,
+) -> anyhow::Result<()> {
+    let here = data.agreement.feature_names();
+    if from.header.features != here {
+        let missing: Vec<&String> = here
+            .iter()
+            .filter(|f| !from.header.features.contains(f))
+            .collect();
+        bail!(
+            "{}: its {} features are not this data's {} (in order){}; continue only on data of \
+             the same columns",
+            path.display(),
+            from.header.features.len(),
+            here.len(),
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!(", e.g. it lacks '{}'", missing[0])
+            }
+        );
+    }
+    let classes = &data.agreement.classes;
+    if from.classes() != classes.as_slice() {
+        bail!(
+            "{}: a model of the classes {:?}, and this data's are {:?} (the classes its labels \
+             hold); continue on data with the same classes",
+            path.display(),
+            from.classes(),
+            classes
+        );
+    }
+    if from.header.model != plan.model {
+        bail!(
+            "{}: a {:?} model with hidden layers {:?}, and the plan's is {:?} with {:?} (or \
+             differs in its initialisation); continue with the plan's [model] as the earlier \
+             run had it",
+            path.display(),
+            from.header.model.kind,
+            from.header.model.hidden,
+            plan.model.kind,
+            plan.model.hidden
+        );
+    }
+    Ok(())
+}
+
+/// One line on what a continued run learned and kept.
+pub fn print_summary(c: &ContinualReport) {
+    let how = c
+        .ewc_lambda
+        .map_or_else(|| "plain".to_string(), |l| format!("EWC lambda {l}"));
+    let earlier = c.earlier.as_ref().map_or_else(String::new, |e| {
+        format!(
+            "; earlier data ({}): {:.4} before, {:.4} after (forgot {:.4})",
+            e.settings.join(" "),
+            e.before,
+            e.after,
+            e.before - e.after
+        )
+    });
+    println!(
+        "continued ({how}) from {}: this data {:.4} before, {:.4} after{earlier}",
+        c.from, c.new_before, c.new_after
+    );
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}

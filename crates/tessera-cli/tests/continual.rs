@@ -1,0 +1,209 @@
+//! `tessera simulate --continue-from`: a run continues from an earlier
+//! run's model file, with elastic weight consolidation from the importance
+//! that run wrote, and reports what it kept of the earlier data; mismatched
+//! files are refused with one line naming the problem.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+use util::{Scratch, root};
+
+/// The flat Synthetic(0.5, 0.5) plan of 12 sites, drawn with `seed`.
+fn args(seed: u64) -> Vec<String> {
+    let plan = root().join("examples/synthetic-hierarchical.toml");
+    let mut a: Vec<String> = vec![
+        "simulate".into(),
+        "--plan".into(),
+        plan.display().to_string(),
+    ];
+    for set in [
+        "topology.kind=flat",
+        "model.kind=mlp",
+        "model.hidden=[32]",
+        "data.synthetic.sites=12",
+    ] {
+        a.extend(["--set".into(), set.into()]);
+    }
+    a.extend([
+        "--set".into(),
+        format!("data.synthetic.seed={seed}"),
+        "--seed".into(),
+        seed.to_string(),
+        "--rounds".into(),
+        "20".into(),
+    ]);
+    a
+}
+
+fn run(s: &Scratch, seed: u64, more: &[&str]) -> util::Run {
+    let mut a = args(seed);
+    a.extend(more.iter().map(|m| m.to_string()));
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    s.run(&a)
+}
+
+/// The one line a refused run prints.
+fn refused(s: &Scratch, seed: u64, more: &[&str]) -> String {
+    let mut more = more.to_vec();
+    more.push("-q");
+    run(s, seed, &more).fails()
+}
+
+#[test]
+fn a_run_continues_from_a_model_file_and_reports_what_it_forgot() {
+    let s = Scratch::new("continual");
+    run(
+        &s,
+        17,
+        &[
+            "--model-out",
+            "m1.model",
+            "--importance-out",
+            "m1.importance",
+            "--report",
+            "r1.json",
+        ],
+    )
+    .ok();
+    let inspect = s.run(&["model", "inspect", "m1.importance"]).ok();
+    assert!(inspect.contains("importance"), "{inspect}");
+    let mut forgot = Vec::new();
+    for (name, extra) in [
+        ("plain", vec![]),
+        (
+            "ewc",
+            vec!["--ewc-lambda", "1", "--importance", "m1.importance"],
+        ),
+    ] {
+        let report = format!("{name}.json");
+        let mut more = vec![
+            "--continue-from",
+            "m1.model",
+            "--earlier",
+            "data.synthetic.seed=17",
+            "--report",
+            &report,
+        ];
+        more.extend(extra);
+        let out = run(&s, 18, &more).ok();
+        assert!(out.contains("continued ("), "{out}");
+        let c = &s.json(&report)["continual"];
+        assert_eq!(c["from"], "m1.model");
+        assert_eq!(c["from_round"], 20);
+        let earlier = &c["earlier"];
+        assert_eq!(earlier["settings"][0], "data.synthetic.seed=17");
+        let before = earlier["before"].as_f64().unwrap();
+        // The earlier run's own final accuracy, computed again.
+        assert_eq!(
+            before,
+            s.json("r1.json")["final"]["accuracy"].as_f64().unwrap()
+        );
+        assert!(c["new_after"].as_f64().unwrap() > c["new_before"].as_f64().unwrap() + 0.5);
+        forgot.push(before - earlier["after"].as_f64().unwrap());
+        println!("{name}: {out}");
+    }
+    assert!(
+        forgot[1] < forgot[0] / 2.0,
+        "forgot: plain {}, EWC {}",
+        forgot[0],
+        forgot[1]
+    );
+}
+
+#[test]
+fn mismatched_continuations_are_refused_naming_why() {
+    let s = Scratch::new("continual-bad");
+    run(
+        &s,
+        17,
+        &[
+            "--model-out",
+            "m1.model",
+            "--importance-out",
+            "m1.importance",
+        ],
+    )
+    .ok();
+    run(
+        &s,
+        19,
+        &[
+            "--model-out",
+            "m3.model",
+            "--importance-out",
+            "m3.importance",
+        ],
+    )
+    .ok();
+    // Another run's importance.
+    let line = refused(
+        &s,
+        18,
+        &[
+            "--continue-from",
+            "m1.model",
+            "--ewc-lambda",
+            "1",
+            "--importance",
+            "m3.importance",
+        ],
+    );
+    assert!(line.contains("not the importance of m1.model"), "{line}");
+    // A model file as importance.
+    let line = refused(
+        &s,
+        18,
+        &[
+            "--continue-from",
+            "m1.model",
+            "--ewc-lambda",
+            "1",
+            "--importance",
+            "m1.model",
+        ],
+    );
+    assert!(line.contains("not the importance of m1.model"), "{line}");
+    // Another model.
+    let line = refused(
+        &s,
+        18,
+        &["--continue-from", "m1.model", "--set", "model.hidden=[16]"],
+    );
+    assert!(
+        line.contains("m1.model: a Mlp model with hidden layers [32]"),
+        "{line}"
+    );
+    // Another dataset's features.
+    let line = s
+        .run(&["simulate", "-q", "--continue-from", "m1.model"])
+        .fails();
+    assert!(
+        line.contains("m1.model: its 60 features are not this data's"),
+        "{line}"
+    );
+    // A lambda without its importance, and a negative one.
+    let line = refused(
+        &s,
+        18,
+        &["--continue-from", "m1.model", "--ewc-lambda", "1"],
+    );
+    assert!(line.contains("--importance"), "{line}");
+    let line = refused(
+        &s,
+        18,
+        &[
+            "--continue-from",
+            "m1.model",
+            "--ewc-lambda",
+            "-1",
+            "--importance",
+            "m1.importance",
+        ],
+    );
+    assert!(line.contains("ewc_lambda must be a number >= 0"), "{line}");
+    // Not a model file at all.
+    s.write("junk.model", "not a model");
+    let line = refused(&s, 18, &["--continue-from", "junk.model"]);
+    assert!(line.contains("junk.model"), "{line}");
+}

@@ -1,0 +1,101 @@
+//! The continual-learning table of BENCHMARKS.md: a federation trains on
+//! Synthetic(0.5, 0.5) drawn with one seed (the earlier populations), then
+//! continues on Synthetic(0.5, 0.5) drawn with another (the data shifted:
+//! other site models around another shared one), by plain continued
+//! training and by elastic weight consolidation at each `lambda`. Per pair:
+//! accuracy on the earlier sites' test rows before and after, and on the
+//! new ones. Lambda 1 was chosen on the first seven pairs; pairs 15-16 to
+//! 23-24 were not looked at before it was.
+//!
+//!     cargo run --release -p tessera-sim --example continual_table [-- LAMBDA ...]
+
+use std::path::Path;
+
+use tessera_data::{FederatedData, Filesystem};
+use tessera_engine::Plan;
+use tessera_sim::{Continuation, SimOptions, accuracy, importance, simulate, simulate_continued};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// (earlier seed, later seed).
+const PAIRS: [(u64, u64); 12] = [
+    (1, 2),
+    (3, 4),
+    (5, 6),
+    (7, 8),
+    (9, 10),
+    (11, 12),
+    (13, 14),
+    (15, 16),
+    (17, 18),
+    (19, 20),
+    (21, 22),
+    (23, 24),
+];
+
+fn load(seed: u64) -> Result<(Plan, FederatedData)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut plan = Plan::from_file(&dir.join("synthetic-hierarchical.toml"))?;
+    plan.topology.kind = tessera_engine::TopologyKind::Flat;
+    plan.model.kind = tessera_learn::ModelKind::Mlp;
+    plan.model.hidden = vec![32];
+    plan.federation.rounds = 20;
+    plan.seed = seed;
+    let synthetic = plan.data.synthetic.as_mut().ok_or("no synthetic data")?;
+    synthetic.seed = seed;
+    synthetic.sites = 12;
+    let data = tessera_data::load(&plan.data, &dir, &Filesystem)?;
+    Ok((plan, data))
+}
+
+fn main() -> Result<()> {
+    let lambdas: Vec<f32> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<std::result::Result<_, _>>()?;
+    let lambdas = if lambdas.is_empty() {
+        vec![1.0]
+    } else {
+        lambdas
+    };
+    println!(
+        "| pair | earlier: after run 1 | plain: earlier / new | {} |",
+        lambdas
+            .iter()
+            .map(|l| format!("EWC {l}: earlier / new"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("|---|---:|---:|{}", "---:|".repeat(lambdas.len()));
+    for (a, b) in PAIRS {
+        let (plan_a, data_a) = load(a)?;
+        let first = simulate(&plan_a, &data_a, &SimOptions::default(), &mut |_| {})?;
+        let theta = first.final_parameters;
+        let f = importance(&plan_a, &data_a, &theta, 1000)?;
+        let before = accuracy(&plan_a, &data_a, &theta)?;
+        let (plan_b, data_b) = load(b)?;
+        if data_b.task.n_classes() != data_a.task.n_classes() {
+            println!(
+                "| {a} -> {b} | {before:.4} | n/a: {} classes, then {} (refused) |",
+                data_a.task.n_classes(),
+                data_b.task.n_classes()
+            );
+            continue;
+        }
+        let mut cells = Vec::new();
+        let run = |c: Continuation| -> Result<String> {
+            let r = simulate_continued(&plan_b, &data_b, c, &SimOptions::default(), &mut |_| {})?;
+            Ok(format!(
+                "{:.4} / {:.4}",
+                accuracy(&plan_a, &data_a, &r.final_parameters)?,
+                accuracy(&plan_b, &data_b, &r.final_parameters)?
+            ))
+        };
+        cells.push(run(Continuation::plain(theta.clone()))?);
+        for &l in &lambdas {
+            cells.push(run(Continuation::elastic(theta.clone(), f.clone(), l)?)?);
+        }
+        println!("| {a} -> {b} | {before:.4} | {} |", cells.join(" | "));
+    }
+    Ok(())
+}
