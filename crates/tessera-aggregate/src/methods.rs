@@ -106,6 +106,31 @@ impl Instructions {
         }
     }
 
+    /// Whether these instructions are of `expected`'s kind with its
+    /// settings (the tensors they carry aside): a site holds a task's
+    /// instructions to those of the plan it agreed to.
+    pub fn agrees_with(&self, expected: &Instructions) -> bool {
+        use Instructions as I;
+        match (self, expected) {
+            (I::Plain, I::Plain) | (I::Scaffold { .. }, I::Scaffold { .. }) => true,
+            (I::Proximal { mu: a }, I::Proximal { mu: b }) => a == b,
+            (I::FedDyn { alpha: a }, I::FedDyn { alpha: b }) => a == b,
+            (I::Ditto { lambda: a }, I::Ditto { lambda: b }) => a == b,
+            (I::FedPer { head_layers: a }, I::FedPer { head_layers: b }) => a == b,
+            (
+                I::FedRep {
+                    head_layers: a,
+                    head_passes: p,
+                },
+                I::FedRep {
+                    head_layers: b,
+                    head_passes: q,
+                },
+            ) => a == b && p == q,
+            _ => false,
+        }
+    }
+
     /// The tensors the instructions carry (SCAFFOLD's `c`), if any.
     pub fn tensors(&self) -> Option<&Arc<ParameterSet>> {
         match self {
@@ -116,6 +141,26 @@ impl Instructions {
             | Instructions::Ditto { .. }
             | Instructions::FedPer { .. }
             | Instructions::FedRep { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for Instructions {
+    /// The kind and its settings (not the tensors), as messages show them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Instructions::Plain | Instructions::Scaffold { .. } => f.write_str(self.name()),
+            Instructions::Proximal { mu } => write!(f, "fedprox (mu {mu})"),
+            Instructions::FedDyn { alpha } => write!(f, "feddyn (alpha {alpha})"),
+            Instructions::Ditto { lambda } => write!(f, "ditto (lambda {lambda})"),
+            Instructions::FedPer { head_layers } => write!(f, "fedper (head_layers {head_layers})"),
+            Instructions::FedRep {
+                head_layers,
+                head_passes,
+            } => write!(
+                f,
+                "fedrep (head_layers {head_layers}, head_passes {head_passes})"
+            ),
         }
     }
 }
@@ -417,5 +462,24 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.build(StrategyKind::FedYogi).is_err());
+    }
+
+    #[test]
+    fn instructions_agree_only_with_their_own_kind_and_settings() {
+        let fedrep = |p| Instructions::FedRep {
+            head_layers: 1,
+            head_passes: p,
+        };
+        assert!(fedrep(3).agrees_with(&fedrep(3)));
+        assert!(!fedrep(100).agrees_with(&fedrep(3)));
+        assert!(!fedrep(3).agrees_with(&Instructions::FedPer { head_layers: 1 }));
+        assert!(!Instructions::Plain.agrees_with(&Instructions::Proximal { mu: 0.1 }));
+        assert!(
+            Instructions::Proximal { mu: 0.1 }.agrees_with(&Instructions::Proximal { mu: 0.1 })
+        );
+        assert_eq!(
+            fedrep(100).to_string(),
+            "fedrep (head_layers 1, head_passes 100)"
+        );
     }
 }

@@ -99,7 +99,7 @@ pub use external::{
     Metrics,
 };
 pub use regional::{aggregator_engine, upward_update};
-pub use setup::{DpCohort, PlanBuild};
+pub use setup::{DpCohort, PlanBuild, check_instructions};
 pub use site::Site;
 pub use tessera_plan::{
     Conflict, FailureConfig, FederationConfig, GossipGraph, GroupConfig, MemoryRole, Mode, Plan,

@@ -109,6 +109,27 @@ impl PlanBuild for Plan {
     }
 }
 
+/// Refuses a task's `instructions` that are not those `plan`'s strategy
+/// gives (another kind, or other settings: a coordinator asking a site for
+/// more local work, or another method, than the plan it agreed to).
+pub fn check_instructions(
+    plan: &Plan,
+    global: &tessera_core::ParameterSet,
+    instructions: &tessera_aggregate::Instructions,
+) -> Result<(), String> {
+    let strategy = plan.strategy().map_err(|e| e.to_string())?;
+    let expected = strategy.configure_fit(global, &tessera_core::ParticipantId::new("site"));
+    if instructions.agrees_with(&expected) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the task's instructions, {instructions}, are not what the plan's strategy {} \
+             gives ({expected}): refused",
+            plan.federation.strategy
+        ))
+    }
+}
+
 /// Whom a central-DP round's noise is calibrated for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DpCohort {
@@ -151,5 +172,45 @@ impl Downlink {
     pub fn of_plan(plan: &Plan, initial: Arc<ParameterSet>) -> Option<Downlink> {
         let codec = plan.compression.download;
         (!codec.is_identity()).then(|| Downlink::new(codec, plan.seed, initial))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tessera_aggregate::{Instructions, StrategyConfig, StrategyKind};
+
+    use super::*;
+
+    /// A coordinator that asks a site for more head passes than the plan
+    /// says, or another method, is refused; the plan's own instructions pass.
+    #[test]
+    fn instructions_other_than_the_plans_are_refused() {
+        let mut plan = Plan::default();
+        plan.federation.strategy = StrategyKind::FedRep;
+        plan.strategies.insert(
+            "fedrep".into(),
+            StrategyConfig {
+                head_passes: Some(3),
+                ..Default::default()
+            },
+        );
+        let global = tessera_core::ParameterSet::new();
+        let fedrep = |head_passes| Instructions::FedRep {
+            head_layers: 1,
+            head_passes,
+        };
+        assert!(check_instructions(&plan, &global, &fedrep(3)).is_ok());
+        let e = check_instructions(&plan, &global, &fedrep(100)).unwrap_err();
+        assert!(e.contains("fedrep (head_layers 1, head_passes 100)"), "{e}");
+        assert!(
+            e.contains("gives (fedrep (head_layers 1, head_passes 3))"),
+            "{e}"
+        );
+        assert!(check_instructions(&plan, &global, &Instructions::Plain).is_err());
+        plan.federation.strategy = StrategyKind::FedAvg;
+        assert!(check_instructions(&plan, &global, &Instructions::Plain).is_ok());
+        assert!(check_instructions(&plan, &global, &fedrep(3)).is_err());
     }
 }

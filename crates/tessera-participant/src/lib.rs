@@ -408,6 +408,8 @@ async fn session(
                         })?,
                     deadline: None,
                 };
+                tessera_engine::check_instructions(&state.plan, &global, &task.instructions)
+                    .map_err(|e| Failure::Fatal(ParticipantError::Refused(e)))?;
                 let codec = if header.upload_codec.is_empty() {
                     tessera_compress::Codec::NONE
                 } else {
