@@ -712,4 +712,6 @@ mod tests {
             .to_string();
         assert!(e.contains("trains more than once a round"), "{e}");
     }
+
+    mod fedrep;
 }

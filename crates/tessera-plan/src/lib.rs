@@ -457,12 +457,28 @@ impl Plan {
         self.federation.strategy.needs().personal || self.personalization.fine_tunes()
     }
 
-    /// The fine-tuning after the last round: the plan's local training for
-    /// `[personalization] finetune_epochs` epochs.
+    /// How many of the plan's local trainings a site runs per round: one,
+    /// two under Ditto (the update, then the personal model), one more
+    /// than the head's passes under FedRep.
+    pub fn trainings_per_round(&self) -> u64 {
+        match self.federation.strategy {
+            // The update, then the personal model.
+            StrategyKind::Ditto => 2,
+            // The head's passes, then the body's one.
+            StrategyKind::FedRep => u64::from(self.strategy_config().head_passes.unwrap_or(10)) + 1,
+            _ => 1,
+        }
+    }
+
+    /// Local training of `[personalization]` fine-tuning: the plan's, for
+    /// `finetune_epochs` epochs, at `finetune_lr` where given.
     pub fn finetune_training(&self) -> TrainingConfig {
         let mut training = self.local_training();
         training.steps = None;
         training.epochs = Some(self.personalization.finetune_epochs);
+        if let Some(lr) = self.personalization.finetune_lr {
+            training.optimizer.lr = lr;
+        }
         training
     }
 

@@ -20,6 +20,11 @@ pub struct PersonalizationConfig {
     /// stream of the round after the last (all of them by default).
     #[serde(default)]
     pub finetune_rows: Option<usize>,
+    /// The fine-tuning's learning rate (the plan's local one by default: a
+    /// plan whose rounds use a small rate may want a larger one for a few
+    /// epochs at the site).
+    #[serde(default)]
+    pub finetune_lr: Option<f32>,
 }
 
 impl PersonalizationConfig {

@@ -232,6 +232,21 @@ impl Plan {
                     .into(),
             );
         }
+        if let Some(lr) = personalization.finetune_lr
+            && !(lr.is_finite() && lr > 0.0 && personalization.fine_tunes())
+        {
+            push(
+                &[
+                    "personalization.finetune_lr",
+                    "personalization.finetune_epochs",
+                ],
+                format!(
+                    "personalization.finetune_lr = {} must be a positive number, with \
+                     finetune_epochs > 0",
+                    tessera_core::value(lr)
+                ),
+            );
+        }
         for name in self.strategies.keys() {
             if let Err(e) = name.parse::<StrategyKind>() {
                 push(

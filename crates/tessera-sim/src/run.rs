@@ -533,7 +533,8 @@ pub(crate) fn run_sync(
             let site = index[id];
             let profile = &profiles[site];
             let n_rows = data.sites[site].train.n_rows();
-            let examples = examples_per_round(schedule, training.batch_size, n_rows);
+            let examples = examples_per_round(schedule, training.batch_size, n_rows)
+                .saturating_mul(plan.trainings_per_round());
             let compute = profile.compute_time(examples);
             let received = now
                 .plus(profile.latency())

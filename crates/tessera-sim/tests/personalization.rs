@@ -107,7 +107,8 @@ fn fedpers_global_head_never_moves_and_its_body_does() {
 #[test]
 fn fedreps_head_and_body_train_in_turn_and_its_global_head_never_moves() {
     let (mut plan, data) = setup(StrategyKind::FedRep, 0);
-    // Adam with weight decay: the held part must stay put under both.
+    // Adam with weight decay (holding under both is asserted bit for bit in
+    // tessera-engine's site tests; here the whole run).
     plan.training.optimizer.optimizer = tessera_learn::OptimizerKind::Adam;
     plan.training.optimizer.lr = 0.01;
     plan.training.optimizer.weight_decay = 0.01;
@@ -170,6 +171,19 @@ fn fine_tuning_adapts_each_site_and_few_shot_uses_the_rows_it_is_given() {
         "fine-tuning 2 epochs: all rows {:.4}, 20 rows {:.4}, global {:.4}",
         p.mean_personalized, f.mean_personalized, p.mean_global
     );
+    // Fine-tuning's own learning rate: same global model, other adaptation;
+    // a rate of 0 or with no fine-tuning is refused.
+    plan.personalization.finetune_rows = None;
+    plan.personalization.finetune_lr = Some(plan.training.optimizer.lr * 4.0);
+    let faster = run(&plan, &data);
+    assert_eq!(faster.final_parameters, tuned.final_parameters);
+    assert_ne!(
+        faster.personalization.as_ref().unwrap().mean_personalized,
+        p.mean_personalized
+    );
+    plan.personalization.finetune_lr = Some(0.0);
+    let e = plan.validate().unwrap_err().to_string();
+    assert!(e.contains("personalization.finetune_lr = 0"), "{e}");
 }
 
 #[test]
