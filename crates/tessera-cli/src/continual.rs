@@ -55,7 +55,7 @@ impl ContinualArgs {
         &self,
         plan: &Plan,
         data: &FederatedData,
-    ) -> anyhow::Result<Option<(Continuation, String, u32)>> {
+    ) -> anyhow::Result<Option<(Continuation, String, ModelFile)>> {
         let Some(path) = &self.continue_from else {
             return Ok(None);
         };
@@ -70,53 +70,57 @@ impl ContinualArgs {
         let continuation = match (self.ewc_lambda, &self.importance) {
             (Some(lambda), Some(importance_path)) => {
                 let importance = crate::model::read(importance_path)?;
-                if importance.header.plan.hash != from.header.plan.hash
-                    || importance.header.lineage.round != from.header.lineage.round
-                    || !importance.header.run.written_by.contains("importance")
+                let of = importance.header.run.id.as_deref().unwrap_or("");
+                let model = digest(&from.parameters);
+                if !importance.header.run.written_by.contains("importance")
+                    || of != format!("importance of {model}")
                 {
                     bail!(
-                        "{}: not the importance of {} (written by '{}' under plan {} at round \
-                         {}; the model: plan {} at round {}); write both with the same run's \
+                        "{}: not the importance of {} (written by '{}', of the model {}; the \
+                         model's parameters are {}); write both with the same run's \
                          --model-out and --importance-out",
                         importance_path.display(),
                         path.display(),
                         importance.header.run.written_by,
-                        short(&importance.header.plan.hash),
-                        importance.header.lineage.round,
-                        short(&from.header.plan.hash),
-                        from.header.lineage.round
+                        short(of.trim_start_matches("importance of ")),
+                        short(&model)
+                    );
+                }
+                let largest = importance.parameters.values().fold(0.0f32, f32::max);
+                if largest > 1.0 {
+                    bail!(
+                        "{}: its largest importance is {largest}, where --importance-out scales \
+                         the largest to 1",
+                        importance_path.display()
                     );
                 }
                 said.push_str(&format!(", elastic weight consolidation lambda {lambda}"));
-                Continuation::elastic(from.parameters, importance.parameters, lambda)
+                Continuation::elastic(from.parameters.clone(), importance.parameters, lambda)
                     .with_context(|| format!("--ewc-lambda {lambda}"))?
             }
             _ => {
                 said.push_str(", plain continued training");
-                Continuation::plain(from.parameters)
+                Continuation::plain(from.parameters.clone())
             }
         };
-        Ok(Some((continuation, said, from.header.lineage.round)))
+        Ok(Some((continuation, said, from)))
     }
 
-    /// Completes a continued run's `continual` section: where it continued
-    /// from, and, with --earlier, both models' accuracy on the earlier data.
-    pub fn complete(
+    /// The earlier data (--earlier), loaded and checked against the model
+    /// continued from before the run; `None` without --earlier.
+    pub fn earlier_data(
         &self,
-        report: &mut RunReport,
         plan: &Plan,
         base_dir: &Path,
         source: &dyn FileSource,
-        from_round: u32,
-    ) -> anyhow::Result<()> {
-        let (Some(path), Some(continual)) = (&self.continue_from, report.continual.as_mut()) else {
-            return Ok(());
+    ) -> anyhow::Result<Option<(Plan, FederatedData)>> {
+        let Some(path) = self
+            .continue_from
+            .as_ref()
+            .filter(|_| !self.earlier.is_empty())
+        else {
+            return Ok(None);
         };
-        continual.from = path.display().to_string();
-        continual.from_round = from_round;
-        if self.earlier.is_empty() {
-            return Ok(());
-        }
         let earlier_plan = plan
             .clone()
             .with_settings(&self.earlier)
@@ -125,11 +129,29 @@ impl ContinualArgs {
             .context("--earlier: the earlier data")?;
         let from = crate::model::read(path)?;
         check_fits(path, &from, &earlier_plan, &data).context("--earlier: the earlier data")?;
-        continual.earlier = Some(EarlierData {
-            settings: self.earlier.clone(),
-            before: tessera_sim::accuracy(&earlier_plan, &data, &from.parameters)?,
-            after: tessera_sim::accuracy(&earlier_plan, &data, &report.final_parameters)?,
-        });
+        Ok(Some((earlier_plan, data)))
+    }
+
+    /// Completes a continued run's `continual` section: where it continued
+    /// from, and both models' accuracy on the `earlier` data.
+    pub fn complete(
+        &self,
+        report: &mut RunReport,
+        from: &ModelFile,
+        earlier: Option<&(Plan, FederatedData)>,
+    ) -> anyhow::Result<()> {
+        let (Some(path), Some(continual)) = (&self.continue_from, report.continual.as_mut()) else {
+            return Ok(());
+        };
+        continual.from = path.display().to_string();
+        continual.from_round = from.header.lineage.round;
+        if let Some((plan, data)) = earlier {
+            continual.earlier = Some(EarlierData {
+                settings: self.earlier.clone(),
+                before: tessera_sim::accuracy(plan, data, &from.parameters)?,
+                after: tessera_sim::accuracy(plan, data, &report.final_parameters)?,
+            });
+        }
         Ok(())
     }
 
@@ -143,10 +165,22 @@ impl ContinualArgs {
         let Some(path) = &self.importance_out else {
             return Ok(());
         };
+        if plan.privacy.mode != tessera_privacy::PrivacyMode::Off {
+            bail!(
+                "--importance-out: the importance is a statistic of the sites' rows without \
+                 noise, which the plan's {:?} DP does not account for; measure it on a plan \
+                 without DP",
+                plan.privacy.mode
+            );
+        }
         let importance =
             tessera_sim::importance(plan, data, &report.final_parameters, IMPORTANCE_ROWS)?;
         let mut file = crate::model::of_simulation(plan, data, report)?;
         file.parameters = importance;
+        file.header.run.id = Some(format!(
+            "importance of {}",
+            digest(&report.final_parameters)
+        ));
         file.header.run.written_by =
             "simulation, importance (diagonal Fisher information, largest 1)".into();
         crate::model::write(path, &file)
@@ -223,6 +257,16 @@ pub fn print_summary(c: &ContinualReport) {
         "continued ({how}) from {}: this data {:.4} before, {:.4} after{earlier}",
         c.from, c.new_before, c.new_after
     );
+}
+
+/// SHA-256 (hex) of `parameters`' values, little-endian, in order.
+pub fn digest(parameters: &tessera_core::ParameterSet) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for v in parameters.values() {
+        hash.update(v.to_le_bytes());
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn short(hash: &str) -> &str {

@@ -115,7 +115,7 @@ pub struct ParticipantArgs {
     /// inspect`); replaced if it exists.
     #[arg(long)]
     model_out: Option<PathBuf>,
-    /// Under a personalized strategy (`ditto`, `fedper`) or
+    /// Under a personalized strategy (`ditto`, `fedper`, `fedrep`) or
     /// `[personalization]` fine-tuning: at the end of the run, write this
     /// site's own model here (it never left the site); replaced if it exists.
     #[arg(long)]
@@ -345,6 +345,7 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
         let file =
             crate::model::of_coordinator(&plan_for_model, &plan_text_for_model, &args.db, &report)?;
         crate::model::write(path, &file)?;
+        crate::model::warn_if_heads_stay_home(&plan_for_model, path);
     }
     let f = &report.final_metrics;
     // A run its operator stopped early says so.

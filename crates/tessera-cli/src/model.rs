@@ -83,6 +83,25 @@ pub fn read(path: &Path) -> anyhow::Result<ModelFile> {
     ModelFile::from_bytes(&bytes).with_context(|| path.display().to_string())
 }
 
+/// Under a strategy that keeps the model's head at the sites (FedPer,
+/// FedRep), says that the global model's head at `path` is the initial,
+/// untrained one: the model is each site's body and head together.
+pub fn warn_if_heads_stay_home(plan: &Plan, path: &Path) {
+    use tessera_aggregate::StrategyKind;
+    let strategy = plan.federation.strategy;
+    if matches!(strategy, StrategyKind::FedPer | StrategyKind::FedRep) {
+        crate::logging::say(
+            tracing::Level::WARN,
+            &format!(
+                "{}: under {strategy} the global model's head (its last layers) is the initial, \
+                 untrained one; each site's own head stays at the site, and its personalized \
+                 model is the one to predict with (tessera participant --personal-model-out)",
+                path.display()
+            ),
+        );
+    }
+}
+
 /// Writes `file` at `path`, creating its folder.
 pub fn write(path: &Path, file: &ModelFile) -> anyhow::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -272,7 +291,7 @@ pub fn site_results(
         let Some(file) = results.personal_model_file()? else {
             bail!(
                 "--personal-model-out: the plan keeps no personalized model (a personalized \
-                 strategy such as ditto or fedper, or [personalization] finetune_epochs)"
+                 strategy such as ditto, fedper or fedrep, or [personalization] finetune_epochs)"
             );
         };
         write(path, &file)?;

@@ -270,8 +270,12 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         progress.println("baselines (local-only and pooled) train after the rounds");
     }
     let continuation = args.continual.continuation(&plan, &data)?;
+    let earlier = args
+        .continual
+        .earlier_data(&plan, &base_dir, source.as_ref())?;
+    let mut continued_from = None;
     let mut report = match continuation {
-        Some((continuation, said, from_round)) => {
+        Some((continuation, said, from)) => {
             if !quiet {
                 progress.println(said);
             }
@@ -282,9 +286,9 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
                 &options,
                 &mut observer,
             )?;
-            let source = source.as_ref();
             args.continual
-                .complete(&mut report, &plan, &base_dir, source, from_round)?;
+                .complete(&mut report, &from, earlier.as_ref())?;
+            continued_from = Some(from);
             report
         }
         None => simulate(&plan, &data, &options, &mut observer)?,
@@ -296,7 +300,18 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
 
     write_report(&report, cross_silo.as_ref(), &report_path)?;
     if let Some(path) = &args.model_out {
-        crate::model::write(path, &crate::model::of_simulation(&plan, &data, &report)?)?;
+        let mut file = crate::model::of_simulation(&plan, &data, &report)?;
+        if let (Some(from), Some(c)) = (&continued_from, &report.continual) {
+            file.header.lineage.parent = format!(
+                "{} (round {} of plan {}, parameters sha256 {})",
+                c.from,
+                from.header.lineage.round,
+                from.header.plan.hash,
+                crate::continual::digest(&from.parameters)
+            );
+        }
+        crate::model::write(path, &file)?;
+        crate::model::warn_if_heads_stay_home(&plan, path);
     }
     args.continual.write_importance(&plan, &data, &report)?;
     write_plot(&report, &plot_path)?;

@@ -77,6 +77,7 @@ fn a_run_continues_from_a_model_file_and_reports_what_it_forgot() {
         ),
     ] {
         let report = format!("{name}.json");
+        let model = format!("{name}.model");
         let mut more = vec![
             "--continue-from",
             "m1.model",
@@ -84,6 +85,8 @@ fn a_run_continues_from_a_model_file_and_reports_what_it_forgot() {
             "data.synthetic.seed=17",
             "--report",
             &report,
+            "--model-out",
+            &model,
         ];
         more.extend(extra);
         let out = run(&s, 18, &more).ok();
@@ -109,6 +112,23 @@ fn a_run_continues_from_a_model_file_and_reports_what_it_forgot() {
         forgot[0],
         forgot[1]
     );
+    // The continued model's lineage names the model it continued from.
+    let inspect = s.run(&["model", "inspect", "ewc.model"]).ok();
+    assert!(inspect.contains("m1.model (round 20 of plan"), "{inspect}");
+    // The importance of another model of the same plan and round is refused.
+    let line = refused(
+        &s,
+        18,
+        &[
+            "--continue-from",
+            "ewc.model",
+            "--ewc-lambda",
+            "1",
+            "--importance",
+            "m1.importance",
+        ],
+    );
+    assert!(line.contains("not the importance of ewc.model"), "{line}");
 }
 
 #[test]
@@ -202,6 +222,47 @@ fn mismatched_continuations_are_refused_naming_why() {
         ],
     );
     assert!(line.contains("ewc_lambda must be a number >= 0"), "{line}");
+    // A personalized strategy, a typo in --earlier (before the run), and
+    // the importance under DP.
+    let line = refused(
+        &s,
+        18,
+        &["--continue-from", "m1.model", "--strategy", "fedper"],
+    );
+    assert!(
+        line.contains("personalized strategy fedper is not supported"),
+        "{line}"
+    );
+    let line = refused(
+        &s,
+        18,
+        &[
+            "--continue-from",
+            "m1.model",
+            "--earlier",
+            "data.synthetic.seeed=17",
+            "--report",
+            "typo.json",
+        ],
+    );
+    assert!(line.contains("--earlier"), "{line}");
+    assert!(!s.path("typo.json").exists(), "refused before the run");
+    let line = refused(
+        &s,
+        17,
+        &[
+            "--set",
+            "privacy.mode=local",
+            "--set",
+            "privacy.noise_multiplier=1.0",
+            "--importance-out",
+            "dp.importance",
+        ],
+    );
+    assert!(
+        line.contains("--importance-out: the importance is a statistic"),
+        "{line}"
+    );
     // Not a model file at all.
     s.write("junk.model", "not a model");
     let line = refused(&s, 18, &["--continue-from", "junk.model"]);

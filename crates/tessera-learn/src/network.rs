@@ -423,7 +423,11 @@ impl Learner for Network {
         let scale = 1.0 / n as f32;
         sum.values_mut().for_each(|s| *s *= scale);
         if sum.check_finite().is_err() {
-            return Err(LearnError::Diverged { step: 0 });
+            return Err(LearnError::Config(
+                "importance: a squared gradient is not a finite number (the model's \
+                 parameters are too large)"
+                    .into(),
+            ));
         }
         Ok(sum)
     }

@@ -4,8 +4,8 @@
 //! other site models around another shared one), by plain continued
 //! training and by elastic weight consolidation at each `lambda`. Per pair:
 //! accuracy on the earlier sites' test rows before and after, and on the
-//! new ones. Lambda 1 was chosen on the first seven pairs; pairs 15-16 to
-//! 23-24 were not looked at before it was.
+//! new ones. Lambda 1 was chosen on the first seven pairs (1 -> 2 to
+//! 13 -> 14); pairs 15 -> 16 to 23 -> 24 were not looked at before it was.
 //!
 //!     cargo run --release -p tessera-sim --example continual_table [-- LAMBDA ...]
 

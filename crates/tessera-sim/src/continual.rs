@@ -155,6 +155,16 @@ pub fn simulate_continued(
         )
         .into());
     }
+    if plan.federation.strategy.needs().personal {
+        // FedPer's and FedRep's global head is the untrained one, and their
+        // held layers would be pulled by the elastic term.
+        return Err(EngineError::State(format!(
+            "continual learning with the personalized strategy {} is not supported yet: \
+             continue with a FedAvg-family strategy",
+            plan.federation.strategy
+        ))
+        .into());
+    }
     // Refuses, naming why, parameters that are not of the plan's model.
     continuation.model(plan, data)?;
     let new_before = accuracy(plan, data, &continuation.from)?;

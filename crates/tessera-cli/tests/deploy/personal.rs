@@ -88,6 +88,9 @@ fn heads_stay_home(strategy: &str, settings: &str) {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
     let global = util::parameters(&std::fs::read(s.path("dep.model")).unwrap());
+    // The operator is told the global head is the untrained one.
+    let log = coordinator.log();
+    assert!(log.contains("the global model's head"), "{log}");
 
     // What the coordinator kept: every model's head is the initial one, and
     // every round's aggregate carries zeros for the head.
