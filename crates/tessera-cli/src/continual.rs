@@ -106,13 +106,14 @@ impl ContinualArgs {
         Ok(Some((continuation, said, from)))
     }
 
-    /// The earlier data (--earlier), loaded and checked against the model
-    /// continued from before the run; `None` without --earlier.
+    /// The earlier data (--earlier), loaded and checked against `from`, the
+    /// model continued from, before the run; `None` without --earlier.
     pub fn earlier_data(
         &self,
         plan: &Plan,
         base_dir: &Path,
         source: &dyn FileSource,
+        from: &ModelFile,
     ) -> anyhow::Result<Option<(Plan, FederatedData)>> {
         let Some(path) = self
             .continue_from
@@ -127,8 +128,7 @@ impl ContinualArgs {
             .context("--earlier")?;
         let (data, _) = tessera_sim::load_data(&earlier_plan, base_dir, source)
             .context("--earlier: the earlier data")?;
-        let from = crate::model::read(path)?;
-        check_fits(path, &from, &earlier_plan, &data).context("--earlier: the earlier data")?;
+        check_fits(path, from, &earlier_plan, &data).context("--earlier: the earlier data")?;
         Ok(Some((earlier_plan, data)))
     }
 

@@ -270,9 +270,14 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         progress.println("baselines (local-only and pooled) train after the rounds");
     }
     let continuation = args.continual.continuation(&plan, &data)?;
-    let earlier = args
-        .continual
-        .earlier_data(&plan, &base_dir, source.as_ref())?;
+    let earlier = match &continuation {
+        Some((_, _, from)) => {
+            let source = source.as_ref();
+            args.continual
+                .earlier_data(&plan, &base_dir, source, from)?
+        }
+        None => None,
+    };
     let mut continued_from = None;
     let mut report = match continuation {
         Some((continuation, said, from)) => {
