@@ -8,6 +8,7 @@ mod fedavg;
 mod feddyn;
 mod feddyn_local;
 mod fedprox_local;
+mod perfedavg;
 mod personal;
 mod personal_local;
 mod scaffold;
@@ -28,6 +29,7 @@ pub use fedavg::{FedAvg, FedAvgM, FedOpt, FedOptVariant, FedProx};
 pub use feddyn::FedDyn;
 pub use feddyn_local::FedDynLocal;
 pub use fedprox_local::FedProxLocal;
+pub use perfedavg::{MAX_INNER_LR, PerFedAvg, PerFedAvgLocal};
 pub use personal::{Ditto, FedPer, FedRep, MAX_HEAD_PASSES, head_mask};
 pub use personal_local::{DittoLocal, FedPerLocal, FedRepLocal};
 pub use scaffold::Scaffold;
@@ -76,6 +78,12 @@ pub enum Instructions {
         /// The head's local trainings before the body's one.
         head_passes: u32,
     },
+    /// Per-FedAvg (first-order): local training of meta steps with inner
+    /// step size `alpha`.
+    PerFedAvg {
+        /// The inner (adaptation) step size.
+        alpha: f32,
+    },
 }
 
 impl Instructions {
@@ -89,6 +97,7 @@ impl Instructions {
             Instructions::Ditto { .. } => "ditto",
             Instructions::FedPer { .. } => "fedper",
             Instructions::FedRep { .. } => "fedrep",
+            Instructions::PerFedAvg { .. } => "perfedavg",
         }
     }
 
@@ -103,6 +112,7 @@ impl Instructions {
             Instructions::Ditto { .. } => Box::new(DittoLocal::default()),
             Instructions::FedPer { .. } => Box::new(FedPerLocal::default()),
             Instructions::FedRep { .. } => Box::new(FedRepLocal::default()),
+            Instructions::PerFedAvg { .. } => Box::new(PerFedAvgLocal),
         }
     }
 
@@ -127,6 +137,7 @@ impl Instructions {
                     head_passes: q,
                 },
             ) => a == b && p == q,
+            (I::PerFedAvg { alpha: a }, I::PerFedAvg { alpha: b }) => a == b,
             _ => false,
         }
     }
@@ -140,7 +151,8 @@ impl Instructions {
             | Instructions::FedDyn { .. }
             | Instructions::Ditto { .. }
             | Instructions::FedPer { .. }
-            | Instructions::FedRep { .. } => None,
+            | Instructions::FedRep { .. }
+            | Instructions::PerFedAvg { .. } => None,
         }
     }
 }
@@ -161,6 +173,7 @@ impl fmt::Display for Instructions {
                 f,
                 "fedrep (head_layers {head_layers}, head_passes {head_passes})"
             ),
+            Instructions::PerFedAvg { alpha } => write!(f, "perfedavg (alpha {alpha})"),
         }
     }
 }
@@ -185,6 +198,10 @@ pub struct Needs {
     /// A personal model at each site (trained beside the update, evaluated
     /// in the report's personalization section; no local DP).
     pub personal: bool,
+    /// Per-FedAvg's meta steps at the sites: tessera-learn's own training
+    /// loop (built-in models only; no local DP, whose accounting assumes
+    /// one batch a step).
+    pub meta_steps: bool,
 }
 
 /// The built-in strategies.
@@ -213,11 +230,13 @@ pub enum StrategyKind {
     FedPer,
     /// FedRep (personalized).
     FedRep,
+    /// Per-FedAvg, first-order (meta-learned initialisation).
+    PerFedAvg,
 }
 
 impl StrategyKind {
     /// Every strategy, in a fixed order.
-    pub const ALL: [StrategyKind; 11] = [
+    pub const ALL: [StrategyKind; 12] = [
         StrategyKind::FedAvg,
         StrategyKind::FedAvgM,
         StrategyKind::FedProx,
@@ -229,6 +248,7 @@ impl StrategyKind {
         StrategyKind::Ditto,
         StrategyKind::FedPer,
         StrategyKind::FedRep,
+        StrategyKind::PerFedAvg,
     ];
 
     /// The name used in plans and on the command line.
@@ -245,6 +265,7 @@ impl StrategyKind {
             StrategyKind::Ditto => "ditto",
             StrategyKind::FedPer => "fedper",
             StrategyKind::FedRep => "fedrep",
+            StrategyKind::PerFedAvg => "perfedavg",
         }
     }
 }
@@ -258,6 +279,7 @@ impl StrategyKind {
             StrategyKind::Ditto => Ditto::NEEDS,
             StrategyKind::FedPer => FedPer::NEEDS,
             StrategyKind::FedRep => FedRep::NEEDS,
+            StrategyKind::PerFedAvg => PerFedAvg::NEEDS,
             StrategyKind::FedAvg
             | StrategyKind::FedAvgM
             | StrategyKind::FedProx
@@ -315,7 +337,8 @@ pub struct StrategyConfig {
     /// FedAdam, FedYogi, FedAdagrad: adaptivity (1e-3).
     #[serde(default)]
     pub tau: Option<f32>,
-    /// FedDyn: regularisation weight α (0.01).
+    /// FedDyn: regularisation weight α (0.01). Per-FedAvg: the inner
+    /// (adaptation) step size α (0.01, at most 10).
     #[serde(default)]
     pub alpha: Option<f32>,
     /// Ditto: the pull of each site's personal model toward the global one (0.1).
@@ -410,6 +433,18 @@ impl StrategyConfig {
                 head_layers: head_layers()?,
                 server_lr: server_lr(1.0)?,
             }),
+            StrategyKind::PerFedAvg => {
+                let alpha = positive("alpha", self.alpha.unwrap_or(0.01))?;
+                if alpha > MAX_INNER_LR {
+                    return Err(AggregateError::Config(format!(
+                        "perfedavg: `alpha` must be at most {MAX_INNER_LR}, got {alpha}"
+                    )));
+                }
+                Box::new(PerFedAvg {
+                    alpha,
+                    server_lr: server_lr(1.0)?,
+                })
+            }
             StrategyKind::FedRep => {
                 let head_passes = self.head_passes.unwrap_or(10);
                 if !(1..=MAX_HEAD_PASSES).contains(&head_passes) {
@@ -442,7 +477,7 @@ mod tests {
         let err = "fedsgd".parse::<StrategyKind>().unwrap_err();
         assert_eq!(
             err,
-            "unknown strategy 'fedsgd' (expected one of fedavg, fedavgm, fedprox, scaffold, fedadam, fedyogi, fedadagrad, feddyn, ditto, fedper, fedrep)"
+            "unknown strategy 'fedsgd' (expected one of fedavg, fedavgm, fedprox, scaffold, fedadam, fedyogi, fedadagrad, feddyn, ditto, fedper, fedrep, perfedavg)"
         );
     }
 

@@ -460,7 +460,10 @@ fn print_summary(report: &RunReport) {
             .map_or_else(|| "n/a".to_string(), |l| format!("{l:.4}"));
         let tuned = if p.finetune_epochs > 0 {
             let s = if p.finetune_epochs == 1 { "" } else { "s" };
-            format!(", fine-tuned {} epoch{s}", p.finetune_epochs)
+            let rows = p
+                .finetune_rows
+                .map_or_else(String::new, |n| format!(" on {n} rows"));
+            format!(", fine-tuned {} epoch{s}{rows}", p.finetune_epochs)
         } else {
             String::new()
         };

@@ -51,6 +51,22 @@ pub trait LocalModel {
     /// training settings say, with `term` added to every gradient.
     fn train(&mut self, term: Option<&dyn GradientTerm>) -> Result<FitStats, CoreError>;
 
+    /// One local training of first-order Per-FedAvg meta steps with inner
+    /// step size `inner_lr` (each step adapts a copy by one gradient step on
+    /// a batch and moves the model with the copy's gradient on the next),
+    /// `term` added to every gradient. Refused by a model that cannot take
+    /// them (DP-SGD, an external learner).
+    fn train_meta(
+        &mut self,
+        term: Option<&dyn GradientTerm>,
+        inner_lr: f32,
+    ) -> Result<FitStats, CoreError> {
+        let _ = (term, inner_lr);
+        Err(CoreError::Invalid(
+            "this model cannot take Per-FedAvg's meta steps (DP-SGD or an external learner)".into(),
+        ))
+    }
+
     /// One local training with DP-SGD: noise as `dp` says, batches drawn
     /// from `rng` (which the caller keys with the site's secret).
     fn train_private(

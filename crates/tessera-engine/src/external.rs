@@ -349,7 +349,8 @@ fn base_config(round: u32, instructions: &Instructions, training: &TrainingConfi
             | Instructions::Scaffold { .. }
             | Instructions::Ditto { .. }
             | Instructions::FedPer { .. }
-            | Instructions::FedRep { .. } => 0.0,
+            | Instructions::FedRep { .. }
+            | Instructions::PerFedAvg { .. } => 0.0,
         },
         correction: None,
         lr: training.optimizer.lr,

@@ -397,6 +397,7 @@ impl SiteModel<'_> {
         term: Option<&dyn GradientTerm>,
         dp: Option<LocalDp>,
         rng: Option<&mut SeededRng>,
+        meta: Option<f32>,
     ) -> Result<FitStats, CoreError> {
         let both;
         let term: Option<&dyn GradientTerm> = match (term, self.elastic) {
@@ -411,6 +412,7 @@ impl SiteModel<'_> {
             training: self.training,
             term,
             dp,
+            meta,
         };
         let rng = match rng {
             Some(rng) => rng,
@@ -444,7 +446,15 @@ impl LocalModel for SiteModel<'_> {
     }
 
     fn train(&mut self, term: Option<&dyn GradientTerm>) -> Result<FitStats, CoreError> {
-        self.fit(term, None, None)
+        self.fit(term, None, None, None)
+    }
+
+    fn train_meta(
+        &mut self,
+        term: Option<&dyn GradientTerm>,
+        inner_lr: f32,
+    ) -> Result<FitStats, CoreError> {
+        self.fit(term, None, None, Some(inner_lr))
     }
 
     fn train_private(
@@ -453,7 +463,7 @@ impl LocalModel for SiteModel<'_> {
         dp: &LocalDp,
         rng: &mut SeededRng,
     ) -> Result<FitStats, CoreError> {
-        self.fit(term, Some(*dp), Some(rng))
+        self.fit(term, Some(*dp), Some(rng), None)
     }
 }
 

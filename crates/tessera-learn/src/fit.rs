@@ -19,6 +19,12 @@ pub struct LocalPlan<'a> {
     pub term: Option<&'a dyn GradientTerm>,
     /// DP-SGD instead of plain mini-batches.
     pub dp: Option<LocalDp>,
+    /// Per-FedAvg's first-order meta step with this inner step size
+    /// `alpha`: each step takes two batches, adapts a copy of the model by
+    /// one plain gradient step of size `alpha` on the first, and moves the
+    /// model by the optimiser with the adapted copy's gradient on the
+    /// second (no DP).
+    pub meta: Option<f32>,
 }
 
 impl<'a> LocalPlan<'a> {
@@ -28,6 +34,7 @@ impl<'a> LocalPlan<'a> {
             training,
             term: None,
             dp: None,
+            meta: None,
         }
     }
 
@@ -64,31 +71,48 @@ pub(crate) fn train(
         term.check(net.parameters())?;
     }
     if let Some(dp) = plan.dp {
+        if plan.meta.is_some() {
+            return Err(LearnError::Config(
+                "Per-FedAvg's meta steps do not run under DP-SGD".into(),
+            ));
+        }
         return train_dp(net, data, plan, &dp, rng);
     }
-    let batch_size = plan.training.batch_size;
+    let inner_lr = match plan.meta {
+        Some(alpha) if !(alpha.is_finite() && alpha > 0.0) => {
+            return Err(LearnError::Config(format!(
+                "Per-FedAvg's inner step size {alpha} must be positive"
+            )));
+        }
+        meta => meta,
+    };
     let n_steps = plan.n_steps(n)?;
     let mut grad = net.parameters().zeros_like();
     let mut optimizer = Optimizer::new(&plan.training.optimizer, grad.n_values());
-    let mut order = rng.permutation(n);
-    let mut position = 0;
+    let mut batches = Batches::new(data, plan.training.batch_size, rng);
+    // Per-FedAvg's adapted copy.
+    let mut adapted = inner_lr.map(|_| net.clone());
     let mut loss_sum = 0.0;
-    let mut batch_y = Vec::with_capacity(batch_size.min(n));
-    let mut batch_x = ndarray::Array2::<f32>::zeros((batch_size.min(n), data.n_features()));
     for step in 0..n_steps {
-        if position >= n {
-            order = rng.permutation(n);
-            position = 0;
+        let (rows, y) = batches.next(rng);
+        let mut loss = net.loss_and_gradient(rows, y, None, &mut grad);
+        if let (Some(alpha), Some(adapted)) = (inner_lr, adapted.as_mut()) {
+            // w' = w - alpha * g(w; first batch); the step's gradient is
+            // g(w'; second batch), applied to w (first-order Per-FedAvg).
+            let params = adapted.params_mut();
+            for ((a, w), g) in params
+                .values_mut()
+                .zip(net.parameters().values())
+                .zip(grad.values())
+            {
+                *a = w - alpha * g;
+            }
+            if !loss.is_finite() {
+                return Err(LearnError::Diverged { step });
+            }
+            let (rows, y) = batches.next(rng);
+            loss = adapted.loss_and_gradient(rows, y, None, &mut grad);
         }
-        let batch = &order[position..(position + batch_size).min(n)];
-        position += batch_size;
-        batch_y.clear();
-        for (k, &i) in batch.iter().enumerate() {
-            batch_x.row_mut(k).assign(&data.x.row(i));
-            batch_y.push(data.y[i]);
-        }
-        let rows = batch_x.slice(ndarray::s![..batch.len(), ..]);
-        let loss = net.loss_and_gradient(rows, &batch_y, None, &mut grad);
         if !loss.is_finite() {
             return Err(LearnError::Diverged { step });
         }
@@ -107,6 +131,48 @@ pub(crate) fn train(
             0.0
         },
     })
+}
+
+/// Mini-batches of `data` in a fresh random order at each pass; the last
+/// batch of a pass may be short.
+struct Batches<'a> {
+    data: &'a Dataset,
+    batch_size: usize,
+    order: Vec<usize>,
+    position: usize,
+    x: ndarray::Array2<f32>,
+    y: Vec<u32>,
+}
+
+impl<'a> Batches<'a> {
+    fn new(data: &'a Dataset, batch_size: usize, rng: &mut SeededRng) -> Self {
+        let n = data.n_rows();
+        Self {
+            data,
+            batch_size,
+            order: rng.permutation(n),
+            position: 0,
+            x: ndarray::Array2::<f32>::zeros((batch_size.min(n), data.n_features())),
+            y: Vec::with_capacity(batch_size.min(n)),
+        }
+    }
+
+    /// The next batch's rows and labels.
+    fn next(&mut self, rng: &mut SeededRng) -> (ndarray::ArrayView2<'_, f32>, &[u32]) {
+        let n = self.data.n_rows();
+        if self.position >= n {
+            self.order = rng.permutation(n);
+            self.position = 0;
+        }
+        let batch = &self.order[self.position..(self.position + self.batch_size).min(n)];
+        self.position += self.batch_size;
+        self.y.clear();
+        for (k, &i) in batch.iter().enumerate() {
+            self.x.row_mut(k).assign(&self.data.x.row(i));
+            self.y.push(self.data.y[i]);
+        }
+        (self.x.slice(ndarray::s![..batch.len(), ..]), &self.y)
+    }
 }
 
 /// Adds the strategy's local term to `grad`.
@@ -243,6 +309,77 @@ mod tests {
         assert!(clipped_any, "the test must exercise clipping");
         for (a, b) in fast.values().zip(&reference) {
             assert!((f64::from(a) - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    /// With full batches, a Per-FedAvg step is `w - beta * g(w - alpha *
+    /// g(w))`, computed here from the network's gradient directly.
+    #[test]
+    fn a_meta_step_moves_by_the_gradient_at_the_adapted_point() {
+        let mut config = ModelConfig::of_kind(ModelKind::Mlp);
+        config.hidden = vec![5];
+        let (x, y) = rows(24, 4);
+        let data = Dataset { x, y };
+        let (alpha, beta) = (0.3f32, 0.2f32);
+        let mut training = TrainingConfig {
+            steps: Some(2),
+            epochs: None,
+            batch_size: 24,
+            ..TrainingConfig::default()
+        };
+        training.optimizer.lr = beta;
+        let start = Network::new(&config, 4, 3, 7).unwrap();
+
+        let mut expected = start.clone();
+        let mut g = expected.parameters().zeros_like();
+        for _ in 0..2 {
+            expected.loss_and_gradient(data.x.view(), &data.y, None, &mut g);
+            let mut adapted = expected.clone();
+            adapted.params_mut().add_scaled(&g, -alpha).unwrap();
+            adapted.loss_and_gradient(data.x.view(), &data.y, None, &mut g);
+            expected.params_mut().add_scaled(&g, -beta).unwrap();
+        }
+
+        let mut net = start.clone();
+        let plan = LocalPlan {
+            meta: Some(alpha),
+            ..LocalPlan::plain(&training)
+        };
+        let stats = train(&mut net, &data, &plan, &mut SeededRng::new(5)).unwrap();
+        assert_eq!(stats.n_steps, 2);
+        // Full batches in another order sum in another order: equal to
+        // float rounding.
+        for (a, b) in net
+            .parameters()
+            .values()
+            .zip(expected.parameters().values())
+        {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        // Not the plain step: the adaptation matters.
+        let mut plain = start.clone();
+        train(
+            &mut plain,
+            &data,
+            &LocalPlan::plain(&training),
+            &mut SeededRng::new(5),
+        )
+        .unwrap();
+        let apart = plain
+            .parameters()
+            .values()
+            .zip(net.parameters().values())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(apart > 1e-3, "{apart}");
+
+        for bad in [0.0, -1.0, f32::NAN] {
+            let plan = LocalPlan {
+                meta: Some(bad),
+                ..LocalPlan::plain(&training)
+            };
+            let err = train(&mut net, &data, &plan, &mut SeededRng::new(5)).unwrap_err();
+            assert!(err.to_string().contains("inner step size"), "{err}");
         }
     }
 

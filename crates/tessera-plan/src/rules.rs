@@ -136,6 +136,32 @@ pub const RULES: &[Rule] = &[
             },
         )
     }),
+    rule("meta_strategy_local_dp", |p| {
+        let strategy = p.federation.strategy;
+        when(
+            strategy.needs().meta_steps && p.privacy.mode == PrivacyMode::Local,
+            &["federation.strategy", "privacy.mode"],
+            || {
+                format!(
+                    "{strategy} takes two batches a step (a meta step), which DP-SGD's \
+                     accounting does not cover; use central DP or another strategy"
+                )
+            },
+        )
+    }),
+    rule("meta_strategy_external_model", |p| {
+        let strategy = p.federation.strategy;
+        when(
+            strategy.needs().meta_steps && p.model.kind.is_external(),
+            &["federation.strategy", "model.kind"],
+            || {
+                format!(
+                    "{strategy} takes meta steps in tessera-learn's training loop, which an \
+                     external learner does not run; use a built-in model"
+                )
+            },
+        )
+    }),
     rule("personal_strategy_external_model", |p| {
         let strategy = p.federation.strategy;
         when(

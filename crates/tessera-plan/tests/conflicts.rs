@@ -121,6 +121,20 @@ fn each_rule_fires_on_the_plan_it_forbids() {
             }),
         ),
         (
+            "meta_strategy_local_dp",
+            Box::new(|p: &mut Plan| {
+                p.federation.strategy = StrategyKind::PerFedAvg;
+                p.privacy.mode = PrivacyMode::Local;
+            }),
+        ),
+        (
+            "meta_strategy_external_model",
+            Box::new(|p: &mut Plan| {
+                p.federation.strategy = StrategyKind::PerFedAvg;
+                p.model.kind = tessera_learn::ModelKind::External;
+            }),
+        ),
+        (
             "fine_tuning_needs_flat_sync_builtin",
             Box::new(|p: &mut Plan| {
                 p.personalization.finetune_epochs = 2;

@@ -388,6 +388,7 @@ pub fn instructions_to_pb(instructions: &Instructions, header: &mut pb::TaskHead
             head_layers: *head_layers,
             head_passes: *head_passes,
         })),
+        Instructions::PerFedAvg { alpha } => Some(Kind::Perfedavg(pb::PerFedAvg { alpha: *alpha })),
     };
     header.has_server_control = instructions.tensors().is_some();
     header.instructions = kind.map(|kind| pb::Instructions { kind: Some(kind) });
@@ -480,6 +481,15 @@ pub fn instructions_from_pb(
                 head_passes,
             }
         }
+        Some(Kind::Perfedavg(pb::PerFedAvg { alpha })) => {
+            let max = tessera_aggregate::MAX_INNER_LR;
+            if !(alpha.is_finite() && alpha > 0.0 && alpha <= max) {
+                return Err(ProtoError::Malformed(format!(
+                    "task: perfedavg's alpha {alpha} is outside (0, {max}]"
+                )));
+            }
+            Instructions::PerFedAvg { alpha }
+        }
     })
 }
 
@@ -509,6 +519,7 @@ mod tests {
                 head_layers: 1,
                 head_passes: 10,
             },
+            Instructions::PerFedAvg { alpha: 0.05 },
         ] {
             let mut header = pb::TaskHeader::default();
             instructions_to_pb(&instructions, &mut header);
@@ -520,7 +531,8 @@ mod tests {
             if let Instructions::FedDyn { .. }
             | Instructions::Ditto { .. }
             | Instructions::FedPer { .. }
-            | Instructions::FedRep { .. } = instructions
+            | Instructions::FedRep { .. }
+            | Instructions::PerFedAvg { .. } = instructions
             {
                 // No older form: an older participant is refused at joining.
                 continue;
@@ -563,6 +575,11 @@ mod tests {
             });
             let err = instructions_from_pb(&header(Some(fedrep)), None).unwrap_err();
             assert!(err.to_string().contains("fedrep's head_layers"), "{err}");
+        }
+        for alpha in [0.0, -1.0, 10.5, f32::NAN, f32::INFINITY] {
+            let perfedavg = Kind::Perfedavg(pb::PerFedAvg { alpha });
+            let err = instructions_from_pb(&header(Some(perfedavg)), None).unwrap_err();
+            assert!(err.to_string().contains("perfedavg's alpha"), "{err}");
         }
         // An arm this build does not know decodes as an empty oneof.
         let err = instructions_from_pb(&header(None), None).unwrap_err();

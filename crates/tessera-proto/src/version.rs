@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 15;
+pub const MINOR: u32 = 16;
 
 /// What this build can do.
 ///
@@ -67,6 +67,9 @@ pub const MINOR: u32 = 15;
 /// - `fedrep` (1.15): a site follows FedRep's instructions (its head trained
 ///   with the body held, then the body with the head held; a 1.15
 ///   coordinator requires it for `fedrep`, besides `personal-models`).
+/// - `perfedavg` (1.16): a site follows Per-FedAvg's instructions (its local
+///   training takes first-order meta steps with the task's inner step size;
+///   a 1.16 coordinator requires it for `perfedavg`).
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -96,6 +99,7 @@ pub const CAPABILITIES: &[&str] = &[
     "cross-silo",
     "personal-models",
     "fedrep",
+    "perfedavg",
 ];
 
 /// The strategies older peers can follow without the `instructions`
@@ -183,6 +187,9 @@ pub fn required_capabilities(strategy: &str) -> Vec<&'static str> {
     }
     if strategy == "fedrep" {
         required.push("fedrep");
+    }
+    if strategy == "perfedavg" {
+        required.push("perfedavg");
     }
     required
 }

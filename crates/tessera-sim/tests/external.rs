@@ -90,6 +90,7 @@ impl ExternalLearner for BuiltIn {
             term: (config.proximal_mu != 0.0 || config.correction.is_some())
                 .then_some(&term as &dyn GradientTerm),
             dp: None,
+            meta: None,
         };
         let mut rng = SeededRng::derived(
             self.seed,

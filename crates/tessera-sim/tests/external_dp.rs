@@ -62,6 +62,7 @@ impl ExternalLearner for PrivateLearner {
                 noise_key: derive_key(dp.seed, &[1]),
                 stream: 0,
             }),
+            meta: None,
         };
         let mut rng = SeededRng::new(dp.seed);
         let stats = self

@@ -186,6 +186,54 @@ fn fine_tuning_adapts_each_site_and_few_shot_uses_the_rows_it_is_given() {
     assert!(e.contains("personalization.finetune_lr = 0"), "{e}");
 }
 
+/// Per-FedAvg's meta steps train another global model than FedAvg's, one
+/// that a few-shot fine-tuning (20 rows a site) adapts to each site.
+#[test]
+fn per_fedavg_meta_learns_a_model_that_few_shot_fine_tuning_adapts() {
+    let (mut plan, data) = setup(StrategyKind::PerFedAvg, 2);
+    plan.personalization.finetune_rows = Some(20);
+    let meta = run(&plan, &data);
+    let p = meta.personalization.as_ref().unwrap();
+    assert_eq!(
+        (p.strategy.as_str(), p.finetune_rows),
+        ("perfedavg", Some(20))
+    );
+    assert!(
+        p.mean_personalized > p.mean_global + 0.01,
+        "adapted {} against global {}",
+        p.mean_personalized,
+        p.mean_global
+    );
+    assert_eq!(run(&plan, &data).final_parameters, meta.final_parameters);
+    // Another inner step size, another model.
+    let mut other = plan.clone();
+    other.strategies.insert(
+        "perfedavg".into(),
+        tessera_aggregate::StrategyConfig {
+            alpha: Some(0.1),
+            ..Default::default()
+        },
+    );
+    assert_ne!(run(&other, &data).final_parameters, meta.final_parameters);
+    plan.federation.strategy = StrategyKind::FedAvg;
+    let fedavg = run(&plan, &data);
+    assert_ne!(fedavg.final_parameters, meta.final_parameters);
+    let f = fedavg.personalization.unwrap();
+    println!(
+        "20-row fine-tuning: per-fedavg {:.4} (global {:.4}), fedavg {:.4} (global {:.4}), local-only {:.4}",
+        p.mean_personalized,
+        p.mean_global,
+        f.mean_personalized,
+        f.mean_global,
+        p.mean_local_only.unwrap_or(f64::NAN)
+    );
+    // Local DP and external learners cannot take meta steps.
+    let (mut plan, _) = setup(StrategyKind::PerFedAvg, 2);
+    plan.privacy.mode = PrivacyMode::Local;
+    let e = plan.validate().unwrap_err().to_string();
+    assert!(e.contains("perfedavg takes two batches a step"), "{e}");
+}
+
 #[test]
 fn plans_personalization_cannot_serve_are_refused_naming_why() {
     let refused = |plan: &Plan| plan.validate().unwrap_err().to_string();

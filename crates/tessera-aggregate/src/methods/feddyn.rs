@@ -32,6 +32,7 @@ impl FedDyn {
         server_copies: 1,
         site_copies: 2,
         personal: false,
+        meta_steps: false,
     };
 
     /// FedDyn with `h = 0`.

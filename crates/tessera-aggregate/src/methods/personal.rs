@@ -20,6 +20,7 @@ const PERSONAL: Needs = Needs {
     server_copies: 0,
     site_copies: 1,
     personal: true,
+    meta_steps: false,
 };
 
 /// Ditto (Li, Hu, Beirami, Smith, ICML 2021): the global model is FedAvg's;

@@ -33,6 +33,7 @@ impl Scaffold {
         server_copies: 2,
         site_copies: 2,
         personal: false,
+        meta_steps: false,
     };
 
     /// SCAFFOLD with a zero server control variate.

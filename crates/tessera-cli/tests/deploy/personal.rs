@@ -166,3 +166,57 @@ fn heads_stay_home(strategy: &str, settings: &str) {
         );
     }
 }
+
+/// Per-FedAvg deployed on Fed-Heart-Disease: the sites take meta steps, the
+/// global model is the simulation's bit for bit, and each site adapts it
+/// with 20 of its own rows into the simulation's personalized model.
+#[test]
+fn per_fedavg_deployed_is_the_simulation_and_each_site_adapts_with_few_rows() {
+    if util::skip_e2e("per_fedavg_deployed_is_the_simulation_and_each_site_adapts_with_few_rows") {
+        return;
+    }
+    let s = Scratch::new("perfedavg");
+    let text = heart_text(&s, 4).replace("strategy = \"fedavg\"", "strategy = \"perfedavg\"")
+        + "\n[privacy]\nsite_metrics = \"clear\"\n\n[strategies.perfedavg]\nalpha = 0.01\n\n\
+           [personalization]\nfinetune_epochs = 5\nfinetune_rows = 20\nfinetune_lr = 0.05\n";
+    assert!(text.contains("strategy = \"perfedavg\""));
+    let plan = s.write("perfedavg.toml", &text);
+    let (simulated, simulated_model) = s.simulate(&plan, "sim.model");
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &s.path("r.sqlite"), 0, crate::OUTPUTS);
+    let mut participants: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &["--report", &format!("{site}.json")]))
+        .collect();
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert_eq!(util::model(&s.path("dep.model")), simulated_model);
+    // Meta steps are not FedAvg's steps.
+    let fedavg = s.write(
+        "fedavg.toml",
+        &text.replace("strategy = \"perfedavg\"", "strategy = \"fedavg\""),
+    );
+    assert_ne!(s.simulate(&fedavg, "fedavg.model").1, simulated_model);
+    let mut adapted = 0;
+    for site in HEART_SITES {
+        let report = s.json(&format!("{site}.json"));
+        let expected = &simulated["personalization"]["per_site"][site];
+        assert_eq!(
+            report["personalized"]["accuracy"], expected["personalized"],
+            "{site}: {report}"
+        );
+        assert_eq!(report["global"]["accuracy"], expected["global"], "{site}");
+        adapted += usize::from(report["personalized"]["accuracy"] != report["global"]["accuracy"]);
+        println!(
+            "perfedavg {site}: adapted with 20 rows {}, global {}, local only {}",
+            report["personalized"]["accuracy"],
+            report["global"]["accuracy"],
+            report["local_baseline"]["accuracy"]
+        );
+    }
+    assert!(
+        adapted >= 2,
+        "{adapted} of 4 sites' adapted models differ from the global one"
+    );
+}
