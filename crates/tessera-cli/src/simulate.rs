@@ -160,9 +160,13 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         crate::logging::say(
             tracing::Level::INFO,
             &format!(
-                "{}: {} sites, {} training and {} test rows, {} features, {} classes; {} {} rounds, seed {}",
+                "{}: {} sites{}, {} training and {} test rows, {} features, {} classes; {} {} rounds, seed {}",
                 plan.name,
                 data.sites.len(),
+                match plan.personalization.new_sites.len() {
+                    0 => String::new(),
+                    n => format!(" ({n} of them new: they take no part in the rounds)"),
+                },
                 n_train,
                 n_test,
                 data.n_features(),
@@ -471,6 +475,24 @@ fn print_summary(report: &RunReport) {
             "personalized ({}{tuned}): {:.4} mean of sites; global {:.4}; local only {local}; \
              beats both at {} of {} sites",
             p.strategy, p.mean_personalized, p.mean_global, p.sites_beating_both, p.sites
+        );
+    }
+    if let Some(n) = &report.new_sites {
+        let local = n
+            .mean_local_only
+            .map_or_else(|| "n/a".to_string(), |l| format!("{l:.4}"));
+        let rows = n
+            .finetune_rows
+            .map_or_else(|| "all their rows".to_string(), |r| format!("{r} rows"));
+        println!(
+            "new sites (took no part; adapted {} epoch{} on {rows}): {:.4} mean; global {:.4}; \
+             trained alone on the same rows {local}; adapted beats both at {} of {}",
+            n.finetune_epochs,
+            if n.finetune_epochs == 1 { "" } else { "s" },
+            n.mean_adapted,
+            n.mean_global,
+            n.sites_beating_both,
+            n.sites
         );
     }
     if let Some(c) = &report.continual {

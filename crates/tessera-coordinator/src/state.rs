@@ -268,6 +268,13 @@ impl Federation {
                 ));
             }
         }
+        if !plan.personalization.new_sites.is_empty() {
+            return Err(CoordinatorError::Config(
+                "personalization.new_sites is a simulation setting: in deployment a new site \
+                 is one that did not join the run; remove it from the plan"
+                    .into(),
+            ));
+        }
         let central;
         let mut place: Option<(usize, Vec<String>)> = None;
         let mut hierarchy = None;

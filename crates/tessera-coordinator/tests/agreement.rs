@@ -152,3 +152,20 @@ fn an_evaluation_the_database_cannot_store_is_unavailable_and_retried() {
     f.submit_evaluation(first, &report(first)).unwrap();
     assert_eq!(f.store().evaluations(&run, round).unwrap().len(), 1);
 }
+
+/// A plan naming simulation's new sites is refused when the coordinator
+/// opens it: in deployment a new site is one that did not join.
+#[test]
+fn a_plan_naming_simulated_new_sites_is_refused_at_opening() {
+    let (plan, text) = plan("\n[personalization]\nnew_sites = [\"va\"]\n");
+    let db = Db::new();
+    let store = tessera_coordinator::SqliteStore::open(&db.path()).unwrap();
+    match tessera_coordinator::Federation::open(plan, &text, store, common::LIVENESS) {
+        Err(e) => assert!(
+            e.to_string()
+                .contains("personalization.new_sites is a simulation setting"),
+            "{e}"
+        ),
+        Ok(_) => panic!("a coordinator opened a plan naming new sites"),
+    }
+}

@@ -11,7 +11,7 @@ use crate::{RoundOutcome, RoundStatus};
 mod personal;
 mod view;
 
-pub use personal::{PersonalSite, PersonalizationReport};
+pub use personal::{NewSitesReport, PersonalSite, PersonalizationReport};
 pub use view::{DP_HISTOGRAM_BINS, EvaluationView, POOLED, sums};
 
 /// One round, as the table and the JSON show it.
@@ -325,6 +325,10 @@ pub struct RunReport {
     /// personalized strategy, or `[personalization]` fine-tuning).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub personalization: Option<PersonalizationReport>,
+    /// Sites that took no part and adapted the final model after the run
+    /// (simulation's `[personalization] new_sites`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_sites: Option<NewSitesReport>,
     /// Continual learning: the model the run continued from, and what it
     /// kept of the earlier data (simulation's `--continue-from`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

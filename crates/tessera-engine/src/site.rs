@@ -316,28 +316,22 @@ impl Site {
         };
         let round = plan.federation.rounds.saturating_add(1);
         let mut rng = public_rng(self.seed, round, &self.id);
-        let few;
-        let rows = match plan.personalization.finetune_rows {
-            Some(n) if n < train.n_rows() => {
-                // n rows drawn without replacement (a partial shuffle).
-                let mut order: Vec<usize> = (0..train.n_rows()).collect();
-                for i in 0..n {
-                    let left = (order.len() - i) as u64;
-                    let j = i + usize::try_from(rng.below(left)).unwrap_or(0);
-                    order.swap(i, j);
-                }
-                order.truncate(n);
-                few = train.select(&order);
-                &few
-            }
-            _ => train,
-        };
+        let few = few_rows(plan, &mut rng, train);
+        let rows = few.as_ref().unwrap_or(train);
         let training = plan.finetune_training();
         learner.set_parameters(&start)?;
         learner.fit(rows, &LocalPlan::plain(&training), &mut rng)?;
         let tuned = learner.parameters().clone();
         tuned.check_finite()?;
         Ok(tuned)
+    }
+
+    /// The rows of `train` that [`Site::personalized`] fine-tunes on: the
+    /// same `finetune_rows` drawn at random, or all of them.
+    pub fn finetune_rows(&self, plan: &crate::Plan, train: &Dataset) -> Dataset {
+        let round = plan.federation.rounds.saturating_add(1);
+        let mut rng = public_rng(self.seed, round, &self.id);
+        few_rows(plan, &mut rng, train).unwrap_or_else(|| train.clone())
     }
 
     /// Evaluates `parameters` on `rows`.
@@ -364,6 +358,23 @@ enum Model {
         /// The rows it trains on, as the site declared them.
         train_rows: Option<usize>,
     },
+}
+
+/// The plan's `finetune_rows` rows of `train` drawn without replacement
+/// from `rng` (a partial shuffle); `None` for all of them.
+fn few_rows(plan: &crate::Plan, rng: &mut SeededRng, train: &Dataset) -> Option<Dataset> {
+    let n = plan.personalization.finetune_rows?;
+    if n >= train.n_rows() {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..train.n_rows()).collect();
+    for i in 0..n {
+        let left = (order.len() - i) as u64;
+        let j = i + usize::try_from(rng.below(left)).unwrap_or(0);
+        order.swap(i, j);
+    }
+    order.truncate(n);
+    Some(train.select(&order))
 }
 
 /// The generator of a training without DP: the public stream

@@ -331,6 +331,7 @@ pub async fn run(
         final_metrics,
         baselines: None,
         personalization: None,
+        new_sites: None,
         continual: None,
         timing: Timing {
             total_seconds: elapsed,

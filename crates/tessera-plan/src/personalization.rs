@@ -25,6 +25,13 @@ pub struct PersonalizationConfig {
     /// epochs at the site).
     #[serde(default)]
     pub finetune_lr: Option<f32>,
+    /// Simulation: sites of the data that take no part in the run and
+    /// join after it, as a new hospital would. Each adapts the final
+    /// global model as the fine-tuning above says (few-shot with
+    /// `finetune_rows`) and is reported in the report's `new_sites` beside
+    /// the global model and a model trained on the same rows alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub new_sites: Vec<String>,
 }
 
 impl PersonalizationConfig {

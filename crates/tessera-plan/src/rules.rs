@@ -219,6 +219,13 @@ pub const RULES: &[Rule] = &[
             },
         )
     }),
+    rule("new_sites_need_builtin_model", |p| {
+        when(
+            !p.personalization.new_sites.is_empty() && p.model.kind.is_external(),
+            &["personalization.new_sites", "model.kind"],
+            || "new sites adapt the global model with a built-in model only".into(),
+        )
+    }),
     rule("local_dp_needs_sync", |p| {
         when(
             p.privacy.mode == PrivacyMode::Local && is_async(p),

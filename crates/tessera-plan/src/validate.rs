@@ -219,6 +219,22 @@ impl Plan {
                 ),
             );
         }
+        let mut named = std::collections::BTreeSet::new();
+        for site in &personalization.new_sites {
+            if site.trim().is_empty() || !named.insert(site.as_str()) {
+                push(
+                    &["personalization.new_sites"],
+                    format!(
+                        "personalization.new_sites names '{site}' {}",
+                        if site.trim().is_empty() {
+                            "(an empty name)"
+                        } else {
+                            "twice"
+                        }
+                    ),
+                );
+            }
+        }
         if let Some(rows) = personalization.finetune_rows
             && (rows == 0 || !personalization.fine_tunes())
         {

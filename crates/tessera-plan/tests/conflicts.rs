@@ -135,6 +135,13 @@ fn each_rule_fires_on_the_plan_it_forbids() {
             }),
         ),
         (
+            "new_sites_need_builtin_model",
+            Box::new(|p: &mut Plan| {
+                p.personalization.new_sites = vec!["a".into()];
+                p.model.kind = tessera_learn::ModelKind::External;
+            }),
+        ),
+        (
             "fine_tuning_needs_flat_sync_builtin",
             Box::new(|p: &mut Plan| {
                 p.personalization.finetune_epochs = 2;

@@ -147,10 +147,11 @@ pub fn simulate_continued(
         || plan.federation.mode != Mode::Sync
         || plan.model.kind.is_external()
         || options.attack.is_some()
+        || !plan.personalization.new_sites.is_empty()
     {
         return Err(EngineError::State(
             "continual learning runs on the flat topology with synchronous rounds, a built-in \
-             model and no simulated attack"
+             model, no simulated attack and no personalization.new_sites"
                 .into(),
         )
         .into());

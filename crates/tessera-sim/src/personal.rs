@@ -3,19 +3,21 @@
 //! plan says) evaluated on its test rows, reported against the global model
 //! and the site's local-only model.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use rayon::prelude::*;
 use tessera_core::ParameterSet;
+use tessera_core::{SeededRng, tag};
 use tessera_data::FederatedData;
-use tessera_engine::report::{Baselines, PersonalizationReport};
-use tessera_engine::{Plan, Site};
-use tessera_learn::Evaluation;
+use tessera_engine::report::{Baselines, NewSitesReport, PersonalizationReport};
+use tessera_engine::{EngineError, Plan, Site, streams};
+use tessera_learn::{Evaluation, LocalPlan};
 
 use crate::SimError;
 use crate::baselines::local_baseline;
-use crate::run::{initial_model, lock};
+use crate::run::{initial_model, lock, plain_sites};
 
 /// Each site's personalized model from the final `global` one, evaluated on
 /// its test rows (in site order); `None` when the plan does not personalize.
@@ -72,6 +74,96 @@ pub(crate) fn report(
         &names,
         global,
         personal,
+        &local_only,
+    ))
+}
+
+/// `data` without the plan's new sites, and the new sites alone (`None`
+/// when the plan names none). A name the data lacks, or no site left to
+/// train, is refused.
+pub(crate) fn split_new_sites<'a>(
+    plan: &Plan,
+    data: &'a FederatedData,
+) -> Result<(Cow<'a, FederatedData>, Option<FederatedData>), SimError> {
+    let new = &plan.personalization.new_sites;
+    if new.is_empty() {
+        return Ok((Cow::Borrowed(data), None));
+    }
+    let refused = |why: String| SimError::Engine(EngineError::State(why));
+    if let Some(missing) = new
+        .iter()
+        .find(|n| !data.sites.iter().any(|s| &s.name == *n))
+    {
+        let names: Vec<&str> = data.sites.iter().map(|s| s.name.as_str()).collect();
+        return Err(refused(format!(
+            "personalization.new_sites names '{missing}', which the data does not have (its \
+             sites: {})",
+            names.join(", ")
+        )));
+    }
+    if new.len() >= data.sites.len() {
+        return Err(refused(
+            "personalization.new_sites names every site: none is left to train".into(),
+        ));
+    }
+    let part = |is_new: bool| FederatedData {
+        feature_names: data.feature_names.clone(),
+        task: data.task.clone(),
+        sites: data
+            .sites
+            .iter()
+            .filter(|s| new.contains(&s.name) == is_new)
+            .cloned()
+            .collect(),
+        summary: data
+            .summary
+            .iter()
+            .filter(|s| new.contains(&s.site) == is_new)
+            .cloned()
+            .collect(),
+        agreement: data.agreement.clone(),
+    };
+    Ok((Cow::Owned(part(false)), Some(part(true))))
+}
+
+/// The new sites' section: each new site (a fresh site, which took no part)
+/// adapts `global` as `[personalization]` says and evaluates it, the global
+/// model, and a model trained alone on the same rows with the plan's
+/// baseline training, on its test rows.
+pub(crate) fn new_sites(
+    plan: &Plan,
+    new: &FederatedData,
+    global: &ParameterSet,
+) -> Result<NewSitesReport, SimError> {
+    let initial = initial_model(plan, new)?;
+    let names: Vec<&str> = new.sites.iter().map(|s| s.name.as_str()).collect();
+    let (sites, _) = plain_sites(plan, initial.as_ref(), &names);
+    let training = plan.baseline_training();
+    let mut global_evaluations = Vec::new();
+    let mut adapted = Vec::new();
+    let mut local_only = BTreeMap::new();
+    for (site, rows) in sites.iter().zip(&new.sites) {
+        let mut site = lock(site);
+        global_evaluations.push(site.evaluate(global, &rows.test)?);
+        let own = site.personalized(plan, global, &rows.train)?;
+        adapted.push(site.evaluate(&own, &rows.test)?);
+        // Alone, on the rows the adaptation used; a model that fails to
+        // train is left out, as the local-only baselines leave theirs.
+        let few = site.finetune_rows(plan, &rows.train);
+        let mut alone = initial.clone_box();
+        let mut rng = SeededRng::derived(plan.seed, &[streams::BASELINE, tag(&rows.name)]);
+        if alone
+            .fit(&few, &LocalPlan::plain(&training), &mut rng)
+            .is_ok()
+        {
+            local_only.insert(rows.name.clone(), alone.evaluate(&rows.test)?.accuracy());
+        }
+    }
+    Ok(NewSitesReport::new(
+        plan,
+        &names,
+        &global_evaluations,
+        &adapted,
         &local_only,
     ))
 }

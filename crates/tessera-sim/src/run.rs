@@ -117,6 +117,8 @@ pub fn simulate(
                 .into(),
         )));
     }
+    let (data, new_sites) = crate::personal::split_new_sites(plan, data)?;
+    let data = data.as_ref();
     plan.check_cohort(data.sites.len())?;
     check_memory(plan, data)?;
     let rounds_started = Instant::now();
@@ -147,7 +149,12 @@ pub fn simulate(
         Mode::Async => crate::asynchronous::run_async(plan, data, observer)?,
     };
     let rounds_seconds = rounds_started.elapsed().as_secs_f64();
-    report(plan, data, options, run, topology, rounds_seconds)
+    let mut report = report(plan, data, options, run, topology, rounds_seconds)?;
+    if let Some(new) = new_sites {
+        let global = &report.final_parameters;
+        report.new_sites = Some(crate::personal::new_sites(plan, &new, global)?);
+    }
+    Ok(report)
 }
 
 /// The report of a federated run: baselines when asked for, the final
@@ -280,6 +287,7 @@ pub(crate) fn report(
         }),
         topology,
         personalization,
+        new_sites: None,
         continual: None,
         final_parameters,
     })

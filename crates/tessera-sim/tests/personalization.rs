@@ -234,6 +234,66 @@ fn per_fedavg_meta_learns_a_model_that_few_shot_fine_tuning_adapts() {
     assert!(e.contains("perfedavg takes two batches a step"), "{e}");
 }
 
+/// New sites take no part: the global model is, bit for bit, the one the
+/// other sites train without them; each new site then adapts it with 20 of
+/// its own rows, and is reported against the global model and a model
+/// trained on the same 20 rows alone.
+#[test]
+fn new_sites_take_no_part_and_adapt_the_final_model_with_few_rows() {
+    let (mut plan, data) = setup(StrategyKind::FedAvg, 5);
+    plan.personalization.finetune_rows = Some(20);
+    let new = ["site1", "site4", "site7"];
+    plan.personalization.new_sites = new.iter().map(|s| s.to_string()).collect();
+    let report = run(&plan, &data);
+    let n = report.new_sites.as_ref().unwrap();
+    assert_eq!(n.per_site.keys().collect::<Vec<_>>(), new);
+    assert_eq!((n.finetune_epochs, n.finetune_rows), (5, Some(20)));
+    for site in new {
+        assert!(!report.communication.bytes_up_per_site.contains_key(site));
+        assert!(
+            !report
+                .personalization
+                .as_ref()
+                .unwrap()
+                .per_site
+                .contains_key(site)
+        );
+    }
+    assert!(report.rounds.iter().all(|r| r.accepted == 9));
+    let moved = n.per_site.values().filter(|s| s.personalized != s.global);
+    assert!(moved.count() >= 2, "{n:?}");
+    assert!(n.per_site.values().all(|s| s.local_only.is_some()));
+
+    // The same run without the new sites in the data at all.
+    let mut without = data.clone();
+    without.sites.retain(|s| !new.contains(&s.name.as_str()));
+    without.summary.retain(|s| !new.contains(&s.site.as_str()));
+    let mut alone = plan.clone();
+    alone.personalization.new_sites.clear();
+    let trained = run(&alone, &without);
+    assert_eq!(trained.final_parameters, report.final_parameters);
+    assert_eq!(trained.personalization, report.personalization);
+    println!(
+        "new sites, 20 rows: adapted {:.4}, global {:.4}, alone on the same rows {:.4}",
+        n.mean_adapted,
+        n.mean_global,
+        n.mean_local_only.unwrap_or(f64::NAN)
+    );
+
+    // Refused, naming why: a site the data lacks, every site, a name twice.
+    let refused = |plan: &Plan| {
+        simulate(plan, &data, &SimOptions::default(), &mut |_| {})
+            .unwrap_err()
+            .to_string()
+    };
+    plan.personalization.new_sites = vec!["site99".into()];
+    assert!(refused(&plan).contains("names 'site99', which the data does not have"));
+    plan.personalization.new_sites = data.sites.iter().map(|s| s.name.clone()).collect();
+    assert!(refused(&plan).contains("none is left to train"));
+    plan.personalization.new_sites = vec!["site1".into(), "site1".into()];
+    assert!(refused(&plan).contains("names 'site1' twice"));
+}
+
 #[test]
 fn plans_personalization_cannot_serve_are_refused_naming_why() {
     let refused = |plan: &Plan| plan.validate().unwrap_err().to_string();

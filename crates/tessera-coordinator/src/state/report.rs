@@ -89,6 +89,7 @@ impl Federation {
             final_metrics,
             baselines: None,
             personalization: None,
+            new_sites: None,
             continual: None,
             metrics_privacy: self.privacy.metrics_report(true),
             timing: Timing {

@@ -105,3 +105,54 @@ impl PersonalizationReport {
         }
     }
 }
+
+/// Sites that took no part in the run, each adapting the final global model
+/// on its own rows after it (fine-tuned as `[personalization]` says, on
+/// `finetune_rows` rows where given), against the global model and a model
+/// trained on the same rows alone, on the site's test rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewSitesReport {
+    /// Fine-tuning epochs (0: the new sites use the global model as it is).
+    pub finetune_epochs: u64,
+    /// Rows each new site adapted on, when fewer than all (few-shot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune_rows: Option<usize>,
+    /// Mean over new sites of the global model's accuracy.
+    pub mean_global: f64,
+    /// Mean over new sites of the adapted models' accuracy.
+    pub mean_adapted: f64,
+    /// Mean over new sites of the accuracy of a model trained on the same
+    /// rows alone (the plan's baseline training; over those that trained).
+    pub mean_local_only: Option<f64>,
+    /// New sites where the adapted model beats both others.
+    pub sites_beating_both: usize,
+    /// New sites with test rows.
+    pub sites: usize,
+    /// Each new site (`personalized` is its adapted model).
+    pub per_site: BTreeMap<String, PersonalSite>,
+}
+
+impl NewSitesReport {
+    /// The section from each new site's evaluations of the global and the
+    /// adapted model and its local-only accuracy (by name, where it
+    /// trained).
+    pub fn new(
+        plan: &crate::Plan,
+        names: &[&str],
+        global: &[Evaluation],
+        adapted: &[Evaluation],
+        local_only: &BTreeMap<String, f64>,
+    ) -> NewSitesReport {
+        let p = PersonalizationReport::new(plan, names, global, adapted, local_only);
+        NewSitesReport {
+            finetune_epochs: p.finetune_epochs,
+            finetune_rows: p.finetune_rows,
+            mean_global: p.mean_global,
+            mean_adapted: p.mean_personalized,
+            mean_local_only: p.mean_local_only,
+            sites_beating_both: p.sites_beating_both,
+            sites: p.sites,
+            per_site: p.per_site,
+        }
+    }
+}
