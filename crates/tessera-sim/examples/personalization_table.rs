@@ -8,7 +8,9 @@
 //!     cargo run --release -p tessera-sim --example personalization_table
 //!
 //! Arguments, if any, keep only the methods whose label contains one of
-//! them (`... -- FedRep`).
+//! them (`... -- FedRep`); `new-sites` gives the new-sites table alone: the
+//! last sites of each split take no part and adapt the final model with 20
+//! of their rows.
 
 use std::path::Path;
 
@@ -73,17 +75,46 @@ fn benches() -> Vec<Bench> {
     ]
 }
 
-/// The methods: (label, strategy, fine-tuning epochs).
-const METHODS: [(&str, StrategyKind, u64); 5] = [
-    ("FedAvg + fine-tuning (1 epoch)", StrategyKind::FedAvg, 1),
-    ("Ditto (lambda 0.1)", StrategyKind::Ditto, 0),
-    ("FedPer (head: last layer)", StrategyKind::FedPer, 0),
+/// The methods: (label, strategy, fine-tuning epochs, few-shot rows).
+const METHODS: [(&str, StrategyKind, u64, Option<usize>); 8] = [
+    (
+        "FedAvg + fine-tuning (1 epoch)",
+        StrategyKind::FedAvg,
+        1,
+        None,
+    ),
+    ("Ditto (lambda 0.1)", StrategyKind::Ditto, 0, None),
+    ("FedPer (head: last layer)", StrategyKind::FedPer, 0, None),
     (
         "FedRep (head: last layer, 10 head passes)",
         StrategyKind::FedRep,
         0,
+        None,
     ),
-    ("Ditto + fine-tuning (1 epoch)", StrategyKind::Ditto, 1),
+    (
+        "Ditto + fine-tuning (1 epoch)",
+        StrategyKind::Ditto,
+        1,
+        None,
+    ),
+    (
+        "Per-FedAvg (alpha 0.01) + fine-tuning (1 epoch)",
+        StrategyKind::PerFedAvg,
+        1,
+        None,
+    ),
+    (
+        "FedAvg + few-shot fine-tuning (20 rows, 5 epochs)",
+        StrategyKind::FedAvg,
+        5,
+        Some(20),
+    ),
+    (
+        "Per-FedAvg (alpha 0.01) + few-shot fine-tuning (20 rows, 5 epochs)",
+        StrategyKind::PerFedAvg,
+        5,
+        Some(20),
+    ),
 ];
 
 fn load(file: &str, setup: fn(&mut Plan, u64), seed: u64) -> Result<(Plan, FederatedData)> {
@@ -128,8 +159,74 @@ fn run(plan: &Plan, data: &FederatedData) -> Result<PersonalizationReport> {
     Ok(report.personalization.ok_or("no personalization section")?)
 }
 
+/// The new-sites methods: (label, strategy, fine-tuning epochs).
+const NEW_SITE_METHODS: [(&str, StrategyKind, u64); 4] = [
+    ("FedAvg, adapted 1 epoch", StrategyKind::FedAvg, 1),
+    ("FedAvg, adapted 5 epochs", StrategyKind::FedAvg, 5),
+    (
+        "Per-FedAvg (alpha 0.01), adapted 1 epoch",
+        StrategyKind::PerFedAvg,
+        1,
+    ),
+    (
+        "Per-FedAvg (alpha 0.01), adapted 5 epochs",
+        StrategyKind::PerFedAvg,
+        5,
+    ),
+];
+
+/// The last `k` sites of each split (by name) are new: they take no part
+/// and adapt the final model on 20 of their rows.
+fn new_sites_table() -> Result<()> {
+    for (bench, k) in benches().into_iter().skip(1).zip([4usize, 4, 5]) {
+        println!(
+            "\n{}: the last {k} sites new, adapting on 20 rows\n",
+            bench.name
+        );
+        println!(
+            "| method | adapted (mean of new sites) | global | trained alone on the same 20 rows | new sites where adapted beats both |"
+        );
+        println!("|---|---:|---:|---:|---:|");
+        let mut rows: Vec<Vec<[f64; 4]>> = vec![Vec::new(); NEW_SITE_METHODS.len()];
+        for seed in SEEDS {
+            let (mut plan, data) = load(bench.file, bench.setup, seed)?;
+            let mut names: Vec<String> = data.sites.iter().map(|s| s.name.clone()).collect();
+            names.sort_by_key(|n| (n.len(), n.clone()));
+            plan.personalization.new_sites = names.split_off(names.len() - k);
+            plan.personalization.finetune_rows = Some(20);
+            for (i, (_, strategy, epochs)) in NEW_SITE_METHODS.into_iter().enumerate() {
+                plan.federation.strategy = strategy;
+                plan.personalization.finetune_epochs = epochs;
+                plan.validate()?;
+                let report = simulate(&plan, &data, &SimOptions::default(), &mut |_| {})?;
+                let n = report.new_sites.ok_or("no new_sites section")?;
+                rows[i].push([
+                    n.mean_adapted,
+                    n.mean_global,
+                    n.mean_local_only.unwrap_or(f64::NAN),
+                    n.sites_beating_both as f64 / n.sites.max(1) as f64,
+                ]);
+            }
+        }
+        for (i, (label, _, _)) in NEW_SITE_METHODS.into_iter().enumerate() {
+            let column = |c: usize| -> Vec<f64> { rows[i].iter().map(|r| r[c]).collect() };
+            let share = 100.0 * column(3).iter().sum::<f64>() / rows[i].len() as f64;
+            println!(
+                "| {label} | {} | {} | {} | {share:.0}% |",
+                mean_sd(&column(0)),
+                mean_sd(&column(1)),
+                mean_sd(&column(2))
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let only: Vec<String> = std::env::args().skip(1).collect();
+    if only.iter().any(|o| o == "new-sites") {
+        return new_sites_table();
+    }
     let chosen = |label: &str| only.is_empty() || only.iter().any(|o| label.contains(o.as_str()));
     for bench in benches() {
         println!("\n{}\n", bench.name);
@@ -144,14 +241,16 @@ fn main() -> Result<()> {
             let (mut plan, data) = load(bench.file, bench.setup, seed)?;
             // FedAvg's global model is the reference every method is compared with.
             plan.personalization.finetune_epochs = 1;
+            plan.personalization.finetune_rows = None;
             plan.federation.strategy = StrategyKind::FedAvg;
             let reference = run(&plan, &data)?;
-            for (i, (label, strategy, epochs)) in METHODS.into_iter().enumerate() {
+            for (i, (label, strategy, epochs, few)) in METHODS.into_iter().enumerate() {
                 if !chosen(label) {
                     continue;
                 }
                 plan.federation.strategy = strategy;
                 plan.personalization.finetune_epochs = epochs;
+                plan.personalization.finetune_rows = few;
                 match run(&plan, &data) {
                     Ok(p) => rows[i].push([
                         p.mean_personalized,
@@ -164,7 +263,7 @@ fn main() -> Result<()> {
                 }
             }
         }
-        for (i, (label, _, _)) in METHODS.into_iter().enumerate() {
+        for (i, (label, _, _, _)) in METHODS.into_iter().enumerate() {
             if !chosen(label) {
                 continue;
             }
