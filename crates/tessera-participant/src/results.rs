@@ -70,6 +70,11 @@ impl Takeaway {
             .map(|l| (l.participant_epsilon(site), l.budgets().delta))
     }
 
+    /// The first round this process trained.
+    pub(crate) fn first_training(&self) -> Option<u32> {
+        self.trained.first().copied()
+    }
+
     /// Rounds (or attempts) this site trained.
     pub(crate) fn trainings(&self) -> usize {
         self.trained.len()
@@ -161,6 +166,12 @@ pub struct SiteReport {
     /// personalize. It never left the site.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub personalized: Option<Figures>,
+    /// Under a personalized strategy, when this process did not train from
+    /// the first round (a late join, or a restart: a site's personal state
+    /// is not kept across restarts yet): the first round it trained, from
+    /// which its personal model is made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub personal_from_round: Option<u32>,
     /// A model trained on this site's rows alone, on the same test rows.
     pub local_baseline: Baseline,
     /// Global accuracy minus the baseline's (`null` without test rows).
@@ -343,6 +354,10 @@ impl SiteResults {
             gain: global.accuracy.zip(baseline.accuracy).map(|(g, b)| g - b),
             global: Figures { metrics: global },
             personalized: self.personalized()?.map(|metrics| Figures { metrics }),
+            personal_from_round: self
+                .takeaway
+                .first_training()
+                .filter(|&first| first > 1 && plan.federation.strategy.needs().personal),
             local_baseline: Baseline {
                 metrics: baseline,
                 training: format!(

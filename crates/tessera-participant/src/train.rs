@@ -71,6 +71,17 @@ pub(crate) async fn train(
             }
             return Err(Failure::Fatal(ParticipantError::Local(reason)));
         }
+        if state.takeaway.first_training().is_none()
+            && round > 1
+            && state.plan.federation.strategy.needs().personal
+        {
+            tracing::warn!(
+                round,
+                "this site's personal model starts at round {round}: this process did not train \
+                 the rounds before it (a late join, or a restart: a site's personal state is not \
+                 kept across restarts yet)"
+            );
+        }
         state
             .takeaway
             .trained(&config.site, round, site.last_dp_event());

@@ -3,12 +3,15 @@
 //! model, every round's aggregate, and every byte of the file, freed pages
 //! included, where the sites' updates were kept until their round closed)
 //! holds none of a site's head values, and each site takes home its
-//! personalized model, which is the simulation's.
+//! personalized model, which is the simulation's. Per-FedAvg's deployed run
+//! is its simulation; a Ditto site restarted mid-run says from which round
+//! its personal model is.
 
 use tessera_core::ParameterSet;
 use tessera_engine::model_file::ModelFile;
 
-use crate::util::procs::{HEART_SITES, Proc, coordinator, participant};
+use crate::util::procs::{HEART_SITES, Proc, coordinator, participant, wait_until};
+use crate::util::status::poll;
 use crate::util::{self, Scratch};
 use crate::{LIMIT, heart_text};
 
@@ -219,4 +222,60 @@ fn per_fedavg_deployed_is_the_simulation_and_each_site_adapts_with_few_rows() {
         adapted >= 2,
         "{adapted} of 4 sites' adapted models differ from the global one"
     );
+}
+
+/// A Ditto site killed mid-run and started again: its personal state was in
+/// the killed process, and the restarted one says so, at the site (a
+/// warning, and its report's `personal_from_round`), instead of passing off
+/// a personal model of the later rounds as the whole run's.
+#[test]
+fn a_restarted_ditto_site_says_its_personal_model_starts_where_it_restarted() {
+    if util::skip_e2e("a_restarted_ditto_site_says_its_personal_model_starts_where_it_restarted") {
+        return;
+    }
+    let s = Scratch::new("ditto-restart");
+    let plan = crate::plan(&s, "ditto", "quorum = 3");
+    let db = s.path("c.sqlite");
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &db, 0, &["--liveness", "1.5"]);
+    let report = |site: &str| ["--report".to_string(), format!("{site}.json")];
+    let mut participants: Vec<Proc> = HEART_SITES[..3]
+        .iter()
+        .map(|site| {
+            participant(
+                &s.dir,
+                &url,
+                site,
+                &report(site).each_ref().map(|a| a.as_str()),
+            )
+        })
+        .collect();
+    let mut va = participant(&s.dir, &url, "va", &["--pause-before-update", "3"]);
+    wait_until(LIMIT, "round 2 with three accepted updates", || {
+        poll(&db, |s| s.pending_updates_of(2)) == 3
+    });
+    va.kill_9();
+    let mut va = participant(&s.dir, &url, "va", &["--report", "va.json"]);
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    assert!(va.wait(LIMIT).success(), "{}", va.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    let restarted = s.json("va.json");
+    let from = restarted["personal_from_round"].as_u64().unwrap_or(0);
+    assert!(from >= 2, "{restarted}");
+    assert!(restarted["personalized"].is_object(), "{restarted}");
+    assert!(
+        va.log()
+            .contains(&format!("personal model starts at round {from}")),
+        "{}",
+        va.log()
+    );
+    for site in &HEART_SITES[..3] {
+        let whole = s.json(&format!("{site}.json"));
+        assert!(
+            whole.get("personal_from_round").is_none(),
+            "{site}: {whole}"
+        );
+    }
+    println!("va restarted: its personal model from round {from}");
 }
