@@ -4,6 +4,7 @@
 //! and, when it does something at the sites, its local file in `methods/`;
 //! adding one adds its files and a line to each table here.
 
+mod apfl;
 mod fedavg;
 mod feddyn;
 mod feddyn_local;
@@ -25,6 +26,7 @@ use tessera_core::ParameterSet;
 use crate::local::{LocalAlgorithm, PlainLocal};
 use crate::{AggregateError, Strategy};
 
+pub use apfl::{Apfl, ApflLocal, MIN_ALPHA};
 pub use fedavg::{FedAvg, FedAvgM, FedOpt, FedOptVariant, FedProx};
 pub use feddyn::FedDyn;
 pub use feddyn_local::FedDynLocal;
@@ -84,6 +86,12 @@ pub enum Instructions {
         /// The inner (adaptation) step size.
         alpha: f32,
     },
+    /// APFL: FedAvg's update, and the site's personal model and mixing
+    /// weight (from `alpha` at its first round) trained beside it.
+    Apfl {
+        /// The initial mixing weight.
+        alpha: f32,
+    },
 }
 
 impl Instructions {
@@ -98,6 +106,7 @@ impl Instructions {
             Instructions::FedPer { .. } => "fedper",
             Instructions::FedRep { .. } => "fedrep",
             Instructions::PerFedAvg { .. } => "perfedavg",
+            Instructions::Apfl { .. } => "apfl",
         }
     }
 
@@ -113,6 +122,7 @@ impl Instructions {
             Instructions::FedPer { .. } => Box::new(FedPerLocal::default()),
             Instructions::FedRep { .. } => Box::new(FedRepLocal::default()),
             Instructions::PerFedAvg { .. } => Box::new(PerFedAvgLocal),
+            Instructions::Apfl { .. } => Box::new(ApflLocal::default()),
         }
     }
 
@@ -137,7 +147,8 @@ impl Instructions {
                     head_passes: q,
                 },
             ) => a == b && p == q,
-            (I::PerFedAvg { alpha: a }, I::PerFedAvg { alpha: b }) => a == b,
+            (I::PerFedAvg { alpha: a }, I::PerFedAvg { alpha: b })
+            | (I::Apfl { alpha: a }, I::Apfl { alpha: b }) => a == b,
             _ => false,
         }
     }
@@ -152,7 +163,8 @@ impl Instructions {
             | Instructions::Ditto { .. }
             | Instructions::FedPer { .. }
             | Instructions::FedRep { .. }
-            | Instructions::PerFedAvg { .. } => None,
+            | Instructions::PerFedAvg { .. }
+            | Instructions::Apfl { .. } => None,
         }
     }
 }
@@ -174,6 +186,7 @@ impl fmt::Display for Instructions {
                 "fedrep (head_layers {head_layers}, head_passes {head_passes})"
             ),
             Instructions::PerFedAvg { alpha } => write!(f, "perfedavg (alpha {alpha})"),
+            Instructions::Apfl { alpha } => write!(f, "apfl (initial alpha {alpha})"),
         }
     }
 }
@@ -232,11 +245,13 @@ pub enum StrategyKind {
     FedRep,
     /// Per-FedAvg, first-order (meta-learned initialisation).
     PerFedAvg,
+    /// APFL (personalized: a learned mixture of personal and global).
+    Apfl,
 }
 
 impl StrategyKind {
     /// Every strategy, in a fixed order.
-    pub const ALL: [StrategyKind; 12] = [
+    pub const ALL: [StrategyKind; 13] = [
         StrategyKind::FedAvg,
         StrategyKind::FedAvgM,
         StrategyKind::FedProx,
@@ -249,6 +264,7 @@ impl StrategyKind {
         StrategyKind::FedPer,
         StrategyKind::FedRep,
         StrategyKind::PerFedAvg,
+        StrategyKind::Apfl,
     ];
 
     /// The name used in plans and on the command line.
@@ -266,6 +282,7 @@ impl StrategyKind {
             StrategyKind::FedPer => "fedper",
             StrategyKind::FedRep => "fedrep",
             StrategyKind::PerFedAvg => "perfedavg",
+            StrategyKind::Apfl => "apfl",
         }
     }
 }
@@ -280,6 +297,7 @@ impl StrategyKind {
             StrategyKind::FedPer => FedPer::NEEDS,
             StrategyKind::FedRep => FedRep::NEEDS,
             StrategyKind::PerFedAvg => PerFedAvg::NEEDS,
+            StrategyKind::Apfl => Apfl::NEEDS,
             StrategyKind::FedAvg
             | StrategyKind::FedAvgM
             | StrategyKind::FedProx
@@ -338,7 +356,8 @@ pub struct StrategyConfig {
     #[serde(default)]
     pub tau: Option<f32>,
     /// FedDyn: regularisation weight α (0.01). Per-FedAvg: the inner
-    /// (adaptation) step size α (0.01, at most 10).
+    /// (adaptation) step size α (0.01, at most 10). APFL: each site's
+    /// initial mixing weight α (0.5, from 0.01 to 1).
     #[serde(default)]
     pub alpha: Option<f32>,
     /// Ditto: the pull of each site's personal model toward the global one (0.1).
@@ -445,6 +464,19 @@ impl StrategyConfig {
                     server_lr: server_lr(1.0)?,
                 })
             }
+            StrategyKind::Apfl => {
+                let alpha = self.alpha.unwrap_or(0.5);
+                if !(alpha.is_finite() && (MIN_ALPHA..=1.0).contains(&alpha)) {
+                    return Err(AggregateError::Config(format!(
+                        "apfl: `alpha` must be from {MIN_ALPHA} to 1, got {}",
+                        tessera_core::value(alpha)
+                    )));
+                }
+                Box::new(Apfl {
+                    alpha,
+                    server_lr: server_lr(1.0)?,
+                })
+            }
             StrategyKind::FedRep => {
                 let head_passes = self.head_passes.unwrap_or(10);
                 if !(1..=MAX_HEAD_PASSES).contains(&head_passes) {
@@ -477,7 +509,7 @@ mod tests {
         let err = "fedsgd".parse::<StrategyKind>().unwrap_err();
         assert_eq!(
             err,
-            "unknown strategy 'fedsgd' (expected one of fedavg, fedavgm, fedprox, scaffold, fedadam, fedyogi, fedadagrad, feddyn, ditto, fedper, fedrep, perfedavg)"
+            "unknown strategy 'fedsgd' (expected one of fedavg, fedavgm, fedprox, scaffold, fedadam, fedyogi, fedadagrad, feddyn, ditto, fedper, fedrep, perfedavg, apfl)"
         );
     }
 

@@ -67,6 +67,16 @@ pub trait LocalModel {
         ))
     }
 
+    /// The loss gradient at the current parameters on the site's training
+    /// rows (the first rows, up to a bound). Refused by a model that cannot
+    /// give it (DP-SGD, whose gradients are released only noised; an
+    /// external learner).
+    fn gradient(&mut self) -> Result<ParameterSet, CoreError> {
+        Err(CoreError::Invalid(
+            "this model cannot give its loss gradient (DP-SGD or an external learner)".into(),
+        ))
+    }
+
     /// One local training with DP-SGD: noise as `dp` says, batches drawn
     /// from `rng` (which the caller keys with the site's secret).
     fn train_private(

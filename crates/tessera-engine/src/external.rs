@@ -350,7 +350,8 @@ fn base_config(round: u32, instructions: &Instructions, training: &TrainingConfi
             | Instructions::Ditto { .. }
             | Instructions::FedPer { .. }
             | Instructions::FedRep { .. }
-            | Instructions::PerFedAvg { .. } => 0.0,
+            | Instructions::PerFedAvg { .. }
+            | Instructions::Apfl { .. } => 0.0,
         },
         correction: None,
         lr: training.optimizer.lr,

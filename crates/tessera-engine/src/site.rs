@@ -468,6 +468,14 @@ impl LocalModel for SiteModel<'_> {
         self.fit(term, None, None, Some(inner_lr))
     }
 
+    fn gradient(&mut self) -> Result<ParameterSet, CoreError> {
+        // A bound on the work: APFL's mixing weight needs a direction, not
+        // every row.
+        const MAX_ROWS: usize = 4096;
+        let taken = self.learner.gradient(self.rows, MAX_ROWS);
+        taken.map(|(_, g)| g).map_err(|e| self.failed(e))
+    }
+
     fn train_private(
         &mut self,
         term: Option<&dyn GradientTerm>,

@@ -78,6 +78,10 @@ pub trait Learner: Send {
     /// first `max_rows` rows of each example's squared loss gradient (the
     /// importance elastic weight consolidation weighs parameters by).
     fn importance(&self, data: &Dataset, max_rows: usize) -> Result<ParameterSet, LearnError>;
+
+    /// The mean loss over the first `max_rows` rows of `data` and its
+    /// gradient (APFL's mixing weight steps along it).
+    fn gradient(&self, data: &Dataset, max_rows: usize) -> Result<(f64, ParameterSet), LearnError>;
 }
 
 /// The learner `config` describes for `n_features` inputs and `n_classes`

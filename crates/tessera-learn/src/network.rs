@@ -403,6 +403,21 @@ impl Learner for Network {
         Box::new(self.clone())
     }
 
+    fn gradient(&self, data: &Dataset, max_rows: usize) -> Result<(f64, ParameterSet), LearnError> {
+        self.check_features(data)?;
+        let n = data.n_rows().min(max_rows);
+        if n == 0 {
+            return Err(LearnError::Config("gradient: no rows to take it on".into()));
+        }
+        let mut grad = self.params.zeros_like();
+        let rows = data.x.slice(ndarray::s![..n, ..]);
+        let loss = self.loss_and_gradient(rows, &data.y[..n], None, &mut grad);
+        if !loss.is_finite() || grad.check_finite().is_err() {
+            return Err(LearnError::Diverged { step: 0 });
+        }
+        Ok((loss, grad))
+    }
+
     fn importance(&self, data: &Dataset, max_rows: usize) -> Result<ParameterSet, LearnError> {
         self.check_features(data)?;
         let n = data.n_rows().min(max_rows);

@@ -389,6 +389,7 @@ pub fn instructions_to_pb(instructions: &Instructions, header: &mut pb::TaskHead
             head_passes: *head_passes,
         })),
         Instructions::PerFedAvg { alpha } => Some(Kind::Perfedavg(pb::PerFedAvg { alpha: *alpha })),
+        Instructions::Apfl { alpha } => Some(Kind::Apfl(pb::Apfl { alpha: *alpha })),
     };
     header.has_server_control = instructions.tensors().is_some();
     header.instructions = kind.map(|kind| pb::Instructions { kind: Some(kind) });
@@ -490,6 +491,15 @@ pub fn instructions_from_pb(
             }
             Instructions::PerFedAvg { alpha }
         }
+        Some(Kind::Apfl(pb::Apfl { alpha })) => {
+            let min = tessera_aggregate::MIN_ALPHA;
+            if !(alpha.is_finite() && (min..=1.0).contains(&alpha)) {
+                return Err(ProtoError::Malformed(format!(
+                    "task: apfl's alpha {alpha} is outside [{min}, 1]"
+                )));
+            }
+            Instructions::Apfl { alpha }
+        }
     })
 }
 
@@ -520,6 +530,7 @@ mod tests {
                 head_passes: 10,
             },
             Instructions::PerFedAvg { alpha: 0.05 },
+            Instructions::Apfl { alpha: 0.25 },
         ] {
             let mut header = pb::TaskHeader::default();
             instructions_to_pb(&instructions, &mut header);
@@ -532,7 +543,8 @@ mod tests {
             | Instructions::Ditto { .. }
             | Instructions::FedPer { .. }
             | Instructions::FedRep { .. }
-            | Instructions::PerFedAvg { .. } = instructions
+            | Instructions::PerFedAvg { .. }
+            | Instructions::Apfl { .. } = instructions
             {
                 // No older form: an older participant is refused at joining.
                 continue;
@@ -580,6 +592,11 @@ mod tests {
             let perfedavg = Kind::Perfedavg(pb::PerFedAvg { alpha });
             let err = instructions_from_pb(&header(Some(perfedavg)), None).unwrap_err();
             assert!(err.to_string().contains("perfedavg's alpha"), "{err}");
+        }
+        for alpha in [0.0, 0.001, 1.5, f32::NAN] {
+            let apfl = Kind::Apfl(pb::Apfl { alpha });
+            let err = instructions_from_pb(&header(Some(apfl)), None).unwrap_err();
+            assert!(err.to_string().contains("apfl's alpha"), "{err}");
         }
         // An arm this build does not know decodes as an empty oneof.
         let err = instructions_from_pb(&header(None), None).unwrap_err();

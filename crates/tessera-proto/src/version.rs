@@ -70,6 +70,9 @@ pub const MINOR: u32 = 16;
 /// - `perfedavg` (1.16): a site follows Per-FedAvg's instructions (its local
 ///   training takes first-order meta steps with the task's inner step size;
 ///   a 1.16 coordinator requires it for `perfedavg`).
+/// - `apfl` (1.16): a site follows APFL's instructions (FedAvg's update,
+///   its personal model and mixing weight kept beside it; a 1.16
+///   coordinator requires it for `apfl`, besides `personal-models`).
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -100,6 +103,7 @@ pub const CAPABILITIES: &[&str] = &[
     "personal-models",
     "fedrep",
     "perfedavg",
+    "apfl",
 ];
 
 /// The strategies older peers can follow without the `instructions`
@@ -116,7 +120,7 @@ const BEFORE_INSTRUCTIONS: &[&str] = &[
 ];
 
 /// The strategies whose sites keep personal models (1.14).
-const PERSONAL: &[&str] = &["ditto", "fedper", "fedrep"];
+const PERSONAL: &[&str] = &["ditto", "fedper", "fedrep", "apfl"];
 
 /// The capabilities a participant needs to send updates with `codec`.
 pub fn codec_capabilities(codec: &tessera_compress::Codec) -> Vec<&'static str> {
@@ -190,6 +194,9 @@ pub fn required_capabilities(strategy: &str) -> Vec<&'static str> {
     }
     if strategy == "perfedavg" {
         required.push("perfedavg");
+    }
+    if strategy == "apfl" {
+        required.push("apfl");
     }
     required
 }

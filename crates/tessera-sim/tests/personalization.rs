@@ -234,6 +234,55 @@ fn per_fedavg_meta_learns_a_model_that_few_shot_fine_tuning_adapts() {
     assert!(e.contains("perfedavg takes two batches a step"), "{e}");
 }
 
+/// APFL's update is FedAvg's: the global model is FedAvg's bit for bit,
+/// and each site's mixture of its own model and the global one is what it
+/// is evaluated on.
+#[test]
+fn apfls_global_model_is_fedavgs_and_each_site_mixes_its_own_in() {
+    let (plan, data) = setup(StrategyKind::FedAvg, 0);
+    let fedavg = run(&plan, &data);
+    let (mut plan, data) = setup(StrategyKind::Apfl, 0);
+    let apfl = run(&plan, &data);
+    assert_eq!(apfl.final_parameters, fedavg.final_parameters);
+    let p = apfl.personalization.as_ref().unwrap();
+    assert_eq!(p.strategy, "apfl");
+    let differ = p
+        .per_site
+        .values()
+        .filter(|s| s.personalized != s.global)
+        .count();
+    // Sites whose global accuracy is already 1.0 or whose test rows are few
+    // can tie; the others' mixtures score differently.
+    assert!(differ >= 4, "{differ} of 12 sites' mixtures differ: {p:?}");
+    assert!(
+        p.mean_personalized > p.mean_global + 0.03,
+        "mixture {} against global {}",
+        p.mean_personalized,
+        p.mean_global
+    );
+    println!(
+        "apfl: personalized {:.4}, global {:.4}, local-only {:.4}",
+        p.mean_personalized,
+        p.mean_global,
+        p.mean_local_only.unwrap_or(f64::NAN)
+    );
+    // Another initial mixing weight: the same global model, other mixtures.
+    plan.strategies.insert(
+        "apfl".into(),
+        tessera_aggregate::StrategyConfig {
+            alpha: Some(0.9),
+            ..Default::default()
+        },
+    );
+    let other = run(&plan, &data);
+    assert_eq!(other.final_parameters, fedavg.final_parameters);
+    assert_ne!(other.personalization.as_ref(), Some(p));
+    // The mixture's training is the personal model's only under plain SGD.
+    plan.training.optimizer.optimizer = tessera_learn::OptimizerKind::Adam;
+    let e = plan.validate().unwrap_err().to_string();
+    assert!(e.contains("apfl needs plain SGD"), "{e}");
+}
+
 /// New sites take no part: the global model is, bit for bit, the one the
 /// other sites train without them; each new site then adapts it with 20 of
 /// its own rows, and is reported against the global model and a model

@@ -4,7 +4,7 @@
 //! included, where the sites' updates were kept until their round closed)
 //! holds none of a site's head values, and each site takes home its
 //! personalized model, which is the simulation's. Per-FedAvg's deployed run
-//! is its simulation; a Ditto site restarted mid-run says from which round
+//! and APFL's are their simulations; a Ditto site restarted mid-run says from which round
 //! its personal model is.
 
 use tessera_core::ParameterSet;
@@ -222,6 +222,60 @@ fn per_fedavg_deployed_is_the_simulation_and_each_site_adapts_with_few_rows() {
         adapted >= 2,
         "{adapted} of 4 sites' adapted models differ from the global one"
     );
+}
+
+/// APFL deployed on Fed-Heart-Disease: the global model is the
+/// simulation's bit for bit, and each site's mixture of its own model and
+/// the global one (its personal model file) is the simulation's on its test
+/// rows, and not the global model.
+#[test]
+fn apfl_deployed_is_the_simulation_and_each_site_keeps_its_mixture() {
+    if util::skip_e2e("apfl_deployed_is_the_simulation_and_each_site_keeps_its_mixture") {
+        return;
+    }
+    let s = Scratch::new("apfl");
+    let text = heart_text(&s, 4).replace("strategy = \"fedavg\"", "strategy = \"apfl\"")
+        + "\n[privacy]\nsite_metrics = \"clear\"\n\n[strategies.apfl]\nalpha = 0.5\n\
+           client_lr = 0.01\n";
+    let plan = s.write("apfl.toml", &text);
+    let (simulated, simulated_model) = s.simulate(&plan, "sim.model");
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &s.path("r.sqlite"), 0, crate::OUTPUTS);
+    let mut participants: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| {
+            let (report, personal) = (format!("{site}.json"), format!("{site}.personal"));
+            participant(
+                &s.dir,
+                &url,
+                site,
+                &["--report", &report, "--personal-model-out", &personal],
+            )
+        })
+        .collect();
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert_eq!(util::model(&s.path("dep.model")), simulated_model);
+    let global = util::parameters(&std::fs::read(s.path("dep.model")).unwrap());
+    for site in HEART_SITES {
+        let report = s.json(&format!("{site}.json"));
+        let expected = &simulated["personalization"]["per_site"][site];
+        assert_eq!(
+            report["personalized"]["accuracy"], expected["personalized"],
+            "{site}: {report}"
+        );
+        let file =
+            ModelFile::from_bytes(&std::fs::read(s.path(&format!("{site}.personal"))).unwrap())
+                .unwrap();
+        assert_ne!(file.parameters, global, "{site}");
+        println!(
+            "apfl {site}: mixture {}, global {}, local only {}",
+            report["personalized"]["accuracy"],
+            report["global"]["accuracy"],
+            report["local_baseline"]["accuracy"]
+        );
+    }
 }
 
 /// A Ditto site killed mid-run and started again: its personal state was in
