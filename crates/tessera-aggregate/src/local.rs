@@ -105,6 +105,22 @@ pub trait LocalAlgorithm: Send + fmt::Debug {
         None
     }
 
+    /// What the site must keep across a restart of its process to go on as
+    /// if it had not stopped (a personalized strategy's personal model), as
+    /// named tensors; `None` when there is nothing (the default, and before
+    /// the first training).
+    fn saved(&self) -> Option<ParameterSet> {
+        None
+    }
+
+    /// Takes back what [`saved`](LocalAlgorithm::saved) gave, in a fresh
+    /// local part of the same kind.
+    fn restore(&mut self, _saved: &ParameterSet) -> Result<(), AggregateError> {
+        Err(AggregateError::Config(
+            "this strategy's local part keeps no state to restore".into(),
+        ))
+    }
+
     /// How the site's last update fared: state moves only with an update
     /// that counted in a completed round, so the server's view and the
     /// site's stay in step.
@@ -122,25 +138,58 @@ impl LocalAlgorithm for PlainLocal {}
 /// with its state, while the instructions keep their kind.
 #[derive(Debug, Default)]
 pub struct LocalPart {
-    current: Option<(Discriminant<Instructions>, Box<dyn LocalAlgorithm>)>,
+    /// The instructions' kind and name, and their local part.
+    current: Option<(
+        Discriminant<Instructions>,
+        &'static str,
+        Box<dyn LocalAlgorithm>,
+    )>,
+    /// State saved by an earlier process, by the instructions' name, until
+    /// instructions of that kind come.
+    restoring: Option<(String, ParameterSet)>,
 }
 
 impl LocalPart {
     /// The local part for `instructions`: the one kept, or a fresh one when
-    /// their kind changed.
-    fn for_instructions(&mut self, instructions: &Instructions) -> &mut dyn LocalAlgorithm {
+    /// their kind changed (given the state an earlier process saved for
+    /// that kind, if any).
+    fn for_instructions(
+        &mut self,
+        instructions: &Instructions,
+    ) -> Result<&mut dyn LocalAlgorithm, AggregateError> {
         let kind = std::mem::discriminant(instructions);
         if self
             .current
             .as_ref()
-            .is_some_and(|(made_for, _)| *made_for != kind)
+            .is_some_and(|(made_for, _, _)| *made_for != kind)
         {
             self.current = None;
         }
-        self.current
-            .get_or_insert_with(|| (kind, instructions.local_algorithm()))
-            .1
-            .as_mut()
+        let (_, _, local) = match &mut self.current {
+            Some(current) => current,
+            empty => {
+                let mut fresh = instructions.local_algorithm();
+                match self.restoring.take() {
+                    Some((name, saved)) if name == instructions.name() => fresh.restore(&saved)?,
+                    other => self.restoring = other,
+                }
+                empty.insert((kind, instructions.name(), fresh))
+            }
+        };
+        Ok(local.as_mut())
+    }
+
+    /// The state to keep across a restart of the site's process, with the
+    /// name of the instructions it belongs to.
+    pub fn saved_state(&self) -> Option<(&'static str, ParameterSet)> {
+        let (_, name, local) = self.current.as_ref()?;
+        Some((name, local.saved()?))
+    }
+
+    /// State an earlier process saved ([`LocalPart::saved_state`]), taken
+    /// back when instructions named `name` come.
+    pub fn restore_state(&mut self, name: String, saved: ParameterSet) {
+        self.restoring = Some((name, saved));
     }
 }
 
@@ -151,19 +200,50 @@ impl LocalAlgorithm for LocalPart {
         global: &ParameterSet,
         model: &mut dyn LocalModel,
     ) -> Result<LocalFit, AggregateError> {
-        self.for_instructions(instructions)
+        self.for_instructions(instructions)?
             .fit(instructions, global, model)
     }
 
     fn personal(&self, global: &ParameterSet) -> Option<ParameterSet> {
-        self.current.as_ref()?.1.personal(global)
+        self.current.as_ref()?.2.personal(global)
     }
 
     fn round_closed(&mut self, counted: bool) {
-        if let Some((_, local)) = self.current.as_mut() {
+        if let Some((_, _, local)) = self.current.as_mut() {
             local.round_closed(counted);
         }
     }
+}
+
+/// `set`'s tensors as `prefix/NAME`, added to `into` (a local part's saved
+/// state).
+pub(crate) fn put(
+    into: &mut ParameterSet,
+    prefix: &str,
+    set: &ParameterSet,
+) -> Result<(), AggregateError> {
+    for (name, tensor) in set.iter() {
+        into.push(format!("{prefix}/{name}"), tensor.clone())?;
+    }
+    Ok(())
+}
+
+/// The tensors of `saved` named `prefix/NAME`, as `NAME`; refused when there
+/// are none.
+pub(crate) fn take(saved: &ParameterSet, prefix: &str) -> Result<ParameterSet, AggregateError> {
+    let mut taken = ParameterSet::new();
+    let start = format!("{prefix}/");
+    for (name, tensor) in saved.iter() {
+        if let Some(name) = name.strip_prefix(&start) {
+            taken.push(name, tensor.clone())?;
+        }
+    }
+    if taken.n_tensors() == 0 {
+        return Err(AggregateError::Config(format!(
+            "the saved state has no '{prefix}' tensors"
+        )));
+    }
+    Ok(taken)
 }
 
 /// The error for instructions a local algorithm was not made for.

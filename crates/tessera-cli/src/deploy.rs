@@ -143,25 +143,42 @@ pub struct ParticipantArgs {
     /// tessera-ledger-SITE.json in the working folder.
     #[arg(long, value_name = "FILE")]
     ledger: Option<PathBuf>,
+    /// Under a personalized strategy: this site's personal state (its
+    /// personal model, head or mixing weight), saved after each training
+    /// and read back when the participant starts again in the same run, so
+    /// that a restart loses none of it. Default:
+    /// tessera-state-SITE.bin in the working folder.
+    #[arg(long, value_name = "FILE")]
+    local_state: Option<PathBuf>,
+}
+
+/// `--local-state`, or `tessera-state-SITE.bin` (the site's name as in
+/// [`ledger_path`]).
+fn local_state_path(args: &ParticipantArgs) -> PathBuf {
+    args.local_state
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("tessera-state-{}.bin", safe_name(&args.site))))
 }
 
 /// `--ledger`, or `tessera-ledger-SITE.json` (the site's name with
 /// anything but letters, digits, `.`, `-` and `_` replaced by `_`).
 fn ledger_path(args: &ParticipantArgs) -> PathBuf {
-    args.ledger.clone().unwrap_or_else(|| {
-        let safe: String = args
-            .site
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        PathBuf::from(format!("tessera-ledger-{safe}.json"))
-    })
+    args.ledger
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("tessera-ledger-{}.json", safe_name(&args.site))))
+}
+
+/// `site` with anything but letters, digits, `.`, `-` and `_` replaced by `_`.
+fn safe_name(site: &str) -> String {
+    site.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Arguments of `tessera aggregator`.
@@ -544,6 +561,7 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
             out_dir: args.join_out.as_deref().map(resolved).transpose()?,
         },
         ledger: Some(resolved(&ledger_path(args))?),
+        local_state: Some(resolved(&local_state_path(args))?),
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let (summary, results) = runtime.block_on(async {

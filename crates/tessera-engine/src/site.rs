@@ -292,6 +292,19 @@ impl Site {
         self.local.personal(global)
     }
 
+    /// What the site's local part must keep across a restart of its
+    /// process (a personalized strategy's personal model), with the name
+    /// of the instructions it belongs to.
+    pub fn local_state(&self) -> Option<(&'static str, ParameterSet)> {
+        self.local.saved_state()
+    }
+
+    /// Takes back state an earlier process saved ([`Site::local_state`]),
+    /// when instructions named `name` come.
+    pub fn restore_local_state(&mut self, name: String, state: ParameterSet) {
+        self.local.restore_state(name, state);
+    }
+
     /// The model the site evaluates as its own after the last round of
     /// `plan`: its personal model (or `global` under a strategy without
     /// one), fine-tuned as `[personalization]` says on `finetune_rows`

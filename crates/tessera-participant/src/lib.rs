@@ -50,6 +50,7 @@ mod external;
 mod join;
 mod leave;
 mod ledger;
+mod local_state;
 pub mod results;
 pub mod supervisor;
 mod train;
@@ -167,6 +168,9 @@ pub struct ParticipantConfig {
     /// across runs and restarts, checked against the plan's budgets before
     /// each (`None`: kept in memory for the process only).
     pub ledger: Option<PathBuf>,
+    /// A personalized strategy's personal state across restarts
+    /// (`local_state`; `None`: kept in memory for the process only).
+    pub local_state: Option<PathBuf>,
 }
 
 /// What a participant did.
@@ -216,6 +220,8 @@ pub(crate) struct Ready {
     analytics: Option<analytics::SiteAnalytics>,
     /// This site's own count of the releases of its data (`ledger`).
     site_ledger: ledger::SiteLedger,
+    /// Where its personal state is saved after each training.
+    state_file: Option<local_state::StateFile>,
 }
 
 enum SessionEnd {
@@ -540,10 +546,18 @@ impl Ready {
         config: &ParticipantConfig,
         welcome: &pb::Welcome,
         plan: Plan,
-        site: Site,
+        mut site: Site,
         (train, test): (Dataset, Dataset),
-        takeaway: results::Takeaway,
+        mut takeaway: results::Takeaway,
     ) -> Result<Self, Failure> {
+        let (state_file, restored) = local_state::StateFile::open(
+            config.local_state.as_deref(),
+            &config.site,
+            &welcome.run_id,
+            &plan,
+            &mut site,
+        );
+        takeaway.restored = restored;
         let site_ledger = ledger::SiteLedger::open(
             config.ledger.as_deref(),
             &config.site,
@@ -578,6 +592,7 @@ impl Ready {
             takeaway,
             analytics: None,
             site_ledger,
+            state_file,
         })
     }
 }

@@ -36,6 +36,9 @@ pub(crate) struct Takeaway {
     ledger: Option<Ledger>,
     /// Rounds (or attempts) trained; a repeated task is the same release.
     trained: BTreeSet<u32>,
+    /// The round after which an earlier process of this run saved the
+    /// personal state this one restored.
+    pub(crate) restored: Option<u32>,
 }
 
 impl Takeaway {
@@ -46,6 +49,7 @@ impl Takeaway {
             model: None,
             ledger: (plan.privacy.mode == PrivacyMode::Local).then(|| plan.privacy.ledger()),
             trained: BTreeSet::new(),
+            restored: None,
         }
     }
 
@@ -167,9 +171,9 @@ pub struct SiteReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub personalized: Option<Figures>,
     /// Under a personalized strategy, when this process did not train from
-    /// the first round (a late join, or a restart: a site's personal state
-    /// is not kept across restarts yet): the first round it trained, from
-    /// which its personal model is made.
+    /// the first round and restored no saved state (a late join, or a
+    /// restart without its `--local-state` file): the first round it
+    /// trained, from which its personal model is made.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub personal_from_round: Option<u32>,
     /// A model trained on this site's rows alone, on the same test rows.
@@ -354,10 +358,11 @@ impl SiteResults {
             gain: global.accuracy.zip(baseline.accuracy).map(|(g, b)| g - b),
             global: Figures { metrics: global },
             personalized: self.personalized()?.map(|metrics| Figures { metrics }),
-            personal_from_round: self
-                .takeaway
-                .first_training()
-                .filter(|&first| first > 1 && plan.federation.strategy.needs().personal),
+            personal_from_round: self.takeaway.first_training().filter(|&first| {
+                first > 1
+                    && plan.federation.strategy.needs().personal
+                    && self.takeaway.restored.is_none()
+            }),
             local_baseline: Baseline {
                 metrics: baseline,
                 training: format!(

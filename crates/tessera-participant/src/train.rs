@@ -71,15 +71,20 @@ pub(crate) async fn train(
             }
             return Err(Failure::Fatal(ParticipantError::Local(reason)));
         }
+        if let Some(file) = &state.state_file
+            && let Err(why) = file.save(round, &site)
+        {
+            tracing::warn!(round, %why, "this site's personal state could not be saved");
+        }
         if state.takeaway.first_training().is_none()
+            && state.takeaway.restored.is_none()
             && round > 1
             && state.plan.federation.strategy.needs().personal
         {
             tracing::warn!(
                 round,
                 "this site's personal model starts at round {round}: this process did not train \
-                 the rounds before it (a late join, or a restart: a site's personal state is not \
-                 kept across restarts yet)"
+                 the rounds before it (a late join, or a restart without its --local-state file)"
             );
         }
         state

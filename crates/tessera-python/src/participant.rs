@@ -91,6 +91,7 @@ pub(crate) fn run_participant<'py>(
         max_memory_bytes: None,
         joins: Default::default(),
         ledger,
+        local_state: None,
     };
     let external = ExternalSite {
         learner: Box::new(PyLearner { bridge }),

@@ -19,7 +19,7 @@
 use tessera_core::{CoreError, GradientTerm, LocalModel, ParameterSet, ParticipantId};
 
 use super::fedavg::moved;
-use crate::local::{LocalAlgorithm, LocalFit, mismatch};
+use crate::local::{LocalAlgorithm, LocalFit, mismatch, put, take};
 use crate::{AggregateError, Attendance, Instructions, Needs, RoundAggregate, Strategy};
 
 /// The smallest mixing weight (`v` is recovered dividing by it).
@@ -175,6 +175,30 @@ impl LocalAlgorithm for ApflLocal {
         let v = self.personal.as_ref()?;
         mix(v, global, self.alpha?).ok()
     }
+
+    fn saved(&self) -> Option<ParameterSet> {
+        let mut saved = ParameterSet::new();
+        put(&mut saved, "personal", self.personal.as_ref()?).ok()?;
+        let alpha = tessera_core::Tensor::new(vec![1], vec![self.alpha?]).ok()?;
+        saved.push("alpha", alpha).ok()?;
+        Some(saved)
+    }
+
+    fn restore(&mut self, saved: &ParameterSet) -> Result<(), AggregateError> {
+        let personal = take(saved, "personal")?;
+        personal.check_finite()?;
+        let alpha = match saved.get("alpha").map(|t| t.data()) {
+            Some(&[a]) if a.is_finite() && (MIN_ALPHA..=1.0).contains(&a) => a,
+            _ => {
+                return Err(AggregateError::Config(
+                    "apfl: the saved mixing weight is missing or outside [0.01, 1]".into(),
+                ));
+            }
+        };
+        self.personal = Some(personal);
+        self.alpha = Some(alpha);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -285,5 +309,36 @@ mod tests {
             .fit(&Instructions::Plain, &one(0.0), &mut model)
             .unwrap_err();
         assert!(err.to_string().contains("apfl"), "{err}");
+    }
+
+    /// Its personal model and mixing weight survive a restart exactly.
+    #[test]
+    fn its_state_restored_goes_on_as_if_kept() {
+        let apfl = Instructions::Apfl { alpha: 0.5 };
+        let quadratic = || Quadratic {
+            w: one(0.0),
+            target: vec![2.0],
+            lr: 0.5,
+        };
+        let mut kept = crate::LocalPart::default();
+        kept.fit(&apfl, &one(0.0), &mut quadratic()).unwrap();
+        let (name, saved) = kept.saved_state().unwrap();
+        let mut restarted = crate::LocalPart::default();
+        restarted.restore_state(name.to_string(), saved);
+        let a = kept.fit(&apfl, &one(1.0), &mut quadratic()).unwrap();
+        let b = restarted.fit(&apfl, &one(1.0), &mut quadratic()).unwrap();
+        assert_eq!(a.delta, b.delta);
+        assert_eq!(kept.personal(&one(3.0)), restarted.personal(&one(3.0)));
+        let mut bad = crate::LocalPart::default();
+        let mut state = ParameterSet::new();
+        state
+            .push("personal/p", Tensor::new(vec![1], vec![0.0]).unwrap())
+            .unwrap();
+        state
+            .push("alpha", Tensor::new(vec![1], vec![7.0]).unwrap())
+            .unwrap();
+        bad.restore_state("apfl".into(), state);
+        let err = bad.fit(&apfl, &one(0.0), &mut quadratic()).unwrap_err();
+        assert!(err.to_string().contains("saved mixing weight"), "{err}");
     }
 }

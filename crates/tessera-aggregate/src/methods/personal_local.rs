@@ -9,7 +9,7 @@ use tessera_core::{CoreError, GradientTerm, LocalModel, ParameterSet};
 
 use super::fedprox_local::Proximal;
 use super::personal::{head_mask, zero_head};
-use crate::local::{LocalAlgorithm, LocalFit, mismatch};
+use crate::local::{LocalAlgorithm, LocalFit, mismatch, put, take};
 use crate::{AggregateError, Instructions};
 
 /// A site's Ditto state: its personal model, from its first round on.
@@ -58,6 +58,19 @@ impl LocalAlgorithm for DittoLocal {
 
     fn personal(&self, _global: &ParameterSet) -> Option<ParameterSet> {
         self.personal.clone()
+    }
+
+    fn saved(&self) -> Option<ParameterSet> {
+        let mut saved = ParameterSet::new();
+        put(&mut saved, "personal", self.personal.as_ref()?).ok()?;
+        Some(saved)
+    }
+
+    fn restore(&mut self, saved: &ParameterSet) -> Result<(), AggregateError> {
+        let personal = take(saved, "personal")?;
+        personal.check_finite()?;
+        self.personal = Some(personal);
+        Ok(())
     }
 }
 
@@ -127,6 +140,34 @@ impl LocalAlgorithm for FedPerLocal {
         own.check_same_layout(global).ok()?;
         Some(self.combined(global, &self.mask))
     }
+
+    fn saved(&self) -> Option<ParameterSet> {
+        let mut saved = ParameterSet::new();
+        put(&mut saved, "own", self.own.as_ref()?).ok()?;
+        let mask: Vec<f32> = self.mask.iter().map(|&m| f32::from(u8::from(m))).collect();
+        let tensor = tessera_core::Tensor::new(vec![mask.len()], mask).ok()?;
+        saved.push("head_mask", tensor).ok()?;
+        Some(saved)
+    }
+
+    fn restore(&mut self, saved: &ParameterSet) -> Result<(), AggregateError> {
+        let own = take(saved, "own")?;
+        own.check_finite()?;
+        let mask: Vec<bool> = saved
+            .get("head_mask")
+            .map(|t| t.data().iter().map(|&v| v != 0.0).collect())
+            .unwrap_or_default();
+        if mask.len() != own.n_tensors() {
+            return Err(AggregateError::Config(format!(
+                "the saved head mask has {} entries for {} tensors",
+                mask.len(),
+                own.n_tensors()
+            )));
+        }
+        self.own = Some(own);
+        self.mask = mask;
+        Ok(())
+    }
 }
 
 /// A site's FedRep state: its head, as FedPer keeps it.
@@ -186,6 +227,14 @@ impl LocalAlgorithm for FedRepLocal {
     fn personal(&self, global: &ParameterSet) -> Option<ParameterSet> {
         self.split.personal(global)
     }
+
+    fn saved(&self) -> Option<ParameterSet> {
+        self.split.saved()
+    }
+
+    fn restore(&mut self, saved: &ParameterSet) -> Result<(), AggregateError> {
+        self.split.restore(saved)
+    }
 }
 
 /// Holds the tensors `mask` marks where they are: their gradient becomes
@@ -235,7 +284,7 @@ mod tests {
     /// A site whose loss is `||w - target||² / 2` and whose training is one
     /// gradient step of size `lr`: what the local parts do can be worked
     /// out by hand.
-    struct Quadratic {
+    pub(super) struct Quadratic {
         w: ParameterSet,
         target: Vec<f32>,
         lr: f32,
@@ -299,7 +348,7 @@ mod tests {
     }
 
     /// Layers `a` and `b`, one tensor of two values each.
-    fn two_layers(a: [f32; 2], b: [f32; 2]) -> ParameterSet {
+    pub(super) fn two_layers(a: [f32; 2], b: [f32; 2]) -> ParameterSet {
         let mut p = ParameterSet::new();
         p.push("a.weight", Tensor::new(vec![2], a.to_vec()).unwrap())
             .unwrap();
@@ -308,7 +357,7 @@ mod tests {
         p
     }
 
-    fn site(target: [f32; 4]) -> Quadratic {
+    pub(super) fn site(target: [f32; 4]) -> Quadratic {
         Quadratic {
             w: two_layers([0.0; 2], [0.0; 2]),
             target: target.to_vec(),
@@ -447,5 +496,72 @@ mod tests {
             .fit(&Instructions::FedPer { head_layers: 1 }, &zero, &mut model)
             .unwrap_err();
         assert!(err.to_string().contains("fedrep"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod restart_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::tests::{site, two_layers};
+    use crate::local::LocalPart;
+    use crate::{Instructions, LocalAlgorithm};
+
+    /// A site whose process restarts between rounds and takes back what it
+    /// saved goes on exactly as one that never stopped.
+    #[test]
+    fn a_saved_and_restored_local_part_goes_on_as_if_it_had_not_stopped() {
+        for instructions in [
+            Instructions::Ditto { lambda: 0.3 },
+            Instructions::FedPer { head_layers: 1 },
+            Instructions::FedRep {
+                head_layers: 1,
+                head_passes: 2,
+            },
+        ] {
+            let (first, second) = (
+                two_layers([0.1, 0.2], [0.3, 0.4]),
+                two_layers([1.0; 2], [-1.0; 2]),
+            );
+            let mut kept = LocalPart::default();
+            let mut model = site([1.0, 2.0, 3.0, 4.0]);
+            kept.fit(&instructions, &first, &mut model).unwrap();
+            let (name, saved) = kept.saved_state().unwrap();
+            assert_eq!(name, instructions.name());
+
+            let mut restarted = LocalPart::default();
+            restarted.restore_state(name.to_string(), saved);
+            let mut again = site([1.0, 2.0, 3.0, 4.0]);
+            let a = kept.fit(&instructions, &second, &mut model).unwrap();
+            let b = restarted.fit(&instructions, &second, &mut again).unwrap();
+            assert_eq!(a.delta, b.delta, "{instructions}");
+            assert_eq!(
+                kept.personal(&second),
+                restarted.personal(&second),
+                "{instructions}"
+            );
+
+            // A fresh one (nothing restored) is not the same.
+            let mut fresh = LocalPart::default();
+            fresh
+                .fit(&instructions, &second, &mut site([1.0, 2.0, 3.0, 4.0]))
+                .unwrap();
+            assert_ne!(
+                fresh.personal(&second),
+                kept.personal(&second),
+                "{instructions}"
+            );
+        }
+        // State of another kind waits, and a malformed one is refused.
+        let mut part = LocalPart::default();
+        part.restore_state("ditto".into(), two_layers([0.0; 2], [0.0; 2]));
+        let err = part
+            .fit(
+                &Instructions::Ditto { lambda: 0.1 },
+                &two_layers([0.0; 2], [0.0; 2]),
+                &mut site([0.0; 4]),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("no 'personal' tensors"), "{err}");
     }
 }

@@ -278,52 +278,76 @@ fn apfl_deployed_is_the_simulation_and_each_site_keeps_its_mixture() {
     }
 }
 
-/// A Ditto site killed mid-run and started again: its personal state was in
-/// the killed process, and the restarted one says so, at the site (a
+/// A Ditto site killed mid-run and started again takes back its personal
+/// model from its state file (`--local-state`, by default in its working
+/// folder): nothing of it is lost, and its report says nothing is missing.
+#[test]
+fn a_restarted_ditto_site_takes_back_its_personal_model() {
+    if util::skip_e2e("a_restarted_ditto_site_takes_back_its_personal_model") {
+        return;
+    }
+    let (log, report) = restart_ditto_site(true);
+    assert!(
+        log.contains("this site's personal state restored from an earlier process of this run"),
+        "{log}"
+    );
+    assert!(!log.contains("personal model starts at round"), "{log}");
+    assert!(report.get("personal_from_round").is_none(), "{report}");
+    assert!(report["personalized"].is_object(), "{report}");
+}
+
+/// Without its state file, the restarted site says so, at the site (a
 /// warning, and its report's `personal_from_round`), instead of passing off
 /// a personal model of the later rounds as the whole run's.
 #[test]
-fn a_restarted_ditto_site_says_its_personal_model_starts_where_it_restarted() {
-    if util::skip_e2e("a_restarted_ditto_site_says_its_personal_model_starts_where_it_restarted") {
+fn a_restarted_ditto_site_without_its_state_says_where_its_personal_model_starts() {
+    if util::skip_e2e(
+        "a_restarted_ditto_site_without_its_state_says_where_its_personal_model_starts",
+    ) {
         return;
     }
-    let s = Scratch::new("ditto-restart");
+    let (log, report) = restart_ditto_site(false);
+    let from = report["personal_from_round"].as_u64().unwrap_or(0);
+    assert!(from >= 2, "{report}");
+    assert!(report["personalized"].is_object(), "{report}");
+    assert!(
+        log.contains(&format!("personal model starts at round {from}")),
+        "{log}"
+    );
+    println!("va restarted without its state: its personal model from round {from}");
+}
+
+/// Ditto on four heart sites (quorum 3); VA killed in round 2 and started
+/// again, with its state file or after it is removed: VA's log and report.
+fn restart_ditto_site(keep_state: bool) -> (String, serde_json::Value) {
+    let s = Scratch::new(if keep_state {
+        "ditto-restart"
+    } else {
+        "ditto-restart-lost"
+    });
     let plan = crate::plan(&s, "ditto", "quorum = 3");
     let db = s.path("c.sqlite");
     let (mut coordinator, url) = coordinator(&s.dir, &plan, &db, 0, &["--liveness", "1.5"]);
-    let report = |site: &str| ["--report".to_string(), format!("{site}.json")];
     let mut participants: Vec<Proc> = HEART_SITES[..3]
         .iter()
-        .map(|site| {
-            participant(
-                &s.dir,
-                &url,
-                site,
-                &report(site).each_ref().map(|a| a.as_str()),
-            )
-        })
+        .map(|site| participant(&s.dir, &url, site, &["--report", &format!("{site}.json")]))
         .collect();
     let mut va = participant(&s.dir, &url, "va", &["--pause-before-update", "3"]);
     wait_until(LIMIT, "round 2 with three accepted updates", || {
         poll(&db, |s| s.pending_updates_of(2)) == 3
     });
     va.kill_9();
+    let state = s.path("tessera-state-va.bin");
+    assert!(state.is_file(), "VA saved its state after round 1");
+    if !keep_state {
+        std::fs::remove_file(&state).unwrap();
+    }
     let mut va = participant(&s.dir, &url, "va", &["--report", "va.json"]);
     assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
     assert!(va.wait(LIMIT).success(), "{}", va.log());
     for p in &mut participants {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
-    let restarted = s.json("va.json");
-    let from = restarted["personal_from_round"].as_u64().unwrap_or(0);
-    assert!(from >= 2, "{restarted}");
-    assert!(restarted["personalized"].is_object(), "{restarted}");
-    assert!(
-        va.log()
-            .contains(&format!("personal model starts at round {from}")),
-        "{}",
-        va.log()
-    );
     for site in &HEART_SITES[..3] {
         let whole = s.json(&format!("{site}.json"));
         assert!(
@@ -331,5 +355,5 @@ fn a_restarted_ditto_site_says_its_personal_model_starts_where_it_restarted() {
             "{site}: {whole}"
         );
     }
-    println!("va restarted: its personal model from round {from}");
+    (va.log(), s.json("va.json"))
 }
