@@ -471,9 +471,12 @@ fn print_summary(report: &RunReport) {
         } else {
             String::new()
         };
+        let regional = p.mean_regional.map_or_else(String::new, |r| {
+            format!(" (from each site's region's model, itself {r:.4})")
+        });
         println!(
-            "personalized ({}{tuned}): {:.4} mean of sites; global {:.4}; local only {local}; \
-             beats both at {} of {} sites",
+            "personalized ({}{tuned}){regional}: {:.4} mean of sites; global {:.4}; local only \
+             {local}; beats both at {} of {} sites",
             p.strategy, p.mean_personalized, p.mean_global, p.sites_beating_both, p.sites
         );
     }

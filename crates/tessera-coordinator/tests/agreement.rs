@@ -153,10 +153,11 @@ fn an_evaluation_the_database_cannot_store_is_unavailable_and_retried() {
     assert_eq!(f.store().evaluations(&run, round).unwrap().len(), 1);
 }
 
-/// A plan naming simulation's new sites is refused when the coordinator
-/// opens it: in deployment a new site is one that did not join.
+/// A plan naming simulation's new sites, or fine-tuning on the hierarchy,
+/// is refused when the coordinator opens it: in deployment a new site is
+/// one that did not join, and sites do not receive their region's model.
 #[test]
-fn a_plan_naming_simulated_new_sites_is_refused_at_opening() {
+fn plans_with_simulation_only_personalization_are_refused_at_opening() {
     let (plan, text) = plan("\n[personalization]\nnew_sites = [\"va\"]\n");
     let db = Db::new();
     let store = tessera_coordinator::SqliteStore::open(&db.path()).unwrap();
@@ -167,5 +168,21 @@ fn a_plan_naming_simulated_new_sites_is_refused_at_opening() {
             "{e}"
         ),
         Ok(_) => panic!("a coordinator opened a plan naming new sites"),
+    }
+    // Fine-tuning on the hierarchy starts from each region's model, which
+    // deployed sites do not receive.
+    let (plan, text) = common::plan(
+        "\n[topology]\nkind = \"hierarchical\"\nregions = 2\n\n[personalization]\n\
+         finetune_epochs = 1\n",
+    );
+    let db = Db::new();
+    let store = tessera_coordinator::SqliteStore::open(&db.path()).unwrap();
+    match tessera_coordinator::Federation::open(plan, &text, store, common::LIVENESS) {
+        Err(e) => assert!(
+            e.to_string()
+                .contains("fine-tuning on the hierarchical topology runs in simulation only"),
+            "{e}"
+        ),
+        Ok(_) => panic!("a coordinator opened a hierarchical plan that fine-tunes"),
     }
 }

@@ -205,7 +205,9 @@ pub const RULES: &[Rule] = &[
     rule("fine_tuning_needs_flat_sync_builtin", |p| {
         when(
             p.personalization.fine_tunes()
-                && (is_async(p) || tree_or_gossip(p).is_some() || p.model.kind.is_external()),
+                && (is_async(p)
+                    || tree_or_gossip(p) == Some("gossip")
+                    || p.model.kind.is_external()),
             &[
                 "personalization.finetune_epochs",
                 "federation.mode",
@@ -213,8 +215,8 @@ pub const RULES: &[Rule] = &[
                 "model.kind",
             ],
             || {
-                "fine-tuning after the last round needs synchronous rounds on the flat \
-                 topology with a built-in model"
+                "fine-tuning after the last round needs synchronous rounds on the flat or \
+                 hierarchical topology with a built-in model"
                     .into()
             },
         )

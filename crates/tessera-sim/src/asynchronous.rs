@@ -211,6 +211,7 @@ pub(crate) fn run_async(
     }
     let (final_parameters, _) = engine.current();
     Ok(Federated {
+        regional: None,
         personal: None,
         records,
         last_evaluations,

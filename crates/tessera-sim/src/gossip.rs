@@ -228,6 +228,7 @@ pub(crate) fn run_gossip(
     };
     Ok((
         Federated {
+            regional: None,
             personal: None,
             records,
             last_evaluations,

@@ -551,6 +551,13 @@ pub(crate) fn run_hierarchical(
             },
         );
     }
+    let (personal, regional) = if plan.personalizes() {
+        let (personal, regional) =
+            fine_tuned_from_regions(plan, data, &tree, &sites, &regional_models, &final_global)?;
+        (Some(personal), Some(regional))
+    } else {
+        (None, None)
+    };
     // Every site is in one aggregator's releases: the run's privacy is the
     // largest spend of any of them.
     let privacy = lock_privacy(&context.privacy)
@@ -567,7 +574,8 @@ pub(crate) fn run_hierarchical(
     };
     Ok((
         Federated {
-            personal: None,
+            personal,
+            regional,
             records,
             last_evaluations,
             final_parameters: final_global,
@@ -578,4 +586,39 @@ pub(crate) fn run_hierarchical(
         },
         report,
     ))
+}
+
+/// Hierarchical personalization: each site fine-tunes the model of its
+/// region (its deepest aggregator's last regional model; the global one for
+/// a site directly under the root) as `[personalization]` says. Each
+/// site's fine-tuned model and its region's model on its test rows, in site
+/// order.
+fn fine_tuned_from_regions(
+    plan: &Plan,
+    data: &FederatedData,
+    tree: &Tree,
+    sites: &[Mutex<Site>],
+    regional_models: &BTreeMap<usize, ParameterSet>,
+    global: &ParameterSet,
+) -> Result<(Vec<Evaluation>, Vec<Evaluation>), SimError> {
+    let mut region_of: Vec<Option<usize>> = vec![None; sites.len()];
+    for &n in regional_models.keys() {
+        for s in tree.sites_below(n) {
+            if region_of[s].is_none_or(|m| tree.nodes[m].depth < tree.nodes[n].depth) {
+                region_of[s] = Some(n);
+            }
+        }
+    }
+    let mut personal = Vec::with_capacity(sites.len());
+    let mut regional = Vec::with_capacity(sites.len());
+    for (s, rows) in data.sites.iter().enumerate() {
+        let start = region_of[s]
+            .and_then(|n| regional_models.get(&n))
+            .unwrap_or(global);
+        let mut site = lock(&sites[s]);
+        regional.push(site.evaluate(start, &rows.test)?);
+        let own = site.personalized(plan, start, &rows.train)?;
+        personal.push(site.evaluate(&own, &rows.test)?);
+    }
+    Ok((personal, regional))
 }

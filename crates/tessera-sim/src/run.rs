@@ -176,6 +176,7 @@ pub(crate) fn report(
         privacy,
         malicious,
         personal,
+        regional,
     } = run;
 
     let baselines_started = Instant::now();
@@ -186,10 +187,14 @@ pub(crate) fn report(
     };
     let baselines_seconds = baselines_started.elapsed().as_secs_f64();
 
+    let names: Vec<&str> = data.sites.iter().map(|s| s.name.as_str()).collect();
     let personalization = personal
         .map(|p| crate::personal::report(plan, data, &last_evaluations, &p, baselines.as_ref()))
-        .transpose()?;
-    let names: Vec<&str> = data.sites.iter().map(|s| s.name.as_str()).collect();
+        .transpose()?
+        .map(|p| match &regional {
+            Some(regional) => p.with_regional(&names, regional),
+            None => p,
+        });
     // The final model's evaluations, aggregated as the plan's strategy
     // aggregates the sites' evaluations (from the evaluations alone).
     let mut final_metrics = final_metrics(plan.strategy()?.as_ref(), &names, &last_evaluations);
@@ -306,6 +311,9 @@ pub(crate) struct Federated {
     /// Each site's personalized model on its test rows, when the plan
     /// personalizes.
     pub personal: Option<Vec<Evaluation>>,
+    /// Hierarchical, when the plan personalizes: each site's region's model
+    /// on its test rows.
+    pub regional: Option<Vec<Evaluation>>,
 }
 
 /// Refuses a plan whose models cannot fit: more than the plan's
@@ -769,6 +777,7 @@ pub(crate) fn run_sync(
     }
     let personal = crate::personal::evaluations(plan, data, &sites, engine.global(), parallel)?;
     Ok(Federated {
+        regional: None,
         personal,
         records,
         last_evaluations,

@@ -283,6 +283,43 @@ fn apfls_global_model_is_fedavgs_and_each_site_mixes_its_own_in() {
     assert!(e.contains("apfl needs plain SGD"), "{e}");
 }
 
+/// On the hierarchy each site fine-tunes its region's model, and the
+/// report has each level (global, regional, site, local-only) per site.
+#[test]
+fn on_the_hierarchy_each_site_fine_tunes_its_regions_model() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut plan = Plan::from_file(&dir.join("synthetic-hierarchical.toml")).unwrap();
+    plan.federation.rounds = 10;
+    plan.privacy.site_metrics = SiteMetrics::Clear;
+    plan.personalization.finetune_epochs = 1;
+    let data = tessera_data::load(&plan.data, &dir, &Filesystem).unwrap();
+    let report = run(&plan, &data);
+    let p = report.personalization.as_ref().unwrap();
+    assert_eq!(p.sites, 47);
+    assert!(p.per_site.values().all(|s| s.regional.is_some()));
+    let regional = p.mean_regional.unwrap();
+    // The regions' models fit their own sites better than the global one.
+    assert!(
+        regional > p.mean_global,
+        "regional {regional}, global {}",
+        p.mean_global
+    );
+    println!(
+        "hierarchy: global {:.4}, regional {regional:.4}, site (fine-tuned from its region) {:.4}, \
+         local-only {:.4}",
+        p.mean_global,
+        p.mean_personalized,
+        p.mean_local_only.unwrap_or(f64::NAN)
+    );
+    // Fine-tuning that barely moves leaves each site with its region's
+    // model: the site's model starts from it.
+    plan.personalization.finetune_lr = Some(1e-9);
+    let still = run(&plan, &data);
+    for (name, site) in &still.personalization.as_ref().unwrap().per_site {
+        assert_eq!(Some(site.personalized), site.regional, "{name}");
+    }
+}
+
 /// New sites take no part: the global model is, bit for bit, the one the
 /// other sites train without them; each new site then adapts it with 20 of
 /// its own rows, and is reported against the global model and a model
@@ -361,7 +398,7 @@ fn plans_personalization_cannot_serve_are_refused_naming_why() {
     );
 
     let (mut plan, _) = setup(StrategyKind::FedAvg, 1);
-    plan.topology.kind = TopologyKind::Hierarchical;
+    plan.topology.kind = TopologyKind::Gossip;
     let e = refused(&plan);
     assert!(e.contains("fine-tuning after the last round needs"), "{e}");
 

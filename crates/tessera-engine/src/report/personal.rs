@@ -18,6 +18,10 @@ pub struct PersonalSite {
     /// The site's model trained on its rows alone (the plan's baseline
     /// training); `null` where it failed to train.
     pub local_only: Option<f64>,
+    /// Hierarchical: the model of the site's region (its aggregator's last
+    /// regional model), which the site's own is fine-tuned from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regional: Option<f64>,
     /// Test rows.
     pub n_test: u64,
 }
@@ -48,6 +52,9 @@ pub struct PersonalizationReport {
     /// Mean over sites of the local-only models' accuracy (over the sites
     /// whose local-only model trained).
     pub mean_local_only: Option<f64>,
+    /// Hierarchical: mean over sites of their region's model's accuracy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_regional: Option<f64>,
     /// Sites where the personalized model beats both the global and the
     /// local-only model.
     pub sites_beating_both: usize,
@@ -80,6 +87,7 @@ impl PersonalizationReport {
                     global: g.accuracy(),
                     personalized: p.accuracy(),
                     local_only: local_only.get(*name).copied(),
+                    regional: None,
                     n_test: g.n_examples,
                 },
             );
@@ -99,10 +107,27 @@ impl PersonalizationReport {
             mean_personalized: mean(per_site.values().map(|s| s.personalized).collect())
                 .unwrap_or(0.0),
             mean_local_only: mean(per_site.values().filter_map(|s| s.local_only).collect()),
+            mean_regional: None,
             sites_beating_both: per_site.values().filter(|s| s.beats_both()).count(),
             sites,
             per_site,
         }
+    }
+}
+
+impl PersonalizationReport {
+    /// Adds each site's region's model accuracy (`regional`, in the order
+    /// of `names`) and their mean.
+    pub fn with_regional(mut self, names: &[&str], regional: &[Evaluation]) -> Self {
+        for (name, r) in names.iter().zip(regional) {
+            if let Some(site) = self.per_site.get_mut(*name) {
+                site.regional = Some(r.accuracy());
+            }
+        }
+        let values: Vec<f64> = self.per_site.values().filter_map(|s| s.regional).collect();
+        self.mean_regional =
+            (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64);
+        self
     }
 }
 
