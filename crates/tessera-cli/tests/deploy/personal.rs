@@ -225,9 +225,10 @@ fn per_fedavg_deployed_is_the_simulation_and_each_site_adapts_with_few_rows() {
 }
 
 /// APFL deployed on Fed-Heart-Disease: the global model is the
-/// simulation's bit for bit, and each site's mixture of its own model and
-/// the global one (its personal model file) is the simulation's on its test
-/// rows, and not the global model.
+/// simulation's bit for bit, each site's own model (from its state file)
+/// is nowhere in the coordinator's database, and each site's mixture of its
+/// own model and the global one (its personal model file) is the
+/// simulation's on its test rows, and not the global model.
 #[test]
 fn apfl_deployed_is_the_simulation_and_each_site_keeps_its_mixture() {
     if util::skip_e2e("apfl_deployed_is_the_simulation_and_each_site_keeps_its_mixture") {
@@ -258,7 +259,25 @@ fn apfl_deployed_is_the_simulation_and_each_site_keeps_its_mixture() {
     }
     assert_eq!(util::model(&s.path("dep.model")), simulated_model);
     let global = util::parameters(&std::fs::read(s.path("dep.model")).unwrap());
+    let mut stored = std::fs::read(s.path("r.sqlite")).unwrap();
+    if let Ok(wal) = std::fs::read(s.path("r.sqlite-wal")) {
+        stored.extend(wal);
+    }
+    assert!(
+        holds_any(&stored, &values(&global, &["dense0.weight"])),
+        "positive control"
+    );
     for site in HEART_SITES {
+        // The site's own model `v`, from its state file: nowhere in the
+        // coordinator's database.
+        let state = std::fs::read(s.path(&format!("tessera-state-{site}.bin"))).unwrap();
+        let header = u32::from_le_bytes(state[8..12].try_into().unwrap()) as usize;
+        let saved = tessera_proto::decode_parameters(&state[12 + header..]).unwrap();
+        let own = values(&saved, &["personal/dense0.weight"]);
+        assert!(
+            !holds_any(&stored, &own),
+            "{site}'s own model is in the database"
+        );
         let report = s.json(&format!("{site}.json"));
         let expected = &simulated["personalization"]["per_site"][site];
         assert_eq!(
