@@ -56,7 +56,7 @@ pub use evaluate::{
     EvaluateInstructions, EvaluationAggregate, EvaluationSums, SiteEvaluation, pool_evaluations,
 };
 pub use exact::ExactSum;
-pub use local::{LocalAlgorithm, LocalFit, LocalOutcome, LocalPart, PlainLocal};
+pub use local::{LocalAlgorithm, LocalFit, LocalOutcome, LocalPart, PlainLocal, restored};
 pub use methods::*;
 pub use robust::{Robust, RobustConfig, RobustRule};
 

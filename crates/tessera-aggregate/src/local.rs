@@ -204,8 +204,16 @@ impl LocalAlgorithm for LocalPart {
             .fit(instructions, global, model)
     }
 
+    /// The personal model: the local part's, or, before any training in
+    /// this process, the one an earlier process saved.
     fn personal(&self, global: &ParameterSet) -> Option<ParameterSet> {
-        self.current.as_ref()?.2.personal(global)
+        match &self.current {
+            Some((_, _, local)) => local.personal(global),
+            None => {
+                let (name, saved) = self.restoring.as_ref()?;
+                restored(name, saved).ok()?.personal(global)
+            }
+        }
     }
 
     fn round_closed(&mut self, counted: bool) {
@@ -213,6 +221,27 @@ impl LocalAlgorithm for LocalPart {
             local.round_closed(counted);
         }
     }
+}
+
+/// A fresh local part of the instructions named `name` with `saved` taken
+/// back: refused when the kind keeps no state or the state is not its.
+pub fn restored(
+    name: &str,
+    saved: &ParameterSet,
+) -> Result<Box<dyn LocalAlgorithm>, AggregateError> {
+    let mut fresh: Box<dyn LocalAlgorithm> = match name {
+        "ditto" => Box::new(crate::DittoLocal::default()),
+        "fedper" => Box::new(crate::FedPerLocal::default()),
+        "fedrep" => Box::new(crate::FedRepLocal::default()),
+        "apfl" => Box::new(crate::ApflLocal::default()),
+        other => {
+            return Err(AggregateError::Config(format!(
+                "'{other}' keeps no state to restore"
+            )));
+        }
+    };
+    fresh.restore(saved)?;
+    Ok(fresh)
 }
 
 /// `set`'s tensors as `prefix/NAME`, added to `into` (a local part's saved

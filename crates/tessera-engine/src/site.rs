@@ -485,7 +485,22 @@ impl LocalModel for SiteModel<'_> {
         // A bound on the work: APFL's mixing weight needs a direction, not
         // every row.
         const MAX_ROWS: usize = 4096;
-        let taken = self.learner.gradient(self.rows, MAX_ROWS);
+        let n = self.rows.n_rows();
+        let drawn;
+        let rows = if n > MAX_ROWS {
+            // Rows drawn at random (a partial shuffle), not the file's first.
+            let mut order: Vec<usize> = (0..n).collect();
+            for i in 0..MAX_ROWS {
+                let j = i + usize::try_from(self.rng.below((n - i) as u64)).unwrap_or(0);
+                order.swap(i, j);
+            }
+            order.truncate(MAX_ROWS);
+            drawn = self.rows.select(&order);
+            &drawn
+        } else {
+            self.rows
+        };
+        let taken = self.learner.gradient(rows, MAX_ROWS);
         taken.map(|(_, g)| g).map_err(|e| self.failed(e))
     }
 

@@ -66,7 +66,13 @@ impl StateFile {
             run_id: run_id.to_string(),
             plan_hash: tessera_engine::model_file::plan_hash(plan),
         };
-        let restored = match file.read() {
+        let checked = file.read().and_then(|read| match read {
+            Some((header, state)) => tessera_aggregate::restored(&header.kind, &state)
+                .map(|_| Some((header, state)))
+                .map_err(|e| format!("its state does not restore: {e}")),
+            None => Ok(None),
+        });
+        let restored = match checked {
             Ok(Some((header, state))) => {
                 tracing::info!(
                     round = header.round,
@@ -78,7 +84,11 @@ impl StateFile {
             }
             Ok(None) => None,
             Err(why) => {
-                tracing::warn!(file = %path.display(), %why, "this site's saved state is not used");
+                tracing::warn!(
+                    file = %path.display(),
+                    %why,
+                    "this site's saved state is not used: its personal model starts afresh"
+                );
                 None
             }
         };
@@ -127,6 +137,14 @@ impl StateFile {
         Ok(Some((header, state)))
     }
 
+    /// Removes the saved state; whether there is none left.
+    pub(crate) fn remove(&self) -> bool {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        }
+    }
+
     /// Saves `site`'s state after its training of `round`, atomically.
     pub(crate) fn save(&self, round: u32, site: &Site) -> Result<(), String> {
         let Some((kind, state)) = site.local_state() else {
@@ -146,7 +164,12 @@ impl StateFile {
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
         let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            // The site's own model: readable by this user alone.
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options.open(&tmp)?;
             f.write_all(MAGIC)?;
             f.write_all(&len.to_le_bytes())?;
             f.write_all(&header)?;

@@ -74,7 +74,15 @@ pub(crate) async fn train(
         if let Some(file) = &state.state_file
             && let Err(why) = file.save(round, &site)
         {
-            tracing::warn!(round, %why, "this site's personal state could not be saved");
+            // An older state would pass off as the latest after a restart.
+            let removed = file.remove();
+            tracing::error!(
+                round,
+                %why,
+                removed,
+                "this site's personal state could not be saved: a restart would start its \
+                 personal model afresh"
+            );
         }
         if state.takeaway.first_training().is_none()
             && state.takeaway.restored.is_none()

@@ -259,6 +259,13 @@ pub async fn run(
     if !plan.topology.failures.is_empty() {
         tracing::warn!("[[topology.failures]] is simulation only; peers ignore it");
     }
+    if !plan.personalization.new_sites.is_empty() {
+        return Err(PeerError::Config(
+            "personalization.new_sites is a simulation setting: in deployment a new site is \
+             one that did not join; remove it from the plan"
+                .into(),
+        ));
+    }
     let me = sites
         .iter()
         .position(|s| *s == config.site)

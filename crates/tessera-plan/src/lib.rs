@@ -466,6 +466,10 @@ impl Plan {
             StrategyKind::Ditto => 2,
             // The head's passes, then the body's one.
             StrategyKind::FedRep => u64::from(self.strategy_config().head_passes.unwrap_or(10)) + 1,
+            // The update, then the personal model through the mixture.
+            StrategyKind::Apfl => 2,
+            // Two batches a step.
+            StrategyKind::PerFedAvg => 2,
             _ => 1,
         }
     }

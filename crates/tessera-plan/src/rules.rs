@@ -136,6 +136,18 @@ pub const RULES: &[Rule] = &[
             },
         )
     }),
+    rule("apfl_needs_no_weight_decay", |p| {
+        when(
+            p.federation.strategy == StrategyKind::Apfl && p.training.optimizer.weight_decay != 0.0,
+            &["federation.strategy", "training.weight_decay"],
+            || {
+                "apfl trains its personal model through the mixture, which weight decay \
+                 would shrink as a whole (not the personal model's SGD): set \
+                 training.weight_decay = 0"
+                    .into()
+            },
+        )
+    }),
     rule("meta_strategy_local_dp", |p| {
         let strategy = p.federation.strategy;
         when(

@@ -121,6 +121,13 @@ fn each_rule_fires_on_the_plan_it_forbids() {
             }),
         ),
         (
+            "apfl_needs_no_weight_decay",
+            Box::new(|p: &mut Plan| {
+                p.federation.strategy = StrategyKind::Apfl;
+                p.training.optimizer.weight_decay = 0.01;
+            }),
+        ),
+        (
             "meta_strategy_local_dp",
             Box::new(|p: &mut Plan| {
                 p.federation.strategy = StrategyKind::PerFedAvg;

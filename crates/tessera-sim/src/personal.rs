@@ -90,6 +90,16 @@ pub(crate) fn split_new_sites<'a>(
         return Ok((Cow::Borrowed(data), None));
     }
     let refused = |why: String| SimError::Engine(EngineError::State(why));
+    if plan.data.standardize.enabled
+        && plan.data.standardize.scope == tessera_data::ScaleScope::Federation
+    {
+        // The federation's statistics would count the new sites' rows.
+        return Err(refused(
+            "personalization.new_sites with data.standardize.scope = \"federation\": the \
+             federation's statistics would include the new sites' rows; use scope = \"site\""
+                .into(),
+        ));
+    }
     if let Some(missing) = new
         .iter()
         .find(|n| !data.sites.iter().any(|s| &s.name == *n))

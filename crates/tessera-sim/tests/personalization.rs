@@ -378,6 +378,10 @@ fn new_sites_take_no_part_and_adapt_the_final_model_with_few_rows() {
     assert!(refused(&plan).contains("none is left to train"));
     plan.personalization.new_sites = vec!["site1".into(), "site1".into()];
     assert!(refused(&plan).contains("names 'site1' twice"));
+    plan.personalization.new_sites = vec!["site1".into()];
+    plan.data.standardize.enabled = true;
+    plan.data.standardize.scope = tessera_data::ScaleScope::Federation;
+    assert!(refused(&plan).contains("would include the new sites' rows"));
 }
 
 #[test]

@@ -12,7 +12,8 @@
 //! 2. `v' = v - eta alpha grad f(alpha v + (1 - alpha) w')` over a local
 //!    training: the mixture `m = alpha v + (1 - alpha) w'` is trained with
 //!    its gradient scaled by `alpha^2`, and `v' = v + (m' - m) / alpha`,
-//!    which under plain SGD is exactly SGD on `v` (hence plain SGD only);
+//!    which under plain SGD without weight decay is exactly SGD on `v`
+//!    (hence plain SGD, no weight decay: the plan's rules refuse others);
 //! 3. `alpha' = alpha - eta <v' - w', grad f(alpha v' + (1 - alpha) w')>`,
 //!    the gradient on the site's rows, kept within `[MIN_ALPHA, 1]`.
 

@@ -531,6 +531,13 @@ mod restart_tests {
 
             let mut restarted = LocalPart::default();
             restarted.restore_state(name.to_string(), saved);
+            // Before any training in the new process (the run may end
+            // without one), its personal model is the saved one.
+            assert_eq!(
+                restarted.personal(&first),
+                kept.personal(&first),
+                "{instructions}"
+            );
             let mut again = site([1.0, 2.0, 3.0, 4.0]);
             let a = kept.fit(&instructions, &second, &mut model).unwrap();
             let b = restarted.fit(&instructions, &second, &mut again).unwrap();

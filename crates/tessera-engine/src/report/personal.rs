@@ -19,7 +19,8 @@ pub struct PersonalSite {
     /// training); `null` where it failed to train.
     pub local_only: Option<f64>,
     /// Hierarchical: the model of the site's region (its aggregator's last
-    /// regional model), which the site's own is fine-tuned from.
+    /// regional model; the global one for a site directly under the root),
+    /// which the site's own is fine-tuned from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regional: Option<f64>,
     /// Test rows.
