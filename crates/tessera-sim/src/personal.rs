@@ -90,16 +90,6 @@ pub(crate) fn split_new_sites<'a>(
         return Ok((Cow::Borrowed(data), None));
     }
     let refused = |why: String| SimError::Engine(EngineError::State(why));
-    if plan.data.standardize.enabled
-        && plan.data.standardize.scope == tessera_data::ScaleScope::Federation
-    {
-        // The federation's statistics would count the new sites' rows.
-        return Err(refused(
-            "personalization.new_sites with data.standardize.scope = \"federation\": the \
-             federation's statistics would include the new sites' rows; use scope = \"site\""
-                .into(),
-        ));
-    }
     if let Some(missing) = new
         .iter()
         .find(|n| !data.sites.iter().any(|s| &s.name == *n))
@@ -133,7 +123,17 @@ pub(crate) fn split_new_sites<'a>(
             .collect(),
         agreement: data.agreement.clone(),
     };
-    Ok((Cow::Owned(part(false)), Some(part(true))))
+    let (mut trained, mut new_ones) = (part(false), part(true));
+    if plan.data.standardize.scope == tessera_data::ScaleScope::Federation {
+        // The federation's statistics are the training sites' alone, and
+        // the new sites take them, as a hospital joining later would.
+        let stats = trained.federation_statistics();
+        let scaler = tessera_data::Scaler::from_statistics(&stats, &plan.data.standardize);
+        for site in trained.sites.iter_mut().chain(new_ones.sites.iter_mut()) {
+            site.rescale(scaler.clone());
+        }
+    }
+    Ok((Cow::Owned(trained), Some(new_ones)))
 }
 
 /// The new sites' section: each new site (a fresh site, which took no part)

@@ -378,10 +378,37 @@ fn new_sites_take_no_part_and_adapt_the_final_model_with_few_rows() {
     assert!(refused(&plan).contains("none is left to train"));
     plan.personalization.new_sites = vec!["site1".into(), "site1".into()];
     assert!(refused(&plan).contains("names 'site1' twice"));
-    plan.personalization.new_sites = vec!["site1".into()];
+
+    // Federation-scope standardisation: the statistics are the training
+    // sites' alone (the new sites take them), as if the data never had the
+    // new sites.
+    plan.personalization.new_sites = new.iter().map(|s| s.to_string()).collect();
     plan.data.standardize.enabled = true;
     plan.data.standardize.scope = tessera_data::ScaleScope::Federation;
-    assert!(refused(&plan).contains("would include the new sites' rows"));
+    let data = tessera_data::load(
+        &plan.data,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples"),
+        &Filesystem,
+    )
+    .unwrap();
+    let federation = run(&plan, &data);
+    let mut without = data.clone();
+    without.sites.retain(|s| !new.contains(&s.name.as_str()));
+    without.summary.retain(|s| !new.contains(&s.site.as_str()));
+    let scaler = tessera_data::Scaler::from_statistics(
+        &without.federation_statistics(),
+        &plan.data.standardize,
+    );
+    for site in &mut without.sites {
+        site.rescale(scaler.clone());
+    }
+    let mut alone = plan.clone();
+    alone.personalization.new_sites.clear();
+    assert_eq!(
+        run(&alone, &without).final_parameters,
+        federation.final_parameters
+    );
+    assert_ne!(federation.final_parameters, report.final_parameters);
 }
 
 #[test]

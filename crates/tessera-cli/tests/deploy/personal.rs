@@ -128,10 +128,7 @@ fn heads_stay_home(strategy: &str, settings: &str) {
         assert!(values(&mean, &BODY).iter().any(|v| *v != 0.0));
     }
     drop(conn);
-    let mut stored = std::fs::read(&db).unwrap();
-    if let Ok(wal) = std::fs::read(s.path("r.sqlite-wal")) {
-        stored.extend(wal);
-    }
+    let stored = stored_bytes(&db);
     // The search finds what the database does hold: the global body.
     assert!(holds_any(&stored, &values(&global, &BODY)));
 
@@ -182,42 +179,20 @@ fn per_fedavg_deployed_is_the_simulation_and_each_site_adapts_with_few_rows() {
     let text = heart_text(&s, 4).replace("strategy = \"fedavg\"", "strategy = \"perfedavg\"")
         + "\n[privacy]\nsite_metrics = \"clear\"\n\n[strategies.perfedavg]\nalpha = 0.01\n\n\
            [personalization]\nfinetune_epochs = 5\nfinetune_rows = 20\nfinetune_lr = 0.05\n";
-    assert!(text.contains("strategy = \"perfedavg\""));
-    let plan = s.write("perfedavg.toml", &text);
-    let (simulated, simulated_model) = s.simulate(&plan, "sim.model");
-    let (mut coordinator, url) = coordinator(&s.dir, &plan, &s.path("r.sqlite"), 0, crate::OUTPUTS);
-    let mut participants: Vec<Proc> = HEART_SITES
-        .iter()
-        .map(|site| participant(&s.dir, &url, site, &["--report", &format!("{site}.json")]))
-        .collect();
-    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
-    for p in &mut participants {
-        assert!(p.wait(LIMIT).success(), "{}", p.log());
-    }
-    assert_eq!(util::model(&s.path("dep.model")), simulated_model);
+    let simulated_model = deployed_as_simulated(&s, "perfedavg", &text);
     // Meta steps are not FedAvg's steps.
     let fedavg = s.write(
         "fedavg.toml",
         &text.replace("strategy = \"perfedavg\"", "strategy = \"fedavg\""),
     );
     assert_ne!(s.simulate(&fedavg, "fedavg.model").1, simulated_model);
-    let mut adapted = 0;
-    for site in HEART_SITES {
-        let report = s.json(&format!("{site}.json"));
-        let expected = &simulated["personalization"]["per_site"][site];
-        assert_eq!(
-            report["personalized"]["accuracy"], expected["personalized"],
-            "{site}: {report}"
-        );
-        assert_eq!(report["global"]["accuracy"], expected["global"], "{site}");
-        adapted += usize::from(report["personalized"]["accuracy"] != report["global"]["accuracy"]);
-        println!(
-            "perfedavg {site}: adapted with 20 rows {}, global {}, local only {}",
-            report["personalized"]["accuracy"],
-            report["global"]["accuracy"],
-            report["local_baseline"]["accuracy"]
-        );
-    }
+    let adapted = HEART_SITES
+        .iter()
+        .filter(|site| {
+            let report = s.json(&format!("{site}.json"));
+            report["personalized"]["accuracy"] != report["global"]["accuracy"]
+        })
+        .count();
     assert!(
         adapted >= 2,
         "{adapted} of 4 sites' adapted models differ from the global one"
@@ -238,7 +213,39 @@ fn apfl_deployed_is_the_simulation_and_each_site_keeps_its_mixture() {
     let text = heart_text(&s, 4).replace("strategy = \"fedavg\"", "strategy = \"apfl\"")
         + "\n[privacy]\nsite_metrics = \"clear\"\n\n[strategies.apfl]\nalpha = 0.5\n\
            client_lr = 0.01\n";
-    let plan = s.write("apfl.toml", &text);
+    deployed_as_simulated(&s, "apfl", &text);
+    let global = util::parameters(&std::fs::read(s.path("dep.model")).unwrap());
+    let stored = stored_bytes(&s.path("r.sqlite"));
+    assert!(
+        holds_any(&stored, &values(&global, &["dense0.weight"])),
+        "positive control"
+    );
+    for site in HEART_SITES {
+        // The site's own model `v`, from its state file: nowhere in the
+        // coordinator's database.
+        let state = std::fs::read(s.path(&format!("tessera-state-{site}.bin"))).unwrap();
+        let header = u32::from_le_bytes(state[8..12].try_into().unwrap()) as usize;
+        let saved = tessera_proto::decode_parameters(&state[12 + header..]).unwrap();
+        let own = values(&saved, &["personal/dense0.weight"]);
+        assert!(
+            !holds_any(&stored, &own),
+            "{site}'s own model is in the database"
+        );
+        let file =
+            ModelFile::from_bytes(&std::fs::read(s.path(&format!("{site}.personal"))).unwrap())
+                .unwrap();
+        assert_ne!(file.parameters, global, "{site}");
+    }
+}
+
+/// Runs the plan `text` (written as `NAME.toml`) simulated and deployed on
+/// the four heart sites (each with `--report SITE.json` and
+/// `--personal-model-out SITE.personal`): the deployed global model and each
+/// site's personalized and global accuracy are the simulation's. The
+/// simulated model file.
+fn deployed_as_simulated(s: &Scratch, name: &str, text: &str) -> Vec<u8> {
+    assert!(text.contains(&format!("strategy = \"{name}\"")));
+    let plan = s.write(&format!("{name}.toml"), text);
     let (simulated, simulated_model) = s.simulate(&plan, "sim.model");
     let (mut coordinator, url) = coordinator(&s.dir, &plan, &s.path("r.sqlite"), 0, crate::OUTPUTS);
     let mut participants: Vec<Proc> = HEART_SITES
@@ -258,43 +265,34 @@ fn apfl_deployed_is_the_simulation_and_each_site_keeps_its_mixture() {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
     assert_eq!(util::model(&s.path("dep.model")), simulated_model);
-    let global = util::parameters(&std::fs::read(s.path("dep.model")).unwrap());
-    let mut stored = std::fs::read(s.path("r.sqlite")).unwrap();
-    if let Ok(wal) = std::fs::read(s.path("r.sqlite-wal")) {
-        stored.extend(wal);
-    }
-    assert!(
-        holds_any(&stored, &values(&global, &["dense0.weight"])),
-        "positive control"
-    );
     for site in HEART_SITES {
-        // The site's own model `v`, from its state file: nowhere in the
-        // coordinator's database.
-        let state = std::fs::read(s.path(&format!("tessera-state-{site}.bin"))).unwrap();
-        let header = u32::from_le_bytes(state[8..12].try_into().unwrap()) as usize;
-        let saved = tessera_proto::decode_parameters(&state[12 + header..]).unwrap();
-        let own = values(&saved, &["personal/dense0.weight"]);
-        assert!(
-            !holds_any(&stored, &own),
-            "{site}'s own model is in the database"
-        );
         let report = s.json(&format!("{site}.json"));
         let expected = &simulated["personalization"]["per_site"][site];
         assert_eq!(
             report["personalized"]["accuracy"], expected["personalized"],
             "{site}: {report}"
         );
-        let file =
-            ModelFile::from_bytes(&std::fs::read(s.path(&format!("{site}.personal"))).unwrap())
-                .unwrap();
-        assert_ne!(file.parameters, global, "{site}");
+        assert_eq!(report["global"]["accuracy"], expected["global"], "{site}");
         println!(
-            "apfl {site}: mixture {}, global {}, local only {}",
+            "{name} {site}: personalized {}, global {}, local only {}",
             report["personalized"]["accuracy"],
             report["global"]["accuracy"],
             report["local_baseline"]["accuracy"]
         );
     }
+    simulated_model
+}
+
+/// Every byte of the coordinator's database: the file and its write-ahead
+/// log (freed pages included).
+fn stored_bytes(db: &std::path::Path) -> Vec<u8> {
+    let mut stored = std::fs::read(db).unwrap();
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    if let Ok(wal) = std::fs::read(wal) {
+        stored.extend(wal);
+    }
+    stored
 }
 
 /// A Ditto site killed mid-run and started again takes back its personal
