@@ -156,44 +156,44 @@ fn mismatched_continuations_are_refused_naming_why() {
         ],
     )
     .ok();
-    // Another run's importance.
-    let line = refused(
-        &s,
-        18,
-        &[
-            "--continue-from",
-            "m1.model",
-            "--ewc-lambda",
-            "1",
+    const FROM: [&str; 2] = ["--continue-from", "m1.model"];
+    let with = |more: &[&'static str]| -> Vec<&'static str> { [&FROM[..], more].concat() };
+    let cases: [(&str, Vec<&str>, &str); 6] = [
+        (
+            "another run's importance",
+            with(&["--ewc-lambda", "1", "--importance", "m3.importance"]),
+            "not the importance of m1.model",
+        ),
+        (
+            "a model file as importance",
+            with(&["--ewc-lambda", "1", "--importance", "m1.model"]),
+            "not the importance of m1.model",
+        ),
+        (
+            "another model",
+            with(&["--set", "model.hidden=[16]"]),
+            "m1.model: a Mlp model with hidden layers [32]",
+        ),
+        (
+            "a lambda without its importance",
+            with(&["--ewc-lambda", "1"]),
             "--importance",
-            "m3.importance",
-        ],
-    );
-    assert!(line.contains("not the importance of m1.model"), "{line}");
-    // A model file as importance.
-    let line = refused(
-        &s,
-        18,
-        &[
-            "--continue-from",
-            "m1.model",
-            "--ewc-lambda",
-            "1",
-            "--importance",
-            "m1.model",
-        ],
-    );
-    assert!(line.contains("not the importance of m1.model"), "{line}");
-    // Another model.
-    let line = refused(
-        &s,
-        18,
-        &["--continue-from", "m1.model", "--set", "model.hidden=[16]"],
-    );
-    assert!(
-        line.contains("m1.model: a Mlp model with hidden layers [32]"),
-        "{line}"
-    );
+        ),
+        (
+            "a negative lambda",
+            with(&["--ewc-lambda", "-1", "--importance", "m1.importance"]),
+            "ewc_lambda must be a number >= 0",
+        ),
+        (
+            "a personalized strategy",
+            with(&["--strategy", "fedper"]),
+            "personalized strategy fedper is not supported",
+        ),
+    ];
+    for (what, more, why) in cases {
+        let line = refused(&s, 18, &more);
+        assert!(line.contains(why), "{what}: {line}");
+    }
     // Another dataset's features.
     let line = s
         .run(&["simulate", "-q", "--continue-from", "m1.model"])
@@ -202,37 +202,8 @@ fn mismatched_continuations_are_refused_naming_why() {
         line.contains("m1.model: its 60 features are not this data's"),
         "{line}"
     );
-    // A lambda without its importance, and a negative one.
-    let line = refused(
-        &s,
-        18,
-        &["--continue-from", "m1.model", "--ewc-lambda", "1"],
-    );
-    assert!(line.contains("--importance"), "{line}");
-    let line = refused(
-        &s,
-        18,
-        &[
-            "--continue-from",
-            "m1.model",
-            "--ewc-lambda",
-            "-1",
-            "--importance",
-            "m1.importance",
-        ],
-    );
-    assert!(line.contains("ewc_lambda must be a number >= 0"), "{line}");
-    // A personalized strategy, a typo in --earlier (before the run), and
-    // the importance under DP.
-    let line = refused(
-        &s,
-        18,
-        &["--continue-from", "m1.model", "--strategy", "fedper"],
-    );
-    assert!(
-        line.contains("personalized strategy fedper is not supported"),
-        "{line}"
-    );
+    // A typo in --earlier (refused before the run), and the importance
+    // under DP.
     let line = refused(
         &s,
         18,
