@@ -374,9 +374,14 @@ enum Model {
 }
 
 /// The plan's `finetune_rows` rows of `train` drawn without replacement
-/// from `rng` (a partial shuffle); `None` for all of them.
+/// from `rng`; `None` for all of them.
 fn few_rows(plan: &crate::Plan, rng: &mut SeededRng, train: &Dataset) -> Option<Dataset> {
-    let n = plan.personalization.finetune_rows?;
+    drawn_rows(rng, train, plan.personalization.finetune_rows?)
+}
+
+/// `n` rows of `train` drawn without replacement from `rng` (a partial
+/// shuffle); `None` when `train` has no more than `n`.
+fn drawn_rows(rng: &mut SeededRng, train: &Dataset, n: usize) -> Option<Dataset> {
     if n >= train.n_rows() {
         return None;
     }
@@ -485,21 +490,9 @@ impl LocalModel for SiteModel<'_> {
         // A bound on the work: APFL's mixing weight needs a direction, not
         // every row.
         const MAX_ROWS: usize = 4096;
-        let n = self.rows.n_rows();
-        let drawn;
-        let rows = if n > MAX_ROWS {
-            // Rows drawn at random (a partial shuffle), not the file's first.
-            let mut order: Vec<usize> = (0..n).collect();
-            for i in 0..MAX_ROWS {
-                let j = i + usize::try_from(self.rng.below((n - i) as u64)).unwrap_or(0);
-                order.swap(i, j);
-            }
-            order.truncate(MAX_ROWS);
-            drawn = self.rows.select(&order);
-            &drawn
-        } else {
-            self.rows
-        };
+        // Rows drawn at random, not the file's first.
+        let drawn = drawn_rows(&mut self.rng, self.rows, MAX_ROWS);
+        let rows = drawn.as_ref().unwrap_or(self.rows);
         let taken = self.learner.gradient(rows, MAX_ROWS);
         taken.map(|(_, g)| g).map_err(|e| self.failed(e))
     }
