@@ -30,6 +30,13 @@ pub struct SynthArgs {
     /// Seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Departments within each site (0: none), named in a `department`
+    /// column; each shifts its site's model.
+    #[arg(long, default_value_t = 0)]
+    departments: usize,
+    /// Variance of a department's shift of its site's model.
+    #[arg(long, default_value_t = 1.0)]
+    department_variance: f64,
     /// Output CSV file, replaced if it exists.
     #[arg(long)]
     out: PathBuf,
@@ -45,7 +52,17 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
     if args.classes > 1000 || args.features > 100_000 {
         bail!("--classes must be at most 1000 and --features at most 100000");
     }
-    for (name, v) in [("--alpha", args.alpha), ("--beta", args.beta)] {
+    if args.departments > tessera_data::config::MAX_SYNTHETIC_DEPARTMENTS {
+        bail!(
+            "--departments must be at most {}",
+            tessera_data::config::MAX_SYNTHETIC_DEPARTMENTS
+        );
+    }
+    for (name, v) in [
+        ("--alpha", args.alpha),
+        ("--beta", args.beta),
+        ("--department-variance", args.department_variance),
+    ] {
         if !(v.is_finite() && v >= 0.0) {
             bail!("{name} must be a variance >= 0, got {v}");
         }
@@ -58,6 +75,8 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
         alpha: args.alpha,
         beta: args.beta,
         seed: args.seed,
+        departments: args.departments,
+        department_variance: args.department_variance,
     };
     let file = std::fs::File::create(&args.out)
         .with_context(|| format!("{}: cannot create", args.out.display()))?;

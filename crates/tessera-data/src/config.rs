@@ -69,7 +69,32 @@ pub struct SyntheticConfig {
     pub beta: f64,
     /// Seed.
     pub seed: u64,
+    /// Departments within each site, named in a `department` column (0,
+    /// the default: none, the paper's rows).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub departments: usize,
+    /// Variance of a department's shift of its site's model (default 1).
+    #[serde(
+        default = "default_department_variance",
+        skip_serializing_if = "is_default_department_variance"
+    )]
+    pub department_variance: f64,
 }
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+fn default_department_variance() -> f64 {
+    1.0
+}
+
+fn is_default_department_variance(v: &f64) -> bool {
+    *v == default_department_variance()
+}
+
+/// Most departments per site `[data.synthetic]` generates.
+pub const MAX_SYNTHETIC_DEPARTMENTS: usize = 1000;
 
 /// Most values `[data.synthetic]` generates (sites x rows x columns): about
 /// 2 GB of text.
@@ -86,6 +111,8 @@ impl SyntheticConfig {
             alpha: self.alpha,
             beta: self.beta,
             seed: self.seed,
+            departments: self.departments,
+            department_variance: self.department_variance,
         }
     }
 
@@ -113,7 +140,17 @@ impl SyntheticConfig {
         if self.classes < 2 {
             reasons.push(format!("classes must be at least 2, got {}", self.classes));
         }
-        for (name, v) in [("alpha", self.alpha), ("beta", self.beta)] {
+        if self.departments > MAX_SYNTHETIC_DEPARTMENTS {
+            reasons.push(format!(
+                "departments must be at most {MAX_SYNTHETIC_DEPARTMENTS}, got {}",
+                self.departments
+            ));
+        }
+        for (name, v) in [
+            ("alpha", self.alpha),
+            ("beta", self.beta),
+            ("department_variance", self.department_variance),
+        ] {
             if !(v.is_finite() && v >= 0.0) {
                 reasons.push(format!(
                     "{name} must be a variance (finite, >= 0), got {}",
@@ -123,10 +160,16 @@ impl SyntheticConfig {
         }
         let values = (self.sites as u64)
             .checked_mul(self.rows as u64)
-            .and_then(|n| n.checked_mul((self.features as u64).saturating_add(2)));
+            .and_then(|n| {
+                let columns = (self.features as u64)
+                    .saturating_add(2)
+                    .saturating_add(u64::from(self.departments > 0));
+                n.checked_mul(columns)
+            });
         if values.is_none_or(|v| v > MAX_SYNTHETIC_VALUES) {
             reasons.push(format!(
-                "sites x rows x (features + 2) must be at most {MAX_SYNTHETIC_VALUES}"
+                "sites x rows x columns (features + 2, one more with departments) \
+                 must be at most {MAX_SYNTHETIC_VALUES}"
             ));
         }
         if reasons.is_empty() {

@@ -51,9 +51,9 @@ pub use dataset::{Dataset, FeatureStatistics, FederatedData, Scaler, SiteData, S
 pub use error::{DataError, Location};
 pub use levels::{agree_levels, canonical_level, level_order};
 pub use prepare::{
-    Agreement, ColumnKinds, DeriveFeature, Encoding, FederatedRecords, KindsOffer, LevelsOffer,
-    LocalSite, MAX_DECLARED_ROWS, MAX_DECLARED_SITES, MISSING_LEVEL, PendingSite, RecordColumn,
-    SiteIdentifiers, SiteRecords, agree_kinds, agree_vocabulary, declared_rows, load,
+    Agreement, ColumnKinds, DeriveFeature, Encoding, FederatedRecords, Group, KindsOffer,
+    LevelsOffer, LocalSite, MAX_DECLARED_ROWS, MAX_DECLARED_SITES, MISSING_LEVEL, PendingSite,
+    RecordColumn, SiteIdentifiers, SiteRecords, agree_kinds, agree_vocabulary, declared_rows, load,
     load_cross_silo, load_records, read_local_site, read_local_sites, read_pending_site,
     records_schema,
 };

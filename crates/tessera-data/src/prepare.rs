@@ -28,7 +28,7 @@ mod records;
 mod site;
 
 pub use agreement::{
-    Agreement, ColumnKinds, Encoding, KindsOffer, LevelsOffer, MAX_DECLARED_ROWS,
+    Agreement, ColumnKinds, Encoding, Group, KindsOffer, LevelsOffer, MAX_DECLARED_ROWS,
     MAX_DECLARED_SITES, agree_kinds, agree_vocabulary, declared_rows,
 };
 pub use derived::{DeriveFeature, SiteIdentifiers};

@@ -21,6 +21,14 @@ pub struct SynthConfig {
     pub beta: f64,
     /// Seed.
     pub seed: u64,
+    /// Departments within each site (0: none, the paper's data). With
+    /// some, each row belongs to one, drawn uniformly, named in a
+    /// `department` column, and its label follows the site's model shifted
+    /// by the department's own.
+    pub departments: usize,
+    /// Variance of each entry of a department's shift of its site's
+    /// `W_k` and `b_k`: how much departments differ within a site.
+    pub department_variance: f64,
 }
 
 /// Writes the data as CSV with columns `site`, `x0..x{D-1}`, `y`; sites are
@@ -29,11 +37,22 @@ pub struct SynthConfig {
 /// For site k: u_k ~ N(0, alpha); W_k (C x D) and b_k (C) entries ~ N(u_k, 1);
 /// B_k ~ N(0, beta); v_k entries ~ N(B_k, 1); x ~ N(v_k, diag(j^-1.2)) for
 /// j = 1..D; y = argmax(W_k x + b_k).
+///
+/// With departments (a `department` column after `site`, levels `dept0`,
+/// `dept1`, ...): department m of site k shifts W_k and b_k by S_km and
+/// s_km, entries ~ N(0, department_variance), drawn after the site's own;
+/// each row's department is drawn uniformly before its x, and y =
+/// argmax((W_k + S_km) x + b_k + s_km). Without departments the rows are
+/// the paper's, bit for bit.
 pub fn write_synthetic(config: &SynthConfig, out: &mut dyn Write) -> std::io::Result<()> {
     let (d, c) = (config.features, config.classes);
     let mut rng = SeededRng::new(config.seed);
     let sd: Vec<f64> = (1..=d).map(|j| (j as f64).powf(-1.2).sqrt()).collect();
+    let departments = config.departments;
     write!(out, "site")?;
+    if departments > 0 {
+        write!(out, ",department")?;
+    }
     for j in 0..d {
         write!(out, ",x{j}")?;
     }
@@ -46,12 +65,30 @@ pub fn write_synthetic(config: &SynthConfig, out: &mut dyn Write) -> std::io::Re
         let b: Vec<f64> = (0..c).map(|_| rng.gaussian(u, 1.0)).collect();
         let big_b = rng.gaussian(0.0, config.beta.sqrt());
         let v: Vec<f64> = (0..d).map(|_| rng.gaussian(big_b, 1.0)).collect();
+        let shift_sd = config.department_variance.sqrt();
+        // Each department's shift of W_k (C x D entries) then of b_k (C).
+        let shifts: Vec<Vec<f64>> = (0..departments)
+            .map(|_| {
+                (0..c * d + c)
+                    .map(|_| rng.gaussian(0.0, shift_sd))
+                    .collect()
+            })
+            .collect();
+        let none = vec![0.0; c * d + c];
         for _ in 0..config.rows_per_site {
+            let department = (departments > 0)
+                .then(|| usize::try_from(rng.below(departments as u64)).unwrap_or(0));
+            let shift = department.map_or(&none, |m| &shifts[m]);
             for j in 0..d {
                 x[j] = v[j] + rng.normal() * sd[j];
             }
             let label = (0..c)
-                .map(|class| b[class] + (0..d).map(|j| w[class * d + j] * x[j]).sum::<f64>())
+                .map(|class| {
+                    let row = (0..d)
+                        .map(|j| (w[class * d + j] + shift[class * d + j]) * x[j])
+                        .sum::<f64>();
+                    b[class] + shift[c * d + class] + row
+                })
                 .enumerate()
                 .fold((0, f64::NEG_INFINITY), |best, (i, score)| {
                     if score > best.1 { (i, score) } else { best }
@@ -60,6 +97,9 @@ pub fn write_synthetic(config: &SynthConfig, out: &mut dyn Write) -> std::io::Re
             line.clear();
             use std::fmt::Write as _;
             let _ = write!(line, "site{k}");
+            if let Some(m) = department {
+                let _ = write!(line, ",dept{m}");
+            }
             for value in &x {
                 let _ = write!(line, ",{value}");
             }
@@ -90,6 +130,8 @@ mod tests {
             alpha: 0.5,
             beta: 0.5,
             seed: 1,
+            departments: 0,
+            department_variance: 0.0,
         };
         let a = generate(&config);
         assert_eq!(a, generate(&config));
@@ -115,6 +157,8 @@ mod tests {
             alpha: 1.0,
             beta: 1.0,
             seed: 9,
+            departments: 0,
+            department_variance: 0.0,
         };
         let text = generate(&config);
         let column = |j: usize| -> Vec<f64> {

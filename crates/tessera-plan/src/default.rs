@@ -36,6 +36,8 @@ impl Default for Plan {
                     alpha: 0.5,
                     beta: 0.5,
                     seed: 1,
+                    departments: 0,
+                    department_variance: 1.0,
                 }),
                 cross_silo: None,
             },

@@ -55,6 +55,8 @@ fn data(plan: &Plan, sites: usize) -> FederatedData {
         alpha: 1.0,
         beta: 1.0,
         seed: 11,
+        departments: 0,
+        department_variance: 0.0,
     };
     write_synthetic(&config, &mut csv).unwrap();
     tessera_data::load(&plan.data, Path::new(""), &Memory(csv)).unwrap()

@@ -98,6 +98,15 @@ impl Encoding {
     }
 }
 
+/// The rows of one level of a categorical column ([`Agreement::groups`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// The level.
+    pub level: String,
+    /// Row indices, ascending.
+    pub rows: Vec<usize>,
+}
+
 /// What every site encodes with: the columns, their encodings and the classes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Agreement {
@@ -130,6 +139,61 @@ impl Agreement {
             }
         }
         names
+    }
+
+    /// The rows of `raw` in each level of the categorical feature
+    /// `column`, in the vocabulary's order (`raw` encoded, not
+    /// standardised: its indicators are 0 or 1); levels without rows are
+    /// left out. Refused when `column` is not a categorical feature or
+    /// `raw` is not this layout.
+    pub fn groups(
+        &self,
+        column: &str,
+        raw: &ndarray::Array2<f32>,
+    ) -> Result<Vec<Group>, DataError> {
+        if raw.ncols() != self.n_features() {
+            return Err(DataError::Unusable(format!(
+                "rows have {} features, the agreement {}",
+                raw.ncols(),
+                self.n_features()
+            )));
+        }
+        let mut start = 0;
+        for (name, encoding) in self.columns.iter().zip(&self.encodings) {
+            let width = encoding.width();
+            if name == column {
+                let Encoding::OneHot { levels, drop_first } = encoding else {
+                    return Err(DataError::Config(format!(
+                        "column `{}` is numeric; groups need a categorical column",
+                        tessera_core::shown(column, 100)
+                    )));
+                };
+                let skip = usize::from(*drop_first);
+                let mut rows = vec![Vec::new(); levels.len()];
+                for (i, row) in raw.rows().into_iter().enumerate() {
+                    let hot = (0..width).find(|&j| row[start + j] == 1.0);
+                    match hot {
+                        Some(j) => rows[j + skip].push(i),
+                        None if *drop_first => rows[0].push(i),
+                        None => {}
+                    }
+                }
+                return Ok(levels
+                    .iter()
+                    .zip(rows)
+                    .filter(|(_, rows)| !rows.is_empty())
+                    .map(|(level, rows)| Group {
+                        level: level.clone(),
+                        rows,
+                    })
+                    .collect());
+            }
+            start += width;
+        }
+        Err(DataError::Config(format!(
+            "no feature column is named `{}` (an ignored column or the target cannot name groups)",
+            tessera_core::shown(column, 100)
+        )))
     }
 
     pub(super) fn n_features(&self) -> usize {
