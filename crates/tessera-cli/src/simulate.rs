@@ -479,6 +479,22 @@ fn print_summary(report: &RunReport) {
              {local}; beats both at {} of {} sites",
             p.strategy, p.mean_personalized, p.mean_global, p.sites_beating_both, p.sites
         );
+        if let Some(d) = &p.departments {
+            let show = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.4}"));
+            let regional = d
+                .mean_regional
+                .map_or_else(String::new, |r| format!("; regional {r:.4}"));
+            println!(
+                "departments ({}, {} populations): department {} mean; site {:.4}{regional}; \
+                 global {:.4}; department beats site at {}",
+                d.column,
+                d.populations,
+                show(d.mean_department),
+                d.mean_site,
+                d.mean_global,
+                d.department_beats_site
+            );
+        }
     }
     if let Some(n) = &report.new_sites {
         let local = n

@@ -75,6 +75,7 @@
 
 mod buffered;
 pub mod continual;
+mod departments;
 mod downlink;
 mod dp_sgd;
 mod engine;
@@ -88,6 +89,7 @@ mod site;
 mod topology;
 
 pub use buffered::{AsyncRejection, BufferedEngine, Step};
+pub use departments::{Departments, Levels};
 pub use downlink::Downlink;
 pub use dp_sgd::{DpSgd, Private};
 pub use engine::{

@@ -11,7 +11,9 @@ use crate::{RoundOutcome, RoundStatus};
 mod personal;
 mod view;
 
-pub use personal::{NewSitesReport, PersonalSite, PersonalizationReport};
+pub use personal::{
+    DepartmentAccuracy, DepartmentsSummary, NewSitesReport, PersonalSite, PersonalizationReport,
+};
 pub use view::{DP_HISTOGRAM_BINS, EvaluationView, POOLED, sums};
 
 /// One round, as the table and the JSON show it.

@@ -322,21 +322,46 @@ impl Site {
         if !plan.personalization.fine_tunes() {
             return Ok(start);
         }
+        let round = plan.federation.rounds.saturating_add(1);
+        let mut rng = public_rng(self.seed, round, &self.id);
+        let few = few_rows(plan, &mut rng, train);
+        self.fine_tuned(plan, &start, few.as_ref().unwrap_or(train), rng)
+    }
+
+    /// `start` fine-tuned as `[personalization]` says on `rows`, with
+    /// batches from `rng`.
+    fn fine_tuned(
+        &mut self,
+        plan: &crate::Plan,
+        start: &ParameterSet,
+        rows: &Dataset,
+        mut rng: SeededRng,
+    ) -> Result<ParameterSet, EngineError> {
         let Model::BuiltIn(learner) = &mut self.model else {
             return Err(EngineError::State(
                 "fine-tuning needs a built-in model".into(),
             ));
         };
-        let round = plan.federation.rounds.saturating_add(1);
-        let mut rng = public_rng(self.seed, round, &self.id);
-        let few = few_rows(plan, &mut rng, train);
-        let rows = few.as_ref().unwrap_or(train);
-        let training = plan.finetune_training();
-        learner.set_parameters(&start)?;
-        learner.fit(rows, &LocalPlan::plain(&training), &mut rng)?;
+        learner.set_parameters(start)?;
+        learner.fit(rows, &LocalPlan::plain(&plan.finetune_training()), &mut rng)?;
         let tuned = learner.parameters().clone();
         tuned.check_finite()?;
         Ok(tuned)
+    }
+
+    /// `start` (the site's own model) fine-tuned for department `name` on
+    /// its training `rows` as [`Site::personalized`] fine-tunes (all rows;
+    /// batches from the public stream after the last round, this department's).
+    pub fn department_model(
+        &mut self,
+        plan: &crate::Plan,
+        start: &ParameterSet,
+        name: &str,
+        rows: &Dataset,
+    ) -> Result<ParameterSet, EngineError> {
+        let round = u64::from(plan.federation.rounds.saturating_add(1));
+        let tags = [streams::FIT, round, tag(self.id.as_str()), tag(name)];
+        self.fine_tuned(plan, start, rows, SeededRng::derived(self.seed, &tags))
     }
 
     /// The rows of `train` that [`Site::personalized`] fine-tunes on: the

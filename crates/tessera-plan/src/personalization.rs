@@ -32,6 +32,15 @@ pub struct PersonalizationConfig {
     /// the global model and a model trained on the same rows alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub new_sites: Vec<String>,
+    /// Departments, a level below a site: the categorical feature column
+    /// that names each row's department. After the site's own model is
+    /// made, each department of a site fine-tunes it, as above, on the
+    /// department's training rows, and each level (global, regional where
+    /// the topology has regions, site, department) is evaluated on the
+    /// department's test rows. Department models and their figures never
+    /// leave the site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub department: Option<String>,
 }
 
 impl PersonalizationConfig {

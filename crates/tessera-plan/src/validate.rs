@@ -248,6 +248,21 @@ impl Plan {
                     .into(),
             );
         }
+        if let Some(column) = &personalization.department
+            && (column.trim().is_empty() || !personalization.fine_tunes())
+        {
+            push(
+                &[
+                    "personalization.department",
+                    "personalization.finetune_epochs",
+                ],
+                format!(
+                    "personalization.department = '{}' needs a column name and \
+                     finetune_epochs > 0 (each department fine-tunes its site's model)",
+                    tessera_core::shown(column, 100)
+                ),
+            );
+        }
         if let Some(lr) = personalization.finetune_lr
             && !(lr.is_finite() && lr > 0.0 && personalization.fine_tunes())
         {

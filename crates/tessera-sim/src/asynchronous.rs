@@ -211,7 +211,6 @@ pub(crate) fn run_async(
     }
     let (final_parameters, _) = engine.current();
     Ok(Federated {
-        regional: None,
         personal: None,
         records,
         last_evaluations,

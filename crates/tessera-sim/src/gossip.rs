@@ -228,7 +228,6 @@ pub(crate) fn run_gossip(
     };
     Ok((
         Federated {
-            regional: None,
             personal: None,
             records,
             last_evaluations,

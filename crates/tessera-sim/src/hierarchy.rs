@@ -551,12 +551,17 @@ pub(crate) fn run_hierarchical(
             },
         );
     }
-    let (personal, regional) = if plan.personalizes() {
-        let (personal, regional) =
-            fine_tuned_from_regions(plan, data, &tree, &sites, &regional_models, &final_global)?;
-        (Some(personal), Some(regional))
+    let personal = if plan.personalizes() {
+        Some(fine_tuned_from_regions(
+            plan,
+            data,
+            &tree,
+            &sites,
+            &regional_models,
+            &final_global,
+        )?)
     } else {
-        (None, None)
+        None
     };
     // Every site is in one aggregator's releases: the run's privacy is the
     // largest spend of any of them.
@@ -575,7 +580,6 @@ pub(crate) fn run_hierarchical(
     Ok((
         Federated {
             personal,
-            regional,
             records,
             last_evaluations,
             final_parameters: final_global,
@@ -590,9 +594,9 @@ pub(crate) fn run_hierarchical(
 
 /// Hierarchical personalization: each site fine-tunes the model of its
 /// region (its deepest aggregator's last regional model; the global one for
-/// a site directly under the root) as `[personalization]` says. Each
-/// site's fine-tuned model and its region's model on its test rows, in site
-/// order.
+/// a site directly under the root) as `[personalization]` says, and its
+/// departments fine-tune the site's; each site's figures and its region's
+/// model on its test rows, in site order.
 fn fine_tuned_from_regions(
     plan: &Plan,
     data: &FederatedData,
@@ -600,7 +604,7 @@ fn fine_tuned_from_regions(
     sites: &[Mutex<Site>],
     regional_models: &BTreeMap<usize, ParameterSet>,
     global: &ParameterSet,
-) -> Result<(Vec<Evaluation>, Vec<Evaluation>), SimError> {
+) -> Result<crate::personal::Personal, SimError> {
     let mut region_of: Vec<Option<usize>> = vec![None; sites.len()];
     for &n in regional_models.keys() {
         for s in tree.sites_below(n) {
@@ -617,8 +621,16 @@ fn fine_tuned_from_regions(
             .unwrap_or(global);
         let mut site = lock(&sites[s]);
         regional.push(site.evaluate(start, &rows.test)?);
-        let own = site.personalized(plan, start, &rows.train)?;
-        personal.push(site.evaluate(&own, &rows.test)?);
+        personal.push(crate::personal::personalized_site(
+            plan,
+            data,
+            (&mut site, rows),
+            (global, Some(start)),
+        )?);
     }
-    Ok((personal, regional))
+    Ok(crate::personal::Personal::of(
+        plan,
+        personal,
+        Some(regional),
+    ))
 }

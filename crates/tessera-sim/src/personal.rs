@@ -10,14 +10,54 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use tessera_core::ParameterSet;
 use tessera_core::{SeededRng, tag};
-use tessera_data::FederatedData;
-use tessera_engine::report::{Baselines, NewSitesReport, PersonalizationReport};
-use tessera_engine::{EngineError, Plan, Site, streams};
+use tessera_data::{FederatedData, SiteData};
+use tessera_engine::report::{
+    Baselines, DepartmentAccuracy, NewSitesReport, PersonalizationReport,
+};
+use tessera_engine::{Departments, EngineError, Levels, Plan, Site, streams};
 use tessera_learn::{Evaluation, LocalPlan};
 
 use crate::SimError;
 use crate::baselines::local_baseline;
 use crate::run::{initial_model, lock, plain_sites};
+
+/// The personalized models' figures at the end of a run, in site order.
+pub(crate) struct Personal {
+    /// Each site's personalized model on its test rows.
+    pub evaluations: Vec<Evaluation>,
+    /// Hierarchical: each site's region's model on its test rows.
+    pub regional: Option<Vec<Evaluation>>,
+    /// `[personalization] department`: each site's departments.
+    pub departments: Option<Vec<BTreeMap<String, DepartmentAccuracy>>>,
+}
+
+/// One site's personalized model from `start` (the final global model, or
+/// its region's), evaluated on its test rows, with its departments where
+/// the plan names them (`regional`: the region's model, hierarchical).
+pub(crate) fn personalized_site(
+    plan: &Plan,
+    data: &FederatedData,
+    (site, rows): (&mut Site, &SiteData),
+    (global, regional): (&ParameterSet, Option<&ParameterSet>),
+) -> Result<(Evaluation, Option<BTreeMap<String, DepartmentAccuracy>>), SimError> {
+    let start = regional.unwrap_or(global);
+    let own = site.personalized(plan, start, &rows.train)?;
+    let evaluation = site.evaluate(&own, &rows.test)?;
+    let departments = match Departments::of(plan, &data.agreement, rows)? {
+        Some(departments) => Some(departments.accuracies(
+            site,
+            plan,
+            (&rows.train, &rows.test),
+            Levels {
+                global,
+                regional,
+                site: &own,
+            },
+        )?),
+        None => None,
+    };
+    Ok((evaluation, departments))
+}
 
 /// Each site's personalized model from the final `global` one, evaluated on
 /// its test rows (in site order); `None` when the plan does not personalize.
@@ -27,31 +67,52 @@ pub(crate) fn evaluations(
     sites: &[Mutex<Site>],
     global: &ParameterSet,
     parallel: bool,
-) -> Result<Option<Vec<Evaluation>>, SimError> {
+) -> Result<Option<Personal>, SimError> {
     if !plan.personalizes() {
         return Ok(None);
     }
-    let one = |(site, rows): (&Mutex<Site>, &tessera_data::SiteData)| {
-        let mut site = lock(site);
-        let own = site.personalized(plan, global, &rows.train)?;
-        site.evaluate(&own, &rows.test)
+    let one = |(site, rows): (&Mutex<Site>, &SiteData)| {
+        personalized_site(plan, data, (&mut lock(site), rows), (global, None))
     };
     let all: Vec<_> = if parallel {
         sites.par_iter().zip(&data.sites).map(one).collect()
     } else {
         sites.iter().zip(&data.sites).map(one).collect()
     };
-    Ok(Some(all.into_iter().collect::<Result<_, _>>()?))
+    let all = all.into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(Personal::of(plan, all, None)))
 }
 
-/// The report's section: `global` and `personal` evaluations in site order;
-/// the local-only models from `baselines` when the run trained them, else
-/// trained here as the baselines train them.
+impl Personal {
+    /// From each site's [`personalized_site`] and, hierarchical, its
+    /// region's model's evaluation.
+    pub(crate) fn of(
+        plan: &Plan,
+        sites: Vec<(Evaluation, Option<BTreeMap<String, DepartmentAccuracy>>)>,
+        regional: Option<Vec<Evaluation>>,
+    ) -> Personal {
+        let (evaluations, departments): (Vec<_>, Vec<_>) = sites.into_iter().unzip();
+        Personal {
+            evaluations,
+            regional,
+            departments: plan.personalization.department.is_some().then(|| {
+                departments
+                    .into_iter()
+                    .map(Option::unwrap_or_default)
+                    .collect()
+            }),
+        }
+    }
+}
+
+/// The report's section: `global` evaluations and the personalized
+/// figures in site order; the local-only models from `baselines` when the
+/// run trained them, else trained here as the baselines train them.
 pub(crate) fn report(
     plan: &Plan,
     data: &FederatedData,
     global: &[Evaluation],
-    personal: &[Evaluation],
+    personal: Personal,
     baselines: Option<&Baselines>,
 ) -> Result<PersonalizationReport, SimError> {
     let trained;
@@ -69,13 +130,17 @@ pub(crate) fn report(
         .filter_map(|(name, m)| Some((name.clone(), m.accuracy?)))
         .collect();
     let names: Vec<&str> = data.sites.iter().map(|s| s.name.as_str()).collect();
-    Ok(PersonalizationReport::new(
-        plan,
-        &names,
-        global,
-        personal,
-        &local_only,
-    ))
+    let mut report =
+        PersonalizationReport::new(plan, &names, global, &personal.evaluations, &local_only);
+    if let Some(regional) = &personal.regional {
+        report = report.with_regional(&names, regional);
+    }
+    if let (Some(column), Some(departments)) =
+        (&plan.personalization.department, personal.departments)
+    {
+        report = report.with_departments(column, &names, departments);
+    }
+    Ok(report)
 }
 
 /// `data` without the plan's new sites, and the new sites alone (`None`

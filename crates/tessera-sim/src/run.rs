@@ -176,7 +176,6 @@ pub(crate) fn report(
         privacy,
         malicious,
         personal,
-        regional,
     } = run;
 
     let baselines_started = Instant::now();
@@ -189,12 +188,8 @@ pub(crate) fn report(
 
     let names: Vec<&str> = data.sites.iter().map(|s| s.name.as_str()).collect();
     let personalization = personal
-        .map(|p| crate::personal::report(plan, data, &last_evaluations, &p, baselines.as_ref()))
-        .transpose()?
-        .map(|p| match &regional {
-            Some(regional) => p.with_regional(&names, regional),
-            None => p,
-        });
+        .map(|p| crate::personal::report(plan, data, &last_evaluations, p, baselines.as_ref()))
+        .transpose()?;
     // The final model's evaluations, aggregated as the plan's strategy
     // aggregates the sites' evaluations (from the evaluations alone).
     let mut final_metrics = final_metrics(plan.strategy()?.as_ref(), &names, &last_evaluations);
@@ -308,12 +303,8 @@ pub(crate) struct Federated {
     pub privacy: Option<PrivacyReport>,
     /// Indices of the sites that attacked.
     pub malicious: Vec<usize>,
-    /// Each site's personalized model on its test rows, when the plan
-    /// personalizes.
-    pub personal: Option<Vec<Evaluation>>,
-    /// Hierarchical, when the plan personalizes: each site's region's model
-    /// on its test rows.
-    pub regional: Option<Vec<Evaluation>>,
+    /// The personalized models' figures, when the plan personalizes.
+    pub personal: Option<crate::personal::Personal>,
 }
 
 /// Refuses a plan whose models cannot fit: more than the plan's
@@ -777,7 +768,6 @@ pub(crate) fn run_sync(
     }
     let personal = crate::personal::evaluations(plan, data, &sites, engine.global(), parallel)?;
     Ok(Federated {
-        regional: None,
         personal,
         records,
         last_evaluations,

@@ -438,3 +438,97 @@ fn plans_personalization_cannot_serve_are_refused_naming_why() {
     let e = refused(&plan);
     assert!(e.contains("finetune_rows needs at least 1 row"), "{e}");
 }
+
+/// Departments, a level below a site: each department fine-tunes its
+/// site's model, and every level is evaluated on each department's test
+/// rows. The departments' test rows are the site's, split: each level's
+/// accuracy over them, weighted by their rows, is the site's own figure.
+#[test]
+fn departments_fine_tune_their_sites_model_and_every_level_is_reported_on_each() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut plan = Plan::from_file(&dir.join("synthetic-departments.toml")).unwrap();
+    let data = tessera_data::load(&plan.data, &dir, &Filesystem).unwrap();
+    let report = run(&plan, &data);
+    let p = report.personalization.as_ref().unwrap();
+    let d = p.departments.as_ref().unwrap();
+    assert_eq!((d.column.as_str(), d.populations), ("department", 188));
+    for (name, site) in &p.per_site {
+        assert_eq!(site.departments.len(), 4, "{name}");
+        let n: u64 = site.departments.values().map(|d| d.n_test).sum();
+        assert_eq!(n, site.n_test, "{name}");
+        let pooled = |level: &dyn Fn(&tessera_engine::report::DepartmentAccuracy) -> f64| {
+            site.departments
+                .values()
+                .map(|d| level(d) * d.n_test as f64)
+                .sum::<f64>()
+                / n as f64
+        };
+        assert!(
+            (pooled(&|d| d.site) - site.personalized).abs() < 1e-9,
+            "{name}"
+        );
+        assert!((pooled(&|d| d.global) - site.global).abs() < 1e-9, "{name}");
+        let regional = pooled(&|d| d.regional.unwrap());
+        assert!((regional - site.regional.unwrap()).abs() < 1e-9, "{name}");
+        assert!(site.departments.values().all(|d| d.n_train > 0));
+    }
+    // Departments differ within a site: their own models fit them better.
+    let department = d.mean_department.unwrap();
+    assert!(
+        department > d.mean_site,
+        "{department} against {}",
+        d.mean_site
+    );
+    println!(
+        "departments: global {:.4}, regional {:.4}, site {:.4}, department {department:.4}",
+        d.mean_global,
+        d.mean_regional.unwrap(),
+        d.mean_site
+    );
+    // A department's model starts from its site's: fine-tuning that
+    // barely moves leaves it there.
+    plan.personalization.finetune_lr = Some(1e-9);
+    let still = run(&plan, &data);
+    for (name, site) in &still.personalization.as_ref().unwrap().per_site {
+        for (level, d) in &site.departments {
+            assert_eq!(d.department, Some(d.site), "{name} {level}");
+        }
+    }
+}
+
+/// On the flat topology departments have no regional level; a column that
+/// cannot name departments, and departments without fine-tuning, are
+/// refused with the reason.
+#[test]
+fn departments_on_the_flat_topology_and_what_is_refused() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut plan = Plan::from_file(&dir.join("synthetic-departments.toml")).unwrap();
+    plan.topology.kind = TopologyKind::Flat;
+    plan.federation.rounds = 5;
+    plan.data.synthetic.as_mut().unwrap().sites = 6;
+    let data = tessera_data::load(&plan.data, &dir, &Filesystem).unwrap();
+    let report = run(&plan, &data);
+    let p = report.personalization.as_ref().unwrap();
+    assert_eq!(p.departments.as_ref().unwrap().populations, 24);
+    assert!(p.departments.as_ref().unwrap().mean_regional.is_none());
+    assert!(
+        p.per_site
+            .values()
+            .flat_map(|s| s.departments.values())
+            .all(|d| d.regional.is_none() && d.department.is_some())
+    );
+    plan.personalization.department = Some("x0".into());
+    let e = simulate(&plan, &data, &SimOptions::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("personalization.department") && e.contains("is numeric"),
+        "{e}"
+    );
+    plan.personalization.finetune_epochs = 0;
+    let e = plan.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("needs a column name and finetune_epochs > 0"),
+        "{e}"
+    );
+}

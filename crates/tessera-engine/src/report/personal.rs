@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tessera_learn::Evaluation;
 
 /// One site's three models on its own test rows.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PersonalSite {
     /// The final global model.
     pub global: f64,
@@ -25,6 +25,51 @@ pub struct PersonalSite {
     pub regional: Option<f64>,
     /// Test rows.
     pub n_test: u64,
+    /// `[personalization] department`: each department's populations at
+    /// this site, every level on its test rows, by department.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub departments: BTreeMap<String, DepartmentAccuracy>,
+}
+
+/// Each level's accuracy on one department's test rows at one site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DepartmentAccuracy {
+    /// The department's training rows (0: no department model).
+    pub n_train: u64,
+    /// The department's test rows.
+    pub n_test: u64,
+    /// The final global model.
+    pub global: f64,
+    /// The site's region's model (hierarchical).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regional: Option<f64>,
+    /// The site's own model.
+    pub site: f64,
+    /// The department's model: the site's fine-tuned on the department's
+    /// training rows (`null` without any).
+    pub department: Option<f64>,
+}
+
+/// Every level's mean accuracy over the departments of all sites (each
+/// site's department one population, unweighted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DepartmentsSummary {
+    /// The column naming each row's department.
+    pub column: String,
+    /// Populations (a department at a site) with test rows.
+    pub populations: usize,
+    /// Mean of the global model's accuracy.
+    pub mean_global: f64,
+    /// Mean of the regional models' accuracy (hierarchical).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_regional: Option<f64>,
+    /// Mean of the site models' accuracy.
+    pub mean_site: f64,
+    /// Mean of the department models' accuracy, over the populations that
+    /// have one.
+    pub mean_department: Option<f64>,
+    /// Populations where the department model beats the site model.
+    pub department_beats_site: usize,
 }
 
 impl PersonalSite {
@@ -56,6 +101,9 @@ pub struct PersonalizationReport {
     /// Hierarchical: mean over sites of their region's model's accuracy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mean_regional: Option<f64>,
+    /// `[personalization] department`: every level over the departments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub departments: Option<DepartmentsSummary>,
     /// Sites where the personalized model beats both the global and the
     /// local-only model.
     pub sites_beating_both: usize,
@@ -90,6 +138,7 @@ impl PersonalizationReport {
                     local_only: local_only.get(*name).copied(),
                     regional: None,
                     n_test: g.n_examples,
+                    departments: BTreeMap::new(),
                 },
             );
         }
@@ -109,6 +158,7 @@ impl PersonalizationReport {
                 .unwrap_or(0.0),
             mean_local_only: mean(per_site.values().filter_map(|s| s.local_only).collect()),
             mean_regional: None,
+            departments: None,
             sites_beating_both: per_site.values().filter(|s| s.beats_both()).count(),
             sites,
             per_site,
@@ -128,6 +178,44 @@ impl PersonalizationReport {
         let values: Vec<f64> = self.per_site.values().filter_map(|s| s.regional).collect();
         self.mean_regional =
             (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64);
+        self
+    }
+}
+
+impl PersonalizationReport {
+    /// Adds each site's departments (`departments`, in the order of
+    /// `names`; `column` names them) and the summary over them.
+    pub fn with_departments(
+        mut self,
+        column: &str,
+        names: &[&str],
+        departments: Vec<BTreeMap<String, DepartmentAccuracy>>,
+    ) -> Self {
+        for (name, found) in names.iter().zip(departments) {
+            if let Some(site) = self.per_site.get_mut(*name) {
+                site.departments = found;
+            }
+        }
+        let all: Vec<&DepartmentAccuracy> = self
+            .per_site
+            .values()
+            .flat_map(|s| s.departments.values())
+            .collect();
+        let mean = |values: Vec<f64>| {
+            (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+        };
+        self.departments = Some(DepartmentsSummary {
+            column: column.to_string(),
+            populations: all.len(),
+            mean_global: mean(all.iter().map(|d| d.global).collect()).unwrap_or(0.0),
+            mean_regional: mean(all.iter().filter_map(|d| d.regional).collect()),
+            mean_site: mean(all.iter().map(|d| d.site).collect()).unwrap_or(0.0),
+            mean_department: mean(all.iter().filter_map(|d| d.department).collect()),
+            department_beats_site: all
+                .iter()
+                .filter(|d| d.department.is_some_and(|a| a > d.site))
+                .count(),
+        });
         self
     }
 }
