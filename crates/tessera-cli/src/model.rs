@@ -330,6 +330,19 @@ pub fn site_results(
         "site '{}': the global model (round {round}) on its {} test rows: accuracy {accuracy}{alone}",
         results.site, global.n_test
     );
+    for (name, d) in results.departments()? {
+        println!(
+            "  department '{name}' ({} test rows): global {:.4}, this site's model {:.4}, the \
+             department's own {}",
+            d.n_test,
+            d.global,
+            d.site,
+            d.department.map_or_else(
+                || "none (no training rows)".to_string(),
+                |a| format!("{a:.4}")
+            )
+        );
+    }
     Ok(())
 }
 

@@ -773,19 +773,16 @@ async fn prepare(
     let learner = plan
         .learner(agreement.feature_names().len(), agreement.classes.len())
         .map_err(|e| local_error(e.to_string()))?;
-    // With local DP-SGD, this site's rows are protected by its key, from the
-    // operating system, which never leaves it (not even to disk); the noise
-    // and the Poisson batches both derive from it, so neither the coordinator
-    // nor anyone with the plan and its seed can recompute them.
-    let site = Site::of_plan(
-        &plan,
-        ParticipantId::new(&config.site),
-        learner,
-        client::secret_key,
-    )?;
+    // With local DP-SGD, this site's rows are protected by its key (from the
+    // operating system, never leaving it, not even to disk); noise and
+    // Poisson batches derive from it: no one with the plan can recompute them.
+    let id = ParticipantId::new(&config.site);
+    let site = Site::of_plan(&plan, id, learner, client::secret_key)?;
     let train_rows = data.train.n_rows();
     ledger::check_local_budget(&plan, &config.site, &site, train_rows)?;
-    let takeaway = results::Takeaway::new(&plan, agreement.clone(), data.scaler.clone());
+    let takeaway = results::Takeaway::new(&plan, agreement.clone(), data.scaler.clone())
+        .with_departments(&plan, &data)
+        .map_err(|e| local_error(e.to_string()))?;
     let mut ready = Ready::new(
         config,
         welcome,

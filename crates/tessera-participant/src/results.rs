@@ -12,15 +12,15 @@
 //! (`Plan::baseline_training`), batches from the run seed's baseline
 //! stream, without DP (the baseline never leaves the site).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::Serialize;
 use tessera_core::{ParameterSet, SeededRng, tag};
 use tessera_data::{Agreement, Dataset, ScaleScope, Scaler};
 use tessera_engine::model_file::{ModelFile, RunInfo, Standardization, plan_hash};
-use tessera_engine::report::{SiteMetrics, site_metrics};
-use tessera_engine::{Plan, PlanBuild, streams};
+use tessera_engine::report::{DepartmentAccuracy, SiteMetrics, site_metrics};
+use tessera_engine::{Departments, Levels, Plan, PlanBuild, streams};
 use tessera_learn::LocalPlan;
 use tessera_privacy::{DpEvent, Ledger, PrivacyMode};
 
@@ -39,6 +39,8 @@ pub(crate) struct Takeaway {
     /// The round after which an earlier process of this run saved the
     /// personal state this one restored.
     pub(crate) restored: Option<u32>,
+    /// `[personalization] department`: this site's rows by department.
+    departments: Option<Departments>,
 }
 
 impl Takeaway {
@@ -50,7 +52,19 @@ impl Takeaway {
             ledger: (plan.privacy.mode == PrivacyMode::Local).then(|| plan.privacy.ledger()),
             trained: BTreeSet::new(),
             restored: None,
+            departments: None,
         }
+    }
+
+    /// With `[personalization] department`: this site's rows (`data`) by
+    /// department; refused when the plan's column cannot name them.
+    pub(crate) fn with_departments(
+        mut self,
+        plan: &Plan,
+        data: &tessera_data::SiteData,
+    ) -> Result<Self, tessera_engine::EngineError> {
+        self.departments = Departments::of(plan, &self.agreement, data)?;
+        Ok(self)
     }
 
     /// The site evaluated round `round`'s model.
@@ -96,6 +110,33 @@ impl Takeaway {
     }
 }
 
+/// This site's own model from the final `global` one, made as the
+/// simulator makes it (`Site::personalized`), and its departments'
+/// figures where the plan names departments.
+fn personal_and_departments(
+    plan: &Plan,
+    own: &mut tessera_engine::Site,
+    global: &ParameterSet,
+    (train, test): (&Dataset, &Dataset),
+    departments: Option<&Departments>,
+) -> Result<(ParameterSet, DepartmentFigures), tessera_engine::EngineError> {
+    let personal = own.personalized(plan, global, train)?;
+    let departments = match departments {
+        Some(departments) => departments.accuracies(
+            own,
+            plan,
+            (train, test),
+            Levels {
+                global,
+                regional: None,
+                site: &personal,
+            },
+        )?,
+        None => BTreeMap::new(),
+    };
+    Ok((personal, departments))
+}
+
 /// What a site has at the end of a run.
 pub struct SiteResults {
     /// The site.
@@ -110,9 +151,14 @@ pub struct SiteResults {
     pub test: Arc<Dataset>,
     pub(crate) takeaway: Takeaway,
     /// Under a personalized strategy or fine-tuning: this site's own
-    /// model (or why it could not be made). It never left the site.
-    personal: Option<Result<ParameterSet, String>>,
+    /// model and, with `[personalization] department`, every level on each
+    /// department's test rows (or why they could not be made). They never
+    /// left the site.
+    personal: Option<Result<(ParameterSet, DepartmentFigures), String>>,
 }
+
+/// Each department's figures: every level on its test rows.
+type DepartmentFigures = BTreeMap<String, DepartmentAccuracy>;
 
 /// One model on the site's test rows.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -176,6 +222,12 @@ pub struct SiteReport {
     /// trained, from which its personal model is made.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub personal_from_round: Option<u32>,
+    /// With `[personalization] department`: the global model, this site's
+    /// model and each department's (this site's fine-tuned on the
+    /// department's training rows) on each department's test rows, by
+    /// department. Never sent anywhere.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub departments: DepartmentFigures,
     /// A model trained on this site's rows alone, on the same test rows.
     pub local_baseline: Baseline,
     /// Global accuracy minus the baseline's (`null` without test rows).
@@ -192,8 +244,14 @@ impl SiteResults {
         let plan = ready.plan;
         let personal = match (plan.personalizes(), ready.site, ready.takeaway.last_model()) {
             (true, Some(mut own), Some((_, global))) => Some(
-                own.personalized(&plan, &global, &ready.train)
-                    .map_err(|e| e.to_string()),
+                personal_and_departments(
+                    &plan,
+                    &mut own,
+                    &global,
+                    (&ready.train, &ready.test),
+                    ready.takeaway.departments.as_ref(),
+                )
+                .map_err(|e| e.to_string()),
             ),
             (true, _, _) => Some(Err(
                 "the run ended before this site trained and evaluated a model".to_string(),
@@ -211,15 +269,32 @@ impl SiteResults {
         }
     }
 
-    /// This site's personalized model, where the plan personalizes.
-    fn personal(&self) -> Result<Option<&ParameterSet>, ParticipantError> {
+    /// This site's personalized model, where the plan personalizes, and
+    /// its departments' figures.
+    fn personal_figures(
+        &self,
+    ) -> Result<Option<&(ParameterSet, DepartmentFigures)>, ParticipantError> {
         match &self.personal {
             None => Ok(None),
-            Some(Ok(parameters)) => Ok(Some(parameters)),
+            Some(Ok(personal)) => Ok(Some(personal)),
             Some(Err(why)) => Err(ParticipantError::Local(format!(
                 "this site's personalized model: {why}"
             ))),
         }
+    }
+
+    /// This site's personalized model, where the plan personalizes.
+    fn personal(&self) -> Result<Option<&ParameterSet>, ParticipantError> {
+        Ok(self.personal_figures()?.map(|(parameters, _)| parameters))
+    }
+
+    /// With `[personalization] department`: every level on each of this
+    /// site's departments' test rows, by department (empty otherwise).
+    pub fn departments(&self) -> Result<DepartmentFigures, ParticipantError> {
+        Ok(self
+            .personal_figures()?
+            .map(|(_, departments)| departments.clone())
+            .unwrap_or_default())
     }
 
     /// The final global model and its round.
@@ -358,6 +433,7 @@ impl SiteResults {
             gain: global.accuracy.zip(baseline.accuracy).map(|(g, b)| g - b),
             global: Figures { metrics: global },
             personalized: self.personalized()?.map(|metrics| Figures { metrics }),
+            departments: self.departments()?,
             personal_from_round: self.takeaway.first_training().filter(|&first| {
                 first > 1
                     && plan.federation.strategy.needs().personal

@@ -263,6 +263,21 @@ impl Plan {
                 ),
             );
         }
+        if let Some(column) = &personalization.department {
+            let declared = self.data.schema.columns.iter().find(|c| &c.name == column);
+            if *column == self.data.schema.target
+                || declared.is_some_and(|c| c.kind != tessera_data::ColumnKind::Categorical)
+            {
+                push(
+                    &["personalization.department", "data.schema"],
+                    format!(
+                        "personalization.department = '{}' must name a categorical feature \
+                         column, not the target, a numeric or an ignored one",
+                        tessera_core::shown(column, 100)
+                    ),
+                );
+            }
+        }
         if let Some(lr) = personalization.finetune_lr
             && !(lr.is_finite() && lr > 0.0 && personalization.fine_tunes())
         {

@@ -525,6 +525,23 @@ fn departments_on_the_flat_topology_and_what_is_refused() {
         e.contains("personalization.department") && e.contains("is numeric"),
         "{e}"
     );
+    for (column, declared) in [("y", None), ("x1", Some(tessera_data::ColumnKind::Numeric))] {
+        let mut refused = plan.clone();
+        refused.personalization.department = Some(column.into());
+        if let Some(kind) = declared {
+            refused.data.schema.columns.push(tessera_data::ColumnSpec {
+                name: column.into(),
+                kind,
+                levels: None,
+                drop_first: false,
+            });
+        }
+        let e = refused.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("must name a categorical feature column"),
+            "{column}: {e}"
+        );
+    }
     plan.personalization.finetune_epochs = 0;
     let e = plan.validate().unwrap_err().to_string();
     assert!(

@@ -236,6 +236,9 @@ fn deployed_as_simulated(s: &Scratch, name: &str, text: &str) -> (Vec<u8>, Strin
             "{site}: {report}"
         );
         assert_eq!(report["global"]["accuracy"], expected["global"], "{site}");
+        if let Some(departments) = expected.get("departments") {
+            assert_eq!(&report["departments"], departments, "{site}: {report}");
+        }
         println!(
             "{name} {site}: personalized {}, global {}, local only {}",
             report["personalized"]["accuracy"],
@@ -244,6 +247,37 @@ fn deployed_as_simulated(s: &Scratch, name: &str, text: &str) -> (Vec<u8>, Strin
         );
     }
     (simulated_model, coordinator.log())
+}
+
+/// Departments deployed (`[personalization] department`, here chest pain
+/// type on Fed-Heart-Disease): each site fine-tunes its model for each of
+/// its departments after the run, as the simulation does, and reports
+/// every level on each department's test rows, bit for bit the
+/// simulation's.
+#[test]
+fn departments_deployed_are_the_simulation() {
+    if util::skip_e2e("departments_deployed_are_the_simulation") {
+        return;
+    }
+    let s = Scratch::new("departments");
+    let text = heart_text(&s, 4)
+        + "\n[privacy]\nsite_metrics = \"clear\"\n\n\
+           [personalization]\nfinetune_epochs = 5\nfinetune_lr = 0.05\ndepartment = \"cp\"\n";
+    deployed_as_simulated(&s, "fedavg", &text);
+    let mut levels = 0;
+    for site in HEART_SITES {
+        let report = s.json(&format!("{site}.json"));
+        let departments = report["departments"].as_object().unwrap();
+        assert!(!departments.is_empty(), "{site}: {report}");
+        for (name, d) in departments {
+            assert!(
+                d["site"].is_number() && d["global"].is_number(),
+                "{site} {name}: {d}"
+            );
+            levels += 1;
+        }
+    }
+    println!("{levels} departments over 4 sites, each as simulated");
 }
 
 /// Every byte of the coordinator's database: the file and its write-ahead
