@@ -657,3 +657,83 @@ fn a_second_live_process_of_an_aggregator_is_refused() {
     second.kill_9();
     assert_eq!(util::model(&s.path("dep.model")), expected);
 }
+
+/// Fine-tuning on a deployed hierarchy: once the run is over each
+/// aggregator has its sites evaluate its own last regional model
+/// (protocol 1.17, `regional_model`); each site keeps it apart from the
+/// final global model (its `--model-out` is still the coordinator's global
+/// model) and fine-tunes from it, as the simulation does: its report's
+/// `global`, `regional` and `personalized` are the simulation's.
+#[test]
+fn on_a_deployed_hierarchy_each_site_fine_tunes_its_regions_model_as_simulated() {
+    if util::skip_e2e("on_a_deployed_hierarchy_each_site_fine_tunes_its_regions_model_as_simulated")
+    {
+        return;
+    }
+    let s = Scratch::new("hierarchy-finetune");
+    let (plan, data) = setup(&s, TWO_REGIONS);
+    let text =
+        std::fs::read_to_string(&plan).unwrap() + "\n[personalization]\nfinetune_epochs = 2\n";
+    std::fs::write(&plan, text).unwrap();
+    let expected = simulated(&s, &plan);
+    let simulated = s.json("sim.model.json");
+    let (mut root, url) = coordinator(
+        &s.dir,
+        &plan,
+        &s.path("root.sqlite"),
+        0,
+        &["--model-out", "dep.model"],
+    );
+    let mut regions = Vec::new();
+    let mut members = Vec::new();
+    for (name, sites_of) in EAST_WEST {
+        let db = s.path(&format!("{name}.sqlite"));
+        let (proc, region_url) = aggregator(&s.dir, &url, name, &db, 0, &[]);
+        regions.push(proc);
+        for site in sites_of {
+            let (report, model) = (format!("{site}.json"), format!("{site}.model"));
+            let extra = ["--report", report.as_str(), "--model-out", model.as_str()];
+            members.push(participant_with(&s.dir, &region_url, site, &data, &extra));
+        }
+    }
+    assert!(root.wait(LIMIT).success(), "{}", root.log());
+    for proc in &mut regions {
+        assert!(proc.wait(LIMIT).success(), "{}", proc.log());
+    }
+    finish(&mut members);
+    assert_eq!(util::model(&s.path("dep.model")), expected);
+    let mut tuned = 0;
+    for (_, sites_of) in EAST_WEST {
+        for site in sites_of {
+            let report = s.json(&format!("{site}.json"));
+            let want = &simulated["personalization"]["per_site"][site];
+            for (level, of) in [
+                ("global", "global"),
+                ("regional", "regional"),
+                ("personalized", "personalized"),
+            ] {
+                assert_eq!(
+                    report[level]["accuracy"], want[of],
+                    "{site} {level}: {report}"
+                );
+            }
+            // The site's model file is the global model, not its region's.
+            assert_eq!(
+                util::model(&s.path(&format!("{site}.model"))),
+                expected,
+                "{site}"
+            );
+            tuned += usize::from(report["personalized"] != report["regional"]);
+            println!(
+                "{site}: global {}, regional {}, fine-tuned {}",
+                report["global"]["accuracy"],
+                report["regional"]["accuracy"],
+                report["personalized"]["accuracy"]
+            );
+        }
+    }
+    assert!(
+        tuned >= 3,
+        "{tuned} of 6 sites' fine-tuned models differ from their region's"
+    );
+}

@@ -268,15 +268,6 @@ impl Federation {
                 ));
             }
         }
-        if plan.personalization.fine_tunes()
-            && plan.topology.kind == tessera_engine::TopologyKind::Hierarchical
-        {
-            return Err(CoordinatorError::Config(
-                "fine-tuning on the hierarchical topology runs in simulation only for now: \
-                 deployed sites do not receive their region's model to fine-tune from"
-                    .into(),
-            ));
-        }
         if !plan.personalization.new_sites.is_empty() {
             return Err(CoordinatorError::Config(
                 "personalization.new_sites is a simulation setting: in deployment a new site \

@@ -480,7 +480,9 @@ async fn session(
                     .take()
                     .ok_or_else(|| Failure::Retry("site busy".into()))?;
                 let test = Arc::clone(&state.test);
-                state.takeaway.evaluated(header.round, &global);
+                state
+                    .takeaway
+                    .evaluated(header.round, header.regional_model, &global);
                 let (site, evaluation) = tokio::task::spawn_blocking(move || {
                     let e = site.evaluate(&global, &test);
                     (site, e)

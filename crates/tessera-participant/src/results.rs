@@ -30,8 +30,11 @@ use crate::ParticipantError;
 pub(crate) struct Takeaway {
     agreement: Agreement,
     scaler: Scaler,
-    /// The last model evaluated here, and its round.
+    /// The last global model evaluated here, and its round.
     model: Option<(u32, Arc<ParameterSet>)>,
+    /// Under an aggregator: its last regional model, which it has its
+    /// sites evaluate once the run is over (`TaskHeader.regional_model`).
+    regional: Option<Arc<ParameterSet>>,
     /// With local DP: this site's own ledger.
     ledger: Option<Ledger>,
     /// Rounds (or attempts) trained; a repeated task is the same release.
@@ -49,6 +52,7 @@ impl Takeaway {
             agreement,
             scaler,
             model: None,
+            regional: None,
             ledger: (plan.privacy.mode == PrivacyMode::Local).then(|| plan.privacy.ledger()),
             trained: BTreeSet::new(),
             restored: None,
@@ -67,9 +71,12 @@ impl Takeaway {
         Ok(self)
     }
 
-    /// The site evaluated round `round`'s model.
-    pub(crate) fn evaluated(&mut self, round: u32, model: &Arc<ParameterSet>) {
-        if self.model.as_ref().is_none_or(|(r, _)| *r <= round) {
+    /// The site evaluated round `round`'s model: a global one, or its
+    /// aggregator's regional model (`regional`).
+    pub(crate) fn evaluated(&mut self, round: u32, regional: bool, model: &Arc<ParameterSet>) {
+        if regional {
+            self.regional = Some(Arc::clone(model));
+        } else if self.model.as_ref().is_none_or(|(r, _)| *r <= round) {
             self.model = Some((round, Arc::clone(model)));
         }
     }
@@ -110,17 +117,18 @@ impl Takeaway {
     }
 }
 
-/// This site's own model from the final `global` one, made as the
-/// simulator makes it (`Site::personalized`), and its departments'
-/// figures where the plan names departments.
+/// This site's own model from the final `global` one (or, under an
+/// aggregator, from its `regional` one), made as the simulator makes it
+/// (`Site::personalized`), and its departments' figures where the plan
+/// names departments.
 fn personal_and_departments(
     plan: &Plan,
     own: &mut tessera_engine::Site,
-    global: &ParameterSet,
+    (global, regional): (&ParameterSet, Option<&ParameterSet>),
     (train, test): (&Dataset, &Dataset),
     departments: Option<&Departments>,
 ) -> Result<(ParameterSet, DepartmentFigures), tessera_engine::EngineError> {
-    let personal = own.personalized(plan, global, train)?;
+    let personal = own.personalized(plan, regional.unwrap_or(global), train)?;
     let departments = match departments {
         Some(departments) => departments.accuracies(
             own,
@@ -128,7 +136,7 @@ fn personal_and_departments(
             (train, test),
             Levels {
                 global,
-                regional: None,
+                regional,
                 site: &personal,
             },
         )?,
@@ -216,6 +224,10 @@ pub struct SiteReport {
     /// personalize. It never left the site.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub personalized: Option<Figures>,
+    /// Under an aggregator: its last regional model, which this site's
+    /// personalized model is fine-tuned from, on the same test rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regional: Option<Figures>,
     /// Under a personalized strategy, when this process did not train from
     /// the first round and restored no saved state (a late join, or a
     /// restart without its `--local-state` file): the first round it
@@ -247,7 +259,7 @@ impl SiteResults {
                 personal_and_departments(
                     &plan,
                     &mut own,
-                    &global,
+                    (&global, ready.takeaway.regional.as_deref()),
                     (&ready.train, &ready.test),
                     ready.takeaway.departments.as_ref(),
                 )
@@ -434,6 +446,12 @@ impl SiteResults {
             global: Figures { metrics: global },
             personalized: self.personalized()?.map(|metrics| Figures { metrics }),
             departments: self.departments()?,
+            regional: self
+                .takeaway
+                .regional
+                .as_deref()
+                .map(|r| self.evaluate(r).map(|metrics| Figures { metrics }))
+                .transpose()?,
             personal_from_round: self.takeaway.first_training().filter(|&first| {
                 first > 1
                     && plan.federation.strategy.needs().personal

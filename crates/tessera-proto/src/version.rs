@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 16;
+pub const MINOR: u32 = 17;
 
 /// What this build can do.
 ///
@@ -73,6 +73,11 @@ pub const MINOR: u32 = 16;
 /// - `apfl` (1.16): a site follows APFL's instructions (FedAvg's update,
 ///   its personal model and mixing weight kept beside it; a 1.16
 ///   coordinator requires it for `apfl`, besides `personal-models`).
+/// - `regional-model` (1.17): a site tells an evaluation of its
+///   aggregator's last regional model (`TaskHeader.regional_model`) from a
+///   global model's, keeps it apart and fine-tunes from it (a 1.17
+///   coordinator or aggregator requires it when a hierarchical plan
+///   fine-tunes).
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -104,6 +109,7 @@ pub const CAPABILITIES: &[&str] = &[
     "fedrep",
     "perfedavg",
     "apfl",
+    "regional-model",
 ];
 
 /// The strategies older peers can follow without the `instructions`

@@ -20,6 +20,11 @@ impl Federation {
                 required.push("analytics-per-site");
             }
         }
+        if plan.personalization.fine_tunes()
+            && plan.topology.kind == tessera_engine::TopologyKind::Hierarchical
+        {
+            required.push("regional-model");
+        }
         for codec in plan.compression.upload_codecs() {
             required.extend(tessera_proto::codec_capabilities(&codec));
         }

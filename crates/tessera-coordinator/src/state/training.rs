@@ -115,6 +115,10 @@ impl Federation {
                     deadline_micros: 0,
                     previous_update_counted,
                     previous_round,
+                    regional_model: self
+                        .training
+                        .relay()
+                        .is_some_and(|r| r.is_regional_evaluation(*round)),
                     ..Default::default()
                 };
                 let (global, model) = self.model_for(&mut header, global, held);

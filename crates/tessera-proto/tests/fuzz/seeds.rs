@@ -195,6 +195,7 @@ fn task_header() -> pb::TaskHeader {
             kind: Some(pb::instructions::Kind::Proximal(pb::Proximal { mu: 0.01 })),
         }),
         analytics: None,
+        regional_model: false,
     }
 }
 
