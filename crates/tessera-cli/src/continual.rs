@@ -187,6 +187,60 @@ impl ContinualArgs {
     }
 }
 
+/// `tessera coordinator --continue-from`: the model file at `path` as the
+/// run's initial model (its features and classes are checked against the
+/// sites' agreement when it closes), and the lineage the run's model file
+/// names as its parent. Refused, saying why, where the plan cannot
+/// continue or the file is not of the plan's model.
+pub fn deployed_from(
+    path: &Path,
+    plan: &Plan,
+) -> anyhow::Result<(tessera_coordinator::InitialModel, String)> {
+    use tessera_engine::{Mode, TopologyKind};
+    if plan.topology.kind != TopologyKind::Flat
+        || plan.federation.mode != Mode::Sync
+        || plan.model.kind.is_external()
+        || plan.federation.strategy.needs().personal
+    {
+        bail!(
+            "--continue-from: continual learning runs on the flat topology with synchronous \
+             rounds, a built-in model and a FedAvg-family strategy (the plan has {:?}, {:?}, \
+             {:?}, {})",
+            plan.topology.kind,
+            plan.federation.mode,
+            plan.model.kind,
+            plan.federation.strategy
+        );
+    }
+    let from = crate::model::read(path)?;
+    if from.header.model != plan.model {
+        bail!(
+            "{}: a {:?} model with hidden layers {:?}, and the plan's is {:?} with {:?} (or \
+             differs in its initialisation); continue with the plan's [model] as the earlier \
+             run had it",
+            path.display(),
+            from.header.model.kind,
+            from.header.model.hidden,
+            plan.model.kind,
+            plan.model.hidden
+        );
+    }
+    let parent = format!(
+        "{} (round {} of plan {}, parameters sha256 {})",
+        path.display(),
+        from.header.lineage.round,
+        from.header.plan.hash,
+        digest(&from.parameters)
+    );
+    let initial = tessera_coordinator::InitialModel {
+        features: from.header.features.clone(),
+        classes: from.classes().to_vec(),
+        from: format!("{} (round {})", path.display(), from.header.lineage.round),
+        parameters: from.parameters,
+    };
+    Ok((initial, parent))
+}
+
 /// Refuses a model file that is not of the plan's model on `data`, naming
 /// the difference.
 fn check_fits(

@@ -58,6 +58,13 @@ pub struct CoordinatorArgs {
     /// /api/status), e.g. 127.0.0.1:7080; nowhere unless given.
     #[arg(long, value_name = "ADDR")]
     dashboard: Option<SocketAddr>,
+    /// Continual learning: start the run from this model file (an earlier
+    /// run's --model-out, of the plan's model, on data of the same
+    /// features and classes, checked when the sites agree their layout)
+    /// instead of the plan's initial model. Flat synchronous rounds, a
+    /// built-in model, a FedAvg-family strategy.
+    #[arg(long, value_name = "FILE")]
+    continue_from: Option<PathBuf>,
 }
 
 /// Arguments of `tessera participant`.
@@ -312,6 +319,11 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
              participant returns them to its learner's program"
         );
     }
+    let continued = args
+        .continue_from
+        .as_deref()
+        .map(|path| crate::continual::deployed_from(path, &plan))
+        .transpose()?;
     let mut inputs = vec![Input::new("the plan file", &args.plan)];
     inputs.extend(plan_data_inputs(&plan.data, &plan_dir(&args.plan)));
     inputs.extend(db_inputs(&args.db));
@@ -331,6 +343,7 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
         tls: args.tls.as_deref().map(tessera_tls::TlsFiles::in_dir),
         metrics: args.metrics,
         new_run: args.new_run,
+        initial: continued.as_ref().map(|(initial, _)| initial.clone()),
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let report = runtime.block_on(async {
@@ -359,8 +372,11 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
     })?;
     write_outputs(&report, args.report.as_deref(), None)?;
     if let Some(path) = &args.model_out {
-        let file =
+        let mut file =
             crate::model::of_coordinator(&plan_for_model, &plan_text_for_model, &args.db, &report)?;
+        if let Some((_, parent)) = continued {
+            file.header.lineage.parent = parent;
+        }
         crate::model::write(path, &file)?;
         crate::model::warn_if_heads_stay_home(&plan_for_model, path);
     }

@@ -150,8 +150,8 @@ pub use service::Service;
 pub use shared::Shared;
 pub use state::waiting::REMIND_EVERY;
 pub use state::{
-    Clock, Federation, ManualClock, ModelPart, Refusal, SiteEvaluations, SiteView, SystemClock,
-    TaskView,
+    Clock, Federation, InitialModel, ManualClock, ModelPart, Refusal, SiteEvaluations, SiteView,
+    SystemClock, TaskView,
 };
 pub use store::{
     AgreementStep, Control, ControlRow, RunStatus, RunStore, RunTx, SqliteStore, StoreError,
@@ -218,6 +218,9 @@ pub struct CoordinatorConfig {
     /// stopped or aborted); without it such a database is refused, so that
     /// a coordinator started again by mistake does not train anew.
     pub new_run: bool,
+    /// `--continue-from`: start from an earlier run's model instead of the
+    /// plan's initial one.
+    pub initial: Option<InitialModel>,
 }
 
 /// Runs the federation until every round is done; returns the report.
@@ -262,13 +265,16 @@ pub async fn open(config: &CoordinatorConfig) -> Result<Arc<Shared>, Coordinator
         config.db.clone(),
         config.liveness,
     );
-    let new_run = config.new_run;
+    let (new_run, initial) = (config.new_run, config.initial.clone());
     Shared::open(move || {
         let store = SqliteStore::open(&db)?;
         if !new_run {
             refuse_an_ended_run(&store, &db)?;
         }
-        let federation = Federation::open(plan, &text, store, liveness)?;
+        let mut federation = Federation::open(plan, &text, store, liveness)?;
+        if let Some(initial) = initial {
+            federation.continue_from(initial);
+        }
         tracing::info!(run = federation.run_id(), "coordinator ready");
         Ok::<_, CoordinatorError>(federation)
     })

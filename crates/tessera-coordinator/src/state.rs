@@ -25,6 +25,8 @@ mod analytics;
 mod buffered;
 mod capabilities;
 mod clock;
+mod continued;
+pub use continued::InitialModel;
 mod counting;
 mod cross_silo;
 mod evaluation;
@@ -198,6 +200,8 @@ pub struct Federation {
     /// Why the run cannot go on (its model cannot fit in this machine's
     /// memory): the server stops and says so.
     stopped: Option<String>,
+    /// `--continue-from`: the earlier run's model the run starts from.
+    continued: Option<continued::InitialModel>,
     /// Why the coordinator stops at once (the first database write it could
     /// not make after the engine had counted it): every later call is refused.
     fatal: Option<String>,
@@ -410,6 +414,7 @@ impl Federation {
             odd_offers: BTreeMap::new(),
             refusals: RefusalBudget::default(),
             stopped: None,
+            continued: None,
             fatal: None,
             stop_requested: None,
             aborted: None,

@@ -12,6 +12,7 @@ mod util;
 
 mod analytics;
 mod compression;
+mod continual;
 mod cross_silo;
 mod dp;
 mod external;

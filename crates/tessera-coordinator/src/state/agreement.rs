@@ -187,10 +187,21 @@ impl Federation {
             }
             return Err(Refusal::Invalid(reason));
         }
-        let initial = self
-            .plan
-            .initial_parameters(agreement.feature_names().len(), agreement.classes.len())
-            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let initial = match self.initial_model(agreement) {
+            Ok(initial) => initial,
+            Err(reason) => {
+                if self.stopped.is_none() {
+                    tracing::error!(%reason, "the run cannot start");
+                    self.audit(site, "agree-vocabulary", "refused", &reason);
+                    self.stopped = Some(reason.clone());
+                }
+                return Err(Refusal::Invalid(reason));
+            }
+        };
+        if let Some(continued) = &self.continued {
+            let from = format!("continued from {}", continued.from);
+            self.audit(site, "initial-model", "continued", &from);
+        }
         let now = self.now();
         // The initial model and the vocabulary are stored together, or neither.
         let run = self.run.id.as_str();
