@@ -444,7 +444,9 @@ impl Upstream<'_> {
             let round = header.round;
             match header.kind() {
                 pb::TaskKind::Fit => self.fit(round, global).await?,
-                pb::TaskKind::Evaluate => self.evaluate(round, global).await?,
+                pb::TaskKind::Evaluate => {
+                    self.evaluate(round, global, header.regional_model).await?
+                }
                 // An aggregator answers no analytics queries (its plan's tree
                 // serves none: the coordinator keeps only flat runs).
                 pb::TaskKind::Analyze | pb::TaskKind::Unspecified => {
@@ -532,15 +534,17 @@ impl Upstream<'_> {
         Ok(())
     }
 
-    /// The members evaluate the parent's model of round `round`; their
-    /// pooled evaluation goes up, with each site's.
+    /// The members evaluate the parent's model of round `round` (with
+    /// `regional`, the parent's own regional model once its run is over);
+    /// their pooled evaluation goes up, with each site's.
     async fn evaluate(
         &mut self,
         round: u32,
         global: Arc<tessera_core::ParameterSet>,
+        regional: bool,
     ) -> Result<(), Failure> {
         self.shared
-            .call(move |f| f.relay_evaluate(round, global))
+            .call(move |f| f.relay_evaluate(round, global, regional))
             .await
             .map_err(|e| fatal(e.message()))?;
         let Some(evaluated) = self

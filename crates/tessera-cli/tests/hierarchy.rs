@@ -272,6 +272,7 @@ members = [\"east\", \"west\"]
 "
     );
     let (plan, data) = setup(&s, &groups);
+    fine_tuning(&plan);
     let expected = simulated(&s, &plan);
     let (mut root, url) = coordinator(
         &s.dir,
@@ -286,7 +287,8 @@ members = [\"east\", \"west\"]
         aggregator(&s.dir, &continent_url, "east", &s.path("e.sqlite"), 0, &[]);
     let (mut west, west_url) =
         aggregator(&s.dir, &continent_url, "west", &s.path("w.sqlite"), 0, &[]);
-    let mut members = east_west_sites(&s, &east_url, &west_url, &data, None);
+    let mut members = sites_with_reports(&s, &east_url, EAST_WEST[0].1, &data);
+    members.extend(sites_with_reports(&s, &west_url, EAST_WEST[1].1, &data));
     assert!(root.wait(LIMIT).success(), "{}", root.log());
     for p in [&mut continent, &mut east, &mut west] {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
@@ -314,6 +316,10 @@ members = [\"east\", \"west\"]
         serde_json::json!(["site0", "site1", "site2", "site3", "site4", "site5"]),
         "{report}"
     );
+    // Each site evaluated the continent's regional model, then its own
+    // region's, the deepest, which it fine-tunes from as the simulation
+    // does; its model file is the global model.
+    sites_fine_tuned_as_simulated(&s, &expected, &simulated);
 }
 
 /// FedProx's pull reaches the sites below the regional aggregators as it
@@ -658,66 +664,41 @@ fn a_second_live_process_of_an_aggregator_is_refused() {
     assert_eq!(util::model(&s.path("dep.model")), expected);
 }
 
-/// Fine-tuning on a deployed hierarchy: once the run is over each
-/// aggregator has its sites evaluate its own last regional model
-/// (protocol 1.17, `regional_model`); each site keeps it apart from the
-/// final global model (its `--model-out` is still the coordinator's global
-/// model) and fine-tunes from it, as the simulation does: its report's
-/// `global`, `regional` and `personalized` are the simulation's.
-#[test]
-fn on_a_deployed_hierarchy_each_site_fine_tunes_its_regions_model_as_simulated() {
-    if util::skip_e2e("on_a_deployed_hierarchy_each_site_fine_tunes_its_regions_model_as_simulated")
-    {
-        return;
-    }
-    let s = Scratch::new("hierarchy-finetune");
-    let (plan, data) = setup(&s, TWO_REGIONS);
+/// Adds two epochs of fine-tuning after the last round to `plan`.
+fn fine_tuning(plan: &Path) {
     let text =
-        std::fs::read_to_string(&plan).unwrap() + "\n[personalization]\nfinetune_epochs = 2\n";
-    std::fs::write(&plan, text).unwrap();
-    let expected = simulated(&s, &plan);
-    let simulated = s.json("sim.model.json");
-    let (mut root, url) = coordinator(
-        &s.dir,
-        &plan,
-        &s.path("root.sqlite"),
-        0,
-        &["--model-out", "dep.model"],
-    );
-    let mut regions = Vec::new();
-    let mut members = Vec::new();
-    for (name, sites_of) in EAST_WEST {
-        let db = s.path(&format!("{name}.sqlite"));
-        let (proc, region_url) = aggregator(&s.dir, &url, name, &db, 0, &[]);
-        regions.push(proc);
-        for site in sites_of {
+        std::fs::read_to_string(plan).unwrap() + "\n[personalization]\nfinetune_epochs = 2\n";
+    std::fs::write(plan, text).unwrap();
+}
+
+/// Participants for `names` below `url`, each with `--report SITE.json`
+/// and `--model-out SITE.model`.
+fn sites_with_reports(s: &Scratch, url: &str, names: &[&str], data: &Path) -> Vec<Proc> {
+    names
+        .iter()
+        .map(|site| {
             let (report, model) = (format!("{site}.json"), format!("{site}.model"));
             let extra = ["--report", report.as_str(), "--model-out", model.as_str()];
-            members.push(participant_with(&s.dir, &region_url, site, &data, &extra));
-        }
-    }
-    assert!(root.wait(LIMIT).success(), "{}", root.log());
-    for proc in &mut regions {
-        assert!(proc.wait(LIMIT).success(), "{}", proc.log());
-    }
-    finish(&mut members);
-    assert_eq!(util::model(&s.path("dep.model")), expected);
+            participant_with(&s.dir, url, site, data, &extra)
+        })
+        .collect()
+}
+
+/// Every site of `EAST_WEST` reports the simulation's global, regional and
+/// fine-tuned figures, and its model file is the global model `expected`.
+fn sites_fine_tuned_as_simulated(s: &Scratch, expected: &[u8], simulated: &serde_json::Value) {
     let mut tuned = 0;
     for (_, sites_of) in EAST_WEST {
         for site in sites_of {
             let report = s.json(&format!("{site}.json"));
             let want = &simulated["personalization"]["per_site"][site];
-            for (level, of) in [
-                ("global", "global"),
-                ("regional", "regional"),
-                ("personalized", "personalized"),
-            ] {
+            for level in ["global", "regional", "personalized"] {
                 assert_eq!(
-                    report[level]["accuracy"], want[of],
+                    report[level]["accuracy"], want[level],
                     "{site} {level}: {report}"
                 );
             }
-            // The site's model file is the global model, not its region's.
+            // The site's model file is the global model, not a region's.
             assert_eq!(
                 util::model(&s.path(&format!("{site}.model"))),
                 expected,
@@ -736,4 +717,45 @@ fn on_a_deployed_hierarchy_each_site_fine_tunes_its_regions_model_as_simulated()
         tuned >= 3,
         "{tuned} of 6 sites' fine-tuned models differ from their region's"
     );
+}
+
+/// Fine-tuning on a deployed hierarchy: once the run is over each
+/// aggregator has its sites evaluate its own last regional model
+/// (protocol 1.17, `regional_model`); each site keeps it apart from the
+/// final global model (its `--model-out` is still the coordinator's global
+/// model) and fine-tunes from it, as the simulation does: its report's
+/// `global`, `regional` and `personalized` are the simulation's.
+#[test]
+fn on_a_deployed_hierarchy_each_site_fine_tunes_its_regions_model_as_simulated() {
+    if util::skip_e2e("on_a_deployed_hierarchy_each_site_fine_tunes_its_regions_model_as_simulated")
+    {
+        return;
+    }
+    let s = Scratch::new("hierarchy-finetune");
+    let (plan, data) = setup(&s, TWO_REGIONS);
+    fine_tuning(&plan);
+    let expected = simulated(&s, &plan);
+    let simulated = s.json("sim.model.json");
+    let (mut root, url) = coordinator(
+        &s.dir,
+        &plan,
+        &s.path("root.sqlite"),
+        0,
+        &["--model-out", "dep.model"],
+    );
+    let mut regions = Vec::new();
+    let mut members = Vec::new();
+    for (name, sites_of) in EAST_WEST {
+        let db = s.path(&format!("{name}.sqlite"));
+        let (proc, region_url) = aggregator(&s.dir, &url, name, &db, 0, &[]);
+        regions.push(proc);
+        members.extend(sites_with_reports(&s, &region_url, sites_of, &data));
+    }
+    assert!(root.wait(LIMIT).success(), "{}", root.log());
+    for proc in &mut regions {
+        assert!(proc.wait(LIMIT).success(), "{}", proc.log());
+    }
+    finish(&mut members);
+    assert_eq!(util::model(&s.path("dep.model")), expected);
+    sites_fine_tuned_as_simulated(&s, &expected, &simulated);
 }

@@ -312,6 +312,13 @@ impl Federation {
                 relay.regional = Some(closed);
                 return self.finish_relay_run();
             }
+            // The parent's regional model: for the parent's report, not a
+            // round of this aggregator's.
+            if relay.is_parents_regional_evaluation(round) {
+                self.phase = Phase::Training;
+                self.version += 1;
+                return Ok(());
+            }
         }
         self.records.push(closed);
         self.last_evaluations = names.into_iter().zip(evaluations).collect();

@@ -48,6 +48,12 @@ pub(super) struct Relay {
     finishing: bool,
     /// That evaluation.
     pub(super) regional: Option<RoundRecord>,
+    /// The round of that evaluation: after every round evaluated here.
+    own_regional: Option<u32>,
+    /// The round in which the members evaluated the parent's own regional
+    /// model (a tree of three levels or more: the parent is an aggregator
+    /// whose run is over); not a round of this aggregator's.
+    parent_regional: Option<u32>,
     /// The open round's engine (or the last one's), built when the
     /// parent's task comes.
     pub(super) engine: Option<RoundEngine>,
@@ -67,13 +73,28 @@ impl Relay {
             sites,
             finishing: false,
             regional: None,
+            own_regional: None,
+            parent_regional: None,
             engine: None,
         }
     }
 
     /// Whether `round` is the evaluation of this aggregator's own model.
     pub(super) fn is_regional_evaluation(&self, round: u32) -> bool {
-        self.finishing && round == self.closed_through + 1
+        self.finishing && self.own_regional == Some(round)
+    }
+
+    /// Whether `round` is the evaluation of the parent's regional model.
+    pub(super) fn is_parents_regional_evaluation(&self, round: u32) -> bool {
+        self.parent_regional == Some(round)
+    }
+
+    /// Whether the members evaluate a regional model in `round` (this
+    /// aggregator's own or its parent's), not a global one: their task
+    /// says so (`TaskHeader.regional_model`), and the deepest one they
+    /// evaluate, this aggregator's own, comes last.
+    pub(super) fn evaluates_regional(&self, round: u32) -> bool {
+        self.is_regional_evaluation(round) || self.is_parents_regional_evaluation(round)
     }
 
     /// What the report says of this aggregator: its sites, its last regional
@@ -87,7 +108,11 @@ impl Relay {
                     depth: self.depth,
                     sites: self.sites.clone(),
                     accuracy: Some(regional.accuracy),
-                    global_accuracy: records.last().map_or(0.0, |r| r.accuracy),
+                    global_accuracy: records
+                        .iter()
+                        .rev()
+                        .find(|r| !self.is_parents_regional_evaluation(r.round))
+                        .map_or(0.0, |r| r.accuracy),
                 },
             );
         }
@@ -314,8 +339,10 @@ impl Federation {
     }
 
     /// Aggregator: the parent asks for an evaluation of `global`, its model
-    /// after round `round`.
-    pub fn relay_evaluate(&mut self, round: u32, global: Arc<ParameterSet>) {
+    /// after round `round`, or with `regional` (protocol 1.17) of its own
+    /// regional model once its run is over: then the members evaluate it as
+    /// a regional model, and it is no round of this aggregator's.
+    pub fn relay_evaluate(&mut self, round: u32, global: Arc<ParameterSet>, regional: bool) {
         let now = self.now();
         let wait = self.evaluation_wait();
         let targets = self.live(now);
@@ -326,6 +353,9 @@ impl Federation {
             return;
         }
         relay.evaluation = Some((round, global));
+        if regional {
+            relay.parent_regional = Some(round);
+        }
         let evaluated = self.records.iter().any(|r| r.round == round);
         match &mut self.phase {
             Phase::Evaluating { evaluation, .. } if evaluation.round() == round => {
@@ -342,10 +372,15 @@ impl Federation {
                 {
                     relay.engine = None;
                 }
-                relay.closed_through = relay.closed_through.max(round);
+                let status = if regional {
+                    "the parent's regional model"
+                } else {
+                    relay.closed_through = relay.closed_through.max(round);
+                    "not in this round"
+                };
                 let record = RoundRecord {
                     round,
-                    status: "not in this round".into(),
+                    status: status.into(),
                     ..RoundRecord::default()
                 };
                 self.phase = Phase::Evaluating {
@@ -408,6 +443,8 @@ impl Federation {
             return Ok(());
         }
         let closed = relay.closed_through;
+        // After every round evaluated here (the parent's regional model's too).
+        let round = closed.max(relay.parent_regional.unwrap_or(0)) + 1;
         let regional = match closed {
             0 => None,
             _ => self.store.model(&self.run.id, closed)?,
@@ -416,10 +453,10 @@ impl Federation {
             return Ok(());
         };
         relay.finishing = true;
+        relay.own_regional = Some(round);
         let Some(model) = regional else {
             return self.finish_relay_run();
         };
-        let round = closed + 1;
         relay.evaluation = Some((round, Arc::new(model)));
         self.phase = Phase::Evaluating {
             evaluation: EvaluationRound::open(round, targets, now.plus(wait)),

@@ -118,7 +118,7 @@ impl Federation {
                     regional_model: self
                         .training
                         .relay()
-                        .is_some_and(|r| r.is_regional_evaluation(*round)),
+                        .is_some_and(|r| r.evaluates_regional(*round)),
                     ..Default::default()
                 };
                 let (global, model) = self.model_for(&mut header, global, held);
