@@ -330,12 +330,18 @@ pub fn site_results(
         "site '{}': the global model (round {round}) on its {} test rows: accuracy {accuracy}{alone}",
         results.site, global.n_test
     );
-    for (name, d) in results.departments()? {
+    let departments = results.departments().unwrap_or_else(|e| {
+        println!("site '{}': {e}", results.site);
+        Default::default()
+    });
+    for (name, d) in departments {
         println!(
-            "  department '{name}' ({} test rows): global {:.4}, this site's model {:.4}, the \
+            "  department '{name}' ({} test rows): global {:.4}{}, this site's model {:.4}, the \
              department's own {}",
             d.n_test,
             d.global,
+            d.regional
+                .map_or_else(String::new, |r| format!(", its region's {r:.4}")),
             d.site,
             d.department.map_or_else(
                 || "none (no training rows)".to_string(),

@@ -52,6 +52,15 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
     if args.classes > 1000 || args.features > 100_000 {
         bail!("--classes must be at most 1000 and --features at most 100000");
     }
+    let shifts = args
+        .departments
+        .saturating_mul(args.classes.saturating_mul(args.features) + args.classes);
+    if shifts as u64 > tessera_data::config::MAX_SYNTHETIC_VALUES {
+        bail!(
+            "--departments x --classes x (--features + 1) must be at most {}",
+            tessera_data::config::MAX_SYNTHETIC_VALUES
+        );
+    }
     if args.departments > tessera_data::config::MAX_SYNTHETIC_DEPARTMENTS {
         bail!(
             "--departments must be at most {}",

@@ -140,6 +140,16 @@ impl SyntheticConfig {
         if self.classes < 2 {
             reasons.push(format!("classes must be at least 2, got {}", self.classes));
         }
+        let shifts = (self.departments as u64).checked_mul(
+            (self.classes as u64)
+                .saturating_mul(self.features as u64)
+                .saturating_add(self.classes as u64),
+        );
+        if shifts.is_none_or(|n| n > MAX_SYNTHETIC_VALUES) {
+            reasons.push(format!(
+                "departments x classes x (features + 1) must be at most {MAX_SYNTHETIC_VALUES}"
+            ));
+        }
         if self.departments > MAX_SYNTHETIC_DEPARTMENTS {
             reasons.push(format!(
                 "departments must be at most {MAX_SYNTHETIC_DEPARTMENTS}, got {}",

@@ -74,20 +74,20 @@ pub fn write_synthetic(config: &SynthConfig, out: &mut dyn Write) -> std::io::Re
                     .collect()
             })
             .collect();
-        let none = vec![0.0; c * d + c];
         for _ in 0..config.rows_per_site {
             let department = (departments > 0)
                 .then(|| usize::try_from(rng.below(departments as u64)).unwrap_or(0));
-            let shift = department.map_or(&none, |m| &shifts[m]);
+            let shift = department.and_then(|m| shifts.get(m));
+            let shifted = |i: usize| shift.map_or(0.0, |s| s[i]);
             for j in 0..d {
                 x[j] = v[j] + rng.normal() * sd[j];
             }
             let label = (0..c)
                 .map(|class| {
                     let row = (0..d)
-                        .map(|j| (w[class * d + j] + shift[class * d + j]) * x[j])
+                        .map(|j| (w[class * d + j] + shifted(class * d + j)) * x[j])
                         .sum::<f64>();
-                    b[class] + shift[c * d + class] + row
+                    b[class] + shifted(c * d + class) + row
                 })
                 .enumerate()
                 .fold((0, f64::NEG_INFINITY), |best, (i, score)| {

@@ -93,6 +93,18 @@ fn impossible_settings_are_refused_together() {
     }));
     let e = huge.validate().unwrap_err().to_string();
     assert!(e.contains("must be at most 100000000"), "{e}");
+    // Each department's shift of a site's model is classes x (features + 1).
+    let shifts = config(Some(SyntheticConfig {
+        classes: 1000,
+        features: 1000,
+        departments: 1000,
+        ..synthetic()
+    }));
+    let e = shifts.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("departments x classes x (features + 1) must be at most 100000000"),
+        "{e}"
+    );
     let mut no_site = config(Some(synthetic()));
     no_site.site_column = Some("hospital".into());
     let e = no_site.validate().unwrap_err().to_string();

@@ -44,6 +44,9 @@ pub(crate) struct Takeaway {
     pub(crate) restored: Option<u32>,
     /// `[personalization] department`: this site's rows by department.
     departments: Option<Departments>,
+    /// Whether the plan's topology is hierarchical (only then may a task
+    /// carry a regional model).
+    hierarchical: bool,
 }
 
 impl Takeaway {
@@ -57,6 +60,7 @@ impl Takeaway {
             trained: BTreeSet::new(),
             restored: None,
             departments: None,
+            hierarchical: plan.topology.kind == tessera_engine::TopologyKind::Hierarchical,
         }
     }
 
@@ -74,7 +78,12 @@ impl Takeaway {
     /// The site evaluated round `round`'s model: a global one, or its
     /// aggregator's regional model (`regional`).
     pub(crate) fn evaluated(&mut self, round: u32, regional: bool, model: &Arc<ParameterSet>) {
-        if regional {
+        if regional && !self.hierarchical {
+            tracing::warn!(
+                round,
+                "a task marked as a regional model in a run without regions: ignored"
+            );
+        } else if regional {
             self.regional = Some(Arc::clone(model));
         } else if self.model.as_ref().is_none_or(|(r, _)| *r <= round) {
             self.model = Some((round, Arc::clone(model)));
@@ -120,27 +129,26 @@ impl Takeaway {
 /// This site's own model from the final `global` one (or, under an
 /// aggregator, from its `regional` one), made as the simulator makes it
 /// (`Site::personalized`), and its departments' figures where the plan
-/// names departments.
+/// names departments (or why they could not be made: the site's own
+/// model stands without them).
 fn personal_and_departments(
     plan: &Plan,
     own: &mut tessera_engine::Site,
     (global, regional): (&ParameterSet, Option<&ParameterSet>),
     (train, test): (&Dataset, &Dataset),
     departments: Option<&Departments>,
-) -> Result<(ParameterSet, DepartmentFigures), tessera_engine::EngineError> {
+) -> Result<(ParameterSet, Departmental), tessera_engine::EngineError> {
     let personal = own.personalized(plan, regional.unwrap_or(global), train)?;
+    let levels = Levels {
+        global,
+        regional,
+        site: &personal,
+    };
     let departments = match departments {
-        Some(departments) => departments.accuracies(
-            own,
-            plan,
-            (train, test),
-            Levels {
-                global,
-                regional,
-                site: &personal,
-            },
-        )?,
-        None => BTreeMap::new(),
+        Some(departments) => departments
+            .accuracies(own, plan, (train, test), levels)
+            .map_err(|e| e.to_string()),
+        None => Ok(BTreeMap::new()),
     };
     Ok((personal, departments))
 }
@@ -162,11 +170,14 @@ pub struct SiteResults {
     /// model and, with `[personalization] department`, every level on each
     /// department's test rows (or why they could not be made). They never
     /// left the site.
-    personal: Option<Result<(ParameterSet, DepartmentFigures), String>>,
+    personal: Option<Result<(ParameterSet, Departmental), String>>,
 }
 
 /// Each department's figures: every level on its test rows.
 type DepartmentFigures = BTreeMap<String, DepartmentAccuracy>;
+
+/// The departments' figures, or why they could not be made.
+type Departmental = Result<DepartmentFigures, String>;
 
 /// One model on the site's test rows.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -283,9 +294,7 @@ impl SiteResults {
 
     /// This site's personalized model, where the plan personalizes, and
     /// its departments' figures.
-    fn personal_figures(
-        &self,
-    ) -> Result<Option<&(ParameterSet, DepartmentFigures)>, ParticipantError> {
+    fn personal_figures(&self) -> Result<Option<&(ParameterSet, Departmental)>, ParticipantError> {
         match &self.personal {
             None => Ok(None),
             Some(Ok(personal)) => Ok(Some(personal)),
@@ -303,10 +312,13 @@ impl SiteResults {
     /// With `[personalization] department`: every level on each of this
     /// site's departments' test rows, by department (empty otherwise).
     pub fn departments(&self) -> Result<DepartmentFigures, ParticipantError> {
-        Ok(self
-            .personal_figures()?
-            .map(|(_, departments)| departments.clone())
-            .unwrap_or_default())
+        match self.personal_figures()? {
+            None => Ok(BTreeMap::new()),
+            Some((_, Ok(departments))) => Ok(departments.clone()),
+            Some((_, Err(why))) => Err(ParticipantError::Local(format!(
+                "this site's departments: {why}"
+            ))),
+        }
     }
 
     /// The final global model and its round.
@@ -445,7 +457,11 @@ impl SiteResults {
             gain: global.accuracy.zip(baseline.accuracy).map(|(g, b)| g - b),
             global: Figures { metrics: global },
             personalized: self.personalized()?.map(|metrics| Figures { metrics }),
-            departments: self.departments()?,
+            // A department that failed leaves the rest of the report whole.
+            departments: self.departments().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "the report goes without departments");
+                BTreeMap::new()
+            }),
             regional: self
                 .takeaway
                 .regional

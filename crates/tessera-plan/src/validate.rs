@@ -266,13 +266,18 @@ impl Plan {
         if let Some(column) = &personalization.department {
             let declared = self.data.schema.columns.iter().find(|c| &c.name == column);
             if *column == self.data.schema.target
+                || self.data.site_column.as_ref() == Some(column)
                 || declared.is_some_and(|c| c.kind != tessera_data::ColumnKind::Categorical)
+                || (declared.is_some_and(|c| c.drop_first)
+                    && self.data.schema.missing_policy != tessera_data::MissingPolicy::Drop)
             {
                 push(
                     &["personalization.department", "data.schema"],
                     format!(
                         "personalization.department = '{}' must name a categorical feature \
-                         column, not the target, a numeric or an ignored one",
+                         column, not the target, the site column, a numeric or an ignored \
+                         one, nor one with drop_first unless missing_policy = \"drop\" (its \
+                         first level's rows could not be told from rows with a missing value)",
                         tessera_core::shown(column, 100)
                     ),
                 );

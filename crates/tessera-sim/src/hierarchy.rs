@@ -594,9 +594,9 @@ pub(crate) fn run_hierarchical(
 
 /// Hierarchical personalization: each site fine-tunes the model of its
 /// region (its deepest aggregator's last regional model; the global one for
-/// a site directly under the root) as `[personalization]` says, and its
-/// departments fine-tune the site's; each site's figures and its region's
-/// model on its test rows, in site order.
+/// a site directly under the root, which has no region) as
+/// `[personalization]` says, and its departments fine-tune the site's; each
+/// site's figures and its region's model on its test rows, in site order.
 fn fine_tuned_from_regions(
     plan: &Plan,
     data: &FederatedData,
@@ -616,16 +616,14 @@ fn fine_tuned_from_regions(
     let mut personal = Vec::with_capacity(sites.len());
     let mut regional = Vec::with_capacity(sites.len());
     for (s, rows) in data.sites.iter().enumerate() {
-        let start = region_of[s]
-            .and_then(|n| regional_models.get(&n))
-            .unwrap_or(global);
+        let region = region_of[s].and_then(|n| regional_models.get(&n));
         let mut site = lock(&sites[s]);
-        regional.push(site.evaluate(start, &rows.test)?);
+        regional.push(region.map(|r| site.evaluate(r, &rows.test)).transpose()?);
         personal.push(crate::personal::personalized_site(
             plan,
             data,
             (&mut site, rows),
-            (global, Some(start)),
+            (global, region),
         )?);
     }
     Ok(crate::personal::Personal::of(

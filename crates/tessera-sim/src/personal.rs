@@ -25,8 +25,9 @@ use crate::run::{initial_model, lock, plain_sites};
 pub(crate) struct Personal {
     /// Each site's personalized model on its test rows.
     pub evaluations: Vec<Evaluation>,
-    /// Hierarchical: each site's region's model on its test rows.
-    pub regional: Option<Vec<Evaluation>>,
+    /// Hierarchical: each site's region's model on its test rows (none for
+    /// a site directly under the root).
+    pub regional: Option<Vec<Option<Evaluation>>>,
     /// `[personalization] department`: each site's departments.
     pub departments: Option<Vec<BTreeMap<String, DepartmentAccuracy>>>,
 }
@@ -89,7 +90,7 @@ impl Personal {
     pub(crate) fn of(
         plan: &Plan,
         sites: Vec<(Evaluation, Option<BTreeMap<String, DepartmentAccuracy>>)>,
-        regional: Option<Vec<Evaluation>>,
+        regional: Option<Vec<Option<Evaluation>>>,
     ) -> Personal {
         let (evaluations, departments): (Vec<_>, Vec<_>) = sites.into_iter().unzip();
         Personal {
@@ -145,11 +146,19 @@ pub(crate) fn report(
 
 /// `data` without the plan's new sites, and the new sites alone (`None`
 /// when the plan names none). A name the data lacks, or no site left to
-/// train, is refused.
+/// train, is refused, and so is a department column (`[personalization]
+/// department`) that cannot name departments.
 pub(crate) fn split_new_sites<'a>(
     plan: &Plan,
     data: &'a FederatedData,
 ) -> Result<(Cow<'a, FederatedData>, Option<FederatedData>), SimError> {
+    // A department column that cannot name departments is refused before
+    // the run, not after it.
+    if plan.personalization.department.is_some() {
+        for site in &data.sites {
+            Departments::of(plan, &data.agreement, site)?;
+        }
+    }
     let new = &plan.personalization.new_sites;
     if new.is_empty() {
         return Ok((Cow::Borrowed(data), None));

@@ -525,15 +525,21 @@ fn departments_on_the_flat_topology_and_what_is_refused() {
         e.contains("personalization.department") && e.contains("is numeric"),
         "{e}"
     );
-    for (column, declared) in [("y", None), ("x1", Some(tessera_data::ColumnKind::Numeric))] {
+    use tessera_data::ColumnKind::{Categorical, Numeric};
+    for (column, declared) in [
+        ("y", None),
+        ("site", None),
+        ("x1", Some((Numeric, false))),
+        ("department", Some((Categorical, true))),
+    ] {
         let mut refused = plan.clone();
         refused.personalization.department = Some(column.into());
-        if let Some(kind) = declared {
+        if let Some((kind, drop_first)) = declared {
             refused.data.schema.columns.push(tessera_data::ColumnSpec {
                 name: column.into(),
                 kind,
                 levels: None,
-                drop_first: false,
+                drop_first,
             });
         }
         let e = refused.validate().unwrap_err().to_string();

@@ -445,9 +445,11 @@ impl Federation {
         let closed = relay.closed_through;
         // After every round evaluated here (the parent's regional model's too).
         let round = closed.max(relay.parent_regional.unwrap_or(0)) + 1;
-        let regional = match closed {
-            0 => None,
-            _ => self.store.model(&self.run.id, closed)?,
+        // Its last regional model: that of the last round it closed itself
+        // (a round it missed left none).
+        let regional = match self.store.latest_model_version(&self.run.id)? {
+            Some(version) if version > 0 => self.store.model(&self.run.id, version)?,
+            _ => None,
         };
         let Some(relay) = self.training.relay_mut() else {
             return Ok(());

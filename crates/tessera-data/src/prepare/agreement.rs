@@ -172,10 +172,15 @@ impl Agreement {
                 let mut rows = vec![Vec::new(); levels.len()];
                 for (i, row) in raw.rows().into_iter().enumerate() {
                     let hot = (0..width).find(|&j| row[start + j] == 1.0);
-                    match hot {
-                        Some(j) => rows[j + skip].push(i),
-                        None if *drop_first => rows[0].push(i),
-                        None => {}
+                    // No indicator: the first level's row under `drop_first`,
+                    // otherwise (a missing value) in no group.
+                    let level = match hot {
+                        Some(j) => Some(j + skip),
+                        None if *drop_first => Some(0),
+                        None => None,
+                    };
+                    if let Some(group) = level.and_then(|l| rows.get_mut(l)) {
+                        group.push(i);
                     }
                 }
                 return Ok(levels

@@ -19,8 +19,8 @@ pub struct PersonalSite {
     /// training); `null` where it failed to train.
     pub local_only: Option<f64>,
     /// Hierarchical: the model of the site's region (its aggregator's last
-    /// regional model; the global one for a site directly under the root),
-    /// which the site's own is fine-tuned from.
+    /// regional model), which the site's own is fine-tuned from; absent
+    /// for a site directly under the root (it fine-tunes the global one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regional: Option<f64>,
     /// Test rows.
@@ -168,11 +168,11 @@ impl PersonalizationReport {
 
 impl PersonalizationReport {
     /// Adds each site's region's model accuracy (`regional`, in the order
-    /// of `names`) and their mean.
-    pub fn with_regional(mut self, names: &[&str], regional: &[Evaluation]) -> Self {
+    /// of `names`; none for a site directly under the root) and their mean.
+    pub fn with_regional(mut self, names: &[&str], regional: &[Option<Evaluation>]) -> Self {
         for (name, r) in names.iter().zip(regional) {
             if let Some(site) = self.per_site.get_mut(*name) {
-                site.regional = Some(r.accuracy());
+                site.regional = r.as_ref().map(Evaluation::accuracy);
             }
         }
         let values: Vec<f64> = self.per_site.values().filter_map(|s| s.regional).collect();
