@@ -214,21 +214,18 @@ pub const RULES: &[Rule] = &[
             },
         )
     }),
-    rule("fine_tuning_needs_flat_sync_builtin", |p| {
+    rule("fine_tuning_needs_a_final_model_and_builtin", |p| {
         when(
             p.personalization.fine_tunes()
-                && (is_async(p)
-                    || tree_or_gossip(p) == Some("gossip")
-                    || p.model.kind.is_external()),
+                && (tree_or_gossip(p) == Some("gossip") || p.model.kind.is_external()),
             &[
                 "personalization.finetune_epochs",
-                "federation.mode",
                 "topology.kind",
                 "model.kind",
             ],
             || {
-                "fine-tuning after the last round needs synchronous rounds on the flat or \
-                 hierarchical topology with a built-in model"
+                "fine-tuning after the last round needs the flat or hierarchical topology \
+                 (one final model; synchronous or asynchronous rounds) with a built-in model"
                     .into()
             },
         )

@@ -210,8 +210,11 @@ pub(crate) fn run_async(
         last_evaluations = evaluations;
     }
     let (final_parameters, _) = engine.current();
+    // Fine-tuning (and departments) from the final model, as after
+    // synchronous rounds.
+    let personal = crate::personal::evaluations(plan, data, &sites, &final_parameters, false)?;
     Ok(Federated {
-        personal: None,
+        personal,
         records,
         last_evaluations,
         final_parameters: final_parameters.as_ref().clone(),

@@ -555,3 +555,38 @@ fn departments_on_the_flat_topology_and_what_is_refused() {
         "{e}"
     );
 }
+
+/// After asynchronous rounds each site fine-tunes the final model (and its
+/// departments fine-tune the site's), as after synchronous ones.
+#[test]
+fn asynchronous_runs_fine_tune_the_final_model_at_each_site() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut plan = Plan::from_file(&dir.join("synthetic-async.toml")).unwrap();
+    plan.federation.rounds = 40;
+    plan.personalization.finetune_epochs = 5;
+    let synthetic = plan.data.synthetic.as_mut().unwrap();
+    synthetic.sites = 10;
+    synthetic.departments = 2;
+    plan.personalization.department = Some("department".into());
+    plan.privacy.site_metrics = SiteMetrics::Clear;
+    let data = tessera_data::load(&plan.data, &dir, &Filesystem).unwrap();
+    let report = run(&plan, &data);
+    let p = report.personalization.as_ref().unwrap();
+    assert_eq!(p.sites, 10);
+    let moved = p
+        .per_site
+        .values()
+        .filter(|s| s.personalized != s.global)
+        .count();
+    assert!(
+        moved >= 5,
+        "{moved} of 10 sites' fine-tuned models differ from the global one"
+    );
+    assert_eq!(p.departments.as_ref().unwrap().populations, 20);
+    println!(
+        "async: global {:.4}, fine-tuned {:.4}, local-only {:.4}",
+        p.mean_global,
+        p.mean_personalized,
+        p.mean_local_only.unwrap_or(f64::NAN)
+    );
+}

@@ -149,6 +149,8 @@ fn parameters_stream_with_bounded_memory() {
 /// Asynchronous buffered aggregation in deployment: six participants, one of
 /// them slow; every K updates a step is committed; the slow site's updates
 /// count with their staleness; the run finishes with every step taken.
+/// Each site then holds the final model (its model file is the
+/// coordinator's) and fine-tunes it on its own rows.
 #[test]
 fn asynchronous_deployment_takes_every_step_and_keeps_slow_sites() {
     if util::skip_e2e("asynchronous_deployment_takes_every_step_and_keeps_slow_sites") {
@@ -200,12 +202,20 @@ buffer_size = 3
 min_participants = 6
 [privacy]
 site_metrics = "clear"
+[personalization]
+finetune_epochs = 3
 "#,
             data.display()
         ),
     );
     let db = s.path("a.sqlite");
-    let (mut coordinator, url) = coordinator(&s.dir, &plan, &db, 0, &["--report", "a.json"]);
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &db,
+        0,
+        &["--report", "a.json", "--model-out", "a.model"],
+    );
     let mut sites: Vec<Proc> = (0..6)
         .map(|i| {
             let site = format!("site{i}");
@@ -214,6 +224,7 @@ site_metrics = "clear"
             } else {
                 &[]
             };
+            let (report, model) = (format!("{site}.json"), format!("{site}.model"));
             let mut args = vec![
                 "participant",
                 "--coordinator",
@@ -223,6 +234,10 @@ site_metrics = "clear"
                 "--data",
                 data.to_str().unwrap(),
                 "--insecure",
+                "--report",
+                &report,
+                "--model-out",
+                &model,
             ];
             args.extend_from_slice(extra);
             Proc::start(&site, &s.dir, &args, None)
@@ -253,4 +268,21 @@ site_metrics = "clear"
         0
     );
     assert_eq!(status.aggregates().len(), 30, "every step durable");
+    let final_model = util::model(&s.path("a.model"));
+    let mut tuned = 0;
+    for i in 0..6 {
+        let site = format!("site{i}");
+        assert_eq!(
+            util::model(&s.path(&format!("{site}.model"))),
+            final_model,
+            "{site}"
+        );
+        let report = s.json(&format!("{site}.json"));
+        assert!(report["personalized"]["accuracy"].is_number(), "{report}");
+        tuned += usize::from(report["personalized"] != report["global"]);
+    }
+    assert!(
+        tuned >= 3,
+        "{tuned} of 6 sites' fine-tuned models differ from the final one"
+    );
 }
