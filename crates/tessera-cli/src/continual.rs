@@ -213,18 +213,7 @@ pub fn deployed_from(
         );
     }
     let from = crate::model::read(path)?;
-    if from.header.model != plan.model {
-        bail!(
-            "{}: a {:?} model with hidden layers {:?}, and the plan's is {:?} with {:?} (or \
-             differs in its initialisation); continue with the plan's [model] as the earlier \
-             run had it",
-            path.display(),
-            from.header.model.kind,
-            from.header.model.hidden,
-            plan.model.kind,
-            plan.model.hidden
-        );
-    }
+    check_model(path, &from, plan)?;
     let parent = format!(
         "{} (round {} of plan {}, parameters sha256 {})",
         path.display(),
@@ -278,6 +267,11 @@ fn check_fits(
             classes
         );
     }
+    check_model(path, from, plan)
+}
+
+/// Refuses a model file of another `[model]` than the plan's.
+fn check_model(path: &Path, from: &ModelFile, plan: &Plan) -> anyhow::Result<()> {
     if from.header.model != plan.model {
         bail!(
             "{}: a {:?} model with hidden layers {:?}, and the plan's is {:?} with {:?} (or \
