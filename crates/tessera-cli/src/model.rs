@@ -337,7 +337,7 @@ pub fn site_results(
     for (name, d) in departments {
         println!(
             "  department '{name}' ({} test rows): global {:.4}{}, this site's model {:.4}, the \
-             department's own {}",
+             department's own {}, trained alone {}",
             d.n_test,
             d.global,
             d.regional
@@ -346,7 +346,9 @@ pub fn site_results(
             d.department.map_or_else(
                 || "none (no training rows)".to_string(),
                 |a| format!("{a:.4}")
-            )
+            ),
+            d.local_only
+                .map_or_else(|| "none".to_string(), |a| format!("{a:.4}"))
         );
     }
     Ok(())

@@ -486,12 +486,13 @@ fn print_summary(report: &RunReport) {
                 .map_or_else(String::new, |r| format!("; regional {r:.4}"));
             println!(
                 "departments ({}, {} populations): department {} mean; site {:.4}{regional}; \
-                 global {:.4}; department beats site at {}",
+                 global {:.4}; trained alone {}; department beats site at {}",
                 d.column,
                 d.populations,
                 show(d.mean_department),
                 d.mean_site,
                 d.mean_global,
+                show(d.mean_local_only),
                 d.department_beats_site
             );
         }

@@ -273,7 +273,7 @@ pub async fn open(config: &CoordinatorConfig) -> Result<Arc<Shared>, Coordinator
         }
         let mut federation = Federation::open(plan, &text, store, liveness)?;
         if let Some(initial) = initial {
-            federation.continue_from(initial);
+            federation.continue_from(initial)?;
         }
         tracing::info!(run = federation.run_id(), "coordinator ready");
         Ok::<_, CoordinatorError>(federation)

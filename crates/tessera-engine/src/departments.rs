@@ -9,11 +9,11 @@
 
 use std::collections::BTreeMap;
 
-use tessera_core::ParameterSet;
+use tessera_core::{ParameterSet, tag};
 use tessera_data::{Agreement, Dataset, Group, SiteData};
 
 use crate::report::DepartmentAccuracy;
-use crate::{EngineError, Plan, Site};
+use crate::{EngineError, Plan, Site, streams};
 
 /// A site's rows by department, training and test.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -22,9 +22,12 @@ pub struct Departments {
     test: Vec<Group>,
 }
 
-/// The models of the levels above a department.
+/// The models of the levels above a department, and the plan's initial
+/// model, which a department's local-only model trains from.
 #[derive(Debug, Clone, Copy)]
 pub struct Levels<'a> {
+    /// The plan's initial model.
+    pub initial: &'a ParameterSet,
     /// The final global model.
     pub global: &'a ParameterSet,
     /// The site's region's model, where the topology has regions.
@@ -78,17 +81,19 @@ impl Departments {
             let regional = levels.regional.map(&mut accuracy).transpose()?;
             let own = accuracy(levels.site)?;
             let trained = self.train.iter().find(|g| g.level == group.level);
-            let department = match trained {
+            let (department, local_only) = match trained {
                 Some(g) => {
-                    let model = site.department_model(
-                        plan,
-                        levels.site,
-                        &group.level,
-                        &train.select(&g.rows),
-                    )?;
-                    Some(site.evaluate(&model, &rows)?.accuracy())
+                    let own_rows = train.select(&g.rows);
+                    let [tuned, alone] =
+                        department_models(site, plan, levels, &group.level, &own_rows);
+                    let mut accuracy = |model: Result<ParameterSet, EngineError>| {
+                        Ok::<_, EngineError>(site.evaluate(&model?, &rows)?.accuracy())
+                    };
+                    let department = Some(accuracy(tuned)?);
+                    // A model that fails to train alone is reported as none.
+                    (department, accuracy(alone).ok())
                 }
-                None => None,
+                None => (None, None),
             };
             out.insert(
                 group.level.clone(),
@@ -99,9 +104,31 @@ impl Departments {
                     regional,
                     site: own,
                     department,
+                    local_only,
                 },
             );
         }
         Ok(out)
     }
+}
+
+/// Department `name`'s models from its training `rows`: its site's model
+/// fine-tuned as `[personalization]` says (batches from the public stream
+/// after the last round, this department's), and the plan's initial model
+/// trained on the rows alone as the site's local-only baseline trains
+/// (`[baselines]`; batches from the baseline stream, this department's).
+fn department_models(
+    site: &mut Site,
+    plan: &Plan,
+    levels: Levels<'_>,
+    name: &str,
+    rows: &Dataset,
+) -> [Result<ParameterSet, EngineError>; 2] {
+    let id = tag(site.id().as_str());
+    let round = u64::from(plan.federation.rounds.saturating_add(1));
+    let tuned = site.stream(&[streams::FIT, round, id, tag(name)]);
+    let tuned = site.trained(levels.site, rows, &plan.finetune_training(), tuned);
+    let alone = site.stream(&[streams::BASELINE, id, tag(name)]);
+    let alone = site.trained(levels.initial, rows, &plan.baseline_training(), alone);
+    [tuned, alone]
 }

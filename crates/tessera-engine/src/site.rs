@@ -335,6 +335,18 @@ impl Site {
         plan: &crate::Plan,
         start: &ParameterSet,
         rows: &Dataset,
+        rng: SeededRng,
+    ) -> Result<ParameterSet, EngineError> {
+        self.trained(start, rows, &plan.finetune_training(), rng)
+    }
+
+    /// `start` trained with `training` on `rows`, batches from `rng`
+    /// (after the run: the site's learner is free).
+    pub(crate) fn trained(
+        &mut self,
+        start: &ParameterSet,
+        rows: &Dataset,
+        training: &TrainingConfig,
         mut rng: SeededRng,
     ) -> Result<ParameterSet, EngineError> {
         let Model::BuiltIn(learner) = &mut self.model else {
@@ -343,25 +355,15 @@ impl Site {
             ));
         };
         learner.set_parameters(start)?;
-        learner.fit(rows, &LocalPlan::plain(&plan.finetune_training()), &mut rng)?;
+        learner.fit(rows, &LocalPlan::plain(training), &mut rng)?;
         let tuned = learner.parameters().clone();
         tuned.check_finite()?;
         Ok(tuned)
     }
 
-    /// `start` (the site's own model) fine-tuned for department `name` on
-    /// its training `rows` as [`Site::personalized`] fine-tunes (all rows;
-    /// batches from the public stream after the last round, this department's).
-    pub fn department_model(
-        &mut self,
-        plan: &crate::Plan,
-        start: &ParameterSet,
-        name: &str,
-        rows: &Dataset,
-    ) -> Result<ParameterSet, EngineError> {
-        let round = u64::from(plan.federation.rounds.saturating_add(1));
-        let tags = [streams::FIT, round, tag(self.id.as_str()), tag(name)];
-        self.fine_tuned(plan, start, rows, SeededRng::derived(self.seed, &tags))
+    /// The stream `tags` of the run seed.
+    pub(crate) fn stream(&self, tags: &[u64]) -> SeededRng {
+        SeededRng::derived(self.seed, tags)
     }
 
     /// The rows of `train` that [`Site::personalized`] fine-tunes on: the

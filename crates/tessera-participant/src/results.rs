@@ -136,20 +136,27 @@ fn personal_and_departments(
     own: &mut tessera_engine::Site,
     (global, regional): (&ParameterSet, Option<&ParameterSet>),
     (train, test): (&Dataset, &Dataset),
-    departments: Option<&Departments>,
+    departments: Option<(&Departments, &Agreement)>,
 ) -> Result<(ParameterSet, Departmental), tessera_engine::EngineError> {
     let personal = own.personalized(plan, regional.unwrap_or(global), train)?;
+    let Some((departments, agreement)) = departments else {
+        return Ok((personal, Ok(BTreeMap::new())));
+    };
+    // The plan's initial model, which each department's local-only model
+    // trains from (as the site's own baseline does).
+    let initial = plan
+        .learner(agreement.feature_names().len(), agreement.classes.len())?
+        .parameters()
+        .clone();
     let levels = Levels {
+        initial: &initial,
         global,
         regional,
         site: &personal,
     };
-    let departments = match departments {
-        Some(departments) => departments
-            .accuracies(own, plan, (train, test), levels)
-            .map_err(|e| e.to_string()),
-        None => Ok(BTreeMap::new()),
-    };
+    let departments = departments
+        .accuracies(own, plan, (train, test), levels)
+        .map_err(|e| e.to_string());
     Ok((personal, departments))
 }
 
@@ -272,7 +279,11 @@ impl SiteResults {
                     &mut own,
                     (&global, ready.takeaway.regional.as_deref()),
                     (&ready.train, &ready.test),
-                    ready.takeaway.departments.as_ref(),
+                    ready
+                        .takeaway
+                        .departments
+                        .as_ref()
+                        .map(|d| (d, &ready.takeaway.agreement)),
                 )
                 .map_err(|e| e.to_string()),
             ),

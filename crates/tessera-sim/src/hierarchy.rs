@@ -615,6 +615,7 @@ fn fine_tuned_from_regions(
     }
     let mut personal = Vec::with_capacity(sites.len());
     let mut regional = Vec::with_capacity(sites.len());
+    let initial = crate::personal::initial_parameters(plan, data)?;
     for (s, rows) in data.sites.iter().enumerate() {
         let region = region_of[s].and_then(|n| regional_models.get(&n));
         let mut site = lock(&sites[s]);
@@ -623,7 +624,7 @@ fn fine_tuned_from_regions(
             plan,
             data,
             (&mut site, rows),
-            (global, region),
+            (global, region, &initial),
         )?);
     }
     Ok(crate::personal::Personal::of(

@@ -21,6 +21,18 @@ use crate::SimError;
 use crate::baselines::local_baseline;
 use crate::run::{initial_model, lock, plain_sites};
 
+/// The plan's initial model, which departments' local-only models train
+/// from (an empty set where the plan names no departments: nothing uses it).
+pub(crate) fn initial_parameters(
+    plan: &Plan,
+    data: &FederatedData,
+) -> Result<ParameterSet, SimError> {
+    if plan.personalization.department.is_none() {
+        return Ok(ParameterSet::new());
+    }
+    Ok(initial_model(plan, data)?.parameters().clone())
+}
+
 /// The personalized models' figures at the end of a run, in site order.
 pub(crate) struct Personal {
     /// Each site's personalized model on its test rows.
@@ -39,7 +51,7 @@ pub(crate) fn personalized_site(
     plan: &Plan,
     data: &FederatedData,
     (site, rows): (&mut Site, &SiteData),
-    (global, regional): (&ParameterSet, Option<&ParameterSet>),
+    (global, regional, initial): (&ParameterSet, Option<&ParameterSet>, &ParameterSet),
 ) -> Result<(Evaluation, Option<BTreeMap<String, DepartmentAccuracy>>), SimError> {
     let start = regional.unwrap_or(global);
     let own = site.personalized(plan, start, &rows.train)?;
@@ -50,6 +62,7 @@ pub(crate) fn personalized_site(
             plan,
             (&rows.train, &rows.test),
             Levels {
+                initial,
                 global,
                 regional,
                 site: &own,
@@ -72,8 +85,14 @@ pub(crate) fn evaluations(
     if !plan.personalizes() {
         return Ok(None);
     }
+    let initial = initial_parameters(plan, data)?;
     let one = |(site, rows): (&Mutex<Site>, &SiteData)| {
-        personalized_site(plan, data, (&mut lock(site), rows), (global, None))
+        personalized_site(
+            plan,
+            data,
+            (&mut lock(site), rows),
+            (global, None, &initial),
+        )
     };
     let all: Vec<_> = if parallel {
         sites.par_iter().zip(&data.sites).map(one).collect()

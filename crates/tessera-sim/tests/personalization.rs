@@ -470,7 +470,11 @@ fn departments_fine_tune_their_sites_model_and_every_level_is_reported_on_each()
         assert!((pooled(&|d| d.global) - site.global).abs() < 1e-9, "{name}");
         let regional = pooled(&|d| d.regional.unwrap());
         assert!((regional - site.regional.unwrap()).abs() < 1e-9, "{name}");
-        assert!(site.departments.values().all(|d| d.n_train > 0));
+        assert!(
+            site.departments
+                .values()
+                .all(|d| d.n_train > 0 && d.local_only.is_some())
+        );
     }
     // Departments differ within a site: their own models fit them better.
     let department = d.mean_department.unwrap();
@@ -480,10 +484,12 @@ fn departments_fine_tune_their_sites_model_and_every_level_is_reported_on_each()
         d.mean_site
     );
     println!(
-        "departments: global {:.4}, regional {:.4}, site {:.4}, department {department:.4}",
+        "departments: global {:.4}, regional {:.4}, site {:.4}, department {department:.4}, \
+         alone {:.4}",
         d.mean_global,
         d.mean_regional.unwrap(),
-        d.mean_site
+        d.mean_site,
+        d.mean_local_only.unwrap()
     );
     // A department's model starts from its site's: fine-tuning that
     // barely moves leaves it there.

@@ -198,10 +198,6 @@ impl Federation {
                 return Err(Refusal::Invalid(reason));
             }
         };
-        if let Some(continued) = &self.continued {
-            let from = format!("continued from {}", continued.from);
-            self.audit(site, "initial-model", "continued", &from);
-        }
         let now = self.now();
         // The initial model and the vocabulary are stored together, or neither.
         let run = self.run.id.as_str();
@@ -212,6 +208,10 @@ impl Federation {
                 tx.put_agreement(run, AgreementStep::Levels, &encoded)
             })
             .map_err(unavailable)?;
+        if let Some(continued) = &self.continued {
+            let from = format!("continued from {}", continued.from);
+            self.audit(site, "initial-model", "continued", &from);
+        }
         let closed = format!("{} features", agreement.feature_names().len());
         self.open_training(site, agreement, initial, ("agree-vocabulary", &closed))
     }

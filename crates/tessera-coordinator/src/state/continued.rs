@@ -7,6 +7,7 @@ use tessera_data::Agreement;
 use tessera_engine::PlanBuild;
 
 use super::Federation;
+use crate::CoordinatorError;
 
 /// An earlier run's model to start from.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,9 +25,20 @@ pub struct InitialModel {
 impl Federation {
     /// Starts the run from `initial` instead of the plan's initial model
     /// (checked against the agreement when it closes). A run resumed from
-    /// the database keeps the initial model it stored.
-    pub fn continue_from(&mut self, initial: InitialModel) {
+    /// the database keeps the initial model it stored: another one is
+    /// refused, so that nothing names a model the run did not start from.
+    pub fn continue_from(&mut self, initial: InitialModel) -> Result<(), CoordinatorError> {
+        if let Some(stored) = self.store.model(&self.run.id, 0)?
+            && stored != initial.parameters
+        {
+            return Err(CoordinatorError::Config(format!(
+                "--continue-from {}: this run (resumed from its database) started from \
+                 another model; give the file it started from, or none",
+                initial.from
+            )));
+        }
         self.continued = Some(initial);
+        Ok(())
     }
 
     /// The run's initial model: the plan's, or the one continued from,

@@ -373,6 +373,8 @@ impl Federation {
                     relay.engine = None;
                 }
                 let status = if regional {
+                    // The parent's run is over: no round of its opens again.
+                    relay.fit = None;
                     "the parent's regional model"
                 } else {
                     relay.closed_through = relay.closed_through.max(round);

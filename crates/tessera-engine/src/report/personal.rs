@@ -48,6 +48,11 @@ pub struct DepartmentAccuracy {
     /// The department's model: the site's fine-tuned on the department's
     /// training rows (`null` without any).
     pub department: Option<f64>,
+    /// The plan's initial model trained on the department's training rows
+    /// alone, as the site's local-only baseline trains (`null` without
+    /// any, or where it failed to train).
+    #[serde(default)]
+    pub local_only: Option<f64>,
 }
 
 /// Every level's mean accuracy over the departments of all sites (each
@@ -68,6 +73,10 @@ pub struct DepartmentsSummary {
     /// Mean of the department models' accuracy, over the populations that
     /// have one.
     pub mean_department: Option<f64>,
+    /// Mean of the departments' local-only models' accuracy, over the
+    /// populations that have one.
+    #[serde(default)]
+    pub mean_local_only: Option<f64>,
     /// Populations where the department model beats the site model.
     pub department_beats_site: usize,
 }
@@ -211,6 +220,7 @@ impl PersonalizationReport {
             mean_regional: mean(all.iter().filter_map(|d| d.regional).collect()),
             mean_site: mean(all.iter().map(|d| d.site).collect()).unwrap_or(0.0),
             mean_department: mean(all.iter().filter_map(|d| d.department).collect()),
+            mean_local_only: mean(all.iter().filter_map(|d| d.local_only).collect()),
             department_beats_site: all
                 .iter()
                 .filter(|d| d.department.is_some_and(|a| a > d.site))
