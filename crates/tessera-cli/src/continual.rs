@@ -196,22 +196,7 @@ pub fn deployed_from(
     path: &Path,
     plan: &Plan,
 ) -> anyhow::Result<(tessera_coordinator::InitialModel, String)> {
-    use tessera_engine::{Mode, TopologyKind};
-    if plan.topology.kind != TopologyKind::Flat
-        || plan.federation.mode != Mode::Sync
-        || plan.model.kind.is_external()
-        || plan.federation.strategy.needs().personal
-    {
-        bail!(
-            "--continue-from: continual learning runs on the flat topology with synchronous \
-             rounds, a built-in model and a FedAvg-family strategy (the plan has {:?}, {:?}, \
-             {:?}, {})",
-            plan.topology.kind,
-            plan.federation.mode,
-            plan.model.kind,
-            plan.federation.strategy
-        );
-    }
+    tessera_sim::check_continuable(plan).context("--continue-from")?;
     let from = crate::model::read(path)?;
     check_model(path, &from, plan)?;
     let parent = format!(

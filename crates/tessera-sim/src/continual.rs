@@ -130,6 +130,33 @@ pub fn accuracy(
     Ok(right as f64 / n.max(1) as f64)
 }
 
+/// Refuses, saying why, a plan that cannot continue from an earlier run's
+/// model, in simulation or deployment: continual learning runs on the flat
+/// topology with synchronous rounds, a built-in model and a FedAvg-family
+/// strategy.
+pub fn check_continuable(plan: &Plan) -> Result<(), EngineError> {
+    if plan.topology.kind != TopologyKind::Flat
+        || plan.federation.mode != Mode::Sync
+        || plan.model.kind.is_external()
+    {
+        return Err(EngineError::State(
+            "continual learning runs on the flat topology with synchronous rounds and a \
+             built-in model"
+                .into(),
+        ));
+    }
+    if plan.federation.strategy.needs().personal {
+        // FedPer's and FedRep's global head is the untrained one, and their
+        // held layers would be pulled by the elastic term.
+        return Err(EngineError::State(format!(
+            "continual learning with the personalized strategy {} is not supported yet: \
+             continue with a FedAvg-family strategy",
+            plan.federation.strategy
+        )));
+    }
+    Ok(())
+}
+
 /// Runs the plan's federation on `data` from `continuation`'s model (flat
 /// topology, synchronous rounds), as [`crate::simulate`] runs it otherwise;
 /// the report's `continual` section has the accuracy on `data` of the model
@@ -143,29 +170,15 @@ pub fn simulate_continued(
 ) -> Result<RunReport, SimError> {
     plan.validate()?;
     plan.check_cohort(data.sites.len())?;
-    if plan.topology.kind != TopologyKind::Flat
-        || plan.federation.mode != Mode::Sync
-        || plan.model.kind.is_external()
-        || options.attack.is_some()
-        || !plan.personalization.new_sites.is_empty()
-    {
+    if options.attack.is_some() || !plan.personalization.new_sites.is_empty() {
         return Err(EngineError::State(
-            "continual learning runs on the flat topology with synchronous rounds, a built-in \
-             model, no simulated attack and no personalization.new_sites"
+            "continual learning runs with no simulated attack and no \
+             personalization.new_sites"
                 .into(),
         )
         .into());
     }
-    if plan.federation.strategy.needs().personal {
-        // FedPer's and FedRep's global head is the untrained one, and their
-        // held layers would be pulled by the elastic term.
-        return Err(EngineError::State(format!(
-            "continual learning with the personalized strategy {} is not supported yet: \
-             continue with a FedAvg-family strategy",
-            plan.federation.strategy
-        ))
-        .into());
-    }
+    check_continuable(plan)?;
     // Refuses, naming why, parameters that are not of the plan's model.
     continuation.model(plan, data)?;
     let new_before = accuracy(plan, data, &continuation.from)?;

@@ -72,7 +72,7 @@ mod sites;
 
 pub use attack::{Attack, AttackKind};
 pub use baselines::run_baselines;
-pub use continual::{Continuation, accuracy, importance, simulate_continued};
+pub use continual::{Continuation, accuracy, check_continuable, importance, simulate_continued};
 pub use cross_silo::{CrossSiloReport, load_data};
 pub use external::simulate_with_learners;
 pub use profile::Profile;
