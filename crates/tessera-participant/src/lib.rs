@@ -51,6 +51,7 @@ mod join;
 mod leave;
 mod ledger;
 mod local_state;
+mod prepare;
 pub mod results;
 pub mod supervisor;
 mod train;
@@ -59,26 +60,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_core::ParticipantId;
-use tessera_data::{Dataset, ScaleScope};
-use tessera_engine::PlanBuild;
+use tessera_data::Dataset;
 use tessera_engine::{FitTask, Plan, Site};
 use tessera_proto::convert;
-use tessera_proto::pb::federation_client::FederationClient;
-use tessera_proto::pb::{self, agree_reply, task};
+use tessera_proto::pb::{self, task};
 use thiserror::Error;
 
 pub use checks::plan_differences;
-use checks::plan_paths_within;
 pub use external::{ExternalResults, ExternalSite, run_external};
 pub use join::JoinSettings;
 pub use leave::leave;
+use prepare::{coordinators_plan, prepare};
 use train::train;
 
-use client::{agree, receive_parameters, secure_submit, send_update};
+use client::{receive_parameters, secure_submit, send_update};
 use supervisor::{Failure, Progress, Retry, Stopped, supervise};
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// Why a participant stopped.
 #[derive(Debug, Error)]
@@ -597,203 +594,4 @@ impl Ready {
             state_file,
         })
     }
-}
-
-/// The coordinator's plan, refused where it differs from the plan this
-/// site expects.
-fn coordinators_plan(config: &ParticipantConfig, welcome: &pb::Welcome) -> Result<Plan, Failure> {
-    let plan = Plan::from_toml(&welcome.plan_toml, "the coordinator's plan")
-        .map_err(|e| Failure::Fatal(ParticipantError::Local(e.to_string())))?;
-    match &config.expect_plan {
-        Some(expected) if *expected != plan => {
-            let sections = plan_differences(expected, &plan);
-            let why = format!(
-                "the coordinator's plan differs from the plan this site expects in [{}]: refusing to train",
-                sections.join("], [")
-            );
-            tracing::error!(%why, "plan refused");
-            return Err(Failure::Fatal(ParticipantError::Stop(
-                cause::Cause::PlanRefused(why),
-            )));
-        }
-        Some(_) => {}
-        None if plan.secure_aggregation.enabled
-            || plan.privacy.is_on()
-            || !plan.analytics.joins.is_empty() =>
-        {
-            tracing::warn!(
-                "this site's privacy settings come from the coordinator's plan: give the plan this site agreed to (--expect-plan) to refuse a coordinator that weakens them"
-            );
-        }
-        None => {}
-    }
-    Ok(plan)
-}
-
-/// Loads the site's data, agrees the layout with the other sites, builds the model.
-async fn prepare(
-    config: &ParticipantConfig,
-    client: &mut FederationClient<Channel>,
-    welcome: &pb::Welcome,
-) -> Result<Ready, Failure> {
-    let local_error = |e: String| Failure::Fatal(ParticipantError::Local(e));
-    let plan_refused =
-        |e: String| Failure::Fatal(ParticipantError::Stop(cause::Cause::PlanRefused(e)));
-    let plan = coordinators_plan(config, welcome)?;
-    if plan.model.kind.is_external() {
-        return Err(plan_refused(external::NEEDS_LEARNER.into()));
-    }
-    plan_paths_within(&plan.data, &config.plan_dir).map_err(plan_refused)?;
-    let mut local = cross_silo::read_local(config, client, welcome, &plan).await?;
-    tracing::info!(site = %config.site, train = local.summary().n_train, test = local.summary().n_test, "data read");
-    let kinds = match agree(
-        client,
-        &config.site,
-        pb::agree_request::Offer::Kinds(convert::kinds_offer_to_pb(&local.kinds_offer())),
-    )
-    .await?
-    {
-        agree_reply::Result::Kinds(k) => {
-            convert::kinds_from_pb(k).map_err(|e| local_error(e.to_string()))?
-        }
-        _ => return Err(Failure::Retry("agreement out of order".into())),
-    };
-    // A coordinator's plan can make any column categorical, so that sites
-    // send every distinct value of it: a declaration without levels needs
-    // this site's consent (or the plan it agreed to). Columns the site's own
-    // data shows as text are inferred, not declared, and need none.
-    if !config.share_levels && config.expect_plan.is_none() {
-        let schema = &plan.data.schema;
-        let revealed: Vec<&String> = kinds
-            .columns
-            .iter()
-            .zip(&kinds.categorical)
-            .filter(|(name, categorical)| {
-                **categorical
-                    && schema.columns.iter().any(|spec| {
-                        &spec.name == *name
-                            && spec.kind == tessera_data::ColumnKind::Categorical
-                            && spec.levels.is_none()
-                    })
-            })
-            .map(|(name, _)| name)
-            .collect();
-        if !revealed.is_empty() {
-            let names: Vec<&str> = revealed.iter().map(|s| s.as_str()).collect();
-            let why = format!(
-                "the coordinator's plan makes columns categorical without declaring their levels \
-                 ({}): this site would send every distinct value of them. Give \
-                 --share-levels to consent, or --expect-plan with the plan this site agreed to",
-                tessera_proto::shown(&names.join(", "), 300)
-            );
-            tracing::error!(%why, "plan refused");
-            return Err(plan_refused(why));
-        }
-    }
-    let mut offer = local
-        .levels_offer(&plan.data, &kinds)
-        .map_err(|e| local_error(e.to_string()))?;
-    // The row counts bound what this site reports for the run. Where the
-    // plan keeps its counts from the coordinator (secure aggregation, sums
-    // of the metrics), only their magnitude: the next power of two.
-    let hide = plan.secure_aggregation.enabled || plan.privacy.site_metrics.sums_only();
-    offer.train_rows = tessera_data::declared_rows(offer.train_rows, hide);
-    offer.test_rows = tessera_data::declared_rows(offer.test_rows, hide);
-    let agreement = match agree(
-        client,
-        &config.site,
-        pb::agree_request::Offer::Levels(convert::levels_offer_to_pb(&offer)),
-    )
-    .await?
-    {
-        agree_reply::Result::Agreement(a) => {
-            convert::agreement_from_pb(a).map_err(|e| local_error(e.to_string()))?
-        }
-        _ => return Err(Failure::Retry("agreement out of order".into())),
-    };
-    // Columns this site has that the federation's layout leaves out: it
-    // trains without them, and says so.
-    let own = local.kinds_offer().columns;
-    let ignored: Vec<&String> = own
-        .iter()
-        .filter(|c| !agreement.columns.contains(c))
-        .collect();
-    if !ignored.is_empty() {
-        tracing::warn!(
-            count = ignored.len(),
-            of = own.len(),
-            columns = %tessera_proto::shown(
-                &ignored.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "),
-                500
-            ),
-            "the federation's agreed layout leaves out these columns of this site's data; it trains without them"
-        );
-    }
-    // The model's copies here must fit before any is built.
-    let available = tessera_engine::available_memory().map(|b| b as f64);
-    let limit = match (config.max_memory_bytes, available) {
-        (Some(cap), Some(free)) if free < cap => Some((free, "this machine's available memory")),
-        (Some(cap), _) => Some((cap, "this site's --max-memory-gb")),
-        (None, Some(free)) => Some((free, "this machine's available memory")),
-        (None, None) => None,
-    };
-    plan.check_memory(
-        tessera_engine::MemoryRole::Participant,
-        (agreement.feature_names().len(), agreement.classes.len(), 1),
-        limit,
-    )
-    .map_err(|e| {
-        let why = e.to_string();
-        tracing::error!(%why, "plan refused");
-        plan_refused(why)
-    })?;
-    let site_analytics = analytics::of_site(&plan, &local, &agreement).map_err(local_error)?;
-    let (mut data, _) = local
-        .prepare(&plan.data, &agreement)
-        .map_err(|e| local_error(e.to_string()))?;
-    if plan.data.standardize.enabled && plan.data.standardize.scope == ScaleScope::Federation {
-        // Step 3: count, mean and squared deviations go out; the federation's come back.
-        let own = convert::statistics_to_pb(&tessera_data::FeatureStatistics::of(&data.raw_train));
-        let merged = match agree(
-            client,
-            &config.site,
-            pb::agree_request::Offer::Statistics(own),
-        )
-        .await?
-        {
-            agree_reply::Result::Statistics(s) => {
-                convert::statistics_from_pb(s, agreement.feature_names().len())
-                    .map_err(|e| local_error(e.to_string()))?
-            }
-            _ => return Err(Failure::Retry("agreement out of order".into())),
-        };
-        data.rescale(tessera_data::Scaler::from_statistics(
-            &merged,
-            &plan.data.standardize,
-        ));
-    }
-    let learner = plan
-        .learner(agreement.feature_names().len(), agreement.classes.len())
-        .map_err(|e| local_error(e.to_string()))?;
-    // With local DP-SGD, this site's rows are protected by its key (from the
-    // operating system, never leaving it, not even to disk); noise and
-    // Poisson batches derive from it: no one with the plan can recompute them.
-    let id = ParticipantId::new(&config.site);
-    let site = Site::of_plan(&plan, id, learner, client::secret_key)?;
-    let train_rows = data.train.n_rows();
-    ledger::check_local_budget(&plan, &config.site, &site, train_rows)?;
-    let takeaway = results::Takeaway::new(&plan, agreement.clone(), data.scaler.clone())
-        .with_departments(&plan, &data)
-        .map_err(|e| local_error(e.to_string()))?;
-    let mut ready = Ready::new(
-        config,
-        welcome,
-        plan,
-        site,
-        (data.train, data.test),
-        takeaway,
-    )?;
-    ready.analytics = site_analytics;
-    ready.check_run(train_rows)?;
-    Ok(ready)
 }
