@@ -11,8 +11,7 @@ use tessera_engine::model_file::ModelFile;
 use tessera_engine::report::{ContinualReport, EarlierData, RunReport};
 use tessera_sim::Continuation;
 
-/// Rows per site the importance is measured on (the first ones).
-pub const IMPORTANCE_ROWS: usize = 1000;
+use tessera_engine::continual::IMPORTANCE_ROWS;
 
 /// What the command line asked for.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -25,12 +24,22 @@ pub struct ContinualArgs {
     /// Continual learning: hold the model to the one continued from by
     /// elastic weight consolidation of this weight (the pull on its most
     /// important parameter; 1 is a good start), with the importance the
-    /// earlier run wrote (--importance).
-    #[arg(long, requires_all = ["continue_from", "importance"])]
+    /// earlier run wrote (--importance or --site-importance).
+    #[arg(long, requires = "continue_from")]
     pub ewc_lambda: Option<f32>,
     /// Continual learning: the earlier run's --importance-out.
-    #[arg(long, value_name = "FILE", requires = "ewc_lambda")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "ewc_lambda",
+        conflicts_with = "site_importance"
+    )]
     pub importance: Option<PathBuf>,
+    /// Continual learning: the earlier run's --site-importance-out folder;
+    /// each site is held by its own importance (SITE.importance), as
+    /// deployed participants are with their own --importance.
+    #[arg(long, value_name = "DIR", requires = "ewc_lambda")]
+    pub site_importance: Option<PathBuf>,
     /// After the run, measure how much each parameter of the final model
     /// matters on the sites' training rows (the diagonal Fisher
     /// information, up to 1,000 rows a site, averaged over sites, the
@@ -39,6 +48,12 @@ pub struct ContinualArgs {
     /// model is.
     #[arg(long, value_name = "FILE")]
     pub importance_out: Option<PathBuf>,
+    /// After the run, measure each site's own importance of the final
+    /// model's parameters (as --importance-out, on that site's rows alone,
+    /// its largest scaled to 1) and write it to DIR/SITE.importance: what a
+    /// deployed participant's --importance-out keeps at the site.
+    #[arg(long, value_name = "DIR")]
+    pub site_importance_out: Option<PathBuf>,
     /// Continual learning in simulation: the data the earlier run trained
     /// on, as this plan with this setting changed (repeatable, as --set,
     /// e.g. `--earlier data.synthetic.seed=17`); the model continued from
@@ -67,36 +82,28 @@ impl ContinualArgs {
             from.header.plan.name,
             from.header.lineage.round
         );
-        let continuation = match (self.ewc_lambda, &self.importance) {
-            (Some(lambda), Some(importance_path)) => {
-                let importance = crate::model::read(importance_path)?;
-                let of = importance.header.run.id.as_deref().unwrap_or("");
-                let model = digest(&from.parameters);
-                if !importance.header.run.written_by.contains("importance")
-                    || of != format!("importance of {model}")
-                {
-                    bail!(
-                        "{}: not the importance of {} (written by '{}', of the model {}; the \
-                         model's parameters are {}); write both with the same run's \
-                         --model-out and --importance-out",
-                        importance_path.display(),
-                        path.display(),
-                        importance.header.run.written_by,
-                        short(of.trim_start_matches("importance of ")),
-                        short(&model)
-                    );
-                }
-                let largest = importance.parameters.values().fold(0.0f32, f32::max);
-                if largest > 1.0 {
-                    bail!(
-                        "{}: its largest importance is {largest}, where --importance-out scales \
-                         the largest to 1",
-                        importance_path.display()
-                    );
-                }
+        let continuation = match (self.ewc_lambda, &self.importance, &self.site_importance) {
+            (Some(lambda), Some(importance_path), _) => {
+                let importance = read_importance(importance_path, path, &from)?;
                 said.push_str(&format!(", elastic weight consolidation lambda {lambda}"));
-                Continuation::elastic(from.parameters.clone(), importance.parameters, lambda)
+                Continuation::elastic(from.parameters.clone(), importance, lambda)
                     .with_context(|| format!("--ewc-lambda {lambda}"))?
+            }
+            (Some(lambda), None, Some(dir)) => {
+                let mut by_site = std::collections::BTreeMap::new();
+                for site in data.sites.iter().filter(|s| s.train.n_rows() > 0) {
+                    let file = dir.join(importance_file_name(&site.name)?);
+                    by_site.insert(site.name.clone(), read_importance(&file, path, &from)?);
+                }
+                said.push_str(&format!(
+                    ", elastic weight consolidation lambda {lambda}, each site by its own \
+                     importance"
+                ));
+                Continuation::per_site(from.parameters.clone(), by_site, lambda)
+                    .with_context(|| format!("--ewc-lambda {lambda}"))?
+            }
+            (Some(_), None, None) => {
+                bail!("--ewc-lambda needs the importance: --importance or --site-importance")
             }
             _ => {
                 said.push_str(", plain continued training");
@@ -155,6 +162,35 @@ impl ContinualArgs {
         Ok(())
     }
 
+    /// Writes each site's own importance of the run's final model, if asked.
+    pub fn write_site_importance(
+        &self,
+        plan: &Plan,
+        data: &FederatedData,
+        report: &RunReport,
+    ) -> anyhow::Result<()> {
+        let Some(dir) = &self.site_importance_out else {
+            return Ok(());
+        };
+        refuse_under_dp(plan, "--site-importance-out")?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--site-importance-out {}", dir.display()))?;
+        let of = format!("importance of {}", digest(&report.final_parameters));
+        for (site, importance) in
+            tessera_sim::site_importance(plan, data, &report.final_parameters)?
+        {
+            let mut file = crate::model::of_simulation(plan, data, report)?;
+            file.parameters = importance;
+            file.header.run.id = Some(of.clone());
+            file.header.run.written_by = format!(
+                "simulation, importance of site {site} (diagonal Fisher information on its own \
+                 rows, largest 1)"
+            );
+            crate::model::write(&dir.join(importance_file_name(&site)?), &file)?;
+        }
+        Ok(())
+    }
+
     /// Writes the importance of the run's final model, if asked.
     pub fn write_importance(
         &self,
@@ -165,14 +201,7 @@ impl ContinualArgs {
         let Some(path) = &self.importance_out else {
             return Ok(());
         };
-        if plan.privacy.mode != tessera_privacy::PrivacyMode::Off {
-            bail!(
-                "--importance-out: the importance is a statistic of the sites' rows without \
-                 noise, which the plan's {:?} DP does not account for; measure it on a plan \
-                 without DP",
-                plan.privacy.mode
-            );
-        }
+        refuse_under_dp(plan, "--importance-out")?;
         let importance =
             tessera_sim::importance(plan, data, &report.final_parameters, IMPORTANCE_ROWS)?;
         let mut file = crate::model::of_simulation(plan, data, report)?;
@@ -185,6 +214,139 @@ impl ContinualArgs {
             "simulation, importance (diagonal Fisher information, largest 1)".into();
         crate::model::write(path, &file)
     }
+}
+
+/// What `tessera participant` is asked for continual learning.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SiteContinualArgs {
+    /// Continual learning: this site continues from this model file (an
+    /// earlier run's --model-out, kept here). The run must start from it
+    /// (the coordinator's --continue-from the same model), or this site
+    /// refuses to train, saying why.
+    #[arg(long, value_name = "FILE")]
+    pub continue_from: Option<PathBuf>,
+    /// Continual learning: hold this site's local training to the model it
+    /// continues from by elastic weight consolidation of this weight (1 is
+    /// a good start), with this site's own importance (--importance).
+    #[arg(long, requires_all = ["continue_from", "importance"])]
+    pub ewc_lambda: Option<f32>,
+    /// Continual learning: this site's own importance of that model, which
+    /// its --importance-out wrote at the end of the earlier run.
+    #[arg(long, value_name = "FILE", requires = "ewc_lambda")]
+    pub importance: Option<PathBuf>,
+    /// At the end of the run, measure how much each parameter of the final
+    /// global model matters on this site's training rows (the diagonal
+    /// Fisher information, up to 1,000 rows, the largest scaled to 1) and
+    /// write it here as a model file, for this site's --ewc-lambda in a
+    /// later run. It is a statistic of this site's rows: it never leaves
+    /// the site (refused under a plan with DP).
+    #[arg(long, value_name = "FILE")]
+    pub importance_out: Option<PathBuf>,
+}
+
+impl SiteContinualArgs {
+    /// What the site continues from, its files read and checked against
+    /// each other; `None` without --continue-from.
+    pub fn site_continual(
+        &self,
+    ) -> anyhow::Result<Option<tessera_participant::continual::SiteContinual>> {
+        let Some(path) = &self.continue_from else {
+            return Ok(None);
+        };
+        let from = crate::model::read(path)?;
+        let ewc = match (self.ewc_lambda, &self.importance) {
+            (Some(lambda), Some(importance)) => {
+                if !(lambda.is_finite() && lambda >= 0.0) {
+                    bail!(
+                        "--ewc-lambda must be a number >= 0, got {}",
+                        tessera_core::value(lambda)
+                    );
+                }
+                Some((lambda, read_importance(importance, path, &from)?))
+            }
+            _ => None,
+        };
+        Ok(Some(tessera_participant::continual::SiteContinual {
+            from: format!("{} (round {})", path.display(), from.header.lineage.round),
+            features: from.header.features.clone(),
+            classes: from.classes().to_vec(),
+            anchor: from.parameters,
+            ewc,
+        }))
+    }
+
+    /// Writes this site's own importance of the final global model, if
+    /// asked.
+    pub fn write_importance(
+        &self,
+        results: Option<&tessera_participant::results::SiteResults>,
+    ) -> anyhow::Result<()> {
+        let Some(path) = &self.importance_out else {
+            return Ok(());
+        };
+        let Some(results) = results else {
+            bail!("--importance-out: the run ended before this site was ready");
+        };
+        let model = results.model_file()?;
+        let mut file = results.importance_file()?;
+        file.header.run.id = Some(format!("importance of {}", digest(&model.parameters)));
+        crate::model::write(path, &file)
+    }
+}
+
+/// Refuses to measure an importance under a plan with DP.
+pub fn refuse_under_dp(plan: &Plan, flag: &str) -> anyhow::Result<()> {
+    if plan.privacy.mode != tessera_privacy::PrivacyMode::Off {
+        bail!(
+            "{flag}: the importance is a statistic of the sites' rows without noise, which the \
+             plan's {:?} DP does not account for; measure it on a plan without DP",
+            plan.privacy.mode
+        );
+    }
+    Ok(())
+}
+
+/// The importance file at `path`, refused unless it is the importance of
+/// `from` (the model file at `from_path`) and scaled as written.
+pub fn read_importance(
+    path: &Path,
+    from_path: &Path,
+    from: &ModelFile,
+) -> anyhow::Result<tessera_core::ParameterSet> {
+    let importance = crate::model::read(path)?;
+    let of = importance.header.run.id.as_deref().unwrap_or("");
+    let model = digest(&from.parameters);
+    if !importance.header.run.written_by.contains("importance")
+        || of != format!("importance of {model}")
+    {
+        bail!(
+            "{}: not the importance of {} (written by '{}', of the model {}; the model's \
+             parameters are {}); write both with the same run's --model-out and \
+             --importance-out",
+            path.display(),
+            from_path.display(),
+            importance.header.run.written_by,
+            short(of.trim_start_matches("importance of ")),
+            short(&model)
+        );
+    }
+    let largest = importance.parameters.values().fold(0.0f32, f32::max);
+    if largest > 1.0 {
+        bail!(
+            "{}: its largest importance is {largest}, where --importance-out scales the largest \
+             to 1",
+            path.display()
+        );
+    }
+    Ok(importance.parameters)
+}
+
+/// `SITE.importance`, refused for a site name that is not a plain file name.
+fn importance_file_name(site: &str) -> anyhow::Result<String> {
+    if site.is_empty() || site.starts_with('.') || site.contains(['/', '\\', '\0']) {
+        bail!("site '{site}' cannot name a file in the importance folder");
+    }
+    Ok(format!("{site}.importance"))
 }
 
 /// `tessera coordinator --continue-from`: the model file at `path` as the
@@ -274,9 +436,11 @@ fn check_model(path: &Path, from: &ModelFile, plan: &Plan) -> anyhow::Result<()>
 
 /// One line on what a continued run learned and kept.
 pub fn print_summary(c: &ContinualReport) {
-    let how = c
-        .ewc_lambda
-        .map_or_else(|| "plain".to_string(), |l| format!("EWC lambda {l}"));
+    let how = match (c.ewc_lambda, c.ewc_importance.as_deref()) {
+        (Some(l), Some("site")) => format!("EWC lambda {l}, each site's own importance"),
+        (Some(l), _) => format!("EWC lambda {l}"),
+        (None, _) => "plain".to_string(),
+    };
     let earlier = c.earlier.as_ref().map_or_else(String::new, |e| {
         format!(
             "; earlier data ({}): {:.4} before, {:.4} after (forgot {:.4})",

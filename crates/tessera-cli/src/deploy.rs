@@ -157,6 +157,8 @@ pub struct ParticipantArgs {
     /// tessera-state-SITE.bin in the working folder.
     #[arg(long, value_name = "FILE")]
     local_state: Option<PathBuf>,
+    #[command(flatten)]
+    continual: crate::continual::SiteContinualArgs,
 }
 
 /// `--local-state`, or `tessera-state-SITE.bin` (the site's name as in
@@ -536,7 +538,11 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.personal_model_out {
         written.push(("--personal-model-out", path.as_path()));
     }
+    if let Some(path) = &args.continual.importance_out {
+        written.push(("--importance-out", path.as_path()));
+    }
     check_outputs(&written, &data_input)?;
+    let continual = args.continual.site_continual()?;
     if args.insecure {
         insecure_warning("the participant");
     }
@@ -578,6 +584,7 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
         },
         ledger: Some(resolved(&ledger_path(args))?),
         local_state: Some(resolved(&local_state_path(args))?),
+        continual,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let (summary, results) = runtime.block_on(async {
@@ -609,7 +616,8 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
             personal_model: args.personal_model_out.as_deref(),
             report: args.report.as_deref(),
         },
-    )
+    )?;
+    args.continual.write_importance(results.as_ref())
 }
 
 pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {

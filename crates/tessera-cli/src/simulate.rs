@@ -323,6 +323,8 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         crate::model::warn_if_heads_stay_home(&plan, path);
     }
     args.continual.write_importance(&plan, &data, &report)?;
+    args.continual
+        .write_site_importance(&plan, &data, &report)?;
     write_plot(&report, &plot_path)?;
     let personal_plot = personal_plot_path(&plot_path);
     let personal_plotted = write_personal_plot(&report, &personal_plot)?;

@@ -61,6 +61,8 @@ fn a_run_continues_from_a_model_file_and_reports_what_it_forgot() {
             "m1.model",
             "--importance-out",
             "m1.importance",
+            "--site-importance-out",
+            "m1.sites",
             "--report",
             "r1.json",
         ],
@@ -74,6 +76,10 @@ fn a_run_continues_from_a_model_file_and_reports_what_it_forgot() {
         (
             "ewc",
             vec!["--ewc-lambda", "1", "--importance", "m1.importance"],
+        ),
+        (
+            "own",
+            vec!["--ewc-lambda", "1", "--site-importance", "m1.sites"],
         ),
     ] {
         let report = format!("{name}.json");
@@ -112,6 +118,34 @@ fn a_run_continues_from_a_model_file_and_reports_what_it_forgot() {
         forgot[0],
         forgot[1]
     );
+    // Each site held by its own importance (as deployed sites are) forgets
+    // less than plain continued training too.
+    assert!(
+        forgot[2] < forgot[0],
+        "forgot: plain {}, EWC by site {}",
+        forgot[0],
+        forgot[2]
+    );
+    assert_eq!(s.json("own.json")["continual"]["ewc_importance"], "site");
+    assert_eq!(
+        s.json("ewc.json")["continual"]["ewc_importance"],
+        "federation"
+    );
+    // Every site's own importance is needed.
+    std::fs::remove_file(s.path("m1.sites/site3.importance")).unwrap();
+    let line = refused(
+        &s,
+        18,
+        &[
+            "--continue-from",
+            "m1.model",
+            "--ewc-lambda",
+            "1",
+            "--site-importance",
+            "m1.sites",
+        ],
+    );
+    assert!(line.contains("site3.importance"), "{line}");
     // The continued model's lineage names the model it continued from.
     let inspect = s.run(&["model", "inspect", "ewc.model"]).ok();
     assert!(inspect.contains("m1.model (round 20 of plan"), "{inspect}");

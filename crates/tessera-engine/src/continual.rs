@@ -9,8 +9,39 @@
 use std::sync::Arc;
 
 use tessera_core::{CoreError, GradientTerm, ParameterSet};
+use tessera_data::Dataset;
+use tessera_learn::Learner;
 
-use crate::EngineError;
+use crate::{EngineError, Mode, Plan, TopologyKind};
+
+/// Rows per site the importance is measured on (the first ones).
+pub const IMPORTANCE_ROWS: usize = 1000;
+
+/// Scales `importance` so that its largest value is 1 (left as it is when
+/// every value is 0): EWC's `lambda` is then the pull on the most important
+/// parameter, as FedProx's `mu` is on every one (and plain SGD stays stable
+/// while `lr * lambda` is below 1).
+pub fn largest_one(importance: &mut ParameterSet) {
+    let largest = importance.values().fold(0.0f32, f32::max);
+    if largest > 0.0 {
+        importance.values_mut().for_each(|m| *m /= largest);
+    }
+}
+
+/// One site's own importance of `learner`'s parameters: the diagonal
+/// empirical Fisher information on up to [`IMPORTANCE_ROWS`] of its
+/// training rows `train`, scaled so that the largest is 1. It is a
+/// statistic of the site's rows and stays at the site: a deployed
+/// participant writes it next to its model file (`--importance-out`), the
+/// simulator one file per site (`--site-importance-out`), both with this.
+pub fn site_importance(
+    learner: &dyn Learner,
+    train: &Dataset,
+) -> Result<ParameterSet, EngineError> {
+    let mut importance = learner.importance(train, IMPORTANCE_ROWS)?;
+    largest_one(&mut importance);
+    Ok(importance)
+}
 
 /// The elastic pull toward an earlier model, parameter by parameter.
 #[derive(Debug, Clone)]
@@ -93,6 +124,33 @@ impl GradientTerm for Both<'_> {
         self.0.add(grad, parameters);
         self.1.add(grad, parameters);
     }
+}
+
+/// Refuses, saying why, a plan that cannot continue from an earlier run's
+/// model, in simulation or deployment: continual learning runs on the flat
+/// topology with synchronous rounds, a built-in model and a FedAvg-family
+/// strategy.
+pub fn check_continuable(plan: &Plan) -> Result<(), EngineError> {
+    if plan.topology.kind != TopologyKind::Flat
+        || plan.federation.mode != Mode::Sync
+        || plan.model.kind.is_external()
+    {
+        return Err(EngineError::State(
+            "continual learning runs on the flat topology with synchronous rounds and a \
+             built-in model"
+                .into(),
+        ));
+    }
+    if plan.federation.strategy.needs().personal {
+        // FedPer's and FedRep's global head is the untrained one, and their
+        // held layers would be pulled by the elastic term.
+        return Err(EngineError::State(format!(
+            "continual learning with the personalized strategy {} is not supported yet: \
+             continue with a FedAvg-family strategy",
+            plan.federation.strategy
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -262,6 +262,10 @@ pub struct ContinualReport {
     pub from_round: u32,
     /// Elastic weight consolidation's lambda (`None`: plain continued training).
     pub ewc_lambda: Option<f32>,
+    /// Whose importance weighs the pull: `"federation"` (one, over every
+    /// site's rows) or `"site"` (each site its own); absent without EWC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ewc_importance: Option<String>,
     /// This run's data: the model continued from.
     pub new_before: f64,
     /// This run's data: the final model.

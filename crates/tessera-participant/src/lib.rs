@@ -45,6 +45,7 @@ mod analytics;
 pub mod cause;
 mod checks;
 pub mod client;
+pub mod continual;
 mod cross_silo;
 mod external;
 mod join;
@@ -168,6 +169,9 @@ pub struct ParticipantConfig {
     /// A personalized strategy's personal state across restarts
     /// (`local_state`; `None`: kept in memory for the process only).
     pub local_state: Option<PathBuf>,
+    /// Continual learning: the earlier model this site continues from, and
+    /// elastic weight consolidation toward it (`continual`).
+    pub continual: Option<continual::SiteContinual>,
 }
 
 /// What a participant did.

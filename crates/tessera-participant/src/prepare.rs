@@ -201,7 +201,14 @@ pub(crate) async fn prepare(
     // operating system, never leaving it, not even to disk); noise and
     // Poisson batches derive from it: no one with the plan can recompute them.
     let id = ParticipantId::new(&config.site);
-    let site = Site::of_plan(&plan, id, learner, client::secret_key)?;
+    let elastic = match &config.continual {
+        Some(continual) => continual
+            .elastic(&plan, &agreement, learner.parameters())
+            .map_err(plan_refused)?,
+        None => None,
+    };
+    let mut site = Site::of_plan(&plan, id, learner, client::secret_key)?;
+    site.set_elastic(elastic);
     let train_rows = data.train.n_rows();
     ledger::check_local_budget(&plan, &config.site, &site, train_rows)?;
     let takeaway = results::Takeaway::new(&plan, agreement.clone(), data.scaler.clone())

@@ -363,6 +363,41 @@ impl SiteResults {
             .map(Some)
     }
 
+    /// This site's own importance of the final global model's parameters
+    /// (the diagonal Fisher information on up to 1,000 of its training rows,
+    /// the largest scaled to 1, as the simulator's `--site-importance-out`
+    /// measures it) as a model file: for a later run at this site with
+    /// `--ewc-lambda`. Refused under a plan with DP, which does not account
+    /// for it; it never leaves the site.
+    pub fn importance_file(&self) -> Result<ModelFile, ParticipantError> {
+        let local = |e: String| ParticipantError::Local(format!("--importance-out: {e}"));
+        if self.plan.privacy.mode != PrivacyMode::Off {
+            return Err(local(format!(
+                "the importance is a statistic of this site's rows without noise, which the \
+                 plan's {:?} DP does not account for",
+                self.plan.privacy.mode
+            )));
+        }
+        let (round, parameters) = self.model()?;
+        let mut model = self
+            .plan
+            .learner(
+                self.takeaway.agreement.feature_names().len(),
+                self.takeaway.agreement.classes.len(),
+            )
+            .map_err(|e| local(e.to_string()))?;
+        model
+            .set_parameters(parameters)
+            .map_err(|e| local(e.to_string()))?;
+        let importance = tessera_engine::continual::site_importance(model.as_ref(), &self.train)
+            .map_err(|e| local(e.to_string()))?;
+        self.file_of(
+            round,
+            importance,
+            ", importance (diagonal Fisher information on this site's rows, largest 1)",
+        )
+    }
+
     fn file_of(
         &self,
         round: u32,

@@ -20,6 +20,22 @@ pub(crate) async fn train(
     state: &mut Ready,
     task: FitTask,
 ) -> Result<Option<tessera_core::Update>, Failure> {
+    if let Some(why) = config
+        .continual
+        .as_ref()
+        .and_then(|c| c.check_start(task.round, &task.global).err())
+    {
+        tracing::error!(round = task.round, %why, "refusing to train");
+        if state.withdraw {
+            let shown = tessera_proto::shown(&why, tessera_proto::MAX_WITHDRAW_REASON);
+            if let Err(status) =
+                client::withdraw(client, &config.site, task.round, &shown, true).await
+            {
+                tracing::warn!(%status, "could not tell the coordinator");
+            }
+        }
+        return Err(Failure::Fatal(ParticipantError::Local(why)));
+    }
     let mut site = state
         .site
         .take()

@@ -92,6 +92,7 @@ pub(crate) fn run_participant<'py>(
         joins: Default::default(),
         ledger,
         local_state: None,
+        continual: None,
     };
     let external = ExternalSite {
         learner: Box::new(PyLearner { bridge }),

@@ -4,7 +4,9 @@
 //! other site models around another shared one), by plain continued
 //! training and by elastic weight consolidation at each `lambda`. Per pair:
 //! accuracy on the earlier sites' test rows before and after, and on the
-//! new ones. Lambda 1 was chosen on the first seven pairs (1 -> 2 to
+//! new ones. Each lambda runs twice: with the federation's importance (one,
+//! over every site's rows; simulation only) and with each site's own (as
+//! deployed participants hold it, `--importance-out` at each site). Lambda 1 was chosen on the first seven pairs (1 -> 2 to
 //! 13 -> 14); pairs 15 -> 16 to 23 -> 24 were not looked at before it was.
 //!
 //!     cargo run --release -p tessera-sim --example continual_table [-- LAMBDA ...]
@@ -13,7 +15,9 @@ use std::path::Path;
 
 use tessera_data::{FederatedData, Filesystem};
 use tessera_engine::Plan;
-use tessera_sim::{Continuation, SimOptions, accuracy, importance, simulate, simulate_continued};
+use tessera_sim::{
+    Continuation, SimOptions, accuracy, importance, simulate, simulate_continued, site_importance,
+};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -62,16 +66,17 @@ fn main() -> Result<()> {
         "| pair | earlier: after run 1 | plain: earlier / new | {} |",
         lambdas
             .iter()
-            .map(|l| format!("EWC {l}: earlier / new"))
+            .map(|l| format!("EWC {l}: earlier / new | EWC {l}, own: earlier / new"))
             .collect::<Vec<_>>()
             .join(" | ")
     );
-    println!("|---|---:|---:|{}", "---:|".repeat(lambdas.len()));
+    println!("|---|---:|---:|{}", "---:|".repeat(2 * lambdas.len()));
     for (a, b) in PAIRS {
         let (plan_a, data_a) = load(a)?;
         let first = simulate(&plan_a, &data_a, &SimOptions::default(), &mut |_| {})?;
         let theta = first.final_parameters;
         let f = importance(&plan_a, &data_a, &theta, 1000)?;
+        let own = site_importance(&plan_a, &data_a, &theta)?;
         let before = accuracy(&plan_a, &data_a, &theta)?;
         let (plan_b, data_b) = load(b)?;
         if data_b.task.n_classes() != data_a.task.n_classes() {
@@ -94,6 +99,7 @@ fn main() -> Result<()> {
         cells.push(run(Continuation::plain(theta.clone()))?);
         for &l in &lambdas {
             cells.push(run(Continuation::elastic(theta.clone(), f.clone(), l)?)?);
+            cells.push(run(Continuation::per_site(theta.clone(), own.clone(), l)?)?);
         }
         println!("| {a} -> {b} | {before:.4} | {} |", cells.join(" | "));
     }

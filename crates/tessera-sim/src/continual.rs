@@ -5,14 +5,16 @@
 //! model's importance on its own sites' rows ([`importance`]); the later run
 //! sees only that, never an earlier row.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tessera_core::ParameterSet;
 use tessera_data::FederatedData;
 use tessera_engine::continual::Elastic;
+use tessera_engine::continual::check_continuable;
 use tessera_engine::report::{ContinualReport, RoundRecord, RunReport};
-use tessera_engine::{EngineError, Mode, Plan, TopologyKind};
+use tessera_engine::{EngineError, Plan};
 use tessera_learn::{LearnError, Learner};
 
 use crate::SimOptions;
@@ -26,6 +28,10 @@ pub struct Continuation {
     /// The pull toward `from` every site adds to its local training
     /// (`None`: plain continued training).
     pub elastic: Option<Arc<Elastic>>,
+    /// Each site's own pull, weighted by that site's own importance
+    /// ([`site_importance`]), as deployed participants hold it; a site
+    /// named here uses its own instead of `elastic`.
+    pub per_site: BTreeMap<String, Arc<Elastic>>,
 }
 
 impl Continuation {
@@ -34,6 +40,7 @@ impl Continuation {
         Self {
             from,
             elastic: None,
+            per_site: BTreeMap::new(),
         }
     }
 
@@ -48,7 +55,37 @@ impl Continuation {
         Ok(Self {
             from,
             elastic: Some(elastic),
+            per_site: BTreeMap::new(),
         })
+    }
+
+    /// Continued training from `from`, each site pulled toward it by
+    /// `lambda` weighted by its own importance (`importance`, by site: the
+    /// earlier run's [`site_importance`]), as deployed participants
+    /// continue with `--ewc-lambda` and their own `--importance`.
+    pub fn per_site(
+        from: ParameterSet,
+        importance: BTreeMap<String, ParameterSet>,
+        lambda: f32,
+    ) -> Result<Self, SimError> {
+        let per_site = importance
+            .into_iter()
+            .map(|(site, f)| {
+                let elastic = Elastic::new(lambda, from.clone(), f)
+                    .map_err(|e| EngineError::State(format!("site {site}: {e}")))?;
+                Ok::<_, EngineError>((site, elastic))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            from,
+            elastic: None,
+            per_site,
+        })
+    }
+
+    /// The pull site `site` adds to its local training.
+    pub(crate) fn elastic_of(&self, site: &str) -> Option<Arc<Elastic>> {
+        self.per_site.get(site).or(self.elastic.as_ref()).cloned()
     }
 
     /// The plan's model holding `from`; refused, naming the difference,
@@ -106,11 +143,28 @@ pub fn importance(
             *m += weight * v;
         }
     }
-    let largest = mean.values().fold(0.0f32, f32::max);
-    if largest > 0.0 {
-        mean.values_mut().for_each(|m| *m /= largest);
-    }
+    tessera_engine::continual::largest_one(&mut mean);
     Ok(mean)
+}
+
+/// Each site's own importance of `parameters` to the plan's model on
+/// `data` ([`tessera_engine::continual::site_importance`]: its diagonal
+/// empirical Fisher information on up to 1,000 of its training rows, the
+/// largest scaled to 1), by site, for the sites with training rows: what
+/// each deployed participant measures and keeps (`--importance-out`).
+pub fn site_importance(
+    plan: &Plan,
+    data: &FederatedData,
+    parameters: &ParameterSet,
+) -> Result<BTreeMap<String, ParameterSet>, SimError> {
+    let mut model = initial_model(plan, data)?;
+    model.set_parameters(parameters)?;
+    let mut by_site = BTreeMap::new();
+    for site in data.sites.iter().filter(|s| s.train.n_rows() > 0) {
+        let importance = tessera_engine::continual::site_importance(model.as_ref(), &site.train)?;
+        by_site.insert(site.name.clone(), importance);
+    }
+    Ok(by_site)
 }
 
 /// Accuracy of `parameters`, the plan's model, over every test row of `data`.
@@ -128,33 +182,6 @@ pub fn accuracy(
         n += e.n_examples;
     }
     Ok(right as f64 / n.max(1) as f64)
-}
-
-/// Refuses, saying why, a plan that cannot continue from an earlier run's
-/// model, in simulation or deployment: continual learning runs on the flat
-/// topology with synchronous rounds, a built-in model and a FedAvg-family
-/// strategy.
-pub fn check_continuable(plan: &Plan) -> Result<(), EngineError> {
-    if plan.topology.kind != TopologyKind::Flat
-        || plan.federation.mode != Mode::Sync
-        || plan.model.kind.is_external()
-    {
-        return Err(EngineError::State(
-            "continual learning runs on the flat topology with synchronous rounds and a \
-             built-in model"
-                .into(),
-        ));
-    }
-    if plan.federation.strategy.needs().personal {
-        // FedPer's and FedRep's global head is the untrained one, and their
-        // held layers would be pulled by the elastic term.
-        return Err(EngineError::State(format!(
-            "continual learning with the personalized strategy {} is not supported yet: \
-             continue with a FedAvg-family strategy",
-            plan.federation.strategy
-        )));
-    }
-    Ok(())
 }
 
 /// Runs the plan's federation on `data` from `continuation`'s model (flat
@@ -181,8 +208,41 @@ pub fn simulate_continued(
     check_continuable(plan)?;
     // Refuses, naming why, parameters that are not of the plan's model.
     continuation.model(plan, data)?;
+    if !continuation.per_site.is_empty() {
+        let training: Vec<&str> = data
+            .sites
+            .iter()
+            .filter(|s| s.train.n_rows() > 0)
+            .map(|s| s.name.as_str())
+            .collect();
+        if let Some(site) = training
+            .iter()
+            .find(|s| !continuation.per_site.contains_key(**s))
+        {
+            return Err(EngineError::State(format!(
+                "elastic weight consolidation by site: no importance for site {site}"
+            ))
+            .into());
+        }
+        if let Some(site) = continuation
+            .per_site
+            .keys()
+            .find(|s| !training.contains(&s.as_str()))
+        {
+            return Err(EngineError::State(format!(
+                "elastic weight consolidation by site: an importance for {site}, which is not \
+                 a site of this data with training rows"
+            ))
+            .into());
+        }
+    }
     let new_before = accuracy(plan, data, &continuation.from)?;
-    let ewc_lambda = continuation.elastic.as_ref().map(|e| e.lambda());
+    let (ewc_lambda, ewc_importance) =
+        match (&continuation.elastic, continuation.per_site.values().next()) {
+            (Some(e), _) => (Some(e.lambda()), Some("federation".to_string())),
+            (None, Some(e)) => (Some(e.lambda()), Some("site".to_string())),
+            (None, None) => (None, None),
+        };
     let started = Instant::now();
     let run = run_sync(plan, data, None, Models::Continued(continuation), observer)?;
     let seconds = started.elapsed().as_secs_f64();
@@ -191,6 +251,7 @@ pub fn simulate_continued(
         from: "(given in memory)".into(),
         from_round: 0,
         ewc_lambda,
+        ewc_importance,
         new_before,
         new_after: accuracy(plan, data, &report.final_parameters)?,
         earlier: None,

@@ -72,11 +72,12 @@ mod sites;
 
 pub use attack::{Attack, AttackKind};
 pub use baselines::run_baselines;
-pub use continual::{Continuation, accuracy, check_continuable, importance, simulate_continued};
+pub use continual::{Continuation, accuracy, importance, simulate_continued, site_importance};
 pub use cross_silo::{CrossSiloReport, load_data};
 pub use external::simulate_with_learners;
 pub use profile::Profile;
 pub use run::{SimError, SimOptions, initial_model, simulate, simulation_noise_key};
+pub use tessera_engine::continual::check_continuable;
 pub use tessera_engine::report::{
     Baselines, Communication, FinalMetrics, LocalBaseline, PooledBaseline, PrivacyReport,
     RobustnessReport, RoundRecord, RunReport, SiteMetrics, Timing,

@@ -355,7 +355,7 @@ pub(crate) fn run_sync(
     models: Models,
     observer: &mut dyn FnMut(&RoundRecord),
 ) -> Result<Federated, SimError> {
-    let mut elastic = None;
+    let mut continued = None;
     let (initial, learners) = match models {
         Models::BuiltIn => {
             let model = initial_model(plan, data)?;
@@ -363,7 +363,7 @@ pub(crate) fn run_sync(
         }
         Models::Continued(from) => {
             let model = from.model(plan, data)?;
-            elastic = from.elastic;
+            continued = Some(from);
             (model.parameters().clone(), Err(model))
         }
         Models::External {
@@ -447,7 +447,7 @@ pub(crate) fn run_sync(
                     )))
                 };
                 let Ok(mut site) = Site::of_plan(plan, id.clone(), model.clone_box(), key);
-                site.set_elastic(elastic.clone());
+                site.set_elastic(continued.as_ref().and_then(|c| c.elastic_of(id.as_str())));
                 Mutex::new(site)
             })
             .collect(),

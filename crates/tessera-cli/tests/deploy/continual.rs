@@ -117,3 +117,143 @@ fn a_model_of_other_features_stops_a_continued_run_at_the_agreement() {
         .fails();
     assert!(refused.contains("a FedAvg-family strategy"), "{refused}");
 }
+
+/// The parameters of the model file at `path`.
+fn parameters(path: &std::path::Path) -> tessera_core::ParameterSet {
+    let bytes = std::fs::read(path).expect("model file");
+    tessera_engine::model_file::ModelFile::from_bytes(&bytes)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .parameters
+}
+
+/// Elastic weight consolidation deployed: each site measures its own
+/// importance of the final model at the end of a run and keeps it; in the
+/// next run each holds its training to that model with it. Both runs are
+/// the simulator's with `--site-importance-out` and `--site-importance`,
+/// bit for bit; a site that continues from a model the run does not start
+/// from refuses to train, saying why.
+#[test]
+fn sites_hold_a_continued_run_to_the_earlier_model_with_their_own_importance() {
+    if util::skip_e2e("sites_hold_a_continued_run_to_the_earlier_model_with_their_own_importance") {
+        return;
+    }
+    let s = Scratch::new("deploy-continue-ewc");
+    let earlier = heart(&s, "earlier.toml", 42, "");
+    let earlier_plan = earlier.to_str().unwrap();
+    s.run(&[
+        "simulate",
+        "--plan",
+        earlier_plan,
+        "--model-out",
+        "sim1.model",
+        "--site-importance-out",
+        "sim1",
+    ])
+    .ok();
+    let (mut coordinator1, url) = coordinator(&s.dir, &earlier, &s.path("c1.sqlite"), 0, &[]);
+    let own = |site: &str, what: &str| format!("{site}.{what}");
+    let mut sites: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| {
+            let (model, importance) = (own(site, "model"), own(site, "importance"));
+            participant(
+                &s.dir,
+                &url,
+                site,
+                &["--model-out", &model, "--importance-out", &importance],
+            )
+        })
+        .collect();
+    assert!(coordinator1.wait(LIMIT).success(), "{}", coordinator1.log());
+    for site in &mut sites {
+        assert!(site.wait(LIMIT).success(), "{}", site.log());
+    }
+    for site in HEART_SITES {
+        assert_eq!(
+            parameters(&s.path(&own(site, "model"))),
+            parameters(&s.path("sim1.model"))
+        );
+        // Each site's own importance, as the simulator measures it.
+        let importance = parameters(&s.path(&own(site, "importance")));
+        assert_eq!(
+            importance,
+            parameters(&s.path(&format!("sim1/{site}.importance")))
+        );
+        let largest = importance.values().fold(0.0f32, f32::max);
+        assert_eq!(largest, 1.0, "{site}");
+    }
+
+    // The next run continues from the earlier model, each site held to it
+    // by its own importance.
+    let later = heart(&s, "later.toml", 7, "");
+    let later_plan = later.to_str().unwrap();
+    let simulated = |name: &str, more: &[&str]| {
+        let mut args = vec![
+            "simulate",
+            "--plan",
+            later_plan,
+            "--continue-from",
+            "sim1.model",
+            "--model-out",
+            name,
+        ];
+        args.extend_from_slice(more);
+        s.run(&args).ok()
+    };
+    let said = simulated(
+        "sim2.model",
+        &["--ewc-lambda", "1", "--site-importance", "sim1"],
+    );
+    assert!(said.contains("each site's own importance"), "{said}");
+    simulated("plain.model", &[]);
+    let (mut coordinator2, url) = coordinator(
+        &s.dir,
+        &later,
+        &s.path("c2.sqlite"),
+        0,
+        &["--continue-from", "sim1.model", "--model-out", "dep2.model"],
+    );
+    let mut sites: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| {
+            let (model, importance) = (own(site, "model"), own(site, "importance"));
+            participant(
+                &s.dir,
+                &url,
+                site,
+                &[
+                    "--continue-from",
+                    &model,
+                    "--ewc-lambda",
+                    "1",
+                    "--importance",
+                    &importance,
+                ],
+            )
+        })
+        .collect();
+    assert!(coordinator2.wait(LIMIT).success(), "{}", coordinator2.log());
+    for site in &mut sites {
+        assert!(site.wait(LIMIT).success(), "{}", site.log());
+    }
+    let deployed = parameters(&s.path("dep2.model"));
+    assert_eq!(deployed, parameters(&s.path("sim2.model")));
+    assert_ne!(deployed, parameters(&s.path("plain.model")));
+
+    // A coordinator that does not start from the model a site continues
+    // from: that site refuses to train, and says why.
+    let (_coordinator3, url) = coordinator(&s.dir, &later, &s.path("c3.sqlite"), 0, &[]);
+    let mut refusing = participant(
+        &s.dir,
+        &url,
+        "cleveland",
+        &["--continue-from", "cleveland.model"],
+    );
+    let _others: Vec<Proc> = HEART_SITES[1..]
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    assert!(!refusing.wait(LIMIT).success(), "{}", refusing.log());
+    let why = "the run's first model is another";
+    assert!(refusing.log().contains(why), "{}", refusing.log());
+}

@@ -245,6 +245,7 @@ fn deploy(url: &str, plan: &Plan, slow: Duration, lost: u32) -> Vec<Vec<u32>> {
                 joins: Default::default(),
                 ledger: None,
                 local_state: None,
+                continual: None,
             };
             let site = ExternalSite {
                 learner,
@@ -381,6 +382,7 @@ fn a_learner_and_a_data_file_each_meet_the_other_plan_with_its_name() {
         joins: Default::default(),
         ledger: None,
         local_state: None,
+        continual: None,
     };
     let site = ExternalSite {
         learner: Box::new(Logistic::new(0, Duration::ZERO)),

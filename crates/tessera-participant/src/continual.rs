@@ -1,0 +1,123 @@
+//! Continual learning at a site. A participant started with
+//! `--continue-from` (an earlier run's model file, kept at the site) checks
+//! that the run starts from that model; with `--ewc-lambda` it also holds
+//! its local training to that model by elastic weight consolidation,
+//! weighted by its own importance: the diagonal Fisher information the
+//! site measured on its own rows at the end of the earlier run
+//! (`--importance-out`). The importance never leaves the site, and no
+//! earlier row is kept: the simulator's `--site-importance` runs the same
+//! federation bit for bit.
+
+use std::sync::Arc;
+
+use tessera_core::ParameterSet;
+use tessera_data::Agreement;
+use tessera_engine::Plan;
+use tessera_engine::continual::{Elastic, check_continuable};
+
+/// What a site continues from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SiteContinual {
+    /// The model file, as messages name it.
+    pub from: String,
+    /// The encoded features the model was trained on, in order.
+    pub features: Vec<String>,
+    /// Its classes, in order.
+    pub classes: Vec<String>,
+    /// Its parameters: the run's first model, and what EWC pulls toward.
+    pub anchor: ParameterSet,
+    /// Elastic weight consolidation: its lambda and this site's own
+    /// importance of the anchor's parameters (`None`: only the check).
+    pub ewc: Option<(f32, ParameterSet)>,
+}
+
+impl SiteContinual {
+    /// The pull this site adds to its local training (`None` without EWC),
+    /// refused, saying why, where the plan cannot continue or the model
+    /// does not fit the agreed features and classes or the plan's model
+    /// (`initial`, its parameters as built here).
+    pub(crate) fn elastic(
+        &self,
+        plan: &Plan,
+        agreement: &Agreement,
+        initial: &ParameterSet,
+    ) -> Result<Option<Arc<Elastic>>, String> {
+        let from = &self.from;
+        check_continuable(plan).map_err(|e| format!("--continue-from {from}: {e}"))?;
+        let features = agreement.feature_names();
+        if self.features != features {
+            return Err(format!(
+                "--continue-from {from}: its {} features are not the agreed {} (in order); \
+                 continue only on data of the same columns",
+                self.features.len(),
+                features.len()
+            ));
+        }
+        if self.classes != agreement.classes {
+            return Err(format!(
+                "--continue-from {from}: a model of the classes {:?}, and the agreed ones are \
+                 {:?}",
+                self.classes, agreement.classes
+            ));
+        }
+        self.anchor
+            .check_same_layout(initial)
+            .map_err(|e| format!("--continue-from {from}: not the plan's model: {e}"))?;
+        self.anchor
+            .check_finite()
+            .map_err(|e| format!("--continue-from {from}: {e}"))?;
+        let Some((lambda, importance)) = &self.ewc else {
+            return Ok(None);
+        };
+        Elastic::new(*lambda, self.anchor.clone(), importance.clone())
+            .map(Some)
+            .map_err(|e| format!("--continue-from {from}, --ewc-lambda {lambda}: {e}"))
+    }
+
+    /// Refuses a run whose first model (round 1's `global`) is not the one
+    /// this site continues from: a coordinator started without
+    /// `--continue-from`, or with another file.
+    pub(crate) fn check_start(&self, round: u32, global: &ParameterSet) -> Result<(), String> {
+        if round == 1 && *global != self.anchor {
+            return Err(format!(
+                "this site continues from {} (--continue-from), and the run's first model is \
+                 another: start the coordinator with --continue-from the same model, or this \
+                 site without it",
+                self.from
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tessera_core::Tensor;
+
+    use super::*;
+
+    fn set(v: &[f32]) -> ParameterSet {
+        let mut p = ParameterSet::new();
+        p.push("w", Tensor::new(vec![v.len()], v.to_vec()).unwrap())
+            .unwrap();
+        p
+    }
+
+    #[test]
+    fn a_run_starting_from_another_model_is_refused_in_its_first_round() {
+        let continual = SiteContinual {
+            from: "before.model".into(),
+            features: vec![],
+            classes: vec![],
+            anchor: set(&[1.0, 2.0]),
+            ewc: None,
+        };
+        assert!(continual.check_start(1, &set(&[1.0, 2.0])).is_ok());
+        let why = continual.check_start(1, &set(&[1.0, 2.5])).unwrap_err();
+        assert!(why.contains("before.model"), "{why}");
+        // Later rounds' models have moved on (a site that joins late).
+        assert!(continual.check_start(2, &set(&[1.0, 2.5])).is_ok());
+    }
+}
