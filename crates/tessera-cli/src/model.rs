@@ -316,6 +316,12 @@ pub fn site_results(
             shown(report.local_baseline.metrics.accuracy)
         );
     }
+    if let Some(continued) = results.continued()? {
+        alone = format!(
+            "; the model it continued from: {}{alone}",
+            shown(continued.before.accuracy)
+        );
+    }
     if let Some(personal) = results.personalized()? {
         alone = format!("; personalized: {}{alone}", shown(personal.accuracy));
     }

@@ -213,7 +213,8 @@ pub(crate) async fn prepare(
     ledger::check_local_budget(&plan, &config.site, &site, train_rows)?;
     let takeaway = results::Takeaway::new(&plan, agreement.clone(), data.scaler.clone())
         .with_departments(&plan, &data)
-        .map_err(|e| local_error(e.to_string()))?;
+        .map_err(|e| local_error(e.to_string()))?
+        .with_continual(config.continual.clone());
     let mut ready = Ready::new(
         config,
         welcome,

@@ -47,6 +47,8 @@ pub(crate) struct Takeaway {
     /// Whether the plan's topology is hierarchical (only then may a task
     /// carry a regional model).
     hierarchical: bool,
+    /// Continual learning: the model this site continued from.
+    continual: Option<crate::continual::SiteContinual>,
 }
 
 impl Takeaway {
@@ -61,7 +63,18 @@ impl Takeaway {
             restored: None,
             departments: None,
             hierarchical: plan.topology.kind == tessera_engine::TopologyKind::Hierarchical,
+            continual: None,
         }
+    }
+
+    /// Continual learning: the model this site continued from, which its
+    /// report evaluates beside the final one.
+    pub(crate) fn with_continual(
+        mut self,
+        continual: Option<crate::continual::SiteContinual>,
+    ) -> Self {
+        self.continual = continual;
+        self
     }
 
     /// With `[personalization] department`: this site's rows (`data`) by
@@ -206,6 +219,20 @@ pub struct Baseline {
     pub n_train: u64,
 }
 
+/// The model a continued run started from, at this site.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Continued {
+    /// Its file.
+    pub from: String,
+    /// Elastic weight consolidation's lambda, with this site's own
+    /// importance (`None`: plain continued training here).
+    pub ewc_lambda: Option<f32>,
+    /// On this site's test rows: what the final global model is compared
+    /// with.
+    #[serde(flatten)]
+    pub before: SiteMetrics,
+}
+
 /// The privacy this site spent.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PrivacySpent {
@@ -258,6 +285,10 @@ pub struct SiteReport {
     /// department. Never sent anywhere.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub departments: DepartmentFigures,
+    /// Continual learning (`--continue-from`): the model this site
+    /// continued from, on the same test rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub continued: Option<Continued>,
     /// A model trained on this site's rows alone, on the same test rows.
     pub local_baseline: Baseline,
     /// Global accuracy minus the baseline's (`null` without test rows).
@@ -438,6 +469,19 @@ impl SiteResults {
         Ok((round, self.evaluate(parameters)?))
     }
 
+    /// Continual learning: the model this site continued from, on its
+    /// test rows (`None` without `--continue-from`).
+    pub fn continued(&self) -> Result<Option<Continued>, ParticipantError> {
+        let Some(continual) = &self.takeaway.continual else {
+            return Ok(None);
+        };
+        Ok(Some(Continued {
+            from: continual.from.clone(),
+            ewc_lambda: continual.ewc.as_ref().map(|(lambda, _)| *lambda),
+            before: self.evaluate(&continual.anchor)?,
+        }))
+    }
+
     /// This site's personalized model on its test rows (`None` where the
     /// plan does not personalize).
     pub fn personalized(&self) -> Result<Option<SiteMetrics>, ParticipantError> {
@@ -519,6 +563,7 @@ impl SiteResults {
                     && plan.federation.strategy.needs().personal
                     && self.takeaway.restored.is_none()
             }),
+            continued: self.continued()?,
             local_baseline: Baseline {
                 metrics: baseline,
                 training: format!(

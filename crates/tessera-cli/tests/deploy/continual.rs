@@ -217,6 +217,7 @@ fn sites_hold_a_continued_run_to_the_earlier_model_with_their_own_importance() {
         .iter()
         .map(|site| {
             let (model, importance) = (own(site, "model"), own(site, "importance"));
+            let report = own(site, "json");
             participant(
                 &s.dir,
                 &url,
@@ -228,6 +229,8 @@ fn sites_hold_a_continued_run_to_the_earlier_model_with_their_own_importance() {
                     "1",
                     "--importance",
                     &importance,
+                    "--report",
+                    &report,
                 ],
             )
         })
@@ -235,7 +238,25 @@ fn sites_hold_a_continued_run_to_the_earlier_model_with_their_own_importance() {
     assert!(coordinator2.wait(LIMIT).success(), "{}", coordinator2.log());
     for site in &mut sites {
         assert!(site.wait(LIMIT).success(), "{}", site.log());
+        assert!(
+            site.log().contains("the model it continued from: 0."),
+            "{}",
+            site.log()
+        );
     }
+    // Each site's report has the model it continued from on its test rows
+    // beside the final one.
+    let report = s.json("cleveland.json");
+    let continued = &report["continued"];
+    assert!(
+        continued["from"]
+            .as_str()
+            .unwrap()
+            .starts_with("cleveland.model (round 4)")
+    );
+    assert_eq!(continued["ewc_lambda"], 1.0);
+    assert_eq!(continued["n_test"], report["global"]["n_test"]);
+    assert!(continued["accuracy"].as_f64().unwrap() > 0.0);
     let deployed = parameters(&s.path("dep2.model"));
     assert_eq!(deployed, parameters(&s.path("sim2.model")));
     assert_ne!(deployed, parameters(&s.path("plain.model")));
