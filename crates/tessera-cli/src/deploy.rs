@@ -692,8 +692,22 @@ pub fn peer(args: &PeerArgs) -> anyhow::Result<()> {
         .map_or(String::new(), |round| {
             format!(" (restarted: rejoined at round {round})")
         });
+    // Fine-tuning: its own fine-tuned model and one trained alone, on the
+    // same rows.
+    let personal = report
+        .personalization
+        .as_ref()
+        .and_then(|p| p.per_site.get(&args.site))
+        .map_or(String::new(), |own| {
+            format!(
+                "; fine-tuned: {:.4}{}",
+                own.personalized,
+                own.local_only
+                    .map_or(String::new(), |a| format!("; trained alone: {a:.4}"))
+            )
+        });
     println!(
-        "finished {} rounds as peer '{}'{rejoined}: its model on its test rows: accuracy {}; neighbours lost: {}",
+        "finished {} rounds as peer '{}'{rejoined}: its model on its test rows: accuracy {}{personal}; neighbours lost: {}",
         report.rounds.len(),
         args.site,
         report

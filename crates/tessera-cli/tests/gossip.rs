@@ -426,3 +426,57 @@ fn a_peer_revoked_midway_is_lost_by_the_others_who_finish() {
         );
     }
 }
+
+/// Fine-tuning on gossip: after the last round each peer fine-tunes its own
+/// final model on its own rows, per department too, and its report's
+/// `personalization` section is the gossip simulation's for that site, bit
+/// for bit; its printed line has the fine-tuned model's accuracy.
+#[test]
+fn each_peer_fine_tunes_its_own_model_as_the_simulation_does() {
+    if util::skip_e2e("each_peer_fine_tunes_its_own_model_as_the_simulation_does") {
+        return;
+    }
+    let s = Scratch::new("gossip-finetune");
+    let (plan, data) = setup(&s, 4, "ring", 3);
+    // The same rows, each in one of three departments.
+    s.run(&[
+        "synth",
+        "--sites",
+        "4",
+        "--rows",
+        "150",
+        "--features",
+        "20",
+        "--classes",
+        "10",
+        "--alpha",
+        "0.5",
+        "--beta",
+        "0.5",
+        "--seed",
+        "3",
+        "--departments",
+        "3",
+        "--out",
+        "syn.csv",
+    ])
+    .ok();
+    let text = std::fs::read_to_string(&plan).unwrap()
+        + "\n[personalization]\nfinetune_epochs = 1\ndepartment = \"department\"\n";
+    let plan = s.write("plan.toml", &text);
+    let sim = simulated(&s, &plan);
+    let simulated = &sim["personalization"];
+    assert_eq!(simulated["sites"], 4, "{simulated}");
+    let mut procs = peers(&s, &plan, &data, 4, |_| Vec::new());
+    for p in &mut procs {
+        assert!(p.wait(LIMIT).success(), "{}:\n{}", p.name, p.log());
+        assert!(p.log().contains("fine-tuned: 0."), "{}", p.log());
+    }
+    for i in 0..4 {
+        let site = format!("site{i}");
+        let report = s.json(&format!("{site}.json"));
+        let own = &report["personalization"]["per_site"][&site];
+        assert_eq!(*own, simulated["per_site"][&site], "{site}");
+        assert_eq!(own["departments"].as_object().unwrap().len(), 3, "{own}");
+    }
+}

@@ -27,6 +27,7 @@
 #![deny(missing_docs)]
 
 mod board;
+mod personal;
 mod rounds;
 
 use std::collections::BTreeMap;
@@ -311,7 +312,13 @@ pub async fn run(
     board.close();
     let _ = stop.send(());
     let _ = server.await;
-    let (progress, model, agreement, scaler) = result?;
+    let Worked {
+        progress,
+        model,
+        agreement,
+        scaler,
+        personalization,
+    } = result?;
     let model_file = model_file(plan, &config.site, &agreement, scaler, &progress, &model)?;
 
     let last = progress.last.clone().into_iter().collect::<Vec<_>>();
@@ -337,7 +344,7 @@ pub async fn run(
         rounds: progress.records,
         final_metrics,
         baselines: None,
-        personalization: None,
+        personalization,
         new_sites: None,
         continual: None,
         timing: Timing {
@@ -473,7 +480,7 @@ async fn work(
     board: &Board,
     links: &mut BTreeMap<String, Link>,
     neighbours: &[String],
-) -> Result<(Progress, Arc<ParameterSet>, Agreement, tessera_data::Scaler), PeerError> {
+) -> Result<Worked, PeerError> {
     let plan = &config.plan;
     let mut site_data = tessera_participant::client::read_site(
         &plan.data,
@@ -598,18 +605,42 @@ async fn work(
         "data agreed"
     );
     let scaler = data.scaler.clone();
-    let progress = rounds::rounds(
+    let departments = tessera_engine::Departments::of(plan, &agreement, &data)
+        .map_err(|e| local(e.to_string()))?;
+    let (train, test) = (Arc::new(data.train), Arc::new(data.test));
+    let (progress, model) = rounds::rounds(
         config,
         board,
         links,
         neighbours,
         site,
         model,
-        Arc::new(data.train),
-        Arc::new(data.test),
+        Arc::clone(&train),
+        Arc::clone(&test),
     )
     .await?;
-    Ok((progress.0, progress.1, agreement, scaler))
+    let personalization = personal::personalization(
+        plan,
+        (&config.site, &agreement, departments.as_ref()),
+        (&model, progress.last.as_ref()),
+        (&train, &test),
+    )?;
+    Ok(Worked {
+        progress,
+        model,
+        agreement,
+        scaler,
+        personalization,
+    })
+}
+
+/// What a peer's run gave it.
+struct Worked {
+    progress: Progress,
+    model: Arc<ParameterSet>,
+    agreement: Agreement,
+    scaler: tessera_data::Scaler,
+    personalization: Option<tessera_engine::report::PersonalizationReport>,
 }
 
 /// Publishes this peer's offer of `step` and fetches every other peer's

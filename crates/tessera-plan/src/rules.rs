@@ -214,20 +214,11 @@ pub const RULES: &[Rule] = &[
             },
         )
     }),
-    rule("fine_tuning_needs_a_final_model_and_builtin", |p| {
+    rule("fine_tuning_needs_builtin", |p| {
         when(
-            p.personalization.fine_tunes()
-                && (tree_or_gossip(p) == Some("gossip") || p.model.kind.is_external()),
-            &[
-                "personalization.finetune_epochs",
-                "topology.kind",
-                "model.kind",
-            ],
-            || {
-                "fine-tuning after the last round needs the flat or hierarchical topology \
-                 (one final model; synchronous or asynchronous rounds) with a built-in model"
-                    .into()
-            },
+            p.personalization.fine_tunes() && p.model.kind.is_external(),
+            &["personalization.finetune_epochs", "model.kind"],
+            || "fine-tuning after the last round needs a built-in model".into(),
         )
     }),
     rule("new_sites_need_builtin_model", |p| {

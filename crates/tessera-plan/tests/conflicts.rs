@@ -149,10 +149,10 @@ fn each_rule_fires_on_the_plan_it_forbids() {
             }),
         ),
         (
-            "fine_tuning_needs_a_final_model_and_builtin",
+            "fine_tuning_needs_builtin",
             Box::new(|p: &mut Plan| {
                 p.personalization.finetune_epochs = 2;
-                p.topology.kind = TopologyKind::Gossip;
+                p.model.kind = tessera_learn::ModelKind::External;
             }),
         ),
         (

@@ -207,6 +207,8 @@ pub(crate) fn run_gossip(
             None => lock(&sites[i]).evaluate(&models[i], &data.sites[i].test),
         })
         .collect::<Result<_, _>>()?;
+    // Fine-tuning (`[personalization]`): each site from its own model.
+    let personal = crate::personal::gossip_evaluations(plan, data, &sites, &models)?;
     let report = TopologyReport {
         kind: "gossip".into(),
         neighbours: (0..n)
@@ -228,7 +230,7 @@ pub(crate) fn run_gossip(
     };
     Ok((
         Federated {
-            personal: None,
+            personal,
             records,
             last_evaluations,
             final_parameters: mean,

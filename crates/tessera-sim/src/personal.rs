@@ -103,6 +103,32 @@ pub(crate) fn evaluations(
     Ok(Some(Personal::of(plan, all, None)))
 }
 
+/// Gossip: each site's personalized model from its own final model
+/// (`models`, in site order: gossip has no global one), evaluated on its
+/// test rows; `None` when the plan does not personalize. Against it the
+/// report sets each site's own model, as the site served it.
+pub(crate) fn gossip_evaluations(
+    plan: &Plan,
+    data: &FederatedData,
+    sites: &[Mutex<Site>],
+    models: &[std::sync::Arc<ParameterSet>],
+) -> Result<Option<Personal>, SimError> {
+    if !plan.personalizes() {
+        return Ok(None);
+    }
+    let initial = initial_parameters(plan, data)?;
+    let all: Vec<_> = sites
+        .par_iter()
+        .zip(&data.sites)
+        .zip(models)
+        .map(|((site, rows), own)| {
+            personalized_site(plan, data, (&mut lock(site), rows), (own, None, &initial))
+        })
+        .collect();
+    let all = all.into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(Personal::of(plan, all, None)))
+}
+
 impl Personal {
     /// From each site's [`personalized_site`] and, hierarchical, its
     /// region's model's evaluation.
