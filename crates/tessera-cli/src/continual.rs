@@ -458,12 +458,7 @@ pub fn print_summary(c: &ContinualReport) {
 
 /// SHA-256 (hex) of `parameters`' values, little-endian, in order.
 pub fn digest(parameters: &tessera_core::ParameterSet) -> String {
-    use sha2::Digest;
-    let mut hash = sha2::Sha256::new();
-    for v in parameters.values() {
-        hash.update(v.to_le_bytes());
-    }
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    tessera_engine::model_file::parameters_sha256(parameters)
 }
 
 fn short(hash: &str) -> &str {

@@ -183,6 +183,17 @@ pub fn plan_hash(plan: &crate::Plan) -> String {
         .collect()
 }
 
+/// SHA-256 (hex) of `parameters`' values, little-endian, in order: how a
+/// continued run's lineage and an importance file name a model.
+pub fn parameters_sha256(parameters: &ParameterSet) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for v in parameters.values() {
+        hash.update(v.to_le_bytes());
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl ModelFile {
     /// The file of `parameters`, trained under `plan` with `agreement`:
     /// checked as a reader would check it.

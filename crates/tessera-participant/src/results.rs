@@ -449,7 +449,7 @@ impl SiteResults {
             mean: Some(self.takeaway.scaler.mean.clone()),
             scale: Some(self.takeaway.scaler.scale.clone()),
         };
-        ModelFile::new(
+        let mut file = ModelFile::new(
             &self.plan,
             &self.takeaway.agreement,
             standardization,
@@ -460,7 +460,19 @@ impl SiteResults {
             round,
             parameters,
         )
-        .map_err(|e| ParticipantError::Local(e.to_string()))
+        .map_err(|e| ParticipantError::Local(e.to_string()))?;
+        // A continued run whose first model this site checked against its
+        // own copy (it trained round 1) names that model as the parent.
+        if let Some(continual) = &self.takeaway.continual
+            && self.takeaway.first_training() == Some(1)
+        {
+            file.header.lineage.parent = format!(
+                "{}, parameters sha256 {} (this site's --continue-from, the run's first model)",
+                continual.from,
+                tessera_engine::model_file::parameters_sha256(&continual.anchor)
+            );
+        }
+        Ok(file)
     }
 
     /// The final global model's round and its figures on this site's test rows.

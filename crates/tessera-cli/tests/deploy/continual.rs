@@ -217,7 +217,7 @@ fn sites_hold_a_continued_run_to_the_earlier_model_with_their_own_importance() {
         .iter()
         .map(|site| {
             let (model, importance) = (own(site, "model"), own(site, "importance"));
-            let report = own(site, "json");
+            let (report, after) = (own(site, "json"), own(site, "after"));
             participant(
                 &s.dir,
                 &url,
@@ -231,6 +231,8 @@ fn sites_hold_a_continued_run_to_the_earlier_model_with_their_own_importance() {
                     &importance,
                     "--report",
                     &report,
+                    "--model-out",
+                    &after,
                 ],
             )
         })
@@ -257,6 +259,12 @@ fn sites_hold_a_continued_run_to_the_earlier_model_with_their_own_importance() {
     assert_eq!(continued["ewc_lambda"], 1.0);
     assert_eq!(continued["n_test"], report["global"]["n_test"]);
     assert!(continued["accuracy"].as_f64().unwrap() > 0.0);
+    // Its model file names the model it continued from.
+    let inspected = s.run(&["model", "inspect", "cleveland.after"]).ok();
+    assert!(
+        inspected.contains("cleveland.model (round 4), parameters sha256"),
+        "{inspected}"
+    );
     let deployed = parameters(&s.path("dep2.model"));
     assert_eq!(deployed, parameters(&s.path("sim2.model")));
     assert_ne!(deployed, parameters(&s.path("plain.model")));
