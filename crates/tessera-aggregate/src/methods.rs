@@ -9,6 +9,7 @@ mod fedavg;
 mod feddyn;
 mod feddyn_local;
 mod fedprox_local;
+mod ifca;
 mod perfedavg;
 mod personal;
 mod personal_local;
@@ -31,6 +32,7 @@ pub use fedavg::{FedAvg, FedAvgM, FedOpt, FedOptVariant, FedProx};
 pub use feddyn::FedDyn;
 pub use feddyn_local::FedDynLocal;
 pub use fedprox_local::FedProxLocal;
+pub use ifca::{Ifca, MAX_CLUSTERS};
 pub use perfedavg::{MAX_INNER_LR, PerFedAvg, PerFedAvgLocal};
 pub use personal::{Ditto, FedPer, FedRep, MAX_HEAD_PASSES, head_mask};
 pub use personal_local::{DittoLocal, FedPerLocal, FedRepLocal};
@@ -247,11 +249,14 @@ pub enum StrategyKind {
     PerFedAvg,
     /// APFL (personalized: a learned mixture of personal and global).
     Apfl,
+    /// IFCA (clustered: each site takes the best of k cluster models;
+    /// simulation only).
+    Ifca,
 }
 
 impl StrategyKind {
     /// Every strategy, in a fixed order.
-    pub const ALL: [StrategyKind; 13] = [
+    pub const ALL: [StrategyKind; 14] = [
         StrategyKind::FedAvg,
         StrategyKind::FedAvgM,
         StrategyKind::FedProx,
@@ -265,6 +270,7 @@ impl StrategyKind {
         StrategyKind::FedRep,
         StrategyKind::PerFedAvg,
         StrategyKind::Apfl,
+        StrategyKind::Ifca,
     ];
 
     /// The name used in plans and on the command line.
@@ -283,6 +289,7 @@ impl StrategyKind {
             StrategyKind::FedRep => "fedrep",
             StrategyKind::PerFedAvg => "perfedavg",
             StrategyKind::Apfl => "apfl",
+            StrategyKind::Ifca => "ifca",
         }
     }
 }
@@ -298,6 +305,7 @@ impl StrategyKind {
             StrategyKind::FedRep => FedRep::NEEDS,
             StrategyKind::PerFedAvg => PerFedAvg::NEEDS,
             StrategyKind::Apfl => Apfl::NEEDS,
+            StrategyKind::Ifca => Ifca::NEEDS,
             StrategyKind::FedAvg
             | StrategyKind::FedAvgM
             | StrategyKind::FedProx
@@ -372,6 +380,9 @@ pub struct StrategyConfig {
     /// most 100).
     #[serde(default)]
     pub head_passes: Option<u32>,
+    /// IFCA: how many cluster models (2, from 2 to 16).
+    #[serde(default)]
+    pub clusters: Option<u32>,
 }
 
 impl StrategyConfig {
@@ -477,6 +488,18 @@ impl StrategyConfig {
                     server_lr: server_lr(1.0)?,
                 })
             }
+            StrategyKind::Ifca => {
+                let clusters = self.clusters.unwrap_or(2);
+                if !(2..=MAX_CLUSTERS).contains(&clusters) {
+                    return Err(AggregateError::Config(format!(
+                        "ifca: `clusters` must be from 2 to {MAX_CLUSTERS}, got {clusters}"
+                    )));
+                }
+                Box::new(Ifca {
+                    clusters,
+                    server_lr: server_lr(1.0)?,
+                })
+            }
             StrategyKind::FedRep => {
                 let head_passes = self.head_passes.unwrap_or(10);
                 if !(1..=MAX_HEAD_PASSES).contains(&head_passes) {
@@ -509,7 +532,7 @@ mod tests {
         let err = "fedsgd".parse::<StrategyKind>().unwrap_err();
         assert_eq!(
             err,
-            "unknown strategy 'fedsgd' (expected one of fedavg, fedavgm, fedprox, scaffold, fedadam, fedyogi, fedadagrad, feddyn, ditto, fedper, fedrep, perfedavg, apfl)"
+            "unknown strategy 'fedsgd' (expected one of fedavg, fedavgm, fedprox, scaffold, fedadam, fedyogi, fedadagrad, feddyn, ditto, fedper, fedrep, perfedavg, apfl, ifca)"
         );
     }
 

@@ -279,6 +279,13 @@ impl Federation {
                     .into(),
             ));
         }
+        if plan.federation.strategy == tessera_aggregate::StrategyKind::Ifca {
+            return Err(CoordinatorError::Config(
+                "ifca runs in simulation only for now (its rounds carry one model per \
+                 cluster); choose another strategy to deploy"
+                    .into(),
+            ));
+        }
         let central;
         let mut place: Option<(usize, Vec<String>)> = None;
         let mut hierarchy = None;

@@ -437,6 +437,28 @@ pub const RULES: &[Rule] = &[
             },
         )
     }),
+    rule("ifca_runs_plain_rounds", |p| {
+        when(
+            p.federation.strategy == StrategyKind::Ifca
+                && (secagg(p)
+                    || p.privacy.is_on()
+                    || p.compression.is_active()
+                    || p.robust.rule != tessera_aggregate::RobustRule::Mean
+                    || p.robust.norm_bound.is_some()),
+            &[
+                "federation.strategy",
+                "secure_aggregation.enabled",
+                "privacy.mode",
+                "compression",
+                "robust",
+            ],
+            || {
+                "ifca's cluster rounds run without secure aggregation, DP, compression or a \
+                 robust rule yet; turn them off, or choose another strategy"
+                    .into()
+            },
+        )
+    }),
     rule("gossip_has_no_server_strategy", |p| {
         when(
             p.topology.kind == TopologyKind::Gossip

@@ -35,3 +35,6 @@ pub const METRICS_NOISE: u64 = 13;
 /// secrets in its noisy-membership runs (`[data.cross_silo]`; a deployed
 /// site would draw them from the operating system).
 pub const CROSS_SILO: u64 = 14;
+/// IFCA: each cluster's initial model after the first, per cluster (the
+/// first is the plan's initial model).
+pub const IFCA: u64 = 15;

@@ -121,6 +121,13 @@ fn each_rule_fires_on_the_plan_it_forbids() {
             }),
         ),
         (
+            "ifca_runs_plain_rounds",
+            Box::new(|p: &mut Plan| {
+                p.federation.strategy = StrategyKind::Ifca;
+                p.secure_aggregation.enabled = true;
+            }),
+        ),
+        (
             "apfl_needs_no_weight_decay",
             Box::new(|p: &mut Plan| {
                 p.federation.strategy = StrategyKind::Apfl;

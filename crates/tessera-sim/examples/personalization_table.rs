@@ -76,7 +76,7 @@ fn benches() -> Vec<Bench> {
 }
 
 /// The methods: (label, strategy, fine-tuning epochs, few-shot rows).
-const METHODS: [(&str, StrategyKind, u64, Option<usize>); 9] = [
+const METHODS: [(&str, StrategyKind, u64, Option<usize>); 10] = [
     (
         "FedAvg + fine-tuning (1 epoch)",
         StrategyKind::FedAvg,
@@ -116,6 +116,7 @@ const METHODS: [(&str, StrategyKind, u64, Option<usize>); 9] = [
         Some(20),
     ),
     ("APFL (initial alpha 0.5)", StrategyKind::Apfl, 0, None),
+    ("IFCA (2 clusters)", StrategyKind::Ifca, 0, None),
 ];
 
 fn load(file: &str, setup: fn(&mut Plan, u64), seed: u64) -> Result<(Plan, FederatedData)> {

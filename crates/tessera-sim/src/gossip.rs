@@ -208,7 +208,7 @@ pub(crate) fn run_gossip(
         })
         .collect::<Result<_, _>>()?;
     // Fine-tuning (`[personalization]`): each site from its own model.
-    let personal = crate::personal::gossip_evaluations(plan, data, &sites, &models)?;
+    let personal = crate::personal::from_own_models(plan, data, &sites, &models)?;
     let report = TopologyReport {
         kind: "gossip".into(),
         neighbours: (0..n)

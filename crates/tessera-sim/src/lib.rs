@@ -64,6 +64,7 @@ mod cross_silo;
 mod external;
 mod gossip;
 mod hierarchy;
+mod ifca;
 mod personal;
 mod profile;
 mod run;

@@ -42,6 +42,8 @@ pub(crate) struct Personal {
     pub regional: Option<Vec<Option<Evaluation>>>,
     /// `[personalization] department`: each site's departments.
     pub departments: Option<Vec<BTreeMap<String, DepartmentAccuracy>>>,
+    /// IFCA: the cluster each site took, and how many clusters.
+    pub clusters: Option<(Vec<usize>, usize)>,
 }
 
 /// One site's personalized model from `start` (the final global model, or
@@ -103,11 +105,10 @@ pub(crate) fn evaluations(
     Ok(Some(Personal::of(plan, all, None)))
 }
 
-/// Gossip: each site's personalized model from its own final model
-/// (`models`, in site order: gossip has no global one), evaluated on its
-/// test rows; `None` when the plan does not personalize. Against it the
-/// report sets each site's own model, as the site served it.
-pub(crate) fn gossip_evaluations(
+/// Each site's personalized model from its own final model (`models`, in
+/// site order: gossip's own model, IFCA's cluster), evaluated on its test
+/// rows; `None` when the plan does not personalize.
+pub(crate) fn from_own_models(
     plan: &Plan,
     data: &FederatedData,
     sites: &[Mutex<Site>],
@@ -139,6 +140,7 @@ impl Personal {
     ) -> Personal {
         let (evaluations, departments): (Vec<_>, Vec<_>) = sites.into_iter().unzip();
         Personal {
+            clusters: None,
             evaluations,
             regional,
             departments: plan.personalization.department.is_some().then(|| {
@@ -185,6 +187,9 @@ pub(crate) fn report(
         (&plan.personalization.department, personal.departments)
     {
         report = report.with_departments(column, &names, departments);
+    }
+    if let Some((chosen, k)) = &personal.clusters {
+        report = report.with_clusters(&names, chosen, *k);
     }
     Ok(report)
 }

@@ -129,7 +129,14 @@ pub fn simulate(
         )));
     }
     let mut topology = None;
+    let ifca = plan.federation.strategy == tessera_aggregate::StrategyKind::Ifca;
+    if ifca && options.attack.is_some() {
+        return Err(SimError::Engine(EngineError::State(
+            "simulated attacks are not run under ifca yet".into(),
+        )));
+    }
     let run = match plan.federation.mode {
+        Mode::Sync if ifca => crate::ifca::run_ifca(plan, data, observer)?,
         Mode::Sync if topology_kind == TopologyKind::Hierarchical => {
             let (run, report) = crate::hierarchy::run_hierarchical(plan, data, observer)?;
             topology = Some(report);

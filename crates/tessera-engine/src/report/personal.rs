@@ -29,6 +29,10 @@ pub struct PersonalSite {
     /// this site, every level on its test rows, by department.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub departments: BTreeMap<String, DepartmentAccuracy>,
+    /// IFCA: the cluster the site took (its personalized model is that
+    /// cluster's model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<usize>,
 }
 
 /// Each level's accuracy on one department's test rows at one site.
@@ -116,6 +120,10 @@ pub struct PersonalizationReport {
     /// Sites where the personalized model beats both the global and the
     /// local-only model.
     pub sites_beating_both: usize,
+    /// IFCA: how many sites took each cluster (by cluster; sites without
+    /// test rows included), the global model being the most taken one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<Vec<usize>>,
     /// Sites with test rows.
     pub sites: usize,
     /// Each site.
@@ -148,6 +156,7 @@ impl PersonalizationReport {
                     regional: None,
                     n_test: g.n_examples,
                     departments: BTreeMap::new(),
+                    cluster: None,
                 },
             );
         }
@@ -169,9 +178,28 @@ impl PersonalizationReport {
             mean_regional: None,
             departments: None,
             sites_beating_both: per_site.values().filter(|s| s.beats_both()).count(),
+            clusters: None,
             sites,
             per_site,
         }
+    }
+}
+
+impl PersonalizationReport {
+    /// IFCA: adds the cluster each site took (`chosen`, in the order of
+    /// `names`) and how many took each of the `k` clusters.
+    pub fn with_clusters(mut self, names: &[&str], chosen: &[usize], k: usize) -> Self {
+        let mut counts = vec![0usize; k];
+        for (name, &j) in names.iter().zip(chosen) {
+            if let Some(count) = counts.get_mut(j) {
+                *count += 1;
+            }
+            if let Some(site) = self.per_site.get_mut(*name) {
+                site.cluster = Some(j);
+            }
+        }
+        self.clusters = Some(counts);
+        self
     }
 }
 
