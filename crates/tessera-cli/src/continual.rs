@@ -74,7 +74,7 @@ impl ContinualArgs {
         let Some(path) = &self.continue_from else {
             return Ok(None);
         };
-        let from = crate::model::read(path)?;
+        let from = read_model_to_continue(path)?;
         check_fits(path, &from, plan, data)?;
         let mut said = format!(
             "continued from {} (plan '{}', round {})",
@@ -91,9 +91,10 @@ impl ContinualArgs {
             }
             (Some(lambda), None, Some(dir)) => {
                 let mut by_site = std::collections::BTreeMap::new();
-                for site in data.sites.iter().filter(|s| s.train.n_rows() > 0) {
-                    let file = dir.join(importance_file_name(&site.name)?);
-                    by_site.insert(site.name.clone(), read_importance(&file, path, &from)?);
+                let training = data.sites.iter().filter(|s| s.train.n_rows() > 0);
+                for (site, file) in importance_file_names(training.map(|s| s.name.as_str()))? {
+                    let importance = read_importance(&dir.join(file), path, &from)?;
+                    by_site.insert(site.to_string(), importance);
                 }
                 said.push_str(&format!(
                     ", elastic weight consolidation lambda {lambda}, each site by its own \
@@ -176,17 +177,17 @@ impl ContinualArgs {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("--site-importance-out {}", dir.display()))?;
         let of = format!("importance of {}", digest(&report.final_parameters));
-        for (site, importance) in
-            tessera_sim::site_importance(plan, data, &report.final_parameters)?
-        {
+        let importances = tessera_sim::site_importance(plan, data, &report.final_parameters)?;
+        let files = importance_file_names(importances.keys().map(String::as_str))?;
+        for ((site, importance), (_, name)) in importances.iter().zip(files) {
             let mut file = crate::model::of_simulation(plan, data, report)?;
-            file.parameters = importance;
+            file.parameters = importance.clone();
             file.header.run.id = Some(of.clone());
             file.header.run.written_by = format!(
                 "simulation, importance of site {site} (diagonal Fisher information on its own \
                  rows, largest 1)"
             );
-            crate::model::write(&dir.join(importance_file_name(&site)?), &file)?;
+            crate::model::write(&dir.join(name), &file)?;
         }
         Ok(())
     }
@@ -253,7 +254,7 @@ impl SiteContinualArgs {
         let Some(path) = &self.continue_from else {
             return Ok(None);
         };
-        let from = crate::model::read(path)?;
+        let from = read_model_to_continue(path)?;
         let ewc = match (self.ewc_lambda, &self.importance) {
             (Some(lambda), Some(importance)) => {
                 if !(lambda.is_finite() && lambda >= 0.0) {
@@ -341,12 +342,55 @@ pub fn read_importance(
     Ok(importance.parameters)
 }
 
-/// `SITE.importance`, refused for a site name that is not a plain file name.
+/// `SITE.importance`, refused for a site name that is not a plain file
+/// name (letters, digits, `-`, `_` and `.`, not first).
 fn importance_file_name(site: &str) -> anyhow::Result<String> {
-    if site.is_empty() || site.starts_with('.') || site.contains(['/', '\\', '\0']) {
-        bail!("site '{site}' cannot name a file in the importance folder");
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if site.is_empty() || site.starts_with('.') || !site.chars().all(plain) {
+        bail!(
+            "site '{site}' cannot name a file in the importance folder (letters, digits, '-', \
+             '_' and '.' only, not first)"
+        );
     }
     Ok(format!("{site}.importance"))
+}
+
+/// Each site's `SITE.importance`, refused (before anything is written)
+/// where a name is not a plain file name or two differ only in case.
+fn importance_file_names<'a>(
+    sites: impl Iterator<Item = &'a str>,
+) -> anyhow::Result<Vec<(&'a str, String)>> {
+    let mut seen = std::collections::BTreeMap::new();
+    let mut names = Vec::new();
+    for site in sites {
+        let file = importance_file_name(site)?;
+        if let Some(other) = seen.insert(file.to_lowercase(), site) {
+            bail!(
+                "sites '{other}' and '{site}' would share one file in the importance folder \
+                 (names that differ only in case)"
+            );
+        }
+        names.push((site, file));
+    }
+    Ok(names)
+}
+
+/// The model file at `path`, refused where it is an importance file.
+pub fn read_model_to_continue(path: &Path) -> anyhow::Result<ModelFile> {
+    let file = crate::model::read(path)?;
+    if file
+        .header
+        .run
+        .id
+        .as_deref()
+        .is_some_and(|id| id.starts_with("importance of "))
+    {
+        bail!(
+            "{}: an importance file, not a model: continue from the earlier run's --model-out",
+            path.display()
+        );
+    }
+    Ok(file)
 }
 
 /// `tessera coordinator --continue-from`: the model file at `path` as the
@@ -359,7 +403,7 @@ pub fn deployed_from(
     plan: &Plan,
 ) -> anyhow::Result<(tessera_coordinator::InitialModel, String)> {
     tessera_sim::check_continuable(plan).context("--continue-from")?;
-    let from = crate::model::read(path)?;
+    let from = read_model_to_continue(path)?;
     check_model(path, &from, plan)?;
     let parent = format!(
         "{} (round {} of plan {}, parameters sha256 {})",

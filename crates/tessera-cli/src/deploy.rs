@@ -541,7 +541,16 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.continual.importance_out {
         written.push(("--importance-out", path.as_path()));
     }
-    check_outputs(&written, &data_input)?;
+    let mut inputs = data_input;
+    for (what, path) in [
+        ("the --continue-from model", &args.continual.continue_from),
+        ("the --importance file", &args.continual.importance),
+    ] {
+        if let Some(path) = path {
+            inputs.push(Input::new(what, path));
+        }
+    }
+    check_outputs(&written, &inputs)?;
     let continual = args.continual.site_continual()?;
     if args.insecure {
         insecure_warning("the participant");

@@ -402,7 +402,11 @@ impl Service {
                         })
                     }
                     pb::agree_request::Offer::Levels(l) => f.offer_levels(&site, l).map(|r| {
-                        r.map(|a| pb::agree_reply::Result::Agreement(convert::agreement_to_pb(&a)))
+                        r.map(|a| {
+                            let mut agreed = convert::agreement_to_pb(&a);
+                            agreed.initial_model_sha256 = f.initial_model_sha256();
+                            pb::agree_reply::Result::Agreement(agreed)
+                        })
                     }),
                     pb::agree_request::Offer::External(e) => f
                         .offer_external(&site, e)

@@ -129,6 +129,14 @@ pub(crate) async fn prepare(
     .await?
     {
         agree_reply::Result::Agreement(a) => {
+            if let Some(continual) = &config.continual {
+                continual
+                    .check_start_model(&a.initial_model_sha256)
+                    .map_err(|why| {
+                        tracing::error!(%why, "plan refused");
+                        plan_refused(why)
+                    })?;
+            }
             convert::agreement_from_pb(a).map_err(|e| local_error(e.to_string()))?
         }
         _ => return Err(Failure::Retry("agreement out of order".into())),

@@ -409,6 +409,13 @@ impl SiteResults {
                 self.plan.privacy.mode
             )));
         }
+        if !self.plan.compression.download.is_identity() {
+            return Err(local(
+                "under a download codec ([compression] download) this site holds the final \
+                 model only approximately"
+                    .into(),
+            ));
+        }
         let (round, parameters) = self.model()?;
         let mut model = self
             .plan

@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 17;
+pub const MINOR: u32 = 18;
 
 /// What this build can do.
 ///
@@ -78,6 +78,10 @@ pub const MINOR: u32 = 17;
 ///   global model's, keeps it apart and fine-tunes from it (a 1.17
 ///   coordinator or aggregator requires it when a hierarchical plan
 ///   fine-tunes).
+/// - `initial-model-digest` (1.18): the coordinator's reply to a levels
+///   offer names the run's initial model by its SHA-256
+///   (`Agreement.initial_model_sha256`), which a site continuing from a
+///   model of its own (`--continue-from`) checks.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -110,6 +114,7 @@ pub const CAPABILITIES: &[&str] = &[
     "perfedavg",
     "apfl",
     "regional-model",
+    "initial-model-digest",
 ];
 
 /// The strategies older peers can follow without the `instructions`

@@ -208,6 +208,18 @@ pub fn simulate_continued(
     check_continuable(plan)?;
     // Refuses, naming why, parameters that are not of the plan's model.
     continuation.model(plan, data)?;
+    let elastic = continuation.elastic.is_some() || !continuation.per_site.is_empty();
+    if elastic && plan.privacy.mode == tessera_privacy::PrivacyMode::Local {
+        // The pull is added outside DP-SGD's clipping and noise, and the
+        // importance is a statistic of the sites' rows.
+        return Err(EngineError::State(
+            "elastic weight consolidation: local DP does not account for the elastic term, \
+             whose importance is a statistic of the sites' rows; continue without it, or on a \
+             plan without local DP"
+                .into(),
+        )
+        .into());
+    }
     if !continuation.per_site.is_empty() {
         let training: Vec<&str> = data
             .sites

@@ -429,9 +429,16 @@ fn plans_personalization_cannot_serve_are_refused_naming_why() {
     );
 
     let (mut plan, _) = setup(StrategyKind::FedAvg, 1);
-    plan.topology.kind = TopologyKind::Gossip;
+    plan.model.kind = tessera_learn::ModelKind::External;
     let e = refused(&plan);
-    assert!(e.contains("fine-tuning after the last round needs"), "{e}");
+    assert!(
+        e.contains("fine-tuning after the last round needs a built-in model"),
+        "{e}"
+    );
+    // Gossip fine-tunes each site's own model.
+    let (mut plan, _) = setup(StrategyKind::FedAvg, 1);
+    plan.topology.kind = TopologyKind::Gossip;
+    assert!(plan.validate().is_ok());
 
     let (mut plan, _) = setup(StrategyKind::FedAvg, 1);
     plan.personalization.finetune_rows = Some(0);

@@ -131,7 +131,8 @@ fn parameters(path: &std::path::Path) -> tessera_core::ParameterSet {
 /// next run each holds its training to that model with it. Both runs are
 /// the simulator's with `--site-importance-out` and `--site-importance`,
 /// bit for bit; a site that continues from a model the run does not start
-/// from refuses to train, saying why.
+/// from (the agreement names the run's initial model by its SHA-256)
+/// refuses to train, saying why.
 #[test]
 fn sites_hold_a_continued_run_to_the_earlier_model_with_their_own_importance() {
     if util::skip_e2e("sites_hold_a_continued_run_to_the_earlier_model_with_their_own_importance") {
@@ -283,6 +284,23 @@ fn sites_hold_a_continued_run_to_the_earlier_model_with_their_own_importance() {
         .map(|site| participant(&s.dir, &url, site, &[]))
         .collect();
     assert!(!refusing.wait(LIMIT).success(), "{}", refusing.log());
-    let why = "the run's first model is another";
+    let why = "the run starts from another model";
     assert!(refusing.log().contains(why), "{}", refusing.log());
+    // An importance file is not a model to continue from.
+    let refused = s
+        .run(&[
+            "coordinator",
+            "--plan",
+            later_plan,
+            "--db",
+            "c4.sqlite",
+            "--insecure",
+            "--continue-from",
+            "cleveland.importance",
+        ])
+        .fails();
+    assert!(
+        refused.contains("an importance file, not a model"),
+        "{refused}"
+    );
 }

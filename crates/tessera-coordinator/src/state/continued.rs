@@ -41,6 +41,15 @@ impl Federation {
         Ok(())
     }
 
+    /// SHA-256 of the run's stored initial model's values (empty before the
+    /// agreement stores it), which the reply to a levels offer carries.
+    pub fn initial_model_sha256(&self) -> String {
+        match self.store.model(&self.run.id, 0) {
+            Ok(Some(initial)) => tessera_engine::model_file::parameters_sha256(&initial),
+            _ => String::new(),
+        }
+    }
+
     /// The run's initial model: the plan's, or the one continued from,
     /// refused (naming the difference) where it does not fit `agreement`.
     pub(super) fn initial_model(&self, agreement: &Agreement) -> Result<ParameterSet, String> {

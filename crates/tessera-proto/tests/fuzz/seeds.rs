@@ -109,6 +109,7 @@ fn agreement() -> pb::Agreement {
         columns: strings(&COLUMNS[..10]),
         encodings,
         classes: strings(&["0", "not 0"]),
+        initial_model_sha256: "ab".repeat(32),
     }
 }
 
