@@ -507,3 +507,47 @@ fn every_conflict_of_a_plan_is_reported_at_once() {
     }
     assert!(!e.contains('\n'), "{e}");
 }
+
+/// IFCA runs in simulation (its report names each site's cluster) and the
+/// coordinator refuses it, saying why.
+#[test]
+fn ifca_simulates_and_the_coordinator_refuses_it() {
+    let s = Scratch::new("ifca");
+    let out = s
+        .run(&[
+            "simulate",
+            "--strategy",
+            "ifca",
+            "--rounds",
+            "3",
+            "--report",
+            "ifca.json",
+        ])
+        .ok();
+    assert!(out.contains("personalized (ifca)"), "{out}");
+    let p = &s.json("ifca.json")["personalization"];
+    assert_eq!(p["strategy"], "ifca");
+    let counts: u64 = p["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .sum();
+    assert_eq!(counts, 4, "{p}");
+    assert!(p["per_site"]["cleveland"]["cluster"].is_u64(), "{p}");
+    let plan = util::root().join("examples/fed-heart-disease.toml");
+    let run = s.run(&[
+        "coordinator",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--set",
+        "federation.strategy=ifca",
+        "--db",
+        "c.sqlite",
+        "--insecure",
+    ]);
+    // The --insecure warning, then the one line of the refusal.
+    let e = run.stderr();
+    assert!(!run.output.status.success(), "{e}");
+    assert!(e.contains("error: ifca runs in simulation only"), "{e}");
+}

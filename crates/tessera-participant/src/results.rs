@@ -468,13 +468,11 @@ impl SiteResults {
             parameters,
         )
         .map_err(|e| ParticipantError::Local(e.to_string()))?;
-        // A continued run whose first model this site checked against its
-        // own copy (it trained round 1) names that model as the parent.
-        if let Some(continual) = &self.takeaway.continual
-            && self.takeaway.first_training() == Some(1)
-        {
+        // A continued run names the model it continued from as the parent:
+        // this site checked the run starts from it (the agreement's digest).
+        if let Some(continual) = &self.takeaway.continual {
             file.header.lineage.parent = format!(
-                "{}, parameters sha256 {} (this site's --continue-from, the run's first model)",
+                "{}, parameters sha256 {} (this site's --continue-from, the run's initial model)",
                 continual.from,
                 tessera_engine::model_file::parameters_sha256(&continual.anchor)
             );

@@ -619,12 +619,25 @@ async fn work(
         Arc::clone(&test),
     )
     .await?;
-    let personalization = personal::personalization(
-        plan,
-        (&config.site, &agreement, departments.as_ref()),
-        (&model, progress.last.as_ref()),
-        (&train, &test),
-    )?;
+    // Off the async threads, which still serve the neighbours; a failure
+    // leaves the rounds' results whole.
+    let (plan, site, agreed) = (plan.clone(), config.site.clone(), agreement.clone());
+    let (own, last) = (Arc::clone(&model), progress.last.clone());
+    let personalization = tokio::task::spawn_blocking(move || {
+        personal::personalization(
+            &plan,
+            (&site, &agreed, departments.as_ref()),
+            (&own, last.as_ref()),
+            (&train, &test),
+        )
+    })
+    .await
+    .map_err(|e| PeerError::Local(format!("fine-tuning crashed: {e}")))
+    .and_then(|done| done)
+    .unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "no personalization section: fine-tuning failed");
+        None
+    });
     Ok(Worked {
         progress,
         model,

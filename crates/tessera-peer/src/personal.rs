@@ -64,12 +64,9 @@ pub(crate) fn personalization(
             &mut rng,
         )
         .is_ok()
+        && let Ok(evaluation) = alone.evaluate(test)
     {
-        let accuracy = alone
-            .evaluate(test)
-            .map_err(|e| local(e.to_string()))?
-            .accuracy();
-        local_only.insert(site.to_string(), accuracy);
+        local_only.insert(site.to_string(), evaluation.accuracy());
     }
     let mut report =
         PersonalizationReport::new(plan, &[site], &[global], &[personalized], &local_only);

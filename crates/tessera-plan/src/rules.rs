@@ -442,6 +442,7 @@ pub const RULES: &[Rule] = &[
             p.federation.strategy == StrategyKind::Ifca
                 && (secagg(p)
                     || p.privacy.is_on()
+                    || p.privacy.site_metrics == tessera_privacy::SiteMetrics::Dp
                     || p.compression.is_active()
                     || p.robust.rule != tessera_aggregate::RobustRule::Mean
                     || p.robust.norm_bound.is_some()),
@@ -449,12 +450,57 @@ pub const RULES: &[Rule] = &[
                 "federation.strategy",
                 "secure_aggregation.enabled",
                 "privacy.mode",
+                "privacy.site_metrics",
                 "compression",
                 "robust",
             ],
             || {
-                "ifca's cluster rounds run without secure aggregation, DP, compression or a \
-                 robust rule yet; turn them off, or choose another strategy"
+                "ifca's cluster rounds run without secure aggregation, DP (of the updates or \
+                 the metrics), compression or a robust rule yet; turn them off, or choose \
+                 another strategy"
+                    .into()
+            },
+        )
+    }),
+    rule("ifca_asks_every_site_every_round", |p| {
+        let f = &p.federation;
+        when(
+            f.strategy == StrategyKind::Ifca
+                && (f.fraction < 1.0
+                    || f.quorum > 1
+                    || f.deadline_seconds.is_some()
+                    || f.weighting != crate::Weighting::Examples
+                    || p.simulation.dropout > 0.0),
+            &[
+                "federation.strategy",
+                "federation.fraction",
+                "federation.quorum",
+                "federation.deadline_seconds",
+                "federation.weighting",
+                "simulation.dropout",
+            ],
+            || {
+                "ifca asks every site every round and weighs updates by their rows: it runs \
+                 without a cohort fraction, quorum, deadline, equal weighting or dropout yet"
+                    .into()
+            },
+        )
+    }),
+    rule("ifca_needs_distinct_clusters", |p| {
+        when(
+            p.federation.strategy == StrategyKind::Ifca
+                && (p.model.init == tessera_learn::Init::Zeros
+                    || p.personalization.department.is_some()
+                    || !p.personalization.new_sites.is_empty()),
+            &[
+                "federation.strategy",
+                "model.init",
+                "personalization.department",
+                "personalization.new_sites",
+            ],
+            || {
+                "ifca needs clusters that start apart (model.init = \"zeros\" makes them all \
+                 one) and runs without departments or new sites yet"
                     .into()
             },
         )

@@ -128,6 +128,20 @@ fn each_rule_fires_on_the_plan_it_forbids() {
             }),
         ),
         (
+            "ifca_asks_every_site_every_round",
+            Box::new(|p: &mut Plan| {
+                p.federation.strategy = StrategyKind::Ifca;
+                p.federation.fraction = 0.5;
+            }),
+        ),
+        (
+            "ifca_needs_distinct_clusters",
+            Box::new(|p: &mut Plan| {
+                p.federation.strategy = StrategyKind::Ifca;
+                p.model.init = tessera_learn::Init::Zeros;
+            }),
+        ),
+        (
             "apfl_needs_no_weight_decay",
             Box::new(|p: &mut Plan| {
                 p.federation.strategy = StrategyKind::Apfl;

@@ -40,6 +40,13 @@ pub fn simulate_with_learners(
              [federation] and kind = \"flat\" in [topology]",
         ));
     }
+    if plan.federation.strategy == tessera_aggregate::StrategyKind::Ifca {
+        // IFCA's rounds are its own loop, with built-in models.
+        return Err(state(
+            "ifca runs with built-in models only (simulate); choose another strategy for \
+             external learners",
+        ));
+    }
     let mut sites = sites;
     sites.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some(pair) = sites.windows(2).find(|w| w[0].0 == w[1].0) {

@@ -16,13 +16,13 @@ use tessera_core::{ParameterSet, Timestamp, derive_seed};
 use tessera_data::FederatedData;
 use tessera_engine::report::{EvaluationView, RoundRecord, SiteTraffic};
 use tessera_engine::{EngineError, FitTask, Plan, streams};
-use tessera_learn::Evaluation;
 use tessera_orchestrator::completed;
 
 use crate::SimError;
 use crate::personal::Personal;
 use crate::profile::examples_per_round;
-use crate::run::{Federated, initial_model, lock, plain_sites};
+use crate::run::{Federated, initial_model, plain_sites};
+use crate::sites::{evaluate_all, lock};
 
 /// IFCA's synchronous flat rounds, every site each round.
 pub(crate) fn run_ifca(
@@ -57,16 +57,21 @@ pub(crate) fn run_ifca(
     let mut now = Timestamp::ZERO;
     let mut records = Vec::new();
     let mut bytes_up_per_site = vec![0u64; n];
-    let mut chosen = vec![0usize; n];
+    let mut chosen: Vec<Option<usize>> = vec![None; n];
     for round in 1..=plan.federation.rounds {
         let wall = Instant::now();
         let opened = now;
-        // Each site: the cluster of the lowest training loss, trained.
-        let trained: Vec<Result<(usize, tessera_core::Update), SimError>> = (0..n)
+        // Each site with training rows: the cluster of the lowest training
+        // loss, trained.
+        type Trained = Option<(usize, tessera_core::Update)>;
+        let trained: Vec<Result<Trained, SimError>> = (0..n)
             .into_par_iter()
             .map(|i| {
-                let mut site = lock(&sites[i]);
                 let train = &data.sites[i].train;
+                if train.n_rows() == 0 {
+                    return Ok(None);
+                }
+                let mut site = lock(&sites[i]);
                 let cluster = choose(&mut site, &clusters, train)?;
                 let task = FitTask {
                     round,
@@ -74,27 +79,35 @@ pub(crate) fn run_ifca(
                     instructions: Default::default(),
                     deadline: None,
                 };
-                Ok((cluster, site.fit(&task, train)?))
+                Ok(Some((cluster, site.fit(&task, train)?)))
             })
             .collect();
         let mut site_errors = Vec::new();
-        let mut members: Vec<Vec<(usize, tessera_core::Update)>> = vec![Vec::new(); k];
+        let mut members: Vec<Vec<tessera_core::Update>> = vec![Vec::new(); k];
+        let mut sent = vec![false; n];
         for (i, t) in trained.into_iter().enumerate() {
             match t {
-                Ok((cluster, update)) => {
-                    chosen[i] = cluster;
-                    members[cluster].push((i, update));
+                Ok(Some((cluster, update))) => {
+                    chosen[i] = Some(cluster);
+                    sent[i] = true;
+                    members[cluster].push(update);
                 }
+                Ok(None) => {}
                 // A site that fails sits the round out.
                 Err(e) => site_errors.push(format!("site '{}': {e}", names[i])),
             }
         }
         let accepted: usize = members.iter().map(Vec::len).sum();
+        let (mut examples, mut loss) = (0.0f64, 0.0f64);
         for (j, cluster) in members.iter().enumerate() {
             let changes: Vec<(&ParameterSet, f64)> = cluster
                 .iter()
-                .map(|(_, u)| (&u.delta, u.n_examples as f64))
+                .map(|u| (&u.delta, u.n_examples as f64))
                 .collect();
+            for u in cluster {
+                examples += u.n_examples as f64;
+                loss += u.n_examples as f64 * u.stats.mean_train_loss;
+            }
             clusters[j] = Arc::new(
                 ifca.aggregate(&clusters[j], &changes)
                     .map_err(|e| EngineError::State(e.to_string()))?,
@@ -106,7 +119,8 @@ pub(crate) fn run_ifca(
         for (i, profile) in profiles.iter().enumerate() {
             let examples =
                 examples_per_round(schedule, training.batch_size, data.sites[i].train.n_rows());
-            let (down, up) = (model_bytes * k as u64, model_bytes);
+            let down = model_bytes * k as u64;
+            let up = if sent[i] { model_bytes } else { 0 };
             let done = now
                 .plus(profile.compute_time(examples))
                 .plus(profile.latency())
@@ -123,13 +137,16 @@ pub(crate) fn run_ifca(
             );
         }
         now = slowest;
-        let largest = largest(&chosen, k);
-        let evaluations = evaluate_all(&sites, data, &clusters[largest])?;
+        let evaluations = evaluate_all(&sites, data, &clusters[largest(&chosen, k)])?;
         let record = RoundRecord {
             round,
-            status: "completed".into(),
+            status: if accepted == 0 {
+                "quorum not met (0/1)".into()
+            } else {
+                "completed".into()
+            },
+            train_loss: if examples > 0.0 { loss / examples } else { 0.0 },
             accepted,
-            rejected: site_errors.len(),
             virtual_seconds: now.since(opened).as_secs_f64(),
             virtual_time: now.as_secs_f64(),
             bytes_up: traffic.values().map(|t: &SiteTraffic| t.up).sum(),
@@ -146,15 +163,25 @@ pub(crate) fn run_ifca(
         observer(&record);
         records.push(record);
     }
-    // The final assignment, by the final models; the run's one model is the
-    // cluster most sites took.
-    let chosen: Vec<usize> = (0..n)
+    // The final assignment, by the final models (a site without training
+    // rows, or whose evaluation fails, takes none); the run's one model is
+    // the cluster most sites took.
+    let chosen: Vec<Option<usize>> = (0..n)
         .into_par_iter()
-        .map(|i| choose(&mut lock(&sites[i]), &clusters, &data.sites[i].train))
-        .collect::<Result<_, _>>()?;
+        .map(|i| {
+            let train = &data.sites[i].train;
+            (train.n_rows() > 0)
+                .then(|| choose(&mut lock(&sites[i]), &clusters, train).ok())
+                .flatten()
+        })
+        .collect();
     let largest = largest(&chosen, k);
     let last_evaluations = evaluate_all(&sites, data, &clusters[largest])?;
-    let own: Vec<Arc<ParameterSet>> = chosen.iter().map(|&j| Arc::clone(&clusters[j])).collect();
+    // A site that took no cluster is evaluated on the run's one model.
+    let own: Vec<Arc<ParameterSet>> = chosen
+        .iter()
+        .map(|j| Arc::clone(&clusters[j.unwrap_or(largest)]))
+        .collect();
     let personal = crate::personal::from_own_models(plan, data, &sites, &own)?.map(|p| Personal {
         clusters: Some((chosen.clone(), k)),
         ..p
@@ -188,22 +215,10 @@ fn choose(
 }
 
 /// The cluster most sites took (the first of equal ones).
-fn largest(chosen: &[usize], k: usize) -> usize {
+fn largest(chosen: &[Option<usize>], k: usize) -> usize {
     let mut counts = vec![0usize; k];
-    for &j in chosen {
+    for &j in chosen.iter().flatten() {
         counts[j] += 1;
     }
     (0..k).fold(0, |best, j| if counts[j] > counts[best] { j } else { best })
-}
-
-/// `model` on every site's test rows, in site order.
-fn evaluate_all(
-    sites: &[std::sync::Mutex<tessera_engine::Site>],
-    data: &FederatedData,
-    model: &ParameterSet,
-) -> Result<Vec<Evaluation>, SimError> {
-    (0..sites.len())
-        .into_par_iter()
-        .map(|i| Ok(lock(&sites[i]).evaluate(model, &data.sites[i].test)?))
-        .collect()
 }

@@ -42,8 +42,9 @@ pub(crate) struct Personal {
     pub regional: Option<Vec<Option<Evaluation>>>,
     /// `[personalization] department`: each site's departments.
     pub departments: Option<Vec<BTreeMap<String, DepartmentAccuracy>>>,
-    /// IFCA: the cluster each site took, and how many clusters.
-    pub clusters: Option<(Vec<usize>, usize)>,
+    /// IFCA: the cluster each site took (none without training rows), and
+    /// how many clusters.
+    pub clusters: Option<(Vec<Option<usize>>, usize)>,
 }
 
 /// One site's personalized model from `start` (the final global model, or

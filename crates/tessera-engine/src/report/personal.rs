@@ -121,7 +121,8 @@ pub struct PersonalizationReport {
     /// local-only model.
     pub sites_beating_both: usize,
     /// IFCA: how many sites took each cluster (by cluster; sites without
-    /// test rows included), the global model being the most taken one's.
+    /// test rows included, those without training rows not), the global
+    /// model being the most taken one's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clusters: Option<Vec<usize>>,
     /// Sites with test rows.
@@ -187,10 +188,12 @@ impl PersonalizationReport {
 
 impl PersonalizationReport {
     /// IFCA: adds the cluster each site took (`chosen`, in the order of
-    /// `names`) and how many took each of the `k` clusters.
-    pub fn with_clusters(mut self, names: &[&str], chosen: &[usize], k: usize) -> Self {
+    /// `names`; none for a site without training rows) and how many took
+    /// each of the `k` clusters.
+    pub fn with_clusters(mut self, names: &[&str], chosen: &[Option<usize>], k: usize) -> Self {
         let mut counts = vec![0usize; k];
-        for (name, &j) in names.iter().zip(chosen) {
+        for (name, j) in names.iter().zip(chosen) {
+            let Some(j) = *j else { continue };
             if let Some(count) = counts.get_mut(j) {
                 *count += 1;
             }
