@@ -594,6 +594,7 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
         ledger: Some(resolved(&ledger_path(args))?),
         local_state: Some(resolved(&local_state_path(args))?),
         continual,
+        importance_out: args.continual.importance_out.is_some(),
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let (summary, results) = runtime.block_on(async {

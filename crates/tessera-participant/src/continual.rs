@@ -138,6 +138,26 @@ impl SiteContinual {
     }
 }
 
+/// Refuses, before the run, a site asked to measure its importance of the
+/// final model (`--importance-out`) where the plan or its rows cannot give
+/// it: under DP (which does not account for it), under a download codec
+/// (the site holds the final model only approximately), or without
+/// training rows.
+pub(crate) fn check_importance_out(plan: &Plan, train_rows: usize) -> Result<(), String> {
+    let why = if plan.privacy.mode != PrivacyMode::Off {
+        "the importance is a statistic of this site's rows without noise, which the plan's DP \
+         does not account for"
+    } else if !plan.compression.download.is_identity() {
+        "under a download codec ([compression] download) this site holds the final model only \
+         approximately"
+    } else if train_rows == 0 {
+        "this site has no training rows to measure it on"
+    } else {
+        return Ok(());
+    };
+    Err(format!("--importance-out: {why}"))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -176,6 +196,17 @@ mod tests {
         assert!(why.contains("starts from another model"), "{why}");
         let why = continual.check_start_model("").unwrap_err();
         assert!(why.contains("does not say"), "{why}");
+    }
+
+    #[test]
+    fn an_importance_the_plan_or_rows_cannot_give_is_refused_before_the_run() {
+        let mut plan = Plan::default();
+        assert!(check_importance_out(&plan, 10).is_ok());
+        let why = check_importance_out(&plan, 0).unwrap_err();
+        assert!(why.contains("no training rows"), "{why}");
+        plan.privacy.mode = PrivacyMode::Central;
+        let why = check_importance_out(&plan, 10).unwrap_err();
+        assert!(why.contains("DP"), "{why}");
     }
 
     #[test]

@@ -172,6 +172,10 @@ pub struct ParticipantConfig {
     /// Continual learning: the earlier model this site continues from, and
     /// elastic weight consolidation toward it (`continual`).
     pub continual: Option<continual::SiteContinual>,
+    /// The site will measure its importance of the final model
+    /// (`--importance-out`): a plan or data that cannot give it is refused
+    /// before the run, not after it.
+    pub importance_out: bool,
 }
 
 /// What a participant did.

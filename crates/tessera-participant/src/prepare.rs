@@ -14,8 +14,8 @@ use crate::checks::{plan_differences, plan_paths_within};
 use crate::client::agree;
 use crate::supervisor::Failure;
 use crate::{
-    ParticipantConfig, ParticipantError, Ready, analytics, cause, client, cross_silo, external,
-    ledger, results,
+    ParticipantConfig, ParticipantError, Ready, analytics, cause, client, continual, cross_silo,
+    external, ledger, results,
 };
 
 /// The coordinator's plan, refused where it differs from the plan this
@@ -209,6 +209,9 @@ pub(crate) async fn prepare(
     // operating system, never leaving it, not even to disk); noise and
     // Poisson batches derive from it: no one with the plan can recompute them.
     let id = ParticipantId::new(&config.site);
+    if config.importance_out {
+        continual::check_importance_out(&plan, data.train.n_rows()).map_err(plan_refused)?;
+    }
     let elastic = match &config.continual {
         Some(continual) => continual
             .elastic(&plan, &agreement, learner.parameters())

@@ -61,7 +61,16 @@ impl Plan {
         let sites = sites as u64;
         let needs = self.federation.strategy.needs();
         let copies = match role {
-            MemoryRole::Simulation => sites.checked_mul(2)?.checked_add(4)?,
+            MemoryRole::Simulation => {
+                // IFCA keeps one model per cluster besides.
+                let clusters = match self.federation.strategy {
+                    tessera_aggregate::StrategyKind::Ifca => {
+                        u64::from(self.strategy_config().clusters.unwrap_or(2))
+                    }
+                    _ => 0,
+                };
+                sites.checked_mul(2)?.checked_add(4 + clusters)?
+            }
             MemoryRole::Coordinator => {
                 let per_site = u64::from(
                     self.robust.rule.needs_all_updates() || self.secure_aggregation.enabled,
@@ -124,5 +133,29 @@ impl Plan {
                 " or fewer sites"
             }
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ifca_counts_its_cluster_models() {
+        let mut plan = Plan::default();
+        let copies = |plan: &Plan| {
+            let bytes = plan.memory_bytes(MemoryRole::Simulation, 10, 2, 5).unwrap();
+            bytes / (4 * plan.model.n_parameters(10, 2).unwrap())
+        };
+        assert_eq!(copies(&plan), 2 * 5 + 4);
+        plan.federation.strategy = tessera_aggregate::StrategyKind::Ifca;
+        plan.strategies.insert(
+            "ifca".into(),
+            tessera_aggregate::StrategyConfig {
+                clusters: Some(7),
+                ..Default::default()
+            },
+        );
+        assert_eq!(copies(&plan), 2 * 5 + 4 + 7);
     }
 }

@@ -93,6 +93,7 @@ pub(crate) fn run_participant<'py>(
         ledger,
         local_state: None,
         continual: None,
+        importance_out: false,
     };
     let external = ExternalSite {
         learner: Box::new(PyLearner { bridge }),
