@@ -25,6 +25,7 @@ mod lifecycle;
 mod live;
 mod logging;
 mod model;
+mod multitask;
 mod ops;
 mod paths;
 mod plot;

@@ -217,7 +217,7 @@ pub fn write_personal_plot(report: &RunReport, path: &Path) -> anyhow::Result<bo
     let Some(p) = &report.personalization else {
         return Ok(false);
     };
-    let mut sites: Vec<(f64, Option<f64>)> = p
+    let sites: Vec<(f64, Option<f64>)> = p
         .per_site
         .values()
         .map(|s| {
@@ -227,6 +227,27 @@ pub fn write_personal_plot(report: &RunReport, path: &Path) -> anyhow::Result<bo
             )
         })
         .collect();
+    let caption = format!(
+        "{} · {} · per-site gain of the personalized model",
+        report.plan, p.strategy
+    );
+    gain_bars(
+        path,
+        &caption,
+        sites,
+        ["over the global model", "over local-only training"],
+    )?;
+    Ok(true)
+}
+
+/// Writes an SVG of two gains per site, as bars, sites in order of the
+/// first gain.
+pub fn gain_bars(
+    path: &Path,
+    caption: &str,
+    mut sites: Vec<(f64, Option<f64>)>,
+    labels: [&str; 2],
+) -> anyhow::Result<()> {
     sites.sort_by(|a, b| a.0.total_cmp(&b.0));
     let all = sites
         .iter()
@@ -236,10 +257,6 @@ pub fn write_personal_plot(report: &RunReport, path: &Path) -> anyhow::Result<bo
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
         let root = SVGBackend::new(path, (800, 420)).into_drawing_area();
         root.fill(&WHITE)?;
-        let caption = format!(
-            "{} · {} · per-site gain of the personalized model",
-            report.plan, p.strategy
-        );
         let mut chart = ChartBuilder::on(&root)
             .caption(caption, ("sans-serif", 18))
             .margin(12)
@@ -248,7 +265,7 @@ pub fn write_personal_plot(report: &RunReport, path: &Path) -> anyhow::Result<bo
             .build_cartesian_2d(0f64..f64::from(n), (low - 0.02)..(high + 0.02))?;
         chart
             .configure_mesh()
-            .x_desc("site (ordered by gain over the global model)")
+            .x_desc(format!("site (ordered by gain {})", labels[0]))
             .y_desc("accuracy gain")
             .disable_x_mesh()
             .draw()?;
@@ -264,7 +281,7 @@ pub fn write_personal_plot(report: &RunReport, path: &Path) -> anyhow::Result<bo
                     .enumerate()
                     .map(|(i, s)| bar(i, 0.1, s.0, colour)),
             )?
-            .label("over the global model")
+            .label(labels[0])
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
         let colour = COLOURS[1];
         chart
@@ -274,7 +291,7 @@ pub fn write_personal_plot(report: &RunReport, path: &Path) -> anyhow::Result<bo
                     .enumerate()
                     .filter_map(|(i, s)| s.1.map(|l| bar(i, 0.5, l, colour))),
             )?
-            .label("over local-only training")
+            .label(labels[1])
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
         chart
             .configure_series_labels()
@@ -285,6 +302,5 @@ pub fn write_personal_plot(report: &RunReport, path: &Path) -> anyhow::Result<bo
         root.present()?;
         Ok(())
     };
-    draw().map_err(|e| anyhow!("{}: cannot write the plot: {e}", path.display()))?;
-    Ok(true)
+    draw().map_err(|e| anyhow!("{}: cannot write the plot: {e}", path.display()))
 }

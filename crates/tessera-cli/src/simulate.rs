@@ -148,6 +148,33 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| report_path.with_extension("svg"));
     check_outputs(&args, &plan, &base_dir, &report_path, &plot_path)?;
+    if plan.multitask.is_some() {
+        let c = &args.continual;
+        let flags = [
+            ("--baselines", args.baselines),
+            ("--target-accuracy", args.target_accuracy.is_some()),
+            ("--attack", args.attack.is_some()),
+            ("--model-out", args.model_out.is_some()),
+            ("--continue-from", c.continue_from.is_some()),
+            ("--importance-out", c.importance_out.is_some()),
+            ("--site-importance-out", c.site_importance_out.is_some()),
+        ];
+        if let Some((flag, _)) = flags.iter().find(|(_, used)| *used) {
+            bail!(
+                "{flag} is not for a [multitask] plan: it reports each task's own federation \
+                 and every site alone beside the multi-task run, and keeps one model per task"
+            );
+        }
+        let source = source.as_ref();
+        return crate::multitask::simulate(
+            &plan,
+            &base_dir,
+            source,
+            &report_path,
+            &plot_path,
+            args.quiet,
+        );
+    }
 
     let data_started = Instant::now();
     let (data, cross_silo) = tessera_sim::load_data(&plan, &base_dir, source.as_ref())?;

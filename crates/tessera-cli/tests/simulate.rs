@@ -551,3 +551,58 @@ fn ifca_simulates_and_the_coordinator_refuses_it() {
     assert!(!run.output.status.success(), "{e}");
     assert!(e.contains("error: ifca runs in simulation only"), "{e}");
 }
+
+/// A multi-task plan simulates (each task's figures three ways, the
+/// report and the per-site plot written), refuses flags of one model, and
+/// the coordinator refuses it, saying why.
+#[test]
+fn multitask_simulates_and_the_coordinator_refuses_it() {
+    let s = util::fresh_copy("multitask");
+    let out = s
+        .run(&[
+            "simulate",
+            "--plan",
+            "examples/heart-multitask.toml",
+            "--rounds",
+            "3",
+            "--report",
+            "mt.json",
+            "--plot",
+            "mt.svg",
+        ])
+        .ok();
+    assert!(out.contains("tasks 'disease'"), "{out}");
+    assert!(out.contains("with the shared body"), "{out}");
+    let report = s.json("mt.json");
+    assert_eq!(report["tasks"][1]["name"], "angina");
+    assert_eq!(report["per_site"]["va"]["task"], "disease");
+    assert!(report["per_site"]["hungarian"]["local"].is_f64());
+    let svg = std::fs::read_to_string(s.path("mt.svg")).unwrap();
+    assert!(svg.contains("<svg"), "no plot");
+    let e = s
+        .run(&[
+            "simulate",
+            "--plan",
+            "examples/heart-multitask.toml",
+            "--baselines",
+        ])
+        .fails();
+    assert!(
+        e.contains("--baselines is not for a [multitask] plan"),
+        "{e}"
+    );
+    let run = s.run(&[
+        "coordinator",
+        "--plan",
+        "examples/heart-multitask.toml",
+        "--db",
+        "c.sqlite",
+        "--insecure",
+    ]);
+    let e = run.stderr();
+    assert!(!run.output.status.success(), "{e}");
+    assert!(
+        e.contains("error: multitask runs in simulation only"),
+        "{e}"
+    );
+}

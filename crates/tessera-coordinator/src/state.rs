@@ -286,6 +286,13 @@ impl Federation {
                     .into(),
             ));
         }
+        if plan.multitask.is_some() {
+            return Err(CoordinatorError::Config(
+                "multitask runs in simulation only for now (its rounds carry one head per \
+                 task); remove [multitask] to deploy"
+                    .into(),
+            ));
+        }
         let central;
         let mut place: Option<(usize, Vec<String>)> = None;
         let mut hierarchy = None;

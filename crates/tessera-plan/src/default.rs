@@ -54,6 +54,7 @@ impl Default for Plan {
             topology: Default::default(),
             analytics: Default::default(),
             personalization: Default::default(),
+            multitask: None,
         }
     }
 }

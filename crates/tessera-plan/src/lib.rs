@@ -39,6 +39,7 @@ use thiserror::Error;
 
 mod default;
 mod memory;
+mod multitask;
 mod personalization;
 mod rules;
 mod settings;
@@ -47,6 +48,7 @@ mod topology;
 mod validate;
 
 pub use memory::{MemoryRole, available_memory};
+pub use multitask::{MAX_TASKS, MultitaskConfig, TaskSpec};
 pub use personalization::PersonalizationConfig;
 pub use rules::{Conflict, RULES, Rule};
 pub use topology::{FailureConfig, GossipGraph, GroupConfig, TopologyConfig, TopologyKind};
@@ -147,6 +149,10 @@ pub struct Plan {
     /// last round; none by default.
     #[serde(default)]
     pub personalization: PersonalizationConfig,
+    /// Multi-task federated learning (`[multitask]`): sites with different
+    /// targets share the model's body, each task its own head (simulation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multitask: Option<MultitaskConfig>,
 }
 
 /// The `[data]` of a plan without one: no files, no columns, no target.

@@ -544,4 +544,59 @@ pub const RULES: &[Rule] = &[
             },
         )
     }),
+    rule("multitask_runs_plain_rounds", |p| {
+        let f = &p.federation;
+        when(
+            p.multitask.is_some()
+                && (f.strategy != StrategyKind::FedAvg
+                    || is_async(p)
+                    || tree_or_gossip(p).is_some()
+                    || secagg(p)
+                    || p.privacy.is_on()
+                    || p.privacy.site_metrics == tessera_privacy::SiteMetrics::Dp
+                    || p.compression.is_active()
+                    || p.robust.rule != tessera_aggregate::RobustRule::Mean
+                    || p.robust.norm_bound.is_some()
+                    || f.fraction < 1.0
+                    || f.quorum > 1
+                    || f.deadline_seconds.is_some()
+                    || f.weighting != crate::Weighting::Examples
+                    || p.simulation.dropout > 0.0
+                    || p.data.cross_silo.is_some()),
+            &[
+                "multitask",
+                "federation",
+                "topology.kind",
+                "secure_aggregation.enabled",
+                "privacy",
+                "compression",
+                "robust",
+                "simulation.dropout",
+                "data.cross_silo",
+            ],
+            || {
+                "multitask runs synchronous flat fedavg rounds of every site, weighed by rows, \
+                 without secure aggregation, DP, compression, a robust rule, dropout or a \
+                 cross-silo feature yet"
+                    .into()
+            },
+        )
+    }),
+    rule("multitask_shares_a_body", |p| {
+        when(
+            p.multitask.is_some()
+                && (p.model.kind != tessera_learn::ModelKind::Mlp
+                    || p.model.hidden.is_empty()
+                    || p.personalization.fine_tunes()
+                    || p.personalization.department.is_some()
+                    || !p.personalization.new_sites.is_empty()),
+            &["multitask", "model.kind", "model.hidden", "personalization"],
+            || {
+                "multitask shares the model's body (every layer but the last) between tasks: \
+                 it needs kind = \"mlp\" with hidden layers, and runs without fine-tuning, \
+                 departments or new sites yet"
+                    .into()
+            },
+        )
+    }),
 ];

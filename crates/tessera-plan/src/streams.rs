@@ -38,3 +38,6 @@ pub const CROSS_SILO: u64 = 14;
 /// IFCA: each cluster's initial model after the first, per cluster (the
 /// first is the plan's initial model).
 pub const IFCA: u64 = 15;
+/// Multi-task: each task's initial head after the first task's, per task
+/// (the body and the first head are the plan's initial model).
+pub const MULTITASK: u64 = 16;

@@ -209,6 +209,11 @@ impl Plan {
         if let Some(Err(e)) = self.baselines.as_ref().map(|b| b.validate()) {
             push(&["baselines"], format!("baselines: {e}"));
         }
+        if let Some(multitask) = &self.multitask {
+            for problem in multitask.problems(&self.data.schema.target) {
+                push(&["multitask"], problem);
+            }
+        }
         let personalization = &self.personalization;
         if personalization.finetune_epochs > 10_000 {
             push(

@@ -190,11 +190,25 @@ fn each_rule_fires_on_the_plan_it_forbids() {
                 p.federation.mode = Mode::Async;
             }),
         ),
+        (
+            "multitask_runs_plain_rounds",
+            Box::new(|p: &mut Plan| {
+                p.multitask = Some(Default::default());
+                p.federation.strategy = StrategyKind::FedProx;
+            }),
+        ),
+        (
+            "multitask_shares_a_body",
+            Box::new(|p: &mut Plan| {
+                p.multitask = Some(Default::default());
+                p.model.kind = tessera_learn::ModelKind::Logistic;
+            }),
+        ),
     ];
-    let table = toml::Value::try_from(Plan::default()).unwrap();
     for (name, breaks) in broken {
         let mut plan = Plan::default();
         breaks(&mut plan);
+        let table = toml::Value::try_from(&plan).unwrap();
         let rule = RULES.iter().find(|r| r.name == name).expect(name);
         let conflict = (rule.check)(&plan).unwrap_or_else(|| panic!("{name} did not fire"));
         assert!(conflicts(&plan).contains(&conflict), "{name}");

@@ -196,6 +196,7 @@ pub fn simulate_continued(
     observer: &mut dyn FnMut(&RoundRecord),
 ) -> Result<RunReport, SimError> {
     plan.validate()?;
+    crate::multitask::elsewhere(plan)?;
     plan.check_cohort(data.sites.len())?;
     if options.attack.is_some() || !plan.personalization.new_sites.is_empty() {
         return Err(EngineError::State(

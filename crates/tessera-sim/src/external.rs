@@ -34,6 +34,7 @@ pub fn simulate_with_learners(
     observer: &mut dyn FnMut(&RoundRecord),
 ) -> Result<RunReport, SimError> {
     plan.validate()?;
+    crate::multitask::elsewhere(plan)?;
     if plan.topology.kind != TopologyKind::Flat || plan.federation.mode != Mode::Sync {
         return Err(state(
             "external learners run in synchronous flat rounds: say mode = \"sync\" in \

@@ -31,6 +31,10 @@
 //! membership between every ordered pair of sites in process, charges each
 //! answering site's ledger first, and adds the feature to every site's rows.
 //!
+//! `multitask.rs` runs a plan's `[multitask]`: one body shared by every
+//! site, a head per task trained by that task's sites, beside each task's
+//! own federation and every site alone.
+//!
 //! `Attack` makes chosen sites malicious (sign flip, scaling, Gaussian noise,
 //! label flip). `secure.rs` plays each cohort's members of a SecAgg+ round in
 //! process against the orchestrator's `secure::SecureRound`, the
@@ -65,6 +69,7 @@ mod external;
 mod gossip;
 mod hierarchy;
 mod ifca;
+pub mod multitask;
 mod personal;
 mod profile;
 mod run;
@@ -76,6 +81,7 @@ pub use baselines::run_baselines;
 pub use continual::{Continuation, accuracy, importance, simulate_continued, site_importance};
 pub use cross_silo::{CrossSiloReport, load_data};
 pub use external::simulate_with_learners;
+pub use multitask::{MultitaskData, MultitaskReport, load_multitask, simulate_multitask};
 pub use profile::Profile;
 pub use run::{SimError, SimOptions, initial_model, simulate, simulation_noise_key};
 pub use tessera_engine::continual::check_continuable;

@@ -110,6 +110,7 @@ pub fn simulate(
     observer: &mut dyn FnMut(&RoundRecord),
 ) -> Result<RunReport, SimError> {
     plan.validate()?;
+    crate::multitask::elsewhere(plan)?;
     if plan.model.kind.is_external() {
         return Err(SimError::Engine(EngineError::State(
             "the plan's model is external: simulate it with its sites' learners \

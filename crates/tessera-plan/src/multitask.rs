@@ -1,0 +1,146 @@
+//! `[multitask]`: sites with different prediction tasks over the same
+//! features. Each task names its target column and its sites; the model's
+//! body (every layer but the last) is shared by all sites, each task has
+//! its own head (the last layer), trained only by the sites of that task.
+
+use serde::{Deserialize, Serialize};
+
+/// Most tasks a plan declares.
+pub const MAX_TASKS: usize = 16;
+
+/// The tasks of a multi-task plan.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultitaskConfig {
+    /// Two or more tasks (`[[multitask.tasks]]`).
+    pub tasks: Vec<TaskSpec>,
+}
+
+/// One task: what its sites predict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// The task's name (letters, digits, `-`, `_`, `.`), as the report
+    /// names it.
+    pub name: String,
+    /// The column this task predicts. Every task's target is left out of
+    /// the features of every task, so all tasks see the same features.
+    pub target: String,
+    /// Target values counted as the positive class (binary tasks), as
+    /// `[data.schema] positive`.
+    #[serde(default)]
+    pub positive: Vec<String>,
+    /// Target values counted as the negative class; every other value is
+    /// positive (as `[data.schema] negative`).
+    #[serde(default)]
+    pub negative: Vec<String>,
+    /// The sites that have this task's labels and train its head; each
+    /// site of the data belongs to exactly one task.
+    pub sites: Vec<String>,
+}
+
+impl MultitaskConfig {
+    /// What is wrong with the tasks on their own, one line each.
+    pub fn problems(&self, schema_target: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        let n = self.tasks.len();
+        if !(2..=MAX_TASKS).contains(&n) {
+            problems.push(format!(
+                "multitask needs 2 to {MAX_TASKS} tasks ([[multitask.tasks]]), got {n}"
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let mut targets = std::collections::BTreeSet::new();
+        let mut sites = std::collections::BTreeMap::new();
+        for task in &self.tasks {
+            let fine = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+            if task.name.is_empty() || task.name.len() > 64 || !task.name.chars().all(fine) {
+                problems.push(format!(
+                    "multitask task name '{}' must be 1 to 64 letters, digits, '-', '_' or '.'",
+                    task.name.escape_debug()
+                ));
+            } else if !names.insert(task.name.as_str()) {
+                problems.push(format!("multitask names task '{}' twice", task.name));
+            }
+            if task.target.trim().is_empty() {
+                problems.push(format!("multitask task '{}' names no target", task.name));
+            } else if !targets.insert(task.target.as_str()) {
+                problems.push(format!(
+                    "multitask tasks share the target '{}': each task predicts its own column",
+                    task.target
+                ));
+            }
+            if task.sites.is_empty() {
+                problems.push(format!("multitask task '{}' names no sites", task.name));
+            }
+            for site in &task.sites {
+                if let Some(other) = sites.insert(site.as_str(), task.name.as_str()) {
+                    problems.push(format!(
+                        "multitask puts site '{site}' in tasks '{other}' and '{}': a site has \
+                         one task",
+                        task.name
+                    ));
+                }
+            }
+        }
+        if n > 0 && !targets.contains(schema_target) {
+            problems.push(format!(
+                "data.schema.target = '{schema_target}' is none of the tasks' targets; name \
+                 one of them ({})",
+                self.tasks
+                    .iter()
+                    .map(|t| t.target.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        problems
+    }
+
+    /// The task of `site`, by index.
+    pub fn task_of(&self, site: &str) -> Option<usize> {
+        self.tasks
+            .iter()
+            .position(|t| t.sites.iter().any(|s| s == site))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(name: &str, target: &str, sites: &[&str]) -> TaskSpec {
+        TaskSpec {
+            name: name.into(),
+            target: target.into(),
+            positive: Vec::new(),
+            negative: Vec::new(),
+            sites: sites.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn tasks_that_cannot_work_are_named() {
+        let good = MultitaskConfig {
+            tasks: vec![task("a", "y", &["s1"]), task("b", "z", &["s2", "s3"])],
+        };
+        assert!(good.problems("y").is_empty());
+        assert_eq!(good.task_of("s3"), Some(1));
+        assert_eq!(good.task_of("s4"), None);
+        let why = good.problems("w").join("\n");
+        assert!(why.contains("none of the tasks' targets"), "{why}");
+        let bad = MultitaskConfig {
+            tasks: vec![task("a", "y", &["s1"]), task("a/b", "y", &["s1"])],
+        };
+        let why = bad.problems("y").join("\n");
+        assert!(why.contains("'a/b' must be"), "{why}");
+        assert!(why.contains("share the target 'y'"), "{why}");
+        assert!(why.contains("site 's1' in tasks 'a' and 'a/b'"), "{why}");
+        let one = MultitaskConfig {
+            tasks: vec![task("a", "y", &[])],
+        };
+        let why = one.problems("y").join("\n");
+        assert!(why.contains("2 to 16 tasks"), "{why}");
+        assert!(why.contains("names no sites"), "{why}");
+    }
+}

@@ -1,0 +1,592 @@
+//! Multi-task federated learning in simulation (`[multitask]`): sites with
+//! different targets over the same features. The model's body (every layer
+//! but the last) is shared by every site; each task has its own head (the
+//! last layer), which only that task's sites train.
+//!
+//! [`load_multitask`] reads the data once per task, with that task's
+//! target and every other task's target left out of the features, so
+//! every task sees the same features; a site takes its rows from its own
+//! task's reading. [`train`] runs the plan's synchronous FedAvg rounds with
+//! one model per group of sites: each round every site trains its group's
+//! model, each head moves by its group's weighted mean change and the body
+//! by the weighted mean change of the sites it is shared with.
+//! [`simulate_multitask`] trains three ways from the same initial models
+//! with the same batches, so that they differ only in what is shared:
+//! `shared` (one body for all, a head per task: multi-task), `separate`
+//! (a whole model per task, as if each task ran its own federation) and
+//! `local` (every site alone).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tessera_core::{ParameterSet, ParticipantId, derive_seed};
+use tessera_data::{ColumnKind, ColumnSpec, DataError, FederatedData, FileSource};
+use tessera_engine::{EngineError, FitTask, Plan, PlanBuild, Site, streams};
+use tessera_learn::Evaluation;
+
+use crate::SimError;
+use crate::sites::lock;
+
+/// Every task's reading of the data, and each site's task.
+#[derive(Debug, Clone)]
+pub struct MultitaskData {
+    /// One reading per task, in the plan's order: that task's target, the
+    /// same features and sites (sorted by name) in each.
+    pub tasks: Vec<FederatedData>,
+    /// Each site's task, by index, in site order.
+    pub site_task: Vec<usize>,
+}
+
+impl MultitaskData {
+    /// The sites' names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.tasks[0].sites.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// The rows of site `i`, as its task reads them.
+    pub fn site(&self, i: usize) -> &tessera_data::SiteData {
+        &self.tasks[self.site_task[i]].sites[i]
+    }
+}
+
+/// Reads the plan's data once per task of its `[multitask]`: each task's
+/// target (with its positive or negative values) replaces the schema's,
+/// and every task's target is left out of the features. Refused when the
+/// readings do not share their features and sites, when a task names a
+/// site the data does not have, or a site of the data has no task.
+pub fn load_multitask(
+    plan: &Plan,
+    base_dir: &Path,
+    source: &dyn FileSource,
+) -> Result<MultitaskData, DataError> {
+    let multitask = plan
+        .multitask
+        .as_ref()
+        .ok_or_else(|| DataError::Config("the plan has no [multitask]".into()))?;
+    let targets: Vec<&str> = multitask.tasks.iter().map(|t| t.target.as_str()).collect();
+    let mut tasks = Vec::with_capacity(multitask.tasks.len());
+    for task in &multitask.tasks {
+        let mut config = plan.data.clone();
+        config.schema.target = task.target.clone();
+        config.schema.positive = task.positive.clone();
+        config.schema.negative = task.negative.clone();
+        for target in &targets {
+            let kind = if *target == task.target {
+                ColumnKind::Categorical
+            } else {
+                ColumnKind::Ignore
+            };
+            match config.schema.columns.iter_mut().find(|c| c.name == *target) {
+                Some(spec) => {
+                    spec.kind = kind;
+                    spec.levels = None;
+                    spec.drop_first = false;
+                }
+                // With a header, a column left unlisted is a feature: an
+                // other task's target must be named to be left out.
+                None if config.schema.header && kind == ColumnKind::Ignore => {
+                    config.schema.columns.push(ColumnSpec {
+                        name: target.to_string(),
+                        kind,
+                        levels: None,
+                        drop_first: false,
+                    });
+                }
+                None => {}
+            }
+        }
+        let data = tessera_data::load(&config, base_dir, source)
+            .map_err(|e| DataError::Config(format!("multitask task '{}': {e}", task.name)))?;
+        tasks.push(data);
+    }
+    let first = &tasks[0];
+    let names: Vec<&str> = first.sites.iter().map(|s| s.name.as_str()).collect();
+    for (data, task) in tasks.iter().zip(&multitask.tasks).skip(1) {
+        if data.feature_names != first.feature_names {
+            return Err(DataError::Config(format!(
+                "multitask: task '{}' reads other features than task '{}' ({} against {}); \
+                 declare each categorical column's levels in [data.schema] columns so that \
+                 every task encodes them alike",
+                task.name,
+                multitask.tasks[0].name,
+                data.feature_names.join(", "),
+                first.feature_names.join(", ")
+            )));
+        }
+        let these: Vec<&str> = data.sites.iter().map(|s| s.name.as_str()).collect();
+        if these != names {
+            return Err(DataError::Config(format!(
+                "multitask: task '{}' reads other sites than task '{}'",
+                task.name, multitask.tasks[0].name
+            )));
+        }
+    }
+    for task in &multitask.tasks {
+        if let Some(site) = task.sites.iter().find(|s| !names.contains(&s.as_str())) {
+            return Err(DataError::Config(format!(
+                "multitask task '{}' names site '{site}', which the data does not have (it \
+                 has {})",
+                task.name,
+                names.join(", ")
+            )));
+        }
+    }
+    let site_task = names
+        .iter()
+        .map(|site| {
+            multitask.task_of(site).ok_or_else(|| {
+                DataError::Config(format!(
+                    "multitask: site '{site}' is in no task; name it in one task's sites"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(MultitaskData { tasks, site_task })
+}
+
+/// What the sites share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// One body for every site, a head per task: multi-task.
+    Shared,
+    /// A whole model per task: each task its own federation.
+    PerTask,
+    /// A whole model per site: each site alone.
+    Local,
+}
+
+/// One round of a multi-task run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MultitaskRound {
+    /// The round, from 1.
+    pub round: u32,
+    /// Mean training loss over the round's rows.
+    pub train_loss: f64,
+    /// Sites that trained.
+    pub accepted: usize,
+    /// Mean over sites of each site's accuracy on its test rows, each with
+    /// its own task's model after the round.
+    pub mean_site_accuracy: f64,
+    /// Sites that failed the round (they sit it out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub site_errors: Vec<String>,
+}
+
+/// A run of one [`Sharing`].
+#[derive(Debug, Clone)]
+pub struct Trained {
+    /// The final model of each group (per task for `Shared` and
+    /// `PerTask`, per site for `Local`).
+    pub models: Vec<ParameterSet>,
+    /// Each site's final model evaluated on its test rows.
+    pub evaluations: Vec<Evaluation>,
+    /// The rounds.
+    pub rounds: Vec<MultitaskRound>,
+}
+
+/// The initial model of each task: the plan's initial model for the
+/// first; for the others its body and a head drawn from the task's own
+/// stream (`streams::MULTITASK`).
+pub fn initial_models(plan: &Plan, data: &MultitaskData) -> Result<Vec<ParameterSet>, SimError> {
+    let n_features = data.tasks[0].n_features();
+    let first = plan
+        .learner(n_features, data.tasks[0].task.n_classes())?
+        .parameters()
+        .clone();
+    let mask = body_mask(&first)?;
+    let mut models = vec![first.clone()];
+    for (t, task) in data.tasks.iter().enumerate().skip(1) {
+        let seed = derive_seed(plan.seed, &[streams::MULTITASK, t as u64]);
+        let mut model = tessera_learn::initial_parameters(
+            &plan.model,
+            n_features,
+            task.task.n_classes(),
+            seed,
+        )?;
+        for (i, _) in mask.iter().enumerate().filter(|(_, body)| **body) {
+            let from = &first.tensors()[i];
+            let to = &mut model.tensors_mut()[i];
+            if to.shape() != from.shape() {
+                return Err(state("the tasks' bodies differ in shape"));
+            }
+            to.data_mut().copy_from_slice(from.data());
+        }
+        models.push(model);
+    }
+    Ok(models)
+}
+
+/// Which tensors of `model` are its body (all but the last layer's).
+fn body_mask(model: &ParameterSet) -> Result<Vec<bool>, SimError> {
+    let head = tessera_aggregate::head_mask(model, 1).map_err(|e| state(&e.to_string()))?;
+    Ok(head.into_iter().map(|h| !h).collect())
+}
+
+/// Refuses a multi-task plan where one model is run.
+pub(crate) fn elsewhere(plan: &Plan) -> Result<(), SimError> {
+    match plan.multitask {
+        Some(_) => Err(state(
+            "the plan has [multitask]: run it with simulate_multitask (tessera simulate does)",
+        )),
+        None => Ok(()),
+    }
+}
+
+fn state(why: &str) -> SimError {
+    SimError::Engine(EngineError::State(format!("multitask: {why}")))
+}
+
+/// The plan's rounds on `data`, sharing as `sharing` says, from the
+/// tasks' [`initial_models`]; `observer` sees each round.
+pub fn train(
+    plan: &Plan,
+    data: &MultitaskData,
+    sharing: Sharing,
+    observer: &mut dyn FnMut(&MultitaskRound),
+) -> Result<Trained, SimError> {
+    let initial = initial_models(plan, data)?;
+    let names = data.names();
+    let n = names.len();
+    let group: Vec<usize> = match sharing {
+        Sharing::Shared | Sharing::PerTask => data.site_task.clone(),
+        Sharing::Local => (0..n).collect(),
+    };
+    let mut models: Vec<Arc<ParameterSet>> = match sharing {
+        Sharing::Shared | Sharing::PerTask => initial.iter().cloned().map(Arc::new).collect(),
+        Sharing::Local => data
+            .site_task
+            .iter()
+            .map(|&t| Arc::new(initial[t].clone()))
+            .collect(),
+    };
+    let mask = body_mask(&initial[0])?;
+    let training = plan.local_training();
+    let n_features = data.tasks[0].n_features();
+    let sites: Vec<Mutex<Site>> = (0..n)
+        .map(|i| {
+            let classes = data.tasks[data.site_task[i]].task.n_classes();
+            let learner = plan.learner(n_features, classes)?;
+            Ok(Mutex::new(Site::new(
+                ParticipantId::new(&names[i]),
+                learner,
+                training.clone(),
+                plan.seed,
+            )))
+        })
+        .collect::<Result<_, SimError>>()?;
+    let server_lr = plan.strategy_config().server_lr.unwrap_or(1.0);
+    let mut rounds = Vec::new();
+    for round in 1..=plan.federation.rounds {
+        let trained: Vec<Result<Option<tessera_core::Update>, SimError>> = (0..n)
+            .into_par_iter()
+            .map(|i| {
+                let train = &data.site(i).train;
+                if train.n_rows() == 0 {
+                    return Ok(None);
+                }
+                let task = FitTask {
+                    round,
+                    global: Arc::clone(&models[group[i]]),
+                    instructions: Default::default(),
+                    deadline: None,
+                };
+                Ok(Some(lock(&sites[i]).fit(&task, train)?))
+            })
+            .collect();
+        // Each group's weighted sum of changes, in site order.
+        let mut sums: Vec<Option<(ParameterSet, f64)>> = vec![None; models.len()];
+        let mut site_errors = Vec::new();
+        let (mut accepted, mut examples, mut loss) = (0usize, 0.0f64, 0.0f64);
+        for (i, t) in trained.into_iter().enumerate() {
+            let update = match t {
+                Ok(Some(update)) => update,
+                Ok(None) => continue,
+                Err(e) => {
+                    site_errors.push(format!("site '{}': {e}", names[i]));
+                    continue;
+                }
+            };
+            let weight = update.n_examples as f64;
+            accepted += 1;
+            examples += weight;
+            loss += weight * update.stats.mean_train_loss;
+            let (sum, total) =
+                sums[group[i]].get_or_insert_with(|| (models[group[i]].zeros_like(), 0.0));
+            sum.add_scaled(&update.delta, weight as f32)
+                .map_err(|e| state(&e.to_string()))?;
+            *total += weight;
+        }
+        // The shared body's change: every group's body sum over all rows.
+        let shared_body = (sharing == Sharing::Shared)
+            .then(|| body_mean(&sums, &mask))
+            .flatten();
+        for (g, sum) in sums.iter().enumerate() {
+            let Some((sum, total)) = sum else { continue };
+            let mut next = models[g].as_ref().clone();
+            for (i, tensor) in next.tensors_mut().iter_mut().enumerate() {
+                let change: Vec<f32> = match (&shared_body, mask[i]) {
+                    (Some(body), true) => body[i].clone(),
+                    _ => sum.tensors()[i]
+                        .data()
+                        .iter()
+                        .map(|v| (f64::from(*v) / total) as f32)
+                        .collect(),
+                };
+                for (value, change) in tensor.data_mut().iter_mut().zip(change) {
+                    *value += server_lr * change;
+                }
+            }
+            next.check_finite().map_err(|e| state(&e.to_string()))?;
+            models[g] = Arc::new(next);
+        }
+        let evaluations = evaluate(&sites, data, &models, &group)?;
+        let record = MultitaskRound {
+            round,
+            train_loss: if examples > 0.0 { loss / examples } else { 0.0 },
+            accepted,
+            mean_site_accuracy: mean_site_accuracy(&evaluations),
+            site_errors,
+        };
+        observer(&record);
+        rounds.push(record);
+    }
+    let evaluations = evaluate(&sites, data, &models, &group)?;
+    Ok(Trained {
+        models: models.iter().map(|m| m.as_ref().clone()).collect(),
+        evaluations,
+        rounds,
+    })
+}
+
+/// The mean change of the body tensors over every group's sum (their
+/// layouts agree on the body), per tensor index; `None` without updates.
+fn body_mean(sums: &[Option<(ParameterSet, f64)>], mask: &[bool]) -> Option<Vec<Vec<f32>>> {
+    let present: Vec<&(ParameterSet, f64)> = sums.iter().flatten().collect();
+    let total: f64 = present.iter().map(|(_, w)| w).sum();
+    let first = present.first()?;
+    Some(
+        (0..mask.len())
+            .map(|i| {
+                if !mask[i] {
+                    return Vec::new();
+                }
+                (0..first.0.tensors()[i].len())
+                    .map(|k| {
+                        let s: f64 = present
+                            .iter()
+                            .map(|(sum, _)| f64::from(sum.tensors()[i].data()[k]))
+                            .sum();
+                        (s / total) as f32
+                    })
+                    .collect()
+            })
+            .collect(),
+    )
+}
+
+/// Each site's group's model on its test rows.
+fn evaluate(
+    sites: &[Mutex<Site>],
+    data: &MultitaskData,
+    models: &[Arc<ParameterSet>],
+    group: &[usize],
+) -> Result<Vec<Evaluation>, SimError> {
+    (0..sites.len())
+        .into_par_iter()
+        .map(|i| Ok(lock(&sites[i]).evaluate(&models[group[i]], &data.site(i).test)?))
+        .collect()
+}
+
+fn accuracy(e: &Evaluation) -> f64 {
+    if e.n_examples == 0 {
+        0.0
+    } else {
+        e.n_correct as f64 / e.n_examples as f64
+    }
+}
+
+/// Mean over the sites with test rows of their accuracy.
+fn mean_site_accuracy(evaluations: &[Evaluation]) -> f64 {
+    let with: Vec<f64> = evaluations
+        .iter()
+        .filter(|e| e.n_examples > 0)
+        .map(accuracy)
+        .collect();
+    if with.is_empty() {
+        0.0
+    } else {
+        with.iter().sum::<f64>() / with.len() as f64
+    }
+}
+
+/// Accuracy over a set of sites.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Figures {
+    /// Over all their test rows.
+    pub accuracy: f64,
+    /// The mean over the sites of each site's accuracy.
+    pub mean_site_accuracy: f64,
+}
+
+impl Figures {
+    fn of<'a>(evaluations: impl IntoIterator<Item = &'a Evaluation> + Clone) -> Figures {
+        let (correct, rows) = evaluations
+            .clone()
+            .into_iter()
+            .fold((0u64, 0u64), |(c, r), e| {
+                (c + e.n_correct, r + e.n_examples)
+            });
+        let all: Vec<Evaluation> = evaluations.into_iter().cloned().collect();
+        Figures {
+            accuracy: if rows == 0 {
+                0.0
+            } else {
+                correct as f64 / rows as f64
+            },
+            mean_site_accuracy: mean_site_accuracy(&all),
+        }
+    }
+}
+
+/// One task's figures, each way of sharing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// The task's name.
+    pub name: String,
+    /// The column it predicts.
+    pub target: String,
+    /// Its classes.
+    pub classes: Vec<String>,
+    /// Its sites.
+    pub sites: Vec<String>,
+    /// Its sites' test rows.
+    pub test_rows: u64,
+    /// Multi-task: the body shared with every task.
+    pub shared: Figures,
+    /// The task's own federation: a whole model of its sites only.
+    pub separate: Figures,
+    /// Each of its sites alone.
+    pub local: Figures,
+}
+
+/// One site's accuracy on its test rows, each way of sharing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteResult {
+    /// The site's task.
+    pub task: String,
+    /// Training rows.
+    pub train_rows: usize,
+    /// Test rows.
+    pub test_rows: usize,
+    /// Multi-task.
+    pub shared: f64,
+    /// The task's own federation.
+    pub separate: f64,
+    /// Alone.
+    pub local: f64,
+}
+
+/// What `tessera simulate` reports of a multi-task plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MultitaskReport {
+    /// The plan's name.
+    pub plan: String,
+    /// The run seed.
+    pub seed: u64,
+    /// The multi-task run's rounds.
+    pub rounds: Vec<MultitaskRound>,
+    /// Over every site, each way of sharing.
+    pub shared: Figures,
+    /// The tasks' own federations.
+    pub separate: Figures,
+    /// Every site alone.
+    pub local: Figures,
+    /// Per task.
+    pub tasks: Vec<TaskResult>,
+    /// Per site.
+    pub per_site: BTreeMap<String, SiteResult>,
+}
+
+/// The multi-task run and, from the same initial models and batches, each
+/// task's own federation and every site alone; `observer` sees the
+/// multi-task run's rounds. Also gives the multi-task run's models, one per
+/// task.
+pub fn simulate_multitask(
+    plan: &Plan,
+    data: &MultitaskData,
+    observer: &mut dyn FnMut(&MultitaskRound),
+) -> Result<(MultitaskReport, Vec<ParameterSet>), SimError> {
+    plan.validate()?;
+    let specs = &plan
+        .multitask
+        .as_ref()
+        .ok_or_else(|| state("the plan has no [multitask]"))?
+        .tasks;
+    let shared = train(plan, data, Sharing::Shared, observer)?;
+    let separate = train(plan, data, Sharing::PerTask, &mut |_| {})?;
+    let local = train(plan, data, Sharing::Local, &mut |_| {})?;
+    let names = data.names();
+    let tasks = specs
+        .iter()
+        .enumerate()
+        .map(|(t, spec)| {
+            let of = |trained: &Trained| {
+                Figures::of(
+                    trained
+                        .evaluations
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| data.site_task[*i] == t)
+                        .map(|(_, e)| e),
+                )
+            };
+            let members: Vec<usize> = (0..names.len())
+                .filter(|i| data.site_task[*i] == t)
+                .collect();
+            TaskResult {
+                name: spec.name.clone(),
+                target: spec.target.clone(),
+                classes: data.tasks[t].task.classes.clone(),
+                sites: members.iter().map(|&i| names[i].clone()).collect(),
+                test_rows: members
+                    .iter()
+                    .map(|&i| data.site(i).test.n_rows() as u64)
+                    .sum(),
+                shared: of(&shared),
+                separate: of(&separate),
+                local: of(&local),
+            }
+        })
+        .collect();
+    let per_site = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            (
+                name.clone(),
+                SiteResult {
+                    task: specs[data.site_task[i]].name.clone(),
+                    train_rows: data.site(i).train.n_rows(),
+                    test_rows: data.site(i).test.n_rows(),
+                    shared: accuracy(&shared.evaluations[i]),
+                    separate: accuracy(&separate.evaluations[i]),
+                    local: accuracy(&local.evaluations[i]),
+                },
+            )
+        })
+        .collect();
+    let report = MultitaskReport {
+        plan: plan.name.clone(),
+        seed: plan.seed,
+        rounds: shared.rounds,
+        shared: Figures::of(&shared.evaluations),
+        separate: Figures::of(&separate.evaluations),
+        local: Figures::of(&local.evaluations),
+        tasks,
+        per_site,
+    };
+    Ok((report, shared.models))
+}
