@@ -75,7 +75,7 @@ pub fn simulate(
     let gains: Vec<(f64, Option<f64>)> = report
         .per_site
         .values()
-        .map(|s| (s.shared - s.separate, Some(s.shared - s.local)))
+        .filter_map(|s| Some((s.shared? - s.separate?, Some(s.shared? - s.local?))))
         .collect();
     crate::plot::gain_bars(
         plot_path,
@@ -112,16 +112,24 @@ pub fn simulate(
     let better = report
         .per_site
         .values()
-        .filter(|s| s.shared > s.separate.max(s.local))
+        .filter(|s| match (s.shared, s.separate, s.local) {
+            (Some(shared), Some(separate), Some(local)) => shared > separate.max(local),
+            _ => false,
+        })
+        .count();
+    let tested = report
+        .per_site
+        .values()
+        .filter(|s| s.shared.is_some())
         .count();
     writeln!(
         out,
         "final: mean per-site accuracy {:.4} with the shared body, {:.4} with each task's own \
-         federation, {:.4} alone; the shared body beats both at {better} of {} sites",
+         federation, {:.4} alone; the shared body beats both at {better} of {tested} sites \
+         with test rows",
         report.shared.mean_site_accuracy,
         report.separate.mean_site_accuracy,
         report.local.mean_site_accuracy,
-        names.len()
     )?;
     writeln!(out, "report: {}", report_path.display())?;
     writeln!(out, "plot: {}", plot_path.display())?;

@@ -51,11 +51,11 @@ pub use dataset::{Dataset, FeatureStatistics, FederatedData, Scaler, SiteData, S
 pub use error::{DataError, Location};
 pub use levels::{agree_levels, canonical_level, level_order};
 pub use prepare::{
-    Agreement, ColumnKinds, DeriveFeature, Encoding, FederatedRecords, Group, KindsOffer,
+    Agreement, ColumnKinds, DeriveFeature, Encoding, FederatedRecords, Group, KeepSite, KindsOffer,
     LevelsOffer, LocalSite, MAX_DECLARED_ROWS, MAX_DECLARED_SITES, MISSING_LEVEL, PendingSite,
     RecordColumn, SiteIdentifiers, SiteRecords, agree_kinds, agree_vocabulary, declared_rows, load,
-    load_cross_silo, load_records, read_local_site, read_local_sites, read_pending_site,
-    records_schema,
+    load_cross_silo, load_records, load_sites, read_local_site, read_local_sites,
+    read_pending_site, records_schema,
 };
 pub use read::{FileSource, Filesystem, InMemory};
 pub use table::{MAX_TABLE_ROWS, Table, read_table};

@@ -100,7 +100,23 @@ pub fn load(
     base_dir: &Path,
     source: &dyn FileSource,
 ) -> Result<FederatedData, DataError> {
-    with_agreed_sites(config, base_dir, source, None, prepare_sites)
+    with_agreed_sites(config, base_dir, source, None, None, prepare_sites)
+}
+
+/// Which sites to read: `Ok(true)` keeps a site, `Ok(false)` leaves it out
+/// before any of its rows is prepared, an error refuses the data.
+pub type KeepSite<'a> = dyn FnMut(&str) -> Result<bool, DataError> + 'a;
+
+/// [`load`] of the sites `keep` keeps (simulation's multi-task reading:
+/// a task's sites only, as another task's sites need not have its
+/// labels). The agreement steps run over the kept sites alone.
+pub fn load_sites(
+    config: &DataConfig,
+    base_dir: &Path,
+    source: &dyn FileSource,
+    keep: &mut KeepSite<'_>,
+) -> Result<FederatedData, DataError> {
+    with_agreed_sites(config, base_dir, source, None, Some(keep), prepare_sites)
 }
 
 /// [`load`] for a plan with `[data.cross_silo]`: each site's identifier
@@ -114,7 +130,7 @@ pub fn load_cross_silo(
     source: &dyn FileSource,
     derive: &mut DeriveFeature<'_>,
 ) -> Result<FederatedData, DataError> {
-    with_agreed_sites(config, base_dir, source, Some(derive), prepare_sites)
+    with_agreed_sites(config, base_dir, source, Some(derive), None, prepare_sites)
 }
 
 /// Reads every site's rows as `config` describes (generated first, with
@@ -126,6 +142,7 @@ pub(crate) fn with_agreed_sites<T>(
     base_dir: &Path,
     source: &dyn FileSource,
     derive: Option<&mut DeriveFeature<'_>>,
+    keep: Option<&mut KeepSite<'_>>,
     then: impl FnOnce(&DataConfig, Vec<LocalSite>, Agreement) -> Result<T, DataError>,
 ) -> Result<T, DataError> {
     config.validate()?;
@@ -134,7 +151,7 @@ pub(crate) fn with_agreed_sites<T>(
         Some((named, generated)) => (named, generated as &dyn FileSource),
         None => (config, source),
     };
-    let mut sites = site::read_local_sites_with(config, base_dir, source, derive)?;
+    let mut sites = site::read_local_sites_with(config, base_dir, source, derive, keep)?;
     if sites.is_empty() {
         return Err(DataError::Unusable("no site has any rows".into()));
     }

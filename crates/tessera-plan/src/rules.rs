@@ -582,6 +582,29 @@ pub const RULES: &[Rule] = &[
             },
         )
     }),
+    rule("multitask_reads_each_tasks_rows_alike", |p| {
+        let d = &p.data;
+        when(
+            p.multitask.is_some()
+                && (d.partition.is_some()
+                    || d.synthetic.is_some()
+                    || (d.standardize.enabled
+                        && d.standardize.scope == tessera_data::ScaleScope::Federation)),
+            &[
+                "multitask",
+                "data.partition",
+                "data.synthetic",
+                "data.standardize.scope",
+            ],
+            || {
+                "multitask reads each task's sites with the task's target: a partition dealt \
+                 by target would give a site other rows in each task, generated rows have one \
+                 target, and federation-wide scaling would differ by task; name the sites \
+                 (site_column or [[data.sites]]) and scale per site"
+                    .into()
+            },
+        )
+    }),
     rule("multitask_shares_a_body", |p| {
         when(
             p.multitask.is_some()

@@ -198,6 +198,12 @@ fn each_rule_fires_on_the_plan_it_forbids() {
             }),
         ),
         (
+            "multitask_reads_each_tasks_rows_alike",
+            Box::new(|p: &mut Plan| {
+                p.multitask = Some(Default::default());
+            }),
+        ),
+        (
             "multitask_shares_a_body",
             Box::new(|p: &mut Plan| {
                 p.multitask = Some(Default::default());

@@ -17,6 +17,7 @@ use tessera_engine::report::{
 /// that fails to train is left out and its failure named in `errors`; the
 /// others are still reported.
 pub fn run_baselines(plan: &Plan, data: &FederatedData) -> Result<Baselines, SimError> {
+    crate::multitask::elsewhere(plan)?;
     let initial = initial_model(plan, data)?;
     let training = plan.baseline_training();
     let local_plan = LocalPlan::plain(&training);

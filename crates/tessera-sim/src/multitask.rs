@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tessera_core::{ParameterSet, ParticipantId, derive_seed};
 use tessera_data::{ColumnKind, ColumnSpec, DataError, FederatedData, FileSource};
-use tessera_engine::{EngineError, FitTask, Plan, PlanBuild, Site, streams};
+use tessera_engine::{EngineError, FitTask, Plan, PlanBuild, Site, TaskSpec, streams};
 use tessera_learn::Evaluation;
 
 use crate::SimError;
@@ -33,30 +33,41 @@ use crate::sites::lock;
 /// Every task's reading of the data, and each site's task.
 #[derive(Debug, Clone)]
 pub struct MultitaskData {
-    /// One reading per task, in the plan's order: that task's target, the
-    /// same features and sites (sorted by name) in each.
+    /// One reading per task, in the plan's order: that task's sites
+    /// (sorted by name) with its target, every reading with the same
+    /// features.
     pub tasks: Vec<FederatedData>,
+    /// Every site's name, sorted.
+    pub names: Vec<String>,
     /// Each site's task, by index, in site order.
     pub site_task: Vec<usize>,
+    /// Each site's place in its task's reading, in site order.
+    pub place: Vec<usize>,
 }
 
 impl MultitaskData {
     /// The sites' names, sorted.
     pub fn names(&self) -> Vec<String> {
-        self.tasks[0].sites.iter().map(|s| s.name.clone()).collect()
+        self.names.clone()
     }
 
     /// The rows of site `i`, as its task reads them.
     pub fn site(&self, i: usize) -> &tessera_data::SiteData {
-        &self.tasks[self.site_task[i]].sites[i]
+        &self.tasks[self.site_task[i]].sites[self.place[i]]
+    }
+
+    /// The rows of site `i`, to change (tests).
+    pub fn site_mut(&mut self, i: usize) -> &mut tessera_data::SiteData {
+        &mut self.tasks[self.site_task[i]].sites[self.place[i]]
     }
 }
 
-/// Reads the plan's data once per task of its `[multitask]`: each task's
-/// target (with its positive or negative values) replaces the schema's,
-/// and every task's target is left out of the features. Refused when the
-/// readings do not share their features and sites, when a task names a
-/// site the data does not have, or a site of the data has no task.
+/// Reads the plan's data once per task of its `[multitask]`, each task's
+/// sites only: each task's target (with its positive or negative values)
+/// replaces the schema's, and every task's target is left out of the
+/// features (a site need not have the other tasks' columns filled).
+/// Refused when the readings do not share their features, when a task
+/// names a site the data does not have, or a site of the data has no task.
 pub fn load_multitask(
     plan: &Plan,
     base_dir: &Path,
@@ -66,13 +77,30 @@ pub fn load_multitask(
         .multitask
         .as_ref()
         .ok_or_else(|| DataError::Config("the plan has no [multitask]".into()))?;
+    plan.validate()
+        .map_err(|e| DataError::Config(e.to_string()))?;
     let targets: Vec<&str> = multitask.tasks.iter().map(|t| t.target.as_str()).collect();
+    let schema = &plan.data.schema;
+    if !schema.header
+        && let Some(target) = targets
+            .iter()
+            .find(|t| !schema.columns.iter().any(|c| c.name == **t))
+    {
+        return Err(DataError::Config(format!(
+            "multitask: without a header ([data.schema] header = false) every column must \
+                 be named in [data.schema] columns, and the task target '{target}' is not"
+        )));
+    }
     let mut tasks = Vec::with_capacity(multitask.tasks.len());
     for task in &multitask.tasks {
         let mut config = plan.data.clone();
         config.schema.target = task.target.clone();
-        config.schema.positive = task.positive.clone();
-        config.schema.negative = task.negative.clone();
+        // The task of the schema's target takes the schema's classes unless
+        // it gives its own.
+        if task.target != schema.target || !task.positive.is_empty() || !task.negative.is_empty() {
+            config.schema.positive = task.positive.clone();
+            config.schema.negative = task.negative.clone();
+        }
         for target in &targets {
             let kind = if *target == task.target {
                 ColumnKind::Categorical
@@ -98,12 +126,35 @@ pub fn load_multitask(
                 None => {}
             }
         }
-        let data = tessera_data::load(&config, base_dir, source)
+        // One file per site: the other tasks' files are not read at all.
+        for site in &task.sites {
+            if !config.sites.is_empty() && !config.sites.iter().any(|s| &s.name == site) {
+                return Err(unknown_site(&task.name, site, &plan.data));
+            }
+        }
+        for site in &config.sites {
+            if multitask.task_of(&site.name).is_none() {
+                return Err(no_task(&site.name));
+            }
+        }
+        config.sites.retain(|s| task.sites.contains(&s.name));
+        let mut kept = Vec::new();
+        let mut keep = |site: &str| match multitask.task_of(site) {
+            Some(_) if task.sites.iter().any(|s| s == site) => {
+                kept.push(site.to_string());
+                Ok(true)
+            }
+            Some(_) => Ok(false),
+            None => Err(no_task(site)),
+        };
+        let data = tessera_data::load_sites(&config, base_dir, source, &mut keep)
             .map_err(|e| DataError::Config(format!("multitask task '{}': {e}", task.name)))?;
+        if let Some(site) = task.sites.iter().find(|s| !kept.contains(s)) {
+            return Err(unknown_site(&task.name, site, &plan.data));
+        }
         tasks.push(data);
     }
     let first = &tasks[0];
-    let names: Vec<&str> = first.sites.iter().map(|s| s.name.as_str()).collect();
     for (data, task) in tasks.iter().zip(&multitask.tasks).skip(1) {
         if data.feature_names != first.feature_names {
             return Err(DataError::Config(format!(
@@ -116,35 +167,49 @@ pub fn load_multitask(
                 first.feature_names.join(", ")
             )));
         }
-        let these: Vec<&str> = data.sites.iter().map(|s| s.name.as_str()).collect();
-        if these != names {
-            return Err(DataError::Config(format!(
-                "multitask: task '{}' reads other sites than task '{}'",
-                task.name, multitask.tasks[0].name
-            )));
-        }
     }
-    for task in &multitask.tasks {
-        if let Some(site) = task.sites.iter().find(|s| !names.contains(&s.as_str())) {
-            return Err(DataError::Config(format!(
-                "multitask task '{}' names site '{site}', which the data does not have (it \
-                 has {})",
-                task.name,
-                names.join(", ")
-            )));
-        }
-    }
-    let site_task = names
+    let mut sites: Vec<(String, usize, usize)> = tasks
         .iter()
-        .map(|site| {
-            multitask.task_of(site).ok_or_else(|| {
-                DataError::Config(format!(
-                    "multitask: site '{site}' is in no task; name it in one task's sites"
-                ))
-            })
+        .enumerate()
+        .flat_map(|(t, data)| {
+            data.sites
+                .iter()
+                .enumerate()
+                .map(move |(place, s)| (s.name.clone(), t, place))
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(MultitaskData { tasks, site_task })
+        .collect();
+    sites.sort();
+    Ok(MultitaskData {
+        names: sites.iter().map(|s| s.0.clone()).collect(),
+        site_task: sites.iter().map(|s| s.1).collect(),
+        place: sites.iter().map(|s| s.2).collect(),
+        tasks,
+    })
+}
+
+fn unknown_site(task: &str, site: &str, config: &tessera_data::DataConfig) -> DataError {
+    let listed = if config.sites.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (it has {})",
+            config
+                .sites
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    DataError::Config(format!(
+        "multitask task '{task}' names site '{site}', which the data does not have{listed}"
+    ))
+}
+
+fn no_task(site: &str) -> DataError {
+    DataError::Config(format!(
+        "multitask: site '{site}' is in no task; name it in one task's sites"
+    ))
 }
 
 /// What the sites share.
@@ -225,6 +290,34 @@ fn body_mask(model: &ParameterSet) -> Result<Vec<bool>, SimError> {
     Ok(head.into_iter().map(|h| !h).collect())
 }
 
+/// The plan's tasks, refused where the plan is invalid or `data` is not
+/// its tasks' reading.
+fn checked<'a>(plan: &'a Plan, data: &MultitaskData) -> Result<&'a [TaskSpec], SimError> {
+    plan.validate()?;
+    let specs = &plan
+        .multitask
+        .as_ref()
+        .ok_or_else(|| state("the plan has no [multitask]"))?
+        .tasks;
+    let n = data.names.len();
+    if data.tasks.len() != specs.len()
+        || data.site_task.len() != n
+        || data.place.len() != n
+        || (0..n).any(|i| {
+            data.tasks.get(data.site_task[i]).is_none_or(|t| {
+                t.sites
+                    .get(data.place[i])
+                    .is_none_or(|s| s.name != data.names[i])
+            })
+        })
+    {
+        return Err(state(
+            "the data is not this plan's tasks' reading (load_multitask)",
+        ));
+    }
+    Ok(specs)
+}
+
 /// Refuses a multi-task plan where one model is run.
 pub(crate) fn elsewhere(plan: &Plan) -> Result<(), SimError> {
     match plan.multitask {
@@ -247,6 +340,7 @@ pub fn train(
     sharing: Sharing,
     observer: &mut dyn FnMut(&MultitaskRound),
 ) -> Result<Trained, SimError> {
+    checked(plan, data)?;
     let initial = initial_models(plan, data)?;
     let names = data.names();
     let n = names.len();
@@ -323,17 +417,22 @@ pub fn train(
         let shared_body = (sharing == Sharing::Shared)
             .then(|| body_mean(&sums, &mask))
             .flatten();
+        // A group without updates keeps its head, and takes the shared
+        // body's change all the same: the body stays one.
         for (g, sum) in sums.iter().enumerate() {
-            let Some((sum, total)) = sum else { continue };
+            if sum.is_none() && shared_body.is_none() {
+                continue;
+            }
             let mut next = models[g].as_ref().clone();
             for (i, tensor) in next.tensors_mut().iter_mut().enumerate() {
-                let change: Vec<f32> = match (&shared_body, mask[i]) {
-                    (Some(body), true) => body[i].clone(),
-                    _ => sum.tensors()[i]
+                let change: Vec<f32> = match (&shared_body, mask[i], sum) {
+                    (Some(body), true, _) => body[i].clone(),
+                    (_, _, Some((sum, total))) => sum.tensors()[i]
                         .data()
                         .iter()
                         .map(|v| (f64::from(*v) / total) as f32)
                         .collect(),
+                    (_, _, None) => continue,
                 };
                 for (value, change) in tensor.data_mut().iter_mut().zip(change) {
                     *value += server_lr * change;
@@ -398,6 +497,11 @@ fn evaluate(
         .into_par_iter()
         .map(|i| Ok(lock(&sites[i]).evaluate(&models[group[i]], &data.site(i).test)?))
         .collect()
+}
+
+/// A site's accuracy, none without test rows.
+fn tested(e: &Evaluation) -> Option<f64> {
+    (e.n_examples > 0).then(|| accuracy(e))
 }
 
 fn accuracy(e: &Evaluation) -> f64 {
@@ -481,12 +585,12 @@ pub struct SiteResult {
     pub train_rows: usize,
     /// Test rows.
     pub test_rows: usize,
-    /// Multi-task.
-    pub shared: f64,
+    /// Multi-task (none without test rows).
+    pub shared: Option<f64>,
     /// The task's own federation.
-    pub separate: f64,
+    pub separate: Option<f64>,
     /// Alone.
-    pub local: f64,
+    pub local: Option<f64>,
 }
 
 /// What `tessera simulate` reports of a multi-task plan.
@@ -519,12 +623,8 @@ pub fn simulate_multitask(
     data: &MultitaskData,
     observer: &mut dyn FnMut(&MultitaskRound),
 ) -> Result<(MultitaskReport, Vec<ParameterSet>), SimError> {
-    plan.validate()?;
-    let specs = &plan
-        .multitask
-        .as_ref()
-        .ok_or_else(|| state("the plan has no [multitask]"))?
-        .tasks;
+    let specs = checked(plan, data)?;
+    plan.check_cohort(data.names.len())?;
     let shared = train(plan, data, Sharing::Shared, observer)?;
     let separate = train(plan, data, Sharing::PerTask, &mut |_| {})?;
     let local = train(plan, data, Sharing::Local, &mut |_| {})?;
@@ -571,9 +671,9 @@ pub fn simulate_multitask(
                     task: specs[data.site_task[i]].name.clone(),
                     train_rows: data.site(i).train.n_rows(),
                     test_rows: data.site(i).test.n_rows(),
-                    shared: accuracy(&shared.evaluations[i]),
-                    separate: accuracy(&separate.evaluations[i]),
-                    local: accuracy(&local.evaluations[i]),
+                    shared: tested(&shared.evaluations[i]),
+                    separate: tested(&separate.evaluations[i]),
+                    local: tested(&local.evaluations[i]),
                 },
             )
         })

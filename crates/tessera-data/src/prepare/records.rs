@@ -127,6 +127,7 @@ pub fn load_records(
         base_dir,
         source,
         None,
+        None,
         |config, sites, agreement| records_of(config, &sites, &agreement),
     )
 }

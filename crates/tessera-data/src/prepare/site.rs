@@ -35,7 +35,7 @@ pub fn read_local_sites(
     base_dir: &Path,
     source: &dyn FileSource,
 ) -> Result<Vec<LocalSite>, DataError> {
-    read_local_sites_with(config, base_dir, source, None)
+    read_local_sites_with(config, base_dir, source, None, None)
 }
 
 /// [`read_local_sites`], with `[data.cross_silo]`'s identifier column
@@ -45,10 +45,20 @@ pub(super) fn read_local_sites_with(
     base_dir: &Path,
     source: &dyn FileSource,
     derive: Option<&mut DeriveFeature<'_>>,
+    keep: Option<&mut super::KeepSite<'_>>,
 ) -> Result<Vec<LocalSite>, DataError> {
     config.validate()?;
     let table = membership_table(config, base_dir, source)?;
     let mut raws = read_sites(config, base_dir, source)?;
+    if let Some(keep) = keep {
+        let mut kept = Vec::with_capacity(raws.len());
+        for raw in raws {
+            if keep(&raw.name)? {
+                kept.push(raw);
+            }
+        }
+        raws = kept;
+    }
     match derive {
         Some(derive) => derive_column(config, &mut raws, derive)?,
         None if config.cross_silo.is_some() => return Err(unsupported()),
