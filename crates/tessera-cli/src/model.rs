@@ -141,6 +141,21 @@ pub fn of_simulation(
     data: &FederatedData,
     report: &tessera_engine::report::RunReport,
 ) -> anyhow::Result<ModelFile> {
+    of_parameters(
+        plan,
+        data,
+        report.rounds.last().map_or(0, |r| r.round),
+        report.final_parameters.clone(),
+    )
+}
+
+/// The model file of `parameters` after `round` of a simulation on `data`.
+pub fn of_parameters(
+    plan: &Plan,
+    data: &FederatedData,
+    round: u32,
+    parameters: tessera_core::ParameterSet,
+) -> anyhow::Result<ModelFile> {
     let federation = if plan.data.standardize.enabled {
         (plan.data.standardize.scope == ScaleScope::Federation)
             .then(|| data.sites.first().map(|s| s.scaler.clone()))
@@ -159,8 +174,8 @@ pub fn of_simulation(
             id: None,
             written_by: "simulation".into(),
         },
-        report.rounds.last().map_or(0, |r| r.round),
-        report.final_parameters.clone(),
+        round,
+        parameters,
     )?)
 }
 

@@ -19,10 +19,35 @@ pub fn simulate(
     report_path: &Path,
     plot_path: &Path,
     quiet: bool,
+    model_out: Option<&Path>,
+    plan_file: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let data = tessera_sim::load_multitask(plan, base_dir, source)?;
-    let names = data.names();
     let specs = plan.multitask.as_ref().map(|m| &m.tasks[..]).unwrap_or(&[]);
+    let data = tessera_sim::load_multitask(plan, base_dir, source)?;
+    let model_paths: Vec<(String, std::path::PathBuf)> = match model_out {
+        None => Vec::new(),
+        Some(path) => specs
+            .iter()
+            .map(|t| (t.name.clone(), task_path(path, &t.name)))
+            .collect(),
+    };
+    let flags: Vec<String> = model_paths
+        .iter()
+        .map(|(task, _)| format!("--model-out (task '{task}')"))
+        .collect();
+    let mut outputs = vec![("--report", report_path), ("--plot", plot_path)];
+    outputs.extend(
+        flags
+            .iter()
+            .map(String::as_str)
+            .zip(model_paths.iter().map(|(_, p)| p.as_path())),
+    );
+    let mut inputs = crate::paths::plan_data_inputs(&plan.data, base_dir);
+    if let Some(path) = plan_file {
+        inputs.push(crate::paths::Input::new("the plan file", path));
+    }
+    crate::paths::check_outputs(&outputs, &inputs)?;
+    let names = data.names();
     if !quiet {
         let tasks: Vec<String> = specs
             .iter()
@@ -65,7 +90,19 @@ pub fn simulate(
             let _ = writeln!(out, "       warning: {error}");
         }
     };
-    let (report, _models) = tessera_sim::simulate_multitask(plan, &data, &mut observer)?;
+    let (report, models) = tessera_sim::simulate_multitask(plan, &data, &mut observer)?;
+    // Each task's model: the shared body and the task's head, with the
+    // task's target, classes and encoding.
+    for (t, (task, path)) in model_paths.iter().enumerate() {
+        let round = report.rounds.last().map_or(0, |r| r.round);
+        let mut file = crate::model::of_parameters(plan, &data.tasks[t], round, models[t].clone())?;
+        file.header.target = specs[t].target.clone();
+        file.header.lineage.parent = format!(
+            "the plan's initial model (seed {}), task '{task}' of [multitask]",
+            plan.seed
+        );
+        crate::model::write(path, &file)?;
+    }
     if let Some(dir) = report_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -131,7 +168,23 @@ pub fn simulate(
         report.separate.mean_site_accuracy,
         report.local.mean_site_accuracy,
     )?;
+    for (task, path) in &model_paths {
+        writeln!(out, "model of task '{task}': {}", path.display())?;
+    }
     writeln!(out, "report: {}", report_path.display())?;
     writeln!(out, "plot: {}", plot_path.display())?;
     Ok(())
+}
+
+/// `path` with `-TASK` after its stem: `out/model.tsm` gives
+/// `out/model-disease.tsm`.
+fn task_path(path: &Path, task: &str) -> std::path::PathBuf {
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "model".to_string(), |s| s.to_string_lossy().into_owned());
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{task}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{task}"),
+    };
+    path.with_file_name(name)
 }

@@ -154,7 +154,6 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             ("--baselines", args.baselines),
             ("--target-accuracy", args.target_accuracy.is_some()),
             ("--attack", args.attack.is_some()),
-            ("--model-out", args.model_out.is_some()),
             ("--continue-from", c.continue_from.is_some()),
             ("--importance-out", c.importance_out.is_some()),
             ("--site-importance-out", c.site_importance_out.is_some()),
@@ -162,7 +161,8 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         if let Some((flag, _)) = flags.iter().find(|(_, used)| *used) {
             bail!(
                 "{flag} is not for a [multitask] plan: it reports each task's own federation \
-                 and every site alone beside the multi-task run, and keeps one model per task"
+                 and every site alone beside the multi-task run (--model-out writes one model \
+                 per task)"
             );
         }
         let source = source.as_ref();
@@ -173,6 +173,8 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             &report_path,
             &plot_path,
             args.quiet,
+            args.model_out.as_deref(),
+            args.plan.as_deref(),
         );
     }
 

@@ -569,9 +569,34 @@ fn multitask_simulates_and_the_coordinator_refuses_it() {
             "mt.json",
             "--plot",
             "mt.svg",
+            "--model-out",
+            "models/mt.tsm",
         ])
         .ok();
     assert!(out.contains("tasks 'disease'"), "{out}");
+    assert!(out.contains("model of task 'angina'"), "{out}");
+    // Each task's model predicts its own target from the same rows.
+    let rows =
+        std::fs::read_to_string(s.path("data/uci-heart-disease/processed.cleveland.data")).unwrap();
+    let mut csv = String::from(
+        "age,sex,cp,trestbps,chol,fbs,restecg,thalach,exang,oldpeak,slope,ca,thal,num\n",
+    );
+    csv.extend(rows.lines().take(5).map(|l| format!("{l}\n")));
+    std::fs::write(s.path("rows.csv"), csv).unwrap();
+    for task in ["disease", "angina"] {
+        let model = format!("models/mt-{task}.tsm");
+        let inspect = s.run(&["model", "inspect", &model]).ok();
+        let target = if task == "disease" { "num" } else { "exang" };
+        assert!(
+            inspect.contains(&format!("predict '{target}'")),
+            "{inspect}"
+        );
+        assert!(!inspect.contains(&format!("  {target}\n")), "{inspect}");
+        let predicted = s
+            .run(&["predict", "--model", &model, "--data", "rows.csv"])
+            .ok();
+        assert_eq!(predicted.lines().count(), 6, "{predicted}");
+    }
     assert!(out.contains("with the shared body"), "{out}");
     let report = s.json("mt.json");
     assert_eq!(report["tasks"][1]["name"], "angina");
