@@ -10,18 +10,34 @@ use tessera_data::FileSource;
 use tessera_engine::Plan;
 use tessera_sim::multitask::MultitaskRound;
 
-/// Runs the multi-task plan; writes the report to `report_path` and the
-/// per-site gains to `plot_path`.
+/// Where a multi-task run writes, and what it says.
+pub struct Outputs<'a> {
+    /// The JSON report.
+    pub report: &'a Path,
+    /// The plot of each site's gains.
+    pub plot: &'a Path,
+    /// `--model-out`: each task's model beside it.
+    pub model_out: Option<&'a Path>,
+    /// The plan file (never overwritten).
+    pub plan_file: Option<&'a Path>,
+    /// No round table.
+    pub quiet: bool,
+}
+
+/// Runs the multi-task plan and writes what `outputs` says.
 pub fn simulate(
     plan: &Plan,
     base_dir: &Path,
     source: &dyn FileSource,
-    report_path: &Path,
-    plot_path: &Path,
-    quiet: bool,
-    model_out: Option<&Path>,
-    plan_file: Option<&Path>,
+    outputs: &Outputs<'_>,
 ) -> anyhow::Result<()> {
+    let Outputs {
+        report: report_path,
+        plot: plot_path,
+        model_out,
+        plan_file,
+        quiet,
+    } = *outputs;
     let specs = plan.multitask.as_ref().map(|m| &m.tasks[..]).unwrap_or(&[]);
     let data = tessera_sim::load_multitask(plan, base_dir, source)?;
     let model_paths: Vec<(String, std::path::PathBuf)> = match model_out {

@@ -170,11 +170,13 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             &plan,
             &base_dir,
             source,
-            &report_path,
-            &plot_path,
-            args.quiet,
-            args.model_out.as_deref(),
-            args.plan.as_deref(),
+            &crate::multitask::Outputs {
+                report: &report_path,
+                plot: &plot_path,
+                model_out: args.model_out.as_deref(),
+                plan_file: args.plan.as_deref(),
+                quiet: args.quiet,
+            },
         );
     }
 
