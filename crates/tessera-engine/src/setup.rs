@@ -123,8 +123,8 @@ pub fn check_instructions(
         Ok(())
     } else {
         Err(format!(
-            "the task's instructions, {instructions}, are not what the plan's strategy {} \
-             gives ({expected}): refused",
+            "the coordinator's task asks for {instructions}, not what the plan's strategy {} \
+             gives ({expected}); this site does not train it",
             plan.federation.strategy
         ))
     }

@@ -419,8 +419,13 @@ async fn session(
                         })?,
                     deadline: None,
                 };
+                // A coordinator asking for other work than the plan's (a
+                // whole-model update under FedPer would carry the head)
+                // is refused here, at the site, before any training.
                 tessera_engine::check_instructions(&state.plan, &global, &task.instructions)
-                    .map_err(|e| Failure::Fatal(ParticipantError::Refused(e)))?;
+                    .map_err(|e| {
+                        Failure::Fatal(ParticipantError::Stop(cause::Cause::PlanRefused(e)))
+                    })?;
                 let codec = if header.upload_codec.is_empty() {
                     tessera_compress::Codec::NONE
                 } else {

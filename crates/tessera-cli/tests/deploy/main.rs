@@ -17,6 +17,7 @@ mod cross_silo;
 mod dp;
 mod external;
 mod faults;
+mod hostile;
 mod joins;
 mod lifecycle;
 mod malformed;

@@ -1,0 +1,221 @@
+//! A lying coordinator: a proxy in front of a real coordinator, speaking
+//! the same gRPC service, that passes every call through but rewrites each
+//! task's instructions. Under FedPer a site's head never leaves it; a
+//! coordinator that strips the instructions asks for FedAvg's whole-model
+//! update, head included. Each site must refuse before it trains, saying
+//! why, and nothing of it may reach the coordinator.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tessera_proto::pb;
+use tessera_proto::pb::federation_client::FederationClient;
+use tessera_proto::pb::federation_server::{Federation, FederationServer};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::util::procs::{HEART_SITES, coordinator, participant};
+use crate::{LIMIT, Scratch, heart_text, util};
+
+type TaskStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Task, Status>> + Send>>;
+
+/// Passes every call to `upstream`; rewrites each task header with
+/// `rewrite`; counts the updates that sites send through it.
+struct Liar {
+    upstream: FederationClient<Channel>,
+    rewrite: fn(&mut pb::TaskHeader),
+    updates: Arc<AtomicUsize>,
+}
+
+impl Liar {
+    fn up(&self) -> FederationClient<Channel> {
+        self.upstream.clone()
+    }
+}
+
+#[tonic::async_trait]
+impl Federation for Liar {
+    type NextTaskStream = TaskStream;
+
+    async fn join(&self, r: Request<pb::Hello>) -> Result<Response<pb::Welcome>, Status> {
+        self.up().join(r.into_inner()).await
+    }
+
+    async fn agree(
+        &self,
+        r: Request<pb::AgreeRequest>,
+    ) -> Result<Response<pb::AgreeReply>, Status> {
+        self.up().agree(r.into_inner()).await
+    }
+
+    async fn next_task(&self, r: Request<pb::TaskRequest>) -> Result<Response<TaskStream>, Status> {
+        let stream = self.up().next_task(r.into_inner()).await?.into_inner();
+        let rewrite = self.rewrite;
+        let lied = stream.map(move |part| {
+            part.map(|mut task| {
+                if let Some(pb::task::Part::Header(header)) = &mut task.part {
+                    rewrite(header);
+                }
+                task
+            })
+        });
+        Ok(Response::new(Box::pin(lied)))
+    }
+
+    async fn submit_update(
+        &self,
+        r: Request<Streaming<pb::UpdatePart>>,
+    ) -> Result<Response<pb::UpdateReply>, Status> {
+        self.updates.fetch_add(1, Ordering::SeqCst);
+        let parts = r.into_inner().filter_map(Result::ok);
+        self.up().submit_update(parts).await
+    }
+
+    async fn submit_evaluation(
+        &self,
+        r: Request<pb::EvaluationReport>,
+    ) -> Result<Response<pb::EvaluationReply>, Status> {
+        self.up().submit_evaluation(r.into_inner()).await
+    }
+
+    async fn secure_aggregation(
+        &self,
+        r: Request<pb::SecAggRequest>,
+    ) -> Result<Response<pb::SecAggReply>, Status> {
+        self.up().secure_aggregation(r.into_inner()).await
+    }
+
+    async fn heartbeat(
+        &self,
+        r: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        self.up().heartbeat(r.into_inner()).await
+    }
+
+    async fn withdraw(
+        &self,
+        r: Request<pb::WithdrawRequest>,
+    ) -> Result<Response<pb::WithdrawReply>, Status> {
+        self.up().withdraw(r.into_inner()).await
+    }
+
+    async fn post_join_message(
+        &self,
+        r: Request<pb::JoinPost>,
+    ) -> Result<Response<pb::JoinPostReply>, Status> {
+        self.up().post_join_message(r.into_inner()).await
+    }
+
+    async fn poll_join_messages(
+        &self,
+        r: Request<pb::JoinPollRequest>,
+    ) -> Result<Response<pb::JoinPollReply>, Status> {
+        self.up().poll_join_messages(r.into_inner()).await
+    }
+
+    async fn submit_site_answer(
+        &self,
+        r: Request<pb::SiteAnswer>,
+    ) -> Result<Response<pb::SiteAnswerReply>, Status> {
+        self.up().submit_site_answer(r.into_inner()).await
+    }
+}
+
+/// Serves a [`Liar`] in front of `upstream` on 127.0.0.1; its URL and the
+/// count of updates sent through it.
+fn serve_liar(
+    runtime: &tokio::runtime::Runtime,
+    upstream: &str,
+    rewrite: fn(&mut pb::TaskHeader),
+) -> (String, Arc<AtomicUsize>) {
+    let _inside = runtime.enter();
+    let updates = Arc::new(AtomicUsize::new(0));
+    let incoming =
+        tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let address = incoming.local_addr().unwrap();
+    let channel = Channel::from_shared(upstream.to_string())
+        .unwrap()
+        .connect_lazy();
+    let liar = Liar {
+        upstream: FederationClient::new(channel).max_decoding_message_size(64 << 20),
+        rewrite,
+        updates: Arc::clone(&updates),
+    };
+    runtime.spawn(
+        tonic::transport::Server::builder()
+            .add_service(FederationServer::new(liar).max_decoding_message_size(64 << 20))
+            .serve_with_incoming(incoming),
+    );
+    (format!("http://{address}"), updates)
+}
+
+/// Runs FedPer on Fed-Heart-Disease with every site behind a proxy that
+/// rewrites tasks with `rewrite`; the sites' processes, the coordinator
+/// and the count of updates that passed.
+fn fedper_behind(
+    s: &Scratch,
+    runtime: &tokio::runtime::Runtime,
+    rewrite: fn(&mut pb::TaskHeader),
+) -> (Vec<util::procs::Proc>, util::procs::Proc, Arc<AtomicUsize>) {
+    let text = heart_text(s, 2)
+        .replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [8]")
+        .replace("strategy = \"fedavg\"", "strategy = \"fedper\"")
+        + "\n[privacy]\nsite_metrics = \"clear\"\n";
+    let plan = s.write("fedper.toml", &text);
+    let (coordinator, url) = coordinator(&s.dir, &plan, &s.path("r.sqlite"), 0, &[]);
+    let (liar, updates) = serve_liar(runtime, &url, rewrite);
+    let sites = HEART_SITES
+        .iter()
+        .map(|site| participant(&s.dir, &liar, site, &["--give-up-after", "20"]))
+        .collect();
+    (sites, coordinator, updates)
+}
+
+/// The attack: FedPer's instructions stripped, so that the task asks for
+/// FedAvg's whole-model update. Every site refuses before training, saying
+/// why at the site; no update passes, and the coordinator's database holds
+/// no round. The control, the same proxy passing tasks unchanged, runs to
+/// the end: the proxy is faithful, and the refusal is the sites'.
+#[test]
+fn sites_refuse_a_coordinator_that_asks_for_their_heads() {
+    if util::skip_e2e("sites_refuse_a_coordinator_that_asks_for_their_heads") {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    let s = Scratch::new("hostile-coordinator-control");
+    let (mut sites, mut coordinator, updates) = fedper_behind(&s, &runtime, |_| {});
+    for p in &mut sites {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    let passed = updates.load(Ordering::SeqCst);
+    println!("control: {passed} updates passed the proxy");
+    assert!(passed >= 8, "the control's updates");
+
+    let s = Scratch::new("hostile-coordinator");
+    let (mut sites, mut coordinator, updates) =
+        fedper_behind(&s, &runtime, |header| header.instructions = None);
+    for (p, site) in sites.iter_mut().zip(HEART_SITES) {
+        assert!(!p.wait(LIMIT).success(), "{site} trained: {}", p.log());
+        let log = p.log();
+        assert!(
+            log.contains("plan refused: the coordinator's task asks for plain, not what the plan's strategy fedper gives"),
+            "{site}: {log}"
+        );
+        let said = log.lines().rev().find(|l| l.contains("fedper gives"));
+        assert_eq!(
+            p.wait(LIMIT).code(),
+            Some(17),
+            "{site}: the plan-refused exit code"
+        );
+        println!("{site}: {}", said.unwrap_or_default());
+    }
+    assert_eq!(updates.load(Ordering::SeqCst), 0, "an update passed");
+    coordinator.kill_9();
+    let rounds =
+        util::procs::query_i64(&s.path("r.sqlite"), "SELECT COUNT(*) FROM round_aggregates");
+    assert_eq!(rounds, 0);
+}
