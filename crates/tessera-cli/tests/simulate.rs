@@ -597,6 +597,27 @@ fn multitask_simulates_and_the_coordinator_refuses_it() {
             .ok();
         assert_eq!(predicted.lines().count(), 6, "{predicted}");
     }
+    // One body, two heads: the files agree on every tensor but the last
+    // layer's, and differ there.
+    let files: Vec<_> = ["disease", "angina"]
+        .iter()
+        .map(|t| util::parameters(&std::fs::read(s.path(&format!("models/mt-{t}.tsm"))).unwrap()))
+        .collect();
+    let last = files[0]
+        .names()
+        .last()
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .to_string();
+    for ((name, a), (_, b)) in files[0].iter().zip(files[1].iter()) {
+        if name.starts_with(&format!("{last}.")) {
+            assert_ne!(a.data(), b.data(), "{name}: the heads are one");
+        } else {
+            assert_eq!(a.data(), b.data(), "{name}: the body is not shared");
+        }
+    }
     assert!(out.contains("with the shared body"), "{out}");
     let report = s.json("mt.json");
     assert_eq!(report["tasks"][1]["name"], "angina");

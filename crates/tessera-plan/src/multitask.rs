@@ -49,6 +49,7 @@ impl MultitaskConfig {
                 "multitask needs 2 to {MAX_TASKS} tasks ([[multitask.tasks]]), got {n}"
             ));
         }
+        // Task names become file names: compared without case.
         let mut names = std::collections::BTreeSet::new();
         let mut targets = std::collections::BTreeSet::new();
         let mut sites = std::collections::BTreeMap::new();
@@ -59,7 +60,7 @@ impl MultitaskConfig {
                     "multitask task name '{}' must be 1 to 64 letters, digits, '-', '_' or '.'",
                     task.name.escape_debug()
                 ));
-            } else if !names.insert(task.name.as_str()) {
+            } else if !names.insert(task.name.to_ascii_lowercase()) {
                 problems.push(format!("multitask names task '{}' twice", task.name));
             }
             if task.target.trim().is_empty() {
@@ -73,8 +74,13 @@ impl MultitaskConfig {
             if task.sites.is_empty() {
                 problems.push(format!("multitask task '{}' names no sites", task.name));
             }
-            for site in &task.sites {
-                if let Some(other) = sites.insert(site.as_str(), task.name.as_str()) {
+            for (k, site) in task.sites.iter().enumerate() {
+                if task.sites[..k].contains(site) {
+                    problems.push(format!(
+                        "multitask task '{}' names site '{site}' twice",
+                        task.name
+                    ));
+                } else if let Some(other) = sites.insert(site.as_str(), task.name.as_str()) {
                     problems.push(format!(
                         "multitask puts site '{site}' in tasks '{other}' and '{}': a site has \
                          one task",
@@ -136,6 +142,15 @@ mod tests {
         assert!(why.contains("'a/b' must be"), "{why}");
         assert!(why.contains("share the target 'y'"), "{why}");
         assert!(why.contains("site 's1' in tasks 'a' and 'a/b'"), "{why}");
+        let twice = MultitaskConfig {
+            tasks: vec![
+                task("Disease", "y", &["s1", "s1"]),
+                task("disease", "z", &["s2"]),
+            ],
+        };
+        let why = twice.problems("y").join("\n");
+        assert!(why.contains("names site 's1' twice"), "{why}");
+        assert!(why.contains("names task 'disease' twice"), "{why}");
         let one = MultitaskConfig {
             tasks: vec![task("a", "y", &[])],
         };

@@ -158,9 +158,10 @@ pub fn load_multitask(
     for (data, task) in tasks.iter().zip(&multitask.tasks).skip(1) {
         if data.feature_names != first.feature_names {
             return Err(DataError::Config(format!(
-                "multitask: task '{}' reads other features than task '{}' ({} against {}); \
-                 declare each categorical column's levels in [data.schema] columns so that \
-                 every task encodes them alike",
+                "multitask: task '{}' reads other features, or in another order, than task \
+                 '{}' ({} against {}); give every site's file the same columns in the same \
+                 order and declare each categorical column's levels in [data.schema] columns \
+                 so that every task encodes them alike",
                 task.name,
                 multitask.tasks[0].name,
                 data.feature_names.join(", "),
