@@ -37,7 +37,8 @@ pub struct MultitaskData {
     /// (sorted by name) with its target, every reading with the same
     /// features.
     pub tasks: Vec<FederatedData>,
-    /// Every site's name, sorted.
+    /// Every participant's name, sorted: the site's, or `SITE/TASK` for
+    /// a site in several tasks (one participant per task).
     pub names: Vec<String>,
     /// Each site's task, by index, in site order.
     pub site_task: Vec<usize>,
@@ -180,8 +181,19 @@ pub fn load_multitask(
         })
         .collect();
     sites.sort();
+    // A site in several tasks is one participant per task: SITE/TASK.
+    let names = sites
+        .iter()
+        .map(|(name, t, _)| {
+            if sites.iter().filter(|s| &s.0 == name).count() > 1 {
+                format!("{name}/{}", multitask.tasks[*t].name)
+            } else {
+                name.clone()
+            }
+        })
+        .collect();
     Ok(MultitaskData {
-        names: sites.iter().map(|s| s.0.clone()).collect(),
+        names,
         site_task: sites.iter().map(|s| s.1).collect(),
         place: sites.iter().map(|s| s.2).collect(),
         tasks,
@@ -306,9 +318,10 @@ fn checked<'a>(plan: &'a Plan, data: &MultitaskData) -> Result<&'a [TaskSpec], S
         || data.place.len() != n
         || (0..n).any(|i| {
             data.tasks.get(data.site_task[i]).is_none_or(|t| {
-                t.sites
-                    .get(data.place[i])
-                    .is_none_or(|s| s.name != data.names[i])
+                t.sites.get(data.place[i]).is_none_or(|s| {
+                    s.name != data.names[i]
+                        && format!("{}/{}", s.name, specs[data.site_task[i]].name) != data.names[i]
+                })
             })
         })
     {

@@ -367,3 +367,39 @@ fn multitask_that_cannot_work_is_refused() {
         .to_string();
     assert!(e.contains("target 'nonsense' is not"), "{e}");
 }
+
+/// A site with both tasks' labels is in both: one participant per task
+/// (`SITE/TASK`), each training its task's model on that task's rows and
+/// reported apart; the body takes both its changes.
+#[test]
+fn a_site_in_two_tasks_trains_both_heads() {
+    let mut plan = Plan::from_file(&examples().join("heart-multitask.toml")).unwrap();
+    plan.federation.rounds = 2;
+    plan.multitask.as_mut().unwrap().tasks[1]
+        .sites
+        .push("cleveland".into());
+    let data = load_multitask(&plan, &examples(), &Filesystem).unwrap();
+    assert_eq!(
+        data.names,
+        [
+            "cleveland/disease",
+            "cleveland/angina",
+            "hungarian",
+            "switzerland",
+            "va"
+        ]
+    );
+    assert_ne!(data.site(0).train.y, data.site(1).train.y, "one target");
+    let (report, _) = simulate_multitask(&plan, &data, &mut |_| {}).unwrap();
+    assert_eq!(report.per_site.len(), 5);
+    assert_eq!(report.per_site["cleveland/angina"].task, "angina");
+    assert_eq!(
+        report.tasks[1].sites,
+        ["cleveland/angina", "hungarian", "switzerland"]
+    );
+    // Without cleveland's angina rows the angina head is another.
+    let (one, data_one) = setup(2);
+    let without = train(&one, &data_one, Sharing::Shared, &mut |_| {}).unwrap();
+    let with = train(&plan, &data, Sharing::Shared, &mut |_| {}).unwrap();
+    assert_ne!(split(&without.models[1]).0, split(&with.models[1]).0);
+}
