@@ -92,6 +92,24 @@ pub fn load_multitask(
                  be named in [data.schema] columns, and the task target '{target}' is not"
         )));
     }
+    // A site in several tasks: its rows must fall alike in every task's
+    // split, or a test row of one task could train the shared body in
+    // another.
+    if plan.data.split.membership.is_none() {
+        for (t, task) in multitask.tasks.iter().enumerate() {
+            for site in &task.sites {
+                if let Some(other) = multitask.tasks[..t].iter().find(|o| o.sites.contains(site)) {
+                    return Err(DataError::Config(format!(
+                        "multitask puts site '{site}' in tasks '{}' and '{}': that needs \
+                         [data.split.membership], so that its rows are split alike for every \
+                         task (a random split is drawn per task, and a test row of one task \
+                         could train the shared body in another)",
+                        other.name, task.name
+                    )));
+                }
+            }
+        }
+    }
     let mut tasks = Vec::with_capacity(multitask.tasks.len());
     for task in &multitask.tasks {
         let mut config = plan.data.clone();

@@ -390,6 +390,14 @@ fn a_site_in_two_tasks_trains_both_heads() {
         ]
     );
     assert_ne!(data.site(0).train.y, data.site(1).train.y, "one target");
+    // Without a membership file each task would split the site's rows by
+    // its own draw.
+    let mut random = plan.clone();
+    random.data.split.membership = None;
+    let e = load_multitask(&random, &examples(), &Filesystem)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs [data.split.membership]"), "{e}");
     let (report, _) = simulate_multitask(&plan, &data, &mut |_| {}).unwrap();
     assert_eq!(report.per_site.len(), 5);
     assert_eq!(report.per_site["cleveland/angina"].task, "angina");
