@@ -166,8 +166,15 @@ pub fn load_multitask(
             Some(_) => Ok(false),
             None => Err(no_task(site)),
         };
-        let data = tessera_data::load_sites(&config, base_dir, source, &mut keep)
-            .map_err(|e| DataError::Config(format!("multitask task '{}': {e}", task.name)))?;
+        let data = tessera_data::load_sites(&config, base_dir, source, &mut keep).map_err(|e| {
+            // The task as context, once: "data config: multitask task
+            // 'a': ...", not the inner "data config:" again.
+            let inner = match e {
+                DataError::Config(message) => message,
+                other => other.to_string(),
+            };
+            DataError::Config(format!("multitask task '{}': {inner}", task.name))
+        })?;
         if let Some(site) = task.sites.iter().find(|s| !kept.contains(s)) {
             return Err(unknown_site(&task.name, site, &plan.data));
         }
