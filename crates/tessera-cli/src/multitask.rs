@@ -93,6 +93,15 @@ pub fn simulate(
         );
     }
     let mut observer = |r: &MultitaskRound| {
+        if crate::logging::is_json() {
+            tracing::info!(
+                round = r.round,
+                mean_site_accuracy = r.mean_site_accuracy,
+                train_loss = r.train_loss,
+                accepted = r.accepted,
+                "multitask round"
+            );
+        }
         if quiet {
             return;
         }
@@ -142,15 +151,22 @@ pub fn simulate(
         "{:<16}  {:>6}  {:>9}  {:>9}  {:>9}",
         "task", "sites", "shared", "separate", "alone"
     )?;
+    let figure = |f: &tessera_sim::multitask::Figures| {
+        if f.tested_sites == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.4}", f.mean_site_accuracy)
+        }
+    };
     for task in &report.tasks {
         writeln!(
             out,
-            "{:<16}  {:>6}  {:>9.4}  {:>9.4}  {:>9.4}",
+            "{:<16}  {:>6}  {:>9}  {:>9}  {:>9}",
             task.name,
             task.sites.len(),
-            task.shared.mean_site_accuracy,
-            task.separate.mean_site_accuracy,
-            task.local.mean_site_accuracy
+            figure(&task.shared),
+            figure(&task.separate),
+            figure(&task.local)
         )?;
     }
     writeln!(

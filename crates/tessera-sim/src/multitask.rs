@@ -572,6 +572,9 @@ pub struct Figures {
     pub accuracy: f64,
     /// The mean over the sites of each site's accuracy.
     pub mean_site_accuracy: f64,
+    /// The sites with test rows behind the figures (0: none, and the
+    /// figures are 0).
+    pub tested_sites: usize,
 }
 
 impl Figures {
@@ -590,6 +593,7 @@ impl Figures {
                 correct as f64 / rows as f64
             },
             mean_site_accuracy: mean_site_accuracy(&all),
+            tested_sites: all.iter().filter(|e| e.n_examples > 0).count(),
         }
     }
 }

@@ -172,6 +172,8 @@ fn the_report_gives_each_task_and_site_three_ways() {
     assert_eq!(report.tasks[0].sites, ["cleveland", "va"]);
     assert_eq!(report.tasks[1].sites, ["hungarian", "switzerland"]);
     assert_eq!(report.per_site.len(), 4);
+    assert_eq!(report.tasks[0].shared.tested_sites, 2);
+    assert_eq!(report.local.tested_sites, 4);
     for (name, site) in &report.per_site {
         for v in [site.shared, site.separate, site.local] {
             assert!((0.0..=1.0).contains(&v.unwrap()), "{name}: {v:?}");
