@@ -668,6 +668,20 @@ pub fn simulate_multitask(
 ) -> Result<(MultitaskReport, Vec<ParameterSet>), SimError> {
     let specs = checked(plan, data)?;
     plan.check_cohort(data.names.len())?;
+    // The three runs one after another; the largest, every site alone,
+    // holds a model per site, as the plan's one-model simulation does.
+    let classes = data.tasks.iter().map(|t| t.task.n_classes()).max();
+    let limit = match plan.simulation.max_memory_gb {
+        Some(gb) => Some((gb * 1e9, "the plan's simulation.max_memory_gb")),
+        None => tessera_engine::available_memory()
+            .map(|b| (b as f64, "this machine's available memory")),
+    };
+    let shape = (
+        data.tasks[0].n_features(),
+        classes.unwrap_or(2),
+        data.names.len(),
+    );
+    plan.check_memory(tessera_engine::MemoryRole::Simulation, shape, limit)?;
     let shared = train(plan, data, Sharing::Shared, observer)?;
     let separate = train(plan, data, Sharing::PerTask, &mut |_| {})?;
     let local = train(plan, data, Sharing::Local, &mut |_| {})?;

@@ -341,6 +341,13 @@ fn multitask_that_cannot_work_is_refused() {
         .to_string();
     assert!(e.contains("simulate_multitask"), "{e}");
 
+    let mut small = plan.clone();
+    small.simulation.max_memory_gb = Some(1e-9);
+    let e = simulate_multitask(&small, &data, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_memory_gb"), "{e}");
+
     let mut logistic = plan.clone();
     logistic.model.kind = tessera_learn::ModelKind::Logistic;
     let e = logistic.validate().unwrap_err().to_string();
