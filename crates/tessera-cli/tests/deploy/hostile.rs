@@ -3,11 +3,13 @@
 //! task's instructions. Under FedPer a site's head never leaves it; a
 //! coordinator that strips the instructions asks for FedAvg's whole-model
 //! update, head included. Each site must refuse before it trains, saying
-//! why, and nothing of it may reach the coordinator.
+//! why, and nothing of it may reach the coordinator. Passing tasks
+//! unchanged, the same proxy reads every update on the wire: under FedPer
+//! the head's values in them are all zero.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tessera_proto::pb;
 use tessera_proto::pb::federation_client::FederationClient;
@@ -27,7 +29,11 @@ struct Liar {
     upstream: FederationClient<Channel>,
     rewrite: fn(&mut pb::TaskHeader),
     updates: Arc<AtomicUsize>,
+    chunks: Chunks,
 }
+
+/// Every update chunk that passed: (tensor, little-endian f32 values).
+type Chunks = Arc<Mutex<Vec<(u32, Vec<u8>)>>>;
 
 impl Liar {
     fn up(&self) -> FederationClient<Channel> {
@@ -69,7 +75,15 @@ impl Federation for Liar {
         r: Request<Streaming<pb::UpdatePart>>,
     ) -> Result<Response<pb::UpdateReply>, Status> {
         self.updates.fetch_add(1, Ordering::SeqCst);
-        let parts = r.into_inner().filter_map(Result::ok);
+        let chunks = Arc::clone(&self.chunks);
+        let parts = r.into_inner().filter_map(Result::ok).map(move |part| {
+            if let Some(pb::update_part::Part::Chunk(c)) = &part.part
+                && c.set == 0
+            {
+                chunks.lock().unwrap().push((c.tensor, c.values.to_vec()));
+            }
+            part
+        });
         self.up().submit_update(parts).await
     }
 
@@ -123,13 +137,13 @@ impl Federation for Liar {
     }
 }
 
-/// Serves a [`Liar`] in front of `upstream` on 127.0.0.1; its URL and the
-/// count of updates sent through it.
+/// Serves a [`Liar`] in front of `upstream` on 127.0.0.1; its URL, the
+/// count of updates sent through it and their chunks.
 fn serve_liar(
     runtime: &tokio::runtime::Runtime,
     upstream: &str,
     rewrite: fn(&mut pb::TaskHeader),
-) -> (String, Arc<AtomicUsize>) {
+) -> (String, Arc<AtomicUsize>, Chunks) {
     let _inside = runtime.enter();
     let updates = Arc::new(AtomicUsize::new(0));
     let incoming =
@@ -142,13 +156,15 @@ fn serve_liar(
         upstream: FederationClient::new(channel).max_decoding_message_size(64 << 20),
         rewrite,
         updates: Arc::clone(&updates),
+        chunks: Chunks::default(),
     };
+    let chunks = Arc::clone(&liar.chunks);
     runtime.spawn(
         tonic::transport::Server::builder()
             .add_service(FederationServer::new(liar).max_decoding_message_size(64 << 20))
             .serve_with_incoming(incoming),
     );
-    (format!("http://{address}"), updates)
+    (format!("http://{address}"), updates, chunks)
 }
 
 /// Runs FedPer on Fed-Heart-Disease with every site behind a proxy that
@@ -158,19 +174,24 @@ fn fedper_behind(
     s: &Scratch,
     runtime: &tokio::runtime::Runtime,
     rewrite: fn(&mut pb::TaskHeader),
-) -> (Vec<util::procs::Proc>, util::procs::Proc, Arc<AtomicUsize>) {
+) -> (
+    Vec<util::procs::Proc>,
+    util::procs::Proc,
+    Arc<AtomicUsize>,
+    Chunks,
+) {
     let text = heart_text(s, 2)
         .replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [8]")
         .replace("strategy = \"fedavg\"", "strategy = \"fedper\"")
         + "\n[privacy]\nsite_metrics = \"clear\"\n";
     let plan = s.write("fedper.toml", &text);
     let (coordinator, url) = coordinator(&s.dir, &plan, &s.path("r.sqlite"), 0, &[]);
-    let (liar, updates) = serve_liar(runtime, &url, rewrite);
+    let (liar, updates, chunks) = serve_liar(runtime, &url, rewrite);
     let sites = HEART_SITES
         .iter()
         .map(|site| participant(&s.dir, &liar, site, &["--give-up-after", "20"]))
         .collect();
-    (sites, coordinator, updates)
+    (sites, coordinator, updates, chunks)
 }
 
 /// The attack: FedPer's instructions stripped, so that the task asks for
@@ -186,7 +207,7 @@ fn sites_refuse_a_coordinator_that_asks_for_their_heads() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
 
     let s = Scratch::new("hostile-coordinator-control");
-    let (mut sites, mut coordinator, updates) = fedper_behind(&s, &runtime, |_| {});
+    let (mut sites, mut coordinator, updates, chunks) = fedper_behind(&s, &runtime, |_| {});
     for p in &mut sites {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
@@ -194,9 +215,38 @@ fn sites_refuse_a_coordinator_that_asks_for_their_heads() {
     let passed = updates.load(Ordering::SeqCst);
     println!("control: {passed} updates passed the proxy");
     assert!(passed >= 8, "the control's updates");
+    // On the wire: the MLP's tensors are the hidden layer's weight and
+    // bias, then the head's (2 and 3); the head's values are all zero, the
+    // body's are not.
+    let chunks = chunks.lock().unwrap();
+    let values = |tensor: u32| -> Vec<f32> {
+        chunks
+            .iter()
+            .filter(|(t, _)| *t == tensor)
+            .flat_map(|(_, bytes)| {
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            })
+            .collect()
+    };
+    assert!(
+        chunks.iter().all(|(t, _)| *t < 4),
+        "a tensor beyond the MLP's four"
+    );
+    let body: Vec<f32> = values(0).into_iter().chain(values(1)).collect();
+    assert!(body.iter().any(|v| *v != 0.0), "no body change passed");
+    let head: Vec<f32> = values(2).into_iter().chain(values(3)).collect();
+    assert!(head.iter().all(|v| *v == 0.0), "a head value on the wire");
+    println!(
+        "control: {} body values on the wire, {} head values, all zero",
+        body.len(),
+        head.len()
+    );
+    drop(chunks);
 
     let s = Scratch::new("hostile-coordinator");
-    let (mut sites, mut coordinator, updates) =
+    let (mut sites, mut coordinator, updates, _) =
         fedper_behind(&s, &runtime, |header| header.instructions = None);
     for (p, site) in sites.iter_mut().zip(HEART_SITES) {
         assert!(!p.wait(LIMIT).success(), "{site} trained: {}", p.log());
