@@ -167,12 +167,14 @@ fn serve_liar(
     (format!("http://{address}"), updates, chunks)
 }
 
-/// Runs FedPer on Fed-Heart-Disease with every site behind a proxy that
-/// rewrites tasks with `rewrite`; the sites' processes, the coordinator
-/// and the count of updates that passed.
-fn fedper_behind(
+/// Runs `strategy` (FedPer or FedRep, with `settings`) on
+/// Fed-Heart-Disease with every site behind a proxy that rewrites tasks
+/// with `rewrite`; the sites' processes, the coordinator, the count of
+/// updates that passed and their chunks.
+fn behind(
     s: &Scratch,
     runtime: &tokio::runtime::Runtime,
+    (strategy, settings): (&str, &str),
     rewrite: fn(&mut pb::TaskHeader),
 ) -> (
     Vec<util::procs::Proc>,
@@ -182,9 +184,13 @@ fn fedper_behind(
 ) {
     let text = heart_text(s, 2)
         .replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [8]")
-        .replace("strategy = \"fedavg\"", "strategy = \"fedper\"")
-        + "\n[privacy]\nsite_metrics = \"clear\"\n";
-    let plan = s.write("fedper.toml", &text);
+        .replace(
+            "strategy = \"fedavg\"",
+            &format!("strategy = \"{strategy}\""),
+        )
+        + "\n[privacy]\nsite_metrics = \"clear\"\n"
+        + settings;
+    let plan = s.write(&format!("{strategy}.toml"), &text);
     let (coordinator, url) = coordinator(&s.dir, &plan, &s.path("r.sqlite"), 0, &[]);
     let (liar, updates, chunks) = serve_liar(runtime, &url, rewrite);
     let sites = HEART_SITES
@@ -198,22 +204,37 @@ fn fedper_behind(
 /// FedAvg's whole-model update. Every site refuses before training, saying
 /// why at the site; no update passes, and the coordinator's database holds
 /// no round. The control, the same proxy passing tasks unchanged, runs to
-/// the end: the proxy is faithful, and the refusal is the sites'.
+/// the end (the proxy is faithful, and the refusal is the sites'), and no
+/// head value is on the wire.
 #[test]
-fn sites_refuse_a_coordinator_that_asks_for_their_heads() {
-    if util::skip_e2e("sites_refuse_a_coordinator_that_asks_for_their_heads") {
+fn fedper_sites_refuse_a_coordinator_that_asks_for_their_heads() {
+    if util::skip_e2e("fedper_sites_refuse_a_coordinator_that_asks_for_their_heads") {
         return;
     }
+    refuse_the_liar(("fedper", ""));
+}
+
+/// The same against FedRep's sites.
+#[test]
+fn fedrep_sites_refuse_a_coordinator_that_asks_for_their_heads() {
+    if util::skip_e2e("fedrep_sites_refuse_a_coordinator_that_asks_for_their_heads") {
+        return;
+    }
+    refuse_the_liar(("fedrep", "\n[strategies.fedrep]\nhead_passes = 3\n"));
+}
+
+fn refuse_the_liar(strategy: (&str, &str)) {
+    let name = strategy.0;
     let runtime = tokio::runtime::Runtime::new().unwrap();
 
-    let s = Scratch::new("hostile-coordinator-control");
-    let (mut sites, mut coordinator, updates, chunks) = fedper_behind(&s, &runtime, |_| {});
+    let s = Scratch::new(&format!("hostile-coordinator-control-{name}"));
+    let (mut sites, mut coordinator, updates, chunks) = behind(&s, &runtime, strategy, |_| {});
     for p in &mut sites {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
     assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
     let passed = updates.load(Ordering::SeqCst);
-    println!("control: {passed} updates passed the proxy");
+    println!("{name} control: {passed} updates passed the proxy");
     assert!(passed >= 8, "the control's updates");
     // On the wire: the MLP's tensors are the hidden layer's weight and
     // bias, then the head's (2 and 3); the head's values are all zero, the
@@ -239,23 +260,26 @@ fn sites_refuse_a_coordinator_that_asks_for_their_heads() {
     let head: Vec<f32> = values(2).into_iter().chain(values(3)).collect();
     assert!(head.iter().all(|v| *v == 0.0), "a head value on the wire");
     println!(
-        "control: {} body values on the wire, {} head values, all zero",
+        "{name} control: {} body values on the wire, {} head values, all zero",
         body.len(),
         head.len()
     );
     drop(chunks);
 
-    let s = Scratch::new("hostile-coordinator");
+    let s = Scratch::new(&format!("hostile-coordinator-{name}"));
     let (mut sites, mut coordinator, updates, _) =
-        fedper_behind(&s, &runtime, |header| header.instructions = None);
+        behind(&s, &runtime, strategy, |header| header.instructions = None);
     for (p, site) in sites.iter_mut().zip(HEART_SITES) {
         assert!(!p.wait(LIMIT).success(), "{site} trained: {}", p.log());
         let log = p.log();
         assert!(
-            log.contains("plan refused: the coordinator's task asks for plain, not what the plan's strategy fedper gives"),
+            log.contains(&format!(
+                "plan refused: the coordinator's task asks for plain, not what the plan's \
+                 strategy {name} gives"
+            )),
             "{site}: {log}"
         );
-        let said = log.lines().rev().find(|l| l.contains("fedper gives"));
+        let said = log.lines().rev().find(|l| l.contains("gives ("));
         assert_eq!(
             p.wait(LIMIT).code(),
             Some(17),
