@@ -24,6 +24,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tessera_core::{ParameterSet, ParticipantId, derive_seed};
 use tessera_data::{ColumnKind, ColumnSpec, DataError, FederatedData, FileSource};
+use tessera_engine::report::mean_site_accuracy;
 use tessera_engine::{EngineError, FitTask, Plan, PlanBuild, Site, TaskSpec, streams};
 use tessera_learn::Evaluation;
 
@@ -540,29 +541,7 @@ fn evaluate(
 
 /// A site's accuracy, none without test rows.
 fn tested(e: &Evaluation) -> Option<f64> {
-    (e.n_examples > 0).then(|| accuracy(e))
-}
-
-fn accuracy(e: &Evaluation) -> f64 {
-    if e.n_examples == 0 {
-        0.0
-    } else {
-        e.n_correct as f64 / e.n_examples as f64
-    }
-}
-
-/// Mean over the sites with test rows of their accuracy.
-fn mean_site_accuracy(evaluations: &[Evaluation]) -> f64 {
-    let with: Vec<f64> = evaluations
-        .iter()
-        .filter(|e| e.n_examples > 0)
-        .map(accuracy)
-        .collect();
-    if with.is_empty() {
-        0.0
-    } else {
-        with.iter().sum::<f64>() / with.len() as f64
-    }
+    (e.n_examples > 0).then(|| e.accuracy())
 }
 
 /// Accuracy over a set of sites.
@@ -585,15 +564,14 @@ impl Figures {
             .fold((0u64, 0u64), |(c, r), e| {
                 (c + e.n_correct, r + e.n_examples)
             });
-        let all: Vec<Evaluation> = evaluations.into_iter().cloned().collect();
         Figures {
             accuracy: if rows == 0 {
                 0.0
             } else {
                 correct as f64 / rows as f64
             },
-            mean_site_accuracy: mean_site_accuracy(&all),
-            tested_sites: all.iter().filter(|e| e.n_examples > 0).count(),
+            mean_site_accuracy: mean_site_accuracy(evaluations.clone()),
+            tested_sites: evaluations.into_iter().filter(|e| e.n_examples > 0).count(),
         }
     }
 }
@@ -671,17 +649,12 @@ pub fn simulate_multitask(
     // The three runs one after another; the largest, every site alone,
     // holds a model per site, as the plan's one-model simulation does.
     let classes = data.tasks.iter().map(|t| t.task.n_classes()).max();
-    let limit = match plan.simulation.max_memory_gb {
-        Some(gb) => Some((gb * 1e9, "the plan's simulation.max_memory_gb")),
-        None => tessera_engine::available_memory()
-            .map(|b| (b as f64, "this machine's available memory")),
-    };
     let shape = (
         data.tasks[0].n_features(),
         classes.unwrap_or(2),
         data.names.len(),
     );
-    plan.check_memory(tessera_engine::MemoryRole::Simulation, shape, limit)?;
+    crate::run::check_memory_of(plan, shape)?;
     let shared = train(plan, data, Sharing::Shared, observer)?;
     let separate = train(plan, data, Sharing::PerTask, &mut |_| {})?;
     let local = train(plan, data, Sharing::Local, &mut |_| {})?;

@@ -318,11 +318,12 @@ pub(crate) struct Federated {
 /// Refuses a plan whose models cannot fit: more than the plan's
 /// `simulation.max_memory_gb`, or than the machine has available.
 fn check_memory(plan: &Plan, data: &FederatedData) -> Result<(), PlanError> {
-    let shape = (
-        data.feature_names.len(),
-        data.task.classes.len(),
-        data.sites.len(),
-    );
+    let shape = (data.n_features(), data.task.n_classes(), data.sites.len());
+    check_memory_of(plan, shape)
+}
+
+/// [`check_memory`] for (features, classes, sites).
+pub(crate) fn check_memory_of(plan: &Plan, shape: (usize, usize, usize)) -> Result<(), PlanError> {
     let limit = match plan.simulation.max_memory_gb {
         Some(gb) => Some((gb * 1e9, "the plan's simulation.max_memory_gb")),
         None => tessera_engine::available_memory()
