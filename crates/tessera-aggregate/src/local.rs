@@ -105,6 +105,12 @@ pub trait LocalAlgorithm: Send + fmt::Debug {
         None
     }
 
+    /// The cluster the site took at its last training, under a clustered
+    /// strategy (IFCA); `None` otherwise.
+    fn cluster(&self) -> Option<usize> {
+        None
+    }
+
     /// What the site must keep across a restart of its process to go on as
     /// if it had not stopped (a personalized strategy's personal model), as
     /// named tensors; `None` when there is nothing (the default, and before
@@ -216,6 +222,16 @@ impl LocalAlgorithm for LocalPart {
         }
     }
 
+    fn cluster(&self) -> Option<usize> {
+        match &self.current {
+            Some((_, _, local)) => local.cluster(),
+            None => {
+                let (name, saved) = self.restoring.as_ref()?;
+                restored(name, saved).ok()?.cluster()
+            }
+        }
+    }
+
     fn round_closed(&mut self, counted: bool) {
         if let Some((_, _, local)) = self.current.as_mut() {
             local.round_closed(counted);
@@ -234,6 +250,7 @@ pub fn restored(
         "fedper" => Box::new(crate::FedPerLocal::default()),
         "fedrep" => Box::new(crate::FedRepLocal::default()),
         "apfl" => Box::new(crate::ApflLocal::default()),
+        "ifca" => Box::new(crate::IfcaLocal::default()),
         other => {
             return Err(AggregateError::Config(format!(
                 "'{other}' keeps no state to restore"

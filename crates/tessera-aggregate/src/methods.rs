@@ -32,7 +32,7 @@ pub use fedavg::{FedAvg, FedAvgM, FedOpt, FedOptVariant, FedProx};
 pub use feddyn::FedDyn;
 pub use feddyn_local::FedDynLocal;
 pub use fedprox_local::FedProxLocal;
-pub use ifca::{Ifca, MAX_CLUSTERS};
+pub use ifca::{Ifca, IfcaLocal, MAX_CLUSTERS};
 pub use perfedavg::{MAX_INNER_LR, PerFedAvg, PerFedAvgLocal};
 pub use personal::{Ditto, FedPer, FedRep, MAX_HEAD_PASSES, head_mask};
 pub use personal_local::{DittoLocal, FedPerLocal, FedRepLocal};
@@ -94,6 +94,12 @@ pub enum Instructions {
         /// The initial mixing weight.
         alpha: f32,
     },
+    /// IFCA: the global model is `clusters` stacked cluster models; train
+    /// the one of the lowest loss on the site's rows.
+    Ifca {
+        /// How many cluster models the global model stacks.
+        clusters: u32,
+    },
 }
 
 impl Instructions {
@@ -109,6 +115,7 @@ impl Instructions {
             Instructions::FedRep { .. } => "fedrep",
             Instructions::PerFedAvg { .. } => "perfedavg",
             Instructions::Apfl { .. } => "apfl",
+            Instructions::Ifca { .. } => "ifca",
         }
     }
 
@@ -125,6 +132,7 @@ impl Instructions {
             Instructions::FedRep { .. } => Box::new(FedRepLocal::default()),
             Instructions::PerFedAvg { .. } => Box::new(PerFedAvgLocal),
             Instructions::Apfl { .. } => Box::new(ApflLocal::default()),
+            Instructions::Ifca { .. } => Box::new(IfcaLocal::default()),
         }
     }
 
@@ -151,6 +159,7 @@ impl Instructions {
             ) => a == b && p == q,
             (I::PerFedAvg { alpha: a }, I::PerFedAvg { alpha: b })
             | (I::Apfl { alpha: a }, I::Apfl { alpha: b }) => a == b,
+            (I::Ifca { clusters: a }, I::Ifca { clusters: b }) => a == b,
             _ => false,
         }
     }
@@ -166,7 +175,8 @@ impl Instructions {
             | Instructions::FedPer { .. }
             | Instructions::FedRep { .. }
             | Instructions::PerFedAvg { .. }
-            | Instructions::Apfl { .. } => None,
+            | Instructions::Apfl { .. }
+            | Instructions::Ifca { .. } => None,
         }
     }
 }
@@ -189,6 +199,7 @@ impl fmt::Display for Instructions {
             ),
             Instructions::PerFedAvg { alpha } => write!(f, "perfedavg (alpha {alpha})"),
             Instructions::Apfl { alpha } => write!(f, "apfl (initial alpha {alpha})"),
+            Instructions::Ifca { clusters } => write!(f, "ifca (clusters {clusters})"),
         }
     }
 }
@@ -249,8 +260,7 @@ pub enum StrategyKind {
     PerFedAvg,
     /// APFL (personalized: a learned mixture of personal and global).
     Apfl,
-    /// IFCA (clustered: each site takes the best of k cluster models;
-    /// simulation only).
+    /// IFCA (clustered: each site takes the best of k cluster models).
     Ifca,
 }
 

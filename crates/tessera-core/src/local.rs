@@ -51,6 +51,16 @@ pub trait LocalModel {
     /// training settings say, with `term` added to every gradient.
     fn train(&mut self, term: Option<&dyn GradientTerm>) -> Result<FitStats, CoreError>;
 
+    /// The mean loss of `parameters` on the site's training rows (the
+    /// current parameters become `parameters`). Refused by a model that
+    /// cannot measure it (an external learner).
+    fn loss(&mut self, parameters: &ParameterSet) -> Result<f64, CoreError> {
+        let _ = parameters;
+        Err(CoreError::Invalid(
+            "this model cannot measure its loss on the site's rows (an external learner)".into(),
+        ))
+    }
+
     /// One local training of first-order Per-FedAvg meta steps with inner
     /// step size `inner_lr` (each step adapts a copy by one gradient step on
     /// a batch and moves the model with the copy's gradient on the next),

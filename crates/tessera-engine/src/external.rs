@@ -351,7 +351,8 @@ fn base_config(round: u32, instructions: &Instructions, training: &TrainingConfi
             | Instructions::FedPer { .. }
             | Instructions::FedRep { .. }
             | Instructions::PerFedAvg { .. }
-            | Instructions::Apfl { .. } => 0.0,
+            | Instructions::Apfl { .. }
+            | Instructions::Ifca { .. } => 0.0,
         },
         correction: None,
         lr: training.optimizer.lr,

@@ -2,9 +2,10 @@
 //! deployment: the model, the strategy, central DP, the round engine's
 //! protections and the downlink.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use tessera_aggregate::Strategy;
+use tessera_aggregate::{Ifca, Strategy, StrategyKind};
 use tessera_core::ParameterSet;
 use tessera_privacy::{CentralDp, Ledger};
 
@@ -21,12 +22,19 @@ pub trait PlanBuild {
         n_classes: usize,
     ) -> Result<Box<dyn tessera_learn::Learner>, tessera_learn::LearnError>;
 
-    /// The initial global parameters, without building a model.
+    /// The initial global parameters, without building a model (under
+    /// IFCA the cluster models stacked: the plan's initial model, then one
+    /// drawn from stream [`crate::streams::IFCA`] per further cluster).
     fn initial_parameters(
         &self,
         n_features: usize,
         n_classes: usize,
     ) -> Result<ParameterSet, tessera_learn::LearnError>;
+
+    /// The one model a run's global parameters serve (evaluated each round,
+    /// written as the run's model file): `global` itself, or under IFCA
+    /// the cluster of the largest share of the last round's examples.
+    fn served<'a>(&self, global: &'a ParameterSet) -> Result<Cow<'a, ParameterSet>, PlanError>;
 
     /// The chosen strategy, built.
     fn strategy(&self) -> Result<Box<dyn Strategy>, PlanError>;
@@ -63,7 +71,36 @@ impl PlanBuild for Plan {
         n_features: usize,
         n_classes: usize,
     ) -> Result<ParameterSet, tessera_learn::LearnError> {
-        tessera_learn::initial_parameters(&self.model, n_features, n_classes, self.init_seed())
+        let first = tessera_learn::initial_parameters(
+            &self.model,
+            n_features,
+            n_classes,
+            self.init_seed(),
+        )?;
+        let Some(k) = self.clusters() else {
+            return Ok(first);
+        };
+        let mut clusters = vec![first];
+        for j in 1..k {
+            let seed = tessera_core::derive_seed(self.seed, &[crate::streams::IFCA, j as u64]);
+            clusters.push(tessera_learn::initial_parameters(
+                &self.model,
+                n_features,
+                n_classes,
+                seed,
+            )?);
+        }
+        Ifca::stack(&clusters, &vec![0.0; k])
+            .map_err(|e| tessera_learn::LearnError::Config(e.to_string()))
+    }
+
+    fn served<'a>(&self, global: &'a ParameterSet) -> Result<Cow<'a, ParameterSet>, PlanError> {
+        match self.clusters() {
+            None => Ok(Cow::Borrowed(global)),
+            Some(k) => Ifca::served(global, k)
+                .map(Cow::Owned)
+                .map_err(|e| PlanError::Invalid(e.to_string())),
+        }
     }
 
     fn strategy(&self) -> Result<Box<dyn Strategy>, PlanError> {
@@ -172,6 +209,19 @@ impl Downlink {
     pub fn of_plan(plan: &Plan, initial: Arc<ParameterSet>) -> Option<Downlink> {
         let codec = plan.compression.download;
         (!codec.is_identity()).then(|| Downlink::new(codec, plan.seed, initial))
+    }
+}
+
+/// How many cluster models a plan's strategy stacks: IFCA's `clusters`
+/// (2 by default), `None` under any other strategy.
+trait Clusters {
+    fn clusters(&self) -> Option<usize>;
+}
+
+impl Clusters for Plan {
+    fn clusters(&self) -> Option<usize> {
+        (self.federation.strategy == StrategyKind::Ifca)
+            .then(|| self.strategy_config().clusters.unwrap_or(2) as usize)
     }
 }
 

@@ -60,17 +60,18 @@ impl Plan {
         let n = self.model.n_parameters(n_features, n_classes)?;
         let sites = sites as u64;
         let needs = self.federation.strategy.needs();
-        let copies = match role {
-            MemoryRole::Simulation => {
-                // IFCA keeps one model per cluster besides.
-                let clusters = match self.federation.strategy {
-                    tessera_aggregate::StrategyKind::Ifca => {
-                        u64::from(self.strategy_config().clusters.unwrap_or(2))
-                    }
-                    _ => 0,
-                };
-                sites.checked_mul(2)?.checked_add(4 + clusters)?
+        // IFCA's global model and updates stack one model per cluster.
+        let stack = match self.federation.strategy {
+            tessera_aggregate::StrategyKind::Ifca => {
+                u64::from(self.strategy_config().clusters.unwrap_or(2))
             }
+            _ => 1,
+        };
+        let copies = match role {
+            // Each site's model, and its update; the engine's copies.
+            MemoryRole::Simulation => sites
+                .checked_mul(1 + stack)?
+                .checked_add(4u64.checked_mul(stack)?)?,
             MemoryRole::Coordinator => {
                 let per_site = u64::from(
                     self.robust.rule.needs_all_updates() || self.secure_aggregation.enabled,
@@ -78,13 +79,16 @@ impl Plan {
                 sites
                     .checked_mul(per_site)?
                     .checked_add(4 + needs.server_copies)?
+                    .checked_mul(stack)?
             }
             MemoryRole::Participant => {
                 let optimizer = match self.training.optimizer.optimizer {
                     OptimizerKind::Adam => 2,
                     OptimizerKind::Sgd => u64::from(self.training.optimizer.momentum != 0.0),
                 };
-                4 + optimizer
+                // The global model and the update, stacked under IFCA.
+                4 + 2 * (stack - 1)
+                    + optimizer
                     + needs.site_copies
                     + u64::from(self.compression.is_active())
                     + u64::from(self.secure_aggregation.enabled)
@@ -156,6 +160,11 @@ mod tests {
                 ..Default::default()
             },
         );
-        assert_eq!(copies(&plan), 2 * 5 + 4 + 7);
+        // Each site's model and its stacked update; the engine's copies,
+        // stacked.
+        assert_eq!(copies(&plan), 5 * (1 + 7) + 4 * 7);
+        let coordinator = plan.memory_bytes(MemoryRole::Coordinator, 10, 2, 5);
+        let n = plan.model.n_parameters(10, 2).unwrap();
+        assert_eq!(coordinator, Some(4 * n * 4 * 7));
     }
 }

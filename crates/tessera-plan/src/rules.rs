@@ -490,17 +490,20 @@ pub const RULES: &[Rule] = &[
         when(
             p.federation.strategy == StrategyKind::Ifca
                 && (p.model.init == tessera_learn::Init::Zeros
+                    || p.model.kind.is_external()
                     || p.personalization.department.is_some()
                     || !p.personalization.new_sites.is_empty()),
             &[
                 "federation.strategy",
                 "model.init",
+                "model.kind",
                 "personalization.department",
                 "personalization.new_sites",
             ],
             || {
                 "ifca needs clusters that start apart (model.init = \"zeros\" makes them all \
-                 one) and runs without departments or new sites yet"
+                 one) and a built-in model (each site measures every cluster's loss on its \
+                 rows), and runs without departments or new sites yet"
                     .into()
             },
         )

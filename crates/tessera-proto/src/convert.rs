@@ -391,6 +391,9 @@ pub fn instructions_to_pb(instructions: &Instructions, header: &mut pb::TaskHead
         })),
         Instructions::PerFedAvg { alpha } => Some(Kind::Perfedavg(pb::PerFedAvg { alpha: *alpha })),
         Instructions::Apfl { alpha } => Some(Kind::Apfl(pb::Apfl { alpha: *alpha })),
+        Instructions::Ifca { clusters } => Some(Kind::Ifca(pb::Ifca {
+            clusters: *clusters,
+        })),
     };
     header.has_server_control = instructions.tensors().is_some();
     header.instructions = kind.map(|kind| pb::Instructions { kind: Some(kind) });
@@ -501,6 +504,15 @@ pub fn instructions_from_pb(
             }
             Instructions::Apfl { alpha }
         }
+        Some(Kind::Ifca(pb::Ifca { clusters })) => {
+            let max = tessera_aggregate::MAX_CLUSTERS;
+            if !(2..=max).contains(&clusters) {
+                return Err(ProtoError::Malformed(format!(
+                    "task: ifca's clusters {clusters} is outside [2, {max}]"
+                )));
+            }
+            Instructions::Ifca { clusters }
+        }
     })
 }
 
@@ -532,6 +544,7 @@ mod tests {
             },
             Instructions::PerFedAvg { alpha: 0.05 },
             Instructions::Apfl { alpha: 0.25 },
+            Instructions::Ifca { clusters: 3 },
         ] {
             let mut header = pb::TaskHeader::default();
             instructions_to_pb(&instructions, &mut header);
@@ -545,7 +558,8 @@ mod tests {
             | Instructions::FedPer { .. }
             | Instructions::FedRep { .. }
             | Instructions::PerFedAvg { .. }
-            | Instructions::Apfl { .. } = instructions
+            | Instructions::Apfl { .. }
+            | Instructions::Ifca { .. } = instructions
             {
                 // No older form: an older participant is refused at joining.
                 continue;
@@ -598,6 +612,11 @@ mod tests {
             let apfl = Kind::Apfl(pb::Apfl { alpha });
             let err = instructions_from_pb(&header(Some(apfl)), None).unwrap_err();
             assert!(err.to_string().contains("apfl's alpha"), "{err}");
+        }
+        for clusters in [0, 1, 17, u32::MAX] {
+            let ifca = Kind::Ifca(pb::Ifca { clusters });
+            let err = instructions_from_pb(&header(Some(ifca)), None).unwrap_err();
+            assert!(err.to_string().contains("ifca's clusters"), "{err}");
         }
         // An arm this build does not know decodes as an empty oneof.
         let err = instructions_from_pb(&header(None), None).unwrap_err();

@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 18;
+pub const MINOR: u32 = 19;
 
 /// What this build can do.
 ///
@@ -82,6 +82,10 @@ pub const MINOR: u32 = 18;
 ///   offer names the run's initial model by its SHA-256
 ///   (`Agreement.initial_model_sha256`), which a site continuing from a
 ///   model of its own (`--continue-from`) checks.
+/// - `ifca` (1.19): a site follows IFCA's instructions (the task's model
+///   stacks the cluster models; the site trains the one of the lowest loss
+///   on its rows and sends the stacked change; a 1.19 coordinator requires
+///   it for `ifca`, besides `personal-models`).
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -115,6 +119,7 @@ pub const CAPABILITIES: &[&str] = &[
     "apfl",
     "regional-model",
     "initial-model-digest",
+    "ifca",
 ];
 
 /// The strategies older peers can follow without the `instructions`
@@ -131,7 +136,7 @@ const BEFORE_INSTRUCTIONS: &[&str] = &[
 ];
 
 /// The strategies whose sites keep personal models (1.14).
-const PERSONAL: &[&str] = &["ditto", "fedper", "fedrep", "apfl"];
+const PERSONAL: &[&str] = &["ditto", "fedper", "fedrep", "apfl", "ifca"];
 
 /// The capabilities a participant needs to send updates with `codec`.
 pub fn codec_capabilities(codec: &tessera_compress::Codec) -> Vec<&'static str> {
@@ -208,6 +213,9 @@ pub fn required_capabilities(strategy: &str) -> Vec<&'static str> {
     }
     if strategy == "apfl" {
         required.push("apfl");
+    }
+    if strategy == "ifca" {
+        required.push("ifca");
     }
     required
 }

@@ -68,7 +68,6 @@ mod cross_silo;
 mod external;
 mod gossip;
 mod hierarchy;
-mod ifca;
 pub mod multitask;
 mod personal;
 mod profile;

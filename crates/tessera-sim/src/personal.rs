@@ -103,11 +103,17 @@ pub(crate) fn evaluations(
         sites.iter().zip(&data.sites).map(one).collect()
     };
     let all = all.into_iter().collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(Personal::of(plan, all, None)))
+    let mut personal = Personal::of(plan, all, None);
+    if plan.federation.strategy == tessera_aggregate::StrategyKind::Ifca {
+        let k = plan.strategy_config().clusters.unwrap_or(2) as usize;
+        let chosen = sites.iter().map(|s| lock(s).cluster()).collect();
+        personal.clusters = Some((chosen, k));
+    }
+    Ok(Some(personal))
 }
 
 /// Each site's personalized model from its own final model (`models`, in
-/// site order: gossip's own model, IFCA's cluster), evaluated on its test
+/// site order: gossip's own model), evaluated on its test
 /// rows; `None` when the plan does not personalize.
 pub(crate) fn from_own_models(
     plan: &Plan,

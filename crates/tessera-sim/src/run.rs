@@ -137,7 +137,6 @@ pub fn simulate(
         )));
     }
     let run = match plan.federation.mode {
-        Mode::Sync if ifca => crate::ifca::run_ifca(plan, data, observer)?,
         Mode::Sync if topology_kind == TopologyKind::Hierarchical => {
             let (run, report) = crate::hierarchy::run_hierarchical(plan, data, observer)?;
             topology = Some(report);
@@ -368,7 +367,8 @@ pub(crate) fn run_sync(
     let (initial, learners) = match models {
         Models::BuiltIn => {
             let model = initial_model(plan, data)?;
-            (model.parameters().clone(), Err(model))
+            let (features, classes) = (data.n_features(), data.task.n_classes());
+            (plan.initial_parameters(features, classes)?, Err(model))
         }
         Models::Continued(from) => {
             let model = from.model(plan, data)?;
@@ -728,7 +728,8 @@ pub(crate) fn run_sync(
             let bytes = down.change().map_or(0, <[u8]>::len);
             model_down = (32 + 1 + tessera_core::varint_len(bytes as u64) + bytes) as u64;
         }
-        let evaluations: Vec<Evaluation> = evaluate_sites(&sites, data, &global, parallel)?;
+        let served = plan.served(&global)?;
+        let evaluations: Vec<Evaluation> = evaluate_sites(&sites, data, &served, parallel)?;
         for (site, e) in evaluations.iter().enumerate() {
             let size = e.wire_len() as u64;
             bytes_up_per_site[site] += size;
@@ -780,7 +781,7 @@ pub(crate) fn run_sync(
         personal,
         records,
         last_evaluations,
-        final_parameters: engine.global().as_ref().clone(),
+        final_parameters: plan.served(engine.global())?.into_owned(),
         bytes_up_per_site,
         end: now,
         privacy: match book.local_report() {

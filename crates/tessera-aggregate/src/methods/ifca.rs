@@ -7,18 +7,29 @@
 //! personalized model is its cluster's. The clusters start from `k`
 //! different initialisations, or the sites would never tell them apart.
 //!
-//! The round loop is the simulator's (`tessera-sim`'s `ifca.rs`): the
-//! federation's model is the `k` cluster models together, which no other
-//! strategy's round carries; the coordinator refuses IFCA for now.
+//! The federation's model is the `k` cluster models stacked into one set
+//! ([`Ifca::stack`]: `c0/NAME`, ..., `c{k-1}/NAME`, then `ifca/shares`, the
+//! share of the last round's examples each cluster took). A site's update
+//! has the same layout: its trained cluster's change, zeros for the others,
+//! and a one in its cluster's share. The weighted mean of such updates,
+//! which the round engine forms in every runtime, holds each cluster's
+//! `Σ w Δ / W` and its share `W_j / W`; their quotient is the members' mean
+//! change. So the server never needs to know which site took which
+//! cluster: only the sums.
 
-use tessera_core::{ParameterSet, ParticipantId};
+use tessera_core::{LocalModel, ParameterSet, ParticipantId, Tensor};
 
+use crate::local::{LocalAlgorithm, LocalFit, mismatch, put, take};
 use crate::{AggregateError, Attendance, Instructions, Needs, RoundAggregate, Strategy};
 
 /// The most clusters a plan may ask for.
 pub const MAX_CLUSTERS: u32 = 16;
 
-/// IFCA's server part: the cluster choice and each cluster's average.
+/// The stacked model's last tensor: each cluster's share of the last
+/// round's examples.
+pub const SHARES: &str = "ifca/shares";
+
+/// IFCA's server part: each cluster's average, over the stacked model.
 #[derive(Debug, Clone)]
 pub struct Ifca {
     /// How many cluster models.
@@ -28,8 +39,8 @@ pub struct Ifca {
 }
 
 impl Ifca {
-    /// What IFCA needs: synchronous flat rounds (the simulator's loop) and
-    /// a cluster model per site to report (no local DP, built-in models).
+    /// What IFCA needs: synchronous flat rounds and a cluster model per
+    /// site to report (no local DP, built-in models).
     pub const NEEDS: Needs = Needs {
         sync_rounds: true,
         plain_sgd: false,
@@ -53,6 +64,74 @@ impl Ifca {
                 _ => Some((i, l)),
             })
             .map(|(i, _)| i)
+    }
+
+    /// The cluster models as the federation's one model, with `shares`
+    /// (one per cluster).
+    pub fn stack(
+        clusters: &[ParameterSet],
+        shares: &[f32],
+    ) -> Result<ParameterSet, AggregateError> {
+        if clusters.len() != shares.len() || clusters.is_empty() {
+            return Err(AggregateError::Config(format!(
+                "ifca: {} cluster models with {} shares",
+                clusters.len(),
+                shares.len()
+            )));
+        }
+        let mut stacked = ParameterSet::new();
+        for (j, cluster) in clusters.iter().enumerate() {
+            cluster.check_same_layout(&clusters[0])?;
+            put(&mut stacked, &format!("c{j}"), cluster)?;
+        }
+        stacked.push(SHARES, Tensor::new(vec![shares.len()], shares.to_vec())?)?;
+        Ok(stacked)
+    }
+
+    /// The cluster models and shares of a stacked model of `k` clusters;
+    /// refused, naming what is wrong, for any other layout.
+    pub fn unstack(
+        stacked: &ParameterSet,
+        k: usize,
+    ) -> Result<(Vec<ParameterSet>, Vec<f32>), AggregateError> {
+        let shares = stacked
+            .get(SHARES)
+            .filter(|t| t.len() == k)
+            .ok_or_else(|| {
+                AggregateError::Config(format!(
+                    "ifca: the model is not {k} stacked cluster models (no '{SHARES}' of {k} values)"
+                ))
+            })?;
+        let per = stacked.n_tensors().saturating_sub(1) / k.max(1);
+        if per == 0 || per * k + 1 != stacked.n_tensors() {
+            return Err(AggregateError::Config(format!(
+                "ifca: {} tensors do not stack {k} cluster models",
+                stacked.n_tensors()
+            )));
+        }
+        let clusters: Vec<ParameterSet> = (0..k)
+            .map(|j| {
+                let cluster = take(stacked, &format!("c{j}"))?;
+                if cluster.n_tensors() != per {
+                    return Err(AggregateError::Config(format!(
+                        "ifca: cluster {j} has {} tensors, not {per}",
+                        cluster.n_tensors()
+                    )));
+                }
+                cluster.check_same_layout(&take(stacked, "c0")?)?;
+                Ok(cluster)
+            })
+            .collect::<Result<_, AggregateError>>()?;
+        Ok((clusters, shares.data().to_vec()))
+    }
+
+    /// The run's one model: the cluster that took the largest share of the
+    /// last round's examples (the first of equal ones; the first cluster
+    /// before any round).
+    pub fn served(stacked: &ParameterSet, k: usize) -> Result<ParameterSet, AggregateError> {
+        let (mut clusters, shares) = Self::unstack(stacked, k)?;
+        let largest = (0..k).fold(0, |best, j| if shares[j] > shares[best] { j } else { best });
+        Ok(clusters.swap_remove(largest))
     }
 
     /// Cluster model `model` moved by the weighted mean of its members'
@@ -90,21 +169,131 @@ impl Strategy for Ifca {
     }
 
     fn configure_fit(&self, _global: &ParameterSet, _site: &ParticipantId) -> Instructions {
-        Instructions::Plain
+        Instructions::Ifca {
+            clusters: self.clusters,
+        }
     }
 
-    /// Never called: IFCA's rounds are the simulator's own loop, whose
-    /// model is the `k` cluster models.
+    /// Each cluster moves by `server_lr` times its slice of the round's
+    /// mean change over its share (its members' weighted mean change); a
+    /// cluster of no share stays. The shares become the round's.
     fn aggregate_fit(
         &mut self,
-        _global: &ParameterSet,
-        _round: &RoundAggregate,
+        global: &ParameterSet,
+        round: &RoundAggregate,
         _attendance: &Attendance,
     ) -> Result<ParameterSet, AggregateError> {
-        Err(AggregateError::Config(
-            "ifca: its rounds carry one model per cluster, which only the simulator runs yet"
-                .into(),
-        ))
+        let k = self.clusters as usize;
+        let (mut clusters, _) = Self::unstack(global, k)?;
+        let (changes, shares) = Self::unstack(&round.mean_delta, k)?;
+        for (j, (cluster, change)) in clusters.iter_mut().zip(&changes).enumerate() {
+            let share = shares[j];
+            if !(share.is_finite() && (0.0..=1.0 + 1e-6).contains(&share)) {
+                return Err(AggregateError::Config(format!(
+                    "ifca: cluster {j}'s share of the round's examples is {}, not in [0, 1]",
+                    tessera_core::value(share)
+                )));
+            }
+            if share > 0.0 {
+                cluster.add_scaled(change, self.server_lr / share)?;
+            }
+        }
+        let next = Self::stack(&clusters, &shares)?;
+        next.check_finite()?;
+        Ok(next)
+    }
+}
+
+/// IFCA's local part: the site's cluster, chosen each round by the lowest
+/// loss on its training rows.
+#[derive(Debug, Clone, Default)]
+pub struct IfcaLocal {
+    /// The cluster the site took at its last training.
+    chosen: Option<usize>,
+}
+
+impl IfcaLocal {
+    /// The cluster the site took at its last training.
+    pub fn chosen(&self) -> Option<usize> {
+        self.chosen
+    }
+}
+
+impl LocalAlgorithm for IfcaLocal {
+    /// Measures every cluster model's loss on the site's training rows,
+    /// trains the lowest's, and returns the stacked change: that cluster's
+    /// change, zeros elsewhere, a one in its share.
+    fn fit(
+        &mut self,
+        instructions: &Instructions,
+        global: &ParameterSet,
+        model: &mut dyn LocalModel,
+    ) -> Result<LocalFit, AggregateError> {
+        let Instructions::Ifca { clusters } = instructions else {
+            return Err(mismatch("ifca", instructions));
+        };
+        let k = *clusters as usize;
+        let (models, _) = Ifca::unstack(global, k)?;
+        let losses: Vec<f64> = models
+            .iter()
+            .map(|m| model.loss(m))
+            .collect::<Result<_, _>>()?;
+        let chosen = Ifca::choose(&losses).ok_or_else(|| {
+            AggregateError::Config("ifca: no cluster model has a finite loss here".into())
+        })?;
+        model.set_parameters(&models[chosen])?;
+        let stats = model.train(None)?;
+        let change = model.parameters().sub(&models[chosen])?;
+        change.check_finite()?;
+        let changes: Vec<ParameterSet> = (0..k)
+            .map(|j| {
+                if j == chosen {
+                    change.clone()
+                } else {
+                    change.zeros_like()
+                }
+            })
+            .collect();
+        let shares: Vec<f32> = (0..k).map(|j| f32::from(u8::from(j == chosen))).collect();
+        self.chosen = Some(chosen);
+        Ok(LocalFit {
+            delta: Ifca::stack(&changes, &shares)?,
+            aux: None,
+            stats,
+        })
+    }
+
+    /// The model of the cluster the site took, as `global` has it.
+    fn personal(&self, global: &ParameterSet) -> Option<ParameterSet> {
+        let chosen = self.chosen?;
+        let k = global.get(SHARES)?.len();
+        Ifca::unstack(global, k)
+            .ok()
+            .and_then(|(mut models, _)| (chosen < k).then(|| models.swap_remove(chosen)))
+    }
+
+    fn cluster(&self) -> Option<usize> {
+        self.chosen
+    }
+
+    fn saved(&self) -> Option<ParameterSet> {
+        let chosen = u16::try_from(self.chosen?).ok()?;
+        let mut saved = ParameterSet::new();
+        let tensor = Tensor::new(vec![1], vec![f32::from(chosen)]).ok()?;
+        saved.push("ifca/chosen", tensor).ok()?;
+        Some(saved)
+    }
+
+    fn restore(&mut self, saved: &ParameterSet) -> Result<(), AggregateError> {
+        let value = saved
+            .get("ifca/chosen")
+            .and_then(|t| t.data().first().copied())
+            .filter(|v| v.is_finite() && *v >= 0.0 && *v < MAX_CLUSTERS as f32 && v.fract() == 0.0)
+            .ok_or_else(|| {
+                AggregateError::Config("the saved state has no cluster of 0 to 15".into())
+            })?;
+        self.chosen = Some(value as usize);
+        Ok(())
     }
 }
 
@@ -146,5 +335,166 @@ mod tests {
         // No member: as it was.
         assert_eq!(ifca.aggregate(&model, &[]).unwrap(), model);
         assert!(ifca.aggregate(&model, &[(&set(&[1.0]), 1.0)]).is_err());
+    }
+
+    /// A site's model whose loss is the squared distance to `target`, and
+    /// whose training moves half way toward it.
+    struct Toward {
+        w: ParameterSet,
+        target: Vec<f32>,
+    }
+
+    impl LocalModel for Toward {
+        fn parameters(&self) -> &ParameterSet {
+            &self.w
+        }
+        fn set_parameters(&mut self, p: &ParameterSet) -> Result<(), tessera_core::CoreError> {
+            p.check_same_layout(&self.w)?;
+            self.w = p.clone();
+            Ok(())
+        }
+        fn n_rows(&self) -> usize {
+            1
+        }
+        fn lr(&self) -> f32 {
+            0.5
+        }
+        fn weight_decay(&self) -> f32 {
+            0.0
+        }
+        fn loss(&mut self, p: &ParameterSet) -> Result<f64, tessera_core::CoreError> {
+            Ok(p.values()
+                .zip(&self.target)
+                .map(|(w, t)| f64::from(w - t).powi(2))
+                .sum())
+        }
+        fn train(
+            &mut self,
+            _term: Option<&dyn tessera_core::GradientTerm>,
+        ) -> Result<tessera_core::FitStats, tessera_core::CoreError> {
+            let moved: Vec<f32> = self
+                .w
+                .values()
+                .zip(&self.target)
+                .map(|(w, t)| w + 0.5 * (t - w))
+                .collect();
+            self.w = self.w.with_values(&moved)?;
+            Ok(tessera_core::FitStats::default())
+        }
+        fn train_private(
+            &mut self,
+            _term: Option<&dyn tessera_core::GradientTerm>,
+            _dp: &tessera_core::LocalDp,
+            _rng: &mut tessera_core::SeededRng,
+        ) -> Result<tessera_core::FitStats, tessera_core::CoreError> {
+            unreachable!("no DP here")
+        }
+    }
+
+    /// The stacked rounds reach what each cluster's own average reaches,
+    /// computed apart ([`Ifca::aggregate`], in f64): sites near cluster 0's
+    /// model take it, the one near cluster 1's takes that, and the server,
+    /// which sees only the weighted mean of the stacked changes, moves each
+    /// cluster by its own members' mean change.
+    #[test]
+    fn the_stacked_round_moves_each_cluster_by_its_members_mean_change() {
+        let clusters = [set(&[0.0, 0.0]), set(&[10.0, 10.0]), set(&[-5.0, 5.0])];
+        let global = Ifca::stack(&clusters, &[0.0; 3]).unwrap();
+        let sites = [
+            (vec![1.0f32, -1.0], 2u64),
+            (vec![2.0, 1.0], 1),
+            (vec![9.0, 12.0], 4),
+        ];
+        let mut sum = crate::UpdateAccumulator::new(&global, None);
+        let mut members: Vec<Vec<(ParameterSet, f64)>> = vec![Vec::new(); 3];
+        for (target, rows) in &sites {
+            let mut local = IfcaLocal::default();
+            let mut model = Toward {
+                w: set(&[0.0, 0.0]),
+                target: target.clone(),
+            };
+            let fit = local
+                .fit(&Instructions::Ifca { clusters: 3 }, &global, &mut model)
+                .unwrap();
+            let chosen = local.chosen().unwrap();
+            // Only its cluster's slice and share are not zero.
+            let (changes, shares) = Ifca::unstack(&fit.delta, 3).unwrap();
+            for j in 0..3 {
+                assert_eq!(shares[j], if j == chosen { 1.0 } else { 0.0 });
+                if j != chosen {
+                    assert!(changes[j].values().all(|v| v == 0.0));
+                }
+            }
+            members[chosen].push((changes[chosen].clone(), *rows as f64));
+            let personal = local.personal(&global).unwrap();
+            assert_eq!(personal, clusters[chosen]);
+            let update = tessera_core::Update {
+                delta: fit.delta,
+                n_examples: *rows,
+                aux: None,
+                stats: fit.stats,
+            };
+            sum.add(&update, *rows as f64).unwrap();
+        }
+        assert_eq!(members.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1, 0]);
+        let mut ifca = Ifca {
+            clusters: 3,
+            server_lr: 1.0,
+        };
+        let next = ifca
+            .aggregate_fit(
+                &global,
+                &sum.finish(3).unwrap(),
+                &crate::Attendance::default(),
+            )
+            .unwrap();
+        let (moved, shares) = Ifca::unstack(&next, 3).unwrap();
+        for j in 0..3 {
+            let refs: Vec<(&ParameterSet, f64)> = members[j].iter().map(|(c, w)| (c, *w)).collect();
+            let apart = ifca.aggregate(&clusters[j], &refs).unwrap();
+            for (a, b) in moved[j].values().zip(apart.values()) {
+                assert!((a - b).abs() < 1e-5, "cluster {j}: {a} against {b}");
+            }
+        }
+        // The cluster nobody took stays as it was, bit for bit.
+        assert_eq!(moved[2], clusters[2]);
+        assert_eq!(shares, [3.0 / 7.0, 4.0 / 7.0, 0.0]);
+        // The run's one model is the cluster of the largest share.
+        assert_eq!(Ifca::served(&next, 3).unwrap(), moved[1]);
+    }
+
+    #[test]
+    fn a_model_that_does_not_stack_the_clusters_is_refused() {
+        let one = set(&[1.0, 2.0]);
+        let e = Ifca::unstack(&one, 2).unwrap_err().to_string();
+        assert!(e.contains("not 2 stacked cluster models"), "{e}");
+        let stacked = Ifca::stack(&[one.clone(), one.clone()], &[0.5, 0.5]).unwrap();
+        let e = Ifca::unstack(&stacked, 3).unwrap_err().to_string();
+        assert!(e.contains("not 3 stacked"), "{e}");
+        assert!(Ifca::stack(&[one.clone(), set(&[1.0])], &[0.0, 0.0]).is_err());
+        // A share outside [0, 1] in the round's mean is refused by name.
+        let mut ifca = Ifca {
+            clusters: 2,
+            server_lr: 1.0,
+        };
+        let mut round = crate::methods::testing::round(&[0.0]);
+        round.mean_delta = Ifca::stack(&[one.clone(), one.clone()], &[3.0, 0.0]).unwrap();
+        let e = ifca
+            .aggregate_fit(&stacked, &round, &crate::Attendance::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("share of the round's examples is 3"), "{e}");
+        // A restarted site takes back its cluster; a bad one is refused.
+        let mut local = IfcaLocal { chosen: Some(1) };
+        let saved = local.saved().unwrap();
+        let mut fresh = IfcaLocal::default();
+        fresh.restore(&saved).unwrap();
+        assert_eq!(fresh.chosen(), Some(1));
+        local.chosen = None;
+        assert!(local.saved().is_none());
+        let mut bad = ParameterSet::new();
+        bad.push("ifca/chosen", Tensor::new(vec![1], vec![1.5]).unwrap())
+            .unwrap();
+        assert!(fresh.restore(&bad).is_err());
     }
 }
