@@ -100,6 +100,17 @@ pub fn warn_if_heads_stay_home(plan: &Plan, path: &Path) {
             ),
         );
     }
+    if strategy == StrategyKind::Ifca {
+        crate::logging::say(
+            tracing::Level::WARN,
+            &format!(
+                "{}: under ifca this is the cluster model that took the largest share of the \
+                 last round's examples; a site in another cluster predicts with its own \
+                 cluster's model (tessera participant --personal-model-out)",
+                path.display()
+            ),
+        );
+    }
 }
 
 /// Writes `file` at `path`, creating its folder.

@@ -508,10 +508,10 @@ fn every_conflict_of_a_plan_is_reported_at_once() {
     assert!(!e.contains('\n'), "{e}");
 }
 
-/// IFCA runs in simulation (its report names each site's cluster) and the
-/// coordinator refuses it, saying why.
+/// IFCA runs in simulation (its report names each site's cluster; the
+/// deployed run is `tests/deploy`'s `personal::ifca_...`).
 #[test]
-fn ifca_simulates_and_the_coordinator_refuses_it() {
+fn ifca_simulates_and_names_each_sites_cluster() {
     let s = Scratch::new("ifca");
     let out = s
         .run(&[
@@ -535,21 +535,6 @@ fn ifca_simulates_and_the_coordinator_refuses_it() {
         .sum();
     assert_eq!(counts, 4, "{p}");
     assert!(p["per_site"]["cleveland"]["cluster"].is_u64(), "{p}");
-    let plan = util::root().join("examples/fed-heart-disease.toml");
-    let run = s.run(&[
-        "coordinator",
-        "--plan",
-        plan.to_str().unwrap(),
-        "--set",
-        "federation.strategy=ifca",
-        "--db",
-        "c.sqlite",
-        "--insecure",
-    ]);
-    // The --insecure warning, then the one line of the refusal.
-    let e = run.stderr();
-    assert!(!run.output.status.success(), "{e}");
-    assert!(e.contains("error: ifca runs in simulation only"), "{e}");
 }
 
 /// A multi-task plan simulates (each task's figures three ways, the

@@ -279,13 +279,6 @@ impl Federation {
                     .into(),
             ));
         }
-        if plan.federation.strategy == tessera_aggregate::StrategyKind::Ifca {
-            return Err(CoordinatorError::Config(
-                "ifca runs in simulation only for now (its rounds carry one model per \
-                 cluster); choose another strategy to deploy"
-                    .into(),
-            ));
-        }
         if plan.multitask.is_some() {
             return Err(CoordinatorError::Config(
                 "multitask runs in simulation only for now (its rounds carry one head per \

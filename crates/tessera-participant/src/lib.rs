@@ -493,8 +493,13 @@ async fn session(
                 state
                     .takeaway
                     .evaluated(header.round, header.regional_model, &global);
+                let plan = Arc::clone(&state.plan);
                 let (site, evaluation) = tokio::task::spawn_blocking(move || {
-                    let e = site.evaluate(&global, &test);
+                    // The model the global parameters serve (IFCA's
+                    // largest cluster), as the simulator evaluates it.
+                    let e = tessera_engine::PlanBuild::served(plan.as_ref(), &global)
+                        .map_err(tessera_engine::EngineError::from)
+                        .and_then(|served| site.evaluate(&served, &test));
                     (site, e)
                 })
                 .await

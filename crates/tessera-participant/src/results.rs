@@ -12,6 +12,7 @@
 //! (`Plan::baseline_training`), batches from the run seed's baseline
 //! stream, without DP (the baseline never leaves the site).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -191,6 +192,8 @@ pub struct SiteResults {
     /// department's test rows (or why they could not be made). They never
     /// left the site.
     personal: Option<Result<(ParameterSet, Departmental), String>>,
+    /// Under IFCA: the cluster this site took at its last training.
+    cluster: Option<usize>,
 }
 
 /// Each department's figures: every level on its test rows.
@@ -273,6 +276,10 @@ pub struct SiteReport {
     /// personalized model is fine-tuned from, on the same test rows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub regional: Option<Figures>,
+    /// Under IFCA: the cluster this site took at its last training (from
+    /// 0); its personalized model is that cluster's model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<usize>,
     /// Under a personalized strategy, when this process did not train from
     /// the first round and restored no saved state (a late join, or a
     /// restart without its `--local-state` file): the first round it
@@ -303,6 +310,7 @@ impl SiteResults {
     /// makes it (`Site::personalized`).
     pub(crate) fn of(site: String, ready: crate::Ready) -> SiteResults {
         let plan = ready.plan;
+        let cluster = ready.site.as_ref().and_then(tessera_engine::Site::cluster);
         let personal = match (plan.personalizes(), ready.site, ready.takeaway.last_model()) {
             (true, Some(mut own), Some((_, global))) => Some(
                 personal_and_departments(
@@ -331,6 +339,7 @@ impl SiteResults {
             test: ready.test,
             takeaway: ready.takeaway,
             personal,
+            cluster,
         }
     }
 
@@ -363,24 +372,24 @@ impl SiteResults {
         }
     }
 
-    /// The final global model and its round.
-    fn model(&self) -> Result<(u32, &ParameterSet), ParticipantError> {
-        self.takeaway
-            .model
-            .as_ref()
-            .map(|(r, m)| (*r, m.as_ref()))
-            .ok_or_else(|| {
-                ParticipantError::Local(
-                    "the run ended before this site evaluated any global model".into(),
-                )
-            })
+    /// The final global model (the one it serves: under IFCA the cluster
+    /// of the largest share) and its round.
+    fn model(&self) -> Result<(u32, Cow<'_, ParameterSet>), ParticipantError> {
+        let (round, global) = self.takeaway.model.as_ref().ok_or_else(|| {
+            ParticipantError::Local(
+                "the run ended before this site evaluated any global model".into(),
+            )
+        })?;
+        let served = self.plan.served(global);
+        let served = served.map_err(|e| ParticipantError::Local(e.to_string()))?;
+        Ok((*round, served))
     }
 
     /// The final global model as a model file, with this site's
     /// standardisation (the statistics it applied to its rows).
     pub fn model_file(&self) -> Result<ModelFile, ParticipantError> {
         let (round, parameters) = self.model()?;
-        self.file_of(round, parameters.clone(), "")
+        self.file_of(round, parameters.into_owned(), "")
     }
 
     /// This site's personalized model as a model file (`None` where the
@@ -425,7 +434,7 @@ impl SiteResults {
             )
             .map_err(|e| local(e.to_string()))?;
         model
-            .set_parameters(parameters)
+            .set_parameters(&parameters)
             .map_err(|e| local(e.to_string()))?;
         let importance = tessera_engine::continual::site_importance(model.as_ref(), &self.train)
             .map_err(|e| local(e.to_string()))?;
@@ -483,7 +492,7 @@ impl SiteResults {
     /// The final global model's round and its figures on this site's test rows.
     pub fn global(&self) -> Result<(u32, SiteMetrics), ParticipantError> {
         let (round, parameters) = self.model()?;
-        Ok((round, self.evaluate(parameters)?))
+        Ok((round, self.evaluate(&parameters)?))
     }
 
     /// Continual learning: the model this site continued from, on its
@@ -575,6 +584,7 @@ impl SiteResults {
                 .as_deref()
                 .map(|r| self.evaluate(r).map(|metrics| Figures { metrics }))
                 .transpose()?,
+            cluster: self.cluster,
             personal_from_round: self.takeaway.first_training().filter(|&first| {
                 first > 1
                     && plan.federation.strategy.needs().personal

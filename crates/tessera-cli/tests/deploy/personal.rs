@@ -4,13 +4,15 @@
 //! included, where the sites' updates were kept until their round closed)
 //! holds none of a site's head values, and each site takes home its
 //! personalized model, which is the simulation's. Per-FedAvg's deployed run
-//! and APFL's are their simulations; a Ditto site restarted mid-run says from which round
+//! APFL's and IFCA's are their simulations; a Ditto site restarted mid-run says from which round
 //! its personal model is.
 
 use tessera_core::ParameterSet;
 use tessera_engine::model_file::ModelFile;
 
-use crate::util::procs::{HEART_SITES, Proc, coordinator, participant, wait_until};
+use crate::util::procs::{
+    HEART_SITES, Proc, coordinator, heart_file, participant, participant_with, wait_until,
+};
 use crate::util::status::poll;
 use crate::util::{self, Scratch};
 use crate::{LIMIT, heart_text};
@@ -201,12 +203,75 @@ fn apfl_deployed_is_the_simulation_and_each_site_keeps_its_mixture() {
     }
 }
 
+/// IFCA deployed on Fed-Heart-Disease with two planted groups: hungarian's
+/// and va's labels reversed (disease read as none and none as disease), so
+/// that one model cannot serve all four hospitals. The coordinator's model
+/// stacks two cluster models; each site trains the one of the lower loss
+/// on its rows and sends the stacked change. The model file (the cluster of
+/// the larger share) is the simulation's bit for bit; each site's cluster
+/// and its own cluster's model (its personalized model) are the
+/// simulation's, and the two groups land in different clusters.
+#[test]
+fn ifca_deployed_is_the_simulation_and_finds_the_planted_groups() {
+    if util::skip_e2e("ifca_deployed_is_the_simulation_and_finds_the_planted_groups") {
+        return;
+    }
+    let s = Scratch::new("ifca");
+    let flipped = ["hungarian", "va"];
+    let mut text = heart_text(&s, 4).replace("strategy = \"fedavg\"", "strategy = \"ifca\"")
+        + "\n[privacy]\nsite_metrics = \"clear\"\n\n[strategies.ifca]\nclusters = 2\n";
+    for site in flipped {
+        // The target `num` is the last column: 0 becomes 1, any other 0.
+        let rows: String = std::fs::read_to_string(heart_file(site))
+            .unwrap()
+            .lines()
+            .map(|row| {
+                let (features, num) = row.rsplit_once(',').unwrap();
+                format!("{features},{}\n", if num == "0" { "1" } else { "0" })
+            })
+            .collect();
+        let path = s.write(&format!("flipped.{site}.data"), &rows);
+        text = text.replace(heart_file(site).to_str().unwrap(), path.to_str().unwrap());
+    }
+    let data = |site: &str| match flipped.contains(&site) {
+        true => s.path(&format!("flipped.{site}.data")),
+        false => heart_file(site),
+    };
+    let (simulated_model, _) = deployed_with(&s, "ifca", &text, &data);
+    let simulated = s.json("sim.model.json");
+    let served = util::parameters(&simulated_model);
+    let mut clusters = Vec::new();
+    for site in HEART_SITES {
+        let report = s.json(&format!("{site}.json"));
+        let cluster = &simulated["personalization"]["per_site"][site]["cluster"];
+        assert_eq!(&report["cluster"], cluster, "{site}: {report}");
+        let own = util::parameters(&std::fs::read(s.path(&format!("{site}.personal"))).unwrap());
+        clusters.push((cluster.as_u64().unwrap(), own == served));
+    }
+    println!("ifca: (cluster, its model is the model file's) by site {clusters:?}");
+    // The planted groups, each in a cluster of its own; one group's sites
+    // take the model file's cluster home, the other's their own.
+    let (a, b) = (clusters[0], clusters[1]);
+    assert_eq!(clusters, [a, b, a, b]);
+    assert_ne!(a, b);
+}
+
 /// Runs the plan `text` (written as `NAME.toml`) simulated and deployed on
 /// the four heart sites (each with `--report SITE.json` and
 /// `--personal-model-out SITE.personal`): the deployed global model and each
 /// site's personalized and global accuracy are the simulation's. The
 /// simulated model file, and the coordinator's log.
 fn deployed_as_simulated(s: &Scratch, name: &str, text: &str) -> (Vec<u8>, String) {
+    deployed_with(s, name, text, &heart_file)
+}
+
+/// [`deployed_as_simulated`], each site reading `data(SITE)`.
+fn deployed_with(
+    s: &Scratch,
+    name: &str,
+    text: &str,
+    data: &dyn Fn(&str) -> std::path::PathBuf,
+) -> (Vec<u8>, String) {
     assert!(text.contains(&format!("strategy = \"{name}\"")));
     let plan = s.write(&format!("{name}.toml"), text);
     let (simulated, simulated_model) = s.simulate(&plan, "sim.model");
@@ -215,10 +280,11 @@ fn deployed_as_simulated(s: &Scratch, name: &str, text: &str) -> (Vec<u8>, Strin
         .iter()
         .map(|site| {
             let (report, personal) = (format!("{site}.json"), format!("{site}.personal"));
-            participant(
+            participant_with(
                 &s.dir,
                 &url,
                 site,
+                &data(site),
                 &["--report", &report, "--personal-model-out", &personal],
             )
         })

@@ -120,9 +120,17 @@ impl Federation {
                             .deployed()
                     }),
             },
+            // The model the global parameters serve (under IFCA the
+            // cluster of the largest share), as the simulator reports it.
             final_parameters: self
                 .current_global()
-                .map(|g| g.as_ref().clone())
+                .and_then(|g| {
+                    Some(
+                        tessera_engine::PlanBuild::served(&self.plan, &g)
+                            .ok()?
+                            .into_owned(),
+                    )
+                })
                 .unwrap_or_default(),
         }
     }
