@@ -78,6 +78,14 @@ pub trait Strategy: Send {
         update.n_examples as f64
     }
 
+    /// Refuses an update this strategy cannot count, naming why (IFCA's:
+    /// one that is not a single cluster's change). Called on every update
+    /// the server sees one by one, before it counts; a secure sum cannot
+    /// be checked so. Default: every update counts.
+    fn check_update(&self, _update: &Update) -> Result<(), AggregateError> {
+        Ok(())
+    }
+
     /// The name of the auxiliary sum every update must carry beside its
     /// delta, summed over the round and divided by the federation's size
     /// into [`RoundAggregate::aux_step`] (SCAFFOLD's control-variate change);

@@ -243,6 +243,10 @@ impl Strategy for Robust {
         self.inner.aux_sum()
     }
 
+    fn check_update(&self, update: &Update) -> Result<(), AggregateError> {
+        self.inner.check_update(update)
+    }
+
     fn aggregate_fit(
         &mut self,
         global: &ParameterSet,

@@ -41,6 +41,10 @@ impl Strategy for Regional {
         self.plan.configure_fit(global, site)
     }
 
+    fn check_update(&self, update: &tessera_core::Update) -> Result<(), AggregateError> {
+        self.plan.check_update(update)
+    }
+
     fn aggregate_fit(
         &mut self,
         global: &ParameterSet,

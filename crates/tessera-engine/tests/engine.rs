@@ -239,3 +239,49 @@ fn equal_weighting_takes_no_weight_from_example_counts() {
         "{by_examples:?}"
     );
 }
+
+/// A participant that lies about its IFCA update (a fraction of a share, to
+/// move a cluster by its inverse, or changes to two clusters) is refused by
+/// name, and the round goes on with the honest one.
+#[test]
+fn an_ifca_update_that_is_not_one_clusters_is_refused() {
+    let strategy = StrategyConfig::default().build(StrategyKind::Ifca).unwrap();
+    let (a, b) = (params(&[0.0, 0.0]), params(&[5.0, 5.0]));
+    let global = tessera_aggregate::Ifca::stack(&[a, b], &[0.0, 0.0]).unwrap();
+    let mut e = RoundEngine::new(config(1), strategy, global);
+    for i in 0..3 {
+        e.register(id(i));
+    }
+    let t = Timestamp::ZERO;
+    e.begin_round(t).unwrap();
+    let stacked = |a: &[f32], b: &[f32], shares: &[f32]| Update {
+        delta: tessera_aggregate::Ifca::stack(&[params(a), params(b)], shares).unwrap(),
+        n_examples: 10,
+        aux: None,
+        stats: FitStats::default(),
+    };
+    let tiny = stacked(&[1.0, 1.0], &[0.0, 0.0], &[1e-4, 0.0]);
+    let Err(Rejection::Invalid(why)) = e.submit(t, &id(0), 1, &tiny) else {
+        panic!("a fraction of a share counted");
+    };
+    assert!(why.contains("one 1 and zeros"), "{why}");
+    let both = stacked(&[1.0, 1.0], &[1.0, 0.0], &[1.0, 0.0]);
+    let Err(Rejection::Invalid(why)) = e.submit(t, &id(1), 1, &both) else {
+        panic!("an update of two clusters counted");
+    };
+    assert!(why.contains("changes cluster 1 too"), "{why}");
+    e.submit(
+        t,
+        &id(2),
+        1,
+        &stacked(&[0.0, 0.0], &[2.0, -2.0], &[0.0, 1.0]),
+    )
+    .unwrap();
+    let outcome = e.poll(Timestamp(1)).unwrap();
+    assert_eq!(outcome.status, RoundStatus::Completed);
+    assert_eq!(outcome.accepted, [id(2)]);
+    let (clusters, shares) = tessera_aggregate::Ifca::unstack(e.global(), 2).unwrap();
+    assert_eq!(clusters[0].values().collect::<Vec<_>>(), [0.0, 0.0]);
+    assert_eq!(clusters[1].values().collect::<Vec<_>>(), [7.0, 3.0]);
+    assert_eq!(shares, [0.0, 1.0]);
+}

@@ -174,6 +174,30 @@ impl Strategy for Ifca {
         }
     }
 
+    /// A site's update must be one cluster's: its shares one 1 and zeros,
+    /// every other cluster's change zero (a site that spread its weight,
+    /// or sent a fraction of a share to steer a cluster by its inverse, is
+    /// refused, saying so).
+    fn check_update(&self, update: &tessera_core::Update) -> Result<(), AggregateError> {
+        let k = self.clusters as usize;
+        let (changes, shares) = Self::unstack(&update.delta, k)?;
+        let ones: Vec<usize> = (0..k).filter(|&j| shares[j] == 1.0).collect();
+        let [chosen] = ones[..] else {
+            return Err(AggregateError::Config(format!(
+                "ifca: an update's shares must be one 1 and zeros, got {:?}",
+                shares
+            )));
+        };
+        for (j, (change, &share)) in changes.iter().zip(&shares).enumerate() {
+            if j != chosen && (share != 0.0 || change.values().any(|v| v != 0.0)) {
+                return Err(AggregateError::Config(format!(
+                    "ifca: an update for cluster {chosen} changes cluster {j} too"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Each cluster moves by `server_lr` times its slice of the round's
     /// mean change over its share (its members' weighted mean change); a
     /// cluster of no share stays. The shares become the round's.
@@ -484,6 +508,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("share of the round's examples is 3"), "{e}");
+        // A site's update must be one cluster's.
+        let update = |delta: ParameterSet| tessera_core::Update {
+            delta,
+            n_examples: 10,
+            aux: None,
+            stats: Default::default(),
+        };
+        let zero = set(&[0.0, 0.0]);
+        let stacked_update = |a: &ParameterSet, b: &ParameterSet, shares: &[f32]| {
+            update(Ifca::stack(&[a.clone(), b.clone()], shares).unwrap())
+        };
+        ifca.check_update(&stacked_update(&one, &zero, &[1.0, 0.0]))
+            .unwrap();
+        for (a, b, shares, why) in [
+            (&one, &zero, [0.5, 0.5], "one 1 and zeros"),
+            (&one, &zero, [1e-6, 0.0], "one 1 and zeros"),
+            (&one, &zero, [1.0, 1.0], "one 1 and zeros"),
+            (&one, &zero, [1.0, -1.0], "changes cluster 1 too"),
+            (&one, &one, [1.0, 0.0], "changes cluster 1 too"),
+        ] {
+            let e = ifca
+                .check_update(&stacked_update(a, b, &shares))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{shares:?}: {e}");
+        }
+        assert!(ifca.check_update(&update(one.clone())).is_err());
         // A restarted site takes back its cluster; a bad one is refused.
         let mut local = IfcaLocal { chosen: Some(1) };
         let saved = local.saved().unwrap();
