@@ -124,7 +124,15 @@ fn each_rule_fires_on_the_plan_it_forbids() {
             "ifca_runs_plain_rounds",
             Box::new(|p: &mut Plan| {
                 p.federation.strategy = StrategyKind::Ifca;
+                p.compression.upload = "fp16".parse().unwrap();
+            }),
+        ),
+        (
+            "ifca_shares_fit_the_secure_range",
+            Box::new(|p: &mut Plan| {
+                p.federation.strategy = StrategyKind::Ifca;
                 p.secure_aggregation.enabled = true;
+                p.secure_aggregation.clip_range = 0.5;
             }),
         ),
         (

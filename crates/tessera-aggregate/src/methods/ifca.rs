@@ -200,7 +200,11 @@ impl Strategy for Ifca {
 
     /// Each cluster moves by `server_lr` times its slice of the round's
     /// mean change over its share (its members' weighted mean change); a
-    /// cluster of no share stays. The shares become the round's.
+    /// cluster of no share stays. A cluster's weight, its share times the
+    /// round's, is a whole number (examples, or members under secure
+    /// aggregation, whose quantisation leaves a zero share a little above
+    /// zero): it is rounded to one before it divides. The shares become
+    /// the round's.
     fn aggregate_fit(
         &mut self,
         global: &ParameterSet,
@@ -210,19 +214,22 @@ impl Strategy for Ifca {
         let k = self.clusters as usize;
         let (mut clusters, _) = Self::unstack(global, k)?;
         let (changes, shares) = Self::unstack(&round.mean_delta, k)?;
+        let total = round.weight_sum;
+        let mut taken = Vec::with_capacity(k);
         for (j, (cluster, change)) in clusters.iter_mut().zip(&changes).enumerate() {
-            let share = shares[j];
-            if !(share.is_finite() && (0.0..=1.0 + 1e-6).contains(&share)) {
+            let weight = (f64::from(shares[j]) * total).round();
+            if !(weight.is_finite() && weight >= 0.0 && weight <= total.round()) {
                 return Err(AggregateError::Config(format!(
                     "ifca: cluster {j}'s share of the round's examples is {}, not in [0, 1]",
-                    tessera_core::value(share)
+                    tessera_core::value(shares[j])
                 )));
             }
-            if share > 0.0 {
-                cluster.add_scaled(change, self.server_lr / share)?;
+            if weight >= 1.0 {
+                cluster.add_scaled(change, self.server_lr * (total / weight) as f32)?;
             }
+            taken.push((weight / total) as f32);
         }
-        let next = Self::stack(&clusters, &shares)?;
+        let next = Self::stack(&clusters, &taken)?;
         next.check_finite()?;
         Ok(next)
     }
