@@ -578,12 +578,6 @@ impl RoundEngine {
         update: &Update,
     ) -> Result<(), Rejection> {
         let open = admit(&mut self.open, now, round, std::slice::from_ref(from))?;
-        if let Err(e) = self.strategy.check_update(update) {
-            let reason = e.to_string();
-            open.pending.remove(from);
-            open.rejected.push((from.clone(), reason.clone()));
-            return Err(Rejection::Invalid(reason));
-        }
         // Central DP and norm bounding: the update counts clipped (and, with
         // DP, with weight 1, so that one participant moves the sum by at most C).
         let mut bounded;
@@ -608,7 +602,9 @@ impl RoundEngine {
         } else {
             self.strategy.weight(update)
         };
-        match open.accumulator.add(update, weight) {
+        // The strategy may refuse an update it cannot count (IFCA's).
+        let counted = self.strategy.check_update(update);
+        match counted.and_then(|()| open.accumulator.add(update, weight)) {
             Ok(()) => {
                 open.pending.remove(from);
                 open.accepted.push(from.clone());
