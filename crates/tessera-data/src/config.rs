@@ -222,6 +222,11 @@ pub struct SiteFile {
     pub name: String,
     /// Its CSV file (relative paths are relative to the plan file).
     pub path: PathBuf,
+    /// The site's mapping file ([`crate::mapping::Mapping`]: its own column
+    /// names, codings and units to the plan's), applied as the file is
+    /// read (relative to the plan file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<PathBuf>,
 }
 
 /// What the columns of the CSV files are.

@@ -37,6 +37,7 @@ pub mod config;
 mod dataset;
 mod error;
 mod levels;
+pub mod mapping;
 mod prepare;
 mod read;
 pub mod synth;

@@ -105,10 +105,23 @@ pub(crate) fn read_sites(
     } else {
         for site in &config.sites {
             let mut per_site: BTreeMap<String, SiteBuilder> = BTreeMap::new();
+            let full_path = base_dir.join(&site.path);
+            let mapping = match &site.mapping {
+                Some(m) => Some(crate::mapping::Mapping::from_file(&base_dir.join(m))?),
+                None => None,
+            };
+            let mapped;
+            let source = match &mapping {
+                Some(m) => {
+                    mapped = crate::mapping::Mapped::new(source, &full_path, m, &config.schema)?;
+                    &mapped as &dyn FileSource
+                }
+                None => source,
+            };
             read_file(
                 config,
                 source,
-                &base_dir.join(&site.path),
+                &full_path,
                 &site.path,
                 None,
                 Some(&site.name),
@@ -158,6 +171,13 @@ pub(crate) fn read_site(
             let listed = config.sites.iter().find(|s| s.name == site);
             let file = match (path, listed) {
                 (Some(p), _) => p,
+                (None, Some(listed)) if listed.mapping.is_some() => {
+                    return Err(DataError::Config(format!(
+                        "the plan reads site '{site}' through a mapping, which a site gives \
+                         itself when deployed: give its file and mapping (--data FILE \
+                         --mapping FILE)"
+                    )));
+                }
                 (None, Some(listed)) => listed.path.as_path(),
                 (None, None) => {
                     return Err(DataError::Config(format!(
