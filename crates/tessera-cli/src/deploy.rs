@@ -82,6 +82,11 @@ pub struct ParticipantArgs {
     /// generates (`[data.synthetic]`).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// This site's mapping file (TOML): how its data file's own column
+    /// names, codings and units become the plan's, applied as the file is
+    /// read (see README, "Mapping a site's columns"). Needs --data.
+    #[arg(long, requires = "data")]
+    mapping: Option<PathBuf>,
     /// The plan's folder: the plan's relative paths (its data files, a split
     /// membership file) are read from there, and an absolute one only below
     /// it. Default: the folder of --expect-plan, else the working folder.
@@ -565,6 +570,11 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
         coordinator: args.coordinator.clone(),
         site: args.site.clone(),
         data: args.data.as_deref().map(resolved).transpose()?,
+        // A mapping that cannot be read is found here, not after joining.
+        mapping: match &args.mapping {
+            Some(path) => Some(tessera_data::mapping::Mapping::from_file(path)?),
+            None => None,
+        },
         plan_dir: resolved(&plan_dir)?,
         max_backoff: Duration::from_secs(2),
         give_up_after: seconds("--give-up-after", args.give_up_after)?,

@@ -152,6 +152,7 @@ pub(crate) async fn read_local(
         &config.site,
         config.data.as_deref(),
         &config.plan_dir,
+        config.mapping.as_ref(),
     )
     .await
     .map_err(Failure::Fatal)
@@ -206,20 +207,19 @@ pub(crate) async fn read_site(
                 .into(),
         ));
     }
-    let (data, site, file, plan_dir) = (
+    let (data, site, file, plan_dir, mapping) = (
         plan.data.clone(),
         config.site.clone(),
         config.data.clone(),
         config.plan_dir.clone(),
+        config.mapping.clone(),
     );
     let pending: PendingSite = blocking(move || {
-        tessera_data::read_pending_site(
-            &data,
-            &site,
-            file.as_deref(),
-            &plan_dir,
-            &tessera_data::Filesystem,
-        )
+        let (file, schema) = (file.as_deref(), &data.schema);
+        let fs = &tessera_data::Filesystem;
+        tessera_data::mapping::with_mapping(fs, file, &plan_dir, mapping.as_ref(), schema, |s| {
+            tessera_data::read_pending_site(&data, &site, file, &plan_dir, s)
+        })
         .map_err(|e| e.to_string())
     })
     .await

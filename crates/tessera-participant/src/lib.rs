@@ -134,6 +134,9 @@ pub struct ParticipantConfig {
     /// the rows the plan generates, `[data.synthetic]`). It is checked
     /// before the coordinator is called.
     pub data: Option<PathBuf>,
+    /// This site's mapping of its data file (`data`) to the plan's columns
+    /// ([`tessera_data::mapping::Mapping`]), applied as it is read.
+    pub mapping: Option<tessera_data::mapping::Mapping>,
     /// Folder against which the plan's relative paths (its data files, a
     /// split membership file) are resolved: the plan's folder.
     pub plan_dir: PathBuf,

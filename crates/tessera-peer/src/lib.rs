@@ -487,6 +487,7 @@ async fn work(
         &config.site,
         config.data.as_deref(),
         &config.plan_dir,
+        None,
     )
     .await
     .map_err(|e| PeerError::Local(e.to_string()))?;

@@ -80,6 +80,7 @@ pub(crate) fn run_participant<'py>(
         coordinator: coordinator.to_string(),
         site: site.to_string(),
         data: None,
+        mapping: None,
         plan_dir: PathBuf::from("."),
         max_backoff: Duration::from_secs(2),
         give_up_after: seconds("give_up_after", give_up_after)?,

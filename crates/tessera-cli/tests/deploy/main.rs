@@ -21,6 +21,7 @@ mod hostile;
 mod joins;
 mod lifecycle;
 mod malformed;
+mod mapped;
 mod personal;
 mod plans;
 mod psi_joins;

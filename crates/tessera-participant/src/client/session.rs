@@ -12,27 +12,28 @@ use crate::ParticipantError;
 
 /// Reads `site`'s rows from `file` (`None`: the plan's file for the site,
 /// or the rows the plan generates), as the plan's `[data]` says, its
-/// relative paths against `plan_dir`, off the async runtime.
+/// relative paths against `plan_dir` (through the site's `mapping`, if
+/// any), off the async runtime.
 pub async fn read_site(
     data: &tessera_data::DataConfig,
     site: &str,
     file: Option<&std::path::Path>,
     plan_dir: &std::path::Path,
+    mapping: Option<&tessera_data::mapping::Mapping>,
 ) -> Result<tessera_data::LocalSite, ParticipantError> {
-    let (data, site, file, plan_dir) = (
+    let (data, site, file, plan_dir, mapping) = (
         data.clone(),
         site.to_string(),
         file.map(std::path::Path::to_path_buf),
         plan_dir.to_path_buf(),
+        mapping.cloned(),
     );
     tokio::task::spawn_blocking(move || {
-        tessera_data::read_local_site(
-            &data,
-            &site,
-            file.as_deref(),
-            &plan_dir,
-            &tessera_data::Filesystem,
-        )
+        let (file, schema) = (file.as_deref(), &data.schema);
+        let fs = &tessera_data::Filesystem;
+        tessera_data::mapping::with_mapping(fs, file, &plan_dir, mapping.as_ref(), schema, |s| {
+            tessera_data::read_local_site(&data, &site, file, &plan_dir, s)
+        })
     })
     .await
     .map_err(|e| ParticipantError::Local(format!("reading the data crashed: {e}")))?

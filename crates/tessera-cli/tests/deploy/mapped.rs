@@ -1,0 +1,59 @@
+//! Sites that keep their data in layouts of their own: each reads its file
+//! through its mapping (`--mapping`), which never leaves the site, and the
+//! federation trains what it would on files in the plan's layout.
+
+use std::path::PathBuf;
+
+use crate::util::procs::{HEART_SITES, Proc, coordinator, participant_with};
+use crate::util::{self, Scratch};
+use crate::{LIMIT, OUTPUTS, heart_text};
+
+fn rewritten(site: &str) -> PathBuf {
+    util::root().join(format!("data/uci-heart-disease/rewritten/{site}.csv"))
+}
+
+fn mapping(site: &str) -> String {
+    let path = util::root().join(format!("examples/mappings/heart-{site}.toml"));
+    path.to_str().unwrap().to_string()
+}
+
+/// The four hospitals' rewritten files (own names, codings, units, missing
+/// tokens), each read through its site's mapping: the deployed model is
+/// the simulation of the plan on the original files, bit for bit; a site
+/// whose file is read without its mapping stops, saying why.
+#[test]
+fn sites_reading_through_their_mappings_train_the_plans_model() {
+    if util::skip_e2e("sites_reading_through_their_mappings_train_the_plans_model") {
+        return;
+    }
+    let s = Scratch::new("mapped");
+    let plan = s.write("heart.toml", &heart_text(&s, 4));
+    let (_, simulated) = s.simulate(&plan, "sim.model");
+    // Without its mapping, a rewritten file is not the plan's layout: the
+    // site says so, naming its file, and stops before it trains.
+    let (mut waiting, url) = coordinator(&s.dir, &plan, &s.path("w.sqlite"), 0, &[]);
+    let mut lost = participant_with(&s.dir, &url, "va", &rewritten("va"), &[]);
+    assert!(!lost.wait(LIMIT).success());
+    let log = lost.log();
+    assert!(log.contains("va.csv") && log.contains("fields"), "{log}");
+    waiting.kill_9();
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &s.path("r.sqlite"), 0, OUTPUTS);
+    let mut sites: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| {
+            let mapping = mapping(site);
+            participant_with(
+                &s.dir,
+                &url,
+                site,
+                &rewritten(site),
+                &["--mapping", &mapping],
+            )
+        })
+        .collect();
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for site in &mut sites {
+        assert!(site.wait(LIMIT).success(), "{}", site.log());
+    }
+    assert_eq!(util::model(&s.path("dep.model")), simulated);
+}
