@@ -86,8 +86,9 @@ impl Plan {
                     OptimizerKind::Adam => 2,
                     OptimizerKind::Sgd => u64::from(self.training.optimizer.momentum != 0.0),
                 };
-                // The global model and the update, stacked under IFCA.
-                4 + 2 * (stack - 1)
+                // Under IFCA the stacked global model, its clusters apart,
+                // the stacked change and the last model kept.
+                4 + 4 * (stack - 1)
                     + optimizer
                     + needs.site_copies
                     + u64::from(self.compression.is_active())
@@ -117,7 +118,7 @@ impl Plan {
         let params = self.model.n_parameters(features, classes);
         let copies = match role {
             MemoryRole::Simulation => {
-                format!("two copies at each of {sites} sites and four more")
+                format!("the copies at each of {sites} sites and the engine's")
             }
             MemoryRole::Coordinator => "its copies at the coordinator".to_string(),
             MemoryRole::Participant => "its copies at a site".to_string(),

@@ -440,37 +440,27 @@ pub const RULES: &[Rule] = &[
     rule("ifca_runs_plain_rounds", |p| {
         when(
             p.federation.strategy == StrategyKind::Ifca
-                && (p.privacy.is_on()
+                && (secagg(p)
+                    || p.privacy.is_on()
                     || p.privacy.site_metrics == tessera_privacy::SiteMetrics::Dp
                     || p.compression.is_active()
                     || p.robust.rule != tessera_aggregate::RobustRule::Mean
                     || p.robust.norm_bound.is_some()),
             &[
                 "federation.strategy",
+                "secure_aggregation.enabled",
                 "privacy.mode",
                 "privacy.site_metrics",
                 "compression",
                 "robust",
             ],
             || {
-                "ifca's cluster rounds run without DP (of the updates or the metrics), \
-                 compression or a robust rule yet; turn them off, or choose another strategy"
+                "ifca's cluster rounds run without secure aggregation (a cluster's sum would \
+                 hide a site only among its cluster's members, and nothing yet binds the \
+                 cluster models a site trains from to the secure round), DP (of the updates \
+                 or the metrics), compression or a robust rule yet; turn them off, or choose \
+                 another strategy"
                     .into()
-            },
-        )
-    }),
-    rule("ifca_shares_fit_the_secure_range", |p| {
-        when(
-            p.federation.strategy == StrategyKind::Ifca
-                && secagg(p)
-                && p.secure_aggregation.clip_range < 1.0,
-            &["federation.strategy", "secure_aggregation.clip_range"],
-            || {
-                format!(
-                    "ifca's updates carry a 1 in their cluster's share, which secure \
-                     aggregation would clip to clip_range = {}; set it to 1 or more",
-                    p.secure_aggregation.clip_range
-                )
             },
         )
     }),

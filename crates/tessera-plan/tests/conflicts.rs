@@ -128,14 +128,6 @@ fn each_rule_fires_on_the_plan_it_forbids() {
             }),
         ),
         (
-            "ifca_shares_fit_the_secure_range",
-            Box::new(|p: &mut Plan| {
-                p.federation.strategy = StrategyKind::Ifca;
-                p.secure_aggregation.enabled = true;
-                p.secure_aggregation.clip_range = 0.5;
-            }),
-        ),
-        (
             "ifca_asks_every_site_every_round",
             Box::new(|p: &mut Plan| {
                 p.federation.strategy = StrategyKind::Ifca;

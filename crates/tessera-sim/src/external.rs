@@ -42,7 +42,7 @@ pub fn simulate_with_learners(
         ));
     }
     if plan.federation.strategy == tessera_aggregate::StrategyKind::Ifca {
-        // IFCA's rounds are its own loop, with built-in models.
+        // Each IFCA site measures every cluster's loss, with a built-in model.
         return Err(state(
             "ifca runs with built-in models only (simulate); choose another strategy for \
              external learners",

@@ -244,8 +244,7 @@ mod tests {
                 (id("c"), crate::Failure::Refused("non-finite".into())),
             ],
         };
-        // IFCA's rounds are the simulator's own loop (its aggregate_fit
-        // refuses to run).
+        // IFCA's model stacks its clusters (its own test covers it).
         for kind in crate::StrategyKind::ALL
             .into_iter()
             .filter(|k| *k != crate::StrategyKind::Ifca)

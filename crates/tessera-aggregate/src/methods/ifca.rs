@@ -201,10 +201,9 @@ impl Strategy for Ifca {
     /// Each cluster moves by `server_lr` times its slice of the round's
     /// mean change over its share (its members' weighted mean change); a
     /// cluster of no share stays. A cluster's weight, its share times the
-    /// round's, is a whole number (examples, or members under secure
-    /// aggregation, whose quantisation leaves a zero share a little above
-    /// zero): it is rounded to one before it divides. The shares become
-    /// the round's.
+    /// round's, is a whole number of examples, rounded to one before it
+    /// divides, and the clusters' weights add up to the round's. The shares
+    /// become the round's.
     fn aggregate_fit(
         &mut self,
         global: &ParameterSet,
@@ -229,6 +228,13 @@ impl Strategy for Ifca {
             }
             taken.push((weight / total) as f32);
         }
+        let sum: f64 = taken.iter().map(|&t| (f64::from(t) * total).round()).sum();
+        if (sum - total.round()).abs() > 0.5 {
+            return Err(AggregateError::Config(format!(
+                "ifca: the clusters' weights add up to {sum}, not the round's {}",
+                total.round()
+            )));
+        }
         let next = Self::stack(&clusters, &taken)?;
         next.check_finite()?;
         Ok(next)
@@ -239,14 +245,14 @@ impl Strategy for Ifca {
 /// loss on its training rows.
 #[derive(Debug, Clone, Default)]
 pub struct IfcaLocal {
-    /// The cluster the site took at its last training.
-    chosen: Option<usize>,
+    /// The cluster the site took at its last training, of how many.
+    chosen: Option<(usize, usize)>,
 }
 
 impl IfcaLocal {
     /// The cluster the site took at its last training.
     pub fn chosen(&self) -> Option<usize> {
-        self.chosen
+        self.chosen.map(|(j, _)| j)
     }
 }
 
@@ -286,7 +292,7 @@ impl LocalAlgorithm for IfcaLocal {
             })
             .collect();
         let shares: Vec<f32> = (0..k).map(|j| f32::from(u8::from(j == chosen))).collect();
-        self.chosen = Some(chosen);
+        self.chosen = Some((chosen, k));
         Ok(LocalFit {
             delta: Ifca::stack(&changes, &shares)?,
             aux: None,
@@ -296,35 +302,42 @@ impl LocalAlgorithm for IfcaLocal {
 
     /// The model of the cluster the site took, as `global` has it.
     fn personal(&self, global: &ParameterSet) -> Option<ParameterSet> {
-        let chosen = self.chosen?;
-        let k = global.get(SHARES)?.len();
+        let (chosen, k) = self.chosen?;
         Ifca::unstack(global, k)
             .ok()
-            .and_then(|(mut models, _)| (chosen < k).then(|| models.swap_remove(chosen)))
+            .map(|(mut models, _)| models.swap_remove(chosen))
     }
 
     fn cluster(&self) -> Option<usize> {
-        self.chosen
+        self.chosen()
     }
 
+    /// The cluster and the number of clusters, as two values.
     fn saved(&self) -> Option<ParameterSet> {
-        let chosen = u16::try_from(self.chosen?).ok()?;
+        let (chosen, k) = self.chosen?;
         let mut saved = ParameterSet::new();
-        let tensor = Tensor::new(vec![1], vec![f32::from(chosen)]).ok()?;
+        let tensor = Tensor::new(vec![2], vec![chosen as f32, k as f32]).ok()?;
         saved.push("ifca/chosen", tensor).ok()?;
         Some(saved)
     }
 
+    /// Refused unless the saved state is a cluster below a number of
+    /// clusters from 2 to [`MAX_CLUSTERS`].
     fn restore(&mut self, saved: &ParameterSet) -> Result<(), AggregateError> {
-        let value = saved
-            .get("ifca/chosen")
-            .and_then(|t| t.data().first().copied())
-            .filter(|v| v.is_finite() && *v >= 0.0 && *v < MAX_CLUSTERS as f32 && v.fract() == 0.0)
-            .ok_or_else(|| {
-                AggregateError::Config("the saved state has no cluster of 0 to 15".into())
-            })?;
-        self.chosen = Some(value as usize);
-        Ok(())
+        let whole = |v: f32| (v.is_finite() && v >= 0.0 && v.fract() == 0.0).then_some(v as usize);
+        let pair = saved.get("ifca/chosen").and_then(|t| match t.data() {
+            &[chosen, k] => Some((whole(chosen)?, whole(k)?)),
+            _ => None,
+        });
+        match pair {
+            Some((chosen, k)) if (2..=MAX_CLUSTERS as usize).contains(&k) && chosen < k => {
+                self.chosen = Some((chosen, k));
+                Ok(())
+            }
+            _ => Err(AggregateError::Config(
+                "the saved state has no cluster below a number of clusters from 2 to 16".into(),
+            )),
+        }
     }
 }
 
@@ -543,16 +556,21 @@ mod tests {
         }
         assert!(ifca.check_update(&update(one.clone())).is_err());
         // A restarted site takes back its cluster; a bad one is refused.
-        let mut local = IfcaLocal { chosen: Some(1) };
+        let mut local = IfcaLocal {
+            chosen: Some((1, 2)),
+        };
         let saved = local.saved().unwrap();
         let mut fresh = IfcaLocal::default();
         fresh.restore(&saved).unwrap();
         assert_eq!(fresh.chosen(), Some(1));
         local.chosen = None;
         assert!(local.saved().is_none());
-        let mut bad = ParameterSet::new();
-        bad.push("ifca/chosen", Tensor::new(vec![1], vec![1.5]).unwrap())
-            .unwrap();
-        assert!(fresh.restore(&bad).is_err());
+        for values in [vec![1.5, 2.0], vec![2.0, 2.0], vec![0.0, 17.0], vec![1.0]] {
+            let mut bad = ParameterSet::new();
+            let n = values.len();
+            bad.push("ifca/chosen", Tensor::new(vec![n], values).unwrap())
+                .unwrap();
+            assert!(fresh.restore(&bad).is_err());
+        }
     }
 }

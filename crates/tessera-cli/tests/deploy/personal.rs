@@ -216,29 +216,15 @@ fn ifca_deployed_is_the_simulation_and_finds_the_planted_groups() {
     if util::skip_e2e("ifca_deployed_is_the_simulation_and_finds_the_planted_groups") {
         return;
     }
-    ifca_planted("");
+    ifca_planted();
 }
 
-/// [`ifca_deployed_is_the_simulation_and_finds_the_planted_groups`] under
-/// secure aggregation: the coordinator sums the masked stacked updates,
-/// learning each cluster's summed change and its number of sites, not
-/// which site took which; the run is still its simulation, bit for bit.
-#[test]
-fn ifca_under_secure_aggregation_deployed_is_the_simulation() {
-    if util::skip_e2e("ifca_under_secure_aggregation_deployed_is_the_simulation") {
-        return;
-    }
-    ifca_planted("\n[secure_aggregation]\nenabled = true\nclip_range = 4.0\n");
-}
-
-/// The planted IFCA run, deployed and simulated, with `tables` appended to
-/// its plan.
-fn ifca_planted(tables: &str) {
+/// The planted IFCA run, deployed and simulated.
+fn ifca_planted() {
     let s = Scratch::new("ifca");
     let flipped = ["hungarian", "va"];
     let mut text = heart_text(&s, 4).replace("strategy = \"fedavg\"", "strategy = \"ifca\"")
-        + "\n[privacy]\nsite_metrics = \"clear\"\n\n[strategies.ifca]\nclusters = 2\n"
-        + tables;
+        + "\n[privacy]\nsite_metrics = \"clear\"\n\n[strategies.ifca]\nclusters = 2\n";
     for site in flipped {
         // The target `num` is the last column: 0 becomes 1, any other 0.
         let rows: String = std::fs::read_to_string(heart_file(site))

@@ -124,13 +124,15 @@ impl Federation {
             // cluster of the largest share), as the simulator reports it.
             final_parameters: self
                 .current_global()
-                .and_then(|g| {
-                    Some(
-                        tessera_engine::PlanBuild::served(&self.plan, &g)
-                            .ok()?
-                            .into_owned(),
-                    )
-                })
+                .and_then(
+                    |g| match tessera_engine::PlanBuild::served(&self.plan, &g) {
+                        Ok(served) => Some(served.into_owned()),
+                        Err(e) => {
+                            tracing::error!(error = %e, "the run's model cannot be served");
+                            None
+                        }
+                    },
+                )
                 .unwrap_or_default(),
         }
     }
