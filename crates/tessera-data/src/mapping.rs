@@ -46,6 +46,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::DataError;
 use crate::config::{ColumnKind, SchemaConfig};
+use crate::read::source::MAX_LINE_BYTES;
 use crate::read::{FileSource, source_open};
 
 pub use units::{Linear, conversion};
@@ -148,9 +149,11 @@ impl Mapping {
         if mapping.version == 0 {
             return Err("`version` starts at 1".into());
         }
-        if !mapping.delimiter.is_ascii() || mapping.delimiter == '"' {
+        let d = mapping.delimiter;
+        if !d.is_ascii() || d.is_ascii_control() && d != '\t' || d == '"' {
             return Err(format!(
-                "`delimiter` must be one ASCII character other than '\"', got {:?}",
+                "`delimiter` must be one printable ASCII character (or a tab) other than '\"', \
+                 got {:?}",
                 mapping.delimiter
             ));
         }
@@ -203,19 +206,22 @@ fn target_columns(schema: &SchemaConfig, mapping: &Mapping) -> Result<Vec<Target
                     .into(),
             );
         }
-    } else {
-        for name in std::iter::once(&schema.target).chain(mapping.named()) {
-            if !names.iter().any(|(n, _)| n == name) {
-                names.push((name.clone(), false));
-            }
-        }
+    } else if !names.iter().any(|(n, _)| *n == schema.target) {
+        // With a header the plan lists only some columns: a mapped file
+        // gives those and the target.
+        names.push((schema.target.clone(), false));
     }
     for name in mapping.named() {
         if !names.iter().any(|(n, _)| n == name) {
             let all: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
             return Err(format!(
-                "it maps '{name}', which is not a column of the plan (its columns: {})",
-                all.join(", ")
+                "it maps '{name}', which is not a column of the plan (its columns: {}{})",
+                tessera_core::shown(&all.join(", "), 500),
+                if schema.header {
+                    "; a mapped file gives the columns the plan lists and its target"
+                } else {
+                    ""
+                }
             ));
         }
     }
@@ -303,6 +309,14 @@ impl<'a> Mapped<'a> {
         } else {
             Vec::new()
         };
+        if let Some((_, twice)) =
+            (header.iter().enumerate()).find(|(i, h)| header[..*i].contains(h))
+        {
+            return Err(format!(
+                "the file names column '{}' twice",
+                tessera_core::shown(twice, 200)
+            ));
+        }
         let field = |name: &str| -> Option<usize> {
             if self.mapping.header {
                 header.iter().position(|h| h == name)
@@ -353,6 +367,7 @@ impl<'a> Mapped<'a> {
             records,
             ops,
             source: self,
+            width: (!header.is_empty()).then_some(header.len()),
             pending,
             at: 0,
         })
@@ -363,7 +378,7 @@ impl<'a> Mapped<'a> {
             format!(
                 "the plan's column '{target}' comes from '{from}', which the file lacks (its \
                  columns: {}); map it in [columns] or [derive]",
-                header.join(", ")
+                tessera_core::shown(&header.join(", "), 500)
             )
         } else {
             format!(
@@ -432,6 +447,8 @@ struct MappedReader<'a> {
     records: csv::StringRecordsIntoIter<Box<dyn Read + 'a>>,
     ops: Vec<Op<'a>>,
     source: &'a Mapped<'a>,
+    /// Fields in every row: the header's, else the first row's.
+    width: Option<usize>,
     pending: Vec<u8>,
     at: usize,
 }
@@ -447,8 +464,17 @@ impl MappedReader<'_> {
         if record.len() == 1 && record.get(0) == Some("") {
             return Ok(Some(Vec::new()));
         }
+        // A row of another width would shift values into other columns.
+        let width = *self.width.get_or_insert(record.len());
+        if record.len() != width {
+            return Err(format!(
+                "line {line}: the row has {} fields, expected {width}",
+                record.len()
+            ));
+        }
         let mapped = &self.source;
         let mut row = Vec::with_capacity(self.ops.len());
+        let mut bytes = 0usize;
         for op in &self.ops {
             let at = |message: String| format!("line {line}, column '{}': {message}", op.name);
             let raw = match op.source {
@@ -460,44 +486,66 @@ impl MappedReader<'_> {
                     (!mapped.missing_in.iter().any(|m| m == raw)).then_some(raw)
                 }
             };
-            let Some(raw) = raw else {
-                row.push(mapped.missing_out.clone());
-                continue;
+            let value = match raw {
+                None => mapped.missing_out.clone(),
+                Some(raw) => op.value(raw).map_err(at)?,
             };
-            let mut value = match op.source {
-                Source::YearsSince(_, year) => {
-                    let v: f64 = raw
-                        .parse()
-                        .map_err(|_| at(format!("'{raw}' is not a year")))?;
-                    format!("{}", year - v)
-                }
-                _ => raw.to_string(),
-            };
-            if let Some(table) = op.recode {
-                value = table.get(&value).cloned().ok_or_else(|| {
-                    at(format!(
-                        "'{value}' has no recoding (its [recode] table has {})",
-                        table.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ))
-                })?;
-            }
-            if let Some((linear, decimals)) = op.convert {
-                let v: f64 = value
-                    .parse()
-                    .map_err(|_| at(format!("'{value}' is not a number to convert")))?;
-                let converted = linear.scale * v + linear.offset;
-                if !converted.is_finite() {
-                    return Err(at(format!("'{value}' converts to {converted}")));
-                }
-                value = match decimals {
-                    Some(d) => format!("{converted:.*}", d as usize),
-                    None => format!("{converted}"),
-                };
+            // The row is bounded as the loader bounds a line, before it grows.
+            bytes = bytes.saturating_add(value.len() + 1);
+            if bytes > MAX_LINE_BYTES {
+                return Err(format!(
+                    "line {line}: the mapped row is longer than {} MiB",
+                    MAX_LINE_BYTES >> 20
+                ));
             }
             row.push(value);
         }
         Ok(Some(row))
     }
+}
+
+impl Op<'_> {
+    /// The plan's value of this column from the file's `raw` value.
+    fn value(&self, raw: &str) -> Result<String, String> {
+        let mut value = match self.source {
+            Source::YearsSince(_, year) => {
+                let v: f64 = raw.parse().map_err(|_| not_a("year", raw))?;
+                if !(year - v).is_finite() {
+                    return Err(not_a("year", raw));
+                }
+                format!("{}", year - v)
+            }
+            _ => raw.to_string(),
+        };
+        if let Some(table) = self.recode {
+            value = table.get(&value).cloned().ok_or_else(|| {
+                let keys = table.keys().cloned().collect::<Vec<_>>().join(", ");
+                format!(
+                    "'{}' has no recoding (its [recode] table has {})",
+                    tessera_core::shown(&value, 200),
+                    tessera_core::shown(&keys, 500)
+                )
+            })?;
+        }
+        if let Some((linear, decimals)) = self.convert {
+            let v: f64 = value
+                .parse()
+                .map_err(|_| not_a("number to convert", &value))?;
+            let converted = linear.scale * v + linear.offset;
+            if !converted.is_finite() {
+                return Err(format!("'{value}' converts to {converted}"));
+            }
+            value = match decimals {
+                Some(d) => format!("{converted:.*}", d as usize),
+                None => format!("{converted}"),
+            };
+        }
+        Ok(value)
+    }
+}
+
+fn not_a(what: &str, raw: &str) -> String {
+    format!("'{}' is not a {what}", tessera_core::shown(raw, 200))
 }
 
 impl Read for MappedReader<'_> {

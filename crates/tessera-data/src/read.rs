@@ -9,7 +9,7 @@ use crate::config::DataConfig;
 mod columns;
 mod fields;
 mod partition;
-mod source;
+pub(crate) mod source;
 
 use columns::Builder;
 pub(crate) use columns::{FeatureColumn, FeatureKind};

@@ -278,6 +278,13 @@ async fn run_protocol(
     relay: &mut Relay<'_>,
     file: &mut JoinFile,
 ) -> Result<(), Stop> {
+    if config.mapping.is_some() {
+        return Err(Stop::Failed(format!(
+            "join '{}' reads this site's data file as it is, which its mapping (--mapping) \
+             does not reach yet; join from a file in the plan's layout",
+            spec.name
+        )));
+    }
     let (data, site, given, plan_dir) = (
         plan.data.clone(),
         config.site.clone(),

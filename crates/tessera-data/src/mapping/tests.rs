@@ -159,7 +159,25 @@ fn what_a_mapping_cannot_do_is_refused_by_name() {
     dir.write("b-rewritten.csv", &B_REWRITTEN.replace("9.154383", "high"));
     let e = refused(B_MAPPING);
     assert!(e.contains("'high' is not a number to convert"), "{e}");
-    // Unknown keys and version 0.
+    // A row of another width (a delimiter inside a value) is not shifted.
+    dir.write(
+        "b-rewritten.csv",
+        &B_REWRITTEN.replace("1,M,atypical", "1,M,a,typical"),
+    );
+    let e = refused(B_MAPPING);
+    assert!(
+        e.contains("line 4: the row has 6 fields, expected 5"),
+        "{e}"
+    );
+    // A column named twice, and a birth year that is not a number.
+    dir.write("b-rewritten.csv", &B_REWRITTEN.replace("Sex,", "Outcome,"));
+    let e = refused(B_MAPPING);
+    assert!(e.contains("names column 'Outcome' twice"), "{e}");
+    dir.write("b-rewritten.csv", &B_REWRITTEN.replace("1931", "inf"));
+    let e = refused(B_MAPPING);
+    assert!(e.contains("column 'age': 'inf' is not a year"), "{e}");
+    // Unknown keys, version 0, a line break as the delimiter.
+    assert!(Mapping::from_toml("version = 1\ndelimiter = \"\\n\"\n").is_err());
     assert!(Mapping::from_toml("version = 1\ncolumn = {}\n").is_err());
     let e = Mapping::from_toml("version = 0\n").unwrap_err();
     assert!(e.contains("starts at 1"), "{e}");

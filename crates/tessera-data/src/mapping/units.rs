@@ -31,7 +31,8 @@ const SUBSTANCES: &[(&str, &str, &str, f64)] = &[
     ("cholesterol", "mmol/L", "mg/dL", 38.67),
     ("triglycerides", "mmol/L", "mg/dL", 88.57),
     ("glucose", "mmol/L", "mg/dL", 18.016),
-    ("urea", "mmol/L", "mg/dL", 2.8),
+    ("urea", "mmol/L", "mg/dL", 6.006),
+    ("urea nitrogen", "mmol/L", "mg/dL", 2.801),
     ("creatinine", "mg/dL", "umol/L", 88.42),
 ];
 
