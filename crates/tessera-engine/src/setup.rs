@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use tessera_aggregate::{Ifca, Strategy, StrategyKind};
+use tessera_aggregate::{Ifca, Strategy};
 use tessera_core::ParameterSet;
 use tessera_privacy::{CentralDp, Ledger};
 
@@ -209,19 +209,6 @@ impl Downlink {
     pub fn of_plan(plan: &Plan, initial: Arc<ParameterSet>) -> Option<Downlink> {
         let codec = plan.compression.download;
         (!codec.is_identity()).then(|| Downlink::new(codec, plan.seed, initial))
-    }
-}
-
-/// How many cluster models a plan's strategy stacks: IFCA's `clusters`
-/// (2 by default), `None` under any other strategy.
-trait Clusters {
-    fn clusters(&self) -> Option<usize>;
-}
-
-impl Clusters for Plan {
-    fn clusters(&self) -> Option<usize> {
-        (self.federation.strategy == StrategyKind::Ifca)
-            .then(|| self.strategy_config().clusters.unwrap_or(2) as usize)
     }
 }
 

@@ -457,6 +457,13 @@ impl Plan {
         derive_seed(self.seed, &[streams::INIT])
     }
 
+    /// How many cluster models the plan's strategy stacks: IFCA's
+    /// `clusters` (2 by default); `None` under any other strategy.
+    pub fn clusters(&self) -> Option<usize> {
+        (self.federation.strategy == tessera_aggregate::StrategyKind::Ifca)
+            .then(|| self.strategy_config().clusters.unwrap_or(2) as usize)
+    }
+
     /// Whether the run reports personalized models: a personalized
     /// strategy, or fine-tuning after the last round.
     pub fn personalizes(&self) -> bool {

@@ -61,12 +61,7 @@ impl Plan {
         let sites = sites as u64;
         let needs = self.federation.strategy.needs();
         // IFCA's global model and updates stack one model per cluster.
-        let stack = match self.federation.strategy {
-            tessera_aggregate::StrategyKind::Ifca => {
-                u64::from(self.strategy_config().clusters.unwrap_or(2))
-            }
-            _ => 1,
-        };
+        let stack = self.clusters().map_or(1, |k| k as u64);
         let copies = match role {
             // Each site's model, and its update; the engine's copies.
             MemoryRole::Simulation => sites

@@ -104,8 +104,7 @@ pub(crate) fn evaluations(
     };
     let all = all.into_iter().collect::<Result<Vec<_>, _>>()?;
     let mut personal = Personal::of(plan, all, None);
-    if plan.federation.strategy == tessera_aggregate::StrategyKind::Ifca {
-        let k = plan.strategy_config().clusters.unwrap_or(2) as usize;
+    if let Some(k) = plan.clusters() {
         let chosen = sites.iter().map(|s| lock(s).cluster()).collect();
         personal.clusters = Some((chosen, k));
     }
