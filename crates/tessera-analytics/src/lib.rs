@@ -60,6 +60,7 @@ mod config;
 pub mod deployed;
 pub mod estimate;
 mod filter;
+pub mod harmonize;
 pub mod join;
 pub mod layout;
 pub mod query;
@@ -96,6 +97,9 @@ pub enum AnalyticsError {
     /// The query does not fit the schema or the settings.
     #[error("query: {0}")]
     Query(String),
+    /// A target schema, profile or proposal could not be used.
+    #[error("harmonize: {0}")]
+    Harmonize(String),
     /// The privacy ledger refused the release, or a setting is out of range.
     #[error(transparent)]
     Privacy(#[from] tessera_privacy::PrivacyError),

@@ -183,7 +183,7 @@ fn ledger_path(args: &ParticipantArgs) -> PathBuf {
 }
 
 /// `site` with anything but letters, digits, `.`, `-` and `_` replaced by `_`.
-fn safe_name(site: &str) -> String {
+pub(crate) fn safe_name(site: &str) -> String {
     site.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {

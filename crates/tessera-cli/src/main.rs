@@ -5,7 +5,7 @@
 //!
 //! One module a subcommand: `simulate.rs` (the main job), `deploy.rs`
 //! (coordinator, participant, aggregator, peer), `ca.rs`, `ops.rs` (runs,
-//! status, privacy), `synth.rs`; `status_json.rs` is `status --json`, a
+//! status, privacy), `synth.rs`, `harmonize.rs` (profile, harmonize); `status_json.rs` is `status --json`, a
 //! stable document built from the run store's reads, which the end-to-end
 //! tests read instead of the schema. Here too: the bundled plan and data
 //! (`bundled.rs`, `include_bytes!`, so that `tessera simulate` runs from any
@@ -21,6 +21,7 @@ mod ca;
 mod continual;
 mod dashboard;
 mod deploy;
+mod harmonize;
 mod lifecycle;
 mod live;
 mod logging;
@@ -58,6 +59,14 @@ enum Command {
     /// Answer a statistics query over the plan's data in simulation, with
     /// differential privacy charged to the plan's budgets.
     Analyze(Box<analyze::AnalyzeArgs>),
+    /// Profile this site's columns for harmonization: DP counts on fixed
+    /// bins against the federation's target schema, charged to this site's
+    /// privacy ledger before the profile is written.
+    Profile(Box<harmonize::ProfileArgs>),
+    /// Propose each site's mapping to the target schema from the sites'
+    /// profiles (or, with --plan, from the plan's files profiled here),
+    /// with the evidence for each column, for a person to review.
+    Harmonize(Box<harmonize::HarmonizeArgs>),
     /// Write FedProx's Synthetic(alpha, beta) data as CSV.
     Synth(synth::SynthArgs),
     /// Coordinate a federation over the network.
@@ -142,6 +151,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Simulate(args) => simulate::run(*args),
         Command::Analyze(args) => analyze::run(&args),
+        Command::Profile(args) => harmonize::run_profile(&args),
+        Command::Harmonize(args) => harmonize::run_harmonize(&args),
         Command::Synth(args) => synth::run(&args),
         Command::Coordinator(args) => deploy::coordinator(&args),
         Command::Participant(args) => deploy::participant(&args),

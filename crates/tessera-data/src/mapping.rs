@@ -49,7 +49,7 @@ use crate::config::{ColumnKind, SchemaConfig};
 use crate::read::source::MAX_LINE_BYTES;
 use crate::read::{FileSource, source_open};
 
-pub use units::{Linear, conversion};
+pub use units::{Linear, canonical as canonical_unit, conversion, units};
 
 /// The largest mapping file read (1 MiB).
 pub const MAX_MAPPING_BYTES: u64 = 1 << 20;
@@ -75,16 +75,16 @@ pub struct Mapping {
     #[serde(default)]
     pub missing: Option<Vec<String>>,
     /// The plan's column name = the file's column name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub columns: BTreeMap<String, String>,
     /// Per plan column: the file's value = the plan's value.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub recode: BTreeMap<String, BTreeMap<String, String>>,
     /// Per plan column: a unit conversion.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub convert: BTreeMap<String, Conversion>,
     /// Per plan column: computed from another of the file's columns.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub derive: BTreeMap<String, Derivation>,
 }
 

@@ -93,6 +93,16 @@ pub(crate) struct SiteLedger {
     rounds: u32,
 }
 
+/// Charges a profile of `site`'s columns at DP `event` to its ledger at
+/// `path` under `plan` (taking the file's lock while it does): the site's
+/// epsilon under the plan after it, or why it was refused (a budget, the
+/// file).
+pub fn charge_profile(path: &Path, site: &str, plan: &Plan, event: DpEvent) -> Result<f64, String> {
+    let _lock = lock(path)?;
+    let mut ledger = SiteLedger::open(Some(path), site, plan, "profile")?;
+    ledger.record_profile(event)
+}
+
 /// Takes the advisory lock of the ledger at `path` for as long as the
 /// returned file is kept: a second process of the same site and folder is
 /// refused, since two writers would lose each other's entries.
@@ -419,6 +429,27 @@ impl SiteLedger {
             .map_err(|e| e.to_string())?
             .clone();
         self.push("cross_silo", 0, None, Some(entry))
+    }
+
+    /// Charges a profile of this site's columns (`tessera profile`, for
+    /// harmonization) before it is written: refused past a budget by this
+    /// site's own count under the plan. Each profile is a new release.
+    fn record_profile(&mut self, event: DpEvent) -> Result<f64, String> {
+        let what = format!(
+            "a profile of this site's columns, by this site's own ledger {} ({} releases under \
+             this plan, epsilon {:.4} so far)",
+            self.shown(),
+            self.entries(),
+            self.epsilon()
+        );
+        let site = self.site.clone();
+        let entry = self
+            .ledger
+            .record_participant(0, "profile", &what, &site, event)
+            .map_err(|e| e.to_string())?
+            .clone();
+        self.push("profile", 0, None, Some(entry))?;
+        Ok(self.epsilon())
     }
 
     /// Checks, before a run's first training, that the plan's `rounds`

@@ -50,7 +50,7 @@ mod cross_silo;
 mod external;
 mod join;
 mod leave;
-mod ledger;
+pub mod ledger;
 mod local_state;
 mod prepare;
 pub mod results;

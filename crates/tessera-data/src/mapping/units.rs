@@ -36,8 +36,22 @@ const SUBSTANCES: &[(&str, &str, &str, f64)] = &[
     ("creatinine", "mg/dL", "umol/L", 88.42),
 ];
 
-/// Unit names as a mapping may write them, in one spelling.
-fn canonical(unit: &str) -> String {
+/// Every unit the table converts between, in its one spelling.
+pub fn units() -> Vec<&'static str> {
+    let mut all: Vec<&'static str> = PLAIN
+        .iter()
+        .flat_map(|&(a, b, ..)| [a, b])
+        .chain(SUBSTANCES.iter().flat_map(|&(_, a, b, _)| [a, b]))
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// Unit names as a mapping may write them, in one spelling (`mg/dl` and
+/// `MG/DL` are `mg/dL`, `F` is `degF`); a unit the table does not know
+/// comes back as written, trimmed.
+pub fn canonical(unit: &str) -> String {
     let unit = unit.trim();
     match unit.to_ascii_lowercase().as_str() {
         "f" | "°f" | "degf" | "fahrenheit" => "degF".into(),

@@ -1,0 +1,188 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use tessera_data::mapping::Mapping;
+
+use super::*;
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+fn heart() -> TargetSchema {
+    TargetSchema::parse(&std::fs::read_to_string(repo("examples/schemas/heart.toml")).unwrap())
+        .unwrap()
+}
+
+fn site_profile(site: &str, key: u8, release: LevelRelease) -> Profile {
+    let path = repo(&format!("data/uci-heart-disease/rewritten/{site}.csv"));
+    let table = tessera_data::read_table(&tessera_data::Filesystem, &path, ',').unwrap();
+    let rows: Vec<Vec<String>> = table.rows.into_iter().map(|(_, r)| r).collect();
+    let settings = ProfileSettings {
+        level_release: release,
+        ..ProfileSettings::default()
+    };
+    profile(site, &heart(), &table.header, &rows, settings, [key; 32]).unwrap()
+}
+
+/// The plan column's source in `m`: its file column (the same name where
+/// the mapping names none), or the derivation.
+fn source(m: &Mapping, column: &str) -> String {
+    if let Some(d) = m.derive.get(column) {
+        return format!("{} since {}", d.years_since, d.year);
+    }
+    m.columns.get(column).cloned().unwrap_or(column.into())
+}
+
+/// The heart plan's used columns: the proposal must give each the source,
+/// conversion and recoding of the mapping written by hand (whose recodings
+/// it may extend with other spellings of the same labels).
+#[test]
+fn proposals_for_the_rewritten_hospitals_are_the_hand_written_mappings() {
+    let used = [
+        "age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak",
+        "num",
+    ];
+    for release in [LevelRelease::Hashed, LevelRelease::Names] {
+        for key in 1..=30u8 {
+            for site in ["cleveland", "hungarian", "switzerland", "va"] {
+                let p = propose(
+                    &heart(),
+                    &site_profile(site, key, release),
+                    DEFAULT_THRESHOLD,
+                );
+                let hand =
+                    Mapping::from_file(&repo(&format!("examples/mappings/heart-{site}.toml")))
+                        .unwrap();
+                let m = &p.mapping;
+                let unmatched: Vec<&str> = p.unmatched.iter().map(|u| u.target.as_str()).collect();
+                for column in used {
+                    let what = format!("{site}, key {key}, {release:?}, {column}: {p:#?}");
+                    assert!(!unmatched.contains(&column), "{what}");
+                    assert_eq!(source(m, column), source(&hand, column), "{what}");
+                    assert_eq!(m.convert.get(column), hand.convert.get(column), "{what}");
+                    for (from, to) in hand.recode.get(column).into_iter().flatten() {
+                        assert_eq!(m.recode[column].get(from), Some(to), "{what}");
+                    }
+                    assert_eq!(
+                        m.recode.contains_key(column),
+                        hand.recode.contains_key(column),
+                        "{what}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_column_with_no_match_is_reported_with_its_candidates_not_mapped() {
+    let mut schema = heart();
+    schema.columns.push(TargetColumn {
+        name: "hba1c".into(),
+        description: Some("glycated haemoglobin".into()),
+        synonyms: vec![],
+        unit: Some("%".into()),
+        substance: None,
+        decimals: None,
+        typical: Some([3.0, 15.0]),
+        as_of: None,
+        levels: Default::default(),
+    });
+    let p = propose(
+        &schema,
+        &site_profile("va", 3, LevelRelease::Hashed),
+        DEFAULT_THRESHOLD,
+    );
+    let u = p
+        .unmatched
+        .iter()
+        .find(|u| u.target == "hba1c")
+        .expect("unmatched");
+    assert!(!u.candidates.is_empty(), "its best candidates are listed");
+    assert!(u.candidates.iter().all(|(_, s)| *s < DEFAULT_THRESHOLD));
+    assert!(!p.mapping.columns.contains_key("hba1c"));
+}
+
+#[test]
+fn a_profile_holds_noisy_counts_on_fixed_bins_and_no_rare_value() {
+    let header = vec!["id".to_string(), "age".to_string()];
+    let mut rows: Vec<Vec<String>> = (0..400)
+        .map(|i| vec!["common".to_string(), format!("{}", 40 + i % 20)])
+        .collect();
+    rows.push(vec!["MRN-12345".into(), "41".into()]);
+    for release in [LevelRelease::Names, LevelRelease::Hashed] {
+        let settings = ProfileSettings {
+            level_release: release,
+            ..ProfileSettings::default()
+        };
+        let p = profile("a", &heart(), &header, &rows, settings, [9; 32]).unwrap();
+        let text = serde_json::to_string(&p).unwrap();
+        assert!(!text.contains("MRN-12345") && !text.contains(&level_hash("MRN-12345")));
+        assert!(
+            p.columns[0].levels.len() == 1,
+            "the common level passes: {:?}",
+            p.columns[0]
+        );
+        assert_eq!(
+            text.contains("common"),
+            release == LevelRelease::Names,
+            "by name only where allowed"
+        );
+        assert!((p.rows - 401.0).abs() < 6.0 * p.sigma);
+        assert_eq!(p.event.steps, 1);
+        assert!(p.event.noise_multiplier > 1.0);
+    }
+    // Another key, other noise: the noise is the site's, not a seed's.
+    let a = profile(
+        "a",
+        &heart(),
+        &header,
+        &rows,
+        ProfileSettings::default(),
+        [1; 32],
+    )
+    .unwrap();
+    let b = profile(
+        "a",
+        &heart(),
+        &header,
+        &rows,
+        ProfileSettings::default(),
+        [2; 32],
+    )
+    .unwrap();
+    assert_ne!(a.rows, b.rows);
+}
+
+#[test]
+fn bad_schemas_and_profiles_are_refused_naming_the_fault() {
+    let e = TargetSchema::parse("name = 'x'\nversion = 0\n[[columns]]\nname = 'a'\n").unwrap_err();
+    assert!(e.to_string().contains("version counts from 1"), "{e}");
+    let e = TargetSchema::parse(
+        "name = 'x'\nversion = 1\n[[columns]]\nname = 'a'\n[[columns]]\nname = 'a'\n",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("named twice"), "{e}");
+    let e =
+        TargetSchema::parse("name = 'x'\nversion = 1\n[[columns]]\nname = 'a'\ntypical = [5, 1]\n")
+            .unwrap_err();
+    assert!(e.to_string().contains("not a finite range"), "{e}");
+    let e =
+        TargetSchema::parse("name = 'x'\nversion = 1\n[[columns]]\nname = 'a'\nunit = 'mg/dL'\n")
+            .unwrap_err();
+    assert!(e.to_string().contains("typical range"), "{e}");
+    let mut p = site_profile("va", 1, LevelRelease::Hashed);
+    p.format = "other/9".into();
+    let e = Profile::parse(&serde_json::to_string(&p).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("is not tessera-profile/1"), "{e}");
+    let e = Profile::parse("{").unwrap_err();
+    assert!(e.to_string().contains("profile"), "{e}");
+    let mut p = site_profile("va", 1, LevelRelease::Hashed);
+    p.columns[0].numbers[0].exponent = 1000;
+    let e = Profile::parse(&serde_json::to_string(&p).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("out of range"), "{e}");
+}

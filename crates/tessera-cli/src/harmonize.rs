@@ -1,0 +1,333 @@
+//! `tessera profile` (at a site: its columns' DP profile, charged to its
+//! ledger) and `tessera harmonize` (proposals of each site's mapping from
+//! the profiles, or, in simulation, from the plan's files profiled here).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use tessera_analytics::harmonize::{
+    LevelRelease, Profile, ProfileSettings, Proposal, TargetSchema, Transform, profile, propose,
+};
+use tessera_engine::Plan;
+
+/// Arguments of `tessera profile`.
+#[derive(Debug, clap::Args)]
+pub struct ProfileArgs {
+    /// The plan the profile is for (its privacy budgets bound this site's
+    /// releases under it).
+    #[arg(long)]
+    plan: PathBuf,
+    /// The federation's target schema (TOML).
+    #[arg(long)]
+    schema: PathBuf,
+    /// This site's name.
+    #[arg(long)]
+    site: String,
+    /// This site's CSV file, with a header line.
+    #[arg(long)]
+    data: PathBuf,
+    /// The file's field separator.
+    #[arg(long, default_value_t = ',')]
+    delimiter: char,
+    /// Epsilon of the profile.
+    #[arg(long, default_value_t = 1.0)]
+    epsilon: f64,
+    /// Delta of the profile.
+    #[arg(long, default_value_t = 1e-6)]
+    delta: f64,
+    /// Show common text levels by name instead of by hash.
+    #[arg(long)]
+    level_names: bool,
+    /// This site's privacy ledger, charged before the profile is written
+    /// (the participant's: default tessera-ledger-SITE.json here).
+    #[arg(long)]
+    ledger: Option<PathBuf>,
+    /// The profile (JSON) to write, for the federation's harmonization.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Arguments of `tessera harmonize`.
+#[derive(Debug, clap::Args)]
+pub struct HarmonizeArgs {
+    /// The federation's target schema (TOML).
+    #[arg(long)]
+    schema: PathBuf,
+    /// Sites' profiles (`tessera profile --out`).
+    #[arg(long, num_args = 1..)]
+    profiles: Vec<PathBuf>,
+    /// Simulation: profile the files of this plan's sites here (each with
+    /// fresh noise, charged to this run's ledger, written beside the
+    /// proposals), and write a copy of the plan that reads each site's file
+    /// through its proposed mapping (OUT_DIR/plan.toml).
+    #[arg(long, conflicts_with = "profiles")]
+    plan: Option<PathBuf>,
+    /// Epsilon of each simulated profile.
+    #[arg(long, default_value_t = 1.0)]
+    epsilon: f64,
+    /// The lowest score proposed.
+    #[arg(long, default_value_t = tessera_analytics::harmonize::DEFAULT_THRESHOLD)]
+    threshold: f64,
+    /// Where the proposals go: SITE.toml (a mapping with its evidence),
+    /// proposals.json, and with --plan each SITE.profile.json, ledger.json
+    /// and plan.toml.
+    #[arg(long)]
+    out_dir: PathBuf,
+}
+
+fn read_schema(path: &Path) -> anyhow::Result<TargetSchema> {
+    let text = read_bounded(path, 4 << 20)?;
+    TargetSchema::parse(&text).with_context(|| path.display().to_string())
+}
+
+fn read_bounded(path: &Path, max: u64) -> anyhow::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let mut text = String::new();
+    file.take(max + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("{}", path.display()))?;
+    if text.len() as u64 > max {
+        bail!("{}: larger than {} MiB", path.display(), max >> 20);
+    }
+    Ok(text)
+}
+
+fn secret_key() -> anyhow::Result<[u8; 32]> {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("cannot draw secret randomness: {e}"))?;
+    Ok(key)
+}
+
+/// A site's file profiled against `schema`.
+fn profile_file(
+    site: &str,
+    schema: &TargetSchema,
+    data: &Path,
+    delimiter: char,
+    settings: ProfileSettings,
+) -> anyhow::Result<Profile> {
+    let table = tessera_data::read_table(&tessera_data::Filesystem, data, delimiter)?;
+    let rows: Vec<Vec<String>> = table.rows.into_iter().map(|(_, r)| r).collect();
+    Ok(profile(
+        site,
+        schema,
+        &table.header,
+        &rows,
+        settings,
+        secret_key()?,
+    )?)
+}
+
+/// Writes `text` to `path` whole (a temporary file renamed over it).
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| tmp.display().to_string())?;
+    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())
+}
+
+/// Runs `tessera profile`.
+pub fn run_profile(args: &ProfileArgs) -> anyhow::Result<()> {
+    let plan = Plan::from_file(&args.plan)?;
+    let schema = read_schema(&args.schema)?;
+    let settings = ProfileSettings {
+        epsilon: args.epsilon,
+        delta: args.delta,
+        level_release: if args.level_names {
+            LevelRelease::Names
+        } else {
+            LevelRelease::Hashed
+        },
+    };
+    let p = profile_file(&args.site, &schema, &args.data, args.delimiter, settings)?;
+    let ledger = args.ledger.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "tessera-ledger-{}.json",
+            crate::deploy::safe_name(&args.site)
+        ))
+    });
+    // Charged before it is written: a profile on disk is a release.
+    let epsilon = tessera_participant::ledger::charge_profile(&ledger, &args.site, &plan, p.event)
+        .map_err(|e| anyhow::anyhow!("the profile was not written: {e}"))?;
+    write(&args.out, &serde_json::to_string_pretty(&p)?)?;
+    println!(
+        "{}: {} columns profiled at epsilon {} (delta {}), charged to {}: this site's epsilon \
+         under plan '{}' is now {epsilon:.4}",
+        args.out.display(),
+        p.columns.len(),
+        args.epsilon,
+        args.delta,
+        ledger.display(),
+        plan.name
+    );
+    Ok(())
+}
+
+/// Runs `tessera harmonize`.
+pub fn run_harmonize(args: &HarmonizeArgs) -> anyhow::Result<()> {
+    let schema = read_schema(&args.schema)?;
+    if !(0.0..=1.0).contains(&args.threshold) {
+        bail!("--threshold {} is not in [0, 1]", args.threshold);
+    }
+    std::fs::create_dir_all(&args.out_dir).with_context(|| args.out_dir.display().to_string())?;
+    let mut profiles = Vec::new();
+    let mut plan_copy = None;
+    if let Some(plan_path) = &args.plan {
+        let plan = Plan::from_file(plan_path)?;
+        if plan.data.sites.is_empty() {
+            bail!(
+                "{}: harmonize profiles a plan's [[data.sites]] files, and this plan has none",
+                plan_path.display()
+            );
+        }
+        let base = plan_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut ledger = plan.privacy.ledger();
+        let settings = ProfileSettings {
+            epsilon: args.epsilon,
+            ..ProfileSettings::default()
+        };
+        for site in &plan.data.sites {
+            let p = profile_file(
+                &site.name,
+                &schema,
+                &base.join(&site.path),
+                plan.data.schema.delimiter,
+                settings,
+            )?;
+            ledger.record_participant(0, "profile", "a column profile", &site.name, p.event)?;
+            write(
+                &args.out_dir.join(format!("{}.profile.json", site.name)),
+                &serde_json::to_string_pretty(&p)?,
+            )?;
+            profiles.push(p);
+        }
+        write(
+            &args.out_dir.join("ledger.json"),
+            &serde_json::to_string_pretty(ledger.entries())?,
+        )?;
+        plan_copy = Some((plan, base));
+    } else {
+        if args.profiles.is_empty() {
+            bail!("give --profiles (made at each site by `tessera profile`) or --plan");
+        }
+        for path in &args.profiles {
+            let p = Profile::parse(&read_bounded(path, 64 << 20)?)
+                .with_context(|| path.display().to_string())?;
+            if p.schema != schema.name {
+                bail!(
+                    "{}: profiled against schema '{}', not '{}'",
+                    path.display(),
+                    p.schema,
+                    schema.name
+                );
+            }
+            profiles.push(p);
+        }
+    }
+    let mut proposals = Vec::new();
+    for p in &profiles {
+        let proposal = propose(&schema, p, args.threshold);
+        let file = args
+            .out_dir
+            .join(format!("{}.toml", crate::deploy::safe_name(&p.site)));
+        write(&file, &mapping_text(&schema, &proposal)?)?;
+        print_proposal(&proposal, &file);
+        proposals.push(proposal);
+    }
+    write(
+        &args.out_dir.join("proposals.json"),
+        &serde_json::to_string_pretty(&proposals)?,
+    )?;
+    if let Some((mut plan, base)) = plan_copy {
+        let absolute = |p: &Path| -> anyhow::Result<PathBuf> {
+            std::fs::canonicalize(base.join(p)).with_context(|| base.join(p).display().to_string())
+        };
+        let out_dir = std::fs::canonicalize(&args.out_dir)
+            .with_context(|| args.out_dir.display().to_string())?;
+        for site in &mut plan.data.sites {
+            site.path = absolute(&site.path)?;
+            site.mapping =
+                Some(out_dir.join(format!("{}.toml", crate::deploy::safe_name(&site.name))));
+        }
+        if let Some(m) = &mut plan.data.split.membership {
+            m.path = absolute(&m.path)?;
+        }
+        let out = args.out_dir.join("plan.toml");
+        write(&out, &toml::to_string(&plan)?)?;
+        println!(
+            "{}: the plan, each site read through its proposed mapping (tessera simulate --plan {})",
+            out.display(),
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// The mapping file: the evidence as comments, then the mapping.
+fn mapping_text(schema: &TargetSchema, p: &Proposal) -> anyhow::Result<String> {
+    let mut text = String::new();
+    writeln!(
+        text,
+        "# Proposed by `tessera harmonize`: site '{}' to schema '{}' version {}.\n# Review \
+         each line, then commit it as this site's mapping.\n#",
+        p.site, schema.name, schema.version
+    )?;
+    for m in &p.matches {
+        let how = match &m.transform {
+            Transform::AsIs => "as is".to_string(),
+            Transform::Convert { from } => format!("from {from}"),
+            Transform::YearsSince { year } => format!("{year} minus it"),
+            Transform::Recode { table } => format!("recoded ({} spellings)", table.len()),
+        };
+        writeln!(
+            text,
+            "# {} <- '{}' ({how}): score {:.2}, name {:.2}, {}",
+            m.target, m.column, m.score, m.names, m.evidence
+        )?;
+    }
+    for u in &p.unmatched {
+        let best: Vec<String> = u
+            .candidates
+            .iter()
+            .map(|(c, s)| format!("'{c}' {s:.2}"))
+            .collect();
+        writeln!(
+            text,
+            "# UNMATCHED {}: best candidates {}",
+            u.target,
+            if best.is_empty() {
+                "none".into()
+            } else {
+                best.join(", ")
+            }
+        )?;
+    }
+    if !p.unused.is_empty() {
+        writeln!(text, "# not used: {}", p.unused.join(", "))?;
+    }
+    text.push('\n');
+    text.push_str(&toml::to_string(&p.mapping)?);
+    Ok(text)
+}
+
+fn print_proposal(p: &Proposal, file: &Path) {
+    println!("{} ({}):", p.site, file.display());
+    for m in &p.matches {
+        println!(
+            "  {:<12} <- {:<28} {:.2}  {}",
+            m.target, m.column, m.score, m.evidence
+        );
+    }
+    for u in &p.unmatched {
+        let best: Vec<String> = u
+            .candidates
+            .iter()
+            .map(|(c, s)| format!("{c} {s:.2}"))
+            .collect();
+        println!("  {:<12} UNMATCHED; best: {}", u.target, best.join(", "));
+    }
+}
