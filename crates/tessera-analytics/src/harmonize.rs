@@ -15,6 +15,7 @@
 //!    a person to review and commit. What has no good match is reported
 //!    unmatched with its best candidates.
 
+mod evolve;
 mod names;
 mod profile;
 mod propose;
@@ -23,10 +24,11 @@ mod target;
 #[cfg(test)]
 mod tests;
 
+pub use evolve::Upgrade;
 pub use names::{Words, similarity, words};
 pub use profile::{
     ColumnProfile, FORMAT, LevelCount, LevelRelease, MISSING_TOKENS, NumberBin, Profile,
     ProfileSettings, Spelling, WordCount, level_hash, profile, vocabulary,
 };
 pub use propose::{DEFAULT_THRESHOLD, Match, Proposal, Transform, Unmatched, propose};
-pub use target::{MAX_COLUMNS, TargetColumn, TargetSchema};
+pub use target::{Change, MAX_COLUMNS, TargetColumn, TargetSchema};

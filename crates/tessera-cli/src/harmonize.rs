@@ -76,6 +76,81 @@ pub struct HarmonizeArgs {
     out_dir: PathBuf,
 }
 
+/// Arguments of `tessera schema`.
+#[derive(Debug, clap::Args)]
+pub struct SchemaArgs {
+    #[command(subcommand)]
+    command: SchemaCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum SchemaCommand {
+    /// Write the mapping that reads a site's file of an older schema
+    /// version as the schema's current version (from the schema's history):
+    /// renamed columns from their old names, the site's own mapping to the
+    /// old version carried through.
+    Upgrade {
+        /// The target schema (TOML), at its current version.
+        #[arg(long)]
+        schema: PathBuf,
+        /// The version the site's file (or mapping) follows.
+        #[arg(long)]
+        from: u32,
+        /// The site's mapping to version FROM, if it has one.
+        #[arg(long)]
+        mapping: Option<PathBuf>,
+        /// The mapping to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Runs `tessera schema`.
+pub fn run_schema(args: &SchemaArgs) -> anyhow::Result<()> {
+    let SchemaCommand::Upgrade {
+        schema,
+        from,
+        mapping,
+        out,
+    } = &args.command;
+    let target = read_schema(schema)?;
+    let own = match mapping {
+        Some(path) => Some(tessera_data::mapping::Mapping::from_file(path)?),
+        None => None,
+    };
+    let upgrade = target.upgrade(*from, own.as_ref())?;
+    let mut text = format!(
+        "# Made by `tessera schema upgrade`: a file of schema '{}' version {from}{} read as \
+         version {}.\n",
+        target.name,
+        mapping
+            .as_ref()
+            .map_or_else(String::new, |m| format!(" (through {})", m.display())),
+        target.version
+    );
+    for (then, now) in &upgrade.renamed {
+        writeln!(text, "# {now} was {then}")?;
+    }
+    for added in &upgrade.added {
+        writeln!(
+            text,
+            "# {added} is new since version {from}: no source here (left missing where the plan \
+             ignores it)"
+        )?;
+    }
+    text.push('\n');
+    text.push_str(&toml::to_string(&upgrade.mapping)?);
+    write(out, &text)?;
+    println!(
+        "{}: version {from} to {} ({} renamed, {} added)",
+        out.display(),
+        target.version,
+        upgrade.renamed.len(),
+        upgrade.added.len()
+    );
+    Ok(())
+}
+
 fn read_schema(path: &Path) -> anyhow::Result<TargetSchema> {
     let text = read_bounded(path, 4 << 20)?;
     TargetSchema::parse(&text).with_context(|| path.display().to_string())

@@ -67,6 +67,9 @@ enum Command {
     /// profiles (or, with --plan, from the plan's files profiled here),
     /// with the evidence for each column, for a person to review.
     Harmonize(Box<harmonize::HarmonizeArgs>),
+    /// The federation's target schema: `upgrade` writes the mapping that
+    /// reads a site's file of an older schema version as the current one.
+    Schema(harmonize::SchemaArgs),
     /// Write FedProx's Synthetic(alpha, beta) data as CSV.
     Synth(synth::SynthArgs),
     /// Coordinate a federation over the network.
@@ -153,6 +156,7 @@ fn main() -> ExitCode {
         Command::Analyze(args) => analyze::run(&args),
         Command::Profile(args) => harmonize::run_profile(&args),
         Command::Harmonize(args) => harmonize::run_harmonize(&args),
+        Command::Schema(args) => harmonize::run_schema(&args),
         Command::Synth(args) => synth::run(&args),
         Command::Coordinator(args) => deploy::coordinator(&args),
         Command::Participant(args) => deploy::participant(&args),

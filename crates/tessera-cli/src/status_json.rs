@@ -9,7 +9,9 @@
 //! ```text
 //! format                        1
 //! run                           id, name, strategy, seed, rounds (planned),
-//!                               status, created_unix_micros, plan_hash (SHA-256 of the plan text)
+//!                               status, created_unix_micros, plan_hash (SHA-256 of the plan text),
+//!                               schema_version (the target schema version the plan's columns
+//!                               follow, `[data.schema] version`; null where it names none)
 //! state                         "agreeing" | "training" | "finished" | "stopped" | "aborted"
 //! agreement                     per step (kinds, levels, statistics, external): offers (sites), agreed
 //! participants                  sites that joined, sorted
@@ -62,6 +64,11 @@ pub fn document(store: &dyn RunStore, run: &RunRow) -> anyhow::Result<Value> {
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     };
+    // The stored plan's schema version (a plan that no longer parses, from
+    // an older build, reads as none).
+    let schema_version = toml::from_str::<tessera_engine::Plan>(&run.plan)
+        .ok()
+        .and_then(|p| p.data.schema.version);
     let mut agreement = serde_json::Map::new();
     for step in AgreementStep::ALL {
         let offers: Vec<String> = store
@@ -214,6 +221,7 @@ pub fn document(store: &dyn RunStore, run: &RunRow) -> anyhow::Result<Value> {
             "status": run.status,
             "created_unix_micros": run.created_unix_micros,
             "plan_hash": plan_hash,
+            "schema_version": schema_version,
         },
         "state": state,
         "agreement": agreement,

@@ -135,3 +135,63 @@ fn a_profile_is_charged_to_the_sites_ledger_and_refused_past_its_budget() {
         .fails();
     assert!(e.contains("bad.json") && e.contains("profile"), "{e}");
 }
+
+/// Schema evolution: the plan is on version 2 of the target schema (two
+/// columns renamed, one added); VA's file still follows version 1 through
+/// its own mapping. `tessera schema upgrade` writes the mapping that reads
+/// it as version 2 (the committed one), and the run trains the version-1
+/// plan's model bit for bit; VA's version-1 mapping, declared as such, is
+/// refused, naming the upgrade.
+#[test]
+fn an_older_site_on_schema_version_1_joins_a_version_2_plan_through_its_upgraded_mapping() {
+    let s = util::fresh_copy("evolve");
+    let out = s
+        .run(&[
+            "schema",
+            "upgrade",
+            "--schema",
+            "examples/schemas/heart-v2.toml",
+            "--from",
+            "1",
+            "--mapping",
+            "examples/mappings/heart-va.toml",
+            "--out",
+            "va-v2.toml",
+        ])
+        .ok();
+    assert!(out.contains("2 renamed, 1 added"), "{out}");
+    let made = std::fs::read_to_string(s.path("va-v2.toml")).unwrap();
+    let committed = std::fs::read_to_string(s.path("examples/mappings/heart-va-v2.toml")).unwrap();
+    assert_eq!(
+        made.lines().skip(1).collect::<Vec<_>>(),
+        committed.lines().skip(1).collect::<Vec<_>>(),
+        "the committed mapping is the command's"
+    );
+    let model = |plan: &str, out: &str| {
+        s.run(&["simulate", "-q", "--plan", plan, "--model-out", out])
+            .ok();
+        util::parameters(&std::fs::read(s.path(out)).unwrap())
+    };
+    let v1 = model("examples/fed-heart-disease.toml", "v1.model");
+    let v2 = model("examples/fed-heart-disease-v2.toml", "v2.model");
+    assert_eq!(v2, v1);
+    // The version-1 mapping, saying so, is refused by the version-2 plan.
+    let old = std::fs::read_to_string(s.path("examples/mappings/heart-va.toml")).unwrap();
+    std::fs::write(
+        s.path("examples/mappings/heart-va-v2.toml"),
+        old.replace("version = 1\n", "version = 1\nschema_version = 1\n"),
+    )
+    .unwrap();
+    let e = s
+        .run(&[
+            "simulate",
+            "-q",
+            "--plan",
+            "examples/fed-heart-disease-v2.toml",
+        ])
+        .fails();
+    assert!(
+        e.contains("maps to schema version 1") && e.contains("tessera schema upgrade"),
+        "{e}"
+    );
+}

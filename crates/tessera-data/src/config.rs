@@ -259,6 +259,11 @@ pub struct SchemaConfig {
     /// What to do with a row whose feature is missing.
     #[serde(default)]
     pub missing_policy: MissingPolicy,
+    /// The version of the federation's target schema these columns follow
+    /// (`examples/schemas/`); a site's mapping made for another version is
+    /// refused, naming the upgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
 }
 
 /// One column.
@@ -401,6 +406,7 @@ impl SchemaConfig {
             positive: Vec::new(),
             negative: Vec::new(),
             missing_policy: MissingPolicy::default(),
+            version: None,
         }
     }
 }

@@ -193,6 +193,15 @@ impl Mapping {
 /// header the schema's columns; with one, the schema's listed columns, the
 /// target, then the mapping's other columns.
 fn target_columns(schema: &SchemaConfig, mapping: &Mapping) -> Result<Vec<Target>, String> {
+    if let (Some(plan), Some(own)) = (schema.version, mapping.schema_version)
+        && plan != own
+    {
+        return Err(format!(
+            "the mapping maps to schema version {own} and the plan's columns are version {plan}: \
+             upgrade it with `tessera schema upgrade --schema SCHEMA --from {own} --mapping \
+             THIS_FILE --out NEW_FILE`"
+        ));
+    }
     let mut names: Vec<(String, bool)> = schema
         .columns
         .iter()

@@ -41,6 +41,25 @@ pub struct TargetSchema {
     pub version: u32,
     /// The columns.
     pub columns: Vec<TargetColumn>,
+    /// How each version changed the one before (oldest first), so that a
+    /// site on an older version can join through a mapping
+    /// ([`TargetSchema::upgrade`]).
+    #[serde(default)]
+    pub history: Vec<Change>,
+}
+
+/// What one version changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    /// The version this change made (from 2).
+    pub version: u32,
+    /// Columns renamed: the old name = the new name.
+    #[serde(default)]
+    pub renamed: BTreeMap<String, String>,
+    /// Columns new in this version.
+    #[serde(default)]
+    pub added: Vec<String>,
 }
 
 /// One column of the target schema.
@@ -97,6 +116,17 @@ impl TargetSchema {
                 "has {} columns; from 1 to {MAX_COLUMNS} are allowed",
                 self.columns.len()
             ));
+        }
+        let mut previous = 1;
+        for change in &self.history {
+            if change.version <= previous || change.version > self.version {
+                return bad(format!(
+                    "history: version {} follows {previous} and is at most the schema's {}; list \
+                     the changes oldest first, one per version",
+                    change.version, self.version
+                ));
+            }
+            previous = change.version;
         }
         let mut seen = std::collections::BTreeSet::new();
         let known = units();

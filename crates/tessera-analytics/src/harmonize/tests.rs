@@ -186,3 +186,54 @@ fn bad_schemas_and_profiles_are_refused_naming_the_fault() {
     let e = Profile::parse(&serde_json::to_string(&p).unwrap()).unwrap_err();
     assert!(e.to_string().contains("out of range"), "{e}");
 }
+
+fn heart_v2() -> TargetSchema {
+    TargetSchema::parse(&std::fs::read_to_string(repo("examples/schemas/heart-v2.toml")).unwrap())
+        .unwrap()
+}
+
+/// A site's mapping to version 1 carried to version 2: renamed columns
+/// from their old sources, recodings, conversions and derivations moved to
+/// the new names, the new column without a source.
+#[test]
+fn an_upgrade_carries_a_sites_mapping_through_the_schemas_renames() {
+    let va = Mapping::from_file(&repo("examples/mappings/heart-va.toml")).unwrap();
+    let up = heart_v2().upgrade(1, Some(&va)).unwrap();
+    let m = &up.mapping;
+    assert_eq!(m.schema_version, Some(2));
+    assert_eq!(m.version, va.version + 1);
+    assert_eq!(m.columns["resting_bp"], "bp_rest");
+    assert_eq!(m.columns["max_heart_rate"], "hr_max");
+    assert!(!m.columns.contains_key("trestbps") && !m.columns.contains_key("thalach"));
+    assert_eq!(m.convert["chol"], va.convert["chol"]);
+    assert_eq!(m.derive["age"], va.derive["age"]);
+    assert_eq!(m.missing, va.missing);
+    assert!(!m.columns.contains_key("slope"), "same names stay implicit");
+    assert_eq!(up.added, ["smoker"]);
+    // A file in version 1's own names, without a mapping.
+    let bare = heart_v2().upgrade(1, None).unwrap();
+    assert_eq!(bare.mapping.columns["resting_bp"], "trestbps");
+    assert_eq!(bare.mapping.columns.len(), 2);
+    // Already at version 2: nothing renamed.
+    assert!(
+        heart_v2()
+            .upgrade(2, None)
+            .unwrap()
+            .mapping
+            .columns
+            .is_empty()
+    );
+    // Refusals: a version the schema never had, a mapping to another.
+    let e = heart_v2().upgrade(3, None).unwrap_err().to_string();
+    assert!(e.contains("not one of this schema's (1 to 2)"), "{e}");
+    let mut other = va.clone();
+    other.schema_version = Some(2);
+    let e = heart_v2().upgrade(1, Some(&other)).unwrap_err().to_string();
+    assert!(e.contains("maps to version 2, not 1"), "{e}");
+    let e = TargetSchema::parse(
+        "name = 'x'\nversion = 2\n[[columns]]\nname = 'a'\n[[history]]\nversion = 3\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("history"), "{e}");
+}

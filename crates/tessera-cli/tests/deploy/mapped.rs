@@ -57,3 +57,50 @@ fn sites_reading_through_their_mappings_train_the_plans_model() {
     }
     assert_eq!(util::model(&s.path("dep.model")), simulated);
 }
+
+/// Schema evolution deployed: a coordinator runs the plan on version 2 of
+/// the target schema; three hospitals' files follow it, and VA, still on
+/// version 1 (its own layout mapped to version 1), joins through the
+/// mapping `tessera schema upgrade` made. The model is the simulation's
+/// bit for bit.
+#[test]
+fn an_older_site_on_schema_version_1_joins_a_version_2_run() {
+    if util::skip_e2e("an_older_site_on_schema_version_1_joins_a_version_2_run") {
+        return;
+    }
+    let s = Scratch::new("evolved");
+    let text = std::fs::read_to_string(util::root().join("examples/fed-heart-disease-v2.toml"))
+        .unwrap()
+        .replace("\"../data/", &format!("\"{}/data/", util::root().display()))
+        .replace(
+            "mapping = \"mappings/",
+            &format!("mapping = \"{}/examples/mappings/", util::root().display()),
+        )
+        .replace("rounds = 15", "rounds = 4");
+    let plan = s.write("v2.toml", &text);
+    let (_, simulated) = s.simulate(&plan, "sim.model");
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &s.path("r.sqlite"), 0, OUTPUTS);
+    let upgraded = util::root().join("examples/mappings/heart-va-v2.toml");
+    let mut sites: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| match *site {
+            "va" => participant_with(
+                &s.dir,
+                &url,
+                site,
+                &rewritten(site),
+                &["--mapping", upgraded.to_str().unwrap()],
+            ),
+            _ => participant_with(&s.dir, &url, site, &util::procs::heart_file(site), &[]),
+        })
+        .collect();
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for site in &mut sites {
+        assert!(site.wait(LIMIT).success(), "{}", site.log());
+    }
+    assert_eq!(util::model(&s.path("dep.model")), simulated);
+    // The store keeps the schema version the run used.
+    let status = s.run(&["status", "--db", "r.sqlite", "--json"]).ok();
+    let doc: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(doc["run"]["schema_version"], 2, "{status}");
+}
