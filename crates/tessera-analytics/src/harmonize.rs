@@ -15,6 +15,7 @@
 //!    a person to review and commit. What has no good match is reported
 //!    unmatched with its best candidates.
 
+mod catalog;
 mod evolve;
 mod names;
 mod profile;
@@ -24,6 +25,7 @@ mod target;
 #[cfg(test)]
 mod tests;
 
+pub use catalog::{Feature, Quality, catalog};
 pub use evolve::Upgrade;
 pub use names::{Words, similarity, words};
 pub use profile::{

@@ -33,12 +33,15 @@ pub struct ProfileArgs {
     /// Epsilon of the profile.
     #[arg(long, default_value_t = 1.0)]
     epsilon: f64,
-    /// Delta of the profile.
-    #[arg(long, default_value_t = 1e-6)]
-    delta: f64,
-    /// Show common text levels by name instead of by hash.
+    /// Delta of the profile (default: the plan's `[privacy] delta`, at
+    /// which the ledger counts).
     #[arg(long)]
-    level_names: bool,
+    delta: Option<f64>,
+    /// Text outside the target's vocabulary: counted only (none), or also
+    /// by level where common enough, as a hash (hashed) or by name (names);
+    /// a level release adds a delta the ledger does not count.
+    #[arg(long, value_enum, default_value_t = Levels::None)]
+    levels: Levels,
     /// This site's privacy ledger, charged before the profile is written
     /// (the participant's: default tessera-ledger-SITE.json here).
     #[arg(long)]
@@ -46,6 +49,14 @@ pub struct ProfileArgs {
     /// The profile (JSON) to write, for the federation's harmonization.
     #[arg(long)]
     out: PathBuf,
+}
+
+/// `--levels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Levels {
+    None,
+    Hashed,
+    Names,
 }
 
 /// Arguments of `tessera harmonize`.
@@ -151,12 +162,12 @@ pub fn run_schema(args: &SchemaArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_schema(path: &Path) -> anyhow::Result<TargetSchema> {
+pub(crate) fn read_schema(path: &Path) -> anyhow::Result<TargetSchema> {
     let text = read_bounded(path, 4 << 20)?;
     TargetSchema::parse(&text).with_context(|| path.display().to_string())
 }
 
-fn read_bounded(path: &Path, max: u64) -> anyhow::Result<String> {
+pub(crate) fn read_bounded(path: &Path, max: u64) -> anyhow::Result<String> {
     use std::io::Read;
     let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
     let mut text = String::new();
@@ -169,7 +180,7 @@ fn read_bounded(path: &Path, max: u64) -> anyhow::Result<String> {
     Ok(text)
 }
 
-fn secret_key() -> anyhow::Result<[u8; 32]> {
+pub(crate) fn secret_key() -> anyhow::Result<[u8; 32]> {
     let mut key = [0u8; 32];
     getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("cannot draw secret randomness: {e}"))?;
     Ok(key)
@@ -180,10 +191,9 @@ fn profile_file(
     site: &str,
     schema: &TargetSchema,
     data: &Path,
-    delimiter: char,
     settings: ProfileSettings,
 ) -> anyhow::Result<Profile> {
-    let table = tessera_data::read_table(&tessera_data::Filesystem, data, delimiter)?;
+    let table = tessera_data::read_table(&tessera_data::Filesystem, data, settings.delimiter)?;
     let rows: Vec<Vec<String>> = table.rows.into_iter().map(|(_, r)| r).collect();
     Ok(profile(
         site,
@@ -208,14 +218,15 @@ pub fn run_profile(args: &ProfileArgs) -> anyhow::Result<()> {
     let schema = read_schema(&args.schema)?;
     let settings = ProfileSettings {
         epsilon: args.epsilon,
-        delta: args.delta,
-        level_release: if args.level_names {
-            LevelRelease::Names
-        } else {
-            LevelRelease::Hashed
+        delta: args.delta.unwrap_or(plan.privacy.delta),
+        level_release: match args.levels {
+            Levels::None => LevelRelease::None,
+            Levels::Hashed => LevelRelease::Hashed,
+            Levels::Names => LevelRelease::Names,
         },
+        delimiter: args.delimiter,
     };
-    let p = profile_file(&args.site, &schema, &args.data, args.delimiter, settings)?;
+    let p = profile_file(&args.site, &schema, &args.data, settings)?;
     let ledger = args.ledger.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
             "tessera-ledger-{}.json",
@@ -232,10 +243,17 @@ pub fn run_profile(args: &ProfileArgs) -> anyhow::Result<()> {
         args.out.display(),
         p.columns.len(),
         args.epsilon,
-        args.delta,
+        settings.delta,
         ledger.display(),
         plan.name
     );
+    if p.level_delta > 0.0 {
+        println!(
+            "levels released: the profile is (epsilon, delta + {}) DP; the ledger counts the \
+             Gaussian part only",
+            p.level_delta
+        );
+    }
     Ok(())
 }
 
@@ -263,22 +281,24 @@ pub fn run_harmonize(args: &HarmonizeArgs) -> anyhow::Result<()> {
         let mut ledger = plan.privacy.ledger();
         let settings = ProfileSettings {
             epsilon: args.epsilon,
+            delta: plan.privacy.delta,
+            delimiter: plan.data.schema.delimiter,
             ..ProfileSettings::default()
         };
         for site in &plan.data.sites {
-            let p = profile_file(
-                &site.name,
-                &schema,
-                &base.join(&site.path),
-                plan.data.schema.delimiter,
-                settings,
-            )?;
+            let p = profile_file(&site.name, &schema, &base.join(&site.path), settings)?;
             ledger.record_participant(0, "profile", "a column profile", &site.name, p.event)?;
-            write(
-                &args.out_dir.join(format!("{}.profile.json", site.name)),
-                &serde_json::to_string_pretty(&p)?,
-            )?;
             profiles.push(p);
+        }
+        files(&profiles)?;
+        for p in &profiles {
+            write(
+                &args.out_dir.join(format!(
+                    "{}.profile.json",
+                    crate::deploy::safe_name(&p.site)
+                )),
+                &serde_json::to_string_pretty(p)?,
+            )?;
         }
         write(
             &args.out_dir.join("ledger.json"),
@@ -292,20 +312,31 @@ pub fn run_harmonize(args: &HarmonizeArgs) -> anyhow::Result<()> {
         for path in &args.profiles {
             let p = Profile::parse(&read_bounded(path, 64 << 20)?)
                 .with_context(|| path.display().to_string())?;
-            if p.schema != schema.name {
+            if p.schema != schema.name || p.schema_version != schema.version {
                 bail!(
-                    "{}: profiled against schema '{}', not '{}'",
+                    "{}: profiled against schema '{}' version {}, not '{}' version {}",
                     path.display(),
                     p.schema,
-                    schema.name
+                    p.schema_version,
+                    schema.name,
+                    schema.version
                 );
             }
             profiles.push(p);
         }
+        files(&profiles)?;
     }
     let mut proposals = Vec::new();
     for p in &profiles {
-        let proposal = propose(&schema, p, args.threshold);
+        let mut proposal = propose(&schema, p, args.threshold);
+        // The plan's own missing tokens stay missing too.
+        if let (Some((plan, _)), Some(missing)) = (&plan_copy, &mut proposal.mapping.missing) {
+            for token in &plan.data.schema.missing {
+                if !missing.contains(token) {
+                    missing.push(token.clone());
+                }
+            }
+        }
         let file = args
             .out_dir
             .join(format!("{}.toml", crate::deploy::safe_name(&p.site)));
@@ -338,6 +369,23 @@ pub fn run_harmonize(args: &HarmonizeArgs) -> anyhow::Result<()> {
             out.display(),
             out.display()
         );
+    }
+    Ok(())
+}
+
+/// Refuses two profiles of one site, or of sites whose file names would
+/// be one (`a b` and `a_b`), and the names of the other outputs.
+fn files(profiles: &[Profile]) -> anyhow::Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for p in profiles {
+        let name = crate::deploy::safe_name(&p.site);
+        if ["plan", "proposals", "ledger"].contains(&name.as_str()) || !seen.insert(name.clone()) {
+            bail!(
+                "site '{}': its file name '{name}' is another site's or one of harmonize's own \
+                 (plan, proposals, ledger); give each site a name of its own",
+                tessera_core::shown(&p.site, 80)
+            );
+        }
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 //!
 //! One module a subcommand: `simulate.rs` (the main job), `deploy.rs`
 //! (coordinator, participant, aggregator, peer), `ca.rs`, `ops.rs` (runs,
-//! status, privacy), `synth.rs`, `harmonize.rs` (profile, harmonize); `status_json.rs` is `status --json`, a
+//! status, privacy), `synth.rs`, `harmonize.rs` (profile, harmonize, schema), `catalog.rs`; `status_json.rs` is `status --json`, a
 //! stable document built from the run store's reads, which the end-to-end
 //! tests read instead of the schema. Here too: the bundled plan and data
 //! (`bundled.rs`, `include_bytes!`, so that `tessera simulate` runs from any
@@ -18,6 +18,7 @@
 mod analyze;
 mod bundled;
 mod ca;
+mod catalog;
 mod continual;
 mod dashboard;
 mod deploy;
@@ -67,6 +68,10 @@ enum Command {
     /// profiles (or, with --plan, from the plan's files profiled here),
     /// with the evidence for each column, for a person to review.
     Harmonize(Box<harmonize::HarmonizeArgs>),
+    /// The federation's features: sites, kind and unit, DP summaries and
+    /// missingness, quality, similar features, and the runs that used
+    /// them, from the sites' profiles.
+    Catalog(Box<catalog::CatalogArgs>),
     /// The federation's target schema: `upgrade` writes the mapping that
     /// reads a site's file of an older schema version as the current one.
     Schema(harmonize::SchemaArgs),
@@ -156,6 +161,7 @@ fn main() -> ExitCode {
         Command::Analyze(args) => analyze::run(&args),
         Command::Profile(args) => harmonize::run_profile(&args),
         Command::Harmonize(args) => harmonize::run_harmonize(&args),
+        Command::Catalog(args) => catalog::run(&args),
         Command::Schema(args) => harmonize::run_schema(&args),
         Command::Synth(args) => synth::run(&args),
         Command::Coordinator(args) => deploy::coordinator(&args),

@@ -96,18 +96,62 @@ fn a_profile_is_charged_to_the_sites_ledger_and_refused_past_its_budget() {
     assert!(refused.contains("the profile was not written"), "{refused}");
     assert!(refused.contains("budget"), "{refused}");
     assert!(!s.path("va3.json").exists());
-    let ledger = std::fs::read_to_string(s.path("tessera-ledger-va.json")).unwrap();
-    assert_eq!(
-        ledger.matches("\"kind\":\"profile\"").count() / 2,
-        2,
-        "{ledger}"
-    );
-    // The profile holds no row: VA's birth years, say, are counts on bins.
-    let json = std::fs::read_to_string(s.path("va1.json")).unwrap();
-    assert!(
-        !json.contains("1925") && !json.contains("6.723558"),
-        "{json}"
-    );
+    let ledger: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.path("tessera-ledger-va.json")).unwrap())
+            .unwrap();
+    let plans = ledger["plans"].as_object().unwrap();
+    assert_eq!(plans.len(), 1);
+    let entries = plans.values().next().unwrap()["entries"]
+        .as_array()
+        .unwrap();
+    assert_eq!(entries.len(), 2, "{ledger}");
+    assert!(entries.iter().all(|e| e["kind"] == "profile"));
+    // The profile holds counts on bins, no value of a row: each column
+    // has exactly the profile's fields, and no level (none released).
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.path("va1.json")).unwrap()).unwrap();
+    for column in json["columns"].as_array().unwrap() {
+        let mut keys: Vec<&str> = column
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "levels",
+                "missing",
+                "name",
+                "numbers",
+                "other_text",
+                "points",
+                "words"
+            ]
+        );
+        assert!(column["levels"].as_array().unwrap().is_empty());
+    }
+    // Without a budget, a second profile under a plan is refused.
+    let under = |out: &str| {
+        s.run(&[
+            "profile",
+            "--plan",
+            "examples/fed-heart-disease-mapped.toml",
+            "--schema",
+            "examples/schemas/heart.toml",
+            "--site",
+            "va",
+            "--data",
+            "data/uci-heart-disease/rewritten/va.csv",
+            "--out",
+            out,
+        ])
+    };
+    under("once.json").ok();
+    let e = under("twice.json").fails();
+    assert!(e.contains("sets no privacy budget"), "{e}");
+    assert!(!s.path("twice.json").exists());
     // Harmonize reads the sites' profiles back.
     let out = s
         .run(&[
@@ -121,6 +165,20 @@ fn a_profile_is_charged_to_the_sites_ledger_and_refused_past_its_budget() {
         ])
         .ok();
     assert!(out.contains("num          <- outcome"), "{out}");
+    // Two profiles of one site would write one mapping: refused.
+    let e = s
+        .run(&[
+            "harmonize",
+            "--schema",
+            "examples/schemas/heart.toml",
+            "--profiles",
+            "va1.json",
+            "va2.json",
+            "--out-dir",
+            "twice",
+        ])
+        .fails();
+    assert!(e.contains("another site's"), "{e}");
     let bad = s.write("bad.json", "{\"format\": \"tessera-profile/1\"}");
     let e = s
         .run(&[
@@ -194,4 +252,81 @@ fn an_older_site_on_schema_version_1_joins_a_version_2_plan_through_its_upgraded
         e.contains("maps to schema version 1") && e.contains("tessera schema upgrade"),
         "{e}"
     );
+}
+
+/// `tessera catalog`: every feature with its sites, DP summaries and
+/// quality, on the bundled heart plan (through the sites' mappings,
+/// against the target schema) and on the MNIST example (its own 785
+/// columns), each site's profile charged to the catalog's ledger; from
+/// sites' profiles nothing new is charged.
+#[test]
+fn the_catalog_lists_the_federations_features_from_dp_profiles() {
+    let s = util::fresh_copy("catalog");
+    let out = s
+        .run(&[
+            "catalog",
+            "--plan",
+            "examples/fed-heart-disease-mapped.toml",
+            "--schema",
+            "examples/schemas/heart.toml",
+            "--json",
+            "heart.json",
+        ])
+        .ok();
+    assert!(out.contains("charged: va profile"), "{out}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.path("heart.json")).unwrap()).unwrap();
+    let features = doc["features"].as_array().unwrap();
+    assert_eq!(features.len(), 14);
+    let feature = |name: &str| features.iter().find(|f| f["name"] == name).unwrap().clone();
+    for name in ["age", "sex", "chol", "num"] {
+        assert_eq!(
+            feature(name)["sites"].as_array().unwrap().len(),
+            4,
+            "{name}"
+        );
+    }
+    // Cholesterol's median (about 240 mg/dL at the four hospitals, two of
+    // them in mmol/L converted) falls in the reported bin.
+    let median = &feature("chol")["quartiles"][1];
+    let (lo, hi) = (median[0].as_f64().unwrap(), median[1].as_f64().unwrap());
+    assert!(lo <= 240.0 && 240.0 <= hi, "{median}");
+    assert!(feature("age")["quality"]["score"].as_f64().unwrap() > 0.9);
+    // Slope is in Switzerland's file only, below the noise at 123 rows.
+    assert_eq!(feature("thal")["sites"].as_array().unwrap().len(), 0);
+    assert_eq!(doc["ledger"].as_array().unwrap().len(), 4);
+    // The MNIST example: 785 columns over 20 sites of 40 to 700 rows. At
+    // the default epsilon of 1 a profile of 785 columns shows nearly every
+    // pixel below the noise (said so); at epsilon 8 the blank corner shows.
+    let mnist = |epsilon: &str, out: &str| {
+        s.run(&[
+            "catalog",
+            "--plan",
+            "examples/mnist.toml",
+            "--epsilon",
+            epsilon,
+            "--json",
+            out,
+        ])
+        .ok();
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(s.path(out)).unwrap()).unwrap();
+        doc
+    };
+    let doc = mnist("1", "mnist1.json");
+    let features = doc["features"].as_array().unwrap();
+    assert_eq!(features.len(), 785);
+    assert!(
+        features
+            .iter()
+            .all(|f| f["sites"].as_array().unwrap().len() == 20)
+    );
+    let hidden = features.iter().filter(|f| f["quartiles"].is_null()).count();
+    assert!(hidden >= 700, "{hidden} of 785 features below the noise");
+    let doc = mnist("8", "mnist8.json");
+    assert_eq!(
+        doc["features"][0]["quartiles"][1],
+        serde_json::json!([0.0, 0.0])
+    );
+    assert_eq!(doc["ledger"].as_array().unwrap().len(), 20);
 }

@@ -433,7 +433,9 @@ impl SiteLedger {
 
     /// Charges a profile of this site's columns (`tessera profile`, for
     /// harmonization) before it is written: refused past a budget by this
-    /// site's own count under the plan. Each profile is a new release.
+    /// site's own count under the plan (by the plan's hash: an edited plan
+    /// counts afresh, as for every release), and refused a second time
+    /// where the plan sets no budget. Each profile is a new release.
     fn record_profile(&mut self, event: DpEvent) -> Result<f64, String> {
         let what = format!(
             "a profile of this site's columns, by this site's own ledger {} ({} releases under \
@@ -443,6 +445,20 @@ impl SiteLedger {
             self.epsilon()
         );
         let site = self.site.clone();
+        // Without a budget nothing would bound repeated profiles (each
+        // fresh noise, averaged away): one profile under the plan, then.
+        let budgets = self.ledger.budgets();
+        let unbounded = budgets.run.is_none() && !budgets.participants.contains_key(&site);
+        let before = self.file.plans.get(&self.plan_hash).map_or(0, |p| {
+            p.entries.iter().filter(|e| e.kind == "profile").count()
+        });
+        if unbounded && before > 0 {
+            return Err(format!(
+                "{what}: this site already released a profile under this plan, and the plan \
+                 sets no privacy budget ([privacy] budget or participant_budgets) that would \
+                 bound another"
+            ));
+        }
         let entry = self
             .ledger
             .record_participant(0, "profile", &what, &site, event)

@@ -3,26 +3,34 @@
 //!
 //! **What is released.** For each column: its name, and noisy counts on
 //! bins fixed before the data is read: the missing-value tokens of a fixed
-//! list, numbers by sign and magnitude (two bins a decade from 10^-3 to
+//! list, the target schema's numeric codes (exact values: `0`, `1`, ...),
+//! other numbers by sign and magnitude (two bins a decade from 10^-3 to
 //! 10^6, zero, and the two tails), and the public vocabulary's words (the
 //! target schema's level labels and their synonyms, each in four
-//! spellings). A row adds one to exactly one bin of each column, so the
+//! spellings). Other text is counted in one bin. A row adds one to exactly
+//! one bin of each column, so the
 //! profile's L2 sensitivity to adding or removing a row is `sqrt(columns +
 //! 1)` (the `+ 1`: the row count), and every bin gets Gaussian noise of
 //! that times the noise multiplier calibrated to the profile's epsilon at
 //! its delta (one Gaussian release, `DpEvent { sampling_rate: 1,
 //! noise_multiplier, steps: 1 }`, the event the site's ledger charges).
 //! Only bins whose noisy count exceeds what noise alone reaches in one
-//! profile of a hundred (`sigma sqrt(2 ln(100 n))` for a group of `n`
+//! profile of ten thousand (`sigma sqrt(2 ln(10^4 n))` for a group of `n`
 //! bins) are written; the rest are zero (post-processing).
 //!
-//! Text outside the vocabulary is released only as levels whose noisy
-//! count passes a higher threshold (`1 + sigma * sqrt(2 ln(columns /
-//! delta))`), so that a level one row holds appears with probability at
-//! most delta over all columns (the stability argument for histograms over
-//! unknown keys): the profile is (epsilon, 2 delta)-DP. Such a level is
-//! shown by name where the site allows (`LevelRelease::Names`), otherwise
-//! as a keyed hash, which hides free text but not a word anyone can guess.
+//! By default ([`LevelRelease::None`]) that is all, and the profile is
+//! exactly the Gaussian release the ledger charges. Where the site opts
+//! in, the other text is also broken down into levels, released only where
+//! a level's noisy count passes a higher threshold (`1 + sigma * sqrt(2
+//! ln(columns / delta))`), so that a level one row holds appears with
+//! probability at most delta over all columns (the stability argument for
+//! histograms over unknown keys; its bins are a second, parallel count of
+//! the same values, so the sensitivity is then `sqrt(2 columns + 1)`). The
+//! profile is then (epsilon, 2 delta)-DP: the ledger's entry accounts for
+//! the Gaussian part; the threshold's delta is stated in the profile
+//! (`level_delta`) and not in the ledger. Such a level is shown as an
+//! unkeyed hash (SHA-256, which hides free text but not a word anyone can
+//! guess) or by name.
 //!
 //! The noise comes from the site's own secret key, never a plan's seed.
 
@@ -54,12 +62,17 @@ const MAX_LEVELS: usize = 64;
 const LOW: i32 = -7;
 const HIGH: i32 = 12;
 
+/// The longest column or site name profiled (bytes).
+pub const MAX_NAME: usize = 200;
+
 /// How a text level outside the vocabulary is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LevelRelease {
-    /// A keyed hash of the level (SHA-256, first 16 hex digits).
+    /// Not at all: only the count of such text.
     #[default]
+    None,
+    /// An unkeyed hash of the level (SHA-256, first 16 hex digits).
     Hashed,
     /// The level itself.
     Names,
@@ -149,6 +162,16 @@ pub struct WordCount {
     pub count: f64,
 }
 
+/// A public exact value (one of the target's numeric codes) and its noisy
+/// count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointCount {
+    /// The value.
+    pub value: f64,
+    /// Noisy count.
+    pub count: f64,
+}
+
 /// A level outside the vocabulary, by name or hash, and its noisy count.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LevelCount {
@@ -165,24 +188,28 @@ pub struct ColumnProfile {
     pub name: String,
     /// Missing tokens found: noisy count of each.
     pub missing: BTreeMap<String, f64>,
-    /// Numbers' bins.
+    /// Values equal to one of the target's numeric codes.
+    pub points: Vec<PointCount>,
+    /// Other numbers' bins.
     pub numbers: Vec<NumberBin>,
     /// Vocabulary words.
     pub words: Vec<WordCount>,
-    /// Other levels.
+    /// Noisy count of other text (zero where below the noise).
+    pub other_text: f64,
+    /// Other text by level, where the site released levels.
     pub levels: Vec<LevelCount>,
 }
 
 impl ColumnProfile {
     /// Noisy count of numbers.
     pub fn numeric_mass(&self) -> f64 {
-        self.numbers.iter().map(|b| b.count).sum()
+        self.numbers.iter().map(|b| b.count).sum::<f64>()
+            + self.points.iter().map(|p| p.count).sum::<f64>()
     }
 
-    /// Noisy count of text values (vocabulary and other levels).
+    /// Noisy count of text values (vocabulary words and other text).
     pub fn text_mass(&self) -> f64 {
-        self.words.iter().map(|w| w.count).sum::<f64>()
-            + self.levels.iter().map(|l| l.count).sum::<f64>()
+        self.words.iter().map(|w| w.count).sum::<f64>() + self.other_text
     }
 }
 
@@ -201,15 +228,18 @@ pub struct Profile {
     pub rows: f64,
     /// The epsilon spent.
     pub epsilon: f64,
-    /// The delta of the Gaussian release (the thresholding of levels adds
-    /// as much again).
+    /// The delta of the Gaussian release.
     pub delta: f64,
+    /// The delta the thresholding of released levels adds (zero without).
+    pub level_delta: f64,
     /// The DP event the site's ledger charges.
     pub event: DpEvent,
     /// The noise's standard deviation on every count.
     pub sigma: f64,
     /// How other levels are shown.
     pub level_release: LevelRelease,
+    /// The file's field separator.
+    pub delimiter: char,
     /// The columns, in file order.
     pub columns: Vec<ColumnProfile>,
 }
@@ -223,6 +253,8 @@ pub struct ProfileSettings {
     pub delta: f64,
     /// How other levels are shown.
     pub level_release: LevelRelease,
+    /// The file's field separator (recorded for the mapping).
+    pub delimiter: char,
 }
 
 impl Default for ProfileSettings {
@@ -230,12 +262,13 @@ impl Default for ProfileSettings {
         Self {
             epsilon: 1.0,
             delta: 1e-6,
-            level_release: LevelRelease::Hashed,
+            level_release: LevelRelease::None,
+            delimiter: ',',
         }
     }
 }
 
-/// The hash a level is shown by under [`LevelRelease::Hashed`].
+/// The hash a level is shown by under [`LevelRelease::Hashed`] (unkeyed).
 pub fn level_hash(level: &str) -> String {
     let digest = Sha256::digest(format!("tessera-level/1\0{level}").as_bytes());
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
@@ -255,8 +288,20 @@ pub fn vocabulary(schema: &TargetSchema) -> Vec<String> {
     words
 }
 
-fn vocabulary_len(schema: &TargetSchema) -> usize {
-    vocabulary(schema).len()
+/// The exact values a profile counts: the target's numeric codes and the
+/// small integers 0 to 9 (where other codings of a coded column lie).
+pub fn numeric_codes(schema: &TargetSchema) -> Vec<f64> {
+    let mut codes: Vec<f64> = schema
+        .columns
+        .iter()
+        .flat_map(|c| c.levels.keys())
+        .filter_map(|c| c.trim().parse::<f64>().ok())
+        .filter(|c| c.is_finite())
+        .chain((0..10).map(f64::from))
+        .collect();
+    codes.sort_by(f64::total_cmp);
+    codes.dedup();
+    codes
 }
 
 /// The exponent of a magnitude's bin.
@@ -267,9 +312,15 @@ fn exponent(magnitude: f64) -> i32 {
     ((2.0 * magnitude.log10()).floor() as i32).clamp(LOW + 1, HIGH)
 }
 
-/// Profiles a file's columns (`header`, `rows`: its fields as text) for
-/// harmonization against `schema`, with noise keyed by the site's secret
-/// `key`.
+/// Whether `name` may be profiled: at most [`MAX_NAME`] bytes, no control
+/// characters (it is written into mapping files and terminals as is).
+fn fit_name(name: &str) -> bool {
+    name.len() <= MAX_NAME && !name.chars().any(char::is_control)
+}
+
+/// Profiles a file's columns (`header`, `rows`: its fields as text, split
+/// at `delimiter`) for harmonization against `schema`, with noise keyed by
+/// the site's secret `key`.
 pub fn profile(
     site: &str,
     schema: &TargetSchema,
@@ -288,42 +339,78 @@ pub fn profile(
     if !(settings.delta > 0.0 && settings.delta < 1.0) {
         return Err(bad(format!("delta {} is not in (0, 1)", settings.delta)));
     }
-    if header.is_empty() {
-        return Err(bad("the file has no columns".into()));
+    if header.is_empty() || header.len() > super::target::MAX_COLUMNS {
+        return Err(bad(format!(
+            "the file has {} columns; from 1 to {} are profiled",
+            header.len(),
+            super::target::MAX_COLUMNS
+        )));
     }
+    if !fit_name(site) {
+        return Err(bad(format!(
+            "the site's name is longer than {MAX_NAME} bytes or has control characters"
+        )));
+    }
+    if let Some(name) = header.iter().find(|n| !fit_name(n)) {
+        return Err(bad(format!(
+            "column '{}' is longer than {MAX_NAME} bytes or has control characters: rename it \
+             (a mapping names it exactly)",
+            tessera_core::shown(name, 80)
+        )));
+    }
+    let levels_released = settings.level_release != LevelRelease::None;
     let z = calibrate_noise_multiplier(1.0, 1, settings.epsilon, settings.delta)?;
-    let sigma = z * ((header.len() + 1) as f64).sqrt();
+    // Each row adds one to one bin a column (and to the row count); with
+    // levels, a text value also to its level's bin.
+    let per_row = if levels_released {
+        2 * header.len() + 1
+    } else {
+        header.len() + 1
+    };
+    let sigma = z * (per_row as f64).sqrt();
     // A group of bins is shown where its noise alone would pass in one
-    // profile of a hundred: `sigma * sqrt(2 ln(100 bins))`, at least 3 sigma.
-    let above = |bins: usize| sigma * (2.0 * (100.0 * bins as f64).ln()).sqrt().max(3.0);
+    // profile of ten thousand: `sigma * sqrt(2 ln(10^4 bins))`.
+    let above = |bins: usize| sigma * (2.0 * (1e4 * bins as f64).ln()).sqrt();
+    let vocabulary = vocabulary(schema);
+    let codes = numeric_codes(schema);
     let numbers_shown = above(1 + 2 * (HIGH - LOW + 1) as usize);
     let tokens_shown = above(MISSING_TOKENS.len());
-    let words_shown = above(4 * vocabulary_len(schema).max(1));
+    let words_shown = above(4 * vocabulary.len().max(1));
+    let points_shown = above(codes.len().max(1));
+    let other_shown = above(1);
     let level_floor = 1.0 + sigma * (2.0 * (header.len() as f64 / settings.delta).ln()).sqrt();
-    let vocabulary = vocabulary(schema);
     let mut noise = GaussianNoise::new(key, 0);
     let mut noisy = |count: u64| count as f64 + sigma * noise.standard_normal();
     let mut columns = Vec::with_capacity(header.len());
     for (i, name) in header.iter().enumerate() {
         let mut missing = vec![0u64; MISSING_TOKENS.len()];
+        let mut points = vec![0u64; codes.len()];
         let mut numbers: BTreeMap<(i8, i32), u64> = BTreeMap::new();
         let mut words = vec![[0u64; 4]; vocabulary.len()];
+        let mut other = 0u64;
         let mut levels: BTreeMap<&str, u64> = BTreeMap::new();
         for row in rows {
             let value = row.get(i).map_or("", |v| v.trim());
             if let Some(t) = MISSING_TOKENS.iter().position(|t| *t == value) {
                 missing[t] += 1;
             } else if let Some(v) = value.parse::<f64>().ok().filter(|v| v.is_finite()) {
-                let bin = if v == 0.0 {
-                    (0, 0)
+                if let Some(c) = codes.iter().position(|c| *c == v) {
+                    points[c] += 1;
                 } else {
-                    (if v < 0.0 { -1 } else { 1 }, exponent(v.abs()))
-                };
-                *numbers.entry(bin).or_default() += 1;
+                    let bin = if v == 0.0 {
+                        (0, 0)
+                    } else {
+                        (if v < 0.0 { -1 } else { 1 }, exponent(v.abs()))
+                    };
+                    *numbers.entry(bin).or_default() += 1;
+                }
             } else if let Some((w, s)) = vocabulary_word(&vocabulary, value) {
                 words[w][s] += 1;
             } else {
-                *levels.entry(value).or_default() += 1;
+                other += 1;
+                if levels_released {
+                    *levels.entry(value).or_default() += 1;
+                }
             }
         }
         // Every fixed bin gets noise, present or not.
@@ -332,6 +419,15 @@ pub fn profile(
             .zip(missing)
             .map(|(t, c)| (t.to_string(), noisy(c)))
             .filter(|(_, c)| *c > tokens_shown)
+            .collect();
+        let points = codes
+            .iter()
+            .zip(points)
+            .map(|(value, c)| PointCount {
+                value: *value,
+                count: noisy(c),
+            })
+            .filter(|p| p.count > points_shown)
             .collect();
         let mut bins = Vec::new();
         for (sign, e) in std::iter::once((0, 0))
@@ -360,14 +456,17 @@ pub fn profile(
                 }
             }
         }
+        let other_text = Some(noisy(other))
+            .filter(|c| *c > other_shown)
+            .unwrap_or(0.0);
         let mut others: Vec<LevelCount> = levels
             .into_iter()
             .map(|(level, c)| (level, noisy(c)))
             .filter(|(_, c)| *c > level_floor)
             .map(|(level, count)| LevelCount {
                 level: match settings.level_release {
-                    LevelRelease::Names => tessera_core::shown(level, 200).into_owned(),
-                    LevelRelease::Hashed => level_hash(level),
+                    LevelRelease::Names if fit_name(level) => level.to_string(),
+                    _ => level_hash(level),
                 },
                 count,
             })
@@ -375,10 +474,12 @@ pub fn profile(
         others.sort_by(|a, b| b.count.total_cmp(&a.count));
         others.truncate(MAX_LEVELS);
         columns.push(ColumnProfile {
-            name: tessera_core::shown(name, 200).into_owned(),
+            name: name.clone(),
             missing,
+            points,
             numbers: bins,
             words: counted,
+            other_text,
             levels: others,
         });
     }
@@ -391,6 +492,7 @@ pub fn profile(
         rows,
         epsilon: settings.epsilon,
         delta: settings.delta,
+        level_delta: if levels_released { settings.delta } else { 0.0 },
         event: DpEvent {
             sampling_rate: 1.0,
             noise_multiplier: z,
@@ -398,6 +500,7 @@ pub fn profile(
         },
         sigma,
         level_release: settings.level_release,
+        delimiter: settings.delimiter,
         columns,
     })
 }
@@ -412,7 +515,10 @@ fn vocabulary_word(vocabulary: &[String], value: &str) -> Option<(usize, usize)>
 }
 
 impl Profile {
-    /// Reads a profile (JSON) and checks what harmonization relies on.
+    /// Reads a profile (JSON) and checks what harmonization relies on: a
+    /// site's profile is outside input, so its sizes are bounded (names,
+    /// bins, words, levels), its counts finite and not negative, and its
+    /// names free of control characters.
     pub fn parse(text: &str) -> Result<Profile, AnalyticsError> {
         let bad = |m: String| AnalyticsError::Harmonize(format!("profile: {m}"));
         let p: Profile = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
@@ -422,27 +528,67 @@ impl Profile {
                 tessera_core::shown(&p.format, 40)
             )));
         }
-        let counts = p.columns.iter().flat_map(|c| {
-            c.missing
+        let site = tessera_core::shown(&p.site, 80).into_owned();
+        if !fit_name(&p.site) || !fit_name(&p.schema) {
+            return Err(bad(format!(
+                "site '{site}': the site's or the schema's name is longer than {MAX_NAME} bytes \
+                 or has control characters"
+            )));
+        }
+        if p.columns.is_empty() || p.columns.len() > super::target::MAX_COLUMNS {
+            return Err(bad(format!(
+                "site '{site}': {} columns; from 1 to {} are read",
+                p.columns.len(),
+                super::target::MAX_COLUMNS
+            )));
+        }
+        for c in &p.columns {
+            let column = tessera_core::shown(&c.name, 80);
+            let sized = c.numbers.len() <= 1 + 2 * (HIGH - LOW + 1) as usize
+                && c.points.len() <= 4 * super::target::MAX_COLUMNS
+                && c.words.len() <= 4096
+                && c.levels.len() <= MAX_LEVELS
+                && c.missing.len() <= MISSING_TOKENS.len();
+            let names = fit_name(&c.name)
+                && c.missing
+                    .keys()
+                    .all(|t| MISSING_TOKENS.contains(&t.as_str()))
+                && c.words.iter().all(|w| fit_name(&w.word))
+                && c.levels.iter().all(|l| fit_name(&l.level));
+            let bins = c
+                .numbers
+                .iter()
+                .all(|b| (-1..=1).contains(&b.sign) && (LOW..=HIGH).contains(&b.exponent));
+            let counts = c
+                .missing
                 .values()
                 .copied()
+                .chain(c.points.iter().flat_map(|p| [p.count, p.value]))
                 .chain(c.numbers.iter().map(|b| b.count))
                 .chain(c.words.iter().map(|w| w.count))
                 .chain(c.levels.iter().map(|l| l.count))
-        });
-        if p.columns.len() > super::target::MAX_COLUMNS
-            || !counts.chain([p.rows, p.sigma]).all(f64::is_finite)
-            || p.columns.iter().any(|c| {
-                c.numbers
-                    .iter()
-                    .any(|b| !(-1..=1).contains(&b.sign) || !(LOW..=HIGH).contains(&b.exponent))
-            })
-        {
+                .chain([c.other_text])
+                .all(|x| x.is_finite())
+                && c.missing
+                    .values()
+                    .copied()
+                    .chain(c.points.iter().map(|p| p.count))
+                    .chain(c.numbers.iter().map(|b| b.count))
+                    .chain(c.words.iter().map(|w| w.count))
+                    .chain(c.levels.iter().map(|l| l.count))
+                    .chain([c.other_text])
+                    .all(|x| x >= 0.0);
+            if !(sized && names && bins && counts) {
+                return Err(bad(format!(
+                    "site '{site}', column '{column}': a count is negative or not a finite \
+                     number, a bin is out of range, a name or token is not one a profile \
+                     writes, or it has more bins, words or levels than a profile has"
+                )));
+            }
+        }
+        if !(p.rows.is_finite() && p.sigma.is_finite() && p.sigma >= 0.0) {
             return Err(bad(format!(
-                "site '{}': a count is not a finite number, a bin is out of range, or it has \
-                 more than {} columns",
-                tessera_core::shown(&p.site, 80),
-                super::target::MAX_COLUMNS
+                "site '{site}': its row count or noise is not a finite number"
             )));
         }
         Ok(p)

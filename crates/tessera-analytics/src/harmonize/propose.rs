@@ -24,8 +24,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use tessera_data::mapping::{Conversion, Derivation, Linear, Mapping, canonical_unit, conversion};
 
-use super::names::{is_birth_year, level_key, level_spellings, similarity, words};
-use super::profile::{ColumnProfile, LevelRelease, MISSING_TOKENS, Profile, Spelling, level_hash};
+use super::names::{Words, is_birth_year, level_key, level_spellings, similarity, words};
+use super::profile::{ColumnProfile, LevelRelease, MISSING_TOKENS, Profile, Spelling};
 use super::target::{TargetColumn, TargetSchema};
 
 /// Missing-value tokens every proposal has.
@@ -74,6 +74,10 @@ pub struct Match {
     pub transform: Transform,
     /// The evidence in words.
     pub evidence: String,
+    /// Whether it may be proposed at all: not a coded column whose values
+    /// are mostly not the target's codes (its codes may mean something
+    /// else), nor text that mostly does not recode.
+    pub proposable: bool,
 }
 
 /// A target column without a proposal.
@@ -83,6 +87,8 @@ pub struct Unmatched {
     pub target: String,
     /// Its best candidates (site column, score), best first.
     pub candidates: Vec<(String, f64)>,
+    /// The best candidate's evidence.
+    pub evidence: Option<String>,
 }
 
 /// One site's proposal.
@@ -101,46 +107,71 @@ pub struct Proposal {
 }
 
 /// Scores one pair: `None` where the kinds cannot meet.
-fn score(target: &TargetColumn, column: &ColumnProfile, release: LevelRelease) -> Option<Match> {
-    let site = words(&column.name);
-    let mut names = std::iter::once(target.name.as_str())
-        .chain(target.description.as_deref())
-        .chain(target.synonyms.iter().map(String::as_str))
-        .map(|n| similarity(&site, &words(n)))
+fn score(
+    target: &TargetColumn,
+    known: &[Words],
+    column: &ColumnProfile,
+    site: &Words,
+    release: LevelRelease,
+) -> Option<Match> {
+    let mut names = known
+        .iter()
+        .map(|n| similarity(site, n))
         .fold(0.0, f64::max);
-    let birth_year = target.as_of.is_some() && is_birth_year(&site);
+    let birth_year = target.as_of.is_some() && is_birth_year(site);
     if birth_year {
         names = names.max(0.9);
     }
     let (numeric, text) = (column.numeric_mass(), column.text_mass());
+    let mut proposable = true;
     let (values, transform, evidence) = if !target.levels.is_empty() {
         if text > numeric {
             let (table, recoded) = recode(target, column, release);
-            let share = recoded / text;
+            let share = (recoded / text).min(1.0);
+            proposable = share >= 0.5;
             let evidence = format!(
-                "{:.0}% of its text values recode to the target's codes",
-                100.0 * share
+                "{:.0}% of its text values recode to the target's codes{}",
+                100.0 * share,
+                if proposable {
+                    ""
+                } else {
+                    ": too few to propose"
+                }
             );
             (Some(share), Transform::Recode { table }, evidence)
         } else if numeric > 0.0 {
             let codes: Vec<f64> = target
                 .levels
                 .keys()
-                .filter_map(|c| c.parse().ok())
+                .filter_map(|c| c.trim().parse().ok())
                 .collect();
-            let inside: f64 = column
-                .numbers
+            let on: f64 = column
+                .points
                 .iter()
-                .filter(|b| {
-                    let (lo, hi) = b.range();
-                    codes.iter().any(|&c| c == lo || (lo..hi).contains(&c))
-                })
-                .map(|b| b.count)
+                .filter(|p| codes.contains(&p.value))
+                .map(|p| p.count)
                 .sum();
-            let share = inside / numeric;
+            // Against the exact values counted: other codes (1 and 2 for
+            // sex) are exact values too; other numbers (a measurement)
+            // count against where they outweigh them.
+            let exact: f64 = column.points.iter().map(|p| p.count).sum();
+            let other = numeric - exact;
+            let share = if other > exact {
+                0.0
+            } else {
+                (on / exact).min(1.0)
+            };
+            // Codes mean what the target says only where the values are
+            // the target's codes: 1/2 for sex, 0-3 for chest pain are not.
+            proposable = share >= 0.9;
             let evidence = format!(
-                "{:.0}% of its numbers are near the target's codes, taken as the same codes",
-                100.0 * share
+                "{:.0}% of its numbers are the target's codes{}",
+                100.0 * share,
+                if proposable {
+                    ", taken to mean the same"
+                } else {
+                    ": other codes, which may mean other things; map it by hand"
+                }
             );
             (Some(share), Transform::AsIs, evidence)
         } else {
@@ -166,6 +197,7 @@ fn score(target: &TargetColumn, column: &ColumnProfile, release: LevelRelease) -
         values,
         transform,
         evidence,
+        proposable,
     })
 }
 
@@ -174,6 +206,12 @@ fn score(target: &TargetColumn, column: &ColumnProfile, release: LevelRelease) -
 /// 3162, as an age) tell nothing and are left out. `None`: no bin told.
 fn inside(column: &ColumnProfile, lo: f64, hi: f64, f: &dyn Fn(f64) -> f64) -> Option<f64> {
     let (mut total, mut share) = (0.0, 0.0);
+    for p in &column.points {
+        total += p.count;
+        if (lo..=hi).contains(&f(p.value)) {
+            share += p.count;
+        }
+    }
     for b in &column.numbers {
         let (a, z) = b.range();
         let (a, z) = (f(a), f(z));
@@ -298,16 +336,11 @@ fn recode(
         }
     }
     for l in &column.levels {
+        // Released by name: recoded where its text is a label's. (A hash
+        // cannot be a label's spelling: those are vocabulary words.)
         let found = match release {
             LevelRelease::Names => code_of(&l.level).map(|c| (l.level.clone(), c)),
-            LevelRelease::Hashed => target.levels.iter().find_map(|(code, label)| {
-                level_spellings(label)
-                    .into_iter()
-                    .flat_map(|s| Spelling::ALL.map(|sp| sp.spell(&s)))
-                    .chain([code.clone()])
-                    .find(|s| level_hash(s) == l.level)
-                    .map(|s| (s, code.clone()))
-            }),
+            LevelRelease::Hashed | LevelRelease::None => None,
         };
         if let Some((level, code)) = found {
             table.insert(level, code);
@@ -336,9 +369,16 @@ fn recode(
 /// Proposes `profile`'s site's mapping to `schema`.
 pub fn propose(schema: &TargetSchema, profile: &Profile, threshold: f64) -> Proposal {
     let mut pairs: Vec<Match> = Vec::new();
+    // Each name split once: a wide schema meets a wide file.
+    let sites: Vec<Words> = profile.columns.iter().map(|c| words(&c.name)).collect();
     for t in &schema.columns {
-        for c in &profile.columns {
-            if let Some(m) = score(t, c, profile.level_release) {
+        let known: Vec<Words> = std::iter::once(t.name.as_str())
+            .chain(t.description.as_deref())
+            .chain(t.synonyms.iter().map(String::as_str))
+            .map(words)
+            .collect();
+        for (c, site) in profile.columns.iter().zip(&sites) {
+            if let Some(m) = score(t, &known, c, site, profile.level_release) {
                 pairs.push(m);
             }
         }
@@ -356,7 +396,7 @@ pub fn propose(schema: &TargetSchema, profile: &Profile, threshold: f64) -> Prop
         if m.score < threshold {
             break;
         }
-        if m.names < 0.3 {
+        if m.names < 0.3 || !m.proposable {
             continue;
         }
         if taken_targets.contains(&m.target) || taken_columns.contains(&m.column) {
@@ -379,6 +419,10 @@ pub fn propose(schema: &TargetSchema, profile: &Profile, threshold: f64) -> Prop
                     .take(3)
                     .map(|m| (m.column.clone(), m.score))
                     .collect(),
+                evidence: pairs
+                    .iter()
+                    .find(|m| m.target == t.name)
+                    .map(|m| m.evidence.clone()),
             }),
         }
     }
@@ -415,7 +459,7 @@ fn mapping(schema: &TargetSchema, profile: &Profile, matches: &[Match]) -> Mappi
         version: 1,
         schema_version: Some(schema.version),
         header: true,
-        delimiter: ',',
+        delimiter: profile.delimiter,
         missing: Some(missing),
         columns: BTreeMap::new(),
         recode: BTreeMap::new(),

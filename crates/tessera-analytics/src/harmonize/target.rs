@@ -108,6 +108,14 @@ impl TargetSchema {
     /// Refuses what harmonization could not use.
     pub fn check(&self) -> Result<(), AnalyticsError> {
         let bad = |m: String| Err(AnalyticsError::Harmonize(format!("target schema: {m}")));
+        if self.name.trim().is_empty()
+            || self.name.len() > 200
+            || self.name.chars().any(char::is_control)
+        {
+            return bad(
+                "its name is empty, longer than 200 bytes or has control characters".into(),
+            );
+        }
         if self.version == 0 {
             return bad("version counts from 1".into());
         }
@@ -141,12 +149,15 @@ impl TargetSchema {
                 .chain(c.levels.keys())
                 .chain(c.levels.values());
             for t in texts {
-                if t.len() > MAX_TEXT || t.trim().is_empty() {
+                if t.len() > MAX_TEXT || t.trim().is_empty() || t.chars().any(char::is_control) {
                     return bad(format!(
-                        "column '{name}': a name, description, synonym or level is empty or \
-                         longer than {MAX_TEXT} bytes"
+                        "column '{name}': a name, description, synonym or level is empty, \
+                         longer than {MAX_TEXT} bytes or has control characters"
                     ));
                 }
+            }
+            if c.decimals.is_some_and(|d| d > 12) {
+                return bad(format!("column '{name}': decimals is at most 12"));
             }
             if c.levels.len() > MAX_LEVELS {
                 return bad(format!(

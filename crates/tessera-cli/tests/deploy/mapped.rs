@@ -103,4 +103,33 @@ fn an_older_site_on_schema_version_1_joins_a_version_2_run() {
     let status = s.run(&["status", "--db", "r.sqlite", "--json"]).ok();
     let doc: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(doc["run"]["schema_version"], 2, "{status}");
+    // The catalog reads the store for usage: the renamed column was used
+    // by this run, the column new in version 2 by none.
+    s.run(&[
+        "catalog",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--schema",
+        util::root()
+            .join("examples/schemas/heart-v2.toml")
+            .to_str()
+            .unwrap(),
+        "--db",
+        "r.sqlite",
+        "--json",
+        "catalog.json",
+    ])
+    .ok();
+    let catalog: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.path("catalog.json")).unwrap()).unwrap();
+    let used = |name: &str| {
+        catalog["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .map(|f| f["used_by"].as_array().unwrap().len())
+    };
+    assert_eq!(used("resting_bp"), Some(1), "{catalog}");
+    assert_eq!(used("smoker"), Some(0), "{catalog}");
 }
