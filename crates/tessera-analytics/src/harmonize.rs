@@ -30,7 +30,7 @@ pub use evolve::Upgrade;
 pub use names::{Words, similarity, words};
 pub use profile::{
     ColumnProfile, FORMAT, LevelCount, LevelRelease, MISSING_TOKENS, NumberBin, Profile,
-    ProfileSettings, Spelling, WordCount, level_hash, profile, vocabulary,
+    ProfileSettings, Spelling, WordCount, level_hash, numeric_codes, profile, vocabulary,
 };
 pub use propose::{DEFAULT_THRESHOLD, Match, Proposal, Transform, Unmatched, propose};
 pub use target::{Change, MAX_COLUMNS, TargetColumn, TargetSchema};

@@ -90,6 +90,7 @@ pub fn run(args: &CatalogArgs) -> anyhow::Result<()> {
         let mut ledger = plan.privacy.ledger();
         let settings = ProfileSettings {
             epsilon: args.epsilon,
+            delta: plan.privacy.delta,
             ..ProfileSettings::default()
         };
         let mut profiles = Vec::new();
@@ -145,8 +146,10 @@ pub fn run(args: &CatalogArgs) -> anyhow::Result<()> {
         for path in &args.profiles {
             let p = Profile::parse(&crate::harmonize::read_bounded(path, 64 << 20)?)
                 .with_context(|| path.display().to_string())?;
+            crate::harmonize::check_profile(path, &p, &schema)?;
             profiles.push(p);
         }
+        crate::harmonize::files(&profiles)?;
         (schema, profiles)
     };
     let proposals: Vec<_> = profiles
@@ -216,11 +219,67 @@ fn same_names(schema: &TargetSchema, p: &Profile) -> Proposal {
             recode: Default::default(),
             convert: Default::default(),
             derive: Default::default(),
+            absent: Vec::new(),
         },
         matches,
         unmatched: Vec::new(),
         unused: Vec::new(),
     }
+}
+
+/// The features of `plan` (its listed columns it does not ignore, and
+/// its target).
+fn uses(plan: &Plan, feature: &str) -> bool {
+    let schema = &plan.data.schema;
+    feature == schema.target
+        || schema
+            .columns
+            .iter()
+            .any(|c| c.name == feature && c.kind != ColumnKind::Ignore)
+}
+
+/// A catalog document (`--json`) with each feature's `used_by` taken from
+/// `runs` (the dashboard's, from its coordinator's database).
+pub(crate) fn with_usage(
+    doc: &serde_json::Value,
+    runs: &[tessera_coordinator::store::RunRow],
+) -> serde_json::Value {
+    let plans: Vec<(&str, &str, Plan)> = runs
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.id.as_str(),
+                r.name.as_str(),
+                toml::from_str(&r.plan).ok()?,
+            ))
+        })
+        .collect();
+    let mut doc = doc.clone();
+    if let Some(features) = doc["features"].as_array_mut() {
+        for f in features {
+            let name = f["name"].as_str().unwrap_or_default().to_string();
+            f["used_by"] = plans
+                .iter()
+                .filter(|(_, _, plan)| uses(plan, &name))
+                .map(|(id, name, _)| serde_json::json!([id, name]))
+                .collect();
+        }
+    }
+    doc
+}
+
+/// Reads a catalog document (`tessera catalog --json`) for the dashboard.
+pub(crate) fn read_document(path: &Path) -> anyhow::Result<serde_json::Value> {
+    let text = crate::harmonize::read_bounded(path, 64 << 20)?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+    if !doc["features"].is_array() {
+        bail!(
+            "{}: not a catalog (write one with `tessera catalog --json FILE`)",
+            path.display()
+        );
+    }
+    Ok(doc)
 }
 
 /// Adds each run of the store at `db` to the features its plan used.
@@ -231,14 +290,8 @@ fn usage(db: &Path, features: &mut [Feature]) -> anyhow::Result<()> {
         let Ok(plan) = toml::from_str::<Plan>(&run.plan) else {
             continue;
         };
-        let schema = &plan.data.schema;
         for f in features.iter_mut() {
-            let used = f.name == schema.target
-                || schema
-                    .columns
-                    .iter()
-                    .any(|c| c.name == f.name && c.kind != ColumnKind::Ignore);
-            if used {
+            if uses(&plan, &f.name) {
                 f.used_by.push((run.id.clone(), run.name.clone()));
             }
         }

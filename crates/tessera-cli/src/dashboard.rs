@@ -1,6 +1,8 @@
 //! `tessera coordinator --dashboard ADDR`: one page (HTML, inline script,
 //! inline SVG; nothing fetched from elsewhere) at `/`, refreshing every two
-//! seconds from `/api/status`: the document of `tessera status --json`
+//! seconds from `/api/status` (and, with `--catalog FILE`, the feature
+//! catalog at `/catalog` from `/api/catalog`: the file's document with each
+//! feature's runs from the coordinator's database): the document of `tessera status --json`
 //! (`status_json`), read on the federation's owner thread like every other
 //! call, with a `live` section of what only the running coordinator knows
 //! (each site's state and when it was last heard from, the plan's privacy
@@ -27,10 +29,72 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<tokio::net::TcpListener
     })
 }
 
-/// Serves the dashboard on `listener` in the background; the bound address.
-pub fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> anyhow::Result<SocketAddr> {
+/// The catalog page, served as it is.
+const CATALOG_PAGE: &str = include_str!("catalog.html");
+
+/// Serves the dashboard on `listener` in the background (with the
+/// federation's feature `catalog` at /catalog, where given); the bound
+/// address.
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    catalog: Option<Arc<Value>>,
+) -> anyhow::Result<SocketAddr> {
     let bound = listener.local_addr().context("the dashboard's address")?;
+    let for_catalog = Arc::clone(&shared);
     let app = axum::Router::new()
+        .route(
+            "/catalog",
+            axum::routing::get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                        (header::CACHE_CONTROL, "no-store"),
+                    ],
+                    CATALOG_PAGE,
+                )
+            }),
+        )
+        .route(
+            "/api/catalog",
+            axum::routing::get(move || {
+                let shared = Arc::clone(&for_catalog);
+                let catalog = catalog.clone();
+                async move {
+                    let (code, body) = match catalog {
+                        None => (
+                            StatusCode::NOT_FOUND,
+                            json!({ "error": "no catalog: start the coordinator with --catalog FILE \
+                                   (written by `tessera catalog --json FILE`)" }),
+                        ),
+                        Some(doc) => match shared
+                            .call(move |f: &mut Federation| -> anyhow::Result<Value> {
+                                Ok(crate::catalog::with_usage(&doc, &f.store().runs()?))
+                            })
+                            .await
+                        {
+                            Ok(Ok(document)) => (StatusCode::OK, document),
+                            Ok(Err(e)) => (
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                json!({ "error": format!("{e:#}") }),
+                            ),
+                            Err(e) => (
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                json!({ "error": e.message() }),
+                            ),
+                        },
+                    };
+                    (
+                        code,
+                        [
+                            (header::CONTENT_TYPE, "application/json"),
+                            (header::CACHE_CONTROL, "no-store"),
+                        ],
+                        body.to_string(),
+                    )
+                }
+            }),
+        )
         .route(
             "/",
             axum::routing::get(|| async {

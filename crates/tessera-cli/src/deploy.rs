@@ -58,6 +58,11 @@ pub struct CoordinatorArgs {
     /// /api/status), e.g. 127.0.0.1:7080; nowhere unless given.
     #[arg(long, value_name = "ADDR")]
     dashboard: Option<SocketAddr>,
+    /// With --dashboard: the federation's feature catalog (`tessera
+    /// catalog --json`), shown at /catalog (data at /api/catalog) with each
+    /// feature's runs from this coordinator's database.
+    #[arg(long, value_name = "FILE", requires = "dashboard")]
+    catalog: Option<PathBuf>,
     /// Continual learning: start the run from this model file (an earlier
     /// run's --model-out, of the plan's model, on data of the same
     /// features and classes, checked when the sites agree their layout)
@@ -360,9 +365,13 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
             Some(address) => Some(crate::dashboard::bind(address).await?),
             None => None,
         };
+        let catalog = match &args.catalog {
+            Some(path) => Some(std::sync::Arc::new(crate::catalog::read_document(path)?)),
+            None => None,
+        };
         let shared = tessera_coordinator::open(&config).await?;
         if let Some(listener) = dashboard {
-            let bound = crate::dashboard::serve(listener, std::sync::Arc::clone(&shared))?;
+            let bound = crate::dashboard::serve(listener, std::sync::Arc::clone(&shared), catalog)?;
             say(Level::INFO, &format!("dashboard at http://{bound}/"));
         }
         let listener = tessera_coordinator::bind(config.listen).await?;

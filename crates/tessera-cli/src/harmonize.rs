@@ -107,7 +107,8 @@ enum SchemaCommand {
         /// The version the site's file (or mapping) follows.
         #[arg(long)]
         from: u32,
-        /// The site's mapping to version FROM, if it has one.
+        /// The site's mapping to version FROM, if it has one (without one,
+        /// the file is taken to have a header and commas).
         #[arg(long)]
         mapping: Option<PathBuf>,
         /// The mapping to write.
@@ -312,16 +313,7 @@ pub fn run_harmonize(args: &HarmonizeArgs) -> anyhow::Result<()> {
         for path in &args.profiles {
             let p = Profile::parse(&read_bounded(path, 64 << 20)?)
                 .with_context(|| path.display().to_string())?;
-            if p.schema != schema.name || p.schema_version != schema.version {
-                bail!(
-                    "{}: profiled against schema '{}' version {}, not '{}' version {}",
-                    path.display(),
-                    p.schema,
-                    p.schema_version,
-                    schema.name,
-                    schema.version
-                );
-            }
+            check_profile(path, &p, &schema)?;
             profiles.push(p);
         }
         files(&profiles)?;
@@ -373,9 +365,37 @@ pub fn run_harmonize(args: &HarmonizeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses a profile made against another schema or version, or whose
+/// exact values are not ones a profile against this schema counts.
+pub(crate) fn check_profile(path: &Path, p: &Profile, schema: &TargetSchema) -> anyhow::Result<()> {
+    if p.schema != schema.name || p.schema_version != schema.version {
+        bail!(
+            "{}: profiled against schema '{}' version {}, not '{}' version {}",
+            path.display(),
+            p.schema,
+            p.schema_version,
+            schema.name,
+            schema.version
+        );
+    }
+    let codes = tessera_analytics::harmonize::numeric_codes(schema);
+    if p.columns
+        .iter()
+        .flat_map(|c| &c.points)
+        .any(|x| !codes.contains(&x.value))
+    {
+        bail!(
+            "{}: it counts exact values the schema's profiles do not (not one of its codes or \
+             0 to 9)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Refuses two profiles of one site, or of sites whose file names would
 /// be one (`a b` and `a_b`), and the names of the other outputs.
-fn files(profiles: &[Profile]) -> anyhow::Result<()> {
+pub(crate) fn files(profiles: &[Profile]) -> anyhow::Result<()> {
     let mut seen = std::collections::BTreeSet::new();
     for p in profiles {
         let name = crate::deploy::safe_name(&p.site);

@@ -292,8 +292,10 @@ fn the_catalog_lists_the_federations_features_from_dp_profiles() {
     let (lo, hi) = (median[0].as_f64().unwrap(), median[1].as_f64().unwrap());
     assert!(lo <= 240.0 && 240.0 <= hi, "{median}");
     assert!(feature("age")["quality"]["score"].as_f64().unwrap() > 0.9);
-    // Slope is in Switzerland's file only, below the noise at 123 rows.
+    // Thal is in no site's file (the rewritten files dropped it): no
+    // sites, no summary.
     assert_eq!(feature("thal")["sites"].as_array().unwrap().len(), 0);
+    assert!(feature("thal")["quartiles"].is_null());
     assert_eq!(doc["ledger"].as_array().unwrap().len(), 4);
     // The MNIST example: 785 columns over 20 sites of 40 to 700 rows. At
     // the default epsilon of 1 a profile of 785 columns shows nearly every

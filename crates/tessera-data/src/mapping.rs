@@ -27,6 +27,9 @@
 //! [derive.age]                     # a column computed from another
 //! years_since = "birth_year"       # age = year - birth_year
 //! year = 1988
+//!
+//! # absent = ["smoker"]            # (top level) schema columns the file does
+//! #                                # not have: never read by name
 //! ```
 //!
 //! A plan column the mapping does not name comes from the file's column of
@@ -86,6 +89,12 @@ pub struct Mapping {
     /// Per plan column: computed from another of the file's columns.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub derive: BTreeMap<String, Derivation>,
+    /// Schema columns this file does not have (added since the file's
+    /// version): never read from a column of the same name; missing where
+    /// the plan ignores them, refused where it uses them, nothing where the
+    /// plan does not list them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -193,6 +202,13 @@ impl Mapping {
 /// header the schema's columns; with one, the schema's listed columns, the
 /// target, then the mapping's other columns.
 fn target_columns(schema: &SchemaConfig, mapping: &Mapping) -> Result<Vec<Target>, String> {
+    if let (Some(plan), None) = (schema.version, mapping.schema_version) {
+        return Err(format!(
+            "the plan's columns are schema version {plan} and the mapping does not say which \
+             version it maps to: declare `schema_version` (after `tessera schema upgrade` where \
+             it maps to an older one)"
+        ));
+    }
     if let (Some(plan), Some(own)) = (schema.version, mapping.schema_version)
         && plan != own
     {
@@ -339,7 +355,15 @@ impl<'a> Mapped<'a> {
         let mut ops = Vec::with_capacity(self.targets.len());
         for target in &self.targets {
             let name = target.name.as_str();
-            let source = if let Some(d) = self.mapping.derive.get(name) {
+            let source = if self.mapping.absent.iter().any(|a| a == name) {
+                if !target.ignored {
+                    return Err(format!(
+                        "the plan uses '{name}', which this file does not have (its mapping \
+                         lists it as absent: new in a later schema version than the file's)"
+                    ));
+                }
+                Source::Missing
+            } else if let Some(d) = self.mapping.derive.get(name) {
                 let i = field(&d.years_since)
                     .ok_or_else(|| self.lacks(name, &d.years_since, &header))?;
                 Source::YearsSince(i, f64::from(d.year))

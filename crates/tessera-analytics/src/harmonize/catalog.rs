@@ -36,8 +36,9 @@ pub struct Feature {
     pub codes: Vec<(String, f64)>,
     /// The quality score and its parts.
     pub quality: Quality,
-    /// Features whose pooled distributions are alike (cosine of their
-    /// histograms, at least 0.9), most alike first.
+    /// Features of the same kind and unit whose pooled distributions are
+    /// alike at the profiles' resolution (half a decade: cosine of their
+    /// histograms at least 0.9), most alike first.
     pub similar: Vec<(String, f64)>,
     /// Runs (id and plan name) whose plan used it, filled in from a run
     /// store.
@@ -51,27 +52,29 @@ pub struct Quality {
     pub completeness: Option<f64>,
     /// The share of values in the declared typical range.
     pub plausibility: Option<f64>,
-    /// The share of sites whose median lies within the federation's
-    /// interquartile range (two sites or more).
+    /// The share of sites whose median's range meets the federation's
+    /// interquartile range (two sites or more): at the profiles'
+    /// half-decade resolution, it catches gross disagreement only.
     pub consistency: Option<f64>,
     /// The mean of those present.
     pub score: Option<f64>,
 }
 
-/// Values as (representative value, noisy count, exact) triples, after a
-/// transform: an exact value is a counted code, otherwise a bin's middle.
-type Weighted = Vec<(f64, f64, bool)>;
+/// Values as (sort key, noisy count, the range they lie in) after a
+/// transform: an exact code's range is the code, a bin's its ends mapped.
+type Weighted = Vec<(f64, f64, (f64, f64))>;
 
-fn representative(b: &NumberBin) -> f64 {
+/// A bin's ends mapped by `f` (in order), and a key between them.
+fn mapped(b: &NumberBin, f: &dyn Fn(f64) -> f64) -> (f64, (f64, f64)) {
     let (lo, hi) = b.range();
-    match (lo, hi) {
-        (0.0, 0.0) => 0.0,
-        (l, h) if l.is_finite() && h.is_finite() && l > 0.0 => (l * h).sqrt(),
-        (l, h) if l.is_finite() && h.is_finite() && h < 0.0 => -(l * h).sqrt(),
-        (l, h) if l.is_finite() && h.is_finite() => (l + h) / 2.0,
-        (l, _) if l.is_finite() => l,
-        (_, h) => h,
-    }
+    let (a, z) = (f(lo), f(hi));
+    let (a, z) = (a.min(z), a.max(z));
+    let key = match (a.is_finite(), z.is_finite()) {
+        (true, true) => (a + z) / 2.0,
+        (true, false) => a,
+        _ => z,
+    };
+    (key, (a, z))
 }
 
 fn apply(t: &Transform, unit: Option<&str>, substance: Option<&str>, x: f64) -> f64 {
@@ -84,37 +87,25 @@ fn apply(t: &Transform, unit: Option<&str>, substance: Option<&str>, x: f64) -> 
     }
 }
 
-/// The weighted quantile `q` of `values` (sorted by value), as the range
-/// it stands for.
+/// The weighted quantile `q` of `values` (sorted by key), as the range it
+/// lies in.
 fn quantile(values: &Weighted, q: f64) -> Option<(f64, f64)> {
     let total: f64 = values.iter().map(|(_, c, _)| c).sum();
     if total <= 0.0 {
         return None;
     }
     let mut seen = 0.0;
-    for (v, c, exact) in values {
+    for (_, c, range) in values {
         seen += c;
         if seen >= q * total {
-            return Some(if *exact { (*v, *v) } else { around(*v) });
+            return Some(*range);
         }
     }
     None
 }
 
-/// The range a representative value stands for, `[v / 10^0.25, v * 10^0.25]`
-/// (half a decade around it); zero stands for itself.
-fn around(v: f64) -> (f64, f64) {
-    let f = 10f64.powf(0.25);
-    if v == 0.0 {
-        (0.0, 0.0)
-    } else if v > 0.0 {
-        (v / f, v * f)
-    } else {
-        (v * f, v / f)
-    }
-}
-
-/// A histogram on a fixed grid (sign and half-decade), for similarity.
+/// A histogram on a fixed grid (sign and half-decade of the key), for
+/// similarity.
 fn grid(values: &Weighted) -> std::collections::BTreeMap<(i8, i64), f64> {
     let mut out = std::collections::BTreeMap::new();
     for (v, c, _) in values {
@@ -123,7 +114,7 @@ fn grid(values: &Weighted) -> std::collections::BTreeMap<(i8, i64), f64> {
         } else {
             (
                 if *v < 0.0 { -1 } else { 1 },
-                (2.0 * v.abs().log10()).round() as i64,
+                (2.0 * v.abs().log10()).floor() as i64,
             )
         };
         *out.entry(key).or_insert(0.0) += c;
@@ -175,23 +166,26 @@ pub fn catalog(
             words += column.words.iter().map(|w| w.count).sum::<f64>() + column.other_text;
             let convert =
                 |x: f64| apply(&m.transform, t.unit.as_deref(), t.substance.as_deref(), x);
-            let mut own: Weighted = column
-                .numbers
-                .iter()
-                .map(|b| (convert(representative(b)), b.count, false))
-                .chain(
-                    column
-                        .points
-                        .iter()
-                        .map(|p| (convert(p.value), p.count, true)),
-                )
-                .collect();
+            let mut own: Weighted = Vec::new();
+            for b in &column.numbers {
+                let (key, (a, z)) = mapped(b, &convert);
+                // A bin ten times wider than the typical range once mapped
+                // (a birth year's bin, 1000 to 3162, as an age) tells nothing.
+                if t.typical.is_some_and(|[lo, hi]| z - a > 10.0 * (hi - lo)) {
+                    continue;
+                }
+                own.push((key, b.count, (a, z)));
+            }
+            for p in &column.points {
+                let v = convert(p.value);
+                own.push((v, p.count, (v, v)));
+            }
             own.sort_by(|a, b| a.0.total_cmp(&b.0));
             if !own.is_empty() {
                 showing += 1;
             }
-            if let Some((lo, hi)) = quantile(&own, 0.5) {
-                medians.push((lo + hi) / 2.0);
+            if let Some(range) = quantile(&own, 0.5) {
+                medians.push(range);
             }
             values.extend(own);
             if let Transform::Recode { table } = &m.transform {
@@ -199,6 +193,15 @@ pub fn catalog(
                     if let Some(code) = table.get(&w.spelling.spell(&w.word)) {
                         *codes.entry(code.clone()).or_default() += w.count;
                     }
+                }
+            }
+            for p in &column.points {
+                let code = t
+                    .levels
+                    .keys()
+                    .find(|c| c.trim().parse::<f64>() == Ok(p.value));
+                if let Some(code) = code {
+                    *codes.entry(code.clone()).or_default() += p.count;
                 }
             }
         }
@@ -230,9 +233,12 @@ pub fn catalog(
             ),
             _ => None,
         };
+        // A site's median (a range) meets the federation's interquartile
+        // range: at half-decade bins, a coarse test of gross disagreement
+        // (another unit, another coding), not of fine differences.
         let consistency = match quartiles {
             Some([(q1, _), _, (_, q3)]) if medians.len() >= 2 => Some(
-                medians.iter().filter(|m| (q1..=q3).contains(*m)).count() as f64
+                medians.iter().filter(|(a, z)| *z >= q1 && *a <= q3).count() as f64
                     / medians.len() as f64,
             ),
             _ => None,
@@ -271,7 +277,11 @@ pub fn catalog(
     let grids: Vec<_> = pooled.iter().map(grid).collect();
     for i in 0..features.len() {
         let mut similar: Vec<(String, f64)> = (0..features.len())
-            .filter(|&j| j != i)
+            .filter(|&j| {
+                j != i
+                    && features[j].kind == features[i].kind
+                    && features[j].unit == features[i].unit
+            })
             .map(|j| (features[j].name.clone(), cosine(&grids[i], &grids[j])))
             .filter(|(_, s)| *s >= 0.9)
             .collect();

@@ -25,8 +25,10 @@ impl TargetSchema {
     /// own `mapping` to that version, where it has one) as the current
     /// version: each renamed column from its old name (or the old name's
     /// source), its recoding, conversion and derivation carried over;
-    /// columns added since have no source (left missing where the plan
-    /// ignores them, refused where it uses them).
+    /// columns added since are listed `absent` (left missing where the
+    /// plan ignores them, refused where it uses them; never read from a
+    /// file column of the same name, which at the older version may be
+    /// another column).
     pub fn upgrade(&self, from: u32, mapping: Option<&Mapping>) -> Result<Upgrade, AnalyticsError> {
         let bad = |m: String| Err(AnalyticsError::Harmonize(format!("upgrade: {m}")));
         if from == 0 || from > self.version {
@@ -72,20 +74,56 @@ impl TargetSchema {
             recode: BTreeMap::new(),
             convert: BTreeMap::new(),
             derive: BTreeMap::new(),
+            absent: Vec::new(),
         });
         let mut out = Mapping {
-            version: own.version + 1,
+            version: own.version.saturating_add(1),
             schema_version: Some(self.version),
             columns: BTreeMap::new(),
             recode: BTreeMap::new(),
             convert: BTreeMap::new(),
             derive: BTreeMap::new(),
+            absent: Vec::new(),
             ..own.clone()
         };
+        // What the site's mapping says of columns the schema does not
+        // have (the plan's own extras) is carried over as it is.
+        let current: Vec<&str> = self.columns.iter().map(|c| c.name.as_str()).collect();
+        let old_names: Vec<&str> = then.values().flatten().map(String::as_str).collect();
+        let extra = |name: &String| {
+            !current.contains(&name.as_str()) && !old_names.contains(&name.as_str())
+        };
+        out.columns.extend(
+            own.columns
+                .iter()
+                .filter(|(k, _)| extra(k))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        out.recode.extend(
+            own.recode
+                .iter()
+                .filter(|(k, _)| extra(k))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        out.convert.extend(
+            own.convert
+                .iter()
+                .filter(|(k, _)| extra(k))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        out.derive.extend(
+            own.derive
+                .iter()
+                .filter(|(k, _)| extra(k))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
         let (mut renamed, mut added) = (Vec::new(), Vec::new());
         for c in &self.columns {
             let Some(Some(old)) = then.get(&c.name) else {
+                // Never read from a file column that happens to share its
+                // name (an older column of that name may be another one).
                 added.push(c.name.clone());
+                out.absent.push(c.name.clone());
                 continue;
             };
             if *old != c.name {

@@ -586,9 +586,31 @@ impl Profile {
                 )));
             }
         }
-        if !(p.rows.is_finite() && p.sigma.is_finite() && p.sigma >= 0.0) {
+        if !(p.rows.is_finite() && p.rows <= 1e12 && p.sigma.is_finite() && p.sigma >= 0.0) {
             return Err(bad(format!(
-                "site '{site}': its row count or noise is not a finite number"
+                "site '{site}': its row count or noise is not a finite number, or the rows are \
+                 more than 10^12"
+            )));
+        }
+        // No count above the rows it could come from, noise and all: one
+        // site's claim cannot outweigh the federation's.
+        let most = p.rows.max(0.0) + 10.0 * p.sigma + 1.0;
+        let over = p.columns.iter().any(|c| {
+            c.missing.values().sum::<f64>()
+                + c.points.iter().map(|x| x.count).sum::<f64>()
+                + c.numbers.iter().map(|b| b.count).sum::<f64>()
+                + c.words.iter().map(|w| w.count).sum::<f64>()
+                + c.other_text
+                > most * 2.0
+        });
+        if over {
+            return Err(bad(format!(
+                "site '{site}': a column counts more values than the profile has rows"
+            )));
+        }
+        if !p.delimiter.is_ascii() || matches!(p.delimiter, '"' | '\n' | '\r') {
+            return Err(bad(format!(
+                "site '{site}': its delimiter is not one a CSV file can have"
             )));
         }
         Ok(p)

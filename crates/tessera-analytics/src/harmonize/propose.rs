@@ -465,6 +465,7 @@ fn mapping(schema: &TargetSchema, profile: &Profile, matches: &[Match]) -> Mappi
         recode: BTreeMap::new(),
         convert: BTreeMap::new(),
         derive: BTreeMap::new(),
+        absent: Vec::new(),
     };
     for m in matches {
         let Some(t) = schema.column(&m.target) else {

@@ -127,6 +127,29 @@ impl TargetSchema {
         }
         let mut previous = 1;
         for change in &self.history {
+            let names = change
+                .renamed
+                .iter()
+                .flat_map(|(a, b)| [a, b])
+                .chain(&change.added);
+            for n in names {
+                if n.trim().is_empty() || n.len() > MAX_TEXT || n.chars().any(char::is_control) {
+                    return bad(format!(
+                        "history: version {}: a name is empty, longer than {MAX_TEXT} bytes or \
+                         has control characters",
+                        change.version
+                    ));
+                }
+            }
+            let mut new: Vec<&String> = change.renamed.values().chain(&change.added).collect();
+            new.sort();
+            if new.windows(2).any(|w| w[0] == w[1]) {
+                return bad(format!(
+                    "history: version {}: a name is renamed to twice, or both renamed to and \
+                     added",
+                    change.version
+                ));
+            }
             if change.version <= previous || change.version > self.version {
                 return bad(format!(
                     "history: version {} follows {previous} and is at most the schema's {}; list \

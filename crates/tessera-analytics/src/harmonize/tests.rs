@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use tessera_data::mapping::Mapping;
 
 use super::*;
+use crate::harmonize::propose::Proposal;
 
 fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -361,4 +362,66 @@ fn an_upgrade_carries_a_sites_mapping_through_the_schemas_renames() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("history"), "{e}");
+}
+
+/// Renames chained over versions and a name reused: version 2 renames
+/// `bp` to `sbp`, version 3 adds a new `bp` (another measurement). A file
+/// of version 1 reads `sbp` from its `bp`, and the new `bp` is absent:
+/// never read from the old one.
+#[test]
+fn an_upgrade_over_several_versions_never_reads_a_reused_name() {
+    let schema = TargetSchema::parse(
+        "name = 's'\nversion = 3\n[[columns]]\nname = 'sbp'\n[[columns]]\nname = 'bp'\n\
+         [[columns]]\nname = 'hr'\n\
+         [[history]]\nversion = 2\nrenamed = { bp = 'sbp', pulse = 'hr' }\n\
+         [[history]]\nversion = 3\nadded = ['bp']\n",
+    )
+    .unwrap();
+    let up = schema.upgrade(1, None).unwrap();
+    assert_eq!(up.mapping.columns["sbp"], "bp");
+    assert_eq!(up.mapping.columns["hr"], "pulse");
+    assert_eq!(up.mapping.absent, ["bp"]);
+    assert!(!up.mapping.columns.contains_key("bp"));
+    let from2 = schema.upgrade(2, None).unwrap();
+    assert!(from2.mapping.columns.is_empty());
+    assert_eq!(from2.mapping.absent, ["bp"]);
+    // A history that renames two columns to one name is refused.
+    let e = TargetSchema::parse(
+        "name = 's'\nversion = 2\n[[columns]]\nname = 'a'\n\
+         [[history]]\nversion = 2\nrenamed = { x = 'a', y = 'a' }\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("renamed to twice"), "{e}");
+}
+
+/// The catalog of the four rewritten hospitals: each site's values in the
+/// target's unit after its conversion (two hospitals keep cholesterol in
+/// mmol/L), VA's birth years left out of the age summary (a half-decade
+/// bin of years says nothing about an age), codes counted from numbers and
+/// recoded text alike, and similar features only of the same kind and unit.
+#[test]
+fn the_catalog_summarises_in_the_targets_units() {
+    let schema = heart();
+    let profiles: Vec<Profile> = ["cleveland", "hungarian", "switzerland", "va"]
+        .iter()
+        .map(|s| site_profile(s, 7, LevelRelease::None))
+        .collect();
+    let proposals: Vec<Proposal> = profiles
+        .iter()
+        .map(|p| propose(&schema, p, DEFAULT_THRESHOLD))
+        .collect();
+    let features = catalog(&schema, &profiles, &proposals);
+    let f = |name: &str| features.iter().find(|f| f.name == name).unwrap();
+    let [_, (lo, hi), _] = f("chol").quartiles.unwrap();
+    assert!(lo <= 240.0 && 240.0 <= hi, "chol median in [{lo}, {hi}]");
+    let [_, (lo, hi), _] = f("age").quartiles.unwrap();
+    assert!(lo >= 10.0 && hi <= 101.0, "age median in [{lo}, {hi}]");
+    let codes: Vec<&str> = f("sex").codes.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(codes, ["0", "1"]);
+    assert!(
+        f("chol").similar.iter().all(|(n, _)| n != "trestbps"),
+        "another unit"
+    );
+    assert_eq!(f("chol").sites.len(), 4);
 }

@@ -258,3 +258,82 @@ fn metrics_and_the_dashboard_show_the_live_run() {
         assert!(shown >= 2, "{dom}");
     }
 }
+
+/// The feature catalog on the dashboard (`--catalog FILE`, written by
+/// `tessera catalog --json`): `/api/catalog` is the file's document with
+/// each feature's runs from the coordinator's own database (the live run
+/// counts), and the page, in headless Chromium, shows each feature's sites,
+/// quality and runs.
+#[test]
+fn the_dashboard_shows_the_feature_catalog_with_its_usage() {
+    if util::skip_e2e("the_dashboard_shows_the_feature_catalog_with_its_usage") {
+        return;
+    }
+    let s = Scratch::new("catalog-page");
+    let plan = heart_plan(&s);
+    s.run(&[
+        "catalog",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--json",
+        "catalog.json",
+    ])
+    .ok();
+    let dashboard = format!("127.0.0.1:{}", free_port());
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &s.path("c.sqlite"),
+        0,
+        &["--dashboard", &dashboard, "--catalog", "catalog.json"],
+    );
+    let mut participants: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &["--pause-before-update", "0.4"]))
+        .collect();
+    let (line, body) = http_get(&dashboard, "/api/catalog");
+    assert!(line.contains("200"), "{line}\n{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let age = doc["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "age")
+        .unwrap()
+        .clone();
+    assert_eq!(age["sites"].as_array().unwrap().len(), 4, "{age}");
+    assert_eq!(
+        age["used_by"].as_array().unwrap().len(),
+        1,
+        "the live run: {age}"
+    );
+    if let Some(chromium) = chromium() {
+        let dom = browse(
+            &chromium,
+            &s.path("chromium-profile"),
+            &format!("http://{dashboard}/catalog"),
+            &["--dump-dom"],
+        );
+        assert_eq!(
+            by_id(&dom, "feature-age-sites").as_deref(),
+            Some("4/4"),
+            "{dom}"
+        );
+        assert_eq!(
+            by_id(&dom, "feature-age-runs").as_deref(),
+            Some("1"),
+            "{dom}"
+        );
+        let quality = by_id(&dom, "feature-age-quality").unwrap();
+        assert!(quality.parse::<f64>().is_ok(), "{quality}");
+    } else {
+        eprintln!(
+            "the_dashboard_shows_the_feature_catalog_with_its_usage: the browser part skipped: \
+             no chromium on PATH"
+        );
+    }
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+}

@@ -200,3 +200,58 @@ fn ignored_columns_without_a_source_are_left_missing() {
         "57,0,3,354,?,1\n44,1,1,?,?,0\n52,1,2,199,?,1\n48,0,1,275,?,0\n"
     );
 }
+
+/// A column the schema added after the file's version (`absent`) is
+/// never read from a file column of the same name: missing where the plan
+/// ignores it, refused where the plan uses it. A plan naming its schema
+/// version refuses a mapping that names none or another.
+#[test]
+fn absent_columns_and_schema_versions_are_kept_apart() {
+    let dir = Dir::new("absent");
+    dir.write("a.csv", A);
+    // The file has a "note" column the schema's newer "note" is not.
+    dir.write(
+        "b-rewritten.csv",
+        &B_REWRITTEN
+            .lines()
+            .enumerate()
+            .map(|(i, l)| format!("{l},{}\n", if i == 0 { "note" } else { "old" }))
+            .collect::<String>(),
+    );
+    let mapped = |mapping: &str, version: Option<u32>| {
+        dir.write("b.mapping.toml", mapping);
+        let mut c = config(true);
+        c.schema.version = version;
+        load(&c, &dir.0, &Filesystem)
+    };
+    let absent = B_MAPPING.replacen(
+        "version = 1\n",
+        "version = 1\nschema_version = 2\nabsent = [\"note\"]\n",
+        1,
+    );
+    // Absent and ignored: loads (the file's "note" is not read).
+    mapped(&absent, Some(2)).unwrap();
+    // Absent and used: refused by name.
+    dir.write("b.mapping.toml", &absent);
+    let mut used = config(true);
+    used.schema.version = Some(2);
+    used.schema.columns[4].kind = ColumnKind::Categorical;
+    let e = load(&used, &dir.0, &Filesystem).unwrap_err().to_string();
+    assert!(
+        e.contains("the plan uses 'note', which this file does not have"),
+        "{e}"
+    );
+    // Versions: undeclared, or another, refused where the plan names one.
+    let e = mapped(B_MAPPING, Some(2)).unwrap_err().to_string();
+    assert!(e.contains("does not say which version"), "{e}");
+    let e = mapped(
+        &absent.replace("schema_version = 2", "schema_version = 1"),
+        Some(2),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("maps to schema version 1") && e.contains("tessera schema upgrade"),
+        "{e}"
+    );
+}
