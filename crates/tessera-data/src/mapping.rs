@@ -91,8 +91,9 @@ pub struct Mapping {
     pub derive: BTreeMap<String, Derivation>,
     /// Schema columns this file does not have (added since the file's
     /// version): never read from a column of the same name; missing where
-    /// the plan ignores them, refused where it uses them, nothing where the
-    /// plan does not list them.
+    /// the plan ignores them; where it uses them, imputed if the plan
+    /// imputes (`missing_policy = "impute_mean"`: zero at this site, as
+    /// for any column a site lacks) and refused if it drops rows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub absent: Vec<String>,
 }
@@ -274,6 +275,9 @@ pub struct Mapped<'a> {
     missing_out: String,
     missing_in: Vec<String>,
     header_out: bool,
+    /// Whether the plan imputes missing values (an absent column it uses
+    /// is then imputed, not refused).
+    impute: bool,
 }
 
 impl<'a> Mapped<'a> {
@@ -306,6 +310,7 @@ impl<'a> Mapped<'a> {
                 .clone()
                 .unwrap_or_else(|| schema.missing.clone()),
             header_out: schema.header,
+            impute: schema.missing_policy == crate::config::MissingPolicy::ImputeMean,
         })
     }
 
@@ -356,10 +361,16 @@ impl<'a> Mapped<'a> {
         for target in &self.targets {
             let name = target.name.as_str();
             let source = if self.mapping.absent.iter().any(|a| a == name) {
-                if !target.ignored {
+                // Used by the plan: imputed where the plan imputes (a
+                // column no row has is zero at this site, as the loader
+                // does for any column absent at a site), refused where the
+                // plan drops rows with a missing value (every row would go).
+                if !target.ignored && !self.impute {
                     return Err(format!(
                         "the plan uses '{name}', which this file does not have (its mapping \
-                         lists it as absent: new in a later schema version than the file's)"
+                         lists it as absent: new in a later schema version than the file's), \
+                         and the plan drops rows with a missing value, so every row would go; \
+                         with missing_policy = \"impute_mean\" it is imputed"
                     ));
                 }
                 Source::Missing
