@@ -86,6 +86,14 @@ pub fn run(args: &CatalogArgs) -> anyhow::Result<()> {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let records = tessera_data::load_records(&plan.data, &base, &tessera_data::Filesystem)?;
+        if let (Some(given), Some(version)) = (&given, plan.data.schema.version)
+            && given.version != version
+        {
+            bail!(
+                "the plan's columns are schema version {version}, the schema given is version {}",
+                given.version
+            );
+        }
         let schema = given.unwrap_or_else(|| schema_of(&plan, &records.names, &records.levels));
         let mut ledger = plan.privacy.ledger();
         let settings = ProfileSettings {
@@ -227,15 +235,16 @@ fn same_names(schema: &TargetSchema, p: &Profile) -> Proposal {
     }
 }
 
-/// The features of `plan` (its listed columns it does not ignore, and
-/// its target).
+/// Whether `plan` used `feature`: its target; a column it lists and does
+/// not ignore; or, where its files have a header or it lists no columns,
+/// any column it does not list (inferred as a feature). By name only.
 fn uses(plan: &Plan, feature: &str) -> bool {
     let schema = &plan.data.schema;
-    feature == schema.target
-        || schema
-            .columns
-            .iter()
-            .any(|c| c.name == feature && c.kind != ColumnKind::Ignore)
+    match schema.columns.iter().find(|c| c.name == feature) {
+        _ if feature == schema.target => true,
+        Some(c) => c.kind != ColumnKind::Ignore,
+        None => schema.header || schema.columns.is_empty(),
+    }
 }
 
 /// A catalog document (`--json`) with each feature's `used_by` taken from
@@ -270,7 +279,7 @@ pub(crate) fn with_usage(
 
 /// Reads a catalog document (`tessera catalog --json`) for the dashboard.
 pub(crate) fn read_document(path: &Path) -> anyhow::Result<serde_json::Value> {
-    let text = crate::harmonize::read_bounded(path, 64 << 20)?;
+    let text = crate::harmonize::read_bounded(path, 16 << 20)?;
     let doc: serde_json::Value =
         serde_json::from_str(&text).with_context(|| path.display().to_string())?;
     if !doc["features"].is_array() {

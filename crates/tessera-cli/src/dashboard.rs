@@ -67,13 +67,25 @@ pub fn serve(
                             json!({ "error": "no catalog: start the coordinator with --catalog FILE \
                                    (written by `tessera catalog --json FILE`)" }),
                         ),
+                        // Only the run rows are read on the federation's
+                        // thread; the merging is done off it.
                         Some(doc) => match shared
-                            .call(move |f: &mut Federation| -> anyhow::Result<Value> {
-                                Ok(crate::catalog::with_usage(&doc, &f.store().runs()?))
+                            .call(|f: &mut Federation| -> anyhow::Result<_> {
+                                Ok(f.store().runs()?)
                             })
                             .await
                         {
-                            Ok(Ok(document)) => (StatusCode::OK, document),
+                            Ok(Ok(runs)) => match tokio::task::spawn_blocking(move || {
+                                crate::catalog::with_usage(&doc, &runs)
+                            })
+                            .await
+                            {
+                                Ok(document) => (StatusCode::OK, document),
+                                Err(e) => (
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    json!({ "error": e.to_string() }),
+                                ),
+                            },
                             Ok(Err(e)) => (
                                 StatusCode::SERVICE_UNAVAILABLE,
                                 json!({ "error": format!("{e:#}") }),

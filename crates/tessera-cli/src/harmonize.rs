@@ -146,8 +146,8 @@ pub fn run_schema(args: &SchemaArgs) -> anyhow::Result<()> {
     for added in &upgrade.added {
         writeln!(
             text,
-            "# {added} is new since version {from}: no source here (left missing where the plan \
-             ignores it)"
+            "# {added} is new since version {from}: absent here (never read by name; refused \
+             where the plan uses it, unless the plan imputes absent columns)"
         )?;
     }
     text.push('\n');

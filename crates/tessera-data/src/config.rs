@@ -259,6 +259,12 @@ pub struct SchemaConfig {
     /// What to do with a row whose feature is missing.
     #[serde(default)]
     pub missing_policy: MissingPolicy,
+    /// What a site's mapping that lists a column the plan uses as
+    /// `absent` (new since the site's schema version) gets: refused
+    /// (default), or imputed like a missing value (`"impute"`, with
+    /// `missing_policy = "impute_mean"`: zero at that site).
+    #[serde(default, skip_serializing_if = "AbsentPolicy::is_refuse")]
+    pub absent: AbsentPolicy,
     /// The version of the federation's target schema these columns follow
     /// (`examples/schemas/`); a site's mapping made for another version is
     /// refused, naming the upgrade.
@@ -294,6 +300,23 @@ pub enum ColumnKind {
     Categorical,
     /// Not used.
     Ignore,
+}
+
+/// What a plan does with a column a site's mapping lists as absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbsentPolicy {
+    /// Refuse the site's file, naming the column.
+    #[default]
+    Refuse,
+    /// Impute it like a missing value.
+    Impute,
+}
+
+impl AbsentPolicy {
+    fn is_refuse(&self) -> bool {
+        *self == AbsentPolicy::Refuse
+    }
 }
 
 /// Handling of missing feature values.
@@ -406,6 +429,7 @@ impl SchemaConfig {
             positive: Vec::new(),
             negative: Vec::new(),
             missing_policy: MissingPolicy::default(),
+            absent: AbsentPolicy::default(),
             version: None,
         }
     }

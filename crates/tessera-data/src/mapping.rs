@@ -6,7 +6,7 @@
 //!
 //! ```toml
 //! version = 1                      # this mapping's own version
-//! schema_version = 2               # the plan schema version it maps to (optional)
+//! schema_version = 2               # the schema version it maps to (required where the plan names one)
 //! missing = ["", "NA"]             # this file's missing-value tokens
 //!
 //! [columns]                        # the plan's name = this file's name
@@ -91,9 +91,10 @@ pub struct Mapping {
     pub derive: BTreeMap<String, Derivation>,
     /// Schema columns this file does not have (added since the file's
     /// version): never read from a column of the same name; missing where
-    /// the plan ignores them; where it uses them, imputed if the plan
-    /// imputes (`missing_policy = "impute_mean"`: zero at this site, as
-    /// for any column a site lacks) and refused if it drops rows.
+    /// the plan ignores them; where it uses them, refused unless the plan
+    /// says `[data.schema] absent = "impute"` (with `missing_policy =
+    /// "impute_mean"`: zero at this site, as for any column a site lacks;
+    /// never the target or a `drop_first` column).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub absent: Vec<String>,
 }
@@ -156,6 +157,11 @@ impl Mapping {
     /// Parses and checks a mapping.
     pub fn from_toml(text: &str) -> Result<Mapping, String> {
         let mapping: Mapping = toml::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(name) = mapping.named().find(|n| mapping.absent.contains(n)) {
+            return Err(format!(
+                "'{name}' is listed absent and also mapped: it is one or the other"
+            ));
+        }
         if mapping.version == 0 {
             return Err("`version` starts at 1".into());
         }
@@ -275,9 +281,11 @@ pub struct Mapped<'a> {
     missing_out: String,
     missing_in: Vec<String>,
     header_out: bool,
-    /// Whether the plan imputes missing values (an absent column it uses
-    /// is then imputed, not refused).
-    impute: bool,
+    /// Why an absent column the plan uses is refused (`None`: imputed).
+    no_impute: Option<String>,
+    /// The plan's target, and its columns without a first indicator.
+    target: String,
+    drop_first: Vec<String>,
 }
 
 impl<'a> Mapped<'a> {
@@ -310,7 +318,24 @@ impl<'a> Mapped<'a> {
                 .clone()
                 .unwrap_or_else(|| schema.missing.clone()),
             header_out: schema.header,
-            impute: schema.missing_policy == crate::config::MissingPolicy::ImputeMean,
+            no_impute: match (schema.absent, schema.missing_policy) {
+                (crate::config::AbsentPolicy::Refuse, _) => Some(
+                    "the plan refuses it ([data.schema] absent = \"impute\" would impute it \
+                     instead)"
+                        .into(),
+                ),
+                (_, crate::config::MissingPolicy::Drop) => {
+                    Some("the plan drops rows with a missing value, so every row would go".into())
+                }
+                _ => None,
+            },
+            target: schema.target.clone(),
+            drop_first: schema
+                .columns
+                .iter()
+                .filter(|c| c.drop_first)
+                .map(|c| c.name.clone())
+                .collect(),
         })
     }
 
@@ -365,13 +390,26 @@ impl<'a> Mapped<'a> {
                 // column no row has is zero at this site, as the loader
                 // does for any column absent at a site), refused where the
                 // plan drops rows with a missing value (every row would go).
-                if !target.ignored && !self.impute {
-                    return Err(format!(
-                        "the plan uses '{name}', which this file does not have (its mapping \
-                         lists it as absent: new in a later schema version than the file's), \
-                         and the plan drops rows with a missing value, so every row would go; \
-                         with missing_policy = \"impute_mean\" it is imputed"
-                    ));
+                if !target.ignored {
+                    if let Some(why) = &self.no_impute {
+                        return Err(format!(
+                            "the plan uses '{name}', which this file does not have (its \
+                             mapping lists it as absent: new in a later schema version than \
+                             the file's), and {why}"
+                        ));
+                    }
+                    if *name == self.target || self.drop_first.contains(&name.to_string()) {
+                        return Err(format!(
+                            "'{name}' is absent from this file and is the plan's {}: it \
+                             cannot be imputed",
+                            if *name == self.target {
+                                "target"
+                            } else {
+                                "column without its first level's indicator (drop_first), \
+                                 whose imputed rows would read as that level"
+                            }
+                        ));
+                    }
                 }
                 Source::Missing
             } else if let Some(d) = self.mapping.derive.get(name) {

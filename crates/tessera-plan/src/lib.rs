@@ -172,6 +172,7 @@ pub fn no_data() -> DataConfig {
             positive: Vec::new(),
             negative: Vec::new(),
             missing_policy: Default::default(),
+            absent: Default::default(),
             version: None,
         },
         split: Default::default(),

@@ -151,6 +151,7 @@ pub fn catalog(
         let mut values: Weighted = Vec::new();
         let mut medians = Vec::new();
         let mut showing = 0usize;
+        let mut unplaced = 0.0;
         let mut codes: std::collections::BTreeMap<String, f64> = Default::default();
         for (p, proposal) in profiles.iter().zip(proposals) {
             let Some(m) = proposal.matches.iter().find(|m| m.target == t.name) else {
@@ -169,9 +170,11 @@ pub fn catalog(
             let mut own: Weighted = Vec::new();
             for b in &column.numbers {
                 let (key, (a, z)) = mapped(b, &convert);
-                // A bin ten times wider than the typical range once mapped
-                // (a birth year's bin, 1000 to 3162, as an age) tells nothing.
-                if t.typical.is_some_and(|[lo, hi]| z - a > 10.0 * (hi - lo)) {
+                // A birth year's bin (1000 to 3162) as an age tells nothing:
+                // counted as a value, placed nowhere.
+                let wide = t.typical.is_some_and(|[lo, hi]| z - a > 10.0 * (hi - lo));
+                if wide && matches!(m.transform, Transform::YearsSince { .. }) {
+                    unplaced += b.count;
                     continue;
                 }
                 own.push((key, b.count, (a, z)));
@@ -220,7 +223,7 @@ pub fn catalog(
         // Over what the profiles show (missing tokens, numbers, words):
         // nothing shown is nothing known, not a complete column.
         let total: f64 = values.iter().map(|(_, c, _)| c).sum();
-        let shown = missing + total + words;
+        let shown = missing + total + words + unplaced;
         let missing_share = (shown > 0.0).then(|| (missing / shown).clamp(0.0, 1.0));
         let plausibility = match t.typical {
             Some([lo, hi]) if total > 0.0 => Some(

@@ -25,10 +25,10 @@ impl TargetSchema {
     /// own `mapping` to that version, where it has one) as the current
     /// version: each renamed column from its old name (or the old name's
     /// source), its recoding, conversion and derivation carried over;
-    /// columns added since are listed `absent` (left missing where the
-    /// plan ignores them, refused where it uses them; never read from a
-    /// file column of the same name, which at the older version may be
-    /// another column).
+    /// columns added since, and those the site's mapping already lists
+    /// absent, are listed `absent` (never read from a file column of the
+    /// same name, which at the older version may be another column; see
+    /// [`Mapping::absent`] for what the plan then does).
     pub fn upgrade(&self, from: u32, mapping: Option<&Mapping>) -> Result<Upgrade, AnalyticsError> {
         let bad = |m: String| Err(AnalyticsError::Harmonize(format!("upgrade: {m}")));
         if from == 0 || from > self.version {
@@ -128,6 +128,12 @@ impl TargetSchema {
             };
             if *old != c.name {
                 renamed.push((old.clone(), c.name.clone()));
+            }
+            // Absent from the file already at version `from` (the site's
+            // mapping says so): absent still, under its current name.
+            if own.absent.contains(old) {
+                out.absent.push(c.name.clone());
+                continue;
             }
             if let Some(d) = own.derive.get(old) {
                 out.derive.insert(c.name.clone(), d.clone());

@@ -592,8 +592,9 @@ impl Profile {
                  more than 10^12"
             )));
         }
-        // No count above the rows it could come from, noise and all: one
-        // site's claim cannot outweigh the federation's.
+        // No column counts more values than the profile's own rows allow,
+        // noise and all (the rows are the site's claim: a site can still
+        // weigh as much as the rows it says it has).
         let most = p.rows.max(0.0) + 10.0 * p.sigma + 1.0;
         let over = p.columns.iter().any(|c| {
             c.missing.values().sum::<f64>()

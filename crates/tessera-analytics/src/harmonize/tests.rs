@@ -425,3 +425,23 @@ fn the_catalog_summarises_in_the_targets_units() {
     );
     assert_eq!(f("chol").sites.len(), 4);
 }
+
+/// A mapping that already lists a column absent keeps it absent through a
+/// later upgrade, under the column's new name.
+#[test]
+fn an_upgrade_keeps_what_the_sites_mapping_lists_absent() {
+    let schema = TargetSchema::parse(
+        "name = 's'\nversion = 3\n[[columns]]\nname = 'smoking'\n[[columns]]\nname = 'hr'\n\
+         [[history]]\nversion = 2\nadded = ['smoker']\n\
+         [[history]]\nversion = 3\nrenamed = { smoker = 'smoking' }\n",
+    )
+    .unwrap();
+    let v2 = schema.upgrade(1, None).unwrap().mapping;
+    assert_eq!(v2.absent, ["smoking"]);
+    let mut at2 = v2.clone();
+    at2.schema_version = Some(2);
+    at2.absent = vec!["smoker".into()];
+    let v3 = schema.upgrade(2, Some(&at2)).unwrap().mapping;
+    assert_eq!(v3.absent, ["smoking"]);
+    assert!(!v3.columns.contains_key("smoking"), "{v3:?}");
+}

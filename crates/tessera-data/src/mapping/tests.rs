@@ -231,12 +231,20 @@ fn absent_columns_and_schema_versions_are_kept_apart() {
     );
     // Absent and ignored: loads (the file's "note" is not read).
     mapped(&absent, Some(2)).unwrap();
-    // Absent and used: imputed where the plan imputes (no level set at
-    // this site), refused by name where the plan drops incomplete rows.
+    // Absent and used: refused by name unless the plan says to impute
+    // (then no level set at this site), and refused there too where the
+    // plan drops incomplete rows.
     dir.write("b.mapping.toml", &absent);
     let mut used = config(true);
     used.schema.version = Some(2);
     used.schema.columns[4].kind = ColumnKind::Categorical;
+    let e = load(&used, &dir.0, &Filesystem).unwrap_err().to_string();
+    assert!(
+        e.contains("the plan uses 'note', which this file does not have"),
+        "{e}"
+    );
+    assert!(e.contains("absent = \"impute\""), "{e}");
+    used.schema.absent = crate::config::AbsentPolicy::Impute;
     let loaded = load(&used, &dir.0, &Filesystem).unwrap();
     assert_eq!(
         loaded.sites[1].raw_train.nrows() + loaded.sites[1].raw_test.nrows(),
@@ -244,11 +252,11 @@ fn absent_columns_and_schema_versions_are_kept_apart() {
     );
     used.schema.missing_policy = crate::config::MissingPolicy::Drop;
     let e = load(&used, &dir.0, &Filesystem).unwrap_err().to_string();
-    assert!(
-        e.contains("the plan uses 'note', which this file does not have"),
-        "{e}"
-    );
     assert!(e.contains("every row would go"), "{e}");
+    // Listed absent and mapped at once: refused.
+    let e = Mapping::from_toml(&absent.replace("y = \"Outcome\"", "y = \"Outcome\"\nnote = \"x\""))
+        .unwrap_err();
+    assert!(e.contains("listed absent and also mapped"), "{e}");
     // Versions: undeclared, or another, refused where the plan names one.
     let e = mapped(B_MAPPING, Some(2)).unwrap_err().to_string();
     assert!(e.contains("does not say which version"), "{e}");
