@@ -43,16 +43,21 @@ pub fn serve(
     let bound = listener.local_addr().context("the dashboard's address")?;
     let for_catalog = Arc::clone(&shared);
     let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { page(PAGE) }))
         .route(
             "/catalog",
-            axum::routing::get(|| async {
-                (
-                    [
-                        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-                        (header::CACHE_CONTROL, "no-store"),
-                    ],
-                    CATALOG_PAGE,
-                )
+            axum::routing::get(|| async { page(CATALOG_PAGE) }),
+        )
+        .route(
+            "/api/status",
+            axum::routing::get(move || {
+                let shared = Arc::clone(&shared);
+                async move {
+                    match answer(shared.call(status).await) {
+                        Ok(document) => reply(StatusCode::OK, &document),
+                        Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, &e),
+                    }
+                }
             }),
         )
         .route(
@@ -61,88 +66,27 @@ pub fn serve(
                 let shared = Arc::clone(&for_catalog);
                 let catalog = catalog.clone();
                 async move {
-                    let (code, body) = match catalog {
-                        None => (
-                            StatusCode::NOT_FOUND,
-                            json!({ "error": "no catalog: start the coordinator with --catalog FILE \
-                                   (written by `tessera catalog --json FILE`)" }),
-                        ),
-                        // Only the run rows are read on the federation's
-                        // thread; the merging is done off it.
-                        Some(doc) => match shared
-                            .call(|f: &mut Federation| -> anyhow::Result<_> {
-                                Ok(f.store().runs()?)
-                            })
-                            .await
-                        {
-                            Ok(Ok(runs)) => match tokio::task::spawn_blocking(move || {
-                                crate::catalog::with_usage(&doc, &runs)
-                            })
-                            .await
-                            {
-                                Ok(document) => (StatusCode::OK, document),
-                                Err(e) => (
-                                    StatusCode::SERVICE_UNAVAILABLE,
-                                    json!({ "error": e.to_string() }),
-                                ),
-                            },
-                            Ok(Err(e)) => (
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                json!({ "error": format!("{e:#}") }),
-                            ),
-                            Err(e) => (
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                json!({ "error": e.message() }),
-                            ),
-                        },
+                    let Some(doc) = catalog else {
+                        let e = json!({ "error": "no catalog: start the coordinator with \
+                            --catalog FILE (written by `tessera catalog --json FILE`)" });
+                        return reply(StatusCode::NOT_FOUND, &e);
                     };
-                    (
-                        code,
-                        [
-                            (header::CONTENT_TYPE, "application/json"),
-                            (header::CACHE_CONTROL, "no-store"),
-                        ],
-                        body.to_string(),
-                    )
-                }
-            }),
-        )
-        .route(
-            "/",
-            axum::routing::get(|| async {
-                (
-                    [
-                        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-                        (header::CACHE_CONTROL, "no-store"),
-                    ],
-                    PAGE,
-                )
-            }),
-        )
-        .route(
-            "/api/status",
-            axum::routing::get(move || {
-                let shared = Arc::clone(&shared);
-                async move {
-                    let (code, body) = match shared.call(status).await {
-                        Ok(Ok(document)) => (StatusCode::OK, document),
-                        Ok(Err(e)) => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            json!({ "error": format!("{e:#}") }),
-                        ),
-                        Err(e) => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            json!({ "error": e.message() }),
-                        ),
+                    // Only the run rows are read on the federation's
+                    // thread; the merging is done off it.
+                    let runs = shared
+                        .call(|f: &mut Federation| -> anyhow::Result<_> { Ok(f.store().runs()?) });
+                    let merged = match answer(runs.await) {
+                        Ok(runs) => tokio::task::spawn_blocking(move || {
+                            crate::catalog::with_usage(&doc, &runs)
+                        })
+                        .await
+                        .map_err(|e| json!({ "error": e.to_string() })),
+                        Err(e) => Err(e),
                     };
-                    (
-                        code,
-                        [
-                            (header::CONTENT_TYPE, "application/json"),
-                            (header::CACHE_CONTROL, "no-store"),
-                        ],
-                        body.to_string(),
-                    )
+                    match merged {
+                        Ok(document) => reply(StatusCode::OK, &document),
+                        Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, &e),
+                    }
                 }
             }),
         );
@@ -152,6 +96,40 @@ pub fn serve(
         }
     });
     Ok(bound)
+}
+
+/// A page, never cached.
+fn page(html: &'static str) -> impl axum::response::IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        html,
+    )
+}
+
+/// A JSON reply, never cached.
+fn reply(code: StatusCode, body: &Value) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        code,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// What the federation's thread answered, or why there is no answer.
+fn answer<T>(r: Result<anyhow::Result<T>, tonic::Status>) -> Result<T, Value> {
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(json!({ "error": format!("{e:#}") })),
+        Err(e) => Err(json!({ "error": e.message() })),
+    }
 }
 
 /// The status document of the federation's run, with its `live` section.

@@ -397,12 +397,7 @@ impl SiteLedger {
         // Without a budget nothing bounds repeated computations (each fresh
         // noise, averaged away over runs): the feature is then computed
         // once under the plan, its own epsilon the cap.
-        let budgets = self.ledger.budgets();
-        let unbounded = budgets.run.is_none() && !budgets.participants.contains_key(&site);
-        let before = self.file.plans.get(&self.plan_hash).map_or(0, |p| {
-            p.entries.iter().filter(|e| e.kind == "cross_silo").count()
-        });
-        if unbounded && before > 0 {
+        if self.repeated_without_budget("cross_silo") {
             return Err(format!(
                 "{what}: it was already computed under this plan and the plan sets no privacy \
                  budget ([privacy] budget or participant_budgets) that would bound a second \
@@ -431,6 +426,20 @@ impl SiteLedger {
         self.push("cross_silo", 0, None, Some(entry))
     }
 
+    /// Whether a release of `kind` was already made under this plan and
+    /// the plan sets no budget that would bound another (each fresh noise,
+    /// averaged away over releases).
+    fn repeated_without_budget(&self, kind: &str) -> bool {
+        let budgets = self.ledger.budgets();
+        let unbounded = budgets.run.is_none() && !budgets.participants.contains_key(&self.site);
+        unbounded
+            && self
+                .file
+                .plans
+                .get(&self.plan_hash)
+                .is_some_and(|p| p.entries.iter().any(|e| e.kind == kind))
+    }
+
     /// Charges a profile of this site's columns (`tessera profile`, for
     /// harmonization) before it is written: refused past a budget by this
     /// site's own count under the plan (by the plan's hash: an edited plan
@@ -447,12 +456,7 @@ impl SiteLedger {
         let site = self.site.clone();
         // Without a budget nothing would bound repeated profiles (each
         // fresh noise, averaged away): one profile under the plan, then.
-        let budgets = self.ledger.budgets();
-        let unbounded = budgets.run.is_none() && !budgets.participants.contains_key(&site);
-        let before = self.file.plans.get(&self.plan_hash).map_or(0, |p| {
-            p.entries.iter().filter(|e| e.kind == "profile").count()
-        });
-        if unbounded && before > 0 {
+        if self.repeated_without_budget("profile") {
             return Err(format!(
                 "{what}: this site already released a profile under this plan, and the plan \
                  sets no privacy budget ([privacy] budget or participant_budgets) that would \
