@@ -93,30 +93,10 @@ impl TargetSchema {
         let extra = |name: &String| {
             !current.contains(&name.as_str()) && !old_names.contains(&name.as_str())
         };
-        out.columns.extend(
-            own.columns
-                .iter()
-                .filter(|(k, _)| extra(k))
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
-        out.recode.extend(
-            own.recode
-                .iter()
-                .filter(|(k, _)| extra(k))
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
-        out.convert.extend(
-            own.convert
-                .iter()
-                .filter(|(k, _)| extra(k))
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
-        out.derive.extend(
-            own.derive
-                .iter()
-                .filter(|(k, _)| extra(k))
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
+        carry(&mut out.columns, &own.columns, &extra);
+        carry(&mut out.recode, &own.recode, &extra);
+        carry(&mut out.convert, &own.convert, &extra);
+        carry(&mut out.derive, &own.derive, &extra);
         let (mut renamed, mut added) = (Vec::new(), Vec::new());
         for c in &self.columns {
             let Some(Some(old)) = then.get(&c.name) else {
@@ -157,4 +137,17 @@ impl TargetSchema {
             added,
         })
     }
+}
+
+/// The entries of `from` whose column `keep` says, copied into `into`.
+fn carry<T: Clone>(
+    into: &mut BTreeMap<String, T>,
+    from: &BTreeMap<String, T>,
+    keep: &dyn Fn(&String) -> bool,
+) {
+    into.extend(
+        from.iter()
+            .filter(|(k, _)| keep(k))
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
 }
