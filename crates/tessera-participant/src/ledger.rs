@@ -264,13 +264,7 @@ impl SiteLedger {
         if let Some(event) = event {
             self.ledger
                 .check(
-                    &format!(
-                        "query {release}, by this site's own ledger {} ({} releases under this \
-                         plan, epsilon {:.4} so far)",
-                        self.shown(),
-                        self.entries(),
-                        self.epsilon()
-                    ),
+                    &self.described(&format!("query {release}")),
                     &[event],
                     &own(per_site, &self.site, event),
                     std::slice::from_ref(&self.site),
@@ -344,13 +338,7 @@ impl SiteLedger {
         if local.is_none() && self.find("training", round).is_some() {
             return Ok(());
         }
-        let what = format!(
-            "round {round}, by this site's own ledger {} ({} releases under this plan, epsilon \
-             {:.4} so far)",
-            self.shown(),
-            self.entries(),
-            self.epsilon()
-        );
+        let what = self.described(&format!("round {round}"));
         let site = self.site.clone();
         let entry = match (local, self.central_round) {
             // One check, refused naming `what` (as `record_local` records).
@@ -386,13 +374,7 @@ impl SiteLedger {
         event: DpEvent,
         feature: &str,
     ) -> Result<(), String> {
-        let what = format!(
-            "the cross-silo feature '{feature}', by this site's own ledger {} ({} releases under \
-             this plan, epsilon {:.4} so far)",
-            self.shown(),
-            self.entries(),
-            self.epsilon()
-        );
+        let what = self.described(&format!("the cross-silo feature '{feature}'"));
         let site = self.site.clone();
         // Without a budget nothing bounds repeated computations (each fresh
         // noise, averaged away over runs): the feature is then computed
@@ -426,6 +408,17 @@ impl SiteLedger {
         self.push("cross_silo", 0, None, Some(entry))
     }
 
+    /// `subject`, with where this site's count stands, for refusals.
+    fn described(&self, subject: &str) -> String {
+        format!(
+            "{subject}, by this site's own ledger {} ({} releases under this plan, epsilon {:.4} \
+             so far)",
+            self.shown(),
+            self.entries(),
+            self.epsilon()
+        )
+    }
+
     /// Whether a release of `kind` was already made under this plan and
     /// the plan sets no budget that would bound another (each fresh noise,
     /// averaged away over releases).
@@ -446,13 +439,7 @@ impl SiteLedger {
     /// counts afresh, as for every release), and refused a second time
     /// where the plan sets no budget. Each profile is a new release.
     fn record_profile(&mut self, event: DpEvent) -> Result<f64, String> {
-        let what = format!(
-            "a profile of this site's columns, by this site's own ledger {} ({} releases under \
-             this plan, epsilon {:.4} so far)",
-            self.shown(),
-            self.entries(),
-            self.epsilon()
-        );
+        let what = self.described("a profile of this site's columns");
         let site = self.site.clone();
         // Without a budget nothing would bound repeated profiles (each
         // fresh noise, averaged away): one profile under the plan, then.
