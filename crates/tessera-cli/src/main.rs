@@ -35,6 +35,7 @@ mod simulate;
 mod status_json;
 mod synth;
 mod transfer;
+mod tune;
 
 use std::process::ExitCode;
 
@@ -75,6 +76,10 @@ enum Command {
     /// The federation's target schema: `upgrade` writes the mapping that
     /// reads a site's file of an older schema version as the current one.
     Schema(harmonize::SchemaArgs),
+    /// Tune a plan's settings by successive halving over a search space,
+    /// judged on each site's held-out validation rows, then compared with
+    /// the plan as given on the test rows on seeds never tuned on.
+    Tune(Box<tune::TuneArgs>),
     /// Write FedProx's Synthetic(alpha, beta) data as CSV.
     Synth(synth::SynthArgs),
     /// Coordinate a federation over the network.
@@ -164,6 +169,7 @@ fn main() -> ExitCode {
         Command::Catalog(args) => catalog::run(&args),
         Command::Schema(args) => harmonize::run_schema(&args),
         Command::Synth(args) => synth::run(&args),
+        Command::Tune(args) => tune::run(&args),
         Command::Coordinator(args) => deploy::coordinator(&args),
         Command::Participant(args) => deploy::participant(&args),
         Command::Aggregator(args) => deploy::aggregator(&args),

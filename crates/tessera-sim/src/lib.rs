@@ -31,6 +31,9 @@
 //! membership between every ordered pair of sites in process, charges each
 //! answering site's ledger first, and adds the feature to every site's rows.
 //!
+//! `tune.rs` searches a plan's settings by successive halving, the
+//! objective each site's held-out validation rows.
+//!
 //! `multitask.rs` runs a plan's `[multitask]`: one body shared by every
 //! site, a head per task trained by that task's sites, beside each task's
 //! own federation and every site alone.
@@ -74,6 +77,7 @@ mod profile;
 mod run;
 mod secure;
 mod sites;
+pub mod tune;
 
 pub use attack::{Attack, AttackKind};
 pub use baselines::run_baselines;
