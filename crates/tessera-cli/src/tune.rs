@@ -10,7 +10,7 @@
 //! comparison; the command that runs the result is printed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tessera_data::{FederatedData, Filesystem};
 use tessera_engine::Plan;
-use tessera_sim::tune::{self, Measured, Search, Space, Trial};
+use tessera_sim::tune::{self, Measured, Objective, Search, Space, Trial};
 
 /// Arguments of `tessera tune`.
 #[derive(Debug, clap::Args)]
@@ -44,6 +44,11 @@ pub struct TuneArgs {
 struct Header {
     plan_sha256: String,
     space_sha256: String,
+    /// The data as read (every site's rows), so that changed files are
+    /// not judged by old trials.
+    data_sha256: String,
+    /// The build that ran the trials.
+    code_version: String,
 }
 
 /// A line of `trials.jsonl` after the first.
@@ -136,10 +141,16 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
         PathBuf::from("tessera-out").join(format!("tune-{name}"))
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    // The data read once before anything is written: a site that cannot
+    // be read is refused here, and its hash keys the trials.
+    let (data, _) = tessera_sim::load_data(&plan, &base_dir, &Filesystem)?;
     let header = Header {
         plan_sha256: sha256(toml::to_string(&plan)?.as_bytes()),
         space_sha256: sha256(toml::to_string(&space)?.as_bytes()),
+        data_sha256: data_sha256(&data),
+        code_version: env!("CARGO_PKG_VERSION").to_string(),
     };
+    drop(data);
     let trials_path = out.join("trials.jsonl");
     let (mut done, cut) = read_trials(&trials_path, &header)?;
     let reused_before = done.len();
@@ -160,8 +171,11 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
                 measured: *measured,
             })? + "\n");
         }
-        std::fs::write(&trials_path, text)
-            .with_context(|| format!("writing {}", trials_path.display()))?;
+        // Written aside and moved in: a crash here loses nothing kept.
+        let aside = out.join("trials.jsonl.new");
+        std::fs::write(&aside, text).with_context(|| format!("writing {}", aside.display()))?;
+        std::fs::rename(&aside, &trials_path)
+            .with_context(|| format!("replacing {}", trials_path.display()))?;
     }
     let mut trials = std::fs::OpenOptions::new()
         .append(true)
@@ -209,6 +223,10 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
     let mut last: Option<(usize, usize, usize)> = None;
     let mut per_configuration: Vec<f64> = Vec::new();
     let quiet = args.quiet;
+    let objective = match space.search.objective {
+        Objective::Accuracy => "accuracy",
+        Objective::Loss => "loss",
+    };
     let search = tune::search(&space, plan.federation.rounds, &mut |trial| {
         if last != Some((trial.bracket, trial.rung, trial.configuration)) {
             per_configuration.clear();
@@ -237,14 +255,19 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
                     trial: trial.clone(),
                     measured,
                 })?;
-                writeln!(trials, "{line}")?;
+                // One write of the whole line: a crash leaves it whole or
+                // cut, never whole without its end.
+                trials.write_all(format!("{line}\n").as_bytes())?;
                 trials.flush()?;
                 done.insert(key(trial), measured);
                 ran += 1;
                 measured
             }
         };
-        per_configuration.push(measured.mean_site_accuracy);
+        per_configuration.push(match space.search.objective {
+            Objective::Accuracy => measured.mean_site_accuracy,
+            Objective::Loss => measured.loss,
+        });
         let last_stage = trial.bracket == brackets.len();
         let seeds = if last_stage {
             &space.search.final_seeds
@@ -264,7 +287,7 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
                 format!("bracket {} rung {}", trial.bracket + 1, trial.rung + 1)
             };
             println!(
-                "{stage:<16} ({:>3} rounds)  configuration {:>3}  validation {:.4}  {settings}",
+                "{stage:<16} ({:>3} rounds)  configuration {:>3}  validation {objective} {:.4}  {settings}",
                 trial.rounds, trial.configuration, mean
             );
         }
@@ -274,12 +297,13 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
     let best_standing = &search.best_standing;
     println!(
         "searched: {} trial(s) run now, {} reused, {} rounds in all; best configuration {} \
-         (validation {:.4}): {}",
+         (validation accuracy {:.4}, loss {:.4}): {}",
         ran,
         reused_before,
         search.rounds_spent,
         search.best,
         best_standing.accuracy,
+        best_standing.loss,
         if best.is_empty() {
             "the plan as given".to_string()
         } else {
@@ -356,41 +380,87 @@ fn read_space(path: &Path) -> anyhow::Result<String> {
 /// new. A file of another plan or space is refused; a last line cut short
 /// (a search stopped while writing it) is dropped, and said (`true`).
 fn read_trials(path: &Path, header: &Header) -> anyhow::Result<(BTreeMap<Key, Measured>, bool)> {
+    const MAX: u64 = 64 << 20;
     let mut done = BTreeMap::new();
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((done, false)),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let mut lines = std::io::BufReader::new(file).lines();
-    let first = match lines.next() {
-        Some(line) => line?,
-        None => return Ok((done, false)),
-    };
-    let theirs: Header = serde_json::from_str(&first)
-        .with_context(|| format!("{} is not a tune's trials file", path.display()))?;
-    if theirs != *header {
+    let mut bytes = Vec::new();
+    file.take(MAX + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() as u64 > MAX {
         bail!(
-            "{} holds the trials of another plan or search space (their sha256 differ); give \
-             another --out, or remove it to start again",
+            "{} is larger than 64 MiB: not a tune's trials file",
             path.display()
         );
     }
-    let lines: Vec<String> = lines.collect::<Result<_, _>>()?;
-    for (i, line) in lines.iter().enumerate() {
-        match serde_json::from_str::<Done>(line) {
-            Ok(d) => {
-                done.insert(key(&d.trial), d.measured);
+    let text = String::from_utf8_lossy(&bytes);
+    // A file not ending in a newline was cut while its last line was
+    // written, however whole that line looks.
+    let whole = text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(first) = lines.first() else {
+        return Ok((done, false));
+    };
+    let theirs: Header = serde_json::from_str(first)
+        .with_context(|| format!("{} is not a tune's trials file", path.display()))?;
+    if theirs != *header {
+        bail!(
+            "{} holds the trials of another plan, search space, data or Tessera version (their \
+             sha256 or versions differ); give another --out, or remove it to start again",
+            path.display()
+        );
+    }
+    for (i, line) in lines.iter().enumerate().skip(1) {
+        let last = i + 1 == lines.len();
+        if last && !whole {
+            eprintln!(
+                "warning: the last line of {} was cut short; that trial runs again",
+                path.display()
+            );
+            return Ok((done, true));
+        }
+        let d: Done = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}", path.display(), i + 1))?;
+        let m = d.measured;
+        if !((0.0..=1.0).contains(&m.mean_site_accuracy)
+            && m.loss >= 0.0
+            && m.loss <= tune::NO_LOSS)
+        {
+            bail!(
+                "{} line {}: an accuracy outside [0, 1] or a negative loss: not a trial this \
+                 search wrote",
+                path.display(),
+                i + 1
+            );
+        }
+        done.insert(key(&d.trial), m);
+    }
+    Ok((done, !whole))
+}
+
+/// SHA-256 of every site's rows as read: names, features, labels.
+fn data_sha256(data: &FederatedData) -> String {
+    let mut hash = sha2::Sha256::new();
+    for name in &data.feature_names {
+        hash.update(name.as_bytes());
+        hash.update([0]);
+    }
+    for site in &data.sites {
+        hash.update(site.name.as_bytes());
+        hash.update([0]);
+        for part in [&site.raw_train, &site.raw_test] {
+            hash.update((part.nrows() as u64).to_le_bytes());
+            for v in part.iter() {
+                hash.update(v.to_bits().to_le_bytes());
             }
-            Err(_) if i + 1 == lines.len() => {
-                eprintln!(
-                    "warning: the last line of {} was cut short; that trial runs again",
-                    path.display()
-                );
-                return Ok((done, true));
-            }
-            Err(e) => bail!("{} line {}: {e}", path.display(), i + 2),
+        }
+        for y in site.train.y.iter().chain(&site.test.y) {
+            hash.update(y.to_le_bytes());
         }
     }
-    Ok((done, false))
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -140,6 +140,40 @@ fn a_search_stopped_part_way_continues_where_it_stopped() {
         r
     };
     assert_eq!(result("a"), result("b"));
+    // A last line whole but without its newline (a crash between the two)
+    // is cut too: it runs again, and the file stays readable.
+    std::fs::create_dir_all(s.path("c")).unwrap();
+    std::fs::write(s.path("c/trials.jsonl"), lines[..4].join("\n")).unwrap();
+    let run = s.run(&["tune", "-q", "--plan", PLAN, "--space", space, "--out", "c"]);
+    assert!(
+        run.ok().contains("continuing: 2 trial(s)"),
+        "{}",
+        run.stdout()
+    );
+    assert_eq!(trials(&s, "c").len(), lines.len());
+    assert_eq!(result("a"), result("c"));
+    // A trial claiming an accuracy no run gives is refused, not reused.
+    let mut forged = lines[..3].to_vec();
+    forged[2] = forged[2].replace("\"mean_site_accuracy\":0.", "\"mean_site_accuracy\":7.");
+    assert_ne!(forged[2], lines[2]);
+    std::fs::create_dir_all(s.path("d")).unwrap();
+    std::fs::write(s.path("d/trials.jsonl"), forged.join("\n") + "\n").unwrap();
+    let e = s
+        .run(&["tune", "--plan", PLAN, "--space", space, "--out", "d"])
+        .fails();
+    assert!(e.contains("line 3: an accuracy outside [0, 1]"), "{e}");
+    // Changed data: the old trials are not reused.
+    let va = s.path("data/uci-heart-disease/processed.va.data");
+    let text = std::fs::read_to_string(&va).unwrap();
+    std::fs::write(&va, text.replacen("63,", "64,", 1)).unwrap();
+    let e = s
+        .run(&["tune", "--plan", PLAN, "--space", space, "--out", "a"])
+        .fails();
+    std::fs::write(&va, text).unwrap();
+    assert!(
+        e.contains("another plan, search space, data or Tessera version"),
+        "{e}"
+    );
     // Run a third time, nothing is left to run.
     let third = s
         .run(&["tune", "-q", "--plan", PLAN, "--space", space, "--out", "b"])
@@ -163,7 +197,7 @@ fn a_search_stopped_part_way_continues_where_it_stopped() {
         ])
         .fails();
     assert!(
-        e.contains("holds the trials of another plan or search space"),
+        e.contains("holds the trials of another plan, search space"),
         "{e}"
     );
     assert!(whole.contains("searched:"), "{whole}");
@@ -209,6 +243,28 @@ fn a_bad_space_is_refused_naming_the_cause() {
             "eta must be 2 to 10",
         ),
         ("[search]\nrungs = 3\n", "unknown field `rungs`"),
+        (
+            "[[param]]\nkey = \"federation . rounds\"\nchoice = [1]\n",
+            "give a plan key as --set takes it",
+        ),
+        (
+            "[[param]]\nkey = \"federation\"\nchoice = [{ rounds = 1 }]\n",
+            "the rounds are successive halving's budget",
+        ),
+        (
+            "[[param]]\nkey = \"training.steps\"\nint_uniform = [-9223372036854775808, 9223372036854775807]\n",
+            "the range at most 2^32 values",
+        ),
+        (
+            "[[param]]\nkey = \"federation.strategy\"\nchoice = [\"fedavg\", \"fedprox\"]\n\
+             [[param]]\nkey = \"strategies.fedprox.mu\"\nchoice = [0.1]\n\
+             when = \"federation.strategy=FedProx\"\n",
+            "when: 'federation.strategy' never draws 'FedProx'",
+        ),
+        (
+            "[search]\nmin_rounds = 15\n[[param]]\nkey = \"training.steps\"\nchoice = [5]\n",
+            "runs 1 configuration over the plan's 15 rounds and compares nothing",
+        ),
         (
             "[search]\neta = 2\nmin_rounds = 1\n[[param]]\nkey = \"training.steps\"\nchoice = [5]\n",
             "more than 1000: raise min_rounds or eta",

@@ -35,6 +35,10 @@ use crate::{SimError, SimOptions};
 
 mod space;
 
+/// The loss of a run that evaluated nothing: above any real one, and
+/// still finite when a few are added up.
+pub const NO_LOSS: f64 = 1e30;
+
 use space::{HOLD_OUT, refused};
 
 pub use space::{
@@ -163,7 +167,7 @@ pub fn search<E>(
     rounds: u32,
     run: &mut dyn FnMut(&Trial) -> Result<Measured, E>,
 ) -> Result<Search, E> {
-    let (eta, objective) = (space.search.eta, space.search.objective);
+    let (eta, objective) = (space.search.eta.max(2), space.search.objective);
     let mut configurations = Vec::new();
     let mut brackets = Vec::new();
     let mut spent = 0u64;
@@ -245,7 +249,7 @@ pub fn search<E>(
         .unwrap_or(Standing {
             configuration: 0,
             accuracy: 0.0,
-            loss: f64::MAX,
+            loss: NO_LOSS,
         });
     Ok(Search {
         best: best_standing.configuration,
@@ -327,13 +331,13 @@ pub fn trial_plan(plan: &Plan, trial: &Trial) -> Result<Plan, SimError> {
 
 /// Runs `plan` on `data` (a [`validation_view`], or the test rows when
 /// comparing) and gives the final global model's figures; a run that
-/// evaluates no row measures 0 accuracy and the largest loss.
+/// evaluates no row measures 0 accuracy and a loss of [`NO_LOSS`].
 pub fn measure(plan: &Plan, data: &FederatedData) -> Result<Measured, SimError> {
     let report = crate::simulate(plan, data, &SimOptions::default(), &mut |_| {})?;
     let f = &report.final_metrics;
     Ok(Measured {
         mean_site_accuracy: f.mean_site_accuracy.unwrap_or(0.0),
-        loss: f.loss.filter(|l| l.is_finite()).unwrap_or(f64::MAX),
+        loss: f.loss.filter(|l| l.is_finite()).unwrap_or(NO_LOSS),
     })
 }
 

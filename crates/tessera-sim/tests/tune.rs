@@ -320,3 +320,35 @@ fn validation_rows_come_from_the_training_rows_only() {
         assert_ne!(rows(&seen.raw_test), rows(&again.raw_test), "{}", site.name);
     }
 }
+
+/// With the federation's statistics (`scope = "federation"`), the
+/// validation view standardises every site with the statistics of all
+/// sites' remaining training rows: their pooled mean is 0.
+#[test]
+fn federation_scaling_is_recomputed_from_the_remaining_rows() {
+    let examples = root().join("examples");
+    let mut plan = Plan::from_file(&examples.join("fed-heart-disease.toml")).unwrap();
+    plan.data.standardize.scope = ScaleScope::Federation;
+    let (data, _) = tessera_sim::load_data(&plan, &examples, &Filesystem).unwrap();
+    let view = tune::validation_view(&plan, &data, 0.25, 3);
+    let scaler = &view.sites[0].scaler;
+    for site in &view.sites {
+        assert_eq!(&site.scaler, scaler, "one scaler for every site");
+    }
+    for j in 0..view.sites[0].train.n_features() {
+        let (sum, n) = view.sites.iter().fold((0.0, 0usize), |(s, n), site| {
+            let col = site.train.x.column(j);
+            (
+                s + col.iter().map(|v| f64::from(*v)).sum::<f64>(),
+                n + col.len(),
+            )
+        });
+        assert!(
+            (sum / n as f64).abs() < 1e-4,
+            "feature {j}: pooled mean {}",
+            sum / n as f64
+        );
+    }
+    // Not the scaler of all training rows, validation rows included.
+    assert_ne!(scaler, &data.sites[0].scaler);
+}

@@ -287,6 +287,12 @@ impl Space {
     /// over `min_rounds`).
     pub fn check_rounds(&self, rounds: u32) -> Result<(), SimError> {
         let total: usize = self.layout(rounds).iter().map(|(n, _, _)| n).sum();
+        if total < 2 {
+            return Err(refused(format!(
+                "this search runs {total} configuration over the plan's {rounds} rounds and \
+                 compares nothing: lower min_rounds or eta, or give more configurations"
+            )));
+        }
         if total > MAX_CONFIGURATIONS {
             return Err(refused(format!(
                 "{total} configurations over the plan's {rounds} rounds, more than \
@@ -304,11 +310,14 @@ impl Space {
         let at = |rung_rounds: f64| (rung_rounds.round() as u32).clamp(1, rounds.max(1));
         match s.method {
             Method::Halving => {
-                // As many rungs as halving the configurations by eta takes
-                // to leave fewer than eta.
+                // A rung more for each division by eta that leaves eta or
+                // more configurations in the last rung, as long as the
+                // first rung's rounds stay at min_rounds or more.
+                let by_rounds = f64::from(rounds) / f64::from(s.min_rounds.clamp(1, rounds.max(1)));
+                let most = (by_rounds.ln() / eta.ln() + 1e-9).floor().clamp(0.0, 31.0) as i32 + 1;
                 let mut rungs = 1;
                 let mut alive = s.configurations;
-                while alive >= s.eta * s.eta && rungs < 32 {
+                while alive >= s.eta * s.eta && rungs < most {
                     alive /= s.eta;
                     rungs += 1;
                 }
@@ -371,15 +380,26 @@ fn plain(value: &toml::Value) -> String {
 
 impl Param {
     fn check(&self, earlier: &[Param]) -> Result<(), SimError> {
-        let key = self.key.trim();
+        let key = self.key.as_str();
         let named = |why: &str| {
             refused(format!(
                 "parameter '{}': {why}",
                 tessera_core::shown(key, 80)
             ))
         };
-        if key.is_empty() || key.len() > 200 || key.split('.').any(|k| k.trim().is_empty()) {
-            return Err(named("give a plan key as --set takes it (section.key)"));
+        // Exactly the key --set reads: no spaces, no '=', no empty part, so
+        // that the refusals below cannot be stepped around.
+        if key.is_empty()
+            || key.len() > 200
+            || key.split('.').any(str::is_empty)
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        {
+            return Err(named(
+                "give a plan key as --set takes it: section.key, letters, digits, '_' and '-' \
+                 between dots",
+            ));
         }
         if key == "seed" || key.starts_with("data.") || key == "data" {
             return Err(named(
@@ -387,12 +407,12 @@ impl Param {
                  tunable",
             ));
         }
-        if key == "federation.rounds" {
+        if key == "federation.rounds" || key == "federation" {
             return Err(named(
                 "the rounds are successive halving's budget (the last rung runs the plan's)",
             ));
         }
-        if earlier.iter().any(|p| p.key.trim() == key) {
+        if earlier.iter().any(|p| p.key == key) {
             return Err(named("named twice"));
         }
         let given = [
@@ -430,20 +450,35 @@ impl Param {
             range(r, true)?;
         }
         if let Some([low, high]) = self.int_uniform
-            && low > high
+            && (low > high || i128::from(high) - i128::from(low) >= 1 << 32)
         {
             return Err(named(&format!(
-                "int_uniform [{low}, {high}]: low above high"
+                "int_uniform [{low}, {high}]: low must not be above high, and the range at \
+                 most 2^32 values"
             )));
         }
+        if let Some([low, _]) = self.log_uniform
+            && low < 1e-30
+        {
+            return Err(named("log_uniform's low end must be at least 1e-30"));
+        }
         if let Some(when) = &self.when {
-            let Some((on, _)) = when.split_once('=') else {
+            let Some((on, value)) = when.split_once('=') else {
                 return Err(named("when must be \"KEY=VALUE\""));
             };
-            if !earlier.iter().any(|p| p.key.trim() == on.trim()) {
+            let (on, value) = (on.trim(), value.trim());
+            let Some(condition) = earlier.iter().find(|p| p.key == on) else {
                 return Err(named(&format!(
                     "when names '{}', which is not an earlier parameter",
-                    tessera_core::shown(on.trim(), 80)
+                    tessera_core::shown(on, 80)
+                )));
+            };
+            if let Some(choice) = &condition.choice
+                && !choice.iter().any(|c| plain(c) == value)
+            {
+                return Err(named(&format!(
+                    "when: '{on}' never draws '{}'",
+                    tessera_core::shown(value, 40)
                 )));
             }
         }
@@ -483,5 +518,6 @@ fn rounded(x: f64) -> f64 {
     }
     let digits = 3 - x.abs().log10().floor() as i32;
     let scale = 10f64.powi(digits);
-    (x * scale).round() / scale
+    let y = (x * scale).round() / scale;
+    if y.is_finite() && y != 0.0 { y } else { x }
 }
