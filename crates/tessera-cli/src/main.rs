@@ -26,6 +26,7 @@ mod harmonize;
 mod lifecycle;
 mod live;
 mod logging;
+mod mlflow;
 mod model;
 mod multitask;
 mod ops;
@@ -34,6 +35,7 @@ mod plot;
 mod simulate;
 mod status_json;
 mod synth;
+mod tracking;
 mod transfer;
 mod tune;
 
@@ -110,7 +112,9 @@ enum Command {
     Peer(Box<deploy::PeerArgs>),
     /// The federation's certificate authority: init, issue, revoke, rotate, list.
     Ca(ca::CaArgs),
-    /// List the runs a coordinator's database holds.
+    /// A coordinator's runs: list, show one's record (plan, code version,
+    /// data fingerprints, metrics, privacy, artifacts), compare two, export
+    /// one to MLflow.
     Runs(ops::RunsArgs),
     /// Where a run stands: rounds, the open round, participants, the audit log.
     Status(ops::StatusArgs),

@@ -14,8 +14,57 @@ use tessera_core::utc;
 #[derive(Debug, clap::Args)]
 pub struct RunsArgs {
     /// The coordinator's database.
-    #[arg(long)]
-    db: PathBuf,
+    #[arg(long, global = true)]
+    db: Option<PathBuf>,
+    /// What to do (default: list).
+    #[command(subcommand)]
+    action: Option<RunsAction>,
+}
+
+/// `tessera runs list|show|compare|export`.
+#[derive(Debug, clap::Subcommand)]
+pub enum RunsAction {
+    /// Every run the database holds.
+    List,
+    /// One run's record: plan, code version, each site's data fingerprint,
+    /// metrics per round, privacy spent, artifacts.
+    Show {
+        /// The run (default: the newest).
+        #[arg(long)]
+        run: Option<String>,
+        /// The record as one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Two runs side by side: plan differences, metric curves, versions,
+    /// privacy, data.
+    Compare {
+        /// Run A.
+        a: String,
+        /// Run B.
+        b: String,
+        /// Run B's database, where it is another.
+        #[arg(long)]
+        db_b: Option<PathBuf>,
+    },
+    /// Log a run to an MLflow tracking server: params (the plan's
+    /// settings), metrics per round, tags (versions, data fingerprints),
+    /// artifacts (the plan, the status document, and files given).
+    Export {
+        /// The run (default: the newest).
+        #[arg(long)]
+        run: Option<String>,
+        /// The tracking server, http://HOST:PORT.
+        #[arg(long)]
+        mlflow: String,
+        /// The experiment (default: the plan's name).
+        #[arg(long)]
+        experiment: Option<String>,
+        /// A file to log as an artifact too (the coordinator's
+        /// --model-out, a report, a plot); repeatable.
+        #[arg(long = "artifact", value_name = "FILE")]
+        artifacts: Vec<PathBuf>,
+    },
 }
 
 /// Arguments of `tessera status`.
@@ -207,11 +256,92 @@ pub fn privacy(args: &PrivacyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The run `id` of `store` (default: the newest).
+fn run_of(
+    store: &SqliteStore,
+    db: &std::path::Path,
+    id: Option<&str>,
+) -> anyhow::Result<tessera_coordinator::store::RunRow> {
+    let runs = store.runs()?;
+    match id {
+        Some(id) => runs
+            .into_iter()
+            .find(|r| r.id == id)
+            .with_context(|| format!("no run '{id}' in {}", db.display())),
+        None => runs
+            .into_iter()
+            .next()
+            .with_context(|| format!("no runs in {}", db.display())),
+    }
+}
+
 pub fn runs(args: &RunsArgs) -> anyhow::Result<()> {
-    let store = open(&args.db)?;
+    let db = args
+        .db
+        .as_deref()
+        .context("give the coordinator's database: --db FILE")?;
+    let store = open(db)?;
+    match &args.action {
+        None | Some(RunsAction::List) => list(&store, db),
+        Some(RunsAction::Show { run, json }) => {
+            let row = run_of(&store, db, run.as_deref())?;
+            let tracked = crate::tracking::from_store(&store, &row)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&tracked)?);
+            } else {
+                crate::tracking::print(&tracked);
+            }
+            Ok(())
+        }
+        Some(RunsAction::Compare { a, b, db_b }) => {
+            let row_a = run_of(&store, db, Some(a))?;
+            let tracked_a = crate::tracking::from_store(&store, &row_a)?;
+            let tracked_b = match db_b {
+                Some(other) => {
+                    let store_b = open(other)?;
+                    let row_b = run_of(&store_b, other, Some(b))?;
+                    crate::tracking::from_store(&store_b, &row_b)?
+                }
+                None => crate::tracking::from_store(&store, &run_of(&store, db, Some(b))?)?,
+            };
+            crate::tracking::print_comparison(&tracked_a, &tracked_b);
+            Ok(())
+        }
+        Some(RunsAction::Export {
+            run,
+            mlflow,
+            experiment,
+            artifacts,
+        }) => {
+            let row = run_of(&store, db, run.as_deref())?;
+            let tracked = crate::tracking::from_store(&store, &row)?;
+            let mut files = vec![
+                ("plan.toml".to_string(), row.plan.clone().into_bytes()),
+                (
+                    "status.json".to_string(),
+                    serde_json::to_vec_pretty(&crate::status_json::document(&store, &row)?)?,
+                ),
+            ];
+            for path in artifacts {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .with_context(|| format!("--artifact {}: not a file", path.display()))?;
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("--artifact {}", path.display()))?;
+                files.push((name, bytes));
+            }
+            let exported = crate::mlflow::export(mlflow, experiment.as_deref(), &tracked, &files)?;
+            crate::mlflow::say(mlflow, &exported);
+            Ok(())
+        }
+    }
+}
+
+fn list(store: &SqliteStore, db: &std::path::Path) -> anyhow::Result<()> {
     let runs = store.runs()?;
     if runs.is_empty() {
-        println!("no runs in {}", args.db.display());
+        println!("no runs in {}", db.display());
         return Ok(());
     }
     println!(

@@ -82,6 +82,15 @@ pub struct SimulateArgs {
     /// No progress bar or round table.
     #[arg(long, short)]
     quiet: bool,
+    /// Log the run to an MLflow tracking server (http://HOST:PORT) when it
+    /// ends: the plan's settings as params, metrics per round, versions
+    /// and data fingerprints as tags, the plan, report, plot and model as
+    /// artifacts.
+    #[arg(long, value_name = "URL")]
+    mlflow: Option<String>,
+    /// The MLflow experiment (default: the plan's name).
+    #[arg(long, requires = "mlflow", value_name = "NAME")]
+    mlflow_experiment: Option<String>,
     /// Changes one plan setting, SECTION.KEY=VALUE at any depth (repeatable;
     /// the value as TOML, a bare word as text; nothing after `=` gives the
     /// key its default), e.g. `--set privacy.mode=central --set
@@ -148,6 +157,9 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| report_path.with_extension("svg"));
     check_outputs(&args, &plan, &base_dir, &report_path, &plot_path)?;
+    if let Some(url) = &args.mlflow {
+        crate::mlflow::Server::new(url)?;
+    }
     if plan.multitask.is_some() {
         let c = &args.continual;
         let flags = [
@@ -157,6 +169,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             ("--continue-from", c.continue_from.is_some()),
             ("--importance-out", c.importance_out.is_some()),
             ("--site-importance-out", c.site_importance_out.is_some()),
+            ("--mlflow", args.mlflow.is_some()),
         ];
         if let Some((flag, _)) = flags.iter().find(|(_, used)| *used) {
             bail!(
@@ -381,6 +394,30 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
                 }
             ),
         );
+    }
+    if let Some(url) = &args.mlflow {
+        let mut files = vec![(
+            "plan.toml".to_string(),
+            toml::to_string(&plan)?.into_bytes(),
+        )];
+        let mut outputs = vec![report_path.clone(), plot_path.clone()];
+        outputs.extend(args.model_out.clone());
+        for path in outputs {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            files.push((
+                name,
+                std::fs::read(&path).with_context(|| path.display().to_string())?,
+            ));
+        }
+        let plan_text = String::from_utf8_lossy(&files[0].1).into_owned();
+        let tracked = crate::tracking::from_report(&plan_text, &report, &files);
+        let exported =
+            crate::mlflow::export(url, args.mlflow_experiment.as_deref(), &tracked, &files)
+                .context("logging to MLflow (the report and plot are written)")?;
+        crate::mlflow::say(url, &exported);
     }
     Ok(())
 }

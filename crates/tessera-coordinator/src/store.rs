@@ -170,6 +170,12 @@ pub trait RunStore: Send {
 
     /// Every run, newest first.
     fn runs(&self) -> Result<Vec<RunRow>, StoreError>;
+    /// The version of the Tessera build that created the run (none: a
+    /// store that does not keep it).
+    fn code_version(&self, run: &str) -> Result<Option<String>, StoreError> {
+        let _ = run;
+        Ok(None)
+    }
     /// Sites that joined, sorted.
     fn participants(&self, run: &str) -> Result<Vec<String>, StoreError>;
     /// Offers of an agreement step, by site.

@@ -32,6 +32,7 @@ mod site_failures;
 mod site_metrics;
 mod synthetic;
 mod tls;
+mod tracking;
 mod trust;
 mod waiting;
 

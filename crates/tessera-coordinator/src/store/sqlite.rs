@@ -165,6 +165,17 @@ impl RunStore for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn code_version(&self, run: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT code_version FROM runs WHERE id = ?1",
+                params![run],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     fn participants(&self, run: &str) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
             .conn

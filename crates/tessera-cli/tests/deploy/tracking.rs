@@ -1,0 +1,329 @@
+//! Experiment tracking of deployed runs: `tessera runs show` gives a run's
+//! record as the run's own report has it (metrics per round, each site's
+//! data fingerprint and rows, the code version, the last model's hash),
+//! `tessera runs compare` sets two runs side by side, and `tessera runs
+//! export --mlflow` and `tessera simulate --mlflow` log runs to a real
+//! MLflow tracking server (`mlflow server`, started here), read back with
+//! MLflow's own Python client.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::util::procs::{HEART_SITES, coordinator, free_port, participant, wait_until};
+use crate::util::{self, Scratch};
+use crate::{LIMIT, plan};
+
+/// The `mlflow` executable: `TESSERA_MLFLOW`, or `mlflow` on the PATH;
+/// none (the test says so) unless `TESSERA_REQUIRE_MLFLOW` is set, which
+/// makes its absence a failure (CI installs it).
+fn mlflow() -> Option<PathBuf> {
+    let found = std::env::var_os("TESSERA_MLFLOW")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|p| p.join("mlflow"))
+                    .find(|p| p.is_file())
+            })
+        })
+        .filter(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("TESSERA_REQUIRE_MLFLOW").is_none(),
+            "TESSERA_REQUIRE_MLFLOW is set and no mlflow was found (TESSERA_MLFLOW or PATH)"
+        );
+        eprintln!(
+            "skipped: the MLflow part needs MLflow's server (pip install mlflow; \
+             TESSERA_MLFLOW=path/to/mlflow); .ci/run installs it"
+        );
+    }
+    found
+}
+
+/// MLflow's own client reads back every run of `experiment`: status,
+/// params, tessera tags, metric histories, artifact names.
+const READ_BACK: &str = r#"
+import json, sys
+from mlflow import MlflowClient
+c = MlflowClient(tracking_uri=sys.argv[1])
+exp = c.get_experiment_by_name(sys.argv[2])
+out = []
+for r in c.search_runs([exp.experiment_id]):
+    out.append({
+        "status": r.info.status,
+        "params": r.data.params,
+        "tags": {k: v for k, v in r.data.tags.items() if k.startswith("tessera")},
+        "metrics": {k: [[m.step, m.value] for m in c.get_metric_history(r.info.run_id, k)]
+                    for k in r.data.metrics},
+        "artifacts": sorted(a.path for a in c.list_artifacts(r.info.run_id)),
+    })
+print(json.dumps(out))
+"#;
+
+fn read_back(s: &Scratch, mlflow: &Path, url: &str, experiment: &str) -> serde_json::Value {
+    let python = mlflow.with_file_name("python");
+    let python = if python.is_file() {
+        python
+    } else {
+        PathBuf::from("python3")
+    };
+    let script = s.write("read_back.py", READ_BACK);
+    let out = Command::new(python)
+        .arg(script)
+        .args([url, experiment])
+        .output()
+        .expect("run MLflow's client");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from the client")
+}
+
+/// `mlflow server` in its own process group, killed whole when dropped
+/// (it starts its web server as a child).
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-9", "--", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn accuracies(report: &serde_json::Value) -> Vec<(u64, f64)> {
+    report["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["round"].as_u64().unwrap(),
+                r["accuracy"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn runs_are_tracked_compared_and_logged_to_mlflow() {
+    if util::skip_e2e("runs_are_tracked_compared_and_logged_to_mlflow") {
+        return;
+    }
+    let s = Scratch::new("deploy-tracking");
+    // Two runs in one database: FedAvg, then FedProx (--new-run).
+    for (strategy, model) in [("fedavg", "a.model"), ("fedprox", "b.model")] {
+        let plan = plan(&s, strategy, "");
+        let mut extra = vec!["--model-out", model];
+        let report = format!("{model}.json");
+        extra.extend(["--report", &report]);
+        if strategy == "fedprox" {
+            extra.push("--new-run");
+        }
+        let (mut coordinator, url) = coordinator(&s.dir, &plan, &s.path("c.sqlite"), 0, &extra);
+        let mut participants: Vec<_> = HEART_SITES
+            .iter()
+            .map(|site| participant(&s.dir, &url, site, &[]))
+            .collect();
+        assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+        for p in &mut participants {
+            assert!(p.wait(LIMIT).success(), "{}", p.log());
+        }
+    }
+    let db = s.path("c.sqlite");
+    let db = db.to_str().unwrap();
+    let listed = s.run(&["runs", "list", "--db", db]).ok();
+    let ids: Vec<String> = listed
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2, "{listed}");
+    // Newest first: B (FedProx), then A (FedAvg).
+    let (b, a) = (&ids[0], &ids[1]);
+    let record: serde_json::Value = serde_json::from_str(
+        &s.run(&["runs", "--db", db, "show", "--run", a, "--json"])
+            .ok(),
+    )
+    .unwrap();
+    let report = s.json("a.model.json");
+    assert_eq!(record["code_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(record["strategy"], "fedavg");
+    assert_eq!(record["status"], "finished");
+    let recorded: Vec<(u64, f64)> = record["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["round"].as_u64().unwrap(),
+                r["accuracy"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(recorded, accuracies(&report));
+    // Each site's fingerprint: its declared rows are the report's; the four
+    // hospitals' files have one layout.
+    let sites = record["sites"].as_object().unwrap();
+    assert_eq!(sites.len(), 4);
+    for summary in report["data"].as_array().unwrap() {
+        let site = &sites[summary["site"].as_str().unwrap()];
+        assert_eq!(site["train_rows"], summary["n_train"]);
+        assert_eq!(site["test_rows"], summary["n_test"]);
+        assert_eq!(site["schema_sha256"].as_str().unwrap().len(), 64);
+    }
+    // The last model's hash is the model file's parameters'.
+    let parameters = util::parameters(&std::fs::read(s.path("a.model")).unwrap());
+    let last = record["artifacts"].as_array().unwrap().last().unwrap();
+    assert_eq!(
+        last["sha256"].as_str().unwrap(),
+        tessera_engine::model_file::parameters_sha256(&parameters)
+    );
+    let shown = s.run(&["runs", "show", "--db", db, "--run", a]).ok();
+    assert!(shown.contains("data fingerprints (never rows)"), "{shown}");
+    assert!(shown.contains("privacy spent: none"), "{shown}");
+
+    let compared = s.run(&["runs", "compare", "--db", db, a, b]).ok();
+    assert!(compared.contains("plans differ in"), "{compared}");
+    let line = compared
+        .lines()
+        .find(|l| l.trim_start().starts_with("federation.strategy "))
+        .unwrap_or_else(|| panic!("{compared}"));
+    assert!(
+        line.contains("A \"fedavg\"") && line.contains("B \"fedprox\""),
+        "{line}"
+    );
+    assert_eq!(
+        compared
+            .lines()
+            .filter(|l| l.trim_start().starts_with("15 "))
+            .count(),
+        1,
+        "{compared}"
+    );
+    let e = s.run(&["runs", "compare", "--db", db, a, "nope"]).fails();
+    assert!(e.contains("no run 'nope'"), "{e}");
+
+    let Some(mlflow) = mlflow() else {
+        return;
+    };
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let store = format!("sqlite:///{}", s.path("mlflow.sqlite").display());
+    let artifacts = s.path("mlartifacts");
+    let log = std::fs::File::create(s.path("mlflow.log")).unwrap();
+    let _server = Server({
+        use std::os::unix::process::CommandExt;
+        Command::new(&mlflow)
+            .args([
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--backend-store-uri",
+                &store,
+                "--artifacts-destination",
+                artifacts.to_str().unwrap(),
+                "--workers",
+                "1",
+            ])
+            .current_dir(&s.dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("start mlflow server")
+    });
+    wait_until(Duration::from_secs(120), "mlflow server", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && Command::new("curl")
+                .args(["-sf", &format!("{url}/health")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+    });
+    let out = s
+        .run(&[
+            "runs",
+            "export",
+            "--db",
+            db,
+            "--run",
+            a,
+            "--mlflow",
+            &url,
+            "--artifact",
+            "a.model",
+        ])
+        .ok();
+    assert!(out.contains("logged to MLflow"), "{out}");
+    let again = s
+        .run(&["runs", "export", "--db", db, "--run", a, "--mlflow", &url])
+        .ok();
+    assert!(again.contains("not logged again"), "{again}");
+    let runs = read_back(&s, &mlflow, &url, "fed-heart-disease");
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run = &runs[0];
+    assert_eq!(run["status"], "FINISHED");
+    assert_eq!(run["params"]["federation.strategy"], "\"fedavg\"");
+    assert_eq!(run["params"]["federation.rounds"], "15");
+    assert_eq!(run["tags"]["tessera.run_id"], a.as_str());
+    assert_eq!(
+        run["tags"]["tessera.code_version"],
+        env!("CARGO_PKG_VERSION")
+    );
+    // The rows as the site declared them (to the next power of two: the
+    // plan keeps the sites' metrics to sums).
+    let va = &record["sites"]["va"];
+    assert_eq!(
+        run["tags"]["tessera.site.va.rows"],
+        format!("{} train, {} test", va["train_rows"], va["test_rows"])
+    );
+    let logged: Vec<(u64, f64)> = run["metrics"]["accuracy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap()))
+        .collect();
+    assert_eq!(logged, accuracies(&report));
+    assert_eq!(
+        run["artifacts"],
+        serde_json::json!(["a.model", "plan.toml", "status.json"])
+    );
+    // A simulation, logged as it ends, in an experiment of its own.
+    let plan = plan(&s, "fedavg", "");
+    s.run(&[
+        "simulate",
+        "-q",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--rounds",
+        "3",
+        "--report",
+        "sim.json",
+        "--mlflow",
+        &url,
+        "--mlflow-experiment",
+        "simulated",
+    ])
+    .ok();
+    let sim = read_back(&s, &mlflow, &url, "simulated");
+    let sim = &sim.as_array().unwrap()[0];
+    let logged: Vec<(u64, f64)> = sim["metrics"]["accuracy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap()))
+        .collect();
+    assert_eq!(logged, accuracies(&s.json("sim.json")));
+    assert_eq!(sim["tags"]["tessera.runtime"], "simulation");
+    assert_eq!(
+        sim["artifacts"],
+        serde_json::json!(["plan.toml", "sim.json", "sim.svg"])
+    );
+}
