@@ -32,6 +32,7 @@ mod multitask;
 mod ops;
 mod paths;
 mod plot;
+mod registry;
 mod simulate;
 mod status_json;
 mod synth;
@@ -124,6 +125,10 @@ enum Command {
     Stop(lifecycle::StopArgs),
     /// End a run now, its coordinator running or gone for good; it never resumes.
     Abort(lifecycle::AbortArgs),
+    /// The model registry in a coordinator's database: register a run's
+    /// model as a named version with its lineage, list, show, promote to
+    /// canary or production, archive, roll back.
+    Models(registry::ModelsArgs),
     /// A model file (`--model-out`): inspect it, export it to ONNX.
     Model(model::ModelArgs),
     /// Apply a model file to the rows of a CSV file: its stored feature
@@ -185,6 +190,7 @@ fn main() -> ExitCode {
         Command::Stop(args) => lifecycle::stop(&args),
         Command::Abort(args) => lifecycle::abort(&args),
         Command::Model(args) => model::model(&args),
+        Command::Models(args) => registry::run(&args),
         Command::Predict(args) => model::predict(&args),
         Command::BenchTransfer(args) => transfer::run(&args),
     };

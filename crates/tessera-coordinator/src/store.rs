@@ -29,7 +29,7 @@ pub use rows::{
     AgreementStep, AuditRow, CohortRow, Control, ControlRow, EvaluationRow, LedgerRow, ModelRow,
     Offers, OpenRoundRow, RoundClose, RoundRow, RunRow, RunStatus, StoredUpdate,
 };
-pub use sqlite::{AnalyticsRow, SqliteStore};
+pub use sqlite::{AnalyticsRow, NewVersion, SqliteStore, Stage, StageEvent, VersionRow};
 
 /// A storage failure.
 #[derive(Debug, Error)]
@@ -46,6 +46,9 @@ pub enum StoreError {
     /// The database file cannot be created or its mode set.
     #[error("database file {0}")]
     File(String),
+    /// A change the store's rules refuse (the model registry's stages).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl From<ProtoError> for StoreError {

@@ -109,6 +109,137 @@ fn accuracies(report: &serde_json::Value) -> Vec<(u64, f64)> {
         .collect()
 }
 
+/// The registry on the two runs: A's model goes to production, B's
+/// through canary to production (A's archived), a rollback returns A's,
+/// each change with its reason and evidence; wrong moves are refused.
+fn registry_drill(s: &Scratch, db: &str, a: &str, b: &str) {
+    let models = |args: &[&str]| {
+        let mut all = vec!["models", "--db", db];
+        all.extend_from_slice(args);
+        s.run(&all)
+    };
+    let out = models(&["register", "--name", "heart", "--run", a]).ok();
+    assert!(
+        out.contains("version 1: run") && out.contains("round 15"),
+        "{out}"
+    );
+    models(&[
+        "promote",
+        "--name",
+        "heart",
+        "--version",
+        "1",
+        "--to",
+        "production",
+    ])
+    .ok();
+    let out = models(&["register", "--name", "heart", "--run", b, "--round", "10"]).ok();
+    assert!(
+        out.contains("version 2") && out.contains("follows version 1"),
+        "{out}"
+    );
+    let e = models(&[
+        "promote",
+        "--name",
+        "heart",
+        "--version",
+        "2",
+        "--to",
+        "archived",
+    ])
+    .fails();
+    assert!(e.contains("promote to canary or production"), "{e}");
+    models(&[
+        "promote",
+        "--name",
+        "heart",
+        "--version",
+        "2",
+        "--to",
+        "canary",
+    ])
+    .ok();
+    s.write(
+        "evidence.json",
+        r#"{"canary_sites": 2, "difference": 0.01}"#,
+    );
+    models(&[
+        "promote",
+        "--name",
+        "heart",
+        "--version",
+        "2",
+        "--to",
+        "production",
+        "--reason",
+        "better at the canary sites",
+        "--evidence",
+        "evidence.json",
+    ])
+    .ok();
+    let listed = models(&["list"]).ok();
+    let stage = |v: &str| {
+        listed
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(v))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(
+        (stage("1"), stage("2")),
+        ("archived".into(), "production".into()),
+        "{listed}"
+    );
+    let shown: serde_json::Value = serde_json::from_str(
+        &models(&["show", "--name", "heart", "--version", "2", "--json"]).ok(),
+    )
+    .unwrap();
+    let lineage = &shown["lineage"];
+    assert_eq!(lineage["run"], b);
+    assert_eq!(lineage["round"], 10);
+    assert_eq!(lineage["parent_version"], 1);
+    assert_eq!(lineage["code_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(lineage["sites"].as_array().unwrap().len(), 4);
+    assert_eq!(lineage["data_fingerprints"].as_object().unwrap().len(), 4);
+    assert!(lineage["privacy"].is_null());
+    let history: Vec<&str> = shown["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["to"].as_str().unwrap())
+        .collect();
+    assert_eq!(history, ["candidate", "canary", "production"]);
+    assert!(
+        shown["history"][2]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("difference")
+    );
+    let out = models(&["rollback", "--name", "heart", "--reason", "worse at va"]).ok();
+    assert!(
+        out.contains("version 2 rolled back") && out.contains("version 1 is in production"),
+        "{out}"
+    );
+    let e = models(&["rollback", "--name", "heart", "--reason", "again"]).fails();
+    assert!(e.contains("no earlier production version"), "{e}");
+    let e = models(&[
+        "promote",
+        "--name",
+        "heart",
+        "--version",
+        "2",
+        "--to",
+        "production",
+    ])
+    .fails();
+    assert!(e.contains("version 2 is archived"), "{e}");
+    let e = models(&["register", "--name", "bad name", "--run", a]).fails();
+    assert!(e.contains("1 to 64 letters"), "{e}");
+    let e = models(&["register", "--name", "heart", "--run", a, "--round", "99"]).fails();
+    assert!(e.contains("rounds 1 to 15"), "{e}");
+}
+
 #[test]
 fn runs_are_tracked_compared_and_logged_to_mlflow() {
     if util::skip_e2e("runs_are_tracked_compared_and_logged_to_mlflow") {
@@ -207,6 +338,8 @@ fn runs_are_tracked_compared_and_logged_to_mlflow() {
     );
     let e = s.run(&["runs", "compare", "--db", db, a, "nope"]).fails();
     assert!(e.contains("no run 'nope'"), "{e}");
+
+    registry_drill(&s, db, a, b);
 
     let Some(mlflow) = mlflow() else {
         return;

@@ -20,8 +20,10 @@ use tessera_privacy::{DpEvent, LedgerEntry};
 use tessera_proto::{decode_parameters, encode_parameters};
 
 mod analytics;
+mod registry;
 
 pub use analytics::AnalyticsRow;
+pub use registry::{NewVersion, Stage, StageEvent, VersionRow};
 
 use super::schema::SCHEMA;
 use super::upkeep::{add_missing_columns, drop_legacy_secrets, private_file};
@@ -97,6 +99,7 @@ impl SqliteStore {
         }
         drop_legacy_secrets(&conn)?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(registry::SCHEMA)?;
         add_missing_columns(&conn)?;
         Ok(Self { conn })
     }

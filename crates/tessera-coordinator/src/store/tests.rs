@@ -288,3 +288,112 @@ fn agreement_steps_stored_as_numbers_read_as_steps() {
     assert_eq!(store.agreement("r", AgreementStep::Kinds).unwrap(), None);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The registry's rules: versions number from 1 per name; one production
+/// version at most, the one it replaces archived in the same step; a
+/// rollback returns the last production version before; its events cannot
+/// be changed or removed.
+#[test]
+fn the_registry_keeps_one_production_version_and_rolls_back() {
+    let dir = std::env::temp_dir().join(format!("tessera-registry-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = SqliteStore::open(&dir.join("c.sqlite")).unwrap();
+    let p = params(&[1.0, 2.0]);
+    let register = |name: &str| {
+        store
+            .register_version(&NewVersion {
+                name,
+                run_id: "r",
+                round: 3,
+                params: &p,
+                params_sha256: "s",
+                lineage: "{}",
+                parent: None,
+                at_unix_micros: 1,
+            })
+            .unwrap()
+    };
+    assert_eq!((register("m"), register("m"), register("other")), (1, 2, 1));
+    assert_eq!(store.version_parameters("m", 2).unwrap(), Some(p.clone()));
+    let stage = |v: u32| {
+        store
+            .versions(Some("m"))
+            .unwrap()
+            .into_iter()
+            .find(|x| x.version == v)
+            .unwrap()
+            .stage
+    };
+    let e = store.roll_back("m", "r", "", 2).unwrap_err().to_string();
+    assert!(e.contains("no version in production"), "{e}");
+    store
+        .set_stage("m", 1, Stage::Production, "first", "", 2)
+        .unwrap();
+    let e = store
+        .set_stage("m", 1, Stage::Canary, "x", "", 3)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is production: it cannot go to canary"), "{e}");
+    store
+        .set_stage("m", 2, Stage::Canary, "try", "", 3)
+        .unwrap();
+    store
+        .set_stage("m", 2, Stage::Production, "won", "{\"d\": 1}", 4)
+        .unwrap();
+    assert_eq!((stage(1), stage(2)), (Stage::Archived, Stage::Production));
+    assert_eq!(store.roll_back("m", "worse", "", 5).unwrap(), (2, 1));
+    assert_eq!((stage(1), stage(2)), (Stage::Production, Stage::Archived));
+    let e = store
+        .roll_back("m", "again", "", 6)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no earlier production version"), "{e}");
+    let e = store
+        .set_stage("m", 9, Stage::Archived, "x", "", 6)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("has no version 9"), "{e}");
+    let events = store.stage_events(Some("m")).unwrap();
+    let moves: Vec<(u32, &str, Stage)> = events
+        .iter()
+        .map(|e| (e.version, e.from.as_str(), e.to))
+        .collect();
+    assert_eq!(
+        moves,
+        [
+            (1, "none", Stage::Candidate),
+            (2, "none", Stage::Candidate),
+            (1, "candidate", Stage::Production),
+            (2, "candidate", Stage::Canary),
+            (1, "production", Stage::Archived),
+            (2, "canary", Stage::Production),
+            (2, "production", Stage::Archived),
+            (1, "archived", Stage::Production),
+        ]
+    );
+    assert_eq!(events[5].evidence, "{\"d\": 1}");
+    let conn = store.connection();
+    assert!(conn.execute("DELETE FROM registry_events", []).is_err());
+    assert!(
+        conn.execute("UPDATE registry_events SET reason = 'x'", [])
+            .is_err()
+    );
+    // Rollbacks walk back through the production history: 3, then 2,
+    // then 1, then nothing before it.
+    register("other");
+    register("other");
+    for v in 1..=3 {
+        store
+            .set_stage("other", v, Stage::Production, "next", "", 10)
+            .unwrap();
+    }
+    assert_eq!(store.roll_back("other", "a", "", 11).unwrap(), (3, 2));
+    assert_eq!(store.roll_back("other", "b", "", 12).unwrap(), (2, 1));
+    let e = store
+        .roll_back("other", "c", "", 13)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no earlier production version"), "{e}");
+    assert_eq!(store.versions(Some("other")).unwrap().len(), 3);
+}
