@@ -19,6 +19,7 @@ mod analyze;
 mod bundled;
 mod ca;
 mod catalog;
+mod check;
 mod continual;
 mod dashboard;
 mod deploy;
@@ -83,6 +84,10 @@ enum Command {
     /// judged on each site's held-out validation rows, then compared with
     /// the plan as given on the test rows on seeds never tuned on.
     Tune(Box<tune::TuneArgs>),
+    /// A site's preflight: its data read against the plan's schema and
+    /// taken through the data agreement alone, and this build's protocol
+    /// version and capabilities, before it joins.
+    Check(Box<check::CheckArgs>),
     /// Write FedProx's Synthetic(alpha, beta) data as CSV.
     Synth(synth::SynthArgs),
     /// Coordinate a federation over the network.
@@ -178,6 +183,7 @@ fn main() -> ExitCode {
         Command::Catalog(args) => catalog::run(&args),
         Command::Schema(args) => harmonize::run_schema(&args),
         Command::Synth(args) => synth::run(&args),
+        Command::Check(args) => check::run(&args),
         Command::Tune(args) => tune::run(&args),
         Command::Coordinator(args) => deploy::coordinator(&args),
         Command::Participant(args) => deploy::participant(&args),

@@ -95,6 +95,17 @@ impl Drop for Server {
     }
 }
 
+/// A metric's history as MLflow's client gives it: (step, value).
+fn history(points: &serde_json::Value) -> Vec<(u64, f64)> {
+    points
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap()))
+        .collect()
+}
+
+/// Each round's accuracy of a report or a run's record: (round, accuracy).
 fn accuracies(report: &serde_json::Value) -> Vec<(u64, f64)> {
     report["rounds"]
         .as_array()
@@ -285,18 +296,7 @@ fn runs_are_tracked_compared_and_logged_to_mlflow() {
     assert_eq!(record["code_version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(record["strategy"], "fedavg");
     assert_eq!(record["status"], "finished");
-    let recorded: Vec<(u64, f64)> = record["rounds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["round"].as_u64().unwrap(),
-                r["accuracy"].as_f64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(recorded, accuracies(&report));
+    assert_eq!(accuracies(&record), accuracies(&report));
     // Each site's fingerprint: its declared rows are the report's; the four
     // hospitals' files have one layout.
     let sites = record["sites"].as_object().unwrap();
@@ -417,12 +417,7 @@ fn runs_are_tracked_compared_and_logged_to_mlflow() {
         run["tags"]["tessera.site.va.rows"],
         format!("{} train, {} test", va["train_rows"], va["test_rows"])
     );
-    let logged: Vec<(u64, f64)> = run["metrics"]["accuracy"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap()))
-        .collect();
+    let logged = history(&run["metrics"]["accuracy"]);
     assert_eq!(logged, accuracies(&report));
     assert_eq!(
         run["artifacts"],
@@ -447,12 +442,7 @@ fn runs_are_tracked_compared_and_logged_to_mlflow() {
     .ok();
     let sim = read_back(&s, &mlflow, &url, "simulated");
     let sim = &sim.as_array().unwrap()[0];
-    let logged: Vec<(u64, f64)> = sim["metrics"]["accuracy"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap()))
-        .collect();
+    let logged = history(&sim["metrics"]["accuracy"]);
     assert_eq!(logged, accuracies(&s.json("sim.json")));
     assert_eq!(sim["tags"]["tessera.runtime"], "simulation");
     assert_eq!(

@@ -1,0 +1,155 @@
+//! `tessera check`: a site's preflight before it joins. The site's data
+//! file is read against the plan's schema exactly as `tessera participant`
+//! reads it (through the site's mapping), then taken through the data
+//! agreement as if it were the only site (column kinds, levels and classes,
+//! encoding), so that anything the agreement would refuse at this site is
+//! named here, with the site, before any round; the schema's declared
+//! columns must all be in the file. This build's protocol version and
+//! capabilities are printed for the coordinator's operator to compare.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use tessera_data::ColumnKind;
+use tessera_engine::Plan;
+
+/// Arguments of `tessera check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The plan the site is to take part in.
+    #[arg(long)]
+    plan: PathBuf,
+    /// This site's name, as the plan names it.
+    #[arg(long)]
+    site: String,
+    /// This site's data file (default: the plan's file for the site).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// This site's mapping file, as `tessera participant --mapping`.
+    #[arg(long)]
+    mapping: Option<PathBuf>,
+}
+
+pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
+    let site = args.site.as_str();
+    println!(
+        "this build: tessera {}, protocol {}.{}, capabilities: {}",
+        env!("CARGO_PKG_VERSION"),
+        tessera_proto::MAJOR,
+        tessera_proto::MINOR,
+        tessera_proto::CAPABILITIES.join(", ")
+    );
+    let plan = Plan::from_file(&args.plan)
+        .with_context(|| format!("site '{site}': the plan does not read"))?;
+    plan.validate()
+        .with_context(|| format!("site '{site}': the plan is not valid"))?;
+    let strategy = plan.federation.strategy.to_string();
+    let needed = tessera_proto::required_capabilities(&strategy);
+    if let Some(lacking) = needed
+        .iter()
+        .find(|c| !tessera_proto::CAPABILITIES.contains(c))
+    {
+        bail!(
+            "site '{site}': the plan's strategy {strategy} needs capability '{lacking}', which this build lacks"
+        );
+    }
+    println!(
+        "the plan's strategy {strategy} needs: {} (this build has them)",
+        needed.join(", ")
+    );
+    if plan.model.kind.is_external() {
+        println!(
+            "the plan's model is external: this site's learner is checked when it joins \
+             (tessera.run_participant)"
+        );
+    }
+    let plan_dir = args.plan.parent().map(PathBuf::from).unwrap_or_default();
+    let mapping = match &args.mapping {
+        Some(path) => Some(
+            tessera_data::mapping::Mapping::from_file(path)
+                .with_context(|| format!("site '{site}': its mapping"))?,
+        ),
+        None => None,
+    };
+    let data = &plan.data;
+    let fs = &tessera_data::Filesystem;
+    // A path given here is read from the working folder, as everywhere.
+    let file = args
+        .data
+        .as_deref()
+        .map(std::path::absolute)
+        .transpose()
+        .context("--data")?;
+    let file = file.as_deref();
+    let mut local = tessera_data::mapping::with_mapping(
+        fs,
+        file,
+        &plan_dir,
+        mapping.as_ref(),
+        &data.schema,
+        |source| tessera_data::read_local_site(data, site, file, &plan_dir, source),
+    )
+    .with_context(|| format!("site '{site}': its data does not read as the plan says"))?;
+    let summary = local.summary().clone();
+    println!(
+        "site '{site}': {} rows read; {} training and {} test rows; dropped: {} without a \
+         target, {} with a missing feature, {} by the split's membership",
+        summary.rows_read,
+        summary.n_train,
+        summary.n_test,
+        summary.dropped_missing_target,
+        summary.dropped_missing_feature,
+        summary.dropped_by_membership
+    );
+    let offer = local.kinds_offer();
+    // Every column the schema declares (other than ignored ones and the
+    // target) must be in the file: another site's would otherwise hold a
+    // feature this one cannot give.
+    let missing: Vec<&str> = data
+        .schema
+        .columns
+        .iter()
+        .filter(|c| c.kind != ColumnKind::Ignore && c.name != data.schema.target)
+        .map(|c| c.name.as_str())
+        .filter(|name| !offer.columns.iter().any(|c| c == name))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "site '{site}': the plan's schema declares column(s) this site's file lacks: {}",
+            tessera_core::shown(&missing.join(", "), 300)
+        );
+    }
+    if summary.n_train == 0 {
+        bail!("site '{site}': no training rows are left after reading");
+    }
+    // The agreement as if this were the only site: what it would refuse
+    // here, it refuses now.
+    let kinds = tessera_data::agree_kinds(data, std::slice::from_ref(&offer))
+        .with_context(|| format!("site '{site}': the column kinds do not agree"))?;
+    let levels = local
+        .levels_offer(data, &kinds)
+        .with_context(|| format!("site '{site}': its levels do not fit the plan"))?;
+    let agreement = tessera_data::agree_vocabulary(data, &kinds, std::slice::from_ref(&levels))
+        .with_context(|| format!("site '{site}': its levels and classes do not agree"))?;
+    let classes = agreement.classes.clone();
+    let (prepared, _) = local
+        .prepare(data, &agreement)
+        .with_context(|| format!("site '{site}': its rows do not encode"))?;
+    let seen: std::collections::BTreeSet<u32> = prepared.train.y.iter().copied().collect();
+    println!(
+        "site '{site}': {} columns, {} features once encoded; classes {} ({} of them among its \
+         training rows)",
+        offer.columns.len(),
+        agreement.feature_names().len(),
+        classes.join(", "),
+        seen.len()
+    );
+    if seen.len() < 2 {
+        println!(
+            "warning: site '{site}': its training rows hold one class only; it can take part, \
+             and its own model alone would predict that class"
+        );
+    }
+    println!("site '{site}': ready for plan '{}'", plan.name);
+    Ok(())
+}

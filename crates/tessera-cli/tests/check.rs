@@ -1,0 +1,115 @@
+//! `tessera check`: a site's preflight names the site and the cause of
+//! whatever would stop it at the agreement, before it joins.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+const PLAN: &str = "examples/fed-heart-disease.toml";
+
+#[test]
+fn a_site_that_fits_is_ready_and_one_that_does_not_is_named_with_its_cause() {
+    let s = util::fresh_copy("check");
+    let out = s.run(&["check", "--plan", PLAN, "--site", "va"]).ok();
+    assert!(out.contains("protocol 1."), "{out}");
+    assert!(
+        out.contains("site 'va': 200 rows read; 85 training and 45 test rows"),
+        "{out}"
+    );
+    assert!(out.contains("classes 0, not 0"), "{out}");
+    assert!(
+        out.contains("site 'va': ready for plan 'fed-heart-disease'"),
+        "{out}"
+    );
+    let va = std::fs::read_to_string(s.path("data/uci-heart-disease/processed.va.data")).unwrap();
+    // A column short: every row has 13 fields where the schema has 14.
+    let short: String = va
+        .lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split(',').collect();
+            f.remove(7);
+            f.join(",") + "\n"
+        })
+        .collect();
+    s.write("short.data", &short);
+    let e = s
+        .run(&[
+            "check",
+            "--plan",
+            PLAN,
+            "--site",
+            "va",
+            "--data",
+            "short.data",
+        ])
+        .fails();
+    assert!(e.starts_with("error: site 'va':"), "{e}");
+    assert!(e.contains("row has 13 fields, expected 14"), "{e}");
+    // Text in a numeric column, named with its place.
+    s.write("text.data", &va.replacen("63,", "sixty-three,", 1));
+    let e = s
+        .run(&[
+            "check",
+            "--plan",
+            PLAN,
+            "--site",
+            "va",
+            "--data",
+            "text.data",
+        ])
+        .fails();
+    assert!(
+        e.contains("column 'age': 'sixty-three' is not a number"),
+        "{e}"
+    );
+    // A level the schema does not declare.
+    let odd: String = va
+        .lines()
+        .map(|l| {
+            let mut f: Vec<String> = l.split(',').map(str::to_string).collect();
+            if f[2] == "4" {
+                f[2] = "7".into();
+            }
+            f.join(",") + "\n"
+        })
+        .collect();
+    s.write("odd.data", &odd);
+    let e = s
+        .run(&[
+            "check", "--plan", PLAN, "--site", "va", "--data", "odd.data",
+        ])
+        .fails();
+    assert!(
+        e.starts_with("error: site 'va':") && e.contains("cp"),
+        "{e}"
+    );
+    // A site the plan does not have.
+    let e = s
+        .run(&["check", "--plan", PLAN, "--site", "nowhere"])
+        .fails();
+    assert!(
+        e.contains("site 'nowhere' is not among the plan's sites"),
+        "{e}"
+    );
+    // With a header, a declared column the file lacks.
+    s.write("h.csv", "age,num\n50,0\n60,1\n55,0\n65,1\n");
+    let plan = std::fs::read_to_string(s.path(PLAN))
+        .unwrap()
+        .replace("header = false", "header = true");
+    s.write("examples/h.toml", &plan);
+    let e = s
+        .run(&[
+            "check",
+            "--plan",
+            "examples/h.toml",
+            "--site",
+            "va",
+            "--data",
+            "h.csv",
+        ])
+        .fails();
+    assert!(
+        e.contains("no described column named 'sex' (columns: age, num)"),
+        "{e}"
+    );
+}
