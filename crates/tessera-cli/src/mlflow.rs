@@ -52,12 +52,12 @@ fn encoded(value: &str) -> String {
         .collect()
 }
 
-/// MLflow's key characters: letters, digits, `_ - . / ` and space; any
-/// other becomes `_`.
+/// MLflow's key characters: letters (any script), digits, `_ - . / ` and
+/// space; any other becomes `_`.
 fn key(k: &str) -> String {
     k.chars()
         .map(|c| {
-            if c.is_ascii_alphanumeric() || "_-./ ".contains(c) {
+            if c.is_alphanumeric() || "_-./ ".contains(c) {
                 c
             } else {
                 '_'
@@ -78,15 +78,25 @@ impl Server {
             );
         };
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                p.parse::<u16>()
-                    .with_context(|| format!("--mlflow {url}: the port '{p}' is not a number"))?,
-            ),
-            None => (authority, 80),
+        // `[v6]:port`, `[v6]`, `host:port` or `host`.
+        let (host, port_text) = match authority.strip_prefix('[') {
+            Some(v6) => match v6.split_once(']') {
+                Some((h, tail)) => (&authority[..h.len() + 2], tail.strip_prefix(':')),
+                None => bail!("--mlflow {url}: an IPv6 host without its closing ']'"),
+            },
+            None => match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            },
+        };
+        let port = match port_text {
+            Some(p) => p
+                .parse::<u16>()
+                .with_context(|| format!("--mlflow {url}: the port '{p}' is not a number"))?,
+            None => 80,
         };
         if host.is_empty()
+            || host == "[]"
             || !host
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-._[]:".contains(c))
@@ -115,14 +125,28 @@ impl Server {
         body: &[u8],
     ) -> anyhow::Result<(u16, Vec<u8>)> {
         let fail = || format!("MLflow at {}: {method} {path}", self.url);
-        let address = (self.host.trim_matches(|c| c == '[' || c == ']'), self.port)
+        let addresses: Vec<_> = (self.host.trim_matches(|c| c == '[' || c == ']'), self.port)
             .to_socket_addrs()
             .with_context(fail)?
-            .next()
-            .with_context(|| format!("{}: the host has no address", fail()))?;
-        let mut stream =
-            TcpStream::connect_timeout(&address, Duration::from_secs(10)).with_context(fail)?;
-        stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+            .collect();
+        // Each address in turn (localhost may be ::1 first, and the server
+        // on 127.0.0.1 only).
+        let mut last = None;
+        let mut connected = None;
+        for address in &addresses {
+            match TcpStream::connect_timeout(address, Duration::from_secs(10)) {
+                Ok(s) => {
+                    connected = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let mut stream = match (connected, last) {
+            (Some(s), _) => s,
+            (None, Some(e)) => return Err(e).with_context(fail),
+            (None, None) => bail!("{}: the host has no address", fail()),
+        };
         stream.set_write_timeout(Some(Duration::from_secs(120)))?;
         let head = format!(
             "{method} {}{path} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: {content_type}\r\n\
@@ -136,13 +160,37 @@ impl Server {
         );
         stream.write_all(head.as_bytes()).with_context(fail)?;
         stream.write_all(body).with_context(fail)?;
+        // Read until the reply is whole (its Content-Length, or its last
+        // chunk), the server closes, or two minutes in all have passed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
         let mut reply = Vec::new();
-        stream
-            .take(MAX_REPLY + 1)
-            .read_to_end(&mut reply)
-            .with_context(fail)?;
-        if reply.len() as u64 > MAX_REPLY {
-            bail!("{}: a reply over 32 MiB", fail());
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            if reply_is_whole(&reply) {
+                break;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                bail!("{}: no whole reply within 120 s", fail());
+            }
+            stream.set_read_timeout(Some(left))?;
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    bail!("{}: no whole reply within 120 s", fail());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).with_context(fail),
+            }
+            if reply.len() as u64 > MAX_REPLY {
+                bail!("{}: a reply over 32 MiB", fail());
+            }
         }
         parse_reply(&reply).with_context(fail)
     }
@@ -155,7 +203,16 @@ impl Server {
             serde_json::to_vec(body)?
         };
         let (status, reply) = self.request(method, path, "application/json", &bytes)?;
-        let value: Value = serde_json::from_slice(&reply).unwrap_or(Value::Null);
+        let parsed = serde_json::from_slice::<Value>(&reply);
+        if status == 200 && parsed.is_err() {
+            bail!(
+                "MLflow at {}: {method} {path}: a reply that is not JSON (is this an MLflow \
+                 tracking server?): {}",
+                self.url,
+                tessera_core::shown(&String::from_utf8_lossy(&reply), 200)
+            );
+        }
+        let value = parsed.unwrap_or(Value::Null);
         if status != 200 {
             let code = value["error_code"].as_str().unwrap_or("");
             let message = value["message"]
@@ -199,6 +256,23 @@ impl Server {
     }
 }
 
+/// Whether `reply` holds a whole reply: its headers and all of the body
+/// its Content-Length or its chunks announce. A reply with neither is
+/// whole only when the server closes.
+fn reply_is_whole(reply: &[u8]) -> bool {
+    let Some(end) = reply.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&reply[..end]).to_ascii_lowercase();
+    if head.contains("transfer-encoding:") && head.contains("chunked") {
+        return parse_reply(reply).is_ok();
+    }
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .is_some_and(|n| reply.len() >= end + 4 + n)
+}
+
 /// Status, body of an HTTP/1.1 reply (chunked or not).
 fn parse_reply(reply: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
     let end = reply
@@ -212,13 +286,27 @@ fn parse_reply(reply: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse::<u16>().ok())
         .context("a reply without a status")?;
-    let chunked = lines.any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
+    let (mut chunked, mut length) = (false, None);
+    for line in lines {
+        let line = line.to_ascii_lowercase();
+        if line.starts_with("transfer-encoding:") && line.contains("chunked") {
+            chunked = true;
+        }
+        if let Some(v) = line.strip_prefix("content-length:") {
+            length = Some(
+                v.trim()
+                    .parse::<usize>()
+                    .context("a Content-Length that is not a number")?,
+            );
+        }
+    }
     let mut body = &reply[end + 4..];
     if !chunked {
-        return Ok((status, body.to_vec()));
+        return match length {
+            Some(n) if body.len() < n => bail!("a reply cut short ({} of {n} bytes)", body.len()),
+            Some(n) => Ok((status, body[..n].to_vec())),
+            None => Ok((status, body.to_vec())),
+        };
     }
     let mut out = Vec::new();
     loop {
@@ -269,15 +357,37 @@ pub fn export(
         &json!({
             "experiment_ids": [experiment_id],
             "filter": format!("tags.`tessera.run_id` = '{tessera_id}'"),
-            "max_results": 1,
+            "max_results": 10,
         }),
     )?;
-    if let Some(id) = found["runs"][0]["info"]["run_id"].as_str() {
-        return Ok(Exported {
-            run_id: id.to_string(),
-            logged: false,
-            skipped_artifacts: None,
-        });
+    // A run logged whole, as the run stands now, is not logged again; one
+    // an export left half done (or logged while the run was still going)
+    // is deleted and logged anew.
+    for run in found["runs"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        let Some(id) = run["info"]["run_id"].as_str() else {
+            continue;
+        };
+        let tag = |k: &str| {
+            run["data"]["tags"]
+                .as_array()
+                .and_then(|tags| tags.iter().find(|t| t["key"] == k))
+                .and_then(|t| t["value"].as_str())
+                .map(str::to_string)
+        };
+        if tag("tessera.export").as_deref() == Some("complete")
+            && tag("tessera.status").as_deref() == Some(t.status.as_str())
+        {
+            return Ok(Exported {
+                run_id: id.to_string(),
+                logged: false,
+                skipped_artifacts: None,
+            });
+        }
+        server.call(
+            "POST",
+            "/api/2.0/mlflow/runs/delete",
+            &json!({ "run_id": id }),
+        )?;
     }
     let start_ms = t.created_unix_micros / 1000;
     let mut tags = vec![
@@ -292,8 +402,22 @@ pub fn export(
         tags.push(("tessera.privacy.epsilon".into(), epsilon.to_string()));
         tags.push(("tessera.privacy.delta".into(), delta.to_string()));
     }
-    for (site, f) in &t.sites {
-        let site = key(site);
+    if let Some((epsilon, delta)) = t.metrics_privacy {
+        tags.push((
+            "tessera.privacy.metrics_epsilon".into(),
+            epsilon.to_string(),
+        ));
+        tags.push(("tessera.privacy.metrics_delta".into(), delta.to_string()));
+    }
+    // Site names as keys; two that would read alike get their hash's
+    // start, so that no tag is written twice.
+    let keyed: Vec<String> = t.sites.keys().map(|s| key(s)).collect();
+    for ((site, f), k) in t.sites.iter().zip(&keyed) {
+        let site = if keyed.iter().filter(|x| *x == k).count() > 1 {
+            format!("{k}-{}", &crate::tracking::sha256_hex(site.as_bytes())[..8])
+        } else {
+            k.clone()
+        };
         tags.push((
             format!("tessera.site.{site}.layout_sha256"),
             f.schema_sha256.clone(),
@@ -343,10 +467,12 @@ pub fn export(
     }
     let mut metrics = Vec::new();
     for r in &t.rounds {
+        // The round's close on the run clock.
+        let at_ms = start_ms + (r.at_seconds.max(0.0) * 1000.0) as u64;
         let mut put = |k: &str, v: f64| {
             if v.is_finite() {
                 metrics.push(json!({
-                    "key": k, "value": v, "timestamp": start_ms, "step": r.round
+                    "key": k, "value": v, "timestamp": at_ms, "step": r.round
                 }));
             }
         };
@@ -408,6 +534,12 @@ pub fn export(
         update["end_time"] = json!(now.max(start_ms));
     }
     server.call("POST", "/api/2.0/mlflow/runs/update", &update)?;
+    // Last: the mark that the run is whole.
+    server.call(
+        "POST",
+        "/api/2.0/mlflow/runs/set-tag",
+        &json!({ "run_id": run_id, "key": "tessera.export", "value": "complete" }),
+    )?;
     Ok(Exported {
         run_id,
         logged: true,
@@ -470,6 +602,51 @@ mod tests {
         }
     }
 
+    /// A server that answers with a Content-Length and keeps the
+    /// connection open: the reply is whole at once; a reply cut short
+    /// before the server closes is refused, saying so; a 200 that is not
+    /// JSON names itself.
+    #[test]
+    fn replies_end_at_their_length_not_at_the_close() {
+        use std::net::TcpListener;
+        let serve = |reply: &'static [u8], close: bool| {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            std::thread::spawn(move || {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                conn.write_all(reply).unwrap();
+                if !close {
+                    std::thread::sleep(Duration::from_secs(30));
+                }
+            });
+            Server::new(&format!("http://127.0.0.1:{port}")).unwrap()
+        };
+        let started = std::time::Instant::now();
+        let s = serve(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"a\": true}",
+            false,
+        );
+        assert_eq!(
+            s.call("GET", "/x", &Value::Null).unwrap(),
+            json!({"a": true})
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let s = serve(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{\"a\"", true);
+        let e = s.call("GET", "/x", &Value::Null).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("cut short (4 of 50 bytes)"),
+            "{e:#}"
+        );
+        let s = serve(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n<html>", true);
+        let e = s.call("GET", "/x", &Value::Null).unwrap_err().to_string();
+        assert!(
+            e.contains("not JSON (is this an MLflow tracking server?): <html>"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn urls_and_keys() {
         let s = Server::new("http://127.0.0.1:5000/").unwrap();
@@ -479,10 +656,21 @@ mod tests {
         );
         let s = Server::new("http://mlflow.example.org/prefix").unwrap();
         assert_eq!((s.port, s.base.as_str()), (80, "/prefix"));
-        for bad in ["https://x:1", "http://:5000", "http://x:port", "x:5000"] {
+        let s = Server::new("http://[::1]").unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("[::1]", 80));
+        let s = Server::new("http://[::1]:5000/").unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("[::1]", 5000));
+        for bad in [
+            "https://x:1",
+            "http://:5000",
+            "http://x:port",
+            "x:5000",
+            "http://[::1",
+        ] {
             assert!(Server::new(bad).is_err(), "{bad}");
         }
-        assert_eq!(key("tessera.site.st-gallen/ü"), "tessera.site.st-gallen/_");
+        assert_eq!(key("tessera.site.st-gallen/ü"), "tessera.site.st-gallen/ü");
+        assert_eq!(key("a&b+c"), "a_b_c");
         assert_eq!(encoded("a b&c"), "a%20b%26c");
     }
 }

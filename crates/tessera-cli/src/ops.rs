@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use tessera_coordinator::store::{OpenRoundRow, RoundRow};
 use tessera_coordinator::{RunStore, SqliteStore};
 use tessera_engine::report::RoundRecord;
@@ -315,11 +315,14 @@ pub fn runs(args: &RunsArgs) -> anyhow::Result<()> {
         }) => {
             let row = run_of(&store, db, run.as_deref())?;
             let tracked = crate::tracking::from_store(&store, &row)?;
+            // The record, not the status document: that one holds the
+            // audit log and exact example counts, which stay with the
+            // coordinator.
             let mut files = vec![
                 ("plan.toml".to_string(), row.plan.clone().into_bytes()),
                 (
-                    "status.json".to_string(),
-                    serde_json::to_vec_pretty(&crate::status_json::document(&store, &row)?)?,
+                    "record.json".to_string(),
+                    serde_json::to_vec_pretty(&tracked)?,
                 ),
             ];
             for path in artifacts {
@@ -327,6 +330,12 @@ pub fn runs(args: &RunsArgs) -> anyhow::Result<()> {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .with_context(|| format!("--artifact {}: not a file", path.display()))?;
+                if files.iter().any(|(n, _)| *n == name) {
+                    bail!(
+                        "--artifact {}: a second artifact named '{name}'",
+                        path.display()
+                    );
+                }
                 let bytes = std::fs::read(path)
                     .with_context(|| format!("--artifact {}", path.display()))?;
                 files.push((name, bytes));

@@ -19,9 +19,10 @@ use tessera_proto::pb;
 /// A site's data, as far as a record shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Fingerprint {
-    /// SHA-256 of the layout the site offered (its columns, their kinds,
-    /// its categorical levels and classes) or, in simulation, the agreed
-    /// one.
+    /// SHA-256 of the layout the site offered: its columns and which of
+    /// them hold text (not its levels or classes, which a hash of a few
+    /// values would let anyone guess); in simulation the agreed layout,
+    /// the same for every site. Never rows, nor their counts.
     pub schema_sha256: String,
     /// Columns offered (features in simulation).
     pub columns: usize,
@@ -49,8 +50,11 @@ pub struct RoundMetrics {
     pub accepted: usize,
     /// The run's epsilon after the round (DP).
     pub epsilon: Option<f64>,
-    /// Test rows behind the figures (0: not evaluated).
+    /// Test rows behind the figures (0: not evaluated, and the figures
+    /// mean nothing).
     pub n_test: u64,
+    /// The run clock at the round's close, seconds.
+    pub at_seconds: f64,
 }
 
 /// A stored artifact.
@@ -93,8 +97,12 @@ pub struct Tracked {
     pub sites: BTreeMap<String, Fingerprint>,
     /// Metrics per round.
     pub rounds: Vec<RoundMetrics>,
-    /// The run's epsilon and delta spent (DP), none without DP.
+    /// The run's epsilon and delta spent (DP on the model, or every
+    /// release of a deployed run's ledger), none without.
     pub privacy: Option<(f64, f64)>,
+    /// In simulation, epsilon and delta spent on the sites' metrics (DP
+    /// site metrics), apart from the model's.
+    pub metrics_privacy: Option<(f64, f64)>,
     /// Models and files kept.
     pub artifacts: Vec<Artifact>,
 }
@@ -116,6 +124,7 @@ fn metrics(r: &RoundRecord) -> RoundMetrics {
         accepted: r.accepted,
         epsilon: r.epsilon,
         n_test: r.n_test,
+        at_seconds: r.virtual_time,
     }
 }
 
@@ -136,19 +145,12 @@ pub fn from_store(store: &dyn RunStore, run: &RunRow) -> anyhow::Result<Tracked>
             .map(|b| pb::LevelsOffer::decode(b.as_slice()))
             .transpose()
             .with_context(|| format!("site '{site}': a damaged levels offer in the store"))?;
-        // The layout's hash: the offers' own encoding, without the row
-        // counts (which the fingerprint shows apart).
-        let mut layout = bytes.clone();
-        if let Some(l) = &level {
-            let mut l = l.clone();
-            l.train_rows = 0;
-            l.test_rows = 0;
-            layout.extend(l.encode_to_vec());
-        }
+        // The layout's hash: the column offer's own encoding (names and
+        // text flags).
         sites.insert(
             site,
             Fingerprint {
-                schema_sha256: sha256_hex(&layout),
+                schema_sha256: sha256_hex(&bytes),
                 columns: offer.columns.len(),
                 train_rows: level.as_ref().map_or(0, |l| l.train_rows),
                 test_rows: level.as_ref().map_or(0, |l| l.test_rows),
@@ -202,6 +204,7 @@ pub fn from_store(store: &dyn RunStore, run: &RunRow) -> anyhow::Result<Tracked>
         sites,
         rounds,
         privacy,
+        metrics_privacy: None,
         artifacts,
     })
 }
@@ -225,18 +228,30 @@ pub fn from_report(plan: &str, report: &RunReport, files: &[(String, Vec<u8>)]) 
             )
         })
         .collect();
+    // Started when it ended, less its length.
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64);
+        .map_or(0, |d| d.as_micros() as u64)
+        .saturating_sub((report.timing.total_seconds.max(0.0) * 1e6) as u64);
     let plan_sha256 = sha256_hex(plan.as_bytes());
+    // A run is its plan, build, data and what it gave: the same again is
+    // the same run (simulation is deterministic), anything else another.
+    let identity = sha256_hex(
+        format!(
+            "{plan}\u{0}{}\u{0}{}\u{0}{}",
+            env!("CARGO_PKG_VERSION"),
+            serde_json::to_string(&report.data).unwrap_or_default(),
+            serde_json::to_string(&report.rounds).unwrap_or_default()
+        )
+        .as_bytes(),
+    );
     Tracked {
-        // The same plan and seed give the same run, bit for bit.
         id: format!(
             "{}-{}-seed{}-{}",
             report.plan,
             report.strategy,
             report.seed,
-            &plan_sha256[..12]
+            &identity[..12]
         ),
         name: report.plan.clone(),
         runtime: "simulation",
@@ -251,6 +266,10 @@ pub fn from_report(plan: &str, report: &RunReport, files: &[(String, Vec<u8>)]) 
         sites,
         rounds: report.rounds.iter().map(metrics).collect(),
         privacy: report.privacy.as_ref().map(|p| (p.epsilon, p.delta)),
+        metrics_privacy: report
+            .metrics_privacy
+            .as_ref()
+            .map(|p| (p.epsilon, p.delta)),
         artifacts: files
             .iter()
             .map(|(name, bytes)| Artifact {
@@ -321,7 +340,18 @@ pub fn print(t: &Tracked) {
         }
         None => println!("privacy spent: none (no DP release)"),
     }
-    println!("sites ({}), data fingerprints (never rows):", t.sites.len());
+    if let Some((epsilon, delta)) = t.metrics_privacy {
+        println!("privacy spent on site metrics: epsilon {epsilon:.4} at delta {delta:e}");
+    }
+    println!(
+        "sites ({}), data fingerprints (never rows; rows as {}):",
+        t.sites.len(),
+        if t.runtime == "deployment" {
+            "each site declared them, to the next power of two where the plan hides counts"
+        } else {
+            "read"
+        }
+    );
     for (site, f) in &t.sites {
         println!(
             "  {site:<20} layout {}  {} columns  {} train / {} test rows",
@@ -336,13 +366,23 @@ pub fn print(t: &Tracked) {
         "round", "accuracy", "mean-site", "loss", "auc", "accepted", "epsilon"
     );
     for r in &t.rounds {
+        // A round not evaluated has no figures to show.
+        let figure = |v: f64| {
+            if r.n_test > 0 {
+                format!("{v:.4}")
+            } else {
+                "-".into()
+            }
+        };
         println!(
-            "{:>5}  {:>8.4}  {:>9.4}  {:>7.4}  {:>6}  {:>8}  {:>8}",
+            "{:>5}  {:>8}  {:>9}  {:>7}  {:>6}  {:>8}  {:>8}",
             r.round,
-            r.accuracy,
-            r.mean_site_accuracy,
-            r.loss,
-            r.auc.map_or("-".into(), |a| format!("{a:.4}")),
+            figure(r.accuracy),
+            figure(r.mean_site_accuracy),
+            figure(r.loss),
+            r.auc
+                .filter(|_| r.n_test > 0)
+                .map_or("-".into(), |a| format!("{a:.4}")),
             r.accepted,
             r.epsilon.map_or("-".into(), |e| format!("{e:.4}"))
         );
@@ -383,15 +423,23 @@ pub fn print_comparison(a: &Tracked, b: &Tracked) {
         "{:>5}  {:>10}  {:>10}  {:>10}  {:>10}  {:>8}  {:>8}",
         "round", "A accuracy", "B accuracy", "A mean-site", "B mean-site", "A loss", "B loss"
     );
-    let n = a.rounds.len().max(b.rounds.len());
-    let cell = |r: Option<&RoundMetrics>, f: fn(&RoundMetrics) -> f64| {
-        r.map_or("-".to_string(), |r| format!("{:.4}", f(r)))
+    // Rounds matched by number; one not evaluated (or absent) shows "-".
+    let by_round = |t: &Tracked| -> BTreeMap<u32, RoundMetrics> {
+        t.rounds.iter().map(|r| (r.round, r.clone())).collect()
     };
-    for i in 0..n {
-        let (ra, rb) = (a.rounds.get(i), b.rounds.get(i));
+    let (rounds_a, rounds_b) = (by_round(a), by_round(b));
+    let mut numbers: Vec<u32> = rounds_a.keys().chain(rounds_b.keys()).copied().collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    let cell = |r: Option<&RoundMetrics>, f: fn(&RoundMetrics) -> f64| {
+        r.filter(|r| r.n_test > 0)
+            .map_or("-".to_string(), |r| format!("{:.4}", f(r)))
+    };
+    for round in numbers {
+        let (ra, rb) = (rounds_a.get(&round), rounds_b.get(&round));
         println!(
             "{:>5}  {:>10}  {:>10}  {:>10}  {:>10}  {:>8}  {:>8}",
-            i + 1,
+            round,
             cell(ra, |r| r.accuracy),
             cell(rb, |r| r.accuracy),
             cell(ra, |r| r.mean_site_accuracy),

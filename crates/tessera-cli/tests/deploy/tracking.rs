@@ -297,8 +297,9 @@ fn runs_are_tracked_compared_and_logged_to_mlflow() {
     assert_eq!(record["strategy"], "fedavg");
     assert_eq!(record["status"], "finished");
     assert_eq!(accuracies(&record), accuracies(&report));
-    // Each site's fingerprint: its declared rows are the report's; the four
-    // hospitals' files have one layout.
+    // Each site's fingerprint: its declared rows are the report's (both
+    // rounded up: the plan keeps the sites' metrics to sums), its layout a
+    // hash.
     let sites = record["sites"].as_object().unwrap();
     assert_eq!(sites.len(), 4);
     for summary in report["data"].as_array().unwrap() {
@@ -315,7 +316,11 @@ fn runs_are_tracked_compared_and_logged_to_mlflow() {
         tessera_engine::model_file::parameters_sha256(&parameters)
     );
     let shown = s.run(&["runs", "show", "--db", db, "--run", a]).ok();
-    assert!(shown.contains("data fingerprints (never rows)"), "{shown}");
+    assert!(
+        shown.contains("data fingerprints (never rows; rows as each site declared them"),
+        "{shown}"
+    );
+    assert!(shown.contains("va                   layout"), "{shown}");
     assert!(shown.contains("privacy spent: none"), "{shown}");
 
     let compared = s.run(&["runs", "compare", "--db", db, a, b]).ok();
@@ -398,6 +403,47 @@ fn runs_are_tracked_compared_and_logged_to_mlflow() {
         .run(&["runs", "export", "--db", db, "--run", a, "--mlflow", &url])
         .ok();
     assert!(again.contains("not logged again"), "{again}");
+    // An export left half done (its mark of completion missing) is logged
+    // again whole, the half one deleted.
+    let id = again
+        .split("as run ")
+        .nth(1)
+        .and_then(|t| t.split(':').next())
+        .unwrap()
+        .trim()
+        .to_string();
+    let unmark = Command::new("curl")
+        .args([
+            "-sf",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &format!(r#"{{"run_id": "{id}", "key": "tessera.export", "value": "partial"}}"#),
+            &format!("{url}/api/2.0/mlflow/runs/set-tag"),
+        ])
+        .output()
+        .unwrap();
+    assert!(unmark.status.success(), "{unmark:?}");
+    let redone = s
+        .run(&[
+            "runs",
+            "export",
+            "--db",
+            db,
+            "--run",
+            a,
+            "--mlflow",
+            &url,
+            "--artifact",
+            "a.model",
+        ])
+        .ok();
+    assert!(
+        redone.contains("logged to MLflow") && !redone.contains(&id),
+        "{redone}"
+    );
     let runs = read_back(&s, &mlflow, &url, "fed-heart-disease");
     let runs = runs.as_array().unwrap();
     assert_eq!(runs.len(), 1, "{runs:?}");
@@ -421,7 +467,7 @@ fn runs_are_tracked_compared_and_logged_to_mlflow() {
     assert_eq!(logged, accuracies(&report));
     assert_eq!(
         run["artifacts"],
-        serde_json::json!(["a.model", "plan.toml", "status.json"])
+        serde_json::json!(["a.model", "plan.toml", "record.json"])
     );
     // A simulation, logged as it ends, in an experiment of its own.
     let plan = plan(&s, "fedavg", "");
@@ -438,6 +484,8 @@ fn runs_are_tracked_compared_and_logged_to_mlflow() {
         &url,
         "--mlflow-experiment",
         "simulated",
+        "--set",
+        "privacy.site_metrics=dp",
     ])
     .ok();
     let sim = read_back(&s, &mlflow, &url, "simulated");
@@ -445,6 +493,14 @@ fn runs_are_tracked_compared_and_logged_to_mlflow() {
     let logged = history(&sim["metrics"]["accuracy"]);
     assert_eq!(logged, accuracies(&s.json("sim.json")));
     assert_eq!(sim["tags"]["tessera.runtime"], "simulation");
+    let spent = s.json("sim.json")["metrics_privacy"]["epsilon"]
+        .as_f64()
+        .unwrap();
+    assert!(spent > 0.0);
+    assert_eq!(
+        sim["tags"]["tessera.privacy.metrics_epsilon"],
+        spent.to_string()
+    );
     assert_eq!(
         sim["artifacts"],
         serde_json::json!(["plan.toml", "sim.json", "sim.svg"])
