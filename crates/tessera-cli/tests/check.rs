@@ -31,33 +31,17 @@ fn a_site_that_fits_is_ready_and_one_that_does_not_is_named_with_its_cause() {
             f.join(",") + "\n"
         })
         .collect();
+    let refused = |data: &str| {
+        s.run(&["check", "--plan", PLAN, "--site", "va", "--data", data])
+            .fails()
+    };
     s.write("short.data", &short);
-    let e = s
-        .run(&[
-            "check",
-            "--plan",
-            PLAN,
-            "--site",
-            "va",
-            "--data",
-            "short.data",
-        ])
-        .fails();
+    let e = refused("short.data");
     assert!(e.starts_with("error: site 'va':"), "{e}");
     assert!(e.contains("row has 13 fields, expected 14"), "{e}");
     // Text in a numeric column, named with its place.
     s.write("text.data", &va.replacen("63,", "sixty-three,", 1));
-    let e = s
-        .run(&[
-            "check",
-            "--plan",
-            PLAN,
-            "--site",
-            "va",
-            "--data",
-            "text.data",
-        ])
-        .fails();
+    let e = refused("text.data");
     assert!(
         e.contains("column 'age': 'sixty-three' is not a number"),
         "{e}"
@@ -74,11 +58,7 @@ fn a_site_that_fits_is_ready_and_one_that_does_not_is_named_with_its_cause() {
         })
         .collect();
     s.write("odd.data", &odd);
-    let e = s
-        .run(&[
-            "check", "--plan", PLAN, "--site", "va", "--data", "odd.data",
-        ])
-        .fails();
+    let e = refused("odd.data");
     assert!(
         e.starts_with("error: site 'va':") && e.contains("cp"),
         "{e}"

@@ -384,8 +384,8 @@ fn runs_are_tracked_compared_and_logged_to_mlflow() {
                 .output()
                 .is_ok_and(|o| o.status.success())
     });
-    let out = s
-        .run(&[
+    let export = || {
+        s.run(&[
             "runs",
             "export",
             "--db",
@@ -397,7 +397,9 @@ fn runs_are_tracked_compared_and_logged_to_mlflow() {
             "--artifact",
             "a.model",
         ])
-        .ok();
+        .ok()
+    };
+    let out = export();
     assert!(out.contains("logged to MLflow"), "{out}");
     let again = s
         .run(&["runs", "export", "--db", db, "--run", a, "--mlflow", &url])
@@ -426,20 +428,7 @@ fn runs_are_tracked_compared_and_logged_to_mlflow() {
         .output()
         .unwrap();
     assert!(unmark.status.success(), "{unmark:?}");
-    let redone = s
-        .run(&[
-            "runs",
-            "export",
-            "--db",
-            db,
-            "--run",
-            a,
-            "--mlflow",
-            &url,
-            "--artifact",
-            "a.model",
-        ])
-        .ok();
+    let redone = export();
     assert!(
         redone.contains("logged to MLflow") && !redone.contains(&id),
         "{redone}"
