@@ -56,14 +56,7 @@ pub const FORMAT: u32 = 1;
 /// The status document of `run`.
 pub fn document(store: &dyn RunStore, run: &RunRow) -> anyhow::Result<Value> {
     let id = run.id.as_str();
-    let plan_hash = {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(run.plan.as_bytes());
-        digest
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let plan_hash = crate::tracking::sha256_hex(run.plan.as_bytes());
     // The stored plan's schema version (a plan that no longer parses, from
     // an older build, reads as none).
     let schema_version = toml::from_str::<tessera_engine::Plan>(&run.plan)

@@ -86,13 +86,6 @@ struct Written<'a> {
     tuned_mean_site_accuracy: f64,
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// A shell word: single-quoted unless plain.
 fn quoted(word: &str) -> String {
     if word
@@ -145,8 +138,8 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<()> {
     // be read is refused here, and its hash keys the trials.
     let (data, _) = tessera_sim::load_data(&plan, &base_dir, &Filesystem)?;
     let header = Header {
-        plan_sha256: sha256(toml::to_string(&plan)?.as_bytes()),
-        space_sha256: sha256(toml::to_string(&space)?.as_bytes()),
+        plan_sha256: crate::tracking::sha256_hex(toml::to_string(&plan)?.as_bytes()),
+        space_sha256: crate::tracking::sha256_hex(toml::to_string(&space)?.as_bytes()),
         data_sha256: data_sha256(&data),
         code_version: env!("CARGO_PKG_VERSION").to_string(),
     };
@@ -462,5 +455,5 @@ fn data_sha256(data: &FederatedData) -> String {
             hash.update(y.to_le_bytes());
         }
     }
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::tracking::hex(&hash.finalize())
 }
