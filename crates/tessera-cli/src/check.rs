@@ -28,7 +28,14 @@ pub struct CheckArgs {
     /// This site's mapping file, as `tessera participant --mapping`.
     #[arg(long)]
     mapping: Option<PathBuf>,
+    /// The plan's folder, as `tessera participant --plan-dir` (default: the
+    /// plan's own folder).
+    #[arg(long)]
+    plan_dir: Option<PathBuf>,
 }
+
+/// The stand-in for a class only other sites hold.
+const OTHER_CLASS: &str = "(another site's class)";
 
 pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
     let site = args.site.as_str();
@@ -63,7 +70,20 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
              (tessera.run_participant)"
         );
     }
-    let plan_dir = args.plan.parent().map(PathBuf::from).unwrap_or_default();
+    let named = plan.data.named_sites();
+    if !named.is_empty() && !named.iter().any(|s| s == site) {
+        bail!(
+            "site '{site}' is not among the plan's sites ({}): the coordinator refuses it",
+            tessera_core::shown(&named.join(", "), 300)
+        );
+    }
+    let plan_dir = match &args.plan_dir {
+        Some(dir) => std::path::absolute(dir).context("--plan-dir")?,
+        None => args
+            .plan
+            .parent()
+            .map_or_else(|| PathBuf::from("."), PathBuf::from),
+    };
     let mapping = match &args.mapping {
         Some(path) => Some(
             tessera_data::mapping::Mapping::from_file(path)
@@ -81,15 +101,33 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
         .transpose()
         .context("--data")?;
     let file = file.as_deref();
+    let read = |source: &dyn tessera_data::FileSource| match &data.cross_silo {
+        // The cross-silo feature is computed with the other sites when this
+        // one joins; here its rows are read, their identifiers checked, and
+        // the feature taken as 0 (known at no other site).
+        Some(_) => {
+            let pending = tessera_data::read_pending_site(data, site, file, &plan_dir, source)?;
+            let rows = pending.identifiers().identifiers.len();
+            pending.finish(vec![0.0; rows])
+        }
+        None => tessera_data::read_local_site(data, site, file, &plan_dir, source),
+    };
     let mut local = tessera_data::mapping::with_mapping(
         fs,
         file,
         &plan_dir,
         mapping.as_ref(),
         &data.schema,
-        |source| tessera_data::read_local_site(data, site, file, &plan_dir, source),
+        read,
     )
     .with_context(|| format!("site '{site}': its data does not read as the plan says"))?;
+    if let Some(cross) = &data.cross_silo {
+        println!(
+            "the plan computes '{}' from this site's '{}' column with the other sites when it \
+             joins: the participant needs --tls and --expect-plan (its value is taken as 0 here)",
+            cross.feature, cross.identifier
+        );
+    }
     let summary = local.summary().clone();
     println!(
         "site '{site}': {} rows read; {} training and {} test rows; dropped: {} without a \
@@ -129,9 +167,47 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
     let levels = local
         .levels_offer(data, &kinds)
         .with_context(|| format!("site '{site}': its levels do not fit the plan"))?;
-    let agreement = tessera_data::agree_vocabulary(data, &kinds, std::slice::from_ref(&levels))
+    let undeclared: Vec<&str> = data
+        .schema
+        .columns
+        .iter()
+        .filter(|c| {
+            c.kind == ColumnKind::Categorical
+                && c.levels.is_none()
+                && c.name != data.schema.target
+                && kinds.columns.contains(&c.name)
+        })
+        .map(|c| c.name.as_str())
+        .collect();
+    if !undeclared.is_empty() {
+        println!(
+            "note: the plan makes column(s) categorical without declaring their levels ({}): \
+             this site sends every distinct value of them, so the participant needs \
+             --share-levels or --expect-plan",
+            tessera_core::shown(&undeclared.join(", "), 300)
+        );
+    }
+    // Another site may hold the classes this one lacks: the agreement is
+    // taken as if one did, so that a one-class site is judged on the rest.
+    let mut offers = vec![levels.clone()];
+    if levels.train_classes.len() < 2 {
+        offers.push(tessera_data::LevelsOffer {
+            site: "(another site)".into(),
+            levels: vec![Vec::new(); levels.levels.len()],
+            classes: vec![OTHER_CLASS.into()],
+            train_classes: vec![OTHER_CLASS.into()],
+            train_rows: 1,
+            test_rows: 0,
+        });
+    }
+    let agreement = tessera_data::agree_vocabulary(data, &kinds, &offers)
         .with_context(|| format!("site '{site}': its levels and classes do not agree"))?;
-    let classes = agreement.classes.clone();
+    let classes: Vec<String> = agreement
+        .classes
+        .iter()
+        .filter(|c| c.as_str() != OTHER_CLASS)
+        .cloned()
+        .collect();
     let (prepared, _) = local
         .prepare(data, &agreement)
         .with_context(|| format!("site '{site}': its rows do not encode"))?;

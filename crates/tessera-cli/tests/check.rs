@@ -71,6 +71,22 @@ fn a_site_that_fits_is_ready_and_one_that_does_not_is_named_with_its_cause() {
         e.contains("site 'nowhere' is not among the plan's sites"),
         "{e}"
     );
+    // A site the plan does not have, even with a file of its own.
+    let e = s
+        .run(&[
+            "check",
+            "--plan",
+            PLAN,
+            "--site",
+            "nowhere",
+            "--data",
+            "data/uci-heart-disease/processed.va.data",
+        ])
+        .fails();
+    assert!(
+        e.contains("site 'nowhere' is not among the plan's sites (cleveland, hungarian"),
+        "{e}"
+    );
     // With a header, a declared column the file lacks.
     s.write("h.csv", "age,num\n50,0\n60,1\n55,0\n65,1\n");
     let plan = std::fs::read_to_string(s.path(PLAN))
@@ -92,4 +108,68 @@ fn a_site_that_fits_is_ready_and_one_that_does_not_is_named_with_its_cause() {
         e.contains("no described column named 'sex' (columns: age, num)"),
         "{e}"
     );
+}
+
+/// What the federation accepts, the preflight accepts: a site whose rows
+/// hold one class (the others hold the rest), and a plan whose feature is
+/// computed across sites.
+#[test]
+fn a_one_class_site_and_a_cross_silo_plan_are_ready() {
+    let s = util::fresh_copy("check-ready");
+    let va = std::fs::read_to_string(s.path("data/uci-heart-disease/processed.va.data")).unwrap();
+    let healthy: String = va
+        .lines()
+        .filter(|l| l.ends_with(",0"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    s.write("healthy.data", &healthy);
+    let out = s
+        .run(&[
+            "check",
+            "--plan",
+            PLAN,
+            "--site",
+            "va",
+            "--data",
+            "healthy.data",
+        ])
+        .ok();
+    assert!(
+        out.contains("holds one class only") || out.contains("hold one class only"),
+        "{out}"
+    );
+    assert!(out.contains("site 'va': ready"), "{out}");
+    // The plan's folder given apart from the plan: its paths read from there.
+    std::fs::create_dir_all(s.path("a/b")).unwrap();
+    s.write(
+        "a/b/plan.toml",
+        &std::fs::read_to_string(s.path(PLAN)).unwrap(),
+    );
+    let out = s
+        .run(&[
+            "check",
+            "--plan",
+            "a/b/plan.toml",
+            "--plan-dir",
+            "examples",
+            "--site",
+            "va",
+        ])
+        .ok();
+    assert!(out.contains("site 'va': ready"), "{out}");
+    let e = s
+        .run(&["check", "--plan", "a/b/plan.toml", "--site", "va"])
+        .fails();
+    assert!(e.contains("site 'va'"), "{e}");
+    let out = s
+        .run(&[
+            "check",
+            "--plan",
+            "examples/cross-silo-visits.toml",
+            "--site",
+            "hospital_b",
+        ])
+        .ok();
+    assert!(out.contains("--expect-plan"), "{out}");
+    assert!(out.contains("site 'hospital_b': ready"), "{out}");
 }
