@@ -129,8 +129,17 @@ fn checked_name(name: &str) -> anyhow::Result<&str> {
 }
 
 fn checked_reason(reason: &str) -> anyhow::Result<&str> {
-    if reason.trim().is_empty() || reason.len() > 1000 || reason.chars().any(char::is_control) {
-        bail!("--reason: give 1 to 1000 characters on one line");
+    // Control and direction-changing characters would let a reason show
+    // other than it reads in `models show` (a right-to-left override).
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
+    };
+    if reason.trim().is_empty() || reason.len() > 1000 || reason.chars().any(hidden) {
+        bail!(
+            "--reason: give 1 to 1000 characters on one line, without control or \
+             direction-changing characters"
+        );
     }
     Ok(reason)
 }
@@ -140,16 +149,25 @@ fn evidence(path: Option<&Path>) -> anyhow::Result<String> {
     let Some(path) = path else {
         return Ok(String::new());
     };
-    let mut text = String::new();
-    std::fs::File::open(path)
+    let file =
+        std::fs::File::open(path).with_context(|| format!("--evidence {}", path.display()))?;
+    // A folder or a pipe would not be a file's text (a pipe could block).
+    if !file
+        .metadata()
         .with_context(|| format!("--evidence {}", path.display()))?
-        .take((1 << 20) + 1)
-        .read_to_string(&mut text)
-        .with_context(|| format!("--evidence {}: not text", path.display()))?;
-    if text.len() > 1 << 20 {
+        .is_file()
+    {
+        bail!("--evidence {}: not a regular file", path.display());
+    }
+    let mut bytes = Vec::new();
+    file.take((1 << 20) + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("--evidence {}", path.display()))?;
+    if bytes.len() > 1 << 20 {
         bail!("--evidence {}: larger than 1 MiB", path.display());
     }
-    Ok(text)
+    String::from_utf8(bytes)
+        .with_context(|| format!("--evidence {}: not UTF-8 text", path.display()))
 }
 
 pub fn run(args: &ModelsArgs) -> anyhow::Result<()> {
@@ -160,50 +178,50 @@ pub fn run(args: &ModelsArgs) -> anyhow::Result<()> {
     if !db.exists() {
         bail!("{}: no such database", db.display());
     }
-    let store = SqliteStore::open(db)?;
+    // Reading opens the database read-only: nothing is created or changed.
+    let read_only = || -> anyhow::Result<Option<SqliteStore>> {
+        let store = SqliteStore::open_existing(db)?;
+        if !store.has_registry()? {
+            println!("no models registered in {}", db.display());
+            return Ok(None);
+        }
+        Ok(Some(store))
+    };
     match &args.action {
+        ModelsAction::List { name } => match read_only()? {
+            Some(store) => list(&store, db, name.as_deref()),
+            None => Ok(()),
+        },
+        ModelsAction::Show {
+            name,
+            version,
+            json,
+        } => match read_only()? {
+            Some(store) => show(&store, name, *version, *json),
+            None => Ok(()),
+        },
+        action => change(&SqliteStore::open(db)?, db, action),
+    }
+}
+
+fn change(store: &SqliteStore, db: &Path, action: &ModelsAction) -> anyhow::Result<()> {
+    match action {
         ModelsAction::Register {
             name,
             run,
             round,
             parent,
         } => register(
-            &store,
+            store,
             db,
             checked_name(name)?,
             run.as_deref(),
             *round,
             *parent,
         ),
-        ModelsAction::List { name } => {
-            let versions = store.versions(name.as_deref())?;
-            if versions.is_empty() {
-                println!("no models registered in {}", db.display());
-                return Ok(());
-            }
-            println!(
-                "{:<24} {:>7}  {:<10}  {:<32} {:>5}  {:<16}  registered",
-                "model", "version", "stage", "run", "round", "parameters"
-            );
-            for v in versions {
-                println!(
-                    "{:<24} {:>7}  {:<10}  {:<32} {:>5}  {:<16}  {}",
-                    v.name,
-                    v.version,
-                    v.stage,
-                    v.run_id,
-                    v.round,
-                    &v.params_sha256[..16.min(v.params_sha256.len())],
-                    tessera_core::utc(v.created_unix_micros)
-                );
-            }
-            Ok(())
+        ModelsAction::List { .. } | ModelsAction::Show { .. } => {
+            bail!("listing and showing read the registry, they change nothing")
         }
-        ModelsAction::Show {
-            name,
-            version,
-            json,
-        } => show(&store, name, *version, *json),
         ModelsAction::Promote {
             name,
             version,
@@ -260,6 +278,31 @@ pub fn run(args: &ModelsArgs) -> anyhow::Result<()> {
     }
 }
 
+fn list(store: &SqliteStore, db: &Path, name: Option<&str>) -> anyhow::Result<()> {
+    let versions = store.versions(name)?;
+    if versions.is_empty() {
+        println!("no models registered in {}", db.display());
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:>7}  {:<10}  {:<32} {:>5}  {:<16}  registered",
+        "model", "version", "stage", "run", "round", "parameters"
+    );
+    for v in versions {
+        println!(
+            "{:<24} {:>7}  {:<10}  {:<32} {:>5}  {:<16}  {}",
+            v.name,
+            v.version,
+            v.stage,
+            v.run_id,
+            v.round,
+            v.params_sha256.get(..16).unwrap_or(&v.params_sha256),
+            tessera_core::utc(v.created_unix_micros)
+        );
+    }
+    Ok(())
+}
+
 fn register(
     store: &SqliteStore,
     db: &Path,
@@ -279,6 +322,16 @@ fn register(
             .next()
             .with_context(|| format!("no runs in {}", db.display()))?,
     };
+    // A running run's model may still change its round's meaning (a
+    // resumed round) and an aborted one ended for a reason: only a
+    // finished run's models are registered.
+    if row.status != "finished" {
+        bail!(
+            "run '{}' is {}: register a finished run's model",
+            row.id,
+            row.status
+        );
+    }
     let latest = store
         .latest_model_version(&row.id)?
         .filter(|v| *v > 0)
@@ -314,8 +367,8 @@ fn register(
         "round": round,
         "rounds_planned": row.rounds,
         "run_status": row.status,
-        "sites": store.participants(&row.id)?,
-        "privacy": tracked.privacy.map(|(epsilon, delta)| json!({"epsilon": epsilon, "delta": delta})),
+        "sites_joined": store.participants(&row.id)?,
+        "privacy_to_round": privacy_to(&store.privacy_ledger(&row.id)?, round),
         "data_fingerprints": tracked.sites,
         "schema_version": schema_version,
         "parent_version": parent,
@@ -338,6 +391,20 @@ fn register(
         parent.map_or(String::new(), |p| format!(" (follows version {p})"))
     );
     Ok(())
+}
+
+/// The privacy spent up to and including `round` (the ledger's releases
+/// are rounds): the largest run epsilon reached, at the largest delta.
+fn privacy_to(
+    ledger: &[tessera_coordinator::store::LedgerRow],
+    round: u32,
+) -> Option<serde_json::Value> {
+    let upto: Vec<_> = ledger.iter().filter(|r| r.entry.release <= round).collect();
+    (!upto.is_empty()).then(|| {
+        let epsilon = upto.iter().map(|r| r.entry.run_epsilon).fold(0.0, f64::max);
+        let delta = upto.iter().map(|r| r.delta).fold(0.0, f64::max);
+        json!({"epsilon": epsilon, "delta": delta})
+    })
 }
 
 fn show(store: &SqliteStore, name: &str, version: Option<u32>, json: bool) -> anyhow::Result<()> {

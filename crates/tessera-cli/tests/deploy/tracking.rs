@@ -211,9 +211,9 @@ fn registry_drill(s: &Scratch, db: &str, a: &str, b: &str) {
     assert_eq!(lineage["round"], 10);
     assert_eq!(lineage["parent_version"], 1);
     assert_eq!(lineage["code_version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(lineage["sites"].as_array().unwrap().len(), 4);
+    assert_eq!(lineage["sites_joined"].as_array().unwrap().len(), 4);
     assert_eq!(lineage["data_fingerprints"].as_object().unwrap().len(), 4);
-    assert!(lineage["privacy"].is_null());
+    assert!(lineage["privacy_to_round"].is_null());
     let history: Vec<&str> = shown["history"]
         .as_array()
         .unwrap()
@@ -249,6 +249,58 @@ fn registry_drill(s: &Scratch, db: &str, a: &str, b: &str) {
     assert!(e.contains("1 to 64 letters"), "{e}");
     let e = models(&["register", "--name", "heart", "--run", a, "--round", "99"]).fails();
     assert!(e.contains("rounds 1 to 15"), "{e}");
+    // A reason that would show other than it reads, and evidence that is
+    // not a file, are refused.
+    let e = models(&[
+        "archive",
+        "--name",
+        "heart",
+        "--version",
+        "1",
+        "--reason",
+        "ok\u{202E}dab",
+    ])
+    .fails();
+    assert!(e.contains("direction-changing"), "{e}");
+    let e = models(&[
+        "rollback",
+        "--name",
+        "heart",
+        "--reason",
+        "r",
+        "--evidence",
+        ".",
+    ])
+    .fails();
+    assert!(e.contains("not a regular file"), "{e}");
+    // A run not finished (here one marked running again) is refused.
+    let copy = s.path("copy.sqlite");
+    std::fs::copy(db, &copy).unwrap();
+    rusqlite::Connection::open(&copy)
+        .unwrap()
+        .execute("UPDATE runs SET status = 'running' WHERE id = ?1", [a])
+        .unwrap();
+    let e = s
+        .run(&[
+            "models",
+            "--db",
+            copy.to_str().unwrap(),
+            "register",
+            "--name",
+            "x",
+            "--run",
+            a,
+        ])
+        .fails();
+    assert!(
+        e.contains("is running: register a finished run's model"),
+        "{e}"
+    );
+    // Reading changes nothing in the database, not even its mode.
+    let before = std::fs::read(db).unwrap();
+    models(&["list"]).ok();
+    models(&["show", "--name", "heart"]).ok();
+    assert!(std::fs::read(db).unwrap() == before);
 }
 
 #[test]

@@ -397,3 +397,102 @@ fn the_registry_keeps_one_production_version_and_rolls_back() {
     assert!(e.contains("no earlier production version"), "{e}");
     assert_eq!(store.versions(Some("other")).unwrap().len(), 3);
 }
+
+/// The registry against its own database and its operators: a version
+/// retired by hand is not brought back by a rollback; the database itself
+/// refuses a second production version, a deleted version and a changed
+/// lineage; two operators promoting at once are served one after the
+/// other, not refused.
+#[test]
+fn the_registry_holds_against_hand_edits_and_concurrent_operators() {
+    let dir = std::env::temp_dir().join(format!("tessera-registry2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.sqlite");
+    let store = SqliteStore::open(&path).unwrap();
+    let p = params(&[1.0]);
+    let register = |store: &SqliteStore, name: &str| {
+        store
+            .register_version(&NewVersion {
+                name,
+                run_id: "r",
+                round: 1,
+                params: &p,
+                params_sha256: "s",
+                lineage: "{}",
+                parent: None,
+                at_unix_micros: 1,
+            })
+            .unwrap()
+    };
+    for _ in 0..3 {
+        register(&store, "m");
+    }
+    // 1 in production, then retired by hand; 2 then 3 promoted.
+    store
+        .set_stage("m", 1, Stage::Production, "a", "", 2)
+        .unwrap();
+    store
+        .set_stage("m", 1, Stage::Archived, "bad", "", 3)
+        .unwrap();
+    store
+        .set_stage("m", 2, Stage::Production, "b", "", 4)
+        .unwrap();
+    store
+        .set_stage("m", 3, Stage::Production, "c", "", 5)
+        .unwrap();
+    assert_eq!(store.roll_back("m", "x", "", 6).unwrap(), (3, 2));
+    let e = store.roll_back("m", "y", "", 7).unwrap_err().to_string();
+    assert!(e.contains("no earlier production version"), "{e}");
+    let conn = store.connection();
+    assert!(
+        conn.execute(
+            "UPDATE registry_versions SET stage = 'production' WHERE name = 'm' AND version = 1",
+            []
+        )
+        .is_err()
+    );
+    assert!(conn.execute("DELETE FROM registry_versions", []).is_err());
+    assert!(
+        conn.execute("UPDATE registry_versions SET lineage = '{\"x\":1}'", [])
+            .is_err()
+    );
+    assert!(
+        conn.execute("UPDATE registry_versions SET params_sha256 = 'x'", [])
+            .is_err()
+    );
+    // Two operators, each with its own connection, promoting at once.
+    for name in ["a", "b"] {
+        for _ in 0..20 {
+            register(&store, name);
+        }
+    }
+    let workers: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let store = SqliteStore::open(&path).unwrap();
+                for v in 1..=20 {
+                    store
+                        .set_stage(name, v, Stage::Production, "next", "", 10)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    for name in ["a", "b"] {
+        let production: Vec<u32> = store
+            .versions(Some(name))
+            .unwrap()
+            .into_iter()
+            .filter(|v| v.stage == Stage::Production)
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(production, [20]);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

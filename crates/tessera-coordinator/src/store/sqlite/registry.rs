@@ -27,6 +27,14 @@ CREATE TABLE IF NOT EXISTS registry_events (
     to_stage TEXT NOT NULL, reason TEXT NOT NULL, evidence TEXT NOT NULL,
     at_unix_micros INTEGER NOT NULL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS registry_one_production
+    ON registry_versions (name) WHERE stage = 'production';
+CREATE TRIGGER IF NOT EXISTS registry_versions_are_kept BEFORE DELETE ON registry_versions
+    BEGIN SELECT RAISE(ABORT, 'registered versions are kept (archive one instead)'); END;
+CREATE TRIGGER IF NOT EXISTS registry_versions_are_fixed
+    BEFORE UPDATE OF name, version, run_id, round, params, params_sha256, lineage, parent,
+    created_unix_micros ON registry_versions
+    BEGIN SELECT RAISE(ABORT, 'a registered version changes its stage only'); END;
 CREATE TRIGGER IF NOT EXISTS registry_events_are_append_only_update BEFORE UPDATE ON registry_events
     BEGIN SELECT RAISE(ABORT, 'the registry events are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS registry_events_are_append_only_delete BEFORE DELETE ON registry_events
@@ -68,7 +76,7 @@ impl Stage {
 
 impl std::fmt::Display for Stage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -155,6 +163,16 @@ fn stage_of(text: String) -> Result<Stage, StoreError> {
     text.parse().map_err(StoreError::Damaged)
 }
 
+/// A write transaction that takes the write lock at once: two operators'
+/// changes are then serialised (the second waits for the busy timeout)
+/// instead of the second failing when it tries to write what it read.
+fn immediate(conn: &rusqlite::Connection) -> Result<rusqlite::Transaction<'_>, StoreError> {
+    Ok(rusqlite::Transaction::new_unchecked(
+        conn,
+        rusqlite::TransactionBehavior::Immediate,
+    )?)
+}
+
 fn at(micros: u64) -> i64 {
     i64::try_from(micros).unwrap_or(i64::MAX)
 }
@@ -162,7 +180,7 @@ fn at(micros: u64) -> i64 {
 impl SqliteStore {
     /// Registers the next version of `new.name` as a candidate; its number.
     pub fn register_version(&self, new: &NewVersion<'_>) -> Result<u32, StoreError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = immediate(&self.conn)?;
         let last: Option<u32> = tx.query_row(
             "SELECT MAX(version) FROM registry_versions WHERE name = ?1",
             params![new.name],
@@ -209,6 +227,17 @@ impl SqliteStore {
         )?;
         tx.commit()?;
         Ok(version)
+    }
+
+    /// Whether the database has the registry's tables (a database written
+    /// before them, opened read-only, has not).
+    pub fn has_registry(&self) -> Result<bool, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'registry_versions'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
     }
 
     /// Every version (of `name`, or of every name), by name and version.
@@ -313,7 +342,7 @@ impl SqliteStore {
         evidence: &str,
         at_unix_micros: u64,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = immediate(&self.conn)?;
         let from = current(&tx, name, version)?;
         let allowed = match to {
             Stage::Candidate => false,
@@ -373,9 +402,9 @@ impl SqliteStore {
     /// Rolls `name` back: its production version is archived and the
     /// production version before it serves again, both in one transaction.
     /// The one before: the last other version that went to production
-    /// before the current one last did, archived since and never rolled
-    /// back itself (so that rollbacks walk back through the history, and a
-    /// second one does not undo the first).
+    /// before the current one last did and left it only by being replaced
+    /// (so that rollbacks walk back through the history, a second one does
+    /// not undo the first, and a version retired by hand stays retired).
     /// Gives (the version rolled back, the version now in production).
     pub fn roll_back(
         &self,
@@ -384,7 +413,7 @@ impl SqliteStore {
         evidence: &str,
         at_unix_micros: u64,
     ) -> Result<(u32, u32), StoreError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = immediate(&self.conn)?;
         let serving: Option<u32> = tx
             .query_row(
                 "SELECT version FROM registry_versions WHERE name = ?1 AND stage = 'production'",
@@ -405,9 +434,9 @@ impl SqliteStore {
                  AND v.stage = 'archived'
                  AND e.id < (SELECT MAX(id) FROM registry_events
                              WHERE name = ?1 AND version = ?2 AND to_stage = 'production')
-                 AND NOT EXISTS (SELECT 1 FROM registry_events r
-                                 WHERE r.name = ?1 AND r.version = e.version
-                                 AND r.kind = 'rollback')
+                 AND (SELECT l.kind FROM registry_events l
+                      WHERE l.name = ?1 AND l.version = e.version
+                      ORDER BY l.id DESC LIMIT 1) = 'replaced'
                  ORDER BY e.id DESC LIMIT 1",
                 params![name, serving],
                 |r| r.get(0),
