@@ -1,10 +1,13 @@
 //! `tessera check`: a site's preflight before it joins. The site's data
-//! file is read against the plan's schema exactly as `tessera participant`
-//! reads it (through the site's mapping), then taken through the data
-//! agreement as if it were the only site (column kinds, levels and classes,
-//! encoding), so that anything the agreement would refuse at this site is
-//! named here, with the site, before any round; the schema's declared
-//! columns must all be in the file. This build's protocol version and
+//! file is read against the plan's schema with the participant's reader
+//! (through the site's mapping; a cross-silo feature, computed with the
+//! other sites at the join, taken as 0), then taken through the data
+//! agreement as if it were the only site besides one holding the classes
+//! it lacks (column kinds, levels, encoding), so that what the agreement
+//! would refuse at this site is named here, with the site, before any
+//! round; the schema's declared columns must all be in the file. Not
+//! checked here: the site's memory limit and privacy budget, which the
+//! participant checks against the agreed model when it joins. This build's protocol version and
 //! capabilities are printed for the coordinator's operator to compare.
 
 use std::path::PathBuf;
