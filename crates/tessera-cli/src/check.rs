@@ -232,3 +232,62 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
     println!("site '{site}': ready for plan '{}'", plan.name);
     Ok(())
 }
+
+/// Arguments of `tessera protocol`.
+#[derive(Debug, clap::Args)]
+pub struct ProtocolArgs {
+    /// A plan: what its run needs of every participant, and the oldest
+    /// participant that joins it.
+    #[arg(long)]
+    plan: Option<PathBuf>,
+    /// The compatibility matrix as docs/COMPATIBILITY.md keeps it (each
+    /// strategy and protocol feature on the bundled plan, or on --plan).
+    #[arg(long)]
+    markdown: bool,
+}
+
+/// `tessera protocol`: this build's protocol version and capabilities, what
+/// a plan's run needs, and the compatibility matrix.
+pub fn protocol(args: &ProtocolArgs) -> anyhow::Result<()> {
+    let (plan, base) = match &args.plan {
+        Some(path) => (
+            Plan::from_file(path).context("--plan")?,
+            format!("the plan {}", path.display()),
+        ),
+        None => (
+            Plan::from_toml(crate::bundled::PLAN, crate::bundled::PLAN_PATH)?
+                .with_settings(&["privacy.site_metrics=clear".into()])?,
+            format!(
+                "the bundled plan ({}) with its site metrics in the clear \
+                 (`privacy.site_metrics=clear`)",
+                crate::bundled::PLAN_PATH
+            ),
+        ),
+    };
+    if args.markdown {
+        let rows = tessera_coordinator::compat::matrix(&plan).map_err(anyhow::Error::msg)?;
+        print!("{}", tessera_coordinator::compat::markdown(&base, &rows));
+        return Ok(());
+    }
+    println!(
+        "this build: tessera {}, protocol {}.{}",
+        env!("CARGO_PKG_VERSION"),
+        tessera_proto::MAJOR,
+        tessera_proto::MINOR
+    );
+    for (name, since) in tessera_proto::CAPABILITY_SINCE {
+        println!("  {name:<28} since {}.{since}", tessera_proto::MAJOR);
+    }
+    if args.plan.is_some() {
+        let needs = tessera_coordinator::run_capabilities(&plan);
+        let oldest = tessera_proto::oldest_with(&needs)
+            .context("the plan needs a capability this build does not know")?;
+        println!(
+            "plan '{}' needs of every participant: {}; the oldest participant that joins it: {}.{oldest}",
+            plan.name,
+            needs.join(", "),
+            tessera_proto::MAJOR
+        );
+    }
+    Ok(())
+}

@@ -88,6 +88,9 @@ enum Command {
     /// taken through the data agreement alone, and this build's protocol
     /// version and capabilities, before it joins.
     Check(Box<check::CheckArgs>),
+    /// This build's protocol version and capabilities, what a plan's run
+    /// needs of its participants, and the compatibility matrix.
+    Protocol(check::ProtocolArgs),
     /// Write FedProx's Synthetic(alpha, beta) data as CSV.
     Synth(synth::SynthArgs),
     /// Coordinate a federation over the network.
@@ -184,6 +187,7 @@ fn main() -> ExitCode {
         Command::Schema(args) => harmonize::run_schema(&args),
         Command::Synth(args) => synth::run(&args),
         Command::Check(args) => check::run(&args),
+        Command::Protocol(args) => check::protocol(&args),
         Command::Tune(args) => tune::run(&args),
         Command::Coordinator(args) => deploy::coordinator(&args),
         Command::Participant(args) => deploy::participant(&args),

@@ -173,3 +173,27 @@ fn a_one_class_site_and_a_cross_silo_plan_are_ready() {
     assert!(out.contains("--expect-plan"), "{out}");
     assert!(out.contains("site 'hospital_b': ready"), "{out}");
 }
+
+/// docs/COMPATIBILITY.md is what `tessera protocol --markdown` prints now
+/// (regenerate it with that command when the protocol changes).
+#[test]
+fn the_compatibility_matrix_in_docs_is_current() {
+    let s = util::fresh_copy("protocol");
+    let printed = s.run(&["protocol", "--markdown"]).ok();
+    let kept = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/COMPATIBILITY.md"),
+    )
+    .unwrap();
+    assert!(
+        printed == kept,
+        "docs/COMPATIBILITY.md is out of date: run `tessera protocol --markdown > docs/COMPATIBILITY.md`"
+    );
+    assert!(printed.contains("| strategy ifca |"), "{printed}");
+    let out = s
+        .run(&["protocol", "--plan", "examples/fed-heart-disease.toml"])
+        .ok();
+    assert!(
+        out.contains("plan 'fed-heart-disease' needs of every participant: agreement, chunked-tensors, declared-rows, secure-aggregation, secure-aggregation-signed; the oldest participant that joins it: 1.6"),
+        "{out}"
+    );
+}

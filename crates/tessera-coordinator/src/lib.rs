@@ -129,6 +129,7 @@
 
 mod analytics_service;
 mod bucket;
+pub mod compat;
 mod service;
 mod shared;
 mod state;
@@ -148,6 +149,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 pub use service::Service;
 pub use shared::Shared;
+pub use state::capabilities::run_capabilities;
 pub use state::waiting::REMIND_EVERY;
 pub use state::{
     Clock, Federation, InitialModel, ManualClock, ModelPart, Refusal, SiteEvaluations, SiteView,

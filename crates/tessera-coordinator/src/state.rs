@@ -23,7 +23,7 @@ use training_mode::Training;
 mod agreement;
 mod analytics;
 mod buffered;
-mod capabilities;
+pub(crate) mod capabilities;
 mod clock;
 mod continued;
 pub use continued::InitialModel;

@@ -36,8 +36,8 @@ pub use tensors::{
     parameters_from_stored, stored_parameters,
 };
 pub use version::{
-    CAPABILITIES, MAJOR, MINOR, Negotiated, codec_capabilities, model_codec_capabilities,
-    negotiate, required_capabilities,
+    CAPABILITIES, CAPABILITY_SINCE, MAJOR, MINOR, Negotiated, capabilities_at, codec_capabilities,
+    model_codec_capabilities, negotiate, oldest_with, required_capabilities,
 };
 
 /// The longest reason a `WithdrawRequest` may give, in bytes.

@@ -122,6 +122,65 @@ pub const CAPABILITIES: &[&str] = &[
     "ifca",
 ];
 
+/// Each capability of [`CAPABILITIES`] with the minor version that brought
+/// it (in the same order): a Tessera build of protocol `1.m` has exactly
+/// those of minor `m` or less ([`capabilities_at`]).
+pub const CAPABILITY_SINCE: &[(&str, u32)] = &[
+    ("chunked-tensors", 0),
+    ("agreement", 0),
+    ("evaluation-histograms", 0),
+    ("scaffold", 1),
+    ("heartbeat", 1),
+    ("secure-aggregation", 1),
+    ("compression", 2),
+    ("compressed-models", 2),
+    ("codec-topk", 2),
+    ("codec-randk", 2),
+    ("codec-fp16", 2),
+    ("codec-q8", 2),
+    ("codec-q4", 2),
+    ("codec-q2", 2),
+    ("gossip", 3),
+    ("withdraw", 4),
+    ("secure-aggregation-signed", 5),
+    ("declared-rows", 6),
+    ("instructions", 7),
+    ("gossip-rejoin", 8),
+    ("site-evaluations", 9),
+    ("external-learners", 10),
+    ("analytics-queries", 11),
+    ("join-relay", 11),
+    ("analytics-per-site", 12),
+    ("cross-silo", 13),
+    ("personal-models", 14),
+    ("fedrep", 15),
+    ("perfedavg", 16),
+    ("apfl", 16),
+    ("regional-model", 17),
+    ("initial-model-digest", 18),
+    ("ifca", 19),
+];
+
+/// The capabilities a Tessera build of protocol `1.minor` sends.
+pub fn capabilities_at(minor: u32) -> Vec<&'static str> {
+    CAPABILITY_SINCE
+        .iter()
+        .filter(|(_, since)| *since <= minor)
+        .map(|(name, _)| *name)
+        .collect()
+}
+
+/// The oldest minor version of this major that has every one of `needed`
+/// (`None` where one of them is unknown).
+pub fn oldest_with(needed: &[&str]) -> Option<u32> {
+    needed.iter().try_fold(0, |oldest, c| {
+        CAPABILITY_SINCE
+            .iter()
+            .find(|(name, _)| name == c)
+            .map(|(_, since)| oldest.max(*since))
+    })
+}
+
 /// The strategies older peers can follow without the `instructions`
 /// capability (their instructions have fields of their own before 1.7).
 /// Frozen: every later strategy requires `instructions`.
@@ -264,6 +323,24 @@ mod tests {
 
     fn caps(list: &[&str]) -> Vec<String> {
         list.iter().map(|c| c.to_string()).collect()
+    }
+
+    /// The since-table names every capability of this build once, in its
+    /// order, none newer than this build, and the versions only grow.
+    #[test]
+    fn every_capability_has_its_version() {
+        let names: Vec<&str> = CAPABILITY_SINCE.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, CAPABILITIES);
+        assert!(CAPABILITY_SINCE.windows(2).all(|w| w[0].1 <= w[1].1));
+        assert_eq!(CAPABILITY_SINCE.last().map(|(_, m)| *m), Some(MINOR));
+        assert_eq!(capabilities_at(MINOR), CAPABILITIES);
+        assert_eq!(
+            capabilities_at(0),
+            ["chunked-tensors", "agreement", "evaluation-histograms"]
+        );
+        assert_eq!(oldest_with(&["agreement"]), Some(0));
+        assert_eq!(oldest_with(&["declared-rows", "scaffold"]), Some(6));
+        assert_eq!(oldest_with(&["no-such"]), None);
     }
 
     #[test]

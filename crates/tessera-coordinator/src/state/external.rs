@@ -18,16 +18,6 @@ use super::{Federation, Refusal, trust, unavailable};
 use crate::store::AgreementStep;
 
 impl Federation {
-    /// The capability a site needs to take part: `external-learners` when
-    /// the plan's model is external.
-    pub(super) fn model_capabilities(&self) -> Option<&'static str> {
-        self.plan
-            .model
-            .kind
-            .is_external()
-            .then_some("external-learners")
-    }
-
     /// Refuses a data offer (kinds, levels, statistics) when the plan's
     /// model is external: its sites offer their learners' layouts instead.
     pub(super) fn refuse_data_offer(&self, site: &str, action: &str) -> Result<(), Refusal> {
