@@ -56,6 +56,7 @@
 //! [`tessera_data::SiteRecords`].
 #![deny(missing_docs)]
 
+pub mod ab;
 mod config;
 pub mod deployed;
 pub mod estimate;

@@ -15,6 +15,7 @@
 //! Wall-clock times are `tessera_core::utc`'s, one format everywhere.
 //! `anyhow` lives in this crate only.
 
+mod ab;
 mod analyze;
 mod bundled;
 mod ca;
@@ -88,6 +89,10 @@ enum Command {
     /// taken through the data agreement alone, and this build's protocol
     /// version and capabilities, before it joins.
     Check(Box<check::CheckArgs>),
+    /// An A/B test of two model files on a plan's sites: sites or rows split
+    /// by a keyed hash, each arm's sums (optionally DP), the difference with
+    /// a 95% confidence interval.
+    Ab(Box<ab::AbArgs>),
     /// This build's protocol version and capabilities, what a plan's run
     /// needs of its participants, and the compatibility matrix.
     Protocol(check::ProtocolArgs),
@@ -188,6 +193,7 @@ fn main() -> ExitCode {
         Command::Synth(args) => synth::run(&args),
         Command::Check(args) => check::run(&args),
         Command::Protocol(args) => check::protocol(&args),
+        Command::Ab(args) => ab::run(&args),
         Command::Tune(args) => tune::run(&args),
         Command::Coordinator(args) => deploy::coordinator(&args),
         Command::Participant(args) => deploy::participant(&args),

@@ -26,6 +26,7 @@ mod encode;
 mod membership;
 mod records;
 mod site;
+mod test_rows;
 
 pub use agreement::{
     Agreement, ColumnKinds, Encoding, Group, KindsOffer, LevelsOffer, MAX_DECLARED_ROWS,

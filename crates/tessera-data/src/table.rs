@@ -12,7 +12,7 @@ use crate::read::{FileSource, source_open};
 pub const MAX_TABLE_ROWS: usize = 1 << 24;
 
 /// A CSV file with a header, as text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Table {
     /// Column names, from the header line.
     pub header: Vec<String>,

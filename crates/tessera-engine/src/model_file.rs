@@ -31,7 +31,7 @@ use thiserror::Error;
 mod apply;
 mod onnx;
 
-pub use apply::Predictions;
+pub use apply::{Predictions, Scores};
 pub use onnx::to_onnx;
 
 /// The version of the layout this crate writes, and the only one it reads.

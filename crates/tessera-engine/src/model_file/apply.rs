@@ -149,6 +149,83 @@ impl ModelFile {
     }
 }
 
+/// A model's scores on labelled rows.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Scores {
+    /// Rows scored (those whose class the model knows).
+    pub n: u64,
+    /// Rows whose most probable class is theirs.
+    pub correct: u64,
+    /// The sum over the rows of the cross-entropy, `-ln p(their class)`
+    /// (each probability floored at 1e-7, as training's loss is).
+    pub loss_sum: f64,
+}
+
+impl ModelFile {
+    /// A site's `table` of rows as the model's inputs: as
+    /// [`ModelFile::inputs`], but where the model stores no statistics
+    /// (each site of its run standardised with its own), standardised as
+    /// that site did in training: imputed and scaled with the statistics
+    /// of the site's training rows `train`.
+    pub fn site_inputs(&self, train: &Table, table: &Table) -> Result<Array2<f32>, ModelFileError> {
+        let s = &self.header.standardization;
+        if s.mean.is_some() && s.scale.is_some() {
+            return self.inputs(table);
+        }
+        let mut fit = self.encode(train)?;
+        impute(&mut fit, None);
+        if fit.nrows() as u64 <= u64::from(s.config.ddof) {
+            return Err(ModelFileError::Rows(format!(
+                "the model standardises a site's rows with the statistics of its training rows, \
+                 and {} training rows are too few for that",
+                fit.nrows()
+            )));
+        }
+        let scaler = Scaler::fit(&fit, &s.config);
+        let mut x = self.encode(table)?;
+        impute(&mut x, Some(&scaler.mean));
+        Ok(scaler.apply(&x))
+    }
+
+    /// The model's scores on a site's `table` of rows (standardised as
+    /// [`ModelFile::site_inputs`] does with the site's training rows
+    /// `train`), whose classes are `labels` (by name, as the model's
+    /// classes are; a row without one, or with one the model does not
+    /// know, is not scored).
+    pub fn score(
+        &self,
+        train: &Table,
+        table: &Table,
+        labels: &[Option<String>],
+    ) -> Result<Scores, ModelFileError> {
+        if labels.len() != table.rows.len() {
+            return Err(ModelFileError::Rows(format!(
+                "{} rows and {} labels",
+                table.rows.len(),
+                labels.len()
+            )));
+        }
+        let mut scores = Scores::default();
+        if table.rows.is_empty() {
+            return Ok(scores);
+        }
+        let predictions = self.predict_inputs(&self.site_inputs(train, table)?)?;
+        for (row, label) in labels.iter().enumerate() {
+            let Some(k) = label
+                .as_ref()
+                .and_then(|l| self.classes().iter().position(|c| c == l))
+            else {
+                continue;
+            };
+            scores.n += 1;
+            scores.correct += u64::from(predictions.class[row] == k);
+            let p = f64::from(predictions.probabilities[[row, k]]).max(1e-7);
+            scores.loss_sum -= p.ln();
+        }
+        Ok(scores)
+    }
+}
+
 /// Replaces NaN in each column by `means` (or, without, the mean of the
 /// column's other values; 0 when it has none).
 fn impute(x: &mut Array2<f32>, means: Option<&[f64]>) {
