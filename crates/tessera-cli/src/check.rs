@@ -53,20 +53,21 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
         .with_context(|| format!("site '{site}': the plan does not read"))?;
     plan.validate()
         .with_context(|| format!("site '{site}': the plan is not valid"))?;
-    let strategy = plan.federation.strategy.to_string();
-    let needed = tessera_proto::required_capabilities(&strategy);
-    if let Some(lacking) = needed
-        .iter()
-        .find(|c| !tessera_proto::CAPABILITIES.contains(c))
-    {
-        bail!(
-            "site '{site}': the plan's strategy {strategy} needs capability '{lacking}', which this build lacks"
-        );
+    // What the coordinator will ask of this site's build: the plan's run's
+    // capabilities (and the oldest build that has them, for the operator).
+    let needed = tessera_coordinator::run_capabilities(&plan);
+    match tessera_proto::oldest_with(&needed) {
+        Some(oldest) => println!(
+            "the plan's run needs of every participant: {} (from protocol {}.{oldest}; this \
+             build has them)",
+            needed.join(", "),
+            tessera_proto::MAJOR
+        ),
+        None => bail!(
+            "site '{site}': the plan's run needs a capability this build lacks ({})",
+            needed.join(", ")
+        ),
     }
-    println!(
-        "the plan's strategy {strategy} needs: {} (this build has them)",
-        needed.join(", ")
-    );
     if plan.model.kind.is_external() {
         println!(
             "the plan's model is external: this site's learner is checked when it joins \
@@ -87,6 +88,11 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
             .parent()
             .map_or_else(|| PathBuf::from("."), PathBuf::from),
     };
+    println!(
+        "the plan's paths are read from {} (the participant reads them from its --plan-dir, \
+         else its --expect-plan's folder, else its working folder)",
+        plan_dir.display()
+    );
     let mapping = match &args.mapping {
         Some(path) => Some(
             tessera_data::mapping::Mapping::from_file(path)
@@ -193,7 +199,8 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
     // Another site may hold the classes this one lacks: the agreement is
     // taken as if one did, so that a one-class site is judged on the rest.
     let mut offers = vec![levels.clone()];
-    if levels.train_classes.len() < 2 {
+    // Not where the plan names this site alone: no other site can.
+    if levels.train_classes.len() < 2 && named.len() != 1 {
         offers.push(tessera_data::LevelsOffer {
             site: "(another site)".into(),
             levels: vec![Vec::new(); levels.levels.len()],

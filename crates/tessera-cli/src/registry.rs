@@ -133,9 +133,9 @@ fn checked_reason(reason: &str) -> anyhow::Result<&str> {
     // other than it reads in `models show` (a right-to-left override).
     let hidden = |c: char| {
         c.is_control()
-            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
+            || matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
     };
-    if reason.trim().is_empty() || reason.len() > 1000 || reason.chars().any(hidden) {
+    if reason.trim().is_empty() || reason.chars().count() > 1000 || reason.chars().any(hidden) {
         bail!(
             "--reason: give 1 to 1000 characters on one line, without control or \
              direction-changing characters"
@@ -149,16 +149,16 @@ fn evidence(path: Option<&Path>) -> anyhow::Result<String> {
     let Some(path) = path else {
         return Ok(String::new());
     };
-    let file =
-        std::fs::File::open(path).with_context(|| format!("--evidence {}", path.display()))?;
-    // A folder or a pipe would not be a file's text (a pipe could block).
-    if !file
-        .metadata()
+    // A folder or a pipe is not a file's text (opening a pipe would block):
+    // refused before it is opened.
+    if !std::fs::metadata(path)
         .with_context(|| format!("--evidence {}", path.display()))?
         .is_file()
     {
         bail!("--evidence {}: not a regular file", path.display());
     }
+    let file =
+        std::fs::File::open(path).with_context(|| format!("--evidence {}", path.display()))?;
     let mut bytes = Vec::new();
     file.take((1 << 20) + 1)
         .read_to_end(&mut bytes)
@@ -325,9 +325,10 @@ fn register(
     // A running run's model may still change its round's meaning (a
     // resumed round) and an aborted one ended for a reason: only a
     // finished run's models are registered.
-    if row.status != "finished" {
+    if row.status != "finished" && row.status != "stopped" {
         bail!(
-            "run '{}' is {}: register a finished run's model",
+            "run '{}' is {}: register the model of a run that finished (or was stopped after \
+             a round)",
             row.id,
             row.status
         );
@@ -393,18 +394,19 @@ fn register(
     Ok(())
 }
 
-/// The privacy spent up to and including `round` (the ledger's releases
-/// are rounds): the largest run epsilon reached, at the largest delta.
+/// The privacy spent on the model up to and including `round`: the run
+/// epsilon its releases reached (training's releases are numbered by round;
+/// analytics answers, numbered by query and spent after training, are not
+/// the model's), at that release's delta.
 fn privacy_to(
     ledger: &[tessera_coordinator::store::LedgerRow],
     round: u32,
 ) -> Option<serde_json::Value> {
-    let upto: Vec<_> = ledger.iter().filter(|r| r.entry.release <= round).collect();
-    (!upto.is_empty()).then(|| {
-        let epsilon = upto.iter().map(|r| r.entry.run_epsilon).fold(0.0, f64::max);
-        let delta = upto.iter().map(|r| r.delta).fold(0.0, f64::max);
-        json!({"epsilon": epsilon, "delta": delta})
-    })
+    ledger
+        .iter()
+        .filter(|r| r.entry.kind != "analytics" && r.entry.release <= round)
+        .max_by(|a, b| a.entry.run_epsilon.total_cmp(&b.entry.run_epsilon))
+        .map(|r| json!({"epsilon": r.entry.run_epsilon, "delta": r.delta}))
 }
 
 fn show(store: &SqliteStore, name: &str, version: Option<u32>, json: bool) -> anyhow::Result<()> {

@@ -22,6 +22,45 @@ fn hello(site: &str, major: u32, minor: u32) -> pb::Hello {
     }
 }
 
+/// The versions' capabilities as the releases sent them, written out here
+/// (not read from the table the matrix is made from).
+#[test]
+fn the_versions_capabilities_are_the_releases() {
+    let v1_5 = [
+        "chunked-tensors",
+        "agreement",
+        "evaluation-histograms",
+        "scaffold",
+        "heartbeat",
+        "secure-aggregation",
+        "compression",
+        "compressed-models",
+        "codec-topk",
+        "codec-randk",
+        "codec-fp16",
+        "codec-q8",
+        "codec-q4",
+        "codec-q2",
+        "gossip",
+        "withdraw",
+        "secure-aggregation-signed",
+    ];
+    assert_eq!(capabilities_at(5), v1_5);
+    let mut v1_6 = v1_5.to_vec();
+    v1_6.push("declared-rows");
+    assert_eq!(capabilities_at(6), v1_6);
+    let mut v1_10 = v1_6.clone();
+    v1_10.extend([
+        "instructions",
+        "gossip-rejoin",
+        "site-evaluations",
+        "external-learners",
+    ]);
+    assert_eq!(capabilities_at(10), v1_10);
+    assert!(capabilities_at(18).contains(&"initial-model-digest"));
+    assert!(!capabilities_at(18).contains(&"ifca"));
+}
+
 #[test]
 fn every_row_of_the_matrix_holds_at_a_real_join() {
     let (base, base_text) = common::plan("");

@@ -293,14 +293,42 @@ fn registry_drill(s: &Scratch, db: &str, a: &str, b: &str) {
         ])
         .fails();
     assert!(
-        e.contains("is running: register a finished run's model"),
+        e.contains("is running: register the model of a run that finished"),
         "{e}"
     );
-    // Reading changes nothing in the database, not even its mode.
+    // Reading changes nothing in the database, not even its mode, and a
+    // database from before the registry stays without its tables.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode();
+    std::fs::set_permissions(db, std::fs::Permissions::from_mode(0o640)).unwrap();
     let before = std::fs::read(db).unwrap();
     models(&["list"]).ok();
     models(&["show", "--name", "heart"]).ok();
     assert!(std::fs::read(db).unwrap() == before);
+    assert_eq!(mode(db) & 0o777, 0o640);
+    std::fs::set_permissions(db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let old = s.path("old.sqlite");
+    std::fs::copy(db, &old).unwrap();
+    let tables = |p: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(p)
+            .unwrap()
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name LIKE 'registry%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    rusqlite::Connection::open(&old)
+        .unwrap()
+        .execute_batch("DROP TABLE registry_events; DROP TABLE registry_versions;")
+        .unwrap();
+    assert_eq!(tables(&old), 0);
+    let out = s
+        .run(&["models", "--db", old.to_str().unwrap(), "list"])
+        .ok();
+    assert!(out.contains("no models registered"), "{out}");
+    assert_eq!(tables(&old), 0);
 }
 
 #[test]

@@ -23,6 +23,15 @@ pub fn run_capabilities(plan: &Plan) -> Vec<&'static str> {
             required.push("analytics-per-site");
         }
     }
+    // The relay of the sites' own conversations: a participant also checks
+    // its coordinator has it; required here so that an older participant
+    // is refused at the join, not after it.
+    if plan.data.cross_silo.is_some() {
+        required.push("cross-silo");
+    }
+    if !plan.analytics.joins.is_empty() {
+        required.push("join-relay");
+    }
     if plan.personalization.fine_tunes()
         && plan.topology.kind == tessera_engine::TopologyKind::Hierarchical
     {

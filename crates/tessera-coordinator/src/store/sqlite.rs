@@ -100,6 +100,7 @@ impl SqliteStore {
         drop_legacy_secrets(&conn)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(registry::SCHEMA)?;
+        registry::guard_production(&conn)?;
         add_missing_columns(&conn)?;
         Ok(Self { conn })
     }

@@ -27,8 +27,6 @@ CREATE TABLE IF NOT EXISTS registry_events (
     to_stage TEXT NOT NULL, reason TEXT NOT NULL, evidence TEXT NOT NULL,
     at_unix_micros INTEGER NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS registry_one_production
-    ON registry_versions (name) WHERE stage = 'production';
 CREATE TRIGGER IF NOT EXISTS registry_versions_are_kept BEFORE DELETE ON registry_versions
     BEGIN SELECT RAISE(ABORT, 'registered versions are kept (archive one instead)'); END;
 CREATE TRIGGER IF NOT EXISTS registry_versions_are_fixed
@@ -161,6 +159,33 @@ fn refused(why: String) -> StoreError {
 
 fn stage_of(text: String) -> Result<Stage, StoreError> {
     text.parse().map_err(StoreError::Damaged)
+}
+
+/// The database's guard of one production version per name. A database
+/// whose registry already breaks the rule (edited by hand before the guard
+/// existed) keeps working without it, with a warning naming the models:
+/// a registry problem does not stop the runs' store from opening.
+pub(crate) fn guard_production(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT name FROM registry_versions WHERE stage = 'production'
+         GROUP BY name HAVING COUNT(*) > 1",
+    )?;
+    let doubled: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if !doubled.is_empty() {
+        tracing::warn!(
+            models = %doubled.join(", "),
+            "the registry has more than one production version of these models: archive all \
+             but one (`tessera models archive`); until then the database does not guard the rule"
+        );
+        return Ok(());
+    }
+    conn.execute_batch(
+        "CREATE UNIQUE INDEX IF NOT EXISTS registry_one_production
+         ON registry_versions (name) WHERE stage = 'production';",
+    )?;
+    Ok(())
 }
 
 /// A write transaction that takes the write lock at once: two operators'
