@@ -448,8 +448,12 @@ impl Upstream<'_> {
                     self.evaluate(round, global, header.regional_model).await?
                 }
                 // An aggregator answers no analytics queries (its plan's tree
-                // serves none: the coordinator keeps only flat runs).
-                pb::TaskKind::Analyze | pb::TaskKind::Unspecified => {
+                // serves none: the coordinator keeps only flat runs), and
+                // takes no part in rollouts (flat runs too).
+                pb::TaskKind::Analyze
+                | pb::TaskKind::Unspecified
+                | pb::TaskKind::Canary
+                | pb::TaskKind::Serve => {
                     return Err(Failure::Retry("task of unknown kind".into()));
                 }
             }

@@ -169,6 +169,8 @@ pub struct ParticipantArgs {
     local_state: Option<PathBuf>,
     #[command(flatten)]
     continual: crate::continual::SiteContinualArgs,
+    #[command(flatten)]
+    rollout: crate::rollout::SiteRolloutArgs,
 }
 
 /// `--local-state`, or `tessera-state-SITE.bin` (the site's name as in
@@ -294,7 +296,7 @@ pub struct PeerArgs {
     pause_each_round: f64,
 }
 
-fn insecure_warning(who: &str) {
+pub fn insecure_warning(who: &str) {
     say(
         Level::WARN,
         &format!(
@@ -356,6 +358,7 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
         metrics: args.metrics,
         new_run: args.new_run,
         initial: continued.as_ref().map(|(initial, _)| initial.clone()),
+        rollout: None,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let report = runtime.block_on(async {
@@ -424,7 +427,7 @@ fn pause(name: &str, value: f64) -> anyhow::Result<Duration> {
     }
 }
 
-fn liveness(value: f64) -> anyhow::Result<Duration> {
+pub fn liveness(value: f64) -> anyhow::Result<Duration> {
     let liveness = seconds("--liveness", value)?;
     if liveness < Duration::from_millis(500) {
         bail!("--liveness must be at least 0.5 seconds, got {value}");
@@ -614,6 +617,7 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
         local_state: Some(resolved(&local_state_path(args))?),
         continual,
         importance_out: args.continual.importance_out.is_some(),
+        rollout: args.rollout.settings()?,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let (summary, results) = runtime.block_on(async {
@@ -638,6 +642,7 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
         summary.evaluations,
         summary.reconnections
     );
+    args.rollout.report(&args.site);
     crate::model::site_results(
         results.as_ref(),
         crate::model::SiteOutputs {

@@ -35,6 +35,7 @@ mod ops;
 mod paths;
 mod plot;
 mod registry;
+mod rollout;
 mod simulate;
 mod status_json;
 mod synth;
@@ -142,6 +143,11 @@ enum Command {
     /// model as a named version with its lineage, list, show, promote to
     /// canary or production, archive, roll back.
     Models(registry::ModelsArgs),
+    /// A canary rollout of a registered model: the candidate to the sites
+    /// that opted in, scored against production on their own test rows,
+    /// promoted or rolled back by the pooled comparison, then served by
+    /// every site.
+    Rollout(Box<rollout::RolloutArgs>),
     /// A model file (`--model-out`): inspect it, export it to ONNX.
     Model(model::ModelArgs),
     /// Apply a model file to the rows of a CSV file: its stored feature
@@ -207,6 +213,7 @@ fn main() -> ExitCode {
         Command::Abort(args) => lifecycle::abort(&args),
         Command::Model(args) => model::model(&args),
         Command::Models(args) => registry::run(&args),
+        Command::Rollout(args) => rollout::run(&args),
         Command::Predict(args) => model::predict(&args),
         Command::BenchTransfer(args) => transfer::run(&args),
     };

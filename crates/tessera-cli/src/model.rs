@@ -229,8 +229,7 @@ fn of_database(
     report: &tessera_engine::report::RunReport,
     who: &str,
 ) -> anyhow::Result<ModelFile> {
-    use prost::Message;
-    use tessera_coordinator::{AgreementStep, RunStore};
+    use tessera_coordinator::RunStore;
     let store = tessera_coordinator::SqliteStore::open_existing(db)?;
     let run = store
         .runs()?
@@ -238,6 +237,33 @@ fn of_database(
         .rev()
         .find(|r| r.plan == plan_text)
         .with_context(|| format!("{}: no run of this plan", db.display()))?;
+    of_stored_run(
+        plan,
+        &store,
+        &run.id,
+        report.rounds.last().map_or(0, |r| r.round),
+        report.final_parameters.clone(),
+        who,
+    )
+}
+
+/// The model file of `parameters` after `round` of run `run` of `plan` in
+/// `store`, with the run's data agreement and statistics, written by `who`.
+pub fn of_stored_run(
+    plan: &Plan,
+    store: &tessera_coordinator::SqliteStore,
+    run: &str,
+    round: u32,
+    parameters: tessera_core::ParameterSet,
+    who: &str,
+) -> anyhow::Result<ModelFile> {
+    use prost::Message;
+    use tessera_coordinator::{AgreementStep, RunStore};
+    let run = store
+        .runs()?
+        .into_iter()
+        .find(|r| r.id == run)
+        .with_context(|| format!("no run '{run}'"))?;
     let agreement: Agreement = match store.agreement(&run.id, AgreementStep::Levels)? {
         Some(bytes) => tessera_proto::convert::agreement_from_pb(
             tessera_proto::pb::Agreement::decode(bytes.as_slice())
@@ -270,8 +296,8 @@ fn of_database(
             id: Some(run.id.clone()),
             written_by: who.into(),
         },
-        report.rounds.last().map_or(0, |r| r.round),
-        report.final_parameters.clone(),
+        round,
+        parameters,
     )?)
 }
 

@@ -106,7 +106,7 @@ pub enum ModelsAction {
     },
 }
 
-fn now_micros() -> u64 {
+pub fn now_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)

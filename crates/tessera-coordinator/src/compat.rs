@@ -134,7 +134,8 @@ pub fn markdown(base: &str, rows: &[MatrixRow]) -> String {
          capabilities: a plan with a key an older participant does not know (a section added \
          since its release) is refused by that participant when it reads the plan, after \
          joining. Plans with `[data.cross_silo]` need `cross-silo` (1.13), plans with \
-         `[[analytics.joins]]` need `join-relay` (1.11).\n\n\
+         `[[analytics.joins]]` need `join-relay` (1.11); a rollout of a registered model \
+         (`tessera rollout`) needs `canary` (1.20) of every site.\n\n\
          ## Participants\n\n\
          Each row is {base} with the row's settings.\n\n\
          | run | settings | needs of every participant | oldest participant |\n\

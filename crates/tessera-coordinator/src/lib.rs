@@ -121,7 +121,7 @@
 //! bytes without control characters, and per-site counters for joined
 //! sites only; audit details cut to 1,000 bytes, and refusals past 50 a
 //! second counted, not written; a connection refused more than 10 times a
-//! second turned away unread (`ConnectionLimits` in `service.rs`); plans
+//! second turned away unread (`ConnectionLimits` in `service/limits.rs`); plans
 //! refused before round 1 when their settings cannot work (`Plan::validate`
 //! and, for the federation's size, `Plan::check_cohort`: every reason at
 //! once). docs/PROTOCOL.md has the details.
@@ -150,13 +150,15 @@ use tokio_stream::wrappers::TcpListenerStream;
 pub use service::Service;
 pub use shared::Shared;
 pub use state::capabilities::run_capabilities;
+pub use state::rollout::{Rollout, RolloutModel};
 pub use state::waiting::REMIND_EVERY;
 pub use state::{
     Clock, Federation, InitialModel, ManualClock, ModelPart, Refusal, SiteEvaluations, SiteView,
     SystemClock, TaskView,
 };
 pub use store::{
-    AgreementStep, Control, ControlRow, RunStatus, RunStore, RunTx, SqliteStore, StoreError,
+    AgreementStep, Control, ControlRow, NewVersion, RunStatus, RunStore, RunTx, SqliteStore, Stage,
+    StoreError, VersionRow,
 };
 
 /// Why the coordinator stopped.
@@ -223,6 +225,9 @@ pub struct CoordinatorConfig {
     /// `--continue-from`: start from an earlier run's model instead of the
     /// plan's initial one.
     pub initial: Option<InitialModel>,
+    /// `tessera rollout`: the run rolls out a registered model to the sites
+    /// instead of training ([`Rollout`]).
+    pub rollout: Option<Rollout>,
 }
 
 /// Runs the federation until every round is done; returns the report.
@@ -268,6 +273,7 @@ pub async fn open(config: &CoordinatorConfig) -> Result<Arc<Shared>, Coordinator
         config.liveness,
     );
     let (new_run, initial) = (config.new_run, config.initial.clone());
+    let rollout = config.rollout.clone();
     Shared::open(move || {
         let store = SqliteStore::open(&db)?;
         if !new_run {
@@ -276,6 +282,9 @@ pub async fn open(config: &CoordinatorConfig) -> Result<Arc<Shared>, Coordinator
         let mut federation = Federation::open(plan, &text, store, liveness)?;
         if let Some(initial) = initial {
             federation.continue_from(initial)?;
+        }
+        if let Some(rollout) = rollout {
+            federation.set_rollout(rollout)?;
         }
         tracing::info!(run = federation.run_id(), "coordinator ready");
         Ok::<_, CoordinatorError>(federation)

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_core::{ParameterSet, ParticipantId, Timestamp, tag};
+use tessera_core::{ParticipantId, Timestamp, tag};
 use tessera_data::{Agreement, ColumnKinds};
 use tessera_engine::report::RoundRecord;
 use tessera_engine::{Plan, RoundEngine};
@@ -37,6 +37,7 @@ mod lifecycle;
 mod relay;
 mod report;
 mod resume;
+pub mod rollout;
 pub mod secure;
 mod sessions;
 mod training;
@@ -46,7 +47,7 @@ mod view;
 pub mod waiting;
 
 pub use relay::SiteEvaluations;
-pub use view::SiteView;
+pub use view::{SiteView, TaskView};
 
 pub use clock::{Clock, ManualClock, REFUSALS_PER_SECOND, SystemClock};
 use clock::{RefusalBudget, unix_micros};
@@ -66,39 +67,6 @@ enum Phase {
     },
     /// Every round is done.
     Finished,
-}
-
-/// What a participant should do next.
-pub enum TaskView {
-    /// Nothing yet: ask again when something changes.
-    Wait,
-    /// Train from `global` as the instructions in `header` say, and send an update.
-    Fit {
-        /// What the task is.
-        header: pb::TaskHeader,
-        /// The global parameters.
-        global: Arc<ParameterSet>,
-        /// The instructions' tensors (SCAFFOLD's server control variate).
-        tensors: Option<Arc<ParameterSet>>,
-        /// How `global` travels.
-        model: ModelPart,
-    },
-    /// Evaluate `global`.
-    Evaluate {
-        /// What the task is.
-        header: pb::TaskHeader,
-        /// The parameters to evaluate.
-        global: Arc<ParameterSet>,
-        /// How `global` travels.
-        model: ModelPart,
-    },
-    /// The run is over.
-    Finished,
-    /// Answer the analytics query in `header` (no model follows).
-    Analyze {
-        /// What the task is.
-        header: pb::TaskHeader,
-    },
 }
 
 /// How a task's model travels.
@@ -224,6 +192,8 @@ pub struct Federation {
     analytics: analytics::Serving,
     /// The messages of the plan's secure joins in flight.
     joins: joins::JoinRelay,
+    /// A rollout of a registered model instead of training (`state/rollout.rs`).
+    rollout: Option<rollout::RolloutState>,
 }
 
 /// The longest audit detail kept, in bytes (a longer one is cut and its
@@ -430,6 +400,7 @@ impl Federation {
             watch: waiting::Watch::default(),
             analytics: analytics::Serving::default(),
             joins: joins::JoinRelay::default(),
+            rollout: None,
         };
         federation.started = federation.now();
         federation.resume()?;
@@ -581,6 +552,7 @@ impl Federation {
             self.audit(site, "join", "refused", &reason);
             return Err(Refusal::Denied(reason));
         }
+        let rollout = self.rollout_join(site, hello)?;
         self.claim_session(site, session)?;
         if self.roster.join(site) {
             let now = self.now();
@@ -616,6 +588,7 @@ impl Federation {
             plan_toml: self.run.plan.clone(),
             heartbeat_millis: u32::try_from(self.heartbeat_interval().as_millis())
                 .unwrap_or(u32::MAX),
+            rollout,
         })
     }
 
@@ -771,7 +744,7 @@ impl Federation {
         let now = self.now();
         match &self.phase {
             _ if self.fatal.is_some() || self.aborted.is_some() => Ok(()),
-            Phase::Agreeing => Ok(()),
+            Phase::Agreeing => self.rollout_step(),
             Phase::Finished => {
                 self.analytics_step(now);
                 Ok(())

@@ -304,6 +304,25 @@ pub trait RunStore: Send {
     fn end_run(&self, run: &str, status: RunStatus) -> Result<(), StoreError> {
         self.write(&mut |tx| tx.set_run_status(run, status))
     }
+    /// Records a rollout's decision in the model registry: `name`'s
+    /// `version` promoted to production (the production version it
+    /// replaces archived) or, without `promote`, archived, with `reason`
+    /// and `evidence` (one transaction). Refused by a store without a
+    /// registry.
+    fn record_rollout(
+        &self,
+        name: &str,
+        version: u32,
+        promote: bool,
+        reason: &str,
+        evidence: &str,
+        at_unix_micros: u64,
+    ) -> Result<(), StoreError> {
+        let _ = (name, version, promote, reason, evidence, at_unix_micros);
+        Err(StoreError::Refused(
+            "this run store keeps no model registry".into(),
+        ))
+    }
     /// Records an operator's request (one transaction).
     fn request(&self, run: &str, control: &ControlRow) -> Result<(), StoreError> {
         self.write(&mut |tx| tx.put_control(run, control))

@@ -19,6 +19,7 @@ fn hello(site: &str, major: u32, minor: u32) -> pb::Hello {
             .map(String::from)
             .collect(),
         site: site.into(),
+        ..Default::default()
     }
 }
 

@@ -53,6 +53,7 @@ fn kind(f: &mut Federation, site: usize) -> &'static str {
         TaskView::Evaluate { .. } => "evaluate",
         TaskView::Finished => "finished",
         TaskView::Analyze { .. } => "analyze",
+        TaskView::Rollout { .. } | TaskView::RolloutOver { .. } => "rollout",
     }
 }
 

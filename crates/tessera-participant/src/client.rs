@@ -9,7 +9,7 @@ mod session;
 mod transfer;
 
 pub use crate::supervisor::Failure;
-pub use connect::{Remote, chain, endpoint, join, still_trusted};
+pub use connect::{Remote, chain, endpoint, join, join_with, still_trusted};
 pub use identity::SecureIdentity;
 pub use secure::{DeferredInput, secure_answer, secure_evaluate, secure_submit};
 pub use session::{agree, can_withdraw, heartbeat_interval, read_site, withdraw};

@@ -54,6 +54,7 @@ pub mod ledger;
 mod local_state;
 mod prepare;
 pub mod results;
+pub mod rollout;
 pub mod supervisor;
 mod train;
 
@@ -179,6 +180,10 @@ pub struct ParticipantConfig {
     /// (`--importance-out`): a plan or data that cannot give it is refused
     /// before the run, not after it.
     pub importance_out: bool,
+    /// How the site takes part in rollouts of registered models
+    /// (`rollout`): whether it tries candidates first, where it keeps the
+    /// versions it receives.
+    pub rollout: rollout::RolloutSettings,
 }
 
 /// What a participant did.
@@ -317,9 +322,41 @@ async fn session(
     progress: &Progress,
     external: Option<&mut external::Slot>,
 ) -> Result<SessionEnd, Failure> {
-    let (mut client, welcome) =
-        client::join(endpoint, &config.coordinator, &config.site, Some(process)).await?;
+    let serving = config
+        .rollout
+        .models
+        .as_deref()
+        .map(rollout::served)
+        .unwrap_or_default();
+    let (mut client, welcome) = client::join_with(
+        endpoint,
+        &config.coordinator,
+        &config.site,
+        Some(process),
+        config.rollout.canary,
+        serving,
+    )
+    .await?;
     progress.made();
+    if welcome.rollout.is_some() {
+        return match rollout::take_part(config, &mut client, &welcome).await {
+            Ok(()) => Ok(SessionEnd::Finished),
+            Err(Failure::Fatal(e)) => {
+                // This site cannot take part: it says so, so that the
+                // rollout does not wait for it.
+                if let Some(why) = e.local_reason() {
+                    let reason = format!("this site cannot take part: {why}");
+                    if let Err(status) =
+                        client::withdraw(&mut client, &config.site, 0, &reason, true).await
+                    {
+                        tracing::warn!(%status, "could not withdraw");
+                    }
+                }
+                Err(Failure::Fatal(e))
+            }
+            Err(other) => Err(other),
+        };
+    }
     if ready.as_ref().is_none_or(|r| r.run_id != welcome.run_id) {
         let prepared = match external {
             Some(slot) => external::prepare(config, &mut client, &welcome, slot).await,
@@ -551,8 +588,12 @@ async fn session(
                     Err(status) => return Err(status.into()),
                 }
             }
-            // Answered before the parameters (it has none).
-            pb::TaskKind::Analyze | pb::TaskKind::Unspecified => {
+            // Answered before the parameters (it has none); a rollout's
+            // tasks come in a rollout only.
+            pb::TaskKind::Analyze
+            | pb::TaskKind::Unspecified
+            | pb::TaskKind::Canary
+            | pb::TaskKind::Serve => {
                 return Err(Failure::Retry("task of unknown kind".into()));
             }
         }

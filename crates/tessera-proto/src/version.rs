@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 19;
+pub const MINOR: u32 = 20;
 
 /// What this build can do.
 ///
@@ -86,6 +86,12 @@ pub const MINOR: u32 = 19;
 ///   stacks the cluster models; the site trains the one of the lowest loss
 ///   on its rows and sends the stacked change; a 1.19 coordinator requires
 ///   it for `ifca`, besides `personal-models`).
+/// - `canary` (1.20): a site takes part in a rollout of a registered model
+///   (`Welcome.rollout`): a canary site scores the candidate and production
+///   model files on its test rows (`TASK_KIND_CANARY`), every site keeps and
+///   serves the version decided (`TASK_KIND_SERVE`); its `Hello` says
+///   whether it opted in and what it serves (a 1.20 coordinator requires it
+///   in a rollout).
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -120,6 +126,7 @@ pub const CAPABILITIES: &[&str] = &[
     "regional-model",
     "initial-model-digest",
     "ifca",
+    "canary",
 ];
 
 /// Each capability of [`CAPABILITIES`] with the minor version that brought
@@ -159,6 +166,7 @@ pub const CAPABILITY_SINCE: &[(&str, u32)] = &[
     ("regional-model", 17),
     ("initial-model-digest", 18),
     ("ifca", 19),
+    ("canary", 20),
 ];
 
 /// The capabilities a Tessera build of protocol `1.minor` sends.

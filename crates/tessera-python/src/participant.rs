@@ -95,6 +95,7 @@ pub(crate) fn run_participant<'py>(
         local_state: None,
         continual: None,
         importance_out: false,
+        rollout: Default::default(),
     };
     let external = ExternalSite {
         learner: Box::new(PyLearner { bridge }),

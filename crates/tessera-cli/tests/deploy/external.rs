@@ -248,6 +248,7 @@ fn deploy(url: &str, plan: &Plan, slow: Duration, lost: u32) -> Vec<Vec<u32>> {
                 local_state: None,
                 continual: None,
                 importance_out: false,
+                rollout: Default::default(),
             };
             let site = ExternalSite {
                 learner,
@@ -387,6 +388,7 @@ fn a_learner_and_a_data_file_each_meet_the_other_plan_with_its_name() {
         local_state: None,
         continual: None,
         importance_out: false,
+        rollout: Default::default(),
     };
     let site = ExternalSite {
         learner: Box::new(Logistic::new(0, Duration::ZERO)),

@@ -11,6 +11,7 @@
 mod util;
 
 mod analytics;
+mod canary;
 mod compression;
 mod continual;
 mod cross_silo;
@@ -67,6 +68,8 @@ fn hello(site: &str) -> tessera_proto::pb::Hello {
             .map(|c| c.to_string())
             .collect(),
         site: site.into(),
+        canary: false,
+        serving: Vec::new(),
     }
 }
 

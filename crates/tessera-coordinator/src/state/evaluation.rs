@@ -25,6 +25,9 @@ impl Federation {
     ) -> Result<(), Refusal> {
         self.require_joined(site)?;
         self.touch(site);
+        if let Some(result) = self.rollout_evaluation(site, report) {
+            return result;
+        }
         if self.aggregate_only() {
             let reason = "this run keeps site metrics aggregate-only: evaluations travel masked \
                           through secure aggregation, never in the clear";

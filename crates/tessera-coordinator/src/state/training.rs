@@ -25,6 +25,9 @@ impl Federation {
     pub fn task_for(&mut self, site: &str, held: Option<u32>) -> Result<TaskView, Refusal> {
         self.require_joined(site)?;
         self.touch(site);
+        if let Some(view) = self.rollout_task(site, held) {
+            return Ok(view);
+        }
         let (previous_round, previous_update_counted) = self.previous(site);
         if self.training.buffered().is_some() && matches!(self.phase, Phase::Training) {
             return Ok(self.async_task(site));

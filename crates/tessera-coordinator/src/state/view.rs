@@ -1,7 +1,13 @@
 //! What the federation knows of its sites right now (liveness is kept in
-//! memory, not in the database): for the live dashboard.
+//! memory, not in the database): for the live dashboard; and what a site is
+//! asked to do next ([`TaskView`]).
 
-use super::Federation;
+use std::sync::Arc;
+
+use tessera_core::ParameterSet;
+use tessera_proto::pb;
+
+use super::{Federation, ModelPart};
 
 /// One joined site as the coordinator sees it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,4 +50,51 @@ impl Federation {
     pub fn liveness(&self) -> std::time::Duration {
         self.roster.liveness()
     }
+}
+
+/// What a participant should do next.
+pub enum TaskView {
+    /// Nothing yet: ask again when something changes.
+    Wait,
+    /// Train from `global` as the instructions in `header` say, and send an update.
+    Fit {
+        /// What the task is.
+        header: pb::TaskHeader,
+        /// The global parameters.
+        global: Arc<ParameterSet>,
+        /// The instructions' tensors (SCAFFOLD's server control variate).
+        tensors: Option<Arc<ParameterSet>>,
+        /// How `global` travels.
+        model: ModelPart,
+    },
+    /// Evaluate `global`.
+    Evaluate {
+        /// What the task is.
+        header: pb::TaskHeader,
+        /// The parameters to evaluate.
+        global: Arc<ParameterSet>,
+        /// How `global` travels.
+        model: ModelPart,
+    },
+    /// The run is over.
+    Finished,
+    /// Answer the analytics query in `header` (no model follows).
+    Analyze {
+        /// What the task is.
+        header: pb::TaskHeader,
+    },
+    /// A rollout's task: `files` (model files) follow `header` as pieces.
+    Rollout {
+        /// What the task is.
+        header: pb::TaskHeader,
+        /// The model files, in the order the header names them.
+        files: Vec<Arc<Vec<u8>>>,
+    },
+    /// The rollout is over: every site serves `serve`.
+    RolloutOver {
+        /// The version served.
+        serve: pb::ServedModel,
+        /// The decision, in words.
+        reason: String,
+    },
 }

@@ -128,6 +128,23 @@ struct SqliteTx<'a> {
 }
 
 impl RunStore for SqliteStore {
+    fn record_rollout(
+        &self,
+        name: &str,
+        version: u32,
+        promote: bool,
+        reason: &str,
+        evidence: &str,
+        at_unix_micros: u64,
+    ) -> Result<(), StoreError> {
+        let to = if promote {
+            Stage::Production
+        } else {
+            Stage::Archived
+        };
+        self.set_stage(name, version, to, reason, evidence, at_unix_micros)
+    }
+
     fn answered_queries(&self, run: &str) -> Result<Vec<AnalyticsRow>, StoreError> {
         self.analytics(run)
     }

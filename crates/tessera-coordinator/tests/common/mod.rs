@@ -125,6 +125,7 @@ pub fn hello(site: &str) -> pb::Hello {
         minor: tessera_proto::MINOR,
         capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
         site: site.to_string(),
+        ..Default::default()
     }
 }
 

@@ -64,6 +64,7 @@ fn hello(site: &str) -> pb::Hello {
         minor: tessera_proto::MINOR,
         capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
         site: site.to_string(),
+        ..Default::default()
     }
 }
 
@@ -134,7 +135,14 @@ impl Driver {
                     };
                     let _ = f.submit_evaluation(name, &report);
                 }
-                Ok(TaskView::Wait | TaskView::Finished | TaskView::Analyze { .. }) | Err(_) => {}
+                Ok(
+                    TaskView::Wait
+                    | TaskView::Finished
+                    | TaskView::Analyze { .. }
+                    | TaskView::Rollout { .. }
+                    | TaskView::RolloutOver { .. },
+                )
+                | Err(_) => {}
             }
         }
     }
@@ -154,6 +162,7 @@ impl Driver {
                     minor: *minor,
                     capabilities: capabilities.clone(),
                     site: site.clone(),
+                    ..Default::default()
                 };
                 let _ = f.join(&site, &hello);
             }

@@ -22,6 +22,19 @@ pub async fn join(
     site: &str,
     session: Option<&str>,
 ) -> Result<(FederationClient<Channel>, pb::Welcome), Failure> {
+    join_with(endpoint, url, site, session, false, Vec::new()).await
+}
+
+/// [`join`], saying whether the site tries candidate models first
+/// (`canary`) and which registered versions it serves (`serving`).
+pub async fn join_with(
+    endpoint: &Remote,
+    url: &str,
+    site: &str,
+    session: Option<&str>,
+    canary: bool,
+    serving: Vec<pb::ServedModel>,
+) -> Result<(FederationClient<Channel>, pb::Welcome), Failure> {
     let channel = endpoint.connect().await.map_err(|e| {
         endpoint
             .stop(&e, url)
@@ -35,6 +48,8 @@ pub async fn join(
         minor: MINOR,
         capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
         site: site.to_string(),
+        canary,
+        serving,
     });
     if let Some(value) = session.and_then(|s| s.parse().ok()) {
         request

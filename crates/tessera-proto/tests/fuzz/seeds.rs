@@ -197,6 +197,23 @@ fn task_header() -> pb::TaskHeader {
         }),
         analytics: None,
         regional_model: false,
+        rollout: None,
+    }
+}
+
+/// A canary task of a rollout.
+fn canary_header() -> pb::TaskHeader {
+    pb::TaskHeader {
+        kind: pb::TaskKind::Canary as i32,
+        rollout: Some(pb::RolloutTask {
+            name: "readmission".into(),
+            version: 3,
+            bytes: 4096,
+            production_version: 2,
+            production_bytes: 4000,
+            decision: String::new(),
+        }),
+        ..Default::default()
     }
 }
 
@@ -318,6 +335,11 @@ pub(crate) static SEEDS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
             minor: 6,
             capabilities: caps.clone(),
             site: "cleveland".into(),
+            canary: true,
+            serving: vec![pb::ServedModel {
+                name: "readmission".into(),
+                version: 2,
+            }],
         }
         .encode_to_vec(),
         pb::Welcome {
@@ -328,6 +350,10 @@ pub(crate) static SEEDS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
             plan_toml: "name = \"fed-heart-disease\"\nseed = 42\n[model]\nkind = \"logistic\"\n"
                 .into(),
             heartbeat_millis: 5000,
+            rollout: Some(pb::ServedModel {
+                name: "readmission".into(),
+                version: 3,
+            }),
         }
         .encode_to_vec(),
         pb::AgreeRequest {
@@ -382,7 +408,15 @@ pub(crate) static SEEDS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
         pb::Task {
             part: Some(pb::task::Part::Finished(pb::Finished {
                 reason: "every round is done".into(),
+                serve: Some(pb::ServedModel {
+                    name: "readmission".into(),
+                    version: 2,
+                }),
             })),
+        }
+        .encode_to_vec(),
+        pb::Task {
+            part: Some(pb::task::Part::Header(canary_header())),
         }
         .encode_to_vec(),
         pb::UpdatePart {

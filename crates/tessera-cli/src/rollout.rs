@@ -1,0 +1,238 @@
+//! `tessera rollout`: a canary rollout of a registered model. The
+//! candidate (a `candidate` or `canary` version in the coordinator's
+//! registry) is moved to the canary stage and sent with the production
+//! version to the sites that opted in (`tessera participant --canary`);
+//! each scores both on its own test rows; the pooled comparison promotes
+//! the candidate or rolls it back (the registry records the decision and
+//! its evidence), and every site is sent the version it serves from then
+//! on. The participant's side is `--canary` and `--models DIR`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use tessera_coordinator::{
+    CoordinatorConfig, Rollout, RolloutModel, RunStore, SqliteStore, Stage, VersionRow,
+};
+use tessera_engine::Plan;
+
+/// Arguments of `tessera rollout`.
+#[derive(Debug, clap::Args)]
+pub struct RolloutArgs {
+    /// The plan the sites read their data with (their --expect-plan); its
+    /// site metrics must not be sums only (the comparison's sums travel in
+    /// the clear).
+    #[arg(long)]
+    plan: PathBuf,
+    /// The coordinator's database, whose registry holds the model.
+    #[arg(long)]
+    db: PathBuf,
+    /// The registered model's name.
+    #[arg(long)]
+    name: String,
+    /// The candidate version (default: the newest candidate or canary version).
+    #[arg(long)]
+    version: Option<u32>,
+    /// The most the candidate's pooled accuracy on the canary sites' test
+    /// rows may fall below production's and still be promoted.
+    #[arg(long, default_value_t = 0.0)]
+    max_drop: f64,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+    /// Mutual TLS with the files of this folder, as for `tessera coordinator`.
+    #[arg(long, conflicts_with = "insecure")]
+    tls: Option<PathBuf>,
+    /// Plain-text connections without authentication: for local experiments only.
+    #[arg(long)]
+    insecure: bool,
+    /// Seconds of silence after which a site counts as gone.
+    #[arg(long, default_value_t = 30.0)]
+    liveness: f64,
+}
+
+/// A participant's part in rollouts (`tessera participant`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SiteRolloutArgs {
+    /// This site tries candidate models first: in a rollout it scores the
+    /// candidate and production models on its own test rows, and only
+    /// their sums leave.
+    #[arg(long)]
+    canary: bool,
+    /// Where the registered model versions this site receives are kept
+    /// (NAME/vVERSION.model) and which it serves (NAME/serving); needed to
+    /// take part in a rollout.
+    #[arg(long, value_name = "DIR")]
+    models: Option<PathBuf>,
+}
+
+impl SiteRolloutArgs {
+    /// The participant's settings.
+    pub fn settings(&self) -> anyhow::Result<tessera_participant::rollout::RolloutSettings> {
+        if self.canary && self.models.is_none() {
+            bail!("--canary needs --models DIR, where the versions this site receives are kept");
+        }
+        Ok(tessera_participant::rollout::RolloutSettings {
+            canary: self.canary,
+            models: self.models.clone(),
+        })
+    }
+
+    /// Prints the versions the site serves.
+    pub fn report(&self, site: &str) {
+        let Some(models) = &self.models else { return };
+        for served in tessera_participant::rollout::served(models) {
+            println!(
+                "site {site} serves '{}' version {} ({})",
+                served.name,
+                served.version,
+                tessera_participant::rollout::version_file(models, &served.name, served.version)
+                    .display()
+            );
+        }
+    }
+}
+
+/// The model file of a registered version, as bytes.
+fn model_file(store: &SqliteStore, row: &VersionRow) -> anyhow::Result<Vec<u8>> {
+    let run = store
+        .runs()?
+        .into_iter()
+        .find(|r| r.id == row.run_id)
+        .with_context(|| format!("version {}'s run {} is not here", row.version, row.run_id))?;
+    let plan = Plan::from_toml(&run.plan, "the version's run")?;
+    let params = store
+        .version_parameters(&row.name, row.version)?
+        .with_context(|| format!("version {} keeps no parameters", row.version))?;
+    let who = format!("registry '{}' version {}", row.name, row.version);
+    let file = crate::model::of_stored_run(&plan, store, &run.id, row.round, params, &who)?;
+    Ok(file.to_bytes())
+}
+
+/// The candidate and production versions, the candidate moved to canary.
+fn versions(args: &RolloutArgs, db: &Path) -> anyhow::Result<(Rollout, String)> {
+    if !db.exists() {
+        bail!("{}: no such database", db.display());
+    }
+    let store = SqliteStore::open(db)?;
+    let rows = store.versions(Some(&args.name))?;
+    if rows.is_empty() {
+        bail!("{}: no model '{}' in the registry", db.display(), args.name);
+    }
+    let production = rows
+        .iter()
+        .find(|v| v.stage == Stage::Production)
+        .with_context(|| {
+            format!(
+                "model '{}' has no version in production to compare a candidate with: promote \
+                 the first one by hand (`tessera models promote`)",
+                args.name
+            )
+        })?;
+    let trying = |v: &&VersionRow| matches!(v.stage, Stage::Candidate | Stage::Canary);
+    let candidate =
+        match args.version {
+            Some(n) => rows
+                .iter()
+                .find(|v| v.version == n)
+                .with_context(|| format!("model '{}' has no version {n}", args.name))?,
+            None => rows.iter().rev().find(trying).with_context(|| {
+                format!("model '{}' has no candidate or canary version", args.name)
+            })?,
+        };
+    if !trying(&candidate) {
+        bail!(
+            "model '{}' version {} is {}: a rollout tries a candidate or canary version",
+            args.name,
+            candidate.version,
+            candidate.stage
+        );
+    }
+    let rollout = Rollout {
+        name: args.name.clone(),
+        candidate: RolloutModel {
+            version: candidate.version,
+            file: Arc::new(model_file(&store, candidate)?),
+        },
+        production: RolloutModel {
+            version: production.version,
+            file: Arc::new(model_file(&store, production)?),
+        },
+        max_drop: args.max_drop,
+    };
+    if candidate.stage == Stage::Candidate {
+        store.set_stage(
+            &args.name,
+            candidate.version,
+            Stage::Canary,
+            "rolled out to the canary sites",
+            "",
+            crate::registry::now_micros(),
+        )?;
+    }
+    let line = format!(
+        "model '{}': version {} to the canary sites, against production version {}",
+        args.name, candidate.version, production.version
+    );
+    Ok((rollout, line))
+}
+
+/// Runs `tessera rollout`.
+pub fn run(args: &RolloutArgs) -> anyhow::Result<()> {
+    if !args.insecure && args.tls.is_none() {
+        bail!(
+            "give --tls DIR (mutual TLS, see `tessera ca`) or --insecure (local experiments only)"
+        );
+    }
+    let plan_text = std::fs::read_to_string(&args.plan)
+        .with_context(|| format!("{}: cannot read", args.plan.display()))?;
+    let plan = Plan::from_toml(&plan_text, &args.plan.display().to_string())?;
+    if plan.privacy.site_metrics.sums_only() {
+        bail!(
+            "{}: the plan keeps site metrics as sums only, and a rollout's comparison sends each \
+             canary site's sums in the clear: roll out under a plan whose site_metrics is \"clear\"",
+            args.plan.display()
+        );
+    }
+    if !(args.max_drop.is_finite() && (0.0..=1.0).contains(&args.max_drop)) {
+        bail!("--max-drop is a share of accuracy between 0 and 1");
+    }
+    let liveness = crate::deploy::liveness(args.liveness)?;
+    let (rollout, line) = versions(args, &args.db)?;
+    let candidate = rollout.candidate.version;
+    println!("{line}");
+    if args.insecure {
+        crate::deploy::insecure_warning("the rollout's coordinator");
+    }
+    let config = CoordinatorConfig {
+        plan,
+        plan_text,
+        db: args.db.clone(),
+        listen: args.listen,
+        liveness,
+        tls: args.tls.as_deref().map(tessera_tls::TlsFiles::in_dir),
+        metrics: None,
+        new_run: true,
+        initial: None,
+        rollout: Some(rollout),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(tessera_coordinator::serve_until(
+        config,
+        |address| {
+            crate::logging::say(tracing::Level::INFO, &format!("listening on {address}"));
+        },
+        crate::lifecycle::termination(),
+    ))?;
+    let store = SqliteStore::open_existing(&args.db)?;
+    let decided = store
+        .stage_events(Some(&args.name))?
+        .into_iter()
+        .rev()
+        .find(|e| e.version == candidate)
+        .context("the rollout ended without a decision")?;
+    println!("version {candidate} is {}: {}", decided.to, decided.reason);
+    println!("evidence: {}", decided.evidence);
+    Ok(())
+}

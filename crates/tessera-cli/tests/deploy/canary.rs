@@ -1,0 +1,238 @@
+//! The canary drill: a 15-round run's models registered (round 1 in
+//! production), then two rollouts to the four heart-disease sites, two
+//! of which opted in as canaries: round 15's model is promoted, then round
+//! 1's model again (now worse than production) is rolled back; after each,
+//! every site serves the version decided, and the registry holds the
+//! decision with its evidence.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::*;
+
+const CANARIES: [&str; 2] = ["cleveland", "hungarian"];
+
+/// Runs `tessera rollout` of `name` and a participant of each site, each
+/// keeping its models under `models-SITE`; gives the rollout's output.
+fn roll_out(s: &Scratch, plan: &std::path::Path, db: &str, extra: &[&str]) -> String {
+    let (tx, rx) = mpsc::channel();
+    let mut args = vec![
+        "rollout",
+        "--plan",
+        plan.to_str().unwrap(),
+        "--db",
+        db,
+        "--name",
+        "heart",
+        "--listen",
+        "127.0.0.1:0",
+        "--insecure",
+    ];
+    args.extend_from_slice(extra);
+    let mut rollout = Proc::start("rollout", &s.dir, &args, Some(tx));
+    let address = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("the rollout did not start:\n{}", rollout.log()));
+    let url = format!("http://{address}");
+    let mut sites: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| {
+            let models = s.path(&format!("models-{site}"));
+            let mut extra = vec!["--models", models.to_str().unwrap()];
+            if CANARIES.contains(site) {
+                extra.push("--canary");
+            }
+            let extra: Vec<String> = extra.into_iter().map(String::from).collect();
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            participant(&s.dir, &url, site, &extra)
+        })
+        .collect();
+    assert!(rollout.wait(LIMIT).success(), "{}", rollout.log());
+    for p in &mut sites {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+        assert!(
+            p.log()
+                .contains(&format!("site {} serves 'heart' version", p.name)),
+            "{}",
+            p.log()
+        );
+    }
+    rollout.log()
+}
+
+/// What `site` reported evaluating round `round`'s model in run `run`
+/// (rows, rows right).
+fn evaluated(db: &str, run: &str, site: &str, round: u32) -> (u64, u64) {
+    use prost::Message;
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let blob: Vec<u8> = conn
+        .query_row(
+            "SELECT report FROM evaluations WHERE run_id = ?1 AND site = ?2 AND round = ?3",
+            rusqlite::params![run, site, round],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let report = tessera_proto::pb::EvaluationReport::decode(blob.as_slice()).unwrap();
+    (report.n_examples, report.n_correct)
+}
+
+/// The version `site` serves, from its models folder.
+fn serving(s: &Scratch, site: &str) -> String {
+    std::fs::read_to_string(s.path(&format!("models-{site}/heart/serving")))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_worse_candidate_is_rolled_back_and_a_better_one_promoted_on_every_site() {
+    if util::skip_e2e("a_worse_candidate_is_rolled_back_and_a_better_one_promoted_on_every_site") {
+        return;
+    }
+    let s = Scratch::new("deploy-canary");
+    let plan = plan_with(&s, "clear", "[privacy]\nsite_metrics = \"clear\"");
+    let (mut coordinator, mut participants) = run_federation(&s, &plan, "c.sqlite", "a.model");
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    let db = s.path("c.sqlite");
+    let db = db.to_str().unwrap();
+    let models = |args: &[&str]| {
+        let mut all = vec!["models", "--db", db];
+        all.extend_from_slice(args);
+        s.run(&all)
+    };
+    let listed = s.run(&["runs", "list", "--db", db]).ok();
+    let run = listed
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{listed}"))
+        .to_string();
+    let register = |round: &str| {
+        models(&[
+            "register", "--name", "heart", "--run", &run, "--round", round,
+        ])
+        .ok()
+    };
+    // Version 1 (round 1) in production, version 2 (round 15) the candidate.
+    register("1");
+    let to_production = ["promote", "--name", "heart", "--version", "1"];
+    models(&[&to_production[..], &["--to", "production"]].concat()).ok();
+    register("15");
+    // A plan whose site metrics are sums only is refused, before any site joins.
+    let e = s
+        .run(&[
+            "rollout",
+            "--plan",
+            examples().join("fed-heart-disease.toml").to_str().unwrap(),
+            "--db",
+            db,
+            "--name",
+            "heart",
+            "--insecure",
+        ])
+        .fails();
+    assert!(
+        e.contains("sends each canary site's sums in the clear"),
+        "{e}"
+    );
+
+    let out = roll_out(&s, &plan, db, &[]);
+    assert!(
+        out.contains("version 2 is production: rollout run"),
+        "{out}"
+    );
+    assert!(out.contains("promoted: on 2 canary site(s)'"), "{out}");
+    for site in HEART_SITES {
+        assert_eq!(serving(&s, site), "2", "{site}");
+    }
+    // Only the canary sites saw a candidate before the decision: the others
+    // hold the version decided alone.
+    assert!(s.path("models-cleveland/heart/v1.model").exists());
+    assert!(!s.path("models-va/heart/v1.model").exists());
+
+    // Round 1's model again as version 3: worse than version 2 now in
+    // production, it is rolled back, and every site serves version 2 still.
+    register("1");
+    let out = roll_out(&s, &plan, db, &[]);
+    assert!(out.contains("version 3 is archived: rollout run"), "{out}");
+    assert!(out.contains("rolled back: on 2 canary site(s)'"), "{out}");
+    for site in HEART_SITES {
+        assert_eq!(serving(&s, site), "2", "{site}");
+    }
+    assert!(s.path("models-hungarian/heart/v3.model").exists());
+    assert!(!s.path("models-switzerland/heart/v3.model").exists());
+
+    // The registry: each decision with its evidence, the pooled sums of the
+    // canary sites, the candidate's accuracy below production's for version 3.
+    for (version, stage, kind) in [
+        ("2", "production", "promoted"),
+        ("3", "archived", "rolled back"),
+    ] {
+        let shown: serde_json::Value = serde_json::from_str(
+            &models(&["show", "--name", "heart", "--version", version, "--json"]).ok(),
+        )
+        .unwrap();
+        let last = shown["history"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["to"], stage, "{shown}");
+        let evidence: serde_json::Value =
+            serde_json::from_str(last["evidence"].as_str().unwrap()).unwrap();
+        assert_eq!(evidence["decision"], kind);
+        assert_eq!(evidence["canary_sites"], serde_json::json!(CANARIES));
+        let difference = evidence["difference"].as_f64().unwrap();
+        let (c, p) = (
+            evidence["candidate_accuracy"].as_f64().unwrap(),
+            evidence["production_accuracy"].as_f64().unwrap(),
+        );
+        assert!((difference - (c - p)).abs() < 1e-12);
+        if kind == "promoted" {
+            assert!(difference >= 0.0, "{evidence}");
+        } else {
+            assert!(difference < 0.0, "{evidence}");
+        }
+        // The canaries' rows: each site's test rows, scored by both models.
+        let rows: u64 = evidence["per_site"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v["rows"].as_u64().unwrap())
+            .sum();
+        assert_eq!(evidence["rows"].as_u64(), Some(rows));
+        // Each canary's sums are what the site reported evaluating the same
+        // round's model in the training run: scored from the registry's
+        // model file, on the same test rows, by the same site.
+        let (candidate_round, production_round) =
+            if kind == "promoted" { (15, 1) } else { (1, 15) };
+        for site in CANARIES {
+            let scores = &evidence["per_site"][site];
+            let rows = scores["rows"].as_u64().unwrap();
+            let correct = |key: &str| scores[key].as_u64().unwrap();
+            assert_eq!(
+                (rows, correct("candidate_correct")),
+                evaluated(db, &run, site, candidate_round),
+                "{site}"
+            );
+            assert_eq!(
+                (rows, correct("production_correct")),
+                evaluated(db, &run, site, production_round),
+                "{site}"
+            );
+        }
+    }
+    // A third rollout has no candidate left.
+    let e = s
+        .run(&[
+            "rollout",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--db",
+            db,
+            "--name",
+            "heart",
+            "--insecure",
+        ])
+        .fails();
+    assert!(e.contains("has no candidate or canary version"), "{e}");
+}

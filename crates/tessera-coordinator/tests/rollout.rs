@@ -1,0 +1,313 @@
+//! A rollout's coordinator side (`state/rollout.rs`) against lying and
+//! leaving sites: only opted-in sites are asked and heard, their sums are
+//! bounded and checked against each other, the decision waits for every
+//! site and every live canary, a canary that leaves is not waited for, and
+//! the registry records the decision with its evidence.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Db, SITES, hello, plan};
+use tessera_coordinator::{
+    Federation, NewVersion, Rollout, RolloutModel, SqliteStore, Stage, TaskView,
+};
+use tessera_core::{ParameterSet, Tensor};
+use tessera_proto::pb;
+
+/// A registry with version 1 in production and version 2 a candidate,
+/// and a federation rolling out version 2 against version 1.
+fn rollout(db: &Db, max_drop: f64) -> Federation {
+    let mut f = db.open(&plan(""));
+    let store = SqliteStore::open(&db.path()).unwrap();
+    let mut p = ParameterSet::new();
+    p.push("w", Tensor::new(vec![1], vec![1.0]).unwrap())
+        .unwrap();
+    for _ in 0..2 {
+        store
+            .register_version(&NewVersion {
+                name: "heart",
+                run_id: f.run_id(),
+                round: 1,
+                params: &p,
+                params_sha256: "s",
+                lineage: "{}",
+                parent: None,
+                at_unix_micros: 1,
+            })
+            .unwrap();
+    }
+    store
+        .set_stage("heart", 1, Stage::Production, "first", "", 2)
+        .unwrap();
+    store
+        .set_stage("heart", 2, Stage::Canary, "canary", "", 3)
+        .unwrap();
+    f.set_rollout(Rollout {
+        name: "heart".into(),
+        candidate: RolloutModel {
+            version: 2,
+            file: Arc::new(vec![2; 100]),
+        },
+        production: RolloutModel {
+            version: 1,
+            file: Arc::new(vec![1; 90]),
+        },
+        max_drop,
+    })
+    .unwrap();
+    f
+}
+
+fn join(f: &mut Federation, site: usize, canary: bool) {
+    let hello = pb::Hello {
+        canary,
+        ..hello(&SITES[site].name)
+    };
+    let welcome = f.join(&SITES[site].name, &hello).unwrap();
+    assert_eq!(welcome.rollout.unwrap().version, 2);
+}
+
+fn score(site: usize, version: u32, n: u64, correct: u64) -> pb::EvaluationReport {
+    pb::EvaluationReport {
+        site: SITES[site].name.clone(),
+        round: version,
+        n_examples: n,
+        n_correct: correct,
+        loss_sum: 0.5 * n as f64,
+        ..Default::default()
+    }
+}
+
+/// The stage of version 2 and its last event's evidence.
+fn decided(db: &Db) -> (Stage, String) {
+    let store = SqliteStore::open_existing(&db.path()).unwrap();
+    let stage = store
+        .versions(Some("heart"))
+        .unwrap()
+        .into_iter()
+        .find(|v| v.version == 2)
+        .unwrap()
+        .stage;
+    let event = store
+        .stage_events(Some("heart"))
+        .unwrap()
+        .into_iter()
+        .rev()
+        .find(|e| e.version == 2)
+        .unwrap();
+    (stage, event.evidence)
+}
+
+fn task(f: &mut Federation, site: usize, held: Option<u32>) -> TaskView {
+    f.task_for(&SITES[site].name, held).unwrap()
+}
+
+#[test]
+fn a_participant_without_the_capability_is_refused_at_the_join() {
+    let db = Db::new();
+    let mut f = rollout(&db, 0.0);
+    let old = pb::Hello {
+        minor: 19,
+        capabilities: tessera_proto::capabilities_at(19)
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        ..hello(&SITES[0].name)
+    };
+    let e = f.join(&SITES[0].name, &old).unwrap_err().to_string();
+    assert!(e.contains("needs capability 'canary'"), "{e}");
+}
+
+#[test]
+fn only_canaries_are_asked_and_their_lies_are_refused() {
+    let db = Db::new();
+    let mut f = rollout(&db, 0.0);
+    join(&mut f, 0, true);
+    join(&mut f, 1, false);
+    // The canary gets both files; the other site waits.
+    match task(&mut f, 0, Some(1)) {
+        TaskView::Rollout { header, files } => {
+            assert_eq!(header.kind(), pb::TaskKind::Canary);
+            let r = header.rollout.unwrap();
+            assert_eq!((r.version, r.production_version), (2, 1));
+            assert_eq!((r.bytes, r.production_bytes), (100, 90));
+            assert_eq!(files.iter().map(|f| f.len()).collect::<Vec<_>>(), [100, 90]);
+        }
+        _ => panic!("a canary task"),
+    }
+    assert!(matches!(task(&mut f, 1, Some(1)), TaskView::Wait));
+    let refused = |f: &mut Federation, site: usize, r: pb::EvaluationReport| {
+        f.submit_evaluation(&SITES[site].name, &r)
+            .unwrap_err()
+            .to_string()
+    };
+    let e = refused(&mut f, 1, score(1, 2, 50, 40));
+    assert!(e.contains("did not opt in"), "{e}");
+    let e = refused(&mut f, 0, score(0, 7, 50, 40));
+    assert!(e.contains("neither the candidate"), "{e}");
+    let e = refused(&mut f, 0, score(0, 2, 50, 51));
+    assert!(e.contains("51 rows right of 50"), "{e}");
+    let e = refused(&mut f, 0, score(0, 2, 0, 0));
+    assert!(e.contains("0 rows scored"), "{e}");
+    let e = refused(&mut f, 0, score(0, 2, u64::MAX, 0));
+    assert!(e.contains("rows scored"), "{e}");
+    for loss in [f64::NAN, -1.0, 1e9] {
+        let e = refused(
+            &mut f,
+            0,
+            pb::EvaluationReport {
+                loss_sum: loss,
+                ..score(0, 2, 50, 40)
+            },
+        );
+        assert!(e.contains("loss sum"), "{e}");
+    }
+    let e = refused(
+        &mut f,
+        0,
+        pb::EvaluationReport {
+            auc: Some(0.9),
+            ..score(0, 2, 50, 40)
+        },
+    );
+    assert!(e.contains("sums only"), "{e}");
+    f.submit_evaluation(&SITES[0].name, &score(0, 2, 50, 40))
+        .unwrap();
+    // The same again is taken; other sums for it, or other rows for
+    // production, are not.
+    f.submit_evaluation(&SITES[0].name, &score(0, 2, 50, 40))
+        .unwrap();
+    let e = refused(&mut f, 0, score(0, 2, 50, 41));
+    assert!(e.contains("already scored here"), "{e}");
+    let e = refused(&mut f, 0, score(0, 1, 49, 30));
+    assert!(e.contains("the same test rows"), "{e}");
+    f.submit_evaluation(&SITES[0].name, &score(0, 1, 50, 30))
+        .unwrap();
+    // Two of the plan's four sites have joined: no decision yet.
+    f.advance();
+    assert!(matches!(task(&mut f, 1, Some(1)), TaskView::Wait));
+    assert_eq!(decided(&db).0, Stage::Canary);
+}
+
+#[test]
+fn the_decision_waits_for_every_site_and_reaches_each() {
+    for (canary_right, production_right, max_drop, promoted) in [
+        (40, 30, 0.0, true),
+        (30, 40, 0.0, false),
+        // 0.05 below production, within a max drop of 0.1.
+        (35, 40, 0.1, true),
+    ] {
+        let db = Db::new();
+        let mut f = rollout(&db, max_drop);
+        join(&mut f, 0, true);
+        join(&mut f, 1, true);
+        join(&mut f, 2, false);
+        join(&mut f, 3, false);
+        for (version, right) in [(2, canary_right), (1, production_right)] {
+            f.submit_evaluation(&SITES[0].name, &score(0, version, 50, right / 2))
+                .unwrap();
+            f.submit_evaluation(&SITES[1].name, &score(1, version, 50, right - right / 2))
+                .unwrap();
+        }
+        f.advance();
+        let (stage, evidence) = decided(&db);
+        let evidence: serde_json::Value = serde_json::from_str(&evidence).unwrap();
+        assert_eq!(
+            stage,
+            if promoted {
+                Stage::Production
+            } else {
+                Stage::Archived
+            }
+        );
+        assert_eq!(evidence["rows"], 100);
+        let difference = evidence["difference"].as_f64().unwrap();
+        let expected = (canary_right as f64 - production_right as f64) / 100.0;
+        assert!((difference - expected).abs() < 1e-12, "{evidence}");
+        let serve = if promoted { 2 } else { 1 };
+        for site in 0..4 {
+            // A site that does not hold the version decided is sent it...
+            match task(&mut f, site, Some(if promoted { 1 } else { 2 })) {
+                TaskView::Rollout { header, files } => {
+                    assert_eq!(header.kind(), pb::TaskKind::Serve);
+                    assert_eq!(header.rollout.unwrap().version, serve);
+                    assert_eq!(files[0].len(), if promoted { 100 } else { 90 });
+                }
+                _ => panic!("a serve task"),
+            }
+            assert!(!f.is_finished());
+            // ...until it holds it.
+            match task(&mut f, site, Some(serve)) {
+                TaskView::RolloutOver { serve: s, reason } => {
+                    assert_eq!(s.version, serve);
+                    assert!(reason.starts_with(if promoted { "promoted" } else { "rolled back" }));
+                }
+                _ => panic!("the rollout is over"),
+            }
+        }
+        f.advance();
+        assert!(f.is_finished());
+    }
+}
+
+#[test]
+fn a_canary_that_leaves_is_not_waited_for() {
+    let db = Db::new();
+    let mut f = rollout(&db, 0.0);
+    for site in 0..4 {
+        join(&mut f, site, site < 2);
+    }
+    f.submit_evaluation(&SITES[0].name, &score(0, 2, 50, 40))
+        .unwrap();
+    f.submit_evaluation(&SITES[0].name, &score(0, 1, 50, 30))
+        .unwrap();
+    f.advance();
+    assert_eq!(decided(&db).0, Stage::Canary, "site 1 is still scoring");
+    f.withdraw(&SITES[1].name, 0, "cannot read its data", true)
+        .unwrap();
+    f.advance();
+    let (stage, evidence) = decided(&db);
+    assert_eq!(stage, Stage::Production);
+    let evidence: serde_json::Value = serde_json::from_str(&evidence).unwrap();
+    assert_eq!(evidence["canary_sites"], serde_json::json!([SITES[0].name]));
+}
+
+#[test]
+fn without_a_canary_the_candidate_is_rolled_back() {
+    let db = Db::new();
+    let mut f = rollout(&db, 0.0);
+    for site in 0..4 {
+        join(&mut f, site, false);
+    }
+    f.advance();
+    let (stage, evidence) = decided(&db);
+    assert_eq!(stage, Stage::Archived);
+    assert!(evidence.contains("\"canary_sites\":[]"), "{evidence}");
+}
+
+#[test]
+fn a_plan_of_sums_only_is_refused() {
+    let db = Db::new();
+    let text = std::fs::read_to_string(common::examples().join("fed-heart-disease.toml")).unwrap();
+    let plan = tessera_engine::Plan::from_toml(&text, "sums").unwrap();
+    let mut f = db.open(&(plan, text));
+    let e = f
+        .set_rollout(Rollout {
+            name: "heart".into(),
+            candidate: RolloutModel {
+                version: 2,
+                file: Arc::new(vec![2]),
+            },
+            production: RolloutModel {
+                version: 1,
+                file: Arc::new(vec![1]),
+            },
+            max_drop: 0.0,
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("in the clear"), "{e}");
+}

@@ -1,0 +1,345 @@
+//! A site's part in a rollout of a registered model (`Welcome.rollout`,
+//! capability "canary"): a site that opted in (`canary`) scores the
+//! candidate and the production model files on its own test rows and sends
+//! each model's sums (rows, rows right, loss); then every site keeps the
+//! version the coordinator decided on and serves it from then on.
+//!
+//! The versions a site received are kept in its models folder as
+//! `NAME/vVERSION.model`, and the version it serves is named in
+//! `NAME/serving` (written whole, then renamed into place, so a crash
+//! leaves the old one or the new one). A rollback is the coordinator
+//! sending the previous version to serve: the site keeps every version.
+
+use std::path::{Path, PathBuf};
+
+use tessera_engine::model_file::ModelFile;
+use tessera_proto::pb::federation_client::FederationClient;
+use tessera_proto::pb::{self, task};
+use tonic::transport::Channel;
+
+use crate::supervisor::Failure;
+use crate::{ParticipantConfig, ParticipantError, client, prepare};
+
+/// The largest model file a rollout sends, bytes.
+pub const MAX_MODEL_FILE: u64 = 64 << 20;
+/// The longest registered model name a site keeps a folder for.
+const MAX_NAME: usize = 100;
+
+/// How a site takes part in rollouts.
+#[derive(Debug, Clone, Default)]
+pub struct RolloutSettings {
+    /// The site tries candidate models before the others
+    /// (`tessera participant --canary`).
+    pub canary: bool,
+    /// Where the versions it receives are kept (`--models`); without it,
+    /// a rollout is refused (the site could not serve what it receives).
+    pub models: Option<PathBuf>,
+}
+
+/// A registered model's name as a folder name: letters, digits, `-`, `_`
+/// and `.`, not starting with a dot.
+fn folder_name(name: &str) -> Result<&str, String> {
+    let fits = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if fits {
+        Ok(name)
+    } else {
+        Err(format!(
+            "the rollout's model name '{}' is not a folder name (letters, digits, '-', '_', \
+             '.', at most {MAX_NAME})",
+            tessera_proto::shown(name, MAX_NAME)
+        ))
+    }
+}
+
+/// The version of `name` this site serves, from its models folder.
+pub fn serving(models: &Path, name: &str) -> Option<u32> {
+    let name = folder_name(name).ok()?;
+    let text = std::fs::read_to_string(models.join(name).join("serving")).ok()?;
+    text.trim().parse().ok()
+}
+
+/// Every model this site serves, from its models folder (for its `Hello`).
+pub fn served(models: &Path) -> Vec<pb::ServedModel> {
+    let Ok(entries) = std::fs::read_dir(models) else {
+        return Vec::new();
+    };
+    let mut out: Vec<pb::ServedModel> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter_map(|name| serving(models, &name).map(|version| pb::ServedModel { name, version }))
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.truncate(64);
+    out
+}
+
+/// The model file of `name`'s `version` in the models folder.
+pub fn version_file(models: &Path, name: &str, version: u32) -> PathBuf {
+    models.join(name).join(format!("v{version}.model"))
+}
+
+/// Writes `bytes` to `path` whole: a temporary file beside it, synced,
+/// then renamed into place.
+fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let partial = path.with_extension("partial");
+    let mut file = std::fs::File::create(&partial)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&partial, path)
+}
+
+/// Keeps `bytes` as `name`'s `version` (a model file already kept must
+/// be the same: a version never changes).
+fn keep(models: &Path, name: &str, version: u32, bytes: &[u8]) -> Result<(), String> {
+    let path = version_file(models, name, version);
+    match std::fs::read(&path) {
+        Ok(kept) if kept == bytes => return Ok(()),
+        Ok(_) => {
+            return Err(format!(
+                "{}: this site keeps another file as '{name}' version {version}: a registered \
+                 version never changes, so the coordinator's is refused",
+                path.display()
+            ));
+        }
+        Err(_) => {}
+    }
+    write_whole(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads the model files that follow a rollout task's header: their sizes
+/// as `sizes` declares them, each at most [`MAX_MODEL_FILE`], in order.
+async fn receive_files(
+    stream: &mut tonic::Streaming<pb::Task>,
+    sizes: &[u64],
+) -> Result<Vec<Vec<u8>>, Failure> {
+    let malformed = |e: String| Failure::Retry(format!("malformed rollout task: {e}"));
+    if let Some(big) = sizes.iter().find(|s| **s == 0 || **s > MAX_MODEL_FILE) {
+        return Err(malformed(format!(
+            "a model file of {big} bytes (1 to {MAX_MODEL_FILE} are taken)"
+        )));
+    }
+    let total: u64 = sizes.iter().sum();
+    let mut all = Vec::new();
+    while let Some(message) = stream.message().await? {
+        match message.part {
+            Some(task::Part::Compressed(piece)) => {
+                if all.len() as u64 + piece.len() as u64 > total {
+                    return Err(malformed(format!("more than the {total} bytes declared")));
+                }
+                all.extend_from_slice(&piece);
+            }
+            _ => return Err(malformed("a rollout task carries its files only".into())),
+        }
+    }
+    if all.len() as u64 != total {
+        return Err(malformed(format!(
+            "{} bytes of the {total} declared",
+            all.len()
+        )));
+    }
+    let mut files = Vec::new();
+    let mut rest = all.as_slice();
+    for size in sizes {
+        let (file, tail) = rest.split_at(*size as usize);
+        files.push(file.to_vec());
+        rest = tail;
+    }
+    Ok(files)
+}
+
+/// One model's sums on the site's test rows, as the coordinator takes them.
+fn report(
+    site: &str,
+    version: u32,
+    scores: &tessera_engine::model_file::Scores,
+) -> pb::EvaluationReport {
+    pb::EvaluationReport {
+        site: site.to_string(),
+        round: version,
+        n_examples: scores.n,
+        loss_sum: scores.loss_sum,
+        n_correct: scores.correct,
+        ..Default::default()
+    }
+}
+
+/// Takes part in the rollout the welcome announces, until the coordinator
+/// says which version every site serves.
+pub(crate) async fn take_part(
+    config: &ParticipantConfig,
+    client: &mut FederationClient<Channel>,
+    welcome: &pb::Welcome,
+) -> Result<(), Failure> {
+    let local = |e: String| Failure::Fatal(ParticipantError::Local(e));
+    let Some(models) = config.rollout.models.as_deref() else {
+        return Err(local(
+            "the coordinator runs a rollout of a registered model, and this site keeps no \
+             models: give --models DIR, where the versions it receives are kept and served"
+                .into(),
+        ));
+    };
+    let announced = welcome.rollout.clone().unwrap_or_default();
+    let name = folder_name(&announced.name).map_err(local)?.to_string();
+    let plan = prepare::coordinators_plan(config, welcome)?;
+    let mut rows = None;
+    tracing::info!(
+        model = %name,
+        serving = ?serving(models, &name),
+        canary = config.rollout.canary,
+        "taking part in a rollout"
+    );
+    loop {
+        let mut stream = client
+            .next_task(pb::TaskRequest {
+                site: config.site.clone(),
+                // The version it serves: the coordinator sends the one
+                // decided until the site holds it.
+                held_round: serving(models, &name),
+            })
+            .await?
+            .into_inner();
+        let Some(first) = stream.message().await? else {
+            return Err(Failure::Retry("task stream ended without a task".into()));
+        };
+        let header = match first.part {
+            Some(task::Part::Finished(f)) => {
+                let serve = f.serve.unwrap_or_default();
+                let kept = serving(models, &name);
+                if serve.name == name && kept != Some(serve.version) {
+                    return Err(local(format!(
+                        "the rollout ended with every site serving '{name}' version {}, and \
+                         this site serves {}",
+                        serve.version,
+                        kept.map_or("none".to_string(), |v| format!("version {v}"))
+                    )));
+                }
+                tracing::info!(model = %name, version = ?kept, reason = %f.reason, "rollout over");
+                return Ok(());
+            }
+            Some(task::Part::Header(h)) => h,
+            _ => return Err(Failure::Retry("a task starts with its header".into())),
+        };
+        let task = header.rollout.clone().unwrap_or_default();
+        if task.name != name {
+            return Err(Failure::Retry(format!(
+                "a rollout task for model '{}' in a rollout of '{name}'",
+                tessera_proto::shown(&task.name, MAX_NAME)
+            )));
+        }
+        match header.kind() {
+            pb::TaskKind::Canary => {
+                if !config.rollout.canary {
+                    return Err(local(
+                        "the coordinator asked this site to try a candidate model, and it did \
+                         not opt in (--canary)"
+                            .into(),
+                    ));
+                }
+                if plan.privacy.site_metrics.sums_only() {
+                    return Err(local(
+                        "the plan keeps site metrics as sums only, and a rollout's comparison \
+                         sends each canary site's sums in the clear: refused"
+                            .into(),
+                    ));
+                }
+                let files =
+                    receive_files(&mut stream, &[task.bytes, task.production_bytes]).await?;
+                let site = match rows.take() {
+                    Some(site) => site,
+                    None => client::read_site(
+                        &plan.data,
+                        &config.site,
+                        config.data.as_deref(),
+                        &config.plan_dir,
+                        config.mapping.as_ref(),
+                    )
+                    .await
+                    .map_err(Failure::Fatal)?,
+                };
+                let (train, _) = site.train_rows();
+                let (test, labels) = site.test_rows();
+                let mut reports = Vec::new();
+                for (version, bytes) in [
+                    (task.version, &files[0]),
+                    (task.production_version, &files[1]),
+                ] {
+                    keep(models, &name, version, bytes).map_err(local)?;
+                    let file = ModelFile::from_bytes(bytes).map_err(|e| {
+                        local(format!("'{name}' version {version}'s model file: {e}"))
+                    })?;
+                    let scores = file
+                        .score(&train, &test, &labels)
+                        .map_err(|e| local(format!("scoring '{name}' version {version}: {e}")))?;
+                    tracing::info!(
+                        version,
+                        rows = scores.n,
+                        correct = scores.correct,
+                        "scored on this site's test rows"
+                    );
+                    reports.push(report(&config.site, version, &scores));
+                }
+                rows = Some(site);
+                for report in reports {
+                    client.submit_evaluation(report).await?;
+                }
+            }
+            pb::TaskKind::Serve => {
+                let files = receive_files(&mut stream, &[task.bytes]).await?;
+                ModelFile::from_bytes(&files[0]).map_err(|e| {
+                    local(format!(
+                        "'{name}' version {}'s model file: {e}",
+                        task.version
+                    ))
+                })?;
+                keep(models, &name, task.version, &files[0]).map_err(local)?;
+                write_whole(
+                    &models.join(&name).join("serving"),
+                    format!("{}\n", task.version).as_bytes(),
+                )
+                .map_err(|e| local(format!("{}: {e}", models.display())))?;
+                tracing::info!(model = %name, version = task.version, decision = %task.decision, "serving");
+            }
+            _ => {
+                return Err(Failure::Retry("a task of another kind in a rollout".into()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_site_keeps_each_version_once_and_names_what_it_serves() {
+        let dir = std::env::temp_dir().join(format!("tessera-rollout-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(served(&dir).is_empty());
+        keep(&dir, "readmission", 1, b"one").unwrap();
+        keep(&dir, "readmission", 1, b"one").unwrap();
+        let changed = keep(&dir, "readmission", 1, b"other").unwrap_err();
+        assert!(changed.contains("never changes"), "{changed}");
+        write_whole(&dir.join("readmission").join("serving"), b"1\n").unwrap();
+        assert_eq!(serving(&dir, "readmission"), Some(1));
+        assert_eq!(
+            served(&dir),
+            vec![pb::ServedModel {
+                name: "readmission".into(),
+                version: 1
+            }]
+        );
+        assert!(folder_name("../etc").is_err());
+        assert!(folder_name(".hidden").is_err());
+        assert!(folder_name("a/b").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
