@@ -116,6 +116,17 @@ fn versions(args: &RolloutArgs, db: &Path) -> anyhow::Result<(Rollout, String)> 
         bail!("{}: no such database", db.display());
     }
     let store = SqliteStore::open(db)?;
+    // A rollout is a new run: it must not take over (and end) a run
+    // still unfinished here.
+    if let Some(run) = store.unfinished_run()? {
+        bail!(
+            "run {} is unfinished in {} (a training run, or a rollout that was interrupted): \
+             let it finish, or end it with `tessera abort --db {}`, before a rollout",
+            run.id,
+            db.display(),
+            db.display()
+        );
+    }
     let rows = store.versions(Some(&args.name))?;
     if rows.is_empty() {
         bail!("{}: no model '{}' in the registry", db.display(), args.name);
