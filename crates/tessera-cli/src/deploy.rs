@@ -359,6 +359,7 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
         new_run: args.new_run,
         initial: continued.as_ref().map(|(initial, _)| initial.clone()),
         rollout: None,
+        dry_run: None,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let report = runtime.block_on(async {

@@ -24,6 +24,7 @@ mod check;
 mod continual;
 mod dashboard;
 mod deploy;
+mod dry_run;
 mod harmonize;
 mod lifecycle;
 mod live;
@@ -97,6 +98,10 @@ enum Command {
     /// This build's protocol version and capabilities, what a plan's run
     /// needs of its participants, and the compatibility matrix.
     Protocol(check::ProtocolArgs),
+    /// The coordinator's preflight: a federated dry run in which the plan's
+    /// sites join and take their data through the agreement, then stop
+    /// before training; each site's outcome printed.
+    DryRun(Box<dry_run::DryRunArgs>),
     /// Write FedProx's Synthetic(alpha, beta) data as CSV.
     Synth(synth::SynthArgs),
     /// Coordinate a federation over the network.
@@ -214,6 +219,7 @@ fn main() -> ExitCode {
         Command::Model(args) => model::model(&args),
         Command::Models(args) => registry::run(&args),
         Command::Rollout(args) => rollout::run(&args),
+        Command::DryRun(args) => dry_run::run(&args),
         Command::Predict(args) => model::predict(&args),
         Command::BenchTransfer(args) => transfer::run(&args),
     };

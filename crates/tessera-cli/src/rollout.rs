@@ -227,6 +227,7 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<()> {
         new_run: true,
         initial: None,
         rollout: Some(rollout),
+        dry_run: None,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(tessera_coordinator::serve_until(

@@ -228,6 +228,9 @@ pub struct CoordinatorConfig {
     /// `tessera rollout`: the run rolls out a registered model to the sites
     /// instead of training ([`Rollout`]).
     pub rollout: Option<Rollout>,
+    /// `tessera dry-run`: the run ends at the data agreement, waiting at
+    /// most this long for it.
+    pub dry_run: Option<Duration>,
 }
 
 /// Runs the federation until every round is done; returns the report.
@@ -273,7 +276,7 @@ pub async fn open(config: &CoordinatorConfig) -> Result<Arc<Shared>, Coordinator
         config.liveness,
     );
     let (new_run, initial) = (config.new_run, config.initial.clone());
-    let rollout = config.rollout.clone();
+    let (rollout, dry_run) = (config.rollout.clone(), config.dry_run);
     Shared::open(move || {
         let store = SqliteStore::open(&db)?;
         if !new_run {
@@ -285,6 +288,9 @@ pub async fn open(config: &CoordinatorConfig) -> Result<Arc<Shared>, Coordinator
         }
         if let Some(rollout) = rollout {
             federation.set_rollout(rollout)?;
+        }
+        if let Some(wait) = dry_run {
+            federation.set_dry_run(wait);
         }
         tracing::info!(run = federation.run_id(), "coordinator ready");
         Ok::<_, CoordinatorError>(federation)

@@ -291,6 +291,10 @@ impl Service {
             let result = self
                 .shared
                 .call(move |f| match offer {
+                    // A dry run that ended tells the sites still agreeing.
+                    _ if f.dry_run_over().is_some() => Err(crate::state::Refusal::Denied(
+                        f.dry_run_over().unwrap_or_default().to_string(),
+                    )),
                     pb::agree_request::Offer::Kinds(k) => f.offer_kinds(&site, k).map(|r| {
                         r.map(|k| pb::agree_reply::Result::Kinds(convert::kinds_to_pb(&k)))
                     }),

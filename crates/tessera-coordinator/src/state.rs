@@ -29,6 +29,7 @@ mod continued;
 pub use continued::InitialModel;
 mod counting;
 mod cross_silo;
+mod dry_run;
 mod evaluation;
 mod external;
 mod fatal;
@@ -194,6 +195,8 @@ pub struct Federation {
     joins: joins::JoinRelay,
     /// A rollout of a registered model instead of training (`state/rollout.rs`).
     rollout: Option<rollout::RolloutState>,
+    /// A dry run: the agreement, then the end (`state/dry_run.rs`).
+    dry_run: Option<dry_run::DryRun>,
 }
 
 /// The longest audit detail kept, in bytes (a longer one is cut and its
@@ -401,6 +404,7 @@ impl Federation {
             analytics: analytics::Serving::default(),
             joins: joins::JoinRelay::default(),
             rollout: None,
+            dry_run: None,
         };
         federation.started = federation.now();
         federation.resume()?;
@@ -671,6 +675,7 @@ impl Federation {
             // Not live any more: later rounds drop it at once, evaluations
             // do not wait for it, until it asks for a task again.
             self.roster.left(site);
+            self.dry_run_withdrawn(site, reason);
             let why = match round {
                 0 => format!("withdrew: {reason}"),
                 n => format!("withdrew in round {n}: {reason}"),
@@ -744,7 +749,10 @@ impl Federation {
         let now = self.now();
         match &self.phase {
             _ if self.fatal.is_some() || self.aborted.is_some() => Ok(()),
-            Phase::Agreeing => self.rollout_step(),
+            Phase::Agreeing => {
+                self.dry_run_step();
+                self.rollout_step()
+            }
             Phase::Finished => {
                 self.analytics_step(now);
                 Ok(())

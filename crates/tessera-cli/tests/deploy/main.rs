@@ -16,6 +16,7 @@ mod compression;
 mod continual;
 mod cross_silo;
 mod dp;
+mod dry_run;
 mod external;
 mod faults;
 mod hostile;

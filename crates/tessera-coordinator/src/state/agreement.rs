@@ -225,6 +225,10 @@ impl Federation {
         initial: tessera_core::ParameterSet,
         closed: (&str, &str),
     ) -> Result<(), Refusal> {
+        if self.dry_run_agreed(agreement.feature_names().len()) {
+            self.agreement = Some(agreement.clone());
+            return Ok(());
+        }
         if self.plan.federation.mode == tessera_engine::Mode::Async {
             let engine = tessera_engine::BufferedEngine::new(
                 &self.plan,
