@@ -356,36 +356,28 @@ impl Service {
         tokio::spawn(async move {
             let send = |part| pb::Task { part: Some(part) };
             let mut sent = 0usize;
+            let finished = match &view {
+                TaskView::Finished => Some(pb::Finished {
+                    reason: "every round is done".into(),
+                    serve: None,
+                }),
+                TaskView::RolloutOver { serve, reason } => Some(pb::Finished {
+                    reason: reason.clone(),
+                    serve: Some(serve.clone()),
+                }),
+                _ => None,
+            };
+            if let Some(finished) = finished {
+                shared
+                    .told_finished
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(site.clone());
+                let _ = tx.send(Ok(send(task::Part::Finished(finished)))).await;
+                return;
+            }
             let (header, model, sets) = match view {
-                TaskView::Finished => {
-                    shared
-                        .told_finished
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(site.clone());
-                    let _ = tx
-                        .send(Ok(send(task::Part::Finished(pb::Finished {
-                            reason: "every round is done".into(),
-                            serve: None,
-                        }))))
-                        .await;
-                    return;
-                }
-                TaskView::Wait => return,
-                TaskView::RolloutOver { serve, reason } => {
-                    shared
-                        .told_finished
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(site.clone());
-                    let _ = tx
-                        .send(Ok(send(task::Part::Finished(pb::Finished {
-                            reason,
-                            serve: Some(serve),
-                        }))))
-                        .await;
-                    return;
-                }
+                TaskView::Wait | TaskView::Finished | TaskView::RolloutOver { .. } => return,
                 TaskView::Rollout { header, files } => {
                     let message = send(task::Part::Header(header));
                     sent += message.encoded_len();

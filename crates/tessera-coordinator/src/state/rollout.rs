@@ -323,9 +323,7 @@ impl Federation {
         } else {
             spec.production.version
         };
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let at = self.clock.unix_micros();
         let reason = format!("rollout run {}: {text}", self.run.id);
         self.store
             .record_rollout(&name, candidate, promote, &reason, &evidence, at)?;
