@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tessera_coordinator::{
@@ -38,6 +39,12 @@ pub struct RolloutArgs {
     /// rows may fall below production's and still be promoted.
     #[arg(long, default_value_t = 0.0)]
     max_drop: f64,
+    /// Seconds the sites have to join and the canaries to score (the
+    /// decision is then taken on the scores in hand), and again, after
+    /// the decision, for the sites to take the version decided. Without
+    /// it, the rollout waits for every site of the plan.
+    #[arg(long)]
+    deadline: Option<f64>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: SocketAddr,
@@ -171,6 +178,7 @@ fn versions(args: &RolloutArgs, db: &Path) -> anyhow::Result<(Rollout, String)> 
             file: Arc::new(model_file(&store, production)?),
         },
         max_drop: args.max_drop,
+        deadline: deadline(args.deadline)?,
     };
     if candidate.stage == Stage::Candidate {
         store.set_stage(
@@ -187,6 +195,17 @@ fn versions(args: &RolloutArgs, db: &Path) -> anyhow::Result<(Rollout, String)> 
         args.name, candidate.version, production.version
     );
     Ok((rollout, line))
+}
+
+/// `--deadline`, checked.
+fn deadline(seconds: Option<f64>) -> anyhow::Result<Option<Duration>> {
+    match seconds {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 && s <= 366.0 * 86_400.0 => {
+            Ok(Some(Duration::from_secs_f64(s)))
+        }
+        Some(s) => bail!("--deadline {s}: give seconds, more than 0 and at most a year"),
+    }
 }
 
 /// Runs `tessera rollout`.
@@ -238,6 +257,20 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<()> {
         crate::lifecycle::termination(),
     ))?;
     let store = SqliteStore::open_existing(&args.db)?;
+    let run = store
+        .runs()?
+        .into_iter()
+        .max_by_key(|r| r.created_unix_micros)
+        .context("the database holds no run")?;
+    let ended = store
+        .audit_log(&run.id)?
+        .into_iter()
+        .rev()
+        .find(|r| r.site == "-" && r.action == "rollout" && r.outcome != "opened");
+    if let Some(row) = ended.filter(|r| r.outcome == "undecided") {
+        println!("{}", row.detail);
+        return Ok(());
+    }
     let decided = store
         .stage_events(Some(&args.name))?
         .into_iter()

@@ -295,6 +295,10 @@ impl Service {
                     _ if f.dry_run_over().is_some() => Err(crate::state::Refusal::Denied(
                         f.dry_run_over().unwrap_or_default().to_string(),
                     )),
+                    _ if f.in_rollout() => Err(crate::state::Refusal::Denied(
+                        "this run is a rollout of a registered model: it has no data agreement"
+                            .into(),
+                    )),
                     pb::agree_request::Offer::Kinds(k) => f.offer_kinds(&site, k).map(|r| {
                         r.map(|k| pb::agree_reply::Result::Kinds(convert::kinds_to_pb(&k)))
                     }),

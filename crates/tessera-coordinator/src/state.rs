@@ -556,8 +556,9 @@ impl Federation {
             self.audit(site, "join", "refused", &reason);
             return Err(Refusal::Denied(reason));
         }
-        let rollout = self.rollout_join(site, hello)?;
+        self.rollout_admits(site, hello)?;
         self.claim_session(site, session)?;
+        let rollout = self.rollout_join(site, hello);
         if self.roster.join(site) {
             let now = self.now();
             if let Err(e) = self.store.add_participant(&self.run.id, site, now) {

@@ -9,10 +9,12 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::{Db, SITES, hello, plan};
 use tessera_coordinator::{
-    Federation, NewVersion, Rollout, RolloutModel, SqliteStore, Stage, TaskView,
+    Federation, ManualClock, NewVersion, Rollout, RolloutModel, RunStore, SqliteStore, Stage,
+    TaskView,
 };
 use tessera_core::{ParameterSet, Tensor};
 use tessera_proto::pb;
@@ -20,7 +22,11 @@ use tessera_proto::pb;
 /// A registry with version 1 in production and version 2 a candidate,
 /// and a federation rolling out version 2 against version 1.
 fn rollout(db: &Db, max_drop: f64) -> Federation {
-    let mut f = db.open(&plan(""));
+    rollout_on(db, max_drop, None, db.open(&plan("")))
+}
+
+/// As [`rollout`], on `f`, with `deadline`.
+fn rollout_on(db: &Db, max_drop: f64, deadline: Option<Duration>, mut f: Federation) -> Federation {
     let store = SqliteStore::open(&db.path()).unwrap();
     let mut p = ParameterSet::new();
     p.push("w", Tensor::new(vec![1], vec![1.0]).unwrap())
@@ -56,6 +62,7 @@ fn rollout(db: &Db, max_drop: f64) -> Federation {
             file: Arc::new(vec![1; 90]),
         },
         max_drop,
+        deadline,
     })
     .unwrap();
     f
@@ -276,16 +283,121 @@ fn a_canary_that_leaves_is_not_waited_for() {
 }
 
 #[test]
-fn without_a_canary_the_candidate_is_rolled_back() {
+fn without_a_score_nothing_is_decided_and_production_is_served() {
     let db = Db::new();
     let mut f = rollout(&db, 0.0);
     for site in 0..4 {
         join(&mut f, site, false);
     }
     f.advance();
+    // The candidate is not archived on no evidence: it stays a canary.
+    assert_eq!(decided(&db).0, Stage::Canary);
+    match task(&mut f, 2, None) {
+        TaskView::Rollout { header, .. } => {
+            assert_eq!(header.kind(), pb::TaskKind::Serve);
+            let r = header.rollout.unwrap();
+            assert_eq!(r.version, 1);
+            assert!(r.decision.starts_with("no decision"), "{}", r.decision);
+        }
+        _ => panic!("a serve task"),
+    }
+}
+
+#[test]
+fn a_site_that_rejoins_without_opting_in_no_longer_counts() {
+    let db = Db::new();
+    let mut f = rollout(&db, 0.0);
+    for site in 0..4 {
+        join(&mut f, site, site < 2);
+    }
+    // Site 1 scores the candidate far better, then rejoins as no canary:
+    // its scores are not part of the decision.
+    for (site, c, p) in [(1, 50, 0), (0, 20, 40)] {
+        f.submit_evaluation(&SITES[site].name, &score(site, 2, 50, c))
+            .unwrap();
+        f.submit_evaluation(&SITES[site].name, &score(site, 1, 50, p))
+            .unwrap();
+        if site == 1 {
+            join(&mut f, 1, false);
+        }
+    }
+    f.advance();
     let (stage, evidence) = decided(&db);
-    assert_eq!(stage, Stage::Archived);
-    assert!(evidence.contains("\"canary_sites\":[]"), "{evidence}");
+    assert_eq!(stage, Stage::Archived, "{evidence}");
+    let evidence: serde_json::Value = serde_json::from_str(&evidence).unwrap();
+    assert_eq!(evidence["canary_sites"], serde_json::json!([SITES[0].name]));
+    assert_eq!(evidence["rows"], 50);
+}
+
+#[test]
+fn a_deadline_decides_on_the_scores_in_hand_and_ends_the_run() {
+    let db = Db::new();
+    let clock = ManualClock::starting_now();
+    let opened = db.open(&plan("")).with_clock(Arc::new(clock.clone()));
+    let mut f = rollout_on(&db, 0.0, Some(Duration::from_secs(60)), opened);
+    // Three of four sites join; canary 1 never scores (it keeps polling).
+    for site in 0..3 {
+        join(&mut f, site, site < 2);
+    }
+    f.submit_evaluation(&SITES[0].name, &score(0, 2, 50, 40))
+        .unwrap();
+    f.submit_evaluation(&SITES[0].name, &score(0, 1, 50, 30))
+        .unwrap();
+    clock.advance(Duration::from_secs(59));
+    assert!(matches!(task(&mut f, 1, Some(1)), TaskView::Rollout { .. }));
+    f.advance();
+    assert_eq!(decided(&db).0, Stage::Canary, "before the deadline");
+    clock.advance(Duration::from_secs(2));
+    f.advance();
+    let store = SqliteStore::open_existing(&db.path()).unwrap();
+    let event = store
+        .stage_events(Some("heart"))
+        .unwrap()
+        .into_iter()
+        .rev()
+        .find(|e| e.version == 2)
+        .unwrap();
+    assert_eq!(event.to, Stage::Production);
+    assert!(
+        event.reason.contains("decided at the deadline")
+            && event.reason.contains("3 site(s) joined")
+            && event
+                .reason
+                .contains(&format!("still scoring: '{}'", SITES[1].name)),
+        "{}",
+        event.reason
+    );
+    // Site 0 takes version 2; site 1 never does: the run ends a deadline
+    // after the decision all the same.
+    assert!(matches!(
+        task(&mut f, 0, Some(2)),
+        TaskView::RolloutOver { .. }
+    ));
+    assert!(matches!(task(&mut f, 1, Some(1)), TaskView::Rollout { .. }));
+    f.advance();
+    assert!(!f.is_finished());
+    clock.advance(Duration::from_secs(61));
+    f.advance();
+    assert!(f.is_finished());
+    let log = store.audit_log(f.run_id()).unwrap();
+    let end = log.iter().rev().find(|r| r.action == "run").unwrap();
+    assert!(end.detail.contains("the deadline passed"), "{}", end.detail);
+    assert!(end.detail.contains(&SITES[1].name), "{}", end.detail);
+}
+
+#[test]
+fn an_interrupted_rollout_is_not_resumed_as_training() {
+    let db = Db::new();
+    let f = rollout(&db, 0.0);
+    drop(f);
+    let (plan, text) = plan("");
+    let store = SqliteStore::open(&db.path()).unwrap();
+    let e = Federation::open(plan, &text, store, Duration::from_secs(60))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("interrupted rollout"), "{e}");
+    assert!(e.contains("tessera abort"), "{e}");
 }
 
 #[test]
@@ -306,8 +418,45 @@ fn a_plan_of_sums_only_is_refused() {
                 file: Arc::new(vec![1]),
             },
             max_drop: 0.0,
+            deadline: None,
         })
         .unwrap_err()
         .to_string();
     assert!(e.contains("in the clear"), "{e}");
+}
+
+#[test]
+fn a_tree_plan_and_an_oversize_file_are_refused() {
+    let db = Db::new();
+    let spec = |size: usize| Rollout {
+        name: "heart".into(),
+        candidate: RolloutModel {
+            version: 2,
+            file: Arc::new(vec![2; size]),
+        },
+        production: RolloutModel {
+            version: 1,
+            file: Arc::new(vec![1; 10]),
+        },
+        max_drop: 0.0,
+        deadline: None,
+    };
+    let mut f = db.open(&plan(""));
+    let e = f
+        .set_rollout(spec(tessera_coordinator::MAX_MODEL_FILE + 1))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sites take 1 to"), "{e}");
+    let e = f.set_rollout(spec(0)).unwrap_err().to_string();
+    assert!(e.contains("0 bytes"), "{e}");
+    let text =
+        std::fs::read_to_string(common::examples().join("synthetic-hierarchical.toml")).unwrap();
+    let plan = tessera_engine::Plan::from_toml(&text, "tree").unwrap();
+    let tree = Db::new();
+    let e = tree
+        .open(&(plan, text))
+        .set_rollout(spec(10))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not flat"), "{e}");
 }

@@ -235,3 +235,38 @@ async fn malformed_updates_over_the_wire_are_refused_and_the_round_goes_on() {
     // The round closed on the other three: its model goes to evaluation.
     assert_eq!(next, Some(round), "{audit:?}");
 }
+
+/// A rollout takes no data agreement: a site that offers one over the
+/// wire is refused, and nothing is recorded as agreed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_refuses_an_agreement_offer() {
+    let db = Db::new();
+    let mut federation = db.open(&plan(""));
+    federation
+        .set_rollout(tessera_coordinator::Rollout {
+            name: "heart".into(),
+            candidate: tessera_coordinator::RolloutModel {
+                version: 2,
+                file: Arc::new(vec![2; 10]),
+            },
+            production: tessera_coordinator::RolloutModel {
+                version: 1,
+                file: Arc::new(vec![1; 10]),
+            },
+            max_drop: 0.0,
+            deadline: None,
+        })
+        .unwrap();
+    let shared = Shared::new(federation);
+    let mut client = in_process(Arc::clone(&shared)).await;
+    client.join(hello("va")).await.unwrap();
+    let status = client
+        .agree(pb::AgreeRequest {
+            site: "va".into(),
+            offer: Some(pb::agree_request::Offer::Kinds(pb::KindsOffer::default())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("no data agreement"), "{status:?}");
+}

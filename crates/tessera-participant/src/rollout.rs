@@ -11,8 +11,10 @@
 //! sending the previous version to serve: the site keeps every version.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use tessera_engine::model_file::ModelFile;
+use tessera_data::LocalSite;
+use tessera_engine::model_file::{ModelFile, Scores};
 use tessera_proto::pb::federation_client::FederationClient;
 use tessera_proto::pb::{self, task};
 use tonic::transport::Channel;
@@ -172,6 +174,60 @@ fn report(
     }
 }
 
+/// A canary that cannot score says why and leaves the rollout (so the
+/// coordinator decides without it rather than waiting), then stops.
+async fn give_up(
+    client: &mut FederationClient<Channel>,
+    config: &ParticipantConfig,
+    welcome: &pb::Welcome,
+    why: String,
+) -> Failure {
+    tracing::error!(%why, "this canary site cannot score the rollout's models");
+    if client::can_withdraw(welcome)
+        && let Err(status) = client::withdraw(client, &config.site, 0, &why, true).await
+    {
+        tracing::warn!(%status, "could not tell the coordinator");
+    }
+    Failure::Fatal(ParticipantError::Local(why))
+}
+
+/// Scores each model on the site's test rows, off the async runtime, while
+/// heartbeats tell the coordinator the site is at work (a canary scoring a
+/// large table is not taken for gone). Gives the rows back with the scores.
+async fn score_all(
+    client: &mut FederationClient<Channel>,
+    config: &ParticipantConfig,
+    beat: Option<Duration>,
+    site: LocalSite,
+    files: Vec<ModelFile>,
+) -> Result<(LocalSite, Vec<Result<Scores, String>>), Failure> {
+    let mut work = tokio::task::spawn_blocking(move || {
+        let (train, _) = site.train_rows();
+        let (test, labels) = site.test_rows();
+        let scores = files
+            .iter()
+            .map(|f| f.score(&train, &test, &labels).map_err(|e| e.to_string()))
+            .collect();
+        (site, scores)
+    });
+    let every = beat.unwrap_or(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            done = &mut work => {
+                return done.map_err(|e| {
+                    Failure::Fatal(ParticipantError::Local(format!("scoring crashed: {e}")))
+                });
+            }
+            () = tokio::time::sleep(every), if beat.is_some() => {
+                let beat = pb::HeartbeatRequest { site: config.site.clone(), round: 0 };
+                if let Err(status) = client.heartbeat(beat).await {
+                    tracing::warn!(%status, "heartbeat failed");
+                }
+            }
+        }
+    }
+}
+
 /// Takes part in the rollout the welcome announces, until the coordinator
 /// says which version every site serves.
 pub(crate) async fn take_part(
@@ -191,6 +247,7 @@ pub(crate) async fn take_part(
     let name = folder_name(&announced.name).map_err(local)?.to_string();
     let plan = prepare::coordinators_plan(config, welcome)?;
     let mut rows = None;
+    let beat = client::heartbeat_interval(welcome);
     tracing::info!(
         model = %name,
         serving = ?serving(models, &name),
@@ -253,6 +310,21 @@ pub(crate) async fn take_part(
                 }
                 let files =
                     receive_files(&mut stream, &[task.bytes, task.production_bytes]).await?;
+                let versions = [task.version, task.production_version];
+                // Each file is read as a model before any is kept.
+                let mut parsed = Vec::new();
+                for (version, bytes) in versions.iter().zip(&files) {
+                    match ModelFile::from_bytes(bytes) {
+                        Ok(file) => parsed.push(file),
+                        Err(e) => {
+                            let why = format!("'{name}' version {version}'s model file: {e}");
+                            return Err(give_up(client, config, welcome, why).await);
+                        }
+                    }
+                }
+                for (version, bytes) in versions.iter().zip(&files) {
+                    keep(models, &name, *version, bytes).map_err(local)?;
+                }
                 let site = match rows.take() {
                     Some(site) => site,
                     None => client::read_site(
@@ -265,20 +337,17 @@ pub(crate) async fn take_part(
                     .await
                     .map_err(Failure::Fatal)?,
                 };
-                let (train, _) = site.train_rows();
-                let (test, labels) = site.test_rows();
+                let (site, scored) = score_all(client, config, beat, site, parsed).await?;
+                rows = Some(site);
                 let mut reports = Vec::new();
-                for (version, bytes) in [
-                    (task.version, &files[0]),
-                    (task.production_version, &files[1]),
-                ] {
-                    keep(models, &name, version, bytes).map_err(local)?;
-                    let file = ModelFile::from_bytes(bytes).map_err(|e| {
-                        local(format!("'{name}' version {version}'s model file: {e}"))
-                    })?;
-                    let scores = file
-                        .score(&train, &test, &labels)
-                        .map_err(|e| local(format!("scoring '{name}' version {version}: {e}")))?;
+                for (version, scores) in versions.into_iter().zip(scored) {
+                    let scores = match scores {
+                        Ok(scores) => scores,
+                        Err(e) => {
+                            let why = format!("scoring '{name}' version {version}: {e}");
+                            return Err(give_up(client, config, welcome, why).await);
+                        }
+                    };
                     tracing::info!(
                         version,
                         rows = scores.n,
@@ -287,7 +356,6 @@ pub(crate) async fn take_part(
                     );
                     reports.push(report(&config.site, version, &scores));
                 }
-                rows = Some(site);
                 for report in reports {
                     client.submit_evaluation(report).await?;
                 }

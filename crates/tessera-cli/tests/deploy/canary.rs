@@ -139,6 +139,22 @@ fn a_worse_candidate_is_rolled_back_and_a_better_one_promoted_on_every_site() {
         "{e}"
     );
 
+    // A deadline that is no time is refused, and nothing changes.
+    let e = s
+        .run(&[
+            "rollout",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--db",
+            db,
+            "--name",
+            "heart",
+            "--insecure",
+            "--deadline",
+            "0",
+        ])
+        .fails();
+    assert!(e.contains("--deadline 0: give seconds"), "{e}");
     let out = roll_out(&s, &plan, db, &[]);
     assert!(
         out.contains("version 2 is production: rollout run"),
@@ -156,7 +172,7 @@ fn a_worse_candidate_is_rolled_back_and_a_better_one_promoted_on_every_site() {
     // Round 1's model again as version 3: worse than version 2 now in
     // production, it is rolled back, and every site serves version 2 still.
     register("1");
-    let out = roll_out(&s, &plan, db, &[]);
+    let out = roll_out(&s, &plan, db, &["--deadline", "600"]);
     assert!(out.contains("version 3 is archived: rollout run"), "{out}");
     assert!(out.contains("rolled back: on 2 canary site(s)'"), "{out}");
     for site in HEART_SITES {

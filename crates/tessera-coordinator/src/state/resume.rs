@@ -21,6 +21,28 @@ impl Federation {
     /// Rebuilds the state a previous coordinator left in the database.
     pub(super) fn resume(&mut self) -> Result<(), CoordinatorError> {
         let run = self.run.id.clone();
+        if self.store.latest_model_version(&run)?.is_none() {
+            // A rollout or a dry run builds no model; neither is resumed
+            // as training (the run's log says which it was).
+            let opened = self.store.audit_log(&run)?.into_iter().find(|r| {
+                r.site == "-"
+                    && r.outcome == "opened"
+                    && ["rollout", "dry-run"].contains(&&*r.action)
+            });
+            if let Some(row) = opened {
+                return Err(CoordinatorError::Config(format!(
+                    "run {run} in this database is an interrupted {} ({}): it is not resumed as \
+                     a training run; end it with `tessera abort` on this database (the \
+                     registry shows whether a rollout decided), then start again",
+                    if row.action == "rollout" {
+                        "rollout"
+                    } else {
+                        "dry run"
+                    },
+                    row.detail
+                )));
+            }
+        }
         self.roster.set_joined(self.store.participants(&run)?);
         for (site, bytes) in self.store.offers(&run, AgreementStep::Levels)? {
             let offer = pb::LevelsOffer::decode(bytes.as_slice())

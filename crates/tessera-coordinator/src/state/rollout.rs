@@ -10,12 +10,21 @@
 //! then on (the candidate, or production again), and the run ends once
 //! every live site holds it.
 //!
+//! With a deadline, the decision is taken when it passes with the scores
+//! in hand (sites not joined, or still scoring, are named in it), and the
+//! run ends a deadline after the decision with whichever sites hold the
+//! version decided: a site that never joins, or a hostile canary that
+//! polls forever, cannot hold a rollout open. When no canary scored, no
+//! decision is recorded: the candidate stays a canary, and the sites are
+//! sent production to serve.
+//!
 //! The sums travel in the clear (a plan whose site metrics are sums only
 //! is refused when the rollout opens): a secure sum of the comparison is
 //! not built.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 use tessera_analytics::ab::{ArmSums, compare};
@@ -24,6 +33,10 @@ use tessera_proto::pb;
 use super::{Federation, Phase, Refusal, TaskView};
 use crate::CoordinatorError;
 use crate::store::RunStatus;
+use tessera_core::Timestamp;
+
+/// The largest model file a rollout sends, bytes (what participants take).
+pub const MAX_MODEL_FILE: usize = 64 << 20;
 
 /// The most rows one site may say it scored.
 const MAX_ROWS: u64 = 1_000_000_000;
@@ -52,6 +65,10 @@ pub struct Rollout {
     /// The most the candidate's pooled accuracy may fall below
     /// production's and still be promoted (0: it must do at least as well).
     pub max_drop: f64,
+    /// How long the sites have to join and the canaries to score, and
+    /// again the sites to take the version decided (`None`: the rollout
+    /// waits for every site of the plan).
+    pub deadline: Option<Duration>,
 }
 
 /// One model's sums from one site.
@@ -69,12 +86,16 @@ struct Decision {
     serve: u32,
     /// In words: promoted or rolled back, and on what evidence.
     text: String,
+    /// When it was taken.
+    at: Timestamp,
 }
 
 /// A rollout in progress.
 #[derive(Debug)]
 pub(crate) struct RolloutState {
     spec: Rollout,
+    /// When the rollout opened.
+    opened: Timestamp,
     /// Sites that opted in at their last join.
     canaries: BTreeSet<String>,
     /// Each canary site's sums: the candidate's, production's.
@@ -117,6 +138,27 @@ impl Federation {
                 spec.max_drop
             )));
         }
+        if self.plan.topology.kind != tessera_engine::TopologyKind::Flat {
+            return Err(CoordinatorError::Config(
+                "a rollout runs on a flat plan (one coordinator and its sites): this plan's \
+                 topology is not flat"
+                    .into(),
+            ));
+        }
+        for model in [&spec.candidate, &spec.production] {
+            if model.file.is_empty() || model.file.len() > MAX_MODEL_FILE {
+                return Err(CoordinatorError::Config(format!(
+                    "version {}'s model file is {} bytes: sites take 1 to {MAX_MODEL_FILE}",
+                    model.version,
+                    model.file.len()
+                )));
+            }
+        }
+        if spec.deadline.is_some_and(|d| d.is_zero()) {
+            return Err(CoordinatorError::Config(
+                "the rollout's deadline is zero".into(),
+            ));
+        }
         if spec.candidate.version == spec.production.version {
             return Err(CoordinatorError::Config(format!(
                 "the candidate and production are both version {}",
@@ -128,12 +170,19 @@ impl Federation {
             "rollout",
             "opened",
             &format!(
-                "model '{}': candidate version {} against production version {}, max drop {}",
-                spec.name, spec.candidate.version, spec.production.version, spec.max_drop
+                "model '{}': candidate version {} against production version {}, max drop {}{}",
+                spec.name,
+                spec.candidate.version,
+                spec.production.version,
+                spec.max_drop,
+                spec.deadline
+                    .map_or(String::new(), |d| format!(", deadline {}s", d.as_secs()))
             ),
         );
+        let opened = self.now();
         self.rollout = Some(RolloutState {
             spec,
+            opened,
             canaries: BTreeSet::new(),
             scores: BTreeMap::new(),
             decision: None,
@@ -142,22 +191,31 @@ impl Federation {
         Ok(())
     }
 
-    /// At a join in a rollout: the site must speak "canary"; whether it
-    /// opted in and what it serves are recorded. The welcome's rollout.
-    pub(super) fn rollout_join(
-        &mut self,
-        site: &str,
-        hello: &pb::Hello,
-    ) -> Result<Option<pb::ServedModel>, Refusal> {
-        let Some(rollout) = self.rollout.as_mut() else {
-            return Ok(None);
-        };
-        if !hello.capabilities.iter().any(|c| c == "canary") {
+    /// Whether this run is a rollout.
+    pub fn in_rollout(&self) -> bool {
+        self.rollout.is_some()
+    }
+
+    /// Before a join in a rollout is taken: the site must speak "canary".
+    pub(super) fn rollout_admits(&self, site: &str, hello: &pb::Hello) -> Result<(), Refusal> {
+        if self.rollout.is_some() && !hello.capabilities.iter().any(|c| c == "canary") {
             let reason = "this coordinator runs a rollout of a registered model: the participant \
                           needs capability 'canary' (Tessera protocol 1.20 or later)";
             self.audit(site, "join", "refused", reason);
             return Err(Refusal::Invalid(reason.into()));
         }
+        Ok(())
+    }
+
+    /// At a join in a rollout, once the site's process holds its session:
+    /// whether it opted in and what it serves are recorded. The welcome's
+    /// rollout.
+    pub(super) fn rollout_join(
+        &mut self,
+        site: &str,
+        hello: &pb::Hello,
+    ) -> Option<pb::ServedModel> {
+        let rollout = self.rollout.as_mut()?;
         if hello.canary {
             rollout.canaries.insert(site.to_string());
         } else {
@@ -187,7 +245,7 @@ impl Federation {
             }
         );
         self.audit(site, "rollout-join", "accepted", &detail);
-        Ok(Some(announced))
+        Some(announced)
     }
 
     /// What `site` does in a rollout (`None`: the run is no rollout).
@@ -287,35 +345,73 @@ impl Federation {
         let Some(rollout) = self.rollout.as_ref() else {
             return Ok(());
         };
-        if rollout.decision.is_some() {
-            if joined
+        let past = |since: Timestamp| rollout.spec.deadline.is_some_and(|d| now >= since.plus(d));
+        if let Some(decision) = &rollout.decision {
+            let missing: Vec<&String> = joined
                 .iter()
-                .all(|s| rollout.over.contains(s) || !live.contains(s))
-            {
-                self.store.end_run(&self.run.id, RunStatus::Finished)?;
-                self.audit(
-                    "-",
-                    "run",
-                    "finished",
-                    "every live site serves the version decided",
-                );
-                self.phase = Phase::Finished;
-                self.version += 1;
-            }
+                .filter(|s| !rollout.over.contains(*s) && live.contains(*s))
+                .collect();
+            let detail = if missing.is_empty() {
+                "every live site serves the version decided".to_string()
+            } else if past(decision.at) {
+                format!(
+                    "the deadline passed: every live site serves the version decided but {}",
+                    shown_list(&missing)
+                )
+            } else {
+                return Ok(());
+            };
+            self.store.end_run(&self.run.id, RunStatus::Finished)?;
+            self.audit("-", "run", "finished", &detail);
+            self.phase = Phase::Finished;
+            self.version += 1;
             return Ok(());
         }
         let everyone = self
             .roster
             .expected()
             .complete(&joined.iter().map(String::as_str).collect());
-        let waiting = rollout
+        let scoring: Vec<&String> = rollout
             .canaries
             .iter()
-            .any(|s| live.contains(s) && !rollout.scored(s));
-        if !everyone || waiting {
+            .filter(|s| live.contains(*s) && !rollout.scored(s))
+            .collect();
+        let late = if everyone && scoring.is_empty() {
+            String::new()
+        } else if past(rollout.opened) {
+            let mut late = Vec::new();
+            if !everyone {
+                late.push(format!("{} site(s) joined of the plan's", joined.len()));
+            }
+            if !scoring.is_empty() {
+                late.push(format!("still scoring: {}", shown_list(&scoring)));
+            }
+            format!(" (decided at the deadline: {})", late.join("; "))
+        } else {
             return Ok(());
-        }
-        let (promote, text, evidence) = decide(rollout)?;
+        };
+        let Some((promote, text, evidence)) = decide(rollout)? else {
+            // Nothing to decide on: production stays, the candidate stays
+            // a canary, and the registry is not touched.
+            let text = format!(
+                "no decision: no canary site scored version {} (none opted in, or each left){late}; \
+                 production version {} is served, and the candidate stays a canary",
+                rollout.spec.candidate.version, rollout.spec.production.version
+            );
+            let serve = rollout.spec.production.version;
+            tracing::warn!(model = %rollout.spec.name, %text, "rollout undecided");
+            self.audit("-", "rollout", "undecided", &text);
+            if let Some(rollout) = self.rollout.as_mut() {
+                rollout.decision = Some(Decision {
+                    serve,
+                    text,
+                    at: now,
+                });
+            }
+            self.version += 1;
+            return Ok(());
+        };
+        let text = format!("{text}{late}");
         let spec = &rollout.spec;
         let (name, candidate) = (spec.name.clone(), spec.candidate.version);
         let serve = if promote {
@@ -330,7 +426,11 @@ impl Federation {
         tracing::info!(model = %name, candidate, serve, %text, "rollout decided");
         self.audit("-", "rollout", "decided", &text);
         if let Some(rollout) = self.rollout.as_mut() {
-            rollout.decision = Some(Decision { serve, text });
+            rollout.decision = Some(Decision {
+                serve,
+                text,
+                at: now,
+            });
         }
         self.version += 1;
         Ok(())
@@ -408,14 +508,31 @@ fn check_report(
     Ok((index, sums))
 }
 
-/// Promote or not, the decision in words, and its evidence (JSON).
-fn decide(rollout: &RolloutState) -> Result<(bool, String, String), CoordinatorError> {
+/// At most eight site names, for a log line.
+fn shown_list(sites: &[&String]) -> String {
+    let mut shown: Vec<String> = sites
+        .iter()
+        .take(8)
+        .map(|s| format!("'{}'", tessera_proto::shown(s, 64)))
+        .collect();
+    if sites.len() > 8 {
+        shown.push(format!("and {} more", sites.len() - 8));
+    }
+    shown.join(", ")
+}
+
+/// Promote or not, the decision in words, and its evidence (JSON), from
+/// the sites that are canaries now (`None`: none of them scored).
+fn decide(rollout: &RolloutState) -> Result<Option<(bool, String, String)>, CoordinatorError> {
     let spec = &rollout.spec;
     let mut per_site = serde_json::Map::new();
     let (mut candidate, mut production) = (ArmSums::default(), ArmSums::default());
     let (mut loss_c, mut loss_p) = (0.0, 0.0);
     for (site, scores) in &rollout.scores {
-        let [Some(c), Some(p)] = scores else { continue };
+        // A site that rejoined without opting in no longer counts.
+        let ([Some(c), Some(p)], true) = (scores, rollout.canaries.contains(site)) else {
+            continue;
+        };
         candidate.n += c.n as f64;
         candidate.correct += c.correct as f64;
         production.n += p.n as f64;
@@ -435,13 +552,7 @@ fn decide(rollout: &RolloutState) -> Result<(bool, String, String), CoordinatorE
     }
     let sites = per_site.len();
     if sites == 0 {
-        let text = format!(
-            "rolled back: no canary site scored version {} (none opted in, or each left)",
-            spec.candidate.version
-        );
-        let evidence =
-            json!({"canary_sites": [], "decision": "rolled back", "max_drop": spec.max_drop});
-        return Ok((false, text, evidence.to_string()));
+        return Ok(None);
     }
     let comparison = compare(&production, &candidate, 0.0).map_err(CoordinatorError::Config)?;
     let promote = comparison.difference >= -spec.max_drop;
@@ -475,5 +586,5 @@ fn decide(rollout: &RolloutState) -> Result<(bool, String, String), CoordinatorE
         "max_drop": spec.max_drop,
         "per_site": per_site,
     });
-    Ok((promote, text, evidence.to_string()))
+    Ok(Some((promote, text, evidence.to_string())))
 }
