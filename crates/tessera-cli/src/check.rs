@@ -55,11 +55,27 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
         .with_context(|| format!("site '{site}': the plan is not valid"))?;
     // What the coordinator will ask of this site's build: the plan's run's
     // capabilities (and the oldest build that has them, for the operator).
-    let needed = tessera_coordinator::run_capabilities(&plan);
+    let needed = tessera_coordinator::site_capabilities(&plan, site);
+    let cohorts: Vec<&str> = plan
+        .features
+        .iter()
+        .filter(|f| f.sites.iter().any(|s| s == site))
+        .map(|f| f.name.as_str())
+        .collect();
+    if !plan.features.is_empty() {
+        println!(
+            "feature flags: site '{site}' is in the cohort of {}",
+            if cohorts.is_empty() {
+                "none (it runs without the flagged features)".to_string()
+            } else {
+                cohorts.join(", ")
+            }
+        );
+    }
     match tessera_proto::oldest_with(&needed) {
         Some(oldest) => println!(
-            "the plan's run needs of every participant: {} (from protocol {}.{oldest}; this \
-             build has them)",
+            "the plan's run needs of this site's participant: {} (from protocol {}.{oldest}; \
+             this build has them)",
             needed.join(", "),
             tessera_proto::MAJOR
         ),

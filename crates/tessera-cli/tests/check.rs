@@ -172,6 +172,35 @@ fn a_one_class_site_and_a_cross_silo_plan_are_ready() {
         .ok();
     assert!(out.contains("--expect-plan"), "{out}");
     assert!(out.contains("site 'hospital_b': ready"), "{out}");
+    // A feature flag: the cohort's site is asked for the codecs, the others not.
+    let heart = std::fs::read_to_string(s.path(PLAN)).unwrap();
+    s.write(
+        "examples/flagged.toml",
+        &format!(
+            "{heart}\n[compression]\nupload = \"topk:0.3+q8\"\n\n[[features]]\n\
+             name = \"compression.upload\"\nsites = [\"cleveland\"]\n"
+        ),
+    );
+    let check = |site: &str| {
+        s.run(&["check", "--plan", "examples/flagged.toml", "--site", site])
+            .ok()
+    };
+    let out = check("cleveland");
+    assert!(
+        out.contains("site 'cleveland' is in the cohort of compression.upload"),
+        "{out}"
+    );
+    let needs = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("the plan's run needs of this site's participant"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(needs(&out).contains("codec-topk"), "{out}");
+    let out = check("va");
+    assert!(out.contains("site 'va' is in the cohort of none"), "{out}");
+    assert!(!needs(&out).contains("codec-topk"), "{out}");
+    assert!(needs(&out).contains("feature-flags"), "{out}");
 }
 
 /// docs/COMPATIBILITY.md is what `tessera protocol --markdown` prints now

@@ -537,7 +537,7 @@ impl Federation {
         if site.is_empty() {
             return Err(Refusal::Invalid("no site name".into()));
         }
-        let required = self.required_capabilities();
+        let required = self.required_capabilities_of(site);
         let negotiated = match negotiate(
             CAPABILITIES,
             hello.major,

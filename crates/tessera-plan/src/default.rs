@@ -55,6 +55,7 @@ impl Default for Plan {
             analytics: Default::default(),
             personalization: Default::default(),
             multitask: None,
+            features: Vec::new(),
         }
     }
 }

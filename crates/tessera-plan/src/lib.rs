@@ -38,6 +38,7 @@ use tessera_privacy::PrivacyConfig;
 use thiserror::Error;
 
 mod default;
+mod features;
 mod memory;
 mod multitask;
 mod personalization;
@@ -47,6 +48,7 @@ pub mod streams;
 mod topology;
 mod validate;
 
+pub use features::{FLAGGABLE, FeatureFlag};
 pub use memory::{MemoryRole, available_memory};
 pub use multitask::{MAX_TASKS, MultitaskConfig, TaskSpec};
 pub use personalization::PersonalizationConfig;
@@ -153,6 +155,10 @@ pub struct Plan {
     /// targets share the model's body, each task its own head (simulation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multitask: Option<MultitaskConfig>,
+    /// Feature flags (`[[features]]`): a feature on for a named cohort of
+    /// sites only; none by default (every feature on at every site).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<FeatureFlag>,
 }
 
 /// The `[data]` of a plan without one: no files, no columns, no target.

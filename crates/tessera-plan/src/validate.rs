@@ -172,6 +172,7 @@ impl Plan {
     /// sites, those against the federation's size ([`Plan::check_cohort`]).
     pub fn conflicts(&self) -> Vec<Conflict> {
         let mut out = self.section_conflicts();
+        out.extend(self.feature_conflicts());
         out.extend(RULES.iter().filter_map(|rule| (rule.check)(self)));
         if !self.data.sites.is_empty() {
             out.extend(self.cohort_conflicts(self.data.sites.len()));

@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 20;
+pub const MINOR: u32 = 21;
 
 /// What this build can do.
 ///
@@ -127,6 +127,7 @@ pub const CAPABILITIES: &[&str] = &[
     "initial-model-digest",
     "ifca",
     "canary",
+    "feature-flags",
 ];
 
 /// Each capability of [`CAPABILITIES`] with the minor version that brought
@@ -167,6 +168,7 @@ pub const CAPABILITY_SINCE: &[(&str, u32)] = &[
     ("initial-model-digest", 18),
     ("ifca", 19),
     ("canary", 20),
+    ("feature-flags", 21),
 ];
 
 /// The capabilities a Tessera build of protocol `1.minor` sends.

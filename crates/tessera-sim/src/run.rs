@@ -432,7 +432,11 @@ pub(crate) fn run_sync(
         .collect();
     let index: BTreeMap<&ParticipantId, usize> =
         ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
-    let compression = &plan.compression;
+    // Each site's compression: the plan's, less what a feature flag leaves out.
+    let compressions: Vec<_> = ids
+        .iter()
+        .map(|id| plan.compression_for(id.as_str()))
+        .collect();
     // Learners whose calls take one global lock (Python's GIL) are called
     // one at a time on this thread: threads would only wait for each other.
     let parallel = match &learners {
@@ -559,7 +563,7 @@ pub(crate) fn run_sync(
             // site's bandwidth and what is left of the target round time.
             let spent = received.since(now) + compute + profile.latency();
             let codec = upload_codec(
-                compression,
+                &compressions[site],
                 n_values,
                 profile.bandwidth,
                 spent.as_secs_f64(),

@@ -209,3 +209,42 @@ fn compressed_models_over_grpc_equal_simulation_across_a_coordinator_restart() {
         assert!(down(10, site) < down(0, site), "{site}: {rounds:?}");
     }
 }
+
+/// A feature flag: the upload codec is on for a cohort of two sites only.
+/// The cohort's updates arrive compressed, the other sites' whole, and the
+/// deployed model equals the simulation of the same plan bit for bit.
+#[test]
+fn a_feature_flag_compresses_the_cohort_only_and_equals_simulation() {
+    if util::skip_e2e("a_feature_flag_compresses_the_cohort_only_and_equals_simulation") {
+        return;
+    }
+    let s = Scratch::new("deploy-feature-flag");
+    let plan = plan_with(
+        &s,
+        "flagged",
+        "[compression]\nupload = \"topk:0.3+q8\"\n\n[[features]]\nname = \"compression.upload\"\n\
+         sites = [\"cleveland\", \"hungarian\"]\n",
+    );
+    let (sim, expected) = s.simulate(&plan, "sim.model");
+    let (mut coordinator, mut participants) = run_federation(&s, &plan, "c.sqlite", "dep.model");
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    assert_eq!(util::model(&s.path("dep.model")), expected);
+    for (name, report) in [("deployed", s.json("dep.model.json")), ("simulated", sim)] {
+        for r in report["rounds"].as_array().unwrap() {
+            let traffic = r["traffic"].as_object().unwrap();
+            assert_eq!(traffic.len(), 4, "{name}: {r}");
+            for (site, t) in traffic {
+                let cohort = site == "cleveland" || site == "hungarian";
+                let codec = t["codec"].as_str().unwrap_or("none");
+                assert_eq!(
+                    codec == "topk:0.3+q8",
+                    cohort,
+                    "{name}: {site}'s codec {codec}: {t}"
+                );
+            }
+        }
+    }
+}

@@ -7,8 +7,20 @@ use super::Federation;
 
 /// The capabilities a run of `plan` needs of every participant: the
 /// strategy's, the external model's, secure aggregation's, the analytics
-/// serving's, the regional model's and every codec's. Sorted, each once.
+/// serving's, the regional model's and every codec's (the upload codecs'
+/// only when no feature flag limits them to a cohort). Sorted, each once.
 pub fn run_capabilities(plan: &Plan) -> Vec<&'static str> {
+    capabilities(plan, None)
+}
+
+/// The capabilities a run of `plan` needs of `site`'s participant: as
+/// [`run_capabilities`], with the upload codecs' where a feature flag's
+/// cohort names the site.
+pub fn site_capabilities(plan: &Plan, site: &str) -> Vec<&'static str> {
+    capabilities(plan, Some(site))
+}
+
+fn capabilities(plan: &Plan, site: Option<&str>) -> Vec<&'static str> {
     let mut required = tessera_proto::required_capabilities(plan.federation.strategy.as_str());
     if plan.model.kind.is_external() {
         required.push("external-learners");
@@ -37,7 +49,20 @@ pub fn run_capabilities(plan: &Plan) -> Vec<&'static str> {
     {
         required.push("regional-model");
     }
-    for codec in plan.compression.upload_codecs() {
+    if !plan.features.is_empty() {
+        // The plan's `[[features]]`, which an older participant cannot read.
+        required.push("feature-flags");
+    }
+    let upload = match site {
+        Some(site) => plan.feature_on("compression.upload", site),
+        None => !plan.features.iter().any(|f| f.name == "compression.upload"),
+    };
+    for codec in plan
+        .compression
+        .upload_codecs()
+        .into_iter()
+        .filter(|_| upload)
+    {
         required.extend(tessera_proto::codec_capabilities(&codec));
     }
     required.extend(tessera_proto::model_codec_capabilities(
@@ -49,9 +74,9 @@ pub fn run_capabilities(plan: &Plan) -> Vec<&'static str> {
 }
 
 impl Federation {
-    /// The capabilities the run needs of every participant
-    /// ([`run_capabilities`] of its plan).
-    pub(super) fn required_capabilities(&self) -> Vec<&'static str> {
-        run_capabilities(&self.plan)
+    /// The capabilities the run needs of `site`'s participant
+    /// ([`site_capabilities`] of its plan).
+    pub(super) fn required_capabilities_of(&self, site: &str) -> Vec<&'static str> {
+        site_capabilities(&self.plan, site)
     }
 }

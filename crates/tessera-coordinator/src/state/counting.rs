@@ -72,6 +72,7 @@ impl Federation {
 
     /// The codec `site`'s update of `round` must use.
     pub fn expected_codec(&self, site: &str, round: u32) -> tessera_compress::Codec {
-        self.links.expected(&self.plan.compression, site, round)
+        self.links
+            .expected(&self.plan.compression_for(site), site, round)
     }
 }

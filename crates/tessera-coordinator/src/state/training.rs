@@ -61,7 +61,7 @@ impl Federation {
                 };
                 let now = self.now();
                 let codec = self.links.assign(
-                    &self.plan.compression,
+                    &self.plan.compression_for(site),
                     site,
                     task.round,
                     task.global.n_values(),
