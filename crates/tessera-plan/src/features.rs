@@ -71,7 +71,24 @@ impl Plan {
     pub(crate) fn feature_conflicts(&self) -> Vec<Conflict> {
         let mut out = Vec::new();
         let mut push = |reason: String| out.push(Conflict::new(&["features"], reason));
-        let listed = self.data.named_sites();
+        if self.features.is_empty() {
+            return out;
+        }
+        // Whether the plan lists `site` (`None`: the plan names no sites);
+        // read without listing a synthetic plan's sites, which may be many.
+        let listed = |site: &str| -> Option<bool> {
+            if !self.data.sites.is_empty() {
+                return Some(self.data.sites.iter().any(|s| s.name == site));
+            }
+            let synthetic = self.data.synthetic.as_ref()?;
+            Some(
+                site.strip_prefix("site")
+                    .filter(|k| k.bytes().all(|b| b.is_ascii_digit()))
+                    .filter(|k| k.len() == 1 || !k.starts_with('0'))
+                    .and_then(|k| k.parse::<u64>().ok())
+                    .is_some_and(|k| k < synthetic.sites as u64),
+            )
+        };
         let mut names = std::collections::BTreeSet::new();
         for flag in &self.features {
             let name = tessera_core::one_line(&flag.name);
@@ -97,7 +114,7 @@ impl Plan {
                 let shown = tessera_core::one_line(site);
                 if !seen.insert(site.as_str()) {
                     push(format!("features: '{name}' names site '{shown}' twice"));
-                } else if !listed.is_empty() && !listed.contains(site) {
+                } else if listed(site) == Some(false) {
                     push(format!(
                         "features: '{name}' names site '{shown}', which is not among the \
                          plan's sites"

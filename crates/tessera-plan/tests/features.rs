@@ -87,3 +87,28 @@ fn bad_flags_are_refused_naming_why() {
         assert!(e.contains(expected), "{extra}\n-> {e}");
     }
 }
+
+#[test]
+fn a_synthetic_plans_sites_are_checked_without_listing_them() {
+    let mut p = Plan::default();
+    p.compression.upload = "topk:0.3".parse().unwrap();
+    // Many synthetic sites: a cohort is checked against them by name.
+    p.data.synthetic.as_mut().unwrap().sites = 1 << 40;
+    for (site, fits) in [
+        ("site3", true),
+        ("site1099511627775", true),
+        ("site1099511627776", false),
+        ("site03", false),
+        ("mars", false),
+    ] {
+        p.features = vec![tessera_plan::FeatureFlag {
+            name: "compression.upload".into(),
+            sites: vec![site.into()],
+        }];
+        let listed = p
+            .conflicts()
+            .iter()
+            .all(|c| !c.reason.contains("not among the plan's sites"));
+        assert_eq!(listed, fits, "{site}");
+    }
+}
