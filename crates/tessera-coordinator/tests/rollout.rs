@@ -231,6 +231,8 @@ fn the_decision_waits_for_every_site_and_reaches_each() {
             }
         );
         assert_eq!(evidence["rows"], 100);
+        // Scores without the paired counts (a 1.20 participant's).
+        assert_eq!(evidence["interval"], "unpaired");
         let difference = evidence["difference"].as_f64().unwrap();
         let expected = (canary_right as f64 - production_right as f64) / 100.0;
         assert!((difference - expected).abs() < 1e-12, "{evidence}");
@@ -459,4 +461,87 @@ fn a_tree_plan_and_an_oversize_file_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("not flat"), "{e}");
+}
+
+/// The candidate's score with the rows each model alone got right.
+fn paired_score(site: usize, n: u64, correct: u64, only: (u64, u64)) -> pb::EvaluationReport {
+    pb::EvaluationReport {
+        candidate_only_right: Some(only.0),
+        production_only_right: Some(only.1),
+        ..score(site, 2, n, correct)
+    }
+}
+
+#[test]
+fn paired_counts_that_do_not_add_up_are_refused_and_the_interval_is_paired() {
+    let db = Db::new();
+    let mut f = rollout(&db, 0.0);
+    for site in 0..4 {
+        join(&mut f, site, site < 2);
+    }
+    let refused = |f: &mut Federation, site: usize, r: pb::EvaluationReport| {
+        f.submit_evaluation(&SITES[site].name, &r)
+            .unwrap_err()
+            .to_string()
+    };
+    // Production's score carries no pair; a pair comes whole.
+    let e = refused(
+        &mut f,
+        0,
+        pb::EvaluationReport {
+            candidate_only_right: Some(1),
+            production_only_right: Some(1),
+            ..score(0, 1, 50, 30)
+        },
+    );
+    assert!(e.contains("production's score carries no"), "{e}");
+    let e = refused(
+        &mut f,
+        0,
+        pb::EvaluationReport {
+            candidate_only_right: Some(1),
+            ..score(0, 2, 50, 40)
+        },
+    );
+    assert!(e.contains("as a pair"), "{e}");
+    // More rows alone right than the candidate got right, or wrong.
+    let e = refused(&mut f, 0, paired_score(0, 50, 40, (41, 0)));
+    assert!(
+        e.contains("do not") || e.contains("alone right on 41"),
+        "{e}"
+    );
+    let e = refused(&mut f, 0, paired_score(0, 50, 40, (0, 11)));
+    assert!(
+        e.contains("alone right on 0 rows and production alone on 11"),
+        "{e}"
+    );
+    // Production first, then a candidate pair that does not add up
+    // (40 - 30 is 10, not 12 - 1); then one that does.
+    f.submit_evaluation(&SITES[0].name, &score(0, 1, 50, 30))
+        .unwrap();
+    let e = refused(&mut f, 0, paired_score(0, 50, 40, (12, 1)));
+    assert!(e.contains("do not agree"), "{e}");
+    f.submit_evaluation(&SITES[0].name, &paired_score(0, 50, 40, (12, 2)))
+        .unwrap();
+    // Candidate first at site 1, then production that does not add up.
+    f.submit_evaluation(&SITES[1].name, &paired_score(1, 50, 35, (10, 5)))
+        .unwrap();
+    let e = refused(&mut f, 1, score(1, 1, 50, 31));
+    assert!(e.contains("do not agree"), "{e}");
+    f.submit_evaluation(&SITES[1].name, &score(1, 1, 50, 30))
+        .unwrap();
+    f.advance();
+    let (stage, evidence) = decided(&db);
+    assert_eq!(stage, Stage::Production);
+    let evidence: serde_json::Value = serde_json::from_str(&evidence).unwrap();
+    assert_eq!(evidence["interval"], "paired", "{evidence}");
+    // By hand: 100 rows, production right on 60, the candidate alone on
+    // 22 and production alone on 7: difference 0.15, variance
+    // (29 - 15²/100) / 100².
+    let se = (29.0f64 - 2.25).sqrt() / 100.0;
+    let ci = evidence["ci95"].as_array().unwrap();
+    assert!((evidence["difference"].as_f64().unwrap() - 0.15).abs() < 1e-12);
+    assert!((ci[0].as_f64().unwrap() - (0.15 - 1.959_963_984_540_054 * se)).abs() < 1e-9);
+    assert!((ci[1].as_f64().unwrap() - (0.15 + 1.959_963_984_540_054 * se)).abs() < 1e-9);
+    assert_eq!(evidence["candidate_only_right"], 22);
 }

@@ -191,6 +191,23 @@ async fn give_up(
     Failure::Fatal(ParticipantError::Local(why))
 }
 
+/// A model's sums on the site's test rows, and each row's outcome.
+type RowScores = (Scores, Vec<Option<bool>>);
+
+/// Of the rows both models scored: those the candidate alone got right,
+/// and those production alone got right.
+fn discordant(candidate: &[Option<bool>], production: &[Option<bool>]) -> (u64, u64) {
+    let mut only = (0, 0);
+    for pair in candidate.iter().zip(production) {
+        match pair {
+            (Some(true), Some(false)) => only.0 += 1,
+            (Some(false), Some(true)) => only.1 += 1,
+            _ => {}
+        }
+    }
+    only
+}
+
 /// Scores each model on the site's test rows, off the async runtime, while
 /// heartbeats tell the coordinator the site is at work (a canary scoring a
 /// large table is not taken for gone). Gives the rows back with the scores.
@@ -200,13 +217,16 @@ async fn score_all(
     beat: Option<Duration>,
     site: LocalSite,
     files: Vec<ModelFile>,
-) -> Result<(LocalSite, Vec<Result<Scores, String>>), Failure> {
+) -> Result<(LocalSite, Vec<Result<RowScores, String>>), Failure> {
     let mut work = tokio::task::spawn_blocking(move || {
         let (train, _) = site.train_rows();
         let (test, labels) = site.test_rows();
         let scores = files
             .iter()
-            .map(|f| f.score(&train, &test, &labels).map_err(|e| e.to_string()))
+            .map(|f| {
+                f.score_rows(&train, &test, &labels)
+                    .map_err(|e| e.to_string())
+            })
             .collect();
         (site, scores)
     });
@@ -340,8 +360,9 @@ pub(crate) async fn take_part(
                 let (site, scored) = score_all(client, config, beat, site, parsed).await?;
                 rows = Some(site);
                 let mut reports = Vec::new();
+                let mut outcomes = Vec::new();
                 for (version, scores) in versions.into_iter().zip(scored) {
-                    let scores = match scores {
+                    let (scores, rows) = match scores {
                         Ok(scores) => scores,
                         Err(e) => {
                             let why = format!("scoring '{name}' version {version}: {e}");
@@ -355,7 +376,13 @@ pub(crate) async fn take_part(
                         "scored on this site's test rows"
                     );
                     reports.push(report(&config.site, version, &scores));
+                    outcomes.push(rows);
                 }
+                // The paired comparison: the rows one model alone got
+                // right, with the candidate's sums.
+                let (candidate_only, production_only) = discordant(&outcomes[0], &outcomes[1]);
+                reports[0].candidate_only_right = Some(candidate_only);
+                reports[0].production_only_right = Some(production_only);
                 for report in reports {
                     client.submit_evaluation(report).await?;
                 }
@@ -386,6 +413,14 @@ pub(crate) async fn take_part(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rows_one_model_alone_got_right_are_counted_where_both_scored() {
+        let (t, f) = (Some(true), Some(false));
+        let candidate = [t, t, f, f, t, None, t];
+        let production = [t, f, t, f, f, t, None];
+        assert_eq!(discordant(&candidate, &production), (2, 1));
+    }
 
     #[test]
     fn a_site_keeps_each_version_once_and_names_what_it_serves() {

@@ -201,6 +201,8 @@ pub fn evaluation_to_pb(site: &str, round: u32, e: &Evaluation) -> pb::Evaluatio
             })
             .unwrap_or_default(),
         sites: Vec::new(),
+        candidate_only_right: None,
+        production_only_right: None,
     }
 }
 
@@ -221,6 +223,13 @@ pub fn evaluation_from_pb(report: &pb::EvaluationReport) -> Result<Evaluation, P
     if report.auc.is_some_and(|a| !(0.0..=1.0).contains(&a)) {
         return Err(ProtoError::Malformed(
             "evaluation: AUC outside [0, 1]".into(),
+        ));
+    }
+    if report.candidate_only_right.is_some() || report.production_only_right.is_some() {
+        return Err(ProtoError::Malformed(
+            "evaluation: only a canary's score of a rollout's candidate carries the rows one \
+             model alone got right"
+                .into(),
         ));
     }
     let mut bins = Vec::with_capacity(report.histogram.len());

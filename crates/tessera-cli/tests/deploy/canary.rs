@@ -235,7 +235,19 @@ fn a_worse_candidate_is_rolled_back_and_a_better_one_promoted_on_every_site() {
                 evaluated(db, &run, site, production_round),
                 "{site}"
             );
+            // The paired counts agree with the sums.
+            assert_eq!(
+                correct("candidate_only_right") as i64 - correct("production_only_right") as i64,
+                correct("candidate_correct") as i64 - correct("production_correct") as i64,
+                "{site}"
+            );
         }
+        assert_eq!(evidence["interval"], "paired", "{evidence}");
+        println!(
+            "{kind}: difference {difference:+.4}, paired 95% interval {}, candidate alone right \
+             on {} rows, production alone on {}",
+            evidence["ci95"], evidence["candidate_only_right"], evidence["production_only_right"]
+        );
     }
     // A third rollout has no candidate left.
     let e = s

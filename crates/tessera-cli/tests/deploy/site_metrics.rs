@@ -81,6 +81,7 @@ fn aggregate_only_site_metrics_reach_the_coordinator_only_as_sums() {
                 auc: None,
                 histogram: Vec::new(),
                 sites: Vec::new(),
+                ..Default::default()
             })
             .await
             .unwrap_err()

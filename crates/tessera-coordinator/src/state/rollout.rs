@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tessera_analytics::ab::{ArmSums, compare};
+use tessera_analytics::ab::{ArmSums, compare, paired};
 use tessera_proto::pb;
 
 use super::{Federation, Phase, Refusal, TaskView};
@@ -77,6 +77,9 @@ struct Sums {
     n: u64,
     correct: u64,
     loss_sum: f64,
+    /// The candidate's score from a 1.21 participant: the rows the
+    /// candidate alone got right, and those production alone got right.
+    only: Option<(u64, u64)>,
 }
 
 /// The decision, once made.
@@ -463,10 +466,19 @@ fn check_report(
             ));
         }
     };
+    let only = match (report.candidate_only_right, report.production_only_right) {
+        (None, None) => None,
+        (Some(b), Some(c)) if index == 0 => Some((b, c)),
+        _ if index == 1 => {
+            return Err("production's score carries no rows one model alone got right".into());
+        }
+        _ => return Err("the rows each model alone got right come as a pair".into()),
+    };
     let sums = Sums {
         n: report.n_examples,
         correct: report.n_correct,
         loss_sum: report.loss_sum,
+        only,
     };
     if !(1..=MAX_ROWS).contains(&sums.n) {
         return Err(format!(
@@ -476,6 +488,15 @@ fn check_report(
     }
     if sums.correct > sums.n {
         return Err(format!("{} rows right of {} scored", sums.correct, sums.n));
+    }
+    if let Some((b, c)) = only
+        && (b > sums.correct || c > sums.n - sums.correct)
+    {
+        return Err(format!(
+            "the candidate alone right on {b} rows and production alone on {c}, with the \
+             candidate right on {} of {} rows",
+            sums.correct, sums.n
+        ));
     }
     let most = MAX_LOSS_PER_ROW * sums.n as f64;
     if !(sums.loss_sum.is_finite() && (0.0..=most).contains(&sums.loss_sum)) {
@@ -492,6 +513,22 @@ fn check_report(
             "{} rows scored with one model and {} with the other: both are scored on the same \
              test rows",
             sums.n, other.n
+        ));
+    }
+    // Both scores in: the candidate's rows right less production's are
+    // the rows the candidate alone got right less those production alone did.
+    let (candidate, production) = match index {
+        0 => (Some(sums), before[1]),
+        _ => (before[0], Some(sums)),
+    };
+    if let (Some(cand), Some(prod)) = (candidate, production)
+        && let Some((b, c)) = cand.only
+        && i128::from(cand.correct) - i128::from(prod.correct) != i128::from(b) - i128::from(c)
+    {
+        return Err(format!(
+            "the candidate right on {} rows and production on {}, but alone right on {b} and \
+             {c}: the counts do not agree",
+            cand.correct, prod.correct
         ));
     }
     if let Some(earlier) = before[index]
@@ -528,6 +565,8 @@ fn decide(rollout: &RolloutState) -> Result<Option<(bool, String, String)>, Coor
     let mut per_site = serde_json::Map::new();
     let (mut candidate, mut production) = (ArmSums::default(), ArmSums::default());
     let (mut loss_c, mut loss_p) = (0.0, 0.0);
+    // The paired counts, while every site counted sent them.
+    let mut paired_counts = Some((0u64, 0u64, 0u64, 0u64));
     for (site, scores) in &rollout.scores {
         // A site that rejoined without opting in no longer counts.
         let ([Some(c), Some(p)], true) = (scores, rollout.canaries.contains(site)) else {
@@ -539,12 +578,22 @@ fn decide(rollout: &RolloutState) -> Result<Option<(bool, String, String)>, Coor
         production.correct += p.correct as f64;
         loss_c += c.loss_sum;
         loss_p += p.loss_sum;
+        // Each site's counts are at most 10^9, and the sites far fewer
+        // than 10^9: the sums fit.
+        paired_counts = match (paired_counts, c.only) {
+            (Some((n, right, b, only_p)), Some((cb, cc))) => {
+                Some((n + c.n, right + p.correct, b + cb, only_p + cc))
+            }
+            _ => None,
+        };
         per_site.insert(
             site.clone(),
             json!({
                 "rows": c.n,
                 "candidate_correct": c.correct,
                 "production_correct": p.correct,
+                "candidate_only_right": c.only.map(|o| o.0),
+                "production_only_right": c.only.map(|o| o.1),
                 "candidate_loss_sum": c.loss_sum,
                 "production_loss_sum": p.loss_sum,
             }),
@@ -554,13 +603,25 @@ fn decide(rollout: &RolloutState) -> Result<Option<(bool, String, String)>, Coor
     if sites == 0 {
         return Ok(None);
     }
-    let comparison = compare(&production, &candidate, 0.0).map_err(CoordinatorError::Config)?;
+    // Both models scored the same rows: the paired interval where every
+    // site sent the rows one model alone got right (1.21), the unpaired
+    // (wider) one otherwise.
+    let comparison = match paired_counts {
+        Some((n, right, b, c)) => paired(n, right, b, c),
+        None => compare(&production, &candidate, 0.0),
+    }
+    .map_err(CoordinatorError::Config)?;
+    let interval = if paired_counts.is_some() {
+        "paired"
+    } else {
+        "unpaired"
+    };
     let promote = comparison.difference >= -spec.max_drop;
     let rows = candidate.n as u64;
     let text = format!(
         "{}: on {sites} canary site(s)' {rows} test rows, version {}'s accuracy {:.4} against \
-         production version {}'s {:.4} (difference {:+.4}, 95% interval [{:+.4}, {:+.4}]); \
-         promoted when the difference is at least {}",
+         production version {}'s {:.4} (difference {:+.4}, {interval} 95% interval [{:+.4}, \
+         {:+.4}]); promoted when the difference is at least {}",
         if promote { "promoted" } else { "rolled back" },
         spec.candidate.version,
         comparison.accuracy_b,
@@ -581,6 +642,9 @@ fn decide(rollout: &RolloutState) -> Result<Option<(bool, String, String)>, Coor
         "production_accuracy": comparison.accuracy_a,
         "difference": comparison.difference,
         "ci95": [comparison.ci95.0, comparison.ci95.1],
+        "interval": interval,
+        "candidate_only_right": paired_counts.map(|p| p.2),
+        "production_only_right": paired_counts.map(|p| p.3),
         "candidate_mean_loss": loss_c / candidate.n,
         "production_mean_loss": loss_p / production.n,
         "max_drop": spec.max_drop,

@@ -182,5 +182,7 @@ pub fn evaluation_report(site: &str, round: u32) -> pb::EvaluationReport {
         auc: None,
         histogram: Vec::new(),
         sites: Vec::new(),
+        candidate_only_right: None,
+        production_only_right: None,
     }
 }

@@ -132,6 +132,7 @@ impl Driver {
                         auc: Some(0.75),
                         histogram: Vec::new(),
                         sites: Vec::new(),
+                        ..Default::default()
                     };
                     let _ = f.submit_evaluation(name, &report);
                 }
@@ -288,6 +289,7 @@ impl Driver {
                             },
                         )
                         .collect(),
+                    ..Default::default()
                 };
                 let _ = f.submit_evaluation(&site, &report);
             }

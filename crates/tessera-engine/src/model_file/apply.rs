@@ -198,6 +198,18 @@ impl ModelFile {
         table: &Table,
         labels: &[Option<String>],
     ) -> Result<Scores, ModelFileError> {
+        self.score_rows(train, table, labels)
+            .map(|(scores, _)| scores)
+    }
+
+    /// As [`ModelFile::score`], with each row's outcome: whether the model
+    /// got it right (`None`: the row is not scored).
+    pub fn score_rows(
+        &self,
+        train: &Table,
+        table: &Table,
+        labels: &[Option<String>],
+    ) -> Result<(Scores, Vec<Option<bool>>), ModelFileError> {
         if labels.len() != table.rows.len() {
             return Err(ModelFileError::Rows(format!(
                 "{} rows and {} labels",
@@ -206,8 +218,9 @@ impl ModelFile {
             )));
         }
         let mut scores = Scores::default();
+        let mut outcomes = vec![None; labels.len()];
         if table.rows.is_empty() {
-            return Ok(scores);
+            return Ok((scores, outcomes));
         }
         let predictions = self.predict_inputs(&self.site_inputs(train, table)?)?;
         for (row, label) in labels.iter().enumerate() {
@@ -217,12 +230,14 @@ impl ModelFile {
             else {
                 continue;
             };
+            let right = predictions.class[row] == k;
             scores.n += 1;
-            scores.correct += u64::from(predictions.class[row] == k);
+            scores.correct += u64::from(right);
+            outcomes[row] = Some(right);
             let p = f64::from(predictions.probabilities[[row, k]]).max(1e-7);
             scores.loss_sum -= p.ln();
         }
-        Ok(scores)
+        Ok((scores, outcomes))
     }
 }
 

@@ -142,6 +142,7 @@ fn evaluation() -> pb::EvaluationReport {
             },
         ],
         sites: Vec::new(),
+        ..Default::default()
     }
 }
 
