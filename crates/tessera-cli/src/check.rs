@@ -311,6 +311,30 @@ pub fn protocol(args: &ProtocolArgs) -> anyhow::Result<()> {
             needs.join(", "),
             tessera_proto::MAJOR
         );
+        // A feature flag's cohort may need more of its sites.
+        for flag in &plan.features {
+            let Some(site) = flag.sites.first() else {
+                continue;
+            };
+            let cohort = tessera_coordinator::site_capabilities(&plan, site);
+            let more: Vec<&str> = cohort
+                .iter()
+                .copied()
+                .filter(|c| !needs.contains(c))
+                .collect();
+            if !more.is_empty() {
+                let oldest = tessera_proto::oldest_with(&cohort)
+                    .context("the plan needs a capability this build does not know")?;
+                println!(
+                    "and of the sites of feature '{}' ({} sites): also {}; the oldest \
+                     participant that joins it there: {}.{oldest}",
+                    tessera_core::shown(&flag.name, 64),
+                    flag.sites.len(),
+                    more.join(", "),
+                    tessera_proto::MAJOR
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -201,6 +201,28 @@ fn a_one_class_site_and_a_cross_silo_plan_are_ready() {
     assert!(out.contains("site 'va' is in the cohort of none"), "{out}");
     assert!(!needs(&out).contains("codec-topk"), "{out}");
     assert!(needs(&out).contains("feature-flags"), "{out}");
+    // What the cohort needs beyond every site.
+    let out = s.run(&["protocol", "--plan", "examples/flagged.toml"]).ok();
+    assert!(
+        out.contains("and of the sites of feature 'compression.upload' (1 sites): also"),
+        "{out}"
+    );
+    // A cohort name the plan does not have is refused before anything runs.
+    let v2 = std::fs::read_to_string(s.path("examples/fed-heart-disease-v2.toml")).unwrap();
+    s.write(
+        "examples/flagged-v2.toml",
+        &format!(
+            "{v2}\n[compression]\nupload = \"topk:0.3+q8\"\n\n[[features]]\n\
+             name = \"compression.upload\"\nsites = [\"nowhere\"]\n"
+        ),
+    );
+    let e = s
+        .run(&["simulate", "-q", "--plan", "examples/flagged-v2.toml"])
+        .fails();
+    assert!(
+        e.contains("names site 'nowhere', which is not among the plan's sites"),
+        "{e}"
+    );
 }
 
 /// docs/COMPATIBILITY.md is what `tessera protocol --markdown` prints now

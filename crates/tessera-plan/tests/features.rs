@@ -71,10 +71,24 @@ fn bad_flags_are_refused_naming_why() {
         ),
         (
             format!(
-                "{CODEC}[secure_aggregation]\nenabled = true\n{}",
+                "[compression]\nupload = \"randk:0.3\"\n[secure_aggregation]\nenabled = true\n{}",
                 flag("compression.upload", "\"va\"")
             ),
             "flag it without secure_aggregation",
+        ),
+        (
+            format!(
+                "[compression.adaptive]\nladder = [\"none\"]\ntarget_round_seconds = 5.0\n{}",
+                flag("compression.upload", "\"va\"")
+            ),
+            "there is nothing to turn on",
+        ),
+        (
+            format!(
+                "{CODEC}{}",
+                flag("compression.upload", &vec!["\"va\""; 100_001].join(","))
+            ),
+            "names 100001 sites",
         ),
         (
             format!(
@@ -111,4 +125,65 @@ fn a_synthetic_plans_sites_are_checked_without_listing_them() {
             .all(|c| !c.reason.contains("not among the plan's sites"));
         assert_eq!(listed, fits, "{site}");
     }
+}
+
+#[test]
+fn a_tree_plan_and_a_partitioned_plans_names_are_checked() {
+    let mut p = Plan::default();
+    p.compression.upload = "topk:0.3".parse().unwrap();
+    p.features = vec![tessera_plan::FeatureFlag {
+        name: "compression.upload".into(),
+        sites: vec!["site1".into()],
+    }];
+    assert!(p.conflicts().is_empty(), "{:?}", p.conflicts());
+    p.topology.kind = tessera_plan::TopologyKind::Hierarchical;
+    assert!(
+        p.conflicts()
+            .iter()
+            .any(|c| c.reason.contains("topology is not flat")),
+        "{:?}",
+        p.conflicts()
+    );
+    // A partitioned plan's sites: site-01 to site-12.
+    let mut p = plan(CODEC).unwrap();
+    p.data.sites.clear();
+    p.data.partition = Some(tessera_data::PartitionConfig {
+        sites: 12,
+        alpha: 1.0,
+        seed: 0,
+        min_rows: 1,
+    });
+    for (site, fits) in [
+        ("site-01", true),
+        ("site-12", true),
+        ("site-13", false),
+        ("site-1", false),
+        ("site1", false),
+    ] {
+        p.features = vec![tessera_plan::FeatureFlag {
+            name: "compression.upload".into(),
+            sites: vec![site.into()],
+        }];
+        let listed = p
+            .conflicts()
+            .iter()
+            .all(|c| !c.reason.contains("not among the plan's sites"));
+        assert_eq!(listed, fits, "{site}");
+    }
+}
+
+#[test]
+fn a_cohort_name_the_data_does_not_have_is_refused() {
+    let p = plan(&format!(
+        "{CODEC}{}",
+        flag("compression.upload", "\"cleveland\"")
+    ))
+    .unwrap();
+    assert!(p.check_feature_sites(["cleveland", "va"]).is_ok());
+    let e = p.check_feature_sites(["va"]).unwrap_err().to_string();
+    assert!(
+        e.contains("names site 'cleveland', which the data does not have"),
+        "{e}"
+    );
+    assert!(plan(CODEC).unwrap().check_feature_sites([]).is_ok());
 }

@@ -121,6 +121,7 @@ pub fn simulate(
     let (data, new_sites) = crate::personal::split_new_sites(plan, data)?;
     let data = data.as_ref();
     plan.check_cohort(data.sites.len())?;
+    plan.check_feature_sites(data.sites.iter().map(|s| s.name.as_str()))?;
     check_memory(plan, data)?;
     let rounds_started = Instant::now();
     let topology_kind = plan.topology.kind;
