@@ -404,14 +404,11 @@ impl Federation {
             let serve = rollout.spec.production.version;
             tracing::warn!(model = %rollout.spec.name, %text, "rollout undecided");
             self.audit("-", "rollout", "undecided", &text);
-            if let Some(rollout) = self.rollout.as_mut() {
-                rollout.decision = Some(Decision {
-                    serve,
-                    text,
-                    at: now,
-                });
-            }
-            self.version += 1;
+            self.settle_rollout(Decision {
+                serve,
+                text,
+                at: now,
+            });
             return Ok(());
         };
         let text = format!("{text}{late}");
@@ -428,15 +425,20 @@ impl Federation {
             .record_rollout(&name, candidate, promote, &reason, &evidence, at)?;
         tracing::info!(model = %name, candidate, serve, %text, "rollout decided");
         self.audit("-", "rollout", "decided", &text);
+        self.settle_rollout(Decision {
+            serve,
+            text,
+            at: now,
+        });
+        Ok(())
+    }
+
+    /// From now on every site is sent `decision`'s version to serve.
+    fn settle_rollout(&mut self, decision: Decision) {
         if let Some(rollout) = self.rollout.as_mut() {
-            rollout.decision = Some(Decision {
-                serve,
-                text,
-                at: now,
-            });
+            rollout.decision = Some(decision);
         }
         self.version += 1;
-        Ok(())
     }
 }
 
