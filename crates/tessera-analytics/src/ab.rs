@@ -95,12 +95,45 @@ pub fn paired(n: u64, correct_a: u64, b_only: u64, a_only: u64) -> Result<Compar
             "{n} rows, {correct_a} right by A, {b_only} by B only and {a_only} by A only do not fit"
         ));
     }
-    let nf = n as f64;
-    let (b, c) = (b_only as f64, a_only as f64);
+    paired_noised(
+        n as f64,
+        correct_a as f64,
+        b_only as f64,
+        a_only as f64,
+        0.0,
+    )
+}
+
+/// [`paired`] from sums that each carry Gaussian noise of standard
+/// deviation `sigma` (a DP release of the four counts): the counts are
+/// brought back to what fits (`correct_a` within `[0, n]`, `b_only` at most
+/// the rows A got wrong, `a_only` at most those it got right), and the
+/// variance gains the noise's, `sigma² (2 + d²) / n²` for a difference `d`
+/// (the noise of `b_only` and `a_only`, and of `n` through the delta method).
+pub fn paired_noised(
+    n: f64,
+    correct_a: f64,
+    b_only: f64,
+    a_only: f64,
+    sigma: f64,
+) -> Result<Comparison, String> {
+    let finite = [n, correct_a, b_only, a_only, sigma]
+        .iter()
+        .all(|v| v.is_finite());
+    if !finite || n < 1.0 || sigma < 0.0 {
+        return Err(format!(
+            "{n:.1} rows, {correct_a:.1} right by A, {b_only:.1} by B only and {a_only:.1} by A              only (noise {sigma}): too few rows to compare"
+        ));
+    }
+    let nf = n;
+    let right = correct_a.clamp(0.0, nf);
+    let b = b_only.clamp(0.0, nf - right);
+    let c = a_only.clamp(0.0, right);
     let difference = (b - c) / nf;
-    let variance = ((b + c) - (b - c) * (b - c) / nf).max(0.0) / (nf * nf);
-    let standard_error = variance.sqrt();
-    let accuracy_a = correct_a as f64 / nf;
+    let sampling = ((b + c) - (b - c) * (b - c) / nf).max(0.0) / (nf * nf);
+    let noise = sigma * sigma * (2.0 + difference * difference) / (nf * nf);
+    let standard_error = (sampling + noise).sqrt();
+    let accuracy_a = right / nf;
     Ok(Comparison {
         accuracy_a,
         accuracy_b: accuracy_a + difference,
@@ -111,6 +144,107 @@ pub fn paired(n: u64, correct_a: u64, b_only: u64, a_only: u64) -> Result<Compar
             difference + Z95 * standard_error,
         ),
     })
+}
+
+/// The most rows one canary site may say it scored.
+pub const MAX_CANARY_ROWS: u64 = 1_000_000_000;
+
+/// The values of a canary's comparison as it is summed securely: the site
+/// count (1), rows scored by both models, rows production got right, rows
+/// the candidate alone got right, rows production alone got right.
+pub const CANARY_FIELDS: usize = 5;
+
+/// A canary comparison's counts: one site's, or the canaries' sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct CanaryCounts {
+    /// Sites summed.
+    pub sites: u64,
+    /// Test rows scored by both models.
+    pub rows: u64,
+    /// Rows production got right.
+    pub production_right: u64,
+    /// Rows the candidate alone got right.
+    pub candidate_only: u64,
+    /// Rows production alone got right.
+    pub production_only: u64,
+}
+
+impl CanaryCounts {
+    /// One site's counts.
+    pub fn of_site(
+        rows: u64,
+        production_right: u64,
+        candidate_only: u64,
+        production_only: u64,
+    ) -> Self {
+        Self {
+            sites: 1,
+            rows,
+            production_right,
+            candidate_only,
+            production_only,
+        }
+    }
+
+    /// The values a site masks: each count as 16-bit limbs
+    /// ([`crate::secure::limbs`]), so that the sum of up to 2^16 sites does
+    /// not wrap.
+    pub fn encode(&self) -> Vec<u32> {
+        crate::secure::limbs(&[
+            self.sites,
+            self.rows,
+            self.production_right,
+            self.candidate_only,
+            self.production_only,
+        ])
+    }
+
+    /// The length of [`Self::encode`].
+    pub fn dimension() -> usize {
+        CANARY_FIELDS * crate::secure::LIMBS
+    }
+
+    /// The canaries' sum from the unmasked sum of `survivors` sites'
+    /// encodings, or why it does not fit: the site count is the survivors',
+    /// each site scored 1 to [`MAX_CANARY_ROWS`] rows, and the counts fit
+    /// the rows (a site that masked counts out of bounds shows here, though
+    /// which one cannot be told).
+    pub fn decode(sum: &[u32], survivors: usize) -> Result<Self, String> {
+        if sum.len() != Self::dimension() {
+            return Err(format!(
+                "{} values summed, the comparison has {}",
+                sum.len(),
+                Self::dimension()
+            ));
+        }
+        let v = crate::secure::recombine(sum);
+        let counts = Self {
+            sites: v[0],
+            rows: v[1],
+            production_right: v[2],
+            candidate_only: v[3],
+            production_only: v[4],
+        };
+        let survivors = survivors as u64;
+        let fits = counts.sites == survivors
+            && survivors > 0
+            && (survivors..=survivors.saturating_mul(MAX_CANARY_ROWS)).contains(&counts.rows)
+            && counts.production_right <= counts.rows
+            && counts.candidate_only <= counts.rows - counts.production_right
+            && counts.production_only <= counts.production_right;
+        if fits {
+            Ok(counts)
+        } else {
+            Err(format!(
+                "the sum of {survivors} canaries' comparisons does not fit ({} site(s), {} rows,                  production right on {}, the candidate alone on {}, production alone on {}): a                  canary masked counts out of bounds",
+                counts.sites,
+                counts.rows,
+                counts.production_right,
+                counts.candidate_only,
+                counts.production_only
+            ))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -173,6 +307,89 @@ mod tests {
         let rate = f64::from(covered) / f64::from(trials);
         assert!((0.93..=0.97).contains(&rate), "{rate}");
         assert_eq!(narrower, trials);
+    }
+
+    /// The four counts noised (sigma 15 on 400 rows, the paired rows of the
+    /// test above): the widened interval still covers the true difference
+    /// about 95% of the time, and is wider than the exact counts' one.
+    #[test]
+    fn the_noised_paired_interval_covers_95_percent() {
+        let mut rng = Lcg(23);
+        let (trials, rows, sigma) = (2000, 400u64, 15.0);
+        let mut covered = 0;
+        for _ in 0..trials {
+            let (mut ca, mut b_only, mut a_only) = (0, 0, 0);
+            for _ in 0..rows {
+                let u = rng.uniform();
+                let (a, b) = (u < 0.70, u < 0.65 || (0.70..0.80).contains(&u));
+                ca += u64::from(a);
+                b_only += u64::from(b && !a);
+                a_only += u64::from(a && !b);
+            }
+            let mut noised = |v: u64| v as f64 + sigma * rng.normal();
+            let c = paired_noised(
+                noised(rows),
+                noised(ca),
+                noised(b_only),
+                noised(a_only),
+                sigma,
+            )
+            .unwrap();
+            if c.ci95.0 <= 0.05 && 0.05 <= c.ci95.1 {
+                covered += 1;
+            }
+            let exact = paired(rows, ca, b_only, a_only).unwrap();
+            assert!(c.standard_error > exact.standard_error);
+        }
+        let rate = f64::from(covered) / f64::from(trials);
+        assert!((0.93..=0.97).contains(&rate), "{rate}");
+        // Counts the noise pushed out of range are brought back.
+        let c = paired_noised(100.0, 104.0, 3.0, -2.0, 5.0).unwrap();
+        assert!((c.accuracy_a - 1.0).abs() < 1e-12 && c.difference == 0.0);
+        assert!(paired_noised(0.4, 0.0, 0.0, 0.0, 5.0).is_err());
+        assert!(paired_noised(f64::NAN, 0.0, 0.0, 0.0, 5.0).is_err());
+    }
+
+    /// Three sites' comparisons summed limb by limb decode to their sum;
+    /// a sum with a site's counts out of bounds is refused.
+    #[test]
+    fn canary_counts_sum_through_their_encoding() {
+        let sites = [
+            CanaryCounts::of_site(70_000, 50_000, 3_000, 1_000),
+            CanaryCounts::of_site(5, 2, 1, 0),
+            CanaryCounts::of_site(MAX_CANARY_ROWS, 600_000_000, 70_000, 65_536),
+        ];
+        let sum = |all: &[CanaryCounts]| {
+            let mut sum = vec![0u32; CanaryCounts::dimension()];
+            for s in all {
+                for (acc, v) in sum.iter_mut().zip(s.encode()) {
+                    *acc = acc.wrapping_add(v);
+                }
+            }
+            sum
+        };
+        let decoded = CanaryCounts::decode(&sum(&sites), 3).unwrap();
+        assert_eq!(decoded.sites, 3);
+        assert_eq!(decoded.rows, 70_005 + MAX_CANARY_ROWS);
+        assert_eq!(decoded.production_right, 600_050_002);
+        assert_eq!(decoded.candidate_only, 73_001);
+        assert_eq!(decoded.production_only, 66_536);
+        // A site counted twice, a survivor count that is not the sum's,
+        // production alone right on more rows than it got right in all (a
+        // site's counts out of bounds show only when the sum does not
+        // fit), and a short sum.
+        let twice = CanaryCounts {
+            sites: 2,
+            ..sites[1]
+        };
+        assert!(CanaryCounts::decode(&sum(&[sites[0], twice]), 2).is_err());
+        assert!(CanaryCounts::decode(&sum(&sites), 2).is_err());
+        let wrong = CanaryCounts::of_site(10, 0, 0, 60_000);
+        let e = CanaryCounts::decode(&sum(&[sites[0], wrong]), 2).unwrap_err();
+        assert!(e.contains("out of bounds"), "{e}");
+        let empty = CanaryCounts::of_site(0, 0, 0, 0);
+        assert!(CanaryCounts::decode(&sum(&[empty]), 1).is_err());
+        assert!(CanaryCounts::decode(&[0; 3], 1).is_err());
     }
 
     /// Draws from a seeded generator, for the tests only.

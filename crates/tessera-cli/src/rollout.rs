@@ -218,13 +218,6 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<()> {
     let plan_text = std::fs::read_to_string(&args.plan)
         .with_context(|| format!("{}: cannot read", args.plan.display()))?;
     let plan = Plan::from_toml(&plan_text, &args.plan.display().to_string())?;
-    if plan.privacy.site_metrics.sums_only() {
-        bail!(
-            "{}: the plan keeps site metrics as sums only, and a rollout's comparison sends each \
-             canary site's sums in the clear: roll out under a plan whose site_metrics is \"clear\"",
-            args.plan.display()
-        );
-    }
     if !(args.max_drop.is_finite() && (0.0..=1.0).contains(&args.max_drop)) {
         bail!("--max-drop is a share of accuracy between 0 and 1");
     }

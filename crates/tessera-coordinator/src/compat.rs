@@ -135,7 +135,8 @@ pub fn markdown(base: &str, rows: &[MatrixRow]) -> String {
          since its release) is refused by that participant when it reads the plan, after \
          joining. Plans with `[data.cross_silo]` need `cross-silo` (1.13), plans with \
          `[[analytics.joins]]` need `join-relay` (1.11); a rollout of a registered model \
-         (`tessera rollout`) needs `canary` (1.20) of every site; plans with `[[features]]` \
+         (`tessera rollout`) needs `canary` (1.20) of every site, and `canary-secure` (1.22) \
+         under a plan whose site metrics are sums only; plans with `[[features]]` \
          need `feature-flags` (1.21) of every site, and a flagged feature's capabilities of \
          its cohort's sites only (`tessera protocol --plan` names them).\n\n\
          ## Participants\n\n\

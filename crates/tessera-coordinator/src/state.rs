@@ -633,6 +633,9 @@ impl Federation {
         leaving: bool,
     ) -> Result<bool, Refusal> {
         self.require_joined(site)?;
+        if tessera_secagg::is_rollout_round(round) {
+            return Ok(self.rollout_secure_refused(site, round, reason));
+        }
         if round & tessera_secagg::EVALUATION_ROUND == 0
             && round & tessera_secagg::ANALYTICS_ROUND != 0
         {
@@ -668,7 +671,7 @@ impl Federation {
         if withdrawn {
             self.secure_withdraw(site);
         }
-        if leaving && matches!(self.phase, Phase::Evaluating { .. }) {
+        if leaving && (matches!(self.phase, Phase::Evaluating { .. }) || self.in_rollout()) {
             // A secure sum of the evaluations stops waiting for it too.
             self.secure_withdraw(site);
         }

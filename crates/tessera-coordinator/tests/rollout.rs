@@ -13,59 +13,14 @@ use std::time::Duration;
 
 use common::{Db, SITES, hello, plan};
 use tessera_coordinator::{
-    Federation, ManualClock, NewVersion, Rollout, RolloutModel, RunStore, SqliteStore, Stage,
-    TaskView,
+    Federation, ManualClock, Rollout, RolloutModel, RunStore, SqliteStore, Stage, TaskView,
 };
-use tessera_core::{ParameterSet, Tensor};
 use tessera_proto::pb;
 
 /// A registry with version 1 in production and version 2 a candidate,
 /// and a federation rolling out version 2 against version 1.
 fn rollout(db: &Db, max_drop: f64) -> Federation {
-    rollout_on(db, max_drop, None, db.open(&plan("")))
-}
-
-/// As [`rollout`], on `f`, with `deadline`.
-fn rollout_on(db: &Db, max_drop: f64, deadline: Option<Duration>, mut f: Federation) -> Federation {
-    let store = SqliteStore::open(&db.path()).unwrap();
-    let mut p = ParameterSet::new();
-    p.push("w", Tensor::new(vec![1], vec![1.0]).unwrap())
-        .unwrap();
-    for _ in 0..2 {
-        store
-            .register_version(&NewVersion {
-                name: "heart",
-                run_id: f.run_id(),
-                round: 1,
-                params: &p,
-                params_sha256: "s",
-                lineage: "{}",
-                parent: None,
-                at_unix_micros: 1,
-            })
-            .unwrap();
-    }
-    store
-        .set_stage("heart", 1, Stage::Production, "first", "", 2)
-        .unwrap();
-    store
-        .set_stage("heart", 2, Stage::Canary, "canary", "", 3)
-        .unwrap();
-    f.set_rollout(Rollout {
-        name: "heart".into(),
-        candidate: RolloutModel {
-            version: 2,
-            file: Arc::new(vec![2; 100]),
-        },
-        production: RolloutModel {
-            version: 1,
-            file: Arc::new(vec![1; 90]),
-        },
-        max_drop,
-        deadline,
-    })
-    .unwrap();
-    f
+    common::start_rollout(db, max_drop, None, db.open(&plan("")))
 }
 
 fn join(f: &mut Federation, site: usize, canary: bool) {
@@ -201,11 +156,15 @@ fn only_canaries_are_asked_and_their_lies_are_refused() {
 
 #[test]
 fn the_decision_waits_for_every_site_and_reaches_each() {
+    // On 1,000 rows: promoted when the 95% interval's lower end is at least
+    // -max_drop (unpaired here, its half-width about 0.04).
     for (canary_right, production_right, max_drop, promoted) in [
-        (40, 30, 0.0, true),
-        (30, 40, 0.0, false),
-        // 0.05 below production, within a max drop of 0.1.
-        (35, 40, 0.1, true),
+        (400, 300, 0.0, true),
+        (300, 400, 0.0, false),
+        // 0.05 below production, the interval within a max drop of 0.1.
+        (350, 400, 0.1, true),
+        // 0.01 better, but the interval reaches below 0: not shown.
+        (410, 400, 0.0, false),
     ] {
         let db = Db::new();
         let mut f = rollout(&db, max_drop);
@@ -214,9 +173,9 @@ fn the_decision_waits_for_every_site_and_reaches_each() {
         join(&mut f, 2, false);
         join(&mut f, 3, false);
         for (version, right) in [(2, canary_right), (1, production_right)] {
-            f.submit_evaluation(&SITES[0].name, &score(0, version, 50, right / 2))
+            f.submit_evaluation(&SITES[0].name, &score(0, version, 500, right / 2))
                 .unwrap();
-            f.submit_evaluation(&SITES[1].name, &score(1, version, 50, right - right / 2))
+            f.submit_evaluation(&SITES[1].name, &score(1, version, 500, right - right / 2))
                 .unwrap();
         }
         f.advance();
@@ -230,11 +189,11 @@ fn the_decision_waits_for_every_site_and_reaches_each() {
                 Stage::Archived
             }
         );
-        assert_eq!(evidence["rows"], 100);
+        assert_eq!(evidence["rows"], 1000);
         // Scores without the paired counts (a 1.20 participant's).
         assert_eq!(evidence["interval"], "unpaired");
         let difference = evidence["difference"].as_f64().unwrap();
-        let expected = (canary_right as f64 - production_right as f64) / 100.0;
+        let expected = (canary_right as f64 - production_right as f64) / 1000.0;
         assert!((difference - expected).abs() < 1e-12, "{evidence}");
         let serve = if promoted { 2 } else { 1 };
         for site in 0..4 {
@@ -336,7 +295,7 @@ fn a_deadline_decides_on_the_scores_in_hand_and_ends_the_run() {
     let db = Db::new();
     let clock = ManualClock::starting_now();
     let opened = db.open(&plan("")).with_clock(Arc::new(clock.clone()));
-    let mut f = rollout_on(&db, 0.0, Some(Duration::from_secs(60)), opened);
+    let mut f = common::start_rollout(&db, 0.0, Some(Duration::from_secs(60)), opened);
     // Three of four sites join; canary 1 never scores (it keeps polling).
     for site in 0..3 {
         join(&mut f, site, site < 2);
@@ -400,31 +359,6 @@ fn an_interrupted_rollout_is_not_resumed_as_training() {
         .to_string();
     assert!(e.contains("interrupted rollout"), "{e}");
     assert!(e.contains("tessera abort"), "{e}");
-}
-
-#[test]
-fn a_plan_of_sums_only_is_refused() {
-    let db = Db::new();
-    let text = std::fs::read_to_string(common::examples().join("fed-heart-disease.toml")).unwrap();
-    let plan = tessera_engine::Plan::from_toml(&text, "sums").unwrap();
-    let mut f = db.open(&(plan, text));
-    let e = f
-        .set_rollout(Rollout {
-            name: "heart".into(),
-            candidate: RolloutModel {
-                version: 2,
-                file: Arc::new(vec![2]),
-            },
-            production: RolloutModel {
-                version: 1,
-                file: Arc::new(vec![1]),
-            },
-            max_drop: 0.0,
-            deadline: None,
-        })
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("in the clear"), "{e}");
 }
 
 #[test]

@@ -2,7 +2,10 @@
 //! capability "canary"): a site that opted in (`canary`) scores the
 //! candidate and the production model files on its own test rows and sends
 //! each model's sums (rows, rows right, loss); then every site keeps the
-//! version the coordinator decided on and serves it from then on.
+//! version the coordinator decided on and serves it from then on. Under a
+//! plan whose site metrics are sums only (capability "canary-secure"), a
+//! canary sends nothing in the clear: it masks its counts in the task's
+//! secure round, and the coordinator unmasks only the canaries' sum.
 //!
 //! The versions a site received are kept in its models folder as
 //! `NAME/vVERSION.model`, and the version it serves is named in
@@ -268,6 +271,13 @@ pub(crate) async fn take_part(
     let plan = prepare::coordinators_plan(config, welcome)?;
     let mut rows = None;
     let beat = client::heartbeat_interval(welcome);
+    let summed = plan.privacy.site_metrics.sums_only();
+    let mut key_ring = None;
+    let identity = if summed {
+        client::SecureIdentity::load(config.tls.as_ref()).map_err(Failure::Fatal)?
+    } else {
+        client::SecureIdentity::load(None).map_err(Failure::Fatal)?
+    };
     tracing::info!(
         model = %name,
         serving = ?serving(models, &name),
@@ -321,12 +331,24 @@ pub(crate) async fn take_part(
                             .into(),
                     ));
                 }
-                if plan.privacy.site_metrics.sums_only() {
-                    return Err(local(
-                        "the plan keeps site metrics as sums only, and a rollout's comparison \
-                         sends each canary site's sums in the clear: refused"
-                            .into(),
-                    ));
+                // Under sums only, the comparison goes through the secure
+                // round of the candidate's version, and nothing in the clear.
+                let secure_round = task.version | tessera_secagg::ROLLOUT_ROUND;
+                let fits = match summed {
+                    true => {
+                        header.round == secure_round
+                            && task.version < tessera_secagg::ANALYTICS_ROUND
+                    }
+                    false => header.round == 0,
+                };
+                if !fits {
+                    let why = format!(
+                        "the plan's site metrics are {}, and the coordinator asked for this \
+                         canary's comparison in round {}: refused",
+                        plan.privacy.site_metrics.name(),
+                        header.round
+                    );
+                    return Err(give_up(client, config, welcome, why).await);
                 }
                 let files =
                     receive_files(&mut stream, &[task.bytes, task.production_bytes]).await?;
@@ -381,6 +403,36 @@ pub(crate) async fn take_part(
                 // The paired comparison: the rows one model alone got
                 // right, with the candidate's sums.
                 let (candidate_only, production_only) = discordant(&outcomes[0], &outcomes[1]);
+                if summed {
+                    let counts = tessera_analytics::ab::CanaryCounts::of_site(
+                        reports[1].n_examples,
+                        reports[1].n_correct,
+                        candidate_only,
+                        production_only,
+                    );
+                    let counted = client::secure_compare(
+                        client,
+                        &config.site,
+                        &plan,
+                        &identity,
+                        &mut key_ring,
+                        secure_round,
+                        counts.encode(),
+                    )
+                    .await?;
+                    if counted {
+                        tracing::info!(
+                            round = secure_round,
+                            "the comparison is in the canaries' secure sum"
+                        );
+                    } else {
+                        tracing::warn!(
+                            round = secure_round,
+                            "the secure round ended before this site's comparison counted"
+                        );
+                    }
+                    continue;
+                }
                 reports[0].candidate_only_right = Some(candidate_only);
                 reports[0].production_only_right = Some(production_only);
                 for report in reports {

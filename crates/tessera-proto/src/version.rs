@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 21;
+pub const MINOR: u32 = 22;
 
 /// What this build can do.
 ///
@@ -92,6 +92,12 @@ pub const MINOR: u32 = 21;
 ///   serves the version decided (`TASK_KIND_SERVE`); its `Hello` says
 ///   whether it opted in and what it serves (a 1.20 coordinator requires it
 ///   in a rollout).
+/// - `canary-secure` (1.22): in a rollout under a plan whose site metrics
+///   are sums only, a canary site masks its comparison (rows, rows
+///   production got right, rows each model alone got right) in SecAgg+
+///   round `candidate | ROLLOUT_ROUND` (the task's round), and the
+///   coordinator unmasks only the canaries' sum (noised with `"dp"`); a
+///   1.22 coordinator requires it in such a rollout.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -128,6 +134,7 @@ pub const CAPABILITIES: &[&str] = &[
     "ifca",
     "canary",
     "feature-flags",
+    "canary-secure",
 ];
 
 /// Each capability of [`CAPABILITIES`] with the minor version that brought
@@ -169,6 +176,7 @@ pub const CAPABILITY_SINCE: &[(&str, u32)] = &[
     ("ifca", 19),
     ("canary", 20),
     ("feature-flags", 21),
+    ("canary-secure", 22),
 ];
 
 /// The capabilities a Tessera build of protocol `1.minor` sends.

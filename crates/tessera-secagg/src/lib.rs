@@ -119,6 +119,8 @@ pub use metadata::{
     MAX_LOSS, MAX_SUMMANDS, METADATA_LEN, Metadata, MetadataSum, decode_metadata_sum,
     encode_metadata, loss_code, masked_dimension,
 };
-pub use params::{ANALYTICS_ROUND, EVALUATION_ROUND, Expected, RoundParams};
+pub use params::{
+    ANALYTICS_ROUND, EVALUATION_ROUND, Expected, ROLLOUT_ROUND, RoundParams, is_rollout_round,
+};
 pub use quantize::{dequantize_sum, quantize, split_sum};
 pub use server::Server;

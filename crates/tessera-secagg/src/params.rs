@@ -321,3 +321,14 @@ pub const EVALUATION_ROUND: u32 = 1 << 31;
 /// `n | ANALYTICS_ROUND` (`n < 2^30`), so its derived keys and ciphertexts
 /// never coincide with a training round's or an evaluation's.
 pub const ANALYTICS_ROUND: u32 = 1 << 30;
+
+/// Both top bits mark a round that sums the canary sites' comparison of a
+/// rollout's candidate with production: the candidate version `v` is
+/// secure round `v | ROLLOUT_ROUND` (`v < 2^30`), its keys and ciphertexts
+/// apart from every other kind of round's.
+pub const ROLLOUT_ROUND: u32 = EVALUATION_ROUND | ANALYTICS_ROUND;
+
+/// Whether secure round `round` sums a rollout's canary comparison.
+pub fn is_rollout_round(round: u32) -> bool {
+    round & ROLLOUT_ROUND == ROLLOUT_ROUND
+}

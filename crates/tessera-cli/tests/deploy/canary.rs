@@ -3,7 +3,10 @@
 //! of which opted in as canaries: round 15's model is promoted, then round
 //! 1's model again (now worse than production) is rolled back; after each,
 //! every site serves the version decided, and the registry holds the
-//! decision with its evidence.
+//! decision with its evidence. Then, under plans whose site metrics are
+//! sums only, three canaries mask their comparison: round 1's model is
+//! rolled back on the secure sum alone (`"aggregate-only"`), and a last
+//! candidate is decided on the noised sum (`"dp"`).
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -14,7 +17,13 @@ const CANARIES: [&str; 2] = ["cleveland", "hungarian"];
 
 /// Runs `tessera rollout` of `name` and a participant of each site, each
 /// keeping its models under `models-SITE`; gives the rollout's output.
-fn roll_out(s: &Scratch, plan: &std::path::Path, db: &str, extra: &[&str]) -> String {
+fn roll_out(
+    s: &Scratch,
+    plan: &std::path::Path,
+    db: &str,
+    canaries: &[&str],
+    extra: &[&str],
+) -> String {
     let (tx, rx) = mpsc::channel();
     let mut args = vec![
         "rollout",
@@ -39,7 +48,7 @@ fn roll_out(s: &Scratch, plan: &std::path::Path, db: &str, extra: &[&str]) -> St
         .map(|site| {
             let models = s.path(&format!("models-{site}"));
             let mut extra = vec!["--models", models.to_str().unwrap()];
-            if CANARIES.contains(site) {
+            if canaries.contains(site) {
                 extra.push("--canary");
             }
             let extra: Vec<String> = extra.into_iter().map(String::from).collect();
@@ -121,23 +130,6 @@ fn a_worse_candidate_is_rolled_back_and_a_better_one_promoted_on_every_site() {
     let to_production = ["promote", "--name", "heart", "--version", "1"];
     models(&[&to_production[..], &["--to", "production"]].concat()).ok();
     register("15");
-    // A plan whose site metrics are sums only is refused, before any site joins.
-    let e = s
-        .run(&[
-            "rollout",
-            "--plan",
-            examples().join("fed-heart-disease.toml").to_str().unwrap(),
-            "--db",
-            db,
-            "--name",
-            "heart",
-            "--insecure",
-        ])
-        .fails();
-    assert!(
-        e.contains("sends each canary site's sums in the clear"),
-        "{e}"
-    );
 
     // A deadline that is no time is refused, and nothing changes.
     let e = s
@@ -155,7 +147,7 @@ fn a_worse_candidate_is_rolled_back_and_a_better_one_promoted_on_every_site() {
         ])
         .fails();
     assert!(e.contains("--deadline 0: give seconds"), "{e}");
-    let out = roll_out(&s, &plan, db, &[]);
+    let out = roll_out(&s, &plan, db, &CANARIES, &[]);
     assert!(
         out.contains("version 2 is production: rollout run"),
         "{out}"
@@ -172,7 +164,7 @@ fn a_worse_candidate_is_rolled_back_and_a_better_one_promoted_on_every_site() {
     // Round 1's model again as version 3: worse than version 2 now in
     // production, it is rolled back, and every site serves version 2 still.
     register("1");
-    let out = roll_out(&s, &plan, db, &["--deadline", "600"]);
+    let out = roll_out(&s, &plan, db, &CANARIES, &["--deadline", "600"]);
     assert!(out.contains("version 3 is archived: rollout run"), "{out}");
     assert!(out.contains("rolled back: on 2 canary site(s)'"), "{out}");
     for site in HEART_SITES {
@@ -249,7 +241,9 @@ fn a_worse_candidate_is_rolled_back_and_a_better_one_promoted_on_every_site() {
             evidence["ci95"], evidence["candidate_only_right"], evidence["production_only_right"]
         );
     }
-    // A third rollout has no candidate left.
+    secure_rollouts(&s, db, &run, &models, &register);
+
+    // No candidate is left.
     let e = s
         .run(&[
             "rollout",
@@ -263,4 +257,97 @@ fn a_worse_candidate_is_rolled_back_and_a_better_one_promoted_on_every_site() {
         ])
         .fails();
     assert!(e.contains("has no candidate or canary version"), "{e}");
+}
+
+/// Under sums only: three canaries mask their comparison (a secure round
+/// needs three, and the plan's `min_participants`, here 3).
+fn secure_rollouts(
+    s: &Scratch,
+    db: &str,
+    run: &str,
+    models: &dyn Fn(&[&str]) -> util::Run,
+    register: &dyn Fn(&str) -> String,
+) {
+    let canaries = ["cleveland", "hungarian", "switzerland"];
+    let sums = |metrics: &str| {
+        let text = std::fs::read_to_string(plan(s, "fedavg", ""))
+            .unwrap()
+            .replace("min_participants = 4", "min_participants = 3");
+        s.write(
+            &format!("{metrics}.toml"),
+            &format!("{text}\n[privacy]\nsite_metrics = \"{metrics}\"\n"),
+        )
+    };
+    let evidence_of = |version: &str| -> serde_json::Value {
+        let shown: serde_json::Value = serde_json::from_str(
+            &models(&["show", "--name", "heart", "--version", version, "--json"]).ok(),
+        )
+        .unwrap();
+        let last = shown["history"].as_array().unwrap().last().unwrap().clone();
+        serde_json::from_str(last["evidence"].as_str().unwrap()).unwrap()
+    };
+    // Round 1's model as version 4 against version 2 (round 15), on the
+    // exact secure sum: rolled back, and the sum is the three canaries'
+    // training-time evaluations summed, though no site's own is anywhere.
+    register("1");
+    let out = roll_out(s, &sums("aggregate-only"), db, &canaries, &[]);
+    assert!(out.contains("version 4 is archived: rollout run"), "{out}");
+    assert!(
+        out.contains("rolled back: on the secure sum of 3 canary site(s)'"),
+        "{out}"
+    );
+    for site in HEART_SITES {
+        assert_eq!(serving(s, site), "2", "{site}");
+    }
+    let evidence = evidence_of("4");
+    let (mut rows, mut right_15, mut right_1) = (0, 0, 0);
+    for site in canaries {
+        let (n, c15) = evaluated(db, run, site, 15);
+        let (n1, c1) = evaluated(db, run, site, 1);
+        assert_eq!(n, n1);
+        rows += n;
+        right_15 += c15;
+        right_1 += c1;
+    }
+    assert_eq!(evidence["rows"].as_f64(), Some(rows as f64), "{evidence}");
+    assert_eq!(evidence["secure_aggregation"], true);
+    assert_eq!(evidence["interval"], "paired");
+    assert!(evidence.get("per_site").is_none(), "{evidence}");
+    let accuracy = |key: &str| evidence[key].as_f64().unwrap();
+    assert!((accuracy("production_accuracy") - right_15 as f64 / rows as f64).abs() < 1e-12);
+    assert!((accuracy("candidate_accuracy") - right_1 as f64 / rows as f64).abs() < 1e-12);
+    println!(
+        "secure sum: rolled back, difference {:+.4}, paired 95% interval {}, on {rows} rows",
+        accuracy("difference"),
+        evidence["ci95"]
+    );
+
+    // Round 8's model as version 5 under "dp": decided on the noised sum,
+    // with the interval widened for the noise; every site serves the
+    // version decided, whichever it is.
+    register("8");
+    let out = roll_out(s, &sums("dp"), db, &canaries, &[]);
+    let evidence = evidence_of("5");
+    assert_eq!(evidence["interval"], "paired, noised", "{evidence}");
+    assert!(evidence["noise_std"].as_f64().unwrap() > 0.0);
+    assert!(evidence["metrics_epsilon"].as_f64().unwrap() > 0.0);
+    // Promoted only where the widened interval's lower end is at least 0
+    // (the default --max-drop).
+    let lower = evidence["ci95"][0].as_f64().unwrap();
+    let promoted = evidence["decision"] == "promoted";
+    assert_eq!(promoted, lower >= 0.0, "{evidence}");
+    let serve = if promoted { "5" } else { "2" };
+    for site in HEART_SITES {
+        assert_eq!(serving(s, site), serve, "{site}");
+    }
+    println!(
+        "noised secure sum: {}, difference {:+.4}, 95% interval {}, noise std {:.2}, metrics \
+         epsilon {:.4}",
+        evidence["decision"],
+        evidence["difference"].as_f64().unwrap(),
+        evidence["ci95"],
+        evidence["noise_std"].as_f64().unwrap(),
+        evidence["metrics_epsilon"].as_f64().unwrap()
+    );
+    assert!(out.contains("noised (standard deviation"), "{out}");
 }

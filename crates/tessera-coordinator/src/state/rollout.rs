@@ -4,7 +4,8 @@
 //! which score both on their own test rows and send each model's sums;
 //! once every site of the plan has joined and every live canary site has
 //! scored, the pooled comparison decides: the candidate is promoted when
-//! its accuracy is at most `max_drop` below production's, and rolled back
+//! the 95% interval of its accuracy less production's lies above
+//! `-max_drop` (it is shown to be at most `max_drop` worse), and rolled back
 //! (archived) otherwise. The decision and its evidence go to the registry
 //! in one transaction, then every site is sent the version it serves from
 //! then on (the candidate, or production again), and the run ends once
@@ -18,9 +19,11 @@
 //! decision is recorded: the candidate stays a canary, and the sites are
 //! sent production to serve.
 //!
-//! The sums travel in the clear (a plan whose site metrics are sums only
-//! is refused when the rollout opens): a secure sum of the comparison is
-//! not built.
+//! Under a plan whose site metrics are clear, each canary's sums travel
+//! in the clear and the registry's evidence shows them site by site. Under
+//! one whose site metrics are sums only (`"aggregate-only"`, `"dp"`), the
+//! canaries mask their comparison in a SecAgg+ round and the coordinator
+//! learns only their sum, noised with `"dp"` (`rollout/secure.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -34,6 +37,8 @@ use super::{Federation, Phase, Refusal, TaskView};
 use crate::CoordinatorError;
 use crate::store::RunStatus;
 use tessera_core::Timestamp;
+
+mod secure;
 
 /// The largest model file a rollout sends, bytes (what participants take).
 pub const MAX_MODEL_FILE: usize = 64 << 20;
@@ -106,6 +111,9 @@ pub(crate) struct RolloutState {
     decision: Option<Decision>,
     /// Sites told the rollout is over (holding the version decided).
     over: BTreeSet<String>,
+    /// Under a plan whose site metrics are sums only: the secure sum of
+    /// the comparison (`None`: the sums come in the clear).
+    summed: Option<secure::Summing>,
 }
 
 impl RolloutState {
@@ -127,13 +135,13 @@ impl RolloutState {
 impl Federation {
     /// Makes this run a rollout of `spec` (before any site joins).
     pub fn set_rollout(&mut self, spec: Rollout) -> Result<(), CoordinatorError> {
-        if self.plan.privacy.site_metrics.sums_only() {
-            return Err(CoordinatorError::Config(
-                "the plan keeps site metrics as sums only, and a rollout's comparison sends each \
-                 canary site's sums in the clear: roll out under a plan whose site_metrics is \
-                 \"clear\""
-                    .into(),
-            ));
+        let summed = self.plan.privacy.site_metrics.sums_only();
+        if summed && spec.candidate.version >= tessera_secagg::ANALYTICS_ROUND {
+            return Err(CoordinatorError::Config(format!(
+                "version {} is too large a number for the secure round of its comparison (below \
+                 2^30)",
+                spec.candidate.version
+            )));
         }
         if !(spec.max_drop.is_finite() && (0.0..=1.0).contains(&spec.max_drop)) {
             return Err(CoordinatorError::Config(format!(
@@ -173,13 +181,18 @@ impl Federation {
             "rollout",
             "opened",
             &format!(
-                "model '{}': candidate version {} against production version {}, max drop {}{}",
+                "model '{}': candidate version {} against production version {}, max drop {}{}{}",
                 spec.name,
                 spec.candidate.version,
                 spec.production.version,
                 spec.max_drop,
                 spec.deadline
-                    .map_or(String::new(), |d| format!(", deadline {}s", d.as_secs()))
+                    .map_or(String::new(), |d| format!(", deadline {}s", d.as_secs())),
+                if summed {
+                    ", the canaries' comparison summed securely"
+                } else {
+                    ""
+                }
             ),
         );
         let opened = self.now();
@@ -190,6 +203,7 @@ impl Federation {
             scores: BTreeMap::new(),
             decision: None,
             over: BTreeSet::new(),
+            summed: summed.then(secure::Summing::default),
         });
         Ok(())
     }
@@ -204,6 +218,16 @@ impl Federation {
         if self.rollout.is_some() && !hello.capabilities.iter().any(|c| c == "canary") {
             let reason = "this coordinator runs a rollout of a registered model: the participant \
                           needs capability 'canary' (Tessera protocol 1.20 or later)";
+            self.audit(site, "join", "refused", reason);
+            return Err(Refusal::Invalid(reason.into()));
+        }
+        if self.rollout.as_ref().is_some_and(|r| r.summed.is_some())
+            && !hello.capabilities.iter().any(|c| c == "canary-secure")
+        {
+            let reason = "this coordinator runs a rollout under a plan whose site metrics are \
+                          sums only, where the canaries' comparison is summed securely: the \
+                          participant needs capability 'canary-secure' (Tessera protocol 1.22 \
+                          or later)";
             self.audit(site, "join", "refused", reason);
             return Err(Refusal::Invalid(reason.into()));
         }
@@ -286,11 +310,27 @@ impl Federation {
                 files: vec![file],
             });
         }
-        if !rollout.canaries.contains(site) || rollout.scored(site) {
+        let round = if rollout.summed.is_some() {
+            // Under sums only: asked once the secure round has it.
+            let round = secure::round_of(rollout);
+            let asked = self.secure.as_ref().is_some_and(|s| {
+                s.round == round
+                    && s.stages().id_of(site).is_some()
+                    && !s.has_joined(site)
+                    && !s.has_refused(site)
+            });
+            if !asked {
+                return Some(TaskView::Wait);
+            }
+            round
+        } else if !rollout.canaries.contains(site) || rollout.scored(site) {
             return Some(TaskView::Wait);
-        }
+        } else {
+            0
+        };
         let (candidate, production) = (&rollout.spec.candidate, &rollout.spec.production);
         let header = pb::TaskHeader {
+            round,
             kind: pb::TaskKind::Canary as i32,
             rollout: Some(pb::RolloutTask {
                 name,
@@ -379,6 +419,9 @@ impl Federation {
             .iter()
             .filter(|s| live.contains(*s) && !rollout.scored(s))
             .collect();
+        if rollout.summed.is_some() {
+            return self.rollout_secure_step(now, &live, everyone);
+        }
         let late = if everyone && scoring.is_empty() {
             String::new()
         } else if past(rollout.opened) {
@@ -401,17 +444,23 @@ impl Federation {
                  production version {} is served, and the candidate stays a canary",
                 rollout.spec.candidate.version, rollout.spec.production.version
             );
-            let serve = rollout.spec.production.version;
-            tracing::warn!(model = %rollout.spec.name, %text, "rollout undecided");
-            self.audit("-", "rollout", "undecided", &text);
-            self.settle_rollout(Decision {
-                serve,
-                text,
-                at: now,
-            });
+            self.rollout_undecided(text);
             return Ok(());
         };
-        let text = format!("{text}{late}");
+        self.conclude_rollout(promote, format!("{text}{late}"), &evidence)
+    }
+
+    /// Records the decision and its evidence in the registry, then sends
+    /// every site the version decided.
+    fn conclude_rollout(
+        &mut self,
+        promote: bool,
+        text: String,
+        evidence: &str,
+    ) -> Result<(), CoordinatorError> {
+        let Some(rollout) = self.rollout.as_ref() else {
+            return Ok(());
+        };
         let spec = &rollout.spec;
         let (name, candidate) = (spec.name.clone(), spec.candidate.version);
         let serve = if promote {
@@ -422,15 +471,33 @@ impl Federation {
         let at = self.clock.unix_micros();
         let reason = format!("rollout run {}: {text}", self.run.id);
         self.store
-            .record_rollout(&name, candidate, promote, &reason, &evidence, at)?;
+            .record_rollout(&name, candidate, promote, &reason, evidence, at)?;
         tracing::info!(model = %name, candidate, serve, %text, "rollout decided");
         self.audit("-", "rollout", "decided", &text);
+        let now = self.now();
         self.settle_rollout(Decision {
             serve,
             text,
             at: now,
         });
         Ok(())
+    }
+
+    /// No decision (`text` says why): production is served, the candidate
+    /// stays a canary, and the registry is not touched.
+    fn rollout_undecided(&mut self, text: String) {
+        let Some(rollout) = self.rollout.as_ref() else {
+            return;
+        };
+        let serve = rollout.spec.production.version;
+        tracing::warn!(model = %rollout.spec.name, %text, "rollout undecided");
+        self.audit("-", "rollout", "undecided", &text);
+        let now = self.now();
+        self.settle_rollout(Decision {
+            serve,
+            text,
+            at: now,
+        });
     }
 
     /// From now on every site is sent `decision`'s version to serve.
@@ -451,6 +518,13 @@ fn check_report(
 ) -> Result<(usize, Sums), String> {
     if rollout.decision.is_some() {
         return Err("the rollout has decided: no more scores are taken".into());
+    }
+    if rollout.summed.is_some() {
+        return Err(
+            "the plan keeps site metrics as sums only: a canary's comparison is summed \
+             securely, never taken in the clear"
+                .into(),
+        );
     }
     if !rollout.canaries.contains(site) {
         return Err(format!(
@@ -547,6 +621,14 @@ fn check_report(
     Ok((index, sums))
 }
 
+/// Whether `comparison` promotes the candidate: the lower end of the 95%
+/// interval of its accuracy less production's is at least `-max_drop`, so
+/// the candidate is shown to be no more than `max_drop` worse (a tie, or
+/// too few rows to tell, keeps production).
+fn promotes(comparison: &tessera_analytics::ab::Comparison, max_drop: f64) -> bool {
+    comparison.ci95.0 >= -max_drop
+}
+
 /// At most eight site names, for a log line.
 fn shown_list(sites: &[&String]) -> String {
     let mut shown: Vec<String> = sites
@@ -618,12 +700,12 @@ fn decide(rollout: &RolloutState) -> Result<Option<(bool, String, String)>, Coor
     } else {
         "unpaired"
     };
-    let promote = comparison.difference >= -spec.max_drop;
+    let promote = promotes(&comparison, spec.max_drop);
     let rows = candidate.n as u64;
     let text = format!(
         "{}: on {sites} canary site(s)' {rows} test rows, version {}'s accuracy {:.4} against \
          production version {}'s {:.4} (difference {:+.4}, {interval} 95% interval [{:+.4}, \
-         {:+.4}]); promoted when the difference is at least {}",
+         {:+.4}]); promoted when the interval's lower end is at least {}",
         if promote { "promoted" } else { "rolled back" },
         spec.candidate.version,
         comparison.accuracy_b,

@@ -467,6 +467,10 @@ impl Federation {
             self.finish_secure_evaluation(&secure);
             return;
         }
+        if tessera_secagg::is_rollout_round(secure.round) {
+            self.finish_rollout_secure(&secure);
+            return;
+        }
         if secure.round & tessera_secagg::ANALYTICS_ROUND != 0 {
             self.finish_analytics(&secure);
             return;

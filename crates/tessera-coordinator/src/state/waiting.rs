@@ -82,14 +82,16 @@ impl Federation {
             && let (stage, sites) = secure.awaited()
             && !sites.is_empty()
         {
-            let what = if secure.is_evaluation() {
-                "secure evaluation"
+            let what = if tessera_secagg::is_rollout_round(secure.round) {
+                "secure canary comparison of version"
+            } else if secure.is_evaluation() {
+                "secure evaluation of round"
             } else {
-                "secure aggregation"
+                "secure aggregation of round"
             };
-            let round = secure.round & !tessera_secagg::EVALUATION_ROUND;
+            let round = secure.round & !tessera_secagg::ROLLOUT_ROUND;
             return Some((
-                format!("{what} of round {round}: stage {stage}"),
+                format!("{what} {round}: stage {stage}"),
                 sites,
                 String::new(),
             ));

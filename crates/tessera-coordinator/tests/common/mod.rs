@@ -186,3 +186,66 @@ pub fn evaluation_report(site: &str, round: u32) -> pb::EvaluationReport {
         production_only_right: None,
     }
 }
+
+/// A registry with version 1 in production and version 2 a candidate, and
+/// `f` rolling out version 2 against version 1 with `max_drop` and `deadline`.
+pub fn start_rollout(
+    db: &Db,
+    max_drop: f64,
+    deadline: Option<Duration>,
+    mut f: Federation,
+) -> Federation {
+    let store = SqliteStore::open(&db.path()).unwrap();
+    let mut p = tessera_core::ParameterSet::new();
+    p.push("w", tessera_core::Tensor::new(vec![1], vec![1.0]).unwrap())
+        .unwrap();
+    for _ in 0..2 {
+        store
+            .register_version(&tessera_coordinator::NewVersion {
+                name: "heart",
+                run_id: f.run_id(),
+                round: 1,
+                params: &p,
+                params_sha256: "s",
+                lineage: "{}",
+                parent: None,
+                at_unix_micros: 1,
+            })
+            .unwrap();
+    }
+    store
+        .set_stage(
+            "heart",
+            1,
+            tessera_coordinator::Stage::Production,
+            "first",
+            "",
+            2,
+        )
+        .unwrap();
+    store
+        .set_stage(
+            "heart",
+            2,
+            tessera_coordinator::Stage::Canary,
+            "canary",
+            "",
+            3,
+        )
+        .unwrap();
+    f.set_rollout(tessera_coordinator::Rollout {
+        name: "heart".into(),
+        candidate: tessera_coordinator::RolloutModel {
+            version: 2,
+            file: std::sync::Arc::new(vec![2; 100]),
+        },
+        production: tessera_coordinator::RolloutModel {
+            version: 1,
+            file: std::sync::Arc::new(vec![1; 90]),
+        },
+        max_drop,
+        deadline,
+    })
+    .unwrap();
+    f
+}

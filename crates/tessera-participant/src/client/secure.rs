@@ -94,6 +94,32 @@ pub async fn secure_evaluate(
     .await
 }
 
+/// Sends a canary's comparison through the rollout's secure round `round`
+/// (`candidate | ROLLOUT_ROUND`): `values` are its counts as 16-bit limbs
+/// ([`tessera_analytics::ab::CanaryCounts::encode`]); the coordinator
+/// unmasks only the canaries' sum. True when this site's counts counted.
+pub async fn secure_compare(
+    client: &mut FederationClient<Channel>,
+    site: &str,
+    plan: &tessera_engine::Plan,
+    identity: &SecureIdentity,
+    key_ring: &mut Option<tessera_secagg::KeyRing>,
+    round: u32,
+    values: Vec<u32>,
+) -> Result<bool, Failure> {
+    secure_exchange(
+        client,
+        site,
+        plan,
+        identity,
+        key_ring,
+        round,
+        SecureInput::Raw(values),
+        Duration::ZERO,
+    )
+    .await
+}
+
 /// Computes a site's masked values once the round's threshold is known
 /// (the fewest inputs the coordinator may unmask a sum of, checked against
 /// the plan): an analytics answer's noise share depends on it.
