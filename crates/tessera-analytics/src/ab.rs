@@ -122,7 +122,8 @@ pub fn paired_noised(
         .all(|v| v.is_finite());
     if !finite || n < 1.0 || sigma < 0.0 {
         return Err(format!(
-            "{n:.1} rows, {correct_a:.1} right by A, {b_only:.1} by B only and {a_only:.1} by A              only (noise {sigma}): too few rows to compare"
+            "{n:.1} rows, {correct_a:.1} right by A, {b_only:.1} by B only and {a_only:.1} by A \
+             only (noise {sigma}): too few rows to compare"
         ));
     }
     let nf = n;
@@ -226,22 +227,28 @@ impl CanaryCounts {
             production_only: v[4],
         };
         let survivors = survivors as u64;
-        let fits = counts.sites == survivors
-            && survivors > 0
-            && (survivors..=survivors.saturating_mul(MAX_CANARY_ROWS)).contains(&counts.rows)
-            && counts.production_right <= counts.rows
-            && counts.candidate_only <= counts.rows - counts.production_right
-            && counts.production_only <= counts.production_right;
-        if fits {
+        // Which checks fail, never the values: the exact sum of the others
+        // is not to be shown to a canary that sent counts out of bounds.
+        let mut failed = Vec::new();
+        if counts.sites != survivors || survivors == 0 {
+            failed.push("the site count summed is not the canaries'");
+        }
+        if !(survivors..=survivors.saturating_mul(MAX_CANARY_ROWS)).contains(&counts.rows) {
+            failed.push("the rows summed are not 1 to 10^9 a canary");
+        }
+        if counts.production_right > counts.rows
+            || counts.candidate_only > counts.rows - counts.production_right.min(counts.rows)
+            || counts.production_only > counts.production_right
+        {
+            failed.push("the rows right do not fit the rows scored");
+        }
+        if failed.is_empty() {
             Ok(counts)
         } else {
             Err(format!(
-                "the sum of {survivors} canaries' comparisons does not fit ({} site(s), {} rows,                  production right on {}, the candidate alone on {}, production alone on {}): a                  canary masked counts out of bounds",
-                counts.sites,
-                counts.rows,
-                counts.production_right,
-                counts.candidate_only,
-                counts.production_only
+                "the sum of {survivors} canaries' comparisons does not fit ({}): a canary masked \
+                 counts out of bounds",
+                failed.join("; ")
             ))
         }
     }
@@ -387,6 +394,12 @@ mod tests {
         let wrong = CanaryCounts::of_site(10, 0, 0, 60_000);
         let e = CanaryCounts::decode(&sum(&[sites[0], wrong]), 2).unwrap_err();
         assert!(e.contains("out of bounds"), "{e}");
+        // Which check failed, never the sum (70,010 rows, production right
+        // on 50,000), which would give the others' counts away.
+        assert!(e.contains("the rows right do not fit"), "{e}");
+        for value in ["70010", "70,010", "50000", "61000", "3000"] {
+            assert!(!e.contains(value), "{value}: {e}");
+        }
         let empty = CanaryCounts::of_site(0, 0, 0, 0);
         assert!(CanaryCounts::decode(&sum(&[empty]), 1).is_err());
         assert!(CanaryCounts::decode(&[0; 3], 1).is_err());

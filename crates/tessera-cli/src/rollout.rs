@@ -259,10 +259,17 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<()> {
         .audit_log(&run.id)?
         .into_iter()
         .rev()
-        .find(|r| r.site == "-" && r.action == "rollout" && r.outcome != "opened");
-    if let Some(row) = ended.filter(|r| r.outcome == "undecided") {
-        println!("{}", row.detail);
-        return Ok(());
+        .find(|r| r.site == "-" && r.action == "rollout" && r.outcome.ends_with("decided"));
+    match ended {
+        Some(row) if row.outcome == "undecided" => {
+            println!("{}", row.detail);
+            return Ok(());
+        }
+        Some(_) => {}
+        None => bail!(
+            "the rollout stopped before its decision: version {candidate} stays at canary, and \
+             each site serves what it served before"
+        ),
     }
     let decided = store
         .stage_events(Some(&args.name))?

@@ -157,8 +157,8 @@ pub use state::{
     SystemClock, TaskView,
 };
 pub use store::{
-    AgreementStep, Control, ControlRow, NewVersion, RunStatus, RunStore, RunTx, SqliteStore, Stage,
-    StoreError, VersionRow,
+    AgreementStep, Control, ControlRow, NewVersion, RolloutDecision, RunStatus, RunStore, RunTx,
+    SqliteStore, Stage, StoreError, VersionRow,
 };
 
 /// Why the coordinator stopped.

@@ -29,7 +29,9 @@ pub use rows::{
     AgreementStep, AuditRow, CohortRow, Control, ControlRow, EvaluationRow, LedgerRow, ModelRow,
     Offers, OpenRoundRow, RoundClose, RoundRow, RunRow, RunStatus, StoredUpdate,
 };
-pub use sqlite::{AnalyticsRow, NewVersion, SqliteStore, Stage, StageEvent, VersionRow};
+pub use sqlite::{
+    AnalyticsRow, NewVersion, RolloutDecision, SqliteStore, Stage, StageEvent, VersionRow,
+};
 
 /// A storage failure.
 #[derive(Debug, Error)]
@@ -304,21 +306,14 @@ pub trait RunStore: Send {
     fn end_run(&self, run: &str, status: RunStatus) -> Result<(), StoreError> {
         self.write(&mut |tx| tx.set_run_status(run, status))
     }
-    /// Records a rollout's decision in the model registry: `name`'s
-    /// `version` promoted to production (the production version it
-    /// replaces archived) or, without `promote`, archived, with `reason`
-    /// and `evidence` (one transaction). Refused by a store without a
-    /// registry.
-    fn record_rollout(
-        &self,
-        name: &str,
-        version: u32,
-        promote: bool,
-        reason: &str,
-        evidence: &str,
-        at_unix_micros: u64,
-    ) -> Result<(), StoreError> {
-        let _ = (name, version, promote, reason, evidence, at_unix_micros);
+    /// Records a rollout's decision in the model registry: the candidate
+    /// promoted to production (the production version it replaces
+    /// archived) or archived, with its reason and evidence, in one
+    /// transaction that first checks the registry still holds what the
+    /// rollout compared (refused otherwise, saying what changed). Refused
+    /// by a store without a registry.
+    fn record_rollout(&self, decision: &RolloutDecision<'_>) -> Result<(), StoreError> {
+        let _ = decision;
         Err(StoreError::Refused(
             "this run store keeps no model registry".into(),
         ))

@@ -479,3 +479,87 @@ fn paired_counts_that_do_not_add_up_are_refused_and_the_interval_is_paired() {
     assert!((ci[1].as_f64().unwrap() - (0.15 + 1.959_963_984_540_054 * se)).abs() < 1e-9);
     assert_eq!(evidence["candidate_only_right"], 22);
 }
+
+#[test]
+fn a_registry_changed_by_hand_during_the_rollout_is_not_overwritten() {
+    let db = Db::new();
+    let mut f = rollout(&db, 0.0);
+    for site in 0..4 {
+        join(&mut f, site, site < 2);
+    }
+    // While the canaries score, an operator retires production by hand.
+    let store = SqliteStore::open(&db.path()).unwrap();
+    store
+        .set_stage("heart", 1, Stage::Archived, "retired", "", 9)
+        .unwrap();
+    for site in 0..2 {
+        f.submit_evaluation(&SITES[site].name, &score(site, 2, 500, 400))
+            .unwrap();
+        f.submit_evaluation(&SITES[site].name, &score(site, 1, 500, 300))
+            .unwrap();
+    }
+    f.advance();
+    // The rollout would promote version 2, but records nothing: version 2
+    // stays at canary, and the sites are told why.
+    assert_eq!(decided(&db).0, Stage::Canary);
+    match task(&mut f, 2, None) {
+        TaskView::Rollout { header, .. } => {
+            let r = header.rollout.unwrap();
+            assert_eq!(r.version, 1);
+            assert!(
+                r.decision.starts_with("no decision recorded (promoted:")
+                    && r.decision
+                        .contains("the registry changed while the rollout ran")
+                    && r.decision.contains("no version is in production"),
+                "{}",
+                r.decision
+            );
+        }
+        _ => panic!("a serve task"),
+    }
+}
+
+#[test]
+fn a_waiting_rollout_says_what_it_waits_for_and_waits_for_a_quiet_site() {
+    let db = Db::new();
+    let clock = ManualClock::starting_now();
+    let opened = db
+        .open_with(&plan(""), Duration::from_secs(30))
+        .with_clock(Arc::new(clock.clone()));
+    let mut f = common::start_rollout(&db, 0.0, None, opened);
+    let waiting = |f: &mut Federation| {
+        f.advance();
+        f.live_view()["waiting"].clone()
+    };
+    join(&mut f, 0, true);
+    let w = waiting(&mut f);
+    assert_eq!(w["step"], "rollout: sites to join", "{w}");
+    assert_eq!(w["sites"].as_array().unwrap().len(), 3, "{w}");
+    for site in 1..4 {
+        join(&mut f, site, false);
+    }
+    let w = waiting(&mut f);
+    assert_eq!(w["step"], "rollout: canaries scoring", "{w}");
+    assert_eq!(w["sites"], serde_json::json!([SITES[0].name]));
+    f.submit_evaluation(&SITES[0].name, &score(0, 2, 50, 45))
+        .unwrap();
+    f.submit_evaluation(&SITES[0].name, &score(0, 1, 50, 25))
+        .unwrap();
+    let w = waiting(&mut f);
+    assert_eq!(w["step"], "rollout: sites to take version 2", "{w}");
+    // Sites 0 to 2 take it; site 3 goes quiet (restarting, say): without a
+    // deadline the run waits for it, and ends once it holds the version.
+    for site in 0..3 {
+        task(&mut f, site, Some(2));
+    }
+    clock.advance(Duration::from_secs(120));
+    let w = waiting(&mut f);
+    assert!(!f.is_finished());
+    assert_eq!(w["sites"], serde_json::json!([SITES[3].name]), "{w}");
+    assert!(matches!(
+        task(&mut f, 3, Some(2)),
+        TaskView::RolloutOver { .. }
+    ));
+    f.advance();
+    assert!(f.is_finished());
+}

@@ -260,20 +260,41 @@ fn only_the_canaries_sum_decides_and_reaches_the_registry() {
     assert!((evidence["production_accuracy"].as_f64().unwrap() - 160.0 / 230.0).abs() < 1e-12);
     assert_eq!(evidence["secure_aggregation"], true);
     assert_eq!(evidence["interval"], "paired");
-    // No site's own counts: not in the evidence, not in the audit log.
-    assert!(evidence.get("per_site").is_none(), "{evidence}");
-    let store = SqliteStore::open_existing(&db.path()).unwrap();
-    let audit: Vec<String> = store
-        .audit_log(f.run_id())
+    // The evidence holds the sum and the canaries' names, nothing else.
+    let keys: Vec<&str> = evidence
+        .as_object()
         .unwrap()
-        .into_iter()
-        .map(|e| format!("{} {} {} {}", e.site, e.action, e.outcome, e.detail))
+        .keys()
+        .map(String::as_str)
         .collect();
-    let audit = audit.join("\n");
-    assert!(audit.contains("secure comparison summed"), "{audit}");
-    for own in ["100 rows", "of 100", "70 of", "82 of"] {
-        assert!(!audit.contains(own), "{own}: {audit}");
-    }
+    assert_eq!(
+        keys,
+        [
+            "canary_sites",
+            "candidate_accuracy",
+            "candidate_only_right",
+            "candidate_version",
+            "ci95",
+            "decision",
+            "difference",
+            "interval",
+            "max_drop",
+            "metrics_epsilon",
+            "noise_std",
+            "production_accuracy",
+            "production_only_right",
+            "production_version",
+            "rows",
+            "secure_aggregation"
+        ]
+    );
+    let store = SqliteStore::open_existing(&db.path()).unwrap();
+    let audit = store.audit_log(f.run_id()).unwrap();
+    assert!(
+        audit.iter().any(|e| e.outcome == "secure comparison summed"
+            && e.detail == "the sum of 3 of 3 canaries' comparisons"),
+        "{audit:?}"
+    );
     for site in 0..4 {
         let (version, decision) = served(&mut f, site);
         assert_eq!(version, 2);
@@ -310,6 +331,11 @@ fn a_sum_that_does_not_fit_leaves_no_decision() {
     sites[1].1 = twice.encode();
     sum_securely(&mut f, &sites);
     assert_eq!(decided(&db).0, Stage::Canary);
+    let (_, decision) = served(&mut f, 0);
+    assert!(
+        decision.contains("the site count summed is not the canaries'"),
+        "{decision}"
+    );
 }
 
 #[test]
@@ -360,10 +386,21 @@ fn with_dp_the_sum_is_noised_and_the_interval_widened() {
         rows != 230.0 && (rows - 230.0).abs() < 10.0 * sigma,
         "{rows}"
     );
+    // The counts are noised (never whole numbers with continuous noise),
+    // and the interval is wider than the exact counts' paired one.
+    for key in ["candidate_only_right", "production_only_right"] {
+        assert!(evidence[key].as_f64().unwrap().fract() != 0.0, "{evidence}");
+    }
+    let exact = tessera_analytics::ab::paired(230, 160, 27, 11).unwrap();
     let ci = evidence["ci95"].as_array().unwrap();
     let width = ci[1].as_f64().unwrap() - ci[0].as_f64().unwrap();
+    assert!(width > exact.ci95.1 - exact.ci95.0, "{evidence}");
+    // One release in a rollout: the noise is sized for it alone.
+    let (plan, _) = plan("dp", 3);
+    let one = tessera_privacy::MetricsDp::new(&plan.privacy, 1).unwrap();
     assert!(
-        width >= 2.0 * 1.96 * sigma * 2f64.sqrt() / rows.max(1.0) * 0.99,
-        "{evidence}"
+        (sigma - one.unit_std()).abs() < 1e-9,
+        "{sigma} {}",
+        one.unit_std()
     );
 }

@@ -211,9 +211,32 @@ fn discordant(candidate: &[Option<bool>], production: &[Option<bool>]) -> (u64, 
     only
 }
 
-/// Scores each model on the site's test rows, off the async runtime, while
-/// heartbeats tell the coordinator the site is at work (a canary scoring a
-/// large table is not taken for gone). Gives the rows back with the scores.
+/// Runs `work` while heartbeats tell the coordinator the site is at work
+/// (a canary receiving two large files, reading a large table or scoring
+/// it is not taken for gone).
+async fn beating<T>(
+    client: &mut FederationClient<Channel>,
+    config: &ParticipantConfig,
+    beat: Option<Duration>,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let mut work = std::pin::pin!(work);
+    let every = beat.unwrap_or(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            () = tokio::time::sleep(every), if beat.is_some() => {
+                let beat = pb::HeartbeatRequest { site: config.site.clone(), round: 0 };
+                if let Err(status) = client.heartbeat(beat).await {
+                    tracing::warn!(%status, "heartbeat failed");
+                }
+            }
+        }
+    }
+}
+
+/// Scores each model on the site's test rows, off the async runtime, under
+/// heartbeats. Gives the rows back with the scores.
 async fn score_all(
     client: &mut FederationClient<Channel>,
     config: &ParticipantConfig,
@@ -221,7 +244,7 @@ async fn score_all(
     site: LocalSite,
     files: Vec<ModelFile>,
 ) -> Result<(LocalSite, Vec<Result<RowScores, String>>), Failure> {
-    let mut work = tokio::task::spawn_blocking(move || {
+    let work = tokio::task::spawn_blocking(move || {
         let (train, _) = site.train_rows();
         let (test, labels) = site.test_rows();
         let scores = files
@@ -233,22 +256,9 @@ async fn score_all(
             .collect();
         (site, scores)
     });
-    let every = beat.unwrap_or(Duration::from_secs(3600));
-    loop {
-        tokio::select! {
-            done = &mut work => {
-                return done.map_err(|e| {
-                    Failure::Fatal(ParticipantError::Local(format!("scoring crashed: {e}")))
-                });
-            }
-            () = tokio::time::sleep(every), if beat.is_some() => {
-                let beat = pb::HeartbeatRequest { site: config.site.clone(), round: 0 };
-                if let Err(status) = client.heartbeat(beat).await {
-                    tracing::warn!(%status, "heartbeat failed");
-                }
-            }
-        }
-    }
+    beating(client, config, beat, work)
+        .await
+        .map_err(|e| Failure::Fatal(ParticipantError::Local(format!("scoring crashed: {e}"))))
 }
 
 /// Takes part in the rollout the welcome announces, until the coordinator
@@ -323,6 +333,14 @@ pub(crate) async fn take_part(
             )));
         }
         match header.kind() {
+            pb::TaskKind::Canary if task.version != announced.version => {
+                let why = format!(
+                    "the coordinator announced version {} of '{name}' and asked this canary to \
+                     compare version {}: refused",
+                    announced.version, task.version
+                );
+                return Err(give_up(client, config, welcome, why).await);
+            }
             pb::TaskKind::Canary => {
                 if !config.rollout.canary {
                     return Err(local(
@@ -350,8 +368,32 @@ pub(crate) async fn take_part(
                     );
                     return Err(give_up(client, config, welcome, why).await);
                 }
+                let marker = models
+                    .join(&name)
+                    .join(format!("compared-v{}", task.version));
+                if summed && marker.exists() {
+                    // A second secure sum of the same counts over another
+                    // cohort would give them away by difference.
+                    let why = format!(
+                        "this canary already masked its comparison of '{name}' version {} ({}): \
+                         it takes part in one secure comparison of a version, to keep a second \
+                         sum over another cohort from giving its counts away (remove that file \
+                         to allow another)",
+                        task.version,
+                        marker.display()
+                    );
+                    tracing::warn!(%why, "refusing a second secure comparison");
+                    let reason = tessera_proto::shown(&why, tessera_proto::MAX_WITHDRAW_REASON);
+                    if let Err(status) =
+                        client::withdraw(client, &config.site, header.round, &reason, false).await
+                    {
+                        tracing::warn!(%status, "could not tell the coordinator");
+                    }
+                    continue;
+                }
+                let sizes = [task.bytes, task.production_bytes];
                 let files =
-                    receive_files(&mut stream, &[task.bytes, task.production_bytes]).await?;
+                    beating(client, config, beat, receive_files(&mut stream, &sizes)).await?;
                 let versions = [task.version, task.production_version];
                 // Each file is read as a model before any is kept.
                 let mut parsed = Vec::new();
@@ -369,15 +411,18 @@ pub(crate) async fn take_part(
                 }
                 let site = match rows.take() {
                     Some(site) => site,
-                    None => client::read_site(
-                        &plan.data,
-                        &config.site,
-                        config.data.as_deref(),
-                        &config.plan_dir,
-                        config.mapping.as_ref(),
-                    )
-                    .await
-                    .map_err(Failure::Fatal)?,
+                    None => {
+                        let read = client::read_site(
+                            &plan.data,
+                            &config.site,
+                            config.data.as_deref(),
+                            &config.plan_dir,
+                            config.mapping.as_ref(),
+                        );
+                        beating(client, config, beat, read)
+                            .await
+                            .map_err(Failure::Fatal)?
+                    }
                 };
                 let (site, scored) = score_all(client, config, beat, site, parsed).await?;
                 rows = Some(site);
@@ -404,6 +449,8 @@ pub(crate) async fn take_part(
                 // right, with the candidate's sums.
                 let (candidate_only, production_only) = discordant(&outcomes[0], &outcomes[1]);
                 if summed {
+                    write_whole(&marker, format!("{}\n", welcome.run_id).as_bytes())
+                        .map_err(|e| local(format!("{}: {e}", marker.display())))?;
                     let counts = tessera_analytics::ab::CanaryCounts::of_site(
                         reports[1].n_examples,
                         reports[1].n_correct,

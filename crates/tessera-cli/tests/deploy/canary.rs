@@ -288,7 +288,7 @@ fn secure_rollouts(
     };
     // Round 1's model as version 4 against version 2 (round 15), on the
     // exact secure sum: rolled back, and the sum is the three canaries'
-    // training-time evaluations summed, though no site's own is anywhere.
+    // training-time evaluations summed.
     register("1");
     let out = roll_out(s, &sums("aggregate-only"), db, &canaries, &[]);
     assert!(out.contains("version 4 is archived: rollout run"), "{out}");
@@ -312,7 +312,13 @@ fn secure_rollouts(
     assert_eq!(evidence["rows"].as_f64(), Some(rows as f64), "{evidence}");
     assert_eq!(evidence["secure_aggregation"], true);
     assert_eq!(evidence["interval"], "paired");
-    assert!(evidence.get("per_site").is_none(), "{evidence}");
+    assert_eq!(evidence["canary_sites"], serde_json::json!(canaries));
+    // Each canary keeps a mark of the comparison it masked (it masks one a
+    // version); the other site none.
+    for site in canaries {
+        assert!(s.path(&format!("models-{site}/heart/compared-v4")).exists());
+    }
+    assert!(!s.path("models-va/heart/compared-v4").exists());
     let accuracy = |key: &str| evidence[key].as_f64().unwrap();
     assert!((accuracy("production_accuracy") - right_15 as f64 / rows as f64).abs() < 1e-12);
     assert!((accuracy("candidate_accuracy") - right_1 as f64 / rows as f64).abs() < 1e-12);

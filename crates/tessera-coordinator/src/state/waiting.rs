@@ -98,6 +98,7 @@ impl Federation {
         }
         match &self.phase {
             Phase::Finished => None,
+            Phase::Agreeing if self.in_rollout() => self.rollout_awaited(now),
             Phase::Agreeing => {
                 let (step, name) = if self.plan.model.kind.is_external() {
                     (AgreementStep::External, "external layouts and row counts")

@@ -23,7 +23,7 @@ mod analytics;
 mod registry;
 
 pub use analytics::AnalyticsRow;
-pub use registry::{NewVersion, Stage, StageEvent, VersionRow};
+pub use registry::{NewVersion, RolloutDecision, Stage, StageEvent, VersionRow};
 
 use super::schema::SCHEMA;
 use super::upkeep::{add_missing_columns, drop_legacy_secrets, private_file};
@@ -128,21 +128,8 @@ struct SqliteTx<'a> {
 }
 
 impl RunStore for SqliteStore {
-    fn record_rollout(
-        &self,
-        name: &str,
-        version: u32,
-        promote: bool,
-        reason: &str,
-        evidence: &str,
-        at_unix_micros: u64,
-    ) -> Result<(), StoreError> {
-        let to = if promote {
-            Stage::Production
-        } else {
-            Stage::Archived
-        };
-        self.set_stage(name, version, to, reason, evidence, at_unix_micros)
+    fn record_rollout(&self, decision: &RolloutDecision<'_>) -> Result<(), StoreError> {
+        self.record_rollout_decision(decision)
     }
 
     fn answered_queries(&self, run: &str) -> Result<Vec<AnalyticsRow>, StoreError> {

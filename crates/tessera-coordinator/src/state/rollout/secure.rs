@@ -18,10 +18,15 @@
 //!
 //! Against whom: the coordinator (and its database, the registry's
 //! evidence, the audit log) never sees one canary's counts; which canaries
-//! were summed it knows. A canary may mask any counts it likes: only a sum
-//! that does not fit shows it, and then there is no decision. The cohort
-//! needs at least three sites (and the plan's `min_participants`), as every
-//! secure round does: with fewer, there is no decision.
+//! were summed it knows. With `"dp"` it sees the exact sum before it
+//! noises it. A canary masks one comparison of a version (the
+//! participant's `compared-vN` mark), so that a coordinator cannot ask for
+//! a second sum over another cohort and take the difference. A canary may
+//! mask any counts it likes, and so steer the decision: only a sum that
+//! does not fit shows it, and then there is no decision, whose reason
+//! names the check that failed, never the values. The cohort needs at
+//! least three sites (and the plan's `min_participants`), as every secure
+//! round does: with fewer, there is no decision.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -148,6 +153,15 @@ impl Federation {
             .map(|(i, s)| (s.clone(), i as u32))
             .collect();
         let ids: Vec<u32> = index.values().copied().collect();
+        // Each stage waits up to the rollout's deadline (ten liveness
+        // periods without one): a canary receives both files and scores
+        // them before it sends its keys.
+        let liveness = self.roster.liveness();
+        let period = rollout
+            .spec
+            .deadline
+            .unwrap_or(liveness.saturating_mul(10))
+            .max(liveness);
         let opened = self
             .plan
             .secure_aggregation
@@ -159,8 +173,7 @@ impl Federation {
             )
             .map_err(|e| e.to_string())
             .and_then(|params| {
-                SecureStages::open(now, round, index, params, self.roster.liveness())
-                    .map_err(|e| e.to_string())
+                SecureStages::open(now, round, index, params, period).map_err(|e| e.to_string())
             });
         match opened {
             Ok((stages, effects)) => {

@@ -132,6 +132,26 @@ pub struct StageEvent {
     pub at_unix_micros: u64,
 }
 
+/// A rollout's decision, as the registry records it
+/// ([`super::super::RunStore::record_rollout`]).
+#[derive(Debug, Clone)]
+pub struct RolloutDecision<'a> {
+    /// The registered model's name.
+    pub name: &'a str,
+    /// The candidate version rolled out (at canary while it ran).
+    pub candidate: u32,
+    /// The production version it was compared with.
+    pub production: u32,
+    /// Promoted (to production), or else rolled back (archived).
+    pub promote: bool,
+    /// Why, in words.
+    pub reason: &'a str,
+    /// The evidence (JSON).
+    pub evidence: &'a str,
+    /// When.
+    pub at_unix_micros: u64,
+}
+
 /// What a registration stores.
 #[derive(Debug, Clone)]
 pub struct NewVersion<'a> {
@@ -368,57 +388,44 @@ impl SqliteStore {
         at_unix_micros: u64,
     ) -> Result<(), StoreError> {
         let tx = immediate(&self.conn)?;
-        let from = current(&tx, name, version)?;
-        let allowed = match to {
-            Stage::Candidate => false,
-            Stage::Canary => from == Stage::Candidate,
-            Stage::Production => matches!(from, Stage::Candidate | Stage::Canary),
-            Stage::Archived => from != Stage::Archived,
-        };
-        if !allowed {
+        set_stage_in(&tx, name, version, to, reason, evidence, at_unix_micros)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a rollout's decision, in one transaction that first checks
+    /// the registry still holds what the rollout compared: the candidate at
+    /// canary, and the production version in production (an operator may
+    /// have moved either while the rollout ran; then nothing is recorded,
+    /// and the refusal says what changed).
+    pub fn record_rollout_decision(&self, d: &RolloutDecision<'_>) -> Result<(), StoreError> {
+        let tx = immediate(&self.conn)?;
+        let from = current(&tx, d.name, d.candidate)?;
+        let serving = production_of(&tx, d.name)?;
+        if from != Stage::Canary || serving != Some(d.production) {
             return Err(refused(format!(
-                "model '{name}' version {version} is {from}: it cannot go to {to} (candidate \
-                 -> canary -> production -> archived; rollback returns an archived production \
-                 version)"
+                "the registry changed while the rollout ran: model '{}' version {} is {from} \
+                 (the rollout put it at canary), and {} in production (the rollout compared \
+                 version {})",
+                d.name,
+                d.candidate,
+                serving.map_or("no version is".to_string(), |v| format!("version {v} is")),
+                d.production
             )));
         }
-        if to == Stage::Production {
-            let serving: Option<u32> = tx
-                .query_row(
-                    "SELECT version FROM registry_versions WHERE name = ?1 AND stage = 'production'",
-                    params![name],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(old) = serving {
-                change(
-                    &tx,
-                    name,
-                    old,
-                    "replaced",
-                    Stage::Production,
-                    Stage::Archived,
-                    &format!("replaced by version {version}"),
-                    evidence,
-                    at_unix_micros,
-                )?;
-            }
-        }
-        let kind = if to == Stage::Archived {
-            "archive"
+        let to = if d.promote {
+            Stage::Production
         } else {
-            "promote"
+            Stage::Archived
         };
-        change(
+        set_stage_in(
             &tx,
-            name,
-            version,
-            kind,
-            from,
+            d.name,
+            d.candidate,
             to,
-            reason,
-            evidence,
-            at_unix_micros,
+            d.reason,
+            d.evidence,
+            d.at_unix_micros,
         )?;
         tx.commit()?;
         Ok(())
@@ -501,6 +508,74 @@ impl SqliteStore {
 }
 
 /// The stage of `name`'s `version`, refused where there is none.
+/// [`SqliteStore::set_stage`] within `tx`.
+fn set_stage_in(
+    tx: &rusqlite::Transaction<'_>,
+    name: &str,
+    version: u32,
+    to: Stage,
+    reason: &str,
+    evidence: &str,
+    at_unix_micros: u64,
+) -> Result<(), StoreError> {
+    let from = current(tx, name, version)?;
+    let allowed = match to {
+        Stage::Candidate => false,
+        Stage::Canary => from == Stage::Candidate,
+        Stage::Production => matches!(from, Stage::Candidate | Stage::Canary),
+        Stage::Archived => from != Stage::Archived,
+    };
+    if !allowed {
+        return Err(refused(format!(
+            "model '{name}' version {version} is {from}: it cannot go to {to} (candidate \
+             -> canary -> production -> archived; rollback returns an archived production \
+             version)"
+        )));
+    }
+    if to == Stage::Production
+        && let Some(old) = production_of(tx, name)?
+    {
+        change(
+            tx,
+            name,
+            old,
+            "replaced",
+            Stage::Production,
+            Stage::Archived,
+            &format!("replaced by version {version}"),
+            evidence,
+            at_unix_micros,
+        )?;
+    }
+    let kind = if to == Stage::Archived {
+        "archive"
+    } else {
+        "promote"
+    };
+    change(
+        tx,
+        name,
+        version,
+        kind,
+        from,
+        to,
+        reason,
+        evidence,
+        at_unix_micros,
+    )
+}
+
+/// The version of `name` in production, if any.
+fn production_of(tx: &rusqlite::Transaction<'_>, name: &str) -> Result<Option<u32>, StoreError> {
+    Ok(tx
+        .query_row(
+            "SELECT version FROM registry_versions WHERE name = ?1 AND stage = 'production'",
+            params![name],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 fn current(tx: &rusqlite::Transaction<'_>, name: &str, version: u32) -> Result<Stage, StoreError> {
     let stage: Option<String> = tx
         .query_row(
