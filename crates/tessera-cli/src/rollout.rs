@@ -21,9 +21,9 @@ use tessera_engine::Plan;
 /// Arguments of `tessera rollout`.
 #[derive(Debug, clap::Args)]
 pub struct RolloutArgs {
-    /// The plan the sites read their data with (their --expect-plan); its
-    /// site metrics must not be sums only (the comparison's sums travel in
-    /// the clear).
+    /// The plan the sites read their data with (their --expect-plan); under
+    /// site metrics that are sums only, the canaries' comparison is summed
+    /// securely (at least 3 canaries).
     #[arg(long)]
     plan: PathBuf,
     /// The coordinator's database, whose registry holds the model.
@@ -45,6 +45,11 @@ pub struct RolloutArgs {
     /// it, the rollout waits for every site of the plan.
     #[arg(long)]
     deadline: Option<f64>,
+    /// The sites whose opt-in (`--canary`) counts, comma-separated
+    /// (default: every site that opts in); another site that opts in is
+    /// sent only the version decided.
+    #[arg(long, value_delimiter = ',', value_name = "SITE,...")]
+    canaries: Vec<String>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: SocketAddr,
@@ -179,6 +184,8 @@ fn versions(args: &RolloutArgs, db: &Path) -> anyhow::Result<(Rollout, String)> 
         },
         max_drop: args.max_drop,
         deadline: deadline(args.deadline)?,
+        canaries: (!args.canaries.is_empty())
+            .then(|| args.canaries.iter().map(|s| s.trim().to_string()).collect()),
     };
     if candidate.stage == Stage::Candidate {
         store.set_stage(
@@ -218,6 +225,16 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<()> {
     let plan_text = std::fs::read_to_string(&args.plan)
         .with_context(|| format!("{}: cannot read", args.plan.display()))?;
     let plan = Plan::from_toml(&plan_text, &args.plan.display().to_string())?;
+    // A plan that lists its sites: the canaries must be among them.
+    let sites: Vec<&str> = plan.data.sites.iter().map(|s| s.name.as_str()).collect();
+    if !sites.is_empty()
+        && let Some(other) = args.canaries.iter().find(|c| !sites.contains(&c.trim()))
+    {
+        bail!(
+            "--canaries names '{other}', which is not a site of the plan ({})",
+            sites.join(", ")
+        );
+    }
     if !(args.max_drop.is_finite() && (0.0..=1.0).contains(&args.max_drop)) {
         bail!("--max-drop is a share of accuracy between 0 and 1");
     }

@@ -376,6 +376,7 @@ fn a_tree_plan_and_an_oversize_file_are_refused() {
         },
         max_drop: 0.0,
         deadline: None,
+        canaries: None,
     };
     let mut f = db.open(&plan(""));
     let e = f
@@ -562,4 +563,37 @@ fn a_waiting_rollout_says_what_it_waits_for_and_waits_for_a_quiet_site() {
     ));
     f.advance();
     assert!(f.is_finished());
+}
+
+#[test]
+fn a_site_off_the_operators_list_does_not_judge_the_candidate() {
+    let db = Db::new();
+    let listed = [SITES[0].name.as_str()];
+    let mut f = common::start_rollout_listing(&db, 0.0, None, Some(&listed), db.open(&plan("")));
+    // Sites 0 and 1 opt in; only site 0 is on the list.
+    for site in 0..4 {
+        join(&mut f, site, site < 2);
+    }
+    assert!(matches!(task(&mut f, 1, Some(1)), TaskView::Wait));
+    let e = f
+        .submit_evaluation(&SITES[1].name, &score(1, 2, 1_000_000, 1_000_000))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("did not opt in as a canary"), "{e}");
+    f.submit_evaluation(&SITES[0].name, &score(0, 2, 500, 450))
+        .unwrap();
+    f.submit_evaluation(&SITES[0].name, &score(0, 1, 500, 300))
+        .unwrap();
+    f.advance();
+    let (stage, evidence) = decided(&db);
+    assert_eq!(stage, Stage::Production);
+    let evidence: serde_json::Value = serde_json::from_str(&evidence).unwrap();
+    assert_eq!(evidence["canary_sites"], serde_json::json!([SITES[0].name]));
+    let store = SqliteStore::open_existing(&db.path()).unwrap();
+    let log = store.audit_log(f.run_id()).unwrap();
+    assert!(
+        log.iter().any(|r| r.site == SITES[1].name
+            && r.detail.contains("not on the rollout's --canaries list")),
+        "{log:?}"
+    );
 }

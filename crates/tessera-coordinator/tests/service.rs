@@ -255,6 +255,7 @@ async fn a_rollout_refuses_an_agreement_offer() {
             },
             max_drop: 0.0,
             deadline: None,
+            canaries: None,
         })
         .unwrap();
     let shared = Shared::new(federation);

@@ -147,7 +147,29 @@ fn a_worse_candidate_is_rolled_back_and_a_better_one_promoted_on_every_site() {
         ])
         .fails();
     assert!(e.contains("--deadline 0: give seconds"), "{e}");
-    let out = roll_out(&s, &plan, db, &CANARIES, &[]);
+    // A canary list naming no site of the plan is refused.
+    let e = s
+        .run(&[
+            "rollout",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--db",
+            db,
+            "--name",
+            "heart",
+            "--insecure",
+            "--canaries",
+            "cleveland,mayo",
+        ])
+        .fails();
+    assert!(e.contains("--canaries names 'mayo'"), "{e}");
+    let out = roll_out(
+        &s,
+        &plan,
+        db,
+        &CANARIES,
+        &["--canaries", "cleveland,hungarian"],
+    );
     assert!(
         out.contains("version 2 is production: rollout run"),
         "{out}"

@@ -69,6 +69,10 @@ pub struct Rollout {
     /// again the sites to take the version decided (`None`: the rollout
     /// waits for every site of the plan).
     pub deadline: Option<Duration>,
+    /// The sites whose opt-in counts (`None`: every site that opts in):
+    /// the operator's say in who may judge a candidate, since a canary's
+    /// counts weigh by the rows it says it scored.
+    pub canaries: Option<BTreeSet<String>>,
 }
 
 /// One model's sums from one site.
@@ -248,7 +252,13 @@ impl Federation {
         hello: &pb::Hello,
     ) -> Option<pb::ServedModel> {
         let rollout = self.rollout.as_mut()?;
-        if hello.canary {
+        let allowed = rollout
+            .spec
+            .canaries
+            .as_ref()
+            .is_none_or(|list| list.contains(site));
+        let counted = hello.canary && allowed;
+        if counted {
             rollout.canaries.insert(site.to_string());
         } else {
             rollout.canaries.remove(site);
@@ -265,10 +275,12 @@ impl Federation {
         };
         let detail = format!(
             "{}; serving {}",
-            if hello.canary {
-                "canary"
-            } else {
-                "not a canary"
+            match (hello.canary, allowed) {
+                (true, true) => "canary",
+                (true, false) =>
+                    "opted in as a canary, not on the rollout's --canaries list: \
+                                  not a canary",
+                (false, _) => "not a canary",
             },
             if serving.is_empty() {
                 "nothing".to_string()

@@ -193,6 +193,17 @@ pub fn start_rollout(
     db: &Db,
     max_drop: f64,
     deadline: Option<Duration>,
+    f: Federation,
+) -> Federation {
+    start_rollout_listing(db, max_drop, deadline, None, f)
+}
+
+/// As [`start_rollout`], counting only `canaries` as canaries.
+pub fn start_rollout_listing(
+    db: &Db,
+    max_drop: f64,
+    deadline: Option<Duration>,
+    canaries: Option<&[&str]>,
     mut f: Federation,
 ) -> Federation {
     let store = SqliteStore::open(&db.path()).unwrap();
@@ -245,6 +256,7 @@ pub fn start_rollout(
         },
         max_drop,
         deadline,
+        canaries: canaries.map(|c| c.iter().map(|s| s.to_string()).collect()),
     })
     .unwrap();
     f
