@@ -106,8 +106,11 @@ impl SiteRolloutArgs {
     }
 }
 
-/// The model file of a registered version, as bytes.
-fn model_file(store: &SqliteStore, row: &VersionRow) -> anyhow::Result<Vec<u8>> {
+/// The model file of a registered version.
+fn model_file(
+    store: &SqliteStore,
+    row: &VersionRow,
+) -> anyhow::Result<tessera_engine::model_file::ModelFile> {
     let run = store
         .runs()?
         .into_iter()
@@ -118,8 +121,7 @@ fn model_file(store: &SqliteStore, row: &VersionRow) -> anyhow::Result<Vec<u8>> 
         .version_parameters(&row.name, row.version)?
         .with_context(|| format!("version {} keeps no parameters", row.version))?;
     let who = format!("registry '{}' version {}", row.name, row.version);
-    let file = crate::model::of_stored_run(&plan, store, &run.id, row.round, params, &who)?;
-    Ok(file.to_bytes())
+    crate::model::of_stored_run(&plan, store, &run.id, row.round, params, &who)
 }
 
 /// The candidate and production versions, the candidate moved to canary.
@@ -172,15 +174,37 @@ fn versions(args: &RolloutArgs, db: &Path) -> anyhow::Result<(Rollout, String)> 
             candidate.stage
         );
     }
+    let (candidate_file, production_file) = (
+        model_file(&store, candidate)?,
+        model_file(&store, production)?,
+    );
+    // Both models score the same rows: each predicts the same classes from
+    // the same features (otherwise a canary's rows scored would differ
+    // between them, and its scores be refused).
+    if candidate_file.classes() != production_file.classes()
+        || candidate_file.n_features() != production_file.n_features()
+    {
+        bail!(
+            "model '{}' version {} predicts {:?} from {} features, production version {} {:?} \
+             from {}: a rollout compares models of the same classes and features",
+            args.name,
+            candidate.version,
+            candidate_file.classes(),
+            candidate_file.n_features(),
+            production.version,
+            production_file.classes(),
+            production_file.n_features()
+        );
+    }
     let rollout = Rollout {
         name: args.name.clone(),
         candidate: RolloutModel {
             version: candidate.version,
-            file: Arc::new(model_file(&store, candidate)?),
+            file: Arc::new(candidate_file.to_bytes()),
         },
         production: RolloutModel {
             version: production.version,
-            file: Arc::new(model_file(&store, production)?),
+            file: Arc::new(production_file.to_bytes()),
         },
         max_drop: args.max_drop,
         deadline: deadline(args.deadline)?,
@@ -259,13 +283,36 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<()> {
         dry_run: None,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(tessera_coordinator::serve_until(
+    let served = runtime.block_on(tessera_coordinator::serve_until(
         config,
         |address| {
             crate::logging::say(tracing::Level::INFO, &format!("listening on {address}"));
         },
         crate::lifecycle::termination(),
-    ))?;
+    ));
+    // A rollout is never resumed: the way on is to end its run and roll out
+    // again (the registry shows whether it decided).
+    let again = format!(
+        "a rollout is not resumed: `tessera models show --db {db} --name {name}` shows whether it \
+         decided; end its run with `tessera abort --db {db}`, then `tessera rollout` again",
+        db = args.db.display(),
+        name = args.name
+    );
+    match served {
+        Err(tessera_coordinator::CoordinatorError::Interrupted(signal)) => {
+            return Err(anyhow::Error::new(crate::lifecycle::Signalled {
+                signal,
+                what: again,
+            }));
+        }
+        // Exits 70, as any coordinator's database failure does.
+        Err(e @ tessera_coordinator::CoordinatorError::Fatal(_)) => {
+            return Err(anyhow::Error::new(e).context(format!("the rollout stopped: {again}")));
+        }
+        other => {
+            other?;
+        }
+    }
     let store = SqliteStore::open_existing(&args.db)?;
     let run = store
         .runs()?

@@ -310,9 +310,44 @@ fn secure_rollouts(
     };
     // Round 1's model as version 4 against version 2 (round 15), on the
     // exact secure sum: rolled back, and the sum is the three canaries'
-    // training-time evaluations summed.
+    // training-time evaluations summed. A first try stopped by SIGTERM
+    // before any site joins is not resumed: it says so, and once its run is
+    // aborted the rollout starts again.
     register("1");
-    let out = roll_out(s, &sums("aggregate-only"), db, &canaries, &[]);
+    let summed = sums("aggregate-only");
+    let (tx, rx) = mpsc::channel();
+    let mut stopped = Proc::start(
+        "rollout",
+        &s.dir,
+        &[
+            "rollout",
+            "--plan",
+            summed.to_str().unwrap(),
+            "--db",
+            db,
+            "--name",
+            "heart",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure",
+        ],
+        Some(tx),
+    );
+    rx.recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("the rollout did not start:\n{}", stopped.log()));
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &stopped.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    assert_eq!(stopped.wait(LIMIT).code(), Some(143), "{}", stopped.log());
+    assert!(
+        stopped.log().contains("a rollout is not resumed"),
+        "{}",
+        stopped.log()
+    );
+    s.run(&["abort", "--db", db]).ok();
+    let out = roll_out(s, &summed, db, &canaries, &[]);
     assert!(out.contains("version 4 is archived: rollout run"), "{out}");
     assert!(
         out.contains("rolled back: on the secure sum of 3 canary site(s)'"),
