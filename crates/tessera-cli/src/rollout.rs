@@ -35,6 +35,11 @@ pub struct RolloutArgs {
     /// The candidate version (default: the newest candidate or canary version).
     #[arg(long)]
     version: Option<u32>,
+    /// No comparison: send the production version to every site to serve
+    /// (after `tessera models rollback`, or a rollout stopped before every
+    /// site took the version decided).
+    #[arg(long, conflicts_with_all = ["version", "canaries", "max_drop"])]
+    serve: bool,
     /// The most the candidate's pooled accuracy on the canary sites' test
     /// rows may fall below production's and still be promoted.
     #[arg(long, default_value_t = 0.0)]
@@ -155,6 +160,27 @@ fn versions(args: &RolloutArgs, db: &Path) -> anyhow::Result<(Rollout, String)> 
                 args.name
             )
         })?;
+    if args.serve {
+        let file = Arc::new(model_file(&store, production)?.to_bytes());
+        let model = || RolloutModel {
+            version: production.version,
+            file: Arc::clone(&file),
+        };
+        let rollout = Rollout {
+            name: args.name.clone(),
+            candidate: model(),
+            production: model(),
+            max_drop: 0.0,
+            deadline: deadline(args.deadline)?,
+            canaries: None,
+            serve_only: true,
+        };
+        let line = format!(
+            "model '{}': production version {} to every site",
+            args.name, production.version
+        );
+        return Ok((rollout, line));
+    }
     let trying = |v: &&VersionRow| matches!(v.stage, Stage::Candidate | Stage::Canary);
     let candidate =
         match args.version {
@@ -210,6 +236,7 @@ fn versions(args: &RolloutArgs, db: &Path) -> anyhow::Result<(Rollout, String)> 
         deadline: deadline(args.deadline)?,
         canaries: (!args.canaries.is_empty())
             .then(|| args.canaries.iter().map(|s| s.trim().to_string()).collect()),
+        serve_only: false,
     };
     if candidate.stage == Stage::Candidate {
         store.set_stage(
@@ -237,6 +264,11 @@ fn deadline(seconds: Option<f64>) -> anyhow::Result<Option<Duration>> {
         }
         Some(s) => bail!("--deadline {s}: give seconds, more than 0 and at most a year"),
     }
+}
+
+/// What `tessera rollout --serve` says at its end.
+fn line_of_serve(name: &str, version: u32) -> String {
+    format!("every site was sent '{name}' version {version}")
 }
 
 /// Runs `tessera rollout`.
@@ -319,6 +351,16 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<()> {
         .into_iter()
         .max_by_key(|r| r.created_unix_micros)
         .context("the database holds no run")?;
+    if args.serve {
+        let end = store
+            .audit_log(&run.id)?
+            .into_iter()
+            .rev()
+            .find(|r| r.site == "-" && r.action == "run" && r.outcome == "finished")
+            .context("the rollout stopped before every site was told")?;
+        println!("{}: {}", line_of_serve(&args.name, candidate), end.detail);
+        return Ok(());
+    }
     let ended = store
         .audit_log(&run.id)?
         .into_iter()

@@ -377,6 +377,7 @@ fn a_tree_plan_and_an_oversize_file_are_refused() {
         max_drop: 0.0,
         deadline: None,
         canaries: None,
+        serve_only: false,
     };
     let mut f = db.open(&plan(""));
     let e = f

@@ -256,6 +256,7 @@ async fn a_rollout_refuses_an_agreement_offer() {
             max_drop: 0.0,
             deadline: None,
             canaries: None,
+            serve_only: false,
         })
         .unwrap();
     let shared = Shared::new(federation);

@@ -265,6 +265,18 @@ fn a_worse_candidate_is_rolled_back_and_a_better_one_promoted_on_every_site() {
     }
     secure_rollouts(&s, db, &run, &models, &register);
 
+    // A rollback by hand (version 1 back in production) reaches every site
+    // through a rollout that only serves.
+    models(&["rollback", "--name", "heart", "--reason", "drill"]).ok();
+    let out = roll_out(&s, &plan, db, &[], &["--serve"]);
+    assert!(
+        out.contains("every site was sent 'heart' version 1: every site still in the run serves"),
+        "{out}"
+    );
+    for site in HEART_SITES {
+        assert_eq!(serving(&s, site), "1", "{site}");
+    }
+
     // No candidate is left.
     let e = s
         .run(&[

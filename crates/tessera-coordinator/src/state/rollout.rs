@@ -73,6 +73,10 @@ pub struct Rollout {
     /// the operator's say in who may judge a candidate, since a canary's
     /// counts weigh by the rows it says it scored.
     pub canaries: Option<BTreeSet<String>>,
+    /// No comparison: every site is sent production to serve (`tessera
+    /// rollout --serve`, after a rollback by hand or a rollout that
+    /// stopped before the sites were told); the candidate is production.
+    pub serve_only: bool,
 }
 
 /// One model's sums from one site.
@@ -169,6 +173,9 @@ impl Federation {
                 "the rollout's deadline is zero".into(),
             ));
         }
+        if spec.serve_only {
+            return self.serve_everywhere(spec);
+        }
         if spec.candidate.version == spec.production.version {
             return Err(CoordinatorError::Config(format!(
                 "the candidate and production are both version {}",
@@ -214,6 +221,39 @@ impl Federation {
             over: BTreeSet::new(),
             summed: summed.then(secure::Summing::default),
         });
+        Ok(())
+    }
+
+    /// A rollout that only sends production to every site to serve.
+    fn serve_everywhere(&mut self, spec: Rollout) -> Result<(), CoordinatorError> {
+        let version = spec.production.version;
+        if spec.candidate.version != version {
+            return Err(CoordinatorError::Config(format!(
+                "a rollout that only serves sends one version, not {} and {version}",
+                spec.candidate.version
+            )));
+        }
+        let text = format!(
+            "every site serves production version {version} of '{}' (no comparison: tessera \
+             rollout --serve)",
+            spec.name
+        );
+        self.audit("-", "rollout", "opened", &text);
+        let opened = self.now();
+        self.rollout = Some(RolloutState {
+            spec,
+            opened,
+            canaries: BTreeSet::new(),
+            scores: BTreeMap::new(),
+            decision: Some(Decision {
+                serve: version,
+                text,
+                at: opened,
+            }),
+            over: BTreeSet::new(),
+            summed: None,
+        });
+        self.version += 1;
         Ok(())
     }
 

@@ -257,6 +257,7 @@ pub fn start_rollout_listing(
         max_drop,
         deadline,
         canaries: canaries.map(|c| c.iter().map(|s| s.to_string()).collect()),
+        serve_only: false,
     })
     .unwrap();
     f
