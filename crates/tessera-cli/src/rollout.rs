@@ -325,8 +325,10 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<()> {
     // A rollout is never resumed: the way on is to end its run and roll out
     // again (the registry shows whether it decided).
     let again = format!(
-        "a rollout is not resumed: `tessera models show --db {db} --name {name}` shows whether it \
-         decided; end its run with `tessera abort --db {db}`, then `tessera rollout` again",
+        "a rollout is not resumed: end its run with `tessera abort --db {db}`; then, if \
+         `tessera models show --db {db} --name {name}` shows it decided, `tessera rollout --serve` \
+         sends every site the version now in production, and otherwise `tessera rollout` starts \
+         again",
         db = args.db.display(),
         name = args.name
     );

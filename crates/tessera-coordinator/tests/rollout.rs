@@ -335,6 +335,10 @@ fn a_deadline_decides_on_the_scores_in_hand_and_ends_the_run() {
         TaskView::RolloutOver { .. }
     ));
     assert!(matches!(task(&mut f, 1, Some(1)), TaskView::Rollout { .. }));
+    // Its scores, late, are taken and set aside (it goes on to the
+    // version decided rather than failing).
+    f.submit_evaluation(&SITES[1].name, &score(1, 2, 50, 10))
+        .unwrap();
     f.advance();
     assert!(!f.is_finished());
     clock.advance(Duration::from_secs(61));
@@ -502,23 +506,88 @@ fn a_registry_changed_by_hand_during_the_rollout_is_not_overwritten() {
     }
     f.advance();
     // The rollout would promote version 2, but records nothing: version 2
-    // stays at canary, and the sites are told why.
+    // stays at canary, no site is sent a version (not the retired one
+    // either), the run ends, and the sites are told why.
     assert_eq!(decided(&db).0, Stage::Canary);
-    match task(&mut f, 2, None) {
-        TaskView::Rollout { header, .. } => {
-            let r = header.rollout.unwrap();
-            assert_eq!(r.version, 1);
-            assert!(
-                r.decision.starts_with("no decision recorded (promoted:")
-                    && r.decision
-                        .contains("the registry changed while the rollout ran")
-                    && r.decision.contains("no version is in production"),
-                "{}",
-                r.decision
-            );
+    assert!(f.is_finished());
+    for site in 0..4 {
+        match task(&mut f, site, Some(1)) {
+            TaskView::RolloutOver { serve, reason } => {
+                assert_eq!(serve, pb::ServedModel::default());
+                assert!(
+                    reason.starts_with("no decision recorded (promoted:")
+                        && reason.contains("the registry changed while the rollout ran")
+                        && reason.contains("no version is in production")
+                        && reason.contains("--serve"),
+                    "{reason}"
+                );
+            }
+            _ => panic!("the rollout is over"),
         }
-        _ => panic!("a serve task"),
     }
+}
+
+#[test]
+fn a_rollout_that_only_serves_waits_for_every_site_of_the_plan() {
+    let db = Db::new();
+    let mut f = db.open(&plan(""));
+    let model = || RolloutModel {
+        version: 1,
+        file: Arc::new(vec![1; 90]),
+    };
+    f.set_rollout(Rollout {
+        name: "heart".into(),
+        candidate: model(),
+        production: model(),
+        max_drop: 0.0,
+        deadline: None,
+        canaries: None,
+        serve_only: true,
+    })
+    .unwrap();
+    // Nobody has joined: the run does not end.
+    f.advance();
+    assert!(!f.is_finished());
+    for site in 0..4 {
+        let hello = pb::Hello {
+            canary: site == 0,
+            ..hello(&SITES[site].name)
+        };
+        let welcome = f.join(&SITES[site].name, &hello).unwrap();
+        assert_eq!(welcome.rollout.unwrap().version, 1);
+        match task(&mut f, site, None) {
+            TaskView::Rollout { header, files } => {
+                assert_eq!(header.kind(), pb::TaskKind::Serve);
+                assert_eq!(header.rollout.unwrap().version, 1);
+                assert_eq!(files[0].len(), 90);
+            }
+            _ => panic!("a serve task"),
+        }
+        assert!(matches!(
+            task(&mut f, site, Some(1)),
+            TaskView::RolloutOver { .. }
+        ));
+        f.advance();
+        assert_eq!(f.is_finished(), site == 3, "after site {site}");
+    }
+    // Two versions are refused.
+    let mut g = Db::new().open(&plan(""));
+    let e = g
+        .set_rollout(Rollout {
+            name: "heart".into(),
+            candidate: RolloutModel {
+                version: 2,
+                file: Arc::new(vec![2; 90]),
+            },
+            production: model(),
+            max_drop: 0.0,
+            deadline: None,
+            canaries: None,
+            serve_only: true,
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sends one version"), "{e}");
 }
 
 #[test]

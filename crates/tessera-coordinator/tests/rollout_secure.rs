@@ -404,3 +404,41 @@ fn with_dp_the_sum_is_noised_and_the_interval_widened() {
         one.unit_std()
     );
 }
+
+#[test]
+fn a_canary_gone_quiet_is_not_waited_for_in_the_secure_round() {
+    let db = Db::new();
+    let clock = tessera_coordinator::ManualClock::starting_now();
+    let opened = db
+        .open_with(
+            &plan("aggregate-only", 3),
+            std::time::Duration::from_secs(30),
+        )
+        .with_clock(std::sync::Arc::new(clock.clone()));
+    let mut f = common::start_rollout(&db, 0.0, None, opened);
+    for site in 0..4 {
+        let hello = pb::Hello {
+            canary: true,
+            ..hello(&SITES[site].name)
+        };
+        f.join(&SITES[site].name, &hello).unwrap();
+    }
+    f.advance();
+    // Site 3 goes quiet before sending its keys; the others keep beating.
+    // Without a deadline each stage may wait ten liveness periods (300 s),
+    // but a canary silent past one (30 s) is dropped from the round.
+    for _ in 0..4 {
+        clock.advance(std::time::Duration::from_secs(15));
+        for site in [0, 1, 2] {
+            f.heartbeat(&SITES[site].name, 0).unwrap();
+        }
+        f.advance();
+    }
+    sum_securely(&mut f, &counts());
+    // Decided on the three others' sum.
+    let (_, decision) = served(&mut f, 0);
+    assert!(
+        decision.contains("the secure sum of 3 canary site(s)' 230 test rows"),
+        "{decision}"
+    );
+}

@@ -487,7 +487,9 @@ pub(crate) async fn take_part(
                 }
             }
             pb::TaskKind::Serve => {
-                let files = receive_files(&mut stream, &[task.bytes]).await?;
+                let sizes = [task.bytes];
+                let files =
+                    beating(client, config, beat, receive_files(&mut stream, &sizes)).await?;
                 ModelFile::from_bytes(&files[0]).map_err(|e| {
                     local(format!(
                         "'{name}' version {}'s model file: {e}",

@@ -117,6 +117,9 @@ pub(crate) struct RolloutState {
     /// Under a plan whose site metrics are sums only: the secure sum of
     /// the comparison (`None`: the sums come in the clear).
     summed: Option<secure::Summing>,
+    /// The decision could not be recorded (the registry changed while the
+    /// rollout ran): no site is sent a version, and the run is over.
+    halted: Option<String>,
 }
 
 impl RolloutState {
@@ -220,6 +223,7 @@ impl Federation {
             decision: None,
             over: BTreeSet::new(),
             summed: summed.then(secure::Summing::default),
+            halted: None,
         });
         Ok(())
     }
@@ -252,6 +256,7 @@ impl Federation {
             }),
             over: BTreeSet::new(),
             summed: None,
+            halted: None,
         });
         self.version += 1;
         Ok(())
@@ -291,7 +296,17 @@ impl Federation {
         site: &str,
         hello: &pb::Hello,
     ) -> Option<pb::ServedModel> {
+        // A canary whose process sent its keys to the comparison's secure
+        // round and then restarted cannot go on in it (its keys are gone):
+        // the round does not wait for it.
+        let restarted = self
+            .secure
+            .as_ref()
+            .is_some_and(|s| tessera_secagg::is_rollout_round(s.round) && s.has_joined(site));
         let rollout = self.rollout.as_mut()?;
+        if restarted && let Some(summing) = rollout.summed.as_mut() {
+            summing.restarted.insert(site.to_string());
+        }
         let allowed = rollout
             .spec
             .canaries
@@ -337,6 +352,12 @@ impl Federation {
     pub(super) fn rollout_task(&mut self, site: &str, held: Option<u32>) -> Option<TaskView> {
         let rollout = self.rollout.as_mut()?;
         let name = rollout.spec.name.clone();
+        if let Some(reason) = &rollout.halted {
+            return Some(TaskView::RolloutOver {
+                serve: pb::ServedModel::default(),
+                reason: reason.clone(),
+            });
+        }
         if let Some(decision) = &rollout.decision {
             if held == Some(decision.serve) {
                 if rollout.over.insert(site.to_string()) {
@@ -412,6 +433,18 @@ impl Federation {
         report: &pb::EvaluationReport,
     ) -> Option<Result<(), Refusal>> {
         let rollout = self.rollout.as_mut()?;
+        if rollout.decision.is_some() || rollout.halted.is_some() {
+            // A canary still scoring when the deadline decided: taken and
+            // set aside, so that it goes on to the version decided.
+            self.audit(
+                site,
+                "canary-score",
+                "ignored",
+                &format!("version {}: the rollout has decided", report.round),
+            );
+            self.touch(site);
+            return Some(Ok(()));
+        }
         let checked = check_report(rollout, site, report);
         Some(match checked {
             Ok((index, sums)) => {
@@ -446,6 +479,10 @@ impl Federation {
             return Ok(());
         };
         let past = |since: Timestamp| rollout.spec.deadline.is_some_and(|d| now >= since.plus(d));
+        let everyone = self
+            .roster
+            .expected()
+            .complete(&joined.iter().map(String::as_str).collect());
         if let Some(decision) = &rollout.decision {
             // Waited for: the live sites not holding the version decided,
             // and without a deadline those gone quiet too (a site
@@ -459,11 +496,16 @@ impl Federation {
                                 && self.roster.last_seen(s).is_some()))
                 })
                 .collect();
-            let untold: Vec<&String> = joined
+            let mut untold: Vec<&String> = joined
                 .iter()
                 .filter(|s| !rollout.over.contains(*s))
                 .collect();
-            let mut detail = if missing.is_empty() {
+            if let tessera_orchestrator::Expected::Named(all) = self.roster.expected() {
+                untold.extend(all.difference(&joined));
+            }
+            // Every site of the plan is waited for to join too (a rollout
+            // that only serves decides before anyone joins).
+            let mut detail = if missing.is_empty() && everyone {
                 "every site still in the run serves the version decided".to_string()
             } else if past(decision.at) {
                 format!(
@@ -486,10 +528,6 @@ impl Federation {
             self.version += 1;
             return Ok(());
         }
-        let everyone = self
-            .roster
-            .expected()
-            .complete(&joined.iter().map(String::as_str).collect());
         let scoring: Vec<&String> = rollout
             .canaries
             .iter()
@@ -557,12 +595,22 @@ impl Federation {
         match recorded {
             Ok(()) => {}
             // An operator moved a version while the rollout ran: nothing is
-            // recorded, and the sites keep production.
+            // recorded, no site is sent a version (production may be
+            // retired), and the run ends.
             Err(crate::store::StoreError::Refused(why)) => {
-                self.rollout_undecided(format!(
-                    "no decision recorded ({text}): {why}; production version {production} is \
-                     served: roll out again"
-                ));
+                let text = format!(
+                    "no decision recorded ({text}): {why}; no site is sent a version, each serves \
+                     what it served (`tessera rollout --serve` sends the version now in production)"
+                );
+                tracing::warn!(model = %name, %text, "rollout not recorded");
+                self.audit("-", "rollout", "undecided", &text);
+                if let Some(rollout) = self.rollout.as_mut() {
+                    rollout.halted = Some(text.clone());
+                }
+                self.store.end_run(&self.run.id, RunStatus::Finished)?;
+                self.audit("-", "run", "finished", &text);
+                self.phase = Phase::Finished;
+                self.version += 1;
                 return Ok(());
             }
             Err(e) => return Err(e.into()),

@@ -46,6 +46,8 @@ pub(in crate::state) struct Summing {
     opened: bool,
     /// Why the decision was taken before every site joined, for its text.
     late: String,
+    /// Members that restarted after sending their keys: not waited for.
+    pub(super) restarted: BTreeSet<String>,
     /// The sum once the round is over: noised where the plan says, or why
     /// there is none.
     outcome: Option<Result<Summed, String>>,
@@ -105,6 +107,25 @@ impl Federation {
             };
         }
         if summing.opened {
+            // A canary gone quiet (it heartbeats while it scores), or
+            // restarted after sending its keys, is not waited for: each
+            // stage closes without it.
+            let gone: Vec<String> = self
+                .secure
+                .as_ref()
+                .filter(|s| s.round == round)
+                .map(|s| {
+                    s.stages()
+                        .members()
+                        .keys()
+                        .filter(|m| !live.contains(*m) || summing.restarted.contains(*m))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for site in &gone {
+                self.secure_withdraw(site);
+            }
             if self.secure.is_some() {
                 self.advance_secure(now);
             }
