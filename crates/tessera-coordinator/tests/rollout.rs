@@ -43,25 +43,7 @@ fn score(site: usize, version: u32, n: u64, correct: u64) -> pb::EvaluationRepor
     }
 }
 
-/// The stage of version 2 and its last event's evidence.
-fn decided(db: &Db) -> (Stage, String) {
-    let store = SqliteStore::open_existing(&db.path()).unwrap();
-    let stage = store
-        .versions(Some("heart"))
-        .unwrap()
-        .into_iter()
-        .find(|v| v.version == 2)
-        .unwrap()
-        .stage;
-    let event = store
-        .stage_events(Some("heart"))
-        .unwrap()
-        .into_iter()
-        .rev()
-        .find(|e| e.version == 2)
-        .unwrap();
-    (stage, event.evidence)
-}
+use common::decided;
 
 fn task(f: &mut Federation, site: usize, held: Option<u32>) -> TaskView {
     f.task_for(&SITES[site].name, held).unwrap()

@@ -44,24 +44,10 @@ fn rollout(db: &Db, metrics: &str, min: usize, canaries: &[usize]) -> Federation
 
 const ROUND: u32 = 2 | ROLLOUT_ROUND;
 
-/// The stage of version 2 and its last event's evidence.
+/// The stage of version 2 and its last event's evidence, read.
 fn decided(db: &Db) -> (Stage, Option<serde_json::Value>) {
-    let store = SqliteStore::open_existing(&db.path()).unwrap();
-    let stage = store
-        .versions(Some("heart"))
-        .unwrap()
-        .into_iter()
-        .find(|v| v.version == 2)
-        .unwrap()
-        .stage;
-    let event = store
-        .stage_events(Some("heart"))
-        .unwrap()
-        .into_iter()
-        .rev()
-        .find(|e| e.version == 2)
-        .unwrap();
-    (stage, serde_json::from_str(&event.evidence).ok())
+    let (stage, evidence) = common::decided(db);
+    (stage, serde_json::from_str(&evidence).ok())
 }
 
 fn step(f: &mut Federation, site: usize, step: Step) -> Option<State> {

@@ -262,3 +262,23 @@ pub fn start_rollout_listing(
     .unwrap();
     f
 }
+
+/// The stage of version 2 and its last event's evidence.
+pub fn decided(db: &Db) -> (tessera_coordinator::Stage, String) {
+    let store = SqliteStore::open_existing(&db.path()).unwrap();
+    let stage = store
+        .versions(Some("heart"))
+        .unwrap()
+        .into_iter()
+        .find(|v| v.version == 2)
+        .unwrap()
+        .stage;
+    let event = store
+        .stage_events(Some("heart"))
+        .unwrap()
+        .into_iter()
+        .rev()
+        .find(|e| e.version == 2)
+        .unwrap();
+    (stage, event.evidence)
+}
