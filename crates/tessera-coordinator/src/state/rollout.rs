@@ -123,6 +123,24 @@ pub(crate) struct RolloutState {
 }
 
 impl RolloutState {
+    fn new(
+        spec: Rollout,
+        opened: Timestamp,
+        decision: Option<Decision>,
+        summed: Option<secure::Summing>,
+    ) -> Self {
+        Self {
+            spec,
+            opened,
+            canaries: BTreeSet::new(),
+            scores: BTreeMap::new(),
+            decision,
+            over: BTreeSet::new(),
+            summed,
+            halted: None,
+        }
+    }
+
     fn file(&self, version: u32) -> Arc<Vec<u8>> {
         if version == self.spec.candidate.version {
             Arc::clone(&self.spec.candidate.file)
@@ -215,16 +233,12 @@ impl Federation {
             .map_err(|e| CoordinatorError::Config(format!("privacy: {e}")))?;
         }
         let opened = self.now();
-        self.rollout = Some(RolloutState {
+        self.rollout = Some(RolloutState::new(
             spec,
             opened,
-            canaries: BTreeSet::new(),
-            scores: BTreeMap::new(),
-            decision: None,
-            over: BTreeSet::new(),
-            summed: summed.then(secure::Summing::default),
-            halted: None,
-        });
+            None,
+            summed.then(secure::Summing::default),
+        ));
         Ok(())
     }
 
@@ -244,20 +258,12 @@ impl Federation {
         );
         self.audit("-", "rollout", "opened", &text);
         let opened = self.now();
-        self.rollout = Some(RolloutState {
-            spec,
-            opened,
-            canaries: BTreeSet::new(),
-            scores: BTreeMap::new(),
-            decision: Some(Decision {
-                serve: version,
-                text,
-                at: opened,
-            }),
-            over: BTreeSet::new(),
-            summed: None,
-            halted: None,
-        });
+        let decision = Decision {
+            serve: version,
+            text,
+            at: opened,
+        };
+        self.rollout = Some(RolloutState::new(spec, opened, Some(decision), None));
         self.version += 1;
         Ok(())
     }

@@ -507,7 +507,6 @@ impl SqliteStore {
     }
 }
 
-/// The stage of `name`'s `version`, refused where there is none.
 /// [`SqliteStore::set_stage`] within `tx`.
 fn set_stage_in(
     tx: &rusqlite::Transaction<'_>,
@@ -576,6 +575,7 @@ fn production_of(tx: &rusqlite::Transaction<'_>, name: &str) -> Result<Option<u3
         .optional()?)
 }
 
+/// The stage of `name`'s `version`, refused where there is none.
 fn current(tx: &rusqlite::Transaction<'_>, name: &str, version: u32) -> Result<Stage, StoreError> {
     let stage: Option<String> = tx
         .query_row(
