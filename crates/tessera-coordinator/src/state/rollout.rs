@@ -717,6 +717,32 @@ fn promotes(comparison: &tessera_analytics::ab::Comparison, max_drop: f64) -> bo
     comparison.ci95.0 >= -max_drop
 }
 
+/// The decision in words: promoted or rolled back, on `basis` test rows
+/// (who scored them and how many), with both accuracies, the difference
+/// and its `interval` 95% interval, and the rule.
+fn describe(
+    spec: &Rollout,
+    comparison: &tessera_analytics::ab::Comparison,
+    promote: bool,
+    basis: &str,
+    interval: &str,
+) -> String {
+    format!(
+        "{}: on {basis} test rows, version {}'s accuracy {:.4} against production version {}'s \
+         {:.4} (difference {:+.4}, {interval} 95% interval [{:+.4}, {:+.4}]); promoted when the \
+         interval's lower end is at least {}",
+        if promote { "promoted" } else { "rolled back" },
+        spec.candidate.version,
+        comparison.accuracy_b,
+        spec.production.version,
+        comparison.accuracy_a,
+        comparison.difference,
+        comparison.ci95.0,
+        comparison.ci95.1,
+        0.0 - spec.max_drop
+    )
+}
+
 /// At most eight site names, for a log line.
 fn shown_list(sites: &[&String]) -> String {
     let mut shown: Vec<String> = sites

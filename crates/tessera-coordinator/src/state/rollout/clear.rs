@@ -5,7 +5,7 @@ use serde_json::json;
 use tessera_analytics::ab::{ArmSums, compare, paired};
 use tessera_proto::pb;
 
-use super::{RolloutState, Sums, promotes};
+use super::{RolloutState, Sums, describe, promotes};
 use crate::CoordinatorError;
 
 /// The most rows one site may say it scored.
@@ -188,19 +188,12 @@ pub(super) fn decide(
     };
     let promote = promotes(&comparison, spec.max_drop);
     let rows = candidate.n as u64;
-    let text = format!(
-        "{}: on {sites} canary site(s)' {rows} test rows, version {}'s accuracy {:.4} against \
-         production version {}'s {:.4} (difference {:+.4}, {interval} 95% interval [{:+.4}, \
-         {:+.4}]); promoted when the interval's lower end is at least {}",
-        if promote { "promoted" } else { "rolled back" },
-        spec.candidate.version,
-        comparison.accuracy_b,
-        spec.production.version,
-        comparison.accuracy_a,
-        comparison.difference,
-        comparison.ci95.0,
-        comparison.ci95.1,
-        0.0 - spec.max_drop
+    let text = describe(
+        spec,
+        &comparison,
+        promote,
+        &format!("{sites} canary site(s)' {rows}"),
+        interval,
     );
     let evidence = json!({
         "decision": if promote { "promoted" } else { "rolled back" },

@@ -355,20 +355,16 @@ fn decide_summed(
     } else {
         "paired"
     };
-    let text = format!(
-        "{decision}: on {how} {} canary site(s)' {:.0} test rows, version {}'s accuracy {:.4} \
-         against production version {}'s {:.4} (difference {:+.4}, {interval} 95% interval \
-         [{:+.4}, {:+.4}]); promoted when the interval's lower end is at least {}",
-        summed.sites.len(),
-        summed.rows,
-        spec.candidate.version,
-        comparison.accuracy_b,
-        spec.production.version,
-        comparison.accuracy_a,
-        comparison.difference,
-        comparison.ci95.0,
-        comparison.ci95.1,
-        0.0 - spec.max_drop
+    let text = super::describe(
+        spec,
+        &comparison,
+        promote,
+        &format!(
+            "{how} {} canary site(s)' {:.0}",
+            summed.sites.len(),
+            summed.rows
+        ),
+        interval,
     );
     let evidence = json!({
         "decision": decision,
