@@ -17,6 +17,7 @@ use tessera_coordinator::{
     CoordinatorConfig, Rollout, RolloutModel, RunStore, SqliteStore, Stage, VersionRow,
 };
 use tessera_engine::Plan;
+use tessera_engine::model_file::ModelFile;
 
 /// Arguments of `tessera rollout`.
 #[derive(Debug, clap::Args)]
@@ -112,10 +113,7 @@ impl SiteRolloutArgs {
 }
 
 /// The model file of a registered version.
-fn model_file(
-    store: &SqliteStore,
-    row: &VersionRow,
-) -> anyhow::Result<tessera_engine::model_file::ModelFile> {
+fn model_file(store: &SqliteStore, row: &VersionRow) -> anyhow::Result<ModelFile> {
     let run = store
         .runs()?
         .into_iter()
@@ -127,6 +125,30 @@ fn model_file(
         .with_context(|| format!("version {} keeps no parameters", row.version))?;
     let who = format!("registry '{}' version {}", row.name, row.version);
     crate::model::of_stored_run(&plan, store, &run.id, row.round, params, &who)
+}
+
+/// Both models score the same rows: each predicts the same classes from
+/// the same features (otherwise a canary's rows scored would differ
+/// between them, and its scores be refused).
+fn comparable(
+    name: &str,
+    (candidate, candidate_file): (u32, &ModelFile),
+    (production, production_file): (u32, &ModelFile),
+) -> anyhow::Result<()> {
+    if candidate_file.classes() != production_file.classes()
+        || candidate_file.n_features() != production_file.n_features()
+    {
+        bail!(
+            "model '{name}' version {candidate} predicts {:?} from {} features, production \
+             version {production} {:?} from {}: a rollout compares models of the same classes \
+             and features",
+            candidate_file.classes(),
+            candidate_file.n_features(),
+            production_file.classes(),
+            production_file.n_features()
+        );
+    }
+    Ok(())
 }
 
 /// The candidate and production versions, the candidate moved to canary.
@@ -204,24 +226,11 @@ fn versions(args: &RolloutArgs, db: &Path) -> anyhow::Result<(Rollout, String)> 
         model_file(&store, candidate)?,
         model_file(&store, production)?,
     );
-    // Both models score the same rows: each predicts the same classes from
-    // the same features (otherwise a canary's rows scored would differ
-    // between them, and its scores be refused).
-    if candidate_file.classes() != production_file.classes()
-        || candidate_file.n_features() != production_file.n_features()
-    {
-        bail!(
-            "model '{}' version {} predicts {:?} from {} features, production version {} {:?} \
-             from {}: a rollout compares models of the same classes and features",
-            args.name,
-            candidate.version,
-            candidate_file.classes(),
-            candidate_file.n_features(),
-            production.version,
-            production_file.classes(),
-            production_file.n_features()
-        );
-    }
+    comparable(
+        &args.name,
+        (candidate.version, &candidate_file),
+        (production.version, &production_file),
+    )?;
     let rollout = Rollout {
         name: args.name.clone(),
         candidate: RolloutModel {
@@ -388,4 +397,65 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<()> {
     println!("version {candidate} is {}: {}", decided.to, decided.reason);
     println!("evidence: {}", decided.evidence);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_data::{Agreement, Encoding};
+    use tessera_engine::model_file::{RunInfo, Standardization};
+
+    /// A logistic model of two numeric features and classes 0 and 1.
+    fn model() -> ModelFile {
+        let plan = Plan::from_toml(
+            "name = \"m\"\nseed = 3\n[data]\npath = \"d.csv\"\nsite_column = \"site\"\n\
+             [data.schema]\ntarget = \"y\"\n[model]\nkind = \"logistic\"\n[training]\n\
+             epochs = 1\nbatch_size = 8\nlr = 0.1\n[federation]\nrounds = 2\n",
+            "test",
+        )
+        .unwrap();
+        let agreement = Agreement {
+            columns: vec!["age".into(), "bp".into()],
+            encodings: vec![Encoding::Numeric, Encoding::Numeric],
+            classes: vec!["0".into(), "1".into()],
+        };
+        let parameters = tessera_learn::initial_parameters(&plan.model, 2, 2, 9).unwrap();
+        let standardization = Standardization {
+            config: plan.data.standardize.clone(),
+            source: None,
+            mean: None,
+            scale: None,
+        };
+        let run = RunInfo {
+            id: Some("m-1".into()),
+            written_by: "coordinator".into(),
+        };
+        ModelFile::new(&plan, &agreement, standardization, run, 2, parameters).unwrap()
+    }
+
+    #[test]
+    fn a_candidate_of_other_classes_or_features_is_refused_naming_both() {
+        let production = model();
+        assert!(comparable("heart", (2, &production), (1, &production.clone())).is_ok());
+        let mut classes = production.clone();
+        classes.header.agreement.classes = vec!["no".into(), "yes".into()];
+        let e = comparable("heart", (2, &classes), (1, &production))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("version 2 predicts [\"no\", \"yes\"] from 2 features")
+                && e.contains("production version 1 [\"0\", \"1\"] from 2")
+                && e.contains("same classes and features"),
+            "{e}"
+        );
+        let mut features = production.clone();
+        features.header.features.push("chol".into());
+        let e = comparable("heart", (3, &features), (1, &production))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("version 3 predicts [\"0\", \"1\"] from 3 features"),
+            "{e}"
+        );
+    }
 }

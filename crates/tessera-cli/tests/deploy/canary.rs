@@ -5,8 +5,9 @@
 //! every site serves the version decided, and the registry holds the
 //! decision with its evidence. Then, under plans whose site metrics are
 //! sums only, three canaries mask their comparison: round 1's model is
-//! rolled back on the secure sum alone (`"aggregate-only"`), and a last
-//! candidate is decided on the noised sum (`"dp"`).
+//! rolled back on the secure sum alone (`"aggregate-only"`), a candidate
+//! is decided on the noised sum (`"dp"`), and a canary that already masked
+//! a comparison of a version refuses a second one.
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -24,6 +25,17 @@ fn roll_out(
     canaries: &[&str],
     extra: &[&str],
 ) -> String {
+    roll_out_logs(s, plan, db, canaries, extra).0
+}
+
+/// [`roll_out`], with each site's output too (in `HEART_SITES`' order).
+fn roll_out_logs(
+    s: &Scratch,
+    plan: &std::path::Path,
+    db: &str,
+    canaries: &[&str],
+    extra: &[&str],
+) -> (String, Vec<String>) {
     let (tx, rx) = mpsc::channel();
     let mut args = vec![
         "rollout",
@@ -66,7 +78,7 @@ fn roll_out(
             p.log()
         );
     }
-    rollout.log()
+    (rollout.log(), sites.iter().map(Proc::log).collect())
 }
 
 /// What `site` reported evaluating round `round`'s model in run `run`
@@ -425,4 +437,34 @@ fn secure_rollouts(
         evidence["metrics_epsilon"].as_f64().unwrap()
     );
     assert!(out.contains("noised (standard deviation"), "{out}");
+
+    // A canary that already masked a comparison of a version (its mark
+    // planted here) refuses to mask a second one, saying why at the site;
+    // the other three canaries' sum decides.
+    register("12");
+    s.write("models-switzerland/heart/compared-v6", "an earlier run\n");
+    let all = ["cleveland", "hungarian", "switzerland", "va"];
+    let (out, logs) = roll_out_logs(s, &sums("aggregate-only"), db, &all, &[]);
+    let switzerland = &logs[2];
+    assert!(
+        switzerland.contains("this canary already masked its comparison of 'heart' version 6"),
+        "{switzerland}"
+    );
+    assert!(
+        out.contains("on the secure sum of 3 canary site(s)'"),
+        "{out}"
+    );
+    let evidence = evidence_of("6");
+    assert_eq!(
+        evidence["canary_sites"],
+        serde_json::json!(["cleveland", "hungarian", "va"]),
+        "{evidence}"
+    );
+    for site in ["cleveland", "hungarian", "va"] {
+        assert!(s.path(&format!("models-{site}/heart/compared-v6")).exists());
+    }
+    println!(
+        "a second comparison refused at switzerland; {}",
+        evidence["decision"]
+    );
 }
