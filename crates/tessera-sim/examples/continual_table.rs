@@ -6,8 +6,12 @@
 //! accuracy on the earlier sites' test rows before and after, and on the
 //! new ones. Each lambda runs twice: with the federation's importance (one,
 //! over every site's rows; simulation only) and with each site's own (as
-//! deployed participants hold it, `--importance-out` at each site). Lambda 1 was chosen on the first seven pairs (1 -> 2 to
-//! 13 -> 14); pairs 15 -> 16 to 23 -> 24 were not looked at before it was.
+//! deployed participants hold it, `--importance-out` at each site).
+//! Lambda 1 (pooled importance) and 3 (each site's own) were chosen on the
+//! first seven pairs (1 -> 2 to 13 -> 14); pairs 15 -> 16 to 23 -> 24 were
+//! not looked at before lambda 1 was, 25 -> 26 to 39 -> 40 before either.
+//! The last rows give the mean forgotten (and its share of plain's) and the
+//! mean accuracy on the new data, over the tuning and the held-out pairs.
 //!
 //!     cargo run --release -p tessera-sim --example continual_table [-- LAMBDA ...]
 
@@ -22,7 +26,7 @@ use tessera_sim::{
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// (earlier seed, later seed).
-const PAIRS: [(u64, u64); 12] = [
+const PAIRS: [(u64, u64); 20] = [
     (1, 2),
     (3, 4),
     (5, 6),
@@ -35,7 +39,19 @@ const PAIRS: [(u64, u64); 12] = [
     (19, 20),
     (21, 22),
     (23, 24),
+    (25, 26),
+    (27, 28),
+    (29, 30),
+    (31, 32),
+    (33, 34),
+    (35, 36),
+    (37, 38),
+    (39, 40),
 ];
+
+/// Pairs from this earlier seed on were not looked at before the lambdas
+/// were chosen.
+const HELD_OUT_FROM: u64 = 15;
 
 fn load(seed: u64) -> Result<(Plan, FederatedData)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
@@ -58,7 +74,7 @@ fn main() -> Result<()> {
         .map(|a| a.parse())
         .collect::<std::result::Result<_, _>>()?;
     let lambdas = if lambdas.is_empty() {
-        vec![1.0]
+        vec![1.0, 3.0]
     } else {
         lambdas
     };
@@ -71,6 +87,10 @@ fn main() -> Result<()> {
             .join(" | ")
     );
     println!("|---|---:|---:|{}", "---:|".repeat(2 * lambdas.len()));
+    // Per column (plain, then each lambda pooled and own): the amount
+    // forgotten on the earlier data and the accuracy on the new, over the
+    // tuning and the held-out pairs.
+    let mut forgotten = vec![[Vec::new(), Vec::new()]; 1 + 2 * lambdas.len()];
     for (a, b) in PAIRS {
         let (plan_a, data_a) = load(a)?;
         let first = simulate(&plan_a, &data_a, &SimOptions::default(), &mut |_| {})?;
@@ -87,21 +107,45 @@ fn main() -> Result<()> {
             );
             continue;
         }
-        let mut cells = Vec::new();
-        let run = |c: Continuation| -> Result<String> {
+        let run = |c: Continuation| -> Result<(f64, f64)> {
             let r = simulate_continued(&plan_b, &data_b, c, &SimOptions::default(), &mut |_| {})?;
-            Ok(format!(
-                "{:.4} / {:.4}",
+            Ok((
                 accuracy(&plan_a, &data_a, &r.final_parameters)?,
-                accuracy(&plan_b, &data_b, &r.final_parameters)?
+                accuracy(&plan_b, &data_b, &r.final_parameters)?,
             ))
         };
-        cells.push(run(Continuation::plain(theta.clone()))?);
+        let mut runs = vec![run(Continuation::plain(theta.clone()))?];
         for &l in &lambdas {
-            cells.push(run(Continuation::elastic(theta.clone(), f.clone(), l)?)?);
-            cells.push(run(Continuation::per_site(theta.clone(), own.clone(), l)?)?);
+            runs.push(run(Continuation::elastic(theta.clone(), f.clone(), l)?)?);
+            runs.push(run(Continuation::per_site(theta.clone(), own.clone(), l)?)?);
         }
+        let group = usize::from(a >= HELD_OUT_FROM);
+        for (column, (earlier, new)) in forgotten.iter_mut().zip(&runs) {
+            column[group].push((before - earlier, *new));
+        }
+        let cells: Vec<String> = runs
+            .iter()
+            .map(|(earlier, new)| format!("{earlier:.4} / {new:.4}"))
+            .collect();
         println!("| {a} -> {b} | {before:.4} | {} |", cells.join(" | "));
+    }
+    for (group, name) in ["tuning pairs", "held-out pairs"].into_iter().enumerate() {
+        let mean = |c: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
+            c.iter().map(f).sum::<f64>() / c.len().max(1) as f64
+        };
+        let means: Vec<(f64, f64)> = forgotten
+            .iter()
+            .map(|c| (mean(&c[group], |p| p.0), mean(&c[group], |p| p.1)))
+            .collect();
+        let cells: Vec<String> = means
+            .iter()
+            .map(|(m, new)| format!("{m:.3} ({:.2} of plain) / {new:.4}", m / means[0].0))
+            .collect();
+        println!(
+            "| forgotten / new, {name} ({}) | | {} |",
+            forgotten[0][group].len(),
+            cells.join(" | ")
+        );
     }
     Ok(())
 }
