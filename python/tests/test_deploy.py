@@ -18,6 +18,9 @@ import pytest
 import tessera
 import tessera.flower
 
+from tessera.continual import Elastic
+from test_continual import FEATURES, CLASSES, SITES as CONTINUAL_SITES, Softmax, population
+from test_continual import PLAN as CONTINUAL_PLAN, pooled_accuracy
 from test_flower import SITES as FLOWER_SITES, FlowerLogistic, PLAN as FLOWER_PLAN
 from test_simulate import SITES, Known
 
@@ -142,6 +145,57 @@ min_participants = 4
         for a, b in zip(result["parameters"], simulated["parameters"]):
             np.testing.assert_array_equal(a, b)
     assert simulated["final"]["accuracy"] > 0.8
+
+
+def test_elastic_weight_consolidation_deployed_equals_its_simulation(tmp_path):
+    # Two deployed runs: the first on the earlier population; each site
+    # takes the final model home and measures its own importance on its own
+    # rows; the second, on the later population, starts from that model
+    # (every site's get_parameters) with each site held to it by Elastic,
+    # which also checks that round 1's model is it. Each run equals its
+    # simulation bit for bit, and the earlier population is forgotten less
+    # than half as much as under plain continued training.
+    plan = (
+        CONTINUAL_PLAN.split("[data]")[0]
+        + '[model]\nkind = "external"\n'
+        + "[training]" + CONTINUAL_PLAN.split("[training]")[1]
+        + f"min_participants = {len(CONTINUAL_SITES)}\n"
+    )
+    earlier, later = population(1, False), population(101, True)
+    rows = {s: (len(earlier[s][1]), len(earlier[s][3])) for s in CONTINUAL_SITES}
+    zero = [np.zeros((FEATURES, CLASSES)), np.zeros(CLASSES)]
+
+    def run(folder, data, start, elastic=None):
+        clients = {
+            s: Softmax(data[s], start, None if elastic is None else elastic[s])
+            for s in CONTINUAL_SITES
+        }
+        simulated = tessera.simulate(plan, lambda s: clients[s], sites=CONTINUAL_SITES)
+        clients = {
+            s: Softmax(data[s], start, None if elastic is None else elastic[s])
+            for s in CONTINUAL_SITES
+        }
+        folder.mkdir()
+        results = deploy(folder, plan, clients, rows)
+        for result in results.values():
+            for a, b in zip(result["parameters"], simulated["parameters"]):
+                np.testing.assert_array_equal(a, b)
+        return results, clients
+
+    results, clients = run(tmp_path / "first", earlier, zero)
+    held = {}
+    for site, client in clients.items():
+        before = results[site]["parameters"]
+        held[site] = Elastic(before, client.importance(before), 3.0)
+    before = results[CONTINUAL_SITES[0]]["parameters"]
+    plain = run(tmp_path / "plain", later, before)[0][CONTINUAL_SITES[0]]["parameters"]
+    ewc = run(tmp_path / "ewc", later, before, held)[0][CONTINUAL_SITES[0]]["parameters"]
+    start = pooled_accuracy(before, earlier)
+    plain_drop = start - pooled_accuracy(plain, earlier)
+    ewc_drop = start - pooled_accuracy(ewc, earlier)
+    print(f"deployed: earlier {start:.4f}; plain forgets {plain_drop:.4f}, EWC {ewc_drop:.4f}")
+    assert plain_drop > 0.15 and ewc_drop < plain_drop / 2, (plain_drop, ewc_drop)
+    assert pooled_accuracy(ewc, later) > pooled_accuracy(before, later) + 0.2
 
 
 def test_a_site_refuses_a_plan_it_did_not_agree_to(tmp_path):
