@@ -3,7 +3,9 @@
 //! task's instructions. Under FedPer a site's head never leaves it; a
 //! coordinator that strips the instructions asks for FedAvg's whole-model
 //! update, head included. Each site must refuse before it trains, saying
-//! why, and nothing of it may reach the coordinator. Passing tasks
+//! why, and nothing of it may reach the coordinator; so must they when it
+//! asks for another method's update (Ditto's, the whole model) or another
+//! split of the model (two head layers). Passing tasks
 //! unchanged, the same proxy reads every update on the wire: under FedPer
 //! the head's values in them are all zero.
 
@@ -14,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use tessera_proto::pb;
 use tessera_proto::pb::federation_client::FederationClient;
 use tessera_proto::pb::federation_server::{Federation, FederationServer};
+use tessera_proto::pb::instructions::Kind;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
@@ -266,30 +269,52 @@ fn refuse_the_liar(strategy: (&str, &str)) {
     );
     drop(chunks);
 
-    let s = Scratch::new(&format!("hostile-coordinator-{name}"));
-    let (mut sites, mut coordinator, updates, _) =
-        behind(&s, &runtime, strategy, |header| header.instructions = None);
-    for (p, site) in sites.iter_mut().zip(HEART_SITES) {
-        assert!(!p.wait(LIMIT).success(), "{site} trained: {}", p.log());
-        let log = p.log();
-        assert!(
-            log.contains(&format!(
-                "plan refused: the coordinator's task asks for plain, not what the plan's \
-                 strategy {name} gives"
-            )),
-            "{site}: {log}"
-        );
-        let said = log.lines().rev().find(|l| l.contains("gives ("));
-        assert_eq!(
-            p.wait(LIMIT).code(),
-            Some(17),
-            "{site}: the plan-refused exit code"
-        );
-        println!("{site}: {}", said.unwrap_or_default());
+    // The lies: (name, the rewrite, what the task then asks for).
+    type Lie = (&'static str, fn(&mut pb::TaskHeader), &'static str);
+    fn arm(kind: Kind) -> Option<pb::Instructions> {
+        Some(pb::Instructions { kind: Some(kind) })
     }
-    assert_eq!(updates.load(Ordering::SeqCst), 0, "an update passed");
-    coordinator.kill_9();
-    let rounds =
-        util::procs::query_i64(&s.path("r.sqlite"), "SELECT COUNT(*) FROM round_aggregates");
-    assert_eq!(rounds, 0);
+    let lies: [Lie; 3] = [
+        ("stripped", |h| h.instructions = None, "plain"),
+        (
+            "ditto",
+            |h| h.instructions = arm(Kind::Ditto(pb::Ditto { lambda: 0.1 })),
+            "ditto (lambda 0.1)",
+        ),
+        (
+            "two head layers",
+            |h| h.instructions = arm(Kind::Fedper(pb::FedPer { head_layers: 2 })),
+            "fedper (head_layers 2)",
+        ),
+    ];
+    for (lie, rewrite, asked) in lies {
+        let s = Scratch::new(&format!(
+            "hostile-coordinator-{name}-{}",
+            lie.replace(' ', "-")
+        ));
+        let (mut sites, mut coordinator, updates, _) = behind(&s, &runtime, strategy, rewrite);
+        for (p, site) in sites.iter_mut().zip(HEART_SITES) {
+            assert!(!p.wait(LIMIT).success(), "{site} trained: {}", p.log());
+            let log = p.log();
+            assert!(
+                log.contains(&format!(
+                    "plan refused: the coordinator's task asks for {asked}, not what the plan's \
+                     strategy {name} gives"
+                )),
+                "{lie}, {site}: {log}"
+            );
+            let said = log.lines().rev().find(|l| l.contains("gives ("));
+            assert_eq!(
+                p.wait(LIMIT).code(),
+                Some(17),
+                "{lie}, {site}: the plan-refused exit code"
+            );
+            println!("{lie}, {site}: {}", said.unwrap_or_default());
+        }
+        assert_eq!(updates.load(Ordering::SeqCst), 0, "{lie}: an update passed");
+        coordinator.kill_9();
+        let rounds =
+            util::procs::query_i64(&s.path("r.sqlite"), "SELECT COUNT(*) FROM round_aggregates");
+        assert_eq!(rounds, 0, "{lie}");
+    }
 }
