@@ -27,23 +27,30 @@ __all__ = ["Elastic", "fisher_diagonal"]
 
 
 def _arrays(name, values):
-    """``values`` as a list of float64 arrays, each finite, or ValueError."""
-    try:
-        arrays = [np.array(v, dtype=np.float64) for v in values]
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name}: not a list of numeric arrays ({e})") from None
-    for i, a in enumerate(arrays):
+    """``values`` (a list of arrays, as ``get_parameters`` gives) as a list
+    of float64 arrays, each real and finite, or ValueError."""
+    if isinstance(values, (np.ndarray, str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"{name}: a list of arrays, not a {type(values).__name__}")
+    arrays = []
+    for i, v in enumerate(values):
+        a = np.asarray(v)
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_) or np.iscomplexobj(a):
+            raise ValueError(f"{name}: array {i} is not real numbers (dtype {a.dtype})")
+        a = a.astype(np.float64)
         if not np.all(np.isfinite(a)):
             raise ValueError(f"{name}: array {i} has a value that is not finite")
+        arrays.append(a)
     return arrays
 
 
-def _same_layout(name, arrays, anchor):
-    if len(arrays) != len(anchor):
-        raise ValueError(f"{name}: {len(arrays)} arrays, the anchor has {len(anchor)}")
-    for i, (a, b) in enumerate(zip(arrays, anchor)):
+def _same_layout(name, arrays, reference, reference_name="the anchor"):
+    if len(arrays) != len(reference):
+        raise ValueError(f"{name}: {len(arrays)} arrays, {reference_name} has {len(reference)}")
+    for i, (a, b) in enumerate(zip(arrays, reference)):
         if a.shape != b.shape:
-            raise ValueError(f"{name}: array {i} has shape {a.shape}, the anchor's is {b.shape}")
+            raise ValueError(
+                f"{name}: array {i} has shape {a.shape}, {reference_name}'s is {b.shape}"
+            )
 
 
 def fisher_diagonal(gradients):
@@ -61,13 +68,15 @@ def fisher_diagonal(gradients):
         if total is None:
             total = [np.zeros_like(a) for a in g]
         else:
-            _same_layout(f"example {count}'s gradient", g, total)
+            _same_layout(f"example {count}'s gradient", g, total, "example 0's")
         for t, a in zip(total, g):
             t += a * a
         count += 1
     if count == 0:
         raise ValueError("no example: the importance needs the site's rows")
-    largest = max(float(t.max()) if t.size else 0.0 for t in total)
+    if not all(np.all(np.isfinite(t)) for t in total):
+        raise ValueError("a squared gradient summed over the examples is not a finite number")
+    largest = max((float(t.max()) for t in total if t.size), default=0.0)
     if not largest > 0.0:
         raise ValueError("every gradient is zero: the importance would hold nothing")
     return [t / largest for t in total]
@@ -87,6 +96,8 @@ class Elastic:
         _same_layout("importance", self.importance, self.anchor)
         if any(np.any(f < 0) for f in self.importance):
             raise ValueError("importance: a value is negative")
+        if isinstance(lam, (str, bytes)):
+            raise ValueError(f"lam must be a number, not {lam!r}")
         lam = float(lam)
         if not (math.isfinite(lam) and lam >= 0.0):
             raise ValueError(f"lam must be a finite number of at least 0, got {lam}")
@@ -112,12 +123,12 @@ class Elastic:
 
     def check_start(self, parameters):
         """Refuses (ValueError) a first round's model that is not the anchor
-        bit for bit: the run did not start from the model this site holds
-        its training to."""
+        as Tessera carries models, in 32-bit floats, bit for bit: the run did
+        not start from the model this site holds its training to."""
         parameters = _arrays("parameters", parameters)
         _same_layout("the run's model", parameters, self.anchor)
         for i, (p, a) in enumerate(zip(parameters, self.anchor)):
-            if p.tobytes() != a.tobytes():
+            if p.astype("<f4").tobytes() != a.astype("<f4").tobytes():
                 raise ValueError(
                     f"the run did not start from the model this site continues from (array {i} "
                     "differs): start every site's get_parameters from that model"
@@ -132,15 +143,36 @@ class Elastic:
             np.savez(f, **arrays)
 
     @classmethod
-    def load(cls, path, lam):
-        """What :meth:`save` wrote, with the pull ``lam``."""
-        with np.load(path, allow_pickle=False) as data:
+    def load(cls, path, lam, max_values=1 << 28):
+        """What :meth:`save` wrote, with the pull ``lam``. Refused
+        (ValueError) when the file is not one :meth:`save` writes, or holds
+        more than ``max_values`` numbers (checked before any is read)."""
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path}: not an Elastic file (a single array, not .npz)")
+        with data:
             n = sum(1 for k in data.files if k.startswith("anchor_"))
-            try:
-                anchor = [data[f"anchor_{i}"] for i in range(n)]
-                importance = [data[f"importance_{i}"] for i in range(n)]
-            except KeyError as e:
-                raise ValueError(f"{path}: not an Elastic file ({e})") from None
-            if len(data.files) != 2 * n:
-                raise ValueError(f"{path}: not an Elastic file ({len(data.files)} arrays)")
+            names = {f"{kind}_{i}" for kind in ("anchor", "importance") for i in range(n)}
+            if n == 0 or set(data.files) != names:
+                raise ValueError(
+                    f"{path}: not an Elastic file (arrays {sorted(data.files)[:8]}, expected "
+                    "anchor_0.. and importance_0.. in pairs)"
+                )
+            values = 0
+            for name in sorted(names):
+                # The array's header, without its values.
+                with data.zip.open(f"{name}.npy") as f:
+                    version = np.lib.format.read_magic(f)
+                    read = {
+                        (1, 0): np.lib.format.read_array_header_1_0,
+                        (2, 0): np.lib.format.read_array_header_2_0,
+                    }.get(version)
+                    if read is None:
+                        raise ValueError(f"{path}: {name} has .npy format {version}")
+                    shape, _, _ = read(f)
+                values += math.prod(shape)
+            if values > max_values:
+                raise ValueError(f"{path}: {values} values, more than max_values {max_values}")
+            anchor = [data[f"anchor_{i}"] for i in range(n)]
+            importance = [data[f"importance_{i}"] for i in range(n)]
         return cls(anchor, importance, lam)

@@ -209,12 +209,44 @@ def test_bad_input_is_refused_naming_what_was_wrong(tmp_path):
         (lambda: Elastic(anchor, ones, float("nan")), "finite number"),
         (lambda: Elastic(anchor, ones, 1.0).gradient([np.zeros((3, 2)), np.zeros(3)]), "shape"),
         (lambda: Elastic(anchor, ones, 1.0).check_start(ones), "did not start from"),
-        (lambda: Elastic(anchor, [["x"]], 1.0), "not a list of numeric arrays"),
+        (lambda: Elastic(anchor, [["x"]], 1.0), "array 0 is not real numbers"),
+        (lambda: Elastic(anchor, [np.ones((2, 3)) * 1j, np.ones(3)], 1.0), "not real numbers"),
+        (lambda: Elastic(np.zeros((2, 3)), ones, 1.0), "a list of arrays, not a ndarray"),
+        (lambda: Elastic(anchor, ones, "3"), "a number, not '3'"),
+        (lambda: fisher_diagonal([[np.array([1e200])]]), "not a finite number"),
+        (lambda: fisher_diagonal([[np.zeros(0)]]), "every gradient is zero"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
-    path = tmp_path / "other.npz"
-    np.savez(path, weights=np.zeros(2))
-    with pytest.raises(ValueError, match="not an Elastic file"):
-        Elastic.load(path, 1.0)
+    # Files that save() does not write.
+    files = {
+        "other": {"weights": np.zeros(2)},
+        "empty": {},
+        "unpaired": {"anchor_0": np.zeros(2), "importance_1": np.zeros(2)},
+        "extra": {"anchor_0": np.zeros(2), "importance_0": np.zeros(2), "x": np.zeros(1)},
+    }
+    for name, arrays in files.items():
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, **arrays)
+        with pytest.raises(ValueError, match="not an Elastic file"):
+            Elastic.load(path, 1.0)
+    np.save(tmp_path / "one.npy", np.zeros(2))
+    with pytest.raises(ValueError, match="a single array"):
+        Elastic.load(tmp_path / "one.npy", 1.0)
+    np.savez(tmp_path / "objects.npz", anchor_0=np.array([None, 1]), importance_0=np.zeros(2))
+    with pytest.raises(ValueError, match="Object arrays cannot be loaded"):
+        Elastic.load(tmp_path / "objects.npz", 1.0)
+    np.savez(tmp_path / "shapes.npz", anchor_0=np.zeros(2), importance_0=np.zeros(3))
+    with pytest.raises(ValueError, match="importance: array 0 has shape"):
+        Elastic.load(tmp_path / "shapes.npz", 1.0)
+    big = tmp_path / "big.npz"
+    Elastic(anchor, ones, 1.0).save(big)
+    with pytest.raises(ValueError, match="18 values, more than max_values 17"):
+        Elastic.load(big, 1.0, max_values=17)
+    # What save() writes reads back.
+    back = Elastic.load(big, 2.0)
+    assert back.lam == 2.0 and all(np.array_equal(a, b) for a, b in zip(back.importance, ones))
+    # check_start compares as Tessera carries models: 32-bit floats.
+    wide = [np.full((2, 3), 0.1), np.full(3, 0.1)]
+    Elastic(wide, ones, 1.0).check_start([a.astype(np.float32) for a in wide])

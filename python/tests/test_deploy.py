@@ -178,7 +178,8 @@ def test_elastic_weight_consolidation_deployed_equals_its_simulation(tmp_path):
         folder.mkdir()
         results = deploy(folder, plan, clients, rows)
         for result in results.values():
-            for a, b in zip(result["parameters"], simulated["parameters"]):
+            assert result["round"] == 15 and len(result["parameters"]) == 2, result
+            for a, b in zip(result["parameters"], simulated["parameters"], strict=True):
                 np.testing.assert_array_equal(a, b)
         return results, clients
 

@@ -135,17 +135,31 @@ fn comparable(
     (candidate, candidate_file): (u32, &ModelFile),
     (production, production_file): (u32, &ModelFile),
 ) -> anyhow::Result<()> {
-    if candidate_file.classes() != production_file.classes()
-        || candidate_file.n_features() != production_file.n_features()
-    {
+    let features = |f: &ModelFile| f.header.features.clone();
+    if candidate_file.classes() != production_file.classes() {
         bail!(
-            "model '{name}' version {candidate} predicts {:?} from {} features, production \
-             version {production} {:?} from {}: a rollout compares models of the same classes \
-             and features",
+            "model '{name}' version {candidate} predicts {:?}, production version {production} \
+             {:?}: a rollout compares models of the same classes and features",
             candidate_file.classes(),
-            candidate_file.n_features(),
             production_file.classes(),
-            production_file.n_features()
+        );
+    }
+    if features(candidate_file) != features(production_file) {
+        let (c, p) = (features(candidate_file), features(production_file));
+        let first = c.iter().zip(&p).position(|(a, b)| a != b);
+        let differ = match first {
+            Some(i) => format!(
+                "feature {} is '{}' in one and '{}' in the other",
+                i + 1,
+                c[i],
+                p[i]
+            ),
+            None => format!("{} features against {}", c.len(), p.len()),
+        };
+        bail!(
+            "model '{name}' version {candidate} and production version {production} read \
+             other features ({differ}): a rollout compares models of the same classes and \
+             features"
         );
     }
     Ok(())
@@ -437,24 +451,32 @@ mod tests {
     fn a_candidate_of_other_classes_or_features_is_refused_naming_both() {
         let production = model();
         assert!(comparable("heart", (2, &production), (1, &production.clone())).is_ok());
+        let refused = |version: u32, file: &ModelFile| {
+            comparable("heart", (version, file), (1, &production))
+                .unwrap_err()
+                .to_string()
+        };
         let mut classes = production.clone();
         classes.header.agreement.classes = vec!["no".into(), "yes".into()];
-        let e = comparable("heart", (2, &classes), (1, &production))
-            .unwrap_err()
-            .to_string();
+        let e = refused(2, &classes);
         assert!(
-            e.contains("version 2 predicts [\"no\", \"yes\"] from 2 features")
-                && e.contains("production version 1 [\"0\", \"1\"] from 2")
+            e.contains("version 2 predicts [\"no\", \"yes\"], production version 1 [\"0\", \"1\"]")
                 && e.contains("same classes and features"),
             "{e}"
         );
-        let mut features = production.clone();
-        features.header.features.push("chol".into());
-        let e = comparable("heart", (3, &features), (1, &production))
-            .unwrap_err()
-            .to_string();
+        let mut more = production.clone();
+        more.header.features.push("chol".into());
+        let e = refused(3, &more);
+        assert!(e.contains("(3 features against 2)"), "{e}");
+        // As many features, other names.
+        let mut renamed = production.clone();
+        renamed.header.features[1] = "chol".into();
+        let e = refused(4, &renamed);
         assert!(
-            e.contains("version 3 predicts [\"0\", \"1\"] from 3 features"),
+            e.contains(
+                "version 4 and production version 1 read other features (feature 2 is 'chol' \
+                 in one and 'bp' in the other)"
+            ),
             "{e}"
         );
     }
