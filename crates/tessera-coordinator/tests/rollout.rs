@@ -618,9 +618,10 @@ fn a_waiting_rollout_says_what_it_waits_for_and_waits_for_a_quiet_site() {
 }
 
 #[test]
-fn a_site_off_the_operators_list_does_not_judge_the_candidate() {
+fn a_site_off_the_operators_list_does_not_judge_the_candidate_and_an_absent_one_is_named() {
     let db = Db::new();
-    let listed = [SITES[0].name.as_str()];
+    // "mayo" is no site of the plan: named, never heard from.
+    let listed = [SITES[0].name.as_str(), "mayo"];
     let mut f = common::start_rollout_listing(&db, 0.0, None, Some(&listed), db.open(&plan("")));
     // Sites 0 and 1 opt in; only site 0 is on the list.
     for site in 0..4 {
@@ -642,6 +643,17 @@ fn a_site_off_the_operators_list_does_not_judge_the_candidate() {
     let evidence: serde_json::Value = serde_json::from_str(&evidence).unwrap();
     assert_eq!(evidence["canary_sites"], serde_json::json!([SITES[0].name]));
     let store = SqliteStore::open_existing(&db.path()).unwrap();
+    // The decision names the listed site that never took part.
+    let reason = store
+        .stage_events(Some("heart"))
+        .unwrap()
+        .pop()
+        .unwrap()
+        .reason;
+    assert!(
+        reason.ends_with("; --canaries named 'mayo', which did not take part as canaries"),
+        "{reason}"
+    );
     let log = store.audit_log(f.run_id()).unwrap();
     assert!(
         log.iter().any(|r| r.site == SITES[1].name

@@ -149,6 +149,26 @@ impl RolloutState {
         }
     }
 
+    /// The sites the operator's `--canaries` named that have not taken
+    /// part as canaries (a name no site joined under, or a site that did
+    /// not opt in), said after a decision; empty when there are none.
+    fn unheard(&self) -> String {
+        let Some(list) = &self.spec.canaries else {
+            return String::new();
+        };
+        let absent: Vec<&String> = list
+            .iter()
+            .filter(|s| !self.canaries.contains(*s))
+            .collect();
+        if absent.is_empty() {
+            return String::new();
+        }
+        format!(
+            "; --canaries named {}, which did not take part as canaries",
+            shown_list(&absent)
+        )
+    }
+
     fn scored(&self, site: &str) -> bool {
         self.scores
             .get(site)
@@ -588,6 +608,7 @@ impl Federation {
             spec.production.version,
         );
         let serve = if promote { candidate } else { production };
+        let text = format!("{text}{}", rollout.unheard());
         let reason = format!("rollout run {}: {text}", self.run.id);
         let recorded = self.store.record_rollout(&crate::store::RolloutDecision {
             name: &name,
@@ -639,6 +660,7 @@ impl Federation {
             return;
         };
         let serve = rollout.spec.production.version;
+        let text = format!("{text}{}", rollout.unheard());
         tracing::warn!(model = %rollout.spec.name, %text, "rollout undecided");
         self.audit("-", "rollout", "undecided", &text);
         let now = self.now();
