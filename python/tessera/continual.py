@@ -69,8 +69,10 @@ def fisher_diagonal(gradients):
             total = [np.zeros_like(a) for a in g]
         else:
             _same_layout(f"example {count}'s gradient", g, total, "example 0's")
-        for t, a in zip(total, g):
-            t += a * a
+        # An overflow is refused below, by name, not warned of.
+        with np.errstate(over="ignore"):
+            for t, a in zip(total, g):
+                t += a * a
         count += 1
     if count == 0:
         raise ValueError("no example: the importance needs the site's rows")
