@@ -292,14 +292,7 @@ fn a_deadline_decides_on_the_scores_in_hand_and_ends_the_run() {
     assert_eq!(decided(&db).0, Stage::Canary, "before the deadline");
     clock.advance(Duration::from_secs(2));
     f.advance();
-    let store = SqliteStore::open_existing(&db.path()).unwrap();
-    let event = store
-        .stage_events(Some("heart"))
-        .unwrap()
-        .into_iter()
-        .rev()
-        .find(|e| e.version == 2)
-        .unwrap();
+    let event = common::last_event(&db);
     assert_eq!(event.to, Stage::Production);
     assert!(
         event.reason.contains("decided at the deadline")
@@ -326,6 +319,7 @@ fn a_deadline_decides_on_the_scores_in_hand_and_ends_the_run() {
     clock.advance(Duration::from_secs(61));
     f.advance();
     assert!(f.is_finished());
+    let store = SqliteStore::open_existing(&db.path()).unwrap();
     let log = store.audit_log(f.run_id()).unwrap();
     let end = log.iter().rev().find(|r| r.action == "run").unwrap();
     assert!(end.detail.contains("the deadline passed"), "{}", end.detail);
@@ -642,14 +636,9 @@ fn a_site_off_the_operators_list_does_not_judge_the_candidate_and_an_absent_one_
     assert_eq!(stage, Stage::Production);
     let evidence: serde_json::Value = serde_json::from_str(&evidence).unwrap();
     assert_eq!(evidence["canary_sites"], serde_json::json!([SITES[0].name]));
-    let store = SqliteStore::open_existing(&db.path()).unwrap();
     // The decision names the listed site that never took part.
-    let reason = store
-        .stage_events(Some("heart"))
-        .unwrap()
-        .pop()
-        .unwrap()
-        .reason;
+    let reason = common::last_event(&db).reason;
+    let store = SqliteStore::open_existing(&db.path()).unwrap();
     assert!(
         reason.ends_with("; --canaries named 'mayo', which did not take part as canaries"),
         "{reason}"

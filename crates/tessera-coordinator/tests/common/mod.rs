@@ -273,12 +273,17 @@ pub fn decided(db: &Db) -> (tessera_coordinator::Stage, String) {
         .find(|v| v.version == 2)
         .unwrap()
         .stage;
-    let event = store
+    (stage, last_event(db).evidence)
+}
+
+/// Version 2's last stage event (its stage, reason and evidence).
+pub fn last_event(db: &Db) -> tessera_coordinator::store::StageEvent {
+    SqliteStore::open_existing(&db.path())
+        .unwrap()
         .stage_events(Some("heart"))
         .unwrap()
         .into_iter()
         .rev()
         .find(|e| e.version == 2)
-        .unwrap();
-    (stage, event.evidence)
+        .unwrap()
 }
