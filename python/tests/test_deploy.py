@@ -166,15 +166,15 @@ def test_elastic_weight_consolidation_deployed_equals_its_simulation(tmp_path):
     zero = [np.zeros((FEATURES, CLASSES)), np.zeros(CLASSES)]
 
     def run(folder, data, start, elastic=None):
-        clients = {
-            s: Softmax(data[s], start, None if elastic is None else elastic[s])
-            for s in CONTINUAL_SITES
-        }
-        simulated = tessera.simulate(plan, lambda s: clients[s], sites=CONTINUAL_SITES)
-        clients = {
-            s: Softmax(data[s], start, None if elastic is None else elastic[s])
-            for s in CONTINUAL_SITES
-        }
+        # Fresh clients for each run: each draws its batches from the start.
+        def fresh():
+            return {
+                s: Softmax(data[s], start, None if elastic is None else elastic[s])
+                for s in CONTINUAL_SITES
+            }
+
+        simulated = tessera.simulate(plan, fresh().__getitem__, sites=CONTINUAL_SITES)
+        clients = fresh()
         folder.mkdir()
         results = deploy(folder, plan, clients, rows)
         for result in results.values():
