@@ -79,10 +79,11 @@ pub trait Strategy: Send {
     }
 
     /// Refuses an update this strategy cannot count, naming why (IFCA's:
-    /// one that is not a single cluster's change). Called on every update
-    /// the server sees one by one, before it counts; a secure sum cannot
-    /// be checked so. Default: every update counts.
-    fn check_update(&self, _update: &Update) -> Result<(), AggregateError> {
+    /// one that is not a single cluster's change; multi-task's: one for
+    /// another task than `from`'s). Called on every update the server sees
+    /// one by one, before it counts; a secure sum cannot be checked so.
+    /// Default: every update counts.
+    fn check_update(&self, _from: &ParticipantId, _update: &Update) -> Result<(), AggregateError> {
         Ok(())
     }
 

@@ -251,6 +251,7 @@ pub fn restored(
         "fedrep" => Box::new(crate::FedRepLocal::default()),
         "apfl" => Box::new(crate::ApflLocal::default()),
         "ifca" => Box::new(crate::IfcaLocal::default()),
+        "multitask" => Box::new(crate::MultitaskLocal::default()),
         other => {
             return Err(AggregateError::Config(format!(
                 "'{other}' keeps no state to restore"

@@ -10,6 +10,7 @@ mod feddyn;
 mod feddyn_local;
 mod fedprox_local;
 mod ifca;
+mod multitask;
 mod perfedavg;
 mod personal;
 mod personal_local;
@@ -33,6 +34,7 @@ pub use feddyn::FedDyn;
 pub use feddyn_local::FedDynLocal;
 pub use fedprox_local::FedProxLocal;
 pub use ifca::{Ifca, IfcaLocal, MAX_CLUSTERS};
+pub use multitask::{MAX_TASKS, Multitask, MultitaskLocal, TASK_SHARES, Unstacked};
 pub use perfedavg::{MAX_INNER_LR, PerFedAvg, PerFedAvgLocal};
 pub use personal::{Ditto, FedPer, FedRep, MAX_HEAD_PASSES, head_mask};
 pub use personal_local::{DittoLocal, FedPerLocal, FedRepLocal};
@@ -100,6 +102,14 @@ pub enum Instructions {
         /// How many cluster models the global model stacks.
         clusters: u32,
     },
+    /// Multi-task: the global model stacks a shared body and `tasks` heads;
+    /// train the body and task `task`'s head.
+    Multitask {
+        /// How many heads the global model stacks.
+        tasks: u32,
+        /// The site's task, by index.
+        task: u32,
+    },
 }
 
 impl Instructions {
@@ -116,6 +126,7 @@ impl Instructions {
             Instructions::PerFedAvg { .. } => "perfedavg",
             Instructions::Apfl { .. } => "apfl",
             Instructions::Ifca { .. } => "ifca",
+            Instructions::Multitask { .. } => "multitask",
         }
     }
 
@@ -133,6 +144,7 @@ impl Instructions {
             Instructions::PerFedAvg { .. } => Box::new(PerFedAvgLocal),
             Instructions::Apfl { .. } => Box::new(ApflLocal::default()),
             Instructions::Ifca { .. } => Box::new(IfcaLocal::default()),
+            Instructions::Multitask { .. } => Box::new(MultitaskLocal::default()),
         }
     }
 
@@ -160,6 +172,9 @@ impl Instructions {
             (I::PerFedAvg { alpha: a }, I::PerFedAvg { alpha: b })
             | (I::Apfl { alpha: a }, I::Apfl { alpha: b }) => a == b,
             (I::Ifca { clusters: a }, I::Ifca { clusters: b }) => a == b,
+            (I::Multitask { tasks: a, task: s }, I::Multitask { tasks: b, task: t }) => {
+                a == b && s == t
+            }
             _ => false,
         }
     }
@@ -176,7 +191,8 @@ impl Instructions {
             | Instructions::FedRep { .. }
             | Instructions::PerFedAvg { .. }
             | Instructions::Apfl { .. }
-            | Instructions::Ifca { .. } => None,
+            | Instructions::Ifca { .. }
+            | Instructions::Multitask { .. } => None,
         }
     }
 }
@@ -200,6 +216,9 @@ impl fmt::Display for Instructions {
             Instructions::PerFedAvg { alpha } => write!(f, "perfedavg (alpha {alpha})"),
             Instructions::Apfl { alpha } => write!(f, "apfl (initial alpha {alpha})"),
             Instructions::Ifca { clusters } => write!(f, "ifca (clusters {clusters})"),
+            Instructions::Multitask { tasks, task } => {
+                write!(f, "multitask (task {task} of {tasks})")
+            }
         }
     }
 }

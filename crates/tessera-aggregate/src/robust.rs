@@ -243,8 +243,8 @@ impl Strategy for Robust {
         self.inner.aux_sum()
     }
 
-    fn check_update(&self, update: &Update) -> Result<(), AggregateError> {
-        self.inner.check_update(update)
+    fn check_update(&self, from: &ParticipantId, update: &Update) -> Result<(), AggregateError> {
+        self.inner.check_update(from, update)
     }
 
     fn aggregate_fit(

@@ -603,7 +603,7 @@ impl RoundEngine {
             self.strategy.weight(update)
         };
         // The strategy may refuse an update it cannot count (IFCA's).
-        let counted = self.strategy.check_update(update);
+        let counted = self.strategy.check_update(from, update);
         match counted.and_then(|()| open.accumulator.add(update, weight)) {
             Ok(()) => {
                 open.pending.remove(from);

@@ -352,7 +352,8 @@ fn base_config(round: u32, instructions: &Instructions, training: &TrainingConfi
             | Instructions::FedRep { .. }
             | Instructions::PerFedAvg { .. }
             | Instructions::Apfl { .. }
-            | Instructions::Ifca { .. } => 0.0,
+            | Instructions::Ifca { .. }
+            | Instructions::Multitask { .. } => 0.0,
         },
         correction: None,
         lr: training.optimizer.lr,

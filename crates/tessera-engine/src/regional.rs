@@ -41,8 +41,12 @@ impl Strategy for Regional {
         self.plan.configure_fit(global, site)
     }
 
-    fn check_update(&self, update: &tessera_core::Update) -> Result<(), AggregateError> {
-        self.plan.check_update(update)
+    fn check_update(
+        &self,
+        from: &ParticipantId,
+        update: &tessera_core::Update,
+    ) -> Result<(), AggregateError> {
+        self.plan.check_update(from, update)
     }
 
     fn aggregate_fit(

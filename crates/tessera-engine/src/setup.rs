@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use tessera_aggregate::{Ifca, Strategy};
+use tessera_aggregate::{Ifca, Multitask, Strategy};
 use tessera_core::ParameterSet;
 use tessera_privacy::{CentralDp, Ledger};
 
@@ -31,10 +31,30 @@ pub trait PlanBuild {
         n_classes: usize,
     ) -> Result<ParameterSet, tessera_learn::LearnError>;
 
+    /// The initial global parameters of a `[multitask]` plan, whose tasks
+    /// have `task_classes` classes each: the shared body and one head per
+    /// task stacked ([`Multitask::stack`]). The first task's model is the
+    /// plan's initial model; each further task's head is drawn from stream
+    /// [`crate::streams::MULTITASK`], so that the tasks start apart.
+    fn multitask_parameters(
+        &self,
+        n_features: usize,
+        task_classes: &[usize],
+    ) -> Result<ParameterSet, tessera_learn::LearnError>;
+
     /// The one model a run's global parameters serve (evaluated each round,
     /// written as the run's model file): `global` itself, or under IFCA
     /// the cluster of the largest share of the last round's examples.
+    /// Under `[multitask]` there is no one model: see [`PlanBuild::served_to`].
     fn served<'a>(&self, global: &'a ParameterSet) -> Result<Cow<'a, ParameterSet>, PlanError>;
+
+    /// The model `global` serves to `site`: under `[multitask]` its task's
+    /// (the body and its head), otherwise [`PlanBuild::served`]'s.
+    fn served_to<'a>(
+        &self,
+        global: &'a ParameterSet,
+        site: &str,
+    ) -> Result<Cow<'a, ParameterSet>, PlanError>;
 
     /// The chosen strategy, built.
     fn strategy(&self) -> Result<Box<dyn Strategy>, PlanError>;
@@ -94,7 +114,58 @@ impl PlanBuild for Plan {
             .map_err(|e| tessera_learn::LearnError::Config(e.to_string()))
     }
 
+    fn multitask_parameters(
+        &self,
+        n_features: usize,
+        task_classes: &[usize],
+    ) -> Result<ParameterSet, tessera_learn::LearnError> {
+        let invalid =
+            |e: tessera_aggregate::AggregateError| tessera_learn::LearnError::Config(e.to_string());
+        let Some(&first_classes) = task_classes.first() else {
+            return Err(tessera_learn::LearnError::Config(
+                "multitask: no tasks' classes".into(),
+            ));
+        };
+        let first = tessera_learn::initial_parameters(
+            &self.model,
+            n_features,
+            first_classes,
+            self.init_seed(),
+        )?;
+        let (body, head) = Multitask::split(&first).map_err(invalid)?;
+        let mut heads = vec![head];
+        for (t, &classes) in task_classes.iter().enumerate().skip(1) {
+            let seed = tessera_core::derive_seed(self.seed, &[crate::streams::MULTITASK, t as u64]);
+            let model = tessera_learn::initial_parameters(&self.model, n_features, classes, seed)?;
+            heads.push(Multitask::split(&model).map_err(invalid)?.1);
+        }
+        Multitask::stack(&body, &heads, &vec![0.0; heads.len()]).map_err(invalid)
+    }
+
+    fn served_to<'a>(
+        &self,
+        global: &'a ParameterSet,
+        site: &str,
+    ) -> Result<Cow<'a, ParameterSet>, PlanError> {
+        let Some(multitask) = &self.multitask else {
+            return self.served(global);
+        };
+        let task = multitask.task_of(site).ok_or_else(|| {
+            PlanError::Invalid(format!("multitask: site '{site}' is in none of the tasks"))
+        })?;
+        Multitask::task_model(global, multitask.tasks.len(), task)
+            .map(Cow::Owned)
+            .map_err(|e| PlanError::Invalid(e.to_string()))
+    }
+
     fn served<'a>(&self, global: &'a ParameterSet) -> Result<Cow<'a, ParameterSet>, PlanError> {
+        if self.multitask.is_some() {
+            return Err(PlanError::Invalid(
+                "multitask: the run serves each task its own model (the body and the task's \
+                 head), not one model"
+                    .into(),
+            ));
+        }
         match self.clusters() {
             None => Ok(Cow::Borrowed(global)),
             Some(k) => Ifca::served(global, k)
@@ -104,6 +175,12 @@ impl PlanBuild for Plan {
     }
 
     fn strategy(&self) -> Result<Box<dyn Strategy>, PlanError> {
+        if let Some(multitask) = &self.multitask {
+            return Ok(Box::new(Multitask {
+                tasks: multitask.tasks.iter().map(|t| t.sites.clone()).collect(),
+                server_lr: self.strategy_config().server_lr.unwrap_or(1.0),
+            }));
+        }
         self.strategy_config()
             .build(self.federation.strategy)
             .map_err(|e| PlanError::Invalid(e.to_string()))
@@ -147,15 +224,17 @@ impl PlanBuild for Plan {
 }
 
 /// Refuses a task's `instructions` that are not those `plan`'s strategy
-/// gives (another kind, or other settings: a coordinator asking a site for
-/// more local work, or another method, than the plan it agreed to).
+/// gives `site` (another kind, or other settings: a coordinator asking a
+/// site for more local work, another method, or another task's head, than
+/// the plan it agreed to).
 pub fn check_instructions(
     plan: &Plan,
     global: &tessera_core::ParameterSet,
     instructions: &tessera_aggregate::Instructions,
+    site: &str,
 ) -> Result<(), String> {
     let strategy = plan.strategy().map_err(|e| e.to_string())?;
-    let expected = strategy.configure_fit(global, &tessera_core::ParticipantId::new("site"));
+    let expected = strategy.configure_fit(global, &tessera_core::ParticipantId::new(site));
     if instructions.agrees_with(&expected) {
         Ok(())
     } else {
@@ -238,16 +317,16 @@ mod tests {
             head_layers: 1,
             head_passes,
         };
-        assert!(check_instructions(&plan, &global, &fedrep(3)).is_ok());
-        let e = check_instructions(&plan, &global, &fedrep(100)).unwrap_err();
+        assert!(check_instructions(&plan, &global, &fedrep(3), "site").is_ok());
+        let e = check_instructions(&plan, &global, &fedrep(100), "site").unwrap_err();
         assert!(e.contains("fedrep (head_layers 1, head_passes 100)"), "{e}");
         assert!(
             e.contains("gives (fedrep (head_layers 1, head_passes 3))"),
             "{e}"
         );
-        assert!(check_instructions(&plan, &global, &Instructions::Plain).is_err());
+        assert!(check_instructions(&plan, &global, &Instructions::Plain, "site").is_err());
         plan.federation.strategy = StrategyKind::FedAvg;
-        assert!(check_instructions(&plan, &global, &Instructions::Plain).is_ok());
-        assert!(check_instructions(&plan, &global, &fedrep(3)).is_err());
+        assert!(check_instructions(&plan, &global, &Instructions::Plain, "site").is_ok());
+        assert!(check_instructions(&plan, &global, &fedrep(3), "site").is_err());
     }
 }

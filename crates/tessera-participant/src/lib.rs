@@ -462,10 +462,15 @@ async fn session(
                 // A coordinator asking for other work than the plan's (a
                 // whole-model update under FedPer would carry the head)
                 // is refused here, at the site, before any training.
-                tessera_engine::check_instructions(&state.plan, &global, &task.instructions)
-                    .map_err(|e| {
-                        Failure::Fatal(ParticipantError::Stop(cause::Cause::PlanRefused(e)))
-                    })?;
+                tessera_engine::check_instructions(
+                    &state.plan,
+                    &global,
+                    &task.instructions,
+                    &config.site,
+                )
+                .map_err(|e| {
+                    Failure::Fatal(ParticipantError::Stop(cause::Cause::PlanRefused(e)))
+                })?;
                 let codec = if header.upload_codec.is_empty() {
                     tessera_compress::Codec::NONE
                 } else {

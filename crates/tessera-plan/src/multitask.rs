@@ -4,6 +4,7 @@
 //! its own head (the last layer), trained only by the sites of that task.
 
 use serde::{Deserialize, Serialize};
+use tessera_data::{ColumnKind, ColumnSpec, DataConfig};
 
 /// Most tasks a plan declares.
 pub const MAX_TASKS: usize = 16;
@@ -102,6 +103,56 @@ impl MultitaskConfig {
         self.tasks
             .iter()
             .position(|t| t.sites.iter().any(|s| s == site))
+    }
+
+    /// How task `t` reads `data` (`None` past the last task): the task's
+    /// target (with its positive or negative values) replaces the
+    /// schema's, and every task's target is left out of the features, so
+    /// that every task reads the same features and a site need not have
+    /// the other tasks' columns filled. The sites are left as `data` lists
+    /// them.
+    pub fn task_data(&self, data: &DataConfig, t: usize) -> Option<DataConfig> {
+        let task = self.tasks.get(t)?;
+        let schema = &data.schema;
+        let mut config = data.clone();
+        config.schema.target = task.target.clone();
+        // The task of the schema's target takes the schema's classes unless
+        // it gives its own.
+        if task.target != schema.target || !task.positive.is_empty() || !task.negative.is_empty() {
+            config.schema.positive = task.positive.clone();
+            config.schema.negative = task.negative.clone();
+        }
+        for other in &self.tasks {
+            let kind = if other.target == task.target {
+                ColumnKind::Categorical
+            } else {
+                ColumnKind::Ignore
+            };
+            match config
+                .schema
+                .columns
+                .iter_mut()
+                .find(|c| c.name == other.target)
+            {
+                Some(spec) => {
+                    spec.kind = kind;
+                    spec.levels = None;
+                    spec.drop_first = false;
+                }
+                // With a header, a column left unlisted is a feature: an
+                // other task's target must be named to be left out.
+                None if config.schema.header && kind == ColumnKind::Ignore => {
+                    config.schema.columns.push(ColumnSpec {
+                        name: other.target.clone(),
+                        kind,
+                        levels: None,
+                        drop_first: false,
+                    });
+                }
+                None => {}
+            }
+        }
+        Some(config)
     }
 }
 

@@ -403,6 +403,10 @@ pub fn instructions_to_pb(instructions: &Instructions, header: &mut pb::TaskHead
         Instructions::Ifca { clusters } => Some(Kind::Ifca(pb::Ifca {
             clusters: *clusters,
         })),
+        Instructions::Multitask { tasks, task } => Some(Kind::Multitask(pb::Multitask {
+            tasks: *tasks,
+            task: *task,
+        })),
     };
     header.has_server_control = instructions.tensors().is_some();
     header.instructions = kind.map(|kind| pb::Instructions { kind: Some(kind) });
@@ -522,6 +526,15 @@ pub fn instructions_from_pb(
             }
             Instructions::Ifca { clusters }
         }
+        Some(Kind::Multitask(pb::Multitask { tasks, task })) => {
+            let max = tessera_aggregate::MAX_TASKS as u32;
+            if !(2..=max).contains(&tasks) || task >= tasks {
+                return Err(ProtoError::Malformed(format!(
+                    "task: multitask's task {task} of {tasks} is not one of 2 to {max} tasks"
+                )));
+            }
+            Instructions::Multitask { tasks, task }
+        }
     })
 }
 
@@ -554,6 +567,7 @@ mod tests {
             Instructions::PerFedAvg { alpha: 0.05 },
             Instructions::Apfl { alpha: 0.25 },
             Instructions::Ifca { clusters: 3 },
+            Instructions::Multitask { tasks: 3, task: 2 },
         ] {
             let mut header = pb::TaskHeader::default();
             instructions_to_pb(&instructions, &mut header);
@@ -568,7 +582,8 @@ mod tests {
             | Instructions::FedRep { .. }
             | Instructions::PerFedAvg { .. }
             | Instructions::Apfl { .. }
-            | Instructions::Ifca { .. } = instructions
+            | Instructions::Ifca { .. }
+            | Instructions::Multitask { .. } = instructions
             {
                 // No older form: an older participant is refused at joining.
                 continue;
@@ -626,6 +641,11 @@ mod tests {
             let ifca = Kind::Ifca(pb::Ifca { clusters });
             let err = instructions_from_pb(&header(Some(ifca)), None).unwrap_err();
             assert!(err.to_string().contains("ifca's clusters"), "{err}");
+        }
+        for (tasks, task) in [(0, 0), (1, 0), (17, 0), (3, 3), (2, u32::MAX)] {
+            let multitask = Kind::Multitask(pb::Multitask { tasks, task });
+            let err = instructions_from_pb(&header(Some(multitask)), None).unwrap_err();
+            assert!(err.to_string().contains("multitask's task"), "{err}");
         }
         // An arm this build does not know decodes as an empty oneof.
         let err = instructions_from_pb(&header(None), None).unwrap_err();

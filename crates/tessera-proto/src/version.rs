@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 22;
+pub const MINOR: u32 = 23;
 
 /// What this build can do.
 ///
@@ -98,6 +98,11 @@ pub const MINOR: u32 = 22;
 ///   round `candidate | ROLLOUT_ROUND` (the task's round), and the
 ///   coordinator unmasks only the canaries' sum (noised with `"dp"`); a
 ///   1.22 coordinator requires it in such a rollout.
+/// - `multitask` (1.23): a site follows multi-task instructions (the task's
+///   model stacks a shared body and one head per task; the site trains the
+///   body and its own task's head, sends the stacked change, and evaluates
+///   and keeps its task's model); a 1.23 coordinator requires it of every
+///   site of a plan with `[multitask]`.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -135,6 +140,7 @@ pub const CAPABILITIES: &[&str] = &[
     "canary",
     "feature-flags",
     "canary-secure",
+    "multitask",
 ];
 
 /// Each capability of [`CAPABILITIES`] with the minor version that brought
@@ -177,6 +183,7 @@ pub const CAPABILITY_SINCE: &[(&str, u32)] = &[
     ("canary", 20),
     ("feature-flags", 21),
     ("canary-secure", 22),
+    ("multitask", 23),
 ];
 
 /// The capabilities a Tessera build of protocol `1.minor` sends.

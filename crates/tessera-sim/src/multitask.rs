@@ -22,10 +22,14 @@ use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use tessera_core::{ParameterSet, ParticipantId, derive_seed};
-use tessera_data::{ColumnKind, ColumnSpec, DataError, FederatedData, FileSource};
+use tessera_aggregate::Multitask;
+use tessera_core::{ParameterSet, ParticipantId, Timestamp};
+use tessera_data::{DataError, FederatedData, FileSource};
 use tessera_engine::report::mean_site_accuracy;
-use tessera_engine::{EngineError, FitTask, Plan, PlanBuild, Site, TaskSpec, streams};
+use tessera_engine::{
+    DpCohort, EngineConfig, EngineError, FitTask, Plan, PlanBuild, RoundEngine, RoundStatus, Site,
+    TaskSpec,
+};
 use tessera_learn::Evaluation;
 
 use crate::SimError;
@@ -112,40 +116,10 @@ pub fn load_multitask(
         }
     }
     let mut tasks = Vec::with_capacity(multitask.tasks.len());
-    for task in &multitask.tasks {
-        let mut config = plan.data.clone();
-        config.schema.target = task.target.clone();
-        // The task of the schema's target takes the schema's classes unless
-        // it gives its own.
-        if task.target != schema.target || !task.positive.is_empty() || !task.negative.is_empty() {
-            config.schema.positive = task.positive.clone();
-            config.schema.negative = task.negative.clone();
-        }
-        for target in &targets {
-            let kind = if *target == task.target {
-                ColumnKind::Categorical
-            } else {
-                ColumnKind::Ignore
-            };
-            match config.schema.columns.iter_mut().find(|c| c.name == *target) {
-                Some(spec) => {
-                    spec.kind = kind;
-                    spec.levels = None;
-                    spec.drop_first = false;
-                }
-                // With a header, a column left unlisted is a feature: an
-                // other task's target must be named to be left out.
-                None if config.schema.header && kind == ColumnKind::Ignore => {
-                    config.schema.columns.push(ColumnSpec {
-                        name: target.to_string(),
-                        kind,
-                        levels: None,
-                        drop_first: false,
-                    });
-                }
-                None => {}
-            }
-        }
+    for (t, task) in multitask.tasks.iter().enumerate() {
+        let Some(mut config) = multitask.task_data(&plan.data, t) else {
+            continue;
+        };
         // One file per site: the other tasks' files are not read at all.
         for site in &task.sites {
             if !config.sites.is_empty() && !config.sites.iter().any(|s| &s.name == site) {
@@ -291,42 +265,26 @@ pub struct Trained {
     pub rounds: Vec<MultitaskRound>,
 }
 
+/// The run's initial model: the shared body and one head per task,
+/// stacked ([`PlanBuild::multitask_parameters`], the same in deployment).
+pub fn initial_stacked(plan: &Plan, data: &MultitaskData) -> Result<ParameterSet, SimError> {
+    let classes: Vec<usize> = data.tasks.iter().map(|t| t.task.n_classes()).collect();
+    Ok(plan.multitask_parameters(data.tasks[0].n_features(), &classes)?)
+}
+
 /// The initial model of each task: the plan's initial model for the
 /// first; for the others its body and a head drawn from the task's own
 /// stream (`streams::MULTITASK`).
 pub fn initial_models(plan: &Plan, data: &MultitaskData) -> Result<Vec<ParameterSet>, SimError> {
-    let n_features = data.tasks[0].n_features();
-    let first = plan
-        .learner(n_features, data.tasks[0].task.n_classes())?
-        .parameters()
-        .clone();
-    let mask = body_mask(&first)?;
-    let mut models = vec![first.clone()];
-    for (t, task) in data.tasks.iter().enumerate().skip(1) {
-        let seed = derive_seed(plan.seed, &[streams::MULTITASK, t as u64]);
-        let mut model = tessera_learn::initial_parameters(
-            &plan.model,
-            n_features,
-            task.task.n_classes(),
-            seed,
-        )?;
-        for (i, _) in mask.iter().enumerate().filter(|(_, body)| **body) {
-            let from = &first.tensors()[i];
-            let to = &mut model.tensors_mut()[i];
-            if to.shape() != from.shape() {
-                return Err(state("the tasks' bodies differ in shape"));
-            }
-            to.data_mut().copy_from_slice(from.data());
-        }
-        models.push(model);
-    }
-    Ok(models)
+    let stacked = initial_stacked(plan, data)?;
+    task_models(&stacked, data.tasks.len())
 }
 
-/// Which tensors of `model` are its body (all but the last layer's).
-fn body_mask(model: &ParameterSet) -> Result<Vec<bool>, SimError> {
-    let head = tessera_aggregate::head_mask(model, 1).map_err(|e| state(&e.to_string()))?;
-    Ok(head.into_iter().map(|h| !h).collect())
+/// Each task's model in a stacked one.
+fn task_models(stacked: &ParameterSet, k: usize) -> Result<Vec<ParameterSet>, SimError> {
+    (0..k)
+        .map(|t| Multitask::task_model(stacked, k, t).map_err(|e| state(&e.to_string())))
+        .collect()
 }
 
 /// The plan's tasks, refused where the plan is invalid or `data` is not
@@ -381,6 +339,9 @@ pub fn train(
     observer: &mut dyn FnMut(&MultitaskRound),
 ) -> Result<Trained, SimError> {
     checked(plan, data)?;
+    if sharing == Sharing::Shared {
+        return train_shared(plan, data, observer);
+    }
     let initial = initial_models(plan, data)?;
     let names = data.names();
     let n = names.len();
@@ -396,21 +357,7 @@ pub fn train(
             .map(|&t| Arc::new(initial[t].clone()))
             .collect(),
     };
-    let mask = body_mask(&initial[0])?;
-    let training = plan.local_training();
-    let n_features = data.tasks[0].n_features();
-    let sites: Vec<Mutex<Site>> = (0..n)
-        .map(|i| {
-            let classes = data.tasks[data.site_task[i]].task.n_classes();
-            let learner = plan.learner(n_features, classes)?;
-            Ok(Mutex::new(Site::new(
-                ParticipantId::new(&names[i]),
-                learner,
-                training.clone(),
-                plan.seed,
-            )))
-        })
-        .collect::<Result<_, SimError>>()?;
+    let sites = sites_of(plan, data)?;
     let server_lr = plan.strategy_config().server_lr.unwrap_or(1.0);
     let mut rounds = Vec::new();
     for round in 1..=plan.federation.rounds {
@@ -453,29 +400,15 @@ pub fn train(
                 .map_err(|e| state(&e.to_string()))?;
             *total += weight;
         }
-        // The shared body's change: every group's body sum over all rows.
-        let shared_body = (sharing == Sharing::Shared)
-            .then(|| body_mean(&sums, &mask))
-            .flatten();
-        // A group without updates keeps its head, and takes the shared
-        // body's change all the same: the body stays one.
+        // A group without updates keeps its model.
         for (g, sum) in sums.iter().enumerate() {
-            if sum.is_none() && shared_body.is_none() {
+            let Some((sum, total)) = sum else {
                 continue;
-            }
+            };
             let mut next = models[g].as_ref().clone();
-            for (i, tensor) in next.tensors_mut().iter_mut().enumerate() {
-                let change: Vec<f32> = match (&shared_body, mask[i], sum) {
-                    (Some(body), true, _) => body[i].clone(),
-                    (_, _, Some((sum, total))) => sum.tensors()[i]
-                        .data()
-                        .iter()
-                        .map(|v| (f64::from(*v) / total) as f32)
-                        .collect(),
-                    (_, _, None) => continue,
-                };
-                for (value, change) in tensor.data_mut().iter_mut().zip(change) {
-                    *value += server_lr * change;
+            for (tensor, change) in next.tensors_mut().iter_mut().zip(sum.tensors()) {
+                for (value, change) in tensor.data_mut().iter_mut().zip(change.data()) {
+                    *value += server_lr * (f64::from(*change) / total) as f32;
                 }
             }
             next.check_finite().map_err(|e| state(&e.to_string()))?;
@@ -500,30 +433,120 @@ pub fn train(
     })
 }
 
-/// The mean change of the body tensors over every group's sum (their
-/// layouts agree on the body), per tensor index; `None` without updates.
-fn body_mean(sums: &[Option<(ParameterSet, f64)>], mask: &[bool]) -> Option<Vec<Vec<f32>>> {
-    let present: Vec<&(ParameterSet, f64)> = sums.iter().flatten().collect();
-    let total: f64 = present.iter().map(|(_, w)| w).sum();
-    let first = present.first()?;
-    Some(
-        (0..mask.len())
-            .map(|i| {
-                if !mask[i] {
-                    return Vec::new();
-                }
-                (0..first.0.tensors()[i].len())
-                    .map(|k| {
-                        let s: f64 = present
-                            .iter()
-                            .map(|(sum, _)| f64::from(sum.tensors()[i].data()[k]))
-                            .sum();
-                        (s / total) as f32
-                    })
+/// Multi-task's rounds as every runtime runs them: the round engine over
+/// the stacked model with the [`Multitask`] strategy, each site's
+/// [`Site`] training its task's model through the strategy's local part.
+fn train_shared(
+    plan: &Plan,
+    data: &MultitaskData,
+    observer: &mut dyn FnMut(&MultitaskRound),
+) -> Result<Trained, SimError> {
+    let names = data.names();
+    let n = names.len();
+    let k = data.tasks.len();
+    let strategy = Multitask {
+        tasks: (0..k)
+            .map(|t| {
+                (0..n)
+                    .filter(|&i| data.site_task[i] == t)
+                    .map(|i| names[i].clone())
                     .collect()
             })
             .collect(),
-    )
+        server_lr: plan.strategy_config().server_lr.unwrap_or(1.0),
+    };
+    let initial = initial_stacked(plan, data)?;
+    let mut engine = RoundEngine::new(EngineConfig::from_plan(plan), Box::new(strategy), initial)
+        .protected(plan, None, DpCohort::Sampled(n))?;
+    let ids: Vec<ParticipantId> = names.iter().map(ParticipantId::new).collect();
+    for id in &ids {
+        engine.register(id.clone());
+    }
+    let sites = sites_of(plan, data)?;
+    let group = data.site_task.clone();
+    let mut rounds = Vec::new();
+    let mut now = Timestamp::ZERO;
+    while !engine.is_finished() {
+        let start = engine.begin_round(now)?;
+        let round = start.round;
+        let tasks: Vec<Option<FitTask>> = ids.iter().map(|id| engine.task_for(id)).collect();
+        let trained: Vec<Result<Option<tessera_core::Update>, SimError>> = (0..n)
+            .into_par_iter()
+            .map(|i| {
+                let train = &data.site(i).train;
+                match &tasks[i] {
+                    Some(task) if train.n_rows() > 0 => Ok(Some(lock(&sites[i]).fit(task, train)?)),
+                    _ => Ok(None),
+                }
+            })
+            .collect();
+        let mut site_errors = Vec::new();
+        for (i, t) in trained.into_iter().enumerate() {
+            match t {
+                Ok(Some(update)) => {
+                    if let Err(e) = engine.submit(now, &ids[i], round, &update) {
+                        site_errors.push(format!("site '{}': {e}", names[i]));
+                    }
+                }
+                Ok(None) => engine.report_dropout(&ids[i]),
+                Err(e) => {
+                    site_errors.push(format!("site '{}': {e}", names[i]));
+                    engine.report_dropout(&ids[i]);
+                }
+            }
+        }
+        let outcome = engine
+            .poll(now)
+            .ok_or_else(|| state(&format!("round {round} did not close")))?;
+        now = outcome.closed_at;
+        let completed = outcome.status == RoundStatus::Completed;
+        for (i, id) in ids.iter().enumerate() {
+            let counted = completed && outcome.accepted.binary_search(id).is_ok();
+            lock(&sites[i]).round_closed(counted);
+        }
+        let models: Vec<Arc<ParameterSet>> = task_models(engine.global(), k)?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let evaluations = evaluate(&sites, data, &models, &group)?;
+        let record = MultitaskRound {
+            round,
+            train_loss: outcome.mean_train_loss,
+            accepted: outcome.accepted.len(),
+            mean_site_accuracy: mean_site_accuracy(&evaluations),
+            site_errors,
+        };
+        observer(&record);
+        rounds.push(record);
+    }
+    let models = task_models(engine.global(), k)?;
+    let shared: Vec<Arc<ParameterSet>> = models.iter().cloned().map(Arc::new).collect();
+    let evaluations = evaluate(&sites, data, &shared, &group)?;
+    Ok(Trained {
+        models,
+        evaluations,
+        rounds,
+    })
+}
+
+/// Each site's [`Site`], with a learner of its task's classes.
+fn sites_of(plan: &Plan, data: &MultitaskData) -> Result<Vec<Mutex<Site>>, SimError> {
+    let n_features = data.tasks[0].n_features();
+    let training = plan.local_training();
+    data.names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let classes = data.tasks[data.site_task[i]].task.n_classes();
+            let learner = plan.learner(n_features, classes)?;
+            Ok(Mutex::new(Site::new(
+                ParticipantId::new(name),
+                learner,
+                training.clone(),
+                plan.seed,
+            )))
+        })
+        .collect()
 }
 
 /// Each site's group's model on its test rows.

@@ -178,7 +178,11 @@ impl Strategy for Ifca {
     /// every other cluster's change zero (a site that spread its weight,
     /// or sent a fraction of a share to steer a cluster by its inverse, is
     /// refused, saying so).
-    fn check_update(&self, update: &tessera_core::Update) -> Result<(), AggregateError> {
+    fn check_update(
+        &self,
+        _from: &ParticipantId,
+        update: &tessera_core::Update,
+    ) -> Result<(), AggregateError> {
         let k = self.clusters as usize;
         let (changes, shares) = Self::unstack(&update.delta, k)?;
         let ones: Vec<usize> = (0..k).filter(|&j| shares[j] == 1.0).collect();
@@ -539,8 +543,11 @@ mod tests {
         let stacked_update = |a: &ParameterSet, b: &ParameterSet, shares: &[f32]| {
             update(Ifca::stack(&[a.clone(), b.clone()], shares).unwrap())
         };
-        ifca.check_update(&stacked_update(&one, &zero, &[1.0, 0.0]))
-            .unwrap();
+        ifca.check_update(
+            &ParticipantId::new("s"),
+            &stacked_update(&one, &zero, &[1.0, 0.0]),
+        )
+        .unwrap();
         for (a, b, shares, why) in [
             (&one, &zero, [0.5, 0.5], "one 1 and zeros"),
             (&one, &zero, [1e-6, 0.0], "one 1 and zeros"),
@@ -549,12 +556,15 @@ mod tests {
             (&one, &one, [1.0, 0.0], "changes cluster 1 too"),
         ] {
             let e = ifca
-                .check_update(&stacked_update(a, b, &shares))
+                .check_update(&ParticipantId::new("s"), &stacked_update(a, b, &shares))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(why), "{shares:?}: {e}");
         }
-        assert!(ifca.check_update(&update(one.clone())).is_err());
+        assert!(
+            ifca.check_update(&ParticipantId::new("s"), &update(one.clone()))
+                .is_err()
+        );
         // A restarted site takes back its cluster; a bad one is refused.
         let mut local = IfcaLocal {
             chosen: Some((1, 2)),

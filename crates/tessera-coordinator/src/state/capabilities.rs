@@ -25,6 +25,9 @@ fn capabilities(plan: &Plan, site: Option<&str>) -> Vec<&'static str> {
     if plan.model.kind.is_external() {
         required.push("external-learners");
     }
+    if plan.multitask.is_some() {
+        required.extend(["instructions", "personal-models", "multitask"]);
+    }
     if plan.secure_aggregation.enabled || plan.privacy.site_metrics.sums_only() {
         required.push("secure-aggregation");
         required.push("secure-aggregation-signed");
