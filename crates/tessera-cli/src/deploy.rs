@@ -333,6 +333,13 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
              participant returns them to its learner's program"
         );
     }
+    if plan.multitask.is_some() && args.model_out.is_some() {
+        bail!(
+            "--model-out writes one model, and a multi-task run has one per task (the shared \
+             body and the task's head): each site's participant writes its task's model \
+             (tessera participant --model-out)"
+        );
+    }
     let continued = args
         .continue_from
         .as_deref()

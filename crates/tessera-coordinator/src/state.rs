@@ -35,6 +35,7 @@ mod external;
 mod fatal;
 mod joins;
 mod lifecycle;
+mod multitask;
 mod relay;
 mod report;
 mod resume;
@@ -124,6 +125,8 @@ pub struct Federation {
     roster: Roster,
     kinds: Option<ColumnKinds>,
     agreement: Option<Agreement>,
+    /// Under `[multitask]`, each task's classes (from the agreement).
+    task_classes: Vec<Vec<String>>,
     phase: Phase,
     records: Vec<RoundRecord>,
     last_evaluations: Vec<(String, Evaluation)>,
@@ -252,13 +255,7 @@ impl Federation {
                     .into(),
             ));
         }
-        if plan.multitask.is_some() {
-            return Err(CoordinatorError::Config(
-                "multitask runs in simulation only for now (its rounds carry one head per \
-                 task); remove [multitask] to deploy"
-                    .into(),
-            ));
-        }
+        multitask::check_plan(&plan)?;
         let central;
         let mut place: Option<(usize, Vec<String>)> = None;
         let mut hierarchy = None;
@@ -373,6 +370,7 @@ impl Federation {
             roster: Roster::new(expected, liveness),
             kinds: None,
             agreement: None,
+            task_classes: Vec::new(),
             phase: Phase::Agreeing,
             records: Vec::new(),
             last_evaluations: Vec::new(),

@@ -54,9 +54,9 @@ pub use levels::{agree_levels, canonical_level, level_order};
 pub use prepare::{
     Agreement, ColumnKinds, DeriveFeature, Encoding, FederatedRecords, Group, KeepSite, KindsOffer,
     LevelsOffer, LocalSite, MAX_DECLARED_ROWS, MAX_DECLARED_SITES, MISSING_LEVEL, PendingSite,
-    RecordColumn, SiteIdentifiers, SiteRecords, agree_kinds, agree_vocabulary, declared_rows, load,
-    load_cross_silo, load_records, load_sites, read_local_site, read_local_sites,
-    read_pending_site, records_schema,
+    RecordColumn, SiteIdentifiers, SiteRecords, agree_kinds, agree_multitask, agree_vocabulary,
+    declared_rows, load, load_cross_silo, load_records, load_sites, read_local_site,
+    read_local_sites, read_pending_site, records_schema,
 };
 pub use read::{FileSource, Filesystem, InMemory};
 pub use table::{MAX_TABLE_ROWS, Table, read_table};

@@ -30,7 +30,7 @@ mod test_rows;
 
 pub use agreement::{
     Agreement, ColumnKinds, Encoding, Group, KindsOffer, LevelsOffer, MAX_DECLARED_ROWS,
-    MAX_DECLARED_SITES, agree_kinds, agree_vocabulary, declared_rows,
+    MAX_DECLARED_SITES, agree_kinds, agree_multitask, agree_vocabulary, declared_rows,
 };
 pub use derived::{DeriveFeature, SiteIdentifiers};
 pub use records::{

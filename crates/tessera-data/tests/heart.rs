@@ -205,3 +205,68 @@ fn offers_merged_by_aggregators_agree_to_the_same_data() {
     let e = tessera_data::KindsOffer::merge("east", &[odd, sites[1].kinds_offer()]).unwrap_err();
     assert!(e.to_string().contains("different feature columns"), "{e}");
 }
+
+/// A multi-task agreement: the disease grade (num, five classes, no
+/// positive value named) at Cleveland and VA, exercise-induced angina
+/// (exang, binary) at Hungary and Switzerland. Every site reads the same
+/// features; each task's classes come from its own sites' offers alone;
+/// a task whose sites made no offer is refused, naming its target.
+#[test]
+fn a_multitask_agreement_gives_each_task_its_own_classes() {
+    let base = heart_config();
+    let task = |target: &str, negative: &[&str], other: &str| {
+        let mut config = base.clone();
+        config.schema.target = target.into();
+        config.schema.positive = Vec::new();
+        config.schema.negative = negative.iter().map(|s| s.to_string()).collect();
+        for spec in &mut config.schema.columns {
+            if spec.name == target {
+                spec.kind = tessera_data::ColumnKind::Categorical;
+            } else if spec.name == other {
+                spec.kind = tessera_data::ColumnKind::Ignore;
+            }
+        }
+        config
+    };
+    let configs = [task("num", &[], "exang"), task("exang", &["0"], "num")];
+    let sites = [
+        ("cleveland", 0),
+        ("hungarian", 1),
+        ("switzerland", 1),
+        ("va", 0),
+    ];
+    let mut local: Vec<tessera_data::LocalSite> = sites
+        .iter()
+        .map(|(site, t)| {
+            tessera_data::read_local_site(&configs[*t], site, None, &examples_dir(), &Filesystem)
+                .unwrap()
+        })
+        .collect();
+    let kinds = tessera_data::agree_kinds(
+        &configs[0],
+        &local.iter().map(|s| s.kinds_offer()).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    assert!(!kinds.columns.iter().any(|c| c == "num" || c == "exang"));
+    let offers: Vec<_> = local
+        .iter_mut()
+        .zip(&sites)
+        .map(|(s, (_, t))| s.levels_offer(&configs[*t], &kinds).unwrap())
+        .collect();
+    let tasks: Vec<usize> = sites.iter().map(|(_, t)| *t).collect();
+    let (agreement, classes) =
+        tessera_data::agree_multitask(&configs, &kinds, &offers, &tasks).unwrap();
+    assert_eq!(classes[0], ["0", "1", "2", "3", "4"]);
+    assert_eq!(classes[1], ["0", "not 0"]);
+    assert_eq!(agreement.classes, classes[0]);
+    // The features are every offer's: the same as one task's reading.
+    let alone = tessera_data::agree_vocabulary(&configs[0], &kinds, &offers[..]).unwrap();
+    assert_eq!(agreement.encodings, alone.encodings);
+    let e = tessera_data::agree_multitask(&configs, &kinds, &offers[..1], &tasks[..1])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no site of the task of target 'exang' offered its rows"),
+        "{e}"
+    );
+}

@@ -9,11 +9,13 @@ use tessera_learn::Evaluation;
 use crate::{RoundOutcome, RoundStatus};
 
 mod personal;
+mod tasks;
 mod view;
 
 pub use personal::{
     DepartmentAccuracy, DepartmentsSummary, NewSitesReport, PersonalSite, PersonalizationReport,
 };
+pub use tasks::TaskFigures;
 pub use view::{DP_HISTOGRAM_BINS, EvaluationView, POOLED, sums};
 
 /// One round, as the table and the JSON show it.
@@ -339,6 +341,10 @@ pub struct RunReport {
     /// kept of the earlier data (simulation's `--continue-from`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continual: Option<ContinualReport>,
+    /// A deployed multi-task run's figures, one per task (the simulator
+    /// reports a `[multitask]` plan in a report of its own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskFigures>,
     /// Evaluated rounds whose test rows differ from the previous evaluated
     /// round's (a site joined, left or was not heard from): their accuracy
     /// has another denominator.

@@ -539,10 +539,12 @@ async fn session(
                     .takeaway
                     .evaluated(header.round, header.regional_model, &global);
                 let plan = Arc::clone(&state.plan);
+                let name = config.site.clone();
                 let (site, evaluation) = tokio::task::spawn_blocking(move || {
                     // The model the global parameters serve (IFCA's
-                    // largest cluster), as the simulator evaluates it.
-                    let e = tessera_engine::PlanBuild::served(plan.as_ref(), &global)
+                    // largest cluster, multi-task's body and this site's
+                    // task's head), as the simulator evaluates it.
+                    let e = tessera_engine::PlanBuild::served_to(plan.as_ref(), &global, &name)
                         .map_err(tessera_engine::EngineError::from)
                         .and_then(|served| site.evaluate(&served, &test));
                     (site, e)

@@ -61,7 +61,30 @@ pub(crate) async fn prepare(
     let local_error = |e: String| Failure::Fatal(ParticipantError::Local(e));
     let plan_refused =
         |e: String| Failure::Fatal(ParticipantError::Stop(cause::Cause::PlanRefused(e)));
-    let plan = coordinators_plan(config, welcome)?;
+    let mut plan = coordinators_plan(config, welcome)?;
+    if let Some(multitask) = &plan.multitask {
+        // This site reads its rows as its task does: with its task's
+        // target, every task's target left out of the features.
+        let task = multitask.task_of(&config.site).ok_or_else(|| {
+            let why = format!(
+                "the plan's [multitask] names this site ('{}') in none of its tasks ({}): it has \
+                 no task to train",
+                config.site,
+                multitask
+                    .tasks
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            tracing::error!(%why, "plan refused");
+            plan_refused(why)
+        })?;
+        if let Some(data) = multitask.task_data(&plan.data, task) {
+            tracing::info!(task = %multitask.tasks[task].name, target = %data.schema.target, "this site trains its task");
+            plan.data = data;
+        }
+    }
     if plan.model.kind.is_external() {
         return Err(plan_refused(external::NEEDS_LEARNER.into()));
     }

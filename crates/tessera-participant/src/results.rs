@@ -373,14 +373,15 @@ impl SiteResults {
     }
 
     /// The final global model (the one it serves: under IFCA the cluster
-    /// of the largest share) and its round.
+    /// of the largest share, under multi-task the body and this site's
+    /// task's head) and its round.
     fn model(&self) -> Result<(u32, Cow<'_, ParameterSet>), ParticipantError> {
         let (round, global) = self.takeaway.model.as_ref().ok_or_else(|| {
             ParticipantError::Local(
                 "the run ended before this site evaluated any global model".into(),
             )
         })?;
-        let served = self.plan.served(global);
+        let served = self.plan.served_to(global, &self.site);
         let served = served.map_err(|e| ParticipantError::Local(e.to_string()))?;
         Ok((*round, served))
     }

@@ -347,6 +347,7 @@ pub async fn run(
         personalization,
         new_sites: None,
         continual: None,
+        tasks: Vec::new(),
         timing: Timing {
             total_seconds: elapsed,
             data_seconds: 0.0,

@@ -108,6 +108,7 @@ pub fn agreement_to_pb(agreement: &Agreement) -> pb::Agreement {
             .collect(),
         classes: agreement.classes.clone(),
         initial_model_sha256: String::new(),
+        task_classes: Vec::new(),
     }
 }
 

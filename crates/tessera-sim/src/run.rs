@@ -297,6 +297,7 @@ pub(crate) fn report(
         personalization,
         new_sites: None,
         continual: None,
+        tasks: Vec::new(),
         final_parameters,
     })
 }
@@ -399,8 +400,7 @@ pub(crate) fn run_sync(
         ))
         .into());
     }
-    // Every DP release (with `site_metrics = "dp"`, every round's
-    // evaluation is one).
+    // Every DP release (with `site_metrics = "dp"`, each round's evaluation).
     let mut book = privacy_book(plan)?;
     let participants = data.sites.len();
     let central = book.central_cohort(Place::Flat { participants });

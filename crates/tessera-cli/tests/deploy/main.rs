@@ -24,6 +24,7 @@ mod joins;
 mod lifecycle;
 mod malformed;
 mod mapped;
+mod multitask;
 mod personal;
 mod plans;
 mod psi_joins;

@@ -132,7 +132,7 @@ impl Federation {
             &offer.encode_to_vec(),
         )?;
         if let Some(agreement) = &self.agreement {
-            return Ok(Some(agreement.clone()));
+            return Ok(Some(self.agreement_for(site, agreement.clone())));
         }
         let Some(kinds) = self.kinds.clone() else {
             return Err(Refusal::Invalid("offer the column kinds first".into()));
@@ -154,10 +154,15 @@ impl Federation {
                 Some(convert::levels_offer_from_pb(&s, offer))
             })
             .collect();
-        let agreement = agree_vocabulary(&self.plan.data, &kinds, &offers)
-            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        let agreement = match self.plan.multitask {
+            Some(_) => self
+                .agree_tasks(&kinds, &offers)
+                .map_err(Refusal::Invalid)?,
+            None => agree_vocabulary(&self.plan.data, &kinds, &offers)
+                .map_err(|e| Refusal::Invalid(e.to_string()))?,
+        };
         self.close_vocabulary(site, &agreement)?;
-        Ok(Some(agreement))
+        Ok(Some(self.agreement_for(site, agreement)))
     }
 
     /// The vocabulary is agreed: stores it with the initial model, builds
@@ -201,7 +206,7 @@ impl Federation {
         let now = self.now();
         // The initial model and the vocabulary are stored together, or neither.
         let run = self.run.id.as_str();
-        let encoded = convert::agreement_to_pb(agreement).encode_to_vec();
+        let encoded = self.agreement_to_store(agreement).encode_to_vec();
         self.store
             .write(&mut |tx| {
                 tx.put_model(run, 0, &initial, now)?;

@@ -28,6 +28,13 @@ impl Federation {
     /// the database keeps the initial model it stored: another one is
     /// refused, so that nothing names a model the run did not start from.
     pub fn continue_from(&mut self, initial: InitialModel) -> Result<(), CoordinatorError> {
+        if self.plan.multitask.is_some() {
+            return Err(CoordinatorError::Config(format!(
+                "--continue-from {}: a multi-task run starts from its plan's body and heads; \
+                 continuing one is not supported yet",
+                initial.from
+            )));
+        }
         if let Some(stored) = self.store.model(&self.run.id, 0)?
             && stored != initial.parameters
         {
@@ -54,10 +61,13 @@ impl Federation {
     /// refused (naming the difference) where it does not fit `agreement`.
     pub(super) fn initial_model(&self, agreement: &Agreement) -> Result<ParameterSet, String> {
         let (features, classes) = (agreement.feature_names(), &agreement.classes);
-        let plans = self
-            .plan
-            .initial_parameters(features.len(), classes.len())
-            .map_err(|e| e.to_string())?;
+        let plans = match self.plan.multitask {
+            Some(_) => self
+                .plan
+                .multitask_parameters(features.len(), &self.task_class_counts()),
+            None => self.plan.initial_parameters(features.len(), classes.len()),
+        }
+        .map_err(|e| e.to_string())?;
         let Some(continued) = &self.continued else {
             return Ok(plans);
         };

@@ -53,6 +53,7 @@ impl Federation {
             },
             _ => final_metrics(strategy, &names, &evaluations),
         };
+        let tasks = self.task_figures(&final_metrics.per_site);
         RunReport {
             plan: self.plan.name.clone(),
             strategy: self.plan.federation.strategy.to_string(),
@@ -91,6 +92,7 @@ impl Federation {
             personalization: None,
             new_sites: None,
             continual: None,
+            tasks,
             metrics_privacy: self.privacy.metrics_report(true),
             timing: Timing {
                 total_seconds: elapsed,
@@ -121,18 +123,22 @@ impl Federation {
                     }),
             },
             // The model the global parameters serve (under IFCA the
-            // cluster of the largest share), as the simulator reports it.
+            // cluster of the largest share), as the simulator reports it;
+            // under multi-task the stacked body and heads.
             final_parameters: self
                 .current_global()
-                .and_then(
-                    |g| match tessera_engine::PlanBuild::served(&self.plan, &g) {
+                .and_then(|g| {
+                    if self.plan.multitask.is_some() {
+                        return Some(g.as_ref().clone());
+                    }
+                    match tessera_engine::PlanBuild::served(&self.plan, &g) {
                         Ok(served) => Some(served.into_owned()),
                         Err(e) => {
                             tracing::error!(error = %e, "the run's model cannot be served");
                             None
                         }
-                    },
-                )
+                    }
+                })
                 .unwrap_or_default(),
         }
     }

@@ -63,6 +63,11 @@ impl Federation {
         };
         let agreement = pb::Agreement::decode(bytes.as_slice())
             .map_err(|e| StoreError::Damaged(e.to_string()))?;
+        self.task_classes = agreement
+            .task_classes
+            .iter()
+            .map(|t| t.classes.clone())
+            .collect();
         self.agreement = Some(if self.plan.model.kind.is_external() {
             // An external model's data agreement is empty (no columns, no classes).
             tessera_data::Agreement {

@@ -306,6 +306,73 @@ pub fn agree_vocabulary(
     kinds: &ColumnKinds,
     offers: &[LevelsOffer],
 ) -> Result<Agreement, DataError> {
+    Ok(Agreement {
+        columns: kinds.columns.clone(),
+        encodings: agree_encodings(config, kinds, offers)?,
+        classes: agree_classes(config, offers)?,
+    })
+}
+
+/// Step 3 at the coordinator of a multi-task run, whose task `t` reads the
+/// data as `configs[t]` says and `tasks[i]` is the task of `offers[i]`:
+/// the features' vocabularies from every offer (every task reads the same
+/// features), each task's classes from its own sites' offers. The
+/// agreement holds the first task's classes; the second value every task's.
+pub fn agree_multitask(
+    configs: &[DataConfig],
+    kinds: &ColumnKinds,
+    offers: &[LevelsOffer],
+    tasks: &[usize],
+) -> Result<(Agreement, Vec<Vec<String>>), DataError> {
+    let first = configs
+        .first()
+        .ok_or_else(|| DataError::Config("multitask: no tasks".into()))?;
+    if tasks.len() != offers.len() {
+        return Err(DataError::Config(format!(
+            "multitask: {} offers with {} tasks",
+            offers.len(),
+            tasks.len()
+        )));
+    }
+    let encodings = agree_encodings(first, kinds, offers)?;
+    let task_classes = configs
+        .iter()
+        .enumerate()
+        .map(|(t, config)| {
+            let own: Vec<LevelsOffer> = offers
+                .iter()
+                .zip(tasks)
+                .filter(|(_, task)| **task == t)
+                .map(|(o, _)| o.clone())
+                .collect();
+            let target = &config.schema.target;
+            if own.is_empty() {
+                return Err(DataError::Unusable(format!(
+                    "multitask: no site of the task of target '{target}' offered its rows"
+                )));
+            }
+            agree_classes(config, &own).map_err(|e| {
+                DataError::Unusable(format!("multitask, the task of target '{target}': {e}"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((
+        Agreement {
+            columns: kinds.columns.clone(),
+            encodings,
+            classes: task_classes[0].clone(),
+        },
+        task_classes,
+    ))
+}
+
+/// The shared vocabularies of the categorical features: declared levels,
+/// else the sorted union of the sites' levels.
+fn agree_encodings(
+    config: &DataConfig,
+    kinds: &ColumnKinds,
+    offers: &[LevelsOffer],
+) -> Result<Vec<Encoding>, DataError> {
     let schema = &config.schema;
     let mut encodings = Vec::with_capacity(kinds.columns.len());
     for (slot, (name, &categorical)) in kinds.columns.iter().zip(&kinds.categorical).enumerate() {
@@ -335,6 +402,14 @@ pub fn agree_vocabulary(
             drop_first: spec.is_some_and(|s| s.drop_first),
         });
     }
+    Ok(encodings)
+}
+
+/// The target's classes: the two named ones of a binary target, else the
+/// sorted union of the sites' classes; refused where there is nothing to
+/// learn or too many classes.
+fn agree_classes(config: &DataConfig, offers: &[LevelsOffer]) -> Result<Vec<String>, DataError> {
+    let schema = &config.schema;
     let seen = agree_levels(offers.iter().map(|o| o.classes.as_slice()));
     let classes = if !schema.positive.is_empty() || !schema.negative.is_empty() {
         // Always the two named classes, negative first.
@@ -380,9 +455,5 @@ pub fn agree_vocabulary(
             "every training row has the same target class ({only}): nothing to learn"
         )));
     }
-    Ok(Agreement {
-        columns: kinds.columns.clone(),
-        encodings,
-        classes,
-    })
+    Ok(classes)
 }

@@ -110,6 +110,7 @@ fn agreement() -> pb::Agreement {
         encodings,
         classes: strings(&["0", "not 0"]),
         initial_model_sha256: "ab".repeat(32),
+        task_classes: Vec::new(),
     }
 }
 

@@ -1,0 +1,180 @@
+//! A deployed multi-task run (`[multitask]`): each site trains its own
+//! task, the data agreement gives every task its own classes, and each site
+//! hears its own task's.
+
+use tessera_data::{Agreement, ColumnKinds, LevelsOffer};
+use tessera_engine::Plan;
+
+use super::Federation;
+use crate::CoordinatorError;
+
+/// Refuses a multi-task plan this coordinator cannot deploy: sums-only
+/// site metrics (one sum over every task), or a site named in several
+/// tasks (a deployed site trains one task: its data is read once, with its
+/// task's target).
+pub(super) fn check_plan(plan: &Plan) -> Result<(), CoordinatorError> {
+    let Some(multitask) = &plan.multitask else {
+        return Ok(());
+    };
+    if plan.privacy.site_metrics.sums_only() {
+        return Err(CoordinatorError::Config(
+            "multitask reports each task from its sites' own evaluations, and site_metrics = \
+             \"aggregate-only\" would give one sum over every task's sites: use \
+             site_metrics = \"clear\""
+                .into(),
+        ));
+    }
+    for (t, task) in multitask.tasks.iter().enumerate() {
+        for site in &task.sites {
+            if let Some(other) = multitask.tasks[..t].iter().find(|o| o.sites.contains(site)) {
+                return Err(CoordinatorError::Config(format!(
+                    "multitask puts site '{site}' in tasks '{}' and '{}': a deployed site trains \
+                     one task (its rows are read once, with its task's target); name it in one \
+                     task, or run the plan in simulation",
+                    other.name, task.name
+                )));
+            }
+        }
+    }
+    if let Some(site) = plan
+        .data
+        .named_sites()
+        .into_iter()
+        .find(|s| multitask.task_of(s).is_none())
+    {
+        return Err(CoordinatorError::Config(format!(
+            "multitask: site '{site}' of [[data.sites]] is in none of the tasks; name it in \
+             one task's sites"
+        )));
+    }
+    Ok(())
+}
+
+impl Federation {
+    /// The vocabulary of a multi-task run from the sites' offers: the
+    /// features from every offer, each task's classes from its own sites'
+    /// (the agreement holds the first task's; `task_classes` every task's).
+    /// An offer from a site in no task is refused by name.
+    pub(super) fn agree_tasks(
+        &mut self,
+        kinds: &ColumnKinds,
+        offers: &[LevelsOffer],
+    ) -> Result<Agreement, String> {
+        let Some(multitask) = &self.plan.multitask else {
+            return Err("the plan has no [multitask]".into());
+        };
+        let configs: Vec<tessera_data::DataConfig> = (0..multitask.tasks.len())
+            .filter_map(|t| multitask.task_data(&self.plan.data, t))
+            .collect();
+        let tasks = offers
+            .iter()
+            .map(|o| {
+                multitask.task_of(&o.site).ok_or_else(|| {
+                    format!(
+                        "multitask: site '{}' is in none of the plan's tasks",
+                        o.site
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (agreement, task_classes) =
+            tessera_data::agree_multitask(&configs, kinds, offers, &tasks)
+                .map_err(|e| e.to_string())?;
+        self.task_classes = task_classes;
+        Ok(agreement)
+    }
+
+    /// The agreement as `site` hears it: under `[multitask]` with its own
+    /// task's classes.
+    pub(super) fn agreement_for(&self, site: &str, agreement: Agreement) -> Agreement {
+        let task = self.plan.multitask.as_ref().and_then(|m| m.task_of(site));
+        match task.and_then(|t| self.task_classes.get(t)) {
+            Some(classes) => Agreement {
+                classes: classes.clone(),
+                ..agreement
+            },
+            None => agreement,
+        }
+    }
+
+    /// Each task's class count (empty outside `[multitask]`).
+    pub(super) fn task_class_counts(&self) -> Vec<usize> {
+        self.task_classes.iter().map(Vec::len).collect()
+    }
+
+    /// The stored agreement's encoding, with every task's classes.
+    pub(super) fn agreement_to_store(&self, agreement: &Agreement) -> tessera_proto::pb::Agreement {
+        let mut encoded = tessera_proto::convert::agreement_to_pb(agreement);
+        encoded.task_classes = self
+            .task_classes
+            .iter()
+            .map(|classes| tessera_proto::pb::TaskClasses {
+                classes: classes.clone(),
+            })
+            .collect();
+        encoded
+    }
+}
+
+impl Federation {
+    /// Each task's figures from the sites' final metrics (empty outside
+    /// `[multitask]`).
+    pub(super) fn task_figures(
+        &self,
+        per_site: &std::collections::BTreeMap<String, tessera_engine::report::SiteMetrics>,
+    ) -> Vec<tessera_engine::report::TaskFigures> {
+        let Some(multitask) = &self.plan.multitask else {
+            return Vec::new();
+        };
+        multitask
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(t, task)| {
+                tessera_engine::report::TaskFigures::of(
+                    (&task.name, &task.target, &task.sites),
+                    self.task_classes.get(t).cloned().unwrap_or_default(),
+                    per_site,
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn example() -> Plan {
+        Plan::from_toml(
+            include_str!("../../../../examples/heart-multitask.toml"),
+            "heart-multitask",
+        )
+        .unwrap()
+    }
+
+    /// The bundled plan deploys; a site in two tasks, a named site in no
+    /// task, and sums-only site metrics are refused, each by name.
+    #[test]
+    fn plans_a_coordinator_cannot_deploy_are_refused_by_name() {
+        assert!(check_plan(&example()).is_ok());
+        let mut two = example();
+        let tasks = &mut two.multitask.as_mut().unwrap().tasks;
+        tasks[1].sites.push("va".into());
+        let e = check_plan(&two).unwrap_err().to_string();
+        assert!(
+            e.contains("site 'va' in tasks 'disease' and 'angina'"),
+            "{e}"
+        );
+        let mut none = example();
+        none.multitask.as_mut().unwrap().tasks[0].sites = vec!["cleveland".into()];
+        let e = check_plan(&none).unwrap_err().to_string();
+        assert!(e.contains("site 'va' of [[data.sites]] is in none"), "{e}");
+        let mut summed = example();
+        summed.privacy.site_metrics = tessera_privacy::SiteMetrics::AggregateOnly;
+        let e = check_plan(&summed).unwrap_err().to_string();
+        assert!(e.contains("use site_metrics = \"clear\""), "{e}");
+    }
+}
