@@ -3,19 +3,25 @@
 //! each site reads its rows with its own task's target, hears its own
 //! task's classes, trains the shared body and its task's head, and takes
 //! home its task's model, bit for bit the simulation's; the coordinator's
-//! report gives each task's figures, the simulation's.
+//! report gives each task's figures, the simulation's. Also with the
+//! coordinator killed mid-round and restarted on its database, and with
+//! tasks of different classes (the disease grade's five beside angina's
+//! two).
 
 use crate::LIMIT;
-use crate::util::procs::{HEART_SITES, Proc, coordinator, heart_file, participant_with};
+use crate::util::procs::{
+    HEART_SITES, Proc, coordinator, heart_file, participant_with, wait_until,
+};
+use crate::util::status::poll;
 use crate::util::{self, Scratch};
 
-/// The bundled multi-task plan, its data paths absolute, with `rounds`.
-fn multitask_plan(s: &Scratch, rounds: u32) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(util::root().join("examples/heart-multitask.toml"))
+/// The bundled multi-task plan's text, its data paths absolute, with
+/// `rounds`.
+fn multitask_text(rounds: u32) -> String {
+    std::fs::read_to_string(util::root().join("examples/heart-multitask.toml"))
         .unwrap()
         .replace("\"../data/", &format!("\"{}/data/", util::root().display()))
-        .replace("rounds = 20", &format!("rounds = {rounds}"));
-    s.write("multitask.toml", &text)
+        .replace("rounds = 20", &format!("rounds = {rounds}"))
 }
 
 fn task_of(site: &str) -> &'static str {
@@ -33,7 +39,48 @@ fn multitask_deployed_is_the_simulation_and_each_site_takes_its_tasks_model_home
         return;
     }
     let s = Scratch::new("multitask");
-    let plan = multitask_plan(&s, 6);
+    deployed_as_simulated(&s, &multitask_text(6), false);
+}
+
+#[test]
+fn multitask_resumes_after_its_coordinator_is_killed_mid_round() {
+    if util::skip_e2e("multitask_resumes_after_its_coordinator_is_killed_mid_round") {
+        return;
+    }
+    let s = Scratch::new("multitask-killed");
+    deployed_as_simulated(&s, &multitask_text(6), true);
+}
+
+#[test]
+fn multitask_tasks_of_different_classes_deployed_are_the_simulation() {
+    if util::skip_e2e("multitask_tasks_of_different_classes_deployed_are_the_simulation") {
+        return;
+    }
+    let s = Scratch::new("multitask-grades");
+    // The disease task predicts the grade itself: five classes.
+    let text = multitask_text(6).replace(
+        "negative = [\"0\"]          # y = 1 if num > 0 (any angiographic disease)",
+        "",
+    );
+    assert!(!text.contains("any angiographic disease"));
+    let simulated = deployed_as_simulated(&s, &text, false);
+    assert_eq!(
+        simulated["tasks"][0]["classes"].as_array().unwrap().len(),
+        5
+    );
+    assert_eq!(
+        simulated["tasks"][1]["classes"].as_array().unwrap().len(),
+        2
+    );
+}
+
+/// Runs the multi-task plan `text` simulated and deployed on the four heart
+/// sites (with `kill`, the coordinator killed once round 3 holds three
+/// updates, VA being slow, and restarted on its database) and checks that
+/// each site's model and accuracy, and each task's figures, are the
+/// simulation's. The simulation's report.
+fn deployed_as_simulated(s: &Scratch, text: &str, kill: bool) -> serde_json::Value {
+    let plan = s.write("multitask.toml", text);
     s.run(&[
         "simulate",
         "-q",
@@ -46,27 +93,36 @@ fn multitask_deployed_is_the_simulation_and_each_site_takes_its_tasks_model_home
     ])
     .ok();
     let simulated = s.json("sim.json");
-    let (mut coordinator, url) = coordinator(
-        &s.dir,
-        &plan,
-        &s.path("r.sqlite"),
-        0,
-        &["--report", "dep.json"],
-    );
+    let db = s.path("r.sqlite");
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &db, 0, &["--report", "dep.json"]);
     let mut participants: Vec<Proc> = HEART_SITES
         .iter()
         .map(|site| {
             let (report, model) = (format!("{site}.json"), format!("{site}.tsm"));
-            participant_with(
-                &s.dir,
-                &url,
-                site,
-                &heart_file(site),
-                &["--report", &report, "--model-out", &model],
-            )
+            let mut args = vec!["--report", &report, "--model-out", &model];
+            if kill && *site == "va" {
+                args.extend(["--pause-before-update", "1.5"]);
+            }
+            participant_with(&s.dir, &url, site, &heart_file(site), &args)
         })
         .collect();
+    if kill {
+        wait_until(LIMIT, "round 3 with three accepted updates", || {
+            poll(&db, |s| s.pending_updates_of(3)) == 3
+        });
+        coordinator.kill_9();
+        let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+        coordinator =
+            crate::util::procs::coordinator(&s.dir, &plan, &db, port, &["--report", "dep.json"]).0;
+    }
     assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    if kill {
+        assert!(
+            coordinator.log().contains("resumed"),
+            "{}",
+            coordinator.log()
+        );
+    }
     for p in &mut participants {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
@@ -118,4 +174,5 @@ fn multitask_deployed_is_the_simulation_and_each_site_takes_its_tasks_model_home
             assert_ne!(a.data(), b.data(), "{name}: the heads are one");
         }
     }
+    simulated
 }
