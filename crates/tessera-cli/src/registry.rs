@@ -322,6 +322,16 @@ fn register(
             .next()
             .with_context(|| format!("no runs in {}", db.display()))?,
     };
+    // A multi-task run's model stacks one head per task: no one model to
+    // serve.
+    if toml::from_str::<tessera_engine::Plan>(&row.plan).is_ok_and(|p| p.multitask.is_some()) {
+        bail!(
+            "run '{}' is a multi-task run: its model stacks a body and one head per task, and \
+             the registry keeps models one site serves; each site's participant writes its \
+             task's model (--model-out)",
+            row.id
+        );
+    }
     // A running run's model may still change its round's meaning (a
     // resumed round) and an aborted one ended for a reason: only a
     // finished run's models are registered.

@@ -138,7 +138,9 @@ pub fn markdown(base: &str, rows: &[MatrixRow]) -> String {
          (`tessera rollout`) needs `canary` (1.20) of every site, and `canary-secure` (1.22) \
          under a plan whose site metrics are sums only; plans with `[[features]]` \
          need `feature-flags` (1.21) of every site, and a flagged feature's capabilities of \
-         its cohort's sites only (`tessera protocol --plan` names them).\n\n\
+         its cohort's sites only (`tessera protocol --plan` names them); plans with \
+         `[multitask]` need `multitask` (1.23), with `instructions` and `personal-models`, of \
+         every site.\n\n\
          ## Participants\n\n\
          Each row is {base} with the row's settings.\n\n\
          | run | settings | needs of every participant | oldest participant |\n\

@@ -304,7 +304,8 @@ impl Federation {
                 )));
             }
             _ => {
-                let named = plan.data.named_sites();
+                // A multi-task plan names every site in its tasks.
+                let named = multitask::expected_sites(&plan);
                 let expected = if named.is_empty() {
                     Expected::Count(plan.federation.min_participants)
                 } else {

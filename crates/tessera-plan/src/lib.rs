@@ -50,7 +50,7 @@ mod validate;
 
 pub use features::{FLAGGABLE, FeatureFlag};
 pub use memory::{MemoryRole, available_memory};
-pub use multitask::{MAX_TASKS, MultitaskConfig, TaskSpec};
+pub use multitask::{MAX_TASKS, MultitaskConfig, TaskKind, TaskSpec};
 pub use personalization::PersonalizationConfig;
 pub use rules::{Conflict, RULES, Rule};
 pub use topology::{FailureConfig, GossipGraph, GroupConfig, TopologyConfig, TopologyKind};

@@ -27,6 +27,13 @@ pub struct TaskSpec {
     /// The column this task predicts. Every task's target is left out of
     /// the features of every task, so all tasks see the same features.
     pub target: String,
+    /// The task's kind: `"binary"` (two classes: its target's two values,
+    /// or those named `positive` or `negative` against the rest) or
+    /// `"multiclass"` (every value of its target a class). Optional: a task
+    /// that names none takes what its target holds; one that names it is
+    /// refused where its sites' classes are not of that kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<TaskKind>,
     /// Target values counted as the positive class (binary tasks), as
     /// `[data.schema] positive`.
     #[serde(default)]
@@ -37,8 +44,51 @@ pub struct TaskSpec {
     pub negative: Vec<String>,
     /// The sites that have this task's labels and train its head. Every
     /// site of the data belongs to at least one task; a site in several
-    /// trains each task's model on that task's rows.
+    /// trains each task's model on that task's rows (in simulation: a
+    /// deployed site trains one task, and a coordinator refuses a site in
+    /// several).
     pub sites: Vec<String>,
+}
+
+/// What a task predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// Two classes.
+    Binary,
+    /// More than two classes.
+    Multiclass,
+}
+
+impl TaskSpec {
+    /// Refuses `classes`, as the data agreement or reading gave them, where
+    /// they are not of the task's declared kind.
+    pub fn check_classes(&self, classes: &[String]) -> Result<(), String> {
+        let bad = match self.kind {
+            Some(TaskKind::Binary) => classes.len() != 2,
+            Some(TaskKind::Multiclass) => classes.len() < 3,
+            None => false,
+        };
+        if !bad {
+            return Ok(());
+        }
+        let how = match self.kind {
+            Some(TaskKind::Binary) => "name its `positive` or `negative` values",
+            _ => "declare it `kind = \"binary\"`",
+        };
+        Err(format!(
+            "multitask task '{}' is declared {}, and its target '{}' has {} classes at its \
+             sites ({}): {how}",
+            self.name,
+            match self.kind {
+                Some(TaskKind::Binary) => "binary",
+                _ => "multiclass",
+            },
+            self.target,
+            classes.len(),
+            classes.join(", ")
+        ))
+    }
 }
 
 impl MultitaskConfig {
@@ -74,6 +124,15 @@ impl MultitaskConfig {
             }
             if task.sites.is_empty() {
                 problems.push(format!("multitask task '{}' names no sites", task.name));
+            }
+            if task.kind == Some(TaskKind::Multiclass)
+                && (!task.positive.is_empty() || !task.negative.is_empty())
+            {
+                problems.push(format!(
+                    "multitask task '{}' is declared multiclass, and its `positive` or \
+                     `negative` values make it binary",
+                    task.name
+                ));
             }
             for (k, site) in task.sites.iter().enumerate() {
                 if task.sites[..k].contains(site) {
@@ -162,6 +221,7 @@ mod tests {
 
     fn task(name: &str, target: &str, sites: &[&str]) -> TaskSpec {
         TaskSpec {
+            kind: None,
             name: name.into(),
             target: target.into(),
             positive: Vec::new(),
@@ -203,5 +263,35 @@ mod tests {
         let why = one.problems("y").join("\n");
         assert!(why.contains("2 to 16 tasks"), "{why}");
         assert!(why.contains("names no sites"), "{why}");
+    }
+
+    /// A declared kind is held to the classes the sites give, and a
+    /// multiclass task may not name positive values.
+    #[test]
+    fn a_tasks_declared_kind_is_checked() {
+        let mut t = task("grade", "num", &["s1"]);
+        let classes = |n: usize| (0..n).map(|k| k.to_string()).collect::<Vec<_>>();
+        assert!(t.check_classes(&classes(5)).is_ok());
+        t.kind = Some(TaskKind::Binary);
+        assert!(t.check_classes(&classes(2)).is_ok());
+        let e = t.check_classes(&classes(5)).unwrap_err();
+        assert!(e.contains("'grade' is declared binary"), "{e}");
+        assert!(
+            e.contains("has 5 classes at its sites (0, 1, 2, 3, 4)"),
+            "{e}"
+        );
+        t.kind = Some(TaskKind::Multiclass);
+        assert!(t.check_classes(&classes(3)).is_ok());
+        assert!(t.check_classes(&classes(2)).is_err());
+        t.negative = vec!["0".into()];
+        let tasks = MultitaskConfig {
+            tasks: vec![t, task("b", "z", &["s2"])],
+        };
+        let why = tasks.problems("num").join("\n");
+        assert!(why.contains("'grade' is declared multiclass"), "{why}");
+        let parsed: TaskSpec =
+            toml::from_str("name = \"a\"\ntarget = \"y\"\nkind = \"binary\"\nsites = [\"s\"]")
+                .unwrap();
+        assert_eq!(parsed.kind, Some(TaskKind::Binary));
     }
 }

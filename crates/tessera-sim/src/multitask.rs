@@ -153,6 +153,8 @@ pub fn load_multitask(
         if let Some(site) = task.sites.iter().find(|s| !kept.contains(s)) {
             return Err(unknown_site(&task.name, site, &plan.data));
         }
+        task.check_classes(&data.task.classes)
+            .map_err(DataError::Config)?;
         tasks.push(data);
     }
     let first = &tasks[0];

@@ -58,10 +58,15 @@ fn multitask_tasks_of_different_classes_deployed_are_the_simulation() {
     }
     let s = Scratch::new("multitask-grades");
     // The disease task predicts the grade itself: five classes.
-    let text = multitask_text(6).replace(
-        "negative = [\"0\"]          # y = 1 if num > 0 (any angiographic disease)",
-        "",
-    );
+    let text = multitask_text(6)
+        .replace(
+            "negative = [\"0\"]          # y = 1 if num > 0 (any angiographic disease)",
+            "",
+        )
+        .replace(
+            "kind = \"binary\"           # refused if the sites' classes are not two",
+            "kind = \"multiclass\"",
+        );
     assert!(!text.contains("any angiographic disease"));
     let simulated = deployed_as_simulated(&s, &text, false);
     assert_eq!(
@@ -175,4 +180,32 @@ fn deployed_as_simulated(s: &Scratch, text: &str, kill: bool) -> serde_json::Val
         }
     }
     simulated
+}
+
+/// A task declared multiclass whose sites hold two classes ends the run at
+/// the agreement: the coordinator says why, and so does each site.
+#[test]
+fn a_task_whose_classes_are_not_its_declared_kind_ends_the_run_saying_why() {
+    if util::skip_e2e("a_task_whose_classes_are_not_its_declared_kind_ends_the_run_saying_why") {
+        return;
+    }
+    let s = Scratch::new("multitask-kind");
+    let text = multitask_text(3).replace(
+        "kind = \"binary\"\nnegative = [\"0\"]          # y = 1 if exercise induced angina",
+        "kind = \"multiclass\"",
+    );
+    assert!(text.contains("kind = \"multiclass\""));
+    let plan = s.write("multitask.toml", &text);
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &s.path("r.sqlite"), 0, &[]);
+    let mut participants: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| participant_with(&s.dir, &url, site, &heart_file(site), &[]))
+        .collect();
+    let why = "'angina' is declared multiclass, and its target 'exang' has 2 classes";
+    assert!(!coordinator.wait(LIMIT).success());
+    assert!(coordinator.log().contains(why), "{}", coordinator.log());
+    for p in &mut participants {
+        assert!(!p.wait(LIMIT).success(), "{}", p.log());
+        assert!(p.log().contains(why), "{}", p.log());
+    }
 }

@@ -155,9 +155,16 @@ impl Federation {
             })
             .collect();
         let agreement = match self.plan.multitask {
-            Some(_) => self
-                .agree_tasks(&kinds, &offers)
-                .map_err(Refusal::Invalid)?,
+            // A task whose sites' classes do not fit it ends the run: no
+            // offer can change them.
+            Some(_) => self.agree_tasks(&kinds, &offers).map_err(|reason| {
+                if self.stopped.is_none() {
+                    tracing::error!(%reason, "the run cannot start");
+                    self.audit(site, "agree-vocabulary", "refused", &reason);
+                    self.stopped = Some(reason.clone());
+                }
+                Refusal::Invalid(reason)
+            })?,
             None => agree_vocabulary(&self.plan.data, &kinds, &offers)
                 .map_err(|e| Refusal::Invalid(e.to_string()))?,
         };
@@ -172,10 +179,15 @@ impl Federation {
         site: &str,
         agreement: &Agreement,
     ) -> Result<(), Refusal> {
-        // The model's copies here must fit before any is built.
+        // The model's copies here must fit before any is built (under
+        // multi-task every head: as one of all the tasks' classes).
+        let classes = match self.task_class_counts().iter().sum::<usize>() {
+            0 => agreement.classes.len(),
+            all => all,
+        };
         let shape = (
             agreement.feature_names().len(),
-            agreement.classes.len(),
+            classes,
             self.roster.joined().len(),
         );
         let limit = tessera_engine::available_memory()

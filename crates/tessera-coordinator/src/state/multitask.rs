@@ -36,18 +36,54 @@ pub(super) fn check_plan(plan: &Plan) -> Result<(), CoordinatorError> {
             }
         }
     }
-    if let Some(site) = plan
-        .data
-        .named_sites()
-        .into_iter()
-        .find(|s| multitask.task_of(s).is_none())
-    {
+    if plan.analytics.serve_seconds > 0 {
+        return Err(CoordinatorError::Config(
+            "multitask: the sites read their rows with their own tasks' targets, and \
+             [analytics] serve_seconds would query them as one table; run analytics without \
+             [multitask]"
+                .into(),
+        ));
+    }
+    let named = plan.data.named_sites();
+    if let Some(site) = named.iter().find(|s| multitask.task_of(s).is_none()) {
         return Err(CoordinatorError::Config(format!(
             "multitask: site '{site}' of [[data.sites]] is in none of the tasks; name it in \
              one task's sites"
         )));
     }
+    for task in &multitask.tasks {
+        if let Some(site) = task
+            .sites
+            .iter()
+            .find(|s| !named.is_empty() && !named.contains(s))
+        {
+            return Err(CoordinatorError::Config(format!(
+                "multitask task '{}' names site '{site}', which [[data.sites]] does not list",
+                task.name
+            )));
+        }
+    }
     Ok(())
+}
+
+/// The sites a flat run expects: the plan's named sites, and under
+/// `[multitask]` without named sites every task's (a site in no task is
+/// refused at the join, as any site the plan does not name).
+pub(super) fn expected_sites(plan: &Plan) -> Vec<String> {
+    let named = plan.data.named_sites();
+    match &plan.multitask {
+        Some(multitask) if named.is_empty() => {
+            let mut sites: Vec<String> = multitask
+                .tasks
+                .iter()
+                .flat_map(|t| t.sites.clone())
+                .collect();
+            sites.sort();
+            sites.dedup();
+            sites
+        }
+        _ => named,
+    }
 }
 
 impl Federation {
@@ -80,6 +116,9 @@ impl Federation {
         let (agreement, task_classes) =
             tessera_data::agree_multitask(&configs, kinds, offers, &tasks)
                 .map_err(|e| e.to_string())?;
+        for (task, classes) in multitask.tasks.iter().zip(&task_classes) {
+            task.check_classes(classes)?;
+        }
         self.task_classes = task_classes;
         Ok(agreement)
     }
@@ -176,5 +215,32 @@ mod tests {
         summed.privacy.site_metrics = tessera_privacy::SiteMetrics::AggregateOnly;
         let e = check_plan(&summed).unwrap_err().to_string();
         assert!(e.contains("use site_metrics = \"clear\""), "{e}");
+        let mut unlisted = example();
+        unlisted.multitask.as_mut().unwrap().tasks[1]
+            .sites
+            .push("mayo".into());
+        let e = check_plan(&unlisted).unwrap_err().to_string();
+        assert!(
+            e.contains("names site 'mayo', which [[data.sites]] does not list"),
+            "{e}"
+        );
+        let mut queried = example();
+        queried.analytics.serve_seconds = 60;
+        let e = check_plan(&queried).unwrap_err().to_string();
+        assert!(e.contains("[analytics] serve_seconds"), "{e}");
+    }
+
+    /// Without named sites, a multi-task run expects every task's sites
+    /// (so a site in no task is refused at the join).
+    #[test]
+    fn a_multitask_run_expects_its_tasks_sites() {
+        let mut plan = example();
+        assert_eq!(expected_sites(&plan), plan.data.named_sites());
+        plan.data.sites.clear();
+        plan.data.site_column = Some("center".into());
+        assert_eq!(
+            expected_sites(&plan),
+            ["cleveland", "hungarian", "switzerland", "va"]
+        );
     }
 }

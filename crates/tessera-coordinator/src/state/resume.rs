@@ -68,6 +68,14 @@ impl Federation {
             .iter()
             .map(|t| t.classes.clone())
             .collect();
+        let tasks = self.plan.multitask.as_ref().map_or(0, |m| m.tasks.len());
+        if self.task_classes.len() != tasks {
+            return Err(StoreError::Damaged(format!(
+                "the stored agreement holds {} tasks' classes, and the plan has {tasks} tasks",
+                self.task_classes.len()
+            ))
+            .into());
+        }
         self.agreement = Some(if self.plan.model.kind.is_external() {
             // An external model's data agreement is empty (no columns, no classes).
             tessera_data::Agreement {

@@ -193,6 +193,13 @@ impl Federation {
                 spec.max_drop
             )));
         }
+        if self.plan.multitask.is_some() {
+            return Err(CoordinatorError::Config(
+                "a rollout compares one model at every site, and this plan has [multitask] (each \
+                 task its own model); roll out without [multitask]"
+                    .into(),
+            ));
+        }
         if self.plan.topology.kind != tessera_engine::TopologyKind::Flat {
             return Err(CoordinatorError::Config(
                 "a rollout runs on a flat plan (one coordinator and its sites): this plan's \
