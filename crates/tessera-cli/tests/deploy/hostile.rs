@@ -5,7 +5,8 @@
 //! update, head included. Each site must refuse before it trains, saying
 //! why, and nothing of it may reach the coordinator; so must they when it
 //! asks for another method's update (Ditto's, the whole model) or another
-//! split of the model (two head layers). Passing tasks
+//! split of the model (two head layers); and under multi-task, when it
+//! asks a site to train the other task's head. Passing tasks
 //! unchanged, the same proxy reads every update on the wire: under FedPer
 //! the head's values in them are all zero.
 
@@ -170,14 +171,27 @@ fn serve_liar(
     (format!("http://{address}"), updates, chunks)
 }
 
-/// Runs `strategy` (FedPer or FedRep, with `settings`) on
-/// Fed-Heart-Disease with every site behind a proxy that rewrites tasks
-/// with `rewrite`; the sites' processes, the coordinator, the count of
-/// updates that passed and their chunks.
+/// `strategy` (FedPer or FedRep, with `settings`) on Fed-Heart-Disease
+/// with an MLP, two rounds.
+fn personal_text(s: &Scratch, (strategy, settings): (&str, &str)) -> String {
+    heart_text(s, 2)
+        .replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [8]")
+        .replace(
+            "strategy = \"fedavg\"",
+            &format!("strategy = \"{strategy}\""),
+        )
+        + "\n[privacy]\nsite_metrics = \"clear\"\n"
+        + settings
+}
+
+/// Runs the plan `text` (written as `NAME.toml`) with every heart site
+/// behind a proxy that rewrites tasks with `rewrite`; the sites'
+/// processes, the coordinator, the count of updates that passed and their
+/// chunks.
 fn behind(
     s: &Scratch,
     runtime: &tokio::runtime::Runtime,
-    (strategy, settings): (&str, &str),
+    (name, text): (&str, &str),
     rewrite: fn(&mut pb::TaskHeader),
 ) -> (
     Vec<util::procs::Proc>,
@@ -185,15 +199,7 @@ fn behind(
     Arc<AtomicUsize>,
     Chunks,
 ) {
-    let text = heart_text(s, 2)
-        .replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [8]")
-        .replace(
-            "strategy = \"fedavg\"",
-            &format!("strategy = \"{strategy}\""),
-        )
-        + "\n[privacy]\nsite_metrics = \"clear\"\n"
-        + settings;
-    let plan = s.write(&format!("{strategy}.toml"), &text);
+    let plan = s.write(&format!("{name}.toml"), text);
     let (coordinator, url) = coordinator(&s.dir, &plan, &s.path("r.sqlite"), 0, &[]);
     let (liar, updates, chunks) = serve_liar(runtime, &url, rewrite);
     let sites = HEART_SITES
@@ -201,6 +207,45 @@ fn behind(
         .map(|site| participant(&s.dir, &liar, site, &["--give-up-after", "20"]))
         .collect();
     (sites, coordinator, updates, chunks)
+}
+
+/// Under multi-task, a coordinator that asks each site to train the other
+/// task's head (to steer it with rows of another target) is refused at
+/// every site before it trains, saying why; no update passes.
+#[test]
+fn multitask_sites_refuse_to_train_another_tasks_head() {
+    if util::skip_e2e("multitask_sites_refuse_to_train_another_tasks_head") {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let s = Scratch::new("hostile-coordinator-multitask");
+    let text = crate::multitask::multitask_text(2);
+    let (mut sites, mut coordinator, updates, _) =
+        behind(&s, &runtime, ("multitask", &text), |h| {
+            if let Some(pb::Instructions {
+                kind: Some(Kind::Multitask(m)),
+            }) = &mut h.instructions
+            {
+                m.task = 1 - m.task;
+            }
+        });
+    for (p, site) in sites.iter_mut().zip(HEART_SITES) {
+        assert!(!p.wait(LIMIT).success(), "{site} trained: {}", p.log());
+        let (own, other) = match site {
+            "cleveland" | "va" => (0, 1),
+            _ => (1, 0),
+        };
+        let log = p.log();
+        assert!(
+            log.contains(&format!(
+                "plan refused: the coordinator's task asks for multitask (task {other} of 2), \
+                 not what the plan's strategy fedavg gives (multitask (task {own} of 2))"
+            )),
+            "{site}: {log}"
+        );
+    }
+    assert_eq!(updates.load(Ordering::SeqCst), 0, "an update passed");
+    coordinator.kill_9();
 }
 
 /// The attack: FedPer's instructions stripped, so that the task asks for
@@ -231,7 +276,8 @@ fn refuse_the_liar(strategy: (&str, &str)) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
 
     let s = Scratch::new(&format!("hostile-coordinator-control-{name}"));
-    let (mut sites, mut coordinator, updates, chunks) = behind(&s, &runtime, strategy, |_| {});
+    let text = personal_text(&s, strategy);
+    let (mut sites, mut coordinator, updates, chunks) = behind(&s, &runtime, (name, &text), |_| {});
     for p in &mut sites {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
     }
@@ -292,7 +338,8 @@ fn refuse_the_liar(strategy: (&str, &str)) {
             "hostile-coordinator-{name}-{}",
             lie.replace(' ', "-")
         ));
-        let (mut sites, mut coordinator, updates, _) = behind(&s, &runtime, strategy, rewrite);
+        let text = personal_text(&s, strategy);
+        let (mut sites, mut coordinator, updates, _) = behind(&s, &runtime, (name, &text), rewrite);
         for (p, site) in sites.iter_mut().zip(HEART_SITES) {
             assert!(!p.wait(LIMIT).success(), "{site} trained: {}", p.log());
             let log = p.log();

@@ -17,7 +17,7 @@ use crate::util::{self, Scratch};
 
 /// The bundled multi-task plan's text, its data paths absolute, with
 /// `rounds`.
-fn multitask_text(rounds: u32) -> String {
+pub(crate) fn multitask_text(rounds: u32) -> String {
     std::fs::read_to_string(util::root().join("examples/heart-multitask.toml"))
         .unwrap()
         .replace("\"../data/", &format!("\"{}/data/", util::root().display()))
