@@ -62,6 +62,7 @@ pub(crate) async fn prepare(
     let plan_refused =
         |e: String| Failure::Fatal(ParticipantError::Stop(cause::Cause::PlanRefused(e)));
     let mut plan = coordinators_plan(config, welcome)?;
+    let mut run_plan_hash = None;
     if let Some(multitask) = &plan.multitask {
         // This site reads its rows as its task does: with its task's
         // target, every task's target left out of the features.
@@ -80,6 +81,7 @@ pub(crate) async fn prepare(
             tracing::error!(%why, "plan refused");
             plan_refused(why)
         })?;
+        run_plan_hash = Some(tessera_engine::model_file::plan_hash(&plan));
         if let Some(data) = multitask.task_data(&plan.data, task) {
             tracing::info!(task = %multitask.tasks[task].name, target = %data.schema.target, "this site trains its task");
             plan.data = data;
@@ -248,7 +250,8 @@ pub(crate) async fn prepare(
     let takeaway = results::Takeaway::new(&plan, agreement.clone(), data.scaler.clone())
         .with_departments(&plan, &data)
         .map_err(|e| local_error(e.to_string()))?
-        .with_continual(config.continual.clone());
+        .with_continual(config.continual.clone())
+        .with_run_plan_hash(run_plan_hash);
     let mut ready = Ready::new(
         config,
         welcome,

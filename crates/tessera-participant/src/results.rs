@@ -50,6 +50,10 @@ pub(crate) struct Takeaway {
     hierarchical: bool,
     /// Continual learning: the model this site continued from.
     continual: Option<crate::continual::SiteContinual>,
+    /// The hash of the coordinator's plan, where this site reads its data
+    /// otherwise (a multi-task site, with its task's target): its model
+    /// files name the run's plan, as the simulator's do.
+    run_plan_hash: Option<String>,
 }
 
 impl Takeaway {
@@ -65,7 +69,15 @@ impl Takeaway {
             departments: None,
             hierarchical: plan.topology.kind == tessera_engine::TopologyKind::Hierarchical,
             continual: None,
+            run_plan_hash: None,
         }
+    }
+
+    /// The hash of the run's plan (`Some` where this site's plan reads its
+    /// data otherwise than the coordinator's).
+    pub(crate) fn with_run_plan_hash(mut self, hash: Option<String>) -> Self {
+        self.run_plan_hash = hash;
+        self
     }
 
     /// Continual learning: the model this site continued from, which its
@@ -478,6 +490,9 @@ impl SiteResults {
             parameters,
         )
         .map_err(|e| ParticipantError::Local(e.to_string()))?;
+        if let Some(hash) = &self.takeaway.run_plan_hash {
+            file.header.plan.hash = hash.clone();
+        }
         // A continued run names the model it continued from as the parent:
         // this site checked the run starts from it (the agreement's digest).
         if let Some(continual) = &self.takeaway.continual {

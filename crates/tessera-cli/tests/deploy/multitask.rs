@@ -133,12 +133,23 @@ fn deployed_as_simulated(s: &Scratch, text: &str, kill: bool) -> serde_json::Val
     }
     for site in HEART_SITES {
         let task = task_of(site);
-        let own = util::parameters(&std::fs::read(s.path(&format!("{site}.tsm"))).unwrap());
-        let simulated_model =
-            util::parameters(&std::fs::read(s.path(&format!("sim-{task}.tsm"))).unwrap());
+        let file = |name: String| {
+            tessera_engine::model_file::ModelFile::from_bytes(
+                &std::fs::read(s.path(&name)).unwrap(),
+            )
+            .unwrap()
+        };
+        let (own, simulated_model) = (file(format!("{site}.tsm")), file(format!("sim-{task}.tsm")));
         assert_eq!(
-            own, simulated_model,
+            own.parameters, simulated_model.parameters,
             "{site}: not task '{task}''s simulated model"
+        );
+        // The file names its task's target and the run's plan, as the
+        // simulator's does.
+        assert_eq!(own.header.target, simulated_model.header.target, "{site}");
+        assert_eq!(
+            own.header.plan.hash, simulated_model.header.plan.hash,
+            "{site}"
         );
         let report = s.json(&format!("{site}.json"));
         assert_eq!(
