@@ -20,6 +20,8 @@
 //! Sets of sites are bit masks (`u64`: bit `i` for site `i`), so a
 //! federation has at most [`MAX_SITES`] sites here.
 
+#![deny(missing_docs)]
+
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
