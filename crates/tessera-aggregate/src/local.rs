@@ -293,6 +293,30 @@ pub(crate) fn take(saved: &ParameterSet, prefix: &str) -> Result<ParameterSet, A
     Ok(taken)
 }
 
+/// A choice of one of `k` (IFCA's cluster, multi-task's task) as saved
+/// state: the tensor `name` of the two values.
+pub(crate) fn save_choice(name: &str, chosen: usize, k: usize) -> Option<ParameterSet> {
+    let mut saved = ParameterSet::new();
+    let tensor = tessera_core::Tensor::new(vec![2], vec![chosen as f32, k as f32]).ok()?;
+    saved.push(name, tensor).ok()?;
+    Some(saved)
+}
+
+/// The choice [`save_choice`] saved as `name`: `None` unless it is one
+/// below a `k` from 2 to `most`.
+pub(crate) fn restore_choice(
+    saved: &ParameterSet,
+    name: &str,
+    most: usize,
+) -> Option<(usize, usize)> {
+    let whole = |v: f32| (v.is_finite() && v >= 0.0 && v.fract() == 0.0).then_some(v as usize);
+    let pair = saved.get(name).and_then(|t| match t.data() {
+        &[chosen, k] => Some((whole(chosen)?, whole(k)?)),
+        _ => None,
+    })?;
+    ((2..=most).contains(&pair.1) && pair.0 < pair.1).then_some(pair)
+}
+
 /// The error for instructions a local algorithm was not made for.
 pub(crate) fn mismatch(algorithm: &str, instructions: &Instructions) -> AggregateError {
     AggregateError::Config(format!(

@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used)]
 
 use tessera_contribution::{
-    ContributionError, GtgConfig, Memo, everyone, exact_shapley, gtg_shapley, leave_one_out,
-    spearman,
+    ContributionError, Estimate, GtgConfig, Memo, everyone, exact_shapley, gtg_shapley,
+    leave_one_out, spearman,
 };
 use tessera_core::SeededRng;
 
@@ -83,6 +83,25 @@ fn federation(n: usize, seed: u64) -> impl FnMut(u64) -> f64 {
     }
 }
 
+/// GTG-Shapley's estimate on [`federation`]`(n, seed)`, with its rank
+/// correlation with the exact values and its largest error as a share of
+/// the whole federation's gain.
+fn against_exact(n: usize, seed: u64, config: &GtgConfig) -> (Estimate, f64, f64) {
+    let mut utility = federation(n, seed);
+    let exact = exact_shapley(n, &mut Memo::new(&mut utility)).unwrap();
+    let mut utility = federation(n, seed);
+    let gain = utility(everyone(n)) - utility(0);
+    let estimate = gtg_shapley(n, &mut Memo::new(&mut utility), config).unwrap();
+    let rho = spearman(&estimate.values, &exact).unwrap();
+    let error = estimate
+        .values
+        .iter()
+        .zip(&exact)
+        .map(|(a, b)| (a - b).abs() / gain.abs())
+        .fold(0.0f64, f64::max);
+    (estimate, rho, error)
+}
+
 /// GTG-Shapley against exact enumeration on federations of 4 to 10 sites
 /// (seeds 100-104, never used to choose the settings, which
 /// `choose_gtg_settings` chose on seeds 1-5): rank correlation at least
@@ -94,23 +113,11 @@ fn gtg_estimates_are_within_a_hundredth_of_exact_values() {
     let mut worst = (1.0f64, 0.0f64);
     for n in 4..=10 {
         for seed in 100..105 {
-            let mut utility = federation(n, seed);
-            let exact = exact_shapley(n, &mut Memo::new(&mut utility)).unwrap();
-            let mut utility = federation(n, seed);
-            let gain = utility(everyone(n)) - utility(0);
-            let mut memo = Memo::new(&mut utility);
             let config = GtgConfig {
                 seed,
                 ..GtgConfig::default()
             };
-            let estimate = gtg_shapley(n, &mut memo, &config).unwrap();
-            let rho = spearman(&estimate.values, &exact).unwrap();
-            let error = estimate
-                .values
-                .iter()
-                .zip(&exact)
-                .map(|(a, b)| (a - b).abs() / gain.abs())
-                .fold(0.0f64, f64::max);
+            let (estimate, rho, error) = against_exact(n, seed, &config);
             println!(
                 "n {n} seed {seed}: spearman {rho:.4}, largest error {error:.4}, {} orders, {} of {} sets",
                 estimate.orders,
@@ -168,22 +175,12 @@ fn choose_gtg_settings() {
         let (mut worst, mut cost) = (0.0f64, 0usize);
         for n in 4..=10 {
             for seed in 1..6 {
-                let mut utility = federation(n, seed);
-                let exact = exact_shapley(n, &mut Memo::new(&mut utility)).unwrap();
-                let mut utility = federation(n, seed);
-                let gain = utility(everyone(n)) - utility(0);
                 let config = GtgConfig {
                     seed,
                     convergence,
                     ..GtgConfig::default()
                 };
-                let estimate = gtg_shapley(n, &mut Memo::new(&mut utility), &config).unwrap();
-                let error = estimate
-                    .values
-                    .iter()
-                    .zip(&exact)
-                    .map(|(a, b)| (a - b).abs() / gain.abs())
-                    .fold(0.0f64, f64::max);
+                let (estimate, _, error) = against_exact(n, seed, &config);
                 worst = worst.max(error);
                 if n == 10 {
                     cost = cost.max(estimate.evaluations);

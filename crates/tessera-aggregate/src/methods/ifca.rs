@@ -19,7 +19,7 @@
 
 use tessera_core::{LocalModel, ParameterSet, ParticipantId, Tensor};
 
-use crate::local::{LocalAlgorithm, LocalFit, mismatch, put, take};
+use crate::local::{LocalAlgorithm, LocalFit, mismatch, put, restore_choice, save_choice, take};
 use crate::{AggregateError, Attendance, Instructions, Needs, RoundAggregate, Strategy};
 
 /// The most clusters a plan may ask for.
@@ -319,29 +319,20 @@ impl LocalAlgorithm for IfcaLocal {
     /// The cluster and the number of clusters, as two values.
     fn saved(&self) -> Option<ParameterSet> {
         let (chosen, k) = self.chosen?;
-        let mut saved = ParameterSet::new();
-        let tensor = Tensor::new(vec![2], vec![chosen as f32, k as f32]).ok()?;
-        saved.push("ifca/chosen", tensor).ok()?;
-        Some(saved)
+        save_choice("ifca/chosen", chosen, k)
     }
 
     /// Refused unless the saved state is a cluster below a number of
     /// clusters from 2 to [`MAX_CLUSTERS`].
     fn restore(&mut self, saved: &ParameterSet) -> Result<(), AggregateError> {
-        let whole = |v: f32| (v.is_finite() && v >= 0.0 && v.fract() == 0.0).then_some(v as usize);
-        let pair = saved.get("ifca/chosen").and_then(|t| match t.data() {
-            &[chosen, k] => Some((whole(chosen)?, whole(k)?)),
-            _ => None,
-        });
-        match pair {
-            Some((chosen, k)) if (2..=MAX_CLUSTERS as usize).contains(&k) && chosen < k => {
-                self.chosen = Some((chosen, k));
-                Ok(())
-            }
-            _ => Err(AggregateError::Config(
-                "the saved state has no cluster below a number of clusters from 2 to 16".into(),
-            )),
-        }
+        self.chosen = Some(
+            restore_choice(saved, "ifca/chosen", MAX_CLUSTERS as usize).ok_or_else(|| {
+                AggregateError::Config(
+                    "the saved state has no cluster below a number of clusters from 2 to 16".into(),
+                )
+            })?,
+        );
+        Ok(())
     }
 }
 
@@ -352,6 +343,7 @@ mod tests {
     use tessera_core::Tensor;
 
     use super::*;
+    use crate::methods::testing::Toward;
 
     fn set(v: &[f32]) -> ParameterSet {
         let mut p = ParameterSet::new();
@@ -383,60 +375,6 @@ mod tests {
         // No member: as it was.
         assert_eq!(ifca.aggregate(&model, &[]).unwrap(), model);
         assert!(ifca.aggregate(&model, &[(&set(&[1.0]), 1.0)]).is_err());
-    }
-
-    /// A site's model whose loss is the squared distance to `target`, and
-    /// whose training moves half way toward it.
-    struct Toward {
-        w: ParameterSet,
-        target: Vec<f32>,
-    }
-
-    impl LocalModel for Toward {
-        fn parameters(&self) -> &ParameterSet {
-            &self.w
-        }
-        fn set_parameters(&mut self, p: &ParameterSet) -> Result<(), tessera_core::CoreError> {
-            p.check_same_layout(&self.w)?;
-            self.w = p.clone();
-            Ok(())
-        }
-        fn n_rows(&self) -> usize {
-            1
-        }
-        fn lr(&self) -> f32 {
-            0.5
-        }
-        fn weight_decay(&self) -> f32 {
-            0.0
-        }
-        fn loss(&mut self, p: &ParameterSet) -> Result<f64, tessera_core::CoreError> {
-            Ok(p.values()
-                .zip(&self.target)
-                .map(|(w, t)| f64::from(w - t).powi(2))
-                .sum())
-        }
-        fn train(
-            &mut self,
-            _term: Option<&dyn tessera_core::GradientTerm>,
-        ) -> Result<tessera_core::FitStats, tessera_core::CoreError> {
-            let moved: Vec<f32> = self
-                .w
-                .values()
-                .zip(&self.target)
-                .map(|(w, t)| w + 0.5 * (t - w))
-                .collect();
-            self.w = self.w.with_values(&moved)?;
-            Ok(tessera_core::FitStats::default())
-        }
-        fn train_private(
-            &mut self,
-            _term: Option<&dyn tessera_core::GradientTerm>,
-            _dp: &tessera_core::LocalDp,
-            _rng: &mut tessera_core::SeededRng,
-        ) -> Result<tessera_core::FitStats, tessera_core::CoreError> {
-            unreachable!("no DP here")
-        }
     }
 
     /// The stacked rounds reach what each cluster's own average reaches,

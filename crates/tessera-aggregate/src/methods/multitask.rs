@@ -16,7 +16,7 @@
 
 use tessera_core::{LocalModel, ParameterSet, ParticipantId, Tensor};
 
-use crate::local::{LocalAlgorithm, LocalFit, mismatch, put, take};
+use crate::local::{LocalAlgorithm, LocalFit, mismatch, put, restore_choice, save_choice, take};
 use crate::methods::head_mask;
 use crate::{AggregateError, Attendance, Instructions, RoundAggregate, Strategy};
 
@@ -321,29 +321,20 @@ impl LocalAlgorithm for MultitaskLocal {
     /// The task and the number of tasks, as two values.
     fn saved(&self) -> Option<ParameterSet> {
         let (t, k) = self.task?;
-        let mut saved = ParameterSet::new();
-        let tensor = Tensor::new(vec![2], vec![t as f32, k as f32]).ok()?;
-        saved.push("multitask/task", tensor).ok()?;
-        Some(saved)
+        save_choice("multitask/task", t, k)
     }
 
     /// Refused unless the saved state is a task below a number of tasks
     /// from 2 to [`MAX_TASKS`].
     fn restore(&mut self, saved: &ParameterSet) -> Result<(), AggregateError> {
-        let whole = |v: f32| (v.is_finite() && v >= 0.0 && v.fract() == 0.0).then_some(v as usize);
-        let pair = saved.get("multitask/task").and_then(|t| match t.data() {
-            &[task, k] => Some((whole(task)?, whole(k)?)),
-            _ => None,
-        });
-        match pair {
-            Some((t, k)) if (2..=MAX_TASKS).contains(&k) && t < k => {
-                self.task = Some((t, k));
-                Ok(())
-            }
-            _ => Err(config(format!(
-                "the saved state has no task below a number of tasks from 2 to {MAX_TASKS}"
-            ))),
-        }
+        self.task = Some(
+            restore_choice(saved, "multitask/task", MAX_TASKS).ok_or_else(|| {
+                config(format!(
+                    "the saved state has no task below a number of tasks from 2 to {MAX_TASKS}"
+                ))
+            })?,
+        );
+        Ok(())
     }
 }
 

@@ -3,6 +3,7 @@
 use tessera_core::{FitStats, Tensor, Update};
 
 use super::*;
+use crate::methods::testing::Toward;
 use crate::{Attendance, UpdateAccumulator};
 
 /// A model of a body layer `l0` (two values) and a head layer `out` of
@@ -17,56 +18,6 @@ fn model(body: [f32; 2], head: &[f32]) -> ParameterSet {
     )
     .unwrap();
     p
-}
-
-/// A site's model whose training moves half way toward `target`.
-struct Toward {
-    w: ParameterSet,
-    target: Vec<f32>,
-}
-
-impl LocalModel for Toward {
-    fn parameters(&self) -> &ParameterSet {
-        &self.w
-    }
-    fn set_parameters(&mut self, p: &ParameterSet) -> Result<(), tessera_core::CoreError> {
-        p.check_same_layout(&self.w)?;
-        self.w = p.clone();
-        Ok(())
-    }
-    fn n_rows(&self) -> usize {
-        1
-    }
-    fn lr(&self) -> f32 {
-        0.5
-    }
-    fn weight_decay(&self) -> f32 {
-        0.0
-    }
-    fn loss(&mut self, _p: &ParameterSet) -> Result<f64, tessera_core::CoreError> {
-        Ok(0.0)
-    }
-    fn train(
-        &mut self,
-        _term: Option<&dyn tessera_core::GradientTerm>,
-    ) -> Result<FitStats, tessera_core::CoreError> {
-        let moved: Vec<f32> = self
-            .w
-            .values()
-            .zip(&self.target)
-            .map(|(w, t)| w + 0.5 * (t - w))
-            .collect();
-        self.w = self.w.with_values(&moved)?;
-        Ok(FitStats::default())
-    }
-    fn train_private(
-        &mut self,
-        _term: Option<&dyn tessera_core::GradientTerm>,
-        _dp: &tessera_core::LocalDp,
-        _rng: &mut tessera_core::SeededRng,
-    ) -> Result<FitStats, tessera_core::CoreError> {
-        unreachable!("no DP here")
-    }
 }
 
 fn strategy() -> Multitask {
