@@ -324,7 +324,11 @@ fn register(
     };
     // A multi-task run's model stacks one head per task: no one model to
     // serve.
-    if toml::from_str::<tessera_engine::Plan>(&row.plan).is_ok_and(|p| p.multitask.is_some()) {
+    // Read as a table: a plan this build cannot read is refused, not taken
+    // for a one-model run.
+    let stored = toml::from_str::<toml::Table>(&row.plan)
+        .with_context(|| format!("run '{}': its stored plan cannot be read", row.id))?;
+    if stored.contains_key("multitask") {
         bail!(
             "run '{}' is a multi-task run: its model stacks a body and one head per task, and \
              the registry keeps models one site serves; each site's participant writes its \

@@ -152,15 +152,19 @@ pub struct GtgConfig {
     /// Between-round truncation: a round whose whole federation gains at
     /// most this much utility over the empty set attributes nothing.
     pub round_truncation: f64,
-    /// Within-round truncation: an order stops counting once its prefix is
-    /// within this much of the whole federation's utility (the rest of the
-    /// order adds nothing).
+    /// Within-round truncation: an order stops counting once a prefix of
+    /// at least one site is within this much of the whole federation's
+    /// utility. The rest of the order then adds at most this much in total,
+    /// and each of its sites is counted as adding nothing (where sites harm
+    /// the model, a site's own share of the rest is not bounded so).
     pub truncation: f64,
     /// Stop once every estimate's standard error (over pairs of an order
     /// and its reverse) is at most this fraction of the whole federation's
     /// gain.
     pub convergence: f64,
-    /// Most orders sampled.
+    /// Most orders sampled (at least 2), rounded up to whole cycles of
+    /// `2n` orders (every site leading one pair), so that no site leads
+    /// more often than another.
     pub max_orders: usize,
     /// The seed of the orders' sampling.
     pub seed: u64,
@@ -209,11 +213,14 @@ pub fn gtg_shapley(
             )));
         }
     }
-    if config.max_orders == 0 {
-        return Err(ContributionError::Config(
-            "max_orders must be at least 1".into(),
-        ));
+    if config.max_orders < 2 {
+        return Err(ContributionError::Config(format!(
+            "max_orders must be at least 2 (an order and its reverse), got {}",
+            config.max_orders
+        )));
     }
+    // Whole cycles of n pairs: every site leads equally often.
+    let max_pairs = (config.max_orders / 2).div_ceil(n) * n;
     let all = everyone(n);
     let (none, whole) = (utility.value(0)?, utility.value(all)?);
     let gain = whole - none;
@@ -232,7 +239,7 @@ pub fn gtg_shapley(
     let mut m2 = vec![0.0f64; n];
     let mut pairs = 0usize;
     let mut orders = 0;
-    while orders + 2 <= config.max_orders.max(2) {
+    while pairs < max_pairs {
         // Guided: site `pairs mod n` leads, the others follow at random.
         let lead = pairs % n;
         let mut order: Vec<usize> = (0..n).filter(|&i| i != lead).collect();
@@ -242,7 +249,7 @@ pub fn gtg_shapley(
         for _ in 0..2 {
             let (mut prefix, mut before) = (0u64, none);
             for &i in &order {
-                if (whole - before).abs() < config.truncation {
+                if prefix != 0 && (whole - before).abs() < config.truncation {
                     break;
                 }
                 prefix |= 1 << i;
@@ -261,9 +268,10 @@ pub fn gtg_shapley(
             mean[i] += delta / pairs as f64;
             m2[i] += delta * (sample[i] - mean[i]);
         }
-        // Settled: every estimate's standard error is at most `convergence`
-        // of the whole gain (after every site led at least twice).
-        if pairs >= 2 * n {
+        // Settled, at the end of a cycle: every estimate's standard error is
+        // at most `convergence` of the whole gain (after every site led at
+        // least twice).
+        if pairs >= 2 * n && pairs.is_multiple_of(n) {
             let largest = m2
                 .iter()
                 .map(|m| (m / (pairs - 1) as f64 / pairs as f64).sqrt())
@@ -281,10 +289,10 @@ pub fn gtg_shapley(
 }
 
 /// Spearman's rank correlation of `a` and `b` (average ranks for ties);
-/// `None` where they differ in length, have fewer than two values, or one
-/// is constant.
+/// `None` where they differ in length, have fewer than two values, hold
+/// a value that is not a number, or one is constant.
 pub fn spearman(a: &[f64], b: &[f64]) -> Option<f64> {
-    if a.len() != b.len() || a.len() < 2 {
+    if a.len() != b.len() || a.len() < 2 || a.iter().chain(b).any(|v| !v.is_finite()) {
         return None;
     }
     let (ra, rb) = (ranks(a), ranks(b));

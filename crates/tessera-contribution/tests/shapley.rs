@@ -155,6 +155,35 @@ fn truncated_rounds_and_bad_input() {
     };
     let e = gtg_shapley(3, &mut Memo::new(&mut one), &bad).unwrap_err();
     assert!(e.to_string().contains("truncation must be"), "{e}");
+    let one_order = GtgConfig {
+        max_orders: 1,
+        ..GtgConfig::default()
+    };
+    assert!(gtg_shapley(3, &mut Memo::new(&mut one), &one_order).is_err());
+    assert_eq!(spearman(&[1.0, f64::NAN], &[1.0, 2.0]), None);
+}
+
+/// A gain below the within-round truncation is still attributed (the first
+/// site of an order always counts), the values add up to it within the
+/// truncation, and the orders come in whole cycles: with at most 9 orders,
+/// 12 for 3 sites and 8 for 4.
+#[test]
+fn a_small_gain_is_attributed_in_whole_cycles() {
+    let mut small = |s: u64| 1e-5 * f64::from(s.count_ones());
+    let config = GtgConfig {
+        max_orders: 9,
+        ..GtgConfig::default()
+    };
+    let estimate = gtg_shapley(3, &mut Memo::new(&mut small), &config).unwrap();
+    assert!(estimate.values.iter().all(|v| *v > 0.0), "{estimate:?}");
+    let sum: f64 = estimate.values.iter().sum();
+    assert!((sum - 3e-5).abs() <= config.truncation, "{estimate:?}");
+    assert_eq!(estimate.orders, 12);
+    // Site 0 harms the model by 0.05; each other site adds 0.1.
+    let mut harm = |s: u64| 0.1 * f64::from((s & !1).count_ones()) - 0.05 * (s & 1) as f64;
+    let estimate = gtg_shapley(4, &mut Memo::new(&mut harm), &config).unwrap();
+    assert_eq!(estimate.orders, 8);
+    assert!((estimate.values[0] + 0.05).abs() < 1e-12, "{estimate:?}");
 }
 
 #[test]

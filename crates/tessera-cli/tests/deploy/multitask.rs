@@ -40,6 +40,19 @@ fn multitask_deployed_is_the_simulation_and_each_site_takes_its_tasks_model_home
     }
     let s = Scratch::new("multitask");
     deployed_as_simulated(&s, &multitask_text(6), false);
+    // The stacked model is no model one site serves: the registry refuses it.
+    let db = s.path("r.sqlite");
+    let e = s
+        .run(&[
+            "models",
+            "--db",
+            db.to_str().unwrap(),
+            "register",
+            "--name",
+            "heart",
+        ])
+        .fails();
+    assert!(e.contains("is a multi-task run"), "{e}");
 }
 
 #[test]

@@ -155,16 +155,19 @@ impl Federation {
             })
             .collect();
         let agreement = match self.plan.multitask {
-            // A task whose sites' classes do not fit it ends the run: no
-            // offer can change them.
-            Some(_) => self.agree_tasks(&kinds, &offers).map_err(|reason| {
-                if self.stopped.is_none() {
-                    tracing::error!(%reason, "the run cannot start");
-                    self.audit(site, "agree-vocabulary", "refused", &reason);
-                    self.stopped = Some(reason.clone());
-                }
-                Refusal::Invalid(reason)
-            })?,
+            // A task whose sites' classes do not fit its declared kind ends
+            // the run: no offer can change them. Other refusals are the
+            // offer's, as without [multitask].
+            Some(_) => self
+                .agree_tasks(&kinds, &offers)
+                .map_err(|(reason, ends)| {
+                    if ends && self.stopped.is_none() {
+                        tracing::error!(%reason, "the run cannot start");
+                        self.audit(site, "agree-vocabulary", "refused", &reason);
+                        self.stopped = Some(reason.clone());
+                    }
+                    Refusal::Invalid(reason)
+                })?,
             None => agree_vocabulary(&self.plan.data, &kinds, &offers)
                 .map_err(|e| Refusal::Invalid(e.to_string()))?,
         };

@@ -36,11 +36,11 @@ pub(super) fn check_plan(plan: &Plan) -> Result<(), CoordinatorError> {
             }
         }
     }
-    if plan.analytics.serve_seconds > 0 {
+    if plan.analytics.serve_seconds > 0 || !plan.analytics.joins.is_empty() {
         return Err(CoordinatorError::Config(
             "multitask: the sites read their rows with their own tasks' targets, and \
-             [analytics] serve_seconds would query them as one table; run analytics without \
-             [multitask]"
+             [analytics] (serve_seconds, joins) would treat them as one table; run analytics \
+             without [multitask]"
                 .into(),
         ));
     }
@@ -90,14 +90,16 @@ impl Federation {
     /// The vocabulary of a multi-task run from the sites' offers: the
     /// features from every offer, each task's classes from its own sites'
     /// (the agreement holds the first task's; `task_classes` every task's).
-    /// An offer from a site in no task is refused by name.
+    /// An offer from a site in no task is refused by name. The error says
+    /// whether it ends the run (`true`: a task's classes are not of its
+    /// declared kind, which no offer can change).
     pub(super) fn agree_tasks(
         &mut self,
         kinds: &ColumnKinds,
         offers: &[LevelsOffer],
-    ) -> Result<Agreement, String> {
+    ) -> Result<Agreement, (String, bool)> {
         let Some(multitask) = &self.plan.multitask else {
-            return Err("the plan has no [multitask]".into());
+            return Err(("the plan has no [multitask]".into(), false));
         };
         let configs: Vec<tessera_data::DataConfig> = (0..multitask.tasks.len())
             .filter_map(|t| multitask.task_data(&self.plan.data, t))
@@ -106,18 +108,19 @@ impl Federation {
             .iter()
             .map(|o| {
                 multitask.task_of(&o.site).ok_or_else(|| {
-                    format!(
+                    let why = format!(
                         "multitask: site '{}' is in none of the plan's tasks",
                         o.site
-                    )
+                    );
+                    (why, false)
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let (agreement, task_classes) =
             tessera_data::agree_multitask(&configs, kinds, offers, &tasks)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| (e.to_string(), false))?;
         for (task, classes) in multitask.tasks.iter().zip(&task_classes) {
-            task.check_classes(classes)?;
+            task.check_classes(classes).map_err(|why| (why, true))?;
         }
         self.task_classes = task_classes;
         Ok(agreement)
@@ -227,7 +230,7 @@ mod tests {
         let mut queried = example();
         queried.analytics.serve_seconds = 60;
         let e = check_plan(&queried).unwrap_err().to_string();
-        assert!(e.contains("[analytics] serve_seconds"), "{e}");
+        assert!(e.contains("[analytics] (serve_seconds, joins)"), "{e}");
     }
 
     /// Without named sites, a multi-task run expects every task's sites

@@ -68,13 +68,21 @@ impl Federation {
             .iter()
             .map(|t| t.classes.clone())
             .collect();
-        let tasks = self.plan.multitask.as_ref().map_or(0, |m| m.tasks.len());
-        if self.task_classes.len() != tasks {
+        let specs = self
+            .plan
+            .multitask
+            .as_ref()
+            .map_or(&[][..], |m| &m.tasks[..]);
+        if self.task_classes.len() != specs.len() {
             return Err(StoreError::Damaged(format!(
-                "the stored agreement holds {} tasks' classes, and the plan has {tasks} tasks",
-                self.task_classes.len()
+                "the stored agreement holds {} tasks' classes, and the plan has {} tasks",
+                self.task_classes.len(),
+                specs.len()
             ))
             .into());
+        }
+        for (task, classes) in specs.iter().zip(&self.task_classes) {
+            task.check_classes(classes).map_err(StoreError::Damaged)?;
         }
         self.agreement = Some(if self.plan.model.kind.is_external() {
             // An external model's data agreement is empty (no columns, no classes).
