@@ -217,32 +217,57 @@ impl Strategy for Ifca {
         let k = self.clusters as usize;
         let (mut clusters, _) = Self::unstack(global, k)?;
         let (changes, shares) = Self::unstack(&round.mean_delta, k)?;
-        let total = round.weight_sum;
-        let mut taken = Vec::with_capacity(k);
-        for (j, (cluster, change)) in clusters.iter_mut().zip(&changes).enumerate() {
-            let weight = (f64::from(shares[j]) * total).round();
-            if !(weight.is_finite() && weight >= 0.0 && weight <= total.round()) {
-                return Err(AggregateError::Config(format!(
-                    "ifca: cluster {j}'s share of the round's examples is {}, not in [0, 1]",
-                    tessera_core::value(shares[j])
-                )));
-            }
-            if weight >= 1.0 {
-                cluster.add_scaled(change, self.server_lr * (total / weight) as f32)?;
-            }
-            taken.push((weight / total) as f32);
-        }
-        let sum: f64 = taken.iter().map(|&t| (f64::from(t) * total).round()).sum();
-        if (sum - total.round()).abs() > 0.5 {
-            return Err(AggregateError::Config(format!(
-                "ifca: the clusters' weights add up to {sum}, not the round's {}",
-                total.round()
-            )));
-        }
+        let taken = move_by_shares(
+            ("ifca", "cluster"),
+            (&mut clusters, &changes),
+            &shares,
+            round.weight_sum,
+            self.server_lr,
+        )?;
         let next = Self::stack(&clusters, &taken)?;
         next.check_finite()?;
         Ok(next)
     }
+}
+
+/// Moves each of `parts` (IFCA's clusters, multi-task's heads) by
+/// `server_lr` times its slice of the round's mean change (`changes`) over
+/// its share of the round's examples (`shares`, of the round's weight
+/// `total`): its own members' weighted mean change. A part's weight, its
+/// share times the round's, is a whole number of examples, rounded to one
+/// before it divides; a part of no weight stays; the parts' weights must
+/// add up to the round's. Returns the round's shares; errors name `what`
+/// (the method, and what a part is).
+pub(crate) fn move_by_shares(
+    (method, part): (&str, &str),
+    (parts, changes): (&mut [ParameterSet], &[ParameterSet]),
+    shares: &[f32],
+    total: f64,
+    server_lr: f32,
+) -> Result<Vec<f32>, AggregateError> {
+    let mut taken = Vec::with_capacity(parts.len());
+    for (j, (model, change)) in parts.iter_mut().zip(changes).enumerate() {
+        let share = shares.get(j).copied().unwrap_or(f32::NAN);
+        let weight = (f64::from(share) * total).round();
+        if !(weight.is_finite() && weight >= 0.0 && weight <= total.round()) {
+            return Err(AggregateError::Config(format!(
+                "{method}: {part} {j}'s share of the round's examples is {}, not in [0, 1]",
+                tessera_core::value(share)
+            )));
+        }
+        if weight >= 1.0 {
+            model.add_scaled(change, server_lr * (total / weight) as f32)?;
+        }
+        taken.push((weight / total) as f32);
+    }
+    let sum: f64 = taken.iter().map(|&t| (f64::from(t) * total).round()).sum();
+    if (sum - total.round()).abs() > 0.5 {
+        return Err(AggregateError::Config(format!(
+            "{method}: the {part}s' weights add up to {sum}, not the round's {}",
+            total.round()
+        )));
+    }
+    Ok(taken)
 }
 
 /// IFCA's local part: the site's cluster, chosen each round by the lowest

@@ -18,6 +18,7 @@ use tessera_core::{LocalModel, ParameterSet, ParticipantId, Tensor};
 
 use crate::local::{LocalAlgorithm, LocalFit, mismatch, put, restore_choice, save_choice, take};
 use crate::methods::head_mask;
+use crate::methods::ifca::move_by_shares;
 use crate::{AggregateError, Attendance, Instructions, RoundAggregate, Strategy};
 
 /// The stacked model's last tensor: each task's share of the last round's
@@ -218,28 +219,13 @@ impl Strategy for Multitask {
         } = Self::unstack(global, k)?;
         let change = Self::unstack(&round.mean_delta, k)?;
         body.add_scaled(&change.body, self.server_lr)?;
-        let total = round.weight_sum;
-        let mut taken = Vec::with_capacity(k);
-        for (t, (head, head_change)) in heads.iter_mut().zip(&change.heads).enumerate() {
-            let weight = (f64::from(change.shares[t]) * total).round();
-            if !(weight.is_finite() && weight >= 0.0 && weight <= total.round()) {
-                return Err(config(format!(
-                    "task {t}'s share of the round's examples is {}, not in [0, 1]",
-                    tessera_core::value(change.shares[t])
-                )));
-            }
-            if weight >= 1.0 {
-                head.add_scaled(head_change, self.server_lr * (total / weight) as f32)?;
-            }
-            taken.push((weight / total) as f32);
-        }
-        let sum: f64 = taken.iter().map(|&t| (f64::from(t) * total).round()).sum();
-        if (sum - total.round()).abs() > 0.5 {
-            return Err(config(format!(
-                "the tasks' weights add up to {sum}, not the round's {}",
-                total.round()
-            )));
-        }
+        let taken = move_by_shares(
+            ("multitask", "task"),
+            (&mut heads, &change.heads),
+            &change.shares,
+            round.weight_sum,
+            self.server_lr,
+        )?;
         let next = Self::stack(&body, &heads, &taken)?;
         next.check_finite()?;
         Ok(next)
