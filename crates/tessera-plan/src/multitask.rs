@@ -157,6 +157,19 @@ impl MultitaskConfig {
         problems
     }
 
+    /// The first site named in two tasks, with the first two tasks that
+    /// name it (`None` where every site has one task).
+    pub fn site_in_two_tasks(&self) -> Option<(&str, &TaskSpec, &TaskSpec)> {
+        self.tasks.iter().enumerate().find_map(|(t, task)| {
+            task.sites.iter().find_map(|site| {
+                self.tasks[..t]
+                    .iter()
+                    .find(|o| o.sites.contains(site))
+                    .map(|other| (site.as_str(), other, task))
+            })
+        })
+    }
+
     /// The first task of `site`, by index.
     pub fn task_of(&self, site: &str) -> Option<usize> {
         self.tasks

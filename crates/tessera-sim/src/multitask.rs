@@ -100,20 +100,16 @@ pub fn load_multitask(
     // A site in several tasks: its rows must fall alike in every task's
     // split, or a test row of one task could train the shared body in
     // another.
-    if plan.data.split.membership.is_none() {
-        for (t, task) in multitask.tasks.iter().enumerate() {
-            for site in &task.sites {
-                if let Some(other) = multitask.tasks[..t].iter().find(|o| o.sites.contains(site)) {
-                    return Err(DataError::Config(format!(
-                        "multitask puts site '{site}' in tasks '{}' and '{}': that needs \
-                         [data.split.membership], so that its rows are split alike for every \
-                         task (a random split is drawn per task, and a test row of one task \
-                         could train the shared body in another)",
-                        other.name, task.name
-                    )));
-                }
-            }
-        }
+    if plan.data.split.membership.is_none()
+        && let Some((site, other, task)) = multitask.site_in_two_tasks()
+    {
+        return Err(DataError::Config(format!(
+            "multitask puts site '{site}' in tasks '{}' and '{}': that needs \
+             [data.split.membership], so that its rows are split alike for every \
+             task (a random split is drawn per task, and a test row of one task \
+             could train the shared body in another)",
+            other.name, task.name
+        )));
     }
     let mut tasks = Vec::with_capacity(multitask.tasks.len());
     for (t, task) in multitask.tasks.iter().enumerate() {

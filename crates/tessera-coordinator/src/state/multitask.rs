@@ -24,17 +24,13 @@ pub(super) fn check_plan(plan: &Plan) -> Result<(), CoordinatorError> {
                 .into(),
         ));
     }
-    for (t, task) in multitask.tasks.iter().enumerate() {
-        for site in &task.sites {
-            if let Some(other) = multitask.tasks[..t].iter().find(|o| o.sites.contains(site)) {
-                return Err(CoordinatorError::Config(format!(
-                    "multitask puts site '{site}' in tasks '{}' and '{}': a deployed site trains \
-                     one task (its rows are read once, with its task's target); name it in one \
-                     task, or run the plan in simulation",
-                    other.name, task.name
-                )));
-            }
-        }
+    if let Some((site, other, task)) = multitask.site_in_two_tasks() {
+        return Err(CoordinatorError::Config(format!(
+            "multitask puts site '{site}' in tasks '{}' and '{}': a deployed site trains \
+             one task (its rows are read once, with its task's target); name it in one \
+             task, or run the plan in simulation",
+            other.name, task.name
+        )));
     }
     if plan.analytics.serve_seconds > 0 || !plan.analytics.joins.is_empty() {
         return Err(CoordinatorError::Config(
