@@ -59,7 +59,7 @@ pub struct SimulateArgs {
     /// Report the run-clock time when accuracy (all test rows) first reaches this.
     #[arg(long)]
     target_accuracy: Option<f64>,
-    /// Simulated attack: sign_flip, scaling, gaussian or label_flip.
+    /// Simulated attack: sign_flip, scaling, gaussian, label_flip or free_rider.
     #[arg(long, requires = "malicious")]
     attack: Option<String>,
     /// Simulated attack: how many sites are malicious.
@@ -482,6 +482,9 @@ fn print_summary(report: &RunReport) {
     }
     if let Some(line) = tessera_engine::report::population_line(&report.population_changes) {
         println!("{line}");
+    }
+    if let Some(c) = &report.contributions {
+        println!("{}", c.summary_line());
     }
     let f = &report.final_metrics;
     println!(

@@ -52,7 +52,40 @@ pub enum ContributionError {
 /// A utility with every set's value computed once.
 pub struct Memo<'a> {
     utility: &'a mut dyn FnMut(u64) -> f64,
-    seen: HashMap<u64, f64>,
+    seen: HashMap<u64, f64, BuildMix>,
+}
+
+/// Hashes a set by mixing its bits (SplitMix64's finaliser): sets are
+/// looked up thousands of times a round, and need no defence against
+/// chosen keys (the sets are the sampler's own).
+#[derive(Default, Clone, Copy)]
+struct BuildMix;
+
+impl std::hash::BuildHasher for BuildMix {
+    type Hasher = Mix;
+    fn build_hasher(&self) -> Mix {
+        Mix(0)
+    }
+}
+
+/// [`BuildMix`]'s hasher.
+struct Mix(u64);
+
+impl std::hash::Hasher for Mix {
+    fn finish(&self) -> u64 {
+        let mut z = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= v;
+    }
 }
 
 impl<'a> Memo<'a> {
@@ -60,7 +93,7 @@ impl<'a> Memo<'a> {
     pub fn new(utility: &'a mut dyn FnMut(u64) -> f64) -> Self {
         Self {
             utility,
-            seen: HashMap::new(),
+            seen: HashMap::default(),
         }
     }
 

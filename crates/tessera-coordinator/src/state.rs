@@ -255,6 +255,13 @@ impl Federation {
                     .into(),
             ));
         }
+        if !plan.contribution.is_off() {
+            return Err(CoordinatorError::Config(
+                "[contribution] attribution runs in simulation only for now (`tessera \
+                 simulate`): remove it from the deployed plan"
+                    .into(),
+            ));
+        }
         multitask::check_plan(&plan)?;
         let central;
         let mut place: Option<(usize, Vec<String>)> = None;

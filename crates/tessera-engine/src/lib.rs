@@ -104,9 +104,10 @@ pub use regional::{aggregator_engine, upward_update};
 pub use setup::{DpCohort, PlanBuild, check_instructions};
 pub use site::Site;
 pub use tessera_plan::{
-    Conflict, FailureConfig, FederationConfig, GossipGraph, GroupConfig, MemoryRole, Mode,
-    MultitaskConfig, Plan, PlanError, Range, SimulationConfig, StalenessWeighting, TaskSpec,
-    TopologyConfig, TopologyKind, Weighting, available_memory,
+    AttributionMethod, AttributionUtility, Conflict, ContributionConfig, FailureConfig,
+    FederationConfig, GossipGraph, GroupConfig, MemoryRole, Mode, MultitaskConfig, Plan, PlanError,
+    Range, SimulationConfig, StalenessWeighting, TaskSpec, TopologyConfig, TopologyKind, Weighting,
+    available_memory,
 };
 pub use topology::{Member, Node, Tree, gossip_neighbours, metropolis_mix};
 

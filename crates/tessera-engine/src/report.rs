@@ -8,10 +8,12 @@ use tessera_learn::Evaluation;
 
 use crate::{RoundOutcome, RoundStatus};
 
+mod contributions;
 mod personal;
 mod tasks;
 mod view;
 
+pub use contributions::{ContributionsReport, RoundContribution, SiteContribution};
 pub use personal::{
     DepartmentAccuracy, DepartmentsSummary, NewSitesReport, PersonalSite, PersonalizationReport,
 };
@@ -345,6 +347,9 @@ pub struct RunReport {
     /// reports a `[multitask]` plan in a report of its own).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<TaskFigures>,
+    /// Each site's contribution to the global model (`[contribution]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contributions: Option<ContributionsReport>,
     /// Evaluated rounds whose test rows differ from the previous evaluated
     /// round's (a site joined, left or was not heard from): their accuracy
     /// has another denominator.

@@ -348,6 +348,7 @@ pub async fn run(
         new_sites: None,
         continual: None,
         tasks: Vec::new(),
+        contributions: None,
         timing: Timing {
             total_seconds: elapsed,
             data_seconds: 0.0,

@@ -56,6 +56,7 @@ impl Default for Plan {
             personalization: Default::default(),
             multitask: None,
             features: Vec::new(),
+            contribution: Default::default(),
         }
     }
 }

@@ -37,6 +37,7 @@ use tessera_learn::{ModelConfig, TrainingConfig};
 use tessera_privacy::PrivacyConfig;
 use thiserror::Error;
 
+mod contribution;
 mod default;
 mod features;
 mod memory;
@@ -48,6 +49,7 @@ pub mod streams;
 mod topology;
 mod validate;
 
+pub use contribution::{AttributionMethod, AttributionUtility, ContributionConfig};
 pub use features::{FLAGGABLE, FeatureFlag};
 pub use memory::{MemoryRole, available_memory};
 pub use multitask::{MAX_TASKS, MultitaskConfig, TaskKind, TaskSpec};
@@ -159,6 +161,10 @@ pub struct Plan {
     /// sites only; none by default (every feature on at every site).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<FeatureFlag>,
+    /// Attribution of the model to the sites (`[contribution]`): off by
+    /// default.
+    #[serde(default, skip_serializing_if = "ContributionConfig::is_off")]
+    pub contribution: ContributionConfig,
 }
 
 /// The `[data]` of a plan without one: no files, no columns, no target.

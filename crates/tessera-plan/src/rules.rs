@@ -627,4 +627,52 @@ pub const RULES: &[Rule] = &[
             },
         )
     }),
+    rule("attribution_needs_each_update", |p| {
+        when(
+            !p.contribution.is_off() && p.secure_aggregation.enabled,
+            &["contribution.method", "secure_aggregation.enabled"],
+            || {
+                "attribution weighs each site's own update, but under secure aggregation only \
+                 their sum is ever seen: turn one of them off"
+                    .into()
+            },
+        )
+    }),
+    rule("attribution_is_outside_dp", |p| {
+        when(
+            !p.contribution.is_off()
+                && (central(p) || p.privacy.site_metrics == tessera_privacy::SiteMetrics::Dp),
+            &[
+                "contribution.method",
+                "privacy.mode",
+                "privacy.site_metrics",
+            ],
+            || {
+                "attribution's values come from each site's own update and test rows, released \
+                 without noise and outside the plan's differential privacy: turn one of them off"
+                    .into()
+            },
+        )
+    }),
+    rule("attribution_needs_flat_sync_rounds", |p| {
+        when(
+            !p.contribution.is_off()
+                && (is_async(p)
+                    || p.topology.kind != TopologyKind::Flat
+                    || p.multitask.is_some()
+                    || p.federation.strategy == StrategyKind::Ifca),
+            &[
+                "contribution.method",
+                "federation.mode",
+                "topology.kind",
+                "federation.strategy",
+                "multitask",
+            ],
+            || {
+                "attribution runs on synchronous rounds of the flat topology with one global \
+                 model (not ifca or multitask)"
+                    .into()
+            },
+        )
+    }),
 ];

@@ -215,6 +215,9 @@ impl Plan {
                 push(&["multitask"], problem);
             }
         }
+        if let Err(reason) = self.contribution.check() {
+            push(&["contribution"], reason);
+        }
         let personalization = &self.personalization;
         if personalization.finetune_epochs > 10_000 {
             push(

@@ -214,6 +214,7 @@ pub(crate) fn run_async(
     // synchronous rounds.
     let personal = crate::personal::evaluations(plan, data, &sites, &final_parameters, false)?;
     Ok(Federated {
+        attribution: None,
         personal,
         records,
         last_evaluations,

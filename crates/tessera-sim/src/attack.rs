@@ -17,15 +17,19 @@ pub enum AttackKind {
     GaussianNoise,
     /// Train honestly on flipped labels (class c becomes C - 1 - c).
     LabelFlip,
+    /// Send the global model back (a change of zero), claiming its
+    /// examples: a free rider.
+    FreeRider,
 }
 
 impl AttackKind {
     /// Every attack.
-    pub const ALL: [AttackKind; 4] = [
+    pub const ALL: [AttackKind; 5] = [
         AttackKind::SignFlip,
         AttackKind::Scaling,
         AttackKind::GaussianNoise,
         AttackKind::LabelFlip,
+        AttackKind::FreeRider,
     ];
 
     /// The name on the command line.
@@ -35,6 +39,7 @@ impl AttackKind {
             AttackKind::Scaling => "scaling",
             AttackKind::GaussianNoise => "gaussian",
             AttackKind::LabelFlip => "label_flip",
+            AttackKind::FreeRider => "free_rider",
         }
     }
 
@@ -44,7 +49,7 @@ impl AttackKind {
             AttackKind::SignFlip => 4.0,
             AttackKind::Scaling => 100.0,
             AttackKind::GaussianNoise => 1.0,
-            AttackKind::LabelFlip => 1.0,
+            AttackKind::LabelFlip | AttackKind::FreeRider => 1.0,
         }
     }
 }
@@ -119,6 +124,7 @@ impl Attack {
                     .for_each(|v| *v = (rng.normal() * self.strength) as f32);
             }
             AttackKind::LabelFlip => {}
+            AttackKind::FreeRider => update.delta.values_mut().for_each(|v| *v = 0.0),
         }
     }
 }

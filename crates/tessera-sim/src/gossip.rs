@@ -230,6 +230,7 @@ pub(crate) fn run_gossip(
     };
     Ok((
         Federated {
+            attribution: None,
             personal,
             records,
             last_evaluations,

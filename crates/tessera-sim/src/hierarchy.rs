@@ -579,6 +579,7 @@ pub(crate) fn run_hierarchical(
     };
     Ok((
         Federated {
+            attribution: None,
             personal,
             records,
             last_evaluations,

@@ -65,6 +65,7 @@
 
 mod asynchronous;
 mod attack;
+mod attribution;
 mod baselines;
 pub mod continual;
 mod cross_silo;
@@ -77,6 +78,7 @@ mod profile;
 mod run;
 mod secure;
 mod sites;
+mod summary;
 pub mod tune;
 
 pub use attack::{Attack, AttackKind};

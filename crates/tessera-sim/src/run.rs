@@ -16,11 +16,8 @@ use tessera_engine::{
 use tessera_learn::{Evaluation, LearnError, Learner};
 use thiserror::Error;
 
-use crate::baselines::run_baselines;
 use crate::profile::{Profile, examples_per_round};
-use tessera_engine::report::{
-    Communication, PrivacyReport, RobustnessReport, RoundRecord, RunReport, Timing, final_metrics,
-};
+use tessera_engine::report::{PrivacyReport, RoundRecord, RunReport};
 use tessera_engine::streams;
 use tessera_orchestrator::Effect;
 use tessera_orchestrator::privacy::{LocalReport, Place, PrivacyBook};
@@ -28,6 +25,7 @@ use tessera_orchestrator::{RoundTraffic, upload_codec};
 
 use crate::Attack;
 pub(crate) use crate::sites::{evaluate_all, evaluate_sites, lock};
+pub(crate) use crate::summary::{Federated, report};
 
 /// Why a simulation could not run.
 #[derive(Debug, Error)]
@@ -163,157 +161,6 @@ pub fn simulate(
         report.new_sites = Some(crate::personal::new_sites(plan, &new, global)?);
     }
     Ok(report)
-}
-
-/// The report of a federated run: baselines when asked for, the final
-/// model's metrics as the plan's strategy aggregates them, traffic, timing.
-pub(crate) fn report(
-    plan: &Plan,
-    data: &FederatedData,
-    options: &SimOptions,
-    run: Federated,
-    topology: Option<tessera_engine::report::TopologyReport>,
-    rounds_seconds: f64,
-) -> Result<RunReport, SimError> {
-    let Federated {
-        records,
-        last_evaluations,
-        final_parameters,
-        bytes_up_per_site,
-        end,
-        privacy,
-        malicious,
-        personal,
-    } = run;
-
-    let baselines_started = Instant::now();
-    let baselines = if options.baselines {
-        Some(run_baselines(plan, data)?)
-    } else {
-        None
-    };
-    let baselines_seconds = baselines_started.elapsed().as_secs_f64();
-
-    let names: Vec<&str> = data.sites.iter().map(|s| s.name.as_str()).collect();
-    let personalization = personal
-        .map(|p| crate::personal::report(plan, data, &last_evaluations, p, baselines.as_ref()))
-        .transpose()?;
-    // The final model's evaluations, aggregated as the plan's strategy
-    // aggregates the sites' evaluations (from the evaluations alone).
-    let mut final_metrics = final_metrics(plan.strategy()?.as_ref(), &names, &last_evaluations);
-    let malicious: Vec<String> = malicious.iter().map(|&i| names[i].to_string()).collect();
-    let honest_accuracy = final_metrics.accuracy_without(&malicious);
-    let mut metrics_privacy = None;
-    match plan.privacy.site_metrics {
-        tessera_privacy::SiteMetrics::Clear => {}
-        tessera_privacy::SiteMetrics::AggregateOnly => {
-            // The report holds what a coordinator would: sums across sites.
-            let view = tessera_engine::report::EvaluationView::aggregate_only(&last_evaluations)
-                .map_err(|e| PlanError::Invalid(format!("aggregate-only evaluation: {e}")))?;
-            final_metrics = tessera_engine::report::final_metrics_view(&view, Default::default());
-        }
-        tessera_privacy::SiteMetrics::Dp => {
-            // The last round's noised release; the final model is that
-            // round's, and evaluating it again would be another release.
-            if let Some(last) = records.last().filter(|r| r.n_test > 0) {
-                final_metrics = tessera_engine::report::FinalMetrics {
-                    accuracy: Some(last.accuracy),
-                    mean_site_accuracy: Some(last.mean_site_accuracy),
-                    auc: last.auc,
-                    loss: Some(last.loss),
-                    per_site: Default::default(),
-                };
-            }
-            // The rounds' records hold the releases, as a coordinator's do.
-            let mut book = privacy_book(plan)?;
-            let released = records
-                .iter()
-                .filter(|r| r.metrics_epsilon.is_some())
-                .count();
-            book.restore_metrics(u32::try_from(released).unwrap_or(u32::MAX))
-                .map_err(|e| PlanError::Invalid(e.to_string()))?;
-            metrics_privacy = book.metrics_report(false);
-        }
-    }
-    let communication = Communication {
-        bytes_up: records.iter().map(|r| r.bytes_up).sum(),
-        bytes_down: records.iter().map(|r| r.bytes_down).sum(),
-        bytes_up_per_site: names
-            .iter()
-            .map(|n| n.to_string())
-            .zip(bytes_up_per_site)
-            .collect(),
-        update_bytes_up: records
-            .iter()
-            .flat_map(|r| r.traffic.values())
-            .map(|t| t.update)
-            .sum(),
-    };
-    let virtual_seconds_to_target = options.target_accuracy.and_then(|target| {
-        records
-            .iter()
-            .find(|r| r.accuracy >= target)
-            .map(|r| r.virtual_time)
-    });
-    Ok(RunReport {
-        plan: plan.name.clone(),
-        strategy: plan.federation.strategy.to_string(),
-        seed: plan.seed,
-        model: format!("{:?}", plan.model.kind).to_lowercase(),
-        features: data.feature_names.clone(),
-        classes: data.task.classes.clone(),
-        data: data.summary.clone(),
-        timing: Timing {
-            total_seconds: 0.0,
-            data_seconds: 0.0,
-            rounds_seconds,
-            seconds_per_round: rounds_seconds / records.len().max(1) as f64,
-            baselines_seconds,
-            virtual_seconds: end.as_secs_f64(),
-            threads: rayon::current_num_threads(),
-            peak_rss_bytes: None,
-            virtual_seconds_to_target,
-        },
-        population_changes: tessera_engine::report::population_changes(&records),
-        rounds: records,
-        final_metrics,
-        baselines,
-        communication,
-        privacy,
-        metrics_privacy,
-        robustness: (options.attack.is_some()
-            || plan.robust.rule.needs_all_updates()
-            || plan.robust.norm_bound.is_some())
-        .then(|| RobustnessReport {
-            rule: plan.robust.rule.to_string(),
-            norm_bound: plan.robust.norm_bound,
-            attack: options
-                .attack
-                .map_or_else(|| "none".to_string(), |a| a.kind.to_string()),
-            honest_accuracy,
-            malicious,
-        }),
-        topology,
-        personalization,
-        new_sites: None,
-        continual: None,
-        tasks: Vec::new(),
-        final_parameters,
-    })
-}
-
-/// What a federated run (sync or async) produced.
-pub(crate) struct Federated {
-    pub records: Vec<RoundRecord>,
-    pub last_evaluations: Vec<Evaluation>,
-    pub final_parameters: tessera_core::ParameterSet,
-    pub bytes_up_per_site: Vec<u64>,
-    pub end: Timestamp,
-    pub privacy: Option<PrivacyReport>,
-    /// Indices of the sites that attacked.
-    pub malicious: Vec<usize>,
-    /// The personalized models' figures, when the plan personalizes.
-    pub personal: Option<crate::personal::Personal>,
 }
 
 /// Refuses a plan whose models cannot fit: more than the plan's
@@ -516,6 +363,8 @@ pub(crate) fn run_sync(
     // reaches them compressed, once, for evaluation and the next round).
     let mut downlink = tessera_engine::Downlink::of_plan(plan, Arc::new(initial.clone()));
     let n_values = initial.n_values();
+    let mut attributor = crate::attribution::Attributor::of_plan(plan, data)?;
+    let names: Vec<&str> = ids.iter().map(ParticipantId::as_str).collect();
     while !engine.is_finished() {
         let wall = Instant::now();
         let mut start = engine.begin_round(now)?;
@@ -533,6 +382,9 @@ pub(crate) fn run_sync(
             None => start.global.wire_len() as u64,
         };
         let round = start.round;
+        // Attribution: the round's start and the updates sent to it.
+        let round_start = attributor.as_ref().map(|_| start.global.clone());
+        let mut sent = Vec::new();
         // What each site receives: the model and its instructions' tensors.
         let task_bytes = |id: &ParticipantId| {
             32 + model_bytes
@@ -657,6 +509,9 @@ pub(crate) fn run_sync(
                         } as u64;
                         traffic.update(id.as_str(), size, None);
                         bytes_up_per_site[event.site] += size;
+                        if attributor.is_some() {
+                            sent.push((event.site, update.clone()));
+                        }
                         // A rejection is recorded by the engine and reported in the outcome.
                         let _ = engine.submit(event.at, id, round, &update);
                     }
@@ -722,6 +577,10 @@ pub(crate) fn run_sync(
             let counted = completed && outcome.accepted.binary_search(id).is_ok();
             lock(&sites[index[id]]).round_closed(counted);
         }
+        if let (Some(a), Some(from), true) = (attributor.as_mut(), &round_start, completed) {
+            sent.retain(|(site, _)| outcome.accepted.binary_search(&ids[*site]).is_ok());
+            a.round(plan, round, from, &sent, &sites, &names)?;
+        }
 
         // Federated evaluation of the new global model at every site (with a
         // download codec: of the model as the sites receive it).
@@ -749,7 +608,6 @@ pub(crate) fn run_sync(
                 u64::from(round),
             )
         });
-        let names: Vec<&str> = ids.iter().map(ParticipantId::as_str).collect();
         let view = tessera_engine::report::EvaluationView::of(
             plan.privacy.site_metrics,
             engine.strategy(),
@@ -796,5 +654,6 @@ pub(crate) fn run_sync(
                 .map(|(dp, ledger)| PrivacyReport::new(&plan.privacy, dp, ledger)),
         },
         malicious,
+        attribution: attributor,
     })
 }

@@ -93,6 +93,7 @@ impl Federation {
             new_sites: None,
             continual: None,
             tasks,
+            contributions: None,
             metrics_privacy: self.privacy.metrics_report(true),
             timing: Timing {
                 total_seconds: elapsed,

@@ -1,0 +1,176 @@
+//! Each site's contribution to the global model: per round and over the
+//! run (`[contribution]`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One round's attribution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundContribution {
+    /// The round.
+    pub round: u32,
+    /// The utility of the whole round's model over the round's start.
+    pub gain: f64,
+    /// Each counted site's value (the round's values add up to `gain`
+    /// where the method is Shapley's).
+    pub values: BTreeMap<String, f64>,
+    /// Orders of sites sampled (GTG-Shapley; 0 for the other methods, and
+    /// where the round gained too little to attribute).
+    pub orders: usize,
+    /// Sets of sites whose model was evaluated.
+    pub evaluations: usize,
+    /// Wall-clock seconds the round's attribution took.
+    pub seconds: f64,
+}
+
+/// A site's contribution over the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiteContribution {
+    /// The site.
+    pub name: String,
+    /// Its values added up over the rounds.
+    pub total: f64,
+    /// Rounds whose model counted its update.
+    pub rounds: u32,
+    /// Its place, 1 for the largest total.
+    pub rank: usize,
+}
+
+/// The run's attribution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContributionsReport {
+    /// How values were computed (`gtg`, `exact`, `leave-one-out`).
+    pub method: String,
+    /// What a set's model is worth (`loss`, `accuracy`).
+    pub utility: String,
+    /// Every site, largest total first (a site never counted has 0).
+    pub sites: Vec<SiteContribution>,
+    /// Each round's attribution.
+    pub rounds: Vec<RoundContribution>,
+    /// Wall-clock seconds all attribution took.
+    pub seconds: f64,
+    /// Those seconds as a fraction of the rounds' other seconds.
+    pub cost: f64,
+}
+
+impl ContributionsReport {
+    /// The run's report from its rounds, over the sites `names`.
+    pub fn of_rounds(
+        method: &str,
+        utility: &str,
+        names: &[&str],
+        rounds: Vec<RoundContribution>,
+        rounds_seconds: f64,
+    ) -> ContributionsReport {
+        let mut totals: BTreeMap<&str, (f64, u32)> = names.iter().map(|&n| (n, (0.0, 0))).collect();
+        for round in &rounds {
+            for (name, v) in &round.values {
+                if let Some(t) = totals.get_mut(name.as_str()) {
+                    t.0 += v;
+                    t.1 += 1;
+                }
+            }
+        }
+        let mut sites: Vec<SiteContribution> = totals
+            .into_iter()
+            .map(|(name, (total, rounds))| SiteContribution {
+                name: name.to_string(),
+                total,
+                rounds,
+                rank: 0,
+            })
+            .collect();
+        sites.sort_by(|a, b| b.total.total_cmp(&a.total).then(a.name.cmp(&b.name)));
+        for (i, s) in sites.iter_mut().enumerate() {
+            s.rank = i + 1;
+        }
+        let seconds: f64 = rounds.iter().map(|r| r.seconds).sum();
+        let training = (rounds_seconds - seconds).max(f64::MIN_POSITIVE);
+        ContributionsReport {
+            method: method.to_string(),
+            utility: utility.to_string(),
+            sites,
+            rounds,
+            seconds,
+            cost: seconds / training,
+        }
+    }
+
+    /// One line for a terminal: the method, the first and last three
+    /// sites, and the cost.
+    pub fn summary_line(&self) -> String {
+        let show = |s: &[SiteContribution]| {
+            s.iter()
+                .map(|s| format!("{} {:.4}", s.name, s.total))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let n = self.sites.len();
+        let (top, bottom) = if n <= 6 {
+            (show(&self.sites), String::new())
+        } else {
+            (
+                show(&self.sites[..3]),
+                format!(" ... {}", show(&self.sites[n - 3..])),
+            )
+        };
+        format!(
+            "contributions ({} {}, {} rounds, {:.1}% of the rounds' time): {top}{bottom}",
+            self.method,
+            self.utility,
+            self.rounds.len(),
+            100.0 * self.cost
+        )
+    }
+
+    /// The sites ranked in the bottom `fraction` (by total).
+    pub fn bottom(&self, fraction: f64) -> Vec<&str> {
+        let n = (self.sites.len() as f64 * fraction).floor() as usize;
+        self.sites[self.sites.len() - n..]
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_add_up_each_sites_rounds_and_rank_them() {
+        let round = |r: u32, values: &[(&str, f64)]| RoundContribution {
+            round: r,
+            gain: values.iter().map(|v| v.1).sum(),
+            values: values.iter().map(|&(n, v)| (n.to_string(), v)).collect(),
+            orders: 0,
+            evaluations: 0,
+            seconds: 0.5,
+        };
+        let report = ContributionsReport::of_rounds(
+            "exact",
+            "loss",
+            &["a", "b", "c", "d"],
+            vec![
+                round(1, &[("a", 0.1), ("b", 0.3)]),
+                round(2, &[("a", 0.25), ("b", -0.2), ("c", 0.01)]),
+            ],
+            3.0,
+        );
+        let got: Vec<(&str, f64, u32, usize)> = report
+            .sites
+            .iter()
+            .map(|s| (s.name.as_str(), s.total, s.rounds, s.rank))
+            .collect();
+        assert_eq!(got[0], ("a", 0.35, 2, 1));
+        assert_eq!(got[1].0, "b");
+        assert!((got[1].1 - 0.1).abs() < 1e-12);
+        assert_eq!(got[2], ("c", 0.01, 1, 3));
+        assert_eq!(got[3], ("d", 0.0, 0, 4));
+        assert_eq!(report.seconds, 1.0);
+        assert_eq!(report.cost, 0.5);
+        assert_eq!(report.bottom(0.25), vec!["d"]);
+        assert_eq!(report.bottom(0.5), vec!["c", "d"]);
+    }
+}

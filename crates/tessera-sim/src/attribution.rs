@@ -1,0 +1,314 @@
+//! Each round's model attributed to the sites whose updates made it
+//! (`[contribution]`): the round's utility of a set of its counted sites
+//! is the value of the round's start moved by the example-weighted mean of
+//! their updates, evaluated at every site on its first test rows and
+//! summed across sites, as the sites' evaluations are.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use tessera_contribution::{GtgConfig, MAX_EXACT, MAX_SITES, Memo};
+use tessera_core::{ParameterSet, Update, derive_seed, tag};
+use tessera_data::{Dataset, FederatedData};
+use tessera_engine::report::{ContributionsReport, RoundContribution};
+use tessera_engine::{
+    AttributionMethod, AttributionUtility, ContributionConfig, EngineError, Plan, PlanBuild, Site,
+};
+
+use crate::run::{SimError, initial_model, lock};
+use tessera_learn::Learner;
+
+/// A run's attribution, round by round.
+pub(crate) struct Attributor {
+    config: ContributionConfig,
+    /// Each site's rows for evaluating a set's model.
+    test: Vec<Dataset>,
+    /// With a built-in model: one learner and every site's rows together
+    /// (the sums across sites are the same, without a call a site).
+    pooled: Option<(Box<dyn Learner>, Dataset)>,
+    /// The pooled rows in one part a thread (the first-order gradient).
+    parts: Vec<Dataset>,
+    seed: u64,
+    rounds: Vec<RoundContribution>,
+}
+
+impl Attributor {
+    /// The plan's attribution over `data`'s sites, `None` when off.
+    pub fn of_plan(plan: &Plan, data: &FederatedData) -> Result<Option<Attributor>, SimError> {
+        let config = plan.contribution;
+        if config.is_off() {
+            return Ok(None);
+        }
+        let test: Vec<Dataset> = data
+            .sites
+            .iter()
+            .map(|s| {
+                let n = match config.rows_per_site {
+                    0 => s.test.n_rows(),
+                    k => k.min(s.test.n_rows()),
+                };
+                s.test.select(&(0..n).collect::<Vec<_>>())
+            })
+            .collect();
+        let pooled = if plan.model.kind.is_external() {
+            None
+        } else {
+            let parts: Vec<&Dataset> = test.iter().collect();
+            Some((initial_model(plan, data)?, Dataset::concat(&parts)))
+        };
+        let parts = match &pooled {
+            Some((_, rows)) => {
+                let threads = rayon::current_num_threads().max(1);
+                let size = rows.n_rows().div_ceil(threads).max(1);
+                (0..rows.n_rows())
+                    .step_by(size)
+                    .map(|a| rows.select(&(a..(a + size).min(rows.n_rows())).collect::<Vec<_>>()))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        Ok(Some(Attributor {
+            config,
+            test,
+            pooled,
+            parts,
+            seed: derive_seed(plan.seed, &[tag("contribution")]),
+            rounds: Vec::new(),
+        }))
+    }
+
+    /// Attributes round `round`'s model, from the round's start `start`, to
+    /// its counted `updates` (by site index), `names` naming the sites.
+    pub fn round(
+        &mut self,
+        plan: &Plan,
+        round: u32,
+        start: &ParameterSet,
+        updates: &[(usize, Update)],
+        sites: &[Mutex<Site>],
+        names: &[&str],
+    ) -> Result<(), SimError> {
+        let began = Instant::now();
+        let n = updates.len();
+        let most = match self.config.method {
+            AttributionMethod::Exact => MAX_EXACT,
+            _ => MAX_SITES,
+        };
+        if n > most {
+            return Err(EngineError::State(format!(
+                "round {round} counted {n} sites' updates, more than {method} attribution \
+                 takes ({most}): sample fewer sites a round (federation.fraction)",
+                method = self.config.method.name()
+            ))
+            .into());
+        }
+        let weights: Vec<f64> = updates.iter().map(|(_, u)| u.n_examples as f64).collect();
+        let (config, seed) = (self.config, self.seed);
+        // First order: each update's change of the loss along it, once.
+        let slopes = match config.utility {
+            AttributionUtility::FirstOrder => Some(self.slopes(plan, start, updates)?),
+            _ => None,
+        };
+        let mut failed = None;
+        let mut utility = |set: u64| -> f64 {
+            if let Some(slopes) = &slopes {
+                return first_order(slopes, &weights, set);
+            }
+            match self.utility(plan, start, updates, &weights, set, sites) {
+                Ok(v) => v,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    f64::NAN
+                }
+            }
+        };
+        let mut memo = Memo::new(&mut utility);
+        let whole = everyone_value(&mut memo, n);
+        let values = match config.method {
+            AttributionMethod::Off => return Ok(()),
+            AttributionMethod::Exact => {
+                tessera_contribution::exact_shapley(n, &mut memo).map(|v| (v, 0))
+            }
+            AttributionMethod::LeaveOneOut => {
+                tessera_contribution::leave_one_out(n, &mut memo).map(|v| (v, 0))
+            }
+            AttributionMethod::Gtg => {
+                let gain = whole.unwrap_or(0.0).abs();
+                let gtg = GtgConfig {
+                    round_truncation: 1e-9,
+                    truncation: config.truncation * gain,
+                    convergence: config.convergence,
+                    max_orders: config.max_orders,
+                    seed: derive_seed(seed, &[u64::from(round)]),
+                };
+                tessera_contribution::gtg_shapley(n, &mut memo, &gtg).map(|e| (e.values, e.orders))
+            }
+        };
+        let evaluations = memo.evaluations();
+        drop(memo);
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let (values, orders) =
+            values.map_err(|e| EngineError::State(format!("round {round}: {e}")))?;
+        self.rounds.push(RoundContribution {
+            round,
+            gain: whole.unwrap_or(0.0),
+            values: updates
+                .iter()
+                .zip(values)
+                .map(|((site, _), v)| (names[*site].to_string(), v))
+                .collect::<BTreeMap<_, _>>(),
+            orders,
+            evaluations,
+            seconds: began.elapsed().as_secs_f64(),
+        });
+        Ok(())
+    }
+
+    /// The utility of the sites in `set` (bits index `updates`).
+    fn utility(
+        &mut self,
+        plan: &Plan,
+        start: &ParameterSet,
+        updates: &[(usize, Update)],
+        weights: &[f64],
+        set: u64,
+        sites: &[Mutex<Site>],
+    ) -> Result<f64, SimError> {
+        let mut model = start.clone();
+        let members = || (0..updates.len()).filter(|i| set & (1 << i) != 0);
+        let total: f64 = members().map(|i| weights[i]).sum();
+        if total > 0.0 {
+            for i in members() {
+                let share = (weights[i] / total) as f32;
+                for (m, d) in model.values_mut().zip(updates[i].1.delta.values()) {
+                    *m += share * d;
+                }
+            }
+        }
+        let served = plan.served(&model)?;
+        if let Some((learner, rows)) = &mut self.pooled {
+            learner.set_parameters(&served)?;
+            let e = learner.evaluate(rows)?;
+            return Ok(self
+                .config
+                .utility
+                .of(e.n_examples, e.loss_sum, e.n_correct));
+        }
+        let one = |(site, rows): (&Mutex<Site>, &Dataset)| lock(site).evaluate(&served, rows);
+        let evaluations = sites
+            .par_iter()
+            .zip(&self.test)
+            .map(one)
+            .collect::<Result<Vec<_>, _>>()?;
+        let (mut rows, mut loss, mut correct) = (0u64, 0.0f64, 0u64);
+        for e in &evaluations {
+            rows += e.n_examples;
+            loss += e.loss_sum;
+            correct += e.n_correct;
+        }
+        Ok(self.config.utility.of(rows, loss, correct))
+    }
+
+    /// Minus the gradient of the mean test loss at `start`, times each
+    /// update.
+    fn slopes(
+        &mut self,
+        plan: &Plan,
+        start: &ParameterSet,
+        updates: &[(usize, Update)],
+    ) -> Result<Vec<f64>, SimError> {
+        let Some((learner, _)) = &mut self.pooled else {
+            return Err(EngineError::State(
+                "contribution.utility = \"first-order\" needs a built-in model".into(),
+            )
+            .into());
+        };
+        learner.set_parameters(plan.served(start)?.as_ref())?;
+        // The mean gradient over every row: each part's mean, weighted by
+        // its rows, the parts on their own threads.
+        let mut gradient = learner.parameters().zeros_like();
+        let learners: Vec<Box<dyn Learner>> =
+            self.parts.iter().map(|_| learner.clone_box()).collect();
+        let partial = learners
+            .into_par_iter()
+            .zip(&self.parts)
+            .map(|(l, rows)| Ok((rows.n_rows(), l.gradient(rows, usize::MAX)?.1)))
+            .collect::<Result<Vec<_>, SimError>>()?;
+        let total: usize = partial.iter().map(|p| p.0).sum();
+        for (n, g) in &partial {
+            let share = *n as f32 / total.max(1) as f32;
+            for (a, b) in gradient.values_mut().zip(g.values()) {
+                *a += share * b;
+            }
+        }
+        if gradient.n_values() != start.n_values() {
+            return Err(EngineError::State(
+                "contribution.utility = \"first-order\" needs a model served whole (not a \
+                 personalized strategy's)"
+                    .into(),
+            )
+            .into());
+        }
+        Ok(updates
+            .iter()
+            .map(|(_, u)| {
+                -gradient
+                    .values()
+                    .zip(u.delta.values())
+                    .map(|(g, d)| f64::from(g) * f64::from(d))
+                    .sum::<f64>()
+            })
+            .collect())
+    }
+
+    /// The run's report, `rounds_seconds` the rounds' wall-clock time
+    /// (attribution included).
+    pub fn report(self, names: &[&str], rounds_seconds: f64) -> ContributionsReport {
+        ContributionsReport::of_rounds(
+            self.config.method.name(),
+            self.config.utility.name(),
+            names,
+            self.rounds,
+            rounds_seconds,
+        )
+    }
+}
+
+/// The first-order utility of `set`: its members' slopes, weighted as
+/// their updates are in the set's mean (0 for no one).
+fn first_order(slopes: &[f64], weights: &[f64], set: u64) -> f64 {
+    let (mut sum, mut total) = (0.0, 0.0);
+    for (i, (s, w)) in slopes.iter().zip(weights).enumerate() {
+        if set & (1 << i) != 0 {
+            sum += w * s;
+            total += w;
+        }
+    }
+    if total > 0.0 { sum / total } else { 0.0 }
+}
+
+/// What a set's evaluation sums are worth.
+trait Worth {
+    fn of(self, rows: u64, loss_sum: f64, correct: u64) -> f64;
+}
+
+impl Worth for AttributionUtility {
+    fn of(self, rows: u64, loss_sum: f64, correct: u64) -> f64 {
+        let rows = rows.max(1) as f64;
+        match self {
+            AttributionUtility::Loss => -loss_sum / rows,
+            AttributionUtility::Accuracy => correct as f64 / rows,
+            AttributionUtility::FirstOrder => -loss_sum / rows,
+        }
+    }
+}
+
+/// The whole round's gain over its start, `None` where it failed.
+fn everyone_value(memo: &mut Memo<'_>, n: usize) -> Option<f64> {
+    let all = tessera_contribution::everyone(n);
+    Some(memo.value(all).ok()? - memo.value(0).ok()?)
+}
