@@ -39,6 +39,7 @@ mod error;
 mod levels;
 pub mod mapping;
 mod prepare;
+pub mod quality;
 mod read;
 pub mod synth;
 mod table;

@@ -13,7 +13,9 @@ mod personal;
 mod tasks;
 mod view;
 
-pub use contributions::{ContributionsReport, RoundContribution, SiteContribution};
+pub use contributions::{
+    ContributionsReport, REPUTATION_WEIGHTS, RoundContribution, SiteContribution, SiteRecord,
+};
 pub use personal::{
     DepartmentAccuracy, DepartmentsSummary, NewSitesReport, PersonalSite, PersonalizationReport,
 };

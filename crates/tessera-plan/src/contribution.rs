@@ -89,6 +89,19 @@ pub struct ContributionConfig {
     /// fraction of the round's whole gain.
     #[serde(default = "default_truncation")]
     pub truncation: f64,
+    /// Each site releases its data quality score (completeness, label
+    /// balance, distinct rows) with the Laplace mechanism at this epsilon
+    /// in all, a third each.
+    #[serde(default = "default_quality_epsilon")]
+    pub quality_epsilon: f64,
+    /// A value (credits, compute hours, money) the report shares out among
+    /// the sites by their positive attribution totals (none by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+}
+
+fn default_quality_epsilon() -> f64 {
+    1.0
 }
 
 fn default_rows() -> usize {
@@ -116,6 +129,8 @@ impl Default for ContributionConfig {
             convergence: default_convergence(),
             max_orders: default_max_orders(),
             truncation: default_truncation(),
+            quality_epsilon: default_quality_epsilon(),
+            value: None,
         }
     }
 }
@@ -137,6 +152,17 @@ impl ContributionConfig {
                     "contribution.{key} must be a fraction from 0 to 1, got {v}"
                 ));
             }
+        }
+        if !(self.quality_epsilon.is_finite() && self.quality_epsilon > 0.0) {
+            return Err(format!(
+                "contribution.quality_epsilon must be a number above 0, got {}",
+                self.quality_epsilon
+            ));
+        }
+        if let Some(v) = self.value.filter(|v| !(v.is_finite() && *v >= 0.0)) {
+            return Err(format!(
+                "contribution.value must be a number at least 0, got {v}"
+            ));
         }
         if self.max_orders < 2 {
             return Err(format!(

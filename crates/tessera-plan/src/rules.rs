@@ -638,6 +638,47 @@ pub const RULES: &[Rule] = &[
             },
         )
     }),
+    rule("attribution_values_the_plain_mean", |p| {
+        let strategy = p.federation.strategy;
+        when(
+            !p.contribution.is_off()
+                && (!matches!(strategy, StrategyKind::FedAvg | StrategyKind::FedProx)
+                    || p.strategy_config().server_lr.is_some_and(|lr| lr != 1.0)
+                    || p.robust.rule != tessera_aggregate::RobustRule::Mean
+                    || p.robust.norm_bound.is_some()
+                    || p.federation.weighting != crate::Weighting::Examples
+                    || !p.compression.download.is_identity()),
+            &[
+                "contribution.method",
+                "federation.strategy",
+                "federation.weighting",
+                "robust.rule",
+                "robust.norm_bound",
+                "compression.download",
+            ],
+            || {
+                format!(
+                    "attribution values each set of sites by the round's start plus their \
+                     example-weighted mean update, which is the round's own model only under \
+                     fedavg or fedprox (server_lr 1) with example weighting, the mean rule, no \
+                     norm bound and no download codec (the plan has {strategy})"
+                )
+            },
+        )
+    }),
+    rule("first_order_attribution_needs_builtin", |p| {
+        when(
+            !p.contribution.is_off()
+                && p.contribution.utility == crate::AttributionUtility::FirstOrder
+                && p.model.kind.is_external(),
+            &["contribution.utility", "model.kind"],
+            || {
+                "contribution.utility = \"first-order\" takes a gradient of the test loss, \
+                 which an external model does not give: use \"loss\" or \"accuracy\""
+                    .into()
+            },
+        )
+    }),
     rule("attribution_is_outside_dp", |p| {
         when(
             !p.contribution.is_off()

@@ -10,9 +10,10 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use tessera_contribution::{GtgConfig, MAX_EXACT, MAX_SITES, Memo};
-use tessera_core::{ParameterSet, Update, derive_seed, tag};
-use tessera_data::{Dataset, FederatedData};
-use tessera_engine::report::{ContributionsReport, RoundContribution};
+use tessera_core::{ParameterSet, SeededRng, Update, derive_seed, tag};
+use tessera_data::quality::Quality;
+use tessera_data::{Dataset, FederatedData, SiteSummary};
+use tessera_engine::report::{ContributionsReport, RoundContribution, SiteRecord};
 use tessera_engine::{
     AttributionMethod, AttributionUtility, ContributionConfig, EngineError, Plan, PlanBuild, Site,
 };
@@ -32,6 +33,11 @@ pub(crate) struct Attributor {
     parts: Vec<Dataset>,
     seed: u64,
     rounds: Vec<RoundContribution>,
+    /// Per site: rounds that asked it, rounds that counted its update.
+    asked: Vec<u32>,
+    counted: Vec<u32>,
+    /// Per site: its quality score as it releases it.
+    quality: Vec<f64>,
 }
 
 impl Attributor {
@@ -52,6 +58,28 @@ impl Attributor {
                 s.test.select(&(0..n).collect::<Vec<_>>())
             })
             .collect();
+        // Before any training: a round that could count more sites than
+        // the method takes, and sites with no rows to value a model on.
+        let most = match config.method {
+            AttributionMethod::Exact => MAX_EXACT,
+            _ => MAX_SITES,
+        };
+        let n = data.sites.len();
+        let cohort = ((plan.federation.fraction * n as f64).ceil() as usize).min(n);
+        if cohort > most {
+            return Err(EngineError::State(format!(
+                "a round may count {cohort} sites' updates, more than {} attribution takes \
+                 ({most}): sample fewer sites a round (federation.fraction)",
+                config.method.name()
+            ))
+            .into());
+        }
+        if !plan.model.kind.is_external() && test.iter().all(|t| t.n_rows() == 0) {
+            return Err(EngineError::State(
+                "attribution values models on the sites' test rows, and no site has any".into(),
+            )
+            .into());
+        }
         let pooled = if plan.model.kind.is_external() {
             None
         } else {
@@ -76,22 +104,37 @@ impl Attributor {
             parts,
             seed: derive_seed(plan.seed, &[tag("contribution")]),
             rounds: Vec::new(),
+            asked: vec![0; data.sites.len()],
+            counted: vec![0; data.sites.len()],
+            quality: released_quality(plan, data),
         }))
     }
 
     /// Attributes round `round`'s model, from the round's start `start`, to
-    /// its counted `updates` (by site index), `names` naming the sites.
+    /// its counted `updates` (by site index), `names` naming the sites;
+    /// `cohort` the sites it asked.
+    #[allow(clippy::too_many_arguments)]
     pub fn round(
         &mut self,
         plan: &Plan,
         round: u32,
         start: &ParameterSet,
+        cohort: &[usize],
         updates: &[(usize, Update)],
         sites: &[Mutex<Site>],
         names: &[&str],
     ) -> Result<(), SimError> {
         let began = Instant::now();
+        for &site in cohort {
+            self.asked[site] += 1;
+        }
+        for (site, _) in updates {
+            self.counted[*site] += 1;
+        }
         let n = updates.len();
+        if n == 0 {
+            return Ok(());
+        }
         let most = match self.config.method {
             AttributionMethod::Exact => MAX_EXACT,
             _ => MAX_SITES,
@@ -268,6 +311,18 @@ impl Attributor {
     /// The run's report, `rounds_seconds` the rounds' wall-clock time
     /// (attribution included).
     pub fn report(self, names: &[&str], rounds_seconds: f64) -> ContributionsReport {
+        let records = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let record = SiteRecord {
+                    asked: self.asked[i],
+                    counted: self.counted[i],
+                    quality: self.quality[i],
+                };
+                (name.to_string(), record)
+            })
+            .collect();
         ContributionsReport::of_rounds(
             self.config.method.name(),
             self.config.utility.name(),
@@ -275,6 +330,7 @@ impl Attributor {
             self.rounds,
             rounds_seconds,
         )
+        .with_reputation(&records, self.config.quality_epsilon, self.config.value)
     }
 }
 
@@ -305,6 +361,48 @@ impl Worth for AttributionUtility {
             AttributionUtility::FirstOrder => -loss_sum / rows,
         }
     }
+}
+
+/// Each site's data quality score, as it releases it: each of its three
+/// scores with Laplace noise of its sensitivity over a third of the plan's
+/// `quality_epsilon`, clamped to [0, 1], then their mean. The noise's key
+/// is the site's (in simulation derived from the run seed, as every
+/// simulated site's secret is).
+fn released_quality(plan: &Plan, data: &FederatedData) -> Vec<f64> {
+    let epsilon = plan.contribution.quality_epsilon / 3.0;
+    let classes = data.task.n_classes();
+    data.sites
+        .iter()
+        .map(|site| {
+            let summary = data
+                .summary
+                .iter()
+                .find(|s| s.site == site.name)
+                .cloned()
+                .unwrap_or_else(|| SiteSummary {
+                    rows_read: site.train.n_rows() + site.test.n_rows(),
+                    n_train: site.train.n_rows(),
+                    n_test: site.test.n_rows(),
+                    ..SiteSummary::default()
+                });
+            let quality = Quality::of(&site.train, &summary, classes);
+            let bounds = Quality::sensitivities(site.train.n_rows(), summary.rows_read, classes);
+            let mut rng = SeededRng::derived(plan.seed, &[tag(&site.name), tag("quality")]);
+            let noised: f64 = quality
+                .scores()
+                .iter()
+                .zip(bounds)
+                .map(|(s, b)| (s + laplace(&mut rng, b / epsilon)).clamp(0.0, 1.0))
+                .sum();
+            noised / 3.0
+        })
+        .collect()
+}
+
+/// A draw of the Laplace distribution of scale `b` (inverse CDF).
+fn laplace(rng: &mut SeededRng, b: f64) -> f64 {
+    let u = rng.next_f64() - 0.5;
+    -b * u.signum() * (1.0 - 2.0 * u.abs()).max(f64::MIN_POSITIVE).ln()
 }
 
 /// The whole round's gain over its start, `None` where it failed.

@@ -579,7 +579,8 @@ pub(crate) fn run_sync(
         }
         if let (Some(a), Some(from), true) = (attributor.as_mut(), &round_start, completed) {
             sent.retain(|(site, _)| outcome.accepted.binary_search(&ids[*site]).is_ok());
-            a.round(plan, round, from, &sent, &sites, &names)?;
+            let cohort: Vec<usize> = outcome.cohort.iter().map(|id| index[id]).collect();
+            a.round(plan, round, from, &cohort, &sent, &sites, &names)?;
         }
 
         // Federated evaluation of the new global model at every site (with a

@@ -325,6 +325,8 @@ pub fn trial_plan(plan: &Plan, trial: &Trial) -> Result<Plan, SimError> {
     let mut plan = plan.with_settings(&trial.settings)?;
     plan.seed = trial.seed;
     plan.federation.rounds = trial.rounds;
+    // A trial's report is reduced to its score: no attribution to pay for.
+    plan.contribution.method = tessera_engine::AttributionMethod::Off;
     plan.validate()?;
     Ok(plan)
 }

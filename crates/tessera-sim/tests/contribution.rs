@@ -90,7 +90,43 @@ fn gtg_agrees_with_exact_shapley_values_of_the_same_rounds() {
     }
 }
 
+/// Each round's whole gain is what the round's own model gained: minus the
+/// change of the mean test loss the run reports for it, so the values
+/// divide the engine's real change, not another model's.
+#[test]
+fn a_rounds_gain_is_the_change_of_the_runs_own_loss() {
+    let (mut plan, data) = setup(8);
+    plan.federation.rounds = 6;
+    plan.contribution.method = AttributionMethod::LeaveOneOut;
+    plan.contribution.utility = AttributionUtility::Loss;
+    plan.contribution.rows_per_site = 0;
+    let report = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
+    let contributions = report.contributions.unwrap();
+    assert_eq!(contributions.rounds.len(), 6);
+    for pair in report.rounds.windows(2) {
+        let attributed = contributions
+            .rounds
+            .iter()
+            .find(|r| r.round == pair[1].round)
+            .unwrap();
+        let change = pair[0].loss - pair[1].loss;
+        assert!(
+            (attributed.gain - change).abs() <= 1e-5 * change.abs().max(1e-3),
+            "round {}: gain {} against the run's {change}",
+            pair[1].round,
+            attributed.gain
+        );
+    }
+}
+
 fn assert_bottom_quarter(report: &ContributionsReport, bad: &[String], what: &str) {
+    let by_reputation = report.bottom_by_reputation(0.25);
+    for site in bad {
+        assert!(
+            by_reputation.contains(&site.as_str()),
+            "{what}: {site} {by_reputation:?}"
+        );
+    }
     let bottom = report.bottom(0.25);
     let ranks: Vec<usize> = report
         .sites
@@ -127,6 +163,17 @@ fn sign_flippers_and_free_riders_rank_in_the_bottom_quarter() {
         );
         assert_eq!(bad.len(), malicious);
         assert_bottom_quarter(&report, &bad, kind.as_str());
+        // Every site was asked every round and sent every update.
+        assert!(
+            report.sites.iter().all(|s| s.reliability == 1.0),
+            "{report:?}"
+        );
+        assert!(
+            report
+                .sites
+                .iter()
+                .all(|s| (0.0..=1.0).contains(&s.quality))
+        );
     }
 }
 
@@ -170,6 +217,23 @@ fn attribution_is_refused_where_it_would_see_what_it_must_not() {
     dp.privacy.site_metrics = tessera_privacy::SiteMetrics::Dp;
     let e = dp.validate().unwrap_err().to_string();
     assert!(e.contains("outside the plan's differential privacy"), "{e}");
+    for settings in [
+        &["robust.rule=multi_krum"][..],
+        &["robust.norm_bound=2"],
+        &["federation.strategy=fedadam"],
+        &["federation.weighting=equal"],
+        &["privacy.mode=central", "privacy.noise_multiplier=1.0"],
+        &["federation.mode=async"],
+        &["topology.kind=gossip"],
+    ] {
+        let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
+        let mut other = plan
+            .with_settings(&settings)
+            .unwrap_or_else(|e| panic!("{settings:?}: {e}"));
+        other.contribution.method = AttributionMethod::Gtg;
+        let e = other.validate().unwrap_err().to_string();
+        assert!(e.contains("attribution"), "{settings:?}: {e}");
+    }
     let mut bad = plan;
     bad.contribution.method = AttributionMethod::Gtg;
     bad.contribution.convergence = f64::NAN;

@@ -35,6 +35,34 @@ pub struct SiteContribution {
     pub rounds: u32,
     /// Its place, 1 for the largest total.
     pub rank: usize,
+    /// Rounds whose model counted its update over rounds that asked it.
+    pub reliability: f64,
+    /// Its data quality score, as released (see [`ContributionsReport`]).
+    pub quality: f64,
+    /// [`REPUTATION_WEIGHTS`] of its attribution's rank score, reliability
+    /// and quality.
+    pub reputation: f64,
+    /// Its share of the plan's value (`contribution.value`), by its
+    /// positive total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credits: Option<f64>,
+}
+
+/// How a site's reputation weighs its attribution's rank score (1 for the
+/// largest total, 0 for the smallest, evenly between), its reliability
+/// and its data quality. Attribution weighs most: it is measured on the
+/// model, not reported by the site.
+pub const REPUTATION_WEIGHTS: [f64; 3] = [0.6, 0.25, 0.15];
+
+/// What a site was asked and gave, for its reputation.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SiteRecord {
+    /// Rounds that asked it for an update.
+    pub asked: u32,
+    /// Rounds whose model counted its update.
+    pub counted: u32,
+    /// Its data quality score, as released.
+    pub quality: f64,
 }
 
 /// The run's attribution.
@@ -52,6 +80,10 @@ pub struct ContributionsReport {
     pub seconds: f64,
     /// Those seconds as a fraction of the rounds' other seconds.
     pub cost: f64,
+    /// Each site's quality score is the mean of its completeness, label
+    /// balance and distinct rows, each released by the site with the
+    /// Laplace mechanism at a third of this epsilon.
+    pub quality_epsilon: f64,
 }
 
 impl ContributionsReport {
@@ -79,6 +111,10 @@ impl ContributionsReport {
                 total,
                 rounds,
                 rank: 0,
+                reliability: 0.0,
+                quality: 0.0,
+                reputation: 0.0,
+                credits: None,
             })
             .collect();
         sites.sort_by(|a, b| b.total.total_cmp(&a.total).then(a.name.cmp(&b.name)));
@@ -94,7 +130,53 @@ impl ContributionsReport {
             rounds,
             seconds,
             cost: seconds / training,
+            quality_epsilon: 0.0,
         }
+    }
+
+    /// Each site's reputation from its `records` (a site without one was
+    /// never asked), and `value` shared out by positive totals.
+    pub fn with_reputation(
+        mut self,
+        records: &BTreeMap<String, SiteRecord>,
+        quality_epsilon: f64,
+        value: Option<f64>,
+    ) -> ContributionsReport {
+        let n = self.sites.len();
+        let positive: f64 = self.sites.iter().map(|s| s.total.max(0.0)).sum();
+        let [wa, wr, wq] = REPUTATION_WEIGHTS;
+        for s in &mut self.sites {
+            let record = records.get(&s.name).copied().unwrap_or_default();
+            let score = if n > 1 {
+                (n - s.rank) as f64 / (n - 1) as f64
+            } else {
+                1.0
+            };
+            s.reliability = f64::from(record.counted) / f64::from(record.asked.max(1));
+            s.quality = record.quality;
+            s.reputation = wa * score + wr * s.reliability + wq * s.quality;
+            s.credits = value.map(|v| {
+                if positive > 0.0 {
+                    v * s.total.max(0.0) / positive
+                } else {
+                    0.0
+                }
+            });
+        }
+        self.quality_epsilon = quality_epsilon;
+        self
+    }
+
+    /// The sites ranked in the bottom `fraction` by reputation.
+    pub fn bottom_by_reputation(&self, fraction: f64) -> Vec<&str> {
+        let mut sites: Vec<&SiteContribution> = self.sites.iter().collect();
+        sites.sort_by(|a, b| {
+            a.reputation
+                .total_cmp(&b.reputation)
+                .then(b.name.cmp(&a.name))
+        });
+        let n = (sites.len() as f64 * fraction.clamp(0.0, 1.0)).floor() as usize;
+        sites[..n].iter().map(|s| s.name.as_str()).collect()
     }
 
     /// One line for a terminal: the method, the first and last three
@@ -126,7 +208,7 @@ impl ContributionsReport {
 
     /// The sites ranked in the bottom `fraction` (by total).
     pub fn bottom(&self, fraction: f64) -> Vec<&str> {
-        let n = (self.sites.len() as f64 * fraction).floor() as usize;
+        let n = (self.sites.len() as f64 * fraction.clamp(0.0, 1.0)).floor() as usize;
         self.sites[self.sites.len() - n..]
             .iter()
             .map(|s| s.name.as_str())
@@ -172,5 +254,32 @@ mod tests {
         assert_eq!(report.cost, 0.5);
         assert_eq!(report.bottom(0.25), vec!["d"]);
         assert_eq!(report.bottom(0.5), vec!["c", "d"]);
+        assert!(report.bottom(7.0).len() == 4 && report.bottom(-1.0).is_empty());
+        let record = |asked, counted, quality| SiteRecord {
+            asked,
+            counted,
+            quality,
+        };
+        let records = [
+            ("a", record(2, 2, 0.5)),
+            ("b", record(2, 1, 1.0)),
+            ("c", record(4, 1, 0.0)),
+        ]
+        .into_iter()
+        .map(|(n, r)| (n.to_string(), r))
+        .collect();
+        let report = report.with_reputation(&records, 1.0, Some(92.0));
+        let by_name = |n: &str| report.sites.iter().find(|s| s.name == n).unwrap();
+        // a: rank 1 of 4, always counted, quality 0.5.
+        assert!((by_name("a").reputation - (0.6 + 0.25 + 0.15 * 0.5)).abs() < 1e-12);
+        // c: rank 3, one of four rounds, quality 0.
+        assert!((by_name("c").reputation - (0.6 / 3.0 + 0.25 / 4.0)).abs() < 1e-12);
+        // d: never asked.
+        assert_eq!(by_name("d").reputation, 0.0);
+        // Credits by positive totals: 0.35, 0.1, 0.01 of 0.46.
+        assert!((by_name("a").credits.unwrap() - 70.0).abs() < 1e-9);
+        assert!((by_name("c").credits.unwrap() - 2.0).abs() < 1e-9);
+        assert_eq!(by_name("d").credits, Some(0.0));
+        assert_eq!(report.bottom_by_reputation(0.25), vec!["d"]);
     }
 }
