@@ -514,6 +514,9 @@ fn print_summary(report: &RunReport) {
         println!("per site: {}", sites.join(", "));
     } else {
         println!("per site: {} sites, in the report", f.per_site.len());
+        if let Some(fairness) = &report.fairness {
+            println!("{}", fairness.summary_line());
+        }
     }
     if let Some(b) = &report.baselines {
         if let Some(pooled) = &b.pooled {

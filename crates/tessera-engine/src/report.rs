@@ -9,6 +9,7 @@ use tessera_learn::Evaluation;
 use crate::{RoundOutcome, RoundStatus};
 
 mod contributions;
+mod fairness;
 mod personal;
 mod tasks;
 mod view;
@@ -16,6 +17,7 @@ mod view;
 pub use contributions::{
     ContributionsReport, REPUTATION_WEIGHTS, RoundContribution, SiteContribution, SiteRecord,
 };
+pub use fairness::Fairness;
 pub use personal::{
     DepartmentAccuracy, DepartmentsSummary, NewSitesReport, PersonalSite, PersonalizationReport,
 };
@@ -352,6 +354,10 @@ pub struct RunReport {
     /// Each site's contribution to the global model (`[contribution]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contributions: Option<ContributionsReport>,
+    /// The final model's accuracy across sites, where each site's
+    /// evaluation is reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fairness: Option<Fairness>,
     /// Evaluated rounds whose test rows differ from the previous evaluated
     /// round's (a site joined, left or was not heard from): their accuracy
     /// has another denominator.

@@ -349,6 +349,7 @@ pub async fn run(
         continual: None,
         tasks: Vec::new(),
         contributions: None,
+        fairness: None,
         timing: Timing {
             total_seconds: elapsed,
             data_seconds: 0.0,

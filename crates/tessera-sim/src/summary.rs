@@ -104,6 +104,7 @@ pub(crate) fn report(
             .find(|r| r.accuracy >= target)
             .map(|r| r.virtual_time)
     });
+    let fairness = tessera_engine::report::Fairness::of(&final_metrics);
     Ok(RunReport {
         plan: plan.name.clone(),
         strategy: plan.federation.strategy.to_string(),
@@ -148,6 +149,7 @@ pub(crate) fn report(
         continual: None,
         tasks: Vec::new(),
         contributions: attribution.map(|a| a.report(&names, rounds_seconds)),
+        fairness,
         final_parameters,
     })
 }

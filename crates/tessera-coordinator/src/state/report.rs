@@ -54,6 +54,7 @@ impl Federation {
             _ => final_metrics(strategy, &names, &evaluations),
         };
         let tasks = self.task_figures(&final_metrics.per_site);
+        let fairness = tessera_engine::report::Fairness::of(&final_metrics);
         RunReport {
             plan: self.plan.name.clone(),
             strategy: self.plan.federation.strategy.to_string(),
@@ -94,6 +95,7 @@ impl Federation {
             continual: None,
             tasks,
             contributions: None,
+            fairness,
             metrics_privacy: self.privacy.metrics_report(true),
             timing: Timing {
                 total_seconds: elapsed,
