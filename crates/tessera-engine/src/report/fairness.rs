@@ -40,7 +40,12 @@ impl Fairness {
         let mean = sites.iter().map(|s| s.1).sum::<f64>() / n;
         let var = sites.iter().map(|s| (s.1 - mean).powi(2)).sum::<f64>() / n;
         let tenth = sites.len().div_ceil(10);
-        let (worst, best) = (sites[0], sites[sites.len() - 1]);
+        // Ties go to the first site by name, at either end.
+        let worst = sites[0];
+        let best = *sites
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(a.0)))
+            .unwrap_or(&worst);
         Some(Fairness {
             sites: sites.len(),
             worst: (worst.0.clone(), worst.1),
