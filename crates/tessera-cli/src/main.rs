@@ -22,6 +22,7 @@ mod ca;
 mod catalog;
 mod check;
 mod continual;
+mod contributions;
 mod dashboard;
 mod deploy;
 mod dry_run;
@@ -104,6 +105,9 @@ enum Command {
     DryRun(Box<dry_run::DryRunArgs>),
     /// Write FedProx's Synthetic(alpha, beta) data as CSV.
     Synth(synth::SynthArgs),
+    /// Each site's contribution, reputation and credits from a run's
+    /// report (a plan with `[contribution]`).
+    Contributions(contributions::ContributionsArgs),
     /// Coordinate a federation over the network.
     Coordinator(Box<deploy::CoordinatorArgs>),
     /// Take part in a federation: train next to this site's data.
@@ -202,6 +206,7 @@ fn main() -> ExitCode {
         Command::Catalog(args) => catalog::run(&args),
         Command::Schema(args) => harmonize::run_schema(&args),
         Command::Synth(args) => synth::run(&args),
+        Command::Contributions(args) => contributions::run(&args),
         Command::Check(args) => check::run(&args),
         Command::Protocol(args) => check::protocol(&args),
         Command::Ab(args) => ab::run(&args),
