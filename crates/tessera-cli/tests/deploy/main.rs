@@ -22,6 +22,7 @@ mod faults;
 mod hostile;
 mod joins;
 mod lifecycle;
+mod logging;
 mod malformed;
 mod mapped;
 mod multitask;
