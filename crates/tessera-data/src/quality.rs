@@ -1,6 +1,10 @@
 //! A site's data quality, computed at the site from its own rows: each
-//! score in [0, 1], 1 the best, with how much one row can move it (its
-//! sensitivity, for a differentially private release).
+//! score in [0, 1], 1 the best. Completeness is a function of the counts a
+//! site's reading already reports (rows read, dropped, imputed); label
+//! balance and distinct rows are of the rows themselves, and come with how
+//! much changing one training row can move them (their sensitivity, for a
+//! differentially private release, the row counts and the train/test split
+//! public as a site's declared counts are).
 
 use std::collections::HashSet;
 
@@ -60,24 +64,23 @@ impl Quality {
         }
     }
 
-    /// How much adding, removing or changing one row of `n` training rows
-    /// (`read` rows read, `classes` classes) moves each score at most, in
-    /// the order of [`Quality::scores`].
-    pub fn sensitivities(n: usize, read: usize, classes: usize) -> [f64; 3] {
-        let (n, read) = (n.max(1) as f64, read.max(1) as f64);
-        // One row more or less moves a share of k rows by at most 1/(k-1)
-        // (k at least 2), counts and denominator together.
-        let share = |k: f64| 1.0 / (k - 1.0).max(1.0);
+    /// How much changing one of `n` training rows (`classes` classes)
+    /// moves label balance and distinct rows at most, in the order of
+    /// [`Quality::private`].
+    pub fn sensitivities(n: usize, classes: usize) -> [f64; 2] {
+        let n = n.max(1) as f64;
         [
-            // Kept rows (of the rows read) times present values (of the
-            // kept rows' values, at least the training rows'): a product of
-            // two shares moves by at most the sum of their moves.
-            share(read) + share(n),
-            // The rarest class's share, times the classes.
-            (classes.max(1) as f64 * share(n)).min(1.0),
-            // Distinct rows: one row is one distinct row more or less.
-            share(n),
+            // The rarest class's count moves by at most one, times the
+            // classes over the rows.
+            (classes.max(1) as f64 / n).min(1.0),
+            // One row is at most one distinct row more or less.
+            1.0 / n,
         ]
+    }
+
+    /// The scores of the rows themselves: label balance, distinct rows.
+    pub fn private(&self) -> [f64; 2] {
+        [self.label_balance, self.uniqueness]
     }
 
     /// The scores, in a fixed order.
@@ -128,7 +131,7 @@ mod tests {
     }
 
     #[test]
-    fn one_row_moves_a_score_by_at_most_its_sensitivity() {
+    fn changing_one_row_moves_a_score_by_at_most_its_sensitivity() {
         let x = array![[1.0], [2.0], [2.0], [3.0], [4.0], [4.0]];
         let y = vec![0, 1, 1, 0, 2, 2];
         let train = Dataset { x, y };
@@ -138,27 +141,27 @@ mod tests {
             ..Default::default()
         };
         let base = Quality::of(&train, &summary(6), 3);
-        let bounds = Quality::sensitivities(6, 6, 3);
-        // Every one-row removal and every change of one row to another
-        // row of the set or label.
-        for drop in 0..6 {
-            let keep: Vec<usize> = (0..6).filter(|&i| i != drop).collect();
-            let q = Quality::of(&train.select(&keep), &summary(5), 3);
-            for (k, (a, b)) in q.scores().iter().zip(base.scores()).enumerate() {
-                assert!((a - b).abs() <= bounds[k] + 1e-12, "drop {drop}, score {k}");
-            }
-            for label in 0..3 {
-                let mut changed = train.clone();
-                changed.y[drop] = label;
-                changed.x[[drop, 0]] = 9.0;
-                let q = Quality::of(&changed, &summary(6), 3);
-                for (k, (a, b)) in q.scores().iter().zip(base.scores()).enumerate() {
-                    assert!(
-                        (a - b).abs() <= bounds[k] + 1e-12,
-                        "change {drop}, score {k}"
-                    );
+        let bounds = Quality::sensitivities(6, 3);
+        // Every change of one row to a new row, or to another row's
+        // features, with every label.
+        let mut largest = [0.0f64; 2];
+        for row in 0..6 {
+            for to in [9.0, 1.0, 2.0, 4.0] {
+                for label in 0..3 {
+                    let mut changed = train.clone();
+                    changed.y[row] = label;
+                    changed.x[[row, 0]] = to;
+                    let q = Quality::of(&changed, &summary(6), 3);
+                    for (k, (a, b)) in q.private().iter().zip(base.private()).enumerate() {
+                        let moved = (a - b).abs();
+                        assert!(moved <= bounds[k] + 1e-12, "row {row} to {to}/{label}: {k}");
+                        largest[k] = largest[k].max(moved);
+                    }
                 }
             }
         }
+        // The bounds are reached: not loose by construction.
+        assert!((largest[0] - bounds[0]).abs() < 1e-12, "{largest:?}");
+        assert!((largest[1] - bounds[1]).abs() < 1e-12, "{largest:?}");
     }
 }

@@ -89,9 +89,10 @@ pub struct ContributionConfig {
     /// fraction of the round's whole gain.
     #[serde(default = "default_truncation")]
     pub truncation: f64,
-    /// Each site releases its data quality score (completeness, label
-    /// balance, distinct rows) with the Laplace mechanism at this epsilon
-    /// in all, a third each.
+    /// Each site releases its label balance and distinct rows with the
+    /// Laplace mechanism at this epsilon in all, half each (changing one
+    /// training row the neighbouring notion, the row counts public);
+    /// completeness comes from counts its reading reports anyway.
     #[serde(default = "default_quality_epsilon")]
     pub quality_epsilon: f64,
     /// A value (credits, compute hours, money) the report shares out among

@@ -41,3 +41,9 @@ pub const IFCA: u64 = 15;
 /// Multi-task: each task's initial head after the first task's, per task
 /// (the body and the first head are the plan's initial model).
 pub const MULTITASK: u64 = 16;
+/// Simulation only: each site's key of the noise on its data quality
+/// scores (`[contribution]`; a deployed site would draw it from the
+/// operating system).
+pub const QUALITY: u64 = 17;
+/// Attribution: GTG-Shapley's sampled orders, per round (public).
+pub const CONTRIBUTION: u64 = 18;

@@ -10,10 +10,11 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use tessera_contribution::{GtgConfig, MAX_EXACT, MAX_SITES, Memo};
-use tessera_core::{ParameterSet, SeededRng, Update, derive_seed, tag};
+use tessera_core::{ParameterSet, SeededRng, Update, derive_key, derive_seed, tag};
 use tessera_data::quality::Quality;
 use tessera_data::{Dataset, FederatedData, SiteSummary};
 use tessera_engine::report::{ContributionsReport, RoundContribution, SiteRecord};
+use tessera_engine::streams;
 use tessera_engine::{
     AttributionMethod, AttributionUtility, ContributionConfig, EngineError, Plan, PlanBuild, Site,
 };
@@ -65,7 +66,10 @@ impl Attributor {
             _ => MAX_SITES,
         };
         let n = data.sites.len();
-        let cohort = ((plan.federation.fraction * n as f64).ceil() as usize).min(n);
+        // As the engine samples a round's cohort.
+        let cohort = ((plan.federation.fraction * n as f64).ceil() as usize)
+            .max(plan.federation.min_participants)
+            .min(n);
         if cohort > most {
             return Err(EngineError::State(format!(
                 "a round may count {cohort} sites' updates, more than {} attribution takes \
@@ -102,7 +106,7 @@ impl Attributor {
             test,
             pooled,
             parts,
-            seed: derive_seed(plan.seed, &[tag("contribution")]),
+            seed: derive_seed(plan.seed, &[streams::CONTRIBUTION]),
             rounds: Vec::new(),
             asked: vec![0; data.sites.len()],
             counted: vec![0; data.sites.len()],
@@ -363,13 +367,15 @@ impl Worth for AttributionUtility {
     }
 }
 
-/// Each site's data quality score, as it releases it: each of its three
-/// scores with Laplace noise of its sensitivity over a third of the plan's
-/// `quality_epsilon`, clamped to [0, 1], then their mean. The noise's key
-/// is the site's (in simulation derived from the run seed, as every
-/// simulated site's secret is).
+/// Each site's data quality score, as it releases it: the mean of its
+/// completeness (a function of the counts its reading reports, released as
+/// they are) and its label balance and distinct rows, each with Laplace
+/// noise of its sensitivity to changing one training row over half the
+/// plan's `quality_epsilon`, clamped to [0, 1]. The noise's key is the
+/// site's own (in simulation derived from the run seed, as every simulated
+/// site's secret is: an experiment, not a release).
 fn released_quality(plan: &Plan, data: &FederatedData) -> Vec<f64> {
-    let epsilon = plan.contribution.quality_epsilon / 3.0;
+    let epsilon = plan.contribution.quality_epsilon / 2.0;
     let classes = data.task.n_classes();
     data.sites
         .iter()
@@ -386,15 +392,16 @@ fn released_quality(plan: &Plan, data: &FederatedData) -> Vec<f64> {
                     ..SiteSummary::default()
                 });
             let quality = Quality::of(&site.train, &summary, classes);
-            let bounds = Quality::sensitivities(site.train.n_rows(), summary.rows_read, classes);
-            let mut rng = SeededRng::derived(plan.seed, &[tag(&site.name), tag("quality")]);
+            let bounds = Quality::sensitivities(site.train.n_rows(), classes);
+            let key = derive_key(plan.seed, &[streams::QUALITY, tag(&site.name)]);
+            let mut rng = SeededRng::from_key(key);
             let noised: f64 = quality
-                .scores()
+                .private()
                 .iter()
                 .zip(bounds)
                 .map(|(s, b)| (s + laplace(&mut rng, b / epsilon)).clamp(0.0, 1.0))
                 .sum();
-            noised / 3.0
+            (quality.completeness + noised) / 3.0
         })
         .collect()
 }

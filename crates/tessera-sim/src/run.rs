@@ -577,8 +577,11 @@ pub(crate) fn run_sync(
             let counted = completed && outcome.accepted.binary_search(id).is_ok();
             lock(&sites[index[id]]).round_closed(counted);
         }
-        if let (Some(a), Some(from), true) = (attributor.as_mut(), &round_start, completed) {
-            sent.retain(|(site, _)| outcome.accepted.binary_search(&ids[*site]).is_ok());
+        if let (Some(a), Some(from)) = (attributor.as_mut(), &round_start) {
+            // A failed round asked its cohort and counted no one.
+            sent.retain(|(site, _)| {
+                completed && outcome.accepted.binary_search(&ids[*site]).is_ok()
+            });
             let cohort: Vec<usize> = outcome.cohort.iter().map(|id| index[id]).collect();
             a.round(plan, round, from, &cohort, &sent, &sites, &names)?;
         }

@@ -64,15 +64,24 @@ pub(crate) fn report(
         tessera_privacy::SiteMetrics::Dp => {
             // The last round's noised release; the final model is that
             // round's, and evaluating it again would be another release.
-            if let Some(last) = records.last().filter(|r| r.n_test > 0) {
-                final_metrics = tessera_engine::report::FinalMetrics {
+            // Where the noised row count came out at 0 there is no figure
+            // to show, and the clear evaluations are never shown.
+            final_metrics = match records.last().filter(|r| r.n_test > 0) {
+                Some(last) => tessera_engine::report::FinalMetrics {
                     accuracy: Some(last.accuracy),
                     mean_site_accuracy: Some(last.mean_site_accuracy),
                     auc: last.auc,
                     loss: Some(last.loss),
                     per_site: Default::default(),
-                };
-            }
+                },
+                None => tessera_engine::report::FinalMetrics {
+                    accuracy: None,
+                    mean_site_accuracy: None,
+                    auc: None,
+                    loss: None,
+                    per_site: Default::default(),
+                },
+            };
             // The rounds' records hold the releases, as a coordinator's do.
             let mut book = privacy_book(plan)?;
             let released = records
@@ -104,7 +113,10 @@ pub(crate) fn report(
             .find(|r| r.accuracy >= target)
             .map(|r| r.virtual_time)
     });
-    let fairness = tessera_engine::report::Fairness::of(&final_metrics);
+    // Only where each site's evaluation is the report's to show.
+    let fairness = (plan.privacy.site_metrics == tessera_privacy::SiteMetrics::Clear)
+        .then(|| tessera_engine::report::Fairness::of(&final_metrics))
+        .flatten();
     Ok(RunReport {
         plan: plan.name.clone(),
         strategy: plan.federation.strategy.to_string(),

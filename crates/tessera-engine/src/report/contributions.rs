@@ -80,9 +80,10 @@ pub struct ContributionsReport {
     pub seconds: f64,
     /// Those seconds as a fraction of the rounds' other seconds.
     pub cost: f64,
-    /// Each site's quality score is the mean of its completeness, label
-    /// balance and distinct rows, each released by the site with the
-    /// Laplace mechanism at a third of this epsilon.
+    /// Each site's quality score is the mean of its completeness (from the
+    /// counts its reading reports, as they are) and its label balance and
+    /// distinct rows, each released by the site with the Laplace mechanism
+    /// at half this epsilon.
     pub quality_epsilon: f64,
 }
 
@@ -135,7 +136,9 @@ impl ContributionsReport {
     }
 
     /// Each site's reputation from its `records` (a site without one was
-    /// never asked), and `value` shared out by positive totals.
+    /// never asked: reliability 0), and `value` shared out by positive
+    /// totals (nothing to anyone where no total is positive). Sites with
+    /// equal totals share their places' mean rank score.
     pub fn with_reputation(
         mut self,
         records: &BTreeMap<String, SiteRecord>,
@@ -145,10 +148,19 @@ impl ContributionsReport {
         let n = self.sites.len();
         let positive: f64 = self.sites.iter().map(|s| s.total.max(0.0)).sum();
         let [wa, wr, wq] = REPUTATION_WEIGHTS;
+        // Each total's mean place (sites are sorted by total).
+        let mut place: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
+        for s in &self.sites {
+            let p = place.entry(s.total.to_bits()).or_insert((0, 0));
+            p.0 += s.rank;
+            p.1 += 1;
+        }
         for s in &mut self.sites {
             let record = records.get(&s.name).copied().unwrap_or_default();
+            let (sum, count) = place[&s.total.to_bits()];
+            let rank = sum as f64 / count as f64;
             let score = if n > 1 {
-                (n - s.rank) as f64 / (n - 1) as f64
+                (n as f64 - rank) / (n - 1) as f64
             } else {
                 1.0
             };
@@ -281,5 +293,18 @@ mod tests {
         assert!((by_name("c").credits.unwrap() - 2.0).abs() < 1e-9);
         assert_eq!(by_name("d").credits, Some(0.0));
         assert_eq!(report.bottom_by_reputation(0.25), vec!["d"]);
+        // Equal totals share their places' mean score.
+        let tied = ContributionsReport::of_rounds(
+            "exact",
+            "loss",
+            &["a", "b", "c"],
+            vec![round(1, &[("a", 0.5)])],
+            1.0,
+        )
+        .with_reputation(&BTreeMap::new(), 1.0, None);
+        let by = |n: &str| tied.sites.iter().find(|s| s.name == n).unwrap().reputation;
+        assert_eq!(by("b"), by("c"));
+        assert!((by("b") - 0.6 * 0.25).abs() < 1e-12);
+        assert!((by("a") - 0.6).abs() < 1e-12);
     }
 }
