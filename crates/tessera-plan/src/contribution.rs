@@ -75,7 +75,9 @@ pub struct ContributionConfig {
     #[serde(default)]
     pub utility: AttributionUtility,
     /// Each site evaluates a set's model on at most this many of its test
-    /// rows, the first in the split's order (all of them: 0).
+    /// rows, the first in the split's order (all of them: 0). Built-in
+    /// models only: an external model evaluates on the rows its learner
+    /// holds, one call a site for every set valued.
     #[serde(default = "default_rows")]
     pub rows_per_site: usize,
     /// GTG-Shapley: stop once every estimate's standard error is at most
