@@ -2,7 +2,7 @@
 //! every crate) at the coordinator and at each site, over data whose rows
 //! carry marked values, and not one line holds a marked value or a row.
 
-use crate::util::procs::{HEART_SITES, Proc, coordinator_env, heart_file};
+use crate::util::procs::{HEART_SITES, Proc, coordinator_env, heart_file, participant_env};
 use crate::util::{self, Scratch};
 use crate::{LIMIT, heart_text};
 
@@ -42,22 +42,7 @@ fn no_log_line_at_any_level_holds_a_marked_value() {
             lines[0] = fields.join(",");
             rows.push(lines[0].clone());
             let data = s.write(&format!("{site}.data"), &(lines.join("\n") + "\n"));
-            let plan_dir = util::root();
-            let args = [
-                "participant",
-                "--coordinator",
-                &url,
-                "--site",
-                site,
-                "--data",
-                data.to_str().unwrap(),
-                "--plan-dir",
-                plan_dir.to_str().unwrap(),
-                "--give-up-after",
-                "60",
-                "--insecure",
-            ];
-            Proc::start_env(site, &s.dir, &args, None, &trace)
+            participant_env(&s.dir, &url, site, &data, &[], &trace)
         })
         .collect();
     assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());

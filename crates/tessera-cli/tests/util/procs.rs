@@ -184,6 +184,18 @@ pub fn participant(dir: &Path, url: &str, site: &str, extra: &[&str]) -> Proc {
 
 /// A participant for `site` reading `data`.
 pub fn participant_with(dir: &Path, url: &str, site: &str, data: &Path, extra: &[&str]) -> Proc {
+    participant_env(dir, url, site, data, extra, &[])
+}
+
+/// [`participant_with`] with `env` set in its environment.
+pub fn participant_env(
+    dir: &Path,
+    url: &str,
+    site: &str,
+    data: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Proc {
     // The repository: the tests' plans name the bundled data by absolute
     // paths, which a participant reads only under its --plan-dir.
     let plan_dir = super::root();
@@ -205,7 +217,7 @@ pub fn participant_with(dir: &Path, url: &str, site: &str, data: &Path, extra: &
         args.push("--insecure");
     }
     args.extend_from_slice(extra);
-    Proc::start(site, dir, &args, None)
+    Proc::start_env(site, dir, &args, None, env)
 }
 
 /// Aggregator `name` below `upstream`, listening on 127.0.0.1:`port` (0:
