@@ -61,23 +61,12 @@ impl Attributor {
             .collect();
         // Before any training: a round that could count more sites than
         // the method takes, and sites with no rows to value a model on.
-        let most = match config.method {
-            AttributionMethod::Exact => MAX_EXACT,
-            _ => MAX_SITES,
-        };
         let n = data.sites.len();
         // As the engine samples a round's cohort.
         let cohort = ((plan.federation.fraction * n as f64).ceil() as usize)
             .max(plan.federation.min_participants)
             .min(n);
-        if cohort > most {
-            return Err(EngineError::State(format!(
-                "a round may count {cohort} sites' updates, more than {} attribution takes \
-                 ({most}): sample fewer sites a round (federation.fraction)",
-                config.method.name()
-            ))
-            .into());
-        }
+        check_count(config.method, cohort, "a round may count")?;
         if !plan.model.kind.is_external() && test.iter().all(|t| t.n_rows() == 0) {
             return Err(EngineError::State(
                 "attribution values models on the sites' test rows, and no site has any".into(),
@@ -139,18 +128,7 @@ impl Attributor {
         if n == 0 {
             return Ok(());
         }
-        let most = match self.config.method {
-            AttributionMethod::Exact => MAX_EXACT,
-            _ => MAX_SITES,
-        };
-        if n > most {
-            return Err(EngineError::State(format!(
-                "round {round} counted {n} sites' updates, more than {method} attribution \
-                 takes ({most}): sample fewer sites a round (federation.fraction)",
-                method = self.config.method.name()
-            ))
-            .into());
-        }
+        check_count(self.config.method, n, &format!("round {round} counted"))?;
         let weights: Vec<f64> = updates.iter().map(|(_, u)| u.n_examples as f64).collect();
         let (config, seed) = (self.config, self.seed);
         // First order: each update's change of the loss along it, once.
@@ -336,6 +314,24 @@ impl Attributor {
         )
         .with_reputation(&records, self.config.quality_epsilon, self.config.value)
     }
+}
+
+/// Refuses `count` sites' updates where `method` takes fewer (exact
+/// Shapley values enumerate every set), `what` saying whose count it is.
+fn check_count(method: AttributionMethod, count: usize, what: &str) -> Result<(), SimError> {
+    let most = match method {
+        AttributionMethod::Exact => MAX_EXACT,
+        _ => MAX_SITES,
+    };
+    if count > most {
+        return Err(EngineError::State(format!(
+            "{what} {count} sites' updates, more than {} attribution takes ({most}): sample \
+             fewer sites a round (federation.fraction)",
+            method.name()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// The first-order utility of `set`: its members' slopes, weighted as
