@@ -209,9 +209,9 @@ impl Attributor {
         if total > 0.0 {
             for i in members() {
                 let share = (weights[i] / total) as f32;
-                for (m, d) in model.values_mut().zip(updates[i].1.delta.values()) {
-                    *m += share * d;
-                }
+                model
+                    .add_scaled(&updates[i].1.delta, share)
+                    .map_err(EngineError::from)?;
             }
         }
         let served = plan.served(&model)?;
@@ -266,9 +266,7 @@ impl Attributor {
         let total: usize = partial.iter().map(|p| p.0).sum();
         for (n, g) in &partial {
             let share = *n as f32 / total.max(1) as f32;
-            for (a, b) in gradient.values_mut().zip(g.values()) {
-                *a += share * b;
-            }
+            gradient.add_scaled(g, share).map_err(EngineError::from)?;
         }
         if gradient.n_values() != start.n_values() {
             return Err(EngineError::State(
