@@ -215,6 +215,7 @@ mod tests {
             stats: FitStats {
                 n_steps: 1,
                 mean_train_loss: 0.5,
+                start_loss: None,
             },
         }
     }

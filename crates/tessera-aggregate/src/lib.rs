@@ -78,6 +78,26 @@ pub trait Strategy: Send {
         update.n_examples as f64
     }
 
+    /// The factor an update's change is multiplied by before it counts
+    /// with [`Strategy::weight`] (q-FFL's `F / (F + q L ||Δ||²)`, which with
+    /// its weight makes the round's mean its step); default 1: the change
+    /// counts as sent.
+    fn scale(&self, _update: &Update) -> f64 {
+        1.0
+    }
+
+    /// `update` with its change scaled by [`Strategy::scale`]; `None` where
+    /// the scale is 1 (the update counts as sent).
+    fn scaled(&self, update: &Update) -> Option<Update> {
+        let scale = self.scale(update);
+        (scale != 1.0).then(|| {
+            let mut scaled = update.clone();
+            let scale = scale as f32;
+            scaled.delta.values_mut().for_each(|v| *v *= scale);
+            scaled
+        })
+    }
+
     /// Refuses an update this strategy cannot count, naming why (IFCA's:
     /// one that is not a single cluster's change; multi-task's: one for
     /// another task than `from`'s). Called on every update the server sees

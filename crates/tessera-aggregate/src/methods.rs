@@ -14,6 +14,7 @@ mod multitask;
 mod perfedavg;
 mod personal;
 mod personal_local;
+mod qffl;
 mod scaffold;
 mod scaffold_local;
 #[cfg(test)]
@@ -38,6 +39,7 @@ pub use multitask::{MAX_TASKS, Multitask, MultitaskLocal, TASK_SHARES, Unstacked
 pub use perfedavg::{MAX_INNER_LR, PerFedAvg, PerFedAvgLocal};
 pub use personal::{Ditto, FedPer, FedRep, MAX_HEAD_PASSES, head_mask};
 pub use personal_local::{DittoLocal, FedPerLocal, FedRepLocal};
+pub use qffl::{MAX_Q, MAX_START_LOSS, Qffl, QfflLocal};
 pub use scaffold::Scaffold;
 pub use scaffold_local::ScaffoldLocal;
 
@@ -110,6 +112,13 @@ pub enum Instructions {
         /// The site's task, by index.
         task: u32,
     },
+    /// q-FFL: plain local training, the loss of the round's model on the
+    /// site's training rows reported beside the change.
+    Qffl {
+        /// The fairness parameter q (the server weighs by it; the site
+        /// checks it is the plan's).
+        q: f32,
+    },
 }
 
 impl Instructions {
@@ -127,6 +136,7 @@ impl Instructions {
             Instructions::Apfl { .. } => "apfl",
             Instructions::Ifca { .. } => "ifca",
             Instructions::Multitask { .. } => "multitask",
+            Instructions::Qffl { .. } => "qffl",
         }
     }
 
@@ -145,6 +155,7 @@ impl Instructions {
             Instructions::Apfl { .. } => Box::new(ApflLocal::default()),
             Instructions::Ifca { .. } => Box::new(IfcaLocal::default()),
             Instructions::Multitask { .. } => Box::new(MultitaskLocal::default()),
+            Instructions::Qffl { .. } => Box::new(QfflLocal),
         }
     }
 
@@ -172,6 +183,7 @@ impl Instructions {
             (I::PerFedAvg { alpha: a }, I::PerFedAvg { alpha: b })
             | (I::Apfl { alpha: a }, I::Apfl { alpha: b }) => a == b,
             (I::Ifca { clusters: a }, I::Ifca { clusters: b }) => a == b,
+            (I::Qffl { q: a }, I::Qffl { q: b }) => a == b,
             (I::Multitask { tasks: a, task: s }, I::Multitask { tasks: b, task: t }) => {
                 a == b && s == t
             }
@@ -192,7 +204,8 @@ impl Instructions {
             | Instructions::PerFedAvg { .. }
             | Instructions::Apfl { .. }
             | Instructions::Ifca { .. }
-            | Instructions::Multitask { .. } => None,
+            | Instructions::Multitask { .. }
+            | Instructions::Qffl { .. } => None,
         }
     }
 }
@@ -219,6 +232,7 @@ impl fmt::Display for Instructions {
             Instructions::Multitask { tasks, task } => {
                 write!(f, "multitask (task {task} of {tasks})")
             }
+            Instructions::Qffl { q } => write!(f, "qffl (q {q})"),
         }
     }
 }
@@ -281,11 +295,13 @@ pub enum StrategyKind {
     Apfl,
     /// IFCA (clustered: each site takes the best of k cluster models).
     Ifca,
+    /// q-FFL, as q-FedAvg (fair: sites of high loss weigh more).
+    Qffl,
 }
 
 impl StrategyKind {
     /// Every strategy, in a fixed order.
-    pub const ALL: [StrategyKind; 14] = [
+    pub const ALL: [StrategyKind; 15] = [
         StrategyKind::FedAvg,
         StrategyKind::FedAvgM,
         StrategyKind::FedProx,
@@ -300,6 +316,7 @@ impl StrategyKind {
         StrategyKind::PerFedAvg,
         StrategyKind::Apfl,
         StrategyKind::Ifca,
+        StrategyKind::Qffl,
     ];
 
     /// The name used in plans and on the command line.
@@ -319,6 +336,7 @@ impl StrategyKind {
             StrategyKind::PerFedAvg => "perfedavg",
             StrategyKind::Apfl => "apfl",
             StrategyKind::Ifca => "ifca",
+            StrategyKind::Qffl => "qffl",
         }
     }
 }
@@ -335,6 +353,7 @@ impl StrategyKind {
             StrategyKind::PerFedAvg => PerFedAvg::NEEDS,
             StrategyKind::Apfl => Apfl::NEEDS,
             StrategyKind::Ifca => Ifca::NEEDS,
+            StrategyKind::Qffl => Qffl::NEEDS,
             StrategyKind::FedAvg
             | StrategyKind::FedAvgM
             | StrategyKind::FedProx
@@ -412,6 +431,14 @@ pub struct StrategyConfig {
     /// IFCA: how many cluster models (2, from 2 to 16).
     #[serde(default)]
     pub clusters: Option<u32>,
+    /// q-FFL: the fairness parameter q (1, from 0 to 10; 0 is FedAvg).
+    #[serde(default)]
+    pub q: Option<f32>,
+    /// q-FFL: the Lipschitz estimate L, which damps the step (no default:
+    /// the paper's 1 / the sites' learning rate assumes one local step and
+    /// all but stops training with several; BENCHMARKS has measured values).
+    #[serde(default)]
+    pub lipschitz: Option<f32>,
 }
 
 impl StrategyConfig {
@@ -529,6 +556,33 @@ impl StrategyConfig {
                     server_lr: server_lr(1.0)?,
                 })
             }
+            StrategyKind::Qffl => {
+                let q = self.q.unwrap_or(1.0);
+                if !(q.is_finite() && (0.0..=MAX_Q).contains(&q)) {
+                    return Err(AggregateError::Config(format!(
+                        "qffl: `q` must be from 0 to {MAX_Q}, got {}",
+                        tessera_core::value(q)
+                    )));
+                }
+                let Some(lipschitz) = self.lipschitz else {
+                    return Err(AggregateError::Config(
+                        "qffl: set `lipschitz` in [strategies.qffl], the estimate L that damps \
+                         its step: the paper's 1 / lr suits one local step and all but stops \
+                         training with several (0.1 served 47 sites of 10 local steps at lr 0.2 \
+                         well; see BENCHMARKS, or tune it)"
+                            .into(),
+                    ));
+                };
+                if self.server_lr.is_some_and(|lr| lr != 1.0) {
+                    return Err(AggregateError::Config(
+                        "qffl: its step is L-scaled already; `server_lr` must be 1".into(),
+                    ));
+                }
+                Box::new(Qffl {
+                    q,
+                    lipschitz: positive("lipschitz", lipschitz)?,
+                })
+            }
             StrategyKind::FedRep => {
                 let head_passes = self.head_passes.unwrap_or(10);
                 if !(1..=MAX_HEAD_PASSES).contains(&head_passes) {
@@ -555,13 +609,17 @@ mod tests {
     fn names_round_trip_and_unknown_names_are_listed() {
         for kind in StrategyKind::ALL {
             assert_eq!(kind.as_str().parse::<StrategyKind>().unwrap(), kind);
-            let strategy = StrategyConfig::default().build(kind).unwrap();
+            let config = StrategyConfig {
+                lipschitz: (kind == StrategyKind::Qffl).then_some(10.0),
+                ..Default::default()
+            };
+            let strategy = config.build(kind).unwrap();
             assert_eq!(strategy.name(), kind.as_str());
         }
         let err = "fedsgd".parse::<StrategyKind>().unwrap_err();
         assert_eq!(
             err,
-            "unknown strategy 'fedsgd' (expected one of fedavg, fedavgm, fedprox, scaffold, fedadam, fedyogi, fedadagrad, feddyn, ditto, fedper, fedrep, perfedavg, apfl, ifca)"
+            "unknown strategy 'fedsgd' (expected one of fedavg, fedavgm, fedprox, scaffold, fedadam, fedyogi, fedadagrad, feddyn, ditto, fedper, fedrep, perfedavg, apfl, ifca, qffl)"
         );
     }
 

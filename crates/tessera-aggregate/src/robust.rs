@@ -239,6 +239,10 @@ impl Strategy for Robust {
         self.inner.weight(update)
     }
 
+    fn scale(&self, update: &Update) -> f64 {
+        self.inner.scale(update)
+    }
+
     fn aux_sum(&self) -> Option<&'static str> {
         self.inner.aux_sum()
     }

@@ -76,10 +76,12 @@ const HIDDEN_LAYER: &[&str] = &["model.kind=mlp", "model.hidden=[16]"];
 /// not take.
 pub fn matrix(base: &Plan) -> Result<Vec<MatrixRow>, String> {
     let strategies = StrategyKind::ALL.iter().map(|s| {
-        (
-            format!("strategy {}", s.as_str()),
-            vec![format!("federation.strategy={}", s.as_str())],
-        )
+        let mut settings = vec![format!("federation.strategy={}", s.as_str())];
+        // A setting without a default.
+        if *s == StrategyKind::Qffl {
+            settings.push("strategies.qffl.lipschitz=0.1".into());
+        }
+        (format!("strategy {}", s.as_str()), settings)
     });
     let features = FEATURES.iter().map(|(what, settings)| {
         (

@@ -101,6 +101,7 @@ fn the_global_model_starts_from_the_first_site_by_name_and_a_restart_resumes_it(
         stats: FitStats {
             n_steps: 1,
             mean_train_loss: 0.5,
+            start_loss: None,
         },
     };
     // The declared rows bound what a site reports.

@@ -57,6 +57,7 @@ fn to_first_evaluation(f: &mut Federation) -> u32 {
             stats: FitStats {
                 n_steps: 1,
                 mean_train_loss: 0.6,
+                start_loss: None,
             },
         };
         f.submit_update(name, round, &update).unwrap();

@@ -24,6 +24,11 @@ pub struct FitStats {
     pub n_steps: u64,
     /// Mean training loss over the steps taken.
     pub mean_train_loss: f64,
+    /// The mean loss of the round's global model on the site's training
+    /// rows, measured before training, where the strategy asks for it
+    /// (q-FFL weighs each update by it); `None` otherwise.
+    #[serde(default)]
+    pub start_loss: Option<f64>,
 }
 
 impl Update {

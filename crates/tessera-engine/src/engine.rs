@@ -15,6 +15,9 @@ use tessera_privacy::{
 
 use crate::{EngineError, Plan, streams};
 
+mod rejection;
+pub use rejection::Rejection;
+
 /// What the engine needs to know from a plan.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
@@ -86,44 +89,6 @@ impl RoundStart {
             global: Arc::clone(&self.global),
             instructions,
             deadline: self.deadline,
-        }
-    }
-}
-
-/// Why an update did not count.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Rejection {
-    /// No round is open, or it is another round.
-    WrongRound {
-        /// The round the update is for.
-        got: u32,
-        /// The open round, if any.
-        open: Option<u32>,
-    },
-    /// The sender is not in this round's cohort.
-    NotInCohort,
-    /// The sender already submitted, dropped out, or was cut off.
-    NotPending,
-    /// The update arrived after the deadline.
-    Late,
-    /// The update is malformed: wrong layout, non-finite, out of range.
-    Invalid(String),
-}
-
-impl std::fmt::Display for Rejection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Rejection::WrongRound {
-                got,
-                open: Some(open),
-            } => write!(f, "update for round {got}, round {open} is open"),
-            Rejection::WrongRound { got, open: None } => {
-                write!(f, "update for round {got}, no round is open")
-            }
-            Rejection::NotInCohort => f.write_str("sender is not in this round's cohort"),
-            Rejection::NotPending => f.write_str("sender already submitted or left this round"),
-            Rejection::Late => f.write_str("update arrived after the round's deadline"),
-            Rejection::Invalid(reason) => write!(f, "invalid update: {reason}"),
         }
     }
 }
@@ -578,8 +543,8 @@ impl RoundEngine {
         update: &Update,
     ) -> Result<(), Rejection> {
         let open = admit(&mut self.open, now, round, std::slice::from_ref(from))?;
-        // Central DP and norm bounding: the update counts clipped (and, with
-        // DP, with weight 1, so that one participant moves the sum by at most C).
+        // Central DP and norm bounding: the update counts clipped (with DP, at
+        // weight 1: one participant moves the sum by at most C).
         let mut bounded;
         let mut update = update;
         let mut within_dp_norm = true;
@@ -602,8 +567,13 @@ impl RoundEngine {
         } else {
             self.strategy.weight(update)
         };
-        // The strategy may refuse an update it cannot count (IFCA's).
-        let counted = self.strategy.check_update(from, update);
+        // The strategy may refuse an update it cannot count (IFCA's), and
+        // scale the change of one it counts (q-FFL's).
+        let (counted, scaled) = (
+            self.strategy.check_update(from, update),
+            self.strategy.scaled(update),
+        );
+        let update = scaled.as_ref().unwrap_or(update);
         match counted.and_then(|()| open.accumulator.add(update, weight)) {
             Ok(()) => {
                 open.pending.remove(from);

@@ -275,6 +275,7 @@ pub fn check_fit(
         FitStats {
             n_steps: n_steps.unwrap_or(0),
             mean_train_loss: loss.copied().unwrap_or(0.0),
+            start_loss: None,
         },
     ))
 }
@@ -353,7 +354,8 @@ fn base_config(round: u32, instructions: &Instructions, training: &TrainingConfi
             | Instructions::PerFedAvg { .. }
             | Instructions::Apfl { .. }
             | Instructions::Ifca { .. }
-            | Instructions::Multitask { .. } => 0.0,
+            | Instructions::Multitask { .. }
+            | Instructions::Qffl { .. } => 0.0,
         },
         correction: None,
         lr: training.optimizer.lr,

@@ -89,6 +89,7 @@ pub fn upward_update(aggregate: RoundAggregate) -> Update {
         stats: tessera_core::FitStats {
             n_steps: 0,
             mean_train_loss: aggregate.mean_train_loss,
+            start_loss: None,
         },
     }
 }

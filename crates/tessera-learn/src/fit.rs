@@ -130,6 +130,7 @@ pub(crate) fn train(
         } else {
             0.0
         },
+        start_loss: None,
     })
 }
 
@@ -262,6 +263,7 @@ fn train_dp(
     Ok(FitStats {
         n_steps,
         mean_train_loss: 0.0,
+        start_loss: None,
     })
 }
 

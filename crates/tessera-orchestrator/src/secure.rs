@@ -557,6 +557,7 @@ impl SecureRound {
             stats: FitStats {
                 n_steps: meta.n_steps,
                 mean_train_loss: meta.mean_train_loss(),
+                start_loss: None,
             },
         })
     }

@@ -136,6 +136,30 @@ pub const RULES: &[Rule] = &[
             },
         )
     }),
+    rule("qffl_weighs_each_update", |p| {
+        when(
+            p.federation.strategy == StrategyKind::Qffl
+                && (secagg(p)
+                    || p.privacy.mode != PrivacyMode::Off
+                    || p.robust.rule.needs_all_updates()
+                    || p.federation.weighting != crate::Weighting::Examples
+                    || p.model.kind.is_external()),
+            &[
+                "federation.strategy",
+                "secure_aggregation.enabled",
+                "privacy.mode",
+                "robust.rule",
+                "federation.weighting",
+                "model.kind",
+            ],
+            || {
+                "qffl weighs each site's own change by its loss, reported in the clear: it \
+                 needs each update seen alone (no secure aggregation, no central or local DP, \
+                 the mean rule, example weighting) and a built-in model that measures its loss"
+                    .into()
+            },
+        )
+    }),
     rule("apfl_needs_no_weight_decay", |p| {
         when(
             p.federation.strategy == StrategyKind::Apfl && p.training.optimizer.weight_decay != 0.0,

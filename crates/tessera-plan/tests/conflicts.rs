@@ -142,6 +142,13 @@ fn each_rule_fires_on_the_plan_it_forbids() {
             }),
         ),
         (
+            "qffl_weighs_each_update",
+            Box::new(|p: &mut Plan| {
+                p.federation.strategy = StrategyKind::Qffl;
+                p.secure_aggregation.enabled = true;
+            }),
+        ),
+        (
             "apfl_needs_no_weight_decay",
             Box::new(|p: &mut Plan| {
                 p.federation.strategy = StrategyKind::Apfl;

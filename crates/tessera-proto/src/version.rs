@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 23;
+pub const MINOR: u32 = 24;
 
 /// What this build can do.
 ///
@@ -103,6 +103,10 @@ pub const MINOR: u32 = 23;
 ///   body and its own task's head, sends the stacked change, and evaluates
 ///   and keeps its task's model); a 1.23 coordinator requires it of every
 ///   site of a plan with `[multitask]`.
+/// - `qffl` (1.24): a site follows q-FFL's instructions (plain training,
+///   the loss of the round's model on its training rows measured first and
+///   sent as the update header's `start_loss`); a 1.24 coordinator
+///   requires it for `qffl`.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -141,6 +145,7 @@ pub const CAPABILITIES: &[&str] = &[
     "feature-flags",
     "canary-secure",
     "multitask",
+    "qffl",
 ];
 
 /// Each capability of [`CAPABILITIES`] with the minor version that brought
@@ -184,6 +189,7 @@ pub const CAPABILITY_SINCE: &[(&str, u32)] = &[
     ("feature-flags", 21),
     ("canary-secure", 22),
     ("multitask", 23),
+    ("qffl", 24),
 ];
 
 /// The capabilities a Tessera build of protocol `1.minor` sends.
@@ -300,6 +306,9 @@ pub fn required_capabilities(strategy: &str) -> Vec<&'static str> {
     }
     if strategy == "ifca" {
         required.push("ifca");
+    }
+    if strategy == "qffl" {
+        required.push("qffl");
     }
     required
 }

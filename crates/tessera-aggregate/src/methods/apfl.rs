@@ -254,6 +254,7 @@ mod tests {
             Ok(FitStats {
                 n_steps: 1,
                 mean_train_loss: 0.0,
+                start_loss: None,
             })
         }
         fn gradient(&mut self) -> Result<ParameterSet, CoreError> {

@@ -249,7 +249,10 @@ mod tests {
             .into_iter()
             .filter(|k| *k != crate::StrategyKind::Ifca)
         {
-            let config = crate::StrategyConfig::default();
+            let config = crate::StrategyConfig {
+                lipschitz: Some(10.0),
+                ..Default::default()
+            };
             let (mut with, mut without) =
                 (config.build(kind).unwrap(), config.build(kind).unwrap());
             // Two layers, so that the personal strategies keep a shared body.

@@ -335,6 +335,7 @@ mod tests {
             Ok(FitStats {
                 n_steps: 1,
                 mean_train_loss: 0.0,
+                start_loss: None,
             })
         }
         fn train_private(

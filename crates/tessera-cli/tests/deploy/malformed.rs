@@ -111,6 +111,7 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
                 mean_train_loss: 0.5,
                 layout: header.layout.clone(),
                 codec: String::new(),
+                start_loss: None,
             };
             let chunk = |tensor: u32, offset: u64, values: &[f32]| pb::UpdatePart {
                 part: Some(update_part::Part::Chunk(pb::TensorChunk {

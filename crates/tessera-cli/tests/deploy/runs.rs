@@ -16,9 +16,15 @@ fn deployment_equals_simulation_bit_for_bit() {
     }
     let s = Scratch::new("deploy-equal");
     // FedAvg: no instructions; SCAFFOLD: instructions with tensors and an
-    // auxiliary sum; FedProx and FedDyn: instructions' arms with local parts.
-    for strategy in ["fedavg", "scaffold", "fedprox", "feddyn"] {
-        let plan = plan(&s, strategy, "");
+    // auxiliary sum; FedProx and FedDyn: instructions' arms with local parts;
+    // q-FFL: each update weighed by the start loss its site reports.
+    for strategy in ["fedavg", "scaffold", "fedprox", "feddyn", "qffl"] {
+        let mut plan = plan(&s, strategy, "");
+        if strategy == "qffl" {
+            let text = std::fs::read_to_string(&plan).unwrap()
+                + "\n[strategies.qffl]\nq = 2\nlipschitz = 0.1\n";
+            plan = s.write("qffl.toml", &text);
+        }
         let expected = simulated_model(&s, &plan, &format!("sim-{strategy}.model"));
         let model = format!("dep-{strategy}.model");
         let (mut coordinator, mut participants) =

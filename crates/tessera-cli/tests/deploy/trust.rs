@@ -27,6 +27,7 @@ fn zero_update(
             mean_train_loss: 0.5,
             layout: header.layout.clone(),
             codec: String::new(),
+            start_loss: None,
         })),
     }];
     for (tensor, t) in header.layout.iter().enumerate() {

@@ -317,7 +317,7 @@ impl RunStore for SqliteStore {
 
     fn updates(&self, run: &str, round: u32) -> Result<Vec<StoredUpdate>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT site, base, n_examples, n_steps, mean_train_loss, delta, control, received_micros
+            "SELECT site, base, n_examples, n_steps, mean_train_loss, delta, control, received_micros, start_loss
              FROM updates WHERE run_id = ?1 AND round = ?2 ORDER BY id",
         )?;
         let rows = stmt.query_map(params![run, round], |r| {
@@ -330,11 +330,12 @@ impl RunStore for SqliteStore {
                 r.get::<_, Vec<u8>>(5)?,
                 r.get::<_, Option<Vec<u8>>>(6)?,
                 r.get::<_, i64>(7)?,
+                r.get::<_, Option<f64>>(8)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (site, base, n_examples, n_steps, loss, delta, control, at) = row?;
+            let (site, base, n_examples, n_steps, loss, delta, control, at, start_loss) = row?;
             out.push(StoredUpdate {
                 site: ParticipantId::new(site),
                 base,
@@ -345,6 +346,7 @@ impl RunStore for SqliteStore {
                     stats: FitStats {
                         n_steps: unsigned(n_steps),
                         mean_train_loss: loss,
+                        start_loss,
                     },
                 },
                 at: Timestamp(unsigned(at)),
@@ -647,8 +649,8 @@ impl RunTx for SqliteTx<'_> {
         at: Timestamp,
     ) -> Result<(), StoreError> {
         self.tx.execute(
-            "INSERT INTO updates (run_id, round, site, base, n_examples, n_steps, mean_train_loss, delta, control, received_micros)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO updates (run_id, round, site, base, n_examples, n_steps, mean_train_loss, delta, control, received_micros, start_loss)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 run,
                 round,
@@ -659,7 +661,8 @@ impl RunTx for SqliteTx<'_> {
                 update.stats.mean_train_loss,
                 encode_parameters(&update.delta),
                 update.aux.as_ref().map(encode_parameters),
-                micros(at)
+                micros(at),
+                update.stats.start_loss
             ],
         )?;
         Ok(())

@@ -50,6 +50,7 @@ fn rounds_updates_and_audit_persist() {
             stats: FitStats {
                 n_steps: 4,
                 mean_train_loss: 0.5,
+                start_loss: Some(0.75),
             },
         };
         store
@@ -72,6 +73,7 @@ fn rounds_updates_and_audit_persist() {
     );
     let updates = store.updates("r1", 1).unwrap();
     assert_eq!(updates[0].update.delta, params(&[1.0, 2.0]));
+    assert_eq!(updates[0].update.stats.start_loss, Some(0.75));
     store
         .close_round(
             "r1",
@@ -185,6 +187,23 @@ fn an_older_database_gains_the_columns_added_since() {
             [encode_parameters(&params(&[1.0]))],
         )
         .unwrap();
+        // updates as coordinators before 1.24 created it, with a row.
+        conn.execute_batch(
+            "CREATE TABLE updates (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                run_id TEXT NOT NULL, round INTEGER NOT NULL, site TEXT NOT NULL,
+                base INTEGER NOT NULL, n_examples INTEGER NOT NULL, n_steps INTEGER NOT NULL,
+                mean_train_loss REAL NOT NULL, delta BLOB NOT NULL, control BLOB,
+                received_micros INTEGER NOT NULL)",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO updates (run_id, round, site, base, n_examples, n_steps, \
+             mean_train_loss, delta, control, received_micros) \
+             VALUES ('r', 2, 'a', 1, 5, 3, 0.4, ?1, NULL, 11)",
+            [encode_parameters(&params(&[1.0]))],
+        )
+        .unwrap();
     }
     for _ in 0..2 {
         // Opening twice adds the column once.
@@ -192,6 +211,9 @@ fn an_older_database_gains_the_columns_added_since() {
         let rows = store.aggregates("r", 1).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].1.n_updates, rows[0].1.n_participants), (2, 0));
+        let updates = store.updates("r", 2).unwrap();
+        assert_eq!(updates.len(), 1);
+        assert_eq!(updates[0].update.stats.start_loss, None);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

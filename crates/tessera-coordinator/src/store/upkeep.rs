@@ -70,11 +70,14 @@ pub(super) fn drop_legacy_secrets(conn: &Connection) -> Result<(), StoreError> {
 /// Columns added since a table was first created: a database from an older
 /// coordinator gains them with their defaults.
 pub(super) fn add_missing_columns(conn: &Connection) -> Result<(), StoreError> {
-    const ADDED: &[(&str, &str, &str)] = &[(
-        "round_aggregates",
-        "n_participants",
-        "INTEGER NOT NULL DEFAULT 0",
-    )];
+    const ADDED: &[(&str, &str, &str)] = &[
+        (
+            "round_aggregates",
+            "n_participants",
+            "INTEGER NOT NULL DEFAULT 0",
+        ),
+        ("updates", "start_loss", "REAL"),
+    ];
     for (table, column, kind) in ADDED {
         let present: i64 = conn.query_row(
             &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),

@@ -166,6 +166,7 @@ pub fn train(f: &mut Federation, i: usize) -> (u32, Update) {
         stats: FitStats {
             n_steps: 1,
             mean_train_loss: 0.6,
+            start_loss: None,
         },
     };
     (header.round, update)

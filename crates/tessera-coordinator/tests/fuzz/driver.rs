@@ -115,6 +115,7 @@ impl Driver {
                         stats: FitStats {
                             n_steps: 1,
                             mean_train_loss: 0.6,
+                            start_loss: None,
                         },
                     };
                     let _ = f.submit_update(name, header.round, &update);
@@ -246,6 +247,7 @@ impl Driver {
                     stats: FitStats {
                         n_steps: *n_steps,
                         mean_train_loss: *loss,
+                        start_loss: None,
                     },
                 };
                 let _ = f.submit_update(&name(who), self.round(round), &update);

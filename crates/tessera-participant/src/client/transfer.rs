@@ -126,6 +126,7 @@ pub async fn send_update(
             has_control: update.aux.is_some(),
             n_steps: update.stats.n_steps,
             mean_train_loss: update.stats.mean_train_loss,
+            start_loss: update.stats.start_loss,
             layout: layout_of(&update.delta),
             codec: if encoded.is_some() {
                 codec.to_string()

@@ -177,6 +177,7 @@ pub(crate) fn update_header(set: &ParameterSet, codec: &str) -> pb::UpdateHeader
         mean_train_loss: 0.61,
         layout: layout_of(set),
         codec: codec.into(),
+        start_loss: None,
     }
 }
 
