@@ -24,6 +24,7 @@ mod check;
 mod continual;
 mod contributions;
 mod dashboard;
+mod debug_bundle;
 mod deploy;
 mod dry_run;
 mod harmonize;
@@ -92,6 +93,11 @@ enum Command {
     /// taken through the data agreement alone, and this build's protocol
     /// version and capabilities, before it joins.
     Check(Box<check::CheckArgs>),
+    /// A site's debug bundle: one JSON file of configuration, versions and
+    /// DP summaries (the plan, this build, the privacy ledger's releases
+    /// and spend), to hand to whoever helps debug; no row, value,
+    /// parameter or query of the site.
+    DebugBundle(Box<debug_bundle::DebugBundleArgs>),
     /// An A/B test of two model files on a plan's sites: sites or rows split
     /// by a keyed hash, each arm's sums (optionally DP), the difference with
     /// a 95% confidence interval.
@@ -208,6 +214,7 @@ fn main() -> ExitCode {
         Command::Synth(args) => synth::run(&args),
         Command::Contributions(args) => contributions::run(&args),
         Command::Check(args) => check::run(&args),
+        Command::DebugBundle(args) => debug_bundle::run(&args),
         Command::Protocol(args) => check::protocol(&args),
         Command::Ab(args) => ab::run(&args),
         Command::Tune(args) => tune::run(&args),

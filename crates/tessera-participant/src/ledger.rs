@@ -30,6 +30,8 @@ use tessera_privacy::{DpEvent, Ledger, LedgerEntry, PrivacyConfig, PrivacyMode};
 use crate::ParticipantError;
 use crate::supervisor::Failure;
 
+pub mod summary;
+
 /// The format written, and the only one read.
 const FORMAT: &str = "tessera-site-ledger/1";
 
