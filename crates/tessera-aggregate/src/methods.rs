@@ -39,7 +39,7 @@ pub use multitask::{MAX_TASKS, Multitask, MultitaskLocal, TASK_SHARES, Unstacked
 pub use perfedavg::{MAX_INNER_LR, PerFedAvg, PerFedAvgLocal};
 pub use personal::{Ditto, FedPer, FedRep, MAX_HEAD_PASSES, head_mask};
 pub use personal_local::{DittoLocal, FedPerLocal, FedRepLocal};
-pub use qffl::{MAX_Q, MAX_START_LOSS, Qffl, QfflLocal};
+pub use qffl::{MAX_Q, MAX_START_LOSS, Qffl, QfflLocal, WEIGHTS as QFFL_WEIGHTS};
 pub use scaffold::Scaffold;
 pub use scaffold_local::ScaffoldLocal;
 
@@ -578,10 +578,7 @@ impl StrategyConfig {
                         "qffl: its step is L-scaled already; `server_lr` must be 1".into(),
                     ));
                 }
-                Box::new(Qffl {
-                    q,
-                    lipschitz: positive("lipschitz", lipschitz)?,
-                })
+                Box::new(Qffl::new(q, positive("lipschitz", lipschitz)?))
             }
             StrategyKind::FedRep => {
                 let head_passes = self.head_passes.unwrap_or(10);

@@ -80,6 +80,7 @@ pub fn matrix(base: &Plan) -> Result<Vec<MatrixRow>, String> {
         // A setting without a default.
         if *s == StrategyKind::Qffl {
             settings.push("strategies.qffl.lipschitz=0.1".into());
+            settings.push("privacy.site_metrics=clear".into());
         }
         (format!("strategy {}", s.as_str()), settings)
     });

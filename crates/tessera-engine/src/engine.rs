@@ -559,20 +559,18 @@ impl RoundEngine {
             }
             update = &bounded;
         }
-        let weight = if self.dp.is_some()
+        let own = !(self.dp.is_some()
             || robust.rule.needs_all_updates()
-            || self.config.weighting == crate::Weighting::Equal
-        {
-            1.0
-        } else {
+            || self.config.weighting == crate::Weighting::Equal);
+        let weight = if own {
             self.strategy.weight(update)
+        } else {
+            1.0
         };
         // The strategy may refuse an update it cannot count (IFCA's), and
-        // scale the change of one it counts (q-FFL's).
-        let (counted, scaled) = (
-            self.strategy.check_update(from, update),
-            self.strategy.scaled(update),
-        );
+        // scale the change of one it weighs (q-FFL's).
+        let counted = self.strategy.check_update(from, update);
+        let scaled = own.then(|| self.strategy.scaled(update)).flatten();
         let update = scaled.as_ref().unwrap_or(update);
         match counted.and_then(|()| open.accumulator.add(update, weight)) {
             Ok(()) => {

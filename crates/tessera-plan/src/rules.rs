@@ -141,6 +141,7 @@ pub const RULES: &[Rule] = &[
             p.federation.strategy == StrategyKind::Qffl
                 && (secagg(p)
                     || p.privacy.mode != PrivacyMode::Off
+                    || p.privacy.site_metrics != tessera_privacy::SiteMetrics::Clear
                     || p.robust.rule.needs_all_updates()
                     || p.federation.weighting != crate::Weighting::Examples
                     || p.model.kind.is_external()),
@@ -148,6 +149,7 @@ pub const RULES: &[Rule] = &[
                 "federation.strategy",
                 "secure_aggregation.enabled",
                 "privacy.mode",
+                "privacy.site_metrics",
                 "robust.rule",
                 "federation.weighting",
                 "model.kind",
@@ -155,7 +157,8 @@ pub const RULES: &[Rule] = &[
             || {
                 "qffl weighs each site's own change by its loss, reported in the clear: it \
                  needs each update seen alone (no secure aggregation, no central or local DP, \
-                 the mean rule, example weighting) and a built-in model that measures its loss"
+                 the mean rule, example weighting), site_metrics = \"clear\" (each site's loss \
+                 is shown) and a built-in model that measures its loss"
                     .into()
             },
         )

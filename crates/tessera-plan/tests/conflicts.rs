@@ -279,3 +279,37 @@ fn settings_name_the_key_they_cannot_set() {
         "{e}"
     );
 }
+
+/// q-FFL needs each update seen alone with its site's loss shown: every
+/// setting that hides one, or that the weights would not survive, is
+/// refused by its rule; with none of them the rule is quiet.
+#[test]
+fn qffl_is_refused_wherever_an_update_is_not_seen_alone() {
+    let qffl = || {
+        let mut p = Plan::default();
+        p.federation.strategy = StrategyKind::Qffl;
+        p.privacy.site_metrics = tessera_privacy::SiteMetrics::Clear;
+        p
+    };
+    let rule = RULES
+        .iter()
+        .find(|r| r.name == "qffl_weighs_each_update")
+        .unwrap();
+    assert_eq!((rule.check)(&qffl()), None);
+    let breaks: Vec<Breaks> = vec![
+        Box::new(|p: &mut Plan| p.secure_aggregation.enabled = true),
+        Box::new(|p: &mut Plan| p.privacy.mode = PrivacyMode::Central),
+        Box::new(|p: &mut Plan| p.privacy.mode = PrivacyMode::Local),
+        Box::new(|p: &mut Plan| {
+            p.privacy.site_metrics = tessera_privacy::SiteMetrics::AggregateOnly
+        }),
+        Box::new(|p: &mut Plan| p.robust.rule = RobustRule::Median),
+        Box::new(|p: &mut Plan| p.federation.weighting = tessera_plan::Weighting::Equal),
+        Box::new(|p: &mut Plan| p.model.kind = tessera_learn::ModelKind::External),
+    ];
+    for (k, brk) in breaks.iter().enumerate() {
+        let mut p = qffl();
+        brk(&mut p);
+        assert!((rule.check)(&p).is_some(), "break {k}");
+    }
+}

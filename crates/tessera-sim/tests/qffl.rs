@@ -1,6 +1,6 @@
 //! q-FFL against FedAvg on Synthetic(0.5, 0.5), 47 sites, softmax
 //! regression (examples/synthetic-robust.toml), on data seeds that were not
-//! used to choose q and L (seed 1 was): q-FFL serves the worst sites better
+//! used to choose q and L (seeds 1-9 were): q-FFL serves the worst sites better
 //! and the sites more evenly; q = 0 is FedAvg bit for bit.
 
 #![allow(clippy::unwrap_used)]

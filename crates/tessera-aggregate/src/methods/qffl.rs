@@ -15,10 +15,20 @@
 //! `F_k / (F_k + q L ||Δ_k||²)`, weight times scale is `n_k F_k^q` and the
 //! weights add up to `Σ_k n_k h_k / L`. The server therefore needs each
 //! site's own change and loss: no secure aggregation, no central DP, no
-//! robust rule but the mean (the plan's rules refuse them). `F_k` is a
-//! number the site reports; it is bounded ([`MAX_START_LOSS`]) and a site
-//! that overstates it gains weight, as one that overstates its rows does
-//! under FedAvg.
+//! robust rule but the mean (the plan's rules refuse them).
+//!
+//! The sum is exact fixed point, whose range is bounded at both ends, and
+//! `F^q` spans many orders of magnitude; so every weight is divided by
+//! `R^q`, `R` the last round's mean training loss (1 before the first
+//! round), which cancels in the mean, and an update whose weight still
+//! falls outside [`WEIGHTS`] is refused, naming why. A start loss below
+//! `R / 1000` counts as `R / 1000`.
+//!
+//! `F_k` is a number the site reports: it is bounded ([`MAX_START_LOSS`]),
+//! but a site that overstates it gains up to `(27.64 / F)^q` times the
+//! weight of an honest one of loss `F` (8,500 times at q = 2 against a loss
+//! of 0.3), far more than one that overstates its rows gains under FedAvg;
+//! q-FFL trusts its sites' losses.
 
 use tessera_core::{LocalModel, ParameterSet, ParticipantId, Update};
 
@@ -35,9 +45,12 @@ pub const MAX_Q: f32 = 10.0;
 /// coordinator holds evaluations to.
 pub const MAX_START_LOSS: f64 = 27.64;
 
-/// Added to every start loss, as q-FedAvg's reference code does, so that
-/// `F^(q-1)` stays finite at a zero loss.
-const LOSS_FLOOR: f64 = 1e-10;
+/// The range an update's weight must fall in: outside it the round's
+/// exact sum would lose it (below) or could not hold it (above).
+pub const WEIGHTS: std::ops::RangeInclusive<f64> = 1e-9..=1e12;
+
+/// The smallest start loss counted, as a share of the reference loss.
+const LOSS_FLOOR: f64 = 1e-3;
 
 /// q-FFL's server part.
 #[derive(Debug, Clone)]
@@ -46,6 +59,8 @@ pub struct Qffl {
     pub q: f32,
     /// The Lipschitz estimate `L`: larger damps the step.
     pub lipschitz: f32,
+    /// `R`: the last round's mean training loss (1 before the first).
+    reference: f64,
 }
 
 impl Qffl {
@@ -63,6 +78,15 @@ impl Qffl {
         meta_steps: false,
     };
 
+    /// q-FFL with fairness `q` and Lipschitz estimate `lipschitz`.
+    pub fn new(q: f32, lipschitz: f32) -> Self {
+        Self {
+            q,
+            lipschitz,
+            reference: 1.0,
+        }
+    }
+
     /// `(weight, scale)` for an update: see the module's documentation.
     /// An update without a start loss gets `(0, 1)`; `check_update` has
     /// refused it before it could count.
@@ -75,11 +99,13 @@ impl Qffl {
         let Some(loss) = update.stats.start_loss else {
             return (0.0, 1.0);
         };
-        let f = loss.max(0.0) + LOSS_FLOOR;
+        // In units of the reference: r = F / R, and the stretch
+        // (F + q L ||Δ||²) / R; the weight is n F^(q-1) (F + q L ||Δ||²) / R^q.
+        let r = (loss / self.reference).max(LOSS_FLOOR);
         let q = f64::from(self.q);
         let norm = update.delta.l2_norm();
-        let stretch = f + q * f64::from(self.lipschitz) * norm * norm;
-        (n * f.powf(q - 1.0) * stretch, f / stretch)
+        let stretch = r + q * f64::from(self.lipschitz) * norm * norm / self.reference;
+        (n * r.powf(q - 1.0) * stretch, r / stretch)
     }
 }
 
@@ -112,7 +138,22 @@ impl Strategy for Qffl {
                     "qffl: the update's start loss {loss:e} is outside [0, {MAX_START_LOSS}]"
                 )))
             }
-            Some(_) => Ok(()),
+            Some(loss) => {
+                let (weight, _) = self.factors(update);
+                if WEIGHTS.contains(&weight) {
+                    Ok(())
+                } else {
+                    Err(AggregateError::Config(format!(
+                        "qffl: the update's weight {weight:e} (start loss {loss:.4} against the \
+                         last round's mean training loss {:.4}, q {}) is outside the [{:e}, \
+                         {:e}] the round's exact sum holds; a smaller q narrows the weights",
+                        self.reference,
+                        self.q,
+                        WEIGHTS.start(),
+                        WEIGHTS.end()
+                    )))
+                }
+            }
         }
     }
 
@@ -124,6 +165,10 @@ impl Strategy for Qffl {
     ) -> Result<ParameterSet, AggregateError> {
         let next = moved(global, &round.mean_delta, 1.0)?;
         next.check_finite()?;
+        let loss = round.mean_train_loss;
+        if loss.is_finite() && loss > 0.0 {
+            self.reference = loss.clamp(1e-6, MAX_START_LOSS);
+        }
         Ok(next)
     }
 }
@@ -171,7 +216,8 @@ mod tests {
             aux: None,
             stats: FitStats {
                 start_loss: loss,
-                ..FitStats::default()
+                n_steps: 1,
+                mean_train_loss: 0.37,
             },
         }
     }
@@ -197,8 +243,17 @@ mod tests {
             update(&[-0.2, 0.05], 10, Some(2.5)),
             update(&[0.01, 0.4], 25, Some(0.1)),
         ];
-        for (q, lipschitz) in [(1.0f32, 10.0f32), (5.0, 4.0), (0.5, 100.0)] {
-            let mut s = Qffl { q, lipschitz };
+        for (q, lipschitz, pass) in [(1.0f32, 10.0f32), (5.0, 4.0), (0.5, 100.0)]
+            .into_iter()
+            .flat_map(|(q, l)| [(q, l, 0), (q, l, 1)])
+        {
+            // The second pass weighs against the first round's mean
+            // training loss (0.37), which must cancel.
+            let mut s = Qffl::new(q, lipschitz);
+            if pass == 1 {
+                step(&mut s, &global, &updates);
+                assert!((s.reference - 0.37).abs() < 1e-12, "{}", s.reference);
+            }
             let got = step(&mut s, &global, &updates);
             // The paper's Algorithm 2, with the grads as q-FedAvg's code
             // forms them: Δw_k = L (w - w̄_k) = -L Δ_k, and p_k = n_k / n.
@@ -206,7 +261,7 @@ mod tests {
             let mut num = [0.0f64; 2];
             let mut den = 0.0f64;
             for u in &updates {
-                let f = u.stats.start_loss.unwrap() + 1e-10;
+                let f = u.stats.start_loss.unwrap();
                 let p = u.n_examples as f64;
                 let dw: Vec<f64> = u.delta.values().map(|d| -l * f64::from(d)).collect();
                 let sq: f64 = dw.iter().map(|x| x * x).sum();
@@ -236,14 +291,7 @@ mod tests {
             update(&[0.3, -0.1], 40, Some(0.9)),
             update(&[-0.2, 0.05], 10, Some(2.5)),
         ];
-        let got = step(
-            &mut Qffl {
-                q: 0.0,
-                lipschitz: 10.0,
-            },
-            &global,
-            &updates,
-        );
+        let got = step(&mut Qffl::new(0.0, 10.0), &global, &updates);
         let mut acc = UpdateAccumulator::new(&global, None);
         for u in &updates {
             acc.add(u, u.n_examples as f64).unwrap();
@@ -265,7 +313,7 @@ mod tests {
         ];
         let moves: Vec<f32> = [0.0f32, 1.0, 5.0]
             .iter()
-            .map(|&q| step(&mut Qffl { q, lipschitz: 0.1 }, &global, &updates)[0])
+            .map(|&q| step(&mut Qffl::new(q, 0.1), &global, &updates)[0])
             .collect();
         assert!(moves[0].abs() < 1e-6, "{moves:?}");
         assert!(moves[1] < -0.1 && moves[2] < moves[1], "{moves:?}");
@@ -273,10 +321,7 @@ mod tests {
 
     #[test]
     fn reported_start_losses_are_bounded() {
-        let s = Qffl {
-            q: 1.0,
-            lipschitz: 10.0,
-        };
+        let s = Qffl::new(1.0, 10.0);
         let from = ParticipantId::new("s");
         for bad in [
             None,
@@ -289,6 +334,19 @@ mod tests {
             assert!(err.to_string().contains("start loss"), "{err}");
         }
         assert!(s.check_update(&from, &update(&[0.1], 5, Some(0.0))).is_ok());
+        // Weights the exact sum would lose or could not hold, named.
+        let steep = Qffl::new(10.0, 10.0);
+        for loss in [27.0, 1e-3] {
+            let err = steep
+                .check_update(&from, &update(&[0.1], 10, Some(loss)))
+                .unwrap_err();
+            assert!(err.to_string().contains("a smaller q"), "{err}");
+        }
+        assert!(
+            steep
+                .check_update(&from, &update(&[0.1], 10, Some(2.0)))
+                .is_ok()
+        );
         assert!(
             s.check_update(&from, &update(&[0.1], 5, Some(MAX_START_LOSS)))
                 .is_ok()

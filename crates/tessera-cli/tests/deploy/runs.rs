@@ -22,7 +22,7 @@ fn deployment_equals_simulation_bit_for_bit() {
         let mut plan = plan(&s, strategy, "");
         if strategy == "qffl" {
             let text = std::fs::read_to_string(&plan).unwrap()
-                + "\n[strategies.qffl]\nq = 2\nlipschitz = 0.1\n";
+                + "\n[strategies.qffl]\nq = 2\nlipschitz = 0.1\n\n[privacy]\nsite_metrics = \"clear\"\n";
             plan = s.write("qffl.toml", &text);
         }
         let expected = simulated_model(&s, &plan, &format!("sim-{strategy}.model"));
