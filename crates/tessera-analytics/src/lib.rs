@@ -68,6 +68,7 @@ pub mod query;
 mod run;
 pub mod schema;
 pub mod secure;
+pub mod synthetic;
 
 use thiserror::Error;
 
@@ -104,6 +105,9 @@ pub enum AnalyticsError {
     /// The privacy ledger refused the release, or a setting is out of range.
     #[error(transparent)]
     Privacy(#[from] tessera_privacy::PrivacyError),
+    /// A synthetic sample could not be released.
+    #[error("synthetic: {0}")]
+    Synthetic(String),
 }
 
 impl AnalyticsError {

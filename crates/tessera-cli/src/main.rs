@@ -42,6 +42,7 @@ mod rollout;
 mod simulate;
 mod status_json;
 mod synth;
+mod synth_like;
 mod tracking;
 mod transfer;
 mod tune;

@@ -1,4 +1,5 @@
-//! `tessera synth`.
+//! `tessera synth`: FedProx's Synthetic(alpha, beta), or with `--like` a
+//! DP synthetic sample of a site's file (`synth_like.rs`).
 
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -12,9 +13,10 @@ pub struct SynthArgs {
     /// Number of sites.
     #[arg(long, default_value_t = 47)]
     sites: usize,
-    /// Rows per site.
-    #[arg(long, default_value_t = 2000)]
-    rows: usize,
+    /// Rows per site (2000); with --like, rows written (default: the
+    /// site's row count, as released with noise).
+    #[arg(long)]
+    pub(crate) rows: Option<usize>,
     /// Features per row.
     #[arg(long, default_value_t = 30)]
     features: usize,
@@ -39,11 +41,55 @@ pub struct SynthArgs {
     department_variance: f64,
     /// Output CSV file, replaced if it exists.
     #[arg(long)]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
+    /// A site's file to imitate: write a DP synthetic sample with its
+    /// columns, marginals and (where the budget allows) its numeric
+    /// columns' pairwise correlations, charged to the site's ledger; needs
+    /// --plan, --site and --epsilon.
+    #[arg(long)]
+    pub(crate) like: Option<PathBuf>,
+    /// With --like: the plan the file is read by (its schema) and charged
+    /// under.
+    #[arg(long)]
+    pub(crate) plan: Option<PathBuf>,
+    /// With --like: this site's name.
+    #[arg(long)]
+    pub(crate) site: Option<String>,
+    /// With --like: the release's epsilon (half for the marginals, half for
+    /// the correlations where they are released).
+    #[arg(long)]
+    pub(crate) epsilon: Option<f64>,
+    /// With --like: the release's delta (default: the plan's).
+    #[arg(long)]
+    pub(crate) delta: Option<f64>,
+    /// With --like: this site's privacy ledger (default: the participant's,
+    /// tessera-ledger-SITE.json here).
+    #[arg(long)]
+    pub(crate) ledger: Option<PathBuf>,
+    /// With --like: marginals only, the whole epsilon on them.
+    #[arg(long)]
+    pub(crate) no_correlations: bool,
 }
 
 pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
-    if args.sites == 0 || args.rows == 0 || args.features == 0 {
+    if args.like.is_some() {
+        return crate::synth_like::run(args);
+    }
+    if let Some(flag) = [
+        ("--plan", args.plan.is_some()),
+        ("--site", args.site.is_some()),
+        ("--epsilon", args.epsilon.is_some()),
+        ("--delta", args.delta.is_some()),
+        ("--ledger", args.ledger.is_some()),
+        ("--no-correlations", args.no_correlations),
+    ]
+    .iter()
+    .find_map(|(flag, given)| given.then_some(flag))
+    {
+        bail!("{flag} is for --like (a synthetic sample of a site's file)");
+    }
+    let rows = args.rows.unwrap_or(2000);
+    if args.sites == 0 || rows == 0 || args.features == 0 {
         bail!("--sites, --rows and --features must be at least 1");
     }
     if args.classes < 2 {
@@ -78,7 +124,7 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
     }
     let config = SynthConfig {
         sites: args.sites,
-        rows_per_site: args.rows,
+        rows_per_site: rows,
         features: args.features,
         classes: args.classes,
         alpha: args.alpha,
@@ -95,9 +141,9 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
         .with_context(|| format!("{}: cannot write", args.out.display()))?;
     eprintln!(
         "wrote {} rows ({} sites x {}), {} features, {} classes to {}",
-        args.sites * args.rows,
+        args.sites * rows,
         args.sites,
-        args.rows,
+        rows,
         args.features,
         args.classes,
         args.out.display()

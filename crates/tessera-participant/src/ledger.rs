@@ -100,9 +100,31 @@ pub(crate) struct SiteLedger {
 /// epsilon under the plan after it, or why it was refused (a budget, the
 /// file).
 pub fn charge_profile(path: &Path, site: &str, plan: &Plan, event: DpEvent) -> Result<f64, String> {
+    charge_local(
+        path,
+        site,
+        plan,
+        "profile",
+        "a profile of this site's columns",
+        event,
+    )
+}
+
+/// Charges a release of `site`'s data made at the site outside a run
+/// (`kind`: `profile`, `synthetic`; `subject` describes it in messages) at
+/// DP `event` to its ledger at `path` under `plan`, as
+/// [`charge_profile`] does a profile.
+pub fn charge_local(
+    path: &Path,
+    site: &str,
+    plan: &Plan,
+    kind: &str,
+    subject: &str,
+    event: DpEvent,
+) -> Result<f64, String> {
     let _lock = lock(path)?;
-    let mut ledger = SiteLedger::open(Some(path), site, plan, "profile")?;
-    ledger.record_profile(event)
+    let mut ledger = SiteLedger::open(Some(path), site, plan, kind)?;
+    ledger.record_local(kind, subject, event)
 }
 
 /// Takes the advisory lock of the ledger at `path` for as long as the
@@ -440,24 +462,24 @@ impl SiteLedger {
     /// site's own count under the plan (by the plan's hash: an edited plan
     /// counts afresh, as for every release), and refused a second time
     /// where the plan sets no budget. Each profile is a new release.
-    fn record_profile(&mut self, event: DpEvent) -> Result<f64, String> {
-        let what = self.described("a profile of this site's columns");
+    fn record_local(&mut self, kind: &str, subject: &str, event: DpEvent) -> Result<f64, String> {
+        let what = self.described(subject);
         let site = self.site.clone();
-        // Without a budget nothing would bound repeated profiles (each
-        // fresh noise, averaged away): one profile under the plan, then.
-        if self.repeated_without_budget("profile") {
+        // Without a budget nothing would bound repeated releases (each
+        // fresh noise, averaged away): one of a kind under the plan, then.
+        if self.repeated_without_budget(kind) {
             return Err(format!(
-                "{what}: this site already released a profile under this plan, and the plan \
-                 sets no privacy budget ([privacy] budget or participant_budgets) that would \
-                 bound another"
+                "{what}: this site already released a {kind} release under this plan, and the \
+                 plan sets no privacy budget ([privacy] budget or participant_budgets) that \
+                 would bound another"
             ));
         }
         let entry = self
             .ledger
-            .record_participant(0, "profile", &what, &site, event)
+            .record_participant(0, kind, &what, &site, event)
             .map_err(|e| e.to_string())?
             .clone();
-        self.push("profile", 0, None, Some(entry))?;
+        self.push(kind, 0, None, Some(entry))?;
         Ok(self.epsilon())
     }
 
