@@ -1,5 +1,6 @@
 //! `tessera contributions`: each site's contribution, reputation and
-//! credits from a run's report.
+//! credits from a run's report, or (`--db`) each site's participation from
+//! a coordinator's run store (`participation.rs`).
 
 use std::path::PathBuf;
 
@@ -11,8 +12,15 @@ use tessera_engine::report::RunReport;
 pub struct ContributionsArgs {
     /// A run's report (`tessera simulate --report`), of a plan with
     /// `[contribution]`.
+    #[arg(long, conflicts_with = "db", required_unless_present = "db")]
+    report: Option<PathBuf>,
+    /// A coordinator's run store: each site's participation (rounds asked
+    /// and counted, refusals, withdrawals, examples, streak) across its runs.
     #[arg(long)]
-    report: PathBuf,
+    db: Option<PathBuf>,
+    /// With --db: one run only.
+    #[arg(long, requires = "db")]
+    run: Option<String>,
     /// Print the report's `contributions` section as JSON instead.
     #[arg(long)]
     json: bool,
@@ -20,15 +28,20 @@ pub struct ContributionsArgs {
 
 /// Prints the table (or JSON).
 pub fn run(args: &ContributionsArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.report)
-        .with_context(|| format!("reading {}", args.report.display()))?;
+    let path = match (&args.report, &args.db) {
+        (_, Some(db)) => return crate::participation::print(db, args.run.as_deref(), args.json),
+        (Some(path), None) => path,
+        (None, None) => bail!("give --report FILE or --db FILE"),
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let report: RunReport = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a Tessera run report", args.report.display()))?;
+        .with_context(|| format!("{} is not a Tessera run report", path.display()))?;
     let Some(c) = &report.contributions else {
         bail!(
             "{} has no contributions: run the plan with [contribution] method = \"gtg\" \
              (or --set contribution.method=gtg)",
-            args.report.display()
+            path.display()
         );
     };
     if args.json {

@@ -35,6 +35,7 @@ mod mlflow;
 mod model;
 mod multitask;
 mod ops;
+mod participation;
 mod paths;
 mod plot;
 mod registry;

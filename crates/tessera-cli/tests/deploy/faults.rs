@@ -253,6 +253,33 @@ fn a_failing_site_withdraws(name: &str, tables: &str) {
                 .is_some_and(|rest| rest.contains("diverged"))
     });
     assert_eq!(left, 1);
+    // The store's participation table says the same, site by site.
+    let table = s.run(&["contributions", "--db", "c.sqlite", "--json"]).ok();
+    let table: serde_json::Value = serde_json::from_str(&table).unwrap();
+    let sites = table["sites"].as_array().unwrap();
+    assert_eq!(sites.len(), 4, "{table}");
+    let secure = tables.contains("secure_aggregation");
+    for p in sites {
+        let name = p["site"].as_str().unwrap();
+        if name == "site3" {
+            assert_eq!(
+                (&p["asked"], &p["counted"], &p["withdrawn"]),
+                (&1.into(), &0.into(), &1.into()),
+                "{p}"
+            );
+            assert_eq!(p["reliability"], 0.0);
+        } else {
+            assert_eq!(
+                (&p["asked"], &p["counted"], &p["longest_streak"]),
+                (&4.into(), &4.into(), &4.into()),
+                "{p}"
+            );
+            assert_eq!(p["reliability"], 1.0);
+            // Each update's examples where it was seen alone; sums only
+            // under secure aggregation.
+            assert_eq!(p["examples"].is_null(), secure, "{p}");
+        }
+    }
     let report = s.json("dep.json");
     let rounds = report["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 4);

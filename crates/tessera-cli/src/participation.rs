@@ -1,0 +1,171 @@
+//! `tessera contributions --db`: each site's participation from a
+//! coordinator's run store, across its runs: rounds it was asked to train
+//! in and rounds its update counted (reliability), its updates refused and
+//! late, its withdrawals, the examples behind its counted updates (where
+//! each update was seen alone; under secure aggregation only sums are), and
+//! its longest streak of counted rounds (consistency). Read from the
+//! store's cohorts and audit log only: no model, no data.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::bail;
+use serde::Serialize;
+use tessera_coordinator::RunStore;
+
+/// One site's participation, over the runs read.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Participation {
+    pub site: String,
+    /// Runs whose cohorts it was in.
+    pub runs: usize,
+    /// Rounds it was asked to train in.
+    pub asked: u32,
+    /// Rounds its update counted in.
+    pub counted: u32,
+    /// counted / asked (0 when never asked).
+    pub reliability: f64,
+    /// Updates refused (any reason), of them after the deadline.
+    pub rejected: u32,
+    pub late: u32,
+    /// Withdrawals from a round or the run.
+    pub withdrawn: u32,
+    /// Training examples behind its counted updates, where the store
+    /// shows them (`None`: under secure aggregation, only sums).
+    pub examples: Option<u64>,
+    /// The longest run of consecutive asked rounds it counted in.
+    pub longest_streak: u32,
+}
+
+/// The table's rows, by site, over `runs` of `store` (all runs where
+/// `None`), and the runs read.
+pub fn from_store(
+    store: &dyn RunStore,
+    run: Option<&str>,
+) -> anyhow::Result<(Vec<String>, Vec<Participation>)> {
+    let runs: Vec<String> = store
+        .runs()?
+        .into_iter()
+        .map(|r| r.id)
+        .filter(|id| run.is_none_or(|r| r == id))
+        .collect();
+    if let Some(run) = run
+        && runs.is_empty()
+    {
+        bail!("the store has no run '{run}' (tessera runs --db lists them)");
+    }
+    let mut sites: BTreeMap<String, Participation> = BTreeMap::new();
+    for id in &runs {
+        let mut streak: BTreeMap<String, u32> = BTreeMap::new();
+        let mut seen: std::collections::BTreeSet<String> = Default::default();
+        for row in store.cohorts(id)? {
+            for site in &row.cohort {
+                let p = sites.entry(site.clone()).or_insert_with(|| Participation {
+                    site: site.clone(),
+                    ..Default::default()
+                });
+                if seen.insert(site.clone()) {
+                    p.runs += 1;
+                }
+                p.asked += 1;
+                let s = streak.entry(site.clone()).or_default();
+                if row.counted.contains(site) {
+                    p.counted += 1;
+                    *s += 1;
+                    p.longest_streak = p.longest_streak.max(*s);
+                } else {
+                    *s = 0;
+                }
+            }
+        }
+        for row in store.audit_log(id)? {
+            let Some(p) = sites.get_mut(&row.site) else {
+                continue;
+            };
+            match (row.action.as_str(), row.outcome.as_str()) {
+                ("update", "accepted") => {
+                    // "round R, N examples"
+                    let n = row
+                        .detail
+                        .split(", ")
+                        .nth(1)
+                        .and_then(|s| s.strip_suffix(" examples"))
+                        .and_then(|s| s.parse::<u64>().ok());
+                    if let Some(n) = n {
+                        p.examples = Some(p.examples.unwrap_or(0).saturating_add(n));
+                    }
+                }
+                ("update", "rejected") => {
+                    p.rejected += 1;
+                    if row.detail.contains("after the round's deadline") {
+                        p.late += 1;
+                    }
+                }
+                ("withdraw", _) => p.withdrawn += 1,
+                _ => {}
+            }
+        }
+    }
+    let mut rows: Vec<Participation> = sites.into_values().collect();
+    for p in &mut rows {
+        p.reliability = if p.asked == 0 {
+            0.0
+        } else {
+            f64::from(p.counted) / f64::from(p.asked)
+        };
+    }
+    Ok((runs, rows))
+}
+
+/// Prints the table (or JSON) for the store at `db`.
+pub fn print(db: &Path, run: Option<&str>, json: bool) -> anyhow::Result<()> {
+    if !db.exists() {
+        bail!("{}: no such run store", db.display());
+    }
+    let store = tessera_coordinator::SqliteStore::open_existing(db)?;
+    let (runs, rows) = from_store(&store, run)?;
+    if json {
+        let doc = serde_json::json!({ "db": db, "runs": runs, "sites": rows });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!(
+        "{}: participation over {} run(s): {}",
+        db.display(),
+        runs.len(),
+        tessera_core::shown(&runs.join(", "), 200)
+    );
+    println!(
+        "{:<24} {:>4} {:>6} {:>7} {:>11} {:>8} {:>5} {:>9} {:>9} {:>7}",
+        "site",
+        "runs",
+        "asked",
+        "counted",
+        "reliability",
+        "rejected",
+        "late",
+        "withdrawn",
+        "examples",
+        "streak"
+    );
+    for p in &rows {
+        println!(
+            "{:<24} {:>4} {:>6} {:>7} {:>11.3} {:>8} {:>5} {:>9} {:>9} {:>7}",
+            tessera_core::shown(&p.site, 24),
+            p.runs,
+            p.asked,
+            p.counted,
+            p.reliability,
+            p.rejected,
+            p.late,
+            p.withdrawn,
+            p.examples.map_or("-".into(), |n| n.to_string()),
+            p.longest_streak
+        );
+    }
+    println!(
+        "reliability = rounds counted / rounds asked; examples: where each update was seen \
+         alone (- under secure aggregation); streak: the longest run of asked rounds counted"
+    );
+    Ok(())
+}
