@@ -677,3 +677,24 @@ fn multitask_simulates_and_refuses_flags_of_one_model() {
     assert!(!run.output.status.success(), "{e}");
     assert!(e.contains("a multi-task run has one per task"), "{e}");
 }
+
+/// A reader that stops reading (`tessera simulate | head -1`) ends the
+/// command quietly, as SIGPIPE ends a Unix tool: no panic on stderr.
+#[test]
+fn a_closed_pipe_ends_the_command_without_a_panic() {
+    let s = Scratch::new("closed-pipe");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["simulate", "--plan"])
+        .arg(util::root().join("examples/synthetic-robust.toml"))
+        .current_dir(&s.dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the pipe before the command prints.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}
