@@ -15,11 +15,13 @@
 //!    released by name only if its noisy count passes
 //!    `1 + sigma sqrt(2 ln(columns / delta))`, so that a level a single row
 //!    holds (an identifier, a name) appears with probability at most delta
-//!    over all columns. A row adds one to one bin of each column and at
-//!    most one whole-number count: the L2 sensitivity to adding or removing
-//!    a row is `sqrt(2 columns + 1)`. Columns the plan ignores, or does not
-//!    name, are not read at all and come out missing.
-//! 2. **Pairwise correlations** of the numeric columns, where the budget
+//!    over all columns (a delta beside the Gaussian release's, which the
+//!    caller states). A row adds one to one bin of each column (declared
+//!    levels counted once each, however the plan lists them) and at most
+//!    one whole-number count: the L2 sensitivity to adding or removing a
+//!    row is `sqrt(2 columns + 1)`. Columns the plan ignores are not read
+//!    at all and come out missing.
+//! 2. **Pairwise correlations** of the numeric columns (at most 100), where the budget
 //!    allows: each value's normal score under the released marginal (so
 //!    bounded by `B` = 3.09), the products of each pair and the squares of
 //!    each column summed over rows, one Gaussian release of L2 sensitivity
@@ -47,6 +49,9 @@ use crate::AnalyticsError;
 const SCORE: f64 = 3.09;
 /// The largest noise standard deviation on a correlation worth releasing.
 const MAX_CORRELATION_NOISE: f64 = 0.1;
+/// The most numeric columns whose correlations are released (the work
+/// grows with their square).
+const MAX_CORRELATED: usize = 100;
 /// Levels released per undeclared categorical column, at most.
 const MAX_LEVELS: usize = 64;
 /// Decades of the numeric bins, and bins a decade.
@@ -247,7 +252,7 @@ impl SynthModel {
         // is small against the row count: a tenth of the budget releases
         // the count that decides.
         let mut correlations = None;
-        if settings.correlations && numeric.len() >= 2 {
+        if settings.correlations && (2..=MAX_CORRELATED).contains(&numeric.len()) {
             let z0 = multiplier(settings.epsilon / 10.0, settings.delta)?;
             let n0 = rows.len() as f64 + z0 * GaussianNoise::new(key, 2).standard_normal();
             events.push(("synthetic_count", event(z0)));
@@ -338,8 +343,16 @@ impl SynthModel {
                     match declared {
                         Some(declared) => {
                             let mut rest = 0.0;
-                            let declared: Vec<String> =
-                                declared.iter().map(|d| canonical_level(d)).collect();
+                            // Once each: a level listed twice (or as `1` and
+                            // `1.0`) would count a row twice.
+                            let mut unique: Vec<String> = Vec::new();
+                            for d in declared {
+                                let d = canonical_level(d);
+                                if !unique.contains(&d) {
+                                    unique.push(d);
+                                }
+                            }
+                            let declared = unique;
                             for (level, n) in &counts {
                                 if !declared.contains(level) {
                                     rest += n;

@@ -142,6 +142,23 @@ fn a_level_one_row_holds_is_never_released() {
 }
 
 #[test]
+fn a_level_the_plan_lists_twice_is_counted_once() {
+    let columns = [SynthColumn::Categorical(Some(vec![
+        "1".into(),
+        "1.0".into(),
+        "2".into(),
+        "1".into(),
+    ]))];
+    let rows: Vec<Vec<String>> = (0..50).map(|i| vec![format!("{}", 1 + i % 2)]).collect();
+    let model = SynthModel::release(&columns, &rows, &settings(1.0), key(5)).unwrap();
+    let Marginal::Categorical { levels } = &model.marginals[0] else {
+        panic!("categorical")
+    };
+    let names: Vec<&str> = levels.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(names, ["?", "1", "2", "(undeclared)"]);
+}
+
+#[test]
 fn bad_settings_and_ragged_rows_are_refused() {
     let rows = table(10, 4);
     for bad in [0.0, -1.0, f64::NAN] {

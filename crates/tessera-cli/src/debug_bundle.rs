@@ -1,6 +1,6 @@
 //! `tessera debug-bundle`: what a site can hand to whoever helps it debug a
 //! failure, and nothing of its data. One JSON file of configuration (the
-//! plan and its checks, the site's data file's place and size, Tessera's
+//! plan and its checks, the site's data file's place, Tessera's
 //! environment variables), versions (this build, its protocol and
 //! capabilities, what the plan's run needs of the site, the system) and DP
 //! summaries (the site's privacy ledger: releases per plan and kind, and
@@ -28,7 +28,7 @@ pub struct DebugBundleArgs {
     #[arg(long)]
     ledger: Option<PathBuf>,
     /// This site's data file (default: the plan's file for the site): its
-    /// path, size and time only; it is never opened.
+    /// path and whether it is there only; it is never opened.
     #[arg(long)]
     data: Option<PathBuf>,
     /// The bundle to write (default: tessera-debug-SITE.json).
@@ -79,12 +79,12 @@ struct PlanPart {
     text: String,
 }
 
+/// The data file's place only: its size or time would tell its row count
+/// and when rows were added, which are not DP.
 #[derive(Debug, Serialize)]
 struct DataPart {
     path: PathBuf,
     exists: bool,
-    bytes: Option<u64>,
-    modified_unix: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -137,19 +137,16 @@ pub fn run(args: &DebugBundleArgs) -> anyhow::Result<()> {
         }
         None => (None, None, None),
     };
-    let data = args.data.clone().or(plan_file).map(|path| {
-        let meta = std::fs::metadata(&path).ok();
-        DataPart {
-            exists: meta.is_some(),
-            bytes: meta.as_ref().map(std::fs::Metadata::len),
-            modified_unix: meta.and_then(|m| m.modified().ok()).map(unix),
-            path,
-        }
+    let data = args.data.clone().or(plan_file).map(|path| DataPart {
+        exists: path.is_file(),
+        path,
     });
-    let ledger_path = args
-        .ledger
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("tessera-ledger-{site}.json")));
+    let ledger_path = args.ledger.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "tessera-ledger-{}.json",
+            crate::deploy::safe_name(site)
+        ))
+    });
     let summary = tessera_participant::ledger::summary::summary(&ledger_path, site, plan.as_ref())
         .map_err(anyhow::Error::msg)
         .context("the site's privacy ledger (--ledger)")?;

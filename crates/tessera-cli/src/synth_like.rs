@@ -14,8 +14,11 @@ use tessera_engine::Plan;
 
 use crate::synth::SynthArgs;
 
-/// The most rows a sample may have.
+/// The most rows a sample may have, and a file read.
 const MAX_ROWS: usize = 10_000_000;
+/// The largest file read, and the most columns.
+const MAX_BYTES: u64 = 4 << 30;
+const MAX_COLUMNS: usize = 10_000;
 
 /// How the plan reads each of the file's columns.
 fn columns(plan: &Plan, names: &[String]) -> Vec<SynthColumn> {
@@ -54,6 +57,22 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
         bail!("--like {}: give the file uncompressed", like.display());
     }
     let reader = std::fs::File::open(like).with_context(|| format!("--like {}", like.display()))?;
+    let meta = reader.metadata()?;
+    if !meta.is_file() || meta.len() > MAX_BYTES {
+        bail!(
+            "--like {}: not a regular file of at most {} GiB",
+            like.display(),
+            MAX_BYTES >> 30
+        );
+    }
+    let delta = args.delta.unwrap_or(plan.privacy.delta);
+    if !(delta > 0.0 && delta <= plan.privacy.delta) {
+        bail!(
+            "--delta {delta} must be positive and at most the plan's {} (the ledger counts at \
+             the plan's)",
+            plan.privacy.delta
+        );
+    }
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -70,7 +89,26 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
             continue;
         }
         match &names {
-            None => names = Some(fields),
+            None => {
+                // A header names the plan's columns: a file without one
+                // would give its first row as names, written out as they are.
+                let lacking: Vec<&str> = schema
+                    .columns
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .chain([schema.target.as_str()])
+                    .filter(|name| !fields.iter().any(|f| f == name))
+                    .collect();
+                if !lacking.is_empty() || fields.len() > MAX_COLUMNS {
+                    bail!(
+                        "--like {}: its first line is not a header naming the plan's columns \
+                         (it lacks {}); the plan says the file has one (header = true)",
+                        like.display(),
+                        tessera_core::shown(&lacking.join(", "), 200)
+                    );
+                }
+                names = Some(fields);
+            }
             Some(names) => {
                 if fields.len() != names.len() {
                     bail!(
@@ -101,7 +139,7 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
     missing.push(String::new());
     let settings = SynthSettings {
         epsilon,
-        delta: args.delta.unwrap_or(plan.privacy.delta),
+        delta,
         correlations: !args.no_correlations,
         missing,
     };
@@ -114,25 +152,34 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
         ))
     });
     // Charged before it is written: a sample on disk is a release.
-    let mut spent = 0.0;
-    for (kind, event) in &model.events {
-        let subject = format!("a synthetic sample's {kind} release of this site's file");
-        spent =
-            tessera_participant::ledger::charge_local(&ledger, site, &plan, kind, &subject, *event)
-                .map_err(|e| anyhow::anyhow!("the sample was not written: {e}"))?;
-    }
+    let releases: Vec<(&str, String, tessera_privacy::DpEvent)> = model
+        .events
+        .iter()
+        .map(|(kind, event)| {
+            (
+                *kind,
+                format!("a synthetic sample's {kind} release of this site's file"),
+                *event,
+            )
+        })
+        .collect();
+    let spent = tessera_participant::ledger::charge_local_all(&ledger, site, &plan, &releases)
+        .map_err(|e| anyhow::anyhow!("the sample was not written (nothing charged): {e}"))?;
     let n = args
         .rows
         .unwrap_or(model.rows.round() as usize)
         .clamp(1, MAX_ROWS);
     let mut rng = tessera_core::SeededRng::from_key(crate::harmonize::secret_key()?);
     let sample = model.sample(n, &mut rng);
-    let tmp = args.out.with_extension("tmp");
+    let mut tmp = args.out.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
     {
+        let file = std::fs::File::create_new(&tmp)
+            .with_context(|| format!("{}: cannot create", tmp.display()))?;
         let mut out = csv::WriterBuilder::new()
             .delimiter(schema.delimiter as u8)
-            .from_path(&tmp)
-            .with_context(|| format!("{}: cannot create", tmp.display()))?;
+            .from_writer(file);
         if schema.header {
             out.write_record(&names)?;
         }
@@ -168,5 +215,13 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
         ledger.display(),
         plan.name
     );
+    if columns.contains(&SynthColumn::Categorical(None)) {
+        println!(
+            "levels the plan does not declare are named only past a threshold a level one row \
+             holds passes with probability at most {}: the sample is (epsilon, delta + {}) DP; \
+             the ledger counts the Gaussian part",
+            settings.delta, settings.delta
+        );
+    }
     Ok(())
 }

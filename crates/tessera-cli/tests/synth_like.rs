@@ -23,6 +23,7 @@ columns = [
   { name = "x", type = "numeric" },
   { name = "y", type = "numeric" },
   { name = "grp", type = "categorical", levels = ["a", "b", "c"] },
+  { name = "ward", type = "categorical" },
   { name = "label", type = "categorical" },
 ]
 
@@ -45,14 +46,15 @@ rounds = 1
 budget = 20
 "#;
 
-/// A marked value: in the file once, and nowhere else.
-const MARK: &str = "61.234567";
+/// A marked value: in the file once, and nowhere else (a ward no other
+/// row has, in a column whose levels the plan does not declare).
+const MARK: &str = "ward-x91";
 
 /// 3000 rows: x ~ N(60, 10) whole; y = 0.8 x' + 0.6 e at 100 + 20 y; grp
 /// a/b/c at 50/30/20%; label yes/no by x; a unique id.
 fn data() -> String {
     let mut rng = tessera_core::SeededRng::new(5);
-    let mut out = String::from("id,x,y,grp,label\n");
+    let mut out = String::from("id,x,y,grp,ward,label\n");
     for i in 0..3000 {
         let a = rng.normal();
         let b = 0.8 * a + 0.6 * rng.normal();
@@ -61,10 +63,13 @@ fn data() -> String {
             u if u < 0.8 => "b",
             _ => "c",
         };
-        let y = if i == 7 {
-            MARK.to_string()
+        let y = format!("{:.2}", 100.0 + 20.0 * b);
+        let ward = if i == 7 {
+            MARK
+        } else if i % 2 == 0 {
+            "w1"
         } else {
-            format!("{:.2}", 100.0 + 20.0 * b)
+            "w2"
         };
         let label = if a + 0.5 * rng.normal() > 0.0 {
             "yes"
@@ -72,7 +77,7 @@ fn data() -> String {
             "no"
         };
         out.push_str(&format!(
-            "mrn-{i:06}-{},{:.0},{y},{grp},{label}\n",
+            "mrn-{i:06}-{},{:.0},{y},{grp},{ward},{label}\n",
             rng.next_u64() % 100_000,
             60.0 + 10.0 * a
         ));
@@ -114,7 +119,7 @@ fn a_synthetic_sample_reads_as_the_site_and_holds_none_of_its_rows() {
     assert!(out.contains("1 the plan ignores written missing"), "{out}");
     let text = std::fs::read_to_string(s.path("synthetic.csv")).unwrap();
     let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("id,x,y,grp,label"));
+    assert_eq!(lines.next(), Some("id,x,y,grp,ward,label"));
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     assert!((2800..3200).contains(&rows.len()), "{}", rows.len());
     // Nothing of the file: the identifiers withheld, the mark absent.
@@ -124,8 +129,9 @@ fn a_synthetic_sample_reads_as_the_site_and_holds_none_of_its_rows() {
     let num = |c: usize| -> Vec<f64> { rows.iter().filter_map(|r| r[c].parse().ok()).collect() };
     let (x, y) = (num(1), num(2));
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    assert!((mean(&x) - 60.0).abs() < 3.0, "{}", mean(&x));
-    assert!((mean(&y) - 100.0).abs() < 6.0, "{}", mean(&y));
+    // Drawn uniformly within five-a-decade bins: a few points of bias.
+    assert!((mean(&x) - 60.0).abs() < 5.0, "{}", mean(&x));
+    assert!((mean(&y) - 100.0).abs() < 10.0, "{}", mean(&y));
     assert!(
         x.iter().all(|v| v.fract() == 0.0),
         "whole numbers stay whole"
@@ -139,8 +145,8 @@ fn a_synthetic_sample_reads_as_the_site_and_holds_none_of_its_rows() {
     assert!(r > 0.5, "correlation {r}");
     let share = rows.iter().filter(|r| r[3] == "a").count() as f64 / rows.len() as f64;
     assert!((share - 0.5).abs() < 0.05, "{share}");
-    for label in ["yes", "no"] {
-        assert!(rows.iter().any(|r| r[4] == label), "{label}");
+    for (column, level) in [(4, "w1"), (4, "w2"), (5, "yes"), (5, "no")] {
+        assert!(rows.iter().any(|r| r[column] == level), "{level}");
     }
     // The site's preflight passes on the sample: a failure can be
     // reproduced with it.
@@ -167,7 +173,9 @@ fn a_synthetic_sample_reads_as_the_site_and_holds_none_of_its_rows() {
         .collect();
     assert_eq!(entries, ["synthetic_count", "synthetic", "synthetic_pairs"]);
 
-    // Past the budget (20, about 6 spent): refused, nothing written.
+    // Past the budget (20, about 6 spent): refused, nothing written, and
+    // nothing charged (the releases are checked together).
+    let before = std::fs::read_to_string(s.path("tessera-ledger-s.json")).unwrap();
     let err = s
         .run(&[
             "synth",
@@ -185,6 +193,32 @@ fn a_synthetic_sample_reads_as_the_site_and_holds_none_of_its_rows() {
         .fails();
     assert!(err.contains("the sample was not written"), "{err}");
     assert!(!s.path("again.csv").exists());
+    let after = std::fs::read_to_string(s.path("tessera-ledger-s.json")).unwrap();
+    assert_eq!(before, after, "a refused release charged nothing");
+    // A file without the header the plan says it has: its first row would
+    // be written out as names; refused.
+    let body: String = source.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    s.write("nohdr.csv", &body);
+    let err = s
+        .run(&[
+            "synth",
+            "--like",
+            "nohdr.csv",
+            "--plan",
+            "plan.toml",
+            "--site",
+            "s",
+            "--epsilon",
+            "1",
+            "--out",
+            "h.csv",
+        ])
+        .fails();
+    assert!(
+        err.contains("is not a header naming the plan's columns"),
+        "{err}"
+    );
+    assert!(!err.contains("mrn-"), "{err}");
     // Flags that belong together.
     let err = s
         .run(&["synth", "--like", "s.csv", "--out", "x.csv"])

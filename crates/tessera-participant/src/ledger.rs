@@ -122,9 +122,39 @@ pub fn charge_local(
     subject: &str,
     event: DpEvent,
 ) -> Result<f64, String> {
+    charge_local_all(path, site, plan, &[(kind, subject.to_string(), event)])
+}
+
+/// Charges several releases made together (`(kind, subject, event)`
+/// each) as [`charge_local`] charges one: all of them, or, where one would
+/// be refused, none (checked together first, under the file's lock).
+pub fn charge_local_all(
+    path: &Path,
+    site: &str,
+    plan: &Plan,
+    releases: &[(&str, String, DpEvent)],
+) -> Result<f64, String> {
     let _lock = lock(path)?;
-    let mut ledger = SiteLedger::open(Some(path), site, plan, kind)?;
-    ledger.record_local(kind, subject, event)
+    let mut ledger = SiteLedger::open(Some(path), site, plan, "local")?;
+    let mut trial = ledger.ledger.clone();
+    for (kind, subject, event) in releases {
+        if ledger.repeated_without_budget(kind) {
+            return Err(format!(
+                "{}: this site already released a {kind} release under this plan, and the plan \
+                 sets no privacy budget ([privacy] budget or participant_budgets) that would \
+                 bound another",
+                ledger.described(subject)
+            ));
+        }
+        trial
+            .record_participant(0, kind, subject, site, *event)
+            .map_err(|e| format!("{}: {e}", ledger.described(subject)))?;
+    }
+    let mut spent = ledger.epsilon();
+    for (kind, subject, event) in releases {
+        spent = ledger.record_local(kind, subject, *event)?;
+    }
+    Ok(spent)
 }
 
 /// Takes the advisory lock of the ledger at `path` for as long as the
@@ -617,6 +647,9 @@ fn read(path: &Path, site: &str) -> Result<LedgerFile, String> {
         }
         Err(e) => return Err(fail(e.to_string())),
     };
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
     if meta.len() > MAX_FILE_BYTES {
         return Err(fail(format!(
             "{} bytes, over the {} MiB a ledger may have",
