@@ -141,12 +141,7 @@ pub fn run(args: &DebugBundleArgs) -> anyhow::Result<()> {
         exists: path.is_file(),
         path,
     });
-    let ledger_path = args.ledger.clone().unwrap_or_else(|| {
-        PathBuf::from(format!(
-            "tessera-ledger-{}.json",
-            crate::deploy::safe_name(site)
-        ))
-    });
+    let ledger_path = crate::deploy::site_ledger(args.ledger.as_deref(), site);
     let summary = tessera_participant::ledger::summary::summary(&ledger_path, site, plan.as_ref())
         .map_err(anyhow::Error::msg)
         .context("the site's privacy ledger (--ledger)")?;

@@ -184,9 +184,17 @@ fn local_state_path(args: &ParticipantArgs) -> PathBuf {
 /// `--ledger`, or `tessera-ledger-SITE.json` (the site's name with
 /// anything but letters, digits, `.`, `-` and `_` replaced by `_`).
 fn ledger_path(args: &ParticipantArgs) -> PathBuf {
-    args.ledger
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("tessera-ledger-{}.json", safe_name(&args.site))))
+    site_ledger(args.ledger.as_deref(), &args.site)
+}
+
+/// A site's privacy ledger: `given`, or the participant's default,
+/// `tessera-ledger-SITE.json` in the working folder (every command that
+/// charges or reads a site's ledger finds the same file).
+pub(crate) fn site_ledger(given: Option<&std::path::Path>, site: &str) -> PathBuf {
+    given.map_or_else(
+        || PathBuf::from(format!("tessera-ledger-{}.json", safe_name(site))),
+        std::path::Path::to_path_buf,
+    )
 }
 
 /// `site` with anything but letters, digits, `.`, `-` and `_` replaced by `_`.

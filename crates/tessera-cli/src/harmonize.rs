@@ -228,12 +228,7 @@ pub fn run_profile(args: &ProfileArgs) -> anyhow::Result<()> {
         delimiter: args.delimiter,
     };
     let p = profile_file(&args.site, &schema, &args.data, settings)?;
-    let ledger = args.ledger.clone().unwrap_or_else(|| {
-        PathBuf::from(format!(
-            "tessera-ledger-{}.json",
-            crate::deploy::safe_name(&args.site)
-        ))
-    });
+    let ledger = crate::deploy::site_ledger(args.ledger.as_deref(), &args.site);
     // Charged before it is written: a profile on disk is a release.
     let epsilon = tessera_participant::ledger::charge_profile(&ledger, &args.site, &plan, p.event)
         .map_err(|e| anyhow::anyhow!("the profile was not written: {e}"))?;

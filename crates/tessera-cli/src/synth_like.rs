@@ -145,12 +145,7 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
     };
     let key = crate::harmonize::secret_key()?;
     let model = SynthModel::release(&columns, &rows, &settings, key)?;
-    let ledger = args.ledger.clone().unwrap_or_else(|| {
-        PathBuf::from(format!(
-            "tessera-ledger-{}.json",
-            crate::deploy::safe_name(site)
-        ))
-    });
+    let ledger = crate::deploy::site_ledger(args.ledger.as_deref(), site);
     // Charged before it is written: a sample on disk is a release.
     let releases: Vec<(&str, String, tessera_privacy::DpEvent)> = model
         .events

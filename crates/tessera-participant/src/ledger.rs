@@ -138,14 +138,7 @@ pub fn charge_local_all(
     let mut ledger = SiteLedger::open(Some(path), site, plan, "local")?;
     let mut trial = ledger.ledger.clone();
     for (kind, subject, event) in releases {
-        if ledger.repeated_without_budget(kind) {
-            return Err(format!(
-                "{}: this site already released a {kind} release under this plan, and the plan \
-                 sets no privacy budget ([privacy] budget or participant_budgets) that would \
-                 bound another",
-                ledger.described(subject)
-            ));
-        }
+        ledger.refuse_repeated(kind, &ledger.described(subject))?;
         trial
             .record_participant(0, kind, subject, site, *event)
             .map_err(|e| format!("{}: {e}", ledger.described(subject)))?;
@@ -476,6 +469,21 @@ impl SiteLedger {
     /// Whether a release of `kind` was already made under this plan and
     /// the plan sets no budget that would bound another (each fresh noise,
     /// averaged away over releases).
+    /// Refuses `what`, a release of `kind`, where the plan sets no budget
+    /// and this site already made one: without a budget nothing would
+    /// bound repeated releases (each fresh noise, averaged away), so one
+    /// of a kind under the plan, then.
+    fn refuse_repeated(&self, kind: &str, what: &str) -> Result<(), String> {
+        if self.repeated_without_budget(kind) {
+            return Err(format!(
+                "{what}: this site already released a {kind} release under this plan, and the \
+                 plan sets no privacy budget ([privacy] budget or participant_budgets) that \
+                 would bound another"
+            ));
+        }
+        Ok(())
+    }
+
     fn repeated_without_budget(&self, kind: &str) -> bool {
         let budgets = self.ledger.budgets();
         let unbounded = budgets.run.is_none() && !budgets.participants.contains_key(&self.site);
@@ -495,15 +503,7 @@ impl SiteLedger {
     fn record_local(&mut self, kind: &str, subject: &str, event: DpEvent) -> Result<f64, String> {
         let what = self.described(subject);
         let site = self.site.clone();
-        // Without a budget nothing would bound repeated releases (each
-        // fresh noise, averaged away): one of a kind under the plan, then.
-        if self.repeated_without_budget(kind) {
-            return Err(format!(
-                "{what}: this site already released a {kind} release under this plan, and the \
-                 plan sets no privacy budget ([privacy] budget or participant_budgets) that \
-                 would bound another"
-            ));
-        }
+        self.refuse_repeated(kind, &what)?;
         let entry = self
             .ledger
             .record_participant(0, kind, &what, &site, event)

@@ -33,7 +33,7 @@
 use tessera_core::{LocalModel, ParameterSet, ParticipantId, Update};
 
 use super::fedavg::moved;
-use crate::local::{LocalAlgorithm, LocalFit, mismatch};
+use crate::local::{LocalAlgorithm, LocalFit, PlainLocal, mismatch};
 use crate::{AggregateError, Attendance, Instructions, Needs, RoundAggregate, Strategy};
 
 /// The largest `q` a plan may set: the weights grow as `F^q`, and the
@@ -190,15 +190,9 @@ impl LocalAlgorithm for QfflLocal {
             return Err(mismatch("qffl", instructions));
         }
         let start = model.loss(global)?;
-        model.set_parameters(global)?;
-        let mut stats = model.train(None)?;
-        stats.start_loss = Some(start);
-        let delta = model.parameters().sub(global)?;
-        Ok(LocalFit {
-            delta,
-            aux: None,
-            stats,
-        })
+        let mut fit = PlainLocal.fit(instructions, global, model)?;
+        fit.stats.start_loss = Some(start);
+        Ok(fit)
     }
 }
 
