@@ -540,6 +540,22 @@ impl DataConfig {
                     column.name
                 )));
             }
+            // Levels are read canonically: `1` and `1.0` are one level,
+            // which a list must not give twice (a row would count twice).
+            let mut levels: Vec<String> = column
+                .levels
+                .iter()
+                .flatten()
+                .map(|l| crate::canonical_level(l))
+                .collect();
+            levels.sort_unstable();
+            if let Some(w) = levels.windows(2).find(|w| w[0] == w[1]) {
+                return Err(DataError::Config(format!(
+                    "column '{}': level '{}' is listed twice (levels are read as numbers where \
+                     they are: `1` and `1.0` are one)",
+                    column.name, w[0]
+                )));
+            }
         }
         if !schema.header
             && !schema.columns.is_empty()

@@ -103,6 +103,19 @@ fn config_contradictions_are_reported() {
     let mut config = one_file("y");
     config.site_column = None;
     assert!(error(&config, &[]).contains("`path` needs `site_column`"));
+    // A categorical level listed twice, as the plan reads levels.
+    let mut config = one_file("y");
+    config.schema.columns = vec![tessera_data::ColumnSpec {
+        name: "c".into(),
+        kind: tessera_data::ColumnKind::Categorical,
+        levels: Some(vec!["1".into(), "2".into(), "1.0".into()]),
+        drop_first: false,
+    }];
+    assert_eq!(
+        error(&config, &[]),
+        "data config: column 'c': level '1' is listed twice (levels are read as numbers where \
+         they are: `1` and `1.0` are one)"
+    );
 }
 
 #[test]
