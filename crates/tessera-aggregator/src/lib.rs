@@ -31,6 +31,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use tessera_coordinator::{
     AgreementStep, CoordinatorError, Federation, Shared, SqliteStore, StoreError,
 };
@@ -414,14 +416,14 @@ impl Upstream<'_> {
     /// The parent's tasks until its run is over.
     async fn tasks(&mut self) -> Result<(), Failure> {
         loop {
-            let mut stream = self
+            let (metadata, mut stream, _) = self
                 .parent
                 .next_task(pb::TaskRequest {
                     site: self.name.to_string(),
                     held_round: None,
                 })
                 .await?
-                .into_inner();
+                .into_parts();
             let Some(first) = stream.message().await? else {
                 return Err(Failure::Retry("task stream ended without a task".into()));
             };
@@ -439,13 +441,26 @@ impl Upstream<'_> {
                 Some(task::Part::Header(h)) => h,
                 _ => return Err(Failure::Retry("a task starts with its header".into())),
             };
-            let (global, _) = client::receive_parameters(&header, &mut stream, None).await?;
+            // The task joins the parent's round trace; this aggregator's
+            // round below, and its members' spans, join it too.
+            let span = tracing::info_span!(
+                "task",
+                site = %self.name,
+                round = header.round,
+                kind = header.kind().as_str_name()
+            );
+            tessera_proto::trace::follow(&span, &metadata);
+            let (global, _) = client::receive_parameters(&header, &mut stream, None)
+                .instrument(span.clone())
+                .await?;
             let global = Arc::new(global);
             let round = header.round;
             match header.kind() {
-                pb::TaskKind::Fit => self.fit(round, global).await?,
+                pb::TaskKind::Fit => self.fit(round, global, span).await?,
                 pb::TaskKind::Evaluate => {
-                    self.evaluate(round, global, header.regional_model).await?
+                    self.evaluate(round, global, header.regional_model)
+                        .instrument(span)
+                        .await?
                 }
                 // An aggregator answers no analytics queries (its plan's tree
                 // serves none: the coordinator keeps only flat runs), and
@@ -465,9 +480,11 @@ impl Upstream<'_> {
         &mut self,
         round: u32,
         global: Arc<tessera_core::ParameterSet>,
+        task: tracing::Span,
     ) -> Result<(), Failure> {
+        let under = task.clone();
         self.shared
-            .call(move |f| f.relay_fit(round, global))
+            .call(move |f| f.relay_fit(round, global, under))
             .await
             .map_err(|e| fatal(e.message()))?;
         let answer = self
@@ -512,6 +529,7 @@ impl Upstream<'_> {
                         update.clone(),
                         Duration::ZERO,
                     )
+                    .instrument(tracing::info_span!(parent: &task, "upload"))
                     .await?
                 } else {
                     client::send_update(
@@ -522,6 +540,7 @@ impl Upstream<'_> {
                         tessera_compress::Codec::NONE,
                         None,
                     )
+                    .instrument(tracing::info_span!(parent: &task, "upload"))
                     .await?
                 };
                 if reply.accepted {
@@ -559,15 +578,14 @@ impl Upstream<'_> {
         };
         // Each site's evaluation goes up beside their pooled one, so that the
         // root reports every site (protocol 1.9).
-        let sent = self
-            .parent
-            .submit_evaluation(convert::evaluation_with_sites_to_pb(
-                self.name,
-                round,
-                &evaluated.pooled,
-                &evaluated.sites,
-            ))
-            .await;
+        let mut report = tonic::Request::new(convert::evaluation_with_sites_to_pb(
+            self.name,
+            round,
+            &evaluated.pooled,
+            &evaluated.sites,
+        ));
+        tessera_proto::trace::inject(&tracing::Span::current(), report.metadata_mut());
+        let sent = self.parent.submit_evaluation(report).await;
         match sent {
             Ok(_) => tracing::info!(
                 round,

@@ -2,9 +2,15 @@
 //! participant, aggregator, peer, simulate): text, coloured only when stderr
 //! is a terminal and `NO_COLOR` is unset or empty, or one JSON object a line
 //! (`--log-format json`). The filter is `TESSERA_LOG` (default `info`).
+//! With `--otlp URL`, Tessera's spans (and the log lines within them, as
+//! span events) are also exported over OTLP, whatever `TESSERA_LOG` says.
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
+
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -18,21 +24,35 @@ pub enum LogFormat {
 
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
-/// Installs the log subscriber (once; later calls change nothing).
-pub fn init(format: LogFormat) {
+/// Installs the log subscriber (once; later calls change nothing) and,
+/// with `otlp`, the export of this process's spans as `service`.
+pub fn init(format: LogFormat, otlp: Option<(&str, &'static str)>) -> anyhow::Result<()> {
     if FORMAT.set(format).is_err() {
-        return;
+        return Ok(());
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false);
-    let _ = match format {
-        LogFormat::Text => builder.with_ansi(colours()).try_init(),
-        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    let lines = match format {
+        LogFormat::Text => lines.with_ansi(colours()).boxed(),
+        LogFormat::Json => lines.json().with_ansi(false).boxed(),
     };
+    let registry = tracing_subscriber::registry().with(lines.with_filter(filter));
+    let _ = match otlp {
+        None => registry.try_init(),
+        Some((url, service)) => {
+            // Tessera's own spans only: not those of the libraries under it.
+            let ours = tracing_subscriber::filter::Targets::new()
+                .with_target("tessera", tracing::Level::INFO);
+            let traces = tracing_opentelemetry::layer()
+                .with_tracer(crate::otlp::start(url, service)?)
+                .with_filter(ours);
+            registry.with(traces).try_init()
+        }
+    };
+    Ok(())
 }
 
 /// Whether text lines are coloured: stderr is a terminal and `NO_COLOR`

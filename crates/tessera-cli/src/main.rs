@@ -35,6 +35,7 @@ mod mlflow;
 mod model;
 mod multitask;
 mod ops;
+mod otlp;
 mod participation;
 mod paths;
 mod plot;
@@ -63,6 +64,11 @@ struct Cli {
     /// set) or json (one object a line).
     #[arg(long, global = true, value_enum, value_name = "FORMAT")]
     log_format: Option<logging::LogFormat>,
+    /// Export this process's trace spans over OTLP/gRPC to the collector at
+    /// URL (http://HOST:PORT, usually port 4317): coordinator, participant
+    /// and aggregator. A round's spans at every process form one trace.
+    #[arg(long, global = true, value_name = "URL")]
+    otlp: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,17 +220,34 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    match (&cli.command, cli.log_format) {
-        (
-            Command::Coordinator(_)
-            | Command::Participant(_)
-            | Command::Aggregator(_)
-            | Command::Peer(_),
-            format,
-        ) => logging::init(format.unwrap_or_default()),
+    let service = match &cli.command {
+        Command::Coordinator(_) => Some("tessera-coordinator"),
+        Command::Participant(_) => Some("tessera-participant"),
+        Command::Aggregator(_) => Some("tessera-aggregator"),
+        _ => None,
+    };
+    let otlp = match (cli.otlp.as_deref(), service) {
+        (None, _) => None,
+        (Some(url), Some(service)) => Some((url, service)),
+        (Some(_), None) => {
+            eprintln!("--otlp traces the coordinator, participant and aggregator commands only");
+            return ExitCode::from(2);
+        }
+    };
+    let logs = match (service, cli.log_format) {
+        (Some(_), format) => Some(format.unwrap_or_default()),
+        (None, format) if matches!(cli.command, Command::Peer(_)) => {
+            Some(format.unwrap_or_default())
+        }
         // Simulation logs only when asked: its table and summary are its output.
-        (Command::Simulate(_), Some(format)) => logging::init(format),
-        _ => {}
+        (None, Some(format)) if matches!(cli.command, Command::Simulate(_)) => Some(format),
+        _ => None,
+    };
+    if let Some(format) = logs
+        && let Err(e) = logging::init(format, otlp)
+    {
+        eprintln!("error: {}", one_line(&e));
+        return ExitCode::from(2);
     }
     let result = match cli.command {
         Command::Simulate(args) => simulate::run(*args),
@@ -257,6 +280,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => model::predict(&args),
         Command::BenchTransfer(args) => transfer::run(&args),
     };
+    otlp::finish();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

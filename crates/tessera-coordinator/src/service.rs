@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, Span};
 
 use crate::shared::Shared;
 use crate::state::{ModelPart, Refusal, TaskView};
@@ -51,6 +52,24 @@ impl Service {
 
     fn admit<T>(&self, request: &Request<T>) -> Result<Option<std::net::SocketAddr>, Status> {
         self.connections.admit(request)
+    }
+
+    /// The span of a participant's report on the round in progress: a
+    /// child of the round's span, linked to (never parented by) the
+    /// caller's own span.
+    async fn report_span(&self, metadata: &tonic::metadata::MetadataMap, update: bool) -> Span {
+        let round = self
+            .shared
+            .call(|f| f.round_span())
+            .await
+            .unwrap_or_else(|_| Span::none());
+        let span = if update {
+            tracing::info_span!(parent: &round, "receive_update")
+        } else {
+            tracing::info_span!(parent: &round, "receive_evaluation")
+        };
+        tessera_proto::trace::link(&span, metadata);
+        span
     }
 
     fn settle<R>(
@@ -140,7 +159,9 @@ impl FederationService for Service {
 
     async fn join(&self, request: Request<pb::Hello>) -> Result<Response<pb::Welcome>, Status> {
         let peer = self.admit(&request)?;
-        let result = self.join_call(request).await;
+        let span = tracing::info_span!(parent: None, "join");
+        tessera_proto::trace::link(&span, request.metadata());
+        let result = self.join_call(request).instrument(span).await;
         self.settle(peer, result)
     }
 
@@ -149,7 +170,9 @@ impl FederationService for Service {
         request: Request<pb::AgreeRequest>,
     ) -> Result<Response<pb::AgreeReply>, Status> {
         let peer = self.admit(&request)?;
-        let result = self.agree_call(request).await;
+        let span = tracing::info_span!(parent: None, "agree");
+        tessera_proto::trace::link(&span, request.metadata());
+        let result = self.agree_call(request).instrument(span).await;
         self.settle(peer, result)
     }
 
@@ -167,7 +190,8 @@ impl FederationService for Service {
         request: Request<Streaming<pb::UpdatePart>>,
     ) -> Result<Response<pb::UpdateReply>, Status> {
         let peer = self.admit(&request)?;
-        let result = self.submit_update_call(request).await;
+        let span = self.report_span(request.metadata(), true).await;
+        let result = self.submit_update_call(request).instrument(span).await;
         self.settle(peer, result)
     }
 
@@ -176,7 +200,8 @@ impl FederationService for Service {
         request: Request<pb::EvaluationReport>,
     ) -> Result<Response<pb::EvaluationReply>, Status> {
         let peer = self.admit(&request)?;
-        let result = self.submit_evaluation_call(request).await;
+        let span = self.report_span(request.metadata(), false).await;
+        let result = self.submit_evaluation_call(request).instrument(span).await;
         self.settle(peer, result)
     }
 
@@ -343,107 +368,118 @@ impl Service {
         // participant is alive.
         let poll = shared.call(|f| f.heartbeat_interval()).await?;
         // Wait here (not in the stream) so that refusals come back as errors.
-        let view = loop {
+        let (view, round) = loop {
             let who = site.clone();
             match shared
-                .call(move |f| f.task_for(&who, held))
+                .call(move |f| f.task_for(&who, held).map(|v| (v, f.round_span())))
                 .await?
                 .map_err(refused)?
             {
-                TaskView::Wait => {
+                (TaskView::Wait, _) => {
                     let _ = tokio::time::timeout(poll, changes.changed()).await;
                 }
-                view => break view,
+                task => break task,
             }
         };
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
-            let send = |part| pb::Task { part: Some(part) };
-            let mut sent = 0usize;
-            let finished = match &view {
-                TaskView::Finished => Some(pb::Finished {
-                    reason: "every round is done".into(),
-                    serve: None,
-                }),
-                TaskView::RolloutOver { serve, reason } => Some(pb::Finished {
-                    reason: reason.clone(),
-                    serve: Some(serve.clone()),
-                }),
-                _ => None,
-            };
-            if let Some(finished) = finished {
-                shared
-                    .told_finished
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(site.clone());
-                let _ = tx.send(Ok(send(task::Part::Finished(finished)))).await;
-                return;
+        // A round's task is sent under the round's span, and carries its
+        // context to the participant, whose spans join the round's trace.
+        let span = match &view {
+            TaskView::Fit { header, .. } | TaskView::Evaluate { header, .. } => {
+                tracing::info_span!(parent: &round, "send_task", %site, round = header.round, kind = header.kind().as_str_name())
             }
-            let (header, model, sets) = match view {
-                TaskView::Wait | TaskView::Finished | TaskView::RolloutOver { .. } => return,
-                TaskView::Rollout { header, files } => {
-                    let message = send(task::Part::Header(header));
-                    sent += message.encoded_len();
-                    if tx.send(Ok(message)).await.is_err() {
+            _ => Span::none(),
+        };
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(
+            async move {
+                let send = |part| pb::Task { part: Some(part) };
+                let mut sent = 0usize;
+                let finished = match &view {
+                    TaskView::Finished => Some(pb::Finished {
+                        reason: "every round is done".into(),
+                        serve: None,
+                    }),
+                    TaskView::RolloutOver { serve, reason } => Some(pb::Finished {
+                        reason: reason.clone(),
+                        serve: Some(serve.clone()),
+                    }),
+                    _ => None,
+                };
+                if let Some(finished) = finished {
+                    shared
+                        .told_finished
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(site.clone());
+                    let _ = tx.send(Ok(send(task::Part::Finished(finished)))).await;
+                    return;
+                }
+                let (header, model, sets) = match view {
+                    TaskView::Wait | TaskView::Finished | TaskView::RolloutOver { .. } => return,
+                    TaskView::Rollout { header, files } => {
+                        let message = send(task::Part::Header(header));
+                        sent += message.encoded_len();
+                        if tx.send(Ok(message)).await.is_err() {
+                            return;
+                        }
+                        for piece in files.iter().flat_map(|f| f.chunks(CHUNK_BYTES)) {
+                            let message = send(task::Part::Compressed(piece.to_vec()));
+                            sent += message.encoded_len();
+                            if tx.send(Ok(message)).await.is_err() {
+                                return;
+                            }
+                        }
+                        let _ = shared.call(move |f| f.count_down(&site, sent)).await;
                         return;
                     }
-                    for piece in files.iter().flat_map(|f| f.chunks(CHUNK_BYTES)) {
+                    TaskView::Fit {
+                        header,
+                        global,
+                        tensors,
+                        model,
+                    } => (header, model, vec![Some(global), tensors]),
+                    TaskView::Evaluate {
+                        header,
+                        global,
+                        model,
+                    } => (header, model, vec![Some(global)]),
+                    TaskView::Analyze { header } => (header, ModelPart::Held, Vec::new()),
+                };
+                let message = send(task::Part::Header(header));
+                sent += message.encoded_len();
+                if tx.send(Ok(message)).await.is_err() {
+                    return;
+                }
+                // The model's change in pieces, when the participant holds the previous one.
+                if let ModelPart::Change(bytes) = &model {
+                    for piece in bytes.chunks(CHUNK_BYTES) {
                         let message = send(task::Part::Compressed(piece.to_vec()));
                         sent += message.encoded_len();
                         if tx.send(Ok(message)).await.is_err() {
                             return;
                         }
                     }
-                    let _ = shared.call(move |f| f.count_down(&site, sent)).await;
-                    return;
                 }
-                TaskView::Fit {
-                    header,
-                    global,
-                    tensors,
-                    model,
-                } => (header, model, vec![Some(global), tensors]),
-                TaskView::Evaluate {
-                    header,
-                    global,
-                    model,
-                } => (header, model, vec![Some(global)]),
-                TaskView::Analyze { header } => (header, ModelPart::Held, Vec::new()),
-            };
-            let message = send(task::Part::Header(header));
-            sent += message.encoded_len();
-            if tx.send(Ok(message)).await.is_err() {
-                return;
-            }
-            // The model's change in pieces, when the participant holds the previous one.
-            if let ModelPart::Change(bytes) = &model {
-                for piece in bytes.chunks(CHUNK_BYTES) {
-                    let message = send(task::Part::Compressed(piece.to_vec()));
-                    sent += message.encoded_len();
-                    if tx.send(Ok(message)).await.is_err() {
-                        return;
+                for (index, set) in sets.into_iter().enumerate() {
+                    let Some(set) = set else { continue };
+                    if index == 0 && model != ModelPart::Whole {
+                        continue;
+                    }
+                    for chunk in chunks(index as u32, &set, CHUNK_BYTES) {
+                        let message = send(task::Part::Chunk(chunk));
+                        sent += message.encoded_len();
+                        if tx.send(Ok(message)).await.is_err() {
+                            return;
+                        }
                     }
                 }
+                let _ = shared.call(move |f| f.count_down(&site, sent)).await;
             }
-            for (index, set) in sets.into_iter().enumerate() {
-                let Some(set) = set else { continue };
-                if index == 0 && model != ModelPart::Whole {
-                    continue;
-                }
-                for chunk in chunks(index as u32, &set, CHUNK_BYTES) {
-                    let message = send(task::Part::Chunk(chunk));
-                    sent += message.encoded_len();
-                    if tx.send(Ok(message)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            let _ = shared.call(move |f| f.count_down(&site, sent)).await;
-        });
-        Ok(Response::new(
-            Box::pin(ReceiverStream::new(rx)) as TaskStream
-        ))
+            .instrument(span.clone()),
+        );
+        let mut response = Response::new(Box::pin(ReceiverStream::new(rx)) as TaskStream);
+        tessera_proto::trace::inject(&span, response.metadata_mut());
+        Ok(response)
     }
 
     async fn submit_update_call(

@@ -42,6 +42,7 @@ mod resume;
 pub mod rollout;
 pub mod secure;
 mod sessions;
+mod trace;
 mod training;
 mod training_mode;
 pub mod trust;
@@ -138,6 +139,8 @@ pub struct Federation {
     steps: StepEvaluations,
     /// When the round (or step) in progress opened, on the run clock.
     round_started: Option<Timestamp>,
+    /// The round's trace spans.
+    trace: trace::RoundTrace,
     /// Bytes up and down: the run's, per site, the round's.
     traffic: Traffic,
     /// Upload codecs and measured bandwidths.
@@ -385,6 +388,7 @@ impl Federation {
             tree: hierarchy,
             steps: StepEvaluations::default(),
             round_started: None,
+            trace: trace::RoundTrace::default(),
             traffic: Traffic::default(),
             links: Links::default(),
             downlink: None,
@@ -757,7 +761,11 @@ impl Federation {
 
     fn step(&mut self) -> Result<(), CoordinatorError> {
         let now = self.now();
-        match &self.phase {
+        // What a step does for the round in progress (its aggregation, its
+        // log lines) belongs to the round's trace.
+        let span = self.round_span();
+        let _entered = span.enter();
+        let stepped = match &self.phase {
             _ if self.fatal.is_some() || self.aborted.is_some() => Ok(()),
             Phase::Agreeing => {
                 self.dry_run_step();
@@ -770,7 +778,9 @@ impl Federation {
             Phase::Training if self.training.is_async() => self.async_step(now),
             Phase::Training => self.step_training(now),
             Phase::Evaluating { .. } => self.step_evaluating(now),
-        }
+        };
+        self.follow_trace();
+        stepped
     }
 
     /// The store, for reads.

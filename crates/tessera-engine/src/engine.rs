@@ -686,6 +686,8 @@ impl RoundEngine {
             return None;
         }
         let open = self.open.take()?;
+        // Under a traced coordinator, a child of its round's span.
+        let _aggregate = tracing::info_span!("aggregate", round = open.number).entered();
         self.rounds_closed += 1;
         let n_accepted = open.accepted.len();
         let attendance = attendance(&open);

@@ -78,6 +78,7 @@ use train::train;
 use client::{receive_parameters, secure_submit, send_update};
 use supervisor::{Failure, Progress, Retry, Stopped, supervise};
 use tonic::Code;
+use tracing::Instrument;
 
 /// Why a participant stopped.
 #[derive(Debug, Error)]
@@ -392,7 +393,7 @@ async fn session(
         // While the coordinator has no task (a run waiting for sites), its
         // certificate is checked again every few seconds: a coordinator
         // revoked meanwhile is left at once, not at a task that never comes.
-        let mut stream = {
+        let (metadata, mut stream, _) = {
             let asked = client.next_task(pb::TaskRequest {
                 site: config.site.clone(),
                 held_round: state.held.as_ref().map(|(round, _)| *round),
@@ -400,7 +401,7 @@ async fn session(
             tokio::pin!(asked);
             loop {
                 tokio::select! {
-                    reply = &mut asked => break reply?.into_inner(),
+                    reply = &mut asked => break reply?.into_parts(),
                     () = tokio::time::sleep(Duration::from_secs(2)) => {
                         client::still_trusted(endpoint, "the coordinator")?;
                     }
@@ -430,8 +431,19 @@ async fn session(
             site.round_closed(header.previous_round == awaiting && header.previous_update_counted);
             state.awaiting = None;
         }
+        // This task's spans join the round's trace, whose context the
+        // coordinator sent with the task.
+        let task_span = tracing::info_span!(
+            "task",
+            site = %config.site,
+            round = header.round,
+            kind = header.kind().as_str_name()
+        );
+        tessera_proto::trace::follow(&task_span, &metadata);
         let held = state.held.take();
-        let (global, tensors) = receive_parameters(&header, &mut stream, held).await?;
+        let (global, tensors) = receive_parameters(&header, &mut stream, held)
+            .instrument(tracing::info_span!(parent: &task_span, "receive_model"))
+            .await?;
         let global = Arc::new(global);
         // With compressed models, keep the model to apply the next change to.
         if !header.model_codec.is_empty() {
@@ -479,7 +491,10 @@ async fn session(
                         .parse()
                         .map_err(|e| Failure::Retry(format!("malformed task: {e}")))?
                 };
-                let Some(mut update) = train(config, &mut client, state, task).await? else {
+                let Some(mut update) = train(config, &mut client, state, task)
+                    .instrument(tracing::info_span!(parent: &task_span, "train"))
+                    .await?
+                else {
                     continue;
                 };
                 // Compression: what leaves is the codec's encoding; under
@@ -498,6 +513,7 @@ async fn session(
                 // answers is counted, and the next task says so (SCAFFOLD's
                 // pending control variate is then kept, not lost).
                 state.awaiting = Some(header.round);
+                let upload = tracing::info_span!(parent: &task_span, "upload");
                 let reply = if state.secure {
                     secure_submit(
                         &mut client,
@@ -509,6 +525,7 @@ async fn session(
                         update,
                         config.pause_before_update,
                     )
+                    .instrument(upload)
                     .await?
                 } else {
                     send_update(
@@ -519,6 +536,7 @@ async fn session(
                         codec,
                         encoded,
                     )
+                    .instrument(upload)
                     .await?
                 };
                 if reply.accepted {
@@ -540,7 +558,9 @@ async fn session(
                     .evaluated(header.round, header.regional_model, &global);
                 let plan = Arc::clone(&state.plan);
                 let name = config.site.clone();
+                let evaluating = tracing::info_span!(parent: &task_span, "evaluate");
                 let (site, evaluation) = tokio::task::spawn_blocking(move || {
+                    let _evaluating = evaluating.entered();
                     // The model the global parameters serve (IFCA's
                     // largest cluster, multi-task's body and this site's
                     // task's head), as the simulator evaluates it.
@@ -568,6 +588,7 @@ async fn session(
                         header.round,
                         &evaluation,
                     )
+                    .instrument(tracing::info_span!(parent: &task_span, "send_evaluation"))
                     .await?;
                     if counted {
                         summary.evaluations += 1;
@@ -579,13 +600,14 @@ async fn session(
                     }
                     continue;
                 }
-                let sent = client
-                    .submit_evaluation(convert::evaluation_to_pb(
-                        &config.site,
-                        header.round,
-                        &evaluation,
-                    ))
-                    .await;
+                let mut report = tonic::Request::new(convert::evaluation_to_pb(
+                    &config.site,
+                    header.round,
+                    &evaluation,
+                ));
+                let sending = tracing::info_span!(parent: &task_span, "send_evaluation");
+                tessera_proto::trace::inject(&sending, report.metadata_mut());
+                let sent = client.submit_evaluation(report).instrument(sending).await;
                 match sent {
                     Ok(_) => summary.evaluations += 1,
                     // A refused evaluation does not end the participant's work.

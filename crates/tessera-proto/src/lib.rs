@@ -28,6 +28,7 @@
 pub mod convert;
 mod error;
 mod tensors;
+pub mod trace;
 mod version;
 
 pub use error::ProtoError;

@@ -1,6 +1,7 @@
 //! Privacy-safe logging: a deployed run with every log line on (`trace`,
 //! every crate) at the coordinator and at each site, over data whose rows
-//! carry marked values, and not one line holds a marked value or a row.
+//! carry marked values, and not one line holds a marked value or a row;
+//! nor does any span or span event the processes export over OTLP.
 
 use crate::util::procs::{HEART_SITES, Proc, coordinator_env, heart_file, participant_env};
 use crate::util::{self, Scratch};
@@ -20,12 +21,14 @@ fn no_log_line_at_any_level_holds_a_marked_value() {
     let s = Scratch::new("deploy-logging");
     let plan = s.write("plan.toml", &heart_text(&s, 3));
     let trace = [("TESSERA_LOG", "trace")];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (otlp, exported) = crate::tracing::collector(&runtime);
     let (mut coordinator, url) = coordinator_env(
         &s.dir,
         &plan,
         &s.path("run.sqlite"),
         0,
-        &["--report", "dep.json"],
+        &["--report", "dep.json", "--otlp", &otlp],
         &trace,
     );
     let mut rows = Vec::new();
@@ -42,7 +45,7 @@ fn no_log_line_at_any_level_holds_a_marked_value() {
             lines[0] = fields.join(",");
             rows.push(lines[0].clone());
             let data = s.write(&format!("{site}.data"), &(lines.join("\n") + "\n"));
-            participant_env(&s.dir, &url, site, &data, &[], &trace)
+            participant_env(&s.dir, &url, site, &data, &["--otlp", &otlp], &trace)
         })
         .collect();
     assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
@@ -81,4 +84,18 @@ fn no_log_line_at_any_level_holds_a_marked_value() {
     }
     eprintln!("{lines} log lines at trace, none with a marked value or row");
     assert!(lines > 100, "{lines}");
+    // What went out as traces: every span and event, from every process.
+    let texts = crate::tracing::exported_text(&exported);
+    for text in &texts {
+        for (i, site) in HEART_SITES.iter().enumerate() {
+            if let Some(mark) = marked(text, i) {
+                panic!("a span held {mark} of {site}: {text}");
+            }
+        }
+    }
+    eprintln!(
+        "{} spans and span events exported, none with a marked value",
+        texts.len()
+    );
+    assert!(texts.len() > 100, "{}", texts.len());
 }

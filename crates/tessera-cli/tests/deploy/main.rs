@@ -36,6 +36,7 @@ mod site_failures;
 mod site_metrics;
 mod synthetic;
 mod tls;
+mod tracing;
 mod tracking;
 mod trust;
 mod waiting;

@@ -306,7 +306,9 @@ impl Federation {
     }
 
     /// Aggregator: the parent asks for round `round`'s update, trained from `global`.
-    pub fn relay_fit(&mut self, round: u32, global: Arc<ParameterSet>) {
+    /// Its round's spans are children of `trace`, the span of the parent's task.
+    pub fn relay_fit(&mut self, round: u32, global: Arc<ParameterSet>, trace: tracing::Span) {
+        self.trace_under(trace);
         if let Some(relay) = self.training.relay_mut()
             && relay.fit.as_ref().is_none_or(|(r, _)| *r != round)
         {
@@ -480,6 +482,7 @@ impl Federation {
         self.store.finish_run(&self.run.id)?;
         self.audit("-", "run", "finished", "the parent's run is over");
         self.phase = Phase::Finished;
+        self.follow_trace();
         self.version += 1;
         Ok(())
     }

@@ -56,7 +56,10 @@ pub async fn join_with(
             .metadata_mut()
             .insert(tessera_proto::SESSION_HEADER, value);
     }
-    let welcome = match client.join(request).await {
+    // The join is a trace of its own; the coordinator's span links to it.
+    let span = tracing::info_span!("join", site);
+    tessera_proto::trace::inject(&span, request.metadata_mut());
+    let welcome = match tracing::Instrument::instrument(client.join(request), span).await {
         Ok(welcome) => welcome.into_inner(),
         // A TLS 1.3 server refuses the client's certificate after the
         // client's side of the handshake: it arrives with the first call,

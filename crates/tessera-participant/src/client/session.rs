@@ -86,11 +86,13 @@ pub async fn agree(
     site: &str,
     offer: pb::agree_request::Offer,
 ) -> Result<agree_reply::Result, Failure> {
-    let reply = client
-        .agree(pb::AgreeRequest {
-            site: site.to_string(),
-            offer: Some(offer),
-        })
+    let span = tracing::info_span!("agree", site);
+    let mut request = tonic::Request::new(pb::AgreeRequest {
+        site: site.to_string(),
+        offer: Some(offer),
+    });
+    tessera_proto::trace::inject(&span, request.metadata_mut());
+    let reply = tracing::Instrument::instrument(client.agree(request), span)
         .await?
         .into_inner();
     reply

@@ -164,8 +164,8 @@ pub async fn send_update(
             }
         }
     });
-    Ok(client
-        .submit_update(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner())
+    // The upload's span (the caller's) goes with it, for the coordinator to link.
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    tessera_proto::trace::inject(&tracing::Span::current(), request.metadata_mut());
+    Ok(client.submit_update(request).await?.into_inner())
 }

@@ -1,0 +1,428 @@
+//! Distributed tracing: a deployed run whose coordinator and participants
+//! export over OTLP (`--otlp`) to a receiver built here on the OTLP
+//! protobuf definitions. Each round is one trace: the coordinator's round
+//! span at its root, and under it the task, training and upload of every
+//! participant, the aggregation and the evaluation.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+
+use crate::util::procs::{HEART_SITES, aggregator, coordinator, participant, participant_with};
+use crate::util::{self, Scratch};
+use crate::{LIMIT, heart_text};
+
+/// What the receiver was sent.
+#[derive(Default, Clone)]
+pub(crate) struct Received(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+
+#[tonic::async_trait]
+impl TraceService for Received {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// One span as the test reads it.
+#[derive(Debug, Clone)]
+struct Span {
+    service: String,
+    name: String,
+    trace: Vec<u8>,
+    id: Vec<u8>,
+    parent: Vec<u8>,
+    links: Vec<Vec<u8>>,
+    attributes: BTreeMap<String, String>,
+}
+
+fn text(attributes: &[KeyValue]) -> BTreeMap<String, String> {
+    attributes
+        .iter()
+        .filter_map(|kv| {
+            let value = match kv.value.as_ref()?.value.as_ref()? {
+                Value::StringValue(s) => s.clone(),
+                Value::IntValue(i) => i.to_string(),
+                Value::BoolValue(b) => b.to_string(),
+                Value::DoubleValue(d) => d.to_string(),
+                _ => return None,
+            };
+            Some((kv.key.clone(), value))
+        })
+        .collect()
+}
+
+/// Every text the receiver was sent, one a span or span event: names,
+/// attribute values and the resources'.
+pub(crate) fn exported_text(received: &Received) -> Vec<String> {
+    let mut out = Vec::new();
+    for request in received.0.lock().unwrap().iter() {
+        for resource in &request.resource_spans {
+            if let Some(r) = &resource.resource {
+                out.push(format!("{:?}", text(&r.attributes)));
+            }
+            for span in resource.scope_spans.iter().flat_map(|s| &s.spans) {
+                out.push(format!("{} {:?}", span.name, text(&span.attributes)));
+                for event in &span.events {
+                    out.push(format!("{} {:?}", event.name, text(&event.attributes)));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn spans(received: &Received) -> Vec<Span> {
+    let mut out = Vec::new();
+    for request in received.0.lock().unwrap().iter() {
+        for resource in &request.resource_spans {
+            let service = resource
+                .resource
+                .as_ref()
+                .map(|r| text(&r.attributes))
+                .and_then(|a| a.get("service.name").cloned())
+                .unwrap_or_default();
+            for scope in &resource.scope_spans {
+                for span in &scope.spans {
+                    out.push(Span {
+                        service: service.clone(),
+                        name: span.name.clone(),
+                        trace: span.trace_id.clone(),
+                        id: span.span_id.clone(),
+                        parent: span.parent_span_id.clone(),
+                        links: span.links.iter().map(|l| l.span_id.clone()).collect(),
+                        attributes: text(&span.attributes),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// An OTLP/gRPC receiver on 127.0.0.1: its URL and what it receives.
+pub(crate) fn collector(runtime: &tokio::runtime::Runtime) -> (String, Received) {
+    let received = Received::default();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    runtime.spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(received.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (url, received)
+}
+
+/// Checks that each of `rounds` rounds is one trace, a tree under the
+/// coordinator's round span, holding every one of `sites`' tasks with
+/// their training and upload (and, with `evaluated`, their evaluation),
+/// each upload linked from the receiving side's span. The traces.
+fn one_trace_a_round<'a>(
+    spans: &'a [Span],
+    rounds: u32,
+    sites: &[&str],
+    evaluated: bool,
+) -> Vec<Vec<&'a Span>> {
+    let roots: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.service == "tessera-coordinator" && s.name == "round")
+        .collect();
+    assert_eq!(roots.len(), rounds as usize, "{spans:#?}");
+    let traces: BTreeSet<&Vec<u8>> = roots.iter().map(|r| &r.trace).collect();
+    assert_eq!(traces.len(), roots.len(), "one trace a round");
+    let mut out = Vec::new();
+    for root in &roots {
+        let round = root.attributes.get("round").cloned().unwrap_or_default();
+        let trace: Vec<&Span> = spans.iter().filter(|s| s.trace == root.trace).collect();
+        let ids: BTreeSet<&Vec<u8>> = trace.iter().map(|s| &s.id).collect();
+        // One tree: the round's span its only root, every other span's
+        // parent in the same trace.
+        for span in &trace {
+            if span.id == root.id {
+                assert!(
+                    span.parent.is_empty(),
+                    "round {round}: the round has a parent"
+                );
+            } else {
+                assert!(
+                    ids.contains(&span.parent),
+                    "round {round}: {} of {} has its parent outside the trace",
+                    span.name,
+                    span.service
+                );
+            }
+        }
+        let of = |service: &str, name: &str| -> Vec<&Span> {
+            trace
+                .iter()
+                .copied()
+                .filter(|s| s.service == service && s.name == name)
+                .collect()
+        };
+        assert_eq!(
+            of("tessera-coordinator", "aggregate").len(),
+            1,
+            "round {round}"
+        );
+        assert_eq!(
+            of("tessera-coordinator", "evaluation").len(),
+            1,
+            "round {round}"
+        );
+        // Every site's task, training and upload.
+        let tasks = of("tessera-participant", "task");
+        let seen: BTreeSet<&str> = tasks
+            .iter()
+            .filter_map(|t| t.attributes.get("site").map(String::as_str))
+            .collect();
+        assert_eq!(seen, sites.iter().copied().collect(), "round {round}");
+        let mut names = vec!["train", "upload"];
+        if evaluated {
+            names.push("evaluate");
+        }
+        for name in names {
+            let n = of("tessera-participant", name).len();
+            assert_eq!(n, sites.len(), "round {round}: {name}");
+        }
+        // The receiving side's span of each update links to (and is never
+        // a child of) the sender's upload.
+        let uploads: BTreeSet<&Vec<u8>> = trace
+            .iter()
+            .filter(|s| s.name == "upload")
+            .map(|u| &u.id)
+            .collect();
+        let received: Vec<&Span> = trace
+            .iter()
+            .copied()
+            .filter(|s| s.name == "receive_update")
+            .collect();
+        assert!(received.len() >= sites.len(), "round {round}");
+        for update in received {
+            assert!(
+                update.links.iter().any(|l| uploads.contains(l)),
+                "round {round}: an update without its upload's link"
+            );
+        }
+        out.push(trace);
+    }
+    out
+}
+
+#[test]
+fn each_round_is_one_trace_across_the_coordinator_and_every_participant() {
+    if util::skip_e2e("each_round_is_one_trace_across_the_coordinator_and_every_participant") {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (otlp, received) = collector(&runtime);
+    let s = Scratch::new("deploy-tracing");
+    let rounds = 3;
+    let plan = s.write("plan.toml", &heart_text(&s, rounds));
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &s.path("run.sqlite"),
+        0,
+        &["--report", "dep.json", "--otlp", &otlp],
+    );
+    let mut participants: Vec<_> = HEART_SITES
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &["--otlp", &otlp]))
+        .collect();
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    // Every process sent its last spans before it exited.
+    let spans = spans(&received);
+    for (round, trace) in one_trace_a_round(&spans, rounds, &HEART_SITES, true)
+        .iter()
+        .enumerate()
+    {
+        // The coordinator's span of each update is a child of its own
+        // round, never of the participant's.
+        let root = trace.iter().find(|s| s.name == "round").unwrap();
+        for update in trace.iter().filter(|s| s.name == "receive_update") {
+            assert_eq!(update.parent, root.id, "round {}", round + 1);
+        }
+        eprintln!(
+            "round {}: one trace of {} spans, the coordinator's and {} participants'",
+            round + 1,
+            trace.len(),
+            HEART_SITES.len()
+        );
+    }
+    // Joins are traces of their own, the coordinator's linked to each site's.
+    let joins: BTreeSet<&Vec<u8>> = spans
+        .iter()
+        .filter(|s| s.service == "tessera-participant" && s.name == "join")
+        .map(|j| &j.id)
+        .collect();
+    assert!(joins.len() >= HEART_SITES.len(), "{joins:?}");
+    let linked = spans
+        .iter()
+        .filter(|s| s.service == "tessera-coordinator" && s.name == "join")
+        .filter(|j| j.links.iter().any(|l| joins.contains(l)))
+        .count();
+    assert!(linked >= HEART_SITES.len(), "{linked}");
+}
+
+#[test]
+fn a_hierarchical_round_is_one_trace_through_its_aggregators() {
+    if util::skip_e2e("a_hierarchical_round_is_one_trace_through_its_aggregators") {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (otlp, received) = collector(&runtime);
+    let s = Scratch::new("deploy-tracing-tree");
+    let rounds = 3;
+    let groups = "kind = \"hierarchical\"\n\n[[topology.groups]]\nname = \"east\"\nmembers = [\"site0\", \"site1\", \"site2\"]\n\n[[topology.groups]]\nname = \"west\"\nmembers = [\"site3\", \"site4\", \"site5\"]\n";
+    let (plan, data) = util::synthetic(&s, 6, rounds, groups);
+    let traced = ["--otlp", otlp.as_str()];
+    let (mut root, url) = coordinator(&s.dir, &plan, &s.path("root.sqlite"), 0, &traced);
+    let mut procs = Vec::new();
+    for (region, members) in [("east", 0..3), ("west", 3..6)] {
+        let db = s.path(&format!("{region}.sqlite"));
+        let (proc, region_url) = aggregator(&s.dir, &url, region, &db, 0, &traced);
+        procs.push(proc);
+        for i in members {
+            let site = format!("site{i}");
+            procs.push(participant_with(&s.dir, &region_url, &site, &data, &traced));
+        }
+    }
+    assert!(root.wait(LIMIT).success(), "{}", root.log());
+    for p in &mut procs {
+        assert!(p.wait(LIMIT).success(), "{}:\n{}", p.name, p.log());
+    }
+    let spans = spans(&received);
+    let sites = ["site0", "site1", "site2", "site3", "site4", "site5"];
+    for (round, trace) in one_trace_a_round(&spans, rounds, &sites, false)
+        .iter()
+        .enumerate()
+    {
+        // Each aggregator's task, and the round it opened for it below.
+        let regions = |name: &str| -> BTreeSet<String> {
+            trace
+                .iter()
+                .filter(|s| s.service == "tessera-aggregator" && s.name == name)
+                .filter_map(|s| s.attributes.get("site").cloned())
+                .collect()
+        };
+        assert_eq!(
+            regions("task").len(),
+            2,
+            "round {}: {:?}",
+            round + 1,
+            regions("task")
+        );
+        let below = trace
+            .iter()
+            .filter(|s| s.service == "tessera-aggregator" && s.name == "round")
+            .count();
+        assert_eq!(below, 2, "round {}", round + 1);
+        eprintln!(
+            "round {}: one trace of {} spans: the root's, 2 aggregators' and 6 participants'",
+            round + 1,
+            trace.len()
+        );
+    }
+}
+
+/// `--otlp` is refused where nothing would be traced, and over TLS, before
+/// any work.
+#[test]
+fn otlp_refuses_what_it_cannot_trace() {
+    let s = Scratch::new("deploy-tracing-refused");
+    let refused = s.run(&["protocol", "--otlp", "http://127.0.0.1:4317"]);
+    assert_eq!(
+        refused.output.status.code(),
+        Some(2),
+        "{}",
+        refused.stderr()
+    );
+    assert!(
+        refused.stderr().contains("--otlp traces the coordinator"),
+        "{}",
+        refused.stderr()
+    );
+    let tls = s.run(&[
+        "participant",
+        "--otlp",
+        "https://collector.example:4317",
+        "--coordinator",
+        "http://127.0.0.1:1",
+        "--site",
+        "a",
+        "--data",
+        "a.csv",
+        "--insecure",
+    ]);
+    assert_eq!(tls.output.status.code(), Some(2), "{}", tls.stderr());
+    assert!(tls.stderr().contains("OTLP over TLS"), "{}", tls.stderr());
+    let bad = s.run(&[
+        "coordinator",
+        "--otlp",
+        "not a url",
+        "--plan",
+        "p.toml",
+        "--db",
+        "run.sqlite",
+        "--insecure",
+    ]);
+    assert_eq!(bad.output.status.code(), Some(2), "{}", bad.stderr());
+    assert!(bad.stderr().contains("is not a URL"), "{}", bad.stderr());
+}
+
+/// A collector that is down costs the spans and nothing else: the run
+/// finishes as it would, each process says once what it could not send.
+#[test]
+fn a_collector_that_is_down_costs_only_the_spans() {
+    if util::skip_e2e("a_collector_that_is_down_costs_only_the_spans") {
+        return;
+    }
+    let s = Scratch::new("deploy-tracing-down");
+    let otlp = format!("http://127.0.0.1:{}", crate::util::procs::free_port());
+    let plan = s.write("plan.toml", &heart_text(&s, 2));
+    let started = std::time::Instant::now();
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &s.path("run.sqlite"),
+        0,
+        &["--report", "dep.json", "--otlp", &otlp],
+    );
+    let mut participants: Vec<_> = HEART_SITES
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &["--otlp", &otlp]))
+        .collect();
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    let report = s.json("dep.json");
+    assert_eq!(
+        report["rounds"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    eprintln!(
+        "2 rounds with the collector down in {:.1} s; the coordinator's log:\n{}",
+        started.elapsed().as_secs_f64(),
+        coordinator.log()
+    );
+}
