@@ -138,6 +138,21 @@ fn metrics_and_the_dashboard_show_the_live_run() {
     wait_until(LIMIT, "two rounds evaluated", || {
         evaluated_rounds(&status()) >= 2
     });
+    // Each site's participation in the run so far, from the store.
+    let live = status();
+    let participation = live["live"]["participation"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(participation.len(), HEART_SITES.len(), "{live}");
+    for p in &participation {
+        let (asked, counted) = (p["asked"].as_u64().unwrap(), p["counted"].as_u64().unwrap());
+        assert!(
+            counted >= 2 && asked >= counted && asked <= counted + 1,
+            "{p}"
+        );
+        assert_eq!(p["rejected"], 0, "{p}");
+    }
 
     // The gauge as it stands between two reads on the federation's thread
     // that agree on how many rounds are evaluated.
@@ -197,6 +212,16 @@ fn metrics_and_the_dashboard_show_the_live_run() {
             );
             let seen = by_id(&dom, &format!("site-{site}-seen")).unwrap();
             assert!(seen.ends_with(" UTC") && seen.starts_with("20"), "{seen}");
+            // Its participation: every round it was asked in counted (no
+            // site fails here), at least the two evaluated.
+            let counted = by_id(&dom, &format!("site-{site}-counted")).unwrap_or_default();
+            let (n, of) = counted
+                .split_once(" of ")
+                .and_then(|(n, of)| Some((n.parse::<u32>().ok()?, of.parse::<u32>().ok()?)))
+                .unwrap_or_else(|| panic!("{site}: counted {counted:?}"));
+            assert!(n >= 2 && of >= n && of <= n + 1, "{site}: {counted}");
+            let refused = by_id(&dom, &format!("site-{site}-refused"));
+            assert_eq!(refused.as_deref(), Some("0 / 0"), "{site}");
         }
         assert!(dom.contains("id=\"accuracy-svg\"") && dom.contains("class=\"x-tick\""));
         assert!(dom.contains("class=\"y-tick\""), "{dom}");
