@@ -539,6 +539,7 @@ impl Upstream<'_> {
                         &update,
                         tessera_compress::Codec::NONE,
                         None,
+                        None,
                     )
                     .instrument(tracing::info_span!(parent: &task, "upload"))
                     .await?

@@ -3,7 +3,9 @@
 //! in and rounds its update counted (reliability), its updates refused and
 //! late, its withdrawals, the examples behind its counted updates (where
 //! each update was seen alone; under secure aggregation only sums are), and
-//! its longest streak of counted rounds (consistency). Read from the
+//! its longest streak of counted rounds (consistency), and the seconds of
+//! local training it reported with its counted updates (resources; sites of
+//! protocol 1.25 and later, never under secure aggregation). Read from the
 //! store's cohorts and audit log only: no model, no data.
 
 use std::collections::BTreeMap;
@@ -35,6 +37,9 @@ pub struct Participation {
     pub examples: Option<u64>,
     /// The longest run of consecutive asked rounds it counted in.
     pub longest_streak: u32,
+    /// Seconds of local training it reported with its counted updates
+    /// (`None`: it reported none).
+    pub train_seconds: Option<f64>,
 }
 
 /// The table's rows, by site, over `runs` of `store` (all runs where
@@ -102,6 +107,19 @@ pub fn from_store(
                     }
                 }
                 ("withdraw", _) => p.withdrawn += 1,
+                ("resources", "reported") => {
+                    // "round R, T s training"
+                    let seconds = row
+                        .detail
+                        .split(", ")
+                        .nth(1)
+                        .and_then(|s| s.strip_suffix(" s training"))
+                        .and_then(|s| s.parse::<f64>().ok())
+                        .filter(|s| s.is_finite() && *s >= 0.0);
+                    if let Some(s) = seconds {
+                        p.train_seconds = Some(p.train_seconds.unwrap_or(0.0) + s);
+                    }
+                }
                 _ => {}
             }
         }
@@ -136,7 +154,7 @@ pub fn print(db: &Path, run: Option<&str>, json: bool) -> anyhow::Result<()> {
         tessera_core::shown(&runs.join(", "), 200)
     );
     println!(
-        "{:<24} {:>4} {:>6} {:>7} {:>11} {:>8} {:>5} {:>9} {:>9} {:>7}",
+        "{:<24} {:>4} {:>6} {:>7} {:>11} {:>8} {:>5} {:>9} {:>9} {:>7} {:>9}",
         "site",
         "runs",
         "asked",
@@ -146,11 +164,12 @@ pub fn print(db: &Path, run: Option<&str>, json: bool) -> anyhow::Result<()> {
         "late",
         "withdrawn",
         "examples",
-        "streak"
+        "streak",
+        "train s"
     );
     for p in &rows {
         println!(
-            "{:<24} {:>4} {:>6} {:>7} {:>11.3} {:>8} {:>5} {:>9} {:>9} {:>7}",
+            "{:<24} {:>4} {:>6} {:>7} {:>11.3} {:>8} {:>5} {:>9} {:>9} {:>7} {:>9}",
             tessera_core::shown(&p.site, 24),
             p.runs,
             p.asked,
@@ -160,12 +179,14 @@ pub fn print(db: &Path, run: Option<&str>, json: bool) -> anyhow::Result<()> {
             p.late,
             p.withdrawn,
             p.examples.map_or("-".into(), |n| n.to_string()),
-            p.longest_streak
+            p.longest_streak,
+            p.train_seconds.map_or("-".into(), |s| format!("{s:.3}"))
         );
     }
     println!(
         "reliability = rounds counted / rounds asked; examples: where each update was seen \
-         alone (- under secure aggregation); streak: the longest run of asked rounds counted"
+         alone (- under secure aggregation); streak: the longest run of asked rounds counted; \
+         train s: local training seconds the site reported with its counted updates"
     );
     Ok(())
 }

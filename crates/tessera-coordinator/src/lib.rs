@@ -486,9 +486,12 @@ pub async fn serve_shared_until(
         }
     };
     ticker.abort();
-    // A fatal failure first: whatever else went wrong came after it.
+    // A fatal failure first: whatever else went wrong came after it. The
+    // round's spans close here, so that the collector gets the round as far
+    // as it went (an interrupted or stopped run).
     let ended = shared
         .call(|f| {
+            f.close_trace();
             let fatal = f.fatal().map(str::to_string);
             (
                 fatal,

@@ -54,9 +54,10 @@ impl Service {
         self.connections.admit(request)
     }
 
-    /// The span of a participant's report on the round in progress: a
-    /// child of the round's span, linked to (never parented by) the
-    /// caller's own span.
+    /// The span of a participant's report on the round in progress: under
+    /// the round's span in the trace (not in this process's span tree: a
+    /// caller that holds its call open cannot hold the round's span open),
+    /// linked to, never parented by, the caller's own span.
     async fn report_span(&self, metadata: &tonic::metadata::MetadataMap, update: bool) -> Span {
         let round = self
             .shared
@@ -64,10 +65,11 @@ impl Service {
             .await
             .unwrap_or_else(|_| Span::none());
         let span = if update {
-            tracing::info_span!(parent: &round, "receive_update")
+            tracing::info_span!(parent: None, "receive_update")
         } else {
-            tracing::info_span!(parent: &round, "receive_evaluation")
+            tracing::info_span!(parent: None, "receive_evaluation")
         };
+        tessera_proto::trace::under(&span, &round);
         tessera_proto::trace::link(&span, metadata);
         span
     }
@@ -381,11 +383,15 @@ impl Service {
                 task => break task,
             }
         };
-        // A round's task is sent under the round's span, and carries its
-        // context to the participant, whose spans join the round's trace.
+        // A round's task is sent under the round's span (in the trace only,
+        // so that a participant that never reads it cannot hold the round
+        // open), and carries its context to the participant, whose spans
+        // join the round's trace.
         let span = match &view {
             TaskView::Fit { header, .. } | TaskView::Evaluate { header, .. } => {
-                tracing::info_span!(parent: &round, "send_task", %site, round = header.round, kind = header.kind().as_str_name())
+                let span = tracing::info_span!(parent: None, "send_task", %site, round = header.round, kind = header.kind().as_str_name());
+                tessera_proto::trace::under(&span, &round);
+                span
             }
             _ => Span::none(),
         };
@@ -498,9 +504,14 @@ impl Service {
             return Err(Status::invalid_argument("an update starts with its header"));
         };
         let site = self.check(identity, &header.site, "update").await?;
-        let result = self
-            .receive_update(&site, &header, &mut stream, &mut received)
-            .await;
+        let train_seconds = convert::train_seconds_from_pb(&header);
+        let result = match &train_seconds {
+            Ok(_) => {
+                self.receive_update(&site, &header, &mut stream, &mut received)
+                    .await
+            }
+            Err(e) => Err(e.to_string()),
+        };
         let seconds = started.elapsed().as_secs_f64();
         let codec = header.codec.parse::<Codec>().unwrap_or(Codec::NONE);
         let who = site.clone();
@@ -519,9 +530,16 @@ impl Service {
         };
         let round = header.round;
         let who = site.clone();
+        let train_seconds = train_seconds.ok().flatten();
         let reply = match self
             .shared
-            .call(move |f| f.submit_update(&site, round, &update))
+            .call(move |f| {
+                let counted = f.submit_update(&site, round, &update);
+                if let (Ok(()), Some(seconds)) = (&counted, train_seconds) {
+                    f.note_training(&site, round, seconds);
+                }
+                counted
+            })
             .await?
         {
             Ok(()) => {

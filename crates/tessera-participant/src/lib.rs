@@ -212,6 +212,8 @@ pub(crate) struct Ready {
     withdraw: bool,
     /// The round whose update awaits its outcome (SCAFFOLD's control variate).
     awaiting: Option<u32>,
+    /// Seconds the last local training took (sent with its update, 1.25).
+    train_seconds: Option<f64>,
     /// Asynchronous run: tasks name the model version, not a round, and
     /// batches are drawn from this site's own count of attempts.
     asynchronous: bool,
@@ -535,6 +537,7 @@ async fn session(
                         &update,
                         codec,
                         encoded,
+                        state.train_seconds.take(),
                     )
                     .instrument(upload)
                     .await?
@@ -665,6 +668,7 @@ impl Ready {
             awaiting: None,
             asynchronous: plan.federation.mode == tessera_engine::Mode::Async,
             attempts: 0,
+            train_seconds: None,
             secure: plan.secure_aggregation.enabled,
             key_ring: None,
             identity: Arc::new(

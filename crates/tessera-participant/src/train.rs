@@ -49,14 +49,16 @@ pub(crate) async fn train(
         config.pause_before_update
     };
     let mut work = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
         let update = site.fit(&task, &train);
+        let seconds = started.elapsed().as_secs_f64();
         // Fault injection: a slow site (it keeps saying it is at work).
         std::thread::sleep(pause);
-        (site, update)
+        (site, update, seconds)
     });
     let mut keep_going = true;
     let beat = state.heartbeat.unwrap_or(Duration::from_secs(3600));
-    let (site, update) = loop {
+    let (site, update, seconds) = loop {
         tokio::select! {
             done = &mut work => break done.map_err(|e| Failure::Fatal(ParticipantError::Local(format!("training crashed: {e}"))))?,
             () = tokio::time::sleep(beat), if state.heartbeat.is_some() => {
@@ -116,6 +118,7 @@ pub(crate) async fn train(
             .trained(&config.site, round, site.last_dp_event());
     }
     state.site = Some(site);
+    state.train_seconds = Some(seconds);
     let update = match update {
         Ok(update) => update,
         Err(e) => {

@@ -379,9 +379,41 @@ pub fn fit_stats_from_pb(header: &pb::UpdateHeader) -> Result<FitStats, ProtoErr
     })
 }
 
+/// The most seconds of local training an update may report: a week.
+pub const MAX_TRAIN_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
+
+/// The seconds of local training an update's header reports (none when it
+/// reports none), refused unless finite and within [0, [`MAX_TRAIN_SECONDS`]].
+pub fn train_seconds_from_pb(header: &pb::UpdateHeader) -> Result<Option<f64>, ProtoError> {
+    match header.train_seconds {
+        Some(s) if !(0.0..=MAX_TRAIN_SECONDS).contains(&s) => Err(ProtoError::Malformed(format!(
+            "update: training seconds {} outside [0, {MAX_TRAIN_SECONDS}]",
+            tessera_core::value(s)
+        ))),
+        seconds => Ok(seconds),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reported_training_seconds_are_bounded() {
+        let header = |s: Option<f64>| pb::UpdateHeader {
+            train_seconds: s,
+            ..Default::default()
+        };
+        assert_eq!(train_seconds_from_pb(&header(None)).ok(), Some(None));
+        assert_eq!(
+            train_seconds_from_pb(&header(Some(0.25))).ok(),
+            Some(Some(0.25))
+        );
+        for bad in [-1.0, f64::NAN, f64::INFINITY, MAX_TRAIN_SECONDS * 2.0] {
+            let e = train_seconds_from_pb(&header(Some(bad))).unwrap_err();
+            assert!(e.to_string().contains("training seconds"), "{e}");
+        }
+    }
 
     #[test]
     fn an_aggregators_site_evaluations_must_add_up_to_its_own() {

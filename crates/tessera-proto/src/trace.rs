@@ -39,6 +39,17 @@ pub fn follow(span: &tracing::Span, metadata: &MetadataMap) {
     }
 }
 
+/// Makes `span`, not yet entered, a child of `parent` in the trace only
+/// (its OpenTelemetry parent), not in this process's span tree: `parent`
+/// then closes, and is exported, when it ends, even while `span` is still
+/// open (a call a participant holds open).
+pub fn under(span: &tracing::Span, parent: &tracing::Span) {
+    let context = parent.context();
+    if context.span().span_context().is_valid() {
+        let _ = span.set_parent(context);
+    }
+}
+
 /// Adds the valid trace context in `metadata` to `span` as a link.
 pub fn link(span: &tracing::Span, metadata: &MetadataMap) {
     let context = TraceContextPropagator::new().extract(&Reader(metadata));
@@ -124,6 +135,12 @@ mod tests {
             assert_eq!(trace_id(&task), trace_id(&round));
             let alone = tracing::info_span!(parent: None, "alone");
             assert_ne!(trace_id(&alone), trace_id(&round));
+            // Under the round in the trace alone: the same trace, and the
+            // round closes while the call is open.
+            let call = tracing::info_span!(parent: None, "call");
+            under(&call, &round);
+            assert_eq!(trace_id(&call), trace_id(&round));
+            drop(round);
         });
     }
 
@@ -155,7 +172,6 @@ mod tests {
             ] {
                 let span = tracing::info_span!(parent: None, "task");
                 follow(&span, &carrying(bad));
-                link(&span, &carrying(bad));
                 assert_ne!(trace_id(&span), theirs, "{bad}");
                 assert!(span.context().span().span_context().is_valid(), "{bad}");
             }

@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 24;
+pub const MINOR: u32 = 25;
 
 /// What this build can do.
 ///
@@ -107,6 +107,9 @@ pub const MINOR: u32 = 24;
 ///   the loss of the round's model on its training rows measured first and
 ///   sent as the update header's `start_loss`); a 1.24 coordinator
 ///   requires it for `qffl`.
+/// - `train-seconds` (1.25): a site sends the seconds its local training
+///   took in the update's header (`train_seconds`), for the coordinator's
+///   participation table; nothing requires it.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -146,6 +149,7 @@ pub const CAPABILITIES: &[&str] = &[
     "canary-secure",
     "multitask",
     "qffl",
+    "train-seconds",
 ];
 
 /// Each capability of [`CAPABILITIES`] with the minor version that brought
@@ -190,6 +194,7 @@ pub const CAPABILITY_SINCE: &[(&str, u32)] = &[
     ("canary-secure", 22),
     ("multitask", 23),
     ("qffl", 24),
+    ("train-seconds", 25),
 ];
 
 /// The capabilities a Tessera build of protocol `1.minor` sends.

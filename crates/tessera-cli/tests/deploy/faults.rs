@@ -276,8 +276,13 @@ fn a_failing_site_withdraws(name: &str, tables: &str) {
             );
             assert_eq!(p["reliability"], 1.0);
             // Each update's examples where it was seen alone; sums only
-            // under secure aggregation.
+            // under secure aggregation. Its training seconds likewise.
             assert_eq!(p["examples"].is_null(), secure, "{p}");
+            assert_eq!(p["train_seconds"].is_null(), secure, "{p}");
+            if !secure {
+                let seconds = p["train_seconds"].as_f64().unwrap();
+                assert!(seconds > 0.0 && seconds < 60.0, "{p}");
+            }
         }
     }
     let report = s.json("dep.json");

@@ -81,7 +81,7 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
             .unwrap();
 
         let mut replies = Vec::new();
-        while replies.len() < 6 {
+        while replies.len() < 7 {
             let attempt = replies.len();
             // Wait for a fit task, read it whole.
             let header = next_task_header(&mut client, "va").await;
@@ -112,6 +112,7 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
                 layout: header.layout.clone(),
                 codec: String::new(),
                 start_loss: None,
+                train_seconds: Some(0.5),
             };
             let chunk = |tensor: u32, offset: u64, values: &[f32]| pb::UpdatePart {
                 part: Some(update_part::Part::Chunk(pb::TensorChunk {
@@ -152,7 +153,13 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
                     vec![head(other), compressed(vec![0x02, 0x0e])]
                 }
                 // Compressed pieces in an update that says it is not compressed.
-                _ => vec![head(good_header), compressed(vec![0x00, 0x0e])],
+                5 => vec![head(good_header), compressed(vec![0x00, 0x0e])],
+                // Training seconds no site can have spent.
+                _ => {
+                    let mut bad = good_header;
+                    bad.train_seconds = Some(-1.0);
+                    vec![head(bad), chunk(0, 0, &vec![0.0; n_values as usize])]
+                }
             };
             let reply = client.submit_update(tokio_stream::iter(parts)).await;
             replies.push(match reply {
@@ -194,8 +201,12 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
         replies[5].contains("compressed parts in an uncompressed update"),
         "{replies:?}"
     );
+    assert!(
+        replies[6].contains("training seconds -1 outside [0, 604800]"),
+        "{replies:?}"
+    );
     assert_eq!(
-        replies[6..],
+        replies[7..],
         [
             "error: a withdrawal's reason is at most 1000 bytes, got 1001",
             "error: site 'nowhere' has not joined",

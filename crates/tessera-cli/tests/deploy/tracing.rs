@@ -389,7 +389,7 @@ fn otlp_refuses_what_it_cannot_trace() {
 }
 
 /// A collector that is down costs the spans and nothing else: the run
-/// finishes as it would, each process says once what it could not send.
+/// finishes as it would, and each process says what it could not send.
 #[test]
 fn a_collector_that_is_down_costs_only_the_spans() {
     if util::skip_e2e("a_collector_that_is_down_costs_only_the_spans") {
@@ -420,6 +420,9 @@ fn a_collector_that_is_down_costs_only_the_spans() {
         Some(2),
         "{report}"
     );
+    for log in std::iter::once(coordinator.log()).chain(participants.iter().map(|p| p.log())) {
+        assert!(log.contains("ExportError"), "{log}");
+    }
     eprintln!(
         "2 rounds with the collector down in {:.1} s; the coordinator's log:\n{}",
         started.elapsed().as_secs_f64(),

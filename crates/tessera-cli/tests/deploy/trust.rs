@@ -28,6 +28,7 @@ fn zero_update(
             layout: header.layout.clone(),
             codec: String::new(),
             start_loss: None,
+            train_seconds: None,
         })),
     }];
     for (tensor, t) in header.layout.iter().enumerate() {

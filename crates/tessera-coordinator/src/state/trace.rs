@@ -33,9 +33,14 @@ impl RoundTrace {
         if self.round.as_ref().map(|(r, _)| *r) != Some(round) {
             // The previous round's spans close before the next one opens.
             self.evaluation = None;
-            // Taken: a parent's task span held here would never close.
-            let parent = self.parent.take().as_ref().and_then(Span::id);
-            self.round = Some((round, tracing::info_span!(parent: parent, "round", round)));
+            let span = tracing::info_span!(parent: None, "round", round);
+            // Under the parent's task in the trace only: that task's span
+            // closes when its call ends, not with this round (and taken, it
+            // is not held here past the round it began).
+            if let Some(task) = self.parent.take() {
+                tessera_proto::trace::under(&span, &task);
+            }
+            self.round = Some((round, span));
         }
         if !evaluating {
             self.evaluation = None;
@@ -65,6 +70,12 @@ impl Federation {
     /// it; a disabled span between rounds.
     pub fn round_span(&self) -> Span {
         self.trace.span()
+    }
+
+    /// Closes the round's spans (the coordinator stops): the collector
+    /// gets the round as far as it went.
+    pub fn close_trace(&mut self) {
+        self.trace = RoundTrace::default();
     }
 
     /// Opens and closes the round's spans to match the phase.
@@ -98,5 +109,24 @@ mod tests {
         assert!(trace.evaluation.is_none());
         trace.follow(None, false);
         assert!(trace.round.is_none());
+    }
+
+    /// An aggregator's round opened after the parent's task span has gone
+    /// everywhere else: the round opens (no span is cloned from a closed
+    /// one), and the task span is not kept.
+    #[test]
+    fn a_round_under_a_parent_task_opens_after_the_task_span_is_gone() {
+        let recorded = tracing_subscriber::registry();
+        tracing::subscriber::with_default(recorded, || {
+            let mut trace = RoundTrace {
+                parent: Some(tracing::info_span!("task")),
+                ..RoundTrace::default()
+            };
+            trace.follow(Some(1), false);
+            assert!(trace.parent.is_none());
+            assert!(trace.round.as_ref().is_some_and(|(_, s)| !s.is_disabled()));
+            trace.follow(Some(1), true);
+            trace.follow(None, false);
+        });
     }
 }

@@ -252,6 +252,19 @@ impl Federation {
         }
     }
 
+    /// Records the seconds of local training `site` reported for its
+    /// counted update of `round` (bounded at the boundary; a figure the
+    /// site measured, never used to weigh anything), for the participation
+    /// table (`tessera contributions --db`).
+    pub fn note_training(&mut self, site: &str, round: u32, seconds: f64) {
+        self.audit(
+            site,
+            "resources",
+            "reported",
+            &format!("round {round}, {seconds:.6} s training"),
+        );
+    }
+
     /// Carries out the privacy book's effects: its rows go to the store.
     pub(super) fn apply_privacy(
         &mut self,

@@ -109,7 +109,8 @@ pub async fn receive_parameters(
 }
 
 /// Streams `update` for `round` as `site`: its delta in chunks, or its
-/// `encoded` form in pieces, then its auxiliary sum (set 1).
+/// `encoded` form in pieces, then its auxiliary sum (set 1), with the
+/// seconds its local training took where known (`train_seconds`).
 pub async fn send_update(
     site: &str,
     client: &mut FederationClient<Channel>,
@@ -117,6 +118,7 @@ pub async fn send_update(
     update: &tessera_core::Update,
     codec: tessera_compress::Codec,
     encoded: Option<Vec<u8>>,
+    train_seconds: Option<f64>,
 ) -> Result<pb::UpdateReply, Failure> {
     let header = pb::UpdatePart {
         part: Some(update_part::Part::Header(pb::UpdateHeader {
@@ -127,6 +129,7 @@ pub async fn send_update(
             n_steps: update.stats.n_steps,
             mean_train_loss: update.stats.mean_train_loss,
             start_loss: update.stats.start_loss,
+            train_seconds,
             layout: layout_of(&update.delta),
             codec: if encoded.is_some() {
                 codec.to_string()

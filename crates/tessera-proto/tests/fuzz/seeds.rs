@@ -178,6 +178,7 @@ pub(crate) fn update_header(set: &ParameterSet, codec: &str) -> pb::UpdateHeader
         layout: layout_of(set),
         codec: codec.into(),
         start_loss: None,
+        train_seconds: Some(1.5),
     }
 }
 
