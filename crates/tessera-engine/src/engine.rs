@@ -1,6 +1,6 @@
 //! The round engine state machine.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use tessera_privacy::{
 use crate::{EngineError, Plan, streams};
 
 mod rejection;
+mod selection;
 pub use rejection::Rejection;
 
 /// What the engine needs to know from a plan.
@@ -228,6 +229,8 @@ pub struct RoundEngine {
     rounds_closed: u32,
     open: Option<OpenRound>,
     dp: Option<(CentralDp, Ledger)>,
+    /// Weights a cohort that is a part of the sites is drawn with.
+    selection: Option<BTreeMap<ParticipantId, f64>>,
 }
 
 impl RoundEngine {
@@ -241,7 +244,15 @@ impl RoundEngine {
             rounds_closed: 0,
             open: None,
             dp: None,
+            selection: None,
         }
+    }
+
+    /// Draws later rounds' cohorts (when a part of the sites) with these
+    /// weights instead of uniformly (`None`: uniformly again); a site
+    /// without a weight has 1.
+    pub fn set_selection_weights(&mut self, weights: Option<BTreeMap<ParticipantId, f64>>) {
+        self.selection = weights;
     }
 
     /// Adds client-level central DP: every update clipped, noise on the
@@ -508,10 +519,15 @@ impl RoundEngine {
             });
         }
         if size < reachable {
-            SeededRng::derived(self.config.seed, &[streams::COHORT, u64::from(number)])
-                .shuffle(&mut everyone);
-            everyone.truncate(size);
-            everyone.sort();
+            let mut rng =
+                SeededRng::derived(self.config.seed, &[streams::COHORT, u64::from(number)]);
+            if let Some(weights) = &self.selection {
+                everyone = selection::weighted_draw(&mut rng, everyone, weights, size);
+            } else {
+                rng.shuffle(&mut everyone);
+                everyone.truncate(size);
+                everyone.sort();
+            }
         }
         if let Some((dp, ledger)) = &self.dp {
             let names: Vec<String> = self.participants.iter().map(|p| p.to_string()).collect();

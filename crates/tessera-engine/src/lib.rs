@@ -106,8 +106,8 @@ pub use site::Site;
 pub use tessera_plan::{
     AttributionMethod, AttributionUtility, Conflict, ContributionConfig, FailureConfig,
     FederationConfig, GossipGraph, GroupConfig, MemoryRole, Mode, MultitaskConfig, Plan, PlanError,
-    Range, SimulationConfig, StalenessWeighting, TaskSpec, TopologyConfig, TopologyKind, Weighting,
-    available_memory,
+    Range, Selection, SimulationConfig, StalenessWeighting, TaskSpec, TopologyConfig, TopologyKind,
+    Weighting, available_memory,
 };
 pub use topology::{Member, Node, Tree, gossip_neighbours, metropolis_mix};
 

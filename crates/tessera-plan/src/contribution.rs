@@ -60,6 +60,30 @@ impl AttributionUtility {
     }
 }
 
+/// How a round's cohort is drawn when it is a part of the sites.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Selection {
+    /// Every site equally likely (the default).
+    #[default]
+    Uniform,
+    /// Each site in proportion to a weight from its attribution so far:
+    /// 0.1 + 0.9 times its rank score among the sites valued so far (1 for
+    /// the largest mean value a round, 0 for the smallest), and 1 for a
+    /// site not yet valued, so that every site is tried.
+    Reputation,
+}
+
+impl Selection {
+    /// The name a plan gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Selection::Uniform => "uniform",
+            Selection::Reputation => "reputation",
+        }
+    }
+}
+
 /// Attribution's settings. A round's *utility* of a set of its sites is
 /// the value of the model the round's start would become with the
 /// example-weighted mean of those sites' updates (the empty set: the
@@ -101,6 +125,14 @@ pub struct ContributionConfig {
     /// the sites by their positive attribution totals (none by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
+    /// How each round's cohort is drawn (`federation.fraction` below 1):
+    /// uniformly, or weighted by each site's attribution so far.
+    #[serde(default, skip_serializing_if = "is_uniform")]
+    pub selection: Selection,
+}
+
+fn is_uniform(s: &Selection) -> bool {
+    *s == Selection::Uniform
 }
 
 fn default_quality_epsilon() -> f64 {
@@ -134,6 +166,7 @@ impl Default for ContributionConfig {
             truncation: default_truncation(),
             quality_epsilon: default_quality_epsilon(),
             value: None,
+            selection: Selection::Uniform,
         }
     }
 }

@@ -49,7 +49,7 @@ pub mod streams;
 mod topology;
 mod validate;
 
-pub use contribution::{AttributionMethod, AttributionUtility, ContributionConfig};
+pub use contribution::{AttributionMethod, AttributionUtility, ContributionConfig, Selection};
 pub use features::{FLAGGABLE, FeatureFlag};
 pub use memory::{MemoryRole, available_memory};
 pub use multitask::{MAX_TASKS, MultitaskConfig, TaskKind, TaskSpec};

@@ -722,6 +722,24 @@ pub const RULES: &[Rule] = &[
             },
         )
     }),
+    rule("reputation_selection_draws_a_part", |p| {
+        let c = &p.contribution;
+        when(
+            c.selection == crate::Selection::Reputation
+                && (c.is_off() || p.federation.fraction >= 1.0),
+            &[
+                "contribution.selection",
+                "contribution.method",
+                "federation.fraction",
+            ],
+            || {
+                "contribution.selection = \"reputation\" weighs each round's draw of a part of \
+                 the sites by their attribution so far: it needs contribution.method on and \
+                 federation.fraction below 1"
+                    .into()
+            },
+        )
+    }),
     rule("attribution_needs_flat_sync_rounds", |p| {
         when(
             !p.contribution.is_off()

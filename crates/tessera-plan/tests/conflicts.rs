@@ -72,6 +72,14 @@ type Breaks = Box<dyn Fn(&mut Plan)>;
 fn each_rule_fires_on_the_plan_it_forbids() {
     let broken: Vec<(&str, Breaks)> = vec![
         (
+            "reputation_selection_draws_a_part",
+            Box::new(|p: &mut Plan| {
+                // Every site is drawn each round: nothing to weigh.
+                p.contribution.method = tessera_plan::AttributionMethod::Gtg;
+                p.contribution.selection = tessera_plan::Selection::Reputation;
+            }),
+        ),
+        (
             "strategy_state_needs_sync",
             Box::new(|p: &mut Plan| {
                 p.federation.strategy = StrategyKind::Scaffold;

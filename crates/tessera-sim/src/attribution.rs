@@ -39,6 +39,9 @@ pub(crate) struct Attributor {
     counted: Vec<u32>,
     /// Per site: its quality score as it releases it.
     quality: Vec<f64>,
+    /// Per site: its values added up, and the rounds that valued it.
+    value_sum: Vec<f64>,
+    valued: Vec<u32>,
 }
 
 impl Attributor {
@@ -100,6 +103,8 @@ impl Attributor {
             asked: vec![0; data.sites.len()],
             counted: vec![0; data.sites.len()],
             quality: released_quality(plan, data),
+            value_sum: vec![0.0; data.sites.len()],
+            valued: vec![0; data.sites.len()],
         }))
     }
 
@@ -178,6 +183,10 @@ impl Attributor {
         }
         let (values, orders) =
             values.map_err(|e| EngineError::State(format!("round {round}: {e}")))?;
+        for ((site, _), v) in updates.iter().zip(&values) {
+            self.value_sum[*site] += v;
+            self.valued[*site] += 1;
+        }
         self.rounds.push(RoundContribution {
             round,
             gain: whole.unwrap_or(0.0),
@@ -191,6 +200,37 @@ impl Attributor {
             seconds: began.elapsed().as_secs_f64(),
         });
         Ok(())
+    }
+
+    /// The weights the next round's cohort is drawn with under
+    /// `selection = "reputation"`, by site: 0.1 + 0.9 times the site's rank
+    /// score among the sites valued so far (1 for the largest mean value a
+    /// round, 0 for the smallest, ties sharing), 1 for a site not yet valued.
+    pub fn selection_weights(
+        &self,
+        ids: &[tessera_core::ParticipantId],
+    ) -> BTreeMap<tessera_core::ParticipantId, f64> {
+        let means: Vec<Option<f64>> = (0..ids.len())
+            .map(|i| (self.valued[i] > 0).then(|| self.value_sum[i] / f64::from(self.valued[i])))
+            .collect();
+        let valued: Vec<f64> = means.iter().flatten().copied().collect();
+        let m = valued.len();
+        ids.iter()
+            .zip(&means)
+            .map(|(id, mean)| {
+                let weight = match mean {
+                    None => 1.0,
+                    Some(_) if m < 2 => 1.0,
+                    Some(mean) => {
+                        let below = valued.iter().filter(|v| **v < *mean).count() as f64;
+                        let equal = valued.iter().filter(|v| **v == *mean).count() as f64;
+                        let score = (below + 0.5 * (equal - 1.0)) / (m as f64 - 1.0);
+                        0.1 + 0.9 * score
+                    }
+                };
+                (id.clone(), weight)
+            })
+            .collect()
     }
 
     /// The utility of the sites in `set` (bits index `updates`).

@@ -584,6 +584,11 @@ pub(crate) fn run_sync(
             });
             let cohort: Vec<usize> = outcome.cohort.iter().map(|id| index[id]).collect();
             a.round(plan, round, from, &cohort, &sent, &sites, &names)?;
+            // Reputation-weighted selection: the next round's cohort is
+            // drawn by the attribution so far.
+            if plan.contribution.selection == tessera_engine::Selection::Reputation {
+                engine.set_selection_weights(Some(a.selection_weights(&ids)));
+            }
         }
 
         // Federated evaluation of the new global model at every site (with a

@@ -11,7 +11,7 @@ mod common;
 use tessera_contribution::spearman;
 use tessera_data::FederatedData;
 use tessera_engine::report::ContributionsReport;
-use tessera_engine::{AttributionMethod, AttributionUtility, Plan};
+use tessera_engine::{AttributionMethod, AttributionUtility, Plan, Selection};
 use tessera_sim::{Attack, AttackKind, SimOptions, simulate};
 
 fn setup(sites: usize) -> (Plan, FederatedData) {
@@ -239,4 +239,65 @@ fn attribution_is_refused_where_it_would_see_what_it_must_not() {
     bad.contribution.convergence = f64::NAN;
     let e = bad.validate().unwrap_err().to_string();
     assert!(e.contains("contribution.convergence"), "{e}");
+}
+
+/// Reputation-weighted selection (`contribution.selection =
+/// "reputation"`): half the 47 sites drawn each round, each by its
+/// attribution so far. Sign flippers (10) and free riders (5) are drawn
+/// into far fewer of the second half's cohorts than under uniform draws,
+/// and the model is no worse for it.
+#[test]
+fn reputation_weighted_selection_draws_attackers_and_free_riders_less() {
+    let (mut plan, data) = setup(47);
+    plan.federation.fraction = 0.5;
+    plan.contribution.method = AttributionMethod::Gtg;
+    plan.contribution.utility = AttributionUtility::FirstOrder;
+    let kinds = [(AttackKind::SignFlip, 10), (AttackKind::FreeRider, 5)];
+    for ((kind, malicious), seed) in kinds.into_iter().flat_map(|k| (1..=3).map(move |s| (k, s))) {
+        let attack = Attack {
+            kind,
+            malicious,
+            strength: kind.default_strength(),
+        };
+        let run = |selection: Selection| {
+            let mut plan = plan.clone();
+            plan.seed = seed;
+            plan.contribution.selection = selection;
+            let options = SimOptions {
+                attack: Some(attack),
+                ..SimOptions::default()
+            };
+            let report = simulate(&plan, &data, &options, &mut |_| {}).unwrap();
+            let bad = report
+                .robustness
+                .as_ref()
+                .map(|r| r.malicious.clone())
+                .unwrap();
+            let rounds = &report.contributions.as_ref().unwrap().rounds;
+            // Draws of the malicious sites in the second half's cohorts.
+            let drawn: usize = rounds[rounds.len() / 2..]
+                .iter()
+                .map(|r| r.values.keys().filter(|s| bad.contains(s)).count())
+                .sum();
+            (drawn, bad, report.final_metrics.accuracy.unwrap())
+        };
+        let (uniform, bad, uniform_accuracy) = run(Selection::Uniform);
+        let (weighted, bad_again, weighted_accuracy) = run(Selection::Reputation);
+        assert_eq!(bad, bad_again);
+        eprintln!(
+            "seed {seed}, {}: malicious sites drawn {uniform} times uniformly, {weighted} by \
+             reputation (second half); accuracy {uniform_accuracy:.3} against {weighted_accuracy:.3}",
+            kind.as_str()
+        );
+        assert!(
+            (weighted as f64) < 0.6 * uniform as f64,
+            "{}: {weighted} against {uniform}",
+            kind.as_str()
+        );
+        assert!(
+            weighted_accuracy >= uniform_accuracy - 0.02,
+            "{}",
+            kind.as_str()
+        );
+    }
 }
