@@ -158,15 +158,11 @@ fn status(f: &mut Federation) -> anyhow::Result<Value> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros());
-    // Each site's participation in this run so far (`tessera contributions
-    // --db`'s, from the run's cohorts and audit log).
-    let (_, participation) = crate::participation::from_store(store, Some(&run.id))?;
     document["live"] = json!({
         "now_unix_micros": now,
         "liveness_seconds": f.liveness().as_secs_f64(),
         "sites": sites,
         "epsilon_budget": budget,
-        "participation": participation,
     });
     Ok(document)
 }

@@ -14,6 +14,7 @@ use std::path::Path;
 use anyhow::bail;
 use serde::Serialize;
 use tessera_coordinator::RunStore;
+use tessera_coordinator::store::{AuditRow, CohortRow};
 
 /// One site's participation, over the runs read.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -61,69 +62,84 @@ pub fn from_store(
     }
     let mut sites: BTreeMap<String, Participation> = BTreeMap::new();
     for id in &runs {
-        let mut streak: BTreeMap<String, u32> = BTreeMap::new();
-        let mut seen: std::collections::BTreeSet<String> = Default::default();
-        for row in store.cohorts(id)? {
-            for site in &row.cohort {
-                let p = sites.entry(site.clone()).or_insert_with(|| Participation {
-                    site: site.clone(),
-                    ..Default::default()
-                });
-                if seen.insert(site.clone()) {
-                    p.runs += 1;
-                }
-                p.asked += 1;
-                let s = streak.entry(site.clone()).or_default();
-                if row.counted.contains(site) {
-                    p.counted += 1;
-                    *s += 1;
-                    p.longest_streak = p.longest_streak.max(*s);
-                } else {
-                    *s = 0;
-                }
+        add_run(&mut sites, &store.cohorts(id)?, &store.audit_log(id)?);
+    }
+    Ok((runs, rows(sites)))
+}
+
+/// Adds one run's participation, from its `cohorts` and `audit` log, to
+/// `sites`.
+pub fn add_run(
+    sites: &mut BTreeMap<String, Participation>,
+    cohorts: &[CohortRow],
+    audit: &[AuditRow],
+) {
+    let mut streak: BTreeMap<String, u32> = BTreeMap::new();
+    let mut seen: std::collections::BTreeSet<String> = Default::default();
+    for row in cohorts {
+        for site in &row.cohort {
+            let p = sites.entry(site.clone()).or_insert_with(|| Participation {
+                site: site.clone(),
+                ..Default::default()
+            });
+            if seen.insert(site.clone()) {
+                p.runs += 1;
             }
-        }
-        for row in store.audit_log(id)? {
-            let Some(p) = sites.get_mut(&row.site) else {
-                continue;
-            };
-            match (row.action.as_str(), row.outcome.as_str()) {
-                ("update", "accepted") => {
-                    // "round R, N examples"
-                    let n = row
-                        .detail
-                        .split(", ")
-                        .nth(1)
-                        .and_then(|s| s.strip_suffix(" examples"))
-                        .and_then(|s| s.parse::<u64>().ok());
-                    if let Some(n) = n {
-                        p.examples = Some(p.examples.unwrap_or(0).saturating_add(n));
-                    }
-                }
-                ("update", "rejected") => {
-                    p.rejected += 1;
-                    if row.detail.contains("after the round's deadline") {
-                        p.late += 1;
-                    }
-                }
-                ("withdraw", _) => p.withdrawn += 1,
-                ("resources", "reported") => {
-                    // "round R, T s training"
-                    let seconds = row
-                        .detail
-                        .split(", ")
-                        .nth(1)
-                        .and_then(|s| s.strip_suffix(" s training"))
-                        .and_then(|s| s.parse::<f64>().ok())
-                        .filter(|s| s.is_finite() && *s >= 0.0);
-                    if let Some(s) = seconds {
-                        p.train_seconds = Some(p.train_seconds.unwrap_or(0.0) + s);
-                    }
-                }
-                _ => {}
+            p.asked += 1;
+            let s = streak.entry(site.clone()).or_default();
+            if row.counted.contains(site) {
+                p.counted += 1;
+                *s += 1;
+                p.longest_streak = p.longest_streak.max(*s);
+            } else {
+                *s = 0;
             }
         }
     }
+    for row in audit {
+        let Some(p) = sites.get_mut(&row.site) else {
+            continue;
+        };
+        match (row.action.as_str(), row.outcome.as_str()) {
+            ("update", "accepted") => {
+                // "round R, N examples"
+                let n = row
+                    .detail
+                    .split(", ")
+                    .nth(1)
+                    .and_then(|s| s.strip_suffix(" examples"))
+                    .and_then(|s| s.parse::<u64>().ok());
+                if let Some(n) = n {
+                    p.examples = Some(p.examples.unwrap_or(0).saturating_add(n));
+                }
+            }
+            ("update", "rejected") => {
+                p.rejected += 1;
+                if row.detail.contains("after the round's deadline") {
+                    p.late += 1;
+                }
+            }
+            ("withdraw", _) => p.withdrawn += 1,
+            ("resources", "reported") => {
+                // "round R, T s training"
+                let seconds = row
+                    .detail
+                    .split(", ")
+                    .nth(1)
+                    .and_then(|s| s.strip_suffix(" s training"))
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .filter(|s| s.is_finite() && *s >= 0.0);
+                if let Some(s) = seconds {
+                    p.train_seconds = Some(p.train_seconds.unwrap_or(0.0) + s);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The sites' rows, by name, with their reliability.
+pub fn rows(sites: BTreeMap<String, Participation>) -> Vec<Participation> {
     let mut rows: Vec<Participation> = sites.into_values().collect();
     for p in &mut rows {
         p.reliability = if p.asked == 0 {
@@ -132,7 +148,7 @@ pub fn from_store(
             f64::from(p.counted) / f64::from(p.asked)
         };
     }
-    Ok((runs, rows))
+    rows
 }
 
 /// Prints the table (or JSON) for the store at `db`.

@@ -75,11 +75,13 @@ pub fn document(store: &dyn RunStore, run: &RunRow) -> anyhow::Result<Value> {
             json!({ "offers": offers, "agreed": agreed }),
         );
     }
-    let cohorts: BTreeMap<u32, _> = store
-        .cohorts(id)?
-        .into_iter()
-        .map(|c| (c.round, c))
-        .collect();
+    let cohort_rows = store.cohorts(id)?;
+    let audit_rows = store.audit_log(id)?;
+    // Each site's participation (`tessera contributions --db`'s, this run).
+    let mut sites = BTreeMap::new();
+    crate::participation::add_run(&mut sites, &cohort_rows, &audit_rows);
+    let participation = crate::participation::rows(sites);
+    let cohorts: BTreeMap<u32, _> = cohort_rows.into_iter().map(|c| (c.round, c)).collect();
     let closed = store.latest_model_version(id)?.unwrap_or(0);
     let aggregates: BTreeMap<u32, _> = store.aggregates(id, u32::MAX)?.into_iter().collect();
     let mut rounds = Vec::new();
@@ -174,8 +176,7 @@ pub fn document(store: &dyn RunStore, run: &RunRow) -> anyhow::Result<Value> {
             "recorded_micros": r.recorded_micros,
         })).collect::<Vec<_>>(),
     });
-    let audit: Vec<Value> = store
-        .audit_log(id)?
+    let audit: Vec<Value> = audit_rows
         .into_iter()
         .map(|a| {
             json!({
@@ -201,6 +202,7 @@ pub fn document(store: &dyn RunStore, run: &RunRow) -> anyhow::Result<Value> {
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or(Value::Null);
     Ok(json!({
+        "participation": participation,
         "waiting": live["waiting"],
         "sites": live.get("sites").cloned().unwrap_or_else(|| json!([])),
         "live_updated_unix_micros": live["updated_unix_micros"],

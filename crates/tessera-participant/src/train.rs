@@ -118,7 +118,11 @@ pub(crate) async fn train(
             .trained(&config.site, round, site.last_dp_event());
     }
     state.site = Some(site);
-    state.train_seconds = Some(seconds);
+    // Not under secure aggregation, where the site's row counts are hidden
+    // and the time would hint at them (elsewhere each update's header
+    // carries its examples exactly); never beyond what a coordinator takes.
+    state.train_seconds =
+        (!state.secure && seconds <= tessera_proto::convert::MAX_TRAIN_SECONDS).then_some(seconds);
     let update = match update {
         Ok(update) => update,
         Err(e) => {

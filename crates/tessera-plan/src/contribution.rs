@@ -69,8 +69,9 @@ pub enum Selection {
     Uniform,
     /// Each site in proportion to a weight from its attribution so far:
     /// 0.1 + 0.9 times its rank score among the sites valued so far (1 for
-    /// the largest mean value a round, 0 for the smallest), and 1 for a
-    /// site not yet valued, so that every site is tried.
+    /// the largest mean value a round, 0 for the smallest), 1 for a site
+    /// never asked, so that every site is tried, and 0.55 for one asked
+    /// but never counted.
     Reputation,
 }
 

@@ -390,7 +390,8 @@ pub fn train_seconds_from_pb(header: &pb::UpdateHeader) -> Result<Option<f64>, P
             "update: training seconds {} outside [0, {MAX_TRAIN_SECONDS}]",
             tessera_core::value(s)
         ))),
-        seconds => Ok(seconds),
+        // -0 reads as 0.
+        seconds => Ok(seconds.map(|s| s + 0.0)),
     }
 }
 

@@ -205,7 +205,9 @@ impl Attributor {
     /// The weights the next round's cohort is drawn with under
     /// `selection = "reputation"`, by site: 0.1 + 0.9 times the site's rank
     /// score among the sites valued so far (1 for the largest mean value a
-    /// round, 0 for the smallest, ties sharing), 1 for a site not yet valued.
+    /// round, 0 for the smallest, ties sharing); 1 for a site never asked
+    /// (so that each is tried); 0.55, the middle, for one asked but never
+    /// counted (it dropped out or was refused: no better than the middle).
     pub fn selection_weights(
         &self,
         ids: &[tessera_core::ParticipantId],
@@ -213,13 +215,21 @@ impl Attributor {
         let means: Vec<Option<f64>> = (0..ids.len())
             .map(|i| (self.valued[i] > 0).then(|| self.value_sum[i] / f64::from(self.valued[i])))
             .collect();
-        let valued: Vec<f64> = means.iter().flatten().copied().collect();
+        let valued: Vec<f64> = means
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|v| v.is_finite())
+            .collect();
         let m = valued.len();
         ids.iter()
             .zip(&means)
-            .map(|(id, mean)| {
+            .zip(&self.asked)
+            .map(|((id, mean), asked)| {
                 let weight = match mean {
+                    None if *asked > 0 => 0.55,
                     None => 1.0,
+                    Some(mean) if !mean.is_finite() => 0.1,
                     Some(_) if m < 2 => 1.0,
                     Some(mean) => {
                         let below = valued.iter().filter(|v| **v < *mean).count() as f64;

@@ -244,8 +244,9 @@ fn attribution_is_refused_where_it_would_see_what_it_must_not() {
 /// Reputation-weighted selection (`contribution.selection =
 /// "reputation"`): half the 47 sites drawn each round, each by its
 /// attribution so far. Sign flippers (10) and free riders (5) are drawn
-/// into far fewer of the second half's cohorts than under uniform draws,
-/// and the model is no worse for it.
+/// (and counted: no site drops out here) into far fewer of the second
+/// half's cohorts than under uniform draws, and the model loses at most
+/// 0.02 of accuracy for it, on seeds 1-5.
 #[test]
 fn reputation_weighted_selection_draws_attackers_and_free_riders_less() {
     let (mut plan, data) = setup(47);
@@ -253,7 +254,7 @@ fn reputation_weighted_selection_draws_attackers_and_free_riders_less() {
     plan.contribution.method = AttributionMethod::Gtg;
     plan.contribution.utility = AttributionUtility::FirstOrder;
     let kinds = [(AttackKind::SignFlip, 10), (AttackKind::FreeRider, 5)];
-    for ((kind, malicious), seed) in kinds.into_iter().flat_map(|k| (1..=3).map(move |s| (k, s))) {
+    for ((kind, malicious), seed) in kinds.into_iter().flat_map(|k| (1..=5).map(move |s| (k, s))) {
         let attack = Attack {
             kind,
             malicious,

@@ -140,7 +140,7 @@ fn metrics_and_the_dashboard_show_the_live_run() {
     });
     // Each site's participation in the run so far, from the store.
     let live = status();
-    let participation = live["live"]["participation"]
+    let participation = live["participation"]
         .as_array()
         .cloned()
         .unwrap_or_default();
