@@ -443,13 +443,7 @@ impl Upstream<'_> {
             };
             // The task joins the parent's round trace; this aggregator's
             // round below, and its members' spans, join it too.
-            let span = tracing::info_span!(
-                "task",
-                site = %self.name,
-                round = header.round,
-                kind = header.kind().as_str_name()
-            );
-            tessera_proto::trace::follow(&span, &metadata);
+            let span = client::task_span(self.name, &header, &metadata);
             let (global, _) = client::receive_parameters(&header, &mut stream, None)
                 .instrument(span.clone())
                 .await?;

@@ -102,13 +102,7 @@ pub fn add_run(
         };
         match (row.action.as_str(), row.outcome.as_str()) {
             ("update", "accepted") => {
-                // "round R, N examples"
-                let n = row
-                    .detail
-                    .split(", ")
-                    .nth(1)
-                    .and_then(|s| s.strip_suffix(" examples"))
-                    .and_then(|s| s.parse::<u64>().ok());
+                let n = figure::<u64>(&row.detail, " examples");
                 if let Some(n) = n {
                     p.examples = Some(p.examples.unwrap_or(0).saturating_add(n));
                 }
@@ -121,13 +115,7 @@ pub fn add_run(
             }
             ("withdraw", _) => p.withdrawn += 1,
             ("resources", "reported") => {
-                // "round R, T s training"
-                let seconds = row
-                    .detail
-                    .split(", ")
-                    .nth(1)
-                    .and_then(|s| s.strip_suffix(" s training"))
-                    .and_then(|s| s.parse::<f64>().ok())
+                let seconds = figure::<f64>(&row.detail, " s training")
                     .filter(|s| s.is_finite() && *s >= 0.0);
                 if let Some(s) = seconds {
                     p.train_seconds = Some(p.train_seconds.unwrap_or(0.0) + s);
@@ -136,6 +124,16 @@ pub fn add_run(
             _ => {}
         }
     }
+}
+
+/// The figure of an audit detail "round R, FIGURE`unit`" (the accepted
+/// update's examples, the reported training seconds).
+fn figure<T: std::str::FromStr>(detail: &str, unit: &str) -> Option<T> {
+    detail
+        .split(", ")
+        .nth(1)
+        .and_then(|s| s.strip_suffix(unit))
+        .and_then(|s| s.parse().ok())
 }
 
 /// The sites' rows, by name, with their reliability.

@@ -435,13 +435,7 @@ async fn session(
         }
         // This task's spans join the round's trace, whose context the
         // coordinator sent with the task.
-        let task_span = tracing::info_span!(
-            "task",
-            site = %config.site,
-            round = header.round,
-            kind = header.kind().as_str_name()
-        );
-        tessera_proto::trace::follow(&task_span, &metadata);
+        let task_span = client::task_span(&config.site, &header, &metadata);
         let held = state.held.take();
         let (global, tensors) = receive_parameters(&header, &mut stream, held)
             .instrument(tracing::info_span!(parent: &task_span, "receive_model"))

@@ -16,7 +16,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 
-use crate::util::procs::{HEART_SITES, aggregator, coordinator, participant, participant_with};
+use crate::util::procs::{
+    HEART_SITES, Proc, aggregator, coordinator, participant, participant_with,
+};
 use crate::util::{self, Scratch};
 use crate::{LIMIT, heart_text};
 
@@ -223,6 +225,27 @@ fn one_trace_a_round<'a>(
     out
 }
 
+/// A Fed-Heart-Disease run of `plan`, every process exporting to `otlp`,
+/// run to its end: the coordinator and the participants, each finished well.
+fn traced_run(s: &Scratch, plan: &std::path::Path, otlp: &str) -> (Proc, Vec<Proc>) {
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        plan,
+        &s.path("run.sqlite"),
+        0,
+        &["--report", "dep.json", "--otlp", otlp],
+    );
+    let mut participants: Vec<Proc> = HEART_SITES
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &["--otlp", otlp]))
+        .collect();
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    (coordinator, participants)
+}
+
 #[test]
 fn each_round_is_one_trace_across_the_coordinator_and_every_participant() {
     if util::skip_e2e("each_round_is_one_trace_across_the_coordinator_and_every_participant") {
@@ -233,21 +256,7 @@ fn each_round_is_one_trace_across_the_coordinator_and_every_participant() {
     let s = Scratch::new("deploy-tracing");
     let rounds = 3;
     let plan = s.write("plan.toml", &heart_text(&s, rounds));
-    let (mut coordinator, url) = coordinator(
-        &s.dir,
-        &plan,
-        &s.path("run.sqlite"),
-        0,
-        &["--report", "dep.json", "--otlp", &otlp],
-    );
-    let mut participants: Vec<_> = HEART_SITES
-        .iter()
-        .map(|site| participant(&s.dir, &url, site, &["--otlp", &otlp]))
-        .collect();
-    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
-    for p in &mut participants {
-        assert!(p.wait(LIMIT).success(), "{}", p.log());
-    }
+    traced_run(&s, &plan, &otlp);
     // Every process sent its last spans before it exited.
     let spans = spans(&received);
     for (round, trace) in one_trace_a_round(&spans, rounds, &HEART_SITES, true)
@@ -399,21 +408,7 @@ fn a_collector_that_is_down_costs_only_the_spans() {
     let otlp = format!("http://127.0.0.1:{}", crate::util::procs::free_port());
     let plan = s.write("plan.toml", &heart_text(&s, 2));
     let started = std::time::Instant::now();
-    let (mut coordinator, url) = coordinator(
-        &s.dir,
-        &plan,
-        &s.path("run.sqlite"),
-        0,
-        &["--report", "dep.json", "--otlp", &otlp],
-    );
-    let mut participants: Vec<_> = HEART_SITES
-        .iter()
-        .map(|site| participant(&s.dir, &url, site, &["--otlp", &otlp]))
-        .collect();
-    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
-    for p in &mut participants {
-        assert!(p.wait(LIMIT).success(), "{}", p.log());
-    }
+    let (coordinator, participants) = traced_run(&s, &plan, &otlp);
     let report = s.json("dep.json");
     assert_eq!(
         report["rounds"].as_array().map(Vec::len),

@@ -108,6 +108,23 @@ pub async fn receive_parameters(
     Ok((global, tensors))
 }
 
+/// The span of a task `site` received (`header`), in the trace whose
+/// context came with it (`metadata`): the round's, the coordinator's.
+pub fn task_span(
+    site: &str,
+    header: &pb::TaskHeader,
+    metadata: &tonic::metadata::MetadataMap,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "task",
+        site,
+        round = header.round,
+        kind = header.kind().as_str_name()
+    );
+    tessera_proto::trace::follow(&span, metadata);
+    span
+}
+
 /// Streams `update` for `round` as `site`: its delta in chunks, or its
 /// `encoded` form in pieces, then its auxiliary sum (set 1), with the
 /// seconds its local training took where known (`train_seconds`).
