@@ -533,7 +533,7 @@ impl Upstream<'_> {
                         &update,
                         tessera_compress::Codec::NONE,
                         None,
-                        None,
+                        client::Extras::default(),
                     )
                     .instrument(tracing::info_span!(parent: &task, "upload"))
                     .await?

@@ -56,6 +56,13 @@ pub fn run(args: &ContributionsArgs) -> anyhow::Result<()> {
         c.utility,
         100.0 * c.cost
     );
+    print_table(c);
+    Ok(())
+}
+
+/// Each site's rank, total, rounds, reliability, quality, reputation and
+/// credits, and how reputation weighs them.
+pub fn print_table(c: &tessera_engine::report::ContributionsReport) {
     let credits = c.sites.iter().any(|s| s.credits.is_some());
     println!(
         "{:>4}  {:<24} {:>10} {:>6} {:>11} {:>8} {:>10}{}",
@@ -70,21 +77,26 @@ pub fn run(args: &ContributionsArgs) -> anyhow::Result<()> {
     );
     for s in &c.sites {
         println!(
-            "{:>4}  {:<24} {:>10.4} {:>6} {:>11.3} {:>8.3} {:>10.3}{}",
+            "{:>4}  {:<24} {:>10.4} {:>6} {:>11.3} {:>8} {:>10.3}{}",
             s.rank,
             s.name,
             s.total,
             s.rounds,
             s.reliability,
-            s.quality,
+            s.quality.map_or("-".to_string(), |q| format!("{q:.3}")),
             s.reputation,
             s.credits.map_or(String::new(), |v| format!(" {v:>10.2}"))
         );
     }
-    println!(
-        "reputation = 0.6 x rank score + 0.25 x reliability + 0.15 x quality (quality released at \
-         epsilon {})",
-        c.quality_epsilon
-    );
-    Ok(())
+    if c.sites.iter().any(|s| s.quality.is_some()) {
+        println!(
+            "reputation = 0.6 x rank score + 0.25 x reliability + 0.15 x quality (quality \
+             released at epsilon {})",
+            c.quality_epsilon
+        );
+    } else {
+        println!(
+            "reputation = (0.6 x rank score + 0.25 x reliability) / 0.85 (no quality released)"
+        );
+    }
 }

@@ -6,7 +6,9 @@
 //! its longest streak of counted rounds (consistency), and the seconds of
 //! local training it reported with its counted updates (resources; sites of
 //! protocol 1.25 and later, never under secure aggregation). Read from the
-//! store's cohorts and audit log only: no model, no data.
+//! store's cohorts and audit log only: no model, no data. Where the runs
+//! attributed their rounds (`[contribution]`), each site's values added up
+//! over them and its reputation follow.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -156,8 +158,13 @@ pub fn print(db: &Path, run: Option<&str>, json: bool) -> anyhow::Result<()> {
     }
     let store = tessera_coordinator::SqliteStore::open_existing(db)?;
     let (runs, rows) = from_store(&store, run)?;
+    // Deployed attribution: the runs' attributed rounds added up, with
+    // reputation over the same runs.
+    let attribution = tessera_coordinator::store::contributions::contributions(&store, &runs)?;
     if json {
-        let doc = serde_json::json!({ "db": db, "runs": runs, "sites": rows });
+        let doc = serde_json::json!({
+            "db": db, "runs": runs, "sites": rows, "contributions": attribution
+        });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
@@ -202,5 +209,17 @@ pub fn print(db: &Path, run: Option<&str>, json: bool) -> anyhow::Result<()> {
          alone (- under secure aggregation); streak: the longest run of asked rounds counted; \
          train s: local training seconds the site reported with its counted updates"
     );
+    if let Some(c) = &attribution {
+        println!();
+        println!(
+            "attribution over {} attributed round(s) of these runs, by {} ({} utility), {:.1}% \
+             of the rounds' time",
+            c.rounds.len(),
+            c.method,
+            c.utility,
+            100.0 * c.cost
+        );
+        crate::contributions::print_table(c);
+    }
     Ok(())
 }

@@ -518,8 +518,8 @@ impl Service {
         self.shared
             .call(move |f| f.count_update(&who, received, codec, seconds, started))
             .await?;
-        let update = match result {
-            Ok(update) => update,
+        let (update, gradient) = match result {
+            Ok(received) => received,
             Err(reason) => {
                 let audit = reason.clone();
                 self.shared
@@ -534,7 +534,7 @@ impl Service {
         let reply = match self
             .shared
             .call(move |f| {
-                let counted = f.submit_update(&site, round, &update);
+                let counted = f.submit_update_with(&site, round, &update, gradient);
                 if let (Ok(()), Some(seconds)) = (&counted, train_seconds) {
                     f.note_training(&site, round, seconds);
                 }
@@ -653,14 +653,16 @@ impl Service {
 }
 
 impl Service {
-    /// Reads an update's chunks into parameter sets, checking them against the model.
+    /// Reads an update's chunks into parameter sets, checking them against
+    /// the model: the update, and the test rows and test-loss gradient it
+    /// came with where its header names rows (set 2, `[contribution]`).
     async fn receive_update(
         &self,
         site: &str,
         header: &pb::UpdateHeader,
         stream: &mut Streaming<pb::UpdatePart>,
         received: &mut usize,
-    ) -> Result<Update, String> {
+    ) -> Result<(Update, Option<(u64, tessera_core::ParameterSet)>), String> {
         let layout = self.shared.call(|f| f.update_layout()).await;
         let Some((global, needs_aux)) = layout.map_err(|e| e.message().to_string())? else {
             return Err("no model yet".into());
@@ -702,6 +704,17 @@ impl Service {
         } else {
             None
         };
+        // The test-loss gradient at the round's start, set 2, laid out as
+        // the model.
+        let mut gradient = match header.test_rows {
+            Some(_) => {
+                let g =
+                    Assembler::new(&header.layout, Limits::default()).map_err(|e| e.to_string())?;
+                g.expect_layout_of(&global).map_err(|e| e.to_string())?;
+                Some(g)
+            }
+            None => None,
+        };
         while let Some(part) = stream
             .message()
             .await
@@ -724,13 +737,14 @@ impl Service {
                 }
                 _ => return Err("a second header in one update".into()),
             };
-            let target = match (chunk.set, aux.as_mut()) {
-                (0, _) if compressed.is_some() => {
+            let target = match (chunk.set, aux.as_mut(), gradient.as_mut()) {
+                (0, _, _) if compressed.is_some() => {
                     return Err("a compressed update's delta came as chunks too".into());
                 }
-                (0, _) => &mut delta,
-                (1, Some(c)) => c,
-                (set, _) => {
+                (0, _, _) => &mut delta,
+                (1, Some(c), _) => c,
+                (2, _, Some(g)) => g,
+                (set, _, _) => {
                     return Err(format!(
                         "chunk for parameter set {set}, which this update has not"
                     ));
@@ -744,7 +758,11 @@ impl Service {
             }
             None => delta.finish().map_err(|e| e.to_string())?,
         };
-        Ok(Update {
+        let gradient = match (header.test_rows, gradient) {
+            (Some(rows), Some(g)) => Some((rows, g.finish().map_err(|e| e.to_string())?)),
+            _ => None,
+        };
+        let update = Update {
             delta,
             n_examples: header.n_examples,
             aux: aux
@@ -752,6 +770,7 @@ impl Service {
                 .transpose()
                 .map_err(|e| e.to_string())?,
             stats,
-        })
+        };
+        Ok((update, gradient))
     }
 }

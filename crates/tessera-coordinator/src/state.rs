@@ -22,6 +22,7 @@ use training_mode::Training;
 
 mod agreement;
 mod analytics;
+mod attribution;
 mod buffered;
 pub(crate) mod capabilities;
 mod clock;
@@ -258,13 +259,7 @@ impl Federation {
                     .into(),
             ));
         }
-        if !plan.contribution.is_off() {
-            return Err(CoordinatorError::Config(
-                "[contribution] attribution runs in simulation only for now (`tessera \
-                 simulate`): remove it from the deployed plan"
-                    .into(),
-            ));
-        }
+        attribution::check_plan(&plan)?;
         multitask::check_plan(&plan)?;
         let central;
         let mut place: Option<(usize, Vec<String>)> = None;

@@ -20,6 +20,7 @@ use tessera_core::{ParameterSet, ParticipantId, Timestamp, Update};
 use tessera_proto::ProtoError;
 use thiserror::Error;
 
+pub mod contributions;
 mod rows;
 mod schema;
 mod sqlite;
@@ -122,6 +123,15 @@ pub trait RunTx {
         site: &str,
         update: &Update,
         at: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Stores beside `site`'s update of `round` its test rows and test-loss
+    /// gradient (`[contribution]`).
+    fn put_test_gradient(
+        &mut self,
+        run: &str,
+        round: u32,
+        site: &str,
+        gradient: (u64, &ParameterSet),
     ) -> Result<(), StoreError>;
     /// Stores a closed round's cohort and whose updates counted.
     fn put_cohort(&mut self, run: &str, row: &CohortRow) -> Result<(), StoreError>;
@@ -359,8 +369,9 @@ pub trait RunStore: Send {
     ) -> Result<(), StoreError> {
         self.write(&mut |tx| tx.open_round(run, round, cohort, at))
     }
-    /// Stores an accepted update (one transaction); the caller commits it
-    /// before acknowledging.
+    /// Stores an accepted update, with its test gradient where it has one
+    /// (one transaction); the caller commits it before acknowledging.
+    #[allow(clippy::too_many_arguments)]
     fn put_update(
         &self,
         run: &str,
@@ -368,9 +379,16 @@ pub trait RunStore: Send {
         base: u32,
         site: &str,
         update: &Update,
+        gradient: Option<(u64, &ParameterSet)>,
         at: Timestamp,
     ) -> Result<(), StoreError> {
-        self.write(&mut |tx| tx.put_update(run, round, base, site, update, at))
+        self.write(&mut |tx| {
+            tx.put_update(run, round, base, site, update, at)?;
+            match gradient {
+                Some(g) => tx.put_test_gradient(run, round, site, g),
+                None => Ok(()),
+            }
+        })
     }
     /// Replaces a round's report line once its evaluation is complete (one transaction).
     fn finish_round_evaluation(

@@ -73,6 +73,7 @@
 //! the plan, the seed and the inputs.
 #![deny(missing_docs)]
 
+pub mod attribution;
 mod buffered;
 pub mod continual;
 mod departments;

@@ -80,6 +80,11 @@ pub struct RoundRecord {
     /// noised evaluation (absent when the round released no evaluation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_epsilon: Option<f64>,
+    /// A deployed run under `[contribution]`: the round's attribution, as
+    /// the coordinator computed it at the round's close (a simulation
+    /// reports its rounds' in `contributions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contribution: Option<RoundContribution>,
 }
 
 /// A hierarchical or gossip run's topology and what moved through it.

@@ -380,6 +380,27 @@ impl Site {
         few_rows(plan, &mut rng, train).unwrap_or_else(|| train.clone())
     }
 
+    /// Under `[contribution]`: this site's rows and mean gradient of its
+    /// test loss at `served` (the round's start as served) over the first
+    /// `max_rows` of its test `rows`, as the first-order attribution adds
+    /// them ([`crate::attribution::site_gradient`]).
+    pub fn test_gradient(
+        &mut self,
+        served: &ParameterSet,
+        rows: &Dataset,
+        max_rows: usize,
+    ) -> Result<(u64, ParameterSet), EngineError> {
+        let Model::BuiltIn(learner) = &mut self.model else {
+            return Err(EngineError::State(
+                "the first-order attribution takes a gradient of the test loss, which an \
+                 external model does not give"
+                    .into(),
+            ));
+        };
+        learner.set_parameters(served)?;
+        crate::attribution::site_gradient(learner.as_ref(), rows, max_rows)
+    }
+
     /// Evaluates `parameters` on `rows`.
     pub fn evaluate(
         &mut self,

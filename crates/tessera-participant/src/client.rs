@@ -13,7 +13,7 @@ pub use connect::{Remote, chain, endpoint, join, join_with, still_trusted};
 pub use identity::SecureIdentity;
 pub use secure::{DeferredInput, secure_answer, secure_compare, secure_evaluate, secure_submit};
 pub use session::{agree, can_withdraw, heartbeat_interval, read_site, withdraw};
-pub use transfer::{receive_parameters, send_update, task_span};
+pub use transfer::{Extras, receive_parameters, send_update, task_span};
 
 /// 32 bytes of this machine's operating system's randomness: a secret
 /// that protects this site (noise keys, masks, key pairs), never derived

@@ -214,6 +214,9 @@ pub(crate) struct Ready {
     awaiting: Option<u32>,
     /// Seconds the last local training took (sent with its update, 1.25).
     train_seconds: Option<f64>,
+    /// Under `[contribution]`: the rows and mean test-loss gradient at the
+    /// last training's start (sent with its update, 1.26).
+    test_gradient: Option<(u64, tessera_core::ParameterSet)>,
     /// Asynchronous run: tasks name the model version, not a round, and
     /// batches are drawn from this site's own count of attempts.
     asynchronous: bool,
@@ -531,7 +534,10 @@ async fn session(
                         &update,
                         codec,
                         encoded,
-                        state.train_seconds.take(),
+                        client::Extras {
+                            train_seconds: state.train_seconds.take(),
+                            test_gradient: state.test_gradient.take(),
+                        },
                     )
                     .instrument(upload)
                     .await?
@@ -663,6 +669,7 @@ impl Ready {
             asynchronous: plan.federation.mode == tessera_engine::Mode::Async,
             attempts: 0,
             train_seconds: None,
+            test_gradient: None,
             secure: plan.secure_aggregation.enabled,
             key_ring: None,
             identity: Arc::new(

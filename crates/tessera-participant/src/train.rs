@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_engine::FitTask;
+use tessera_engine::{FitTask, PlanBuild};
 use tessera_proto::pb;
 use tessera_proto::pb::federation_client::FederationClient;
 use tonic::transport::Channel;
@@ -48,9 +48,29 @@ pub(crate) async fn train(
     } else {
         config.pause_before_update
     };
+    // Under `[contribution]`: the test loss's gradient at the round's
+    // start as served, over the plan's first rows, for the coordinator's
+    // attribution (taken before training moves the learner).
+    let gradient_of = if state.plan.contribution.is_off() {
+        None
+    } else {
+        let served = state
+            .plan
+            .served(&task.global)
+            .map_err(|e| Failure::Fatal(ParticipantError::Local(e.to_string())))?
+            .into_owned();
+        let rows = match state.plan.contribution.rows_per_site {
+            0 => usize::MAX,
+            k => k,
+        };
+        Some((served, Arc::clone(&state.test), rows))
+    };
     let mut work = tokio::task::spawn_blocking(move || {
+        let gradient = gradient_of
+            .map(|(served, test, rows)| site.test_gradient(&served, &test, rows))
+            .transpose();
         let started = std::time::Instant::now();
-        let update = site.fit(&task, &train);
+        let update = gradient.and_then(|g| Ok((site.fit(&task, &train)?, g)));
         let seconds = started.elapsed().as_secs_f64();
         // Fault injection: a slow site (it keeps saying it is at work).
         std::thread::sleep(pause);
@@ -124,7 +144,10 @@ pub(crate) async fn train(
     state.train_seconds =
         (!state.secure && seconds <= tessera_proto::convert::MAX_TRAIN_SECONDS).then_some(seconds);
     let update = match update {
-        Ok(update) => update,
+        Ok((update, gradient)) => {
+            state.test_gradient = gradient;
+            update
+        }
         Err(e) => {
             // This site cannot go on: it says so, so that the round (and
             // the rounds after it) do not wait for it.

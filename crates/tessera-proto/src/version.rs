@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 25;
+pub const MINOR: u32 = 26;
 
 /// What this build can do.
 ///
@@ -110,6 +110,11 @@ pub const MINOR: u32 = 25;
 /// - `train-seconds` (1.25): a site sends the seconds its local training
 ///   took in the update's header (`train_seconds`), for the coordinator's
 ///   participation table; nothing requires it.
+/// - `attribution` (1.26): under a plan with `[contribution]`, a site sends
+///   with each update the mean gradient of its test loss at the round's
+///   start over its first `rows_per_site` test rows (`test_rows`, chunks
+///   of set 2), for the coordinator's first-order attribution; a 1.26
+///   coordinator requires it of every site of such a plan.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -150,6 +155,7 @@ pub const CAPABILITIES: &[&str] = &[
     "multitask",
     "qffl",
     "train-seconds",
+    "attribution",
 ];
 
 /// Each capability of [`CAPABILITIES`] with the minor version that brought
@@ -195,6 +201,7 @@ pub const CAPABILITY_SINCE: &[(&str, u32)] = &[
     ("multitask", 23),
     ("qffl", 24),
     ("train-seconds", 25),
+    ("attribution", 26),
 ];
 
 /// The capabilities a Tessera build of protocol `1.minor` sends.

@@ -9,15 +9,13 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use rayon::prelude::*;
-use tessera_contribution::{GtgConfig, MAX_EXACT, MAX_SITES, Memo};
 use tessera_core::{ParameterSet, SeededRng, Update, derive_key, derive_seed, tag};
 use tessera_data::quality::Quality;
 use tessera_data::{Dataset, FederatedData, SiteSummary};
+use tessera_engine::attribution::{self, check_count, first_order};
 use tessera_engine::report::{ContributionsReport, RoundContribution, SiteRecord};
 use tessera_engine::streams;
-use tessera_engine::{
-    AttributionMethod, AttributionUtility, ContributionConfig, EngineError, Plan, PlanBuild, Site,
-};
+use tessera_engine::{AttributionUtility, ContributionConfig, EngineError, Plan, PlanBuild, Site};
 
 use crate::run::{SimError, initial_model, lock};
 use tessera_learn::Learner;
@@ -30,8 +28,9 @@ pub(crate) struct Attributor {
     /// With a built-in model: one learner and every site's rows together
     /// (the sums across sites are the same, without a call a site).
     pooled: Option<(Box<dyn Learner>, Dataset)>,
-    /// The pooled rows in one part a thread (the first-order gradient).
-    parts: Vec<Dataset>,
+    /// The sites' indices in the plan's order: the order their test
+    /// gradients are added in (the first-order utility), as in deployment.
+    by_name: Vec<usize>,
     seed: u64,
     rounds: Vec<RoundContribution>,
     /// Per site: rounds that asked it, rounds that counted its update.
@@ -69,7 +68,7 @@ impl Attributor {
         let cohort = ((plan.federation.fraction * n as f64).ceil() as usize)
             .max(plan.federation.min_participants)
             .min(n);
-        check_count(config.method, cohort, "a round may count")?;
+        check_count(config.method, cohort, "a round may count").map_err(SimError::from)?;
         if !plan.model.kind.is_external() && test.iter().all(|t| t.n_rows() == 0) {
             return Err(EngineError::State(
                 "attribution values models on the sites' test rows, and no site has any".into(),
@@ -82,22 +81,17 @@ impl Attributor {
             let parts: Vec<&Dataset> = test.iter().collect();
             Some((initial_model(plan, data)?, Dataset::concat(&parts)))
         };
-        let parts = match &pooled {
-            Some((_, rows)) => {
-                let threads = rayon::current_num_threads().max(1);
-                let size = rows.n_rows().div_ceil(threads).max(1);
-                (0..rows.n_rows())
-                    .step_by(size)
-                    .map(|a| rows.select(&(a..(a + size).min(rows.n_rows())).collect::<Vec<_>>()))
-                    .collect()
-            }
-            None => Vec::new(),
-        };
+        let named = plan.data.named_sites();
+        let mut by_name: Vec<usize> = (0..n).collect();
+        by_name.sort_by(|a, b| {
+            let key = |i: &usize| attribution::site_order(&named, &data.sites[*i].name);
+            key(a).cmp(&key(b))
+        });
         Ok(Some(Attributor {
             config,
             test,
             pooled,
-            parts,
+            by_name,
             seed: derive_seed(plan.seed, &[streams::CONTRIBUTION]),
             rounds: Vec::new(),
             asked: vec![0; data.sites.len()],
@@ -133,7 +127,15 @@ impl Attributor {
         if n == 0 {
             return Ok(());
         }
-        check_count(self.config.method, n, &format!("round {round} counted"))?;
+        // The counted sites in the plan's order, as a deployed coordinator
+        // takes them (the sets' bits, GTG-Shapley's orders).
+        let named = plan.data.named_sites();
+        let mut sorted: Vec<(usize, Update)> = updates.to_vec();
+        sorted.sort_by(|a, b| {
+            attribution::site_order(&named, names[a.0])
+                .cmp(&attribution::site_order(&named, names[b.0]))
+        });
+        let updates = &sorted[..];
         let weights: Vec<f64> = updates.iter().map(|(_, u)| u.n_examples as f64).collect();
         let (config, seed) = (self.config, self.seed);
         // First order: each update's change of the loss along it, once.
@@ -154,49 +156,28 @@ impl Attributor {
                 }
             }
         };
-        let mut memo = Memo::new(&mut utility);
-        let whole = everyone_value(&mut memo, n);
-        let values = match config.method {
-            AttributionMethod::Off => return Ok(()),
-            AttributionMethod::Exact => {
-                tessera_contribution::exact_shapley(n, &mut memo).map(|v| (v, 0))
-            }
-            AttributionMethod::LeaveOneOut => {
-                tessera_contribution::leave_one_out(n, &mut memo).map(|v| (v, 0))
-            }
-            AttributionMethod::Gtg => {
-                let gain = whole.unwrap_or(0.0).abs();
-                let gtg = GtgConfig {
-                    round_truncation: 1e-9,
-                    truncation: config.truncation * gain,
-                    convergence: config.convergence,
-                    max_orders: config.max_orders,
-                    seed: derive_seed(seed, &[u64::from(round)]),
-                };
-                tessera_contribution::gtg_shapley(n, &mut memo, &gtg).map(|e| (e.values, e.orders))
-            }
-        };
-        let evaluations = memo.evaluations();
-        drop(memo);
+        let attributed = attribution::attribute(&config, seed, round, n, &mut utility);
         if let Some(e) = failed {
             return Err(e);
         }
-        let (values, orders) =
-            values.map_err(|e| EngineError::State(format!("round {round}: {e}")))?;
+        let Some(attributed) = attributed? else {
+            return Ok(());
+        };
+        let values = attributed.values;
         for ((site, _), v) in updates.iter().zip(&values) {
             self.value_sum[*site] += v;
             self.valued[*site] += 1;
         }
         self.rounds.push(RoundContribution {
             round,
-            gain: whole.unwrap_or(0.0),
+            gain: attributed.gain,
             values: updates
                 .iter()
                 .zip(values)
                 .map(|((site, _), v)| (names[*site].to_string(), v))
                 .collect::<BTreeMap<_, _>>(),
-            orders,
-            evaluations,
+            orders: attributed.orders,
+            evaluations: attributed.evaluations,
             seconds: began.elapsed().as_secs_f64(),
         });
         Ok(())
@@ -303,39 +284,33 @@ impl Attributor {
             .into());
         };
         learner.set_parameters(plan.served(start)?.as_ref())?;
-        // The mean gradient over every row: each part's mean, weighted by
-        // its rows, the parts on their own threads.
-        let mut gradient = learner.parameters().zeros_like();
+        // Each site's mean gradient over its rows (on their own threads),
+        // added in the sites' name order weighted by their rows, as a
+        // deployed coordinator adds the gradients its sites send.
         let learners: Vec<Box<dyn Learner>> =
-            self.parts.iter().map(|_| learner.clone_box()).collect();
+            self.by_name.iter().map(|_| learner.clone_box()).collect();
+        let test = &self.test;
         let partial = learners
             .into_par_iter()
-            .zip(&self.parts)
-            .map(|(l, rows)| Ok((rows.n_rows(), l.gradient(rows, usize::MAX)?.1)))
-            .collect::<Result<Vec<_>, SimError>>()?;
-        let total: usize = partial.iter().map(|p| p.0).sum();
-        for (n, g) in &partial {
-            let share = *n as f32 / total.max(1) as f32;
-            gradient.add_scaled(g, share).map_err(EngineError::from)?;
-        }
-        if gradient.n_values() != start.n_values() {
-            return Err(EngineError::State(
-                "contribution.utility = \"first-order\" needs a model served whole (not a \
-                 personalized strategy's)"
-                    .into(),
-            )
-            .into());
-        }
-        Ok(updates
-            .iter()
-            .map(|(_, u)| {
-                -gradient
-                    .values()
-                    .zip(u.delta.values())
-                    .map(|(g, d)| f64::from(g) * f64::from(d))
-                    .sum::<f64>()
+            .zip(&self.by_name)
+            .map(|(l, &site)| {
+                Ok(attribution::site_gradient(
+                    l.as_ref(),
+                    &test[site],
+                    usize::MAX,
+                )?)
             })
-            .collect())
+            .collect::<Result<Vec<_>, SimError>>()?;
+        let parts: Vec<(u64, &ParameterSet)> = partial.iter().map(|(n, g)| (*n, g)).collect();
+        let gradient = attribution::mean_gradient(&parts)?.ok_or_else(|| {
+            EngineError::State(
+                "attribution values models on the sites' test rows, and no site has any".into(),
+            )
+        })?;
+        Ok(attribution::slopes(
+            &gradient,
+            updates.iter().map(|(_, u)| &u.delta),
+        )?)
     }
 
     /// The run's report, `rounds_seconds` the rounds' wall-clock time
@@ -348,7 +323,7 @@ impl Attributor {
                 let record = SiteRecord {
                     asked: self.asked[i],
                     counted: self.counted[i],
-                    quality: self.quality[i],
+                    quality: Some(self.quality[i]),
                 };
                 (name.to_string(), record)
             })
@@ -362,37 +337,6 @@ impl Attributor {
         )
         .with_reputation(&records, self.config.quality_epsilon, self.config.value)
     }
-}
-
-/// Refuses `count` sites' updates where `method` takes fewer (exact
-/// Shapley values enumerate every set), `what` saying whose count it is.
-fn check_count(method: AttributionMethod, count: usize, what: &str) -> Result<(), SimError> {
-    let most = match method {
-        AttributionMethod::Exact => MAX_EXACT,
-        _ => MAX_SITES,
-    };
-    if count > most {
-        return Err(EngineError::State(format!(
-            "{what} {count} sites' updates, more than {} attribution takes ({most}): sample \
-             fewer sites a round (federation.fraction)",
-            method.name()
-        ))
-        .into());
-    }
-    Ok(())
-}
-
-/// The first-order utility of `set`: its members' slopes, weighted as
-/// their updates are in the set's mean (0 for no one).
-fn first_order(slopes: &[f64], weights: &[f64], set: u64) -> f64 {
-    let (mut sum, mut total) = (0.0, 0.0);
-    for (i, (s, w)) in slopes.iter().zip(weights).enumerate() {
-        if set & (1 << i) != 0 {
-            sum += w * s;
-            total += w;
-        }
-    }
-    if total > 0.0 { sum / total } else { 0.0 }
 }
 
 /// What a set's evaluation sums are worth.
@@ -454,10 +398,4 @@ fn released_quality(plan: &Plan, data: &FederatedData) -> Vec<f64> {
 fn laplace(rng: &mut SeededRng, b: f64) -> f64 {
     let u = rng.next_f64() - 0.5;
     -b * u.signum() * (1.0 - 2.0 * u.abs()).max(f64::MIN_POSITIVE).ln()
-}
-
-/// The whole round's gain over its start, `None` where it failed.
-fn everyone_value(memo: &mut Memo<'_>, n: usize) -> Option<f64> {
-    let all = tessera_contribution::everyone(n);
-    Some(memo.value(all).ok()? - memo.value(0).ok()?)
 }

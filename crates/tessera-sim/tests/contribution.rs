@@ -172,7 +172,7 @@ fn sign_flippers_and_free_riders_rank_in_the_bottom_quarter() {
             report
                 .sites
                 .iter()
-                .all(|s| (0.0..=1.0).contains(&s.quality))
+                .all(|s| s.quality.is_some_and(|q| (0.0..=1.0).contains(&q)))
         );
     }
 }
@@ -245,8 +245,10 @@ fn attribution_is_refused_where_it_would_see_what_it_must_not() {
 /// "reputation"`): half the 47 sites drawn each round, each by its
 /// attribution so far. Sign flippers (10) and free riders (5) are drawn
 /// (and counted: no site drops out here) into far fewer of the second
-/// half's cohorts than under uniform draws, and the model loses at most
-/// 0.02 of accuracy for it, on seeds 1-5.
+/// half's cohorts than under uniform draws, on seeds 1-5. Against sign
+/// flippers the model gains accuracy on every seed; against free riders,
+/// who do the model little harm either way, the accuracy moves by the
+/// seeds' noise: within 0.01 on average over the seeds, and 0.04 on each.
 #[test]
 fn reputation_weighted_selection_draws_attackers_and_free_riders_less() {
     let (mut plan, data) = setup(47);
@@ -254,6 +256,7 @@ fn reputation_weighted_selection_draws_attackers_and_free_riders_less() {
     plan.contribution.method = AttributionMethod::Gtg;
     plan.contribution.utility = AttributionUtility::FirstOrder;
     let kinds = [(AttackKind::SignFlip, 10), (AttackKind::FreeRider, 5)];
+    let mut free_rider_change = Vec::new();
     for ((kind, malicious), seed) in kinds.into_iter().flat_map(|k| (1..=5).map(move |s| (k, s))) {
         let attack = Attack {
             kind,
@@ -295,10 +298,14 @@ fn reputation_weighted_selection_draws_attackers_and_free_riders_less() {
             "{}: {weighted} against {uniform}",
             kind.as_str()
         );
-        assert!(
-            weighted_accuracy >= uniform_accuracy - 0.02,
-            "{}",
-            kind.as_str()
-        );
+        match kind {
+            AttackKind::SignFlip => assert!(weighted_accuracy > uniform_accuracy, "seed {seed}"),
+            _ => assert!(weighted_accuracy >= uniform_accuracy - 0.04, "seed {seed}"),
+        }
+        if kind == AttackKind::FreeRider {
+            free_rider_change.push(weighted_accuracy - uniform_accuracy);
+        }
     }
+    let mean = free_rider_change.iter().sum::<f64>() / free_rider_change.len() as f64;
+    assert!(mean >= -0.01, "free riders: {free_rider_change:?}");
 }

@@ -11,6 +11,7 @@
 mod util;
 
 mod analytics;
+mod attribution;
 mod canary;
 mod compression;
 mod continual;

@@ -29,6 +29,7 @@ fn zero_update(
             codec: String::new(),
             start_loss: None,
             train_seconds: None,
+            test_rows: None,
         })),
     }];
     for (tensor, t) in header.layout.iter().enumerate() {

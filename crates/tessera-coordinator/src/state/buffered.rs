@@ -78,7 +78,7 @@ impl Federation {
             Ok(None) => {
                 if let Err(e) = self
                     .store
-                    .put_update(&run, next_step, base, site, update, now)
+                    .put_update(&run, next_step, base, site, update, None, now)
                 {
                     // Counted by the engine, not held by the database: stop.
                     return Err(self.fail("cannot store an accepted update", e));
@@ -124,6 +124,7 @@ impl Federation {
                     epsilon: None,
                     clip_norm: None,
                     metrics_epsilon: None,
+                    contribution: None,
                 };
 
                 let record_json = match serde_json::to_string(&record) {

@@ -52,6 +52,10 @@ fn capabilities(plan: &Plan, site: Option<&str>) -> Vec<&'static str> {
     {
         required.push("regional-model");
     }
+    if !plan.contribution.is_off() {
+        // Each update's test gradient, for the coordinator's attribution.
+        required.push("attribution");
+    }
     if !plan.features.is_empty() {
         // The plan's `[[features]]`, which an older participant cannot read.
         required.push("feature-flags");

@@ -94,7 +94,7 @@ impl Federation {
             new_sites: None,
             continual: None,
             tasks,
-            contributions: None,
+            contributions: self.contributions(),
             fairness,
             metrics_privacy: self.privacy.metrics_report(true),
             timing: Timing {

@@ -178,10 +178,25 @@ impl Federation {
         round: u32,
         update: &Update,
     ) -> Result<(), Refusal> {
+        self.submit_update_with(site, round, update, None)
+    }
+
+    /// Records an update with the test rows and test-loss gradient it came
+    /// with (`[contribution]`: every update has one, else none).
+    pub fn submit_update_with(
+        &mut self,
+        site: &str,
+        round: u32,
+        update: &Update,
+        gradient: Option<(u64, ParameterSet)>,
+    ) -> Result<(), Refusal> {
         self.require_joined(site)?;
         self.touch(site);
         let now = self.now();
-        if let Err(reason) = self.check_update(site, update).and_then(|()| {
+        let checked = self
+            .check_update(site, update)
+            .and_then(|()| self.check_gradient(site, gradient.as_ref()));
+        if let Err(reason) = checked.and_then(|()| {
             // Local DP: the update's report of its DP-SGD, checked
             // against the plan and every budget before it counts.
             self.privacy
@@ -212,10 +227,15 @@ impl Federation {
                 if let Err(e) = self.apply_privacy(effects) {
                     return Err(self.fail("cannot record a release in the privacy ledger", e));
                 }
-                if let Err(e) = self
-                    .store
-                    .put_update(&self.run.id, round, round, site, update, now)
-                {
+                if let Err(e) = self.store.put_update(
+                    &self.run.id,
+                    round,
+                    round,
+                    site,
+                    update,
+                    gradient.as_ref().map(|(rows, g)| (*rows, g)),
+                    now,
+                ) {
                     return Err(self.fail("cannot store an accepted update", e));
                 }
                 metrics::counter!(names::ACCEPTED).increment(1);
@@ -369,10 +389,6 @@ impl Federation {
             down.advance(outcome.round, &model)?;
         }
         let seconds = self.round_seconds();
-        let record = round_record(&outcome, seconds, 0, 0);
-        let record_json =
-            serde_json::to_string(&record).map_err(|e| CoordinatorError::Config(e.to_string()))?;
-        let status = record.status.clone();
         let cohort: Vec<String> = outcome
             .cohort
             .iter()
@@ -387,6 +403,19 @@ impl Federation {
         } else {
             Vec::new()
         };
+        let mut record = round_record(&outcome, seconds, 0, 0);
+        // Attribution, stored with the round's record in the close's
+        // transaction: a round that cannot be attributed still closes.
+        record.contribution = match self.attribute_round(outcome.round, &counted) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(round = outcome.round, error = %e, "round not attributed");
+                None
+            }
+        };
+        let record_json =
+            serde_json::to_string(&record).map_err(|e| CoordinatorError::Config(e.to_string()))?;
+        let status = record.status.clone();
         // Central DP: the release's ledger row is stored with the round.
         let central = outcome
             .privacy

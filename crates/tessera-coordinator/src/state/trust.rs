@@ -162,7 +162,7 @@ impl Federation {
         })
     }
 
-    fn declared_by(&self, site: &str) -> Result<Declared, String> {
+    pub(super) fn declared_by(&self, site: &str) -> Result<Declared, String> {
         self.declared.get(site).copied().ok_or_else(|| {
             format!("'{site}' has not declared its row counts (offer the levels first)")
         })

@@ -140,6 +140,9 @@ pub struct StoredUpdate {
     pub base: u32,
     /// The update.
     pub update: Update,
+    /// Its test rows and test-loss gradient at the round's start, where the
+    /// plan attributes (`[contribution]`).
+    pub test_gradient: Option<(u64, ParameterSet)>,
     /// When it was accepted (run clock).
     pub at: Timestamp,
 }

@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS updates (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL, round INTEGER NOT NULL, site TEXT NOT NULL, base INTEGER NOT NULL,
     n_examples INTEGER NOT NULL, n_steps INTEGER NOT NULL, mean_train_loss REAL NOT NULL,
-    delta BLOB NOT NULL, control BLOB, received_micros INTEGER NOT NULL, start_loss REAL
+    delta BLOB NOT NULL, control BLOB, received_micros INTEGER NOT NULL, start_loss REAL,
+    test_rows INTEGER, test_gradient BLOB
 );
 CREATE TABLE IF NOT EXISTS rounds (
     run_id TEXT NOT NULL, round INTEGER NOT NULL, status TEXT NOT NULL, record TEXT NOT NULL,

@@ -15,12 +15,13 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tessera_aggregate::RoundAggregate;
-use tessera_core::{FitStats, ParameterSet, ParticipantId, Timestamp, Update};
+use tessera_core::{ParameterSet, ParticipantId, Timestamp, Update};
 use tessera_privacy::{DpEvent, LedgerEntry};
 use tessera_proto::{decode_parameters, encode_parameters};
 
 mod analytics;
 mod registry;
+mod updates;
 
 pub use analytics::AnalyticsRow;
 pub use registry::{NewVersion, RolloutDecision, Stage, StageEvent, VersionRow};
@@ -316,43 +317,7 @@ impl RunStore for SqliteStore {
     }
 
     fn updates(&self, run: &str, round: u32) -> Result<Vec<StoredUpdate>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT site, base, n_examples, n_steps, mean_train_loss, delta, control, received_micros, start_loss
-             FROM updates WHERE run_id = ?1 AND round = ?2 ORDER BY id",
-        )?;
-        let rows = stmt.query_map(params![run, round], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, u32>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, f64>(4)?,
-                r.get::<_, Vec<u8>>(5)?,
-                r.get::<_, Option<Vec<u8>>>(6)?,
-                r.get::<_, i64>(7)?,
-                r.get::<_, Option<f64>>(8)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (site, base, n_examples, n_steps, loss, delta, control, at, start_loss) = row?;
-            out.push(StoredUpdate {
-                site: ParticipantId::new(site),
-                base,
-                update: Update {
-                    delta: decode_parameters(&delta)?,
-                    n_examples: unsigned(n_examples),
-                    aux: control.map(|c| decode_parameters(&c)).transpose()?,
-                    stats: FitStats {
-                        n_steps: unsigned(n_steps),
-                        mean_train_loss: loss,
-                        start_loss,
-                    },
-                },
-                at: Timestamp(unsigned(at)),
-            });
-        }
-        Ok(out)
+        updates::read(&self.conn, run, round)
     }
 
     fn cohorts(&self, run: &str) -> Result<Vec<CohortRow>, StoreError> {
@@ -664,6 +629,24 @@ impl RunTx for SqliteTx<'_> {
                 micros(at),
                 update.stats.start_loss
             ],
+        )?;
+        Ok(())
+    }
+
+    fn put_test_gradient(
+        &mut self,
+        run: &str,
+        round: u32,
+        site: &str,
+        (rows, gradient): (u64, &ParameterSet),
+    ) -> Result<(), StoreError> {
+        let rows = i64::try_from(rows).map_err(|_| {
+            StoreError::Refused(format!("test rows {rows} past what the store keeps"))
+        })?;
+        self.tx.execute(
+            "UPDATE updates SET test_rows = ?1, test_gradient = ?2
+             WHERE run_id = ?3 AND round = ?4 AND site = ?5",
+            params![rows, encode_parameters(gradient), run, round, site],
         )?;
         Ok(())
     }

@@ -54,7 +54,15 @@ fn rounds_updates_and_audit_persist() {
             },
         };
         store
-            .put_update("r1", 1, 0, "a", &update, Timestamp(9))
+            .put_update(
+                "r1",
+                1,
+                0,
+                "a",
+                &update,
+                Some((5, &params(&[0.25, -1.0]))),
+                Timestamp(9),
+            )
             .unwrap();
         store
             .audit("r1", Timestamp(9), "a", "update", "accepted", "round 1")
@@ -74,6 +82,11 @@ fn rounds_updates_and_audit_persist() {
     let updates = store.updates("r1", 1).unwrap();
     assert_eq!(updates[0].update.delta, params(&[1.0, 2.0]));
     assert_eq!(updates[0].update.stats.start_loss, Some(0.75));
+    assert_eq!(
+        updates[0].test_gradient,
+        Some((5, params(&[0.25, -1.0]))),
+        "the test gradient is kept beside its update"
+    );
     store
         .close_round(
             "r1",

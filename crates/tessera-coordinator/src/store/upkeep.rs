@@ -77,6 +77,8 @@ pub(super) fn add_missing_columns(conn: &Connection) -> Result<(), StoreError> {
             "INTEGER NOT NULL DEFAULT 0",
         ),
         ("updates", "start_loss", "REAL"),
+        ("updates", "test_rows", "INTEGER"),
+        ("updates", "test_gradient", "BLOB"),
     ];
     for (table, column, kind) in ADDED {
         let present: i64 = conn.query_row(

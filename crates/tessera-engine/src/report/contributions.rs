@@ -37,8 +37,9 @@ pub struct SiteContribution {
     pub rank: usize,
     /// Rounds whose model counted its update over rounds that asked it.
     pub reliability: f64,
-    /// Its data quality score, as released (see [`ContributionsReport`]).
-    pub quality: f64,
+    /// Its data quality score, as released (see [`ContributionsReport`]);
+    /// none where sites release none (a deployed run, for now).
+    pub quality: Option<f64>,
     /// [`REPUTATION_WEIGHTS`] of its attribution's rank score, reliability
     /// and quality.
     pub reputation: f64,
@@ -61,8 +62,9 @@ pub struct SiteRecord {
     pub asked: u32,
     /// Rounds whose model counted its update.
     pub counted: u32,
-    /// Its data quality score, as released.
-    pub quality: f64,
+    /// Its data quality score, as released (`None`: none released, and
+    /// reputation weighs attribution and reliability alone).
+    pub quality: Option<f64>,
 }
 
 /// The run's attribution.
@@ -113,7 +115,7 @@ impl ContributionsReport {
                 rounds,
                 rank: 0,
                 reliability: 0.0,
-                quality: 0.0,
+                quality: None,
                 reputation: 0.0,
                 credits: None,
             })
@@ -166,7 +168,11 @@ impl ContributionsReport {
             };
             s.reliability = f64::from(record.counted) / f64::from(record.asked.max(1));
             s.quality = record.quality;
-            s.reputation = wa * score + wr * s.reliability + wq * s.quality;
+            s.reputation = match s.quality {
+                Some(q) => wa * score + wr * s.reliability + wq * q,
+                // The weights of what there is, rescaled to add up to 1.
+                None => (wa * score + wr * s.reliability) / (wa + wr),
+            };
             s.credits = value.map(|v| {
                 if positive > 0.0 {
                     v * s.total.max(0.0) / positive
@@ -270,7 +276,7 @@ mod tests {
         let record = |asked, counted, quality| SiteRecord {
             asked,
             counted,
-            quality,
+            quality: Some(quality),
         };
         let records = [
             ("a", record(2, 2, 0.5)),
@@ -304,7 +310,9 @@ mod tests {
         .with_reputation(&BTreeMap::new(), 1.0, None);
         let by = |n: &str| tied.sites.iter().find(|s| s.name == n).unwrap().reputation;
         assert_eq!(by("b"), by("c"));
-        assert!((by("b") - 0.6 * 0.25).abs() < 1e-12);
-        assert!((by("a") - 0.6).abs() < 1e-12);
+        // No quality released: attribution and reliability, their weights
+        // rescaled to add up to 1.
+        assert!((by("b") - 0.6 * 0.25 / 0.85).abs() < 1e-12);
+        assert!((by("a") - 0.6 / 0.85).abs() < 1e-12);
     }
 }

@@ -125,9 +125,21 @@ pub fn task_span(
     span
 }
 
+/// What an update's header and set 2 carry beside the update.
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// The seconds its local training took, where known (1.25).
+    pub train_seconds: Option<f64>,
+    /// Under `[contribution]`: the test rows and test-loss gradient at the
+    /// round's start (1.26).
+    pub test_gradient: Option<(u64, tessera_core::ParameterSet)>,
+}
+
 /// Streams `update` for `round` as `site`: its delta in chunks, or its
 /// `encoded` form in pieces, then its auxiliary sum (set 1), with the
-/// seconds its local training took where known (`train_seconds`).
+/// [`Extras`]: the seconds its local training took where known
+/// (`train_seconds`), and under `[contribution]` its test rows and
+/// test-loss gradient (set 2).
 pub async fn send_update(
     site: &str,
     client: &mut FederationClient<Channel>,
@@ -135,8 +147,12 @@ pub async fn send_update(
     update: &tessera_core::Update,
     codec: tessera_compress::Codec,
     encoded: Option<Vec<u8>>,
-    train_seconds: Option<f64>,
+    extras: Extras,
 ) -> Result<pb::UpdateReply, Failure> {
+    let Extras {
+        train_seconds,
+        test_gradient,
+    } = extras;
     let header = pb::UpdatePart {
         part: Some(update_part::Part::Header(pb::UpdateHeader {
             site: site.to_string(),
@@ -147,6 +163,7 @@ pub async fn send_update(
             mean_train_loss: update.stats.mean_train_loss,
             start_loss: update.stats.start_loss,
             train_seconds,
+            test_rows: test_gradient.as_ref().map(|(rows, _)| *rows),
             layout: layout_of(&update.delta),
             codec: if encoded.is_some() {
                 codec.to_string()
@@ -173,11 +190,18 @@ pub async fn send_update(
             ),
             None => Box::new(chunks(0, &delta, CHUNK_BYTES).map(update_part::Part::Chunk)),
         };
-        let parts = delta_parts.chain(
-            aux.iter()
-                .flat_map(|c| chunks(1, c, CHUNK_BYTES))
-                .map(update_part::Part::Chunk),
-        );
+        let parts = delta_parts
+            .chain(
+                aux.iter()
+                    .flat_map(|c| chunks(1, c, CHUNK_BYTES))
+                    .map(update_part::Part::Chunk),
+            )
+            .chain(
+                test_gradient
+                    .iter()
+                    .flat_map(|(_, g)| chunks(2, g, CHUNK_BYTES))
+                    .map(update_part::Part::Chunk),
+            );
         for part in parts {
             if tx.send(pb::UpdatePart { part: Some(part) }).await.is_err() {
                 return;

@@ -179,6 +179,7 @@ pub(crate) fn update_header(set: &ParameterSet, codec: &str) -> pb::UpdateHeader
         codec: codec.into(),
         start_loss: None,
         train_seconds: Some(1.5),
+        test_rows: None,
     }
 }
 

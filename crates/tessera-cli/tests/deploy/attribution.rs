@@ -1,0 +1,116 @@
+//! Attribution in deployment (`[contribution]`): each site sends its
+//! test-loss gradient with its update, the coordinator attributes each
+//! round at its close, and the values equal the simulation's bit for bit;
+//! `tessera contributions` reads them from the report and from the store,
+//! across runs.
+
+use crate::util::procs::{HEART_SITES, participant};
+use crate::util::{self, Scratch};
+use crate::{LIMIT, plan_with, run_federation};
+
+#[test]
+fn deployed_attribution_equals_the_simulation_bit_for_bit() {
+    if util::skip_e2e("deployed_attribution_equals_the_simulation_bit_for_bit") {
+        return;
+    }
+    let s = Scratch::new("deploy-attribution");
+    let plan = plan_with(
+        &s,
+        "attributed",
+        "[privacy]\nsite_metrics = \"clear\"\n\n[contribution]\nmethod = \"gtg\"\nvalue = 100.0\n",
+    );
+    let (sim, expected) = s.simulate(&plan, "sim.model");
+    let (mut coordinator, mut participants) = run_federation(&s, &plan, "c.sqlite", "dep.model");
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    // Attribution changes nothing of the training.
+    assert_eq!(util::model(&s.path("dep.model")), expected);
+    let deployed = s.json("dep.model.json");
+    let (d, m) = (&deployed["contributions"], &sim["contributions"]);
+    let rounds = d["rounds"].as_array().expect("deployed rounds attributed");
+    assert_eq!(rounds.len(), 15, "{d}");
+    assert_eq!(m["rounds"].as_array().map(Vec::len), Some(15), "{m}");
+    assert!(
+        rounds
+            .iter()
+            .all(|r| r["gain"].as_f64().is_some_and(|g| g != 0.0)),
+        "{d}"
+    );
+    for (dr, sr) in rounds.iter().zip(m["rounds"].as_array().unwrap()) {
+        assert_eq!(dr["round"], sr["round"]);
+        assert_eq!(dr["values"], sr["values"], "round {}", dr["round"]);
+        assert_eq!(dr["gain"], sr["gain"], "round {}", dr["round"]);
+        assert_eq!(dr["orders"], sr["orders"], "round {}", dr["round"]);
+        assert_eq!(dr["values"].as_object().unwrap().len(), 4);
+    }
+    for (ds, ss) in d["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(m["sites"].as_array().unwrap())
+    {
+        assert_eq!((&ds["name"], &ds["total"]), (&ss["name"], &ss["total"]));
+        assert_eq!(ds["rank"], ss["rank"]);
+        assert_eq!(ds["credits"], ss["credits"]);
+        assert!(
+            ds["quality"].is_null(),
+            "deployed sites release no quality: {ds}"
+        );
+    }
+    // The tables: from the deployed report, and from the store.
+    let table = s.run(&["contributions", "--report", "dep.model.json"]).ok();
+    assert!(
+        table.contains("15 rounds attributed by gtg (first-order utility)"),
+        "{table}"
+    );
+    assert!(table.contains("no quality released"), "{table}");
+    let db = s.run(&["contributions", "--db", "c.sqlite"]).ok();
+    assert!(
+        db.contains("attribution over 15 attributed round(s)"),
+        "{db}"
+    );
+    for site in HEART_SITES {
+        assert!(db.contains(site), "{db}");
+    }
+    // A second run on the same store: reputation across both runs.
+    let (mut second, url) = util::procs::coordinator(
+        &s.dir,
+        &plan,
+        &s.path("c.sqlite"),
+        0,
+        &["--new-run", "--report", "two.json"],
+    );
+    let mut participants: Vec<_> = HEART_SITES
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert!(second.wait(LIMIT).success(), "{}", second.log());
+    let both = s.run(&["contributions", "--db", "c.sqlite", "--json"]).ok();
+    let both: serde_json::Value = serde_json::from_str(&both).unwrap();
+    assert_eq!(both["runs"].as_array().unwrap().len(), 2, "{both}");
+    let c = &both["contributions"];
+    assert_eq!(c["rounds"].as_array().unwrap().len(), 30, "{c}");
+    for (site, one) in c["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(d["sites"].as_array().unwrap())
+    {
+        // The same run twice: each total doubled.
+        assert_eq!(site["name"], one["name"]);
+        let (two, one) = (
+            site["total"].as_f64().unwrap(),
+            one["total"].as_f64().unwrap(),
+        );
+        assert!(
+            (two - 2.0 * one).abs() <= 1e-12 * one.abs().max(1e-12),
+            "{two} {one}"
+        );
+        assert_eq!(site["rounds"], 30);
+    }
+}

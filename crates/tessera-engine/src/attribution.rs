@@ -1,0 +1,245 @@
+//! One round's attribution (`[contribution]`), the same code in simulation
+//! and deployment: the method over a set utility, and the first-order
+//! utility built from the sites' test-loss gradients at the round's start.
+//!
+//! Under the first-order utility a set's worth is minus the mean test
+//! gradient times the set's example-weighted mean update. The mean
+//! gradient is each site's own mean gradient over its first
+//! `rows_per_site` test rows, weighted by those rows and added in the
+//! plan's site order ([`site_order`], [`mean_gradient`]): a simulation
+//! computes each site's, a deployed site sends its own with its update.
+
+use tessera_contribution::{GtgConfig, MAX_EXACT, MAX_SITES, Memo};
+use tessera_core::{ParameterSet, derive_seed};
+use tessera_data::Dataset;
+use tessera_learn::Learner;
+
+use crate::{AttributionMethod, ContributionConfig, EngineError};
+
+/// One round's attribution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attributed {
+    /// The whole round's utility over its start's (0 where it failed).
+    pub gain: f64,
+    /// Each counted update's value, in the order the utility indexes them.
+    pub values: Vec<f64>,
+    /// Orders of sites sampled (GTG-Shapley; 0 for the other methods).
+    pub orders: usize,
+    /// Sets whose utility was computed.
+    pub evaluations: usize,
+}
+
+/// Attributes round `round`'s `n` counted updates by `config`'s method,
+/// `utility` giving a set's worth (bit `i` the `i`-th update) and `seed`
+/// the run's contribution stream (GTG-Shapley's orders). `None` where the
+/// plan attributes nothing.
+pub fn attribute(
+    config: &ContributionConfig,
+    seed: u64,
+    round: u32,
+    n: usize,
+    utility: &mut dyn FnMut(u64) -> f64,
+) -> Result<Option<Attributed>, EngineError> {
+    check_count(config.method, n, &format!("round {round} counted"))?;
+    let mut memo = Memo::new(utility);
+    let all = tessera_contribution::everyone(n);
+    let whole = (|| Some(memo.value(all).ok()? - memo.value(0).ok()?))();
+    let values = match config.method {
+        AttributionMethod::Off => return Ok(None),
+        AttributionMethod::Exact => {
+            tessera_contribution::exact_shapley(n, &mut memo).map(|v| (v, 0))
+        }
+        AttributionMethod::LeaveOneOut => {
+            tessera_contribution::leave_one_out(n, &mut memo).map(|v| (v, 0))
+        }
+        AttributionMethod::Gtg => {
+            let gain = whole.unwrap_or(0.0).abs();
+            let gtg = GtgConfig {
+                round_truncation: 1e-9,
+                truncation: config.truncation * gain,
+                convergence: config.convergence,
+                max_orders: config.max_orders,
+                seed: derive_seed(seed, &[u64::from(round)]),
+            };
+            tessera_contribution::gtg_shapley(n, &mut memo, &gtg).map(|e| (e.values, e.orders))
+        }
+    };
+    let evaluations = memo.evaluations();
+    let (values, orders) = values.map_err(|e| EngineError::State(format!("round {round}: {e}")))?;
+    Ok(Some(Attributed {
+        gain: whole.unwrap_or(0.0),
+        values,
+        orders,
+        evaluations,
+    }))
+}
+
+/// Refuses `count` sites' updates where `method` takes fewer (exact
+/// Shapley values enumerate every set), `what` saying whose count it is.
+pub fn check_count(method: AttributionMethod, count: usize, what: &str) -> Result<(), EngineError> {
+    let most = match method {
+        AttributionMethod::Exact => MAX_EXACT,
+        _ => MAX_SITES,
+    };
+    if count > most {
+        return Err(EngineError::State(format!(
+            "{what} {count} sites' updates, more than {} attribution takes ({most}): sample \
+             fewer sites a round (federation.fraction)",
+            method.name()
+        )));
+    }
+    Ok(())
+}
+
+/// Where a site goes in a round's attribution (its updates' bits, the
+/// order its gradient is added in): its place among the plan's `named`
+/// sites, then sites the plan does not name by name. A simulation's sites
+/// and a deployed coordinator's counted sites take the same order.
+pub fn site_order<'a>(named: &[String], site: &'a str) -> (usize, &'a str) {
+    let place = named.iter().position(|n| n == site).unwrap_or(usize::MAX);
+    (place, site)
+}
+
+/// The first-order utility of `set`: its members' slopes, weighted as
+/// their updates are in the set's mean (0 for no one).
+pub fn first_order(slopes: &[f64], weights: &[f64], set: u64) -> f64 {
+    let (mut sum, mut total) = (0.0, 0.0);
+    for (i, (s, w)) in slopes.iter().zip(weights).enumerate() {
+        if set & (1 << i) != 0 {
+            sum += w * s;
+            total += w;
+        }
+    }
+    if total > 0.0 { sum / total } else { 0.0 }
+}
+
+/// The mean test gradient: each site's mean gradient weighted by its rows
+/// (in `f32`, as a share of all the rows), added in the order given
+/// (simulation and deployment both give the sites' name order). `None`
+/// where no site has rows.
+pub fn mean_gradient(parts: &[(u64, &ParameterSet)]) -> Result<Option<ParameterSet>, EngineError> {
+    let total: u64 = parts.iter().map(|p| p.0).sum();
+    let Some((_, first)) = parts.iter().find(|p| p.0 > 0) else {
+        return Ok(None);
+    };
+    let mut gradient = first.zeros_like();
+    for (n, g) in parts.iter().filter(|p| p.0 > 0) {
+        let share = *n as f32 / total as f32;
+        gradient.add_scaled(g, share)?;
+    }
+    Ok(Some(gradient))
+}
+
+/// A site's rows and mean gradient of its test loss over its first
+/// `max_rows` test `rows`, `learner` holding the round's start as served
+/// (no rows: 0, and zeros that add nothing).
+pub fn site_gradient(
+    learner: &dyn Learner,
+    rows: &Dataset,
+    max_rows: usize,
+) -> Result<(u64, ParameterSet), EngineError> {
+    let n = rows.n_rows().min(max_rows);
+    if n == 0 {
+        return Ok((0, learner.parameters().zeros_like()));
+    }
+    Ok((n as u64, learner.gradient(rows, max_rows)?.1))
+}
+
+/// Minus `gradient` times each of `deltas` (in `f64`): each update's
+/// first-order change of the utility.
+pub fn slopes<'a>(
+    gradient: &ParameterSet,
+    deltas: impl IntoIterator<Item = &'a ParameterSet>,
+) -> Result<Vec<f64>, EngineError> {
+    deltas
+        .into_iter()
+        .map(|d| {
+            if d.n_values() != gradient.n_values() {
+                return Err(EngineError::State(format!(
+                    "the test gradient has {} values and an update {}: the first-order \
+                     utility needs a model served whole (not a personalized strategy's)",
+                    gradient.n_values(),
+                    d.n_values()
+                )));
+            }
+            Ok(-gradient
+                .values()
+                .zip(d.values())
+                .map(|(g, d)| f64::from(g) * f64::from(d))
+                .sum::<f64>())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::Tensor;
+
+    fn set(values: &[f32]) -> ParameterSet {
+        let mut p = ParameterSet::new();
+        p.push(
+            "w",
+            Tensor::new(vec![values.len()], values.to_vec()).unwrap(),
+        )
+        .unwrap();
+        p
+    }
+
+    #[test]
+    fn the_first_order_utility_is_exact_shapley_of_weighted_slopes() {
+        // Sites' gradients 1:3 rows: mean gradient (0.25*[4,0] + 0.75*[0,4]) = [1, 3].
+        let (a, b) = (set(&[4.0, 0.0]), set(&[0.0, 4.0]));
+        let g = mean_gradient(&[(1, &a), (3, &b), (0, &a)])
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.values().collect::<Vec<_>>(), vec![1.0, 3.0]);
+        let deltas = [set(&[1.0, 0.0]), set(&[0.0, -1.0]), set(&[0.0, 0.0])];
+        let s = slopes(&g, &deltas).unwrap();
+        assert_eq!(s, vec![-1.0, 3.0, 0.0]);
+        let weights = [10.0, 30.0, 60.0];
+        let config = ContributionConfig {
+            method: AttributionMethod::Exact,
+            ..ContributionConfig::default()
+        };
+        let mut utility = |set: u64| first_order(&s, &weights, set);
+        let got = attribute(&config, 7, 1, 3, &mut utility).unwrap().unwrap();
+        // Shapley values add up to the whole gain: (-10 + 90 + 0) / 100.
+        assert!((got.gain - 0.8).abs() < 1e-12);
+        assert!((got.values.iter().sum::<f64>() - 0.8).abs() < 1e-12);
+        // An independent count: enumerate the orders of three sites.
+        let orders = [
+            [0, 1, 2],
+            [0, 2, 1],
+            [1, 0, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+        ];
+        for site in 0..3 {
+            let mut sum = 0.0;
+            for order in &orders {
+                let before: u64 = order
+                    .iter()
+                    .take_while(|&&i| i != site)
+                    .map(|&i| 1u64 << i)
+                    .sum();
+                sum += first_order(&s, &weights, before | (1 << site))
+                    - first_order(&s, &weights, before);
+            }
+            assert!((got.values[site] - sum / 6.0).abs() < 1e-12, "{site}");
+        }
+        assert!(mean_gradient(&[(0, &a)]).unwrap().is_none());
+        assert!(slopes(&g, &[set(&[1.0])]).is_err());
+    }
+
+    #[test]
+    fn exact_attribution_refuses_more_sites_than_it_enumerates() {
+        let config = ContributionConfig {
+            method: AttributionMethod::Exact,
+            ..ContributionConfig::default()
+        };
+        let e = attribute(&config, 1, 3, MAX_EXACT + 1, &mut |_| 0.0).unwrap_err();
+        assert!(e.to_string().contains("round 3 counted"), "{e}");
+    }
+}
