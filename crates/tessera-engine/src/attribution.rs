@@ -9,8 +9,10 @@
 //! plan's site order ([`site_order`], [`mean_gradient`]): a simulation
 //! computes each site's, a deployed site sends its own with its update.
 
+use std::collections::BTreeMap;
 use tessera_contribution::{GtgConfig, MAX_EXACT, MAX_SITES, Memo};
-use tessera_core::{ParameterSet, derive_seed};
+
+use tessera_core::{ParameterSet, ParticipantId, derive_seed};
 use tessera_data::Dataset;
 use tessera_learn::Learner;
 
@@ -98,6 +100,43 @@ pub fn check_count(method: AttributionMethod, count: usize, what: &str) -> Resul
 pub fn site_order<'a>(named: &[String], site: &'a str) -> (usize, &'a str) {
     let place = named.iter().position(|n| n == site).unwrap_or(usize::MAX);
     (place, site)
+}
+
+/// The weights the next round's cohort is drawn with under `selection =
+/// "reputation"`, from each site's mean value a round so far (`None`: never
+/// valued) and the rounds that asked it: 0.1 + 0.9 times the site's rank
+/// score among the sites valued so far (1 for the largest mean, 0 for the
+/// smallest, ties sharing); 1 for a site never asked (so that each is
+/// tried); 0.55, the middle, for one asked but never counted (it dropped
+/// out or was refused: no better than the middle); the floor, 0.1, for a
+/// mean that is not a number. A site not given weighs 1 in the draw.
+pub fn selection_weights(
+    sites: &[(ParticipantId, Option<f64>, u32)],
+) -> BTreeMap<ParticipantId, f64> {
+    let valued: Vec<f64> = sites
+        .iter()
+        .filter_map(|s| s.1)
+        .filter(|v| v.is_finite())
+        .collect();
+    let m = valued.len();
+    sites
+        .iter()
+        .map(|(id, mean, asked)| {
+            let weight = match mean {
+                None if *asked > 0 => 0.55,
+                None => 1.0,
+                Some(mean) if !mean.is_finite() => 0.1,
+                Some(_) if m < 2 => 1.0,
+                Some(mean) => {
+                    let below = valued.iter().filter(|v| **v < *mean).count() as f64;
+                    let equal = valued.iter().filter(|v| **v == *mean).count() as f64;
+                    let score = (below + 0.5 * (equal - 1.0)) / (m as f64 - 1.0);
+                    0.1 + 0.9 * score
+                }
+            };
+            (id.clone(), weight)
+        })
+        .collect()
 }
 
 /// The first-order utility of `set`: its members' slopes, weighted as

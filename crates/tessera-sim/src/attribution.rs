@@ -184,44 +184,22 @@ impl Attributor {
     }
 
     /// The weights the next round's cohort is drawn with under
-    /// `selection = "reputation"`, by site: 0.1 + 0.9 times the site's rank
-    /// score among the sites valued so far (1 for the largest mean value a
-    /// round, 0 for the smallest, ties sharing); 1 for a site never asked
-    /// (so that each is tried); 0.55, the middle, for one asked but never
-    /// counted (it dropped out or was refused: no better than the middle).
+    /// `selection = "reputation"`, by site
+    /// ([`attribution::selection_weights`]).
     pub fn selection_weights(
         &self,
         ids: &[tessera_core::ParticipantId],
     ) -> BTreeMap<tessera_core::ParticipantId, f64> {
-        let means: Vec<Option<f64>> = (0..ids.len())
-            .map(|i| (self.valued[i] > 0).then(|| self.value_sum[i] / f64::from(self.valued[i])))
-            .collect();
-        let valued: Vec<f64> = means
+        let sites: Vec<_> = ids
             .iter()
-            .flatten()
-            .copied()
-            .filter(|v| v.is_finite())
-            .collect();
-        let m = valued.len();
-        ids.iter()
-            .zip(&means)
-            .zip(&self.asked)
-            .map(|((id, mean), asked)| {
-                let weight = match mean {
-                    None if *asked > 0 => 0.55,
-                    None => 1.0,
-                    Some(mean) if !mean.is_finite() => 0.1,
-                    Some(_) if m < 2 => 1.0,
-                    Some(mean) => {
-                        let below = valued.iter().filter(|v| **v < *mean).count() as f64;
-                        let equal = valued.iter().filter(|v| **v == *mean).count() as f64;
-                        let score = (below + 0.5 * (equal - 1.0)) / (m as f64 - 1.0);
-                        0.1 + 0.9 * score
-                    }
-                };
-                (id.clone(), weight)
+            .enumerate()
+            .map(|(i, id)| {
+                let mean =
+                    (self.valued[i] > 0).then(|| self.value_sum[i] / f64::from(self.valued[i]));
+                (id.clone(), mean, self.asked[i])
             })
-            .collect()
+            .collect();
+        attribution::selection_weights(&sites)
     }
 
     /// The utility of the sites in `set` (bits index `updates`).

@@ -114,3 +114,49 @@ fn deployed_attribution_equals_the_simulation_bit_for_bit() {
         assert_eq!(site["rounds"], 30);
     }
 }
+
+/// `selection = "reputation"` deployed: half the four sites drawn a round,
+/// weighted by the attribution so far; the coordinator draws the cohorts a
+/// simulation draws, so every round counts the same sites and the model is
+/// the simulation's bit for bit.
+#[test]
+fn deployed_reputation_selection_draws_as_the_simulation() {
+    if util::skip_e2e("deployed_reputation_selection_draws_as_the_simulation") {
+        return;
+    }
+    let s = Scratch::new("deploy-selection");
+    let plan = plan_with(
+        &s,
+        "selected",
+        "[privacy]\nsite_metrics = \"clear\"\n\n[contribution]\nmethod = \"exact\"\n\
+         selection = \"reputation\"\n",
+    );
+    let text = std::fs::read_to_string(&plan)
+        .unwrap()
+        .replace("fraction = 1.0", "fraction = 0.5")
+        .replace("min_participants = 4", "min_participants = 2");
+    assert!(text.contains("fraction = 0.5") && text.contains("min_participants = 2"));
+    let plan = s.write("selected.toml", &text);
+    let (sim, expected) = s.simulate(&plan, "sim.model");
+    let (mut coordinator, mut participants) = run_federation(&s, &plan, "c.sqlite", "dep.model");
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    let deployed = s.json("dep.model.json");
+    let cohorts = |report: &serde_json::Value| -> Vec<Vec<String>> {
+        report["contributions"]["rounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["values"].as_object().unwrap().keys().cloned().collect())
+            .collect()
+    };
+    let (drawn, simulated) = (cohorts(&deployed), cohorts(&sim));
+    assert_eq!(drawn.len(), 15);
+    assert!(drawn.iter().all(|c| c.len() == 2), "{drawn:?}");
+    assert_eq!(drawn, simulated);
+    // Not every round the same pair: the draw moves with the values.
+    assert!(drawn.iter().any(|c| c != &drawn[0]), "{drawn:?}");
+    assert_eq!(util::model(&s.path("dep.model")), expected);
+}

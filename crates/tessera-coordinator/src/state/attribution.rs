@@ -159,3 +159,44 @@ impl Federation {
         }
     }
 }
+
+impl Federation {
+    /// Under `selection = "reputation"`: the weights of the next round's
+    /// draw, from this run's attribution so far as a simulation draws
+    /// them ([`attribution::selection_weights`]: each site's mean value a
+    /// round from the rounds' records, the rounds that asked it from the
+    /// stored cohorts); `None` before any round closed (the first draw is
+    /// uniform) or under uniform selection.
+    pub(super) fn selection_weights(
+        &self,
+    ) -> Result<Option<BTreeMap<tessera_core::ParticipantId, f64>>, CoordinatorError> {
+        if self.plan.contribution.selection != tessera_engine::Selection::Reputation {
+            return Ok(None);
+        }
+        let cohorts = self.store.cohorts(&self.run.id)?;
+        if cohorts.is_empty() {
+            return Ok(None);
+        }
+        let mut sites: BTreeMap<&str, (f64, u32, u32)> = BTreeMap::new();
+        for row in &cohorts {
+            for site in &row.cohort {
+                sites.entry(site.as_str()).or_default().2 += 1;
+            }
+        }
+        for c in self.records.iter().filter_map(|r| r.contribution.as_ref()) {
+            for (site, v) in &c.values {
+                let s = sites.entry(site.as_str()).or_default();
+                s.0 += v;
+                s.1 += 1;
+            }
+        }
+        let sites: Vec<_> = sites
+            .into_iter()
+            .map(|(site, (sum, valued, asked))| {
+                let mean = (valued > 0).then(|| sum / f64::from(valued));
+                (tessera_core::ParticipantId::new(site), mean, asked)
+            })
+            .collect();
+        Ok(Some(attribution::selection_weights(&sites)))
+    }
+}

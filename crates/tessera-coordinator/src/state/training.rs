@@ -320,6 +320,13 @@ impl Federation {
                 let what = format!("{} rounds", self.records.len());
                 return self.end_after_last_round(&what);
             }
+            // Reputation-weighted selection: the draw weighs the sites by
+            // the attribution so far.
+            let weights = self.selection_weights()?;
+            let Some(engine) = self.training.rounds_mut() else {
+                return Ok(());
+            };
+            engine.set_selection_weights(weights);
             // Only sites heard from within the liveness period are drawn:
             // a round does not open with fewer than the plan's minimum.
             let live: std::collections::BTreeSet<ParticipantId> = self
