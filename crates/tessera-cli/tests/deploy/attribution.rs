@@ -160,3 +160,77 @@ fn deployed_reputation_selection_draws_as_the_simulation() {
     assert!(drawn.iter().any(|c| c != &drawn[0]), "{drawn:?}");
     assert_eq!(util::model(&s.path("dep.model")), expected);
 }
+
+/// The coordinator killed with SIGKILL mid-round, three of four updates
+/// (and their test gradients) stored: after the restart the round closes
+/// on what was stored plus the fourth, and every round's values are the
+/// simulation's, bit for bit.
+#[test]
+fn a_coordinator_killed_mid_round_attributes_as_the_simulation_after_its_restart() {
+    if util::skip_e2e(
+        "a_coordinator_killed_mid_round_attributes_as_the_simulation_after_its_restart",
+    ) {
+        return;
+    }
+    let s = Scratch::new("deploy-attribution-kill");
+    let plan = plan_with(
+        &s,
+        "attributed",
+        "[privacy]\nsite_metrics = \"clear\"\n\n[contribution]\nmethod = \"gtg\"\n",
+    );
+    let (sim, expected) = s.simulate(&plan, "sim.model");
+    let db = s.path("c.sqlite");
+    let (mut first, url) = util::procs::coordinator(&s.dir, &plan, &db, 0, &[]);
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut participants: Vec<_> = HEART_SITES
+        .iter()
+        .map(|site| {
+            // VA is slow, so each round sits open with three updates accepted.
+            let extra: &[&str] = if *site == "va" {
+                &["--pause-before-update", "1.5"]
+            } else {
+                &[]
+            };
+            participant(&s.dir, &url, site, extra)
+        })
+        .collect();
+    util::procs::wait_until(LIMIT, "round 3 with three accepted updates", || {
+        util::status::poll(&db, |s| s.pending_updates_of(3)) == 3
+    });
+    first.kill_9();
+    let (mut second, _) = util::procs::coordinator(
+        &s.dir,
+        &plan,
+        &db,
+        port,
+        &["--model-out", "dep.model", "--report", "dep.json"],
+    );
+    assert!(second.wait(LIMIT).success(), "{}", second.log());
+    assert!(second.log().contains("resumed"), "{}", second.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    assert_eq!(util::model(&s.path("dep.model")), expected);
+    let deployed = s.json("dep.json");
+    let (d, m) = (
+        deployed["contributions"]["rounds"].as_array().unwrap(),
+        sim["contributions"]["rounds"].as_array().unwrap(),
+    );
+    assert_eq!(d.len(), 15, "{deployed}");
+    // All but the wall-clock seconds each attribution took.
+    let timeless = |rounds: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        rounds
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.as_object_mut().unwrap().remove("seconds");
+                r
+            })
+            .collect()
+    };
+    assert_eq!(
+        timeless(d),
+        timeless(m),
+        "every round's attribution, the resumed one included"
+    );
+}
