@@ -94,9 +94,11 @@ pub fn print_table(c: &tessera_engine::report::ContributionsReport) {
              released at epsilon {})",
             c.quality_epsilon
         );
-    } else {
+    }
+    if c.sites.iter().any(|s| s.quality.is_none()) {
         println!(
-            "reputation = (0.6 x rank score + 0.25 x reliability) / 0.85 (no quality released)"
+            "reputation = (0.6 x rank score + 0.25 x reliability) / 0.85 where no quality was \
+             released (-)"
         );
     }
 }

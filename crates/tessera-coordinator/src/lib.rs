@@ -149,6 +149,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 pub use service::Service;
 pub use shared::Shared;
+pub use state::attribution::UpdateExtras;
 pub use state::capabilities::{run_capabilities, site_capabilities};
 pub use state::rollout::{MAX_MODEL_FILE, Rollout, RolloutModel};
 pub use state::waiting::REMIND_EVERY;

@@ -531,10 +531,12 @@ impl Service {
         let round = header.round;
         let who = site.clone();
         let train_seconds = train_seconds.ok().flatten();
+        let quality = header.quality;
         let reply = match self
             .shared
             .call(move |f| {
-                let counted = f.submit_update_with(&site, round, &update, gradient);
+                let extras = crate::UpdateExtras { gradient, quality };
+                let counted = f.submit_update_with(&site, round, &update, extras);
                 if let (Ok(()), Some(seconds)) = (&counted, train_seconds) {
                     f.note_training(&site, round, seconds);
                 }

@@ -22,7 +22,7 @@ use training_mode::Training;
 
 mod agreement;
 mod analytics;
-mod attribution;
+pub mod attribution;
 mod buffered;
 pub(crate) mod capabilities;
 mod clock;
@@ -131,6 +131,8 @@ pub struct Federation {
     task_classes: Vec<Vec<String>>,
     phase: Phase,
     records: Vec<RoundRecord>,
+    /// Reputation selection's weights, by the closed rounds they follow.
+    selection_cache: Option<(usize, Option<BTreeMap<ParticipantId, f64>>)>,
     last_evaluations: Vec<(String, Evaluation)>,
     /// A hierarchical run's tree, and this coordinator's node in it (0: the root).
     tree: Option<(tessera_engine::Tree, usize)>,
@@ -379,6 +381,7 @@ impl Federation {
             task_classes: Vec::new(),
             phase: Phase::Agreeing,
             records: Vec::new(),
+            selection_cache: None,
             last_evaluations: Vec::new(),
             tree: hierarchy,
             steps: StepEvaluations::default(),

@@ -9,7 +9,7 @@
 mod common;
 
 use common::{Db, SITES, agree, plan, train};
-use tessera_coordinator::Refusal;
+use tessera_coordinator::{Refusal, UpdateExtras};
 use tessera_core::ParameterSet;
 
 fn refused(r: Result<(), Refusal>) -> String {
@@ -37,16 +37,35 @@ fn updates_bring_bounded_test_gradients_and_rounds_get_their_shapley_values() {
     let (round, update) = train(&mut f, 0);
     let g = gradient_of(&update.delta, 0);
     // No gradient, rows past what the site declared, a value not finite.
-    let reason = refused(f.submit_update_with(name(0), round, &update, None));
+    let with = |gradient: Option<(u64, ParameterSet)>, quality: Option<f64>| UpdateExtras {
+        gradient,
+        quality,
+    };
+    let reason = refused(f.submit_update_with(name(0), round, &update, with(None, None)));
     assert!(reason.contains("without its test gradient"), "{reason}");
-    let reason = refused(f.submit_update_with(name(0), round, &update, Some((10_000, g.clone()))));
+    let reason = refused(f.submit_update_with(
+        name(0),
+        round,
+        &update,
+        with(Some((10_000, g.clone())), None),
+    ));
     assert!(reason.contains("claims 10000 rows"), "{reason}");
     let mut nan = g.clone();
     if let Some(v) = nan.values_mut().next() {
         *v = f32::NAN;
     }
-    let reason = refused(f.submit_update_with(name(0), round, &update, Some((5, nan))));
+    let reason = refused(f.submit_update_with(name(0), round, &update, with(Some((5, nan)), None)));
     assert!(reason.contains("not a finite number"), "{reason}");
+    // A quality score outside [0, 1].
+    for bad in [1.5, -0.1, f64::NAN] {
+        let reason = refused(f.submit_update_with(
+            name(0),
+            round,
+            &update,
+            with(Some((5, g.clone())), Some(bad)),
+        ));
+        assert!(reason.contains("not within [0, 1]"), "{reason}");
+    }
 
     // Each site: its own update (a scaled pattern) and gradient, rows 3 to 12.
     let mut sent = Vec::new();
@@ -58,8 +77,15 @@ fn updates_bring_bounded_test_gradients_and_rounds_get_their_shapley_values() {
         }
         let rows = 3 * (i as u64 + 1);
         let g = gradient_of(&update.delta, i);
-        f.submit_update_with(name(i), round, &update, Some((rows, g.clone())))
-            .unwrap();
+        // Sites 0-2 release a quality score; site 3 none.
+        let quality = (i < 3).then_some(0.25 * (i as f64 + 1.0));
+        f.submit_update_with(
+            name(i),
+            round,
+            &update,
+            with(Some((rows, g.clone())), quality),
+        )
+        .unwrap();
         sent.push((name(i).to_string(), update, rows, g));
     }
     f.advance();
@@ -129,13 +155,14 @@ fn updates_bring_bounded_test_gradients_and_rounds_get_their_shapley_values() {
         );
     }
     assert!((got.gain - utility(&[0, 1, 2, 3])).abs() <= 1e-6 * scale);
-    // Reputation from the cohorts: every site asked once and counted.
-    assert!(
-        report
-            .sites
-            .iter()
-            .all(|s| s.reliability == 1.0 && s.quality.is_none())
-    );
+    // Reputation from the cohorts (every site asked once and counted) and
+    // the released quality scores (none for site 3: reputation without it).
+    for s in &report.sites {
+        assert_eq!(s.reliability, 1.0);
+        let i = SITES.iter().position(|x| x.name == s.name).unwrap();
+        let quality = (i < 3).then_some(0.25 * (i as f64 + 1.0));
+        assert_eq!(s.quality, quality, "{}", s.name);
+    }
 }
 
 #[test]
@@ -145,9 +172,18 @@ fn a_test_gradient_is_refused_where_the_plan_attributes_nothing() {
     agree(&mut f);
     let (round, update) = train(&mut f, 0);
     let g = update.delta.clone();
-    let reason =
-        refused(f.submit_update_with(SITES[0].name.as_str(), round, &update, Some((1, g))));
+    let extras = UpdateExtras {
+        gradient: Some((1, g)),
+        quality: None,
+    };
+    let reason = refused(f.submit_update_with(SITES[0].name.as_str(), round, &update, extras));
     assert!(reason.contains("attributes nothing"), "{reason}");
+    let extras = UpdateExtras {
+        gradient: None,
+        quality: Some(0.5),
+    };
+    let reason = refused(f.submit_update_with(SITES[0].name.as_str(), round, &update, extras));
+    assert!(reason.contains("does not release"), "{reason}");
     f.submit_update(SITES[0].name.as_str(), round, &update)
         .unwrap();
 }

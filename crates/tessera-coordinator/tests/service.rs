@@ -114,6 +114,7 @@ async fn malformed_updates_over_the_wire_are_refused_and_the_round_goes_on() {
         start_loss: None,
         train_seconds: None,
         test_rows: None,
+        quality: None,
     };
     let n0: u64 = header.layout[0].shape.iter().product();
     let n_values: u64 = header

@@ -12,6 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Dataset, SiteSummary};
 
+/// A draw of the Laplace distribution of scale `b` (inverse CDF).
+fn laplace(rng: &mut tessera_core::SeededRng, b: f64) -> f64 {
+    let u = rng.next_f64() - 0.5;
+    -b * u.signum() * (1.0 - 2.0 * u.abs()).max(f64::MIN_POSITIVE).ln()
+}
+
 /// A site's data quality scores.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Quality {
@@ -76,6 +82,31 @@ impl Quality {
             // One row is at most one distinct row more or less.
             1.0 / n,
         ]
+    }
+
+    /// The score a site releases: the mean of its completeness (a function
+    /// of the counts its reading reports, released as they are) and its
+    /// label balance and distinct rows, each with Laplace noise of its
+    /// sensitivity to changing one of its `n_train` training rows over
+    /// `epsilon / 2`, clamped to [0, 1]. `rng` is the site's own secret
+    /// stream (in simulation derived from the run seed: an experiment, not
+    /// a release).
+    pub fn released(
+        &self,
+        n_train: usize,
+        classes: usize,
+        epsilon: f64,
+        rng: &mut tessera_core::SeededRng,
+    ) -> f64 {
+        let half = epsilon / 2.0;
+        let bounds = Quality::sensitivities(n_train, classes);
+        let noised: f64 = self
+            .private()
+            .iter()
+            .zip(bounds)
+            .map(|(s, b)| (s + laplace(rng, b / half)).clamp(0.0, 1.0))
+            .sum();
+        (self.completeness + noised) / 3.0
     }
 
     /// The scores of the rows themselves: label balance, distinct rows.

@@ -152,18 +152,38 @@ pub fn first_order(slopes: &[f64], weights: &[f64], set: u64) -> f64 {
     if total > 0.0 { sum / total } else { 0.0 }
 }
 
-/// The mean test gradient: each site's mean gradient weighted by its rows
-/// (in `f32`, as a share of all the rows), added in the order given
-/// (simulation and deployment both give the sites' name order). `None`
+/// How far past the median a site's test gradient may reach: each is
+/// clipped to at most this many times the (lower) median norm of the
+/// round's gradients, so that no site can steer the mean gradient, and so
+/// every site's value, by the size of its own.
+pub const GRADIENT_CLIP: f64 = 3.0;
+
+/// The mean test gradient: each site's mean gradient, clipped to
+/// [`GRADIENT_CLIP`] times the lower median norm of the gradients with
+/// rows (not where that median is 0), weighted by its rows (in `f32`, as a
+/// share of all the rows), added in the order given (simulation and
+/// deployment both give the plan's site order, [`site_order`]). `None`
 /// where no site has rows.
 pub fn mean_gradient(parts: &[(u64, &ParameterSet)]) -> Result<Option<ParameterSet>, EngineError> {
     let total: u64 = parts.iter().map(|p| p.0).sum();
     let Some((_, first)) = parts.iter().find(|p| p.0 > 0) else {
         return Ok(None);
     };
+    let norm = |g: &ParameterSet| g.values().map(|v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+    let mut norms: Vec<f64> = parts
+        .iter()
+        .filter(|p| p.0 > 0)
+        .map(|p| norm(p.1))
+        .collect();
+    norms.sort_by(f64::total_cmp);
+    let bound = GRADIENT_CLIP * norms[(norms.len() - 1) / 2];
     let mut gradient = first.zeros_like();
     for (n, g) in parts.iter().filter(|p| p.0 > 0) {
-        let share = *n as f32 / total as f32;
+        let mut share = *n as f32 / total as f32;
+        let size = norm(g);
+        if bound > 0.0 && size > bound {
+            share *= (bound / size) as f32;
+        }
         gradient.add_scaled(g, share)?;
     }
     Ok(Some(gradient))
@@ -269,6 +289,15 @@ mod tests {
             assert!((got.values[site] - sum / 6.0).abs() < 1e-12, "{site}");
         }
         assert!(mean_gradient(&[(0, &a)]).unwrap().is_none());
+        // A site that sends a gradient a thousand times the others' is
+        // clipped to three times their median: it cannot steer the mean.
+        let (c, huge) = (set(&[0.0, 4.0]), set(&[-4000.0, 0.0]));
+        let g = mean_gradient(&[(1, &a), (1, &c), (1, &b), (1, &huge)])
+            .unwrap()
+            .unwrap();
+        let values: Vec<f32> = g.values().collect();
+        assert!((values[0] - (4.0 - 12.0) / 4.0).abs() < 1e-5, "{values:?}");
+        assert!((values[1] - 8.0 / 4.0).abs() < 1e-5, "{values:?}");
         assert!(slopes(&g, &[set(&[1.0])]).is_err());
     }
 

@@ -217,6 +217,10 @@ pub(crate) struct Ready {
     /// Under `[contribution]`: the rows and mean test-loss gradient at the
     /// last training's start (sent with its update, 1.26).
     test_gradient: Option<(u64, tessera_core::ParameterSet)>,
+    /// Under `[contribution]` without DP: this site's data quality score,
+    /// released once (its noise from this site's own secret), sent with
+    /// every update (1.26).
+    quality: Option<f64>,
     /// Asynchronous run: tasks name the model version, not a round, and
     /// batches are drawn from this site's own count of attempts.
     asynchronous: bool,
@@ -537,6 +541,7 @@ async fn session(
                         client::Extras {
                             train_seconds: state.train_seconds.take(),
                             test_gradient: state.test_gradient.take(),
+                            quality: state.quality,
                         },
                     )
                     .instrument(upload)
@@ -670,6 +675,7 @@ impl Ready {
             attempts: 0,
             train_seconds: None,
             test_gradient: None,
+            quality: None,
             secure: plan.secure_aggregation.enabled,
             key_ring: None,
             identity: Arc::new(

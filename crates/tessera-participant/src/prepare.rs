@@ -203,6 +203,7 @@ pub(crate) async fn prepare(
         plan_refused(why)
     })?;
     let site_analytics = analytics::of_site(&plan, &local, &agreement).map_err(local_error)?;
+    let summary = local.summary().clone();
     let (mut data, _) = local
         .prepare(&plan.data, &agreement)
         .map_err(|e| local_error(e.to_string()))?;
@@ -252,6 +253,28 @@ pub(crate) async fn prepare(
         .map_err(|e| local_error(e.to_string()))?
         .with_continual(config.continual.clone())
         .with_run_plan_hash(run_plan_hash);
+    // Under `[contribution]`: this site's data quality score, released
+    // once with Laplace noise from its own secret. Not under a plan with
+    // DP, whose budgets this release would have to be charged to.
+    let quality = if plan.contribution.is_off()
+        || plan.privacy.mode != tessera_privacy::PrivacyMode::Off
+    {
+        None
+    } else {
+        let key = client::os_key().map_err(local_error)?;
+        let classes = agreement.classes.len();
+        let score = tessera_data::quality::Quality::of(&data.train, &summary, classes).released(
+            data.train.n_rows(),
+            classes,
+            plan.contribution.quality_epsilon,
+            &mut tessera_core::SeededRng::from_key(key),
+        );
+        tracing::info!(
+            epsilon = plan.contribution.quality_epsilon,
+            "data quality score released for attribution"
+        );
+        Some(score)
+    };
     let mut ready = Ready::new(
         config,
         welcome,
@@ -261,6 +284,7 @@ pub(crate) async fn prepare(
         takeaway,
     )?;
     ready.analytics = site_analytics;
+    ready.quality = quality;
     ready.check_run(train_rows)?;
     Ok(ready)
 }

@@ -40,9 +40,11 @@ pub enum AttributionUtility {
     /// The accuracy over every site's test rows.
     Accuracy,
     /// The loss's first-order change: minus the gradient of the mean log
-    /// loss over every site's test rows, at the round's start, times the
-    /// set's mean update. One gradient a round instead of one evaluation
-    /// a set, so attribution costs a small part of training; exact where
+    /// loss over the round's counted sites' test rows (each site's clipped
+    /// to three times the round's median norm), at the round's start,
+    /// times the set's mean update. One gradient a site a round instead of
+    /// one evaluation a set, so attribution costs a small part of
+    /// training, and the only utility a deployed run can take; exact where
     /// the loss is linear along the updates, an approximation elsewhere
     /// (the default).
     #[default]

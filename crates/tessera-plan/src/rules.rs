@@ -709,15 +709,17 @@ pub const RULES: &[Rule] = &[
     rule("attribution_is_outside_dp", |p| {
         when(
             !p.contribution.is_off()
-                && (central(p) || p.privacy.site_metrics == tessera_privacy::SiteMetrics::Dp),
+                && (central(p) || p.privacy.site_metrics != tessera_privacy::SiteMetrics::Clear),
             &[
                 "contribution.method",
                 "privacy.mode",
                 "privacy.site_metrics",
             ],
             || {
-                "attribution's values come from each site's own update and test rows, released \
-                 without noise and outside the plan's differential privacy: turn one of them off"
+                "attribution's values come from each site's own update and test rows (deployed, \
+                 each site sends the gradient of its test loss), seen by the coordinator and \
+                 released without noise: it needs site_metrics = \"clear\" (each site's test \
+                 results seen alone) and no central DP"
                     .into()
             },
         )

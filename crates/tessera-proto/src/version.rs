@@ -113,8 +113,10 @@ pub const MINOR: u32 = 26;
 /// - `attribution` (1.26): under a plan with `[contribution]`, a site sends
 ///   with each update the mean gradient of its test loss at the round's
 ///   start over its first `rows_per_site` test rows (`test_rows`, chunks
-///   of set 2), for the coordinator's first-order attribution; a 1.26
-///   coordinator requires it of every site of such a plan.
+///   of set 2), and where the plan has no DP its released data quality
+///   score (`quality`), for the coordinator's first-order attribution and
+///   reputation; a 1.26 coordinator requires it of every site of such a
+///   plan.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",

@@ -28,9 +28,6 @@ pub(crate) struct Attributor {
     /// With a built-in model: one learner and every site's rows together
     /// (the sums across sites are the same, without a call a site).
     pooled: Option<(Box<dyn Learner>, Dataset)>,
-    /// The sites' indices in the plan's order: the order their test
-    /// gradients are added in (the first-order utility), as in deployment.
-    by_name: Vec<usize>,
     seed: u64,
     rounds: Vec<RoundContribution>,
     /// Per site: rounds that asked it, rounds that counted its update.
@@ -81,17 +78,10 @@ impl Attributor {
             let parts: Vec<&Dataset> = test.iter().collect();
             Some((initial_model(plan, data)?, Dataset::concat(&parts)))
         };
-        let named = plan.data.named_sites();
-        let mut by_name: Vec<usize> = (0..n).collect();
-        by_name.sort_by(|a, b| {
-            let key = |i: &usize| attribution::site_order(&named, &data.sites[*i].name);
-            key(a).cmp(&key(b))
-        });
         Ok(Some(Attributor {
             config,
             test,
             pooled,
-            by_name,
             seed: derive_seed(plan.seed, &[streams::CONTRIBUTION]),
             rounds: Vec::new(),
             asked: vec![0; data.sites.len()],
@@ -262,15 +252,16 @@ impl Attributor {
             .into());
         };
         learner.set_parameters(plan.served(start)?.as_ref())?;
-        // Each site's mean gradient over its rows (on their own threads),
-        // added in the sites' name order weighted by their rows, as a
-        // deployed coordinator adds the gradients its sites send.
-        let learners: Vec<Box<dyn Learner>> =
-            self.by_name.iter().map(|_| learner.clone_box()).collect();
+        // Each counted site's mean gradient over its rows (on their own
+        // threads), added in the plan's site order (`updates` is in it)
+        // weighted by their rows, as a deployed coordinator adds the
+        // gradients its counted sites send.
+        let counted: Vec<usize> = updates.iter().map(|(site, _)| *site).collect();
+        let learners: Vec<Box<dyn Learner>> = counted.iter().map(|_| learner.clone_box()).collect();
         let test = &self.test;
         let partial = learners
             .into_par_iter()
-            .zip(&self.by_name)
+            .zip(&counted)
             .map(|(l, &site)| {
                 Ok(attribution::site_gradient(
                     l.as_ref(),
@@ -341,7 +332,6 @@ impl Worth for AttributionUtility {
 /// site's own (in simulation derived from the run seed, as every simulated
 /// site's secret is: an experiment, not a release).
 fn released_quality(plan: &Plan, data: &FederatedData) -> Vec<f64> {
-    let epsilon = plan.contribution.quality_epsilon / 2.0;
     let classes = data.task.n_classes();
     data.sites
         .iter()
@@ -357,23 +347,14 @@ fn released_quality(plan: &Plan, data: &FederatedData) -> Vec<f64> {
                     n_test: site.test.n_rows(),
                     ..SiteSummary::default()
                 });
-            let quality = Quality::of(&site.train, &summary, classes);
-            let bounds = Quality::sensitivities(site.train.n_rows(), classes);
             let key = derive_key(plan.seed, &[streams::QUALITY, tag(&site.name)]);
             let mut rng = SeededRng::from_key(key);
-            let noised: f64 = quality
-                .private()
-                .iter()
-                .zip(bounds)
-                .map(|(s, b)| (s + laplace(&mut rng, b / epsilon)).clamp(0.0, 1.0))
-                .sum();
-            (quality.completeness + noised) / 3.0
+            Quality::of(&site.train, &summary, classes).released(
+                site.train.n_rows(),
+                classes,
+                plan.contribution.quality_epsilon,
+                &mut rng,
+            )
         })
         .collect()
-}
-
-/// A draw of the Laplace distribution of scale `b` (inverse CDF).
-fn laplace(rng: &mut SeededRng, b: f64) -> f64 {
-    let u = rng.next_f64() - 0.5;
-    -b * u.signum() * (1.0 - 2.0 * u.abs()).max(f64::MIN_POSITIVE).ln()
 }

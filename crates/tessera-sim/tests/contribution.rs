@@ -216,7 +216,15 @@ fn attribution_is_refused_where_it_would_see_what_it_must_not() {
     dp.contribution.method = AttributionMethod::LeaveOneOut;
     dp.privacy.site_metrics = tessera_privacy::SiteMetrics::Dp;
     let e = dp.validate().unwrap_err().to_string();
-    assert!(e.contains("outside the plan's differential privacy"), "{e}");
+    assert!(e.contains("site_metrics = \"clear\""), "{e}");
+    // The default, sums of the sites' test results only: each site's test
+    // gradient would show what those sums hide.
+    let mut sums = plan.clone();
+    sums.contribution.method = AttributionMethod::Gtg;
+    sums.privacy.site_metrics = tessera_privacy::SiteMetrics::default();
+    assert!(sums.privacy.site_metrics.sums_only());
+    let e = sums.validate().unwrap_err().to_string();
+    assert!(e.contains("site_metrics = \"clear\""), "{e}");
     for settings in [
         &["robust.rule=multi_krum"][..],
         &["robust.norm_bound=2"],

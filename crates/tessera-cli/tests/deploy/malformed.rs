@@ -114,6 +114,7 @@ fn malformed_updates_are_rejected_and_the_rounds_go_on() {
                 start_loss: None,
                 train_seconds: Some(0.5),
                 test_rows: None,
+                quality: None,
             };
             let chunk = |tensor: u32, offset: u64, values: &[f32]| pb::UpdatePart {
                 part: Some(update_part::Part::Chunk(pb::TensorChunk {

@@ -30,6 +30,7 @@ fn zero_update(
             start_loss: None,
             train_seconds: None,
             test_rows: None,
+            quality: None,
         })),
     }];
     for (tensor, t) in header.layout.iter().enumerate() {

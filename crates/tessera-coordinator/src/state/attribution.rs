@@ -20,6 +20,16 @@ use crate::CoordinatorError;
 /// every set's model on every site's rows.
 pub(super) fn check_plan(plan: &Plan) -> Result<(), CoordinatorError> {
     let c = &plan.contribution;
+    // Where the plan names its sites: a round that could count more sites
+    // than the method takes is refused before any training, as a
+    // simulation refuses it.
+    let n = plan.data.named_sites().len();
+    if !c.is_off() && n > 0 {
+        let cohort = ((plan.federation.fraction * n as f64).ceil() as usize)
+            .max(plan.federation.min_participants)
+            .min(n);
+        attribution::check_count(c.method, cohort, "a round may count")?;
+    }
     if !c.is_off() && c.utility != AttributionUtility::FirstOrder {
         return Err(CoordinatorError::Config(format!(
             "contribution.utility = \"{}\" values every set of a round's sites on every site's \
@@ -31,16 +41,35 @@ pub(super) fn check_plan(plan: &Plan) -> Result<(), CoordinatorError> {
     Ok(())
 }
 
+/// What an update brings for attribution (`[contribution]`, 1.26).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UpdateExtras {
+    /// The site's test rows and test-loss gradient at the round's start.
+    pub gradient: Option<(u64, ParameterSet)>,
+    /// The site's released data quality score.
+    pub quality: Option<f64>,
+}
+
 impl Federation {
-    /// Checks the test gradient an update of `site` came with: one where
-    /// the plan attributes and none elsewhere, finite, over no more test
-    /// rows than the site declared and the plan evaluates on.
-    pub(super) fn check_gradient(
-        &self,
-        site: &str,
-        gradient: Option<&(u64, ParameterSet)>,
-    ) -> Result<(), String> {
+    /// Checks what an update of `site` brought for attribution: a test
+    /// gradient where the plan attributes and none elsewhere, finite, over
+    /// no more test rows than the site declared and the plan evaluates on;
+    /// a quality score only where the plan attributes without DP, in [0, 1].
+    pub(super) fn check_extras(&self, site: &str, extras: &UpdateExtras) -> Result<(), String> {
         let c = &self.plan.contribution;
+        if let Some(q) = extras.quality {
+            if c.is_off() || self.plan.privacy.mode != tessera_privacy::PrivacyMode::Off {
+                return Err(
+                    "the update came with a quality score, which this run's plan does not release \
+                     (no [contribution], or DP whose budgets it would be charged to)"
+                        .into(),
+                );
+            }
+            if !(0.0..=1.0).contains(&q) {
+                return Err(format!("the quality score {q:e} is not within [0, 1]"));
+            }
+        }
+        let gradient = extras.gradient.as_ref();
         let Some((rows, g)) = gradient else {
             if c.is_off() {
                 return Ok(());
@@ -168,13 +197,21 @@ impl Federation {
     /// stored cohorts); `None` before any round closed (the first draw is
     /// uniform) or under uniform selection.
     pub(super) fn selection_weights(
-        &self,
+        &mut self,
     ) -> Result<Option<BTreeMap<tessera_core::ParticipantId, f64>>, CoordinatorError> {
         if self.plan.contribution.selection != tessera_engine::Selection::Reputation {
             return Ok(None);
         }
+        // Computed once a closed round: asked again while the run waits
+        // for enough live sites, the same weights.
+        if let Some((closed, weights)) = &self.selection_cache
+            && *closed == self.records.len()
+        {
+            return Ok(weights.clone());
+        }
         let cohorts = self.store.cohorts(&self.run.id)?;
         if cohorts.is_empty() {
+            self.selection_cache = Some((self.records.len(), None));
             return Ok(None);
         }
         let mut sites: BTreeMap<&str, (f64, u32, u32)> = BTreeMap::new();
@@ -197,6 +234,8 @@ impl Federation {
                 (tessera_core::ParticipantId::new(site), mean, asked)
             })
             .collect();
-        Ok(Some(attribution::selection_weights(&sites)))
+        let weights = Some(attribution::selection_weights(&sites));
+        self.selection_cache = Some((self.records.len(), weights.clone()));
+        Ok(weights)
     }
 }

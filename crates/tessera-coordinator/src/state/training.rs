@@ -11,6 +11,7 @@ use tessera_orchestrator::Effect;
 use tessera_orchestrator::privacy::{LocalReport, PrivacyBook, PrivacyEffect};
 use tessera_proto::pb;
 
+use super::attribution::UpdateExtras;
 use super::{EvaluationRound, Federation, ModelPart, Phase, Refusal, TaskView, Training};
 use crate::CoordinatorError;
 use crate::store::{RoundClose, RunStore};
@@ -178,24 +179,25 @@ impl Federation {
         round: u32,
         update: &Update,
     ) -> Result<(), Refusal> {
-        self.submit_update_with(site, round, update, None)
+        self.submit_update_with(site, round, update, UpdateExtras::default())
     }
 
-    /// Records an update with the test rows and test-loss gradient it came
-    /// with (`[contribution]`: every update has one, else none).
+    /// Records an update with what it brought for attribution
+    /// (`[contribution]`: every update has a test gradient, else none).
     pub fn submit_update_with(
         &mut self,
         site: &str,
         round: u32,
         update: &Update,
-        gradient: Option<(u64, ParameterSet)>,
+        extras: UpdateExtras,
     ) -> Result<(), Refusal> {
+        let UpdateExtras { gradient, quality } = &extras;
         self.require_joined(site)?;
         self.touch(site);
         let now = self.now();
         let checked = self
             .check_update(site, update)
-            .and_then(|()| self.check_gradient(site, gradient.as_ref()));
+            .and_then(|()| self.check_extras(site, &extras));
         if let Err(reason) = checked.and_then(|()| {
             // Local DP: the update's report of its DP-SGD, checked
             // against the plan and every budget before it counts.
@@ -243,7 +245,12 @@ impl Federation {
                     site,
                     "update",
                     "accepted",
-                    &format!("round {round}, {} examples", update.n_examples),
+                    &match quality {
+                        Some(q) => {
+                            format!("round {round}, {} examples, quality {q}", update.n_examples)
+                        }
+                        None => format!("round {round}, {} examples", update.n_examples),
+                    },
                 );
                 self.version += 1;
                 self.advance();

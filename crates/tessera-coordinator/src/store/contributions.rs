@@ -14,8 +14,9 @@ use super::{RunStore, StoreError};
 
 /// The attribution of `runs` of `store`: every attributed round's values
 /// added up per site, each site's reliability over the same runs' cohorts,
-/// no quality (deployed sites release none yet), the first attributed
-/// run's method, utility and value; `None` where no round of them was
+/// its quality the mean of the scores it released (one a run; none where
+/// it released none), the first attributed run's method, utility and
+/// value; `None` where no round of them was
 /// attributed. A round record that does not read is skipped.
 pub fn contributions(
     store: &dyn RunStore,
@@ -24,19 +25,43 @@ pub fn contributions(
     let mut rounds: Vec<RoundContribution> = Vec::new();
     let mut records: BTreeMap<String, SiteRecord> = BTreeMap::new();
     let mut seconds = 0.0;
+    let mut quality: BTreeMap<String, (f64, u32)> = BTreeMap::new();
     let mut plan: Option<Plan> = None;
     let rows = store.runs()?;
     for id in runs {
-        let before = rounds.len();
-        for row in store.rounds(id)? {
-            let Ok(record) = serde_json::from_str::<RoundRecord>(&row.record) else {
-                continue;
-            };
+        let lines: Vec<RoundRecord> = store
+            .rounds(id)?
+            .iter()
+            .filter_map(|row| serde_json::from_str(&row.record).ok())
+            .collect();
+        if lines.iter().all(|r| r.contribution.is_none()) {
+            continue;
+        }
+        for record in lines {
             seconds += record.seconds;
             rounds.extend(record.contribution);
         }
-        if rounds.len() == before {
-            continue;
+        // Each site's released quality score, as its accepted updates
+        // brought it (the first of the run: a site releases it once).
+        let mut released: BTreeMap<String, f64> = BTreeMap::new();
+        for row in store.audit_log(id)? {
+            if (row.action.as_str(), row.outcome.as_str()) != ("update", "accepted") {
+                continue;
+            }
+            let score = row
+                .detail
+                .split(", ")
+                .find_map(|part| part.strip_prefix("quality "))
+                .and_then(|q| q.parse::<f64>().ok())
+                .filter(|q| (0.0..=1.0).contains(q));
+            if let Some(q) = score {
+                released.entry(row.site.clone()).or_insert(q);
+            }
+        }
+        for (site, q) in released {
+            let e = quality.entry(site).or_insert((0.0, 0));
+            e.0 += q;
+            e.1 += 1;
         }
         for cohort in store.cohorts(id)? {
             for site in &cohort.cohort {
@@ -57,6 +82,12 @@ pub fn contributions(
     if rounds.is_empty() {
         return Ok(None);
     }
+    // A site's quality: the mean of the scores it released, one a run.
+    for (site, (sum, runs)) in quality {
+        if let Some(r) = records.get_mut(&site) {
+            r.quality = Some(sum / f64::from(runs));
+        }
+    }
     let config = plan.map(|p| p.contribution).unwrap_or_default();
     let names: Vec<&str> = records.keys().map(String::as_str).collect();
     Ok(Some(
@@ -67,6 +98,6 @@ pub fn contributions(
             rounds,
             seconds,
         )
-        .with_reputation(&records, 0.0, config.value),
+        .with_reputation(&records, config.quality_epsilon, config.value),
     ))
 }

@@ -133,6 +133,9 @@ pub struct Extras {
     /// Under `[contribution]`: the test rows and test-loss gradient at the
     /// round's start (1.26).
     pub test_gradient: Option<(u64, tessera_core::ParameterSet)>,
+    /// Under `[contribution]` without DP: the site's released data quality
+    /// score (1.26).
+    pub quality: Option<f64>,
 }
 
 /// Streams `update` for `round` as `site`: its delta in chunks, or its
@@ -152,6 +155,7 @@ pub async fn send_update(
     let Extras {
         train_seconds,
         test_gradient,
+        quality,
     } = extras;
     let header = pb::UpdatePart {
         part: Some(update_part::Part::Header(pb::UpdateHeader {
@@ -164,6 +168,7 @@ pub async fn send_update(
             start_loss: update.stats.start_loss,
             train_seconds,
             test_rows: test_gradient.as_ref().map(|(rows, _)| *rows),
+            quality,
             layout: layout_of(&update.delta),
             codec: if encoded.is_some() {
                 codec.to_string()

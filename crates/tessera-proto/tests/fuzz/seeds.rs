@@ -180,6 +180,7 @@ pub(crate) fn update_header(set: &ParameterSet, codec: &str) -> pb::UpdateHeader
         start_loss: None,
         train_seconds: Some(1.5),
         test_rows: None,
+        quality: None,
     }
 }
 
