@@ -257,19 +257,31 @@ impl Attributor {
         // weighted by their rows, as a deployed coordinator adds the
         // gradients its counted sites send.
         let counted: Vec<usize> = updates.iter().map(|(site, _)| *site).collect();
-        let learners: Vec<Box<dyn Learner>> = counted.iter().map(|_| learner.clone_box()).collect();
+        // One learner a thread, each taking a run of the sites in order.
         let test = &self.test;
-        let partial = learners
+        let size = counted
+            .len()
+            .div_ceil(rayon::current_num_threads().max(1))
+            .max(1);
+        let learners: Vec<Box<dyn Learner>> =
+            counted.chunks(size).map(|_| learner.clone_box()).collect();
+        let runs = learners
             .into_par_iter()
-            .zip(&counted)
-            .map(|(l, &site)| {
-                Ok(attribution::site_gradient(
-                    l.as_ref(),
-                    &test[site],
-                    usize::MAX,
-                )?)
+            .zip(counted.par_chunks(size))
+            .map(|(l, sites)| {
+                sites
+                    .iter()
+                    .map(|&site| {
+                        Ok(attribution::site_gradient(
+                            l.as_ref(),
+                            &test[site],
+                            usize::MAX,
+                        )?)
+                    })
+                    .collect::<Result<Vec<_>, SimError>>()
             })
             .collect::<Result<Vec<_>, SimError>>()?;
+        let partial: Vec<(u64, ParameterSet)> = runs.into_iter().flatten().collect();
         let parts: Vec<(u64, &ParameterSet)> = partial.iter().map(|(n, g)| (*n, g)).collect();
         let gradient = attribution::mean_gradient(&parts)?.ok_or_else(|| {
             EngineError::State(
