@@ -84,18 +84,21 @@ impl Quality {
         ]
     }
 
-    /// The score a site releases: the mean of its completeness (a function
-    /// of the counts its reading reports, released as they are) and its
-    /// label balance and distinct rows, each with Laplace noise of its
-    /// sensitivity to changing one of its `n_train` training rows over
-    /// `epsilon / 2`, clamped to [0, 1]. `rng` is the site's own secret
-    /// stream (in simulation derived from the run seed: an experiment, not
-    /// a release).
+    /// The score a site releases: the mean of its label balance and
+    /// distinct rows, each with Laplace noise of its sensitivity to
+    /// changing one of its `n_train` training rows over `epsilon / 2` and
+    /// clamped to [0, 1], and (`with_completeness`: in simulation, whose
+    /// report shows the counts it comes from anyway) its completeness as it
+    /// is. A deployed site leaves completeness out: the counts behind it
+    /// (rows read, dropped, imputed) never leave the site. `rng` is the
+    /// site's own secret stream (in simulation derived from the run seed:
+    /// an experiment, not a release).
     pub fn released(
         &self,
         n_train: usize,
         classes: usize,
         epsilon: f64,
+        with_completeness: bool,
         rng: &mut tessera_core::SeededRng,
     ) -> f64 {
         let half = epsilon / 2.0;
@@ -106,7 +109,11 @@ impl Quality {
             .zip(bounds)
             .map(|(s, b)| (s + laplace(rng, b / half)).clamp(0.0, 1.0))
             .sum();
-        (self.completeness + noised) / 3.0
+        if with_completeness {
+            (self.completeness + noised) / 3.0
+        } else {
+            noised / 2.0
+        }
     }
 
     /// The scores of the rows themselves: label balance, distinct rows.

@@ -153,14 +153,15 @@ pub fn first_order(slopes: &[f64], weights: &[f64], set: u64) -> f64 {
 }
 
 /// How far past the median a site's test gradient may reach: each is
-/// clipped to at most this many times the (lower) median norm of the
-/// round's gradients, so that no site can steer the mean gradient, and so
-/// every site's value, by the size of its own.
+/// clipped to at most this many times the (lower) median of the round's
+/// non-zero gradient norms, which bounds the pull of one site's gradient
+/// on the mean, and so on every site's value, where most counted sites
+/// are honest (with two sites, the median is the smaller norm).
 pub const GRADIENT_CLIP: f64 = 3.0;
 
 /// The mean test gradient: each site's mean gradient, clipped to
-/// [`GRADIENT_CLIP`] times the lower median norm of the gradients with
-/// rows (not where that median is 0), weighted by its rows (in `f32`, as a
+/// [`GRADIENT_CLIP`] times the lower median of the non-zero norms of the
+/// gradients with rows, weighted by its rows (in `f32`, as a
 /// share of all the rows), added in the order given (simulation and
 /// deployment both give the plan's site order, [`site_order`]). `None`
 /// where no site has rows.
@@ -174,9 +175,13 @@ pub fn mean_gradient(parts: &[(u64, &ParameterSet)]) -> Result<Option<ParameterS
         .iter()
         .filter(|p| p.0 > 0)
         .map(|p| norm(p.1))
+        .filter(|n| *n > 0.0)
         .collect();
     norms.sort_by(f64::total_cmp);
-    let bound = GRADIENT_CLIP * norms[(norms.len() - 1) / 2];
+    let bound = match norms.len() {
+        0 => 0.0,
+        k => GRADIENT_CLIP * norms[(k - 1) / 2],
+    };
     let mut gradient = first.zeros_like();
     for (n, g) in parts.iter().filter(|p| p.0 > 0) {
         let mut share = *n as f32 / total as f32;
@@ -298,6 +303,13 @@ mod tests {
         let values: Vec<f32> = g.values().collect();
         assert!((values[0] - (4.0 - 12.0) / 4.0).abs() < 1e-5, "{values:?}");
         assert!((values[1] - 8.0 / 4.0).abs() < 1e-5, "{values:?}");
+        // Sites sending zeros do not lower the median to switch clipping off.
+        let zero = set(&[0.0, 0.0]);
+        let g = mean_gradient(&[(1, &zero), (1, &zero), (1, &a), (1, &huge)])
+            .unwrap()
+            .unwrap();
+        let values: Vec<f32> = g.values().collect();
+        assert!((values[0] - (4.0 - 12.0) / 4.0).abs() < 1e-5, "{values:?}");
         assert!(slopes(&g, &[set(&[1.0])]).is_err());
     }
 

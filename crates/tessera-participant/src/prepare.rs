@@ -267,6 +267,7 @@ pub(crate) async fn prepare(
             data.train.n_rows(),
             classes,
             plan.contribution.quality_epsilon,
+            false,
             &mut tessera_core::SeededRng::from_key(key),
         );
         tracing::info!(

@@ -33,8 +33,9 @@ pub(crate) struct Attributor {
     /// Per site: rounds that asked it, rounds that counted its update.
     asked: Vec<u32>,
     counted: Vec<u32>,
-    /// Per site: its quality score as it releases it.
-    quality: Vec<f64>,
+    /// Per site: its quality score as it releases it (none under a plan
+    /// with DP, whose budgets the release would be charged to).
+    quality: Vec<Option<f64>>,
     /// Per site: its values added up, and the rounds that valued it.
     value_sum: Vec<f64>,
     valued: Vec<u32>,
@@ -86,7 +87,11 @@ impl Attributor {
             rounds: Vec::new(),
             asked: vec![0; data.sites.len()],
             counted: vec![0; data.sites.len()],
-            quality: released_quality(plan, data),
+            quality: if plan.privacy.mode == tessera_privacy::PrivacyMode::Off {
+                released_quality(plan, data).into_iter().map(Some).collect()
+            } else {
+                vec![None; data.sites.len()]
+            },
             value_sum: vec![0.0; data.sites.len()],
             valued: vec![0; data.sites.len()],
         }))
@@ -130,7 +135,12 @@ impl Attributor {
         let (config, seed) = (self.config, self.seed);
         // First order: each update's change of the loss along it, once.
         let slopes = match config.utility {
-            AttributionUtility::FirstOrder => Some(self.slopes(plan, start, updates)?),
+            AttributionUtility::FirstOrder => match self.slopes(plan, start, updates)? {
+                Some(slopes) => Some(slopes),
+                // No counted site has test rows: the round goes without
+                // values, as a deployed coordinator's does.
+                None => return Ok(()),
+            },
             _ => None,
         };
         let mut failed = None;
@@ -238,13 +248,13 @@ impl Attributor {
     }
 
     /// Minus the gradient of the mean test loss at `start`, times each
-    /// update.
+    /// update (`None` where no counted site has test rows).
     fn slopes(
         &mut self,
         plan: &Plan,
         start: &ParameterSet,
         updates: &[(usize, Update)],
-    ) -> Result<Vec<f64>, SimError> {
+    ) -> Result<Option<Vec<f64>>, SimError> {
         let Some((learner, _)) = &mut self.pooled else {
             return Err(EngineError::State(
                 "contribution.utility = \"first-order\" needs a built-in model".into(),
@@ -283,15 +293,13 @@ impl Attributor {
             .collect::<Result<Vec<_>, SimError>>()?;
         let partial: Vec<(u64, ParameterSet)> = runs.into_iter().flatten().collect();
         let parts: Vec<(u64, &ParameterSet)> = partial.iter().map(|(n, g)| (*n, g)).collect();
-        let gradient = attribution::mean_gradient(&parts)?.ok_or_else(|| {
-            EngineError::State(
-                "attribution values models on the sites' test rows, and no site has any".into(),
-            )
-        })?;
-        Ok(attribution::slopes(
+        let Some(gradient) = attribution::mean_gradient(&parts)? else {
+            return Ok(None);
+        };
+        Ok(Some(attribution::slopes(
             &gradient,
             updates.iter().map(|(_, u)| &u.delta),
-        )?)
+        )?))
     }
 
     /// The run's report, `rounds_seconds` the rounds' wall-clock time
@@ -304,7 +312,7 @@ impl Attributor {
                 let record = SiteRecord {
                     asked: self.asked[i],
                     counted: self.counted[i],
-                    quality: Some(self.quality[i]),
+                    quality: self.quality[i],
                 };
                 (name.to_string(), record)
             })
@@ -365,6 +373,7 @@ fn released_quality(plan: &Plan, data: &FederatedData) -> Vec<f64> {
                 site.train.n_rows(),
                 classes,
                 plan.contribution.quality_epsilon,
+                true,
                 &mut rng,
             )
         })
