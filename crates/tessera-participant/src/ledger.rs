@@ -76,6 +76,9 @@ struct SiteEntry {
     /// The DP event (`None`: a release without DP, which the plan said).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     entry: Option<LedgerEntry>,
+    /// `quality`: the data quality score released, sent again as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    score: Option<f64>,
 }
 
 /// This site's ledger for the run's plan.
@@ -371,6 +374,39 @@ impl SiteLedger {
         self.push("analytics", release, Some(hash), entry)
     }
 
+    /// This site's data quality score under the plan (`[contribution]`):
+    /// the one it released before, in any run of the plan this file kept,
+    /// else `draw`'s, written here before it leaves. One release a plan
+    /// (and file), not one a process or a run.
+    pub(crate) fn quality(
+        &mut self,
+        draw: impl FnOnce() -> Result<f64, String>,
+    ) -> Result<f64, String> {
+        let kept = self.file.plans.get(&self.plan_hash).and_then(|p| {
+            p.entries
+                .iter()
+                .find(|e| e.kind == "quality")
+                .and_then(|e| e.score)
+        });
+        if let Some(score) = kept {
+            return Ok(score);
+        }
+        let score = draw()?;
+        self.add("quality", 0, None, None);
+        if let Some(last) = self
+            .file
+            .plans
+            .get_mut(&self.plan_hash)
+            .and_then(|p| p.entries.last_mut())
+        {
+            last.score = Some(score);
+        }
+        if let Some(path) = &self.path {
+            write(path, &self.file)?;
+        }
+        Ok(score)
+    }
+
     /// Records this site's training in round `round` (with local DP its
     /// own `local` event; with central DP the plan's round event) before
     /// its update leaves; refused past a budget by this site's count.
@@ -596,10 +632,14 @@ impl SiteLedger {
             query,
             recorded: now_secs(),
             entry,
+            score: None,
         });
         let uncharged = plan.entries.iter().filter(|e| e.entry.is_none()).count();
         if uncharged > MAX_UNCHARGED
-            && let Some(oldest) = plan.entries.iter().position(|e| e.entry.is_none())
+            && let Some(oldest) = plan
+                .entries
+                .iter()
+                .position(|e| e.entry.is_none() && e.kind != "quality")
         {
             plan.entries.remove(oldest);
         }

@@ -329,3 +329,29 @@ fn without_a_budget_the_cross_silo_feature_is_computed_once_per_plan() {
         "{e}"
     );
 }
+
+/// The data quality score (`[contribution]`) is released once a plan: a
+/// restart of the site's process or a new run of the plan sends the score
+/// the file kept, not a fresh draw (which would be another release), and
+/// many releases without DP do not push it out.
+#[test]
+fn the_quality_score_is_drawn_once_a_plan_and_kept() {
+    let path = scratch("quality");
+    let plan = plan("", 2);
+    let mut first = SiteLedger::open(Some(&path), "site0", &plan, "run-a").unwrap();
+    assert_eq!(first.quality(|| Ok(0.625)).unwrap(), 0.625);
+    for round in 0..(MAX_UNCHARGED as u32 + 5) {
+        first.add("training", round, None, None);
+    }
+    first.push("training", u32::MAX, None, None).unwrap();
+    assert_eq!(first.entries(), MAX_UNCHARGED, "pruned, the score kept");
+    drop(first);
+    let mut second = SiteLedger::open(Some(&path), "site0", &plan, "run-b").unwrap();
+    let drawn = second.quality(|| panic!("drawn again")).unwrap();
+    assert_eq!(drawn, 0.625, "the kept score, not a new draw");
+    // A failed draw releases nothing and writes nothing.
+    let other = plan_with_name("other");
+    let mut third = SiteLedger::open(Some(&path), "site0", &other, "run-c").unwrap();
+    assert!(third.quality(|| Err("no randomness".into())).is_err());
+    assert_eq!(third.quality(|| Ok(0.25)).unwrap(), 0.25);
+}

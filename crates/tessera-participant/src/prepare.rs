@@ -254,28 +254,21 @@ pub(crate) async fn prepare(
         .with_continual(config.continual.clone())
         .with_run_plan_hash(run_plan_hash);
     // Under `[contribution]`: this site's data quality score, released
-    // once with Laplace noise from its own secret. Not under a plan with
-    // DP, whose budgets this release would have to be charged to.
-    let quality = if plan.contribution.is_off()
-        || plan.privacy.mode != tessera_privacy::PrivacyMode::Off
-    {
-        None
-    } else {
-        let key = client::os_key().map_err(local_error)?;
-        let classes = agreement.classes.len();
-        let score = tessera_data::quality::Quality::of(&data.train, &summary, classes).released(
-            data.train.n_rows(),
-            classes,
-            plan.contribution.quality_epsilon,
-            false,
-            &mut tessera_core::SeededRng::from_key(key),
-        );
-        tracing::info!(
-            epsilon = plan.contribution.quality_epsilon,
-            "data quality score released for attribution"
-        );
-        Some(score)
-    };
+    // once a plan (kept in its ledger) with Laplace noise from its own
+    // secret. Not under a plan with DP, whose budgets this release would
+    // have to be charged to.
+    let quality_of = (!plan.contribution.is_off()
+        && plan.privacy.mode == tessera_privacy::PrivacyMode::Off)
+        .then(|| {
+            let classes = agreement.classes.len();
+            let quality = tessera_data::quality::Quality::of(&data.train, &summary, classes);
+            (
+                quality,
+                data.train.n_rows(),
+                classes,
+                plan.contribution.quality_epsilon,
+            )
+        });
     let mut ready = Ready::new(
         config,
         welcome,
@@ -285,7 +278,16 @@ pub(crate) async fn prepare(
         takeaway,
     )?;
     ready.analytics = site_analytics;
-    ready.quality = quality;
+    if let Some((quality, rows, classes, epsilon)) = quality_of {
+        let draw = || {
+            let key = client::os_key()?;
+            let mut rng = tessera_core::SeededRng::from_key(key);
+            Ok(quality.released(rows, classes, epsilon, false, &mut rng))
+        };
+        let score = ready.site_ledger.quality(draw).map_err(local_error)?;
+        tracing::info!(epsilon, "data quality score released for attribution");
+        ready.quality = Some(score);
+    }
     ready.check_run(train_rows)?;
     Ok(ready)
 }
