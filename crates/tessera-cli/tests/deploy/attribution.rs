@@ -6,7 +6,7 @@
 
 use crate::util::procs::{HEART_SITES, participant};
 use crate::util::{self, Scratch};
-use crate::{LIMIT, plan_with, run_federation};
+use crate::{LIMIT, heart_with_slow_va, plan_with, run_federation};
 
 #[test]
 fn deployed_attribution_equals_the_simulation_bit_for_bit() {
@@ -186,18 +186,7 @@ fn a_coordinator_killed_mid_round_attributes_as_the_simulation_after_its_restart
     let db = s.path("c.sqlite");
     let (mut first, url) = util::procs::coordinator(&s.dir, &plan, &db, 0, &[]);
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-    let mut participants: Vec<_> = HEART_SITES
-        .iter()
-        .map(|site| {
-            // VA is slow, so each round sits open with three updates accepted.
-            let extra: &[&str] = if *site == "va" {
-                &["--pause-before-update", "1.5"]
-            } else {
-                &[]
-            };
-            participant(&s.dir, &url, site, extra)
-        })
-        .collect();
+    let mut participants = heart_with_slow_va(&s, &url, "1.5");
     util::procs::wait_until(LIMIT, "round 3 with three accepted updates", || {
         util::status::poll(&db, |s| s.pending_updates_of(3)) == 3
     });

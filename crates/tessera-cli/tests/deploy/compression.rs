@@ -4,7 +4,9 @@
 use crate::util::procs::{HEART_SITES, Proc, coordinator, free_port, participant, wait_until};
 use crate::util::status::poll;
 use crate::util::{self, Scratch};
-use crate::{LIMIT, heart_text, http_get, plan_with, run_federation, simulated_model};
+use crate::{
+    LIMIT, heart_text, heart_with_slow_va, http_get, plan_with, run_federation, simulated_model,
+};
 
 /// Compressed updates over gRPC: the task names the codec, the participant
 /// sends its encoding, the coordinator decodes it: the model equals the
@@ -171,18 +173,7 @@ fn compressed_models_over_grpc_equal_simulation_across_a_coordinator_restart() {
     let db = s.path("c.sqlite");
     let (mut first, url) = coordinator(&s.dir, &plan, &db, 0, &[]);
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-    let mut participants: Vec<Proc> = HEART_SITES
-        .iter()
-        .map(|site| {
-            // VA is slow, so each round sits open for a while.
-            let extra: &[&str] = if *site == "va" {
-                &["--pause-before-update", "0.5"]
-            } else {
-                &[]
-            };
-            participant(&s.dir, &url, site, extra)
-        })
-        .collect();
+    let mut participants = heart_with_slow_va(&s, &url, "0.5");
     wait_until(LIMIT, "round 4 open", || {
         poll(&db, |s| s.pending_updates_of(4)) >= 1
     });

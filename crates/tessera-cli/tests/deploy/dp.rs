@@ -2,10 +2,10 @@
 //! resume with no key in the database, and local DP-SGD's per-participant
 //! ledger and secret batches.
 
-use crate::util::procs::{HEART_SITES, Proc, coordinator, participant, wait_until};
+use crate::util::procs::{HEART_SITES, coordinator, wait_until};
 use crate::util::status::{poll, status_of};
 use crate::util::{self, Scratch};
-use crate::{LIMIT, plan_with, run_federation};
+use crate::{LIMIT, heart_with_slow_va, plan_with, run_federation};
 
 #[test]
 fn central_dp_in_deployment_records_every_release_and_refuses_past_the_budget() {
@@ -239,17 +239,7 @@ fn central_dp_resumes_after_kill_9_with_no_key_in_the_database() {
     let db = s.path("dp.sqlite");
     let (mut first, url) = coordinator(&s.dir, &dp, &db, 0, &[]);
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-    let mut participants: Vec<Proc> = HEART_SITES
-        .iter()
-        .map(|site| {
-            let extra: &[&str] = if *site == "va" {
-                &["--pause-before-update", "1.5"]
-            } else {
-                &[]
-            };
-            participant(&s.dir, &url, site, extra)
-        })
-        .collect();
+    let mut participants = heart_with_slow_va(&s, &url, "1.5");
     wait_until(LIMIT, "round 3 with three accepted updates", || {
         poll(&db, |s| s.pending_updates_of(3)) == 3
     });

@@ -10,7 +10,7 @@ use crate::util::procs::{
 };
 use crate::util::status::{poll, status_of};
 use crate::util::{self, Scratch};
-use crate::{LIMIT, OUTPUTS, heart_text, http_get, plan, simulated_model};
+use crate::{LIMIT, OUTPUTS, heart_text, heart_with_slow_va, http_get, plan, simulated_model};
 
 #[test]
 fn coordinator_killed_mid_round_resumes_with_nothing_lost_or_doubled() {
@@ -25,18 +25,7 @@ fn coordinator_killed_mid_round_resumes_with_nothing_lost_or_doubled() {
     let metrics = format!("127.0.0.1:{metrics_port}");
     let (mut first, url) = coordinator(&s.dir, &plan, &db, 0, &["--metrics", &metrics]);
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-    let mut participants: Vec<Proc> = HEART_SITES
-        .iter()
-        .map(|site| {
-            // VA is slow, so each round sits open with three updates accepted.
-            let extra: &[&str] = if *site == "va" {
-                &["--pause-before-update", "1.5"]
-            } else {
-                &[]
-            };
-            participant(&s.dir, &url, site, extra)
-        })
-        .collect();
+    let mut participants = heart_with_slow_va(&s, &url, "1.5");
     wait_until(LIMIT, "round 3 with three accepted updates", || {
         poll(&db, |s| s.pending_updates_of(3)) == 3
     });

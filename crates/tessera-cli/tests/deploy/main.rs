@@ -120,6 +120,23 @@ fn run_federation(s: &Scratch, plan: &std::path::Path, db: &str, model: &str) ->
     (coordinator, participants)
 }
 
+/// The four heart sites' participants of the coordinator at `url`, VA
+/// pausing `pause` seconds before each update, so that each round sits
+/// open with the other three updates accepted.
+fn heart_with_slow_va(s: &Scratch, url: &str, pause: &str) -> Vec<Proc> {
+    HEART_SITES
+        .iter()
+        .map(|site| {
+            let extra: &[&str] = if *site == "va" {
+                &["--pause-before-update", pause]
+            } else {
+                &[]
+            };
+            participant(&s.dir, url, site, extra)
+        })
+        .collect()
+}
+
 /// The bundled plan with `[privacy]` (and other tables) appended.
 fn plan_with(s: &Scratch, name: &str, tables: &str) -> std::path::PathBuf {
     let text = std::fs::read_to_string(plan(s, "fedavg", "")).unwrap();
