@@ -26,7 +26,7 @@ static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
 /// Installs the log subscriber (once; later calls change nothing) and,
 /// with `otlp`, the export of this process's spans as `service`.
-pub fn init(format: LogFormat, otlp: Option<(&str, &'static str)>) -> anyhow::Result<()> {
+pub fn init(format: LogFormat, otlp: Option<crate::otlp::Export<'_>>) -> anyhow::Result<()> {
     if FORMAT.set(format).is_err() {
         return Ok(());
     }
@@ -42,12 +42,12 @@ pub fn init(format: LogFormat, otlp: Option<(&str, &'static str)>) -> anyhow::Re
     let registry = tracing_subscriber::registry().with(lines.with_filter(filter));
     let _ = match otlp {
         None => registry.try_init(),
-        Some((url, service)) => {
+        Some(export) => {
             // Tessera's own spans only: not those of the libraries under it.
             let ours = tracing_subscriber::filter::Targets::new()
                 .with_target("tessera", tracing::Level::INFO);
             let traces = tracing_opentelemetry::layer()
-                .with_tracer(crate::otlp::start(url, service)?)
+                .with_tracer(crate::otlp::start(export)?)
                 .with_filter(ours);
             registry.with(traces).try_init()
         }

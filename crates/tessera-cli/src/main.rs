@@ -65,10 +65,16 @@ struct Cli {
     #[arg(long, global = true, value_enum, value_name = "FORMAT")]
     log_format: Option<logging::LogFormat>,
     /// Export this process's trace spans over OTLP/gRPC to the collector at
-    /// URL (http://HOST:PORT, usually port 4317): coordinator, participant
-    /// and aggregator. A round's spans at every process form one trace.
+    /// URL (http://HOST:PORT, usually port 4317, or https:// with
+    /// --otlp-tls): coordinator, participant and aggregator. A round's
+    /// spans at every process form one trace.
     #[arg(long, global = true, value_name = "URL")]
     otlp: Option<String>,
+    /// With an https:// --otlp collector: the folder holding ca.pem (the
+    /// roots that verify the collector) and, where the collector asks for
+    /// a client certificate, cert.pem and key.pem.
+    #[arg(long, global = true, value_name = "DIR", requires = "otlp")]
+    otlp_tls: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,7 +234,11 @@ fn main() -> ExitCode {
     };
     let otlp = match (cli.otlp.as_deref(), service) {
         (None, _) => None,
-        (Some(url), Some(service)) => Some((url, service)),
+        (Some(url), Some(service)) => Some(otlp::Export {
+            url,
+            tls: cli.otlp_tls.as_deref(),
+            service,
+        }),
         (Some(_), None) => {
             eprintln!("--otlp traces the coordinator, participant and aggregator commands only");
             return ExitCode::from(2);

@@ -172,6 +172,47 @@ fn roots(files: &TlsFiles) -> Result<Arc<rustls::RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
+/// The PEM text of a folder for TLS toward a server outside the federation
+/// (a trace collector): the roots that verify the server and, where the
+/// server asks for a client certificate, the certificate and key to present.
+#[derive(Debug, Clone)]
+pub struct OutsidePems {
+    /// `ca.pem`: the roots (one or more certificates) to verify the server by.
+    pub ca: String,
+    /// `cert.pem` and `key.pem`, when the folder holds both.
+    pub identity: Option<(String, String)>,
+}
+
+/// `dir`'s `ca.pem` and, when present, `cert.pem` with `key.pem`, each
+/// parsed here so that a missing or wrong file is named before any
+/// connection; one of `cert.pem` and `key.pem` without the other is refused.
+pub fn outside_pems(dir: &Path) -> Result<OutsidePems, TlsError> {
+    let files = TlsFiles::in_dir(dir);
+    roots(&files)?;
+    let ca = read(&files.ca)?;
+    let identity = match (files.cert.exists(), files.key.exists()) {
+        (false, false) => None,
+        (true, true) => {
+            chain(&files)?;
+            private_key(&files)?;
+            Some((read(&files.cert)?, read(&files.key)?))
+        }
+        (has_cert, _) => {
+            let (present, absent) = if has_cert {
+                ("cert.pem", "key.pem")
+            } else {
+                ("key.pem", "cert.pem")
+            };
+            return Err(TlsError::Invalid(format!(
+                "{}: {present} without {absent} (a client certificate needs both; \
+                 leave both out where the server asks for none)",
+                dir.display()
+            )));
+        }
+    };
+    Ok(OutsidePems { ca, identity })
+}
+
 /// The folder's revocation list; none when it has no `crl.pem`.
 fn crls(files: &TlsFiles) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     if !files.crl.exists() {

@@ -49,7 +49,10 @@ mod identity;
 
 pub use accept::{Callers, HandshakeRefusal, check_site, incoming};
 pub use ca::{CaDir, CertStatus, Issuance, Issued, IssuedKind, utc};
-pub use config::{ServerTls, TlsFiles, certificate_names_site, client_config, site_dns_name};
+pub use config::{
+    OutsidePems, ServerTls, TlsFiles, certificate_names_site, client_config, outside_pems,
+    site_dns_name,
+};
 pub use connect::Connector;
 pub use failure::{Handshake, Rejection, certificate_subject, handshake_failure};
 pub use identity::{SiteCertificates, SiteSigner, verify_signature};

@@ -117,13 +117,40 @@ fn spans(received: &Received) -> Vec<Span> {
 
 /// An OTLP/gRPC receiver on 127.0.0.1: its URL and what it receives.
 pub(crate) fn collector(runtime: &tokio::runtime::Runtime) -> (String, Received) {
+    serve(runtime, None)
+}
+
+/// An OTLP/gRPC receiver on 127.0.0.1 over TLS: presenting the certificate
+/// in the folder `server`, asking every exporter for a certificate from
+/// the CA in `server` too. Its `https://` URL and what it receives.
+fn collector_over_tls(
+    runtime: &tokio::runtime::Runtime,
+    server: &std::path::Path,
+) -> (String, Received) {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let pem = |file: &str| std::fs::read_to_string(server.join(file)).unwrap();
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(pem("cert.pem"), pem("key.pem")))
+        .client_ca_root(Certificate::from_pem(pem("ca.pem")));
+    serve(runtime, Some(tls))
+}
+
+fn serve(
+    runtime: &tokio::runtime::Runtime,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> (String, Received) {
     let received = Received::default();
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", listener.local_addr().unwrap());
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls).unwrap();
+    }
     runtime.spawn(
-        tonic::transport::Server::builder()
+        server
             .add_service(TraceServiceServer::new(received.clone()))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
@@ -225,19 +252,16 @@ fn one_trace_a_round<'a>(
     out
 }
 
-/// A Fed-Heart-Disease run of `plan`, every process exporting to `otlp`,
-/// run to its end: the coordinator and the participants, each finished well.
-fn traced_run(s: &Scratch, plan: &std::path::Path, otlp: &str) -> (Proc, Vec<Proc>) {
-    let (mut coordinator, url) = coordinator(
-        &s.dir,
-        plan,
-        &s.path("run.sqlite"),
-        0,
-        &["--report", "dep.json", "--otlp", otlp],
-    );
+/// A Fed-Heart-Disease run of `plan`, every process exporting with the
+/// arguments `otlp` (`--otlp URL`, maybe `--otlp-tls DIR`), run to its
+/// end: the coordinator and the participants, each finished well.
+fn traced_run(s: &Scratch, plan: &std::path::Path, otlp: &[&str]) -> (Proc, Vec<Proc>) {
+    let mut args = vec!["--report", "dep.json"];
+    args.extend_from_slice(otlp);
+    let (mut coordinator, url) = coordinator(&s.dir, plan, &s.path("run.sqlite"), 0, &args);
     let mut participants: Vec<Proc> = HEART_SITES
         .iter()
-        .map(|site| participant(&s.dir, &url, site, &["--otlp", otlp]))
+        .map(|site| participant(&s.dir, &url, site, otlp))
         .collect();
     assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
     for p in &mut participants {
@@ -256,7 +280,7 @@ fn each_round_is_one_trace_across_the_coordinator_and_every_participant() {
     let s = Scratch::new("deploy-tracing");
     let rounds = 3;
     let plan = s.write("plan.toml", &heart_text(&s, rounds));
-    traced_run(&s, &plan, &otlp);
+    traced_run(&s, &plan, &["--otlp", &otlp]);
     // Every process sent its last spans before it exited.
     let spans = spans(&received);
     for (round, trace) in one_trace_a_round(&spans, rounds, &HEART_SITES, true)
@@ -352,8 +376,75 @@ fn a_hierarchical_round_is_one_trace_through_its_aggregators() {
     }
 }
 
-/// `--otlp` is refused where nothing would be traced, and over TLS, before
-/// any work.
+/// Traces reach a collector over TLS (`https://` with `--otlp-tls`) that
+/// asks each exporter for a client certificate: one trace a round, as over
+/// plain gRPC. With roots that do not verify the collector, or without the
+/// client certificate it asks for, the collector receives nothing and the
+/// run finishes as it would.
+#[test]
+fn traces_reach_a_collector_over_tls_and_only_a_verified_one() {
+    if util::skip_e2e("traces_reach_a_collector_over_tls_and_only_a_verified_one") {
+        return;
+    }
+    let s = Scratch::new("deploy-tracing-tls");
+    let ca = |args: &[&str]| {
+        let mut all = vec!["ca", "--dir"];
+        all.extend_from_slice(args);
+        s.run(&all).ok();
+    };
+    ca(&["ca", "init"]);
+    ca(&["ca", "issue", "--coordinator", "--host", "127.0.0.1"]);
+    ca(&["ca", "issue", "--site", "exporter"]);
+    ca(&["other", "init"]);
+    // The exporters' folder: the collector's CA, and a certificate from it.
+    let folder = |name: &str, ca_of: &str, with_cert: bool| {
+        let dir = s.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(s.path(ca_of).join("ca.pem"), dir.join("ca.pem")).unwrap();
+        if with_cert {
+            for file in ["cert.pem", "key.pem"] {
+                let from = s.path("ca/sites/exporter").join(file);
+                std::fs::copy(from, dir.join(file)).unwrap();
+            }
+        }
+        dir.to_str().unwrap().to_string()
+    };
+    let trusting = folder("otlp-tls", "ca", true);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (otlp, received) = collector_over_tls(&runtime, &s.path("ca/coordinator"));
+    assert!(otlp.starts_with("https://"), "{otlp}");
+    let rounds = 2;
+    let plan = s.write("plan.toml", &heart_text(&s, rounds));
+    traced_run(&s, &plan, &["--otlp", &otlp, "--otlp-tls", &trusting]);
+    let spans_received = spans(&received);
+    let traces = one_trace_a_round(&spans_received, rounds, &HEART_SITES, true);
+    eprintln!(
+        "over TLS: {} traces of {:?} spans",
+        traces.len(),
+        traces.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+
+    // Another CA's roots, then the right roots without a client
+    // certificate: nothing is received, and every run ends well.
+    for (name, dir) in [
+        ("distrusting", folder("distrusting", "other", false)),
+        ("anonymous", folder("anonymous", "ca", false)),
+    ] {
+        let (otlp, received) = collector_over_tls(&runtime, &s.path("ca/coordinator"));
+        let s = Scratch::new(&format!("deploy-tracing-tls-{name}"));
+        let plan = s.write("plan.toml", &heart_text(&s, 1));
+        let (coordinator, _) = traced_run(&s, &plan, &["--otlp", &otlp, "--otlp-tls", &dir]);
+        assert!(spans(&received).is_empty(), "{name}");
+        assert!(
+            coordinator.log().contains("ExportError"),
+            "{name}: {}",
+            coordinator.log()
+        );
+    }
+}
+
+/// `--otlp` is refused where nothing would be traced, and with TLS asked
+/// for wrongly, before any work.
 #[test]
 fn otlp_refuses_what_it_cannot_trace() {
     let s = Scratch::new("deploy-tracing-refused");
@@ -369,20 +460,44 @@ fn otlp_refuses_what_it_cannot_trace() {
         "{}",
         refused.stderr()
     );
-    let tls = s.run(&[
-        "participant",
-        "--otlp",
-        "https://collector.example:4317",
-        "--coordinator",
-        "http://127.0.0.1:1",
-        "--site",
-        "a",
-        "--data",
-        "a.csv",
-        "--insecure",
-    ]);
-    assert_eq!(tls.output.status.code(), Some(2), "{}", tls.stderr());
-    assert!(tls.stderr().contains("OTLP over TLS"), "{}", tls.stderr());
+    let participant = |otlp: &[&str]| {
+        let mut args = vec!["participant"];
+        args.extend_from_slice(otlp);
+        args.extend_from_slice(&[
+            "--coordinator",
+            "http://127.0.0.1:1",
+            "--site",
+            "a",
+            "--data",
+            "a.csv",
+            "--insecure",
+        ]);
+        let refused = s.run(&args);
+        assert_eq!(
+            refused.output.status.code(),
+            Some(2),
+            "{}",
+            refused.stderr()
+        );
+        refused.stderr()
+    };
+    let https = "https://collector.example:4317";
+    let stderr = participant(&["--otlp", https]);
+    assert!(stderr.contains("give --otlp-tls DIR"), "{stderr}");
+    let stderr = participant(&["--otlp", "http://127.0.0.1:4317", "--otlp-tls", "."]);
+    assert!(stderr.contains("--otlp-tls is for a collector"), "{stderr}");
+    std::fs::create_dir_all(s.path("empty")).unwrap();
+    let stderr = participant(&["--otlp", https, "--otlp-tls", "empty"]);
+    assert!(stderr.contains("ca.pem"), "{stderr}");
+    std::fs::create_dir_all(s.path("half")).unwrap();
+    s.write("half/ca.pem", "not a certificate");
+    let stderr = participant(&["--otlp", https, "--otlp-tls", "half"]);
+    assert!(stderr.contains("ca.pem"), "{stderr}");
+    s.run(&["ca", "--dir", "ca", "init"]).ok();
+    std::fs::copy(s.path("ca/ca.pem"), s.path("half/ca.pem")).unwrap();
+    s.write("half/cert.pem", "");
+    let stderr = participant(&["--otlp", https, "--otlp-tls", "half"]);
+    assert!(stderr.contains("cert.pem without key.pem"), "{stderr}");
     let bad = s.run(&[
         "coordinator",
         "--otlp",
@@ -408,7 +523,7 @@ fn a_collector_that_is_down_costs_only_the_spans() {
     let otlp = format!("http://127.0.0.1:{}", crate::util::procs::free_port());
     let plan = s.write("plan.toml", &heart_text(&s, 2));
     let started = std::time::Instant::now();
-    let (coordinator, participants) = traced_run(&s, &plan, &otlp);
+    let (coordinator, participants) = traced_run(&s, &plan, &["--otlp", &otlp]);
     let report = s.json("dep.json");
     assert_eq!(
         report["rounds"].as_array().map(Vec::len),
