@@ -164,6 +164,14 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
         summary.dropped_missing_feature,
         summary.dropped_by_membership
     );
+    if summary.bounded_columns > 0 {
+        println!(
+            "site '{site}': {} of {} training values of the schema's bounded columns are outside \
+             their bounds (kept as read; they lower the site's data quality score)",
+            summary.out_of_range_values,
+            summary.bounded_columns * summary.n_train
+        );
+    }
     let offer = local.kinds_offer();
     // Every column the schema declares (other than ignored ones and the
     // target) must be in the file: another site's would otherwise hold a

@@ -693,6 +693,8 @@ fn ad_hoc_plan(args: &SimulateArgs, data: &Path) -> anyhow::Result<Plan> {
             kind: ColumnKind::Ignore,
             levels: None,
             drop_first: false,
+            min: None,
+            max: None,
         })
         .collect();
     let name = data

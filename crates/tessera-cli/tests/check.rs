@@ -21,6 +21,20 @@ fn a_site_that_fits_is_ready_and_one_that_does_not_is_named_with_its_cause() {
         out.contains("site 'va': ready for plan 'fed-heart-disease'"),
         "{out}"
     );
+    assert!(!out.contains("bounds"), "{out}");
+    // With bounds on cholesterol: VA's zeros are named as out of range.
+    let plan = std::fs::read_to_string(s.path(PLAN)).unwrap().replace(
+        "{ name = \"chol\", type = \"numeric\" }",
+        "{ name = \"chol\", type = \"numeric\", min = 80, max = 700 }",
+    );
+    s.write("examples/bounded.toml", &plan);
+    let out = s
+        .run(&["check", "--plan", "examples/bounded.toml", "--site", "va"])
+        .ok();
+    assert!(
+        out.contains("site 'va': 22 of 85 training values of the schema's bounded columns are outside their bounds"),
+        "{out}"
+    );
     let va = std::fs::read_to_string(s.path("data/uci-heart-disease/processed.va.data")).unwrap();
     // A column short: every row has 13 fields where the schema has 14.
     let short: String = va

@@ -288,6 +288,27 @@ pub struct ColumnSpec {
     /// Categorical: leave out the first level's indicator (as pandas `drop_first`).
     #[serde(default)]
     pub drop_first: bool,
+    /// Numeric: the smallest value expected (inclusive). A value below it
+    /// is kept as read, and counted against the site's data quality score
+    /// (`in_range`); reading never clips or drops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Numeric: the largest value expected (inclusive), as `min`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+impl ColumnSpec {
+    /// Whether a value is outside the column's bounds (never a missing one).
+    pub fn out_of_range(&self, value: f64) -> bool {
+        !value.is_nan()
+            && (self.min.is_some_and(|min| value < min) || self.max.is_some_and(|max| value > max))
+    }
+
+    /// Whether the column gives a bound.
+    pub fn is_bounded(&self) -> bool {
+        self.min.is_some() || self.max.is_some()
+    }
 }
 
 /// The type of a column.
@@ -539,6 +560,31 @@ impl DataConfig {
                     "column '{}': `levels` and `drop_first` apply to categorical columns only",
                     column.name
                 )));
+            }
+            if column.is_bounded() {
+                let name = &column.name;
+                if column.kind != ColumnKind::Numeric || *name == schema.target {
+                    return Err(DataError::Config(format!(
+                        "column '{name}': `min` and `max` apply to numeric feature columns only"
+                    )));
+                }
+                if column
+                    .min
+                    .into_iter()
+                    .chain(column.max)
+                    .any(|b| !b.is_finite())
+                {
+                    return Err(DataError::Config(format!(
+                        "column '{name}': `min` and `max` must be finite numbers"
+                    )));
+                }
+                if let (Some(min), Some(max)) = (column.min, column.max)
+                    && min > max
+                {
+                    return Err(DataError::Config(format!(
+                        "column '{name}': min = {min} is above max = {max}"
+                    )));
+                }
             }
             // Levels are read canonically: `1` and `1.0` are one level,
             // which a list must not give twice (a row would count twice).

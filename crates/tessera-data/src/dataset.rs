@@ -255,6 +255,16 @@ pub struct SiteSummary {
     pub n_test: usize,
     /// Missing feature values filled with the training mean.
     pub imputed_values: usize,
+    /// Numeric feature columns the schema gives bounds (`min`, `max`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bounded_columns: usize,
+    /// Values of the training rows outside their column's bounds (kept as read).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub out_of_range_values: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Every site's prepared data and the shared layout.

@@ -1,10 +1,12 @@
 //! A site's data quality, computed at the site from its own rows: each
 //! score in [0, 1], 1 the best. Completeness is a function of the counts a
 //! site's reading already reports (rows read, dropped, imputed); label
-//! balance and distinct rows are of the rows themselves, and come with how
-//! much changing one training row can move them (their sensitivity, for a
-//! differentially private release, the row counts and the train/test split
-//! public as a site's declared counts are).
+//! balance, distinct rows, values in range (where the schema gives bounds)
+//! and drift (where the site standardises with the federation's
+//! statistics) are of the rows themselves, and come with how much changing
+//! one training row can move them (their sensitivity, for a differentially
+//! private release, the row counts and the train/test split public as a
+//! site's declared counts are).
 
 use std::collections::HashSet;
 
@@ -29,7 +31,23 @@ pub struct Quality {
     pub label_balance: f64,
     /// Distinct training rows (features and label) over training rows.
     pub uniqueness: f64,
+    /// One minus the share of the training rows' values of bounded columns
+    /// (`min`, `max` in the schema) outside their bounds; none without bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_range: Option<f64>,
+    /// One minus the mean, over the features, of the distance of the
+    /// site's mean from the federation's, in the federation's standard
+    /// deviations (each value clipped to [`DRIFT_CLIP`] of them), over
+    /// [`DRIFT_CLIP`]: 1 where the site's rows are centred where the
+    /// federation's are. None unless the site standardises with the
+    /// federation's statistics (`[data.standardize] scope = "federation"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<f64>,
 }
+
+/// How many of the federation's standard deviations one standardised value
+/// counts for at most in [`Quality::drift`].
+pub const DRIFT_CLIP: f64 = 3.0;
 
 impl Quality {
     /// The scores of `train` (`classes` classes), read as `summary` says.
@@ -59,6 +77,14 @@ impl Quality {
             .zip(&train.y)
             .map(|(row, &y)| (row.iter().map(|v| v.to_bits()).collect(), y))
             .collect();
+        let checked = summary.bounded_columns * n;
+        let in_range = (summary.bounded_columns > 0).then(|| {
+            if checked == 0 {
+                0.0
+            } else {
+                1.0 - (summary.out_of_range_values as f64 / checked as f64).min(1.0)
+            }
+        });
         Quality {
             completeness: (kept * present).clamp(0.0, 1.0),
             label_balance,
@@ -67,27 +93,84 @@ impl Quality {
             } else {
                 distinct.len() as f64 / n as f64
             },
+            in_range,
+            drift: None,
         }
     }
 
+    /// The scores of a site's training rows `train` read under `config`'s
+    /// standardisation: [`Quality::of`], with drift where the features are
+    /// standardised with the federation's statistics.
+    pub fn measure(
+        train: &Dataset,
+        summary: &SiteSummary,
+        classes: usize,
+        config: &crate::StandardizeConfig,
+    ) -> Quality {
+        let quality = Quality::of(train, summary, classes);
+        if config.enabled && config.scope == crate::ScaleScope::Federation {
+            quality.with_drift(train)
+        } else {
+            quality
+        }
+    }
+
+    /// With the drift of `train`, whose features are standardised with the
+    /// federation's statistics (so the federation's mean is 0 and its
+    /// standard deviation 1 in every feature).
+    pub fn with_drift(mut self, train: &Dataset) -> Quality {
+        let n = train.n_rows();
+        let d = train.n_features();
+        self.drift = Some(if n == 0 || d == 0 {
+            0.0
+        } else {
+            let distance: f64 = train
+                .x
+                .columns()
+                .into_iter()
+                .map(|column| {
+                    let sum: f64 = column
+                        .iter()
+                        .map(|&v| f64::from(v).clamp(-DRIFT_CLIP, DRIFT_CLIP))
+                        .sum();
+                    (sum / n as f64).abs()
+                })
+                .sum::<f64>()
+                / d as f64;
+            (1.0 - distance / DRIFT_CLIP).clamp(0.0, 1.0)
+        });
+        self
+    }
+
     /// How much changing one of `n` training rows (`classes` classes)
-    /// moves label balance and distinct rows at most, in the order of
-    /// [`Quality::private`].
-    pub fn sensitivities(n: usize, classes: usize) -> [f64; 2] {
+    /// moves each of [`Quality::private`]'s scores at most, in its order.
+    pub fn sensitivities(&self, n: usize, classes: usize) -> Vec<f64> {
         let n = n.max(1) as f64;
-        [
+        let mut out = vec![
             // The rarest class's count moves by at most one, times the
             // classes over the rows.
             (classes.max(1) as f64 / n).min(1.0),
             // One row is at most one distinct row more or less.
             1.0 / n,
-        ]
+        ];
+        if self.in_range.is_some() {
+            // One row holds one value of each bounded column: the count
+            // out of range moves by at most the columns, over columns x rows.
+            out.push(1.0 / n);
+        }
+        if self.drift.is_some() {
+            // Each feature's clipped mean moves by at most 2 x DRIFT_CLIP / n,
+            // and so their mean distance; over DRIFT_CLIP.
+            out.push((2.0 / n).min(1.0));
+        }
+        out
     }
 
-    /// The score a site releases: the mean of its label balance and
-    /// distinct rows, each with Laplace noise of its sensitivity to
-    /// changing one of its `n_train` training rows over `epsilon / 2` and
-    /// clamped to [0, 1], and (`with_completeness`: in simulation, whose
+    /// The score a site releases: the mean of its [`Quality::private`]
+    /// scores (label balance, distinct rows, and values in range and drift
+    /// where it has them), each with Laplace noise of its sensitivity to
+    /// changing one of its `n_train` training rows over `epsilon` split
+    /// evenly among them and clamped to [0, 1], and (`with_completeness`: in simulation, whose
     /// report shows the counts it comes from anyway) its completeness as it
     /// is. A deployed site leaves completeness out: the counts behind it
     /// (rows read, dropped, imputed) never leave the site. `rng` is the
@@ -101,34 +184,42 @@ impl Quality {
         with_completeness: bool,
         rng: &mut tessera_core::SeededRng,
     ) -> f64 {
-        let half = epsilon / 2.0;
-        let bounds = Quality::sensitivities(n_train, classes);
-        let noised: f64 = self
-            .private()
+        let private = self.private();
+        let k = private.len() as f64;
+        let share = epsilon / k;
+        let bounds = self.sensitivities(n_train, classes);
+        let noised: f64 = private
             .iter()
             .zip(bounds)
-            .map(|(s, b)| (s + laplace(rng, b / half)).clamp(0.0, 1.0))
+            .map(|(s, b)| (s + laplace(rng, b / share)).clamp(0.0, 1.0))
             .sum();
         if with_completeness {
-            (self.completeness + noised) / 3.0
+            (self.completeness + noised) / (k + 1.0)
         } else {
-            noised / 2.0
+            noised / k
         }
     }
 
-    /// The scores of the rows themselves: label balance, distinct rows.
-    pub fn private(&self) -> [f64; 2] {
-        [self.label_balance, self.uniqueness]
+    /// The scores of the rows themselves: label balance, distinct rows,
+    /// then values in range and drift where the site has them.
+    pub fn private(&self) -> Vec<f64> {
+        let mut out = vec![self.label_balance, self.uniqueness];
+        out.extend(self.in_range);
+        out.extend(self.drift);
+        out
     }
 
-    /// The scores, in a fixed order.
-    pub fn scores(&self) -> [f64; 3] {
-        [self.completeness, self.label_balance, self.uniqueness]
+    /// The scores, completeness first.
+    pub fn scores(&self) -> Vec<f64> {
+        let mut out = vec![self.completeness];
+        out.extend(self.private());
+        out
     }
 
     /// Their mean: the site's quality.
     pub fn mean(&self) -> f64 {
-        self.scores().iter().sum::<f64>() / 3.0
+        let scores = self.scores();
+        scores.iter().sum::<f64>() / scores.len() as f64
     }
 }
 
@@ -179,7 +270,7 @@ mod tests {
             ..Default::default()
         };
         let base = Quality::of(&train, &summary(6), 3);
-        let bounds = Quality::sensitivities(6, 3);
+        let bounds = base.sensitivities(6, 3);
         // Every change of one row to a new row, or to another row's
         // features, with every label.
         let mut largest = [0.0f64; 2];
@@ -201,5 +292,77 @@ mod tests {
         // The bounds are reached: not loose by construction.
         assert!((largest[0] - bounds[0]).abs() < 1e-12, "{largest:?}");
         assert!((largest[1] - bounds[1]).abs() < 1e-12, "{largest:?}");
+    }
+
+    #[test]
+    fn changing_one_row_moves_drift_and_in_range_by_at_most_their_sensitivity() {
+        // Standardised values, two features; 5 rows.
+        let x = array![
+            [0.5, -1.0],
+            [1.0, 0.0],
+            [-0.2, 2.5],
+            [0.1, -0.3],
+            [2.0, 1.0]
+        ];
+        let train = Dataset {
+            x,
+            y: vec![0, 1, 0, 1, 0],
+        };
+        let n = train.n_rows();
+        // Two bounded columns, 3 values out of range.
+        let summary = SiteSummary {
+            rows_read: n,
+            n_train: n,
+            bounded_columns: 2,
+            out_of_range_values: 3,
+            ..Default::default()
+        };
+        let base = Quality::of(&train, &summary, 2).with_drift(&train);
+        assert_eq!(base.in_range, Some(1.0 - 3.0 / 10.0));
+        let bounds = base.sensitivities(n, 2);
+        assert_eq!(bounds.len(), 4);
+        // Every change of one row to extreme, clipped and ordinary values.
+        let mut largest = 0.0f64;
+        for row in 0..n {
+            for a in [-100.0f32, -3.0, 0.0, 3.0, 100.0] {
+                for b in [-100.0f32, 0.0, 100.0] {
+                    let mut changed = train.clone();
+                    changed.x[[row, 0]] = a;
+                    changed.x[[row, 1]] = b;
+                    let drift = Quality::of(&changed, &summary, 2)
+                        .with_drift(&changed)
+                        .drift
+                        .unwrap_or(f64::NAN);
+                    let moved = (drift - base.drift.unwrap_or(f64::NAN)).abs();
+                    assert!(moved <= bounds[3] + 1e-12, "row {row} to {a}, {b}: {moved}");
+                    largest = largest.max(moved);
+                }
+            }
+        }
+        assert!(largest > bounds[3] / 2.0, "{largest} against {}", bounds[3]);
+        // One row holds one value of each bounded column: 2 of 10 values.
+        for changed_by in [-2i64, 2] {
+            let moved = SiteSummary {
+                out_of_range_values: (3 + changed_by) as usize,
+                ..summary.clone()
+            };
+            let q = Quality::of(&train, &moved, 2);
+            let delta = (q.in_range.unwrap_or(f64::NAN) - base.in_range.unwrap_or(0.0)).abs();
+            assert!((delta - bounds[2]).abs() < 1e-12, "{delta}");
+        }
+        // The release splits epsilon among the four, and stays in [0, 1].
+        let mut rng = tessera_core::SeededRng::new(7);
+        for _ in 0..100 {
+            let r = base.released(n, 2, 1.0, true, &mut rng);
+            assert!((0.0..=1.0).contains(&r), "{r}");
+        }
+        // With a huge epsilon the release is the mean of the scores.
+        let exact = base.released(n, 2, 1e12, true, &mut rng);
+        assert!(
+            (exact - base.mean()).abs() < 1e-9,
+            "{exact} {}",
+            base.mean()
+        );
+        assert_eq!(base.scores().len(), 5);
     }
 }

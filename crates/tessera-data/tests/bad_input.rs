@@ -84,6 +84,8 @@ fn text_in_declared_numeric_column() {
         kind: tessera_data::ColumnKind::Numeric,
         levels: None,
         drop_first: false,
+        min: None,
+        max: None,
     });
     let csv = "site,a,b,y\ns1,1,2,0\ns1,1,x7,1\n";
     assert_eq!(
@@ -110,6 +112,8 @@ fn config_contradictions_are_reported() {
         kind: tessera_data::ColumnKind::Categorical,
         levels: Some(vec!["1".into(), "2".into(), "1.0".into()]),
         drop_first: false,
+        min: None,
+        max: None,
     }];
     assert_eq!(
         error(&config, &[]),
@@ -252,6 +256,8 @@ fn an_identifier_column_is_not_one_hot_encoded_silently() {
         kind: tessera_data::ColumnKind::Ignore,
         levels: None,
         drop_first: false,
+        min: None,
+        max: None,
     });
     let data = load(&config, Path::new(""), &in_memory(&[("d.csv", &csv)])).unwrap();
     assert_eq!(data.feature_names, ["a"]);

@@ -145,6 +145,8 @@ fn departments_name_each_rows_group_and_groups_find_them_after_the_split() {
             kind: tessera_data::ColumnKind::Categorical,
             levels: None,
             drop_first,
+            min: None,
+            max: None,
         });
         let data = tessera_data::load(&with, Path::new("/nonexistent"), &Filesystem).unwrap();
         for site in &data.sites {

@@ -261,7 +261,12 @@ pub(crate) async fn prepare(
         && plan.privacy.mode == tessera_privacy::PrivacyMode::Off)
         .then(|| {
             let classes = agreement.classes.len();
-            let quality = tessera_data::quality::Quality::of(&data.train, &summary, classes);
+            let quality = tessera_data::quality::Quality::measure(
+                &data.train,
+                &summary,
+                classes,
+                &plan.data.standardize,
+            );
             (
                 quality,
                 data.train.n_rows(),

@@ -219,6 +219,8 @@ impl MultitaskConfig {
                         kind,
                         levels: None,
                         drop_first: false,
+                        min: None,
+                        max: None,
                     });
                 }
                 None => {}

@@ -369,7 +369,7 @@ fn released_quality(plan: &Plan, data: &FederatedData) -> Vec<f64> {
                 });
             let key = derive_key(plan.seed, &[streams::QUALITY, tag(&site.name)]);
             let mut rng = SeededRng::from_key(key);
-            Quality::of(&site.train, &summary, classes).released(
+            Quality::measure(&site.train, &summary, classes, &plan.data.standardize).released(
                 site.train.n_rows(),
                 classes,
                 plan.contribution.quality_epsilon,

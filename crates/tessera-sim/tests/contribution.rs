@@ -317,3 +317,73 @@ fn reputation_weighted_selection_draws_attackers_and_free_riders_less() {
     let mean = free_rider_change.iter().sum::<f64>() / free_rider_change.len() as f64;
     assert!(mean >= -0.01, "free riders: {free_rider_change:?}");
 }
+
+/// Fed-Heart-Disease as released: Switzerland records every cholesterol
+/// as 0 and VA a quarter of them. With physiological bounds on
+/// cholesterol and resting blood pressure in the schema, those values are
+/// counted out of range at each site (and kept), and the released quality
+/// scores (here with a huge `quality_epsilon`, so without noise to speak
+/// of) fall where the data are worse.
+#[test]
+fn out_of_range_values_in_fed_heart_disease_lower_the_sites_quality() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut plan = Plan::from_file(&dir.join("fed-heart-disease.toml")).unwrap();
+    plan.privacy.site_metrics = tessera_privacy::SiteMetrics::Clear;
+    plan.contribution.method = AttributionMethod::Gtg;
+    plan.contribution.quality_epsilon = 1e12;
+    plan.federation.rounds = 2;
+    let run = |plan: &Plan| {
+        let data = tessera_data::load(&plan.data, &dir, &tessera_data::Filesystem).unwrap();
+        let report = simulate(plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
+        let quality = |site: &str| {
+            let contributions = report.contributions.as_ref().unwrap();
+            let found = contributions.sites.iter().find(|s| s.name == site);
+            found.and_then(|s| s.quality).unwrap()
+        };
+        let quality: Vec<f64> = ["cleveland", "hungarian", "switzerland", "va"]
+            .iter()
+            .map(|s| quality(s))
+            .collect();
+        (report.data.clone(), quality)
+    };
+    let (_, unbounded) = run(&plan);
+    for column in &mut plan.data.schema.columns {
+        match column.name.as_str() {
+            "chol" => (column.min, column.max) = (Some(80.0), Some(700.0)),
+            "trestbps" => (column.min, column.max) = (Some(60.0), Some(260.0)),
+            _ => {}
+        }
+    }
+    let (summary, bounded) = run(&plan);
+    // Counted from the files: every Swiss training row's cholesterol is 0;
+    // VA's zeros among its training rows; none at Cleveland and Hungary.
+    let out: Vec<(usize, usize)> = summary
+        .iter()
+        .map(|s| (s.out_of_range_values, s.n_train))
+        .collect();
+    eprintln!("out of range / training rows: {out:?}; quality {unbounded:?} -> {bounded:?}");
+    assert!(summary.iter().all(|s| s.bounded_columns == 2));
+    assert_eq!(out[0].0, 0);
+    assert_eq!(out[1].0, 0);
+    assert_eq!(out[2].0, out[2].1, "every Swiss row");
+    assert!(out[3].0 > 0 && out[3].0 < out[3].1, "{out:?}");
+    // Each score rises with the values in range and falls without them:
+    // (c + l + u + r) / 4 against (c + l + u) / 3.
+    for (site, (before, after)) in unbounded.iter().zip(&bounded).enumerate() {
+        let (o, n) = out[site];
+        let in_range = 1.0 - o as f64 / (2 * n) as f64;
+        let expected = (before * 3.0 + in_range) / 4.0;
+        assert!(
+            (after - expected).abs() < 1e-6,
+            "site {site}: {after} {expected}"
+        );
+    }
+    // Cleveland's and Hungary's rise (every value in range), VA's and
+    // Switzerland's by less than they would with none out of range.
+    assert!(bounded[0] > unbounded[0] && bounded[1] > unbounded[1]);
+    for site in [2, 3] {
+        assert!(bounded[site] < (unbounded[site] * 3.0 + 1.0) / 4.0 - 0.03);
+    }
+    let lowest = (0..4).min_by(|&a, &b| bounded[a].total_cmp(&bounded[b]));
+    assert_eq!(lowest, Some(2), "{bounded:?}");
+}

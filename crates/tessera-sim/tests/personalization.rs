@@ -553,6 +553,8 @@ fn departments_on_the_flat_topology_and_what_is_refused() {
                 kind,
                 levels: None,
                 drop_first,
+                min: None,
+                max: None,
             });
         }
         let e = refused.validate().unwrap_err().to_string();

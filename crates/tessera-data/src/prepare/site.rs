@@ -187,6 +187,35 @@ fn membership_table(
     }
 }
 
+/// Counts, over the training rows, the values outside their column's bounds
+/// in the schema (`min`, `max`), and the columns that have bounds.
+fn count_out_of_range(
+    config: &DataConfig,
+    raw: &RawSite,
+    membership: &[Membership],
+    summary: &mut SiteSummary,
+) {
+    for (column, values) in raw.columns.iter().zip(&raw.features) {
+        let Some(spec) = config
+            .schema
+            .columns
+            .iter()
+            .find(|c| c.name == column.name && c.is_bounded())
+        else {
+            continue;
+        };
+        let Values::Numeric(values) = values else {
+            continue;
+        };
+        summary.bounded_columns += 1;
+        summary.out_of_range_values += values
+            .iter()
+            .zip(membership)
+            .filter(|&(&v, &m)| m == Membership::Train && spec.out_of_range(v))
+            .count();
+    }
+}
+
 /// The class name of each target level at a site: the positive/negative
 /// classes when the schema names them, else the level itself.
 pub(super) fn class_names(config: &DataConfig) -> impl Fn(&str) -> String {
@@ -266,6 +295,7 @@ impl LocalSite {
             .iter()
             .filter(|&&m| m == Membership::Test)
             .count();
+        count_out_of_range(config, &raw, &membership, &mut summary);
         if summary.n_train == 0 {
             return Err(DataError::Unusable(format!(
                 "site '{}' ({}) has no training rows left ({} read)",
