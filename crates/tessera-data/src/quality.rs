@@ -160,7 +160,10 @@ impl Quality {
         }
         if self.drift.is_some() {
             // Each feature's clipped mean moves by at most 2 x DRIFT_CLIP / n,
-            // and so their mean distance; over DRIFT_CLIP.
+            // and so their mean distance; over DRIFT_CLIP. The federation's
+            // statistics are taken as given: standardisation shares them
+            // exactly already, and a changed row also moves them (and so
+            // every standardised value), which this bound does not cover.
             out.push((2.0 / n).min(1.0));
         }
         out
