@@ -91,10 +91,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<()> {
     let (Some(plan_path), Some(query)) = (&args.plan, &args.query) else {
         bail!("give --plan and --query (or --coordinator URL to ask a deployed federation)");
     };
-    let mut plan = Plan::from_file(plan_path)?;
-    if !args.settings.is_empty() {
-        plan = plan.with_settings(&args.settings)?;
-    }
+    let mut plan = Plan::from_file_with(plan_path, &args.settings)?;
     if let Some(e) = args.epsilon {
         plan.analytics.epsilon = e;
     }

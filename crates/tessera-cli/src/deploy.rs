@@ -329,9 +329,8 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
     }
     let mut plan_text = std::fs::read_to_string(&args.plan)
         .with_context(|| format!("{}: cannot read", args.plan.display()))?;
-    let mut plan = Plan::from_toml(&plan_text, &args.plan.display().to_string())?;
+    let plan = Plan::from_toml_with(&plan_text, &args.plan.display().to_string(), &args.settings)?;
     if !args.settings.is_empty() {
-        plan = plan.with_settings(&args.settings)?;
         plan_text = toml::to_string(&plan).context("cannot write the changed plan")?;
     }
     if plan.model.kind.is_external() && args.model_out.is_some() {

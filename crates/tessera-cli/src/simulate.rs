@@ -108,7 +108,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let (mut plan, base_dir, source): (Plan, PathBuf, Box<dyn FileSource>) =
         match (&args.plan, &args.data) {
             (Some(path), _) => {
-                let plan = Plan::from_file(path)?;
+                let plan = Plan::from_file_with(path, &args.settings)?;
                 let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
                 (plan, dir, Box::new(Filesystem))
             }
@@ -118,11 +118,11 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
                 Box::new(Filesystem),
             ),
             (None, None) => {
-                let plan = Plan::from_toml(bundled::PLAN, bundled::PLAN_PATH)?;
+                let plan = Plan::from_toml_with(bundled::PLAN, bundled::PLAN_PATH, &args.settings)?;
                 (plan, PathBuf::from("examples"), Box::new(Bundled))
             }
         };
-    if !args.settings.is_empty() {
+    if args.plan.is_none() && args.data.is_some() && !args.settings.is_empty() {
         plan = plan.with_settings(&args.settings)?;
     }
     apply_overrides(&mut plan, &args)?;

@@ -368,12 +368,35 @@ impl Plan {
 
     /// Parses and checks a plan; `origin` names it in messages.
     pub fn from_toml(text: &str, origin: &str) -> Result<Plan, PlanError> {
+        Plan::from_toml_with(text, origin, &[])
+    }
+
+    /// Parses a plan, applies `settings` ([`Plan::with_settings`]) and
+    /// checks the result: a plan that needs a setting to be valid (a
+    /// `[contribution]` plan with `--set privacy.site_metrics=clear`) reads.
+    pub fn from_toml_with(
+        text: &str,
+        origin: &str,
+        settings: &[String],
+    ) -> Result<Plan, PlanError> {
         let plan: Plan = toml::from_str(text).map_err(|e| PlanError::Parse {
             path: origin.to_string(),
             message: one_line(&e, text),
         })?;
+        if !settings.is_empty() {
+            return plan.with_settings(settings);
+        }
         plan.validate()?;
         Ok(plan)
+    }
+
+    /// Reads a plan file, applies `settings` and checks the result.
+    pub fn from_file_with(path: &Path, settings: &[String]) -> Result<Plan, PlanError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PlanError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Plan::from_toml_with(&text, &path.display().to_string(), settings)
     }
 
     /// Compression under secure aggregation: the seed from which every

@@ -321,3 +321,25 @@ fn qffl_is_refused_wherever_an_update_is_not_seen_alone() {
         assert!((rule.check)(&p).is_some(), "break {k}");
     }
 }
+
+/// A plan file that is only valid with a setting reads with it: the
+/// settings are applied before the plan is checked, not after.
+#[test]
+fn a_setting_can_make_a_plan_file_valid() {
+    let mut plan = Plan::default();
+    plan.contribution.method = tessera_plan::AttributionMethod::Gtg;
+    let text = toml::to_string(&plan).unwrap();
+    let refused = Plan::from_toml(&text, "p.toml").unwrap_err().to_string();
+    assert!(refused.contains("site_metrics"), "{refused}");
+    let read =
+        Plan::from_toml_with(&text, "p.toml", &["privacy.site_metrics=clear".into()]).unwrap();
+    assert_eq!(
+        read.privacy.site_metrics,
+        tessera_privacy::SiteMetrics::Clear
+    );
+    // Still checked after the settings.
+    let refused = Plan::from_toml_with(&text, "p.toml", &["federation.rounds=2".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("site_metrics"), "{refused}");
+}
