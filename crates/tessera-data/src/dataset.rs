@@ -225,6 +225,9 @@ pub struct SiteData {
     pub raw_test: Array2<f32>,
     /// The site's standardisation statistics.
     pub scaler: Scaler,
+    /// The training cells (row, feature) whose value was imputed (the
+    /// site's training mean, or 0 for a column absent at the site).
+    pub imputed_train: Vec<(usize, usize)>,
 }
 
 impl SiteData {

@@ -98,18 +98,18 @@ impl Quality {
         }
     }
 
-    /// The scores of a site's training rows `train` read under `config`'s
+    /// The scores of a site's training rows read under `config`'s
     /// standardisation: [`Quality::of`], with drift where the features are
     /// standardised with the federation's statistics.
     pub fn measure(
-        train: &Dataset,
+        site: &crate::SiteData,
         summary: &SiteSummary,
         classes: usize,
         config: &crate::StandardizeConfig,
     ) -> Quality {
-        let quality = Quality::of(train, summary, classes);
+        let quality = Quality::of(&site.train, summary, classes);
         if config.enabled && config.scope == crate::ScaleScope::Federation {
-            quality.with_drift(train)
+            quality.with_drift(&site.train, &site.imputed_train)
         } else {
             quality
         }
@@ -117,26 +117,34 @@ impl Quality {
 
     /// With the drift of `train`, whose features are standardised with the
     /// federation's statistics (so the federation's mean is 0 and its
-    /// standard deviation 1 in every feature).
-    pub fn with_drift(mut self, train: &Dataset) -> Quality {
+    /// standard deviation 1 in every feature). The cells `imputed` (row,
+    /// feature) count as the federation's mean: an imputed value is the
+    /// site's own mean, which one changed row could move in every such cell.
+    pub fn with_drift(mut self, train: &Dataset, imputed: &[(usize, usize)]) -> Quality {
         let n = train.n_rows();
         let d = train.n_features();
         self.drift = Some(if n == 0 || d == 0 {
             0.0
         } else {
-            let distance: f64 = train
+            let mut sums: Vec<f64> = train
                 .x
                 .columns()
                 .into_iter()
                 .map(|column| {
-                    let sum: f64 = column
+                    column
                         .iter()
                         .map(|&v| f64::from(v).clamp(-DRIFT_CLIP, DRIFT_CLIP))
-                        .sum();
-                    (sum / n as f64).abs()
+                        .sum()
                 })
-                .sum::<f64>()
-                / d as f64;
+                .collect();
+            for &(row, feature) in imputed {
+                if let (Some(sum), Some(&v)) = (sums.get_mut(feature), train.x.get((row, feature)))
+                {
+                    *sum -= f64::from(v).clamp(-DRIFT_CLIP, DRIFT_CLIP);
+                }
+            }
+            let distance: f64 =
+                sums.iter().map(|sum| (sum / n as f64).abs()).sum::<f64>() / d as f64;
             (1.0 - distance / DRIFT_CLIP).clamp(0.0, 1.0)
         });
         self
@@ -160,10 +168,12 @@ impl Quality {
         }
         if self.drift.is_some() {
             // Each feature's clipped mean moves by at most 2 x DRIFT_CLIP / n,
-            // and so their mean distance; over DRIFT_CLIP. The federation's
-            // statistics are taken as given: standardisation shares them
-            // exactly already, and a changed row also moves them (and so
-            // every standardised value), which this bound does not cover.
+            // and so their mean distance; over DRIFT_CLIP. Imputed cells
+            // count as 0, so one row moves only its own cells. The
+            // federation's statistics are taken as given: standardisation
+            // shares them exactly already, and a changed row also moves
+            // them (and so every standardised value), which this bound does
+            // not cover.
             out.push((2.0 / n).min(1.0));
         }
         out
@@ -320,7 +330,7 @@ mod tests {
             out_of_range_values: 3,
             ..Default::default()
         };
-        let base = Quality::of(&train, &summary, 2).with_drift(&train);
+        let base = Quality::of(&train, &summary, 2).with_drift(&train, &[]);
         assert_eq!(base.in_range, Some(1.0 - 3.0 / 10.0));
         let bounds = base.sensitivities(n, 2);
         assert_eq!(bounds.len(), 4);
@@ -333,7 +343,7 @@ mod tests {
                     changed.x[[row, 0]] = a;
                     changed.x[[row, 1]] = b;
                     let drift = Quality::of(&changed, &summary, 2)
-                        .with_drift(&changed)
+                        .with_drift(&changed, &[])
                         .drift
                         .unwrap_or(f64::NAN);
                     let moved = (drift - base.drift.unwrap_or(f64::NAN)).abs();

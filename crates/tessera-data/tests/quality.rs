@@ -131,7 +131,7 @@ fn drift_is_the_distance_from_the_federations_statistics() {
     let b = data.feature_names.iter().position(|n| n == "b").unwrap();
     let mut scores = Vec::new();
     for (site, summary) in data.sites.iter().zip(&data.summary) {
-        let quality = Quality::measure(&site.train, summary, 2, &federation.standardize);
+        let quality = Quality::measure(site, summary, 2, &federation.standardize);
         let drift = quality.drift.unwrap();
         // Recomputed here: each feature's mean of the clipped standardised
         // training values, its distance from 0 averaged over the features.
@@ -158,19 +158,69 @@ fn drift_is_the_distance_from_the_federations_statistics() {
     // Each site standardised with its own statistics: no drift measured.
     let own = config(Vec::new());
     let data = loaded(&own);
-    let quality = Quality::measure(&data.sites[0].train, &data.summary[0], 2, &own.standardize);
+    let quality = Quality::measure(&data.sites[0], &data.summary[0], 2, &own.standardize);
     assert_eq!(quality.drift, None);
     // A site with the federation's own rows (one site alone) has none.
     let text: String = csv().lines().take(41).collect::<Vec<_>>().join("\n");
     let files = InMemory::new([("d.csv", text.as_bytes())]);
     let alone = load(&federation, Path::new(""), &files).unwrap();
     let quality = Quality::measure(
-        &alone.sites[0].train,
+        &alone.sites[0],
         &alone.summary[0],
         2,
         &federation.standardize,
     );
     assert!(quality.drift.unwrap() > 0.999, "{quality:?}");
+}
+
+/// A missing value is imputed with the site's own mean, which one changed
+/// row moves in every imputed cell: drift counts imputed cells as the
+/// federation's mean, so that a changed row moves its own cells alone.
+#[test]
+fn drift_counts_imputed_cells_as_the_federations_mean() {
+    let mut federation = config(Vec::new());
+    federation.standardize.scope = ScaleScope::Federation;
+    // Every fourth of s2's values of b missing.
+    let text: String = csv()
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let f: Vec<&str> = line.split(',').collect();
+            if f[0] == "s2" && i % 4 == 0 {
+                format!("{},{},NA,{}\n", f[0], f[1], f[3])
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    let files = InMemory::new([("d.csv", text.as_bytes())]);
+    let data = load(&federation, Path::new(""), &files).unwrap();
+    let b = data.feature_names.iter().position(|n| n == "b").unwrap();
+    let s2 = &data.sites[1];
+    assert!(!s2.imputed_train.is_empty());
+    assert!(s2.imputed_train.iter().all(|&(_, j)| j == b));
+    assert!(data.sites[0].imputed_train.is_empty());
+    // Recomputed here with the imputed cells at 0.
+    let x = &s2.train.x;
+    let distance: f64 = (0..x.ncols())
+        .map(|j| {
+            let sum: f64 = (0..x.nrows())
+                .filter(|&i| !s2.imputed_train.contains(&(i, j)))
+                .map(|i| f64::from(x[[i, j]]).clamp(-DRIFT_CLIP, DRIFT_CLIP))
+                .sum();
+            (sum / x.nrows() as f64).abs()
+        })
+        .sum::<f64>()
+        / x.ncols() as f64;
+    let drift = Quality::measure(s2, &data.summary[1], 2, &federation.standardize).drift;
+    let drift = drift.unwrap();
+    assert!(
+        (drift - (1.0 - distance / DRIFT_CLIP)).abs() < 1e-12,
+        "{drift}"
+    );
+    // Not the same as counting the imputed values as they are.
+    let counted = Quality::of(&s2.train, &data.summary[1], 2).with_drift(&s2.train, &[]);
+    assert!((counted.drift.unwrap() - drift).abs() > 1e-6);
 }
 
 #[test]

@@ -262,7 +262,7 @@ pub(crate) async fn prepare(
         .then(|| {
             let classes = agreement.classes.len();
             let quality = tessera_data::quality::Quality::measure(
-                &data.train,
+                &data,
                 &summary,
                 classes,
                 &plan.data.standardize,

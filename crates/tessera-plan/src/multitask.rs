@@ -210,6 +210,8 @@ impl MultitaskConfig {
                     spec.kind = kind;
                     spec.levels = None;
                     spec.drop_first = false;
+                    // A target, not a feature: bounds apply to features.
+                    (spec.min, spec.max) = (None, None);
                 }
                 // With a header, a column left unlisted is a feature: an
                 // other task's target must be named to be left out.

@@ -346,9 +346,10 @@ impl Worth for AttributionUtility {
 
 /// Each site's data quality score, as it releases it: the mean of its
 /// completeness (a function of the counts its reading reports, released as
-/// they are) and its label balance and distinct rows, each with Laplace
-/// noise of its sensitivity to changing one training row over half the
-/// plan's `quality_epsilon`, clamped to [0, 1]. The noise's key is the
+/// they are) and its label balance, distinct rows, and values in range and
+/// drift where the plan measures them, each with Laplace noise of its
+/// sensitivity to changing one training row over an equal share of the
+/// plan's `quality_epsilon`, clamped to [0, 1] ([`Quality::released`]). The noise's key is the
 /// site's own (in simulation derived from the run seed, as every simulated
 /// site's secret is: an experiment, not a release).
 fn released_quality(plan: &Plan, data: &FederatedData) -> Vec<f64> {
@@ -369,7 +370,7 @@ fn released_quality(plan: &Plan, data: &FederatedData) -> Vec<f64> {
                 });
             let key = derive_key(plan.seed, &[streams::QUALITY, tag(&site.name)]);
             let mut rng = SeededRng::from_key(key);
-            Quality::measure(&site.train, &summary, classes, &plan.data.standardize).released(
+            Quality::measure(site, &summary, classes, &plan.data.standardize).released(
                 site.train.n_rows(),
                 classes,
                 plan.contribution.quality_epsilon,

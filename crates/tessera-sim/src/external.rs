@@ -130,6 +130,7 @@ fn no_rows(names: &[String]) -> FederatedData {
                     mean: Vec::new(),
                     scale: Vec::new(),
                 },
+                imputed_train: Vec::new(),
             })
             .collect(),
         summary: Vec::new(),

@@ -188,8 +188,17 @@ pub struct OutsidePems {
 /// connection; one of `cert.pem` and `key.pem` without the other is refused.
 pub fn outside_pems(dir: &Path) -> Result<OutsidePems, TlsError> {
     let files = TlsFiles::in_dir(dir);
-    roots(&files)?;
     let ca = read(&files.ca)?;
+    // A system bundle may hold a certificate the verifier cannot take:
+    // skipped, as the connection's own loading skips it, with one left.
+    let (usable, _) =
+        rustls::RootCertStore::empty().add_parsable_certificates(certificates(&ca, &files.ca)?);
+    if usable == 0 {
+        return Err(TlsError::Certificate(format!(
+            "{}: no certificate usable as a root",
+            files.ca.display()
+        )));
+    }
     let identity = match (files.cert.exists(), files.key.exists()) {
         (false, false) => None,
         (true, true) => {

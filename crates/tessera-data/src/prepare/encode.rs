@@ -89,6 +89,7 @@ pub(super) fn encode_site(
     let mut raw_train = matrix(&train_rows);
     let mut raw_test = matrix(&test_rows);
     // Impute missing numbers with the site's training mean of the column.
+    let mut imputed_train = Vec::new();
     for j in 0..n_features {
         let column = raw_train.column(j);
         let present: Vec<f64> = column
@@ -107,11 +108,14 @@ pub(super) fn encode_site(
         } else {
             present.iter().sum::<f64>() / present.len() as f64
         };
-        for m in [&mut raw_train, &mut raw_test] {
-            for v in m.column_mut(j) {
+        for (is_train, m) in [(true, &mut raw_train), (false, &mut raw_test)] {
+            for (i, v) in m.column_mut(j).into_iter().enumerate() {
                 if v.is_nan() || absent {
                     *v = mean as f32;
                     counts.imputed_values += 1;
+                    if is_train {
+                        imputed_train.push((i, j));
+                    }
                 }
             }
         }
@@ -135,5 +139,6 @@ pub(super) fn encode_site(
         raw_train,
         raw_test,
         scaler,
+        imputed_train,
     }
 }
