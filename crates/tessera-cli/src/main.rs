@@ -66,8 +66,8 @@ struct Cli {
     log_format: Option<logging::LogFormat>,
     /// Export this process's trace spans over OTLP/gRPC to the collector at
     /// URL (http://HOST:PORT, usually port 4317, or https:// with
-    /// --otlp-tls): coordinator, participant and aggregator. A round's
-    /// spans at every process form one trace.
+    /// --otlp-tls): coordinator, participant, aggregator and gossip peer.
+    /// A round's spans at every process form one trace.
     #[arg(long, global = true, value_name = "URL")]
     otlp: Option<String>,
     /// With an https:// --otlp collector: the folder holding ca.pem (the
@@ -230,6 +230,7 @@ fn main() -> ExitCode {
         Command::Coordinator(_) => Some("tessera-coordinator"),
         Command::Participant(_) => Some("tessera-participant"),
         Command::Aggregator(_) => Some("tessera-aggregator"),
+        Command::Peer(_) => Some("tessera-peer"),
         _ => None,
     };
     let otlp = match (cli.otlp.as_deref(), service) {
@@ -240,15 +241,14 @@ fn main() -> ExitCode {
             service,
         }),
         (Some(_), None) => {
-            eprintln!("--otlp traces the coordinator, participant and aggregator commands only");
+            eprintln!(
+                "--otlp traces the coordinator, participant, aggregator and peer commands only"
+            );
             return ExitCode::from(2);
         }
     };
     let logs = match (service, cli.log_format) {
         (Some(_), format) => Some(format.unwrap_or_default()),
-        (None, format) if matches!(cli.command, Command::Peer(_)) => {
-            Some(format.unwrap_or_default())
-        }
         // Simulation logs only when asked: its table and summary are its output.
         (None, Some(format)) if matches!(cli.command, Command::Simulate(_)) => Some(format),
         _ => None,

@@ -32,6 +32,9 @@ pub(crate) struct Identity {
     pub neighbours: BTreeSet<String>,
     pub plan_digest: Vec<u8>,
     pub sites_digest: Vec<u8>,
+    /// Drawn at start, sent in each welcome: the peers derive each round's
+    /// trace id from all of theirs.
+    pub trace_nonce: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -283,6 +286,7 @@ impl Gossip for Service {
             minor: MINOR,
             capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
             site: me.site.clone(),
+            trace_nonce: me.trace_nonce.clone(),
         }))
     }
 
@@ -396,6 +400,7 @@ mod tests {
             sites: ["a", "b", "c"].iter().map(|s| s.to_string()).collect(),
             neighbours: ["a", "c"].iter().map(|s| s.to_string()).collect(),
             plan_digest: Vec::new(),
+            trace_nonce: Vec::new(),
             sites_digest: Vec::new(),
         })
     }

@@ -29,6 +29,7 @@
 mod board;
 mod personal;
 mod rounds;
+mod trace;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -287,6 +288,7 @@ pub async fn run(
         neighbours: neighbours.iter().cloned().collect(),
         plan_digest: digest(&config.plan_text),
         sites_digest: digest(&sites.join("\n")),
+        trace_nonce: trace::draw_nonce(),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -502,6 +504,8 @@ async fn work(
         plan_digest: board.identity.plan_digest.clone(),
         sites_digest: board.identity.sites_digest.clone(),
     };
+    // Each peer's trace nonce, this one's included: the rounds' traces.
+    let mut nonces = BTreeMap::from([(config.site.clone(), board.identity.trace_nonce.clone())]);
     for link in links.values_mut() {
         let hello = hello.clone();
         let greeted = link
@@ -509,13 +513,15 @@ async fn work(
                 Ok(c.greet(hello.clone()).await?.into_inner())
             })
             .await?;
-        if greeted.is_none() {
+        let Some(welcome) = greeted else {
             return Err(PeerError::Network(format!(
                 "peer '{}' unreachable for {:?}: the agreement needs every site",
                 link.name, config.give_up_after
             )));
-        }
+        };
+        nonces.insert(link.name.clone(), welcome.trace_nonce);
     }
+    let traces = trace::RoundTraces::of(&nonces);
     tracing::info!(peers = links.len(), "every peer greeted");
 
     // The agreement: every peer's offers, the same answer everywhere.
@@ -621,6 +627,7 @@ async fn work(
         model,
         Arc::clone(&train),
         Arc::clone(&test),
+        &traces,
     )
     .await?;
     // Off the async threads, which still serve the neighbours; a failure

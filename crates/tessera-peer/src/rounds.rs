@@ -26,8 +26,10 @@ use tessera_engine::{FitTask, Site};
 use tessera_learn::Evaluation;
 use tessera_proto::pb::{self, peer_model_part};
 use tessera_proto::{Assembler, Limits};
+use tracing::Instrument;
 
 use crate::board::Board;
+use crate::trace::RoundTraces;
 use crate::{Failure, Link, PeerConfig, PeerError, local};
 
 /// What a peer did: its rounds, the neighbours it lost and took back, its
@@ -234,6 +236,7 @@ pub(crate) async fn rounds(
     initial: Arc<ParameterSet>,
     train: Arc<Dataset>,
     test: Arc<Dataset>,
+    traces: &RoundTraces,
 ) -> Result<(Progress, Arc<ParameterSet>), PeerError> {
     let plan = &config.plan;
     let steps = plan.topology.gossip_steps.max(1);
@@ -261,6 +264,10 @@ pub(crate) async fn rounds(
     let mut living: Vec<String> = Vec::new();
     for round in first..=plan.federation.rounds {
         let wall = Instant::now();
+        // The round's span, in the trace every peer derives for the round.
+        let span = tracing::info_span!(parent: None, "round", round, site = %config.site);
+        let (trace, parent) = traces.ids(round);
+        tessera_proto::trace::under_ids(&span, trace, parent);
         for name in board.begin_round(round) {
             tracing::warn!(neighbour = %name, round, "restarted neighbour taken back: mixing with it again");
             absent.remove(&name);
@@ -282,7 +289,9 @@ pub(crate) async fn rounds(
             deadline: None,
         };
         let train_rows = Arc::clone(&train);
+        let training = tracing::info_span!(parent: &span, "train", round);
         let (back, trained) = tokio::task::spawn_blocking(move || {
+            let _in = training.enter();
             let update = site.fit(&task, &train_rows);
             (site, update.map(|u| (task.global, u)))
         })
@@ -315,8 +324,10 @@ pub(crate) async fn rounds(
                 };
                 // A neighbour that restarts meanwhile will not send this
                 // round's model: it is absent until the round it rejoins at.
+                let fetching =
+                    tracing::info_span!(parent: &span, "fetch", round, step, neighbour = %name);
                 let fetched = tokio::select! {
-                    fetched = fetch(link, &config.site, round, step, &own, config.liveness) => {
+                    fetched = fetch(link, &config.site, round, step, &own, config.liveness).instrument(fetching) => {
                         Fetched::Model(fetched?)
                     }
                     rejoins = board.restarted(&name, round) => Fetched::Restarted(rejoins),
@@ -365,7 +376,9 @@ pub(crate) async fn rounds(
         model = Arc::new(current);
         // The round's final model: what a restarted neighbour adopts.
         board.publish_model(round, steps, Arc::clone(&model), living.len() as u32);
-        let evaluation = site.evaluate(&model, &test).map_err(local)?;
+        let evaluation = tracing::info_span!(parent: &span, "evaluate", round)
+            .in_scope(|| site.evaluate(&model, &test))
+            .map_err(local)?;
         let bytes_up = board.bytes_sent().values().sum::<u64>() - sent_before;
         let bytes_down = progress.bytes_received.values().sum::<u64>() - received_before;
         let record = RoundRecord {
@@ -393,6 +406,7 @@ pub(crate) async fn rounds(
             ..RoundRecord::default()
         };
         tracing::info!(
+            parent: &span,
             round,
             accuracy = record.accuracy,
             living = living.len(),

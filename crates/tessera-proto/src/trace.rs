@@ -59,6 +59,26 @@ pub fn link(span: &tracing::Span, metadata: &MetadataMap) {
     }
 }
 
+/// Makes `span`, not yet entered, a child of the span `parent` of trace
+/// `trace`, both named by their ids alone: processes with no common caller
+/// (gossip peers) that derive the same ids place their spans in one trace.
+/// The parent is never exported: a collector shows the trace without its
+/// root. All-zero ids (invalid) leave `span` as it is.
+pub fn under_ids(span: &tracing::Span, trace: [u8; 16], parent: [u8; 8]) {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    let remote = SpanContext::new(
+        TraceId::from_bytes(trace),
+        SpanId::from_bytes(parent),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    if remote.is_valid() {
+        let context = opentelemetry::Context::new().with_remote_span_context(remote);
+        let _ = span.set_parent(context);
+    }
+}
+
 /// The `traceparent` a span writes, for tests and logs: `None` when the
 /// span is not recorded.
 pub fn traceparent(span: &tracing::Span) -> Option<String> {

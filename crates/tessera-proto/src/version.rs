@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 26;
+pub const MINOR: u32 = 27;
 
 /// What this build can do.
 ///
@@ -117,6 +117,10 @@ pub const MINOR: u32 = 26;
 ///   score (`quality`), for the coordinator's first-order attribution and
 ///   reputation; a 1.26 coordinator requires it of every site of such a
 ///   plan.
+/// - `gossip-tracing` (1.27): a gossip peer's welcome carries the nonce it
+///   drew at start (`trace_nonce`); the peers derive each round's trace id
+///   from all of them, so a round is one trace across the peers; nothing
+///   requires it.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -158,6 +162,7 @@ pub const CAPABILITIES: &[&str] = &[
     "qffl",
     "train-seconds",
     "attribution",
+    "gossip-tracing",
 ];
 
 /// Each capability of [`CAPABILITIES`] with the minor version that brought
@@ -204,6 +209,7 @@ pub const CAPABILITY_SINCE: &[(&str, u32)] = &[
     ("qffl", 24),
     ("train-seconds", 25),
     ("attribution", 26),
+    ("gossip-tracing", 27),
 ];
 
 /// The capabilities a Tessera build of protocol `1.minor` sends.

@@ -376,6 +376,98 @@ fn a_hierarchical_round_is_one_trace_through_its_aggregators() {
     }
 }
 
+/// Gossip peers (`tessera peer --otlp`), with no coordinator to root a
+/// round: each round is one trace across every peer, its round span and
+/// under it its training, a fetch of each living neighbour's model a step,
+/// and its evaluation; the trace's root is the parent every peer derives
+/// from the peers' nonces, never exported. Each round a trace of its own.
+#[test]
+fn a_gossip_round_is_one_trace_across_the_peers() {
+    if util::skip_e2e("a_gossip_round_is_one_trace_across_the_peers") {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (otlp, received) = collector(&runtime);
+    let s = Scratch::new("deploy-tracing-gossip");
+    let (n, rounds) = (4usize, 3u32);
+    let topology = "kind = \"gossip\"\ngraph = \"ring\"\ngossip_steps = 2";
+    let (plan, data) = util::synthetic(&s, n, rounds, topology);
+    let ports: Vec<u16> = (0..n).map(|_| crate::util::procs::free_port()).collect();
+    let mut peers: Vec<Proc> = (0..n)
+        .map(|i| {
+            let (site, listen) = (format!("site{i}"), format!("127.0.0.1:{}", ports[i]));
+            let mut args: Vec<String> = vec![
+                "peer".into(),
+                "--plan".into(),
+                plan.display().to_string(),
+                "--site".into(),
+                site.clone(),
+                "--data".into(),
+                data.display().to_string(),
+                "--listen".into(),
+                listen,
+                "--insecure".into(),
+                "--otlp".into(),
+                otlp.clone(),
+            ];
+            for (j, port) in ports.iter().enumerate().filter(|(j, _)| *j != i) {
+                args.push("--peer".into());
+                args.push(format!("site{j}=http://127.0.0.1:{port}"));
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Proc::start(&site, &s.dir, &args, None)
+        })
+        .collect();
+    for p in &mut peers {
+        assert!(p.wait(LIMIT).success(), "{}:\n{}", p.name, p.log());
+    }
+    let spans = spans(&received);
+    let ids: BTreeSet<&Vec<u8>> = spans.iter().map(|s| &s.id).collect();
+    let mut traces = BTreeSet::new();
+    for round in 1..=rounds {
+        let roots: Vec<&Span> = spans
+            .iter()
+            .filter(|s| s.service == "tessera-peer" && s.name == "round")
+            .filter(|s| s.attributes.get("round") == Some(&round.to_string()))
+            .collect();
+        let sites: BTreeSet<&str> = roots
+            .iter()
+            .filter_map(|r| r.attributes.get("site").map(String::as_str))
+            .collect();
+        assert_eq!(sites.len(), n, "round {round}: {sites:?}");
+        assert_eq!(roots.len(), n, "round {round}");
+        // One trace, one (unexported) parent.
+        let trace = &roots[0].trace;
+        assert!(roots.iter().all(|r| &r.trace == trace), "round {round}");
+        let parent = &roots[0].parent;
+        assert!(!parent.is_empty() && !ids.contains(parent), "round {round}");
+        assert!(roots.iter().all(|r| &r.parent == parent), "round {round}");
+        assert!(
+            traces.insert(trace.clone()),
+            "round {round}: another round's trace"
+        );
+        // Under each peer's round: its training, its fetches, its evaluation.
+        let in_trace: Vec<&Span> = spans.iter().filter(|s| &s.trace == trace).collect();
+        for root in &roots {
+            let children = |name: &str| {
+                in_trace
+                    .iter()
+                    .filter(|s| s.parent == root.id && s.name == name)
+                    .count()
+            };
+            let site = &root.attributes["site"];
+            assert_eq!(children("train"), 1, "round {round} {site}");
+            assert_eq!(children("evaluate"), 1, "round {round} {site}");
+            // Two neighbours on a ring, two averaging steps.
+            assert_eq!(children("fetch"), 4, "round {round} {site}");
+        }
+        eprintln!(
+            "gossip round {round}: one trace of {} spans across {n} peers",
+            in_trace.len()
+        );
+    }
+}
+
 /// Traces reach a collector over TLS (`https://` with `--otlp-tls`) that
 /// asks each exporter for a client certificate: one trace a round, as over
 /// plain gRPC. With roots that do not verify the collector, or without the

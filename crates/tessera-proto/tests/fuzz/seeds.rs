@@ -468,6 +468,7 @@ pub(crate) static SEEDS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
             minor: 6,
             capabilities: caps,
             site: "site5".into(),
+            trace_nonce: vec![0x5a; 16],
         }
         .encode_to_vec(),
         pb::PeerOfferRequest {
