@@ -190,12 +190,17 @@ fn a_test_gradient_is_refused_where_the_plan_attributes_nothing() {
 
 #[test]
 fn a_deployed_plan_attributes_by_the_first_order_utility_only() {
-    let db = Db::new();
-    let (plan, text) = plan("\n[contribution]\nmethod = \"gtg\"\nutility = \"loss\"\n");
-    let store = tessera_coordinator::SqliteStore::open(&db.path()).unwrap();
-    let e = tessera_coordinator::Federation::open(plan, &text, store, common::LIVENESS)
-        .err()
-        .expect("refused")
-        .to_string();
-    assert!(e.contains("runs in simulation only"), "{e}");
+    for utility in ["loss", "accuracy", "quadratic"] {
+        let db = Db::new();
+        let (plan, text) = plan(&format!(
+            "\n[contribution]\nmethod = \"gtg\"\nutility = \"{utility}\"\n"
+        ));
+        let store = tessera_coordinator::SqliteStore::open(&db.path()).unwrap();
+        let e = tessera_coordinator::Federation::open(plan, &text, store, common::LIVENESS)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("runs in simulation only"), "{e}");
+        assert!(e.contains(utility), "{e}");
+    }
 }

@@ -152,6 +152,81 @@ pub fn first_order(slopes: &[f64], weights: &[f64], set: u64) -> f64 {
     if total > 0.0 { sum / total } else { 0.0 }
 }
 
+/// Each pair of updates' inner product times both their weights, row by
+/// row (`n` x `n` from the Gram matrix `gram` and `weights`): what
+/// [`set_norm_sq`] adds up.
+pub fn weighted_gram(weights: &[f64], gram: &[Vec<f64>]) -> Vec<f64> {
+    let n = weights.len();
+    let mut out = vec![0.0; n * n];
+    for (i, row) in gram.iter().enumerate().take(n) {
+        for (j, g) in row.iter().enumerate().take(n) {
+            out[i * n + j] = weights[i] * weights[j] * g;
+        }
+    }
+    out
+}
+
+/// The squared norm of `set`'s mean update (weighted by `weights`), from
+/// the updates' [`weighted_gram`]; 0 for the empty set.
+pub fn set_norm_sq(weights: &[f64], weighted: &[f64], set: u64) -> f64 {
+    let n = weights.len();
+    let set = if n >= 64 {
+        set
+    } else {
+        set & ((1u64 << n) - 1)
+    };
+    let (mut total, mut sum) = (0.0, 0.0);
+    let mut bits = set;
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        total += weights[i];
+        let row = &weighted[i * n..(i + 1) * n];
+        // The pair (i, i) once, each (i, j > i) for both orders.
+        let mut pair = 0.0;
+        let mut later = bits;
+        while later != 0 {
+            let j = later.trailing_zeros() as usize;
+            later &= later - 1;
+            pair += row[j];
+        }
+        sum += row[i] + 2.0 * pair;
+    }
+    if total > 0.0 {
+        sum / (total * total)
+    } else {
+        0.0
+    }
+}
+
+/// The curvature the quadratic utility takes along the round's updates:
+/// the one at which first order minus half of it times the squared norm of
+/// the whole round's mean update gives the round's `measured` gain (its
+/// test loss before minus after), never below 0 (where first order
+/// already falls short of the measured gain, the utility is first order).
+pub fn curvature(first_order_whole: f64, measured: f64, norm_sq_whole: f64) -> f64 {
+    if norm_sq_whole > 0.0 && measured.is_finite() && first_order_whole.is_finite() {
+        (2.0 * (first_order_whole - measured) / norm_sq_whole).max(0.0)
+    } else {
+        0.0
+    }
+}
+
+/// The quadratic utility of `set`: its [`first_order`] value less half of
+/// `curvature` times the squared norm of its mean update. With the
+/// [`curvature`] fitted to the round, the whole round is worth what it
+/// gained on the test rows, and a set whose mean update is long for its
+/// slope (scaled up, or noise) is worth less the longer it is.
+pub fn quadratic(
+    slopes: &[f64],
+    weights: &[f64],
+    weighted: &[f64],
+    curvature: f64,
+    set: u64,
+) -> f64 {
+    first_order(slopes, weights, set) - 0.5 * curvature * set_norm_sq(weights, weighted, set)
+}
+
 /// How far past the median a site's test gradient may reach: each is
 /// clipped to at most this many times the (lower) median of the round's
 /// non-zero gradient norms, which bounds the pull of one site's gradient
@@ -321,5 +396,66 @@ mod tests {
         };
         let e = attribute(&config, 1, 3, MAX_EXACT + 1, &mut |_| 0.0).unwrap_err();
         assert!(e.to_string().contains("round 3 counted"), "{e}");
+    }
+
+    /// The quadratic utility's pieces against direct computation: a set's
+    /// mean update's squared norm from the weighted Gram matrix, and the
+    /// fitted curvature making the whole round worth its measured gain.
+    #[test]
+    fn the_quadratic_utility_is_first_order_less_its_curvature_term() {
+        let deltas = [
+            vec![1.0, 2.0, -1.0],
+            vec![0.5, -3.0, 2.0],
+            vec![0.0, 0.0, 0.0],
+            vec![100.0, 200.0, -100.0],
+        ];
+        let weights = [1.0, 3.0, 2.0, 5.0];
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        let gram: Vec<Vec<f64>> = deltas
+            .iter()
+            .map(|a| deltas.iter().map(|b| dot(a, b)).collect())
+            .collect();
+        let weighted = weighted_gram(&weights, &gram);
+        for set in 0..16u64 {
+            let members: Vec<usize> = (0..4).filter(|i| set & (1 << i) != 0).collect();
+            let total: f64 = members.iter().map(|&i| weights[i]).sum();
+            let mut mean = [0.0; 3];
+            for &i in &members {
+                for (m, d) in mean.iter_mut().zip(&deltas[i]) {
+                    *m += weights[i] * d / total;
+                }
+            }
+            let want = if members.is_empty() {
+                0.0
+            } else {
+                dot(&mean, &mean)
+            };
+            let got = set_norm_sq(&weights, &weighted, set);
+            assert!(
+                (got - want).abs() <= 1e-9 * want.max(1.0),
+                "{set}: {got} {want}"
+            );
+        }
+        let slopes = [0.5, 1.0, 0.0, 40.0];
+        let all = 0b1111;
+        let norm = set_norm_sq(&weights, &weighted, all);
+        let first = first_order(&slopes, &weights, all);
+        // First order promised more than the round gained: the curvature
+        // takes the difference off, and the whole round is worth its gain.
+        let c = curvature(first, 0.1, norm);
+        assert!(c > 0.0);
+        let whole = quadratic(&slopes, &weights, &weighted, c, all);
+        assert!((whole - 0.1).abs() <= 1e-9, "{whole}");
+        // The long update alone is worth less than its slope says, and
+        // less the longer it is.
+        assert!(quadratic(&slopes, &weights, &weighted, c, 0b1000) < 0.0);
+        // First order fell short of the gain: no curvature, first order.
+        assert_eq!(curvature(first, first + 1.0, norm), 0.0);
+        assert_eq!(curvature(first, f64::NAN, norm), 0.0);
+        assert_eq!(curvature(first, 0.1, 0.0), 0.0);
+        assert_eq!(
+            quadratic(&slopes, &weights, &weighted, 0.0, 0b11),
+            first_order(&slopes, &weights, 0b11)
+        );
     }
 }

@@ -696,13 +696,18 @@ pub const RULES: &[Rule] = &[
     rule("first_order_attribution_needs_builtin", |p| {
         when(
             !p.contribution.is_off()
-                && p.contribution.utility == crate::AttributionUtility::FirstOrder
+                && matches!(
+                    p.contribution.utility,
+                    crate::AttributionUtility::FirstOrder | crate::AttributionUtility::Quadratic
+                )
                 && p.model.kind.is_external(),
             &["contribution.utility", "model.kind"],
             || {
-                "contribution.utility = \"first-order\" takes a gradient of the test loss, \
-                 which an external model does not give: use \"loss\" or \"accuracy\""
-                    .into()
+                format!(
+                    "contribution.utility = \"{}\" takes a gradient of the test loss, \
+                     which an external model does not give: use \"loss\" or \"accuracy\"",
+                    p.contribution.utility.name()
+                )
             },
         )
     }),

@@ -135,18 +135,44 @@ impl Attributor {
         let (config, seed) = (self.config, self.seed);
         // First order: each update's change of the loss along it, once.
         let slopes = match config.utility {
-            AttributionUtility::FirstOrder => match self.slopes(plan, start, updates)? {
-                Some(slopes) => Some(slopes),
-                // No counted site has test rows: the round goes without
-                // values, as a deployed coordinator's does.
-                None => return Ok(()),
-            },
+            AttributionUtility::FirstOrder | AttributionUtility::Quadratic => {
+                match self.slopes(plan, start, updates)? {
+                    Some(slopes) => Some(slopes),
+                    // No counted site has test rows: the round goes without
+                    // values, as a deployed coordinator's does.
+                    None => return Ok(()),
+                }
+            }
+            _ => None,
+        };
+        // Quadratic: the updates' inner products, and the curvature that
+        // makes the whole round worth the test loss it took off.
+        let curve = match (&slopes, config.utility) {
+            (Some(slopes), AttributionUtility::Quadratic) => {
+                let deltas: Vec<&ParameterSet> = updates.iter().map(|(_, u)| &u.delta).collect();
+                let gram = attribution::weighted_gram(&weights, &gram(&deltas)?);
+                let all = tessera_contribution::everyone(n);
+                let after = set_model(start, updates, &weights, all)?;
+                let measured = self.counted_loss(plan, start, updates, sites)?
+                    - self.counted_loss(plan, &after, updates, sites)?;
+                let c = attribution::curvature(
+                    first_order(slopes, &weights, all),
+                    measured,
+                    attribution::set_norm_sq(&weights, &gram, all),
+                );
+                Some((gram, c))
+            }
             _ => None,
         };
         let mut failed = None;
         let mut utility = |set: u64| -> f64 {
             if let Some(slopes) = &slopes {
-                return first_order(slopes, &weights, set);
+                return match &curve {
+                    Some((weighted, c)) => {
+                        attribution::quadratic(slopes, &weights, weighted, *c, set)
+                    }
+                    None => first_order(slopes, &weights, set),
+                };
             }
             match self.utility(plan, start, updates, &weights, set, sites) {
                 Ok(v) => v,
@@ -212,17 +238,7 @@ impl Attributor {
         set: u64,
         sites: &[Mutex<Site>],
     ) -> Result<f64, SimError> {
-        let mut model = start.clone();
-        let members = || (0..updates.len()).filter(|i| set & (1 << i) != 0);
-        let total: f64 = members().map(|i| weights[i]).sum();
-        if total > 0.0 {
-            for i in members() {
-                let share = (weights[i] / total) as f32;
-                model
-                    .add_scaled(&updates[i].1.delta, share)
-                    .map_err(EngineError::from)?;
-            }
-        }
+        let model = set_model(start, updates, weights, set)?;
         let served = plan.served(&model)?;
         if let Some((learner, rows)) = &mut self.pooled {
             learner.set_parameters(&served)?;
@@ -245,6 +261,29 @@ impl Attributor {
             correct += e.n_correct;
         }
         Ok(self.config.utility.of(rows, loss, correct))
+    }
+
+    /// The mean test loss of `model` over the counted sites' test rows
+    /// (those the first-order gradient is taken on), weighted by rows.
+    fn counted_loss(
+        &self,
+        plan: &Plan,
+        model: &ParameterSet,
+        updates: &[(usize, Update)],
+        sites: &[Mutex<Site>],
+    ) -> Result<f64, SimError> {
+        let served = plan.served(model)?;
+        let test = &self.test;
+        let evaluations = updates
+            .par_iter()
+            .map(|(site, _)| lock(&sites[*site]).evaluate(&served, &test[*site]))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (mut rows, mut loss) = (0u64, 0.0f64);
+        for e in &evaluations {
+            rows += e.n_examples;
+            loss += e.loss_sum;
+        }
+        Ok(loss / rows.max(1) as f64)
     }
 
     /// Minus the gradient of the mean test loss at `start`, times each
@@ -328,6 +367,60 @@ impl Attributor {
     }
 }
 
+/// Each pair of `deltas`' inner product (in `f64`, the pairs on their own
+/// threads): the Gram matrix whose weighted sums are the sets' mean
+/// updates' squared norms ([`attribution::quadratic`]), row by row.
+fn gram(deltas: &[&ParameterSet]) -> Result<Vec<Vec<f64>>, SimError> {
+    let n = deltas.len();
+    if let Some(d) = deltas.iter().find(|d| d.n_values() != deltas[0].n_values()) {
+        return Err(EngineError::State(format!(
+            "updates of {} and {} values in one round: the quadratic utility needs one model",
+            deltas[0].n_values(),
+            d.n_values()
+        ))
+        .into());
+    }
+    let pairs: Vec<(usize, usize)> = (0..n).flat_map(|i| (i..n).map(move |j| (i, j))).collect();
+    let dots: Vec<f64> = pairs
+        .par_iter()
+        .map(|&(i, j)| {
+            deltas[i]
+                .values()
+                .zip(deltas[j].values())
+                .map(|(x, y)| f64::from(x) * f64::from(y))
+                .sum()
+        })
+        .collect();
+    let mut gram = vec![vec![0.0; n]; n];
+    for (&(i, j), v) in pairs.iter().zip(dots) {
+        gram[i][j] = v;
+        gram[j][i] = v;
+    }
+    Ok(gram)
+}
+
+/// The model `set`'s updates make from `start`: their mean, weighted by
+/// `weights`, added to it.
+fn set_model(
+    start: &ParameterSet,
+    updates: &[(usize, Update)],
+    weights: &[f64],
+    set: u64,
+) -> Result<ParameterSet, SimError> {
+    let mut model = start.clone();
+    let members = || (0..updates.len()).filter(|i| set & (1 << i) != 0);
+    let total: f64 = members().map(|i| weights[i]).sum();
+    if total > 0.0 {
+        for i in members() {
+            let share = (weights[i] / total) as f32;
+            model
+                .add_scaled(&updates[i].1.delta, share)
+                .map_err(EngineError::from)?;
+        }
+    }
+    Ok(model)
+}
+
 /// What a set's evaluation sums are worth.
 trait Worth {
     fn of(self, rows: u64, loss_sum: f64, correct: u64) -> f64;
@@ -339,7 +432,7 @@ impl Worth for AttributionUtility {
         match self {
             AttributionUtility::Loss => -loss_sum / rows,
             AttributionUtility::Accuracy => correct as f64 / rows,
-            AttributionUtility::FirstOrder => -loss_sum / rows,
+            AttributionUtility::FirstOrder | AttributionUtility::Quadratic => -loss_sum / rows,
         }
     }
 }

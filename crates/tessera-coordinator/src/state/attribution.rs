@@ -32,9 +32,9 @@ pub(super) fn check_plan(plan: &Plan) -> Result<(), CoordinatorError> {
     }
     if !c.is_off() && c.utility != AttributionUtility::FirstOrder {
         return Err(CoordinatorError::Config(format!(
-            "contribution.utility = \"{}\" values every set of a round's sites on every site's \
-             test rows, which runs in simulation only: a deployed run attributes by \
-             \"first-order\" (each site sends one test gradient a round)",
+            "contribution.utility = \"{}\" evaluates models on the sites' test rows beyond \
+             one gradient a site a round, which runs in simulation only: a deployed run \
+             attributes by \"first-order\" (each site sends one test gradient a round)",
             c.utility.name()
         )));
     }
