@@ -204,12 +204,22 @@ pub fn set_norm_sq(weights: &[f64], weighted: &[f64], set: u64) -> f64 {
 /// the whole round's mean update gives the round's `measured` gain (its
 /// test loss before minus after), never below 0 (where first order
 /// already falls short of the measured gain, the utility is first order).
-pub fn curvature(first_order_whole: f64, measured: f64, norm_sq_whole: f64) -> f64 {
-    if norm_sq_whole > 0.0 && measured.is_finite() && first_order_whole.is_finite() {
-        (2.0 * (first_order_whole - measured) / norm_sq_whole).max(0.0)
+/// Where first order and the measured gain differ by no more than
+/// `precision` (what the two loss evaluations can tell apart), or the
+/// round's mean update has no length, there is no curvature to fit: 0.
+pub fn curvature(first_order_whole: f64, measured: f64, norm_sq_whole: f64, precision: f64) -> f64 {
+    let gap = first_order_whole - measured;
+    if norm_sq_whole > 0.0 && gap.is_finite() && gap > precision.max(0.0) {
+        2.0 * gap / norm_sq_whole
     } else {
         0.0
     }
+}
+
+/// What two mean test losses near `loss` can be told apart by: differences
+/// below it are the evaluations' rounding (the model's outputs are `f32`).
+pub fn loss_precision(loss: f64) -> f64 {
+    1e-6 * loss.abs().max(1.0)
 }
 
 /// The quadratic utility of `set`: its [`first_order`] value less half of
@@ -442,7 +452,7 @@ mod tests {
         let first = first_order(&slopes, &weights, all);
         // First order promised more than the round gained: the curvature
         // takes the difference off, and the whole round is worth its gain.
-        let c = curvature(first, 0.1, norm);
+        let c = curvature(first, 0.1, norm, loss_precision(2.3));
         assert!(c > 0.0);
         let whole = quadratic(&slopes, &weights, &weighted, c, all);
         assert!((whole - 0.1).abs() <= 1e-9, "{whole}");
@@ -450,9 +460,15 @@ mod tests {
         // less the longer it is.
         assert!(quadratic(&slopes, &weights, &weighted, c, 0b1000) < 0.0);
         // First order fell short of the gain: no curvature, first order.
-        assert_eq!(curvature(first, first + 1.0, norm), 0.0);
-        assert_eq!(curvature(first, f64::NAN, norm), 0.0);
-        assert_eq!(curvature(first, 0.1, 0.0), 0.0);
+        assert_eq!(curvature(first, first + 1.0, norm, 0.0), 0.0);
+        assert_eq!(curvature(first, f64::NAN, norm, 0.0), 0.0);
+        assert_eq!(curvature(first, 0.1, 0.0, 0.0), 0.0);
+        // A gap the evaluations cannot tell from rounding fits nothing.
+        assert_eq!(
+            curvature(first, first - 1e-7, norm, loss_precision(2.3)),
+            0.0
+        );
+        assert!(curvature(first, first - 1e-3, norm, loss_precision(2.3)) > 0.0);
         assert_eq!(
             quadratic(&slopes, &weights, &weighted, 0.0, 0b11),
             first_order(&slopes, &weights, 0b11)

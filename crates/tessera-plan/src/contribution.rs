@@ -52,8 +52,10 @@ pub enum AttributionUtility {
     /// First order less a curvature term: half of `c` times the squared
     /// norm of the set's mean update, with `c` the one curvature (the same
     /// in every direction) at which the whole round's value is the change
-    /// of the test loss it made, measured on the counted sites' test rows
-    /// (0 where first order falls short of that change). One gradient and
+    /// of the test loss the example-weighted mean of its counted updates
+    /// makes, measured on the counted sites' test rows (0 where first
+    /// order falls short of that change; the aggregated model, with a
+    /// server step, robust rule or DP, may differ). One gradient and
     /// two evaluations a site a round; a long update (scaled up, or noise)
     /// is worth less the longer it is, where first order takes it for a
     /// long way downhill. Simulation only.

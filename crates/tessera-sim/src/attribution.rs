@@ -149,16 +149,20 @@ impl Attributor {
         // makes the whole round worth the test loss it took off.
         let curve = match (&slopes, config.utility) {
             (Some(slopes), AttributionUtility::Quadratic) => {
+                // Sets are bits of a u64: the method's count check first.
+                check_count(config.method, n, &format!("round {round} counted"))
+                    .map_err(SimError::from)?;
                 let deltas: Vec<&ParameterSet> = updates.iter().map(|(_, u)| &u.delta).collect();
                 let gram = attribution::weighted_gram(&weights, &gram(&deltas)?);
                 let all = tessera_contribution::everyone(n);
                 let after = set_model(start, updates, &weights, all)?;
-                let measured = self.counted_loss(plan, start, updates, sites)?
-                    - self.counted_loss(plan, &after, updates, sites)?;
+                let before = self.counted_loss(plan, start, updates, sites)?;
+                let measured = before - self.counted_loss(plan, &after, updates, sites)?;
                 let c = attribution::curvature(
                     first_order(slopes, &weights, all),
                     measured,
                     attribution::set_norm_sq(&weights, &gram, all),
+                    attribution::loss_precision(before),
                 );
                 Some((gram, c))
             }
