@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use util::Scratch;
-use util::procs::{Proc, free_port, wait_until};
+use util::procs::{Proc, free_port, wait_while_running};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
@@ -149,8 +149,8 @@ fn a_peer_killed_midway_is_lost_by_its_neighbours_and_the_rest_finish() {
     let mut procs = peers(&s, &plan, &data, 6, |_| {
         vec!["--pause-each-round".into(), "0.2".into()]
     });
-    wait_until(LIMIT, "site2's fourth round", || {
-        procs[2].log().matches("round done").count() >= 4
+    wait_while_running(LIMIT, "site2's fourth round", &mut procs, |p| {
+        p[2].log().matches("round done").count() >= 4
     });
     procs[2].kill_9();
     for (i, p) in procs.iter_mut().enumerate().filter(|(i, _)| *i != 2) {
@@ -205,8 +205,8 @@ fn a_peer_restarted_after_a_crash_rejoins_and_the_others_wait_at_most_the_livene
         .collect()
     });
     let mut procs: Vec<Proc> = (0..6).map(|i| start_peer(&s, i, &args[i])).collect();
-    wait_until(LIMIT, "site2's fourth round", || {
-        procs[2].log().matches("round done").count() >= 4
+    wait_while_running(LIMIT, "site2's fourth round", &mut procs, |p| {
+        p[2].log().matches("round done").count() >= 4
     });
     procs[2].kill_9();
     std::thread::sleep(Duration::from_secs(1));
@@ -393,8 +393,8 @@ fn a_peer_revoked_midway_is_lost_by_the_others_who_finish() {
             "0.2".into(),
         ]
     });
-    wait_until(LIMIT, "site3's third round", || {
-        procs[3].log().matches("round done").count() >= 3
+    wait_while_running(LIMIT, "site3's third round", &mut procs, |p| {
+        p[3].log().matches("round done").count() >= 3
     });
     ca(&["revoke", "site3"]);
     let status = procs[3].wait(LIMIT);

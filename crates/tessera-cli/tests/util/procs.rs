@@ -274,6 +274,41 @@ pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) 
     }
 }
 
+/// Polls `check` every 20 ms until it holds, at most `limit`, while every
+/// one of `procs` runs: one that ends first, or the time running out,
+/// fails at once with each process's state and log (so a wait names why
+/// it failed rather than only that it timed out).
+pub fn wait_while_running(
+    limit: Duration,
+    what: &str,
+    procs: &mut [Proc],
+    mut check: impl FnMut(&[Proc]) -> bool,
+) {
+    let start = Instant::now();
+    while !check(procs) {
+        let ended: Vec<String> = procs
+            .iter_mut()
+            .filter_map(|p| match p.child.try_wait() {
+                Ok(Some(status)) => Some(format!("{} ended ({status})", p.name)),
+                _ => None,
+            })
+            .collect();
+        let late = start.elapsed() >= limit;
+        if late || !ended.is_empty() {
+            let logs: Vec<String> = procs
+                .iter()
+                .map(|p| format!("--- {}:\n{}", p.name, p.log()))
+                .collect();
+            panic!(
+                "{} waiting for {what}: {ended:?}\n{}",
+                if late { "timed out" } else { "a process ended" },
+                logs.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs a read-only query against the coordinator's database (it may be
 /// busy): only for what concerns the file itself (a table that must not be
 /// there); what a run recorded is read through `util::status`.
