@@ -376,6 +376,108 @@ fn a_hierarchical_round_is_one_trace_through_its_aggregators() {
     }
 }
 
+/// An asynchronous run (FedBuff): each step is one trace, from the step
+/// before it until it is taken, holding the tasks handed out meanwhile
+/// with every participant's spans of them, and the updates whose upload
+/// began meanwhile (a step taken by updates already in flight may hold
+/// none); each update links to its upload, wherever that is.
+#[test]
+fn an_asynchronous_step_is_one_trace() {
+    if util::skip_e2e("an_asynchronous_step_is_one_trace") {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (otlp, received) = collector(&runtime);
+    let s = Scratch::new("deploy-tracing-async");
+    let (plan, data) = util::synthetic(&s, 4, 6, "");
+    let text = std::fs::read_to_string(&plan).unwrap().replace(
+        "[federation]",
+        "[federation]\nmode = \"async\"\nbuffer_size = 2",
+    );
+    std::fs::write(&plan, text).unwrap();
+    let traced = ["--otlp", otlp.as_str()];
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &s.path("a.sqlite"), 0, &traced);
+    let mut sites: Vec<Proc> = (0..4)
+        .map(|i| participant_with(&s.dir, &url, &format!("site{i}"), &data, &traced))
+        .collect();
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut sites {
+        assert!(p.wait(LIMIT).success(), "{}:\n{}", p.name, p.log());
+    }
+    let spans = spans(&received);
+    let steps: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.service == "tessera-coordinator" && s.name == "round")
+        .collect();
+    // Six steps, then the final evaluation of the last model (a round of
+    // its own, with the coordinator's `evaluation` span in it).
+    let evaluated: BTreeSet<&Vec<u8>> = spans
+        .iter()
+        .filter(|s| s.service == "tessera-coordinator" && s.name == "evaluation")
+        .map(|s| &s.trace)
+        .collect();
+    let numbers: BTreeSet<String> = steps
+        .iter()
+        .filter_map(|s| s.attributes.get("round").cloned())
+        .collect();
+    assert!(
+        (1..=6).all(|r| numbers.contains(&r.to_string())),
+        "{numbers:?}"
+    );
+    let traces: BTreeSet<&Vec<u8>> = steps.iter().map(|s| &s.trace).collect();
+    assert_eq!(traces.len(), steps.len(), "one trace a step");
+    let uploads: BTreeSet<&Vec<u8>> = spans
+        .iter()
+        .filter(|s| s.name == "upload")
+        .map(|s| &s.id)
+        .collect();
+    let filled: Vec<&&Span> = steps
+        .iter()
+        .filter(|s| !evaluated.contains(&s.trace))
+        .collect();
+    assert_eq!(filled.len(), 6, "{numbers:?}");
+    let (mut updates, mut tasks) = (0, 0);
+    for step in filled {
+        let round = &step.attributes["round"];
+        let in_trace: Vec<&Span> = spans.iter().filter(|s| s.trace == step.trace).collect();
+        let of = |service: &str, name: &str| {
+            in_trace
+                .iter()
+                .filter(|s| s.service == service && s.name == name)
+                .count()
+        };
+        // An update's span is under the step open when its upload began.
+        updates += of("tessera-coordinator", "receive_update");
+        tasks += of("tessera-participant", "task");
+        let received: Vec<&&Span> = in_trace
+            .iter()
+            .filter(|s| s.name == "receive_update")
+            .collect();
+        for update in received {
+            assert_eq!(update.parent, step.id, "step {round}");
+            assert!(
+                update.links.iter().any(|l| uploads.contains(l)),
+                "step {round}: an update without its upload's link"
+            );
+        }
+        eprintln!(
+            "step {round}: one trace of {} spans, {} tasks handed out, {} updates received",
+            in_trace.len(),
+            of("tessera-coordinator", "send_task"),
+            of("tessera-coordinator", "receive_update")
+        );
+    }
+    // Every buffer's updates (stale ones are received too), and tasks.
+    assert!(updates >= 12, "{updates}");
+    assert!(tasks >= 12, "{tasks}");
+    // Every participant's training lies in a step's trace.
+    let trained_outside = spans
+        .iter()
+        .filter(|s| s.name == "train" && !traces.contains(&s.trace))
+        .count();
+    assert_eq!(trained_outside, 0);
+}
+
 /// Gossip peers (`tessera peer --otlp`), with no coordinator to root a
 /// round: each round is one trace across every peer, its round span and
 /// under it its training, a fetch of each living neighbour's model a step,

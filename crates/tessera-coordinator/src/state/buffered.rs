@@ -170,6 +170,8 @@ impl Federation {
                 }
                 self.steps.open(step.version, record);
                 self.version += 1;
+                // The next updates belong to the next step's trace.
+                self.follow_trace();
                 Ok(())
             }
             Err(rejection) => {

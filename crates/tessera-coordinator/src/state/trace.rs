@@ -5,7 +5,11 @@
 //! whose spans then join the same trace. The spans follow the federation's
 //! phase after each step, so every way a round opens or ends (a resumed
 //! run, an aggregator's relayed round, a round that misses its quorum) is
-//! covered by one rule.
+//! covered by one rule. An asynchronous run's "round" is the step being
+//! filled: its span opens when the step before it is taken and closes when
+//! it is, holding the tasks handed out and the updates whose upload began
+//! meanwhile (a step taken by updates already in flight may hold none;
+//! each update links to its upload, in the trace of the task it came from).
 
 use tracing::Span;
 
@@ -83,6 +87,10 @@ impl Federation {
         let (round, evaluating) = match &self.phase {
             // A run stopped here records nothing more of its round.
             _ if self.fatal.is_some() || self.aborted.is_some() => (None, false),
+            Phase::Training if self.training.is_async() => {
+                let filling = self.training.buffered().filter(|b| !b.is_finished());
+                (filling.map(|b| b.current().1 + 1), false)
+            }
             Phase::Training => (self.training.rounds().and_then(|e| e.open_round()), false),
             Phase::Evaluating { evaluation, .. } => (Some(evaluation.round()), true),
             Phase::Agreeing | Phase::Finished => (None, false),
