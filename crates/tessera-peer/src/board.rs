@@ -322,10 +322,7 @@ impl Gossip for Service {
             .board
             .wait_for(|p| {
                 if round < p.oldest {
-                    return Some(Err(Status::failed_precondition(format!(
-                        "round {round} is gone (this peer keeps rounds from {})",
-                        p.oldest
-                    ))));
+                    return Some(Err(gone(round, p.oldest)));
                 }
                 p.models.get(&(round, step)).cloned().map(Ok)
             })
@@ -388,11 +385,36 @@ impl Gossip for Service {
     }
 }
 
+/// The answer to a peer asking for a round this one no longer keeps:
+/// `OUT_OF_RANGE`, which the asking peer retries for its patience and then
+/// takes this one for lost (as this one, having moved on without it, has
+/// taken it), rather than a refusal that would stop it.
+fn gone(round: u32, oldest: u32) -> Status {
+    Status::out_of_range(format!(
+        "round {round} is gone (this peer keeps rounds from {oldest})"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// A peer that fell behind (its neighbours lost it and went on) is
+    /// not stopped by asking for a round they no longer keep: the answer is
+    /// one it retries and then gives up on, losing the neighbour in turn.
+    #[test]
+    fn a_round_gone_is_retried_and_given_up_not_refused() {
+        let status = gone(3, 5);
+        assert_eq!(status.code(), tonic::Code::OutOfRange);
+        assert!(status.message().contains("round 3 is gone"));
+        let failure: tessera_participant::supervisor::Failure<crate::PeerError> = status.into();
+        assert!(
+            matches!(failure, tessera_participant::supervisor::Failure::Retry(_)),
+            "{failure:?}"
+        );
+    }
 
     fn board() -> Arc<Board> {
         Board::new(Identity {
