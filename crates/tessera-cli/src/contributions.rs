@@ -90,15 +90,19 @@ pub fn print_table(c: &tessera_engine::report::ContributionsReport) {
     }
     if c.sites.iter().any(|s| s.quality.is_some()) {
         println!(
-            "reputation = 0.6 x rank score + 0.25 x reliability + 0.15 x quality (quality \
+            "reputation = 0.6 x attribution score + 0.25 x reliability + 0.15 x quality (quality \
              released at epsilon {})",
             c.quality_epsilon
         );
     }
     if c.sites.iter().any(|s| s.quality.is_none()) {
         println!(
-            "reputation = (0.6 x rank score + 0.25 x reliability) / 0.85 where no quality was \
-             released (-)"
+            "reputation = (0.6 x attribution score + 0.25 x reliability) / 0.85 where no \
+             quality was released (-)"
         );
     }
+    println!(
+        "attribution score = 1 / (1 + exp(-z)), z = (total - median) / (1.4826 x median \
+         absolute deviation)"
+    );
 }

@@ -37,7 +37,10 @@ fn contributions_table_ranks_every_site_and_shares_the_value() {
     for site in ["cleveland", "hungarian", "switzerland", "va"] {
         assert!(table.contains(site), "{table}");
     }
-    assert!(table.contains("reputation = 0.6 x rank score"), "{table}");
+    assert!(
+        table.contains("reputation = 0.6 x attribution score"),
+        "{table}"
+    );
     let json = s
         .run(&["contributions", "--report", "run.json", "--json"])
         .ok();

@@ -230,10 +230,9 @@ fn scaled_and_noisy_updates_rank_at_the_bottom_by_the_loss() {
 /// `examples/mnist.toml` dealt over 47 sites (Dirichlet 0.5, the partition
 /// seed the run's), 10 rounds, 10 sites attacking by `kind`, attributed by
 /// GTG under `utility`: the attackers are the last 10 by attribution on
-/// run seeds 11 and 12, and within the last 13 by reputation, whose
-/// quality score (weight 0.15, released with DP noise) can lift an
-/// attacker a place or two above an honest site near the bottom
-/// (BENCHMARKS: "Who ranks last").
+/// run seeds 11 and 12, and by reputation too (these seeds, under the
+/// rank score reputation weighed before, had an attacker a place or two
+/// above the last quarter: BENCHMARKS, "Who ranks last").
 fn attackers_on_mnist_rank_last(kind: AttackKind, utility: AttributionUtility) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
     let mut plan = Plan::from_file(&dir.join("mnist.toml")).unwrap();
@@ -278,7 +277,8 @@ fn attackers_on_mnist_rank_last(kind: AttackKind, utility: AttributionUtility) {
             report.cost
         );
         assert_eq!(ranks, (38..=47).collect::<Vec<_>>(), "seed {seed}");
-        assert!(by_reputation[0] >= 35, "seed {seed}: {by_reputation:?}");
+        // The last quarter: the last 11 of 47.
+        assert!(by_reputation[0] >= 37, "seed {seed}: {by_reputation:?}");
     }
 }
 

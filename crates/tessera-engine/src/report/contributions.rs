@@ -40,8 +40,8 @@ pub struct SiteContribution {
     /// Its data quality score, as released (see [`ContributionsReport`]);
     /// none where sites release none (a deployed run, for now).
     pub quality: Option<f64>,
-    /// [`REPUTATION_WEIGHTS`] of its attribution's rank score, reliability
-    /// and quality.
+    /// [`REPUTATION_WEIGHTS`] of its attribution score (see
+    /// [`attribution_scores`]), reliability and quality.
     pub reputation: f64,
     /// Its share of the plan's value (`contribution.value`), by its
     /// positive total.
@@ -49,11 +49,58 @@ pub struct SiteContribution {
     pub credits: Option<f64>,
 }
 
-/// How a site's reputation weighs its attribution's rank score (1 for the
-/// largest total, 0 for the smallest, evenly between), its reliability
-/// and its data quality. Attribution weighs most: it is measured on the
-/// model, not reported by the site.
+/// How a site's reputation weighs its attribution score
+/// ([`attribution_scores`]), its reliability and its data quality.
+/// Attribution weighs most: it is measured on the model, not reported by
+/// the site.
 pub const REPUTATION_WEIGHTS: [f64; 3] = [0.6, 0.25, 0.15];
+
+/// Each total's attribution score, between 0 and 1: the logistic function
+/// of its robust z-score, `(total - median) / spread`, with `spread`
+/// 1.4826 times the totals' median absolute deviation from their median
+/// (the standard deviation where totals are normal, and moved by no
+/// fewer than half of the sites whatever they send). Where more than half
+/// share one total (a spread of 0), the spread is 1.2533 times the mean
+/// absolute deviation from the median instead (again the standard
+/// deviation for normal totals); where every total is the same, every
+/// score is 0.5.
+///
+/// Unlike a place among the sites, the score keeps the gaps between
+/// totals: a site whose update set the model back by many spreads scores
+/// near 0 however close its place is to an honest site's, so the other
+/// parts of reputation, which do not see the model, cannot lift it over
+/// honest sites that only contributed little.
+pub fn attribution_scores(totals: &[f64]) -> Vec<f64> {
+    let median = |v: &mut Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n == 0 {
+            0.0
+        } else if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    let center = median(&mut totals.to_vec());
+    let mut deviations: Vec<f64> = totals.iter().map(|t| (t - center).abs()).collect();
+    let mut spread = 1.4826 * median(&mut deviations);
+    if spread == 0.0 && !deviations.is_empty() {
+        spread = 1.2533 * deviations.iter().sum::<f64>() / deviations.len() as f64;
+    }
+    totals
+        .iter()
+        .map(|t| {
+            if spread > 0.0 && spread.is_finite() {
+                // exp of at most 700 is finite; beyond, the score is 0 or 1.
+                let z = ((t - center) / spread).clamp(-700.0, 700.0);
+                1.0 / (1.0 + (-z).exp())
+            } else {
+                0.5
+            }
+        })
+        .collect()
+}
 
 /// What a site was asked and gave, for its reputation.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -139,33 +186,18 @@ impl ContributionsReport {
 
     /// Each site's reputation from its `records` (a site without one was
     /// never asked: reliability 0), and `value` shared out by positive
-    /// totals (nothing to anyone where no total is positive). Sites with
-    /// equal totals share their places' mean rank score.
+    /// totals (nothing to anyone where no total is positive).
     pub fn with_reputation(
         mut self,
         records: &BTreeMap<String, SiteRecord>,
         quality_epsilon: f64,
         value: Option<f64>,
     ) -> ContributionsReport {
-        let n = self.sites.len();
         let positive: f64 = self.sites.iter().map(|s| s.total.max(0.0)).sum();
         let [wa, wr, wq] = REPUTATION_WEIGHTS;
-        // Each total's mean place (sites are sorted by total).
-        let mut place: BTreeMap<u64, (usize, usize)> = BTreeMap::new();
-        for s in &self.sites {
-            let p = place.entry(s.total.to_bits()).or_insert((0, 0));
-            p.0 += s.rank;
-            p.1 += 1;
-        }
-        for s in &mut self.sites {
+        let totals: Vec<f64> = self.sites.iter().map(|s| s.total).collect();
+        for (s, score) in self.sites.iter_mut().zip(attribution_scores(&totals)) {
             let record = records.get(&s.name).copied().unwrap_or_default();
-            let (sum, count) = place[&s.total.to_bits()];
-            let rank = sum as f64 / count as f64;
-            let score = if n > 1 {
-                (n as f64 - rank) / (n - 1) as f64
-            } else {
-                1.0
-            };
             s.reliability = f64::from(record.counted) / f64::from(record.asked.max(1));
             s.quality = record.quality;
             s.reputation = match s.quality {
@@ -288,18 +320,23 @@ mod tests {
         .collect();
         let report = report.with_reputation(&records, 1.0, Some(92.0));
         let by_name = |n: &str| report.sites.iter().find(|s| s.name == n).unwrap();
-        // a: rank 1 of 4, always counted, quality 0.5.
-        assert!((by_name("a").reputation - (0.6 + 0.25 + 0.15 * 0.5)).abs() < 1e-12);
-        // c: rank 3, one of four rounds, quality 0.
-        assert!((by_name("c").reputation - (0.6 / 3.0 + 0.25 / 4.0)).abs() < 1e-12);
-        // d: never asked.
-        assert_eq!(by_name("d").reputation, 0.0);
+        // Totals 0.35, 0.1, 0.01, 0: median 0.055, absolute deviations
+        // 0.295, 0.045, 0.045, 0.055, their median 0.05.
+        let score = |t: f64| 1.0 / (1.0 + (-(t - 0.055) / (1.4826 * 0.05)).exp());
+        // a: always counted, quality 0.5.
+        let a = 0.6 * score(0.35) + 0.25 + 0.15 * 0.5;
+        assert!((by_name("a").reputation - a).abs() < 1e-12);
+        // c: one of four rounds, quality 0.
+        let c = 0.6 * score(0.01) + 0.25 / 4.0;
+        assert!((by_name("c").reputation - c).abs() < 1e-12);
+        // d: never asked, no quality: rescaled.
+        assert!((by_name("d").reputation - 0.6 * score(0.0) / 0.85).abs() < 1e-12);
         // Credits by positive totals: 0.35, 0.1, 0.01 of 0.46.
         assert!((by_name("a").credits.unwrap() - 70.0).abs() < 1e-9);
         assert!((by_name("c").credits.unwrap() - 2.0).abs() < 1e-9);
         assert_eq!(by_name("d").credits, Some(0.0));
         assert_eq!(report.bottom_by_reputation(0.25), vec!["d"]);
-        // Equal totals share their places' mean score.
+        // Equal totals score alike.
         let tied = ContributionsReport::of_rounds(
             "exact",
             "loss",
@@ -311,8 +348,45 @@ mod tests {
         let by = |n: &str| tied.sites.iter().find(|s| s.name == n).unwrap().reputation;
         assert_eq!(by("b"), by("c"));
         // No quality released: attribution and reliability, their weights
-        // rescaled to add up to 1.
-        assert!((by("b") - 0.6 * 0.25 / 0.85).abs() < 1e-12);
-        assert!((by("a") - 0.6 / 0.85).abs() < 1e-12);
+        // rescaled to add up to 1. Totals 0.5, 0, 0: median 0, absolute
+        // deviations' median 0, so the spread is 1.2533 x their mean (1/6).
+        let score = 1.0 / (1.0 + (-0.5f64 / (1.2533 / 6.0)).exp());
+        assert!((by("b") - 0.6 * 0.5 / 0.85).abs() < 1e-12);
+        assert!((by("a") - 0.6 * score / 0.85).abs() < 1e-12);
+    }
+
+    #[test]
+    fn attribution_scores_keep_the_gap_that_a_place_drops() {
+        // 37 honest sites spread over 0.01..0.37, and 10 that set the
+        // model back: however far back, the honest sites' scores are the
+        // same (median and median deviation see only how many are below),
+        // and the attackers' are near 0, far under the lowest honest one.
+        let honest: Vec<f64> = (1..=37).map(|i| f64::from(i) / 100.0).collect();
+        let with = |bad: f64| {
+            let mut t = honest.clone();
+            t.extend(std::iter::repeat_n(bad, 10));
+            attribution_scores(&t)
+        };
+        let (near, far) = (with(-0.1), with(-1e12));
+        assert_eq!(near[..37], far[..37]);
+        // Median of the 47: the 24th smallest, 0.14; deviations' median
+        // 0.12 (by hand: 13 honest at most 0.12 off, plus 10 below by more).
+        let spread: f64 = 1.4826 * 0.12;
+        let low = 1.0 / (1.0 + ((0.14 - 0.01) / spread).exp());
+        assert!((far[0] - low).abs() < 1e-12, "{} vs {low}", far[0]);
+        assert!(
+            near[37] < 0.21 && far[37] < 1e-300 && low > 0.32,
+            "{near:?}"
+        );
+        // A place would give the lowest honest site 10/46 and the highest
+        // attacker 9/46; the score gives them 0.33, and 0.21 (near) or 0.
+        // Every total alike: 0.5 each; none: none.
+        assert_eq!(attribution_scores(&[2.0; 5]), vec![0.5; 5]);
+        assert_eq!(attribution_scores(&[7.0]), vec![0.5]);
+        assert!(attribution_scores(&[]).is_empty());
+        // Over half at one total: the mean deviation stands in.
+        let s = attribution_scores(&[0.0, 0.0, 0.0, 1.0]);
+        let top = 1.0 / (1.0 + (-1.0f64 / (1.2533 * 0.25)).exp());
+        assert!(s[0] == 0.5 && (s[3] - top).abs() < 1e-12, "{s:?}");
     }
 }
