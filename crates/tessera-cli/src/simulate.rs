@@ -487,11 +487,7 @@ fn print_summary(report: &RunReport) {
         println!("{}", c.summary_line());
     }
     let f = &report.final_metrics;
-    println!(
-        "final: {}, auc {}",
-        f.summary(),
-        f.auc.map_or("-".to_string(), |a| format!("{a:.4}"))
-    );
+    println!("final: {}", f.summary());
     if f.per_site.is_empty() {
         println!(
             "per site: not reported (site_metrics = \"{}\": sums across sites only)",

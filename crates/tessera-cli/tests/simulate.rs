@@ -698,3 +698,53 @@ fn a_closed_pipe_ends_the_command_without_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(141), "{stderr}");
 }
+
+/// A rare positive class on real data: MNIST's zeros against every other
+/// digit (about 10% of the rows). The terminal leads with the AUC and what
+/// the threshold misses; the report's `final.binary` agrees with the
+/// accuracy counted row by row (at 0.5, accuracy is the positive rate's
+/// mix of sensitivity and specificity), though one comes from the sites'
+/// summed histograms and the other from their counts.
+#[test]
+fn rare_positives_are_reported_by_auc_pr_auc_and_balanced_accuracy() {
+    let s = Scratch::new("rare-positives");
+    let plan = util::root().join("examples/mnist.toml");
+    let out = s
+        .run(&[
+            "simulate",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--set",
+            "data.schema.positive=[\"0\"]",
+            "--set",
+            "federation.rounds=3",
+            "--report",
+            "zeros.json",
+        ])
+        .ok();
+    let line = out.lines().find(|l| l.starts_with("final: ")).unwrap();
+    assert!(line.starts_with("final: AUC 0."), "{line}");
+    assert!(
+        line.contains("PR-AUC") && line.contains("balanced accuracy"),
+        "{line}"
+    );
+    let report = s.json("zeros.json");
+    let rate = number(&report, "final.binary.positive_rate");
+    assert!((0.05..0.15).contains(&rate), "{rate}");
+    let (sens, spec) = (
+        number(&report, "final.binary.sensitivity"),
+        number(&report, "final.binary.specificity"),
+    );
+    let accuracy = number(&report, "final.accuracy");
+    assert!(
+        (rate * sens + (1.0 - rate) * spec - accuracy).abs() < 1e-9,
+        "{rate} {sens} {spec} {accuracy}"
+    );
+    assert!(
+        (number(&report, "final.binary.balanced_accuracy") - (sens + spec) / 2.0).abs() < 1e-12
+    );
+    let pr_auc = number(&report, "final.binary.pr_auc");
+    assert!(pr_auc > rate && pr_auc <= 1.0, "{pr_auc}");
+    let ece = number(&report, "final.binary.calibration_error");
+    assert!((0.0..=1.0).contains(&ece), "{ece}");
+}

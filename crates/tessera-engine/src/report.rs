@@ -10,6 +10,7 @@ use crate::{RoundOutcome, RoundStatus};
 
 mod contributions;
 mod fairness;
+mod headline;
 mod personal;
 mod tasks;
 mod view;
@@ -184,6 +185,12 @@ pub struct FinalMetrics {
     pub auc: Option<f64>,
     /// Mean log loss over all test rows (`null` when none was evaluated).
     pub loss: Option<f64>,
+    /// Binary tasks: PR-AUC, sensitivity and specificity at 0.5, balanced
+    /// accuracy and calibration error, from the same pooled histograms
+    /// (absent where the histograms are not kept: `site_metrics = "dp"`
+    /// reports the rounds' noised figures only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<tessera_learn::BinaryMetrics>,
     /// Per site.
     pub per_site: BTreeMap<String, SiteMetrics>,
 }
@@ -424,6 +431,11 @@ pub fn final_metrics_view(
         mean_site_accuracy: evaluated.then_some(view.mean_site_accuracy),
         auc: view.pooled.auc,
         loss: evaluated.then(|| view.pooled.mean_loss()),
+        binary: view
+            .pooled
+            .histogram
+            .as_ref()
+            .and_then(|h| h.binary_metrics(0.5)),
         per_site,
     }
 }
@@ -560,41 +572,6 @@ pub struct RobustnessReport {
     pub malicious: Vec<String>,
     /// Accuracy of the final model on the honest sites' test rows.
     pub honest_accuracy: f64,
-}
-
-impl FinalMetrics {
-    /// "accuracy A (N test rows), mean of sites M", or that nothing was
-    /// evaluated.
-    pub fn summary(&self) -> String {
-        match (self.accuracy, self.mean_site_accuracy) {
-            (Some(a), Some(m)) => {
-                let rows: u64 = self.per_site.values().map(|s| s.n_test).sum();
-                let rows = if rows > 0 {
-                    format!("{rows} test rows")
-                } else {
-                    "all test rows".to_string()
-                };
-                format!("accuracy {a:.4} ({rows}), mean of sites {m:.4}")
-            }
-            _ => "not evaluated (no test rows)".to_string(),
-        }
-    }
-
-    /// Accuracy over the test rows of every site not in `excluded` (0 when
-    /// they have none).
-    pub fn accuracy_without(&self, excluded: &[String]) -> f64 {
-        let (correct, rows) = self
-            .per_site
-            .iter()
-            .filter(|(name, _)| !excluded.contains(name))
-            .filter_map(|(_, m)| m.accuracy.map(|a| (a * m.n_test as f64, m.n_test)))
-            .fold((0.0, 0u64), |(c, n), (ci, ni)| (c + ci, n + ni));
-        if rows == 0 {
-            0.0
-        } else {
-            correct / rows as f64
-        }
-    }
 }
 
 /// What differential privacy a run applied and spent.

@@ -2,7 +2,8 @@
 //! write parameters as named `f32` tensors, fit with a local plan, evaluate),
 //! the built-in models (logistic regression, softmax regression, MLP with ReLU)
 //! as one [`Network`] with hand-written backpropagation on ndarray, the SGD and
-//! Adam optimisers, and the evaluation metrics (accuracy, AUC, log loss).
+//! Adam optimisers, and the evaluation metrics (accuracy, AUC, log loss, and for rare
+//! positives PR-AUC, sensitivity, specificity, calibration).
 //!
 //! Key design decision: models own their parameters as a
 //! [`tessera_core::ParameterSet`], so reading and writing them is free and
@@ -27,6 +28,7 @@
 //! and `"dp"`).
 #![deny(missing_docs)]
 
+mod binary;
 mod config;
 mod error;
 mod fit;
@@ -35,6 +37,7 @@ mod network;
 mod optim;
 mod summable;
 
+pub use binary::{BinaryMetrics, CALIBRATION_BINS, RARE_POSITIVES};
 pub use config::{
     Init, ModelConfig, ModelKind, OptimizerConfig, OptimizerKind, Schedule, TrainingConfig,
 };

@@ -24,7 +24,7 @@ fn bin_of(score: f64) -> u32 {
 
 impl ScoreHistogram {
     /// The histogram of `(score, is_positive)` pairs.
-    fn from_scores(scores: impl Iterator<Item = (f64, bool)>) -> Self {
+    pub(crate) fn from_scores(scores: impl Iterator<Item = (f64, bool)>) -> Self {
         let mut pairs: Vec<(u32, bool)> = scores.map(|(s, p)| (bin_of(s), p)).collect();
         pairs.sort_unstable();
         let mut bins: Vec<(u32, u64, u64)> = Vec::new();

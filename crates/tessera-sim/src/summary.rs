@@ -72,6 +72,7 @@ pub(crate) fn report(
                     mean_site_accuracy: Some(last.mean_site_accuracy),
                     auc: last.auc,
                     loss: Some(last.loss),
+                    binary: None,
                     per_site: Default::default(),
                 },
                 None => tessera_engine::report::FinalMetrics {
@@ -79,6 +80,7 @@ pub(crate) fn report(
                     mean_site_accuracy: None,
                     auc: None,
                     loss: None,
+                    binary: None,
                     per_site: Default::default(),
                 },
             };

@@ -47,6 +47,7 @@ impl Federation {
                     mean_site_accuracy: Some(last.mean_site_accuracy),
                     auc: last.auc,
                     loss: Some(last.loss),
+                    binary: None,
                     per_site: BTreeMap::new(),
                 },
                 None => final_metrics(strategy, &names, &evaluations),

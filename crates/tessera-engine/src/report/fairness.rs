@@ -90,6 +90,7 @@ mod tests {
             mean_site_accuracy: None,
             auc: None,
             loss: None,
+            binary: None,
             per_site: Default::default(),
         };
         for (i, a) in [0.9, 0.5, 0.7, 0.8, 0.6, 0.9, 0.7, 0.8, 0.6, 0.7, 0.8]

@@ -250,6 +250,56 @@ mod tests {
         assert_eq!((f.accuracy, f.loss), (Some(0.75), Some(0.5)));
     }
 
+    /// Two sites, 11% positives between them, and a model that never
+    /// predicts one: 89% accurate, and the headline says what it misses.
+    #[test]
+    fn rare_positives_lead_with_the_auc_and_what_is_missed() {
+        use ndarray::Array2;
+        let site = |positives: usize, negatives: usize| {
+            let rows = positives + negatives;
+            // Probability 0.3 for every positive, 0.1 for every negative:
+            // ranked perfectly, never over 0.5.
+            let proba = Array2::from_shape_fn((rows, 2), |(i, c)| {
+                let p1 = if i < positives { 0.3 } else { 0.1 };
+                if c == 1 { p1 } else { 1.0 - p1 }
+            });
+            let y: Vec<u32> = (0..rows).map(|i| u32::from(i < positives)).collect();
+            Evaluation::from_probabilities(&proba, &y)
+        };
+        let f = final_metrics(&POOLED, &["a", "b"], &[site(5, 45), site(6, 44)]);
+        assert_eq!(f.accuracy, Some(0.89));
+        let b = f.binary.clone().unwrap();
+        assert!((b.positive_rate - 0.11).abs() < 1e-12 && b.positives_rare());
+        assert_eq!(
+            (b.sensitivity, b.specificity, b.balanced_accuracy),
+            (0.0, 1.0, 0.5)
+        );
+        assert_eq!((f.auc, b.pr_auc), (Some(1.0), 1.0));
+        let line = f.summary();
+        assert!(
+            line.starts_with(
+                "AUC 1.0000, PR-AUC 1.0000, balanced accuracy 0.5000 (sensitivity 0.0000"
+            ),
+            "{line}"
+        );
+        assert!(line.contains("positives 11.0%); accuracy 0.8900"), "{line}");
+        // Common positives: accuracy leads, the AUC follows it.
+        let even = final_metrics(&POOLED, &["a"], &[site(50, 50)]);
+        assert!(!even.binary.as_ref().unwrap().positives_rare());
+        assert!(
+            even.summary().starts_with("accuracy 0.5000"),
+            "{}",
+            even.summary()
+        );
+        assert!(
+            even.summary().ends_with(", auc 1.0000"),
+            "{}",
+            even.summary()
+        );
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(json["binary"]["sensitivity"], 0.0, "{json}");
+    }
+
     fn mean_std(values: &[f64]) -> (f64, f64) {
         let n = values.len() as f64;
         let mean = values.iter().sum::<f64>() / n;
