@@ -39,6 +39,19 @@ pub struct SynthArgs {
     /// Variance of a department's shift of its site's model.
     #[arg(long, default_value_t = 1.0)]
     department_variance: f64,
+    /// Wide data instead: this many coded columns (c0, c1, ...) of
+    /// --levels long-tailed levels each, used differently at each site,
+    /// beside --features measurements, and a binary label with
+    /// --positive-rate positives (--alpha: the sites' base rates differ,
+    /// --beta: their inputs).
+    #[arg(long, default_value_t = 0)]
+    coded: usize,
+    /// With --coded: levels of each coded column.
+    #[arg(long, default_value_t = 800)]
+    levels: usize,
+    /// With --coded: the share of positive rows.
+    #[arg(long, default_value_t = 0.11)]
+    positive_rate: f64,
     /// Output CSV file, replaced if it exists.
     #[arg(long)]
     pub(crate) out: PathBuf,
@@ -89,6 +102,9 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
         bail!("{flag} is for --like (a synthetic sample of a site's file)");
     }
     let rows = args.rows.unwrap_or(2000);
+    if args.coded > 0 {
+        return wide(args, rows);
+    }
     if args.sites == 0 || rows == 0 || args.features == 0 {
         bail!("--sites, --rows and --features must be at least 1");
     }
@@ -146,6 +162,69 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
         rows,
         args.features,
         args.classes,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// `--coded`: wide data with a rare positive class.
+fn wide(args: &SynthArgs, rows: usize) -> anyhow::Result<()> {
+    use tessera_data::synth::{MAX_WIDE_ROWS, WideConfig, write_wide};
+    if args.classes != 2 || args.departments > 0 {
+        bail!(
+            "--coded writes a binary label without departments: leave --classes and --departments out"
+        );
+    }
+    if args.sites == 0 || rows == 0 || args.levels == 0 {
+        bail!("--sites, --rows and --levels must be at least 1");
+    }
+    if args.sites.saturating_mul(rows) > MAX_WIDE_ROWS {
+        bail!(
+            "--sites x --rows must be at most {MAX_WIDE_ROWS} with --coded (the rows are held to set the rate)"
+        );
+    }
+    if args.coded > 100 || args.levels > 100_000 || args.features > 1000 {
+        bail!(
+            "--coded must be at most 100, --levels at most 100000 and --features at most 1000 with --coded"
+        );
+    }
+    if !(args.positive_rate > 0.0 && args.positive_rate < 1.0) {
+        bail!(
+            "--positive-rate must be between 0 and 1, got {}",
+            args.positive_rate
+        );
+    }
+    for (name, v) in [("--alpha", args.alpha), ("--beta", args.beta)] {
+        if !(v.is_finite() && (0.0..=100.0).contains(&v)) {
+            bail!("{name} must be a variance from 0 to 100, got {v}");
+        }
+    }
+    let config = WideConfig {
+        sites: args.sites,
+        rows_per_site: rows,
+        numeric: args.features,
+        coded: args.coded,
+        levels: args.levels,
+        positive_rate: args.positive_rate,
+        alpha: args.alpha,
+        beta: args.beta,
+        seed: args.seed,
+    };
+    let file = std::fs::File::create(&args.out)
+        .with_context(|| format!("{}: cannot create", args.out.display()))?;
+    let mut out = BufWriter::new(file);
+    write_wide(&config, &mut out)
+        .and_then(|()| out.flush())
+        .with_context(|| format!("{}: cannot write", args.out.display()))?;
+    eprintln!(
+        "wrote {} rows ({} sites x {rows}), {} measurements and {} coded columns of {} levels, \
+         {:.0}% positives expected, to {}",
+        args.sites * rows,
+        args.sites,
+        args.features,
+        args.coded,
+        args.levels,
+        100.0 * args.positive_rate,
         args.out.display()
     );
     Ok(())

@@ -232,3 +232,78 @@ fn a_synthetic_sample_reads_as_the_site_and_holds_none_of_its_rows() {
         .fails();
     assert!(err.contains("--epsilon is for --like"), "{err}");
 }
+
+/// `tessera synth --coded`: wide data with a rare positive class, which
+/// `simulate` reads ad hoc (coded columns one-hot encoded) and reports by
+/// AUC; bad settings are refused in one line.
+#[test]
+fn wide_coded_data_with_rare_positives_simulates() {
+    let s = Scratch::new("synth-wide");
+    let out = s
+        .run(&[
+            "synth",
+            "--coded",
+            "2",
+            "--levels",
+            "40",
+            "--features",
+            "4",
+            "--sites",
+            "4",
+            "--rows",
+            "500",
+            "--seed",
+            "3",
+            "--out",
+            "wide.csv",
+        ])
+        .ok();
+    assert!(out.is_empty(), "{out}");
+    let text = std::fs::read_to_string(s.path("wide.csv")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "site,x0,x1,x2,x3,c0,c1,y");
+    assert_eq!(lines.len(), 2001);
+    let positives = lines[1..].iter().filter(|l| l.ends_with(",1")).count();
+    assert!((100..=350).contains(&positives), "{positives} of 2000");
+    let run = s.run(&[
+        "simulate",
+        "--data",
+        "wide.csv",
+        "--target",
+        "y",
+        "--site-column",
+        "site",
+        "--rounds",
+        "3",
+        "--report",
+        "wide.json",
+    ]);
+    let out = run.ok() + &run.stderr();
+    let final_line = out.lines().find(|l| l.starts_with("final: ")).unwrap();
+    assert!(final_line.starts_with("final: AUC "), "{out}");
+    // 4 measurements and up to 40 levels of each coded column, one-hot.
+    let header = out.lines().find(|l| l.contains(" features, ")).unwrap();
+    let features: usize = header
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" features"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{header}"));
+    assert!((40..=84).contains(&features), "{header}");
+    for (args, says) in [
+        (&["--coded", "2", "--classes", "3"][..], "binary label"),
+        (
+            &["--coded", "2", "--positive-rate", "1.5"],
+            "--positive-rate",
+        ),
+        (&["--coded", "2", "--levels", "0"], "--levels"),
+        (
+            &["--coded", "2", "--sites", "5000", "--rows", "5000"],
+            "at most",
+        ),
+    ] {
+        let mut all = vec!["synth", "--out", "bad.csv"];
+        all.extend_from_slice(args);
+        let line = s.run(&all).fails();
+        assert!(line.contains(says), "{args:?}: {line}");
+    }
+}

@@ -110,6 +110,142 @@ pub fn write_synthetic(config: &SynthConfig, out: &mut dyn Write) -> std::io::Re
     Ok(())
 }
 
+/// Most rows [`write_wide`] writes (it holds them all to set the
+/// intercept: 13 values a row at the shape, 1 GB at this bound).
+pub const MAX_WIDE_ROWS: usize = 5_000_000;
+
+/// Wide, sparse tabular data with a rare positive class: a few coded
+/// columns of many levels each (diagnosis or procedure codes), long-tailed
+/// and used differently at each site, beside a few measurements, as
+/// hospital encounter tables are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WideConfig {
+    /// Number of sites.
+    pub sites: usize,
+    /// Rows per site.
+    pub rows_per_site: usize,
+    /// Numeric columns (`x0`, `x1`, ...).
+    pub numeric: usize,
+    /// Coded columns (`c0`, `c1`, ...).
+    pub coded: usize,
+    /// Levels of each coded column (`c0_0` ... `c0_{L-1}`).
+    pub levels: usize,
+    /// The share of positive rows the intercept is set to.
+    pub positive_rate: f64,
+    /// Variance of a site's shift of the log-odds (how different the
+    /// sites' base rates are).
+    pub alpha: f64,
+    /// Variance of a site's tilt of each code's frequency (log scale) and
+    /// of its numeric columns' means (how different the sites' inputs are).
+    pub beta: f64,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// Writes [`WideConfig`]'s data as CSV with columns `site`, `x0..`,
+/// `c0..`, `y` (0 or 1); sites are named `site0`, `site1`, ...
+///
+/// Each level `l` of a coded column has frequency proportional to
+/// `(l + 1)^-1.1` (a long tail: most levels rare) times the site's tilt
+/// `exp(N(0, beta))`, and an effect on the log-odds drawn from
+/// N(0, 0.8^2); each of the D numeric columns a weight from N(0, 1/D) (so
+/// together they weigh about as much as one coded column), values
+/// N(m_k, 1) with the site's mean m_k ~ N(0, beta). A row's log-odds is
+/// the intercept plus its site's shift (N(0, alpha)), its codes' effects
+/// and its weighted measurements; the intercept is set (by bisection, over
+/// all rows) so that the mean probability is `positive_rate`, and each
+/// label is drawn with its row's probability.
+pub fn write_wide(config: &WideConfig, out: &mut dyn Write) -> std::io::Result<()> {
+    let (d, k) = (config.numeric, config.coded);
+    let levels = config.levels.max(1);
+    let mut rng = SeededRng::new(config.seed);
+    let effects: Vec<f64> = (0..k * levels).map(|_| rng.gaussian(0.0, 0.8)).collect();
+    let weights: Vec<f64> = (0..d)
+        .map(|_| rng.gaussian(0.0, (1.0 / d.max(1) as f64).sqrt()))
+        .collect();
+    let base: Vec<f64> = (0..levels).map(|l| ((l + 1) as f64).powf(-1.1)).collect();
+    let rows = config.sites.saturating_mul(config.rows_per_site);
+    let mut x: Vec<f32> = Vec::with_capacity(rows.saturating_mul(d));
+    let mut codes: Vec<u32> = Vec::with_capacity(rows.saturating_mul(k));
+    let mut logits: Vec<f64> = Vec::with_capacity(rows);
+    for _ in 0..config.sites {
+        let shift = rng.gaussian(0.0, config.alpha.sqrt());
+        let means: Vec<f64> = (0..d)
+            .map(|_| rng.gaussian(0.0, config.beta.sqrt()))
+            .collect();
+        // Each coded column's cumulative frequencies at this site.
+        let cumulative: Vec<Vec<f64>> = (0..k)
+            .map(|_| {
+                let mut total = 0.0;
+                base.iter()
+                    .map(|p| {
+                        total += p * rng.gaussian(0.0, config.beta.sqrt()).exp();
+                        total
+                    })
+                    .collect()
+            })
+            .collect();
+        for _ in 0..config.rows_per_site {
+            let mut logit = shift;
+            for j in 0..d {
+                let v = rng.gaussian(means[j], 1.0);
+                x.push(v as f32);
+                logit += weights[j] * f64::from(v as f32);
+            }
+            for (c, cum) in cumulative.iter().enumerate() {
+                let total = cum.last().copied().unwrap_or(1.0);
+                let u = rng.next_f64() * total;
+                let level = cum.partition_point(|&t| t <= u).min(levels - 1);
+                codes.push(level as u32);
+                logit += effects[c * levels + level];
+            }
+            logits.push(logit);
+        }
+    }
+    // The intercept: the mean probability rises with it.
+    let mean_p = |b: f64| {
+        logits
+            .iter()
+            .map(|l| 1.0 / (1.0 + (-(l + b)).exp()))
+            .sum::<f64>()
+            / rows.max(1) as f64
+    };
+    let (mut low, mut high) = (-60.0f64, 60.0f64);
+    for _ in 0..100 {
+        let mid = (low + high) / 2.0;
+        if mean_p(mid) < config.positive_rate {
+            low = mid;
+        } else {
+            high = mid;
+        }
+    }
+    let intercept = (low + high) / 2.0;
+    write!(out, "site")?;
+    for j in 0..d {
+        write!(out, ",x{j}")?;
+    }
+    for c in 0..k {
+        write!(out, ",c{c}")?;
+    }
+    writeln!(out, ",y")?;
+    let mut line = String::new();
+    for (i, logit) in logits.iter().enumerate() {
+        use std::fmt::Write as _;
+        line.clear();
+        let _ = write!(line, "site{}", i / config.rows_per_site.max(1));
+        for v in &x[i * d..(i + 1) * d] {
+            let _ = write!(line, ",{v}");
+        }
+        for (c, level) in codes[i * k..(i + 1) * k].iter().enumerate() {
+            let _ = write!(line, ",c{c}_{level}");
+        }
+        let positive = rng.bernoulli(1.0 / (1.0 + (-(logit + intercept)).exp()));
+        let _ = writeln!(line, ",{}", u8::from(positive));
+        out.write_all(line.as_bytes())?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +313,54 @@ mod tests {
                 "feature {j}: variance {var}, expected {expected}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod wide_tests {
+    use super::*;
+
+    #[test]
+    fn wide_rows_have_their_codes_their_rate_and_a_long_tail() {
+        let config = WideConfig {
+            sites: 5,
+            rows_per_site: 4000,
+            numeric: 3,
+            coded: 2,
+            levels: 200,
+            positive_rate: 0.11,
+            alpha: 0.25,
+            beta: 0.25,
+            seed: 7,
+        };
+        let mut out = Vec::new();
+        write_wide(&config, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let mut again = Vec::new();
+        write_wide(&config, &mut again).unwrap();
+        assert_eq!(text.as_bytes(), &again[..]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "site,x0,x1,x2,c0,c1,y");
+        assert_eq!(lines.len(), 1 + 20_000);
+        assert!(lines[1].starts_with("site0,") && lines[20_000].starts_with("site4,"));
+        let fields: Vec<Vec<&str>> = lines[1..].iter().map(|l| l.split(',').collect()).collect();
+        // About 11% positives (binomial spread over 20,000 rows: 0.002).
+        let positives = fields.iter().filter(|f| f[6] == "1").count() as f64 / 20_000.0;
+        assert!((positives - 0.11).abs() < 0.01, "{positives}");
+        assert!(fields.iter().all(|f| f[6] == "0" || f[6] == "1"));
+        // Codes are c0_0..c0_199; the commonest level is far commoner than
+        // the median one, and most levels appear.
+        let mut counts = vec![0usize; 200];
+        for f in &fields {
+            let level: usize = f[4].strip_prefix("c0_").unwrap().parse().unwrap();
+            counts[level] += 1;
+        }
+        let seen = counts.iter().filter(|&&c| c > 0).count();
+        let mut sorted = counts.clone();
+        sorted.sort_unstable();
+        assert!(
+            seen > 150 && sorted[199] > 20 * sorted[100].max(1),
+            "{seen} {sorted:?}"
+        );
     }
 }
