@@ -103,6 +103,6 @@ pub fn print_table(c: &tessera_engine::report::ContributionsReport) {
     }
     println!(
         "attribution score = 1 / (1 + exp(-z)), z = (total - median) / (1.4826 x median \
-         absolute deviation)"
+         absolute deviation; 1.2533 x the mean absolute deviation where that is 0)"
     );
 }

@@ -36,9 +36,9 @@ pub struct SynthArgs {
     /// column; each shifts its site's model.
     #[arg(long, default_value_t = 0)]
     departments: usize,
-    /// Variance of a department's shift of its site's model.
-    #[arg(long, default_value_t = 1.0)]
-    department_variance: f64,
+    /// Variance of a department's shift of its site's model (1).
+    #[arg(long)]
+    department_variance: Option<f64>,
     /// Wide data instead: this many coded columns (c0, c1, ...) of
     /// --levels long-tailed levels each, used differently at each site,
     /// beside --features measurements, and a binary label with
@@ -46,12 +46,12 @@ pub struct SynthArgs {
     /// --beta: their inputs).
     #[arg(long, default_value_t = 0)]
     coded: usize,
-    /// With --coded: levels of each coded column.
-    #[arg(long, default_value_t = 800)]
-    levels: usize,
-    /// With --coded: the share of positive rows.
-    #[arg(long, default_value_t = 0.11)]
-    positive_rate: f64,
+    /// With --coded: levels of each coded column (800).
+    #[arg(long)]
+    levels: Option<usize>,
+    /// With --coded: the share of positive rows, 0.001 to 0.999 (0.11).
+    #[arg(long)]
+    positive_rate: Option<f64>,
     /// Output CSV file, replaced if it exists.
     #[arg(long)]
     pub(crate) out: PathBuf,
@@ -105,6 +105,16 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
     if args.coded > 0 {
         return wide(args, rows);
     }
+    if let Some(flag) = [
+        ("--levels", args.levels.is_some()),
+        ("--positive-rate", args.positive_rate.is_some()),
+    ]
+    .iter()
+    .find_map(|(flag, given)| given.then_some(flag))
+    {
+        bail!("{flag} is for --coded (wide coded data)");
+    }
+    let department_variance = args.department_variance.unwrap_or(1.0);
     if args.sites == 0 || rows == 0 || args.features == 0 {
         bail!("--sites, --rows and --features must be at least 1");
     }
@@ -132,7 +142,7 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
     for (name, v) in [
         ("--alpha", args.alpha),
         ("--beta", args.beta),
-        ("--department-variance", args.department_variance),
+        ("--department-variance", department_variance),
     ] {
         if !(v.is_finite() && v >= 0.0) {
             bail!("{name} must be a variance >= 0, got {v}");
@@ -147,7 +157,7 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
         beta: args.beta,
         seed: args.seed,
         departments: args.departments,
-        department_variance: args.department_variance,
+        department_variance,
     };
     let file = std::fs::File::create(&args.out)
         .with_context(|| format!("{}: cannot create", args.out.display()))?;
@@ -170,29 +180,37 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
 /// `--coded`: wide data with a rare positive class.
 fn wide(args: &SynthArgs, rows: usize) -> anyhow::Result<()> {
     use tessera_data::synth::{MAX_WIDE_ROWS, WideConfig, write_wide};
-    if args.classes != 2 || args.departments > 0 {
+    if args.classes != 2 || args.departments > 0 || args.department_variance.is_some() {
         bail!(
-            "--coded writes a binary label without departments: leave --classes and --departments out"
+            "--coded writes a binary label without departments: leave --classes, --departments \
+             and --department-variance out"
         );
     }
-    if args.sites == 0 || rows == 0 || args.levels == 0 {
+    let (levels, positive_rate) = (
+        args.levels.unwrap_or(800),
+        args.positive_rate.unwrap_or(0.11),
+    );
+    if args.sites == 0 || rows == 0 || levels == 0 {
         bail!("--sites, --rows and --levels must be at least 1");
     }
-    if args.sites.saturating_mul(rows) > MAX_WIDE_ROWS {
+    if args.coded > 100 || levels > 100_000 || args.features > 1000 {
         bail!(
-            "--sites x --rows must be at most {MAX_WIDE_ROWS} with --coded (the rows are held to set the rate)"
+            "--coded must be at most 100, --levels at most 100000 and --features at most 1000 \
+             with --coded"
         );
     }
-    if args.coded > 100 || args.levels > 100_000 || args.features > 1000 {
+    let total = args.sites.saturating_mul(rows);
+    let held = tessera_data::synth::wide_bytes(total, args.features, args.coded);
+    if total > MAX_WIDE_ROWS || held > tessera_data::synth::MAX_WIDE_BYTES {
         bail!(
-            "--coded must be at most 100, --levels at most 100000 and --features at most 1000 with --coded"
+            "--sites x --rows must be at most {MAX_WIDE_ROWS} with --coded, and the rows held to \
+             set the rate at most {} MB (these would take {} MB)",
+            tessera_data::synth::MAX_WIDE_BYTES >> 20,
+            held >> 20
         );
     }
-    if !(args.positive_rate > 0.0 && args.positive_rate < 1.0) {
-        bail!(
-            "--positive-rate must be between 0 and 1, got {}",
-            args.positive_rate
-        );
+    if !(0.001..=0.999).contains(&positive_rate) {
+        bail!("--positive-rate must be from 0.001 to 0.999, got {positive_rate}");
     }
     for (name, v) in [("--alpha", args.alpha), ("--beta", args.beta)] {
         if !(v.is_finite() && (0.0..=100.0).contains(&v)) {
@@ -204,8 +222,8 @@ fn wide(args: &SynthArgs, rows: usize) -> anyhow::Result<()> {
         rows_per_site: rows,
         numeric: args.features,
         coded: args.coded,
-        levels: args.levels,
-        positive_rate: args.positive_rate,
+        levels,
+        positive_rate,
         alpha: args.alpha,
         beta: args.beta,
         seed: args.seed,
@@ -223,8 +241,8 @@ fn wide(args: &SynthArgs, rows: usize) -> anyhow::Result<()> {
         args.sites,
         args.features,
         args.coded,
-        args.levels,
-        100.0 * args.positive_rate,
+        levels,
+        100.0 * positive_rate,
         args.out.display()
     );
     Ok(())

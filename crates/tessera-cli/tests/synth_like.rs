@@ -300,6 +300,26 @@ fn wide_coded_data_with_rare_positives_simulates() {
             &["--coded", "2", "--sites", "5000", "--rows", "5000"],
             "at most",
         ),
+        // 1M rows of 1000 measurements would hold 4 GB before a row is written.
+        (
+            &[
+                "--coded",
+                "1",
+                "--features",
+                "1000",
+                "--sites",
+                "10",
+                "--rows",
+                "100000",
+            ],
+            "MB",
+        ),
+        (&["--coded", "2", "--positive-rate", "0.00001"], "0.001"),
+        (&["--levels", "20"], "--levels is for --coded"),
+        (
+            &["--coded", "2", "--department-variance", "2"],
+            "--department-variance",
+        ),
     ] {
         let mut all = vec!["synth", "--out", "bad.csv"];
         all.extend_from_slice(args);

@@ -110,9 +110,23 @@ pub fn write_synthetic(config: &SynthConfig, out: &mut dyn Write) -> std::io::Re
     Ok(())
 }
 
-/// Most rows [`write_wide`] writes (it holds them all to set the
-/// intercept: 13 values a row at the shape, 1 GB at this bound).
+/// Most rows [`write_wide`] writes.
 pub const MAX_WIDE_ROWS: usize = 5_000_000;
+
+/// Most bytes of rows [`write_wide`] holds ([`wide_bytes`]): it keeps them
+/// all to set the intercept before writing any.
+pub const MAX_WIDE_BYTES: usize = 2 << 30;
+
+/// Bytes [`write_wide`] holds for `rows` rows of `numeric` measurements
+/// (`f32`) and `coded` codes (`u32`), with each row's log-odds (`f64`).
+pub fn wide_bytes(rows: usize, numeric: usize, coded: usize) -> usize {
+    rows.saturating_mul(
+        numeric
+            .saturating_mul(4)
+            .saturating_add(coded.saturating_mul(4))
+            .saturating_add(8),
+    )
+}
 
 /// Wide, sparse tabular data with a rare positive class: a few coded
 /// columns of many levels each (diagnosis or procedure codes), long-tailed

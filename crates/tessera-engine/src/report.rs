@@ -188,7 +188,8 @@ pub struct FinalMetrics {
     /// Binary tasks: PR-AUC, sensitivity and specificity at 0.5, balanced
     /// accuracy and calibration error, from the same pooled histograms
     /// (absent where the histograms are not kept: `site_metrics = "dp"`
-    /// reports the rounds' noised figures only).
+    /// reports the rounds' noised figures only, and a deployed run resumed
+    /// after a restart its last round's stored figures).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary: Option<tessera_learn::BinaryMetrics>,
     /// Per site.

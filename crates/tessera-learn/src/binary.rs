@@ -27,7 +27,9 @@ pub struct BinaryMetrics {
     /// Positives among the rows.
     pub positive_rate: f64,
     /// The decision threshold: a row is predicted positive when its
-    /// probability is at least this (the one accuracy counts by).
+    /// probability is at least this (0.5: the one accuracy counts by). A
+    /// multiple of 1/1024, the histogram's bin edges: a threshold asked
+    /// for between two is taken at the edge above it.
     pub threshold: f64,
     /// Area under the precision-recall curve, as average precision: the
     /// precision at each threshold weighted by the recall it adds (rows in
@@ -42,9 +44,11 @@ pub struct BinaryMetrics {
     pub balanced_accuracy: f64,
     /// Expected calibration error: over [`CALIBRATION_BINS`] equal-width
     /// bins of predicted probability, the rows' share times the distance
-    /// between the bin's mean probability and its share of positives
-    /// (probabilities taken at their histogram bin's centre: within
-    /// 1/2048 of the exact figure).
+    /// between the bin's mean probability and its share of positives.
+    /// From the histogram, each row is taken at its histogram bin's centre
+    /// (at most 1/2048 from its probability) and put in the calibration bin
+    /// of that centre: a row within 1/1024 of a tenth may land in the bin
+    /// beside its own, which on few rows can move the figure by more.
     pub calibration_error: f64,
 }
 
@@ -58,8 +62,9 @@ impl BinaryMetrics {
 
 impl ScoreHistogram {
     /// [`BinaryMetrics`] at `threshold` (taken to the histogram's bin edge
-    /// at or above it, exact for 0.5); `None` where either class is absent
-    /// or the threshold is not in `[0, 1]`.
+    /// at or above it, exact for 0.5; at 1, no row is predicted positive);
+    /// `None` where either class is absent or the threshold is not in
+    /// `[0, 1]`.
     pub fn binary_metrics(&self, threshold: f64) -> Option<BinaryMetrics> {
         if !(0.0..=1.0).contains(&threshold) {
             return None;
@@ -97,7 +102,7 @@ impl ScoreHistogram {
         for &(bin, pos, neg) in &self.bins {
             let centre = (f64::from(bin) + 0.5) / HISTOGRAM_BINS as f64;
             let c = ((centre * CALIBRATION_BINS as f64) as usize).min(CALIBRATION_BINS - 1);
-            let rows = (pos + neg) as f64;
+            let rows = pos as f64 + neg as f64;
             calibration[c].0 += rows;
             calibration[c].1 += rows * centre;
             calibration[c].2 += pos as f64;
@@ -109,7 +114,7 @@ impl ScoreHistogram {
             .sum();
         Some(BinaryMetrics {
             positive_rate: p / (p + n),
-            threshold,
+            threshold: edge as f64 / HISTOGRAM_BINS as f64,
             pr_auc,
             sensitivity,
             specificity,
@@ -162,7 +167,7 @@ mod tests {
         assert_eq!(m.balanced_accuracy, 0.5);
         // One tie group: precision 0.11 at recall 1.
         assert!((m.pr_auc - 0.11).abs() < 1e-12);
-        // Predicted 0.2 (bin centre 0.2002), observed 0.11.
+        // Predicted 0.2 (its bin's centre 204.5/1024 = 0.19971), observed 0.11.
         let centre = (f64::from((0.2 * 1024.0) as u32) + 0.5) / 1024.0;
         assert!((m.calibration_error - (centre - 0.11)).abs() < 1e-12);
     }
@@ -190,7 +195,33 @@ mod tests {
         let low = histogram(&rows).binary_metrics(0.15).unwrap();
         assert_eq!((low.sensitivity, low.specificity), (1.0, 0.5));
         assert!(histogram(&rows).binary_metrics(1.5).is_none());
+        // Between two bin edges: the edge above.
+        let between = histogram(&rows).binary_metrics(0.3).unwrap();
+        assert_eq!(between.threshold, 308.0 / 1024.0);
+        assert_eq!(between.sensitivity, 2.0 / 3.0);
         assert!(histogram(&rows[..3]).binary_metrics(0.5).is_none());
+    }
+
+    /// At 0.5 the histogram predicts as accuracy does: an `f32`
+    /// probability of exactly 0.5 is positive, the one below it negative.
+    #[test]
+    fn the_threshold_edge_is_the_one_accuracy_uses() {
+        let below = 0.5f32.next_down();
+        let proba = ndarray::array![
+            [0.5f32, 0.5],
+            [1.0 - below, below],
+            [0.5, 0.5],
+            [1.0 - below, below]
+        ];
+        let y = [1, 1, 0, 0];
+        let e = crate::Evaluation::from_probabilities(&proba, &y);
+        let m = e.histogram.as_ref().unwrap().binary_metrics(0.5).unwrap();
+        assert_eq!((m.sensitivity, m.specificity), (0.5, 0.5));
+        assert_eq!(e.accuracy(), 0.5);
+        assert_eq!(
+            m.positive_rate * m.sensitivity + (1.0 - m.positive_rate) * m.specificity,
+            0.5
+        );
     }
 
     proptest! {

@@ -49,6 +49,10 @@ fn aggregate_only_site_metrics_reach_the_coordinator_only_as_sums() {
         assert!(d.as_f64().is_some_and(|v| v > 0.0), "final {key}: {d}");
         assert_eq!(d, m, "final {key}");
     }
+    // The binary metrics from the same summed histograms, as simulated.
+    let binary = &report["final"]["binary"];
+    assert!(binary["pr_auc"].as_f64().is_some(), "{binary}");
+    assert_eq!(binary, &simulated["final"]["binary"]);
     let rounds = report["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 4);
     for (d, m) in rounds.iter().zip(simulated["rounds"].as_array().unwrap()) {
@@ -136,6 +140,12 @@ fn dp_site_metrics_are_noised_at_the_coordinator_with_its_own_secret() {
         let epsilon = dp["epsilon"].as_f64().unwrap();
         assert!(epsilon <= 2.0 * 1.001 && epsilon > 1.8, "{dp}");
         assert!(report["final"]["per_site"].as_object().unwrap().is_empty());
+        // No figures beyond the rounds' noised ones, as a simulation.
+        assert!(
+            report["final"].get("binary").is_none(),
+            "{}",
+            report["final"]
+        );
         let rounds: Vec<f64> = report["rounds"]
             .as_array()
             .unwrap()

@@ -36,7 +36,7 @@ impl Federation {
             r.bytes_up = self.traffic.bytes_up / n_rounds as u64;
             r.bytes_down = self.traffic.bytes_down / n_rounds as u64;
         }
-        let final_metrics = match (&self.last_view, self.aggregate_only()) {
+        let mut final_metrics = match (&self.last_view, self.aggregate_only()) {
             (Some(view), true) => tessera_engine::report::final_metrics_view(view, BTreeMap::new()),
             // Resumed: the last round evaluated before the restart, as
             // stored (under "dp", noised: evaluating again would be another
@@ -54,6 +54,11 @@ impl Federation {
             },
             _ => final_metrics(strategy, &names, &evaluations),
         };
+        // Under "dp" the rounds' noised figures only, as a simulation
+        // reports them (the noised histogram is coarse).
+        if self.plan.privacy.site_metrics == tessera_privacy::SiteMetrics::Dp {
+            final_metrics.binary = None;
+        }
         let tasks = self.task_figures(&final_metrics.per_site);
         let fairness = tessera_engine::report::Fairness::of(&final_metrics);
         RunReport {

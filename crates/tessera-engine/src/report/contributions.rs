@@ -62,8 +62,11 @@ pub const REPUTATION_WEIGHTS: [f64; 3] = [0.6, 0.25, 0.15];
 /// fewer than half of the sites whatever they send). Where more than half
 /// share one total (a spread of 0), the spread is 1.2533 times the mean
 /// absolute deviation from the median instead (again the standard
-/// deviation for normal totals); where every total is the same, every
-/// score is 0.5.
+/// deviation for normal totals, but one that grows with how far an
+/// outlier is: with most totals at one value, a far outlier pulls every
+/// other site towards 0.5); where every total is the same, every score is
+/// 0.5. A total that is not a finite number scores 0 and is left out of
+/// the median and spread.
 ///
 /// Unlike a place among the sites, the score keeps the gaps between
 /// totals: a site whose update set the model back by many spreads scores
@@ -82,8 +85,9 @@ pub fn attribution_scores(totals: &[f64]) -> Vec<f64> {
             (v[n / 2 - 1] + v[n / 2]) / 2.0
         }
     };
-    let center = median(&mut totals.to_vec());
-    let mut deviations: Vec<f64> = totals.iter().map(|t| (t - center).abs()).collect();
+    let finite: Vec<f64> = totals.iter().copied().filter(|t| t.is_finite()).collect();
+    let center = median(&mut finite.clone());
+    let mut deviations: Vec<f64> = finite.iter().map(|t| (t - center).abs()).collect();
     let mut spread = 1.4826 * median(&mut deviations);
     if spread == 0.0 && !deviations.is_empty() {
         spread = 1.2533 * deviations.iter().sum::<f64>() / deviations.len() as f64;
@@ -91,7 +95,9 @@ pub fn attribution_scores(totals: &[f64]) -> Vec<f64> {
     totals
         .iter()
         .map(|t| {
-            if spread > 0.0 && spread.is_finite() {
+            if !t.is_finite() {
+                0.0
+            } else if spread > 0.0 && spread.is_finite() {
                 // exp of at most 700 is finite; beyond, the score is 0 or 1.
                 let z = ((t - center) / spread).clamp(-700.0, 700.0);
                 1.0 / (1.0 + (-z).exp())
@@ -370,7 +376,8 @@ mod tests {
         let (near, far) = (with(-0.1), with(-1e12));
         assert_eq!(near[..37], far[..37]);
         // Median of the 47: the 24th smallest, 0.14; deviations' median
-        // 0.12 (by hand: 13 honest at most 0.12 off, plus 10 below by more).
+        // 0.12 (by hand: 23 honest deviations are at most 0.11, then 0.12
+        // twice, and the 10 attackers' are above every honest one).
         let spread: f64 = 1.4826 * 0.12;
         let low = 1.0 / (1.0 + ((0.14 - 0.01) / spread).exp());
         assert!((far[0] - low).abs() < 1e-12, "{} vs {low}", far[0]);
@@ -387,6 +394,10 @@ mod tests {
         // Over half at one total: the mean deviation stands in.
         let s = attribution_scores(&[0.0, 0.0, 0.0, 1.0]);
         let top = 1.0 / (1.0 + (-1.0f64 / (1.2533 * 0.25)).exp());
+        assert!(s[0] == 0.5 && (s[3] - top).abs() < 1e-12, "{s:?}");
+        // A total that is no number scores 0 and moves no one else.
+        let s = attribution_scores(&[0.0, 0.0, 0.0, 1.0, f64::NAN, f64::INFINITY]);
+        assert_eq!(s[4..], [0.0, 0.0]);
         assert!(s[0] == 0.5 && (s[3] - top).abs() < 1e-12, "{s:?}");
     }
 }
