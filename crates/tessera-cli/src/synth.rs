@@ -159,12 +159,7 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
         departments: args.departments,
         department_variance,
     };
-    let file = std::fs::File::create(&args.out)
-        .with_context(|| format!("{}: cannot create", args.out.display()))?;
-    let mut out = BufWriter::new(file);
-    write_synthetic(&config, &mut out)
-        .and_then(|()| out.flush())
-        .with_context(|| format!("{}: cannot write", args.out.display()))?;
+    write_out(&args.out, |out| write_synthetic(&config, out))?;
     eprintln!(
         "wrote {} rows ({} sites x {}), {} features, {} classes to {}",
         args.sites * rows,
@@ -175,6 +170,19 @@ pub fn run(args: &SynthArgs) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// Writes `path` (replacing it) with `write`, buffered.
+fn write_out(
+    path: &std::path::Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("{}: cannot create", path.display()))?;
+    let mut out = BufWriter::new(file);
+    write(&mut out)
+        .and_then(|()| out.flush())
+        .with_context(|| format!("{}: cannot write", path.display()))
 }
 
 /// `--coded`: wide data with a rare positive class.
@@ -228,12 +236,7 @@ fn wide(args: &SynthArgs, rows: usize) -> anyhow::Result<()> {
         beta: args.beta,
         seed: args.seed,
     };
-    let file = std::fs::File::create(&args.out)
-        .with_context(|| format!("{}: cannot create", args.out.display()))?;
-    let mut out = BufWriter::new(file);
-    write_wide(&config, &mut out)
-        .and_then(|()| out.flush())
-        .with_context(|| format!("{}: cannot write", args.out.display()))?;
+    write_out(&args.out, |out| write_wide(&config, out))?;
     eprintln!(
         "wrote {} rows ({} sites x {rows}), {} measurements and {} coded columns of {} levels, \
          {:.0}% positives expected, to {}",
