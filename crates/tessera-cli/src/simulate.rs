@@ -526,6 +526,9 @@ fn print_summary(report: &RunReport) {
                 b.local.mean_site_accuracy
             );
         }
+        if let Some(line) = rare_baselines_line(b) {
+            println!("{line}");
+        }
         for error in &b.errors {
             println!("warning: {error}");
         }
@@ -743,4 +746,29 @@ fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Where positives are rare, the baselines by AUC, PR-AUC and balanced
+/// accuracy, as the `final:` line then leads (`None` otherwise).
+fn rare_baselines_line(b: &tessera_engine::report::Baselines) -> Option<String> {
+    let show = |name: &str, auc: Option<f64>, binary: Option<&tessera_learn::BinaryMetrics>| {
+        let (auc, m) = (auc?, binary?);
+        Some(format!(
+            "{name} AUC {auc:.4}, PR-AUC {:.4}, balanced accuracy {:.4}",
+            m.pr_auc, m.balanced_accuracy
+        ))
+    };
+    let pooled = b.pooled.as_ref();
+    let rare = pooled
+        .and_then(|p| p.binary.as_ref())
+        .or(b.local.binary.as_ref())
+        .is_some_and(tessera_learn::BinaryMetrics::positives_rare);
+    let parts: Vec<String> = [
+        pooled.and_then(|p| show("pooled", p.auc, p.binary.as_ref())),
+        show("local only", b.local.auc, b.local.binary.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (rare && !parts.is_empty()).then(|| format!("baselines (positives rare): {}", parts.join("; ")))
 }

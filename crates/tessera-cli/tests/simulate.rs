@@ -718,6 +718,7 @@ fn rare_positives_are_reported_by_auc_pr_auc_and_balanced_accuracy() {
             "data.schema.positive=[\"0\"]",
             "--set",
             "federation.rounds=3",
+            "--baselines",
             "--report",
             "zeros.json",
         ])
@@ -747,4 +748,21 @@ fn rare_positives_are_reported_by_auc_pr_auc_and_balanced_accuracy() {
     assert!(pr_auc > rate && pr_auc <= 1.0, "{pr_auc}");
     let ece = number(&report, "final.binary.calibration_error");
     assert!((0.0..=1.0).contains(&ece), "{ece}");
+    // The baselines by the same figures: pooled on the pooled test rows,
+    // local with every site's rows scored by its own model; the rows and
+    // so the positive rate are the federated run's.
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("baselines (positives rare): "))
+        .unwrap();
+    assert!(
+        line.contains("pooled AUC 0.") && line.contains("local only AUC 0."),
+        "{line}"
+    );
+    for who in ["pooled", "local"] {
+        let key = format!("baselines.{who}.binary.positive_rate");
+        assert!((number(&report, &key) - rate).abs() < 1e-12, "{key}");
+        let auc = number(&report, &format!("baselines.{who}.auc"));
+        assert!(auc > 0.5 && auc <= 1.0, "{who}: {auc}");
+    }
 }

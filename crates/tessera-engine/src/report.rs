@@ -206,6 +206,13 @@ pub struct LocalBaseline {
     /// Each site's model on every site's test rows: the unweighted mean of
     /// its accuracies (FLamby's "Local i" rows).
     pub cross_site_mean_accuracy: BTreeMap<String, f64>,
+    /// Binary tasks: the AUC of every site's test rows, each scored by its
+    /// own site's model (the score histograms summed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auc: Option<f64>,
+    /// Binary tasks: [`FinalMetrics::binary`]'s figures, so scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<tessera_learn::BinaryMetrics>,
 }
 
 /// One model trained on all training rows pooled.
@@ -217,6 +224,10 @@ pub struct PooledBaseline {
     pub mean_site_accuracy: f64,
     /// AUC on the pooled test rows.
     pub auc: Option<f64>,
+    /// Binary tasks: [`FinalMetrics::binary`]'s figures on the pooled test
+    /// rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<tessera_learn::BinaryMetrics>,
     /// Per site (own statistics).
     pub per_site: BTreeMap<String, SiteMetrics>,
 }

@@ -45,6 +45,10 @@ pub fn run_baselines(plan: &Plan, data: &FederatedData) -> Result<Baselines, Sim
             accuracy: on_pooled_test.accuracy(),
             mean_site_accuracy: mean_site_accuracy(&per_site),
             auc: on_pooled_test.auc,
+            binary: on_pooled_test
+                .histogram
+                .as_ref()
+                .and_then(|h| h.binary_metrics(0.5)),
             per_site: data
                 .sites
                 .iter()
@@ -111,10 +115,17 @@ pub(crate) fn local_baseline(
             Err(e) => errors.push(format!("local baseline of site '{}': {e}", site.name)),
         }
     }
+    // Every site's rows, each scored by its own model, taken together.
+    let together = Evaluation::pool(&own_evaluations);
     let local = LocalBaseline {
         mean_site_accuracy: mean_site_accuracy(&own_evaluations),
         per_site,
         cross_site_mean_accuracy,
+        auc: together.auc,
+        binary: together
+            .histogram
+            .as_ref()
+            .and_then(|h| h.binary_metrics(0.5)),
     };
 
     (local, errors)
