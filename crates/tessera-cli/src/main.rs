@@ -48,6 +48,7 @@ mod synth_like;
 mod tracking;
 mod transfer;
 mod tune;
+mod versus;
 
 use std::process::ExitCode;
 

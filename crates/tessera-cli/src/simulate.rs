@@ -529,6 +529,9 @@ fn print_summary(report: &RunReport) {
         if let Some(line) = rare_baselines_line(b) {
             println!("{line}");
         }
+        for line in crate::versus::lines(report) {
+            println!("{line}");
+        }
         for error in &b.errors {
             println!("warning: {error}");
         }

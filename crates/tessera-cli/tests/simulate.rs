@@ -6,16 +6,7 @@
 mod util;
 
 use serde_json::Value;
-use util::Scratch;
-
-fn number(v: &Value, path: &str) -> f64 {
-    let mut cur = v;
-    for key in path.split('.') {
-        cur = &cur[key];
-    }
-    cur.as_f64()
-        .unwrap_or_else(|| panic!("{path} is not a number: {cur}"))
-}
+use util::{Scratch, number};
 
 #[test]
 fn default_run_is_the_bundled_heart_plan_with_report_and_plot() {
@@ -122,6 +113,56 @@ fn baselines_are_reported() {
             .unwrap()
             .contains("pooled")
     );
+    // Sums-only site metrics (the default): no per-site comparison.
+    assert!(!out.contains("local only   federated"), "{out}");
+    // Each site's own figures: each site alone, federated and pooled, the
+    // numbers the report holds.
+    let out = s
+        .run(&[
+            "simulate",
+            "--baselines",
+            "--rounds",
+            "3",
+            "--set",
+            "privacy.site_metrics=clear",
+            "--report",
+            "c.json",
+        ])
+        .ok();
+    let report = s.json("c.json");
+    let lines: Vec<&str> = out.lines().collect();
+    let header = lines.iter().position(|l| l.starts_with("site ")).unwrap();
+    assert!(
+        lines[header].ends_with("local only   federated      pooled"),
+        "{out}"
+    );
+    let mut above = 0;
+    for (i, site) in ["cleveland", "hungarian", "switzerland", "va"]
+        .iter()
+        .enumerate()
+    {
+        let fields: Vec<&str> = lines[header + 1 + i].split_whitespace().collect();
+        assert_eq!(fields[0], *site, "{out}");
+        let figure = |path: String| format!("{:.4}", number(&report, &path));
+        assert_eq!(
+            fields[1],
+            figure(format!("baselines.local.per_site.{site}.accuracy"))
+        );
+        assert_eq!(fields[2], figure(format!("final.per_site.{site}.accuracy")));
+        assert_eq!(
+            fields[3],
+            figure(format!("baselines.pooled.per_site.{site}.accuracy"))
+        );
+        above += usize::from(
+            number(&report, &format!("final.per_site.{site}.accuracy"))
+                > number(
+                    &report,
+                    &format!("baselines.local.per_site.{site}.accuracy"),
+                ),
+        );
+    }
+    let count = format!("federated above local only at {above} of 4 sites");
+    assert!(lines[header + 5].starts_with(&count), "{out}");
 }
 
 #[test]
@@ -697,72 +738,4 @@ fn a_closed_pipe_ends_the_command_without_a_panic() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(141), "{stderr}");
-}
-
-/// A rare positive class on real data: MNIST's zeros against every other
-/// digit (about 10% of the rows). The terminal leads with the AUC and what
-/// the threshold misses; the report's `final.binary` agrees with the
-/// accuracy counted row by row (at 0.5, accuracy is the positive rate's
-/// mix of sensitivity and specificity), though one comes from the sites'
-/// summed histograms and the other from their counts.
-#[test]
-fn rare_positives_are_reported_by_auc_pr_auc_and_balanced_accuracy() {
-    let s = Scratch::new("rare-positives");
-    let plan = util::root().join("examples/mnist.toml");
-    let out = s
-        .run(&[
-            "simulate",
-            "--plan",
-            plan.to_str().unwrap(),
-            "--set",
-            "data.schema.positive=[\"0\"]",
-            "--set",
-            "federation.rounds=3",
-            "--baselines",
-            "--report",
-            "zeros.json",
-        ])
-        .ok();
-    let line = out.lines().find(|l| l.starts_with("final: ")).unwrap();
-    assert!(line.starts_with("final: AUC 0."), "{line}");
-    assert!(
-        line.contains("PR-AUC") && line.contains("balanced accuracy"),
-        "{line}"
-    );
-    let report = s.json("zeros.json");
-    let rate = number(&report, "final.binary.positive_rate");
-    assert!((0.05..0.15).contains(&rate), "{rate}");
-    let (sens, spec) = (
-        number(&report, "final.binary.sensitivity"),
-        number(&report, "final.binary.specificity"),
-    );
-    let accuracy = number(&report, "final.accuracy");
-    assert!(
-        (rate * sens + (1.0 - rate) * spec - accuracy).abs() < 1e-9,
-        "{rate} {sens} {spec} {accuracy}"
-    );
-    assert!(
-        (number(&report, "final.binary.balanced_accuracy") - (sens + spec) / 2.0).abs() < 1e-12
-    );
-    let pr_auc = number(&report, "final.binary.pr_auc");
-    assert!(pr_auc > rate && pr_auc <= 1.0, "{pr_auc}");
-    let ece = number(&report, "final.binary.calibration_error");
-    assert!((0.0..=1.0).contains(&ece), "{ece}");
-    // The baselines by the same figures: pooled on the pooled test rows,
-    // local with every site's rows scored by its own model; the rows and
-    // so the positive rate are the federated run's.
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("baselines (positives rare): "))
-        .unwrap();
-    assert!(
-        line.contains("pooled AUC 0.") && line.contains("local only AUC 0."),
-        "{line}"
-    );
-    for who in ["pooled", "local"] {
-        let key = format!("baselines.{who}.binary.positive_rate");
-        assert!((number(&report, &key) - rate).abs() < 1e-12, "{key}");
-        let auc = number(&report, &format!("baselines.{who}.auc"));
-        assert!(auc > 0.5 && auc <= 1.0, "{who}: {auc}");
-    }
 }

@@ -271,3 +271,13 @@ pub fn doc_blocks(file: &str) -> Vec<(String, Vec<String>)> {
 
 pub mod procs;
 pub mod status;
+
+/// The number at `path` (keys joined by dots) in a report.
+pub fn number(v: &serde_json::Value, path: &str) -> f64 {
+    let mut cur = v;
+    for key in path.split('.') {
+        cur = &cur[key];
+    }
+    cur.as_f64()
+        .unwrap_or_else(|| panic!("{path} is not a number: {cur}"))
+}
