@@ -256,8 +256,30 @@ pub fn aggregator(
     (proc, format!("http://{address}"))
 }
 
-/// A port free now on 127.0.0.1 (for a process that must keep its port across a restart).
+/// A port free now on 127.0.0.1, for a process that must be told its port
+/// before it starts (gossip peers name each other's; a process that keeps
+/// its port across a restart).
+///
+/// Taken below the kernel's ephemeral range (Linux: 32768 and up), where
+/// no port is handed out by itself: a port the kernel gave `bind(0)` here
+/// could be given again, as the source port of any connection the tests
+/// running beside this one open, before the process told it binds it (CI
+/// saw "Address already in use"). Ports are tried in a sequence that starts
+/// at a place set by this process's id, so that test binaries and threads
+/// rarely try the same one; the kernel's choice is the fallback.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 15_000;
+    const SPAN: u32 = 17_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    for _ in 0..200 {
+        let offset = (start + NEXT.fetch_add(7, Ordering::Relaxed)) % SPAN;
+        let port = u16::try_from(LOW + offset).expect("below 32000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
