@@ -294,6 +294,15 @@ pub fn site_gradient(
     Ok((n as u64, learner.gradient(rows, max_rows)?.1))
 }
 
+/// The inner product of two parameter sets of one layout, in `f64`, the
+/// products added in layout order.
+pub fn dot(a: &ParameterSet, b: &ParameterSet) -> f64 {
+    a.values()
+        .zip(b.values())
+        .map(|(x, y)| f64::from(x) * f64::from(y))
+        .sum()
+}
+
 /// Minus `gradient` times each of `deltas` (in `f64`): each update's
 /// first-order change of the utility.
 pub fn slopes<'a>(
@@ -311,11 +320,7 @@ pub fn slopes<'a>(
                     d.n_values()
                 )));
             }
-            Ok(-gradient
-                .values()
-                .zip(d.values())
-                .map(|(g, d)| f64::from(g) * f64::from(d))
-                .sum::<f64>())
+            Ok(-dot(gradient, d))
         })
         .collect()
 }

@@ -387,13 +387,7 @@ fn gram(deltas: &[&ParameterSet]) -> Result<Vec<Vec<f64>>, SimError> {
     let pairs: Vec<(usize, usize)> = (0..n).flat_map(|i| (i..n).map(move |j| (i, j))).collect();
     let dots: Vec<f64> = pairs
         .par_iter()
-        .map(|&(i, j)| {
-            deltas[i]
-                .values()
-                .zip(deltas[j].values())
-                .map(|(x, y)| f64::from(x) * f64::from(y))
-                .sum()
-        })
+        .map(|&(i, j)| attribution::dot(deltas[i], deltas[j]))
         .collect();
     let mut gram = vec![vec![0.0; n]; n];
     for (&(i, j), v) in pairs.iter().zip(dots) {
