@@ -49,6 +49,20 @@ fn exact_accumulator(bencher: Bencher, (k, d): (usize, usize)) {
 }
 
 #[divan::bench(args = SIZES)]
+fn exact_accumulator_batch(bencher: Bencher, (k, d): (usize, usize)) {
+    // The round's updates folded together (`add_many`): the same bits.
+    let updates = updates(k, d);
+    let batch: Vec<(&Update, f64)> = updates.iter().map(|u| (u, u.n_examples as f64)).collect();
+    let global = updates[0].delta.zeros_like();
+    bencher.counter(BytesCount::new(k * d * 4)).bench(|| {
+        let mut acc = UpdateAccumulator::new(&global, None);
+        let taken = acc.add_many(&batch);
+        assert!(taken.iter().all(Result::is_ok));
+        black_box(acc.finish(k).expect("non-empty"))
+    });
+}
+
+#[divan::bench(args = SIZES)]
 fn exact_sum_only(bencher: Bencher, (k, d): (usize, usize)) {
     let updates = updates(k, d);
     bencher.counter(BytesCount::new(k * d * 4)).bench(|| {
@@ -56,6 +70,21 @@ fn exact_sum_only(bencher: Bencher, (k, d): (usize, usize)) {
         for u in &updates {
             sum.add(&u.delta, u.n_examples as f64).expect("in range");
         }
+        black_box(sum)
+    });
+}
+
+#[divan::bench(args = SIZES)]
+fn exact_sum_batch(bencher: Bencher, (k, d): (usize, usize)) {
+    let updates = updates(k, d);
+    let batch: Vec<(&ParameterSet, f64)> = updates
+        .iter()
+        .map(|u| (&u.delta, u.n_examples as f64))
+        .collect();
+    bencher.counter(BytesCount::new(k * d * 4)).bench(|| {
+        let mut sum = ExactSum::new(d);
+        let taken = sum.add_many(&batch);
+        assert!(taken.iter().all(Result::is_ok));
         black_box(sum)
     });
 }
@@ -73,6 +102,28 @@ fn float_weighted_sum(bencher: Bencher, (k, d): (usize, usize)) {
             }
         }
         black_box(sum)
+    });
+}
+
+#[divan::bench(args = SIZES)]
+fn memory_copy_threads(bencher: Bencher, (k, d): (usize, usize)) {
+    // The same copy split over the machine's cores, as the exact sum is.
+    let updates = updates(k, d);
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let per = d.div_ceil(threads);
+    let mut out = vec![0.0f32; d];
+    bencher.counter(BytesCount::new(k * d * 4)).bench_local(|| {
+        std::thread::scope(|scope| {
+            for (i, part) in out.chunks_mut(per).enumerate() {
+                let updates = &updates;
+                scope.spawn(move || {
+                    for u in updates {
+                        part.copy_from_slice(&u.delta.tensors()[0].data()[i * per..][..part.len()]);
+                        black_box(&part);
+                    }
+                });
+            }
+        });
     });
 }
 

@@ -36,7 +36,10 @@
 //! arrival-order independence). It costs 16 bytes per parameter, so a
 //! coordinator aggregating a 1 GB model needs about 5 GB.
 //! `UpdateAccumulator` validates each update and streams it into an
-//! `ExactSum`; a rejected update leaves the accumulator unchanged. Speed is
+//! `ExactSum`; a rejected update leaves the accumulator unchanged. A batch of
+//! updates (`add_many`: the simulator's window of arrivals, through the
+//! engine's `submit_many`) is folded block by block over threads (`fold.rs`),
+//! with the same bits and the same refusals as one at a time. Speed is
 //! measured (`cargo bench -p tessera-aggregate`), never asserted.
 #![deny(missing_docs)]
 
@@ -45,6 +48,7 @@ mod attendance;
 mod error;
 mod evaluate;
 mod exact;
+mod fold;
 pub mod local;
 mod methods;
 mod robust;

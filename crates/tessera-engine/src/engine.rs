@@ -8,15 +8,14 @@ use tessera_aggregate::{
     Attendance, Failure, Instructions, Robust, RobustConfig, RoundAggregate, Strategy,
     UpdateAccumulator,
 };
-use tessera_core::{ParameterSet, ParticipantId, SeededRng, Timestamp, Update, duration_from_secs};
-use tessera_privacy::{
-    CentralDp, CentralRelease, Ledger, LedgerEntry, PrivacyConfig, clip_to_norm,
-};
+use tessera_core::{ParameterSet, ParticipantId, SeededRng, Timestamp, duration_from_secs};
+use tessera_privacy::{CentralDp, CentralRelease, Ledger, LedgerEntry, PrivacyConfig};
 
 use crate::{EngineError, Plan, streams};
 
 mod rejection;
 mod selection;
+mod submit;
 pub use rejection::Rejection;
 
 /// What the engine needs to know from a plan.
@@ -156,34 +155,6 @@ struct OpenRound {
     unclipped: u64,
     opened_at: Timestamp,
     deadline: Option<Timestamp>,
-}
-
-/// The open round, if `senders` may still deliver to round `round` at `now`.
-fn admit<'a>(
-    open: &'a mut Option<OpenRound>,
-    now: Timestamp,
-    round: u32,
-    senders: &[ParticipantId],
-) -> Result<&'a mut OpenRound, Rejection> {
-    let open_number = open.as_ref().map(|r| r.number);
-    let Some(open) = open.as_mut().filter(|r| r.number == round) else {
-        return Err(Rejection::WrongRound {
-            got: round,
-            open: open_number,
-        });
-    };
-    for from in senders {
-        if open.cohort.binary_search(from).is_err() {
-            return Err(Rejection::NotInCohort);
-        }
-        if !open.pending.contains(from) {
-            return Err(Rejection::NotPending);
-        }
-    }
-    if open.deadline.is_some_and(|d| now > d) {
-        return Err(Rejection::Late);
-    }
-    Ok(open)
 }
 
 /// Who `open` asked, whose updates counted, and why the others' did not.
@@ -547,96 +518,6 @@ impl RoundEngine {
             global: Arc::clone(&self.global),
             deadline,
         })
-    }
-
-    /// Delivers `from`'s update for `round`, received at `now`. An accepted
-    /// update is in the round's aggregate when this returns.
-    pub fn submit(
-        &mut self,
-        now: Timestamp,
-        from: &ParticipantId,
-        round: u32,
-        update: &Update,
-    ) -> Result<(), Rejection> {
-        let open = admit(&mut self.open, now, round, std::slice::from_ref(from))?;
-        // Central DP and norm bounding: the update counts clipped (with DP, at
-        // weight 1: one participant moves the sum by at most C).
-        let mut bounded;
-        let mut update = update;
-        let mut within_dp_norm = true;
-        let robust = self.strategy.robust();
-        if self.dp.is_some() || robust.norm_bound.is_some() {
-            bounded = update.clone();
-            if let Some((dp, _)) = &self.dp {
-                within_dp_norm = dp.clip(&mut bounded.delta);
-            }
-            if let Some(bound) = robust.norm_bound {
-                clip_to_norm(&mut bounded.delta, bound);
-            }
-            update = &bounded;
-        }
-        let own = !(self.dp.is_some()
-            || robust.rule.needs_all_updates()
-            || self.config.weighting == crate::Weighting::Equal);
-        let weight = if own {
-            self.strategy.weight(update)
-        } else {
-            1.0
-        };
-        // The strategy may refuse an update it cannot count (IFCA's), and
-        // scale the change of one it weighs (q-FFL's).
-        let counted = self.strategy.check_update(from, update);
-        let scaled = own.then(|| self.strategy.scaled(update)).flatten();
-        let update = scaled.as_ref().unwrap_or(update);
-        match counted.and_then(|()| open.accumulator.add(update, weight)) {
-            Ok(()) => {
-                open.pending.remove(from);
-                open.accepted.push(from.clone());
-                if robust.rule.needs_all_updates() {
-                    open.collected.push(update.delta.clone());
-                }
-                open.unclipped += u64::from(within_dp_norm);
-                Ok(())
-            }
-            Err(e) => {
-                let reason = e.to_string();
-                open.pending.remove(from);
-                open.rejected.push((from.clone(), reason.clone()));
-                Err(Rejection::Invalid(reason))
-            }
-        }
-    }
-
-    /// Secure aggregation: delivers the sum of `contributors`' updates for
-    /// `round`, which is all the coordinator learns of them. Each counts with
-    /// weight 1 (the round's aggregate is their plain mean); clipping to the
-    /// DP norm or the norm bound is each participant's own, before masking.
-    pub fn submit_sum(
-        &mut self,
-        now: Timestamp,
-        round: u32,
-        contributors: &[ParticipantId],
-        sum: &Update,
-    ) -> Result<(), Rejection> {
-        let open = admit(&mut self.open, now, round, contributors)?;
-        match open.accumulator.add_sum(sum, contributors.len() as u64) {
-            Ok(()) => {
-                for from in contributors {
-                    open.pending.remove(from);
-                    open.accepted.push(from.clone());
-                }
-                open.unclipped += contributors.len() as u64;
-                Ok(())
-            }
-            Err(e) => {
-                let reason = format!("the securely aggregated sum: {e}");
-                for from in contributors {
-                    open.pending.remove(from);
-                    open.rejected.push((from.clone(), reason.clone()));
-                }
-                Err(Rejection::Invalid(reason))
-            }
-        }
     }
 
     /// Records that `id` left the open round.

@@ -123,6 +123,60 @@ fn rejections_name_their_reason_and_the_round_goes_on() {
 }
 
 #[test]
+fn a_batch_of_updates_has_the_outcome_of_submitting_each_in_turn() {
+    let mut c = config(1);
+    c.deadline = Some(Duration::from_secs(5));
+    let at = Timestamp::from_secs_f64;
+    let mallory = ParticipantId::new("mallory");
+    let (ok, short, nan) = (
+        update(&[1.0, -2.0], 3),
+        update(&[1.0], 1),
+        update(&[f32::NAN, 1.0], 1),
+    );
+    let (large, other) = (update(&[3e5, 0.25], 1000), update(&[0.5, 0.5], 7));
+    let batch = [
+        (at(1.0), &id(0), &ok),
+        (at(1.0), &mallory, &ok),
+        (at(1.5), &id(1), &short),
+        (at(2.0), &id(0), &other),
+        (at(2.0), &id(2), &nan),
+        (at(9.0), &id(3), &ok),
+        (at(3.0), &id(4), &large),
+        (at(4.0), &id(5), &other),
+    ];
+    let mut one_by_one = engine(c.clone(), 6);
+    let mut batched = engine(c, 6);
+    for e in [&mut one_by_one, &mut batched] {
+        e.begin_round(Timestamp::ZERO).unwrap();
+    }
+    let expected: Vec<_> = batch
+        .iter()
+        .map(|&(t, from, u)| one_by_one.submit(t, from, 1, u))
+        .collect();
+    let got = batched.submit_many(1, &batch);
+    assert_eq!(got, expected);
+    assert_eq!(got[1], Err(Rejection::NotInCohort));
+    assert_eq!(got[3], Err(Rejection::NotPending));
+    assert_eq!(got[5], Err(Rejection::Late));
+    assert!(matches!(&got[4], Err(Rejection::Invalid(r)) if r.contains("non-finite")));
+    assert_eq!(got.iter().filter(|r| r.is_ok()).count(), 3);
+    let (a, b) = (
+        one_by_one.poll(at(6.0)).unwrap(),
+        batched.poll(at(6.0)).unwrap(),
+    );
+    assert_eq!(
+        (&a.accepted, &a.rejected, &a.stragglers),
+        (&b.accepted, &b.rejected, &b.stragglers)
+    );
+    let bits = |e: &RoundEngine| e.global().values().map(f32::to_bits).collect::<Vec<_>>();
+    assert_eq!(bits(&one_by_one), bits(&batched));
+    assert_eq!(
+        batched.submit_many(1, &batch[..1]),
+        [Err(Rejection::WrongRound { got: 1, open: None })]
+    );
+}
+
+#[test]
 fn the_deadline_cuts_off_stragglers() {
     let mut c = config(1);
     c.deadline = Some(Duration::from_secs(5));

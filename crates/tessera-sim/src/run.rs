@@ -467,6 +467,8 @@ pub(crate) fn run_sync(
             } else {
                 chunk.iter().zip(&wanted).zip(&tasks).map(fit).collect()
             };
+            // The window's updates are summed together, as they arrived.
+            let mut arrived: Vec<(Timestamp, &ParticipantId, tessera_core::Update)> = Vec::new();
             for (event, update) in chunk.iter().zip(updates) {
                 let id = &ids[event.site];
                 last_event = last_event.max(event.at);
@@ -512,8 +514,7 @@ pub(crate) fn run_sync(
                         if attributor.is_some() {
                             sent.push((event.site, update.clone()));
                         }
-                        // A rejection is recorded by the engine and reported in the outcome.
-                        let _ = engine.submit(event.at, id, round, &update);
+                        arrived.push((event.at, id, update));
                     }
                     // Local training failed (diverged): the site leaves the round.
                     Some(Err(e)) => {
@@ -524,6 +525,9 @@ pub(crate) fn run_sync(
                     None => {}
                 }
             }
+            let batch: Vec<_> = arrived.iter().map(|(at, id, u)| (*at, *id, u)).collect();
+            // A rejection is recorded by the engine and reported in the outcome.
+            let _ = engine.submit_many(round, &batch);
         }
         if secure {
             let cohort: Vec<usize> = start.cohort.iter().map(|id| index[id]).collect();
