@@ -86,16 +86,16 @@ impl UpdateAccumulator {
     ) -> Result<(), AggregateError> {
         let (totals, n_examples) =
             self.admit(&self.totals, self.n_examples, update, weight, normalizer)?;
-        // The auxiliary sum is checked first, so that once the change is
-        // added (which checks its own range) nothing can fail.
-        if let (Some((_, sum)), Some(aux)) = (&self.aux, &update.aux) {
-            sum.check(aux, 1.0).map_err(|e| named(e, aux))?;
-        }
         self.delta
             .add(&update.delta, weight)
             .map_err(|e| named(e, &update.delta))?;
         if let (Some((_, sum)), Some(aux)) = (self.aux.as_mut(), &update.aux) {
-            sum.add(aux, 1.0)?;
+            // A refused auxiliary sum adds nothing; the change is taken out
+            // again, exactly.
+            if let Err(e) = sum.add(aux, 1.0) {
+                self.delta.remove(&update.delta, weight);
+                return Err(named(e, aux));
+            }
         }
         self.totals = totals;
         self.n_updates += 1;
@@ -104,54 +104,52 @@ impl UpdateAccumulator {
     }
 
     /// Adds a batch of updates, each with its weight: the same sums and the
-    /// same refusals as [`UpdateAccumulator::add`] for each in turn, several
-    /// times faster for a large model (see [`ExactSum::add_many`]). (At the
-    /// bound of 2^22 updates a round, a batch refuses an update that adding
-    /// one at a time would have taken in place of a refused one before it.)
+    /// same refusals, update by update, as [`UpdateAccumulator::add`] on each
+    /// in turn, several times faster for a large model (see
+    /// [`ExactSum::add_many`]).
     pub fn add_many(&mut self, batch: &[(&Update, f64)]) -> Vec<Result<(), AggregateError>> {
         if self.aux.is_some() {
             return batch.iter().map(|(u, w)| self.add(u, *w)).collect();
         }
-        // What depends on the accumulator's state is decided in order, as if
-        // every update before were taken.
-        let mut admitted = Vec::with_capacity(batch.len());
-        let mut results: Vec<Result<(), AggregateError>> = Vec::with_capacity(batch.len());
-        let (mut totals, mut n_examples) = (self.totals.clone(), self.n_examples);
-        for &(update, weight) in batch {
-            match self.admit(&totals, n_examples, update, weight, weight) {
-                Ok((t, n)) => {
-                    (totals, n_examples) = (t, n);
-                    admitted.push((&update.delta, weight));
-                    results.push(Ok(()));
+        // Only updates admitted against the state before the batch can
+        // count: the totals and counts only grow, so a check that fails
+        // there fails after any update is taken. Their changes are summed
+        // together...
+        let candidates: Vec<bool> = batch
+            .iter()
+            .map(|&(u, w)| self.admit(&self.totals, self.n_examples, u, w, w).is_ok())
+            .collect();
+        let changes: Vec<(&ParameterSet, f64)> = batch
+            .iter()
+            .zip(&candidates)
+            .filter(|&(_, &c)| c)
+            .map(|(&(u, w), _)| (&u.delta, w))
+            .collect();
+        let mut summed = self.delta.add_many(&changes).into_iter();
+        // ...then each is decided in turn as `add` decides it, against the
+        // state so far; a change summed for an update refused there is taken
+        // out again.
+        let mut results = Vec::with_capacity(batch.len());
+        for (&(update, weight), &candidate) in batch.iter().zip(&candidates) {
+            let sum = if candidate { summed.next() } else { None };
+            let admitted = self.admit(&self.totals, self.n_examples, update, weight, weight);
+            results.push(match (admitted, sum) {
+                (Err(e), Some(Ok(()))) => {
+                    self.delta.remove(&update.delta, weight);
+                    Err(e)
                 }
-                Err(e) => results.push(Err(e)),
-            }
-        }
-        let mut added = self.delta.add_many(&admitted).into_iter();
-        for (result, &(update, weight)) in results.iter_mut().zip(batch) {
-            if result.is_err() {
-                continue;
-            }
-            match added.next() {
-                Some(Ok(())) => {
-                    // Cannot fail: the same additions were made on the copy.
-                    let mut next = self.totals.clone();
-                    let taken = next
-                        .add_one(0, weight)
-                        .and_then(|()| next.add_one(1, weight * update.stats.mean_train_loss));
-                    match (taken, self.n_examples.checked_add(update.n_examples)) {
-                        (Ok(()), Some(n)) => {
-                            self.totals = next;
-                            self.n_examples = n;
-                            self.n_updates += 1;
-                        }
-                        (Err(e), _) => *result = Err(e),
-                        (_, None) => *result = Err(AggregateError::Overflow),
-                    }
+                (Err(e), _) => Err(e),
+                (Ok(_), Some(Err(e))) => Err(named(e, &update.delta)),
+                (Ok((totals, n_examples)), Some(Ok(()))) => {
+                    self.totals = totals;
+                    self.n_examples = n_examples;
+                    self.n_updates += 1;
+                    Ok(())
                 }
-                Some(Err(e)) => *result = Err(named(e, &update.delta)),
-                None => *result = Err(AggregateError::Empty),
-            }
+                // Not admitted before the batch but now: cannot happen (see
+                // above); if it did, adding it alone is still right.
+                (Ok(_), None) => self.add(update, weight),
+            });
         }
         results
     }
@@ -370,6 +368,25 @@ mod tests {
         assert_eq!(at_once.delta, one_by_one.delta);
         assert_eq!(at_once.totals, one_by_one.totals);
         assert_eq!(at_once.finish(9).unwrap(), one_by_one.finish(9).unwrap());
+
+        // A refused update's example count must not crowd out the next one's.
+        let mut poisoned = update(&[f32::NAN, 0.0], 1 << 63);
+        poisoned.stats.mean_train_loss = 0.0;
+        let honest = update(&[0.0, 1.0], 1 << 63);
+        let global = honest.delta.zeros_like();
+        let mut one_by_one = UpdateAccumulator::new(&global, None);
+        let mut at_once = one_by_one.clone();
+        let batch = [(&poisoned, 1.0), (&honest, 1.0), (&honest, 1.0)];
+        let expected: Vec<_> = batch.iter().map(|(u, w)| one_by_one.add(u, *w)).collect();
+        let got = at_once.add_many(&batch);
+        assert_eq!(got, expected);
+        assert_eq!(
+            got.iter().map(Result::is_ok).collect::<Vec<_>>(),
+            [false, true, false]
+        );
+        assert!(matches!(got[2], Err(AggregateError::Overflow)));
+        assert_eq!(at_once.delta, one_by_one.delta);
+        assert_eq!(at_once.n_examples, one_by_one.n_examples);
     }
 
     #[test]

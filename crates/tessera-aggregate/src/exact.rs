@@ -51,7 +51,7 @@ fn to_f64(s: i128) -> f64 {
     let shift = 64 - magnitude.leading_zeros();
     let sticky = u64::from(magnitude & ((1u128 << shift) - 1) != 0);
     let top = (magnitude >> shift) as u64 | sticky;
-    // 2^shift, shift in 1..=64, built from its bits (`powi` is a call).
+    // 2^shift, shift in 0..=64, built from its bits (`powi` is a call).
     let value = top as f64 * f64::from_bits(u64::from(1023 + shift) << 52);
     if s < 0 { -value } else { value }
 }
@@ -70,6 +70,9 @@ fn out_of_range(chunks: &[&[f32]], weight: f64) -> AggregateError {
 /// Checks that every weighted value is in range (by the largest magnitude,
 /// a loop that vectorises).
 fn check_chunks(chunks: &[&[f32]], weight: f64) -> Result<(), AggregateError> {
+    if chunks.iter().all(|c| c.is_empty()) {
+        return Ok(());
+    }
     let max_bits = chunks
         .iter()
         .map(|c| fold::max_abs_bits(c))
@@ -172,36 +175,70 @@ impl ExactSum {
     }
 
     fn add_many_chunks(&mut self, batch: &[(&[&[f32]], f64)]) -> Vec<Result<(), AggregateError>> {
-        let mut results = Vec::with_capacity(batch.len());
-        let mut terms = Vec::with_capacity(batch.len());
-        let mut room = MAX_TERMS.saturating_sub(self.n_terms);
-        for &(chunks, weight) in batch {
-            let n: usize = chunks.iter().map(|c| c.len()).sum();
-            results.push(if n != self.sums.len() {
-                Err(AggregateError::Layout(CoreError::LayoutMismatch(format!(
-                    "expected {} values, got {n}",
-                    self.sums.len()
-                ))))
-            } else if room == 0 {
-                Err(AggregateError::Overflow)
-            } else {
-                room -= 1;
-                terms.push(Term { chunks, weight });
-                Ok(())
-            });
-        }
-        let added = fold::fold(&mut self.sums, &terms);
-        let mut next = terms.iter().zip(added);
-        for result in results.iter_mut().filter(|r| r.is_ok()) {
-            if let Some((term, added)) = next.next() {
-                if added {
+        let mut results: Vec<Option<Result<(), AggregateError>>> = batch
+            .iter()
+            .map(|&(chunks, _)| {
+                let n: usize = chunks.iter().map(|c| c.len()).sum();
+                (n != self.sums.len()).then(|| {
+                    Err(AggregateError::Layout(CoreError::LayoutMismatch(format!(
+                        "expected {} values, got {n}",
+                        self.sums.len()
+                    ))))
+                })
+            })
+            .collect();
+        // As many terms as there is room for, in order; a term refused for
+        // its range leaves its room to the next (as adding in turn would),
+        // so near the bound this takes more than one pass.
+        loop {
+            let room = usize::try_from(MAX_TERMS.saturating_sub(self.n_terms)).unwrap_or(0);
+            let next: Vec<usize> = (0..batch.len())
+                .filter(|&i| results[i].is_none())
+                .take(room)
+                .collect();
+            if next.is_empty() {
+                break;
+            }
+            let terms: Vec<Term<'_>> = next
+                .iter()
+                .map(|&i| Term {
+                    chunks: batch[i].0,
+                    weight: batch[i].1,
+                })
+                .collect();
+            for (&i, added) in next.iter().zip(fold::fold(&mut self.sums, &terms)) {
+                results[i] = Some(if added {
                     self.n_terms += 1;
+                    Ok(())
                 } else {
-                    *result = Err(out_of_range(term.chunks, term.weight));
-                }
+                    Err(out_of_range(batch[i].0, batch[i].1))
+                });
             }
         }
+        // Past the bound: refused, for their range first as `add` checks.
         results
+            .into_iter()
+            .zip(batch)
+            .map(|(result, &(chunks, weight))| {
+                result.unwrap_or_else(|| {
+                    check_chunks(chunks, weight).and(Err(AggregateError::Overflow))
+                })
+            })
+            .collect()
+    }
+
+    /// Takes out a term added before with the same values and weight:
+    /// fixed point is odd, so the sums are exactly as if it had never been
+    /// added.
+    pub(crate) fn remove(&mut self, values: &ParameterSet, weight: f64) {
+        let chunks = chunks_of(values);
+        let undo = [Term {
+            chunks: &chunks,
+            weight: -weight,
+        }];
+        // In range, as it was when it was added.
+        fold::fold(&mut self.sums, &undo);
+        self.n_terms = self.n_terms.saturating_sub(1);
     }
 
     /// Adds a single term to sum `index` (each call counts towards the 2^23 bound).
@@ -321,6 +358,44 @@ mod tests {
             let s = (i128::from(rng.next_u64()) << 64 | i128::from(rng.next_u64())) >> (127 - bits);
             assert_eq!(to_f64(s).to_bits(), (s as f64).to_bits(), "{s}");
         }
+    }
+
+    #[test]
+    fn a_batch_at_the_bound_refuses_as_adding_in_turn_does() {
+        let mut one_by_one = ExactSum::new(3);
+        one_by_one.add_slice(&[1.0, 2.0, 3.0], 1.0).unwrap();
+        one_by_one.n_terms = MAX_TERMS - 2;
+        let mut batched = one_by_one.clone();
+        let (ok, far, short) = ([0.5f32, -0.25, 4.0], [1.0f32, 1e30, 0.0], [1.0f32]);
+        let batch: [(&[f32], f64); 6] = [
+            (&far, 1.0),
+            (&ok, 3.0),
+            (&short, 1.0),
+            (&far, 2.0),
+            (&ok, 5.0),
+            (&ok, 7.0),
+        ];
+        let expected: Vec<_> = batch
+            .iter()
+            .map(|&(v, w)| one_by_one.add_slice(v, w))
+            .collect();
+        let chunks: Vec<[&[f32]; 1]> = batch.iter().map(|&(v, _)| [v]).collect();
+        let terms: Vec<(&[&[f32]], f64)> = chunks
+            .iter()
+            .zip(&batch)
+            .map(|(c, &(_, w))| (&c[..], w))
+            .collect();
+        let got = batched.add_many_chunks(&terms);
+        assert_eq!(got, expected);
+        assert!(matches!(got[3], Err(AggregateError::OutOfRange { .. })));
+        assert!(matches!(got[5], Err(AggregateError::Overflow)));
+        assert_eq!(batched, one_by_one);
+        // Nothing to check is nothing refused, whatever the weight.
+        assert!(
+            ExactSum::new(0)
+                .check(&ParameterSet::new(), f64::NAN)
+                .is_ok()
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! Three things make it fast, none of which changes a result:
 //! - **Blocks.** The sums are walked in blocks of [`BLOCK`] values; every
 //!   term of the batch is folded into a block while it sits in the core's
-//!   first-level cache, so the 16-byte sums cross the memory bus once per
+//!   cache, so the 16-byte sums cross the memory bus once per
 //!   batch instead of once per term.
 //! - **One conversion where one suffices.** A block of a term is range-checked
 //!   by its largest magnitude (an integer maximum over the `f32` bits, which
@@ -25,10 +25,13 @@ use std::sync::OnceLock;
 
 use crate::exact::{SCALE, fixed, in_range};
 
-/// Values per block: 16 KiB of sums and 4 KiB of each term.
-const BLOCK: usize = 1024;
-/// Terms in a batch from which small ones are summed in split halves.
-const SPLIT_MIN: usize = 16;
+/// Values per block: 32 KiB of sums and 8 KiB of each term, which stay in
+/// a core's cache while a batch is folded into them (2048 measured best of
+/// 1024-4096 on the aggregation benchmark).
+const BLOCK: usize = 2048;
+/// Terms in a batch from which small ones are summed in split halves (4
+/// measured best of 2-16: fewer do not repay the halves' final carry).
+const SPLIT_MIN: usize = 4;
 /// Values x terms below which one thread does the work (a thread costs tens
 /// of microseconds to start; this is about a millisecond of folding).
 const PER_THREAD: usize = 1 << 16;
@@ -174,7 +177,8 @@ fn fold_large(sums: &mut [i128], values: &[f32], weight: f64) {
 /// that were added, none after).
 fn fold_range(sums: &mut [i128], start: usize, terms: &[Term<'_>]) -> Vec<Option<usize>> {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512dq")
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512dq")
         && std::arch::is_x86_feature_detected!("avx512vl")
     {
         // SAFETY: the processor has the features the function is compiled
@@ -187,7 +191,7 @@ fn fold_range(sums: &mut [i128], start: usize, terms: &[Term<'_>]) -> Vec<Option
 
 /// [`fold_range`] compiled for AVX-512 (x86-64 processors since 2017),
 /// whose vector conversion from `f64` to 64-bit integers lets the small
-/// terms' loop and the range check vectorise: about four times as fast.
+/// terms' loop and the range check vectorise: two to three times as fast (BENCHMARKS).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
 fn fold_range_avx512(sums: &mut [i128], start: usize, terms: &[Term<'_>]) -> Vec<Option<usize>> {
@@ -202,7 +206,8 @@ fn fold_range_body(sums: &mut [i128], start: usize, terms: &[Term<'_>]) -> Vec<O
     // A batch's small terms are summed in two 64-bit halves and added to the
     // 128-bit sums once per block.
     let split = terms.len() >= SPLIT_MIN;
-    let (mut high, mut low) = (vec![0i64; BLOCK], vec![0i64; BLOCK]);
+    let halves = if split { BLOCK } else { 0 };
+    let (mut high, mut low) = (vec![0i64; halves], vec![0i64; halves]);
     for block in sums.chunks_mut(BLOCK) {
         let n = block.len();
         let mut any_small = false;
@@ -348,8 +353,9 @@ mod tests {
                 weight: *w,
             })
             .collect();
-        assert!(batch.len() >= SPLIT_MIN && batch.len() - 4 >= SPLIT_MIN);
-        for (start, part) in [(0, &batch[..]), (0, &batch[..4]), (4, &batch[4..])] {
+        // Batches large enough to split the small terms' sums, and one not.
+        assert!(batch.len() - 4 >= SPLIT_MIN && SPLIT_MIN > 3);
+        for (start, part) in [(0, &batch[..]), (0, &batch[..3]), (4, &batch[4..])] {
             let mut sums = vec![0i128; n];
             let added = fold(&mut sums, part);
             let reference = one_at_a_time(n, &terms[start..start + part.len()]);
