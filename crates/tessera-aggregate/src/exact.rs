@@ -287,10 +287,11 @@ impl ExactSum {
     /// to `f64`, one division, one rounding to `f32`).
     pub fn quotient(&self, divisor: f64) -> Vec<f32> {
         let scale = 2f64.powi(-FRAC_BITS);
-        self.sums
-            .iter()
-            .map(|&s| (to_f64(s) * scale / divisor) as f32)
-            .collect()
+        let mut out = vec![0.0; self.sums.len()];
+        fold::convert(&self.sums, &mut out, |s| {
+            (to_f64(s) * scale / divisor) as f32
+        });
+        out
     }
 }
 
