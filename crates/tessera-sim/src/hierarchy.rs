@@ -223,6 +223,8 @@ impl Context<'_> {
         let secure = self.plan.secure_aggregation.enabled;
         let mut secure_updates: BTreeMap<usize, Update> = BTreeMap::new();
         let mut last = opened;
+        // Summed together, as they arrived (`submit_many`).
+        let mut arrived = Vec::new();
         for (i, answer) in &answers {
             if engine.deadline().is_some_and(|d| answer.at > d) {
                 continue;
@@ -241,11 +243,14 @@ impl Context<'_> {
                         t.site_up[s] += size;
                     }
                     drop(t);
-                    let _ = engine.submit(answer.at, &id, task.round, update);
+                    arrived.push((answer.at, id, update));
                 }
                 None => engine.report_dropout(&id),
             }
         }
+        let batch: Vec<_> = arrived.iter().map(|(at, id, u)| (*at, id, *u)).collect();
+        // A rejection is recorded by the engine and reported in the outcome.
+        let _ = engine.submit_many(task.round, &batch);
         if secure {
             self.secure_sum(engine, n, members, task, last, secure_updates, traffic);
         }
