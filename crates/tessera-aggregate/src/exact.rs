@@ -98,8 +98,9 @@ fn chunks_of(values: &ParameterSet) -> Vec<&[f32]> {
 /// terms, the number of threads, or how partial sums were merged. Up to 2^23
 /// terms per sum fit; more are refused.
 ///
-/// Adding is about as fast as reading the values from memory when a batch of
-/// terms is added at once ([`ExactSum::add_many`]): see `fold` for how.
+/// A batch of terms added at once ([`ExactSum::add_many`]) is summed at
+/// about half the speed of copying the values (BENCHMARKS): see `fold` for
+/// how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExactSum {
     sums: Vec<i128>,
