@@ -189,7 +189,8 @@ fn fold_range(sums: &mut [i128], start: usize, terms: &[Term<'_>]) -> Vec<Option
     fold_range_body(sums, start, terms)
 }
 
-/// [`fold_range`] compiled for AVX-512 (x86-64 processors since 2017),
+/// [`fold_range`] compiled for AVX-512 (Intel server processors since 2017,
+/// AMD since Zen 4),
 /// whose vector conversion from `f64` to 64-bit integers lets the small
 /// terms' loop and the range check vectorise: two to three times as fast (BENCHMARKS).
 #[cfg(target_arch = "x86_64")]
