@@ -529,6 +529,9 @@ fn print_summary(report: &RunReport) {
         if let Some(line) = rare_baselines_line(b) {
             println!("{line}");
         }
+        if let Some(line) = crate::versus::choices_line(b) {
+            println!("{line}");
+        }
         for line in crate::versus::lines(report) {
             println!("{line}");
         }

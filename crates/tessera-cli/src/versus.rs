@@ -57,3 +57,45 @@ pub fn lines(report: &RunReport) -> Vec<String> {
     }
     out
 }
+
+/// How the baselines were regularised and stopped: the pooled model's
+/// choice, and how many sites chose each weight decay and their median
+/// length.
+pub fn choices_line(b: &tessera_engine::report::Baselines) -> Option<String> {
+    let pooled = b
+        .pooled
+        .as_ref()
+        .and_then(|p| p.choice.as_ref())
+        .map(|c| format!("pooled {}", c.describe()));
+    let local = &b.local.choices;
+    let sites = (!local.is_empty()).then(|| {
+        let mut by_decay: Vec<(f32, usize)> = Vec::new();
+        for c in local.values() {
+            match by_decay.iter_mut().find(|(d, _)| *d == c.weight_decay) {
+                Some((_, n)) => *n += 1,
+                None => by_decay.push((c.weight_decay, 1)),
+            }
+        }
+        by_decay.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut lengths: Vec<u64> = local.values().map(|c| c.trained).collect();
+        lengths.sort_unstable();
+        let unit = local.values().next().map_or("epochs", |c| c.unit.as_str());
+        let decays: Vec<String> = by_decay
+            .iter()
+            .map(|(d, n)| format!("{d} at {n}"))
+            .collect();
+        format!(
+            "local: weight decay {} of {} sites, median {} {unit}",
+            decays.join(", "),
+            local.len(),
+            lengths[lengths.len() / 2]
+        )
+    });
+    let parts: Vec<String> = pooled.into_iter().chain(sites).collect();
+    (!parts.is_empty()).then(|| {
+        format!(
+            "baselines chosen on held-out training rows: {}",
+            parts.join("; ")
+        )
+    })
+}

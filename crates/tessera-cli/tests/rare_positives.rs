@@ -73,6 +73,20 @@ fn rare_positives_are_reported_by_auc_pr_auc_and_balanced_accuracy() {
         let auc = number(&report, &format!("baselines.{who}.auc"));
         assert!(auc > 0.5 && auc <= 1.0, "{who}: {auc}");
     }
+    // Each baseline's weight decay and length, chosen on rows held out of
+    // its own training rows (the plan does not turn it off): in the report
+    // and on the terminal.
+    let held = number(&report, "baselines.pooled.choice.validation_rows");
+    let trained = number(&report, "baselines.pooled.choice.trained");
+    assert!(held >= 50.0, "{held}");
+    assert!(trained >= 1.0 && trained <= number(&report, "baselines.pooled.choice.of"));
+    let choices = report["baselines"]["local"]["choices"].as_object().unwrap();
+    assert!(!choices.is_empty());
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("baselines chosen on held-out training rows: pooled weight decay "))
+        .unwrap();
+    assert!(line.contains("; local: weight decay "), "{line}");
 }
 
 /// `tessera synth --coded`: wide data with a rare positive class, which

@@ -74,6 +74,7 @@
 #![deny(missing_docs)]
 
 pub mod attribution;
+pub mod baseline;
 mod buffered;
 pub mod continual;
 mod departments;

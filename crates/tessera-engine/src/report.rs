@@ -213,6 +213,10 @@ pub struct LocalBaseline {
     /// Binary tasks: [`FinalMetrics::binary`]'s figures, so scored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary: Option<tessera_learn::BinaryMetrics>,
+    /// How each site's model was regularised and stopped, chosen on its
+    /// held-out training rows ([`crate::baseline`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub choices: BTreeMap<String, crate::baseline::BaselineChoice>,
 }
 
 /// One model trained on all training rows pooled.
@@ -230,6 +234,10 @@ pub struct PooledBaseline {
     pub binary: Option<tessera_learn::BinaryMetrics>,
     /// Per site (own statistics).
     pub per_site: BTreeMap<String, SiteMetrics>,
+    /// How it was regularised and stopped, chosen on held-out training rows
+    /// ([`crate::baseline`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choice: Option<crate::baseline::BaselineChoice>,
 }
 
 /// Baselines on the same splits.

@@ -9,20 +9,21 @@
 //! (`simulate --baselines`): the plan's initial model trained on the site's
 //! training rows with the plan's `[baselines]` training, by default its
 //! local training for as many epochs as all rounds together give
-//! (`Plan::baseline_training`), batches from the run seed's baseline
-//! stream, without DP (the baseline never leaves the site).
+//! (`Plan::baseline_training`), regularised and early-stopped on held-out
+//! training rows (`tessera_engine::baseline`), batches from the run seed's
+//! baseline stream, without DP (the baseline never leaves the site).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::Serialize;
-use tessera_core::{ParameterSet, SeededRng, tag};
+use tessera_core::ParameterSet;
 use tessera_data::{Agreement, Dataset, ScaleScope, Scaler};
+use tessera_engine::baseline::{BaselineChoice, fit_baseline};
 use tessera_engine::model_file::{ModelFile, RunInfo, Standardization, plan_hash};
 use tessera_engine::report::{DepartmentAccuracy, SiteMetrics, site_metrics};
-use tessera_engine::{Departments, Levels, Plan, PlanBuild, streams};
-use tessera_learn::LocalPlan;
+use tessera_engine::{Departments, Levels, Plan, PlanBuild};
 use tessera_privacy::{DpEvent, Ledger, PrivacyMode};
 
 use crate::ParticipantError;
@@ -555,13 +556,17 @@ impl SiteResults {
             self.takeaway.agreement.classes.len(),
         );
         let training = plan.baseline_training();
-        let mut baseline = plan
+        let initial = plan
             .learner(n_features, n_classes)
             .map_err(|e| ParticipantError::Local(e.to_string()))?;
-        let mut rng = SeededRng::derived(plan.seed, &[streams::BASELINE, tag(&self.site)]);
-        baseline
-            .fit(&self.train, &LocalPlan::plain(&training), &mut rng)
-            .map_err(local)?;
+        let (baseline, choice) = fit_baseline(
+            plan,
+            initial.as_ref(),
+            &self.train,
+            &self.takeaway.scaler.scale,
+            &self.site,
+        )
+        .map_err(local)?;
         let baseline = site_metrics(&baseline.evaluate(&self.test).map_err(local)?);
         let ledger = self.takeaway.ledger.as_ref();
         let privacy = PrivacySpent {
@@ -575,11 +580,7 @@ impl SiteResults {
                     .to_string()
             }),
         };
-        let how = match (training.epochs, training.steps) {
-            (_, Some(steps)) => format!("{steps} steps"),
-            (Some(epochs), None) => format!("{epochs} epochs"),
-            (None, None) => "the plan's local training".to_string(),
-        };
+
         Ok(SiteReport {
             site: self.site.clone(),
             run_id: self.run_id.clone(),
@@ -610,8 +611,16 @@ impl SiteResults {
             local_baseline: Baseline {
                 metrics: baseline,
                 training: format!(
-                    "the plan's initial model, {how} on this site's training rows alone \
-                     (batch size {}, as `simulate --baselines`)",
+                    "the plan's initial model trained on this site's training rows alone \
+                     ({}; batch size {}, as `simulate --baselines`)",
+                    choice.as_ref().map_or_else(
+                        || match (training.epochs, training.steps) {
+                            (_, Some(steps)) => format!("{steps} steps"),
+                            (Some(epochs), None) => format!("{epochs} epochs"),
+                            (None, None) => "the plan's local training".to_string(),
+                        },
+                        BaselineChoice::describe
+                    ),
                     training.batch_size
                 ),
                 n_train: self.train.n_rows() as u64,

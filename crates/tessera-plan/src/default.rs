@@ -57,6 +57,7 @@ impl Default for Plan {
             multitask: None,
             features: Vec::new(),
             contribution: Default::default(),
+            baseline_choice: Default::default(),
         }
     }
 }

@@ -37,6 +37,7 @@ use tessera_learn::{ModelConfig, TrainingConfig};
 use tessera_privacy::PrivacyConfig;
 use thiserror::Error;
 
+mod baseline_choice;
 mod contribution;
 mod default;
 mod features;
@@ -49,6 +50,7 @@ pub mod streams;
 mod topology;
 mod validate;
 
+pub use baseline_choice::{BaselineChoiceConfig, MAX_WEIGHT_DECAYS};
 pub use contribution::{AttributionMethod, AttributionUtility, ContributionConfig, Selection};
 pub use features::{FLAGGABLE, FeatureFlag};
 pub use memory::{MemoryRole, available_memory};
@@ -165,6 +167,10 @@ pub struct Plan {
     /// default.
     #[serde(default, skip_serializing_if = "ContributionConfig::is_off")]
     pub contribution: ContributionConfig,
+    /// How the baselines are regularised and early-stopped on held-out
+    /// training rows (`[baseline_choice]`): on by default.
+    #[serde(default, skip_serializing_if = "BaselineChoiceConfig::is_default")]
+    pub baseline_choice: BaselineChoiceConfig,
 }
 
 /// The `[data]` of a plan without one: no files, no columns, no target.

@@ -218,6 +218,9 @@ impl Plan {
         if let Err(reason) = self.contribution.check() {
             push(&["contribution"], reason);
         }
+        if let Err(reason) = self.baseline_choice.check() {
+            push(&["baseline_choice"], reason);
+        }
         let personalization = &self.personalization;
         if personalization.finetune_epochs > 10_000 {
             push(

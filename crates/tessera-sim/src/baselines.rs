@@ -1,34 +1,26 @@
 //! Local-only and pooled baselines on the federation's splits.
 
 use rayon::prelude::*;
-use tessera_core::{SeededRng, tag};
-use tessera_data::{Dataset, FederatedData};
-use tessera_engine::{Plan, streams};
-use tessera_learn::{Evaluation, LearnError, Learner, LocalPlan};
+use tessera_data::FederatedData;
+use tessera_engine::Plan;
+use tessera_engine::baseline::fit_baseline;
+use tessera_learn::{Evaluation, LearnError, Learner};
 
 use crate::SimError;
 use crate::run::initial_model;
+use tessera_engine::baseline::BaselineChoice;
 use tessera_engine::report::{
     Baselines, LocalBaseline, PooledBaseline, mean_site_accuracy, site_metrics,
 };
 
 /// Trains each site alone, and one model on all training rows pooled, from
-/// the federation's initial model with the plan's baseline training. A model
-/// that fails to train is left out and its failure named in `errors`; the
-/// others are still reported.
+/// the federation's initial model with the plan's baseline training,
+/// regularised and early-stopped on held-out training rows
+/// ([`tessera_engine::baseline`]). A model that fails to train is left out
+/// and its failure named in `errors`; the others are still reported.
 pub fn run_baselines(plan: &Plan, data: &FederatedData) -> Result<Baselines, SimError> {
     crate::multitask::elsewhere(plan)?;
     let initial = initial_model(plan, data)?;
-    let training = plan.baseline_training();
-    let local_plan = LocalPlan::plain(&training);
-    let train = |mut model: Box<dyn Learner>,
-                 who: &str,
-                 rows: &Dataset|
-     -> Result<Box<dyn Learner>, LearnError> {
-        let mut rng = SeededRng::derived(plan.seed, &[streams::BASELINE, tag(who)]);
-        model.fit(rows, &local_plan, &mut rng)?;
-        Ok(model)
-    };
     let evaluate_everywhere = |model: &dyn Learner| -> Result<Vec<Evaluation>, LearnError> {
         data.sites.iter().map(|s| model.evaluate(&s.test)).collect()
     };
@@ -38,7 +30,19 @@ pub fn run_baselines(plan: &Plan, data: &FederatedData) -> Result<Baselines, Sim
     errors.extend(local_errors);
 
     let (pooled_train, pooled_test) = data.pooled(&plan.data.standardize);
-    let pooled = train(initial.clone_box(), "pooled", &pooled_train).and_then(|model| {
+    let pooled_scale = tessera_data::Scaler::from_statistics(
+        &data.federation_statistics(),
+        &plan.data.standardize,
+    )
+    .scale;
+    let pooled = fit_baseline(
+        plan,
+        initial.as_ref(),
+        &pooled_train,
+        &pooled_scale,
+        "pooled",
+    )
+    .and_then(|(model, choice)| {
         let on_pooled_test = model.evaluate(&pooled_test)?;
         let per_site = evaluate_everywhere(model.as_ref())?;
         Ok(PooledBaseline {
@@ -55,6 +59,7 @@ pub fn run_baselines(plan: &Plan, data: &FederatedData) -> Result<Baselines, Sim
                 .zip(&per_site)
                 .map(|(s, e)| (s.name.clone(), site_metrics(e)))
                 .collect(),
+            choice,
         })
     });
     let pooled = match pooled {
@@ -72,44 +77,53 @@ pub fn run_baselines(plan: &Plan, data: &FederatedData) -> Result<Baselines, Sim
 }
 
 /// Each site trained alone from `initial` with the plan's baseline
-/// training, evaluated on its own test rows and on every site's; the sites
-/// whose model failed to train are left out and named in the errors.
+/// training, regularised and early-stopped on its held-out training rows,
+/// evaluated on its own test rows and on every site's; the sites whose model
+/// failed to train are left out and named in the errors.
 pub(crate) fn local_baseline(
     plan: &Plan,
     data: &FederatedData,
     initial: &dyn Learner,
 ) -> (LocalBaseline, Vec<String>) {
-    let training = plan.baseline_training();
-    let local_plan = LocalPlan::plain(&training);
     let evaluate_everywhere = |model: &dyn Learner| -> Result<Vec<Evaluation>, LearnError> {
         data.sites.iter().map(|s| model.evaluate(&s.test)).collect()
     };
     let mut errors = Vec::new();
     // Collected in site order, so which failures are reported never depends on threads.
     let starts: Vec<Box<dyn Learner>> = data.sites.iter().map(|_| initial.clone_box()).collect();
-    let local: Vec<Result<(Evaluation, f64), LearnError>> = data
+    type Local = (Evaluation, f64, Option<BaselineChoice>);
+    let local: Vec<Result<Local, LearnError>> = data
         .sites
         .par_iter()
         .zip(starts)
         .map(|(site, start)| {
-            let mut model = start;
-            let mut rng = SeededRng::derived(plan.seed, &[streams::BASELINE, tag(&site.name)]);
-            model.fit(&site.train, &local_plan, &mut rng)?;
+            let (model, choice) = fit_baseline(
+                plan,
+                start.as_ref(),
+                &site.train,
+                &site.scaler.scale,
+                &site.name,
+            )?;
             let own = model.evaluate(&site.test)?;
             Ok((
                 own,
                 mean_site_accuracy(&evaluate_everywhere(model.as_ref())?),
+                choice,
             ))
         })
         .collect();
     let mut per_site = std::collections::BTreeMap::new();
     let mut cross_site_mean_accuracy = std::collections::BTreeMap::new();
     let mut own_evaluations = Vec::new();
+    let mut choices = std::collections::BTreeMap::new();
     for (site, result) in data.sites.iter().zip(local) {
         match result {
-            Ok((own, cross)) => {
+            Ok((own, cross, choice)) => {
                 per_site.insert(site.name.clone(), site_metrics(&own));
                 cross_site_mean_accuracy.insert(site.name.clone(), cross);
+                if let Some(choice) = choice {
+                    choices.insert(site.name.clone(), choice);
+                }
                 own_evaluations.push(own);
             }
             Err(e) => errors.push(format!("local baseline of site '{}': {e}", site.name)),
@@ -126,6 +140,7 @@ pub(crate) fn local_baseline(
             .histogram
             .as_ref()
             .and_then(|h| h.binary_metrics(0.5)),
+        choices,
     };
 
     (local, errors)

@@ -51,7 +51,15 @@ fn every_site_takes_home_the_global_model_and_its_report() {
     let s = Scratch::new("site-results");
     // Clear site metrics: the coordinator's report then has each site's
     // figures for the final model, to check the sites' reports against.
-    let text = heart_text(&s, 4) + "\n[privacy]\nsite_metrics = \"clear\"\n";
+    // The local baselines chosen on held-out rows (the bundled plan turns
+    // the choice off, FLamby's protocol), at sites with 10 rows to hold out
+    // or more: the site's must be the simulation's.
+    let text = heart_text(&s, 4).replace(
+        "[baseline_choice]\nenabled = false",
+        "[baseline_choice]\nenabled = true\nmin_validation_rows = 10",
+    );
+    assert!(text.contains("min_validation_rows = 10"));
+    let text = text + "\n[privacy]\nsite_metrics = \"clear\"\n";
     let plan = s.write("results.toml", &text);
     let plan_arg = plan.to_str().unwrap();
     s.run(&[
@@ -171,6 +179,19 @@ fn every_site_takes_home_the_global_model_and_its_report() {
         for key in ["accuracy", "loss", "n_test"] {
             assert_eq!(report["local_baseline"][key], local[key], "{site} {key}");
         }
+        let choice = &simulated["baselines"]["local"]["choices"][site];
+        let training = report["local_baseline"]["training"].as_str().unwrap();
+        let [held, trained, of] =
+            ["validation_rows", "trained", "of"].map(|k| choice[k].as_u64().unwrap());
+        let length = if held == 0 {
+            format!(", {trained} epochs (too few rows")
+        } else {
+            format!(", {trained} of {of} epochs, chosen on {held} held-out")
+        };
+        assert!(
+            training.contains("weight decay ") && training.contains(&length),
+            "{site}: {training} against {choice}"
+        );
         let gain = report["gain"].as_f64().unwrap();
         let expected = reported - local["accuracy"].as_f64().unwrap();
         assert!((gain - expected).abs() < 1e-12);
