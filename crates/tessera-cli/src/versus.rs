@@ -59,36 +59,42 @@ pub fn lines(report: &RunReport) -> Vec<String> {
 }
 
 /// How the baselines were regularised and stopped: the pooled model's
-/// choice, and how many sites chose each weight decay and their median
-/// length.
+/// choice, and at how many sites a choice was made, with the weight decays
+/// chosen and the median length; none where nothing was chosen.
 pub fn choices_line(b: &tessera_engine::report::Baselines) -> Option<String> {
+    let made = |c: &&tessera_engine::baseline::BaselineChoice| {
+        c.validation_rows > 0 && c.validation_loss.is_some()
+    };
     let pooled = b
         .pooled
         .as_ref()
         .and_then(|p| p.choice.as_ref())
+        .filter(made)
         .map(|c| format!("pooled {}", c.describe()));
     let local = &b.local.choices;
-    let sites = (!local.is_empty()).then(|| {
+    let chosen: Vec<_> = local.values().filter(made).collect();
+    let sites = (!chosen.is_empty()).then(|| {
         let mut by_decay: Vec<(f32, usize)> = Vec::new();
-        for c in local.values() {
+        for c in &chosen {
             match by_decay.iter_mut().find(|(d, _)| *d == c.weight_decay) {
                 Some((_, n)) => *n += 1,
                 None => by_decay.push((c.weight_decay, 1)),
             }
         }
         by_decay.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let mut lengths: Vec<u64> = local.values().map(|c| c.trained).collect();
+        let mut lengths: Vec<u64> = chosen.iter().map(|c| c.trained).collect();
         lengths.sort_unstable();
-        let unit = local.values().next().map_or("epochs", |c| c.unit.as_str());
         let decays: Vec<String> = by_decay
             .iter()
             .map(|(d, n)| format!("{d} at {n}"))
             .collect();
         format!(
-            "local: weight decay {} of {} sites, median {} {unit}",
-            decays.join(", "),
+            "local: chosen at {} of {} sites (weight decay {}), median {} {}",
+            chosen.len(),
             local.len(),
-            lengths[lengths.len() / 2]
+            decays.join(", "),
+            lengths[lengths.len() / 2],
+            chosen[0].unit
         )
     });
     let parts: Vec<String> = pooled.into_iter().chain(sites).collect();

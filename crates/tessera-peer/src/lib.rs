@@ -634,12 +634,14 @@ async fn work(
     // leaves the rounds' results whole.
     let (plan, site, agreed) = (plan.clone(), config.site.clone(), agreement.clone());
     let (own, last) = (Arc::clone(&model), progress.last.clone());
+    let scale = scaler.scale.clone();
     let personalization = tokio::task::spawn_blocking(move || {
         personal::personalization(
             &plan,
             (&site, &agreed, departments.as_ref()),
             (&own, last.as_ref()),
             (&train, &test),
+            &scale,
         )
     })
     .await

@@ -6,11 +6,12 @@
 
 use std::collections::BTreeMap;
 
-use tessera_core::{ParameterSet, ParticipantId, SeededRng, tag};
+use tessera_core::{ParameterSet, ParticipantId};
 use tessera_data::{Agreement, Dataset};
+use tessera_engine::baseline::fit_baseline;
 use tessera_engine::report::PersonalizationReport;
-use tessera_engine::{Departments, Levels, Plan, PlanBuild, Site, streams};
-use tessera_learn::{Evaluation, LocalPlan};
+use tessera_engine::{Departments, Levels, Plan, PlanBuild, Site};
+use tessera_learn::Evaluation;
 
 use crate::PeerError;
 
@@ -22,6 +23,7 @@ pub(crate) fn personalization(
     (site, agreement, departments): (&str, &Agreement, Option<&Departments>),
     (model, last): (&ParameterSet, Option<&Evaluation>),
     (train, test): (&Dataset, &Dataset),
+    scale: &[f64],
 ) -> Result<Option<PersonalizationReport>, PeerError> {
     if !plan.personalizes() {
         return Ok(None);
@@ -50,20 +52,14 @@ pub(crate) fn personalization(
         None => evaluated(&mut own, model)?,
     };
     let personalized = evaluated(&mut own, &personal)?;
-    // Alone, as the simulator's local-only baseline trains it; a model
-    // that fails to train is left out, as there.
-    let mut alone = plan
+    // Alone, as the simulator's local-only baseline trains it (`scale`:
+    // the divisors its rows were standardised with); a model that fails to
+    // train is left out, as there.
+    let start = plan
         .learner(n_features, n_classes)
         .map_err(|e| local(e.to_string()))?;
-    let mut rng = SeededRng::derived(plan.seed, &[streams::BASELINE, tag(site)]);
     let mut local_only = BTreeMap::new();
-    if alone
-        .fit(
-            train,
-            &LocalPlan::plain(&plan.baseline_training()),
-            &mut rng,
-        )
-        .is_ok()
+    if let Ok((alone, _)) = fit_baseline(plan, start.as_ref(), train, scale, site)
         && let Ok(evaluation) = alone.evaluate(test)
     {
         local_only.insert(site.to_string(), evaluation.accuracy());
