@@ -304,8 +304,9 @@ impl FederatedData {
     }
 
     /// All sites' rows pooled (the centralised baseline): train and test
-    /// standardised with the statistics of all training rows together.
-    pub fn pooled(&self, config: &StandardizeConfig) -> (Dataset, Dataset) {
+    /// standardised with the statistics of all training rows together, and
+    /// that standardisation.
+    pub fn pooled(&self, config: &StandardizeConfig) -> (Dataset, Dataset, Scaler) {
         let d = self.n_features();
         let stack = |parts: Vec<ndarray::ArrayView2<'_, f32>>| {
             ndarray::concatenate(Axis(0), &parts).unwrap_or_else(|_| Array2::zeros((0, d)))
@@ -328,6 +329,7 @@ impl FederatedData {
                 x: scaler.apply(&raw_test),
                 y: labels(|s| &s.test),
             },
+            scaler,
         )
     }
 }

@@ -123,7 +123,7 @@ fn count_kept_positives() -> usize {
 fn pooled_baseline_uses_pooled_statistics() {
     let config = heart_config();
     let data = load(&config, &examples_dir(), &Filesystem).unwrap();
-    let (train, test) = data.pooled(&config.standardize);
+    let (train, test, _) = data.pooled(&config.standardize);
     assert_eq!((train.n_rows(), test.n_rows()), (486, 254));
     let n = train.n_rows() as f64;
     let age: Vec<f64> = train.x.column(0).iter().map(|&v| f64::from(v)).collect();

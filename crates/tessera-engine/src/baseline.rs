@@ -122,17 +122,14 @@ pub fn restandardize(
         return (fitting, held);
     }
     let stats = tessera_data::FeatureStatistics::of(&fitting.x);
-    let dof = stats.n as f64 - f64::from(config.ddof);
+    let by_fitting = tessera_data::Scaler::from_statistics(&stats, config);
+    // Constant in the fitted rows: where the scaler's rule gives no spread.
+    let spread = stats.n > u64::from(config.ddof);
     let maps: Vec<(f64, f64)> = (0..fitting.x.ncols())
         .map(|j| {
-            let std = if dof > 0.0 {
-                (stats.m2[j].max(0.0) / dof).sqrt()
-            } else {
-                0.0
-            };
-            let mean = stats.mean[j];
-            if std > 0.0 {
-                (mean, 1.0 / (std + config.epsilon))
+            let mean = by_fitting.mean[j];
+            if spread && stats.m2[j] > 0.0 {
+                (mean, 1.0 / by_fitting.scale[j])
             } else {
                 (mean, scale.get(j).copied().unwrap_or(1.0))
             }

@@ -29,17 +29,12 @@ pub fn run_baselines(plan: &Plan, data: &FederatedData) -> Result<Baselines, Sim
     let (local, local_errors) = local_baseline(plan, data, initial.as_ref());
     errors.extend(local_errors);
 
-    let (pooled_train, pooled_test) = data.pooled(&plan.data.standardize);
-    let pooled_scale = tessera_data::Scaler::from_statistics(
-        &data.federation_statistics(),
-        &plan.data.standardize,
-    )
-    .scale;
+    let (pooled_train, pooled_test, pooled_scaler) = data.pooled(&plan.data.standardize);
     let pooled = fit_baseline(
         plan,
         initial.as_ref(),
         &pooled_train,
-        &pooled_scale,
+        &pooled_scaler.scale,
         "pooled",
     )
     .and_then(|(model, choice)| {
