@@ -24,7 +24,10 @@ pub struct CoordinatorArgs {
     /// key its default); sites receive the plan as changed.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     settings: Vec<String>,
-    /// The database (SQLite); a restart with the same file resumes the run.
+    /// The database: a SQLite file (a restart with the same file resumes the
+    /// run), or a PostgreSQL URL, postgres://USER@HOST/DB, which several
+    /// coordinators can share: one leads, the others wait as standbys and
+    /// the first to take its lease resumes the run where it stopped.
     #[arg(long)]
     db: PathBuf,
     /// Address to listen on, e.g. 127.0.0.1:7000 (port 0: any free port).
@@ -75,9 +78,11 @@ pub struct CoordinatorArgs {
 /// Arguments of `tessera participant`.
 #[derive(Debug, clap::Args)]
 pub struct ParticipantArgs {
-    /// The coordinator's URL, e.g. http://127.0.0.1:7000.
-    #[arg(long)]
-    coordinator: String,
+    /// The coordinator's URL, e.g. http://127.0.0.1:7000. Several (repeated,
+    /// or separated by commas): coordinators sharing one PostgreSQL
+    /// database, tried in turn when the one in use cannot be reached.
+    #[arg(long, value_delimiter = ',', required = true)]
+    coordinator: Vec<String>,
     /// This site's name.
     #[arg(long)]
     site: String,
@@ -416,8 +421,8 @@ pub fn coordinator(args: &CoordinatorArgs) -> anyhow::Result<()> {
     }
     let f = &report.final_metrics;
     // A run its operator stopped early says so.
-    let stopped = tessera_coordinator::SqliteStore::open_existing(&args.db)
-        .and_then(|store| tessera_coordinator::RunStore::runs(&store))
+    let stopped = tessera_coordinator::open_existing_store(&args.db)
+        .and_then(|store| store.runs())
         .ok()
         .and_then(|runs| runs.into_iter().next())
         .is_some_and(|run| run.status == tessera_coordinator::RunStatus::Stopped.as_str());
@@ -593,8 +598,12 @@ pub fn participant(args: &ParticipantArgs) -> anyhow::Result<()> {
         (None, Some(plan)) => plan_dir(plan),
         (None, None) => PathBuf::from("."),
     };
+    let Some((coordinator, standbys)) = args.coordinator.split_first() else {
+        bail!("give --coordinator URL");
+    };
     let config = ParticipantConfig {
-        coordinator: args.coordinator.clone(),
+        coordinator: coordinator.clone(),
+        standbys: standbys.to_vec(),
         site: args.site.clone(),
         data: args.data.as_deref().map(resolved).transpose()?,
         // A mapping that cannot be read is found here, not after joining.

@@ -37,10 +37,15 @@ pub struct AbortArgs {
 /// The running run of `db`, and the store, opened for writing.
 fn running(
     db: &std::path::Path,
-) -> anyhow::Result<(SqliteStore, tessera_coordinator::store::RunRow)> {
+) -> anyhow::Result<(Box<dyn RunStore>, tessera_coordinator::store::RunRow)> {
     // Refuse a path that is not a database before creating anything.
-    SqliteStore::open_existing(db)?;
-    let store = SqliteStore::open(db)?;
+    let store = tessera_coordinator::open_existing_store(db)?;
+    let store: Box<dyn RunStore> = if db.to_str().is_some_and(tessera_coordinator::is_postgres) {
+        store
+    } else {
+        drop(store);
+        Box::new(SqliteStore::open(db)?)
+    };
     match store.unfinished_run()? {
         Some(run) => Ok((store, run)),
         None => match store.runs()?.into_iter().next() {
@@ -98,7 +103,7 @@ pub fn stop(args: &StopArgs) -> anyhow::Result<()> {
     }
     let deadline = Instant::now() + Duration::from_secs_f64(args.wait);
     loop {
-        let status = SqliteStore::open_existing(&args.db)?
+        let status = tessera_coordinator::open_existing_store(&args.db)?
             .runs()?
             .into_iter()
             .find(|r| r.id == run.id)

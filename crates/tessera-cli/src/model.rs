@@ -229,8 +229,7 @@ fn of_database(
     report: &tessera_engine::report::RunReport,
     who: &str,
 ) -> anyhow::Result<ModelFile> {
-    use tessera_coordinator::RunStore;
-    let store = tessera_coordinator::SqliteStore::open_existing(db)?;
+    let store = tessera_coordinator::open_existing_store(db)?;
     let run = store
         .runs()?
         .into_iter()
@@ -239,7 +238,7 @@ fn of_database(
         .with_context(|| format!("{}: no run of this plan", db.display()))?;
     of_stored_run(
         plan,
-        &store,
+        &*store,
         &run.id,
         report.rounds.last().map_or(0, |r| r.round),
         report.final_parameters.clone(),
@@ -251,14 +250,14 @@ fn of_database(
 /// `store`, with the run's data agreement and statistics, written by `who`.
 pub fn of_stored_run(
     plan: &Plan,
-    store: &tessera_coordinator::SqliteStore,
+    store: &dyn tessera_coordinator::RunStore,
     run: &str,
     round: u32,
     parameters: tessera_core::ParameterSet,
     who: &str,
 ) -> anyhow::Result<ModelFile> {
     use prost::Message;
-    use tessera_coordinator::{AgreementStep, RunStore};
+    use tessera_coordinator::AgreementStep;
     let run = store
         .runs()?
         .into_iter()

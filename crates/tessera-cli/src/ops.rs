@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use tessera_coordinator::RunStore;
 use tessera_coordinator::store::{OpenRoundRow, RoundRow};
-use tessera_coordinator::{RunStore, SqliteStore};
 use tessera_engine::report::RoundRecord;
 
 use tessera_core::utc;
@@ -95,8 +95,10 @@ pub struct PrivacyArgs {
     run: Option<String>,
 }
 
-fn open(db: &std::path::Path) -> anyhow::Result<SqliteStore> {
-    Ok(SqliteStore::open_existing(db)?)
+/// The database at `db`: a SQLite file, which must exist, or a
+/// PostgreSQL URL (read without taking the coordinators' lease).
+fn open(db: &std::path::Path) -> anyhow::Result<Box<dyn RunStore>> {
+    Ok(tessera_coordinator::open_existing_store(db)?)
 }
 
 /// Prints each run's privacy ledger: every release, its DP event, and the
@@ -119,7 +121,7 @@ pub fn privacy(args: &PrivacyArgs) -> anyhow::Result<()> {
     }
     for run in runs {
         let unprotected: Vec<u32> = store
-            .analytics(&run.id)?
+            .answered_queries(&run.id)?
             .iter()
             .filter(|a| !a.protected)
             .map(|a| a.release)
@@ -258,7 +260,7 @@ pub fn privacy(args: &PrivacyArgs) -> anyhow::Result<()> {
 
 /// The run `id` of `store` (default: the newest).
 fn run_of(
-    store: &SqliteStore,
+    store: &dyn RunStore,
     db: &std::path::Path,
     id: Option<&str>,
 ) -> anyhow::Result<tessera_coordinator::store::RunRow> {
@@ -282,10 +284,10 @@ pub fn runs(args: &RunsArgs) -> anyhow::Result<()> {
         .context("give the coordinator's database: --db FILE")?;
     let store = open(db)?;
     match &args.action {
-        None | Some(RunsAction::List) => list(&store, db),
+        None | Some(RunsAction::List) => list(&*store, db),
         Some(RunsAction::Show { run, json }) => {
-            let row = run_of(&store, db, run.as_deref())?;
-            let tracked = crate::tracking::from_store(&store, &row)?;
+            let row = run_of(&*store, db, run.as_deref())?;
+            let tracked = crate::tracking::from_store(&*store, &row)?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&tracked)?);
             } else {
@@ -294,15 +296,15 @@ pub fn runs(args: &RunsArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Some(RunsAction::Compare { a, b, db_b }) => {
-            let row_a = run_of(&store, db, Some(a))?;
-            let tracked_a = crate::tracking::from_store(&store, &row_a)?;
+            let row_a = run_of(&*store, db, Some(a))?;
+            let tracked_a = crate::tracking::from_store(&*store, &row_a)?;
             let tracked_b = match db_b {
                 Some(other) => {
                     let store_b = open(other)?;
-                    let row_b = run_of(&store_b, other, Some(b))?;
-                    crate::tracking::from_store(&store_b, &row_b)?
+                    let row_b = run_of(&*store_b, other, Some(b))?;
+                    crate::tracking::from_store(&*store_b, &row_b)?
                 }
-                None => crate::tracking::from_store(&store, &run_of(&store, db, Some(b))?)?,
+                None => crate::tracking::from_store(&*store, &run_of(&*store, db, Some(b))?)?,
             };
             crate::tracking::print_comparison(&tracked_a, &tracked_b);
             Ok(())
@@ -313,8 +315,8 @@ pub fn runs(args: &RunsArgs) -> anyhow::Result<()> {
             experiment,
             artifacts,
         }) => {
-            let row = run_of(&store, db, run.as_deref())?;
-            let tracked = crate::tracking::from_store(&store, &row)?;
+            let row = run_of(&*store, db, run.as_deref())?;
+            let tracked = crate::tracking::from_store(&*store, &row)?;
             // The record, not the status document: that one holds the
             // audit log and exact example counts, which stay with the
             // coordinator.
@@ -347,7 +349,7 @@ pub fn runs(args: &RunsArgs) -> anyhow::Result<()> {
     }
 }
 
-fn list(store: &SqliteStore, db: &std::path::Path) -> anyhow::Result<()> {
+fn list(store: &dyn RunStore, db: &std::path::Path) -> anyhow::Result<()> {
     let runs = store.runs()?;
     if runs.is_empty() {
         println!("no runs in {}", db.display());
@@ -386,7 +388,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             .with_context(|| format!("no runs in {}", args.db.display()))?,
     };
     if args.json {
-        let document = crate::status_json::document(&store, &run)?;
+        let document = crate::status_json::document(&*store, &run)?;
         println!("{}", serde_json::to_string_pretty(&document)?);
         return Ok(());
     }

@@ -43,6 +43,9 @@ pub fn tls_inputs(flag: &str, dir: Option<&Path>) -> Vec<Input> {
 
 /// A SQLite database and the files SQLite keeps beside it.
 pub fn db_inputs(db: &Path) -> Vec<Input> {
+    if db.to_str().is_some_and(tessera_coordinator::is_postgres) {
+        return Vec::new();
+    }
     let mut inputs = vec![Input::new("the --db database", db)];
     for suffix in ["-wal", "-shm", "-journal"] {
         let mut name: OsString = db.as_os_str().to_owned();

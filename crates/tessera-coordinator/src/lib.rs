@@ -158,8 +158,8 @@ pub use state::{
     SystemClock, TaskView,
 };
 pub use store::{
-    AgreementStep, Control, ControlRow, NewVersion, RolloutDecision, RunStatus, RunStore, RunTx,
-    SqliteStore, Stage, StoreError, VersionRow,
+    AgreementStep, Control, ControlRow, NewVersion, PostgresStore, RolloutDecision, RunStatus,
+    RunStore, RunTx, SqliteStore, Stage, StoreError, VersionRow, is_postgres,
 };
 
 /// Why the coordinator stopped.
@@ -209,7 +209,9 @@ pub struct CoordinatorConfig {
     pub plan: Plan,
     /// Its text, stored with the run.
     pub plan_text: String,
-    /// The database.
+    /// The database: a SQLite file, or a PostgreSQL URL (`postgres://`),
+    /// where this coordinator waits for the lease, as a standby, until no
+    /// other coordinator on it leads.
     pub db: PathBuf,
     /// Where to listen.
     pub listen: SocketAddr,
@@ -278,12 +280,13 @@ pub async fn open(config: &CoordinatorConfig) -> Result<Arc<Shared>, Coordinator
     );
     let (new_run, initial) = (config.new_run, config.initial.clone());
     let (rollout, dry_run) = (config.rollout.clone(), config.dry_run);
+    let listen = config.listen;
     Shared::open(move || {
-        let store = SqliteStore::open(&db)?;
+        let store = open_store(&db, listen)?;
         if !new_run {
-            refuse_an_ended_run(&store, &db)?;
+            refuse_an_ended_run(&*store, &db)?;
         }
-        let mut federation = Federation::open(plan, &text, store, liveness)?;
+        let mut federation = Federation::open_node(plan, &text, store, liveness, None)?;
         if let Some(initial) = initial {
             federation.continue_from(initial)?;
         }
@@ -299,8 +302,49 @@ pub async fn open(config: &CoordinatorConfig) -> Result<Arc<Shared>, Coordinator
     .await
 }
 
+/// The coordinator's store at `db`: a SQLite file, or a PostgreSQL database
+/// whose lease this coordinator waits for (saying who holds it) and takes.
+fn open_store(
+    db: &std::path::Path,
+    listen: SocketAddr,
+) -> Result<Box<dyn RunStore>, CoordinatorError> {
+    let Some(url) = db.to_str().filter(|d| is_postgres(d)) else {
+        return Ok(Box::new(SqliteStore::open(db)?));
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "this machine".into());
+    let holder = format!(
+        "the coordinator for {listen} (process {} on {host})",
+        std::process::id()
+    );
+    let shown = store::redacted(url);
+    let store = PostgresStore::lead(url, &holder, REMIND_EVERY, &mut |by| {
+        tracing::warn!(
+            "standby: another coordinator leads on {shown}: {by}; this one takes over \
+             the run when its lease is released"
+        );
+    })?;
+    tracing::info!(
+        epoch = store.epoch(),
+        "leading on {shown} (lease epoch {})",
+        store.epoch().unwrap_or(0)
+    );
+    Ok(Box::new(store))
+}
+
+/// The stored runs at `db` (a SQLite file, which must exist, or a
+/// PostgreSQL URL), to read them or to record an operator's request.
+pub fn open_existing_store(db: &std::path::Path) -> Result<Box<dyn RunStore>, StoreError> {
+    match db.to_str().filter(|d| is_postgres(d)) {
+        Some(url) => Ok(Box::new(PostgresStore::open(url)?)),
+        None => Ok(Box::new(SqliteStore::open_existing(db)?)),
+    }
+}
+
 /// Refuses a database whose newest run has ended and none is running.
 fn refuse_an_ended_run(store: &dyn RunStore, db: &std::path::Path) -> Result<(), CoordinatorError> {
+    let db = std::path::PathBuf::from(store::redacted(&db.to_string_lossy()));
     if store.unfinished_run()?.is_some() {
         return Ok(());
     }

@@ -11,9 +11,11 @@
 //! round's removal) is one transaction. The single-write methods of
 //! [`RunStore`] each commit one transaction of their own.
 //!
-//! [`SqliteStore`] is the store: SQLite with a write-ahead log and
-//! synchronous commits. Another backend implements the two traits; the
-//! federation's logic does not change.
+//! [`SqliteStore`] is the embedded store: SQLite with a write-ahead log and
+//! synchronous commits. [`PostgresStore`] (`--db postgres://...`) is the
+//! same tables on a PostgreSQL server, where several coordinators share one
+//! database and a lease makes one of them the leader. The federation's
+//! logic does not change.
 
 use tessera_aggregate::RoundAggregate;
 use tessera_core::{ParameterSet, ParticipantId, Timestamp, Update};
@@ -21,11 +23,13 @@ use tessera_proto::ProtoError;
 use thiserror::Error;
 
 pub mod contributions;
+mod postgres;
 mod rows;
 mod schema;
 mod sqlite;
 mod upkeep;
 
+pub use postgres::{PostgresStore, is_postgres, redacted};
 pub use rows::{
     AgreementStep, AuditRow, CohortRow, Control, ControlRow, EvaluationRow, LedgerRow, ModelRow,
     Offers, OpenRoundRow, RoundClose, RoundRow, RunRow, RunStatus, StoredUpdate,
@@ -43,6 +47,12 @@ pub enum StoreError {
     /// The database file does not exist.
     #[error("{0}: no such database")]
     NotFound(String),
+    /// PostgreSQL refused, or cannot be reached.
+    #[error("database: {0}")]
+    Postgres(String),
+    /// Another coordinator took the lease of a PostgreSQL database.
+    #[error("{0}")]
+    Fenced(String),
     /// Stored bytes do not decode.
     #[error("database holds a damaged record: {0}")]
     Damaged(String),
@@ -52,6 +62,19 @@ pub enum StoreError {
     /// A change the store's rules refuse (the model registry's stages).
     #[error("{0}")]
     Refused(String),
+}
+
+impl From<::postgres::Error> for StoreError {
+    fn from(e: ::postgres::Error) -> Self {
+        let said = match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.severity(), db.message()),
+            None => match std::error::Error::source(&e) {
+                Some(cause) => format!("{e}: {cause}"),
+                None => e.to_string(),
+            },
+        };
+        StoreError::Postgres(said)
+    }
 }
 
 impl From<ProtoError> for StoreError {

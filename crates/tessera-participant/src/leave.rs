@@ -18,16 +18,30 @@ pub async fn leave(
     reason: &str,
     within: Duration,
 ) -> Result<bool, ParticipantError> {
-    let endpoint = client::endpoint(
-        &config.coordinator,
-        config.tls.as_ref(),
-        config.tls_domain.as_deref(),
-    )?;
+    // The coordinator and its standbys in turn: one that is not leading
+    // does not listen, and the first that takes the withdrawal ends it.
+    let urls = std::iter::once(&config.coordinator).chain(&config.standbys);
+    let mut why = Vec::new();
+    for url in urls {
+        match leave_at(config, url, reason, within).await {
+            Ok(told) => return Ok(told),
+            Err(e) => why.push(e.to_string()),
+        }
+    }
+    Err(ParticipantError::Refused(why.join("; ")))
+}
+
+async fn leave_at(
+    config: &ParticipantConfig,
+    url: &str,
+    reason: &str,
+    within: Duration,
+) -> Result<bool, ParticipantError> {
+    let endpoint = client::endpoint(url, config.tls.as_ref(), config.tls_domain.as_deref())?;
     let told = async {
         let channel = endpoint.connect().await.map_err(|e| {
             ParticipantError::Refused(format!(
-                "cannot reach {} to leave the run: {}",
-                config.coordinator,
+                "cannot reach {url} to leave the run: {}",
                 chain(&e)
             ))
         })?;
@@ -44,8 +58,7 @@ pub async fn leave(
     match tokio::time::timeout(within, told).await {
         Ok(told) => told,
         Err(_) => Err(ParticipantError::Refused(format!(
-            "{} did not answer the withdrawal within {within:?}",
-            config.coordinator
+            "{url} did not answer the withdrawal within {within:?}"
         ))),
     }
 }

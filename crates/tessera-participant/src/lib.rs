@@ -130,6 +130,11 @@ impl ParticipantError {
 pub struct ParticipantConfig {
     /// The coordinator's URL, e.g. `http://127.0.0.1:7000`.
     pub coordinator: String,
+    /// Other coordinators of the same run (standbys sharing its PostgreSQL
+    /// database): when the one in use cannot be reached, or drops the
+    /// session, the next is tried, in turn, with the same backoff and
+    /// give-up time; one that is not leading does not listen.
+    pub standbys: Vec<String>,
     /// This site's name.
     pub site: String,
     /// This site's data file (`None`: the plan's file for this site, or
@@ -286,11 +291,15 @@ async fn take_part(
         Some(path) => Some(ledger::lock(path).map_err(ParticipantError::Local)?),
         None => None,
     };
-    let endpoint = client::endpoint(
-        &config.coordinator,
-        config.tls.as_ref(),
-        config.tls_domain.as_deref(),
-    )?;
+    // The coordinator and its standbys, tried in turn.
+    let urls: Vec<&str> = std::iter::once(config.coordinator.as_str())
+        .chain(config.standbys.iter().map(String::as_str))
+        .collect();
+    let endpoints = urls
+        .iter()
+        .map(|url| client::endpoint(url, config.tls.as_ref(), config.tls_domain.as_deref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let current = std::cell::Cell::new(0usize);
     // This process, told apart from another with the same identity.
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce)
@@ -303,13 +312,26 @@ async fn take_part(
         &mut kept,
         async |(ready, summary), progress| {
             let external = external.as_mut();
+            let at = current.get();
             session(
-                config, &endpoint, &process, ready, summary, progress, external,
+                config,
+                (&endpoints[at], urls[at]),
+                &process,
+                ready,
+                summary,
+                progress,
+                external,
             )
             .await
         },
         |(_, summary), reason, backoff| {
-            tracing::warn!(%reason, ?backoff, "retrying");
+            if urls.len() > 1 {
+                let next = (current.get() + 1) % urls.len();
+                current.set(next);
+                tracing::warn!(%reason, ?backoff, next = urls[next], "retrying with the next coordinator");
+            } else {
+                tracing::warn!(%reason, ?backoff, "retrying");
+            }
             summary.reconnections += 1;
         },
     )
@@ -318,14 +340,19 @@ async fn take_part(
         Ok(SessionEnd::Finished) => Ok((kept.1, kept.0)),
         Err(Stopped::Fatal(e)) => Err(e),
         Err(Stopped::GaveUp { after, reason }) => Err(ParticipantError::Unreachable(format!(
-            "gave up: the coordinator has been unreachable for {after:?} (--give-up-after): {reason}"
+            "gave up: {} unreachable for {after:?} (--give-up-after): {reason}",
+            if urls.len() > 1 {
+                "every coordinator has been"
+            } else {
+                "the coordinator has been"
+            }
         ))),
     }
 }
 
 async fn session(
     config: &ParticipantConfig,
-    endpoint: &client::Remote,
+    (endpoint, url): (&client::Remote, &str),
     process: &str,
     ready: &mut Option<Ready>,
     summary: &mut ParticipantSummary,
@@ -340,7 +367,7 @@ async fn session(
         .unwrap_or_default();
     let (mut client, welcome) = client::join_with(
         endpoint,
-        &config.coordinator,
+        url,
         &config.site,
         Some(process),
         config.rollout.canary,

@@ -78,6 +78,7 @@ pub(crate) fn run_participant<'py>(
     }
     let config = ParticipantConfig {
         coordinator: coordinator.to_string(),
+        standbys: Vec::new(),
         site: site.to_string(),
         data: None,
         mapping: None,

@@ -231,6 +231,7 @@ fn deploy(url: &str, plan: &Plan, slow: Duration, lost: u32) -> Vec<Vec<u32>> {
             let (train_rows, test_rows) = Logistic::new(i, Duration::ZERO).declared();
             let config = ParticipantConfig {
                 coordinator: url.to_string(),
+                standbys: Vec::new(),
                 site,
                 data: None,
                 mapping: None,
@@ -371,6 +372,7 @@ fn a_learner_and_a_data_file_each_meet_the_other_plan_with_its_name() {
     let (_built_in, url) = coordinator(&s.dir, &heart, &s.path("heart.sqlite"), 0, &[]);
     let config = ParticipantConfig {
         coordinator: url,
+        standbys: Vec::new(),
         site: "cleveland".into(),
         data: None,
         mapping: None,

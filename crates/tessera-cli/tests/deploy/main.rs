@@ -19,6 +19,7 @@ mod cross_silo;
 mod dp;
 mod dry_run;
 mod external;
+mod failover;
 mod faults;
 mod hostile;
 mod joins;

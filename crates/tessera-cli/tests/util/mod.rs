@@ -269,6 +269,7 @@ pub fn doc_blocks(file: &str) -> Vec<(String, Vec<String>)> {
     blocks
 }
 
+pub mod postgres;
 pub mod procs;
 pub mod status;
 

@@ -85,6 +85,7 @@ impl SqliteStore {
     /// files; a looser existing file is tightened with a warning). A
     /// `run_secrets` table an older coordinator left is wiped and dropped.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        not_postgres(path)?;
         private_file(path)?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -108,6 +109,7 @@ impl SqliteStore {
 
     /// Opens an existing database without changing it (for `tessera runs` and `status`).
     pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
+        not_postgres(path)?;
         if !path.exists() {
             return Err(StoreError::NotFound(path.display().to_string()));
         }
@@ -120,6 +122,20 @@ impl SqliteStore {
     #[cfg(test)]
     pub(super) fn connection(&self) -> &Connection {
         &self.conn
+    }
+}
+
+/// Refuses a PostgreSQL URL where only a SQLite file will do (the commands
+/// whose state the PostgreSQL store does not keep yet).
+fn not_postgres(path: &Path) -> Result<(), StoreError> {
+    match path.to_str() {
+        Some(url) if super::is_postgres(url) => Err(StoreError::Refused(format!(
+            "{}: this command keeps its state in a SQLite file only; a PostgreSQL \
+             database serves `tessera coordinator`, `status`, `runs`, `privacy`, \
+             `stop` and `abort`",
+            super::redacted(url)
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -165,7 +181,8 @@ impl RunStore for SqliteStore {
                 name: r.get(1)?,
                 plan: r.get(2)?,
                 strategy: r.get(3)?,
-                seed: unsigned(r.get(4)?),
+                // Stored as the i64 of the same bits (`create_run`).
+                seed: r.get::<_, i64>(4)? as u64,
                 rounds: r.get(5)?,
                 created_unix_micros: unsigned(r.get(6)?),
                 status: r.get(7)?,
