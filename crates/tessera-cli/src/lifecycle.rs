@@ -51,11 +51,11 @@ fn running(
         None => match store.runs()?.into_iter().next() {
             Some(newest) => bail!(
                 "no running run in {}: the newest, {}, is {}",
-                db.display(),
+                tessera_coordinator::store::shown(db),
                 newest.id,
                 newest.status
             ),
-            None => bail!("no run in {}", db.display()),
+            None => bail!("no run in {}", tessera_coordinator::store::shown(db)),
         },
     }
 }
@@ -121,7 +121,7 @@ pub fn stop(args: &StopArgs) -> anyhow::Result<()> {
                  `tessera abort --db {}` ends it at once",
                 run.id,
                 args.wait,
-                args.db.display()
+                tessera_coordinator::store::shown(&args.db)
             );
         }
         std::thread::sleep(Duration::from_millis(200));

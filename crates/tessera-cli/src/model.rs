@@ -214,9 +214,9 @@ pub fn of_aggregator(
         .runs()?
         .into_iter()
         .next_back()
-        .with_context(|| format!("{}: no run", db.display()))?;
+        .with_context(|| format!("{}: no run", tessera_coordinator::store::shown(db)))?;
     let plan = Plan::from_toml(&run.plan, "the aggregator's run")
-        .with_context(|| format!("{}: the run's plan", db.display()))?;
+        .with_context(|| format!("{}: the run's plan", tessera_coordinator::store::shown(db)))?;
     of_database(&plan, &run.plan, db, report, &format!("aggregator {name}"))
 }
 
@@ -235,7 +235,12 @@ fn of_database(
         .into_iter()
         .rev()
         .find(|r| r.plan == plan_text)
-        .with_context(|| format!("{}: no run of this plan", db.display()))?;
+        .with_context(|| {
+            format!(
+                "{}: no run of this plan",
+                tessera_coordinator::store::shown(db)
+            )
+        })?;
     of_stored_run(
         plan,
         &*store,

@@ -114,8 +114,11 @@ pub fn privacy(args: &PrivacyArgs) -> anyhow::Result<()> {
         .collect();
     if runs.is_empty() {
         match &args.run {
-            Some(id) => anyhow::bail!("no run '{id}' in {}", args.db.display()),
-            None => println!("no runs in {}", args.db.display()),
+            Some(id) => anyhow::bail!(
+                "no run '{id}' in {}",
+                tessera_coordinator::store::shown(&args.db)
+            ),
+            None => println!("no runs in {}", tessera_coordinator::store::shown(&args.db)),
         }
         return Ok(());
     }
@@ -269,11 +272,11 @@ fn run_of(
         Some(id) => runs
             .into_iter()
             .find(|r| r.id == id)
-            .with_context(|| format!("no run '{id}' in {}", db.display())),
+            .with_context(|| format!("no run '{id}' in {}", tessera_coordinator::store::shown(db))),
         None => runs
             .into_iter()
             .next()
-            .with_context(|| format!("no runs in {}", db.display())),
+            .with_context(|| format!("no runs in {}", tessera_coordinator::store::shown(db))),
     }
 }
 
@@ -352,7 +355,7 @@ pub fn runs(args: &RunsArgs) -> anyhow::Result<()> {
 fn list(store: &dyn RunStore, db: &std::path::Path) -> anyhow::Result<()> {
     let runs = store.runs()?;
     if runs.is_empty() {
-        println!("no runs in {}", db.display());
+        println!("no runs in {}", tessera_coordinator::store::shown(db));
         return Ok(());
     }
     println!(
@@ -378,14 +381,15 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let store = open(&args.db)?;
     let runs = store.runs()?;
     let run = match &args.run {
-        Some(id) => runs
-            .into_iter()
-            .find(|r| &r.id == id)
-            .with_context(|| format!("no run '{id}' in {}", args.db.display()))?,
-        None => runs
-            .into_iter()
-            .next()
-            .with_context(|| format!("no runs in {}", args.db.display()))?,
+        Some(id) => runs.into_iter().find(|r| &r.id == id).with_context(|| {
+            format!(
+                "no run '{id}' in {}",
+                tessera_coordinator::store::shown(&args.db)
+            )
+        })?,
+        None => runs.into_iter().next().with_context(|| {
+            format!("no runs in {}", tessera_coordinator::store::shown(&args.db))
+        })?,
     };
     if args.json {
         let document = crate::status_json::document(&*store, &run)?;

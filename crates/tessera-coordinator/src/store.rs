@@ -29,7 +29,7 @@ mod schema;
 mod sqlite;
 mod upkeep;
 
-pub use postgres::{PostgresStore, is_postgres, redacted};
+pub use postgres::{PostgresStore, is_postgres, redacted, shown};
 pub use rows::{
     AgreementStep, AuditRow, CohortRow, Control, ControlRow, EvaluationRow, LedgerRow, ModelRow,
     Offers, OpenRoundRow, RoundClose, RoundRow, RunRow, RunStatus, StoredUpdate,
@@ -266,6 +266,14 @@ pub trait RunStore: Send {
     fn live_view(&self, run: &str) -> Result<Option<String>, StoreError> {
         let _ = run;
         Ok(None)
+    }
+
+    /// Why this store may no longer write as the run's one writer (a shared
+    /// database's lease taken by another coordinator, or the session that
+    /// held it ended); `None` while it may. A store with no lease never
+    /// loses one.
+    fn lease_lost(&self) -> Option<String> {
+        None
     }
 
     /// The operators' requests for a run, oldest first.

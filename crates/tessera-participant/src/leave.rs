@@ -18,47 +18,38 @@ pub async fn leave(
     reason: &str,
     within: Duration,
 ) -> Result<bool, ParticipantError> {
-    // The coordinator and its standbys in turn: one that is not leading
-    // does not listen, and the first that takes the withdrawal ends it.
-    let urls = std::iter::once(&config.coordinator).chain(&config.standbys);
-    let mut why = Vec::new();
-    for url in urls {
-        match leave_at(config, url, reason, within).await {
-            Ok(told) => return Ok(told),
-            Err(e) => why.push(e.to_string()),
-        }
-    }
-    Err(ParticipantError::Refused(why.join("; ")))
-}
-
-async fn leave_at(
-    config: &ParticipantConfig,
-    url: &str,
-    reason: &str,
-    within: Duration,
-) -> Result<bool, ParticipantError> {
-    let endpoint = client::endpoint(url, config.tls.as_ref(), config.tls_domain.as_deref())?;
-    let told = async {
-        let channel = endpoint.connect().await.map_err(|e| {
-            ParticipantError::Refused(format!(
-                "cannot reach {url} to leave the run: {}",
-                chain(&e)
-            ))
-        })?;
+    // The coordinator and its standbys in turn, all within `within`: one
+    // that is not leading does not listen; the first reached answers.
+    let deadline = tokio::time::Instant::now() + within;
+    let mut unreachable = Vec::new();
+    for url in std::iter::once(&config.coordinator).chain(&config.standbys) {
+        let endpoint = client::endpoint(url, config.tls.as_ref(), config.tls_domain.as_deref())?;
+        let channel = match tokio::time::timeout_at(deadline, endpoint.connect()).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(e)) => {
+                unreachable.push(format!(
+                    "cannot reach {url} to leave the run: {}",
+                    chain(&e)
+                ));
+                continue;
+            }
+            Err(_) => break,
+        };
         let mut client = FederationClient::new(channel);
-        client::withdraw(&mut client, &config.site, 0, reason, true)
-            .await
-            .map_err(|status| {
-                ParticipantError::Refused(format!(
-                    "the coordinator did not take the withdrawal: {}",
-                    status.message()
-                ))
-            })
-    };
-    match tokio::time::timeout(within, told).await {
-        Ok(told) => told,
-        Err(_) => Err(ParticipantError::Refused(format!(
-            "{url} did not answer the withdrawal within {within:?}"
-        ))),
+        let told = client::withdraw(&mut client, &config.site, 0, reason, true);
+        return match tokio::time::timeout_at(deadline, told).await {
+            Ok(Ok(waited)) => Ok(waited),
+            Ok(Err(status)) => Err(ParticipantError::Refused(format!(
+                "the coordinator did not take the withdrawal: {}",
+                status.message()
+            ))),
+            Err(_) => Err(ParticipantError::Refused(format!(
+                "{url} did not answer the withdrawal within {within:?}"
+            ))),
+        };
     }
+    if unreachable.is_empty() {
+        unreachable.push(format!("no coordinator answered within {within:?}"));
+    }
+    Err(ParticipantError::Refused(unreachable.join("; ")))
 }

@@ -313,7 +313,7 @@ async fn take_part(
         async |(ready, summary), progress| {
             let external = external.as_mut();
             let at = current.get();
-            session(
+            let ended = session(
                 config,
                 (&endpoints[at], urls[at]),
                 &process,
@@ -322,16 +322,16 @@ async fn take_part(
                 progress,
                 external,
             )
-            .await
+            .await;
+            // One that could not be reached (or joined): the next, in turn;
+            // one that was reached and dropped the session: the same again.
+            if ended.is_err() && !progress.reached() && urls.len() > 1 {
+                current.set((at + 1) % urls.len());
+            }
+            ended
         },
         |(_, summary), reason, backoff| {
-            if urls.len() > 1 {
-                let next = (current.get() + 1) % urls.len();
-                current.set(next);
-                tracing::warn!(%reason, ?backoff, next = urls[next], "retrying with the next coordinator");
-            } else {
-                tracing::warn!(%reason, ?backoff, "retrying");
-            }
+            tracing::warn!(%reason, ?backoff, next = urls[current.get()], "retrying");
             summary.reconnections += 1;
         },
     )

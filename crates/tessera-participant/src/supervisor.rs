@@ -104,6 +104,11 @@ impl Progress {
         self.0.store(true, Ordering::Relaxed);
     }
 
+    /// Whether this attempt reached the other side (so far).
+    pub fn reached(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
     /// Whether progress was made since the last call.
     fn take(&self) -> bool {
         self.0.swap(false, Ordering::Relaxed)

@@ -14,15 +14,37 @@ use crate::util::status::{poll, status_of};
 use crate::util::{self, Scratch};
 use crate::{LIMIT, heart_with_slow_va, plan, simulated_model};
 
+/// How the drill loses its leader.
+#[derive(Clone, Copy, PartialEq)]
+enum Loss {
+    /// SIGKILL of its process.
+    Killed,
+    /// Its database session ended (`pg_terminate_backend`), the process
+    /// alive: it must notice, stop writing and exit 70.
+    SessionEnded,
+}
+
 #[test]
 fn the_leader_killed_mid_round_a_standby_on_the_same_postgres_resumes_it() {
     if util::skip_e2e("the_leader_killed_mid_round_a_standby_on_the_same_postgres_resumes_it") {
         return;
     }
-    let Some(url) = util::postgres::fresh_database("failover_drill") else {
+    drill("failover_killed", Loss::Killed);
+}
+
+#[test]
+fn a_leader_cut_off_from_postgres_stops_and_the_standby_resumes() {
+    if util::skip_e2e("a_leader_cut_off_from_postgres_stops_and_the_standby_resumes") {
+        return;
+    }
+    drill("failover_cut_off", Loss::SessionEnded);
+}
+
+fn drill(name: &str, loss: Loss) {
+    let Some(url) = util::postgres::fresh_database(name) else {
         return;
     };
-    let s = Scratch::new("deploy-failover");
+    let s = Scratch::new(name);
     let plan = plan(&s, "fedavg", "");
     let expected = simulated_model(&s, &plan, "sim.model");
     let db = PathBuf::from(&url);
@@ -60,7 +82,22 @@ fn the_leader_killed_mid_round_a_standby_on_the_same_postgres_resumes_it() {
     wait_until(LIMIT, "round 3 with three accepted updates", || {
         poll(&db, |s| s.pending_updates_of(3)) == 3
     });
-    leader.kill_9();
+    match loss {
+        Loss::Killed => leader.kill_9(),
+        Loss::SessionEnded => {
+            let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let ended: bool = admin
+                .query_one(
+                    "SELECT pg_terminate_backend(backend_pid::INTEGER) FROM coordinator_lease",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            assert!(ended);
+            assert_eq!(leader.wait(LIMIT).code(), Some(70), "{}", leader.log());
+            assert!(leader.log().contains("no longer leads"), "{}", leader.log());
+        }
+    }
     // The accepted updates of the open round are in the database.
     assert_eq!(status_of(&db).pending_updates_of(3), 3);
     listening
@@ -74,7 +111,11 @@ fn the_leader_killed_mid_round_a_standby_on_the_same_postgres_resumes_it() {
     );
     for p in &mut participants {
         assert!(p.wait(LIMIT).success(), "{}", p.log());
-        assert!(p.log().contains("next coordinator"), "{}", p.log());
+        assert!(
+            p.log().contains(&format!("next=\"http://{listen}\"")),
+            "{}",
+            p.log()
+        );
     }
     assert_eq!(
         util::model(&s.path("dep.model")),

@@ -17,6 +17,12 @@ impl Federation {
         if self.aborted.is_some() || self.fatal.is_some() || self.is_finished() {
             return;
         }
+        // Another coordinator leads now (a shared database): this one stops
+        // at once, exit 70, and restarted waits as a standby.
+        if let Some(why) = self.store.lease_lost() {
+            let _ = self.fail("this coordinator no longer leads", why);
+            return;
+        }
         let controls = match self.store.controls(&self.run.id) {
             Ok(controls) => controls,
             Err(e) => {

@@ -37,7 +37,7 @@ use super::{
     AgreementStep, AuditRow, CohortRow, Control, ControlRow, EvaluationRow, LedgerRow, ModelRow,
     Offers, OpenRoundRow, RoundRow, RunRow, RunStore, RunTx, StoreError, StoredUpdate,
 };
-use schema::{LEASE_LOCK, SCHEMA, SCHEMA_LOCK};
+use schema::{LEASE_LOCK, SCHEMA, SCHEMA_LOCK, SCHEMA_PRESENT};
 
 /// Whether `db` names a PostgreSQL database (`postgres://` or
 /// `postgresql://`) rather than a SQLite file.
@@ -45,22 +45,47 @@ pub fn is_postgres(db: &str) -> bool {
     db.starts_with("postgres://") || db.starts_with("postgresql://")
 }
 
-/// `url` with its password, if any, replaced by `***` (for messages).
+/// `url` with its password, if any, replaced by `***` (for messages): the
+/// one in its user part and a `password=` in its query.
 pub fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
+    let (body, query) = match rest.split_once('?') {
+        Some((body, query)) => (body, Some(query)),
+        None => (rest, None),
     };
-    match authority.rsplit_once('@') {
+    // The user part ends at the last '@' (a password may hold '/').
+    let body = match body.rsplit_once('@') {
         Some((user, host)) => match user.split_once(':') {
-            Some((name, _)) => format!("{scheme}://{name}:***@{host}{tail}"),
-            None => url.to_string(),
+            Some((name, _)) => format!("{name}:***@{host}"),
+            None => body.to_string(),
         },
-        None => url.to_string(),
+        None => body.to_string(),
+    };
+    let query = query.map(|q| {
+        q.split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => pair.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    match query {
+        Some(q) => format!("{scheme}://{body}?{q}"),
+        None => format!("{scheme}://{body}"),
     }
+}
+
+/// `db` as messages show it: a PostgreSQL URL without its password.
+pub fn shown(db: &std::path::Path) -> String {
+    redacted(&db.to_string_lossy())
+}
+
+/// Whether the tables are there.
+fn present(c: &mut impl postgres::GenericClient) -> Result<bool, StoreError> {
+    Ok(c.query_one(SCHEMA_PRESENT, &[])?.try_get(0)?)
 }
 
 /// The leader's hold on the lease.
@@ -86,10 +111,14 @@ impl PostgresStore {
     /// (`tessera stop`), which the leader reads.
     pub fn open(url: &str) -> Result<Self, StoreError> {
         let mut conn = connect(url)?;
-        let mut tx = conn.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
-        tx.batch_execute(SCHEMA)?;
-        tx.commit()?;
+        if !present(&mut conn)? {
+            let mut tx = conn.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+            if !present(&mut tx)? {
+                tx.batch_execute(SCHEMA)?;
+            }
+            tx.commit()?;
+        }
         Ok(Self {
             conn: RefCell::new(conn),
             lease: None,
@@ -109,22 +138,38 @@ impl PostgresStore {
     ) -> Result<Self, StoreError> {
         let mut store = Self::open(url)?;
         let mut last_said: Option<std::time::Instant> = None;
-        loop {
-            let taken: bool = {
-                let mut conn = store.client()?;
-                conn.query_one("SELECT pg_try_advisory_lock($1)", &[&LEASE_LOCK])?
-                    .try_get(0)?
-            };
-            if taken {
-                break;
-            }
+        let mut say = |what: &str| {
             if last_said.is_none_or(|t| t.elapsed() >= remind) {
-                waiting(
-                    &store
-                        .lease_holder()?
-                        .unwrap_or_else(|| "another coordinator".into()),
-                );
+                waiting(what);
                 last_said = Some(std::time::Instant::now());
+            }
+        };
+        loop {
+            let taken = store
+                .client()?
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&LEASE_LOCK])
+                .and_then(|row| row.try_get::<_, bool>(0));
+            match taken {
+                Ok(true) => break,
+                Ok(false) => say(&store
+                    .lease_holder()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| "another coordinator".into())),
+                // The server restarted, or the network failed: a standby
+                // waits on, connecting again.
+                Err(e) => {
+                    say(&format!(
+                        "the database cannot be asked ({})",
+                        StoreError::from(e)
+                    ));
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    match Self::open(url) {
+                        Ok(again) => store = again,
+                        Err(e) => say(&format!("the database cannot be reached ({e})")),
+                    }
+                    continue;
+                }
             }
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
@@ -134,10 +179,11 @@ impl PostgresStore {
         let epoch: i64 = store
             .client()?
             .query_one(
-                "INSERT INTO coordinator_lease (id, epoch, holder, since_unix_micros)
-                 VALUES (1, 1, $1, $2)
+                "INSERT INTO coordinator_lease (id, epoch, holder, since_unix_micros, backend_pid)
+                 VALUES (1, 1, $1, $2, pg_backend_pid())
                  ON CONFLICT (id) DO UPDATE SET epoch = coordinator_lease.epoch + 1,
-                     holder = excluded.holder, since_unix_micros = excluded.since_unix_micros
+                     holder = excluded.holder, since_unix_micros = excluded.since_unix_micros,
+                     backend_pid = excluded.backend_pid
                  RETURNING epoch",
                 &[&holder, &now],
             )?
@@ -154,13 +200,16 @@ impl PostgresStore {
     /// Who holds (or last held) the lease, and since when.
     pub fn lease_holder(&self) -> Result<Option<String>, StoreError> {
         let row = self.client()?.query_opt(
-            "SELECT holder, epoch, since_unix_micros FROM coordinator_lease WHERE id = 1",
+            "SELECT holder, epoch, backend_pid FROM coordinator_lease WHERE id = 1",
             &[],
         )?;
         Ok(match row {
             Some(r) => {
-                let (holder, epoch): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
-                Some(format!("{holder} (lease epoch {epoch})"))
+                let (holder, epoch, pid): (String, i64, i64) =
+                    (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+                Some(format!(
+                    "{holder} (lease epoch {epoch}, database session {pid})"
+                ))
             }
             None => None,
         })
@@ -204,6 +253,36 @@ fn names(json: &str) -> Result<Vec<String>, StoreError> {
 }
 
 impl RunStore for PostgresStore {
+    fn lease_lost(&self) -> Option<String> {
+        let lease = self.lease?;
+        // Busy in a transaction: that transaction checks the lease itself.
+        let mut conn = self.client().ok()?;
+        if conn.is_closed() {
+            return Some("its database session ended, and the lease with it".into());
+        }
+        match conn.query_opt(
+            "SELECT epoch, holder FROM coordinator_lease WHERE id = 1",
+            &[],
+        ) {
+            Ok(Some(row)) => {
+                let now: (i64, String) = (row.try_get(0).ok()?, row.try_get(1).ok()?);
+                (now.0 != lease.epoch).then(|| {
+                    format!(
+                        "{} took the lease (epoch {} after this one's {})",
+                        now.1, now.0, lease.epoch
+                    )
+                })
+            }
+            Ok(None) => Some("the lease's row is gone from the database".into()),
+            Err(e) if conn.is_closed() => Some(format!(
+                "its database session ended, and the lease with it ({})",
+                StoreError::from(e)
+            )),
+            // A failed query on a live session: the writes report it.
+            Err(_) => None,
+        }
+    }
+
     fn transaction(&self) -> Result<Box<dyn RunTx + '_>, StoreError> {
         Ok(Box::new(tx::PgTx::begin(self.client()?, self.lease)?))
     }

@@ -361,6 +361,7 @@ fn a_second_coordinator_waits_for_the_lease_and_a_fenced_leader_writes_nothing()
     })
     .unwrap();
     assert_eq!(first.epoch(), Some(1));
+    assert_eq!(first.lease_lost(), None);
     first
         .write(&mut |tx| tx.put_model("r", 0, &params(&[1.0]), Timestamp(1)))
         .unwrap();
@@ -373,7 +374,10 @@ fn a_second_coordinator_waits_for_the_lease_and_a_fenced_leader_writes_nothing()
         })
     });
     let by = heard.recv_timeout(Duration::from_secs(30)).unwrap();
-    assert!(by.contains("first") && by.contains("epoch 1"), "{by}");
+    assert!(
+        by.contains("first") && by.contains("epoch 1") && by.contains("database session"),
+        "{by}"
+    );
     std::thread::sleep(Duration::from_millis(600));
     assert!(!second.is_finished(), "the lease is held");
     // The first's session ends (its process killed): the second takes over.
@@ -398,7 +402,36 @@ fn a_second_coordinator_waits_for_the_lease_and_a_fenced_leader_writes_nothing()
         other => panic!("not fenced: {other:?}"),
     }
     assert!(second.put_live_view("r", "{}").is_err());
+    let lost = second.lease_lost().unwrap();
+    assert!(lost.contains("third") && lost.contains("epoch 3"), "{lost}");
     assert_eq!(second.latest_model_version("r").unwrap(), Some(1));
+    // A leader whose database session ends (a network failure, the
+    // server's operator) knows it lost the lease, and writes nothing.
+    drop(second);
+    let fourth = std::thread::spawn({
+        let url = url.clone();
+        move || PostgresStore::lead(&url, "fourth", Duration::from_secs(60), &mut |_| {})
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert_eq!((fourth.epoch(), fourth.lease_lost()), (Some(4), None));
+    let pid: i32 = fourth
+        .client()
+        .unwrap()
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        fourth.lease_lost().unwrap().contains("session ended"),
+        "{:?}",
+        fourth.lease_lost()
+    );
+    assert!(fourth.put_live_view("r", "{}").is_err());
     // Readers take no lease.
     let reader = PostgresStore::open(&url).unwrap();
     assert_eq!(reader.epoch(), None);
@@ -414,6 +447,10 @@ fn a_password_never_shows_in_messages() {
     assert_eq!(
         super::redacted("postgres://tessera@127.0.0.1/runs"),
         "postgres://tessera@127.0.0.1/runs"
+    );
+    assert_eq!(
+        super::redacted("postgres://u:a/b@h/db?sslmode=disable&password=x&user=u"),
+        "postgres://u:***@h/db?sslmode=disable&password=***&user=u"
     );
     let unreachable = PostgresStore::open("postgres://u:hunter2@127.0.0.1:1/x");
     let said = unreachable.err().unwrap().to_string();
