@@ -75,6 +75,13 @@ pub struct SimulateArgs {
     /// Plot file (SVG), replaced if it exists. Default: beside the report.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Writes the per-site figures (each site's data summary, final
+    /// metrics, baselines, traffic per round) to this file, one JSON line
+    /// a site, and only their summary in the report. Done without asking,
+    /// beside the report (REPORT.sites.jsonl), past 1000 sites, so that the
+    /// report's size does not grow with the site count.
+    #[arg(long, value_name = "FILE")]
+    per_site: Option<PathBuf>,
     /// File for the final model, self-describing (see `tessera model
     /// inspect`), replaced if it exists.
     #[arg(long)]
@@ -102,6 +109,9 @@ pub struct SimulateArgs {
     #[command(flatten)]
     continual: crate::continual::ContinualArgs,
 }
+
+mod report_file;
+use report_file::write_report;
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -351,7 +361,17 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     report.timing.total_seconds = started.elapsed().as_secs_f64();
     report.timing.peak_rss_bytes = peak_rss_bytes();
 
-    write_report(&report, cross_silo.as_ref(), &report_path)?;
+    let sites = report.data.len().max(report.final_metrics.per_site.len());
+    let per_site = args.per_site.clone().or_else(|| {
+        (sites > tessera_engine::report::SPLIT_ABOVE)
+            .then(|| report_path.with_extension("sites.jsonl"))
+    });
+    write_report(
+        &mut report,
+        cross_silo.as_ref(),
+        &report_path,
+        per_site.as_deref(),
+    )?;
     if let Some(path) = &args.model_out {
         let mut file = crate::model::of_simulation(&plan, &data, &report)?;
         if let (Some(from), Some(c)) = (&continued_from, &report.continual) {
@@ -394,6 +414,15 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
                 }
             ),
         );
+        if let Some(path) = &per_site {
+            crate::logging::say(
+                tracing::Level::INFO,
+                &format!(
+                    "per-site figures of {sites} sites: {} (one JSON line a site)",
+                    path.display()
+                ),
+            );
+        }
     }
     if let Some(url) = &args.mlflow {
         let mut files = vec![(
@@ -641,38 +670,10 @@ fn check_outputs(
     if let Some(path) = &args.model_out {
         outputs.push(("--model-out", path.as_path()));
     }
+    if let Some(path) = &args.per_site {
+        outputs.push(("--per-site", path.as_path()));
+    }
     paths::check_outputs(&outputs, &inputs)
-}
-
-/// Writes the report; with `[data.cross_silo]`, its cost under the key
-/// `cross_silo`.
-fn write_report(
-    report: &RunReport,
-    cross_silo: Option<&tessera_sim::CrossSiloReport>,
-    path: &Path,
-) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{}: cannot create the folder", dir.display()))?;
-    }
-    let text = match cross_silo {
-        None => serde_json::to_string_pretty(report),
-        Some(c) => {
-            #[derive(serde::Serialize)]
-            struct WithCrossSilo<'a> {
-                #[serde(flatten)]
-                report: &'a RunReport,
-                cross_silo: &'a tessera_sim::CrossSiloReport,
-            }
-            serde_json::to_string_pretty(&WithCrossSilo {
-                report,
-                cross_silo: c,
-            })
-        }
-    }
-    .context("cannot encode the report")?;
-    std::fs::write(path, text + "\n")
-        .with_context(|| format!("{}: cannot write the report", path.display()))
 }
 
 /// A plan for one CSV file with a site column, every other column a feature.

@@ -11,6 +11,7 @@ use crate::{RoundOutcome, RoundStatus};
 mod contributions;
 mod fairness;
 mod headline;
+mod per_site;
 mod personal;
 mod tasks;
 mod view;
@@ -19,6 +20,7 @@ pub use contributions::{
     ContributionsReport, REPUTATION_WEIGHTS, RoundContribution, SiteContribution, SiteRecord,
 };
 pub use fairness::Fairness;
+pub use per_site::{PerSiteParts, PerSiteSummary, SPLIT_ABOVE, SiteLine, Spread};
 pub use personal::{
     DepartmentAccuracy, DepartmentsSummary, NewSitesReport, PersonalSite, PersonalizationReport,
 };
@@ -395,6 +397,12 @@ pub struct RunReport {
     /// has another denominator.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub population_changes: Vec<PopulationChange>,
+    /// Where the per-site figures went when they were written apart (past
+    /// [`SPLIT_ABOVE`] sites): the file and a summary; `data`,
+    /// `final_metrics.per_site`, the baselines' per-site maps and each
+    /// round's `traffic` are then empty here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_site: Option<PerSiteSummary>,
     /// The final global parameters.
     #[serde(skip)]
     pub final_parameters: tessera_core::ParameterSet,

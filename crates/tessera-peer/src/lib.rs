@@ -343,6 +343,7 @@ pub async fn run(
         classes: agreement.classes.clone(),
         data: Vec::new(),
         population_changes: tessera_engine::report::population_changes(&progress.records),
+        per_site: None,
         rounds: progress.records,
         final_metrics,
         baselines: None,

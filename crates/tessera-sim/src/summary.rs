@@ -139,6 +139,7 @@ pub(crate) fn report(
             virtual_seconds_to_target,
         },
         population_changes: tessera_engine::report::population_changes(&records),
+        per_site: None,
         rounds: records,
         final_metrics,
         baselines,

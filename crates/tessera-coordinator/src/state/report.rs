@@ -78,6 +78,7 @@ impl Federation {
                 .unwrap_or_default(),
             data: Vec::new(),
             population_changes: tessera_engine::report::population_changes(&rounds),
+            per_site: None,
             rounds,
             robustness: (self.plan.robust.rule.needs_all_updates()
                 || self.plan.robust.norm_bound.is_some())
