@@ -1,6 +1,6 @@
 //! A report whose size does not grow with the site count: what the report
 //! holds per site (its data summary, its final metrics, its baselines, its
-//! traffic in each round) moves to a file of its own, one JSON line a site,
+//! bytes sent, its traffic in each round) moves to a file of its own, one JSON line a site,
 //! and the report keeps a summary ([`PerSiteSummary`]) with the file's
 //! name. The CLI splits a report past [`SPLIT_ABOVE`] sites (or when told).
 
@@ -39,6 +39,9 @@ pub struct SiteLine {
     /// The pooled model on its test rows (`baselines.pooled.per_site`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pooled: Option<SiteMetrics>,
+    /// Bytes it sent over the run (`communication.bytes_up_per_site`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_up: Option<u64>,
     /// Its traffic in each round it had any (`rounds[].traffic`), by round.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub traffic: BTreeMap<u32, SiteTraffic>,
@@ -114,12 +117,13 @@ pub struct PerSiteParts {
     cross_site: BTreeMap<String, f64>,
     choices: BTreeMap<String, BaselineChoice>,
     pooled: BTreeMap<String, SiteMetrics>,
+    bytes_up: BTreeMap<String, u64>,
 }
 
 impl RunReport {
     /// Takes what the report holds per site out of it (its `data`, its
-    /// final metrics per site, the baselines' per-site maps, each round's
-    /// `traffic`), leaving those empty.
+    /// final metrics per site, the baselines' per-site maps, each site's
+    /// bytes sent, each round's `traffic`), leaving those empty.
     pub fn take_per_site(&mut self) -> PerSiteParts {
         let (mut local, mut cross_site, mut choices, mut pooled) = Default::default();
         if let Some(b) = &mut self.baselines {
@@ -142,6 +146,7 @@ impl RunReport {
             cross_site,
             choices,
             pooled,
+            bytes_up: std::mem::take(&mut self.communication.bytes_up_per_site),
         }
     }
 
@@ -150,6 +155,7 @@ impl RunReport {
     pub fn put_per_site(&mut self, parts: PerSiteParts) {
         self.data = parts.data;
         self.final_metrics.per_site = parts.final_metrics;
+        self.communication.bytes_up_per_site = parts.bytes_up;
         for (round, (_, traffic)) in self.rounds.iter_mut().zip(parts.traffic) {
             round.traffic = traffic;
         }
@@ -195,6 +201,7 @@ impl PerSiteParts {
         sites.extend(self.cross_site.keys().map(String::as_str));
         sites.extend(self.choices.keys().map(String::as_str));
         sites.extend(self.pooled.keys().map(String::as_str));
+        sites.extend(self.bytes_up.keys().map(String::as_str));
         sites
     }
 
@@ -210,6 +217,7 @@ impl PerSiteParts {
             local_cross_site_mean_accuracy: self.cross_site.get(site).copied(),
             local_choice: self.choices.get(site).cloned(),
             pooled: self.pooled.get(site).cloned(),
+            bytes_up: self.bytes_up.get(site).copied(),
             traffic: self
                 .traffic
                 .iter()
