@@ -393,7 +393,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let personal_plot = personal_plot_path(&plot_path);
     let personal_plotted = write_personal_plot(&report, &personal_plot)?;
     if !quiet {
-        print_summary(&report);
+        print_summary(&report, per_site.as_deref());
         if let Some(c) = &cross_silo {
             println!(
                 "cross-silo feature '{}' from '{}': each site spent epsilon {} at delta {} \
@@ -451,7 +451,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_summary(report: &RunReport) {
+fn print_summary(report: &RunReport, per_site: Option<&Path>) {
     if let Some(t) = report.timing.virtual_seconds_to_target {
         println!("target accuracy reached at {t:.2} s on the run clock");
     }
@@ -538,7 +538,14 @@ fn print_summary(report: &RunReport) {
             .collect();
         println!("per site: {}", sites.join(", "));
     } else {
-        println!("per site: {} sites, in the report", f.per_site.len());
+        match per_site {
+            Some(path) => println!(
+                "per site: {} sites, in {} (one JSON line a site)",
+                f.per_site.len(),
+                path.display()
+            ),
+            None => println!("per site: {} sites, in the report", f.per_site.len()),
+        }
         if let Some(fairness) = &report.fairness {
             println!("{}", fairness.summary_line());
         }
