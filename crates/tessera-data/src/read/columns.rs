@@ -95,19 +95,22 @@ impl CategoricalBuilder {
 }
 
 /// A column as it is being read: numeric until proven otherwise when inferred.
+/// (The categorical builder is boxed: a site holds one builder a column
+/// while a file is read, and a million sites' numeric columns would
+/// otherwise each take a categorical builder's size, 96 bytes, not 32.)
 pub(super) enum Builder {
     Numeric { values: Vec<f64>, declared: bool },
-    Categorical(CategoricalBuilder),
+    Categorical(Box<CategoricalBuilder>),
 }
 
 impl Builder {
     pub(super) fn new(kind: FeatureKind) -> Self {
         match kind {
-            FeatureKind::Categorical => Builder::Categorical(CategoricalBuilder::default()),
-            FeatureKind::Identifier => Builder::Categorical(CategoricalBuilder {
+            FeatureKind::Categorical => Builder::Categorical(Box::default()),
+            FeatureKind::Identifier => Builder::Categorical(Box::new(CategoricalBuilder {
                 raw: true,
                 ..CategoricalBuilder::default()
-            }),
+            })),
             FeatureKind::Numeric => Builder::Numeric {
                 values: Vec::new(),
                 declared: true,
@@ -155,7 +158,7 @@ impl Builder {
                             raw: false,
                         };
                         builder.push_level(&canonical_level(text));
-                        *self = Builder::Categorical(builder);
+                        *self = Builder::Categorical(Box::new(builder));
                     }
                 },
             },
@@ -171,7 +174,7 @@ impl Builder {
     pub(super) fn finish(self) -> Values {
         match self {
             Builder::Numeric { values, .. } => Values::Numeric(values),
-            Builder::Categorical(builder) => builder.finish(),
+            Builder::Categorical(builder) => (*builder).finish(),
         }
     }
 }
