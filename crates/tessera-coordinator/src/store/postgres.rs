@@ -100,9 +100,35 @@ pub struct PostgresStore {
     lease: Option<Lease>,
 }
 
+/// A session with the database at `url` that finds out within about half
+/// a minute when the other side is gone: the client's TCP keepalives and
+/// user timeout for the coordinator, the server's keepalives for the
+/// leader's session (so that a leader cut off by the network frees its
+/// lease in about 25 s, not in the system's default two hours).
 fn connect(url: &str) -> Result<Client, StoreError> {
-    Client::connect(url, NoTls)
-        .map_err(|e| StoreError::Postgres(format!("cannot connect to {}: {e}", redacted(url))))
+    let cannot = |e: postgres::Error| {
+        let why = match StoreError::from(e) {
+            StoreError::Postgres(why) => why,
+            other => other.to_string(),
+        };
+        StoreError::Postgres(format!("cannot connect to {}: {why}", redacted(url)))
+    };
+    let mut config: postgres::Config = url.parse().map_err(cannot)?;
+    config
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .keepalives(true)
+        .keepalives_idle(std::time::Duration::from_secs(10))
+        .keepalives_interval(std::time::Duration::from_secs(5))
+        .keepalives_retries(3)
+        .tcp_user_timeout(std::time::Duration::from_secs(30));
+    let mut client = config.connect(NoTls).map_err(cannot)?;
+    client
+        .batch_execute(
+            "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
+             SET tcp_keepalives_count = 3",
+        )
+        .map_err(cannot)?;
+    Ok(client)
 }
 
 impl PostgresStore {

@@ -362,6 +362,15 @@ fn a_second_coordinator_waits_for_the_lease_and_a_fenced_leader_writes_nothing()
     .unwrap();
     assert_eq!(first.epoch(), Some(1));
     assert_eq!(first.lease_lost(), None);
+    // The server gives up on a silent leader's session in about 25 s, not
+    // the system's two hours (its lease then frees).
+    let idle: String = first
+        .client()
+        .unwrap()
+        .query_one("SHOW tcp_keepalives_idle", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(idle, "10");
     first
         .write(&mut |tx| tx.put_model("r", 0, &params(&[1.0]), Timestamp(1)))
         .unwrap();
