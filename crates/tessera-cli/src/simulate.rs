@@ -430,6 +430,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
             toml::to_string(&plan)?.into_bytes(),
         )];
         let mut outputs = vec![report_path.clone(), plot_path.clone()];
+        outputs.extend(per_site.clone());
         outputs.extend(args.model_out.clone());
         for path in outputs {
             let name = path

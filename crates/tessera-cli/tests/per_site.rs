@@ -176,3 +176,61 @@ fn past_a_thousand_sites_the_report_stays_small() {
             .all(|l| l["data"]["n_train"].as_u64().unwrap() > 0)
     );
 }
+
+#[test]
+fn training_failures_go_to_their_sites_and_the_file_is_named_from_the_report() {
+    let s = Scratch::new("per-site-errors");
+    s.run(&[
+        "synth",
+        "--sites",
+        "4",
+        "--rows",
+        "50",
+        "--features",
+        "5",
+        "--classes",
+        "2",
+        "--seed",
+        "3",
+        "--out",
+        "few.csv",
+    ])
+    .ok();
+    s.run(&[
+        "simulate",
+        "-q",
+        "--data",
+        "few.csv",
+        "--site-column",
+        "site",
+        "--target",
+        "y",
+        "--rounds",
+        "2",
+        "--set",
+        "training.lr=3e38",
+        "--report",
+        "out/d.json",
+        "--per-site",
+        "out/d.jsonl",
+    ])
+    .ok();
+    let report = s.json("out/d.json");
+    assert_eq!(report["per_site"]["file"], "d.jsonl");
+    let failed = report["rounds"][0]["site_errors"].as_array().unwrap();
+    assert!(!failed.is_empty(), "{report}");
+    assert_eq!(report["per_site"]["site_errors"]["1"], failed.len());
+    let sites = lines(&s, "out/d.jsonl");
+    let with_errors: Vec<&Value> = sites.iter().filter(|l| l.get("errors").is_some()).collect();
+    assert_eq!(with_errors.len(), failed.len());
+    for line in with_errors {
+        let why = line["errors"]["1"].as_str().unwrap();
+        assert!(why.contains("diverged"), "{why}");
+        let site = line["site"].as_str().unwrap();
+        assert!(
+            failed
+                .iter()
+                .any(|f| f.as_str().unwrap() == format!("site '{site}': {why}"))
+        );
+    }
+}

@@ -25,26 +25,32 @@ pub(super) fn write_report(
     let Some(per_site) = per_site else {
         return write_whole_report(report, cross_silo, path);
     };
+    // The per-site file first: a report never names a file not written.
     let parts = report.take_per_site();
-    report.per_site = Some(parts.summary(&per_site.display().to_string()));
-    let written = write_whole_report(report, cross_silo, path).and_then(|()| {
-        use std::io::Write;
-        let cannot = |e: std::io::Error| {
-            anyhow::anyhow!(
-                "{}: cannot write the per-site figures: {e}",
-                per_site.display()
-            )
-        };
-        let mut out = std::io::BufWriter::new(std::fs::File::create(per_site).map_err(cannot)?);
-        for line in parts.lines() {
-            serde_json::to_writer(&mut out, &line).context("cannot encode a site's figures")?;
-            out.write_all(b"\n").map_err(cannot)?;
-        }
-        out.flush().map_err(cannot)
+    let written = write_lines(&parts, per_site).and_then(|()| {
+        // Named as seen from the report's folder where it is inside it.
+        let folder = path.parent().unwrap_or(Path::new(""));
+        let named = per_site.strip_prefix(folder).unwrap_or(per_site);
+        report.per_site = Some(parts.summary(&named.display().to_string()));
+        write_whole_report(report, cross_silo, path)
     });
     report.per_site = None;
     report.put_per_site(parts);
     written
+}
+
+/// One JSON line a site.
+fn write_lines(parts: &tessera_engine::report::PerSiteParts, file: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let cannot = |e: std::io::Error| {
+        anyhow::anyhow!("{}: cannot write the per-site figures: {e}", file.display())
+    };
+    let mut out = std::io::BufWriter::new(std::fs::File::create(file).map_err(cannot)?);
+    for line in parts.lines() {
+        serde_json::to_writer(&mut out, &line).context("cannot encode a site's figures")?;
+        out.write_all(b"\n").map_err(cannot)?;
+    }
+    out.flush().map_err(cannot)
 }
 
 fn write_whole_report(

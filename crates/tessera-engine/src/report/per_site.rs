@@ -15,6 +15,10 @@ use crate::baseline::BaselineChoice;
 /// Above this many sites the CLI writes the per-site figures apart.
 pub const SPLIT_ABOVE: usize = 1000;
 
+/// The sites' training failures a round keeps in a split report (the rest
+/// are in the per-site file, each at its site).
+pub const ERRORS_KEPT: usize = 10;
+
 /// One site's line of the per-site file.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct SiteLine {
@@ -42,6 +46,10 @@ pub struct SiteLine {
     /// Bytes it sent over the run (`communication.bytes_up_per_site`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_up: Option<u64>,
+    /// Why its local training failed, in each round it did
+    /// (`rounds[].site_errors`), by round.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors: BTreeMap<u32, String>,
     /// Its traffic in each round it had any (`rounds[].traffic`), by round.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub traffic: BTreeMap<u32, SiteTraffic>,
@@ -65,6 +73,10 @@ pub struct PerSiteSummary {
     /// Each site's own model's accuracy, so summarised.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_accuracy: Option<Spread>,
+    /// Per round, how many sites' local training failed (the report keeps
+    /// the first few of each round's `site_errors`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub site_errors: BTreeMap<u32, usize>,
     /// Per round, how many sites had traffic (the bytes are the round's
     /// `bytes_up` and `bytes_down`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -118,6 +130,14 @@ pub struct PerSiteParts {
     choices: BTreeMap<String, BaselineChoice>,
     pooled: BTreeMap<String, SiteMetrics>,
     bytes_up: BTreeMap<String, u64>,
+    errors: Vec<(u32, Vec<String>)>,
+}
+
+/// The site a training failure names (`site 'NAME': why`), and why.
+fn failed_site(message: &str) -> Option<(&str, &str)> {
+    let rest = message.strip_prefix("site '")?;
+    let (site, why) = rest.split_once("': ")?;
+    Some((site, why))
 }
 
 impl RunReport {
@@ -147,6 +167,15 @@ impl RunReport {
             choices,
             pooled,
             bytes_up: std::mem::take(&mut self.communication.bytes_up_per_site),
+            // The report keeps each round's first few.
+            errors: self
+                .rounds
+                .iter_mut()
+                .map(|r| {
+                    let kept = r.site_errors.iter().take(ERRORS_KEPT).cloned().collect();
+                    (r.round, std::mem::replace(&mut r.site_errors, kept))
+                })
+                .collect(),
         }
     }
 
@@ -158,6 +187,9 @@ impl RunReport {
         self.communication.bytes_up_per_site = parts.bytes_up;
         for (round, (_, traffic)) in self.rounds.iter_mut().zip(parts.traffic) {
             round.traffic = traffic;
+        }
+        for (round, (_, errors)) in self.rounds.iter_mut().zip(parts.errors) {
+            round.site_errors = errors;
         }
         if let Some(b) = &mut self.baselines {
             b.local.per_site = parts.local;
@@ -180,6 +212,12 @@ impl PerSiteParts {
             test_rows: self.data.iter().map(|d| d.n_test as u64).sum(),
             final_accuracy: Spread::of(self.final_metrics.values().filter_map(|m| m.accuracy)),
             local_accuracy: Spread::of(self.local.values().filter_map(|m| m.accuracy)),
+            site_errors: self
+                .errors
+                .iter()
+                .filter(|(_, e)| !e.is_empty())
+                .map(|(round, e)| (*round, e.len()))
+                .collect(),
             sites_with_traffic: self
                 .traffic
                 .iter()
@@ -202,6 +240,9 @@ impl PerSiteParts {
         sites.extend(self.choices.keys().map(String::as_str));
         sites.extend(self.pooled.keys().map(String::as_str));
         sites.extend(self.bytes_up.keys().map(String::as_str));
+        for (_, errors) in &self.errors {
+            sites.extend(errors.iter().filter_map(|e| failed_site(e)).map(|(s, _)| s));
+        }
         sites
     }
 
@@ -209,6 +250,15 @@ impl PerSiteParts {
     pub fn lines(&self) -> impl Iterator<Item = SiteLine> + '_ {
         let data: BTreeMap<&str, &SiteSummary> =
             self.data.iter().map(|d| (d.site.as_str(), d)).collect();
+        let mut errors: BTreeMap<&str, BTreeMap<u32, String>> = BTreeMap::new();
+        for (round, messages) in &self.errors {
+            for (site, why) in messages.iter().filter_map(|e| failed_site(e)) {
+                errors
+                    .entry(site)
+                    .or_default()
+                    .insert(*round, why.to_string());
+            }
+        }
         self.sites().into_iter().map(move |site| SiteLine {
             site: site.to_string(),
             data: data.get(site).map(|d| (*d).clone()),
@@ -218,6 +268,7 @@ impl PerSiteParts {
             local_choice: self.choices.get(site).cloned(),
             pooled: self.pooled.get(site).cloned(),
             bytes_up: self.bytes_up.get(site).copied(),
+            errors: errors.get(site).cloned().unwrap_or_default(),
             traffic: self
                 .traffic
                 .iter()
@@ -230,6 +281,15 @@ impl PerSiteParts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_names_its_site() {
+        assert_eq!(
+            failed_site("site 'st. mary's': local training diverged: loss NaN"),
+            Some(("st. mary's", "local training diverged: loss NaN"))
+        );
+        assert_eq!(failed_site("something else"), None);
+    }
 
     #[test]
     fn spreads_by_nearest_rank() {
