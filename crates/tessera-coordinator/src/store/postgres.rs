@@ -577,16 +577,7 @@ impl RunStore for PostgresStore {
         let release = t.next_analytics_release(run)?;
         t.put_analytics(
             run,
-            &AnalyticsRow {
-                release,
-                query: query.to_string(),
-                answer: answer.to_string(),
-                protected: false,
-                epsilon: 0.0,
-                delta: 0.0,
-                noise_std: 0.0,
-                recorded_micros: at_micros,
-            },
+            &AnalyticsRow::unprotected(release, query, answer, at_micros),
         )?;
         t.finish()
     }
@@ -603,19 +594,8 @@ impl RunStore for PostgresStore {
         )?;
         rows.iter()
             .map(|r| {
-                let action: String = r.try_get(0)?;
-                let action = match action.as_str() {
-                    "stop" => Control::Stop,
-                    "abort" => Control::Abort,
-                    other => {
-                        return Err(StoreError::Damaged(format!(
-                            "unknown run control '{}'",
-                            tessera_core::shown(other, 40)
-                        )));
-                    }
-                };
                 Ok(ControlRow {
-                    action,
+                    action: Control::stored(r.try_get(0)?)?,
                     reason: r.try_get(1)?,
                     at_unix_micros: u64_of(r.try_get(2)?),
                 })

@@ -84,6 +84,18 @@ impl Control {
             Control::Abort => "abort",
         }
     }
+
+    /// The request stored as `text`; unknown text is a damaged record.
+    pub fn stored(text: &str) -> Result<Self, super::StoreError> {
+        match text {
+            "stop" => Ok(Control::Stop),
+            "abort" => Ok(Control::Abort),
+            other => Err(super::StoreError::Damaged(format!(
+                "unknown run control '{}'",
+                tessera_core::shown(other, 40)
+            ))),
+        }
+    }
 }
 
 /// An operator's request, as stored (`tessera stop`, `tessera abort`).

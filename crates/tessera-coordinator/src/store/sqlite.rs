@@ -453,18 +453,8 @@ impl RunStore for SqliteStore {
         let mut controls = Vec::new();
         for row in rows {
             let (action, reason, at_unix_micros) = row?;
-            let action = match action.as_str() {
-                "stop" => Control::Stop,
-                "abort" => Control::Abort,
-                other => {
-                    return Err(StoreError::Damaged(format!(
-                        "unknown run control '{}'",
-                        tessera_core::shown(other, 40)
-                    )));
-                }
-            };
             controls.push(ControlRow {
-                action,
+                action: Control::stored(&action)?,
                 reason,
                 at_unix_micros,
             });

@@ -29,6 +29,23 @@ pub struct AnalyticsRow {
     pub recorded_micros: u64,
 }
 
+impl AnalyticsRow {
+    /// A release without noise (a secure join's exact result): no epsilon,
+    /// no delta, no ledger row.
+    pub fn unprotected(release: u32, query: &str, answer: &str, at_micros: u64) -> Self {
+        AnalyticsRow {
+            release,
+            query: query.to_string(),
+            answer: answer.to_string(),
+            protected: false,
+            epsilon: 0.0,
+            delta: 0.0,
+            noise_std: 0.0,
+            recorded_micros: at_micros,
+        }
+    }
+}
+
 impl SqliteStore {
     /// Records an answered query and its ledger rows in one transaction.
     pub fn record_analytics(
@@ -78,16 +95,7 @@ impl SqliteStore {
         let release = u32::try_from(last.unwrap_or(0).saturating_add(1)).unwrap_or(u32::MAX);
         self.record_analytics(
             run,
-            &AnalyticsRow {
-                release,
-                query: query.to_string(),
-                answer: answer.to_string(),
-                protected: false,
-                epsilon: 0.0,
-                delta: 0.0,
-                noise_std: 0.0,
-                recorded_micros: at_micros,
-            },
+            &AnalyticsRow::unprotected(release, query, answer, at_micros),
             &[],
         )
     }
