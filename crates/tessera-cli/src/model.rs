@@ -175,6 +175,7 @@ pub fn of_parameters(
         Some(Scaler::from_statistics(
             &data.federation_statistics(),
             &plan.data.standardize,
+            &data.indicators(),
         ))
     };
     Ok(ModelFile::new(
@@ -285,7 +286,8 @@ pub fn of_stored_run(
         None => None,
     };
     let federation = if plan.data.standardize.enabled {
-        statistics.map(|s| Scaler::from_statistics(&s, &plan.data.standardize))
+        statistics
+            .map(|s| Scaler::from_statistics(&s, &plan.data.standardize, &agreement.indicators()))
     } else {
         Some(Scaler {
             mean: vec![0.0; n_features],

@@ -402,6 +402,24 @@ pub struct StandardizeConfig {
     /// Added to the standard deviation.
     #[serde(default = "default_epsilon")]
     pub epsilon: f64,
+    /// What becomes of a categorical column's one-hot indicators.
+    #[serde(default)]
+    pub indicators: IndicatorScaling,
+}
+
+/// What standardisation does to one-hot indicators (measurements are
+/// always standardised when standardisation is on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndicatorScaling {
+    /// Left as 0 and 1: an indicator's weight is the code's effect on the
+    /// log-odds, and a rare code stays 1 instead of becoming a value near
+    /// `1 / sqrt(frequency)` (about 100 for a code in one row of 10,000).
+    #[default]
+    Keep,
+    /// Standardised like a measurement, `(x - mean) / (std + epsilon)`
+    /// (FLamby's protocol for Fed-Heart-Disease does this).
+    Standardize,
 }
 
 impl Default for SplitConfig {
@@ -434,6 +452,7 @@ impl Default for StandardizeConfig {
             scope: ScaleScope::default(),
             ddof: default_ddof(),
             epsilon: default_epsilon(),
+            indicators: IndicatorScaling::default(),
         }
     }
 }

@@ -3,7 +3,7 @@
 use ndarray::{Array2, Axis};
 use serde::Serialize;
 
-use crate::config::StandardizeConfig;
+use crate::config::{IndicatorScaling, StandardizeConfig};
 
 /// The prediction task shared by all sites.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -164,27 +164,36 @@ impl FeatureStatistics {
 }
 
 impl Scaler {
-    /// The standardisation of `rows` by their own statistics.
-    pub fn fit(rows: &Array2<f32>, config: &StandardizeConfig) -> Scaler {
-        Scaler::from_statistics(&FeatureStatistics::of(rows), config)
+    /// The standardisation of `rows` by their own statistics
+    /// ([`Scaler::from_statistics`]).
+    pub fn fit(rows: &Array2<f32>, config: &StandardizeConfig, indicators: &[bool]) -> Scaler {
+        Scaler::from_statistics(&FeatureStatistics::of(rows), config, indicators)
     }
 
     /// The standardisation these statistics imply: `scale = std + epsilon`
     /// with `ddof` degrees of freedom removed, 1 for a constant feature.
-    pub fn from_statistics(stats: &FeatureStatistics, config: &StandardizeConfig) -> Scaler {
+    /// `indicators[j]` says feature `j` is a one-hot indicator (see
+    /// [`crate::Agreement::indicators`]; a shorter slice: the features past
+    /// it are measurements); with `config.indicators` at `keep` an
+    /// indicator is left as it is (mean 0, scale 1).
+    pub fn from_statistics(
+        stats: &FeatureStatistics,
+        config: &StandardizeConfig,
+        indicators: &[bool],
+    ) -> Scaler {
         let n_features = stats.mean.len();
         if !config.enabled {
-            return Scaler {
-                mean: vec![0.0; n_features],
-                scale: vec![1.0; n_features],
-            };
+            return Scaler::identity(n_features);
         }
+        let keep = config.indicators == IndicatorScaling::Keep;
+        let kept = |j: usize| keep && indicators.get(j).copied().unwrap_or(false);
         let dof = stats.n as f64 - f64::from(config.ddof);
         let scale = stats
             .m2
             .iter()
-            .map(|&s| {
-                let std = if dof > 0.0 {
+            .enumerate()
+            .map(|(j, &s)| {
+                let std = if dof > 0.0 && !kept(j) {
                     (s.max(0.0) / dof).sqrt()
                 } else {
                     0.0
@@ -192,20 +201,37 @@ impl Scaler {
                 if std > 0.0 { std + config.epsilon } else { 1.0 }
             })
             .collect();
+        let mean = (stats.mean.iter().enumerate())
+            .map(|(j, &m)| if kept(j) { 0.0 } else { m })
+            .collect();
+        Scaler { mean, scale }
+    }
+
+    /// The standardisation that changes nothing.
+    pub fn identity(n_features: usize) -> Scaler {
         Scaler {
-            mean: stats.mean.clone(),
-            scale,
+            mean: vec![0.0; n_features],
+            scale: vec![1.0; n_features],
+        }
+    }
+
+    /// `rows` standardised into `out` (the same shape).
+    fn apply_into(
+        &self,
+        rows: ndarray::ArrayView2<'_, f32>,
+        mut out: ndarray::ArrayViewMut2<'_, f32>,
+    ) {
+        for (mut to, from) in out.rows_mut().into_iter().zip(rows.rows()) {
+            for (((v, &x), m), s) in to.iter_mut().zip(from).zip(&self.mean).zip(&self.scale) {
+                *v = ((f64::from(x) - m) / s) as f32;
+            }
         }
     }
 
     /// `rows` standardised.
     pub fn apply(&self, rows: &Array2<f32>) -> Array2<f32> {
-        let mut out = rows.clone();
-        for mut row in out.rows_mut() {
-            for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.scale) {
-                *v = ((f64::from(*v) - m) / s) as f32;
-            }
-        }
+        let mut out = Array2::zeros(rows.raw_dim());
+        self.apply_into(rows.view(), out.view_mut());
         out
     }
 }
@@ -291,6 +317,11 @@ impl FederatedData {
         self.feature_names.len()
     }
 
+    /// Which features are one-hot indicators ([`crate::Agreement::indicators`]).
+    pub fn indicators(&self) -> Vec<bool> {
+        self.agreement.indicators()
+    }
+
     /// The federation's training statistics, combined from each site's.
     pub fn federation_statistics(&self) -> FeatureStatistics {
         let empty = FeatureStatistics {
@@ -308,12 +339,23 @@ impl FederatedData {
     /// that standardisation.
     pub fn pooled(&self, config: &StandardizeConfig) -> (Dataset, Dataset, Scaler) {
         let d = self.n_features();
-        let stack = |parts: Vec<ndarray::ArrayView2<'_, f32>>| {
-            ndarray::concatenate(Axis(0), &parts).unwrap_or_else(|_| Array2::zeros((0, d)))
+        let scaler =
+            Scaler::from_statistics(&self.federation_statistics(), config, &self.indicators());
+        // Each site's rows standardised straight into their place: no
+        // stacked copy of the raw rows beside the standardised ones.
+        let stack = |part: fn(&SiteData) -> &Array2<f32>| {
+            let n = self.sites.iter().map(|s| part(s).nrows()).sum();
+            let mut out = Array2::zeros((n, d));
+            let mut at = 0;
+            for site in &self.sites {
+                let rows = part(site);
+                let to = out.slice_mut(ndarray::s![at..at + rows.nrows(), ..]);
+                scaler.apply_into(rows.view(), to);
+                at += rows.nrows();
+            }
+            out
         };
-        let raw_train = stack(self.sites.iter().map(|s| s.raw_train.view()).collect());
-        let raw_test = stack(self.sites.iter().map(|s| s.raw_test.view()).collect());
-        let scaler = Scaler::from_statistics(&self.federation_statistics(), config);
+        let (train, test) = (stack(|s| &s.raw_train), stack(|s| &s.raw_test));
         let labels = |f: fn(&SiteData) -> &Dataset| {
             self.sites
                 .iter()
@@ -322,11 +364,11 @@ impl FederatedData {
         };
         (
             Dataset {
-                x: scaler.apply(&raw_train),
+                x: train,
                 y: labels(|s| &s.train),
             },
             Dataset {
-                x: scaler.apply(&raw_test),
+                x: test,
                 y: labels(|s| &s.test),
             },
             scaler,
@@ -343,7 +385,7 @@ mod tests {
     fn scaler_matches_hand_computation() {
         let rows = array![[1.0f32, 5.0], [2.0, 5.0], [3.0, 5.0], [6.0, 5.0]];
         let cfg = StandardizeConfig::default();
-        let s = Scaler::fit(&rows, &cfg);
+        let s = Scaler::fit(&rows, &cfg, &[]);
         assert_eq!(s.mean, vec![3.0, 5.0]);
         // unbiased: sum of squares 4+1+0+9 = 14 over 3
         assert!((s.scale[0] - ((14.0f64 / 3.0).sqrt() + 1e-9)).abs() < 1e-12);
@@ -358,6 +400,7 @@ mod tests {
                 epsilon: 0.0,
                 ..StandardizeConfig::default()
             },
+            &[],
         );
         assert!((pop.scale[0] - (14.0f64 / 4.0).sqrt()).abs() < 1e-12);
     }

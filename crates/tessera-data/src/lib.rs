@@ -45,9 +45,9 @@ pub mod synth;
 mod table;
 
 pub use config::{
-    AbsentPolicy, ColumnKind, ColumnSpec, CrossSiloConfig, DataConfig, MembershipFile,
-    MissingPolicy, PartitionConfig, ScaleScope, SchemaConfig, SiteFile, SplitConfig,
-    StandardizeConfig, SyntheticConfig,
+    AbsentPolicy, ColumnKind, ColumnSpec, CrossSiloConfig, DataConfig, IndicatorScaling,
+    MembershipFile, MissingPolicy, PartitionConfig, ScaleScope, SchemaConfig, SiteFile,
+    SplitConfig, StandardizeConfig, SyntheticConfig,
 };
 pub use dataset::{Dataset, FeatureStatistics, FederatedData, Scaler, SiteData, SiteSummary, Task};
 pub use error::{DataError, Location};

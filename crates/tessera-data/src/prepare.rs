@@ -190,7 +190,11 @@ fn prepare_sites(
         agreement,
     };
     if config.standardize.scope == ScaleScope::Federation {
-        let scaler = Scaler::from_statistics(&data.federation_statistics(), &config.standardize);
+        let scaler = Scaler::from_statistics(
+            &data.federation_statistics(),
+            &config.standardize,
+            &data.indicators(),
+        );
         for site in &mut data.sites {
             site.rescale(scaler.clone());
         }

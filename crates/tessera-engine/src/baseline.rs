@@ -111,24 +111,28 @@ fn stages(
 /// scale (`(z - mean) * scale`) as a test row's feature unseen in training
 /// is. Without that, a rare code seen only in held-out rows is some 20
 /// standard deviations there, where a test row's unseen code is 1, and the
-/// held-out loss chooses against it.
+/// held-out loss chooses against it. One-hot indicators
+/// (`indicators[j]`) that the plan keeps as 0 and 1 stay so.
 pub fn restandardize(
     mut fitting: Dataset,
     mut held: Dataset,
     scale: &[f64],
+    indicators: &[bool],
     config: &tessera_data::StandardizeConfig,
 ) -> (Dataset, Dataset) {
     if !config.enabled {
         return (fitting, held);
     }
     let stats = tessera_data::FeatureStatistics::of(&fitting.x);
-    let by_fitting = tessera_data::Scaler::from_statistics(&stats, config);
+    let by_fitting = tessera_data::Scaler::from_statistics(&stats, config, indicators);
     // Constant in the fitted rows: where the scaler's rule gives no spread.
+    let keep = config.indicators == tessera_data::IndicatorScaling::Keep;
+    let kept = |j: usize| keep && indicators.get(j).copied().unwrap_or(false);
     let spread = stats.n > u64::from(config.ddof);
     let maps: Vec<(f64, f64)> = (0..fitting.x.ncols())
         .map(|j| {
             let mean = by_fitting.mean[j];
-            if spread && stats.m2[j] > 0.0 {
+            if spread && stats.m2[j] > 0.0 || kept(j) {
                 (mean, 1.0 / by_fitting.scale[j])
             } else {
                 (mean, scale.get(j).copied().unwrap_or(1.0))
@@ -175,12 +179,14 @@ fn mean_loss(model: &dyn Learner, rows: &Dataset) -> Result<Option<f64>, LearnEr
 /// `rows` are standardised with `scale` (each feature's divisor; the
 /// scaler's): the rows held out and those fitted are standardised again by
 /// the fitted rows alone ([`restandardize`]), as a site's test rows are by
-/// its training rows.
+/// its training rows. `indicators` says which features are one-hot
+/// indicators ([`tessera_data::Agreement::indicators`]).
 pub fn fit_baseline(
     plan: &Plan,
     initial: &dyn Learner,
     rows: &Dataset,
     scale: &[f64],
+    indicators: &[bool],
     who: &str,
 ) -> Result<(Box<dyn Learner>, Option<BaselineChoice>), LearnError> {
     let training = plan.baseline_training();
@@ -212,6 +218,7 @@ pub fn fit_baseline(
             rows.select(fitting),
             rows.select(validation),
             scale,
+            indicators,
             &plan.data.standardize,
         );
         let mut decays = vec![own];
@@ -310,7 +317,7 @@ mod tests {
 
     fn standardized(n: usize, seed: u64) -> (Dataset, Scaler) {
         let (x, y) = rows(n, seed);
-        let scaler = Scaler::fit(&x, &StandardizeConfig::default());
+        let scaler = Scaler::fit(&x, &StandardizeConfig::default(), &[]);
         (
             Dataset {
                 x: scaler.apply(&x),
@@ -334,7 +341,7 @@ mod tests {
     fn held_out_rows_are_standardised_by_the_fitted_rows_alone() {
         let (raw, y) = rows(400, 1);
         let config = StandardizeConfig::default();
-        let all = Scaler::fit(&raw, &config);
+        let all = Scaler::fit(&raw, &config, &[]);
         let z = Dataset {
             x: all.apply(&raw),
             y,
@@ -346,10 +353,11 @@ mod tests {
             z.select(&fit_rows),
             z.select(&held_rows),
             &all.scale,
+            &[],
             &config,
         );
         let raw_fit = raw.select(ndarray::Axis(0), &fit_rows);
-        let by_fit = Scaler::fit(&raw_fit, &config);
+        let by_fit = Scaler::fit(&raw_fit, &config, &[]);
         let expected_held = by_fit.apply(&raw.select(ndarray::Axis(0), &held_rows));
         let expected_fit = by_fit.apply(&raw_fit);
         for (got, want) in [(&held.x, &expected_held), (&fitting.x, &expected_fit)] {
@@ -364,13 +372,60 @@ mod tests {
     }
 
     #[test]
+    fn kept_indicators_stay_zero_and_one_when_restandardised() {
+        let (raw, y) = rows(400, 1);
+        let config = StandardizeConfig::default();
+        let indicators = [false, false, false, true];
+        let all = Scaler::fit(&raw, &config, &indicators);
+        assert_eq!((all.mean[3], all.scale[3]), (0.0, 1.0));
+        let z = Dataset {
+            x: all.apply(&raw),
+            y,
+        };
+        let held_rows: Vec<usize> = (0..80).collect();
+        let fit_rows: Vec<usize> = (80..400).collect();
+        let (fitting, held) = restandardize(
+            z.select(&fit_rows),
+            z.select(&held_rows),
+            &all.scale,
+            &indicators,
+            &config,
+        );
+        assert_eq!(held.x[[5, 3]], 1.0);
+        assert!(
+            held.x
+                .column(3)
+                .iter()
+                .enumerate()
+                .all(|(i, &v)| v == f32::from(u8::from(i == 5)))
+        );
+        assert!(fitting.x.column(3).iter().all(|&v| v == 0.0));
+        // The measurements are restandardised as before.
+        let by_fit = Scaler::fit(
+            &raw.select(ndarray::Axis(0), &fit_rows),
+            &config,
+            &indicators,
+        );
+        let want = by_fit.apply(&raw.select(ndarray::Axis(0), &held_rows));
+        for (g, w) in held.x.iter().zip(want.iter()) {
+            assert!((g - w).abs() < 1e-4 * w.abs().max(1.0), "{g} against {w}");
+        }
+        // Standardised like measurements when the plan says so.
+        let old = StandardizeConfig {
+            indicators: tessera_data::IndicatorScaling::Standardize,
+            ..config
+        };
+        assert!(Scaler::fit(&raw, &old, &indicators).apply(&raw)[[5, 3]] > 15.0);
+    }
+
+    #[test]
     fn with_the_choice_off_the_plan_trains_as_it_says() {
         let (data, scaler) = standardized(300, 2);
         let mut off = plan(20);
         off.baseline_choice.enabled = false;
         let initial = off.learner(4, 2).unwrap();
         let (model, choice) =
-            fit_baseline(&off, initial.as_ref(), &data, &scaler.scale, "a").unwrap();
+            fit_baseline(&off, initial.as_ref(), &data, &scaler.scale, &[], "a").unwrap();
         assert!(choice.is_none());
         let mut plain = initial.clone_box();
         let mut rng = SeededRng::derived(off.seed, &[streams::BASELINE, tag("a")]);
@@ -386,7 +441,7 @@ mod tests {
         let p = plan(30);
         let initial = p.learner(4, 2).unwrap();
         let (model, choice) =
-            fit_baseline(&p, initial.as_ref(), &data, &scaler.scale, "a").unwrap();
+            fit_baseline(&p, initial.as_ref(), &data, &scaler.scale, &[], "a").unwrap();
         let choice = choice.unwrap();
         assert_eq!(choice.validation_rows, 60);
         assert!(
@@ -404,19 +459,23 @@ mod tests {
                 .contains("chosen on 60 held-out training rows")
         );
         // The same call, the same model; another baseline's name, another draw.
-        let (again, _) = fit_baseline(&p, initial.as_ref(), &data, &scaler.scale, "a").unwrap();
+        let (again, _) =
+            fit_baseline(&p, initial.as_ref(), &data, &scaler.scale, &[], "a").unwrap();
         assert_eq!(model.parameters(), again.parameters());
         // Too few rows to hold out: the plan's own weight decay, full length.
         let (small, scaler) = standardized(100, 4);
-        let (_, choice) = fit_baseline(&p, initial.as_ref(), &small, &scaler.scale, "b").unwrap();
+        let (_, choice) =
+            fit_baseline(&p, initial.as_ref(), &small, &scaler.scale, &[], "b").unwrap();
         let choice = choice.unwrap();
         assert_eq!((choice.validation_rows, choice.trained), (0, 30));
         assert!(choice.describe().contains("too few rows"));
         // ...trained as with the choice off, in one go.
-        let (model, _) = fit_baseline(&p, initial.as_ref(), &small, &scaler.scale, "b").unwrap();
+        let (model, _) =
+            fit_baseline(&p, initial.as_ref(), &small, &scaler.scale, &[], "b").unwrap();
         let mut off = p.clone();
         off.baseline_choice.enabled = false;
-        let (plain, _) = fit_baseline(&off, initial.as_ref(), &small, &scaler.scale, "b").unwrap();
+        let (plain, _) =
+            fit_baseline(&off, initial.as_ref(), &small, &scaler.scale, &[], "b").unwrap();
         assert_eq!(model.parameters(), plain.parameters());
     }
 }

@@ -291,8 +291,18 @@ impl ModelFile {
             )));
         }
         let (header, values) = body.split_at(declared as usize);
-        let header: ModelHeader = serde_json::from_slice(header)
+        let header: serde_json::Value = serde_json::from_slice(header)
             .map_err(|e| malformed(format!("its header is not a model header: {e}")))?;
+        // Files written before `indicators` was a setting standardised
+        // one-hot indicators like measurements.
+        let before_indicators = header
+            .pointer("/standardization/config")
+            .is_some_and(|c| c.get("indicators").is_none());
+        let mut header: ModelHeader = serde_json::from_value(header)
+            .map_err(|e| malformed(format!("its header is not a model header: {e}")))?;
+        if before_indicators {
+            header.standardization.config.indicators = tessera_data::IndicatorScaling::Standardize;
+        }
         if values.len() % 4 != 0 {
             return Err(malformed(format!(
                 "{} bytes of values is not a whole number of 4-byte values (truncated?)",

@@ -226,6 +226,7 @@ pub(crate) async fn prepare(
         data.rescale(tessera_data::Scaler::from_statistics(
             &merged,
             &plan.data.standardize,
+            &agreement.indicators(),
         ));
     }
     let learner = plan

@@ -564,6 +564,7 @@ impl SiteResults {
             initial.as_ref(),
             &self.train,
             &self.takeaway.scaler.scale,
+            &self.takeaway.agreement.indicators(),
             &self.site,
         )
         .map_err(local)?;

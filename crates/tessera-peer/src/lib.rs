@@ -599,6 +599,7 @@ async fn work(
         data.rescale(tessera_data::Scaler::from_statistics(
             &merged,
             &plan.data.standardize,
+            &agreement.indicators(),
         ));
     }
     let learner = plan

@@ -59,8 +59,14 @@ pub(crate) fn personalization(
         .learner(n_features, n_classes)
         .map_err(|e| local(e.to_string()))?;
     let mut local_only = BTreeMap::new();
-    if let Ok((alone, _)) = fit_baseline(plan, start.as_ref(), train, scale, site)
-        && let Ok(evaluation) = alone.evaluate(test)
+    if let Ok((alone, _)) = fit_baseline(
+        plan,
+        start.as_ref(),
+        train,
+        scale,
+        &agreement.indicators(),
+        site,
+    ) && let Ok(evaluation) = alone.evaluate(test)
     {
         local_only.insert(site.to_string(), evaluation.accuracy());
     }

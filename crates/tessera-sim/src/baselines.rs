@@ -35,6 +35,7 @@ pub fn run_baselines(plan: &Plan, data: &FederatedData) -> Result<Baselines, Sim
         initial.as_ref(),
         &pooled_train,
         &pooled_scaler.scale,
+        &data.indicators(),
         "pooled",
     )
     .and_then(|(model, choice)| {
@@ -86,6 +87,7 @@ pub(crate) fn local_baseline(
     let mut errors = Vec::new();
     // Collected in site order, so which failures are reported never depends on threads.
     let starts: Vec<Box<dyn Learner>> = data.sites.iter().map(|_| initial.clone_box()).collect();
+    let indicators = data.indicators();
     type Local = (Evaluation, f64, Option<BaselineChoice>);
     let local: Vec<Result<Local, LearnError>> = data
         .sites
@@ -97,6 +99,7 @@ pub(crate) fn local_baseline(
                 start.as_ref(),
                 &site.train,
                 &site.scaler.scale,
+                &indicators,
                 &site.name,
             )?;
             let own = model.evaluate(&site.test)?;

@@ -258,7 +258,11 @@ pub(crate) fn split_new_sites<'a>(
         // The federation's statistics are the training sites' alone, and
         // the new sites take them, as a hospital joining later would.
         let stats = trained.federation_statistics();
-        let scaler = tessera_data::Scaler::from_statistics(&stats, &plan.data.standardize);
+        let scaler = tessera_data::Scaler::from_statistics(
+            &stats,
+            &plan.data.standardize,
+            &trained.indicators(),
+        );
         for site in trained.sites.iter_mut().chain(new_ones.sites.iter_mut()) {
             site.rescale(scaler.clone());
         }

@@ -298,6 +298,7 @@ pub fn validation_view(
         site.raw_test = raw_validation.x;
     }
     let config = &plan.data.standardize;
+    let indicators = data.indicators();
     let federation = (config.enabled && config.scope == ScaleScope::Federation).then(|| {
         let stats: Vec<FeatureStatistics> = view
             .sites
@@ -307,12 +308,13 @@ pub fn validation_view(
         Scaler::from_statistics(
             &FeatureStatistics::merge_all(data.n_features(), stats.iter()),
             config,
+            &indicators,
         )
     });
     for (site, summary) in view.sites.iter_mut().zip(view.summary.iter_mut()) {
         let scaler = federation
             .clone()
-            .unwrap_or_else(|| Scaler::fit(&site.raw_train, config));
+            .unwrap_or_else(|| Scaler::fit(&site.raw_train, config, &indicators));
         site.rescale(scaler);
         summary.n_train = site.train.n_rows();
         summary.n_test = site.test.n_rows();

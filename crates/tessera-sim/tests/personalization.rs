@@ -398,6 +398,7 @@ fn new_sites_take_no_part_and_adapt_the_final_model_with_few_rows() {
     let scaler = tessera_data::Scaler::from_statistics(
         &without.federation_statistics(),
         &plan.data.standardize,
+        &without.indicators(),
     );
     for site in &mut without.sites {
         site.rescale(scaler.clone());

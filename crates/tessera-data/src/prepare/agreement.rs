@@ -98,6 +98,14 @@ impl Encoding {
     }
 }
 
+/// Whether each feature `encodings` make is a one-hot indicator.
+pub(super) fn indicators_of(encodings: &[Encoding]) -> Vec<bool> {
+    encodings
+        .iter()
+        .flat_map(|e| std::iter::repeat_n(matches!(e, Encoding::OneHot { .. }), e.width()))
+        .collect()
+}
+
 /// The rows of one level of a categorical column ([`Agreement::groups`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
@@ -124,6 +132,13 @@ impl Agreement {
         Task {
             classes: self.classes.clone(),
         }
+    }
+
+    /// Whether each encoded feature is a one-hot indicator (in
+    /// [`Agreement::feature_names`]' order): what
+    /// [`crate::Scaler::from_statistics`] leaves as 0 and 1.
+    pub fn indicators(&self) -> Vec<bool> {
+        indicators_of(&self.encodings)
     }
 
     /// Names of the encoded features (`column` or `column=level`).

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use ndarray::Array2;
 
-use super::agreement::Encoding;
+use super::agreement::{Encoding, indicators_of};
 use super::membership::Membership;
 use crate::config::DataConfig;
 use crate::dataset::{Dataset, Scaler, SiteData, SiteSummary};
@@ -120,7 +120,7 @@ pub(super) fn encode_site(
             }
         }
     }
-    let scaler = Scaler::fit(&raw_train, &config.standardize);
+    let scaler = Scaler::fit(&raw_train, &config.standardize, &indicators_of(encoders));
     let labels_of = |rows: &[usize]| {
         rows.iter()
             .map(|&r| labels[r].unwrap_or(0))

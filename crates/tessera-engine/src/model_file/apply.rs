@@ -103,7 +103,7 @@ impl ModelFile {
                         x.nrows()
                     )));
                 }
-                Scaler::fit(&x, &s.config)
+                Scaler::fit(&x, &s.config, &self.header.agreement.indicators())
             }
         };
         impute(&mut x, Some(&scaler.mean));
@@ -181,7 +181,7 @@ impl ModelFile {
                 fit.nrows()
             )));
         }
-        let scaler = Scaler::fit(&fit, &s.config);
+        let scaler = Scaler::fit(&fit, &s.config, &self.header.agreement.indicators());
         let mut x = self.encode(table)?;
         impute(&mut x, Some(&scaler.mean));
         Ok(scaler.apply(&x))

@@ -206,3 +206,37 @@ fn without_stored_statistics_rows_are_standardised_with_their_own() {
             .is_empty()
     );
 }
+
+#[test]
+fn indicators_are_kept_and_a_file_from_before_the_setting_standardises_them() {
+    let f = file("kind = \"logistic\"", false);
+    let rows = table("age,sex\n10,m\n20,f\n30,m\n");
+    let x = f.inputs(&rows).unwrap();
+    assert_eq!(x.row(0).to_vec()[1..], [0.0, 1.0, 0.0]);
+    assert_eq!(x.row(1).to_vec()[1..], [1.0, 0.0, 0.0]);
+    // The same file as an older tessera wrote it: no `indicators` key.
+    let mut header = serde_json::to_value(&f.header).unwrap();
+    let config = header
+        .pointer_mut("/standardization/config")
+        .and_then(|c| c.as_object_mut())
+        .unwrap();
+    assert!(config.remove("indicators").is_some());
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut bytes = MAGIC.to_vec();
+    bytes.extend_from_slice(&MODEL_FILE_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&header);
+    for v in f.parameters.values() {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    let old = ModelFile::from_bytes(&bytes).unwrap();
+    assert_eq!(
+        old.header.standardization.config.indicators,
+        tessera_data::IndicatorScaling::Standardize
+    );
+    let z = old.inputs(&rows).unwrap();
+    // sex=m in two rows of three: (1 - 2/3) / sqrt(1/3), as before.
+    let want = (1.0 - 2.0 / 3.0) / (1.0f64 / 3.0).sqrt();
+    assert!((f64::from(z[[0, 2]]) - want).abs() < 1e-5, "{z}");
+    assert_eq!(x.column(0), z.column(0));
+}
