@@ -447,7 +447,7 @@ fn data_sha256(data: &FederatedData) -> String {
         hash.update([0]);
         for part in [&site.raw_train, &site.raw_test] {
             hash.update((part.nrows() as u64).to_le_bytes());
-            for v in part.iter() {
+            for v in part.dense().iter() {
                 hash.update(v.to_bits().to_le_bytes());
             }
         }

@@ -1,9 +1,10 @@
 //! Prepared data: feature matrices with labels, per site, ready for a learner.
 
-use ndarray::{Array2, Axis};
+use ndarray::Array2;
 use serde::Serialize;
 
 use crate::config::{IndicatorScaling, StandardizeConfig};
+use crate::features::Features;
 
 /// The prediction task shared by all sites.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -29,7 +30,7 @@ impl Task {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
     /// One row per example.
-    pub x: Array2<f32>,
+    pub x: Features,
     /// Class index of each row.
     pub y: Vec<u32>,
 }
@@ -38,7 +39,7 @@ impl Dataset {
     /// An empty dataset with `n_features` columns.
     pub fn empty(n_features: usize) -> Self {
         Self {
-            x: Array2::zeros((0, n_features)),
+            x: Features::empty(n_features),
             y: Vec::new(),
         }
     }
@@ -56,7 +57,7 @@ impl Dataset {
     /// The rows at `indices`, in that order.
     pub fn select(&self, indices: &[usize]) -> Dataset {
         Dataset {
-            x: self.x.select(Axis(0), indices),
+            x: self.x.select(indices),
             y: indices.iter().map(|&i| self.y[i]).collect(),
         }
     }
@@ -64,14 +65,9 @@ impl Dataset {
     /// Rows of several datasets stacked, in order.
     pub fn concat(parts: &[&Dataset]) -> Dataset {
         let n_features = parts.first().map_or(0, |d| d.n_features());
-        let views: Vec<_> = parts.iter().map(|d| d.x.view()).collect();
-        let x = if views.is_empty() {
-            Array2::zeros((0, n_features))
-        } else {
-            ndarray::concatenate(Axis(0), &views).unwrap_or_else(|_| Array2::zeros((0, n_features)))
-        };
+        let xs: Vec<&Features> = parts.iter().map(|d| &d.x).collect();
         Dataset {
-            x,
+            x: Features::concat(n_features, &xs),
             y: parts.iter().flat_map(|d| d.y.iter().copied()).collect(),
         }
     }
@@ -139,6 +135,49 @@ impl FeatureStatistics {
             m2: vec![0.0; n_features],
         };
         parts.into_iter().fold(empty, |all, part| all.merge(part))
+    }
+
+    /// Statistics of `rows` held either way: a dense matrix's as
+    /// [`FeatureStatistics::of`] computes them; sparse rows' dense columns
+    /// likewise, their listed columns from each column's sum and the
+    /// deviations of its listed values (`m2 = sum over listed (v - mean)^2
+    /// + unlisted rows x mean^2`).
+    pub fn of_features(rows: &Features) -> Self {
+        let Some(sparse) = rows.sparse_parts() else {
+            return match rows {
+                Features::Dense(x) => Self::of(x),
+                Features::Sparse(_) => Self::of(&rows.dense().into_owned()),
+            };
+        };
+        let n = rows.nrows();
+        let n_cols = rows.ncols();
+        let (dense_cols, block) = sparse.dense_block();
+        let measured = Self::of(block);
+        let (mut mean, mut m2) = (vec![0.0f64; n_cols], vec![0.0f64; n_cols]);
+        let mut listed = vec![0u64; n_cols];
+        for (c, v) in sparse.listed() {
+            mean[c] += f64::from(v);
+            listed[c] += 1;
+        }
+        for m in &mut mean {
+            *m = if n > 0 { *m / n as f64 } else { 0.0 };
+        }
+        for (c, v) in sparse.listed() {
+            let d = f64::from(v) - mean[c];
+            m2[c] += d * d;
+        }
+        for c in 0..n_cols {
+            m2[c] += (n as u64).saturating_sub(listed[c]) as f64 * mean[c] * mean[c];
+        }
+        for (k, &c) in dense_cols.iter().enumerate() {
+            mean[c] = measured.mean[k];
+            m2[c] = measured.m2[k];
+        }
+        Self {
+            n: n as u64,
+            mean,
+            m2,
+        }
     }
 
     /// Combines two sets of statistics (Chan, Golub and LeVeque's pairwise update).
@@ -228,6 +267,15 @@ impl Scaler {
         }
     }
 
+    /// `rows` standardised, held as they are (sparse rows stay sparse when
+    /// their listed columns are left alone, mean 0 and scale 1).
+    pub fn apply_features(&self, rows: &Features) -> Features {
+        rows.clone().map_columns(
+            |j, x| ((f64::from(x) - self.mean[j]) / self.scale[j]) as f32,
+            |j| self.mean[j] == 0.0 && self.scale[j] == 1.0,
+        )
+    }
+
     /// `rows` standardised.
     pub fn apply(&self, rows: &Array2<f32>) -> Array2<f32> {
         let mut out = Array2::zeros(rows.raw_dim());
@@ -246,9 +294,9 @@ pub struct SiteData {
     /// Test rows, standardised with the site's training statistics.
     pub test: Dataset,
     /// Training rows encoded and imputed but not standardised.
-    pub raw_train: Array2<f32>,
+    pub raw_train: Features,
     /// Test rows encoded and imputed but not standardised.
-    pub raw_test: Array2<f32>,
+    pub raw_test: Features,
     /// The site's standardisation statistics.
     pub scaler: Scaler,
     /// The training cells (row, feature) whose value was imputed (the
@@ -259,8 +307,8 @@ pub struct SiteData {
 impl SiteData {
     /// Standardises the site's rows with `scaler` instead (federation scope).
     pub fn rescale(&mut self, scaler: Scaler) {
-        self.train.x = scaler.apply(&self.raw_train);
-        self.test.x = scaler.apply(&self.raw_test);
+        self.train.x = scaler.apply_features(&self.raw_train);
+        self.test.x = scaler.apply_features(&self.raw_test);
         self.scaler = scaler;
     }
 }
@@ -330,7 +378,7 @@ impl FederatedData {
             m2: vec![0.0; self.n_features()],
         };
         self.sites.iter().fold(empty, |acc, s| {
-            acc.merge(&FeatureStatistics::of(&s.raw_train))
+            acc.merge(&FeatureStatistics::of_features(&s.raw_train))
         })
     }
 
@@ -341,19 +389,25 @@ impl FederatedData {
         let d = self.n_features();
         let scaler =
             Scaler::from_statistics(&self.federation_statistics(), config, &self.indicators());
-        // Each site's rows standardised straight into their place: no
-        // stacked copy of the raw rows beside the standardised ones.
-        let stack = |part: fn(&SiteData) -> &Array2<f32>| {
+        // Dense rows standardised straight into their place: no stacked
+        // copy of the raw rows beside the standardised ones.
+        let stack = |part: fn(&SiteData) -> &Features| {
+            if self.sites.iter().any(|s| part(s).is_sparse()) {
+                let parts: Vec<Features> = (self.sites.iter())
+                    .map(|s| scaler.apply_features(part(s)))
+                    .collect();
+                return Features::concat(d, &parts.iter().collect::<Vec<_>>());
+            }
             let n = self.sites.iter().map(|s| part(s).nrows()).sum();
             let mut out = Array2::zeros((n, d));
             let mut at = 0;
             for site in &self.sites {
-                let rows = part(site);
+                let rows = part(site).dense();
                 let to = out.slice_mut(ndarray::s![at..at + rows.nrows(), ..]);
                 scaler.apply_into(rows.view(), to);
                 at += rows.nrows();
             }
-            out
+            Features::Dense(out)
         };
         let (train, test) = (stack(|s| &s.raw_train), stack(|s| &s.raw_test));
         let labels = |f: fn(&SiteData) -> &Dataset| {

@@ -36,6 +36,7 @@
 pub mod config;
 mod dataset;
 mod error;
+mod features;
 mod levels;
 pub mod mapping;
 mod prepare;
@@ -51,6 +52,7 @@ pub use config::{
 };
 pub use dataset::{Dataset, FeatureStatistics, FederatedData, Scaler, SiteData, SiteSummary, Task};
 pub use error::{DataError, Location};
+pub use features::{Features, SparseBuilder};
 pub use levels::{agree_levels, canonical_level, level_order};
 pub use prepare::{
     Agreement, ColumnKinds, DeriveFeature, Encoding, FederatedRecords, Group, KeepSite, KindsOffer,

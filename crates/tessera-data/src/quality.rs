@@ -70,8 +70,8 @@ impl Quality {
         } else {
             (rarest / n as f64 * classes as f64).min(1.0)
         };
-        let distinct: HashSet<(Vec<u32>, u32)> = train
-            .x
+        let x = train.x.dense();
+        let distinct: HashSet<(Vec<u32>, u32)> = x
             .rows()
             .into_iter()
             .zip(&train.y)
@@ -126,8 +126,8 @@ impl Quality {
         self.drift = Some(if n == 0 || d == 0 {
             0.0
         } else {
-            let mut sums: Vec<f64> = train
-                .x
+            let x = train.x.dense();
+            let mut sums: Vec<f64> = x
                 .columns()
                 .into_iter()
                 .map(|column| {
@@ -138,8 +138,7 @@ impl Quality {
                 })
                 .collect();
             for &(row, feature) in imputed {
-                if let (Some(sum), Some(&v)) = (sums.get_mut(feature), train.x.get((row, feature)))
-                {
+                if let (Some(sum), Some(&v)) = (sums.get_mut(feature), x.get((row, feature))) {
                     *sum -= f64::from(v).clamp(-DRIFT_CLIP, DRIFT_CLIP);
                 }
             }
@@ -244,7 +243,7 @@ mod tests {
     #[test]
     fn scores_count_what_they_say() {
         let train = Dataset {
-            x: array![[1.0, 2.0], [1.0, 2.0], [3.0, 4.0], [5.0, 6.0]],
+            x: array![[1.0, 2.0], [1.0, 2.0], [3.0, 4.0], [5.0, 6.0]].into(),
             y: vec![0, 0, 1, 0],
         };
         let summary = SiteSummary {
@@ -276,7 +275,7 @@ mod tests {
     fn changing_one_row_moves_a_score_by_at_most_its_sensitivity() {
         let x = array![[1.0], [2.0], [2.0], [3.0], [4.0], [4.0]];
         let y = vec![0, 1, 1, 0, 2, 2];
-        let train = Dataset { x, y };
+        let train = Dataset { x: x.into(), y };
         let summary = |n: usize| SiteSummary {
             rows_read: n,
             n_train: n,
@@ -292,7 +291,7 @@ mod tests {
                 for label in 0..3 {
                     let mut changed = train.clone();
                     changed.y[row] = label;
-                    changed.x[[row, 0]] = to;
+                    changed.x.as_dense_mut().expect("dense")[[row, 0]] = to;
                     let q = Quality::of(&changed, &summary(6), 3);
                     for (k, (a, b)) in q.private().iter().zip(base.private()).enumerate() {
                         let moved = (a - b).abs();
@@ -318,7 +317,7 @@ mod tests {
             [2.0, 1.0]
         ];
         let train = Dataset {
-            x,
+            x: x.into(),
             y: vec![0, 1, 0, 1, 0],
         };
         let n = train.n_rows();
@@ -340,8 +339,9 @@ mod tests {
             for a in [-100.0f32, -3.0, 0.0, 3.0, 100.0] {
                 for b in [-100.0f32, 0.0, 100.0] {
                     let mut changed = train.clone();
-                    changed.x[[row, 0]] = a;
-                    changed.x[[row, 1]] = b;
+                    let x = changed.x.as_dense_mut().expect("dense");
+                    x[[row, 0]] = a;
+                    x[[row, 1]] = b;
                     let drift = Quality::of(&changed, &summary, 2)
                         .with_drift(&changed, &[])
                         .drift

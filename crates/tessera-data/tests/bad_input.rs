@@ -157,7 +157,7 @@ s2,8,1,0
     // Every row one-hot encodes exactly one level of c.
     for site in &data.sites {
         for ds in [&site.train, &site.test] {
-            for row in ds.x.rows() {
+            for row in ds.x.dense().rows() {
                 assert_eq!(row.iter().skip(1).sum::<f32>(), 1.0);
             }
         }
@@ -294,7 +294,11 @@ fn a_column_without_training_values_is_absent_at_that_site() {
     )
     .unwrap();
     let s2 = &data.sites[1];
-    assert!(s2.test.x.iter().all(|v| *v == 0.0), "{:?}", s2.test.x);
+    assert!(
+        s2.test.x.dense().iter().all(|v| *v == 0.0),
+        "{:?}",
+        s2.test.x
+    );
 }
 
 /// A file whose line never ends (`/dev/zero`): refused at 16 MiB, naming

@@ -201,7 +201,7 @@ fn drift_counts_imputed_cells_as_the_federations_mean() {
     assert!(s2.imputed_train.iter().all(|&(_, j)| j == b));
     assert!(data.sites[0].imputed_train.is_empty());
     // Recomputed here with the imputed cells at 0.
-    let x = &s2.train.x;
+    let x = s2.train.x.dense();
     let distance: f64 = (0..x.ncols())
         .map(|j| {
             let sum: f64 = (0..x.nrows())

@@ -123,7 +123,7 @@ pub fn restandardize(
     if !config.enabled {
         return (fitting, held);
     }
-    let stats = tessera_data::FeatureStatistics::of(&fitting.x);
+    let stats = tessera_data::FeatureStatistics::of_features(&fitting.x);
     let by_fitting = tessera_data::Scaler::from_statistics(&stats, config, indicators);
     // Constant in the fitted rows: where the scaler's rule gives no spread.
     let keep = config.indicators == tessera_data::IndicatorScaling::Keep;
@@ -139,13 +139,13 @@ pub fn restandardize(
             }
         })
         .collect();
-    for x in [&mut fitting.x, &mut held.x] {
-        for mut row in x.rows_mut() {
-            for (v, &(mean, factor)) in row.iter_mut().zip(&maps) {
-                *v = ((f64::from(*v) - mean) * factor) as f32;
-            }
-        }
-    }
+    let map = |j: usize, v: f32| {
+        let (mean, factor) = maps[j];
+        ((f64::from(v) - mean) * factor) as f32
+    };
+    let alone = |j: usize| maps[j] == (0.0, 1.0);
+    fitting.x = fitting.x.map_columns(map, alone);
+    held.x = held.x.map_columns(map, alone);
     (fitting, held)
 }
 
@@ -320,7 +320,7 @@ mod tests {
         let scaler = Scaler::fit(&x, &StandardizeConfig::default(), &[]);
         (
             Dataset {
-                x: scaler.apply(&x),
+                x: scaler.apply(&x).into(),
                 y,
             },
             scaler,
@@ -343,7 +343,7 @@ mod tests {
         let config = StandardizeConfig::default();
         let all = Scaler::fit(&raw, &config, &[]);
         let z = Dataset {
-            x: all.apply(&raw),
+            x: all.apply(&raw).into(),
             y,
         };
         // The rare indicator (feature 3) is set in row 5 only: held out.
@@ -361,14 +361,18 @@ mod tests {
         let expected_held = by_fit.apply(&raw.select(ndarray::Axis(0), &held_rows));
         let expected_fit = by_fit.apply(&raw_fit);
         for (got, want) in [(&held.x, &expected_held), (&fitting.x, &expected_fit)] {
-            for (g, w) in got.iter().zip(want.iter()) {
+            for (g, w) in got.dense().iter().zip(want.iter()) {
                 assert!((g - w).abs() < 1e-4 * w.abs().max(1.0), "{g} against {w}");
             }
         }
         // Unseen in the fitted rows: 1 on the raw scale, as a test row's
         // unseen code is, not the ~20 standard deviations it is in `z`.
-        assert!((held.x[[5, 3]] - 1.0).abs() < 1e-4, "{}", held.x[[5, 3]]);
-        assert!(z.x[[5, 3]] > 15.0);
+        assert!(
+            (held.x.get(5, 3) - 1.0).abs() < 1e-4,
+            "{}",
+            held.x.get(5, 3)
+        );
+        assert!(z.x.get(5, 3) > 15.0);
     }
 
     #[test]
@@ -379,7 +383,7 @@ mod tests {
         let all = Scaler::fit(&raw, &config, &indicators);
         assert_eq!((all.mean[3], all.scale[3]), (0.0, 1.0));
         let z = Dataset {
-            x: all.apply(&raw),
+            x: all.apply(&raw).into(),
             y,
         };
         let held_rows: Vec<usize> = (0..80).collect();
@@ -391,7 +395,7 @@ mod tests {
             &indicators,
             &config,
         );
-        assert_eq!(held.x[[5, 3]], 1.0);
+        assert_eq!(held.x.get(5, 3), 1.0);
         assert!(
             held.x
                 .column(3)
@@ -407,7 +411,7 @@ mod tests {
             &indicators,
         );
         let want = by_fit.apply(&raw.select(ndarray::Axis(0), &held_rows));
-        for (g, w) in held.x.iter().zip(want.iter()) {
+        for (g, w) in held.x.dense().iter().zip(want.iter()) {
             assert!((g - w).abs() < 1e-4 * w.abs().max(1.0), "{g} against {w}");
         }
         // Standardised like measurements when the plan says so.

@@ -29,7 +29,7 @@ fn site() -> (Site, Dataset, FitTask) {
         instructions: Default::default(),
         deadline: None,
     };
-    (site, Dataset { x, y }, task)
+    (site, Dataset { x: x.into(), y }, task)
 }
 
 #[test]

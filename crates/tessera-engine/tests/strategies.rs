@@ -35,7 +35,7 @@ fn sites(seed: u64) -> Vec<Dataset> {
                 let p = 1.0 / (1.0 + (-(w0 * a + w1 * b + c)).exp());
                 y.push(u32::from(rng.bernoulli(p)));
             }
-            Dataset { x, y }
+            Dataset { x: x.into(), y }
         })
         .collect()
 }
@@ -50,7 +50,7 @@ fn optimum(data: &[Dataset]) -> [f64; 3] {
         let mut h = [[0.0f64; 3]; 3];
         for site in data {
             let n = site.y.len() as f64;
-            for (row, &y) in site.x.rows().into_iter().zip(&site.y) {
+            for (row, &y) in site.x.dense().rows().into_iter().zip(&site.y) {
                 let z = [f64::from(row[0]), f64::from(row[1]), 1.0];
                 let s = z.iter().zip(&theta).map(|(a, b)| a * b).sum::<f64>();
                 let p = 1.0 / (1.0 + (-s).exp());

@@ -169,7 +169,7 @@ impl<'a> Batches<'a> {
         self.position += self.batch_size;
         self.y.clear();
         for (k, &i) in batch.iter().enumerate() {
-            self.x.row_mut(k).assign(&self.data.x.row(i));
+            self.data.x.write_row(i, self.x.row_mut(k));
             self.y.push(self.data.y[i]);
         }
         (self.x.slice(ndarray::s![..batch.len(), ..]), &self.y)
@@ -244,7 +244,8 @@ fn train_dp(
         if chosen.is_empty() {
             grad.values_mut().for_each(|g| *g = 0.0);
         } else {
-            let rows = data.x.select(ndarray::Axis(0), &chosen);
+            let rows = data.x.select(&chosen);
+            let rows = rows.dense();
             let y: Vec<u32> = chosen.iter().map(|&i| data.y[i]).collect();
             clipped_gradient(net, rows.view(), &y, dp.clip_norm, expected, &mut grad);
         }
@@ -321,7 +322,7 @@ mod tests {
         let mut config = ModelConfig::of_kind(ModelKind::Mlp);
         config.hidden = vec![5];
         let (x, y) = rows(24, 4);
-        let data = Dataset { x, y };
+        let data = Dataset { x: x.into(), y };
         let (alpha, beta) = (0.3f32, 0.2f32);
         let mut training = TrainingConfig {
             steps: Some(2),
@@ -335,10 +336,10 @@ mod tests {
         let mut expected = start.clone();
         let mut g = expected.parameters().zeros_like();
         for _ in 0..2 {
-            expected.loss_and_gradient(data.x.view(), &data.y, None, &mut g);
+            expected.loss_and_gradient(data.x.dense().view(), &data.y, None, &mut g);
             let mut adapted = expected.clone();
             adapted.params_mut().add_scaled(&g, -alpha).unwrap();
-            adapted.loss_and_gradient(data.x.view(), &data.y, None, &mut g);
+            adapted.loss_and_gradient(data.x.dense().view(), &data.y, None, &mut g);
             expected.params_mut().add_scaled(&g, -beta).unwrap();
         }
 
@@ -389,7 +390,7 @@ mod tests {
     fn dp_sgd_trains_and_its_noise_is_keyed() {
         let config = ModelConfig::of_kind(ModelKind::Softmax);
         let (x, y) = rows(300, 4);
-        let data = Dataset { x, y };
+        let data = Dataset { x: x.into(), y };
         let training = TrainingConfig {
             epochs: Some(2),
             batch_size: 30,

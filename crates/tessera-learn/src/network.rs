@@ -3,7 +3,10 @@
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
 use tessera_core::{FitStats, ParameterSet, SeededRng, Tensor};
-use tessera_data::Dataset;
+use tessera_data::{Dataset, Features};
+
+/// Rows densified at a time to evaluate sparse rows.
+const EVALUATION_ROWS: usize = 1024;
 
 use crate::config::{Init, MAX_PARAMETERS, ModelConfig, ModelKind};
 use crate::fit::{LocalPlan, train};
@@ -395,7 +398,23 @@ impl Learner for Network {
 
     fn evaluate(&self, data: &Dataset) -> Result<Evaluation, LearnError> {
         self.check_features(data)?;
-        let proba = self.predict_proba(data.x.view());
+        let proba = match &data.x {
+            Features::Dense(x) => self.predict_proba(x.view()),
+            // A densified chunk of rows at a time, never the matrix.
+            sparse => {
+                let n = sparse.nrows();
+                let chunks: Vec<Array2<f32>> = (0..n.max(1))
+                    .step_by(EVALUATION_ROWS)
+                    .map(|start| {
+                        let end = (start + EVALUATION_ROWS).min(n);
+                        self.predict_proba(sparse.rows(start.min(end)..end).view())
+                    })
+                    .collect();
+                let views: Vec<_> = chunks.iter().map(|c| c.view()).collect();
+                ndarray::concatenate(Axis(0), &views)
+                    .unwrap_or_else(|_| Array2::zeros((0, chunks.first().map_or(2, |c| c.ncols()))))
+            }
+        };
         Ok(Evaluation::from_probabilities(&proba, &data.y))
     }
 
@@ -410,8 +429,8 @@ impl Learner for Network {
             return Err(LearnError::Config("gradient: no rows to take it on".into()));
         }
         let mut grad = self.params.zeros_like();
-        let rows = data.x.slice(ndarray::s![..n, ..]);
-        let loss = self.loss_and_gradient(rows, &data.y[..n], None, &mut grad);
+        let rows = data.x.rows(0..n);
+        let loss = self.loss_and_gradient(rows.view(), &data.y[..n], None, &mut grad);
         if !loss.is_finite() || grad.check_finite().is_err() {
             return Err(LearnError::Diverged { step: 0 });
         }
@@ -429,8 +448,8 @@ impl Learner for Network {
         let mut sum = self.params.zeros_like();
         let mut grad = self.params.zeros_like();
         for i in 0..n {
-            let row = data.x.slice(ndarray::s![i..i + 1, ..]);
-            self.loss_and_gradient(row, &data.y[i..i + 1], None, &mut grad);
+            let row = data.x.rows(i..i + 1);
+            self.loss_and_gradient(row.view(), &data.y[i..i + 1], None, &mut grad);
             for (s, g) in sum.values_mut().zip(grad.values()) {
                 *s += g * g;
             }

@@ -166,7 +166,7 @@ fn importance_is_the_mean_squared_gradient_of_single_examples() {
     for (k, case) in cases().iter().enumerate() {
         let (net, x, y, _) = random_problem(case, 300 + k as u64);
         let data = tessera_data::Dataset {
-            x: x.clone(),
+            x: x.clone().into(),
             y: y.clone(),
         };
         let used = 5;

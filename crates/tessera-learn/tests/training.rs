@@ -23,7 +23,7 @@ fn blobs(n: usize, seed: u64) -> Dataset {
         let centre = if j == 0 { 4.0 * class - 2.0 } else { 0.0 };
         rng.gaussian(centre, 1.0) as f32
     });
-    Dataset { x, y }
+    Dataset { x: x.into(), y }
 }
 
 #[test]

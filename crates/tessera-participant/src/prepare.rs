@@ -209,7 +209,9 @@ pub(crate) async fn prepare(
         .map_err(|e| local_error(e.to_string()))?;
     if plan.data.standardize.enabled && plan.data.standardize.scope == ScaleScope::Federation {
         // Step 3: count, mean and squared deviations go out; the federation's come back.
-        let own = convert::statistics_to_pb(&tessera_data::FeatureStatistics::of(&data.raw_train));
+        let own = convert::statistics_to_pb(&tessera_data::FeatureStatistics::of_features(
+            &data.raw_train,
+        ));
         let merged = match agree(
             client,
             &config.site,

@@ -303,7 +303,7 @@ pub fn validation_view(
         let stats: Vec<FeatureStatistics> = view
             .sites
             .iter()
-            .map(|s| FeatureStatistics::of(&s.raw_train))
+            .map(|s| FeatureStatistics::of_features(&s.raw_train))
             .collect();
         Scaler::from_statistics(
             &FeatureStatistics::merge_all(data.n_features(), stats.iter()),
@@ -312,9 +312,13 @@ pub fn validation_view(
         )
     });
     for (site, summary) in view.sites.iter_mut().zip(view.summary.iter_mut()) {
-        let scaler = federation
-            .clone()
-            .unwrap_or_else(|| Scaler::fit(&site.raw_train, config, &indicators));
+        let scaler = federation.clone().unwrap_or_else(|| {
+            Scaler::from_statistics(
+                &FeatureStatistics::of_features(&site.raw_train),
+                config,
+                &indicators,
+            )
+        });
         site.rescale(scaler);
         summary.n_train = site.train.n_rows();
         summary.n_test = site.test.n_rows();

@@ -72,7 +72,7 @@ fn reference_fedavg(plan: &Plan, data: &FederatedData) -> Vec<f64> {
         let mut sum = vec![0.0f64; d + 1];
         let mut examples = 0.0;
         for site in &data.sites {
-            let x = &site.train.x;
+            let x = site.train.x.dense();
             let y = &site.train.y;
             let n = y.len();
             let mut w = global.clone();

@@ -367,7 +367,7 @@ fn secure_aggregation_at_every_level_trains_like_the_plain_tree() {
 fn a_failing_site_in_a_tree_is_recorded_as_in_flat() {
     let (mut plan, mut data) = common::synthetic_10class("synthetic-hierarchical.toml");
     plan.federation.rounds = 2;
-    data.sites[3].train.x.mapv_inplace(|v| v * 1e30);
+    (data.sites[3].train.x.as_dense_mut().expect("dense")).mapv_inplace(|v| v * 1e30);
     let options = SimOptions::default();
     let tree = simulate(&plan, &data, &options, &mut |_| {}).unwrap();
     let flat = simulate(&flat_of(&plan), &data, &options, &mut |_| {}).unwrap();

@@ -284,8 +284,9 @@ fn validation_rows_come_from_the_training_rows_only() {
     let (data, _) = tessera_sim::load_data(&plan, &examples, &Filesystem).unwrap();
     let view = tune::validation_view(&plan, &data, 0.25, 9);
     let other = tune::validation_view(&plan, &data, 0.25, 10);
-    let rows = |x: &ndarray::Array2<f32>| -> Vec<Vec<u32>> {
-        x.rows()
+    let rows = |x: &tessera_data::Features| -> Vec<Vec<u32>> {
+        x.dense()
+            .rows()
             .into_iter()
             .map(|r| r.iter().map(|v| v.to_bits()).collect())
             .collect()

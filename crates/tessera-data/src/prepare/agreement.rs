@@ -161,11 +161,7 @@ impl Agreement {
     /// standardised: its indicators are 0 or 1); levels without rows are
     /// left out. Refused when `column` is not a categorical feature or
     /// `raw` is not this layout.
-    pub fn groups(
-        &self,
-        column: &str,
-        raw: &ndarray::Array2<f32>,
-    ) -> Result<Vec<Group>, DataError> {
+    pub fn groups(&self, column: &str, raw: &crate::Features) -> Result<Vec<Group>, DataError> {
         if raw.ncols() != self.n_features() {
             return Err(DataError::Unusable(format!(
                 "rows have {} features, the agreement {}",
@@ -185,8 +181,8 @@ impl Agreement {
                 };
                 let skip = usize::from(*drop_first);
                 let mut rows = vec![Vec::new(); levels.len()];
-                for (i, row) in raw.rows().into_iter().enumerate() {
-                    let hot = (0..width).find(|&j| row[start + j] == 1.0);
+                for i in 0..raw.nrows() {
+                    let hot = (0..width).find(|&j| raw.get(i, start + j) == 1.0);
                     // No indicator: the first level's row under `drop_first`,
                     // otherwise (a missing value) in no group.
                     let level = match hot {

@@ -7,7 +7,9 @@ use ndarray::Array2;
 use super::agreement::{Encoding, indicators_of};
 use super::membership::Membership;
 use crate::config::DataConfig;
-use crate::dataset::{Dataset, Scaler, SiteData, SiteSummary};
+use crate::config::IndicatorScaling;
+use crate::dataset::{Dataset, FeatureStatistics, Scaler, SiteData, SiteSummary};
+use crate::features::{Features, SparseBuilder};
 use crate::levels::agree_levels;
 use crate::read::{MISSING_CODE, RawSite, Values};
 
@@ -45,33 +47,40 @@ pub(super) fn encode_site(
             .collect()
     };
     let (train_rows, test_rows) = (rows_of(Membership::Train), rows_of(Membership::Test));
+    let indicators = indicators_of(encoders);
+    // Mostly indicators left as 0 and 1: measurements dense, indicators
+    // by their columns (see `Features`).
+    let kept =
+        !config.standardize.enabled || config.standardize.indicators == IndicatorScaling::Keep;
+    let n_indicators = indicators.iter().filter(|&&i| i).count();
+    let sparse = kept && 2 * n_indicators >= n_features && u32::try_from(n_features).is_ok();
+    // The numeric columns' features, and where each categorical column's
+    // indicators start.
+    let mut measured = Vec::new();
+    let mut offset = 0;
+    for encoder in encoders {
+        if matches!(encoder, Encoding::Numeric) {
+            measured.push(offset);
+        }
+        offset += encoder.width();
+    }
+    // The matrix of the columns a row holds densely: every feature, or
+    // (sparse) the measurements alone.
+    let width = if sparse { measured.len() } else { n_features };
     let matrix = |rows: &[usize]| -> Array2<f32> {
-        let mut x = Array2::<f32>::zeros((rows.len(), n_features));
-        let mut offset = 0;
+        let mut x = Array2::<f32>::zeros((rows.len(), width));
+        let (mut offset, mut k) = (0, 0);
         for (values, encoder) in site.features.iter().zip(encoders) {
             match (values, encoder) {
                 (Values::Numeric(v), Encoding::Numeric) => {
+                    let at = if sparse { k } else { offset };
                     for (i, &r) in rows.iter().enumerate() {
-                        x[[i, offset]] = v[r] as f32;
+                        x[[i, at]] = v[r] as f32;
                     }
+                    k += 1;
                 }
-                (
-                    Values::Categorical {
-                        codes,
-                        levels: local,
-                    },
-                    Encoding::OneHot { levels, drop_first },
-                ) => {
-                    let skip = usize::from(*drop_first);
-                    let column_of: Vec<Option<usize>> = local
-                        .iter()
-                        .map(|l| {
-                            levels
-                                .iter()
-                                .position(|g| g == l)
-                                .and_then(|p| p.checked_sub(skip))
-                        })
-                        .collect();
+                (Values::Categorical { codes, levels }, Encoding::OneHot { .. }) if !sparse => {
+                    let column_of = indicator_columns(levels, encoder);
                     for (i, &r) in rows.iter().enumerate() {
                         if codes[r] != MISSING_CODE
                             && let Some(c) = column_of[codes[r] as usize]
@@ -80,7 +89,7 @@ pub(super) fn encode_site(
                         }
                     }
                 }
-                _ => unreachable!("encoders are built from the same columns"),
+                _ => {}
             }
             offset += encoder.width();
         }
@@ -90,14 +99,19 @@ pub(super) fn encode_site(
     let mut raw_test = matrix(&test_rows);
     // Impute missing numbers with the site's training mean of the column.
     let mut imputed_train = Vec::new();
-    for j in 0..n_features {
-        let column = raw_train.column(j);
+    for k in 0..width {
+        let j = if sparse {
+            measured.get(k).copied().unwrap_or(k)
+        } else {
+            k
+        };
+        let column = raw_train.column(k);
         let present: Vec<f64> = column
             .iter()
             .filter(|v| !v.is_nan())
             .map(|&v| f64::from(v))
             .collect();
-        if present.len() == column.len() && !raw_test.column(j).iter().any(|v| v.is_nan()) {
+        if present.len() == column.len() && !raw_test.column(k).iter().any(|v| v.is_nan()) {
             continue;
         }
         // Without any training value the column is absent at this site: every
@@ -109,7 +123,7 @@ pub(super) fn encode_site(
             present.iter().sum::<f64>() / present.len() as f64
         };
         for (is_train, m) in [(true, &mut raw_train), (false, &mut raw_test)] {
-            for (i, v) in m.column_mut(j).into_iter().enumerate() {
+            for (i, v) in m.column_mut(k).into_iter().enumerate() {
                 if v.is_nan() || absent {
                     *v = mean as f32;
                     counts.imputed_values += 1;
@@ -120,7 +134,44 @@ pub(super) fn encode_site(
             }
         }
     }
-    let scaler = Scaler::fit(&raw_train, &config.standardize, &indicators_of(encoders));
+    let (raw_train, raw_test) = if sparse {
+        let indicator_rows = |block: Array2<f32>, rows: &[usize]| {
+            let mut b = SparseBuilder::new(n_features, measured.clone());
+            let maps: Vec<Option<Vec<Option<usize>>>> = (site.features.iter().zip(encoders))
+                .map(|(values, encoder)| match values {
+                    Values::Categorical { levels, .. } => Some(indicator_columns(levels, encoder)),
+                    Values::Numeric(_) => None,
+                })
+                .collect();
+            for (i, &r) in rows.iter().enumerate() {
+                let mut entries = Vec::new();
+                let mut offset = 0;
+                for ((values, encoder), map) in site.features.iter().zip(encoders).zip(&maps) {
+                    if let (Values::Categorical { codes, .. }, Some(map)) = (values, map)
+                        && codes[r] != MISSING_CODE
+                        && let Some(c) = map[codes[r] as usize]
+                    {
+                        entries.push((offset + c, 1.0));
+                    }
+                    offset += encoder.width();
+                }
+                let dense = block.row(i);
+                b.push(dense.as_slice().unwrap_or(&dense.to_vec()), entries);
+            }
+            b.finish()
+        };
+        (
+            indicator_rows(raw_train, &train_rows),
+            indicator_rows(raw_test, &test_rows),
+        )
+    } else {
+        (Features::Dense(raw_train), Features::Dense(raw_test))
+    };
+    let scaler = Scaler::from_statistics(
+        &FeatureStatistics::of_features(&raw_train),
+        &config.standardize,
+        &indicators,
+    );
     let labels_of = |rows: &[usize]| {
         rows.iter()
             .map(|&r| labels[r].unwrap_or(0))
@@ -129,11 +180,11 @@ pub(super) fn encode_site(
     SiteData {
         name: site.name.clone(),
         train: Dataset {
-            x: scaler.apply(&raw_train),
+            x: scaler.apply_features(&raw_train),
             y: labels_of(&train_rows),
         },
         test: Dataset {
-            x: scaler.apply(&raw_test),
+            x: scaler.apply_features(&raw_test),
             y: labels_of(&test_rows),
         },
         raw_train,
@@ -141,4 +192,23 @@ pub(super) fn encode_site(
         scaler,
         imputed_train,
     }
+}
+
+/// For each of a site's levels of a categorical column, its indicator's
+/// place among the column's features (none for a level outside the
+/// vocabulary, or the dropped first level).
+fn indicator_columns(local: &[String], encoder: &Encoding) -> Vec<Option<usize>> {
+    let Encoding::OneHot { levels, drop_first } = encoder else {
+        return Vec::new();
+    };
+    let skip = usize::from(*drop_first);
+    local
+        .iter()
+        .map(|l| {
+            levels
+                .iter()
+                .position(|g| g == l)
+                .and_then(|p| p.checked_sub(skip))
+        })
+        .collect()
 }

@@ -121,7 +121,7 @@ fn rows_and_task() -> (Dataset, FitTask) {
     let x =
         ndarray::Array2::from_shape_fn((ROWS, 6), |(i, j)| ((i * 7 + j * 3) % 11) as f32 / 11.0);
     let y = (0..ROWS).map(|i| (i % 3) as u32).collect();
-    let rows = Dataset { x, y };
+    let rows = Dataset { x: x.into(), y };
     let global = {
         let model = Network::new(&ModelConfig::of_kind(ModelKind::Mlp), 6, 3, 1).unwrap();
         Arc::new(model.parameters().clone())
