@@ -87,6 +87,31 @@ fn sparse_rows_train_and_evaluate_bit_for_bit_as_dense_rows() {
         assert_eq!(a.2, b.2, "{kind:?}: evaluation");
         assert_eq!(a.3, b.3, "{kind:?}: gradient");
         assert_eq!(a.4, b.4, "{kind:?}: importance");
+        // DP-SGD (Poisson-sampled rows, clipped, noised) and Per-FedAvg's
+        // meta steps read the rows another way: the same there too.
+        let dp = tessera_core::LocalDp {
+            noise_multiplier: 0.8,
+            clip_norm: 1.0,
+            noise_key: [7; 32],
+            stream: 1,
+        };
+        let mut others = Vec::new();
+        for data in [&dense, &sparse] {
+            let mut private = start.clone();
+            let plan = LocalPlan {
+                dp: Some(dp),
+                ..LocalPlan::plain(&training)
+            };
+            private.fit(data, &plan, &mut SeededRng::new(6)).unwrap();
+            let mut meta = start.clone();
+            let plan = LocalPlan {
+                meta: Some(0.05),
+                ..LocalPlan::plain(&training)
+            };
+            meta.fit(data, &plan, &mut SeededRng::new(6)).unwrap();
+            others.push((private.parameters().clone(), meta.parameters().clone()));
+        }
+        assert_eq!(others[0], others[1], "{kind:?}: DP-SGD and meta steps");
         // And it learned the codes' effects.
         let before = start.evaluate(&sparse).unwrap();
         assert!(

@@ -42,6 +42,7 @@ mod tracing;
 mod tracking;
 mod trust;
 mod waiting;
+mod wide;
 
 use std::time::Duration;
 
