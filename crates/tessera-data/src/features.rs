@@ -49,9 +49,14 @@ pub struct SparseBuilder {
 }
 
 impl SparseBuilder {
-    /// No rows yet, of `n_cols` columns of which `dense_cols` (ascending)
-    /// are held densely.
-    pub fn new(n_cols: usize, dense_cols: Vec<usize>) -> Self {
+    /// No rows yet, of `n_cols` columns (at most `u32::MAX + 1`: more are
+    /// held as that many) of which `dense_cols` are held densely (sorted,
+    /// and those past the columns left out, here).
+    pub fn new(n_cols: usize, mut dense_cols: Vec<usize>) -> Self {
+        let n_cols = n_cols.min(u32::MAX as usize + 1);
+        dense_cols.retain(|&c| c < n_cols);
+        dense_cols.sort_unstable();
+        dense_cols.dedup();
         let width = dense_cols.len();
         Self {
             rows: SparseRows {
@@ -66,14 +71,24 @@ impl SparseBuilder {
         }
     }
 
-    /// Adds a row: its dense columns' values (in `dense_cols` order) and
-    /// its other nonzero entries (column, value), columns ascending and
-    /// none of them dense.
+    /// Adds a row: its dense columns' values (in `dense_cols` order; a
+    /// shorter slice is padded with zeros, a longer one cut) and its other
+    /// nonzero entries (column, value), in any order. An entry outside the
+    /// columns, or in a dense one, is left out; of one column listed twice
+    /// the last counts.
     pub fn push(&mut self, dense: &[f32], entries: impl IntoIterator<Item = (usize, f32)>) {
-        debug_assert_eq!(dense.len(), self.rows.dense_cols.len());
-        self.dense.extend_from_slice(dense);
-        for (c, v) in entries {
-            if v != 0.0 {
+        let width = self.rows.dense_cols.len();
+        let padding = std::iter::repeat_n(0.0, width.saturating_sub(dense.len()));
+        self.dense
+            .extend(dense.iter().copied().take(width).chain(padding));
+        let mut row: Vec<(usize, f32)> = entries
+            .into_iter()
+            .filter(|&(c, _)| c < self.rows.n_cols && !self.rows.is_dense(c))
+            .collect();
+        row.sort_by_key(|&(c, _)| c);
+        for (k, &(c, v)) in row.iter().enumerate() {
+            let last = row.get(k + 1).is_none_or(|&(next, _)| next != c);
+            if last && v != 0.0 {
                 self.rows.cols.push(c as u32);
                 self.rows.values.push(v);
             }
@@ -86,6 +101,7 @@ impl SparseBuilder {
         let mut rows = self.rows;
         let n = rows.starts.len() - 1;
         let width = rows.dense_cols.len();
+        // Every row pushed exactly `width` values: the shape holds.
         rows.dense = Array2::from_shape_vec((n, width), self.dense)
             .unwrap_or_else(|_| Array2::zeros((n, width)));
         Features::Sparse(rows)
@@ -397,6 +413,22 @@ mod tests {
         // Mixed: dense.
         assert!(!Features::concat(6, &[&sparse, &dense]).is_sparse());
         assert!(sparse.stored_bytes() > 0);
+    }
+
+    #[test]
+    fn rows_pushed_out_of_shape_are_made_whole_not_wrong() {
+        let mut b = SparseBuilder::new(5, vec![3, 0, 9]);
+        // Short dense part, entries unsorted, repeated, in a dense column,
+        // past the columns, and zero.
+        b.push(
+            &[2.0],
+            [(4, 1.0), (2, 5.0), (2, 1.0), (0, 7.0), (8, 1.0), (1, 0.0)],
+        );
+        b.push(&[1.0, 2.0, 3.0], []);
+        let x = b.finish();
+        let want = ndarray::array![[2.0f32, 0.0, 1.0, 0.0, 1.0], [1.0, 0.0, 0.0, 2.0, 0.0]];
+        assert_eq!(x.dense(), want);
+        assert_eq!(x.get(0, 2), 1.0);
     }
 
     #[test]
