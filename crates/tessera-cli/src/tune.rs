@@ -447,9 +447,12 @@ fn data_sha256(data: &FederatedData) -> String {
         hash.update([0]);
         for part in [&site.raw_train, &site.raw_test] {
             hash.update((part.nrows() as u64).to_le_bytes());
-            for v in part.dense().iter() {
-                hash.update(v.to_bits().to_le_bytes());
-            }
+            // Row by row (the dense matrix's order), never densified whole.
+            part.for_each_row(|_, row| {
+                for v in row {
+                    hash.update(v.to_bits().to_le_bytes());
+                }
+            });
         }
         for y in site.train.y.iter().chain(&site.test.y) {
             hash.update(y.to_le_bytes());

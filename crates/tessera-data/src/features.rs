@@ -186,6 +186,16 @@ impl Features {
         }
     }
 
+    /// `f(i, row)` for every row in order, each row dense in one reused
+    /// buffer (the matrix is never densified whole).
+    pub fn for_each_row(&self, mut f: impl FnMut(usize, &[f32])) {
+        let mut row = ndarray::Array1::<f32>::zeros(self.ncols());
+        for i in 0..self.nrows() {
+            self.write_row(i, row.view_mut());
+            f(i, row.as_slice().unwrap_or(&[]));
+        }
+    }
+
     /// Rows `range` as a dense matrix (borrowed when dense).
     pub fn rows(&self, range: Range<usize>) -> CowArray<'_, f32, Ix2> {
         match self {
@@ -254,7 +264,7 @@ impl Features {
         if let Some(dense_cols) = first
             && parts
                 .iter()
-                .all(|f| layout(f).as_ref() == Some(&dense_cols))
+                .all(|f| layout(f).as_ref() == Some(&dense_cols) && f.ncols() == n_cols)
         {
             let mut out = SparseRows {
                 n_cols,

@@ -70,13 +70,13 @@ impl Quality {
         } else {
             (rarest / n as f64 * classes as f64).min(1.0)
         };
-        let x = train.x.dense();
-        let distinct: HashSet<(Vec<u32>, u32)> = x
-            .rows()
-            .into_iter()
-            .zip(&train.y)
-            .map(|(row, &y)| (row.iter().map(|v| v.to_bits()).collect(), y))
-            .collect();
+        // A row at a time: sparse rows are never densified whole.
+        let mut distinct: HashSet<(Vec<u32>, u32)> = HashSet::new();
+        train.x.for_each_row(|i, row| {
+            if let Some(&y) = train.y.get(i) {
+                distinct.insert((row.iter().map(|v| v.to_bits()).collect(), y));
+            }
+        });
         let checked = summary.bounded_columns * n;
         let in_range = (summary.bounded_columns > 0).then(|| {
             if checked == 0 {
@@ -126,19 +126,18 @@ impl Quality {
         self.drift = Some(if n == 0 || d == 0 {
             0.0
         } else {
-            let x = train.x.dense();
-            let mut sums: Vec<f64> = x
-                .columns()
-                .into_iter()
-                .map(|column| {
-                    column
-                        .iter()
-                        .map(|&v| f64::from(v).clamp(-DRIFT_CLIP, DRIFT_CLIP))
-                        .sum()
-                })
-                .collect();
+            // Row by row, each column's sum in row order.
+            let mut sums = vec![0.0f64; d];
+            train.x.for_each_row(|_, row| {
+                for (sum, &v) in sums.iter_mut().zip(row) {
+                    *sum += f64::from(v).clamp(-DRIFT_CLIP, DRIFT_CLIP);
+                }
+            });
             for &(row, feature) in imputed {
-                if let (Some(sum), Some(&v)) = (sums.get_mut(feature), x.get((row, feature))) {
+                if let (Some(sum), Some(v)) = (
+                    sums.get_mut(feature),
+                    (row < n).then(|| train.x.get(row, feature)),
+                ) {
                     *sum -= f64::from(v).clamp(-DRIFT_CLIP, DRIFT_CLIP);
                 }
             }

@@ -270,3 +270,21 @@ fn a_multitask_agreement_gives_each_task_its_own_classes() {
         "{e}"
     );
 }
+
+/// An agreement (a coordinator's word) whose encodings contradict the agreed
+/// kinds is refused by name at the site, not encoded into wrong rows.
+#[test]
+fn an_agreement_that_contradicts_the_kinds_is_refused() {
+    let config = heart_config();
+    let mut site =
+        tessera_data::read_local_site(&config, "cleveland", None, &examples_dir(), &Filesystem)
+            .unwrap();
+    let kinds = tessera_data::agree_kinds(&config, &[site.kinds_offer()]).unwrap();
+    let offer = site.levels_offer(&config, &kinds).unwrap();
+    let mut agreement = tessera_data::agree_vocabulary(&config, &kinds, &[offer]).unwrap();
+    let cp = agreement.columns.iter().position(|c| c == "cp").unwrap();
+    agreement.encodings[cp] = tessera_data::Encoding::Numeric;
+    let error = site.prepare(&config, &agreement).unwrap_err().to_string();
+    assert!(error.contains("column 'cp'"), "{error}");
+    assert!(error.contains("categorical"), "{error}");
+}

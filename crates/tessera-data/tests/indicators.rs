@@ -125,10 +125,11 @@ fn standardised_indicators_on_request_make_a_rare_code_large() {
     assert!(rare > 4.0, "{rare}");
 }
 
-/// Mostly indicators: one measurement (with a missing value) and two coded
-/// columns of ten levels each.
+/// Mostly indicators: two measurements, one between the coded columns and
+/// one after them (`a` with missing values), and two coded columns of ten
+/// levels each.
 fn wide_csv() -> String {
-    let mut text = String::from("site,a,p,q,y\n");
+    let mut text = String::from("site,p,a,q,b,y\n");
     for i in 0..60 {
         let site = if i % 3 == 0 { "s1" } else { "s2" };
         let a = if i % 11 == 8 {
@@ -137,16 +138,17 @@ fn wide_csv() -> String {
             format!("{}", (i * 7) % 13)
         };
         text.push_str(&format!(
-            "{site},{a},p{},q{},{}\n",
+            "{site},p{},{a},q{},{},{}\n",
             i % 10,
             (i * 3) % 10,
+            (i * i) % 17,
             i % 2
         ));
     }
     text
 }
 
-fn load_wide(indicators: IndicatorScaling) -> FederatedData {
+fn load_wide(scope: ScaleScope, indicators: IndicatorScaling) -> FederatedData {
     let mut config = DataConfig {
         path: Some("d.csv".into()),
         site_column: Some("site".into()),
@@ -158,6 +160,7 @@ fn load_wide(indicators: IndicatorScaling) -> FederatedData {
         synthetic: None,
         cross_silo: None,
     };
+    config.standardize.scope = scope;
     config.standardize.indicators = indicators;
     let text = wide_csv();
     load(
@@ -170,31 +173,54 @@ fn load_wide(indicators: IndicatorScaling) -> FederatedData {
 
 #[test]
 fn mostly_indicator_rows_are_held_sparsely_with_the_same_values() {
-    let sparse = load_wide(IndicatorScaling::Keep);
-    let dense = load_wide(IndicatorScaling::Standardize);
-    assert_eq!(sparse.n_features(), 21);
-    for (s, d) in sparse.sites.iter().zip(&dense.sites) {
-        for x in [&s.raw_train, &s.raw_test, &s.train.x, &s.test.x] {
-            assert!(x.is_sparse(), "{}", s.name);
+    for scope in [ScaleScope::Site, ScaleScope::Federation] {
+        let sparse = load_wide(scope, IndicatorScaling::Keep);
+        let dense = load_wide(scope, IndicatorScaling::Standardize);
+        assert_eq!(sparse.n_features(), 22);
+        let measured = [10, 21];
+        assert_eq!(sparse.feature_names[10], "a");
+        assert_eq!(sparse.feature_names[21], "b");
+        for (s, d) in sparse.sites.iter().zip(&dense.sites) {
+            for x in [&s.raw_train, &s.raw_test, &s.train.x, &s.test.x] {
+                assert!(x.is_sparse(), "{}", s.name);
+            }
+            assert!(!d.raw_train.is_sparse() && !d.train.x.is_sparse());
+            // The same encoding and imputation either way.
+            assert_eq!(s.raw_train.dense(), d.raw_train.dense(), "{}", s.name);
+            assert_eq!(s.raw_test.dense(), d.raw_test.dense(), "{}", s.name);
+            assert_eq!(s.imputed_train, d.imputed_train);
+            for j in 0..22 {
+                if measured.contains(&j) {
+                    // Measurements standardised alike.
+                    assert_eq!(s.train.x.column(j), d.train.x.column(j), "{scope:?} {j}");
+                    assert_eq!(s.test.x.column(j), d.test.x.column(j), "{scope:?} {j}");
+                    assert_eq!(s.scaler.mean[j], d.scaler.mean[j]);
+                } else {
+                    // Indicators left as read.
+                    assert_eq!(s.train.x.column(j), s.raw_train.column(j));
+                    assert_eq!(s.test.x.column(j), s.raw_test.column(j));
+                }
+            }
         }
-        assert!(!d.raw_train.is_sparse() && !d.train.x.is_sparse());
-        // The same encoding and imputation either way.
-        assert_eq!(s.raw_train.dense(), d.raw_train.dense(), "{}", s.name);
-        assert_eq!(s.raw_test.dense(), d.raw_test.dense(), "{}", s.name);
-        assert_eq!(s.imputed_train, d.imputed_train);
-        // The measurement standardised alike; the indicators left as read.
-        assert_eq!(s.train.x.column(0), d.train.x.column(0));
-        assert_eq!(s.scaler.mean[0], d.scaler.mean[0]);
-        assert_eq!(
-            s.train.x.dense().slice(ndarray::s![.., 1..]),
-            s.raw_train.dense().slice(ndarray::s![.., 1..])
-        );
+        assert!(sparse.sites.iter().any(|s| !s.imputed_train.is_empty()));
+        // Pooled: sparse as well; measurements as the dense rows', the
+        // indicators the sites' raw ones stacked.
+        let (train, test, _) = sparse.pooled(&Default::default());
+        let (dense_train, dense_test, _) = dense.pooled(&Default::default());
+        assert!(train.x.is_sparse() && test.x.is_sparse());
+        let raw_train = |s: &tessera_data::SiteData| s.raw_train.column(3);
+        let raw_test = |s: &tessera_data::SiteData| s.raw_test.column(3);
+        type Column = dyn Fn(&tessera_data::SiteData) -> Vec<f32>;
+        let parts: [(_, _, &Column); 2] = [
+            (&train.x, &dense_train.x, &raw_train),
+            (&test.x, &dense_test.x, &raw_test),
+        ];
+        for (x, d, raw) in parts {
+            for &j in &measured {
+                assert_eq!(x.column(j), d.column(j));
+            }
+            let stacked: Vec<f32> = sparse.sites.iter().flat_map(raw).collect();
+            assert_eq!(x.column(3), stacked);
+        }
     }
-    assert!(sparse.sites.iter().any(|s| !s.imputed_train.is_empty()));
-    // Pooled: sparse as well, the same values as the dense rows where the
-    // rule is the same (the measurement).
-    let (train, _, _) = sparse.pooled(&Default::default());
-    assert!(train.x.is_sparse());
-    let (dense_train, _, _) = dense.pooled(&Default::default());
-    assert_eq!(train.x.column(0), dense_train.x.column(0));
 }

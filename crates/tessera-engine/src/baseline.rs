@@ -414,6 +414,26 @@ mod tests {
         for (g, w) in held.x.dense().iter().zip(want.iter()) {
             assert!((g - w).abs() < 1e-4 * w.abs().max(1.0), "{g} against {w}");
         }
+        // Held sparsely (feature 3 listed): the same values, still sparse.
+        let mut rows = tessera_data::SparseBuilder::new(4, vec![0, 1, 2]);
+        for i in 0..z.n_rows() {
+            let v = |j| z.x.get(i, j);
+            rows.push(&[v(0), v(1), v(2)], [(3, v(3))]);
+        }
+        let sparse = Dataset {
+            x: rows.finish(),
+            y: z.y.clone(),
+        };
+        let (fit_sparse, held_sparse) = restandardize(
+            sparse.select(&fit_rows),
+            sparse.select(&held_rows),
+            &all.scale,
+            &indicators,
+            &config,
+        );
+        assert!(fit_sparse.x.is_sparse() && held_sparse.x.is_sparse());
+        assert_eq!(fit_sparse.x.dense(), fitting.x.dense());
+        assert_eq!(held_sparse.x.dense(), held.x.dense());
         // Standardised like measurements when the plan says so.
         let old = StandardizeConfig {
             indicators: tessera_data::IndicatorScaling::Standardize,

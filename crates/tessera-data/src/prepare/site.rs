@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use super::agreement::{Agreement, ColumnKinds, KindsOffer, LevelsOffer};
+use super::agreement::{Agreement, ColumnKinds, Encoding, KindsOffer, LevelsOffer};
 use super::derived::{
     DeriveFeature, SiteIdentifiers, append_feature, derive_column, take_identifiers, unsupported,
 };
@@ -483,6 +483,33 @@ impl LocalSite {
                 self.raw.name,
                 tessera_core::shown(&agreement.columns.join(", "), 500)
             )));
+        }
+        if agreement.encodings.len() != agreement.columns.len() {
+            return Err(DataError::Config(format!(
+                "the agreement has {} encodings for {} columns",
+                agreement.encodings.len(),
+                agreement.columns.len()
+            )));
+        }
+        for ((values, encoding), name) in (self.raw.features.iter())
+            .zip(&agreement.encodings)
+            .zip(&agreement.columns)
+        {
+            let categorical = matches!(values, Values::Categorical { .. });
+            if categorical != matches!(encoding, Encoding::OneHot { .. }) {
+                return Err(DataError::Config(format!(
+                    "site '{}': the agreement encodes column '{}' as {}, which the agreed kinds \
+                     made {}",
+                    self.raw.name,
+                    tessera_core::shown(name, 100),
+                    if categorical { "a number" } else { "one-hot" },
+                    if categorical {
+                        "categorical"
+                    } else {
+                        "numeric"
+                    },
+                )));
+            }
         }
         let mut summary = self.summary.clone();
         let labels: Vec<Option<u32>> = self
