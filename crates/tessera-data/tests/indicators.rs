@@ -24,7 +24,9 @@ fn csv() -> String {
     text
 }
 
-fn loaded(scope: ScaleScope, indicators: IndicatorScaling) -> FederatedData {
+/// `text` as `d.csv`, loaded with the site column `site`, the target `y`,
+/// a quarter of the rows for testing, and this standardisation.
+fn load_csv(text: &str, scope: ScaleScope, indicators: IndicatorScaling) -> FederatedData {
     let mut config = DataConfig {
         path: Some("d.csv".into()),
         site_column: Some("site".into()),
@@ -39,9 +41,12 @@ fn loaded(scope: ScaleScope, indicators: IndicatorScaling) -> FederatedData {
     config.split.test_fraction = 0.25;
     config.standardize.scope = scope;
     config.standardize.indicators = indicators;
-    let text = csv();
     let files = InMemory::new([("d.csv", text.as_bytes())]);
     load(&config, Path::new(""), &files).unwrap()
+}
+
+fn loaded(scope: ScaleScope, indicators: IndicatorScaling) -> FederatedData {
+    load_csv(&csv(), scope, indicators)
 }
 
 #[test]
@@ -149,26 +154,7 @@ fn wide_csv() -> String {
 }
 
 fn load_wide(scope: ScaleScope, indicators: IndicatorScaling) -> FederatedData {
-    let mut config = DataConfig {
-        path: Some("d.csv".into()),
-        site_column: Some("site".into()),
-        partition: None,
-        sites: Vec::new(),
-        schema: SchemaConfig::inferred("y"),
-        split: Default::default(),
-        standardize: Default::default(),
-        synthetic: None,
-        cross_silo: None,
-    };
-    config.standardize.scope = scope;
-    config.standardize.indicators = indicators;
-    let text = wide_csv();
-    load(
-        &config,
-        Path::new(""),
-        &InMemory::new([("d.csv", text.as_bytes())]),
-    )
-    .unwrap()
+    load_csv(&wide_csv(), scope, indicators)
 }
 
 #[test]

@@ -107,6 +107,39 @@ fn simulated_model(s: &Scratch, plan: &std::path::Path, name: &str) -> Vec<u8> {
     s.simulate(plan, name).1
 }
 
+/// `plan` deployed to participants `site0`..: each finishes with `rounds`
+/// updates accepted; the coordinator's model file's bytes.
+fn deployed_model(s: &Scratch, plan: &std::path::Path, sites: usize, rounds: u32) -> Vec<u8> {
+    let (mut coordinator, url) = util::procs::coordinator(
+        &s.dir,
+        plan,
+        &s.path("c.sqlite"),
+        0,
+        &["--model-out", "dep.model"],
+    );
+    let mut sites: Vec<util::procs::Proc> = (0..sites)
+        .map(|i| {
+            let site = format!("site{i}");
+            let args = [
+                "participant",
+                "--coordinator",
+                &url,
+                "--site",
+                &site,
+                "--insecure",
+            ];
+            util::procs::Proc::start(&site, &s.dir, &args, None)
+        })
+        .collect();
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    let done = format!("done: {rounds} updates accepted");
+    for p in &mut sites {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+        assert!(p.log().contains(&done), "{}", p.log());
+    }
+    util::model(&s.path("dep.model"))
+}
+
 fn run_federation(s: &Scratch, plan: &std::path::Path, db: &str, model: &str) -> (Proc, Vec<Proc>) {
     let (coordinator, url) = coordinator(
         &s.dir,

@@ -2,9 +2,8 @@
 //! given no data file, generates the plan's rows and keeps its own site's,
 //! and the deployed model equals the simulated one bit for bit.
 
-use crate::util::procs::{Proc, coordinator};
 use crate::util::{self, Scratch};
-use crate::{LIMIT, simulated_model};
+use crate::{deployed_model, simulated_model};
 
 #[test]
 fn synthetic_sites_generate_their_own_rows_and_deploy_as_they_simulate() {
@@ -48,38 +47,8 @@ site_metrics = "clear"
 "#,
     );
     let expected = simulated_model(&s, &plan, "sim.model");
-    let (mut coordinator, url) = coordinator(
-        &s.dir,
-        &plan,
-        &s.path("c.sqlite"),
-        0,
-        &["--model-out", "dep.model"],
-    );
-    let mut sites: Vec<Proc> = (0..3)
-        .map(|i| {
-            let site = format!("site{i}");
-            Proc::start(
-                &site,
-                &s.dir,
-                &[
-                    "participant",
-                    "--coordinator",
-                    &url,
-                    "--site",
-                    &site,
-                    "--insecure",
-                ],
-                None,
-            )
-        })
-        .collect();
-    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
-    for p in &mut sites {
-        assert!(p.wait(LIMIT).success(), "{}", p.log());
-        assert!(p.log().contains("done: 3 updates accepted"), "{}", p.log());
-    }
     assert_eq!(
-        util::model(&s.path("dep.model")),
+        deployed_model(&s, &plan, 3, 3),
         expected,
         "deployment differs from simulation"
     );

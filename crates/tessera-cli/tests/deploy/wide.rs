@@ -3,8 +3,7 @@
 //! statistics of them (federation-scope standardisation), trains on them,
 //! and the deployed model equals the simulated one bit for bit.
 
-use crate::LIMIT;
-use crate::util::procs::{Proc, coordinator};
+use crate::deployed_model;
 use crate::util::{self, Scratch};
 
 #[test]
@@ -63,38 +62,8 @@ site_metrics = "clear"
     // 3 measurements and up to 60 indicators: held sparsely.
     let features = report["features"].as_array().map_or(0, Vec::len);
     assert!(features > 40, "{features} features");
-    let (mut coordinator, url) = coordinator(
-        &s.dir,
-        &plan,
-        &s.path("c.sqlite"),
-        0,
-        &["--model-out", "dep.model"],
-    );
-    let mut sites: Vec<Proc> = (0..3)
-        .map(|i| {
-            let site = format!("site{i}");
-            Proc::start(
-                &site,
-                &s.dir,
-                &[
-                    "participant",
-                    "--coordinator",
-                    &url,
-                    "--site",
-                    &site,
-                    "--insecure",
-                ],
-                None,
-            )
-        })
-        .collect();
-    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
-    for p in &mut sites {
-        assert!(p.wait(LIMIT).success(), "{}", p.log());
-        assert!(p.log().contains("done: 3 updates accepted"), "{}", p.log());
-    }
     assert_eq!(
-        util::model(&s.path("dep.model")),
+        deployed_model(&s, &plan, 3, 3),
         expected,
         "deployment differs from simulation"
     );
