@@ -240,13 +240,11 @@ impl Features {
                 for &i in indices {
                     let (cols, values) = s.row(i);
                     let dense = s.dense.row(i);
-                    let dense = dense
-                        .as_slice()
-                        .map_or_else(|| dense.to_vec(), <[f32]>::to_vec);
-                    b.push(
-                        &dense,
-                        cols.iter().map(|&c| c as usize).zip(values.iter().copied()),
-                    );
+                    let entries = cols.iter().map(|&c| c as usize).zip(values.iter().copied());
+                    match dense.as_slice() {
+                        Some(d) => b.push(d, entries),
+                        None => b.push(&dense.to_vec(), entries),
+                    }
                 }
                 b.finish()
             }

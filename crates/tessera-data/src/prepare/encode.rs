@@ -64,13 +64,25 @@ pub(super) fn encode_site(
         }
         offset += encoder.width();
     }
+    // Each categorical column's levels' indicator places, found once.
+    let maps: Vec<Vec<Option<usize>>> = (site.features.iter().zip(encoders))
+        .map(|(values, encoder)| match values {
+            Values::Categorical { levels, .. } => indicator_columns(levels, encoder),
+            Values::Numeric(_) => Vec::new(),
+        })
+        .collect();
+    let place = |map: &[Option<usize>], code: u32| {
+        (code != MISSING_CODE)
+            .then(|| map.get(code as usize).copied().flatten())
+            .flatten()
+    };
     // The matrix of the columns a row holds densely: every feature, or
     // (sparse) the measurements alone.
     let width = if sparse { measured.len() } else { n_features };
     let matrix = |rows: &[usize]| -> Array2<f32> {
         let mut x = Array2::<f32>::zeros((rows.len(), width));
         let (mut offset, mut k) = (0, 0);
-        for (values, encoder) in site.features.iter().zip(encoders) {
+        for ((values, encoder), map) in site.features.iter().zip(encoders).zip(&maps) {
             match (values, encoder) {
                 (Values::Numeric(v), Encoding::Numeric) => {
                     let at = if sparse { k } else { offset };
@@ -79,12 +91,9 @@ pub(super) fn encode_site(
                     }
                     k += 1;
                 }
-                (Values::Categorical { codes, levels }, Encoding::OneHot { .. }) if !sparse => {
-                    let column_of = indicator_columns(levels, encoder);
+                (Values::Categorical { codes, .. }, Encoding::OneHot { .. }) if !sparse => {
                     for (i, &r) in rows.iter().enumerate() {
-                        if codes[r] != MISSING_CODE
-                            && let Some(c) = column_of[codes[r] as usize]
-                        {
+                        if let Some(c) = place(map, codes[r]) {
                             x[[i, offset + c]] = 1.0;
                         }
                     }
@@ -137,26 +146,22 @@ pub(super) fn encode_site(
     let (raw_train, raw_test) = if sparse {
         let indicator_rows = |block: Array2<f32>, rows: &[usize]| {
             let mut b = SparseBuilder::new(n_features, measured.clone());
-            let maps: Vec<Option<Vec<Option<usize>>>> = (site.features.iter().zip(encoders))
-                .map(|(values, encoder)| match values {
-                    Values::Categorical { levels, .. } => Some(indicator_columns(levels, encoder)),
-                    Values::Numeric(_) => None,
-                })
-                .collect();
             for (i, &r) in rows.iter().enumerate() {
                 let mut entries = Vec::new();
                 let mut offset = 0;
                 for ((values, encoder), map) in site.features.iter().zip(encoders).zip(&maps) {
-                    if let (Values::Categorical { codes, .. }, Some(map)) = (values, map)
-                        && codes[r] != MISSING_CODE
-                        && let Some(c) = map[codes[r] as usize]
+                    if let Values::Categorical { codes, .. } = values
+                        && let Some(c) = place(map, codes[r])
                     {
                         entries.push((offset + c, 1.0));
                     }
                     offset += encoder.width();
                 }
                 let dense = block.row(i);
-                b.push(dense.as_slice().unwrap_or(&dense.to_vec()), entries);
+                match dense.as_slice() {
+                    Some(values) => b.push(values, entries),
+                    None => b.push(&dense.to_vec(), entries),
+                }
             }
             b.finish()
         };
