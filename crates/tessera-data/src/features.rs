@@ -20,8 +20,9 @@ use ndarray::{Array2, ArrayViewMut1, Axis, CowArray, Ix2};
 pub enum Features {
     /// Every value stored.
     Dense(Array2<f32>),
-    /// Measurements stored, indicators by their columns.
-    Sparse(SparseRows),
+    /// Measurements stored, indicators by their columns (boxed: a million
+    /// sites each hold four of these, most of them dense).
+    Sparse(Box<SparseRows>),
 }
 
 /// Rows whose measurement columns are held densely and whose other
@@ -104,7 +105,7 @@ impl SparseBuilder {
         // Every row pushed exactly `width` values: the shape holds.
         rows.dense = Array2::from_shape_vec((n, width), self.dense)
             .unwrap_or_else(|_| Array2::zeros((n, width)));
-        Features::Sparse(rows)
+        Features::Sparse(Box::new(rows))
     }
 }
 
@@ -284,7 +285,7 @@ impl Features {
             }
             out.dense = ndarray::concatenate(Axis(0), &views)
                 .unwrap_or_else(|_| Array2::zeros((0, out.dense_cols.len())));
-            return Features::Sparse(out);
+            return Features::Sparse(Box::new(out));
         }
         let views: Vec<CowArray<'_, f32, Ix2>> = parts.iter().map(|p| p.dense()).collect();
         let views: Vec<_> = views.iter().map(|v| v.view()).collect();

@@ -156,15 +156,21 @@ pub(crate) fn with_agreed_sites<T>(
     if sites.is_empty() {
         return Err(DataError::Unusable("no site has any rows".into()));
     }
-    let kinds = agree_kinds(
-        config,
-        &sites.iter().map(LocalSite::kinds_offer).collect::<Vec<_>>(),
-    )?;
-    let offers = sites
-        .iter_mut()
-        .map(|s| s.levels_offer(config, &kinds))
-        .collect::<Result<Vec<_>, _>>()?;
-    let agreement = agree_vocabulary(config, &kinds, &offers)?;
+    // Each site's offers are folded in as they are made (a million sites'
+    // offers held together would outweigh their rows).
+    let mut kinds_offers = sites.iter().map(LocalSite::kinds_offer);
+    let mut kinds = kinds_offers
+        .next()
+        .ok_or_else(|| DataError::Unusable("no site has any rows".into()))?;
+    for offer in kinds_offers {
+        kinds.absorb(&offer)?;
+    }
+    let kinds = agree_kinds(config, std::slice::from_ref(&kinds))?;
+    let mut offers = LevelsOffer::empty("the federation", kinds.columns.len());
+    for site in &mut sites {
+        offers.absorb(&site.levels_offer(config, &kinds)?);
+    }
+    let agreement = agree_vocabulary(config, &kinds, std::slice::from_ref(&offers))?;
     then(config, sites, agreement)
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::DataError;
 use crate::config::DataConfig;
@@ -24,8 +25,9 @@ pub use source::{FileSource, Filesystem, InMemory};
 pub(crate) struct RawSite {
     pub name: String,
     pub file: PathBuf,
-    /// The feature columns, in this file's layout order.
-    pub columns: Vec<FeatureColumn>,
+    /// The feature columns, in this file's layout order (one layout shared
+    /// by the sites read together).
+    pub columns: Arc<Vec<FeatureColumn>>,
     /// 1-based line of each row.
     pub lines: Vec<u64>,
     /// 0-based index of each row among the file's data rows.
@@ -55,21 +57,27 @@ impl SiteBuilder {
         }
     }
 
-    fn finish(self, name: String, file: PathBuf, columns: &[FeatureColumn]) -> RawSite {
-        let Values::Categorical { codes, levels } = self.target.finish() else {
+    fn finish(self, name: String, file: PathBuf, columns: &Arc<Vec<FeatureColumn>>) -> RawSite {
+        let Values::Categorical(coded) = self.target.finish() else {
             unreachable!("the target builder is categorical")
         };
+        let columns::Coded { codes, levels } = *coded;
         RawSite {
             name,
             file,
-            columns: columns.to_vec(),
-            lines: self.lines,
-            row_in_file: self.row_in_file,
+            columns: Arc::clone(columns),
+            lines: shrunk(self.lines),
+            row_in_file: shrunk(self.row_in_file),
             features: self.features.into_iter().map(Builder::finish).collect(),
             target: codes,
             target_levels: levels,
         }
     }
+}
+
+fn shrunk<T>(mut values: Vec<T>) -> Vec<T> {
+    values.shrink_to_fit();
+    values
 }
 
 /// Reads every site's rows. Sites come back sorted by name, features in the
@@ -98,7 +106,7 @@ pub(crate) fn read_sites(
             &mut layout,
             &mut per_site,
         )?;
-        let columns = layout.clone().unwrap_or_default();
+        let columns = Arc::new(layout.clone().unwrap_or_default());
         for (name, builder) in per_site {
             sites.push(builder.finish(name, path.clone(), &columns));
         }
@@ -129,7 +137,7 @@ pub(crate) fn read_sites(
                 &mut layout,
                 &mut per_site,
             )?;
-            let columns = layout.clone().unwrap_or_default();
+            let columns = Arc::new(layout.clone().unwrap_or_default());
             let builder = per_site
                 .remove(&site.name)
                 .unwrap_or_else(|| SiteBuilder::new(&columns));
@@ -201,7 +209,7 @@ pub(crate) fn read_site(
         &mut layout,
         &mut per_site,
     )?;
-    let columns = layout.unwrap_or_default();
+    let columns = Arc::new(layout.unwrap_or_default());
     let builder = per_site
         .remove(site)
         .ok_or_else(|| DataError::at(file, None, None, format!("no rows for site '{site}'")))?;

@@ -26,16 +26,18 @@ pub struct Site {
     /// variate), made from the instructions the site receives.
     local: LocalPart,
     /// Local DP-SGD around the local part, keyed with the site's secret.
-    dp: Option<DpSgd>,
+    /// (This and the error feedback are boxed: most sites have neither,
+    /// and a simulation holds a million sites.)
+    dp: Option<Box<DpSgd>>,
     /// Error feedback: what earlier compressed updates left out.
-    feedback: Option<ErrorFeedback>,
+    feedback: Option<Box<ErrorFeedback>>,
     /// Continual learning: the pull toward an earlier model added to every
     /// local training.
     elastic: Option<std::sync::Arc<crate::continual::Elastic>>,
     /// Error feedback as it was before the last round's update was encoded,
     /// so that encoding that round's update again (a retry after a lost
     /// connection) gives the same bytes and counts the residual once.
-    feedback_before: Option<(u32, ErrorFeedback)>,
+    feedback_before: Option<Box<(u32, ErrorFeedback)>>,
 }
 
 impl Site {
@@ -144,7 +146,7 @@ impl Site {
 
     /// Keeps what a compressed update leaves out and adds it to the next one.
     pub fn with_error_feedback(mut self) -> Self {
-        self.feedback = Some(ErrorFeedback::new());
+        self.feedback = Some(Box::new(ErrorFeedback::new()));
         self
     }
     /// Compresses `update`'s delta with `codec` for `round`: returns the
@@ -168,9 +170,9 @@ impl Site {
         let seed = shared_seed.unwrap_or_else(|| rng.next_u64());
         let mut encode = |v: &[f32]| codec.encode_with_seed(v, seed, &mut rng);
         if let Some(feedback) = self.feedback.as_mut() {
-            match &self.feedback_before {
-                Some((r, before)) if *r == round => *feedback = before.clone(),
-                _ => self.feedback_before = Some((round, feedback.clone())),
+            match self.feedback_before.as_deref() {
+                Some((r, before)) if *r == round => **feedback = before.clone(),
+                _ => self.feedback_before = Some(Box::new((round, (**feedback).clone()))),
             }
         }
         let encoded = match self.feedback.as_mut() {
@@ -193,12 +195,12 @@ impl Site {
         rounds: u32,
         noise_key: [u8; 32],
     ) -> Self {
-        self.dp = Some(DpSgd::new(
+        self.dp = Some(Box::new(DpSgd::new(
             privacy,
             rounds,
             noise_key,
             self.training.clone(),
-        ));
+        )));
         self
     }
 
@@ -209,7 +211,7 @@ impl Site {
 
     /// The DP event of the last local training, with local DP.
     pub fn last_dp_event(&self) -> Option<DpEvent> {
-        self.dp.as_ref().and_then(DpSgd::last_event)
+        self.dp.as_deref().and_then(DpSgd::last_event)
     }
 
     /// The participant's id.
@@ -240,7 +242,7 @@ impl Site {
                     train_rows: *train_rows,
                     training: &self.training,
                 };
-                return external::fit(site, &mut self.local, self.dp.as_mut(), task);
+                return external::fit(site, &mut self.local, self.dp.as_deref_mut(), task);
             }
         };
         let mut model = SiteModel {
@@ -275,7 +277,7 @@ impl Site {
 
     /// The norm of the error-feedback residual (0 without error feedback).
     pub fn residual_norm(&self) -> f64 {
-        self.feedback.as_ref().map_or(0.0, ErrorFeedback::norm)
+        self.feedback.as_deref().map_or(0.0, ErrorFeedback::norm)
     }
 
     /// Tells the site how its last update fared: only an update that counted

@@ -86,7 +86,7 @@ struct Context<'a> {
     /// With central DP: each site-holding aggregator's mechanism and ledger.
     privacy: Mutex<BTreeMap<usize, Privacy>>,
     /// With secure aggregation: each site's key pairs between rounds.
-    rings: Mutex<Vec<Option<tessera_secagg::KeyRing>>>,
+    rings: Mutex<Vec<Option<Box<tessera_secagg::KeyRing>>>>,
     /// What went wrong below the root this round (for the round's record).
     errors: Mutex<Vec<String>>,
 }

@@ -280,10 +280,24 @@ pub(crate) fn run_sync(
         .collect();
     let index: BTreeMap<&ParticipantId, usize> =
         ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
-    // Each site's compression: the plan's, less what a feature flag leaves out.
-    let compressions: Vec<_> = ids
+    // Each site's compression: the plan's, less what a feature flag leaves
+    // out (one of the two, shared: not a copy a site).
+    let (on, off) = (
+        Arc::new(plan.compression.clone()),
+        Arc::new(plan.compression_for("")),
+    );
+    let compressions: Vec<Arc<tessera_compress::CompressionConfig>> = ids
         .iter()
-        .map(|id| plan.compression_for(id.as_str()))
+        .map(|id| {
+            let own = plan.compression_for(id.as_str());
+            if own == *on {
+                Arc::clone(&on)
+            } else if own == *off {
+                Arc::clone(&off)
+            } else {
+                Arc::new(own)
+            }
+        })
         .collect();
     // Learners whose calls take one global lock (Python's GIL) are called
     // one at a time on this thread: threads would only wait for each other.
@@ -346,8 +360,10 @@ pub(crate) fn run_sync(
     for id in &ids {
         engine.register(id.clone());
     }
-    // Secure aggregation: each site's key pairs, kept between rounds.
-    let mut key_rings: Vec<Option<tessera_secagg::KeyRing>> = ids.iter().map(|_| None).collect();
+    // Secure aggregation: each site's key pairs, kept between rounds (boxed:
+    // a pointer a site where there is no secure aggregation).
+    let mut key_rings: Vec<Option<Box<tessera_secagg::KeyRing>>> =
+        ids.iter().map(|_| None).collect();
     // Work that a privacy budget could not release is refused before it starts.
     let closed = engine
         .privacy()

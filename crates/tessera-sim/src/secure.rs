@@ -61,7 +61,7 @@ pub(crate) fn secure_round(
     cohort: &[usize],
     mut updates: BTreeMap<usize, Update>,
     layout: &ParameterSet,
-    rings: &mut [Option<KeyRing>],
+    rings: &mut [Option<Box<KeyRing>>],
 ) -> Result<SecureRound, SecAggError> {
     let ids: Vec<u32> = cohort.iter().map(|&s| s as u32).collect();
     // With a random-k upload codec, every participant masks the same k
@@ -108,9 +108,10 @@ pub(crate) fn secure_round(
         directory.insert(site as u32, signer.public())?;
     }
     for &site in cohort {
-        let ring = rings[site]
-            .take()
-            .unwrap_or_else(|| KeyRing::new(secret(1, site), secret(2, site)));
+        let ring = rings[site].take().map_or_else(
+            || KeyRing::new(secret(1, site), secret(2, site)),
+            |ring| *ring,
+        );
         let (client, keys) = Client::with_keys(
             site as u32,
             params.clone(),
@@ -217,7 +218,7 @@ pub(crate) fn secure_round(
     // A round whose sum cannot be recovered leaves its key rings behind.
     let sum = server.recover(layout, kept.as_deref())?;
     for (site, client) in clients {
-        rings[site] = Some(client.into_keys(secret(4, site)));
+        rings[site] = Some(Box::new(client.into_keys(secret(4, site))));
     }
     let survivors: Vec<usize> = request.survivors.iter().map(|&s| s as usize).collect();
     Ok(SecureRound {

@@ -222,39 +222,68 @@ impl KindsOffer {
     /// member by name, each categorical where any member found text. The
     /// parent agrees the same kinds from it as from the members' own offers.
     pub fn merge(site: &str, offers: &[KindsOffer]) -> Result<KindsOffer, DataError> {
-        let mut sorted: Vec<&KindsOffer> = offers.iter().collect();
-        sorted.sort_by(|a, b| a.site.cmp(&b.site));
-        let Some(first) = sorted.first() else {
+        let Some((first, rest)) = offers.split_first() else {
             return Err(DataError::Unusable(format!(
                 "aggregator '{site}' has no member offers"
             )));
         };
-        let mut agreed: Vec<&String> = first.columns.iter().collect();
-        agreed.sort();
-        let mut text = vec![false; first.columns.len()];
-        for offer in &sorted {
-            let mut own: Vec<&String> = offer.columns.iter().collect();
-            own.sort();
-            if own != agreed {
-                return Err(DataError::Unusable(format!(
-                    "sites '{}' and '{}' have different feature columns ({} against {})",
-                    first.site,
-                    offer.site,
-                    tessera_core::shown(&first.columns.join(", "), 500),
-                    tessera_core::shown(&offer.columns.join(", "), 500)
-                )));
-            }
-            for (name, &found) in offer.columns.iter().zip(&offer.text) {
-                if found && let Some(i) = first.columns.iter().position(|c| c == name) {
+        let mut merged = first.clone();
+        for offer in rest {
+            merged.absorb(offer)?;
+        }
+        merged.site = site.to_string();
+        Ok(merged)
+    }
+
+    /// Adds `other` to these offers (one site's, or several already
+    /// absorbed): the columns stay in the order of the offer of the first
+    /// site by name, each categorical where any offer found text, so that
+    /// absorbing offers one at a time, in any order, gives their
+    /// [`KindsOffer::merge`] (under the first site's name), and no more than
+    /// one offer is held at a time. Refused where the two offers' columns differ.
+    pub fn absorb(&mut self, other: &KindsOffer) -> Result<(), DataError> {
+        fn sorted(columns: &[String]) -> Vec<&String> {
+            let mut names: Vec<&String> = columns.iter().collect();
+            names.sort();
+            names
+        }
+        if sorted(&self.columns) != sorted(&other.columns) {
+            let (first, second) = if other.site < self.site {
+                (other, &*self)
+            } else {
+                (&*self, other)
+            };
+            return Err(DataError::Unusable(format!(
+                "sites '{}' and '{}' have different feature columns ({} against {})",
+                first.site,
+                second.site,
+                tessera_core::shown(&first.columns.join(", "), 500),
+                tessera_core::shown(&second.columns.join(", "), 500)
+            )));
+        }
+        if other.site < self.site {
+            // The other offer's order is the first site's.
+            let mut text = other.text.clone();
+            text.resize(other.columns.len(), false);
+            for (name, &found) in self.columns.iter().zip(&self.text) {
+                if found && let Some(i) = other.columns.iter().position(|c| c == name) {
                     text[i] = true;
                 }
             }
+            *self = KindsOffer {
+                site: other.site.clone(),
+                columns: other.columns.clone(),
+                text,
+            };
+        } else {
+            self.text.resize(self.columns.len(), false);
+            for (name, &found) in other.columns.iter().zip(&other.text) {
+                if found && let Some(i) = self.columns.iter().position(|c| c == name) {
+                    self.text[i] = true;
+                }
+            }
         }
-        Ok(KindsOffer {
-            site: site.to_string(),
-            columns: first.columns.clone(),
-            text,
-        })
+        Ok(())
     }
 }
 
@@ -262,29 +291,54 @@ impl LevelsOffer {
     /// What an aggregator offers for its members: the union of their sets
     /// (the parent's vocabulary is the sorted union, so it comes out the same).
     pub fn merge(site: &str, columns: usize, offers: &[LevelsOffer]) -> LevelsOffer {
-        let union = |sets: Vec<&[String]>| agree_levels(sets);
+        let mut merged = LevelsOffer::empty(site, columns);
+        for offer in offers {
+            merged.absorb(offer);
+        }
+        merged
+    }
+
+    /// No sets yet, of `columns` columns: where [`LevelsOffer::absorb`] starts.
+    pub fn empty(site: &str, columns: usize) -> LevelsOffer {
         LevelsOffer {
             site: site.to_string(),
-            levels: (0..columns)
-                .map(|c| {
-                    union(
-                        offers
-                            .iter()
-                            .filter_map(|o| o.levels.get(c).map(Vec::as_slice))
-                            .collect(),
-                    )
-                })
-                .collect(),
-            classes: union(offers.iter().map(|o| o.classes.as_slice()).collect()),
-            train_classes: union(offers.iter().map(|o| o.train_classes.as_slice()).collect()),
-            train_rows: offers
-                .iter()
-                .fold(0u64, |n, o| n.saturating_add(o.train_rows)),
-            test_rows: offers
-                .iter()
-                .fold(0u64, |n, o| n.saturating_add(o.test_rows)),
+            levels: vec![Vec::new(); columns],
+            classes: Vec::new(),
+            train_classes: Vec::new(),
+            train_rows: 0,
+            test_rows: 0,
         }
     }
+
+    /// Adds `other`'s sets to these (each kept as a sorted union) and its
+    /// rows to the counts: offers absorbed one at a time from
+    /// [`LevelsOffer::empty`] give their [`LevelsOffer::merge`] without
+    /// being held together. Columns past this offer's are not read.
+    pub fn absorb(&mut self, other: &LevelsOffer) {
+        for (own, theirs) in self.levels.iter_mut().zip(&other.levels) {
+            union_into(own, theirs);
+        }
+        union_into(&mut self.classes, &other.classes);
+        union_into(&mut self.train_classes, &other.train_classes);
+        self.train_rows = self.train_rows.saturating_add(other.train_rows);
+        self.test_rows = self.test_rows.saturating_add(other.test_rows);
+    }
+}
+
+/// `set` (sorted in [`crate::levels::level_order`], no repeats) becomes its
+/// union with `more` (any order), as [`agree_levels`] would make it.
+fn union_into(set: &mut Vec<String>, more: &[String]) {
+    let order = |a: &String, b: &String| crate::levels::level_order(a, b);
+    let new: Vec<&String> = more
+        .iter()
+        .filter(|level| set.binary_search_by(|s| order(s, level)).is_err())
+        .collect();
+    if new.is_empty() {
+        return;
+    }
+    set.extend(new.into_iter().cloned());
+    set.sort_by(order);
+    set.dedup();
 }
 
 /// Step 2 at the coordinator: the feature columns (the first offer's order,
@@ -467,4 +521,77 @@ fn agree_classes(config: &DataConfig, offers: &[LevelsOffer]) -> Result<Vec<Stri
         )));
     }
     Ok(classes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(site: &str, columns: &[&str], text: &[bool]) -> KindsOffer {
+        KindsOffer {
+            site: site.into(),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            text: text.to_vec(),
+        }
+    }
+
+    fn levels(site: &str, columns: &[&[&str]], classes: &[&str], rows: u64) -> LevelsOffer {
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        LevelsOffer {
+            site: site.into(),
+            levels: columns.iter().map(|c| owned(c)).collect(),
+            classes: owned(classes),
+            train_classes: owned(&classes[..1]),
+            train_rows: rows,
+            test_rows: rows / 2,
+        }
+    }
+
+    #[test]
+    fn offers_absorbed_one_at_a_time_in_any_order_are_their_merge() {
+        // The first site by name orders the columns ("b" reads them c, a).
+        let offers = [
+            kinds("d", &["a", "c"], &[false, true]),
+            kinds("b", &["c", "a"], &[false, false]),
+            kinds("c", &["a", "c"], &[true, false]),
+        ];
+        let merged = KindsOffer::merge("all", &offers).unwrap();
+        assert_eq!(merged, kinds("all", &["c", "a"], &[true, true]));
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
+            let mut folded = offers[order[0]].clone();
+            for &i in &order[1..] {
+                folded.absorb(&offers[i]).unwrap();
+            }
+            folded.site = "all".into();
+            assert_eq!(folded, merged, "{order:?}");
+        }
+        let odd = kinds("a", &["a", "x"], &[false, false]);
+        let mut folded = offers[0].clone();
+        let e = folded.absorb(&odd).unwrap_err().to_string();
+        assert!(
+            e.contains("sites 'a' and 'd' have different feature columns"),
+            "{e}"
+        );
+
+        let offers = [
+            levels("x", &[&["10", "2", "b"], &[]], &["yes", "no"], 7),
+            levels("y", &[&["a", "2"], &[]], &["no"], 3),
+            levels("z", &[&["1e1", "-1"]], &["maybe"], 5),
+        ];
+        let merged = LevelsOffer::merge("all", 2, &offers);
+        // Numbers by value (equal values by text), then text; as agreed.
+        assert_eq!(merged.levels[0], ["-1", "2", "10", "1e1", "a", "b"]);
+        assert_eq!(
+            merged.levels[0],
+            agree_levels(offers.iter().map(|o| o.levels[0].as_slice()))
+        );
+        assert_eq!(merged.levels[1], Vec::<String>::new());
+        assert_eq!(merged.classes, ["maybe", "no", "yes"]);
+        assert_eq!((merged.train_rows, merged.test_rows), (15, 6));
+        let mut folded = LevelsOffer::empty("all", 2);
+        for offer in offers.iter().rev() {
+            folded.absorb(offer);
+        }
+        assert_eq!(folded, merged);
+    }
 }

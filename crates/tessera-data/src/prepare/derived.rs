@@ -99,11 +99,12 @@ pub(crate) fn take_identifiers(
                 cross.identifier
             ))
         })?;
-    raw.columns.remove(slot);
+    std::sync::Arc::make_mut(&mut raw.columns).remove(slot);
     let identifiers = match raw.features.remove(slot) {
-        Values::Categorical { codes, levels } => codes
+        Values::Categorical(coded) => coded
+            .codes
             .iter()
-            .map(|&c| levels.get(c as usize).cloned())
+            .map(|&c| coded.levels.get(c as usize).cloned())
             .collect(),
         Values::Numeric(_) => {
             return Err(DataError::Config(format!(
@@ -139,7 +140,7 @@ pub(crate) fn append_feature(
             raw.name
         )));
     }
-    raw.columns.push(FeatureColumn {
+    std::sync::Arc::make_mut(&mut raw.columns).push(FeatureColumn {
         name: cross.feature.clone(),
         kind: FeatureKind::Numeric,
     });

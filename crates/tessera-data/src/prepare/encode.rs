@@ -15,9 +15,10 @@ use crate::read::{MISSING_CODE, RawSite, Values};
 
 /// The levels a site's kept rows use, sorted.
 pub(super) fn present_levels(values: &Values, membership: &[Membership]) -> Vec<String> {
-    let Values::Categorical { codes, levels } = values else {
+    let Values::Categorical(coded) = values else {
         return Vec::new();
     };
+    let (codes, levels) = (&coded.codes, &coded.levels);
     let used: BTreeSet<u32> = codes
         .iter()
         .zip(membership)
@@ -67,7 +68,7 @@ pub(super) fn encode_site(
     // Each categorical column's levels' indicator places, found once.
     let maps: Vec<Vec<Option<usize>>> = (site.features.iter().zip(encoders))
         .map(|(values, encoder)| match values {
-            Values::Categorical { levels, .. } => indicator_columns(levels, encoder),
+            Values::Categorical(c) => indicator_columns(&c.levels, encoder),
             Values::Numeric(_) => Vec::new(),
         })
         .collect();
@@ -91,9 +92,9 @@ pub(super) fn encode_site(
                     }
                     k += 1;
                 }
-                (Values::Categorical { codes, .. }, Encoding::OneHot { .. }) if !sparse => {
+                (Values::Categorical(coded), Encoding::OneHot { .. }) if !sparse => {
                     for (i, &r) in rows.iter().enumerate() {
-                        if let Some(c) = place(map, codes[r]) {
+                        if let Some(c) = place(map, coded.codes[r]) {
                             x[[i, offset + c]] = 1.0;
                         }
                     }
@@ -150,8 +151,8 @@ pub(super) fn encode_site(
                 let mut entries = Vec::new();
                 let mut offset = 0;
                 for ((values, encoder), map) in site.features.iter().zip(encoders).zip(&maps) {
-                    if let Values::Categorical { codes, .. } = values
-                        && let Some(c) = place(map, codes[r])
+                    if let Values::Categorical(coded) = values
+                        && let Some(c) = place(map, coded.codes[r])
                     {
                         entries.push((offset + c, 1.0));
                     }

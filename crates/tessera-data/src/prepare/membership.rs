@@ -22,11 +22,11 @@ pub(super) enum Membership {
 pub(super) fn random_split(
     config: &DataConfig,
     site: &str,
-    classes: &[Option<String>],
+    classes: super::site::RowClasses<'_>,
     kept: &[bool],
 ) -> Vec<Membership> {
     let split = &config.split;
-    let mut membership = vec![Membership::Excluded; classes.len()];
+    let mut membership = vec![Membership::Excluded; kept.len()];
     let mut groups: std::collections::BTreeMap<&str, Vec<usize>> =
         std::collections::BTreeMap::new();
     for (row, class) in classes.iter().enumerate() {

@@ -70,11 +70,10 @@ impl LocalSite {
                 (Encoding::Numeric, Values::Numeric(v)) => {
                     RecordColumn::Numeric(kept.iter().map(|&r| v[r]).collect())
                 }
-                (
-                    Encoding::OneHot { levels: agreed, .. },
-                    Values::Categorical { codes, levels },
-                ) => {
-                    let map: Vec<u32> = levels
+                (Encoding::OneHot { levels: agreed, .. }, Values::Categorical(coded)) => {
+                    let codes = &coded.codes;
+                    let map: Vec<u32> = coded
+                        .levels
                         .iter()
                         .map(|l| {
                             agreed
@@ -100,8 +99,8 @@ impl LocalSite {
         columns.push(RecordColumn::Categorical(
             kept.iter()
                 .map(|&r| {
-                    classes[r]
-                        .as_ref()
+                    classes
+                        .get(r)
                         .and_then(|c| agreement.classes.iter().position(|k| k == c))
                         .map_or(MISSING_CODE, |i| i as u32)
                 })

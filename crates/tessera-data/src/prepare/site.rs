@@ -21,10 +21,33 @@ use crate::read::{FileSource, MISSING_CODE, RawSite, Values, read_site, read_sit
 /// they split. Everything here stays at the site.
 pub struct LocalSite {
     raw: RawSite,
-    /// Each row's class name, `None` where the target is missing.
-    classes: Vec<Option<String>>,
+    /// The class name of each target level (a row's class is its level's).
+    level_class: Vec<String>,
     membership: Vec<Membership>,
     summary: SiteSummary,
+}
+
+/// Each row's class name: its target level's, `None` where the target is
+/// missing (held by level, not copied into every row).
+#[derive(Clone, Copy)]
+pub(super) struct RowClasses<'a> {
+    codes: &'a [u32],
+    names: &'a [String],
+}
+
+impl<'a> RowClasses<'a> {
+    /// Row `row`'s class.
+    pub(super) fn get(self, row: usize) -> Option<&'a String> {
+        let code = *self.codes.get(row)?;
+        (code != MISSING_CODE)
+            .then(|| self.names.get(code as usize))
+            .flatten()
+    }
+
+    /// Each row's class, in order.
+    pub(super) fn iter(self) -> impl Iterator<Item = Option<&'a String>> {
+        (0..self.codes.len()).map(move |row| self.get(row))
+    }
 }
 
 /// Reads every site's rows as `config` describes (simulation).
@@ -64,9 +87,11 @@ pub(super) fn read_local_sites_with(
         None if config.cross_silo.is_some() => return Err(unsupported()),
         None => {}
     }
-    raws.into_iter()
-        .map(|raw| LocalSite::new(config, raw, table.as_ref()))
-        .collect()
+    let mut sites = Vec::with_capacity(raws.len());
+    for raw in raws {
+        sites.push(LocalSite::new(config, raw, table.as_ref())?);
+    }
+    Ok(sites)
 }
 
 /// Reads one site's rows (deployment): `path` replaces the plan's file for
@@ -251,11 +276,10 @@ impl LocalSite {
     ) -> Result<Self, DataError> {
         let class_of = class_names(config);
         let level_class: Vec<String> = raw.target_levels.iter().map(|l| class_of(l)).collect();
-        let classes: Vec<Option<String>> = raw
-            .target
-            .iter()
-            .map(|&code| (code != MISSING_CODE).then(|| level_class[code as usize].clone()))
-            .collect();
+        let classes = RowClasses {
+            codes: &raw.target,
+            names: &level_class,
+        };
         let mut summary = SiteSummary {
             site: raw.name.clone(),
             rows_read: raw.lines.len(),
@@ -285,7 +309,7 @@ impl LocalSite {
                     .map_or(Path::new(""), |m| m.path.as_path());
                 membership_from_table(table, file, &raw, &kept, &mut summary)?
             }
-            None => random_split(config, &raw.name, &classes, &kept),
+            None => random_split(config, &raw.name, classes, &kept),
         };
         summary.n_train = membership
             .iter()
@@ -323,15 +347,22 @@ impl LocalSite {
         }
         Ok(Self {
             raw,
-            classes,
+            level_class,
             membership,
             summary,
         })
     }
 
     /// The rows as read, each row's class and each row's membership.
-    pub(super) fn parts(&self) -> (&RawSite, &[Option<String>], &[Membership]) {
-        (&self.raw, &self.classes, &self.membership)
+    pub(super) fn parts(&self) -> (&RawSite, RowClasses<'_>, &[Membership]) {
+        (&self.raw, self.classes(), &self.membership)
+    }
+
+    fn classes(&self) -> RowClasses<'_> {
+        RowClasses {
+            codes: &self.raw.target,
+            names: &self.level_class,
+        }
     }
 
     /// The site's name.
@@ -353,7 +384,7 @@ impl LocalSite {
                 .raw
                 .features
                 .iter()
-                .map(|v| matches!(v, Values::Categorical { .. }))
+                .map(|v| matches!(v, Values::Categorical(_)))
                 .collect(),
         }
     }
@@ -365,8 +396,15 @@ impl LocalSite {
         config: &DataConfig,
         kinds: &ColumnKinds,
     ) -> Result<LevelsOffer, DataError> {
+        let in_order = self.raw.columns.len() == kinds.columns.len()
+            && self
+                .raw
+                .columns
+                .iter()
+                .zip(&kinds.columns)
+                .all(|(c, name)| &c.name == name);
         let mut features = Vec::with_capacity(kinds.columns.len());
-        let mut columns = Vec::with_capacity(kinds.columns.len());
+        let mut columns = Vec::with_capacity(if in_order { 0 } else { kinds.columns.len() });
         for (name, &categorical) in kinds.columns.iter().zip(&kinds.categorical) {
             let Some(slot) = self.raw.columns.iter().position(|c| &c.name == name) else {
                 return Err(DataError::at(
@@ -381,16 +419,20 @@ impl LocalSite {
             };
             let values =
                 std::mem::replace(&mut self.raw.features[slot], Values::Numeric(Vec::new()));
-            let column = self.raw.columns[slot].clone();
             features.push(if categorical {
                 values.into_categorical()
             } else {
                 values
             });
-            columns.push(column);
+            if !in_order {
+                columns.push(self.raw.columns[slot].clone());
+            }
         }
         self.raw.features = features;
-        self.raw.columns = columns;
+        if !in_order {
+            // This site's file orders its columns otherwise: its own layout.
+            self.raw.columns = std::sync::Arc::new(columns);
+        }
         let mut levels = Vec::with_capacity(kinds.columns.len());
         for (slot, name) in kinds.columns.iter().enumerate() {
             let declared = config
@@ -407,7 +449,7 @@ impl LocalSite {
         }
         let set = |train_only: bool| -> Vec<String> {
             let found: BTreeSet<&String> = self
-                .classes
+                .classes()
                 .iter()
                 .zip(&self.membership)
                 .filter(|(_, m)| {
@@ -417,7 +459,7 @@ impl LocalSite {
                         **m != Membership::Excluded
                     }
                 })
-                .filter_map(|(c, _)| c.as_ref())
+                .filter_map(|(c, _)| c)
                 .collect();
             found.into_iter().cloned().collect()
         };
@@ -439,9 +481,10 @@ impl LocalSite {
         column: &str,
         declared: &[String],
     ) -> Result<(), DataError> {
-        let Values::Categorical { codes, levels } = &self.raw.features[slot] else {
+        let Values::Categorical(coded) = &self.raw.features[slot] else {
             return Ok(());
         };
+        let (codes, levels) = (&coded.codes, &coded.levels);
         for (row, &code) in codes.iter().enumerate() {
             if code != MISSING_CODE
                 && self.membership[row] != Membership::Excluded
@@ -495,7 +538,7 @@ impl LocalSite {
             .zip(&agreement.encodings)
             .zip(&agreement.columns)
         {
-            let categorical = matches!(values, Values::Categorical { .. });
+            let categorical = matches!(values, Values::Categorical(_));
             if categorical != matches!(encoding, Encoding::OneHot { .. }) {
                 return Err(DataError::Config(format!(
                     "site '{}': the agreement encodes column '{}' as {}, which the agreed kinds \
@@ -513,11 +556,10 @@ impl LocalSite {
         }
         let mut summary = self.summary.clone();
         let labels: Vec<Option<u32>> = self
-            .classes
+            .classes()
             .iter()
             .map(|c| {
-                c.as_ref()
-                    .and_then(|c| agreement.classes.iter().position(|k| k == c))
+                c.and_then(|c| agreement.classes.iter().position(|k| k == c))
                     .map(|i| i as u32)
             })
             .collect();

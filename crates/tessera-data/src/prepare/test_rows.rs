@@ -37,13 +37,15 @@ impl LocalSite {
                 .map(|values| match values {
                     Values::Numeric(v) if v[row].is_nan() => String::new(),
                     Values::Numeric(v) => v[row].to_string(),
-                    Values::Categorical { codes, levels } => {
-                        levels.get(codes[row] as usize).cloned().unwrap_or_default()
-                    }
+                    Values::Categorical(c) => c
+                        .levels
+                        .get(c.codes[row] as usize)
+                        .cloned()
+                        .unwrap_or_default(),
                 })
                 .collect();
             rows.push((raw.lines[row], fields));
-            labels.push(classes[row].clone());
+            labels.push(classes.get(row).cloned());
         }
         (Table { header, rows }, labels)
     }

@@ -12,18 +12,24 @@ pub(crate) const MISSING_CODE: u32 = u32::MAX;
 pub(crate) enum Values {
     /// Numbers; `NaN` marks a missing value.
     Numeric(Vec<f64>),
+    /// Codes into levels (boxed: a million sites' numeric columns each
+    /// take a `Vec`'s size, 24 bytes, not 48).
+    Categorical(Box<Coded>),
+}
+
+/// A categorical column's values.
+#[derive(Debug, Clone)]
+pub(crate) struct Coded {
     /// Codes into `levels`; [`MISSING_CODE`] marks a missing value.
-    Categorical {
-        codes: Vec<u32>,
-        levels: Vec<String>,
-    },
+    pub codes: Vec<u32>,
+    pub levels: Vec<String>,
 }
 
 impl Values {
     pub(crate) fn is_missing(&self, row: usize) -> bool {
         match self {
             Values::Numeric(v) => v[row].is_nan(),
-            Values::Categorical { codes, .. } => codes[row] == MISSING_CODE,
+            Values::Categorical(c) => c.codes[row] == MISSING_CODE,
         }
     }
 
@@ -31,10 +37,10 @@ impl Values {
     pub(crate) fn select(&self, rows: &[usize]) -> Values {
         match self {
             Values::Numeric(v) => Values::Numeric(rows.iter().map(|&r| v[r]).collect()),
-            Values::Categorical { codes, levels } => {
+            Values::Categorical(c) => {
                 let mut builder = CategoricalBuilder::default();
                 for &r in rows {
-                    match levels.get(codes[r] as usize) {
+                    match c.levels.get(c.codes[r] as usize) {
                         Some(level) => builder.push_level(level),
                         None => builder.codes.push(MISSING_CODE),
                     }
@@ -86,11 +92,12 @@ impl CategoricalBuilder {
         self.codes.push(code);
     }
 
-    fn finish(self) -> Values {
-        Values::Categorical {
+    fn finish(mut self) -> Values {
+        self.codes.shrink_to_fit();
+        Values::Categorical(Box::new(Coded {
             codes: self.codes,
             levels: self.levels,
-        }
+        }))
     }
 }
 
@@ -141,11 +148,11 @@ impl Builder {
                     }
                     Err(_) => {
                         let taken = std::mem::take(values);
-                        let Values::Categorical { codes, levels } =
-                            Values::Numeric(taken).into_categorical()
+                        let Values::Categorical(coded) = Values::Numeric(taken).into_categorical()
                         else {
                             unreachable!("into_categorical always returns a categorical column")
                         };
+                        let Coded { codes, levels } = *coded;
                         let index = levels
                             .iter()
                             .enumerate()
@@ -173,7 +180,11 @@ impl Builder {
 
     pub(super) fn finish(self) -> Values {
         match self {
-            Builder::Numeric { values, .. } => Values::Numeric(values),
+            // Held for the whole run at a million sites: no room to spare.
+            Builder::Numeric { mut values, .. } => {
+                values.shrink_to_fit();
+                Values::Numeric(values)
+            }
             Builder::Categorical(builder) => (*builder).finish(),
         }
     }
@@ -195,4 +206,16 @@ pub(crate) enum FeatureKind {
 pub(crate) struct FeatureColumn {
     pub name: String,
     pub kind: FeatureKind,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_column_takes_a_vec_of_room() {
+        // A million sites of 30 columns each hold 30 of these.
+        assert_eq!(
+            std::mem::size_of::<super::Values>(),
+            std::mem::size_of::<Vec<f64>>()
+        );
+    }
 }

@@ -30,7 +30,7 @@ pub(super) fn read_partitioned(
         &mut layout,
         &mut per_site,
     )?;
-    let columns = layout.unwrap_or_default();
+    let columns = std::sync::Arc::new(layout.unwrap_or_default());
     let all = per_site
         .remove(ALL)
         .ok_or_else(|| DataError::at(path, None, None, "no data rows"))?
@@ -44,7 +44,7 @@ pub(super) fn read_partitioned(
         .map(|(i, rows)| RawSite {
             name: format!("site-{:0width$}", i + 1),
             file: path.to_path_buf(),
-            columns: columns.clone(),
+            columns: std::sync::Arc::clone(&columns),
             lines: rows.iter().map(|&r| all.lines[r]).collect(),
             row_in_file: rows.iter().map(|&r| all.row_in_file[r]).collect(),
             features: all.features.iter().map(|f| f.select(rows)).collect(),
