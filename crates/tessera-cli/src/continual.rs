@@ -64,6 +64,14 @@ pub struct ContinualArgs {
 }
 
 impl ContinualArgs {
+    /// Whether anything asked for reads the sites' standardisation (a
+    /// continuation, or an importance written as a model file).
+    pub fn reads_standardisation(&self) -> bool {
+        self.continue_from.is_some()
+            || self.importance_out.is_some()
+            || self.site_importance_out.is_some()
+    }
+
     /// The continuation asked for, checked against the plan's model on
     /// `data`; `None` without --continue-from.
     pub fn continuation(

@@ -167,6 +167,10 @@ pub fn of_parameters(
     round: u32,
     parameters: tessera_core::ParameterSet,
 ) -> anyhow::Result<ModelFile> {
+    anyhow::ensure!(
+        data.holds_unstandardised(),
+        "a model file needs the sites' standardisation, released before the run"
+    );
     let federation = if plan.data.standardize.enabled {
         (plan.data.standardize.scope == ScaleScope::Federation)
             .then(|| data.sites.first().map(|s| s.scaler.clone()))

@@ -204,7 +204,17 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     }
 
     let data_started = Instant::now();
-    let (data, cross_silo) = tessera_sim::load_data(&plan, &base_dir, source.as_ref())?;
+    let (mut data, cross_silo) = tessera_sim::load_data(&plan, &base_dir, source.as_ref())?;
+    // Nothing after this reads the rows as encoded before standardisation
+    // or the sites' statistics unless one of these asks: else they go.
+    if !args.baselines
+        && args.model_out.is_none()
+        && !args.continual.reads_standardisation()
+        && plan.personalization.department.is_none()
+        && plan.personalization.new_sites.is_empty()
+    {
+        data.release_unstandardised();
+    }
     let data_seconds = data_started.elapsed().as_secs_f64();
     let n_train: usize = data.summary.iter().map(|s| s.n_train).sum();
     let n_test: usize = data.summary.iter().map(|s| s.n_test).sum();

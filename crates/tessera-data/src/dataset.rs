@@ -305,6 +305,28 @@ pub struct SiteData {
 }
 
 impl SiteData {
+    /// Frees what training and evaluation never read: the rows as encoded
+    /// before standardisation and the site's statistics (a third of what a
+    /// small site holds). For a run that needs neither (no baselines, no
+    /// model file, no departments, no new sites); what needs them refuses
+    /// the site afterwards ([`SiteData::holds_unstandardised`]).
+    pub fn release_unstandardised(&mut self) {
+        let n = self.train.x.ncols();
+        self.raw_train = Features::empty(n);
+        self.raw_test = Features::empty(n);
+        self.scaler = Scaler {
+            mean: Vec::new(),
+            scale: Vec::new(),
+        };
+    }
+
+    /// Whether the site still holds its rows as encoded before
+    /// standardisation and its statistics (not released by
+    /// [`SiteData::release_unstandardised`]).
+    pub fn holds_unstandardised(&self) -> bool {
+        self.scaler.mean.len() == self.train.x.ncols()
+    }
+
     /// Standardises the site's rows with `scaler` instead (federation scope).
     pub fn rescale(&mut self, scaler: Scaler) {
         self.train.x = scaler.apply_features(&self.raw_train);
@@ -370,8 +392,30 @@ impl FederatedData {
         self.agreement.indicators()
     }
 
+    /// Every site's [`SiteData::release_unstandardised`].
+    pub fn release_unstandardised(&mut self) {
+        for site in &mut self.sites {
+            site.release_unstandardised();
+        }
+    }
+
+    /// Whether every site holds its rows as encoded before standardisation
+    /// ([`SiteData::holds_unstandardised`]).
+    pub fn holds_unstandardised(&self) -> bool {
+        self.sites.iter().all(SiteData::holds_unstandardised)
+    }
+
     /// The federation's training statistics, combined from each site's.
+    ///
+    /// # Panics
+    /// Where a site's rows before standardisation were released
+    /// ([`FederatedData::release_unstandardised`]): the caller's mistake,
+    /// which would otherwise give statistics of no rows.
     pub fn federation_statistics(&self) -> FeatureStatistics {
+        assert!(
+            self.holds_unstandardised(),
+            "federation statistics of sites whose rows before standardisation were released"
+        );
         let empty = FeatureStatistics {
             n: 0,
             mean: vec![0.0; self.n_features()],
@@ -385,6 +429,9 @@ impl FederatedData {
     /// All sites' rows pooled (the centralised baseline): train and test
     /// standardised with the statistics of all training rows together, and
     /// that standardisation.
+    ///
+    /// # Panics
+    /// As [`FederatedData::federation_statistics`].
     pub fn pooled(&self, config: &StandardizeConfig) -> (Dataset, Dataset, Scaler) {
         let d = self.n_features();
         let scaler =

@@ -12,7 +12,7 @@ mod fields;
 mod partition;
 pub(crate) mod source;
 
-use columns::Builder;
+use columns::{CategoricalBuilder, RowsBuilder};
 pub(crate) use columns::{FeatureColumn, FeatureKind};
 use fields::{FieldMap, resolve_fields};
 use partition::read_partitioned;
@@ -43,8 +43,8 @@ pub(crate) struct RawSite {
 struct SiteBuilder {
     lines: Vec<u64>,
     row_in_file: Vec<u64>,
-    features: Vec<Builder>,
-    target: Builder,
+    features: RowsBuilder,
+    target: CategoricalBuilder,
 }
 
 impl SiteBuilder {
@@ -52,8 +52,8 @@ impl SiteBuilder {
         Self {
             lines: Vec::new(),
             row_in_file: Vec::new(),
-            features: layout.iter().map(|c| Builder::new(c.kind)).collect(),
-            target: Builder::new(FeatureKind::Categorical),
+            features: RowsBuilder::new(layout),
+            target: CategoricalBuilder::default(),
         }
     }
 
@@ -68,7 +68,7 @@ impl SiteBuilder {
             columns: Arc::clone(columns),
             lines: shrunk(self.lines),
             row_in_file: shrunk(self.row_in_file),
-            features: self.features.into_iter().map(Builder::finish).collect(),
+            features: self.features.finish(),
             target: codes,
             target_levels: levels,
         }
@@ -348,8 +348,9 @@ fn read_file(
                 .or_insert_with(|| SiteBuilder::new(layout)),
         };
         for (slot, &field) in fields.feature_fields.iter().enumerate() {
-            builder.features[slot]
-                .push(text(field)?)
+            builder
+                .features
+                .push(slot, layout[slot].kind, text(field)?)
                 .map_err(|message| {
                     DataError::at(
                         shown_path,
@@ -359,17 +360,8 @@ fn read_file(
                     )
                 })?;
         }
-        builder
-            .target
-            .push(text(fields.target_field)?)
-            .map_err(|message| {
-                DataError::at(
-                    shown_path,
-                    Some(line),
-                    Some(fields.target_field + 1),
-                    message,
-                )
-            })?;
+        builder.features.end_row();
+        builder.target.push(text(fields.target_field)?);
         builder.lines.push(line);
         builder.row_in_file.push(row_index);
     }

@@ -49,6 +49,12 @@ impl Departments {
         let Some(column) = &plan.personalization.department else {
             return Ok(None);
         };
+        if !data.holds_unstandardised() {
+            return Err(EngineError::State(format!(
+                "personalization.department: site '{}' no longer holds its rows as encoded",
+                data.name
+            )));
+        }
         let groups = |raw| {
             agreement
                 .groups(column, raw)

@@ -26,6 +26,11 @@ pub fn run_baselines(plan: &Plan, data: &FederatedData) -> Result<Baselines, Sim
     };
     let mut errors = Vec::new();
 
+    if !data.holds_unstandardised() {
+        return Err(SimError::Engine(tessera_engine::EngineError::State(
+            "baselines: the sites' rows as encoded were released before the run".into(),
+        )));
+    }
     let (local, local_errors) = local_baseline(plan, data, initial.as_ref());
     errors.extend(local_errors);
 

@@ -622,6 +622,9 @@ pub(crate) fn run_sync(
             model_down = (32 + 1 + tessera_core::varint_len(bytes as u64) + bytes) as u64;
         }
         let served = plan.served(&global)?;
+        // The last round's evaluations go first: a million sites' two
+        // rounds of them are not held at once.
+        drop(std::mem::take(&mut last_evaluations));
         let evaluations: Vec<Evaluation> = evaluate_sites(&sites, data, &served, parallel)?;
         for (site, e) in evaluations.iter().enumerate() {
             let size = e.wire_len() as u64;

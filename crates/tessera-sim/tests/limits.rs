@@ -44,3 +44,39 @@ fn a_model_too_big_for_the_memory_is_refused_before_it_is_built() {
     plan.federation.rounds = 1;
     simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
 }
+
+#[test]
+fn releasing_the_rows_before_standardisation_changes_no_bit_and_what_needs_them_refuses() {
+    let mut plan = Plan::from_file(&examples().join("fed-heart-disease.toml")).unwrap();
+    plan.federation.rounds = 3;
+    let held = tessera_data::load(&plan.data, &examples(), &Filesystem).unwrap();
+    let mut released = held.clone();
+    assert!(held.holds_unstandardised());
+    released.release_unstandardised();
+    assert!(!released.holds_unstandardised());
+    assert!(
+        released.sites.iter().all(|s| s.raw_train.nrows() == 0
+            && s.raw_test.nrows() == 0
+            && s.scaler.mean.is_empty())
+    );
+    let run = |data| simulate(&plan, data, &SimOptions::default(), &mut |_| {}).unwrap();
+    let (a, b) = (run(&held), run(&released));
+    assert_eq!(a.final_parameters, b.final_parameters);
+    assert_eq!(a.final_metrics, b.final_metrics);
+    for (h, r) in held.sites.iter().zip(&released.sites) {
+        assert_eq!((&h.train, &h.test), (&r.train, &r.test), "{}", h.name);
+    }
+    // Baselines and departments need them: refused, not run on no rows.
+    let e = tessera_sim::run_baselines(&plan, &released)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("released"), "{e}");
+    let mut departments = plan.clone();
+    departments.personalization.department = Some("sex".into());
+    let e = tessera_engine::Departments::of(&departments, &released.agreement, &released.sites[0])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no longer holds its rows"), "{e}");
+    let statistics = std::panic::catch_unwind(|| released.federation_statistics());
+    assert!(statistics.is_err());
+}
