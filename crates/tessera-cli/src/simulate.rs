@@ -6,10 +6,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use tessera_aggregate::StrategyKind;
-use tessera_data::{ColumnKind, ColumnSpec, DataConfig, FileSource, Filesystem, SchemaConfig};
+use tessera_data::{FileSource, Filesystem};
 use tessera_engine::Plan;
-use tessera_learn::{ModelConfig, ModelKind};
 use tessera_sim::{Attack, AttackKind, RoundRecord, RunReport, SimOptions, simulate};
 
 use crate::bundled::{self, Bundled};
@@ -86,6 +84,13 @@ pub struct SimulateArgs {
     /// inspect`), replaced if it exists.
     #[arg(long)]
     model_out: Option<PathBuf>,
+    /// Read the plan's CSV (one file with a site column) as a run would,
+    /// save its rows as read to FILE (ending in .trows) and stop: a later
+    /// run with the same reading settings reads FILE (--data FILE, or the
+    /// plan's data.path) at the speed of the disk instead of parsing the
+    /// CSV again.
+    #[arg(long, value_name = "FILE")]
+    save_rows: Option<PathBuf>,
     /// No progress bar or round table.
     #[arg(long, short)]
     quiet: bool,
@@ -110,6 +115,7 @@ pub struct SimulateArgs {
     continual: crate::continual::ContinualArgs,
 }
 
+mod plan;
 mod report_file;
 use report_file::write_report;
 
@@ -123,7 +129,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
                 (plan, dir, Box::new(Filesystem))
             }
             (None, Some(data)) => (
-                ad_hoc_plan(&args, data)?,
+                plan::ad_hoc_plan(&args, data)?,
                 PathBuf::new(),
                 Box::new(Filesystem),
             ),
@@ -135,7 +141,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     if args.plan.is_none() && args.data.is_some() && !args.settings.is_empty() {
         plan = plan.with_settings(&args.settings)?;
     }
-    apply_overrides(&mut plan, &args)?;
+    plan::apply_overrides(&mut plan, &args)?;
     plan.validate()?;
     if plan.model.kind.is_external() {
         anyhow::bail!(
@@ -203,6 +209,18 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         );
     }
 
+    if let Some(out) = &args.save_rows {
+        let saved = tessera_data::save_rows(&plan.data, &base_dir, source.as_ref(), out)?;
+        println!(
+            "saved {} rows of {} sites to {}: read them with --data {} (and the same --site-column \
+             and --target), or as the plan's data.path",
+            saved.rows,
+            saved.sites,
+            out.display(),
+            out.display()
+        );
+        return Ok(());
+    }
     let data_started = Instant::now();
     let (mut data, cross_silo) = tessera_sim::load_data(&plan, &base_dir, source.as_ref())?;
     // Nothing after this reads the rows as encoded before standardisation
@@ -692,77 +710,6 @@ fn check_outputs(
         outputs.push(("--per-site", path.as_path()));
     }
     paths::check_outputs(&outputs, &inputs)
-}
-
-/// A plan for one CSV file with a site column, every other column a feature.
-fn ad_hoc_plan(args: &SimulateArgs, data: &Path) -> anyhow::Result<Plan> {
-    let (Some(site_column), Some(target)) = (&args.site_column, &args.target) else {
-        bail!("--data needs --site-column and --target");
-    };
-    let kind: ModelKind = match &args.model {
-        Some(m) => m.parse().map_err(anyhow::Error::msg)?,
-        None => ModelKind::Logistic,
-    };
-    let mut model = ModelConfig::of_kind(kind);
-    if !args.hidden.is_empty() {
-        model.hidden = args.hidden.clone();
-    }
-    let mut schema = SchemaConfig::inferred(target.clone());
-    schema.positive = args.positive.iter().cloned().collect();
-    schema.columns = args
-        .ignore
-        .iter()
-        .map(|name| ColumnSpec {
-            name: name.clone(),
-            kind: ColumnKind::Ignore,
-            levels: None,
-            drop_first: false,
-            min: None,
-            max: None,
-        })
-        .collect();
-    let name = data
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("data")
-        .to_string();
-    Ok(Plan {
-        name,
-        data: DataConfig {
-            path: Some(data.to_path_buf()),
-            site_column: Some(site_column.clone()),
-            partition: None,
-            sites: Vec::new(),
-            schema,
-            split: Default::default(),
-            standardize: Default::default(),
-            synthetic: None,
-            cross_silo: None,
-        },
-        model,
-        ..Plan::default()
-    })
-}
-
-fn apply_overrides(plan: &mut Plan, args: &SimulateArgs) -> anyhow::Result<()> {
-    if let Some(name) = &args.strategy {
-        plan.federation.strategy = name.parse::<StrategyKind>().map_err(anyhow::Error::msg)?;
-    }
-    if let Some(seed) = args.seed {
-        plan.seed = seed;
-    }
-    if let Some(rounds) = args.rounds {
-        plan.federation.rounds = rounds;
-    }
-    if let Some(target) = args.target_accuracy
-        && !(0.0..=1.0).contains(&target)
-    {
-        bail!("--target-accuracy must be between 0 and 1, got {target}");
-    }
-    if args.data.is_none() && (args.model.is_some() || !args.hidden.is_empty()) {
-        bail!("--model and --hidden describe ad-hoc data; a plan sets them in [model]");
-    }
-    Ok(())
 }
 
 /// Peak resident set size of this process, where the system tells it.

@@ -223,6 +223,42 @@ fn synthetic_data_round_trip_with_softmax() {
         "softmax learns Synthetic(0.5, 0.5): {first} -> {last}"
     );
     assert!(report["final"]["auc"].is_null(), "no AUC for 10 classes");
+    // The rows saved once read back to the same run, bit for bit.
+    fn ad_hoc(data: &str) -> Vec<&str> {
+        let mut args = vec!["simulate", "-q", "--data", data, "--site-column", "site"];
+        args.extend(["--target", "y", "--model", "softmax", "--rounds", "20"]);
+        args.extend(["--set", "training.lr=0.2"]);
+        args.extend(["--set", "data.standardize.scope=federation"]);
+        args
+    }
+    let out = s.run(&[&ad_hoc("synth.csv")[..], &["--save-rows", "synth.trows"]].concat());
+    assert!(
+        out.ok()
+            .contains("saved 1200 rows of 6 sites to synth.trows")
+    );
+    s.run(&[&ad_hoc("synth.trows")[..], &["--report", "rows.json"]].concat())
+        .ok();
+    let from_rows = s.json("rows.json");
+    assert_eq!(from_rows["final"], report["final"]);
+    let accuracy = |r: &Value| {
+        r["rounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["accuracy"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(accuracy(&from_rows), accuracy(&report));
+    let e = s.run(&[
+        "simulate",
+        "--data",
+        "synth.trows",
+        "--site-column",
+        "site",
+        "--target",
+        "x",
+    ]);
+    assert!(e.fails().contains("saved with other reading settings"));
 }
 
 #[test]

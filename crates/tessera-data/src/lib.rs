@@ -61,5 +61,7 @@ pub use prepare::{
     declared_rows, load, load_cross_silo, load_records, load_sites, read_local_site,
     read_local_sites, read_pending_site, records_schema,
 };
-pub use read::{FileSource, Filesystem, InMemory};
+pub use read::{
+    FileSource, Filesystem, InMemory, ROWS_EXTENSION, SavedRows, is_rows_file, save_rows,
+};
 pub use table::{MAX_TABLE_ROWS, Table, read_table};

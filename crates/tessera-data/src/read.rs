@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::DataError;
 use crate::config::DataConfig;
 
+mod binary;
 mod columns;
 mod fields;
 mod partition;
@@ -17,6 +18,7 @@ pub(crate) use columns::{FeatureColumn, FeatureKind};
 use fields::{FieldMap, resolve_fields};
 use partition::read_partitioned;
 
+pub use binary::{ROWS_EXTENSION, SavedRows, is_rows_file, save_rows};
 pub(crate) use columns::{MISSING_CODE, Values};
 pub(crate) use source::source_open;
 pub use source::{FileSource, Filesystem, InMemory};
@@ -89,6 +91,9 @@ pub(crate) fn read_sites(
 ) -> Result<Vec<RawSite>, DataError> {
     let mut layout: Option<Vec<FeatureColumn>> = None;
     let mut sites = Vec::new();
+    if let Some(path) = config.path.as_ref().filter(|p| is_rows_file(p)) {
+        return binary::read_rows(config, source, &base_dir.join(path), path, None);
+    }
     if let (Some(path), Some(partition)) = (&config.path, &config.partition) {
         return read_partitioned(config, partition, path, base_dir, source);
     }
@@ -112,6 +117,14 @@ pub(crate) fn read_sites(
         }
     } else {
         for site in &config.sites {
+            if is_rows_file(&site.path) {
+                return Err(DataError::Config(format!(
+                    "site '{}': a rows file ({}) is read as the plan's data.path, not as one \
+                     site's file",
+                    site.name,
+                    site.path.display()
+                )));
+            }
             let mut per_site: BTreeMap<String, SiteBuilder> = BTreeMap::new();
             let full_path = base_dir.join(&site.path);
             let mapping = match &site.mapping {
@@ -157,6 +170,11 @@ pub(crate) fn read_site(
     base_dir: &Path,
     source: &dyn FileSource,
 ) -> Result<RawSite, DataError> {
+    if let Some(file) = (path.or(config.path.as_deref())).filter(|p| is_rows_file(p)) {
+        return binary::read_rows(config, source, &base_dir.join(file), file, Some(site))?
+            .pop()
+            .ok_or_else(|| DataError::at(file, None, None, format!("no rows for site '{site}'")));
+    }
     if let (Some(plan_path), Some(partition)) = (&config.path, &config.partition) {
         let file = path.unwrap_or(plan_path);
         let mut sites = read_partitioned(config, partition, file, base_dir, source)?;

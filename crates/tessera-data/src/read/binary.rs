@@ -1,0 +1,410 @@
+//! Rows as read, saved once and read back fast. Parsing a million sites'
+//! rows from a CSV file takes most of a minute; a `.trows` file holds what
+//! the CSV reader made of them (each site's columns typed, line numbers,
+//! target codes), with the settings they were read with, and reads back at
+//! the speed of the disk. A later read must share those settings (the site
+//! column and the schema), or the file is refused: the rows would be typed
+//! otherwise from the CSV.
+//!
+//! Layout (integers little-endian; `text` is a `u32` length and UTF-8):
+//! the magic line `TESSERA-ROWS`, a `u32` version, the settings as TOML
+//! text, the CSV's path as text, the columns (`u32` count; each a name and a
+//! kind byte), a `u64` site count, then each site: its name, a `u64` row
+//! count `n`, `n` line numbers and `n` row indices (`u64`), each column (a
+//! byte: 0 numeric, then `n` `f64`; 1 categorical, then `n` `u32` codes and
+//! its levels, a `u32` count and each as text), and the target as a
+//! categorical column's codes and levels.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::columns::{Coded, FeatureColumn, FeatureKind, MISSING_CODE, Values};
+use super::{FileSource, RawSite};
+use crate::DataError;
+use crate::config::{DataConfig, SchemaConfig};
+use crate::prepare::MAX_DECLARED_ROWS;
+
+/// The extension that marks a rows file.
+pub const ROWS_EXTENSION: &str = "trows";
+const MAGIC: &[u8; 13] = b"TESSERA-ROWS\n";
+const VERSION: u32 = 1;
+/// The longest text in the file (a name, a level, the settings).
+const MAX_TEXT: u32 = 16 << 20;
+/// Values read at a time: a count in the file is never allocated before
+/// the values behind it are read (a file that lies about a count ends
+/// early, having taken no more memory than its own size).
+const CHUNK: usize = 1 << 16;
+
+/// Whether `path` names a rows file (by its extension).
+pub fn is_rows_file(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == ROWS_EXTENSION)
+}
+
+/// What a rows file was read with.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Settings {
+    site_column: Option<String>,
+    schema: SchemaConfig,
+}
+
+impl Settings {
+    fn of(config: &DataConfig) -> Self {
+        Self {
+            site_column: config.site_column.clone(),
+            schema: config.schema.clone(),
+        }
+    }
+}
+
+/// What [`save_rows`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedRows {
+    /// Sites.
+    pub sites: usize,
+    /// Rows over every site.
+    pub rows: u64,
+}
+
+/// Reads the CSV file `config` names (one file with a site column) as a
+/// run would, and writes its rows to `out` (a `.trows` file), for later
+/// runs to read with the same settings (the plan's `path` the rows file).
+pub fn save_rows(
+    config: &DataConfig,
+    base_dir: &Path,
+    source: &dyn FileSource,
+    out: &Path,
+) -> Result<SavedRows, DataError> {
+    config.validate()?;
+    let (Some(path), Some(_), None, None) = (
+        &config.path,
+        &config.site_column,
+        &config.partition,
+        &config.synthetic,
+    ) else {
+        return Err(DataError::Config(
+            "rows are saved from one CSV file with a site column (no partition, no \
+             [data.synthetic])"
+                .into(),
+        ));
+    };
+    if is_rows_file(path) {
+        return Err(DataError::Config(format!(
+            "{} is already a rows file",
+            path.display()
+        )));
+    }
+    if !is_rows_file(out) {
+        return Err(DataError::Config(format!(
+            "the rows file's name ends in .{ROWS_EXTENSION}, not {}",
+            out.display()
+        )));
+    }
+    let sites = super::read_sites(config, base_dir, source)?;
+    let io = |source| DataError::Io {
+        path: out.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::create(out).map_err(io)?;
+    let mut w = std::io::BufWriter::new(file);
+    let settings = toml::to_string(&Settings::of(config))
+        .map_err(|e| DataError::Config(format!("the reading settings: {e}")))?;
+    let columns = sites.first().map_or(&[][..], |s| s.columns.as_slice());
+    let mut rows = 0u64;
+    (|| -> std::io::Result<()> {
+        w.write_all(MAGIC)?;
+        w.write_all(&VERSION.to_le_bytes())?;
+        text(&mut w, &settings)?;
+        text(&mut w, &path.to_string_lossy())?;
+        w.write_all(&(columns.len() as u32).to_le_bytes())?;
+        for column in columns {
+            text(&mut w, &column.name)?;
+            w.write_all(&[kind_byte(column.kind)])?;
+        }
+        w.write_all(&(sites.len() as u64).to_le_bytes())?;
+        for site in &sites {
+            text(&mut w, &site.name)?;
+            let n = site.lines.len();
+            rows += n as u64;
+            w.write_all(&(n as u64).to_le_bytes())?;
+            for v in site.lines.iter().chain(&site.row_in_file) {
+                w.write_all(&v.to_le_bytes())?;
+            }
+            for values in &site.features {
+                match values {
+                    Values::Numeric(v) => {
+                        w.write_all(&[0])?;
+                        for x in v {
+                            w.write_all(&x.to_le_bytes())?;
+                        }
+                    }
+                    Values::Categorical(coded) => {
+                        w.write_all(&[1])?;
+                        categorical(&mut w, &coded.codes, &coded.levels)?;
+                    }
+                }
+            }
+            categorical(&mut w, &site.target, &site.target_levels)?;
+        }
+        w.flush()
+    })()
+    .map_err(io)?;
+    Ok(SavedRows {
+        sites: sites.len(),
+        rows,
+    })
+}
+
+fn text(w: &mut impl Write, s: &str) -> std::io::Result<()> {
+    w.write_all(&(s.len() as u32).to_le_bytes())?;
+    w.write_all(s.as_bytes())
+}
+
+fn categorical(w: &mut impl Write, codes: &[u32], levels: &[String]) -> std::io::Result<()> {
+    for c in codes {
+        w.write_all(&c.to_le_bytes())?;
+    }
+    w.write_all(&(levels.len() as u32).to_le_bytes())?;
+    for level in levels {
+        text(w, level)?;
+    }
+    Ok(())
+}
+
+fn kind_byte(kind: FeatureKind) -> u8 {
+    match kind {
+        FeatureKind::Numeric => 0,
+        FeatureKind::Categorical => 1,
+        FeatureKind::Infer => 2,
+        FeatureKind::Identifier => 3,
+    }
+}
+
+/// Reads a rows file's sites (only `only`, when given), refusing a file
+/// saved with other settings than `config`'s, or not a rows file.
+pub(crate) fn read_rows(
+    config: &DataConfig,
+    source: &dyn FileSource,
+    full_path: &Path,
+    shown: &Path,
+    only: Option<&str>,
+) -> Result<Vec<RawSite>, DataError> {
+    if config.partition.is_some() {
+        return Err(DataError::Config(format!(
+            "{}: a rows file holds its sites already; give no [data.partition]",
+            shown.display()
+        )));
+    }
+    let file = source.open(full_path).map_err(|e| DataError::Io {
+        path: full_path.to_path_buf(),
+        source: e,
+    })?;
+    let mut r = Reader {
+        inner: std::io::BufReader::with_capacity(1 << 20, file),
+        shown,
+    };
+    let mut magic = [0u8; 13];
+    r.exact(&mut magic)?;
+    if &magic != MAGIC {
+        return Err(r.bad("not a rows file (tessera simulate --save-rows writes them)"));
+    }
+    let version = r.u32()?;
+    if version != VERSION {
+        return Err(r.bad(format!(
+            "rows file version {version}; this tessera reads version {VERSION} (save the rows \
+             again)"
+        )));
+    }
+    let saved: Settings = toml::from_str(&r.text()?)
+        .map_err(|e| r.bad(format!("the saved reading settings: {e}")))?;
+    if saved != Settings::of(config) {
+        return Err(DataError::Config(format!(
+            "{} was saved with other reading settings (site column {:?}, target '{}', {} \
+             declared columns) than this plan's (site column {:?}, target '{}', {} declared \
+             columns): save the rows again with this plan",
+            shown.display(),
+            saved.site_column,
+            saved.schema.target,
+            saved.schema.columns.len(),
+            config.site_column,
+            config.schema.target,
+            config.schema.columns.len()
+        )));
+    }
+    let csv = PathBuf::from(r.text()?);
+    let n_columns = r.u32()?;
+    let mut columns = Vec::new();
+    for _ in 0..n_columns {
+        let name = r.text()?;
+        let kind = match r.u8()? {
+            0 => FeatureKind::Numeric,
+            1 => FeatureKind::Categorical,
+            2 => FeatureKind::Infer,
+            3 => FeatureKind::Identifier,
+            other => return Err(r.bad(format!("column kind {other}"))),
+        };
+        columns.push(FeatureColumn { name, kind });
+    }
+    let columns = Arc::new(columns);
+    let n_sites = r.u64()?;
+    let mut sites: Vec<RawSite> = Vec::new();
+    let mut last: Option<String> = None;
+    for _ in 0..n_sites {
+        let name = r.text()?;
+        if last.as_ref().is_some_and(|last| *last >= name) {
+            return Err(r.bad(format!("site '{name}' out of order")));
+        }
+        let n = r.u64()?;
+        if n > MAX_DECLARED_ROWS {
+            return Err(r.bad(format!("site '{name}': {n} rows")));
+        }
+        let n = n as usize;
+        let lines = r.u64s(n)?;
+        let row_in_file = r.u64s(n)?;
+        let mut features = Vec::with_capacity(columns.len());
+        for column in columns.iter() {
+            features.push(match r.u8()? {
+                0 => {
+                    let v = r.f64s(n)?;
+                    if let Some(x) = v.iter().find(|x| !x.is_nan() && !(**x as f32).is_finite()) {
+                        return Err(r.bad(format!(
+                            "site '{name}', column '{}': {x} is not a 32-bit number",
+                            column.name
+                        )));
+                    }
+                    Values::Numeric(v)
+                }
+                1 => {
+                    let (codes, levels) = r.categorical(n, &name)?;
+                    Values::Categorical(Box::new(Coded { codes, levels }))
+                }
+                other => return Err(r.bad(format!("site '{name}': value kind {other}"))),
+            });
+        }
+        let (target, target_levels) = r.categorical(n, &name)?;
+        if only.is_none_or(|only| only == name) {
+            sites.push(RawSite {
+                name: name.clone(),
+                file: csv.clone(),
+                columns: Arc::clone(&columns),
+                lines,
+                row_in_file,
+                features,
+                target,
+                target_levels,
+            });
+        }
+        last = Some(name);
+    }
+    let mut rest = [0u8; 1];
+    if r.inner.read(&mut rest).map_err(|e| r.io(e))? != 0 {
+        return Err(r.bad("bytes past the last site"));
+    }
+    Ok(sites)
+}
+
+struct Reader<'a, R> {
+    inner: std::io::BufReader<R>,
+    shown: &'a Path,
+}
+
+impl<R: Read> Reader<'_, R> {
+    fn bad(&self, message: impl Into<String>) -> DataError {
+        DataError::at(self.shown, None, None, message)
+    }
+
+    fn io(&self, e: std::io::Error) -> DataError {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            self.bad("the rows file ends early (cut short, or not a rows file)")
+        } else {
+            DataError::Io {
+                path: self.shown.to_path_buf(),
+                source: e,
+            }
+        }
+    }
+
+    fn exact(&mut self, buf: &mut [u8]) -> Result<(), DataError> {
+        self.inner.read_exact(buf).map_err(|e| self.io(e))
+    }
+
+    fn u8(&mut self) -> Result<u8, DataError> {
+        let mut b = [0u8; 1];
+        self.exact(&mut b)?;
+        Ok(b[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, DataError> {
+        let mut b = [0u8; 4];
+        self.exact(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn u64(&mut self) -> Result<u64, DataError> {
+        let mut b = [0u8; 8];
+        self.exact(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    fn text(&mut self) -> Result<String, DataError> {
+        let n = self.u32()?;
+        if n > MAX_TEXT {
+            return Err(self.bad(format!("a text of {n} bytes")));
+        }
+        let bytes = self.values::<1, u8>(n as usize, |b| b[0])?;
+        String::from_utf8(bytes).map_err(|_| self.bad("a text that is not UTF-8"))
+    }
+
+    /// `n` values of `W` bytes each, read a chunk at a time.
+    fn values<const W: usize, T>(
+        &mut self,
+        n: usize,
+        of: impl Fn([u8; W]) -> T,
+    ) -> Result<Vec<T>, DataError> {
+        let mut out = Vec::with_capacity(n.min(CHUNK));
+        let mut buf = vec![0u8; n.min(CHUNK) * W];
+        let mut left = n;
+        while left > 0 {
+            let take = left.min(CHUNK);
+            let bytes = &mut buf[..take * W];
+            self.exact(bytes)?;
+            out.extend(bytes.chunks_exact(W).map(|c| {
+                let mut b = [0u8; W];
+                b.copy_from_slice(c);
+                of(b)
+            }));
+            left -= take;
+        }
+        Ok(out)
+    }
+
+    fn u64s(&mut self, n: usize) -> Result<Vec<u64>, DataError> {
+        self.values::<8, u64>(n, u64::from_le_bytes)
+    }
+
+    fn f64s(&mut self, n: usize) -> Result<Vec<f64>, DataError> {
+        self.values::<8, f64>(n, f64::from_le_bytes)
+    }
+
+    /// `n` codes and their levels; every code names a level or is missing.
+    fn categorical(&mut self, n: usize, site: &str) -> Result<(Vec<u32>, Vec<String>), DataError> {
+        let codes = self.values::<4, u32>(n, u32::from_le_bytes)?;
+        let n_levels = self.u32()?;
+        let mut levels = Vec::new();
+        for _ in 0..n_levels {
+            levels.push(self.text()?);
+        }
+        if let Some(c) = codes
+            .iter()
+            .find(|&&c| c != MISSING_CODE && c as usize >= levels.len())
+        {
+            return Err(self.bad(format!(
+                "site '{site}': code {c} of {} levels",
+                levels.len()
+            )));
+        }
+        Ok((codes, levels))
+    }
+}

@@ -1,0 +1,170 @@
+//! A rows file (`.trows`) gives the very rows its CSV gives, and refuses
+//! what it cannot vouch for: other reading settings, a cut or altered file.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use tessera_data::{
+    DataConfig, FederatedData, Filesystem, SchemaConfig, load, read_local_site, save_rows,
+};
+
+fn folder(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tessera-rows-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Three sites; `ward` is text at every site, `code` numbers at one site
+/// and text at another (categorical everywhere once agreed), `dose` has
+/// missing values.
+fn csv() -> String {
+    let mut text = String::from("site,age,ward,code,dose,y\n");
+    for r in 0..60 {
+        let site = ["north", "east", "south"][r % 3];
+        let code = if site == "south" && r % 2 == 0 {
+            "a7".to_string()
+        } else {
+            format!("{}", r % 4)
+        };
+        let dose = if r % 5 == 0 {
+            String::new()
+        } else {
+            format!("{:.2}", 0.37 * r as f64)
+        };
+        let y = if (r * 7) % 5 < 2 { "yes" } else { "no" };
+        text += &format!(
+            "{site},{},{},{code},{dose},{y}\n",
+            30 + r % 17,
+            ["a", "b"][r % 2]
+        );
+    }
+    text
+}
+
+fn config(path: &str) -> DataConfig {
+    let mut schema = SchemaConfig::inferred("y");
+    schema.positive = vec!["yes".into()];
+    DataConfig {
+        path: Some(path.into()),
+        site_column: Some("site".into()),
+        partition: None,
+        sites: Vec::new(),
+        schema,
+        split: Default::default(),
+        standardize: Default::default(),
+        synthetic: None,
+        cross_silo: None,
+    }
+}
+
+fn same(a: &FederatedData, b: &FederatedData) {
+    assert_eq!(a.feature_names, b.feature_names);
+    assert_eq!(a.summary, b.summary);
+    for (x, y) in a.sites.iter().zip(&b.sites) {
+        assert_eq!(x.name, y.name);
+        assert_eq!((&x.train, &x.test), (&y.train, &y.test), "{}", x.name);
+        assert_eq!((&x.raw_train, &x.raw_test), (&y.raw_train, &y.raw_test));
+        assert_eq!(x.scaler, y.scaler);
+        assert_eq!(x.imputed_train, y.imputed_train);
+    }
+    assert_eq!(a.sites.len(), b.sites.len());
+}
+
+#[test]
+fn a_rows_file_gives_the_rows_of_its_csv() {
+    let dir = folder("same");
+    std::fs::write(dir.join("d.csv"), csv()).unwrap();
+    let saved = save_rows(&config("d.csv"), &dir, &Filesystem, &dir.join("d.trows")).unwrap();
+    assert_eq!((saved.sites, saved.rows), (3, 60));
+    let from_csv = load(&config("d.csv"), &dir, &Filesystem).unwrap();
+    let from_rows = load(&config("d.trows"), &dir, &Filesystem).unwrap();
+    same(&from_csv, &from_rows);
+    assert!(from_csv.feature_names.iter().any(|f| f == "code=a7"));
+    // A site reading its own rows (deployment) reads the same from either.
+    let mut a = read_local_site(&config("d.csv"), "east", None, &dir, &Filesystem).unwrap();
+    let mut b = read_local_site(&config("d.trows"), "east", None, &dir, &Filesystem).unwrap();
+    assert_eq!(a.summary(), b.summary());
+    let kinds = tessera_data::agree_kinds(&config("d.csv"), &[a.kinds_offer()]).unwrap();
+    assert_eq!(
+        a.levels_offer(&config("d.csv"), &kinds).unwrap(),
+        b.levels_offer(&config("d.trows"), &kinds).unwrap()
+    );
+    let e = read_local_site(&config("d.trows"), "west", None, &dir, &Filesystem)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("no rows for site 'west'"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn other_settings_and_altered_files_are_refused() {
+    let dir = folder("refused");
+    std::fs::write(dir.join("d.csv"), csv()).unwrap();
+    let rows = dir.join("d.trows");
+    save_rows(&config("d.csv"), &dir, &Filesystem, &rows).unwrap();
+    // Another target, another positive class: the rows would differ.
+    let mut other = config("d.trows");
+    other.schema.positive = vec!["no".into()];
+    let e = load(&other, &dir, &Filesystem).unwrap_err().to_string();
+    assert!(e.contains("saved with other reading settings"), "{e}");
+    // Saving needs a CSV with a site column, into a .trows name.
+    let e = save_rows(&config("d.csv"), &dir, &Filesystem, &dir.join("d.bin")).unwrap_err();
+    assert!(e.to_string().contains(".trows"), "{e}");
+    let e = save_rows(&config("d.trows"), &dir, &Filesystem, &rows).unwrap_err();
+    assert!(e.to_string().contains("already a rows file"), "{e}");
+
+    // Every cut of the file, and every byte changed, is refused or read
+    // whole: never a panic, never a count taken on its word.
+    let bytes = std::fs::read(&rows).unwrap();
+    let path = dir.join("x.trows");
+    let try_load = |b: &[u8]| {
+        std::fs::write(&path, b).unwrap();
+        load(&config("x.trows"), &dir, &Filesystem)
+    };
+    for cut in (0..bytes.len()).step_by(7) {
+        let e = try_load(&bytes[..cut]).unwrap_err().to_string();
+        assert!(e.contains("x.trows"), "cut at {cut}: {e}");
+    }
+    let e = try_load(&[&bytes[..], b"!"].concat())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bytes past the last site"), "{e}");
+    let mut refused = 0;
+    for at in (0..bytes.len()).step_by(3) {
+        for flip in [0x01u8, 0x80, 0xff] {
+            let mut altered = bytes.clone();
+            altered[at] ^= flip;
+            refused += usize::from(try_load(&altered).is_err());
+        }
+    }
+    assert!(refused > 0);
+    // A count that promises 2^40 values in a short file takes no such room.
+    let mut huge = bytes.clone();
+    let first_site = find(&bytes, b"east") + 4;
+    huge[first_site..first_site + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let e = try_load(&huge).unwrap_err().to_string();
+    assert!(e.contains("ends early"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap()
+}
+
+#[test]
+fn not_a_rows_file_is_named() {
+    let dir = folder("named");
+    std::fs::write(dir.join("d.trows"), csv()).unwrap();
+    let e = load(&config("d.trows"), &dir, &Filesystem)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a rows file"), "{e}");
+    assert!(Path::new("a.trows").extension().is_some());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
