@@ -141,6 +141,33 @@ fn other_settings_and_altered_files_are_refused() {
         }
     }
     assert!(refused > 0);
+    // A column named twice, or a column's values of another kind than the
+    // column's: refused at the file (later steps index by both).
+    let twice = replace(&bytes, b"\x04\0\0\0ward", b"\x04\0\0\0code");
+    let e = try_load(&twice).unwrap_err().to_string();
+    assert!(e.contains("column 'code' appears twice"), "{e}");
+    let at = find(&bytes, b"\x03\0\0\0age") + 7;
+    assert_eq!(bytes[at], 2, "age is inferred");
+    let mut kind = bytes.clone();
+    kind[at] = 1;
+    let e = try_load(&kind).unwrap_err().to_string();
+    assert!(e.contains("column 'age': values of another kind"), "{e}");
+    // A cross-silo plan reads its identifiers from the CSV.
+    let mut cross: DataConfig = config("d.csv");
+    cross.cross_silo =
+        Some(toml::from_str("identifier = \"code\"\nfeature = \"visits\"\nepsilon = 1.0").unwrap());
+    let e = save_rows(&cross, &dir, &Filesystem, &rows)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no [data.cross_silo]"), "{e}");
+    cross.path = Some("d.trows".into());
+    let e = tessera_data::load_cross_silo(&cross, &dir, &Filesystem, &mut |_, _| unreachable!())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("give no [data.partition] or [data.cross_silo]"),
+        "{e}"
+    );
     // A count that promises 2^40 values in a short file takes no such room.
     let mut huge = bytes.clone();
     let first_site = find(&bytes, b"east") + 4;
@@ -148,6 +175,11 @@ fn other_settings_and_altered_files_are_refused() {
     let e = try_load(&huge).unwrap_err().to_string();
     assert!(e.contains("ends early"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn replace(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let at = find(bytes, from);
+    [&bytes[..at], to, &bytes[at + from.len()..]].concat()
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> usize {

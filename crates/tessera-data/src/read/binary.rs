@@ -78,15 +78,16 @@ pub fn save_rows(
     out: &Path,
 ) -> Result<SavedRows, DataError> {
     config.validate()?;
-    let (Some(path), Some(_), None, None) = (
+    let (Some(path), Some(_), None, None, None) = (
         &config.path,
         &config.site_column,
         &config.partition,
         &config.synthetic,
+        &config.cross_silo,
     ) else {
         return Err(DataError::Config(
             "rows are saved from one CSV file with a site column (no partition, no \
-             [data.synthetic])"
+             [data.synthetic], no [data.cross_silo])"
                 .into(),
         ));
     };
@@ -191,9 +192,10 @@ pub(crate) fn read_rows(
     shown: &Path,
     only: Option<&str>,
 ) -> Result<Vec<RawSite>, DataError> {
-    if config.partition.is_some() {
+    if config.partition.is_some() || config.cross_silo.is_some() {
         return Err(DataError::Config(format!(
-            "{}: a rows file holds its sites already; give no [data.partition]",
+            "{}: a rows file holds its sites already, and no identifiers as read: give no \
+             [data.partition] or [data.cross_silo] (read the CSV)",
             shown.display()
         )));
     }
@@ -245,6 +247,9 @@ pub(crate) fn read_rows(
             3 => FeatureKind::Identifier,
             other => return Err(r.bad(format!("column kind {other}"))),
         };
+        if columns.iter().any(|c: &FeatureColumn| c.name == name) {
+            return Err(r.bad(format!("column '{name}' appears twice")));
+        }
         columns.push(FeatureColumn { name, kind });
     }
     let columns = Arc::new(columns);
@@ -265,7 +270,21 @@ pub(crate) fn read_rows(
         let row_in_file = r.u64s(n)?;
         let mut features = Vec::with_capacity(columns.len());
         for column in columns.iter() {
-            features.push(match r.u8()? {
+            let stored = r.u8()?;
+            // As the CSV reader types them: a declared kind is kept at
+            // every site, an inferred column is either.
+            let fits = match column.kind {
+                FeatureKind::Numeric => stored == 0,
+                FeatureKind::Categorical | FeatureKind::Identifier => stored == 1,
+                FeatureKind::Infer => true,
+            };
+            if !fits {
+                return Err(r.bad(format!(
+                    "site '{name}', column '{}': values of another kind than the column's",
+                    column.name
+                )));
+            }
+            features.push(match stored {
                 0 => {
                     let v = r.f64s(n)?;
                     if let Some(x) = v.iter().find(|x| !x.is_nan() && !(**x as f32).is_finite()) {
