@@ -50,9 +50,6 @@ mod transfer;
 mod tune;
 mod versus;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
