@@ -299,7 +299,7 @@ fn two_deployed_sites_learn_the_count_and_means_over_shared_patients_and_nothing
         };
         assert_eq!(kinds, expected, "{me}");
         let (n_own, n_other) = (own_rows.len() as u32, other_rows.len() as u32);
-        let mut all = Vec::new();
+        let mut payloads = Vec::new();
         for r in received {
             assert_eq!(r["from"], other);
             assert_eq!(r["signed"], true);
@@ -323,12 +323,16 @@ fn two_deployed_sites_learn_the_count_and_means_over_shared_patients_and_nothing
                 "result" => assert_eq!(payload.len(), 16),
                 k => panic!("{me}: unexpected kind {k}"),
             }
-            all.extend_from_slice(&payload);
+            payloads.push(payload);
         }
+        // Each payload is searched alone: across a boundary, a share's last
+        // random byte (0x20) and the result's count (20 as eight bytes) make
+        // 51.52 in fixed point one run in 256.
+        let any_holds = |needle: &[u8]| payloads.iter().any(|p| contains(p, needle));
         let transcript = serde_json::to_string(received).unwrap();
         for (id, value) in other_rows {
             for form in [id.clone(), id.to_lowercase(), id.to_uppercase()] {
-                assert!(!contains(&all, form.as_bytes()), "{me} received {form}");
+                assert!(!any_holds(form.as_bytes()), "{me} received {form}");
                 assert!(!transcript.contains(&form), "{me} received {form}");
             }
             assert!(
@@ -337,13 +341,10 @@ fn two_deployed_sites_learn_the_count_and_means_over_shared_patients_and_nothing
             );
             let fixed = (value.parse::<f64>().unwrap() * 100.0).round() as u64;
             assert!(
-                !contains(&all, &fixed.to_le_bytes()),
+                !any_holds(&fixed.to_le_bytes()),
                 "{me} received {value} in fixed point"
             );
-            assert!(!contains(
-                &all,
-                &value.parse::<f64>().unwrap().to_le_bytes()
-            ));
+            assert!(!any_holds(&value.parse::<f64>().unwrap().to_le_bytes()));
         }
     }
     // The coordinator: the result, consents and relays in the audit log,
