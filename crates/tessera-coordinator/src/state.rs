@@ -261,6 +261,16 @@ impl Federation {
                     .into(),
             ));
         }
+        if plan.secure_aggregation.enabled
+            && plan.secure_aggregation.scheme == tessera_secagg::Scheme::Homomorphic
+        {
+            return Err(CoordinatorError::Config(
+                "secure_aggregation.scheme = \"homomorphic\" runs in simulation only for now \
+                 (its decryption shares have no wire format yet); deploy with \
+                 scheme = \"secagg_plus\""
+                    .into(),
+            ));
+        }
         attribution::check_plan(&plan)?;
         multitask::check_plan(&plan)?;
         let central;

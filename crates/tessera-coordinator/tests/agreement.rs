@@ -169,3 +169,31 @@ fn plans_with_simulation_only_personalization_are_refused_at_opening() {
         Ok(_) => panic!("a coordinator opened a plan with new sites"),
     }
 }
+
+/// Homomorphic aggregation is simulated only: a coordinator refuses it at
+/// opening, naming the scheme deployment offers; a plan that names a key
+/// holder outside its sites is refused by its own check first.
+#[test]
+fn plans_with_homomorphic_aggregation_are_refused_at_opening() {
+    let (plan, text) = plan(
+        "\n[secure_aggregation]\nenabled = true\nscheme = \"homomorphic\"\n\
+         key_holders = [\"cleveland\", \"hungarian\", \"va\"]\n",
+    );
+    let db = Db::new();
+    let store = tessera_coordinator::SqliteStore::open(&db.path()).unwrap();
+    match tessera_coordinator::Federation::open(plan, &text, store, common::LIVENESS) {
+        Err(e) => assert!(
+            e.to_string().contains("runs in simulation only for now")
+                && e.to_string().contains("scheme = \"secagg_plus\""),
+            "{e}"
+        ),
+        Ok(_) => panic!("a coordinator opened a homomorphic plan"),
+    }
+    let text = text.replace("\"va\"]", "\"oslo\"]");
+    let e = tessera_engine::Plan::from_toml(&text, "fatal").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("key holder 'oslo' is not one of the plan's [[data.sites]]"),
+        "{e}"
+    );
+}

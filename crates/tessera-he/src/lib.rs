@@ -46,6 +46,8 @@
 //! this round only, since each round's keys are fresh; and the key holders
 //! download every contribution to recompute the sum.
 
+#![deny(missing_docs)]
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -113,10 +115,13 @@ impl HeParams {
     }
 
     /// The bytes of one polynomial in the ciphertext ring (a public key
-    /// share or a decryption share): [`DEGREE`] coefficients for each
-    /// modulus, eight bytes each.
+    /// share or a decryption share), packed as fhe.rs packs a ciphertext's:
+    /// [`DEGREE`] coefficients for each modulus, at the modulus's bit width.
     pub fn polynomial_bytes() -> u64 {
-        (DEGREE * MODULI.len() * 8) as u64
+        MODULI
+            .iter()
+            .map(|q| (DEGREE as u64 * u64::from(64 - q.leading_zeros())).div_ceil(8))
+            .sum()
     }
 }
 
@@ -245,15 +250,23 @@ impl Contribution {
         m
     }
 
-    /// The digest and serialised size of `ciphertexts`.
+    /// The digest and serialised size of `ciphertexts`: the SHA-256 of
+    /// each ciphertext's bytes (hashed in parallel), then of that list.
     pub fn digest_of(ciphertexts: &[Ciphertext]) -> ([u8; 32], u64) {
+        let each: Vec<([u8; 32], u64)> = ciphertexts
+            .par_iter()
+            .map(|ct| {
+                let b = ct.to_bytes();
+                (Sha256::digest(&b).into(), b.len() as u64)
+            })
+            .collect();
         let mut h = Sha256::new();
+        h.update(b"tessera-he ciphertexts v1");
         let mut bytes = 0u64;
-        for ct in ciphertexts {
-            let b = ct.to_bytes();
-            h.update((b.len() as u64).to_le_bytes());
-            h.update(&b);
-            bytes += b.len() as u64;
+        for (digest, len) in &each {
+            h.update(len.to_le_bytes());
+            h.update(digest);
+            bytes += len;
         }
         (h.finalize().into(), bytes)
     }

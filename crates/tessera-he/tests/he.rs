@@ -236,3 +236,18 @@ fn a_sum_of_many_contributions_still_decrypts() {
     let expected = u32::MAX.wrapping_mul(sites as u32);
     assert_eq!(combine(shares, length).unwrap(), vec![expected; length]);
 }
+
+#[test]
+fn a_ciphertext_is_two_polynomials_at_36_bits_a_coefficient() {
+    let r = round(9, 1, 1);
+    let c = contribute(&r, 9, 0, &values(DEGREE, 0));
+    // Two polynomials, each 4096 coefficients under two 36-bit moduli, and
+    // the serialisation's framing.
+    let two = 2 * HeParams::polynomial_bytes();
+    assert_eq!(two, 2 * 2 * 4096 * 36 / 8);
+    assert!(
+        c.wire_bytes >= two && c.wire_bytes < two + 256,
+        "{}",
+        c.wire_bytes
+    );
+}

@@ -541,24 +541,38 @@ impl SecureRound {
         kept: Option<&[usize]>,
     ) -> Result<Update, SecAggError> {
         let (sum, count) = self.finish()?;
-        let (summed, meta) = split_sum(&sum, count, self.server.params())?;
-        let summed: Vec<f32> = summed.into_iter().map(|v| v as f32).collect();
-        let values = match kept {
-            Some(ix) => tessera_compress::scatter(layout.n_values(), ix, &summed),
-            None => summed,
-        };
-        let delta = layout
-            .with_values(&values)
-            .map_err(|e| SecAggError::Config(e.to_string()))?;
-        Ok(Update {
-            delta,
-            n_examples: meta.n_examples,
-            aux: None,
-            stats: FitStats {
-                n_steps: meta.n_steps,
-                mean_train_loss: meta.mean_train_loss(),
-                start_loss: None,
-            },
-        })
+        update_of_sum(&sum, count, self.server.params(), layout, kept)
     }
+}
+
+/// The summed update of `count` contributors from the sum of their
+/// quantised inputs modulo `2^32` (the update's values, or the `kept`
+/// coordinates of it, then the metadata): what SecAgg+ unmasks and what
+/// homomorphic aggregation decrypts.
+pub fn update_of_sum(
+    sum: &[u32],
+    count: usize,
+    params: &RoundParams,
+    layout: &ParameterSet,
+    kept: Option<&[usize]>,
+) -> Result<Update, SecAggError> {
+    let (summed, meta) = split_sum(sum, count, params)?;
+    let summed: Vec<f32> = summed.into_iter().map(|v| v as f32).collect();
+    let values = match kept {
+        Some(ix) => tessera_compress::scatter(layout.n_values(), ix, &summed),
+        None => summed,
+    };
+    let delta = layout
+        .with_values(&values)
+        .map_err(|e| SecAggError::Config(e.to_string()))?;
+    Ok(Update {
+        delta,
+        n_examples: meta.n_examples,
+        aux: None,
+        stats: FitStats {
+            n_steps: meta.n_steps,
+            mean_train_loss: meta.mean_train_loss(),
+            start_loss: None,
+        },
+    })
 }

@@ -330,6 +330,13 @@ pub const RULES: &[Rule] = &[
             },
         )
     }),
+    rule("homomorphic_sums_are_flat", |p| {
+        let homomorphic =
+            secagg(p) && p.secure_aggregation.scheme == tessera_secagg::Scheme::Homomorphic;
+        topology_lacks(p, homomorphic, &["secure_aggregation.scheme"], || {
+            "homomorphic aggregation (secure_aggregation.scheme = \"homomorphic\")".into()
+        })
+    }),
     rule("secagg_hides_adaptive_clipping_counts", |p| {
         when(
             secagg(p) && p.privacy.adaptive_clipping.is_some(),

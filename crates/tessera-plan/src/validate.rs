@@ -369,6 +369,23 @@ impl Plan {
             if let Err(e) = secagg.validate() {
                 push(&["secure_aggregation"], e.to_string());
             }
+            // Key holders among the plan's `[[data.sites]]`, when it lists
+            // them (sites from a site column are checked when read).
+            let listed = &self.data.sites;
+            if !listed.is_empty()
+                && let Some(stranger) = secagg
+                    .key_holders
+                    .iter()
+                    .find(|k| !listed.iter().any(|s| &s.name == *k))
+            {
+                push(
+                    &["secure_aggregation.key_holders"],
+                    format!(
+                        "key holder '{}' is not one of the plan's [[data.sites]]",
+                        stranger.chars().take(64).collect::<String>()
+                    ),
+                );
+            }
             if secagg.clip_range > MAX_CLIP_RANGE {
                 push(
                     &["secure_aggregation.clip_range"],

@@ -37,6 +37,31 @@ pub struct SecureAggregationConfig {
     /// sets the default neighbour count ([`RoundParams::default_neighbours`]).
     #[serde(default = "default_max_dropout")]
     pub max_dropout: f64,
+    /// How the sum is protected: SecAgg+ masks (the default) or homomorphic
+    /// encryption under a key shared by `key_holders`.
+    #[serde(default)]
+    pub scheme: Scheme,
+    /// With `scheme = "homomorphic"`: the sites that hold the shares of each
+    /// round's decryption key. Every one of them must answer for a round's
+    /// sum to be decrypted (n-of-n); at most [`MAX_KEY_HOLDERS`].
+    #[serde(default)]
+    pub key_holders: Vec<String>,
+}
+
+/// The most key holders a plan may name.
+pub const MAX_KEY_HOLDERS: usize = 16;
+
+/// How a secure sum is protected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheme {
+    /// SecAgg+ (Bell et al. 2020): pairwise and self masks that cancel in
+    /// the sum, dropouts recovered from Shamir shares.
+    #[default]
+    SecaggPlus,
+    /// Multiparty BFV: contributions encrypted under a joint key, sums
+    /// decrypted by the key holders together (`tessera-he`).
+    Homomorphic,
 }
 
 fn default_max_dropout() -> f64 {
@@ -56,6 +81,8 @@ impl Default for SecureAggregationConfig {
             threshold: None,
             dropout_tolerance: None,
             max_dropout: default_max_dropout(),
+            scheme: Scheme::default(),
+            key_holders: Vec::new(),
         }
     }
 }
@@ -83,6 +110,38 @@ impl SecureAggregationConfig {
             )));
         }
         RoundParams::default_neighbours(3, self.max_dropout)?;
+        match self.scheme {
+            Scheme::SecaggPlus if !self.key_holders.is_empty() => {
+                return Err(SecAggError::Config(
+                    "key_holders is for scheme = \"homomorphic\"; SecAgg+ has no key holders"
+                        .into(),
+                ));
+            }
+            Scheme::SecaggPlus => {}
+            Scheme::Homomorphic => {
+                if self.key_holders.is_empty() {
+                    return Err(SecAggError::Config(
+                        "scheme = \"homomorphic\" needs key_holders: the sites that hold the \
+                         shares of each round's decryption key"
+                            .into(),
+                    ));
+                }
+                if self.key_holders.len() > MAX_KEY_HOLDERS {
+                    return Err(SecAggError::Config(format!(
+                        "{} key_holders, at most {MAX_KEY_HOLDERS}: every one must answer for a \
+                         sum to be decrypted",
+                        self.key_holders.len()
+                    )));
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                if let Some(twice) = self.key_holders.iter().find(|k| !seen.insert(k.as_str())) {
+                    return Err(SecAggError::Config(format!(
+                        "key holder '{}' is named twice",
+                        short_name(twice)
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -120,4 +179,9 @@ impl SecureAggregationConfig {
         params.validate()?;
         Ok(params)
     }
+}
+
+/// A name cut to 64 characters for an error message.
+fn short_name(name: &str) -> String {
+    name.chars().take(64).collect()
 }

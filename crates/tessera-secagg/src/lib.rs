@@ -109,7 +109,7 @@ pub use auth::{
     Ed25519Directory, Ed25519Signer, Signer, Unauthenticated, Verifier, keys_message, view_message,
 };
 pub use client::Client;
-pub use config::SecureAggregationConfig;
+pub use config::{MAX_KEY_HOLDERS, Scheme, SecureAggregationConfig};
 pub use error::SecAggError;
 pub use keys::KeyRing;
 pub use messages::{

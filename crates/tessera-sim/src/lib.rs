@@ -41,9 +41,11 @@
 //! `Attack` makes chosen sites malicious (sign flip, scaling, Gaussian noise,
 //! label flip). `secure.rs` plays each cohort's members of a SecAgg+ round in
 //! process against the orchestrator's `secure::SecureRound`, the
-//! coordinator's side. With `[compression]`: each site's upload codec (fixed,
-//! or the ladder's choice for its profile's bandwidth), transfer times on the
-//! virtual clock, and with a download codec the model every site holds (the
+//! coordinator's side; `homomorphic.rs` plays a round of the homomorphic
+//! scheme instead (`tessera-he`: key holders, encrypted contributions, the
+//! sum decrypted by the key holders together). With `[compression]`: each
+//! site's upload codec (fixed, or the ladder's choice for its profile's
+//! bandwidth), transfer times on the virtual clock, and with a download codec the model every site holds (the
 //! true model plus server-side error feedback), sent once a round; per-site
 //! traffic is in each round's record. `hierarchy.rs` runs a tree of round
 //! engines, one per aggregator (FedAvg at server rate 1 below the root, the
@@ -72,6 +74,7 @@ mod cross_silo;
 mod external;
 mod gossip;
 mod hierarchy;
+mod homomorphic;
 pub mod multitask;
 mod personal;
 mod profile;

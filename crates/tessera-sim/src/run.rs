@@ -364,6 +364,7 @@ pub(crate) fn run_sync(
     // a pointer a site where there is no secure aggregation).
     let mut key_rings: Vec<Option<Box<tessera_secagg::KeyRing>>> =
         ids.iter().map(|_| None).collect();
+    let key_holders = crate::homomorphic::key_holders(plan, &index)?;
     // Work that a privacy budget could not release is refused before it starts.
     let closed = engine
         .privacy()
@@ -548,14 +549,25 @@ pub(crate) fn run_sync(
         if secure {
             let cohort: Vec<usize> = start.cohort.iter().map(|id| index[id]).collect();
             let layout = start.global.zeros_like();
-            match crate::secure::secure_round(
-                plan,
-                round,
-                &cohort,
-                secure_updates,
-                &layout,
-                &mut key_rings,
-            ) {
+            let result = match &key_holders {
+                Some(holders) => crate::homomorphic::homomorphic_round(
+                    plan,
+                    round,
+                    &cohort,
+                    secure_updates,
+                    &layout,
+                    holders,
+                ),
+                None => crate::secure::secure_round(
+                    plan,
+                    round,
+                    &cohort,
+                    secure_updates,
+                    &layout,
+                    &mut key_rings,
+                ),
+            };
+            match result {
                 Ok(result) => {
                     for (&site, &size) in &result.bytes_up {
                         bytes_up_per_site[site] += size;

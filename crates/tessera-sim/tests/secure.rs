@@ -99,3 +99,59 @@ fn central_dp_noise_goes_on_the_securely_aggregated_sum() {
         "{e}"
     );
 }
+
+#[test]
+fn homomorphic_aggregation_equals_secagg_plus_to_the_bit() {
+    let (mut plan, data) = setup();
+    plan.federation.rounds = 3;
+    plan.secure_aggregation.enabled = true;
+    plan.robust.rule = tessera_aggregate::RobustRule::Mean;
+    let masked = simulate(&plan, &data, &SimOptions::default(), &mut |_| {}).unwrap();
+    let mut he = plan.clone();
+    he.secure_aggregation.scheme = tessera_secagg::Scheme::Homomorphic;
+    he.secure_aggregation.key_holders = data.sites[..3].iter().map(|s| s.name.clone()).collect();
+    let encrypted = simulate(&he, &data, &SimOptions::default(), &mut |_| {}).unwrap();
+    // The same survivors each round (30% drop), the same sums decoded.
+    for (m, e) in masked.rounds.iter().zip(&encrypted.rounds) {
+        assert_eq!(e.status, "completed");
+        assert_eq!((m.accepted, m.dropped), (e.accepted, e.dropped));
+    }
+    assert!(masked.rounds[0].dropped >= 8);
+    let bits = |r: &tessera_sim::RunReport| -> Vec<u32> {
+        r.final_parameters.values().map(f32::to_bits).collect()
+    };
+    assert_eq!(bits(&masked), bits(&encrypted));
+    // Ciphertexts are larger than masked inputs: a whole ciphertext (4,096
+    // values) for this small model.
+    assert!(encrypted.rounds[0].bytes_up > 4 * masked.rounds[0].bytes_up);
+
+    // A key holder that is not a site, and too few contributions for the
+    // key holders (every cohort is smaller than the minimum), are refused.
+    let mut stranger = he.clone();
+    stranger
+        .secure_aggregation
+        .key_holders
+        .push("nowhere".into());
+    let e = simulate(&stranger, &data, &SimOptions::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("key holder 'nowhere' is not a site"), "{e}");
+    // The plan names key holders only with the homomorphic scheme, and
+    // always with it.
+    let mut none = he.clone();
+    none.secure_aggregation.key_holders.clear();
+    let e = none.validate().unwrap_err().to_string();
+    assert!(e.contains("needs key_holders"), "{e}");
+    let mut masked_with_holders = plan.clone();
+    masked_with_holders.secure_aggregation.key_holders = vec!["a".into()];
+    let e = masked_with_holders.validate().unwrap_err().to_string();
+    assert!(e.contains("key_holders is for scheme"), "{e}");
+    // One sum for the whole federation: not in a tree (yet).
+    let mut tree = he.clone();
+    tree.topology.kind = tessera_engine::TopologyKind::Hierarchical;
+    let e = tree.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("the hierarchical topology does not support homomorphic aggregation"),
+        "{e}"
+    );
+}
