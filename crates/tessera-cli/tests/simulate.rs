@@ -611,13 +611,15 @@ fn every_conflict_of_a_plan_is_reported_at_once() {
             "--set",
             "federation.mode=async",
             "--set",
+            "federation.buffer_size=2",
+            "--set",
             "secure_aggregation.enabled=true",
             "--set",
             "simulation.dropout=1",
         ])
         .fails();
     for reason in [
-        "secure aggregation masks a synchronous round's updates together",
+        "a secure round among its contributors, which needs at least 3; buffer_size is 2",
         "simulation.dropout must be in [0, 1), got 1",
     ] {
         assert!(e.contains(reason), "{reason}: {e}");

@@ -261,6 +261,13 @@ impl Federation {
                     .into(),
             ));
         }
+        if plan.secure_aggregation.enabled && plan.federation.mode == tessera_engine::Mode::Async {
+            return Err(CoordinatorError::Config(
+                "secure aggregation of asynchronous buffers runs in simulation only for now; \
+                 deploy secure aggregation with mode = \"sync\""
+                    .into(),
+            ));
+        }
         if plan.secure_aggregation.enabled
             && plan.secure_aggregation.scheme == tessera_secagg::Scheme::Homomorphic
         {

@@ -170,11 +170,12 @@ fn plans_with_simulation_only_personalization_are_refused_at_opening() {
     }
 }
 
-/// Homomorphic aggregation is simulated only: a coordinator refuses it at
-/// opening, naming the scheme deployment offers; a plan that names a key
-/// holder outside its sites is refused by its own check first.
+/// Homomorphic aggregation and secure asynchronous buffers are simulated
+/// only: a coordinator refuses them at opening, naming what deployment
+/// offers; a plan that names a key holder outside its sites is refused by
+/// its own check first.
 #[test]
-fn plans_with_homomorphic_aggregation_are_refused_at_opening() {
+fn simulation_only_secure_aggregation_is_refused_at_opening() {
     let (plan, text) = plan(
         "\n[secure_aggregation]\nenabled = true\nscheme = \"homomorphic\"\n\
          key_holders = [\"cleveland\", \"hungarian\", \"va\"]\n",
@@ -188,6 +189,20 @@ fn plans_with_homomorphic_aggregation_are_refused_at_opening() {
             "{e}"
         ),
         Ok(_) => panic!("a coordinator opened a homomorphic plan"),
+    }
+    // Secure asynchronous buffers are simulated only, too.
+    let (mut asynchronous, async_text) = common::plan("\n[secure_aggregation]\nenabled = true\n");
+    asynchronous.federation.mode = tessera_engine::Mode::Async;
+    let db = Db::new();
+    let store = tessera_coordinator::SqliteStore::open(&db.path()).unwrap();
+    match tessera_coordinator::Federation::open(asynchronous, &async_text, store, common::LIVENESS)
+    {
+        Err(e) => assert!(
+            e.to_string()
+                .contains("secure aggregation of asynchronous buffers runs in simulation only"),
+            "{e}"
+        ),
+        Ok(_) => panic!("a coordinator opened secure asynchronous buffers"),
     }
     let text = text.replace("\"va\"]", "\"oslo\"]");
     let e = tessera_engine::Plan::from_toml(&text, "fatal").unwrap_err();

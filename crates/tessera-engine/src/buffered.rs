@@ -162,14 +162,9 @@ impl BufferedEngine {
         self.contributions.len()
     }
 
-    /// Delivers `from`'s update, trained from model version `base`; returns
-    /// the step it completed, if any.
-    pub fn submit(
-        &mut self,
-        from: &ParticipantId,
-        base: u32,
-        update: &Update,
-    ) -> Result<Option<Step>, AsyncRejection> {
+    /// The staleness of an update trained from model version `base`, or why
+    /// it is refused (from the future, or past the staleness bound).
+    pub fn admit(&self, base: u32) -> Result<u32, AsyncRejection> {
         if base > self.version {
             return Err(AsyncRejection::FromTheFuture(base));
         }
@@ -180,6 +175,79 @@ impl BufferedEngine {
                 bound: self.max_staleness,
             });
         }
+        Ok(staleness)
+    }
+
+    /// The plan's staleness discount `s(staleness)`: what a securely
+    /// aggregated update is multiplied by at its site, before masking.
+    pub fn staleness_factor(&self, staleness: u32) -> f64 {
+        self.weighting.factor(staleness)
+    }
+
+    /// Updates a step takes.
+    pub fn buffer_size(&self) -> usize {
+        self.buffer_size
+    }
+
+    /// Secure aggregation: takes a step from the sum of a full buffer's
+    /// updates, each multiplied by its own staleness discount at its site
+    /// (`contributions`: who, with the staleness [`BufferedEngine::admit`]
+    /// gave). The step's update is the sum over the buffer's size: each
+    /// update counts with weight `s(staleness)`, not by its examples (the
+    /// coordinator sees only the sum). Refuses anything but a full buffer of
+    /// distinct contributors, or a sum the strategy cannot apply; on refusal
+    /// nothing changes.
+    pub fn submit_sum(
+        &mut self,
+        contributions: Vec<(ParticipantId, u32)>,
+        sum: &Update,
+    ) -> Result<Step, AsyncRejection> {
+        if !self.contributions.is_empty() {
+            return Err(AsyncRejection::Invalid(
+                "a secure buffer's sum cannot join individually submitted updates".into(),
+            ));
+        }
+        let mut who: Vec<&ParticipantId> = contributions.iter().map(|(p, _)| p).collect();
+        who.sort();
+        who.dedup();
+        if contributions.len() != self.buffer_size || who.len() != contributions.len() {
+            return Err(AsyncRejection::Invalid(format!(
+                "a secure buffer holds {} distinct contributors, {} sent",
+                self.buffer_size,
+                who.len()
+            )));
+        }
+        let mut buffer = UpdateAccumulator::new(&self.global, None);
+        buffer
+            .add_sum(sum, contributions.len() as u64)
+            .map_err(|e| AsyncRejection::Invalid(format!("the securely aggregated sum: {e}")))?;
+        let aggregate = buffer
+            .finish(self.n_participants)
+            .map_err(|e| AsyncRejection::Invalid(e.to_string()))?;
+        let next = self
+            .strategy
+            .aggregate_fit(&self.global, &aggregate, &NO_COHORT)
+            .map_err(|e| AsyncRejection::Invalid(e.to_string()))?;
+        self.global = Arc::new(next);
+        self.version += 1;
+        Ok(Step {
+            version: self.version,
+            contributions,
+            n_examples: aggregate.n_examples,
+            mean_train_loss: aggregate.mean_train_loss,
+            aggregate,
+        })
+    }
+
+    /// Delivers `from`'s update, trained from model version `base`; returns
+    /// the step it completed, if any.
+    pub fn submit(
+        &mut self,
+        from: &ParticipantId,
+        base: u32,
+        update: &Update,
+    ) -> Result<Option<Step>, AsyncRejection> {
+        let staleness = self.admit(base)?;
         let examples = self.strategy.weight(update);
         let weight = examples * self.weighting.factor(staleness);
         self.accumulator
@@ -268,5 +336,60 @@ mod tests {
             0,
             "a refused update leaves the buffer as it was"
         );
+    }
+
+    /// A secure buffer's step (the sum of updates each discounted at its
+    /// site) equals the plain step over the same updates when their example
+    /// counts are equal; anything but a full buffer of distinct sites is
+    /// refused and leaves the engine as it was.
+    #[test]
+    fn a_secure_buffers_sum_steps_as_its_updates_would() {
+        let start = update(0.0, 1).delta;
+        let mut plain = BufferedEngine::new(&plan(3, 5), start.clone(), 3).unwrap();
+        let mut secure = BufferedEngine::new(&plan(3, 5), start, 3).unwrap();
+        let (a, b, c) = (
+            ParticipantId::new("a"),
+            ParticipantId::new("b"),
+            ParticipantId::new("c"),
+        );
+        // One step first, so that base 0 is a step stale.
+        for p in [&a, &b, &c] {
+            plain.submit(p, 0, &update(1.0, 7)).unwrap();
+        }
+        let three = vec![(a.clone(), 0), (b.clone(), 0), (c.clone(), 0)];
+        secure.submit_sum(three, &update(3.0, 21)).unwrap();
+        assert_eq!(plain.current(), secure.current());
+        // Bases 1, 0, 1: staleness 0, 1, 0.
+        let inputs = [(&a, 1, 2.0f32), (&b, 0, 4.0), (&c, 1, -1.0)];
+        let mut sum = 0.0f64;
+        let mut contributions = Vec::new();
+        for &(p, base, v) in &inputs {
+            plain.submit(p, base, &update(v, 7)).unwrap();
+            let staleness = secure.admit(base).unwrap();
+            sum += f64::from(v) * secure.staleness_factor(staleness);
+            contributions.push((p.clone(), staleness));
+        }
+        assert_eq!(contributions[1].1, 1);
+        // Refused: a short buffer, a site twice; the engine is unchanged.
+        let before = secure.current();
+        assert!(
+            secure
+                .submit_sum(contributions[..2].to_vec(), &update(sum as f32, 21))
+                .is_err()
+        );
+        let twice = vec![
+            contributions[0].clone(),
+            contributions[0].clone(),
+            contributions[2].clone(),
+        ];
+        assert!(secure.submit_sum(twice, &update(sum as f32, 21)).is_err());
+        assert_eq!(secure.current(), before);
+        let step = secure
+            .submit_sum(contributions, &update(sum as f32, 21))
+            .unwrap();
+        assert_eq!(step.version, 2);
+        let (p, s) = (plain.current().0, secure.current().0);
+        let (p, s) = (p.values().next().unwrap(), s.values().next().unwrap());
+        assert!((p - s).abs() < 1e-6, "plain {p}, secure {s}");
     }
 }

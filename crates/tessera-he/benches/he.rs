@@ -1,13 +1,15 @@
 //! Homomorphic aggregation's costs at 100,000 and 1,000,000 values: one
-//! site's encryption (quantised values to signed ciphertexts), one
-//! contribution added to a key holder's verified sum (digest, signature,
-//! addition), one key holder's decryption shares, and the shares of three
-//! key holders combined. Single numbers for BENCHMARKS come from
-//! `cargo bench -p tessera-he`.
+//! site's encryption (quantised values to committed ciphertexts), one
+//! contribution checked and added to a key holder's verified sum (list
+//! signature, digest, addition), and three key holders' answers combined.
+//! Single numbers for BENCHMARKS come from `cargo bench -p tessera-he`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use divan::{Bencher, black_box};
-use tessera_he::{HeParams, KeyHolder, VerifiedSum, combine, common_poly, encrypt, joint_key};
+use tessera_he::{
+    CommitmentList, Contribution, EndorsedKey, HeParams, KeyHolder, RoundId, VerifiedSum, combine,
+    encrypt, joint_key,
+};
 use tessera_secagg::{Ed25519Directory, Ed25519Signer};
 
 fn main() {
@@ -15,33 +17,55 @@ fn main() {
 }
 
 const LENGTHS: &[usize] = &[100_000, 1_000_000];
-const HOLDERS: usize = 3;
+const HOLDERS: u32 = 3;
+const ROUND: RoundId = RoundId {
+    round: 1,
+    seed: [9; 32],
+};
 
 struct Setup {
     params: HeParams,
     holders: Vec<KeyHolder>,
-    key: fhe::bfv::PublicKey,
+    holder_ids: Vec<u32>,
+    holder_signers: Vec<Ed25519Signer>,
+    key: EndorsedKey,
     signers: Vec<Ed25519Signer>,
     directory: Ed25519Directory,
 }
 
-fn setup(sites: usize) -> Setup {
-    let params = HeParams::new().expect("parameters");
-    let crp = common_poly(&params, &[9; 32]).expect("crp");
-    let (holders, shares): (Vec<_>, Vec<_>) = (0..HOLDERS)
-        .map(|i| KeyHolder::new(&params, 1, [i as u8 + 1; 32], &crp).expect("key"))
-        .unzip();
-    let key = joint_key(shares).expect("joint key");
-    let signers: Vec<Ed25519Signer> = (0..sites)
-        .map(|i| Ed25519Signer::from_secret([100 + i as u8; 32]))
+fn setup(sites: u32) -> Setup {
+    let params = HeParams::new().unwrap();
+    let holder_ids: Vec<u32> = (0..HOLDERS).map(|i| 100 + i).collect();
+    let holder_signers: Vec<_> = holder_ids
+        .iter()
+        .map(|&h| Ed25519Signer::from_secret([h as u8; 32]))
+        .collect();
+    let signers: Vec<_> = (0..sites)
+        .map(|i| Ed25519Signer::from_secret([i as u8 + 1; 32]))
         .collect();
     let mut directory = Ed25519Directory::new();
     for (i, s) in signers.iter().enumerate() {
-        directory.insert(i as u32, s.public()).expect("key");
+        directory.insert(i as u32, s.public()).unwrap();
     }
+    for (&h, s) in holder_ids.iter().zip(&holder_signers) {
+        directory.insert(h, s.public()).unwrap();
+    }
+    let (holders, shares): (Vec<_>, Vec<_>) = holder_ids
+        .iter()
+        .map(|&h| KeyHolder::new(&params, h, ROUND, [h as u8 + 50; 32]).unwrap())
+        .unzip();
+    let key = joint_key(shares).unwrap();
+    let endorsements: Vec<_> = holders
+        .iter()
+        .zip(&holder_signers)
+        .map(|(h, s)| h.endorse(&key, s).unwrap())
+        .collect();
+    let key = EndorsedKey::check(ROUND, key, &endorsements, &holder_ids, &directory).unwrap();
     Setup {
         params,
         holders,
+        holder_ids,
+        holder_signers,
         key,
         signers,
         directory,
@@ -54,31 +78,37 @@ fn values(length: usize, seed: u32) -> Vec<u32> {
         .collect()
 }
 
+fn contribute(s: &Setup, site: u32, length: usize) -> Contribution {
+    encrypt(
+        &s.params,
+        &s.key,
+        site,
+        &values(length, site),
+        &[site as u8 + 7; 32],
+        &s.signers[site as usize],
+    )
+    .unwrap()
+}
+
 #[divan::bench(args = LENGTHS, sample_count = 3)]
 fn encrypt_one_site(bencher: Bencher, length: usize) {
     let s = setup(1);
     let v = values(length, 1);
     bencher.bench_local(|| {
-        black_box(encrypt(&s.params, &s.key, 1, 0, &v, &[7; 32], &s.signers[0]).expect("encrypt"))
+        black_box(encrypt(&s.params, &s.key, 0, &v, &[7; 32], &s.signers[0]).unwrap())
     });
 }
 
 #[divan::bench(args = LENGTHS, sample_count = 3)]
 fn add_one_contribution(bencher: Bencher, length: usize) {
     let s = setup(1);
-    let c = encrypt(
-        &s.params,
-        &s.key,
-        1,
-        0,
-        &values(length, 1),
-        &[7; 32],
-        &s.signers[0],
-    )
-    .expect("encrypt");
+    let c = contribute(&s, 0, length);
+    let list = CommitmentList::new(vec![c.commitment.clone()]).unwrap();
+    let signature = c.sign_list(&ROUND, &list, &s.signers[0]).unwrap();
     bencher.bench_local(|| {
-        let mut sum = VerifiedSum::new(&s.params, 1, length);
-        sum.absorb(&c, &s.directory).expect("absorb");
+        let mut sum =
+            VerifiedSum::new(&s.params, &s.key, length, list.clone(), &s.directory).unwrap();
+        sum.absorb(&c, &signature, &s.directory).unwrap();
         black_box(sum)
     });
 }
@@ -88,27 +118,36 @@ fn decrypt_and_combine(bencher: Bencher, length: usize) {
     bencher
         .with_inputs(|| {
             let s = setup(2);
-            let mut sum = VerifiedSum::new(&s.params, 1, length);
-            for site in 0..2 {
-                let c = encrypt(
-                    &s.params,
-                    &s.key,
-                    1,
-                    site,
-                    &values(length, site),
-                    &[site as u8; 32],
-                    &s.signers[site as usize],
-                )
-                .expect("encrypt");
-                sum.absorb(&c, &s.directory).expect("absorb");
+            let cs: Vec<_> = (0..2).map(|site| contribute(&s, site, length)).collect();
+            let list =
+                CommitmentList::new(cs.iter().map(|c| c.commitment.clone()).collect()).unwrap();
+            let mut sum =
+                VerifiedSum::new(&s.params, &s.key, length, list.clone(), &s.directory).unwrap();
+            for c in &cs {
+                let signature = c
+                    .sign_list(&ROUND, &list, &s.signers[c.commitment.from as usize])
+                    .unwrap();
+                sum.absorb(c, &signature, &s.directory).unwrap();
             }
-            (s.holders, sum)
+            (s, sum)
         })
-        .bench_local_values(|(holders, sum)| {
-            let shares: Vec<_> = holders
+        .bench_local_values(|(s, sum)| {
+            let answers: Vec<_> = s
+                .holders
                 .into_iter()
-                .map(|h| h.decryption_shares(&sum, 2).expect("share"))
+                .zip(&s.holder_signers)
+                .map(|(h, signer)| h.answer(&sum, 2, signer).unwrap())
                 .collect();
-            black_box(combine(shares, length).expect("combine"))
+            black_box(
+                combine(
+                    &ROUND,
+                    answers,
+                    &s.holder_ids,
+                    &sum.digest(),
+                    length,
+                    &s.directory,
+                )
+                .unwrap(),
+            )
         });
 }

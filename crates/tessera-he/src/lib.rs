@@ -2,53 +2,67 @@
 //! with `secure_aggregation.scheme = "homomorphic"`.
 //!
 //! Multiparty BFV (Mouchet et al., "Multiparty Homomorphic Encryption from
-//! Ring-Learning-with-Errors", PoPETs 2021) from the fhe.rs crate:
+//! Ring-Learning-with-Errors", PoPETs 2021) from the fhe.rs crate. A round,
+//! every message signed by its sender's identity key over the round's seed
+//! (which binds the run and the round) and the round number:
 //!
-//! 1. **Keys.** Each round, every designated key holder draws a fresh secret
-//!    key share from its own secret and publishes its public key share on the
-//!    round's common random polynomial ([`KeyHolder::new`]); the shares add up
-//!    to the round's joint public key ([`joint_key`]). Nobody holds the joint
-//!    secret key: it is the sum of the key holders' shares.
-//! 2. **Contributions.** Each contributor quantises its update into
-//!    `Z_2^32` exactly as for SecAgg+ (`tessera_secagg::quantize`, with the
-//!    metadata appended), packs [`DEGREE`] values a ciphertext in the
-//!    coefficients of the plaintext polynomial (plaintext modulus `2^32`),
-//!    encrypts them under the joint key with randomness from its own secret,
-//!    and signs the ciphertexts' digest with its identity key
-//!    ([`encrypt`]).
-//! 3. **Sum.** Ciphertexts add coefficient-wise; the sum decrypts to the sum
-//!    of the quantised vectors modulo `2^32`, the same values SecAgg+
+//! 1. **Keys.** Every designated key holder draws a fresh secret key share
+//!    and publishes its public key share on the round's common random
+//!    polynomial ([`KeyHolder::new`]); the shares add up to the joint public
+//!    key ([`joint_key`]), which every key holder checks and endorses
+//!    ([`KeyHolder::endorse`]). A contributor encrypts only under a key that
+//!    every key holder endorsed ([`EndorsedKey::check`]). Nobody holds the
+//!    joint secret key: it is the sum of the key holders' shares.
+//! 2. **Commit.** Each contributor quantises its update into `Z_2^32`
+//!    exactly as for SecAgg+ (`tessera_secagg::quantize`, the metadata
+//!    appended), packs [`DEGREE`] values a ciphertext in the coefficients of
+//!    the plaintext polynomial (plaintext modulus `2^32`), encrypts them
+//!    ([`encrypt`]) and sends only its signed digest (a [`Commitment`]).
+//! 3. **Reveal.** The coordinator closes the round's [`CommitmentList`]; each
+//!    contributor signs the list it was shown, if its own commitment is in it
+//!    ([`Contribution::sign_list`]), and only then sends its ciphertexts.
+//! 4. **Sum and decryption.** Each key holder checks every commitment and
+//!    every contributor's signature of the same list, and every ciphertext
+//!    against its commitment, and sums them itself ([`VerifiedSum`]); with
+//!    every listed contribution in and at least the plan's minimum (and two),
+//!    it answers with its decryption shares of that sum, signed with the
+//!    sum's digest ([`KeyHolder::answer`]). The answers of every key holder,
+//!    all for the same sum, combine into the plaintext sum ([`combine`]):
+//!    the sum of the quantised vectors modulo `2^32`, the values SecAgg+
 //!    unmasks, so the decoded update is the same to the bit.
-//! 4. **Decryption.** Each key holder recomputes the sum itself from the
-//!    signed contributions ([`VerifiedSum`]: signatures checked, one a
-//!    contributor, this round only) and answers with one decryption share of
-//!    that sum, once, if it holds at least the plan's minimum of distinct
-//!    contributions ([`KeyHolder::decryption_shares`]); the shares combine
-//!    into the plaintext sum ([`combine`]). All key holders must answer
-//!    (n-of-n).
 //!
-//! The adversary is the coordinator: it relays everything and sees every
-//! ciphertext, but it holds no key share, so it cannot decrypt a
-//! contribution; it cannot have one contribution decrypted in place of a
-//! sum, because the key holders decrypt only what they summed themselves
-//! from at least the minimum of signed contributions; it cannot pass its own
-//! encryptions as sites' (they are not signed by a site), replay a past
-//! round's (the round is signed), or ask twice (a key holder's round key is
-//! consumed by its one answer, and keys are fresh every round). What it
-//! learns is the sum, as with SecAgg+. Colluding with every key holder, it
-//! learns everything; colluding with sites, it learns what the sum minus
-//! their inputs reveals (as with any sum).
+//! The adversary is the coordinator, alone or with some sites: it relays
+//! everything and sees every ciphertext but holds no key share. It cannot
+//! have one contribution decrypted: key holders decrypt only sums they
+//! computed themselves from at least the minimum of signed contributions of
+//! this round and run, one a site; it cannot pass its own encryptions as
+//! sites' (unsigned), replay another round's or run's (the round seed is
+//! signed), substitute the joint key (contributors check every key holder's
+//! endorsement), or give the key holders different sums (every answer names
+//! the digest of its sum). A colluding site that saw the others' ciphertexts
+//! could choose its own to cancel theirs (no proof of well-formedness is
+//! made), so that the "sum" decrypts to one site's input: the commitments
+//! stop it, since every honest contributor reveals only after the list it
+//! signed closed, and the key holders sum exactly that list. Every secret
+//! draw is bound to everything it protects: a key share to the round's seed,
+//! an encryption to the key and the values, a decryption share to the sum;
+//! reusing a draw for different inputs would expose a key share or the
+//! values. Colluding with every key holder, the coordinator learns
+//! everything; with sites, what the sum minus their inputs reveals.
 //!
 //! Limits, stated: decryption is n-of-n (one key holder offline and the
 //! round's sum cannot be decrypted; name few, reliable key holders);
 //! fhe.rs's decryption shares carry the scheme's ordinary error rather than
 //! the paper's larger "smudging" noise, which bears on the secret key of
-//! this round only, since each round's keys are fresh; and the key holders
-//! download every contribution to recompute the sum.
+//! this round only, since each round's keys are fresh; the key holders
+//! download every contribution to recompute the sum; and a malformed
+//! ciphertext from a malicious site (committed before it saw any other) can
+//! spoil the sum, though not reveal anyone's input.
 
 #![deny(missing_docs)]
 
-use std::collections::BTreeSet;
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use fhe::bfv::{
@@ -93,6 +107,10 @@ fn fhe(e: impl std::fmt::Display) -> HeError {
     HeError::Fhe(e.to_string())
 }
 
+fn refused(why: impl Into<String>) -> HeError {
+    HeError::Refused(why.into())
+}
+
 /// The scheme's parameters (the same for every round).
 #[derive(Clone, Debug)]
 pub struct HeParams(Arc<BfvParameters>);
@@ -107,6 +125,11 @@ impl HeParams {
             .build_arc()
             .map(Self)
             .map_err(fhe)
+    }
+
+    /// fhe.rs's parameters (for tests that build ciphertexts by hand).
+    pub fn bfv(&self) -> &Arc<BfvParameters> {
+        &self.0
     }
 
     /// Ciphertexts for `length` values.
@@ -125,56 +148,133 @@ impl HeParams {
     }
 }
 
-/// A generator seeded from a secret and a label.
-fn rng(secret: &[u8; 32], label: &[u8], index: u64) -> ChaCha20Rng {
+/// The public facts of a round that every signature covers: its seed
+/// (derived from the run and the round: the common random polynomial comes
+/// from it) and its number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoundId {
+    /// The round's number.
+    pub round: u32,
+    /// The round's public seed.
+    pub seed: [u8; 32],
+}
+
+impl RoundId {
+    /// A signed message: a label, this round, then `parts`.
+    fn message(&self, label: &str, parts: &[&[u8]]) -> Vec<u8> {
+        let mut m = format!("tessera-he {label} v1").into_bytes();
+        m.extend_from_slice(&self.seed);
+        m.extend_from_slice(&self.round.to_le_bytes());
+        for part in parts {
+            m.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            m.extend_from_slice(part);
+        }
+        m
+    }
+}
+
+/// A generator seeded from a secret and everything the draw is bound to.
+fn rng(secret: &[u8; 32], label: &[u8], bound: &[&[u8]]) -> ChaCha20Rng {
     let mut h = Sha256::new();
     h.update(b"tessera-he rng v1");
     h.update(secret);
-    h.update((label.len() as u64).to_le_bytes());
-    h.update(label);
-    h.update(index.to_le_bytes());
+    for part in std::iter::once(&label).chain(bound) {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
     ChaCha20Rng::from_seed(h.finalize().into())
 }
 
-/// The round's common random polynomial, from a public seed every key
-/// holder derives alike (the plan's round seed).
-pub fn common_poly(params: &HeParams, seed: &[u8; 32]) -> Result<CommonRandomPoly, HeError> {
-    CommonRandomPoly::new(&params.0, &mut rng(seed, b"crp", 0)).map_err(fhe)
+/// The round's common random polynomial, from its public seed.
+pub fn common_poly(params: &HeParams, round: &RoundId) -> Result<CommonRandomPoly, HeError> {
+    CommonRandomPoly::new(&params.0, &mut rng(&round.seed, b"crp", &[])).map_err(fhe)
 }
 
 /// The joint public key of the round: the sum of its key holders' shares.
 /// Refuses an empty set.
 pub fn joint_key(shares: Vec<PublicKeyShare>) -> Result<PublicKey, HeError> {
     if shares.is_empty() {
-        return Err(HeError::Refused(
-            "a joint key needs at least one key holder's share".into(),
-        ));
+        return Err(refused("a joint key needs at least one key holder's share"));
     }
     shares.into_iter().aggregate().map_err(fhe)
 }
 
+/// The SHA-256 of a public key's bytes.
+pub fn key_digest(key: &PublicKey) -> [u8; 32] {
+    Sha256::digest(key.to_bytes()).into()
+}
+
+/// A key holder's signature of the round's joint key.
+#[derive(Clone, Debug)]
+pub struct Endorsement {
+    /// The key holder.
+    pub from: u32,
+    /// Its signature of the round and the key's digest.
+    pub signature: Vec<u8>,
+}
+
+/// A joint key every key holder endorsed: the only key a contributor
+/// encrypts under.
+pub struct EndorsedKey {
+    round: RoundId,
+    key: PublicKey,
+    digest: [u8; 32],
+}
+
+impl EndorsedKey {
+    /// Checks that every one of `holders` endorsed `key` for `round`.
+    pub fn check(
+        round: RoundId,
+        key: PublicKey,
+        endorsements: &[Endorsement],
+        holders: &[u32],
+        verifier: &dyn Verifier,
+    ) -> Result<Self, HeError> {
+        let digest = key_digest(&key);
+        let message = round.message("key", &[&digest]);
+        for &holder in holders {
+            let e = endorsements
+                .iter()
+                .find(|e| e.from == holder)
+                .ok_or_else(|| refused(format!("key holder {holder} did not endorse the key")))?;
+            verifier
+                .verify(holder, &message, &e.signature)
+                .map_err(|why| refused(format!("key holder {holder}'s endorsement: {why}")))?;
+        }
+        Ok(Self { round, key, digest })
+    }
+
+    /// The key's digest.
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+}
+
 /// A key holder's part in one round: its secret key share, used for one
-/// decryption.
+/// answer.
 pub struct KeyHolder {
-    round: u32,
+    id: u32,
+    round: RoundId,
     share: SecretKey,
     secret: [u8; 32],
 }
 
 impl KeyHolder {
-    /// The key holder's round key from its own `secret`, and the public key
-    /// share it publishes.
+    /// Key holder `id`'s round key from its own `secret` (drawn for this
+    /// round's seed), and the public key share it publishes.
     pub fn new(
         params: &HeParams,
-        round: u32,
+        id: u32,
+        round: RoundId,
         secret: [u8; 32],
-        crp: &CommonRandomPoly,
     ) -> Result<(Self, PublicKeyShare), HeError> {
-        let mut g = rng(&secret, b"key", u64::from(round));
+        let crp = common_poly(params, &round)?;
+        let mut g = rng(&secret, b"key", &[&round.seed, &round.round.to_le_bytes()]);
         let share = SecretKey::random(&params.0, &mut g);
-        let public = PublicKeyShare::new(&share, crp.clone(), &mut g).map_err(fhe)?;
+        let public = PublicKeyShare::new(&share, crp, &mut g).map_err(fhe)?;
         Ok((
             Self {
+                id,
                 round,
                 share,
                 secret,
@@ -183,80 +283,184 @@ impl KeyHolder {
         ))
     }
 
-    /// This key holder's decryption shares of `sum`, one a ciphertext: only
-    /// for a sum of this round that it verified itself from at least
-    /// `min_contributions` distinct contributors (never fewer than two).
-    /// Consumes the round key: one answer a round.
-    pub fn decryption_shares(
+    /// Endorses `key`, which the key holder computed itself from every key
+    /// holder's share.
+    pub fn endorse(&self, key: &PublicKey, signer: &dyn Signer) -> Result<Endorsement, HeError> {
+        let message = self.round.message("key", &[&key_digest(key)]);
+        let signature = signer
+            .sign(&message)
+            .map_err(|e| HeError::Fhe(format!("signing the key: {e}")))?;
+        Ok(Endorsement {
+            from: self.id,
+            signature,
+        })
+    }
+
+    /// This key holder's decryption shares of `sum`, one a ciphertext,
+    /// signed with the sum's digest: only for a sum of this round that it
+    /// verified itself, holding every listed contribution and at least
+    /// `min_contributions` (never fewer than two). Consumes the round key.
+    pub fn answer(
         self,
         sum: &VerifiedSum,
         min_contributions: usize,
-    ) -> Result<Vec<DecryptionShare>, HeError> {
+        signer: &dyn Signer,
+    ) -> Result<Answer, HeError> {
         if sum.round != self.round {
-            return Err(HeError::Refused(format!(
+            return Err(refused(format!(
                 "a sum of round {}, this key is round {}'s",
-                sum.round, self.round
+                sum.round.round, self.round.round
+            )));
+        }
+        let missing = sum.list.len() - sum.absorbed.len();
+        if missing > 0 {
+            return Err(refused(format!(
+                "{missing} listed contribution(s) missing from the sum"
             )));
         }
         let min = min_contributions.max(2);
-        if sum.contributors.len() < min {
-            return Err(HeError::Refused(format!(
+        if sum.absorbed.len() < min {
+            return Err(refused(format!(
                 "a sum of {} contribution(s); a key holder decrypts sums of at least {min}",
-                sum.contributors.len()
+                sum.absorbed.len()
             )));
         }
-        sum.sums
+        let digest = sum.digest();
+        let shares = sum
+            .sums
             .par_iter()
             .enumerate()
             .map(|(i, ct)| {
                 let mut g = rng(
                     &self.secret,
                     b"decrypt",
-                    (u64::from(self.round) << 32) | i as u64,
+                    &[&self.round.seed, &digest, &(i as u64).to_le_bytes()],
                 );
                 DecryptionShare::new(&self.share, ct, &mut g).map_err(fhe)
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        let signature = signer
+            .sign(&self.round.message("answer", &[&digest]))
+            .map_err(|e| HeError::Fhe(format!("signing the answer: {e}")))?;
+        Ok(Answer {
+            from: self.id,
+            sum_digest: digest,
+            shares,
+            signature,
+        })
     }
 }
 
-/// One contributor's encrypted, signed input to a round.
-pub struct Contribution {
-    /// The contributor's id.
+/// A key holder's answer: its decryption shares of the sum whose digest it
+/// names.
+pub struct Answer {
+    /// The key holder.
     pub from: u32,
-    /// The round.
-    pub round: u32,
-    /// Values encrypted.
-    pub length: usize,
-    /// The ciphertexts, [`DEGREE`] values each.
-    pub ciphertexts: Vec<Ciphertext>,
-    /// The SHA-256 of the ciphertexts' bytes.
-    pub digest: [u8; 32],
-    /// The ciphertexts' serialised size.
-    pub wire_bytes: u64,
-    /// The contributor's signature of [`Contribution::signed_message`].
+    /// The digest of the summed ciphertexts the shares decrypt.
+    pub sum_digest: [u8; 32],
+    /// One share a ciphertext.
+    pub shares: Vec<DecryptionShare>,
+    /// Its signature of the round and the digest.
     pub signature: Vec<u8>,
 }
 
-impl Contribution {
-    /// What the contributor signs: the round, its id, the length and the
-    /// ciphertexts' digest.
-    pub fn signed_message(round: u32, from: u32, length: usize, digest: &[u8; 32]) -> Vec<u8> {
-        let mut m = b"tessera-he contribution v1".to_vec();
-        m.extend_from_slice(&round.to_le_bytes());
-        m.extend_from_slice(&from.to_le_bytes());
-        m.extend_from_slice(&(length as u64).to_le_bytes());
-        m.extend_from_slice(digest);
-        m
+/// A contributor's signed digest of its ciphertexts, sent before them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Commitment {
+    /// The contributor.
+    pub from: u32,
+    /// Values encrypted.
+    pub length: usize,
+    /// The SHA-256 of the ciphertexts (see [`Contribution::digest_of`]).
+    pub digest: [u8; 32],
+    /// The contributor's signature of the round, the key, the length and
+    /// the digest.
+    pub signature: Vec<u8>,
+}
+
+impl Commitment {
+    fn message(&self, round: &RoundId, key: &[u8; 32]) -> Vec<u8> {
+        round.message(
+            "commitment",
+            &[
+                &self.from.to_le_bytes(),
+                key,
+                &(self.length as u64).to_le_bytes(),
+                &self.digest,
+            ],
+        )
+    }
+}
+
+/// The round's commitments, closed before any ciphertext is revealed: one
+/// a contributor, ordered by contributor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitmentList {
+    entries: Vec<Commitment>,
+}
+
+impl CommitmentList {
+    /// The list of `commitments`; refuses two from one contributor.
+    pub fn new(mut commitments: Vec<Commitment>) -> Result<Self, HeError> {
+        commitments.sort_by_key(|c| c.from);
+        if let Some(w) = commitments.windows(2).find(|w| w[0].from == w[1].from) {
+            return Err(refused(format!(
+                "two commitments from participant {}",
+                w[0].from
+            )));
+        }
+        Ok(Self {
+            entries: commitments,
+        })
     }
 
+    /// The commitments, by contributor.
+    pub fn entries(&self) -> &[Commitment] {
+        &self.entries
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn find(&self, from: u32) -> Option<&Commitment> {
+        self.entries
+            .binary_search_by_key(&from, |c| c.from)
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+
+    /// The list's digest: what each contributor signs before it reveals.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"tessera-he list v1");
+        for c in &self.entries {
+            h.update(c.from.to_le_bytes());
+            h.update((c.length as u64).to_le_bytes());
+            h.update(c.digest);
+        }
+        h.finalize().into()
+    }
+}
+
+/// One contributor's encrypted input to a round, kept until it reveals.
+pub struct Contribution {
+    /// The contributor's commitment to its ciphertexts.
+    pub commitment: Commitment,
+    /// The ciphertexts, [`DEGREE`] values each.
+    pub ciphertexts: Vec<Ciphertext>,
+    /// The ciphertexts' serialised size.
+    pub wire_bytes: u64,
+}
+
+impl Contribution {
     /// The digest and serialised size of `ciphertexts`: the SHA-256 of
     /// each ciphertext's bytes (hashed in parallel), then of that list.
-    pub fn digest_of(ciphertexts: &[Ciphertext]) -> ([u8; 32], u64) {
+    pub fn digest_of<C: Borrow<Ciphertext> + Sync>(ciphertexts: &[C]) -> ([u8; 32], u64) {
         let each: Vec<([u8; 32], u64)> = ciphertexts
             .par_iter()
             .map(|ct| {
-                let b = ct.to_bytes();
+                let b = ct.borrow().to_bytes();
                 (Sha256::digest(&b).into(), b.len() as u64)
             })
             .collect();
@@ -270,19 +474,46 @@ impl Contribution {
         }
         (h.finalize().into(), bytes)
     }
+
+    /// The contributor's signature of `list`, which it gives (and then its
+    /// ciphertexts) only if its own commitment is in the list as it made it.
+    pub fn sign_list(
+        &self,
+        round: &RoundId,
+        list: &CommitmentList,
+        signer: &dyn Signer,
+    ) -> Result<Vec<u8>, HeError> {
+        match list.find(self.commitment.from) {
+            Some(c) if *c == self.commitment => {}
+            _ => {
+                return Err(refused(format!(
+                    "participant {}'s commitment is not in the list as it made it",
+                    self.commitment.from
+                )));
+            }
+        }
+        signer
+            .sign(&round.message("list", &[&list.digest()]))
+            .map_err(|e| HeError::Fhe(format!("signing the list: {e}")))
+    }
 }
 
-/// Encrypts `values` (each below `2^32`) under the round's joint `key` with
-/// randomness from the contributor's own `secret`, and signs them.
+/// Encrypts `values` (each below `2^32`) for contributor `from` under the
+/// endorsed joint `key`, with randomness drawn from its own `secret` for
+/// this key and these values, and commits to them.
 pub fn encrypt(
     params: &HeParams,
-    key: &PublicKey,
-    round: u32,
+    key: &EndorsedKey,
     from: u32,
     values: &[u32],
     secret: &[u8; 32],
     signer: &dyn Signer,
 ) -> Result<Contribution, HeError> {
+    let mut h = Sha256::new();
+    for v in values {
+        h.update(v.to_le_bytes());
+    }
+    let values_digest: [u8; 32] = h.finalize().into();
     let ciphertexts: Vec<Ciphertext> = values
         .par_chunks(DEGREE)
         .enumerate()
@@ -290,131 +521,234 @@ pub fn encrypt(
             let coefficients: Vec<u64> = chunk.iter().map(|&v| u64::from(v)).collect();
             let pt =
                 Plaintext::try_encode(&coefficients, Encoding::poly(), &params.0).map_err(fhe)?;
-            let mut g = rng(secret, b"encrypt", (u64::from(round) << 32) | i as u64);
-            key.try_encrypt(&pt, &mut g).map_err(fhe)
+            let mut g = rng(
+                secret,
+                b"encrypt",
+                &[
+                    &key.round.seed,
+                    &key.digest,
+                    &values_digest,
+                    &(i as u64).to_le_bytes(),
+                ],
+            );
+            key.key.try_encrypt(&pt, &mut g).map_err(fhe)
         })
         .collect::<Result<_, _>>()?;
     let (digest, wire_bytes) = Contribution::digest_of(&ciphertexts);
-    let signature = signer
-        .sign(&Contribution::signed_message(
-            round,
-            from,
-            values.len(),
-            &digest,
-        ))
-        .map_err(|e| HeError::Fhe(format!("signing the contribution: {e}")))?;
-    Ok(Contribution {
+    let mut commitment = Commitment {
         from,
-        round,
         length: values.len(),
-        ciphertexts,
         digest,
+        signature: Vec::new(),
+    };
+    commitment.signature = signer
+        .sign(&commitment.message(&key.round, &key.digest))
+        .map_err(|e| HeError::Fhe(format!("signing the commitment: {e}")))?;
+    Ok(Contribution {
+        commitment,
+        ciphertexts,
         wire_bytes,
-        signature,
     })
 }
 
 /// A sum of contributions that a key holder computed and checked itself:
-/// each signed by its contributor for this round and this length, one a
-/// contributor.
+/// exactly the round's closed list of signed commitments, each ciphertext
+/// matching its commitment and revealed under its contributor's signature
+/// of that list.
 pub struct VerifiedSum {
-    round: u32,
-    length: usize,
-    contributors: BTreeSet<u32>,
+    params: HeParams,
+    round: RoundId,
+    list: CommitmentList,
+    list_digest: [u8; 32],
+    absorbed: BTreeSet<u32>,
     sums: Vec<Arc<Ciphertext>>,
 }
 
 impl VerifiedSum {
-    /// An empty sum of `length` values for `round`.
-    pub fn new(params: &HeParams, round: u32, length: usize) -> Self {
-        let zero = Arc::new(Ciphertext::zero(&params.0));
-        Self {
-            round,
-            length,
-            contributors: BTreeSet::new(),
-            sums: vec![zero; HeParams::ciphertexts_for(length)],
-        }
-    }
-
-    /// Adds `c` after checking it; a refused contribution leaves the sum as
-    /// it was.
-    pub fn absorb(&mut self, c: &Contribution, verifier: &dyn Verifier) -> Result<(), HeError> {
-        if c.round != self.round {
-            return Err(HeError::Refused(format!(
-                "participant {}'s contribution is for round {}, the sum is round {}'s",
-                c.from, c.round, self.round
+    /// An empty sum of the contributions `list` commits to, of `length`
+    /// values, under the endorsed `key`: every commitment's signature is
+    /// checked first.
+    pub fn new(
+        params: &HeParams,
+        key: &EndorsedKey,
+        length: usize,
+        list: CommitmentList,
+        verifier: &dyn Verifier,
+    ) -> Result<Self, HeError> {
+        if list.len() > MAX_CONTRIBUTIONS {
+            return Err(refused(format!(
+                "{} commitments; a sum takes at most {MAX_CONTRIBUTIONS}",
+                list.len()
             )));
         }
-        if c.length != self.length || c.ciphertexts.len() != self.sums.len() {
-            return Err(HeError::Refused(format!(
-                "participant {}'s contribution holds {} values in {} ciphertexts, the round has {} in {}",
-                c.from,
-                c.length,
+        for c in list.entries() {
+            if c.length != length {
+                return Err(refused(format!(
+                    "participant {} committed to {} values, the round has {length}",
+                    c.from, c.length
+                )));
+            }
+            verifier
+                .verify(c.from, &c.message(&key.round, &key.digest), &c.signature)
+                .map_err(|why| refused(format!("participant {}'s commitment: {why}", c.from)))?;
+        }
+        let zero = Arc::new(Ciphertext::zero(&params.0));
+        Ok(Self {
+            params: params.clone(),
+            round: key.round,
+            list_digest: list.digest(),
+            list,
+            absorbed: BTreeSet::new(),
+            sums: vec![zero; HeParams::ciphertexts_for(length)],
+        })
+    }
+
+    /// Adds `c`, revealed under its contributor's `list_signature`, after
+    /// checking it; a refused contribution leaves the sum as it was.
+    pub fn absorb(
+        &mut self,
+        c: &Contribution,
+        list_signature: &[u8],
+        verifier: &dyn Verifier,
+    ) -> Result<(), HeError> {
+        let from = c.commitment.from;
+        let committed = self.list.find(from).ok_or_else(|| {
+            refused(format!(
+                "participant {from} is not in the round's list of commitments"
+            ))
+        })?;
+        if self.absorbed.contains(&from) {
+            return Err(refused(format!(
+                "a second contribution from participant {from}"
+            )));
+        }
+        verifier
+            .verify(
+                from,
+                &self.round.message("list", &[&self.list_digest]),
+                list_signature,
+            )
+            .map_err(|why| {
+                refused(format!(
+                    "participant {from} did not sign the round's list of commitments: {why}"
+                ))
+            })?;
+        if c.ciphertexts.len() != self.sums.len() {
+            return Err(refused(format!(
+                "participant {from} sent {} ciphertexts, the round has {}",
                 c.ciphertexts.len(),
-                self.length,
                 self.sums.len()
             )));
         }
-        if self.contributors.contains(&c.from) {
-            return Err(HeError::Refused(format!(
-                "a second contribution from participant {}",
-                c.from
+        // Each ciphertext rebuilt on these parameters: two polynomials at the
+        // top level, or refused (fhe.rs would panic on a mismatch).
+        let rebuilt: Vec<Ciphertext> = c
+            .ciphertexts
+            .iter()
+            .map(|ct| {
+                if ct.len() != 2 {
+                    return Err(refused(format!(
+                        "participant {from} sent a ciphertext of {} polynomials, not 2",
+                        ct.len()
+                    )));
+                }
+                match self.params.0.level_of_context(ct[0].ctx()) {
+                    Ok(0) => {}
+                    _ => {
+                        return Err(refused(format!(
+                            "participant {from} sent a ciphertext at another level"
+                        )));
+                    }
+                }
+                Ciphertext::new(ct.to_vec(), &self.params.0)
+                    .map_err(|e| refused(format!("participant {from}'s ciphertext: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        // The digest is recomputed: the commitment covers these ciphertexts.
+        let (digest, _) = Contribution::digest_of(&rebuilt);
+        if digest != committed.digest {
+            return Err(refused(format!(
+                "participant {from}'s ciphertexts do not match its commitment"
             )));
         }
-        if self.contributors.len() >= MAX_CONTRIBUTIONS {
-            return Err(HeError::Refused(format!(
-                "a sum takes at most {MAX_CONTRIBUTIONS} contributions"
-            )));
-        }
-        // The digest is recomputed: the signature covers these ciphertexts.
-        let (digest, _) = Contribution::digest_of(&c.ciphertexts);
-        if digest != c.digest {
-            return Err(HeError::Refused(format!(
-                "participant {}'s ciphertexts do not match their digest",
-                c.from
-            )));
-        }
-        let message = Contribution::signed_message(c.round, c.from, c.length, &digest);
-        verifier
-            .verify(c.from, &message, &c.signature)
-            .map_err(|e| HeError::Refused(format!("participant {}'s contribution: {e}", c.from)))?;
         self.sums
             .par_iter_mut()
-            .zip(&c.ciphertexts)
+            .zip(&rebuilt)
             .for_each(|(sum, ct)| *Arc::make_mut(sum) += ct);
-        self.contributors.insert(c.from);
+        self.absorbed.insert(from);
         Ok(())
     }
 
-    /// Who is in the sum.
+    /// Who is in the sum so far.
     pub fn contributors(&self) -> &BTreeSet<u32> {
-        &self.contributors
+        &self.absorbed
     }
 
-    /// The summed ciphertexts (what the coordinator also computes).
+    /// The summed ciphertexts.
     pub fn ciphertexts(&self) -> &[Arc<Ciphertext>] {
         &self.sums
     }
+
+    /// The digest of the summed ciphertexts.
+    pub fn digest(&self) -> [u8; 32] {
+        Contribution::digest_of(&self.sums).0
+    }
 }
 
-/// Combines every key holder's decryption shares (one list a key holder,
-/// each a share a ciphertext) into the `length` summed values modulo `2^32`.
-pub fn combine(shares: Vec<Vec<DecryptionShare>>, length: usize) -> Result<Vec<u32>, HeError> {
+/// Combines the answers of every one of `holders`, each signed and each for
+/// the sum whose digest is `sum_digest`, into the `length` summed values
+/// modulo `2^32`.
+pub fn combine(
+    round: &RoundId,
+    answers: Vec<Answer>,
+    holders: &[u32],
+    sum_digest: &[u8; 32],
+    length: usize,
+    verifier: &dyn Verifier,
+) -> Result<Vec<u32>, HeError> {
     let n = HeParams::ciphertexts_for(length);
-    if shares.is_empty() {
-        return Err(HeError::Refused("no key holder's decryption shares".into()));
+    let mut by_holder: BTreeMap<u32, Answer> = BTreeMap::new();
+    for a in answers {
+        if !holders.contains(&a.from) {
+            return Err(refused(format!(
+                "an answer from {}, not a key holder",
+                a.from
+            )));
+        }
+        if a.sum_digest != *sum_digest {
+            return Err(refused(format!(
+                "key holder {} decrypted another sum than the round's",
+                a.from
+            )));
+        }
+        verifier
+            .verify(
+                a.from,
+                &round.message("answer", &[&a.sum_digest]),
+                &a.signature,
+            )
+            .map_err(|why| refused(format!("key holder {}'s answer: {why}", a.from)))?;
+        if a.shares.len() != n {
+            return Err(refused(format!(
+                "key holder {} answered with {} decryption shares, the sum has {n} ciphertexts",
+                a.from,
+                a.shares.len()
+            )));
+        }
+        if by_holder.insert(a.from, a).is_some() {
+            return Err(refused("two answers from one key holder"));
+        }
     }
-    if let Some(bad) = shares.iter().find(|s| s.len() != n) {
-        return Err(HeError::Refused(format!(
-            "a key holder answered with {} decryption shares, the sum has {n} ciphertexts",
-            bad.len()
+    if let Some(missing) = holders.iter().find(|h| !by_holder.contains_key(h)) {
+        return Err(refused(format!(
+            "key holder {missing} did not answer: every key holder's share is needed"
         )));
     }
     // Regroup by ciphertext: the i-th share of every key holder.
     let mut by_ct: Vec<Vec<DecryptionShare>> =
-        (0..n).map(|_| Vec::with_capacity(shares.len())).collect();
-    for holder in shares {
-        for (i, share) in holder.into_iter().enumerate() {
+        (0..n).map(|_| Vec::with_capacity(holders.len())).collect();
+    for answer in by_holder.into_values() {
+        for (i, share) in answer.shares.into_iter().enumerate() {
             by_ct[i].push(share);
         }
     }

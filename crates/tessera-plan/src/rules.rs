@@ -320,13 +320,20 @@ pub const RULES: &[Rule] = &[
             },
         )
     }),
-    rule("secagg_needs_sync", |p| {
+    rule("secure_buffers_hold_three", |p| {
         when(
-            secagg(p) && is_async(p),
-            &["secure_aggregation.enabled", "federation.mode"],
+            secagg(p) && is_async(p) && p.federation.buffer_size < 3,
+            &[
+                "secure_aggregation.enabled",
+                "federation.mode",
+                "federation.buffer_size",
+            ],
             || {
-                "secure aggregation masks a synchronous round's updates together; use mode = \"sync\""
-                    .into()
+                format!(
+                    "an asynchronous buffer is securely aggregated by a secure round among its \
+                     contributors, which needs at least 3; buffer_size is {}",
+                    p.federation.buffer_size
+                )
             },
         )
     }),

@@ -1,15 +1,15 @@
 //! Asynchronous training (FedBuff) on the virtual clock.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tessera_aggregate::Instructions;
-use tessera_core::{ParameterSet, ParticipantId, Timestamp};
+use tessera_core::{ParameterSet, ParticipantId, Timestamp, Update};
 use tessera_data::FederatedData;
 use tessera_engine::report::{EvaluationView, RoundRecord};
-use tessera_engine::{BufferedEngine, FitTask, Plan};
+use tessera_engine::{BufferedEngine, FitTask, Plan, Step};
 use tessera_learn::Evaluation;
 use tessera_orchestrator::completed;
 
@@ -113,6 +113,7 @@ pub(crate) fn run_async(
     let (mut dropped, mut rejected) = (0usize, 0usize);
     let mut site_errors = Vec::new();
     let mut now = Timestamp::ZERO;
+    let mut secure = SecureBuffer::of_plan(plan, &ids)?;
     while !engine.is_finished() {
         let Some(Reverse((at, site))) = queue.pop() else {
             break;
@@ -140,6 +141,86 @@ pub(crate) fn run_async(
             deadline: None,
         };
         let update = lock(&sites[site]).fit(&task, &data.sites[site].train);
+        if let Some(secure) = secure.as_mut() {
+            // A secure buffer: the site stays with its update until the
+            // buffer's secure round; then every contributor gets the new model.
+            let taken = match update {
+                Ok(update) => match secure.take(&engine, site, attempt.base, update) {
+                    Ok(full) => full,
+                    Err(rejection) => {
+                        rejected += 1;
+                        site_errors.push(format!("site '{}': {rejection}", ids[site]));
+                        false
+                    }
+                },
+                Err(e) => {
+                    site_errors.push(format!("site '{}': {e}", ids[site]));
+                    dropped += 1;
+                    false
+                }
+            };
+            if !secure.holds(site) {
+                dispatch(
+                    site,
+                    now,
+                    &engine,
+                    &mut queue,
+                    &mut attempts,
+                    &mut bytes_down,
+                );
+            }
+            if !taken {
+                continue;
+            }
+            let (step, members) = secure.step(plan, &mut engine, &ids, &mut site_errors);
+            for &member in &members {
+                dispatch(
+                    member,
+                    now,
+                    &engine,
+                    &mut queue,
+                    &mut attempts,
+                    &mut bytes_down,
+                );
+            }
+            for (member, up, down) in secure.traffic() {
+                bytes_up += up;
+                bytes_up_per_site[member] += up;
+                bytes_down += down;
+            }
+            let Some(step) = step else {
+                dropped += members.len();
+                continue;
+            };
+            let (global, _) = engine.current();
+            let evaluations: Vec<Evaluation> = evaluate_all(&sites, data, &global)?;
+            let record = step_record(
+                &step,
+                now,
+                last_step_at,
+                &evaluations,
+                &mut Totals {
+                    dropped: &mut dropped,
+                    rejected: &mut rejected,
+                    bytes_up: &mut bytes_up,
+                    bytes_down: &mut bytes_down,
+                    bytes_up_per_site: &mut bytes_up_per_site,
+                    site_errors: &mut site_errors,
+                },
+                &global,
+            );
+            let record = completed(
+                &record,
+                &EvaluationView::clear(engine.strategy(), &names, &evaluations),
+                wall.elapsed().as_secs_f64(),
+            );
+            wall = Instant::now();
+            last_step_at = now;
+            observer(&record);
+            records.push(record);
+            last_evaluations = evaluations;
+            continue;
+        }
         let step = match update {
             Ok(update) => {
                 let size = update.wire_len() as u64;
@@ -173,31 +254,21 @@ pub(crate) fn run_async(
         };
         let (global, _) = engine.current();
         let evaluations: Vec<Evaluation> = evaluate_all(&sites, data, &global)?;
-        for (site, e) in evaluations.iter().enumerate() {
-            let size = e.wire_len() as u64;
-            bytes_up += size;
-            bytes_up_per_site[site] += size;
-            bytes_down += 32 + global.wire_len() as u64;
-        }
-        let record = RoundRecord {
-            round: step.version,
-            status: "completed".into(),
-            train_loss: step.mean_train_loss,
-            accepted: step.contributions.len(),
-            stragglers: 0,
-            dropped: std::mem::take(&mut dropped),
-            rejected: std::mem::take(&mut rejected),
-            virtual_seconds: now.since(last_step_at).as_secs_f64(),
-            virtual_time: now.as_secs_f64(),
-            bytes_up: std::mem::take(&mut bytes_up),
-            bytes_down: std::mem::take(&mut bytes_down),
-            traffic: Default::default(),
-            site_errors: std::mem::take(&mut site_errors),
-            epsilon: None,
-            clip_norm: None,
-            metrics_epsilon: None,
-            ..RoundRecord::default()
-        };
+        let record = step_record(
+            &step,
+            now,
+            last_step_at,
+            &evaluations,
+            &mut Totals {
+                dropped: &mut dropped,
+                rejected: &mut rejected,
+                bytes_up: &mut bytes_up,
+                bytes_down: &mut bytes_down,
+                bytes_up_per_site: &mut bytes_up_per_site,
+                site_errors: &mut site_errors,
+            },
+            &global,
+        );
         let record = completed(
             &record,
             &EvaluationView::clear(engine.strategy(), &names, &evaluations),
@@ -224,4 +295,170 @@ pub(crate) fn run_async(
         privacy: None,
         malicious: Vec::new(),
     })
+}
+
+/// What a step's record takes from the counters since the last step.
+struct Totals<'a> {
+    dropped: &'a mut usize,
+    rejected: &'a mut usize,
+    bytes_up: &'a mut u64,
+    bytes_down: &'a mut u64,
+    bytes_up_per_site: &'a mut [u64],
+    site_errors: &'a mut Vec<String>,
+}
+
+/// A step's record: its evaluations' traffic counted, the counters taken.
+fn step_record(
+    step: &Step,
+    now: Timestamp,
+    last_step_at: Timestamp,
+    evaluations: &[Evaluation],
+    totals: &mut Totals<'_>,
+    global: &ParameterSet,
+) -> RoundRecord {
+    for (site, e) in evaluations.iter().enumerate() {
+        let size = e.wire_len() as u64;
+        *totals.bytes_up += size;
+        totals.bytes_up_per_site[site] += size;
+        *totals.bytes_down += 32 + global.wire_len() as u64;
+    }
+    RoundRecord {
+        round: step.version,
+        status: "completed".into(),
+        train_loss: step.mean_train_loss,
+        accepted: step.contributions.len(),
+        stragglers: 0,
+        dropped: std::mem::take(totals.dropped),
+        rejected: std::mem::take(totals.rejected),
+        virtual_seconds: now.since(last_step_at).as_secs_f64(),
+        virtual_time: now.as_secs_f64(),
+        bytes_up: std::mem::take(totals.bytes_up),
+        bytes_down: std::mem::take(totals.bytes_down),
+        traffic: Default::default(),
+        site_errors: std::mem::take(totals.site_errors),
+        epsilon: None,
+        clip_norm: None,
+        metrics_epsilon: None,
+        ..RoundRecord::default()
+    }
+}
+
+/// Secure aggregation of FedBuff's buffer: each accepted update is
+/// multiplied by its staleness discount at its site (inside what is masked
+/// or encrypted); when the buffer holds `buffer_size` updates from distinct
+/// sites, they run one secure round (SecAgg+ or the homomorphic scheme, as
+/// the plan says) among themselves, and the engine steps with the sum over
+/// the buffer's size. A site that has contributed waits for its buffer's
+/// round (it takes part in it) before it trains again.
+struct SecureBuffer {
+    /// Site, staleness and discounted update, in arrival order.
+    pending: Vec<(usize, u32, Update)>,
+    rings: Vec<Option<Box<tessera_secagg::KeyRing>>>,
+    key_holders: Option<Vec<usize>>,
+    /// Each member's protocol bytes up and down in the last secure round.
+    last_traffic: Vec<(usize, u64, u64)>,
+}
+
+impl SecureBuffer {
+    fn of_plan(plan: &Plan, ids: &[ParticipantId]) -> Result<Option<Self>, SimError> {
+        if !plan.secure_aggregation.enabled {
+            return Ok(None);
+        }
+        let index: BTreeMap<&ParticipantId, usize> =
+            ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
+        Ok(Some(Self {
+            pending: Vec::new(),
+            rings: ids.iter().map(|_| None).collect(),
+            key_holders: crate::homomorphic::key_holders(plan, &index)?,
+            last_traffic: Vec::new(),
+        }))
+    }
+
+    /// Whether `site` waits in the buffer.
+    fn holds(&self, site: usize) -> bool {
+        self.pending.iter().any(|(s, _, _)| *s == site)
+    }
+
+    /// Admits `site`'s update trained from version `base` and discounts it;
+    /// true when the buffer is full.
+    fn take(
+        &mut self,
+        engine: &BufferedEngine,
+        site: usize,
+        base: u32,
+        mut update: Update,
+    ) -> Result<bool, tessera_engine::AsyncRejection> {
+        let staleness = engine.admit(base)?;
+        let factor = engine.staleness_factor(staleness);
+        if factor != 1.0 {
+            for v in update.delta.values_mut() {
+                *v = (f64::from(*v) * factor) as f32;
+            }
+        }
+        self.pending.push((site, staleness, update));
+        Ok(self.pending.len() >= engine.buffer_size())
+    }
+
+    /// Runs the full buffer's secure round and the engine's step; gives the
+    /// step (none when the round failed, its reason in `errors`) and the
+    /// buffer's members, who train again.
+    fn step(
+        &mut self,
+        plan: &Plan,
+        engine: &mut BufferedEngine,
+        ids: &[ParticipantId],
+        errors: &mut Vec<String>,
+    ) -> (Option<Step>, Vec<usize>) {
+        let pending = std::mem::take(&mut self.pending);
+        let members: Vec<usize> = pending.iter().map(|(s, _, _)| *s).collect();
+        let contributions: Vec<(ParticipantId, u32)> = pending
+            .iter()
+            .map(|(s, staleness, _)| (ids[*s].clone(), *staleness))
+            .collect();
+        let mut cohort = members.clone();
+        cohort.sort_unstable();
+        let updates: BTreeMap<usize, Update> =
+            pending.into_iter().map(|(s, _, u)| (s, u)).collect();
+        let (global, version) = engine.current();
+        let layout = global.zeros_like();
+        // Each buffer is one secure round, numbered by the step it makes.
+        let round = version + 1;
+        let result = match &self.key_holders {
+            Some(holders) => crate::homomorphic::homomorphic_round(
+                plan, round, &cohort, updates, &layout, holders,
+            ),
+            None => {
+                crate::secure::secure_round(plan, round, &cohort, updates, &layout, &mut self.rings)
+            }
+        };
+        self.last_traffic.clear();
+        let result = match result {
+            Ok(result) => result,
+            Err(e) => {
+                errors.push(format!("secure aggregation of step {round} failed: {e}"));
+                return (None, members);
+            }
+        };
+        for (&site, &up) in &result.bytes_up {
+            let down = result.bytes_down.get(&site).copied().unwrap_or(0);
+            self.last_traffic.push((site, up, down));
+        }
+        for (&site, &down) in &result.bytes_down {
+            if !result.bytes_up.contains_key(&site) {
+                self.last_traffic.push((site, 0, down));
+            }
+        }
+        match engine.submit_sum(contributions, &result.sum) {
+            Ok(step) => (Some(step), members),
+            Err(e) => {
+                errors.push(format!("step {round}: {e}"));
+                (None, members)
+            }
+        }
+    }
+
+    /// Each member's protocol bytes (site, up, down) in the last round.
+    fn traffic(&self) -> Vec<(usize, u64, u64)> {
+        self.last_traffic.clone()
+    }
 }

@@ -1,26 +1,27 @@
 //! Homomorphic aggregation in simulation (`secure_aggregation.scheme =
 //! "homomorphic"`): each round the plan's key holders draw fresh key shares
-//! and publish the joint public key; every cohort member that trained
+//! and endorse the joint public key; every cohort member that trained
 //! quantises its update and metadata exactly as for SecAgg+, encrypts them
-//! under the joint key and signs them (`tessera_he::encrypt`); the key
-//! holders sum the signed contributions themselves, answer with their
-//! decryption shares, and the shares combine into the sum, decoded as
-//! SecAgg+'s (`tessera_orchestrator::secure::update_of_sum`). With the same
-//! survivors the summed update equals SecAgg+'s to the bit.
+//! under the endorsed key and commits to them; once the list of commitments
+//! is closed each signs it and reveals its ciphertexts (`tessera_he`); the
+//! key holders sum exactly the listed contributions themselves and answer
+//! with their decryption shares, and the answers combine into the sum,
+//! decoded as SecAgg+'s (`tessera_orchestrator::secure::update_of_sum`).
+//! With the same survivors the summed update equals SecAgg+'s to the bit.
 //!
 //! Every key holder would compute the same verified sum from the same
-//! contributions; the simulation computes it once, one contribution at a
-//! time (one site's ciphertexts in memory at once), and counts each key
-//! holder's download of every contribution. Secrets (key shares, encryption
-//! randomness, identity keys) come from the run seed here, as in `secure.rs`.
-//! Members that drop out simply send nothing: the sum needs no recovery.
+//! contributions, and every contributor the same check of the key's
+//! endorsements; the simulation makes each once and counts every party's
+//! bytes. Secrets (key shares, encryption randomness, identity keys) come
+//! from the run seed here, as in `secure.rs`. Members that drop out send
+//! nothing: the sum needs no recovery.
 
 use std::collections::BTreeMap;
 
 use tessera_core::{ParameterSet, ParticipantId, Update, derive_key};
 use tessera_engine::streams;
 use tessera_engine::{EngineError, Plan};
-use tessera_he::{HeError, HeParams, KeyHolder, VerifiedSum};
+use tessera_he::{CommitmentList, EndorsedKey, HeError, HeParams, KeyHolder, RoundId, VerifiedSum};
 use tessera_orchestrator::secure;
 use tessera_privacy::clip_to_norm;
 use tessera_secagg::{
@@ -97,38 +98,52 @@ pub(crate) fn homomorphic_round(
     };
     let mut bytes_up: BTreeMap<usize, u64> = BTreeMap::new();
     let mut bytes_down: BTreeMap<usize, u64> = BTreeMap::new();
-
-    // Keys: each key holder's share on the round's public polynomial.
-    let crp = tessera_he::common_poly(&he_params, &plan.secagg_graph_seed(round)).map_err(he)?;
-    let mut holders = Vec::with_capacity(key_holders.len());
-    let mut shares = Vec::with_capacity(key_holders.len());
-    for &h in key_holders {
-        let (holder, share) = KeyHolder::new(&he_params, round, secret(20, h), &crp).map_err(he)?;
-        *bytes_up.entry(h).or_default() += poly;
-        holders.push(holder);
-        shares.push(share);
-    }
-    let key = tessera_he::joint_key(shares).map_err(he)?;
-    // The joint key (two polynomials) comes down to every contributor.
-    for &site in updates.keys() {
-        *bytes_down.entry(site).or_default() += 2 * poly;
-    }
-
-    // Each site's identity key, the same every round (as in `secure.rs`).
+    // Each site's identity key, the same every round (as in `secure.rs`):
+    // it signs key endorsements, commitments, lists and answers.
     let signer = |site: usize| {
         Ed25519Signer::from_secret(derive_key(plan.seed, &[streams::SECAGG, 0, site as u64, 5]))
     };
     let mut directory = Ed25519Directory::new();
-    for &site in cohort {
+    for &site in cohort.iter().chain(key_holders) {
         directory.insert(site as u32, signer(site).public())?;
     }
+    let id = RoundId {
+        round,
+        seed: plan.secagg_graph_seed(round),
+    };
+    let holder_ids: Vec<u32> = key_holders.iter().map(|&h| h as u32).collect();
 
-    // Contributions, one at a time, into the key holders' verified sum.
+    // Keys: each key holder's share on the round's public polynomial; every
+    // key holder sums them all and endorses the joint key.
+    let mut holders = Vec::with_capacity(key_holders.len());
+    let mut shares = Vec::with_capacity(key_holders.len());
+    for &h in key_holders {
+        let (holder, share) =
+            KeyHolder::new(&he_params, h as u32, id, secret(20, h)).map_err(he)?;
+        holders.push(holder);
+        shares.push(share);
+    }
+    let key = tessera_he::joint_key(shares).map_err(he)?;
+    let endorsements = holders
+        .iter()
+        .zip(key_holders)
+        .map(|(holder, &h)| holder.endorse(&key, &signer(h)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(he)?;
+    for &h in key_holders {
+        *bytes_up.entry(h).or_default() += poly + 64;
+        *bytes_down.entry(h).or_default() += poly * key_holders.len() as u64;
+    }
+    // Every contributor checks every key holder's endorsement (the same
+    // check for all: made once here) and receives the key (two polynomials).
+    let key = EndorsedKey::check(id, key, &endorsements, &holder_ids, &directory).map_err(he)?;
+    for &site in updates.keys() {
+        *bytes_down.entry(site).or_default() += 2 * poly + 64 * key_holders.len() as u64;
+    }
+
+    // A site's quantised input and its contribution.
     let length = params.dimension;
-    let mut sum = VerifiedSum::new(&he_params, round, length);
-    let mut masked_bytes = BTreeMap::new();
-    let mut downloaded = 0u64;
-    for (&site, update) in &updates {
+    let contribute = |site: usize, update: &Update| {
         let values: Vec<f32> = update.delta.values().collect();
         let input: Vec<f32> = match &kept {
             Some(ix) => ix.iter().map(|&i| values[i]).collect(),
@@ -140,34 +155,69 @@ pub(crate) fn homomorphic_round(
             train_loss: update.stats.mean_train_loss,
             n_steps: update.stats.n_steps,
         }));
-        let c = tessera_he::encrypt(
+        tessera_he::encrypt(
             &he_params,
             &key,
-            round,
             site as u32,
             &quantised,
             &secret(21, site),
             &signer(site),
         )
-        .map_err(he)?;
-        let size = c.wire_bytes + 4 + 4 + 8 + 32 + c.signature.len() as u64;
+        .map_err(he)
+    };
+    // Commit: every contributor encrypts and sends its signed digest. The
+    // contributions are kept for the reveal when they fit in 256 MiB, made
+    // again otherwise (the same ciphertexts: the same draw).
+    let keep = (updates.len() as u64)
+        .saturating_mul(HeParams::ciphertexts_for(length) as u64)
+        .saturating_mul(2 * poly)
+        <= 256 << 20;
+    let mut kept_contributions = BTreeMap::new();
+    let mut commitments = Vec::with_capacity(updates.len());
+    const COMMITMENT_BYTES: u64 = 4 + 8 + 32 + 64;
+    for (&site, update) in &updates {
+        let c = contribute(site, update)?;
+        *bytes_up.entry(site).or_default() += COMMITMENT_BYTES;
+        commitments.push(c.commitment.clone());
+        if keep {
+            kept_contributions.insert(site, c);
+        }
+    }
+    let list = CommitmentList::new(commitments).map_err(he)?;
+    let list_bytes = COMMITMENT_BYTES * list.entries().len() as u64;
+    // Reveal: each contributor signs the closed list, then sends its
+    // ciphertexts; the key holders' verified sum takes them one at a time.
+    let mut sum =
+        VerifiedSum::new(&he_params, &key, length, list.clone(), &directory).map_err(he)?;
+    let mut masked_bytes = BTreeMap::new();
+    let mut downloaded = list_bytes;
+    for (&site, update) in &updates {
+        let c = match kept_contributions.remove(&site) {
+            Some(c) => c,
+            None => contribute(site, update)?,
+        };
+        let signature = c.sign_list(&id, &list, &signer(site)).map_err(he)?;
+        let size = c.wire_bytes + signature.len() as u64;
         *bytes_up.entry(site).or_default() += size;
-        masked_bytes.insert(site, size);
+        *bytes_down.entry(site).or_default() += list_bytes;
+        masked_bytes.insert(site, size + COMMITMENT_BYTES);
         downloaded += size;
-        sum.absorb(&c, &directory).map_err(he)?;
+        sum.absorb(&c, &signature, &directory).map_err(he)?;
     }
 
-    // Decryption: every key holder downloads every contribution, checks and
-    // sums them, and answers with a share a ciphertext.
+    // Decryption: every key holder downloads the list and every
+    // contribution, checks and sums them, and answers with a share a
+    // ciphertext.
     let min = plan.federation.min_participants;
     let n_ciphertexts = HeParams::ciphertexts_for(length) as u64;
     let mut answers = Vec::with_capacity(holders.len());
     for (holder, &h) in holders.into_iter().zip(key_holders) {
-        answers.push(holder.decryption_shares(&sum, min).map_err(he)?);
+        answers.push(holder.answer(&sum, min, &signer(h)).map_err(he)?);
         *bytes_down.entry(h).or_default() += downloaded;
-        *bytes_up.entry(h).or_default() += n_ciphertexts * poly;
+        *bytes_up.entry(h).or_default() += n_ciphertexts * poly + 32 + 64;
     }
-    let summed = tessera_he::combine(answers, length).map_err(he)?;
+    let summed = tessera_he::combine(&id, answers, &holder_ids, &sum.digest(), length, &directory)
+        .map_err(he)?;
     let survivors: Vec<usize> = sum.contributors().iter().map(|&s| s as usize).collect();
     let sum = secure::update_of_sum(&summed, survivors.len(), &params, layout, kept.as_deref())?;
     Ok(SecureRound {
