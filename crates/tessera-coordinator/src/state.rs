@@ -43,6 +43,7 @@ mod resume;
 pub mod rollout;
 pub mod secure;
 mod sessions;
+mod simulated;
 mod trace;
 mod training;
 mod training_mode;
@@ -254,30 +255,7 @@ impl Federation {
                 ));
             }
         }
-        if !plan.personalization.new_sites.is_empty() {
-            return Err(CoordinatorError::Config(
-                "personalization.new_sites is a simulation setting: in deployment a new site \
-                 is one that did not join the run; remove it from the plan"
-                    .into(),
-            ));
-        }
-        if plan.secure_aggregation.enabled && plan.federation.mode == tessera_engine::Mode::Async {
-            return Err(CoordinatorError::Config(
-                "secure aggregation of asynchronous buffers runs in simulation only for now; \
-                 deploy secure aggregation with mode = \"sync\""
-                    .into(),
-            ));
-        }
-        if plan.secure_aggregation.enabled
-            && plan.secure_aggregation.scheme == tessera_secagg::Scheme::Homomorphic
-        {
-            return Err(CoordinatorError::Config(
-                "secure_aggregation.scheme = \"homomorphic\" runs in simulation only for now \
-                 (its decryption shares have no wire format yet); deploy with \
-                 scheme = \"secagg_plus\""
-                    .into(),
-            ));
-        }
+        simulated::check_plan(&plan)?;
         attribution::check_plan(&plan)?;
         multitask::check_plan(&plan)?;
         let central;
