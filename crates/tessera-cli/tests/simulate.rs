@@ -619,7 +619,7 @@ fn every_conflict_of_a_plan_is_reported_at_once() {
         ])
         .fails();
     for reason in [
-        "a secure round among its contributors, which needs at least 3; buffer_size is 2",
+        "a secure round among its contributors, which needs at least 3 and min_participants (4); buffer_size is 2",
         "simulation.dropout must be in [0, 1), got 1",
     ] {
         assert!(e.contains(reason), "{reason}: {e}");

@@ -8,7 +8,7 @@
 use divan::{Bencher, black_box};
 use tessera_he::{
     CommitmentList, Contribution, EndorsedKey, HeParams, KeyHolder, RoundId, VerifiedSum, combine,
-    encrypt, joint_key,
+    encrypt,
 };
 use tessera_secagg::{Ed25519Directory, Ed25519Signer};
 
@@ -52,15 +52,10 @@ fn setup(sites: u32) -> Setup {
     }
     let (holders, shares): (Vec<_>, Vec<_>) = holder_ids
         .iter()
-        .map(|&h| KeyHolder::new(&params, h, ROUND, [h as u8 + 50; 32]).unwrap())
-        .unzip();
-    let key = joint_key(shares).unwrap();
-    let endorsements: Vec<_> = holders
-        .iter()
         .zip(&holder_signers)
-        .map(|(h, s)| h.endorse(&key, s).unwrap())
-        .collect();
-    let key = EndorsedKey::check(ROUND, key, &endorsements, &holder_ids, &directory).unwrap();
+        .map(|(&h, s)| KeyHolder::new(&params, h, ROUND, [h as u8 + 50; 32], s).unwrap())
+        .unzip();
+    let key = EndorsedKey::assemble(ROUND, &shares, &holder_ids, &directory).unwrap();
     Setup {
         params,
         holders,
@@ -104,11 +99,11 @@ fn add_one_contribution(bencher: Bencher, length: usize) {
     let s = setup(1);
     let c = contribute(&s, 0, length);
     let list = CommitmentList::new(vec![c.commitment.clone()]).unwrap();
-    let signature = c.sign_list(&ROUND, &list, &s.signers[0]).unwrap();
+    let revealed = c.reveal(&ROUND, &list, &s.signers[0]).unwrap();
     bencher.bench_local(|| {
         let mut sum =
             VerifiedSum::new(&s.params, &s.key, length, list.clone(), &s.directory).unwrap();
-        sum.absorb(&c, &signature, &s.directory).unwrap();
+        sum.absorb(&revealed, &s.directory).unwrap();
         black_box(sum)
     });
 }
@@ -123,11 +118,10 @@ fn decrypt_and_combine(bencher: Bencher, length: usize) {
                 CommitmentList::new(cs.iter().map(|c| c.commitment.clone()).collect()).unwrap();
             let mut sum =
                 VerifiedSum::new(&s.params, &s.key, length, list.clone(), &s.directory).unwrap();
-            for c in &cs {
-                let signature = c
-                    .sign_list(&ROUND, &list, &s.signers[c.commitment.from as usize])
-                    .unwrap();
-                sum.absorb(c, &signature, &s.directory).unwrap();
+            for c in cs {
+                let signer = &s.signers[c.commitment.from as usize];
+                let revealed = c.reveal(&ROUND, &list, signer).unwrap();
+                sum.absorb(&revealed, &s.directory).unwrap();
             }
             (s, sum)
         })

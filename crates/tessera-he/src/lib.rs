@@ -8,10 +8,9 @@
 //!
 //! 1. **Keys.** Every designated key holder draws a fresh secret key share
 //!    and publishes its public key share on the round's common random
-//!    polynomial ([`KeyHolder::new`]); the shares add up to the joint public
-//!    key ([`joint_key`]), which every key holder checks and endorses
-//!    ([`KeyHolder::endorse`]). A contributor encrypts only under a key that
-//!    every key holder endorsed ([`EndorsedKey::check`]). Nobody holds the
+//!    polynomial, signed ([`KeyHolder::new`]). Each contributor checks every
+//!    key holder's signature on its own share and adds the shares up itself
+//!    ([`EndorsedKey::assemble`]): the joint public key. Nobody holds the
 //!    joint secret key: it is the sum of the key holders' shares.
 //! 2. **Commit.** Each contributor quantises its update into `Z_2^32`
 //!    exactly as for SecAgg+ (`tessera_secagg::quantize`, the metadata
@@ -19,8 +18,9 @@
 //!    the plaintext polynomial (plaintext modulus `2^32`), encrypts them
 //!    ([`encrypt`]) and sends only its signed digest (a [`Commitment`]).
 //! 3. **Reveal.** The coordinator closes the round's [`CommitmentList`]; each
-//!    contributor signs the list it was shown, if its own commitment is in it
-//!    ([`Contribution::sign_list`]), and only then sends its ciphertexts.
+//!    contributor signs the list it was shown, if its own commitment is in it,
+//!    and only then sends its ciphertexts ([`Contribution::reveal`], which
+//!    consumes the contribution: one list a contribution).
 //! 4. **Sum and decryption.** Each key holder checks every commitment and
 //!    every contributor's signature of the same list, and every ciphertext
 //!    against its commitment, and sums them itself ([`VerifiedSum`]); with
@@ -37,9 +37,12 @@
 //! computed themselves from at least the minimum of signed contributions of
 //! this round and run, one a site; it cannot pass its own encryptions as
 //! sites' (unsigned), replay another round's or run's (the round seed is
-//! signed), substitute the joint key (contributors check every key holder's
-//! endorsement), or give the key holders different sums (every answer names
-//! the digest of its sum). A colluding site that saw the others' ciphertexts
+//! signed), substitute the joint key or a key holder's share of it
+//! (contributors add up the shares themselves, each signed by its key
+//! holder), or give the key holders different sums (every answer names the
+//! digest of its sum). A sum of one honest site's contribution and
+//! encryptions of zero from sites the coordinator controls reveals that
+//! site's input, as with any sum: the plan's minimum counts honest sites. A colluding site that saw the others' ciphertexts
 //! could choose its own to cancel theirs (no proof of well-formedness is
 //! made), so that the "sum" decrypts to one site's input: the commitments
 //! stop it, since every honest contributor reveals only after the list it
@@ -62,19 +65,22 @@
 #![deny(missing_docs)]
 
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use fhe::bfv::{
     BfvParameters, BfvParametersBuilder, Ciphertext, Encoding, Plaintext, PublicKey, SecretKey,
 };
 use fhe::mbfv::{AggregateIter, CommonRandomPoly, DecryptionShare, PublicKeyShare};
-use fhe_traits::{FheDecoder, FheEncoder, FheEncrypter, Serialize};
+use fhe_traits::{FheEncoder, FheEncrypter, Serialize};
 use rand_chacha_09::ChaCha20Rng;
 use rand_chacha_09::rand_core::SeedableRng;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use tessera_secagg::{Signer, Verifier};
+
+mod combine;
+pub use combine::combine;
 
 /// Values a ciphertext holds: the ring degree.
 pub const DEGREE: usize = 4096;
@@ -204,17 +210,24 @@ pub fn key_digest(key: &PublicKey) -> [u8; 32] {
     Sha256::digest(key.to_bytes()).into()
 }
 
-/// A key holder's signature of the round's joint key.
-#[derive(Clone, Debug)]
-pub struct Endorsement {
+/// A key holder's public key share for one round, signed.
+pub struct KeyShare {
     /// The key holder.
     pub from: u32,
-    /// Its signature of the round and the key's digest.
+    /// Its public key share on the round's common random polynomial.
+    pub share: PublicKeyShare,
+    /// Its signature of the round and the share's digest.
     pub signature: Vec<u8>,
 }
 
-/// A joint key every key holder endorsed: the only key a contributor
-/// encrypts under.
+/// The digest of a public key share: of the one-party public key it makes
+/// alone (fhe.rs serialises keys, not shares).
+fn share_digest(share: &PublicKeyShare) -> Result<[u8; 32], HeError> {
+    Ok(key_digest(&joint_key(vec![share.clone()])?))
+}
+
+/// The round's joint key, assembled by the contributor itself from every
+/// key holder's signed share: the only key a contributor encrypts under.
 pub struct EndorsedKey {
     round: RoundId,
     key: PublicKey,
@@ -222,25 +235,41 @@ pub struct EndorsedKey {
 }
 
 impl EndorsedKey {
-    /// Checks that every one of `holders` endorsed `key` for `round`.
-    pub fn check(
+    /// Checks that `shares` hold one share of each of `holders` (a
+    /// non-empty list), each signed by its key holder for `round`, and adds
+    /// them up.
+    pub fn assemble(
         round: RoundId,
-        key: PublicKey,
-        endorsements: &[Endorsement],
+        shares: &[KeyShare],
         holders: &[u32],
         verifier: &dyn Verifier,
     ) -> Result<Self, HeError> {
-        let digest = key_digest(&key);
-        let message = round.message("key", &[&digest]);
-        for &holder in holders {
-            let e = endorsements
-                .iter()
-                .find(|e| e.from == holder)
-                .ok_or_else(|| refused(format!("key holder {holder} did not endorse the key")))?;
-            verifier
-                .verify(holder, &message, &e.signature)
-                .map_err(|why| refused(format!("key holder {holder}'s endorsement: {why}")))?;
+        if holders.is_empty() {
+            return Err(refused("a joint key needs at least one key holder"));
         }
+        let mut parts = Vec::with_capacity(holders.len());
+        for &holder in holders {
+            let mut theirs = shares.iter().filter(|k| k.from == holder);
+            let k = theirs
+                .next()
+                .ok_or_else(|| refused(format!("no key share from key holder {holder}")))?;
+            if theirs.next().is_some() {
+                return Err(refused(format!("two key shares from key holder {holder}")));
+            }
+            let message = round.message("key share", &[&share_digest(&k.share)?]);
+            verifier
+                .verify(holder, &message, &k.signature)
+                .map_err(|why| refused(format!("key holder {holder}'s key share: {why}")))?;
+            parts.push(k.share.clone());
+        }
+        if let Some(stranger) = shares.iter().find(|k| !holders.contains(&k.from)) {
+            return Err(refused(format!(
+                "a key share from {}, not a key holder",
+                stranger.from
+            )));
+        }
+        let key = joint_key(parts)?;
+        let digest = key_digest(&key);
         Ok(Self { round, key, digest })
     }
 
@@ -261,17 +290,21 @@ pub struct KeyHolder {
 
 impl KeyHolder {
     /// Key holder `id`'s round key from its own `secret` (drawn for this
-    /// round's seed), and the public key share it publishes.
+    /// round's seed), and the public key share it publishes, signed.
     pub fn new(
         params: &HeParams,
         id: u32,
         round: RoundId,
         secret: [u8; 32],
-    ) -> Result<(Self, PublicKeyShare), HeError> {
+        signer: &dyn Signer,
+    ) -> Result<(Self, KeyShare), HeError> {
         let crp = common_poly(params, &round)?;
         let mut g = rng(&secret, b"key", &[&round.seed, &round.round.to_le_bytes()]);
         let share = SecretKey::random(&params.0, &mut g);
         let public = PublicKeyShare::new(&share, crp, &mut g).map_err(fhe)?;
+        let signature = signer
+            .sign(&round.message("key share", &[&share_digest(&public)?]))
+            .map_err(|e| HeError::Fhe(format!("signing the key share: {e}")))?;
         Ok((
             Self {
                 id,
@@ -279,21 +312,12 @@ impl KeyHolder {
                 share,
                 secret,
             },
-            public,
+            KeyShare {
+                from: id,
+                share: public,
+                signature,
+            },
         ))
-    }
-
-    /// Endorses `key`, which the key holder computed itself from every key
-    /// holder's share.
-    pub fn endorse(&self, key: &PublicKey, signer: &dyn Signer) -> Result<Endorsement, HeError> {
-        let message = self.round.message("key", &[&key_digest(key)]);
-        let signature = signer
-            .sign(&message)
-            .map_err(|e| HeError::Fhe(format!("signing the key: {e}")))?;
-        Ok(Endorsement {
-            from: self.id,
-            signature,
-        })
     }
 
     /// This key holder's decryption shares of `sum`, one a ciphertext,
@@ -475,14 +499,15 @@ impl Contribution {
         (h.finalize().into(), bytes)
     }
 
-    /// The contributor's signature of `list`, which it gives (and then its
-    /// ciphertexts) only if its own commitment is in the list as it made it.
-    pub fn sign_list(
-        &self,
+    /// Reveals the contribution under the contributor's signature of
+    /// `list`, which it gives only if its own commitment is in the list as
+    /// it made it. Consumes the contribution: it is revealed under one list.
+    pub fn reveal(
+        self,
         round: &RoundId,
         list: &CommitmentList,
         signer: &dyn Signer,
-    ) -> Result<Vec<u8>, HeError> {
+    ) -> Result<Reveal, HeError> {
         match list.find(self.commitment.from) {
             Some(c) if *c == self.commitment => {}
             _ => {
@@ -492,14 +517,27 @@ impl Contribution {
                 )));
             }
         }
-        signer
+        let list_signature = signer
             .sign(&round.message("list", &[&list.digest()]))
-            .map_err(|e| HeError::Fhe(format!("signing the list: {e}")))
+            .map_err(|e| HeError::Fhe(format!("signing the list: {e}")))?;
+        Ok(Reveal {
+            contribution: self,
+            list_signature,
+        })
     }
 }
 
+/// A contribution revealed under its contributor's signature of the
+/// round's closed list of commitments.
+pub struct Reveal {
+    /// The contribution.
+    pub contribution: Contribution,
+    /// The contributor's signature of the list.
+    pub list_signature: Vec<u8>,
+}
+
 /// Encrypts `values` (each below `2^32`) for contributor `from` under the
-/// endorsed joint `key`, with randomness drawn from its own `secret` for
+/// assembled joint `key`, with randomness drawn from its own `secret` for
 /// this key and these values, and commits to them.
 pub fn encrypt(
     params: &HeParams,
@@ -562,11 +600,13 @@ pub struct VerifiedSum {
     list_digest: [u8; 32],
     absorbed: BTreeSet<u32>,
     sums: Vec<Arc<Ciphertext>>,
+    /// The sums' digest, once asked for (cleared by each contribution).
+    digest: std::sync::OnceLock<[u8; 32]>,
 }
 
 impl VerifiedSum {
     /// An empty sum of the contributions `list` commits to, of `length`
-    /// values, under the endorsed `key`: every commitment's signature is
+    /// values, under the assembled `key`: every commitment's signature is
     /// checked first.
     pub fn new(
         params: &HeParams,
@@ -600,17 +640,14 @@ impl VerifiedSum {
             list,
             absorbed: BTreeSet::new(),
             sums: vec![zero; HeParams::ciphertexts_for(length)],
+            digest: std::sync::OnceLock::new(),
         })
     }
 
-    /// Adds `c`, revealed under its contributor's `list_signature`, after
-    /// checking it; a refused contribution leaves the sum as it was.
-    pub fn absorb(
-        &mut self,
-        c: &Contribution,
-        list_signature: &[u8],
-        verifier: &dyn Verifier,
-    ) -> Result<(), HeError> {
+    /// Adds a revealed contribution after checking it; a refused one leaves
+    /// the sum as it was.
+    pub fn absorb(&mut self, revealed: &Reveal, verifier: &dyn Verifier) -> Result<(), HeError> {
+        let (c, list_signature) = (&revealed.contribution, &revealed.list_signature);
         let from = c.commitment.from;
         let committed = self.list.find(from).ok_or_else(|| {
             refused(format!(
@@ -676,6 +713,7 @@ impl VerifiedSum {
             .zip(&rebuilt)
             .for_each(|(sum, ct)| *Arc::make_mut(sum) += ct);
         self.absorbed.insert(from);
+        self.digest = std::sync::OnceLock::new();
         Ok(())
     }
 
@@ -691,77 +729,8 @@ impl VerifiedSum {
 
     /// The digest of the summed ciphertexts.
     pub fn digest(&self) -> [u8; 32] {
-        Contribution::digest_of(&self.sums).0
+        *self
+            .digest
+            .get_or_init(|| Contribution::digest_of(&self.sums).0)
     }
-}
-
-/// Combines the answers of every one of `holders`, each signed and each for
-/// the sum whose digest is `sum_digest`, into the `length` summed values
-/// modulo `2^32`.
-pub fn combine(
-    round: &RoundId,
-    answers: Vec<Answer>,
-    holders: &[u32],
-    sum_digest: &[u8; 32],
-    length: usize,
-    verifier: &dyn Verifier,
-) -> Result<Vec<u32>, HeError> {
-    let n = HeParams::ciphertexts_for(length);
-    let mut by_holder: BTreeMap<u32, Answer> = BTreeMap::new();
-    for a in answers {
-        if !holders.contains(&a.from) {
-            return Err(refused(format!(
-                "an answer from {}, not a key holder",
-                a.from
-            )));
-        }
-        if a.sum_digest != *sum_digest {
-            return Err(refused(format!(
-                "key holder {} decrypted another sum than the round's",
-                a.from
-            )));
-        }
-        verifier
-            .verify(
-                a.from,
-                &round.message("answer", &[&a.sum_digest]),
-                &a.signature,
-            )
-            .map_err(|why| refused(format!("key holder {}'s answer: {why}", a.from)))?;
-        if a.shares.len() != n {
-            return Err(refused(format!(
-                "key holder {} answered with {} decryption shares, the sum has {n} ciphertexts",
-                a.from,
-                a.shares.len()
-            )));
-        }
-        if by_holder.insert(a.from, a).is_some() {
-            return Err(refused("two answers from one key holder"));
-        }
-    }
-    if let Some(missing) = holders.iter().find(|h| !by_holder.contains_key(h)) {
-        return Err(refused(format!(
-            "key holder {missing} did not answer: every key holder's share is needed"
-        )));
-    }
-    // Regroup by ciphertext: the i-th share of every key holder.
-    let mut by_ct: Vec<Vec<DecryptionShare>> =
-        (0..n).map(|_| Vec::with_capacity(holders.len())).collect();
-    for answer in by_holder.into_values() {
-        for (i, share) in answer.shares.into_iter().enumerate() {
-            by_ct[i].push(share);
-        }
-    }
-    let chunks: Vec<Vec<u32>> = by_ct
-        .into_par_iter()
-        .map(|shares| {
-            let pt: Plaintext = shares.into_iter().aggregate().map_err(fhe)?;
-            let coefficients = Vec::<u64>::try_decode(&pt, Encoding::poly()).map_err(fhe)?;
-            // Below the plaintext modulus 2^32.
-            Ok(coefficients.into_iter().map(|c| c as u32).collect())
-        })
-        .collect::<Result<_, HeError>>()?;
-    let mut out: Vec<u32> = chunks.into_iter().flatten().collect();
-    out.truncate(length);
-    Ok(out)
 }

@@ -8,7 +8,7 @@ use fhe::mbfv::AggregateIter;
 use fhe_traits::{FheDecoder, Serialize};
 use tessera_he::{
     Commitment, CommitmentList, Contribution, DEGREE, EndorsedKey, HeError, HeParams, KeyHolder,
-    RoundId, VerifiedSum, combine, encrypt, joint_key,
+    Reveal, RoundId, VerifiedSum, combine, encrypt,
 };
 use tessera_secagg::{Ed25519Directory, Ed25519Signer, Signer};
 
@@ -60,15 +60,10 @@ fn round(number: u32, holders: u32, sites: u32) -> Round {
     }
     let (holders, shares): (Vec<_>, Vec<_>) = holder_ids
         .iter()
-        .map(|&h| KeyHolder::new(&params, h, id, secret(h, 3)).unwrap())
-        .unzip();
-    let key = joint_key(shares).unwrap();
-    let endorsements: Vec<_> = holders
-        .iter()
         .zip(&holder_signers)
-        .map(|(h, s)| h.endorse(&key, s).unwrap())
-        .collect();
-    let key = EndorsedKey::check(id, key, &endorsements, &holder_ids, &directory).unwrap();
+        .map(|(&h, s)| KeyHolder::new(&params, h, id, secret(h, 3), s).unwrap())
+        .unzip();
+    let key = EndorsedKey::assemble(id, &shares, &holder_ids, &directory).unwrap();
     Round {
         params,
         id,
@@ -92,7 +87,13 @@ fn values(length: usize, site: u32) -> Vec<u32> {
         .collect()
 }
 
-fn contribute(r: &Round, site: u32, values: &[u32]) -> Contribution {
+/// Site `site`'s contribution of its `values(length, site)`; the same
+/// ciphertexts each time it is made in a round.
+fn contribute(r: &Round, site: u32, length: usize) -> Contribution {
+    contribute_values(r, site, &values(length, site))
+}
+
+fn contribute_values(r: &Round, site: u32, values: &[u32]) -> Contribution {
     encrypt(
         &r.params,
         &r.key,
@@ -104,17 +105,28 @@ fn contribute(r: &Round, site: u32, values: &[u32]) -> Contribution {
     .unwrap()
 }
 
-/// The honest protocol: the list closed, every contributor signs it, the
-/// key holders sum what it lists.
-fn honest_sum(r: &Round, contributions: &[Contribution], length: usize) -> VerifiedSum {
-    let list =
-        CommitmentList::new(contributions.iter().map(|c| c.commitment.clone()).collect()).unwrap();
+fn list_of(commitments: &[&Commitment]) -> CommitmentList {
+    CommitmentList::new(commitments.iter().map(|&c| c.clone()).collect()).unwrap()
+}
+
+/// Contributor `c` reveals under `list`.
+fn reveal(r: &Round, c: Contribution, list: &CommitmentList) -> Reveal {
+    let signer = &r.signers[c.commitment.from as usize];
+    c.reveal(&r.id, list, signer).unwrap()
+}
+
+/// The honest protocol: the list closed, every contributor signs it and
+/// reveals, the key holders sum what it lists.
+fn honest_sum(r: &Round, contributions: Vec<Contribution>, length: usize) -> VerifiedSum {
+    let list = list_of(
+        &contributions
+            .iter()
+            .map(|c| &c.commitment)
+            .collect::<Vec<_>>(),
+    );
     let mut sum = VerifiedSum::new(&r.params, &r.key, length, list.clone(), &r.directory).unwrap();
     for c in contributions {
-        let signature = c
-            .sign_list(&r.id, &list, &r.signers[c.commitment.from as usize])
-            .unwrap();
-        sum.absorb(c, &signature, &r.directory).unwrap();
+        sum.absorb(&reveal(r, c, &list), &r.directory).unwrap();
     }
     sum
 }
@@ -155,103 +167,9 @@ fn wrapping_sum(vectors: &[Vec<u32>]) -> Vec<u32> {
     out
 }
 
-#[test]
-fn the_key_holders_decrypt_the_sum_modulo_2_32() {
-    // Two ciphertexts and a partial third; five sites, three key holders.
-    let length = 2 * DEGREE + 123;
-    let r = round(3, 3, 5);
-    let inputs: Vec<Vec<u32>> = (0..5).map(|s| values(length, s)).collect();
-    let contributions: Vec<_> = (0..5)
-        .map(|s| contribute(&r, s, &inputs[s as usize]))
-        .collect();
-    let sum = honest_sum(&r, &contributions, length);
-    assert_eq!(sum.contributors().len(), 5);
-    assert_eq!(decrypt(r, &sum, 5, length).unwrap(), wrapping_sum(&inputs));
-}
-
-#[test]
-fn a_colluding_site_cannot_cancel_the_others_ciphertexts() {
-    let length = 300;
-    let r = round(10, 2, 3);
-    let (target, honest, colluder) = (0u32, 1u32, 2u32);
-    let t = contribute(&r, target, &values(length, target));
-    let h = contribute(&r, honest, &values(length, honest));
-    // Having seen the honest site's ciphertexts, the colluder sends their
-    // negation: the three "sum" to the target's alone.
-    let crafted: Vec<Ciphertext> = h
-        .ciphertexts
-        .iter()
-        .map(|ct| Ciphertext::new(vec![-&ct[0], -&ct[1]], r.params.bfv()).unwrap())
-        .collect();
-    let (digest, wire_bytes) = Contribution::digest_of(&crafted);
-    let mut commitment = Commitment {
-        from: colluder,
-        length,
-        digest,
-        signature: Vec::new(),
-    };
-    // The colluder signs what a commitment signs (it holds its own key).
-    let honest_commitment = contribute(&r, colluder, &values(length, colluder)).commitment;
-    assert_ne!(honest_commitment.digest, digest);
-    commitment.signature = sign_commitment(&r, &commitment);
-    let crafted = Contribution {
-        commitment,
-        ciphertexts: crafted,
-        wire_bytes,
-    };
-
-    // The control: were the honest sites to sign a list that includes the
-    // crafted commitment (had they revealed before the list closed), the
-    // key holders would decrypt the target's input exactly.
-    let all = [t, h, crafted];
-    let sum = honest_sum(&r, &all, length);
-    let [t, h, crafted] = all;
-    assert_eq!(
-        decrypt(round(10, 2, 3), &sum, 2, length).unwrap(),
-        values(length, target),
-        "the control: the attack works without commitments"
-    );
-
-    // The protocol: the honest sites signed the list of their two
-    // commitments before revealing; the crafted one came later.
-    let before = CommitmentList::new(vec![t.commitment.clone(), h.commitment.clone()]).unwrap();
-    let signatures: Vec<Vec<u8>> = [&t, &h]
-        .iter()
-        .map(|c| {
-            c.sign_list(&r.id, &before, &r.signers[c.commitment.from as usize])
-                .unwrap()
-        })
-        .collect();
-    // Summing the list they signed leaves the crafted contribution out...
-    let mut sum =
-        VerifiedSum::new(&r.params, &r.key, length, before.clone(), &r.directory).unwrap();
-    sum.absorb(&t, &signatures[0], &r.directory).unwrap();
-    sum.absorb(&h, &signatures[1], &r.directory).unwrap();
-    let why = refused(sum.absorb(&crafted, &signatures[0], &r.directory));
-    assert!(why.contains("not in the round's list"), "{why}");
-    // ...and a list with it is not the one the honest sites signed.
-    let after = CommitmentList::new(vec![
-        t.commitment.clone(),
-        h.commitment.clone(),
-        crafted.commitment.clone(),
-    ])
-    .unwrap();
-    let mut sum = VerifiedSum::new(&r.params, &r.key, length, after, &r.directory).unwrap();
-    let why = refused(sum.absorb(&t, &signatures[0], &r.directory));
-    assert!(why.contains("did not sign the round's list"), "{why}");
-    // A site shown a list without its own commitment signs nothing.
-    let without = CommitmentList::new(vec![h.commitment.clone()]).unwrap();
-    let why = refused(t.sign_list(&r.id, &without, &r.signers[0]));
-    assert!(why.contains("not in the list"), "{why}");
-}
-
-/// What the colluder (or any site) signs for a commitment, made the way
-/// `encrypt` makes it: re-signed by the site's own key over a commitment
-/// with the same fields, by encrypting nothing new.
+/// What a site signs for a commitment, as `encrypt` signs it (checked
+/// against the library by `a_commitment_signed_as_the_library_signs_is_accepted`).
 fn sign_commitment(r: &Round, c: &Commitment) -> Vec<u8> {
-    // The message layout is the library's; reproduce it through a genuine
-    // commitment of the same site and round with these fields: sign the
-    // bytes `encrypt` signs.
     let mut m = b"tessera-he commitment v1".to_vec();
     m.extend_from_slice(&r.id.seed);
     m.extend_from_slice(&r.id.round.to_le_bytes());
@@ -267,38 +185,130 @@ fn sign_commitment(r: &Round, c: &Commitment) -> Vec<u8> {
     r.signers[c.from as usize].sign(&m).unwrap()
 }
 
+/// A contribution of site `from`'s choosing (its own signature on
+/// ciphertexts it made by hand).
+fn crafted(r: &Round, from: u32, length: usize, ciphertexts: Vec<Ciphertext>) -> Contribution {
+    let (digest, wire_bytes) = Contribution::digest_of(&ciphertexts);
+    let mut commitment = Commitment {
+        from,
+        length,
+        digest,
+        signature: Vec::new(),
+    };
+    commitment.signature = sign_commitment(r, &commitment);
+    Contribution {
+        commitment,
+        ciphertexts,
+        wire_bytes,
+    }
+}
+
+#[test]
+fn the_key_holders_decrypt_the_sum_modulo_2_32() {
+    // Two ciphertexts and a partial third; five sites, three key holders.
+    let length = 2 * DEGREE + 123;
+    let r = round(3, 3, 5);
+    let inputs: Vec<Vec<u32>> = (0..5).map(|s| values(length, s)).collect();
+    let contributions: Vec<_> = (0..5).map(|s| contribute(&r, s, length)).collect();
+    let sum = honest_sum(&r, contributions, length);
+    assert_eq!(sum.contributors().len(), 5);
+    assert_eq!(decrypt(r, &sum, 5, length).unwrap(), wrapping_sum(&inputs));
+}
+
 #[test]
 fn a_commitment_signed_as_the_library_signs_is_accepted() {
-    // `sign_commitment` (used by the collusion test) signs what `encrypt`
-    // signs: re-signing an honest commitment gives a valid one.
+    // `sign_commitment` signs what `encrypt` signs: a re-signed honest
+    // commitment passes.
     let r = round(11, 1, 2);
-    let mut c = contribute(&r, 0, &values(10, 0));
+    let mut c = contribute(&r, 0, 10);
     c.commitment.signature = sign_commitment(&r, &c.commitment);
-    let other = contribute(&r, 1, &values(10, 1));
-    let sum = honest_sum(&r, &[c, other], 10);
+    let sum = honest_sum(&r, vec![c, contribute(&r, 1, 10)], 10);
     assert_eq!(sum.contributors().len(), 2);
+}
+
+#[test]
+fn a_colluding_site_cannot_cancel_the_others_ciphertexts() {
+    let length = 300;
+    let r = round(10, 2, 3);
+    let (target, honest, colluder) = (0u32, 1u32, 2u32);
+    // Having seen the honest site's ciphertexts, the colluder sends their
+    // negation: the three "sum" to the target's alone.
+    let negated: Vec<Ciphertext> = contribute(&r, honest, length)
+        .ciphertexts
+        .iter()
+        .map(|ct| Ciphertext::new(vec![-&ct[0], -&ct[1]], r.params.bfv()).unwrap())
+        .collect();
+    let attack = crafted(&r, colluder, length, negated);
+    let attack_commitment = attack.commitment.clone();
+
+    // The control: were the honest sites to reveal under a list that holds
+    // the crafted commitment (had they revealed before the list closed), the
+    // key holders would decrypt the target's input exactly.
+    let sum = honest_sum(
+        &r,
+        vec![
+            contribute(&r, target, length),
+            contribute(&r, honest, length),
+            attack,
+        ],
+        length,
+    );
+    assert_eq!(
+        decrypt(round(10, 2, 3), &sum, 2, length).unwrap(),
+        values(length, target),
+        "the control: the attack works without commitments"
+    );
+
+    // The protocol: the honest sites revealed under the list of their two
+    // commitments; the crafted one came after.
+    let (t, h) = (
+        contribute(&r, target, length),
+        contribute(&r, honest, length),
+    );
+    let before = list_of(&[&t.commitment, &h.commitment]);
+    let after = list_of(&[&t.commitment, &h.commitment, &attack_commitment]);
+    let (t, h) = (reveal(&r, t, &before), reveal(&r, h, &before));
+    // Summing the list they signed leaves the crafted contribution out...
+    let mut sum = VerifiedSum::new(&r.params, &r.key, length, before, &r.directory).unwrap();
+    sum.absorb(&t, &r.directory).unwrap();
+    sum.absorb(&h, &r.directory).unwrap();
+    let negated: Vec<Ciphertext> = h
+        .contribution
+        .ciphertexts
+        .iter()
+        .map(|ct| Ciphertext::new(vec![-&ct[0], -&ct[1]], r.params.bfv()).unwrap())
+        .collect();
+    let late = reveal(&r, crafted(&r, colluder, length, negated), &after);
+    let why = refused(sum.absorb(&late, &r.directory));
+    assert!(why.contains("not in the round's list"), "{why}");
+    // ...and a list with it is not the one the honest sites signed.
+    let mut sum = VerifiedSum::new(&r.params, &r.key, length, after, &r.directory).unwrap();
+    let why = refused(sum.absorb(&t, &r.directory));
+    assert!(why.contains("did not sign the round's list"), "{why}");
+    // A site shown a list without its own commitment reveals nothing.
+    let without = list_of(&[&attack_commitment]);
+    let why = refused(contribute(&r, target, length).reveal(&r.id, &without, &r.signers[0]));
+    assert!(why.contains("not in the list"), "{why}");
 }
 
 #[test]
 fn the_coordinator_cannot_have_one_contribution_decrypted() {
     let length = 100;
-    let r = round(4, 3, 3);
-    let target = contribute(&r, 0, &values(length, 0));
-    let other = contribute(&r, 1, &values(length, 1));
+    let mut r = round(4, 3, 3);
 
     // A "sum" of the target alone: every key holder refuses it.
-    let alone = honest_sum(&r, std::slice::from_ref(&target), length);
-    let mut r = r;
+    let alone = honest_sum(&r, vec![contribute(&r, 0, length)], length);
     let h = r.holders.remove(0);
     let why = refused(h.answer(&alone, 2, &r.holder_signers[0]));
     assert!(why.contains("at least 2"), "{why}");
 
-    // Beside an encryption of zero the coordinator made itself (it holds the
-    // joint key) under site 1's id: the commitment's signature fails.
+    // Beside an encryption of zero the coordinator made itself (it can
+    // assemble the joint key too) under site 1's id: the commitment's
+    // signature fails.
     let own = Ed25519Signer::from_secret([222; 32]);
     let forged = encrypt(&r.params, &r.key, 1, &vec![0; length], &[9; 32], &own).unwrap();
-    let list =
-        CommitmentList::new(vec![target.commitment.clone(), forged.commitment.clone()]).unwrap();
+    let target = contribute(&r, 0, length);
+    let list = list_of(&[&target.commitment, &forged.commitment]);
     let why = refused(VerifiedSum::new(
         &r.params,
         &r.key,
@@ -317,21 +327,17 @@ fn the_coordinator_cannot_have_one_contribution_decrypted() {
 
     // Site 1's real commitment with the coordinator's zeros as its
     // ciphertexts: they do not match the commitment.
-    let list =
-        CommitmentList::new(vec![target.commitment.clone(), other.commitment.clone()]).unwrap();
+    let other = contribute(&r, 1, length);
+    let list = list_of(&[&target.commitment, &other.commitment]);
     let mut sum = VerifiedSum::new(&r.params, &r.key, length, list.clone(), &r.directory).unwrap();
-    let swapped = Contribution {
-        commitment: other.commitment.clone(),
-        ciphertexts: forged.ciphertexts,
-        wire_bytes: forged.wire_bytes,
-    };
-    let signature = other.sign_list(&r.id, &list, &r.signers[1]).unwrap();
-    let why = refused(sum.absorb(&swapped, &signature, &r.directory));
+    let mut swapped = reveal(&r, other, &list);
+    swapped.contribution.ciphertexts = forged.ciphertexts;
+    let why = refused(sum.absorb(&swapped, &r.directory));
     assert!(why.contains("do not match its commitment"), "{why}");
     // With only the target in, a key holder refuses: site 1 is missing.
-    let signature0 = target.sign_list(&r.id, &list, &r.signers[0]).unwrap();
-    sum.absorb(&target, &signature0, &r.directory).unwrap();
-    let why = refused(sum.absorb(&target, &signature0, &r.directory));
+    let target = reveal(&r, target, &list);
+    sum.absorb(&target, &r.directory).unwrap();
+    let why = refused(sum.absorb(&target, &r.directory));
     assert!(why.contains("second contribution"), "{why}");
     let h = r.holders.remove(0);
     let why = refused(h.answer(&sum, 2, &r.holder_signers[1]));
@@ -339,48 +345,56 @@ fn the_coordinator_cannot_have_one_contribution_decrypted() {
 }
 
 #[test]
-fn a_substituted_key_or_another_rounds_messages_are_refused() {
+fn a_substituted_key_share_or_another_rounds_messages_are_refused() {
     let old = round(5, 2, 2);
     let new = round(6, 2, 2);
-    // The coordinator hands the sites a key of its own making.
     let params = HeParams::new().unwrap();
-    let (_, share) = KeyHolder::new(&params, 7, new.id, [7; 32]).unwrap();
-    let own = joint_key(vec![share]).unwrap();
-    let why = refused(EndorsedKey::check(
+    // The coordinator passes off shares of its own making as the key
+    // holders': it cannot sign them as theirs.
+    let own = Ed25519Signer::from_secret([7; 32]);
+    let fakes: Vec<_> = new
+        .holder_ids
+        .iter()
+        .map(|&h| KeyHolder::new(&params, h, new.id, [7; 32], &own).unwrap().1)
+        .collect();
+    let why = refused(EndorsedKey::assemble(
         new.id,
-        own,
+        &fakes,
+        &new.holder_ids,
+        &new.directory,
+    ));
+    assert!(why.contains("key holder 1000's key share"), "{why}");
+    // Round 5's genuine shares do not pass for round 6.
+    let replayed: Vec<_> = new
+        .holder_ids
+        .iter()
+        .zip(&new.holder_signers)
+        .map(|(&h, s)| {
+            KeyHolder::new(&params, h, old.id, secret(h, 3), s)
+                .unwrap()
+                .1
+        })
+        .collect();
+    let why = refused(EndorsedKey::assemble(
+        new.id,
+        &replayed,
+        &new.holder_ids,
+        &new.directory,
+    ));
+    assert!(why.contains("key share"), "{why}");
+    // A missing key holder, or none at all.
+    let why = refused(EndorsedKey::assemble(
+        new.id,
         &[],
         &new.holder_ids,
         &new.directory,
     ));
-    assert!(why.contains("did not endorse"), "{why}");
-    // Round 5's endorsements of round 5's key do not pass for round 6.
-    let (holders, shares): (Vec<_>, Vec<_>) = new
-        .holder_ids
-        .iter()
-        .map(|&h| KeyHolder::new(&params, h, old.id, secret(h, 3)).unwrap())
-        .unzip();
-    let key5 = joint_key(shares).unwrap();
-    let endorsements: Vec<_> = holders
-        .iter()
-        .zip(&new.holder_signers)
-        .map(|(h, s)| h.endorse(&key5, s).unwrap())
-        .collect();
-    let why = refused(EndorsedKey::check(
-        new.id,
-        key5,
-        &endorsements,
-        &new.holder_ids,
-        &new.directory,
-    ));
-    assert!(why.contains("endorsement"), "{why}");
+    assert!(why.contains("no key share from key holder 1000"), "{why}");
+    let why = refused(EndorsedKey::assemble(new.id, &[], &[], &new.directory));
+    assert!(why.contains("at least one key holder"), "{why}");
     // A round-5 commitment in a round-6 list.
-    let replayed = contribute(&old, 1, &values(10, 1));
-    let list = CommitmentList::new(vec![
-        contribute(&new, 0, &values(10, 0)).commitment,
-        replayed.commitment,
-    ])
-    .unwrap();
+    let replayed = contribute(&old, 1, 10);
+    let list = list_of(&[&contribute(&new, 0, 10).commitment, &replayed.commitment]);
     let why = refused(VerifiedSum::new(
         &new.params,
         &new.key,
@@ -390,11 +404,11 @@ fn a_substituted_key_or_another_rounds_messages_are_refused() {
     ));
     assert!(why.contains("participant 1's commitment"), "{why}");
     // A round-5 key holder does not answer for a round-6 sum.
-    let contributions = [
-        contribute(&new, 0, &values(10, 0)),
-        contribute(&new, 1, &values(10, 1)),
-    ];
-    let sum = honest_sum(&new, &contributions, 10);
+    let sum = honest_sum(
+        &new,
+        vec![contribute(&new, 0, 10), contribute(&new, 1, 10)],
+        10,
+    );
     let h = old.holders.into_iter().next().unwrap();
     let why = refused(h.answer(&sum, 2, &old.holder_signers[0]));
     assert!(why.contains("round 6"), "{why}");
@@ -403,13 +417,18 @@ fn a_substituted_key_or_another_rounds_messages_are_refused() {
 #[test]
 fn key_holders_shown_different_sums_are_caught_and_all_are_needed() {
     let length = 300;
-    let r = round(7, 3, 3);
     let inputs: Vec<Vec<u32>> = (0..3).map(|s| values(length, s)).collect();
-    let cs: Vec<_> = (0..3)
-        .map(|s| contribute(&r, s, &inputs[s as usize]))
-        .collect();
-    let all = honest_sum(&r, &cs, length);
-    let two = honest_sum(&r, &cs[..2], length);
+    let r = round(7, 3, 3);
+    let all = honest_sum(
+        &r,
+        (0..3).map(|s| contribute(&r, s, length)).collect(),
+        length,
+    );
+    let two = honest_sum(
+        &r,
+        (0..2).map(|s| contribute(&r, s, length)).collect(),
+        length,
+    );
     let mut holders = r.holders.into_iter();
     let a = holders
         .next()
@@ -443,14 +462,13 @@ fn key_holders_shown_different_sums_are_caught_and_all_are_needed() {
     // Two of three key holders: refused; and their shares alone (the
     // control, combined by hand) decrypt nothing of the sum.
     let r = round(7, 3, 3);
-    let all = honest_sum(&r, &cs, length);
     let mut answers: Vec<_> = r
         .holders
         .into_iter()
         .zip(&r.holder_signers)
+        .take(2)
         .map(|(h, s)| h.answer(&all, 2, s).unwrap())
         .collect();
-    answers.pop();
     let first_shares: Vec<_> = answers.iter_mut().map(|a| a.shares.remove(0)).collect();
     let pt: fhe::bfv::Plaintext = first_shares.into_iter().aggregate().unwrap();
     let partial = Vec::<u64>::try_decode(&pt, fhe::bfv::Encoding::poly()).unwrap();
@@ -465,7 +483,6 @@ fn key_holders_shown_different_sums_are_caught_and_all_are_needed() {
         "{agree} of {length} values decrypted without a key holder"
     );
     let r = round(7, 3, 3);
-    let all = honest_sum(&r, &cs, length);
     let answers: Vec<_> = r
         .holders
         .into_iter()
@@ -492,10 +509,10 @@ fn each_encryption_draws_fresh_randomness_for_its_key_and_values() {
     let v = values(length, 0);
     let mut w = v.clone();
     w[17] ^= 1;
-    let a = contribute(&r5, 0, &v);
-    let b = contribute(&r6, 0, &v);
-    let c = contribute(&r5, 0, &w);
-    let again = contribute(&r5, 0, &v);
+    let a = contribute_values(&r5, 0, &v);
+    let b = contribute_values(&r6, 0, &v);
+    let c = contribute_values(&r5, 0, &w);
+    let again = contribute_values(&r5, 0, &v);
     // The same values in another round, and other values in the same round:
     // the mask polynomial c1 = p1 u + e2 differs (a reused u would give the
     // values' difference away).
@@ -510,46 +527,42 @@ fn each_encryption_draws_fresh_randomness_for_its_key_and_values() {
 fn malformed_ciphertexts_are_refused_not_a_panic() {
     let length = 10;
     let r = round(12, 1, 2);
-    let good = contribute(&r, 0, &values(length, 0));
-    let mut low = contribute(&r, 1, &values(length, 1));
-    low.ciphertexts[0].switch_down().unwrap();
-    let three = Contribution {
-        commitment: low.commitment.clone(),
-        ciphertexts: vec![
-            Ciphertext::new(
-                vec![
-                    good.ciphertexts[0][0].clone(),
-                    good.ciphertexts[0][1].clone(),
-                    good.ciphertexts[0][1].clone(),
-                ],
-                r.params.bfv(),
-            )
-            .unwrap(),
-        ],
-        wire_bytes: 0,
-    };
+    let good = contribute(&r, 0, length);
+    let mut low = contribute(&r, 1, length).ciphertexts;
+    low[0].switch_down().unwrap();
+    let three = vec![
+        Ciphertext::new(
+            vec![
+                good.ciphertexts[0][0].clone(),
+                good.ciphertexts[0][1].clone(),
+                good.ciphertexts[0][1].clone(),
+            ],
+            r.params.bfv(),
+        )
+        .unwrap(),
+    ];
     for (bad, reason) in [(low, "another level"), (three, "3 polynomials")] {
         // Committed honestly to its malformed ciphertexts.
-        let mut bad = bad;
-        bad.commitment.digest = Contribution::digest_of(&bad.ciphertexts).0;
-        bad.commitment.signature = sign_commitment(&r, &bad.commitment);
-        let list =
-            CommitmentList::new(vec![good.commitment.clone(), bad.commitment.clone()]).unwrap();
+        let bad = crafted(&r, 1, length, bad);
+        let good = contribute(&r, 0, length);
+        let list = list_of(&[&good.commitment, &bad.commitment]);
         let mut sum =
             VerifiedSum::new(&r.params, &r.key, length, list.clone(), &r.directory).unwrap();
-        let signature = bad.sign_list(&r.id, &list, &r.signers[1]).unwrap();
-        let why = refused(sum.absorb(&bad, &signature, &r.directory));
+        let why = refused(sum.absorb(&reveal(&r, bad, &list), &r.directory));
         assert!(why.contains(reason), "{why}");
         // The sum goes on.
-        let signature = good.sign_list(&r.id, &list, &r.signers[0]).unwrap();
-        sum.absorb(&good, &signature, &r.directory).unwrap();
+        sum.absorb(&reveal(&r, good, &list), &r.directory).unwrap();
     }
-    // Ciphertexts made under another instance of the same parameters are
-    // the same ciphertexts.
+    // Ciphertexts read under another instance of the same parameters add
+    // to this instance's sums.
     let other = HeParams::new().unwrap();
     let bytes = good.ciphertexts[0].to_bytes();
-    let _same: Ciphertext =
+    let read: Ciphertext =
         fhe_traits::DeserializeParametrized::from_bytes(&bytes, other.bfv()).unwrap();
+    let moved = crafted(&r, 0, length, vec![read]);
+    assert_eq!(moved.commitment.digest, good.commitment.digest);
+    let sum = honest_sum(&r, vec![moved, contribute(&r, 1, length)], length);
+    assert_eq!(sum.contributors().len(), 2);
 }
 
 #[test]
@@ -560,8 +573,8 @@ fn a_sum_of_many_contributions_still_decrypts() {
     let sites = 200;
     let r = round(8, 2, sites);
     let v = vec![u32::MAX; length];
-    let cs: Vec<_> = (0..sites).map(|s| contribute(&r, s, &v)).collect();
-    let sum = honest_sum(&r, &cs, length);
+    let cs: Vec<_> = (0..sites).map(|s| contribute_values(&r, s, &v)).collect();
+    let sum = honest_sum(&r, cs, length);
     let expected = u32::MAX.wrapping_mul(sites);
     assert_eq!(decrypt(r, &sum, 2, length).unwrap(), vec![expected; length]);
 }
@@ -569,7 +582,7 @@ fn a_sum_of_many_contributions_still_decrypts() {
 #[test]
 fn a_ciphertext_is_two_polynomials_at_36_bits_a_coefficient() {
     let r = round(9, 1, 1);
-    let c = contribute(&r, 0, &values(DEGREE, 0));
+    let c = contribute(&r, 0, DEGREE);
     // Two polynomials, each 4096 coefficients under two 36-bit moduli, and
     // the serialisation's framing.
     let two = 2 * HeParams::polynomial_bytes();

@@ -322,7 +322,9 @@ pub const RULES: &[Rule] = &[
     }),
     rule("secure_buffers_hold_three", |p| {
         when(
-            secagg(p) && is_async(p) && p.federation.buffer_size < 3,
+            secagg(p)
+                && is_async(p)
+                && p.federation.buffer_size < p.federation.min_participants.max(3),
             &[
                 "secure_aggregation.enabled",
                 "federation.mode",
@@ -331,8 +333,9 @@ pub const RULES: &[Rule] = &[
             || {
                 format!(
                     "an asynchronous buffer is securely aggregated by a secure round among its \
-                     contributors, which needs at least 3; buffer_size is {}",
-                    p.federation.buffer_size
+                     contributors, which needs at least 3 and min_participants ({}); \
+                     buffer_size is {}",
+                    p.federation.min_participants, p.federation.buffer_size
                 )
             },
         )

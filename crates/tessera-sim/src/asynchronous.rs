@@ -190,6 +190,14 @@ pub(crate) fn run_async(
             }
             let Some(step) = step else {
                 dropped += members.len();
+                if secure.failures >= MAX_FAILURES {
+                    return Err(SimError::Engine(tessera_engine::EngineError::State(
+                        format!(
+                            "{MAX_FAILURES} secure rounds failed in a row; the last: {}",
+                            site_errors.last().map_or("", String::as_str)
+                        ),
+                    )));
+                }
                 continue;
             };
             let (global, _) = engine.current();
@@ -357,12 +365,29 @@ struct SecureBuffer {
     key_holders: Option<Vec<usize>>,
     /// Each member's protocol bytes up and down in the last secure round.
     last_traffic: Vec<(usize, u64, u64)>,
+    /// Secure rounds run: each numbers the next, never one twice (a failed
+    /// round's number, and the secrets drawn for it, are not used again).
+    rounds: u32,
+    /// Secure rounds failed in a row.
+    failures: u32,
 }
+
+/// Secure rounds that may fail in a row before the run stops.
+const MAX_FAILURES: u32 = 3;
 
 impl SecureBuffer {
     fn of_plan(plan: &Plan, ids: &[ParticipantId]) -> Result<Option<Self>, SimError> {
         if !plan.secure_aggregation.enabled {
             return Ok(None);
+        }
+        if plan.federation.buffer_size > ids.len() {
+            return Err(SimError::Engine(tessera_engine::EngineError::State(
+                format!(
+                    "a secure buffer takes {} distinct sites; the federation has {}",
+                    plan.federation.buffer_size,
+                    ids.len()
+                ),
+            )));
         }
         let index: BTreeMap<&ParticipantId, usize> =
             ids.iter().enumerate().map(|(i, id)| (id, i)).collect();
@@ -371,6 +396,8 @@ impl SecureBuffer {
             rings: ids.iter().map(|_| None).collect(),
             key_holders: crate::homomorphic::key_holders(plan, &index)?,
             last_traffic: Vec::new(),
+            rounds: 0,
+            failures: 0,
         }))
     }
 
@@ -419,10 +446,11 @@ impl SecureBuffer {
         cohort.sort_unstable();
         let updates: BTreeMap<usize, Update> =
             pending.into_iter().map(|(s, _, u)| (s, u)).collect();
-        let (global, version) = engine.current();
+        let (global, _) = engine.current();
         let layout = global.zeros_like();
-        // Each buffer is one secure round, numbered by the step it makes.
-        let round = version + 1;
+        // Each buffer is one secure round, numbered by a counter of its own.
+        self.rounds += 1;
+        let round = self.rounds;
         let result = match &self.key_holders {
             Some(holders) => crate::homomorphic::homomorphic_round(
                 plan, round, &cohort, updates, &layout, holders,
@@ -435,7 +463,8 @@ impl SecureBuffer {
         let result = match result {
             Ok(result) => result,
             Err(e) => {
-                errors.push(format!("secure aggregation of step {round} failed: {e}"));
+                self.failures += 1;
+                errors.push(format!("secure round {round} failed: {e}"));
                 return (None, members);
             }
         };
@@ -449,9 +478,13 @@ impl SecureBuffer {
             }
         }
         match engine.submit_sum(contributions, &result.sum) {
-            Ok(step) => (Some(step), members),
+            Ok(step) => {
+                self.failures = 0;
+                (Some(step), members)
+            }
             Err(e) => {
-                errors.push(format!("step {round}: {e}"));
+                self.failures += 1;
+                errors.push(format!("secure round {round}: {e}"));
                 (None, members)
             }
         }

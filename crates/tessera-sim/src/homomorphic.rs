@@ -1,17 +1,18 @@
 //! Homomorphic aggregation in simulation (`secure_aggregation.scheme =
 //! "homomorphic"`): each round the plan's key holders draw fresh key shares
-//! and endorse the joint public key; every cohort member that trained
-//! quantises its update and metadata exactly as for SecAgg+, encrypts them
-//! under the endorsed key and commits to them; once the list of commitments
-//! is closed each signs it and reveals its ciphertexts (`tessera_he`); the
-//! key holders sum exactly the listed contributions themselves and answer
-//! with their decryption shares, and the answers combine into the sum,
-//! decoded as SecAgg+'s (`tessera_orchestrator::secure::update_of_sum`).
+//! and sign them; every cohort member that trained assembles the joint key
+//! from the signed shares, quantises its update and metadata exactly as for
+//! SecAgg+, encrypts them under that key and commits to them; once the list
+//! of commitments is closed each signs it and reveals its ciphertexts
+//! (`tessera_he`); the key holders sum exactly the listed contributions
+//! themselves and answer with their decryption shares, and the answers
+//! combine into the sum, decoded as SecAgg+'s
+//! (`tessera_orchestrator::secure::update_of_sum`).
 //! With the same survivors the summed update equals SecAgg+'s to the bit.
 //!
 //! Every key holder would compute the same verified sum from the same
-//! contributions, and every contributor the same check of the key's
-//! endorsements; the simulation makes each once and counts every party's
+//! contributions, and every contributor the same check of the key
+//! holders' shares; the simulation makes each once and counts every party's
 //! bytes. Secrets (key shares, encryption randomness, identity keys) come
 //! from the run seed here, as in `secure.rs`. Members that drop out send
 //! nothing: the sum needs no recovery.
@@ -99,7 +100,7 @@ pub(crate) fn homomorphic_round(
     let mut bytes_up: BTreeMap<usize, u64> = BTreeMap::new();
     let mut bytes_down: BTreeMap<usize, u64> = BTreeMap::new();
     // Each site's identity key, the same every round (as in `secure.rs`):
-    // it signs key endorsements, commitments, lists and answers.
+    // it signs key shares, commitments, lists and answers.
     let signer = |site: usize| {
         Ed25519Signer::from_secret(derive_key(plan.seed, &[streams::SECAGG, 0, site as u64, 5]))
     };
@@ -113,32 +114,22 @@ pub(crate) fn homomorphic_round(
     };
     let holder_ids: Vec<u32> = key_holders.iter().map(|&h| h as u32).collect();
 
-    // Keys: each key holder's share on the round's public polynomial; every
-    // key holder sums them all and endorses the joint key.
+    // Keys: each key holder's signed share on the round's public
+    // polynomial; every contributor checks the signatures and adds the shares
+    // up itself (the same check for all: made once here).
     let mut holders = Vec::with_capacity(key_holders.len());
     let mut shares = Vec::with_capacity(key_holders.len());
     for &h in key_holders {
         let (holder, share) =
-            KeyHolder::new(&he_params, h as u32, id, secret(20, h)).map_err(he)?;
+            KeyHolder::new(&he_params, h as u32, id, secret(20, h), &signer(h)).map_err(he)?;
         holders.push(holder);
         shares.push(share);
-    }
-    let key = tessera_he::joint_key(shares).map_err(he)?;
-    let endorsements = holders
-        .iter()
-        .zip(key_holders)
-        .map(|(holder, &h)| holder.endorse(&key, &signer(h)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(he)?;
-    for &h in key_holders {
         *bytes_up.entry(h).or_default() += poly + 64;
-        *bytes_down.entry(h).or_default() += poly * key_holders.len() as u64;
     }
-    // Every contributor checks every key holder's endorsement (the same
-    // check for all: made once here) and receives the key (two polynomials).
-    let key = EndorsedKey::check(id, key, &endorsements, &holder_ids, &directory).map_err(he)?;
+    let key = EndorsedKey::assemble(id, &shares, &holder_ids, &directory).map_err(he)?;
+    drop(shares);
     for &site in updates.keys() {
-        *bytes_down.entry(site).or_default() += 2 * poly + 64 * key_holders.len() as u64;
+        *bytes_down.entry(site).or_default() += (poly + 64) * key_holders.len() as u64;
     }
 
     // A site's quantised input and its contribution.
@@ -196,13 +187,13 @@ pub(crate) fn homomorphic_round(
             Some(c) => c,
             None => contribute(site, update)?,
         };
-        let signature = c.sign_list(&id, &list, &signer(site)).map_err(he)?;
-        let size = c.wire_bytes + signature.len() as u64;
+        let revealed = c.reveal(&id, &list, &signer(site)).map_err(he)?;
+        let size = revealed.contribution.wire_bytes + revealed.list_signature.len() as u64;
         *bytes_up.entry(site).or_default() += size;
         *bytes_down.entry(site).or_default() += list_bytes;
         masked_bytes.insert(site, size + COMMITMENT_BYTES);
         downloaded += size;
-        sum.absorb(&c, &signature, &directory).map_err(he)?;
+        sum.absorb(&revealed, &directory).map_err(he)?;
     }
 
     // Decryption: every key holder downloads the list and every
