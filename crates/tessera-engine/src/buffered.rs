@@ -221,6 +221,16 @@ impl BufferedEngine {
         buffer
             .add_sum(sum, contributions.len() as u64)
             .map_err(|e| AsyncRejection::Invalid(format!("the securely aggregated sum: {e}")))?;
+        self.step(&buffer, contributions)
+    }
+
+    /// Applies a full buffer's mean through the strategy: the next version.
+    /// On error nothing changes.
+    fn step(
+        &mut self,
+        buffer: &UpdateAccumulator,
+        contributions: Vec<(ParticipantId, u32)>,
+    ) -> Result<Step, AsyncRejection> {
         let aggregate = buffer
             .finish(self.n_participants)
             .map_err(|e| AsyncRejection::Invalid(e.to_string()))?;
@@ -260,22 +270,7 @@ impl BufferedEngine {
         let fresh = UpdateAccumulator::new(&self.global, None);
         let buffer = std::mem::replace(&mut self.accumulator, fresh);
         let contributions = std::mem::take(&mut self.contributions);
-        let aggregate = buffer
-            .finish(self.n_participants)
-            .map_err(|e| AsyncRejection::Invalid(e.to_string()))?;
-        let next = self
-            .strategy
-            .aggregate_fit(&self.global, &aggregate, &NO_COHORT)
-            .map_err(|e| AsyncRejection::Invalid(e.to_string()))?;
-        self.global = Arc::new(next);
-        self.version += 1;
-        Ok(Some(Step {
-            version: self.version,
-            contributions,
-            n_examples: aggregate.n_examples,
-            mean_train_loss: aggregate.mean_train_loss,
-            aggregate,
-        }))
+        self.step(&buffer, contributions).map(Some)
     }
 }
 

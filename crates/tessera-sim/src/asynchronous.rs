@@ -141,7 +141,7 @@ pub(crate) fn run_async(
             deadline: None,
         };
         let update = lock(&sites[site]).fit(&task, &data.sites[site].train);
-        if let Some(secure) = secure.as_mut() {
+        let step = if let Some(secure) = secure.as_mut() {
             // A secure buffer: the site stays with its update until the
             // buffer's secure round; then every contributor gets the new model.
             let taken = match update {
@@ -200,63 +200,38 @@ pub(crate) fn run_async(
                 }
                 continue;
             };
-            let (global, _) = engine.current();
-            let evaluations: Vec<Evaluation> = evaluate_all(&sites, data, &global)?;
-            let record = step_record(
-                &step,
-                now,
-                last_step_at,
-                &evaluations,
-                &mut Totals {
-                    dropped: &mut dropped,
-                    rejected: &mut rejected,
-                    bytes_up: &mut bytes_up,
-                    bytes_down: &mut bytes_down,
-                    bytes_up_per_site: &mut bytes_up_per_site,
-                    site_errors: &mut site_errors,
-                },
-                &global,
-            );
-            let record = completed(
-                &record,
-                &EvaluationView::clear(engine.strategy(), &names, &evaluations),
-                wall.elapsed().as_secs_f64(),
-            );
-            wall = Instant::now();
-            last_step_at = now;
-            observer(&record);
-            records.push(record);
-            last_evaluations = evaluations;
-            continue;
-        }
-        let step = match update {
-            Ok(update) => {
-                let size = update.wire_len() as u64;
-                bytes_up += size;
-                bytes_up_per_site[site] += size;
-                match engine.submit(&ids[site], attempt.base, &update) {
-                    Ok(step) => step,
-                    Err(rejection) => {
-                        rejected += 1;
-                        site_errors.push(format!("site '{}': {rejection}", ids[site]));
-                        None
+            Some(step)
+        } else {
+            let step = match update {
+                Ok(update) => {
+                    let size = update.wire_len() as u64;
+                    bytes_up += size;
+                    bytes_up_per_site[site] += size;
+                    match engine.submit(&ids[site], attempt.base, &update) {
+                        Ok(step) => step,
+                        Err(rejection) => {
+                            rejected += 1;
+                            site_errors.push(format!("site '{}': {rejection}", ids[site]));
+                            None
+                        }
                     }
                 }
-            }
-            Err(e) => {
-                site_errors.push(format!("site '{}': {e}", ids[site]));
-                dropped += 1;
-                None
-            }
+                Err(e) => {
+                    site_errors.push(format!("site '{}': {e}", ids[site]));
+                    dropped += 1;
+                    None
+                }
+            };
+            dispatch(
+                site,
+                now,
+                &engine,
+                &mut queue,
+                &mut attempts,
+                &mut bytes_down,
+            );
+            step
         };
-        dispatch(
-            site,
-            now,
-            &engine,
-            &mut queue,
-            &mut attempts,
-            &mut bytes_down,
-        );
         let Some(step) = step else {
             continue;
         };

@@ -24,7 +24,6 @@ use tessera_engine::streams;
 use tessera_engine::{EngineError, Plan};
 use tessera_he::{CommitmentList, EndorsedKey, HeError, HeParams, KeyHolder, RoundId, VerifiedSum};
 use tessera_orchestrator::secure;
-use tessera_privacy::clip_to_norm;
 use tessera_secagg::{
     Ed25519Directory, Ed25519Signer, Metadata, Scheme, SecAggError, encode_metadata,
 };
@@ -80,15 +79,8 @@ pub(crate) fn homomorphic_round(
     layout: &ParameterSet,
     key_holders: &[usize],
 ) -> Result<SecureRound, SecAggError> {
-    let ids: Vec<u32> = cohort.iter().map(|&s| s as u32).collect();
-    let kept = plan.secure_coordinates(round, layout.n_values());
-    // The quantisation SecAgg+ would use for this cohort.
-    let params = secure::training_params(plan, round, &ids, layout.n_values())?;
-    if let Some(bound) = plan.masked_update_bound() {
-        for update in updates.values_mut() {
-            clip_to_norm(&mut update.delta, bound);
-        }
-    }
+    // The quantisation and clipping SecAgg+ would use for this cohort.
+    let (_, kept, params) = crate::secure::prepare(plan, round, cohort, &mut updates, layout)?;
     let he_params = HeParams::new().map_err(he)?;
     let poly = HeParams::polynomial_bytes();
     let secret = |tag: u64, site: usize| {

@@ -52,6 +52,32 @@ fn deliver(server: &mut secure::SecureRound, message: Message) -> Result<(), Sec
         .map_err(Refused::into_secagg)
 }
 
+/// What every secure round (SecAgg+ or homomorphic) starts from: the
+/// cohort's ids, the coordinates every participant protects (with a random-k
+/// upload codec, the same k for all, from the round's shared seed), the
+/// round's quantisation, and each participant's update clipped as the plan
+/// asks before it is masked or encrypted.
+pub(crate) type Prepared = (Vec<u32>, Option<Vec<usize>>, tessera_secagg::RoundParams);
+
+/// Prepares a secure round (see [`Prepared`]).
+pub(crate) fn prepare(
+    plan: &Plan,
+    round: u32,
+    cohort: &[usize],
+    updates: &mut BTreeMap<usize, Update>,
+    layout: &ParameterSet,
+) -> Result<Prepared, SecAggError> {
+    let ids: Vec<u32> = cohort.iter().map(|&s| s as u32).collect();
+    let kept = plan.secure_coordinates(round, layout.n_values());
+    let params = secure::training_params(plan, round, &ids, layout.n_values())?;
+    if let Some(bound) = plan.masked_update_bound() {
+        for update in updates.values_mut() {
+            clip_to_norm(&mut update.delta, bound);
+        }
+    }
+    Ok((ids, kept, params))
+}
+
 /// Runs one SecAgg+ round for `cohort` (site indices) where `updates` holds
 /// the updates of those who finished training; the others drop mid-round.
 /// `rings` holds each site's key pairs between rounds.
@@ -63,17 +89,7 @@ pub(crate) fn secure_round(
     layout: &ParameterSet,
     rings: &mut [Option<Box<KeyRing>>],
 ) -> Result<SecureRound, SecAggError> {
-    let ids: Vec<u32> = cohort.iter().map(|&s| s as u32).collect();
-    // With a random-k upload codec, every participant masks the same k
-    // coordinates, chosen from the round's shared seed.
-    let kept = plan.secure_coordinates(round, layout.n_values());
-    let params = secure::training_params(plan, round, &ids, layout.n_values())?;
-    // What each participant does to its own update before masking.
-    if let Some(bound) = plan.masked_update_bound() {
-        for update in updates.values_mut() {
-            clip_to_norm(&mut update.delta, bound);
-        }
-    }
+    let (ids, kept, params) = prepare(plan, round, cohort, &mut updates, layout)?;
 
     // The coordinator's side, as in deployment; the members answer at once,
     // so no stage waits for its deadline (dropouts are known in advance).
