@@ -111,6 +111,34 @@ fn secure_buffers_reach_the_target_sooner_than_secure_rounds() {
     assert_eq!(bits(&masked), bits(&encrypted));
 }
 
+/// Secure buffers that could never fill or never be decrypted are refused
+/// before the run: more distinct sites than the federation has, fewer than a
+/// secure round needs or than `min_participants`.
+#[test]
+fn secure_buffers_that_cannot_work_are_refused() {
+    let (plan, data) = common::synthetic_10class("synthetic-async.toml");
+    let mut secure = plan.clone();
+    secure.secure_aggregation.enabled = true;
+    secure.robust.rule = tessera_aggregate::RobustRule::Mean;
+    let mut large = secure.clone();
+    large.federation.buffer_size = 48;
+    let e = simulate(&large, &data, &SimOptions::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("a secure buffer takes 48 distinct sites; the federation has 47"),
+        "{e}"
+    );
+    let mut small = secure.clone();
+    small.federation.buffer_size = 2;
+    let e = small.validate().unwrap_err().to_string();
+    assert!(e.contains("needs at least 3"), "{e}");
+    let mut short = secure.clone();
+    short.federation.min_participants = 6;
+    let e = short.validate().unwrap_err().to_string();
+    assert!(e.contains("min_participants (6); buffer_size is 5"), "{e}");
+}
+
 /// Asynchronous FedProx sends its proximal weight with each task (it was
 /// dropped before, which made async FedProx plain FedAvg): with a pull of
 /// mu = 2 the model moves less from where it started than with mu = 0, on
