@@ -86,6 +86,8 @@ pub struct AggregatorConfig {
     pub give_up_after: Duration,
 }
 
+pub mod shard;
+
 type Server = tokio::task::JoinHandle<Result<RunReport, CoordinatorError>>;
 
 /// What lives across reconnections to the parent.
@@ -233,13 +235,18 @@ fn session_of(db: &std::path::Path) -> Result<String, CoordinatorError> {
             )));
         }
     }
-    let mut nonce = [0u8; 16];
-    getrandom::fill(&mut nonce)
-        .map_err(|e| CoordinatorError::Config(format!("cannot draw a session: {e}")))?;
-    let session: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let session = draw_session()?;
     std::fs::write(&path, format!("{session}\n"))
         .map_err(|e| CoordinatorError::Config(format!("{}: cannot write: {e}", path.display())))?;
     Ok(session)
+}
+
+/// A new session: 16 random bytes, hexadecimal.
+fn draw_session() -> Result<String, CoordinatorError> {
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce)
+        .map_err(|e| CoordinatorError::Config(format!("cannot draw a session: {e}")))?;
+    Ok(nonce.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Opens the federation below this aggregator with the parent's plan and

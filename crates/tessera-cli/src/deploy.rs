@@ -319,7 +319,7 @@ pub fn insecure_warning(who: &str) {
     );
 }
 
-fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
+pub(crate) fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
     if !(value.is_finite() && value > 0.0 && value < 1e9) {
         bail!("{name} must be a positive number of seconds, got {value}");
     }

@@ -41,6 +41,7 @@ mod paths;
 mod plot;
 mod registry;
 mod rollout;
+mod shard;
 mod simulate;
 mod status_json;
 mod synth;
@@ -136,6 +137,11 @@ enum Command {
     /// Aggregate a region of a hierarchical federation: a participant toward
     /// its parent, a coordinator toward its members.
     Aggregator(Box<deploy::AggregatorArgs>),
+    /// Simulate one aggregator's sites of a hierarchical plan in this process,
+    /// under a deployed coordinator: one simulation spread over several
+    /// machines, one shard on each (the same model as simulating it in one
+    /// process).
+    Shard(Box<shard::ShardArgs>),
     /// Gossip with neighbours, no coordinator: train next to this site's data
     /// and average with the plan's graph neighbours.
     ///
@@ -231,6 +237,7 @@ fn main() -> ExitCode {
         Command::Coordinator(_) => Some("tessera-coordinator"),
         Command::Participant(_) => Some("tessera-participant"),
         Command::Aggregator(_) => Some("tessera-aggregator"),
+        Command::Shard(_) => Some("tessera-shard"),
         Command::Peer(_) => Some("tessera-peer"),
         _ => None,
     };
@@ -277,6 +284,7 @@ fn main() -> ExitCode {
         Command::Coordinator(args) => deploy::coordinator(&args),
         Command::Participant(args) => deploy::participant(&args),
         Command::Aggregator(args) => deploy::aggregator(&args),
+        Command::Shard(args) => shard::run(&args),
         Command::Peer(args) => deploy::peer(&args),
         Command::Ca(args) => ca::run(&args),
         Command::Runs(args) => ops::runs(&args),

@@ -59,7 +59,7 @@ pub use prepare::{
     LevelsOffer, LocalSite, MAX_DECLARED_ROWS, MAX_DECLARED_SITES, MISSING_LEVEL, PendingSite,
     RecordColumn, SiteIdentifiers, SiteRecords, agree_kinds, agree_multitask, agree_vocabulary,
     declared_rows, load, load_cross_silo, load_records, load_sites, read_local_site,
-    read_local_sites, read_pending_site, records_schema,
+    read_local_sites, read_member_sites, read_pending_site, records_schema,
 };
 pub use read::{
     FileSource, Filesystem, InMemory, ROWS_EXTENSION, SavedRows, is_rows_file, save_rows,

@@ -36,7 +36,9 @@ pub use derived::{DeriveFeature, SiteIdentifiers};
 pub use records::{
     FederatedRecords, MISSING_LEVEL, RecordColumn, SiteRecords, load_records, records_schema,
 };
-pub use site::{LocalSite, PendingSite, read_local_site, read_local_sites, read_pending_site};
+pub use site::{
+    LocalSite, PendingSite, read_local_site, read_local_sites, read_member_sites, read_pending_site,
+};
 
 /// `[data.synthetic]`: the generated rows at `path`, every other file from
 /// `rest`.

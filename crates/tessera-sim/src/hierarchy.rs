@@ -26,8 +26,11 @@ use tessera_learn::{Evaluation, Schedule};
 use tessera_orchestrator::privacy::{Place, PrivacyBook};
 
 use crate::SimError;
+
+mod shard;
 use crate::profile::{Profile, examples_per_round};
 use crate::run::{Federated, evaluate_all, initial_model, lock, plain_sites, simulation_noise_key};
+pub use shard::{Shard, ShardRound};
 
 /// What a member sent up, and when it arrived.
 struct Answer {

@@ -89,6 +89,7 @@ pub use baselines::run_baselines;
 pub use continual::{Continuation, accuracy, importance, simulate_continued, site_importance};
 pub use cross_silo::{CrossSiloReport, load_data};
 pub use external::simulate_with_learners;
+pub use hierarchy::{Shard, ShardRound};
 pub use multitask::{MultitaskData, MultitaskReport, load_multitask, simulate_multitask};
 pub use profile::Profile;
 pub use run::{SimError, SimOptions, initial_model, simulate, simulation_noise_key};

@@ -94,6 +94,52 @@ pub(super) fn read_local_sites_with(
     Ok(sites)
 }
 
+/// Reads the rows of the sites in `members` (a simulator shard's): `path`
+/// replaces the plan's one file of every site's rows (the shard's copy,
+/// which may hold other sites' rows too); with `[data.synthetic]` (and no
+/// `path`) the plan's rows are generated and the members' kept, the very
+/// rows the single-process simulation gives them. Sorted by name; a member
+/// without rows is refused.
+pub fn read_member_sites(
+    config: &DataConfig,
+    members: &[String],
+    path: Option<&Path>,
+    base_dir: &Path,
+    source: &dyn FileSource,
+) -> Result<Vec<LocalSite>, DataError> {
+    let mut config = config.clone();
+    if let Some(path) = path {
+        if config.synthetic.is_some() || config.path.is_none() {
+            return Err(DataError::Config(format!(
+                "the plan does not read one file of every site's rows ([data] path), so no \
+                 file replaces it: {} was given",
+                path.display()
+            )));
+        }
+        config.path = Some(path.to_path_buf());
+    }
+    let synthetic = super::generated(&config, base_dir, source)?;
+    let (config, source) = match &synthetic {
+        Some((named, generated)) => (named, generated as &dyn FileSource),
+        None => (&config, source),
+    };
+    let mut keep = |name: &str| Ok(members.iter().any(|m| m == name));
+    let mut sites = read_local_sites_with(config, base_dir, source, None, Some(&mut keep))?;
+    sites.sort_by(|a, b| a.name().cmp(b.name()));
+    let missing: Vec<&str> = members
+        .iter()
+        .filter(|m| !sites.iter().any(|s| s.name() == m.as_str()))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(DataError::Unusable(format!(
+            "no rows for the sites [{}]",
+            missing.join(", ")
+        )));
+    }
+    Ok(sites)
+}
+
 /// Reads one site's rows (deployment): `path` replaces the plan's file for
 /// the site; with a site column, only the rows naming `site` are kept. With
 /// `[data.synthetic]` (and no `path`) the site generates the plan's rows
