@@ -75,7 +75,8 @@ pub struct ShardSummary {
 struct State {
     /// This process, told apart from another shard of the same name.
     process: String,
-    shard: Option<Arc<Shard>>,
+    /// The shard, opened under the parent's plan (its text).
+    shard: Option<(Arc<Shard>, String)>,
     summary: ShardSummary,
 }
 
@@ -123,11 +124,18 @@ async fn session(
     .await?;
     progress.made();
     let shard = match &state.shard {
-        Some(shard) => Arc::clone(shard),
+        Some((shard, plan)) if *plan == welcome.plan_toml => Arc::clone(shard),
+        Some(_) => {
+            // A parent restarted under another plan (or run) would get no
+            // agreement from this shard, or training under the old plan.
+            return Err(fatal(
+                "the parent's plan changed since this shard joined: start the shard again",
+            ));
+        }
         None => {
             let shard = Arc::new(prepare(config, &mut parent, &welcome).await?);
             state.summary.sites = shard.sites().len();
-            state.shard = Some(Arc::clone(&shard));
+            state.shard = Some((Arc::clone(&shard), welcome.plan_toml.clone()));
             shard
         }
     };
@@ -162,6 +170,14 @@ async fn prepare(
     let plan = Plan::from_toml(&welcome.plan_toml, "the parent's plan").map_err(fatal)?;
     let name = config.name.clone();
     let members = Shard::members(&plan, &name).map_err(fatal)?;
+    if members.len() > convert::MAX_SITE_EVALUATIONS {
+        return Err(fatal(format!(
+            "shard '{name}' has {} sites: its evaluations go up in one message of at most {} \
+             sites; split it into more shards",
+            members.len(),
+            convert::MAX_SITE_EVALUATIONS
+        )));
+    }
     let (data_config, path, dir) = (
         plan.data.clone(),
         config.data.clone(),
@@ -257,7 +273,10 @@ struct Up<'a> {
 
 impl Up<'_> {
     /// Runs `work` on a blocking thread, telling the parent every
-    /// heartbeat interval that this shard is at round `round`'s work.
+    /// heartbeat interval that this shard is at round `round`'s work. A
+    /// heartbeat that fails does not abandon the work (a reconnection would
+    /// start the same work again beside it): the next call to the parent
+    /// fails instead, once the work is done.
     async fn at_work<T: Send + 'static>(
         &mut self,
         round: u32,
@@ -275,7 +294,18 @@ impl Up<'_> {
                         site: self.name.to_string(),
                         round,
                     };
-                    self.parent.heartbeat(request).await?;
+                    match self.parent.heartbeat(request).await {
+                        Ok(reply) if !reply.get_ref().keep_going => tracing::warn!(
+                            round,
+                            "the parent stopped waiting for this round; finishing it all the same"
+                        ),
+                        Ok(_) => {}
+                        Err(status) => tracing::warn!(
+                            round,
+                            error = %status.message(),
+                            "heartbeat failed; the work goes on"
+                        ),
+                    }
                 }
             }
         }

@@ -16,16 +16,23 @@ use util::procs::{Proc, coordinator};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
-const TWO_SHARDS: &str = r#"kind = "hierarchical"
-
-[[topology.groups]]
-name = "east"
-members = ["site0", "site1", "site2"]
-
-[[topology.groups]]
-name = "west"
-members = ["site3", "site4", "site5"]
-"#;
+/// Two shards of `sites` sites: `east` the even ones, `west` the odd ones
+/// (so that in site order, site0, site1, site10, ..., they interleave).
+fn two_shards(sites: usize) -> String {
+    let of = |parity: usize| {
+        (0..sites)
+            .filter(|i| i % 2 == parity)
+            .map(|i| format!("\"site{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "kind = \"hierarchical\"\n\n[[topology.groups]]\nname = \"east\"\nmembers = [{}]\n\n\
+         [[topology.groups]]\nname = \"west\"\nmembers = [{}]\n",
+        of(0),
+        of(1)
+    )
+}
 
 fn shard(s: &Scratch, url: &str, name: &str, data: &Path) -> Proc {
     Proc::start(
@@ -62,7 +69,7 @@ fn sharded(s: &Scratch, plan: &Path, data: &Path) -> (Vec<u8>, serde_json::Value
     for p in &mut shards {
         assert!(p.wait(LIMIT).success(), "{}:\n{}", p.name, p.log());
         assert!(
-            p.log().contains("3 sites, 6 rounds, 6 evaluations"),
+            p.log().contains("20 sites, 6 rounds, 6 evaluations"),
             "{}",
             p.log()
         );
@@ -70,7 +77,7 @@ fn sharded(s: &Scratch, plan: &Path, data: &Path) -> (Vec<u8>, serde_json::Value
     (util::model(&s.path("dep.model")), s.json("dep.json"))
 }
 
-/// Two shard processes of three sites each give the single-process
+/// Two shard processes of 20 sites each give the single-process
 /// simulation's model bit for bit, with standardisation and simulated
 /// dropouts (each shard draws its sites' dropouts on the virtual clock as
 /// the single process does), and every site's final evaluation.
@@ -80,20 +87,21 @@ fn two_shard_processes_equal_the_single_process_simulation_bit_for_bit() {
         return;
     }
     let s = Scratch::new("shards");
-    let (plan, data) = util::synthetic(&s, 6, 6, TWO_SHARDS);
+    let (plan, data) = util::synthetic(&s, 40, 6, &two_shards(40));
     let text = std::fs::read_to_string(&plan).unwrap().replace(
         "[data.standardize]\nenabled = false",
         "[data.standardize]\nenabled = true",
     );
     std::fs::write(&plan, format!("{text}\n[simulation]\ndropout = 0.3\n")).unwrap();
     let (simulated, expected) = s.simulate(&plan, "sim.model");
-    // Dropouts happened: some site missed some round.
-    let dropped: u64 = simulated["rounds"]
+    // Dropouts happened: sites sent no update in some rounds.
+    let dropped = simulated["rounds"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["dropped"].as_u64().unwrap_or(0))
-        .sum();
+        .flat_map(|r| r["traffic"].as_object().unwrap().values())
+        .filter(|t| t["update"] == 0)
+        .count();
     assert!(dropped > 0, "{simulated}");
     let (model, report) = sharded(&s, &plan, &data);
     assert_eq!(model, expected, "the sharded run's model differs");
@@ -102,6 +110,17 @@ fn two_shard_processes_equal_the_single_process_simulation_bit_for_bit() {
         "{report}"
     );
     assert_eq!(report["final"]["accuracy"], simulated["final"]["accuracy"]);
+    // Every round's pooled loss too: the root pools the sites' evaluations
+    // in site order, as one process does (east and west interleave).
+    let losses = |r: &serde_json::Value| -> Vec<serde_json::Value> {
+        r["rounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["loss"].clone())
+            .collect()
+    };
+    assert_eq!(losses(&report), losses(&simulated));
 }
 
 /// A shard of a name that is no aggregator of the plan says why and stops
@@ -112,7 +131,7 @@ fn a_shard_the_plan_cannot_run_stops_with_the_reason() {
         return;
     }
     let s = Scratch::new("shards-refused");
-    let (plan, data) = util::synthetic(&s, 6, 2, TWO_SHARDS);
+    let (plan, data) = util::synthetic(&s, 6, 2, &two_shards(6));
     let (mut root, url) = coordinator(&s.dir, &plan, &s.path("root.sqlite"), 0, &[]);
     let mut stray = shard(&s, &url, "north", &data);
     assert!(!stray.wait(LIMIT).success());

@@ -77,6 +77,23 @@ fn a_shard_is_an_aggregator_of_named_sites_and_holds_exactly_their_rows() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("secure aggregation"), "{err}");
+    let mut deadline = plan.clone();
+    deadline.federation.deadline_seconds = Some(30.0);
+    let err = Shard::new(&deadline, "east", only(&data, &east))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("deadline"), "{err}");
+    let mut scaled = plan.clone();
+    scaled.data.standardize.enabled = true;
+    scaled.data.standardize.scope = tessera_data::ScaleScope::Federation;
+    let err = Shard::new(&scaled, "east", only(&data, &east))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("scope"), "{err}");
+    let mut flat = plan.clone();
+    flat.topology.kind = tessera_engine::TopologyKind::Flat;
+    let err = Shard::members(&flat, "east").unwrap_err().to_string();
+    assert!(err.contains("hierarchical"), "{err}");
     let mut personal = plan.clone();
     personal.personalization.finetune_epochs = 1;
     let err = Shard::new(&personal, "east", only(&data, &east))

@@ -144,7 +144,9 @@ impl Federation {
     /// The evaluations of `members` (by name, in order) of round `round`
     /// by site: an aggregator's replaced by the evaluations of the sites
     /// below it it sent (protocol 1.9), so that a hierarchy's root reports
-    /// every site, as simulation does.
+    /// every site, as simulation does: sorted by site, as simulation pools
+    /// them (the pooled loss is a sum of floats, and a tree's sites in
+    /// member order are not in that order).
     pub(super) fn by_site(
         &self,
         round: u32,
@@ -176,7 +178,9 @@ impl Federation {
                 }
             }
         }
-        (names, out)
+        let mut sorted: Vec<(String, Evaluation)> = names.into_iter().zip(out).collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        sorted.into_iter().unzip()
     }
 
     /// Whether only sums of the sites' evaluations may reach the coordinator.

@@ -116,6 +116,15 @@ pub fn read_member_sites(
                 path.display()
             )));
         }
+        // Sites drawn from the whole file, and memberships by row of the
+        // file, would change with a file of fewer rows.
+        if config.partition.is_some() || config.split.membership.is_some() {
+            return Err(DataError::Config(format!(
+                "the plan draws its sites ([data.partition]) or its split ([data.split] \
+                 membership) from its file's rows: a shard reads the plan's own file, not {}",
+                path.display()
+            )));
+        }
         config.path = Some(path.to_path_buf());
     }
     let synthetic = super::generated(&config, base_dir, source)?;

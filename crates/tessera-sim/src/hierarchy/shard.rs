@@ -12,14 +12,16 @@
 //! secure aggregation (its members' masked round and its own masked update
 //! upward), central DP at the aggregator (its mechanism and ledger across
 //! rounds), members that are aggregators, personalization, asynchronous
-//! rounds.
+//! rounds, a round deadline (the root's, kept on the virtual clock in one
+//! process), federation-wide standardisation (statistics merged shard by
+//! shard are summed in another order).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use tessera_core::{ParameterSet, Timestamp, Update};
 use tessera_data::FederatedData;
-use tessera_engine::{FitTask, Member, Mode, Node, Plan, PlanError, Site, Tree};
+use tessera_engine::{FitTask, Member, Mode, Node, Plan, PlanError, Site, TopologyKind, Tree};
 use tessera_learn::Evaluation;
 use tessera_orchestrator::privacy::{Place, PrivacyBook};
 
@@ -70,6 +72,26 @@ impl Shard {
         }
         if plan.federation.mode != Mode::Sync {
             return Err(refuse("simulator shards run synchronous rounds".into()));
+        }
+        if plan.federation.deadline_seconds.is_some() {
+            // The single process closes the root's round at its deadline on
+            // the virtual clock, which a deployed root does not keep.
+            return Err(refuse(
+                "a round deadline (federation.deadline_seconds) is kept on the virtual clock in \
+                 one process, not across shards"
+                    .into(),
+            ));
+        }
+        let standardize = &plan.data.standardize;
+        if standardize.enabled && standardize.scope == tessera_data::ScaleScope::Federation {
+            // Merged shard by shard, the statistics are summed in another
+            // order than one process's site by site: not the same bits.
+            return Err(refuse(
+                "federation-wide standardisation (data.standardize.scope = \"federation\") \
+                 merges statistics shard by shard, not to the single process's bits: use \
+                 scope = \"site\""
+                    .into(),
+            ));
         }
         let members = Self::members(plan, name)?;
         let names: Vec<String> = data.sites.iter().map(|s| s.name.clone()).collect();
@@ -135,6 +157,14 @@ impl Shard {
     /// sorted; refused where it is not one, or where a member is an
     /// aggregator.
     pub fn members(plan: &Plan, name: &str) -> Result<Vec<String>, SimError> {
+        if plan.topology.kind != TopologyKind::Hierarchical {
+            return Err(refused(
+                name,
+                "a shard is an aggregator of a hierarchical plan ([topology] kind = \
+                 \"hierarchical\")"
+                    .into(),
+            ));
+        }
         let group = plan
             .topology
             .groups
