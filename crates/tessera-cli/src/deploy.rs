@@ -493,13 +493,16 @@ fn write_outputs(
     report_path: Option<&Path>,
     model_path: Option<&Path>,
 ) -> anyhow::Result<()> {
+    let sites = report.data.len().max(report.final_metrics.per_site.len());
     if let Some(path) = report_path {
-        write(
-            path,
-            serde_json::to_string_pretty(report)
-                .context("cannot encode the report")?
-                .as_bytes(),
-        )?;
+        if sites > tessera_engine::report::SPLIT_ABOVE {
+            // The per-site figures go beside it, as a simulation's.
+            let per_site = path.with_extension("sites.jsonl");
+            crate::simulate::write_report(&mut report.clone(), None, path, Some(&per_site))?;
+        } else {
+            let text = serde_json::to_string_pretty(report).context("cannot encode the report")?;
+            write(path, text.as_bytes())?;
+        }
     }
     if let Some(path) = model_path {
         write(

@@ -117,7 +117,7 @@ pub struct SimulateArgs {
 
 mod plan;
 mod report_file;
-use report_file::write_report;
+pub(crate) use report_file::write_report;
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let started = Instant::now();

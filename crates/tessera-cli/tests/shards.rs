@@ -138,3 +138,52 @@ fn a_shard_the_plan_cannot_run_stops_with_the_reason() {
     assert!(stray.log().contains("north"), "{}", stray.log());
     root.kill_9();
 }
+
+/// Past 1000 sites a coordinator's report keeps their summary and writes
+/// the per-site figures beside it, as a simulation's does; over two shards
+/// of 600 sites each the file holds the single process's figures.
+#[test]
+fn a_sharded_run_of_1200_sites_writes_the_simulations_per_site_file() {
+    if util::skip_e2e("a_sharded_run_of_1200_sites_writes_the_simulations_per_site_file") {
+        return;
+    }
+    let s = Scratch::new("shards-1200");
+    let (plan, data) = util::synthetic(&s, 1200, 2, &two_shards(1200));
+    let (simulated, expected) = s.simulate(&plan, "sim.model");
+    let (root, url) = coordinator(
+        &s.dir,
+        &plan,
+        &s.path("root.sqlite"),
+        0,
+        &["--model-out", "dep.model", "--report", "dep.json"],
+    );
+    let mut procs = [
+        root,
+        shard(&s, &url, "east", &data),
+        shard(&s, &url, "west", &data),
+    ];
+    for p in &mut procs {
+        assert!(p.wait(LIMIT).success(), "{}:\n{}", p.name, p.log());
+    }
+    assert_eq!(util::model(&s.path("dep.model")), expected);
+    let report = s.json("dep.json");
+    assert_eq!(report["per_site"]["file"], "dep.sites.jsonl", "{report}");
+    assert_eq!(report["final"], simulated["final"]);
+    let finals = |file: &str| -> std::collections::BTreeMap<String, serde_json::Value> {
+        std::fs::read_to_string(s.path(file))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|l| l["final_metrics"].is_object())
+            .map(|l| {
+                (
+                    l["site"].as_str().unwrap().to_string(),
+                    l["final_metrics"].clone(),
+                )
+            })
+            .collect()
+    };
+    let (deployed, single) = (finals("dep.sites.jsonl"), finals("sim.model.sites.jsonl"));
+    assert_eq!(single.len(), 1200);
+    assert_eq!(deployed, single);
+}

@@ -10,7 +10,7 @@ use tessera_engine::report::RunReport;
 /// `cross_silo`; with `per_site`, the per-site figures to that file (one
 /// JSON line a site) and their summary in the report (`per_site`), the
 /// report in memory left as it was.
-pub(super) fn write_report(
+pub(crate) fn write_report(
     report: &mut RunReport,
     cross_silo: Option<&tessera_sim::CrossSiloReport>,
     path: &Path,
