@@ -152,7 +152,9 @@ pub struct LocalPart {
     )>,
     /// State saved by an earlier process, by the instructions' name, until
     /// instructions of that kind come.
-    restoring: Option<(String, ParameterSet)>,
+    /// (Boxed: a simulation holds a million sites, and only a restarted
+    /// participant has any.)
+    restoring: Option<Box<(String, ParameterSet)>>,
 }
 
 impl LocalPart {
@@ -176,7 +178,7 @@ impl LocalPart {
             empty => {
                 let mut fresh = instructions.local_algorithm();
                 match self.restoring.take() {
-                    Some((name, saved)) if name == instructions.name() => fresh.restore(&saved)?,
+                    Some(kept) if kept.0 == instructions.name() => fresh.restore(&kept.1)?,
                     other => self.restoring = other,
                 }
                 empty.insert((kind, instructions.name(), fresh))
@@ -195,7 +197,7 @@ impl LocalPart {
     /// State an earlier process saved ([`LocalPart::saved_state`]), taken
     /// back when instructions named `name` come.
     pub fn restore_state(&mut self, name: String, saved: ParameterSet) {
-        self.restoring = Some((name, saved));
+        self.restoring = Some(Box::new((name, saved)));
     }
 }
 
@@ -216,7 +218,7 @@ impl LocalAlgorithm for LocalPart {
         match &self.current {
             Some((_, _, local)) => local.personal(global),
             None => {
-                let (name, saved) = self.restoring.as_ref()?;
+                let (name, saved) = self.restoring.as_deref()?;
                 restored(name, saved).ok()?.personal(global)
             }
         }
@@ -226,7 +228,7 @@ impl LocalAlgorithm for LocalPart {
         match &self.current {
             Some((_, _, local)) => local.cluster(),
             None => {
-                let (name, saved) = self.restoring.as_ref()?;
+                let (name, saved) = self.restoring.as_deref()?;
                 restored(name, saved).ok()?.cluster()
             }
         }

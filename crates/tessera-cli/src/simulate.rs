@@ -233,6 +233,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     {
         data.release_unstandardised();
     }
+    release_free_memory();
     let data_seconds = data_started.elapsed().as_secs_f64();
     let n_train: usize = data.summary.iter().map(|s| s.n_train).sum();
     let n_test: usize = data.summary.iter().map(|s| s.n_test).sum();
@@ -713,6 +714,23 @@ fn check_outputs(
 }
 
 /// Peak resident set size of this process, where the system tells it.
+/// Gives the allocator's free pages back to the system: what reading a
+/// large federation freed stays in the middle of glibc's heaps, and a
+/// round's allocations reuse only part of it (a million sites: ~0.3 GB of
+/// peak memory).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn release_free_memory() {
+    // SAFETY: malloc_trim takes no pointer and has no precondition: it only
+    // returns the free memory of the allocator's heaps to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_memory() {}
+
 fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;

@@ -3,10 +3,27 @@ use serde::{Deserialize, Serialize};
 use crate::CoreError;
 
 /// A dense `f32` tensor in row-major order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct Tensor {
     shape: Vec<usize>,
     data: Vec<f32>,
+}
+
+/// `clone_from` copies into the buffers it has (a learner takes a model's
+/// values every round: a million simulated sites reallocating theirs each
+/// time leave the allocator's arenas fragmented).
+impl Clone for Tensor {
+    fn clone(&self) -> Self {
+        Self {
+            shape: self.shape.clone(),
+            data: self.data.clone(),
+        }
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        self.shape.clone_from(&source.shape);
+        self.data.clone_from(&source.data);
+    }
 }
 
 impl Tensor {
@@ -63,10 +80,25 @@ impl Tensor {
 ///
 /// Names are unique. Order is the order of insertion and is part of the layout:
 /// two sets combine only when names, order and shapes all match.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Default, Serialize, Deserialize)]
 pub struct ParameterSet {
     names: Vec<String>,
     tensors: Vec<Tensor>,
+}
+
+/// `clone_from` copies into the buffers it has, as [`Tensor`]'s does.
+impl Clone for ParameterSet {
+    fn clone(&self) -> Self {
+        Self {
+            names: self.names.clone(),
+            tensors: self.tensors.clone(),
+        }
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        self.names.clone_from(&source.names);
+        self.tensors.clone_from(&source.tensors);
+    }
 }
 
 impl ParameterSet {

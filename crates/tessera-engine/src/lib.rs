@@ -104,7 +104,7 @@ pub use external::{
 };
 pub use regional::{aggregator_engine, upward_update};
 pub use setup::{DpCohort, PlanBuild, check_instructions};
-pub use site::Site;
+pub use site::{SharedLearner, Site};
 pub use tessera_plan::{
     AttributionMethod, AttributionUtility, Conflict, ContributionConfig, FailureConfig,
     FederationConfig, GossipGraph, GroupConfig, MemoryRole, Mode, MultitaskConfig, Plan, PlanError,

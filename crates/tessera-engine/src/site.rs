@@ -20,7 +20,8 @@ use crate::{DpSgd, EngineError, ExternalLearner, FitTask, external, streams};
 pub struct Site {
     id: ParticipantId,
     model: Model,
-    training: TrainingConfig,
+    /// (Shared: a simulation holds a million sites with the same settings.)
+    training: std::sync::Arc<TrainingConfig>,
     seed: u64,
     /// The strategy's local part and its state (SCAFFOLD's control
     /// variate), made from the instructions the site receives.
@@ -51,7 +52,7 @@ impl Site {
         Self {
             id,
             model: Model::BuiltIn(learner),
-            training,
+            training: std::sync::Arc::new(training),
             seed,
             local: LocalPart::default(),
             dp: None,
@@ -118,7 +119,7 @@ impl Site {
                 learner,
                 train_rows,
             },
-            training: plan.local_training(),
+            training: std::sync::Arc::new(plan.local_training()),
             seed: plan.seed,
             local: LocalPart::default(),
             dp: None,
@@ -199,7 +200,7 @@ impl Site {
             privacy,
             rounds,
             noise_key,
-            self.training.clone(),
+            TrainingConfig::clone(&self.training),
         )));
         self
     }
@@ -231,8 +232,10 @@ impl Site {
     /// site's secret key only; without it, batches come from the public
     /// stream `derive_seed(run seed, [FIT, round, site])`.
     pub fn fit(&mut self, task: &FitTask, train: &Dataset) -> Result<Update, EngineError> {
+        let mut made = None;
         let learner = match &mut self.model {
             Model::BuiltIn(learner) => learner,
+            Model::OnDemand(shared) => made.insert(shared.make()),
             Model::External {
                 learner,
                 train_rows,
@@ -357,7 +360,8 @@ impl Site {
         training: &TrainingConfig,
         mut rng: SeededRng,
     ) -> Result<ParameterSet, EngineError> {
-        let Model::BuiltIn(learner) = &mut self.model else {
+        let mut made = None;
+        let Some(learner) = built_in(&mut self.model, &mut made) else {
             return Err(EngineError::State(
                 "fine-tuning needs a built-in model".into(),
             ));
@@ -392,7 +396,8 @@ impl Site {
         rows: &Dataset,
         max_rows: usize,
     ) -> Result<(u64, ParameterSet), EngineError> {
-        let Model::BuiltIn(learner) = &mut self.model else {
+        let mut made = None;
+        let Some(learner) = built_in(&mut self.model, &mut made) else {
             return Err(EngineError::State(
                 "the first-order attribution takes a gradient of the test loss, which an \
                  external model does not give"
@@ -409,19 +414,78 @@ impl Site {
         parameters: &ParameterSet,
         rows: &Dataset,
     ) -> Result<Evaluation, EngineError> {
-        match &mut self.model {
-            Model::BuiltIn(learner) => {
-                learner.set_parameters(parameters)?;
-                Ok(learner.evaluate(rows)?)
-            }
-            Model::External { learner, .. } => external::evaluate(learner.as_mut(), parameters),
+        if let Model::External { learner, .. } = &mut self.model {
+            return external::evaluate(learner.as_mut(), parameters);
         }
+        let mut made = None;
+        let Some(learner) = built_in(&mut self.model, &mut made) else {
+            return Err(EngineError::State("no built-in model".into()));
+        };
+        learner.set_parameters(parameters)?;
+        Ok(learner.evaluate(rows)?)
+    }
+
+    /// This site's built-in learner made from `shared` for each use (and
+    /// dropped after it) instead of held between uses: every use sets the
+    /// learner's values first (training from the round's model, evaluation
+    /// of the model given, fine-tuning from its start), so the results are
+    /// the same bits, and a simulation of a million sites holds one model,
+    /// not a million. A site with an external learner keeps it.
+    /// Its local training settings are shared too, where they are the same.
+    pub fn learner_on_demand(mut self, shared: &SharedLearner) -> Self {
+        if matches!(self.model, Model::BuiltIn(_)) {
+            self.model = Model::OnDemand(shared.clone());
+        }
+        if *self.training == *shared.training {
+            self.training = std::sync::Arc::clone(&shared.training);
+        }
+        self
     }
 }
 
-/// A site's model: built in, or external.
+/// A built-in learner shared by sites that make theirs for each use
+/// ([`Site::learner_on_demand`]).
+#[derive(Clone)]
+pub struct SharedLearner {
+    learner: std::sync::Arc<std::sync::Mutex<Box<dyn Learner>>>,
+    training: std::sync::Arc<TrainingConfig>,
+}
+
+impl SharedLearner {
+    /// Shares `learner` (its values do not matter: every use sets them) and
+    /// the local `training` settings.
+    pub fn new(learner: Box<dyn Learner>, training: TrainingConfig) -> Self {
+        Self {
+            learner: std::sync::Arc::new(std::sync::Mutex::new(learner)),
+            training: std::sync::Arc::new(training),
+        }
+    }
+
+    fn make(&self) -> Box<dyn Learner> {
+        self.learner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone_box()
+    }
+}
+
+/// `model`'s built-in learner: the one it holds, or one made into `made`
+/// (on demand); `None` for an external model.
+fn built_in<'a>(
+    model: &'a mut Model,
+    made: &'a mut Option<Box<dyn Learner>>,
+) -> Option<&'a mut Box<dyn Learner>> {
+    match model {
+        Model::BuiltIn(learner) => Some(learner),
+        Model::OnDemand(shared) => Some(made.insert(shared.make())),
+        Model::External { .. } => None,
+    }
+}
+
+/// A site's model: built in (held, or made for each use), or external.
 enum Model {
     BuiltIn(Box<dyn Learner>),
+    OnDemand(SharedLearner),
     External {
         learner: Box<dyn ExternalLearner>,
         /// The rows it trains on, as the site declared them.

@@ -83,17 +83,23 @@ pub(crate) fn plain_sites(
     names: impl IntoIterator<Item = impl AsRef<str>>,
 ) -> (Vec<Mutex<Site>>, Vec<Profile>) {
     let training = plan.local_training();
+    // One learner for every site, copied for each use (see
+    // `Site::learner_on_demand`).
+    let shared = tessera_engine::SharedLearner::new(initial.clone_box(), training.clone());
     names
         .into_iter()
         .map(|name| {
             let name = name.as_ref();
             (
-                Mutex::new(Site::new(
-                    ParticipantId::new(name),
-                    initial.clone_box(),
-                    training.clone(),
-                    plan.seed,
-                )),
+                Mutex::new(
+                    Site::new(
+                        ParticipantId::new(name),
+                        initial.clone_box(),
+                        training.clone(),
+                        plan.seed,
+                    )
+                    .learner_on_demand(&shared),
+                ),
                 Profile::draw(&plan.simulation, plan.seed, name),
             )
         })
@@ -310,22 +316,27 @@ pub(crate) fn run_sync(
         Err(_) => vec![None; ids.len()],
     };
     let sites: Vec<Mutex<Site>> = match learners {
-        Err(model) => ids
-            .iter()
-            .map(|id| {
-                // Simulated sites' secret keys derive from the run seed: an
-                // experiment, reproducible, not a release.
-                let key = || -> Result<_, std::convert::Infallible> {
-                    Ok(simulation_noise_key(derive_seed(
-                        plan.seed,
-                        &[tag(id.as_str())],
-                    )))
-                };
-                let Ok(mut site) = Site::of_plan(plan, id.clone(), model.clone_box(), key);
-                site.set_elastic(continued.as_ref().and_then(|c| c.elastic_of(id.as_str())));
-                Mutex::new(site)
-            })
-            .collect(),
+        Err(model) => {
+            // One learner for every site, copied for each use (see
+            // `Site::learner_on_demand`).
+            let shared = tessera_engine::SharedLearner::new(model.clone_box(), training.clone());
+            ids.iter()
+                .map(|id| {
+                    // Simulated sites' secret keys derive from the run seed: an
+                    // experiment, reproducible, not a release.
+                    let key = || -> Result<_, std::convert::Infallible> {
+                        Ok(simulation_noise_key(derive_seed(
+                            plan.seed,
+                            &[tag(id.as_str())],
+                        )))
+                    };
+                    let Ok(site) = Site::of_plan(plan, id.clone(), model.clone_box(), key);
+                    let mut site = site.learner_on_demand(&shared);
+                    site.set_elastic(continued.as_ref().and_then(|c| c.elastic_of(id.as_str())));
+                    Mutex::new(site)
+                })
+                .collect()
+        }
         Ok((learners, _)) => ids
             .iter()
             .zip(learners)
