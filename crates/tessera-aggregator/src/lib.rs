@@ -423,30 +423,15 @@ impl Upstream<'_> {
     /// The parent's tasks until its run is over.
     async fn tasks(&mut self) -> Result<(), Failure> {
         loop {
-            let (metadata, mut stream, _) = self
-                .parent
-                .next_task(pb::TaskRequest {
-                    site: self.name.to_string(),
-                    held_round: None,
-                })
-                .await?
-                .into_parts();
-            let Some(first) = stream.message().await? else {
-                return Err(Failure::Retry("task stream ended without a task".into()));
-            };
-            client::still_trusted(self.remote, "the parent")?;
-            let header = match first.part {
-                Some(task::Part::Finished(f)) => {
-                    tracing::info!(reason = %f.reason, "the parent's run is over");
-                    self.shared
-                        .call(Federation::relay_finish)
-                        .await
-                        .map_err(|e| fatal(e.message()))?
-                        .map_err(fatal)?;
-                    return Ok(());
-                }
-                Some(task::Part::Header(h)) => h,
-                _ => return Err(Failure::Retry("a task starts with its header".into())),
+            let Some((metadata, header, mut stream)) =
+                next_task(self.parent, self.name, self.remote).await?
+            else {
+                self.shared
+                    .call(Federation::relay_finish)
+                    .await
+                    .map_err(|e| fatal(e.message()))?
+                    .map_err(fatal)?;
+                return Ok(());
             };
             // The task joins the parent's round trace; this aggregator's
             // round below, and its members' spans, join it too.
@@ -498,23 +483,8 @@ impl Upstream<'_> {
                     "the parent stopped waiting for this aggregator's round"
                 );
             }
-            Some(None) if self.withdraw => {
-                // The parent's round goes on without this aggregator at once
-                // (the simulation drops an empty region as a dropout).
-                let reason = "its members' round closed without an update to send up";
-                let withdrawn =
-                    client::withdraw(self.parent, self.name, round, reason, false).await?;
-                tracing::warn!(
-                    round,
-                    withdrawn,
-                    "withdrew from the parent's round: {reason}"
-                );
-            }
             Some(None) => {
-                // A parent without withdrawals waits until its deadline or
-                // liveness; asked again, the answer is the same: wait before asking.
-                tracing::warn!(round, "the round closed below without an update to send up");
-                tokio::time::sleep(self.beat.unwrap_or(Duration::from_secs(1))).await;
+                empty_round(self.parent, self.name, round, self.withdraw, self.beat).await?
             }
             Some(Some(update)) => {
                 // Under secure aggregation this aggregator masks its
@@ -578,29 +548,109 @@ impl Upstream<'_> {
         else {
             return Ok(());
         };
-        // Each site's evaluation goes up beside their pooled one, so that the
-        // root reports every site (protocol 1.9).
-        let mut report = tonic::Request::new(convert::evaluation_with_sites_to_pb(
+        evaluation_up(
+            self.parent,
             self.name,
             round,
             &evaluated.pooled,
             &evaluated.sites,
-        ));
-        tessera_proto::trace::inject(&tracing::Span::current(), report.metadata_mut());
-        let sent = self.parent.submit_evaluation(report).await;
-        match sent {
-            Ok(_) => tracing::info!(
-                round,
-                examples = evaluated.pooled.n_examples,
-                sites = evaluated.sites.len(),
-                "evaluation sent up"
-            ),
-            Err(status) if status.code() == Code::InvalidArgument => {
-                tracing::warn!(round, reason = %status.message(), "evaluation refused by the parent");
-            }
-            Err(status) => return Err(status.into()),
-        }
+        )
+        .await?;
         Ok(())
+    }
+}
+
+/// The parent's next task: its header (with the call's metadata) and the
+/// stream of its parameters; `None` once the parent's run is over.
+async fn next_task(
+    parent: &mut FederationClient<Channel>,
+    name: &str,
+    remote: &client::Remote,
+) -> Result<
+    Option<(
+        tonic::metadata::MetadataMap,
+        pb::TaskHeader,
+        tonic::Streaming<pb::Task>,
+    )>,
+    Failure,
+> {
+    let (metadata, mut stream, _) = parent
+        .next_task(pb::TaskRequest {
+            site: name.to_string(),
+            held_round: None,
+        })
+        .await?
+        .into_parts();
+    let Some(first) = stream.message().await? else {
+        return Err(Failure::Retry("task stream ended without a task".into()));
+    };
+    client::still_trusted(remote, "the parent")?;
+    match first.part {
+        Some(task::Part::Finished(f)) => {
+            tracing::info!(reason = %f.reason, "the parent's run is over");
+            Ok(None)
+        }
+        Some(task::Part::Header(h)) => Ok(Some((metadata, h, stream))),
+        _ => Err(Failure::Retry("a task starts with its header".into())),
+    }
+}
+
+/// Round `round` closed below without an update to send up: with
+/// `withdraw`, the parent's round goes on without this aggregator at once
+/// (the simulation drops an empty region as a dropout); a parent without
+/// withdrawals waits until its deadline or liveness, and asked again the
+/// answer is the same: wait a heartbeat interval (`beat`) before asking.
+async fn empty_round(
+    parent: &mut FederationClient<Channel>,
+    name: &str,
+    round: u32,
+    withdraw: bool,
+    beat: Option<Duration>,
+) -> Result<(), Failure> {
+    let reason = "its members' round closed without an update to send up";
+    if withdraw {
+        let withdrawn = client::withdraw(parent, name, round, reason, false).await?;
+        tracing::warn!(
+            round,
+            withdrawn,
+            "withdrew from the parent's round: {reason}"
+        );
+    } else {
+        tracing::warn!(round, "{reason}");
+        tokio::time::sleep(beat.unwrap_or(Duration::from_secs(1))).await;
+    }
+    Ok(())
+}
+
+/// Each site's evaluation of round `round` sent up beside their pooled
+/// one, so that the root reports every site (protocol 1.9). Whether the
+/// parent took it (a refusal is logged, not an error).
+async fn evaluation_up(
+    parent: &mut FederationClient<Channel>,
+    name: &str,
+    round: u32,
+    pooled: &tessera_learn::Evaluation,
+    sites: &[(String, tessera_learn::Evaluation)],
+) -> Result<bool, Failure> {
+    let mut report = tonic::Request::new(convert::evaluation_with_sites_to_pb(
+        name, round, pooled, sites,
+    ));
+    tessera_proto::trace::inject(&tracing::Span::current(), report.metadata_mut());
+    match parent.submit_evaluation(report).await {
+        Ok(_) => {
+            tracing::info!(
+                round,
+                examples = pooled.n_examples,
+                sites = sites.len(),
+                "evaluation sent up"
+            );
+            Ok(true)
+        }
+        Err(status) if status.code() == Code::InvalidArgument => {
+            tracing::warn!(round, reason = %status.message(), "evaluation refused by the parent");
+            Ok(false)
+        }
+        Err(status) => Err(status.into()),
     }
 }
 

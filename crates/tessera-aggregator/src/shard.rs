@@ -33,11 +33,11 @@ use tessera_participant::client;
 use tessera_participant::supervisor::{Failure, Progress, Retry, Stopped, supervise};
 use tessera_proto::convert;
 use tessera_proto::pb::federation_client::FederationClient;
-use tessera_proto::pb::{self, agree_reply, task};
+use tessera_proto::pb::{self, agree_reply};
 use tessera_sim::Shard;
 use tonic::transport::Channel;
 
-use crate::{AggregatorError, draw_session, fatal};
+use crate::{AggregatorError, draw_session, empty_round, evaluation_up, fatal, next_task};
 
 /// How to run a simulator shard.
 #[derive(Debug, Clone)]
@@ -314,25 +314,10 @@ impl Up<'_> {
     /// The parent's tasks until its run is over.
     async fn tasks(&mut self, summary: &mut ShardSummary) -> Result<(), Failure> {
         loop {
-            let (_, mut stream, _) = self
-                .parent
-                .next_task(pb::TaskRequest {
-                    site: self.name.to_string(),
-                    held_round: None,
-                })
-                .await?
-                .into_parts();
-            let Some(first) = stream.message().await? else {
-                return Err(Failure::Retry("task stream ended without a task".into()));
-            };
-            client::still_trusted(self.remote, "the parent")?;
-            let header = match first.part {
-                Some(task::Part::Finished(f)) => {
-                    tracing::info!(reason = %f.reason, "the parent's run is over");
-                    return Ok(());
-                }
-                Some(task::Part::Header(h)) => h,
-                _ => return Err(Failure::Retry("a task starts with its header".into())),
+            let Some((_, header, mut stream)) =
+                next_task(self.parent, self.name, self.remote).await?
+            else {
+                return Ok(());
             };
             let (global, _) = client::receive_parameters(&header, &mut stream, None).await?;
             let global = Arc::new(global);
@@ -358,19 +343,8 @@ impl Up<'_> {
                         })
                         .await?;
                     let pooled = Evaluation::pool(sites.iter().map(|(_, e)| e));
-                    let mut report = tonic::Request::new(convert::evaluation_with_sites_to_pb(
-                        self.name, round, &pooled, &sites,
-                    ));
-                    tessera_proto::trace::inject(&tracing::Span::current(), report.metadata_mut());
-                    match self.parent.submit_evaluation(report).await {
-                        Ok(_) => {
-                            tracing::info!(round, sites = sites.len(), "evaluation sent up");
-                            summary.evaluations += 1;
-                        }
-                        Err(status) if status.code() == tonic::Code::InvalidArgument => {
-                            tracing::warn!(round, reason = %status.message(), "evaluation refused by the parent");
-                        }
-                        Err(status) => return Err(status.into()),
+                    if evaluation_up(self.parent, self.name, round, &pooled, &sites).await? {
+                        summary.evaluations += 1;
                     }
                 }
                 pb::TaskKind::Analyze
@@ -391,20 +365,7 @@ impl Up<'_> {
         update: Option<tessera_core::Update>,
     ) -> Result<(), Failure> {
         let Some(update) = update else {
-            let reason = "its members' round closed without an update to send up";
-            if self.withdraw {
-                let withdrawn =
-                    client::withdraw(self.parent, self.name, round, reason, false).await?;
-                tracing::warn!(
-                    round,
-                    withdrawn,
-                    "withdrew from the parent's round: {reason}"
-                );
-            } else {
-                tracing::warn!(round, "{reason}");
-                tokio::time::sleep(self.beat.unwrap_or(Duration::from_secs(1))).await;
-            }
-            return Ok(());
+            return empty_round(self.parent, self.name, round, self.withdraw, self.beat).await;
         };
         let reply = client::send_update(
             self.name,
