@@ -713,7 +713,6 @@ fn check_outputs(
     paths::check_outputs(&outputs, &inputs)
 }
 
-/// Peak resident set size of this process, where the system tells it.
 /// Gives the allocator's free pages back to the system: what reading a
 /// large federation freed stays in the middle of glibc's heaps, and a
 /// round's allocations reuse only part of it (a million sites: ~0.3 GB of
@@ -731,6 +730,7 @@ fn release_free_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn release_free_memory() {}
 
+/// Peak resident set size of this process, where the system tells it.
 fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;

@@ -252,3 +252,39 @@ fn a_local_part_that_trains_twice_is_refused_under_dp_sgd() {
 }
 
 mod fedrep;
+
+/// A site whose learner is made for each use from a shared one
+/// ([`Site::learner_on_demand`]) trains and evaluates to the same bits as
+/// a site holding its own, round after round, with and without local DP,
+/// even when the shared learner's values differ from the site's (every
+/// use sets them first).
+#[test]
+fn a_learner_made_for_each_use_gives_the_held_learners_bits() {
+    let (rows, task) = rows_and_task();
+    for key in [None, Some([3; 32])] {
+        let mut held = site(key);
+        let other = Network::new(&ModelConfig::of_kind(ModelKind::Mlp), 6, 3, 99).unwrap();
+        let shared = SharedLearner::new(Box::new(other), training());
+        let mut on_demand = site(key).learner_on_demand(&shared);
+        assert!(matches!(on_demand.model, Model::OnDemand(_)));
+        assert!(Arc::ptr_eq(&on_demand.training, &shared.training));
+        let mut global = task.global.as_ref().clone();
+        for round in 1..=3 {
+            let task = FitTask {
+                round,
+                global: Arc::new(global.clone()),
+                ..task.clone()
+            };
+            let a = held.fit(&task, &rows).unwrap();
+            let b = on_demand.fit(&task, &rows).unwrap();
+            assert_eq!(a.delta, b.delta, "round {round}, key {key:?}");
+            let (ea, eb) = (
+                held.evaluate(&global, &rows).unwrap(),
+                on_demand.evaluate(&global, &rows).unwrap(),
+            );
+            assert_eq!(ea.loss_sum.to_bits(), eb.loss_sum.to_bits());
+            assert_eq!(ea.n_correct, eb.n_correct);
+            global.add_scaled(&a.delta, 1.0).unwrap();
+        }
+    }
+}
