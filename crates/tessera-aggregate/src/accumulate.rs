@@ -125,9 +125,6 @@ impl UpdateAccumulator {
             .filter(|&(_, &c)| c)
             .map(|(&(u, w), _)| (&u.delta, w))
             .collect();
-        // (A candidate refused below still took a term's room in the delta's
-        // bound while summed; the totals' bound, two terms an update, is
-        // reached first, so this shows only past 2^22 updates a round.)
         let mut summed = self.delta.add_many(&changes).into_iter();
         // ...then each is decided in turn as `add` decides it, against the
         // state so far; a change summed for an update refused there is taken

@@ -14,7 +14,7 @@ pub enum AggregateError {
         /// The offending weighted value.
         value: f64,
     },
-    /// The accumulated sum left the 128-bit range.
+    /// A count left its range (the updates' example counts past 2^64).
     #[error("aggregate overflow: too many large updates for the exact accumulator")]
     Overflow,
     /// A weight is negative or not finite.

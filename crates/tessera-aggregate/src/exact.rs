@@ -12,8 +12,9 @@ pub(crate) const SCALE: f64 = (1u64 << FRAC_BITS) as f64;
 /// Weighted values must stay below this magnitude (2^48): a term is then
 /// below 2^104 in fixed point.
 const LIMIT: f64 = 281_474_976_710_656.0;
-/// Terms per sum that can never overflow 128 bits: 2^(127 - 104).
-const MAX_TERMS: u64 = 1 << 23;
+/// Terms a 128-bit sum takes before it is moved into the wide sums
+/// ([`ExactSum`]'s `wide`): 2^(127 - 104) terms can never overflow it.
+const SPILL_AT: u64 = 1 << 23;
 
 /// Whether a weighted value fits the accumulator (false for NaN and infinities).
 pub(crate) fn in_range(term: f64) -> bool {
@@ -35,6 +36,74 @@ pub(crate) fn fixed(term: f64) -> i128 {
     let hi = (scaled / SPLIT) as i64;
     let lo = scaled - hi as f64 * SPLIT;
     (i128::from(hi) << 52) + i128::from(lo as i64)
+}
+
+/// A 256-bit integer, `hi * 2^128 + lo`: a sum of any number of 128-bit
+/// sums (2^128 of them before it could wrap).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Wide {
+    hi: i128,
+    lo: u128,
+}
+
+impl Wide {
+    /// `self + v`.
+    fn plus(self, v: i128) -> Wide {
+        let (lo, carry) = self.lo.overflowing_add(v as u128);
+        // `v`'s sign extended: its high half is -1 or 0.
+        Wide {
+            hi: self
+                .hi
+                .wrapping_add(v >> 127)
+                .wrapping_add(i128::from(carry)),
+            lo,
+        }
+    }
+
+    /// `self + other`.
+    fn plus_wide(self, other: Wide) -> Wide {
+        let (lo, carry) = self.lo.overflowing_add(other.lo);
+        Wide {
+            hi: self
+                .hi
+                .wrapping_add(other.hi)
+                .wrapping_add(i128::from(carry)),
+            lo,
+        }
+    }
+
+    /// As `f64`, rounded to nearest, ties to even, as [`to_f64`] rounds.
+    fn to_f64(self) -> f64 {
+        let high_bit = (self.lo >> 127) as i128;
+        if self.hi == -high_bit {
+            // Within 128 bits.
+            return to_f64(self.lo as i128);
+        }
+        let negative = self.hi < 0;
+        let (hi, lo) = if negative {
+            let lo = (!self.lo).wrapping_add(1);
+            ((!(self.hi as u128)).wrapping_add(u128::from(lo == 0)), lo)
+        } else {
+            (self.hi as u128, self.lo)
+        };
+        // Past 128 bits here, so `hi` is not zero: its top 64 bits, with a
+        // sticky bit for any bit below them.
+        let shift = 192 - hi.leading_zeros();
+        let (top, below) = if shift < 128 {
+            (
+                (lo >> shift) | (hi << (128 - shift)),
+                lo & ((1u128 << shift) - 1),
+            )
+        } else {
+            (
+                hi >> (shift - 128),
+                (hi & ((1u128 << (shift - 128)) - 1)) | lo,
+            )
+        };
+        let top = top as u64 | u64::from(below != 0);
+        let value = top as f64 * f64::from_bits(u64::from(1023 + shift) << 52);
+        if negative { -value } else { value }
+    }
 }
 
 /// `s as f64` (rounded to nearest, ties to even) through a 64-bit integer,
@@ -95,17 +164,33 @@ fn chunks_of(values: &ParameterSet) -> Vec<&[f32]> {
 /// an integer below 2^29, as example counts are) and turned once into a
 /// multiple of 2^-56; the sums are then exact integer additions, which are
 /// associative. So the result is the same bits whatever the order of the
-/// terms, the number of threads, or how partial sums were merged. Up to 2^23
-/// terms per sum fit; more are refused.
+/// terms, the number of threads, or how partial sums were merged. Any
+/// number of terms fits: every 2^23 terms (before 128 bits could overflow)
+/// the sums are moved into 256-bit ones, and the value is their total.
 ///
 /// A batch of terms added at once ([`ExactSum::add_many`]) is summed at
 /// about half the speed of copying the values (BENCHMARKS): see `fold` for
 /// how.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ExactSum {
     sums: Vec<i128>,
+    /// Terms in `sums` since they were last moved into `wide`.
     n_terms: u64,
+    /// The sums moved out of `sums` every 2^23 terms; `None` until then
+    /// (boxed: a round of fewer than 4 million updates never needs it).
+    wide: Option<Box<[Wide]>>,
 }
+
+/// Equal totals are equal sums, however their terms were split between
+/// the 128-bit and the wide sums.
+impl PartialEq for ExactSum {
+    fn eq(&self, other: &Self) -> bool {
+        self.sums.len() == other.sums.len()
+            && (0..self.sums.len()).all(|i| self.total(i) == other.total(i))
+    }
+}
+
+impl Eq for ExactSum {}
 
 impl ExactSum {
     /// `n` zero sums.
@@ -113,7 +198,31 @@ impl ExactSum {
         Self {
             sums: vec![0; n],
             n_terms: 0,
+            wide: None,
         }
+    }
+
+    /// Sum `index` in 256 bits (zero past the last).
+    fn total(&self, index: usize) -> Wide {
+        let wide = self
+            .wide
+            .as_ref()
+            .and_then(|w| w.get(index).copied())
+            .unwrap_or_default();
+        wide.plus(self.sums.get(index).copied().unwrap_or(0))
+    }
+
+    /// Moves the 128-bit sums into the wide ones, emptying them for 2^23
+    /// more terms.
+    fn spill(&mut self) {
+        let n = self.sums.len();
+        let wide = self
+            .wide
+            .get_or_insert_with(|| vec![Wide::default(); n].into_boxed_slice());
+        for (w, s) in wide.iter_mut().zip(&mut self.sums) {
+            *w = w.plus(std::mem::take(s));
+        }
+        self.n_terms = 0;
     }
 
     /// Number of sums.
@@ -126,21 +235,18 @@ impl ExactSum {
         self.sums.is_empty()
     }
 
-    fn reserve_term(&mut self, count: u64) -> Result<(), AggregateError> {
-        let total = self.n_terms.saturating_add(count);
-        if total > MAX_TERMS {
-            return Err(AggregateError::Overflow);
+    /// Room for `count` (at most 2^23) more terms in the 128-bit sums,
+    /// moving them into the wide ones first where there is not.
+    fn reserve_terms(&mut self, count: u64) {
+        if self.n_terms.saturating_add(count) > SPILL_AT {
+            self.spill();
         }
-        self.n_terms = total;
-        Ok(())
+        self.n_terms += count;
     }
 
-    /// Checks, without adding, that `weight * values[i]` fits for every value
-    /// and that one more term fits.
+    /// Checks, without adding, that `weight * values[i]` fits for every
+    /// value.
     pub fn check(&self, values: &ParameterSet, weight: f64) -> Result<(), AggregateError> {
-        if self.n_terms >= MAX_TERMS {
-            return Err(AggregateError::Overflow);
-        }
         check_chunks(&chunks_of(values), weight)
     }
 
@@ -188,11 +294,13 @@ impl ExactSum {
                 })
             })
             .collect();
-        // As many terms as there is room for, in order; a term refused for
-        // its range leaves its room to the next (as adding in turn would),
-        // so near the bound this takes more than one pass.
+        // As many terms as the 128-bit sums have room for, in order, then
+        // the sums moved into the wide ones for the rest.
         loop {
-            let room = usize::try_from(MAX_TERMS.saturating_sub(self.n_terms)).unwrap_or(0);
+            if self.n_terms >= SPILL_AT {
+                self.spill();
+            }
+            let room = usize::try_from(SPILL_AT - self.n_terms).unwrap_or(usize::MAX);
             let next: Vec<usize> = (0..batch.len())
                 .filter(|&i| results[i].is_none())
                 .take(room)
@@ -216,15 +324,10 @@ impl ExactSum {
                 });
             }
         }
-        // Past the bound: refused, for their range first as `add` checks.
+        // (Every term was decided above.)
         results
             .into_iter()
-            .zip(batch)
-            .map(|(result, &(chunks, weight))| {
-                result.unwrap_or_else(|| {
-                    check_chunks(chunks, weight).and(Err(AggregateError::Overflow))
-                })
-            })
+            .map(|result| result.unwrap_or(Err(AggregateError::Overflow)))
             .collect()
     }
 
@@ -237,12 +340,13 @@ impl ExactSum {
             chunks: &chunks,
             weight: -weight,
         }];
-        // In range, as it was when it was added.
+        // In range, as it was when it was added; counted as one more term
+        // (the sums it comes out of may have been moved since).
+        self.reserve_terms(1);
         fold::fold(&mut self.sums, &undo);
-        self.n_terms = self.n_terms.saturating_sub(1);
     }
 
-    /// Adds a single term to sum `index` (each call counts towards the 2^23 bound).
+    /// Adds a single term to sum `index`.
     pub fn add_one(&mut self, index: usize, term: f64) -> Result<(), AggregateError> {
         if !in_range(term) {
             return Err(AggregateError::OutOfRange { value: term });
@@ -254,7 +358,7 @@ impl ExactSum {
             ))));
         }
         let term = fixed(term);
-        self.reserve_term(1)?;
+        self.reserve_terms(1);
         if let Some(sum) = self.sums.get_mut(index) {
             *sum += term;
         }
@@ -270,24 +374,39 @@ impl ExactSum {
                 self.sums.len()
             ))));
         }
-        self.reserve_term(other.n_terms)?;
+        self.reserve_terms(other.n_terms);
         for (a, b) in self.sums.iter_mut().zip(&other.sums) {
             *a += *b;
+        }
+        if let Some(theirs) = &other.wide {
+            let n = self.sums.len();
+            let ours = self
+                .wide
+                .get_or_insert_with(|| vec![Wide::default(); n].into_boxed_slice());
+            for (a, b) in ours.iter_mut().zip(theirs.iter()) {
+                *a = a.plus_wide(*b);
+            }
         }
         Ok(())
     }
 
     /// Sum `index` as `f64`.
     pub fn value(&self, index: usize) -> f64 {
-        self.sums
-            .get(index)
-            .map_or(0.0, |&s| to_f64(s) * 2f64.powi(-FRAC_BITS))
+        if index >= self.sums.len() {
+            return 0.0;
+        }
+        self.total(index).to_f64() * 2f64.powi(-FRAC_BITS)
     }
 
     /// Every sum divided by `divisor`, as `f32` (one rounding from the exact sum
     /// to `f64`, one division, one rounding to `f32`).
     pub fn quotient(&self, divisor: f64) -> Vec<f32> {
         let scale = 2f64.powi(-FRAC_BITS);
+        if self.wide.is_some() {
+            return (0..self.sums.len())
+                .map(|i| (self.total(i).to_f64() * scale / divisor) as f32)
+                .collect();
+        }
         let mut out = vec![0.0; self.sums.len()];
         fold::convert(&self.sums, &mut out, |s| {
             (to_f64(s) * scale / divisor) as f32
@@ -363,10 +482,93 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_at_the_bound_refuses_as_adding_in_turn_does() {
+    fn wide_sums_round_as_the_exact_value_does() {
+        let wide = |v: i128| Wide::default().plus(v);
+        // Within 128 bits: as the 128-bit conversion.
+        for v in [
+            0i128,
+            1,
+            -1,
+            i128::MAX,
+            i128::MIN,
+            (1 << 100) + 7,
+            -(1 << 90) - 3,
+        ] {
+            assert_eq!(wide(v).to_f64().to_bits(), (v as f64).to_bits(), "{v}");
+        }
+        let two = |e: i32| 2f64.powi(e);
+        let cases = [
+            // 2^128, 3.5 * 2^128.
+            (Wide { hi: 1, lo: 0 }, two(128)),
+            (
+                Wide {
+                    hi: 3,
+                    lo: 1 << 127,
+                },
+                3.5 * two(128),
+            ),
+            // (2^53 + 1) * 2^140: a tie, to even; one more unit breaks it up.
+            (
+                Wide {
+                    hi: ((1i128 << 53) + 1) << 12,
+                    lo: 0,
+                },
+                two(193),
+            ),
+            (
+                Wide {
+                    hi: ((1i128 << 53) + 1) << 12,
+                    lo: 1,
+                },
+                two(193) + two(141),
+            ),
+            // Just past 2^127, and its negation.
+            (wide(i128::MAX).plus(2), two(127)),
+            (wide(i128::MIN).plus(-1), -two(127)),
+            (
+                Wide::default().plus_wide(Wide { hi: -4, lo: 0 }),
+                -4.0 * two(128),
+            ),
+        ];
+        for (w, expected) in cases {
+            assert_eq!(w.to_f64().to_bits(), expected.to_bits(), "{w:?}");
+        }
+    }
+
+    #[test]
+    fn past_two_to_the_23_terms_the_sums_stay_exact() {
+        // 2^24 + 3 terms of 2^47: 2^71 + 3 * 2^47, past 2^127 in fixed point.
+        let n = (1u64 << 24) + 3;
+        let mut up = ExactSum::new(2);
+        for _ in 0..n {
+            up.add_one(0, 2f64.powi(47)).unwrap();
+            up.add_one(1, -(2f64.powi(47))).unwrap();
+        }
+        let exact = 2f64.powi(71) + 3.0 * 2f64.powi(47);
+        assert_eq!((up.value(0), up.value(1)), (exact, -exact));
+        assert_eq!(up.quotient(2f64.powi(47)), [n as f32, -(n as f32)]);
+        // Merged with another past its bound, and in another order: the
+        // same sums.
+        let mut other = ExactSum::new(2);
+        other.n_terms = SPILL_AT - 1;
+        other.add_one(0, 1.0).unwrap();
+        other.add_one(0, 0.5).unwrap();
+        other.add_one(1, -0.25).unwrap();
+        let mut a = up.clone();
+        a.merge(&other).unwrap();
+        let mut b = other.clone();
+        b.merge(&up).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.value(0), exact + 1.5);
+        assert_eq!(b.value(1), -exact - 0.25);
+        assert_eq!(a.quotient(3.0), b.quotient(3.0));
+    }
+
+    #[test]
+    fn a_batch_across_the_spill_sums_as_adding_in_turn_does() {
         let mut one_by_one = ExactSum::new(3);
         one_by_one.add_slice(&[1.0, 2.0, 3.0], 1.0).unwrap();
-        one_by_one.n_terms = MAX_TERMS - 2;
+        one_by_one.n_terms = SPILL_AT - 2;
         let mut batched = one_by_one.clone();
         let (ok, far, short) = ([0.5f32, -0.25, 4.0], [1.0f32, 1e30, 0.0], [1.0f32]);
         let batch: [(&[f32], f64); 6] = [
@@ -390,8 +592,12 @@ mod tests {
         let got = batched.add_many_chunks(&terms);
         assert_eq!(got, expected);
         assert!(matches!(got[3], Err(AggregateError::OutOfRange { .. })));
-        assert!(matches!(got[5], Err(AggregateError::Overflow)));
+        assert!(got[4].is_ok() && got[5].is_ok());
+        assert!(batched.wide.is_some());
         assert_eq!(batched, one_by_one);
+        // The sums of 1*[1,2,3] + 3*ok + 5*ok + 7*ok, exactly.
+        let expected_sums = [1.0 + 15.0 * 0.5, 2.0 - 15.0 * 0.25, 3.0 + 15.0 * 4.0];
+        assert_eq!(batched.quotient(1.0), expected_sums);
         // Nothing to check is nothing refused, whatever the weight.
         assert!(
             ExactSum::new(0)

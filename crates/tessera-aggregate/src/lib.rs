@@ -33,7 +33,9 @@
 //! `ExactSum` is 128-bit fixed point with a resolution of 2^-56 for terms
 //! below 2^48 in magnitude: any arrival order, thread count or merge of
 //! partial sums gives the same bits (tests check thread-count and
-//! arrival-order independence). It costs 16 bytes per parameter, so a
+//! arrival-order independence). Every 2^23 terms (about 4 million updates:
+//! each adds two terms to the totals) its sums move into 256-bit ones, so a
+//! round takes any number of updates. It costs 16 bytes per parameter, so a
 //! coordinator aggregating a 1 GB model needs about 5 GB.
 //! `UpdateAccumulator` validates each update and streams it into an
 //! `ExactSum`; a rejected update leaves the accumulator unchanged. A batch of
