@@ -78,6 +78,7 @@ mod homomorphic;
 pub mod multitask;
 mod personal;
 mod profile;
+mod round_traffic;
 mod run;
 mod secure;
 mod sites;

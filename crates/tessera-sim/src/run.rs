@@ -21,7 +21,9 @@ use tessera_engine::report::{PrivacyReport, RoundRecord, RunReport};
 use tessera_engine::streams;
 use tessera_orchestrator::Effect;
 use tessera_orchestrator::privacy::{LocalReport, Place, PrivacyBook};
-use tessera_orchestrator::{RoundTraffic, upload_codec};
+use tessera_orchestrator::upload_codec;
+
+use crate::round_traffic::IndexedTraffic;
 
 use crate::Attack;
 pub(crate) use crate::sites::{evaluate_all, evaluate_sites, lock};
@@ -421,9 +423,9 @@ pub(crate) fn run_sync(
                     .tensors()
                     .map_or(0, |t| t.wire_len() as u64)
         };
-        let mut traffic = RoundTraffic::default();
+        let mut traffic = IndexedTraffic::new(ids.len());
         for id in &start.cohort {
-            traffic.down(id.as_str(), task_bytes(id));
+            traffic.down(index[id], task_bytes(id));
         }
         let mut site_errors = Vec::new();
 
@@ -520,7 +522,7 @@ pub(crate) fn run_sync(
                         }
                         let codec = codecs[event.site];
                         let encoded = (!codec.is_identity()).then(|| {
-                            traffic.codec(id.as_str(), codec.to_string());
+                            traffic.codec(event.site, codec.to_string());
                             let shared = secure.then(|| plan.shared_codec_seed(round));
                             lock(&sites[event.site]).encode_update(
                                 &mut update,
@@ -537,7 +539,7 @@ pub(crate) fn run_sync(
                             Some(bytes) => update.wire_len_compressed(bytes.len()),
                             None => update.wire_len(),
                         } as u64;
-                        traffic.update(id.as_str(), size, None);
+                        traffic.update(event.site, size);
                         bytes_up_per_site[event.site] += size;
                         if attributor.is_some() {
                             sent.push((event.site, update.clone()));
@@ -582,13 +584,13 @@ pub(crate) fn run_sync(
                 Ok(result) => {
                     for (&site, &size) in &result.bytes_up {
                         bytes_up_per_site[site] += size;
-                        traffic.up(ids[site].as_str(), size);
+                        traffic.up(site, size);
                     }
                     for (&site, &size) in &result.masked_bytes {
-                        traffic.update_within(ids[site].as_str(), size);
+                        traffic.update_within(site, size);
                     }
                     for (&site, &size) in &result.bytes_down {
-                        traffic.down(ids[site].as_str(), size);
+                        traffic.down(site, size);
                     }
                     let survivors: Vec<ParticipantId> =
                         result.survivors.iter().map(|&s| ids[s].clone()).collect();
@@ -652,8 +654,8 @@ pub(crate) fn run_sync(
         for (site, e) in evaluations.iter().enumerate() {
             let size = e.wire_len() as u64;
             bytes_up_per_site[site] += size;
-            traffic.up(ids[site].as_str(), size);
-            traffic.down(ids[site].as_str(), model_down);
+            traffic.up(site, size);
+            traffic.down(site, model_down);
         }
         // What the coordinator would see of the evaluations (only their sum
         // across sites under `site_metrics = "aggregate-only"`).
@@ -688,7 +690,7 @@ pub(crate) fn run_sync(
         );
         site_errors.sort();
         record.site_errors = site_errors;
-        record.traffic = traffic.take();
+        record.traffic = traffic.into_map(&names);
         record.metrics_epsilon = metrics_epsilon;
         observer(&record);
         records.push(record);
