@@ -234,7 +234,7 @@ async fn prepare(
         let n = agreement.feature_names().len();
         let parts: Vec<FeatureStatistics> = prepared
             .iter()
-            .map(|d| FeatureStatistics::of_features(&d.raw_train))
+            .map(|d| FeatureStatistics::of_features(d.raw_train()))
             .collect();
         let own = convert::statistics_to_pb(&FeatureStatistics::merge_all(n, &parts));
         let offer = pb::agree_request::Offer::Statistics(own);

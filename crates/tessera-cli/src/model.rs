@@ -173,7 +173,7 @@ pub fn of_parameters(
     );
     let federation = if plan.data.standardize.enabled {
         (plan.data.standardize.scope == ScaleScope::Federation)
-            .then(|| data.sites.first().map(|s| s.scaler.clone()))
+            .then(|| data.sites.first().map(|s| s.scaler().clone()))
             .flatten()
     } else {
         Some(Scaler::from_statistics(

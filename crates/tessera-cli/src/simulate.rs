@@ -222,17 +222,16 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let data_started = Instant::now();
-    let (mut data, cross_silo) = tessera_sim::load_data(&plan, &base_dir, source.as_ref())?;
-    // Nothing after this reads the rows as encoded before standardisation
-    // or the sites' statistics unless one of these asks: else they go.
-    if !args.baselines
+    // Nothing after loading reads the rows as encoded before
+    // standardisation or the sites' statistics unless one of these asks:
+    // else each site's go as soon as it is prepared.
+    let release = !args.baselines
         && args.model_out.is_none()
         && !args.continual.reads_standardisation()
         && plan.personalization.department.is_none()
-        && plan.personalization.new_sites.is_empty()
-    {
-        data.release_unstandardised();
-    }
+        && plan.personalization.new_sites.is_empty();
+    let (data, cross_silo) =
+        tessera_sim::load_data_with(&plan, &base_dir, source.as_ref(), release)?;
     release_free_memory();
     let data_seconds = data_started.elapsed().as_secs_f64();
     let n_train: usize = data.summary.iter().map(|s| s.n_train).sum();

@@ -445,7 +445,7 @@ fn data_sha256(data: &FederatedData) -> String {
     for site in &data.sites {
         hash.update(site.name.as_bytes());
         hash.update([0]);
-        for part in [&site.raw_train, &site.raw_test] {
+        for part in [site.raw_train(), site.raw_test()] {
             hash.update((part.nrows() as u64).to_le_bytes());
             // Row by row (the dense matrix's order), never densified whole.
             part.for_each_row(|_, row| {

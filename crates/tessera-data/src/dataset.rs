@@ -293,16 +293,39 @@ pub struct SiteData {
     pub train: Dataset,
     /// Test rows, standardised with the site's training statistics.
     pub test: Dataset,
+    /// The rows before standardisation and the site's statistics; `None`
+    /// once released ([`SiteData::release_unstandardised`]). Boxed: they
+    /// are half a site's own size, and ten million simulated sites hold
+    /// none.
+    pub unstandardised: Option<Box<Unstandardised>>,
+    /// The training cells (row, feature) whose value was imputed (the
+    /// site's training mean, or 0 for a column absent at the site).
+    pub imputed_train: Vec<(usize, usize)>,
+}
+
+/// A site's rows as encoded and imputed, before standardisation, and how
+/// they were standardised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unstandardised {
     /// Training rows encoded and imputed but not standardised.
     pub raw_train: Features,
     /// Test rows encoded and imputed but not standardised.
     pub raw_test: Features,
     /// The site's standardisation statistics.
     pub scaler: Scaler,
-    /// The training cells (row, feature) whose value was imputed (the
-    /// site's training mean, or 0 for a column absent at the site).
-    pub imputed_train: Vec<(usize, usize)>,
 }
+
+/// What a site whose rows before standardisation were released reads as
+/// them: no rows, no statistics.
+static RELEASED: std::sync::LazyLock<Unstandardised> =
+    std::sync::LazyLock::new(|| Unstandardised {
+        raw_train: Features::empty(0),
+        raw_test: Features::empty(0),
+        scaler: Scaler {
+            mean: Vec::new(),
+            scale: Vec::new(),
+        },
+    });
 
 impl SiteData {
     /// Frees what training and evaluation never read: the rows as encoded
@@ -311,27 +334,46 @@ impl SiteData {
     /// model file, no departments, no new sites); what needs them refuses
     /// the site afterwards ([`SiteData::holds_unstandardised`]).
     pub fn release_unstandardised(&mut self) {
-        let n = self.train.x.ncols();
-        self.raw_train = Features::empty(n);
-        self.raw_test = Features::empty(n);
-        self.scaler = Scaler {
-            mean: Vec::new(),
-            scale: Vec::new(),
-        };
+        self.unstandardised = None;
     }
 
     /// Whether the site still holds its rows as encoded before
     /// standardisation and its statistics (not released by
     /// [`SiteData::release_unstandardised`]).
     pub fn holds_unstandardised(&self) -> bool {
-        self.scaler.mean.len() == self.train.x.ncols()
+        self.unstandardised.is_some()
     }
 
-    /// Standardises the site's rows with `scaler` instead (federation scope).
+    fn held(&self) -> &Unstandardised {
+        self.unstandardised.as_deref().unwrap_or(&RELEASED)
+    }
+
+    /// Training rows encoded and imputed but not standardised (none once
+    /// released).
+    pub fn raw_train(&self) -> &Features {
+        &self.held().raw_train
+    }
+
+    /// Test rows encoded and imputed but not standardised (none once
+    /// released).
+    pub fn raw_test(&self) -> &Features {
+        &self.held().raw_test
+    }
+
+    /// The site's standardisation statistics (empty once released).
+    pub fn scaler(&self) -> &Scaler {
+        &self.held().scaler
+    }
+
+    /// Standardises the site's rows with `scaler` instead (federation
+    /// scope); a site whose rows before standardisation were released is
+    /// left as it is.
     pub fn rescale(&mut self, scaler: Scaler) {
-        self.train.x = scaler.apply_features(&self.raw_train);
-        self.test.x = scaler.apply_features(&self.raw_test);
-        self.scaler = scaler;
+        if let Some(held) = &mut self.unstandardised {
+            self.train.x = scaler.apply_features(&held.raw_train);
+            self.test.x = scaler.apply_features(&held.raw_test);
+            held.scaler = scaler;
+        }
     }
 }
 
@@ -422,7 +464,7 @@ impl FederatedData {
             m2: vec![0.0; self.n_features()],
         };
         self.sites.iter().fold(empty, |acc, s| {
-            acc.merge(&FeatureStatistics::of_features(&s.raw_train))
+            acc.merge(&FeatureStatistics::of_features(s.raw_train()))
         })
     }
 
@@ -456,7 +498,7 @@ impl FederatedData {
             }
             Features::Dense(out)
         };
-        let (train, test) = (stack(|s| &s.raw_train), stack(|s| &s.raw_test));
+        let (train, test) = (stack(|s| s.raw_train()), stack(|s| s.raw_test()));
         let labels = |f: fn(&SiteData) -> &Dataset| {
             self.sites
                 .iter()

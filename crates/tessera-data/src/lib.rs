@@ -50,7 +50,9 @@ pub use config::{
     MembershipFile, MissingPolicy, PartitionConfig, ScaleScope, SchemaConfig, SiteFile,
     SplitConfig, StandardizeConfig, SyntheticConfig,
 };
-pub use dataset::{Dataset, FeatureStatistics, FederatedData, Scaler, SiteData, SiteSummary, Task};
+pub use dataset::{
+    Dataset, FeatureStatistics, FederatedData, Scaler, SiteData, SiteSummary, Task, Unstandardised,
+};
 pub use error::{DataError, Location};
 pub use features::{Features, SparseBuilder};
 pub use levels::{agree_levels, canonical_level, level_order};
@@ -58,8 +60,8 @@ pub use prepare::{
     Agreement, ColumnKinds, DeriveFeature, Encoding, FederatedRecords, Group, KeepSite, KindsOffer,
     LevelsOffer, LocalSite, MAX_DECLARED_ROWS, MAX_DECLARED_SITES, MISSING_LEVEL, PendingSite,
     RecordColumn, SiteIdentifiers, SiteRecords, agree_kinds, agree_multitask, agree_vocabulary,
-    declared_rows, load, load_cross_silo, load_records, load_sites, read_local_site,
-    read_local_sites, read_member_sites, read_pending_site, records_schema,
+    declared_rows, load, load_cross_silo, load_records, load_releasing, load_sites,
+    read_local_site, read_local_sites, read_member_sites, read_pending_site, records_schema,
 };
 pub use read::{
     FileSource, Filesystem, InMemory, ROWS_EXTENSION, SavedRows, is_rows_file, save_rows,

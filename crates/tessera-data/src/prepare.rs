@@ -17,7 +17,7 @@ use std::path::Path;
 
 use crate::DataError;
 use crate::config::{DataConfig, ScaleScope};
-use crate::dataset::{FederatedData, Scaler};
+use crate::dataset::{FederatedData, Scaler, SiteData, SiteSummary};
 use crate::read::FileSource;
 
 mod agreement;
@@ -103,7 +103,119 @@ pub fn load(
     base_dir: &Path,
     source: &dyn FileSource,
 ) -> Result<FederatedData, DataError> {
-    with_agreed_sites(config, base_dir, source, None, None, prepare_sites)
+    load_with(config, base_dir, source, Unstandardised::Keep)
+}
+
+/// [`load`], each site's rows before standardisation and its statistics
+/// released as soon as they are no longer needed
+/// ([`SiteData::release_unstandardised`]): for a run that reads neither,
+/// which then never holds every site's copy at once.
+pub fn load_releasing(
+    config: &DataConfig,
+    base_dir: &Path,
+    source: &dyn FileSource,
+) -> Result<FederatedData, DataError> {
+    load_with(config, base_dir, source, Unstandardised::Release)
+}
+
+/// Whether loading keeps the sites' rows before standardisation.
+#[derive(Clone, Copy, PartialEq)]
+enum Unstandardised {
+    Keep,
+    Release,
+}
+
+fn load_with(
+    config: &DataConfig,
+    base_dir: &Path,
+    source: &dyn FileSource,
+    unstandardised: Unstandardised,
+) -> Result<FederatedData, DataError> {
+    match config.path.as_deref() {
+        Some(path) if crate::read::is_rows_file(path) && config.synthetic.is_none() => {
+            load_rows_file(config, base_dir, source, path, unstandardised)
+        }
+        _ => with_agreed_sites(
+            config,
+            base_dir,
+            source,
+            None,
+            None,
+            |config, sites, agreement| prepare_sites(config, sites, agreement, unstandardised),
+        ),
+    }
+}
+
+/// [`load`] of a rows file, streamed: the file is read three times (the
+/// column kinds' offers, then the levels' offers, then each site prepared),
+/// one site's rows held at a time, so that reading never holds every
+/// site's raw columns beside the prepared ones (ten million sites' raw
+/// columns outweigh this machine's memory). The same sites, offers,
+/// agreement and preparation, in the same order, as reading the file
+/// whole: the same data to the bit.
+fn load_rows_file(
+    config: &DataConfig,
+    base_dir: &Path,
+    source: &dyn FileSource,
+    path: &Path,
+    unstandardised: Unstandardised,
+) -> Result<FederatedData, DataError> {
+    config.validate()?;
+    let table = site::membership_table(config, base_dir, source)?;
+    let full_path = base_dir.join(path);
+    let pass = |each: &mut dyn FnMut(LocalSite) -> Result<(), DataError>| {
+        let mut sites = 0usize;
+        crate::read::for_each_rows_site(config, source, &full_path, path, &mut |raw| {
+            sites += 1;
+            each(LocalSite::new(config, raw, table.as_ref())?)
+        })?;
+        Ok::<_, DataError>(sites)
+    };
+    let mut kinds: Option<KindsOffer> = None;
+    let sites = pass(&mut |site| {
+        let offer = site.kinds_offer();
+        match &mut kinds {
+            Some(kinds) => kinds.absorb(&offer),
+            None => {
+                kinds = Some(offer);
+                Ok(())
+            }
+        }
+    })?;
+    let kinds = kinds.ok_or_else(|| DataError::Unusable("no site has any rows".into()))?;
+    let kinds = agree_kinds(config, std::slice::from_ref(&kinds))?;
+    let mut offers = LevelsOffer::empty("the federation", kinds.columns.len());
+    let changed = |again: usize| {
+        DataError::at(
+            path,
+            None,
+            None,
+            format!("the file changed while it was read ({sites} sites, then {again})"),
+        )
+    };
+    let again = pass(&mut |mut site| {
+        offers.absorb(&site.levels_offer(config, &kinds)?);
+        Ok(())
+    })?;
+    if again != sites {
+        return Err(changed(again));
+    }
+    let agreement = agree_vocabulary(config, &kinds, std::slice::from_ref(&offers))?;
+    let mut prepared = Vec::with_capacity(sites);
+    let mut summary = Vec::with_capacity(sites);
+    let again = pass(&mut |mut site| {
+        // Its columns put in the agreed order and kinds again (step 3's
+        // offer, made afresh and dropped) before it is prepared.
+        site.levels_offer(config, &kinds)?;
+        let (data, counts) = site.prepare(config, &agreement)?;
+        prepared.push(released_early(config, data, unstandardised));
+        summary.push(counts);
+        Ok(())
+    })?;
+    if again != sites {
+        return Err(changed(again));
+    }
+    federated(config, prepared, summary, agreement, unstandardised)
 }
 
 /// Which sites to read: `Ok(true)` keeps a site, `Ok(false)` leaves it out
@@ -119,7 +231,14 @@ pub fn load_sites(
     source: &dyn FileSource,
     keep: &mut KeepSite<'_>,
 ) -> Result<FederatedData, DataError> {
-    with_agreed_sites(config, base_dir, source, None, Some(keep), prepare_sites)
+    with_agreed_sites(
+        config,
+        base_dir,
+        source,
+        None,
+        Some(keep),
+        keep_unstandardised,
+    )
 }
 
 /// [`load`] for a plan with `[data.cross_silo]`: each site's identifier
@@ -133,7 +252,14 @@ pub fn load_cross_silo(
     source: &dyn FileSource,
     derive: &mut DeriveFeature<'_>,
 ) -> Result<FederatedData, DataError> {
-    with_agreed_sites(config, base_dir, source, Some(derive), None, prepare_sites)
+    with_agreed_sites(
+        config,
+        base_dir,
+        source,
+        Some(derive),
+        None,
+        keep_unstandardised,
+    )
 }
 
 /// Reads every site's rows as `config` describes (generated first, with
@@ -176,20 +302,58 @@ pub(crate) fn with_agreed_sites<T>(
     then(config, sites, agreement)
 }
 
+/// [`prepare_sites`] keeping the rows before standardisation.
+fn keep_unstandardised(
+    config: &DataConfig,
+    sites: Vec<LocalSite>,
+    agreement: Agreement,
+) -> Result<FederatedData, DataError> {
+    prepare_sites(config, sites, agreement, Unstandardised::Keep)
+}
+
 /// Prepares the agreed sites for training, as [`load`] returns them.
 fn prepare_sites(
     config: &DataConfig,
     sites: Vec<LocalSite>,
     agreement: Agreement,
+    unstandardised: Unstandardised,
 ) -> Result<FederatedData, DataError> {
     // Each site's raw columns are freed as soon as it is encoded.
     let mut prepared = Vec::with_capacity(sites.len());
     let mut summary = Vec::with_capacity(sites.len());
     for site in sites {
         let (data, counts) = site.prepare(config, &agreement)?;
-        prepared.push(data);
+        prepared.push(released_early(config, data, unstandardised));
         summary.push(counts);
     }
+    federated(config, prepared, summary, agreement, unstandardised)
+}
+
+/// A site just prepared, its rows before standardisation released where
+/// they go and nothing reads them any more (the federation's scaler needs
+/// every site's first).
+fn released_early(
+    config: &DataConfig,
+    mut site: SiteData,
+    unstandardised: Unstandardised,
+) -> SiteData {
+    if unstandardised == Unstandardised::Release
+        && config.standardize.scope != ScaleScope::Federation
+    {
+        site.release_unstandardised();
+    }
+    site
+}
+
+/// The prepared sites as [`load`] returns them (rescaled with the
+/// federation's statistics where the plan asks for them).
+fn federated(
+    config: &DataConfig,
+    prepared: Vec<SiteData>,
+    summary: Vec<SiteSummary>,
+    agreement: Agreement,
+    unstandardised: Unstandardised,
+) -> Result<FederatedData, DataError> {
     let mut data = FederatedData {
         feature_names: agreement.feature_names(),
         task: agreement.task(),
@@ -205,6 +369,9 @@ fn prepare_sites(
         );
         for site in &mut data.sites {
             site.rescale(scaler.clone());
+            if unstandardised == Unstandardised::Release {
+                site.release_unstandardised();
+            }
         }
     }
     Ok(data)

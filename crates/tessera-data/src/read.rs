@@ -18,6 +18,7 @@ pub(crate) use columns::{FeatureColumn, FeatureKind};
 use fields::{FieldMap, resolve_fields};
 use partition::read_partitioned;
 
+pub(crate) use binary::for_each_rows_site;
 pub use binary::{ROWS_EXTENSION, SavedRows, is_rows_file, save_rows};
 pub(crate) use columns::{MISSING_CODE, Values};
 pub(crate) use source::source_open;
@@ -246,6 +247,65 @@ fn read_file(
     layout: &mut Option<Vec<FeatureColumn>>,
     per_site: &mut BTreeMap<String, SiteBuilder>,
 ) -> Result<(), DataError> {
+    read_file_with(
+        config,
+        source,
+        full_path,
+        shown_path,
+        site_column,
+        fixed_site,
+        only_site,
+        layout,
+        per_site,
+        None,
+    )
+}
+
+/// Reads the one CSV file `config` names, with its site column, handing
+/// each site's rows to `each` as soon as a row of another site follows
+/// them (a file whose sites' rows are together is read holding one site's
+/// rows at a time; a site whose rows are apart is handed over once for
+/// each stretch of them). Gives the columns' layout.
+pub(crate) fn for_each_csv_stretch(
+    config: &DataConfig,
+    base_dir: &Path,
+    source: &dyn FileSource,
+    each: &mut dyn FnMut(RawSite) -> Result<(), DataError>,
+) -> Result<Vec<FeatureColumn>, DataError> {
+    let (Some(path), Some(site_column)) = (&config.path, &config.site_column) else {
+        return Err(DataError::Config(
+            "sites are read one at a time from one file with a site column".into(),
+        ));
+    };
+    let mut layout = None;
+    read_file_with(
+        config,
+        source,
+        &base_dir.join(path),
+        path,
+        Some(site_column),
+        None,
+        None,
+        &mut layout,
+        &mut BTreeMap::new(),
+        Some(each),
+    )?;
+    Ok(layout.unwrap_or_default())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn read_file_with(
+    config: &DataConfig,
+    source: &dyn FileSource,
+    full_path: &Path,
+    shown_path: &Path,
+    site_column: Option<&str>,
+    fixed_site: Option<&str>,
+    only_site: Option<&str>,
+    layout: &mut Option<Vec<FeatureColumn>>,
+    per_site: &mut BTreeMap<String, SiteBuilder>,
+    mut each: Option<&mut dyn FnMut(RawSite) -> Result<(), DataError>>,
+) -> Result<(), DataError> {
     let schema = &config.schema;
     let file = source_open(source, full_path)?;
     let mut reader = csv::ReaderBuilder::new()
@@ -314,6 +374,17 @@ fn read_file(
     let layout = layout.as_deref().unwrap_or_default();
     let missing: Vec<&[u8]> = schema.missing.iter().map(|m| m.as_bytes()).collect();
     let mut saw_row = false;
+    // Handed over a stretch at a time: the site whose rows are being read.
+    let columns = Arc::new(layout.to_vec());
+    let mut current: Option<String> = None;
+    let hand_over = |per_site: &mut BTreeMap<String, SiteBuilder>,
+                     each: &mut dyn FnMut(RawSite) -> Result<(), DataError>,
+                     site: String| {
+        match per_site.remove(&site) {
+            Some(builder) => each(builder.finish(site, shown_path.to_path_buf(), &columns)),
+            None => Ok(()),
+        }
+    };
     for (row_index, record) in (0u64..).zip(first_record.map(Ok).into_iter().chain(records)) {
         let record = record.map_err(|e| csv_error(shown_path, &e))?;
         let line = record.position().map_or(0, |p| p.line());
@@ -359,6 +430,13 @@ fn read_file(
         if only_site.is_some_and(|only| only != site_name) {
             continue;
         }
+        // (The first site's name is kept with nothing handed over.)
+        if let Some(each) = each.as_deref_mut()
+            && current.as_deref() != Some(site_name)
+            && let Some(done) = current.replace(site_name.to_string())
+        {
+            hand_over(per_site, each, done)?;
+        }
         let builder = match per_site.get_mut(site_name) {
             Some(builder) => builder,
             None => per_site
@@ -385,6 +463,9 @@ fn read_file(
     }
     if !saw_row {
         return Err(DataError::at(shown_path, None, None, "no data rows"));
+    }
+    if let (Some(each), Some(last)) = (each, current) {
+        hand_over(per_site, each, last)?;
     }
     Ok(())
 }

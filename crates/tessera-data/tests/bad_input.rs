@@ -163,13 +163,13 @@ s2,8,1,0
         }
     }
     // The imputed value is the mean of s1's other training values of a.
-    let train_a: Vec<f32> = s1.raw_train.column(0).to_vec();
+    let train_a: Vec<f32> = s1.raw_train().column(0).to_vec();
     let observed: Vec<f32> = [1.0f32, 3.0, 5.0]
         .into_iter()
         .filter(|v| train_a.contains(v))
         .collect();
     let mean = observed.iter().sum::<f32>() / observed.len() as f32;
-    assert!(train_a.contains(&mean) || s1.raw_test.column(0).to_vec().contains(&mean));
+    assert!(train_a.contains(&mean) || s1.raw_test().column(0).to_vec().contains(&mean));
 }
 
 #[test]

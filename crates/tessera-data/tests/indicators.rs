@@ -56,11 +56,11 @@ fn indicators_stay_zero_and_one_and_measurements_are_standardised() {
         assert_eq!(data.feature_names, ["a", "code=rare", "code=x", "code=y"]);
         assert_eq!(data.indicators(), [false, true, true, true]);
         for site in &data.sites {
-            assert_eq!(&site.scaler.mean[1..], [0.0; 3], "{scope:?}");
-            assert_eq!(&site.scaler.scale[1..], [1.0; 3], "{scope:?}");
+            assert_eq!(&site.scaler().mean[1..], [0.0; 3], "{scope:?}");
+            assert_eq!(&site.scaler().scale[1..], [1.0; 3], "{scope:?}");
             for (z, raw) in [
-                (&site.train.x, &site.raw_train),
-                (&site.test.x, &site.raw_test),
+                (&site.train.x, site.raw_train()),
+                (&site.test.x, site.raw_test()),
             ] {
                 for (zr, rr) in z.dense().rows().into_iter().zip(raw.dense().rows()) {
                     assert_eq!(zr.iter().skip(1).sum::<f32>(), 1.0);
@@ -74,7 +74,7 @@ fn indicators_stay_zero_and_one_and_measurements_are_standardised() {
             .sites
             .iter()
             .map(|s| {
-                s.raw_train
+                s.raw_train()
                     .column(0)
                     .iter()
                     .map(|&v| f64::from(v))
@@ -89,7 +89,13 @@ fn indicators_stay_zero_and_one_and_measurements_are_standardised() {
             let n = rows.len() as f64;
             let mean = rows.iter().sum::<f64>() / n;
             let std = (rows.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
-            for (z, raw) in site.train.x.column(0).iter().zip(site.raw_train.column(0)) {
+            for (z, raw) in site
+                .train
+                .x
+                .column(0)
+                .iter()
+                .zip(site.raw_train().column(0))
+            {
                 let want = (f64::from(raw) - mean) / (std + 1e-9);
                 assert!(
                     (f64::from(*z) - want).abs() < 1e-5,
@@ -167,24 +173,24 @@ fn mostly_indicator_rows_are_held_sparsely_with_the_same_values() {
         assert_eq!(sparse.feature_names[10], "a");
         assert_eq!(sparse.feature_names[21], "b");
         for (s, d) in sparse.sites.iter().zip(&dense.sites) {
-            for x in [&s.raw_train, &s.raw_test, &s.train.x, &s.test.x] {
+            for x in [s.raw_train(), s.raw_test(), &s.train.x, &s.test.x] {
                 assert!(x.is_sparse(), "{}", s.name);
             }
-            assert!(!d.raw_train.is_sparse() && !d.train.x.is_sparse());
+            assert!(!d.raw_train().is_sparse() && !d.train.x.is_sparse());
             // The same encoding and imputation either way.
-            assert_eq!(s.raw_train.dense(), d.raw_train.dense(), "{}", s.name);
-            assert_eq!(s.raw_test.dense(), d.raw_test.dense(), "{}", s.name);
+            assert_eq!(s.raw_train().dense(), d.raw_train().dense(), "{}", s.name);
+            assert_eq!(s.raw_test().dense(), d.raw_test().dense(), "{}", s.name);
             assert_eq!(s.imputed_train, d.imputed_train);
             for j in 0..22 {
                 if measured.contains(&j) {
                     // Measurements standardised alike.
                     assert_eq!(s.train.x.column(j), d.train.x.column(j), "{scope:?} {j}");
                     assert_eq!(s.test.x.column(j), d.test.x.column(j), "{scope:?} {j}");
-                    assert_eq!(s.scaler.mean[j], d.scaler.mean[j]);
+                    assert_eq!(s.scaler().mean[j], d.scaler().mean[j]);
                 } else {
                     // Indicators left as read.
-                    assert_eq!(s.train.x.column(j), s.raw_train.column(j));
-                    assert_eq!(s.test.x.column(j), s.raw_test.column(j));
+                    assert_eq!(s.train.x.column(j), s.raw_train().column(j));
+                    assert_eq!(s.test.x.column(j), s.raw_test().column(j));
                 }
             }
         }
@@ -194,8 +200,8 @@ fn mostly_indicator_rows_are_held_sparsely_with_the_same_values() {
         let (train, test, _) = sparse.pooled(&Default::default());
         let (dense_train, dense_test, _) = dense.pooled(&Default::default());
         assert!(train.x.is_sparse() && test.x.is_sparse());
-        let raw_train = |s: &tessera_data::SiteData| s.raw_train.column(3);
-        let raw_test = |s: &tessera_data::SiteData| s.raw_test.column(3);
+        let raw_train = |s: &tessera_data::SiteData| s.raw_train().column(3);
+        let raw_test = |s: &tessera_data::SiteData| s.raw_test().column(3);
         type Column = dyn Fn(&tessera_data::SiteData) -> Vec<f32>;
         let parts: [(_, _, &Column); 2] = [
             (&train.x, &dense_train.x, &raw_train),

@@ -75,7 +75,7 @@ fn values_outside_the_schemas_bounds_are_counted_on_training_rows_and_kept() {
         assert_eq!(site.name, summary.site);
         // Counted here from the training rows as encoded (not standardised).
         let outside = site
-            .raw_train
+            .raw_train()
             .column(a)
             .iter()
             .filter(|&&v| !(0.0..=10.0).contains(&v))
@@ -85,7 +85,7 @@ fn values_outside_the_schemas_bounds_are_counted_on_training_rows_and_kept() {
         assert_eq!(summary.out_of_range_values, outside, "{}", site.name);
         // Kept as read: the values are there, neither clipped nor dropped.
         let kept = site
-            .raw_train
+            .raw_train()
             .column(a)
             .iter()
             .any(|&v| v == 50.0 || v == -1.0);

@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use tessera_data::{
-    DataConfig, FederatedData, Filesystem, SchemaConfig, load, read_local_site, save_rows,
+    DataConfig, FederatedData, Filesystem, ScaleScope, SchemaConfig, load, load_releasing,
+    read_local_site, save_rows,
 };
 
 fn folder(name: &str) -> PathBuf {
@@ -65,8 +66,8 @@ fn same(a: &FederatedData, b: &FederatedData) {
     for (x, y) in a.sites.iter().zip(&b.sites) {
         assert_eq!(x.name, y.name);
         assert_eq!((&x.train, &x.test), (&y.train, &y.test), "{}", x.name);
-        assert_eq!((&x.raw_train, &x.raw_test), (&y.raw_train, &y.raw_test));
-        assert_eq!(x.scaler, y.scaler);
+        assert_eq!((x.raw_train(), x.raw_test()), (y.raw_train(), y.raw_test()));
+        assert_eq!(x.scaler(), y.scaler());
         assert_eq!(x.imputed_train, y.imputed_train);
     }
     assert_eq!(a.sites.len(), b.sites.len());
@@ -174,6 +175,113 @@ fn other_settings_and_altered_files_are_refused() {
     huge[first_site..first_site + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
     let e = try_load(&huge).unwrap_err().to_string();
     assert!(e.contains("ends early"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `csv` with each site's rows together (as `tessera synth` writes them),
+/// in their order within each site.
+fn grouped(csv: &str) -> String {
+    let mut lines: Vec<&str> = csv.lines().collect();
+    let header = lines.remove(0);
+    lines.sort_by_key(|l| l.split(',').next().unwrap_or_default().to_string());
+    std::iter::once(header)
+        .chain(lines)
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn a_file_of_sites_together_is_saved_and_read_one_site_at_a_time() {
+    let dir = folder("streamed");
+    std::fs::write(dir.join("g.csv"), grouped(&csv())).unwrap();
+    let saved = save_rows(&config("g.csv"), &dir, &Filesystem, &dir.join("g.trows")).unwrap();
+    assert_eq!((saved.sites, saved.rows), (3, 60));
+    // Nothing is left beside it (the sites as read, before sorting).
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["g.csv", "g.trows"]);
+    for scope in [ScaleScope::Site, ScaleScope::Federation] {
+        let with = |path: &str| {
+            let mut c = config(path);
+            c.standardize.scope = scope;
+            c
+        };
+        let from_csv = load(&with("g.csv"), &dir, &Filesystem).unwrap();
+        let from_rows = load(&with("g.trows"), &dir, &Filesystem).unwrap();
+        same(&from_csv, &from_rows);
+        assert!(from_rows.holds_unstandardised());
+        // Released as each site is prepared (after the federation's
+        // statistics, where they are asked for): the same rows to train
+        // and test on, none held from before standardisation.
+        for path in ["g.csv", "g.trows"] {
+            let released = load_releasing(&with(path), &dir, &Filesystem).unwrap();
+            assert_eq!(released.summary, from_csv.summary);
+            assert_eq!(released.sites.len(), from_csv.sites.len());
+            for (r, k) in released.sites.iter().zip(&from_csv.sites) {
+                assert_eq!((&r.train, &r.test), (&k.train, &k.test), "{scope:?} {path}");
+                assert!(!r.holds_unstandardised());
+                assert_eq!(r.raw_train().nrows() + r.raw_test().nrows(), 0);
+            }
+        }
+    }
+    // A file whose sites' rows are apart is saved whole: the same rows.
+    std::fs::write(dir.join("d.csv"), csv()).unwrap();
+    save_rows(&config("d.csv"), &dir, &Filesystem, &dir.join("d.trows")).unwrap();
+    same(
+        &load(&config("d.csv"), &dir, &Filesystem).unwrap(),
+        &load(&config("d.trows"), &dir, &Filesystem).unwrap(),
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A rows file that is another file the second time it is opened.
+struct Changing {
+    first: Vec<u8>,
+    then: Vec<u8>,
+    opened: std::sync::atomic::AtomicUsize,
+}
+
+impl tessera_data::FileSource for Changing {
+    fn open(&self, _: &Path) -> std::io::Result<Box<dyn std::io::Read + '_>> {
+        let n = self
+            .opened
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let bytes = if n == 0 { &self.first } else { &self.then };
+        Ok(Box::new(std::io::Cursor::new(bytes.as_slice())))
+    }
+}
+
+#[test]
+fn a_rows_file_changed_between_its_readings_is_refused() {
+    let dir = folder("changing");
+    std::fs::write(dir.join("d.csv"), csv()).unwrap();
+    save_rows(&config("d.csv"), &dir, &Filesystem, &dir.join("d.trows")).unwrap();
+    let fewer: String =
+        csv()
+            .lines()
+            .filter(|l| !l.starts_with("south"))
+            .fold(String::new(), |mut text, l| {
+                text += l;
+                text += "\n";
+                text
+            });
+    std::fs::write(dir.join("e.csv"), fewer).unwrap();
+    save_rows(&config("e.csv"), &dir, &Filesystem, &dir.join("e.trows")).unwrap();
+    let source = Changing {
+        first: std::fs::read(dir.join("d.trows")).unwrap(),
+        then: std::fs::read(dir.join("e.trows")).unwrap(),
+        opened: Default::default(),
+    };
+    let e = load(&config("d.trows"), &dir, &source)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("d.trows") && e.contains("changed while it was read (3 sites, then 2)"),
+        "{e}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -152,9 +152,12 @@ fn departments_name_each_rows_group_and_groups_find_them_after_the_split() {
         for site in &data.sites {
             let train = data
                 .agreement
-                .groups("department", &site.raw_train)
+                .groups("department", site.raw_train())
                 .unwrap();
-            let test = data.agreement.groups("department", &site.raw_test).unwrap();
+            let test = data
+                .agreement
+                .groups("department", site.raw_test())
+                .unwrap();
             for (level, n) in ["dept0", "dept1", "dept2"].map(|l| {
                 let count = |groups: &[tessera_data::Group]| {
                     groups
@@ -180,7 +183,7 @@ fn departments_name_each_rows_group_and_groups_find_them_after_the_split() {
         ] {
             let e = data
                 .agreement
-                .groups(column, &data.sites[0].raw_train)
+                .groups(column, data.sites[0].raw_train())
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(why), "{column}: {e}");

@@ -61,8 +61,8 @@ impl Departments {
                 .map_err(|e| EngineError::State(format!("personalization.department: {e}")))
         };
         Ok(Some(Departments {
-            train: groups(&data.raw_train)?,
-            test: groups(&data.raw_test)?,
+            train: groups(data.raw_train())?,
+            test: groups(data.raw_test())?,
         }))
     }
 

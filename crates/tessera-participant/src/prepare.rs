@@ -210,7 +210,7 @@ pub(crate) async fn prepare(
     if plan.data.standardize.enabled && plan.data.standardize.scope == ScaleScope::Federation {
         // Step 3: count, mean and squared deviations go out; the federation's come back.
         let own = convert::statistics_to_pb(&tessera_data::FeatureStatistics::of_features(
-            &data.raw_train,
+            data.raw_train(),
         ));
         let merged = match agree(
             client,
@@ -251,7 +251,7 @@ pub(crate) async fn prepare(
     site.set_elastic(elastic);
     let train_rows = data.train.n_rows();
     ledger::check_local_budget(&plan, &config.site, &site, train_rows)?;
-    let takeaway = results::Takeaway::new(&plan, agreement.clone(), data.scaler.clone())
+    let takeaway = results::Takeaway::new(&plan, agreement.clone(), data.scaler().clone())
         .with_departments(&plan, &data)
         .map_err(|e| local_error(e.to_string()))?
         .with_continual(config.continual.clone())

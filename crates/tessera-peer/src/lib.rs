@@ -572,7 +572,7 @@ async fn work(
     let (mut data, _) = site_data.prepare(&plan.data, &agreement).map_err(local)?;
     if plan.data.standardize.enabled && plan.data.standardize.scope == ScaleScope::Federation {
         let n = agreement.feature_names().len();
-        let own = tessera_data::FeatureStatistics::of_features(&data.raw_train);
+        let own = tessera_data::FeatureStatistics::of_features(data.raw_train());
         let mut all: BTreeMap<String, tessera_data::FeatureStatistics> = gather(
             config,
             board,
@@ -616,7 +616,7 @@ async fn work(
         train = data.train.n_rows(),
         "data agreed"
     );
-    let scaler = data.scaler.clone();
+    let scaler = data.scaler().clone();
     let departments = tessera_engine::Departments::of(plan, &agreement, &data)
         .map_err(|e| local(e.to_string()))?;
     let (train, test) = (Arc::new(data.train), Arc::new(data.test));

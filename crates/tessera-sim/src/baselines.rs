@@ -103,7 +103,7 @@ pub(crate) fn local_baseline(
                 plan,
                 start.as_ref(),
                 &site.train,
-                &site.scaler.scale,
+                &site.scaler().scale,
                 &indicators,
                 &site.name,
             )?;

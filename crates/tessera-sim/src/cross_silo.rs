@@ -71,8 +71,26 @@ pub fn load_data(
     base_dir: &Path,
     source: &dyn FileSource,
 ) -> Result<(FederatedData, Option<CrossSiloReport>), DataError> {
+    load_data_with(plan, base_dir, source, false)
+}
+
+/// [`load_data`]; `release`: each site's rows before standardisation are
+/// released as it is prepared ([`tessera_data::load_releasing`]), for a run
+/// that never reads them (with `[data.cross_silo]` they are released after
+/// loading: [`FederatedData::release_unstandardised`]).
+pub fn load_data_with(
+    plan: &Plan,
+    base_dir: &Path,
+    source: &dyn FileSource,
+    release: bool,
+) -> Result<(FederatedData, Option<CrossSiloReport>), DataError> {
     if plan.data.cross_silo.is_none() {
-        return Ok((tessera_data::load(&plan.data, base_dir, source)?, None));
+        let data = if release {
+            tessera_data::load_releasing(&plan.data, base_dir, source)?
+        } else {
+            tessera_data::load(&plan.data, base_dir, source)?
+        };
+        return Ok((data, None));
     }
     let mut report = None;
     let data = tessera_data::load_cross_silo(
@@ -85,6 +103,10 @@ pub fn load_data(
             Ok(values)
         },
     )?;
+    let mut data = data;
+    if release {
+        data.release_unstandardised();
+    }
     Ok((data, report))
 }
 

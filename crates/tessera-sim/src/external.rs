@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use tessera_core::ParameterSet;
-use tessera_data::{Agreement, Dataset, FederatedData, Scaler, SiteData, Task};
+use tessera_data::{Agreement, Dataset, FederatedData, Scaler, SiteData, Task, Unstandardised};
 use tessera_engine::report::{RoundRecord, RunReport};
 use tessera_engine::{
     EngineError, ExternalError, ExternalLearner, Mode, Plan, TopologyKind, external,
@@ -124,12 +124,14 @@ fn no_rows(names: &[String]) -> FederatedData {
                 name: name.clone(),
                 train: empty.clone(),
                 test: empty.clone(),
-                raw_train: empty.x.clone(),
-                raw_test: empty.x.clone(),
-                scaler: Scaler {
-                    mean: Vec::new(),
-                    scale: Vec::new(),
-                },
+                unstandardised: Some(Box::new(Unstandardised {
+                    raw_train: empty.x.clone(),
+                    raw_test: empty.x.clone(),
+                    scaler: Scaler {
+                        mean: Vec::new(),
+                        scale: Vec::new(),
+                    },
+                })),
                 imputed_train: Vec::new(),
             })
             .collect(),

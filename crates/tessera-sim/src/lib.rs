@@ -88,7 +88,7 @@ pub mod tune;
 pub use attack::{Attack, AttackKind};
 pub use baselines::run_baselines;
 pub use continual::{Continuation, accuracy, importance, simulate_continued, site_importance};
-pub use cross_silo::{CrossSiloReport, load_data};
+pub use cross_silo::{CrossSiloReport, load_data, load_data_with};
 pub use external::simulate_with_learners;
 pub use hierarchy::{Shard, ShardRound};
 pub use multitask::{MultitaskData, MultitaskReport, load_multitask, simulate_multitask};

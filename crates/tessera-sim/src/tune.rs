@@ -288,14 +288,16 @@ pub fn validation_view(
         validation.sort_unstable();
         training.sort_unstable();
         let raw = Dataset {
-            x: site.raw_train.clone(),
+            x: site.raw_train().clone(),
             y: site.train.y.clone(),
         };
         let (raw_training, raw_validation) = (raw.select(&training), raw.select(&validation));
         site.train = raw_training.clone();
         site.test = raw_validation.clone();
-        site.raw_train = raw_training.x;
-        site.raw_test = raw_validation.x;
+        if let Some(held) = &mut site.unstandardised {
+            held.raw_train = raw_training.x;
+            held.raw_test = raw_validation.x;
+        }
     }
     let config = &plan.data.standardize;
     let indicators = data.indicators();
@@ -303,7 +305,7 @@ pub fn validation_view(
         let stats: Vec<FeatureStatistics> = view
             .sites
             .iter()
-            .map(|s| FeatureStatistics::of_features(&s.raw_train))
+            .map(|s| FeatureStatistics::of_features(s.raw_train()))
             .collect();
         Scaler::from_statistics(
             &FeatureStatistics::merge_all(data.n_features(), stats.iter()),
@@ -314,7 +316,7 @@ pub fn validation_view(
     for (site, summary) in view.sites.iter_mut().zip(view.summary.iter_mut()) {
         let scaler = federation.clone().unwrap_or_else(|| {
             Scaler::from_statistics(
-                &FeatureStatistics::of_features(&site.raw_train),
+                &FeatureStatistics::of_features(site.raw_train()),
                 config,
                 &indicators,
             )

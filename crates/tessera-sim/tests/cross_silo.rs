@@ -200,10 +200,10 @@ fn feature_values(data: &FederatedData) -> Vec<Vec<f64>> {
         .iter()
         .map(|s| {
             let mut v: Vec<f64> = s
-                .raw_train
+                .raw_train()
                 .column(col)
                 .iter()
-                .chain(s.raw_test.column(col).iter())
+                .chain(s.raw_test().column(col).iter())
                 .map(|x| f64::from(*x))
                 .collect();
             v.sort_by(f64::total_cmp);

@@ -54,11 +54,9 @@ fn releasing_the_rows_before_standardisation_changes_no_bit_and_what_needs_them_
     assert!(held.holds_unstandardised());
     released.release_unstandardised();
     assert!(!released.holds_unstandardised());
-    assert!(
-        released.sites.iter().all(|s| s.raw_train.nrows() == 0
-            && s.raw_test.nrows() == 0
-            && s.scaler.mean.is_empty())
-    );
+    assert!(released.sites.iter().all(|s| s.raw_train().nrows() == 0
+        && s.raw_test().nrows() == 0
+        && s.scaler().mean.is_empty()));
     let run = |data| simulate(&plan, data, &SimOptions::default(), &mut |_| {}).unwrap();
     let (a, b) = (run(&held), run(&released));
     assert_eq!(a.final_parameters, b.final_parameters);

@@ -296,9 +296,9 @@ fn validation_rows_come_from_the_training_rows_only() {
         let held = ((0.25 * n as f64).round() as usize).clamp(1, n - 1);
         assert_eq!(seen.test.n_rows(), held, "{}", site.name);
         assert_eq!(seen.train.n_rows(), n - held);
-        let (train, test) = (rows(&site.raw_train), rows(&site.raw_test));
-        let mut all = rows(&seen.raw_train);
-        all.extend(rows(&seen.raw_test));
+        let (train, test) = (rows(site.raw_train()), rows(site.raw_test()));
+        let mut all = rows(seen.raw_train());
+        all.extend(rows(seen.raw_test()));
         all.sort();
         let mut expected = train.clone();
         expected.sort();
@@ -308,7 +308,7 @@ fn validation_rows_come_from_the_training_rows_only() {
             site.name
         );
         assert!(
-            rows(&seen.raw_test)
+            rows(seen.raw_test())
                 .iter()
                 .all(|r| !test.contains(r) || train.contains(r))
         );
@@ -318,7 +318,12 @@ fn validation_rows_come_from_the_training_rows_only() {
             let mean = col.iter().map(|v| f64::from(*v)).sum::<f64>() / col.len() as f64;
             assert!(mean.abs() < 1e-4, "{} feature {j}: mean {mean}", site.name);
         }
-        assert_ne!(rows(&seen.raw_test), rows(&again.raw_test), "{}", site.name);
+        assert_ne!(
+            rows(seen.raw_test()),
+            rows(again.raw_test()),
+            "{}",
+            site.name
+        );
     }
 }
 
@@ -332,9 +337,9 @@ fn federation_scaling_is_recomputed_from_the_remaining_rows() {
     plan.data.standardize.scope = ScaleScope::Federation;
     let (data, _) = tessera_sim::load_data(&plan, &examples, &Filesystem).unwrap();
     let view = tune::validation_view(&plan, &data, 0.25, 3);
-    let scaler = &view.sites[0].scaler;
+    let scaler = view.sites[0].scaler();
     for site in &view.sites {
-        assert_eq!(&site.scaler, scaler, "one scaler for every site");
+        assert_eq!(site.scaler(), scaler, "one scaler for every site");
     }
     for j in 0..view.sites[0].train.n_features() {
         let (sum, n) = view.sites.iter().fold((0.0, 0usize), |(s, n), site| {
@@ -351,5 +356,5 @@ fn federation_scaling_is_recomputed_from_the_remaining_rows() {
         );
     }
     // Not the scaler of all training rows, validation rows included.
-    assert_ne!(scaler, &data.sites[0].scaler);
+    assert_ne!(scaler, data.sites[0].scaler());
 }

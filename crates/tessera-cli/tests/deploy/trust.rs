@@ -154,7 +154,7 @@ fn hostile_statistics_are_refused_and_the_run_equals_its_simulation() {
     let refusals: Vec<String> = runtime.block_on(async {
         let (mut client, plan, local, agreement) = hostile_va(&url).await;
         let (data, _) = local.prepare(&plan.data, &agreement).unwrap();
-        let honest = tessera_data::FeatureStatistics::of_features(&data.raw_train);
+        let honest = tessera_data::FeatureStatistics::of_features(data.raw_train());
         let mut huge = honest.clone();
         huge.mean[0] = 1e308;
         let mut counted = honest.clone();

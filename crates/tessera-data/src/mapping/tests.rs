@@ -116,8 +116,8 @@ fn a_mapped_file_loads_as_the_file_in_the_plans_layout() {
     assert_eq!(mapped.task, clean.task);
     for (m, c) in mapped.sites.iter().zip(&clean.sites) {
         assert_eq!(m.name, c.name);
-        assert_eq!(m.raw_train, c.raw_train, "{}", m.name);
-        assert_eq!(m.raw_test, c.raw_test, "{}", m.name);
+        assert_eq!(m.raw_train(), c.raw_train(), "{}", m.name);
+        assert_eq!(m.raw_test(), c.raw_test(), "{}", m.name);
         assert_eq!(m.train, c.train, "{}", m.name);
     }
 }
@@ -247,7 +247,7 @@ fn absent_columns_and_schema_versions_are_kept_apart() {
     used.schema.absent = crate::config::AbsentPolicy::Impute;
     let loaded = load(&used, &dir.0, &Filesystem).unwrap();
     assert_eq!(
-        loaded.sites[1].raw_train.nrows() + loaded.sites[1].raw_test.nrows(),
+        loaded.sites[1].raw_train().nrows() + loaded.sites[1].raw_test().nrows(),
         4
     );
     used.schema.missing_policy = crate::config::MissingPolicy::Drop;

@@ -8,7 +8,7 @@ use super::agreement::{Encoding, indicators_of};
 use super::membership::Membership;
 use crate::config::DataConfig;
 use crate::config::IndicatorScaling;
-use crate::dataset::{Dataset, FeatureStatistics, Scaler, SiteData, SiteSummary};
+use crate::dataset::{Dataset, FeatureStatistics, Scaler, SiteData, SiteSummary, Unstandardised};
 use crate::features::{Features, SparseBuilder};
 use crate::levels::agree_levels;
 use crate::read::{MISSING_CODE, RawSite, Values};
@@ -193,9 +193,11 @@ pub(super) fn encode_site(
             x: scaler.apply_features(&raw_test),
             y: labels_of(&test_rows),
         },
-        raw_train,
-        raw_test,
-        scaler,
+        unstandardised: Some(Box::new(Unstandardised {
+            raw_train,
+            raw_test,
+            scaler,
+        })),
         imputed_train,
     }
 }

@@ -256,7 +256,7 @@ pub fn read_pending_site(
     })
 }
 
-fn membership_table(
+pub(super) fn membership_table(
     config: &DataConfig,
     base_dir: &Path,
     source: &dyn FileSource,
@@ -324,7 +324,7 @@ pub(super) fn class_names(config: &DataConfig) -> impl Fn(&str) -> String {
 }
 
 impl LocalSite {
-    fn new(
+    pub(super) fn new(
         config: &DataConfig,
         raw: RawSite,
         table: Option<&MembershipTable>,

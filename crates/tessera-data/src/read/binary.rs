@@ -103,51 +103,29 @@ pub fn save_rows(
             out.display()
         )));
     }
-    let sites = super::read_sites(config, base_dir, source)?;
     let io = |source| DataError::Io {
         path: out.to_path_buf(),
         source,
     };
-    let file = std::fs::File::create(out).map_err(io)?;
-    let mut w = std::io::BufWriter::new(file);
     let settings = toml::to_string(&Settings::of(config))
         .map_err(|e| DataError::Config(format!("the reading settings: {e}")))?;
+    let head = Head {
+        settings: &settings,
+        csv: &path.to_string_lossy(),
+    };
+    if let Some(saved) = save_streamed(config, base_dir, source, out, &head)? {
+        return Ok(saved);
+    }
+    // A site's rows apart in the file: every site read at once.
+    let sites = super::read_sites(config, base_dir, source)?;
+    let file = std::fs::File::create(out).map_err(io)?;
+    let mut w = std::io::BufWriter::new(file);
     let columns = sites.first().map_or(&[][..], |s| s.columns.as_slice());
     let mut rows = 0u64;
     (|| -> std::io::Result<()> {
-        w.write_all(MAGIC)?;
-        w.write_all(&VERSION.to_le_bytes())?;
-        text(&mut w, &settings)?;
-        text(&mut w, &path.to_string_lossy())?;
-        w.write_all(&(columns.len() as u32).to_le_bytes())?;
-        for column in columns {
-            text(&mut w, &column.name)?;
-            w.write_all(&[kind_byte(column.kind)])?;
-        }
-        w.write_all(&(sites.len() as u64).to_le_bytes())?;
+        head.write(&mut w, columns, sites.len())?;
         for site in &sites {
-            text(&mut w, &site.name)?;
-            let n = site.lines.len();
-            rows += n as u64;
-            w.write_all(&(n as u64).to_le_bytes())?;
-            for v in site.lines.iter().chain(&site.row_in_file) {
-                w.write_all(&v.to_le_bytes())?;
-            }
-            for values in &site.features {
-                match values {
-                    Values::Numeric(v) => {
-                        w.write_all(&[0])?;
-                        for x in v {
-                            w.write_all(&x.to_le_bytes())?;
-                        }
-                    }
-                    Values::Categorical(coded) => {
-                        w.write_all(&[1])?;
-                        categorical(&mut w, &coded.codes, &coded.levels)?;
-                    }
-                }
-            }
-            categorical(&mut w, &site.target, &site.target_levels)?;
+            rows += write_site(&mut w, site)?;
         }
         w.flush()
     })()
@@ -156,6 +134,121 @@ pub fn save_rows(
         sites: sites.len(),
         rows,
     })
+}
+
+/// What a rows file starts with besides its columns.
+struct Head<'a> {
+    settings: &'a str,
+    csv: &'a str,
+}
+
+impl Head<'_> {
+    fn write(
+        &self,
+        w: &mut impl Write,
+        columns: &[FeatureColumn],
+        sites: usize,
+    ) -> std::io::Result<()> {
+        w.write_all(MAGIC)?;
+        w.write_all(&VERSION.to_le_bytes())?;
+        text(w, self.settings)?;
+        text(w, self.csv)?;
+        w.write_all(&(columns.len() as u32).to_le_bytes())?;
+        for column in columns {
+            text(w, &column.name)?;
+            w.write_all(&[kind_byte(column.kind)])?;
+        }
+        w.write_all(&(sites as u64).to_le_bytes())
+    }
+}
+
+/// [`save_rows`] holding one site's rows at a time, for a file whose
+/// sites' rows are together (as `tessera synth` writes them): each site
+/// is written as it is read to a file beside `out`, then copied into `out`
+/// in the order of the sites' names. `None` where a site's rows are apart
+/// in the file (nothing written).
+fn save_streamed(
+    config: &DataConfig,
+    base_dir: &Path,
+    source: &dyn FileSource,
+    out: &Path,
+    head: &Head<'_>,
+) -> Result<Option<SavedRows>, DataError> {
+    let mut unsorted = out.as_os_str().to_owned();
+    unsorted.push(".unsorted");
+    let unsorted = PathBuf::from(unsorted);
+    let result = (|| {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DataError::Io { path, source }
+        };
+        let mut spill =
+            std::io::BufWriter::new(std::fs::File::create(&unsorted).map_err(io(&unsorted))?);
+        // Each site's name, where its block starts, and its length.
+        let mut blocks: Vec<(String, u64, u64)> = Vec::new();
+        let mut at = 0u64;
+        let mut rows = 0u64;
+        let columns = super::for_each_csv_stretch(config, base_dir, source, &mut |site| {
+            let mut block = Vec::new();
+            rows += write_site(&mut block, &site).map_err(io(&unsorted))?;
+            spill.write_all(&block).map_err(io(&unsorted))?;
+            blocks.push((site.name, at, block.len() as u64));
+            at += block.len() as u64;
+            Ok(())
+        })?;
+        spill.flush().map_err(io(&unsorted))?;
+        drop(spill);
+        blocks.sort_unstable();
+        if blocks.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Ok(None);
+        }
+        let mut from = std::fs::File::open(&unsorted).map_err(io(&unsorted))?;
+        let mut w = std::io::BufWriter::new(std::fs::File::create(out).map_err(io(out))?);
+        head.write(&mut w, &columns, blocks.len())
+            .map_err(io(out))?;
+        let mut block = Vec::new();
+        for (_, start, len) in &blocks {
+            use std::io::Seek;
+            block.resize(*len as usize, 0);
+            from.seek(std::io::SeekFrom::Start(*start))
+                .and_then(|_| from.read_exact(&mut block))
+                .map_err(io(&unsorted))?;
+            w.write_all(&block).map_err(io(out))?;
+        }
+        w.flush().map_err(io(out))?;
+        Ok(Some(SavedRows {
+            sites: blocks.len(),
+            rows,
+        }))
+    })();
+    let _ = std::fs::remove_file(&unsorted);
+    result
+}
+
+/// One site's block: its name, rows, line numbers, columns and target.
+fn write_site(w: &mut impl Write, site: &RawSite) -> std::io::Result<u64> {
+    text(w, &site.name)?;
+    let n = site.lines.len();
+    w.write_all(&(n as u64).to_le_bytes())?;
+    for v in site.lines.iter().chain(&site.row_in_file) {
+        w.write_all(&v.to_le_bytes())?;
+    }
+    for values in &site.features {
+        match values {
+            Values::Numeric(v) => {
+                w.write_all(&[0])?;
+                for x in v {
+                    w.write_all(&x.to_le_bytes())?;
+                }
+            }
+            Values::Categorical(coded) => {
+                w.write_all(&[1])?;
+                categorical(w, &coded.codes, &coded.levels)?;
+            }
+        }
+    }
+    categorical(w, &site.target, &site.target_levels)?;
+    Ok(n as u64)
 }
 
 fn text(w: &mut impl Write, s: &str) -> std::io::Result<()> {
@@ -192,6 +285,27 @@ pub(crate) fn read_rows(
     shown: &Path,
     only: Option<&str>,
 ) -> Result<Vec<RawSite>, DataError> {
+    let mut sites = Vec::new();
+    for_each_rows_site(config, source, full_path, shown, &mut |site| {
+        if only.is_none_or(|only| only == site.name) {
+            sites.push(site);
+        }
+        Ok(())
+    })?;
+    Ok(sites)
+}
+
+/// Reads a rows file's sites one at a time, in the file's (name) order,
+/// each handed to `each` and dropped before the next is read: a pass over
+/// ten million sites holds one site's rows at a time. Refused as
+/// [`read_rows`] refuses; an error from `each` stops the pass.
+pub(crate) fn for_each_rows_site(
+    config: &DataConfig,
+    source: &dyn FileSource,
+    full_path: &Path,
+    shown: &Path,
+    each: &mut dyn FnMut(RawSite) -> Result<(), DataError>,
+) -> Result<(), DataError> {
     if config.partition.is_some() || config.cross_silo.is_some() {
         return Err(DataError::Config(format!(
             "{}: a rows file holds its sites already, and no identifiers as read: give no \
@@ -254,7 +368,6 @@ pub(crate) fn read_rows(
     }
     let columns = Arc::new(columns);
     let n_sites = r.u64()?;
-    let mut sites: Vec<RawSite> = Vec::new();
     let mut last: Option<String> = None;
     for _ in 0..n_sites {
         let name = r.text()?;
@@ -303,25 +416,23 @@ pub(crate) fn read_rows(
             });
         }
         let (target, target_levels) = r.categorical(n, &name)?;
-        if only.is_none_or(|only| only == name) {
-            sites.push(RawSite {
-                name: name.clone(),
-                file: csv.clone(),
-                columns: Arc::clone(&columns),
-                lines,
-                row_in_file,
-                features,
-                target,
-                target_levels,
-            });
-        }
+        each(RawSite {
+            name: name.clone(),
+            file: csv.clone(),
+            columns: Arc::clone(&columns),
+            lines,
+            row_in_file,
+            features,
+            target,
+            target_levels,
+        })?;
         last = Some(name);
     }
     let mut rest = [0u8; 1];
     if r.inner.read(&mut rest).map_err(|e| r.io(e))? != 0 {
         return Err(r.bad("bytes past the last site"));
     }
-    Ok(sites)
+    Ok(())
 }
 
 struct Reader<'a, R> {
