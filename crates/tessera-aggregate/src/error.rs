@@ -15,7 +15,7 @@ pub enum AggregateError {
         value: f64,
     },
     /// A count left its range (the updates' example counts past 2^64).
-    #[error("aggregate overflow: too many large updates for the exact accumulator")]
+    #[error("aggregate overflow: the updates' example counts pass 2^64")]
     Overflow,
     /// A weight is negative or not finite.
     #[error("update rejected: weight {0} is not a finite non-negative number")]

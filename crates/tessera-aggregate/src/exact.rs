@@ -86,8 +86,9 @@ impl Wide {
         } else {
             (self.hi as u128, self.lo)
         };
-        // Past 128 bits here, so `hi` is not zero: its top 64 bits, with a
-        // sticky bit for any bit below them.
+        // Past 128 bits as a signed value, so the magnitude has at least
+        // 128 bits (`hi` is zero for 2^127 to 2^128 - 1): its top 64 bits,
+        // with a sticky bit for any bit below them.
         let shift = 192 - hi.leading_zeros();
         let (top, below) = if shift < 128 {
             (

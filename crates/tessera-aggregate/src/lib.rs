@@ -35,8 +35,9 @@
 //! partial sums gives the same bits (tests check thread-count and
 //! arrival-order independence). Every 2^23 terms (about 4 million updates:
 //! each adds two terms to the totals) its sums move into 256-bit ones, so a
-//! round takes any number of updates. It costs 16 bytes per parameter, so a
-//! coordinator aggregating a 1 GB model needs about 5 GB.
+//! round takes any number of updates. It costs 16 bytes per parameter (48
+//! once a round passes 2^23 terms), so a coordinator aggregating a 1 GB
+//! model needs about 5 GB.
 //! `UpdateAccumulator` validates each update and streams it into an
 //! `ExactSum`; a rejected update leaves the accumulator unchanged. A batch of
 //! updates (`add_many`: the simulator's window of arrivals, through the

@@ -163,57 +163,95 @@ fn load_rows_file(
     config.validate()?;
     let table = site::membership_table(config, base_dir, source)?;
     let full_path = base_dir.join(path);
-    let pass = |each: &mut dyn FnMut(LocalSite) -> Result<(), DataError>| {
+    // A pass gives its sites' count and a digest of their names and row
+    // counts: a file changed between passes is refused, not prepared with
+    // an agreement made from other rows.
+    type Each<'a> = dyn FnMut(Result<LocalSite, DataError>) -> Result<(), DataError> + 'a;
+    let pass = |each: &mut Each<'_>| {
+        use std::hash::{Hash, Hasher};
+        let mut digest = std::hash::DefaultHasher::new();
         let mut sites = 0usize;
         crate::read::for_each_rows_site(config, source, &full_path, path, &mut |raw| {
             sites += 1;
-            each(LocalSite::new(config, raw, table.as_ref())?)
+            (&raw.name, raw.lines.len()).hash(&mut digest);
+            each(LocalSite::new(config, raw, table.as_ref()))
         })?;
-        Ok::<_, DataError>(sites)
+        Ok::<_, DataError>((sites, digest.finish()))
     };
+    // Step 2. As reading the file whole refuses: the file's own faults
+    // first (the reader stops at them), then the first site refused, then
+    // the first offer that does not fit.
     let mut kinds: Option<KindsOffer> = None;
-    let sites = pass(&mut |site| {
-        let offer = site.kinds_offer();
-        match &mut kinds {
-            Some(kinds) => kinds.absorb(&offer),
-            None => {
-                kinds = Some(offer);
-                Ok(())
+    let (mut refused, mut misfit) = (None, None);
+    let first = pass(&mut |site| {
+        match site {
+            Err(e) => {
+                refused.get_or_insert(e);
             }
+            Ok(site) if refused.is_none() && misfit.is_none() => {
+                let offer = site.kinds_offer();
+                match &mut kinds {
+                    Some(kinds) => {
+                        if let Err(e) = kinds.absorb(&offer) {
+                            misfit = Some(e);
+                        }
+                    }
+                    None => kinds = Some(offer),
+                }
+            }
+            Ok(_) => {}
         }
-    })?;
-    let kinds = kinds.ok_or_else(|| DataError::Unusable("no site has any rows".into()))?;
-    let kinds = agree_kinds(config, std::slice::from_ref(&kinds))?;
-    let mut offers = LevelsOffer::empty("the federation", kinds.columns.len());
-    let changed = |again: usize| {
-        DataError::at(
-            path,
-            None,
-            None,
-            format!("the file changed while it was read ({sites} sites, then {again})"),
-        )
-    };
-    let again = pass(&mut |mut site| {
-        offers.absorb(&site.levels_offer(config, &kinds)?);
         Ok(())
     })?;
-    if again != sites {
-        return Err(changed(again));
+    if let Some(e) = refused.or(misfit) {
+        return Err(e);
+    }
+    let kinds = kinds.ok_or_else(|| DataError::Unusable("no site has any rows".into()))?;
+    let kinds = agree_kinds(config, std::slice::from_ref(&kinds))?;
+    let changed = |again: (usize, u64)| {
+        (again != first).then(|| {
+            DataError::at(
+                path,
+                None,
+                None,
+                format!(
+                    "the file changed while it was read ({} sites, then {} sites{})",
+                    first.0,
+                    again.0,
+                    if again.0 == first.0 {
+                        ", of other names or rows"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+        })
+    };
+    // Step 3.
+    let mut offers = LevelsOffer::empty("the federation", kinds.columns.len());
+    let again = pass(&mut |site| {
+        offers.absorb(&site?.levels_offer(config, &kinds)?);
+        Ok(())
+    })?;
+    if let Some(e) = changed(again) {
+        return Err(e);
     }
     let agreement = agree_vocabulary(config, &kinds, std::slice::from_ref(&offers))?;
-    let mut prepared = Vec::with_capacity(sites);
-    let mut summary = Vec::with_capacity(sites);
-    let again = pass(&mut |mut site| {
+    // Step 4.
+    let mut prepared = Vec::with_capacity(first.0);
+    let mut summary = Vec::with_capacity(first.0);
+    let again = pass(&mut |site| {
         // Its columns put in the agreed order and kinds again (step 3's
         // offer, made afresh and dropped) before it is prepared.
+        let mut site = site?;
         site.levels_offer(config, &kinds)?;
         let (data, counts) = site.prepare(config, &agreement)?;
         prepared.push(released_early(config, data, unstandardised));
         summary.push(counts);
         Ok(())
     })?;
-    if again != sites {
-        return Err(changed(again));
+    if let Some(e) = changed(again) {
+        return Err(e);
     }
     federated(config, prepared, summary, agreement, unstandardised)
 }

@@ -279,9 +279,79 @@ fn a_rows_file_changed_between_its_readings_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("d.trows") && e.contains("changed while it was read (3 sites, then 2)"),
+        e.contains("d.trows") && e.contains("changed while it was read (3 sites, then 2 sites)"),
         "{e}"
     );
+    // As many sites, one of them with a row fewer.
+    let fewer_rows: String = csv().lines().enumerate().filter(|&(i, _)| i != 1).fold(
+        String::new(),
+        |mut text, (_, l)| {
+            text += l;
+            text += "\n";
+            text
+        },
+    );
+    std::fs::write(dir.join("f.csv"), fewer_rows).unwrap();
+    save_rows(&config("f.csv"), &dir, &Filesystem, &dir.join("f.trows")).unwrap();
+    let source = Changing {
+        first: std::fs::read(dir.join("d.trows")).unwrap(),
+        then: std::fs::read(dir.join("f.trows")).unwrap(),
+        opened: Default::default(),
+    };
+    let e = load(&config("d.trows"), &dir, &source)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("(3 sites, then 3 sites, of other names or rows)"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A file that can be read once (a pipe).
+struct Once {
+    bytes: Vec<u8>,
+    opened: std::sync::atomic::AtomicBool,
+}
+
+impl tessera_data::FileSource for Once {
+    fn open(&self, _: &Path) -> std::io::Result<Box<dyn std::io::Read + '_>> {
+        if self.opened.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(Box::new(std::io::empty()));
+        }
+        Ok(Box::new(std::io::Cursor::new(self.bytes.as_slice())))
+    }
+}
+
+#[test]
+fn saving_rows_apart_from_a_pipe_is_refused_naming_the_site_and_leaves_nothing() {
+    let dir = folder("pipe");
+    // `csv()` has its sites' rows interleaved: north, east, south, north...
+    let once = Once {
+        bytes: csv().into_bytes(),
+        opened: Default::default(),
+    };
+    let out = dir.join("p.trows");
+    let e = save_rows(&config("p.csv"), &dir, &once, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("site 'north' has rows apart") && e.contains("rather than a pipe"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing left");
+    // The spill's name is never a file that was there before.
+    std::fs::write(dir.join("g.csv"), grouped(&csv())).unwrap();
+    std::fs::write(dir.join("g.trows.unsorted"), "mine").unwrap();
+    let e = save_rows(&config("g.csv"), &dir, &Filesystem, &dir.join("g.trows"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("g.trows.unsorted"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("g.trows.unsorted")).unwrap(),
+        "mine"
+    );
+    assert!(!dir.join("g.trows").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -71,6 +71,10 @@ pub struct SavedRows {
 /// Reads the CSV file `config` names (one file with a site column) as a
 /// run would, and writes its rows to `out` (a `.trows` file), for later
 /// runs to read with the same settings (the plan's `path` the rows file).
+/// A file whose sites' rows are together is read once, holding one site's
+/// rows at a time (each site's block spilled to `out` + `.unsorted`, a new
+/// file, removed afterwards); one whose rows are apart is then read again,
+/// whole (not possible from a pipe: refused, naming the site).
 pub fn save_rows(
     config: &DataConfig,
     base_dir: &Path,
@@ -113,11 +117,19 @@ pub fn save_rows(
         settings: &settings,
         csv: &path.to_string_lossy(),
     };
-    if let Some(saved) = save_streamed(config, base_dir, source, out, &head)? {
-        return Ok(saved);
-    }
-    // A site's rows apart in the file: every site read at once.
-    let sites = super::read_sites(config, base_dir, source)?;
+    let apart = match save_streamed(config, base_dir, source, out, &head)? {
+        Streamed::Saved(saved) => return Ok(saved),
+        Streamed::Apart(site) => site,
+    };
+    // A site's rows apart in the file: the file read again, whole.
+    let sites = super::read_sites(config, base_dir, source).map_err(|e| {
+        DataError::Config(format!(
+            "{}: site '{apart}' has rows apart in the file, so the file is read again whole, \
+             and reading it again failed ({e}): save from a file rather than a pipe, or put \
+             each site's rows together",
+            path.display()
+        ))
+    })?;
     let file = std::fs::File::create(out).map_err(io)?;
     let mut w = std::io::BufWriter::new(file);
     let columns = sites.first().map_or(&[][..], |s| s.columns.as_slice());
@@ -173,56 +185,75 @@ fn save_streamed(
     source: &dyn FileSource,
     out: &Path,
     head: &Head<'_>,
-) -> Result<Option<SavedRows>, DataError> {
+) -> Result<Streamed, DataError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DataError::Io { path, source }
+    };
     let mut unsorted = out.as_os_str().to_owned();
     unsorted.push(".unsorted");
     let unsorted = PathBuf::from(unsorted);
+    // A new file, never one that was there (it is removed afterwards).
+    let spill = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&unsorted)
+        .map_err(io(&unsorted))?;
     let result = (|| {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| DataError::Io { path, source }
-        };
-        let mut spill =
-            std::io::BufWriter::new(std::fs::File::create(&unsorted).map_err(io(&unsorted))?);
-        // Each site's name, where its block starts, and its length.
-        let mut blocks: Vec<(String, u64, u64)> = Vec::new();
+        let mut spill = std::io::BufWriter::new(spill);
+        // Each site's block: where it starts, and its length.
+        let mut blocks: std::collections::HashMap<String, (u64, u64)> = Default::default();
+        let mut apart = None;
         let mut at = 0u64;
         let mut rows = 0u64;
-        let columns = super::for_each_csv_stretch(config, base_dir, source, &mut |site| {
+        let read = super::for_each_csv_stretch(config, base_dir, source, &mut |site| {
+            if blocks.contains_key(&site.name) {
+                // Its rows are apart: stop here, read the file whole.
+                apart = Some(site.name);
+                return Err(DataError::Config("rows apart".into()));
+            }
             let mut block = Vec::new();
             rows += write_site(&mut block, &site).map_err(io(&unsorted))?;
             spill.write_all(&block).map_err(io(&unsorted))?;
-            blocks.push((site.name, at, block.len() as u64));
+            blocks.insert(site.name, (at, block.len() as u64));
             at += block.len() as u64;
             Ok(())
-        })?;
+        });
+        let columns = match (read, apart) {
+            (_, Some(site)) => return Ok(Streamed::Apart(site)),
+            (read, None) => read?,
+        };
         spill.flush().map_err(io(&unsorted))?;
         drop(spill);
-        blocks.sort_unstable();
-        if blocks.windows(2).any(|w| w[0].0 == w[1].0) {
-            return Ok(None);
-        }
+        let mut order: Vec<(&String, &(u64, u64))> = blocks.iter().collect();
+        order.sort_unstable();
         let mut from = std::fs::File::open(&unsorted).map_err(io(&unsorted))?;
         let mut w = std::io::BufWriter::new(std::fs::File::create(out).map_err(io(out))?);
-        head.write(&mut w, &columns, blocks.len())
-            .map_err(io(out))?;
+        head.write(&mut w, &columns, order.len()).map_err(io(out))?;
         let mut block = Vec::new();
-        for (_, start, len) in &blocks {
+        for (_, &(start, len)) in order {
             use std::io::Seek;
-            block.resize(*len as usize, 0);
-            from.seek(std::io::SeekFrom::Start(*start))
+            block.resize(len as usize, 0);
+            from.seek(std::io::SeekFrom::Start(start))
                 .and_then(|_| from.read_exact(&mut block))
                 .map_err(io(&unsorted))?;
             w.write_all(&block).map_err(io(out))?;
         }
         w.flush().map_err(io(out))?;
-        Ok(Some(SavedRows {
+        Ok(Streamed::Saved(SavedRows {
             sites: blocks.len(),
             rows,
         }))
     })();
     let _ = std::fs::remove_file(&unsorted);
     result
+}
+
+/// How [`save_streamed`] ended.
+enum Streamed {
+    Saved(SavedRows),
+    /// This site's rows are apart in the file: nothing written.
+    Apart(String),
 }
 
 /// One site's block: its name, rows, line numbers, columns and target.
