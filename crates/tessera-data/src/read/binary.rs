@@ -201,13 +201,19 @@ fn save_streamed(
         .map_err(io(&unsorted))?;
     let result = (|| {
         let mut spill = std::io::BufWriter::new(spill);
-        // Each site's block: where it starts, and its length.
-        let mut blocks: std::collections::HashMap<String, (u64, u64)> = Default::default();
+        // Each site's name, where its block starts, and its length; the
+        // names' hashes, to find a site seen before (checked by name).
+        let mut blocks: Vec<(String, u64, u64)> = Vec::new();
+        let mut seen: std::collections::HashSet<u64> = Default::default();
         let mut apart = None;
         let mut at = 0u64;
         let mut rows = 0u64;
         let read = super::for_each_csv_stretch(config, base_dir, source, &mut |site| {
-            if blocks.contains_key(&site.name) {
+            let hash = {
+                use std::hash::{BuildHasher, BuildHasherDefault};
+                BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(&site.name)
+            };
+            if !seen.insert(hash) && blocks.iter().any(|(name, _, _)| *name == site.name) {
                 // Its rows are apart: stop here, read the file whole.
                 apart = Some(site.name);
                 return Err(DataError::Config("rows apart".into()));
@@ -215,7 +221,7 @@ fn save_streamed(
             let mut block = Vec::new();
             rows += write_site(&mut block, &site).map_err(io(&unsorted))?;
             spill.write_all(&block).map_err(io(&unsorted))?;
-            blocks.insert(site.name, (at, block.len() as u64));
+            blocks.push((site.name, at, block.len() as u64));
             at += block.len() as u64;
             Ok(())
         });
@@ -225,13 +231,14 @@ fn save_streamed(
         };
         spill.flush().map_err(io(&unsorted))?;
         drop(spill);
-        let mut order: Vec<(&String, &(u64, u64))> = blocks.iter().collect();
-        order.sort_unstable();
+        drop(seen);
+        blocks.sort_unstable();
         let mut from = std::fs::File::open(&unsorted).map_err(io(&unsorted))?;
         let mut w = std::io::BufWriter::new(std::fs::File::create(out).map_err(io(out))?);
-        head.write(&mut w, &columns, order.len()).map_err(io(out))?;
+        head.write(&mut w, &columns, blocks.len())
+            .map_err(io(out))?;
         let mut block = Vec::new();
-        for (_, &(start, len)) in order {
+        for &(_, start, len) in &blocks {
             use std::io::Seek;
             block.resize(len as usize, 0);
             from.seek(std::io::SeekFrom::Start(start))
