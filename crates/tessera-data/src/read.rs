@@ -111,6 +111,7 @@ pub(crate) fn read_sites(
             None,
             &mut layout,
             &mut per_site,
+            None,
         )?;
         let columns = Arc::new(layout.clone().unwrap_or_default());
         for (name, builder) in per_site {
@@ -150,6 +151,7 @@ pub(crate) fn read_sites(
                 None,
                 &mut layout,
                 &mut per_site,
+                None,
             )?;
             let columns = Arc::new(layout.clone().unwrap_or_default());
             let builder = per_site
@@ -227,38 +229,13 @@ pub(crate) fn read_site(
         only_site,
         &mut layout,
         &mut per_site,
+        None,
     )?;
     let columns = Arc::new(layout.unwrap_or_default());
     let builder = per_site
         .remove(site)
         .ok_or_else(|| DataError::at(file, None, None, format!("no rows for site '{site}'")))?;
     Ok(builder.finish(site.to_string(), file.to_path_buf(), &columns))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn read_file(
-    config: &DataConfig,
-    source: &dyn FileSource,
-    full_path: &Path,
-    shown_path: &Path,
-    site_column: Option<&str>,
-    fixed_site: Option<&str>,
-    only_site: Option<&str>,
-    layout: &mut Option<Vec<FeatureColumn>>,
-    per_site: &mut BTreeMap<String, SiteBuilder>,
-) -> Result<(), DataError> {
-    read_file_with(
-        config,
-        source,
-        full_path,
-        shown_path,
-        site_column,
-        fixed_site,
-        only_site,
-        layout,
-        per_site,
-        None,
-    )
 }
 
 /// Reads the one CSV file `config` names, with its site column, handing
@@ -278,7 +255,7 @@ pub(crate) fn for_each_csv_stretch(
         ));
     };
     let mut layout = None;
-    read_file_with(
+    read_file(
         config,
         source,
         &base_dir.join(path),
@@ -293,8 +270,10 @@ pub(crate) fn for_each_csv_stretch(
     Ok(layout.unwrap_or_default())
 }
 
+/// Reads one CSV file into `per_site`, or (`each`) hands each site over
+/// as soon as a row of another site follows its rows.
 #[allow(clippy::too_many_arguments)]
-fn read_file_with(
+fn read_file(
     config: &DataConfig,
     source: &dyn FileSource,
     full_path: &Path,

@@ -29,6 +29,7 @@ pub(super) fn read_partitioned(
         None,
         &mut layout,
         &mut per_site,
+        None,
     )?;
     let columns = std::sync::Arc::new(layout.unwrap_or_default());
     let all = per_site
