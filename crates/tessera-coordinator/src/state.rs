@@ -42,6 +42,7 @@ mod report;
 mod resume;
 pub mod rollout;
 pub mod secure;
+mod secure_buffer;
 mod sessions;
 mod simulated;
 mod trace;
@@ -165,6 +166,9 @@ pub struct Federation {
     privacy: tessera_orchestrator::PrivacyBook,
     /// Secure aggregation: the open round's protocol.
     secure: Option<secure::SecureRound>,
+    /// Asynchronous runs under secure aggregation: who waits for a buffer,
+    /// who is seated in the open one.
+    buffers: secure_buffer::SecureBuffers,
     /// Each site's client certificate (DER) as its last call presented it:
     /// relayed to the cohort of a secure round, which checks it against the
     /// federation CA itself.
@@ -406,6 +410,7 @@ impl Federation {
             watch: waiting::Watch::default(),
             analytics: analytics::Serving::default(),
             joins: joins::JoinRelay::default(),
+            buffers: secure_buffer::SecureBuffers::default(),
             rollout: None,
             dry_run: None,
         };

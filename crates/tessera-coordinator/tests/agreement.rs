@@ -170,10 +170,10 @@ fn plans_with_simulation_only_personalization_are_refused_at_opening() {
     }
 }
 
-/// Homomorphic aggregation and secure asynchronous buffers are simulated
-/// only: a coordinator refuses them at opening, naming what deployment
-/// offers; a plan that names a key holder outside its sites is refused by
-/// its own check first.
+/// Homomorphic aggregation is simulated only: a coordinator refuses it at
+/// opening, naming what deployment offers (secure asynchronous buffers,
+/// once simulated only too, open); a plan that names a key holder outside
+/// its sites is refused by its own check first.
 #[test]
 fn simulation_only_secure_aggregation_is_refused_at_opening() {
     let (plan, text) = plan(
@@ -190,19 +190,15 @@ fn simulation_only_secure_aggregation_is_refused_at_opening() {
         ),
         Ok(_) => panic!("a coordinator opened a homomorphic plan"),
     }
-    // Secure asynchronous buffers are simulated only, too.
+    // Secure asynchronous buffers are deployed (1.28): opened.
     let (mut asynchronous, async_text) = common::plan("\n[secure_aggregation]\nenabled = true\n");
     asynchronous.federation.mode = tessera_engine::Mode::Async;
     let db = Db::new();
     let store = tessera_coordinator::SqliteStore::open(&db.path()).unwrap();
-    match tessera_coordinator::Federation::open(asynchronous, &async_text, store, common::LIVENESS)
+    if let Err(e) =
+        tessera_coordinator::Federation::open(asynchronous, &async_text, store, common::LIVENESS)
     {
-        Err(e) => assert!(
-            e.to_string()
-                .contains("secure aggregation of asynchronous buffers runs in simulation only"),
-            "{e}"
-        ),
-        Ok(_) => panic!("a coordinator opened secure asynchronous buffers"),
+        panic!("a coordinator refused secure asynchronous buffers: {e}");
     }
     let text = text.replace("\"va\"]", "\"oslo\"]");
     let e = tessera_engine::Plan::from_toml(&text, "fatal").unwrap_err();

@@ -184,6 +184,17 @@ impl BufferedEngine {
         self.weighting.factor(staleness)
     }
 
+    /// Multiplies `update`'s change by `factor` (a staleness discount), in
+    /// `f64` and rounded back, as every site does before masking (at 1 it
+    /// is left alone).
+    pub fn discount(update: &mut Update, factor: f64) {
+        if factor != 1.0 {
+            for v in update.delta.values_mut() {
+                *v = (f64::from(*v) * factor) as f32;
+            }
+        }
+    }
+
     /// Updates a step takes.
     pub fn buffer_size(&self) -> usize {
         self.buffer_size
@@ -192,11 +203,13 @@ impl BufferedEngine {
     /// Secure aggregation: takes a step from the sum of a full buffer's
     /// updates, each multiplied by its own staleness discount at its site
     /// (`contributions`: who, with the staleness [`BufferedEngine::admit`]
-    /// gave). The step's update is the sum over the buffer's size: each
-    /// update counts with weight `s(staleness)`, not by its examples (the
-    /// coordinator sees only the sum). Refuses anything but a full buffer of
-    /// distinct contributors, or a sum the strategy cannot apply; on refusal
-    /// nothing changes.
+    /// gave). The step's update is the sum over the contributors' number:
+    /// each update counts with weight `s(staleness)`, not by its examples
+    /// (the coordinator sees only the sum). A full buffer in simulation; in
+    /// deployment the survivors of its secure round, which may be fewer
+    /// (members that dropped are left out, as in a synchronous secure
+    /// round). Refuses an empty or overfull set, a contributor named twice,
+    /// or a sum the strategy cannot apply; on refusal nothing changes.
     pub fn submit_sum(
         &mut self,
         contributions: Vec<(ParticipantId, u32)>,
@@ -210,10 +223,14 @@ impl BufferedEngine {
         let mut who: Vec<&ParticipantId> = contributions.iter().map(|(p, _)| p).collect();
         who.sort();
         who.dedup();
-        if contributions.len() != self.buffer_size || who.len() != contributions.len() {
+        if contributions.is_empty()
+            || contributions.len() > self.buffer_size
+            || who.len() != contributions.len()
+        {
             return Err(AsyncRejection::Invalid(format!(
-                "a secure buffer holds {} distinct contributors, {} sent",
+                "a secure buffer's sum is of 1 to {} distinct contributors; {} sent, {} distinct",
                 self.buffer_size,
+                contributions.len(),
                 who.len()
             )));
         }
@@ -335,7 +352,7 @@ mod tests {
 
     /// A secure buffer's step (the sum of updates each discounted at its
     /// site) equals the plain step over the same updates when their example
-    /// counts are equal; anything but a full buffer of distinct sites is
+    /// counts are equal; no one, more than the buffer or a site twice is
     /// refused and leaves the engine as it was.
     #[test]
     fn a_secure_buffers_sum_steps_as_its_updates_would() {
@@ -365,13 +382,11 @@ mod tests {
             contributions.push((p.clone(), staleness));
         }
         assert_eq!(contributions[1].1, 1);
-        // Refused: a short buffer, a site twice; the engine is unchanged.
+        // Refused: no one, more than the buffer, a site twice; the engine is unchanged.
         let before = secure.current();
-        assert!(
-            secure
-                .submit_sum(contributions[..2].to_vec(), &update(sum as f32, 21))
-                .is_err()
-        );
+        assert!(secure.submit_sum(Vec::new(), &update(0.0, 21)).is_err());
+        let four = [contributions.clone(), vec![(ParticipantId::new("d"), 0)]].concat();
+        assert!(secure.submit_sum(four, &update(sum as f32, 28)).is_err());
         let twice = vec![
             contributions[0].clone(),
             contributions[0].clone(),
@@ -386,5 +401,16 @@ mod tests {
         let (p, s) = (plain.current().0, secure.current().0);
         let (p, s) = (p.values().next().unwrap(), s.values().next().unwrap());
         assert!((p - s).abs() < 1e-6, "plain {p}, secure {s}");
+    }
+
+    /// A buffer round whose members dropped steps with its survivors' sum
+    /// over their number: two of three, each fresh, give their mean.
+    #[test]
+    fn a_secure_buffers_survivors_step_with_their_mean() {
+        let mut engine = BufferedEngine::new(&plan(3, 5), update(0.0, 1).delta, 3).unwrap();
+        let two = vec![(ParticipantId::new("a"), 0), (ParticipantId::new("c"), 0)];
+        let step = engine.submit_sum(two, &update(5.0, 14)).unwrap();
+        assert_eq!(step.contributions.len(), 2);
+        assert_eq!(engine.current().0.values().collect::<Vec<_>>(), [2.5]);
     }
 }

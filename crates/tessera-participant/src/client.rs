@@ -11,7 +11,9 @@ mod transfer;
 pub use crate::supervisor::Failure;
 pub use connect::{Remote, chain, endpoint, join, join_with, still_trusted};
 pub use identity::SecureIdentity;
-pub use secure::{DeferredInput, secure_answer, secure_compare, secure_evaluate, secure_submit};
+pub use secure::{
+    DeferredInput, buffer_submit, secure_answer, secure_compare, secure_evaluate, secure_submit,
+};
 pub use session::{agree, can_withdraw, heartbeat_interval, read_site, withdraw};
 pub use transfer::{Extras, receive_parameters, send_update, task_span};
 

@@ -544,7 +544,21 @@ async fn session(
                 // pending control variate is then kept, not lost).
                 state.awaiting = Some(header.round);
                 let upload = tracing::info_span!(parent: &task_span, "upload");
-                let reply = if state.secure {
+                let reply = if state.secure && state.asynchronous {
+                    // Its buffer's secure round, seated with its staleness.
+                    client::buffer_submit(
+                        &mut client,
+                        &config.site,
+                        &state.plan,
+                        &state.identity,
+                        &mut state.key_ring,
+                        header.round,
+                        update,
+                        config.pause_before_update,
+                    )
+                    .instrument(upload)
+                    .await?
+                } else if state.secure {
                     secure_submit(
                         &mut client,
                         &config.site,

@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 27;
+pub const MINOR: u32 = 28;
 
 /// What this build can do.
 ///
@@ -121,6 +121,12 @@ pub const MINOR: u32 = 27;
 ///   drew at start (`trace_nonce`); the peers derive each round's trace id
 ///   from all of them, so a round is one trace across the peers; nothing
 ///   requires it.
+/// - `secure-buffers` (1.28): in an asynchronous run under secure
+///   aggregation a site joins a buffer with its update's model version
+///   (`SecAggBufferJoin`), is seated in the full buffer's SecAgg+ round
+///   with its staleness (`SecAggSeat`), discounts its update by it and
+///   masks it there; a 1.28 coordinator requires it of every site of such
+///   a run.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -163,6 +169,7 @@ pub const CAPABILITIES: &[&str] = &[
     "train-seconds",
     "attribution",
     "gossip-tracing",
+    "secure-buffers",
 ];
 
 /// Each capability of [`CAPABILITIES`] with the minor version that brought
@@ -210,6 +217,7 @@ pub const CAPABILITY_SINCE: &[(&str, u32)] = &[
     ("train-seconds", 25),
     ("attribution", 26),
     ("gossip-tracing", 27),
+    ("secure-buffers", 28),
 ];
 
 /// The capabilities a Tessera build of protocol `1.minor` sends.

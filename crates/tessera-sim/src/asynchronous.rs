@@ -391,12 +391,7 @@ impl SecureBuffer {
         mut update: Update,
     ) -> Result<bool, tessera_engine::AsyncRejection> {
         let staleness = engine.admit(base)?;
-        let factor = engine.staleness_factor(staleness);
-        if factor != 1.0 {
-            for v in update.delta.values_mut() {
-                *v = (f64::from(*v) * factor) as f32;
-            }
-        }
+        BufferedEngine::discount(&mut update, engine.staleness_factor(staleness));
         self.pending.push((site, staleness, update));
         Ok(self.pending.len() >= engine.buffer_size())
     }

@@ -6,8 +6,8 @@
 
 use prost::Message;
 use tessera_core::{ParticipantId, Timestamp, Update};
-use tessera_engine::BufferedEngine;
 use tessera_engine::report::{EvaluationView, RoundRecord};
+use tessera_engine::{BufferedEngine, Step};
 use tessera_learn::Evaluation;
 use tessera_orchestrator::completed;
 use tessera_proto::pb;
@@ -62,6 +62,13 @@ impl Federation {
         now: Timestamp,
     ) -> Result<(), Refusal> {
         let run = self.run.id.clone();
+        if self.has_secure_buffers() {
+            return Err(Refusal::Invalid(
+                "this run sums each buffer securely: an update leaves masked, in its buffer's \
+                 secure round (protocol 1.28, secure-buffers), never in the clear"
+                    .into(),
+            ));
+        }
         let Some(buffered) = self.training.buffered_mut() else {
             return Err(Refusal::Invalid("no model yet".into()));
         };
@@ -94,84 +101,14 @@ impl Federation {
                 Ok(())
             }
             Ok(Some(step)) => {
-                let (model, _) = buffered.current();
-                let seconds = self.round_seconds();
-                let contributors: Vec<String> = step
-                    .contributions
-                    .iter()
-                    .map(|(p, _)| p.as_str().to_string())
-                    .collect();
-                let record = RoundRecord {
-                    round: step.version,
-                    status: "completed".into(),
-                    accuracy: 0.0,
-                    loss: 0.0,
-                    mean_site_accuracy: 0.0,
-                    n_test: 0,
-                    auc: None,
-                    train_loss: step.mean_train_loss,
-                    accepted: step.contributions.len(),
-                    stragglers: 0,
-                    dropped: 0,
-                    rejected: 0,
-                    seconds,
-                    virtual_seconds: seconds,
-                    virtual_time: now.as_secs_f64(),
-                    bytes_up: 0,
-                    bytes_down: 0,
-                    traffic: Default::default(),
-                    site_errors: Vec::new(),
-                    epsilon: None,
-                    clip_norm: None,
-                    metrics_epsilon: None,
-                    contribution: None,
-                };
-
-                let record_json = match serde_json::to_string(&record) {
-                    Ok(json) => json,
-                    Err(e) => return Err(self.fail("cannot write a step's record", e)),
-                };
-                let stored = self.store.close_round(
-                    &run,
-                    &RoundClose {
-                        round: step.version,
-                        aggregate: Some(&step.aggregate),
-                        model: &model,
-                        status: "completed",
-                        record_json: &record_json,
-                        cohort: &contributors,
-                        counted: &contributors,
-                        at: now,
-                        privacy: None,
-                    },
-                );
-                if let Err(e) = stored {
-                    return Err(self.fail("cannot store a step", e));
-                }
+                self.commit_step(step, now)?;
                 metrics::counter!(names::ACCEPTED).increment(1);
-                metrics::counter!(names::ROUNDS, "status" => "completed").increment(1);
-                metrics::gauge!(names::CURRENT_ROUND).set(f64::from(step.version));
                 self.audit(
                     site,
                     "update",
                     "accepted",
                     &format!("step {next_step}, from model {base}; step taken"),
                 );
-                let staleness: Vec<u32> = step.contributions.iter().map(|(_, s)| *s).collect();
-                tracing::info!(step = step.version, ?staleness, "step taken");
-                self.round_started = Some(now);
-                // Older steps still waiting for evaluations are closed with what came.
-                for version in self.steps.older_than(step.version) {
-                    // The update counted: a refusal now would have the site
-                    // stop, or send it again to be counted twice.
-                    if let Err(e) = self.finish_step_evaluation(version) {
-                        return Err(self.fail("cannot store a step's evaluation", e));
-                    }
-                }
-                self.steps.open(step.version, record);
-                self.version += 1;
-                // The next updates belong to the next step's trace.
-                self.follow_trace();
                 Ok(())
             }
             Err(rejection) => {
@@ -192,6 +129,88 @@ impl Federation {
                 Err(Refusal::Invalid(reason))
             }
         }
+    }
+
+    /// Commits a step the engine took: its record and aggregate with the
+    /// model, before anything is acknowledged; the step's evaluations open,
+    /// older ones close. A database that cannot hold it stops the
+    /// coordinator (the refusal says why).
+    pub(super) fn commit_step(&mut self, step: Step, now: Timestamp) -> Result<(), Refusal> {
+        let run = self.run.id.clone();
+        let Some((model, _)) = self.training.buffered().map(BufferedEngine::current) else {
+            return Err(Refusal::Invalid("no model yet".into()));
+        };
+        let seconds = self.round_seconds();
+        let contributors: Vec<String> = step
+            .contributions
+            .iter()
+            .map(|(p, _)| p.as_str().to_string())
+            .collect();
+        let record = RoundRecord {
+            round: step.version,
+            status: "completed".into(),
+            accuracy: 0.0,
+            loss: 0.0,
+            mean_site_accuracy: 0.0,
+            n_test: 0,
+            auc: None,
+            train_loss: step.mean_train_loss,
+            accepted: step.contributions.len(),
+            stragglers: 0,
+            dropped: 0,
+            rejected: 0,
+            seconds,
+            virtual_seconds: seconds,
+            virtual_time: now.as_secs_f64(),
+            bytes_up: 0,
+            bytes_down: 0,
+            traffic: Default::default(),
+            site_errors: Vec::new(),
+            epsilon: None,
+            clip_norm: None,
+            metrics_epsilon: None,
+            contribution: None,
+        };
+
+        let record_json = match serde_json::to_string(&record) {
+            Ok(json) => json,
+            Err(e) => return Err(self.fail("cannot write a step's record", e)),
+        };
+        let stored = self.store.close_round(
+            &run,
+            &RoundClose {
+                round: step.version,
+                aggregate: Some(&step.aggregate),
+                model: &model,
+                status: "completed",
+                record_json: &record_json,
+                cohort: &contributors,
+                counted: &contributors,
+                at: now,
+                privacy: None,
+            },
+        );
+        if let Err(e) = stored {
+            return Err(self.fail("cannot store a step", e));
+        }
+        metrics::counter!(names::ROUNDS, "status" => "completed").increment(1);
+        metrics::gauge!(names::CURRENT_ROUND).set(f64::from(step.version));
+        let staleness: Vec<u32> = step.contributions.iter().map(|(_, s)| *s).collect();
+        tracing::info!(step = step.version, ?staleness, "step taken");
+        self.round_started = Some(now);
+        // Older steps still waiting for evaluations are closed with what came.
+        for version in self.steps.older_than(step.version) {
+            // The update counted: a refusal now would have the site
+            // stop, or send it again to be counted twice.
+            if let Err(e) = self.finish_step_evaluation(version) {
+                return Err(self.fail("cannot store a step's evaluation", e));
+            }
+        }
+        self.steps.open(step.version, record);
+        self.version += 1;
+        // The next updates belong to the next step's trace.
+        self.follow_trace();
+        Ok(())
     }
 
     /// An evaluation of step `report.round`'s model.
@@ -260,6 +279,12 @@ impl Federation {
     /// Closes evaluations every live site has answered; after the last step,
     /// hands the final evaluation to the sync machinery, then finishes.
     pub(super) fn async_step(&mut self, now: Timestamp) -> Result<(), CoordinatorError> {
+        if self.has_secure_buffers() {
+            // A buffer round's stages close at their deadlines; a full
+            // buffer of live sites opens the next.
+            self.advance_secure(now);
+            self.open_buffer(now);
+        }
         let live = self.live(now);
         let complete = self.steps.complete(&live);
         let finished = self.stopping_after_round()

@@ -6,7 +6,8 @@ use tessera_engine::Plan;
 use super::Federation;
 
 /// The capabilities a run of `plan` needs of every participant: the
-/// strategy's, the external model's, secure aggregation's, the analytics
+/// strategy's, the external model's, secure aggregation's (and its
+/// buffers' in an asynchronous run), the analytics
 /// serving's, the regional model's and every codec's (the upload codecs'
 /// only when no feature flag limits them to a cohort). Sorted, each once.
 pub fn run_capabilities(plan: &Plan) -> Vec<&'static str> {
@@ -31,6 +32,10 @@ fn capabilities(plan: &Plan, site: Option<&str>) -> Vec<&'static str> {
     if plan.secure_aggregation.enabled || plan.privacy.site_metrics.sums_only() {
         required.push("secure-aggregation");
         required.push("secure-aggregation-signed");
+    }
+    if plan.secure_aggregation.enabled && plan.federation.mode == tessera_engine::Mode::Async {
+        // Each buffer a secure round among its contributors.
+        required.push("secure-buffers");
     }
     if plan.analytics.serve_seconds > 0 {
         required.push("analytics-queries");

@@ -119,7 +119,7 @@ fn stage_of(step: &Step) -> Option<Stage> {
         Step::Masked(_) => Some(Stage::Masked),
         Step::View(_) => Some(Stage::Views),
         Step::Unmask(_) => Some(Stage::Unmask),
-        Step::Poll(_) => None,
+        Step::Poll(_) | Step::Buffer(_) => None,
     }
 }
 
@@ -155,6 +155,11 @@ fn message_of(id: u32, step: Step) -> Result<Message, Refusal> {
             return Err(Refusal::Invalid(format!(
                 "a poll for stage {want} is no message"
             )));
+        }
+        Step::Buffer(_) => {
+            return Err(Refusal::Invalid(
+                "a buffer join is no message of a secure round".into(),
+            ));
         }
     })
 }
@@ -374,6 +379,13 @@ impl Federation {
         self.touch(site);
         let now = self.now();
         let reply = |state| Ok(pb::SecAggReply { state: Some(state) });
+        if let Some(Step::Buffer(join)) = &step {
+            let outcome = self.buffer_join(site, join.base, now);
+            if let Err(e) = &outcome {
+                self.audit(site, "secure-aggregation", "rejected", &e.to_string());
+            }
+            return outcome.and_then(reply);
+        }
         let Some(secure) = self.secure.as_mut().filter(|s| s.round == round) else {
             // The round is over (or was reopened after a restart): stop.
             return reply(Reply::Done(true));
@@ -473,6 +485,10 @@ impl Federation {
         }
         if secure.round & tessera_secagg::ANALYTICS_ROUND != 0 {
             self.finish_analytics(&secure);
+            return;
+        }
+        if self.has_secure_buffers() {
+            self.finish_buffer(&secure, now);
             return;
         }
         let round = secure.round;

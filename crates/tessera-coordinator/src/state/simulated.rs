@@ -1,13 +1,12 @@
 //! Settings a plan may carry that run in simulation only: a coordinator
 //! refuses them when it opens the plan, naming what deployment offers.
 
-use tessera_engine::{Mode, Plan};
+use tessera_engine::Plan;
 use tessera_secagg::Scheme;
 
 use crate::CoordinatorError;
 
-/// Refuses simulation's new sites, secure aggregation of asynchronous
-/// buffers and homomorphic aggregation.
+/// Refuses simulation's new sites and homomorphic aggregation.
 pub(super) fn check_plan(plan: &Plan) -> Result<(), CoordinatorError> {
     let refuse = |why: &str| Err(CoordinatorError::Config(why.into()));
     if !plan.personalization.new_sites.is_empty() {
@@ -17,12 +16,6 @@ pub(super) fn check_plan(plan: &Plan) -> Result<(), CoordinatorError> {
         );
     }
     let secure = &plan.secure_aggregation;
-    if secure.enabled && plan.federation.mode == Mode::Async {
-        return refuse(
-            "secure aggregation of asynchronous buffers runs in simulation only for now; \
-             deploy secure aggregation with mode = \"sync\"",
-        );
-    }
     if secure.enabled && secure.scheme == Scheme::Homomorphic {
         return refuse(
             "secure_aggregation.scheme = \"homomorphic\" runs in simulation only for now \

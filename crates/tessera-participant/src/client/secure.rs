@@ -68,6 +68,87 @@ pub async fn secure_submit(
     })
 }
 
+/// In an asynchronous run under secure aggregation (1.28, `secure-buffers`):
+/// joins a buffer with `update`, trained from model version `base`, and
+/// waits to be seated; multiplies the update by the plan's staleness
+/// discount of the staleness its seat gives, and sends it through the
+/// buffer's SecAgg+ round ([`secure_submit`], which clips it as the plan
+/// says after the discount, as the simulation does). Not accepted, with the
+/// reason, when the coordinator refuses the join (an update past the
+/// staleness bound), the run takes no more steps, or the seat's staleness
+/// is past the plan's bound (this site then withdraws from that round).
+#[allow(clippy::too_many_arguments)]
+pub async fn buffer_submit(
+    client: &mut FederationClient<Channel>,
+    site: &str,
+    plan: &tessera_engine::Plan,
+    identity: &SecureIdentity,
+    key_ring: &mut Option<tessera_secagg::KeyRing>,
+    base: u32,
+    mut update: tessera_core::Update,
+    pause: Duration,
+) -> Result<pb::UpdateReply, Failure> {
+    use pb::sec_agg_reply::State;
+    let not_counted = |reason: String| pb::UpdateReply {
+        accepted: false,
+        reason,
+    };
+    let seat = loop {
+        let reply = client
+            .secure_aggregation(pb::SecAggRequest {
+                site: site.to_string(),
+                round: base,
+                step: Some(pb::sec_agg_request::Step::Buffer(pb::SecAggBufferJoin {
+                    base,
+                })),
+            })
+            .await;
+        match reply.map(|r| r.into_inner().state) {
+            Ok(Some(State::Seat(seat))) => break seat,
+            Ok(Some(State::Wait(_))) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Ok(Some(State::Done(_))) => {
+                return Ok(not_counted("the run takes no more steps".into()));
+            }
+            Ok(_) => {
+                return Err(Failure::Retry(
+                    "secure aggregation: an unexpected reply to a buffer join".into(),
+                ));
+            }
+            // The coordinator refused the update (too stale, say): the
+            // site trains again on a newer model.
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                return Ok(not_counted(status.message().to_string()));
+            }
+            Err(status) => return Err(status.into()),
+        }
+    };
+    let bound = plan.federation.max_staleness;
+    if seat.staleness > bound {
+        let reason = format!(
+            "{REFUSED}the coordinator gives this site's update staleness {}, past the plan's \
+             bound of {bound}",
+            seat.staleness
+        );
+        tracing::error!(round = seat.round, %reason, "refusing the buffer's secure round");
+        if let Err(status) = withdraw(client, site, seat.round, &reason, false).await {
+            tracing::warn!(round = seat.round, %status, "could not withdraw");
+        }
+        return Ok(not_counted(reason));
+    }
+    tracing::info!(
+        round = seat.round,
+        base,
+        staleness = seat.staleness,
+        "seated in a secure buffer"
+    );
+    let factor = plan.federation.staleness.factor(seat.staleness);
+    tessera_engine::BufferedEngine::discount(&mut update, factor);
+    secure_submit(
+        client, site, plan, identity, key_ring, seat.round, update, pause,
+    )
+    .await
+}
+
 /// Sends `evaluation` of round `round`'s model through a SecAgg+ round of
 /// its own (`site_metrics = "aggregate-only"`): the coordinator unmasks only
 /// the sum of the sites' summable evaluations ([`tessera_learn::encode_summable`]).

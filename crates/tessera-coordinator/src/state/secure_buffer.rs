@@ -1,0 +1,319 @@
+//! Secure asynchronous buffers in deployment (1.28, `secure-buffers`): in
+//! an asynchronous run under secure aggregation no update arrives in the
+//! clear. A site that has trained from model version `base` joins a buffer
+//! (`SecAggBufferJoin`) and waits; when `buffer_size` live sites wait, the
+//! first of them (in the order they joined) are seated in a SecAgg+ round of
+//! their own (`SecAggSeat`: its number and each one's staleness, taken
+//! then), each multiplies its update by the plan's staleness discount at its
+//! site and masks it, and the engine steps with the recovered sum over the
+//! survivors' number ([`tessera_engine::BufferedEngine::submit_sum`]), as
+//! the simulation's secure buffers do (`tessera-sim` `asynchronous.rs`).
+//!
+//! One secure round at a time: the next buffer fills while one runs. Its
+//! stages are the synchronous rounds' ([`super::secure`]); a site that drops
+//! after sharing its keys has its masks removed and its update left out.
+//! Nothing of a buffer is stored before its step: after a coordinator
+//! restart the sites waiting or seated are told their round is over and
+//! train again (their updates were never counted).
+//!
+//! Adversaries: a site cannot send its update in the clear (refused: it
+//! would void the buffer's sum), join with a model version from the future
+//! or past the staleness bound (refused, naming which), nor be seated twice
+//! in one buffer. A coordinator that lies about a site's staleness changes
+//! only that site's weight, within the plan's bound, which the site checks;
+//! it learns each buffer's sum, as a synchronous secure round's.
+
+use std::collections::BTreeMap;
+
+use tessera_core::{ParticipantId, Timestamp};
+use tessera_orchestrator::secure::{SecureRound as SecureStages, training_params};
+use tessera_proto::pb;
+use tessera_proto::pb::sec_agg_reply::State as Reply;
+
+use super::secure::SecureRound;
+use super::{Federation, Refusal};
+use crate::telemetry::names;
+
+/// The sites waiting for a buffer and those seated in the open one.
+#[derive(Default)]
+pub(super) struct SecureBuffers {
+    /// Sites waiting, with the model version their update was trained
+    /// from, in the order they joined.
+    waiting: Vec<(String, u32)>,
+    /// The open buffer round's number and its members with their
+    /// staleness, in the order they joined.
+    seated: Option<(u32, Vec<(String, u32)>)>,
+    /// Sites refused after they joined (their update became too stale
+    /// before their buffer filled), and why: told at their next join.
+    refused: BTreeMap<String, String>,
+    /// The last buffer round opened: each takes a new number.
+    opened: u32,
+    /// Buffer rounds failed in a row (no step taken).
+    failures: u32,
+}
+
+/// Buffer rounds that may fail in a row before the run stops, as in
+/// simulation: with no step, the same sites would meet in the same rounds.
+const MAX_FAILURES: u32 = 3;
+
+impl SecureBuffers {
+    /// The seat of `site` in the open buffer round, if it has one.
+    fn seat_of(&self, site: &str) -> Option<pb::SecAggSeat> {
+        let (round, members) = self.seated.as_ref()?;
+        let staleness = members.iter().find(|(s, _)| s == site)?.1;
+        Some(pb::SecAggSeat {
+            round: *round,
+            staleness,
+        })
+    }
+}
+
+impl Federation {
+    /// Whether this run sums its asynchronous buffers securely.
+    pub(super) fn has_secure_buffers(&self) -> bool {
+        self.plan.secure_aggregation.enabled && self.training.is_async()
+    }
+
+    /// `site` has an update trained from model version `base` and waits for
+    /// a buffer: its seat once the buffer is full, `Wait` until then, `Done`
+    /// when every step is taken. Refused when the run has no secure buffers,
+    /// or the update is from the future or past the staleness bound.
+    pub(super) fn buffer_join(
+        &mut self,
+        site: &str,
+        base: u32,
+        now: Timestamp,
+    ) -> Result<Reply, Refusal> {
+        if let Some(seat) = self.buffers.seat_of(site) {
+            return Ok(Reply::Seat(seat));
+        }
+        if let Some(why) = self.buffers.refused.remove(site) {
+            return Err(Refusal::Invalid(why));
+        }
+        if !self.has_secure_buffers() {
+            return Err(Refusal::Invalid(
+                "this run has no secure buffers (they serve asynchronous runs under secure \
+                 aggregation)"
+                    .into(),
+            ));
+        }
+        let Some(buffered) = self.training.buffered() else {
+            return Err(Refusal::Invalid("no model yet".into()));
+        };
+        if buffered.is_finished() || self.stop_requested.is_some() {
+            self.buffers.waiting.retain(|(s, _)| s != site);
+            return Ok(Reply::Done(true));
+        }
+        let known = self.buffers.waiting.iter().position(|(s, _)| s == site);
+        if known.is_none_or(|i| self.buffers.waiting[i].1 != base) {
+            if let Err(rejection) = buffered.admit(base) {
+                let label = match &rejection {
+                    tessera_engine::AsyncRejection::Stale { .. } => "stale",
+                    tessera_engine::AsyncRejection::FromTheFuture(_) => "wrong_round",
+                    tessera_engine::AsyncRejection::Invalid(_) => "invalid",
+                };
+                metrics::counter!(names::REJECTED, "reason" => label).increment(1);
+                let reason = rejection.to_string();
+                self.audit(
+                    site,
+                    "buffer",
+                    "rejected",
+                    &format!("from model {base}: {reason}"),
+                );
+                return Err(Refusal::Invalid(reason));
+            }
+            match known {
+                // Another update of the site's replaces the one it waited with.
+                Some(i) => self.buffers.waiting[i].1 = base,
+                None => self.buffers.waiting.push((site.to_string(), base)),
+            }
+            self.audit(site, "buffer", "joined", &format!("from model {base}"));
+            self.version += 1;
+        }
+        self.open_buffer(now);
+        Ok(match self.buffers.seat_of(site) {
+            Some(seat) => Reply::Seat(seat),
+            None => Reply::Wait(true),
+        })
+    }
+
+    /// Opens the next buffer's secure round when none runs and enough live
+    /// sites wait: the first `buffer_size` of them, each with its staleness
+    /// now. A site whose update has become too stale is refused (told at its
+    /// next join) and the others wait on.
+    pub(super) fn open_buffer(&mut self, now: Timestamp) {
+        if self.secure.is_some() || self.buffers.seated.is_some() || !self.has_secure_buffers() {
+            return;
+        }
+        let Some(buffered) = self.training.buffered() else {
+            return;
+        };
+        if buffered.is_finished() || self.stop_requested.is_some() {
+            return;
+        }
+        let size = buffered.buffer_size();
+        // A site silent past the liveness period would drop out of the
+        // round at once: it waits no longer (it joins again when it calls).
+        let live = self.live(now);
+        self.buffers.waiting.retain(|(s, _)| live.contains(s));
+        if self.buffers.waiting.len() < size {
+            return;
+        }
+        let mut members = Vec::with_capacity(size);
+        let mut refused = Vec::new();
+        for (site, base) in self.buffers.waiting.drain(..size) {
+            match buffered.admit(base) {
+                Ok(staleness) => members.push((site, base, staleness)),
+                Err(rejection) => refused.push((site, base, rejection.to_string())),
+            }
+        }
+        for (site, base, reason) in refused {
+            self.audit(
+                &site,
+                "buffer",
+                "rejected",
+                &format!("from model {base}: {reason}"),
+            );
+            self.buffers.refused.insert(site, reason);
+        }
+        if members.len() < size {
+            // Back to the front, in their order, for the next buffer.
+            let back = members.into_iter().map(|(site, base, _)| (site, base));
+            self.buffers.waiting.splice(0..0, back);
+            self.version += 1;
+            return;
+        }
+        let version = buffered.current().1;
+        let n_values = buffered.current().0.n_values();
+        let round = self.buffers.opened.max(version) + 1;
+        self.buffers.opened = round;
+        let members: Vec<(String, u32)> = members
+            .into_iter()
+            .map(|(site, _, staleness)| (site, staleness))
+            .collect();
+        let mut names: Vec<&str> = members.iter().map(|(s, _)| s.as_str()).collect();
+        names.sort_unstable();
+        let index: BTreeMap<String, u32> = names
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ((*s).to_string(), i as u32))
+            .collect();
+        let ids: Vec<u32> = index.values().copied().collect();
+        let made = training_params(&self.plan, round, &ids, n_values)
+            .map_err(|e| e.to_string())
+            .and_then(|params| {
+                SecureStages::open(now, round, index, params, self.roster.liveness())
+                    .map_err(|e| e.to_string())
+            });
+        self.version += 1;
+        match made {
+            Ok((stages, effects)) => {
+                let who: Vec<&str> = members.iter().map(|(s, _)| s.as_str()).collect();
+                let detail = format!(
+                    "buffer round {round} for step {}: {}",
+                    version + 1,
+                    who.join(", ")
+                );
+                self.audit("-", "buffer", "seated", &detail);
+                self.secure = Some(SecureRound::of_stages(round, stages));
+                self.buffers.seated = Some((round, members));
+                self.apply_secure(effects);
+            }
+            Err(e) => {
+                // Cannot happen with a plan that passed its checks; the
+                // members are told, and train again.
+                let reason = format!("buffer round {round} cannot start: {e}");
+                tracing::error!(round, %e, "a secure buffer cannot start");
+                self.audit("-", "secure-aggregation", "failed", &reason);
+                for (site, _) in members {
+                    self.buffers.refused.insert(site, reason.clone());
+                }
+            }
+        }
+    }
+
+    /// The buffer round `secure` is over: the engine steps with its
+    /// survivors' sum, over their number. A round whose sum cannot be
+    /// recovered, or whose sums do not fit what its survivors declared,
+    /// takes no step; its members train again.
+    pub(super) fn finish_buffer(&mut self, secure: &SecureRound, now: Timestamp) {
+        let round = secure.round;
+        let members = match self.buffers.seated.take() {
+            Some((seated, members)) if seated == round => members,
+            other => {
+                self.buffers.seated = other;
+                return;
+            }
+        };
+        let stages = secure.stages();
+        let Some(global) = self.training.buffered().map(|b| b.current().0) else {
+            return;
+        };
+        let names = stages.survivor_names();
+        let kept = self.plan.secure_coordinates(round, global.n_values());
+        let result = stages
+            .recover(&global, kept.as_deref())
+            .map_err(|e| e.to_string())
+            .and_then(|update| {
+                self.check_secure_sums(&names, update.n_examples, update.stats.n_steps)
+                    .map(|()| update)
+                    .map_err(|reason| {
+                        self.refuse_report(
+                            "-",
+                            "secure-aggregation",
+                            &format!("buffer round {round}: {reason}"),
+                        );
+                        reason
+                    })
+            });
+        let contributions: Vec<(ParticipantId, u32)> = members
+            .iter()
+            .filter(|(s, _)| names.contains(&s.as_str()))
+            .map(|(s, staleness)| (ParticipantId::new(s.as_str()), *staleness))
+            .collect();
+        self.version += 1;
+        let stepped = result.and_then(|sum| {
+            let buffered = self
+                .training
+                .buffered_mut()
+                .ok_or_else(|| "no model".to_string())?;
+            buffered
+                .submit_sum(contributions, &sum)
+                .map_err(|e| e.to_string())
+        });
+        match stepped {
+            Ok(step) => {
+                self.buffers.failures = 0;
+                let detail = format!(
+                    "buffer round {round}: the sum of {} of {} updates; step {} taken",
+                    step.contributions.len(),
+                    members.len(),
+                    step.version
+                );
+                self.audit("-", "secure-aggregation", "completed", &detail);
+                metrics::counter!(names::ACCEPTED).increment(step.contributions.len() as u64);
+                // A database that cannot hold the step stops the coordinator.
+                let _ = self.commit_step(step, now);
+            }
+            Err(e) => {
+                tracing::warn!(round, %e, "a secure buffer took no step");
+                self.audit(
+                    "-",
+                    "secure-aggregation",
+                    "failed",
+                    &format!("buffer round {round}: {e}; its members train again"),
+                );
+                self.buffers.failures += 1;
+                if self.buffers.failures >= MAX_FAILURES && self.stopped.is_none() {
+                    let reason = format!(
+                        "{MAX_FAILURES} secure buffer rounds failed in a row, the run cannot go \
+                         on; the last: {e}"
+                    );
+                    tracing::error!(%reason, "the run stops");
+                    self.audit("-", "run", "stopped", &reason);
+                    self.stopped = Some(reason);
+                }
+            }
+        }
+    }
+}
