@@ -675,7 +675,7 @@ impl Federation {
                 engine.report_dropout(&id);
             }
             waiting
-        });
+        }) || self.buffer_withdraw(site, round, leaving);
         if withdrawn {
             self.secure_withdraw(site);
         }

@@ -82,6 +82,47 @@ fn a_full_buffer_is_seated_in_a_secure_round_and_nothing_comes_in_the_clear() {
     // Nothing per site was stored.
     let run = f.run_id().to_string();
     assert!(f.store().updates(&run, 1).unwrap().is_empty());
+    // A member that withdraws from the round is no longer waited for.
+    assert!(f.withdraw(names[1], 1, "refused", false).unwrap());
+    assert!(!f.withdraw(names[3], 1, "not seated", false).unwrap());
+
+    // After a restart the seated sites' round is over, and the next buffer
+    // round takes a number above every one seated before: a site's key
+    // ring refuses a round it has answered.
+    drop(f);
+    let mut f = db.open(&plan(3));
+    assert_eq!(f.run_id(), run);
+    for site in &names {
+        f.join(site, &hello(site)).unwrap();
+    }
+    assert_eq!(
+        f.secure_step(names[0], 1, Some(Step::Poll(1)))
+            .unwrap()
+            .state,
+        Some(State::Done(true))
+    );
+    for site in &names[..2] {
+        assert_eq!(join(&mut f, site, 0).unwrap(), State::Wait(true));
+    }
+    let Ok(State::Seat(seat)) = join(&mut f, names[2], 0) else {
+        panic!("the buffer is full");
+    };
+    assert_eq!(seat.round, 2);
+}
+
+/// Only a newer update replaces the one a site waits with: an older one is
+/// refused, naming both versions.
+#[test]
+fn a_waiting_site_cannot_go_back_to_an_older_model() {
+    let db = Db::new();
+    let mut f = db.open(&plan(4));
+    agree(&mut f);
+    let site = SITES[0].name.as_str();
+    assert_eq!(join(&mut f, site, 0).unwrap(), State::Wait(true));
+    // (Version 0 is the only one yet: 1 is from the future.)
+    let e = join(&mut f, site, 1).unwrap_err();
+    assert!(e.to_string().contains("model version 1"), "{e}");
+    assert_eq!(join(&mut f, site, 0).unwrap(), State::Wait(true));
 }
 
 #[test]

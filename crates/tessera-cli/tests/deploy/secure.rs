@@ -339,3 +339,69 @@ fn a_secure_buffer_steps_with_its_survivors_when_a_member_drops() {
     }
     assert_eq!(status.pending_updates(), 0);
 }
+
+/// A buffer of 3 cannot lose a member (each survivor would keep fewer
+/// neighbours than the threshold and refuse to unmask): a member that goes
+/// quiet after sharing its keys fails its round. It is then seated after
+/// every other waiting site, so the others' buffers go on stepping and the
+/// run finishes; the failures are audited.
+#[test]
+fn a_member_that_fails_its_buffer_round_cannot_hold_the_buffers_back() {
+    if util::skip_e2e("a_member_that_fails_its_buffer_round_cannot_hold_the_buffers_back") {
+        return;
+    }
+    let s = Scratch::new("deploy-secure-buffers-held-back");
+    let text = heart_text(&s, 3)
+        .replace("min_participants = 4", "min_participants = 3")
+        .replace(
+            "strategy = \"fedavg\"\n",
+            "strategy = \"fedavg\"\nmode = \"async\"\nbuffer_size = 3\n",
+        );
+    let plan = s.write(
+        "buffers-held.toml",
+        &format!(
+            "{text}\n[privacy]\nsite_metrics = \"clear\"\n[secure_aggregation]\nenabled = true\n"
+        ),
+    );
+    let db = s.path("c.sqlite");
+    let (mut coordinator, url) = coordinator(
+        &s.dir,
+        &plan,
+        &db,
+        0,
+        &["--liveness", "1.5", "--report", "dep.json"],
+    );
+    let mut participants: Vec<Proc> = HEART_SITES[..3]
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    participants.push(participant(
+        &s.dir,
+        &url,
+        "va",
+        &["--pause-before-update", "3"],
+    ));
+    assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    for p in &mut participants {
+        assert!(p.wait(LIMIT).success(), "{}", p.log());
+    }
+    let report = s.json("dep.json");
+    let rounds = report["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3);
+    for r in rounds {
+        assert_eq!(r["status"], "completed", "{r}");
+        assert_eq!(r["accepted"], 3, "{r}");
+    }
+    let status = status_of(&db);
+    let failed = status.audit_count(|a| {
+        a.action == "secure-aggregation"
+            && a.outcome == "failed"
+            && a.detail.contains("its members train again")
+    });
+    let va = participants[3].log();
+    assert!(va.contains("done: 0 updates accepted"), "{va}");
+    // VA is seated in the first buffer or, waiting first, in the second.
+    assert!(va.contains("seated in a secure buffer"), "{va}");
+    assert!(failed >= 1, "VA's rounds fail");
+    assert_eq!(status.pending_updates(), 0);
+}

@@ -373,6 +373,7 @@ impl Federation {
         self.roster.seen_all(now);
         self.training = Training::Async(Some(Box::new(engine)));
         self.phase = Phase::Training;
+        self.restore_buffer_rounds(run)?;
         tracing::info!(run = %run, steps = closed, "resumed");
         Ok(())
     }

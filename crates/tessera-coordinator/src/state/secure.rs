@@ -380,11 +380,8 @@ impl Federation {
         let now = self.now();
         let reply = |state| Ok(pb::SecAggReply { state: Some(state) });
         if let Some(Step::Buffer(join)) = &step {
-            let outcome = self.buffer_join(site, join.base, now);
-            if let Err(e) = &outcome {
-                self.audit(site, "secure-aggregation", "rejected", &e.to_string());
-            }
-            return outcome.and_then(reply);
+            // Its refusals are audited there.
+            return self.buffer_join(site, join.base, now).and_then(reply);
         }
         let Some(secure) = self.secure.as_mut().filter(|s| s.round == round) else {
             // The round is over (or was reopened after a restart): stop.

@@ -11,19 +11,28 @@
 //!
 //! One secure round at a time: the next buffer fills while one runs. Its
 //! stages are the synchronous rounds' ([`super::secure`]); a site that drops
-//! after sharing its keys has its masks removed and its update left out.
-//! Nothing of a buffer is stored before its step: after a coordinator
-//! restart the sites waiting or seated are told their round is over and
-//! train again (their updates were never counted).
+//! after sharing its keys has its masks removed and its update left out, and
+//! a site that withdraws from the round is not waited for. Nothing of a
+//! buffer is stored before its step: after a coordinator restart seated
+//! sites are told their round is over and train again, waiting ones join
+//! again as they poll; round numbers go on above every one the audit log
+//! shows seated (a site's key ring refuses a round it has answered).
 //!
 //! Adversaries: a site cannot send its update in the clear (refused: it
-//! would void the buffer's sum), join with a model version from the future
-//! or past the staleness bound (refused, naming which), nor be seated twice
-//! in one buffer. A coordinator that lies about a site's staleness changes
-//! only that site's weight, within the plan's bound, which the site checks;
-//! it learns each buffer's sum, as a synchronous secure round's.
+//! would void the buffer's sum), join with a model version from the future,
+//! past the staleness bound or older than the one it waits with (refused,
+//! naming which), nor be seated twice in one buffer. A member that is not a
+//! survivor of a round that took no step is seated after every other
+//! waiting site until it survives one, so a site that drops out on purpose
+//! cannot hold every buffer back; the run never stops for failed buffers
+//! (a synchronous run's failed rounds end with its rounds; here the audit
+//! log shows each failure). A coordinator that lies about a site's staleness
+//! changes only that site's weight, within the plan's bound, which the site
+//! checks; it learns each buffer's sum, as a synchronous secure round's. A
+//! site's own weight is bounded by the plan's clipping only: one that skips
+//! its discount counts as a fresh update.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tessera_core::{ParticipantId, Timestamp};
 use tessera_orchestrator::secure::{SecureRound as SecureStages, training_params};
@@ -48,13 +57,14 @@ pub(super) struct SecureBuffers {
     refused: BTreeMap<String, String>,
     /// The last buffer round opened: each takes a new number.
     opened: u32,
-    /// Buffer rounds failed in a row (no step taken).
-    failures: u32,
+    /// Members that did not survive a round that took no step: seated after
+    /// every other waiting site until they survive one.
+    held_back: BTreeSet<String>,
 }
 
-/// Buffer rounds that may fail in a row before the run stops, as in
-/// simulation: with no step, the same sites would meet in the same rounds.
-const MAX_FAILURES: u32 = 3;
+/// How the audit log names a buffer round when it seats it (read back at a
+/// restart, [`Federation::restore_buffer_rounds`]).
+const SEATED: &str = "buffer round ";
 
 impl SecureBuffers {
     /// The seat of `site` in the open buffer round, if it has one.
@@ -88,14 +98,14 @@ impl Federation {
             return Ok(Reply::Seat(seat));
         }
         if let Some(why) = self.buffers.refused.remove(site) {
+            // Audited when it was decided.
             return Err(Refusal::Invalid(why));
         }
         if !self.has_secure_buffers() {
-            return Err(Refusal::Invalid(
-                "this run has no secure buffers (they serve asynchronous runs under secure \
-                 aggregation)"
-                    .into(),
-            ));
+            let why = "this run has no secure buffers (they serve asynchronous runs under \
+                       secure aggregation)";
+            self.audit(site, "buffer", "rejected", why);
+            return Err(Refusal::Invalid(why.into()));
         }
         let Some(buffered) = self.training.buffered() else {
             return Err(Refusal::Invalid("no model yet".into()));
@@ -105,6 +115,18 @@ impl Federation {
             return Ok(Reply::Done(true));
         }
         let known = self.buffers.waiting.iter().position(|(s, _)| s == site);
+        if let Some(held) = known.map(|i| self.buffers.waiting[i].1)
+            && base < held
+        {
+            // Only a newer update replaces the one it waits with (each
+            // change is audited: bounded by the steps taken).
+            let why = format!(
+                "'{site}' waits with an update from model {held}; one from model {base} cannot \
+                 replace it"
+            );
+            self.audit(site, "buffer", "rejected", &why);
+            return Err(Refusal::Invalid(why));
+        }
         if known.is_none_or(|i| self.buffers.waiting[i].1 != base) {
             if let Err(rejection) = buffered.admit(base) {
                 let label = match &rejection {
@@ -159,6 +181,11 @@ impl Federation {
         if self.buffers.waiting.len() < size {
             return;
         }
+        // Those held back after a failed round last, each in join order.
+        let held = &self.buffers.held_back;
+        self.buffers
+            .waiting
+            .sort_by_key(|(s, _)| held.contains(s.as_str()));
         let mut members = Vec::with_capacity(size);
         let mut refused = Vec::new();
         for (site, base) in self.buffers.waiting.drain(..size) {
@@ -210,7 +237,7 @@ impl Federation {
             Ok((stages, effects)) => {
                 let who: Vec<&str> = members.iter().map(|(s, _)| s.as_str()).collect();
                 let detail = format!(
-                    "buffer round {round} for step {}: {}",
+                    "{SEATED}{round} for step {}: {}",
                     version + 1,
                     who.join(", ")
                 );
@@ -272,6 +299,15 @@ impl Federation {
             .map(|(s, staleness)| (ParticipantId::new(s.as_str()), *staleness))
             .collect();
         self.version += 1;
+        // The operator stopped the run (or its last step came) while the
+        // round ran: the run takes no more steps.
+        let over = self.stop_requested.is_some()
+            || !matches!(self.phase, super::Phase::Training)
+            || self.training.buffered().is_none_or(|b| b.is_finished());
+        let result = result.and_then(|sum| match over {
+            true => Err("the run takes no more steps".to_string()),
+            false => Ok(sum),
+        });
         let stepped = result.and_then(|sum| {
             let buffered = self
                 .training
@@ -283,7 +319,9 @@ impl Federation {
         });
         match stepped {
             Ok(step) => {
-                self.buffers.failures = 0;
+                for (site, _) in &step.contributions {
+                    self.buffers.held_back.remove(site.as_str());
+                }
                 let detail = format!(
                     "buffer round {round}: the sum of {} of {} updates; step {} taken",
                     step.contributions.len(),
@@ -303,17 +341,53 @@ impl Federation {
                     "failed",
                     &format!("buffer round {round}: {e}; its members train again"),
                 );
-                self.buffers.failures += 1;
-                if self.buffers.failures >= MAX_FAILURES && self.stopped.is_none() {
-                    let reason = format!(
-                        "{MAX_FAILURES} secure buffer rounds failed in a row, the run cannot go \
-                         on; the last: {e}"
-                    );
-                    tracing::error!(%reason, "the run stops");
-                    self.audit("-", "run", "stopped", &reason);
-                    self.stopped = Some(reason);
+                for (site, _) in &members {
+                    if !names.contains(&site.as_str()) {
+                        self.buffers.held_back.insert(site.clone());
+                    }
                 }
             }
         }
+    }
+
+    /// `site` withdraws from buffer round `round` (its checks of the round
+    /// failed), or with `leaving` from the run: it waits no longer. True
+    /// when it is seated in that round (or leaving and seated), which then
+    /// stops waiting for it.
+    pub(super) fn buffer_withdraw(&mut self, site: &str, round: u32, leaving: bool) -> bool {
+        if !self.has_secure_buffers() {
+            return false;
+        }
+        if leaving {
+            self.buffers.waiting.retain(|(s, _)| s != site);
+        }
+        let seated = self.buffers.seated.as_ref().is_some_and(|(r, members)| {
+            (*r == round || leaving) && members.iter().any(|(s, _)| s == site)
+        });
+        if seated {
+            self.version += 1;
+        }
+        seated
+    }
+
+    /// At a restart: buffer rounds go on above every one the audit log
+    /// shows seated, so that no site is asked into a round it answered.
+    pub(super) fn restore_buffer_rounds(&mut self, run: &str) -> Result<(), crate::StoreError> {
+        if !self.has_secure_buffers() {
+            return Ok(());
+        }
+        let highest = self
+            .store
+            .audit_log(run)?
+            .into_iter()
+            .filter(|a| a.action == "buffer" && a.outcome == "seated")
+            .filter_map(|a| {
+                let rest = a.detail.strip_prefix(SEATED)?;
+                rest.split(' ').next()?.parse::<u32>().ok()
+            })
+            .max()
+            .unwrap_or(0);
+        self.buffers.opened = self.buffers.opened.max(highest);
+        Ok(())
     }
 }
