@@ -2,7 +2,8 @@
 //! `secure-buffers`): no update is taken in the clear, a join from the
 //! future is refused naming why, a full buffer of live sites is seated in a
 //! SecAgg+ round of its own with each member's staleness, a member is
-//! seated once, and an older participant is refused at its join.
+//! seated once, and an older participant is refused at its join. A
+//! synchronous secure round takes no update in the clear either.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -145,4 +146,9 @@ fn a_participant_without_secure_buffers_is_refused_at_its_join() {
     agree(&mut f);
     let e = join(&mut f, &SITES[0].name, 0).unwrap_err();
     assert!(e.to_string().contains("no secure buffers"), "{e}");
+    // Nor is an update in the clear taken there: it would take the site off
+    // the round's pending list, and the cohort's secure sum would be refused.
+    let (round, update) = train(&mut f, 1);
+    let e = f.submit_update(&SITES[1].name, round, &update).unwrap_err();
+    assert!(e.to_string().contains("never in the clear"), "{e}");
 }

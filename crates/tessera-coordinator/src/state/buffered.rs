@@ -62,13 +62,6 @@ impl Federation {
         now: Timestamp,
     ) -> Result<(), Refusal> {
         let run = self.run.id.clone();
-        if self.has_secure_buffers() {
-            return Err(Refusal::Invalid(
-                "this run sums each buffer securely: an update leaves masked, in its buffer's \
-                 secure round (protocol 1.28, secure-buffers), never in the clear"
-                    .into(),
-            ));
-        }
         let Some(buffered) = self.training.buffered_mut() else {
             return Err(Refusal::Invalid("no model yet".into()));
         };

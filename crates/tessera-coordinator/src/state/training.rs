@@ -194,6 +194,22 @@ impl Federation {
         let UpdateExtras { gradient, quality } = &extras;
         self.require_joined(site)?;
         self.touch(site);
+        if self.plan.secure_aggregation.enabled {
+            // It would take the site off the round's pending list and void
+            // the cohort's secure sum (or a buffer's): refused, audited.
+            let why = match self.training.is_async() {
+                true => {
+                    "this run sums each buffer securely: an update leaves masked, in its \
+                     buffer's secure round (protocol 1.28, secure-buffers), never in the clear"
+                }
+                false => {
+                    "this run aggregates securely: an update leaves masked, in the round's \
+                     secure aggregation, never in the clear"
+                }
+            };
+            self.refuse_report(site, "update", &format!("round {round}: {why}"));
+            return Err(Refusal::Invalid(why.into()));
+        }
         let now = self.now();
         let checked = self
             .check_update(site, update)
