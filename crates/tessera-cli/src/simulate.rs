@@ -315,6 +315,16 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
                     r.virtual_seconds,
                     r.status
                 );
+                if r.rejected > 0 {
+                    // Refused updates are not in `accepted`: say so here,
+                    // not only in the report's `rounds[].rejected`.
+                    let _ = writeln!(
+                        out,
+                        "       warning: {} updates refused this round (the report's \
+                         rounds[].rejected; site_errors say why)",
+                        r.rejected
+                    );
+                }
                 for error in &r.site_errors {
                     let _ = writeln!(out, "       warning: {error}");
                 }
