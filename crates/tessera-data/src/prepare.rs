@@ -241,10 +241,10 @@ fn load_rows_file(
     let mut prepared = Vec::with_capacity(first.0);
     let mut summary = Vec::with_capacity(first.0);
     let again = pass(&mut |site| {
-        // Its columns put in the agreed order and kinds again (step 3's
-        // offer, made afresh and dropped) before it is prepared.
+        // Its columns put in the agreed order and kinds again before it is
+        // prepared (read afresh; its levels were checked in step 3).
         let mut site = site?;
-        site.levels_offer(config, &kinds)?;
+        site.apply_kinds(&kinds)?;
         let (data, counts) = site.prepare(config, &agreement)?;
         prepared.push(released_early(config, data, unstandardised));
         summary.push(counts);

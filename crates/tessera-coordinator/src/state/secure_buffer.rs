@@ -22,11 +22,14 @@
 //! would void the buffer's sum), join with a model version from the future,
 //! past the staleness bound or older than the one it waits with (refused,
 //! naming which), nor be seated twice in one buffer. A member that is not a
-//! survivor of a round that took no step is seated after every other
-//! waiting site until it survives one, so a site that drops out on purpose
-//! cannot hold every buffer back; the run never stops for failed buffers
-//! (a synchronous run's failed rounds end with its rounds; here the audit
-//! log shows each failure). A coordinator that lies about a site's staleness
+//! survivor of a round that took no step (every member, when the sum did
+//! not fit what the survivors declared) is seated after the other waiting
+//! sites until it survives one or is passed over once, so a site that
+//! fails rounds on purpose fails at most about every other buffer, and no
+//! honest site waits for ever. Ten rounds in a row without a step (no
+//! seating leaves the failures out: a buffer of every site, say) stop the
+//! run, saying why. Who is held back is not stored: a restart forgets it.
+//! A coordinator that lies about a site's staleness
 //! changes only that site's weight, within the plan's bound, which the site
 //! checks; it learns each buffer's sum, as a synchronous secure round's. A
 //! site's own weight is bounded by the plan's clipping only: one that skips
@@ -60,7 +63,16 @@ pub(super) struct SecureBuffers {
     /// Members that did not survive a round that took no step: seated after
     /// every other waiting site until they survive one.
     held_back: BTreeSet<String>,
+    /// Buffer rounds in a row that took no step.
+    failures: u32,
 }
+
+/// Buffer rounds in a row without a step before the run stops, saying why.
+/// Those that fail them are held back and seated in turn, so a site that
+/// fails rounds on purpose fails at most about every other one; this many in
+/// a row means no seating leaves the failures out (a buffer of every site,
+/// say), and the run would turn for ever.
+const MAX_FAILURES: u32 = 10;
 
 /// How the audit log names a buffer round when it seats it (read back at a
 /// restart, [`Federation::restore_buffer_rounds`]).
@@ -174,6 +186,9 @@ impl Federation {
             return;
         }
         let size = buffered.buffer_size();
+        if self.buffers.waiting.len() < size {
+            return;
+        }
         // A site silent past the liveness period would drop out of the
         // round at once: it waits no longer (it joins again when it calls).
         let live = self.live(now);
@@ -193,6 +208,11 @@ impl Federation {
                 Ok(staleness) => members.push((site, base, staleness)),
                 Err(rejection) => refused.push((site, base, rejection.to_string())),
             }
+        }
+        // A site held back and passed over once is seated in its turn next
+        // time: no site waits for ever.
+        for (site, _) in &self.buffers.waiting {
+            self.buffers.held_back.remove(site.as_str());
         }
         for (site, base, reason) in refused {
             self.audit(
@@ -278,6 +298,9 @@ impl Federation {
         };
         let names = stages.survivor_names();
         let kept = self.plan.secure_coordinates(round, global.n_values());
+        // A sum that does not fit what the survivors declared: one of them
+        // lied, and which one cannot be told.
+        let mut implausible = false;
         let result = stages
             .recover(&global, kept.as_deref())
             .map_err(|e| e.to_string())
@@ -285,6 +308,7 @@ impl Federation {
                 self.check_secure_sums(&names, update.n_examples, update.stats.n_steps)
                     .map(|()| update)
                     .map_err(|reason| {
+                        implausible = true;
                         self.refuse_report(
                             "-",
                             "secure-aggregation",
@@ -319,6 +343,7 @@ impl Federation {
         });
         match stepped {
             Ok(step) => {
+                self.buffers.failures = 0;
                 for (site, _) in &step.contributions {
                     self.buffers.held_back.remove(site.as_str());
                 }
@@ -342,9 +367,20 @@ impl Federation {
                     &format!("buffer round {round}: {e}; its members train again"),
                 );
                 for (site, _) in &members {
-                    if !names.contains(&site.as_str()) {
+                    if implausible || !names.contains(&site.as_str()) {
                         self.buffers.held_back.insert(site.clone());
                     }
+                }
+                self.buffers.failures += 1;
+                if self.buffers.failures >= MAX_FAILURES && self.stopped.is_none() {
+                    let reason = format!(
+                        "{MAX_FAILURES} secure buffer rounds in a row took no step (the sites \
+                         cannot be seated so as to leave out the ones that fail them); the \
+                         last: {e}"
+                    );
+                    tracing::error!(%reason, "the run stops");
+                    self.audit("-", "run", "stopped", &reason);
+                    self.stopped = Some(reason);
                 }
             }
         }

@@ -444,13 +444,9 @@ impl LocalSite {
         }
     }
 
-    /// Step 3: puts the columns in the agreed order and types, and offers the
-    /// sets of levels and classes the kept rows hold.
-    pub fn levels_offer(
-        &mut self,
-        config: &DataConfig,
-        kinds: &ColumnKinds,
-    ) -> Result<LevelsOffer, DataError> {
+    /// Puts the columns in the agreed order and types (step 3 before its
+    /// offer; again before preparing, when the site was read afresh).
+    pub fn apply_kinds(&mut self, kinds: &ColumnKinds) -> Result<(), DataError> {
         let in_order = self.raw.columns.len() == kinds.columns.len()
             && self
                 .raw
@@ -488,6 +484,18 @@ impl LocalSite {
             // This site's file orders its columns otherwise: its own layout.
             self.raw.columns = std::sync::Arc::new(columns);
         }
+        Ok(())
+    }
+
+    /// Step 3: puts the columns in the agreed order and types
+    /// ([`LocalSite::apply_kinds`]), and offers the sets of levels and
+    /// classes the kept rows hold.
+    pub fn levels_offer(
+        &mut self,
+        config: &DataConfig,
+        kinds: &ColumnKinds,
+    ) -> Result<LevelsOffer, DataError> {
+        self.apply_kinds(kinds)?;
         let mut levels = Vec::with_capacity(kinds.columns.len());
         for (slot, name) in kinds.columns.iter().enumerate() {
             let declared = config
