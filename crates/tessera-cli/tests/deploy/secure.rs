@@ -405,3 +405,63 @@ fn a_member_that_fails_its_buffer_round_cannot_hold_the_buffers_back() {
     assert!(failed >= 1, "VA's rounds fail");
     assert_eq!(status.pending_updates(), 0);
 }
+
+/// When no seating can leave out the site that fails the rounds (three
+/// sites, buffers of three, VA quiet after sharing its keys every time, so
+/// no round keeps the threshold), the run stops after 10 buffer rounds in
+/// a row without a step, saying why, instead of turning for ever.
+#[test]
+fn buffers_that_can_never_step_stop_the_run_saying_why() {
+    if util::skip_e2e("buffers_that_can_never_step_stop_the_run_saying_why") {
+        return;
+    }
+    let s = Scratch::new("deploy-secure-buffers-stop");
+    let switzerland = format!(
+        "[[data.sites]]\nname = \"switzerland\"\npath = \"{}/data/uci-heart-disease/processed.switzerland.data\"\n",
+        util::root().display()
+    );
+    let text = heart_text(&s, 3);
+    assert!(text.contains(&switzerland), "the plan names switzerland");
+    let text = text
+        .replace(&switzerland, "")
+        .replace("min_participants = 4", "min_participants = 3")
+        .replace(
+            "strategy = \"fedavg\"\n",
+            "strategy = \"fedavg\"\nmode = \"async\"\nbuffer_size = 3\n",
+        );
+    let plan = s.write(
+        "buffers-stop.toml",
+        &format!(
+            "{text}\n[privacy]\nsite_metrics = \"clear\"\n[secure_aggregation]\nenabled = true\n"
+        ),
+    );
+    let db = s.path("c.sqlite");
+    let (mut coordinator, url) = coordinator(&s.dir, &plan, &db, 0, &["--liveness", "1"]);
+    let mut participants: Vec<Proc> = ["cleveland", "hungarian"]
+        .iter()
+        .map(|site| participant(&s.dir, &url, site, &[]))
+        .collect();
+    participants.push(participant(
+        &s.dir,
+        &url,
+        "va",
+        &["--pause-before-update", "2"],
+    ));
+    assert!(!coordinator.wait(LIMIT).success(), "{}", coordinator.log());
+    assert!(
+        coordinator
+            .log()
+            .contains("10 secure buffer rounds in a row took no step"),
+        "{}",
+        coordinator.log()
+    );
+    for p in &mut participants {
+        p.wait(LIMIT);
+    }
+    let status = status_of(&db);
+    assert_eq!(
+        status.audit_count(|a| a.action == "secure-aggregation" && a.outcome == "failed"),
+        10
+    );
+    assert_eq!(status.aggregates().len(), 0, "no step taken");
+}

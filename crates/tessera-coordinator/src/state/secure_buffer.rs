@@ -182,7 +182,7 @@ impl Federation {
         let Some(buffered) = self.training.buffered() else {
             return;
         };
-        if buffered.is_finished() || self.stop_requested.is_some() {
+        if buffered.is_finished() || self.stop_requested.is_some() || self.stopped.is_some() {
             return;
         }
         let size = buffered.buffer_size();
