@@ -23,6 +23,17 @@ pub enum AsyncRejection {
     Invalid(String),
 }
 
+impl AsyncRejection {
+    /// Its reason as a metric label: `stale`, `wrong_round` or `invalid`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AsyncRejection::Stale { .. } => "stale",
+            AsyncRejection::FromTheFuture(_) => "wrong_round",
+            AsyncRejection::Invalid(_) => "invalid",
+        }
+    }
+}
+
 impl std::fmt::Display for AsyncRejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

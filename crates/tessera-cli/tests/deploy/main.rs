@@ -34,6 +34,7 @@ mod psi_joins;
 mod results;
 mod runs;
 mod secure;
+mod secure_buffers;
 mod site_failures;
 mod site_metrics;
 mod synthetic;

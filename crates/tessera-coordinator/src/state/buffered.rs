@@ -105,12 +105,7 @@ impl Federation {
                 Ok(())
             }
             Err(rejection) => {
-                let label = match &rejection {
-                    tessera_engine::AsyncRejection::Stale { .. } => "stale",
-                    tessera_engine::AsyncRejection::FromTheFuture(_) => "wrong_round",
-                    tessera_engine::AsyncRejection::Invalid(_) => "invalid",
-                };
-                metrics::counter!(names::REJECTED, "reason" => label).increment(1);
+                metrics::counter!(names::REJECTED, "reason" => rejection.label()).increment(1);
                 let reason = rejection.to_string();
                 self.audit(
                     site,

@@ -176,6 +176,54 @@ impl Federation {
         }
     }
 
+    /// The stages of training secure round `round` among `members` (ids in
+    /// their order) over a model of `n_values`, and what opening asks.
+    pub(super) fn open_training_stages<'a>(
+        &self,
+        round: u32,
+        members: impl Iterator<Item = &'a str>,
+        n_values: usize,
+        now: Timestamp,
+    ) -> Result<(SecureStages, Vec<SecureEffect>), String> {
+        let index: BTreeMap<String, u32> = members
+            .enumerate()
+            .map(|(i, name)| (name.to_string(), i as u32))
+            .collect();
+        let ids: Vec<u32> = index.values().copied().collect();
+        training_params(&self.plan, round, &ids, n_values)
+            .map_err(|e| e.to_string())
+            .and_then(|params| {
+                SecureStages::open(now, round, index, params, self.roster.liveness())
+                    .map_err(|e| e.to_string())
+            })
+    }
+
+    /// The survivors' sum of training secure round `round` (`what` in the
+    /// audit log), laid out as `global`, checked against what they declared
+    /// together (one site's count is hidden; their sums are bounded). On
+    /// refusal, why, and whether the sum was recovered but did not fit (one
+    /// of them lied, and which one cannot be told).
+    pub(super) fn recover_checked(
+        &self,
+        stages: &SecureStages,
+        round: u32,
+        global: &tessera_core::ParameterSet,
+        what: &str,
+    ) -> Result<tessera_core::Update, (String, bool)> {
+        let kept = self.plan.secure_coordinates(round, global.n_values());
+        let update = stages
+            .recover(global, kept.as_deref())
+            .map_err(|e| (e.to_string(), false))?;
+        let names = stages.survivor_names();
+        match self.check_secure_sums(&names, update.n_examples, update.stats.n_steps) {
+            Ok(()) => Ok(update),
+            Err(reason) => {
+                self.refuse_report("-", "secure-aggregation", &format!("{what}: {reason}"));
+                Err((reason, true))
+            }
+        }
+    }
+
     /// Starts secure aggregation for a round just opened with `cohort`.
     pub(super) fn open_secure_round(
         &mut self,
@@ -189,19 +237,8 @@ impl Federation {
         let Some(n_values) = self.training.rounds().map(|e| e.global().n_values()) else {
             return;
         };
-        let index: BTreeMap<String, u32> = cohort
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.as_str().to_string(), i as u32))
-            .collect();
-        let ids: Vec<u32> = index.values().copied().collect();
-        let made = training_params(&self.plan, round, &ids, n_values)
-            .map_err(|e| e.to_string())
-            .and_then(|params| {
-                SecureStages::open(now, round, index, params, self.roster.liveness())
-                    .map_err(|e| e.to_string())
-            });
-        match made {
+        let names = cohort.iter().map(ParticipantId::as_str);
+        match self.open_training_stages(round, names, n_values, now) {
             Ok((stages, effects)) => {
                 self.secure = Some(SecureRound {
                     round,
@@ -493,26 +530,11 @@ impl Federation {
         let Some(global) = self.training.rounds().map(|e| e.global().clone()) else {
             return;
         };
-        let kept = self.plan.secure_coordinates(round, global.n_values());
         let recovered = stages.dropped_names().len();
-        // One site's count is hidden; the survivors' sums are bounded by
-        // what they declared together.
         let names = stages.survivor_names();
-        let result = stages
-            .recover(&global, kept.as_deref())
-            .map_err(|e| e.to_string())
-            .and_then(|update| {
-                self.check_secure_sums(&names, update.n_examples, update.stats.n_steps)
-                    .map(|()| update)
-                    .map_err(|reason| {
-                        self.refuse_report(
-                            "-",
-                            "secure-aggregation",
-                            &format!("round {round}: {reason}"),
-                        );
-                        reason
-                    })
-            });
+        let result = self
+            .recover_checked(stages, round, &global, &format!("round {round}"))
+            .map_err(|(reason, _)| reason);
         let Some(engine) = self.training.rounds_mut() else {
             return;
         };

@@ -38,7 +38,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use tessera_core::{ParticipantId, Timestamp};
-use tessera_orchestrator::secure::{SecureRound as SecureStages, training_params};
 use tessera_proto::pb;
 use tessera_proto::pb::sec_agg_reply::State as Reply;
 
@@ -141,12 +140,7 @@ impl Federation {
         }
         if known.is_none_or(|i| self.buffers.waiting[i].1 != base) {
             if let Err(rejection) = buffered.admit(base) {
-                let label = match &rejection {
-                    tessera_engine::AsyncRejection::Stale { .. } => "stale",
-                    tessera_engine::AsyncRejection::FromTheFuture(_) => "wrong_round",
-                    tessera_engine::AsyncRejection::Invalid(_) => "invalid",
-                };
-                metrics::counter!(names::REJECTED, "reason" => label).increment(1);
+                metrics::counter!(names::REJECTED, "reason" => rejection.label()).increment(1);
                 let reason = rejection.to_string();
                 self.audit(
                     site,
@@ -240,18 +234,7 @@ impl Federation {
             .collect();
         let mut names: Vec<&str> = members.iter().map(|(s, _)| s.as_str()).collect();
         names.sort_unstable();
-        let index: BTreeMap<String, u32> = names
-            .iter()
-            .enumerate()
-            .map(|(i, s)| ((*s).to_string(), i as u32))
-            .collect();
-        let ids: Vec<u32> = index.values().copied().collect();
-        let made = training_params(&self.plan, round, &ids, n_values)
-            .map_err(|e| e.to_string())
-            .and_then(|params| {
-                SecureStages::open(now, round, index, params, self.roster.liveness())
-                    .map_err(|e| e.to_string())
-            });
+        let made = self.open_training_stages(round, names.into_iter(), n_values, now);
         self.version += 1;
         match made {
             Ok((stages, effects)) => {
@@ -297,25 +280,14 @@ impl Federation {
             return;
         };
         let names = stages.survivor_names();
-        let kept = self.plan.secure_coordinates(round, global.n_values());
         // A sum that does not fit what the survivors declared: one of them
         // lied, and which one cannot be told.
         let mut implausible = false;
-        let result = stages
-            .recover(&global, kept.as_deref())
-            .map_err(|e| e.to_string())
-            .and_then(|update| {
-                self.check_secure_sums(&names, update.n_examples, update.stats.n_steps)
-                    .map(|()| update)
-                    .map_err(|reason| {
-                        implausible = true;
-                        self.refuse_report(
-                            "-",
-                            "secure-aggregation",
-                            &format!("buffer round {round}: {reason}"),
-                        );
-                        reason
-                    })
+        let result = self
+            .recover_checked(stages, round, &global, &format!("buffer round {round}"))
+            .map_err(|(reason, lied)| {
+                implausible = lied;
+                reason
             });
         let contributions: Vec<(ParticipantId, u32)> = members
             .iter()
