@@ -60,7 +60,7 @@ pub(super) struct SecureBuffers {
     /// The last buffer round opened: each takes a new number.
     opened: u32,
     /// Members that did not survive a round that took no step: seated after
-    /// every other waiting site until they survive one.
+    /// the other waiting sites until they survive one or are passed over once.
     held_back: BTreeSet<String>,
     /// Buffer rounds in a row that took no step.
     failures: u32,
@@ -296,14 +296,15 @@ impl Federation {
             .collect();
         self.version += 1;
         // The operator stopped the run (or its last step came) while the
-        // round ran: the run takes no more steps.
-        let over = self.stop_requested.is_some()
+        // round ran: the run takes no more steps, and nothing failed.
+        if self.stop_requested.is_some()
             || !matches!(self.phase, super::Phase::Training)
-            || self.training.buffered().is_none_or(|b| b.is_finished());
-        let result = result.and_then(|sum| match over {
-            true => Err("the run takes no more steps".to_string()),
-            false => Ok(sum),
-        });
+            || self.training.buffered().is_none_or(|b| b.is_finished())
+        {
+            let detail = format!("buffer round {round}: no step, the run takes no more");
+            self.audit("-", "secure-aggregation", "ended", &detail);
+            return;
+        }
         let stepped = result.and_then(|sum| {
             let buffered = self
                 .training
