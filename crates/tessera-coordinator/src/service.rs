@@ -587,8 +587,10 @@ impl Service {
         let message = request.into_inner();
         // A masked input is the site's update, unless the round sums
         // evaluations (its top bit set).
-        let masked = matches!(message.step, Some(pb::sec_agg_request::Step::Masked(_)))
-            && message.round & tessera_secagg::EVALUATION_ROUND == 0
+        let masked = matches!(
+            message.step,
+            Some(pb::sec_agg_request::Step::Masked(_) | pb::sec_agg_request::Step::HeReveal(_))
+        ) && message.round & tessera_secagg::EVALUATION_ROUND == 0
             && message.round & tessera_secagg::ANALYTICS_ROUND == 0;
         let reply = self
             .shared

@@ -34,6 +34,7 @@ mod dry_run;
 mod evaluation;
 mod external;
 mod fatal;
+mod homomorphic;
 mod joins;
 mod lifecycle;
 mod multitask;
@@ -166,6 +167,9 @@ pub struct Federation {
     privacy: tessera_orchestrator::PrivacyBook,
     /// Secure aggregation: the open round's protocol.
     secure: Option<secure::SecureRound>,
+    /// The open training round's homomorphic aggregation (`scheme =
+    /// "homomorphic"`).
+    homomorphic: Option<homomorphic::HomomorphicRound>,
     /// Asynchronous runs under secure aggregation: who waits for a buffer,
     /// who is seated in the open one.
     buffers: secure_buffer::SecureBuffers,
@@ -394,6 +398,7 @@ impl Federation {
             central_dp,
             privacy,
             secure: None,
+            homomorphic: None,
             certificates: BTreeMap::new(),
             secure_evaluated: None,
             last_view: None,
@@ -678,6 +683,7 @@ impl Federation {
         }) || self.buffer_withdraw(site, round, leaving);
         if withdrawn {
             self.secure_withdraw(site);
+            self.homomorphic_withdraw(site);
         }
         if leaving && (matches!(self.phase, Phase::Evaluating { .. }) || self.in_rollout()) {
             // A secure sum of the evaluations stops waiting for it too.

@@ -170,25 +170,34 @@ fn plans_with_simulation_only_personalization_are_refused_at_opening() {
     }
 }
 
-/// Homomorphic aggregation is simulated only: a coordinator refuses it at
-/// opening, naming what deployment offers (secure asynchronous buffers,
-/// once simulated only too, open); a plan that names a key holder outside
-/// its sites is refused by its own check first.
+/// Asynchronous homomorphic aggregation is simulated only: a coordinator
+/// refuses it at opening, naming what deployment offers (synchronous
+/// homomorphic rounds and secure asynchronous buffers, once simulated only
+/// too, open); a plan that names a key holder outside its sites is refused
+/// by its own check first.
 #[test]
 fn simulation_only_secure_aggregation_is_refused_at_opening() {
     let (plan, text) = plan(
         "\n[secure_aggregation]\nenabled = true\nscheme = \"homomorphic\"\n\
          key_holders = [\"cleveland\", \"hungarian\", \"va\"]\n",
     );
+    let mut asynchronous = plan.clone();
+    asynchronous.federation.mode = tessera_engine::Mode::Async;
     let db = Db::new();
     let store = tessera_coordinator::SqliteStore::open(&db.path()).unwrap();
-    match tessera_coordinator::Federation::open(plan, &text, store, common::LIVENESS) {
+    match tessera_coordinator::Federation::open(asynchronous, &text, store, common::LIVENESS) {
         Err(e) => assert!(
             e.to_string().contains("runs in simulation only for now")
                 && e.to_string().contains("scheme = \"secagg_plus\""),
             "{e}"
         ),
-        Ok(_) => panic!("a coordinator opened a homomorphic plan"),
+        Ok(_) => panic!("a coordinator opened an asynchronous homomorphic plan"),
+    }
+    // Synchronous homomorphic rounds are deployed (1.29): opened.
+    let db = Db::new();
+    let store = tessera_coordinator::SqliteStore::open(&db.path()).unwrap();
+    if let Err(e) = tessera_coordinator::Federation::open(plan, &text, store, common::LIVENESS) {
+        panic!("a coordinator refused homomorphic aggregation: {e}");
     }
     // Secure asynchronous buffers are deployed (1.28): opened.
     let (mut asynchronous, async_text) = common::plan("\n[secure_aggregation]\nenabled = true\n");

@@ -55,7 +55,7 @@ fn setup(sites: u32) -> Setup {
         .zip(&holder_signers)
         .map(|(&h, s)| KeyHolder::new(&params, h, ROUND, [h as u8 + 50; 32], s).unwrap())
         .unzip();
-    let key = EndorsedKey::assemble(ROUND, &shares, &holder_ids, &directory).unwrap();
+    let key = EndorsedKey::assemble(&params, ROUND, &shares, &holder_ids, &directory).unwrap();
     Setup {
         params,
         holders,
@@ -137,7 +137,8 @@ fn decrypt_and_combine(bencher: Bencher, length: usize) {
                     &ROUND,
                     answers,
                     &s.holder_ids,
-                    &sum.digest(),
+                    &s.params,
+                    sum.ciphertexts(),
                     length,
                     &s.directory,
                 )

@@ -2,27 +2,36 @@
 //! combined into the plaintext sum.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use fhe::bfv::{Encoding, Plaintext};
-use fhe::mbfv::{AggregateIter, DecryptionShare};
-use fhe_traits::FheDecoder;
+use fhe::bfv::{Ciphertext, Encoding};
+use fhe_traits::{FheDecoder, FheDecrypter};
 use rayon::prelude::*;
 use tessera_secagg::Verifier;
 
-use crate::{Answer, HeError, HeParams, RoundId, fhe, refused};
+use crate::{Answer, Contribution, HeError, HeParams, RoundId, fhe, refused};
 
 /// Combines the answers of every one of `holders`, each signed and each for
-/// the sum whose digest is `sum_digest`, into the `length` summed values
-/// modulo `2^32`.
+/// the summed ciphertexts `sums` (by their digest), into the `length`
+/// summed values modulo `2^32`.
 pub fn combine(
     round: &RoundId,
     answers: Vec<Answer>,
     holders: &[u32],
-    sum_digest: &[u8; 32],
+    params: &HeParams,
+    sums: &[Arc<Ciphertext>],
     length: usize,
     verifier: &dyn Verifier,
 ) -> Result<Vec<u32>, HeError> {
     let n = HeParams::ciphertexts_for(length);
+    if sums.len() != n {
+        return Err(refused(format!(
+            "{} summed ciphertexts for {length} values",
+            sums.len()
+        )));
+    }
+    let (digest, _) = Contribution::digest_of(sums);
+    let sum_digest = &digest;
     let mut by_holder: BTreeMap<u32, Answer> = BTreeMap::new();
     for a in answers {
         if !holders.contains(&a.from) {
@@ -61,23 +70,54 @@ pub fn combine(
         )));
     }
     // Regroup by ciphertext: the i-th share of every key holder.
-    let mut by_ct: Vec<Vec<DecryptionShare>> =
+    let mut by_ct: Vec<Vec<Ciphertext>> =
         (0..n).map(|_| Vec::with_capacity(holders.len())).collect();
     for answer in by_holder.into_values() {
+        let from = answer.from;
         for (i, share) in answer.shares.into_iter().enumerate() {
+            if share[1] != sums[i][1] {
+                return Err(refused(format!(
+                    "key holder {from}'s decryption share {i} is not of the summed ciphertext"
+                )));
+            }
             by_ct[i].push(share);
         }
     }
     let chunks: Vec<Vec<u32>> = by_ct
         .into_par_iter()
-        .map(|shares| {
-            let pt: Plaintext = shares.into_iter().aggregate().map_err(fhe)?;
-            let coefficients = Vec::<u64>::try_decode(&pt, Encoding::poly()).map_err(fhe)?;
-            // Below the plaintext modulus 2^32.
-            Ok(coefficients.into_iter().map(|c| c as u32).collect())
-        })
+        .zip(sums)
+        .map(|(shares, sum)| open_with(params, sum, &shares))
         .collect::<Result<_, HeError>>()?;
     let mut out: Vec<u32> = chunks.into_iter().flatten().collect();
     out.truncate(length);
     Ok(out)
+}
+
+/// The values that `shares` (key holders' decryption shares of `sum`, each
+/// `(c0 + c1 s_i + e_i, c1)`) open: their sum less `sum` once for each but
+/// one is `(c0 + c1 s + e, c1)` with `s` the sum of those key holders'
+/// secrets, whose phase under the zero key is the plaintext when `s` is
+/// the joint secret (every key holder's share is in); noise otherwise.
+pub fn open_with(
+    params: &HeParams,
+    sum: &Ciphertext,
+    shares: &[Ciphertext],
+) -> Result<Vec<u32>, HeError> {
+    let Some((first, rest)) = shares.split_first() else {
+        return Err(refused("no decryption share"));
+    };
+    // Each on this instance of the parameters, as the zero key's (fhe.rs
+    // adds ciphertexts of one instance only, and panics otherwise).
+    let here = |ct: &Ciphertext| Ciphertext::new(ct.to_vec(), params.bfv()).map_err(fhe);
+    let sum = here(sum)?;
+    let mut acc = here(first)?;
+    for share in rest {
+        acc += &here(share)?;
+        acc -= &sum;
+    }
+    let zero = crate::wire::zero_key(params)?;
+    let pt = zero.try_decrypt(&acc).map_err(fhe)?;
+    let coefficients = Vec::<u64>::try_decode(&pt, Encoding::poly()).map_err(fhe)?;
+    // Below the plaintext modulus 2^32.
+    Ok(coefficients.into_iter().map(|c| c as u32).collect())
 }

@@ -71,7 +71,7 @@ use std::sync::Arc;
 use fhe::bfv::{
     BfvParameters, BfvParametersBuilder, Ciphertext, Encoding, Plaintext, PublicKey, SecretKey,
 };
-use fhe::mbfv::{AggregateIter, CommonRandomPoly, DecryptionShare, PublicKeyShare};
+use fhe::mbfv::{Aggregate, AggregateIter, CommonRandomPoly, PublicKeyShare, SecretKeySwitchShare};
 use fhe_traits::{FheEncoder, FheEncrypter, Serialize};
 use rand_chacha_09::ChaCha20Rng;
 use rand_chacha_09::rand_core::SeedableRng;
@@ -80,7 +80,9 @@ use sha2::{Digest, Sha256};
 use tessera_secagg::{Signer, Verifier};
 
 mod combine;
-pub use combine::combine;
+mod wire;
+pub use combine::{combine, open_with};
+pub use wire::ciphertext_from_bytes;
 
 /// Values a ciphertext holds: the ring degree.
 pub const DEGREE: usize = 4096;
@@ -214,16 +216,17 @@ pub fn key_digest(key: &PublicKey) -> [u8; 32] {
 pub struct KeyShare {
     /// The key holder.
     pub from: u32,
-    /// Its public key share on the round's common random polynomial.
-    pub share: PublicKeyShare,
+    /// Its public key share on the round's common random polynomial, as the
+    /// bytes of the one-party public key it makes alone (fhe.rs serialises
+    /// keys, not shares): what travels.
+    pub share: Vec<u8>,
     /// Its signature of the round and the share's digest.
     pub signature: Vec<u8>,
 }
 
-/// The digest of a public key share: of the one-party public key it makes
-/// alone (fhe.rs serialises keys, not shares).
-fn share_digest(share: &PublicKeyShare) -> Result<[u8; 32], HeError> {
-    Ok(key_digest(&joint_key(vec![share.clone()])?))
+/// The digest of a public key share's bytes.
+fn share_digest(share: &[u8]) -> [u8; 32] {
+    Sha256::digest(share).into()
 }
 
 /// The round's joint key, assembled by the contributor itself from every
@@ -236,9 +239,10 @@ pub struct EndorsedKey {
 
 impl EndorsedKey {
     /// Checks that `shares` hold one share of each of `holders` (a
-    /// non-empty list), each signed by its key holder for `round`, and adds
-    /// them up.
+    /// non-empty list), each signed by its key holder for `round` and on the
+    /// round's common random polynomial, and adds them up.
     pub fn assemble(
+        params: &HeParams,
         round: RoundId,
         shares: &[KeyShare],
         holders: &[u32],
@@ -247,7 +251,10 @@ impl EndorsedKey {
         if holders.is_empty() {
             return Err(refused("a joint key needs at least one key holder"));
         }
-        let mut parts = Vec::with_capacity(holders.len());
+        // The round's common polynomial, as a one-party key of its own
+        // shows it: every share must be on it.
+        let probe = wire::crp_probe(params, &round)?;
+        let mut p0 = None;
         for &holder in holders {
             let mut theirs = shares.iter().filter(|k| k.from == holder);
             let k = theirs
@@ -256,11 +263,24 @@ impl EndorsedKey {
             if theirs.next().is_some() {
                 return Err(refused(format!("two key shares from key holder {holder}")));
             }
-            let message = round.message("key share", &[&share_digest(&k.share)?]);
+            let message = round.message("key share", &[&share_digest(&k.share)]);
             verifier
                 .verify(holder, &message, &k.signature)
                 .map_err(|why| refused(format!("key holder {holder}'s key share: {why}")))?;
-            parts.push(k.share.clone());
+            let one = wire::one_party_key(params, &k.share)
+                .map_err(|why| refused(format!("key holder {holder}'s key share: {why}")))?;
+            if one[1] != probe[1] {
+                return Err(refused(format!(
+                    "key holder {holder}'s key share is not on the round's common polynomial"
+                )));
+            }
+            p0 = Some(match p0 {
+                None => one[0].clone(),
+                Some(mut sum) => {
+                    sum += &one[0];
+                    sum
+                }
+            });
         }
         if let Some(stranger) = shares.iter().find(|k| !holders.contains(&k.from)) {
             return Err(refused(format!(
@@ -268,7 +288,8 @@ impl EndorsedKey {
                 stranger.from
             )));
         }
-        let key = joint_key(parts)?;
+        let p0 = p0.ok_or_else(|| refused("a joint key needs at least one key holder"))?;
+        let key = wire::public_key(params, vec![p0, probe[1].clone()])?;
         let digest = key_digest(&key);
         Ok(Self { round, key, digest })
     }
@@ -282,6 +303,7 @@ impl EndorsedKey {
 /// A key holder's part in one round: its secret key share, used for one
 /// answer.
 pub struct KeyHolder {
+    params: HeParams,
     id: u32,
     round: RoundId,
     share: SecretKey,
@@ -302,11 +324,13 @@ impl KeyHolder {
         let mut g = rng(&secret, b"key", &[&round.seed, &round.round.to_le_bytes()]);
         let share = SecretKey::random(&params.0, &mut g);
         let public = PublicKeyShare::new(&share, crp, &mut g).map_err(fhe)?;
+        let public = joint_key(vec![public])?.to_bytes();
         let signature = signer
-            .sign(&round.message("key share", &[&share_digest(&public)?]))
+            .sign(&round.message("key share", &[&share_digest(&public)]))
             .map_err(|e| HeError::Fhe(format!("signing the key share: {e}")))?;
         Ok((
             Self {
+                params: params.clone(),
                 id,
                 round,
                 share,
@@ -350,6 +374,7 @@ impl KeyHolder {
             )));
         }
         let digest = sum.digest();
+        let zero = wire::zero_key(&self.params)?;
         let shares = sum
             .sums
             .par_iter()
@@ -360,7 +385,11 @@ impl KeyHolder {
                     b"decrypt",
                     &[&self.round.seed, &digest, &(i as u64).to_le_bytes()],
                 );
-                DecryptionShare::new(&self.share, ct, &mut g).map_err(fhe)
+                // The decryption share as the ciphertext it turns the sum
+                // into, (c0 + c1 s_i + e, c1): a key switch to the zero key.
+                let switch = SecretKeySwitchShare::new(&self.share, &zero, Arc::clone(ct), &mut g)
+                    .map_err(fhe)?;
+                Ciphertext::from_shares(std::iter::once(switch)).map_err(fhe)
             })
             .collect::<Result<_, _>>()?;
         let signature = signer
@@ -382,8 +411,9 @@ pub struct Answer {
     pub from: u32,
     /// The digest of the summed ciphertexts the shares decrypt.
     pub sum_digest: [u8; 32],
-    /// One share a ciphertext.
-    pub shares: Vec<DecryptionShare>,
+    /// One share a ciphertext: the summed ciphertext `(c0, c1)` with this
+    /// key holder's part of the decryption added, `(c0 + c1 s_i + e, c1)`.
+    pub shares: Vec<Ciphertext>,
     /// Its signature of the round and the digest.
     pub signature: Vec<u8>,
 }

@@ -4,8 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use fhe::bfv::Ciphertext;
-use fhe::mbfv::AggregateIter;
-use fhe_traits::{FheDecoder, Serialize};
+use fhe_traits::Serialize;
 use tessera_he::{
     Commitment, CommitmentList, Contribution, DEGREE, EndorsedKey, HeError, HeParams, KeyHolder,
     Reveal, RoundId, VerifiedSum, combine, encrypt,
@@ -63,7 +62,7 @@ fn round(number: u32, holders: u32, sites: u32) -> Round {
         .zip(&holder_signers)
         .map(|(&h, s)| KeyHolder::new(&params, h, id, secret(h, 3), s).unwrap())
         .unzip();
-    let key = EndorsedKey::assemble(id, &shares, &holder_ids, &directory).unwrap();
+    let key = EndorsedKey::assemble(&params, id, &shares, &holder_ids, &directory).unwrap();
     Round {
         params,
         id,
@@ -143,7 +142,8 @@ fn decrypt(r: Round, sum: &VerifiedSum, min: usize, length: usize) -> Result<Vec
         &r.id,
         answers,
         &r.holder_ids,
-        &sum.digest(),
+        &r.params,
+        sum.ciphertexts(),
         length,
         &r.directory,
     )
@@ -358,6 +358,7 @@ fn a_substituted_key_share_or_another_rounds_messages_are_refused() {
         .map(|&h| KeyHolder::new(&params, h, new.id, [7; 32], &own).unwrap().1)
         .collect();
     let why = refused(EndorsedKey::assemble(
+        &new.params,
         new.id,
         &fakes,
         &new.holder_ids,
@@ -376,6 +377,7 @@ fn a_substituted_key_share_or_another_rounds_messages_are_refused() {
         })
         .collect();
     let why = refused(EndorsedKey::assemble(
+        &new.params,
         new.id,
         &replayed,
         &new.holder_ids,
@@ -384,13 +386,20 @@ fn a_substituted_key_share_or_another_rounds_messages_are_refused() {
     assert!(why.contains("key share"), "{why}");
     // A missing key holder, or none at all.
     let why = refused(EndorsedKey::assemble(
+        &new.params,
         new.id,
         &[],
         &new.holder_ids,
         &new.directory,
     ));
     assert!(why.contains("no key share from key holder 1000"), "{why}");
-    let why = refused(EndorsedKey::assemble(new.id, &[], &[], &new.directory));
+    let why = refused(EndorsedKey::assemble(
+        &new.params,
+        new.id,
+        &[],
+        &[],
+        &new.directory,
+    ));
     assert!(why.contains("at least one key holder"), "{why}");
     // A round-5 commitment in a round-6 list.
     let replayed = contribute(&old, 1, 10);
@@ -450,7 +459,8 @@ fn key_holders_shown_different_sums_are_caught_and_all_are_needed() {
         &r.id,
         vec![a, b, c],
         &r.holder_ids,
-        &all.digest(),
+        &r.params,
+        all.ciphertexts(),
         length,
         &r.directory,
     ));
@@ -470,13 +480,12 @@ fn key_holders_shown_different_sums_are_caught_and_all_are_needed() {
         .map(|(h, s)| h.answer(&all, 2, s).unwrap())
         .collect();
     let first_shares: Vec<_> = answers.iter_mut().map(|a| a.shares.remove(0)).collect();
-    let pt: fhe::bfv::Plaintext = first_shares.into_iter().aggregate().unwrap();
-    let partial = Vec::<u64>::try_decode(&pt, fhe::bfv::Encoding::poly()).unwrap();
+    let partial = tessera_he::open_with(&r.params, &all.ciphertexts()[0], &first_shares).unwrap();
     let expected = wrapping_sum(&inputs);
     let agree = partial
         .iter()
         .zip(&expected)
-        .filter(|(a, b)| **a as u32 == **b)
+        .filter(|(a, b)| a == b)
         .count();
     assert!(
         agree <= 2,
@@ -494,7 +503,8 @@ fn key_holders_shown_different_sums_are_caught_and_all_are_needed() {
         &r.id,
         answers,
         &r.holder_ids,
-        &all.digest(),
+        &r.params,
+        all.ciphertexts(),
         length,
         &r.directory,
     ));
@@ -592,4 +602,121 @@ fn a_ciphertext_is_two_polynomials_at_36_bits_a_coefficient() {
         "{}",
         c.wire_bytes
     );
+}
+
+#[test]
+fn every_message_travels_as_bytes_and_hostile_bytes_are_refused() {
+    // A round whose key shares, contributions and answers all cross the
+    // wire (read back on other instances of the parameters, as another
+    // machine would) decrypts the wrapping sum.
+    let length = 5000;
+    let (params, id) = (HeParams::new().unwrap(), round_id(21));
+    let r = round(21, 2, 3);
+    let (holders, shares): (Vec<_>, Vec<_>) = r
+        .holder_ids
+        .iter()
+        .zip(&r.holder_signers)
+        .map(|(&h, s)| KeyHolder::new(&params, h, id, secret(h, 7), s).unwrap())
+        .unzip();
+    let theirs = HeParams::new().unwrap();
+    let travelled: Vec<tessera_he::KeyShare> = shares
+        .iter()
+        .map(|k| tessera_he::KeyShare {
+            from: k.from,
+            share: k.share.clone(),
+            signature: k.signature.clone(),
+        })
+        .collect();
+    let key = EndorsedKey::assemble(&theirs, id, &travelled, &r.holder_ids, &r.directory).unwrap();
+    let inputs: Vec<Vec<u32>> = (0..3).map(|s| values(length, s)).collect();
+    let cs: Vec<Contribution> = (0..3u32)
+        .map(|s| {
+            let signer = &r.signers[s as usize];
+            encrypt(&theirs, &key, s, &inputs[s as usize], &secret(s, 8), signer).unwrap()
+        })
+        .collect();
+    let list = list_of(&cs.iter().map(|c| &c.commitment).collect::<Vec<_>>());
+    let coordinator = HeParams::new().unwrap();
+    let mut sum = VerifiedSum::new(&coordinator, &key, length, list.clone(), &r.directory).unwrap();
+    for c in cs {
+        let signer = &r.signers[c.commitment.from as usize];
+        let bytes = c.ciphertext_bytes();
+        let commitment = c.commitment.clone();
+        let revealed = c.reveal(&id, &list, signer).unwrap();
+        let read = Contribution::from_wire(&coordinator, commitment, &bytes).unwrap();
+        let read = Reveal {
+            contribution: read,
+            list_signature: revealed.list_signature,
+        };
+        sum.absorb(&read, &r.directory).unwrap();
+    }
+    let answers: Vec<_> = holders
+        .into_iter()
+        .zip(&r.holder_signers)
+        .map(|(h, s)| {
+            let a = h.answer(&sum, 2, s).unwrap();
+            tessera_he::Answer::from_wire(
+                &coordinator,
+                a.from,
+                a.sum_digest,
+                &a.share_bytes(),
+                a.signature,
+            )
+            .unwrap()
+        })
+        .collect();
+    let summed = combine(
+        &id,
+        answers,
+        &r.holder_ids,
+        &coordinator,
+        sum.ciphertexts(),
+        length,
+        &r.directory,
+    )
+    .unwrap();
+    assert_eq!(summed, wrapping_sum(&inputs));
+
+    // Hostile bytes: refused with a reason, never a panic.
+    let good = contribute(&r, 0, 10).ciphertext_bytes().remove(0);
+    let mut unreduced = good.clone();
+    let at = unreduced.len() - 20;
+    unreduced[at] = 0xff;
+    let mut cases: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        vec![0xff; 64],
+        good[..good.len() / 2].to_vec(),
+        vec![0u8; 200_000],
+        unreduced,
+    ];
+    for i in 0..200usize {
+        let mut b = good.clone();
+        let at = (i * 7919) % b.len();
+        b[at] ^= 1 << (i % 8);
+        cases.push(b);
+    }
+    let mut refusals = 0;
+    for bad in &cases {
+        match tessera_he::ciphertext_from_bytes(&r.params, bad) {
+            Err(HeError::Refused(_)) => refusals += 1,
+            Err(e) => panic!("not a refusal: {e}"),
+            Ok(ct) => assert_eq!(ct.to_bytes(), *bad, "read back as another ciphertext"),
+        }
+    }
+    assert!(refusals >= 5, "{refusals} refused");
+    // A key share that is not a key, or on another round's polynomial.
+    let other = round(22, 1, 1);
+    let forged = tessera_he::KeyShare {
+        from: HOLDER,
+        share: vec![0x0a, 0x03, 1, 2, 3],
+        signature: other.holder_signers[0].sign(b"unused").unwrap(),
+    };
+    let why = refused(EndorsedKey::assemble(
+        &other.params,
+        other.id,
+        &[forged],
+        &[HOLDER],
+        &tessera_secagg::Ed25519Directory::new(),
+    ));
+    assert!(why.contains("key holder 1000's key share"), "{why}");
 }

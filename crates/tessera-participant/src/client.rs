@@ -3,6 +3,7 @@
 //! aggregators (toward their parent) both speak through it.
 
 mod connect;
+mod homomorphic;
 mod identity;
 mod secure;
 mod session;
@@ -10,6 +11,7 @@ mod transfer;
 
 pub use crate::supervisor::Failure;
 pub use connect::{Remote, chain, endpoint, join, join_with, still_trusted};
+pub use homomorphic::{he_submit, key_holder};
 pub use identity::SecureIdentity;
 pub use secure::{
     DeferredInput, buffer_submit, secure_answer, secure_compare, secure_evaluate, secure_submit,

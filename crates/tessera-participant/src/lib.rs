@@ -233,6 +233,9 @@ pub(crate) struct Ready {
     /// Secure aggregation: the plan asks for it, and this site's key pairs
     /// between rounds.
     secure: bool,
+    /// Under `scheme = "homomorphic"`: updates are encrypted for the key
+    /// holders instead of masked.
+    homomorphic: bool,
     key_ring: Option<tessera_secagg::KeyRing>,
     /// Secure aggregation: how this site signs and checks the protocol's
     /// messages (its certificate key and the federation CA).
@@ -254,6 +257,15 @@ pub(crate) struct Ready {
 
 enum SessionEnd {
     Finished,
+}
+
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Takes part in the coordinator's run until it is over.
@@ -425,6 +437,22 @@ async fn session(
     let Some(state) = ready.as_mut() else {
         return Err(Failure::Retry("not ready".into()));
     };
+    // A key holder of a homomorphic run answers the coordinator's rounds
+    // beside its own tasks, for as long as this session lasts.
+    let _key_holder = (state.homomorphic
+        && state
+            .plan
+            .secure_aggregation
+            .key_holders
+            .contains(&config.site))
+    .then(|| {
+        AbortOnDrop(tokio::spawn(client::key_holder(
+            client.clone(),
+            config.site.clone(),
+            Arc::clone(&state.plan),
+            Arc::clone(&state.identity),
+        )))
+    });
     loop {
         // While the coordinator has no task (a run waiting for sites), its
         // certificate is checked again every few seconds: a coordinator
@@ -555,6 +583,17 @@ async fn session(
                         header.round,
                         update,
                         config.pause_before_update,
+                    )
+                    .instrument(upload)
+                    .await?
+                } else if state.secure && state.homomorphic {
+                    client::he_submit(
+                        &mut client,
+                        &config.site,
+                        &state.plan,
+                        &state.identity,
+                        header.round,
+                        update,
                     )
                     .instrument(upload)
                     .await?
@@ -718,6 +757,8 @@ impl Ready {
             test_gradient: None,
             quality: None,
             secure: plan.secure_aggregation.enabled,
+            homomorphic: plan.secure_aggregation.enabled
+                && plan.secure_aggregation.scheme == tessera_secagg::Scheme::Homomorphic,
             key_ring: None,
             identity: Arc::new(
                 if plan.secure_aggregation.enabled

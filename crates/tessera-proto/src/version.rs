@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 28;
+pub const MINOR: u32 = 29;
 
 /// What this build can do.
 ///
@@ -127,6 +127,11 @@ pub const MINOR: u32 = 28;
 ///   with its staleness (`SecAggSeat`), discounts its update by it and
 ///   masks it there; a 1.28 coordinator requires it of every site of such
 ///   a run.
+/// - `homomorphic-aggregation` (1.29): under `secure_aggregation.scheme =
+///   "homomorphic"` a site takes part in multiparty-BFV rounds (key shares,
+///   commitments, reveals, answers: `HeKeyShare` and the messages after it)
+///   as a contributor and, named in `key_holders`, as a key holder; a 1.29
+///   coordinator requires it of every site of such a plan.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -170,6 +175,7 @@ pub const CAPABILITIES: &[&str] = &[
     "attribution",
     "gossip-tracing",
     "secure-buffers",
+    "homomorphic-aggregation",
 ];
 
 /// Each capability of [`CAPABILITIES`] with the minor version that brought
@@ -218,6 +224,7 @@ pub const CAPABILITY_SINCE: &[(&str, u32)] = &[
     ("attribution", 26),
     ("gossip-tracing", 27),
     ("secure-buffers", 28),
+    ("homomorphic-aggregation", 29),
 ];
 
 /// The capabilities a Tessera build of protocol `1.minor` sends.

@@ -118,7 +118,8 @@ pub(crate) fn homomorphic_round(
         shares.push(share);
         *bytes_up.entry(h).or_default() += poly + 64;
     }
-    let key = EndorsedKey::assemble(id, &shares, &holder_ids, &directory).map_err(he)?;
+    let key =
+        EndorsedKey::assemble(&he_params, id, &shares, &holder_ids, &directory).map_err(he)?;
     drop(shares);
     for &site in updates.keys() {
         *bytes_down.entry(site).or_default() += (poly + 64) * key_holders.len() as u64;
@@ -197,10 +198,18 @@ pub(crate) fn homomorphic_round(
     for (holder, &h) in holders.into_iter().zip(key_holders) {
         answers.push(holder.answer(&sum, min, &signer(h)).map_err(he)?);
         *bytes_down.entry(h).or_default() += downloaded;
-        *bytes_up.entry(h).or_default() += n_ciphertexts * poly + 32 + 64;
+        *bytes_up.entry(h).or_default() += n_ciphertexts * 2 * poly + 32 + 64;
     }
-    let summed = tessera_he::combine(&id, answers, &holder_ids, &sum.digest(), length, &directory)
-        .map_err(he)?;
+    let summed = tessera_he::combine(
+        &id,
+        answers,
+        &holder_ids,
+        &he_params,
+        sum.ciphertexts(),
+        length,
+        &directory,
+    )
+    .map_err(he)?;
     let survivors: Vec<usize> = sum.contributors().iter().map(|&s| s as usize).collect();
     let sum = secure::update_of_sum(&summed, survivors.len(), &params, layout, kept.as_deref())?;
     Ok(SecureRound {

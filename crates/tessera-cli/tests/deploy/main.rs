@@ -21,6 +21,7 @@ mod dry_run;
 mod external;
 mod failover;
 mod faults;
+mod homomorphic;
 mod hostile;
 mod joins;
 mod lifecycle;

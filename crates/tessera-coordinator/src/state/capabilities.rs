@@ -37,6 +37,11 @@ fn capabilities(plan: &Plan, site: Option<&str>) -> Vec<&'static str> {
         // Each buffer a secure round among its contributors.
         required.push("secure-buffers");
     }
+    if plan.secure_aggregation.enabled
+        && plan.secure_aggregation.scheme == tessera_secagg::Scheme::Homomorphic
+    {
+        required.push("homomorphic-aggregation");
+    }
     if plan.analytics.serve_seconds > 0 {
         required.push("analytics-queries");
         if plan.analytics.per_site {

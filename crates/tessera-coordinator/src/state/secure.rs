@@ -120,6 +120,13 @@ fn stage_of(step: &Step) -> Option<Stage> {
         Step::View(_) => Some(Stage::Views),
         Step::Unmask(_) => Some(Stage::Unmask),
         Step::Poll(_) | Step::Buffer(_) => None,
+        // Not of a SecAgg+ round: refused as a message.
+        Step::HeKeyShare(_)
+        | Step::HeCommitment(_)
+        | Step::HeReveal(_)
+        | Step::HeAnswer(_)
+        | Step::HeFetch(_)
+        | Step::HeHolder(_) => None,
     }
 }
 
@@ -159,6 +166,16 @@ fn message_of(id: u32, step: Step) -> Result<Message, Refusal> {
         Step::Buffer(_) => {
             return Err(Refusal::Invalid(
                 "a buffer join is no message of a secure round".into(),
+            ));
+        }
+        Step::HeKeyShare(_)
+        | Step::HeCommitment(_)
+        | Step::HeReveal(_)
+        | Step::HeAnswer(_)
+        | Step::HeFetch(_)
+        | Step::HeHolder(_) => {
+            return Err(Refusal::Invalid(
+                "a homomorphic round's message in a SecAgg+ round".into(),
             ));
         }
     })
@@ -232,6 +249,10 @@ impl Federation {
         now: Timestamp,
     ) {
         if !self.plan.secure_aggregation.enabled {
+            return;
+        }
+        if self.is_homomorphic() {
+            self.open_homomorphic(round, cohort, now);
             return;
         }
         let Some(n_values) = self.training.rounds().map(|e| e.global().n_values()) else {
@@ -371,6 +392,7 @@ impl Federation {
                     range: p.range,
                     sites,
                     certificates,
+                    ..Default::default()
                 })
             }
             Poll::Keys(keys) => Reply::Keys(pb::SecAggNeighbourKeys {
@@ -419,6 +441,13 @@ impl Federation {
         if let Some(Step::Buffer(join)) = &step {
             // Its refusals are audited there.
             return self.buffer_join(site, join.base, now).and_then(reply);
+        }
+        let training_round = round & tessera_secagg::EVALUATION_ROUND == 0
+            && round & tessera_secagg::ANALYTICS_ROUND == 0
+            && !tessera_secagg::is_rollout_round(round);
+        if self.is_homomorphic() && (training_round || matches!(step, Some(Step::HeHolder(_)))) {
+            // Its refusals are audited there.
+            return self.homomorphic_step(site, round, step, now);
         }
         let Some(secure) = self.secure.as_mut().filter(|s| s.round == round) else {
             // The round is over (or was reopened after a restart): stop.

@@ -6,7 +6,7 @@ use tessera_secagg::Scheme;
 
 use crate::CoordinatorError;
 
-/// Refuses simulation's new sites and homomorphic aggregation.
+/// Refuses simulation's new sites and asynchronous homomorphic aggregation.
 pub(super) fn check_plan(plan: &Plan) -> Result<(), CoordinatorError> {
     let refuse = |why: &str| Err(CoordinatorError::Config(why.into()));
     if !plan.personalization.new_sites.is_empty() {
@@ -16,11 +16,14 @@ pub(super) fn check_plan(plan: &Plan) -> Result<(), CoordinatorError> {
         );
     }
     let secure = &plan.secure_aggregation;
-    if secure.enabled && secure.scheme == Scheme::Homomorphic {
+    if secure.enabled
+        && secure.scheme == Scheme::Homomorphic
+        && plan.federation.mode == tessera_engine::Mode::Async
+    {
         return refuse(
-            "secure_aggregation.scheme = \"homomorphic\" runs in simulation only for now \
-             (its decryption shares have no wire format yet); deploy with \
-             scheme = \"secagg_plus\"",
+            "secure_aggregation.scheme = \"homomorphic\" with federation.mode = \"async\" \
+             runs in simulation only for now (deployed buffers are SecAgg+ rounds); deploy \
+             it synchronously, or with scheme = \"secagg_plus\"",
         );
     }
     Ok(())

@@ -392,6 +392,7 @@ impl Federation {
         for site in &silent {
             // Under secure aggregation the current stage stops waiting for it.
             self.secure_withdraw(site);
+            self.homomorphic_withdraw(site);
             self.watch.departed(
                 site,
                 format!(
@@ -408,6 +409,7 @@ impl Federation {
             self.version += 1;
         }
         self.advance_secure(now);
+        self.advance_homomorphic(now);
         let Some(engine) = self.training.rounds_mut() else {
             return Ok(());
         };

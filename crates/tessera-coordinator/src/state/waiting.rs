@@ -96,6 +96,9 @@ impl Federation {
                 String::new(),
             ));
         }
+        if let Some((step, sites)) = self.homomorphic_awaited() {
+            return Some((step, sites, String::new()));
+        }
         match &self.phase {
             Phase::Finished => None,
             Phase::Agreeing if self.in_rollout() => self.rollout_awaited(now),

@@ -154,7 +154,7 @@ impl SecureIdentity {
 }
 
 /// A round's signer and the checker of the other participants' signatures.
-type RoundIdentity<'a> = (
+pub(super) type RoundIdentity<'a> = (
     Box<dyn tessera_secagg::Signer + 'a>,
     Box<dyn tessera_secagg::Verifier>,
 );

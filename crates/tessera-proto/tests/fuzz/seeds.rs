@@ -278,6 +278,27 @@ fn sec_agg_requests() -> Vec<pb::SecAggRequest> {
         Step::View(pb::SecAggView {
             signature: vec![5; 64],
         }),
+        Step::Buffer(pb::SecAggBufferJoin { base: 3 }),
+        Step::HeKeyShare(pb::HeKeyShare {
+            share: vec![0x0a, 4, 1, 2, 3, 4],
+            signature: vec![5; 64],
+        }),
+        Step::HeCommitment(pb::HeCommitment {
+            length: 17,
+            digest: vec![6; 32],
+            signature: vec![5; 64],
+        }),
+        Step::HeReveal(pb::HeReveal {
+            list_signature: vec![5; 64],
+            ciphertexts: vec![vec![7; 80]; 2],
+        }),
+        Step::HeAnswer(pb::HeAnswer {
+            sum_digest: vec![8; 32],
+            shares: vec![vec![9; 80]],
+            signature: vec![5; 64],
+        }),
+        Step::HeFetch(2),
+        Step::HeHolder(true),
     ];
     steps
         .into_iter()
@@ -303,6 +324,9 @@ fn sec_agg_replies() -> Vec<pb::SecAggReply> {
             range: 10.0,
             sites: strings(&["cleveland", "hungarian", "switzerland", "va"]),
             certificates: vec![vec![0x30, 0x82, 1, 0]; 4],
+            key_holders: vec![0, 4],
+            key_holder_sites: strings(&["cleveland", "oslo"]),
+            key_holder_certificates: vec![vec![0x30, 0x82, 1, 0]; 2],
         }),
         State::Keys(pb::SecAggNeighbourKeys {
             peers: vec![0, 1],
@@ -326,6 +350,31 @@ fn sec_agg_replies() -> Vec<pb::SecAggReply> {
                 signature: vec![6; 64],
             }],
         }),
+        State::Seat(pb::SecAggSeat {
+            round: 2,
+            staleness: 1,
+        }),
+        State::HeKeys(pb::HeKeyShares {
+            shares: vec![pb::HeKeyShareFrom {
+                from: 4,
+                share: vec![0x0a, 1, 0],
+                signature: vec![5; 64],
+            }],
+        }),
+        State::HeList(pb::HeList {
+            commitments: vec![pb::HeCommitmentFrom {
+                from: 1,
+                length: 17,
+                digest: vec![6; 32],
+                signature: vec![5; 64],
+            }],
+        }),
+        State::HeContribution(pb::HeContribution {
+            from: 1,
+            list_signature: vec![5; 64],
+            ciphertexts: vec![vec![7; 80]],
+        }),
+        State::HeTask(pb::HeHolderTask { round: 5, stage: 2 }),
     ]
     .into_iter()
     .map(|state| pb::SecAggReply { state: Some(state) })

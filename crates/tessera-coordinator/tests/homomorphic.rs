@@ -1,0 +1,261 @@
+//! Homomorphic aggregation at the coordinator, in process (1.29,
+//! `homomorphic-aggregation`): a whole round with real multiparty-BFV
+//! messages from two key holders and four contributors, each stage's
+//! out-of-turn or malformed messages refused naming why, and the engine
+//! stepping with the decrypted sum.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Db, SITES, agree, train};
+use tessera_coordinator::{Federation, Refusal};
+use tessera_core::Update;
+use tessera_he::{Contribution, EndorsedKey, HeParams, KeyHolder, KeyShare, RoundId, VerifiedSum};
+use tessera_proto::pb;
+use tessera_proto::pb::sec_agg_reply::State;
+use tessera_proto::pb::sec_agg_request::Step;
+use tessera_secagg::Unauthenticated;
+
+fn step(f: &mut Federation, site: &str, round: u32, step: Step) -> Result<State, Refusal> {
+    f.secure_step(site, round, Some(step))
+        .map(|reply| reply.state.unwrap())
+}
+
+fn refused(r: Result<State, Refusal>) -> String {
+    match r {
+        Err(e) => e.to_string(),
+        Ok(state) => panic!("accepted: {state:?}"),
+    }
+}
+
+/// The round's id as every party derives it from the plan.
+fn round_id(plan: &tessera_engine::Plan, round: u32) -> RoundId {
+    RoundId {
+        round,
+        seed: plan.secagg_graph_seed(round),
+    }
+}
+
+#[test]
+fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_messages() {
+    let text = "\n[secure_aggregation]\nenabled = true\nscheme = \"homomorphic\"\n\
+                key_holders = [\"cleveland\", \"va\"]\n";
+    let plan = common::plan(text);
+    let db = Db::new();
+    let mut f = db.open(&plan);
+    let plan = plan.0;
+    agree(&mut f);
+    let names: Vec<String> = SITES.iter().map(|s| s.name.clone()).collect();
+    let updates: Vec<(u32, Update)> = (0..4).map(|i| train(&mut f, i)).collect();
+    let round = updates[0].0;
+    // Never in the clear.
+    let e = f
+        .submit_update(&names[0], round, &updates[0].1)
+        .unwrap_err();
+    assert!(e.to_string().contains("never in the clear"), "{e}");
+    // Only key holders are asked for key shares.
+    let why = refused(step(&mut f, "hungarian", 0, Step::HeHolder(true)));
+    assert!(why.contains("not a key holder"), "{why}");
+    assert_eq!(
+        step(&mut f, "cleveland", 0, Step::HeHolder(true)).unwrap(),
+        State::HeTask(pb::HeHolderTask { round, stage: 1 })
+    );
+    let Ok(State::Params(p)) = step(&mut f, "cleveland", round, Step::Poll(1)) else {
+        panic!("no parameters");
+    };
+    assert_eq!(p.key_holder_sites, ["cleveland", "va"]);
+    assert_eq!(p.participants.len(), 4);
+    // A contributor's key share, or a commitment before the keys: refused.
+    let share = pb::HeKeyShare {
+        share: vec![1, 2, 3],
+        signature: Vec::new(),
+    };
+    let why = refused(step(&mut f, "hungarian", round, Step::HeKeyShare(share)));
+    assert!(why.contains("a key share from 'hungarian'"), "{why}");
+    let early = pb::HeCommitment {
+        length: p.dimension,
+        digest: vec![0; 32],
+        signature: Vec::new(),
+    };
+    let why = refused(step(
+        &mut f,
+        "switzerland",
+        round,
+        Step::HeCommitment(early),
+    ));
+    assert!(why.contains("stage key shares"), "{why}");
+    // The key holders' fresh shares.
+    let he = HeParams::new().unwrap();
+    let id = round_id(&plan, round);
+    let mut holders = Vec::new();
+    for (site, &holder) in p.key_holder_sites.iter().zip(&p.key_holders) {
+        let (h, share) =
+            KeyHolder::new(&he, holder, id, [holder as u8 + 9; 32], &Unauthenticated).unwrap();
+        let sent = pb::HeKeyShare {
+            share: share.share,
+            signature: share.signature,
+        };
+        assert_eq!(
+            step(&mut f, site, round, Step::HeKeyShare(sent.clone())).unwrap(),
+            State::Wait(true)
+        );
+        // Once a round.
+        let why = refused(step(&mut f, site, round, Step::HeKeyShare(sent)));
+        assert!(why.contains("a key share from"), "{why}");
+        holders.push((site.clone(), h));
+    }
+    // Every contributor assembles the key itself and commits.
+    let Ok(State::HeKeys(keys)) = step(&mut f, "hungarian", round, Step::Poll(2)) else {
+        panic!("no key shares");
+    };
+    let shares: Vec<KeyShare> = (keys.shares.iter())
+        .map(|k| KeyShare {
+            from: k.from,
+            share: k.share.clone(),
+            signature: k.signature.clone(),
+        })
+        .collect();
+    let key = EndorsedKey::assemble(&he, id, &shares, &p.key_holders, &Unauthenticated).unwrap();
+    let params = tessera_secagg::RoundParams {
+        round,
+        participants: p.participants.clone(),
+        neighbours: p.neighbours as usize,
+        threshold: p.threshold as usize,
+        graph_seed: p.graph_seed.clone().try_into().unwrap(),
+        dimension: p.dimension as usize,
+        range: p.range,
+    };
+    let mut contributions: Vec<Contribution> = Vec::new();
+    for (i, (_, update)) in updates.iter().enumerate() {
+        let input: Vec<f32> = update.delta.values().collect();
+        let mut values = tessera_secagg::quantize(&input, &params);
+        values.extend(tessera_secagg::encode_metadata(&tessera_secagg::Metadata {
+            n_examples: update.n_examples,
+            train_loss: update.stats.mean_train_loss,
+            n_steps: update.stats.n_steps,
+        }));
+        let c = tessera_he::encrypt(
+            &he,
+            &key,
+            i as u32,
+            &values,
+            &[i as u8; 32],
+            &Unauthenticated,
+        )
+        .unwrap();
+        if i == 0 {
+            let short = pb::HeCommitment {
+                length: 3,
+                digest: c.commitment.digest.to_vec(),
+                signature: Vec::new(),
+            };
+            let why = refused(step(&mut f, &names[0], round, Step::HeCommitment(short)));
+            assert!(why.contains("a commitment to 3 values"), "{why}");
+        }
+        let sent = pb::HeCommitment {
+            length: c.commitment.length as u32,
+            digest: c.commitment.digest.to_vec(),
+            signature: c.commitment.signature.clone(),
+        };
+        assert_eq!(
+            step(&mut f, &names[i], round, Step::HeCommitment(sent)).unwrap(),
+            State::Wait(true)
+        );
+        contributions.push(c);
+    }
+    let Ok(State::HeList(list)) = step(&mut f, &names[1], round, Step::Poll(3)) else {
+        panic!("no list");
+    };
+    assert_eq!(list.commitments.len(), 4);
+    let list = tessera_he::CommitmentList::new(
+        (list.commitments.iter())
+            .map(|c| tessera_he::Commitment {
+                from: c.from,
+                length: c.length as usize,
+                digest: c.digest.clone().try_into().unwrap(),
+                signature: c.signature.clone(),
+            })
+            .collect(),
+    )
+    .unwrap();
+    // A reveal of someone else's ciphertexts does not match its commitment.
+    let others = contributions[1].ciphertext_bytes();
+    let swapped = pb::HeReveal {
+        list_signature: Vec::new(),
+        ciphertexts: others,
+    };
+    let why = refused(step(&mut f, &names[0], round, Step::HeReveal(swapped)));
+    assert!(why.contains("do not match its commitment"), "{why}");
+    // Nobody fetches before the answers are due.
+    let why = refused(step(&mut f, "cleveland", round, Step::HeFetch(0)));
+    assert!(why.contains("no contribution of 0"), "{why}");
+    for (i, c) in contributions.into_iter().enumerate() {
+        let ciphertexts = c.ciphertext_bytes();
+        let revealed = c.reveal(&id, &list, &Unauthenticated).unwrap();
+        let sent = pb::HeReveal {
+            list_signature: revealed.list_signature,
+            ciphertexts,
+        };
+        assert_eq!(
+            step(&mut f, &names[i], round, Step::HeReveal(sent)).unwrap(),
+            State::Wait(true)
+        );
+    }
+    // The answers: each key holder fetches and sums every contribution.
+    let why = refused(step(&mut f, "hungarian", round, Step::HeFetch(0)));
+    assert!(why.contains("no contribution of 0"), "{why}");
+    for (site, holder) in holders {
+        assert_eq!(
+            step(&mut f, &site, 0, Step::HeHolder(true)).unwrap(),
+            State::HeTask(pb::HeHolderTask { round, stage: 2 })
+        );
+        let mut sum = VerifiedSum::new(
+            &he,
+            &key,
+            p.dimension as usize,
+            list.clone(),
+            &Unauthenticated,
+        )
+        .unwrap();
+        for c in list.entries() {
+            let Ok(State::HeContribution(got)) = step(&mut f, &site, round, Step::HeFetch(c.from))
+            else {
+                panic!("no contribution of {}", c.from);
+            };
+            let contribution = Contribution::from_wire(&he, c.clone(), &got.ciphertexts).unwrap();
+            let revealed = tessera_he::Reveal {
+                contribution,
+                list_signature: got.list_signature,
+            };
+            sum.absorb(&revealed, &Unauthenticated).unwrap();
+        }
+        let answer = holder.answer(&sum, 2, &Unauthenticated).unwrap();
+        let sent = pb::HeAnswer {
+            sum_digest: answer.sum_digest.to_vec(),
+            shares: answer.share_bytes(),
+            signature: answer.signature,
+        };
+        step(&mut f, &site, round, Step::HeAnswer(sent)).unwrap();
+    }
+    // Decrypted and stepped with the four updates; the round's polls are
+    // told it is over.
+    assert_eq!(
+        step(&mut f, &names[2], round, Step::Poll(4)).unwrap(),
+        State::Done(true)
+    );
+    let log = f.store().audit_log(f.run_id()).unwrap();
+    let completed: Vec<_> = (log.iter())
+        .filter(|a| a.action == "homomorphic-aggregation" && a.outcome == "completed")
+        .collect();
+    assert_eq!(completed.len(), 1, "{log:?}");
+    assert!(
+        completed[0].detail.contains("the sum of 4 of 4 updates"),
+        "{}",
+        completed[0].detail
+    );
+    assert!(
+        !(log.iter()).any(|a| a.action == "homomorphic-aggregation" && a.outcome == "failed"),
+        "{log:?}"
+    );
+}

@@ -1,0 +1,177 @@
+//! What travels: ciphertexts, key shares and decryption shares as bytes,
+//! read back with every check a hostile sender calls for (fhe.rs's own
+//! encoding, which it may panic on when malformed: refused here instead).
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use fhe::bfv::{Ciphertext, PublicKey, SecretKey};
+use fhe::mbfv::PublicKeyShare;
+use fhe_math::rq::Poly;
+use fhe_traits::{DeserializeParametrized, Serialize};
+
+use crate::{
+    Answer, Commitment, Contribution, DEGREE, HeError, HeParams, RoundId, common_poly, fhe,
+    joint_key, refused, rng,
+};
+
+/// The most bytes a ciphertext takes: two polynomials and fhe.rs's framing.
+fn max_ciphertext_bytes() -> usize {
+    2 * HeParams::polynomial_bytes() as usize + 1024
+}
+
+/// A ciphertext of `params` from `bytes`: two polynomials at the top level,
+/// in fhe.rs's canonical encoding (every coefficient reduced), or refused
+/// with the reason; never a panic.
+pub fn ciphertext_from_bytes(params: &HeParams, bytes: &[u8]) -> Result<Ciphertext, HeError> {
+    if bytes.len() > max_ciphertext_bytes() {
+        return Err(refused(format!(
+            "a ciphertext of {} bytes; one takes at most {}",
+            bytes.len(),
+            max_ciphertext_bytes()
+        )));
+    }
+    let parsed = catch_unwind(AssertUnwindSafe(|| {
+        Ciphertext::from_bytes(bytes, params.bfv())
+    }))
+    .map_err(|_| refused("a malformed ciphertext"))?
+    .map_err(|e| refused(format!("a malformed ciphertext: {e}")))?;
+    if parsed.len() != 2 {
+        return Err(refused(format!(
+            "a ciphertext of {} polynomials, not 2",
+            parsed.len()
+        )));
+    }
+    if !matches!(params.bfv().level_of_context(parsed[0].ctx()), Ok(0)) {
+        return Err(refused("a ciphertext at another level"));
+    }
+    // Read back, it must encode to the same bytes: no unreduced
+    // coefficient, no field fhe.rs ignores.
+    if parsed.to_bytes() != bytes {
+        return Err(refused("a ciphertext not in its canonical encoding"));
+    }
+    Ok(parsed)
+}
+
+/// `inner` as field 1 of a protobuf message (fhe.rs's `PublicKey` holds its
+/// ciphertext so).
+fn wrap(inner: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x0a];
+    let mut n = inner.len() as u64;
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    out.extend_from_slice(inner);
+    out
+}
+
+/// The field-1 bytes of a message of that one field alone.
+fn unwrap(bytes: &[u8]) -> Option<&[u8]> {
+    let (&tag, mut rest) = bytes.split_first()?;
+    if tag != 0x0a {
+        return None;
+    }
+    let mut len = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, tail) = rest.split_first()?;
+        rest = tail;
+        len |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return (len == rest.len() as u64).then_some(rest);
+        }
+    }
+    None
+}
+
+/// A one-party public key's ciphertext `(p0, a)` from its bytes (a key
+/// holder's share as it travels).
+pub(crate) fn one_party_key(params: &HeParams, bytes: &[u8]) -> Result<Ciphertext, HeError> {
+    let inner = unwrap(bytes).ok_or_else(|| refused("not a public key"))?;
+    ciphertext_from_bytes(params, inner)
+}
+
+/// The public key whose ciphertext is `polys`.
+pub(crate) fn public_key(params: &HeParams, polys: Vec<Poly>) -> Result<PublicKey, HeError> {
+    let ct = Ciphertext::new(polys, params.bfv()).map_err(fhe)?;
+    PublicKey::from_bytes(&wrap(&ct.to_bytes()), params.bfv()).map_err(fhe)
+}
+
+/// The round's common random polynomial as a one-party key of a throwaway
+/// secret shows it: the key's second polynomial.
+pub(crate) fn crp_probe(params: &HeParams, round: &RoundId) -> Result<Ciphertext, HeError> {
+    let crp = common_poly(params, round)?;
+    let mut g = rng(&round.seed, b"crp probe", &[]);
+    let throwaway = SecretKey::random(params.bfv(), &mut g);
+    let share = PublicKeyShare::new(&throwaway, crp, &mut g).map_err(fhe)?;
+    one_party_key(params, &joint_key(vec![share])?.to_bytes())
+}
+
+/// The secret key zero: a decryption share is a key switch to it, and the
+/// sum with every key holder's share decrypts under it.
+pub(crate) fn zero_key(params: &HeParams) -> Result<SecretKey, HeError> {
+    // fhe.rs's `SecretKey { repeated sint64 coeffs = 1 }`, packed: DEGREE
+    // zeros of one byte each.
+    SecretKey::from_bytes(&wrap(&[0u8; DEGREE]), params.bfv()).map_err(fhe)
+}
+
+impl Contribution {
+    /// Its ciphertexts as they travel.
+    pub fn ciphertext_bytes(&self) -> Vec<Vec<u8>> {
+        self.ciphertexts.iter().map(Serialize::to_bytes).collect()
+    }
+
+    /// A contribution received: `commitment` and the ciphertexts' bytes,
+    /// each read back with [`ciphertext_from_bytes`] (whether they match
+    /// the commitment is [`crate::VerifiedSum::absorb`]'s check).
+    pub fn from_wire(
+        params: &HeParams,
+        commitment: Commitment,
+        ciphertexts: &[Vec<u8>],
+    ) -> Result<Self, HeError> {
+        let from = commitment.from;
+        let ciphertexts = ciphertexts
+            .iter()
+            .map(|b| ciphertext_from_bytes(params, b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| refused(format!("participant {from}'s contribution: {e}")))?;
+        let (_, wire_bytes) = Contribution::digest_of(&ciphertexts);
+        Ok(Self {
+            commitment,
+            ciphertexts,
+            wire_bytes,
+        })
+    }
+}
+
+impl Answer {
+    /// Its decryption shares as they travel.
+    pub fn share_bytes(&self) -> Vec<Vec<u8>> {
+        self.shares.iter().map(Serialize::to_bytes).collect()
+    }
+
+    /// An answer received from key holder `from`.
+    pub fn from_wire(
+        params: &HeParams,
+        from: u32,
+        sum_digest: [u8; 32],
+        shares: &[Vec<u8>],
+        signature: Vec<u8>,
+    ) -> Result<Self, HeError> {
+        let shares = shares
+            .iter()
+            .map(|b| ciphertext_from_bytes(params, b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| refused(format!("key holder {from}'s decryption share: {e}")))?;
+        Ok(Self {
+            from,
+            sum_digest,
+            shares,
+            signature,
+        })
+    }
+}

@@ -1,0 +1,510 @@
+//! A site's side of a homomorphic round (1.29, `homomorphic-aggregation`;
+//! `secure_aggregation.scheme = "homomorphic"`): as a contributor, its
+//! update quantised as for SecAgg+, encrypted under the key holders' joint
+//! key (which it adds up itself from their signed shares), committed, then
+//! revealed under its signature of the closed list; as one of the plan's
+//! key holders, its fresh key share each round (from this site's own
+//! secret) and its answer: the decryption shares of a sum it computed and
+//! checked itself from every listed contribution (`tessera_he`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_he::{
+    Answer, Commitment, CommitmentList, Contribution, EndorsedKey, HeParams, KeyHolder, KeyShare,
+    Reveal, RoundId, VerifiedSum,
+};
+use tessera_proto::pb;
+use tessera_proto::pb::federation_client::FederationClient;
+use tessera_proto::pb::sec_agg_reply::State;
+use tessera_proto::pb::sec_agg_request::Step;
+use tonic::transport::Channel;
+
+use super::identity::{RoundIdentity, identity_is_own};
+use super::{Failure, SecureIdentity, withdraw};
+
+/// How a refusal of a homomorphic round starts its message.
+const REFUSED: &str = "homomorphic aggregation refused: ";
+
+fn refuse(round: u32, why: impl std::fmt::Display) -> Failure {
+    tracing::error!(round, %why, "homomorphic aggregation: this site refuses the round");
+    Failure::Retry(format!("{REFUSED}{why}"))
+}
+
+fn bad(what: impl std::fmt::Display) -> Failure {
+    Failure::Retry(format!("homomorphic aggregation: {what}"))
+}
+
+/// One site's requests in round `round`.
+struct Caller<'a> {
+    client: &'a mut FederationClient<Channel>,
+    site: &'a str,
+    round: u32,
+}
+
+impl Caller<'_> {
+    async fn call(&mut self, step: Step) -> Result<Option<State>, Failure> {
+        let reply = self
+            .client
+            .secure_aggregation(pb::SecAggRequest {
+                site: self.site.to_string(),
+                round: self.round,
+                step: Some(step),
+            })
+            .await?
+            .into_inner();
+        Ok(reply.state)
+    }
+
+    /// Waits for stage `want`; `None` when the round is over.
+    async fn wait_for(&mut self, want: u32) -> Result<Option<State>, Failure> {
+        loop {
+            match self.call(Step::Poll(want)).await? {
+                Some(State::Wait(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Some(State::Done(_)) => return Ok(None),
+                Some(other) => return Ok(Some(other)),
+                None => return Err(bad("an empty reply")),
+            }
+        }
+    }
+}
+
+/// What the parameters of a round tell a party, checked against the plan.
+struct Setup {
+    p: pb::SecAggParams,
+    /// Every party (cohort and key holders, each once): ids, sites,
+    /// certificates.
+    ids: Vec<u32>,
+    sites: Vec<String>,
+    certificates: Vec<Vec<u8>>,
+}
+
+impl Setup {
+    /// Checks that the key holders are the plan's, each named once.
+    fn of(p: pb::SecAggParams, plan: &tessera_engine::Plan, round: u32) -> Result<Self, Failure> {
+        let mut named: Vec<&str> = p.key_holder_sites.iter().map(String::as_str).collect();
+        let mut planned: Vec<&str> = (plan.secure_aggregation.key_holders.iter())
+            .map(String::as_str)
+            .collect();
+        named.sort_unstable();
+        planned.sort_unstable();
+        if named != planned || p.key_holders.len() != named.len() {
+            return Err(refuse(
+                round,
+                format!(
+                    "the coordinator names key holders [{}]; the plan's are [{}]",
+                    named.join(", "),
+                    planned.join(", ")
+                ),
+            ));
+        }
+        let mut ids = p.participants.clone();
+        let mut sites = p.sites.clone();
+        let mut certificates = p.certificates.clone();
+        for ((id, site), der) in p.key_holders.iter().zip(&p.key_holder_sites).zip(
+            p.key_holder_certificates
+                .iter()
+                .chain(std::iter::repeat(&Vec::new())),
+        ) {
+            match ids.iter().position(|i| i == id) {
+                Some(at) if sites.get(at).is_none_or(|s| s == site) => {}
+                Some(_) => {
+                    return Err(refuse(round, format!("id {id} is given two sites")));
+                }
+                None => {
+                    ids.push(*id);
+                    if !p.sites.is_empty() {
+                        sites.push(site.clone());
+                        certificates.push(der.clone());
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            p,
+            ids,
+            sites,
+            certificates,
+        })
+    }
+
+    fn round_id(plan: &tessera_engine::Plan, round: u32) -> RoundId {
+        RoundId {
+            round,
+            seed: plan.secagg_graph_seed(round),
+        }
+    }
+
+    fn identity<'a>(
+        &self,
+        identity: &'a SecureIdentity,
+        plan: &tessera_engine::Plan,
+        round: u32,
+    ) -> Result<RoundIdentity<'a>, Failure> {
+        identity
+            .for_round(
+                &self.ids,
+                &self.sites,
+                &self.certificates,
+                &plan.data.named_sites(),
+            )
+            .map_err(|e| refuse(round, e))
+    }
+
+    /// The round's joint key from the key holders' shares (`HeKeyShares`).
+    fn key(
+        &self,
+        he: &HeParams,
+        plan: &tessera_engine::Plan,
+        round: u32,
+        shares: pb::HeKeyShares,
+        verifier: &dyn tessera_secagg::Verifier,
+    ) -> Result<EndorsedKey, Failure> {
+        let shares: Vec<KeyShare> = shares
+            .shares
+            .into_iter()
+            .map(|k| KeyShare {
+                from: k.from,
+                share: k.share,
+                signature: k.signature,
+            })
+            .collect();
+        EndorsedKey::assemble(
+            he,
+            Self::round_id(plan, round),
+            &shares,
+            &self.p.key_holders,
+            verifier,
+        )
+        .map_err(|e| refuse(round, e))
+    }
+}
+
+fn list_of(list: pb::HeList, round: u32) -> Result<CommitmentList, Failure> {
+    let entries = list
+        .commitments
+        .into_iter()
+        .map(|c| {
+            let digest: [u8; 32] = c
+                .digest
+                .as_slice()
+                .try_into()
+                .map_err(|_| bad("a commitment's digest is not 32 bytes"))?;
+            Ok(Commitment {
+                from: c.from,
+                length: c.length as usize,
+                digest,
+                signature: c.signature,
+            })
+        })
+        .collect::<Result<Vec<_>, Failure>>()?;
+    CommitmentList::new(entries).map_err(|e| refuse(round, e))
+}
+
+fn he_params() -> Result<HeParams, Failure> {
+    HeParams::new().map_err(|e| Failure::Fatal(crate::ParticipantError::Local(e.to_string())))
+}
+
+/// Sends `update` as `site` through homomorphic round `round` of `plan`'s
+/// run: the federation learns only the cohort's sum. Key holders that are
+/// not the plan's, key shares their holders did not sign and a list that
+/// leaves this site out end the round for this site with the reason, before
+/// it reveals anything.
+pub async fn he_submit(
+    client: &mut FederationClient<Channel>,
+    site: &str,
+    plan: &tessera_engine::Plan,
+    identity: &SecureIdentity,
+    round: u32,
+    mut update: tessera_core::Update,
+) -> Result<pb::UpdateReply, Failure> {
+    if let Some(bound) = plan.masked_update_bound() {
+        tessera_privacy::clip_to_norm(&mut update.delta, bound);
+    }
+    let values: Vec<f32> = update.delta.values().collect();
+    let input: Vec<f32> = match plan.secure_coordinates(round, values.len()) {
+        Some(kept) => kept.iter().map(|&i| values[i]).collect(),
+        None => values,
+    };
+    let metadata = tessera_secagg::Metadata {
+        n_examples: update.n_examples,
+        train_loss: update.stats.mean_train_loss,
+        n_steps: update.stats.n_steps,
+    };
+    let mut caller = Caller {
+        client,
+        site,
+        round,
+    };
+    let outcome = contribute(&mut caller, plan, identity, input, metadata).await;
+    let not_counted = |reason: String| pb::UpdateReply {
+        accepted: false,
+        reason,
+    };
+    match outcome {
+        Ok(true) => Ok(pb::UpdateReply {
+            accepted: true,
+            reason: String::new(),
+        }),
+        Ok(false) => Ok(not_counted(
+            "the round ended before this site's input counted".into(),
+        )),
+        Err(Failure::Retry(reason)) if reason.starts_with(REFUSED) => {
+            match withdraw(caller.client, site, round, &reason, false).await {
+                Ok(_) => tracing::warn!(round, %reason, "withdrew from the homomorphic round"),
+                Err(status) => tracing::warn!(round, %status, "could not withdraw"),
+            }
+            Ok(not_counted(reason))
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// The contributor's stages: true when its input is in the decrypted sum.
+async fn contribute(
+    caller: &mut Caller<'_>,
+    plan: &tessera_engine::Plan,
+    identity: &SecureIdentity,
+    input: Vec<f32>,
+    metadata: tessera_secagg::Metadata,
+) -> Result<bool, Failure> {
+    let round = caller.round;
+    let Some(State::Params(p)) = caller.wait_for(1).await? else {
+        return Ok(false);
+    };
+    let graph_seed: [u8; 32] = p
+        .graph_seed
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad("the graph seed is not 32 bytes"))?;
+    let params = tessera_secagg::RoundParams {
+        round,
+        participants: p.participants.clone(),
+        neighbours: p.neighbours as usize,
+        threshold: p.threshold as usize,
+        graph_seed,
+        dimension: p.dimension as usize,
+        range: p.range,
+    };
+    // The quantisation follows from the plan, as for SecAgg+.
+    params
+        .check(&tessera_secagg::Expected {
+            config: &plan.secure_aggregation,
+            round,
+            id: p.id,
+            graph_seed: plan.secagg_graph_seed(round),
+            dimension: tessera_secagg::masked_dimension(input.len()),
+            min_cohort: plan.federation.min_participants,
+        })
+        .map_err(|e| refuse(round, e))?;
+    if !identity_is_own(&p.sites, &p.participants, p.id, caller.site) {
+        return Err(refuse(
+            round,
+            format!("the coordinator does not give id {} to this site", p.id),
+        ));
+    }
+    let id = p.id;
+    let setup = Setup::of(p, plan, round)?;
+    let (signer, verifier) = setup.identity(identity, plan, round)?;
+    let he = he_params()?;
+    let Some(State::HeKeys(shares)) = caller.wait_for(2).await? else {
+        return Ok(false);
+    };
+    let key = setup.key(&he, plan, round, shares, verifier.as_ref())?;
+    let mut values = tessera_secagg::quantize(&input, &params);
+    values.extend_from_slice(&tessera_secagg::encode_metadata(&metadata));
+    let secret = super::secret_key()?;
+    let contribution = tessera_he::encrypt(&he, &key, id, &values, &secret, signer.as_ref())
+        .map_err(|e| bad(e.to_string()))?;
+    let c = &contribution.commitment;
+    caller
+        .call(Step::HeCommitment(pb::HeCommitment {
+            length: c.length as u32,
+            digest: c.digest.to_vec(),
+            signature: c.signature.clone(),
+        }))
+        .await?;
+    let Some(State::HeList(list)) = caller.wait_for(3).await? else {
+        return Ok(false);
+    };
+    let list = list_of(list, round)?;
+    if !list.entries().iter().any(|c| c.from == id) {
+        // Committed too late: the round goes on without this site.
+        return Ok(false);
+    }
+    let ciphertexts = contribution.ciphertext_bytes();
+    let revealed = contribution
+        .reveal(&Setup::round_id(plan, round), &list, signer.as_ref())
+        .map_err(|e| refuse(round, e))?;
+    caller
+        .call(Step::HeReveal(pb::HeReveal {
+            list_signature: revealed.list_signature,
+            ciphertexts,
+        }))
+        .await?;
+    // The end: counted when the round completed with the list.
+    let _ = caller.wait_for(4).await?;
+    Ok(true)
+}
+
+/// A key holder's part, for the whole run: asks the coordinator what the
+/// open homomorphic round needs of it, draws a fresh key share from this
+/// site's own secret for each round, and answers each sum it checked. Ends
+/// when the run does.
+pub async fn key_holder(
+    mut client: FederationClient<Channel>,
+    site: String,
+    plan: Arc<tessera_engine::Plan>,
+    identity: Arc<SecureIdentity>,
+) {
+    let mut held: Option<(u32, KeyHolder)> = None;
+    loop {
+        let asked = Caller {
+            client: &mut client,
+            site: &site,
+            round: 0,
+        }
+        .call(Step::HeHolder(true))
+        .await;
+        let task = match asked {
+            Ok(Some(State::HeTask(task))) => task,
+            Ok(Some(State::Done(_))) => return,
+            Ok(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(reason = ?e, "key holder: the coordinator did not answer");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut caller = Caller {
+            client: &mut client,
+            site: &site,
+            round: task.round,
+        };
+        let done = match task.stage {
+            1 => share(&mut caller, &plan, &identity)
+                .await
+                .map(|holder| held = Some((task.round, holder))),
+            _ => match held.take() {
+                Some((round, holder)) if round == task.round => {
+                    answer(&mut caller, &plan, &identity, holder).await
+                }
+                _ => Err(bad(format!(
+                    "no key share of round {} here (restarted since?): the round cannot be \
+                     decrypted",
+                    task.round
+                ))),
+            },
+        };
+        match done {
+            Ok(()) => tracing::info!(round = task.round, stage = task.stage, "key holder: done"),
+            Err(e) => {
+                tracing::warn!(round = task.round, reason = ?e, "key holder: the step failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// This key holder's id in the round and the round's set-up.
+async fn holder_setup(
+    caller: &mut Caller<'_>,
+    plan: &tessera_engine::Plan,
+) -> Result<(u32, Setup), Failure> {
+    let round = caller.round;
+    let Some(State::Params(p)) = caller.wait_for(1).await? else {
+        return Err(bad("the round is over"));
+    };
+    let setup = Setup::of(p, plan, round)?;
+    let id = (setup.p.key_holders.iter())
+        .zip(&setup.p.key_holder_sites)
+        .find(|(_, s)| s.as_str() == caller.site)
+        .map(|(id, _)| *id)
+        .ok_or_else(|| {
+            refuse(
+                round,
+                "the coordinator does not name this site a key holder",
+            )
+        })?;
+    Ok((id, setup))
+}
+
+/// Draws and sends this key holder's share of round `caller.round`.
+async fn share(
+    caller: &mut Caller<'_>,
+    plan: &tessera_engine::Plan,
+    identity: &SecureIdentity,
+) -> Result<KeyHolder, Failure> {
+    let round = caller.round;
+    let (id, setup) = holder_setup(caller, plan).await?;
+    let (signer, _) = setup.identity(identity, plan, round)?;
+    let he = he_params()?;
+    let (holder, share) = KeyHolder::new(
+        &he,
+        id,
+        Setup::round_id(plan, round),
+        super::secret_key()?,
+        signer.as_ref(),
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    caller
+        .call(Step::HeKeyShare(pb::HeKeyShare {
+            share: share.share,
+            signature: share.signature,
+        }))
+        .await?;
+    Ok(holder)
+}
+
+/// Fetches every listed contribution, sums and checks them, and answers
+/// with this key holder's decryption shares of that sum.
+async fn answer(
+    caller: &mut Caller<'_>,
+    plan: &tessera_engine::Plan,
+    identity: &SecureIdentity,
+    holder: KeyHolder,
+) -> Result<(), Failure> {
+    let round = caller.round;
+    let (_, setup) = holder_setup(caller, plan).await?;
+    let (signer, verifier) = setup.identity(identity, plan, round)?;
+    let he = he_params()?;
+    let Some(State::HeKeys(shares)) = caller.wait_for(2).await? else {
+        return Err(bad("the round is over"));
+    };
+    let key = setup.key(&he, plan, round, shares, verifier.as_ref())?;
+    let Some(State::HeList(list)) = caller.wait_for(3).await? else {
+        return Err(bad("the round is over"));
+    };
+    let list = list_of(list, round)?;
+    let length = setup.p.dimension as usize;
+    let mut sum = VerifiedSum::new(&he, &key, length, list.clone(), verifier.as_ref())
+        .map_err(|e| refuse(round, e))?;
+    for commitment in list.entries() {
+        let Some(State::HeContribution(c)) = caller.call(Step::HeFetch(commitment.from)).await?
+        else {
+            return Err(bad(format!("no contribution of {}", commitment.from)));
+        };
+        let contribution = Contribution::from_wire(&he, commitment.clone(), &c.ciphertexts)
+            .map_err(|e| refuse(round, e))?;
+        let revealed = Reveal {
+            contribution,
+            list_signature: c.list_signature,
+        };
+        sum.absorb(&revealed, verifier.as_ref())
+            .map_err(|e| refuse(round, e))?;
+    }
+    let answer: Answer = holder
+        .answer(&sum, plan.federation.min_participants, signer.as_ref())
+        .map_err(|e| refuse(round, e))?;
+    caller
+        .call(Step::HeAnswer(pb::HeAnswer {
+            sum_digest: answer.sum_digest.to_vec(),
+            shares: answer.share_bytes(),
+            signature: answer.signature,
+        }))
+        .await?;
+    Ok(())
+}
