@@ -170,6 +170,8 @@ pub struct Federation {
     /// The open training round's homomorphic aggregation (`scheme =
     /// "homomorphic"`).
     homomorphic: Option<homomorphic::HomomorphicRound>,
+    /// The last homomorphic round that ended, and whose inputs counted.
+    homomorphic_counted: Option<(u32, std::collections::BTreeSet<String>)>,
     /// Asynchronous runs under secure aggregation: who waits for a buffer,
     /// who is seated in the open one.
     buffers: secure_buffer::SecureBuffers,
@@ -399,6 +401,7 @@ impl Federation {
             privacy,
             secure: None,
             homomorphic: None,
+            homomorphic_counted: None,
             certificates: BTreeMap::new(),
             secure_evaluated: None,
             last_view: None,

@@ -11,7 +11,9 @@ mod common;
 use common::{Db, SITES, agree, train};
 use tessera_coordinator::{Federation, Refusal};
 use tessera_core::Update;
-use tessera_he::{Contribution, EndorsedKey, HeParams, KeyHolder, KeyShare, RoundId, VerifiedSum};
+use tessera_he::{
+    Contribution, EndorsedKey, HeParams, KeyCommitment, KeyHolder, KeyShare, RoundId, VerifiedSum,
+};
 use tessera_proto::pb;
 use tessera_proto::pb::sec_agg_reply::State;
 use tessera_proto::pb::sec_agg_request::Step;
@@ -59,20 +61,30 @@ fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_mess
     assert!(why.contains("not a key holder"), "{why}");
     assert_eq!(
         step(&mut f, "cleveland", 0, Step::HeHolder(true)).unwrap(),
-        State::HeTask(pb::HeHolderTask { round, stage: 1 })
+        State::HeTask(pb::HeHolderTask {
+            round,
+            stage: 1,
+            key_commitments: Vec::new()
+        })
     );
     let Ok(State::Params(p)) = step(&mut f, "cleveland", round, Step::Poll(1)) else {
         panic!("no parameters");
     };
     assert_eq!(p.key_holder_sites, ["cleveland", "va"]);
     assert_eq!(p.participants.len(), 4);
-    // A contributor's key share, or a commitment before the keys: refused.
-    let share = pb::HeKeyShare {
-        share: vec![1, 2, 3],
+    // A contributor's key commitment, or a commitment before the keys:
+    // refused.
+    let commitment = pb::HeKeyCommitment {
+        digest: vec![0; 32],
         signature: Vec::new(),
     };
-    let why = refused(step(&mut f, "hungarian", round, Step::HeKeyShare(share)));
-    assert!(why.contains("a key share from 'hungarian'"), "{why}");
+    let why = refused(step(
+        &mut f,
+        "hungarian",
+        round,
+        Step::HeKeyCommitment(commitment),
+    ));
+    assert!(why.contains("a key commitment from 'hungarian'"), "{why}");
     let early = pb::HeCommitment {
         length: p.dimension,
         digest: vec![0; 32],
@@ -84,26 +96,73 @@ fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_mess
         round,
         Step::HeCommitment(early),
     ));
-    assert!(why.contains("stage key shares"), "{why}");
-    // The key holders' fresh shares.
+    assert!(why.contains("stage key commitments"), "{why}");
+    // The key holders' commitments to fresh shares, then (every commitment
+    // in) the shares, each matching its commitment.
     let he = HeParams::new().unwrap();
     let id = round_id(&plan, round);
     let mut holders = Vec::new();
     for (site, &holder) in p.key_holder_sites.iter().zip(&p.key_holders) {
-        let (h, share) =
+        let (h, c) =
             KeyHolder::new(&he, holder, id, [holder as u8 + 9; 32], &Unauthenticated).unwrap();
+        let sent = pb::HeKeyCommitment {
+            digest: c.digest.to_vec(),
+            signature: c.signature,
+        };
+        let why = refused(step(
+            &mut f,
+            site,
+            round,
+            Step::HeKeyShare(pb::HeKeyShare {
+                share: vec![1],
+                signature: Vec::new(),
+            }),
+        ));
+        assert!(why.contains("stage key commitments"), "{why}");
+        assert_eq!(
+            step(&mut f, site, round, Step::HeKeyCommitment(sent.clone())).unwrap(),
+            State::Wait(true)
+        );
+        // Once a round.
+        let why = refused(step(&mut f, site, round, Step::HeKeyCommitment(sent)));
+        assert!(why.contains("a key commitment from"), "{why}");
+        holders.push((site.clone(), h));
+    }
+    for (site, h) in &holders {
+        let Ok(State::HeTask(task)) = step(&mut f, site, 0, Step::HeHolder(true)) else {
+            panic!("no task for {site}");
+        };
+        assert_eq!((task.round, task.stage), (round, 3));
+        let commitments: Vec<KeyCommitment> = (task.key_commitments.iter())
+            .map(|c| KeyCommitment {
+                from: c.from,
+                digest: c.digest.clone().try_into().unwrap(),
+                signature: c.signature.clone(),
+            })
+            .collect();
+        let share = h
+            .share(
+                &commitments,
+                &p.key_holders,
+                &Unauthenticated,
+                &Unauthenticated,
+            )
+            .unwrap();
+        // A share that is not the one committed to: refused.
+        let other = pb::HeKeyShare {
+            share: vec![9; 40],
+            signature: Vec::new(),
+        };
+        let why = refused(step(&mut f, site, round, Step::HeKeyShare(other)));
+        assert!(why.contains("does not match its commitment"), "{why}");
         let sent = pb::HeKeyShare {
             share: share.share,
             signature: share.signature,
         };
         assert_eq!(
-            step(&mut f, site, round, Step::HeKeyShare(sent.clone())).unwrap(),
+            step(&mut f, site, round, Step::HeKeyShare(sent)).unwrap(),
             State::Wait(true)
         );
-        // Once a round.
-        let why = refused(step(&mut f, site, round, Step::HeKeyShare(sent)));
-        assert!(why.contains("a key share from"), "{why}");
-        holders.push((site.clone(), h));
     }
     // Every contributor assembles the key itself and commits.
     let Ok(State::HeKeys(keys)) = step(&mut f, "hungarian", round, Step::Poll(2)) else {
@@ -116,7 +175,22 @@ fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_mess
             signature: k.signature.clone(),
         })
         .collect();
-    let key = EndorsedKey::assemble(&he, id, &shares, &p.key_holders, &Unauthenticated).unwrap();
+    let commitments: Vec<KeyCommitment> = (keys.commitments.iter())
+        .map(|c| KeyCommitment {
+            from: c.from,
+            digest: c.digest.clone().try_into().unwrap(),
+            signature: c.signature.clone(),
+        })
+        .collect();
+    let key = EndorsedKey::assemble(
+        &he,
+        id,
+        &commitments,
+        &shares,
+        &p.key_holders,
+        &Unauthenticated,
+    )
+    .unwrap();
     let params = tessera_secagg::RoundParams {
         round,
         participants: p.participants.clone(),
@@ -208,7 +282,11 @@ fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_mess
     for (site, holder) in holders {
         assert_eq!(
             step(&mut f, &site, 0, Step::HeHolder(true)).unwrap(),
-            State::HeTask(pb::HeHolderTask { round, stage: 2 })
+            State::HeTask(pb::HeHolderTask {
+                round,
+                stage: 2,
+                key_commitments: Vec::new()
+            })
         );
         let mut sum = VerifiedSum::new(
             &he,

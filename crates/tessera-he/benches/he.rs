@@ -50,12 +50,25 @@ fn setup(sites: u32) -> Setup {
     for (&h, s) in holder_ids.iter().zip(&holder_signers) {
         directory.insert(h, s.public()).unwrap();
     }
-    let (holders, shares): (Vec<_>, Vec<_>) = holder_ids
+    let (holders, commitments): (Vec<_>, Vec<_>) = holder_ids
         .iter()
         .zip(&holder_signers)
         .map(|(&h, s)| KeyHolder::new(&params, h, ROUND, [h as u8 + 50; 32], s).unwrap())
         .unzip();
-    let key = EndorsedKey::assemble(&params, ROUND, &shares, &holder_ids, &directory).unwrap();
+    let shares: Vec<_> = holders
+        .iter()
+        .zip(&holder_signers)
+        .map(|(h, s)| h.share(&commitments, &holder_ids, &directory, s).unwrap())
+        .collect();
+    let key = EndorsedKey::assemble(
+        &params,
+        ROUND,
+        &commitments,
+        &shares,
+        &holder_ids,
+        &directory,
+    )
+    .unwrap();
     Setup {
         params,
         holders,

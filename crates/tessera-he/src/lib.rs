@@ -80,8 +80,10 @@ use sha2::{Digest, Sha256};
 use tessera_secagg::{Signer, Verifier};
 
 mod combine;
+mod keys;
 mod wire;
 pub use combine::{combine, open_with};
+pub use keys::{EndorsedKey, KeyCommitment, KeyShare, share_digest};
 pub use wire::ciphertext_from_bytes;
 
 /// Values a ciphertext holds: the ring degree.
@@ -212,94 +214,6 @@ pub fn key_digest(key: &PublicKey) -> [u8; 32] {
     Sha256::digest(key.to_bytes()).into()
 }
 
-/// A key holder's public key share for one round, signed.
-pub struct KeyShare {
-    /// The key holder.
-    pub from: u32,
-    /// Its public key share on the round's common random polynomial, as the
-    /// bytes of the one-party public key it makes alone (fhe.rs serialises
-    /// keys, not shares): what travels.
-    pub share: Vec<u8>,
-    /// Its signature of the round and the share's digest.
-    pub signature: Vec<u8>,
-}
-
-/// The digest of a public key share's bytes.
-fn share_digest(share: &[u8]) -> [u8; 32] {
-    Sha256::digest(share).into()
-}
-
-/// The round's joint key, assembled by the contributor itself from every
-/// key holder's signed share: the only key a contributor encrypts under.
-pub struct EndorsedKey {
-    round: RoundId,
-    key: PublicKey,
-    digest: [u8; 32],
-}
-
-impl EndorsedKey {
-    /// Checks that `shares` hold one share of each of `holders` (a
-    /// non-empty list), each signed by its key holder for `round` and on the
-    /// round's common random polynomial, and adds them up.
-    pub fn assemble(
-        params: &HeParams,
-        round: RoundId,
-        shares: &[KeyShare],
-        holders: &[u32],
-        verifier: &dyn Verifier,
-    ) -> Result<Self, HeError> {
-        if holders.is_empty() {
-            return Err(refused("a joint key needs at least one key holder"));
-        }
-        // The round's common polynomial, as a one-party key of its own
-        // shows it: every share must be on it.
-        let probe = wire::crp_probe(params, &round)?;
-        let mut p0 = None;
-        for &holder in holders {
-            let mut theirs = shares.iter().filter(|k| k.from == holder);
-            let k = theirs
-                .next()
-                .ok_or_else(|| refused(format!("no key share from key holder {holder}")))?;
-            if theirs.next().is_some() {
-                return Err(refused(format!("two key shares from key holder {holder}")));
-            }
-            let message = round.message("key share", &[&share_digest(&k.share)]);
-            verifier
-                .verify(holder, &message, &k.signature)
-                .map_err(|why| refused(format!("key holder {holder}'s key share: {why}")))?;
-            let one = wire::one_party_key(params, &k.share)
-                .map_err(|why| refused(format!("key holder {holder}'s key share: {why}")))?;
-            if one[1] != probe[1] {
-                return Err(refused(format!(
-                    "key holder {holder}'s key share is not on the round's common polynomial"
-                )));
-            }
-            p0 = Some(match p0 {
-                None => one[0].clone(),
-                Some(mut sum) => {
-                    sum += &one[0];
-                    sum
-                }
-            });
-        }
-        if let Some(stranger) = shares.iter().find(|k| !holders.contains(&k.from)) {
-            return Err(refused(format!(
-                "a key share from {}, not a key holder",
-                stranger.from
-            )));
-        }
-        let p0 = p0.ok_or_else(|| refused("a joint key needs at least one key holder"))?;
-        let key = wire::public_key(params, vec![p0, probe[1].clone()])?;
-        let digest = key_digest(&key);
-        Ok(Self { round, key, digest })
-    }
-
-    /// The key's digest.
-    pub fn digest(&self) -> &[u8; 32] {
-        &self.digest
-    }
-}
-
 /// A key holder's part in one round: its secret key share, used for one
 /// answer.
 pub struct KeyHolder {
@@ -308,26 +222,36 @@ pub struct KeyHolder {
     round: RoundId,
     share: SecretKey,
     secret: [u8; 32],
+    /// Its public key share's bytes, and its commitment to them.
+    public: Vec<u8>,
+    commitment: KeyCommitment,
 }
 
 impl KeyHolder {
     /// Key holder `id`'s round key from its own `secret` (drawn for this
-    /// round's seed), and the public key share it publishes, signed.
+    /// round's seed), and its signed commitment to the public key share it
+    /// will publish ([`KeyHolder::share`]) once every key holder has
+    /// committed.
     pub fn new(
         params: &HeParams,
         id: u32,
         round: RoundId,
         secret: [u8; 32],
         signer: &dyn Signer,
-    ) -> Result<(Self, KeyShare), HeError> {
+    ) -> Result<(Self, KeyCommitment), HeError> {
         let crp = common_poly(params, &round)?;
         let mut g = rng(&secret, b"key", &[&round.seed, &round.round.to_le_bytes()]);
         let share = SecretKey::random(&params.0, &mut g);
         let public = PublicKeyShare::new(&share, crp, &mut g).map_err(fhe)?;
         let public = joint_key(vec![public])?.to_bytes();
-        let signature = signer
-            .sign(&round.message("key share", &[&share_digest(&public)]))
-            .map_err(|e| HeError::Fhe(format!("signing the key share: {e}")))?;
+        let mut commitment = KeyCommitment {
+            from: id,
+            digest: keys::share_digest(&public),
+            signature: Vec::new(),
+        };
+        commitment.signature = signer
+            .sign(&commitment.message(&round))
+            .map_err(|e| HeError::Fhe(format!("signing the key commitment: {e}")))?;
         Ok((
             Self {
                 params: params.clone(),
@@ -335,13 +259,36 @@ impl KeyHolder {
                 round,
                 share,
                 secret,
+                public,
+                commitment: commitment.clone(),
             },
-            KeyShare {
-                from: id,
-                share: public,
-                signature,
-            },
+            commitment,
         ))
+    }
+
+    /// Its public key share, signed over `commitments` (every one of
+    /// `holders`' commitments, each signed): given only when its own
+    /// commitment is in them as it made it, so that no key holder can choose
+    /// its share after seeing this one.
+    pub fn share(
+        &self,
+        commitments: &[KeyCommitment],
+        holders: &[u32],
+        verifier: &dyn Verifier,
+        signer: &dyn Signer,
+    ) -> Result<KeyShare, HeError> {
+        let list = keys::check_commitments(&self.round, commitments, holders, verifier)?;
+        if !commitments.contains(&self.commitment) {
+            return Err(refused(format!(
+                "key holder {}'s commitment is not in the list as it made it",
+                self.id
+            )));
+        }
+        Ok(KeyShare {
+            from: self.id,
+            share: self.public.clone(),
+            signature: keys::sign_share(&self.round, &self.public, &list, signer)?,
+        })
     }
 
     /// This key holder's decryption shares of `sum`, one a ciphertext,

@@ -44,12 +44,15 @@ pub fn ciphertext_from_bytes(params: &HeParams, bytes: &[u8]) -> Result<Cipherte
     if !matches!(params.bfv().level_of_context(parsed[0].ctx()), Ok(0)) {
         return Err(refused("a ciphertext at another level"));
     }
-    // Read back, it must encode to the same bytes: no unreduced
-    // coefficient, no field fhe.rs ignores.
-    if parsed.to_bytes() != bytes {
+    // Rebuilt from its polynomials, it must encode to the same bytes: no
+    // unreduced coefficient, no field fhe.rs ignores, no seed standing for
+    // a polynomial (one encoding a ciphertext).
+    let rebuilt = Ciphertext::new(parsed.to_vec(), params.bfv())
+        .map_err(|e| refused(format!("a malformed ciphertext: {e}")))?;
+    if rebuilt.to_bytes() != bytes {
         return Err(refused("a ciphertext not in its canonical encoding"));
     }
-    Ok(parsed)
+    Ok(rebuilt)
 }
 
 /// `inner` as field 1 of a protobuf message (fhe.rs's `PublicKey` holds its

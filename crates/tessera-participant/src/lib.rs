@@ -236,6 +236,8 @@ pub(crate) struct Ready {
     /// Under `scheme = "homomorphic"`: updates are encrypted for the key
     /// holders instead of masked.
     homomorphic: bool,
+    /// A key holder's round key between its steps, kept across sessions.
+    held_key: client::HeldKey,
     key_ring: Option<tessera_secagg::KeyRing>,
     /// Secure aggregation: how this site signs and checks the protocol's
     /// messages (its certificate key and the federation CA).
@@ -451,6 +453,7 @@ async fn session(
             config.site.clone(),
             Arc::clone(&state.plan),
             Arc::clone(&state.identity),
+            Arc::clone(&state.held_key),
         )))
     });
     loop {
@@ -759,6 +762,7 @@ impl Ready {
             secure: plan.secure_aggregation.enabled,
             homomorphic: plan.secure_aggregation.enabled
                 && plan.secure_aggregation.scheme == tessera_secagg::Scheme::Homomorphic,
+            held_key: client::HeldKey::default(),
             key_ring: None,
             identity: Arc::new(
                 if plan.secure_aggregation.enabled

@@ -1,6 +1,7 @@
 //! Homomorphic aggregation in simulation (`secure_aggregation.scheme =
-//! "homomorphic"`): each round the plan's key holders draw fresh key shares
-//! and sign them; every cohort member that trained assembles the joint key
+//! "homomorphic"`): each round the plan's key holders draw fresh key shares,
+//! commit to them, and once every commitment is in publish them signed over
+//! the commitments; every cohort member that trained assembles the joint key
 //! from the signed shares, quantises its update and metadata exactly as for
 //! SecAgg+, encrypts them under that key and commits to them; once the list
 //! of commitments is closed each signs it and reveals its ciphertexts
@@ -64,6 +65,9 @@ pub(crate) fn key_holders(
         .map(Some)
 }
 
+/// A key holder's commitment: its id, the share's digest, a signature.
+const KEY_COMMITMENT_BYTES: u64 = 4 + 32 + 64;
+
 fn he(e: HeError) -> SecAggError {
     SecAggError::Config(format!("homomorphic aggregation: {e}"))
 }
@@ -106,23 +110,41 @@ pub(crate) fn homomorphic_round(
     };
     let holder_ids: Vec<u32> = key_holders.iter().map(|&h| h as u32).collect();
 
-    // Keys: each key holder's signed share on the round's public
-    // polynomial; every contributor checks the signatures and adds the shares
-    // up itself (the same check for all: made once here).
+    // Keys: each key holder commits to its share, then (every commitment
+    // in) publishes it signed over the commitments; every contributor
+    // checks the signatures and commitments and adds the shares up itself
+    // (the same check for all: made once here).
     let mut holders = Vec::with_capacity(key_holders.len());
-    let mut shares = Vec::with_capacity(key_holders.len());
+    let mut commitments = Vec::with_capacity(key_holders.len());
     for &h in key_holders {
-        let (holder, share) =
+        let (holder, commitment) =
             KeyHolder::new(&he_params, h as u32, id, secret(20, h), &signer(h)).map_err(he)?;
         holders.push(holder);
+        commitments.push(commitment);
+        *bytes_up.entry(h).or_default() += KEY_COMMITMENT_BYTES;
+    }
+    let mut shares = Vec::with_capacity(key_holders.len());
+    for (holder, &h) in holders.iter().zip(key_holders) {
+        let share = holder
+            .share(&commitments, &holder_ids, &directory, &signer(h))
+            .map_err(he)?;
         shares.push(share);
+        *bytes_down.entry(h).or_default() += KEY_COMMITMENT_BYTES * key_holders.len() as u64;
         *bytes_up.entry(h).or_default() += poly + 64;
     }
-    let key =
-        EndorsedKey::assemble(&he_params, id, &shares, &holder_ids, &directory).map_err(he)?;
+    let key = EndorsedKey::assemble(
+        &he_params,
+        id,
+        &commitments,
+        &shares,
+        &holder_ids,
+        &directory,
+    )
+    .map_err(he)?;
     drop(shares);
     for &site in updates.keys() {
-        *bytes_down.entry(site).or_default() += (poly + 64) * key_holders.len() as u64;
+        *bytes_down.entry(site).or_default() +=
+            (poly + 64 + KEY_COMMITMENT_BYTES) * key_holders.len() as u64;
     }
 
     // A site's quantised input and its contribution.

@@ -4,7 +4,9 @@
 //! plan's key holders, and the engine receives only the decrypted sum.
 //!
 //! Stages, each closed when everyone it waits for has answered or after the
-//! liveness period: **keys** (every key holder's signed public key share;
+//! liveness period: **key commitments** and **keys** (every key holder's
+//! signed commitment to a fresh key share, then the share, signed over all
+//! the commitments, so that none picks its share after seeing another's;
 //! decryption is n-of-n, so a key holder missing fails the round),
 //! **commit** (each contributor's signed digest of its ciphertexts; those
 //! that do not commit in time are left out), **reveal** (the closed list's
@@ -29,237 +31,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use tessera_core::{ParticipantId, Timestamp};
-use tessera_he::{
-    Answer, Commitment, CommitmentList, Contribution, EndorsedKey, HeParams, KeyShare, Reveal,
-    RoundId, VerifiedSum,
-};
+use tessera_he::{HeParams, RoundId};
 use tessera_proto::pb;
 use tessera_proto::pb::sec_agg_reply::State as Reply;
 use tessera_proto::pb::sec_agg_request::Step;
-use tessera_secagg::{RoundParams, Unauthenticated};
 
 use super::{Federation, Refusal};
 
-/// Where a homomorphic round is.
-#[derive(Debug, Clone, PartialEq)]
-enum HeStage {
-    Keys,
-    Commit,
-    Reveal,
-    Answer,
-    /// Combined: the summed values.
-    Done(Vec<u32>),
-    Failed(String),
-}
+mod round;
 
-impl HeStage {
-    fn name(&self) -> &'static str {
-        match self {
-            HeStage::Keys => "key shares",
-            HeStage::Commit => "commitments",
-            HeStage::Reveal => "reveals",
-            HeStage::Answer => "answers",
-            HeStage::Done(_) => "done",
-            HeStage::Failed(_) => "failed",
-        }
-    }
-}
-
-/// A training round's homomorphic aggregation in progress.
-pub(super) struct HomomorphicRound {
-    pub(super) round: u32,
-    id: RoundId,
-    he: HeParams,
-    /// Quantisation and the contributors' check, as SecAgg+'s.
-    params: RoundParams,
-    /// Every party's id: the cohort's in its order, then key holders that
-    /// are not in it.
-    index: BTreeMap<String, u32>,
-    members: BTreeSet<u32>,
-    holders: Vec<u32>,
-    stage: HeStage,
-    deadline: Timestamp,
-    shares: BTreeMap<u32, KeyShare>,
-    key: Option<EndorsedKey>,
-    commitments: BTreeMap<u32, Commitment>,
-    /// Members that left before committing.
-    gone: BTreeSet<u32>,
-    list: Option<CommitmentList>,
-    /// The reveals, as they came (relayed to the key holders).
-    reveals: BTreeMap<u32, pb::HeContribution>,
-    sum: Option<VerifiedSum>,
-    answers: BTreeMap<u32, Answer>,
-}
-
-impl HomomorphicRound {
-    fn name_of(&self, id: u32) -> &str {
-        self.index
-            .iter()
-            .find(|(_, i)| **i == id)
-            .map_or("?", |(s, _)| s.as_str())
-    }
-
-    /// The open stage's name and the sites it still waits for.
-    pub(super) fn awaited(&self) -> (&'static str, Vec<String>) {
-        let waiting: Vec<u32> = match &self.stage {
-            HeStage::Keys => (self.holders.iter())
-                .filter(|h| !self.shares.contains_key(h))
-                .copied()
-                .collect(),
-            HeStage::Commit => (self.members.iter())
-                .filter(|m| !self.commitments.contains_key(m) && !self.gone.contains(m))
-                .copied()
-                .collect(),
-            HeStage::Reveal => (self.list.iter())
-                .flat_map(|l| l.entries().iter().map(|c| c.from))
-                .filter(|m| !self.reveals.contains_key(m))
-                .collect(),
-            HeStage::Answer => (self.holders.iter())
-                .filter(|h| !self.answers.contains_key(h))
-                .copied()
-                .collect(),
-            HeStage::Done(_) | HeStage::Failed(_) => Vec::new(),
-        };
-        let sites = waiting
-            .into_iter()
-            .map(|i| self.name_of(i).to_string())
-            .collect();
-        (self.stage.name(), sites)
-    }
-
-    fn params_pb(&self, id: u32, certificates: &BTreeMap<String, Vec<u8>>) -> pb::SecAggParams {
-        let p = &self.params;
-        let site_of = |i: &u32| self.name_of(*i).to_string();
-        let certificate = |i: &u32| {
-            certificates
-                .get(self.name_of(*i))
-                .cloned()
-                .unwrap_or_default()
-        };
-        pb::SecAggParams {
-            id,
-            participants: p.participants.clone(),
-            neighbours: p.neighbours as u32,
-            threshold: p.threshold as u32,
-            graph_seed: p.graph_seed.to_vec(),
-            dimension: p.dimension as u32,
-            range: p.range,
-            sites: p.participants.iter().map(site_of).collect(),
-            certificates: p.participants.iter().map(certificate).collect(),
-            key_holders: self.holders.clone(),
-            key_holder_sites: self.holders.iter().map(site_of).collect(),
-            key_holder_certificates: self.holders.iter().map(certificate).collect(),
-        }
-    }
-
-    /// Moves on from the current stage when nobody is awaited or its
-    /// deadline has passed; true when the stage changed.
-    fn advance(&mut self, now: Timestamp, liveness: std::time::Duration, min: usize) -> bool {
-        let (_, waiting) = self.awaited();
-        let late = now >= self.deadline;
-        if !waiting.is_empty() && !late {
-            return false;
-        }
-        let next = match &self.stage {
-            HeStage::Keys if !waiting.is_empty() => HeStage::Failed(format!(
-                "key holder(s) {} sent no key share in time; a sum is decrypted by every key \
-                 holder or not at all",
-                waiting.join(", ")
-            )),
-            HeStage::Keys => {
-                let shares: Vec<KeyShare> =
-                    std::mem::take(&mut self.shares).into_values().collect();
-                let key = EndorsedKey::assemble(
-                    &self.he,
-                    self.id,
-                    &shares,
-                    &self.holders,
-                    &Unauthenticated,
-                );
-                self.shares = shares.into_iter().map(|k| (k.from, k)).collect();
-                match key {
-                    Ok(key) => {
-                        self.key = Some(key);
-                        HeStage::Commit
-                    }
-                    Err(e) => HeStage::Failed(format!("the key holders' shares: {e}")),
-                }
-            }
-            HeStage::Commit => {
-                let entries: Vec<Commitment> = self.commitments.values().cloned().collect();
-                let needed = min.max(2);
-                let made = (entries.len() >= needed)
-                    .then_some(())
-                    .ok_or_else(|| {
-                        format!(
-                            "{} of {} contributors committed; a sum takes at least {needed}",
-                            entries.len(),
-                            self.members.len()
-                        )
-                    })
-                    .and_then(|()| CommitmentList::new(entries).map_err(|e| e.to_string()))
-                    .and_then(|list| {
-                        let key = self.key.as_ref().ok_or("no joint key")?;
-                        let length = self.params.dimension;
-                        VerifiedSum::new(&self.he, key, length, list.clone(), &Unauthenticated)
-                            .map(|sum| (list, sum))
-                            .map_err(|e| e.to_string())
-                    });
-                match made {
-                    Ok((list, sum)) => {
-                        self.list = Some(list);
-                        self.sum = Some(sum);
-                        HeStage::Reveal
-                    }
-                    Err(e) => HeStage::Failed(e),
-                }
-            }
-            HeStage::Reveal if !waiting.is_empty() => HeStage::Failed(format!(
-                "listed contributor(s) {} did not reveal in time; the key holders decrypt the \
-                 whole list's sum or nothing",
-                waiting.join(", ")
-            )),
-            HeStage::Reveal => HeStage::Answer,
-            HeStage::Answer if !waiting.is_empty() => HeStage::Failed(format!(
-                "key holder(s) {} did not answer in time; a sum is decrypted by every key \
-                 holder or not at all",
-                waiting.join(", ")
-            )),
-            HeStage::Answer => {
-                let answers: Vec<Answer> =
-                    std::mem::take(&mut self.answers).into_values().collect();
-                let combined = match &self.sum {
-                    Some(sum) => tessera_he::combine(
-                        &self.id,
-                        answers,
-                        &self.holders,
-                        &self.he,
-                        sum.ciphertexts(),
-                        self.params.dimension,
-                        &Unauthenticated,
-                    )
-                    .map_err(|e| e.to_string()),
-                    None => Err("no sum".into()),
-                };
-                match combined {
-                    Ok(values) => HeStage::Done(values),
-                    Err(e) => HeStage::Failed(format!("the key holders' answers: {e}")),
-                }
-            }
-            HeStage::Done(_) | HeStage::Failed(_) => return false,
-        };
-        self.stage = next;
-        self.deadline = now.plus(liveness);
-        true
-    }
-}
-
-/// `bytes` as 32 bytes, or refused naming `what`.
-fn digest32(bytes: &[u8], what: &str) -> Result<[u8; 32], Refusal> {
-    bytes
-        .try_into()
-        .map_err(|_| Refusal::Invalid(format!("{what} is {} bytes, not 32", bytes.len())))
-}
+pub(in crate::state) use round::HomomorphicRound;
+use round::{HeStage, check_size};
 
 impl Federation {
     /// Whether the plan aggregates homomorphically.
@@ -293,6 +75,7 @@ impl Federation {
         let made = tessera_orchestrator::secure::training_params(&self.plan, round, &ids, n_values)
             .map_err(|e| e.to_string())
             .and_then(|params| {
+                check_size(params.dimension, cohort.len())?;
                 HeParams::new()
                     .map(|he| (params, he))
                     .map_err(|e| e.to_string())
@@ -310,8 +93,9 @@ impl Federation {
                     index,
                     members: ids.into_iter().collect(),
                     holders,
-                    stage: HeStage::Keys,
+                    stage: HeStage::KeyCommitments,
                     deadline: now.plus(self.roster.liveness()),
+                    key_commitments: BTreeMap::new(),
                     shares: BTreeMap::new(),
                     key: None,
                     commitments: BTreeMap::new(),
@@ -336,6 +120,12 @@ impl Federation {
             Err(e) => {
                 tracing::error!(round, %e, "homomorphic aggregation cannot start");
                 self.audit("-", "homomorphic-aggregation", "failed", &e);
+                // No round of this run could start: it stops, saying why.
+                if self.stopped.is_none() {
+                    let reason = format!("homomorphic aggregation cannot run: {e}");
+                    self.audit("-", "run", "stopped", &reason);
+                    self.stopped = Some(reason);
+                }
                 if let Some(engine) = self.training.rounds_mut() {
                     for p in cohort {
                         engine.report_dropout(p);
@@ -380,11 +170,16 @@ impl Federation {
     ) -> Result<pb::SecAggReply, Refusal> {
         let reply = |state| Ok(pb::SecAggReply { state: Some(state) });
         let finished = matches!(self.phase, super::Phase::Finished);
+        // A round that is over: whether the site's input counted.
+        let counted = self
+            .homomorphic_counted
+            .as_ref()
+            .is_some_and(|(r, sites)| *r == round && sites.contains(site));
         let Some(he) = self.homomorphic.as_mut() else {
             // Between rounds: a key holder waits, a contributor is done.
             return match step {
                 Some(Step::HeHolder(_)) if !finished => reply(Reply::Wait(true)),
-                _ => reply(Reply::Done(true)),
+                _ => reply(Reply::Done(counted)),
             };
         };
         let Some(&id) = he.index.get(site) else {
@@ -405,188 +200,23 @@ impl Federation {
                     "site '{site}' is not a key holder of this run"
                 )));
             }
-            let stage = match he.stage {
-                HeStage::Keys if !he.shares.contains_key(&id) => 1,
-                HeStage::Answer if !he.answers.contains_key(&id) => 2,
+            let (stage, key_commitments) = match he.stage {
+                HeStage::KeyCommitments if !he.key_commitments.contains_key(&id) => (1, Vec::new()),
+                HeStage::Keys if !he.shares.contains_key(&id) => (3, he.key_commitments_pb()),
+                HeStage::Answer if !he.answers.contains_key(&id) => (2, Vec::new()),
                 _ => return reply(Reply::Wait(true)),
             };
             return reply(Reply::HeTask(pb::HeHolderTask {
                 round: he.round,
                 stage,
+                key_commitments,
             }));
         }
         if round != he.round {
             // The round is over (or was reopened after a restart): stop.
-            return reply(Reply::Done(true));
+            return reply(Reply::Done(counted));
         }
-        let over = matches!(he.stage, HeStage::Done(_) | HeStage::Failed(_));
-        let member = he.members.contains(&id);
-        let outcome: Result<Reply, Refusal> = match step {
-            None => Err(Refusal::Invalid(
-                "an empty secure-aggregation request".into(),
-            )),
-            Some(_) if over => Ok(Reply::Done(true)),
-            Some(Step::Poll(1)) => Ok(Reply::Params(he.params_pb(id, &self.certificates))),
-            Some(Step::Poll(2)) if he.key.is_some() => Ok(Reply::HeKeys(pb::HeKeyShares {
-                shares: he
-                    .shares
-                    .values()
-                    .map(|k| pb::HeKeyShareFrom {
-                        from: k.from,
-                        share: k.share.clone(),
-                        signature: k.signature.clone(),
-                    })
-                    .collect(),
-            })),
-            Some(Step::Poll(3)) => match &he.list {
-                Some(list) => Ok(Reply::HeList(pb::HeList {
-                    commitments: list
-                        .entries()
-                        .iter()
-                        .map(|c| pb::HeCommitmentFrom {
-                            from: c.from,
-                            length: c.length as u32,
-                            digest: c.digest.to_vec(),
-                            signature: c.signature.clone(),
-                        })
-                        .collect(),
-                })),
-                None => Ok(Reply::Wait(true)),
-            },
-            Some(Step::Poll(2 | 4)) => Ok(Reply::Wait(true)),
-            Some(Step::Poll(want)) => Err(Refusal::Invalid(format!(
-                "a homomorphic round has no stage {want}"
-            ))),
-            Some(Step::HeKeyShare(k)) => {
-                if !holder || he.stage != HeStage::Keys || he.shares.contains_key(&id) {
-                    Err(Refusal::Invalid(format!(
-                        "a key share from '{site}' now (stage {})",
-                        he.stage.name()
-                    )))
-                } else if k.share.len() > 2 * HeParams::polynomial_bytes() as usize + 1024 {
-                    Err(Refusal::Invalid(format!(
-                        "a key share of {} bytes",
-                        k.share.len()
-                    )))
-                } else {
-                    he.shares.insert(
-                        id,
-                        KeyShare {
-                            from: id,
-                            share: k.share,
-                            signature: k.signature,
-                        },
-                    );
-                    Ok(Reply::Wait(true))
-                }
-            }
-            Some(Step::HeCommitment(c)) => {
-                if !member || he.stage != HeStage::Commit || he.commitments.contains_key(&id) {
-                    Err(Refusal::Invalid(format!(
-                        "a commitment from '{site}' now (stage {})",
-                        he.stage.name()
-                    )))
-                } else if c.length as usize != he.params.dimension {
-                    Err(Refusal::Invalid(format!(
-                        "a commitment to {} values; the round has {}",
-                        c.length, he.params.dimension
-                    )))
-                } else {
-                    digest32(&c.digest, "the commitment's digest").map(|digest| {
-                        he.commitments.insert(
-                            id,
-                            Commitment {
-                                from: id,
-                                length: c.length as usize,
-                                digest,
-                                signature: c.signature,
-                            },
-                        );
-                        Reply::Wait(true)
-                    })
-                }
-            }
-            Some(Step::HeReveal(r)) => {
-                let listed = he
-                    .list
-                    .as_ref()
-                    .and_then(|l| l.entries().iter().find(|c| c.from == id))
-                    .cloned();
-                match listed {
-                    Some(commitment)
-                        if he.stage == HeStage::Reveal && !he.reveals.contains_key(&id) =>
-                    {
-                        let read = Contribution::from_wire(&he.he, commitment, &r.ciphertexts)
-                            .map_err(|e| Refusal::Invalid(e.to_string()))
-                            .and_then(|contribution| {
-                                let revealed = Reveal {
-                                    contribution,
-                                    list_signature: r.list_signature.clone(),
-                                };
-                                let sum = he.sum.as_mut().ok_or_else(|| {
-                                    Refusal::Invalid("the round has no sum".into())
-                                })?;
-                                sum.absorb(&revealed, &Unauthenticated)
-                                    .map_err(|e| Refusal::Invalid(e.to_string()))
-                            });
-                        read.map(|()| {
-                            he.reveals.insert(
-                                id,
-                                pb::HeContribution {
-                                    from: id,
-                                    list_signature: r.list_signature,
-                                    ciphertexts: r.ciphertexts,
-                                },
-                            );
-                            Reply::Wait(true)
-                        })
-                    }
-                    _ => Err(Refusal::Invalid(format!(
-                        "a reveal from '{site}' now (stage {}; listed or already revealed)",
-                        he.stage.name()
-                    ))),
-                }
-            }
-            Some(Step::HeFetch(from)) => match he.reveals.get(&from) {
-                Some(c) if holder && he.stage == HeStage::Answer => {
-                    Ok(Reply::HeContribution(c.clone()))
-                }
-                _ => Err(Refusal::Invalid(format!(
-                    "no contribution of {from} for '{site}' now (stage {})",
-                    he.stage.name()
-                ))),
-            },
-            Some(Step::HeAnswer(a)) => {
-                if !holder || he.stage != HeStage::Answer || he.answers.contains_key(&id) {
-                    Err(Refusal::Invalid(format!(
-                        "an answer from '{site}' now (stage {})",
-                        he.stage.name()
-                    )))
-                } else if a.shares.len() != HeParams::ciphertexts_for(he.params.dimension) {
-                    Err(Refusal::Invalid(format!(
-                        "an answer of {} decryption shares; the sum has {} ciphertexts",
-                        a.shares.len(),
-                        HeParams::ciphertexts_for(he.params.dimension)
-                    )))
-                } else {
-                    digest32(&a.sum_digest, "the answer's sum digest").and_then(|digest| {
-                        Answer::from_wire(&he.he, id, digest, &a.shares, a.signature)
-                            .map_err(|e| Refusal::Invalid(e.to_string()))
-                            .map(|answer| {
-                                he.answers.insert(id, answer);
-                                Reply::Wait(true)
-                            })
-                    })
-                }
-            }
-            Some(other) => Err(Refusal::Invalid(format!(
-                "{} is no step of a homomorphic round",
-                match other {
-                    Step::Buffer(_) => "a buffer join",
-                    _ => "a SecAgg+ message",
-                }
-            ))),
-        };
+        let outcome = he.receive(site, id, step, &self.certificates);
         if let Err(e) = &outcome {
             self.audit(site, "homomorphic-aggregation", "rejected", &e.to_string());
         }
@@ -678,6 +308,10 @@ impl Federation {
                 engine.report_dropout(&p);
             }
         }
+        self.homomorphic_counted = Some((
+            round,
+            counted.iter().map(|p| p.as_str().to_string()).collect(),
+        ));
         if !counted.is_empty() {
             let detail = format!(
                 "round {round}: the sum of {} of {} updates, decrypted by key holders {}",

@@ -122,6 +122,7 @@ fn stage_of(step: &Step) -> Option<Stage> {
         Step::Poll(_) | Step::Buffer(_) => None,
         // Not of a SecAgg+ round: refused as a message.
         Step::HeKeyShare(_)
+        | Step::HeKeyCommitment(_)
         | Step::HeCommitment(_)
         | Step::HeReveal(_)
         | Step::HeAnswer(_)
@@ -169,6 +170,7 @@ fn message_of(id: u32, step: Step) -> Result<Message, Refusal> {
             ));
         }
         Step::HeKeyShare(_)
+        | Step::HeKeyCommitment(_)
         | Step::HeCommitment(_)
         | Step::HeReveal(_)
         | Step::HeAnswer(_)

@@ -1,18 +1,19 @@
 //! A site's side of a homomorphic round (1.29, `homomorphic-aggregation`;
 //! `secure_aggregation.scheme = "homomorphic"`): as a contributor, its
 //! update quantised as for SecAgg+, encrypted under the key holders' joint
-//! key (which it adds up itself from their signed shares), committed, then
-//! revealed under its signature of the closed list; as one of the plan's
-//! key holders, its fresh key share each round (from this site's own
-//! secret) and its answer: the decryption shares of a sum it computed and
+//! key (which it adds up itself from their signed shares, each checked
+//! against its key holder's commitment), committed, then revealed under its
+//! signature of the closed list; as one of the plan's key holders, its
+//! commitment to a fresh key share each round (from this site's own
+//! secret), the share once every key holder has committed, and its answer: the decryption shares of a sum it computed and
 //! checked itself from every listed contribution (`tessera_he`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_he::{
-    Answer, Commitment, CommitmentList, Contribution, EndorsedKey, HeParams, KeyHolder, KeyShare,
-    Reveal, RoundId, VerifiedSum,
+    Answer, Commitment, CommitmentList, Contribution, EndorsedKey, HeParams, KeyCommitment,
+    KeyHolder, KeyShare, Reveal, RoundId, VerifiedSum,
 };
 use tessera_proto::pb;
 use tessera_proto::pb::federation_client::FederationClient;
@@ -25,6 +26,9 @@ use super::{Failure, SecureIdentity, withdraw};
 
 /// How a refusal of a homomorphic round starts its message.
 const REFUSED: &str = "homomorphic aggregation refused: ";
+
+/// How the coordinator's refusal of a step starts its message.
+const NOT_TAKEN: &str = "the coordinator did not take this site's step: ";
 
 fn refuse(round: u32, why: impl std::fmt::Display) -> Failure {
     tracing::error!(round, %why, "homomorphic aggregation: this site refuses the round");
@@ -51,9 +55,16 @@ impl Caller<'_> {
                 round: self.round,
                 step: Some(step),
             })
-            .await?
-            .into_inner();
-        Ok(reply.state)
+            .await;
+        match reply {
+            Ok(reply) => Ok(reply.into_inner().state),
+            // The coordinator refused the step (late, say): this round goes
+            // on without it; the session does not end for it.
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                Err(Failure::Retry(format!("{NOT_TAKEN}{}", status.message())))
+            }
+            Err(status) => Err(status.into()),
+        }
     }
 
     /// Waits for stage `want`; `None` when the round is over.
@@ -160,6 +171,7 @@ impl Setup {
         shares: pb::HeKeyShares,
         verifier: &dyn tessera_secagg::Verifier,
     ) -> Result<EndorsedKey, Failure> {
+        let commitments = key_commitments(shares.commitments)?;
         let shares: Vec<KeyShare> = shares
             .shares
             .into_iter()
@@ -172,12 +184,31 @@ impl Setup {
         EndorsedKey::assemble(
             he,
             Self::round_id(plan, round),
+            &commitments,
             &shares,
             &self.p.key_holders,
             verifier,
         )
         .map_err(|e| refuse(round, e))
     }
+}
+
+/// Key holders' commitments as they travel.
+fn key_commitments(from: Vec<pb::HeKeyCommitmentFrom>) -> Result<Vec<KeyCommitment>, Failure> {
+    from.into_iter()
+        .map(|c| {
+            let digest: [u8; 32] = c
+                .digest
+                .as_slice()
+                .try_into()
+                .map_err(|_| bad("a key commitment's digest is not 32 bytes"))?;
+            Ok(KeyCommitment {
+                from: c.from,
+                digest,
+                signature: c.signature,
+            })
+        })
+        .collect()
 }
 
 fn list_of(list: pb::HeList, round: u32) -> Result<CommitmentList, Failure> {
@@ -249,6 +280,10 @@ pub async fn he_submit(
         Ok(false) => Ok(not_counted(
             "the round ended before this site's input counted".into(),
         )),
+        Err(Failure::Retry(reason)) if reason.starts_with(NOT_TAKEN) => {
+            tracing::warn!(round, %reason, "homomorphic round");
+            Ok(not_counted(reason))
+        }
         Err(Failure::Retry(reason)) if reason.starts_with(REFUSED) => {
             match withdraw(caller.client, site, round, &reason, false).await {
                 Ok(_) => tracing::warn!(round, %reason, "withdrew from the homomorphic round"),
@@ -342,9 +377,15 @@ async fn contribute(
             ciphertexts,
         }))
         .await?;
-    // The end: counted when the round completed with the list.
-    let _ = caller.wait_for(4).await?;
-    Ok(true)
+    // The end: the coordinator says whether the round completed with this
+    // site's input (`done` false when it failed).
+    loop {
+        match caller.call(Step::Poll(4)).await? {
+            Some(State::Wait(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Some(State::Done(counted)) => return Ok(counted),
+            _ => return Err(bad("an unexpected reply at the round's end")),
+        }
+    }
 }
 
 /// A key holder's part, for the whole run: asks the coordinator what the
@@ -356,8 +397,8 @@ pub async fn key_holder(
     site: String,
     plan: Arc<tessera_engine::Plan>,
     identity: Arc<SecureIdentity>,
+    held: HeldKey,
 ) {
-    let mut held: Option<(u32, KeyHolder)> = None;
     loop {
         let asked = Caller {
             client: &mut client,
@@ -385,19 +426,27 @@ pub async fn key_holder(
             round: task.round,
         };
         let done = match task.stage {
-            1 => share(&mut caller, &plan, &identity)
+            1 => commit(&mut caller, &plan, &identity)
                 .await
-                .map(|holder| held = Some((task.round, holder))),
-            _ => match held.take() {
+                .map(|holder| *lock(&held) = Some((task.round, holder))),
+            // The round key stays in the slot across a failed step (and a
+            // new session), until its answer is made.
+            3 => match take(&held) {
                 Some((round, holder)) if round == task.round => {
-                    answer(&mut caller, &plan, &identity, holder).await
+                    let shared =
+                        share(&mut caller, &plan, &identity, &holder, task.key_commitments).await;
+                    *lock(&held) = Some((round, holder));
+                    shared
                 }
-                _ => Err(bad(format!(
-                    "no key share of round {} here (restarted since?): the round cannot be \
-                     decrypted",
-                    task.round
-                ))),
+                other => {
+                    *lock(&held) = other;
+                    Err(bad(format!(
+                        "no key share of round {} here (restarted since?)",
+                        task.round
+                    )))
+                }
             },
+            _ => answer(&mut caller, &plan, &identity, &held).await,
         };
         match done {
             Ok(()) => tracing::info!(round = task.round, stage = task.stage, "key holder: done"),
@@ -432,8 +481,9 @@ async fn holder_setup(
     Ok((id, setup))
 }
 
-/// Draws and sends this key holder's share of round `caller.round`.
-async fn share(
+/// Draws this key holder's share of round `caller.round` and sends its
+/// commitment to it.
+async fn commit(
     caller: &mut Caller<'_>,
     plan: &tessera_engine::Plan,
     identity: &SecureIdentity,
@@ -442,7 +492,7 @@ async fn share(
     let (id, setup) = holder_setup(caller, plan).await?;
     let (signer, _) = setup.identity(identity, plan, round)?;
     let he = he_params()?;
-    let (holder, share) = KeyHolder::new(
+    let (holder, commitment) = KeyHolder::new(
         &he,
         id,
         Setup::round_id(plan, round),
@@ -451,23 +501,73 @@ async fn share(
     )
     .map_err(|e| bad(e.to_string()))?;
     caller
-        .call(Step::HeKeyShare(pb::HeKeyShare {
-            share: share.share,
-            signature: share.signature,
+        .call(Step::HeKeyCommitment(pb::HeKeyCommitment {
+            digest: commitment.digest.to_vec(),
+            signature: commitment.signature,
         }))
         .await?;
     Ok(holder)
 }
 
+/// Sends this key holder's share, signed over every key holder's
+/// commitment (`commitments`, checked first): only once all have committed.
+async fn share(
+    caller: &mut Caller<'_>,
+    plan: &tessera_engine::Plan,
+    identity: &SecureIdentity,
+    holder: &KeyHolder,
+    commitments: Vec<pb::HeKeyCommitmentFrom>,
+) -> Result<(), Failure> {
+    let round = caller.round;
+    let (_, setup) = holder_setup(caller, plan).await?;
+    let (signer, verifier) = setup.identity(identity, plan, round)?;
+    let commitments = key_commitments(commitments)?;
+    let share = holder
+        .share(
+            &commitments,
+            &setup.p.key_holders,
+            verifier.as_ref(),
+            signer.as_ref(),
+        )
+        .map_err(|e| refuse(round, e))?;
+    caller
+        .call(Step::HeKeyShare(pb::HeKeyShare {
+            share: share.share,
+            signature: share.signature,
+        }))
+        .await?;
+    Ok(())
+}
+
+/// A key holder's round key, kept across sessions until it answers.
+pub type HeldKey = Arc<std::sync::Mutex<Option<(u32, KeyHolder)>>>;
+
+/// The slot's content, taken out (the lock is not held across an await).
+fn take(held: &HeldKey) -> Option<(u32, KeyHolder)> {
+    lock(held).take()
+}
+
+fn lock(held: &HeldKey) -> std::sync::MutexGuard<'_, Option<(u32, KeyHolder)>> {
+    held.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Fetches every listed contribution, sums and checks them, and answers
-/// with this key holder's decryption shares of that sum.
+/// with this key holder's decryption shares of that sum (the round key is
+/// used then, once; a failure before leaves it for the next try).
 async fn answer(
     caller: &mut Caller<'_>,
     plan: &tessera_engine::Plan,
     identity: &SecureIdentity,
-    holder: KeyHolder,
+    held: &HeldKey,
 ) -> Result<(), Failure> {
     let round = caller.round;
+    if lock(held).as_ref().is_none_or(|(r, _)| *r != round) {
+        return Err(bad(format!(
+            "no key share of round {round} here (restarted since?): the round cannot be \
+             decrypted"
+        )));
+    }
     let (_, setup) = holder_setup(caller, plan).await?;
     let (signer, verifier) = setup.identity(identity, plan, round)?;
     let he = he_params()?;
@@ -496,15 +596,27 @@ async fn answer(
         sum.absorb(&revealed, verifier.as_ref())
             .map_err(|e| refuse(round, e))?;
     }
+    let Some((_, holder)) = take(held) else {
+        return Err(bad(format!("no key share of round {round} here")));
+    };
     let answer: Answer = holder
         .answer(&sum, plan.federation.min_participants, signer.as_ref())
         .map_err(|e| refuse(round, e))?;
-    caller
-        .call(Step::HeAnswer(pb::HeAnswer {
-            sum_digest: answer.sum_digest.to_vec(),
-            shares: answer.share_bytes(),
-            signature: answer.signature,
-        }))
-        .await?;
-    Ok(())
+    let sent = pb::HeAnswer {
+        sum_digest: answer.sum_digest.to_vec(),
+        shares: answer.share_bytes(),
+        signature: answer.signature,
+    };
+    // The answer is made once: sent again on a transient failure.
+    let mut tries = 0;
+    loop {
+        match caller.call(Step::HeAnswer(sent.clone())).await {
+            Err(Failure::Retry(e)) if tries < 5 && !e.starts_with(NOT_TAKEN) => {
+                tries += 1;
+                tracing::warn!(round, reason = %e, "key holder: sending the answer again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other.map(|_| ()),
+        }
+    }
 }

@@ -299,6 +299,10 @@ fn sec_agg_requests() -> Vec<pb::SecAggRequest> {
         }),
         Step::HeFetch(2),
         Step::HeHolder(true),
+        Step::HeKeyCommitment(pb::HeKeyCommitment {
+            digest: vec![6; 32],
+            signature: vec![5; 64],
+        }),
     ];
     steps
         .into_iter()
@@ -360,6 +364,11 @@ fn sec_agg_replies() -> Vec<pb::SecAggReply> {
                 share: vec![0x0a, 1, 0],
                 signature: vec![5; 64],
             }],
+            commitments: vec![pb::HeKeyCommitmentFrom {
+                from: 4,
+                digest: vec![6; 32],
+                signature: vec![5; 64],
+            }],
         }),
         State::HeList(pb::HeList {
             commitments: vec![pb::HeCommitmentFrom {
@@ -374,7 +383,15 @@ fn sec_agg_replies() -> Vec<pb::SecAggReply> {
             list_signature: vec![5; 64],
             ciphertexts: vec![vec![7; 80]],
         }),
-        State::HeTask(pb::HeHolderTask { round: 5, stage: 2 }),
+        State::HeTask(pb::HeHolderTask {
+            round: 5,
+            stage: 3,
+            key_commitments: vec![pb::HeKeyCommitmentFrom {
+                from: 4,
+                digest: vec![6; 32],
+                signature: vec![5; 64],
+            }],
+        }),
     ]
     .into_iter()
     .map(|state| pb::SecAggReply { state: Some(state) })

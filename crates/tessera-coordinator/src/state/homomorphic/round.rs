@@ -1,0 +1,541 @@
+//! A homomorphic round's state: its stages, what each waits for, and the
+//! messages it takes (checked and refused naming why); `super` is the
+//! coordinator's glue.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tessera_core::Timestamp;
+use tessera_he::{
+    Answer, Commitment, CommitmentList, Contribution, EndorsedKey, HeParams, KeyCommitment,
+    KeyShare, Reveal, RoundId, VerifiedSum,
+};
+use tessera_proto::pb;
+use tessera_proto::pb::sec_agg_reply::State as Reply;
+use tessera_proto::pb::sec_agg_request::Step;
+use tessera_secagg::{RoundParams, Unauthenticated};
+
+use crate::state::Refusal;
+
+/// Where a homomorphic round is.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum HeStage {
+    KeyCommitments,
+    Keys,
+    Commit,
+    Reveal,
+    Answer,
+    /// Combined: the summed values.
+    Done(Vec<u32>),
+    Failed(String),
+}
+
+impl HeStage {
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            HeStage::KeyCommitments => "key commitments",
+            HeStage::Keys => "key shares",
+            HeStage::Commit => "commitments",
+            HeStage::Reveal => "reveals",
+            HeStage::Answer => "answers",
+            HeStage::Done(_) => "done",
+            HeStage::Failed(_) => "failed",
+        }
+    }
+}
+
+/// A training round's homomorphic aggregation in progress.
+pub(in crate::state) struct HomomorphicRound {
+    pub(super) round: u32,
+    pub(super) id: RoundId,
+    pub(super) he: HeParams,
+    /// Quantisation and the contributors' check, as SecAgg+'s.
+    pub(super) params: RoundParams,
+    /// Every party's id: the cohort's in its order, then key holders that
+    /// are not in it.
+    pub(super) index: BTreeMap<String, u32>,
+    pub(super) members: BTreeSet<u32>,
+    pub(super) holders: Vec<u32>,
+    pub(super) stage: HeStage,
+    pub(super) deadline: Timestamp,
+    pub(super) key_commitments: BTreeMap<u32, KeyCommitment>,
+    pub(super) shares: BTreeMap<u32, KeyShare>,
+    pub(super) key: Option<EndorsedKey>,
+    pub(super) commitments: BTreeMap<u32, Commitment>,
+    /// Members that left before committing.
+    pub(super) gone: BTreeSet<u32>,
+    pub(super) list: Option<CommitmentList>,
+    /// The reveals, as they came (relayed to the key holders).
+    pub(super) reveals: BTreeMap<u32, pb::HeContribution>,
+    pub(super) sum: Option<VerifiedSum>,
+    pub(super) answers: BTreeMap<u32, Answer>,
+}
+
+impl HomomorphicRound {
+    pub(super) fn name_of(&self, id: u32) -> &str {
+        self.index
+            .iter()
+            .find(|(_, i)| **i == id)
+            .map_or("?", |(s, _)| s.as_str())
+    }
+
+    /// The open stage's name and the sites it still waits for.
+    pub(super) fn awaited(&self) -> (&'static str, Vec<String>) {
+        let waiting: Vec<u32> = match &self.stage {
+            HeStage::KeyCommitments => (self.holders.iter())
+                .filter(|h| !self.key_commitments.contains_key(h))
+                .copied()
+                .collect(),
+            HeStage::Keys => (self.holders.iter())
+                .filter(|h| !self.shares.contains_key(h))
+                .copied()
+                .collect(),
+            HeStage::Commit => (self.members.iter())
+                .filter(|m| !self.commitments.contains_key(m) && !self.gone.contains(m))
+                .copied()
+                .collect(),
+            HeStage::Reveal => (self.list.iter())
+                .flat_map(|l| l.entries().iter().map(|c| c.from))
+                .filter(|m| !self.reveals.contains_key(m))
+                .collect(),
+            HeStage::Answer => (self.holders.iter())
+                .filter(|h| !self.answers.contains_key(h))
+                .copied()
+                .collect(),
+            HeStage::Done(_) | HeStage::Failed(_) => Vec::new(),
+        };
+        let sites = waiting
+            .into_iter()
+            .map(|i| self.name_of(i).to_string())
+            .collect();
+        (self.stage.name(), sites)
+    }
+
+    pub(super) fn key_commitments_pb(&self) -> Vec<pb::HeKeyCommitmentFrom> {
+        self.key_commitments
+            .values()
+            .map(|c| pb::HeKeyCommitmentFrom {
+                from: c.from,
+                digest: c.digest.to_vec(),
+                signature: c.signature.clone(),
+            })
+            .collect()
+    }
+
+    pub(super) fn params_pb(
+        &self,
+        id: u32,
+        certificates: &BTreeMap<String, Vec<u8>>,
+    ) -> pb::SecAggParams {
+        let p = &self.params;
+        let site_of = |i: &u32| self.name_of(*i).to_string();
+        let certificate = |i: &u32| {
+            certificates
+                .get(self.name_of(*i))
+                .cloned()
+                .unwrap_or_default()
+        };
+        pb::SecAggParams {
+            id,
+            participants: p.participants.clone(),
+            neighbours: p.neighbours as u32,
+            threshold: p.threshold as u32,
+            graph_seed: p.graph_seed.to_vec(),
+            dimension: p.dimension as u32,
+            range: p.range,
+            sites: p.participants.iter().map(site_of).collect(),
+            certificates: p.participants.iter().map(certificate).collect(),
+            key_holders: self.holders.clone(),
+            key_holder_sites: self.holders.iter().map(site_of).collect(),
+            key_holder_certificates: self.holders.iter().map(certificate).collect(),
+        }
+    }
+
+    /// Moves on from the current stage when nobody is awaited or its
+    /// deadline has passed; true when the stage changed.
+    pub(super) fn advance(
+        &mut self,
+        now: Timestamp,
+        liveness: std::time::Duration,
+        min: usize,
+    ) -> bool {
+        let (_, waiting) = self.awaited();
+        let late = now >= self.deadline;
+        if !waiting.is_empty() && !late {
+            return false;
+        }
+        let next = match &self.stage {
+            HeStage::KeyCommitments if !waiting.is_empty() => HeStage::Failed(format!(
+                "key holder(s) {} sent no key commitment in time; a sum is decrypted by every \
+                 key holder or not at all",
+                waiting.join(", ")
+            )),
+            HeStage::KeyCommitments => HeStage::Keys,
+            HeStage::Keys if !waiting.is_empty() => HeStage::Failed(format!(
+                "key holder(s) {} sent no key share in time; a sum is decrypted by every key \
+                 holder or not at all",
+                waiting.join(", ")
+            )),
+            HeStage::Keys => {
+                let shares: Vec<KeyShare> = self.shares.values().cloned().collect();
+                let commitments: Vec<KeyCommitment> =
+                    self.key_commitments.values().cloned().collect();
+                let key = EndorsedKey::assemble(
+                    &self.he,
+                    self.id,
+                    &commitments,
+                    &shares,
+                    &self.holders,
+                    &Unauthenticated,
+                );
+                match key {
+                    Ok(key) => {
+                        self.key = Some(key);
+                        HeStage::Commit
+                    }
+                    Err(e) => HeStage::Failed(format!("the key holders' shares: {e}")),
+                }
+            }
+            HeStage::Commit => {
+                let entries: Vec<Commitment> = self.commitments.values().cloned().collect();
+                let needed = min.max(2);
+                let made = (entries.len() >= needed)
+                    .then_some(())
+                    .ok_or_else(|| {
+                        format!(
+                            "{} of {} contributors committed; a sum takes at least {needed}",
+                            entries.len(),
+                            self.members.len()
+                        )
+                    })
+                    .and_then(|()| CommitmentList::new(entries).map_err(|e| e.to_string()))
+                    .and_then(|list| {
+                        let key = self.key.as_ref().ok_or("no joint key")?;
+                        let length = self.params.dimension;
+                        VerifiedSum::new(&self.he, key, length, list.clone(), &Unauthenticated)
+                            .map(|sum| (list, sum))
+                            .map_err(|e| e.to_string())
+                    });
+                match made {
+                    Ok((list, sum)) => {
+                        self.list = Some(list);
+                        self.sum = Some(sum);
+                        HeStage::Reveal
+                    }
+                    Err(e) => HeStage::Failed(e),
+                }
+            }
+            HeStage::Reveal if !waiting.is_empty() => HeStage::Failed(format!(
+                "listed contributor(s) {} did not reveal in time; the key holders decrypt the \
+                 whole list's sum or nothing",
+                waiting.join(", ")
+            )),
+            HeStage::Reveal => HeStage::Answer,
+            HeStage::Answer if !waiting.is_empty() => HeStage::Failed(format!(
+                "key holder(s) {} did not answer in time; a sum is decrypted by every key \
+                 holder or not at all",
+                waiting.join(", ")
+            )),
+            HeStage::Answer => {
+                let answers: Vec<Answer> =
+                    std::mem::take(&mut self.answers).into_values().collect();
+                let combined = match &self.sum {
+                    Some(sum) => tessera_he::combine(
+                        &self.id,
+                        answers,
+                        &self.holders,
+                        &self.he,
+                        sum.ciphertexts(),
+                        self.params.dimension,
+                        &Unauthenticated,
+                    )
+                    .map_err(|e| e.to_string()),
+                    None => Err("no sum".into()),
+                };
+                match combined {
+                    Ok(values) => HeStage::Done(values),
+                    Err(e) => HeStage::Failed(format!("the key holders' answers: {e}")),
+                }
+            }
+            HeStage::Done(_) | HeStage::Failed(_) => return false,
+        };
+        self.stage = next;
+        self.deadline = now.plus(liveness);
+        true
+    }
+
+    /// One step of `site` (id `id`) in this round: the reply, or why it
+    /// was refused.
+    pub(super) fn receive(
+        &mut self,
+        site: &str,
+        id: u32,
+        step: Option<Step>,
+        certificates: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<Reply, Refusal> {
+        let holder = self.holders.contains(&id);
+        let over = matches!(self.stage, HeStage::Done(_) | HeStage::Failed(_));
+        let member = self.members.contains(&id);
+        match step {
+            None => Err(Refusal::Invalid(
+                "an empty secure-aggregation request".into(),
+            )),
+            Some(_) if over => Ok(Reply::Done(true)),
+            Some(Step::Poll(1)) => Ok(Reply::Params(self.params_pb(id, certificates))),
+            Some(Step::Poll(2)) if self.key.is_some() => Ok(Reply::HeKeys(pb::HeKeyShares {
+                commitments: self.key_commitments_pb(),
+                shares: self
+                    .shares
+                    .values()
+                    .map(|k| pb::HeKeyShareFrom {
+                        from: k.from,
+                        share: k.share.clone(),
+                        signature: k.signature.clone(),
+                    })
+                    .collect(),
+            })),
+            Some(Step::Poll(3)) => match &self.list {
+                Some(list) => Ok(Reply::HeList(pb::HeList {
+                    commitments: list
+                        .entries()
+                        .iter()
+                        .map(|c| pb::HeCommitmentFrom {
+                            from: c.from,
+                            length: c.length as u32,
+                            digest: c.digest.to_vec(),
+                            signature: c.signature.clone(),
+                        })
+                        .collect(),
+                })),
+                None => Ok(Reply::Wait(true)),
+            },
+            Some(Step::Poll(2 | 4)) => Ok(Reply::Wait(true)),
+            Some(Step::Poll(want)) => Err(Refusal::Invalid(format!(
+                "a homomorphic round has no stage {want}"
+            ))),
+            Some(Step::HeKeyCommitment(c)) => {
+                if !holder
+                    || self.stage != HeStage::KeyCommitments
+                    || self.key_commitments.contains_key(&id)
+                {
+                    Err(Refusal::Invalid(format!(
+                        "a key commitment from '{site}' now (stage {})",
+                        self.stage.name()
+                    )))
+                } else if c.signature.len() > MAX_SIGNATURE {
+                    Err(Refusal::Invalid(format!(
+                        "a signature of {} bytes",
+                        c.signature.len()
+                    )))
+                } else {
+                    digest32(&c.digest, "the key commitment's digest").map(|digest| {
+                        self.key_commitments.insert(
+                            id,
+                            KeyCommitment {
+                                from: id,
+                                digest,
+                                signature: c.signature,
+                            },
+                        );
+                        Reply::Wait(true)
+                    })
+                }
+            }
+            Some(Step::HeKeyShare(k)) => {
+                let committed = self.key_commitments.get(&id).map(|c| c.digest);
+                let digest = tessera_he::share_digest(&k.share);
+                if !holder || self.stage != HeStage::Keys || self.shares.contains_key(&id) {
+                    Err(Refusal::Invalid(format!(
+                        "a key share from '{site}' now (stage {})",
+                        self.stage.name()
+                    )))
+                } else if committed != Some(digest) {
+                    Err(Refusal::Invalid(format!(
+                        "key holder '{site}''s key share does not match its commitment"
+                    )))
+                } else if k.signature.len() > MAX_SIGNATURE {
+                    Err(Refusal::Invalid(format!(
+                        "a signature of {} bytes",
+                        k.signature.len()
+                    )))
+                } else {
+                    self.shares.insert(
+                        id,
+                        KeyShare {
+                            from: id,
+                            share: k.share,
+                            signature: k.signature,
+                        },
+                    );
+                    Ok(Reply::Wait(true))
+                }
+            }
+            Some(Step::HeCommitment(c)) => {
+                if !member || self.stage != HeStage::Commit || self.commitments.contains_key(&id) {
+                    Err(Refusal::Invalid(format!(
+                        "a commitment from '{site}' now (stage {})",
+                        self.stage.name()
+                    )))
+                } else if c.signature.len() > MAX_SIGNATURE {
+                    Err(Refusal::Invalid(format!(
+                        "a signature of {} bytes",
+                        c.signature.len()
+                    )))
+                } else if c.length as usize != self.params.dimension {
+                    Err(Refusal::Invalid(format!(
+                        "a commitment to {} values; the round has {}",
+                        c.length, self.params.dimension
+                    )))
+                } else {
+                    digest32(&c.digest, "the commitment's digest").map(|digest| {
+                        self.commitments.insert(
+                            id,
+                            Commitment {
+                                from: id,
+                                length: c.length as usize,
+                                digest,
+                                signature: c.signature,
+                            },
+                        );
+                        Reply::Wait(true)
+                    })
+                }
+            }
+            Some(Step::HeReveal(r)) => {
+                let listed = self
+                    .list
+                    .as_ref()
+                    .and_then(|l| l.entries().iter().find(|c| c.from == id))
+                    .cloned();
+                match listed {
+                    Some(_) if r.list_signature.len() > MAX_SIGNATURE => Err(Refusal::Invalid(
+                        format!("a signature of {} bytes", r.list_signature.len()),
+                    )),
+                    Some(commitment)
+                        if self.stage == HeStage::Reveal && !self.reveals.contains_key(&id) =>
+                    {
+                        let read = Contribution::from_wire(&self.he, commitment, &r.ciphertexts)
+                            .map_err(|e| Refusal::Invalid(e.to_string()))
+                            .and_then(|contribution| {
+                                let revealed = Reveal {
+                                    contribution,
+                                    list_signature: r.list_signature.clone(),
+                                };
+                                let sum = self.sum.as_mut().ok_or_else(|| {
+                                    Refusal::Invalid("the round has no sum".into())
+                                })?;
+                                sum.absorb(&revealed, &Unauthenticated)
+                                    .map_err(|e| Refusal::Invalid(e.to_string()))
+                            });
+                        read.map(|()| {
+                            self.reveals.insert(
+                                id,
+                                pb::HeContribution {
+                                    from: id,
+                                    list_signature: r.list_signature,
+                                    ciphertexts: r.ciphertexts,
+                                },
+                            );
+                            Reply::Wait(true)
+                        })
+                    }
+                    _ => Err(Refusal::Invalid(format!(
+                        "a reveal from '{site}' now (stage {}; listed or already revealed)",
+                        self.stage.name()
+                    ))),
+                }
+            }
+            Some(Step::HeFetch(from)) => match self.reveals.get(&from) {
+                Some(c) if holder && self.stage == HeStage::Answer => {
+                    Ok(Reply::HeContribution(c.clone()))
+                }
+                _ => Err(Refusal::Invalid(format!(
+                    "no contribution of {from} for '{site}' now (stage {})",
+                    self.stage.name()
+                ))),
+            },
+            Some(Step::HeAnswer(a)) => {
+                if !holder || self.stage != HeStage::Answer || self.answers.contains_key(&id) {
+                    Err(Refusal::Invalid(format!(
+                        "an answer from '{site}' now (stage {})",
+                        self.stage.name()
+                    )))
+                } else if a.signature.len() > MAX_SIGNATURE {
+                    Err(Refusal::Invalid(format!(
+                        "a signature of {} bytes",
+                        a.signature.len()
+                    )))
+                } else if a.shares.len() != HeParams::ciphertexts_for(self.params.dimension) {
+                    Err(Refusal::Invalid(format!(
+                        "an answer of {} decryption shares; the sum has {} ciphertexts",
+                        a.shares.len(),
+                        HeParams::ciphertexts_for(self.params.dimension)
+                    )))
+                } else {
+                    digest32(&a.sum_digest, "the answer's sum digest").and_then(|digest| {
+                        Answer::from_wire(&self.he, id, digest, &a.shares, a.signature)
+                            .map_err(|e| Refusal::Invalid(e.to_string()))
+                            .map(|answer| {
+                                self.answers.insert(id, answer);
+                                Reply::Wait(true)
+                            })
+                    })
+                }
+            }
+            Some(other) => Err(Refusal::Invalid(format!(
+                "{} is no step of a homomorphic round",
+                match other {
+                    Step::Buffer(_) => "a buffer join",
+                    _ => "a SecAgg+ message",
+                }
+            ))),
+        }
+    }
+}
+
+/// The most bytes of ciphertexts one message may carry (a coordinator and
+/// a participant take messages of up to 16 MiB).
+const MAX_CONTRIBUTION_BYTES: u64 = 15 << 20;
+
+/// The most bytes of contributions a round keeps at the coordinator (to
+/// relay them to the key holders).
+const MAX_ROUND_BYTES: u64 = 4 << 30;
+
+/// Refuses a round whose contributions do not fit one message each, or
+/// all together the coordinator's memory budget.
+pub(super) fn check_size(dimension: usize, contributors: usize) -> Result<(), String> {
+    let per_site =
+        HeParams::ciphertexts_for(dimension) as u64 * (2 * HeParams::polynomial_bytes() + 64);
+    if per_site > MAX_CONTRIBUTION_BYTES {
+        return Err(format!(
+            "a contribution of {dimension} values takes {} MiB of ciphertexts, past the {} MiB \
+             one message carries (about {} values): use a smaller model, or scheme = \
+             \"secagg_plus\"",
+            per_site >> 20,
+            MAX_CONTRIBUTION_BYTES >> 20,
+            MAX_CONTRIBUTION_BYTES / (2 * HeParams::polynomial_bytes() + 64)
+                * tessera_he::DEGREE as u64
+        ));
+    }
+    let all = per_site.saturating_mul(contributors as u64);
+    if all > MAX_ROUND_BYTES {
+        return Err(format!(
+            "{contributors} contributions of {} KiB each take {} MiB at the coordinator, past \
+             its {} MiB for one round: a smaller cohort (clients_per_round) or model",
+            per_site >> 10,
+            all >> 20,
+            MAX_ROUND_BYTES >> 20
+        ));
+    }
+    Ok(())
+}
+
+/// The longest signature kept (an ECDSA P-256 signature in DER is at most
+/// 72 bytes, an Ed25519 one 64).
+pub(super) const MAX_SIGNATURE: usize = 256;
+
+/// `bytes` as 32 bytes, or refused naming `what`.
+fn digest32(bytes: &[u8], what: &str) -> Result<[u8; 32], Refusal> {
+    bytes
+        .try_into()
+        .map_err(|_| Refusal::Invalid(format!("{what} is {} bytes, not 32", bytes.len())))
+}
