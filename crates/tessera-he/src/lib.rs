@@ -7,9 +7,13 @@
 //! (which binds the run and the round) and the round number:
 //!
 //! 1. **Keys.** Every designated key holder draws a fresh secret key share
-//!    and publishes its public key share on the round's common random
-//!    polynomial, signed ([`KeyHolder::new`]). Each contributor checks every
-//!    key holder's signature on its own share and adds the shares up itself
+//!    and commits to its public key share on the round's common random
+//!    polynomial, signed ([`KeyHolder::new`]); once every key holder's
+//!    commitment is in, each publishes its share signed over all of them
+//!    ([`KeyHolder::share`]), so that none can choose its share after seeing
+//!    another's (a rogue key cancelling the others'). Each contributor checks
+//!    every commitment, every share against its commitment and every
+//!    signature over the same commitments, and adds the shares up itself
 //!    ([`EndorsedKey::assemble`]): the joint public key. Nobody holds the
 //!    joint secret key: it is the sum of the key holders' shares.
 //! 2. **Commit.** Each contributor quantises its update into `Z_2^32`
@@ -39,7 +43,9 @@
 //! sites' (unsigned), replay another round's or run's (the round seed is
 //! signed), substitute the joint key or a key holder's share of it
 //! (contributors add up the shares themselves, each signed by its key
-//! holder), or give the key holders different sums (every answer names the
+//! holder and matching the commitment it made before any share was out,
+//! which stops a key holder that colludes with it from choosing its share
+//! to cancel the others'), or give the key holders different sums (every answer names the
 //! digest of its sum). A sum of one honest site's contribution and
 //! encryptions of zero from sites the coordinator controls reveals that
 //! site's input, as with any sum: the plan's minimum counts honest sites. A colluding site that saw the others' ciphertexts
@@ -225,6 +231,8 @@ pub struct KeyHolder {
     /// Its public key share's bytes, and its commitment to them.
     public: Vec<u8>,
     commitment: KeyCommitment,
+    /// The list of commitments its share is signed over, once signed.
+    signed_list: std::sync::OnceLock<[u8; 32]>,
 }
 
 impl KeyHolder {
@@ -261,6 +269,7 @@ impl KeyHolder {
                 secret,
                 public,
                 commitment: commitment.clone(),
+                signed_list: std::sync::OnceLock::new(),
             },
             commitment,
         ))
@@ -269,7 +278,10 @@ impl KeyHolder {
     /// Its public key share, signed over `commitments` (every one of
     /// `holders`' commitments, each signed): given only when its own
     /// commitment is in them as it made it, so that no key holder can choose
-    /// its share after seeing this one.
+    /// its share after seeing this one; and under one list of commitments
+    /// only (asked again, the same list is signed again, another refused: a
+    /// coordinator that showed the share to a colluding key holder cannot
+    /// have it signed again beside a new commitment cancelling it).
     pub fn share(
         &self,
         commitments: &[KeyCommitment],
@@ -281,6 +293,12 @@ impl KeyHolder {
         if !commitments.contains(&self.commitment) {
             return Err(refused(format!(
                 "key holder {}'s commitment is not in the list as it made it",
+                self.id
+            )));
+        }
+        if *self.signed_list.get_or_init(|| list) != list {
+            return Err(refused(format!(
+                "key holder {} shared its key under another list of commitments this round",
                 self.id
             )));
         }

@@ -110,6 +110,23 @@ fn a_key_share_must_match_the_commitment_every_key_holder_signed_before_any_shar
     altered[0].digest[0] ^= 1;
     let why = refused(honest.share(&altered, &HOLDERS, &directory, &signers[0]));
     assert!(why.contains("key holder 1000's key commitment"), "{why}");
+    // Shared once under a list, asked again under another (the colluder's
+    // new commitment): refused; the same list again is signed again.
+    let (fresh, _) = KeyHolder::new(&params, HOLDERS[1], id, [42; 32], &signers[1]).unwrap();
+    let (rogue_again, rogue_commitment) =
+        KeyHolder::new(&params, HOLDERS[1], id, [43; 32], &signers[1]).unwrap();
+    drop((fresh, rogue_again));
+    let (first, c_first) = KeyHolder::new(&params, HOLDERS[0], id, [44; 32], &signers[0]).unwrap();
+    let listed = vec![c_first.clone(), commitments[1].clone()];
+    first
+        .share(&listed, &HOLDERS, &directory, &signers[0])
+        .unwrap();
+    let relisted = vec![c_first, rogue_commitment];
+    let why = refused(first.share(&relisted, &HOLDERS, &directory, &signers[0]));
+    assert!(why.contains("under another list of commitments"), "{why}");
+    first
+        .share(&listed, &HOLDERS, &directory, &signers[0])
+        .unwrap();
     let other = commit(&params, id, &signers, 7);
     let theirs = vec![other[0].1.clone(), commitments[1].clone()];
     let why = refused(honest.share(&theirs, &HOLDERS, &directory, &signers[0]));

@@ -399,6 +399,7 @@ pub async fn key_holder(
     identity: Arc<SecureIdentity>,
     held: HeldKey,
 ) {
+    let mut idle = Duration::from_millis(20);
     loop {
         let asked = Caller {
             client: &mut client,
@@ -411,8 +412,15 @@ pub async fn key_holder(
             Ok(Some(State::HeTask(task))) => task,
             Ok(Some(State::Done(_))) => return,
             Ok(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Nothing to do now: asked again soon, less often while
+                // nothing comes (at most every 200 ms).
+                tokio::time::sleep(idle).await;
+                idle = (idle * 2).min(Duration::from_millis(200));
                 continue;
+            }
+            Err(Failure::Retry(e)) if e.contains("is not a key holder") => {
+                tracing::error!(reason = %e, "key holder: the coordinator does not count this site one");
+                return;
             }
             Err(e) => {
                 tracing::warn!(reason = ?e, "key holder: the coordinator did not answer");
@@ -420,33 +428,29 @@ pub async fn key_holder(
                 continue;
             }
         };
+        idle = Duration::from_millis(20);
         let mut caller = Caller {
             client: &mut client,
             site: &site,
             round: task.round,
         };
         let done = match task.stage {
-            1 => commit(&mut caller, &plan, &identity)
-                .await
-                .map(|holder| *lock(&held) = Some((task.round, holder))),
+            1 => commit(&mut caller, &plan, &identity, &held).await,
             // The round key stays in the slot across a failed step (and a
             // new session), until its answer is made.
-            3 => match take(&held) {
+            // The round key stays in the slot (a share is signed under one
+            // list of commitments only: `KeyHolder::share`).
+            3 => match current(&held) {
                 Some((round, holder)) if round == task.round => {
-                    let shared =
-                        share(&mut caller, &plan, &identity, &holder, task.key_commitments).await;
-                    *lock(&held) = Some((round, holder));
-                    shared
+                    share(&mut caller, &plan, &identity, &holder, task.key_commitments).await
                 }
-                other => {
-                    *lock(&held) = other;
-                    Err(bad(format!(
-                        "no key share of round {} here (restarted since?)",
-                        task.round
-                    )))
-                }
+                _ => Err(bad(format!(
+                    "no key share of round {} here (restarted since?)",
+                    task.round
+                ))),
             },
-            _ => answer(&mut caller, &plan, &identity, &held).await,
+            2 => answer(&mut caller, &plan, &identity, &held).await,
+            other => Err(bad(format!("a key holder's task of unknown stage {other}"))),
         };
         match done {
             Ok(()) => tracing::info!(round = task.round, stage = task.stage, "key holder: done"),
@@ -487,7 +491,8 @@ async fn commit(
     caller: &mut Caller<'_>,
     plan: &tessera_engine::Plan,
     identity: &SecureIdentity,
-) -> Result<KeyHolder, Failure> {
+    held: &HeldKey,
+) -> Result<(), Failure> {
     let round = caller.round;
     let (id, setup) = holder_setup(caller, plan).await?;
     let (signer, _) = setup.identity(identity, plan, round)?;
@@ -500,13 +505,16 @@ async fn commit(
         signer.as_ref(),
     )
     .map_err(|e| bad(e.to_string()))?;
+    // Kept before it is sent: a commitment taken whose reply was lost still
+    // has its key here.
+    *lock(held) = Some((round, Arc::new(holder)));
     caller
         .call(Step::HeKeyCommitment(pb::HeKeyCommitment {
             digest: commitment.digest.to_vec(),
             signature: commitment.signature,
         }))
         .await?;
-    Ok(holder)
+    Ok(())
 }
 
 /// Sends this key holder's share, signed over every key holder's
@@ -540,14 +548,19 @@ async fn share(
 }
 
 /// A key holder's round key, kept across sessions until it answers.
-pub type HeldKey = Arc<std::sync::Mutex<Option<(u32, KeyHolder)>>>;
+pub type HeldKey = Arc<std::sync::Mutex<Option<(u32, Arc<KeyHolder>)>>>;
+
+/// The slot's content (the lock is not held across an await).
+fn current(held: &HeldKey) -> Option<(u32, Arc<KeyHolder>)> {
+    lock(held).clone()
+}
 
 /// The slot's content, taken out (the lock is not held across an await).
-fn take(held: &HeldKey) -> Option<(u32, KeyHolder)> {
+fn take(held: &HeldKey) -> Option<(u32, Arc<KeyHolder>)> {
     lock(held).take()
 }
 
-fn lock(held: &HeldKey) -> std::sync::MutexGuard<'_, Option<(u32, KeyHolder)>> {
+fn lock(held: &HeldKey) -> std::sync::MutexGuard<'_, Option<(u32, Arc<KeyHolder>)>> {
     held.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -596,7 +609,7 @@ async fn answer(
         sum.absorb(&revealed, verifier.as_ref())
             .map_err(|e| refuse(round, e))?;
     }
-    let Some((_, holder)) = take(held) else {
+    let Some(holder) = take(held).and_then(|(_, h)| Arc::into_inner(h)) else {
         return Err(bad(format!("no key share of round {round} here")));
     };
     let answer: Answer = holder

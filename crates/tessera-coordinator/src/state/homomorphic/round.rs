@@ -258,8 +258,19 @@ impl HomomorphicRound {
             }
             HeStage::Done(_) | HeStage::Failed(_) => return false,
         };
+        // Key holders fetch and check every contribution before they
+        // answer: a liveness period more for each 256 MiB of them.
+        let periods = match next {
+            HeStage::Answer => {
+                let bytes: u64 = (self.reveals.values())
+                    .flat_map(|r| r.ciphertexts.iter().map(|c| c.len() as u64))
+                    .sum();
+                1 + u32::try_from(bytes >> 28).unwrap_or(u32::MAX)
+            }
+            _ => 1,
+        };
         self.stage = next;
-        self.deadline = now.plus(liveness);
+        self.deadline = now.plus(liveness.saturating_mul(periods));
         true
     }
 
@@ -279,7 +290,9 @@ impl HomomorphicRound {
             None => Err(Refusal::Invalid(
                 "an empty secure-aggregation request".into(),
             )),
-            Some(_) if over => Ok(Reply::Done(true)),
+            // Not reached: a round done is taken at once (its outcome is
+            // then `homomorphic_counted`'s).
+            Some(_) if over => Ok(Reply::Done(false)),
             Some(Step::Poll(1)) => Ok(Reply::Params(self.params_pb(id, certificates))),
             Some(Step::Poll(2)) if self.key.is_some() => Ok(Reply::HeKeys(pb::HeKeyShares {
                 commitments: self.key_commitments_pb(),
