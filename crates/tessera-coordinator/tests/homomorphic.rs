@@ -43,7 +43,11 @@ fn round_id(plan: &tessera_engine::Plan, round: u32) -> RoundId {
 fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_messages() {
     let text = "\n[secure_aggregation]\nenabled = true\nscheme = \"homomorphic\"\n\
                 key_holders = [\"cleveland\", \"va\"]\n";
-    let plan = common::plan(text);
+    // An MLP of 16,017 parameters: 4 ciphertexts a contribution, sent in
+    // pieces.
+    let (_, text) = common::plan(text);
+    let text = text.replace("kind = \"logistic\"", "kind = \"mlp\"\nhidden = [1000]");
+    let plan = (tessera_engine::Plan::from_toml(&text, "he").unwrap(), text);
     let db = Db::new();
     let mut f = db.open(&plan);
     let plan = plan.0;
@@ -255,30 +259,70 @@ fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_mess
     .unwrap();
     // A reveal of someone else's ciphertexts does not match its commitment.
     let others = contributions[1].ciphertext_bytes();
+    assert_eq!(others.len(), 4);
     let swapped = pb::HeReveal {
         list_signature: Vec::new(),
         ciphertexts: others,
+        first: 0,
     };
     let why = refused(step(&mut f, &names[0], round, Step::HeReveal(swapped)));
     assert!(why.contains("do not match its commitment"), "{why}");
+    // Pieces out of order, or past the contribution: refused.
+    let piece = |ciphertexts: &[Vec<u8>], first: u32| pb::HeReveal {
+        list_signature: Vec::new(),
+        ciphertexts: ciphertexts.to_vec(),
+        first,
+    };
+    let mine = contributions[0].ciphertext_bytes();
+    let why = refused(step(
+        &mut f,
+        &names[0],
+        round,
+        Step::HeReveal(piece(&mine[2..], 2)),
+    ));
+    assert!(
+        why.contains("a piece from ciphertext 2; 0 came so far"),
+        "{why}"
+    );
+    step(
+        &mut f,
+        &names[0],
+        round,
+        Step::HeReveal(piece(&mine[..3], 0)),
+    )
+    .unwrap();
+    let why = refused(step(
+        &mut f,
+        &names[0],
+        round,
+        Step::HeReveal(piece(&mine[1..], 3)),
+    ));
+    assert!(why.contains("a piece of 3 ciphertexts from 3"), "{why}");
     // Nobody fetches before the answers are due.
-    let why = refused(step(&mut f, "cleveland", round, Step::HeFetch(0)));
+    let fetch = |from, first| Step::HeFetch(pb::HeFetch { from, first });
+    let why = refused(step(&mut f, "cleveland", round, fetch(0, 0)));
     assert!(why.contains("no contribution of 0"), "{why}");
     for (i, c) in contributions.into_iter().enumerate() {
         let ciphertexts = c.ciphertext_bytes();
         let revealed = c.reveal(&id, &list, &Unauthenticated).unwrap();
-        let sent = pb::HeReveal {
-            list_signature: revealed.list_signature,
-            ciphertexts,
-        };
-        assert_eq!(
-            step(&mut f, &names[i], round, Step::HeReveal(sent)).unwrap(),
-            State::Wait(true)
-        );
+        // Three then one, each piece signed.
+        for (first, range) in [(0, 0..3), (3, 3..4)] {
+            let sent = pb::HeReveal {
+                list_signature: revealed.list_signature.clone(),
+                ciphertexts: ciphertexts[range].to_vec(),
+                first,
+            };
+            assert_eq!(
+                step(&mut f, &names[i], round, Step::HeReveal(sent)).unwrap(),
+                State::Wait(true)
+            );
+        }
     }
     // The answers: each key holder fetches and sums every contribution.
-    let why = refused(step(&mut f, "hungarian", round, Step::HeFetch(0)));
+    let why = refused(step(&mut f, "hungarian", round, fetch(0, 0)));
     assert!(why.contains("no contribution of 0"), "{why}");
+    let why = refused(step(&mut f, "cleveland", round, fetch(0, 4)));
+    assert!(why.contains("no ciphertext 4 of 0's 4"), "{why}");
     for (site, holder) in holders {
         assert_eq!(
             step(&mut f, &site, 0, Step::HeHolder(true)).unwrap(),
@@ -297,10 +341,11 @@ fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_mess
         )
         .unwrap();
         for c in list.entries() {
-            let Ok(State::HeContribution(got)) = step(&mut f, &site, round, Step::HeFetch(c.from))
+            let Ok(State::HeContribution(got)) = step(&mut f, &site, round, fetch(c.from, 0))
             else {
                 panic!("no contribution of {}", c.from);
             };
+            assert_eq!((got.total, got.first, got.ciphertexts.len()), (4, 0, 4));
             let contribution = Contribution::from_wire(&he, c.clone(), &got.ciphertexts).unwrap();
             let revealed = tessera_he::Reveal {
                 contribution,
@@ -309,12 +354,16 @@ fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_mess
             sum.absorb(&revealed, &Unauthenticated).unwrap();
         }
         let answer = holder.answer(&sum, 2, &Unauthenticated).unwrap();
-        let sent = pb::HeAnswer {
-            sum_digest: answer.sum_digest.to_vec(),
-            shares: answer.share_bytes(),
-            signature: answer.signature,
-        };
-        step(&mut f, &site, round, Step::HeAnswer(sent)).unwrap();
+        let shares = answer.share_bytes();
+        for (first, range) in [(0, 0..2), (2, 2..4)] {
+            let sent = pb::HeAnswer {
+                sum_digest: answer.sum_digest.to_vec(),
+                shares: shares[range].to_vec(),
+                signature: answer.signature.clone(),
+                first,
+            };
+            step(&mut f, &site, round, Step::HeAnswer(sent)).unwrap();
+        }
     }
     // Decrypted and stepped with the four updates; the round's polls are
     // told it is over.

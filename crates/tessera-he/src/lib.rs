@@ -104,6 +104,10 @@ const MODULI: [u64; 2] = [0xffffee001, 0xffffc4001];
 /// The plaintext modulus: sums are taken modulo `2^32`, as SecAgg+'s.
 const PLAINTEXT_MODULUS: u64 = 1 << 32;
 
+/// Ciphertexts a message carries at most (about 4.7 MB): contributions,
+/// and answers, travel in pieces of this many.
+pub const PIECE: usize = 64;
+
 /// The most contributions one sum takes: past it the noise of the sum could
 /// reach the scale and the decryption would be wrong.
 pub const MAX_CONTRIBUTIONS: usize = 1 << 20;

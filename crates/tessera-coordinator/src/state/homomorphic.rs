@@ -102,6 +102,8 @@ impl Federation {
                     gone: BTreeSet::new(),
                     list: None,
                     reveals: BTreeMap::new(),
+                    revealing: BTreeMap::new(),
+                    answering: BTreeMap::new(),
                     sum: None,
                     answers: BTreeMap::new(),
                 });

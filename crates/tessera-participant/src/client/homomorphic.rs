@@ -371,12 +371,15 @@ async fn contribute(
     let revealed = contribution
         .reveal(&Setup::round_id(plan, round), &list, signer.as_ref())
         .map_err(|e| refuse(round, e))?;
-    caller
-        .call(Step::HeReveal(pb::HeReveal {
-            list_signature: revealed.list_signature,
+    let list_signature = revealed.list_signature;
+    send_pieces(caller, &ciphertexts, |first, ciphertexts| {
+        Step::HeReveal(pb::HeReveal {
+            list_signature: list_signature.clone(),
             ciphertexts,
-        }))
-        .await?;
+            first,
+        })
+    })
+    .await?;
     // The end: the coordinator says whether the round completed with this
     // site's input (`done` false when it failed).
     loop {
@@ -595,16 +598,44 @@ async fn answer(
     let length = setup.p.dimension as usize;
     let mut sum = VerifiedSum::new(&he, &key, length, list.clone(), verifier.as_ref())
         .map_err(|e| refuse(round, e))?;
+    let total = HeParams::ciphertexts_for(length);
     for commitment in list.entries() {
-        let Some(State::HeContribution(c)) = caller.call(Step::HeFetch(commitment.from)).await?
-        else {
-            return Err(bad(format!("no contribution of {}", commitment.from)));
-        };
-        let contribution = Contribution::from_wire(&he, commitment.clone(), &c.ciphertexts)
+        // A piece at a time, in order.
+        let from = commitment.from;
+        let mut ciphertexts: Vec<Vec<u8>> = Vec::with_capacity(total);
+        let mut list_signature = Vec::new();
+        while ciphertexts.len() < total {
+            let first = ciphertexts.len() as u32;
+            let Some(State::HeContribution(c)) = caller
+                .call(Step::HeFetch(pb::HeFetch { from, first }))
+                .await?
+            else {
+                return Err(bad(format!("no contribution of {from}")));
+            };
+            if c.first != first
+                || c.total as usize != total
+                || c.ciphertexts.is_empty()
+                || ciphertexts.len() + c.ciphertexts.len() > total
+            {
+                return Err(refuse(
+                    round,
+                    format!("the coordinator sent a piece of {from}'s contribution out of place"),
+                ));
+            }
+            if first > 0 && c.list_signature != list_signature {
+                return Err(refuse(
+                    round,
+                    format!("the pieces of {from}'s contribution are signed differently"),
+                ));
+            }
+            list_signature = c.list_signature;
+            ciphertexts.extend(c.ciphertexts);
+        }
+        let contribution = Contribution::from_wire(&he, commitment.clone(), &ciphertexts)
             .map_err(|e| refuse(round, e))?;
         let revealed = Reveal {
             contribution,
-            list_signature: c.list_signature,
+            list_signature,
         };
         sum.absorb(&revealed, verifier.as_ref())
             .map_err(|e| refuse(round, e))?;
@@ -615,21 +646,43 @@ async fn answer(
     let answer: Answer = holder
         .answer(&sum, plan.federation.min_participants, signer.as_ref())
         .map_err(|e| refuse(round, e))?;
-    let sent = pb::HeAnswer {
-        sum_digest: answer.sum_digest.to_vec(),
-        shares: answer.share_bytes(),
-        signature: answer.signature,
-    };
     // The answer is made once: sent again on a transient failure.
+    let (sum_digest, signature) = (answer.sum_digest.to_vec(), answer.signature.clone());
+    send_pieces(caller, &answer.share_bytes(), |first, shares| {
+        Step::HeAnswer(pb::HeAnswer {
+            sum_digest: sum_digest.clone(),
+            shares,
+            signature: signature.clone(),
+            first,
+        })
+    })
+    .await
+}
+
+/// Sends `items` in pieces of [`tessera_he::PIECE`], each made a step by
+/// `step` (given the number of its first item); on a transient failure it
+/// starts again from the first piece (which the coordinator takes as a new
+/// start), at most 5 times.
+async fn send_pieces(
+    caller: &mut Caller<'_>,
+    items: &[Vec<u8>],
+    step: impl Fn(u32, Vec<Vec<u8>>) -> Step,
+) -> Result<(), Failure> {
     let mut tries = 0;
-    loop {
-        match caller.call(Step::HeAnswer(sent.clone())).await {
-            Err(Failure::Retry(e)) if tries < 5 && !e.starts_with(NOT_TAKEN) => {
-                tries += 1;
-                tracing::warn!(round, reason = %e, "key holder: sending the answer again");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+    'again: loop {
+        for (i, piece) in items.chunks(tessera_he::PIECE).enumerate() {
+            let first = (i * tessera_he::PIECE) as u32;
+            match caller.call(step(first, piece.to_vec())).await {
+                Ok(_) => {}
+                Err(Failure::Retry(e)) if tries < 5 && !e.starts_with(NOT_TAKEN) => {
+                    tries += 1;
+                    tracing::warn!(round = caller.round, reason = %e, "sending again from the start");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue 'again;
+                }
+                Err(e) => return Err(e),
             }
-            other => return other.map(|_| ()),
         }
+        return Ok(());
     }
 }

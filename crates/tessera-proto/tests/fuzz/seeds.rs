@@ -291,13 +291,15 @@ fn sec_agg_requests() -> Vec<pb::SecAggRequest> {
         Step::HeReveal(pb::HeReveal {
             list_signature: vec![5; 64],
             ciphertexts: vec![vec![7; 80]; 2],
+            first: 0,
         }),
         Step::HeAnswer(pb::HeAnswer {
             sum_digest: vec![8; 32],
             shares: vec![vec![9; 80]],
             signature: vec![5; 64],
+            first: 64,
         }),
-        Step::HeFetch(2),
+        Step::HeFetch(pb::HeFetch { from: 2, first: 64 }),
         Step::HeHolder(true),
         Step::HeKeyCommitment(pb::HeKeyCommitment {
             digest: vec![6; 32],
@@ -382,6 +384,8 @@ fn sec_agg_replies() -> Vec<pb::SecAggReply> {
             from: 1,
             list_signature: vec![5; 64],
             ciphertexts: vec![vec![7; 80]],
+            first: 0,
+            total: 1,
         }),
         State::HeTask(pb::HeHolderTask {
             round: 5,

@@ -66,6 +66,9 @@ pub(in crate::state) struct HomomorphicRound {
     pub(super) list: Option<CommitmentList>,
     /// The reveals, as they came (relayed to the key holders).
     pub(super) reveals: BTreeMap<u32, pb::HeContribution>,
+    /// Reveals and answers arriving in pieces.
+    pub(super) revealing: BTreeMap<u32, pb::HeContribution>,
+    pub(super) answering: BTreeMap<u32, pb::HeAnswer>,
     pub(super) sum: Option<VerifiedSum>,
     pub(super) answers: BTreeMap<u32, Answer>,
 }
@@ -413,87 +416,34 @@ impl HomomorphicRound {
                     })
                 }
             }
-            Some(Step::HeReveal(r)) => {
-                let listed = self
-                    .list
-                    .as_ref()
-                    .and_then(|l| l.entries().iter().find(|c| c.from == id))
-                    .cloned();
-                match listed {
-                    Some(_) if r.list_signature.len() > MAX_SIGNATURE => Err(Refusal::Invalid(
-                        format!("a signature of {} bytes", r.list_signature.len()),
-                    )),
-                    Some(commitment)
-                        if self.stage == HeStage::Reveal && !self.reveals.contains_key(&id) =>
-                    {
-                        let read = Contribution::from_wire(&self.he, commitment, &r.ciphertexts)
-                            .map_err(|e| Refusal::Invalid(e.to_string()))
-                            .and_then(|contribution| {
-                                let revealed = Reveal {
-                                    contribution,
-                                    list_signature: r.list_signature.clone(),
-                                };
-                                let sum = self.sum.as_mut().ok_or_else(|| {
-                                    Refusal::Invalid("the round has no sum".into())
-                                })?;
-                                sum.absorb(&revealed, &Unauthenticated)
-                                    .map_err(|e| Refusal::Invalid(e.to_string()))
-                            });
-                        read.map(|()| {
-                            self.reveals.insert(
-                                id,
-                                pb::HeContribution {
-                                    from: id,
-                                    list_signature: r.list_signature,
-                                    ciphertexts: r.ciphertexts,
-                                },
-                            );
-                            Reply::Wait(true)
-                        })
-                    }
-                    _ => Err(Refusal::Invalid(format!(
-                        "a reveal from '{site}' now (stage {}; listed or already revealed)",
-                        self.stage.name()
-                    ))),
-                }
-            }
-            Some(Step::HeFetch(from)) => match self.reveals.get(&from) {
+            Some(Step::HeReveal(r)) => self.reveal(site, id, r),
+            Some(Step::HeFetch(f)) => match self.reveals.get(&f.from) {
                 Some(c) if holder && self.stage == HeStage::Answer => {
-                    Ok(Reply::HeContribution(c.clone()))
+                    let first = f.first as usize;
+                    if first >= c.ciphertexts.len() {
+                        Err(Refusal::Invalid(format!(
+                            "no ciphertext {first} of {}'s {}",
+                            f.from,
+                            c.ciphertexts.len()
+                        )))
+                    } else {
+                        let last = (first + tessera_he::PIECE).min(c.ciphertexts.len());
+                        Ok(Reply::HeContribution(pb::HeContribution {
+                            from: c.from,
+                            list_signature: c.list_signature.clone(),
+                            ciphertexts: c.ciphertexts[first..last].to_vec(),
+                            first: f.first,
+                            total: c.ciphertexts.len() as u32,
+                        }))
+                    }
                 }
                 _ => Err(Refusal::Invalid(format!(
-                    "no contribution of {from} for '{site}' now (stage {})",
+                    "no contribution of {} for '{site}' now (stage {})",
+                    f.from,
                     self.stage.name()
                 ))),
             },
-            Some(Step::HeAnswer(a)) => {
-                if !holder || self.stage != HeStage::Answer || self.answers.contains_key(&id) {
-                    Err(Refusal::Invalid(format!(
-                        "an answer from '{site}' now (stage {})",
-                        self.stage.name()
-                    )))
-                } else if a.signature.len() > MAX_SIGNATURE {
-                    Err(Refusal::Invalid(format!(
-                        "a signature of {} bytes",
-                        a.signature.len()
-                    )))
-                } else if a.shares.len() != HeParams::ciphertexts_for(self.params.dimension) {
-                    Err(Refusal::Invalid(format!(
-                        "an answer of {} decryption shares; the sum has {} ciphertexts",
-                        a.shares.len(),
-                        HeParams::ciphertexts_for(self.params.dimension)
-                    )))
-                } else {
-                    digest32(&a.sum_digest, "the answer's sum digest").and_then(|digest| {
-                        Answer::from_wire(&self.he, id, digest, &a.shares, a.signature)
-                            .map_err(|e| Refusal::Invalid(e.to_string()))
-                            .map(|answer| {
-                                self.answers.insert(id, answer);
-                                Reply::Wait(true)
-                            })
-                    })
-                }
-            }
+            Some(Step::HeAnswer(a)) => self.answer(site, id, holder, a),
             Some(other) => Err(Refusal::Invalid(format!(
                 "{} is no step of a homomorphic round",
                 match other {
@@ -503,32 +453,172 @@ impl HomomorphicRound {
             ))),
         }
     }
-}
 
-/// The most bytes of ciphertexts one message may carry (a coordinator and
-/// a participant take messages of up to 16 MiB).
-const MAX_CONTRIBUTION_BYTES: u64 = 15 << 20;
+    /// A piece of `site`'s reveal: appended in order; the piece that
+    /// completes the contribution has it checked against its commitment and
+    /// added to the coordinator's sum (refused, the site may send it again
+    /// from its first piece).
+    fn reveal(&mut self, site: &str, id: u32, r: pb::HeReveal) -> Result<Reply, Refusal> {
+        let listed = (self.list.as_ref())
+            .and_then(|l| l.entries().iter().find(|c| c.from == id))
+            .cloned();
+        let Some(commitment) =
+            listed.filter(|_| self.stage == HeStage::Reveal && !self.reveals.contains_key(&id))
+        else {
+            return Err(Refusal::Invalid(format!(
+                "a reveal from '{site}' now (stage {}; listed or already revealed)",
+                self.stage.name()
+            )));
+        };
+        if r.list_signature.len() > MAX_SIGNATURE {
+            return Err(Refusal::Invalid(format!(
+                "a signature of {} bytes",
+                r.list_signature.len()
+            )));
+        }
+        let total = HeParams::ciphertexts_for(self.params.dimension);
+        if r.first == 0 {
+            // A first piece starts the reveal (again).
+            self.revealing.remove(&id);
+        }
+        let partial = self
+            .revealing
+            .entry(id)
+            .or_insert_with(|| pb::HeContribution {
+                from: id,
+                list_signature: r.list_signature.clone(),
+                ciphertexts: Vec::new(),
+                first: 0,
+                total: total as u32,
+            });
+        let have = partial.ciphertexts.len();
+        let piece = r.ciphertexts.len();
+        let refusal = if r.first as usize != have {
+            Some(format!(
+                "a piece from ciphertext {}; {have} came so far",
+                r.first
+            ))
+        } else if piece == 0 || piece > tessera_he::PIECE || have + piece > total {
+            Some(format!(
+                "a piece of {piece} ciphertexts from {have} (a piece carries 1 to {}, the \
+                 contribution {total})",
+                tessera_he::PIECE
+            ))
+        } else if r.list_signature != partial.list_signature {
+            Some("a piece signed otherwise than the first".into())
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            self.revealing.remove(&id);
+            return Err(Refusal::Invalid(format!(
+                "{why}; send the reveal again from its start"
+            )));
+        }
+        partial.ciphertexts.extend(r.ciphertexts);
+        if partial.ciphertexts.len() < total {
+            return Ok(Reply::Wait(true));
+        }
+        let Some(done) = self.revealing.remove(&id) else {
+            return Ok(Reply::Wait(true));
+        };
+        let sum = self
+            .sum
+            .as_mut()
+            .ok_or_else(|| Refusal::Invalid("the round has no sum".into()))?;
+        Contribution::from_wire(&self.he, commitment, &done.ciphertexts)
+            .and_then(|contribution| {
+                let revealed = Reveal {
+                    contribution,
+                    list_signature: done.list_signature.clone(),
+                };
+                sum.absorb(&revealed, &Unauthenticated)
+            })
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        self.reveals.insert(id, done);
+        Ok(Reply::Wait(true))
+    }
+
+    /// A piece of key holder `site`'s answer: appended in order; complete,
+    /// it is read and kept for the combination.
+    fn answer(
+        &mut self,
+        site: &str,
+        id: u32,
+        holder: bool,
+        a: pb::HeAnswer,
+    ) -> Result<Reply, Refusal> {
+        if !holder || self.stage != HeStage::Answer || self.answers.contains_key(&id) {
+            return Err(Refusal::Invalid(format!(
+                "an answer from '{site}' now (stage {})",
+                self.stage.name()
+            )));
+        }
+        if a.signature.len() > MAX_SIGNATURE {
+            return Err(Refusal::Invalid(format!(
+                "a signature of {} bytes",
+                a.signature.len()
+            )));
+        }
+        let total = HeParams::ciphertexts_for(self.params.dimension);
+        if a.first == 0 {
+            // A first piece starts the answer (again).
+            self.answering.remove(&id);
+        }
+        let partial = self.answering.entry(id).or_insert_with(|| pb::HeAnswer {
+            sum_digest: a.sum_digest.clone(),
+            shares: Vec::new(),
+            signature: a.signature.clone(),
+            first: 0,
+        });
+        let have = partial.shares.len();
+        let piece = a.shares.len();
+        let refusal = if a.first as usize != have {
+            Some(format!(
+                "a piece from share {}; {have} came so far",
+                a.first
+            ))
+        } else if piece == 0 || piece > tessera_he::PIECE || have + piece > total {
+            Some(format!(
+                "a piece of {piece} decryption shares from {have} (a piece carries 1 to {}, \
+                 the sum has {total} ciphertexts)",
+                tessera_he::PIECE
+            ))
+        } else if a.sum_digest != partial.sum_digest || a.signature != partial.signature {
+            Some("a piece for another sum or signed otherwise than the first".into())
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            self.answering.remove(&id);
+            return Err(Refusal::Invalid(format!(
+                "{why}; send the answer again from its start"
+            )));
+        }
+        partial.shares.extend(a.shares);
+        if partial.shares.len() < total {
+            return Ok(Reply::Wait(true));
+        }
+        let Some(done) = self.answering.remove(&id) else {
+            return Ok(Reply::Wait(true));
+        };
+        let digest = digest32(&done.sum_digest, "the answer's sum digest")?;
+        let answer = Answer::from_wire(&self.he, id, digest, &done.shares, done.signature)
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        self.answers.insert(id, answer);
+        Ok(Reply::Wait(true))
+    }
+}
 
 /// The most bytes of contributions a round keeps at the coordinator (to
 /// relay them to the key holders).
 const MAX_ROUND_BYTES: u64 = 4 << 30;
 
-/// Refuses a round whose contributions do not fit one message each, or
-/// all together the coordinator's memory budget.
+/// Refuses a round whose contributions do not fit the coordinator's memory
+/// budget all together.
 pub(super) fn check_size(dimension: usize, contributors: usize) -> Result<(), String> {
     let per_site =
         HeParams::ciphertexts_for(dimension) as u64 * (2 * HeParams::polynomial_bytes() + 64);
-    if per_site > MAX_CONTRIBUTION_BYTES {
-        return Err(format!(
-            "a contribution of {dimension} values takes {} MiB of ciphertexts, past the {} MiB \
-             one message carries (about {} values): use a smaller model, or scheme = \
-             \"secagg_plus\"",
-            per_site >> 20,
-            MAX_CONTRIBUTION_BYTES >> 20,
-            MAX_CONTRIBUTION_BYTES / (2 * HeParams::polynomial_bytes() + 64)
-                * tessera_he::DEGREE as u64
-        ));
-    }
     let all = per_site.saturating_mul(contributors as u64);
     if all > MAX_ROUND_BYTES {
         return Err(format!(
