@@ -6,6 +6,8 @@
 # coordinator's start to its exit, agreement and final evaluation included)
 # and what VA's participant counted. Run from the repository root:
 #   TESSERA=target/release/tessera deploy/drills/homomorphic.sh
+# With HIDDEN=62500 ROUNDS=3 the model is an MLP of one hidden layer of
+# that width (1,000,002 parameters), for that many rounds.
 set -euo pipefail
 T="$(realpath "${TESSERA:-target/release/tessera}")"
 root="$(realpath .)"
@@ -13,8 +15,12 @@ work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 cd "$work"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-base="$(sed -e "s#\"../data/#\"$root/data/#" -e 's/^rounds = 15$/rounds = 30/' \
+rounds="${ROUNDS:-30}"
+base="$(sed -e "s#\"../data/#\"$root/data/#" -e "s/^rounds = 15\$/rounds = $rounds/" \
   "$root/examples/fed-heart-disease.toml")"
+if [ -n "${HIDDEN:-}" ]; then
+  base="$(echo "$base" | sed "s/^kind = \"logistic\"\$/kind = \"mlp\"\nhidden = [$HIDDEN]/")"
+fi
 plan() { # NAME SCHEME (none, secagg_plus or homomorphic)
   echo "$base" > "$1.toml"
   printf '\n[privacy]\nsite_metrics = "clear"\n' >> "$1.toml"

@@ -416,9 +416,9 @@ pub async fn key_holder(
             Ok(Some(State::Done(_))) => return,
             Ok(_) => {
                 // Nothing to do now: asked again soon, less often while
-                // nothing comes (at most every 200 ms).
+                // nothing comes (at most every 50 ms: each stage of a round waits for it).
                 tokio::time::sleep(idle).await;
-                idle = (idle * 2).min(Duration::from_millis(200));
+                idle = (idle * 2).min(Duration::from_millis(50));
                 continue;
             }
             Err(Failure::Retry(e)) if e.contains("is not a key holder") => {
