@@ -193,18 +193,20 @@ impl Setup {
     }
 }
 
+/// `bytes` as a digest, or why not (`what`'s).
+fn digest_of(bytes: &[u8], what: &str) -> Result<[u8; 32], Failure> {
+    bytes
+        .try_into()
+        .map_err(|_| bad(format!("{what}'s digest is not 32 bytes")))
+}
+
 /// Key holders' commitments as they travel.
 fn key_commitments(from: Vec<pb::HeKeyCommitmentFrom>) -> Result<Vec<KeyCommitment>, Failure> {
     from.into_iter()
         .map(|c| {
-            let digest: [u8; 32] = c
-                .digest
-                .as_slice()
-                .try_into()
-                .map_err(|_| bad("a key commitment's digest is not 32 bytes"))?;
             Ok(KeyCommitment {
                 from: c.from,
-                digest,
+                digest: digest_of(&c.digest, "a key commitment")?,
                 signature: c.signature,
             })
         })
@@ -216,15 +218,10 @@ fn list_of(list: pb::HeList, round: u32) -> Result<CommitmentList, Failure> {
         .commitments
         .into_iter()
         .map(|c| {
-            let digest: [u8; 32] = c
-                .digest
-                .as_slice()
-                .try_into()
-                .map_err(|_| bad("a commitment's digest is not 32 bytes"))?;
             Ok(Commitment {
                 from: c.from,
                 length: c.length as usize,
-                digest,
+                digest: digest_of(&c.digest, "a commitment")?,
                 signature: c.signature,
             })
         })
@@ -307,20 +304,7 @@ async fn contribute(
     let Some(State::Params(p)) = caller.wait_for(1).await? else {
         return Ok(false);
     };
-    let graph_seed: [u8; 32] = p
-        .graph_seed
-        .as_slice()
-        .try_into()
-        .map_err(|_| bad("the graph seed is not 32 bytes"))?;
-    let params = tessera_secagg::RoundParams {
-        round,
-        participants: p.participants.clone(),
-        neighbours: p.neighbours as usize,
-        threshold: p.threshold as usize,
-        graph_seed,
-        dimension: p.dimension as usize,
-        range: p.range,
-    };
+    let params = super::secure::round_params(&p, round)?;
     // The quantisation follows from the plan, as for SecAgg+.
     params
         .check(&tessera_secagg::Expected {

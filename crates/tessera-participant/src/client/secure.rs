@@ -250,6 +250,27 @@ enum SecureInput {
     },
 }
 
+/// Round `round`'s parameters as the coordinator sent them (checked against
+/// the plan by the caller).
+pub(super) fn round_params(
+    p: &pb::SecAggParams,
+    round: u32,
+) -> Result<tessera_secagg::RoundParams, Failure> {
+    let graph_seed: [u8; 32] =
+        p.graph_seed.as_slice().try_into().map_err(|_| {
+            Failure::Retry("secure aggregation: the graph seed is not 32 bytes".into())
+        })?;
+    Ok(tessera_secagg::RoundParams {
+        round,
+        participants: p.participants.clone(),
+        neighbours: p.neighbours as usize,
+        threshold: p.threshold as usize,
+        graph_seed,
+        dimension: p.dimension as usize,
+        range: p.range,
+    })
+}
+
 /// How a refusal of a secure round starts its message.
 const REFUSED: &str = "secure aggregation refused: ";
 
@@ -325,20 +346,7 @@ async fn secure_stages(
     let Some(State::Params(p)) = wait_for!(1) else {
         return Ok(false);
     };
-    let graph_seed: [u8; 32] = p
-        .graph_seed
-        .as_slice()
-        .try_into()
-        .map_err(|_| bad("the graph seed is not 32 bytes"))?;
-    let params = tessera_secagg::RoundParams {
-        round,
-        participants: p.participants.clone(),
-        neighbours: p.neighbours as usize,
-        threshold: p.threshold as usize,
-        graph_seed,
-        dimension: p.dimension as usize,
-        range: p.range,
-    };
+    let params = round_params(&p, round)?;
     let dimension = match &input {
         SecureInput::Update { input, .. } => tessera_secagg::masked_dimension(input.len()),
         SecureInput::Raw(values) => values.len(),
