@@ -400,7 +400,8 @@ pub async fn key_holder(
             Ok(Some(State::Done(_))) => return,
             Ok(_) => {
                 // Nothing to do now: asked again soon, less often while
-                // nothing comes (at most every 50 ms: each stage of a round waits for it).
+                // nothing comes (at most every 50 ms: each stage of a
+                // round waits for it).
                 tokio::time::sleep(idle).await;
                 idle = (idle * 2).min(Duration::from_millis(50));
                 continue;
@@ -424,9 +425,8 @@ pub async fn key_holder(
         let done = match task.stage {
             1 => commit(&mut caller, &plan, &identity, &held).await,
             // The round key stays in the slot across a failed step (and a
-            // new session), until its answer is made.
-            // The round key stays in the slot (a share is signed under one
-            // list of commitments only: `KeyHolder::share`).
+            // new session) until its answer is made; it signs its share
+            // under one list of commitments only (`KeyHolder::share`).
             3 => match current(&held) {
                 Some((round, holder)) if round == task.round => {
                     share(&mut caller, &plan, &identity, &holder, task.key_commitments).await
