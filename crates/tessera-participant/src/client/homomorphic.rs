@@ -246,19 +246,7 @@ pub async fn he_submit(
     round: u32,
     mut update: tessera_core::Update,
 ) -> Result<pb::UpdateReply, Failure> {
-    if let Some(bound) = plan.masked_update_bound() {
-        tessera_privacy::clip_to_norm(&mut update.delta, bound);
-    }
-    let values: Vec<f32> = update.delta.values().collect();
-    let input: Vec<f32> = match plan.secure_coordinates(round, values.len()) {
-        Some(kept) => kept.iter().map(|&i| values[i]).collect(),
-        None => values,
-    };
-    let metadata = tessera_secagg::Metadata {
-        n_examples: update.n_examples,
-        train_loss: update.stats.mean_train_loss,
-        n_steps: update.stats.n_steps,
-    };
+    let (input, metadata) = super::secure::update_input(plan, round, &mut update);
     let mut caller = Caller {
         client,
         site,

@@ -29,22 +29,7 @@ pub async fn secure_submit(
     mut update: tessera_core::Update,
     pause: Duration,
 ) -> Result<pb::UpdateReply, Failure> {
-    if let Some(bound) = plan.masked_update_bound() {
-        tessera_privacy::clip_to_norm(&mut update.delta, bound);
-    }
-    // What this site masks: the update (the round's shared coordinates
-    // under a random-k codec), then its metadata (see
-    // `tessera_secagg::encode_metadata`).
-    let values: Vec<f32> = update.delta.values().collect();
-    let input: Vec<f32> = match plan.secure_coordinates(round, values.len()) {
-        Some(kept) => kept.iter().map(|&i| values[i]).collect(),
-        None => values,
-    };
-    let metadata = tessera_secagg::Metadata {
-        n_examples: update.n_examples,
-        train_loss: update.stats.mean_train_loss,
-        n_steps: update.stats.n_steps,
-    };
+    let (input, metadata) = update_input(plan, round, &mut update);
     let counted = secure_exchange(
         client,
         site,
@@ -248,6 +233,31 @@ enum SecureInput {
         dimension: usize,
         make: DeferredInput,
     },
+}
+
+/// What a site sums securely in training round `round` (masked or
+/// encrypted): its update clipped as the plan says, the round's shared
+/// coordinates of it under a random-k codec, then its metadata (see
+/// `tessera_secagg::encode_metadata`).
+pub(super) fn update_input(
+    plan: &tessera_engine::Plan,
+    round: u32,
+    update: &mut tessera_core::Update,
+) -> (Vec<f32>, tessera_secagg::Metadata) {
+    if let Some(bound) = plan.masked_update_bound() {
+        tessera_privacy::clip_to_norm(&mut update.delta, bound);
+    }
+    let values: Vec<f32> = update.delta.values().collect();
+    let input: Vec<f32> = match plan.secure_coordinates(round, values.len()) {
+        Some(kept) => kept.iter().map(|&i| values[i]).collect(),
+        None => values,
+    };
+    let metadata = tessera_secagg::Metadata {
+        n_examples: update.n_examples,
+        train_loss: update.stats.mean_train_loss,
+        n_steps: update.stats.n_steps,
+    };
+    (input, metadata)
 }
 
 /// Round `round`'s parameters as the coordinator sent them (checked against
