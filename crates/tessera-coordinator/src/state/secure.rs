@@ -105,6 +105,28 @@ fn shares_from_pb(shares: Vec<pb::SecAggShare>) -> Vec<(u32, Vec<u8>)> {
     shares.into_iter().map(|s| (s.peer, s.data)).collect()
 }
 
+/// Round parameters `p` as a member with id `id` is sent them, with the
+/// participants' `sites` and `certificates` (in their order).
+pub(super) fn params_to_pb(
+    p: &tessera_secagg::RoundParams,
+    id: u32,
+    sites: Vec<String>,
+    certificates: Vec<Vec<u8>>,
+) -> pb::SecAggParams {
+    pb::SecAggParams {
+        id,
+        participants: p.participants.clone(),
+        neighbours: p.neighbours as u32,
+        threshold: p.threshold as u32,
+        graph_seed: p.graph_seed.to_vec(),
+        dimension: p.dimension as u32,
+        range: p.range,
+        sites,
+        certificates,
+        ..Default::default()
+    }
+}
+
 fn key32(bytes: &[u8], what: &str) -> Result<[u8; 32], Refusal> {
     bytes
         .try_into()
@@ -384,18 +406,7 @@ impl Federation {
                     .iter()
                     .map(|s| self.certificates.get(s).cloned().unwrap_or_default())
                     .collect();
-                Reply::Params(pb::SecAggParams {
-                    id,
-                    participants: p.participants.clone(),
-                    neighbours: p.neighbours as u32,
-                    threshold: p.threshold as u32,
-                    graph_seed: p.graph_seed.to_vec(),
-                    dimension: p.dimension as u32,
-                    range: p.range,
-                    sites,
-                    certificates,
-                    ..Default::default()
-                })
+                Reply::Params(params_to_pb(p, id, sites, certificates))
             }
             Poll::Keys(keys) => Reply::Keys(pb::SecAggNeighbourKeys {
                 peers: keys.iter().map(|k| k.from).collect(),

@@ -138,18 +138,15 @@ impl HomomorphicRound {
                 .unwrap_or_default()
         };
         pb::SecAggParams {
-            id,
-            participants: p.participants.clone(),
-            neighbours: p.neighbours as u32,
-            threshold: p.threshold as u32,
-            graph_seed: p.graph_seed.to_vec(),
-            dimension: p.dimension as u32,
-            range: p.range,
-            sites: p.participants.iter().map(site_of).collect(),
-            certificates: p.participants.iter().map(certificate).collect(),
             key_holders: self.holders.clone(),
             key_holder_sites: self.holders.iter().map(site_of).collect(),
             key_holder_certificates: self.holders.iter().map(certificate).collect(),
+            ..crate::state::secure::params_to_pb(
+                p,
+                id,
+                p.participants.iter().map(site_of).collect(),
+                p.participants.iter().map(certificate).collect(),
+            )
         }
     }
 
