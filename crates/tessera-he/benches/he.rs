@@ -159,3 +159,44 @@ fn decrypt_and_combine(bencher: Bencher, length: usize) {
             )
         });
 }
+
+#[divan::bench(args = LENGTHS, sample_count = 3)]
+fn send_one_contribution(bencher: Bencher, length: usize) {
+    let s = setup(1);
+    let c = contribute(&s, 0, length);
+    bencher.bench_local(|| black_box(c.ciphertext_bytes()));
+}
+
+#[divan::bench(args = LENGTHS, sample_count = 3)]
+fn read_one_contribution(bencher: Bencher, length: usize) {
+    let s = setup(1);
+    let c = contribute(&s, 0, length);
+    let bytes = c.ciphertext_bytes();
+    bencher.bench_local(|| {
+        black_box(Contribution::from_wire(&s.params, c.commitment.clone(), &bytes).unwrap())
+    });
+}
+
+#[divan::bench(args = LENGTHS, sample_count = 3)]
+fn answer_one_holder(bencher: Bencher, length: usize) {
+    bencher
+        .with_inputs(|| {
+            let s = setup(2);
+            let cs: Vec<_> = (0..2).map(|site| contribute(&s, site, length)).collect();
+            let list =
+                CommitmentList::new(cs.iter().map(|c| c.commitment.clone()).collect()).unwrap();
+            let mut sum =
+                VerifiedSum::new(&s.params, &s.key, length, list.clone(), &s.directory).unwrap();
+            for c in cs {
+                let signer = &s.signers[c.commitment.from as usize];
+                let revealed = c.reveal(&ROUND, &list, signer).unwrap();
+                sum.absorb(&revealed, &s.directory).unwrap();
+            }
+            (s, sum)
+        })
+        .bench_local_values(|(mut s, sum)| {
+            let holder = s.holders.remove(0);
+            let answer = holder.answer(&sum, 2, &s.holder_signers[0]).unwrap();
+            black_box(answer.share_bytes())
+        });
+}

@@ -471,26 +471,62 @@ pub struct Contribution {
     /// The contributor's commitment to its ciphertexts.
     pub commitment: Commitment,
     /// The ciphertexts, [`DEGREE`] values each.
-    pub ciphertexts: Vec<Ciphertext>,
-    /// The ciphertexts' serialised size.
-    pub wire_bytes: u64,
+    ciphertexts: Vec<Ciphertext>,
+    /// Each ciphertext's SHA-256 and size in its canonical encoding,
+    /// computed once where the contribution was made or read (the
+    /// ciphertexts cannot change after).
+    each: Vec<Hashed>,
+}
+
+/// A ciphertext's SHA-256 and size in its canonical encoding.
+type Hashed = ([u8; 32], u64);
+
+fn hashed(bytes: &[u8]) -> Hashed {
+    (Sha256::digest(bytes).into(), bytes.len() as u64)
 }
 
 impl Contribution {
+    /// `ciphertexts` under `commitment`, as their contributor made them
+    /// (whether they match the commitment is [`VerifiedSum::absorb`]'s
+    /// check).
+    pub fn new(commitment: Commitment, ciphertexts: Vec<Ciphertext>) -> Self {
+        let each = ciphertexts
+            .par_iter()
+            .map(|ct| hashed(&ct.to_bytes()))
+            .collect();
+        Self {
+            commitment,
+            ciphertexts,
+            each,
+        }
+    }
+
+    /// The ciphertexts, [`DEGREE`] values each.
+    pub fn ciphertexts(&self) -> &[Ciphertext] {
+        &self.ciphertexts
+    }
+
+    /// The ciphertexts' serialised size.
+    pub fn wire_bytes(&self) -> u64 {
+        self.each.iter().map(|(_, len)| len).sum()
+    }
+
     /// The digest and serialised size of `ciphertexts`: the SHA-256 of
     /// each ciphertext's bytes (hashed in parallel), then of that list.
     pub fn digest_of<C: Borrow<Ciphertext> + Sync>(ciphertexts: &[C]) -> ([u8; 32], u64) {
-        let each: Vec<([u8; 32], u64)> = ciphertexts
+        let each: Vec<Hashed> = ciphertexts
             .par_iter()
-            .map(|ct| {
-                let b = ct.borrow().to_bytes();
-                (Sha256::digest(&b).into(), b.len() as u64)
-            })
+            .map(|ct| hashed(&ct.borrow().to_bytes()))
             .collect();
+        Self::list_digest(&each)
+    }
+
+    /// The digest of ciphertexts hashed one by one, and their total size.
+    fn list_digest(each: &[Hashed]) -> ([u8; 32], u64) {
         let mut h = Sha256::new();
         h.update(b"tessera-he ciphertexts v1");
         let mut bytes = 0u64;
-        for (digest, len) in &each {
+        for (digest, len) in each {
             h.update(len.to_le_bytes());
             h.update(digest);
             bytes += len;
@@ -551,7 +587,7 @@ pub fn encrypt(
         h.update(v.to_le_bytes());
     }
     let values_digest: [u8; 32] = h.finalize().into();
-    let ciphertexts: Vec<Ciphertext> = values
+    let made: Vec<(Ciphertext, Hashed)> = values
         .par_chunks(DEGREE)
         .enumerate()
         .map(|(i, chunk)| {
@@ -568,10 +604,13 @@ pub fn encrypt(
                     &(i as u64).to_le_bytes(),
                 ],
             );
-            key.key.try_encrypt(&pt, &mut g).map_err(fhe)
+            let ct = key.key.try_encrypt(&pt, &mut g).map_err(fhe)?;
+            let each = hashed(&ct.to_bytes());
+            Ok((ct, each))
         })
-        .collect::<Result<_, _>>()?;
-    let (digest, wire_bytes) = Contribution::digest_of(&ciphertexts);
+        .collect::<Result<_, HeError>>()?;
+    let (ciphertexts, each): (Vec<Ciphertext>, Vec<Hashed>) = made.into_iter().unzip();
+    let (digest, _) = Contribution::list_digest(&each);
     let mut commitment = Commitment {
         from,
         length: values.len(),
@@ -584,7 +623,7 @@ pub fn encrypt(
     Ok(Contribution {
         commitment,
         ciphertexts,
-        wire_bytes,
+        each,
     })
 }
 
@@ -700,8 +739,9 @@ impl VerifiedSum {
                     .map_err(|e| refused(format!("participant {from}'s ciphertext: {e}")))
             })
             .collect::<Result<_, _>>()?;
-        // The digest is recomputed: the commitment covers these ciphertexts.
-        let (digest, _) = Contribution::digest_of(&rebuilt);
+        // The commitment covers these ciphertexts (hashed where they were
+        // made or read, in the one encoding each has).
+        let (digest, _) = Contribution::list_digest(&c.each);
         if digest != committed.digest {
             return Err(refused(format!(
                 "participant {from}'s ciphertexts do not match its commitment"

@@ -8,9 +8,10 @@ use fhe::bfv::{Ciphertext, PublicKey, SecretKey};
 use fhe::mbfv::PublicKeyShare;
 use fhe_math::rq::Poly;
 use fhe_traits::{DeserializeParametrized, Serialize};
+use rayon::prelude::*;
 
 use crate::{
-    Answer, Commitment, Contribution, DEGREE, HeError, HeParams, RoundId, common_poly, fhe,
+    Answer, Commitment, Contribution, DEGREE, HeError, HeParams, RoundId, common_poly, fhe, hashed,
     joint_key, refused, rng,
 };
 
@@ -123,38 +124,42 @@ pub(crate) fn zero_key(params: &HeParams) -> Result<SecretKey, HeError> {
 }
 
 impl Contribution {
-    /// Its ciphertexts as they travel.
+    /// Its ciphertexts as they travel (serialised in parallel).
     pub fn ciphertext_bytes(&self) -> Vec<Vec<u8>> {
-        self.ciphertexts.iter().map(Serialize::to_bytes).collect()
+        self.ciphertexts
+            .par_iter()
+            .map(Serialize::to_bytes)
+            .collect()
     }
 
     /// A contribution received: `commitment` and the ciphertexts' bytes,
-    /// each read back with [`ciphertext_from_bytes`] (whether they match
-    /// the commitment is [`crate::VerifiedSum::absorb`]'s check).
+    /// each read back with [`ciphertext_from_bytes`] and hashed as it came
+    /// (its one encoding), in parallel (whether they match the commitment
+    /// is [`crate::VerifiedSum::absorb`]'s check).
     pub fn from_wire(
         params: &HeParams,
         commitment: Commitment,
         ciphertexts: &[Vec<u8>],
     ) -> Result<Self, HeError> {
         let from = commitment.from;
-        let ciphertexts = ciphertexts
-            .iter()
-            .map(|b| ciphertext_from_bytes(params, b))
+        let read = ciphertexts
+            .par_iter()
+            .map(|b| ciphertext_from_bytes(params, b).map(|ct| (ct, hashed(b))))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| refused(format!("participant {from}'s contribution: {e}")))?;
-        let (_, wire_bytes) = Contribution::digest_of(&ciphertexts);
+        let (ciphertexts, each) = read.into_iter().unzip();
         Ok(Self {
             commitment,
             ciphertexts,
-            wire_bytes,
+            each,
         })
     }
 }
 
 impl Answer {
-    /// Its decryption shares as they travel.
+    /// Its decryption shares as they travel (serialised in parallel).
     pub fn share_bytes(&self) -> Vec<Vec<u8>> {
-        self.shares.iter().map(Serialize::to_bytes).collect()
+        self.shares.par_iter().map(Serialize::to_bytes).collect()
     }
 
     /// An answer received from key holder `from`.
@@ -166,7 +171,7 @@ impl Answer {
         signature: Vec<u8>,
     ) -> Result<Self, HeError> {
         let shares = shares
-            .iter()
+            .par_iter()
             .map(|b| ciphertext_from_bytes(params, b))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| refused(format!("key holder {from}'s decryption share: {e}")))?;

@@ -208,7 +208,7 @@ fn sign_commitment(r: &Round, c: &Commitment) -> Vec<u8> {
 /// A contribution of site `from`'s choosing (its own signature on
 /// ciphertexts it made by hand).
 fn crafted(r: &Round, from: u32, length: usize, ciphertexts: Vec<Ciphertext>) -> Contribution {
-    let (digest, wire_bytes) = Contribution::digest_of(&ciphertexts);
+    let (digest, _) = Contribution::digest_of(&ciphertexts);
     let mut commitment = Commitment {
         from,
         length,
@@ -216,11 +216,7 @@ fn crafted(r: &Round, from: u32, length: usize, ciphertexts: Vec<Ciphertext>) ->
         signature: Vec::new(),
     };
     commitment.signature = sign_commitment(r, &commitment);
-    Contribution {
-        commitment,
-        ciphertexts,
-        wire_bytes,
-    }
+    Contribution::new(commitment, ciphertexts)
 }
 
 #[test]
@@ -254,7 +250,7 @@ fn a_colluding_site_cannot_cancel_the_others_ciphertexts() {
     // Having seen the honest site's ciphertexts, the colluder sends their
     // negation: the three "sum" to the target's alone.
     let negated: Vec<Ciphertext> = contribute(&r, honest, length)
-        .ciphertexts
+        .ciphertexts()
         .iter()
         .map(|ct| Ciphertext::new(vec![-&ct[0], -&ct[1]], r.params.bfv()).unwrap())
         .collect();
@@ -294,7 +290,7 @@ fn a_colluding_site_cannot_cancel_the_others_ciphertexts() {
     sum.absorb(&h, &r.directory).unwrap();
     let negated: Vec<Ciphertext> = h
         .contribution
-        .ciphertexts
+        .ciphertexts()
         .iter()
         .map(|ct| Ciphertext::new(vec![-&ct[0], -&ct[1]], r.params.bfv()).unwrap())
         .collect();
@@ -351,7 +347,10 @@ fn the_coordinator_cannot_have_one_contribution_decrypted() {
     let list = list_of(&[&target.commitment, &other.commitment]);
     let mut sum = VerifiedSum::new(&r.params, &r.key, length, list.clone(), &r.directory).unwrap();
     let mut swapped = reveal(&r, other, &list);
-    swapped.contribution.ciphertexts = forged.ciphertexts;
+    swapped.contribution = Contribution::new(
+        swapped.contribution.commitment,
+        forged.ciphertexts().to_vec(),
+    );
     let why = refused(sum.absorb(&swapped, &r.directory));
     assert!(why.contains("do not match its commitment"), "{why}");
     // With only the target in, a key holder refuses: site 1 is missing.
@@ -493,8 +492,8 @@ fn each_encryption_draws_fresh_randomness_for_its_key_and_values() {
     // The same values in another round, and other values in the same round:
     // the mask polynomial c1 = p1 u + e2 differs (a reused u would give the
     // values' difference away).
-    assert_ne!(a.ciphertexts[0][1], b.ciphertexts[0][1]);
-    assert_ne!(a.ciphertexts[0][1], c.ciphertexts[0][1]);
+    assert_ne!(a.ciphertexts()[0][1], b.ciphertexts()[0][1]);
+    assert_ne!(a.ciphertexts()[0][1], c.ciphertexts()[0][1]);
     // The same values under the same key: the same ciphertexts (nothing new
     // to learn).
     assert_eq!(a.commitment.digest, again.commitment.digest);
@@ -505,14 +504,14 @@ fn malformed_ciphertexts_are_refused_not_a_panic() {
     let length = 10;
     let r = round(12, 1, 2);
     let good = contribute(&r, 0, length);
-    let mut low = contribute(&r, 1, length).ciphertexts;
+    let mut low = contribute(&r, 1, length).ciphertexts().to_vec();
     low[0].switch_down().unwrap();
     let three = vec![
         Ciphertext::new(
             vec![
-                good.ciphertexts[0][0].clone(),
-                good.ciphertexts[0][1].clone(),
-                good.ciphertexts[0][1].clone(),
+                good.ciphertexts()[0][0].clone(),
+                good.ciphertexts()[0][1].clone(),
+                good.ciphertexts()[0][1].clone(),
             ],
             r.params.bfv(),
         )
@@ -533,7 +532,7 @@ fn malformed_ciphertexts_are_refused_not_a_panic() {
     // Ciphertexts read under another instance of the same parameters add
     // to this instance's sums.
     let other = HeParams::new().unwrap();
-    let bytes = good.ciphertexts[0].to_bytes();
+    let bytes = good.ciphertexts()[0].to_bytes();
     let read: Ciphertext =
         fhe_traits::DeserializeParametrized::from_bytes(&bytes, other.bfv()).unwrap();
     let moved = crafted(&r, 0, length, vec![read]);
@@ -565,9 +564,9 @@ fn a_ciphertext_is_two_polynomials_at_36_bits_a_coefficient() {
     let two = 2 * HeParams::polynomial_bytes();
     assert_eq!(two, 2 * 2 * 4096 * 36 / 8);
     assert!(
-        c.wire_bytes >= two && c.wire_bytes < two + 256,
+        c.wire_bytes() >= two && c.wire_bytes() < two + 256,
         "{}",
-        c.wire_bytes
+        c.wire_bytes()
     );
 }
 

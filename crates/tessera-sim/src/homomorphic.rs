@@ -203,7 +203,7 @@ pub(crate) fn homomorphic_round(
             None => contribute(site, update)?,
         };
         let revealed = c.reveal(&id, &list, &signer(site)).map_err(he)?;
-        let size = revealed.contribution.wire_bytes + revealed.list_signature.len() as u64;
+        let size = revealed.contribution.wire_bytes() + revealed.list_signature.len() as u64;
         *bytes_up.entry(site).or_default() += size;
         *bytes_down.entry(site).or_default() += list_bytes;
         masked_bytes.insert(site, size + COMMITMENT_BYTES);
