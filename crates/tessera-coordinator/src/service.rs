@@ -3,6 +3,7 @@
 
 mod joins;
 mod limits;
+mod secure;
 
 pub(crate) use limits::ConnectionLimits;
 
@@ -575,41 +576,6 @@ impl Service {
             .await?
             .map_err(refused)?;
         Ok(Response::new(pb::EvaluationReply {}))
-    }
-
-    async fn secure_aggregation_call(
-        &self,
-        request: Request<pb::SecAggRequest>,
-    ) -> Result<Response<pb::SecAggReply>, Status> {
-        let site = self.caller(&request, &request.get_ref().site).await?;
-        let certificate = end_entity(&request);
-        let size = request.get_ref().encoded_len();
-        let message = request.into_inner();
-        // A masked input is the site's update, unless the round sums
-        // evaluations (its top bit set).
-        let masked = matches!(
-            message.step,
-            Some(pb::sec_agg_request::Step::Masked(_) | pb::sec_agg_request::Step::HeReveal(_))
-        ) && message.round & tessera_secagg::EVALUATION_ROUND == 0
-            && message.round & tessera_secagg::ANALYTICS_ROUND == 0;
-        let reply = self
-            .shared
-            .call(move |f| {
-                f.remember_certificate(&site, certificate);
-                if masked {
-                    // The masked input is this site's update.
-                    let codec = f.expected_codec(&site, message.round);
-                    f.count_update(&site, size, codec, 0.0, std::time::Instant::now());
-                } else {
-                    f.count_up(&site, size);
-                }
-                let reply = f.secure_step(&site, message.round, message.step)?;
-                f.count_down(&site, reply.encoded_len());
-                Ok(reply)
-            })
-            .await?
-            .map_err(refused)?;
-        Ok(Response::new(reply))
     }
 
     async fn heartbeat_call(

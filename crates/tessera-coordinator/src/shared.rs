@@ -125,6 +125,31 @@ impl Shared {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
+
+    /// A long poll: runs `f` on the federation's thread after each change
+    /// that `changes` (subscribed before the first asking) sees, until
+    /// `ready` holds of its answer or `hold` has passed. The last answer,
+    /// or `None` when nothing changed in time.
+    pub async fn call_on_change<R: Send + 'static>(
+        &self,
+        mut changes: watch::Receiver<u64>,
+        hold: std::time::Duration,
+        f: impl Fn(&mut Federation) -> R + Send + Sync + 'static,
+        ready: impl Fn(&R) -> bool,
+    ) -> Result<Option<R>, Status> {
+        let f = Arc::new(f);
+        let until = tokio::time::Instant::now() + hold;
+        let mut last = None;
+        while let Ok(Ok(())) = tokio::time::timeout_at(until, changes.changed()).await {
+            let g = Arc::clone(&f);
+            let answer = self.call(move |federation| g(federation)).await?;
+            if ready(&answer) {
+                return Ok(Some(answer));
+            }
+            last = Some(answer);
+        }
+        Ok(last)
+    }
 }
 
 /// The federation's owner: runs each job in turn and publishes the version

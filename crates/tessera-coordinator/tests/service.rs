@@ -7,11 +7,14 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::{Db, SITES, agree, hello, plan, train};
 use tessera_coordinator::{Service, Shared, TaskView};
 use tessera_proto::pb::federation_client::FederationClient;
 use tessera_proto::pb::federation_server::FederationServer;
+use tessera_proto::pb::sec_agg_reply::State;
+use tessera_proto::pb::sec_agg_request::Step;
 use tessera_proto::pb::{self, task, update_part};
 use tonic::transport::{Channel, Endpoint, Server, Uri};
 
@@ -275,4 +278,77 @@ async fn a_rollout_refuses_an_agreement_offer() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("no data agreement"), "{status:?}");
+}
+
+/// One secure-aggregation step of `site` over the wire: the reply and how
+/// long it took.
+async fn ask(
+    mut client: FederationClient<Channel>,
+    site: &str,
+    round: u32,
+    step: Step,
+) -> (State, Duration) {
+    let start = Instant::now();
+    let reply = client
+        .secure_aggregation(pb::SecAggRequest {
+            site: site.into(),
+            round,
+            step: Some(step),
+        })
+        .await
+        .unwrap();
+    (reply.into_inner().state.unwrap(), start.elapsed())
+}
+
+/// 1.30 `long-poll`: a key holder's poll with nothing to do is held at the
+/// coordinator until the round moves, and answered then with what it
+/// needs; when nothing moves it is answered `wait = false` (ask again at
+/// once) after a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secure_poll_is_held_until_the_round_moves() {
+    let db = Db::new();
+    let mut federation = db.open(&plan(
+        "\n[secure_aggregation]\nenabled = true\nscheme = \"homomorphic\"\n\
+         key_holders = [\"cleveland\", \"va\"]\n",
+    ));
+    agree(&mut federation);
+    // The first task opens the round.
+    let round = train(&mut federation, 0).0;
+    let shared = Shared::new(federation);
+    let client = in_process(Arc::clone(&shared)).await;
+    let (task, _) = ask(client.clone(), "cleveland", 0, Step::HeHolder(true)).await;
+    assert!(
+        matches!(&task, State::HeTask(t) if t.stage == 1),
+        "{task:?}"
+    );
+    let commitment = Step::HeKeyCommitment(pb::HeKeyCommitment {
+        digest: vec![1; 32],
+        signature: Vec::new(),
+    });
+    let sent = ask(client.clone(), "cleveland", round, commitment.clone()).await;
+    assert_eq!(sent.0, State::Wait(true));
+    // Nothing for Cleveland until VA commits: held a second in vain.
+    let (state, held) = ask(client.clone(), "cleveland", 0, Step::HeHolder(true)).await;
+    assert_eq!(state, State::Wait(false));
+    assert!(
+        held >= Duration::from_millis(900),
+        "answered after {held:?}"
+    );
+    // Held again; VA's commitment, 300 ms in, closes the stage: Cleveland
+    // is answered then with its next task, not after the second.
+    let waiting = tokio::spawn(ask(client.clone(), "cleveland", 0, Step::HeHolder(true)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        ask(client, "va", round, commitment).await.0,
+        State::Wait(true)
+    );
+    let (task, held) = waiting.await.unwrap();
+    assert!(
+        matches!(&task, State::HeTask(t) if t.stage == 3),
+        "{task:?}"
+    );
+    assert!(
+        held >= Duration::from_millis(250) && held < Duration::from_millis(900),
+        "answered after {held:?}"
+    );
 }

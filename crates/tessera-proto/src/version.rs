@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 29;
+pub const MINOR: u32 = 30;
 
 /// What this build can do.
 ///
@@ -132,6 +132,11 @@ pub const MINOR: u32 = 29;
 ///   commitments, reveals, answers: `HeKeyShare` and the messages after it)
 ///   as a contributor and, named in `key_holders`, as a key holder; a 1.29
 ///   coordinator requires it of every site of such a plan.
+/// - `long-poll` (1.30): a secure-aggregation poll (`poll`, `he_holder`)
+///   that would be answered `wait` is held until the federation changes or
+///   up to a second (at most the heartbeat interval), and answered
+///   `wait = false` when nothing came: the participant polls again at once
+///   (after `wait = true`, a short pause); nothing requires it.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -176,6 +181,7 @@ pub const CAPABILITIES: &[&str] = &[
     "gossip-tracing",
     "secure-buffers",
     "homomorphic-aggregation",
+    "long-poll",
 ];
 
 /// Each capability of [`CAPABILITIES`] with the minor version that brought
@@ -225,6 +231,7 @@ pub const CAPABILITY_SINCE: &[(&str, u32)] = &[
     ("gossip-tracing", 27),
     ("secure-buffers", 28),
     ("homomorphic-aggregation", 29),
+    ("long-poll", 30),
 ];
 
 /// The capabilities a Tessera build of protocol `1.minor` sends.

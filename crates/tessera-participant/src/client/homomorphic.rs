@@ -22,6 +22,7 @@ use tessera_proto::pb::sec_agg_request::Step;
 use tonic::transport::Channel;
 
 use super::identity::{RoundIdentity, identity_is_own};
+use super::secure::poll_pause;
 use super::{Failure, SecureIdentity, withdraw};
 
 /// How a refusal of a homomorphic round starts its message.
@@ -71,7 +72,7 @@ impl Caller<'_> {
     async fn wait_for(&mut self, want: u32) -> Result<Option<State>, Failure> {
         loop {
             match self.call(Step::Poll(want)).await? {
-                Some(State::Wait(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Some(State::Wait(w)) => tokio::time::sleep(poll_pause(w)).await,
                 Some(State::Done(_)) => return Ok(None),
                 Some(other) => return Ok(Some(other)),
                 None => return Err(bad("an empty reply")),
@@ -356,7 +357,7 @@ async fn contribute(
     // site's input (`done` false when it failed).
     loop {
         match caller.call(Step::Poll(4)).await? {
-            Some(State::Wait(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Some(State::Wait(w)) => tokio::time::sleep(poll_pause(w)).await,
             Some(State::Done(counted)) => return Ok(counted),
             _ => return Err(bad("an unexpected reply at the round's end")),
         }
@@ -386,6 +387,12 @@ pub async fn key_holder(
         let task = match asked {
             Ok(Some(State::HeTask(task))) => task,
             Ok(Some(State::Done(_))) => return,
+            Ok(Some(State::Wait(false))) => {
+                // Held at the coordinator until now (1.30 `long-poll`).
+                tokio::time::sleep(poll_pause(false)).await;
+                idle = Duration::from_millis(20);
+                continue;
+            }
             Ok(_) => {
                 // Nothing to do now: asked again soon, less often while
                 // nothing comes (at most every 50 ms: each stage of a

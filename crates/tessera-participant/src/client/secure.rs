@@ -9,6 +9,13 @@ use tonic::transport::Channel;
 use super::identity::identity_is_own;
 use super::{Failure, SecureIdentity, withdraw};
 
+/// The pause before polling again after `wait`: none to speak of when the
+/// coordinator held the poll (`wait = false`, 1.30 `long-poll`), 20 ms
+/// otherwise.
+pub(super) fn poll_pause(wait: bool) -> Duration {
+    Duration::from_millis(if wait { 20 } else { 1 })
+}
+
 /// Sends `update` as `site` through a SecAgg+ round of `plan`'s run: the
 /// federation learns only the cohort's sum. `key_ring` holds the site's key
 /// pairs between rounds (the mask key is replaced after every round);
@@ -345,7 +352,7 @@ async fn secure_stages(
         ($want:expr) => {
             loop {
                 match call(Step::Poll($want)).await? {
-                    Some(State::Wait(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Some(State::Wait(w)) => tokio::time::sleep(poll_pause(w)).await,
                     Some(State::Done(_)) => break None,
                     Some(other) => break Some(other),
                     None => return Err(bad("an empty reply")),

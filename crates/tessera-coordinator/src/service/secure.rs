@@ -1,0 +1,97 @@
+//! The secure-aggregation call (SecAgg+ and homomorphic rounds): each step
+//! runs on the federation's thread; a poll that would be told to wait is
+//! held until the federation changes (1.30, `long-poll`).
+
+use std::time::Duration;
+
+use prost::Message;
+use tessera_proto::pb;
+use tessera_proto::pb::sec_agg_reply::State;
+use tessera_proto::pb::sec_agg_request::Step;
+use tonic::{Request, Response, Status};
+
+use super::{Service, end_entity, refused};
+
+/// The longest a poll is held: a site held is not heard from meanwhile, so
+/// it is also at most the heartbeat interval (a quarter of the liveness
+/// period).
+const MAX_HOLD: Duration = Duration::from_secs(1);
+
+fn waits(reply: &pb::SecAggReply) -> bool {
+    matches!(reply.state, Some(State::Wait(_)))
+}
+
+impl Service {
+    pub(super) async fn secure_aggregation_call(
+        &self,
+        request: Request<pb::SecAggRequest>,
+    ) -> Result<Response<pb::SecAggReply>, Status> {
+        let site = self.caller(&request, &request.get_ref().site).await?;
+        let certificate = end_entity(&request);
+        let size = request.get_ref().encoded_len();
+        let message = request.into_inner();
+        // A masked input is the site's update, unless the round sums
+        // evaluations (its top bit set).
+        let masked = matches!(message.step, Some(Step::Masked(_) | Step::HeReveal(_)))
+            && message.round & tessera_secagg::EVALUATION_ROUND == 0
+            && message.round & tessera_secagg::ANALYTICS_ROUND == 0;
+        // Polls (a stage's message, a key holder's task) change nothing:
+        // asked again on each change while the answer is "wait".
+        let again = match &message.step {
+            Some(step @ (Step::Poll(_) | Step::HeHolder(_))) => Some(step.clone()),
+            _ => None,
+        };
+        let changes = self.shared.subscribe();
+        let round = message.round;
+        let who = site.clone();
+        let reply = self
+            .shared
+            .call(move |f| {
+                f.remember_certificate(&site, certificate);
+                if masked {
+                    // The masked input is this site's update.
+                    let codec = f.expected_codec(&site, message.round);
+                    f.count_update(&site, size, codec, 0.0, std::time::Instant::now());
+                } else {
+                    f.count_up(&site, size);
+                }
+                let reply = f.secure_step(&site, message.round, message.step)?;
+                f.count_down(&site, reply.encoded_len());
+                Ok(reply)
+            })
+            .await?
+            .map_err(refused)?;
+        let Some(step) = again.filter(|_| waits(&reply)) else {
+            return Ok(Response::new(reply));
+        };
+        let hold = self
+            .shared
+            .call(|f| f.heartbeat_interval())
+            .await?
+            .min(MAX_HOLD);
+        let held = self
+            .shared
+            .call_on_change(
+                changes,
+                hold,
+                move |f| {
+                    let reply = f.secure_step(&who, round, Some(step.clone()))?;
+                    if !waits(&reply) {
+                        f.count_down(&who, reply.encoded_len());
+                    }
+                    Ok(reply)
+                },
+                |r: &Result<pb::SecAggReply, _>| r.as_ref().map_or(true, |r| !waits(r)),
+            )
+            .await?;
+        match held {
+            Some(answer) if answer.as_ref().map_or(true, |r| !waits(r)) => {
+                answer.map(Response::new).map_err(refused)
+            }
+            // Held in vain: ask again at once.
+            _ => Ok(Response::new(pb::SecAggReply {
+                state: Some(State::Wait(false)),
+            })),
+        }
+    }
+}
