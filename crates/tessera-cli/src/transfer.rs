@@ -219,10 +219,7 @@ async fn serve(listen: SocketAddr, floats: u64) -> anyhow::Result<()> {
     };
     tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            stop,
-        )
+        .serve_with_incoming_shutdown(tessera_tls::plain_incoming(listener), stop)
         .await?;
     Ok(())
 }

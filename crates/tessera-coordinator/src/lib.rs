@@ -145,7 +145,6 @@ use tessera_engine::report::RunReport;
 use tessera_engine::{Plan, PlanError};
 use tessera_proto::pb::federation_server::FederationServer;
 use thiserror::Error;
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub use service::Service;
 pub use shared::Shared;
@@ -506,7 +505,7 @@ pub async fn serve_shared_until(
     };
     let served = match tls {
         None => server
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(tessera_tls::plain_incoming(listener), shutdown)
             .await
             .map_err(|e| CoordinatorError::Network(e.to_string())),
         Some(files) => {

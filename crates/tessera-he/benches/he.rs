@@ -200,3 +200,8 @@ fn answer_one_holder(bencher: Bencher, length: usize) {
             black_box(answer.share_bytes())
         });
 }
+
+#[divan::bench(sample_count = 5)]
+fn make_params() -> HeParams {
+    HeParams::new().unwrap()
+}

@@ -460,10 +460,7 @@ async fn serve(
     let network = |e: tonic::transport::Error| PeerError::Network(e.to_string());
     match tls {
         None => server
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                shutdown,
-            )
+            .serve_with_incoming_shutdown(tessera_tls::plain_incoming(listener), shutdown)
             .await
             .map_err(network),
         Some(files) => {

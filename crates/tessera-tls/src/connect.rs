@@ -188,11 +188,27 @@ mod tests {
         let uri: http::Uri = format!("http://{address}").parse().unwrap();
         let (connected, accepted) = tokio::join!(connector.call(uri), incoming.next());
         connected.unwrap();
-        accepted.unwrap().unwrap();
+        let accepted = accepted.unwrap().unwrap();
+        // Replies go out without Nagle's wait.
+        assert!(accepted.get_ref().0.nodelay().unwrap());
         connector.check_server().unwrap();
         ca.revoke("b").unwrap();
         let err = connector.check_server().unwrap_err().to_string();
         assert!(err.contains("Revoked"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Without TLS too, an accepted connection sends without Nagle's wait
+    /// (a small reply written in parts would wait for the peer's delayed
+    /// acknowledgement).
+    #[tokio::test]
+    async fn accepted_connections_send_at_once() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut incoming = Box::pin(crate::plain_incoming(listener));
+        let (connected, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(address), incoming.next());
+        connected.unwrap();
+        assert!(accepted.unwrap().unwrap().nodelay().unwrap());
     }
 }

@@ -47,7 +47,7 @@ mod connect;
 mod failure;
 mod identity;
 
-pub use accept::{Callers, HandshakeRefusal, check_site, incoming};
+pub use accept::{Callers, HandshakeRefusal, check_site, incoming, plain_incoming};
 pub use ca::{CaDir, CertStatus, Issuance, Issued, IssuedKind, utc};
 pub use config::{
     OutsidePems, ServerTls, TlsFiles, certificate_names_site, client_config, outside_pems,
