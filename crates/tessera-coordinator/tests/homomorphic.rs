@@ -365,8 +365,14 @@ fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_mess
             step(&mut f, &site, round, Step::HeAnswer(sent)).unwrap();
         }
     }
-    // Decrypted and stepped with the four updates; the round's polls are
+        // Decrypted and stepped with the four updates at the last answer (not
+    // at a later tick: no `advance` here), the round closed; its polls are
     // told it is over.
+    let closed = f.store().rounds(f.run_id()).unwrap();
+    assert_eq!(
+        (closed.iter().map(|r| (r.round, r.status.as_str()))).collect::<Vec<_>>(),
+        [(round, "completed")]
+    );
     assert_eq!(
         step(&mut f, &names[2], round, Step::Poll(4)).unwrap(),
         State::Done(true)

@@ -440,8 +440,25 @@ impl Federation {
         })
     }
 
-    /// One `SecureAggregation` request.
+    /// One `SecureAggregation` request. The step that completes a secure
+    /// sum moves the run on at once (the round closes, the next opens), as
+    /// an accepted clear update does, not at the next tick.
     pub fn secure_step(
+        &mut self,
+        site: &str,
+        round: u32,
+        step: Option<Step>,
+    ) -> Result<pb::SecAggReply, Refusal> {
+        let open = |f: &Self| f.secure.is_some() || f.homomorphic.is_some();
+        let was_open = open(self);
+        let reply = self.take_secure_step(site, round, step);
+        if was_open && !open(self) {
+            self.advance();
+        }
+        reply
+    }
+
+    fn take_secure_step(
         &mut self,
         site: &str,
         round: u32,
