@@ -365,7 +365,7 @@ fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_mess
             step(&mut f, &site, round, Step::HeAnswer(sent)).unwrap();
         }
     }
-        // Decrypted and stepped with the four updates at the last answer (not
+    // Decrypted and stepped with the four updates at the last answer (not
     // at a later tick: no `advance` here), the round closed; its polls are
     // told it is over.
     let closed = f.store().rounds(f.run_id()).unwrap();

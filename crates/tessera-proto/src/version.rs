@@ -132,8 +132,8 @@ pub const MINOR: u32 = 30;
 ///   commitments, reveals, answers: `HeKeyShare` and the messages after it)
 ///   as a contributor and, named in `key_holders`, as a key holder; a 1.29
 ///   coordinator requires it of every site of such a plan.
-/// - `long-poll` (1.30): a secure-aggregation poll (`poll`, `he_holder`)
-///   that would be answered `wait` is held until the federation changes or
+/// - `long-poll` (1.30): a secure-aggregation poll (`poll`, `he_holder`,
+///   a repeated `buffer` join) that would be answered `wait` is held until the federation changes or
 ///   up to a second (at most the heartbeat interval), and answered
 ///   `wait = false` when nothing came: the participant polls again at once
 ///   (after `wait = true`, a short pause); nothing requires it.

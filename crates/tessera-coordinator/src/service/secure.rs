@@ -35,10 +35,13 @@ impl Service {
         let masked = matches!(message.step, Some(Step::Masked(_) | Step::HeReveal(_)))
             && message.round & tessera_secagg::EVALUATION_ROUND == 0
             && message.round & tessera_secagg::ANALYTICS_ROUND == 0;
-        // Polls (a stage's message, a key holder's task) change nothing:
-        // asked again on each change while the answer is "wait".
+        // Polls (a stage's message, a key holder's task) change nothing, nor
+        // does a buffer join repeated with the same model version: asked
+        // again on each change while the answer is "wait".
         let again = match &message.step {
-            Some(step @ (Step::Poll(_) | Step::HeHolder(_))) => Some(step.clone()),
+            Some(step @ (Step::Poll(_) | Step::HeHolder(_) | Step::Buffer(_))) => {
+                Some(step.clone())
+            }
             _ => None,
         };
         let changes = self.shared.subscribe();

@@ -97,7 +97,7 @@ pub async fn buffer_submit(
             .await;
         match reply.map(|r| r.into_inner().state) {
             Ok(Some(State::Seat(seat))) => break seat,
-            Ok(Some(State::Wait(_))) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Ok(Some(State::Wait(w))) => tokio::time::sleep(poll_pause(w)).await,
             Ok(Some(State::Done(_))) => {
                 return Ok(not_counted("the run takes no more steps".into()));
             }
