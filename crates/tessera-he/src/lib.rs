@@ -147,6 +147,18 @@ impl HeParams {
             .map_err(fhe)
     }
 
+    /// The process's one instance of the parameters, made at its first use
+    /// (7 to 8 ms each time otherwise: every party reads and adds messages
+    /// on one instance anyway).
+    pub fn shared() -> Result<Self, HeError> {
+        static SHARED: std::sync::OnceLock<HeParams> = std::sync::OnceLock::new();
+        if let Some(params) = SHARED.get() {
+            return Ok(params.clone());
+        }
+        let made = Self::new()?;
+        Ok(SHARED.get_or_init(|| made).clone())
+    }
+
     /// fhe.rs's parameters (for tests that build ciphertexts by hand).
     pub fn bfv(&self) -> &Arc<BfvParameters> {
         &self.0

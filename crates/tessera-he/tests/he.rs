@@ -696,3 +696,11 @@ fn every_message_travels_as_bytes_and_hostile_bytes_are_refused() {
     ));
     assert!(why.contains("canonical encoding"), "{why}");
 }
+
+#[test]
+fn the_shared_parameters_are_one_instance() {
+    let (a, b) = (HeParams::shared().unwrap(), HeParams::shared().unwrap());
+    assert!(std::sync::Arc::ptr_eq(a.bfv(), b.bfv()));
+    // A fresh instance is another (messages are rebuilt on the reader's).
+    assert!(!std::sync::Arc::ptr_eq(a.bfv(), HeParams::new().unwrap().bfv()));
+}

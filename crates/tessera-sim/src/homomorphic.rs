@@ -85,7 +85,7 @@ pub(crate) fn homomorphic_round(
 ) -> Result<SecureRound, SecAggError> {
     // The quantisation and clipping SecAgg+ would use for this cohort.
     let (_, kept, params) = crate::secure::prepare(plan, round, cohort, &mut updates, layout)?;
-    let he_params = HeParams::new().map_err(he)?;
+    let he_params = HeParams::shared().map_err(he)?;
     let poly = HeParams::polynomial_bytes();
     let secret = |tag: u64, site: usize| {
         derive_key(

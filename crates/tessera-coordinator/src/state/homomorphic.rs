@@ -76,7 +76,7 @@ impl Federation {
             .map_err(|e| e.to_string())
             .and_then(|params| {
                 check_size(params.dimension, cohort.len())?;
-                HeParams::new()
+                HeParams::shared()
                     .map(|he| (params, he))
                     .map_err(|e| e.to_string())
             });

@@ -231,7 +231,7 @@ fn list_of(list: pb::HeList, round: u32) -> Result<CommitmentList, Failure> {
 }
 
 fn he_params() -> Result<HeParams, Failure> {
-    HeParams::new().map_err(|e| Failure::Fatal(crate::ParticipantError::Local(e.to_string())))
+    HeParams::shared().map_err(|e| Failure::Fatal(crate::ParticipantError::Local(e.to_string())))
 }
 
 /// Sends `update` as `site` through homomorphic round `round` of `plan`'s
