@@ -99,7 +99,7 @@ pub const DEGREE: usize = 4096;
 /// all, well inside the 109 that 128-bit security allows at degree 4096).
 /// With the plaintext modulus `2^32` the scale is `2^40`, room for the noise
 /// of a sum of a million fresh ciphertexts.
-const MODULI: [u64; 2] = [0xffffee001, 0xffffc4001];
+pub(crate) const MODULI: [u64; 2] = [0xffffee001, 0xffffc4001];
 
 /// The plaintext modulus: sums are taken modulo `2^32`, as SecAgg+'s.
 const PLAINTEXT_MODULUS: u64 = 1 << 32;

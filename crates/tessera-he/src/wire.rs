@@ -7,12 +7,14 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use fhe::bfv::{Ciphertext, PublicKey, SecretKey};
 use fhe::mbfv::PublicKeyShare;
 use fhe_math::rq::Poly;
+use fhe_math::zq::Modulus;
 use fhe_traits::{DeserializeParametrized, Serialize};
+use prost::Message;
 use rayon::prelude::*;
 
 use crate::{
-    Answer, Commitment, Contribution, DEGREE, HeError, HeParams, RoundId, common_poly, fhe, hashed,
-    joint_key, refused, rng,
+    Answer, Commitment, Contribution, DEGREE, HeError, HeParams, MODULI, RoundId, common_poly, fhe,
+    hashed, joint_key, refused, rng,
 };
 
 /// The most bytes a ciphertext takes: two polynomials and fhe.rs's framing.
@@ -20,9 +22,72 @@ fn max_ciphertext_bytes() -> usize {
     2 * HeParams::polynomial_bytes() as usize + 1024
 }
 
+/// fhe.rs's `Ciphertext` message (fhe 0.1.1, `bfv.proto`), to check an
+/// encoding before fhe.rs reads it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct CiphertextMessage {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    c: Vec<Vec<u8>>,
+    #[prost(bytes = "vec", tag = "2")]
+    seed: Vec<u8>,
+    #[prost(uint32, tag = "3")]
+    level: u32,
+}
+
+/// fhe-math's polynomial message (fhe-math 0.1.1, `rq.proto`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RqMessage {
+    /// `Representation`: 2 is NTT.
+    #[prost(int32, tag = "1")]
+    representation: i32,
+    #[prost(uint32, tag = "2")]
+    degree: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    coefficients: Vec<u8>,
+    #[prost(bool, tag = "4")]
+    allow_variable_time: bool,
+}
+
+/// Whether `bytes` are a ciphertext's one encoding, as fhe.rs writes one:
+/// each message in protobuf's canonical form (fields in order, defaults
+/// left out, no field fhe.rs ignores: decoded and encoded again, the same
+/// bytes), no seed standing for a polynomial, level 0, two polynomials of
+/// [`DEGREE`] in the NTT representation, every coefficient below its
+/// modulus. Checked on the bytes, without the inverse NTT that encoding the
+/// ciphertext again would take.
+fn canonical(bytes: &[u8]) -> Result<(), &'static str> {
+    let ct = CiphertextMessage::decode(bytes).map_err(|_| "a malformed ciphertext")?;
+    if ct.encode_to_vec() != bytes || !ct.seed.is_empty() || ct.level != 0 || ct.c.len() != 2 {
+        return Err("a ciphertext not in its canonical encoding");
+    }
+    for poly in &ct.c {
+        let rq = RqMessage::decode(poly.as_slice()).map_err(|_| "a malformed polynomial")?;
+        if rq.encode_to_vec() != *poly || rq.representation != 2 || rq.degree as usize != DEGREE {
+            return Err("a ciphertext not in its canonical encoding");
+        }
+        let mut rest = rq.coefficients.as_slice();
+        for q in MODULI {
+            let modulus = Modulus::new(q).map_err(|_| "a modulus")?;
+            let size = modulus.serialization_length(DEGREE);
+            if rest.len() < size {
+                return Err("a malformed polynomial");
+            }
+            let (these, after) = rest.split_at(size);
+            if modulus.deserialize_vec(these).iter().any(|&c| c >= q) {
+                return Err("a ciphertext not in its canonical encoding");
+            }
+            rest = after;
+        }
+        if !rest.is_empty() {
+            return Err("a malformed polynomial");
+        }
+    }
+    Ok(())
+}
+
 /// A ciphertext of `params` from `bytes`: two polynomials at the top level,
-/// in fhe.rs's canonical encoding (every coefficient reduced), or refused
-/// with the reason; never a panic.
+/// in fhe.rs's canonical encoding (every coefficient reduced; see
+/// [`canonical`]), or refused with the reason; never a panic.
 pub fn ciphertext_from_bytes(params: &HeParams, bytes: &[u8]) -> Result<Ciphertext, HeError> {
     if bytes.len() > max_ciphertext_bytes() {
         return Err(refused(format!(
@@ -31,6 +96,7 @@ pub fn ciphertext_from_bytes(params: &HeParams, bytes: &[u8]) -> Result<Cipherte
             max_ciphertext_bytes()
         )));
     }
+    canonical(bytes).map_err(refused)?;
     let parsed = catch_unwind(AssertUnwindSafe(|| {
         Ciphertext::from_bytes(bytes, params.bfv())
     }))
@@ -45,15 +111,10 @@ pub fn ciphertext_from_bytes(params: &HeParams, bytes: &[u8]) -> Result<Cipherte
     if !matches!(params.bfv().level_of_context(parsed[0].ctx()), Ok(0)) {
         return Err(refused("a ciphertext at another level"));
     }
-    // Rebuilt from its polynomials, it must encode to the same bytes: no
-    // unreduced coefficient, no field fhe.rs ignores, no seed standing for
-    // a polynomial (one encoding a ciphertext).
-    let rebuilt = Ciphertext::new(parsed.to_vec(), params.bfv())
-        .map_err(|e| refused(format!("a malformed ciphertext: {e}")))?;
-    if rebuilt.to_bytes() != bytes {
-        return Err(refused("a ciphertext not in its canonical encoding"));
-    }
-    Ok(rebuilt)
+    // Rebuilt from its polynomials on these parameters (each in the NTT
+    // representation, of one context).
+    Ciphertext::new(parsed.to_vec(), params.bfv())
+        .map_err(|e| refused(format!("a malformed ciphertext: {e}")))
 }
 
 /// `inner` as field 1 of a protobuf message (fhe.rs's `PublicKey` holds its

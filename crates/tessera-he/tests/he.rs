@@ -665,6 +665,21 @@ fn every_message_travels_as_bytes_and_hostile_bytes_are_refused() {
         vec![0u8; 200_000],
         unreduced,
     ];
+    // Other framings of the same ciphertext: a field fhe.rs ignores, a
+    // level field written at its default, the polynomials' length in a
+    // longer varint; the same polynomial's other forms.
+    let mut unknown = good.clone();
+    unknown.extend_from_slice(&[0x28, 0x01]);
+    let mut level_zero = good.clone();
+    level_zero.extend_from_slice(&[0x18, 0x00]);
+    cases.extend([unknown, level_zero, longer_varint(&good)]);
+    let variants = polynomial_variants(&good);
+    let why = refused(tessera_he::ciphertext_from_bytes(
+        &r.params,
+        variants.last().unwrap(),
+    ));
+    assert!(why.contains("canonical encoding"), "{why}");
+    cases.extend(variants);
     for i in 0..200usize {
         let mut b = good.clone();
         let at = (i * 7919) % b.len();
@@ -702,5 +717,76 @@ fn the_shared_parameters_are_one_instance() {
     let (a, b) = (HeParams::shared().unwrap(), HeParams::shared().unwrap());
     assert!(std::sync::Arc::ptr_eq(a.bfv(), b.bfv()));
     // A fresh instance is another (messages are rebuilt on the reader's).
-    assert!(!std::sync::Arc::ptr_eq(a.bfv(), HeParams::new().unwrap().bfv()));
+    assert!(!std::sync::Arc::ptr_eq(
+        a.bfv(),
+        HeParams::new().unwrap().bfv()
+    ));
+}
+
+/// `bytes` (fhe.rs's ciphertext: field 1, twice, each a polynomial) with the
+/// first polynomial's length written in one more varint byte than needed.
+fn longer_varint(bytes: &[u8]) -> Vec<u8> {
+    let (tag, rest) = bytes.split_first().unwrap();
+    assert_eq!(*tag, 0x0a);
+    let n = rest.iter().position(|b| b & 0x80 == 0).unwrap() + 1;
+    let mut out = vec![0x0a];
+    out.extend_from_slice(&rest[..n - 1]);
+    out.push(rest[n - 1] | 0x80);
+    out.push(0x00);
+    out.extend_from_slice(&rest[n..]);
+    out
+}
+
+/// `bytes` with its first polynomial changed in place, one way each: the
+/// representation as power basis, the degree halved, the variable-time flag
+/// set, a field appended, the first coefficient 2^36 - 1 (above its
+/// modulus; the ciphertext's framing mended to fit). The last is refused.
+fn polynomial_variants(bytes: &[u8]) -> Vec<Vec<u8>> {
+    // The first polynomial's bytes (field 1 of the ciphertext).
+    let rest = &bytes[1..];
+    let n = rest.iter().position(|b| b & 0x80 == 0).unwrap() + 1;
+    let mut len = 0usize;
+    for (i, b) in rest[..n].iter().enumerate() {
+        len |= usize::from(b & 0x7f) << (7 * i);
+    }
+    let poly = &rest[n..n + len];
+    let after = &rest[n + len..];
+    let varint = |mut v: usize| {
+        let mut out = Vec::new();
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return out;
+            }
+            out.push(b | 0x80);
+        }
+    };
+    let rebuilt = |p: Vec<u8>| {
+        let mut out = vec![0x0a];
+        out.extend(varint(p.len()));
+        out.extend(p);
+        out.extend_from_slice(after);
+        out
+    };
+    // Rq: representation (field 1) = 2, degree (field 2) = 4096, ...
+    assert_eq!(&poly[..2], &[0x08, 0x02]);
+    let mut power_basis = poly.to_vec();
+    power_basis[1] = 0x01;
+    let mut degree = poly.to_vec();
+    assert_eq!(&degree[2..5], &[0x10, 0x80, 0x20]);
+    degree[4] = 0x10;
+    let mut flag = poly.to_vec();
+    flag.extend_from_slice(&[0x20, 0x01]);
+    let mut extra = poly.to_vec();
+    extra.extend_from_slice(&[0x28, 0x07]);
+    // ..., coefficients (field 3) of 2 x 18,432 bytes: 36 bits each.
+    let mut unreduced = poly.to_vec();
+    assert_eq!(&unreduced[5..9], &[0x1a, 0x80, 0xa0, 0x02]);
+    unreduced[9..14].fill(0xff);
+    [power_basis, degree, flag, extra, unreduced]
+        .into_iter()
+        .map(rebuilt)
+        .collect()
 }
