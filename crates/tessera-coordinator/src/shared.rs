@@ -2,7 +2,7 @@
 //! on the [`Federation`] (an actor); async callers send work and await the
 //! answer.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -24,6 +24,8 @@ pub struct Shared {
     /// Sites told that the run is over, or that left it (`Withdraw` with
     /// `leaving`): the coordinator stops once every joined site is here.
     pub told_finished: Mutex<BTreeSet<String>>,
+    /// Each site's secure-aggregation polls held now (`service/secure.rs`).
+    pub held_polls: Mutex<BTreeMap<String, usize>>,
 }
 
 impl Shared {
@@ -41,6 +43,7 @@ impl Shared {
             jobs,
             changed,
             told_finished: Mutex::new(BTreeSet::new()),
+            held_polls: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -72,6 +75,7 @@ impl Shared {
                 jobs,
                 changed,
                 told_finished: Mutex::new(BTreeSet::new()),
+                held_polls: Mutex::new(BTreeMap::new()),
             })),
             Ok(Err(e)) => Err(e),
             Err(_) => panic!("the federation's thread failed while opening it"),

@@ -303,7 +303,7 @@ async fn ask(
 /// 1.30 `long-poll`: a key holder's poll with nothing to do is held at the
 /// coordinator until the round moves, and answered then with what it
 /// needs; when nothing moves it is answered `wait = false` (ask again at
-/// once) after a second.
+/// once) after a second. A site's fifth poll at once is not held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secure_poll_is_held_until_the_round_moves() {
     let db = Db::new();
@@ -339,7 +339,7 @@ async fn a_secure_poll_is_held_until_the_round_moves() {
     let waiting = tokio::spawn(ask(client.clone(), "cleveland", 0, Step::HeHolder(true)));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        ask(client, "va", round, commitment).await.0,
+        ask(client.clone(), "va", round, commitment).await.0,
         State::Wait(true)
     );
     let (task, held) = waiting.await.unwrap();
@@ -351,4 +351,21 @@ async fn a_secure_poll_is_held_until_the_round_moves() {
         held >= Duration::from_millis(250) && held < Duration::from_millis(900),
         "answered after {held:?}"
     );
+    // A site's polls beyond four are not held: Hungarian's fifth wait for
+    // the key shares is answered at once, the four held a second.
+    let held: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(ask(client.clone(), "hungarian", round, Step::Poll(2))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (state, took) = ask(client, "hungarian", round, Step::Poll(2)).await;
+    assert_eq!(state, State::Wait(true));
+    assert!(took < Duration::from_millis(250), "answered after {took:?}");
+    for poll in held {
+        let (state, took) = poll.await.unwrap();
+        assert_eq!(state, State::Wait(false));
+        assert!(
+            took >= Duration::from_millis(900),
+            "answered after {took:?}"
+        );
+    }
 }

@@ -136,7 +136,8 @@ pub const MINOR: u32 = 30;
 ///   a repeated `buffer` join) that would be answered `wait` is held until the federation changes or
 ///   up to a second (at most the heartbeat interval), and answered
 ///   `wait = false` when nothing came: the participant polls again at once
-///   (after `wait = true`, a short pause); nothing requires it.
+///   (at most every 20 ms; after `wait = true`, a 20 ms pause); nothing
+///   requires it.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",

@@ -2,6 +2,8 @@
 //! runs on the federation's thread; a poll that would be told to wait is
 //! held until the federation changes (1.30, `long-poll`).
 
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use prost::Message;
@@ -16,6 +18,43 @@ use super::{Service, end_entity, refused};
 /// it is also at most the heartbeat interval (a quarter of the liveness
 /// period).
 const MAX_HOLD: Duration = Duration::from_secs(1);
+
+/// Held polls a site may have at once.
+const MAX_HELD: usize = 4;
+
+/// One of a site's held polls, given back when dropped.
+struct HeldSlot<'a> {
+    counts: &'a Mutex<BTreeMap<String, usize>>,
+    site: String,
+}
+
+impl<'a> HeldSlot<'a> {
+    /// A slot for `site`, or `None` when it holds `MAX_HELD` polls already.
+    fn take(counts: &'a Mutex<BTreeMap<String, usize>>, site: &str) -> Option<Self> {
+        let mut held = counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = held.entry(site.to_string()).or_default();
+        if *n >= MAX_HELD {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts,
+            site: site.to_string(),
+        })
+    }
+}
+
+impl Drop for HeldSlot<'_> {
+    fn drop(&mut self) {
+        let mut held = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = held.get_mut(&self.site) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.site);
+            }
+        }
+    }
+}
 
 fn waits(reply: &pb::SecAggReply) -> bool {
     matches!(reply.state, Some(State::Wait(_)))
@@ -44,10 +83,19 @@ impl Service {
             }
             _ => None,
         };
+        // At most `MAX_HELD` held polls a site at once: a site's polls
+        // (its contributions', its key holder's) are a few; more are
+        // answered at once, so that no site multiplies the work each change
+        // brings.
+        let slot = again
+            .as_ref()
+            .and_then(|_| HeldSlot::take(&self.shared.held_polls, &site));
+        let again = again.filter(|_| slot.is_some());
+        let held_able = again.is_some();
         let changes = self.shared.subscribe();
         let round = message.round;
         let who = site.clone();
-        let reply = self
+        let (reply, hold) = self
             .shared
             .call(move |f| {
                 f.remember_certificate(&site, certificate);
@@ -58,20 +106,20 @@ impl Service {
                 } else {
                     f.count_up(&site, size);
                 }
-                let reply = f.secure_step(&site, message.round, message.step)?;
-                f.count_down(&site, reply.encoded_len());
-                Ok(reply)
+                let reply = f.secure_step(&site, message.round, message.step);
+                if let Ok(reply) = &reply
+                    && !(held_able && waits(reply))
+                {
+                    f.count_down(&site, reply.encoded_len());
+                }
+                (reply, f.heartbeat_interval().min(MAX_HOLD))
             })
-            .await?
-            .map_err(refused)?;
+            .await?;
+        let reply = reply.map_err(refused)?;
         let Some(step) = again.filter(|_| waits(&reply)) else {
             return Ok(Response::new(reply));
         };
-        let hold = self
-            .shared
-            .call(|f| f.heartbeat_interval())
-            .await?
-            .min(MAX_HOLD);
+        let counted = who.clone();
         let held = self
             .shared
             .call_on_change(
@@ -87,14 +135,20 @@ impl Service {
                 |r: &Result<pb::SecAggReply, _>| r.as_ref().map_or(true, |r| !waits(r)),
             )
             .await?;
+        drop(slot);
         match held {
             Some(answer) if answer.as_ref().map_or(true, |r| !waits(r)) => {
                 answer.map(Response::new).map_err(refused)
             }
             // Held in vain: ask again at once.
-            _ => Ok(Response::new(pb::SecAggReply {
-                state: Some(State::Wait(false)),
-            })),
+            _ => {
+                let reply = pb::SecAggReply {
+                    state: Some(State::Wait(false)),
+                };
+                let len = reply.encoded_len();
+                self.shared.post(move |f| f.count_down(&counted, len));
+                Ok(Response::new(reply))
+            }
         }
     }
 }

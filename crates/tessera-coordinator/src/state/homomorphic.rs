@@ -184,6 +184,12 @@ impl Federation {
                 _ => reply(Reply::Done(counted)),
             };
         };
+        if round != he.round && !matches!(step, Some(Step::HeHolder(_))) {
+            // A step of a round that is over (or was reopened after a
+            // restart; the next may have opened at its last step, without
+            // this site): stop, told whether its input counted.
+            return reply(Reply::Done(counted));
+        }
         let Some(&id) = he.index.get(site) else {
             return match step {
                 Some(Step::HeHolder(_)) => Err(Refusal::Denied(format!(
@@ -213,10 +219,6 @@ impl Federation {
                 stage,
                 key_commitments,
             }));
-        }
-        if round != he.round {
-            // The round is over (or was reopened after a restart): stop.
-            return reply(Reply::Done(counted));
         }
         let outcome = he.receive(site, id, step, &self.certificates);
         if let Err(e) = &outcome {

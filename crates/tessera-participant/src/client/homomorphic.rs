@@ -9,7 +9,7 @@
 //! checked itself from every listed contribution (`tessera_he`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tessera_he::{
     Answer, Commitment, CommitmentList, Contribution, EndorsedKey, HeParams, KeyCommitment,
@@ -71,8 +71,9 @@ impl Caller<'_> {
     /// Waits for stage `want`; `None` when the round is over.
     async fn wait_for(&mut self, want: u32) -> Result<Option<State>, Failure> {
         loop {
+            let asked = Instant::now();
             match self.call(Step::Poll(want)).await? {
-                Some(State::Wait(w)) => tokio::time::sleep(poll_pause(w)).await,
+                Some(State::Wait(w)) => tokio::time::sleep(poll_pause(w, asked)).await,
                 Some(State::Done(_)) => return Ok(None),
                 Some(other) => return Ok(Some(other)),
                 None => return Err(bad("an empty reply")),
@@ -356,8 +357,9 @@ async fn contribute(
     // The end: the coordinator says whether the round completed with this
     // site's input (`done` false when it failed).
     loop {
+        let asked = Instant::now();
         match caller.call(Step::Poll(4)).await? {
-            Some(State::Wait(w)) => tokio::time::sleep(poll_pause(w)).await,
+            Some(State::Wait(w)) => tokio::time::sleep(poll_pause(w, asked)).await,
             Some(State::Done(counted)) => return Ok(counted),
             _ => return Err(bad("an unexpected reply at the round's end")),
         }
@@ -377,6 +379,7 @@ pub async fn key_holder(
 ) {
     let mut idle = Duration::from_millis(20);
     loop {
+        let when = Instant::now();
         let asked = Caller {
             client: &mut client,
             site: &site,
@@ -389,7 +392,7 @@ pub async fn key_holder(
             Ok(Some(State::Done(_))) => return,
             Ok(Some(State::Wait(false))) => {
                 // Held at the coordinator until now (1.30 `long-poll`).
-                tokio::time::sleep(poll_pause(false)).await;
+                tokio::time::sleep(poll_pause(false, when)).await;
                 idle = Duration::from_millis(20);
                 continue;
             }

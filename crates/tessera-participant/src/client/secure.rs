@@ -1,6 +1,6 @@
 //! A site's side of a SecAgg+ round: an update or an evaluation, masked, stage by stage.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tessera_proto::pb;
 use tessera_proto::pb::federation_client::FederationClient;
@@ -9,11 +9,18 @@ use tonic::transport::Channel;
 use super::identity::identity_is_own;
 use super::{Failure, SecureIdentity, withdraw};
 
-/// The pause before polling again after `wait`: none to speak of when the
-/// coordinator held the poll (`wait = false`, 1.30 `long-poll`), 20 ms
-/// otherwise.
-pub(super) fn poll_pause(wait: bool) -> Duration {
-    Duration::from_millis(if wait { 20 } else { 1 })
+/// The pause before polling again after `wait` to a poll made at `asked`:
+/// 20 ms; after `wait = false` (1.30 `long-poll`: the coordinator held the
+/// poll, at least 50 ms) only what is left of 20 ms since the poll was made,
+/// so that a coordinator answering `false` at once is polled no more often
+/// than before.
+pub(super) fn poll_pause(wait: bool, asked: Instant) -> Duration {
+    let pause = Duration::from_millis(20);
+    if wait {
+        pause
+    } else {
+        pause.saturating_sub(asked.elapsed())
+    }
 }
 
 /// Sends `update` as `site` through a SecAgg+ round of `plan`'s run: the
@@ -86,6 +93,7 @@ pub async fn buffer_submit(
         reason,
     };
     let seat = loop {
+        let asked = Instant::now();
         let reply = client
             .secure_aggregation(pb::SecAggRequest {
                 site: site.to_string(),
@@ -97,7 +105,7 @@ pub async fn buffer_submit(
             .await;
         match reply.map(|r| r.into_inner().state) {
             Ok(Some(State::Seat(seat))) => break seat,
-            Ok(Some(State::Wait(w))) => tokio::time::sleep(poll_pause(w)).await,
+            Ok(Some(State::Wait(w))) => tokio::time::sleep(poll_pause(w, asked)).await,
             Ok(Some(State::Done(_))) => {
                 return Ok(not_counted("the run takes no more steps".into()));
             }
@@ -351,8 +359,9 @@ async fn secure_stages(
     macro_rules! wait_for {
         ($want:expr) => {
             loop {
+                let asked = Instant::now();
                 match call(Step::Poll($want)).await? {
-                    Some(State::Wait(w)) => tokio::time::sleep(poll_pause(w)).await,
+                    Some(State::Wait(w)) => tokio::time::sleep(poll_pause(w, asked)).await,
                     Some(State::Done(_)) => break None,
                     Some(other) => break Some(other),
                     None => return Err(bad("an empty reply")),
