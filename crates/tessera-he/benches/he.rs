@@ -121,23 +121,24 @@ fn add_one_contribution(bencher: Bencher, length: usize) {
     });
 }
 
+/// Two sites' contributions of `length` values, checked and summed.
+fn two_site_sum(length: usize) -> (Setup, VerifiedSum) {
+    let s = setup(2);
+    let cs: Vec<_> = (0..2).map(|site| contribute(&s, site, length)).collect();
+    let list = CommitmentList::new(cs.iter().map(|c| c.commitment.clone()).collect()).unwrap();
+    let mut sum = VerifiedSum::new(&s.params, &s.key, length, list.clone(), &s.directory).unwrap();
+    for c in cs {
+        let signer = &s.signers[c.commitment.from as usize];
+        let revealed = c.reveal(&ROUND, &list, signer).unwrap();
+        sum.absorb(&revealed, &s.directory).unwrap();
+    }
+    (s, sum)
+}
+
 #[divan::bench(args = LENGTHS, sample_count = 3)]
 fn decrypt_and_combine(bencher: Bencher, length: usize) {
     bencher
-        .with_inputs(|| {
-            let s = setup(2);
-            let cs: Vec<_> = (0..2).map(|site| contribute(&s, site, length)).collect();
-            let list =
-                CommitmentList::new(cs.iter().map(|c| c.commitment.clone()).collect()).unwrap();
-            let mut sum =
-                VerifiedSum::new(&s.params, &s.key, length, list.clone(), &s.directory).unwrap();
-            for c in cs {
-                let signer = &s.signers[c.commitment.from as usize];
-                let revealed = c.reveal(&ROUND, &list, signer).unwrap();
-                sum.absorb(&revealed, &s.directory).unwrap();
-            }
-            (s, sum)
-        })
+        .with_inputs(|| two_site_sum(length))
         .bench_local_values(|(s, sum)| {
             let answers: Vec<_> = s
                 .holders
@@ -180,20 +181,7 @@ fn read_one_contribution(bencher: Bencher, length: usize) {
 #[divan::bench(args = LENGTHS, sample_count = 3)]
 fn answer_one_holder(bencher: Bencher, length: usize) {
     bencher
-        .with_inputs(|| {
-            let s = setup(2);
-            let cs: Vec<_> = (0..2).map(|site| contribute(&s, site, length)).collect();
-            let list =
-                CommitmentList::new(cs.iter().map(|c| c.commitment.clone()).collect()).unwrap();
-            let mut sum =
-                VerifiedSum::new(&s.params, &s.key, length, list.clone(), &s.directory).unwrap();
-            for c in cs {
-                let signer = &s.signers[c.commitment.from as usize];
-                let revealed = c.reveal(&ROUND, &list, signer).unwrap();
-                sum.absorb(&revealed, &s.directory).unwrap();
-            }
-            (s, sum)
-        })
+        .with_inputs(|| two_site_sum(length))
         .bench_local_values(|(mut s, sum)| {
             let holder = s.holders.remove(0);
             let answer = holder.answer(&sum, 2, &s.holder_signers[0]).unwrap();

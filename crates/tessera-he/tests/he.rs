@@ -739,33 +739,16 @@ fn longer_varint(bytes: &[u8]) -> Vec<u8> {
 
 /// `bytes` with its first polynomial changed in place, one way each: the
 /// representation as power basis, the degree halved, the variable-time flag
-/// set, a field appended, the first coefficient 2^36 - 1 (above its
+/// written a second time (honest bytes end with it set), a field appended, the first coefficient 2^36 - 1 (above its
 /// modulus; the ciphertext's framing mended to fit). The last is refused.
 fn polynomial_variants(bytes: &[u8]) -> Vec<Vec<u8>> {
     // The first polynomial's bytes (field 1 of the ciphertext).
-    let rest = &bytes[1..];
-    let n = rest.iter().position(|b| b & 0x80 == 0).unwrap() + 1;
-    let mut len = 0usize;
-    for (i, b) in rest[..n].iter().enumerate() {
-        len |= usize::from(b & 0x7f) << (7 * i);
-    }
-    let poly = &rest[n..n + len];
-    let after = &rest[n + len..];
-    let varint = |mut v: usize| {
-        let mut out = Vec::new();
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(b);
-                return out;
-            }
-            out.push(b | 0x80);
-        }
-    };
+    let mut rest = &bytes[1..];
+    let len = prost::encoding::decode_varint(&mut rest).unwrap() as usize;
+    let (poly, after) = rest.split_at(len);
     let rebuilt = |p: Vec<u8>| {
         let mut out = vec![0x0a];
-        out.extend(varint(p.len()));
+        prost::encoding::encode_varint(p.len() as u64, &mut out);
         out.extend(p);
         out.extend_from_slice(after);
         out

@@ -12,6 +12,11 @@ use crate::util::status::{poll, status_of};
 use crate::util::{self, Scratch};
 use crate::{LIMIT, heart_text, plan, simulated_model};
 
+/// Each site pauses 0.3 s before each update, so that the operator's signal,
+/// stop or abort comes while the run goes on (a round of the heart plan
+/// otherwise takes milliseconds, and the run may be over first).
+const SLOW: &[&str] = &["--pause-before-update", "0.3"];
+
 /// Sends `signal` (e.g. "TERM") to `p`.
 fn signal(p: &Proc, signal: &str) {
     let sent = Command::new("kill")
@@ -42,7 +47,7 @@ fn sigterm_stops_a_coordinator_that_resumes_and_a_participant_that_leaves() {
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
     let mut participants: Vec<Proc> = HEART_SITES
         .iter()
-        .map(|site| participant(&s.dir, &url, site, &[]))
+        .map(|site| participant(&s.dir, &url, site, SLOW))
         .collect();
     wait_until(LIMIT, "round 3 closed", || {
         poll(&db, |s| usize::from(s.round_closed(3))) == 1
@@ -77,7 +82,7 @@ fn sigterm_stops_a_coordinator_that_resumes_and_a_participant_that_leaves() {
     let (_coordinator, url) = coordinator(&s.dir, &plan, &db, 0, &["--new-run"]);
     let mut sites: Vec<Proc> = HEART_SITES
         .iter()
-        .map(|site| participant(&s.dir, &url, site, &[]))
+        .map(|site| participant(&s.dir, &url, site, SLOW))
         .collect();
     wait_until(LIMIT, "round 2 closed", || {
         poll(&db, |s| usize::from(s.round_closed(2))) == 1
@@ -116,7 +121,7 @@ fn stop_ends_the_run_after_its_open_round_and_the_database_refuses_another() {
         coordinator(&s.dir, &plan, &db, 0, &["--model-out", "dep.model"]);
     let mut participants: Vec<Proc> = HEART_SITES
         .iter()
-        .map(|site| participant(&s.dir, &url, site, &[]))
+        .map(|site| participant(&s.dir, &url, site, SLOW))
         .collect();
     wait_until(LIMIT, "round 3 closed", || {
         poll(&db, |s| usize::from(s.round_closed(3))) == 1
@@ -219,7 +224,7 @@ fn abort_ends_a_running_run_at_once_and_tells_its_sites() {
     let (mut coordinator_proc, url) = coordinator(&s.dir, &plan, &db, 0, &[]);
     let mut participants: Vec<Proc> = HEART_SITES
         .iter()
-        .map(|site| participant(&s.dir, &url, site, &[]))
+        .map(|site| participant(&s.dir, &url, site, SLOW))
         .collect();
     wait_until(LIMIT, "round 2 closed", || {
         poll(&db, |s| usize::from(s.round_closed(2))) == 1

@@ -225,10 +225,13 @@ finetune_epochs = 3
     let mut sites: Vec<Proc> = (0..6)
         .map(|i| {
             let site = format!("site{i}");
+            // The fast sites take 0.1 s an update, the slow one 0.4 s
+            // (without a pause a fast site's update takes milliseconds, and
+            // the 30 steps would be over before the slow site's first).
             let extra: &[&str] = if i == 5 {
                 &["--pause-before-update", "0.4"]
             } else {
-                &[]
+                &["--pause-before-update", "0.1"]
             };
             let (report, model) = (format!("{site}.json"), format!("{site}.model"));
             let mut args = vec![
