@@ -53,16 +53,22 @@ struct RqMessage {
 /// left out, no field fhe.rs ignores: decoded and encoded again, the same
 /// bytes), no seed standing for a polynomial, level 0, two polynomials of
 /// [`DEGREE`] in the NTT representation, every coefficient below its
-/// modulus. Checked on the bytes, without the inverse NTT that encoding the
-/// ciphertext again would take.
-fn canonical(bytes: &[u8]) -> Result<(), &'static str> {
+/// modulus, and each polynomial's variable-time flag as fhe.rs sets it on
+/// that kind of message (`flags`: a flag cleared or set is another encoding
+/// of the same ciphertext, under another digest). Checked on the bytes,
+/// without the inverse NTT that encoding the ciphertext again would take.
+fn canonical(bytes: &[u8], flags: [bool; 2]) -> Result<(), &'static str> {
     let ct = CiphertextMessage::decode(bytes).map_err(|_| "a malformed ciphertext")?;
     if ct.encode_to_vec() != bytes || !ct.seed.is_empty() || ct.level != 0 || ct.c.len() != 2 {
         return Err("a ciphertext not in its canonical encoding");
     }
-    for poly in &ct.c {
+    for (poly, flag) in ct.c.iter().zip(flags) {
         let rq = RqMessage::decode(poly.as_slice()).map_err(|_| "a malformed polynomial")?;
-        if rq.encode_to_vec() != *poly || rq.representation != 2 || rq.degree as usize != DEGREE {
+        if rq.encode_to_vec() != *poly
+            || rq.representation != 2
+            || rq.degree as usize != DEGREE
+            || rq.allow_variable_time != flag
+        {
             return Err("a ciphertext not in its canonical encoding");
         }
         let mut rest = rq.coefficients.as_slice();
@@ -87,8 +93,18 @@ fn canonical(bytes: &[u8]) -> Result<(), &'static str> {
 
 /// A ciphertext of `params` from `bytes`: two polynomials at the top level,
 /// in fhe.rs's canonical encoding (every coefficient reduced; see
-/// [`canonical`]), or refused with the reason; never a panic.
+/// [`canonical`]), or refused with the reason; never a panic. For a
+/// contribution's ciphertexts and a key holder's decryption shares.
 pub fn ciphertext_from_bytes(params: &HeParams, bytes: &[u8]) -> Result<Ciphertext, HeError> {
+    read_ciphertext(params, bytes, [true, true])
+}
+
+/// [`ciphertext_from_bytes`] for a message whose polynomials carry `flags`.
+fn read_ciphertext(
+    params: &HeParams,
+    bytes: &[u8],
+    flags: [bool; 2],
+) -> Result<Ciphertext, HeError> {
     if bytes.len() > max_ciphertext_bytes() {
         return Err(refused(format!(
             "a ciphertext of {} bytes; one takes at most {}",
@@ -96,7 +112,7 @@ pub fn ciphertext_from_bytes(params: &HeParams, bytes: &[u8]) -> Result<Cipherte
             max_ciphertext_bytes()
         )));
     }
-    canonical(bytes).map_err(refused)?;
+    canonical(bytes, flags).map_err(refused)?;
     let parsed = catch_unwind(AssertUnwindSafe(|| {
         Ciphertext::from_bytes(bytes, params.bfv())
     }))
@@ -157,7 +173,8 @@ fn unwrap(bytes: &[u8]) -> Option<&[u8]> {
 /// holder's share as it travels).
 pub(crate) fn one_party_key(params: &HeParams, bytes: &[u8]) -> Result<Ciphertext, HeError> {
     let inner = unwrap(bytes).ok_or_else(|| refused("not a public key"))?;
-    ciphertext_from_bytes(params, inner)
+    // fhe.rs clears the flag of a key's second polynomial (the common one).
+    read_ciphertext(params, inner, [true, false])
 }
 
 /// The public key whose ciphertext is `polys`.

@@ -674,11 +674,12 @@ fn every_message_travels_as_bytes_and_hostile_bytes_are_refused() {
     level_zero.extend_from_slice(&[0x18, 0x00]);
     cases.extend([unknown, level_zero, longer_varint(&good)]);
     let variants = polynomial_variants(&good);
-    let why = refused(tessera_he::ciphertext_from_bytes(
-        &r.params,
-        variants.last().unwrap(),
-    ));
-    assert!(why.contains("canonical encoding"), "{why}");
+    // The unreduced coefficient, and the variable-time flag cleared (the
+    // same ciphertext as fhe.rs reads it, under another digest).
+    for variant in &variants[variants.len() - 2..] {
+        let why = refused(tessera_he::ciphertext_from_bytes(&r.params, variant));
+        assert!(why.contains("canonical encoding"), "{why}");
+    }
     cases.extend(variants);
     for i in 0..200usize {
         let mut b = good.clone();
@@ -739,8 +740,9 @@ fn longer_varint(bytes: &[u8]) -> Vec<u8> {
 
 /// `bytes` with its first polynomial changed in place, one way each: the
 /// representation as power basis, the degree halved, the variable-time flag
-/// written a second time (honest bytes end with it set), a field appended, the first coefficient 2^36 - 1 (above its
-/// modulus; the ciphertext's framing mended to fit). The last is refused.
+/// written a second time (honest bytes end with it set), a field appended,
+/// the flag cleared, the first coefficient 2^36 - 1 (above its modulus; the
+/// ciphertext's framing mended to fit). The last two are refused.
 fn polynomial_variants(bytes: &[u8]) -> Vec<Vec<u8>> {
     // The first polynomial's bytes (field 1 of the ciphertext).
     let mut rest = &bytes[1..];
@@ -764,11 +766,13 @@ fn polynomial_variants(bytes: &[u8]) -> Vec<Vec<u8>> {
     flag.extend_from_slice(&[0x20, 0x01]);
     let mut extra = poly.to_vec();
     extra.extend_from_slice(&[0x28, 0x07]);
+    assert_eq!(&poly[poly.len() - 2..], &[0x20, 0x01]);
+    let cleared = poly[..poly.len() - 2].to_vec();
     // ..., coefficients (field 3) of 2 x 18,432 bytes: 36 bits each.
     let mut unreduced = poly.to_vec();
     assert_eq!(&unreduced[5..9], &[0x1a, 0x80, 0xa0, 0x02]);
     unreduced[9..14].fill(0xff);
-    [power_basis, degree, flag, extra, unreduced]
+    [power_basis, degree, flag, extra, cleared, unreduced]
         .into_iter()
         .map(rebuilt)
         .collect()
