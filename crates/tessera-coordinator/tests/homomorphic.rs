@@ -429,3 +429,25 @@ fn a_site_polling_a_finished_round_is_told_so_outside_the_next_cohort() {
         );
     }
 }
+
+#[test]
+fn a_participant_reading_fhe_encodings_only_is_refused_at_its_join() {
+    let text = "\n[secure_aggregation]\nenabled = true\nscheme = \"homomorphic\"\n\
+                key_holders = [\"cleveland\", \"va\"]\n";
+    let db = Db::new();
+    let mut f = db.open(&common::plan(text));
+    let old = pb::Hello {
+        minor: 30,
+        capabilities: tessera_proto::capabilities_at(30)
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        ..common::hello(&SITES[0].name)
+    };
+    let e = f.join(&SITES[0].name, &old).unwrap_err().to_string();
+    assert!(e.contains("he-ntt-wire"), "{e}");
+    assert!(
+        f.join(&SITES[0].name, &common::hello(&SITES[0].name))
+            .is_ok()
+    );
+}

@@ -90,7 +90,7 @@ mod keys;
 mod wire;
 pub use combine::{combine, open_with};
 pub use keys::{EndorsedKey, KeyCommitment, KeyShare, share_digest};
-pub use wire::ciphertext_from_bytes;
+pub use wire::{CIPHERTEXT_BYTES, ciphertext_from_bytes, ciphertext_to_bytes};
 
 /// Values a ciphertext holds: the ring degree.
 pub const DEGREE: usize = 4096;
@@ -504,7 +504,7 @@ impl Contribution {
     pub fn new(commitment: Commitment, ciphertexts: Vec<Ciphertext>) -> Self {
         let each = ciphertexts
             .par_iter()
-            .map(|ct| hashed(&ct.to_bytes()))
+            .map(|ct| hashed(&ciphertext_to_bytes(ct)))
             .collect();
         Self {
             commitment,
@@ -528,7 +528,7 @@ impl Contribution {
     pub fn digest_of<C: Borrow<Ciphertext> + Sync>(ciphertexts: &[C]) -> ([u8; 32], u64) {
         let each: Vec<Hashed> = ciphertexts
             .par_iter()
-            .map(|ct| hashed(&ct.borrow().to_bytes()))
+            .map(|ct| hashed(&ciphertext_to_bytes(ct.borrow())))
             .collect();
         Self::list_digest(&each)
     }
@@ -617,7 +617,7 @@ pub fn encrypt(
                 ],
             );
             let ct = key.key.try_encrypt(&pt, &mut g).map_err(fhe)?;
-            let each = hashed(&ct.to_bytes());
+            let each = hashed(&ciphertext_to_bytes(&ct));
             Ok((ct, each))
         })
         .collect::<Result<_, HeError>>()?;

@@ -1,12 +1,19 @@
 //! What travels: ciphertexts, key shares and decryption shares as bytes,
-//! read back with every check a hostile sender calls for (fhe.rs's own
-//! encoding, which it may panic on when malformed: refused here instead).
+//! read back with every check a hostile sender calls for. Contributions and
+//! decryption shares travel in Tessera's own encoding ([`ciphertext_to_bytes`],
+//! 1.31 `he-ntt-wire`): the polynomials as they are held, in the NTT
+//! representation, where fhe.rs's serialisation writes the power basis (an
+//! inverse NTT a polynomial to write, a forward one to read: most of the
+//! cost of sending and reading a contribution). Key shares, one a key
+//! holder a round, keep fhe.rs's encoding (which it may panic on when
+//! malformed: refused here instead).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use fhe::bfv::{Ciphertext, PublicKey, SecretKey};
 use fhe::mbfv::PublicKeyShare;
-use fhe_math::rq::Poly;
+use fhe_math::rq::traits::TryConvertFrom;
+use fhe_math::rq::{Poly, Representation};
 use fhe_math::zq::Modulus;
 use fhe_traits::{DeserializeParametrized, Serialize};
 use prost::Message;
@@ -17,7 +24,97 @@ use crate::{
     hashed, joint_key, refused, rng,
 };
 
-/// The most bytes a ciphertext takes: two polynomials and fhe.rs's framing.
+/// Bits a coefficient takes on the wire: each modulus is a prime of 36 bits.
+const BITS: usize = 36;
+const _: () = assert!(MODULI[0] >> (BITS - 1) == 1 && MODULI[1] >> (BITS - 1) == 1);
+
+/// A coefficient's bits.
+const MASK: u64 = (1 << BITS) - 1;
+
+/// The bytes of one ciphertext in Tessera's encoding: two polynomials of
+/// [`DEGREE`] coefficients a modulus, 36 bits each.
+pub const CIPHERTEXT_BYTES: usize = 2 * MODULI.len() * DEGREE * BITS / 8;
+
+/// A contribution's or decryption share's ciphertext as it travels: its two
+/// polynomials in the NTT representation, each modulus's [`DEGREE`]
+/// coefficients reduced below it and packed at 36 bits (two in nine bytes,
+/// the first in the low bits, little-endian: fhe.rs's bit order), nothing
+/// else. Every ciphertext takes [`CIPHERTEXT_BYTES`] and has exactly this
+/// one encoding ([`ciphertext_from_bytes`] refuses any other). The NTT
+/// representation is fhe.rs's (the crate's version is pinned by the lock
+/// file; peers of one protocol version build the same one).
+pub fn ciphertext_to_bytes(ct: &Ciphertext) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CIPHERTEXT_BYTES);
+    for poly in ct.iter() {
+        let ntt;
+        let poly = if *poly.representation() == Representation::Ntt {
+            poly
+        } else {
+            let mut p = poly.clone();
+            p.change_representation(Representation::Ntt);
+            ntt = p;
+            &ntt
+        };
+        for (row, &q) in poly.coefficients().outer_iter().zip(&MODULI) {
+            let reduced = |c: u64| if c < q { c } else { c % q };
+            let row = row.as_slice().map_or_else(
+                || std::borrow::Cow::Owned(row.to_vec()),
+                std::borrow::Cow::Borrowed,
+            );
+            for pair in row.chunks_exact(2) {
+                let (a, b) = (reduced(pair[0]), reduced(pair[1]));
+                out.extend_from_slice(&(a | (b << BITS)).to_le_bytes());
+                out.push((b >> (64 - BITS)) as u8);
+            }
+        }
+    }
+    out
+}
+
+/// One modulus's coefficients from their packed bytes, each checked below
+/// `q` (`None` for one that is not: another encoding of a coefficient).
+fn unpack(bytes: &[u8], q: u64, out: &mut Vec<u64>) -> Option<()> {
+    for nine in bytes.chunks_exact(9) {
+        let (low, high) = nine.split_at(8);
+        let x = u64::from_le_bytes(low.try_into().ok()?);
+        let (a, b) = (x & MASK, (x >> BITS) | (u64::from(high[0]) << (64 - BITS)));
+        if a >= q || b >= q {
+            return None;
+        }
+        out.extend([a, b]);
+    }
+    Some(())
+}
+
+/// A ciphertext of `params` from its bytes in Tessera's encoding (see
+/// [`ciphertext_to_bytes`]), or refused with the reason: a length other
+/// than [`CIPHERTEXT_BYTES`], or a coefficient not below its modulus.
+pub fn ciphertext_from_bytes(params: &HeParams, bytes: &[u8]) -> Result<Ciphertext, HeError> {
+    if bytes.len() != CIPHERTEXT_BYTES {
+        return Err(refused(format!(
+            "a ciphertext of {} bytes, not {CIPHERTEXT_BYTES}",
+            bytes.len()
+        )));
+    }
+    let ctx = params.bfv().context_at_level(0).map_err(fhe)?;
+    let polys = bytes
+        .chunks_exact(CIPHERTEXT_BYTES / 2)
+        .map(|poly| {
+            let mut coefficients = Vec::with_capacity(MODULI.len() * DEGREE);
+            for (part, &q) in poly.chunks_exact(DEGREE * BITS / 8).zip(&MODULI) {
+                unpack(part, q, &mut coefficients)
+                    .ok_or_else(|| refused("a ciphertext not in its canonical encoding"))?;
+            }
+            Poly::try_convert_from(coefficients, ctx, true, Representation::Ntt)
+                .map_err(|e| refused(format!("a malformed ciphertext: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ciphertext::new(polys, params.bfv())
+        .map_err(|e| refused(format!("a malformed ciphertext: {e}")))
+}
+
+/// The most bytes a ciphertext takes in fhe.rs's encoding: two polynomials
+/// and its framing.
 fn max_ciphertext_bytes() -> usize {
     2 * HeParams::polynomial_bytes() as usize + 1024
 }
@@ -91,16 +188,11 @@ fn canonical(bytes: &[u8], flags: [bool; 2]) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// A ciphertext of `params` from `bytes`: two polynomials at the top level,
-/// in fhe.rs's canonical encoding (every coefficient reduced; see
-/// [`canonical`]), or refused with the reason; never a panic. For a
-/// contribution's ciphertexts and a key holder's decryption shares.
-pub fn ciphertext_from_bytes(params: &HeParams, bytes: &[u8]) -> Result<Ciphertext, HeError> {
-    read_ciphertext(params, bytes, [true, true])
-}
-
-/// [`ciphertext_from_bytes`] for a message whose polynomials carry `flags`.
-fn read_ciphertext(
+/// A ciphertext of `params` from `bytes` in fhe.rs's encoding: two
+/// polynomials at the top level, in its canonical encoding (every
+/// coefficient reduced, the polynomials' variable-time flags `flags`; see
+/// [`canonical`]), or refused with the reason; never a panic.
+pub(crate) fn fhe_ciphertext_from_bytes(
     params: &HeParams,
     bytes: &[u8],
     flags: [bool; 2],
@@ -174,7 +266,7 @@ fn unwrap(bytes: &[u8]) -> Option<&[u8]> {
 pub(crate) fn one_party_key(params: &HeParams, bytes: &[u8]) -> Result<Ciphertext, HeError> {
     let inner = unwrap(bytes).ok_or_else(|| refused("not a public key"))?;
     // fhe.rs clears the flag of a key's second polynomial (the common one).
-    read_ciphertext(params, inner, [true, false])
+    fhe_ciphertext_from_bytes(params, inner, [true, false])
 }
 
 /// The public key whose ciphertext is `polys`.
@@ -206,7 +298,7 @@ impl Contribution {
     pub fn ciphertext_bytes(&self) -> Vec<Vec<u8>> {
         self.ciphertexts
             .par_iter()
-            .map(Serialize::to_bytes)
+            .map(ciphertext_to_bytes)
             .collect()
     }
 
@@ -237,7 +329,7 @@ impl Contribution {
 impl Answer {
     /// Its decryption shares as they travel (serialised in parallel).
     pub fn share_bytes(&self) -> Vec<Vec<u8>> {
-        self.shares.par_iter().map(Serialize::to_bytes).collect()
+        self.shares.par_iter().map(ciphertext_to_bytes).collect()
     }
 
     /// An answer received from key holder `from`.
@@ -261,3 +353,7 @@ impl Answer {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "wire_tests.rs"]
+mod tests;

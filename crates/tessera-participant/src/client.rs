@@ -11,7 +11,7 @@ mod transfer;
 
 pub use crate::supervisor::Failure;
 pub use connect::{Remote, chain, endpoint, join, join_with, still_trusted};
-pub use homomorphic::{HeldKey, he_submit, key_holder};
+pub use homomorphic::{HeldKey, he_submit, he_wire_check, key_holder};
 pub use identity::SecureIdentity;
 pub use secure::{
     DeferredInput, buffer_submit, secure_answer, secure_compare, secure_evaluate, secure_submit,

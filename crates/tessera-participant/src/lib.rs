@@ -731,6 +731,11 @@ impl Ready {
         (train, test): (Dataset, Dataset),
         mut takeaway: results::Takeaway,
     ) -> Result<Self, Failure> {
+        let homomorphic = plan.secure_aggregation.enabled
+            && plan.secure_aggregation.scheme == tessera_secagg::Scheme::Homomorphic;
+        if homomorphic {
+            client::he_wire_check(welcome)?;
+        }
         let (state_file, restored) = local_state::StateFile::open(
             config.local_state.as_deref(),
             &config.site,
@@ -760,8 +765,7 @@ impl Ready {
             test_gradient: None,
             quality: None,
             secure: plan.secure_aggregation.enabled,
-            homomorphic: plan.secure_aggregation.enabled
-                && plan.secure_aggregation.scheme == tessera_secagg::Scheme::Homomorphic,
+            homomorphic,
             held_key: client::HeldKey::default(),
             key_ring: None,
             identity: Arc::new(

@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 30;
+pub const MINOR: u32 = 31;
 
 /// What this build can do.
 ///
@@ -138,6 +138,12 @@ pub const MINOR: u32 = 30;
 ///   `wait = false` when nothing came: the participant polls again at once
 ///   (at most every 20 ms; after `wait = true`, a 20 ms pause); nothing
 ///   requires it.
+/// - `he-ntt-wire` (1.31): a homomorphic round's ciphertexts (contributions
+///   and decryption shares) travel in Tessera's encoding: two polynomials in
+///   the NTT representation, each modulus's 4,096 coefficients below it at
+///   36 bits, 73,728 bytes a ciphertext (key shares keep fhe.rs's); a 1.31
+///   coordinator requires it of every site of a homomorphic plan, and a
+///   1.31 participant leaves a homomorphic run whose coordinator lacks it.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -183,6 +189,7 @@ pub const CAPABILITIES: &[&str] = &[
     "secure-buffers",
     "homomorphic-aggregation",
     "long-poll",
+    "he-ntt-wire",
 ];
 
 /// Each capability of [`CAPABILITIES`] with the minor version that brought
@@ -233,6 +240,7 @@ pub const CAPABILITY_SINCE: &[(&str, u32)] = &[
     ("secure-buffers", 28),
     ("homomorphic-aggregation", 29),
     ("long-poll", 30),
+    ("he-ntt-wire", 31),
 ];
 
 /// The capabilities a Tessera build of protocol `1.minor` sends.

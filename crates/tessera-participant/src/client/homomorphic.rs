@@ -231,6 +231,20 @@ fn list_of(list: pb::HeList, round: u32) -> Result<CommitmentList, Failure> {
     CommitmentList::new(entries).map_err(|e| refuse(round, e))
 }
 
+/// Whether the coordinator of `welcome` reads this build's ciphertexts
+/// (1.31 `he-ntt-wire`): refused, saying so, where it does not, rather than
+/// have every contribution refused as malformed.
+pub fn he_wire_check(welcome: &pb::Welcome) -> Result<(), Failure> {
+    if welcome.capabilities.iter().any(|c| c == "he-ntt-wire") {
+        return Ok(());
+    }
+    Err(Failure::Fatal(crate::ParticipantError::Refused(
+        "the plan aggregates homomorphically, but the coordinator reads ciphertexts in fhe.rs's \
+         encoding only (protocol before 1.31, no `he-ntt-wire`): upgrade it"
+            .into(),
+    )))
+}
+
 fn he_params() -> Result<HeParams, Failure> {
     HeParams::shared().map_err(|e| Failure::Fatal(crate::ParticipantError::Local(e.to_string())))
 }
@@ -666,5 +680,32 @@ async fn send_pieces(
             }
         }
         return Ok(());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_coordinator_reading_fhe_encodings_only_is_left_saying_why() {
+        let mut welcome = pb::Welcome {
+            capabilities: tessera_proto::capabilities_at(30)
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            ..Default::default()
+        };
+        let e = he_wire_check(&welcome).unwrap_err();
+        assert!(
+            matches!(&e, Failure::Fatal(crate::ParticipantError::Refused(m)) if m.contains("he-ntt-wire")),
+            "{e:?}"
+        );
+        welcome.capabilities = tessera_proto::capabilities_at(31)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert!(he_wire_check(&welcome).is_ok());
     }
 }

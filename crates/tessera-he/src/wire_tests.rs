@@ -1,0 +1,142 @@
+//! fhe.rs's encoding, as key shares travel: every framing but the one
+//! fhe.rs writes is refused, never a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use fhe::bfv::{Encoding, Plaintext, PublicKey, SecretKey};
+use fhe_traits::{FheEncoder, FheEncrypter, Serialize};
+
+use super::*;
+
+fn generator(seed: u8) -> rand_chacha_09::ChaCha20Rng {
+    <rand_chacha_09::ChaCha20Rng as rand_chacha_09::rand_core::SeedableRng>::from_seed([seed; 32])
+}
+
+/// A public-key encryption (both polynomials written out) and a
+/// secret-key one (fhe.rs sends a seed for its second polynomial).
+fn samples(params: &HeParams) -> (Ciphertext, Ciphertext) {
+    let mut g = generator(3);
+    let sk = SecretKey::random(params.bfv(), &mut g);
+    let pk = PublicKey::new(&sk, &mut g);
+    let pt = Plaintext::try_encode(&[1u64, 2], Encoding::poly(), params.bfv()).unwrap();
+    (
+        pk.try_encrypt(&pt, &mut g).unwrap(),
+        sk.try_encrypt(&pt, &mut g).unwrap(),
+    )
+}
+
+fn refused_why(r: Result<Ciphertext, HeError>) -> String {
+    match r {
+        Err(HeError::Refused(why)) => why,
+        Err(e) => panic!("not a refusal: {e}"),
+        Ok(_) => panic!("accepted"),
+    }
+}
+
+#[test]
+fn other_framings_of_an_fhe_ciphertext_are_refused() {
+    let params = HeParams::new().unwrap();
+    let (ct, seeded) = samples(&params);
+    let good = ct.to_bytes();
+    let read = |b: &[u8]| fhe_ciphertext_from_bytes(&params, b, [true, true]);
+    assert!(read(&good).unwrap() == ct);
+    // The flags are pinned: a key share's (the second cleared) differ.
+    let why = refused_why(fhe_ciphertext_from_bytes(&params, &good, [true, false]));
+    assert!(why.contains("canonical encoding"), "{why}");
+    let mut unreduced = good.clone();
+    let at = unreduced.len() - 20;
+    unreduced[at] = 0xff;
+    let mut cases: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        vec![0xff; 64],
+        good[..good.len() / 2].to_vec(),
+        vec![0u8; 200_000],
+        unreduced,
+    ];
+    // Other framings of the same ciphertext: a field fhe.rs ignores, a
+    // level field written at its default, the polynomials' length in a
+    // longer varint; the same polynomial's other forms.
+    let mut unknown = good.clone();
+    unknown.extend_from_slice(&[0x28, 0x01]);
+    let mut level_zero = good.clone();
+    level_zero.extend_from_slice(&[0x18, 0x00]);
+    cases.extend([unknown, level_zero, longer_varint(&good)]);
+    let variants = polynomial_variants(&good);
+    // The flag cleared (the same ciphertext as fhe.rs reads it, under
+    // another digest) and the unreduced coefficient.
+    for variant in &variants[variants.len() - 2..] {
+        let why = refused_why(read(variant));
+        assert!(why.contains("canonical encoding"), "{why}");
+    }
+    cases.extend(variants);
+    for i in 0..200usize {
+        let mut b = good.clone();
+        let at = (i * 7919) % b.len();
+        b[at] ^= 1 << (i % 8);
+        cases.push(b);
+    }
+    let mut refusals = 0;
+    for bad in &cases {
+        match read(bad) {
+            Err(HeError::Refused(_)) => refusals += 1,
+            Err(e) => panic!("not a refusal: {e}"),
+            Ok(ct) => assert_eq!(ct.to_bytes(), *bad, "read back as another ciphertext"),
+        }
+    }
+    assert!(refusals >= 5, "{refusals} refused");
+    let why = refused_why(read(&seeded.to_bytes()));
+    assert!(why.contains("canonical encoding"), "{why}");
+}
+
+/// `bytes` (fhe.rs's ciphertext: field 1, twice, each a polynomial) with the
+/// first polynomial's length written in one more varint byte than needed.
+fn longer_varint(bytes: &[u8]) -> Vec<u8> {
+    let (tag, rest) = bytes.split_first().unwrap();
+    assert_eq!(*tag, 0x0a);
+    let n = rest.iter().position(|b| b & 0x80 == 0).unwrap() + 1;
+    let mut out = vec![0x0a];
+    out.extend_from_slice(&rest[..n - 1]);
+    out.push(rest[n - 1] | 0x80);
+    out.push(0x00);
+    out.extend_from_slice(&rest[n..]);
+    out
+}
+
+/// `bytes` with its first polynomial changed in place, one way each: the
+/// representation as power basis, the degree halved, the variable-time flag
+/// written a second time (honest bytes end with it set), a field appended,
+/// the flag cleared, the first coefficient 2^36 - 1 (above its modulus; the
+/// ciphertext's framing mended to fit). The last two are refused.
+fn polynomial_variants(bytes: &[u8]) -> Vec<Vec<u8>> {
+    // The first polynomial's bytes (field 1 of the ciphertext).
+    let mut rest = &bytes[1..];
+    let len = prost::encoding::decode_varint(&mut rest).unwrap() as usize;
+    let (poly, after) = rest.split_at(len);
+    let rebuilt = |p: Vec<u8>| {
+        let mut out = vec![0x0a];
+        prost::encoding::encode_varint(p.len() as u64, &mut out);
+        out.extend(p);
+        out.extend_from_slice(after);
+        out
+    };
+    // Rq: representation (field 1) = 2, degree (field 2) = 4096, ...
+    assert_eq!(&poly[..2], &[0x08, 0x02]);
+    let mut power_basis = poly.to_vec();
+    power_basis[1] = 0x01;
+    let mut degree = poly.to_vec();
+    assert_eq!(&degree[2..5], &[0x10, 0x80, 0x20]);
+    degree[4] = 0x10;
+    let mut flag = poly.to_vec();
+    flag.extend_from_slice(&[0x20, 0x01]);
+    let mut extra = poly.to_vec();
+    extra.extend_from_slice(&[0x28, 0x07]);
+    assert_eq!(&poly[poly.len() - 2..], &[0x20, 0x01]);
+    let cleared = poly[..poly.len() - 2].to_vec();
+    // ..., coefficients (field 3) of 2 x 18,432 bytes: 36 bits each.
+    let mut unreduced = poly.to_vec();
+    assert_eq!(&unreduced[5..9], &[0x1a, 0x80, 0xa0, 0x02]);
+    unreduced[9..14].fill(0xff);
+    [power_basis, degree, flag, extra, cleared, unreduced]
+        .into_iter()
+        .map(rebuilt)
+        .collect()
+}
