@@ -120,6 +120,9 @@ pub struct EndorsedKey {
     pub(crate) round: RoundId,
     pub(crate) key: PublicKey,
     pub(crate) digest: [u8; 32],
+    /// The parameters the key was assembled on: encryptions under it are
+    /// ciphertexts of this instance.
+    pub(crate) params: crate::HeParams,
 }
 
 impl EndorsedKey {
@@ -186,7 +189,12 @@ impl EndorsedKey {
         let p0 = p0.ok_or_else(|| refused("a joint key needs at least one key holder"))?;
         let key = wire::public_key(params, vec![p0, probe[1].clone()])?;
         let digest = key_digest(&key);
-        Ok(Self { round, key, digest })
+        Ok(Self {
+            round,
+            key,
+            digest,
+            params: params.clone(),
+        })
     }
 
     /// The key's digest.

@@ -488,6 +488,10 @@ pub struct Contribution {
     /// computed once where the contribution was made or read (the
     /// ciphertexts cannot change after).
     each: Vec<Hashed>,
+    /// The parameters the ciphertexts were made or read on, where this
+    /// crate built them (two polynomials each, at the top level): a sum on
+    /// the same instance adds them as they are, without rebuilding a copy.
+    built_on: Option<HeParams>,
 }
 
 /// A ciphertext's SHA-256 and size in its canonical encoding.
@@ -510,6 +514,7 @@ impl Contribution {
             commitment,
             ciphertexts,
             each,
+            built_on: None,
         }
     }
 
@@ -636,6 +641,8 @@ pub fn encrypt(
         commitment,
         ciphertexts,
         each,
+        // fhe.rs makes the ciphertext on its key's instance.
+        built_on: Some(key.params.clone()),
     })
 }
 
@@ -728,10 +735,11 @@ impl VerifiedSum {
             )));
         }
         // Each ciphertext rebuilt on these parameters: two polynomials at the
-        // top level, or refused (fhe.rs would panic on a mismatch).
-        let rebuilt: Vec<Ciphertext> = c
-            .ciphertexts
-            .iter()
+        // top level, or refused (fhe.rs would panic on a mismatch); as it is
+        // where this crate built it on this instance.
+        let same = (c.built_on.as_ref()).is_some_and(|p| Arc::ptr_eq(&p.0, &self.params.0));
+        let rebuilt: Vec<Ciphertext> = (c.ciphertexts.iter())
+            .filter(|_| !same)
             .map(|ct| {
                 if ct.len() != 2 {
                     return Err(refused(format!(
@@ -759,9 +767,10 @@ impl VerifiedSum {
                 "participant {from}'s ciphertexts do not match its commitment"
             )));
         }
+        let addends = if same { &c.ciphertexts } else { &rebuilt };
         self.sums
             .par_iter_mut()
-            .zip(&rebuilt)
+            .zip(addends)
             .for_each(|(sum, ct)| *Arc::make_mut(sum) += ct);
         self.absorbed.insert(from);
         self.digest = std::sync::OnceLock::new();

@@ -322,6 +322,7 @@ impl Contribution {
             commitment,
             ciphertexts,
             each,
+            built_on: Some(params.clone()),
         })
     }
 }

@@ -701,6 +701,24 @@ fn every_message_travels_as_bytes_and_hostile_bytes_are_refused() {
 }
 
 #[test]
+fn contributions_made_on_another_instance_of_the_parameters_are_summed() {
+    // A sum on this instance adds its own contributions as they are and
+    // rebuilds another instance's (fhe.rs panics adding across instances).
+    let length = 5000;
+    let r = round(23, 2, 3);
+    let inputs: Vec<Vec<u32>> = (0..3).map(|s| values(length, s)).collect();
+    let mut cs: Vec<Contribution> = (0..3u32)
+        .map(|s| contribute_values(&r, s, &inputs[s as usize]))
+        .collect();
+    // Site 1's as read on another machine's instance.
+    let elsewhere = HeParams::new().unwrap();
+    let (commitment, bytes) = (cs[1].commitment.clone(), cs[1].ciphertext_bytes());
+    cs[1] = Contribution::from_wire(&elsewhere, commitment, &bytes).unwrap();
+    let sum = honest_sum(&r, cs, length);
+    assert_eq!(decrypt(r, &sum, 3, length).unwrap(), wrapping_sum(&inputs));
+}
+
+#[test]
 fn the_shared_parameters_are_one_instance() {
     let (a, b) = (HeParams::shared().unwrap(), HeParams::shared().unwrap());
     assert!(std::sync::Arc::ptr_eq(a.bfv(), b.bfv()));
