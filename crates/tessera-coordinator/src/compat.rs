@@ -35,6 +35,15 @@ pub const FEATURES: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "homomorphic aggregation",
+        &[
+            "secure_aggregation.enabled=true",
+            "secure_aggregation.scheme=\"homomorphic\"",
+            "secure_aggregation.key_holders=[\"cleveland\", \"va\"]",
+            "privacy.site_metrics=clear",
+        ],
+    ),
+    (
         "site metrics as a secure sum only",
         &["privacy.site_metrics=aggregate-only"],
     ),

@@ -298,6 +298,20 @@ fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_mess
         Step::HeReveal(piece(&mine[1..], 3)),
     ));
     assert!(why.contains("a piece of 3 ciphertexts from 3"), "{why}");
+    // A ciphertext of another length is refused as its piece comes, not
+    // held until the contribution is whole.
+    let mut short = mine[..1].to_vec();
+    short[0].pop();
+    let why = refused(step(
+        &mut f,
+        &names[0],
+        round,
+        Step::HeReveal(piece(&short, 0)),
+    ));
+    assert!(
+        why.contains("ciphertext 0 of the piece takes 73727 bytes, not 73728"),
+        "{why}"
+    );
     // Nobody fetches before the answers are due.
     let fetch = |from, first| Step::HeFetch(pb::HeFetch { from, first });
     let why = refused(step(&mut f, "cleveland", round, fetch(0, 0)));
@@ -355,6 +369,16 @@ fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_mess
         }
         let answer = holder.answer(&sum, 2, &Unauthenticated).unwrap();
         let shares = answer.share_bytes();
+        let mut long = shares[..1].to_vec();
+        long[0].push(0);
+        let sent = pb::HeAnswer {
+            sum_digest: answer.sum_digest.to_vec(),
+            shares: long,
+            signature: answer.signature.clone(),
+            first: 0,
+        };
+        let why = refused(step(&mut f, &site, round, Step::HeAnswer(sent)));
+        assert!(why.contains("takes 73729 bytes"), "{why}");
         for (first, range) in [(0, 0..2), (2, 2..4)] {
             let sent = pb::HeAnswer {
                 sum_digest: answer.sum_digest.to_vec(),

@@ -169,9 +169,9 @@ impl HeParams {
         length.div_ceil(DEGREE)
     }
 
-    /// The bytes of one polynomial in the ciphertext ring (a public key
-    /// share or a decryption share), packed as fhe.rs packs a ciphertext's:
-    /// [`DEGREE`] coefficients for each modulus, at the modulus's bit width.
+    /// The bytes of one polynomial in the ciphertext ring as it travels:
+    /// [`DEGREE`] coefficients for each modulus, at the modulus's bit width
+    /// (half of [`CIPHERTEXT_BYTES`]).
     pub fn polynomial_bytes() -> u64 {
         MODULI
             .iter()

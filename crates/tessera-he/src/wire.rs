@@ -68,6 +68,11 @@ pub fn ciphertext_to_bytes(ct: &Ciphertext) -> Vec<u8> {
             }
         }
     }
+    debug_assert_eq!(
+        out.len(),
+        CIPHERTEXT_BYTES,
+        "two polynomials at the top level"
+    );
     out
 }
 

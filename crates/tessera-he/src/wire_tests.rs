@@ -140,3 +140,95 @@ fn polynomial_variants(bytes: &[u8]) -> Vec<Vec<u8>> {
         .map(rebuilt)
         .collect()
 }
+
+/// `good` with coefficient `index` (counted across both polynomials and
+/// moduli, 4,096 a modulus) set to `value`, written at 36 bits.
+fn with_coefficient(good: &[u8], index: usize, value: u64) -> Vec<u8> {
+    let mut out = good.to_vec();
+    let at = index / 2 * 9;
+    let x = u64::from_le_bytes(out[at..at + 8].try_into().unwrap());
+    let (mut a, mut b) = (
+        x & MASK,
+        (x >> BITS) | (u64::from(out[at + 8]) << (64 - BITS)),
+    );
+    if index.is_multiple_of(2) {
+        a = value;
+    } else {
+        b = value;
+    }
+    out[at..at + 8].copy_from_slice(&(a | (b << BITS)).to_le_bytes());
+    out[at + 8] = (b >> (64 - BITS)) as u8;
+    out
+}
+
+#[test]
+fn every_coefficient_at_or_past_its_modulus_is_refused() {
+    let params = HeParams::new().unwrap();
+    let (ct, _) = samples(&params);
+    let good = ciphertext_to_bytes(&ct);
+    assert_eq!(
+        with_coefficient(&good, 5, {
+            let x = u64::from_le_bytes(good[18..26].try_into().unwrap());
+            (x >> BITS) | (u64::from(good[26]) << (64 - BITS))
+        }),
+        good
+    );
+    // Each modulus of each polynomial, the first and second of a pair.
+    for poly in 0..2 {
+        for (m, &q) in MODULI.iter().enumerate() {
+            let base = (poly * MODULI.len() + m) * DEGREE;
+            for (index, value) in [
+                (base, q),
+                (base + 1, q),
+                (base + 4094, MASK),
+                (base + 4095, q - 1),
+            ] {
+                let bytes = with_coefficient(&good, index, value);
+                match ciphertext_from_bytes(&params, &bytes) {
+                    Ok(read) => {
+                        assert!(value < q, "coefficient {index} = {value} accepted");
+                        assert_eq!(ciphertext_to_bytes(&read), bytes);
+                    }
+                    Err(e) => {
+                        assert!(value >= q, "coefficient {index} = {value} refused: {e}");
+                        assert!(e.to_string().contains("canonical encoding"), "{e}");
+                    }
+                }
+            }
+        }
+    }
+    // The smaller modulus's bound holds in its own part: the larger's is
+    // past it.
+    let (q0, q1) = (MODULI[0], MODULI[1]);
+    assert!(q1 < q0);
+    assert!(ciphertext_from_bytes(&params, &with_coefficient(&good, DEGREE, q1)).is_err());
+    assert!(ciphertext_from_bytes(&params, &with_coefficient(&good, 0, q1)).is_ok());
+}
+
+#[test]
+fn the_wire_encoding_is_pinned_by_a_known_answer() {
+    // Two polynomials of fixed power-basis coefficients, taken to the NTT
+    // representation as fhe-math computes it: another NTT (roots, order,
+    // a different fhe-math) would change these bytes, and peers of
+    // different builds would read one another's ciphertexts as other
+    // polynomials without any check failing.
+    let params = HeParams::new().unwrap();
+    let ctx = params.bfv().context_at_level(0).unwrap();
+    let poly = |k: u64| {
+        let v: Vec<u64> = (0..(MODULI.len() * DEGREE) as u64)
+            .map(|i| (i * i + k) % 1_000_003)
+            .collect();
+        let mut p = Poly::try_convert_from(v, ctx, true, Representation::PowerBasis).unwrap();
+        p.change_representation(Representation::Ntt);
+        p
+    };
+    let ct = Ciphertext::new(vec![poly(1), poly(2)], params.bfv()).unwrap();
+    let bytes = ciphertext_to_bytes(&ct);
+    assert_eq!(bytes.len(), CIPHERTEXT_BYTES);
+    let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&bytes).into();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        hex,
+        "5f64b36e21643ce774ccd883658d6ba5c376201b622dd14bbf46c25808c8ccc6"
+    );
+}

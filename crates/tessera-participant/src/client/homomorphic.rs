@@ -618,6 +618,18 @@ async fn answer(
                     format!("the coordinator sent a piece of {from}'s contribution out of place"),
                 ));
             }
+            // Each ciphertext one length: a piece is not kept past it.
+            if let Some(b) =
+                (c.ciphertexts.iter()).find(|b| b.len() != tessera_he::CIPHERTEXT_BYTES)
+            {
+                return Err(refuse(
+                    round,
+                    format!(
+                        "the coordinator sent a ciphertext of {} bytes in {from}'s contribution",
+                        b.len()
+                    ),
+                ));
+            }
             if first > 0 && c.list_signature != list_signature {
                 return Err(refuse(
                     round,

@@ -501,6 +501,8 @@ impl HomomorphicRound {
                  contribution {total})",
                 tessera_he::PIECE
             ))
+        } else if let Some(c) = wrong_length(&r.ciphertexts) {
+            Some(c)
         } else if r.list_signature != partial.list_signature {
             Some("a piece signed otherwise than the first".into())
         } else {
@@ -581,6 +583,8 @@ impl HomomorphicRound {
                  the sum has {total} ciphertexts)",
                 tessera_he::PIECE
             ))
+        } else if let Some(c) = wrong_length(&a.shares) {
+            Some(c)
         } else if a.sum_digest != partial.sum_digest || a.signature != partial.signature {
             Some("a piece for another sum or signed otherwise than the first".into())
         } else {
@@ -613,6 +617,20 @@ const MAX_ROUND_BYTES: u64 = 4 << 30;
 
 /// Refuses a round whose contributions do not fit the coordinator's memory
 /// budget all together.
+/// A ciphertext of a piece whose length is not a ciphertext's (each takes
+/// exactly [`tessera_he::CIPHERTEXT_BYTES`]): refused as it comes, so that a
+/// piece held until its contribution is whole holds no more than it should.
+fn wrong_length(ciphertexts: &[Vec<u8>]) -> Option<String> {
+    let bad = ciphertexts
+        .iter()
+        .position(|c| c.len() != tessera_he::CIPHERTEXT_BYTES)?;
+    Some(format!(
+        "ciphertext {bad} of the piece takes {} bytes, not {}",
+        ciphertexts[bad].len(),
+        tessera_he::CIPHERTEXT_BYTES
+    ))
+}
+
 pub(super) fn check_size(dimension: usize, contributors: usize) -> Result<(), String> {
     let per_site =
         HeParams::ciphertexts_for(dimension) as u64 * (2 * HeParams::polynomial_bytes() + 64);
