@@ -718,7 +718,10 @@ impl Federation {
             outcome,
             &format!("round {round}: {reason}"),
         );
-        self.version += 1;
+        if withdrawn || leaving {
+            // (A withdrawal that changes nothing wakes no held poll.)
+            self.version += 1;
+        }
         self.advance();
         Ok(withdrawn)
     }

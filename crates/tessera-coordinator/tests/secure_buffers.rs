@@ -84,8 +84,13 @@ fn a_full_buffer_is_seated_in_a_secure_round_and_nothing_comes_in_the_clear() {
     let run = f.run_id().to_string();
     assert!(f.store().updates(&run, 1).unwrap().is_empty());
     // A member that withdraws from the round is no longer waited for.
+    let before = f.version();
     assert!(f.withdraw(names[1], 1, "refused", false).unwrap());
+    assert!(f.version() > before);
+    // One that changes nothing wakes no held poll.
+    let before = f.version();
     assert!(!f.withdraw(names[3], 1, "not seated", false).unwrap());
+    assert_eq!(f.version(), before);
 
     // After a restart the seated sites' round is over, and the next buffer
     // round takes a number above every one seated before: a site's key
