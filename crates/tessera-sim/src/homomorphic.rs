@@ -23,7 +23,9 @@ use std::collections::BTreeMap;
 use tessera_core::{ParameterSet, ParticipantId, Update, derive_key};
 use tessera_engine::streams;
 use tessera_engine::{EngineError, Plan};
-use tessera_he::{CommitmentList, EndorsedKey, HeError, HeParams, KeyHolder, RoundId, VerifiedSum};
+use tessera_he::{
+    CommitmentList, Contribution, EndorsedKey, HeError, HeParams, KeyHolder, RoundId, VerifiedSum,
+};
 use tessera_orchestrator::secure;
 use tessera_secagg::{
     Ed25519Directory, Ed25519Signer, Metadata, Scheme, SecAggError, encode_metadata,
@@ -172,12 +174,11 @@ pub(crate) fn homomorphic_round(
         .map_err(he)
     };
     // Commit: every contributor encrypts and sends its signed digest. The
-    // contributions are kept for the reveal when they fit in 256 MiB, made
-    // again otherwise (the same ciphertexts: the same draw).
-    let keep = (updates.len() as u64)
-        .saturating_mul(HeParams::ciphertexts_for(length) as u64)
-        .saturating_mul(2 * poly)
-        <= 256 << 20;
+    // contributions are kept for the reveal as the bytes they travel as
+    // (read back as a key holder reads them) while they fit in 1 GiB, made
+    // again past it (the same ciphertexts: the same draw).
+    const KEEP_BYTES: u64 = 1 << 30;
+    let mut kept_bytes = 0u64;
     let mut kept_contributions = BTreeMap::new();
     let mut commitments = Vec::with_capacity(updates.len());
     const COMMITMENT_BYTES: u64 = 4 + 8 + 32 + 64;
@@ -185,8 +186,9 @@ pub(crate) fn homomorphic_round(
         let c = contribute(site, update)?;
         *bytes_up.entry(site).or_default() += COMMITMENT_BYTES;
         commitments.push(c.commitment.clone());
-        if keep {
-            kept_contributions.insert(site, c);
+        if kept_bytes.saturating_add(c.wire_bytes()) <= KEEP_BYTES {
+            kept_bytes += c.wire_bytes();
+            kept_contributions.insert(site, (c.commitment.clone(), c.ciphertext_bytes()));
         }
     }
     let list = CommitmentList::new(commitments).map_err(he)?;
@@ -199,7 +201,9 @@ pub(crate) fn homomorphic_round(
     let mut downloaded = list_bytes;
     for (&site, update) in &updates {
         let c = match kept_contributions.remove(&site) {
-            Some(c) => c,
+            Some((commitment, bytes)) => {
+                Contribution::from_wire(&he_params, commitment, &bytes).map_err(he)?
+            }
             None => contribute(site, update)?,
         };
         let revealed = c.reveal(&id, &list, &signer(site)).map_err(he)?;
