@@ -357,7 +357,7 @@ async fn a_secure_poll_is_held_until_the_round_moves() {
         .map(|_| tokio::spawn(ask(client.clone(), "hungarian", round, Step::Poll(2))))
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (state, took) = ask(client, "hungarian", round, Step::Poll(2)).await;
+    let (state, took) = ask(client.clone(), "hungarian", round, Step::Poll(2)).await;
     assert_eq!(state, State::Wait(true));
     assert!(took < Duration::from_millis(250), "answered after {took:?}");
     for poll in held {
@@ -368,4 +368,20 @@ async fn a_secure_poll_is_held_until_the_round_moves() {
             "answered after {took:?}"
         );
     }
+    // A held poll whose caller gave up gives its slot back: Switzerland's
+    // four, cancelled, leave room for a fifth to be held.
+    let cancelled: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(ask(client.clone(), "switzerland", round, Step::Poll(2))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for poll in &cancelled {
+        poll.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (state, took) = ask(client, "switzerland", round, Step::Poll(2)).await;
+    assert_eq!(state, State::Wait(false));
+    assert!(
+        took >= Duration::from_millis(900),
+        "answered after {took:?}"
+    );
 }

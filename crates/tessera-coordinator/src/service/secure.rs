@@ -60,6 +60,11 @@ fn waits(reply: &pb::SecAggReply) -> bool {
     matches!(reply.state, Some(State::Wait(_)))
 }
 
+/// Whether a held poll's answer ends its hold: a refusal, or not a wait.
+fn settled<E>(answer: &Result<pb::SecAggReply, E>) -> bool {
+    answer.as_ref().map_or(true, |r| !waits(r))
+}
+
 impl Service {
     pub(super) async fn secure_aggregation_call(
         &self,
@@ -132,14 +137,12 @@ impl Service {
                     }
                     Ok(reply)
                 },
-                |r: &Result<pb::SecAggReply, _>| r.as_ref().map_or(true, |r| !waits(r)),
+                settled,
             )
             .await?;
         drop(slot);
         match held {
-            Some(answer) if answer.as_ref().map_or(true, |r| !waits(r)) => {
-                answer.map(Response::new).map_err(refused)
-            }
+            Some(answer) if settled(&answer) => answer.map(Response::new).map_err(refused),
             // Held in vain: ask again at once.
             _ => {
                 let reply = pb::SecAggReply {
