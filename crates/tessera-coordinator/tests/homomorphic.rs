@@ -475,3 +475,121 @@ fn a_participant_reading_fhe_encodings_only_is_refused_at_its_join() {
             .is_ok()
     );
 }
+
+/// A listed contributor that withdraws before revealing fails the round at
+/// once, naming it (the key holders decrypt the whole list's sum or
+/// nothing), instead of holding the reveals to their deadline; the others
+/// are told their input did not count.
+#[test]
+fn a_listed_contributor_withdrawing_fails_the_round_at_once() {
+    let text = "\n[secure_aggregation]\nenabled = true\nscheme = \"homomorphic\"\n\
+                key_holders = [\"cleveland\", \"va\"]\n";
+    let plan = common::plan(text);
+    let db = Db::new();
+    let mut f = db.open(&plan);
+    let plan = plan.0;
+    agree(&mut f);
+    let names: Vec<String> = SITES.iter().map(|s| s.name.clone()).collect();
+    let updates: Vec<(u32, Update)> = (0..4).map(|i| train(&mut f, i)).collect();
+    let round = updates[0].0;
+    let Ok(State::Params(p)) = step(&mut f, "cleveland", round, Step::Poll(1)) else {
+        panic!("no parameters");
+    };
+    // Keys: each key holder commits, then shares.
+    let (he, id) = (HeParams::new().unwrap(), round_id(&plan, round));
+    let holders: Vec<(String, KeyHolder)> = (p.key_holder_sites.iter().zip(&p.key_holders))
+        .map(|(site, &h)| {
+            let (holder, c) = KeyHolder::new(&he, h, id, [h as u8; 32], &Unauthenticated).unwrap();
+            let sent = pb::HeKeyCommitment {
+                digest: c.digest.to_vec(),
+                signature: c.signature,
+            };
+            step(&mut f, site, round, Step::HeKeyCommitment(sent)).unwrap();
+            (site.clone(), holder)
+        })
+        .collect();
+    let mut commitments = Vec::new();
+    for (site, _) in &holders {
+        let Ok(State::HeTask(task)) = step(&mut f, site, 0, Step::HeHolder(true)) else {
+            panic!("no task for {site}");
+        };
+        commitments = (task.key_commitments.iter())
+            .map(|c| KeyCommitment {
+                from: c.from,
+                digest: c.digest.clone().try_into().unwrap(),
+                signature: c.signature.clone(),
+            })
+            .collect();
+    }
+    let mut shares = Vec::new();
+    for (site, h) in &holders {
+        let s = (h.share(
+            &commitments,
+            &p.key_holders,
+            &Unauthenticated,
+            &Unauthenticated,
+        ))
+        .unwrap();
+        let sent = pb::HeKeyShare {
+            share: s.share.clone(),
+            signature: s.signature.clone(),
+        };
+        step(&mut f, site, round, Step::HeKeyShare(sent)).unwrap();
+        shares.push(s);
+    }
+    let key = EndorsedKey::assemble(
+        &he,
+        id,
+        &commitments,
+        &shares,
+        &p.key_holders,
+        &Unauthenticated,
+    )
+    .unwrap();
+    // Every contributor commits; the list closes with all four.
+    for (i, name) in names.iter().enumerate() {
+        let values = vec![i as u32; p.dimension as usize];
+        let c = tessera_he::encrypt(
+            &he,
+            &key,
+            i as u32,
+            &values,
+            &[i as u8; 32],
+            &Unauthenticated,
+        )
+        .unwrap();
+        let sent = pb::HeCommitment {
+            length: c.commitment.length as u32,
+            digest: c.commitment.digest.to_vec(),
+            signature: c.commitment.signature.clone(),
+        };
+        step(&mut f, name, round, Step::HeCommitment(sent)).unwrap();
+    }
+    let listed = step(&mut f, &names[1], round, Step::Poll(3));
+    assert!(matches!(listed, Ok(State::HeList(_))), "{listed:?}");
+    // Switzerland leaves the round: failed now, not at the deadline.
+    f.withdraw(&names[2], round, "its data went away", false)
+        .unwrap();
+    let closed = f.store().rounds(f.run_id()).unwrap();
+    assert!(
+        closed.len() == 1
+            && closed[0].round == round
+            && closed[0].status.starts_with("quorum not met"),
+        "{closed:?}"
+    );
+    let log = f.store().audit_log(f.run_id()).unwrap();
+    let failed = (log.iter())
+        .find(|a| a.action == "homomorphic-aggregation" && a.outcome == "failed")
+        .expect("the round's failure audited");
+    assert!(
+        failed
+            .detail
+            .contains(&format!("{} withdrew before revealing", names[2])),
+        "{}",
+        failed.detail
+    );
+    assert_eq!(
+        step(&mut f, &names[0], round, Step::Poll(4)).unwrap(),
+        State::Done(false)
+    );
+}

@@ -138,13 +138,14 @@ impl Federation {
     }
 
     /// `site` left the open round: a contributor that has not committed is
-    /// not waited for (one listed, or a key holder, fails the round at its
-    /// deadline: it is not waited for past it).
+    /// not waited for; one listed fails the round at once (the key holders
+    /// decrypt the whole list's sum or nothing). A key holder is waited for
+    /// as one until its stage's deadline (its site may withdraw as a
+    /// contributor and still answer).
     pub(super) fn homomorphic_withdraw(&mut self, site: &str) {
         if let Some(he) = self.homomorphic.as_mut()
             && let Some(&id) = he.index.get(site)
             && he.members.contains(&id)
-            && !he.commitments.contains_key(&id)
         {
             he.gone.insert(id);
         }

@@ -61,7 +61,9 @@ pub(in crate::state) struct HomomorphicRound {
     pub(super) shares: BTreeMap<u32, KeyShare>,
     pub(super) key: Option<EndorsedKey>,
     pub(super) commitments: BTreeMap<u32, Commitment>,
-    /// Members that left before committing.
+    /// Members that left the round: before committing, left out of the
+    /// list; listed, the list's sum cannot be made (the round fails at
+    /// once, not at the reveals' deadline).
     pub(super) gone: BTreeSet<u32>,
     pub(super) list: Option<CommitmentList>,
     /// The reveals, as they came (relayed to the key holders).
@@ -159,7 +161,14 @@ impl HomomorphicRound {
         min: usize,
     ) -> bool {
         let (_, waiting) = self.awaited();
-        let late = now >= self.deadline;
+        // Listed contributors that withdrew: the reveals cannot complete.
+        let withdrawn: Vec<&str> = (self.list.iter())
+            .filter(|_| self.stage == HeStage::Reveal)
+            .flat_map(|l| l.entries().iter().map(|c| c.from))
+            .filter(|m| self.gone.contains(m) && !self.reveals.contains_key(m))
+            .map(|m| self.name_of(m))
+            .collect();
+        let late = now >= self.deadline || !withdrawn.is_empty();
         if !waiting.is_empty() && !late {
             return false;
         }
@@ -224,6 +233,11 @@ impl HomomorphicRound {
                     Err(e) => HeStage::Failed(e),
                 }
             }
+            HeStage::Reveal if !withdrawn.is_empty() => HeStage::Failed(format!(
+                "listed contributor(s) {} withdrew before revealing; the key holders decrypt \
+                 the whole list's sum or nothing",
+                withdrawn.join(", ")
+            )),
             HeStage::Reveal if !waiting.is_empty() => HeStage::Failed(format!(
                 "listed contributor(s) {} did not reveal in time; the key holders decrypt the \
                  whole list's sum or nothing",
