@@ -379,6 +379,17 @@ fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_mess
         };
         let why = refused(step(&mut f, &site, round, Step::HeAnswer(sent)));
         assert!(why.contains("takes 73729 bytes"), "{why}");
+        let sent = pb::HeAnswer {
+            sum_digest: vec![0; 1 << 20],
+            shares: shares[..1].to_vec(),
+            signature: answer.signature.clone(),
+            first: 0,
+        };
+        let why = refused(step(&mut f, &site, round, Step::HeAnswer(sent)));
+        assert!(
+            why.contains("a sum digest of 1048576 bytes, not 32"),
+            "{why}"
+        );
         for (first, range) in [(0, 0..2), (2, 2..4)] {
             let sent = pb::HeAnswer {
                 sum_digest: answer.sum_digest.to_vec(),

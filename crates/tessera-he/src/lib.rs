@@ -145,6 +145,10 @@ impl HeParams {
             .build_arc()
             .map(Self)
             .map_err(fhe)
+            .and_then(|params| {
+                wire::check_encoding(&params)?;
+                Ok(params)
+            })
     }
 
     /// The process's one instance of the parameters, made at its first use

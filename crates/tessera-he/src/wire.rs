@@ -18,6 +18,7 @@ use fhe_math::zq::Modulus;
 use fhe_traits::{DeserializeParametrized, Serialize};
 use prost::Message;
 use rayon::prelude::*;
+use sha2::{Digest, Sha256};
 
 use crate::{
     Answer, Commitment, Contribution, DEGREE, HeError, HeParams, MODULI, RoundId, common_poly, fhe,
@@ -68,12 +69,51 @@ pub fn ciphertext_to_bytes(ct: &Ciphertext) -> Vec<u8> {
             }
         }
     }
-    debug_assert_eq!(
-        out.len(),
-        CIPHERTEXT_BYTES,
-        "two polynomials at the top level"
-    );
+    // (A ciphertext of another shape, which a sum refuses, makes bytes of
+    // another length, which every reader refuses.)
     out
+}
+
+/// The SHA-256 of [`known_answer`]'s bytes as protocol 1.31 defines them
+/// (fhe-math 0.1.1's NTT: its roots of unity, found from a ChaCha8
+/// generator seeded 0, and its order).
+const KNOWN_ANSWER: [u8; 32] = [
+    0x5f, 0x64, 0xb3, 0x6e, 0x21, 0x64, 0x3c, 0xe7, 0x74, 0xcc, 0xd8, 0x83, 0x65, 0x8d, 0x6b, 0xa5,
+    0xc3, 0x76, 0x20, 0x1b, 0x62, 0x2d, 0xd1, 0x4b, 0xbf, 0x46, 0xc2, 0x58, 0x08, 0xc8, 0xcc, 0xc6,
+];
+
+/// Two polynomials of fixed power-basis coefficients taken to the NTT
+/// representation on `params`, as a ciphertext: its bytes name the NTT this
+/// build computes.
+pub(crate) fn known_answer(params: &HeParams) -> Result<Ciphertext, HeError> {
+    let ctx = params.bfv().context_at_level(0).map_err(fhe)?;
+    let poly = |k: u64| {
+        let v: Vec<u64> = (0..(MODULI.len() * DEGREE) as u64)
+            .map(|i| (i * i + k) % 1_000_003)
+            .collect();
+        let mut p =
+            Poly::try_convert_from(v, ctx, true, Representation::PowerBasis).map_err(fhe)?;
+        p.change_representation(Representation::Ntt);
+        Ok::<_, HeError>(p)
+    };
+    Ciphertext::new(vec![poly(1)?, poly(2)?], params.bfv()).map_err(fhe)
+}
+
+/// Whether this build's NTT is the one the wire encoding is defined by
+/// (checked where the parameters are made): another (another fhe-math, or
+/// `rand` under it, or fhe-math's `tfhe-ntt` feature) would have peers read
+/// one another's ciphertexts as other polynomials with every check passing.
+pub(crate) fn check_encoding(params: &HeParams) -> Result<(), HeError> {
+    let digest: [u8; 32] = Sha256::digest(ciphertext_to_bytes(&known_answer(params)?)).into();
+    if digest != KNOWN_ANSWER {
+        return Err(HeError::Fhe(
+            "this build's NTT is not the one protocol 1.31's ciphertext encoding (he-ntt-wire) \
+             is defined by, so its ciphertexts would be read as other polynomials: build with \
+             the project's lock file (cargo build --locked)"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// One modulus's coefficients from their packed bytes, each checked below

@@ -599,6 +599,11 @@ impl HomomorphicRound {
             ))
         } else if let Some(c) = wrong_length(&a.shares) {
             Some(c)
+        } else if a.sum_digest.len() != 32 {
+            Some(format!(
+                "a sum digest of {} bytes, not 32",
+                a.sum_digest.len()
+            ))
         } else if a.sum_digest != partial.sum_digest || a.signature != partial.signature {
             Some("a piece for another sum or signed otherwise than the first".into())
         } else {
@@ -629,8 +634,6 @@ impl HomomorphicRound {
 /// relay them to the key holders).
 const MAX_ROUND_BYTES: u64 = 4 << 30;
 
-/// Refuses a round whose contributions do not fit the coordinator's memory
-/// budget all together.
 /// A ciphertext of a piece whose length is not a ciphertext's (each takes
 /// exactly [`tessera_he::CIPHERTEXT_BYTES`]): refused as it comes, so that a
 /// piece held until its contribution is whole holds no more than it should.
@@ -645,6 +648,8 @@ fn wrong_length(ciphertexts: &[Vec<u8>]) -> Option<String> {
     ))
 }
 
+/// Refuses a round whose contributions do not fit the coordinator's memory
+/// budget all together.
 pub(super) fn check_size(dimension: usize, contributors: usize) -> Result<(), String> {
     let per_site =
         HeParams::ciphertexts_for(dimension) as u64 * (2 * HeParams::polynomial_bytes() + 64);
