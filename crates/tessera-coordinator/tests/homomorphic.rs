@@ -31,6 +31,17 @@ fn refused(r: Result<State, Refusal>) -> String {
     }
 }
 
+/// Key commitments as they travel, read back.
+fn key_commitments(sent: &[pb::HeKeyCommitmentFrom]) -> Vec<KeyCommitment> {
+    (sent.iter())
+        .map(|c| KeyCommitment {
+            from: c.from,
+            digest: c.digest.clone().try_into().unwrap(),
+            signature: c.signature.clone(),
+        })
+        .collect()
+}
+
 /// The round's id as every party derives it from the plan.
 fn round_id(plan: &tessera_engine::Plan, round: u32) -> RoundId {
     RoundId {
@@ -137,13 +148,7 @@ fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_mess
             panic!("no task for {site}");
         };
         assert_eq!((task.round, task.stage), (round, 3));
-        let commitments: Vec<KeyCommitment> = (task.key_commitments.iter())
-            .map(|c| KeyCommitment {
-                from: c.from,
-                digest: c.digest.clone().try_into().unwrap(),
-                signature: c.signature.clone(),
-            })
-            .collect();
+        let commitments: Vec<KeyCommitment> = key_commitments(&task.key_commitments);
         let share = h
             .share(
                 &commitments,
@@ -179,13 +184,7 @@ fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_mess
             signature: k.signature.clone(),
         })
         .collect();
-    let commitments: Vec<KeyCommitment> = (keys.commitments.iter())
-        .map(|c| KeyCommitment {
-            from: c.from,
-            digest: c.digest.clone().try_into().unwrap(),
-            signature: c.signature.clone(),
-        })
-        .collect();
+    let commitments: Vec<KeyCommitment> = key_commitments(&keys.commitments);
     let key = EndorsedKey::assemble(
         &he,
         id,
@@ -524,13 +523,7 @@ fn a_listed_contributor_withdrawing_fails_the_round_at_once() {
         let Ok(State::HeTask(task)) = step(&mut f, site, 0, Step::HeHolder(true)) else {
             panic!("no task for {site}");
         };
-        commitments = (task.key_commitments.iter())
-            .map(|c| KeyCommitment {
-                from: c.from,
-                digest: c.digest.clone().try_into().unwrap(),
-                signature: c.signature.clone(),
-            })
-            .collect();
+        commitments = key_commitments(&task.key_commitments);
     }
     let mut shares = Vec::new();
     for (site, h) in &holders {
