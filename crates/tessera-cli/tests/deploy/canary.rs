@@ -275,18 +275,22 @@ fn a_worse_candidate_is_rolled_back_and_a_better_one_promoted_on_every_site() {
             evidence["ci95"], evidence["candidate_only_right"], evidence["production_only_right"]
         );
     }
-    secure_rollouts(&s, db, &run, &models, &register);
+    let back = secure_rollouts(&s, db, &run, &models, &register);
 
-    // A rollback by hand (version 1 back in production) reaches every site
-    // through a rollout that only serves.
+    // A rollback by hand (the production version before the one serving
+    // back in production: 1 before 2, or 2 before 5 where the noised
+    // comparison promoted 5) reaches every site through a rollout that only
+    // serves.
     models(&["rollback", "--name", "heart", "--reason", "drill"]).ok();
     let out = roll_out(&s, &plan, db, &[], &["--serve"]);
     assert!(
-        out.contains("every site was sent 'heart' version 1: every site still in the run serves"),
+        out.contains(&format!(
+            "every site was sent 'heart' version {back}: every site still in the run serves"
+        )),
         "{out}"
     );
     for site in HEART_SITES {
-        assert_eq!(serving(&s, site), "1", "{site}");
+        assert_eq!(serving(&s, site), back, "{site}");
     }
 
     // No candidate is left.
@@ -306,14 +310,17 @@ fn a_worse_candidate_is_rolled_back_and_a_better_one_promoted_on_every_site() {
 }
 
 /// Under sums only: three canaries mask their comparison (a secure round
-/// needs three, and the plan's `min_participants`, here 3).
+/// needs three, and the plan's `min_participants`, here 3). Gives the
+/// version a rollback returns to after them: the production version before
+/// the one serving (the noised comparison promotes 5 or keeps 2 at
+/// random).
 fn secure_rollouts(
     s: &Scratch,
     db: &str,
     run: &str,
     models: &dyn Fn(&[&str]) -> util::Run,
     register: &dyn Fn(&str) -> String,
-) {
+) -> &'static str {
     let canaries = ["cleveland", "hungarian", "switzerland"];
     let sums = |metrics: &str| {
         let text = std::fs::read_to_string(plan(s, "fedavg", ""))
@@ -467,4 +474,11 @@ fn secure_rollouts(
         "a second comparison refused at switzerland; {}",
         evidence["decision"]
     );
+    // Version 6 is compared with the version serving, and rolled back or
+    // promoted (then the one serving before it is the one to return to).
+    match evidence["decision"].as_str() {
+        Some("promoted") => serve,
+        _ if promoted => "2",
+        _ => "1",
+    }
 }
