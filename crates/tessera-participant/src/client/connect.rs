@@ -35,11 +35,21 @@ pub async fn join_with(
     canary: bool,
     serving: Vec<pb::ServedModel>,
 ) -> Result<(FederationClient<Channel>, pb::Welcome), Failure> {
-    let channel = endpoint.connect().await.map_err(|e| {
-        endpoint
-            .stop(&e, url)
-            .unwrap_or_else(|| Failure::Retry(format!("cannot connect to {url}: {}", chain(&e))))
-    })?;
+    let channel = match endpoint.connect().await {
+        Ok(channel) => channel,
+        Err(e) => {
+            if let Some(stopped) = endpoint.stop(&e, url) {
+                return Err(stopped);
+            }
+            if let Some(stopped) = endpoint.probe(url).await {
+                return Err(stopped);
+            }
+            return Err(Failure::Retry(format!(
+                "cannot connect to {url}: {}",
+                chain(&e)
+            )));
+        }
+    };
     let mut client = FederationClient::new(channel)
         .max_decoding_message_size(16 << 20)
         .max_encoding_message_size(16 << 20);
@@ -141,11 +151,21 @@ impl Remote {
         crate::cause::classify_error(error, &server, self.tls.is_some()).map(stop)
     }
 
-    /// With TLS, what a new connection that only listens hears (a refusal
-    /// of this client's certificate that an HTTP/2 connection lost), named
-    /// for the server at `url`.
+    /// What a new connection that only listens hears, named for the server
+    /// at `url`: with TLS, a refusal of this client's certificate that an
+    /// HTTP/2 connection lost; in plain text, a TLS alert (the server
+    /// speaks TLS), which HTTP/2 loses when the server resets a connection
+    /// whose bytes it left unread.
     async fn probe(&self, url: &str) -> Option<Failure> {
-        let connector = self.tls.as_ref()?;
+        let Some(connector) = self.tls.as_ref() else {
+            return plain_probe(self.endpoint.uri(), Duration::from_secs(1))
+                .await
+                .then(|| {
+                    stop(Cause::PlainTextToTls {
+                        server: format!("the coordinator at {url}"),
+                    })
+                });
+        };
         let error = connector
             .probe(self.endpoint.uri(), Duration::from_secs(1))
             .await
@@ -162,6 +182,31 @@ impl Remote {
             None => Ok(()),
         }
     }
+}
+
+/// Whether the server at `uri` answers plain text with a TLS record: sends
+/// one record header's worth of HTTP/2's preface (five bytes, all of which
+/// a TLS server reads, so it closes without a reset) and reads what comes
+/// back within `wait`. A TLS server answers an alert (content type 21,
+/// version 3.x); an HTTP/2 server waits for the rest of the preface.
+async fn plain_probe(uri: &tonic::codegen::http::Uri, wait: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let heard = async {
+        let mut tcp = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        tcp.write_all(b"PRI *").await.ok()?;
+        let mut head = [0u8; 2];
+        tcp.read_exact(&mut head).await.ok()?;
+        Some(head)
+    };
+    matches!(
+        tokio::time::timeout(wait, heard).await,
+        Ok(Some([21 | 22, 3]))
+    )
 }
 
 /// Stops (a refusal) when `remote`'s certificate was revoked since the
@@ -229,4 +274,76 @@ pub fn chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn uri(port: u16) -> tonic::codegen::http::Uri {
+        format!("http://127.0.0.1:{port}").parse().unwrap()
+    }
+
+    /// A coordinator's real TLS listener answers the probe's plain text
+    /// with an alert, every time (the race an HTTP/2 connection loses,
+    /// the server resetting it with bytes unread, cannot happen here).
+    #[tokio::test]
+    async fn a_tls_server_is_heard_by_the_plain_probe() {
+        let dir = std::env::temp_dir().join(format!("tessera-plain-probe-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut ca = tessera_tls::CaDir::init(&dir, "probe", 2).unwrap();
+        let coordinator = ca.issue_coordinator(&["127.0.0.1".into()], 2).unwrap();
+        let tls =
+            tessera_tls::ServerTls::load(tessera_tls::TlsFiles::in_dir(&coordinator)).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _connections = tessera_tls::incoming(listener, tls, |_| {});
+        for _ in 0..20 {
+            assert!(plain_probe(&uri(port), Duration::from_secs(5)).await);
+        }
+        let remote = endpoint(&format!("http://127.0.0.1:{port}"), None, None).unwrap();
+        let failure = remote.probe("X").await;
+        assert!(
+            matches!(
+                &failure,
+                Some(Failure::Fatal(ParticipantError::Stop(
+                    Cause::PlainTextToTls { .. }
+                )))
+            ),
+            "{failure:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A server that speaks no TLS (one that waits for the rest of the
+    /// preface, one that answers HTTP/2 bytes, one that closes), and no
+    /// server at all, are not taken for TLS: the site retries.
+    #[tokio::test]
+    async fn what_is_not_tls_is_not_taken_for_it() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for answer in [
+            None,
+            Some(&[0u8, 0, 6, 4, 0, 0, 0, 0, 0][..]),
+            Some(&[][..]),
+        ] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let server = tokio::spawn(async move {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                let mut preface = [0u8; 5];
+                tcp.read_exact(&mut preface).await.unwrap();
+                match answer {
+                    Some(bytes) => tcp.write_all(bytes).await.unwrap(),
+                    None => tokio::time::sleep(Duration::from_secs(2)).await,
+                }
+            });
+            assert!(!plain_probe(&uri(port), Duration::from_millis(300)).await);
+            server.abort();
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        assert!(!plain_probe(&uri(port), Duration::from_millis(300)).await);
+    }
 }
