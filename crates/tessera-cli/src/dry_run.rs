@@ -73,6 +73,7 @@ pub fn run(args: &DryRunArgs) -> anyhow::Result<()> {
         dry_run: Some(Duration::from_secs_f64(args.wait)),
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let _context = runtime.enter();
     runtime.block_on(tessera_coordinator::serve_until(
         config,
         |address| crate::logging::say(tracing::Level::INFO, &format!("listening on {address}")),

@@ -151,16 +151,29 @@ pub fn abort(args: &AbortArgs) -> anyhow::Result<()> {
 }
 
 /// The first SIGTERM or SIGINT (Ctrl-C) this process receives: its name.
-pub async fn termination() -> &'static str {
+/// The handlers are installed when this is called (in a Tokio runtime's
+/// context), not when the future is first polled: a signal sent as soon as
+/// the process says it is listening takes the process's own way out, not
+/// the default one that ends it at once.
+pub fn termination() -> impl std::future::Future<Output = &'static str> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-        },
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        match (term, int) {
+            (Some(mut term), Some(mut int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            (Some(mut term), None) => {
+                term.recv().await;
+                "SIGTERM"
+            }
+            (None, Some(mut int)) => {
+                int.recv().await;
+                "SIGINT"
+            }
+            (None, None) => std::future::pending().await,
         }
     }
 }

@@ -338,6 +338,7 @@ pub fn run(args: &RolloutArgs) -> anyhow::Result<()> {
         dry_run: None,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let _context = runtime.enter();
     let served = runtime.block_on(tessera_coordinator::serve_until(
         config,
         |address| {

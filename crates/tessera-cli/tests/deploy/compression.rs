@@ -174,8 +174,10 @@ fn compressed_models_over_grpc_equal_simulation_across_a_coordinator_restart() {
     let (mut first, url) = coordinator(&s.dir, &plan, &db, 0, &[]);
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
     let mut participants = heart_with_slow_va(&s, &url, "0.5");
-    wait_until(LIMIT, "round 4 open", || {
-        poll(&db, |s| s.pending_updates_of(4)) >= 1
+    // Mid-round in round 4 or one of the next six: VA's pause holds a round
+    // open about 0.5 s, which one `tessera status` under load can miss.
+    wait_until(LIMIT, "a round from 4 to 10 open", || {
+        poll(&db, |s| (4..=10).map(|r| s.pending_updates_of(r)).sum()) >= 1
     });
     first.kill_9();
     let (mut second, _) = coordinator(

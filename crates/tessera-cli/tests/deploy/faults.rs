@@ -25,7 +25,7 @@ fn coordinator_killed_mid_round_resumes_with_nothing_lost_or_doubled() {
     let metrics = format!("127.0.0.1:{metrics_port}");
     let (mut first, url) = coordinator(&s.dir, &plan, &db, 0, &["--metrics", &metrics]);
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-    let mut participants = heart_with_slow_va(&s, &url, "1.5");
+    let mut participants = heart_with_slow_va(&s, &url, "3");
     wait_until(LIMIT, "round 3 with three accepted updates", || {
         poll(&db, |s| s.pending_updates_of(3)) == 3
     });
