@@ -290,6 +290,7 @@ impl Federation {
                 None
             }
         };
+        let mut refused = None;
         let Some(engine) = self.training.rounds_mut() else {
             return;
         };
@@ -301,6 +302,7 @@ impl Federation {
                     Ok(()) => ids,
                     Err(e) => {
                         tracing::warn!(round, %e, "the homomorphic sum was refused");
+                        refused = Some(format!("round {round}: the sum was refused: {e}"));
                         Vec::new()
                     }
                 }
@@ -312,6 +314,9 @@ impl Federation {
             if !counted.contains(&p) {
                 engine.report_dropout(&p);
             }
+        }
+        if let Some(reason) = refused {
+            self.audit("-", "homomorphic-aggregation", "failed", &reason);
         }
         self.homomorphic_counted = Some((
             round,

@@ -591,9 +591,8 @@ impl Federation {
         };
         let recovered = stages.dropped_names().len();
         let names = stages.survivor_names();
-        let result = self
-            .recover_checked(stages, round, &global, &format!("round {round}"))
-            .map_err(|(reason, _)| reason);
+        let result = self.recover_checked(stages, round, &global, &format!("round {round}"));
+        let mut failed = None;
         let Some(engine) = self.training.rounds_mut() else {
             return;
         };
@@ -608,12 +607,16 @@ impl Federation {
                     Ok(()) => contributors,
                     Err(e) => {
                         tracing::warn!(round, %e, "the secure sum was refused");
+                        failed = Some(format!("round {round}: the sum was refused: {e}"));
                         Vec::new()
                     }
                 }
             }
-            Err(e) => {
+            Err((e, audited)) => {
                 tracing::warn!(round, %e, "secure aggregation failed");
+                if !audited {
+                    failed = Some(format!("round {round}: {e}"));
+                }
                 Vec::new()
             }
         };
@@ -623,12 +626,17 @@ impl Federation {
                 engine.report_dropout(&p);
             }
         }
-        let detail = format!(
-            "round {round}: the sum of {} of {} updates; the masks of {recovered} that dropped after sharing keys removed",
-            counted.len(),
-            stages.members().len()
-        );
-        self.audit("-", "secure-aggregation", "completed", &detail);
+        if let Some(reason) = failed {
+            self.audit("-", "secure-aggregation", "failed", &reason);
+        }
+        if !counted.is_empty() {
+            let detail = format!(
+                "round {round}: the sum of {} of {} updates; the masks of {recovered} that dropped after sharing keys removed",
+                counted.len(),
+                stages.members().len()
+            );
+            self.audit("-", "secure-aggregation", "completed", &detail);
+        }
         self.version += 1;
     }
 
