@@ -90,21 +90,16 @@ mod keys;
 mod wire;
 pub use combine::{combine, open_with};
 pub use keys::{EndorsedKey, KeyCommitment, KeyShare, share_digest};
-pub use wire::{CIPHERTEXT_BYTES, ciphertext_from_bytes, ciphertext_to_bytes};
+use wire::MODULI;
+pub use wire::{CIPHERTEXT_BYTES, ciphertext_from_bytes, ciphertext_to_bytes, misfit_length};
 
 /// Values a ciphertext holds: the ring degree.
 pub const DEGREE: usize = 4096;
 
-/// The ciphertext moduli: two NTT-friendly primes of 36 bits (72 bits in
-/// all, well inside the 109 that 128-bit security allows at degree 4096).
-/// With the plaintext modulus `2^32` the scale is `2^40`, room for the noise
-/// of a sum of a million fresh ciphertexts.
-pub(crate) const MODULI: [u64; 2] = [0xffffee001, 0xffffc4001];
-
 /// The plaintext modulus: sums are taken modulo `2^32`, as SecAgg+'s.
 const PLAINTEXT_MODULUS: u64 = 1 << 32;
 
-/// Ciphertexts a message carries at most (about 4.7 MB): contributions,
+/// Ciphertexts a message carries at most (about 4.1 MB): contributions,
 /// and answers, travel in pieces of this many.
 pub const PIECE: usize = 64;
 
@@ -136,7 +131,7 @@ fn refused(why: impl Into<String>) -> HeError {
 pub struct HeParams(Arc<BfvParameters>);
 
 impl HeParams {
-    /// Degree [`DEGREE`], two 36-bit moduli, plaintext modulus `2^32`.
+    /// Degree [`DEGREE`], one 62-bit modulus, plaintext modulus `2^32`.
     pub fn new() -> Result<Self, HeError> {
         BfvParametersBuilder::new()
             .set_degree(DEGREE)

@@ -1,7 +1,7 @@
 //! What travels: ciphertexts, key shares and decryption shares as bytes,
 //! read back with every check a hostile sender calls for. Contributions and
 //! decryption shares travel in Tessera's own encoding ([`ciphertext_to_bytes`],
-//! 1.31 `he-ntt-wire`): the polynomials as they are held, in the NTT
+//! 1.31 `he-ntt-wire`, one 62-bit modulus since 1.32 `he-one-modulus`): the polynomials as they are held, in the NTT
 //! representation, where fhe.rs's serialisation writes the power basis (an
 //! inverse NTT a polynomial to write, a forward one to read: most of the
 //! cost of sending and reading a contribution). Key shares, one a key
@@ -21,29 +21,42 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    Answer, Commitment, Contribution, DEGREE, HeError, HeParams, MODULI, RoundId, common_poly, fhe,
-    hashed, joint_key, refused, rng,
+    Answer, Commitment, Contribution, DEGREE, HeError, HeParams, RoundId, common_poly, fhe, hashed,
+    joint_key, refused, rng,
 };
 
-/// Bits a coefficient takes on the wire: each modulus is a prime of 36 bits.
-const BITS: usize = 36;
-const _: () = assert!(MODULI[0] >> (BITS - 1) == 1 && MODULI[1] >> (BITS - 1) == 1);
+/// The ciphertext modulus: one NTT-friendly prime of 62 bits (well inside
+/// the 109 bits that 128-bit security allows at degree 4096; one modulus
+/// where two of 36 bits took twice the transforms and arithmetic). With the
+/// plaintext modulus `2^32` the scale is `2^30`: a fresh ciphertext's noise
+/// under a joint key of 16 key holders (the most a plan names) stays below
+/// `2^15` (`a_fresh_ciphertext_leaves_room_for_a_million_more` measures it),
+/// and a sum of [`crate::MAX_CONTRIBUTIONS`] independent ones grows it about
+/// `2^10`-fold, well below the `2^29` that decryption tolerates.
+pub(crate) const MODULI: [u64; 1] = [0x3fff_ffff_ffff_0001];
+
+/// Bits a coefficient takes on the wire: the modulus is a prime of 62 bits,
+/// and a modulus's coefficients fill whole 64-bit words.
+const BITS: usize = 62;
+const _: () = assert!(MODULI.len() == 1 && MODULI[0] >> (BITS - 1) == 1);
+const _: () = assert!((DEGREE * BITS).is_multiple_of(64));
 
 /// A coefficient's bits.
 const MASK: u64 = (1 << BITS) - 1;
 
 /// The bytes of one ciphertext in Tessera's encoding: two polynomials of
-/// [`DEGREE`] coefficients a modulus, 36 bits each.
+/// [`DEGREE`] coefficients, 62 bits each.
 pub const CIPHERTEXT_BYTES: usize = 2 * MODULI.len() * DEGREE * BITS / 8;
 
 /// A contribution's or decryption share's ciphertext as it travels: its two
-/// polynomials in the NTT representation, each modulus's [`DEGREE`]
-/// coefficients reduced below it and packed at 36 bits (two in nine bytes,
-/// the first in the low bits, little-endian: fhe.rs's bit order), nothing
+/// polynomials in the NTT representation, each's [`DEGREE`] coefficients
+/// reduced below the modulus and packed at 62 bits, each coefficient's bits
+/// after the one before's, little-endian (fhe.rs's bit order), nothing
 /// else. Every ciphertext takes [`CIPHERTEXT_BYTES`] and has exactly this
 /// one encoding ([`ciphertext_from_bytes`] refuses any other). The NTT
-/// representation is fhe.rs's (the crate's version is pinned by the lock
-/// file; peers of one protocol version build the same one).
+/// representation is fhe.rs's: its version is pinned exactly, and
+/// [`HeParams::new`] checks a known answer, so that a peer built with
+/// another refuses to start rather than read other polynomials.
 pub fn ciphertext_to_bytes(ct: &Ciphertext) -> Vec<u8> {
     let mut out = Vec::with_capacity(CIPHERTEXT_BYTES);
     for poly in ct.iter() {
@@ -57,16 +70,17 @@ pub fn ciphertext_to_bytes(ct: &Ciphertext) -> Vec<u8> {
             &ntt
         };
         for (row, &q) in poly.coefficients().outer_iter().zip(&MODULI) {
-            let reduced = |c: u64| if c < q { c } else { c % q };
-            let row = row.as_slice().map_or_else(
-                || std::borrow::Cow::Owned(row.to_vec()),
-                std::borrow::Cow::Borrowed,
-            );
-            for pair in row.chunks_exact(2) {
-                let (a, b) = (reduced(pair[0]), reduced(pair[1]));
-                out.extend_from_slice(&(a | (b << BITS)).to_le_bytes());
-                out.push((b >> (64 - BITS)) as u8);
+            let (mut held, mut bits) = (0u128, 0);
+            for &c in row {
+                held |= u128::from(if c < q { c } else { c % q }) << bits;
+                bits += BITS;
+                if bits >= 64 {
+                    out.extend_from_slice(&(held as u64).to_le_bytes());
+                    held >>= 64;
+                    bits -= 64;
+                }
             }
+            // (A row fills whole words: nothing is left held.)
         }
     }
     // (A ciphertext of another shape, which a sum refuses, makes bytes of
@@ -74,12 +88,12 @@ pub fn ciphertext_to_bytes(ct: &Ciphertext) -> Vec<u8> {
     out
 }
 
-/// The SHA-256 of [`known_answer`]'s bytes as protocol 1.31 defines them
+/// The SHA-256 of [`known_answer`]'s bytes as protocol 1.32 defines them
 /// (fhe-math 0.1.1's NTT: its roots of unity, found from a ChaCha8
 /// generator seeded 0, and its order).
 const KNOWN_ANSWER: [u8; 32] = [
-    0x5f, 0x64, 0xb3, 0x6e, 0x21, 0x64, 0x3c, 0xe7, 0x74, 0xcc, 0xd8, 0x83, 0x65, 0x8d, 0x6b, 0xa5,
-    0xc3, 0x76, 0x20, 0x1b, 0x62, 0x2d, 0xd1, 0x4b, 0xbf, 0x46, 0xc2, 0x58, 0x08, 0xc8, 0xcc, 0xc6,
+    0xcc, 0x0f, 0x26, 0xda, 0xbd, 0x5e, 0x88, 0x1a, 0x02, 0x64, 0xcd, 0x85, 0xcf, 0x10, 0x06, 0xe4,
+    0x5d, 0xe5, 0x8f, 0x5f, 0xd4, 0xc1, 0x89, 0x3e, 0xbd, 0xae, 0x12, 0xc3, 0x00, 0x01, 0xee, 0xac,
 ];
 
 /// Two polynomials of fixed power-basis coefficients taken to the NTT
@@ -106,29 +120,48 @@ pub(crate) fn known_answer(params: &HeParams) -> Result<Ciphertext, HeError> {
 pub(crate) fn check_encoding(params: &HeParams) -> Result<(), HeError> {
     let digest: [u8; 32] = Sha256::digest(ciphertext_to_bytes(&known_answer(params)?)).into();
     if digest != KNOWN_ANSWER {
-        return Err(HeError::Fhe(
-            "this build's NTT is not the one protocol 1.31's ciphertext encoding (he-ntt-wire) \
-             is defined by, so its ciphertexts would be read as other polynomials: build with \
-             the project's lock file (cargo build --locked)"
-                .into(),
-        ));
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        return Err(HeError::Fhe(format!(
+            "this build's NTT is not the one protocol 1.32's ciphertext encoding (he-ntt-wire, \
+             he-one-modulus) is defined by (its known answer hashes to {hex}), so its ciphertexts \
+             would be read as other polynomials: build with the project's lock file (cargo build \
+             --locked)"
+        )));
     }
     Ok(())
 }
 
-/// One modulus's coefficients from their packed bytes, each checked below
-/// `q` (`None` for one that is not: another encoding of a coefficient).
+/// One modulus's coefficients from their packed bytes (whole 64-bit
+/// words), each checked below `q` (`None` for one that is not: another
+/// encoding of a coefficient).
 fn unpack(bytes: &[u8], q: u64, out: &mut Vec<u64>) -> Option<()> {
-    for nine in bytes.chunks_exact(9) {
-        let (low, high) = nine.split_at(8);
-        let x = u64::from_le_bytes(low.try_into().ok()?);
-        let (a, b) = (x & MASK, (x >> BITS) | (u64::from(high[0]) << (64 - BITS)));
-        if a >= q || b >= q {
-            return None;
+    let (mut held, mut bits) = (0u128, 0);
+    for word in bytes.chunks_exact(8) {
+        held |= u128::from(u64::from_le_bytes(word.try_into().ok()?)) << bits;
+        bits += 64;
+        while bits >= BITS {
+            let c = held as u64 & MASK;
+            if c >= q {
+                return None;
+            }
+            out.push(c);
+            held >>= BITS;
+            bits -= BITS;
         }
-        out.extend([a, b]);
     }
     Some(())
+}
+
+/// The first of `ciphertexts` (a piece of a contribution or an answer as it
+/// arrives) whose length is not [`CIPHERTEXT_BYTES`], described: refused as
+/// it comes, so that a piece held until its message is whole holds no more
+/// than its ciphertexts' bytes.
+pub fn misfit_length(ciphertexts: &[Vec<u8>]) -> Option<String> {
+    let (at, bad) = (ciphertexts.iter().enumerate()).find(|(_, c)| c.len() != CIPHERTEXT_BYTES)?;
+    Some(format!(
+        "ciphertext {at} of the piece takes {} bytes, not {CIPHERTEXT_BYTES}",
+        bad.len()
+    ))
 }
 
 /// A ciphertext of `params` from its bytes in Tessera's encoding (see

@@ -104,7 +104,7 @@ fn longer_varint(bytes: &[u8]) -> Vec<u8> {
 /// `bytes` with its first polynomial changed in place, one way each: the
 /// representation as power basis, the degree halved, the variable-time flag
 /// written a second time (honest bytes end with it set), a field appended,
-/// the flag cleared, the first coefficient 2^36 - 1 (above its modulus; the
+/// the flag cleared, the first coefficient 2^62 - 1 (above its modulus; the
 /// ciphertext's framing mended to fit). The last two are refused.
 fn polynomial_variants(bytes: &[u8]) -> Vec<Vec<u8>> {
     // The first polynomial's bytes (field 1 of the ciphertext).
@@ -131,33 +131,32 @@ fn polynomial_variants(bytes: &[u8]) -> Vec<Vec<u8>> {
     extra.extend_from_slice(&[0x28, 0x07]);
     assert_eq!(&poly[poly.len() - 2..], &[0x20, 0x01]);
     let cleared = poly[..poly.len() - 2].to_vec();
-    // ..., coefficients (field 3) of 2 x 18,432 bytes: 36 bits each.
+    // ..., coefficients (field 3) of 31,744 bytes: 62 bits each.
     let mut unreduced = poly.to_vec();
-    assert_eq!(&unreduced[5..9], &[0x1a, 0x80, 0xa0, 0x02]);
-    unreduced[9..14].fill(0xff);
+    assert_eq!(&unreduced[5..9], &[0x1a, 0x80, 0xf8, 0x01]);
+    unreduced[9..17].fill(0xff);
     [power_basis, degree, flag, extra, cleared, unreduced]
         .into_iter()
         .map(rebuilt)
         .collect()
 }
 
-/// `good` with coefficient `index` (counted across both polynomials and
-/// moduli, 4,096 a modulus) set to `value`, written at 36 bits.
+/// Coefficient `index` of `bytes` (counted across both polynomials, 4,096
+/// a polynomial), read at 62 bits, bit by bit (independently of `unpack`).
+fn coefficient(bytes: &[u8], index: usize) -> u64 {
+    (0..BITS).fold(0, |c, bit| {
+        let at = index * BITS + bit;
+        c | u64::from(bytes[at / 8] >> (at % 8) & 1) << bit
+    })
+}
+
+/// `good` with coefficient `index` set to `value`, written bit by bit.
 fn with_coefficient(good: &[u8], index: usize, value: u64) -> Vec<u8> {
     let mut out = good.to_vec();
-    let at = index / 2 * 9;
-    let x = u64::from_le_bytes(out[at..at + 8].try_into().unwrap());
-    let (mut a, mut b) = (
-        x & MASK,
-        (x >> BITS) | (u64::from(out[at + 8]) << (64 - BITS)),
-    );
-    if index.is_multiple_of(2) {
-        a = value;
-    } else {
-        b = value;
+    for bit in 0..BITS {
+        let at = index * BITS + bit;
+        out[at / 8] = out[at / 8] & !(1 << (at % 8)) | (((value >> bit) & 1) as u8) << (at % 8);
     }
-    out[at..at + 8].copy_from_slice(&(a | (b << BITS)).to_le_bytes());
-    out[at + 8] = (b >> (64 - BITS)) as u8;
     out
 }
 
@@ -166,24 +165,25 @@ fn every_coefficient_at_or_past_its_modulus_is_refused() {
     let params = HeParams::new().unwrap();
     let (ct, _) = samples(&params);
     let good = ciphertext_to_bytes(&ct);
-    assert_eq!(
-        with_coefficient(&good, 5, {
-            let x = u64::from_le_bytes(good[18..26].try_into().unwrap());
-            (x >> BITS) | (u64::from(good[26]) << (64 - BITS))
-        }),
-        good
-    );
-    // Each modulus of each polynomial, the first and second of a pair.
+    // The bit order is the polynomials' own: coefficient by coefficient.
+    let read = ciphertext_from_bytes(&params, &good).unwrap();
+    for (poly, p) in read.iter().enumerate() {
+        let held = p.coefficients();
+        for i in [0, 1, 31, 32, 4095] {
+            assert_eq!(coefficient(&good, poly * DEGREE + i), held[[0, i]]);
+        }
+    }
+    let q = MODULI[0];
+    // Each polynomial; every place a coefficient can sit in the words
+    // (thirty-two coefficients fill 31 words), the last ones too.
     for poly in 0..2 {
-        for (m, &q) in MODULI.iter().enumerate() {
-            let base = (poly * MODULI.len() + m) * DEGREE;
-            for (index, value) in [
-                (base, q),
-                (base + 1, q),
-                (base + 4094, MASK),
-                (base + 4095, q - 1),
-            ] {
+        let base = poly * DEGREE;
+        let places = (0..32).chain([4094, 4095]);
+        for (n, i) in places.enumerate() {
+            let index = base + i;
+            for value in [q, MASK, q - 1, n as u64] {
                 let bytes = with_coefficient(&good, index, value);
+                assert_eq!(coefficient(&bytes, index), value);
                 match ciphertext_from_bytes(&params, &bytes) {
                     Ok(read) => {
                         assert!(value < q, "coefficient {index} = {value} accepted");
@@ -197,12 +197,6 @@ fn every_coefficient_at_or_past_its_modulus_is_refused() {
             }
         }
     }
-    // The smaller modulus's bound holds in its own part: the larger's is
-    // past it.
-    let (q0, q1) = (MODULI[0], MODULI[1]);
-    assert!(q1 < q0);
-    assert!(ciphertext_from_bytes(&params, &with_coefficient(&good, DEGREE, q1)).is_err());
-    assert!(ciphertext_from_bytes(&params, &with_coefficient(&good, 0, q1)).is_ok());
 }
 
 #[test]
@@ -221,6 +215,25 @@ fn the_wire_encoding_is_pinned_by_a_known_answer() {
     // `HeParams::new` checks: a change to either shows.)
     assert_eq!(
         hex,
-        "5f64b36e21643ce774ccd883658d6ba5c376201b622dd14bbf46c25808c8ccc6"
+        "cc0f26dabd5e881a0264cd85cf1006e45de58f5fd4c1893ebdae12c30001eeac"
     );
+}
+
+/// A piece is judged by every ciphertext's length, not the first's: one
+/// byte short or long anywhere names that ciphertext.
+#[test]
+fn a_piece_with_any_ciphertext_of_another_length_is_named() {
+    let right = vec![0u8; CIPHERTEXT_BYTES];
+    assert_eq!(misfit_length(&[]), None);
+    assert_eq!(misfit_length(&[right.clone(), right.clone()]), None);
+    for (at, len) in [(0, CIPHERTEXT_BYTES - 1), (2, CIPHERTEXT_BYTES + 1), (1, 0)] {
+        let mut piece = vec![right.clone(); 3];
+        piece[at] = vec![0; len];
+        assert_eq!(
+            misfit_length(&piece),
+            Some(format!(
+                "ciphertext {at} of the piece takes {len} bytes, not {CIPHERTEXT_BYTES}"
+            ))
+        );
+    }
 }

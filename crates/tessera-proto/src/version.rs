@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 31;
+pub const MINOR: u32 = 32;
 
 /// What this build can do.
 ///
@@ -144,6 +144,12 @@ pub const MINOR: u32 = 31;
 ///   36 bits, 73,728 bytes a ciphertext (key shares keep fhe.rs's); a 1.31
 ///   coordinator requires it of every site of a homomorphic plan, and a
 ///   1.31 participant leaves a homomorphic run whose coordinator lacks it.
+/// - `he-one-modulus` (1.32): homomorphic rounds use one 62-bit ciphertext
+///   modulus instead of two of 36 bits (half the transforms and arithmetic
+///   of encrypting, summing and decrypting), so a ciphertext's polynomials
+///   travel as 4,096 coefficients at 62 bits, 63,488 bytes a ciphertext; a
+///   1.32 coordinator requires it of every site of a homomorphic plan, and
+///   a 1.32 participant leaves a homomorphic run whose coordinator lacks it.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -190,6 +196,7 @@ pub const CAPABILITIES: &[&str] = &[
     "homomorphic-aggregation",
     "long-poll",
     "he-ntt-wire",
+    "he-one-modulus",
 ];
 
 /// Each capability of [`CAPABILITIES`] with the minor version that brought
@@ -241,6 +248,7 @@ pub const CAPABILITY_SINCE: &[(&str, u32)] = &[
     ("homomorphic-aggregation", 29),
     ("long-poll", 30),
     ("he-ntt-wire", 31),
+    ("he-one-modulus", 32),
 ];
 
 /// The capabilities a Tessera build of protocol `1.minor` sends.

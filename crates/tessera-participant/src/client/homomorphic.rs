@@ -232,17 +232,20 @@ fn list_of(list: pb::HeList, round: u32) -> Result<CommitmentList, Failure> {
 }
 
 /// Whether the coordinator of `welcome` reads this build's ciphertexts
-/// (1.31 `he-ntt-wire`): refused, saying so, where it does not, rather than
-/// have every contribution refused as malformed.
+/// (1.31 `he-ntt-wire`, 1.32 `he-one-modulus`): refused, saying so, where
+/// it does not, rather than have every contribution refused as malformed.
 pub fn he_wire_check(welcome: &pb::Welcome) -> Result<(), Failure> {
-    if welcome.capabilities.iter().any(|c| c == "he-ntt-wire") {
+    let has = |c: &str| welcome.capabilities.iter().any(|have| have == c);
+    let why = if !has("he-ntt-wire") {
+        "reads ciphertexts in fhe.rs's encoding only (protocol before 1.31, no `he-ntt-wire`)"
+    } else if !has("he-one-modulus") {
+        "reads ciphertexts of two 36-bit moduli only (protocol before 1.32, no `he-one-modulus`)"
+    } else {
         return Ok(());
-    }
-    Err(Failure::Fatal(crate::ParticipantError::Refused(
-        "the plan aggregates homomorphically, but the coordinator reads ciphertexts in fhe.rs's \
-         encoding only (protocol before 1.31, no `he-ntt-wire`): upgrade it"
-            .into(),
-    )))
+    };
+    Err(Failure::Fatal(crate::ParticipantError::Refused(format!(
+        "the plan aggregates homomorphically, but the coordinator {why}: upgrade it"
+    ))))
 }
 
 fn he_params() -> Result<HeParams, Failure> {
@@ -619,15 +622,10 @@ async fn answer(
                 ));
             }
             // Each ciphertext one length: a piece is not kept past it.
-            if let Some(b) =
-                (c.ciphertexts.iter()).find(|b| b.len() != tessera_he::CIPHERTEXT_BYTES)
-            {
+            if let Some(misfit) = tessera_he::misfit_length(&c.ciphertexts) {
                 return Err(refuse(
                     round,
-                    format!(
-                        "the coordinator sent a ciphertext of {} bytes in {from}'s contribution",
-                        b.len()
-                    ),
+                    format!("the coordinator sent a piece of {from}'s contribution: {misfit}"),
                 ));
             }
             if first > 0 && c.list_signature != list_signature {
@@ -715,6 +713,15 @@ mod tests {
             "{e:?}"
         );
         welcome.capabilities = tessera_proto::capabilities_at(31)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let e = he_wire_check(&welcome).unwrap_err();
+        assert!(
+            matches!(&e, Failure::Fatal(crate::ParticipantError::Refused(m)) if m.contains("he-one-modulus")),
+            "{e:?}"
+        );
+        welcome.capabilities = tessera_proto::capabilities_at(32)
             .into_iter()
             .map(String::from)
             .collect();

@@ -515,7 +515,7 @@ impl HomomorphicRound {
                  contribution {total})",
                 tessera_he::PIECE
             ))
-        } else if let Some(c) = wrong_length(&r.ciphertexts) {
+        } else if let Some(c) = tessera_he::misfit_length(&r.ciphertexts) {
             Some(c)
         } else if r.list_signature != partial.list_signature {
             Some("a piece signed otherwise than the first".into())
@@ -597,7 +597,7 @@ impl HomomorphicRound {
                  the sum has {total} ciphertexts)",
                 tessera_he::PIECE
             ))
-        } else if let Some(c) = wrong_length(&a.shares) {
+        } else if let Some(c) = tessera_he::misfit_length(&a.shares) {
             Some(c)
         } else if a.sum_digest.len() != 32 {
             Some(format!(
@@ -633,20 +633,6 @@ impl HomomorphicRound {
 /// The most bytes of contributions a round keeps at the coordinator (to
 /// relay them to the key holders).
 const MAX_ROUND_BYTES: u64 = 4 << 30;
-
-/// A ciphertext of a piece whose length is not a ciphertext's (each takes
-/// exactly [`tessera_he::CIPHERTEXT_BYTES`]): refused as it comes, so that a
-/// piece held until its contribution is whole holds no more than it should.
-fn wrong_length(ciphertexts: &[Vec<u8>]) -> Option<String> {
-    let bad = ciphertexts
-        .iter()
-        .position(|c| c.len() != tessera_he::CIPHERTEXT_BYTES)?;
-    Some(format!(
-        "ciphertext {bad} of the piece takes {} bytes, not {}",
-        ciphertexts[bad].len(),
-        tessera_he::CIPHERTEXT_BYTES
-    ))
-}
 
 /// Refuses a round whose contributions do not fit the coordinator's memory
 /// budget all together.
