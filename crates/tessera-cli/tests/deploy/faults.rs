@@ -2,8 +2,6 @@
 //! resumed, a participant killed mid-round, a site whose training fails
 //! withdrawing, and a busy database during the agreement.
 
-use std::time::Duration;
-
 use crate::util::procs::{
     HEART_SITES, Proc, coordinator, coordinator_env, free_port, participant, participant_with,
     wait_until,
@@ -333,7 +331,11 @@ fn a_busy_database_during_the_agreement_is_retried_not_fatal() {
         .iter()
         .map(|site| participant(&s.dir, &url, site, &[]))
         .collect();
-    std::thread::sleep(Duration::from_secs(7));
+    // Held until a site was told so (a fixed wait could end before any
+    // site's call had waited out the busy timeout on a slow machine).
+    crate::util::procs::wait_until(LIMIT, "a site told the database failed", || {
+        sites.iter().any(|p| p.log().contains("database failed"))
+    });
     lock.execute_batch("COMMIT").unwrap();
     drop(lock);
     assert!(coordinator.wait(LIMIT).success(), "{}", coordinator.log());

@@ -2,8 +2,6 @@
 //! or offers refused (a model beyond memory, files outside the plan folder,
 //! an odd offer, undeclared value sets).
 
-use std::time::Duration;
-
 use crate::util::procs::{HEART_SITES, Proc, coordinator, participant, participant_with};
 use crate::util::{self, Scratch};
 use crate::{LIMIT, heart_text, plan};
@@ -206,7 +204,16 @@ fn an_odd_offer_refuses_the_odd_site_not_the_federation() {
         &["--report", "dep.json"],
     );
     let mut refused = participant_with(&s.dir, &url, "site3", &odd, &[]);
-    std::thread::sleep(Duration::from_secs(2));
+    // The odd offer is in before any honest one (else the three honest
+    // ones agree first and site3 is handed their kinds).
+    let db = s.path("c.sqlite");
+    crate::util::procs::wait_until(LIMIT, "site3's offer of its column kinds", || {
+        crate::util::status::status(&db).is_some_and(|st| {
+            st.0["waiting"]["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("1 of"))
+        })
+    });
     let mut honest: Vec<Proc> = ["site0", "site1", "site2"]
         .iter()
         .map(|site| participant_with(&s.dir, &url, site, &data, &[]))
