@@ -480,6 +480,20 @@ fn a_participant_reading_fhe_encodings_only_is_refused_at_its_join() {
     };
     let e = f.join(&SITES[0].name, &old).unwrap_err().to_string();
     assert!(e.contains("he-ntt-wire"), "{e}");
+    // 1.31: the NTT encoding, of two 36-bit moduli.
+    let two_moduli = pb::Hello {
+        minor: 31,
+        capabilities: tessera_proto::capabilities_at(31)
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        ..common::hello(&SITES[0].name)
+    };
+    let e = f.join(&SITES[0].name, &two_moduli).unwrap_err().to_string();
+    assert!(
+        e.contains("he-one-modulus") && !e.contains("he-ntt-wire"),
+        "{e}"
+    );
     assert!(
         f.join(&SITES[0].name, &common::hello(&SITES[0].name))
             .is_ok()

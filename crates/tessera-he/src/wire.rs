@@ -30,9 +30,10 @@ use crate::{
 /// where two of 36 bits took twice the transforms and arithmetic). With the
 /// plaintext modulus `2^32` the scale is `2^30`: a fresh ciphertext's noise
 /// under a joint key of 16 key holders (the most a plan names) stays below
-/// `2^15` (`a_fresh_ciphertext_leaves_room_for_a_million_more` measures it),
-/// and a sum of [`crate::MAX_CONTRIBUTIONS`] independent ones grows it about
-/// `2^10`-fold, well below the `2^29` that decryption tolerates.
+/// `2^15`, and a sum of [`crate::MAX_CONTRIBUTIONS`] independent ones grows
+/// it about `2^10`-fold (the square root of their number), well below the
+/// `2^29` that decryption tolerates (`tests/noise.rs` measures a fresh one's
+/// room and a sum of 1,024's; the `2^20` figure is estimated from them).
 pub(crate) const MODULI: [u64; 1] = [0x3fff_ffff_ffff_0001];
 
 /// Bits a coefficient takes on the wire: the modulus is a prime of 62 bits,
