@@ -793,3 +793,57 @@ fn a_sum_refused_after_the_deadline_is_audited() {
         State::Done(false)
     );
 }
+
+/// A homomorphic (or SecAgg+) round whose training round closes at its
+/// deadline before the sum is decrypted (here, no key holder ever commits;
+/// no site sends its keys) ends then, audited as failed, not left with only
+/// "opened" and its sites at work; a poll of it is told to stop.
+#[test]
+fn a_round_closed_before_its_sum_is_decrypted_is_audited() {
+    let homomorphic = "\n[secure_aggregation]\nenabled = true\nscheme = \"homomorphic\"\n\
+                       key_holders = [\"cleveland\", \"va\"]\n";
+    let secagg = "\n[secure_aggregation]\nenabled = true\n";
+    for (text, action, how) in [
+        (homomorphic, "homomorphic-aggregation", "decrypted"),
+        (secagg, "secure-aggregation", "unmasked"),
+    ] {
+        closed_before_its_sum(text, action, how);
+    }
+}
+
+fn closed_before_its_sum(text: &str, action: &str, how: &str) {
+    let (_, text) = common::plan(text);
+    let text = text.replace("rounds = 15\n", "rounds = 15\ndeadline_seconds = 600\n");
+    let plan = (tessera_engine::Plan::from_toml(&text, "he").unwrap(), text);
+    let db = Db::new();
+    let clock = tessera_coordinator::ManualClock::starting_now();
+    let mut f = db
+        .open(&plan)
+        .with_clock(std::sync::Arc::new(clock.clone()));
+    agree(&mut f);
+    let round = (0..4).map(|i| train(&mut f, i).0).last().unwrap();
+    clock.advance(std::time::Duration::from_secs(601));
+    f.advance();
+    let log = f.store().audit_log(f.run_id()).unwrap();
+    let audits: Vec<_> = (log.iter())
+        .filter(|a| a.action == action && a.outcome != "opened")
+        .map(|a| (a.outcome.as_str(), a.detail.as_str()))
+        .collect();
+    assert_eq!(
+        audits,
+        [(
+            "failed",
+            &*format!(
+                "round {round}: the round closed (quorum not met (0/1)) before its sum was {how}"
+            )
+        )],
+        "{log:?}"
+    );
+    assert!(
+        matches!(
+            step(&mut f, "hungarian", round, Step::Poll(1)).unwrap(),
+            State::Done(_)
+        ),
+        "{action}"
+    );
+}

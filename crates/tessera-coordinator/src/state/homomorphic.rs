@@ -163,6 +163,22 @@ impl Federation {
         })
     }
 
+    /// Training round `round` closed (`status`: its deadline passed, or its
+    /// quorum) while its homomorphic aggregation was still under way: the
+    /// aggregation ends, audited as failed, and the sites' polls are told
+    /// their input did not count (the key holders stop working for it).
+    pub(super) fn abandon_homomorphic(&mut self, round: u32, status: &str) {
+        if self.homomorphic.as_ref().is_none_or(|he| he.round != round) {
+            return;
+        }
+        self.homomorphic = None;
+        self.homomorphic_counted = Some((round, Default::default()));
+        let detail =
+            format!("round {round}: the round closed ({status}) before its sum was decrypted");
+        self.audit("-", "homomorphic-aggregation", "failed", &detail);
+        self.version += 1;
+    }
+
     /// One `SecureAggregation` request of a homomorphic run.
     pub(super) fn homomorphic_step(
         &mut self,

@@ -553,6 +553,20 @@ impl Federation {
 
     /// Closes the current stage when everyone in it has answered or the
     /// liveness period is over; after the last one, hands the sum to the engine.
+    /// Training round `round` closed (`status`: its deadline passed, or its
+    /// quorum) while its SecAgg+ round was still under way: the secure
+    /// round ends, audited as failed (its sites' polls are told to stop).
+    pub(super) fn abandon_secure(&mut self, round: u32, status: &str) {
+        if (self.secure.as_ref()).is_none_or(|s| s.evaluation || s.round != round) {
+            return;
+        }
+        self.secure = None;
+        let detail =
+            format!("round {round}: the round closed ({status}) before its sum was unmasked");
+        self.audit("-", "secure-aggregation", "failed", &detail);
+        self.version += 1;
+    }
+
     pub(super) fn advance_secure(&mut self, now: Timestamp) {
         let Some(secure) = self.secure.as_mut() else {
             return;

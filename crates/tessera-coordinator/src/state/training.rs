@@ -448,6 +448,8 @@ impl Federation {
         let record_json =
             serde_json::to_string(&record).map_err(|e| CoordinatorError::Config(e.to_string()))?;
         let status = record.status.clone();
+        self.abandon_secure(outcome.round, &status);
+        self.abandon_homomorphic(outcome.round, &status);
         // Central DP: the release's ledger row is stored with the round.
         let central = outcome
             .privacy
