@@ -288,3 +288,41 @@ pub fn last_event(db: &Db) -> tessera_coordinator::store::StageEvent {
         .find(|e| e.version == 2)
         .unwrap()
 }
+
+/// A secure-aggregation step of `site` for `round`: the reply's state.
+pub fn step(
+    f: &mut Federation,
+    site: &str,
+    round: u32,
+    step: pb::sec_agg_request::Step,
+) -> Result<pb::sec_agg_reply::State, tessera_coordinator::Refusal> {
+    f.secure_step(site, round, Some(step))
+        .map(|reply| reply.state.unwrap())
+}
+
+/// Why a step was refused (a step accepted fails the test).
+pub fn refused(r: Result<pb::sec_agg_reply::State, tessera_coordinator::Refusal>) -> String {
+    match r {
+        Err(e) => e.to_string(),
+        Ok(state) => panic!("accepted: {state:?}"),
+    }
+}
+
+/// Key commitments as they travel, read back.
+pub fn key_commitments(sent: &[pb::HeKeyCommitmentFrom]) -> Vec<tessera_he::KeyCommitment> {
+    (sent.iter())
+        .map(|c| tessera_he::KeyCommitment {
+            from: c.from,
+            digest: c.digest.clone().try_into().unwrap(),
+            signature: c.signature.clone(),
+        })
+        .collect()
+}
+
+/// The round's id as every party derives it from the plan.
+pub fn round_id(plan: &tessera_engine::Plan, round: u32) -> tessera_he::RoundId {
+    tessera_he::RoundId {
+        round,
+        seed: plan.secagg_graph_seed(round),
+    }
+}

@@ -1,0 +1,364 @@
+//! Secure rounds that do not finish, in process: a listed homomorphic
+//! contributor that withdraws, a sum decrypted past the round's deadline,
+//! and SecAgg+ or homomorphic rounds whose training round closes first; each
+//! is failed at once and audited with its reason.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Db, SITES, agree, key_commitments, round_id, step, train};
+use tessera_core::Update;
+use tessera_he::{Contribution, EndorsedKey, HeParams, KeyHolder, VerifiedSum};
+use tessera_proto::pb;
+use tessera_proto::pb::sec_agg_reply::State;
+use tessera_proto::pb::sec_agg_request::Step;
+use tessera_secagg::Unauthenticated;
+
+/// A listed contributor that withdraws before revealing fails the round at
+/// once, naming it (the key holders decrypt the whole list's sum or
+/// nothing), instead of holding the reveals to their deadline; the others
+/// are told their input did not count.
+#[test]
+fn a_listed_contributor_withdrawing_fails_the_round_at_once() {
+    let text = "\n[secure_aggregation]\nenabled = true\nscheme = \"homomorphic\"\n\
+                key_holders = [\"cleveland\", \"va\"]\n";
+    let plan = common::plan(text);
+    let db = Db::new();
+    let mut f = db.open(&plan);
+    let plan = plan.0;
+    agree(&mut f);
+    let names: Vec<String> = SITES.iter().map(|s| s.name.clone()).collect();
+    let updates: Vec<(u32, Update)> = (0..4).map(|i| train(&mut f, i)).collect();
+    let round = updates[0].0;
+    let Ok(State::Params(p)) = step(&mut f, "cleveland", round, Step::Poll(1)) else {
+        panic!("no parameters");
+    };
+    // Keys: each key holder commits, then shares.
+    let (he, id) = (HeParams::new().unwrap(), round_id(&plan, round));
+    let holders: Vec<(String, KeyHolder)> = (p.key_holder_sites.iter().zip(&p.key_holders))
+        .map(|(site, &h)| {
+            let (holder, c) = KeyHolder::new(&he, h, id, [h as u8; 32], &Unauthenticated).unwrap();
+            let sent = pb::HeKeyCommitment {
+                digest: c.digest.to_vec(),
+                signature: c.signature,
+            };
+            step(&mut f, site, round, Step::HeKeyCommitment(sent)).unwrap();
+            (site.clone(), holder)
+        })
+        .collect();
+    let mut commitments = Vec::new();
+    for (site, _) in &holders {
+        let Ok(State::HeTask(task)) = step(&mut f, site, 0, Step::HeHolder(true)) else {
+            panic!("no task for {site}");
+        };
+        commitments = key_commitments(&task.key_commitments);
+    }
+    let mut shares = Vec::new();
+    for (site, h) in &holders {
+        let s = (h.share(
+            &commitments,
+            &p.key_holders,
+            &Unauthenticated,
+            &Unauthenticated,
+        ))
+        .unwrap();
+        let sent = pb::HeKeyShare {
+            share: s.share.clone(),
+            signature: s.signature.clone(),
+        };
+        step(&mut f, site, round, Step::HeKeyShare(sent)).unwrap();
+        shares.push(s);
+    }
+    let key = EndorsedKey::assemble(
+        &he,
+        id,
+        &commitments,
+        &shares,
+        &p.key_holders,
+        &Unauthenticated,
+    )
+    .unwrap();
+    // Every contributor commits; the list closes with all four.
+    for (i, name) in names.iter().enumerate() {
+        let values = vec![i as u32; p.dimension as usize];
+        let c = tessera_he::encrypt(
+            &he,
+            &key,
+            i as u32,
+            &values,
+            &[i as u8; 32],
+            &Unauthenticated,
+        )
+        .unwrap();
+        let sent = pb::HeCommitment {
+            length: c.commitment.length as u32,
+            digest: c.commitment.digest.to_vec(),
+            signature: c.commitment.signature.clone(),
+        };
+        step(&mut f, name, round, Step::HeCommitment(sent)).unwrap();
+    }
+    let listed = step(&mut f, &names[1], round, Step::Poll(3));
+    assert!(matches!(listed, Ok(State::HeList(_))), "{listed:?}");
+    // Switzerland leaves the round: failed now, not at the deadline.
+    f.withdraw(&names[2], round, "its data went away", false)
+        .unwrap();
+    let closed = f.store().rounds(f.run_id()).unwrap();
+    assert!(
+        closed.len() == 1
+            && closed[0].round == round
+            && closed[0].status.starts_with("quorum not met"),
+        "{closed:?}"
+    );
+    let log = f.store().audit_log(f.run_id()).unwrap();
+    let failed = (log.iter())
+        .find(|a| a.action == "homomorphic-aggregation" && a.outcome == "failed")
+        .expect("the round's failure audited");
+    assert!(
+        failed
+            .detail
+            .contains(&format!("{} withdrew before revealing", names[2])),
+        "{}",
+        failed.detail
+    );
+    assert_eq!(
+        step(&mut f, &names[0], round, Step::Poll(4)).unwrap(),
+        State::Done(false)
+    );
+}
+
+/// A homomorphic round whose sum is decrypted after the round's deadline
+/// (the key holders' last answer came past it, before a tick closed the
+/// round) is refused by the engine: the refusal is in the audit log, named,
+/// not only in the coordinator's log, and nobody's update counts.
+#[test]
+fn a_sum_refused_after_the_deadline_is_audited() {
+    let text = "\n[secure_aggregation]\nenabled = true\nscheme = \"homomorphic\"\n\
+                key_holders = [\"cleveland\", \"va\"]\n";
+    let (_, text) = common::plan(text);
+    let text = text.replace("rounds = 15\n", "rounds = 15\ndeadline_seconds = 600\n");
+    let plan = (tessera_engine::Plan::from_toml(&text, "he").unwrap(), text);
+    let db = Db::new();
+    let clock = tessera_coordinator::ManualClock::starting_now();
+    let mut f = db
+        .open(&plan)
+        .with_clock(std::sync::Arc::new(clock.clone()));
+    let plan = plan.0;
+    agree(&mut f);
+    let names: Vec<String> = SITES.iter().map(|s| s.name.clone()).collect();
+    let updates: Vec<(u32, Update)> = (0..4).map(|i| train(&mut f, i)).collect();
+    let round = updates[0].0;
+    let Ok(State::Params(p)) = step(&mut f, "cleveland", round, Step::Poll(1)) else {
+        panic!("no parameters");
+    };
+    let params = tessera_secagg::RoundParams {
+        round,
+        participants: p.participants.clone(),
+        neighbours: p.neighbours as usize,
+        threshold: p.threshold as usize,
+        graph_seed: p.graph_seed.clone().try_into().unwrap(),
+        dimension: p.dimension as usize,
+        range: p.range,
+    };
+    let (he, id) = (HeParams::new().unwrap(), round_id(&plan, round));
+    let mut holders = Vec::new();
+    for (site, &h) in p.key_holder_sites.iter().zip(&p.key_holders) {
+        let (holder, c) = KeyHolder::new(&he, h, id, [h as u8; 32], &Unauthenticated).unwrap();
+        let sent = pb::HeKeyCommitment {
+            digest: c.digest.to_vec(),
+            signature: c.signature,
+        };
+        step(&mut f, site, round, Step::HeKeyCommitment(sent)).unwrap();
+        holders.push((site.clone(), holder));
+    }
+    let Ok(State::HeTask(task)) = step(&mut f, "va", 0, Step::HeHolder(true)) else {
+        panic!("no task");
+    };
+    let commitments = key_commitments(&task.key_commitments);
+    let mut shares = Vec::new();
+    for (site, h) in &holders {
+        let s = (h.share(
+            &commitments,
+            &p.key_holders,
+            &Unauthenticated,
+            &Unauthenticated,
+        ))
+        .unwrap();
+        let sent = pb::HeKeyShare {
+            share: s.share.clone(),
+            signature: s.signature.clone(),
+        };
+        step(&mut f, site, round, Step::HeKeyShare(sent)).unwrap();
+        shares.push(s);
+    }
+    let key = EndorsedKey::assemble(
+        &he,
+        id,
+        &commitments,
+        &shares,
+        &p.key_holders,
+        &Unauthenticated,
+    )
+    .unwrap();
+    let mut contributions = Vec::new();
+    for (i, (name, (_, update))) in names.iter().zip(&updates).enumerate() {
+        let input: Vec<f32> = update.delta.values().collect();
+        let mut values = tessera_secagg::quantize(&input, &params);
+        values.extend(tessera_secagg::encode_metadata(&tessera_secagg::Metadata {
+            n_examples: update.n_examples,
+            train_loss: update.stats.mean_train_loss,
+            n_steps: update.stats.n_steps,
+        }));
+        let c = tessera_he::encrypt(
+            &he,
+            &key,
+            i as u32,
+            &values,
+            &[i as u8; 32],
+            &Unauthenticated,
+        )
+        .unwrap();
+        let sent = pb::HeCommitment {
+            length: c.commitment.length as u32,
+            digest: c.commitment.digest.to_vec(),
+            signature: c.commitment.signature.clone(),
+        };
+        step(&mut f, name, round, Step::HeCommitment(sent)).unwrap();
+        contributions.push(c);
+    }
+    let Ok(State::HeList(list)) = step(&mut f, &names[1], round, Step::Poll(3)) else {
+        panic!("no list");
+    };
+    let list = tessera_he::CommitmentList::new(
+        (list.commitments.iter())
+            .map(|c| tessera_he::Commitment {
+                from: c.from,
+                length: c.length as usize,
+                digest: c.digest.clone().try_into().unwrap(),
+                signature: c.signature.clone(),
+            })
+            .collect(),
+    )
+    .unwrap();
+    for (i, c) in contributions.into_iter().enumerate() {
+        let ciphertexts = c.ciphertext_bytes();
+        let revealed = c.reveal(&id, &list, &Unauthenticated).unwrap();
+        let sent = pb::HeReveal {
+            list_signature: revealed.list_signature,
+            ciphertexts,
+            first: 0,
+        };
+        step(&mut f, &names[i], round, Step::HeReveal(sent)).unwrap();
+    }
+    let last = holders.len() - 1;
+    for (n, (site, holder)) in holders.into_iter().enumerate() {
+        let mut sum = VerifiedSum::new(
+            &he,
+            &key,
+            p.dimension as usize,
+            list.clone(),
+            &Unauthenticated,
+        )
+        .unwrap();
+        for c in list.entries() {
+            let fetch = Step::HeFetch(pb::HeFetch {
+                from: c.from,
+                first: 0,
+            });
+            let Ok(State::HeContribution(got)) = step(&mut f, &site, round, fetch) else {
+                panic!("no contribution of {}", c.from);
+            };
+            let contribution = Contribution::from_wire(&he, c.clone(), &got.ciphertexts).unwrap();
+            let revealed = tessera_he::Reveal {
+                contribution,
+                list_signature: got.list_signature,
+            };
+            sum.absorb(&revealed, &Unauthenticated).unwrap();
+        }
+        let answer = holder.answer(&sum, 2, &Unauthenticated).unwrap();
+        if n == last {
+            // The deadline passes while the last key holder decrypts.
+            clock.advance(std::time::Duration::from_secs(601));
+        }
+        let sent = pb::HeAnswer {
+            sum_digest: answer.sum_digest.to_vec(),
+            shares: answer.share_bytes(),
+            signature: answer.signature.clone(),
+            first: 0,
+        };
+        step(&mut f, &site, round, Step::HeAnswer(sent)).unwrap();
+    }
+    let log = f.store().audit_log(f.run_id()).unwrap();
+    let he_audits: Vec<_> = (log.iter())
+        .filter(|a| a.action == "homomorphic-aggregation")
+        .map(|a| (a.outcome.as_str(), a.detail.as_str()))
+        .collect();
+    assert_eq!(
+        he_audits[1..],
+        [(
+            "failed",
+            &*format!(
+                "round {round}: the sum was refused: update arrived after the round's deadline"
+            )
+        )],
+        "{log:?}"
+    );
+    assert_eq!(
+        step(&mut f, &names[2], round, Step::Poll(4)).unwrap(),
+        State::Done(false)
+    );
+}
+
+/// A homomorphic (or SecAgg+) round whose training round closes at its
+/// deadline before the sum is decrypted (here, no key holder ever commits;
+/// no site sends its keys) ends then, audited as failed, not left with only
+/// "opened" and its sites at work; a poll of it is told to stop.
+#[test]
+fn a_round_closed_before_its_sum_is_decrypted_is_audited() {
+    let homomorphic = "\n[secure_aggregation]\nenabled = true\nscheme = \"homomorphic\"\n\
+                       key_holders = [\"cleveland\", \"va\"]\n";
+    let secagg = "\n[secure_aggregation]\nenabled = true\n";
+    for (text, action, how) in [
+        (homomorphic, "homomorphic-aggregation", "decrypted"),
+        (secagg, "secure-aggregation", "unmasked"),
+    ] {
+        closed_before_its_sum(text, action, how);
+    }
+}
+
+fn closed_before_its_sum(text: &str, action: &str, how: &str) {
+    let (_, text) = common::plan(text);
+    let text = text.replace("rounds = 15\n", "rounds = 15\ndeadline_seconds = 600\n");
+    let plan = (tessera_engine::Plan::from_toml(&text, "he").unwrap(), text);
+    let db = Db::new();
+    let clock = tessera_coordinator::ManualClock::starting_now();
+    let mut f = db
+        .open(&plan)
+        .with_clock(std::sync::Arc::new(clock.clone()));
+    agree(&mut f);
+    let round = (0..4).map(|i| train(&mut f, i).0).last().unwrap();
+    clock.advance(std::time::Duration::from_secs(601));
+    f.advance();
+    let log = f.store().audit_log(f.run_id()).unwrap();
+    let audits: Vec<_> = (log.iter())
+        .filter(|a| a.action == action && a.outcome != "opened")
+        .map(|a| (a.outcome.as_str(), a.detail.as_str()))
+        .collect();
+    assert_eq!(
+        audits,
+        [(
+            "failed",
+            &*format!(
+                "round {round}: the round closed (quorum not met (0/1)) before its sum was {how}"
+            )
+        )],
+        "{log:?}"
+    );
+    assert!(
+        matches!(
+            step(&mut f, "hungarian", round, Step::Poll(1)).unwrap(),
+            State::Done(_)
+        ),
+        "{action}"
+    );
+}
