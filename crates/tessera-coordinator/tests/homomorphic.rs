@@ -8,7 +8,10 @@
 
 mod common;
 
-use common::{Db, SITES, agree, key_commitments, refused, round_id, step, train};
+use common::{
+    Db, SITES, agree, commitment_list, key_commitments, refused, round_id, secure_values, step,
+    train,
+};
 use tessera_core::Update;
 use tessera_he::{
     Contribution, EndorsedKey, HeParams, KeyCommitment, KeyHolder, KeyShare, VerifiedSum,
@@ -162,24 +165,9 @@ fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_mess
         &Unauthenticated,
     )
     .unwrap();
-    let params = tessera_secagg::RoundParams {
-        round,
-        participants: p.participants.clone(),
-        neighbours: p.neighbours as usize,
-        threshold: p.threshold as usize,
-        graph_seed: p.graph_seed.clone().try_into().unwrap(),
-        dimension: p.dimension as usize,
-        range: p.range,
-    };
     let mut contributions: Vec<Contribution> = Vec::new();
     for (i, (_, update)) in updates.iter().enumerate() {
-        let input: Vec<f32> = update.delta.values().collect();
-        let mut values = tessera_secagg::quantize(&input, &params);
-        values.extend(tessera_secagg::encode_metadata(&tessera_secagg::Metadata {
-            n_examples: update.n_examples,
-            train_loss: update.stats.mean_train_loss,
-            n_steps: update.stats.n_steps,
-        }));
+        let values = secure_values(round, &p, update);
         let c = tessera_he::encrypt(
             &he,
             &key,
@@ -213,17 +201,7 @@ fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_mess
         panic!("no list");
     };
     assert_eq!(list.commitments.len(), 4);
-    let list = tessera_he::CommitmentList::new(
-        (list.commitments.iter())
-            .map(|c| tessera_he::Commitment {
-                from: c.from,
-                length: c.length as usize,
-                digest: c.digest.clone().try_into().unwrap(),
-                signature: c.signature.clone(),
-            })
-            .collect(),
-    )
-    .unwrap();
+    let list = commitment_list(&list);
     // A reveal of someone else's ciphertexts does not match its commitment.
     let others = contributions[1].ciphertext_bytes();
     assert_eq!(others.len(), 4);

@@ -7,13 +7,106 @@
 
 mod common;
 
-use common::{Db, SITES, agree, key_commitments, round_id, step, train};
+use common::{
+    Db, SITES, agree, commitment_list, key_commitments, round_id, secure_values, step, train,
+};
+use tessera_coordinator::{Federation, ManualClock};
 use tessera_core::Update;
-use tessera_he::{Contribution, EndorsedKey, HeParams, KeyHolder, VerifiedSum};
+use tessera_engine::Plan;
+use tessera_he::{Contribution, EndorsedKey, HeParams, KeyHolder, RoundId, VerifiedSum};
 use tessera_proto::pb;
 use tessera_proto::pb::sec_agg_reply::State;
 use tessera_proto::pb::sec_agg_request::Step;
 use tessera_secagg::Unauthenticated;
+
+/// The key stage as the plan's key holders play it (each commits, then,
+/// every commitment in, shares): the parameters, the round's id, the key
+/// holders by site, and the joint key as a contributor assembles it.
+fn keys(
+    f: &mut Federation,
+    plan: &Plan,
+    round: u32,
+    p: &pb::SecAggParams,
+) -> (HeParams, RoundId, Vec<(String, KeyHolder)>, EndorsedKey) {
+    let (he, id) = (HeParams::new().unwrap(), round_id(plan, round));
+    let mut holders = Vec::new();
+    for (site, &h) in p.key_holder_sites.iter().zip(&p.key_holders) {
+        let (holder, c) = KeyHolder::new(&he, h, id, [h as u8; 32], &Unauthenticated).unwrap();
+        let sent = pb::HeKeyCommitment {
+            digest: c.digest.to_vec(),
+            signature: c.signature,
+        };
+        step(f, site, round, Step::HeKeyCommitment(sent)).unwrap();
+        holders.push((site.clone(), holder));
+    }
+    let mut commitments = Vec::new();
+    for (site, _) in &holders {
+        let Ok(State::HeTask(task)) = step(f, site, 0, Step::HeHolder(true)) else {
+            panic!("no task for {site}");
+        };
+        commitments = key_commitments(&task.key_commitments);
+    }
+    let mut shares = Vec::new();
+    for (site, h) in &holders {
+        let s = (h.share(
+            &commitments,
+            &p.key_holders,
+            &Unauthenticated,
+            &Unauthenticated,
+        ))
+        .unwrap();
+        let sent = pb::HeKeyShare {
+            share: s.share.clone(),
+            signature: s.signature.clone(),
+        };
+        step(f, site, round, Step::HeKeyShare(sent)).unwrap();
+        shares.push(s);
+    }
+    let key = EndorsedKey::assemble(
+        &he,
+        id,
+        &commitments,
+        &shares,
+        &p.key_holders,
+        &Unauthenticated,
+    )
+    .unwrap();
+    (he, id, holders, key)
+}
+
+/// `site` (contributor `id`) encrypts `values` under `key` and commits to
+/// them; its contribution, to reveal.
+fn commit(
+    f: &mut Federation,
+    site: &str,
+    round: u32,
+    (he, key): (&HeParams, &EndorsedKey),
+    id: u32,
+    values: &[u32],
+) -> Contribution {
+    let c = tessera_he::encrypt(he, key, id, values, &[id as u8; 32], &Unauthenticated).unwrap();
+    let sent = pb::HeCommitment {
+        length: c.commitment.length as u32,
+        digest: c.commitment.digest.to_vec(),
+        signature: c.commitment.signature.clone(),
+    };
+    step(f, site, round, Step::HeCommitment(sent)).unwrap();
+    c
+}
+
+/// The heart plan with `text` appended and a round deadline of 600 s, on
+/// a clock the test moves, agreed.
+fn on_a_deadline(db: &Db, text: &str) -> (Federation, ManualClock, Plan) {
+    let (_, text) = common::plan(text);
+    let text = text.replace("rounds = 15\n", "rounds = 15\ndeadline_seconds = 600\n");
+    let plan = (Plan::from_toml(&text, "he").unwrap(), text);
+    let clock = ManualClock::starting_now();
+    let mut f = db
+        .open(&plan)
+        .with_clock(std::sync::Arc::new(clock.clone()));
+    agree(&mut f);
+    (f, clock, plan.0)
+}
 
 /// A listed contributor that withdraws before revealing fails the round at
 /// once, naming it (the key holders decrypt the whole list's sum or
@@ -34,69 +127,11 @@ fn a_listed_contributor_withdrawing_fails_the_round_at_once() {
     let Ok(State::Params(p)) = step(&mut f, "cleveland", round, Step::Poll(1)) else {
         panic!("no parameters");
     };
-    // Keys: each key holder commits, then shares.
-    let (he, id) = (HeParams::new().unwrap(), round_id(&plan, round));
-    let holders: Vec<(String, KeyHolder)> = (p.key_holder_sites.iter().zip(&p.key_holders))
-        .map(|(site, &h)| {
-            let (holder, c) = KeyHolder::new(&he, h, id, [h as u8; 32], &Unauthenticated).unwrap();
-            let sent = pb::HeKeyCommitment {
-                digest: c.digest.to_vec(),
-                signature: c.signature,
-            };
-            step(&mut f, site, round, Step::HeKeyCommitment(sent)).unwrap();
-            (site.clone(), holder)
-        })
-        .collect();
-    let mut commitments = Vec::new();
-    for (site, _) in &holders {
-        let Ok(State::HeTask(task)) = step(&mut f, site, 0, Step::HeHolder(true)) else {
-            panic!("no task for {site}");
-        };
-        commitments = key_commitments(&task.key_commitments);
-    }
-    let mut shares = Vec::new();
-    for (site, h) in &holders {
-        let s = (h.share(
-            &commitments,
-            &p.key_holders,
-            &Unauthenticated,
-            &Unauthenticated,
-        ))
-        .unwrap();
-        let sent = pb::HeKeyShare {
-            share: s.share.clone(),
-            signature: s.signature.clone(),
-        };
-        step(&mut f, site, round, Step::HeKeyShare(sent)).unwrap();
-        shares.push(s);
-    }
-    let key = EndorsedKey::assemble(
-        &he,
-        id,
-        &commitments,
-        &shares,
-        &p.key_holders,
-        &Unauthenticated,
-    )
-    .unwrap();
+    let (he, _, _, key) = keys(&mut f, &plan, round, &p);
     // Every contributor commits; the list closes with all four.
     for (i, name) in names.iter().enumerate() {
         let values = vec![i as u32; p.dimension as usize];
-        let c = tessera_he::encrypt(
-            &he,
-            &key,
-            i as u32,
-            &values,
-            &[i as u8; 32],
-            &Unauthenticated,
-        )
-        .unwrap();
-        let sent = pb::HeCommitment {
-            length: c.commitment.length as u32,
-            digest: c.commitment.digest.to_vec(),
-            signature: c.commitment.signature.clone(),
-        };
-        step(&mut f, name, round, Step::HeCommitment(sent)).unwrap();
+        commit(&mut f, name, round, (&he, &key), i as u32, &values);
     }
     let listed = step(&mut f, &names[1], round, Step::Poll(3));
     assert!(matches!(listed, Ok(State::HeList(_))), "{listed:?}");
@@ -135,111 +170,24 @@ fn a_listed_contributor_withdrawing_fails_the_round_at_once() {
 fn a_sum_refused_after_the_deadline_is_audited() {
     let text = "\n[secure_aggregation]\nenabled = true\nscheme = \"homomorphic\"\n\
                 key_holders = [\"cleveland\", \"va\"]\n";
-    let (_, text) = common::plan(text);
-    let text = text.replace("rounds = 15\n", "rounds = 15\ndeadline_seconds = 600\n");
-    let plan = (tessera_engine::Plan::from_toml(&text, "he").unwrap(), text);
     let db = Db::new();
-    let clock = tessera_coordinator::ManualClock::starting_now();
-    let mut f = db
-        .open(&plan)
-        .with_clock(std::sync::Arc::new(clock.clone()));
-    let plan = plan.0;
-    agree(&mut f);
+    let (mut f, clock, plan) = on_a_deadline(&db, text);
     let names: Vec<String> = SITES.iter().map(|s| s.name.clone()).collect();
     let updates: Vec<(u32, Update)> = (0..4).map(|i| train(&mut f, i)).collect();
     let round = updates[0].0;
     let Ok(State::Params(p)) = step(&mut f, "cleveland", round, Step::Poll(1)) else {
         panic!("no parameters");
     };
-    let params = tessera_secagg::RoundParams {
-        round,
-        participants: p.participants.clone(),
-        neighbours: p.neighbours as usize,
-        threshold: p.threshold as usize,
-        graph_seed: p.graph_seed.clone().try_into().unwrap(),
-        dimension: p.dimension as usize,
-        range: p.range,
-    };
-    let (he, id) = (HeParams::new().unwrap(), round_id(&plan, round));
-    let mut holders = Vec::new();
-    for (site, &h) in p.key_holder_sites.iter().zip(&p.key_holders) {
-        let (holder, c) = KeyHolder::new(&he, h, id, [h as u8; 32], &Unauthenticated).unwrap();
-        let sent = pb::HeKeyCommitment {
-            digest: c.digest.to_vec(),
-            signature: c.signature,
-        };
-        step(&mut f, site, round, Step::HeKeyCommitment(sent)).unwrap();
-        holders.push((site.clone(), holder));
-    }
-    let Ok(State::HeTask(task)) = step(&mut f, "va", 0, Step::HeHolder(true)) else {
-        panic!("no task");
-    };
-    let commitments = key_commitments(&task.key_commitments);
-    let mut shares = Vec::new();
-    for (site, h) in &holders {
-        let s = (h.share(
-            &commitments,
-            &p.key_holders,
-            &Unauthenticated,
-            &Unauthenticated,
-        ))
-        .unwrap();
-        let sent = pb::HeKeyShare {
-            share: s.share.clone(),
-            signature: s.signature.clone(),
-        };
-        step(&mut f, site, round, Step::HeKeyShare(sent)).unwrap();
-        shares.push(s);
-    }
-    let key = EndorsedKey::assemble(
-        &he,
-        id,
-        &commitments,
-        &shares,
-        &p.key_holders,
-        &Unauthenticated,
-    )
-    .unwrap();
+    let (he, id, holders, key) = keys(&mut f, &plan, round, &p);
     let mut contributions = Vec::new();
     for (i, (name, (_, update))) in names.iter().zip(&updates).enumerate() {
-        let input: Vec<f32> = update.delta.values().collect();
-        let mut values = tessera_secagg::quantize(&input, &params);
-        values.extend(tessera_secagg::encode_metadata(&tessera_secagg::Metadata {
-            n_examples: update.n_examples,
-            train_loss: update.stats.mean_train_loss,
-            n_steps: update.stats.n_steps,
-        }));
-        let c = tessera_he::encrypt(
-            &he,
-            &key,
-            i as u32,
-            &values,
-            &[i as u8; 32],
-            &Unauthenticated,
-        )
-        .unwrap();
-        let sent = pb::HeCommitment {
-            length: c.commitment.length as u32,
-            digest: c.commitment.digest.to_vec(),
-            signature: c.commitment.signature.clone(),
-        };
-        step(&mut f, name, round, Step::HeCommitment(sent)).unwrap();
-        contributions.push(c);
+        let values = secure_values(round, &p, update);
+        contributions.push(commit(&mut f, name, round, (&he, &key), i as u32, &values));
     }
     let Ok(State::HeList(list)) = step(&mut f, &names[1], round, Step::Poll(3)) else {
         panic!("no list");
     };
-    let list = tessera_he::CommitmentList::new(
-        (list.commitments.iter())
-            .map(|c| tessera_he::Commitment {
-                from: c.from,
-                length: c.length as usize,
-                digest: c.digest.clone().try_into().unwrap(),
-                signature: c.signature.clone(),
-            })
-            .collect(),
-    )
-    .unwrap();
+    let list = commitment_list(&list);
     for (i, c) in contributions.into_iter().enumerate() {
         let ciphertexts = c.ciphertext_bytes();
         let revealed = c.reveal(&id, &list, &Unauthenticated).unwrap();
@@ -327,15 +275,8 @@ fn a_round_closed_before_its_sum_is_decrypted_is_audited() {
 }
 
 fn closed_before_its_sum(text: &str, action: &str, how: &str) {
-    let (_, text) = common::plan(text);
-    let text = text.replace("rounds = 15\n", "rounds = 15\ndeadline_seconds = 600\n");
-    let plan = (tessera_engine::Plan::from_toml(&text, "he").unwrap(), text);
     let db = Db::new();
-    let clock = tessera_coordinator::ManualClock::starting_now();
-    let mut f = db
-        .open(&plan)
-        .with_clock(std::sync::Arc::new(clock.clone()));
-    agree(&mut f);
+    let (mut f, clock, _) = on_a_deadline(&db, text);
     let round = (0..4).map(|i| train(&mut f, i).0).last().unwrap();
     clock.advance(std::time::Duration::from_secs(601));
     f.advance();

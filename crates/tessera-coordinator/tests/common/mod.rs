@@ -326,3 +326,40 @@ pub fn round_id(plan: &tessera_engine::Plan, round: u32) -> tessera_he::RoundId 
         seed: plan.secagg_graph_seed(round),
     }
 }
+
+/// The values a site's update goes into a secure sum as: quantised into
+/// `Z_2^32` for the round `p` describes, its metadata appended.
+pub fn secure_values(round: u32, p: &pb::SecAggParams, update: &Update) -> Vec<u32> {
+    let params = tessera_secagg::RoundParams {
+        round,
+        participants: p.participants.clone(),
+        neighbours: p.neighbours as usize,
+        threshold: p.threshold as usize,
+        graph_seed: p.graph_seed.clone().try_into().unwrap(),
+        dimension: p.dimension as usize,
+        range: p.range,
+    };
+    let input: Vec<f32> = update.delta.values().collect();
+    let mut values = tessera_secagg::quantize(&input, &params);
+    values.extend(tessera_secagg::encode_metadata(&tessera_secagg::Metadata {
+        n_examples: update.n_examples,
+        train_loss: update.stats.mean_train_loss,
+        n_steps: update.stats.n_steps,
+    }));
+    values
+}
+
+/// The list of commitments as it travels, read back.
+pub fn commitment_list(list: &pb::HeList) -> tessera_he::CommitmentList {
+    tessera_he::CommitmentList::new(
+        (list.commitments.iter())
+            .map(|c| tessera_he::Commitment {
+                from: c.from,
+                length: c.length as usize,
+                digest: c.digest.clone().try_into().unwrap(),
+                signature: c.signature.clone(),
+            })
+            .collect(),
+    )
+    .unwrap()
+}
