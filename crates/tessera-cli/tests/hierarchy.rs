@@ -497,6 +497,7 @@ fn secure_aggregation_at_every_level_equals_simulation_bit_for_bit() {
             "{}",
             db.display()
         );
+        assert_eq!(status.audited("secure-aggregation", "failed"), 0);
         assert_eq!(status.pending_updates(), 0);
     }
     // Two regions cannot mask toward the root (each would learn the other's

@@ -27,6 +27,7 @@ fn secure_aggregation_over_grpc_equals_simulation_bit_for_bit() {
     let db = s.path("secure.sqlite");
     let status = status_of(&db);
     assert_eq!(status.audited("secure-aggregation", "completed"), 15);
+    assert_eq!(status.audited("secure-aggregation", "failed"), 0);
     assert_eq!(status.pending_updates(), 0);
     // Example counts, train losses and step counts travel inside the masked
     // vectors: each round's train loss is the simulation's, and it is the
@@ -140,6 +141,7 @@ fn secure_aggregation_under_mutual_tls_signs_keys_and_views_and_sites_refuse_a_w
     let db = s.path("secure.sqlite");
     let status = status_of(&db);
     assert_eq!(status.audited("secure-aggregation", "completed"), 4);
+    assert_eq!(status.audited("secure-aggregation", "failed"), 0);
     assert_eq!(status.audited("secure-aggregation", "rejected"), 0);
     assert_eq!(status.pending_updates(), 0);
 

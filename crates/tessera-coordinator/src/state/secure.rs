@@ -551,8 +551,6 @@ impl Federation {
         }
     }
 
-    /// Closes the current stage when everyone in it has answered or the
-    /// liveness period is over; after the last one, hands the sum to the engine.
     /// Training round `round` closed (`status`: its deadline passed, or its
     /// quorum) while its SecAgg+ round was still under way: the secure
     /// round ends, audited as failed (its sites' polls are told to stop).
@@ -567,6 +565,8 @@ impl Federation {
         self.version += 1;
     }
 
+    /// Closes the current stage when everyone in it has answered or the
+    /// liveness period is over; after the last one, hands the sum to the engine.
     pub(super) fn advance_secure(&mut self, now: Timestamp) {
         let Some(secure) = self.secure.as_mut() else {
             return;

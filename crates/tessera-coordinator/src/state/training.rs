@@ -448,8 +448,6 @@ impl Federation {
         let record_json =
             serde_json::to_string(&record).map_err(|e| CoordinatorError::Config(e.to_string()))?;
         let status = record.status.clone();
-        self.abandon_secure(outcome.round, &status);
-        self.abandon_homomorphic(outcome.round, &status);
         // Central DP: the release's ledger row is stored with the round.
         let central = outcome
             .privacy
@@ -469,6 +467,9 @@ impl Federation {
                 privacy: central.as_ref(),
             },
         )?;
+        // Recorded closed: an aggregation still under way for it ends.
+        self.abandon_secure(outcome.round, &status);
+        self.abandon_homomorphic(outcome.round, &status);
         for site in &cohort {
             self.roster
                 .record_round(site, outcome.round, counted.contains(site));
