@@ -167,11 +167,11 @@ pub struct Federation {
     privacy: tessera_orchestrator::PrivacyBook,
     /// Secure aggregation: the open round's protocol.
     secure: Option<secure::SecureRound>,
-    /// The open training round's homomorphic aggregation (`scheme =
-    /// "homomorphic"`).
+    /// The open training round's homomorphic aggregation.
     homomorphic: Option<homomorphic::HomomorphicRound>,
-    /// The last homomorphic round that ended, and whose inputs counted.
-    homomorphic_counted: Option<(u32, std::collections::BTreeSet<String>)>,
+    /// The last training round whose secure sum (SecAgg+ or homomorphic)
+    /// ended here, and whose inputs counted: a site polling it is told.
+    sum_counted: Option<(u32, std::collections::BTreeSet<String>)>,
     /// Asynchronous runs under secure aggregation: who waits for a buffer,
     /// who is seated in the open one.
     buffers: secure_buffer::SecureBuffers,
@@ -401,7 +401,7 @@ impl Federation {
             privacy,
             secure: None,
             homomorphic: None,
-            homomorphic_counted: None,
+            sum_counted: None,
             certificates: BTreeMap::new(),
             secure_evaluated: None,
             last_view: None,

@@ -172,7 +172,7 @@ impl Federation {
             return;
         }
         self.homomorphic = None;
-        self.homomorphic_counted = Some((round, Default::default()));
+        self.sum_counted = Some((round, Default::default()));
         let detail =
             format!("round {round}: the round closed ({status}) before its sum was decrypted");
         self.audit("-", "homomorphic-aggregation", "failed", &detail);
@@ -191,7 +191,7 @@ impl Federation {
         let finished = matches!(self.phase, super::Phase::Finished);
         // A round that is over: whether the site's input counted.
         let counted = self
-            .homomorphic_counted
+            .sum_counted
             .as_ref()
             .is_some_and(|(r, sites)| *r == round && sites.contains(site));
         let Some(he) = self.homomorphic.as_mut() else {
@@ -334,7 +334,7 @@ impl Federation {
         if let Some(reason) = refused {
             self.audit("-", "homomorphic-aggregation", "failed", &reason);
         }
-        self.homomorphic_counted = Some((
+        self.sum_counted = Some((
             round,
             counted.iter().map(|p| p.as_str().to_string()).collect(),
         ));

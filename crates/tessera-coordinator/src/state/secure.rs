@@ -480,8 +480,12 @@ impl Federation {
             return self.homomorphic_step(site, round, step, now);
         }
         let Some(secure) = self.secure.as_mut().filter(|s| s.round == round) else {
-            // The round is over (or was reopened after a restart): stop.
-            return reply(Reply::Done(true));
+            // The round is over (or was reopened after a restart): stop,
+            // told whether its input counted where this coordinator saw the
+            // round's sum end (else that it did).
+            let counted = (self.sum_counted.as_ref())
+                .is_none_or(|(r, sites)| *r != round || sites.contains(site));
+            return reply(Reply::Done(counted));
         };
         let Some(id) = secure.stages.id_of(site) else {
             return Err(Refusal::Denied(format!(
@@ -559,6 +563,7 @@ impl Federation {
             return;
         }
         self.secure = None;
+        self.sum_counted = Some((round, Default::default()));
         let detail =
             format!("round {round}: the round closed ({status}) before its sum was unmasked");
         self.audit("-", "secure-aggregation", "failed", &detail);
@@ -640,6 +645,10 @@ impl Federation {
                 engine.report_dropout(&p);
             }
         }
+        self.sum_counted = Some((
+            round,
+            counted.iter().map(|p| p.as_str().to_string()).collect(),
+        ));
         if let Some(reason) = failed {
             self.audit("-", "secure-aggregation", "failed", &reason);
         }

@@ -516,8 +516,18 @@ async fn secure_stages(
             key_shares: pack(response.key_shares),
         }))
         .await?;
-        let _ = wait_for!(6);
-        Ok(counted)
+        // The coordinator says whether the sum counted (a round that closed
+        // first, or a sum refused, did not).
+        let summed = loop {
+            let asked = Instant::now();
+            match call(Step::Poll(6)).await? {
+                Some(State::Wait(w)) => tokio::time::sleep(poll_pause(w, asked)).await,
+                Some(State::Done(summed)) => break summed,
+                Some(_) => break true,
+                None => return Err(bad("an empty reply")),
+            }
+        };
+        Ok(counted && summed)
     }
     .await;
     *key_ring = Some(me.into_keys(super::secret_key()?));

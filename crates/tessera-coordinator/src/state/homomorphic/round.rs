@@ -305,7 +305,7 @@ impl HomomorphicRound {
                 "an empty secure-aggregation request".into(),
             )),
             // Not reached: a round done is taken at once (its outcome is
-            // then `homomorphic_counted`'s).
+            // then `sum_counted`'s).
             Some(_) if over => Ok(Reply::Done(false)),
             Some(Step::Poll(1)) => Ok(Reply::Params(self.params_pb(id, certificates))),
             Some(Step::Poll(2)) if self.key.is_some() => Ok(Reply::HeKeys(pb::HeKeyShares {
