@@ -62,7 +62,7 @@ pub async fn secure_submit(
         },
         false => pb::UpdateReply {
             accepted: false,
-            reason: "the round ended before this site's input counted".into(),
+            reason: "the round's secure sum did not count this site's input".into(),
         },
     })
 }
