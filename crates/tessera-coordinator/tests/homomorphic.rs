@@ -9,13 +9,11 @@
 mod common;
 
 use common::{
-    Db, SITES, agree, commitment_list, key_commitments, refused, round_id, secure_values, step,
-    train,
+    Db, SITES, agree, commitment_list, fetched_sum, key_commitments, refused, round_id,
+    secure_values, step, train,
 };
 use tessera_core::Update;
-use tessera_he::{
-    Contribution, EndorsedKey, HeParams, KeyCommitment, KeyHolder, KeyShare, VerifiedSum,
-};
+use tessera_he::{Contribution, EndorsedKey, HeParams, KeyCommitment, KeyHolder, KeyShare};
 use tessera_proto::pb;
 use tessera_proto::pb::sec_agg_reply::State;
 use tessera_proto::pb::sec_agg_request::Step;
@@ -257,10 +255,22 @@ fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_mess
         why.contains("ciphertext 0 of the piece takes 63487 bytes, not 63488"),
         "{why}"
     );
-    // Nobody fetches before the answers are due.
+    // From the list's close, a key holder is given its answer's task and
+    // fetches each contribution once it is revealed: one not yet revealed
+    // is waited for; a site that is no key holder fetches nothing.
     let fetch = |from, first| Step::HeFetch(pb::HeFetch { from, first });
-    let why = refused(step(&mut f, "cleveland", round, fetch(0, 0)));
+    assert_eq!(
+        step(&mut f, "cleveland", round, fetch(0, 0)).unwrap(),
+        State::Wait(true)
+    );
+    let why = refused(step(&mut f, "hungarian", round, fetch(0, 0)));
     assert!(why.contains("no contribution of 0"), "{why}");
+    let why = refused(step(&mut f, "cleveland", round, fetch(9, 0)));
+    assert!(why.contains("no contribution of 9"), "{why}");
+    assert!(matches!(
+        step(&mut f, "va", 0, Step::HeHolder(true)),
+        Ok(State::HeTask(pb::HeHolderTask { stage: 2, .. }))
+    ));
     for (i, c) in contributions.into_iter().enumerate() {
         let ciphertexts = c.ciphertext_bytes();
         let revealed = c.reveal(&id, &list, &Unauthenticated).unwrap();
@@ -273,6 +283,17 @@ fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_mess
             };
             assert_eq!(
                 step(&mut f, &names[i], round, Step::HeReveal(sent)).unwrap(),
+                State::Wait(true)
+            );
+        }
+        if i == 0 {
+            // The first revealed is sent while the others are awaited.
+            assert!(matches!(
+                step(&mut f, "cleveland", round, fetch(0, 0)),
+                Ok(State::HeContribution(_))
+            ));
+            assert_eq!(
+                step(&mut f, "cleveland", round, fetch(1, 0)).unwrap(),
                 State::Wait(true)
             );
         }
@@ -291,27 +312,7 @@ fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_mess
                 key_commitments: Vec::new()
             })
         );
-        let mut sum = VerifiedSum::new(
-            &he,
-            &key,
-            p.dimension as usize,
-            list.clone(),
-            &Unauthenticated,
-        )
-        .unwrap();
-        for c in list.entries() {
-            let Ok(State::HeContribution(got)) = step(&mut f, &site, round, fetch(c.from, 0))
-            else {
-                panic!("no contribution of {}", c.from);
-            };
-            assert_eq!((got.total, got.first, got.ciphertexts.len()), (4, 0, 4));
-            let contribution = Contribution::from_wire(&he, c.clone(), &got.ciphertexts).unwrap();
-            let revealed = tessera_he::Reveal {
-                contribution,
-                list_signature: got.list_signature,
-            };
-            sum.absorb(&revealed, &Unauthenticated).unwrap();
-        }
+        let sum = fetched_sum(&mut f, &site, round, &key, p.dimension as usize, &list);
         let answer = holder.answer(&sum, 2, &Unauthenticated).unwrap();
         let shares = answer.share_bytes();
         let mut long = shares[..1].to_vec();
@@ -323,7 +324,7 @@ fn a_homomorphic_round_steps_with_the_decrypted_sum_and_refuses_out_of_turn_mess
             first: 0,
         };
         let why = refused(step(&mut f, &site, round, Step::HeAnswer(sent)));
-        assert!(why.contains("takes 63489 bytes"), "{why}");
+        assert!(why.contains("takes 31745 bytes"), "{why}");
         let sent = pb::HeAnswer {
             sum_digest: vec![0; 1 << 20],
             shares: shares[..1].to_vec(),
@@ -438,6 +439,23 @@ fn a_participant_reading_fhe_encodings_only_is_refused_at_its_join() {
     let e = f.join(&SITES[0].name, &two_moduli).unwrap_err().to_string();
     assert!(
         e.contains("he-one-modulus") && !e.contains("he-ntt-wire"),
+        "{e}"
+    );
+    // 1.32: key holders fetch whole contributions.
+    let whole_fetch = pb::Hello {
+        minor: 32,
+        capabilities: tessera_proto::capabilities_at(32)
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        ..common::hello(&SITES[0].name)
+    };
+    let e = f
+        .join(&SITES[0].name, &whole_fetch)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("he-half-fetch") && !e.contains("he-one-modulus"),
         "{e}"
     );
     assert!(

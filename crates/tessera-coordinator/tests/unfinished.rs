@@ -8,12 +8,13 @@
 mod common;
 
 use common::{
-    Db, SITES, agree, commitment_list, key_commitments, round_id, secure_values, step, train,
+    Db, SITES, agree, commitment_list, fetched_sum, key_commitments, round_id, secure_values, step,
+    train,
 };
 use tessera_coordinator::{Federation, ManualClock};
 use tessera_core::Update;
 use tessera_engine::Plan;
-use tessera_he::{Contribution, EndorsedKey, HeParams, KeyHolder, RoundId, VerifiedSum};
+use tessera_he::{Contribution, EndorsedKey, HeParams, KeyHolder, RoundId};
 use tessera_proto::pb;
 use tessera_proto::pb::sec_agg_reply::State;
 use tessera_proto::pb::sec_agg_request::Step;
@@ -200,29 +201,7 @@ fn a_sum_refused_after_the_deadline_is_audited() {
     }
     let last = holders.len() - 1;
     for (n, (site, holder)) in holders.into_iter().enumerate() {
-        let mut sum = VerifiedSum::new(
-            &he,
-            &key,
-            p.dimension as usize,
-            list.clone(),
-            &Unauthenticated,
-        )
-        .unwrap();
-        for c in list.entries() {
-            let fetch = Step::HeFetch(pb::HeFetch {
-                from: c.from,
-                first: 0,
-            });
-            let Ok(State::HeContribution(got)) = step(&mut f, &site, round, fetch) else {
-                panic!("no contribution of {}", c.from);
-            };
-            let contribution = Contribution::from_wire(&he, c.clone(), &got.ciphertexts).unwrap();
-            let revealed = tessera_he::Reveal {
-                contribution,
-                list_signature: got.list_signature,
-            };
-            sum.absorb(&revealed, &Unauthenticated).unwrap();
-        }
+        let sum = fetched_sum(&mut f, &site, round, &key, p.dimension as usize, &list);
         let answer = holder.answer(&sum, 2, &Unauthenticated).unwrap();
         if n == last {
             // The deadline passes while the last key holder decrypts.

@@ -5,14 +5,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use fhe::bfv::{Ciphertext, Encoding};
+use fhe_math::rq::Poly;
 use fhe_traits::{FheDecoder, FheDecrypter};
 use rayon::prelude::*;
 use tessera_secagg::Verifier;
 
-use crate::{Answer, Contribution, HeError, HeParams, RoundId, fhe, refused};
+use crate::{Answer, HeError, HeParams, RoundId, fhe, refused, sum_digest};
 
 /// Combines the answers of every one of `holders`, each signed and each for
-/// the summed ciphertexts `sums` (by their digest), into the `length`
+/// the summed ciphertexts `sums` (by their second polynomials' digest,
+/// [`sum_digest`]), into the `length`
 /// summed values modulo `2^32`.
 pub fn combine(
     round: &RoundId,
@@ -30,7 +32,7 @@ pub fn combine(
             sums.len()
         )));
     }
-    let (digest, _) = Contribution::digest_of(sums);
+    let digest = sum_digest(sums);
     let sum_digest = &digest;
     let mut by_holder: BTreeMap<u32, Answer> = BTreeMap::new();
     for a in answers {
@@ -70,17 +72,9 @@ pub fn combine(
         )));
     }
     // Regroup by ciphertext: the i-th share of every key holder.
-    let mut by_ct: Vec<Vec<Ciphertext>> =
-        (0..n).map(|_| Vec::with_capacity(holders.len())).collect();
+    let mut by_ct: Vec<Vec<Poly>> = (0..n).map(|_| Vec::with_capacity(holders.len())).collect();
     for answer in by_holder.into_values() {
-        let from = answer.from;
         for (i, share) in answer.shares.into_iter().enumerate() {
-            // The coefficients (fhe.rs's equality also compares flags).
-            if share[1].coefficients() != sums[i][1].coefficients() {
-                return Err(refused(format!(
-                    "key holder {from}'s decryption share {i} is not of the summed ciphertext"
-                )));
-            }
             by_ct[i].push(share);
         }
     }
@@ -94,28 +88,35 @@ pub fn combine(
     Ok(out)
 }
 
-/// The values that `shares` (key holders' decryption shares of `sum`, each
-/// `(c0 + c1 s_i + e_i, c1)`) open: their sum less `sum` once for each but
-/// one is `(c0 + c1 s + e, c1)` with `s` the sum of those key holders'
-/// secrets, whose phase under the zero key is the plaintext when `s` is
-/// the joint secret (every key holder's share is in); noise otherwise.
+/// The values that `shares` (key holders' decryption shares of `sum`
+/// `(c0, c1)`, each `c1 s_i + e_i`) open: `(c0 + c1 s + e, c1)`, with `s`
+/// the sum of those key holders' secrets, whose phase under the zero key is
+/// the plaintext when `s` is the joint secret (every key holder's share is
+/// in); noise otherwise.
 pub fn open_with(
     params: &HeParams,
     sum: &Ciphertext,
-    shares: &[Ciphertext],
+    shares: &[Poly],
 ) -> Result<Vec<u32>, HeError> {
-    let Some((first, rest)) = shares.split_first() else {
+    if shares.is_empty() {
         return Err(refused("no decryption share"));
-    };
-    // Each on this instance of the parameters, as the zero key's (fhe.rs
-    // adds ciphertexts of one instance only, and panics otherwise).
-    let here = |ct: &Ciphertext| Ciphertext::new(ct.to_vec(), params.bfv()).map_err(fhe);
-    let sum = here(sum)?;
-    let mut acc = here(first)?;
-    for share in rest {
-        acc += &here(share)?;
-        acc -= &sum;
     }
+    let [c0, c1] = sum.to_vec().try_into().map_err(|polys: Vec<Poly>| {
+        refused(format!(
+            "a summed ciphertext of {} polynomials",
+            polys.len()
+        ))
+    })?;
+    let mut first = c0;
+    for share in shares {
+        if share.ctx() != first.ctx() {
+            return Err(refused("a decryption share of another ring"));
+        }
+        first += share;
+    }
+    // On this instance of the parameters, as the zero key's (fhe.rs
+    // decrypts ciphertexts of one instance only).
+    let acc = Ciphertext::new(vec![first, c1], params.bfv()).map_err(fhe)?;
     let zero = crate::wire::zero_key(params)?;
     let pt = zero.try_decrypt(&acc).map_err(fhe)?;
     let coefficients = Vec::<u64>::try_decode(&pt, Encoding::poly()).map_err(fhe)?;

@@ -14,7 +14,6 @@ use sha2::{Digest, Sha256};
 use tessera_secagg::{Signer, Verifier};
 
 use crate::{HeError, HeParams, RoundId, key_digest, refused, wire};
-use fhe::bfv::PublicKey;
 
 /// A key holder's signed commitment to its key share, sent before any
 /// share.
@@ -118,11 +117,10 @@ pub fn share_digest(share: &[u8]) -> [u8; 32] {
 /// key holder's signed share: the only key a contributor encrypts under.
 pub struct EndorsedKey {
     pub(crate) round: RoundId,
-    pub(crate) key: PublicKey,
+    /// The key's two polynomials (NTT representation), as encryption takes
+    /// them.
+    pub(crate) polys: Vec<fhe_math::rq::Poly>,
     pub(crate) digest: [u8; 32],
-    /// The parameters the key was assembled on: encryptions under it are
-    /// ciphertexts of this instance.
-    pub(crate) params: crate::HeParams,
 }
 
 impl EndorsedKey {
@@ -187,13 +185,13 @@ impl EndorsedKey {
             )));
         }
         let p0 = p0.ok_or_else(|| refused("a joint key needs at least one key holder"))?;
-        let key = wire::public_key(params, vec![p0, probe[1].clone()])?;
+        let polys = vec![p0, probe[1].clone()];
+        let key = wire::public_key(params, polys.clone())?;
         let digest = key_digest(&key);
         Ok(Self {
             round,
-            key,
+            polys,
             digest,
-            params: params.clone(),
         })
     }
 

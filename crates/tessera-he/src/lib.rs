@@ -25,12 +25,21 @@
 //!    contributor signs the list it was shown, if its own commitment is in it,
 //!    and only then sends its ciphertexts ([`Contribution::reveal`], which
 //!    consumes the contribution: one list a contribution).
-//! 4. **Sum and decryption.** Each key holder checks every commitment and
-//!    every contributor's signature of the same list, and every ciphertext
-//!    against its commitment, and sums them itself ([`VerifiedSum`]); with
-//!    every listed contribution in and at least the plan's minimum (and two),
-//!    it answers with its decryption shares of that sum, signed with the
-//!    sum's digest ([`KeyHolder::answer`]). The answers of every key holder,
+//! 4. **Sum and decryption.** A decryption share of a summed ciphertext
+//!    `(c0, c1)` is `c1 s_i + e`: it depends on the sum's second polynomial
+//!    alone. So each key holder fetches every listed contribution's second
+//!    polynomials with the SHA-256 of each first one
+//!    ([`Contribution::for_key_holder`]; 1.33 `he-half-fetch`, half the
+//!    bytes of the whole ciphertexts), checks every commitment (which binds
+//!    both polynomials' digests) and every contributor's signature of the
+//!    same list, and every ciphertext against its commitment, and sums the
+//!    second polynomials itself ([`VerifiedSum`]); with every listed
+//!    contribution in and at least the plan's minimum (and two), it answers
+//!    with its decryption shares of that sum, one polynomial a ciphertext,
+//!    signed with the digest of the summed second polynomials
+//!    ([`KeyHolder::answer`]). The first polynomials it never sees change
+//!    nothing it gives: the coordinator, which sums them, combines the
+//!    answers with its own sum. The answers of every key holder,
 //!    all for the same sum, combine into the plaintext sum ([`combine`]):
 //!    the sum of the quantised vectors modulo `2^32`, the values SecAgg+
 //!    unmasks, so the decoded update is the same to the bit.
@@ -64,34 +73,39 @@
 //! fhe.rs's decryption shares carry the scheme's ordinary error rather than
 //! the paper's larger "smudging" noise, which bears on the secret key of
 //! this round only, since each round's keys are fresh; the key holders
-//! download every contribution to recompute the sum; and a malformed
+//! download every contribution's second polynomials to recompute the sum;
+//! and a malformed
 //! ciphertext from a malicious site (committed before it saw any other) can
 //! spoil the sum, though not reveal anyone's input.
 
 #![deny(missing_docs)]
 
 use std::borrow::Borrow;
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use fhe::bfv::{
-    BfvParameters, BfvParametersBuilder, Ciphertext, Encoding, Plaintext, PublicKey, SecretKey,
-};
-use fhe::mbfv::{Aggregate, AggregateIter, CommonRandomPoly, PublicKeyShare, SecretKeySwitchShare};
-use fhe_traits::{FheEncoder, FheEncrypter, Serialize};
+use fhe::bfv::{BfvParameters, BfvParametersBuilder, Ciphertext, PublicKey, SecretKey};
+use fhe::mbfv::{AggregateIter, CommonRandomPoly, PublicKeyShare};
+use fhe_math::rq::Poly;
+use fhe_traits::Serialize;
 use rand_chacha_09::ChaCha20Rng;
 use rand_chacha_09::rand_core::SeedableRng;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use tessera_secagg::{Signer, Verifier};
 
+mod bfv;
 mod combine;
 mod keys;
+mod sum;
 mod wire;
 pub use combine::{combine, open_with};
 pub use keys::{EndorsedKey, KeyCommitment, KeyShare, share_digest};
+pub use sum::{VerifiedSum, sum_digest};
 use wire::MODULI;
-pub use wire::{CIPHERTEXT_BYTES, ciphertext_from_bytes, ciphertext_to_bytes, misfit_length};
+pub use wire::{
+    CIPHERTEXT_BYTES, POLYNOMIAL_BYTES, ciphertext_from_bytes, ciphertext_to_bytes, misfit_length,
+    polynomial_from_bytes, polynomial_to_bytes,
+};
 
 /// Values a ciphertext holds: the ring degree.
 pub const DEGREE: usize = 4096;
@@ -238,10 +252,10 @@ pub fn key_digest(key: &PublicKey) -> [u8; 32] {
 /// A key holder's part in one round: its secret key share, used for one
 /// answer.
 pub struct KeyHolder {
-    params: HeParams,
     id: u32,
     round: RoundId,
-    share: SecretKey,
+    /// The share in the NTT representation, as its answer takes it.
+    share_ntt: bfv::SecretPoly,
     secret: [u8; 32],
     /// Its public key share's bytes, and its commitment to them.
     public: Vec<u8>,
@@ -267,6 +281,7 @@ impl KeyHolder {
         let share = SecretKey::random(&params.0, &mut g);
         let public = PublicKeyShare::new(&share, crp, &mut g).map_err(fhe)?;
         let public = joint_key(vec![public])?.to_bytes();
+        let share_ntt = bfv::SecretPoly::of(params, &share)?;
         let mut commitment = KeyCommitment {
             from: id,
             digest: keys::share_digest(&public),
@@ -277,10 +292,9 @@ impl KeyHolder {
             .map_err(|e| HeError::Fhe(format!("signing the key commitment: {e}")))?;
         Ok((
             Self {
-                params: params.clone(),
                 id,
                 round,
-                share,
+                share_ntt,
                 secret,
                 public,
                 commitment: commitment.clone(),
@@ -325,7 +339,8 @@ impl KeyHolder {
     }
 
     /// This key holder's decryption shares of `sum`, one a ciphertext,
-    /// signed with the sum's digest: only for a sum of this round that it
+    /// signed with the digest of the sum's second polynomials (all a share
+    /// depends on): only for a sum of this round that it
     /// verified itself, holding every listed contribution and at least
     /// `min_contributions` (never fewer than two). Consumes the round key.
     pub fn answer(
@@ -354,7 +369,6 @@ impl KeyHolder {
             )));
         }
         let digest = sum.digest();
-        let zero = wire::zero_key(&self.params)?;
         let shares = sum
             .sums
             .par_iter()
@@ -365,11 +379,12 @@ impl KeyHolder {
                     b"decrypt",
                     &[&self.round.seed, &digest, &(i as u64).to_le_bytes()],
                 );
-                // The decryption share as the ciphertext it turns the sum
-                // into, (c0 + c1 s_i + e, c1): a key switch to the zero key.
-                let switch = SecretKeySwitchShare::new(&self.share, &zero, Arc::clone(ct), &mut g)
-                    .map_err(fhe)?;
-                Ciphertext::from_shares(std::iter::once(switch)).map_err(fhe)
+                // The decryption share `c1 s_i + e`, of the sum's second
+                // polynomial alone (1.33 `he-half-fetch`: a key holder
+                // fetches no first polynomial); what fhe.rs's key switch of
+                // `(0, c1)` to the zero key makes, to the bit.
+                let second = ct.get(1).ok_or_else(|| refused("an empty sum"))?;
+                self.share_ntt.share(second, &mut g)
             })
             .collect::<Result<_, _>>()?;
         let signature = signer
@@ -389,11 +404,14 @@ impl KeyHolder {
 pub struct Answer {
     /// The key holder.
     pub from: u32,
-    /// The digest of the summed ciphertexts the shares decrypt.
+    /// The digest of the summed ciphertexts' second polynomials, which the
+    /// shares decrypt ([`sum_digest`]).
     pub sum_digest: [u8; 32],
-    /// One share a ciphertext: the summed ciphertext `(c0, c1)` with this
-    /// key holder's part of the decryption added, `(c0 + c1 s_i + e, c1)`.
-    pub shares: Vec<Ciphertext>,
+    /// One share a summed ciphertext `(c0, c1)`: this key holder's part of
+    /// the decryption, the polynomial `c1 s_i + e` (in the NTT
+    /// representation); every key holder's added to `c0` make the
+    /// plaintext's phase.
+    pub shares: Vec<Poly>,
     /// Its signature of the round and the digest.
     pub signature: Vec<u8>,
 }
@@ -405,7 +423,9 @@ pub struct Commitment {
     pub from: u32,
     /// Values encrypted.
     pub length: usize,
-    /// The SHA-256 of the ciphertexts (see [`Contribution::digest_of`]).
+    /// The digest of the ciphertexts (see [`Contribution::digest_of`]):
+    /// of each ciphertext's two polynomials' SHA-256, so that a key holder
+    /// checks the second polynomials against it given the first's digests.
     pub digest: [u8; 32],
     /// The contributor's signature of the round, the key, the length and
     /// the digest.
@@ -491,13 +511,28 @@ pub struct Contribution {
     /// crate built them (two polynomials each, at the top level): a sum on
     /// the same instance adds them as they are, without rebuilding a copy.
     built_on: Option<HeParams>,
+    /// The ciphertexts' bytes, where they were made here (serialised once,
+    /// to hash them, and kept to send them).
+    made_bytes: Option<Vec<Vec<u8>>>,
 }
 
-/// A ciphertext's SHA-256 and size in its canonical encoding.
-type Hashed = ([u8; 32], u64);
+/// A ciphertext's polynomials' SHA-256 and its size, in its canonical
+/// encoding.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Hashed {
+    first: [u8; 32],
+    second: [u8; 32],
+    len: u64,
+}
 
-fn hashed(bytes: &[u8]) -> Hashed {
-    (Sha256::digest(bytes).into(), bytes.len() as u64)
+/// `bytes`, a ciphertext's (two polynomials, one after the other), hashed.
+pub(crate) fn hashed(bytes: &[u8]) -> Hashed {
+    let (first, second) = bytes.split_at(bytes.len() / 2);
+    Hashed {
+        first: Sha256::digest(first).into(),
+        second: Sha256::digest(second).into(),
+        len: bytes.len() as u64,
+    }
 }
 
 impl Contribution {
@@ -514,6 +549,7 @@ impl Contribution {
             ciphertexts,
             each,
             built_on: None,
+            made_bytes: None,
         }
     }
 
@@ -524,11 +560,18 @@ impl Contribution {
 
     /// The ciphertexts' serialised size.
     pub fn wire_bytes(&self) -> u64 {
-        self.each.iter().map(|(_, len)| len).sum()
+        self.each.iter().map(|h| h.len).sum()
+    }
+
+    /// Each ciphertext's first polynomial's SHA-256: what a key holder is
+    /// sent in its place ([`Contribution::for_key_holder`]).
+    pub fn first_digests(&self) -> Vec<[u8; 32]> {
+        self.each.iter().map(|h| h.first).collect()
     }
 
     /// The digest and serialised size of `ciphertexts`: the SHA-256 of
-    /// each ciphertext's bytes (hashed in parallel), then of that list.
+    /// each ciphertext's two polynomials' bytes (hashed in parallel), then
+    /// of that list.
     pub fn digest_of<C: Borrow<Ciphertext> + Sync>(ciphertexts: &[C]) -> ([u8; 32], u64) {
         let each: Vec<Hashed> = ciphertexts
             .par_iter()
@@ -540,12 +583,13 @@ impl Contribution {
     /// The digest of ciphertexts hashed one by one, and their total size.
     fn list_digest(each: &[Hashed]) -> ([u8; 32], u64) {
         let mut h = Sha256::new();
-        h.update(b"tessera-he ciphertexts v1");
+        h.update(b"tessera-he ciphertexts v2");
         let mut bytes = 0u64;
-        for (digest, len) in each {
-            h.update(len.to_le_bytes());
-            h.update(digest);
-            bytes += len;
+        for e in each {
+            h.update(e.len.to_le_bytes());
+            h.update(e.first);
+            h.update(e.second);
+            bytes += e.len;
         }
         (h.finalize().into(), bytes)
     }
@@ -603,13 +647,13 @@ pub fn encrypt(
         h.update(v.to_le_bytes());
     }
     let values_digest: [u8; 32] = h.finalize().into();
-    let made: Vec<(Ciphertext, Hashed)> = values
+    let made: Vec<(Ciphertext, Hashed, Vec<u8>)> = values
         .par_chunks(DEGREE)
         .enumerate()
         .map(|(i, chunk)| {
-            let coefficients: Vec<u64> = chunk.iter().map(|&v| u64::from(v)).collect();
-            let pt =
-                Plaintext::try_encode(&coefficients, Encoding::poly(), &params.0).map_err(fhe)?;
+            if let Some(v) = chunk.iter().find(|&&v| u64::from(v) >= PLAINTEXT_MODULUS) {
+                return Err(refused(format!("a value {v} past the plaintext modulus")));
+            }
             let mut g = rng(
                 secret,
                 b"encrypt",
@@ -620,12 +664,20 @@ pub fn encrypt(
                     &(i as u64).to_le_bytes(),
                 ],
             );
-            let ct = key.key.try_encrypt(&pt, &mut g).map_err(fhe)?;
-            let each = hashed(&ciphertext_to_bytes(&ct));
-            Ok((ct, each))
+            // As fhe.rs's `try_encrypt` (to the bit), in fewer transforms.
+            let ct = bfv::encrypt_chunk(params, &key.polys, chunk, &mut g)?;
+            let bytes = ciphertext_to_bytes(&ct);
+            Ok((ct, hashed(&bytes), bytes))
         })
         .collect::<Result<_, HeError>>()?;
-    let (ciphertexts, each): (Vec<Ciphertext>, Vec<Hashed>) = made.into_iter().unzip();
+    let mut ciphertexts = Vec::with_capacity(made.len());
+    let mut each = Vec::with_capacity(made.len());
+    let mut made_bytes = Vec::with_capacity(made.len());
+    for (ct, hash, bytes) in made {
+        ciphertexts.push(ct);
+        each.push(hash);
+        made_bytes.push(bytes);
+    }
     let (digest, _) = Contribution::list_digest(&each);
     let mut commitment = Commitment {
         from,
@@ -640,156 +692,8 @@ pub fn encrypt(
         commitment,
         ciphertexts,
         each,
-        // fhe.rs makes the ciphertext on its key's instance.
-        built_on: Some(key.params.clone()),
+        // Made on this instance.
+        built_on: Some(params.clone()),
+        made_bytes: Some(made_bytes),
     })
-}
-
-/// A sum of contributions that a key holder computed and checked itself:
-/// exactly the round's closed list of signed commitments, each ciphertext
-/// matching its commitment and revealed under its contributor's signature
-/// of that list.
-pub struct VerifiedSum {
-    params: HeParams,
-    round: RoundId,
-    list: CommitmentList,
-    list_digest: [u8; 32],
-    absorbed: BTreeSet<u32>,
-    sums: Vec<Arc<Ciphertext>>,
-    /// The sums' digest, once asked for (cleared by each contribution).
-    digest: std::sync::OnceLock<[u8; 32]>,
-}
-
-impl VerifiedSum {
-    /// An empty sum of the contributions `list` commits to, of `length`
-    /// values, under the assembled `key`: every commitment's signature is
-    /// checked first.
-    pub fn new(
-        params: &HeParams,
-        key: &EndorsedKey,
-        length: usize,
-        list: CommitmentList,
-        verifier: &dyn Verifier,
-    ) -> Result<Self, HeError> {
-        if list.len() > MAX_CONTRIBUTIONS {
-            return Err(refused(format!(
-                "{} commitments; a sum takes at most {MAX_CONTRIBUTIONS}",
-                list.len()
-            )));
-        }
-        for c in list.entries() {
-            if c.length != length {
-                return Err(refused(format!(
-                    "participant {} committed to {} values, the round has {length}",
-                    c.from, c.length
-                )));
-            }
-            verifier
-                .verify(c.from, &c.message(&key.round, &key.digest), &c.signature)
-                .map_err(|why| refused(format!("participant {}'s commitment: {why}", c.from)))?;
-        }
-        let zero = Arc::new(Ciphertext::zero(&params.0));
-        Ok(Self {
-            params: params.clone(),
-            round: key.round,
-            list_digest: list.digest(),
-            list,
-            absorbed: BTreeSet::new(),
-            sums: vec![zero; HeParams::ciphertexts_for(length)],
-            digest: std::sync::OnceLock::new(),
-        })
-    }
-
-    /// Adds a revealed contribution after checking it; a refused one leaves
-    /// the sum as it was.
-    pub fn absorb(&mut self, revealed: &Reveal, verifier: &dyn Verifier) -> Result<(), HeError> {
-        let (c, list_signature) = (&revealed.contribution, &revealed.list_signature);
-        let from = c.commitment.from;
-        let committed = self.list.find(from).ok_or_else(|| {
-            refused(format!(
-                "participant {from} is not in the round's list of commitments"
-            ))
-        })?;
-        if self.absorbed.contains(&from) {
-            return Err(refused(format!(
-                "a second contribution from participant {from}"
-            )));
-        }
-        verifier
-            .verify(
-                from,
-                &self.round.message("list", &[&self.list_digest]),
-                list_signature,
-            )
-            .map_err(|why| {
-                refused(format!(
-                    "participant {from} did not sign the round's list of commitments: {why}"
-                ))
-            })?;
-        if c.ciphertexts.len() != self.sums.len() {
-            return Err(refused(format!(
-                "participant {from} sent {} ciphertexts, the round has {}",
-                c.ciphertexts.len(),
-                self.sums.len()
-            )));
-        }
-        // Each ciphertext rebuilt on these parameters: two polynomials at the
-        // top level, or refused (fhe.rs would panic on a mismatch); as it is
-        // where this crate built it on this instance.
-        let same = (c.built_on.as_ref()).is_some_and(|p| Arc::ptr_eq(&p.0, &self.params.0));
-        let rebuilt: Vec<Ciphertext> = (c.ciphertexts.iter())
-            .filter(|_| !same)
-            .map(|ct| {
-                if ct.len() != 2 {
-                    return Err(refused(format!(
-                        "participant {from} sent a ciphertext of {} polynomials, not 2",
-                        ct.len()
-                    )));
-                }
-                match self.params.0.level_of_context(ct[0].ctx()) {
-                    Ok(0) => {}
-                    _ => {
-                        return Err(refused(format!(
-                            "participant {from} sent a ciphertext at another level"
-                        )));
-                    }
-                }
-                Ciphertext::new(ct.to_vec(), &self.params.0)
-                    .map_err(|e| refused(format!("participant {from}'s ciphertext: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
-        // The commitment covers these ciphertexts (hashed where they were
-        // made or read, in the one encoding each has).
-        let (digest, _) = Contribution::list_digest(&c.each);
-        if digest != committed.digest {
-            return Err(refused(format!(
-                "participant {from}'s ciphertexts do not match its commitment"
-            )));
-        }
-        let addends = if same { &c.ciphertexts } else { &rebuilt };
-        self.sums
-            .par_iter_mut()
-            .zip(addends)
-            .for_each(|(sum, ct)| *Arc::make_mut(sum) += ct);
-        self.absorbed.insert(from);
-        self.digest = std::sync::OnceLock::new();
-        Ok(())
-    }
-
-    /// Who is in the sum so far.
-    pub fn contributors(&self) -> &BTreeSet<u32> {
-        &self.absorbed
-    }
-
-    /// The summed ciphertexts.
-    pub fn ciphertexts(&self) -> &[Arc<Ciphertext>] {
-        &self.sums
-    }
-
-    /// The digest of the summed ciphertexts.
-    pub fn digest(&self) -> [u8; 32] {
-        *self
-            .digest
-            .get_or_init(|| Contribution::digest_of(&self.sums).0)
-    }
 }

@@ -21,8 +21,8 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    Answer, Commitment, Contribution, DEGREE, HeError, HeParams, RoundId, common_poly, fhe, hashed,
-    joint_key, refused, rng,
+    Answer, Commitment, Contribution, DEGREE, Hashed, HeError, HeParams, RoundId, common_poly, fhe,
+    hashed, joint_key, refused, rng,
 };
 
 /// The ciphertext modulus: one NTT-friendly prime of 62 bits (well inside
@@ -49,6 +49,12 @@ const MASK: u64 = (1 << BITS) - 1;
 /// [`DEGREE`] coefficients, 62 bits each.
 pub const CIPHERTEXT_BYTES: usize = 2 * MODULI.len() * DEGREE * BITS / 8;
 
+/// The bytes of one of a ciphertext's polynomials in Tessera's encoding:
+/// half of [`CIPHERTEXT_BYTES`]. A key holder fetches each contribution's
+/// second polynomials alone, and answers with one polynomial a ciphertext
+/// (1.33 `he-half-fetch`).
+pub const POLYNOMIAL_BYTES: usize = CIPHERTEXT_BYTES / 2;
+
 /// A contribution's or decryption share's ciphertext as it travels: its two
 /// polynomials in the NTT representation, each's [`DEGREE`] coefficients
 /// reduced below the modulus and packed at 62 bits, each coefficient's bits
@@ -61,32 +67,44 @@ pub const CIPHERTEXT_BYTES: usize = 2 * MODULI.len() * DEGREE * BITS / 8;
 pub fn ciphertext_to_bytes(ct: &Ciphertext) -> Vec<u8> {
     let mut out = Vec::with_capacity(CIPHERTEXT_BYTES);
     for poly in ct.iter() {
-        let ntt;
-        let poly = if *poly.representation() == Representation::Ntt {
-            poly
-        } else {
-            let mut p = poly.clone();
-            p.change_representation(Representation::Ntt);
-            ntt = p;
-            &ntt
-        };
-        for (row, &q) in poly.coefficients().outer_iter().zip(&MODULI) {
-            let (mut held, mut bits) = (0u128, 0);
-            for &c in row {
-                held |= u128::from(if c < q { c } else { c % q }) << bits;
-                bits += BITS;
-                if bits >= 64 {
-                    out.extend_from_slice(&(held as u64).to_le_bytes());
-                    held >>= 64;
-                    bits -= 64;
-                }
-            }
-            // (A row fills whole words: nothing is left held.)
-        }
+        write_polynomial(poly, &mut out);
     }
     // (A ciphertext of another shape, which a sum refuses, makes bytes of
     // another length, which every reader refuses.)
     out
+}
+
+/// One polynomial in Tessera's encoding (a ciphertext's is its two
+/// polynomials' one after the other; see [`ciphertext_to_bytes`]).
+pub fn polynomial_to_bytes(poly: &Poly) -> Vec<u8> {
+    let mut out = Vec::with_capacity(POLYNOMIAL_BYTES);
+    write_polynomial(poly, &mut out);
+    out
+}
+
+fn write_polynomial(poly: &Poly, out: &mut Vec<u8>) {
+    let ntt;
+    let poly = if *poly.representation() == Representation::Ntt {
+        poly
+    } else {
+        let mut p = poly.clone();
+        p.change_representation(Representation::Ntt);
+        ntt = p;
+        &ntt
+    };
+    for (row, &q) in poly.coefficients().outer_iter().zip(&MODULI) {
+        let (mut held, mut bits) = (0u128, 0);
+        for &c in row {
+            held |= u128::from(if c < q { c } else { c % q }) << bits;
+            bits += BITS;
+            if bits >= 64 {
+                out.extend_from_slice(&(held as u64).to_le_bytes());
+                held >>= 64;
+                bits -= 64;
+            }
+        }
+        // (A row fills whole words: nothing is left held.)
+    }
 }
 
 /// The SHA-256 of [`known_answer`]'s bytes as protocol 1.32 defines them
@@ -153,14 +171,16 @@ fn unpack(bytes: &[u8], q: u64, out: &mut Vec<u64>) -> Option<()> {
     Some(())
 }
 
-/// The first of `ciphertexts` (a piece of a contribution or an answer as it
-/// arrives) whose length is not [`CIPHERTEXT_BYTES`], described: refused as
+/// The first of `items` (a piece of a contribution, of a fetched
+/// contribution's second polynomials or of an answer, as it arrives) whose
+/// length is not `size` ([`CIPHERTEXT_BYTES`] or [`POLYNOMIAL_BYTES`]),
+/// described as a `what`: refused as
 /// it comes, so that a piece held until its message is whole holds no more
 /// than its ciphertexts' bytes.
-pub fn misfit_length(ciphertexts: &[Vec<u8>]) -> Option<String> {
-    let (at, bad) = (ciphertexts.iter().enumerate()).find(|(_, c)| c.len() != CIPHERTEXT_BYTES)?;
+pub fn misfit_length(items: &[Vec<u8>], size: usize, what: &str) -> Option<String> {
+    let (at, bad) = (items.iter().enumerate()).find(|(_, c)| c.len() != size)?;
     Some(format!(
-        "ciphertext {at} of the piece takes {} bytes, not {CIPHERTEXT_BYTES}",
+        "{what} {at} of the piece takes {} bytes, not {size}",
         bad.len()
     ))
 }
@@ -175,21 +195,38 @@ pub fn ciphertext_from_bytes(params: &HeParams, bytes: &[u8]) -> Result<Cipherte
             bytes.len()
         )));
     }
-    let ctx = params.bfv().context_at_level(0).map_err(fhe)?;
     let polys = bytes
-        .chunks_exact(CIPHERTEXT_BYTES / 2)
-        .map(|poly| {
-            let mut coefficients = Vec::with_capacity(MODULI.len() * DEGREE);
-            for (part, &q) in poly.chunks_exact(DEGREE * BITS / 8).zip(&MODULI) {
-                unpack(part, q, &mut coefficients)
-                    .ok_or_else(|| refused("a ciphertext not in its canonical encoding"))?;
-            }
-            Poly::try_convert_from(coefficients, ctx, true, Representation::Ntt)
-                .map_err(|e| refused(format!("a malformed ciphertext: {e}")))
-        })
+        .chunks_exact(POLYNOMIAL_BYTES)
+        .map(|poly| read_polynomial(params, poly, "ciphertext"))
         .collect::<Result<Vec<_>, _>>()?;
     Ciphertext::new(polys, params.bfv())
         .map_err(|e| refused(format!("a malformed ciphertext: {e}")))
+}
+
+/// A polynomial of `params`'s ciphertext ring from its bytes in Tessera's
+/// encoding (see [`polynomial_to_bytes`]), or refused with the reason: a
+/// length other than [`POLYNOMIAL_BYTES`], or a coefficient not below the
+/// modulus.
+pub fn polynomial_from_bytes(params: &HeParams, bytes: &[u8]) -> Result<Poly, HeError> {
+    if bytes.len() != POLYNOMIAL_BYTES {
+        return Err(refused(format!(
+            "a polynomial of {} bytes, not {POLYNOMIAL_BYTES}",
+            bytes.len()
+        )));
+    }
+    read_polynomial(params, bytes, "polynomial")
+}
+
+/// `bytes` (exactly one polynomial's) read back, a `what` in messages.
+fn read_polynomial(params: &HeParams, bytes: &[u8], what: &str) -> Result<Poly, HeError> {
+    let ctx = params.bfv().context_at_level(0).map_err(fhe)?;
+    let mut coefficients = Vec::with_capacity(MODULI.len() * DEGREE);
+    for (part, &q) in bytes.chunks_exact(DEGREE * BITS / 8).zip(&MODULI) {
+        unpack(part, q, &mut coefficients)
+            .ok_or_else(|| refused(format!("a {what} not in its canonical encoding")))?;
+    }
+    Poly::try_convert_from(coefficients, ctx, true, Representation::Ntt)
+        .map_err(|e| refused(format!("a malformed {what}: {e}")))
 }
 
 /// The most bytes a ciphertext takes in fhe.rs's encoding: two polynomials
@@ -373,12 +410,15 @@ pub(crate) fn zero_key(params: &HeParams) -> Result<SecretKey, HeError> {
 }
 
 impl Contribution {
-    /// Its ciphertexts as they travel (serialised in parallel).
+    /// Its ciphertexts as they travel (as they were serialised where it was
+    /// made, else serialised now, in parallel).
     pub fn ciphertext_bytes(&self) -> Vec<Vec<u8>> {
-        self.ciphertexts
-            .par_iter()
-            .map(ciphertext_to_bytes)
-            .collect()
+        match &self.made_bytes {
+            Some(bytes) => bytes.clone(),
+            None => (self.ciphertexts.par_iter())
+                .map(ciphertext_to_bytes)
+                .collect(),
+        }
     }
 
     /// A contribution received: `commitment` and the ciphertexts' bytes,
@@ -402,14 +442,70 @@ impl Contribution {
             ciphertexts,
             each,
             built_on: Some(params.clone()),
+            made_bytes: None,
+        })
+    }
+
+    /// A contribution as a key holder fetches it (1.33 `he-half-fetch`):
+    /// `commitment`, each ciphertext's first polynomial's SHA-256
+    /// (`first_digests`) and its second polynomial's bytes (`seconds`), read
+    /// back with [`polynomial_from_bytes`] and hashed as they came, in
+    /// parallel. Each ciphertext is held as `(0, c1)`: a sum of them is the
+    /// contributions' sum's second polynomials, all a decryption share
+    /// depends on; whether the digests match the commitment is
+    /// [`crate::VerifiedSum::absorb`]'s check, as for a whole contribution.
+    pub fn for_key_holder(
+        params: &HeParams,
+        commitment: Commitment,
+        first_digests: &[Vec<u8>],
+        seconds: &[Vec<u8>],
+    ) -> Result<Self, HeError> {
+        let from = commitment.from;
+        if first_digests.len() != seconds.len() {
+            return Err(refused(format!(
+                "participant {from}'s contribution: {} first polynomials' digests for {} second \
+                 polynomials",
+                first_digests.len(),
+                seconds.len()
+            )));
+        }
+        let read = (seconds.par_iter().zip(first_digests))
+            .map(|(bytes, first)| {
+                let first: [u8; 32] = first.as_slice().try_into().map_err(|_| {
+                    refused(format!(
+                        "a first polynomial's digest of {} bytes, not 32",
+                        first.len()
+                    ))
+                })?;
+                let second = polynomial_from_bytes(params, bytes)?;
+                let zero = Poly::zero(second.ctx(), Representation::Ntt);
+                let ct = Ciphertext::new(vec![zero, second], params.bfv())
+                    .map_err(|e| refused(format!("a malformed ciphertext: {e}")))?;
+                let each = Hashed {
+                    first,
+                    second: Sha256::digest(bytes).into(),
+                    len: CIPHERTEXT_BYTES as u64,
+                };
+                Ok((ct, each))
+            })
+            .collect::<Result<Vec<_>, HeError>>()
+            .map_err(|e| refused(format!("participant {from}'s contribution: {e}")))?;
+        let (ciphertexts, each) = read.into_iter().unzip();
+        Ok(Self {
+            commitment,
+            ciphertexts,
+            each,
+            built_on: Some(params.clone()),
+            made_bytes: None,
         })
     }
 }
 
 impl Answer {
-    /// Its decryption shares as they travel (serialised in parallel).
+    /// Its decryption shares as they travel, one polynomial each
+    /// (serialised in parallel).
     pub fn share_bytes(&self) -> Vec<Vec<u8>> {
-        self.shares.par_iter().map(ciphertext_to_bytes).collect()
+        self.shares.par_iter().map(polynomial_to_bytes).collect()
     }
 
     /// An answer received from key holder `from`.
@@ -422,7 +518,7 @@ impl Answer {
     ) -> Result<Self, HeError> {
         let shares = shares
             .par_iter()
-            .map(|b| ciphertext_from_bytes(params, b))
+            .map(|b| polynomial_from_bytes(params, b))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| refused(format!("key holder {from}'s decryption share: {e}")))?;
         Ok(Self {

@@ -219,21 +219,32 @@ fn the_wire_encoding_is_pinned_by_a_known_answer() {
     );
 }
 
-/// A piece is judged by every ciphertext's length, not the first's: one
-/// byte short or long anywhere names that ciphertext.
+/// A piece is judged by every item's length, not the first's: one byte
+/// short or long anywhere names that item, for ciphertexts as for the
+/// polynomials a key holder fetches and answers with.
 #[test]
-fn a_piece_with_any_ciphertext_of_another_length_is_named() {
-    let right = vec![0u8; CIPHERTEXT_BYTES];
-    assert_eq!(misfit_length(&[]), None);
-    assert_eq!(misfit_length(&[right.clone(), right.clone()]), None);
-    for (at, len) in [(0, CIPHERTEXT_BYTES - 1), (2, CIPHERTEXT_BYTES + 1), (1, 0)] {
-        let mut piece = vec![right.clone(); 3];
-        piece[at] = vec![0; len];
+fn a_piece_with_any_item_of_another_length_is_named() {
+    for (size, what) in [
+        (CIPHERTEXT_BYTES, "ciphertext"),
+        (POLYNOMIAL_BYTES, "decryption share"),
+    ] {
+        let right = vec![0u8; size];
+        assert_eq!(misfit_length(&[], size, what), None);
         assert_eq!(
-            misfit_length(&piece),
-            Some(format!(
-                "ciphertext {at} of the piece takes {len} bytes, not {CIPHERTEXT_BYTES}"
-            ))
+            misfit_length(&[right.clone(), right.clone()], size, what),
+            None
         );
+        for (at, len) in [(0, size - 1), (2, size + 1), (1, 0)] {
+            let mut piece = vec![right.clone(); 3];
+            piece[at] = vec![0; len];
+            assert_eq!(
+                misfit_length(&piece, size, what),
+                Some(format!(
+                    "{what} {at} of the piece takes {len} bytes, not {size}"
+                ))
+            );
+        }
     }
+    // A whole ciphertext where a polynomial is due is refused as well.
+    assert!(misfit_length(&[vec![0; CIPHERTEXT_BYTES]], POLYNOMIAL_BYTES, "polynomial").is_some());
 }

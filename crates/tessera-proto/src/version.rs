@@ -6,7 +6,7 @@ use crate::ProtoError;
 pub const MAJOR: u32 = 1;
 /// Protocol minor version: peers of different minors work together where
 /// their capabilities overlap.
-pub const MINOR: u32 = 32;
+pub const MINOR: u32 = 33;
 
 /// What this build can do.
 ///
@@ -150,6 +150,14 @@ pub const MINOR: u32 = 32;
 ///   travel as 4,096 coefficients at 62 bits, 63,488 bytes a ciphertext; a
 ///   1.32 coordinator requires it of every site of a homomorphic plan, and
 ///   a 1.32 participant leaves a homomorphic run whose coordinator lacks it.
+/// - `he-half-fetch` (1.33): a key holder fetches each contribution's second
+///   polynomials with the SHA-256 of each first one (which the commitment
+///   binds: a ciphertext's digest is its two polynomials'), half the bytes,
+///   and answers with one polynomial a ciphertext, `c1 s_i + e`, signed
+///   with the digest of the summed second polynomials (a decryption share
+///   depends on nothing else); a 1.33 coordinator requires it of every site
+///   of a homomorphic plan, and a 1.33 participant leaves a homomorphic run
+///   whose coordinator lacks it.
 pub const CAPABILITIES: &[&str] = &[
     "chunked-tensors",
     "agreement",
@@ -197,6 +205,7 @@ pub const CAPABILITIES: &[&str] = &[
     "long-poll",
     "he-ntt-wire",
     "he-one-modulus",
+    "he-half-fetch",
 ];
 
 /// Each capability of [`CAPABILITIES`] with the minor version that brought
@@ -249,6 +258,7 @@ pub const CAPABILITY_SINCE: &[(&str, u32)] = &[
     ("long-poll", 30),
     ("he-ntt-wire", 31),
     ("he-one-modulus", 32),
+    ("he-half-fetch", 33),
 ];
 
 /// The capabilities a Tessera build of protocol `1.minor` sends.

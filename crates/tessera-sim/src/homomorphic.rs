@@ -198,6 +198,9 @@ pub(crate) fn homomorphic_round(
     let mut sum =
         VerifiedSum::new(&he_params, &key, length, list.clone(), &directory).map_err(he)?;
     let mut masked_bytes = BTreeMap::new();
+    let n_ciphertexts = HeParams::ciphertexts_for(length) as u64;
+    // What each key holder downloads: the list, and of each contribution
+    // its second polynomials with its first ones' digests (1.33).
     let mut downloaded = list_bytes;
     for (&site, update) in &updates {
         let c = match kept_contributions.remove(&site) {
@@ -211,20 +214,20 @@ pub(crate) fn homomorphic_round(
         *bytes_up.entry(site).or_default() += size;
         *bytes_down.entry(site).or_default() += list_bytes;
         masked_bytes.insert(site, size + COMMITMENT_BYTES);
-        downloaded += size;
+        downloaded += n_ciphertexts * (poly + 32) + revealed.list_signature.len() as u64;
         sum.absorb(&revealed, &directory).map_err(he)?;
     }
 
     // Decryption: every key holder downloads the list and every
-    // contribution, checks and sums them, and answers with a share a
-    // ciphertext.
+    // contribution's second polynomials, checks and sums them, and answers
+    // with a share (one polynomial) a ciphertext; one sum stands for every
+    // key holder's (its second polynomials are theirs).
     let min = plan.federation.min_participants;
-    let n_ciphertexts = HeParams::ciphertexts_for(length) as u64;
     let mut answers = Vec::with_capacity(holders.len());
     for (holder, &h) in holders.into_iter().zip(key_holders) {
         answers.push(holder.answer(&sum, min, &signer(h)).map_err(he)?);
         *bytes_down.entry(h).or_default() += downloaded;
-        *bytes_up.entry(h).or_default() += n_ciphertexts * 2 * poly + 32 + 64;
+        *bytes_up.entry(h).or_default() += n_ciphertexts * poly + 32 + 64;
     }
     let summed = tessera_he::combine(
         &id,

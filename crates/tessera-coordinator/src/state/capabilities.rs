@@ -40,7 +40,12 @@ fn capabilities(plan: &Plan, site: Option<&str>) -> Vec<&'static str> {
     if plan.secure_aggregation.enabled
         && plan.secure_aggregation.scheme == tessera_secagg::Scheme::Homomorphic
     {
-        required.extend(["homomorphic-aggregation", "he-ntt-wire", "he-one-modulus"]);
+        required.extend([
+            "homomorphic-aggregation",
+            "he-ntt-wire",
+            "he-one-modulus",
+            "he-half-fetch",
+        ]);
     }
     if plan.analytics.serve_seconds > 0 {
         required.push("analytics-queries");

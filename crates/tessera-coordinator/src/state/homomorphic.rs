@@ -228,7 +228,11 @@ impl Federation {
             let (stage, key_commitments) = match he.stage {
                 HeStage::KeyCommitments if !he.key_commitments.contains_key(&id) => (1, Vec::new()),
                 HeStage::Keys if !he.shares.contains_key(&id) => (3, he.key_commitments_pb()),
-                HeStage::Answer if !he.answers.contains_key(&id) => (2, Vec::new()),
+                // From the list's close: a key holder fetches each
+                // contribution once it is revealed (1.33).
+                HeStage::Reveal | HeStage::Answer if !he.answers.contains_key(&id) => {
+                    (2, Vec::new())
+                }
                 _ => return reply(Reply::Wait(true)),
             };
             return reply(Reply::HeTask(pb::HeHolderTask {

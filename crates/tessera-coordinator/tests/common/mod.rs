@@ -363,3 +363,57 @@ pub fn commitment_list(list: &pb::HeList) -> tessera_he::CommitmentList {
     )
     .unwrap()
 }
+
+/// What key holder `site` sums of round `round`: every listed
+/// contribution fetched from the coordinator as a key holder fetches it
+/// (its second polynomials and its first ones' digests, 1.33), checked
+/// against its commitment and added.
+pub fn fetched_sum(
+    f: &mut Federation,
+    site: &str,
+    round: u32,
+    key: &tessera_he::EndorsedKey,
+    length: usize,
+    list: &tessera_he::CommitmentList,
+) -> tessera_he::VerifiedSum {
+    let he = tessera_he::HeParams::shared().unwrap();
+    let mut sum = tessera_he::VerifiedSum::new(
+        &he,
+        key,
+        length,
+        list.clone(),
+        &tessera_secagg::Unauthenticated,
+    )
+    .unwrap();
+    let total = tessera_he::HeParams::ciphertexts_for(length);
+    for c in list.entries() {
+        let fetch = pb::sec_agg_request::Step::HeFetch(pb::HeFetch {
+            from: c.from,
+            first: 0,
+        });
+        let Ok(pb::sec_agg_reply::State::HeContribution(got)) = step(f, site, round, fetch) else {
+            panic!("no contribution of {}", c.from);
+        };
+        // No first polynomial travels to a key holder.
+        assert!(got.ciphertexts.is_empty());
+        assert_eq!(
+            (got.total as usize, got.first, got.second_polynomials.len()),
+            (total, 0, total.min(tessera_he::PIECE))
+        );
+        assert_eq!(got.first_digests.len(), got.second_polynomials.len());
+        let contribution = tessera_he::Contribution::for_key_holder(
+            &he,
+            c.clone(),
+            &got.first_digests,
+            &got.second_polynomials,
+        )
+        .unwrap();
+        let revealed = tessera_he::Reveal {
+            contribution,
+            list_signature: got.list_signature,
+        };
+        sum.absorb(&revealed, &tessera_secagg::Unauthenticated)
+            .unwrap();
+    }
+    sum
+}

@@ -232,7 +232,8 @@ fn list_of(list: pb::HeList, round: u32) -> Result<CommitmentList, Failure> {
 }
 
 /// Whether the coordinator of `welcome` reads this build's ciphertexts
-/// (1.31 `he-ntt-wire`, 1.32 `he-one-modulus`): refused, saying so, where
+/// (1.31 `he-ntt-wire`, 1.32 `he-one-modulus`) and relays key holders
+/// what this build fetches (1.33 `he-half-fetch`): refused, saying so, where
 /// it does not, rather than have every contribution refused as malformed.
 pub fn he_wire_check(welcome: &pb::Welcome) -> Result<(), Failure> {
     let has = |c: &str| welcome.capabilities.iter().any(|have| have == c);
@@ -240,6 +241,8 @@ pub fn he_wire_check(welcome: &pb::Welcome) -> Result<(), Failure> {
         "reads ciphertexts in fhe.rs's encoding only (protocol before 1.31, no `he-ntt-wire`)"
     } else if !has("he-one-modulus") {
         "reads ciphertexts of two 36-bit moduli only (protocol before 1.32, no `he-one-modulus`)"
+    } else if !has("he-half-fetch") {
+        "sends key holders whole contributions (protocol before 1.33, no `he-half-fetch`)"
     } else {
         return Ok(());
     };
@@ -567,7 +570,8 @@ fn lock(held: &HeldKey) -> std::sync::MutexGuard<'_, Option<(u32, Arc<KeyHolder>
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Fetches every listed contribution, sums and checks them, and answers
+/// Fetches every listed contribution's second polynomials (with its first
+/// ones' digests), sums and checks them, and answers
 /// with this key holder's decryption shares of that sum (the round key is
 /// used then, once; a failure before leaves it for the next try).
 async fn answer(
@@ -598,53 +602,28 @@ async fn answer(
     let mut sum = VerifiedSum::new(&he, &key, length, list.clone(), verifier.as_ref())
         .map_err(|e| refuse(round, e))?;
     let total = HeParams::ciphertexts_for(length);
-    for commitment in list.entries() {
-        // A piece at a time, in order.
-        let from = commitment.from;
-        let mut ciphertexts: Vec<Vec<u8>> = Vec::with_capacity(total);
-        let mut list_signature = Vec::new();
-        while ciphertexts.len() < total {
-            let first = ciphertexts.len() as u32;
-            let Some(State::HeContribution(c)) = caller
-                .call(Step::HeFetch(pb::HeFetch { from, first }))
-                .await?
-            else {
-                return Err(bad(format!("no contribution of {from}")));
-            };
-            if c.first != first
-                || c.total as usize != total
-                || c.ciphertexts.is_empty()
-                || ciphertexts.len() + c.ciphertexts.len() > total
-            {
-                return Err(refuse(
-                    round,
-                    format!("the coordinator sent a piece of {from}'s contribution out of place"),
-                ));
+    // Each contribution once it is revealed (the coordinator answers
+    // `Wait` for one not yet in), in any order: the sum does not depend on
+    // it.
+    let mut pending: Vec<Commitment> = list.entries().to_vec();
+    while !pending.is_empty() {
+        let (asked, before) = (Instant::now(), sum.contributors().len());
+        let mut waiting = Vec::with_capacity(pending.len());
+        for commitment in std::mem::take(&mut pending) {
+            match fetch(caller, &he, &commitment, total).await? {
+                Some(revealed) => sum
+                    .absorb(&revealed, verifier.as_ref())
+                    .map_err(|e| refuse(round, e))?,
+                None => waiting.push(commitment),
             }
-            // Each ciphertext one length: a piece is not kept past it.
-            if let Some(misfit) = tessera_he::misfit_length(&c.ciphertexts) {
-                return Err(refuse(
-                    round,
-                    format!("the coordinator sent a piece of {from}'s contribution: {misfit}"),
-                ));
-            }
-            if first > 0 && c.list_signature != list_signature {
-                return Err(refuse(
-                    round,
-                    format!("the pieces of {from}'s contribution are signed differently"),
-                ));
-            }
-            list_signature = c.list_signature;
-            ciphertexts.extend(c.ciphertexts);
         }
-        let contribution = Contribution::from_wire(&he, commitment.clone(), &ciphertexts)
-            .map_err(|e| refuse(round, e))?;
-        let revealed = Reveal {
-            contribution,
-            list_signature,
-        };
-        sum.absorb(&revealed, verifier.as_ref())
-            .map_err(|e| refuse(round, e))?;
+        if sum.contributors().len() == before && !waiting.is_empty() {
+            // None revealed since the last pass: asked again soon (a fetch
+            // is not held at the coordinator).
+            let pause = Duration::from_millis(5).saturating_sub(asked.elapsed());
+            tokio::time::sleep(pause).await;
+        }
+        pending = waiting;
     }
     let Some(holder) = take(held).and_then(|(_, h)| Arc::into_inner(h)) else {
         return Err(bad(format!("no key share of round {round} here")));
@@ -663,6 +642,70 @@ async fn answer(
         })
     })
     .await
+}
+
+/// One listed contribution as a key holder fetches it, a piece at a time,
+/// in order: each ciphertext's second polynomial and its first's digest
+/// (all a decryption share depends on); `None` while it is not revealed.
+async fn fetch(
+    caller: &mut Caller<'_>,
+    he: &HeParams,
+    commitment: &Commitment,
+    total: usize,
+) -> Result<Option<Reveal>, Failure> {
+    let (round, from) = (caller.round, commitment.from);
+    let mut seconds: Vec<Vec<u8>> = Vec::with_capacity(total);
+    let mut first_digests: Vec<Vec<u8>> = Vec::with_capacity(total);
+    let mut list_signature = Vec::new();
+    while seconds.len() < total {
+        let first = seconds.len() as u32;
+        let c = match caller
+            .call(Step::HeFetch(pb::HeFetch { from, first }))
+            .await?
+        {
+            Some(State::HeContribution(c)) => c,
+            Some(State::Wait(_)) if first == 0 => return Ok(None),
+            _ => return Err(bad(format!("no contribution of {from}"))),
+        };
+        if c.first != first
+            || c.total as usize != total
+            || c.second_polynomials.is_empty()
+            || c.first_digests.len() != c.second_polynomials.len()
+            || seconds.len() + c.second_polynomials.len() > total
+        {
+            return Err(refuse(
+                round,
+                format!("the coordinator sent a piece of {from}'s contribution out of place"),
+            ));
+        }
+        // Each polynomial one length: a piece is not kept past it.
+        if let Some(misfit) = tessera_he::misfit_length(
+            &c.second_polynomials,
+            tessera_he::POLYNOMIAL_BYTES,
+            "second polynomial",
+        ) {
+            return Err(refuse(
+                round,
+                format!("the coordinator sent a piece of {from}'s contribution: {misfit}"),
+            ));
+        }
+        if first > 0 && c.list_signature != list_signature {
+            return Err(refuse(
+                round,
+                format!("the pieces of {from}'s contribution are signed differently"),
+            ));
+        }
+        list_signature = c.list_signature;
+        seconds.extend(c.second_polynomials);
+        first_digests.extend(c.first_digests);
+    }
+    let contribution =
+        Contribution::for_key_holder(he, commitment.clone(), &first_digests, &seconds)
+            .map_err(|e| refuse(round, e))?;
+    Ok(Some(Reveal {
+        contribution,
+        list_signature,
+    }))
 }
 
 /// Sends `items` in pieces of [`tessera_he::PIECE`], each made a step by
@@ -722,6 +765,15 @@ mod tests {
             "{e:?}"
         );
         welcome.capabilities = tessera_proto::capabilities_at(32)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let e = he_wire_check(&welcome).unwrap_err();
+        assert!(
+            matches!(&e, Failure::Fatal(crate::ParticipantError::Refused(m)) if m.contains("he-half-fetch")),
+            "{e:?}"
+        );
+        welcome.capabilities = tessera_proto::capabilities_at(33)
             .into_iter()
             .map(String::from)
             .collect();

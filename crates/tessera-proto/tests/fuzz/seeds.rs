@@ -386,6 +386,8 @@ fn sec_agg_replies() -> Vec<pb::SecAggReply> {
             ciphertexts: vec![vec![7; 80]],
             first: 0,
             total: 1,
+            second_polynomials: vec![vec![8; 40]],
+            first_digests: vec![vec![9; 32]],
         }),
         State::HeTask(pb::HeHolderTask {
             round: 5,

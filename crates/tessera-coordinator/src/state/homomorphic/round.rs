@@ -428,8 +428,17 @@ impl HomomorphicRound {
                 }
             }
             Some(Step::HeReveal(r)) => self.reveal(site, id, r),
+            // Not yet revealed, while the reveals are open: asked again soon.
+            Some(Step::HeFetch(f))
+                if holder
+                    && self.stage == HeStage::Reveal
+                    && !self.reveals.contains_key(&f.from)
+                    && (self.list.iter()).any(|l| l.entries().iter().any(|c| c.from == f.from)) =>
+            {
+                Ok(Reply::Wait(true))
+            }
             Some(Step::HeFetch(f)) => match self.reveals.get(&f.from) {
-                Some(c) if holder && self.stage == HeStage::Answer => {
+                Some(c) if holder && matches!(self.stage, HeStage::Reveal | HeStage::Answer) => {
                     let first = f.first as usize;
                     if first >= c.ciphertexts.len() {
                         Err(Refusal::Invalid(format!(
@@ -438,13 +447,26 @@ impl HomomorphicRound {
                             c.ciphertexts.len()
                         )))
                     } else {
+                        // A key holder's share depends on the second
+                        // polynomials alone: those, with the first's digests.
                         let last = (first + tessera_he::PIECE).min(c.ciphertexts.len());
+                        let seconds = c.ciphertexts[first..last].iter();
                         Ok(Reply::HeContribution(pb::HeContribution {
                             from: c.from,
                             list_signature: c.list_signature.clone(),
-                            ciphertexts: c.ciphertexts[first..last].to_vec(),
+                            ciphertexts: Vec::new(),
                             first: f.first,
                             total: c.ciphertexts.len() as u32,
+                            second_polynomials: seconds
+                                .map(|ct| {
+                                    ct.get(tessera_he::POLYNOMIAL_BYTES..)
+                                        .unwrap_or_default()
+                                        .to_vec()
+                                })
+                                .collect(),
+                            first_digests: (c.first_digests.get(first..last))
+                                .unwrap_or_default()
+                                .to_vec(),
                         }))
                     }
                 }
@@ -501,6 +523,8 @@ impl HomomorphicRound {
                 ciphertexts: Vec::new(),
                 first: 0,
                 total: total as u32,
+                second_polynomials: Vec::new(),
+                first_digests: Vec::new(),
             });
         let have = partial.ciphertexts.len();
         let piece = r.ciphertexts.len();
@@ -515,7 +539,9 @@ impl HomomorphicRound {
                  contribution {total})",
                 tessera_he::PIECE
             ))
-        } else if let Some(c) = tessera_he::misfit_length(&r.ciphertexts) {
+        } else if let Some(c) =
+            tessera_he::misfit_length(&r.ciphertexts, tessera_he::CIPHERTEXT_BYTES, "ciphertext")
+        {
             Some(c)
         } else if r.list_signature != partial.list_signature {
             Some("a piece signed otherwise than the first".into())
@@ -532,22 +558,26 @@ impl HomomorphicRound {
         if partial.ciphertexts.len() < total {
             return Ok(Reply::Wait(true));
         }
-        let Some(done) = self.revealing.remove(&id) else {
+        let Some(mut done) = self.revealing.remove(&id) else {
             return Ok(Reply::Wait(true));
         };
         let sum = self
             .sum
             .as_mut()
             .ok_or_else(|| Refusal::Invalid("the round has no sum".into()))?;
-        Contribution::from_wire(&self.he, commitment, &done.ciphertexts)
+        let first_digests = Contribution::from_wire(&self.he, commitment, &done.ciphertexts)
             .and_then(|contribution| {
                 let revealed = Reveal {
                     contribution,
                     list_signature: done.list_signature.clone(),
                 };
+                let first_digests = revealed.contribution.first_digests();
                 sum.absorb(&revealed, &Unauthenticated)
+                    .map(|()| first_digests)
             })
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        // Kept for the key holders' fetches (computed here once).
+        done.first_digests = first_digests.iter().map(|d| d.to_vec()).collect();
         self.reveals.insert(id, done);
         Ok(Reply::Wait(true))
     }
@@ -597,7 +627,9 @@ impl HomomorphicRound {
                  the sum has {total} ciphertexts)",
                 tessera_he::PIECE
             ))
-        } else if let Some(c) = tessera_he::misfit_length(&a.shares) {
+        } else if let Some(c) =
+            tessera_he::misfit_length(&a.shares, tessera_he::POLYNOMIAL_BYTES, "decryption share")
+        {
             Some(c)
         } else if a.sum_digest.len() != 32 {
             Some(format!(
@@ -638,7 +670,7 @@ const MAX_ROUND_BYTES: u64 = 4 << 30;
 /// budget all together.
 pub(super) fn check_size(dimension: usize, contributors: usize) -> Result<(), String> {
     let per_site =
-        HeParams::ciphertexts_for(dimension) as u64 * (2 * HeParams::polynomial_bytes() + 64);
+        HeParams::ciphertexts_for(dimension) as u64 * (2 * HeParams::polynomial_bytes() + 96);
     let all = per_site.saturating_mul(contributors as u64);
     if all > MAX_ROUND_BYTES {
         return Err(format!(
