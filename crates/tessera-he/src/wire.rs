@@ -410,15 +410,17 @@ pub(crate) fn zero_key(params: &HeParams) -> Result<SecretKey, HeError> {
 }
 
 impl Contribution {
-    /// Its ciphertexts as they travel (as they were serialised where it was
-    /// made, else serialised now, in parallel).
+    /// Its ciphertexts as they travel (serialised in parallel).
     pub fn ciphertext_bytes(&self) -> Vec<Vec<u8>> {
-        match &self.made_bytes {
-            Some(bytes) => bytes.clone(),
-            None => (self.ciphertexts.par_iter())
-                .map(ciphertext_to_bytes)
-                .collect(),
-        }
+        (self.ciphertexts.par_iter())
+            .map(ciphertext_to_bytes)
+            .collect()
+    }
+
+    /// Its ciphertexts as they travel, taken: the bytes they were hashed
+    /// from where it was made here (no copy; a second call serialises).
+    pub fn take_ciphertext_bytes(&mut self) -> Vec<Vec<u8>> {
+        (self.made_bytes.take()).unwrap_or_else(|| self.ciphertext_bytes())
     }
 
     /// A contribution received: `commitment` and the ciphertexts' bytes,

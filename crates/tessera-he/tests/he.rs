@@ -528,3 +528,20 @@ fn the_shared_parameters_are_one_instance() {
         HeParams::new().unwrap().bfv()
     ));
 }
+
+/// The bytes a contribution was hashed from where it was made are the bytes
+/// it sends, taken once (a second take serialises again, the same), and
+/// they read back to its commitment's digest.
+#[test]
+fn the_bytes_a_contribution_sends_are_the_bytes_it_committed_to() {
+    let r = round(9, 2, 1);
+    let mut c = contribute(&r, 0, DEGREE + 3);
+    let serialised = c.ciphertext_bytes();
+    assert_eq!(c.take_ciphertext_bytes(), serialised);
+    assert_eq!(c.take_ciphertext_bytes(), serialised);
+    let read = Contribution::from_wire(&r.params, c.commitment.clone(), &serialised).unwrap();
+    assert_eq!(
+        Contribution::digest_of(read.ciphertexts()).0,
+        c.commitment.digest
+    );
+}

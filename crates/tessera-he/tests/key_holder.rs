@@ -28,7 +28,7 @@ fn halves(c: &Contribution) -> Halves {
 struct Sums {
     whole: VerifiedSum,
     half: VerifiedSum,
-        relayed: Vec<(Contribution, Halves, Vec<u8>)>,
+    relayed: Vec<(Contribution, Halves, Vec<u8>)>,
 }
 
 fn sums(r: &Round, sites: u32, length: usize) -> Sums {

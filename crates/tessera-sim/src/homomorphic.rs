@@ -183,12 +183,12 @@ pub(crate) fn homomorphic_round(
     let mut commitments = Vec::with_capacity(updates.len());
     const COMMITMENT_BYTES: u64 = 4 + 8 + 32 + 64;
     for (&site, update) in &updates {
-        let c = contribute(site, update)?;
+        let mut c = contribute(site, update)?;
         *bytes_up.entry(site).or_default() += COMMITMENT_BYTES;
         commitments.push(c.commitment.clone());
         if kept_bytes.saturating_add(c.wire_bytes()) <= KEEP_BYTES {
             kept_bytes += c.wire_bytes();
-            kept_contributions.insert(site, (c.commitment.clone(), c.ciphertext_bytes()));
+            kept_contributions.insert(site, (c.commitment.clone(), c.take_ciphertext_bytes()));
         }
     }
     let list = CommitmentList::new(commitments).map_err(he)?;

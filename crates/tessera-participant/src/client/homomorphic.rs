@@ -361,7 +361,8 @@ async fn contribute(
         // Committed too late: the round goes on without this site.
         return Ok(false);
     }
-    let ciphertexts = contribution.ciphertext_bytes();
+    let mut contribution = contribution;
+    let ciphertexts = contribution.take_ciphertext_bytes();
     let revealed = contribution
         .reveal(&Setup::round_id(plan, round), &list, signer.as_ref())
         .map_err(|e| refuse(round, e))?;
