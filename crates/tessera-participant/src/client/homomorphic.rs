@@ -607,8 +607,9 @@ async fn answer(
     // `Wait` for one not yet in), in any order: the sum does not depend on
     // it.
     let mut pending: Vec<Commitment> = list.entries().to_vec();
+    let mut idle = Duration::from_millis(5);
     while !pending.is_empty() {
-        let (asked, before) = (Instant::now(), sum.contributors().len());
+        let before = sum.contributors().len();
         let mut waiting = Vec::with_capacity(pending.len());
         for commitment in std::mem::take(&mut pending) {
             match fetch(caller, &he, &commitment, total).await? {
@@ -619,10 +620,13 @@ async fn answer(
             }
         }
         if sum.contributors().len() == before && !waiting.is_empty() {
-            // None revealed since the last pass: asked again soon (a fetch
-            // is not held at the coordinator).
-            let pause = Duration::from_millis(5).saturating_sub(asked.elapsed());
-            tokio::time::sleep(pause).await;
+            // None revealed since the last pass: asked again soon, less
+            // often while none comes (a fetch is not held at the
+            // coordinator; at most one pass every 50 ms).
+            tokio::time::sleep(idle).await;
+            idle = (idle * 2).min(Duration::from_millis(50));
+        } else {
+            idle = Duration::from_millis(5);
         }
         pending = waiting;
     }
@@ -679,12 +683,15 @@ async fn fetch(
                 format!("the coordinator sent a piece of {from}'s contribution out of place"),
             ));
         }
-        // Each polynomial one length: a piece is not kept past it.
+        // Each polynomial and digest one length: a piece is not kept past
+        // it.
         if let Some(misfit) = tessera_he::misfit_length(
             &c.second_polynomials,
             tessera_he::POLYNOMIAL_BYTES,
             "second polynomial",
-        ) {
+        )
+        .or_else(|| tessera_he::misfit_length(&c.first_digests, 32, "first polynomial's digest"))
+        {
             return Err(refuse(
                 round,
                 format!("the coordinator sent a piece of {from}'s contribution: {misfit}"),
